@@ -1,0 +1,209 @@
+//! The admin API (Envoy-like, localhost by default): readiness, metrics, the
+//! effective config, clusters with their endpoints, and the route table.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::model::cluster::Cluster;
+use crate::model::route::{DestinationTarget, RouteMatch, StrMatcher, VirtualHost};
+use crate::proxy::Shared;
+use crate::proxy::listener::BoundAddresses;
+
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<Shared>,
+    addresses: Arc<BoundAddresses>,
+}
+
+/// The admin routes, apart from serving so tests can call them directly.
+pub fn router(shared: Arc<Shared>, addresses: BoundAddresses) -> Router {
+    let state = AdminState {
+        shared,
+        addresses: Arc::new(addresses),
+    };
+    Router::new()
+        .route("/ready", get(|| async { "LIVE\n" }))
+        .route("/metrics", get(metrics))
+        .route("/config_dump", get(config_dump))
+        .route("/clusters", get(clusters))
+        .route("/routes", get(routes))
+        .with_state(state)
+}
+
+/// Serves the admin API on `listener` until the future is dropped.
+pub async fn serve(listener: std::net::TcpListener, router: Router) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    axum::serve(listener, router).await
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let body = state.shared.metrics.render();
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn config_dump(State(state): State<AdminState>) -> Json<Value> {
+    let snapshot = state.shared.config.load();
+    let addresses = &state.addresses;
+    let mut dump = snapshot.dump.clone();
+    dump["listeners"] = json!({
+        "outbound": addresses.outbound.to_string(),
+        "inbound": addresses.inbound.to_string(),
+        "outboundTcp": addresses.outbound_tcp.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "app": snapshot.listeners.app.to_string(),
+        "appProtocol": snapshot.listeners.app_protocol.to_string(),
+    });
+    Json(dump)
+}
+
+#[derive(Deserialize)]
+struct Format {
+    format: Option<String>,
+}
+
+/// Envoy's text form by default (`cluster::endpoint::stat::value`), JSON
+/// with `?format=json`.
+async fn clusters(State(state): State<AdminState>, Query(format): Query<Format>) -> Response {
+    let snapshot = state.shared.config.load();
+    let all: Vec<&Arc<Cluster>> = std::iter::once(&snapshot.inbound).chain(&snapshot.clusters).collect();
+    if format.format.as_deref() == Some("json") {
+        let list: Vec<Value> = all.iter().map(|c| cluster_json(c)).collect();
+        return Json(json!({ "clusters": list })).into_response();
+    }
+    let mut text = String::new();
+    for cluster in all {
+        for ep in &cluster.endpoints {
+            let prefix = format!("{}::{}", cluster.name, ep.address);
+            text.push_str(&format!("{prefix}::rq_active::{}\n", ep.state.active()));
+            text.push_str(&format!("{prefix}::rq_total::{}\n", ep.state.total()));
+            text.push_str(&format!("{prefix}::health_flags::healthy\n"));
+        }
+    }
+    ([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
+fn cluster_json(cluster: &Cluster) -> Value {
+    let endpoints: Vec<Value> = cluster
+        .endpoints
+        .iter()
+        .map(|ep| {
+            json!({
+                "address": ep.address.to_string(),
+                "labels": ep.labels,
+                "activeRequests": ep.state.active(),
+                "totalRequests": ep.state.total(),
+                "health": "HEALTHY",
+            })
+        })
+        .collect();
+    json!({
+        "name": cluster.name,
+        "service": cluster.service.host,
+        "port": cluster.port,
+        "protocol": cluster.protocol.to_string(),
+        "subset": cluster.subset,
+        "loadBalancer": cluster.balancer.name(),
+        "connectTimeoutMs": cluster.connect_timeout.as_millis() as u64,
+        "endpoints": endpoints,
+    })
+}
+
+async fn routes(State(state): State<AdminState>) -> Json<Value> {
+    let snapshot = state.shared.config.load();
+    let mut hosts: Vec<&Arc<VirtualHost>> = Vec::new();
+    for vh in snapshot.routes.exact.values().chain(&snapshot.routes.wildcard) {
+        if !hosts.iter().any(|h| Arc::ptr_eq(h, vh)) {
+            hosts.push(vh);
+        }
+    }
+    hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    let list: Vec<Value> = hosts.iter().map(|vh| virtual_host_json(vh, &snapshot.routes.exact)).collect();
+    Json(json!({
+        "version": snapshot.version,
+        "virtualHosts": list,
+        "inbound": snapshot.inbound.name,
+    }))
+}
+
+fn virtual_host_json(vh: &Arc<VirtualHost>, exact: &std::collections::HashMap<String, Arc<VirtualHost>>) -> Value {
+    let mut domains: Vec<&String> = exact.iter().filter(|(_, v)| Arc::ptr_eq(v, vh)).map(|(k, _)| k).collect();
+    domains.sort();
+    let rules: Vec<Value> = vh
+        .rules
+        .iter()
+        .map(|rule| {
+            json!({
+                "name": rule.name.as_deref(),
+                "match": rule.matches.iter().map(match_json).collect::<Vec<_>>(),
+                "route": rule.destinations.iter().map(|d| json!({
+                    "destination": target_json(&d.target),
+                    "weight": d.weight,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "host": vh.host,
+        "domains": domains,
+        "virtualService": vh.virtual_service,
+        "rules": rules,
+    })
+}
+
+fn target_json(target: &DestinationTarget) -> Value {
+    json!({
+        "host": &*target.host,
+        "subset": target.subset,
+        "port": target.port,
+        "clusters": target.clusters.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+    })
+}
+
+fn str_matcher_json(m: &StrMatcher) -> Value {
+    match m {
+        StrMatcher::Exact(s) => json!({ "exact": s }),
+        StrMatcher::Prefix(s) => json!({ "prefix": s }),
+        StrMatcher::Regex(r) => json!({ "regex": r.as_str() }),
+        StrMatcher::Present => json!({ "present": true }),
+    }
+}
+
+fn match_json(m: &RouteMatch) -> Value {
+    let mut out = serde_json::Map::new();
+    let simple = [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)];
+    for (name, matcher) in simple {
+        if let Some(matcher) = matcher {
+            out.insert(name.into(), str_matcher_json(matcher));
+        }
+    }
+    let named = |list: &[(http::HeaderName, StrMatcher)]| -> Value {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), str_matcher_json(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    if !m.headers.is_empty() {
+        out.insert("headers".into(), named(&m.headers));
+    }
+    if !m.without_headers.is_empty() {
+        out.insert("withoutHeaders".into(), named(&m.without_headers));
+    }
+    if !m.query_params.is_empty() {
+        let params: serde_json::Map<_, _> = m.query_params.iter().map(|(k, v)| (k.clone(), str_matcher_json(v))).collect();
+        out.insert("queryParams".into(), params.into());
+    }
+    if let Some(port) = m.port {
+        out.insert("port".into(), port.into());
+    }
+    if m.ignore_uri_case {
+        out.insert("ignoreUriCase".into(), true.into());
+    }
+    out.into()
+}

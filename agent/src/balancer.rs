@@ -1,0 +1,209 @@
+//! Load balancing: which endpoint of a cluster takes a request. The state is
+//! atomics only, shared by all workers, so picking never locks.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::HeaderMap;
+
+use crate::model::cluster::Endpoint;
+
+/// What a request offers to hash on.
+#[derive(Debug, Clone, Copy)]
+pub struct PickInput<'a> {
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// The raw query string, if any.
+    pub query: Option<&'a str>,
+    /// The caller's address.
+    pub source_ip: IpAddr,
+}
+
+/// The key a consistent hash is computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header's value.
+    Header(http::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// A query parameter's value.
+    QueryParameter(String),
+    /// The caller's IP.
+    SourceIp,
+}
+
+/// A load-balancing policy with its state.
+#[derive(Debug)]
+pub enum Balancer {
+    /// Each endpoint in turn.
+    RoundRobin(AtomicUsize),
+    /// The less busy of two random endpoints (Envoy's default and Istio's).
+    LeastRequest,
+    /// Uniformly random.
+    Random,
+    /// Maglev consistent hashing: a key keeps reaching the same endpoint, and
+    /// few keys move when endpoints change.
+    ConsistentHash {
+        /// What to hash.
+        key: HashKey,
+        /// The Maglev lookup table (endpoint indexes).
+        table: Arc<[u32]>,
+    },
+}
+
+impl Balancer {
+    /// Builds a consistent-hash balancer over `endpoints`.
+    pub fn consistent_hash(key: HashKey, endpoints: &[Arc<Endpoint>], table_size: usize) -> Self {
+        let names: Vec<String> = endpoints.iter().map(|e| e.address.to_string()).collect();
+        Self::ConsistentHash {
+            key,
+            table: maglev_table(&names, table_size).into(),
+        }
+    }
+
+    /// Istio's name of the policy.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RoundRobin(_) => "ROUND_ROBIN",
+            Self::LeastRequest => "LEAST_REQUEST",
+            Self::Random => "RANDOM",
+            Self::ConsistentHash { .. } => "CONSISTENT_HASH",
+        }
+    }
+
+    /// Picks an index into `endpoints`, or `None` when there are none.
+    pub fn pick(&self, endpoints: &[Arc<Endpoint>], input: PickInput<'_>) -> Option<usize> {
+        let n = endpoints.len();
+        if n <= 1 {
+            return (n == 1).then_some(0);
+        }
+        Some(match self {
+            Self::RoundRobin(next) => next.fetch_add(1, Ordering::Relaxed) % n,
+            Self::Random => fastrand::usize(..n),
+            Self::LeastRequest => {
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                if endpoints[b].state.active() < endpoints[a].state.active() { b } else { a }
+            }
+            Self::ConsistentHash { key, table } => match hash_of(key, input) {
+                Some(hash) => table[(hash % table.len() as u64) as usize] as usize,
+                None => fastrand::usize(..n), // no key in this request: spread randomly, as Envoy does
+            },
+        })
+    }
+}
+
+fn hash_of(key: &HashKey, input: PickInput<'_>) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    match key {
+        HashKey::Header(name) => input.headers.get(name)?.as_bytes().hash(&mut hasher),
+        HashKey::SourceIp => input.source_ip.hash(&mut hasher),
+        HashKey::Cookie(name) => cookie_value(input.headers, name)?.hash(&mut hasher),
+        HashKey::QueryParameter(name) => query_value(input.query?, name)?.hash(&mut hasher),
+    }
+    Some(hasher.finish())
+}
+
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find_map(|(k, v)| (k == name).then_some(v))
+}
+
+/// The raw value of the first `name=` parameter in a query string.
+pub fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn hash_str(seed: u8, s: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    seed.hash(&mut hasher);
+    s.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Maglev's population of a lookup table of `size` slots (a prime) so that
+/// every endpoint owns about `size / n` slots (Eisenbud et al., NSDI 2016).
+fn maglev_table(names: &[String], size: usize) -> Vec<u32> {
+    let n = names.len();
+    let mut table = vec![u32::MAX; size];
+    if n == 0 {
+        return Vec::new();
+    }
+    let m = size as u64;
+    let perms: Vec<(u64, u64)> = names
+        .iter()
+        .map(|name| (hash_str(0, name) % m, hash_str(1, name) % (m - 1) + 1))
+        .collect();
+    let mut next = vec![0u64; n];
+    let mut filled = 0;
+    'fill: loop {
+        for (i, &(offset, skip)) in perms.iter().enumerate() {
+            let mut slot = ((offset + next[i] * skip) % m) as usize;
+            while table[slot] != u32::MAX {
+                next[i] += 1;
+                slot = ((offset + next[i] * skip) % m) as usize;
+            }
+            table[slot] = i as u32;
+            next[i] += 1;
+            filled += 1;
+            if filled == size {
+                break 'fill;
+            }
+        }
+    }
+    table
+}
+
+/// Envoy's default Maglev table size.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: usize = 65_537;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maglev_spreads_evenly_and_is_stable() {
+        let names: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:80")).collect();
+        let table = maglev_table(&names, 65_537);
+        let mut counts = [0usize; 5];
+        for &slot in &table {
+            counts[slot as usize] += 1;
+        }
+        for count in counts {
+            assert!((12_000..14_300).contains(&count), "{counts:?}");
+        }
+        assert_eq!(table, maglev_table(&names, 65_537));
+    }
+
+    #[test]
+    fn maglev_moves_few_keys_when_an_endpoint_leaves() {
+        let names: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:80")).collect();
+        let before = maglev_table(&names, 65_537);
+        let after = maglev_table(&names[..4], 65_537);
+        let moved = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **b != 4 && b != a)
+            .count();
+        assert!(moved < 65_537 / 10, "{moved} slots moved");
+    }
+
+    #[test]
+    fn reads_query_and_cookie_values() {
+        assert_eq!(query_value("a=1&user=bob&x", "user"), Some("bob"));
+        assert_eq!(query_value("x", "x"), Some(""));
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::COOKIE, "a=1; session=xyz".parse().unwrap());
+        assert_eq!(cookie_value(&headers, "session"), Some("xyz"));
+    }
+}

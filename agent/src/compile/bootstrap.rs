@@ -1,0 +1,146 @@
+//! The Agent document: identity and listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::agent::AgentSpec;
+use crate::config::diagnostics::{Diagnostics, Location};
+use crate::config::documents::Document;
+use crate::host::resolve_short_name;
+use crate::model::service::{Protocol, ServiceName};
+use crate::model::{Identity, Listeners};
+use crate::telemetry::peer_metadata;
+
+/// The compiled bootstrap.
+pub(super) struct Bootstrap {
+    pub identity: Arc<Identity>,
+    pub listeners: Listeners,
+}
+
+/// The one Agent document of the file.
+pub(super) fn single_agent<'a>(
+    file: &Arc<str>,
+    agents: &'a [Document<AgentSpec>],
+    diags: &mut Diagnostics,
+) -> Option<&'a Document<AgentSpec>> {
+    match agents {
+        [one] => Some(one),
+        [] => {
+            let msg = "no `apiVersion: tracemesh.io/v1, kind: Agent` document: the agent needs its bootstrap";
+            diags.error(&Location::file(file), None, msg);
+            None
+        }
+        [_, rest @ ..] => {
+            for extra in rest {
+                diags.error(&extra.location, None, "a file holds one Agent document; this is a second one");
+            }
+            None
+        }
+    }
+}
+
+pub(super) fn compile(doc: &Document<AgentSpec>, diags: &mut Diagnostics) -> Option<Bootstrap> {
+    let spec = &doc.spec;
+    let loc = &doc.location;
+    let errors_before = diags.errors().count();
+    if doc.metadata.name.is_empty() {
+        diags.error(loc, Some("metadata.name".into()), "the workload name is required");
+    }
+    let namespace = doc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    if spec.service.trim().is_empty() {
+        diags.error(loc, Some("spec.service".into()), "the service this sidecar fronts is required");
+    }
+    if !(0.0..=1.0).contains(&spec.telemetry.sampling) {
+        diags.error(loc, Some("spec.telemetry.sampling".into()), "must be between 0.0 and 1.0");
+    }
+    if !matches!(spec.telemetry.otlp.protocol.as_str(), "grpc" | "http") {
+        diags.error(loc, Some("spec.telemetry.otlp.protocol".into()), "must be `grpc` or `http`");
+    }
+    if spec.concurrency == 0 || spec.concurrency > 256 {
+        diags.error(loc, Some("spec.concurrency".into()), "must be between 1 and 256");
+    }
+    let mut addr = |field: &str, value: &str| -> Option<SocketAddr> {
+        value.parse().map_err(|_| diags.error(loc, Some(field.into()), format!("{value:?} is not an ip:port address"))).ok()
+    };
+    let inbound = addr("spec.inbound.listen", &spec.inbound.listen);
+    let app = addr("spec.inbound.app", &spec.inbound.app);
+    let outbound = addr("spec.outbound.listen", &spec.outbound.listen);
+    let admin = addr("spec.admin.listen", &spec.admin.listen);
+    let outbound_tcp: Vec<Option<SocketAddr>> = spec
+        .outbound
+        .tcp
+        .iter()
+        .enumerate()
+        .map(|(i, l)| addr(&format!("spec.outbound.tcp[{i}].listen"), &l.listen))
+        .collect();
+    let app_protocol = Protocol::parse(&spec.inbound.app_protocol).filter(|p| *p != Protocol::Auto);
+    if app_protocol.is_none() {
+        let msg = "must be HTTP, HTTP2, GRPC or TCP";
+        diags.error(loc, Some("spec.inbound.appProtocol".into()), msg);
+    }
+    if diags.errors().count() > errors_before {
+        return None;
+    }
+    let identity = identity(doc, &namespace, inbound?);
+    Some(Bootstrap {
+        identity: Arc::new(identity),
+        listeners: Listeners {
+            inbound: inbound?,
+            app: app?,
+            app_protocol: app_protocol?,
+            outbound: outbound?,
+            outbound_tcp: outbound_tcp.into_iter().collect::<Option<_>>()?,
+            admin: admin?,
+        },
+    })
+}
+
+fn identity(doc: &Document<AgentSpec>, namespace: &str, inbound: SocketAddr) -> Identity {
+    let spec = &doc.spec;
+    let workload = doc.metadata.name.clone();
+    let label = |k: &str| spec.labels.get(k).cloned();
+    let app = label("app.kubernetes.io/name").or_else(|| label("app"));
+    let version = label("app.kubernetes.io/version").or_else(|| label("version"));
+    let canonical_service = label("service.istio.io/canonical-name")
+        .or_else(|| app.clone())
+        .unwrap_or_else(|| workload.clone());
+    let canonical_revision = label("service.istio.io/canonical-revision")
+        .or_else(|| version.clone())
+        .unwrap_or_else(|| "latest".into());
+    let cluster_id = "Kubernetes".to_owned();
+    let fqdn = resolve_short_name(&spec.service, namespace);
+    let peer_metadata = peer_metadata::encode(peer_metadata::LocalWorkload {
+        workload: &workload,
+        namespace,
+        cluster_id: &cluster_id,
+        labels: &spec.labels,
+        canonical_service: &canonical_service,
+        canonical_revision: &canonical_revision,
+    });
+    let peer_metadata_id = peer_metadata::encode_id(&workload, namespace, &inbound.ip().to_string());
+    let app = app.unwrap_or_else(|| "unknown".into());
+    let version = version.unwrap_or_else(|| "unknown".into());
+    let peer = Arc::new(peer_metadata::PeerInfo {
+        workload: workload.clone(),
+        namespace: namespace.to_owned(),
+        app: app.clone(),
+        version: version.clone(),
+        canonical_service: canonical_service.clone(),
+        canonical_revision: canonical_revision.clone(),
+        cluster: cluster_id.clone(),
+    });
+    Identity {
+        peer,
+        service: Arc::new(ServiceName::new(&fqdn, namespace)),
+        namespace: namespace.to_owned(),
+        labels: spec.labels.clone(),
+        app,
+        version,
+        canonical_service,
+        canonical_revision,
+        cluster_id,
+        peer_metadata,
+        peer_metadata_id,
+        workload,
+    }
+}

@@ -1,0 +1,139 @@
+//! Turns parsed documents into a [`Snapshot`]: validates every field, collects
+//! every error and warning (not just the first), and prebuilds what the
+//! request path needs (regexes, route tables, balancers).
+
+mod bootstrap;
+mod policy;
+mod registry;
+mod routes;
+mod unenforced;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::diagnostics::{ConfigRejected, Diagnostics, Location};
+use crate::config::documents::{Document, Resource, parse_documents};
+use crate::model::Snapshot;
+use crate::model::cluster::EndpointStates;
+
+/// The documents of one file, sorted by kind.
+#[derive(Default)]
+struct Documents {
+    agents: Vec<Document<crate::config::agent::AgentSpec>>,
+    service_entries: Vec<Document<crate::config::service_entry::ServiceEntrySpec>>,
+    virtual_services: Vec<Document<crate::config::virtual_service::VirtualServiceSpec>>,
+    destination_rules: Vec<Document<crate::config::destination_rule::DestinationRuleSpec>>,
+    authorization_policies: Vec<Document<crate::config::security::AuthorizationPolicySpec>>,
+    peer_authentications: Vec<Document<crate::config::security::PeerAuthenticationSpec>>,
+}
+
+impl Documents {
+    fn sort(resources: Vec<Resource>) -> Self {
+        let mut docs = Self::default();
+        for resource in resources {
+            match resource {
+                Resource::Agent(d) => docs.agents.push(d),
+                Resource::ServiceEntry(d) => docs.service_entries.push(d),
+                Resource::VirtualService(d) => docs.virtual_services.push(d),
+                Resource::DestinationRule(d) => docs.destination_rules.push(d),
+                Resource::AuthorizationPolicy(d) => docs.authorization_policies.push(d),
+                Resource::PeerAuthentication(d) => docs.peer_authentications.push(d),
+            }
+        }
+        docs
+    }
+}
+
+/// A compiled config and what was found along the way.
+pub struct Compiled {
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// Warnings (there are no errors in an accepted config).
+    pub diagnostics: Diagnostics,
+}
+
+/// Reads and compiles the file at `path`.
+pub fn load_file(path: &Path, version: u64, states: &EndpointStates) -> Result<Compiled, ConfigRejected> {
+    let file: Arc<str> = Arc::from(path.display().to_string());
+    match std::fs::read_to_string(path) {
+        Ok(text) => compile_text(&file, &text, version, states),
+        Err(err) => {
+            let mut diags = Diagnostics::default();
+            diags.error(&Location::file(&file), None, format!("cannot read: {err}"));
+            Err(ConfigRejected(diags))
+        }
+    }
+}
+
+/// Compiles the text of a config file named `file`.
+pub fn compile_text(file: &Arc<str>, text: &str, version: u64, states: &EndpointStates) -> Result<Compiled, ConfigRejected> {
+    let mut diags = Diagnostics::default();
+    let docs = Documents::sort(parse_documents(file, text, &mut diags));
+    let snapshot = build(file, &docs, version, states, &mut diags);
+    match snapshot {
+        Some(snapshot) if !diags.has_errors() => Ok(Compiled {
+            snapshot,
+            diagnostics: diags,
+        }),
+        _ => Err(ConfigRejected(diags)),
+    }
+}
+
+fn build(
+    file: &Arc<str>,
+    docs: &Documents,
+    version: u64,
+    states: &EndpointStates,
+    diags: &mut Diagnostics,
+) -> Option<Snapshot> {
+    let agent = bootstrap::single_agent(file, &docs.agents, diags)?;
+    let boot = bootstrap::compile(agent, diags);
+    let namespace = boot.as_ref().map_or("default", |b| b.identity.namespace.as_str()).to_owned();
+    let registry = registry::Registry::build(&docs.service_entries, &docs.destination_rules, &namespace, states, diags);
+    let routes = routes::build(&docs.virtual_services, &registry, boot.as_ref(), &namespace, diags);
+    unenforced::warn_all(docs, diags);
+    let boot = boot?;
+    let inbound = registry::inbound_cluster(&boot, states);
+    let tcp_routes = registry.tcp_routes(agent, &namespace, diags);
+    let dump = dump(docs, version, diags);
+    Some(Snapshot {
+        version,
+        bootstrap: agent.spec.clone(),
+        listeners: boot.listeners,
+        identity: boot.identity,
+        routes,
+        inbound,
+        tcp_routes,
+        clusters: registry.clusters(),
+        dump,
+    })
+}
+
+/// The effective config as JSON: every resource as written, plus warnings.
+fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Value {
+    fn entries<S: serde::Serialize>(kind: &str, list: &[Document<S>]) -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|d| {
+                serde_json::json!({
+                    "apiVersion": d.api_version,
+                    "kind": kind,
+                    "metadata": d.metadata,
+                    "spec": d.spec,
+                })
+            })
+            .collect()
+    }
+    let mut resources = Vec::new();
+    resources.extend(entries("Agent", &docs.agents));
+    resources.extend(entries("ServiceEntry", &docs.service_entries));
+    resources.extend(entries("VirtualService", &docs.virtual_services));
+    resources.extend(entries("DestinationRule", &docs.destination_rules));
+    resources.extend(entries("AuthorizationPolicy", &docs.authorization_policies));
+    resources.extend(entries("PeerAuthentication", &docs.peer_authentications));
+    let warnings: Vec<String> = diags.warnings().map(ToString::to_string).collect();
+    serde_json::json!({
+        "version": version,
+        "resources": resources,
+        "warnings": warnings,
+    })
+}

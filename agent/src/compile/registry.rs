@@ -1,0 +1,324 @@
+//! ServiceEntries and DestinationRules → services, endpoints and clusters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use super::bootstrap::Bootstrap;
+use super::policy::{self, EffectivePolicy};
+use crate::balancer::Balancer;
+use crate::config::agent::AgentSpec;
+use crate::config::destination_rule::DestinationRuleSpec;
+use crate::config::diagnostics::{Diagnostics, Location};
+use crate::config::documents::Document;
+use crate::config::service_entry::{ServiceEntrySpec, ServicePort};
+use crate::host::{authority_candidates, resolve_short_name};
+use crate::model::cluster::{Cluster, DEFAULT_CONNECT_TIMEOUT, Endpoint, EndpointStates, UpstreamAddr};
+use crate::model::route::DestinationTarget;
+use crate::model::service::{Protocol, ServiceName};
+
+/// A declared service and its clusters.
+pub(super) struct Service {
+    /// Clusters by subset (`None` = all endpoints), one per port.
+    pub clusters: HashMap<Option<String>, Vec<Arc<Cluster>>>,
+}
+
+/// Every service, by FQDN (or `*.suffix` pattern).
+pub(super) struct Registry {
+    pub services: BTreeMap<String, Service>,
+}
+
+struct Resolution {
+    dns: bool,
+}
+
+impl Registry {
+    pub fn build(
+        entries: &[Document<ServiceEntrySpec>],
+        rules: &[Document<DestinationRuleSpec>],
+        agent_namespace: &str,
+        states: &EndpointStates,
+        diags: &mut Diagnostics,
+    ) -> Self {
+        let rules = rules_by_host(rules, agent_namespace, diags);
+        let mut services = BTreeMap::new();
+        for doc in entries {
+            let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
+            let Some(resolution) = validate_entry(&doc.spec, &doc.location, diags) else {
+                continue;
+            };
+            for (h, host) in doc.spec.hosts.iter().enumerate() {
+                let fqdn = resolve_short_name(host, namespace);
+                if services.contains_key(&fqdn) {
+                    let msg = format!("host {fqdn} is already declared by an earlier ServiceEntry; this one is ignored");
+                    diags.warn(&doc.location, Some(format!("spec.hosts[{h}]")), msg);
+                    continue;
+                }
+                let name = Arc::new(ServiceName::new(&fqdn, namespace));
+                let rule = rules.get(&fqdn).map(|d| &d.spec);
+                let ctx = EntryContext {
+                    doc,
+                    namespace: &name.namespace,
+                    fqdn: &fqdn,
+                    resolution: &resolution,
+                    states,
+                };
+                let clusters = ctx.clusters(&name, rule, diags);
+                services.insert(fqdn, Service { clusters });
+            }
+        }
+        for (host, rule) in &rules {
+            if !services.contains_key(host) {
+                let msg = format!("no ServiceEntry declares {host}; the rule applies to nothing");
+                diags.warn(&rule.location, Some("spec.host".into()), msg);
+            }
+        }
+        Self { services }
+    }
+
+    /// The service a host name stands for, trying short-name expansions.
+    pub fn find(&self, host: &str, namespace: &str) -> Option<(&String, &Service)> {
+        authority_candidates(&host.to_ascii_lowercase(), namespace)
+            .into_iter()
+            .flatten()
+            .find_map(|h| self.services.get_key_value(&h))
+    }
+
+    /// The destination for `fqdn`, `subset` and an optional fixed port.
+    pub fn target(&self, fqdn: &str, subset: Option<&str>, port: Option<u16>) -> DestinationTarget {
+        let clusters = self
+            .services
+            .get(fqdn)
+            .and_then(|s| s.clusters.get(&subset.map(str::to_owned)))
+            .cloned()
+            .unwrap_or_default();
+        DestinationTarget {
+            host: Arc::from(fqdn),
+            subset: subset.map(str::to_owned),
+            port,
+            clusters,
+        }
+    }
+
+    /// Every cluster, in host order (for `/clusters`).
+    pub fn clusters(&self) -> Vec<Arc<Cluster>> {
+        let mut all: Vec<Arc<Cluster>> = self
+            .services
+            .values()
+            .flat_map(|s| s.clusters.values().flatten().cloned())
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The cluster each `spec.outbound.tcp` listener forwards to.
+    pub fn tcp_routes(&self, agent: &Document<AgentSpec>, namespace: &str, diags: &mut Diagnostics) -> Vec<Arc<Cluster>> {
+        let mut routes = Vec::new();
+        for (i, listener) in agent.spec.outbound.tcp.iter().enumerate() {
+            let field = Some(format!("spec.outbound.tcp[{i}]"));
+            let cluster = self
+                .find(&listener.host, namespace)
+                .and_then(|(_, s)| s.clusters.get(&None))
+                .and_then(|cs| cs.iter().find(|c| u32::from(c.port) == listener.port));
+            match cluster {
+                Some(c) if c.protocol == Protocol::Tcp => routes.push(c.clone()),
+                Some(c) => {
+                    let msg = format!("port {} of {} is declared {}, not TCP", c.port, c.service.host, c.protocol);
+                    diags.error(&agent.location, field, msg);
+                }
+                None => {
+                    let msg = format!("no ServiceEntry declares {}:{}", listener.host, listener.port);
+                    diags.error(&agent.location, field, msg);
+                }
+            }
+        }
+        routes
+    }
+}
+
+/// The local application as the inbound listener's only cluster.
+pub(super) fn inbound_cluster(boot: &Bootstrap, states: &EndpointStates) -> Arc<Cluster> {
+    let app = boot.listeners.app;
+    let address = UpstreamAddr::Socket(app);
+    let state = states.get(&format!("inbound|{address}"));
+    let mut endpoint = Endpoint::new(address, boot.identity.labels.clone(), state, &boot.identity.namespace);
+    endpoint.peer = boot.identity.peer.clone();
+    Arc::new(Cluster {
+        name: format!("inbound|{}||", app.port()),
+        service: boot.identity.service.clone(),
+        port: app.port(),
+        protocol: boot.listeners.app_protocol,
+        subset: None,
+        endpoints: vec![Arc::new(endpoint)],
+        balancer: Balancer::RoundRobin(Default::default()),
+        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+    })
+}
+
+fn rules_by_host<'a>(
+    rules: &'a [Document<DestinationRuleSpec>],
+    agent_namespace: &str,
+    diags: &mut Diagnostics,
+) -> HashMap<String, &'a Document<DestinationRuleSpec>> {
+    let mut by_host = HashMap::new();
+    for doc in rules {
+        policy::validate_rule(&doc.spec, &doc.location, diags);
+        let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
+        if doc.spec.host.is_empty() {
+            diags.error(&doc.location, Some("spec.host".into()), "the host is required");
+            continue;
+        }
+        let host = resolve_short_name(&doc.spec.host, namespace);
+        if by_host.contains_key(&host) {
+            let msg = format!("{host} already has a DestinationRule; only the first applies");
+            diags.warn(&doc.location, Some("spec.host".into()), msg);
+            continue;
+        }
+        by_host.insert(host, doc);
+    }
+    by_host
+}
+
+/// Checks an entry; `None` when it cannot be used at all.
+fn validate_entry(spec: &ServiceEntrySpec, loc: &Location, diags: &mut Diagnostics) -> Option<Resolution> {
+    let errors_before = diags.errors().count();
+    if spec.hosts.is_empty() {
+        diags.error(loc, Some("spec.hosts".into()), "at least one host is required");
+    }
+    if spec.ports.is_empty() {
+        diags.error(loc, Some("spec.ports".into()), "at least one port is required");
+    }
+    for (i, port) in spec.ports.iter().enumerate() {
+        if !(1..=65535).contains(&port.number) {
+            diags.error(loc, Some(format!("spec.ports[{i}].number")), "must be between 1 and 65535");
+        }
+        if Protocol::parse(&port.protocol).is_none() {
+            let msg = format!("unknown protocol {:?} (HTTP, HTTP2, GRPC, TCP, TLS, HTTPS…)", port.protocol);
+            diags.error(loc, Some(format!("spec.ports[{i}].protocol")), msg);
+        }
+    }
+    let resolution = spec.resolution.as_deref().unwrap_or("NONE");
+    let dns = match resolution {
+        "DNS" | "DNS_ROUND_ROBIN" | "NONE" => true,
+        "STATIC" => false,
+        other => {
+            let msg = format!("unknown resolution {other:?} (NONE, STATIC, DNS, DNS_ROUND_ROBIN)");
+            diags.error(loc, Some("spec.resolution".into()), msg);
+            false
+        }
+    };
+    if resolution == "STATIC" && spec.endpoints.is_empty() && spec.workload_selector.is_none() {
+        diags.error(loc, Some("spec.endpoints".into()), "STATIC resolution needs endpoints");
+    }
+    for (j, ep) in spec.endpoints.iter().enumerate() {
+        if !dns && ep.address.parse::<IpAddr>().is_err() && !ep.address.starts_with("unix://") {
+            let msg = format!("{:?} is not an IP address, which STATIC resolution needs", ep.address);
+            diags.error(loc, Some(format!("spec.endpoints[{j}].address")), msg);
+        }
+    }
+    (diags.errors().count() == errors_before).then_some(Resolution { dns })
+}
+
+struct EntryContext<'a> {
+    doc: &'a Document<ServiceEntrySpec>,
+    namespace: &'a str,
+    fqdn: &'a str,
+    resolution: &'a Resolution,
+    states: &'a EndpointStates,
+}
+
+impl EntryContext<'_> {
+    fn clusters(
+        &self,
+        name: &Arc<ServiceName>,
+        rule: Option<&DestinationRuleSpec>,
+        diags: &mut Diagnostics,
+    ) -> HashMap<Option<String>, Vec<Arc<Cluster>>> {
+        let mut subsets: Vec<Option<&str>> = vec![None];
+        subsets.extend(rule.iter().flat_map(|r| r.subsets.iter().map(|s| Some(s.name.as_str()))));
+        let mut clusters: HashMap<Option<String>, Vec<Arc<Cluster>>> = HashMap::new();
+        for port in &self.doc.spec.ports {
+            let Some(protocol) = Protocol::parse(&port.protocol) else { continue };
+            let endpoints = self.endpoints(port, diags);
+            for subset in &subsets {
+                let selected = select_subset(&endpoints, rule, *subset);
+                let cluster = build_cluster(name, port.number as u16, protocol, *subset, selected, rule);
+                clusters.entry(subset.map(str::to_owned)).or_default().push(Arc::new(cluster));
+            }
+        }
+        clusters
+    }
+
+    fn endpoints(&self, port: &ServicePort, diags: &mut Diagnostics) -> Vec<Arc<Endpoint>> {
+        let spec = &self.doc.spec;
+        let default_port = port.target_port.unwrap_or(port.number) as u16;
+        let mut out = Vec::new();
+        if spec.endpoints.is_empty() {
+            if self.resolution.dns && !self.fqdn.starts_with('*') {
+                let address = UpstreamAddr::Dns {
+                    host: Arc::from(self.fqdn),
+                    port: default_port,
+                };
+                out.push(self.endpoint(address, BTreeMap::new()));
+            }
+            return out;
+        }
+        for (j, ep) in spec.endpoints.iter().enumerate() {
+            if ep.address.starts_with("unix://") {
+                let msg = "unix domain socket endpoints are not supported; skipped";
+                diags.warn(&self.doc.location, Some(format!("spec.endpoints[{j}].address")), msg);
+                continue;
+            }
+            let port = ep.ports.get(&port.name).map_or(default_port, |p| *p as u16);
+            let address = match ep.address.parse::<IpAddr>() {
+                Ok(ip) => UpstreamAddr::Socket(SocketAddr::new(ip, port)),
+                Err(_) => UpstreamAddr::Dns {
+                    host: Arc::from(ep.address.as_str()),
+                    port,
+                },
+            };
+            out.push(self.endpoint(address, ep.labels.clone()));
+        }
+        out
+    }
+
+    fn endpoint(&self, address: UpstreamAddr, labels: BTreeMap<String, String>) -> Arc<Endpoint> {
+        let state = self.states.get(&address.to_string());
+        Arc::new(Endpoint::new(address, labels, state, self.namespace))
+    }
+}
+
+fn select_subset(endpoints: &[Arc<Endpoint>], rule: Option<&DestinationRuleSpec>, subset: Option<&str>) -> Vec<Arc<Endpoint>> {
+    let labels = subset.and_then(|name| rule?.subsets.iter().find(|s| s.name == name)).map(|s| &s.labels);
+    endpoints
+        .iter()
+        .filter(|ep| labels.is_none_or(|want| want.iter().all(|(k, v)| ep.labels.get(k) == Some(v))))
+        .cloned()
+        .collect()
+}
+
+fn build_cluster(
+    name: &Arc<ServiceName>,
+    port: u16,
+    protocol: Protocol,
+    subset: Option<&str>,
+    endpoints: Vec<Arc<Endpoint>>,
+    rule: Option<&DestinationRuleSpec>,
+) -> Cluster {
+    let policy = EffectivePolicy::of(rule, port, subset);
+    let connect_timeout = policy
+        .connection_pool
+        .and_then(|p| p.tcp.as_ref())
+        .and_then(|t| t.connect_timeout)
+        .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get());
+    Cluster {
+        name: format!("outbound|{port}|{}|{}", subset.unwrap_or(""), name.host),
+        service: name.clone(),
+        port,
+        protocol,
+        subset: subset.map(str::to_owned),
+        balancer: policy::balancer(policy.load_balancer, &endpoints),
+        endpoints,
+        connect_timeout,
+    }
+}

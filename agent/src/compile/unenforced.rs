@@ -1,0 +1,93 @@
+//! Fields the agent accepts but does not enforce yet. Each one present is a
+//! warning at load, so nothing an operator wrote is silently ignored.
+
+use super::Documents;
+use crate::config::destination_rule::TrafficPolicy;
+use crate::config::diagnostics::{Diagnostics, Location};
+
+const NOT_ENFORCED: &str = "accepted but not enforced yet";
+
+pub(super) fn warn_all(docs: &Documents, diags: &mut Diagnostics) {
+    for doc in &docs.virtual_services {
+        let loc = &doc.location;
+        let spec = &doc.spec;
+        if !spec.tls.is_empty() {
+            diags.warn(loc, Some("spec.tls".into()), NOT_ENFORCED);
+        }
+        if !spec.tcp.is_empty() {
+            diags.warn(loc, Some("spec.tcp".into()), NOT_ENFORCED);
+        }
+        for (i, rule) in spec.http.iter().enumerate() {
+            let present = [
+                ("timeout", rule.timeout.is_some()),
+                ("retries", rule.retries.is_some()),
+                ("fault", rule.fault.is_some()),
+                ("mirror", rule.mirror.is_some()),
+                ("mirrors", !rule.mirrors.is_empty()),
+                ("mirrorPercentage", rule.mirror_percentage.is_some() || rule.mirror_percent.is_some()),
+                ("redirect", rule.redirect.is_some()),
+                ("directResponse", rule.direct_response.is_some()),
+                ("rewrite", rule.rewrite.is_some()),
+                ("corsPolicy", rule.cors_policy.is_some()),
+                ("delegate", rule.delegate.is_some()),
+            ];
+            for (name, _) in present.iter().filter(|(_, p)| *p) {
+                diags.warn(loc, Some(format!("spec.http[{i}].{name}")), NOT_ENFORCED);
+            }
+        }
+    }
+    for doc in &docs.destination_rules {
+        let loc = &doc.location;
+        if let Some(policy) = &doc.spec.traffic_policy {
+            warn_policy(policy, "spec.trafficPolicy", loc, diags);
+        }
+        for (i, subset) in doc.spec.subsets.iter().enumerate() {
+            if let Some(policy) = &subset.traffic_policy {
+                warn_policy(policy, &format!("spec.subsets[{i}].trafficPolicy"), loc, diags);
+            }
+        }
+    }
+    for doc in &docs.service_entries {
+        if doc.spec.workload_selector.is_some() {
+            let msg = "selecting workloads needs a platform; only listed endpoints are used";
+            diags.warn(&doc.location, Some("spec.workloadSelector".into()), msg);
+        }
+    }
+    for doc in &docs.authorization_policies {
+        diags.warn(&doc.location, None, "AuthorizationPolicy is accepted but not enforced yet");
+    }
+    for doc in &docs.peer_authentications {
+        diags.warn(&doc.location, None, "PeerAuthentication is accepted but not enforced yet");
+    }
+}
+
+fn warn_policy(policy: &TrafficPolicy, field: &str, loc: &Location, diags: &mut Diagnostics) {
+    let pool = policy.connection_pool.as_ref();
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let tcp_other = tcp.is_some_and(|t| {
+        t.max_connections.is_some() || t.tcp_keepalive.is_some() || t.max_connection_duration.is_some() || t.idle_timeout.is_some()
+    });
+    let present = [
+        ("connectionPool.tcp", tcp_other),
+        ("connectionPool.http", pool.is_some_and(|p| p.http.is_some())),
+        ("outlierDetection", policy.outlier_detection.is_some()),
+        ("tls", policy.tls.is_some()),
+        ("tunnel", policy.tunnel.is_some()),
+        ("proxyProtocol", policy.proxy_protocol.is_some()),
+    ];
+    for (name, _) in present.iter().filter(|(_, p)| *p) {
+        diags.warn(loc, Some(format!("{field}.{name}")), NOT_ENFORCED);
+    }
+    if let Some(lb) = &policy.load_balancer {
+        if lb.locality_lb_setting.is_some() || lb.warmup.is_some() || lb.warmup_duration_secs.is_some() {
+            diags.warn(loc, Some(format!("{field}.loadBalancer")), "locality and warmup settings are not enforced yet");
+        }
+    }
+    for (i, port) in policy.port_level_settings.iter().enumerate() {
+        let others = port.connection_pool.is_some() || port.outlier_detection.is_some() || port.tls.is_some();
+        if others {
+            let msg = "only loadBalancer is enforced per port yet";
+            diags.warn(loc, Some(format!("{field}.portLevelSettings[{i}]")), msg);
+        }
+    }
+}

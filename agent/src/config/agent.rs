@@ -1,0 +1,247 @@
+//! The agent's bootstrap (`apiVersion: tracemesh.io/v1, kind: Agent`): who this
+//! sidecar is, where it listens, and where its telemetry goes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::IstioDuration;
+
+/// The `spec` of the Agent document.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentSpec {
+    /// The service host this sidecar fronts (short name or FQDN); inbound
+    /// metrics and spans report it as `destination_service`.
+    pub service: String,
+    /// The workload's labels; `app` and `version` become metric labels and
+    /// VirtualService `sourceLabels` match against them.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Inbound listener: traffic from the mesh to the local application.
+    #[serde(default)]
+    pub inbound: InboundSpec,
+    /// Outbound listener: traffic from the local application to the mesh.
+    #[serde(default)]
+    pub outbound: OutboundSpec,
+    /// Admin API listener.
+    #[serde(default)]
+    pub admin: AdminSpec,
+    /// Spans and their sampling.
+    #[serde(default)]
+    pub telemetry: TelemetrySpec,
+    /// Per-request access log.
+    #[serde(default)]
+    pub access_log: AccessLogSpec,
+    /// Worker threads, each with its own listeners and upstream pools (default 2).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// How long in-flight requests may finish after SIGTERM (default 5s).
+    #[serde(default = "default_drain")]
+    pub drain_duration: IstioDuration,
+}
+
+fn default_concurrency() -> usize {
+    2
+}
+
+fn default_drain() -> IstioDuration {
+    IstioDuration(std::time::Duration::from_secs(5))
+}
+
+/// The inbound listener and the application behind it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundSpec {
+    /// Address the mesh reaches this workload on (default 0.0.0.0:15006).
+    #[serde(default = "default_inbound")]
+    pub listen: String,
+    /// The local application's address (default 127.0.0.1:8080).
+    #[serde(default = "default_app")]
+    pub app: String,
+    /// The application's protocol: HTTP (HTTP/1.1, or HTTP/2 when the caller
+    /// used it), HTTP2, GRPC, or TCP (the listener then proxies bytes).
+    #[serde(default = "default_app_protocol")]
+    pub app_protocol: String,
+}
+
+impl Default for InboundSpec {
+    fn default() -> Self {
+        Self {
+            listen: default_inbound(),
+            app: default_app(),
+            app_protocol: default_app_protocol(),
+        }
+    }
+}
+
+fn default_inbound() -> String {
+    "0.0.0.0:15006".into()
+}
+
+fn default_app() -> String {
+    "127.0.0.1:8080".into()
+}
+
+fn default_app_protocol() -> String {
+    "HTTP".into()
+}
+
+/// The outbound listener, and plain-TCP listeners for TCP services.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboundSpec {
+    /// Address the application sends to, as an HTTP proxy or with the target
+    /// service in `Host` (default 127.0.0.1:15001).
+    #[serde(default = "default_outbound")]
+    pub listen: String,
+    /// One listener per TCP service port the application uses: bytes sent to
+    /// `listen` go to an endpoint of `host:port` (like Istio's Sidecar egress
+    /// listeners with `bind`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp: Vec<TcpListenerSpec>,
+}
+
+impl Default for OutboundSpec {
+    fn default() -> Self {
+        Self {
+            listen: default_outbound(),
+            tcp: Vec::new(),
+        }
+    }
+}
+
+fn default_outbound() -> String {
+    "127.0.0.1:15001".into()
+}
+
+/// A local TCP listener bound to one service port.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpListenerSpec {
+    /// Local address to listen on.
+    pub listen: String,
+    /// The service host (short name or FQDN).
+    pub host: String,
+    /// The service port, declared with protocol TCP in its ServiceEntry.
+    pub port: u32,
+}
+
+/// The admin API listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminSpec {
+    /// Address of `/ready`, `/metrics`, `/config_dump`, `/clusters`, `/routes`
+    /// (default 127.0.0.1:15000: keep it local, it shows the whole config).
+    #[serde(default = "default_admin")]
+    pub listen: String,
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        Self {
+            listen: default_admin(),
+        }
+    }
+}
+
+fn default_admin() -> String {
+    "127.0.0.1:15000".into()
+}
+
+/// Where spans go and how many are kept.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TelemetrySpec {
+    /// The OTLP endpoint.
+    #[serde(default)]
+    pub otlp: OtlpSpec,
+    /// Share of new traces recorded, 0.0–1.0 (default 1.0). Requests that
+    /// arrive with a trace context follow the caller's decision.
+    #[serde(default = "default_sampling")]
+    pub sampling: f64,
+    /// Most finished spans held while the endpoint is slow or down; beyond
+    /// it spans are dropped and counted (default 8192).
+    #[serde(default = "default_span_queue")]
+    pub max_queued_spans: usize,
+    /// Longest a finished span waits before it is exported (default 1s).
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval: IstioDuration,
+}
+
+impl Default for TelemetrySpec {
+    fn default() -> Self {
+        Self {
+            otlp: OtlpSpec::default(),
+            sampling: default_sampling(),
+            max_queued_spans: default_span_queue(),
+            flush_interval: default_flush_interval(),
+        }
+    }
+}
+
+fn default_flush_interval() -> IstioDuration {
+    IstioDuration(std::time::Duration::from_secs(1))
+}
+
+fn default_sampling() -> f64 {
+    1.0
+}
+
+fn default_span_queue() -> usize {
+    8192
+}
+
+/// An OTLP endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OtlpSpec {
+    /// URL of the endpoint (default http://127.0.0.1:4317, the built-in
+    /// collector). For `http`, `/v1/traces` is appended unless present.
+    #[serde(default = "default_otlp_endpoint")]
+    pub endpoint: String,
+    /// `grpc` (default) or `http` (HTTP/protobuf).
+    #[serde(default = "default_otlp_protocol")]
+    pub protocol: String,
+    /// Extra headers sent with every export (e.g. an API key).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Timeout of one export (default 10s).
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout: IstioDuration,
+}
+
+impl Default for OtlpSpec {
+    fn default() -> Self {
+        Self {
+            endpoint: default_otlp_endpoint(),
+            protocol: default_otlp_protocol(),
+            headers: BTreeMap::new(),
+            timeout: default_otlp_timeout(),
+        }
+    }
+}
+
+fn default_otlp_endpoint() -> String {
+    "http://127.0.0.1:4317".into()
+}
+
+fn default_otlp_protocol() -> String {
+    "grpc".into()
+}
+
+fn default_otlp_timeout() -> IstioDuration {
+    IstioDuration(std::time::Duration::from_secs(10))
+}
+
+/// The access log: one JSON line per request with Envoy's fields.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLogSpec {
+    /// Write the log (default off: a line per request costs).
+    #[serde(default)]
+    pub enabled: bool,
+    /// File to append to; `-` or absent means standard output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}

@@ -1,0 +1,62 @@
+//! The parts every Kubernetes-style document shares.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Kubernetes object metadata. Unknown fields are allowed here (unlike in
+/// specs) because `kubectl get -o yaml` output carries many server-set ones
+/// (`uid`, `resourceVersion`, `managedFields`, …) that mean nothing to a proxy.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    /// The resource's name, unique per kind and namespace.
+    #[serde(default)]
+    pub name: String,
+    /// The namespace; short host names in specs resolve against it.
+    /// Defaults to the agent's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Free-form annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A Kubernetes label selector as Istio's `workloadSelector`/`selector` use it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSelector {
+    /// Every label here must be on the workload for the selector to match.
+    #[serde(default, alias = "labels")]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+impl WorkloadSelector {
+    /// Whether a workload with `labels` is selected.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// A reference to a Kubernetes object a policy attaches to (Gateway API style).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyTargetReference {
+    /// API group of the target.
+    #[serde(default)]
+    pub group: String,
+    /// Kind of the target.
+    #[serde(default)]
+    pub kind: String,
+    /// Name of the target.
+    #[serde(default)]
+    pub name: String,
+    /// Namespace of the target.
+    #[serde(default)]
+    pub namespace: String,
+}

@@ -1,0 +1,13 @@
+//! The config file as written: serde types mirroring Istio's resources field
+//! for field (unknown fields are errors), the Agent bootstrap, and the loader
+//! that splits documents and names every problem's file, document and field.
+
+pub mod agent;
+pub mod destination_rule;
+pub mod diagnostics;
+pub mod documents;
+pub mod duration;
+pub mod meta;
+pub mod security;
+pub mod service_entry;
+pub mod virtual_service;

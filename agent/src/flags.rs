@@ -1,0 +1,114 @@
+//! Envoy's response flags: the short codes operators already read in access
+//! logs, metrics (`response_flags`) and span attributes.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// A set of response flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ResponseFlags(u16);
+
+const NAMES: [(u16, &str); 14] = [
+    (1 << 0, "NR"),
+    (1 << 1, "UF"),
+    (1 << 2, "UH"),
+    (1 << 3, "UO"),
+    (1 << 4, "UT"),
+    (1 << 5, "URX"),
+    (1 << 6, "UC"),
+    (1 << 7, "DC"),
+    (1 << 8, "RL"),
+    (1 << 9, "RBAC"),
+    (1 << 10, "FI"),
+    (1 << 11, "DI"),
+    (1 << 12, "NC"),
+    (1 << 13, "UR"),
+];
+
+impl ResponseFlags {
+    /// No flag.
+    pub const NONE: Self = Self(0);
+    /// No route matched the request.
+    pub const NO_ROUTE: Self = Self(1 << 0);
+    /// The upstream connection could not be opened.
+    pub const UPSTREAM_CONNECT_FAILURE: Self = Self(1 << 1);
+    /// The cluster has no healthy endpoint.
+    pub const NO_HEALTHY_UPSTREAM: Self = Self(1 << 2);
+    /// A connection-pool or circuit-breaker limit overflowed.
+    pub const UPSTREAM_OVERFLOW: Self = Self(1 << 3);
+    /// The upstream did not answer in time.
+    pub const UPSTREAM_TIMEOUT: Self = Self(1 << 4);
+    /// Retries were exhausted.
+    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: Self = Self(1 << 5);
+    /// The upstream connection closed before the response.
+    pub const UPSTREAM_CONNECTION_TERMINATION: Self = Self(1 << 6);
+    /// The client went away before the response was complete.
+    pub const DOWNSTREAM_CONNECTION_TERMINATION: Self = Self(1 << 7);
+    /// Rate limited.
+    pub const RATE_LIMITED: Self = Self(1 << 8);
+    /// Denied by an AuthorizationPolicy.
+    pub const RBAC_DENIED: Self = Self(1 << 9);
+    /// Aborted by fault injection.
+    pub const FAULT_ABORT: Self = Self(1 << 10);
+    /// Delayed by fault injection.
+    pub const FAULT_DELAY: Self = Self(1 << 11);
+    /// The route's destination names no known cluster.
+    pub const NO_CLUSTER_FOUND: Self = Self(1 << 12);
+    /// The upstream reset the stream after the response began.
+    pub const UPSTREAM_REMOTE_RESET: Self = Self(1 << 13);
+
+    /// Whether no flag is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether every flag of `other` is set.
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Adds the flags of `other`.
+    pub fn insert(&mut self, other: Self) {
+        self.0 |= other.0;
+    }
+
+    /// Envoy's rendering: `-` for none, else codes joined by commas.
+    pub fn as_str(self) -> Cow<'static, str> {
+        if self.is_empty() {
+            return Cow::Borrowed("-");
+        }
+        let mut names = NAMES.iter().filter(|(bit, _)| self.0 & bit != 0).map(|(_, n)| *n);
+        match (names.next(), names.clone().next()) {
+            (Some(only), None) => Cow::Borrowed(only),
+            (Some(first), Some(_)) => Cow::Owned(names.fold(first.to_owned(), |acc, n| acc + "," + n)),
+            (None, _) => Cow::Borrowed("-"),
+        }
+    }
+}
+
+impl std::ops::BitOr for ResponseFlags {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Display for ResponseFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_like_envoy() {
+        assert_eq!(ResponseFlags::NONE.as_str(), "-");
+        assert_eq!(ResponseFlags::NO_ROUTE.as_str(), "NR");
+        let both = ResponseFlags::UPSTREAM_CONNECT_FAILURE | ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+        assert_eq!(both.as_str(), "UF,URX");
+        assert!(both.contains(ResponseFlags::UPSTREAM_CONNECT_FAILURE));
+    }
+}

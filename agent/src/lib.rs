@@ -1,0 +1,20 @@
+//! tracemesh's sidecar agent: an HTTP/1.1 + HTTP/2 proxy that routes by
+//! Istio's own resources, propagates W3C trace context, reports every hop as
+//! an OTLP span and as Istio-compatible Prometheus metrics.
+//!
+//! The request path (DESIGN §2) is built in [`proxy`]; the config it reads is
+//! an immutable [`model::Snapshot`] compiled from YAML by [`compile`].
+
+pub mod balancer;
+pub mod compile;
+pub mod config;
+pub mod host;
+pub mod model;
+pub mod telemetry;
+pub mod flags;
+pub mod proxy;
+pub mod trace_context;
+pub mod admin;
+pub mod run;
+
+pub use run::{AgentError, run};

@@ -1,0 +1,88 @@
+//! The compiled, immutable form of a config: what the request path reads.
+//! Built once per load by `compile`, swapped atomically on reload.
+
+pub mod cluster;
+pub mod route;
+pub mod service;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use crate::config::agent::AgentSpec;
+use crate::telemetry::peer_metadata::PeerInfo;
+use cluster::Cluster;
+use route::RouteTable;
+use service::{Protocol, ServiceName};
+
+/// Who this agent is, as metrics, spans and peers see it.
+#[derive(Debug)]
+pub struct Identity {
+    /// The workload (`metadata.name` of the Agent document).
+    pub workload: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The service it fronts.
+    pub service: Arc<ServiceName>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// `app` label, or `unknown`.
+    pub app: String,
+    /// `version` label, or `unknown`.
+    pub version: String,
+    /// Istio's canonical service (canonical-name label, else app, else workload).
+    pub canonical_service: String,
+    /// Istio's canonical revision (canonical-revision label, else version, else `latest`).
+    pub canonical_revision: String,
+    /// The cluster id peers see (`Kubernetes`, Istio's default).
+    pub cluster_id: String,
+    /// Value of `x-envoy-peer-metadata` announcing this workload to peers.
+    pub peer_metadata: HeaderValue,
+    /// Value of `x-envoy-peer-metadata-id`.
+    pub peer_metadata_id: HeaderValue,
+    /// This workload as a peer, for metric labels.
+    pub peer: Arc<PeerInfo>,
+}
+
+/// Listener addresses, parsed from the bootstrap. Fixed for the process's
+/// life: a reload that changes them is refused with a warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listeners {
+    /// Inbound listener.
+    pub inbound: SocketAddr,
+    /// The local application.
+    pub app: SocketAddr,
+    /// Protocol of the local application.
+    pub app_protocol: Protocol,
+    /// Outbound HTTP listener.
+    pub outbound: SocketAddr,
+    /// Outbound plain-TCP listeners, in `spec.outbound.tcp` order.
+    pub outbound_tcp: Vec<SocketAddr>,
+    /// Admin listener.
+    pub admin: SocketAddr,
+}
+
+/// One compiled config.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increments with each accepted load.
+    pub version: u64,
+    /// The bootstrap as written.
+    pub bootstrap: AgentSpec,
+    /// Listener addresses.
+    pub listeners: Listeners,
+    /// This agent's identity.
+    pub identity: Arc<Identity>,
+    /// Outbound HTTP routing.
+    pub routes: RouteTable,
+    /// The local application, behind the inbound listener.
+    pub inbound: Arc<Cluster>,
+    /// Destination of each outbound TCP listener, in `spec.outbound.tcp` order.
+    pub tcp_routes: Vec<Arc<Cluster>>,
+    /// Every outbound cluster, for `/clusters`.
+    pub clusters: Vec<Arc<Cluster>>,
+    /// The effective config as JSON, for `/config_dump`.
+    pub dump: serde_json::Value,
+}

@@ -1,0 +1,313 @@
+//! Compiled VirtualService rules: a table from host to ordered rules, each
+//! with prebuilt matchers and weighted destinations.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+use super::cluster::Cluster;
+
+/// A compiled string condition.
+#[derive(Debug, Clone)]
+pub enum StrMatcher {
+    /// Equal to.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// The whole value matches (the regex is anchored at compile time).
+    Regex(Regex),
+    /// Present with any value (Istio's empty match object).
+    Present,
+}
+
+impl StrMatcher {
+    /// Whether `value` matches.
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(s) => value == s,
+            Self::Prefix(s) => value.starts_with(s.as_str()),
+            Self::Regex(r) => r.is_match(value),
+            Self::Present => true,
+        }
+    }
+
+    /// Whether `value` matches, ignoring ASCII case (the pattern is stored
+    /// lower-cased and the regex built case-insensitive).
+    pub fn matches_ignore_case(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(s) => value.eq_ignore_ascii_case(s),
+            Self::Prefix(s) => value
+                .get(..s.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(s)),
+            Self::Regex(r) => r.is_match(value),
+            Self::Present => true,
+        }
+    }
+}
+
+/// What a rule's conditions look at.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The path without the query.
+    pub path: &'a str,
+    /// The query string, if any.
+    pub query: Option<&'a str>,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// The authority as sent.
+    pub authority: &'a str,
+    /// The port the request was addressed to.
+    pub port: u16,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// One compiled `match` entry: every present condition must hold.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    /// Path condition.
+    pub uri: Option<StrMatcher>,
+    /// Compare the path case-insensitively.
+    pub ignore_uri_case: bool,
+    /// Scheme condition.
+    pub scheme: Option<StrMatcher>,
+    /// Method condition.
+    pub method: Option<StrMatcher>,
+    /// Authority condition.
+    pub authority: Option<StrMatcher>,
+    /// Header conditions.
+    pub headers: Vec<(HeaderName, StrMatcher)>,
+    /// Headers that must be absent or not match.
+    pub without_headers: Vec<(HeaderName, StrMatcher)>,
+    /// Query parameter conditions.
+    pub query_params: Vec<(String, StrMatcher)>,
+    /// Port condition.
+    pub port: Option<u16>,
+}
+
+impl RouteMatch {
+    /// Whether the request satisfies every condition.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        if self.port.is_some_and(|p| p != req.port) {
+            return false;
+        }
+        if let Some(uri) = &self.uri {
+            let ok = if self.ignore_uri_case {
+                uri.matches_ignore_case(req.path)
+            } else {
+                uri.matches(req.path)
+            };
+            if !ok {
+                return false;
+            }
+        }
+        let simple = [
+            (&self.method, req.method.as_str()),
+            (&self.scheme, req.scheme),
+            (&self.authority, req.authority),
+        ];
+        if simple
+            .iter()
+            .any(|(m, v)| m.as_ref().is_some_and(|m| !m.matches(v)))
+        {
+            return false;
+        }
+        self.headers
+            .iter()
+            .all(|(name, m)| header_matches(req.headers, name, m))
+            && !self
+                .without_headers
+                .iter()
+                .any(|(name, m)| header_matches(req.headers, name, m))
+            && self.query_params.iter().all(|(name, m)| {
+                req.query
+                    .and_then(|q| crate::balancer::query_value(q, name))
+                    .is_some_and(|v| m.matches(v))
+            })
+    }
+}
+
+fn header_matches(headers: &HeaderMap, name: &HeaderName, matcher: &StrMatcher) -> bool {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return false;
+    };
+    match values.next() {
+        // Envoy matches a repeated header on its values joined by commas.
+        Some(second) => {
+            let mut joined = String::from_utf8_lossy(first.as_bytes()).into_owned();
+            for v in std::iter::once(second).chain(values) {
+                joined.push(',');
+                joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            }
+            matcher.matches(&joined)
+        }
+        None => first.to_str().is_ok_and(|v| matcher.matches(v)),
+    }
+}
+
+/// Header edits, applied set → add → remove as Envoy does.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderEdits {
+    /// Replace.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Append.
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    /// Delete.
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies the edits to `headers`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+        for name in &self.remove {
+            headers.remove(name);
+        }
+    }
+}
+
+/// A destination service, resolved to a cluster per port.
+#[derive(Debug, Clone)]
+pub struct DestinationTarget {
+    /// The FQDN.
+    pub host: Arc<str>,
+    /// The subset, if any.
+    pub subset: Option<String>,
+    /// The port the rule names, if any.
+    pub port: Option<u16>,
+    /// Clusters of the service's ports (for the subset); empty when the host
+    /// is not in the registry or the subset is not defined.
+    pub clusters: Vec<Arc<Cluster>>,
+}
+
+impl DestinationTarget {
+    /// The cluster for a request addressed to `request_port`: the rule's port,
+    /// else the request's, else the service's only port.
+    pub fn cluster_for(&self, request_port: u16) -> Option<&Arc<Cluster>> {
+        let port = self.port.unwrap_or(request_port);
+        self.clusters
+            .iter()
+            .find(|c| c.port == port)
+            .or_else(|| match (self.port, self.clusters.as_slice()) {
+                (None, [only]) => Some(only),
+                _ => None,
+            })
+    }
+}
+
+/// One weighted destination of a rule.
+#[derive(Debug, Clone)]
+pub struct WeightedDestination {
+    /// Where to.
+    pub target: DestinationTarget,
+    /// Relative weight.
+    pub weight: u32,
+    /// Request header edits of this destination.
+    pub request_headers: HeaderEdits,
+    /// Response header edits of this destination.
+    pub response_headers: HeaderEdits,
+}
+
+/// One compiled `http[]` rule.
+#[derive(Debug, Clone)]
+pub struct HttpRule {
+    /// The rule's name (`http.route` on spans); none for unnamed rules and
+    /// the implicit route of a registry entry.
+    pub name: Option<Arc<str>>,
+    /// Alternatives; empty matches everything.
+    pub matches: Vec<RouteMatch>,
+    /// Weighted destinations.
+    pub destinations: Vec<WeightedDestination>,
+    /// Sum of the weights.
+    pub total_weight: u32,
+    /// Request header edits of the rule.
+    pub request_headers: HeaderEdits,
+    /// Response header edits of the rule.
+    pub response_headers: HeaderEdits,
+}
+
+impl HttpRule {
+    /// Whether the request matches this rule.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    }
+
+    /// Picks a destination by weight (uniformly at random, as Envoy's
+    /// weighted clusters do).
+    pub fn pick_destination(&self) -> Option<&WeightedDestination> {
+        if self.destinations.len() == 1 {
+            return self.destinations.first();
+        }
+        if self.total_weight == 0 {
+            return None;
+        }
+        let mut ticket = fastrand::u32(..self.total_weight);
+        self.destinations.iter().find(|d| {
+            if ticket < d.weight {
+                true
+            } else {
+                ticket -= d.weight;
+                false
+            }
+        })
+    }
+}
+
+/// The rules of one host.
+#[derive(Debug)]
+pub struct VirtualHost {
+    /// The host pattern (FQDN or `*.suffix`).
+    pub host: String,
+    /// The VirtualService it came from (`namespace/name`), or none for the
+    /// implicit route of a registry entry.
+    pub virtual_service: Option<String>,
+    /// Rules in order; the first that matches wins.
+    pub rules: Vec<HttpRule>,
+}
+
+impl VirtualHost {
+    /// The first rule matching the request.
+    pub fn route(&self, req: &RequestView<'_>) -> Option<&HttpRule> {
+        self.rules.iter().find(|r| r.matches(req))
+    }
+}
+
+/// Every virtual host, by each name a client may use for it.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// Exact names (FQDNs and their short aliases) → host.
+    pub exact: HashMap<String, Arc<VirtualHost>>,
+    /// `*.suffix` patterns, longest suffix first.
+    pub wildcard: Vec<Arc<VirtualHost>>,
+}
+
+impl RouteTable {
+    /// The virtual host for a request's host name (without port).
+    pub fn find(&self, host: &str) -> Option<&Arc<VirtualHost>> {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if let Some(vh) = self.exact.get(host) {
+            return Some(vh);
+        }
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.find(&host.to_ascii_lowercase());
+        }
+        self.wildcard
+            .iter()
+            .find(|vh| crate::host::host_matches(&vh.host, host))
+    }
+}

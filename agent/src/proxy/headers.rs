@@ -1,0 +1,236 @@
+//! Header rewriting between hops, as Envoy does it: hop-by-hop headers out,
+//! forwarding headers and a request id in, trace context and Istio's peer
+//! metadata exchanged, the rule's edits applied, and the URI and version made
+//! right for the upstream's protocol.
+
+use std::net::IpAddr;
+
+use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, request, response};
+
+use super::Direction;
+use super::exchange::Exchange;
+use super::local_reply::LocalReply;
+use crate::model::Identity;
+use crate::model::route::HeaderEdits;
+use crate::telemetry::peer_metadata::{PEER_METADATA, PEER_METADATA_ID};
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+
+/// How the request leaves this hop.
+pub struct OutgoingRequest<'a> {
+    /// Listener direction.
+    pub direction: Direction,
+    /// Speak HTTP/2 to the upstream.
+    pub h2: bool,
+    /// The request is a protocol upgrade (keeps `Upgrade`/`Connection`).
+    pub upgrade: bool,
+    /// This agent.
+    pub identity: &'a Identity,
+    /// The client's IP (appended to `x-forwarded-for` inbound).
+    pub client_ip: IpAddr,
+    /// Rule then destination edits (outbound).
+    pub edits: [Option<&'a HeaderEdits>; 2],
+}
+
+/// Rewrites a request for the next hop.
+pub fn prepare_request(parts: &mut request::Parts, out: &OutgoingRequest<'_>, ex: &mut Exchange) -> Result<(), LocalReply> {
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers, out.upgrade);
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if out.direction == Direction::Inbound {
+        append_forwarded_for(headers, out.client_ip);
+    }
+    let request_id = headers.entry(X_REQUEST_ID).or_insert_with(new_request_id);
+    ex.set_request_id(request_id);
+    ex.inject_trace_context(headers);
+    match out.direction {
+        // Announce this workload to the callee's sidecar (Istio metadata exchange).
+        Direction::Outbound => {
+            headers.insert(PEER_METADATA, out.identity.peer_metadata.clone());
+            headers.insert(PEER_METADATA_ID, out.identity.peer_metadata_id.clone());
+        }
+        // The caller's announcement was read by the exchange; the app never sees it.
+        Direction::Inbound => {
+            headers.remove(PEER_METADATA);
+            headers.remove(PEER_METADATA_ID);
+        }
+    }
+    for edits in out.edits.iter().flatten() {
+        edits.apply(headers);
+    }
+    set_target(parts, out.h2)
+}
+
+/// Puts the URI and version in the form the upstream protocol wants:
+/// origin-form with `Host` for HTTP/1.1, absolute with `:authority` for HTTP/2.
+fn set_target(parts: &mut request::Parts, h2: bool) -> Result<(), LocalReply> {
+    let authority = match parts.uri.authority() {
+        Some(a) => Some(a.clone()),
+        None => parts
+            .headers
+            .get(HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok()),
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if h2 {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority.ok_or(LocalReply::MISSING_HOST)?);
+        uri.path_and_query = Some(path);
+        parts.uri = Uri::from_parts(uri).map_err(|_| LocalReply::MISSING_HOST)?;
+        parts.version = Version::HTTP_2;
+        parts.headers.remove(HOST);
+    } else {
+        if let Some(authority) = parts.uri.authority() {
+            let value = HeaderValue::from_str(authority.as_str()).map_err(|_| LocalReply::MISSING_HOST)?;
+            parts.headers.insert(HOST, value);
+        } else if !parts.headers.contains_key(HOST) {
+            let authority = authority.ok_or(LocalReply::MISSING_HOST)?;
+            let value = HeaderValue::from_str(authority.as_str()).map_err(|_| LocalReply::MISSING_HOST)?;
+            parts.headers.insert(HOST, value);
+        }
+        parts.uri = Uri::from(path);
+        parts.version = Version::HTTP_11;
+    }
+    Ok(())
+}
+
+/// How the response goes back.
+pub struct IncomingResponse<'a> {
+    /// Listener direction.
+    pub direction: Direction,
+    /// The caller announced itself, so this agent answers in kind (inbound).
+    pub caller_announced: bool,
+    /// This agent.
+    pub identity: &'a Identity,
+    /// Milliseconds the upstream took to answer.
+    pub upstream_ms: u64,
+    /// Rule then destination edits (outbound).
+    pub edits: [Option<&'a HeaderEdits>; 2],
+}
+
+/// Rewrites a response for the caller.
+pub fn prepare_response(parts: &mut response::Parts, back: &IncomingResponse<'_>, ex: &mut Exchange) {
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers, parts.status == http::StatusCode::SWITCHING_PROTOCOLS);
+    match back.direction {
+        Direction::Outbound => {
+            if let Some(value) = headers.remove(PEER_METADATA) {
+                ex.set_peer_from_header(value.as_bytes());
+            }
+            headers.remove(PEER_METADATA_ID);
+        }
+        Direction::Inbound if back.caller_announced => {
+            headers.insert(PEER_METADATA, back.identity.peer_metadata.clone());
+            headers.insert(PEER_METADATA_ID, back.identity.peer_metadata_id.clone());
+        }
+        Direction::Inbound => {}
+    }
+    headers.insert(UPSTREAM_SERVICE_TIME, HeaderValue::from(back.upstream_ms));
+    for edits in back.edits.iter().flatten() {
+        edits.apply(headers);
+    }
+}
+
+/// Removes headers that describe one connection only (RFC 9110 §7.6.1),
+/// including those `Connection` names. `te: trailers` survives (gRPC needs
+/// it); an upgrade keeps `Upgrade` and `Connection: upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("upgrade") && !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|t| HeaderName::try_from(t.to_ascii_lowercase()).ok())
+        .filter(|name| name != TE)
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, TRANSFER_ENCODING] {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(CONNECTION);
+        headers.remove(UPGRADE);
+    }
+    if headers.get(TE).is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+        headers.remove(TE);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
+    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {ip}"),
+        None => ip.to_string(),
+    };
+    if let Ok(value) = HeaderValue::try_from(value) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// A random UUID v4, as Envoy generates for `x-request-id`.
+fn new_request_id() -> HeaderValue {
+    let mut bits = fastrand::u128(..);
+    bits = (bits & !(0xf << 76)) | (0x4 << 76); // version 4
+    bits = (bits & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
+    let hex = format!("{bits:032x}");
+    let id = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
+    HeaderValue::try_from(id).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let id = new_request_id();
+        let s = id.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        assert_ne!(new_request_id(), id);
+    }
+
+    #[test]
+    fn strips_hop_by_hop_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        headers.insert("x-secret", "1".parse().unwrap());
+        headers.insert(KEEP_ALIVE, "timeout=5".parse().unwrap());
+        headers.insert(TE, "trailers".parse().unwrap());
+        headers.insert("x-app", "kept".parse().unwrap());
+        strip_hop_by_hop(&mut headers, false);
+        assert!(headers.get("x-secret").is_none());
+        assert!(headers.get(CONNECTION).is_none());
+        assert!(headers.get(KEEP_ALIVE).is_none());
+        assert_eq!(headers.get(TE).unwrap(), "trailers");
+        assert_eq!(headers.get("x-app").unwrap(), "kept");
+    }
+
+    #[test]
+    fn appends_forwarded_for() {
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, "10.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut headers, "10.0.0.2".parse().unwrap());
+        assert_eq!(headers.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 10.0.0.2");
+    }
+}

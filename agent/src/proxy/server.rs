@@ -1,0 +1,178 @@
+//! Worker threads: each runs a single-threaded runtime with its own
+//! listener sockets, serves HTTP/1.1 and HTTP/2 (prior knowledge) on the
+//! same port, and drains its connections on shutdown.
+
+use std::net::TcpListener as StdListener;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::listener::WorkerSockets;
+use super::{Direction, Downstream, LocalExec, Shared, Worker, handler, tcp};
+
+/// A running worker thread.
+pub struct WorkerHandle {
+    thread: std::thread::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl WorkerHandle {
+    /// Tells the worker to stop accepting and drain its connections.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits for the worker to finish draining.
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("a worker thread panicked");
+        }
+    }
+}
+
+/// Starts one worker per socket group.
+pub fn spawn_workers(
+    shared: &Arc<Shared>,
+    sockets: Vec<WorkerSockets>,
+    inbound_tcp: bool,
+    drain: Duration,
+) -> std::io::Result<Vec<WorkerHandle>> {
+    let mut handles = Vec::new();
+    for (index, sockets) in sockets.into_iter().enumerate() {
+        let (stop, stopped) = watch::channel(false);
+        let shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("worker-{index}"))
+            .spawn(move || run_worker(shared, sockets, inbound_tcp, stopped, drain))?;
+        handles.push(WorkerHandle { thread, stop });
+    }
+    Ok(handles)
+}
+
+fn run_worker(shared: Arc<Shared>, sockets: WorkerSockets, inbound_tcp: bool, stopped: watch::Receiver<bool>, drain: Duration) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start a worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let worker = Rc::new(Worker::new(shared));
+        let graceful = Rc::new(GracefulShutdown::new());
+        let http = Rc::new(http_builder());
+        let serve = |socket, direction| {
+            let accept = Accept {
+                worker: worker.clone(),
+                http: http.clone(),
+                graceful: graceful.clone(),
+                stopped: stopped.clone(),
+            };
+            tokio::task::spawn_local(accept.http(socket, direction))
+        };
+        let mut loops = vec![serve(sockets.outbound, Direction::Outbound)];
+        if inbound_tcp {
+            loops.push(tokio::task::spawn_local(accept_tcp(worker.clone(), sockets.inbound, None, stopped.clone())));
+        } else {
+            loops.push(serve(sockets.inbound, Direction::Inbound));
+        }
+        for (index, socket) in sockets.outbound_tcp.into_iter().enumerate() {
+            loops.push(tokio::task::spawn_local(accept_tcp(worker.clone(), socket, Some(index), stopped.clone())));
+        }
+        let pools = worker.pools.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                pools.sweep();
+            }
+        });
+        for accept_loop in loops {
+            let _ = accept_loop.await;
+        }
+        // Listeners are closed; let in-flight requests finish, up to `drain`.
+        if let Ok(graceful) = Rc::try_unwrap(graceful) {
+            let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+        }
+    });
+}
+
+fn http_builder() -> auto::Builder<LocalExec> {
+    let mut builder = auto::Builder::new(LocalExec);
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .adaptive_window(true)
+        .max_concurrent_streams(1024);
+    builder
+}
+
+struct Accept {
+    worker: Rc<Worker>,
+    http: Rc<auto::Builder<LocalExec>>,
+    graceful: Rc<GracefulShutdown>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Accept {
+    async fn http(mut self, socket: StdListener, direction: Direction) {
+        let Some(listener) = to_tokio(socket) else { return };
+        let gauge = self.worker.shared.metrics.active_connections.with_label_values(&[direction.as_str()]);
+        while let Some((stream, peer)) = accept(&listener, &mut self.stopped).await {
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().unwrap_or(peer);
+            let down = Rc::new(Downstream { direction, peer, local });
+            let worker = self.worker.clone();
+            let service = service_fn(move |req| handler::handle(worker.clone(), down.clone(), req));
+            let conn = self.http.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            let conn = self.graceful.watch(conn);
+            let gauge = gauge.clone();
+            gauge.inc();
+            tokio::task::spawn_local(async move {
+                if let Err(error) = conn.await {
+                    tracing::debug!(%error, "downstream connection ended with an error");
+                }
+                gauge.dec();
+            });
+        }
+    }
+}
+
+async fn accept_tcp(worker: Rc<Worker>, socket: StdListener, outbound_index: Option<usize>, mut stopped: watch::Receiver<bool>) {
+    let Some(listener) = to_tokio(socket) else { return };
+    while let Some((stream, peer)) = accept(&listener, &mut stopped).await {
+        let _ = stream.set_nodelay(true);
+        tokio::task::spawn_local(tcp::serve(worker.clone(), stream, peer, outbound_index));
+    }
+}
+
+fn to_tokio(socket: StdListener) -> Option<TcpListener> {
+    TcpListener::from_std(socket)
+        .map_err(|error| tracing::error!(%error, "cannot register a listener"))
+        .ok()
+}
+
+/// The next connection, or `None` once the worker is told to stop.
+async fn accept(listener: &TcpListener, stopped: &mut watch::Receiver<bool>) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => return Some(pair),
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopped.changed() => return None,
+        }
+    }
+}

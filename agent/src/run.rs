@@ -1,0 +1,117 @@
+//! Starting and stopping an agent: load the config, start telemetry, bind
+//! listeners, run the workers and the admin API, drain on SIGTERM.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::compile;
+use crate::config::diagnostics::ConfigRejected;
+use crate::model::cluster::EndpointStates;
+use crate::model::service::Protocol;
+use crate::proxy::{self, Shared};
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::spans::{SpanCounterHandles, SpanPipeline, SpanPipelineError};
+
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The config file was rejected.
+    #[error(transparent)]
+    Config(#[from] ConfigRejected),
+    /// A listener could not be bound, or a thread could not start.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Metric registration failed (a bug: names are fixed).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The span pipeline could not start.
+    #[error(transparent)]
+    Spans(#[from] SpanPipelineError),
+}
+
+/// Runs the agent configured by the file at `path` until SIGINT or SIGTERM.
+pub fn run(path: &Path) -> Result<(), AgentError> {
+    let endpoint_states = EndpointStates::default();
+    let compiled = compile::load_file(path, 1, &endpoint_states)?;
+    for warning in compiled.diagnostics.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let snapshot = compiled.snapshot;
+    let metrics = Metrics::new()?;
+    metrics.config_reloads.with_label_values(&["accepted"]).inc();
+    metrics.config_version.set(snapshot.version as i64);
+    let counters = SpanCounterHandles {
+        exported: metrics.spans_exported.clone(),
+        failed: metrics.spans_failed.clone(),
+        dropped: metrics.spans_dropped.clone(),
+    };
+    let spans = SpanPipeline::start(&snapshot.bootstrap.telemetry, &snapshot.identity, counters)?;
+    let access_log = match &snapshot.bootstrap.access_log {
+        log if log.enabled => Some(AccessLog::start(log.path.as_deref(), metrics.access_log_dropped.clone())?),
+        _ => None,
+    };
+    let bound = proxy::bind_all(&snapshot.listeners, snapshot.bootstrap.concurrency)?;
+    let admin = std::net::TcpListener::bind(snapshot.listeners.admin)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("bind {}: {e}", snapshot.listeners.admin)))?;
+    let admin_addr = admin.local_addr()?;
+    let inbound_tcp = snapshot.listeners.app_protocol == Protocol::Tcp;
+    let drain = snapshot.bootstrap.drain_duration.get();
+    let shared = Arc::new(Shared {
+        config: ArcSwap::from_pointee(snapshot),
+        metrics,
+        tracer: spans.tracer().clone(),
+        access_log,
+        endpoint_states,
+    });
+    let workers = proxy::spawn_workers(&shared, bound.per_worker, inbound_tcp, drain)?;
+    let addresses = bound.addresses;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let router = crate::admin::router(shared.clone(), addresses.clone());
+        let outbound_tcp: Vec<String> = addresses.outbound_tcp.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            outbound = %addresses.outbound,
+            inbound = %addresses.inbound,
+            admin = %admin_addr,
+            outbound_tcp = %outbound_tcp.join(","),
+            workers = workers.len(),
+            "agent ready"
+        );
+        tokio::select! {
+            result = crate::admin::serve(admin, router) => {
+                if let Err(error) = result {
+                    tracing::error!(%error, "admin server stopped");
+                }
+            }
+            () = shutdown_signal() => {}
+        }
+    });
+    tracing::info!(drain = ?drain, "draining");
+    for worker in &workers {
+        worker.stop();
+    }
+    for worker in workers {
+        worker.join();
+    }
+    spans.shutdown();
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,153 @@
+//! The access log: one JSON line per request with Istio's default JSON keys
+//! (Envoy's fields) plus `traceparent`, written by a thread of its own so the
+//! request path never waits on a disk. Lines beyond its queue are dropped
+//! and counted.
+
+use std::io::{BufWriter, Write};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::IntCounter;
+use serde::Serialize;
+
+const QUEUE: usize = 8192;
+
+/// Sends lines to the writer thread.
+pub struct AccessLog {
+    lines: SyncSender<String>,
+    dropped: IntCounter,
+}
+
+impl AccessLog {
+    /// Opens `path` (`None` or `-`: standard output) and starts the writer.
+    pub fn start(path: Option<&str>, dropped: IntCounter) -> std::io::Result<Self> {
+        let sink: Box<dyn Write + Send> = match path {
+            None | Some("-") | Some("/dev/stdout") => Box::new(std::io::stdout()),
+            Some(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        };
+        let (lines, receiver) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(receiver, sink))?;
+        Ok(Self { lines, dropped })
+    }
+
+    /// Queues one entry.
+    pub fn write(&self, entry: &AccessLogEntry<'_>) {
+        let Ok(line) = serde_json::to_string(entry) else { return };
+        if let Err(TrySendError::Full(_)) = self.lines.try_send(line) {
+            self.dropped.inc();
+        }
+    }
+}
+
+fn write_lines(receiver: Receiver<String>, sink: Box<dyn Write + Send>) {
+    let mut out = BufWriter::new(sink);
+    while let Ok(line) = receiver.recv() {
+        let mut next = Some(line);
+        while let Some(line) = next {
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.write_all(b"\n");
+            next = receiver.try_recv().ok();
+        }
+        let _ = out.flush(); // flush when the queue runs dry, not per line
+    }
+}
+
+/// One request, with Istio's default JSON access-log keys.
+#[derive(Debug, Serialize)]
+pub struct AccessLogEntry<'a> {
+    /// Start of the request, RFC 3339 with milliseconds.
+    pub start_time: String,
+    /// VirtualService rule name.
+    pub route_name: Option<&'a str>,
+    /// Method.
+    pub method: &'a str,
+    /// Path and query.
+    pub path: &'a str,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'a str,
+    /// Status sent (0 when none was).
+    pub response_code: u16,
+    /// Envoy's flags, `-` when none.
+    pub response_flags: &'a str,
+    /// Why the agent answered itself, when it did.
+    pub response_code_details: Option<&'a str>,
+    /// Unused (no connection was terminated by policy).
+    pub connection_termination_details: Option<&'a str>,
+    /// Why the upstream connection failed, when it did.
+    pub upstream_transport_failure_reason: Option<&'a str>,
+    /// Request body bytes.
+    pub bytes_received: u64,
+    /// Response body bytes.
+    pub bytes_sent: u64,
+    /// Total duration in milliseconds.
+    pub duration: u64,
+    /// Upstream time to response headers, in milliseconds.
+    pub upstream_service_time: Option<String>,
+    /// `x-forwarded-for`.
+    pub x_forwarded_for: Option<&'a str>,
+    /// `user-agent`.
+    pub user_agent: Option<&'a str>,
+    /// `x-request-id`.
+    pub request_id: Option<&'a str>,
+    /// `:authority`/`Host`.
+    pub authority: Option<&'a str>,
+    /// The endpoint the request went to.
+    pub upstream_host: Option<String>,
+    /// The cluster.
+    pub upstream_cluster: Option<&'a str>,
+    /// Local address of the upstream connection (not tracked).
+    pub upstream_local_address: Option<&'a str>,
+    /// Listener address.
+    pub downstream_local_address: String,
+    /// Client address.
+    pub downstream_remote_address: String,
+    /// SNI (no TLS yet).
+    pub requested_server_name: Option<&'a str>,
+    /// The `traceparent` sent to the next hop (names this hop's span).
+    pub traceparent: Option<&'a str>,
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T01:02:03.456Z`.
+pub fn rfc3339_millis(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_764_032_523_456);
+        assert_eq!(rfc3339_millis(t), "2025-11-25T01:02:03.456Z");
+        assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339_millis(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

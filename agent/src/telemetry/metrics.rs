@@ -1,0 +1,333 @@
+//! Metric names and labels, declared once: Istio's standard request and TCP
+//! metrics (so existing dashboards keep working) and the agent's own.
+//!
+//! Label sets are resolved to metric handles through a small per-worker cache
+//! keyed by pointers, so recording a request touches only atomics.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use super::peer_metadata::PeerInfo;
+use crate::flags::ResponseFlags;
+use crate::model::service::ServiceName;
+
+/// Envoy's default histogram buckets, which Istio's metrics use.
+pub const ENVOY_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
+];
+
+const PEER_LABELS: [&str; 20] = [
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+];
+
+fn http_labels() -> Vec<&'static str> {
+    let tail = ["request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy"];
+    PEER_LABELS.iter().chain(tail.iter()).copied().collect()
+}
+
+fn tcp_labels() -> Vec<&'static str> {
+    let tail = ["request_protocol", "response_flags", "connection_security_policy"];
+    PEER_LABELS.iter().chain(tail.iter()).copied().collect()
+}
+
+/// Every metric family of the agent, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    request_bytes: HistogramVec,
+    response_bytes: HistogramVec,
+    tcp_sent: IntCounterVec,
+    tcp_received: IntCounterVec,
+    tcp_opened: IntCounterVec,
+    tcp_closed: IntCounterVec,
+    /// Spans accepted by the OTLP endpoint.
+    pub spans_exported: IntCounter,
+    /// Spans whose export failed.
+    pub spans_failed: IntCounter,
+    /// Spans dropped because the export queue was full.
+    pub spans_dropped: IntCounter,
+    /// Config loads by result (`accepted`, `rejected`).
+    pub config_reloads: IntCounterVec,
+    /// Version of the config in force.
+    pub config_version: IntGauge,
+    /// Open downstream connections by listener.
+    pub active_connections: IntGaugeVec,
+    /// Upstream connections opened.
+    pub upstream_connections: IntCounter,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every family in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let http = http_labels();
+        let tcp = tcp_labels();
+        let histogram = |name: &str, help: &str| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(ENVOY_BUCKETS.to_vec()), &http)
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
+        let metrics = Self {
+            requests: counter("istio_requests_total", "Requests handled by the sidecar.", &http)?,
+            duration: histogram("istio_request_duration_milliseconds", "Request duration in milliseconds.")?,
+            request_bytes: histogram("istio_request_bytes", "Request body sizes in bytes.")?,
+            response_bytes: histogram("istio_response_bytes", "Response body sizes in bytes.")?,
+            tcp_sent: counter("istio_tcp_sent_bytes_total", "Bytes sent to the downstream on TCP connections.", &tcp)?,
+            tcp_received: counter("istio_tcp_received_bytes_total", "Bytes received from the downstream on TCP connections.", &tcp)?,
+            tcp_opened: counter("istio_tcp_connections_opened_total", "TCP connections opened.", &tcp)?,
+            tcp_closed: counter("istio_tcp_connections_closed_total", "TCP connections closed.", &tcp)?,
+            spans_exported: IntCounter::new("tracemesh_agent_spans_exported_total", "Spans accepted by the OTLP endpoint.")?,
+            spans_failed: IntCounter::new("tracemesh_agent_spans_export_failed_total", "Spans whose export failed after retries.")?,
+            spans_dropped: IntCounter::new("tracemesh_agent_spans_dropped_total", "Spans dropped because the export queue was full.")?,
+            config_reloads: counter("tracemesh_agent_config_loads_total", "Config loads by result.", &["result"])?,
+            config_version: IntGauge::new("tracemesh_agent_config_version", "Version of the config in force.")?,
+            active_connections: IntGaugeVec::new(
+                Opts::new("tracemesh_agent_downstream_connections_active", "Open downstream connections."),
+                &["listener"],
+            )?,
+            upstream_connections: IntCounter::new("tracemesh_agent_upstream_connections_total", "Upstream connections opened.")?,
+            access_log_dropped: IntCounter::new("tracemesh_agent_access_log_dropped_total", "Access log lines dropped.")?,
+            registry,
+        };
+        metrics.register_all()?;
+        Ok(metrics)
+    }
+
+    fn register_all(&self) -> Result<(), prometheus::Error> {
+        let r = &self.registry;
+        r.register(Box::new(self.requests.clone()))?;
+        r.register(Box::new(self.duration.clone()))?;
+        r.register(Box::new(self.request_bytes.clone()))?;
+        r.register(Box::new(self.response_bytes.clone()))?;
+        r.register(Box::new(self.tcp_sent.clone()))?;
+        r.register(Box::new(self.tcp_received.clone()))?;
+        r.register(Box::new(self.tcp_opened.clone()))?;
+        r.register(Box::new(self.tcp_closed.clone()))?;
+        r.register(Box::new(self.spans_exported.clone()))?;
+        r.register(Box::new(self.spans_failed.clone()))?;
+        r.register(Box::new(self.spans_dropped.clone()))?;
+        r.register(Box::new(self.config_reloads.clone()))?;
+        r.register(Box::new(self.config_version.clone()))?;
+        r.register(Box::new(self.active_connections.clone()))?;
+        r.register(Box::new(self.upstream_connections.clone()))?;
+        r.register(Box::new(self.access_log_dropped.clone()))
+    }
+
+    /// The families in Prometheus text format.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+/// Which side reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    /// The caller's sidecar (outbound).
+    Source,
+    /// The callee's sidecar (inbound).
+    Destination,
+}
+
+impl Reporter {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+        }
+    }
+}
+
+/// An `Arc` compared and hashed by address. Sound as a cache key because the
+/// key holds the `Arc`, so the address cannot be reused while it is cached.
+#[derive(Debug, Clone)]
+pub struct ByAddress<T>(pub Arc<T>);
+
+impl<T> PartialEq for ByAddress<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T> Eq for ByAddress<T> {}
+
+impl<T> Hash for ByAddress<T> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
+}
+
+/// The labels of one request or connection, by reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerLabels {
+    /// Who reports.
+    pub reporter: Reporter,
+    /// The calling workload.
+    pub source: ByAddress<PeerInfo>,
+    /// The called workload.
+    pub destination: ByAddress<PeerInfo>,
+    /// The called service.
+    pub service: ByAddress<ServiceName>,
+    /// `mutual_tls`, `none` or `unknown`.
+    pub security: &'static str,
+}
+
+impl PeerLabels {
+    fn values(&self) -> [String; 20] {
+        let (s, d, svc) = (&*self.source.0, &*self.destination.0, &*self.service.0);
+        let unknown = || "unknown".to_owned();
+        [
+            self.reporter.as_str().to_owned(),
+            s.workload.clone(),
+            s.canonical_service.clone(),
+            s.canonical_revision.clone(),
+            s.namespace.clone(),
+            unknown(),
+            s.app.clone(),
+            s.version.clone(),
+            s.cluster.clone(),
+            d.workload.clone(),
+            d.namespace.clone(),
+            unknown(),
+            d.app.clone(),
+            d.version.clone(),
+            svc.host.clone(),
+            d.canonical_service.clone(),
+            d.canonical_revision.clone(),
+            svc.name.clone(),
+            svc.namespace.clone(),
+            d.cluster.clone(),
+        ]
+    }
+}
+
+/// The labels of one finished request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestKey {
+    /// Who called whom.
+    pub peers: PeerLabels,
+    /// `http` or `grpc`.
+    pub grpc: bool,
+    /// Response status (0 when none was sent).
+    pub code: u16,
+    /// gRPC status, for gRPC requests that got one.
+    pub grpc_status: Option<u16>,
+    /// Envoy's response flags.
+    pub flags: ResponseFlags,
+}
+
+/// Metric handles for one label set.
+#[derive(Clone)]
+pub struct RequestHandles {
+    requests: IntCounter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl RequestHandles {
+    /// Records one request.
+    pub fn record(&self, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
+        self.requests.inc();
+        self.duration.observe(duration_ms);
+        self.request_bytes.observe(request_bytes as f64);
+        self.response_bytes.observe(response_bytes as f64);
+    }
+}
+
+/// Metric handles for one TCP label set.
+#[derive(Clone)]
+pub struct TcpHandles {
+    /// Bytes sent to the downstream.
+    pub sent: IntCounter,
+    /// Bytes received from the downstream.
+    pub received: IntCounter,
+    /// Connections opened.
+    pub opened: IntCounter,
+    /// Connections closed.
+    pub closed: IntCounter,
+}
+
+const CACHE_LIMIT: usize = 4096;
+
+/// A worker's label-set → handles cache (no lock: one per worker thread).
+#[derive(Default)]
+pub struct MetricCache {
+    requests: HashMap<RequestKey, RequestHandles>,
+}
+
+impl MetricCache {
+    /// Handles for `key`, created on first use.
+    pub fn request(&mut self, metrics: &Metrics, key: &RequestKey) -> RequestHandles {
+        if let Some(handles) = self.requests.get(key) {
+            return handles.clone();
+        }
+        if self.requests.len() >= CACHE_LIMIT {
+            self.requests.clear(); // old snapshots' keys; handles are recreated on demand
+        }
+        let handles = metrics.request_handles(key);
+        self.requests.insert(key.clone(), handles.clone());
+        handles
+    }
+}
+
+impl Metrics {
+    fn request_handles(&self, key: &RequestKey) -> RequestHandles {
+        let peers = key.peers.values();
+        let code = key.code.to_string();
+        let grpc_status = key.grpc_status.map(|s| s.to_string()).unwrap_or_default();
+        let flags = key.flags.as_str();
+        let protocol = if key.grpc { "grpc" } else { "http" };
+        let mut values: Vec<&str> = peers.iter().map(String::as_str).collect();
+        values.extend([protocol, code.as_str(), grpc_status.as_str(), &flags, key.peers.security]);
+        RequestHandles {
+            requests: self.requests.with_label_values(&values),
+            duration: self.duration.with_label_values(&values),
+            request_bytes: self.request_bytes.with_label_values(&values),
+            response_bytes: self.response_bytes.with_label_values(&values),
+        }
+    }
+
+    /// Handles for a TCP connection's labels (once per connection).
+    pub fn tcp_handles(&self, peers: &PeerLabels, flags: ResponseFlags) -> TcpHandles {
+        let peer_values = peers.values();
+        let flags = flags.as_str();
+        let mut values: Vec<&str> = peer_values.iter().map(String::as_str).collect();
+        values.extend(["tcp", &flags, peers.security]);
+        TcpHandles {
+            sent: self.tcp_sent.with_label_values(&values),
+            received: self.tcp_received.with_label_values(&values),
+            opened: self.tcp_opened.with_label_values(&values),
+            closed: self.tcp_closed.with_label_values(&values),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The `tracemesh` binary: one executable for every runtime role.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// An observability-first service mesh: sidecar agent, trace collector and
+/// query service in one binary.
+#[derive(Parser)]
+#[command(name = "tracemesh", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a sidecar agent: proxy the workload's traffic by Istio's resources,
+    /// report spans over OTLP and Istio metrics on the admin port.
+    Agent {
+        /// The agent's config: an `Agent` document plus Istio resources.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file without starting anything (like `istioctl analyze`).
+    /// Exits non-zero when it has errors.
+    Validate {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Agent { config } => {
+            tracemesh_agent::run(&config).with_context(|| format!("agent {}", config.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { file } => Ok(validate(&file)),
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    let states = tracemesh_agent::model::cluster::EndpointStates::default();
+    match tracemesh_agent::compile::load_file(file, 1, &states) {
+        Ok(compiled) => {
+            let warnings: Vec<_> = compiled.diagnostics.warnings().collect();
+            for warning in &warnings {
+                println!("{warning}");
+            }
+            println!("{}: valid ({} warning{})", file.display(), warnings.len(), if warnings.len() == 1 { "" } else { "s" });
+            ExitCode::SUCCESS
+        }
+        Err(rejected) => {
+            for diagnostic in rejected.0.iter() {
+                println!("{diagnostic}");
+            }
+            let errors = rejected.0.errors().count();
+            println!("{}: invalid ({errors} error{})", file.display(), if errors == 1 { "" } else { "s" });
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, quiet by default (start-up, warnings, errors);
+/// `RUST_LOG` overrides.
+fn init_logging() {
+    let default = "warn,tracemesh=info,tracemesh_agent=info,opentelemetry_sdk=error,opentelemetry_otlp=error";
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}

@@ -222,13 +222,6 @@ impl Exchange {
         }
     }
 
-    /// Records the request id sent upstream.
-    pub fn set_request_id(&mut self, id: &http::HeaderValue) {
-        if let Some(log) = self.log.as_mut() {
-            log.request_id = id.to_str().ok().map(str::to_owned);
-        }
-    }
-
     /// Tracks the request body's progress (bytes, completion).
     pub fn track_request_body(&mut self, progress: Rc<RequestProgress>) {
         self.request_body = Some(progress);

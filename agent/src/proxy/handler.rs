@@ -21,7 +21,10 @@ pub async fn handle(worker: Rc<Worker>, down: Rc<Downstream>, mut req: Request<I
     // One snapshot for the whole request: a reload mid-request cannot mix configs.
     let snapshot = worker.shared.config.load_full();
 
-    // Trace context first, so that every outcome below — local replies
+    // A request id before anything can fail, as Envoy assigns it.
+    headers::ensure_request_id(req.headers_mut());
+
+    // Trace context next, so that every outcome below — local replies
     // included — is a span and a metric.
     let mut ex = Exchange::begin(&worker, &down, &snapshot, &req);
 

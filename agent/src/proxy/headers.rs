@@ -49,8 +49,6 @@ pub fn prepare_request(parts: &mut request::Parts, out: &OutgoingRequest<'_>, ex
     if out.direction == Direction::Inbound {
         append_forwarded_for(headers, out.client_ip);
     }
-    let request_id = headers.entry(X_REQUEST_ID).or_insert_with(new_request_id);
-    ex.set_request_id(request_id);
     ex.inject_trace_context(headers);
     match out.direction {
         // Announce this workload to the callee's sidecar (Istio metadata exchange).
@@ -174,6 +172,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if headers.get(TE).is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers")) {
         headers.remove(TE);
     }
+}
+
+/// Gives the request an `x-request-id` when it has none, as Envoy does,
+/// before anything can fail so every span and log line carries one.
+pub fn ensure_request_id(headers: &mut HeaderMap) {
+    headers.entry(X_REQUEST_ID).or_insert_with(new_request_id);
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {

@@ -1,0 +1,131 @@
+//! HTTP clients that send every request to one address (the agent) whatever
+//! host the URL names, the way an app uses its sidecar.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as Legacy;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Connects to a fixed address.
+#[derive(Clone)]
+pub struct Fixed(pub SocketAddr);
+
+impl tower::Service<Uri> for Fixed {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<TokioIo<TcpStream>>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let addr = self.0;
+        Box::pin(async move { TcpStream::connect(addr).await.map(TokioIo::new) })
+    }
+}
+
+/// A pooled client through one address.
+#[derive(Clone)]
+pub struct Client {
+    inner: Legacy<Fixed, Full<Bytes>>,
+}
+
+/// A response, body collected.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+    /// Protocol version.
+    pub version: Version,
+}
+
+impl Reply {
+    /// The body as JSON (the test upstream's report).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not json ({e}): {:?}", self.body))
+    }
+
+    /// Which upstream answered.
+    pub fn upstream(&self) -> String {
+        self.headers
+            .get("x-upstream")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+    }
+}
+
+impl Client {
+    /// HTTP/1.1 through `addr`.
+    pub fn h1(addr: SocketAddr) -> Self {
+        Self {
+            inner: Legacy::builder(TokioExecutor::new()).build(Fixed(addr)),
+        }
+    }
+
+    /// HTTP/2 with prior knowledge (h2c) through `addr`.
+    pub fn h2(addr: SocketAddr) -> Self {
+        Self {
+            inner: Legacy::builder(TokioExecutor::new()).http2_only(true).build(Fixed(addr)),
+        }
+    }
+
+    /// GETs `url`.
+    pub async fn get(&self, url: &str) -> Reply {
+        self.send(Request::get(url).body(Full::default()).unwrap()).await
+    }
+
+    /// GETs `url` with extra headers.
+    pub async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = Request::get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req.body(Full::default()).unwrap()).await
+    }
+
+    /// Sends a request and collects the response.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
+        let resp = self.inner.request(req).await.expect("request");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            version: parts.version,
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET on a fresh connection (for admin endpoints).
+pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let reply = Client::h1(addr).get(&format!("http://{addr}{path}")).await;
+    (reply.status.as_u16(), String::from_utf8_lossy(&reply.body).into_owned())
+}
+
+/// Writes raw bytes on a new connection and reads until the peer closes.
+pub async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,164 @@
+//! A tonic echo service without protoc: hand-written prost messages and
+//! tonic's server/client plumbing. `Unary` echoes; `Stream` sends the text
+//! `count` times and can end with an error status carrying trailer metadata.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use http::uri::PathAndQuery;
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, StdError};
+use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
+use tonic::{Request, Response, Status};
+use tonic_prost::ProstCodec;
+
+/// The one message type.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Echo {
+    /// Text to echo; `error:` makes Unary fail, `fail-at-end` makes Stream end in error.
+    #[prost(string, tag = "1")]
+    pub text: String,
+    /// Messages to stream back.
+    #[prost(uint32, tag = "2")]
+    pub count: u32,
+    /// Opaque payload, echoed.
+    #[prost(bytes = "vec", tag = "3")]
+    pub payload: Vec<u8>,
+}
+
+/// The echo server.
+#[derive(Clone, Default)]
+pub struct EchoServer;
+
+impl NamedService for EchoServer {
+    const NAME: &'static str = "test.Echo";
+}
+
+struct UnaryEcho;
+
+impl UnaryService<Echo> for UnaryEcho {
+    type Response = Echo;
+    type Future = BoxFuture<Response<Echo>, Status>;
+
+    fn call(&mut self, request: Request<Echo>) -> Self::Future {
+        Box::pin(async move {
+            let echo = request.into_inner();
+            if let Some(reason) = echo.text.strip_prefix("error:") {
+                return Err(Status::not_found(reason.to_owned()));
+            }
+            Ok(Response::new(echo))
+        })
+    }
+}
+
+struct StreamEcho;
+
+type EchoStream = Pin<Box<dyn Stream<Item = Result<Echo, Status>> + Send>>;
+
+impl ServerStreamingService<Echo> for StreamEcho {
+    type Response = Echo;
+    type ResponseStream = EchoStream;
+    type Future = BoxFuture<Response<EchoStream>, Status>;
+
+    fn call(&mut self, request: Request<Echo>) -> Self::Future {
+        Box::pin(async move {
+            let echo = request.into_inner();
+            let fail = echo.text == "fail-at-end";
+            let items = (0..echo.count).map(move |i| {
+                Ok(Echo {
+                    text: format!("{} {i}", echo.text),
+                    count: i,
+                    payload: echo.payload.clone(),
+                })
+            });
+            let end = fail.then(|| {
+                let mut metadata = tonic::metadata::MetadataMap::new();
+                metadata.insert("x-echo-trailer", "kept".parse().unwrap());
+                Err(Status::with_metadata(tonic::Code::Aborted, "ended on purpose", metadata))
+            });
+            let stream = futures_util::stream::iter(items.chain(end));
+            Ok(Response::new(Box::pin(stream) as EchoStream))
+        })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for EchoServer
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        Box::pin(async move {
+            let mut grpc = Grpc::new(ProstCodec::<Echo, Echo>::default());
+            Ok(match req.uri().path() {
+                "/test.Echo/Unary" => grpc.unary(UnaryEcho, req).await,
+                "/test.Echo/Stream" => grpc.server_streaming(StreamEcho, req).await,
+                _ => Status::unimplemented("no such method").into_http(),
+            })
+        })
+    }
+}
+
+/// Starts the echo server on 127.0.0.1:0.
+pub async fn start() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let incoming = futures_util::stream::unfold(listener, |l| async move { Some((l.accept().await.map(|(s, _)| s), l)) });
+        let _ = tonic::transport::Server::builder()
+            .add_service(EchoServer)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    addr
+}
+
+/// A client reaching `authority` (e.g. `http://echo:50051`) through `proxy`.
+pub async fn client(proxy: SocketAddr, authority: &str) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{proxy}"))
+        .unwrap()
+        .origin(authority.parse().unwrap())
+        .connect()
+        .await
+        .expect("connect through the agent");
+    tonic::client::Grpc::new(channel)
+}
+
+/// Calls Unary.
+pub async fn unary(client: &mut tonic::client::Grpc<tonic::transport::Channel>, echo: Echo) -> Result<Echo, Status> {
+    client.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = PathAndQuery::from_static("/test.Echo/Unary");
+    let response = client.unary(Request::new(echo), path, ProstCodec::<Echo, Echo>::default()).await?;
+    Ok(response.into_inner())
+}
+
+/// Calls Stream and collects the messages and the final status.
+pub async fn stream(client: &mut tonic::client::Grpc<tonic::transport::Channel>, echo: Echo) -> (Vec<Echo>, Result<(), Status>) {
+    if let Err(e) = client.ready().await {
+        return (Vec::new(), Err(Status::unavailable(e.to_string())));
+    }
+    let path = PathAndQuery::from_static("/test.Echo/Stream");
+    let mut stream = match client.server_streaming(Request::new(echo), path, ProstCodec::<Echo, Echo>::default()).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return (Vec::new(), Err(status)),
+    };
+    let mut items = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(item)) => items.push(item),
+            Ok(None) => return (items, Ok(())),
+            Err(status) => return (items, Err(status)),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Shared pieces of the end-to-end tests: the real agent process, real
+//! upstreams, a real OTLP receiver, a tonic echo service, clients, and a
+//! Prometheus text parser. Each test binary uses a different subset.
+#![allow(dead_code)]
+
+pub mod agent;
+pub mod client;
+pub mod grpc;
+pub mod mesh;
+pub mod metrics;
+pub mod otlp;
+pub mod upstream;

@@ -1,0 +1,147 @@
+//! A real OTLP/gRPC endpoint (opentelemetry-proto's generated TraceService)
+//! that keeps every span it receives.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+/// A received span with its resource's `service.name`.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    /// `service.name` of the resource.
+    pub service: String,
+    /// The span.
+    pub span: Span,
+}
+
+impl ReceivedSpan {
+    /// Hex trace id.
+    pub fn trace_id(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+
+    /// Hex span id.
+    pub fn span_id(&self) -> String {
+        hex(&self.span.span_id)
+    }
+
+    /// Hex parent span id ("" for roots).
+    pub fn parent_id(&self) -> String {
+        hex(&self.span.parent_span_id)
+    }
+
+    /// A string or int attribute, rendered as text.
+    pub fn attr(&self, key: &str) -> Option<String> {
+        attr(&self.span.attributes, key)
+    }
+}
+
+/// Renders an attribute value as text.
+pub fn attr(attributes: &[KeyValue], key: &str) -> Option<String> {
+    let value = attributes.iter().find(|kv| kv.key == key)?.value.as_ref()?;
+    match value.value.as_ref()? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        any_value::Value::IntValue(i) => Some(i.to_string()),
+        any_value::Value::BoolValue(b) => Some(b.to_string()),
+        any_value::Value::DoubleValue(d) => Some(d.to_string()),
+        _ => Some(format!("{:?}", AnyValue::clone(value))),
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Clone, Default)]
+struct Sink {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| attr(&r.attributes, "service.name"))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    spans.push(ReceivedSpan {
+                        service: service.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+/// A running receiver.
+pub struct Receiver {
+    /// Its address.
+    pub addr: SocketAddr,
+    sink: Sink,
+}
+
+impl Receiver {
+    /// Starts a receiver on 127.0.0.1:0.
+    pub async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sink = Sink::default();
+        let service = TraceServiceServer::new(sink.clone());
+        tokio::spawn(async move {
+            let incoming = tokio_stream_from(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Receiver { addr, sink }
+    }
+
+    /// The endpoint URL for an agent config.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Spans received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.sink.spans.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds over the received spans (or 30 s pass).
+    pub async fn wait_for(&self, what: &str, pred: impl Fn(&[ReceivedSpan]) -> bool) -> Vec<ReceivedSpan> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let spans = self.spans();
+            if pred(&spans) {
+                return spans;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; have {} spans", spans.len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn tokio_stream_from(
+    listener: tokio::net::TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(s, _)| s);
+        Some((accepted, listener))
+    })
+}

@@ -1,0 +1,242 @@
+//! Test upstreams: real HTTP/1.1 + HTTP/2 servers on port 0 that report what
+//! they received and misbehave on cue, plus a server that resets connections.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Protocol version.
+    pub version: Version,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body length.
+    pub body_len: u64,
+    /// FNV-1a of the body.
+    pub body_hash: u64,
+}
+
+/// A running upstream.
+#[derive(Clone)]
+pub struct Upstream {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its name (echoed in `x-upstream`).
+    pub name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// FNV-1a, to compare bodies without keeping them.
+pub fn fnv(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// FNV-1a's offset basis.
+pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The deterministic byte at `i` of a generated body.
+pub fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(31) % 251) as u8
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+impl Upstream {
+    /// Starts an upstream named `name` on 127.0.0.1:0.
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = Upstream {
+            addr: listener.local_addr().unwrap(),
+            name: name.to_owned(),
+            seen: Arc::default(),
+        };
+        let server = upstream.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { break };
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let server = server.clone();
+                        async move { Ok::<_, Infallible>(server.handle(req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        upstream
+    }
+
+    /// Requests seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Number of requests seen so far.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path_and_query().map_or("/".to_owned(), |p| p.to_string());
+        if path.starts_with("/ws") {
+            return self.websocket(&mut req);
+        }
+        let (parts, mut body) = req.into_parts();
+        let (mut body_len, mut body_hash) = (0u64, FNV_START);
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Some(data) = frame.data_ref() {
+                body_len += data.len() as u64;
+                body_hash = fnv(body_hash, data);
+            }
+        }
+        let seen = Seen {
+            method: parts.method.to_string(),
+            path: path.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body_len,
+            body_hash,
+        };
+        self.seen.lock().unwrap().push(seen);
+        let segments: Vec<&str> = path.split(['/', '?']).collect();
+        let mut response = match segments.get(1).copied() {
+            Some("status") => {
+                let code = segments.get(2).and_then(|c| c.parse().ok()).unwrap_or(500);
+                Response::builder().status(code).body(full(format!("status {code}"))).unwrap()
+            }
+            Some("slow") => {
+                let ms = segments.get(2).and_then(|c| c.parse().ok()).unwrap_or(1000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Response::new(full("slow"))
+            }
+            Some("stream") => {
+                let total: u64 = segments.get(2).and_then(|c| c.parse().ok()).unwrap_or(1 << 20);
+                stream_response(total)
+            }
+            _ => {
+                let report = serde_json::json!({
+                    "upstream": self.name,
+                    "method": parts.method.as_str(),
+                    "path": path,
+                    "version": format!("{:?}", parts.version),
+                    "body_len": body_len,
+                    "body_hash": body_hash,
+                });
+                Response::new(full(report.to_string()))
+            }
+        };
+        response.headers_mut().insert("x-upstream", self.name.parse().unwrap());
+        response
+    }
+
+    /// Answers a WebSocket handshake and echoes every message.
+    fn websocket(&self, req: &mut Request<Incoming>) -> Response<Body> {
+        let key = req.headers().get("sec-websocket-key").cloned();
+        let Some(key) = key else {
+            return Response::builder().status(StatusCode::BAD_REQUEST).body(full("no key")).unwrap();
+        };
+        let on_upgrade = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else { return };
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            let (mut tx, mut rx) = ws.split();
+            while let Some(Ok(msg)) = rx.next().await {
+                if msg.is_text() || msg.is_binary() {
+                    if tx.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-accept", accept)
+            .body(full(Bytes::new()))
+            .unwrap()
+    }
+}
+
+/// `total` bytes of [`pattern`] in 64 KiB chunks, produced as they are sent.
+fn stream_response(total: u64) -> Response<Body> {
+    let chunks = (0..total.div_ceil(65536)).map(move |c| {
+        let start = c * 65536;
+        let end = (start + 65536).min(total);
+        let data: Vec<u8> = (start..end).map(pattern).collect();
+        Ok::<_, Infallible>(Frame::data(Bytes::from(data)))
+    });
+    let body = StreamBody::new(futures_util::stream::iter(chunks));
+    Response::new(BodyExt::boxed(body))
+}
+
+/// A server that reads a request and closes the connection without answering.
+pub async fn resetting_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { break };
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                drop(stream);
+            });
+        }
+    });
+    addr
+}
+
+/// An address nothing listens on (bound, then closed).
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A TCP echo server.
+pub async fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { break };
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}

@@ -62,7 +62,12 @@ fn validate(file: &std::path::Path) -> ExitCode {
             for warning in &warnings {
                 println!("{warning}");
             }
-            println!("{}: valid ({} warning{})", file.display(), warnings.len(), if warnings.len() == 1 { "" } else { "s" });
+            println!(
+                "{}: valid ({} warning{})",
+                file.display(),
+                warnings.len(),
+                if warnings.len() == 1 { "" } else { "s" }
+            );
             ExitCode::SUCCESS
         }
         Err(rejected) => {
@@ -70,7 +75,11 @@ fn validate(file: &std::path::Path) -> ExitCode {
                 println!("{diagnostic}");
             }
             let errors = rejected.0.errors().count();
-            println!("{}: invalid ({errors} error{})", file.display(), if errors == 1 { "" } else { "s" });
+            println!(
+                "{}: invalid ({errors} error{})",
+                file.display(),
+                if errors == 1 { "" } else { "s" }
+            );
             ExitCode::FAILURE
         }
     }
@@ -79,8 +88,10 @@ fn validate(file: &std::path::Path) -> ExitCode {
 /// Logs to stderr, quiet by default (start-up, warnings, errors);
 /// `RUST_LOG` overrides.
 fn init_logging() {
-    let default = "warn,tracemesh=info,tracemesh_agent=info,opentelemetry_sdk=error,opentelemetry_otlp=error";
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let default =
+        "warn,tracemesh=info,tracemesh_agent=info,opentelemetry_sdk=error,opentelemetry_otlp=error";
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

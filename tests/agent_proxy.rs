@@ -25,7 +25,15 @@ async fn mesh(app: std::net::SocketAddr, protocol: &str) -> Mesh {
     let backend = Agent::start(&agent("backend", app, NO_COLLECTOR));
     let labels = [("app", "backend"), ("version", "v1")];
     let yaml = agent("frontend", closed_port().await, NO_COLLECTOR)
-        + &service_entry("backend", 9080, protocol, &[Ep { addr: backend.inbound, labels: &labels }]);
+        + &service_entry(
+            "backend",
+            9080,
+            protocol,
+            &[Ep {
+                addr: backend.inbound,
+                labels: &labels,
+            }],
+        );
     let frontend = Agent::start(&yaml);
     Mesh { frontend, backend }
 }
@@ -35,7 +43,10 @@ async fn http1_and_h2c_arrive_with_headers_and_bodies_intact() {
     let app = Upstream::start("backend-app").await;
     let mesh = mesh(app.addr, "HTTP").await;
     let body = Bytes::from((0..100_000u64).map(pattern).collect::<Vec<u8>>());
-    for (client, version) in [(Client::h1(mesh.frontend.outbound), "h1"), (Client::h2(mesh.frontend.outbound), "h2")] {
+    for (client, version) in [
+        (Client::h1(mesh.frontend.outbound), "h1"),
+        (Client::h2(mesh.frontend.outbound), "h2"),
+    ] {
         let req = Request::post("http://backend:9080/echo?q=1")
             .header("x-custom", format!("value-{version}"))
             .header("content-type", "application/octet-stream")
@@ -48,15 +59,24 @@ async fn http1_and_h2c_arrive_with_headers_and_bodies_intact() {
         assert_eq!(report["path"], "/echo?q=1");
         assert_eq!(report["body_len"], body.len() as u64);
         assert_eq!(report["body_hash"], fnv(FNV_START, &body));
-        assert!(reply.header("x-envoy-peer-metadata").is_none(), "peer metadata must not reach the app's caller");
+        assert!(
+            reply.header("x-envoy-peer-metadata").is_none(),
+            "peer metadata must not reach the app's caller"
+        );
         let seen = app.seen().pop().unwrap();
-        assert_eq!(seen.headers["x-custom"], format!("value-{version}").as_str());
+        assert_eq!(
+            seen.headers["x-custom"],
+            format!("value-{version}").as_str()
+        );
         assert_eq!(seen.headers["host"], "backend:9080");
         assert!(seen.headers.contains_key("x-request-id"));
         assert!(seen.headers.contains_key("traceparent"));
         assert_eq!(seen.headers["x-forwarded-proto"], "http");
         assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
-        assert!(!seen.headers.contains_key("x-envoy-peer-metadata"), "the inbound agent strips peer metadata");
+        assert!(
+            !seen.headers.contains_key("x-envoy-peer-metadata"),
+            "the inbound agent strips peer metadata"
+        );
     }
     assert_eq!(app.count(), 2);
     drop(mesh.backend);
@@ -68,16 +88,30 @@ async fn multi_megabyte_bodies_stream_both_ways() {
     let mesh = mesh(app.addr, "HTTP").await;
     let size: u64 = 8 << 20;
     let upload = Bytes::from((0..size).map(pattern).collect::<Vec<u8>>());
-    for client in [Client::h1(mesh.frontend.outbound), Client::h2(mesh.frontend.outbound)] {
-        let req = Request::put("http://backend:9080/upload").body(Full::new(upload.clone())).unwrap();
+    for client in [
+        Client::h1(mesh.frontend.outbound),
+        Client::h2(mesh.frontend.outbound),
+    ] {
+        let req = Request::put("http://backend:9080/upload")
+            .body(Full::new(upload.clone()))
+            .unwrap();
         let report = client.send(req).await.json();
         assert_eq!(report["body_len"], size);
         assert_eq!(report["body_hash"], fnv(FNV_START, &upload));
 
-        let reply = client.get(&format!("http://backend:9080/stream/{size}")).await;
+        let reply = client
+            .get(&format!("http://backend:9080/stream/{size}"))
+            .await;
         assert_eq!(reply.status, 200);
         assert_eq!(reply.body.len() as u64, size);
-        assert!(reply.body.iter().enumerate().all(|(i, b)| *b == pattern(i as u64)), "download corrupted");
+        assert!(
+            reply
+                .body
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == pattern(i as u64)),
+            "download corrupted"
+        );
     }
 }
 
@@ -87,29 +121,74 @@ async fn grpc_calls_keep_their_trailers() {
     let mesh = mesh(echo, "GRPC").await;
     let mut client = grpc::client(mesh.frontend.outbound, "http://backend:9080").await;
 
-    let reply = grpc::unary(&mut client, Echo { text: "hello".into(), count: 0, payload: vec![7; 1000] }).await.unwrap();
+    let reply = grpc::unary(
+        &mut client,
+        Echo {
+            text: "hello".into(),
+            count: 0,
+            payload: vec![7; 1000],
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.text, "hello");
     assert_eq!(reply.payload, vec![7; 1000]);
 
-    let status = grpc::unary(&mut client, Echo { text: "error:missing thing".into(), ..Echo::default() }).await.unwrap_err();
+    let status = grpc::unary(
+        &mut client,
+        Echo {
+            text: "error:missing thing".into(),
+            ..Echo::default()
+        },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert_eq!(status.message(), "missing thing");
 
-    let (items, end) = grpc::stream(&mut client, Echo { text: "tick".into(), count: 5, payload: vec![] }).await;
+    let (items, end) = grpc::stream(
+        &mut client,
+        Echo {
+            text: "tick".into(),
+            count: 5,
+            payload: vec![],
+        },
+    )
+    .await;
     assert_eq!(items.len(), 5);
     assert_eq!(items[4].text, "tick 4");
     assert!(end.is_ok(), "{end:?}");
 
-    let (items, end) = grpc::stream(&mut client, Echo { text: "fail-at-end".into(), count: 3, payload: vec![] }).await;
+    let (items, end) = grpc::stream(
+        &mut client,
+        Echo {
+            text: "fail-at-end".into(),
+            count: 3,
+            payload: vec![],
+        },
+    )
+    .await;
     assert_eq!(items.len(), 3);
     let status = end.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Aborted);
     assert_eq!(status.message(), "ended on purpose");
-    assert_eq!(status.metadata().get("x-echo-trailer").unwrap(), "kept", "custom trailer lost");
+    assert_eq!(
+        status.metadata().get("x-echo-trailer").unwrap(),
+        "kept",
+        "custom trailer lost"
+    );
 
     let scrape = mesh.frontend.metrics().await;
-    let ok = [("reporter", "source"), ("request_protocol", "grpc"), ("grpc_response_status", "0")];
-    assert!(scrape.sum("istio_requests_total", &ok) >= 2.0, "{}", scrape.text);
+    let ok = [
+        ("reporter", "source"),
+        ("request_protocol", "grpc"),
+        ("grpc_response_status", "0"),
+    ];
+    assert!(
+        scrape.sum("istio_requests_total", &ok) >= 2.0,
+        "{}",
+        scrape.text
+    );
     let aborted = [("reporter", "source"), ("grpc_response_status", "10")];
     assert_eq!(scrape.sum("istio_requests_total", &aborted), 1.0);
 }
@@ -118,12 +197,18 @@ async fn grpc_calls_keep_their_trailers() {
 async fn websocket_upgrades_pass_through() {
     let app = Upstream::start("ws").await;
     let mesh = mesh(app.addr, "HTTP").await;
-    let stream = tokio::net::TcpStream::connect(mesh.frontend.outbound).await.unwrap();
-    let (mut ws, response) = tokio_tungstenite::client_async("ws://backend:9080/ws", stream).await.expect("websocket handshake through the agents");
+    let stream = tokio::net::TcpStream::connect(mesh.frontend.outbound)
+        .await
+        .unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://backend:9080/ws", stream)
+        .await
+        .expect("websocket handshake through the agents");
     assert_eq!(response.status(), 101);
     for i in 0..3 {
         let text = format!("message {i}");
-        ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone())).await.unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
+            .await
+            .unwrap();
         let echoed = ws.next().await.unwrap().unwrap();
         assert_eq!(echoed.into_text().unwrap().as_str(), text);
     }
@@ -150,14 +235,22 @@ async fn hop_by_hop_headers_do_not_cross() {
     let reply = Client::h1(mesh.frontend.outbound)
         .get_with(
             "http://backend:9080/hop",
-            &[("connection", "x-private"), ("x-private", "secret"), ("keep-alive", "timeout=5"), ("x-request-id", "given-id")],
+            &[
+                ("connection", "x-private"),
+                ("x-private", "secret"),
+                ("keep-alive", "timeout=5"),
+                ("x-request-id", "given-id"),
+            ],
         )
         .await;
     assert_eq!(reply.status, 200);
     let seen = app.seen().pop().unwrap();
     assert!(!seen.headers.contains_key("x-private"));
     assert!(!seen.headers.contains_key("keep-alive"));
-    assert_eq!(seen.headers["x-request-id"], "given-id", "an existing request id is kept");
+    assert_eq!(
+        seen.headers["x-request-id"], "given-id",
+        "an existing request id is kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -190,12 +283,22 @@ async fn tcp_ports_are_proxied_as_bytes() {
         extra: "",
     }
     .yaml()
-        + &service_entry("db", 5432, "TCP", &[Ep { addr: backend.inbound, labels: &labels }]);
+        + &service_entry(
+            "db",
+            5432,
+            "TCP",
+            &[Ep {
+                addr: backend.inbound,
+                labels: &labels,
+            }],
+        );
     let frontend = Agent::start(&frontend_yaml);
     assert_eq!(frontend.outbound_tcp.len(), 1);
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(frontend.outbound_tcp[0]).await.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(frontend.outbound_tcp[0])
+        .await
+        .unwrap();
     let payload: Vec<u8> = (0..300_000u64).map(pattern).collect();
     let (mut r, mut w) = conn.split();
     let write = async {
@@ -209,13 +312,31 @@ async fn tcp_ports_are_proxied_as_bytes() {
     assert_eq!(echoed, payload);
 
     let source = frontend.metrics().await;
-    let labels = [("reporter", "source"), ("destination_service", "db.default.svc.cluster.local"), ("request_protocol", "tcp")];
-    assert_eq!(source.sum("istio_tcp_connections_opened_total", &labels), 1.0, "{}", source.text);
-    assert_eq!(source.sum("istio_tcp_received_bytes_total", &labels), payload.len() as f64);
+    let labels = [
+        ("reporter", "source"),
+        ("destination_service", "db.default.svc.cluster.local"),
+        ("request_protocol", "tcp"),
+    ];
+    assert_eq!(
+        source.sum("istio_tcp_connections_opened_total", &labels),
+        1.0,
+        "{}",
+        source.text
+    );
+    assert_eq!(
+        source.sum("istio_tcp_received_bytes_total", &labels),
+        payload.len() as f64
+    );
     let destination = wait_for_tcp_close(&backend).await;
     let labels = [("reporter", "destination"), ("destination_app", "db")];
-    assert_eq!(destination.sum("istio_tcp_sent_bytes_total", &labels), payload.len() as f64);
-    assert_eq!(destination.sum("istio_tcp_connections_closed_total", &labels), 1.0);
+    assert_eq!(
+        destination.sum("istio_tcp_sent_bytes_total", &labels),
+        payload.len() as f64
+    );
+    assert_eq!(
+        destination.sum("istio_tcp_connections_closed_total", &labels),
+        1.0
+    );
 }
 
 async fn wait_for_tcp_close(agent: &Agent) -> common::metrics::Scrape {

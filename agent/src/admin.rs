@@ -46,7 +46,11 @@ pub async fn serve(listener: std::net::TcpListener, router: Router) -> std::io::
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     let body = state.shared.metrics.render();
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 async fn config_dump(State(state): State<AdminState>) -> Json<Value> {
@@ -72,7 +76,9 @@ struct Format {
 /// with `?format=json`.
 async fn clusters(State(state): State<AdminState>, Query(format): Query<Format>) -> Response {
     let snapshot = state.shared.config.load();
-    let all: Vec<&Arc<Cluster>> = std::iter::once(&snapshot.inbound).chain(&snapshot.clusters).collect();
+    let all: Vec<&Arc<Cluster>> = std::iter::once(&snapshot.inbound)
+        .chain(&snapshot.clusters)
+        .collect();
     if format.format.as_deref() == Some("json") {
         let list: Vec<Value> = all.iter().map(|c| cluster_json(c)).collect();
         return Json(json!({ "clusters": list })).into_response();
@@ -118,13 +124,21 @@ fn cluster_json(cluster: &Cluster) -> Value {
 async fn routes(State(state): State<AdminState>) -> Json<Value> {
     let snapshot = state.shared.config.load();
     let mut hosts: Vec<&Arc<VirtualHost>> = Vec::new();
-    for vh in snapshot.routes.exact.values().chain(&snapshot.routes.wildcard) {
+    for vh in snapshot
+        .routes
+        .exact
+        .values()
+        .chain(&snapshot.routes.wildcard)
+    {
         if !hosts.iter().any(|h| Arc::ptr_eq(h, vh)) {
             hosts.push(vh);
         }
     }
     hosts.sort_by(|a, b| a.host.cmp(&b.host));
-    let list: Vec<Value> = hosts.iter().map(|vh| virtual_host_json(vh, &snapshot.routes.exact)).collect();
+    let list: Vec<Value> = hosts
+        .iter()
+        .map(|vh| virtual_host_json(vh, &snapshot.routes.exact))
+        .collect();
     Json(json!({
         "version": snapshot.version,
         "virtualHosts": list,
@@ -132,8 +146,15 @@ async fn routes(State(state): State<AdminState>) -> Json<Value> {
     }))
 }
 
-fn virtual_host_json(vh: &Arc<VirtualHost>, exact: &std::collections::HashMap<String, Arc<VirtualHost>>) -> Value {
-    let mut domains: Vec<&String> = exact.iter().filter(|(_, v)| Arc::ptr_eq(v, vh)).map(|(k, _)| k).collect();
+fn virtual_host_json(
+    vh: &Arc<VirtualHost>,
+    exact: &std::collections::HashMap<String, Arc<VirtualHost>>,
+) -> Value {
+    let mut domains: Vec<&String> = exact
+        .iter()
+        .filter(|(_, v)| Arc::ptr_eq(v, vh))
+        .map(|(k, _)| k)
+        .collect();
     domains.sort();
     let rules: Vec<Value> = vh
         .rules
@@ -177,7 +198,12 @@ fn str_matcher_json(m: &StrMatcher) -> Value {
 
 fn match_json(m: &RouteMatch) -> Value {
     let mut out = serde_json::Map::new();
-    let simple = [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)];
+    let simple = [
+        ("uri", &m.uri),
+        ("scheme", &m.scheme),
+        ("method", &m.method),
+        ("authority", &m.authority),
+    ];
     for (name, matcher) in simple {
         if let Some(matcher) = matcher {
             out.insert(name.into(), str_matcher_json(matcher));
@@ -196,7 +222,11 @@ fn match_json(m: &RouteMatch) -> Value {
         out.insert("withoutHeaders".into(), named(&m.without_headers));
     }
     if !m.query_params.is_empty() {
-        let params: serde_json::Map<_, _> = m.query_params.iter().map(|(k, v)| (k.clone(), str_matcher_json(v))).collect();
+        let params: serde_json::Map<_, _> = m
+            .query_params
+            .iter()
+            .map(|(k, v)| (k.clone(), str_matcher_json(v)))
+            .collect();
         out.insert("queryParams".into(), params.into());
     }
     if let Some(port) = m.port {

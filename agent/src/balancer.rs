@@ -85,7 +85,11 @@ impl Balancer {
             Self::LeastRequest => {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                if endpoints[b].state.active() < endpoints[a].state.active() { b } else { a }
+                if endpoints[b].state.active() < endpoints[a].state.active() {
+                    b
+                } else {
+                    a
+                }
             }
             Self::ConsistentHash { key, table } => match hash_of(key, input) {
                 Some(hash) => table[(hash % table.len() as u64) as usize] as usize,

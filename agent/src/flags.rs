@@ -77,10 +77,15 @@ impl ResponseFlags {
         if self.is_empty() {
             return Cow::Borrowed("-");
         }
-        let mut names = NAMES.iter().filter(|(bit, _)| self.0 & bit != 0).map(|(_, n)| *n);
+        let mut names = NAMES
+            .iter()
+            .filter(|(bit, _)| self.0 & bit != 0)
+            .map(|(_, n)| *n);
         match (names.next(), names.clone().next()) {
             (Some(only), None) => Cow::Borrowed(only),
-            (Some(first), Some(_)) => Cow::Owned(names.fold(first.to_owned(), |acc, n| acc + "," + n)),
+            (Some(first), Some(_)) => {
+                Cow::Owned(names.fold(first.to_owned(), |acc, n| acc + "," + n))
+            }
             (None, _) => Cow::Borrowed("-"),
         }
     }
@@ -107,7 +112,8 @@ mod tests {
     fn renders_like_envoy() {
         assert_eq!(ResponseFlags::NONE.as_str(), "-");
         assert_eq!(ResponseFlags::NO_ROUTE.as_str(), "NR");
-        let both = ResponseFlags::UPSTREAM_CONNECT_FAILURE | ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+        let both =
+            ResponseFlags::UPSTREAM_CONNECT_FAILURE | ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
         assert_eq!(both.as_str(), "UF,URX");
         assert!(both.contains(ResponseFlags::UPSTREAM_CONNECT_FAILURE));
     }

@@ -66,8 +66,14 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
 /// Kubernetes-style `(name, namespace)` of a service FQDN, as Istio reports
 /// them in `destination_service_name`/`_namespace`; other hosts keep their
 /// whole name and the resource's namespace.
-pub fn service_name_and_namespace<'a>(fqdn: &'a str, resource_namespace: &'a str) -> (&'a str, &'a str) {
-    if let Some(head) = fqdn.strip_suffix(CLUSTER_DOMAIN).and_then(|h| h.strip_suffix('.')) {
+pub fn service_name_and_namespace<'a>(
+    fqdn: &'a str,
+    resource_namespace: &'a str,
+) -> (&'a str, &'a str) {
+    if let Some(head) = fqdn
+        .strip_suffix(CLUSTER_DOMAIN)
+        .and_then(|h| h.strip_suffix('.'))
+    {
         if let Some((name, namespace)) = head.split_once('.') {
             if !namespace.contains('.') {
                 return (name, namespace);
@@ -83,8 +89,14 @@ mod tests {
 
     #[test]
     fn short_names_expand_in_their_namespace() {
-        assert_eq!(resolve_short_name("reviews", "default"), "reviews.default.svc.cluster.local");
-        assert_eq!(resolve_short_name("Reviews.prod", "default"), "reviews.prod");
+        assert_eq!(
+            resolve_short_name("reviews", "default"),
+            "reviews.default.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_short_name("Reviews.prod", "default"),
+            "reviews.prod"
+        );
         assert_eq!(resolve_short_name("*.example.com", "x"), "*.example.com");
         assert_eq!(resolve_short_name("10.0.0.1", "x"), "10.0.0.1");
     }
@@ -95,7 +107,10 @@ mod tests {
         assert_eq!(authority_candidates("reviews", "default")[1], fqdn);
         assert_eq!(authority_candidates("reviews.default", "other")[1], fqdn);
         assert_eq!(authority_candidates("reviews.default.svc", "x")[1], fqdn);
-        assert_eq!(authority_candidates("reviews.default.svc.cluster.local.", "x")[0], fqdn);
+        assert_eq!(
+            authority_candidates("reviews.default.svc.cluster.local.", "x")[0],
+            fqdn
+        );
     }
 
     #[test]
@@ -115,7 +130,13 @@ mod tests {
 
     #[test]
     fn service_names_follow_kubernetes() {
-        assert_eq!(service_name_and_namespace("reviews.default.svc.cluster.local", "x"), ("reviews", "default"));
-        assert_eq!(service_name_and_namespace("api.example.com", "ns"), ("api.example.com", "ns"));
+        assert_eq!(
+            service_name_and_namespace("reviews.default.svc.cluster.local", "x"),
+            ("reviews", "default")
+        );
+        assert_eq!(
+            service_name_and_namespace("api.example.com", "ns"),
+            ("api.example.com", "ns")
+        );
     }
 }

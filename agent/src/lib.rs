@@ -5,16 +5,16 @@
 //! The request path (DESIGN §2) is built in [`proxy`]; the config it reads is
 //! an immutable [`model::Snapshot`] compiled from YAML by [`compile`].
 
+pub mod admin;
 pub mod balancer;
 pub mod compile;
 pub mod config;
+pub mod flags;
 pub mod host;
 pub mod model;
-pub mod telemetry;
-pub mod flags;
 pub mod proxy;
-pub mod trace_context;
-pub mod admin;
 pub mod run;
+pub mod telemetry;
+pub mod trace_context;
 
 pub use run::{AgentError, run};

@@ -41,7 +41,10 @@ pub fn run(path: &Path) -> Result<(), AgentError> {
     }
     let snapshot = compiled.snapshot;
     let metrics = Metrics::new()?;
-    metrics.config_reloads.with_label_values(&["accepted"]).inc();
+    metrics
+        .config_reloads
+        .with_label_values(&["accepted"])
+        .inc();
     metrics.config_version.set(snapshot.version as i64);
     let counters = SpanCounterHandles {
         exported: metrics.spans_exported.clone(),
@@ -50,12 +53,16 @@ pub fn run(path: &Path) -> Result<(), AgentError> {
     };
     let spans = SpanPipeline::start(&snapshot.bootstrap.telemetry, &snapshot.identity, counters)?;
     let access_log = match &snapshot.bootstrap.access_log {
-        log if log.enabled => Some(AccessLog::start(log.path.as_deref(), metrics.access_log_dropped.clone())?),
+        log if log.enabled => Some(AccessLog::start(
+            log.path.as_deref(),
+            metrics.access_log_dropped.clone(),
+        )?),
         _ => None,
     };
     let bound = proxy::bind_all(&snapshot.listeners, snapshot.bootstrap.concurrency)?;
-    let admin = std::net::TcpListener::bind(snapshot.listeners.admin)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("bind {}: {e}", snapshot.listeners.admin)))?;
+    let admin = std::net::TcpListener::bind(snapshot.listeners.admin).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("bind {}: {e}", snapshot.listeners.admin))
+    })?;
     let admin_addr = admin.local_addr()?;
     let inbound_tcp = snapshot.listeners.app_protocol == Protocol::Tcp;
     let drain = snapshot.bootstrap.drain_duration.get();
@@ -68,10 +75,16 @@ pub fn run(path: &Path) -> Result<(), AgentError> {
     });
     let workers = proxy::spawn_workers(&shared, bound.per_worker, inbound_tcp, drain)?;
     let addresses = bound.addresses;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let router = crate::admin::router(shared.clone(), addresses.clone());
-        let outbound_tcp: Vec<String> = addresses.outbound_tcp.iter().map(ToString::to_string).collect();
+        let outbound_tcp: Vec<String> = addresses
+            .outbound_tcp
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         tracing::info!(
             outbound = %addresses.outbound,
             inbound = %addresses.inbound,

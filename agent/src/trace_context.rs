@@ -57,18 +57,27 @@ pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
 pub fn parse_traceparent(value: &[u8]) -> Option<Incoming> {
     let s = std::str::from_utf8(value).ok()?.trim();
     let mut parts = s.split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if version.len() != 2 || version == "ff" || !is_lower_hex(version) {
         return None;
     }
     if version == "00" && (parts.next().is_some() || s.len() != 55) {
         return None;
     }
-    if trace.len() != 32 || span.len() != 16 || flags.len() != 2 || ![trace, span, flags].iter().all(|p| is_lower_hex(p)) {
+    if trace.len() != 32
+        || span.len() != 16
+        || flags.len() != 2
+        || ![trace, span, flags].iter().all(|p| is_lower_hex(p))
+    {
         return None;
     }
-    let trace_id = TraceId::from_hex(trace).ok().filter(|t| *t != TraceId::INVALID)?;
-    let span_id = SpanId::from_hex(span).ok().filter(|s| *s != SpanId::INVALID)?;
+    let trace_id = TraceId::from_hex(trace)
+        .ok()
+        .filter(|t| *t != TraceId::INVALID)?;
+    let span_id = SpanId::from_hex(span)
+        .ok()
+        .filter(|s| *s != SpanId::INVALID)?;
     let flags = u8::from_str_radix(flags, 16).ok()?;
     Some(Incoming {
         trace_id,
@@ -79,7 +88,8 @@ pub fn parse_traceparent(value: &[u8]) -> Option<Incoming> {
 }
 
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A 64-bit B3 trace id is the low half of a 128-bit one.
@@ -107,7 +117,9 @@ fn parse_b3_single(value: &[u8]) -> Option<Incoming> {
     let sampled = parts.next().map_or(Some(true), b3_sampled)?;
     Some(Incoming {
         trace_id: b3_trace_id(trace)?,
-        span_id: SpanId::from_hex(span).ok().filter(|s| *s != SpanId::INVALID && span.len() == 16)?,
+        span_id: SpanId::from_hex(span)
+            .ok()
+            .filter(|s| *s != SpanId::INVALID && span.len() == 16)?,
         sampled,
         format: Format::B3Single,
     })
@@ -117,7 +129,9 @@ fn parse_b3_multi(headers: &HeaderMap) -> Option<Incoming> {
     let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let trace_id = b3_trace_id(get(&B3_TRACE_ID)?)?;
     let span = get(&B3_SPAN_ID)?;
-    let span_id = SpanId::from_hex(span).ok().filter(|s| *s != SpanId::INVALID && span.len() == 16)?;
+    let span_id = SpanId::from_hex(span)
+        .ok()
+        .filter(|s| *s != SpanId::INVALID && span.len() == 16)?;
     let debug = get(&B3_FLAGS) == Some("1");
     let sampled = debug || get(&B3_SAMPLED).is_none_or(|v| b3_sampled(v).unwrap_or(false));
     Some(Incoming {
@@ -148,29 +162,29 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
-/// Writes the context for the next hop: always `traceparent`, and the B3
-/// form the caller used, so every instrumented app finds its parent.
-pub fn inject(headers: &mut HeaderMap, trace_id: TraceId, span_id: SpanId, flags: TraceFlags, caller: Option<Format>) {
+/// Writes the context for the next hop: always `traceparent`, and any B3
+/// headers the request carries are rewritten too, so every instrumented app
+/// (W3C or Zipkin) finds this hop's span as its parent.
+pub fn inject(headers: &mut HeaderMap, trace_id: TraceId, span_id: SpanId, flags: TraceFlags) {
     headers.insert(TRACEPARENT, traceparent(trace_id, span_id, flags));
     let sampled = if flags.is_sampled() { "1" } else { "0" };
-    match caller {
-        Some(Format::B3Single) => {
-            let value = format!("{trace_id}-{span_id}-{sampled}");
+    if headers.contains_key(B3) {
+        if let Ok(v) = HeaderValue::try_from(format!("{trace_id}-{span_id}-{sampled}")) {
+            headers.insert(B3, v);
+        }
+    }
+    if headers.contains_key(B3_TRACE_ID) {
+        let pairs = [
+            (B3_TRACE_ID, trace_id.to_string()),
+            (B3_SPAN_ID, span_id.to_string()),
+        ];
+        for (name, value) in pairs {
             if let Ok(v) = HeaderValue::try_from(value) {
-                headers.insert(B3, v);
+                headers.insert(name, v);
             }
         }
-        Some(Format::B3Multi) => {
-            let pairs = [(B3_TRACE_ID, trace_id.to_string()), (B3_SPAN_ID, span_id.to_string())];
-            for (name, value) in pairs {
-                if let Ok(v) = HeaderValue::try_from(value) {
-                    headers.insert(name, v);
-                }
-            }
-            headers.remove(B3_PARENT_SPAN_ID);
-            headers.insert(B3_SAMPLED, HeaderValue::from_static(sampled));
-        }
-        Some(Format::W3c) | None => {}
+        headers.remove(B3_PARENT_SPAN_ID);
+        headers.insert(B3_SAMPLED, HeaderValue::from_static(sampled));
     }
 }
 
@@ -208,7 +222,12 @@ mod tests {
     #[test]
     fn reads_b3() {
         let mut headers = HeaderMap::new();
-        headers.insert(B3, "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1".parse().unwrap());
+        headers.insert(
+            B3,
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
+                .parse()
+                .unwrap(),
+        );
         let ctx = extract(&headers).expect("b3 single");
         assert_eq!(ctx.format, Format::B3Single);
         assert!(ctx.sampled);

@@ -40,7 +40,11 @@ pub fn write_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-fn pump<R: std::io::Read + Send + 'static>(reader: R, lines: Arc<Mutex<Vec<String>>>, ready: Option<mpsc::Sender<String>>) {
+fn pump<R: std::io::Read + Send + 'static>(
+    reader: R,
+    lines: Arc<Mutex<Vec<String>>>,
+    ready: Option<mpsc::Sender<String>>,
+) {
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
@@ -88,16 +92,31 @@ impl Agent {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100)); // let the pump drain stderr
-                return Err(format!("exited with {status}:\n{}", stderr.lock().unwrap().join("\n")));
+                return Err(format!(
+                    "exited with {status}:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                ));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                return Err(format!("no ready line:\n{}", stderr.lock().unwrap().join("\n")));
+                return Err(format!(
+                    "no ready line:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                ));
             }
         };
-        let addr = |key| field(&line, key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{key} in {line}"));
+        let addr = |key| {
+            field(&line, key)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{key} in {line}"))
+        };
         let outbound_tcp = field(&line, "outbound_tcp")
-            .map(|v| v.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().expect("tcp addr")).collect())
+            .map(|v| {
+                v.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse().expect("tcp addr"))
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Agent {
             outbound: addr("outbound"),
@@ -148,13 +167,19 @@ impl Agent {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "agent did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "agent did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -175,6 +200,13 @@ pub fn validate(yaml: &str) -> (bool, String) {
 
 /// Runs `tracemesh validate` on a file: (success, stdout).
 pub fn validate_file(path: &Path) -> (bool, String) {
-    let out = Command::new(binary()).arg("validate").arg(path).output().expect("run validate");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(binary())
+        .arg("validate")
+        .arg(path)
+        .output()
+        .expect("run validate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }

@@ -55,7 +55,8 @@ pub struct Reply {
 impl Reply {
     /// The body as JSON (the test upstream's report).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not json ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not json ({e}): {:?}", self.body))
     }
 
     /// Which upstream answered.
@@ -68,7 +69,9 @@ impl Reply {
 
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
     }
 }
 
@@ -83,13 +86,16 @@ impl Client {
     /// HTTP/2 with prior knowledge (h2c) through `addr`.
     pub fn h2(addr: SocketAddr) -> Self {
         Self {
-            inner: Legacy::builder(TokioExecutor::new()).http2_only(true).build(Fixed(addr)),
+            inner: Legacy::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(Fixed(addr)),
         }
     }
 
     /// GETs `url`.
     pub async fn get(&self, url: &str) -> Reply {
-        self.send(Request::get(url).body(Full::default()).unwrap()).await
+        self.send(Request::get(url).body(Full::default()).unwrap())
+            .await
     }
 
     /// GETs `url` with extra headers.
@@ -118,7 +124,10 @@ impl Client {
 /// A plain HTTP/1.1 GET on a fresh connection (for admin endpoints).
 pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let reply = Client::h1(addr).get(&format!("http://{addr}{path}")).await;
-    (reply.status.as_u16(), String::from_utf8_lossy(&reply.body).into_owned())
+    (
+        reply.status.as_u16(),
+        String::from_utf8_lossy(&reply.body).into_owned(),
+    )
 }
 
 /// Writes raw bytes on a new connection and reads until the peer closes.
@@ -126,6 +135,10 @@ pub async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut out),
+    )
+    .await;
     String::from_utf8_lossy(&out).into_owned()
 }

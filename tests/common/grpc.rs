@@ -77,7 +77,11 @@ impl ServerStreamingService<Echo> for StreamEcho {
             let end = fail.then(|| {
                 let mut metadata = tonic::metadata::MetadataMap::new();
                 metadata.insert("x-echo-trailer", "kept".parse().unwrap());
-                Err(Status::with_metadata(tonic::Code::Aborted, "ended on purpose", metadata))
+                Err(Status::with_metadata(
+                    tonic::Code::Aborted,
+                    "ended on purpose",
+                    metadata,
+                ))
             });
             let stream = futures_util::stream::iter(items.chain(end));
             Ok(Response::new(Box::pin(stream) as EchoStream))
@@ -115,7 +119,9 @@ pub async fn start() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let incoming = futures_util::stream::unfold(listener, |l| async move { Some((l.accept().await.map(|(s, _)| s), l)) });
+        let incoming = futures_util::stream::unfold(listener, |l| async move {
+            Some((l.accept().await.map(|(s, _)| s), l))
+        });
         let _ = tonic::transport::Server::builder()
             .add_service(EchoServer)
             .serve_with_incoming(incoming)
@@ -125,7 +131,10 @@ pub async fn start() -> SocketAddr {
 }
 
 /// A client reaching `authority` (e.g. `http://echo:50051`) through `proxy`.
-pub async fn client(proxy: SocketAddr, authority: &str) -> tonic::client::Grpc<tonic::transport::Channel> {
+pub async fn client(
+    proxy: SocketAddr,
+    authority: &str,
+) -> tonic::client::Grpc<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{proxy}"))
         .unwrap()
         .origin(authority.parse().unwrap())
@@ -136,20 +145,42 @@ pub async fn client(proxy: SocketAddr, authority: &str) -> tonic::client::Grpc<t
 }
 
 /// Calls Unary.
-pub async fn unary(client: &mut tonic::client::Grpc<tonic::transport::Channel>, echo: Echo) -> Result<Echo, Status> {
-    client.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+pub async fn unary(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    echo: Echo,
+) -> Result<Echo, Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
     let path = PathAndQuery::from_static("/test.Echo/Unary");
-    let response = client.unary(Request::new(echo), path, ProstCodec::<Echo, Echo>::default()).await?;
+    let response = client
+        .unary(
+            Request::new(echo),
+            path,
+            ProstCodec::<Echo, Echo>::default(),
+        )
+        .await?;
     Ok(response.into_inner())
 }
 
 /// Calls Stream and collects the messages and the final status.
-pub async fn stream(client: &mut tonic::client::Grpc<tonic::transport::Channel>, echo: Echo) -> (Vec<Echo>, Result<(), Status>) {
+pub async fn stream(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    echo: Echo,
+) -> (Vec<Echo>, Result<(), Status>) {
     if let Err(e) = client.ready().await {
         return (Vec::new(), Err(Status::unavailable(e.to_string())));
     }
     let path = PathAndQuery::from_static("/test.Echo/Stream");
-    let mut stream = match client.server_streaming(Request::new(echo), path, ProstCodec::<Echo, Echo>::default()).await {
+    let mut stream = match client
+        .server_streaming(
+            Request::new(echo),
+            path,
+            ProstCodec::<Echo, Echo>::default(),
+        )
+        .await
+    {
         Ok(response) => response.into_inner(),
         Err(status) => return (Vec::new(), Err(status)),
     };

@@ -38,17 +38,23 @@ impl Scrape {
     }
 
     /// Samples of `metric` whose labels include `labels`.
-    pub fn matching<'a>(&'a self, metric: &'a str, labels: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples
-            .iter()
-            .filter(move |s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+    pub fn matching<'a>(
+        &'a self,
+        metric: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
     }
 
     /// Histogram sample count for `metric` with `labels`.
     pub fn histogram_count(&self, metric: &str, labels: &[(&str, &str)]) -> u64 {
         self.matching(metric, labels)
             .map(|s| match &s.value {
-                Value::Histogram(buckets) => buckets.iter().map(|b| b.count as u64).max().unwrap_or(0),
+                Value::Histogram(buckets) => {
+                    buckets.iter().map(|b| b.count as u64).max().unwrap_or(0)
+                }
                 _ => 0,
             })
             .sum()

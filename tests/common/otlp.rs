@@ -5,8 +5,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 
@@ -85,7 +89,9 @@ impl TraceService for Sink {
                 }
             }
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
@@ -124,14 +130,22 @@ impl Receiver {
     }
 
     /// Waits until `pred` holds over the received spans (or 30 s pass).
-    pub async fn wait_for(&self, what: &str, pred: impl Fn(&[ReceivedSpan]) -> bool) -> Vec<ReceivedSpan> {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        pred: impl Fn(&[ReceivedSpan]) -> bool,
+    ) -> Vec<ReceivedSpan> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let spans = self.spans();
             if pred(&spans) {
                 return spans;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; have {} spans", spans.len());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; have {} spans",
+                spans.len()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

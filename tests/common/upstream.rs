@@ -45,7 +45,9 @@ pub struct Upstream {
 
 /// FNV-1a, to compare bodies without keeping them.
 pub fn fnv(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(hash, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// FNV-1a's offset basis.
@@ -74,7 +76,9 @@ impl Upstream {
         let server = upstream.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { break };
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
                 let server = server.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -101,7 +105,10 @@ impl Upstream {
     }
 
     async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
-        let path = req.uri().path_and_query().map_or("/".to_owned(), |p| p.to_string());
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.to_string());
         if path.starts_with("/ws") {
             return self.websocket(&mut req);
         }
@@ -127,7 +134,10 @@ impl Upstream {
         let mut response = match segments.get(1).copied() {
             Some("status") => {
                 let code = segments.get(2).and_then(|c| c.parse().ok()).unwrap_or(500);
-                Response::builder().status(code).body(full(format!("status {code}"))).unwrap()
+                Response::builder()
+                    .status(code)
+                    .body(full(format!("status {code}")))
+                    .unwrap()
             }
             Some("slow") => {
                 let ms = segments.get(2).and_then(|c| c.parse().ok()).unwrap_or(1000);
@@ -135,7 +145,10 @@ impl Upstream {
                 Response::new(full("slow"))
             }
             Some("stream") => {
-                let total: u64 = segments.get(2).and_then(|c| c.parse().ok()).unwrap_or(1 << 20);
+                let total: u64 = segments
+                    .get(2)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1 << 20);
                 stream_response(total)
             }
             _ => {
@@ -150,7 +163,9 @@ impl Upstream {
                 Response::new(full(report.to_string()))
             }
         };
-        response.headers_mut().insert("x-upstream", self.name.parse().unwrap());
+        response
+            .headers_mut()
+            .insert("x-upstream", self.name.parse().unwrap());
         response
     }
 
@@ -158,11 +173,16 @@ impl Upstream {
     fn websocket(&self, req: &mut Request<Incoming>) -> Response<Body> {
         let key = req.headers().get("sec-websocket-key").cloned();
         let Some(key) = key else {
-            return Response::builder().status(StatusCode::BAD_REQUEST).body(full("no key")).unwrap();
+            return Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(full("no key"))
+                .unwrap();
         };
         let on_upgrade = hyper::upgrade::on(req);
         tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else { return };
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
             let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
                 TokioIo::new(upgraded),
                 tokio_tungstenite::tungstenite::protocol::Role::Server,
@@ -207,7 +227,9 @@ pub async fn resetting_server() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { break };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                break;
+            };
             tokio::spawn(async move {
                 use tokio::io::AsyncReadExt;
                 let mut buf = [0u8; 4096];
@@ -231,7 +253,9 @@ pub async fn tcp_echo() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { break };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                break;
+            };
             tokio::spawn(async move {
                 let (mut r, mut w) = stream.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;

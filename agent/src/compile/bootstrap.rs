@@ -32,7 +32,11 @@ pub(super) fn single_agent<'a>(
         }
         [_, rest @ ..] => {
             for extra in rest {
-                diags.error(&extra.location, None, "a file holds one Agent document; this is a second one");
+                diags.error(
+                    &extra.location,
+                    None,
+                    "a file holds one Agent document; this is a second one",
+                );
             }
             None
         }
@@ -44,23 +48,56 @@ pub(super) fn compile(doc: &Document<AgentSpec>, diags: &mut Diagnostics) -> Opt
     let loc = &doc.location;
     let errors_before = diags.errors().count();
     if doc.metadata.name.is_empty() {
-        diags.error(loc, Some("metadata.name".into()), "the workload name is required");
+        diags.error(
+            loc,
+            Some("metadata.name".into()),
+            "the workload name is required",
+        );
     }
-    let namespace = doc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = doc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     if spec.service.trim().is_empty() {
-        diags.error(loc, Some("spec.service".into()), "the service this sidecar fronts is required");
+        diags.error(
+            loc,
+            Some("spec.service".into()),
+            "the service this sidecar fronts is required",
+        );
     }
     if !(0.0..=1.0).contains(&spec.telemetry.sampling) {
-        diags.error(loc, Some("spec.telemetry.sampling".into()), "must be between 0.0 and 1.0");
+        diags.error(
+            loc,
+            Some("spec.telemetry.sampling".into()),
+            "must be between 0.0 and 1.0",
+        );
     }
     if !matches!(spec.telemetry.otlp.protocol.as_str(), "grpc" | "http") {
-        diags.error(loc, Some("spec.telemetry.otlp.protocol".into()), "must be `grpc` or `http`");
+        diags.error(
+            loc,
+            Some("spec.telemetry.otlp.protocol".into()),
+            "must be `grpc` or `http`",
+        );
     }
     if spec.concurrency == 0 || spec.concurrency > 256 {
-        diags.error(loc, Some("spec.concurrency".into()), "must be between 1 and 256");
+        diags.error(
+            loc,
+            Some("spec.concurrency".into()),
+            "must be between 1 and 256",
+        );
     }
     let mut addr = |field: &str, value: &str| -> Option<SocketAddr> {
-        value.parse().map_err(|_| diags.error(loc, Some(field.into()), format!("{value:?} is not an ip:port address"))).ok()
+        value
+            .parse()
+            .map_err(|_| {
+                diags.error(
+                    loc,
+                    Some(field.into()),
+                    format!("{value:?} is not an ip:port address"),
+                )
+            })
+            .ok()
     };
     let inbound = addr("spec.inbound.listen", &spec.inbound.listen);
     let app = addr("spec.inbound.app", &spec.inbound.app);
@@ -117,7 +154,8 @@ fn identity(doc: &Document<AgentSpec>, namespace: &str, inbound: SocketAddr) -> 
         canonical_service: &canonical_service,
         canonical_revision: &canonical_revision,
     });
-    let peer_metadata_id = peer_metadata::encode_id(&workload, namespace, &inbound.ip().to_string());
+    let peer_metadata_id =
+        peer_metadata::encode_id(&workload, namespace, &inbound.ip().to_string());
     let app = app.unwrap_or_else(|| "unknown".into());
     let version = version.unwrap_or_else(|| "unknown".into());
     let peer = Arc::new(peer_metadata::PeerInfo {

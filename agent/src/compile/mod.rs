@@ -53,7 +53,11 @@ pub struct Compiled {
 }
 
 /// Reads and compiles the file at `path`.
-pub fn load_file(path: &Path, version: u64, states: &EndpointStates) -> Result<Compiled, ConfigRejected> {
+pub fn load_file(
+    path: &Path,
+    version: u64,
+    states: &EndpointStates,
+) -> Result<Compiled, ConfigRejected> {
     let file: Arc<str> = Arc::from(path.display().to_string());
     match std::fs::read_to_string(path) {
         Ok(text) => compile_text(&file, &text, version, states),
@@ -66,7 +70,12 @@ pub fn load_file(path: &Path, version: u64, states: &EndpointStates) -> Result<C
 }
 
 /// Compiles the text of a config file named `file`.
-pub fn compile_text(file: &Arc<str>, text: &str, version: u64, states: &EndpointStates) -> Result<Compiled, ConfigRejected> {
+pub fn compile_text(
+    file: &Arc<str>,
+    text: &str,
+    version: u64,
+    states: &EndpointStates,
+) -> Result<Compiled, ConfigRejected> {
     let mut diags = Diagnostics::default();
     let docs = Documents::sort(parse_documents(file, text, &mut diags));
     let snapshot = build(file, &docs, version, states, &mut diags);
@@ -88,9 +97,24 @@ fn build(
 ) -> Option<Snapshot> {
     let agent = bootstrap::single_agent(file, &docs.agents, diags)?;
     let boot = bootstrap::compile(agent, diags);
-    let namespace = boot.as_ref().map_or("default", |b| b.identity.namespace.as_str()).to_owned();
-    let registry = registry::Registry::build(&docs.service_entries, &docs.destination_rules, &namespace, states, diags);
-    let routes = routes::build(&docs.virtual_services, &registry, boot.as_ref(), &namespace, diags);
+    let namespace = boot
+        .as_ref()
+        .map_or("default", |b| b.identity.namespace.as_str())
+        .to_owned();
+    let registry = registry::Registry::build(
+        &docs.service_entries,
+        &docs.destination_rules,
+        &namespace,
+        states,
+        diags,
+    );
+    let routes = routes::build(
+        &docs.virtual_services,
+        &registry,
+        boot.as_ref(),
+        &namespace,
+        diags,
+    );
     unenforced::warn_all(docs, diags);
     let boot = boot?;
     let inbound = registry::inbound_cluster(&boot, states);

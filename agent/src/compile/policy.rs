@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::balancer::{Balancer, DEFAULT_MAGLEV_TABLE_SIZE, HashKey};
 use crate::config::destination_rule::{
-    ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings, OutlierDetection, PortTrafficPolicy,
-    TrafficPolicy,
+    ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings,
+    OutlierDetection, PortTrafficPolicy, TrafficPolicy,
 };
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::model::cluster::Endpoint;
@@ -28,7 +28,10 @@ impl<'a> EffectivePolicy<'a> {
             policy.outlier_detection.as_ref(),
             policy.tls.as_ref(),
         );
-        let port_level = policy.port_level_settings.iter().find(|p| p.port.number == u32::from(port));
+        let port_level = policy
+            .port_level_settings
+            .iter()
+            .find(|p| p.port.number == u32::from(port));
         if let Some(PortTrafficPolicy {
             load_balancer,
             connection_pool,
@@ -37,7 +40,12 @@ impl<'a> EffectivePolicy<'a> {
             ..
         }) = port_level
         {
-            self.overlay_fields(load_balancer.as_ref(), connection_pool.as_ref(), outlier_detection.as_ref(), tls.as_ref());
+            self.overlay_fields(
+                load_balancer.as_ref(),
+                connection_pool.as_ref(),
+                outlier_detection.as_ref(),
+                tls.as_ref(),
+            );
         }
     }
 
@@ -72,20 +80,41 @@ impl<'a> EffectivePolicy<'a> {
 }
 
 /// Checks a load-balancer setting; reported once per place it is written.
-pub(super) fn validate_load_balancer(lb: &LoadBalancerSettings, loc: &Location, field: &str, diags: &mut Diagnostics) {
+pub(super) fn validate_load_balancer(
+    lb: &LoadBalancerSettings,
+    loc: &Location,
+    field: &str,
+    diags: &mut Diagnostics,
+) {
     if let Some(simple) = &lb.simple {
-        let known = ["UNSPECIFIED", "LEAST_CONN", "LEAST_REQUEST", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN"];
+        let known = [
+            "UNSPECIFIED",
+            "LEAST_CONN",
+            "LEAST_REQUEST",
+            "RANDOM",
+            "PASSTHROUGH",
+            "ROUND_ROBIN",
+        ];
         if !known.contains(&simple.as_str()) {
-            let msg = format!("unknown load balancer {simple:?} (known: {})", known.join(", "));
+            let msg = format!(
+                "unknown load balancer {simple:?} (known: {})",
+                known.join(", ")
+            );
             diags.error(loc, Some(format!("{field}.simple")), msg);
         } else if simple == "PASSTHROUGH" {
             let msg = "PASSTHROUGH needs transparent interception; LEAST_REQUEST is used";
             diags.warn(loc, Some(format!("{field}.simple")), msg);
         }
     }
-    let Some(hash) = &lb.consistent_hash else { return };
+    let Some(hash) = &lb.consistent_hash else {
+        return;
+    };
     if lb.simple.is_some() {
-        diags.error(loc, Some(field.to_owned()), "set either `simple` or `consistentHash`, not both");
+        diags.error(
+            loc,
+            Some(field.to_owned()),
+            "set either `simple` or `consistentHash`, not both",
+        );
     }
     let keys = [
         hash.http_header_name.is_some(),
@@ -95,13 +124,21 @@ pub(super) fn validate_load_balancer(lb: &LoadBalancerSettings, loc: &Location, 
     ];
     let field = format!("{field}.consistentHash");
     match keys.iter().filter(|k| **k).count() {
-        0 => diags.error(loc, Some(field.clone()), "needs one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName"),
+        0 => diags.error(
+            loc,
+            Some(field.clone()),
+            "needs one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+        ),
         1 => {}
         _ => diags.error(loc, Some(field.clone()), "set only one hash key"),
     }
     if let Some(name) = &hash.http_header_name {
         if http::HeaderName::try_from(name.as_str()).is_err() {
-            diags.error(loc, Some(format!("{field}.httpHeaderName")), format!("{name:?} is not a header name"));
+            diags.error(
+                loc,
+                Some(format!("{field}.httpHeaderName")),
+                format!("{name:?} is not a header name"),
+            );
         }
     }
     if hash.http_cookie.as_ref().is_some_and(|c| c.ttl.is_some()) {
@@ -110,17 +147,25 @@ pub(super) fn validate_load_balancer(lb: &LoadBalancerSettings, loc: &Location, 
     }
     if let Some(size) = hash.maglev.as_ref().map(|m| m.table_size) {
         if !is_prime(size) || size > 5_000_011 {
-            diags.error(loc, Some(format!("{field}.maglev.tableSize")), "must be a prime up to 5000011");
+            diags.error(
+                loc,
+                Some(format!("{field}.maglev.tableSize")),
+                "must be a prime up to 5000011",
+            );
         }
     }
 }
 
 /// The balancer for a validated setting.
 pub(super) fn balancer(lb: Option<&LoadBalancerSettings>, endpoints: &[Arc<Endpoint>]) -> Balancer {
-    let Some(lb) = lb else { return Balancer::LeastRequest };
+    let Some(lb) = lb else {
+        return Balancer::LeastRequest;
+    };
     if let Some(hash) = &lb.consistent_hash {
         let key = if let Some(name) = &hash.http_header_name {
-            http::HeaderName::try_from(name.as_str()).map(HashKey::Header).ok()
+            http::HeaderName::try_from(name.as_str())
+                .map(HashKey::Header)
+                .ok()
         } else if let Some(cookie) = &hash.http_cookie {
             Some(HashKey::Cookie(cookie.name.clone()))
         } else if let Some(param) = &hash.http_query_parameter_name {
@@ -155,7 +200,12 @@ pub(super) fn validate_rule(rule: &DestinationRuleSpec, loc: &Location, diags: &
         }
         for (i, port) in policy.port_level_settings.iter().enumerate() {
             if let Some(lb) = &port.load_balancer {
-                validate_load_balancer(lb, loc, &format!("{field}.portLevelSettings[{i}].loadBalancer"), diags);
+                validate_load_balancer(
+                    lb,
+                    loc,
+                    &format!("{field}.portLevelSettings[{i}].loadBalancer"),
+                    diags,
+                );
             }
         }
     };
@@ -165,9 +215,17 @@ pub(super) fn validate_rule(rule: &DestinationRuleSpec, loc: &Location, diags: &
     let mut names = std::collections::HashSet::new();
     for (i, subset) in rule.subsets.iter().enumerate() {
         if subset.name.is_empty() {
-            diags.error(loc, Some(format!("spec.subsets[{i}].name")), "a subset needs a name");
+            diags.error(
+                loc,
+                Some(format!("spec.subsets[{i}].name")),
+                "a subset needs a name",
+            );
         } else if !names.insert(subset.name.as_str()) {
-            diags.error(loc, Some(format!("spec.subsets[{i}].name")), format!("subset {:?} is defined twice", subset.name));
+            diags.error(
+                loc,
+                Some(format!("spec.subsets[{i}].name")),
+                format!("subset {:?} is defined twice", subset.name),
+            );
         }
         if let Some(policy) = &subset.traffic_policy {
             check(policy, &format!("spec.subsets[{i}].trafficPolicy"), diags);

@@ -13,7 +13,9 @@ use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::config::service_entry::{ServiceEntrySpec, ServicePort};
 use crate::host::{authority_candidates, resolve_short_name};
-use crate::model::cluster::{Cluster, DEFAULT_CONNECT_TIMEOUT, Endpoint, EndpointStates, UpstreamAddr};
+use crate::model::cluster::{
+    Cluster, DEFAULT_CONNECT_TIMEOUT, Endpoint, EndpointStates, UpstreamAddr,
+};
 use crate::model::route::DestinationTarget;
 use crate::model::service::{Protocol, ServiceName};
 
@@ -50,7 +52,9 @@ impl Registry {
             for (h, host) in doc.spec.hosts.iter().enumerate() {
                 let fqdn = resolve_short_name(host, namespace);
                 if services.contains_key(&fqdn) {
-                    let msg = format!("host {fqdn} is already declared by an earlier ServiceEntry; this one is ignored");
+                    let msg = format!(
+                        "host {fqdn} is already declared by an earlier ServiceEntry; this one is ignored"
+                    );
                     diags.warn(&doc.location, Some(format!("spec.hosts[{h}]")), msg);
                     continue;
                 }
@@ -112,7 +116,12 @@ impl Registry {
     }
 
     /// The cluster each `spec.outbound.tcp` listener forwards to.
-    pub fn tcp_routes(&self, agent: &Document<AgentSpec>, namespace: &str, diags: &mut Diagnostics) -> Vec<Arc<Cluster>> {
+    pub fn tcp_routes(
+        &self,
+        agent: &Document<AgentSpec>,
+        namespace: &str,
+        diags: &mut Diagnostics,
+    ) -> Vec<Arc<Cluster>> {
         let mut routes = Vec::new();
         for (i, listener) in agent.spec.outbound.tcp.iter().enumerate() {
             let field = Some(format!("spec.outbound.tcp[{i}]"));
@@ -123,11 +132,17 @@ impl Registry {
             match cluster {
                 Some(c) if c.protocol == Protocol::Tcp => routes.push(c.clone()),
                 Some(c) => {
-                    let msg = format!("port {} of {} is declared {}, not TCP", c.port, c.service.host, c.protocol);
+                    let msg = format!(
+                        "port {} of {} is declared {}, not TCP",
+                        c.port, c.service.host, c.protocol
+                    );
                     diags.error(&agent.location, field, msg);
                 }
                 None => {
-                    let msg = format!("no ServiceEntry declares {}:{}", listener.host, listener.port);
+                    let msg = format!(
+                        "no ServiceEntry declares {}:{}",
+                        listener.host, listener.port
+                    );
                     diags.error(&agent.location, field, msg);
                 }
             }
@@ -141,7 +156,12 @@ pub(super) fn inbound_cluster(boot: &Bootstrap, states: &EndpointStates) -> Arc<
     let app = boot.listeners.app;
     let address = UpstreamAddr::Socket(app);
     let state = states.get(&format!("inbound|{address}"));
-    let mut endpoint = Endpoint::new(address, boot.identity.labels.clone(), state, &boot.identity.namespace);
+    let mut endpoint = Endpoint::new(
+        address,
+        boot.identity.labels.clone(),
+        state,
+        &boot.identity.namespace,
+    );
     endpoint.peer = boot.identity.peer.clone();
     Arc::new(Cluster {
         name: format!("inbound|{}||", app.port()),
@@ -165,7 +185,11 @@ fn rules_by_host<'a>(
         policy::validate_rule(&doc.spec, &doc.location, diags);
         let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
         if doc.spec.host.is_empty() {
-            diags.error(&doc.location, Some("spec.host".into()), "the host is required");
+            diags.error(
+                &doc.location,
+                Some("spec.host".into()),
+                "the host is required",
+            );
             continue;
         }
         let host = resolve_short_name(&doc.spec.host, namespace);
@@ -180,20 +204,39 @@ fn rules_by_host<'a>(
 }
 
 /// Checks an entry; `None` when it cannot be used at all.
-fn validate_entry(spec: &ServiceEntrySpec, loc: &Location, diags: &mut Diagnostics) -> Option<Resolution> {
+fn validate_entry(
+    spec: &ServiceEntrySpec,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Option<Resolution> {
     let errors_before = diags.errors().count();
     if spec.hosts.is_empty() {
-        diags.error(loc, Some("spec.hosts".into()), "at least one host is required");
+        diags.error(
+            loc,
+            Some("spec.hosts".into()),
+            "at least one host is required",
+        );
     }
     if spec.ports.is_empty() {
-        diags.error(loc, Some("spec.ports".into()), "at least one port is required");
+        diags.error(
+            loc,
+            Some("spec.ports".into()),
+            "at least one port is required",
+        );
     }
     for (i, port) in spec.ports.iter().enumerate() {
         if !(1..=65535).contains(&port.number) {
-            diags.error(loc, Some(format!("spec.ports[{i}].number")), "must be between 1 and 65535");
+            diags.error(
+                loc,
+                Some(format!("spec.ports[{i}].number")),
+                "must be between 1 and 65535",
+            );
         }
         if Protocol::parse(&port.protocol).is_none() {
-            let msg = format!("unknown protocol {:?} (HTTP, HTTP2, GRPC, TCP, TLS, HTTPS…)", port.protocol);
+            let msg = format!(
+                "unknown protocol {:?} (HTTP, HTTP2, GRPC, TCP, TLS, HTTPS…)",
+                port.protocol
+            );
             diags.error(loc, Some(format!("spec.ports[{i}].protocol")), msg);
         }
     }
@@ -208,11 +251,18 @@ fn validate_entry(spec: &ServiceEntrySpec, loc: &Location, diags: &mut Diagnosti
         }
     };
     if resolution == "STATIC" && spec.endpoints.is_empty() && spec.workload_selector.is_none() {
-        diags.error(loc, Some("spec.endpoints".into()), "STATIC resolution needs endpoints");
+        diags.error(
+            loc,
+            Some("spec.endpoints".into()),
+            "STATIC resolution needs endpoints",
+        );
     }
     for (j, ep) in spec.endpoints.iter().enumerate() {
         if !dns && ep.address.parse::<IpAddr>().is_err() && !ep.address.starts_with("unix://") {
-            let msg = format!("{:?} is not an IP address, which STATIC resolution needs", ep.address);
+            let msg = format!(
+                "{:?} is not an IP address, which STATIC resolution needs",
+                ep.address
+            );
             diags.error(loc, Some(format!("spec.endpoints[{j}].address")), msg);
         }
     }
@@ -235,15 +285,24 @@ impl EntryContext<'_> {
         diags: &mut Diagnostics,
     ) -> HashMap<Option<String>, Vec<Arc<Cluster>>> {
         let mut subsets: Vec<Option<&str>> = vec![None];
-        subsets.extend(rule.iter().flat_map(|r| r.subsets.iter().map(|s| Some(s.name.as_str()))));
+        subsets.extend(
+            rule.iter()
+                .flat_map(|r| r.subsets.iter().map(|s| Some(s.name.as_str()))),
+        );
         let mut clusters: HashMap<Option<String>, Vec<Arc<Cluster>>> = HashMap::new();
         for port in &self.doc.spec.ports {
-            let Some(protocol) = Protocol::parse(&port.protocol) else { continue };
+            let Some(protocol) = Protocol::parse(&port.protocol) else {
+                continue;
+            };
             let endpoints = self.endpoints(port, diags);
             for subset in &subsets {
                 let selected = select_subset(&endpoints, rule, *subset);
-                let cluster = build_cluster(name, port.number as u16, protocol, *subset, selected, rule);
-                clusters.entry(subset.map(str::to_owned)).or_default().push(Arc::new(cluster));
+                let cluster =
+                    build_cluster(name, port.number as u16, protocol, *subset, selected, rule);
+                clusters
+                    .entry(subset.map(str::to_owned))
+                    .or_default()
+                    .push(Arc::new(cluster));
             }
         }
         clusters
@@ -266,7 +325,11 @@ impl EntryContext<'_> {
         for (j, ep) in spec.endpoints.iter().enumerate() {
             if ep.address.starts_with("unix://") {
                 let msg = "unix domain socket endpoints are not supported; skipped";
-                diags.warn(&self.doc.location, Some(format!("spec.endpoints[{j}].address")), msg);
+                diags.warn(
+                    &self.doc.location,
+                    Some(format!("spec.endpoints[{j}].address")),
+                    msg,
+                );
                 continue;
             }
             let port = ep.ports.get(&port.name).map_or(default_port, |p| *p as u16);
@@ -288,11 +351,19 @@ impl EntryContext<'_> {
     }
 }
 
-fn select_subset(endpoints: &[Arc<Endpoint>], rule: Option<&DestinationRuleSpec>, subset: Option<&str>) -> Vec<Arc<Endpoint>> {
-    let labels = subset.and_then(|name| rule?.subsets.iter().find(|s| s.name == name)).map(|s| &s.labels);
+fn select_subset(
+    endpoints: &[Arc<Endpoint>],
+    rule: Option<&DestinationRuleSpec>,
+    subset: Option<&str>,
+) -> Vec<Arc<Endpoint>> {
+    let labels = subset
+        .and_then(|name| rule?.subsets.iter().find(|s| s.name == name))
+        .map(|s| &s.labels);
     endpoints
         .iter()
-        .filter(|ep| labels.is_none_or(|want| want.iter().all(|(k, v)| ep.labels.get(k) == Some(v))))
+        .filter(|ep| {
+            labels.is_none_or(|want| want.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
+        })
         .cloned()
         .collect()
 }

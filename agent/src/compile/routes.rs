@@ -10,9 +10,13 @@ use super::bootstrap::Bootstrap;
 use super::registry::Registry;
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
-use crate::config::virtual_service::{HeaderOperations, Headers, HttpMatchRequest, HttpRoute, StringMatch, VirtualServiceSpec};
+use crate::config::virtual_service::{
+    HeaderOperations, Headers, HttpMatchRequest, HttpRoute, StringMatch, VirtualServiceSpec,
+};
 use crate::host::{CLUSTER_DOMAIN, resolve_short_name};
-use crate::model::route::{HeaderEdits, HttpRule, RouteMatch, RouteTable, StrMatcher, VirtualHost, WeightedDestination};
+use crate::model::route::{
+    HeaderEdits, HttpRule, RouteMatch, RouteTable, StrMatcher, VirtualHost, WeightedDestination,
+};
 
 /// What a rule is compiled against.
 struct Scope<'a> {
@@ -38,7 +42,11 @@ pub(super) fn build(
             continue;
         }
         if spec.hosts.is_empty() {
-            diags.error(&doc.location, Some("spec.hosts".into()), "at least one host is required");
+            diags.error(
+                &doc.location,
+                Some("spec.hosts".into()),
+                "at least one host is required",
+            );
         }
         let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
         let scope = Scope {
@@ -57,7 +65,8 @@ pub(super) fn build(
         for (h, host) in spec.hosts.iter().enumerate() {
             let fqdn = resolve_short_name(host, namespace);
             if hosts.iter().any(|vh| vh.host == fqdn) {
-                let msg = format!("{fqdn} is already routed by an earlier VirtualService; ignored here");
+                let msg =
+                    format!("{fqdn} is already routed by an earlier VirtualService; ignored here");
                 diags.warn(&doc.location, Some(format!("spec.hosts[{h}]")), msg);
                 continue;
             }
@@ -109,11 +118,21 @@ fn table(hosts: Vec<Arc<VirtualHost>>, agent_namespace: &str) -> RouteTable {
         }
     }
     for vh in &hosts {
-        let Some(head) = vh.host.strip_suffix(CLUSTER_DOMAIN).and_then(|h| h.strip_suffix('.')) else {
+        let Some(head) = vh
+            .host
+            .strip_suffix(CLUSTER_DOMAIN)
+            .and_then(|h| h.strip_suffix('.'))
+        else {
             continue;
         };
-        let Some((name, namespace)) = head.split_once('.') else { continue };
-        let mut aliases = vec![head.to_owned(), format!("{head}.svc"), format!("{head}.svc.cluster")];
+        let Some((name, namespace)) = head.split_once('.') else {
+            continue;
+        };
+        let mut aliases = vec![
+            head.to_owned(),
+            format!("{head}.svc"),
+            format!("{head}.svc.cluster"),
+        ];
         if namespace == agent_namespace {
             aliases.push(name.to_owned());
         }
@@ -121,11 +140,18 @@ fn table(hosts: Vec<Arc<VirtualHost>>, agent_namespace: &str) -> RouteTable {
             table.exact.entry(alias).or_insert_with(|| vh.clone());
         }
     }
-    table.wildcard.sort_by_key(|vh| std::cmp::Reverse(vh.host.len()));
+    table
+        .wildcard
+        .sort_by_key(|vh| std::cmp::Reverse(vh.host.len()));
     table
 }
 
-fn compile_rule(rule: &HttpRoute, field: &str, scope: &Scope<'_>, diags: &mut Diagnostics) -> Option<HttpRule> {
+fn compile_rule(
+    rule: &HttpRoute,
+    field: &str,
+    scope: &Scope<'_>,
+    diags: &mut Diagnostics,
+) -> Option<HttpRule> {
     let loc = scope.loc;
     let mut matches = Vec::new();
     for (j, m) in rule.matches.iter().enumerate() {
@@ -136,13 +162,25 @@ fn compile_rule(rule: &HttpRoute, field: &str, scope: &Scope<'_>, diags: &mut Di
     if !rule.matches.is_empty() && matches.is_empty() {
         return None; // every condition names another source or gateway: never matches here
     }
-    if rule.route.is_empty() && rule.redirect.is_none() && rule.direct_response.is_none() && rule.delegate.is_none() {
-        diags.error(loc, Some(field.to_owned()), "a rule needs `route`, `redirect`, `directResponse` or `delegate`");
+    if rule.route.is_empty()
+        && rule.redirect.is_none()
+        && rule.direct_response.is_none()
+        && rule.delegate.is_none()
+    {
+        diags.error(
+            loc,
+            Some(field.to_owned()),
+            "a rule needs `route`, `redirect`, `directResponse` or `delegate`",
+        );
     }
     let weights: Vec<i32> = rule.route.iter().map(|d| d.weight.unwrap_or(0)).collect();
     for (k, w) in weights.iter().enumerate() {
         if *w < 0 {
-            diags.error(loc, Some(format!("{field}.route[{k}].weight")), "must not be negative");
+            diags.error(
+                loc,
+                Some(format!("{field}.route[{k}].weight")),
+                "must not be negative",
+            );
         }
     }
     let sum: i32 = weights.iter().sum();
@@ -156,7 +194,9 @@ fn compile_rule(rule: &HttpRoute, field: &str, scope: &Scope<'_>, diags: &mut Di
         let dfield = format!("{field}.route[{k}]");
         let host = resolve_short_name(&dest.destination.host, scope.namespace);
         let port = dest.destination.port.as_ref().map(|p| p.number as u16);
-        let target = scope.registry.target(&host, dest.destination.subset.as_deref(), port);
+        let target = scope
+            .registry
+            .target(&host, dest.destination.subset.as_deref(), port);
         if target.clusters.is_empty() {
             let what = match &dest.destination.subset {
                 Some(subset) if scope.registry.services.contains_key(&host) => {
@@ -164,17 +204,35 @@ fn compile_rule(rule: &HttpRoute, field: &str, scope: &Scope<'_>, diags: &mut Di
                 }
                 _ => format!("no ServiceEntry declares {host}"),
             };
-            diags.warn(loc, Some(format!("{dfield}.destination")), format!("{what}; requests get 503 NC"));
+            diags.warn(
+                loc,
+                Some(format!("{dfield}.destination")),
+                format!("{what}; requests get 503 NC"),
+            );
         }
-        let (request_headers, response_headers) = edits(dest.headers.as_ref(), &format!("{dfield}.headers"), loc, diags);
+        let (request_headers, response_headers) = edits(
+            dest.headers.as_ref(),
+            &format!("{dfield}.headers"),
+            loc,
+            diags,
+        );
         destinations.push(WeightedDestination {
             target,
-            weight: if rule.route.len() == 1 { 100 } else { weights[k].max(0) as u32 },
+            weight: if rule.route.len() == 1 {
+                100
+            } else {
+                weights[k].max(0) as u32
+            },
             request_headers,
             response_headers,
         });
     }
-    let (request_headers, response_headers) = edits(rule.headers.as_ref(), &format!("{field}.headers"), loc, diags);
+    let (request_headers, response_headers) = edits(
+        rule.headers.as_ref(),
+        &format!("{field}.headers"),
+        loc,
+        diags,
+    );
     Some(HttpRule {
         name: rule.name.as_deref().map(Arc::from),
         matches,
@@ -187,7 +245,12 @@ fn compile_rule(rule: &HttpRoute, field: &str, scope: &Scope<'_>, diags: &mut Di
 
 /// Compiles one match entry; `None` when it can never match on this agent
 /// (another source workload, namespace or a gateway).
-fn compile_match(m: &HttpMatchRequest, field: &str, scope: &Scope<'_>, diags: &mut Diagnostics) -> Option<RouteMatch> {
+fn compile_match(
+    m: &HttpMatchRequest,
+    field: &str,
+    scope: &Scope<'_>,
+    diags: &mut Diagnostics,
+) -> Option<RouteMatch> {
     let loc = scope.loc;
     let mut matcher = |sm: &Option<StringMatch>, name: &str, ignore_case: bool| {
         sm.as_ref()
@@ -202,7 +265,10 @@ fn compile_match(m: &HttpMatchRequest, field: &str, scope: &Scope<'_>, diags: &m
         port: m.port.map(|p| p as u16),
         ..RouteMatch::default()
     };
-    for (kind, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers)] {
+    for (kind, map) in [
+        ("headers", &m.headers),
+        ("withoutHeaders", &m.without_headers),
+    ] {
         for (name, sm) in map {
             let hfield = format!("{field}.{kind}.{name}");
             let Ok(header) = HeaderName::try_from(name.to_ascii_lowercase()) else {
@@ -210,31 +276,63 @@ fn compile_match(m: &HttpMatchRequest, field: &str, scope: &Scope<'_>, diags: &m
                 continue;
             };
             if let Some(sm) = string_matcher(sm, &hfield, false, loc, diags) {
-                let list = if kind == "headers" { &mut compiled.headers } else { &mut compiled.without_headers };
+                let list = if kind == "headers" {
+                    &mut compiled.headers
+                } else {
+                    &mut compiled.without_headers
+                };
                 list.push((header, sm));
             }
         }
     }
     for (name, sm) in &m.query_params {
-        if let Some(sm) = string_matcher(sm, &format!("{field}.queryParams.{name}"), false, loc, diags) {
+        if let Some(sm) = string_matcher(
+            sm,
+            &format!("{field}.queryParams.{name}"),
+            false,
+            loc,
+            diags,
+        ) {
             compiled.query_params.push((name.clone(), sm));
         }
     }
     let boot = scope.boot?;
     let identity = &boot.identity;
-    let labels_ok = m.source_labels.iter().all(|(k, v)| identity.labels.get(k) == Some(v));
-    let namespace_ok = m.source_namespace.as_ref().is_none_or(|ns| *ns == identity.namespace);
+    let labels_ok = m
+        .source_labels
+        .iter()
+        .all(|(k, v)| identity.labels.get(k) == Some(v));
+    let namespace_ok = m
+        .source_namespace
+        .as_ref()
+        .is_none_or(|ns| *ns == identity.namespace);
     let gateway_ok = m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh");
     (labels_ok && namespace_ok && gateway_ok).then_some(compiled)
 }
 
-fn string_matcher(sm: &StringMatch, field: &str, ignore_case: bool, loc: &Location, diags: &mut Diagnostics) -> Option<StrMatcher> {
+fn string_matcher(
+    sm: &StringMatch,
+    field: &str,
+    ignore_case: bool,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Option<StrMatcher> {
     let set = [sm.exact.is_some(), sm.prefix.is_some(), sm.regex.is_some()];
     if set.iter().filter(|s| **s).count() > 1 {
-        diags.error(loc, Some(field.to_owned()), "set only one of exact, prefix, regex");
+        diags.error(
+            loc,
+            Some(field.to_owned()),
+            "set only one of exact, prefix, regex",
+        );
         return None;
     }
-    let fold = |s: &String| if ignore_case { s.to_ascii_lowercase() } else { s.clone() };
+    let fold = |s: &String| {
+        if ignore_case {
+            s.to_ascii_lowercase()
+        } else {
+            s.clone()
+        }
+    };
     if let Some(exact) = &sm.exact {
         return Some(StrMatcher::Exact(fold(exact)));
     }
@@ -251,28 +349,53 @@ fn string_matcher(sm: &StringMatch, field: &str, ignore_case: bool, loc: &Locati
     {
         Ok(regex) => Some(StrMatcher::Regex(regex)),
         Err(err) => {
-            diags.error(loc, Some(format!("{field}.regex")), format!("invalid regex: {err}"));
+            diags.error(
+                loc,
+                Some(format!("{field}.regex")),
+                format!("invalid regex: {err}"),
+            );
             None
         }
     }
 }
 
-fn edits(headers: Option<&Headers>, field: &str, loc: &Location, diags: &mut Diagnostics) -> (HeaderEdits, HeaderEdits) {
+fn edits(
+    headers: Option<&Headers>,
+    field: &str,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> (HeaderEdits, HeaderEdits) {
     let mut one = |ops: Option<&HeaderOperations>, side: &str| {
-        let Some(ops) = ops else { return HeaderEdits::default() };
+        let Some(ops) = ops else {
+            return HeaderEdits::default();
+        };
         let mut compiled = HeaderEdits::default();
         let mut pair = |name: &str, value: &str, op: &str| {
             let f = format!("{field}.{side}.{op}.{name}");
-            let name = HeaderName::try_from(name.to_ascii_lowercase()).map_err(|_| diags.error(loc, Some(f.clone()), "not a header name"));
-            let value = HeaderValue::try_from(value).map_err(|_| diags.error(loc, Some(f), "not a valid header value"));
+            let name = HeaderName::try_from(name.to_ascii_lowercase())
+                .map_err(|_| diags.error(loc, Some(f.clone()), "not a header name"));
+            let value = HeaderValue::try_from(value)
+                .map_err(|_| diags.error(loc, Some(f), "not a valid header value"));
             name.ok().zip(value.ok())
         };
-        compiled.set = ops.set.iter().filter_map(|(k, v)| pair(k, v, "set")).collect();
-        compiled.add = ops.add.iter().filter_map(|(k, v)| pair(k, v, "add")).collect();
+        compiled.set = ops
+            .set
+            .iter()
+            .filter_map(|(k, v)| pair(k, v, "set"))
+            .collect();
+        compiled.add = ops
+            .add
+            .iter()
+            .filter_map(|(k, v)| pair(k, v, "add"))
+            .collect();
         for (i, name) in ops.remove.iter().enumerate() {
             match HeaderName::try_from(name.to_ascii_lowercase()) {
                 Ok(h) => compiled.remove.push(h),
-                Err(_) => diags.error(loc, Some(format!("{field}.{side}.remove[{i}]")), "not a header name"),
+                Err(_) => diags.error(
+                    loc,
+                    Some(format!("{field}.{side}.remove[{i}]")),
+                    "not a header name",
+                ),
             }
         }
         compiled

@@ -24,7 +24,10 @@ pub(super) fn warn_all(docs: &Documents, diags: &mut Diagnostics) {
                 ("fault", rule.fault.is_some()),
                 ("mirror", rule.mirror.is_some()),
                 ("mirrors", !rule.mirrors.is_empty()),
-                ("mirrorPercentage", rule.mirror_percentage.is_some() || rule.mirror_percent.is_some()),
+                (
+                    "mirrorPercentage",
+                    rule.mirror_percentage.is_some() || rule.mirror_percent.is_some(),
+                ),
                 ("redirect", rule.redirect.is_some()),
                 ("directResponse", rule.direct_response.is_some()),
                 ("rewrite", rule.rewrite.is_some()),
@@ -43,7 +46,12 @@ pub(super) fn warn_all(docs: &Documents, diags: &mut Diagnostics) {
         }
         for (i, subset) in doc.spec.subsets.iter().enumerate() {
             if let Some(policy) = &subset.traffic_policy {
-                warn_policy(policy, &format!("spec.subsets[{i}].trafficPolicy"), loc, diags);
+                warn_policy(
+                    policy,
+                    &format!("spec.subsets[{i}].trafficPolicy"),
+                    loc,
+                    diags,
+                );
             }
         }
     }
@@ -54,10 +62,18 @@ pub(super) fn warn_all(docs: &Documents, diags: &mut Diagnostics) {
         }
     }
     for doc in &docs.authorization_policies {
-        diags.warn(&doc.location, None, "AuthorizationPolicy is accepted but not enforced yet");
+        diags.warn(
+            &doc.location,
+            None,
+            "AuthorizationPolicy is accepted but not enforced yet",
+        );
     }
     for doc in &docs.peer_authentications {
-        diags.warn(&doc.location, None, "PeerAuthentication is accepted but not enforced yet");
+        diags.warn(
+            &doc.location,
+            None,
+            "PeerAuthentication is accepted but not enforced yet",
+        );
     }
 }
 
@@ -65,11 +81,17 @@ fn warn_policy(policy: &TrafficPolicy, field: &str, loc: &Location, diags: &mut 
     let pool = policy.connection_pool.as_ref();
     let tcp = pool.and_then(|p| p.tcp.as_ref());
     let tcp_other = tcp.is_some_and(|t| {
-        t.max_connections.is_some() || t.tcp_keepalive.is_some() || t.max_connection_duration.is_some() || t.idle_timeout.is_some()
+        t.max_connections.is_some()
+            || t.tcp_keepalive.is_some()
+            || t.max_connection_duration.is_some()
+            || t.idle_timeout.is_some()
     });
     let present = [
         ("connectionPool.tcp", tcp_other),
-        ("connectionPool.http", pool.is_some_and(|p| p.http.is_some())),
+        (
+            "connectionPool.http",
+            pool.is_some_and(|p| p.http.is_some()),
+        ),
         ("outlierDetection", policy.outlier_detection.is_some()),
         ("tls", policy.tls.is_some()),
         ("tunnel", policy.tunnel.is_some()),
@@ -79,12 +101,21 @@ fn warn_policy(policy: &TrafficPolicy, field: &str, loc: &Location, diags: &mut 
         diags.warn(loc, Some(format!("{field}.{name}")), NOT_ENFORCED);
     }
     if let Some(lb) = &policy.load_balancer {
-        if lb.locality_lb_setting.is_some() || lb.warmup.is_some() || lb.warmup_duration_secs.is_some() {
-            diags.warn(loc, Some(format!("{field}.loadBalancer")), "locality and warmup settings are not enforced yet");
+        if lb.locality_lb_setting.is_some()
+            || lb.warmup.is_some()
+            || lb.warmup_duration_secs.is_some()
+        {
+            diags.warn(
+                loc,
+                Some(format!("{field}.loadBalancer")),
+                "locality and warmup settings are not enforced yet",
+            );
         }
     }
     for (i, port) in policy.port_level_settings.iter().enumerate() {
-        let others = port.connection_pool.is_some() || port.outlier_detection.is_some() || port.tls.is_some();
+        let others = port.connection_pool.is_some()
+            || port.outlier_detection.is_some()
+            || port.tls.is_some();
         if others {
             let msg = "only loadBalancer is enforced per port yet";
             diags.warn(loc, Some(format!("{field}.portLevelSettings[{i}]")), msg);

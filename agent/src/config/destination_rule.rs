@@ -248,7 +248,11 @@ pub struct OutlierDetection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_gateway_errors: Option<u32>,
     /// 5xx before ejection (default 5).
-    #[serde(default, rename = "consecutive5xxErrors", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "consecutive5xxErrors",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consecutive_5xx_errors: Option<u32>,
     /// Deprecated name of consecutive gateway errors; Istio still accepts it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

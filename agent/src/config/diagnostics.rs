@@ -92,16 +92,32 @@ pub struct Diagnostics {
 
 impl Diagnostics {
     /// Records an error.
-    pub fn error(&mut self, location: &Location, field: impl Into<Option<String>>, message: impl Into<String>) {
+    pub fn error(
+        &mut self,
+        location: &Location,
+        field: impl Into<Option<String>>,
+        message: impl Into<String>,
+    ) {
         self.push(Severity::Error, location, field.into(), message.into());
     }
 
     /// Records a warning.
-    pub fn warn(&mut self, location: &Location, field: impl Into<Option<String>>, message: impl Into<String>) {
+    pub fn warn(
+        &mut self,
+        location: &Location,
+        field: impl Into<Option<String>>,
+        message: impl Into<String>,
+    ) {
         self.push(Severity::Warning, location, field.into(), message.into());
     }
 
-    fn push(&mut self, severity: Severity, location: &Location, field: Option<String>, message: String) {
+    fn push(
+        &mut self,
+        severity: Severity,
+        location: &Location,
+        field: Option<String>,
+        message: String,
+    ) {
         self.items.push(Diagnostic {
             severity,
             location: location.clone(),
@@ -122,7 +138,9 @@ impl Diagnostics {
 
     /// The warnings.
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.items.iter().filter(|d| d.severity == Severity::Warning)
+        self.items
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
     }
 
     /// Everything, in order.
@@ -138,7 +156,10 @@ pub struct ConfigRejected(pub Diagnostics);
 
 fn render_rejection(diags: &Diagnostics) -> String {
     let count = diags.errors().count();
-    let mut out = format!("config rejected ({count} error{})", if count == 1 { "" } else { "s" });
+    let mut out = format!(
+        "config rejected ({count} error{})",
+        if count == 1 { "" } else { "s" }
+    );
     for d in diags.errors() {
         out.push_str("\n  ");
         out.push_str(&d.to_string());

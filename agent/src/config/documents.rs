@@ -81,7 +81,11 @@ pub fn parse_documents(file: &Arc<str>, text: &str, diags: &mut Diagnostics) -> 
     resources
 }
 
-fn parse_one(segment: Segment<'_>, mut location: Location, diags: &mut Diagnostics) -> Option<Resource> {
+fn parse_one(
+    segment: Segment<'_>,
+    mut location: Location,
+    diags: &mut Diagnostics,
+) -> Option<Resource> {
     let value: Value = match serde_yaml_ng::from_str(segment.text) {
         Ok(value) => value,
         Err(err) => {
@@ -98,22 +102,37 @@ fn parse_one(segment: Segment<'_>, mut location: Location, diags: &mut Diagnosti
     let api_version = string_field(&value, "apiVersion");
     let kind = string_field(&value, "kind");
     let (Some(api_version), Some(kind)) = (api_version, kind) else {
-        diags.error(&location, None, "a document needs both `apiVersion` and `kind`");
+        diags.error(
+            &location,
+            None,
+            "a document needs both `apiVersion` and `kind`",
+        );
         return None;
     };
     location.resource = Some(describe(&value, &kind));
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version.as_str()));
+    let (group, version) = api_version
+        .rsplit_once('/')
+        .unwrap_or(("", api_version.as_str()));
     let versions: &[&str] = match (group, kind.as_str()) {
         ("tracemesh.io", "Agent") => &["v1"],
-        ("networking.istio.io", "ServiceEntry" | "VirtualService" | "DestinationRule") => &NETWORKING_VERSIONS,
+        ("networking.istio.io", "ServiceEntry" | "VirtualService" | "DestinationRule") => {
+            &NETWORKING_VERSIONS
+        }
         ("security.istio.io", "AuthorizationPolicy" | "PeerAuthentication") => &SECURITY_VERSIONS,
         _ => {
-            diags.warn(&location, None, format!("{api_version} {kind} is not used by the agent; skipped"));
+            diags.warn(
+                &location,
+                None,
+                format!("{api_version} {kind} is not used by the agent; skipped"),
+            );
             return None;
         }
     };
     if !versions.contains(&version) {
-        let msg = format!("{kind} is not served in version {version} of {group} (known: {})", versions.join(", "));
+        let msg = format!(
+            "{kind} is not served in version {version} of {group} (known: {})",
+            versions.join(", ")
+        );
         diags.error(&location, Some("apiVersion".to_owned()), msg);
         return None;
     }
@@ -214,9 +233,17 @@ mod tests {
             "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a]}\n---\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
         );
         assert_eq!(docs.len(), 1);
-        let warning = diags.warnings().next().expect("a warning for the Deployment");
+        let warning = diags
+            .warnings()
+            .next()
+            .expect("a warning for the Deployment");
         assert_eq!(warning.location.document, Some(4));
-        assert!(warning.to_string().contains("apps/v1 Deployment is not used"), "{warning}");
+        assert!(
+            warning
+                .to_string()
+                .contains("apps/v1 Deployment is not used"),
+            "{warning}"
+        );
     }
 
     #[test]
@@ -227,7 +254,10 @@ mod tests {
         let error = diags.errors().next().expect("an error");
         let text = error.to_string();
         assert!(text.contains("VirtualService default/r"), "{text}");
-        assert_eq!(error.field.as_deref(), Some("spec.http[0].route[0].destination.hots"));
+        assert_eq!(
+            error.field.as_deref(),
+            Some("spec.http[0].route[0].destination.hots")
+        );
         assert!(text.contains("unknown field `hots`"), "{text}");
     }
 
@@ -239,7 +269,8 @@ mod tests {
 
     #[test]
     fn unserved_version_is_an_error() {
-        let (_, diags) = load("apiVersion: networking.istio.io/v2\nkind: VirtualService\nspec: {}\n");
+        let (_, diags) =
+            load("apiVersion: networking.istio.io/v2\nkind: VirtualService\nspec: {}\n");
         let error = diags.errors().next().expect("an error");
         assert_eq!(error.field.as_deref(), Some("apiVersion"));
     }

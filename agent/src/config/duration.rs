@@ -140,6 +140,9 @@ mod tests {
     #[test]
     fn displays_compactly() {
         assert_eq!(IstioDuration(Duration::from_secs(3)).to_string(), "3s");
-        assert_eq!(IstioDuration(Duration::from_millis(250)).to_string(), "250ms");
+        assert_eq!(
+            IstioDuration(Duration::from_millis(250)).to_string(),
+            "250ms"
+        );
     }
 }

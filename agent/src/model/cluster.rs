@@ -89,7 +89,12 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// An endpoint of a service in `namespace`.
-    pub fn new(address: UpstreamAddr, labels: BTreeMap<String, String>, state: Arc<EndpointState>, namespace: &str) -> Self {
+    pub fn new(
+        address: UpstreamAddr,
+        labels: BTreeMap<String, String>,
+        state: Arc<EndpointState>,
+        namespace: &str,
+    ) -> Self {
         let label = |k: &str| labels.get(k).cloned();
         let unknown = PeerInfo::unknown();
         let app = label("app");
@@ -143,12 +148,17 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Endpoint states by address, so a reload hands the same live counters to
 /// the new snapshot. Locked only while compiling a config, never per request.
 #[derive(Debug, Default)]
-pub struct EndpointStates(std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<EndpointState>>>);
+pub struct EndpointStates(
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<EndpointState>>>,
+);
 
 impl EndpointStates {
     /// The state for `key`, shared with earlier snapshots that still hold it.
     pub fn get(&self, key: &str) -> Arc<EndpointState> {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(state) = map.get(key).and_then(std::sync::Weak::upgrade) {
             return state;
         }

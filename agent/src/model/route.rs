@@ -200,13 +200,12 @@ impl DestinationTarget {
     /// else the request's, else the service's only port.
     pub fn cluster_for(&self, request_port: u16) -> Option<&Arc<Cluster>> {
         let port = self.port.unwrap_or(request_port);
-        self.clusters
-            .iter()
-            .find(|c| c.port == port)
-            .or_else(|| match (self.port, self.clusters.as_slice()) {
+        self.clusters.iter().find(|c| c.port == port).or_else(|| {
+            match (self.port, self.clusters.as_slice()) {
                 (None, [only]) => Some(only),
                 _ => None,
-            })
+            }
+        })
     }
 }
 

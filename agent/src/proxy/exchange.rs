@@ -11,7 +11,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, Version};
 use http_body::Frame;
 use hyper::body::Incoming;
-use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::Span;
 
@@ -26,7 +28,7 @@ use crate::model::{Identity, Snapshot};
 use crate::telemetry::access_log::{AccessLogEntry, rfc3339_millis};
 use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter, RequestKey};
 use crate::telemetry::peer_metadata::{PEER_METADATA, PeerInfo};
-use crate::trace_context::{self, Format};
+use crate::trace_context;
 
 /// Request facts kept only for the access log.
 struct LogFields {
@@ -50,7 +52,6 @@ pub struct Exchange {
     start_time: SystemTime,
     span: Span,
     recording: bool,
-    caller_format: Option<Format>,
     version: Version,
     grpc: bool,
     route: Option<Arc<str>>,
@@ -80,11 +81,20 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 impl Exchange {
     /// Starts the record: reads the caller's trace context and starts this
     /// hop's span as its child (or a new trace's root).
-    pub fn begin(worker: &Rc<Worker>, down: &Downstream, snapshot: &Snapshot, req: &Request<Incoming>) -> Box<Self> {
+    pub fn begin(
+        worker: &Rc<Worker>,
+        down: &Downstream,
+        snapshot: &Snapshot,
+        req: &Request<Incoming>,
+    ) -> Box<Self> {
         let incoming = trace_context::extract(req.headers());
         let parent = match incoming {
             Some(ctx) => {
-                let flags = if ctx.sampled { TraceFlags::SAMPLED } else { TraceFlags::NOT_SAMPLED };
+                let flags = if ctx.sampled {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::NOT_SAMPLED
+                };
                 let state = req
                     .headers()
                     .get(trace_context::TRACESTATE)
@@ -101,7 +111,10 @@ impl Exchange {
             Direction::Outbound => SpanKind::Client,
         };
         let tracer = &worker.shared.tracer;
-        let builder = tracer.span_builder("").with_kind(kind).with_start_time(SystemTime::now());
+        let builder = tracer
+            .span_builder("")
+            .with_kind(kind)
+            .with_start_time(SystemTime::now());
         let span = tracer.build_with_context(builder, &parent);
         let peer = match down.direction {
             Direction::Inbound => req
@@ -119,7 +132,6 @@ impl Exchange {
             start_time: SystemTime::now(),
             recording: span.is_recording(),
             span,
-            caller_format: incoming.map(|c| c.format),
             version: req.version(),
             grpc: is_grpc(req.headers()),
             route: None,
@@ -154,19 +166,31 @@ impl Exchange {
         let mut attributes = vec![
             KeyValue::new("http.request.method", req.method().as_str().to_owned()),
             KeyValue::new("url.path", req.uri().path().to_owned()),
-            KeyValue::new("url.scheme", req.uri().scheme_str().unwrap_or("http").to_owned()),
+            KeyValue::new(
+                "url.scheme",
+                req.uri().scheme_str().unwrap_or("http").to_owned(),
+            ),
             KeyValue::new("network.protocol.version", protocol_version(req.version())),
             KeyValue::new("server.address", host.to_owned()),
         ];
         if let Some(port) = port {
             attributes.push(KeyValue::new("server.port", i64::from(port)));
         }
-        if let Some(ua) = headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        if let Some(ua) = headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+        {
             attributes.push(KeyValue::new("user_agent.original", ua.to_owned()));
         }
         if self.direction == Direction::Inbound {
-            attributes.push(KeyValue::new("network.peer.address", down.peer.ip().to_string()));
-            attributes.push(KeyValue::new("network.peer.port", i64::from(down.peer.port())));
+            attributes.push(KeyValue::new(
+                "network.peer.address",
+                down.peer.ip().to_string(),
+            ));
+            attributes.push(KeyValue::new(
+                "network.peer.port",
+                i64::from(down.peer.port()),
+            ));
             attributes.push(KeyValue::new("client.address", down.peer.ip().to_string()));
         }
         if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
@@ -174,7 +198,11 @@ impl Exchange {
         }
         self.span.set_attributes(attributes);
         let name = match self.direction {
-            Direction::Inbound => format!("{}:{}/*", self.identity.service.host, self.downstream.1.port()),
+            Direction::Inbound => format!(
+                "{}:{}/*",
+                self.identity.service.host,
+                self.downstream.1.port()
+            ),
             Direction::Outbound => format!("{host}:{}/*", port.unwrap_or(80)),
         };
         self.span.update_name(name);
@@ -191,7 +219,8 @@ impl Exchange {
         self.cluster = Some(cluster.clone());
         if self.recording {
             if let Some(name) = rule_name {
-                self.span.set_attribute(KeyValue::new("http.route", name.to_string()));
+                self.span
+                    .set_attribute(KeyValue::new("http.route", name.to_string()));
                 self.span.update_name(name.to_string());
             }
         }
@@ -216,9 +245,12 @@ impl Exchange {
     /// Writes this hop's trace context into the headers for the next hop.
     pub fn inject_trace_context(&mut self, headers: &mut HeaderMap) {
         let sc = self.span.span_context();
-        trace_context::inject(headers, sc.trace_id(), sc.span_id(), sc.trace_flags(), self.caller_format);
+        trace_context::inject(headers, sc.trace_id(), sc.span_id(), sc.trace_flags());
         if let Some(log) = self.log.as_mut() {
-            log.traceparent = headers.get(trace_context::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            log.traceparent = headers
+                .get(trace_context::TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
         }
     }
 
@@ -296,7 +328,8 @@ impl Exchange {
         if let Some(log) = self.log.take() {
             self.write_access_log(&log, duration.as_millis() as u64, request_bytes);
         }
-        let reusable = self.flags.is_empty() && self.request_body.as_ref().is_none_or(|p| p.is_done());
+        let reusable =
+            self.flags.is_empty() && self.request_body.as_ref().is_none_or(|p| p.is_done());
         if let Some(connection) = self.connection.take() {
             if reusable {
                 connection.release();
@@ -330,7 +363,12 @@ impl Exchange {
             flags: self.flags,
         };
         let shared = &self.worker.shared;
-        let handles = self.worker.caches.borrow_mut().metrics.request(&shared.metrics, &key);
+        let handles = self
+            .worker
+            .caches
+            .borrow_mut()
+            .metrics
+            .request(&shared.metrics, &key);
         handles.record(duration_ms, request_bytes, self.response_bytes);
     }
 
@@ -341,13 +379,19 @@ impl Exchange {
             KeyValue::new("http.response.body.size", self.response_bytes as i64),
         ];
         if self.status != 0 {
-            attributes.push(KeyValue::new("http.response.status_code", i64::from(self.status)));
+            attributes.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(self.status),
+            ));
         }
         if let Some(status) = self.grpc_status {
             attributes.push(KeyValue::new("rpc.grpc.status_code", i64::from(status)));
         }
         if let Some(cluster) = &self.cluster {
-            attributes.push(KeyValue::new("tracemesh.upstream_cluster", cluster.name.clone()));
+            attributes.push(KeyValue::new(
+                "tracemesh.upstream_cluster",
+                cluster.name.clone(),
+            ));
             if self.direction == Direction::Outbound {
                 attributes.push(KeyValue::new("peer.service", cluster.service.name.clone()));
             }
@@ -360,9 +404,16 @@ impl Exchange {
             attributes.push(KeyValue::new("tracemesh.upstream", address));
         }
         let client = self.direction == Direction::Outbound;
-        let failed = !self.flags.is_empty() || self.status >= 500 || (client && self.status >= 400) || self.status == 0;
+        let failed = !self.flags.is_empty()
+            || self.status >= 500
+            || (client && self.status >= 400)
+            || self.status == 0;
         if failed {
-            let error_type = if self.flags.is_empty() { self.status.to_string() } else { self.flags.as_str().into_owned() };
+            let error_type = if self.flags.is_empty() {
+                self.status.to_string()
+            } else {
+                self.flags.as_str().into_owned()
+            };
             attributes.push(KeyValue::new("error.type", error_type.clone()));
             self.span.set_status(Status::error(error_type));
         }
@@ -371,7 +422,9 @@ impl Exchange {
     }
 
     fn write_access_log(&self, log: &LogFields, duration_ms: u64, request_bytes: u64) {
-        let Some(access_log) = &self.worker.shared.access_log else { return };
+        let Some(access_log) = &self.worker.shared.access_log else {
+            return;
+        };
         let flags = self.flags.as_str();
         access_log.write(&AccessLogEntry {
             start_time: rfc3339_millis(self.start_time),
@@ -407,7 +460,8 @@ impl Drop for Exchange {
     /// Dropped before completing: the client went away (Envoy's DC).
     fn drop(&mut self) {
         if !self.done {
-            self.flags.insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            self.flags
+                .insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
             self.complete();
         }
     }
@@ -419,10 +473,11 @@ thread_local! {
 
 /// The authority a request names: the absolute URI's, else `Host`.
 pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()))
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+    })
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<u16> {
@@ -446,10 +501,19 @@ fn protocol_name(version: Version) -> &'static str {
 }
 
 fn log_fields(req: &Request<Incoming>) -> LogFields {
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     LogFields {
         method: req.method().as_str().to_owned(),
-        path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
         authority: request_authority(req).map(str::to_owned),
         user_agent: header("user-agent"),
         forwarded_for: header("x-forwarded-for"),

@@ -22,7 +22,13 @@ pub struct Sent {
 /// Sends `req` to `addr` as HTTP/2 (`h2`) or HTTP/1.1. A request that an
 /// idle connection closed under before it was written goes out once more on
 /// a fresh connection; anything else fails with Envoy's flag.
-pub async fn send(pools: &Rc<Pools>, addr: &UpstreamAddr, h2: bool, timeout: Duration, req: Request<RequestBody>) -> Result<Sent, LocalReply> {
+pub async fn send(
+    pools: &Rc<Pools>,
+    addr: &UpstreamAddr,
+    h2: bool,
+    timeout: Duration,
+    req: Request<RequestBody>,
+) -> Result<Sent, LocalReply> {
     if h2 {
         send_h2(pools, addr, timeout, req).await
     } else {
@@ -30,11 +36,22 @@ pub async fn send(pools: &Rc<Pools>, addr: &UpstreamAddr, h2: bool, timeout: Dur
     }
 }
 
-async fn send_h1(pools: &Rc<Pools>, addr: &UpstreamAddr, timeout: Duration, mut req: Request<RequestBody>) -> Result<Sent, LocalReply> {
+async fn send_h1(
+    pools: &Rc<Pools>,
+    addr: &UpstreamAddr,
+    timeout: Duration,
+    mut req: Request<RequestBody>,
+) -> Result<Sent, LocalReply> {
     loop {
         let (mut sender, reused) = match pools.take_idle(addr) {
             Some(sender) => (sender, true),
-            None => (pools.connect_h1(addr, timeout).await.map_err(connect_failed)?, false),
+            None => (
+                pools
+                    .connect_h1(addr, timeout)
+                    .await
+                    .map_err(connect_failed)?,
+                false,
+            ),
         };
         match sender.try_send_request(req).await {
             Ok(response) => {
@@ -51,7 +68,12 @@ async fn send_h1(pools: &Rc<Pools>, addr: &UpstreamAddr, timeout: Duration, mut 
     }
 }
 
-async fn send_h2(pools: &Rc<Pools>, addr: &UpstreamAddr, timeout: Duration, mut req: Request<RequestBody>) -> Result<Sent, LocalReply> {
+async fn send_h2(
+    pools: &Rc<Pools>,
+    addr: &UpstreamAddr,
+    timeout: Duration,
+    mut req: Request<RequestBody>,
+) -> Result<Sent, LocalReply> {
     for _ in 0..2 {
         let mut sender = pools.h2(addr, timeout).await.map_err(connect_failed)?;
         match sender.try_send_request(req).await {

@@ -17,7 +17,11 @@ use crate::model::service::Protocol;
 use crate::telemetry::peer_metadata::PEER_METADATA;
 
 /// Proxies one request.
-pub async fn handle(worker: Rc<Worker>, down: Rc<Downstream>, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    worker: Rc<Worker>,
+    down: Rc<Downstream>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     // One snapshot for the whole request: a reload mid-request cannot mix configs.
     let snapshot = worker.shared.config.load_full();
 
@@ -51,7 +55,8 @@ pub async fn handle(worker: Rc<Worker>, down: Rc<Downstream>, mut req: Request<I
     // Upgrades travel as HTTP/1.1 and keep their headers; everything else
     // speaks the protocol the destination port declares.
     let downstream_upgrade = upgrade::take(&mut req);
-    let h2 = downstream_upgrade.is_none() && wants_h2(cluster.protocol, req.version(), ex.is_grpc());
+    let h2 =
+        downstream_upgrade.is_none() && wants_h2(cluster.protocol, req.version(), ex.is_grpc());
 
     // Headers for the next hop: hop-by-hop out, forwarding headers, trace
     // context, peer metadata, the rule's edits.
@@ -74,7 +79,15 @@ pub async fn handle(worker: Rc<Worker>, down: Rc<Downstream>, mut req: Request<I
     // Forwarding over a pooled connection; the body streams as it arrives.
     let started = Instant::now();
     let request = Request::from_parts(parts, body);
-    let sent = match forward::send(&worker.pools, &endpoint.address, h2, cluster.connect_timeout, request).await {
+    let sent = match forward::send(
+        &worker.pools,
+        &endpoint.address,
+        h2,
+        cluster.connect_timeout,
+        request,
+    )
+    .await
+    {
         Ok(sent) => sent,
         Err(reply) => return Ok(ex.local_reply(reply)),
     };
@@ -82,7 +95,9 @@ pub async fn handle(worker: Rc<Worker>, down: Rc<Downstream>, mut req: Request<I
     // The response on its way back: peer metadata, edits, service time.
     let mut response = sent.response;
     let mut connection = sent.connection;
-    if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) = (downstream_upgrade, response.status()) {
+    if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) =
+        (downstream_upgrade, response.status())
+    {
         upgrade::splice(downstream, &mut response);
         connection = None; // the connection now belongs to the upgrade
     }

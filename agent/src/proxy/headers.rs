@@ -40,7 +40,11 @@ pub struct OutgoingRequest<'a> {
 }
 
 /// Rewrites a request for the next hop.
-pub fn prepare_request(parts: &mut request::Parts, out: &OutgoingRequest<'_>, ex: &mut Exchange) -> Result<(), LocalReply> {
+pub fn prepare_request(
+    parts: &mut request::Parts,
+    out: &OutgoingRequest<'_>,
+    ex: &mut Exchange,
+) -> Result<(), LocalReply> {
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, out.upgrade);
     if !headers.contains_key(X_FORWARDED_PROTO) {
@@ -93,11 +97,13 @@ fn set_target(parts: &mut request::Parts, h2: bool) -> Result<(), LocalReply> {
         parts.headers.remove(HOST);
     } else {
         if let Some(authority) = parts.uri.authority() {
-            let value = HeaderValue::from_str(authority.as_str()).map_err(|_| LocalReply::MISSING_HOST)?;
+            let value =
+                HeaderValue::from_str(authority.as_str()).map_err(|_| LocalReply::MISSING_HOST)?;
             parts.headers.insert(HOST, value);
         } else if !parts.headers.contains_key(HOST) {
             let authority = authority.ok_or(LocalReply::MISSING_HOST)?;
-            let value = HeaderValue::from_str(authority.as_str()).map_err(|_| LocalReply::MISSING_HOST)?;
+            let value =
+                HeaderValue::from_str(authority.as_str()).map_err(|_| LocalReply::MISSING_HOST)?;
             parts.headers.insert(HOST, value);
         }
         parts.uri = Uri::from(path);
@@ -121,9 +127,16 @@ pub struct IncomingResponse<'a> {
 }
 
 /// Rewrites a response for the caller.
-pub fn prepare_response(parts: &mut response::Parts, back: &IncomingResponse<'_>, ex: &mut Exchange) {
+pub fn prepare_response(
+    parts: &mut response::Parts,
+    back: &IncomingResponse<'_>,
+    ex: &mut Exchange,
+) {
     let headers = &mut parts.headers;
-    strip_hop_by_hop(headers, parts.status == http::StatusCode::SWITCHING_PROTOCOLS);
+    strip_hop_by_hop(
+        headers,
+        parts.status == http::StatusCode::SWITCHING_PROTOCOLS,
+    );
     match back.direction {
         Direction::Outbound => {
             if let Some(value) = headers.remove(PEER_METADATA) {
@@ -153,7 +166,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("upgrade") && !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("upgrade")
+                && !t.eq_ignore_ascii_case("close")
+                && !t.eq_ignore_ascii_case("keep-alive")
+        })
         .filter_map(|t| HeaderName::try_from(t.to_ascii_lowercase()).ok())
         .filter(|name| name != TE)
         .collect();
@@ -169,7 +186,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.remove(CONNECTION);
         headers.remove(UPGRADE);
     }
-    if headers.get(TE).is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+    if headers
+        .get(TE)
+        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
         headers.remove(TE);
     }
 }
@@ -196,7 +216,14 @@ fn new_request_id() -> HeaderValue {
     bits = (bits & !(0xf << 76)) | (0x4 << 76); // version 4
     bits = (bits & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
     let hex = format!("{bits:032x}");
-    let id = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
     HeaderValue::try_from(id).expect("hex is a valid header value")
 }
 

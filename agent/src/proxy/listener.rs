@@ -49,9 +49,13 @@ pub fn bind_all(listeners: &Listeners, workers: usize) -> io::Result<BoundListen
     let addresses = BoundAddresses {
         outbound: outbound[0].local_addr()?,
         inbound: inbound[0].local_addr()?,
-        outbound_tcp: tcp.iter().map(|g| g[0].local_addr()).collect::<io::Result<_>>()?,
+        outbound_tcp: tcp
+            .iter()
+            .map(|g| g[0].local_addr())
+            .collect::<io::Result<_>>()?,
     };
-    let mut tcp: Vec<std::vec::IntoIter<TcpListener>> = tcp.into_iter().map(Vec::into_iter).collect();
+    let mut tcp: Vec<std::vec::IntoIter<TcpListener>> =
+        tcp.into_iter().map(Vec::into_iter).collect();
     let per_worker = outbound
         .into_iter()
         .zip(inbound)
@@ -61,12 +65,16 @@ pub fn bind_all(listeners: &Listeners, workers: usize) -> io::Result<BoundListen
             outbound_tcp: tcp.iter_mut().filter_map(Iterator::next).collect(),
         })
         .collect();
-    Ok(BoundListeners { per_worker, addresses })
+    Ok(BoundListeners {
+        per_worker,
+        addresses,
+    })
 }
 
 /// Binds `addr` `n` times; port 0 is resolved by the first bind.
 fn bind_group(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpListener>> {
-    let first = bind_one(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    let first =
+        bind_one(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
     let actual = first.local_addr()?;
     let mut group = vec![first];
     for _ in 1..n {

@@ -70,17 +70,25 @@ impl LocalReply {
     /// The response (body separate, so the exchange can own it).
     pub fn response(&self, grpc: bool) -> (Response<()>, Bytes) {
         let mut builder = Response::builder();
-        let flags = HeaderValue::from_str(&self.flags.as_str()).unwrap_or(HeaderValue::from_static("-"));
+        let flags =
+            HeaderValue::from_str(&self.flags.as_str()).unwrap_or(HeaderValue::from_static("-"));
         if !self.flags.is_empty() {
             builder = builder.header(RESPONSE_FLAGS_HEADER, flags);
         }
         if grpc {
-            let message = if self.body.is_empty() { self.details } else { self.body };
+            let message = if self.body.is_empty() {
+                self.details
+            } else {
+                self.body
+            };
             let response = builder
                 .status(StatusCode::OK)
                 .header(http::header::CONTENT_TYPE, "application/grpc")
                 .header("grpc-status", grpc_status_for(self.status).to_string())
-                .header("grpc-message", HeaderValue::from_str(message).unwrap_or(HeaderValue::from_static("")))
+                .header(
+                    "grpc-message",
+                    HeaderValue::from_str(message).unwrap_or(HeaderValue::from_static("")),
+                )
                 .body(())
                 .unwrap_or_default();
             return (response, Bytes::new());

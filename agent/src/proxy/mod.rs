@@ -102,7 +102,9 @@ const PEER_CACHE_LIMIT: usize = 1024;
 
 impl Worker {
     fn new(shared: Arc<Shared>) -> Self {
-        let pools = Rc::new(pool::Pools::new(shared.metrics.upstream_connections.clone()));
+        let pools = Rc::new(pool::Pools::new(
+            shared.metrics.upstream_connections.clone(),
+        ));
         Self {
             shared,
             pools,
@@ -135,7 +137,9 @@ impl Worker {
             caches.unknown_services.clear();
         }
         let name = Arc::new(ServiceName::new(host, namespace));
-        caches.unknown_services.insert(host.to_owned(), name.clone());
+        caches
+            .unknown_services
+            .insert(host.to_owned(), name.clone());
         name
     }
 }

@@ -116,7 +116,11 @@ impl Pools {
     }
 
     /// Wraps a connection for release after its response.
-    pub fn lend(self: &Rc<Self>, addr: &UpstreamAddr, sender: http1::SendRequest<RequestBody>) -> Reusable {
+    pub fn lend(
+        self: &Rc<Self>,
+        addr: &UpstreamAddr,
+        sender: http1::SendRequest<RequestBody>,
+    ) -> Reusable {
         Reusable {
             sender,
             addr: addr.clone(),
@@ -125,7 +129,11 @@ impl Pools {
     }
 
     /// Opens a new HTTP/1.1 connection.
-    pub async fn connect_h1(&self, addr: &UpstreamAddr, timeout: Duration) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
+    pub async fn connect_h1(
+        &self,
+        addr: &UpstreamAddr,
+        timeout: Duration,
+    ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
         let io = TokioIo::new(self.tcp(addr, timeout).await?);
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
@@ -143,7 +151,11 @@ impl Pools {
     }
 
     /// The shared HTTP/2 connection to `addr`, opened if needed.
-    pub async fn h2(&self, addr: &UpstreamAddr, timeout: Duration) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
+    pub async fn h2(
+        &self,
+        addr: &UpstreamAddr,
+        timeout: Duration,
+    ) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
         if let Some(sender) = self.shared_h2.borrow().get(addr) {
             if !sender.is_closed() {
                 return Ok(sender.clone());
@@ -164,7 +176,9 @@ impl Pools {
                 tracing::debug!(%error, "upstream HTTP/2 connection closed with an error");
             }
         });
-        self.shared_h2.borrow_mut().insert(addr.clone(), sender.clone());
+        self.shared_h2
+            .borrow_mut()
+            .insert(addr.clone(), sender.clone());
         Ok(sender)
     }
 
@@ -174,16 +188,18 @@ impl Pools {
     }
 
     async fn tcp(&self, addr: &UpstreamAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
-        let stream = connect_tcp(addr, timeout).await.map_err(|source| match source.kind() {
-            std::io::ErrorKind::TimedOut => ConnectError::Timeout {
-                addr: addr.to_string(),
-                timeout,
-            },
-            _ => ConnectError::Io {
-                addr: addr.to_string(),
-                source,
-            },
-        })?;
+        let stream = connect_tcp(addr, timeout)
+            .await
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::TimedOut => ConnectError::Timeout {
+                    addr: addr.to_string(),
+                    timeout,
+                },
+                _ => ConnectError::Io {
+                    addr: addr.to_string(),
+                    source,
+                },
+            })?;
         self.opened.inc();
         Ok(stream)
     }
@@ -195,7 +211,9 @@ impl Pools {
             list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
             !list.is_empty()
         });
-        self.shared_h2.borrow_mut().retain(|_, sender| !sender.is_closed());
+        self.shared_h2
+            .borrow_mut()
+            .retain(|_, sender| !sender.is_closed());
     }
 }
 

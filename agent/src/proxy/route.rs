@@ -26,17 +26,28 @@ pub struct Routed<'s> {
 impl Routed<'_> {
     /// The rule's request edits, then the destination's.
     pub fn request_edits(&self) -> [Option<&HeaderEdits>; 2] {
-        [self.rule.map(|r| &r.request_headers), self.destination.map(|d| &d.request_headers)]
+        [
+            self.rule.map(|r| &r.request_headers),
+            self.destination.map(|d| &d.request_headers),
+        ]
     }
 
     /// The rule's response edits, then the destination's.
     pub fn response_edits(&self) -> [Option<&HeaderEdits>; 2] {
-        [self.rule.map(|r| &r.response_headers), self.destination.map(|d| &d.response_headers)]
+        [
+            self.rule.map(|r| &r.response_headers),
+            self.destination.map(|d| &d.response_headers),
+        ]
     }
 }
 
 /// Routes `req`; a failure is the local reply to send.
-pub fn select<'s, B>(snapshot: &'s Snapshot, direction: Direction, req: &Request<B>, ex: &mut Exchange) -> Result<Routed<'s>, LocalReply> {
+pub fn select<'s, B>(
+    snapshot: &'s Snapshot,
+    direction: Direction,
+    req: &Request<B>,
+    ex: &mut Exchange,
+) -> Result<Routed<'s>, LocalReply> {
     if direction == Direction::Inbound {
         return Ok(Routed {
             rule: None,

@@ -56,8 +56,17 @@ pub fn spawn_workers(
     Ok(handles)
 }
 
-fn run_worker(shared: Arc<Shared>, sockets: WorkerSockets, inbound_tcp: bool, stopped: watch::Receiver<bool>, drain: Duration) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+fn run_worker(
+    shared: Arc<Shared>,
+    sockets: WorkerSockets,
+    inbound_tcp: bool,
+    stopped: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start a worker runtime");
@@ -80,12 +89,22 @@ fn run_worker(shared: Arc<Shared>, sockets: WorkerSockets, inbound_tcp: bool, st
         };
         let mut loops = vec![serve(sockets.outbound, Direction::Outbound)];
         if inbound_tcp {
-            loops.push(tokio::task::spawn_local(accept_tcp(worker.clone(), sockets.inbound, None, stopped.clone())));
+            loops.push(tokio::task::spawn_local(accept_tcp(
+                worker.clone(),
+                sockets.inbound,
+                None,
+                stopped.clone(),
+            )));
         } else {
             loops.push(serve(sockets.inbound, Direction::Inbound));
         }
         for (index, socket) in sockets.outbound_tcp.into_iter().enumerate() {
-            loops.push(tokio::task::spawn_local(accept_tcp(worker.clone(), socket, Some(index), stopped.clone())));
+            loops.push(tokio::task::spawn_local(accept_tcp(
+                worker.clone(),
+                socket,
+                Some(index),
+                stopped.clone(),
+            )));
         }
         let pools = worker.pools.clone();
         tokio::task::spawn_local(async move {
@@ -124,15 +143,29 @@ struct Accept {
 
 impl Accept {
     async fn http(mut self, socket: StdListener, direction: Direction) {
-        let Some(listener) = to_tokio(socket) else { return };
-        let gauge = self.worker.shared.metrics.active_connections.with_label_values(&[direction.as_str()]);
+        let Some(listener) = to_tokio(socket) else {
+            return;
+        };
+        let gauge = self
+            .worker
+            .shared
+            .metrics
+            .active_connections
+            .with_label_values(&[direction.as_str()]);
         while let Some((stream, peer)) = accept(&listener, &mut self.stopped).await {
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().unwrap_or(peer);
-            let down = Rc::new(Downstream { direction, peer, local });
+            let down = Rc::new(Downstream {
+                direction,
+                peer,
+                local,
+            });
             let worker = self.worker.clone();
             let service = service_fn(move |req| handler::handle(worker.clone(), down.clone(), req));
-            let conn = self.http.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            let conn = self
+                .http
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
             let conn = self.graceful.watch(conn);
             let gauge = gauge.clone();
             gauge.inc();
@@ -146,8 +179,15 @@ impl Accept {
     }
 }
 
-async fn accept_tcp(worker: Rc<Worker>, socket: StdListener, outbound_index: Option<usize>, mut stopped: watch::Receiver<bool>) {
-    let Some(listener) = to_tokio(socket) else { return };
+async fn accept_tcp(
+    worker: Rc<Worker>,
+    socket: StdListener,
+    outbound_index: Option<usize>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let Some(listener) = to_tokio(socket) else {
+        return;
+    };
     while let Some((stream, peer)) = accept(&listener, &mut stopped).await {
         let _ = stream.set_nodelay(true);
         tokio::task::spawn_local(tcp::serve(worker.clone(), stream, peer, outbound_index));
@@ -161,7 +201,10 @@ fn to_tokio(socket: StdListener) -> Option<TcpListener> {
 }
 
 /// The next connection, or `None` once the worker is told to stop.
-async fn accept(listener: &TcpListener, stopped: &mut watch::Receiver<bool>) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+async fn accept(
+    listener: &TcpListener,
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

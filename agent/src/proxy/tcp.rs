@@ -19,7 +19,12 @@ use crate::telemetry::peer_metadata::PeerInfo;
 
 /// Proxies one connection: outbound to the service of TCP listener
 /// `outbound_index`, or inbound (`None`) to the local application.
-pub async fn serve(worker: Rc<Worker>, mut downstream: TcpStream, peer: SocketAddr, outbound_index: Option<usize>) {
+pub async fn serve(
+    worker: Rc<Worker>,
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+    outbound_index: Option<usize>,
+) {
     let snapshot = worker.shared.config.load_full();
     let (cluster, reporter) = match outbound_index {
         Some(index) => match snapshot.tcp_routes.get(index) {
@@ -34,11 +39,18 @@ pub async fn serve(worker: Rc<Worker>, mut downstream: TcpStream, peer: SocketAd
         query: None,
         source_ip: peer.ip(),
     };
-    let endpoint = cluster.balancer.pick(&cluster.endpoints, input).map(|i| cluster.endpoints[i].clone());
+    let endpoint = cluster
+        .balancer
+        .pick(&cluster.endpoints, input)
+        .map(|i| cluster.endpoints[i].clone());
     let unknown = Arc::new(PeerInfo::unknown());
     let local = snapshot.identity.peer.clone();
     let (source, destination, security) = match reporter {
-        Reporter::Source => (local, endpoint.as_ref().map_or(unknown, |e| e.peer.clone()), "unknown"),
+        Reporter::Source => (
+            local,
+            endpoint.as_ref().map_or(unknown, |e| e.peer.clone()),
+            "unknown",
+        ),
         Reporter::Destination => (unknown, local, "none"),
     };
     let mut flags = ResponseFlags::NONE;

@@ -16,7 +16,10 @@ pub fn take<B>(req: &mut Request<B>) -> Option<OnUpgrade> {
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            });
     wants.then(|| hyper::upgrade::on(req))
 }
 

@@ -23,7 +23,12 @@ impl AccessLog {
     pub fn start(path: Option<&str>, dropped: IntCounter) -> std::io::Result<Self> {
         let sink: Box<dyn Write + Send> = match path {
             None | Some("-") | Some("/dev/stdout") => Box::new(std::io::stdout()),
-            Some(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+            Some(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
         };
         let (lines, receiver) = sync_channel(QUEUE);
         std::thread::Builder::new()
@@ -34,7 +39,9 @@ impl AccessLog {
 
     /// Queues one entry.
     pub fn write(&self, entry: &AccessLogEntry<'_>) {
-        let Ok(line) = serde_json::to_string(entry) else { return };
+        let Ok(line) = serde_json::to_string(entry) else {
+            return;
+        };
         if let Err(TrySendError::Full(_)) = self.lines.try_send(line) {
             self.dropped.inc();
         }

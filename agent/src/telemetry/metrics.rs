@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 use super::peer_metadata::PeerInfo;
 use crate::flags::ResponseFlags;
@@ -16,8 +19,8 @@ use crate::model::service::ServiceName;
 
 /// Envoy's default histogram buckets, which Istio's metrics use.
 pub const ENVOY_BUCKETS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
-    600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
 const PEER_LABELS: [&str; 20] = [
@@ -44,12 +47,22 @@ const PEER_LABELS: [&str; 20] = [
 ];
 
 fn http_labels() -> Vec<&'static str> {
-    let tail = ["request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy"];
+    let tail = [
+        "request_protocol",
+        "response_code",
+        "grpc_response_status",
+        "response_flags",
+        "connection_security_policy",
+    ];
     PEER_LABELS.iter().chain(tail.iter()).copied().collect()
 }
 
 fn tcp_labels() -> Vec<&'static str> {
-    let tail = ["request_protocol", "response_flags", "connection_security_policy"];
+    let tail = [
+        "request_protocol",
+        "response_flags",
+        "connection_security_policy",
+    ];
     PEER_LABELS.iter().chain(tail.iter()).copied().collect()
 }
 
@@ -91,29 +104,82 @@ impl Metrics {
         let http = http_labels();
         let tcp = tcp_labels();
         let histogram = |name: &str, help: &str| {
-            HistogramVec::new(HistogramOpts::new(name, help).buckets(ENVOY_BUCKETS.to_vec()), &http)
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(ENVOY_BUCKETS.to_vec()),
+                &http,
+            )
         };
-        let counter = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
         let metrics = Self {
-            requests: counter("istio_requests_total", "Requests handled by the sidecar.", &http)?,
-            duration: histogram("istio_request_duration_milliseconds", "Request duration in milliseconds.")?,
+            requests: counter(
+                "istio_requests_total",
+                "Requests handled by the sidecar.",
+                &http,
+            )?,
+            duration: histogram(
+                "istio_request_duration_milliseconds",
+                "Request duration in milliseconds.",
+            )?,
             request_bytes: histogram("istio_request_bytes", "Request body sizes in bytes.")?,
             response_bytes: histogram("istio_response_bytes", "Response body sizes in bytes.")?,
-            tcp_sent: counter("istio_tcp_sent_bytes_total", "Bytes sent to the downstream on TCP connections.", &tcp)?,
-            tcp_received: counter("istio_tcp_received_bytes_total", "Bytes received from the downstream on TCP connections.", &tcp)?,
-            tcp_opened: counter("istio_tcp_connections_opened_total", "TCP connections opened.", &tcp)?,
-            tcp_closed: counter("istio_tcp_connections_closed_total", "TCP connections closed.", &tcp)?,
-            spans_exported: IntCounter::new("tracemesh_agent_spans_exported_total", "Spans accepted by the OTLP endpoint.")?,
-            spans_failed: IntCounter::new("tracemesh_agent_spans_export_failed_total", "Spans whose export failed after retries.")?,
-            spans_dropped: IntCounter::new("tracemesh_agent_spans_dropped_total", "Spans dropped because the export queue was full.")?,
-            config_reloads: counter("tracemesh_agent_config_loads_total", "Config loads by result.", &["result"])?,
-            config_version: IntGauge::new("tracemesh_agent_config_version", "Version of the config in force.")?,
+            tcp_sent: counter(
+                "istio_tcp_sent_bytes_total",
+                "Bytes sent to the downstream on TCP connections.",
+                &tcp,
+            )?,
+            tcp_received: counter(
+                "istio_tcp_received_bytes_total",
+                "Bytes received from the downstream on TCP connections.",
+                &tcp,
+            )?,
+            tcp_opened: counter(
+                "istio_tcp_connections_opened_total",
+                "TCP connections opened.",
+                &tcp,
+            )?,
+            tcp_closed: counter(
+                "istio_tcp_connections_closed_total",
+                "TCP connections closed.",
+                &tcp,
+            )?,
+            spans_exported: IntCounter::new(
+                "tracemesh_agent_spans_exported_total",
+                "Spans accepted by the OTLP endpoint.",
+            )?,
+            spans_failed: IntCounter::new(
+                "tracemesh_agent_spans_export_failed_total",
+                "Spans whose export failed after retries.",
+            )?,
+            spans_dropped: IntCounter::new(
+                "tracemesh_agent_spans_dropped_total",
+                "Spans dropped because the export queue was full.",
+            )?,
+            config_reloads: counter(
+                "tracemesh_agent_config_loads_total",
+                "Config loads by result.",
+                &["result"],
+            )?,
+            config_version: IntGauge::new(
+                "tracemesh_agent_config_version",
+                "Version of the config in force.",
+            )?,
             active_connections: IntGaugeVec::new(
-                Opts::new("tracemesh_agent_downstream_connections_active", "Open downstream connections."),
+                Opts::new(
+                    "tracemesh_agent_downstream_connections_active",
+                    "Open downstream connections.",
+                ),
                 &["listener"],
             )?,
-            upstream_connections: IntCounter::new("tracemesh_agent_upstream_connections_total", "Upstream connections opened.")?,
-            access_log_dropped: IntCounter::new("tracemesh_agent_access_log_dropped_total", "Access log lines dropped.")?,
+            upstream_connections: IntCounter::new(
+                "tracemesh_agent_upstream_connections_total",
+                "Upstream connections opened.",
+            )?,
+            access_log_dropped: IntCounter::new(
+                "tracemesh_agent_access_log_dropped_total",
+                "Access log lines dropped.",
+            )?,
             registry,
         };
         metrics.register_all()?;
@@ -308,7 +374,13 @@ impl Metrics {
         let flags = key.flags.as_str();
         let protocol = if key.grpc { "grpc" } else { "http" };
         let mut values: Vec<&str> = peers.iter().map(String::as_str).collect();
-        values.extend([protocol, code.as_str(), grpc_status.as_str(), &flags, key.peers.security]);
+        values.extend([
+            protocol,
+            code.as_str(),
+            grpc_status.as_str(),
+            &flags,
+            key.peers.security,
+        ]);
         RequestHandles {
             requests: self.requests.with_label_values(&values),
             duration: self.duration.with_label_values(&values),

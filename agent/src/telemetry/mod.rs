@@ -1,7 +1,7 @@
 //! What the agent reports: spans, Istio metrics, access logs, and the peer
 //! metadata exchange that fills both sides' labels.
 
-pub mod peer_metadata;
 pub mod access_log;
 pub mod metrics;
+pub mod peer_metadata;
 pub mod spans;

@@ -16,7 +16,8 @@ use prost_types::{Struct, Value};
 /// Header carrying the encoded metadata.
 pub const PEER_METADATA: http::HeaderName = http::HeaderName::from_static("x-envoy-peer-metadata");
 /// Header carrying the peer's node id.
-pub const PEER_METADATA_ID: http::HeaderName = http::HeaderName::from_static("x-envoy-peer-metadata-id");
+pub const PEER_METADATA_ID: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-peer-metadata-id");
 
 const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
 const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
@@ -117,13 +118,18 @@ pub fn encode(local: LocalWorkload<'_>) -> HeaderValue {
 
 /// Encodes `x-envoy-peer-metadata-id` the way Istio forms node ids.
 pub fn encode_id(workload: &str, namespace: &str, ip: &str) -> HeaderValue {
-    HeaderValue::try_from(format!("sidecar~{ip}~{workload}.{namespace}~{namespace}.svc.cluster.local"))
-        .unwrap_or_else(|_| HeaderValue::from_static("sidecar~unknown"))
+    HeaderValue::try_from(format!(
+        "sidecar~{ip}~{workload}.{namespace}~{namespace}.svc.cluster.local"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("sidecar~unknown"))
 }
 
 /// Decodes a peer's header; `None` when it is not valid base64 protobuf.
 pub fn decode(value: &[u8]) -> Option<PeerInfo> {
-    let trimmed = value.strip_suffix(b"==").or_else(|| value.strip_suffix(b"=")).unwrap_or(value);
+    let trimmed = value
+        .strip_suffix(b"==")
+        .or_else(|| value.strip_suffix(b"="))
+        .unwrap_or(value);
     let bytes = STANDARD_NO_PAD.decode(trimmed).ok()?;
     let root = Struct::decode(bytes.as_slice()).ok()?;
     let get = |s: &Struct, key: &str| match s.fields.get(key).and_then(|v| v.kind.as_ref()) {
@@ -161,7 +167,10 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let labels = BTreeMap::from([("app".to_owned(), "reviews".to_owned()), ("version".to_owned(), "v2".to_owned())]);
+        let labels = BTreeMap::from([
+            ("app".to_owned(), "reviews".to_owned()),
+            ("version".to_owned(), "v2".to_owned()),
+        ]);
         let header = encode(LocalWorkload {
             workload: "reviews-v2",
             namespace: "default",

@@ -11,7 +11,8 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor, Tracer,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, Span, SpanData,
+    SpanExporter, SpanProcessor, Tracer,
 };
 use prometheus::IntCounter;
 
@@ -54,7 +55,11 @@ pub struct SpanPipeline {
 
 impl SpanPipeline {
     /// Starts the export runtime, the OTLP exporter and the batch processor.
-    pub fn start(spec: &TelemetrySpec, identity: &Identity, counters: SpanCounterHandles) -> Result<Self, SpanPipelineError> {
+    pub fn start(
+        spec: &TelemetrySpec,
+        identity: &Identity,
+        counters: SpanCounterHandles,
+    ) -> Result<Self, SpanPipelineError> {
         // tonic's channel and the HTTP client live on this runtime; the batch
         // processor's thread hands each export to it.
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -89,7 +94,9 @@ impl SpanPipeline {
         };
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(spec.sampling))))
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                spec.sampling,
+            ))))
             .with_resource(resource(identity))
             .build();
         let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "tracemesh-agent");
@@ -127,7 +134,9 @@ pub struct SpanCounterHandles {
     pub dropped: IntCounter,
 }
 
-fn build_exporter(spec: &TelemetrySpec) -> Result<opentelemetry_otlp::SpanExporter, SpanPipelineError> {
+fn build_exporter(
+    spec: &TelemetrySpec,
+) -> Result<opentelemetry_otlp::SpanExporter, SpanPipelineError> {
     let otlp = &spec.otlp;
     if otlp.protocol == "http" {
         let endpoint = if otlp.endpoint.ends_with("/v1/traces") {
@@ -135,7 +144,11 @@ fn build_exporter(spec: &TelemetrySpec) -> Result<opentelemetry_otlp::SpanExport
         } else {
             format!("{}/v1/traces", otlp.endpoint.trim_end_matches('/'))
         };
-        let headers = otlp.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let headers = otlp
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         return Ok(opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
@@ -148,7 +161,9 @@ fn build_exporter(spec: &TelemetrySpec) -> Result<opentelemetry_otlp::SpanExport
     for (key, value) in &otlp.headers {
         let key = tonic::metadata::MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
             .map_err(|_| SpanPipelineError::Header(key.clone()))?;
-        let value = value.parse().map_err(|_| SpanPipelineError::Header(value.clone()))?;
+        let value = value
+            .parse()
+            .map_err(|_| SpanPipelineError::Header(value.clone()))?;
         metadata.insert(key, value);
     }
     Ok(opentelemetry_otlp::SpanExporter::builder()
@@ -228,7 +243,11 @@ impl<E: SpanExporter + 'static> SpanExporter for CountingExporter<E> {
             .await
             .unwrap_or_else(|e| Err(OTelSdkError::InternalFailure(e.to_string())));
         self.counters.queued.fetch_sub(count, Ordering::Relaxed);
-        let outcome = if result.is_ok() { &self.counters.exported } else { &self.counters.failed };
+        let outcome = if result.is_ok() {
+            &self.counters.exported
+        } else {
+            &self.counters.failed
+        };
         outcome.inc_by(count as u64);
         result
     }

@@ -1,0 +1,383 @@
+//! Istio metrics, response flags, the admin API and the access log, read the
+//! way an operator reads them: over the admin port and standard output.
+
+mod common;
+
+use std::time::Duration;
+
+use common::agent::Agent;
+use common::client::Client;
+use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, service_entry};
+use common::upstream::{Upstream, closed_port, resetting_server};
+
+struct Mesh {
+    app: Upstream,
+    frontend: Agent,
+    backend: Agent,
+}
+
+async fn mesh(access_log: bool) -> Mesh {
+    let app = Upstream::start("app").await;
+    let backend = Agent::start(&agent("backend", app.addr, NO_COLLECTOR));
+    let labels = [("app", "backend"), ("version", "v1")];
+    let extra = if access_log {
+        "  accessLog: {enabled: true}"
+    } else {
+        ""
+    };
+    let doc = AgentDoc {
+        name: "frontend-v1",
+        service: "frontend",
+        app: "frontend",
+        version: "v1",
+        app_addr: closed_port().await,
+        otlp: NO_COLLECTOR,
+        app_protocol: "HTTP",
+        outbound_tcp: "[]",
+        extra,
+    };
+    let frontend = Agent::start(
+        &(doc.yaml()
+            + &service_entry(
+                "backend",
+                9080,
+                "HTTP",
+                &[Ep {
+                    addr: backend.inbound,
+                    labels: &labels,
+                }],
+            )),
+    );
+    Mesh {
+        app,
+        frontend,
+        backend,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_are_counted_with_istio_labels_on_both_sides() {
+    let m = mesh(false).await;
+    let client = Client::h1(m.frontend.outbound);
+    for _ in 0..3 {
+        assert_eq!(client.get("http://backend:9080/ok").await.status, 200);
+    }
+    assert_eq!(
+        client.get("http://backend:9080/status/500").await.status,
+        500
+    );
+
+    let source = m.frontend.metrics().await;
+    let labels = [
+        ("reporter", "source"),
+        ("source_workload", "frontend-v1"),
+        ("source_workload_namespace", "default"),
+        ("source_app", "frontend"),
+        ("source_version", "v1"),
+        ("source_canonical_service", "frontend"),
+        ("destination_workload", "backend-v1"),
+        ("destination_workload_namespace", "default"),
+        ("destination_app", "backend"),
+        ("destination_version", "v1"),
+        ("destination_service", "backend.default.svc.cluster.local"),
+        ("destination_service_name", "backend"),
+        ("destination_service_namespace", "default"),
+        ("request_protocol", "http"),
+        ("response_flags", "-"),
+        ("connection_security_policy", "unknown"),
+        ("grpc_response_status", ""),
+    ];
+    let with_code = |code| {
+        let mut l = labels.to_vec();
+        l.push(("response_code", code));
+        l
+    };
+    assert_eq!(
+        source.sum("istio_requests_total", &with_code("200")),
+        3.0,
+        "{}",
+        source.text
+    );
+    assert_eq!(source.sum("istio_requests_total", &with_code("500")), 1.0);
+    assert_eq!(
+        source.histogram_count("istio_request_duration_milliseconds", &with_code("200")),
+        3
+    );
+    for bound in ["0.5", "25", "3600000"] {
+        assert!(
+            source.text.contains(&format!("le=\"{bound}\"")),
+            "Envoy's default buckets include {bound}"
+        );
+    }
+    assert!(source.text.contains("istio_request_bytes_bucket"));
+    assert!(source.text.contains("istio_response_bytes_bucket"));
+
+    let destination = m.backend.metrics().await;
+    let labels = [
+        ("reporter", "destination"),
+        ("source_workload", "frontend-v1"),
+        ("source_app", "frontend"),
+        ("destination_workload", "backend-v1"),
+        ("destination_service", "backend.default.svc.cluster.local"),
+        ("connection_security_policy", "none"),
+        ("response_code", "200"),
+    ];
+    assert_eq!(
+        destination.sum("istio_requests_total", &labels),
+        3.0,
+        "{}",
+        destination.text
+    );
+    assert_eq!(m.app.count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_failures_answer_like_envoy_and_carry_flags() {
+    let resetting = resetting_server().await;
+    let closed = closed_port().await;
+    let app = Upstream::start("app").await;
+    let yaml = agent("frontend", closed_port().await, NO_COLLECTOR)
+        + &service_entry(
+            "refused",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: closed,
+                labels: &[],
+            }],
+        )
+        + &service_entry(
+            "resetting",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: resetting,
+                labels: &[],
+            }],
+        )
+        + &service_entry(
+            "app",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: app.addr,
+                labels: &[("version", "v1")],
+            }],
+        )
+        + r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: app, namespace: default}
+spec:
+  host: app
+  subsets: [{name: v9, labels: {version: v9}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: app, namespace: default}
+spec:
+  hosts: [app]
+  http:
+  - match: [{uri: {prefix: /empty-subset}}]
+    route: [{destination: {host: app, subset: v9}}]
+  - match: [{uri: {prefix: /unknown-host}}]
+    route: [{destination: {host: ghost}}]
+  - route: [{destination: {host: app}}]
+"#;
+    let agent = Agent::start(&yaml);
+    let client = Client::h1(agent.outbound);
+    let cases = [
+        ("http://nowhere:9080/", 404, "NR", ""),
+        (
+            "http://refused:9080/",
+            503,
+            "UF",
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+        ),
+        (
+            "http://resetting:9080/",
+            503,
+            "UC",
+            "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+        ),
+        (
+            "http://app:9080/empty-subset",
+            503,
+            "UH",
+            "no healthy upstream",
+        ),
+        (
+            "http://app:9080/unknown-host",
+            503,
+            "NC",
+            "no cluster found",
+        ),
+    ];
+    for (url, status, flag, body) in cases {
+        let reply = client.get(url).await;
+        assert_eq!(reply.status, status, "{url}");
+        assert_eq!(
+            reply.header("x-tracemesh-response-flags").as_deref(),
+            Some(flag),
+            "{url}"
+        );
+        assert_eq!(String::from_utf8_lossy(&reply.body), body, "{url}");
+    }
+    let scrape = agent.metrics().await;
+    let expect = [
+        ("404", "NR", "nowhere"),
+        ("503", "UF", "refused.default.svc.cluster.local"),
+        ("503", "UC", "resetting.default.svc.cluster.local"),
+        ("503", "UH", "app.default.svc.cluster.local"),
+        ("503", "NC", "ghost.default.svc.cluster.local"),
+    ];
+    for (code, flag, service) in expect {
+        let labels = [
+            ("response_code", code),
+            ("response_flags", flag),
+            ("destination_service", service),
+            ("reporter", "source"),
+        ];
+        assert_eq!(
+            scrape.sum("istio_requests_total", &labels),
+            1.0,
+            "{flag}: {}",
+            scrape.text
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_goes_away_is_recorded_as_dc() {
+    let m = mesh(false).await;
+    let mut stream = tokio::net::TcpStream::connect(m.frontend.outbound)
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(b"GET /slow/3000 HTTP/1.1\r\nHost: backend:9080\r\n\r\n")
+        .await
+        .unwrap();
+    // Wait until the request reached the app, then hang up.
+    for _ in 0..200 {
+        if m.app.count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(stream);
+    for _ in 0..200 {
+        let scrape = m.frontend.metrics().await;
+        if scrape.sum(
+            "istio_requests_total",
+            &[("response_flags", "DC"), ("response_code", "0")],
+        ) == 1.0
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "no DC request recorded: {}",
+        m.frontend.metrics().await.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_api_shows_config_clusters_and_routes() {
+    let m = mesh(false).await;
+    Client::h1(m.frontend.outbound)
+        .get("http://backend:9080/")
+        .await;
+    assert_eq!(m.frontend.admin_get("/ready").await.trim(), "LIVE");
+
+    let dump: serde_json::Value =
+        serde_json::from_str(&m.frontend.admin_get("/config_dump").await).unwrap();
+    assert_eq!(dump["version"], 1);
+    let kinds: Vec<&str> = dump["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["Agent", "ServiceEntry"]);
+    assert_eq!(
+        dump["listeners"]["outbound"],
+        m.frontend.outbound.to_string()
+    );
+
+    let text = m.frontend.admin_get("/clusters").await;
+    let line = format!(
+        "outbound|9080||backend.default.svc.cluster.local::{}::rq_total::1",
+        m.backend.inbound
+    );
+    assert!(text.lines().any(|l| l == line), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&m.frontend.admin_get("/clusters?format=json").await).unwrap();
+    let cluster = json["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "outbound|9080||backend.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(cluster["endpoints"][0]["labels"]["version"], "v1");
+    assert_eq!(cluster["loadBalancer"], "LEAST_REQUEST");
+
+    let routes: serde_json::Value =
+        serde_json::from_str(&m.frontend.admin_get("/routes").await).unwrap();
+    let host = routes["virtualHosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == "backend.default.svc.cluster.local")
+        .unwrap();
+    let domains: Vec<&str> = host["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert!(
+        domains.contains(&"backend") && domains.contains(&"backend.default"),
+        "{domains:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_access_log_has_envoys_fields() {
+    let m = mesh(true).await;
+    let client = Client::h1(m.frontend.outbound);
+    client
+        .get_with(
+            "http://backend:9080/logged?x=1",
+            &[("x-request-id", "log-me"), ("user-agent", "logger")],
+        )
+        .await;
+    client.get("http://nowhere/").await;
+    let lines = m.frontend.wait_stdout_lines(2);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let ok: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["path"], "/logged?x=1");
+    assert_eq!(ok["protocol"], "HTTP/1.1");
+    assert_eq!(ok["response_code"], 200);
+    assert_eq!(ok["response_flags"], "-");
+    assert_eq!(ok["request_id"], "log-me");
+    assert_eq!(ok["user_agent"], "logger");
+    assert_eq!(ok["authority"], "backend:9080");
+    assert_eq!(
+        ok["upstream_cluster"],
+        "outbound|9080||backend.default.svc.cluster.local"
+    );
+    assert_eq!(ok["upstream_host"], m.backend.inbound.to_string());
+    assert!(ok["traceparent"].as_str().unwrap().starts_with("00-"));
+    assert!(ok["duration"].is_u64() && ok["start_time"].as_str().unwrap().ends_with('Z'));
+    let nr: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(nr["response_code"], 404);
+    assert_eq!(nr["response_flags"], "NR");
+    assert_eq!(nr["response_code_details"], "route_not_found");
+    assert!(
+        nr["request_id"].as_str().is_some_and(|id| id.len() == 36),
+        "a generated request id"
+    );
+}

@@ -1,0 +1,331 @@
+//! Trace context through two real agents, with spans arriving at a real
+//! OTLP/gRPC endpoint: parent/child links, attributes, sampling, B3.
+
+mod common;
+
+use common::agent::Agent;
+use common::client::Client;
+use common::mesh::{AgentDoc, Ep, agent, service_entry};
+use common::otlp::{ReceivedSpan, Receiver};
+use common::upstream::{Upstream, closed_port};
+
+const SPAN_KIND_SERVER: i32 = 2;
+const SPAN_KIND_CLIENT: i32 = 3;
+const STATUS_ERROR: i32 = 2;
+
+struct Traced {
+    receiver: Receiver,
+    app: Upstream,
+    frontend: Agent,
+    backend: Agent,
+}
+
+async fn traced(sampling: &str, virtual_service: &str) -> Traced {
+    let receiver = Receiver::start().await;
+    let app = Upstream::start("app").await;
+    let backend = Agent::start(&agent("backend", app.addr, &receiver.endpoint()));
+    let labels = [("app", "backend")];
+    let frontend_doc = AgentDoc {
+        name: "frontend-v1",
+        service: "frontend",
+        app: "frontend",
+        version: "v1",
+        app_addr: closed_port().await,
+        otlp: &receiver.endpoint(),
+        app_protocol: "HTTP",
+        outbound_tcp: "[]",
+        extra: "",
+    }
+    .yaml()
+    .replace("sampling: 1.0", &format!("sampling: {sampling}"));
+    let yaml = frontend_doc
+        + &service_entry(
+            "backend",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: backend.inbound,
+                labels: &labels,
+            }],
+        )
+        + virtual_service;
+    let frontend = Agent::start(&yaml);
+    Traced {
+        receiver,
+        app,
+        frontend,
+        backend,
+    }
+}
+
+fn of_trace<'a>(spans: &'a [ReceivedSpan], trace: &str) -> Vec<&'a ReceivedSpan> {
+    spans.iter().filter(|s| s.trace_id() == trace).collect()
+}
+
+fn two_spans_of(trace: &str) -> impl Fn(&[ReceivedSpan]) -> bool + '_ {
+    move |spans| of_trace(spans, trace).len() >= 2
+}
+
+fn traceparent_parts(value: &str) -> (String, String, String) {
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "{value}");
+    (
+        parts[1].to_owned(),
+        parts[2].to_owned(),
+        parts[3].to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_incoming_traceparent_continues_its_trace() {
+    let t = traced("1.0", "").await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let reply = Client::h1(t.frontend.outbound)
+        .get_with(
+            "http://backend:9080/orders?id=7",
+            &[
+                ("traceparent", &format!("00-{trace}-{caller_span}-01")),
+                ("user-agent", "trace-test/1.0"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+
+    let seen = t.app.seen().pop().unwrap();
+    let (app_trace, app_parent, flags) =
+        traceparent_parts(seen.headers["traceparent"].to_str().unwrap());
+    assert_eq!(app_trace, trace, "the app stays in the caller's trace");
+    assert_eq!(flags, "01");
+
+    let spans = t
+        .receiver
+        .wait_for("client and server spans", two_spans_of(trace))
+        .await;
+    let spans = of_trace(&spans, trace);
+    let client = spans
+        .iter()
+        .find(|s| s.span.kind == SPAN_KIND_CLIENT)
+        .expect("a CLIENT span");
+    let server = spans
+        .iter()
+        .find(|s| s.span.kind == SPAN_KIND_SERVER)
+        .expect("a SERVER span");
+    assert_eq!(
+        client.parent_id(),
+        caller_span,
+        "the outbound span is the caller's child"
+    );
+    assert_eq!(
+        server.parent_id(),
+        client.span_id(),
+        "the inbound span is the outbound span's child"
+    );
+    assert_eq!(
+        app_parent,
+        server.span_id(),
+        "the app's parent is the inbound agent's span"
+    );
+    assert_eq!(client.service, "frontend");
+    assert_eq!(server.service, "backend");
+
+    assert_eq!(client.attr("http.request.method").as_deref(), Some("GET"));
+    assert_eq!(client.attr("url.path").as_deref(), Some("/orders"));
+    assert_eq!(
+        client.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(client.attr("server.address").as_deref(), Some("backend"));
+    assert_eq!(client.attr("server.port").as_deref(), Some("9080"));
+    assert_eq!(client.attr("peer.service").as_deref(), Some("backend"));
+    assert_eq!(
+        client.attr("tracemesh.upstream"),
+        Some(t.backend.inbound.to_string())
+    );
+    assert_eq!(
+        client.attr("tracemesh.response_flags").as_deref(),
+        Some("-")
+    );
+    assert_eq!(
+        client.attr("user_agent.original").as_deref(),
+        Some("trace-test/1.0")
+    );
+    assert_eq!(
+        server.attr("network.peer.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        server.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_ne!(
+        client.span.status.as_ref().map_or(0, |s| s.code),
+        STATUS_ERROR
+    );
+    assert!(client.span.end_time_unix_nano >= client.span.start_time_unix_nano);
+    assert!(server.span.start_time_unix_nano >= client.span.start_time_unix_nano);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_without_context_starts_a_new_trace() {
+    let t = traced("1.0", "").await;
+    Client::h1(t.frontend.outbound)
+        .get("http://backend:9080/fresh")
+        .await;
+    let seen = t.app.seen().pop().unwrap();
+    let (trace, parent, flags) = traceparent_parts(seen.headers["traceparent"].to_str().unwrap());
+    assert_eq!(flags, "01");
+    let spans = t
+        .receiver
+        .wait_for("the new trace", two_spans_of(&trace))
+        .await;
+    let spans = of_trace(&spans, &trace);
+    let client = spans
+        .iter()
+        .find(|s| s.span.kind == SPAN_KIND_CLIENT)
+        .unwrap();
+    let server = spans
+        .iter()
+        .find(|s| s.span.kind == SPAN_KIND_SERVER)
+        .unwrap();
+    assert_eq!(client.parent_id(), "", "the first hop is the root");
+    assert_eq!(server.parent_id(), client.span_id());
+    assert_eq!(parent, server.span_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn b3_headers_are_read_and_rewritten() {
+    let t = traced("1.0", "").await;
+    Client::h1(t.frontend.outbound)
+        .get_with(
+            "http://backend:9080/zipkin",
+            &[
+                ("x-b3-traceid", "64fe8b2a57d3eff7"),
+                ("x-b3-spanid", "e457b5a2e4d86bd1"),
+                ("x-b3-sampled", "1"),
+            ],
+        )
+        .await;
+    let trace = "000000000000000064fe8b2a57d3eff7";
+    let seen = t.app.seen().pop().unwrap();
+    assert_eq!(seen.headers["x-b3-traceid"], trace);
+    assert_eq!(
+        traceparent_parts(seen.headers["traceparent"].to_str().unwrap()).0,
+        trace
+    );
+    let spans = t
+        .receiver
+        .wait_for("the B3 trace", two_spans_of(trace))
+        .await;
+    let spans = of_trace(&spans, trace);
+    let client = spans
+        .iter()
+        .find(|s| s.span.kind == SPAN_KIND_CLIENT)
+        .unwrap();
+    let server = spans
+        .iter()
+        .find(|s| s.span.kind == SPAN_KIND_SERVER)
+        .unwrap();
+    assert_eq!(client.parent_id(), "e457b5a2e4d86bd1");
+    assert_eq!(
+        seen.headers["x-b3-spanid"].to_str().unwrap(),
+        server.span_id(),
+        "B3 names the inbound span as parent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn named_rules_name_spans_and_errors_mark_them() {
+    let vs = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend, namespace: default}\nspec:\n  hosts: [backend]\n  http:\n  - name: backend-api\n    route: [{destination: {host: backend}}]\n";
+    let t = traced("1.0", vs).await;
+    let client = Client::h1(t.frontend.outbound);
+    assert_eq!(
+        client.get("http://backend:9080/status/503").await.status,
+        503
+    );
+    let trace = traceparent_parts(
+        t.app.seen().pop().unwrap().headers["traceparent"]
+            .to_str()
+            .unwrap(),
+    )
+    .0;
+    let spans = t
+        .receiver
+        .wait_for("the failing trace", two_spans_of(&trace))
+        .await;
+    for span in of_trace(&spans, &trace) {
+        assert_eq!(
+            span.span.status.as_ref().unwrap().code,
+            STATUS_ERROR,
+            "{:?}",
+            span.span.name
+        );
+        assert_eq!(
+            span.attr("http.response.status_code").as_deref(),
+            Some("503")
+        );
+    }
+    let outbound = of_trace(&spans, &trace)
+        .into_iter()
+        .find(|s| s.span.kind == SPAN_KIND_CLIENT)
+        .unwrap();
+    assert_eq!(outbound.span.name, "backend-api");
+    assert_eq!(outbound.attr("http.route").as_deref(), Some("backend-api"));
+
+    let reply = client.get("http://nowhere:9080/").await;
+    assert_eq!(reply.status, 404);
+    let spans = t
+        .receiver
+        .wait_for("the NR span", |spans| {
+            spans
+                .iter()
+                .any(|s| s.attr("tracemesh.response_flags").as_deref() == Some("NR"))
+        })
+        .await;
+    let nr = spans
+        .iter()
+        .find(|s| s.attr("tracemesh.response_flags").as_deref() == Some("NR"))
+        .unwrap();
+    assert_eq!(nr.span.status.as_ref().unwrap().code, STATUS_ERROR);
+    assert_eq!(nr.attr("error.type").as_deref(), Some("NR"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sampling_decisions_are_respected() {
+    let t = traced("0.0", "").await;
+    let client = Client::h1(t.frontend.outbound);
+    // New traces are not sampled at 0.0; the decision travels on.
+    client.get("http://backend:9080/unsampled").await;
+    let seen = t.app.seen().pop().unwrap();
+    let (unsampled, _, flags) = traceparent_parts(seen.headers["traceparent"].to_str().unwrap());
+    assert_eq!(flags, "00");
+    // A caller's "not sampled" is followed too.
+    let declined = "11111111111111111111111111111111";
+    client
+        .get_with(
+            "http://backend:9080/declined",
+            &[("traceparent", &format!("00-{declined}-2222222222222222-00"))],
+        )
+        .await;
+    // A caller's "sampled" is followed even at 0.0 (parent-based), which
+    // also proves spans do flow, so the absence of the others is meaningful.
+    let sampled = "33333333333333333333333333333333";
+    client
+        .get_with(
+            "http://backend:9080/sampled",
+            &[("traceparent", &format!("00-{sampled}-4444444444444444-01"))],
+        )
+        .await;
+    let spans = t
+        .receiver
+        .wait_for("the sampled trace", two_spans_of(sampled))
+        .await;
+    assert!(
+        of_trace(&spans, &unsampled).is_empty(),
+        "unsampled new trace was exported"
+    );
+    assert!(
+        of_trace(&spans, declined).is_empty(),
+        "a declined trace was exported"
+    );
+}

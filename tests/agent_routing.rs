@@ -67,6 +67,9 @@ spec:
     }
 }
 
+/// A request and the subset it must reach.
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
 fn virtual_service(http: &str) -> String {
     format!(
         "---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n{http}"
@@ -110,7 +113,8 @@ async fn the_first_matching_rule_wins() {
         )
         .await;
     let client = Client::h1(agent.outbound);
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    // (method, path, headers, subset expected)
+    let cases: &[Case] = &[
         ("GET", "/exact", &[], "v2"),
         ("GET", "/exactly", &[], "v1"),
         ("GET", "/api/list", &[], "v3"),

@@ -39,11 +39,11 @@ pub fn authority_candidates(host: &str, namespace: &str) -> [Option<String>; 2] 
 
 /// Splits `host[:port]` (IPv6 in brackets) into host and port.
 pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some((host, tail)) = rest.split_once(']') {
-            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (host, port);
-        }
+    if let Some(rest) = authority.strip_prefix('[')
+        && let Some((host, tail)) = rest.split_once(']')
+    {
+        let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+        return (host, port);
     }
     match authority.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') => match port.parse() {
@@ -73,12 +73,10 @@ pub fn service_name_and_namespace<'a>(
     if let Some(head) = fqdn
         .strip_suffix(CLUSTER_DOMAIN)
         .and_then(|h| h.strip_suffix('.'))
+        && let Some((name, namespace)) = head.split_once('.')
+        && !namespace.contains('.')
     {
-        if let Some((name, namespace)) = head.split_once('.') {
-            if !namespace.contains('.') {
-                return (name, namespace);
-            }
-        }
+        return (name, namespace);
     }
     (fqdn, resource_namespace)
 }

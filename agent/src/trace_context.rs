@@ -17,17 +17,6 @@ const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid
 const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
-/// Which header format a context arrived in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// W3C trace context.
-    W3c,
-    /// `b3` single header.
-    B3Single,
-    /// `x-b3-*` headers.
-    B3Multi,
-}
-
 /// A caller's trace context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Incoming {
@@ -37,8 +26,6 @@ pub struct Incoming {
     pub span_id: SpanId,
     /// Whether the caller sampled the trace.
     pub sampled: bool,
-    /// Where it came from.
-    pub format: Format,
 }
 
 /// Reads the caller's context: `traceparent` first, then B3.
@@ -83,7 +70,6 @@ pub fn parse_traceparent(value: &[u8]) -> Option<Incoming> {
         trace_id,
         span_id,
         sampled: flags & 1 == 1,
-        format: Format::W3c,
     })
 }
 
@@ -121,7 +107,6 @@ fn parse_b3_single(value: &[u8]) -> Option<Incoming> {
             .ok()
             .filter(|s| *s != SpanId::INVALID && span.len() == 16)?,
         sampled,
-        format: Format::B3Single,
     })
 }
 
@@ -138,7 +123,6 @@ fn parse_b3_multi(headers: &HeaderMap) -> Option<Incoming> {
         trace_id,
         span_id,
         sampled,
-        format: Format::B3Multi,
     })
 }
 
@@ -168,10 +152,10 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
 pub fn inject(headers: &mut HeaderMap, trace_id: TraceId, span_id: SpanId, flags: TraceFlags) {
     headers.insert(TRACEPARENT, traceparent(trace_id, span_id, flags));
     let sampled = if flags.is_sampled() { "1" } else { "0" };
-    if headers.contains_key(B3) {
-        if let Ok(v) = HeaderValue::try_from(format!("{trace_id}-{span_id}-{sampled}")) {
-            headers.insert(B3, v);
-        }
+    if headers.contains_key(B3)
+        && let Ok(v) = HeaderValue::try_from(format!("{trace_id}-{span_id}-{sampled}"))
+    {
+        headers.insert(B3, v);
     }
     if headers.contains_key(B3_TRACE_ID) {
         let pairs = [
@@ -229,7 +213,6 @@ mod tests {
                 .unwrap(),
         );
         let ctx = extract(&headers).expect("b3 single");
-        assert_eq!(ctx.format, Format::B3Single);
         assert!(ctx.sampled);
 
         let mut headers = HeaderMap::new();

@@ -48,10 +48,10 @@ fn pump<R: std::io::Read + Send + 'static>(
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
-            if let Some(tx) = &ready {
-                if line.contains("agent ready") {
-                    let _ = tx.send(line.clone());
-                }
+            if let Some(tx) = &ready
+                && line.contains("agent ready")
+            {
+                let _ = tx.send(line.clone());
             }
             lines.lock().unwrap().push(line);
         }

@@ -132,27 +132,27 @@ pub(super) fn validate_load_balancer(
         1 => {}
         _ => diags.error(loc, Some(field.clone()), "set only one hash key"),
     }
-    if let Some(name) = &hash.http_header_name {
-        if http::HeaderName::try_from(name.as_str()).is_err() {
-            diags.error(
-                loc,
-                Some(format!("{field}.httpHeaderName")),
-                format!("{name:?} is not a header name"),
-            );
-        }
+    if let Some(name) = &hash.http_header_name
+        && http::HeaderName::try_from(name.as_str()).is_err()
+    {
+        diags.error(
+            loc,
+            Some(format!("{field}.httpHeaderName")),
+            format!("{name:?} is not a header name"),
+        );
     }
     if hash.http_cookie.as_ref().is_some_and(|c| c.ttl.is_some()) {
         let msg = "cookies are hashed when present but not generated; `ttl` is ignored";
         diags.warn(loc, Some(format!("{field}.httpCookie.ttl")), msg);
     }
-    if let Some(size) = hash.maglev.as_ref().map(|m| m.table_size) {
-        if !is_prime(size) || size > 5_000_011 {
-            diags.error(
-                loc,
-                Some(format!("{field}.maglev.tableSize")),
-                "must be a prime up to 5000011",
-            );
-        }
+    if let Some(size) = hash.maglev.as_ref().map(|m| m.table_size)
+        && (!is_prime(size) || size > 5_000_011)
+    {
+        diags.error(
+            loc,
+            Some(format!("{field}.maglev.tableSize")),
+            "must be a prime up to 5000011",
+        );
     }
 }
 
@@ -189,7 +189,10 @@ pub(super) fn balancer(lb: Option<&LoadBalancerSettings>, endpoints: &[Arc<Endpo
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// Checks every place a traffic policy is written in a DestinationRule.

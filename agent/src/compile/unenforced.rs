@@ -100,17 +100,16 @@ fn warn_policy(policy: &TrafficPolicy, field: &str, loc: &Location, diags: &mut 
     for (name, _) in present.iter().filter(|(_, p)| *p) {
         diags.warn(loc, Some(format!("{field}.{name}")), NOT_ENFORCED);
     }
-    if let Some(lb) = &policy.load_balancer {
-        if lb.locality_lb_setting.is_some()
+    if let Some(lb) = &policy.load_balancer
+        && (lb.locality_lb_setting.is_some()
             || lb.warmup.is_some()
-            || lb.warmup_duration_secs.is_some()
-        {
-            diags.warn(
-                loc,
-                Some(format!("{field}.loadBalancer")),
-                "locality and warmup settings are not enforced yet",
-            );
-        }
+            || lb.warmup_duration_secs.is_some())
+    {
+        diags.warn(
+            loc,
+            Some(format!("{field}.loadBalancer")),
+            "locality and warmup settings are not enforced yet",
+        );
     }
     for (i, port) in policy.port_level_settings.iter().enumerate() {
         let others = port.connection_pool.is_some()

@@ -28,8 +28,10 @@ pub struct Document<S> {
     pub spec: S,
 }
 
-/// A document of a kind the agent uses.
+/// A document of a kind the agent uses. Parsed once per load, so the size
+/// difference between variants costs nothing worth boxing for.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Resource {
     /// The bootstrap.
     Agent(Document<AgentSpec>),

@@ -200,7 +200,7 @@ impl DestinationTarget {
     /// else the request's, else the service's only port.
     pub fn cluster_for(&self, request_port: u16) -> Option<&Arc<Cluster>> {
         let port = self.port.unwrap_or(request_port);
-        self.clusters.iter().find(|c| c.port == port).or_else(|| {
+        self.clusters.iter().find(|c| c.port == port).or({
             match (self.port, self.clusters.as_slice()) {
                 (None, [only]) => Some(only),
                 _ => None,

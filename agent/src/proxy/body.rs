@@ -122,10 +122,10 @@ impl ResponseBody {
     }
 
     fn complete_if_ended(&mut self) {
-        if self.is_end_stream() {
-            if let Some(mut exchange) = self.exchange.take() {
-                exchange.complete();
-            }
+        if self.is_end_stream()
+            && let Some(mut exchange) = self.exchange.take()
+        {
+            exchange.complete();
         }
     }
 }
@@ -150,10 +150,10 @@ impl Body for ResponseBody {
                 Poll::Ready(None) | Poll::Pending => {}
             }
         }
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) || this.is_end_stream() {
-            if let Some(mut exchange) = this.exchange.take() {
-                exchange.complete();
-            }
+        if (matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) || this.is_end_stream())
+            && let Some(mut exchange) = this.exchange.take()
+        {
+            exchange.complete();
         }
         polled
     }

@@ -217,12 +217,12 @@ impl Exchange {
     pub fn set_route(&mut self, rule_name: Option<&Arc<str>>, cluster: &Arc<Cluster>) {
         self.route = rule_name.cloned();
         self.cluster = Some(cluster.clone());
-        if self.recording {
-            if let Some(name) = rule_name {
-                self.span
-                    .set_attribute(KeyValue::new("http.route", name.to_string()));
-                self.span.update_name(name.to_string());
-            }
+        if self.recording
+            && let Some(name) = rule_name
+        {
+            self.span
+                .set_attribute(KeyValue::new("http.route", name.to_string()));
+            self.span.update_name(name.to_string());
         }
     }
 
@@ -330,10 +330,10 @@ impl Exchange {
         }
         let reusable =
             self.flags.is_empty() && self.request_body.as_ref().is_none_or(|p| p.is_done());
-        if let Some(connection) = self.connection.take() {
-            if reusable {
-                connection.release();
-            }
+        if let Some(connection) = self.connection.take()
+            && reusable
+        {
+            connection.release();
         }
         self.active = None;
     }

@@ -156,10 +156,10 @@ impl Pools {
         addr: &UpstreamAddr,
         timeout: Duration,
     ) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
-        if let Some(sender) = self.shared_h2.borrow().get(addr) {
-            if !sender.is_closed() {
-                return Ok(sender.clone());
-            }
+        if let Some(sender) = self.shared_h2.borrow().get(addr)
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
         }
         let io = TokioIo::new(self.tcp(addr, timeout).await?);
         let (sender, conn) = http2::Builder::new(LocalExec)

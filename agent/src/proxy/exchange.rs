@@ -362,14 +362,15 @@ impl Exchange {
             grpc_status: self.grpc_status,
             flags: self.flags,
         };
-        let shared = &self.worker.shared;
-        let handles = self
-            .worker
-            .caches
-            .borrow_mut()
-            .metrics
-            .request(&shared.metrics, &key);
-        handles.record(duration_ms, request_bytes, self.response_bytes);
+        let metrics = &self.worker.shared.metrics;
+        let mut caches = self.worker.caches.borrow_mut();
+        caches.metrics.record(
+            metrics,
+            &key,
+            duration_ms,
+            request_bytes,
+            self.response_bytes,
+        );
     }
 
     fn end_span(&mut self, request_bytes: u64) {

@@ -312,7 +312,6 @@ pub struct RequestKey {
 }
 
 /// Metric handles for one label set.
-#[derive(Clone)]
 pub struct RequestHandles {
     requests: IntCounter,
     duration: Histogram,
@@ -321,8 +320,7 @@ pub struct RequestHandles {
 }
 
 impl RequestHandles {
-    /// Records one request.
-    pub fn record(&self, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
+    fn record(&self, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
         self.requests.inc();
         self.duration.observe(duration_ms);
         self.request_bytes.observe(request_bytes as f64);
@@ -352,17 +350,24 @@ pub struct MetricCache {
 }
 
 impl MetricCache {
-    /// Handles for `key`, created on first use.
-    pub fn request(&mut self, metrics: &Metrics, key: &RequestKey) -> RequestHandles {
+    /// Records one request under `key`, resolving its handles on first use.
+    pub fn record(
+        &mut self,
+        metrics: &Metrics,
+        key: &RequestKey,
+        duration_ms: f64,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
         if let Some(handles) = self.requests.get(key) {
-            return handles.clone();
+            return handles.record(duration_ms, request_bytes, response_bytes);
         }
         if self.requests.len() >= CACHE_LIMIT {
             self.requests.clear(); // old snapshots' keys; handles are recreated on demand
         }
         let handles = metrics.request_handles(key);
-        self.requests.insert(key.clone(), handles.clone());
-        handles
+        handles.record(duration_ms, request_bytes, response_bytes);
+        self.requests.insert(key.clone(), handles);
     }
 }
 

@@ -55,7 +55,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn validate(file: &std::path::Path) -> ExitCode {
-    let states = tracemesh_agent::model::cluster::EndpointStates::default();
+    let states = tracemesh_agent::model::live::LiveState::default();
     match tracemesh_agent::compile::load_file(file, 1, &states) {
         Ok(compiled) => {
             let warnings: Vec<_> = compiled.diagnostics.warnings().collect();

@@ -191,7 +191,7 @@ spec:
         (
             "http://refused:9080/",
             503,
-            "UF",
+            "UF,URX",
             "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
         ),
         (
@@ -226,7 +226,7 @@ spec:
     let scrape = agent.metrics().await;
     let expect = [
         ("404", "NR", "nowhere"),
-        ("503", "UF", "refused.default.svc.cluster.local"),
+        ("503", "UF,URX", "refused.default.svc.cluster.local"),
         ("503", "UC", "resetting.default.svc.cluster.local"),
         ("503", "UH", "app.default.svc.cluster.local"),
         ("503", "NC", "ghost.default.svc.cluster.local"),

@@ -249,11 +249,16 @@ async fn named_rules_name_spans_and_errors_mark_them() {
             .unwrap(),
     )
     .0;
+    // Istio's default retry policy retries a 503 twice: the request's
+    // CLIENT span, two retry CLIENT spans under it, three SERVER spans.
     let spans = t
         .receiver
-        .wait_for("the failing trace", two_spans_of(&trace))
+        .wait_for("the failing trace", |spans| {
+            of_trace(spans, &trace).len() >= 6
+        })
         .await;
-    for span in of_trace(&spans, &trace) {
+    let spans = of_trace(&spans, &trace);
+    for span in &spans {
         assert_eq!(
             span.span.status.as_ref().unwrap().code,
             STATUS_ERROR,
@@ -265,12 +270,44 @@ async fn named_rules_name_spans_and_errors_mark_them() {
             Some("503")
         );
     }
-    let outbound = of_trace(&spans, &trace)
-        .into_iter()
-        .find(|s| s.span.kind == SPAN_KIND_CLIENT)
-        .unwrap();
-    assert_eq!(outbound.span.name, "backend-api");
+    let outbound = spans
+        .iter()
+        .find(|s| s.span.name == "backend-api")
+        .expect("the request's span");
+    assert_eq!(outbound.span.kind, SPAN_KIND_CLIENT);
     assert_eq!(outbound.attr("http.route").as_deref(), Some("backend-api"));
+    assert_eq!(
+        outbound.attr("tracemesh.retry.attempts").as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        outbound.attr("tracemesh.response_flags").as_deref(),
+        Some("URX")
+    );
+    let retries: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span.name.starts_with("retry "))
+        .collect();
+    assert_eq!(retries.len(), 2);
+    for retry in &retries {
+        assert_eq!(retry.span.kind, SPAN_KIND_CLIENT);
+        assert_eq!(
+            retry.parent_id(),
+            outbound.span_id(),
+            "retries sit under the request's span"
+        );
+    }
+    let servers: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span.kind == SPAN_KIND_SERVER)
+        .collect();
+    assert_eq!(servers.len(), 3, "one server span per attempt");
+    assert!(
+        retries
+            .iter()
+            .all(|r| servers.iter().any(|s| s.parent_id() == r.span_id())),
+        "each retry is its attempt's parent"
+    );
 
     let reply = client.get("http://nowhere:9080/").await;
     assert_eq!(reply.status, 404);

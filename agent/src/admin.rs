@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::model::cluster::Cluster;
+use crate::model::live::{UNLIMITED, now_ms};
 use crate::model::route::{DestinationTarget, RouteMatch, StrMatcher, VirtualHost};
 use crate::proxy::Shared;
 use crate::proxy::listener::BoundAddresses;
@@ -83,32 +84,64 @@ async fn clusters(State(state): State<AdminState>, Query(format): Query<Format>)
         let list: Vec<Value> = all.iter().map(|c| cluster_json(c)).collect();
         return Json(json!({ "clusters": list })).into_response();
     }
+    let now = now_ms();
     let mut text = String::new();
     for cluster in all {
+        let state = &cluster.state;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        text.push_str(&format!(
+            "{}::rq_pending::{}\n",
+            cluster.name,
+            load(&state.pending)
+        ));
+        text.push_str(&format!(
+            "{}::rq_active::{}\n",
+            cluster.name,
+            load(&state.requests)
+        ));
         for ep in &cluster.endpoints {
             let prefix = format!("{}::{}", cluster.name, ep.address);
             text.push_str(&format!("{prefix}::rq_active::{}\n", ep.state.active()));
             text.push_str(&format!("{prefix}::rq_total::{}\n", ep.state.total()));
-            text.push_str(&format!("{prefix}::health_flags::healthy\n"));
+            let health = if ep.state.is_ejected(now) {
+                "/failed_outlier_check"
+            } else {
+                "healthy"
+            };
+            text.push_str(&format!("{prefix}::health_flags::{health}\n"));
         }
     }
     ([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
 
 fn cluster_json(cluster: &Cluster) -> Value {
+    let now = now_ms();
     let endpoints: Vec<Value> = cluster
         .endpoints
         .iter()
         .map(|ep| {
+            let ejected = ep.state.is_ejected(now);
             json!({
                 "address": ep.address.to_string(),
                 "labels": ep.labels,
                 "activeRequests": ep.state.active(),
                 "totalRequests": ep.state.total(),
-                "health": "HEALTHY",
+                "health": if ejected { "EJECTED" } else { "HEALTHY" },
+                "ejectedForMs": ep.state.ejected_for_ms(now),
+                "ejections": ep.state.ejections(),
             })
         })
         .collect();
+    let state = &cluster.state;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let limits = &cluster.limits;
+    let limit = |v: u64| {
+        if v == UNLIMITED {
+            Value::Null
+        } else {
+            v.into()
+        }
+    };
     json!({
         "name": cluster.name,
         "service": cluster.service.host,
@@ -117,6 +150,17 @@ fn cluster_json(cluster: &Cluster) -> Value {
         "subset": cluster.subset,
         "loadBalancer": cluster.balancer.name(),
         "connectTimeoutMs": cluster.connect_timeout.as_millis() as u64,
+        "activeRequests": load(&state.requests),
+        "pendingRequests": load(&state.pending),
+        "activeRetries": load(&state.retries),
+        "limits": {
+            "maxConnections": limit(limits.max_connections),
+            "maxPendingRequests": limit(limits.max_pending),
+            "maxRequests": limit(limits.max_requests),
+            "maxRetries": limit(limits.max_retries),
+            "maxRequestsPerConnection": limits.max_requests_per_connection,
+        },
+        "outlierDetection": cluster.outlier.is_some(),
         "endpoints": endpoints,
     })
 }

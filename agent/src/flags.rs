@@ -62,6 +62,11 @@ impl ResponseFlags {
         self.0 == 0
     }
 
+    /// Whether a flag marks a failure (a fault delay alone does not).
+    pub fn is_failure(self) -> bool {
+        self.0 & !Self::FAULT_DELAY.0 != 0
+    }
+
     /// Whether every flag of `other` is set.
     pub fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0

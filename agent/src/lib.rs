@@ -7,12 +7,14 @@
 
 pub mod admin;
 pub mod balancer;
+pub mod by_address;
 pub mod compile;
 pub mod config;
 pub mod flags;
 pub mod host;
 pub mod model;
 pub mod proxy;
+pub mod reload;
 pub mod run;
 pub mod telemetry;
 pub mod trace_context;

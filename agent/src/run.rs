@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 
 use crate::compile;
 use crate::config::diagnostics::ConfigRejected;
-use crate::model::cluster::EndpointStates;
+use crate::model::live::LiveState;
 use crate::model::service::Protocol;
 use crate::proxy::{self, Shared};
 use crate::telemetry::access_log::AccessLog;
@@ -34,8 +34,8 @@ pub enum AgentError {
 
 /// Runs the agent configured by the file at `path` until SIGINT or SIGTERM.
 pub fn run(path: &Path) -> Result<(), AgentError> {
-    let endpoint_states = EndpointStates::default();
-    let compiled = compile::load_file(path, 1, &endpoint_states)?;
+    let live = LiveState::default();
+    let compiled = compile::load_file(path, 1, &live)?;
     for warning in compiled.diagnostics.warnings() {
         tracing::warn!("{warning}");
     }
@@ -71,7 +71,7 @@ pub fn run(path: &Path) -> Result<(), AgentError> {
         metrics,
         tracer: spans.tracer().clone(),
         access_log,
-        endpoint_states,
+        live,
     });
     let workers = proxy::spawn_workers(&shared, bound.per_worker, inbound_tcp, drain)?;
     let addresses = bound.addresses;
@@ -93,7 +93,9 @@ pub fn run(path: &Path) -> Result<(), AgentError> {
             workers = workers.len(),
             "agent ready"
         );
+        let watcher = crate::reload::watch(path.to_path_buf(), shared.clone());
         tokio::select! {
+            () = watcher => {}
             result = crate::admin::serve(admin, router) => {
                 if let Err(error) = result {
                     tracing::error!(%error, "admin server stopped");

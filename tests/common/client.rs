@@ -14,9 +14,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Connects to a fixed address.
+/// Connects to a fixed address, optionally from a given local IP
+/// (127.0.0.2 and friends stand for other clients on one machine).
 #[derive(Clone)]
-pub struct Fixed(pub SocketAddr);
+pub struct Fixed(pub SocketAddr, pub Option<std::net::IpAddr>);
 
 impl tower::Service<Uri> for Fixed {
     type Response = TokioIo<TcpStream>;
@@ -28,8 +29,18 @@ impl tower::Service<Uri> for Fixed {
     }
 
     fn call(&mut self, _: Uri) -> Self::Future {
-        let addr = self.0;
-        Box::pin(async move { TcpStream::connect(addr).await.map(TokioIo::new) })
+        let (addr, from) = (self.0, self.1);
+        Box::pin(async move {
+            let stream = match from {
+                None => TcpStream::connect(addr).await?,
+                Some(ip) => {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(addr).await?
+                }
+            };
+            Ok(TokioIo::new(stream))
+        })
     }
 }
 
@@ -79,7 +90,14 @@ impl Client {
     /// HTTP/1.1 through `addr`.
     pub fn h1(addr: SocketAddr) -> Self {
         Self {
-            inner: Legacy::builder(TokioExecutor::new()).build(Fixed(addr)),
+            inner: Legacy::builder(TokioExecutor::new()).build(Fixed(addr, None)),
+        }
+    }
+
+    /// HTTP/1.1 through `addr`, connecting from local address `from`.
+    pub fn h1_from(from: std::net::IpAddr, addr: SocketAddr) -> Self {
+        Self {
+            inner: Legacy::builder(TokioExecutor::new()).build(Fixed(addr, Some(from))),
         }
     }
 
@@ -88,7 +106,7 @@ impl Client {
         Self {
             inner: Legacy::builder(TokioExecutor::new())
                 .http2_only(true)
-                .build(Fixed(addr)),
+                .build(Fixed(addr, None)),
         }
     }
 

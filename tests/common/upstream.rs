@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,21 @@ pub struct Upstream {
     /// Its name (echoed in `x-upstream`).
     pub name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    cue: Arc<Cue>,
+}
+
+/// Misbehaviour on cue, and connection accounting.
+#[derive(Default)]
+struct Cue {
+    /// Answer every request with this status (0: behave).
+    status: AtomicU16,
+    /// Wait this long before answering every request.
+    delay_ms: AtomicU64,
+    /// Fail every n-th request with 503 (0: never).
+    fail_every: AtomicU64,
+    open: AtomicUsize,
+    max_open: AtomicUsize,
+    accepted: AtomicUsize,
 }
 
 /// FNV-1a, to compare bodies without keeping them.
@@ -72,6 +88,7 @@ impl Upstream {
             addr: listener.local_addr().unwrap(),
             name: name.to_owned(),
             seen: Arc::default(),
+            cue: Arc::default(),
         };
         let server = upstream.clone();
         tokio::spawn(async move {
@@ -80,7 +97,12 @@ impl Upstream {
                     break;
                 };
                 let server = server.clone();
+                let cue = server.cue.clone();
+                cue.accepted.fetch_add(1, Ordering::SeqCst);
+                let open = cue.open.fetch_add(1, Ordering::SeqCst) + 1;
+                cue.max_open.fetch_max(open, Ordering::SeqCst);
                 tokio::spawn(async move {
+                    let _open = OpenGuard(cue);
                     let service = service_fn(move |req| {
                         let server = server.clone();
                         async move { Ok::<_, Infallible>(server.handle(req).await) }
@@ -102,6 +124,31 @@ impl Upstream {
     /// Number of requests seen so far.
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    /// Answers every request with `status` from now on (0 to behave again).
+    pub fn fail_with(&self, status: u16) {
+        self.cue.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Fails every `n`-th request (by arrival) with 503 (0: never).
+    pub fn fail_every(&self, n: u64) {
+        self.cue.fail_every.store(n, Ordering::SeqCst);
+    }
+
+    /// Waits `ms` before answering every request.
+    pub fn delay_all(&self, ms: u64) {
+        self.cue.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Most connections open at once so far.
+    pub fn max_open_connections(&self) -> usize {
+        self.cue.max_open.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted_connections(&self) -> usize {
+        self.cue.accepted.load(Ordering::SeqCst)
     }
 
     async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
@@ -129,7 +176,30 @@ impl Upstream {
             body_len,
             body_hash,
         };
-        self.seen.lock().unwrap().push(seen);
+        let arrival = {
+            let mut all = self.seen.lock().unwrap();
+            all.push(seen);
+            all.len() as u64
+        };
+        let delay = self.cue.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let every = self.cue.fail_every.load(Ordering::SeqCst);
+        let cued = match self.cue.status.load(Ordering::SeqCst) {
+            0 if every > 0 && arrival % every == 0 => 503,
+            status => status,
+        };
+        if cued != 0 {
+            let mut response = Response::builder()
+                .status(cued)
+                .body(full(format!("cued {cued}")))
+                .unwrap();
+            response
+                .headers_mut()
+                .insert("x-upstream", self.name.parse().unwrap());
+            return response;
+        }
         let segments: Vec<&str> = path.split(['/', '?']).collect();
         let mut response = match segments.get(1).copied() {
             Some("status") => {
@@ -204,6 +274,14 @@ impl Upstream {
             .header("sec-websocket-accept", accept)
             .body(full(Bytes::new()))
             .unwrap()
+    }
+}
+
+struct OpenGuard(Arc<Cue>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -2,9 +2,11 @@
 //! every error and warning (not just the first), and prebuilds what the
 //! request path needs (regexes, route tables, balancers).
 
+mod access;
 mod bootstrap;
 mod policy;
 mod registry;
+mod route_policy;
 mod routes;
 mod unenforced;
 
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use crate::config::diagnostics::{ConfigRejected, Diagnostics, Location};
 use crate::config::documents::{Document, Resource, parse_documents};
 use crate::model::Snapshot;
-use crate::model::cluster::EndpointStates;
+use crate::model::live::LiveState;
 
 /// The documents of one file, sorted by kind.
 #[derive(Default)]
@@ -25,6 +27,7 @@ struct Documents {
     destination_rules: Vec<Document<crate::config::destination_rule::DestinationRuleSpec>>,
     authorization_policies: Vec<Document<crate::config::security::AuthorizationPolicySpec>>,
     peer_authentications: Vec<Document<crate::config::security::PeerAuthenticationSpec>>,
+    rate_limit_policies: Vec<Document<crate::config::rate_limit::RateLimitPolicySpec>>,
 }
 
 impl Documents {
@@ -38,6 +41,7 @@ impl Documents {
                 Resource::DestinationRule(d) => docs.destination_rules.push(d),
                 Resource::AuthorizationPolicy(d) => docs.authorization_policies.push(d),
                 Resource::PeerAuthentication(d) => docs.peer_authentications.push(d),
+                Resource::RateLimitPolicy(d) => docs.rate_limit_policies.push(d),
             }
         }
         docs
@@ -56,7 +60,7 @@ pub struct Compiled {
 pub fn load_file(
     path: &Path,
     version: u64,
-    states: &EndpointStates,
+    states: &LiveState,
 ) -> Result<Compiled, ConfigRejected> {
     let file: Arc<str> = Arc::from(path.display().to_string());
     match std::fs::read_to_string(path) {
@@ -74,7 +78,7 @@ pub fn compile_text(
     file: &Arc<str>,
     text: &str,
     version: u64,
-    states: &EndpointStates,
+    states: &LiveState,
 ) -> Result<Compiled, ConfigRejected> {
     let mut diags = Diagnostics::default();
     let docs = Documents::sort(parse_documents(file, text, &mut diags));
@@ -92,7 +96,7 @@ fn build(
     file: &Arc<str>,
     docs: &Documents,
     version: u64,
-    states: &EndpointStates,
+    states: &LiveState,
     diags: &mut Diagnostics,
 ) -> Option<Snapshot> {
     let agent = bootstrap::single_agent(file, &docs.agents, diags)?;
@@ -119,6 +123,10 @@ fn build(
     let boot = boot?;
     let inbound = registry::inbound_cluster(&boot, states);
     let tcp_routes = registry.tcp_routes(agent, &namespace, diags);
+    let authorization =
+        access::authorization(&docs.authorization_policies, &boot, &namespace, diags);
+    let rate_limits =
+        access::rate_limits(&docs.rate_limit_policies, &boot, &namespace, states, diags);
     let dump = dump(docs, version, diags);
     Some(Snapshot {
         version,
@@ -129,6 +137,8 @@ fn build(
         inbound,
         tcp_routes,
         clusters: registry.clusters(),
+        authorization,
+        rate_limits,
         dump,
     })
 }
@@ -154,6 +164,7 @@ fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Valu
     resources.extend(entries("DestinationRule", &docs.destination_rules));
     resources.extend(entries("AuthorizationPolicy", &docs.authorization_policies));
     resources.extend(entries("PeerAuthentication", &docs.peer_authentications));
+    resources.extend(entries("RateLimitPolicy", &docs.rate_limit_policies));
     let warnings: Vec<String> = diags.warnings().map(ToString::to_string).collect();
     serde_json::json!({
         "version": version,

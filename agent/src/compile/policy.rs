@@ -9,7 +9,8 @@ use crate::config::destination_rule::{
     OutlierDetection, PortTrafficPolicy, TrafficPolicy,
 };
 use crate::config::diagnostics::{Diagnostics, Location};
-use crate::model::cluster::Endpoint;
+use crate::model::cluster::{DEFAULT_CONNECT_TIMEOUT, Endpoint};
+use crate::model::live::{OutlierSettings, PoolLimits, UNLIMITED};
 
 /// The policy in force for one port and subset.
 #[derive(Debug, Default, Clone, Copy)]
@@ -188,6 +189,68 @@ pub(super) fn balancer(lb: Option<&LoadBalancerSettings>, endpoints: &[Arc<Endpo
     }
 }
 
+/// What a cluster takes from its effective policy.
+pub(super) struct ClusterSettings {
+    pub connect_timeout: std::time::Duration,
+    pub limits: PoolLimits,
+    pub outlier: Option<OutlierSettings>,
+    pub h2_upgrade: bool,
+    pub use_client_protocol: bool,
+}
+
+/// Istio's defaults for what the policy leaves out.
+pub(super) fn cluster_settings(policy: &EffectivePolicy<'_>) -> ClusterSettings {
+    let tcp = policy.connection_pool.and_then(|p| p.tcp.as_ref());
+    let http = policy.connection_pool.and_then(|p| p.http.as_ref());
+    let limit = |v: Option<i32>| v.filter(|v| *v > 0).map_or(UNLIMITED, |v| v as u64);
+    let defaults = PoolLimits::default();
+    let limits = PoolLimits {
+        max_connections: limit(tcp.and_then(|t| t.max_connections)),
+        max_pending: limit(http.and_then(|h| h.http1_max_pending_requests)),
+        max_requests: limit(http.and_then(|h| h.http2_max_requests)),
+        max_retries: limit(http.and_then(|h| h.max_retries)),
+        max_requests_per_connection: http
+            .and_then(|h| h.max_requests_per_connection)
+            .filter(|v| *v > 0)
+            .map_or(0, |v| v as u64),
+        idle_timeout: http
+            .and_then(|h| h.idle_timeout)
+            .or(tcp.and_then(|t| t.idle_timeout))
+            .map_or(defaults.idle_timeout, |d| d.get()),
+    };
+    let outlier = policy.outlier_detection.map(|od| OutlierSettings {
+        // Istio maps the deprecated consecutiveErrors to gateway errors only.
+        consecutive_5xx: match (od.consecutive_5xx_errors, od.consecutive_errors) {
+            (Some(n), _) => n,
+            (None, Some(_)) => 0,
+            (None, None) => 5,
+        },
+        consecutive_gateway: od
+            .consecutive_gateway_errors
+            .or(od.consecutive_errors.filter(|n| *n > 0).map(|n| n as u32))
+            .unwrap_or(0),
+        interval: od
+            .interval
+            .map_or(std::time::Duration::from_secs(10), |d| d.get()),
+        base_ejection: od
+            .base_ejection_time
+            .map_or(std::time::Duration::from_secs(30), |d| d.get()),
+        max_ejection_percent: od
+            .max_ejection_percent
+            .map_or(10, |p| p.clamp(0, 100) as u32),
+        min_health_percent: od.min_health_percent.map_or(0, |p| p.clamp(0, 100) as u32),
+    });
+    ClusterSettings {
+        connect_timeout: tcp
+            .and_then(|t| t.connect_timeout)
+            .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get()),
+        limits,
+        outlier,
+        h2_upgrade: http.and_then(|h| h.h2_upgrade_policy.as_deref()) == Some("UPGRADE"),
+        use_client_protocol: http.and_then(|h| h.use_client_protocol).unwrap_or(false),
+    }
+}
+
 fn is_prime(n: u64) -> bool {
     n >= 2
         && (2..)
@@ -198,6 +261,7 @@ fn is_prime(n: u64) -> bool {
 /// Checks every place a traffic policy is written in a DestinationRule.
 pub(super) fn validate_rule(rule: &DestinationRuleSpec, loc: &Location, diags: &mut Diagnostics) {
     let check = |policy: &TrafficPolicy, field: &str, diags: &mut Diagnostics| {
+        validate_limits(policy, loc, field, diags);
         if let Some(lb) = &policy.load_balancer {
             validate_load_balancer(lb, loc, &format!("{field}.loadBalancer"), diags);
         }
@@ -232,6 +296,72 @@ pub(super) fn validate_rule(rule: &DestinationRuleSpec, loc: &Location, diags: &
         }
         if let Some(policy) = &subset.traffic_policy {
             check(policy, &format!("spec.subsets[{i}].trafficPolicy"), diags);
+        }
+    }
+}
+
+/// Negative limits and out-of-range percentages are errors, as Istio's
+/// validation has them.
+fn validate_limits(policy: &TrafficPolicy, loc: &Location, field: &str, diags: &mut Diagnostics) {
+    let pool = policy.connection_pool.as_ref();
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let http = pool.and_then(|p| p.http.as_ref());
+    let ints = [
+        (
+            "connectionPool.tcp.maxConnections",
+            tcp.and_then(|t| t.max_connections),
+        ),
+        (
+            "connectionPool.http.http1MaxPendingRequests",
+            http.and_then(|h| h.http1_max_pending_requests),
+        ),
+        (
+            "connectionPool.http.http2MaxRequests",
+            http.and_then(|h| h.http2_max_requests),
+        ),
+        (
+            "connectionPool.http.maxRequestsPerConnection",
+            http.and_then(|h| h.max_requests_per_connection),
+        ),
+        (
+            "connectionPool.http.maxRetries",
+            http.and_then(|h| h.max_retries),
+        ),
+    ];
+    for (name, value) in ints {
+        if value.is_some_and(|v| v < 0) {
+            diags.error(loc, Some(format!("{field}.{name}")), "must not be negative");
+        }
+    }
+    if let Some(policy) = http.and_then(|h| h.h2_upgrade_policy.as_deref())
+        && !matches!(policy, "DEFAULT" | "DO_NOT_UPGRADE" | "UPGRADE")
+    {
+        let msg = format!("unknown {policy:?} (DEFAULT, DO_NOT_UPGRADE, UPGRADE)");
+        diags.error(
+            loc,
+            Some(format!("{field}.connectionPool.http.h2UpgradePolicy")),
+            msg,
+        );
+    }
+    if let Some(od) = &policy.outlier_detection {
+        for (name, value) in [
+            ("maxEjectionPercent", od.max_ejection_percent),
+            ("minHealthPercent", od.min_health_percent),
+        ] {
+            if value.is_some_and(|v| !(0..=100).contains(&v)) {
+                diags.error(
+                    loc,
+                    Some(format!("{field}.outlierDetection.{name}")),
+                    "must be between 0 and 100",
+                );
+            }
+        }
+        if od.consecutive_errors.is_some_and(|v| v < 0) {
+            diags.error(
+                loc,
+                Some(format!("{field}.outlierDetection.consecutiveErrors")),
+                "must not be negative",
+            );
         }
     }
 }

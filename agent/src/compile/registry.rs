@@ -13,9 +13,8 @@ use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::config::service_entry::{ServiceEntrySpec, ServicePort};
 use crate::host::{authority_candidates, resolve_short_name};
-use crate::model::cluster::{
-    Cluster, DEFAULT_CONNECT_TIMEOUT, Endpoint, EndpointStates, UpstreamAddr,
-};
+use crate::model::cluster::{Cluster, DEFAULT_CONNECT_TIMEOUT, Endpoint, UpstreamAddr};
+use crate::model::live::{LiveState, PoolLimits};
 use crate::model::route::DestinationTarget;
 use crate::model::service::{Protocol, ServiceName};
 
@@ -39,7 +38,7 @@ impl Registry {
         entries: &[Document<ServiceEntrySpec>],
         rules: &[Document<DestinationRuleSpec>],
         agent_namespace: &str,
-        states: &EndpointStates,
+        live: &LiveState,
         diags: &mut Diagnostics,
     ) -> Self {
         let rules = rules_by_host(rules, agent_namespace, diags);
@@ -62,10 +61,9 @@ impl Registry {
                 let rule = rules.get(&fqdn).map(|d| &d.spec);
                 let ctx = EntryContext {
                     doc,
-                    namespace: &name.namespace,
                     fqdn: &fqdn,
                     resolution: &resolution,
-                    states,
+                    live,
                 };
                 let clusters = ctx.clusters(&name, rule, diags);
                 services.insert(fqdn, Service { clusters });
@@ -152,10 +150,11 @@ impl Registry {
 }
 
 /// The local application as the inbound listener's only cluster.
-pub(super) fn inbound_cluster(boot: &Bootstrap, states: &EndpointStates) -> Arc<Cluster> {
+pub(super) fn inbound_cluster(boot: &Bootstrap, live: &LiveState) -> Arc<Cluster> {
     let app = boot.listeners.app;
     let address = UpstreamAddr::Socket(app);
-    let state = states.get(&format!("inbound|{address}"));
+    let name = format!("inbound|{}||", app.port());
+    let state = live.endpoint(&name, &address.to_string());
     let mut endpoint = Endpoint::new(
         address,
         boot.identity.labels.clone(),
@@ -164,7 +163,8 @@ pub(super) fn inbound_cluster(boot: &Bootstrap, states: &EndpointStates) -> Arc<
     );
     endpoint.peer = boot.identity.peer.clone();
     Arc::new(Cluster {
-        name: format!("inbound|{}||", app.port()),
+        state: live.cluster(&name),
+        name,
         service: boot.identity.service.clone(),
         port: app.port(),
         protocol: boot.listeners.app_protocol,
@@ -172,6 +172,10 @@ pub(super) fn inbound_cluster(boot: &Bootstrap, states: &EndpointStates) -> Arc<
         endpoints: vec![Arc::new(endpoint)],
         balancer: Balancer::RoundRobin(Default::default()),
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        limits: PoolLimits::default(),
+        outlier: None,
+        h2_upgrade: false,
+        use_client_protocol: false,
     })
 }
 
@@ -271,10 +275,15 @@ fn validate_entry(
 
 struct EntryContext<'a> {
     doc: &'a Document<ServiceEntrySpec>,
-    namespace: &'a str,
     fqdn: &'a str,
     resolution: &'a Resolution,
-    states: &'a EndpointStates,
+    live: &'a LiveState,
+}
+
+/// An endpoint before it belongs to a cluster.
+struct EndpointSpec {
+    address: UpstreamAddr,
+    labels: BTreeMap<String, String>,
 }
 
 impl EntryContext<'_> {
@@ -290,15 +299,21 @@ impl EntryContext<'_> {
                 .flat_map(|r| r.subsets.iter().map(|s| Some(s.name.as_str()))),
         );
         let mut clusters: HashMap<Option<String>, Vec<Arc<Cluster>>> = HashMap::new();
-        for port in &self.doc.spec.ports {
+        for (p, port) in self.doc.spec.ports.iter().enumerate() {
             let Some(protocol) = Protocol::parse(&port.protocol) else {
                 continue;
             };
-            let endpoints = self.endpoints(port, diags);
+            let endpoints = self.endpoints(port, p == 0, diags);
             for subset in &subsets {
-                let selected = select_subset(&endpoints, rule, *subset);
-                let cluster =
-                    build_cluster(name, port.number as u16, protocol, *subset, selected, rule);
+                let cluster = ClusterBuild {
+                    name,
+                    port: port.number as u16,
+                    protocol,
+                    subset: *subset,
+                    rule,
+                    live: self.live,
+                }
+                .build(&endpoints);
                 clusters
                     .entry(subset.map(str::to_owned))
                     .or_default()
@@ -308,28 +323,38 @@ impl EntryContext<'_> {
         clusters
     }
 
-    fn endpoints(&self, port: &ServicePort, diags: &mut Diagnostics) -> Vec<Arc<Endpoint>> {
+    fn endpoints(
+        &self,
+        port: &ServicePort,
+        warn: bool,
+        diags: &mut Diagnostics,
+    ) -> Vec<EndpointSpec> {
         let spec = &self.doc.spec;
         let default_port = port.target_port.unwrap_or(port.number) as u16;
-        let mut out = Vec::new();
         if spec.endpoints.is_empty() {
-            if self.resolution.dns && !self.fqdn.starts_with('*') {
-                let address = UpstreamAddr::Dns {
-                    host: Arc::from(self.fqdn),
-                    port: default_port,
-                };
-                out.push(self.endpoint(address, BTreeMap::new()));
+            if !self.resolution.dns || self.fqdn.starts_with('*') {
+                return Vec::new();
             }
-            return out;
+            let address = UpstreamAddr::Dns {
+                host: Arc::from(self.fqdn),
+                port: default_port,
+            };
+            return vec![EndpointSpec {
+                address,
+                labels: BTreeMap::new(),
+            }];
         }
+        let mut out = Vec::new();
         for (j, ep) in spec.endpoints.iter().enumerate() {
             if ep.address.starts_with("unix://") {
-                let msg = "unix domain socket endpoints are not supported; skipped";
-                diags.warn(
-                    &self.doc.location,
-                    Some(format!("spec.endpoints[{j}].address")),
-                    msg,
-                );
+                if warn {
+                    let msg = "unix domain socket endpoints are not supported; skipped";
+                    diags.warn(
+                        &self.doc.location,
+                        Some(format!("spec.endpoints[{j}].address")),
+                        msg,
+                    );
+                }
                 continue;
             }
             let port = ep.ports.get(&port.name).map_or(default_port, |p| *p as u16);
@@ -340,56 +365,68 @@ impl EntryContext<'_> {
                     port,
                 },
             };
-            out.push(self.endpoint(address, ep.labels.clone()));
+            out.push(EndpointSpec {
+                address,
+                labels: ep.labels.clone(),
+            });
         }
         out
     }
-
-    fn endpoint(&self, address: UpstreamAddr, labels: BTreeMap<String, String>) -> Arc<Endpoint> {
-        let state = self.states.get(&address.to_string());
-        Arc::new(Endpoint::new(address, labels, state, self.namespace))
-    }
 }
 
-fn select_subset(
-    endpoints: &[Arc<Endpoint>],
-    rule: Option<&DestinationRuleSpec>,
-    subset: Option<&str>,
-) -> Vec<Arc<Endpoint>> {
-    let labels = subset
-        .and_then(|name| rule?.subsets.iter().find(|s| s.name == name))
-        .map(|s| &s.labels);
-    endpoints
-        .iter()
-        .filter(|ep| {
-            labels.is_none_or(|want| want.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
-        })
-        .cloned()
-        .collect()
-}
-
-fn build_cluster(
-    name: &Arc<ServiceName>,
+/// One cluster of a service port and subset.
+struct ClusterBuild<'a> {
+    name: &'a Arc<ServiceName>,
     port: u16,
     protocol: Protocol,
-    subset: Option<&str>,
-    endpoints: Vec<Arc<Endpoint>>,
-    rule: Option<&DestinationRuleSpec>,
-) -> Cluster {
-    let policy = EffectivePolicy::of(rule, port, subset);
-    let connect_timeout = policy
-        .connection_pool
-        .and_then(|p| p.tcp.as_ref())
-        .and_then(|t| t.connect_timeout)
-        .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get());
-    Cluster {
-        name: format!("outbound|{port}|{}|{}", subset.unwrap_or(""), name.host),
-        service: name.clone(),
-        port,
-        protocol,
-        subset: subset.map(str::to_owned),
-        balancer: policy::balancer(policy.load_balancer, &endpoints),
-        endpoints,
-        connect_timeout,
+    subset: Option<&'a str>,
+    rule: Option<&'a DestinationRuleSpec>,
+    live: &'a LiveState,
+}
+
+impl ClusterBuild<'_> {
+    fn build(&self, endpoints: &[EndpointSpec]) -> Cluster {
+        let cluster_name = format!(
+            "outbound|{}|{}|{}",
+            self.port,
+            self.subset.unwrap_or(""),
+            self.name.host
+        );
+        let wanted = self
+            .subset
+            .and_then(|name| self.rule?.subsets.iter().find(|s| s.name == name))
+            .map(|s| &s.labels);
+        let endpoints: Vec<Arc<Endpoint>> = endpoints
+            .iter()
+            .filter(|ep| {
+                wanted.is_none_or(|want| want.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
+            })
+            .map(|ep| {
+                let state = self.live.endpoint(&cluster_name, &ep.address.to_string());
+                Arc::new(Endpoint::new(
+                    ep.address.clone(),
+                    ep.labels.clone(),
+                    state,
+                    &self.name.namespace,
+                ))
+            })
+            .collect();
+        let policy = EffectivePolicy::of(self.rule, self.port, self.subset);
+        let settings = policy::cluster_settings(&policy);
+        Cluster {
+            state: self.live.cluster(&cluster_name),
+            name: cluster_name,
+            service: self.name.clone(),
+            port: self.port,
+            protocol: self.protocol,
+            subset: self.subset.map(str::to_owned),
+            balancer: policy::balancer(policy.load_balancer, &endpoints),
+            endpoints,
+            connect_timeout: settings.connect_timeout,
+            limits: settings.limits,
+            outlier: settings.outlier,
+            h2_upgrade: settings.h2_upgrade,
+            use_client_protocol: settings.use_client_protocol,
+        }
     }
 }

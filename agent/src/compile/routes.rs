@@ -8,12 +8,14 @@ use regex::RegexBuilder;
 
 use super::bootstrap::Bootstrap;
 use super::registry::Registry;
+use super::route_policy::{self, RuleScope};
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::config::virtual_service::{
     HeaderOperations, Headers, HttpMatchRequest, HttpRoute, StringMatch, VirtualServiceSpec,
 };
 use crate::host::{CLUSTER_DOMAIN, resolve_short_name};
+use crate::model::policy::RoutePolicy;
 use crate::model::route::{
     HeaderEdits, HttpRule, RouteMatch, RouteTable, StrMatcher, VirtualHost, WeightedDestination,
 };
@@ -102,6 +104,7 @@ fn implicit_host(fqdn: &str, registry: &Registry) -> VirtualHost {
             total_weight: 100,
             request_headers: HeaderEdits::default(),
             response_headers: HeaderEdits::default(),
+            policy: RoutePolicy::default(),
         }],
     }
 }
@@ -233,6 +236,13 @@ fn compile_rule(
         loc,
         diags,
     );
+    let rule_scope = RuleScope {
+        loc,
+        field,
+        namespace: scope.namespace,
+        registry: scope.registry,
+    };
+    let policy = route_policy::compile(rule, &rule_scope, diags);
     Some(HttpRule {
         name: rule.name.as_deref().map(Arc::from),
         matches,
@@ -240,6 +250,7 @@ fn compile_rule(
         destinations,
         request_headers,
         response_headers,
+        policy,
     })
 }
 

@@ -18,24 +18,19 @@ pub(super) fn warn_all(docs: &Documents, diags: &mut Diagnostics) {
             diags.warn(loc, Some("spec.tcp".into()), NOT_ENFORCED);
         }
         for (i, rule) in spec.http.iter().enumerate() {
-            let present = [
-                ("timeout", rule.timeout.is_some()),
-                ("retries", rule.retries.is_some()),
-                ("fault", rule.fault.is_some()),
-                ("mirror", rule.mirror.is_some()),
-                ("mirrors", !rule.mirrors.is_empty()),
-                (
-                    "mirrorPercentage",
-                    rule.mirror_percentage.is_some() || rule.mirror_percent.is_some(),
-                ),
-                ("redirect", rule.redirect.is_some()),
-                ("directResponse", rule.direct_response.is_some()),
-                ("rewrite", rule.rewrite.is_some()),
-                ("corsPolicy", rule.cors_policy.is_some()),
-                ("delegate", rule.delegate.is_some()),
-            ];
-            for (name, _) in present.iter().filter(|(_, p)| *p) {
-                diags.warn(loc, Some(format!("spec.http[{i}].{name}")), NOT_ENFORCED);
+            if rule.cors_policy.is_some() {
+                diags.warn(
+                    loc,
+                    Some(format!("spec.http[{i}].corsPolicy")),
+                    NOT_ENFORCED,
+                );
+            }
+            if rule.delegate.is_some() {
+                diags.warn(
+                    loc,
+                    Some(format!("spec.http[{i}].delegate")),
+                    "delegation applies to gateways only; not enforced",
+                );
             }
         }
     }
@@ -80,19 +75,28 @@ pub(super) fn warn_all(docs: &Documents, diags: &mut Diagnostics) {
 fn warn_policy(policy: &TrafficPolicy, field: &str, loc: &Location, diags: &mut Diagnostics) {
     let pool = policy.connection_pool.as_ref();
     let tcp = pool.and_then(|p| p.tcp.as_ref());
-    let tcp_other = tcp.is_some_and(|t| {
-        t.max_connections.is_some()
-            || t.tcp_keepalive.is_some()
-            || t.max_connection_duration.is_some()
-            || t.idle_timeout.is_some()
-    });
+    let http = pool.and_then(|p| p.http.as_ref());
+    let outlier = policy.outlier_detection.as_ref();
     let present = [
-        ("connectionPool.tcp", tcp_other),
         (
-            "connectionPool.http",
-            pool.is_some_and(|p| p.http.is_some()),
+            "connectionPool.tcp.tcpKeepalive",
+            tcp.is_some_and(|t| t.tcp_keepalive.is_some()),
         ),
-        ("outlierDetection", policy.outlier_detection.is_some()),
+        (
+            "connectionPool.tcp.maxConnectionDuration",
+            tcp.is_some_and(|t| t.max_connection_duration.is_some()),
+        ),
+        (
+            "connectionPool.http.maxConcurrentStreams",
+            http.is_some_and(|h| h.max_concurrent_streams.is_some()),
+        ),
+        (
+            "outlierDetection.splitExternalLocalOriginErrors",
+            outlier.is_some_and(|o| {
+                o.split_external_local_origin_errors.is_some()
+                    || o.consecutive_local_origin_failures.is_some()
+            }),
+        ),
         ("tls", policy.tls.is_some()),
         ("tunnel", policy.tunnel.is_some()),
         ("proxyProtocol", policy.proxy_protocol.is_some()),
@@ -112,12 +116,12 @@ fn warn_policy(policy: &TrafficPolicy, field: &str, loc: &Location, diags: &mut 
         );
     }
     for (i, port) in policy.port_level_settings.iter().enumerate() {
-        let others = port.connection_pool.is_some()
-            || port.outlier_detection.is_some()
-            || port.tls.is_some();
-        if others {
-            let msg = "only loadBalancer is enforced per port yet";
-            diags.warn(loc, Some(format!("{field}.portLevelSettings[{i}]")), msg);
+        if port.tls.is_some() {
+            diags.warn(
+                loc,
+                Some(format!("{field}.portLevelSettings[{i}].tls")),
+                NOT_ENFORCED,
+            );
         }
     }
 }

@@ -36,6 +36,11 @@ pub struct AgentSpec {
     /// Worker threads, each with its own listeners and upstream pools (default 2).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Proxies in front of the mesh that append to `x-forwarded-for`; the
+    /// original client is the address this many hops before the caller
+    /// (Istio's `numTrustedProxies`; default 0: the caller itself).
+    #[serde(default)]
+    pub num_trusted_proxies: u32,
     /// How long in-flight requests may finish after SIGTERM (default 5s).
     #[serde(default = "default_drain")]
     pub drain_duration: IstioDuration,

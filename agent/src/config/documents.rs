@@ -11,6 +11,7 @@ use super::agent::AgentSpec;
 use super::destination_rule::DestinationRuleSpec;
 use super::diagnostics::{Diagnostics, Location};
 use super::meta::ObjectMeta;
+use super::rate_limit::RateLimitPolicySpec;
 use super::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 use super::service_entry::ServiceEntrySpec;
 use super::virtual_service::VirtualServiceSpec;
@@ -45,6 +46,8 @@ pub enum Resource {
     AuthorizationPolicy(Document<AuthorizationPolicySpec>),
     /// mTLS mode.
     PeerAuthentication(Document<PeerAuthenticationSpec>),
+    /// Rate limits.
+    RateLimitPolicy(Document<RateLimitPolicySpec>),
 }
 
 /// The on-disk shape of every resource: unknown top-level fields are errors,
@@ -116,7 +119,7 @@ fn parse_one(
         .rsplit_once('/')
         .unwrap_or(("", api_version.as_str()));
     let versions: &[&str] = match (group, kind.as_str()) {
-        ("tracemesh.io", "Agent") => &["v1"],
+        ("tracemesh.io", "Agent" | "RateLimitPolicy") => &["v1"],
         ("networking.istio.io", "ServiceEntry" | "VirtualService" | "DestinationRule") => {
             &NETWORKING_VERSIONS
         }
@@ -145,6 +148,7 @@ fn parse_one(
         "VirtualService" => typed(value, loc, api, diags).map(Resource::VirtualService),
         "DestinationRule" => typed(value, loc, api, diags).map(Resource::DestinationRule),
         "AuthorizationPolicy" => typed(value, loc, api, diags).map(Resource::AuthorizationPolicy),
+        "RateLimitPolicy" => typed(value, loc, api, diags).map(Resource::RateLimitPolicy),
         _ => typed(value, loc, api, diags).map(Resource::PeerAuthentication),
     }
 }

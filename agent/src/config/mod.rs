@@ -8,6 +8,7 @@ pub mod diagnostics;
 pub mod documents;
 pub mod duration;
 pub mod meta;
+pub mod rate_limit;
 pub mod security;
 pub mod service_entry;
 pub mod virtual_service;

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::live::{ClusterState, EndpointState, OutlierSettings, PoolLimits, now_ms};
 use super::service::{Protocol, ServiceName};
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, PickInput};
 use crate::telemetry::peer_metadata::PeerInfo;
 
 /// Where an endpoint is reached.
@@ -32,43 +32,6 @@ impl fmt::Display for UpstreamAddr {
             Self::Socket(addr) => write!(f, "{addr}"),
             Self::Dns { host, port } => write!(f, "{host}:{port}"),
         }
-    }
-}
-
-/// Live counters of one endpoint, shared by every cluster and snapshot that
-/// names the same address so they survive reloads.
-#[derive(Debug, Default)]
-pub struct EndpointState {
-    active: AtomicU64,
-    total: AtomicU64,
-}
-
-impl EndpointState {
-    /// Requests in flight to this endpoint.
-    pub fn active(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    /// Requests sent to this endpoint since start.
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// Marks a request started; the guard marks it finished when dropped.
-    pub fn start_request(self: &Arc<Self>) -> ActiveRequest {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        self.total.fetch_add(1, Ordering::Relaxed);
-        ActiveRequest(self.clone())
-    }
-}
-
-/// One in-flight request to an endpoint (decrements the count when dropped).
-#[derive(Debug)]
-pub struct ActiveRequest(Arc<EndpointState>);
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -140,31 +103,70 @@ pub struct Cluster {
     pub balancer: Balancer,
     /// Time allowed to open a TCP connection.
     pub connect_timeout: Duration,
+    /// Circuit-breaker limits.
+    pub limits: PoolLimits,
+    /// Outlier detection, when configured.
+    pub outlier: Option<OutlierSettings>,
+    /// Speak HTTP/2 to the upstream even for HTTP ports (h2UpgradePolicy UPGRADE).
+    pub h2_upgrade: bool,
+    /// Speak to the upstream as the client spoke (useClientProtocol).
+    pub use_client_protocol: bool,
+    /// Live counters, shared with other snapshots of this cluster.
+    pub state: Arc<ClusterState>,
+}
+
+impl Cluster {
+    /// Picks an endpoint: the balancer's choice unless it is ejected (or was
+    /// already tried, for retries); then the next usable one. `None` when
+    /// every endpoint is ejected — unless fewer than `minHealthPercent` are
+    /// healthy, in which case ejections are ignored (Envoy's panic mode).
+    pub fn pick(&self, input: PickInput<'_>, tried: &[usize]) -> Option<usize> {
+        let first = self.balancer.pick(&self.endpoints, input)?;
+        let now = now_ms();
+        let ejected = |i: usize| self.outlier.is_some() && self.endpoints[i].state.is_ejected(now);
+        let fresh = |i: &usize| !tried.contains(i);
+        if !ejected(first) && fresh(&first) {
+            return Some(first);
+        }
+        let n = self.endpoints.len();
+        let panic = self.outlier.as_ref().is_some_and(|o| {
+            let healthy = (0..n).filter(|i| !ejected(*i)).count();
+            (healthy as u64) * 100 < u64::from(o.min_health_percent) * n as u64
+        });
+        let usable = |i: &usize| panic || !ejected(*i);
+        let mut order = (0..n).map(|k| (first + k) % n);
+        let untried = order.clone().filter(usable).find(fresh);
+        untried.or_else(|| order.find(usable))
+    }
+
+    /// Whether to speak HTTP/2 upstream: ports declared HTTP2 or GRPC
+    /// always, gRPC requests always (gRPC needs HTTP/2), HTTP ports when
+    /// upgraded or told to follow the client, undeclared ports as the client
+    /// spoke.
+    pub fn speaks_h2(&self, downstream: http::Version, grpc: bool) -> bool {
+        let client_h2 = downstream == http::Version::HTTP_2;
+        match self.protocol {
+            Protocol::Http2 | Protocol::Grpc => true,
+            Protocol::Http | Protocol::Tcp => {
+                grpc || self.h2_upgrade || (self.use_client_protocol && client_h2)
+            }
+            Protocol::Auto => grpc || client_h2,
+        }
+    }
+
+    /// Whether ejecting one more endpoint stays within `maxEjectionPercent`
+    /// (one ejection is always allowed, as in Envoy).
+    pub fn may_eject(&self, settings: &OutlierSettings) -> bool {
+        let now = now_ms();
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.state.is_ejected(now))
+            .count() as u64;
+        let n = self.endpoints.len() as u64;
+        ejected == 0 || (ejected + 1) * 100 <= u64::from(settings.max_ejection_percent) * n
+    }
 }
 
 /// Default TCP connect timeout, as Istio's (10s).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Endpoint states by address, so a reload hands the same live counters to
-/// the new snapshot. Locked only while compiling a config, never per request.
-#[derive(Debug, Default)]
-pub struct EndpointStates(
-    std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<EndpointState>>>,
-);
-
-impl EndpointStates {
-    /// The state for `key`, shared with earlier snapshots that still hold it.
-    pub fn get(&self, key: &str) -> Arc<EndpointState> {
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(state) = map.get(key).and_then(std::sync::Weak::upgrade) {
-            return state;
-        }
-        map.retain(|_, weak| weak.strong_count() > 0);
-        let state = Arc::new(EndpointState::default());
-        map.insert(key.to_owned(), Arc::downgrade(&state));
-        state
-    }
-}

@@ -1,7 +1,11 @@
 //! The compiled, immutable form of a config: what the request path reads.
 //! Built once per load by `compile`, swapped atomically on reload.
 
+pub mod authz;
 pub mod cluster;
+pub mod live;
+pub mod policy;
+pub mod rate_limit;
 pub mod route;
 pub mod service;
 
@@ -83,6 +87,10 @@ pub struct Snapshot {
     pub tcp_routes: Vec<Arc<Cluster>>,
     /// Every outbound cluster, for `/clusters`.
     pub clusters: Vec<Arc<Cluster>>,
+    /// AuthorizationPolicies that apply to this workload (inbound).
+    pub authorization: authz::Authorization,
+    /// RateLimitPolicy rules that apply to this workload (inbound).
+    pub rate_limits: Vec<Arc<rate_limit::RateLimiter>>,
     /// The effective config as JSON, for `/config_dump`.
     pub dump: serde_json::Value,
 }

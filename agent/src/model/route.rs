@@ -238,12 +238,35 @@ pub struct HttpRule {
     pub request_headers: HeaderEdits,
     /// Response header edits of the rule.
     pub response_headers: HeaderEdits,
+    /// Timeouts, retries, faults, mirrors, rewrites, redirects.
+    pub policy: super::policy::RoutePolicy,
+}
+
+/// How a request matched a rule.
+#[derive(Debug, Clone, Copy)]
+pub struct Matched<'r> {
+    /// The rule.
+    pub rule: &'r HttpRule,
+    /// The `uri.prefix` that matched, if the match was by prefix (a
+    /// `rewrite.uri` replaces just that prefix).
+    pub prefix: Option<&'r str>,
 }
 
 impl HttpRule {
-    /// Whether the request matches this rule.
-    pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    /// Whether the request matches this rule, and how.
+    pub fn matched(&self, req: &RequestView<'_>) -> Option<Matched<'_>> {
+        if self.matches.is_empty() {
+            return Some(Matched {
+                rule: self,
+                prefix: None,
+            });
+        }
+        let m = self.matches.iter().find(|m| m.matches(req))?;
+        let prefix = match &m.uri {
+            Some(StrMatcher::Prefix(p)) => Some(p.as_str()),
+            _ => None,
+        };
+        Some(Matched { rule: self, prefix })
     }
 
     /// Picks a destination by weight (uniformly at random, as Envoy's
@@ -281,8 +304,8 @@ pub struct VirtualHost {
 
 impl VirtualHost {
     /// The first rule matching the request.
-    pub fn route(&self, req: &RequestView<'_>) -> Option<&HttpRule> {
-        self.rules.iter().find(|r| r.matches(req))
+    pub fn route(&self, req: &RequestView<'_>) -> Option<Matched<'_>> {
+        self.rules.iter().find_map(|r| r.matched(req))
     }
 }
 

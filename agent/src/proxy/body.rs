@@ -3,6 +3,7 @@
 //! when the response is complete — as Istio's duration is.
 
 use std::cell::Cell;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -12,6 +13,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::exchange::Exchange;
+use super::tap::TapReader;
+
+/// Errors of bodies passing through: the peer's, or the agent's own
+/// (a route timeout mid-response).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Progress of a request body on its way upstream.
 #[derive(Debug, Default)]
@@ -30,24 +36,29 @@ impl RequestProgress {
     pub fn is_done(&self) -> bool {
         self.done.get()
     }
+
+    /// Counts `n` more bytes.
+    pub fn add(&self, n: u64) {
+        self.bytes.set(self.bytes.get() + n);
+    }
+
+    /// Marks the body complete (or not).
+    pub fn set_done(&self, done: bool) {
+        self.done.set(done);
+    }
 }
 
-/// The downstream request body, forwarded upstream.
+/// The downstream request body, forwarded once.
 pub struct RequestBody {
     inner: Incoming,
     progress: Rc<RequestProgress>,
 }
 
 impl RequestBody {
-    /// Wraps `inner`; the progress handle stays with the exchange.
-    pub fn new(inner: Incoming) -> (Self, Rc<RequestProgress>) {
-        let progress = Rc::new(RequestProgress::default());
-        progress.done.set(inner.is_end_stream());
-        let body = Self {
-            inner,
-            progress: progress.clone(),
-        };
-        (body, progress)
+    /// Wraps `inner`, reporting to `progress`.
+    pub fn new(inner: Incoming, progress: Rc<RequestProgress>) -> Self {
+        progress.set_done(inner.is_end_stream());
+        Self { inner, progress }
     }
 }
 
@@ -64,15 +75,13 @@ impl Body for RequestBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.progress
-                        .bytes
-                        .set(this.progress.bytes.get() + data.len() as u64);
+                    this.progress.add(data.len() as u64);
                 }
                 if this.inner.is_end_stream() {
-                    this.progress.done.set(true);
+                    this.progress.set_done(true);
                 }
             }
-            Poll::Ready(None) => this.progress.done.set(true),
+            Poll::Ready(None) => this.progress.set_done(true),
             Poll::Ready(Some(Err(_))) | Poll::Pending => {}
         }
         polled
@@ -87,10 +96,58 @@ impl Body for RequestBody {
     }
 }
 
+/// What an upstream request carries: the client's body once, a replayable
+/// view of it (retries), or bytes (mirrors).
+pub enum UpstreamBody {
+    /// Streamed once.
+    Stream(RequestBody),
+    /// Replayable.
+    Replay(TapReader),
+    /// Fixed bytes.
+    Full(Option<Bytes>),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Stream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Replay(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Stream(body) => body.is_end_stream(),
+            Self::Replay(body) => body.is_end_stream(),
+            Self::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Stream(body) => body.size_hint(),
+            Self::Replay(body) => body.size_hint(),
+            Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
 enum Source {
     Upstream(Incoming),
     Full(Option<Bytes>),
 }
+
+/// The route timeout fired while the response was streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream request timeout")]
+pub struct ResponseTimeout;
 
 /// The body sent back downstream: the upstream's, or a local reply's.
 /// It owns the exchange and completes it when the last frame has passed
@@ -98,14 +155,20 @@ enum Source {
 pub struct ResponseBody {
     source: Source,
     exchange: Option<Box<Exchange>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl ResponseBody {
-    /// Streams the upstream response body.
-    pub fn upstream(body: Incoming, exchange: Box<Exchange>) -> Self {
+    /// Streams the upstream response body, cut off at `deadline` (the route timeout).
+    pub fn upstream(
+        body: Incoming,
+        exchange: Box<Exchange>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Self {
         let mut body = Self {
             source: Source::Upstream(body),
             exchange: Some(exchange),
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         };
         body.complete_if_ended();
         body
@@ -116,6 +179,7 @@ impl ResponseBody {
         let mut body = Self {
             source: Source::Full((!bytes.is_empty()).then_some(bytes)),
             exchange: Some(exchange),
+            deadline: None,
         };
         body.complete_if_ended();
         body
@@ -132,17 +196,27 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.source {
-            Source::Upstream(body) => Pin::new(body).poll_frame(cx),
+        let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.source {
+            Source::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
+        if polled.is_pending()
+            && let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            if let Some(mut exchange) = this.exchange.take() {
+                exchange.on_timeout_mid_response();
+                exchange.complete();
+            }
+            return Poll::Ready(Some(Err(Box::new(ResponseTimeout))));
+        }
         if let Some(exchange) = this.exchange.as_mut() {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => exchange.on_response_frame(frame),

@@ -3,17 +3,19 @@
 
 use std::convert::Infallible;
 use std::rc::Rc;
-use std::time::Instant;
 
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::body::{RequestBody, ResponseBody};
+use super::attempts::{Attempts, BodySource};
+use super::body::{RequestBody, RequestProgress, ResponseBody};
 use super::exchange::Exchange;
 use super::headers::{self, IncomingResponse, OutgoingRequest};
-use super::{Downstream, Worker, forward, route, upgrade};
-use crate::balancer::PickInput;
-use crate::model::service::Protocol;
+use super::local_reply::LocalReply;
+use super::mirror::Copies;
+use super::tap::Tap;
+use super::{Direction, Downstream, Worker, access, fault, rewrite, route, upgrade};
+use crate::model::policy::RouteAction;
 use crate::telemetry::peer_metadata::PEER_METADATA;
 
 /// Proxies one request.
@@ -32,36 +34,64 @@ pub async fn handle(
     // included — is a span and a metric.
     let mut ex = Exchange::begin(&worker, &down, &snapshot, &req);
 
+    // Access control, then rate limiting: they guard the workload, so they
+    // answer before any routing or upstream work is spent on the request.
+    if down.direction == Direction::Inbound {
+        let remote_ip = access::remote_ip(
+            req.headers(),
+            down.peer.ip(),
+            snapshot.bootstrap.num_trusted_proxies,
+        );
+        match access::authorize(&snapshot, &down, &req, remote_ip) {
+            Ok(true) => ex.set_audited(),
+            Ok(false) => {}
+            Err(reply) => return Ok(ex.local_reply(reply)),
+        }
+        match access::rate_limit(&snapshot, &req, down.peer.ip(), remote_ip) {
+            Ok(None) => {}
+            Ok(Some(status)) => ex.add_response_headers(status.headers(false)),
+            Err(status) => {
+                ex.add_response_headers(status.headers(true));
+                return Ok(ex.local_reply(LocalReply::RATE_LIMITED));
+            }
+        }
+    }
+
     // Routing: the VirtualService rule outbound, the local app inbound.
     let routed = match route::select(&snapshot, down.direction, &req, &mut ex) {
         Ok(routed) => routed,
         Err(reply) => return Ok(ex.local_reply(reply)),
     };
-    let cluster = routed.cluster;
-    ex.set_route(routed.rule.and_then(|r| r.name.as_ref()), cluster);
-
-    // Load balancing: the cluster's policy picks an endpoint.
-    let input = PickInput {
-        headers: req.headers(),
-        query: req.uri().query(),
-        source_ip: down.peer.ip(),
+    let policy = routed.policy();
+    let cluster = match (&policy.action, routed.cluster) {
+        (RouteAction::Redirect(redirect), _) => return Ok(redirect_reply(ex, redirect, &req)),
+        (RouteAction::Direct(direct), _) => {
+            return Ok(ex.direct(direct.status, direct.body.clone()));
+        }
+        (RouteAction::Forward, Some(cluster)) => cluster,
+        (RouteAction::Forward, None) => return Ok(ex.local_reply(LocalReply::NO_CLUSTER)),
     };
-    let Some(index) = cluster.balancer.pick(&cluster.endpoints, input) else {
-        return Ok(ex.local_reply(super::local_reply::LocalReply::NO_HEALTHY_UPSTREAM));
-    };
-    let endpoint = &cluster.endpoints[index];
-    ex.set_endpoint(endpoint);
+    ex.set_route(routed.rule_name(), cluster);
 
-    // Upgrades travel as HTTP/1.1 and keep their headers; everything else
-    // speaks the protocol the destination port declares.
+    // Fault injection sits in front of the upstream, as Envoy's fault filter.
+    if let Some(fault) = &policy.fault
+        && let Err(reply) = fault::inject(fault, &mut ex).await
+    {
+        return Ok(ex.local_reply(reply));
+    }
+
+    // Upgrades travel as HTTP/1.1, once; everything else speaks the protocol
+    // the destination port declares.
     let downstream_upgrade = upgrade::take(&mut req);
-    let h2 =
-        downstream_upgrade.is_none() && wants_h2(cluster.protocol, req.version(), ex.is_grpc());
+    let h2 = downstream_upgrade.is_none() && cluster.speaks_h2(req.version(), ex.is_grpc());
 
-    // Headers for the next hop: hop-by-hop out, forwarding headers, trace
-    // context, peer metadata, the rule's edits.
+    // Headers for the next hop: rewrites, hop-by-hop out, forwarding
+    // headers, trace context, peer metadata, the rule's edits.
     let (mut parts, body) = req.into_parts();
     let caller_announced = parts.headers.contains_key(PEER_METADATA);
+    if let Some(rewrite) = &policy.rewrite {
+        rewrite::apply(rewrite, routed.matched.and_then(|m| m.prefix), &mut parts);
+    }
     let outgoing = OutgoingRequest {
         direction: down.direction,
         h2,
@@ -73,28 +103,55 @@ pub async fn handle(
     if let Err(reply) = headers::prepare_request(&mut parts, &outgoing, &mut ex) {
         return Ok(ex.local_reply(reply));
     }
-    let (body, progress) = RequestBody::new(body);
-    ex.track_request_body(progress);
 
-    // Forwarding over a pooled connection; the body streams as it arrives.
-    let started = Instant::now();
-    let request = Request::from_parts(parts, body);
-    let sent = match forward::send(
-        &worker.pools,
-        &endpoint.address,
+    // The body is kept for replays only when a retry or a mirror may want it.
+    let progress = Rc::new(RequestProgress::default());
+    let replays =
+        downstream_upgrade.is_none() && (policy.retry.attempts > 0 || !policy.mirrors.is_empty());
+    let (body, tap) = if replays {
+        let tap = Tap::new(body, progress.clone());
+        (BodySource::Replay(tap.clone()), Some(tap))
+    } else {
+        (
+            BodySource::Once(Some(RequestBody::new(body, progress.clone()))),
+            None,
+        )
+    };
+    ex.track_request_body(progress, tap.clone());
+
+    // Mirrors get copies, fire-and-forget, before the real request goes.
+    if !policy.mirrors.is_empty() {
+        let copies = Copies {
+            worker: &worker,
+            head: &parts,
+            tap: tap.as_ref(),
+            parent: ex.span_context(),
+            port: routed.port,
+            version: parts.version,
+            grpc: ex.is_grpc(),
+        };
+        copies.send(&policy.mirrors);
+    }
+
+    // The retry loop: pick an endpoint, respect the pool's limits, forward
+    // under the timeouts, judge the outcome.
+    let deadline = policy.timeout.map(|t| tokio::time::Instant::now() + t);
+    let attempts = Attempts {
+        worker: &worker,
+        cluster,
+        retry: &policy.retry,
+        deadline,
         h2,
-        cluster.connect_timeout,
-        request,
-    )
-    .await
-    {
-        Ok(sent) => sent,
+        source_ip: down.peer.ip(),
+    };
+    let delivered = match attempts.run(parts, body, &mut ex).await {
+        Ok(delivered) => delivered,
         Err(reply) => return Ok(ex.local_reply(reply)),
     };
 
     // The response on its way back: peer metadata, edits, service time.
-    let mut response = sent.response;
-    let mut connection = sent.connection;
+    let mut response = delivered.response;
+    let mut connection = delivered.connection;
     if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) =
         (downstream_upgrade, response.status())
     {
@@ -102,24 +159,29 @@ pub async fn handle(
         connection = None; // the connection now belongs to the upgrade
     }
     let (mut parts, body) = response.into_parts();
+    let upstream_time = delivered.started.elapsed();
     let back = IncomingResponse {
         direction: down.direction,
         caller_announced,
         identity: &snapshot.identity,
-        upstream_ms: started.elapsed().as_millis() as u64,
+        upstream_ms: upstream_time.as_millis() as u64,
         edits: routed.response_edits(),
     };
     headers::prepare_response(&mut parts, &back, &mut ex);
-    Ok(ex.respond(parts, body, started, connection))
+    Ok(ex.respond(parts, body, upstream_time, connection, deadline))
 }
 
-/// Whether to speak HTTP/2 upstream: ports declared HTTP2 or GRPC always,
-/// gRPC requests always (gRPC needs HTTP/2), undeclared ports as the client
-/// spoke.
-fn wants_h2(protocol: Protocol, downstream: Version, grpc: bool) -> bool {
-    match protocol {
-        Protocol::Http2 | Protocol::Grpc => true,
-        Protocol::Http | Protocol::Tcp => grpc,
-        Protocol::Auto => grpc || downstream == Version::HTTP_2,
+fn redirect_reply(
+    ex: Box<Exchange>,
+    redirect: &crate::model::policy::Redirect,
+    req: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(());
+    *response.status_mut() = redirect.code;
+    if let Some(location) = rewrite::location(redirect, req) {
+        response
+            .headers_mut()
+            .insert(http::header::LOCATION, location);
     }
+    ex.reply(response, bytes::Bytes::new())
 }

@@ -74,7 +74,7 @@ pub fn prepare_request(
 
 /// Puts the URI and version in the form the upstream protocol wants:
 /// origin-form with `Host` for HTTP/1.1, absolute with `:authority` for HTTP/2.
-fn set_target(parts: &mut request::Parts, h2: bool) -> Result<(), LocalReply> {
+pub(super) fn set_target(parts: &mut request::Parts, h2: bool) -> Result<(), LocalReply> {
     let authority = match parts.uri.authority() {
         Some(a) => Some(a.clone()),
         None => parts

@@ -21,6 +21,8 @@ pub struct LocalReply {
     pub body: &'static str,
     /// Envoy's `response_code_details`.
     pub details: &'static str,
+    /// gRPC status for gRPC callers, instead of the one mapped from `status`.
+    pub grpc_status: Option<u16>,
 }
 
 impl LocalReply {
@@ -30,6 +32,7 @@ impl LocalReply {
         flags: ResponseFlags::NO_ROUTE,
         body: "",
         details: "route_not_found",
+        grpc_status: None,
     };
     /// The request names no host.
     pub const MISSING_HOST: Self = Self {
@@ -37,6 +40,7 @@ impl LocalReply {
         flags: ResponseFlags::NONE,
         body: "missing host",
         details: "missing_host_header",
+        grpc_status: None,
     };
     /// The rule's destination is not a known cluster.
     pub const NO_CLUSTER: Self = Self {
@@ -44,6 +48,7 @@ impl LocalReply {
         flags: ResponseFlags::NO_CLUSTER_FOUND,
         body: "no cluster found",
         details: "cluster_not_found",
+        grpc_status: None,
     };
     /// The cluster has no endpoint to send to.
     pub const NO_HEALTHY_UPSTREAM: Self = Self {
@@ -51,6 +56,7 @@ impl LocalReply {
         flags: ResponseFlags::NO_HEALTHY_UPSTREAM,
         body: "no healthy upstream",
         details: "no_healthy_upstream",
+        grpc_status: None,
     };
     /// The upstream connection could not be opened.
     pub const CONNECT_FAILURE: Self = Self {
@@ -58,6 +64,7 @@ impl LocalReply {
         flags: ResponseFlags::UPSTREAM_CONNECT_FAILURE,
         body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
         details: "upstream_reset_before_response_started{connection_failure}",
+        grpc_status: None,
     };
     /// The upstream closed the connection before answering.
     pub const CONNECTION_TERMINATION: Self = Self {
@@ -65,15 +72,69 @@ impl LocalReply {
         flags: ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
         body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
         details: "upstream_reset_before_response_started{connection_termination}",
+        grpc_status: None,
     };
 
+    /// A connection-pool or request limit overflowed.
+    pub const OVERFLOW: Self = Self {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        flags: ResponseFlags::UPSTREAM_OVERFLOW,
+        body: "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        details: "upstream_reset_before_response_started{overflow}",
+        grpc_status: None,
+    };
+    /// The route's timeout fired.
+    pub const TIMEOUT: Self = Self {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        flags: ResponseFlags::UPSTREAM_TIMEOUT,
+        body: "upstream request timeout",
+        details: "upstream_response_timeout",
+        grpc_status: None,
+    };
+    /// A RateLimitPolicy bucket is empty.
+    pub const RATE_LIMITED: Self = Self {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        flags: ResponseFlags::RATE_LIMITED,
+        body: "local_rate_limited",
+        details: "local_rate_limited",
+        grpc_status: None,
+    };
+    /// An AuthorizationPolicy denied the request.
+    pub const RBAC_DENIED: Self = Self {
+        status: StatusCode::FORBIDDEN,
+        flags: ResponseFlags::RBAC_DENIED,
+        body: "RBAC: access denied",
+        details: "rbac_access_denied",
+        grpc_status: None,
+    };
+
+    /// An injected abort.
+    pub fn fault_abort(status: StatusCode, grpc_status: Option<u16>) -> Self {
+        Self {
+            status,
+            flags: ResponseFlags::FAULT_ABORT,
+            body: "fault filter abort",
+            details: "fault_filter_abort",
+            grpc_status,
+        }
+    }
+
+    /// The gRPC status a gRPC caller gets.
+    pub fn grpc_code(&self) -> u16 {
+        self.grpc_status
+            .unwrap_or_else(|| grpc_status_for(self.status))
+    }
+
     /// The response (body separate, so the exchange can own it).
-    pub fn response(&self, grpc: bool) -> (Response<()>, Bytes) {
+    ///
+    /// `flags` are all the request's flags: this reply's and earlier ones
+    /// (URX after retries, DI after a delay).
+    pub fn response(&self, grpc: bool, flags: ResponseFlags) -> (Response<()>, Bytes) {
         let mut builder = Response::builder();
-        let flags =
-            HeaderValue::from_str(&self.flags.as_str()).unwrap_or(HeaderValue::from_static("-"));
-        if !self.flags.is_empty() {
-            builder = builder.header(RESPONSE_FLAGS_HEADER, flags);
+        if !flags.is_empty() {
+            let value =
+                HeaderValue::from_str(&flags.as_str()).unwrap_or(HeaderValue::from_static("-"));
+            builder = builder.header(RESPONSE_FLAGS_HEADER, value);
         }
         if grpc {
             let message = if self.body.is_empty() {
@@ -84,7 +145,7 @@ impl LocalReply {
             let response = builder
                 .status(StatusCode::OK)
                 .header(http::header::CONTENT_TYPE, "application/grpc")
-                .header("grpc-status", grpc_status_for(self.status).to_string())
+                .header("grpc-status", self.grpc_code().to_string())
                 .header(
                     "grpc-message",
                     HeaderValue::from_str(message).unwrap_or(HeaderValue::from_static("")),

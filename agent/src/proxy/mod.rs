@@ -6,16 +6,22 @@
 //! takes no lock. Workers share only the config snapshot (`ArcSwap`), atomics
 //! and the span/metric sinks.
 
+mod access;
+mod attempts;
 mod body;
 mod exchange;
+mod fault;
 mod forward;
 mod handler;
 mod headers;
 pub mod listener;
 mod local_reply;
+mod mirror;
 mod pool;
+mod rewrite;
 mod route;
 mod server;
+mod tap;
 mod tcp;
 mod upgrade;
 
@@ -28,7 +34,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::model::Snapshot;
-use crate::model::cluster::EndpointStates;
+use crate::model::live::LiveState;
 use crate::model::service::ServiceName;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::{MetricCache, Metrics};
@@ -47,8 +53,8 @@ pub struct Shared {
     pub tracer: opentelemetry_sdk::trace::Tracer,
     /// The access log, when enabled.
     pub access_log: Option<AccessLog>,
-    /// Live endpoint counters, kept across reloads.
-    pub endpoint_states: EndpointStates,
+    /// Live counters (endpoints, clusters, rate limits), kept across reloads.
+    pub live: LiveState,
 }
 
 /// Which listener a connection came in on.

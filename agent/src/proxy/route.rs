@@ -1,7 +1,9 @@
-//! Which cluster takes a request: outbound, the VirtualService rules of the
-//! host the application named; inbound, the local application.
+//! Which cluster takes a request, and under which rule: outbound, the
+//! VirtualService rules of the host the application named; inbound, the
+//! local application (no rule: Istio applies routing rules where traffic
+//! leaves, not where it arrives).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use http::Request;
 
@@ -11,31 +13,53 @@ use super::local_reply::LocalReply;
 use crate::host::split_host_port;
 use crate::model::Snapshot;
 use crate::model::cluster::Cluster;
-use crate::model::route::{HeaderEdits, HttpRule, RequestView, WeightedDestination};
+use crate::model::policy::{RetryPolicy, RoutePolicy};
+use crate::model::route::{HeaderEdits, Matched, RequestView, WeightedDestination};
+
+/// Inbound requests are not retried or timed out by the sidecar.
+static INBOUND: LazyLock<RoutePolicy> = LazyLock::new(|| RoutePolicy {
+    retry: RetryPolicy {
+        attempts: 0,
+        ..RetryPolicy::istio_default()
+    },
+    ..RoutePolicy::default()
+});
 
 /// The routing decision.
 pub struct Routed<'s> {
-    /// The matched rule (outbound).
-    pub rule: Option<&'s HttpRule>,
+    /// The matched rule and how (outbound).
+    pub matched: Option<Matched<'s>>,
     /// The weighted destination chosen (outbound).
     pub destination: Option<&'s WeightedDestination>,
-    /// The cluster.
-    pub cluster: &'s Arc<Cluster>,
+    /// The cluster, unless the rule answers itself (redirect, direct response).
+    pub cluster: Option<&'s Arc<Cluster>>,
+    /// The port the request was addressed to.
+    pub port: u16,
 }
 
-impl Routed<'_> {
+impl<'s> Routed<'s> {
+    /// The rule's policy (the inbound one for inbound requests).
+    pub fn policy(&self) -> &'s RoutePolicy {
+        self.matched.map_or(&INBOUND, |m| &m.rule.policy)
+    }
+
+    /// The rule's name.
+    pub fn rule_name(&self) -> Option<&'s Arc<str>> {
+        self.matched.and_then(|m| m.rule.name.as_ref())
+    }
+
     /// The rule's request edits, then the destination's.
-    pub fn request_edits(&self) -> [Option<&HeaderEdits>; 2] {
+    pub fn request_edits(&self) -> [Option<&'s HeaderEdits>; 2] {
         [
-            self.rule.map(|r| &r.request_headers),
+            self.matched.map(|m| &m.rule.request_headers),
             self.destination.map(|d| &d.request_headers),
         ]
     }
 
     /// The rule's response edits, then the destination's.
-    pub fn response_edits(&self) -> [Option<&HeaderEdits>; 2] {
+    pub fn response_edits(&self) -> [Option<&'s HeaderEdits>; 2] {
         [
-            self.rule.map(|r| &r.response_headers),
+            self.matched.map(|m| &m.rule.response_headers),
             self.destination.map(|d| &d.response_headers),
         ]
     }
@@ -50,9 +74,10 @@ pub fn select<'s, B>(
 ) -> Result<Routed<'s>, LocalReply> {
     if direction == Direction::Inbound {
         return Ok(Routed {
-            rule: None,
+            matched: None,
             destination: None,
-            cluster: &snapshot.inbound,
+            cluster: Some(&snapshot.inbound),
+            port: snapshot.listeners.app.port(),
         });
     }
     let authority = request_authority(req).ok_or(LocalReply::MISSING_HOST)?;
@@ -72,11 +97,23 @@ pub fn select<'s, B>(
         port,
         headers: req.headers(),
     };
-    let Some(rule) = vhost.route(&view) else {
+    let Some(matched) = vhost.route(&view) else {
         ex.set_unrouted_host(&vhost.host);
         return Err(LocalReply::NO_ROUTE);
     };
-    let Some(destination) = rule.pick_destination() else {
+    if !matches!(
+        matched.rule.policy.action,
+        crate::model::policy::RouteAction::Forward
+    ) {
+        ex.set_unrouted_host(&vhost.host);
+        return Ok(Routed {
+            matched: Some(matched),
+            destination: None,
+            cluster: None,
+            port,
+        });
+    }
+    let Some(destination) = matched.rule.pick_destination() else {
         ex.set_unrouted_host(&vhost.host);
         return Err(LocalReply::NO_ROUTE);
     };
@@ -85,8 +122,9 @@ pub fn select<'s, B>(
         return Err(LocalReply::NO_CLUSTER);
     };
     Ok(Routed {
-        rule: Some(rule),
+        matched: Some(matched),
         destination: Some(destination),
-        cluster,
+        cluster: Some(cluster),
+        port,
     })
 }

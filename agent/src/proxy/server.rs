@@ -109,7 +109,9 @@ fn run_worker(
         let pools = worker.pools.clone();
         tokio::task::spawn_local(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(15)).await;
+                // Often enough that idle connections held for other workers'
+                // waiting requests are let go within a blink.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 pools.sweep();
             }
         });

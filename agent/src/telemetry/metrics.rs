@@ -5,8 +5,6 @@
 //! keyed by pointers, so recording a request touches only atomics.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -14,6 +12,7 @@ use prometheus::{
 };
 
 use super::peer_metadata::PeerInfo;
+pub use crate::by_address::ByAddress;
 use crate::flags::ResponseFlags;
 use crate::model::service::ServiceName;
 
@@ -95,6 +94,8 @@ pub struct Metrics {
     pub upstream_connections: IntCounter,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// Endpoints ejected by outlier detection, by cluster.
+    pub outlier_ejections: IntCounterVec,
 }
 
 impl Metrics {
@@ -180,6 +181,11 @@ impl Metrics {
                 "tracemesh_agent_access_log_dropped_total",
                 "Access log lines dropped.",
             )?,
+            outlier_ejections: counter(
+                "tracemesh_agent_outlier_ejections_total",
+                "Endpoints ejected by outlier detection.",
+                &["cluster"],
+            )?,
             registry,
         };
         metrics.register_all()?;
@@ -203,7 +209,8 @@ impl Metrics {
         r.register(Box::new(self.config_version.clone()))?;
         r.register(Box::new(self.active_connections.clone()))?;
         r.register(Box::new(self.upstream_connections.clone()))?;
-        r.register(Box::new(self.access_log_dropped.clone()))
+        r.register(Box::new(self.access_log_dropped.clone()))?;
+        r.register(Box::new(self.outlier_ejections.clone()))
     }
 
     /// The families in Prometheus text format.
@@ -230,25 +237,6 @@ impl Reporter {
             Self::Source => "source",
             Self::Destination => "destination",
         }
-    }
-}
-
-/// An `Arc` compared and hashed by address. Sound as a cache key because the
-/// key holds the `Arc`, so the address cannot be reused while it is cached.
-#[derive(Debug, Clone)]
-pub struct ByAddress<T>(pub Arc<T>);
-
-impl<T> PartialEq for ByAddress<T> {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl<T> Eq for ByAddress<T> {}
-
-impl<T> Hash for ByAddress<T> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        std::ptr::hash(Arc::as_ptr(&self.0), state);
     }
 }
 

@@ -1,0 +1,408 @@
+//! AuthorizationPolicies and RateLimitPolicies → what applies to this
+//! workload: selected by namespace (the root namespace `istio-system`
+//! applies mesh-wide) and by the workload's labels.
+
+use std::sync::Arc;
+
+use http::HeaderName;
+
+use super::bootstrap::Bootstrap;
+use crate::config::diagnostics::{Diagnostics, Location};
+use crate::config::documents::Document;
+use crate::config::meta::{ObjectMeta, WorkloadSelector};
+use crate::config::rate_limit::{RateLimitPolicySpec, RateLimitRule};
+use crate::config::security::{
+    AuthorizationPolicySpec, AuthorizationRule, Condition as RawCondition, Operation as RawOp,
+    Source as RawSource,
+};
+use crate::model::authz::{
+    Authorization, Cidr, Condition, ConditionKey, Operation, Pattern, Policy, Rule, Source, Values,
+};
+use crate::model::live::LiveState;
+use crate::model::rate_limit::{BucketSettings, KeyKind, RateLimiter};
+
+/// Istio's root namespace: policies there apply to the whole mesh.
+const ROOT_NAMESPACE: &str = "istio-system";
+
+fn applies(
+    meta: &ObjectMeta,
+    selector: Option<&WorkloadSelector>,
+    agent_namespace: &str,
+    boot: &Bootstrap,
+) -> bool {
+    let namespace = meta.namespace.as_deref().unwrap_or(agent_namespace);
+    (namespace == ROOT_NAMESPACE || namespace == boot.identity.namespace)
+        && selector.is_none_or(|s| s.matches(&boot.identity.labels))
+}
+
+/// The authorization policies of this workload.
+pub(super) fn authorization(
+    docs: &[Document<AuthorizationPolicySpec>],
+    boot: &Bootstrap,
+    agent_namespace: &str,
+    diags: &mut Diagnostics,
+) -> Authorization {
+    let mut authz = Authorization::default();
+    for doc in docs {
+        let spec = &doc.spec;
+        let loc = &doc.location;
+        let rules: Vec<Rule> = spec
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| rule(r, &format!("spec.rules[{i}]"), loc, diags))
+            .collect();
+        let action = spec.action.as_deref().unwrap_or("ALLOW");
+        if !matches!(action, "ALLOW" | "DENY" | "AUDIT") {
+            let msg = format!("action {action:?} is not supported (ALLOW, DENY, AUDIT)");
+            diags.error(loc, Some("spec.action".into()), msg);
+            continue;
+        }
+        if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+            diags.warn(
+                loc,
+                Some("spec.targetRef".into()),
+                "targets gateways only; sidecars skip it",
+            );
+            continue;
+        }
+        if !applies(&doc.metadata, spec.selector.as_ref(), agent_namespace, boot) {
+            continue;
+        }
+        let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
+        let policy = Policy {
+            name: format!("{namespace}/{}", doc.metadata.name),
+            rules,
+        };
+        match action {
+            "DENY" => authz.deny.push(policy),
+            "AUDIT" => authz.audit.push(policy),
+            _ => authz.allow.push(policy),
+        }
+    }
+    authz
+}
+
+fn rule(raw: &AuthorizationRule, field: &str, loc: &Location, diags: &mut Diagnostics) -> Rule {
+    Rule {
+        from: raw
+            .from
+            .iter()
+            .enumerate()
+            .map(|(i, f)| source(&f.source, &format!("{field}.from[{i}].source"), loc, diags))
+            .collect(),
+        to: raw
+            .to
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                operation(
+                    &t.operation,
+                    &format!("{field}.to[{i}].operation"),
+                    loc,
+                    diags,
+                )
+            })
+            .collect(),
+        when: raw
+            .when
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| condition(c, &format!("{field}.when[{i}]"), loc, diags))
+            .collect(),
+    }
+}
+
+fn patterns(list: &[String]) -> Vec<Pattern> {
+    list.iter().map(|s| Pattern::parse(s)).collect()
+}
+
+fn cidrs(list: &[String], field: &str, loc: &Location, diags: &mut Diagnostics) -> Vec<Cidr> {
+    list.iter()
+        .filter_map(|s| {
+            let cidr = Cidr::parse(s);
+            if cidr.is_none() {
+                diags.error(
+                    loc,
+                    Some(field.to_owned()),
+                    format!("{s:?} is not an IP address or CIDR block"),
+                );
+            }
+            cidr
+        })
+        .collect()
+}
+
+fn source(raw: &RawSource, field: &str, loc: &Location, diags: &mut Diagnostics) -> Source {
+    let identity = !raw.principals.is_empty()
+        || !raw.not_principals.is_empty()
+        || !raw.namespaces.is_empty()
+        || !raw.not_namespaces.is_empty();
+    if identity {
+        let msg = "principals and namespaces come from mTLS peer certificates; until mTLS is on, `principals`/`namespaces` never match";
+        diags.warn(loc, Some(field.to_owned()), msg);
+    }
+    let request_principals =
+        !raw.request_principals.is_empty() || !raw.not_request_principals.is_empty();
+    if request_principals {
+        diags.warn(
+            loc,
+            Some(format!("{field}.requestPrincipals")),
+            "JWT is not supported: this source never matches",
+        );
+    }
+    Source {
+        principals: Values {
+            any_of: patterns(&raw.principals),
+            none_of: patterns(&raw.not_principals),
+        },
+        namespaces: Values {
+            any_of: patterns(&raw.namespaces),
+            none_of: patterns(&raw.not_namespaces),
+        },
+        ip_blocks: Values {
+            any_of: cidrs(&raw.ip_blocks, &format!("{field}.ipBlocks"), loc, diags),
+            none_of: cidrs(
+                &raw.not_ip_blocks,
+                &format!("{field}.notIpBlocks"),
+                loc,
+                diags,
+            ),
+        },
+        remote_ip_blocks: Values {
+            any_of: cidrs(
+                &raw.remote_ip_blocks,
+                &format!("{field}.remoteIpBlocks"),
+                loc,
+                diags,
+            ),
+            none_of: cidrs(
+                &raw.not_remote_ip_blocks,
+                &format!("{field}.notRemoteIpBlocks"),
+                loc,
+                diags,
+            ),
+        },
+        request_principals,
+    }
+}
+
+fn ports(list: &[String], field: &str, loc: &Location, diags: &mut Diagnostics) -> Vec<u16> {
+    list.iter()
+        .filter_map(|p| {
+            let port = p.parse().ok();
+            if port.is_none() {
+                diags.error(loc, Some(field.to_owned()), format!("{p:?} is not a port"));
+            }
+            port
+        })
+        .collect()
+}
+
+fn operation(raw: &RawOp, field: &str, loc: &Location, diags: &mut Diagnostics) -> Operation {
+    Operation {
+        hosts: Values {
+            any_of: patterns(&raw.hosts),
+            none_of: patterns(&raw.not_hosts),
+        },
+        ports: Values {
+            any_of: ports(&raw.ports, &format!("{field}.ports"), loc, diags),
+            none_of: ports(&raw.not_ports, &format!("{field}.notPorts"), loc, diags),
+        },
+        methods: Values {
+            any_of: raw.methods.clone(),
+            none_of: raw.not_methods.clone(),
+        },
+        paths: Values {
+            any_of: patterns(&raw.paths),
+            none_of: patterns(&raw.not_paths),
+        },
+    }
+}
+
+fn condition(
+    raw: &RawCondition,
+    field: &str,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Option<Condition> {
+    let key = match raw.key.as_str() {
+        "source.ip" => ConditionKey::SourceIp,
+        "remote.ip" => ConditionKey::RemoteIp,
+        "destination.ip" => ConditionKey::DestinationIp,
+        "destination.port" => ConditionKey::DestinationPort,
+        "source.principal" => ConditionKey::SourcePrincipal,
+        "source.namespace" => ConditionKey::SourceNamespace,
+        "connection.sni" => ConditionKey::ConnectionSni,
+        k if k.starts_with("request.auth.") => {
+            diags.warn(
+                loc,
+                Some(format!("{field}.key")),
+                "JWT is not supported: this condition never matches",
+            );
+            ConditionKey::Unsupported
+        }
+        k => match k
+            .strip_prefix("request.headers[")
+            .and_then(|h| h.strip_suffix(']'))
+        {
+            Some(name) => match HeaderName::try_from(name.to_ascii_lowercase()) {
+                Ok(name) => ConditionKey::Header(name),
+                Err(_) => {
+                    diags.error(
+                        loc,
+                        Some(format!("{field}.key")),
+                        format!("{name:?} is not a header name"),
+                    );
+                    return None;
+                }
+            },
+            None => {
+                diags.error(
+                    loc,
+                    Some(format!("{field}.key")),
+                    format!("unknown key {k:?}"),
+                );
+                return None;
+            }
+        },
+    };
+    let ip = matches!(
+        key,
+        ConditionKey::SourceIp | ConditionKey::RemoteIp | ConditionKey::DestinationIp
+    );
+    let (cidrs, values) = if ip {
+        let any_of = cidrs(&raw.values, &format!("{field}.values"), loc, diags);
+        let none_of = cidrs(&raw.not_values, &format!("{field}.notValues"), loc, diags);
+        (Values { any_of, none_of }, Values::default())
+    } else {
+        let values = Values {
+            any_of: patterns(&raw.values),
+            none_of: patterns(&raw.not_values),
+        };
+        (Values::default(), values)
+    };
+    Some(Condition { key, values, cidrs })
+}
+
+/// The rate limiters of this workload; unchanged rules keep their buckets
+/// across reloads.
+pub(super) fn rate_limits(
+    docs: &[Document<RateLimitPolicySpec>],
+    boot: &Bootstrap,
+    agent_namespace: &str,
+    live: &LiveState,
+    diags: &mut Diagnostics,
+) -> Vec<Arc<RateLimiter>> {
+    let mut out = Vec::new();
+    for doc in docs {
+        let applies = applies(
+            &doc.metadata,
+            doc.spec.selector.as_ref(),
+            agent_namespace,
+            boot,
+        );
+        let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
+        for (i, raw) in doc.spec.rules.iter().enumerate() {
+            let field = format!("spec.rules[{i}]");
+            let name = format!(
+                "{namespace}/{}[{}]",
+                doc.metadata.name,
+                raw.name.clone().unwrap_or_else(|| i.to_string())
+            );
+            if let Some(limiter) = rate_limiter(raw, name, &field, &doc.location, diags)
+                && applies
+            {
+                let key = format!(
+                    "{}|{:?}|{:?}|{:?}|{:?}",
+                    limiter.name, limiter.bucket, limiter.key, limiter.paths, limiter.methods
+                );
+                out.push(live.rate_limiter(&key, || limiter));
+            }
+        }
+    }
+    out
+}
+
+fn rate_limiter(
+    raw: &RateLimitRule,
+    name: String,
+    field: &str,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Option<RateLimiter> {
+    let errors_before = diags.errors().count();
+    let bucket = &raw.token_bucket;
+    if bucket.max_tokens == 0 {
+        diags.error(
+            loc,
+            Some(format!("{field}.tokenBucket.maxTokens")),
+            "must be at least 1",
+        );
+    }
+    if bucket.tokens_per_fill == Some(0) {
+        diags.error(
+            loc,
+            Some(format!("{field}.tokenBucket.tokensPerFill")),
+            "must be at least 1",
+        );
+    }
+    if bucket.fill_interval.get().as_millis() < 1 {
+        diags.error(
+            loc,
+            Some(format!("{field}.tokenBucket.fillInterval")),
+            "must be at least 1ms",
+        );
+    }
+    let key = match &raw.key {
+        None => Some(KeyKind::Global),
+        Some(k) => {
+            let mut kinds = Vec::new();
+            if k.source_ip {
+                kinds.push(KeyKind::SourceIp);
+            }
+            if k.remote_ip {
+                kinds.push(KeyKind::RemoteIp);
+            }
+            if k.path {
+                kinds.push(KeyKind::Path);
+            }
+            if let Some(h) = &k.header {
+                match HeaderName::try_from(h.to_ascii_lowercase()) {
+                    Ok(h) => kinds.push(KeyKind::Header(h)),
+                    Err(_) => diags.error(
+                        loc,
+                        Some(format!("{field}.key.header")),
+                        format!("{h:?} is not a header name"),
+                    ),
+                }
+            }
+            if kinds.len() > 1 {
+                diags.error(
+                    loc,
+                    Some(format!("{field}.key")),
+                    "set exactly one of sourceIp, remoteIp, header, path",
+                );
+            }
+            kinds.pop()
+        }
+    };
+    if diags.errors().count() > errors_before {
+        return None;
+    }
+    let matches = raw.matches.clone().unwrap_or_default();
+    let settings = BucketSettings {
+        max_tokens: bucket.max_tokens,
+        tokens_per_fill: bucket.tokens_per_fill.unwrap_or(1),
+        fill_interval_ms: bucket.fill_interval.get().as_millis() as u64,
+    };
+    let max_keys = raw.max_keys.unwrap_or(10_000) as usize;
+    Some(RateLimiter::new(
+        name,
+        patterns(&matches.paths),
+        matches.methods,
+        key?,
+        settings,
+        max_keys,
+    ))
+}

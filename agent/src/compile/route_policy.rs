@@ -1,0 +1,416 @@
+//! A VirtualService rule's policy fields → [`RoutePolicy`]: redirect and
+//! direct response, timeout, retries, fault injection, mirrors, rewrites.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use regex::Regex;
+
+use super::registry::Registry;
+use crate::config::diagnostics::{Diagnostics, Location};
+use crate::config::virtual_service::{HttpFaultInjection, HttpRetry, HttpRoute, Percent};
+use crate::host::resolve_short_name;
+use crate::model::policy::{
+    Abort, DEFAULT_BACKOFF, DirectResponse, Fault, Mirror, Redirect, RetryOn, RetryPolicy, Rewrite,
+    RouteAction, RoutePolicy,
+};
+
+/// Where a rule's fields are compiled.
+pub(super) struct RuleScope<'a> {
+    pub loc: &'a Location,
+    pub field: &'a str,
+    pub namespace: &'a str,
+    pub registry: &'a Registry,
+}
+
+impl RuleScope<'_> {
+    fn error(&self, diags: &mut Diagnostics, sub: &str, msg: impl Into<String>) {
+        diags.error(self.loc, Some(format!("{}.{sub}", self.field)), msg);
+    }
+}
+
+pub(super) fn compile(
+    rule: &HttpRoute,
+    scope: &RuleScope<'_>,
+    diags: &mut Diagnostics,
+) -> RoutePolicy {
+    let exclusive = [
+        !rule.route.is_empty(),
+        rule.redirect.is_some(),
+        rule.direct_response.is_some(),
+    ];
+    if exclusive.iter().filter(|x| **x).count() > 1 {
+        let msg = "a rule has exactly one of `route`, `redirect`, `directResponse`";
+        diags.error(scope.loc, Some(scope.field.to_owned()), msg);
+    }
+    RoutePolicy {
+        action: action(rule, scope, diags),
+        timeout: rule.timeout.map(|t| t.get()).filter(|t| !t.is_zero()),
+        retry: rule
+            .retries
+            .as_ref()
+            .map_or_else(RetryPolicy::istio_default, |r| retry(r, scope, diags)),
+        fault: rule.fault.as_ref().map(|f| fault(f, scope, diags)),
+        mirrors: mirrors(rule, scope, diags),
+        rewrite: rewrite(rule, scope, diags),
+    }
+}
+
+fn action(rule: &HttpRoute, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> RouteAction {
+    if let Some(r) = &rule.redirect {
+        let code = r.redirect_code.unwrap_or(301);
+        let code = match StatusCode::from_u16(code as u16)
+            .ok()
+            .filter(|c| c.is_redirection())
+        {
+            Some(code) => code,
+            None => {
+                scope.error(
+                    diags,
+                    "redirect.redirectCode",
+                    format!("{code} is not a redirect status (3xx)"),
+                );
+                StatusCode::MOVED_PERMANENTLY
+            }
+        };
+        let port_from_request = match r.derive_port.as_deref() {
+            None | Some("FROM_PROTOCOL_DEFAULT") => false,
+            Some("FROM_REQUEST_PORT") => true,
+            Some(other) => {
+                scope.error(
+                    diags,
+                    "redirect.derivePort",
+                    format!("unknown {other:?} (FROM_PROTOCOL_DEFAULT, FROM_REQUEST_PORT)"),
+                );
+                false
+            }
+        };
+        return RouteAction::Redirect(Redirect {
+            uri: r.uri.clone(),
+            authority: r.authority.clone(),
+            port: r.port.map(|p| p as u16),
+            scheme: r.scheme.clone(),
+            port_from_request,
+            code,
+        });
+    }
+    if let Some(d) = &rule.direct_response {
+        let status = StatusCode::from_u16(d.status as u16).unwrap_or_else(|_| {
+            scope.error(
+                diags,
+                "directResponse.status",
+                format!("{} is not an HTTP status", d.status),
+            );
+            StatusCode::OK
+        });
+        let body = match d.body.as_ref() {
+            Some(b) if b.string.is_some() && b.bytes.is_some() => {
+                scope.error(
+                    diags,
+                    "directResponse.body",
+                    "set `string` or `bytes`, not both",
+                );
+                Bytes::new()
+            }
+            Some(b) => match (&b.string, &b.bytes) {
+                (Some(s), _) => Bytes::from(s.clone()),
+                (None, Some(b64)) => {
+                    use base64::Engine;
+                    match base64::engine::general_purpose::STANDARD.decode(b64) {
+                        Ok(bytes) => Bytes::from(bytes),
+                        Err(e) => {
+                            scope.error(
+                                diags,
+                                "directResponse.body.bytes",
+                                format!("not base64: {e}"),
+                            );
+                            Bytes::new()
+                        }
+                    }
+                }
+                (None, None) => Bytes::new(),
+            },
+            None => Bytes::new(),
+        };
+        return RouteAction::Direct(DirectResponse { status, body });
+    }
+    RouteAction::Forward
+}
+
+fn retry(r: &HttpRetry, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> RetryPolicy {
+    if r.attempts < 0 {
+        scope.error(diags, "retries.attempts", "must not be negative");
+    }
+    let mut on = RetryOn::default();
+    let mut status_codes = Vec::new();
+    let conditions = r
+        .retry_on
+        .as_deref()
+        .unwrap_or("connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes");
+    for condition in conditions
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        if let Ok(code) = condition.parse::<u16>() {
+            // Istio turns numbers in retryOn into retriable status codes.
+            status_codes.push(code);
+            on.insert(RetryOn::RETRIABLE_STATUS_CODES);
+        } else if let Some(c) = RetryOn::parse(condition) {
+            on.insert(c);
+        } else {
+            scope.error(
+                diags,
+                "retries.retryOn",
+                format!("unknown retry condition {condition:?}"),
+            );
+        }
+    }
+    if r.retry_on.is_none() {
+        status_codes.push(503);
+    }
+    RetryPolicy {
+        attempts: r.attempts.max(0) as u32,
+        per_try_timeout: r.per_try_timeout.map(|t| t.get()).filter(|t| !t.is_zero()),
+        on,
+        status_codes,
+        backoff: r
+            .backoff
+            .map_or(DEFAULT_BACKOFF, |b| b.get().max(Duration::from_millis(1))),
+    }
+}
+
+fn percent(
+    value: Option<&Percent>,
+    legacy: Option<u32>,
+    field: &str,
+    scope: &RuleScope<'_>,
+    diags: &mut Diagnostics,
+) -> f64 {
+    let pct = value
+        .map(|p| p.value)
+        .or(legacy.map(f64::from))
+        .unwrap_or(100.0);
+    if !(0.0..=100.0).contains(&pct) {
+        scope.error(diags, field, "must be between 0 and 100");
+    }
+    pct.clamp(0.0, 100.0)
+}
+
+fn fault(f: &HttpFaultInjection, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> Fault {
+    let delay = f.delay.as_ref().and_then(|d| {
+        let pct = percent(
+            d.percentage.as_ref(),
+            d.percent,
+            "fault.delay.percentage",
+            scope,
+            diags,
+        );
+        if d.exponential_delay.is_some() {
+            scope.error(
+                diags,
+                "fault.delay.exponentialDelay",
+                "not supported (Istio does not support it either)",
+            );
+        }
+        match d.fixed_delay {
+            Some(delay) => Some((delay.get(), pct)),
+            None => {
+                scope.error(diags, "fault.delay.fixedDelay", "a delay needs fixedDelay");
+                None
+            }
+        }
+    });
+    let abort = f.abort.as_ref().and_then(|a| {
+        let pct = percent(
+            a.percentage.as_ref(),
+            None,
+            "fault.abort.percentage",
+            scope,
+            diags,
+        );
+        let abort = match (a.http_status, &a.grpc_status, &a.http2_error) {
+            (Some(code), None, None) => match StatusCode::from_u16(code as u16) {
+                Ok(status) if status.as_u16() >= 200 => Some(Abort::Http(status)),
+                _ => {
+                    scope.error(
+                        diags,
+                        "fault.abort.httpStatus",
+                        format!("{code} is not an HTTP status"),
+                    );
+                    None
+                }
+            },
+            (None, Some(name), None) => match grpc_code(name) {
+                Some(code) => Some(Abort::Grpc(code)),
+                None => {
+                    scope.error(
+                        diags,
+                        "fault.abort.grpcStatus",
+                        format!("unknown gRPC status {name:?}"),
+                    );
+                    None
+                }
+            },
+            (None, None, Some(_)) => {
+                scope.error(
+                    diags,
+                    "fault.abort.http2Error",
+                    "not supported; use httpStatus or grpcStatus",
+                );
+                None
+            }
+            _ => {
+                scope.error(
+                    diags,
+                    "fault.abort",
+                    "set exactly one of httpStatus, grpcStatus",
+                );
+                None
+            }
+        };
+        abort.map(|a| (a, pct))
+    });
+    Fault { delay, abort }
+}
+
+/// gRPC status names → codes.
+fn grpc_code(name: &str) -> Option<u16> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
+        .map(|i| i as u16)
+        .or_else(|| name.parse().ok())
+}
+
+fn mirrors(rule: &HttpRoute, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> Vec<Mirror> {
+    let mut out = Vec::new();
+    let mut add = |dest: &crate::config::virtual_service::Destination,
+                   pct: f64,
+                   field: &str,
+                   diags: &mut Diagnostics| {
+        let host = resolve_short_name(&dest.host, scope.namespace);
+        let port = dest.port.as_ref().map(|p| p.number as u16);
+        let target = scope.registry.target(&host, dest.subset.as_deref(), port);
+        if target.clusters.is_empty() {
+            let msg =
+                format!("no ServiceEntry (or subset) for mirror host {host}; copies are not sent");
+            diags.warn(scope.loc, Some(format!("{}.{field}", scope.field)), msg);
+        }
+        out.push(Mirror {
+            target,
+            percent: pct,
+        });
+    };
+    if let Some(dest) = &rule.mirror {
+        let pct = percent(
+            rule.mirror_percentage.as_ref(),
+            rule.mirror_percent,
+            "mirrorPercentage",
+            scope,
+            diags,
+        );
+        add(dest, pct, "mirror", diags);
+    }
+    for (i, m) in rule.mirrors.iter().enumerate() {
+        let pct = percent(
+            m.percentage.as_ref(),
+            None,
+            &format!("mirrors[{i}].percentage"),
+            scope,
+            diags,
+        );
+        add(&m.destination, pct, &format!("mirrors[{i}]"), diags);
+    }
+    out
+}
+
+fn rewrite(rule: &HttpRoute, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> Option<Rewrite> {
+    let r = rule.rewrite.as_ref()?;
+    if r.uri.is_some() && r.uri_regex_rewrite.is_some() {
+        scope.error(diags, "rewrite", "set `uri` or `uriRegexRewrite`, not both");
+    }
+    let authority = r.authority.as_ref().and_then(|a| {
+        HeaderValue::try_from(a.as_str())
+            .map_err(|_| scope.error(diags, "rewrite.authority", "not a valid authority"))
+            .ok()
+    });
+    let uri_regex = r
+        .uri_regex_rewrite
+        .as_ref()
+        .and_then(|rr| match Regex::new(&rr.pattern) {
+            Ok(re) => Some((re, re2_replacement(&rr.rewrite))),
+            Err(e) => {
+                scope.error(
+                    diags,
+                    "rewrite.uriRegexRewrite.match",
+                    format!("invalid regex: {e}"),
+                );
+                None
+            }
+        });
+    Some(Rewrite {
+        uri: r.uri.clone(),
+        authority,
+        uri_regex,
+    })
+}
+
+/// RE2 replacement syntax (`\1`) → the regex crate's (`${1}`), with literal
+/// `$` escaped.
+fn re2_replacement(rewrite: &str) -> String {
+    let mut out = String::with_capacity(rewrite.len());
+    let mut chars = rewrite.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push_str("${");
+                while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                    out.push(d);
+                }
+                out.push('}');
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn re2_groups_become_regex_crate_groups() {
+        assert_eq!(re2_replacement("/v2/\\1/x\\12"), "/v2/${1}/x${12}");
+        assert_eq!(re2_replacement("$cost"), "$$cost");
+    }
+
+    #[test]
+    fn grpc_names_map_to_codes() {
+        assert_eq!(grpc_code("UNAVAILABLE"), Some(14));
+        assert_eq!(grpc_code("not_found"), Some(5));
+        assert_eq!(grpc_code("BOGUS"), None);
+    }
+}

@@ -1,0 +1,373 @@
+//! Compiled AuthorizationPolicies and their evaluation, in Istio's order:
+//! DENY first, then ALLOW (no ALLOW policy allows all; ALLOW policies that
+//! all fail to match deny). AUDIT policies only mark the request.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName};
+
+/// A string pattern: exact, `prefix*`, `*suffix` or `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// Equal.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Ends with.
+    Suffix(String),
+    /// Anything present.
+    Any,
+}
+
+impl Pattern {
+    /// Parses Istio's wildcard form.
+    pub fn parse(s: &str) -> Self {
+        if s == "*" {
+            Self::Any
+        } else if let Some(p) = s.strip_suffix('*') {
+            Self::Prefix(p.to_owned())
+        } else if let Some(p) = s.strip_prefix('*') {
+            Self::Suffix(p.to_owned())
+        } else {
+            Self::Exact(s.to_owned())
+        }
+    }
+
+    /// Whether `value` matches.
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(s) => value == s,
+            Self::Prefix(p) => value.starts_with(p.as_str()),
+            Self::Suffix(p) => value.ends_with(p.as_str()),
+            Self::Any => true,
+        }
+    }
+
+    fn matches_ignore_case(&self, value: &str) -> bool {
+        let value = value.to_ascii_lowercase();
+        match self {
+            Self::Exact(s) => value == s.to_ascii_lowercase(),
+            Self::Prefix(p) => value.starts_with(&p.to_ascii_lowercase()),
+            Self::Suffix(p) => value.ends_with(&p.to_ascii_lowercase()),
+            Self::Any => true,
+        }
+    }
+}
+
+/// An IP network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8` or a bare address.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, p.parse().ok()?),
+            None => {
+                let addr: IpAddr = s.parse().ok()?;
+                (addr, if addr.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if matches!(addr, IpAddr::V4(_)) {
+            32
+        } else {
+            128
+        };
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is in the network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a policy can look at.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthzInput<'a> {
+    /// The TCP peer.
+    pub source_ip: IpAddr,
+    /// The original client (from `x-forwarded-for` and `numTrustedProxies`).
+    pub remote_ip: IpAddr,
+    /// This workload's address.
+    pub destination_ip: IpAddr,
+    /// This workload's port.
+    pub destination_port: u16,
+    /// Verified peer identity (none without mTLS).
+    pub principal: Option<&'a str>,
+    /// The peer's namespace from its identity (none without mTLS).
+    pub namespace: Option<&'a str>,
+    /// Method.
+    pub method: &'a str,
+    /// Path without query.
+    pub path: &'a str,
+    /// Host without port.
+    pub host: &'a str,
+    /// Headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// A list condition: empty means "any"; otherwise one must match.
+#[derive(Debug, Clone)]
+pub struct Values<T> {
+    /// Must match one (when not empty).
+    pub any_of: Vec<T>,
+    /// Must match none.
+    pub none_of: Vec<T>,
+}
+
+impl<T> Default for Values<T> {
+    fn default() -> Self {
+        Self {
+            any_of: Vec::new(),
+            none_of: Vec::new(),
+        }
+    }
+}
+
+impl<T> Values<T> {
+    fn check(&self, matches: impl Fn(&T) -> bool) -> bool {
+        (self.any_of.is_empty() || self.any_of.iter().any(&matches))
+            && !self.none_of.iter().any(matches)
+    }
+
+    /// Checks an optional value: an absent value matches no `any_of` entry
+    /// and no `none_of` entry.
+    fn check_opt(&self, value: Option<&str>, matches: impl Fn(&T, &str) -> bool) -> bool {
+        match value {
+            Some(v) => self.check(|t| matches(t, v)),
+            None => self.any_of.is_empty(),
+        }
+    }
+}
+
+/// `from[].source`.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    /// Peer identities.
+    pub principals: Values<Pattern>,
+    /// Peer namespaces.
+    pub namespaces: Values<Pattern>,
+    /// Peer IPs.
+    pub ip_blocks: Values<Cidr>,
+    /// Original client IPs.
+    pub remote_ip_blocks: Values<Cidr>,
+    /// JWT identities (not supported: a source naming them never matches).
+    pub request_principals: bool,
+}
+
+impl Source {
+    fn matches(&self, input: &AuthzInput<'_>) -> bool {
+        !self.request_principals
+            && self.principals.check_opt(input.principal, Pattern::matches)
+            && self.namespaces.check_opt(input.namespace, Pattern::matches)
+            && self.ip_blocks.check(|c| c.contains(input.source_ip))
+            && self.remote_ip_blocks.check(|c| c.contains(input.remote_ip))
+    }
+}
+
+/// `to[].operation`.
+#[derive(Debug, Clone, Default)]
+pub struct Operation {
+    /// Hosts (case-insensitive).
+    pub hosts: Values<Pattern>,
+    /// Ports.
+    pub ports: Values<u16>,
+    /// Methods.
+    pub methods: Values<String>,
+    /// Paths.
+    pub paths: Values<Pattern>,
+}
+
+impl Operation {
+    fn matches(&self, input: &AuthzInput<'_>) -> bool {
+        self.hosts.check(|p| p.matches_ignore_case(input.host))
+            && self.ports.check(|p| *p == input.destination_port)
+            && self.methods.check(|m| m == input.method)
+            && self.paths.check(|p| p.matches(input.path))
+    }
+}
+
+/// The attribute a `when` condition reads.
+#[derive(Debug, Clone)]
+pub enum ConditionKey {
+    /// `request.headers[name]`.
+    Header(HeaderName),
+    /// `source.ip`.
+    SourceIp,
+    /// `remote.ip`.
+    RemoteIp,
+    /// `destination.ip`.
+    DestinationIp,
+    /// `destination.port`.
+    DestinationPort,
+    /// `source.principal`.
+    SourcePrincipal,
+    /// `source.namespace`.
+    SourceNamespace,
+    /// `connection.sni` (none without TLS).
+    ConnectionSni,
+    /// Keys that need JWT (`request.auth.*`): never match.
+    Unsupported,
+}
+
+/// A `when` condition.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    /// The attribute.
+    pub key: ConditionKey,
+    /// Values as patterns (IPs as CIDRs in `cidrs`).
+    pub values: Values<Pattern>,
+    /// IP values, for IP keys.
+    pub cidrs: Values<Cidr>,
+}
+
+impl Condition {
+    fn matches(&self, input: &AuthzInput<'_>) -> bool {
+        let text = |v: Option<&str>| self.values.check_opt(v, Pattern::matches);
+        match &self.key {
+            ConditionKey::Header(name) => {
+                text(input.headers.get(name).and_then(|v| v.to_str().ok()))
+            }
+            ConditionKey::SourceIp => self.cidrs.check(|c| c.contains(input.source_ip)),
+            ConditionKey::RemoteIp => self.cidrs.check(|c| c.contains(input.remote_ip)),
+            ConditionKey::DestinationIp => self.cidrs.check(|c| c.contains(input.destination_ip)),
+            ConditionKey::DestinationPort => text(Some(&input.destination_port.to_string())),
+            ConditionKey::SourcePrincipal => text(input.principal),
+            ConditionKey::SourceNamespace => text(input.namespace),
+            ConditionKey::ConnectionSni => text(None),
+            ConditionKey::Unsupported => false,
+        }
+    }
+}
+
+/// One rule: every part present must match.
+#[derive(Debug, Clone, Default)]
+pub struct Rule {
+    /// Sources, ORed (empty: any).
+    pub from: Vec<Source>,
+    /// Operations, ORed (empty: any).
+    pub to: Vec<Operation>,
+    /// Conditions, ANDed.
+    pub when: Vec<Condition>,
+}
+
+impl Rule {
+    fn matches(&self, input: &AuthzInput<'_>) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(input)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(input)))
+            && self.when.iter().all(|c| c.matches(input))
+    }
+}
+
+/// A policy: `namespace/name` and its rules (none: matches nothing).
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// `namespace/name`.
+    pub name: String,
+    /// Rules, ORed.
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    fn matches(&self, input: &AuthzInput<'_>) -> bool {
+        self.rules.iter().any(|r| r.matches(input))
+    }
+}
+
+/// Every policy that applies to this workload, by action.
+#[derive(Debug, Clone, Default)]
+pub struct Authorization {
+    /// DENY policies.
+    pub deny: Vec<Policy>,
+    /// ALLOW policies.
+    pub allow: Vec<Policy>,
+    /// AUDIT policies.
+    pub audit: Vec<Policy>,
+}
+
+/// The decision for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Let it through (and whether an AUDIT policy matched).
+    Allow {
+        /// An AUDIT policy matched.
+        audited: bool,
+    },
+    /// Refuse it, naming the deciding policy (none: no ALLOW matched).
+    Deny(Option<String>),
+}
+
+impl Authorization {
+    /// Whether any policy applies (so the request path can skip the work).
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_empty() && self.allow.is_empty() && self.audit.is_empty()
+    }
+
+    /// Evaluates `input` in Istio's order.
+    pub fn decide(&self, input: &AuthzInput<'_>) -> Decision {
+        if let Some(policy) = self.deny.iter().find(|p| p.matches(input)) {
+            return Decision::Deny(Some(policy.name.clone()));
+        }
+        if !self.allow.is_empty() && !self.allow.iter().any(|p| p.matches(input)) {
+            return Decision::Deny(None);
+        }
+        Decision::Allow {
+            audited: self.audit.iter().any(|p| p.matches(input)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_contain_addresses() {
+        let net = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(
+            Cidr::parse("127.0.0.2")
+                .unwrap()
+                .contains("::ffff:127.0.0.2".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+    }
+
+    #[test]
+    fn patterns_follow_istio_wildcards() {
+        assert!(Pattern::parse("/api/*").matches("/api/x"));
+        assert!(Pattern::parse("*/info").matches("/a/info"));
+        assert!(Pattern::parse("*").matches(""));
+        assert!(!Pattern::parse("/exact").matches("/exact/"));
+    }
+}

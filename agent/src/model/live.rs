@@ -1,0 +1,395 @@
+//! Live counters that outlive a config snapshot: per-endpoint request counts
+//! and outlier state, per-cluster circuit-breaker counters. A reload hands the
+//! same objects to the new snapshot (looked up by name), so in-flight counts,
+//! ejections and limits carry over. Atomics only on the request path.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+/// Milliseconds since the process's first look at the clock.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// One endpoint of one cluster, as it is doing now.
+#[derive(Debug, Default)]
+pub struct EndpointState {
+    active: AtomicU64,
+    total: AtomicU64,
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    ejections: AtomicU32,
+}
+
+/// One in-flight request to an endpoint (decrements the count when dropped).
+#[derive(Debug)]
+pub struct ActiveRequest(Arc<EndpointState>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What one attempt did, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response with this status.
+    Status(u16),
+    /// No response (connect failure, reset, timeout): counted as Envoy
+    /// counts local-origin errors, a gateway error.
+    LocalFailure,
+}
+
+/// Outlier detection thresholds (DestinationRule `outlierDetection`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierSettings {
+    /// Consecutive 5xx before ejection (0 = off).
+    pub consecutive_5xx: u32,
+    /// Consecutive 502/503/504 and local failures before ejection (0 = off).
+    pub consecutive_gateway: u32,
+    /// How often the ejection multiplier decays.
+    pub interval: Duration,
+    /// Ejection time per ejection (multiplied by the ejection count).
+    pub base_ejection: Duration,
+    /// Most endpoints ejected at once, in percent (one is always allowed).
+    pub max_ejection_percent: u32,
+    /// Below this share of healthy endpoints, ejections are ignored.
+    pub min_health_percent: u32,
+}
+
+/// Longest an ejection lasts, whatever the multiplier (Envoy's default).
+const MAX_EJECTION: Duration = Duration::from_secs(300);
+
+impl EndpointState {
+    /// Requests in flight.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent since start.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Marks a request started; the guard marks it finished when dropped.
+    pub fn start_request(self: &Arc<Self>) -> ActiveRequest {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(self.clone())
+    }
+
+    /// Whether the endpoint is ejected at `now` (milliseconds of [`now_ms`]).
+    pub fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now
+    }
+
+    /// Milliseconds of ejection left at `now`.
+    pub fn ejected_for_ms(&self, now: u64) -> u64 {
+        self.ejected_until_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(now)
+    }
+
+    /// Times ejected (the current multiplier).
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Counts an outcome; returns whether the endpoint crossed a threshold
+    /// and should be ejected.
+    pub fn observe(&self, outcome: Outcome, settings: &OutlierSettings) -> bool {
+        let (five_xx, gateway) = match outcome {
+            Outcome::Status(s) if s < 500 => {
+                self.consecutive_5xx.store(0, Ordering::Relaxed);
+                self.consecutive_gateway.store(0, Ordering::Relaxed);
+                return false;
+            }
+            Outcome::Status(s) => (true, matches!(s, 502..=504)),
+            Outcome::LocalFailure => (true, true),
+        };
+        let c5 = if five_xx {
+            self.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            0
+        };
+        let cg = if gateway {
+            self.consecutive_gateway.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.consecutive_gateway.store(0, Ordering::Relaxed);
+            0
+        };
+        (settings.consecutive_5xx > 0 && c5 >= settings.consecutive_5xx)
+            || (settings.consecutive_gateway > 0 && cg >= settings.consecutive_gateway)
+    }
+
+    /// Ejects the endpoint from `now` for base × ejections (the multiplier
+    /// decays by one per healthy interval since the last ejection ended).
+    /// Returns the ejection time.
+    pub fn eject(&self, now: u64, settings: &OutlierSettings) -> Duration {
+        let ended = self.ejected_until_ms.load(Ordering::Relaxed);
+        let interval = settings.interval.as_millis().max(1) as u64;
+        let healthy_intervals = now.saturating_sub(ended) / interval;
+        let previous =
+            u64::from(self.ejections.load(Ordering::Relaxed)).saturating_sub(healthy_intervals);
+        let times = previous + 1;
+        let duration = settings
+            .base_ejection
+            .saturating_mul(times as u32)
+            .min(MAX_EJECTION.max(settings.base_ejection));
+        self.ejections.store(times as u32, Ordering::Relaxed);
+        self.ejected_until_ms
+            .store(now + duration.as_millis() as u64, Ordering::Relaxed);
+        self.consecutive_5xx.store(0, Ordering::Relaxed);
+        self.consecutive_gateway.store(0, Ordering::Relaxed);
+        duration
+    }
+}
+
+/// Circuit-breaker limits of a cluster (DestinationRule `connectionPool`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolLimits {
+    /// Most upstream connections across workers.
+    pub max_connections: u64,
+    /// Most requests waiting for a connection.
+    pub max_pending: u64,
+    /// Most requests in flight.
+    pub max_requests: u64,
+    /// Most retries in flight.
+    pub max_retries: u64,
+    /// Requests per connection before it closes (0 = unlimited).
+    pub max_requests_per_connection: u64,
+    /// Idle time after which a pooled connection closes.
+    pub idle_timeout: Duration,
+}
+
+/// Istio's default: no limit (2^32 − 1 in its Envoy config).
+pub const UNLIMITED: u64 = u32::MAX as u64;
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: UNLIMITED,
+            max_pending: UNLIMITED,
+            max_requests: UNLIMITED,
+            max_retries: UNLIMITED,
+            max_requests_per_connection: 0,
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A cluster's live circuit-breaker counters.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    /// Open upstream connections (counted only for clusters that limit them).
+    pub connections: AtomicU64,
+    /// Requests waiting for a connection.
+    pub pending: AtomicU64,
+    /// Requests in flight.
+    pub requests: AtomicU64,
+    /// Retries in flight.
+    pub retries: AtomicU64,
+    /// Woken when a connection closes or is handed back.
+    pub released: tokio::sync::Notify,
+}
+
+/// Which counter a slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counter {
+    Connections,
+    Pending,
+    Requests,
+    Retries,
+}
+
+/// A slot in one of a cluster's counters, given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    state: Arc<ClusterState>,
+    counter: Counter,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.state
+            .counter(self.counter)
+            .fetch_sub(1, Ordering::AcqRel);
+        if self.counter == Counter::Connections {
+            self.state.released.notify_one();
+        }
+    }
+}
+
+/// Envoy's default retry budget: retries may be 20% of active requests…
+const RETRY_BUDGET_PERCENT: u64 = 20;
+/// …but at least three may always be in flight.
+const RETRY_BUDGET_MIN: u64 = 3;
+
+impl ClusterState {
+    fn counter(&self, counter: Counter) -> &AtomicU64 {
+        match counter {
+            Counter::Connections => &self.connections,
+            Counter::Pending => &self.pending,
+            Counter::Requests => &self.requests,
+            Counter::Retries => &self.retries,
+        }
+    }
+
+    fn take(self: &Arc<Self>, counter: Counter, max: u64) -> Option<Slot> {
+        let c = self.counter(counter);
+        if c.fetch_add(1, Ordering::AcqRel) >= max {
+            c.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot {
+            state: self.clone(),
+            counter,
+        })
+    }
+
+    /// A connection slot, if below `max`.
+    pub fn take_connection(self: &Arc<Self>, max: u64) -> Option<Slot> {
+        self.take(Counter::Connections, max)
+    }
+
+    /// A pending-request slot, if below `max`.
+    pub fn take_pending(self: &Arc<Self>, max: u64) -> Option<Slot> {
+        self.take(Counter::Pending, max)
+    }
+
+    /// A request slot, if below `max`.
+    pub fn take_request(self: &Arc<Self>, max: u64) -> Option<Slot> {
+        self.take(Counter::Requests, max)
+    }
+
+    /// A retry slot, if below `max` and inside the retry budget.
+    pub fn take_retry(self: &Arc<Self>, max: u64) -> Option<Slot> {
+        let active = self.requests.load(Ordering::Relaxed);
+        let budget = (active * RETRY_BUDGET_PERCENT / 100).max(RETRY_BUDGET_MIN);
+        self.take(Counter::Retries, max.min(budget))
+    }
+
+    /// Whether requests are waiting for a connection.
+    pub fn has_waiters(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// Live state by name, shared by every snapshot that names the same thing.
+/// Locked only while compiling a config, never per request.
+#[derive(Debug, Default)]
+pub struct LiveState {
+    endpoints: Registry<EndpointState>,
+    clusters: Registry<ClusterState>,
+    rate_limiters: Registry<crate::model::rate_limit::RateLimiter>,
+}
+
+impl LiveState {
+    /// The state of endpoint `address` in cluster `cluster`.
+    pub fn endpoint(&self, cluster: &str, address: &str) -> Arc<EndpointState> {
+        self.endpoints
+            .get_with(&format!("{cluster}|{address}"), EndpointState::default)
+    }
+
+    /// The counters of cluster `name`.
+    pub fn cluster(&self, name: &str) -> Arc<ClusterState> {
+        self.clusters.get_with(name, ClusterState::default)
+    }
+
+    /// The limiter known as `key` (a rule and its settings), built by
+    /// `make` the first time, so an unchanged rule keeps its buckets.
+    pub fn rate_limiter(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> crate::model::rate_limit::RateLimiter,
+    ) -> Arc<crate::model::rate_limit::RateLimiter> {
+        self.rate_limiters.get_with(key, make)
+    }
+}
+
+#[derive(Debug)]
+struct Registry<T>(Mutex<HashMap<String, Weak<T>>>);
+
+impl<T> Default for Registry<T> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<T> Registry<T> {
+    fn get_with(&self, key: &str, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(item) = map.get(key).and_then(Weak::upgrade) {
+            return item;
+        }
+        map.retain(|_, weak| weak.strong_count() > 0);
+        let item = Arc::new(make());
+        map.insert(key.to_owned(), Arc::downgrade(&item));
+        item
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> OutlierSettings {
+        OutlierSettings {
+            consecutive_5xx: 3,
+            consecutive_gateway: 0,
+            interval: Duration::from_secs(1),
+            base_ejection: Duration::from_secs(2),
+            max_ejection_percent: 100,
+            min_health_percent: 0,
+        }
+    }
+
+    #[test]
+    fn consecutive_errors_trip_and_successes_reset() {
+        let state = EndpointState::default();
+        let s = settings();
+        assert!(!state.observe(Outcome::Status(500), &s));
+        assert!(!state.observe(Outcome::Status(200), &s));
+        assert!(!state.observe(Outcome::Status(500), &s));
+        assert!(!state.observe(Outcome::LocalFailure, &s));
+        assert!(state.observe(Outcome::Status(503), &s));
+    }
+
+    #[test]
+    fn ejection_time_grows_and_decays() {
+        let state = EndpointState::default();
+        let s = settings();
+        assert_eq!(state.eject(1000, &s), Duration::from_secs(2));
+        assert!(state.is_ejected(2999) && !state.is_ejected(3000));
+        assert_eq!(
+            state.eject(3000, &s),
+            Duration::from_secs(4),
+            "ejected again at once: twice as long"
+        );
+        // 10 healthy intervals after the second ejection ended, the multiplier is back to one.
+        assert_eq!(state.eject(7000 + 10_000, &s), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn slots_are_bounded_and_given_back() {
+        let state = Arc::new(ClusterState::default());
+        let a = state.take_request(2).unwrap();
+        let _b = state.take_request(2).unwrap();
+        assert!(state.take_request(2).is_none());
+        drop(a);
+        assert!(state.take_request(2).is_some());
+    }
+
+    #[test]
+    fn retries_respect_the_budget() {
+        let state = Arc::new(ClusterState::default());
+        let held: Vec<Slot> = (0..3).filter_map(|_| state.take_retry(UNLIMITED)).collect();
+        assert_eq!(held.len(), 3, "three retries are always allowed");
+        assert!(state.take_retry(UNLIMITED).is_none());
+    }
+}

@@ -1,0 +1,303 @@
+//! Compiled per-rule traffic policy (VirtualService `http[]`): what to do with
+//! a matched request besides forwarding it — redirect or answer directly,
+//! inject faults, mirror, rewrite, retry, time out.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use regex::Regex;
+
+use super::route::DestinationTarget;
+
+/// What a matched rule does.
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    /// Forward to a weighted destination.
+    Forward,
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer with a fixed response.
+    Direct(DirectResponse),
+}
+
+/// A redirect's replacement parts; absent parts keep the request's.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    /// Path.
+    pub uri: Option<String>,
+    /// Host (without port).
+    pub authority: Option<String>,
+    /// Port.
+    pub port: Option<u16>,
+    /// Scheme.
+    pub scheme: Option<String>,
+    /// Use the request's port when `port` is unset (FROM_REQUEST_PORT).
+    pub port_from_request: bool,
+    /// Status (301 by default).
+    pub code: StatusCode,
+}
+
+/// A fixed response.
+#[derive(Debug, Clone)]
+pub struct DirectResponse {
+    /// Status.
+    pub status: StatusCode,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// Which failures are retried (Envoy's `retry_on` conditions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn(u16);
+
+impl RetryOn {
+    /// Any 5xx, or no response at all.
+    pub const FIVE_XX: Self = Self(1);
+    /// 502, 503, 504 (and per-try timeouts, which Envoy answers as 504).
+    pub const GATEWAY_ERROR: Self = Self(1 << 1);
+    /// No response: disconnect, reset, per-try timeout.
+    pub const RESET: Self = Self(1 << 2);
+    /// The connection could not be opened.
+    pub const CONNECT_FAILURE: Self = Self(1 << 3);
+    /// 409.
+    pub const RETRIABLE_4XX: Self = Self(1 << 4);
+    /// HTTP/2 REFUSED_STREAM.
+    pub const REFUSED_STREAM: Self = Self(1 << 5);
+    /// The listed status codes.
+    pub const RETRIABLE_STATUS_CODES: Self = Self(1 << 6);
+    /// gRPC CANCELLED.
+    pub const GRPC_CANCELLED: Self = Self(1 << 7);
+    /// gRPC DEADLINE_EXCEEDED.
+    pub const GRPC_DEADLINE_EXCEEDED: Self = Self(1 << 8);
+    /// gRPC RESOURCE_EXHAUSTED.
+    pub const GRPC_RESOURCE_EXHAUSTED: Self = Self(1 << 9);
+    /// gRPC UNAVAILABLE.
+    pub const GRPC_UNAVAILABLE: Self = Self(1 << 10);
+
+    /// Whether every condition of `other` is on.
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Adds `other`.
+    pub fn insert(&mut self, other: Self) {
+        self.0 |= other.0;
+    }
+
+    /// The condition Envoy names `name`; `None` if unknown.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "5xx" => Self::FIVE_XX,
+            "gateway-error" => Self::GATEWAY_ERROR,
+            "reset" | "reset-before-request" => Self::RESET,
+            "connect-failure" => Self::CONNECT_FAILURE,
+            "retriable-4xx" => Self::RETRIABLE_4XX,
+            "refused-stream" => Self::REFUSED_STREAM,
+            "retriable-status-codes" => Self::RETRIABLE_STATUS_CODES,
+            "cancelled" => Self::GRPC_CANCELLED,
+            "deadline-exceeded" => Self::GRPC_DEADLINE_EXCEEDED,
+            "resource-exhausted" => Self::GRPC_RESOURCE_EXHAUSTED,
+            "unavailable" => Self::GRPC_UNAVAILABLE,
+            _ => return None,
+        })
+    }
+}
+
+/// How a rule retries.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 = none).
+    pub attempts: u32,
+    /// Time allowed for each attempt.
+    pub per_try_timeout: Option<Duration>,
+    /// Conditions.
+    pub on: RetryOn,
+    /// Status codes for `retriable-status-codes` (and numbers in `retryOn`).
+    pub status_codes: Vec<u16>,
+    /// Base of the jittered exponential backoff (Envoy's 25ms by default).
+    pub backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// Istio's policy for rules that say nothing: two retries on connect
+    /// failure, refused stream, gRPC unavailable/cancelled and 503.
+    pub fn istio_default() -> Self {
+        let mut on = RetryOn::CONNECT_FAILURE;
+        for c in [
+            RetryOn::REFUSED_STREAM,
+            RetryOn::GRPC_UNAVAILABLE,
+            RetryOn::GRPC_CANCELLED,
+            RetryOn::RETRIABLE_STATUS_CODES,
+        ] {
+            on.insert(c);
+        }
+        Self {
+            attempts: 2,
+            per_try_timeout: None,
+            on,
+            status_codes: vec![503],
+            backoff: DEFAULT_BACKOFF,
+        }
+    }
+
+    /// Whether a response with `status` (and gRPC status) is retried.
+    pub fn retries_status(&self, status: u16, grpc_status: Option<u16>) -> bool {
+        let on = self.on;
+        (on.contains(RetryOn::FIVE_XX) && status >= 500)
+            || (on.contains(RetryOn::GATEWAY_ERROR) && matches!(status, 502..=504))
+            || (on.contains(RetryOn::RETRIABLE_4XX) && status == 409)
+            || (on.contains(RetryOn::RETRIABLE_STATUS_CODES) && self.status_codes.contains(&status))
+            || match grpc_status {
+                Some(1) => on.contains(RetryOn::GRPC_CANCELLED),
+                Some(4) => on.contains(RetryOn::GRPC_DEADLINE_EXCEEDED),
+                Some(8) => on.contains(RetryOn::GRPC_RESOURCE_EXHAUSTED),
+                Some(14) => on.contains(RetryOn::GRPC_UNAVAILABLE),
+                _ => false,
+            }
+    }
+
+    /// Whether a failure without a response is retried.
+    pub fn retries_failure(&self, failure: AttemptFailure) -> bool {
+        let on = self.on;
+        match failure {
+            AttemptFailure::ConnectFailure => {
+                on.contains(RetryOn::CONNECT_FAILURE)
+                    || on.contains(RetryOn::FIVE_XX)
+                    || on.contains(RetryOn::GATEWAY_ERROR)
+            }
+            AttemptFailure::Reset => on.contains(RetryOn::RESET) || on.contains(RetryOn::FIVE_XX),
+            AttemptFailure::RefusedStream => {
+                on.contains(RetryOn::REFUSED_STREAM) || on.contains(RetryOn::FIVE_XX)
+            }
+            AttemptFailure::PerTryTimeout => {
+                on.contains(RetryOn::RESET)
+                    || on.contains(RetryOn::FIVE_XX)
+                    || on.contains(RetryOn::GATEWAY_ERROR)
+            }
+        }
+    }
+
+    /// The jittered exponential backoff before retry number `retry` (1-based):
+    /// uniform in [0, (2^retry − 1) × base], capped at 10 × base, as Envoy's.
+    pub fn backoff_before(&self, retry: u32) -> Duration {
+        let base = self.backoff.as_micros() as u64;
+        let ceiling = base
+            .saturating_mul((1u64 << retry.min(16)) - 1)
+            .min(base * 10);
+        Duration::from_micros(fastrand::u64(0..=ceiling))
+    }
+}
+
+/// Envoy's default retry backoff base.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Why an attempt got no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptFailure {
+    /// TCP connect failed or timed out.
+    ConnectFailure,
+    /// The connection closed or reset before the response.
+    Reset,
+    /// HTTP/2 refused the stream.
+    RefusedStream,
+    /// The per-try timeout fired.
+    PerTryTimeout,
+}
+
+/// Faults to inject.
+#[derive(Debug, Clone, Default)]
+pub struct Fault {
+    /// Delay and the share of requests delayed (0–100).
+    pub delay: Option<(Duration, f64)>,
+    /// Abort and the share of requests aborted (0–100).
+    pub abort: Option<(Abort, f64)>,
+}
+
+/// How an injected abort answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Abort {
+    /// With this HTTP status.
+    Http(StatusCode),
+    /// With this gRPC status (trailers-only).
+    Grpc(u16),
+}
+
+/// A copy target.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// Where copies go.
+    pub target: DestinationTarget,
+    /// Share of requests copied (0–100).
+    pub percent: f64,
+}
+
+/// Rewrites before forwarding.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    /// Replaces the matched prefix (or the whole path).
+    pub uri: Option<String>,
+    /// Replaces the authority.
+    pub authority: Option<HeaderValue>,
+    /// Regex rewrite of the path.
+    pub uri_regex: Option<(Regex, String)>,
+}
+
+/// Everything a rule does besides choosing a destination.
+#[derive(Debug, Clone)]
+pub struct RoutePolicy {
+    /// Forward, redirect or answer directly.
+    pub action: RouteAction,
+    /// Deadline for the whole request, retries included.
+    pub timeout: Option<Duration>,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Faults.
+    pub fault: Option<Fault>,
+    /// Mirrors.
+    pub mirrors: Vec<Mirror>,
+    /// Rewrites.
+    pub rewrite: Option<Rewrite>,
+}
+
+impl Default for RoutePolicy {
+    fn default() -> Self {
+        Self {
+            action: RouteAction::Forward,
+            timeout: None,
+            retry: RetryPolicy::istio_default(),
+            fault: None,
+            mirrors: Vec::new(),
+            rewrite: None,
+        }
+    }
+}
+
+/// Whether an event with a probability of `percent` (0–100) happens now.
+pub fn roll(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn istio_default_retries_503_and_connect_failures_only() {
+        let policy = RetryPolicy::istio_default();
+        assert!(policy.retries_status(503, None));
+        assert!(!policy.retries_status(500, None));
+        assert!(!policy.retries_status(404, None));
+        assert!(policy.retries_status(200, Some(14)));
+        assert!(policy.retries_failure(AttemptFailure::ConnectFailure));
+        assert!(!policy.retries_failure(AttemptFailure::Reset));
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let policy = RetryPolicy::istio_default();
+        for retry in 1..10 {
+            assert!(policy.backoff_before(retry) <= Duration::from_millis(250));
+        }
+    }
+}

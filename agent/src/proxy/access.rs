@@ -1,0 +1,184 @@
+//! Inbound access control and rate limiting: who may call this workload, and
+//! how often. Both answer before any routing or upstream work.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+
+use super::Downstream;
+use super::exchange::request_authority;
+use super::local_reply::LocalReply;
+use crate::host::split_host_port;
+use crate::model::Snapshot;
+use crate::model::authz::{AuthzInput, Decision};
+use crate::model::rate_limit::{KeyKind, whole_seconds};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The original client's address: with `trusted_hops` proxies in front
+/// appending to `x-forwarded-for`, the address that many entries before
+/// the caller (Envoy's `xff_num_trusted_hops`); the caller itself for 0.
+pub fn remote_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: u32) -> IpAddr {
+    if trusted_hops == 0 {
+        return peer;
+    }
+    let entries: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    entries
+        .iter()
+        .rev()
+        .nth(trusted_hops as usize - 1)
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(peer)
+}
+
+/// Applies the AuthorizationPolicies; `Ok(audited)` lets the request in.
+pub fn authorize<B>(
+    snapshot: &Snapshot,
+    down: &Downstream,
+    req: &Request<B>,
+    remote_ip: IpAddr,
+) -> Result<bool, LocalReply> {
+    let authz = &snapshot.authorization;
+    if authz.is_empty() {
+        return Ok(false);
+    }
+    let host = request_authority(req).map_or("", |a| split_host_port(a).0);
+    let input = AuthzInput {
+        source_ip: down.peer.ip(),
+        remote_ip,
+        destination_ip: down.local.ip(),
+        destination_port: snapshot.listeners.app.port(),
+        principal: None,
+        namespace: None,
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        host,
+        headers: req.headers(),
+    };
+    match authz.decide(&input) {
+        Decision::Allow { audited } => Ok(audited),
+        Decision::Deny(policy) => {
+            tracing::debug!(
+                policy = policy.as_deref().unwrap_or("no ALLOW policy matched"),
+                "request denied"
+            );
+            Err(LocalReply::RBAC_DENIED)
+        }
+    }
+}
+
+/// The rate-limit headers of a response, from the most constraining rule.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitStatus {
+    limit: u32,
+    remaining: u32,
+    reset_ms: u64,
+}
+
+impl RateLimitStatus {
+    /// `x-ratelimit-*` headers, plus `retry-after` when limited.
+    pub fn headers(&self, limited: bool) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from(whole_seconds(self.reset_ms)),
+        );
+        if limited {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(whole_seconds(self.reset_ms)),
+            );
+        }
+        headers
+    }
+}
+
+/// Takes a token from every rule that counts the request. `Err` when a
+/// bucket is empty; `Ok(None)` when no rule applies.
+pub fn rate_limit<B>(
+    snapshot: &Snapshot,
+    req: &Request<B>,
+    peer: IpAddr,
+    remote: IpAddr,
+) -> Result<Option<RateLimitStatus>, RateLimitStatus> {
+    let (method, path) = (req.method().as_str(), req.uri().path());
+    let mut tightest: Option<RateLimitStatus> = None;
+    let mut limited = false;
+    for limiter in snapshot
+        .rate_limits
+        .iter()
+        .filter(|l| l.applies(method, path))
+    {
+        let ip_key = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        let ip_bytes: [u8; 16];
+        let key: &[u8] = match &limiter.key {
+            KeyKind::Global => &[][..],
+            KeyKind::SourceIp => {
+                ip_bytes = ip_key(peer);
+                &ip_bytes[..]
+            }
+            KeyKind::RemoteIp => {
+                ip_bytes = ip_key(remote);
+                &ip_bytes[..]
+            }
+            KeyKind::Header(name) => req
+                .headers()
+                .get(name)
+                .map_or(&[][..], HeaderValue::as_bytes),
+            KeyKind::Path => path.as_bytes(),
+        };
+        let verdict = limiter.take(key);
+        let status = RateLimitStatus {
+            limit: limiter.bucket.max_tokens,
+            remaining: verdict.remaining,
+            reset_ms: verdict.reset_ms,
+        };
+        let replace = match (&tightest, verdict.allowed, limited) {
+            (None, _, _) => true,
+            (Some(_), false, false) => true,
+            (Some(t), true, false) => status.remaining < t.remaining,
+            (Some(_), _, true) => false,
+        };
+        limited |= !verdict.allowed;
+        if replace {
+            tightest = Some(status);
+        }
+    }
+    match tightest {
+        Some(status) if limited => Err(status),
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_ip_counts_trusted_hops_from_the_right() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, "203.0.113.7, 10.0.0.1".parse().unwrap());
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(remote_ip(&headers, peer, 0), peer);
+        assert_eq!(
+            remote_ip(&headers, peer, 1),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            remote_ip(&headers, peer, 2),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(remote_ip(&headers, peer, 5), peer);
+    }
+}

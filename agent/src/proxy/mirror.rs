@@ -1,0 +1,199 @@
+//! Traffic mirroring (VirtualService `mirror`/`mirrors`): a copy of the
+//! request goes to another service, fire-and-forget, with `-shadow` appended
+//! to its authority as Envoy does. The copy waits for the request body the
+//! real attempt reads; the real response never waits for the copy.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::Authority;
+use http::{HeaderValue, Request, Uri, request::Parts};
+use http_body_util::{BodyExt, Limited};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+
+use super::Worker;
+use super::body::UpstreamBody;
+use super::tap::Tap;
+use super::{attempts, forward, headers};
+use crate::balancer::PickInput;
+use crate::host::split_host_port;
+use crate::model::cluster::Cluster;
+use crate::model::policy::{Mirror, roll};
+use crate::trace_context;
+
+/// Longest a mirrored request may take.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most of a mirror's response read (to keep its connection reusable).
+const DRAIN_LIMIT: usize = 1 << 20;
+
+/// What every copy of one request shares.
+pub struct Copies<'a> {
+    /// The worker.
+    pub worker: &'a Rc<Worker>,
+    /// The request as it goes upstream.
+    pub head: &'a Parts,
+    /// Its body, kept by the tap.
+    pub tap: Option<&'a Tap>,
+    /// The request's span (parent of each copy's span).
+    pub parent: SpanContext,
+    /// The port the request was addressed to.
+    pub port: u16,
+    /// The caller's protocol version and whether it is gRPC.
+    pub version: http::Version,
+    /// gRPC request.
+    pub grpc: bool,
+}
+
+impl Copies<'_> {
+    /// Starts a copy for each mirror whose percentage comes up.
+    pub fn send(&self, mirrors: &[Mirror]) {
+        for mirror in mirrors.iter().filter(|m| roll(m.percent)) {
+            let Some(cluster) = mirror.target.cluster_for(self.port).cloned() else {
+                continue;
+            };
+            let mut head = attempts::copy_head(self.head);
+            shadow_authority(&mut head);
+            let h2 = cluster.speaks_h2(self.version, self.grpc);
+            let copy = Copy {
+                worker: self.worker.clone(),
+                cluster,
+                head,
+                tap: self.tap.cloned(),
+                parent: self.parent.clone(),
+                h2,
+            };
+            tokio::task::spawn_local(copy.run());
+        }
+    }
+}
+
+struct Copy {
+    worker: Rc<Worker>,
+    cluster: Arc<Cluster>,
+    head: Parts,
+    tap: Option<Tap>,
+    parent: SpanContext,
+    h2: bool,
+}
+
+impl Copy {
+    async fn run(mut self) {
+        let body = match &self.tap {
+            Some(tap) => match tap.whole_body().await {
+                Some(body) => body,
+                None => return, // body too long to keep, or the request ended first
+            },
+            None => Bytes::new(),
+        };
+        let host = self
+            .head
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let tracer = &self.worker.shared.tracer;
+        let builder = tracer
+            .span_builder(format!("{host} mirror"))
+            .with_kind(SpanKind::Client)
+            .with_start_time(SystemTime::now());
+        let parent = Context::new().with_remote_span_context(self.parent.clone());
+        let mut span = tracer.build_with_context(builder, &parent);
+        let sc = span.span_context().clone();
+        trace_context::inject(
+            &mut self.head.headers,
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags(),
+        );
+        if headers::set_target(&mut self.head, self.h2).is_err() {
+            return;
+        }
+        let input = PickInput {
+            headers: &self.head.headers,
+            query: self.head.uri.query(),
+            source_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        };
+        let Some(index) = self.cluster.pick(input, &[]) else {
+            return;
+        };
+        let endpoint = self.cluster.endpoints[index].clone();
+        let _active = endpoint.state.start_request();
+        let request = Request::from_parts(self.head, UpstreamBody::Full(Some(body)));
+        let sent = tokio::time::timeout(
+            MIRROR_TIMEOUT,
+            forward::send(
+                &self.worker.pools,
+                &endpoint,
+                &self.cluster,
+                self.h2,
+                request,
+            ),
+        )
+        .await;
+        let mut attributes = vec![
+            KeyValue::new("tracemesh.mirror", true),
+            KeyValue::new("server.address", host),
+            KeyValue::new("tracemesh.upstream", endpoint.address.to_string()),
+            KeyValue::new("tracemesh.upstream_cluster", self.cluster.name.clone()),
+        ];
+        match sent {
+            Ok(Ok(sent)) => {
+                let status = sent.response.status().as_u16();
+                attributes.push(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                ));
+                if status >= 500 {
+                    span.set_status(Status::error(status.to_string()));
+                }
+                let drained = Limited::new(sent.response.into_body(), DRAIN_LIMIT)
+                    .collect()
+                    .await;
+                if let (Ok(_), Some(lease)) = (drained, sent.connection) {
+                    lease.release();
+                }
+            }
+            Ok(Err(error)) => span.set_status(Status::error(error.reply().details)),
+            Err(_) => span.set_status(Status::error("mirror timeout")),
+        }
+        span.set_attributes(attributes);
+        span.end_with_timestamp(SystemTime::now());
+    }
+}
+
+/// `reviews:9080` → `reviews-shadow:9080`, in `Host` and the URI.
+fn shadow_authority(head: &mut Parts) {
+    let authority = head
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            head.headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+    let Some(authority) = authority else { return };
+    let (host, port) = split_host_port(&authority);
+    let shadow = match port {
+        Some(port) => format!("{host}-shadow:{port}"),
+        None => format!("{host}-shadow"),
+    };
+    if let Ok(value) = HeaderValue::try_from(shadow.as_str()) {
+        head.headers.insert(HOST, value);
+    }
+    if head.uri.authority().is_some()
+        && let Ok(shadow) = Authority::try_from(shadow.as_str())
+    {
+        let mut parts = std::mem::take(&mut head.uri).into_parts();
+        parts.authority = Some(shadow);
+        head.uri = Uri::from_parts(parts).unwrap_or_default();
+    }
+}

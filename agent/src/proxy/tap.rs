@@ -1,0 +1,206 @@
+//! A request body kept (up to a limit) as it streams upstream, so a retry can
+//! send it again and a mirror can send a copy. Only the attempt in progress
+//! pulls from the client; a retry replays what was kept, then continues.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::body::RequestProgress;
+
+/// Most request body bytes kept for retries and mirrors (Envoy's default
+/// buffer limit); a longer body streams on but cannot be retried or mirrored.
+pub const TAP_LIMIT: usize = 1 << 20;
+
+/// Why a tapped body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// The client's body failed.
+    #[error("request body: {0}")]
+    Source(hyper::Error),
+    /// Part of the body was dropped over the limit before this reader got it.
+    #[error("request body longer than the retry buffer")]
+    Overflowed,
+}
+
+struct State {
+    source: Incoming,
+    frames: Vec<Frame<Bytes>>,
+    /// Absolute index of `frames[0]`.
+    base: usize,
+    buffered: usize,
+    overflowed: bool,
+    done: bool,
+    released: bool,
+    exact_len: Option<u64>,
+    progress: Rc<RequestProgress>,
+    waiters: Vec<Waker>,
+}
+
+/// Shared handle on a tapped body.
+#[derive(Clone)]
+pub struct Tap(Rc<RefCell<State>>);
+
+fn copy(frame: &Frame<Bytes>) -> Frame<Bytes> {
+    match (frame.data_ref(), frame.trailers_ref()) {
+        (Some(data), _) => Frame::data(data.clone()),
+        (None, Some(trailers)) => Frame::trailers(trailers.clone()),
+        (None, None) => Frame::data(Bytes::new()),
+    }
+}
+
+impl Tap {
+    /// Taps `source`; its progress is reported to `progress`.
+    pub fn new(source: Incoming, progress: Rc<RequestProgress>) -> Self {
+        let done = source.is_end_stream();
+        progress.set_done(done);
+        Self(Rc::new(RefCell::new(State {
+            exact_len: source.size_hint().exact(),
+            source,
+            frames: Vec::new(),
+            base: 0,
+            buffered: 0,
+            overflowed: false,
+            done,
+            released: false,
+            progress,
+            waiters: Vec::new(),
+        })))
+    }
+
+    /// A reader for one attempt, starting at the beginning.
+    pub fn reader(&self) -> TapReader {
+        TapReader {
+            tap: self.0.clone(),
+            index: 0,
+        }
+    }
+
+    /// Whether the body can be sent again from the start.
+    pub fn replayable(&self) -> bool {
+        let state = self.0.borrow();
+        !state.overflowed
+    }
+
+    /// The request is over: wakes copies still waiting for a body that will
+    /// not come.
+    pub fn release(&self) {
+        let mut state = self.0.borrow_mut();
+        state.released = true;
+        state.waiters.drain(..).for_each(Waker::wake);
+    }
+
+    /// The whole body, once the attempts have read it; `None` if it was
+    /// longer than the limit or the request ended before it was read.
+    pub async fn whole_body(&self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.0.borrow_mut();
+            if state.overflowed || (state.released && !state.done) {
+                return Poll::Ready(None);
+            }
+            if !state.done {
+                state.waiters.push(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let mut body = bytes::BytesMut::with_capacity(state.buffered);
+            for frame in &state.frames {
+                if let Some(data) = frame.data_ref() {
+                    body.extend_from_slice(data);
+                }
+            }
+            Poll::Ready(Some(body.freeze()))
+        })
+        .await
+    }
+}
+
+/// One attempt's view of the body.
+pub struct TapReader {
+    tap: Rc<RefCell<State>>,
+    index: usize,
+}
+
+impl Body for TapReader {
+    type Data = Bytes;
+    type Error = TapError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, TapError>>> {
+        let this = self.get_mut();
+        let mut state = this.tap.borrow_mut();
+        if this.index < state.base {
+            return Poll::Ready(Some(Err(TapError::Overflowed)));
+        }
+        if let Some(frame) = state.frames.get(this.index - state.base) {
+            let frame = copy(frame);
+            this.index += 1;
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if state.done {
+            return Poll::Ready(None);
+        }
+        let polled = Pin::new(&mut state.source).poll_frame(cx);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.index += 1;
+                state.keep(&frame);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                state.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(TapError::Source(e)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let state = self.tap.borrow();
+        state.done && self.index >= state.base + state.frames.len()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.tap.borrow().exact_len {
+            Some(len) => SizeHint::with_exact(len),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl State {
+    fn keep(&mut self, frame: &Frame<Bytes>) {
+        let len = frame.data_ref().map_or(0, Bytes::len);
+        self.progress.add(len as u64);
+        if self.source.is_end_stream() {
+            self.done = true;
+            self.progress.set_done(true);
+        }
+        if self.overflowed {
+            self.base += 1;
+        } else if self.buffered + len > TAP_LIMIT {
+            self.overflowed = true;
+            self.base += self.frames.len() + 1;
+            self.frames = Vec::new();
+        } else {
+            self.buffered += len;
+            self.frames.push(copy(frame));
+        }
+        if self.done {
+            self.waiters.drain(..).for_each(Waker::wake);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.progress.set_done(true);
+        self.waiters.drain(..).for_each(Waker::wake);
+    }
+}

@@ -13,34 +13,61 @@ use common::upstream::{Upstream, closed_port};
 /// An agent whose `app` service has `upstreams` as endpoints, with `extra`
 /// resources (DestinationRule, VirtualService) appended.
 async fn mesh(upstreams: &[&Upstream], extra: &str) -> Agent {
-    let eps: Vec<Ep<'_>> = upstreams.iter().map(|u| Ep { addr: u.addr, labels: &[] }).collect();
-    Agent::start(&(agent("frontend", closed_port().await, NO_COLLECTOR) + &service_entry("app", 9080, "HTTP", &eps) + extra))
+    let eps: Vec<Ep<'_>> = upstreams
+        .iter()
+        .map(|u| Ep {
+            addr: u.addr,
+            labels: &[],
+        })
+        .collect();
+    Agent::start(
+        &(agent("frontend", closed_port().await, NO_COLLECTOR)
+            + &service_entry("app", 9080, "HTTP", &eps)
+            + extra),
+    )
 }
 
 fn virtual_service(rule: &str) -> String {
-    format!("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: app, namespace: default}}\nspec:\n  hosts: [app]\n  http:\n{rule}")
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: app, namespace: default}}\nspec:\n  hosts: [app]\n  http:\n{rule}"
+    )
 }
 
 fn destination_rule(policy: &str) -> String {
-    format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: app, namespace: default}}\nspec:\n  host: app\n  trafficPolicy: {policy}\n")
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: app, namespace: default}}\nspec:\n  host: app\n  trafficPolicy: {policy}\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_timeout_answers_504_ut_in_about_its_time() {
     let slow = Upstream::start("slow").await;
     slow.delay_all(3000);
-    let rule = "  - timeout: 100ms\n    retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n";
+    let rule =
+        "  - timeout: 100ms\n    retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n";
     let agent = mesh(&[&slow], &virtual_service(rule)).await;
     let started = Instant::now();
     let reply = Client::h1(agent.outbound).get("http://app:9080/").await;
     let elapsed = started.elapsed();
     assert_eq!(reply.status, 504);
-    assert_eq!(reply.header("x-tracemesh-response-flags").as_deref(), Some("UT"));
+    assert_eq!(
+        reply.header("x-tracemesh-response-flags").as_deref(),
+        Some("UT")
+    );
     assert_eq!(&reply.body[..], b"upstream request timeout");
     // Wide margins: the timeout is 100ms and the upstream would take 3s.
-    assert!(elapsed >= Duration::from_millis(90) && elapsed < Duration::from_millis(2500), "{elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(90) && elapsed < Duration::from_millis(2500),
+        "{elapsed:?}"
+    );
     let scrape = agent.metrics().await;
-    assert_eq!(scrape.sum("istio_requests_total", &[("response_code", "504"), ("response_flags", "UT")]), 1.0);
+    assert_eq!(
+        scrape.sum(
+            "istio_requests_total",
+            &[("response_code", "504"), ("response_flags", "UT")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -50,7 +77,8 @@ async fn retries_recover_from_a_half_failing_upstream() {
     bad.fail_with(503);
     let flaky = Upstream::start("flaky").await;
     flaky.fail_every(2);
-    let rule = "  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: app}}]\n";
+    let rule =
+        "  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: app}}]\n";
     let extra = destination_rule("{loadBalancer: {simple: ROUND_ROBIN}}") + &virtual_service(rule);
     // One of two endpoints always fails: retries go to the other host.
     let agent = mesh(&[&good, &bad], &extra).await;
@@ -62,7 +90,11 @@ async fn retries_recover_from_a_half_failing_upstream() {
         }
     }
     assert!(ok >= 199, "success rate {ok}/200 must be above 99%");
-    assert!(bad.count() > 50, "the failing endpoint was tried ({})", bad.count());
+    assert!(
+        bad.count() > 50,
+        "the failing endpoint was tried ({})",
+        bad.count()
+    );
     // One endpoint failing every other request: the retry succeeds.
     drop(agent);
     let agent = mesh(&[&flaky], &virtual_service(rule)).await;
@@ -71,7 +103,10 @@ async fn retries_recover_from_a_half_failing_upstream() {
         assert_eq!(client.get("http://app:9080/").await.status, 200);
     }
     let scrape = agent.metrics().await;
-    assert_eq!(scrape.sum("istio_requests_total", &[("response_code", "200")]), 100.0);
+    assert_eq!(
+        scrape.sum("istio_requests_total", &[("response_code", "200")]),
+        100.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -86,7 +121,13 @@ async fn retry_conditions_are_respected() {
     assert_eq!(client.get("http://app:9080/asked").await.status, 404);
     assert_eq!(missing.count(), 4, "a 404 is retried when retryOn names it");
     let scrape = agent.metrics().await;
-    assert_eq!(scrape.sum("istio_requests_total", &[("response_code", "404"), ("response_flags", "URX")]), 1.0);
+    assert_eq!(
+        scrape.sum(
+            "istio_requests_total",
+            &[("response_code", "404"), ("response_flags", "URX")]
+        ),
+        1.0
+    );
 
     // Istio's default policy (no `retries`) retries 503 twice, not 500.
     let failing = Upstream::start("failing").await;
@@ -105,7 +146,8 @@ async fn retries_stop_at_the_budget() {
     let down = Upstream::start("down").await;
     down.fail_with(503);
     down.delay_all(100);
-    let rule = "  - retries: {attempts: 10, retryOn: 5xx}\n    route: [{destination: {host: app}}]\n";
+    let rule =
+        "  - retries: {attempts: 10, retryOn: 5xx}\n    route: [{destination: {host: app}}]\n";
     let agent = mesh(&[&down], &virtual_service(rule)).await;
     let client = Client::h1(agent.outbound);
     let calls: Vec<_> = (0..60)
@@ -131,7 +173,11 @@ async fn outlier_detection_ejects_and_returns_a_host() {
     bad.fail_with(503);
     let policy = "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 100}}";
     let rule = "  - retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n";
-    let agent = mesh(&[&good, &bad], &(destination_rule(policy) + &virtual_service(rule))).await;
+    let agent = mesh(
+        &[&good, &bad],
+        &(destination_rule(policy) + &virtual_service(rule)),
+    )
+    .await;
     let client = Client::h1(agent.outbound);
     for _ in 0..6 {
         client.get("http://app:9080/").await;
@@ -142,7 +188,11 @@ async fn outlier_detection_ejects_and_returns_a_host() {
     let endpoint = endpoint_of(&clusters, &bad.addr.to_string());
     assert_eq!(endpoint["health"], "EJECTED");
     for _ in 0..20 {
-        assert_eq!(client.get("http://app:9080/").await.status, 200, "ejected hosts take no traffic");
+        assert_eq!(
+            client.get("http://app:9080/").await.status,
+            200,
+            "ejected hosts take no traffic"
+        );
     }
     assert_eq!(bad.count(), 3);
     bad.fail_with(0);
@@ -152,36 +202,63 @@ async fn outlier_detection_ejects_and_returns_a_host() {
         if bad.count() > 3 {
             break;
         }
-        assert!(ejected_at.elapsed() < Duration::from_secs(15), "the host never came back");
+        assert!(
+            ejected_at.elapsed() < Duration::from_secs(15),
+            "the host never came back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(ejected_at.elapsed() >= Duration::from_millis(1900), "back too early: {:?}", ejected_at.elapsed());
+    assert!(
+        ejected_at.elapsed() >= Duration::from_millis(1900),
+        "back too early: {:?}",
+        ejected_at.elapsed()
+    );
     let scrape = agent.metrics().await;
-    assert_eq!(scrape.sum("tracemesh_agent_outlier_ejections_total", &[]), 1.0);
+    assert_eq!(
+        scrape.sum("tracemesh_agent_outlier_ejections_total", &[]),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn max_ejection_percent_holds_and_all_ejected_is_uh() {
-    let hosts = [Upstream::start("a").await, Upstream::start("b").await, Upstream::start("c").await];
+    let hosts = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    ];
     for h in &hosts {
         h.fail_with(503);
     }
     let refs: Vec<&Upstream> = hosts.iter().collect();
     let policy = |pct: u32| {
-        format!("{{loadBalancer: {{simple: ROUND_ROBIN}}, outlierDetection: {{consecutive5xxErrors: 2, baseEjectionTime: 5m, maxEjectionPercent: {pct}}}}}")
+        format!(
+            "{{loadBalancer: {{simple: ROUND_ROBIN}}, outlierDetection: {{consecutive5xxErrors: 2, baseEjectionTime: 5m, maxEjectionPercent: {pct}}}}}"
+        )
     };
     let rule = "  - retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n";
-    let agent = mesh(&refs, &(destination_rule(&policy(50)) + &virtual_service(rule))).await;
+    let agent = mesh(
+        &refs,
+        &(destination_rule(&policy(50)) + &virtual_service(rule)),
+    )
+    .await;
     let client = Client::h1(agent.outbound);
     for _ in 0..30 {
         assert_eq!(client.get("http://app:9080/").await.status, 503);
     }
     let clusters = clusters(&agent).await;
-    let ejected = hosts.iter().filter(|h| endpoint_of(&clusters, &h.addr.to_string())["health"] == "EJECTED").count();
+    let ejected = hosts
+        .iter()
+        .filter(|h| endpoint_of(&clusters, &h.addr.to_string())["health"] == "EJECTED")
+        .count();
     assert_eq!(ejected, 1, "50% of three hosts allows one ejection");
     drop(agent);
 
-    let agent = mesh(&refs, &(destination_rule(&policy(100)) + &virtual_service(rule))).await;
+    let agent = mesh(
+        &refs,
+        &(destination_rule(&policy(100)) + &virtual_service(rule)),
+    )
+    .await;
     let client = Client::h1(agent.outbound);
     let mut last = None;
     for _ in 0..10 {
@@ -189,7 +266,11 @@ async fn max_ejection_percent_holds_and_all_ejected_is_uh() {
     }
     let last = last.unwrap();
     assert_eq!(last.status, 503);
-    assert_eq!(last.header("x-tracemesh-response-flags").as_deref(), Some("UH"), "every host ejected");
+    assert_eq!(
+        last.header("x-tracemesh-response-flags").as_deref(),
+        Some("UH"),
+        "every host ejected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -198,14 +279,21 @@ async fn connection_pool_limits_answer_uo_and_cap_connections() {
     app.delay_all(300);
     let policy = "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}";
     let rule = "  - retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n";
-    let agent = mesh(&[&app], &(destination_rule(policy) + &virtual_service(rule))).await;
+    let agent = mesh(
+        &[&app],
+        &(destination_rule(policy) + &virtual_service(rule)),
+    )
+    .await;
     let client = Client::h1(agent.outbound);
     let calls: Vec<_> = (0..20)
         .map(|_| {
             let client = client.clone();
             tokio::spawn(async move {
                 let reply = client.get("http://app:9080/").await;
-                (reply.status.as_u16(), reply.header("x-tracemesh-response-flags"))
+                (
+                    reply.status.as_u16(),
+                    reply.header("x-tracemesh-response-flags"),
+                )
             })
         })
         .collect();
@@ -220,14 +308,25 @@ async fn connection_pool_limits_answer_uo_and_cap_connections() {
     }
     assert!(ok >= 2, "the connection and the pending slot serve ({ok})");
     assert!(overflow >= 10, "the burst overflows at once ({overflow})");
-    assert_eq!(app.max_open_connections(), 1, "the upstream never sees more than maxConnections");
+    assert_eq!(
+        app.max_open_connections(),
+        1,
+        "the upstream never sees more than maxConnections"
+    );
     let scrape = agent.metrics().await;
-    assert_eq!(scrape.sum("istio_requests_total", &[("response_flags", "UO")]), f64::from(overflow));
+    assert_eq!(
+        scrape.sum("istio_requests_total", &[("response_flags", "UO")]),
+        f64::from(overflow)
+    );
 
     // http2MaxRequests caps requests in flight, whatever the connections.
     let policy = "{connectionPool: {http: {http2MaxRequests: 2}}}";
     drop(agent);
-    let agent = mesh(&[&app], &(destination_rule(policy) + &virtual_service(rule))).await;
+    let agent = mesh(
+        &[&app],
+        &(destination_rule(policy) + &virtual_service(rule)),
+    )
+    .await;
     let client = Client::h1(agent.outbound);
     let calls: Vec<_> = (0..10)
         .map(|_| {
@@ -240,7 +339,10 @@ async fn connection_pool_limits_answer_uo_and_cap_connections() {
         statuses.push(call.await.unwrap());
     }
     assert!(statuses.iter().filter(|s| **s == 200).count() >= 2);
-    assert!(statuses.iter().filter(|s| **s == 503).count() >= 5, "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 503).count() >= 5,
+        "{statuses:?}"
+    );
 }
 
 async fn clusters(agent: &Agent) -> serde_json::Value {

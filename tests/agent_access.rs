@@ -1,0 +1,257 @@
+//! Inbound rate limiting (RateLimitPolicy) and access control
+//! (AuthorizationPolicy): per-IP buckets and IP allow/block lists as the
+//! article's traffic-management list has them, Istio's DENY-before-ALLOW.
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::agent::Agent;
+use common::client::Client;
+use common::mesh::{NO_COLLECTOR, agent};
+use common::upstream::Upstream;
+
+const OTHER_CLIENT: &str = "127.0.0.2";
+
+/// A workload agent fronting `app`, with `extra` resources; clients call its
+/// inbound listener as the mesh would.
+fn workload(app: &Upstream, extra: &str) -> Agent {
+    Agent::start(&(agent("reviews", app.addr, NO_COLLECTOR) + extra))
+}
+
+fn from(ip: &str, agent: &Agent) -> Client {
+    Client::h1_from(ip.parse::<IpAddr>().unwrap(), agent.inbound)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_start_when_the_bucket_empties_per_client_ip() {
+    let app = Upstream::start("app").await;
+    let policy = r#"---
+apiVersion: tracemesh.io/v1
+kind: RateLimitPolicy
+metadata: {name: per-client, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  rules:
+  - name: per-ip
+    match: {paths: ["/api/*"]}
+    key: {sourceIp: true}
+    tokenBucket: {maxTokens: 5, tokensPerFill: 5, fillInterval: 1h}
+  - name: everyone
+    match: {paths: ["/global"]}
+    tokenBucket: {maxTokens: 3, fillInterval: 1h}
+"#;
+    let agent = workload(&app, policy);
+    let first = Client::h1(agent.inbound);
+    for remaining in (0..5).rev() {
+        let reply = first.get("http://reviews:9080/api/x").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("x-ratelimit-limit").as_deref(), Some("5"));
+        assert_eq!(
+            reply.header("x-ratelimit-remaining"),
+            Some(remaining.to_string())
+        );
+    }
+    let limited = first.get("http://reviews:9080/api/x").await;
+    assert_eq!(
+        limited.status, 429,
+        "the sixth request finds the bucket empty"
+    );
+    assert_eq!(
+        limited.header("x-tracemesh-response-flags").as_deref(),
+        Some("RL")
+    );
+    assert_eq!(
+        limited.header("x-ratelimit-remaining").as_deref(),
+        Some("0")
+    );
+    let retry_after: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (3000..=3600).contains(&retry_after),
+        "retry-after {retry_after}s"
+    );
+    assert_eq!(&limited.body[..], b"local_rate_limited");
+    assert_eq!(
+        first.get("http://reviews:9080/other").await.status,
+        200,
+        "unmatched paths are not limited"
+    );
+
+    let second = from(OTHER_CLIENT, &agent);
+    let reply = second.get("http://reviews:9080/api/x").await;
+    assert_eq!(reply.status, 200, "another client IP has its own bucket");
+    assert_eq!(reply.header("x-ratelimit-remaining").as_deref(), Some("4"));
+
+    let statuses: Vec<u16> = {
+        let mut s = Vec::new();
+        for client in [&first, &second, &first, &second] {
+            s.push(
+                client
+                    .get("http://reviews:9080/global")
+                    .await
+                    .status
+                    .as_u16(),
+            );
+        }
+        s
+    };
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429],
+        "a global bucket is shared by all clients"
+    );
+    let scrape = agent.metrics().await;
+    assert_eq!(
+        scrape.sum(
+            "istio_requests_total",
+            &[("response_code", "429"), ("response_flags", "RL")]
+        ),
+        2.0
+    );
+    assert_eq!(app.count(), 5 + 1 + 1 + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deny_comes_before_allow() {
+    let app = Upstream::start("app").await;
+    let policies = r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin/*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allowed, namespace: default}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {ipBlocks: ["127.0.0.1/32"]}}]
+  - to: [{operation: {methods: [GET], paths: ["/public/*"]}}]
+  - when: [{key: "request.headers[x-token]", values: ["good"]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other-workload, namespace: default}
+spec:
+  selector: {matchLabels: {app: ratings}}
+  action: DENY
+  rules: [{}]
+"#;
+    let agent = workload(&app, policies);
+    let local = Client::h1(agent.inbound);
+    let other = from(OTHER_CLIENT, &agent);
+    let cases: [(&Client, &str, &str, &[(&str, &str)], u16); 7] = [
+        (&local, "GET", "/anything", &[], 200),
+        (&local, "GET", "/admin/users", &[], 403),
+        (&other, "GET", "/public/page", &[], 200),
+        (&other, "POST", "/public/page", &[], 403),
+        (&other, "GET", "/private", &[("x-token", "good")], 200),
+        (&other, "GET", "/private", &[("x-token", "bad")], 403),
+        (&other, "GET", "/admin/x", &[("x-token", "good")], 403),
+    ];
+    for (client, method, path, headers, status) in cases {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://reviews:9080{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let reply = client
+            .send(req.body(http_body_util::Full::default()).unwrap())
+            .await;
+        assert_eq!(reply.status, status, "{method} {path} {headers:?}");
+        if status == 403 {
+            assert_eq!(&reply.body[..], b"RBAC: access denied");
+            assert_eq!(
+                reply.header("x-tracemesh-response-flags").as_deref(),
+                Some("RBAC")
+            );
+        }
+    }
+    assert_eq!(app.count(), 3, "denied requests never reach the app");
+    let scrape = agent.metrics().await;
+    assert_eq!(
+        scrape.sum(
+            "istio_requests_total",
+            &[("response_code", "403"), ("response_flags", "RBAC")]
+        ),
+        4.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ip_allow_and_block_lists() {
+    let app = Upstream::start("app").await;
+    let allow_list = r#"---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: allow-list, namespace: default}
+spec:
+  rules:
+  - from: [{source: {ipBlocks: ["127.0.0.1"]}}]
+"#;
+    let allowing = workload(&app, allow_list);
+    assert_eq!(
+        Client::h1(allowing.inbound)
+            .get("http://reviews/")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        from(OTHER_CLIENT, &allowing)
+            .get("http://reviews/")
+            .await
+            .status,
+        403,
+        "not on the allow list"
+    );
+    drop(allowing);
+
+    let block_list = r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: block-list, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: ["127.0.0.2/32"]}}]
+  - from: [{source: {remoteIpBlocks: ["203.0.113.0/24"]}}]
+"#;
+    let trusted = "  numTrustedProxies: 1\n";
+    let yaml = agent("reviews", app.addr, NO_COLLECTOR).replace(
+        "  concurrency: 2\n",
+        &format!("  concurrency: 2\n{trusted}"),
+    ) + block_list;
+    let blocking = Agent::start(&yaml);
+    let local = Client::h1(blocking.inbound);
+    assert_eq!(local.get("http://reviews/").await.status, 200);
+    assert_eq!(
+        from(OTHER_CLIENT, &blocking)
+            .get("http://reviews/")
+            .await
+            .status,
+        403,
+        "on the block list"
+    );
+    let cases = [
+        ("203.0.113.9", 403, "the original client is blocked"),
+        ("198.51.100.1", 200, "another original client"),
+        (
+            "203.0.113.9, 198.51.100.1",
+            200,
+            "only the trusted hop's client counts",
+        ),
+    ];
+    for (xff, status, why) in cases {
+        let reply = local
+            .get_with("http://reviews/", &[("x-forwarded-for", xff)])
+            .await;
+        assert_eq!(reply.status, status, "{why}");
+    }
+}

@@ -2,6 +2,9 @@
 //! (AuthorizationPolicy): per-IP buckets and IP allow/block lists as the
 //! article's traffic-management list has them, Istio's DENY-before-ALLOW.
 
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::net::IpAddr;
@@ -12,6 +15,9 @@ use common::mesh::{NO_COLLECTOR, agent};
 use common::upstream::Upstream;
 
 const OTHER_CLIENT: &str = "127.0.0.2";
+
+/// Client, method, path, headers, expected status.
+type Case<'a> = (&'a Client, &'a str, &'a str, &'a [(&'a str, &'a str)], u16);
 
 /// A workload agent fronting `app`, with `extra` resources; clients call its
 /// inbound listener as the mesh would.
@@ -145,7 +151,7 @@ spec:
     let agent = workload(&app, policies);
     let local = Client::h1(agent.inbound);
     let other = from(OTHER_CLIENT, &agent);
-    let cases: [(&Client, &str, &str, &[(&str, &str)], u16); 7] = [
+    let cases: [Case; 7] = [
         (&local, "GET", "/anything", &[], 200),
         (&local, "GET", "/admin/users", &[], 403),
         (&other, "GET", "/public/page", &[], 200),

@@ -2,6 +2,9 @@
 //! starting; skipped kinds and unenforced fields are warned about; a dead
 //! OTLP endpoint never hurts proxying; SIGTERM drains.
 
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

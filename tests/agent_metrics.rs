@@ -1,6 +1,9 @@
 //! Istio metrics, response flags, the admin API and the access log, read the
 //! way an operator reads them: over the admin port and standard output.
 
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! HTTP/1.1 and h2c, large streamed bodies, gRPC with trailers, WebSocket
 //! upgrades, absolute-form proxy requests and plain TCP.
 
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use bytes::Bytes;

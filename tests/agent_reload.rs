@@ -2,6 +2,9 @@
 //! versions while requests flow; none fails, traffic follows each version
 //! within a second, and a broken file changes nothing.
 
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,9 @@
 //! VirtualService and DestinationRule routing through a real agent: matches,
 //! weighted splits, subsets, and load-balancing policies.
 
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -1,6 +1,9 @@
 //! What a VirtualService rule does besides routing: fault injection,
 //! mirroring, redirects, rewrites and direct responses.
 
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

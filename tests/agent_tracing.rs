@@ -1,6 +1,9 @@
 //! Trace context through two real agents, with spans arriving at a real
 //! OTLP/gRPC endpoint: parent/child links, attributes, sampling, B3.
 
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::agent::Agent;

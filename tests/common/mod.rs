@@ -2,8 +2,6 @@
 //! upstreams, a real OTLP receiver, a tonic echo service, clients, and a
 //! Prometheus text parser. Each test binary uses a different subset.
 #![allow(dead_code)]
-// Test support: a panic is the right way for a helper to fail a test.
-#![allow(clippy::unwrap_used)]
 
 pub mod agent;
 pub mod client;

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod ca;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,12 @@ enum Command {
         /// The agent's config: an `Agent` document plus Istio resources.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Make, serve and use the mesh's certificate authority (workload
+    /// identities for mTLS).
+    Ca {
+        #[command(subcommand)]
+        command: ca::CaCommand,
     },
     /// Check a config file without starting anything (like `istioctl analyze`).
     /// Exits non-zero when it has errors.
@@ -51,6 +59,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { file } => Ok(validate(&file)),
+        Command::Ca { command } => {
+            ca::run(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

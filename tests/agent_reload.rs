@@ -62,12 +62,11 @@ async fn reload_under_load_loses_nothing() {
             let (client, log, stop) = (client.clone(), log.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let reply = client.get("http://app:9080/").await;
-                    log.lock().unwrap().push((
-                        Instant::now(),
-                        reply.upstream(),
-                        reply.status.as_u16(),
-                    ));
+                    let entry = match client.try_get("http://app:9080/").await {
+                        Ok(reply) => (Instant::now(), reply.upstream(), reply.status.as_u16()),
+                        Err(error) => (Instant::now(), error, 0),
+                    };
+                    log.lock().unwrap().push(entry);
                 }
             })
         })
@@ -95,7 +94,9 @@ async fn reload_under_load_loses_nothing() {
             }
             assert!(
                 written.elapsed() < Duration::from_secs(5),
-                "flip {flip} never took effect"
+                "flip {flip} never took effect; last responses {:?}; agent said {:?}",
+                log.lock().unwrap().iter().rev().take(5).collect::<Vec<_>>(),
+                agent.stderr()
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

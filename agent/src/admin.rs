@@ -35,6 +35,7 @@ pub fn router(shared: Arc<Shared>, addresses: BoundAddresses) -> Router {
         .route("/config_dump", get(config_dump))
         .route("/clusters", get(clusters))
         .route("/routes", get(routes))
+        .route("/certs", get(certs))
         .with_state(state)
 }
 
@@ -280,4 +281,29 @@ fn match_json(m: &RouteMatch) -> Value {
         out.insert("ignoreUriCase".into(), true.into());
     }
     out.into()
+}
+
+/// The workload's identity and certificates, as Envoy's `/certs` shows them
+/// (subjects, SANs, validity; never the key).
+async fn certs(State(state): State<AdminState>) -> Json<Value> {
+    let mode = state.shared.config.load().inbound_mtls.as_str();
+    let Some(material) = state.shared.tls.load_full() else {
+        return Json(
+            json!({ "identity": null, "inboundMtls": mode, "certificateChain": [], "rootCertificates": [] }),
+        );
+    };
+    let seconds = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    Json(json!({
+        "identity": material.identity.to_string(),
+        "source": material.source,
+        "inboundMtls": mode,
+        "loadedAt": seconds(Some(material.loaded_at)),
+        "renewAt": seconds(material.renew_at()),
+        "expiresAt": seconds(material.expires_at()),
+        "certificateChain": material.chain,
+        "rootCertificates": material.roots,
+    }))
 }

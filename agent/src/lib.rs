@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod reload;
 pub mod run;
 pub mod telemetry;
+pub mod tls;
 pub mod trace_context;
 
 pub use run::{AgentError, run};

@@ -14,11 +14,12 @@ use crate::proxy::Shared;
 /// How often the file is checked.
 const POLL: Duration = Duration::from_millis(200);
 
-/// Watches `path` until the future is dropped. Polling (rather than inotify)
+/// Watches `path` until the future is dropped; `loaded` is what the config
+/// in force was compiled from. Polling (rather than inotify)
 /// also sees files replaced by rename or through symlinks, as Kubernetes
 /// ConfigMap volumes are updated.
-pub async fn watch(path: PathBuf, shared: Arc<Shared>) {
-    let mut last = tokio::fs::read(&path).await.ok();
+pub async fn watch(path: PathBuf, loaded: Vec<u8>, shared: Arc<Shared>) {
+    let mut last = Some(loaded);
     let mut ticks = tokio::time::interval(POLL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unreadable = false;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::compile;
 use crate::config::diagnostics::ConfigRejected;
@@ -14,6 +14,7 @@ use crate::proxy::{self, Shared};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::spans::{SpanCounterHandles, SpanPipeline, SpanPipelineError};
+use crate::tls::provider::{self, IdentityError, Source};
 
 /// Why an agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +31,23 @@ pub enum AgentError {
     /// The span pipeline could not start.
     #[error(transparent)]
     Spans(#[from] SpanPipelineError),
+    /// The workload certificate could not be had.
+    #[error("workload identity: {0}")]
+    Identity(#[from] IdentityError),
 }
 
 /// Runs the agent configured by the file at `path` until SIGINT or SIGTERM.
 pub fn run(path: &Path) -> Result<(), AgentError> {
     let live = LiveState::default();
-    let compiled = compile::load_file(path, 1, &live)?;
+    // The bytes compiled now are the watcher's baseline: a change made
+    // between this read and the watcher's start is still seen.
+    let loaded = compile::read_file(path)?;
+    let compiled = compile::compile_text(
+        &std::sync::Arc::from(path.display().to_string()),
+        &String::from_utf8_lossy(&loaded),
+        1,
+        &live,
+    )?;
     for warning in compiled.diagnostics.warnings() {
         tracing::warn!("{warning}");
     }
@@ -66,19 +78,41 @@ pub fn run(path: &Path) -> Result<(), AgentError> {
     let admin_addr = admin.local_addr()?;
     let inbound_tcp = snapshot.listeners.app_protocol == Protocol::Tcp;
     let drain = snapshot.bootstrap.drain_duration.get();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The first certificate before any listener serves: STRICT would refuse everyone.
+    let (source, material) = match &snapshot.bootstrap.identity {
+        Some(spec) => {
+            let source = Source::new(spec)?;
+            let material = runtime.block_on(source.fetch(&snapshot.identity.spiffe))?;
+            tracing::info!(identity = %material.identity, source = material.source, "workload certificate loaded");
+            provider::record_expiry(&material, &metrics.certificate_expiry);
+            (Some(source), Some(Arc::new(material)))
+        }
+        None => (None, None),
+    };
+    let tls = Arc::new(ArcSwapOption::from(material));
+    let spiffe = snapshot.identity.spiffe.clone();
     let shared = Arc::new(Shared {
         config: ArcSwap::from_pointee(snapshot),
         metrics,
         tracer: spans.tracer().clone(),
         access_log,
         live,
+        tls: tls.clone(),
     });
     let workers = proxy::spawn_workers(&shared, bound.per_worker, inbound_tcp, drain)?;
     let addresses = bound.addresses;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     runtime.block_on(async {
+        if let Some(source) = source {
+            let metrics = &shared.metrics;
+            let gauges = (
+                metrics.certificate_rotations.clone(),
+                metrics.certificate_expiry.clone(),
+            );
+            tokio::spawn(provider::keep_current(source, spiffe, tls, gauges));
+        }
         let router = crate::admin::router(shared.clone(), addresses.clone());
         let outbound_tcp: Vec<String> = addresses
             .outbound_tcp
@@ -93,7 +127,7 @@ pub fn run(path: &Path) -> Result<(), AgentError> {
             workers = workers.len(),
             "agent ready"
         );
-        let watcher = crate::reload::watch(path.to_path_buf(), shared.clone());
+        let watcher = crate::reload::watch(path.to_path_buf(), loaded, shared.clone());
         tokio::select! {
             () = watcher => {}
             result = crate::admin::serve(admin, router) => {

@@ -125,6 +125,28 @@ impl Client {
         self.send(req.body(Full::default()).unwrap()).await
     }
 
+    /// GETs `url`; `Err` when no response came (connection refused, reset).
+    pub async fn try_get(&self, url: &str) -> Result<Reply, String> {
+        let req = Request::get(url).body(Full::default()).unwrap();
+        let resp = self
+            .inner
+            .request(req)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("{e:?}"))?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            version: parts.version,
+        })
+    }
+
     /// Sends a request and collects the response.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
         let resp = self.inner.request(req).await.expect("request");

@@ -9,4 +9,5 @@ pub mod grpc;
 pub mod mesh;
 pub mod metrics;
 pub mod otlp;
+pub mod pki;
 pub mod upstream;

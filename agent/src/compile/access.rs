@@ -50,7 +50,15 @@ pub(super) fn authorization(
             .rules
             .iter()
             .enumerate()
-            .map(|(i, r)| rule(r, &format!("spec.rules[{i}]"), loc, diags))
+            .map(|(i, r)| {
+                rule(
+                    r,
+                    &format!("spec.rules[{i}]"),
+                    loc,
+                    boot.has_identity,
+                    diags,
+                )
+            })
             .collect();
         let action = spec.action.as_deref().unwrap_or("ALLOW");
         if !matches!(action, "ALLOW" | "DENY" | "AUDIT") {
@@ -83,13 +91,27 @@ pub(super) fn authorization(
     authz
 }
 
-fn rule(raw: &AuthorizationRule, field: &str, loc: &Location, diags: &mut Diagnostics) -> Rule {
+fn rule(
+    raw: &AuthorizationRule,
+    field: &str,
+    loc: &Location,
+    has_identity: bool,
+    diags: &mut Diagnostics,
+) -> Rule {
     Rule {
         from: raw
             .from
             .iter()
             .enumerate()
-            .map(|(i, f)| source(&f.source, &format!("{field}.from[{i}].source"), loc, diags))
+            .map(|(i, f)| {
+                source(
+                    &f.source,
+                    &format!("{field}.from[{i}].source"),
+                    loc,
+                    has_identity,
+                    diags,
+                )
+            })
             .collect(),
         to: raw
             .to
@@ -133,13 +155,19 @@ fn cidrs(list: &[String], field: &str, loc: &Location, diags: &mut Diagnostics) 
         .collect()
 }
 
-fn source(raw: &RawSource, field: &str, loc: &Location, diags: &mut Diagnostics) -> Source {
+fn source(
+    raw: &RawSource,
+    field: &str,
+    loc: &Location,
+    has_identity: bool,
+    diags: &mut Diagnostics,
+) -> Source {
     let identity = !raw.principals.is_empty()
         || !raw.not_principals.is_empty()
         || !raw.namespaces.is_empty()
         || !raw.not_namespaces.is_empty();
-    if identity {
-        let msg = "principals and namespaces come from mTLS peer certificates; until mTLS is on, `principals`/`namespaces` never match";
+    if identity && !has_identity {
+        let msg = "principals and namespaces come from mTLS peer certificates; without spec.identity, `principals`/`namespaces` never match";
         diags.warn(loc, Some(field.to_owned()), msg);
     }
     let request_principals =

@@ -15,6 +15,8 @@ use crate::telemetry::peer_metadata;
 pub(super) struct Bootstrap {
     pub identity: Arc<Identity>,
     pub listeners: Listeners,
+    /// The Agent has a certificate source, so it can speak mTLS.
+    pub has_identity: bool,
 }
 
 /// The one Agent document of the file.
@@ -115,11 +117,17 @@ pub(super) fn compile(doc: &Document<AgentSpec>, diags: &mut Diagnostics) -> Opt
         let msg = "must be HTTP, HTTP2, GRPC or TCP";
         diags.error(loc, Some("spec.inbound.appProtocol".into()), msg);
     }
+    let spiffe = tracemesh_ca::SpiffeId::new(&spec.trust_domain, &namespace, &spec.service_account);
+    if let Err(e) = &spiffe {
+        diags.error(loc, Some("spec.serviceAccount".into()), e.to_string());
+    }
+    validate_identity(spec, loc, diags);
     if diags.errors().count() > errors_before {
         return None;
     }
-    let identity = identity(doc, &namespace, inbound?);
+    let identity = identity(doc, &namespace, inbound?, spiffe.ok()?);
     Some(Bootstrap {
+        has_identity: spec.identity.is_some(),
         identity: Arc::new(identity),
         listeners: Listeners {
             inbound: inbound?,
@@ -132,7 +140,36 @@ pub(super) fn compile(doc: &Document<AgentSpec>, diags: &mut Diagnostics) -> Opt
     })
 }
 
-fn identity(doc: &Document<AgentSpec>, namespace: &str, inbound: SocketAddr) -> Identity {
+/// The certificate source needs exactly one of `files` and `ca`, and a token for the CA.
+fn validate_identity(spec: &AgentSpec, loc: &Location, diags: &mut Diagnostics) {
+    let Some(identity) = &spec.identity else {
+        return;
+    };
+    match (&identity.files, &identity.ca) {
+        (Some(_), Some(_)) | (None, None) => {
+            diags.error(
+                loc,
+                Some("spec.identity".into()),
+                "set exactly one of `files` and `ca`",
+            );
+        }
+        (None, Some(ca)) if ca.token.is_none() && ca.token_file.is_none() => {
+            diags.error(
+                loc,
+                Some("spec.identity.ca".into()),
+                "a bootstrap `token` or `tokenFile` is required",
+            );
+        }
+        _ => {}
+    }
+}
+
+fn identity(
+    doc: &Document<AgentSpec>,
+    namespace: &str,
+    inbound: SocketAddr,
+    spiffe: tracemesh_ca::SpiffeId,
+) -> Identity {
     let spec = &doc.spec;
     let workload = doc.metadata.name.clone();
     let label = |k: &str| spec.labels.get(k).cloned();
@@ -169,6 +206,9 @@ fn identity(doc: &Document<AgentSpec>, namespace: &str, inbound: SocketAddr) -> 
     });
     Identity {
         peer,
+        principal: Arc::from(spiffe.to_string()),
+        spiffe,
+        has_certificate: spec.identity.is_some(),
         service: Arc::new(ServiceName::new(&fqdn, namespace)),
         namespace: namespace.to_owned(),
         labels: spec.labels.clone(),

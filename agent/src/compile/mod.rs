@@ -4,11 +4,13 @@
 
 mod access;
 mod bootstrap;
+mod mtls;
 mod policy;
 mod registry;
 mod route_policy;
 mod routes;
 mod unenforced;
+mod upstream_tls;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -54,6 +56,16 @@ pub struct Compiled {
     pub snapshot: Snapshot,
     /// Warnings (there are no errors in an accepted config).
     pub diagnostics: Diagnostics,
+}
+
+/// Reads a config file, naming it in the error.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ConfigRejected> {
+    std::fs::read(path).map_err(|err| {
+        let file: Arc<str> = Arc::from(path.display().to_string());
+        let mut diags = Diagnostics::default();
+        diags.error(&Location::file(&file), None, format!("cannot read: {err}"));
+        ConfigRejected(diags)
+    })
 }
 
 /// Reads and compiles the file at `path`.
@@ -105,10 +117,12 @@ fn build(
         .as_ref()
         .map_or("default", |b| b.identity.namespace.as_str())
         .to_owned();
+    let has_identity = boot.as_ref().is_some_and(|b| b.has_identity);
     let registry = registry::Registry::build(
         &docs.service_entries,
         &docs.destination_rules,
         &namespace,
+        has_identity,
         states,
         diags,
     );
@@ -127,6 +141,12 @@ fn build(
         access::authorization(&docs.authorization_policies, &boot, &namespace, diags);
     let rate_limits =
         access::rate_limits(&docs.rate_limit_policies, &boot, &namespace, states, diags);
+    let inbound_mtls = mtls::inbound_mode(
+        &docs.peer_authentications,
+        &boot,
+        boot.listeners.app.port(),
+        diags,
+    );
     let dump = dump(docs, version, diags);
     Some(Snapshot {
         version,
@@ -139,6 +159,7 @@ fn build(
         clusters: registry.clusters(),
         authorization,
         rate_limits,
+        inbound_mtls,
         dump,
     })
 }
@@ -165,6 +186,12 @@ fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Valu
     resources.extend(entries("AuthorizationPolicy", &docs.authorization_policies));
     resources.extend(entries("PeerAuthentication", &docs.peer_authentications));
     resources.extend(entries("RateLimitPolicy", &docs.rate_limit_policies));
+    // Bootstrap tokens stay out of the dump.
+    for resource in &mut resources {
+        if let Some(token) = resource.pointer_mut("/spec/identity/ca/token") {
+            *token = serde_json::Value::from("<redacted>");
+        }
+    }
     let warnings: Vec<String> = diags.warnings().map(ToString::to_string).collect();
     serde_json::json!({
         "version": version,

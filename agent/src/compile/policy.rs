@@ -259,9 +259,23 @@ fn is_prime(n: u64) -> bool {
 }
 
 /// Checks every place a traffic policy is written in a DestinationRule.
-pub(super) fn validate_rule(rule: &DestinationRuleSpec, loc: &Location, diags: &mut Diagnostics) {
+pub(super) fn validate_rule(
+    rule: &DestinationRuleSpec,
+    loc: &Location,
+    has_identity: bool,
+    diags: &mut Diagnostics,
+) {
     let check = |policy: &TrafficPolicy, field: &str, diags: &mut Diagnostics| {
         validate_limits(policy, loc, field, diags);
+        if let Some(tls) = &policy.tls {
+            super::upstream_tls::validate(tls, loc, &format!("{field}.tls"), has_identity, diags);
+        }
+        for (i, port) in policy.port_level_settings.iter().enumerate() {
+            if let Some(tls) = &port.tls {
+                let field = format!("{field}.portLevelSettings[{i}].tls");
+                super::upstream_tls::validate(tls, loc, &field, has_identity, diags);
+            }
+        }
         if let Some(lb) = &policy.load_balancer {
             validate_load_balancer(lb, loc, &format!("{field}.loadBalancer"), diags);
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::bootstrap::Bootstrap;
 use super::policy::{self, EffectivePolicy};
+use super::upstream_tls;
 use crate::balancer::Balancer;
 use crate::config::agent::AgentSpec;
 use crate::config::destination_rule::DestinationRuleSpec;
@@ -13,7 +14,9 @@ use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::config::service_entry::{ServiceEntrySpec, ServicePort};
 use crate::host::{authority_candidates, resolve_short_name};
-use crate::model::cluster::{Cluster, DEFAULT_CONNECT_TIMEOUT, Endpoint, UpstreamAddr};
+use crate::model::cluster::{
+    Cluster, DEFAULT_CONNECT_TIMEOUT, Endpoint, UpstreamAddr, UpstreamTls,
+};
 use crate::model::live::{LiveState, PoolLimits};
 use crate::model::route::DestinationTarget;
 use crate::model::service::{Protocol, ServiceName};
@@ -38,10 +41,11 @@ impl Registry {
         entries: &[Document<ServiceEntrySpec>],
         rules: &[Document<DestinationRuleSpec>],
         agent_namespace: &str,
+        has_identity: bool,
         live: &LiveState,
         diags: &mut Diagnostics,
     ) -> Self {
-        let rules = rules_by_host(rules, agent_namespace, diags);
+        let rules = rules_by_host(rules, agent_namespace, has_identity, diags);
         let mut services = BTreeMap::new();
         for doc in entries {
             let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
@@ -64,6 +68,7 @@ impl Registry {
                     fqdn: &fqdn,
                     resolution: &resolution,
                     live,
+                    has_identity,
                 };
                 let clusters = ctx.clusters(&name, rule, diags);
                 services.insert(fqdn, Service { clusters });
@@ -176,17 +181,19 @@ pub(super) fn inbound_cluster(boot: &Bootstrap, live: &LiveState) -> Arc<Cluster
         outlier: None,
         h2_upgrade: false,
         use_client_protocol: false,
+        tls: UpstreamTls::Plain,
     })
 }
 
 fn rules_by_host<'a>(
     rules: &'a [Document<DestinationRuleSpec>],
     agent_namespace: &str,
+    has_identity: bool,
     diags: &mut Diagnostics,
 ) -> HashMap<String, &'a Document<DestinationRuleSpec>> {
     let mut by_host = HashMap::new();
     for doc in rules {
-        policy::validate_rule(&doc.spec, &doc.location, diags);
+        policy::validate_rule(&doc.spec, &doc.location, has_identity, diags);
         let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
         if doc.spec.host.is_empty() {
             diags.error(
@@ -278,6 +285,7 @@ struct EntryContext<'a> {
     fqdn: &'a str,
     resolution: &'a Resolution,
     live: &'a LiveState,
+    has_identity: bool,
 }
 
 /// An endpoint before it belongs to a cluster.
@@ -312,6 +320,8 @@ impl EntryContext<'_> {
                     subset: *subset,
                     rule,
                     live: self.live,
+                    has_identity: self.has_identity,
+                    entry_sans: &self.doc.spec.subject_alt_names,
                 }
                 .build(&endpoints);
                 clusters
@@ -382,6 +392,8 @@ struct ClusterBuild<'a> {
     subset: Option<&'a str>,
     rule: Option<&'a DestinationRuleSpec>,
     live: &'a LiveState,
+    has_identity: bool,
+    entry_sans: &'a [String],
 }
 
 impl ClusterBuild<'_> {
@@ -427,6 +439,12 @@ impl ClusterBuild<'_> {
             outlier: settings.outlier,
             h2_upgrade: settings.h2_upgrade,
             use_client_protocol: settings.use_client_protocol,
+            tls: upstream_tls::upstream_tls(
+                policy.tls,
+                &self.name.host,
+                self.entry_sans,
+                self.has_identity,
+            ),
         }
     }
 }

@@ -56,20 +56,6 @@ pub(super) fn warn_all(docs: &Documents, diags: &mut Diagnostics) {
             diags.warn(&doc.location, Some("spec.workloadSelector".into()), msg);
         }
     }
-    for doc in &docs.authorization_policies {
-        diags.warn(
-            &doc.location,
-            None,
-            "AuthorizationPolicy is accepted but not enforced yet",
-        );
-    }
-    for doc in &docs.peer_authentications {
-        diags.warn(
-            &doc.location,
-            None,
-            "PeerAuthentication is accepted but not enforced yet",
-        );
-    }
 }
 
 fn warn_policy(policy: &TrafficPolicy, field: &str, loc: &Location, diags: &mut Diagnostics) {
@@ -97,7 +83,6 @@ fn warn_policy(policy: &TrafficPolicy, field: &str, loc: &Location, diags: &mut 
                     || o.consecutive_local_origin_failures.is_some()
             }),
         ),
-        ("tls", policy.tls.is_some()),
         ("tunnel", policy.tunnel.is_some()),
         ("proxyProtocol", policy.proxy_protocol.is_some()),
     ];
@@ -114,14 +99,5 @@ fn warn_policy(policy: &TrafficPolicy, field: &str, loc: &Location, diags: &mut 
             Some(format!("{field}.loadBalancer")),
             "locality and warmup settings are not enforced yet",
         );
-    }
-    for (i, port) in policy.port_level_settings.iter().enumerate() {
-        if port.tls.is_some() {
-            diags.warn(
-                loc,
-                Some(format!("{field}.portLevelSettings[{i}].tls")),
-                NOT_ENFORCED,
-            );
-        }
     }
 }

@@ -14,6 +14,18 @@ pub struct AgentSpec {
     /// The service host this sidecar fronts (short name or FQDN); inbound
     /// metrics and spans report it as `destination_service`.
     pub service: String,
+    /// The service account the workload runs as; with the namespace and the
+    /// trust domain it makes the SPIFFE identity
+    /// `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>` (default `default`).
+    #[serde(default = "default_service_account")]
+    pub service_account: String,
+    /// The mesh's trust domain (default `cluster.local`).
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// Where the workload certificate comes from; without it the agent
+    /// speaks plaintext only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentitySpec>,
     /// The workload's labels; `app` and `version` become metric labels and
     /// VirtualService `sourceLabels` match against them.
     #[serde(default)]
@@ -44,6 +56,58 @@ pub struct AgentSpec {
     /// How long in-flight requests may finish after SIGTERM (default 5s).
     #[serde(default = "default_drain")]
     pub drain_duration: IstioDuration,
+}
+
+fn default_service_account() -> String {
+    "default".into()
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
+
+/// The workload certificate's source: files, or the built-in CA.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentitySpec {
+    /// Certificate files (as cert-manager or `tracemesh ca issue` writes
+    /// them), reloaded when they change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<IdentityFiles>,
+    /// The CA to ask for short-lived certificates, rotated at half-life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaSpec>,
+}
+
+/// Certificate files.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityFiles {
+    /// The workload certificate, then intermediates (PEM).
+    pub cert_chain: String,
+    /// Its private key (PEM).
+    pub private_key: String,
+    /// The roots peers are verified against (PEM).
+    pub root_cert: String,
+}
+
+/// The built-in CA (`tracemesh ca serve`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaSpec {
+    /// `host:port` of the CA.
+    pub address: String,
+    /// The CA's root certificate (PEM file), to verify the CA and peers.
+    pub root_cert: String,
+    /// File holding the bootstrap token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// The bootstrap token itself (prefer `tokenFile`: config dumps show this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Certificate lifetime asked for (default 24h); renewed at half-life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<IstioDuration>,
 }
 
 fn default_concurrency() -> usize {

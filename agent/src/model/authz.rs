@@ -120,6 +120,8 @@ pub struct AuthzInput<'a> {
     pub principal: Option<&'a str>,
     /// The peer's namespace from its identity (none without mTLS).
     pub namespace: Option<&'a str>,
+    /// The SNI the peer sent (none without TLS).
+    pub sni: Option<&'a str>,
     /// Method.
     pub method: &'a str,
     /// Path without query.
@@ -258,7 +260,7 @@ impl Condition {
             ConditionKey::DestinationPort => text(Some(&input.destination_port.to_string())),
             ConditionKey::SourcePrincipal => text(input.principal),
             ConditionKey::SourceNamespace => text(input.namespace),
-            ConditionKey::ConnectionSni => text(None),
+            ConditionKey::ConnectionSni => text(input.sni),
             ConditionKey::Unsupported => false,
         }
     }

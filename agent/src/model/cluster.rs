@@ -48,6 +48,9 @@ pub struct Endpoint {
     /// The endpoint as a peer for metric labels, from its labels, used when
     /// the upstream does not announce itself through metadata exchange.
     pub peer: Arc<PeerInfo>,
+    /// Labelled as running a sidecar (`security.istio.io/tlsMode: istio`),
+    /// so auto mTLS applies.
+    pub sidecar: bool,
 }
 
 impl Endpoint {
@@ -76,6 +79,9 @@ impl Endpoint {
             cluster: unknown.cluster,
         };
         Self {
+            sidecar: labels
+                .get("security.istio.io/tlsMode")
+                .is_some_and(|m| m == "istio"),
             address,
             labels,
             state,
@@ -113,6 +119,39 @@ pub struct Cluster {
     pub use_client_protocol: bool,
     /// Live counters, shared with other snapshots of this cluster.
     pub state: Arc<ClusterState>,
+    /// How connections to the endpoints are secured.
+    pub tls: UpstreamTls,
+}
+
+/// How a cluster's connections are secured (DestinationRule `tls`, or
+/// Istio's auto mTLS when the rule says nothing).
+#[derive(Debug, Clone)]
+pub enum UpstreamTls {
+    /// Plaintext.
+    Plain,
+    /// Mesh mTLS with the workload's own certificate: to every endpoint
+    /// (ISTIO_MUTUAL), or only to endpoints labelled as running a sidecar
+    /// (auto mTLS).
+    Mesh {
+        /// Only endpoints labelled `security.istio.io/tlsMode: istio`.
+        only_sidecars: bool,
+        /// SNI to send.
+        sni: String,
+        /// SANs the server must carry (empty: any identity of the trust domain).
+        expected: Arc<[String]>,
+    },
+    /// TLS origination (SIMPLE, MUTUAL) with a config built from files, one
+    /// per ALPN protocol (HTTP/1.1, HTTP/2).
+    Originate {
+        /// Client config offering `http/1.1`.
+        h1: Arc<rustls::ClientConfig>,
+        /// Client config offering `h2`.
+        h2: Arc<rustls::ClientConfig>,
+        /// SNI to send (and to verify, unless `subjectAltNames` are given).
+        server_name: rustls::pki_types::ServerName<'static>,
+    },
+    /// The rule's TLS files could not be loaded: connections fail (UF).
+    Broken(Arc<str>),
 }
 
 impl Cluster {

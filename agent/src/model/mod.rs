@@ -48,6 +48,12 @@ pub struct Identity {
     pub peer_metadata_id: HeaderValue,
     /// This workload as a peer, for metric labels.
     pub peer: Arc<PeerInfo>,
+    /// Its SPIFFE identity (what its certificate carries, when it has one).
+    pub spiffe: tracemesh_ca::SpiffeId,
+    /// The same as `spiffe://…`, for metric labels and spans.
+    pub principal: Arc<str>,
+    /// Whether the Agent has a certificate source (`spec.identity`).
+    pub has_certificate: bool,
 }
 
 /// Listener addresses, parsed from the bootstrap. Fixed for the process's
@@ -91,6 +97,8 @@ pub struct Snapshot {
     pub authorization: authz::Authorization,
     /// RateLimitPolicy rules that apply to this workload (inbound).
     pub rate_limits: Vec<Arc<rate_limit::RateLimiter>>,
+    /// The inbound mTLS mode (PeerAuthentication).
+    pub inbound_mtls: crate::tls::MtlsMode,
     /// The effective config as JSON, for `/config_dump`.
     pub dump: serde_json::Value,
 }

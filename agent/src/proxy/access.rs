@@ -49,13 +49,16 @@ pub fn authorize<B>(
         return Ok(false);
     }
     let host = request_authority(req).map_or("", |a| split_host_port(a).0);
+    let identity = down.tls.as_ref().and_then(|t| t.identity.as_ref());
+    let principal = identity.map(|id| id.principal());
     let input = AuthzInput {
         source_ip: down.peer.ip(),
         remote_ip,
         destination_ip: down.local.ip(),
         destination_port: snapshot.listeners.app.port(),
-        principal: None,
-        namespace: None,
+        principal: principal.as_deref(),
+        namespace: identity.map(|id| id.namespace.as_str()),
+        sni: down.tls.as_ref().and_then(|t| t.sni.as_deref()),
         method: req.method().as_str(),
         path: req.uri().path(),
         host,

@@ -151,7 +151,7 @@ impl Attempts<'_> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let send = forward::send(&self.worker.pools, endpoint, self.cluster, self.h2, request);
+        let send = forward::send(self.worker, endpoint, self.cluster, self.h2, request);
         let Some(limit) = limit else {
             return send.await.map_err(Attempted::Error);
         };
@@ -185,6 +185,7 @@ impl Attempts<'_> {
                     .flatten();
                 self.observe(endpoint, Outcome::Status(status));
                 ex.end_retry_span(Some(status), None);
+                ex.set_upstream_peer(sent.peer);
                 if self.retry.retries_status(status, grpc) {
                     if let Some(slot) = self.retry_slot(may_retry) {
                         return Judged::Retry(slot, "retriable status");
@@ -207,7 +208,10 @@ impl Attempts<'_> {
             Err(Attempted::Error(error)) => {
                 let reply = error.reply();
                 ex.end_retry_span(None, Some(reply.details));
-                let SendError::Failed(failure) = error else {
+                if let SendError::Tls(reason) = error {
+                    ex.set_transport_failure(reason);
+                }
+                let Some(failure) = error.failure() else {
                     return Judged::Fail(reply); // overflow is never retried
                 };
                 self.observe(endpoint, Outcome::LocalFailure);

@@ -1,15 +1,20 @@
-//! Sends one attempt to one endpoint over a pooled connection.
+//! Sends one attempt to one endpoint over a pooled connection, secured as
+//! the cluster's TLS says (plaintext, mesh mTLS, TLS origination).
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use rustls::pki_types::ServerName;
 
+use super::Worker;
 use super::body::UpstreamBody;
 use super::local_reply::LocalReply;
-use super::pool::{AcquireError, Lease, PoolKey, Pools};
-use crate::model::cluster::{Cluster, Endpoint};
+use super::pool::{AcquireError, Lease, PeerIdentity, PoolKey};
+use crate::model::cluster::{Cluster, Endpoint, UpstreamTls};
 use crate::model::policy::AttemptFailure;
+use crate::tls::TlsPlan;
 
 /// The upstream's response and, for HTTP/1.1, the connection to give back.
 pub struct Sent {
@@ -17,6 +22,8 @@ pub struct Sent {
     pub response: Response<Incoming>,
     /// The HTTP/1.1 connection, reusable after the response.
     pub connection: Option<Lease>,
+    /// The server's identity, on mTLS connections.
+    pub peer: PeerIdentity,
 }
 
 /// Why an attempt got no response.
@@ -24,6 +31,8 @@ pub struct Sent {
 pub enum SendError {
     /// No response, for a reason retries may cover.
     Failed(AttemptFailure),
+    /// The TLS handshake failed (a connect failure to retries), for this reason.
+    Tls(&'static str),
     /// The cluster's connection limits are full (never retried).
     Overflow,
 }
@@ -32,12 +41,71 @@ impl SendError {
     /// The local reply when this is the final outcome.
     pub fn reply(self) -> LocalReply {
         match self {
-            Self::Failed(AttemptFailure::ConnectFailure) => LocalReply::CONNECT_FAILURE,
+            Self::Failed(AttemptFailure::ConnectFailure) | Self::Tls(_) => {
+                LocalReply::CONNECT_FAILURE
+            }
             Self::Failed(AttemptFailure::PerTryTimeout) => LocalReply::TIMEOUT,
             Self::Failed(AttemptFailure::Reset | AttemptFailure::RefusedStream) => {
                 LocalReply::CONNECTION_TERMINATION
             }
             Self::Overflow => LocalReply::OVERFLOW,
+        }
+    }
+
+    /// The failure as retry conditions see it.
+    pub fn failure(self) -> Option<AttemptFailure> {
+        match self {
+            Self::Failed(failure) => Some(failure),
+            Self::Tls(_) => Some(AttemptFailure::ConnectFailure),
+            Self::Overflow => None,
+        }
+    }
+}
+
+/// How the connection to `endpoint` is secured, with the workload's current
+/// certificate for mesh mTLS.
+pub fn tls_plan(
+    worker: &Worker,
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    h2: bool,
+) -> Result<TlsPlan, SendError> {
+    match &cluster.tls {
+        UpstreamTls::Plain => Ok(TlsPlan::Plain),
+        UpstreamTls::Mesh {
+            only_sidecars: true,
+            ..
+        } if !endpoint.sidecar => Ok(TlsPlan::Plain),
+        UpstreamTls::Mesh { sni, expected, .. } => {
+            let material = worker
+                .shared
+                .tls
+                .load_full()
+                .ok_or(SendError::Tls("no_workload_certificate"))?;
+            let server_name =
+                ServerName::try_from(sni.clone()).map_err(|_| SendError::Tls("bad_sni"))?;
+            Ok(TlsPlan::Tls {
+                config: if h2 {
+                    material.mesh_h2.clone()
+                } else {
+                    material.mesh_h1.clone()
+                },
+                server_name,
+                expected: expected.clone(),
+            })
+        }
+        UpstreamTls::Originate {
+            h1,
+            h2: h2_config,
+            server_name,
+        } => Ok(TlsPlan::Tls {
+            config: if h2 { h2_config.clone() } else { h1.clone() },
+            server_name: server_name.clone(),
+            expected: Arc::from([]),
+        }),
+        UpstreamTls::Broken(reason) => {
+            tracing::debug!(%reason, cluster = %cluster.name, "tls settings unusable");
+            Err(SendError::Tls("bad_tls_settings"))
         }
     }
 }
@@ -46,21 +114,27 @@ impl SendError {
 /// idle connection closed under before it was written goes out again on
 /// another connection; that is not a retry.
 pub async fn send(
-    pools: &Rc<Pools>,
+    worker: &Rc<Worker>,
     endpoint: &Endpoint,
     cluster: &Cluster,
     h2: bool,
     mut req: Request<UpstreamBody>,
 ) -> Result<Sent, SendError> {
-    let key = PoolKey::new(&endpoint.address, cluster);
+    let plan = tls_plan(worker, cluster, endpoint, h2)?;
+    let key = PoolKey::new(&endpoint.address, cluster, &plan);
+    let pools = &worker.pools;
     if h2 {
         for _ in 0..2 {
-            let mut sender = pools.h2(&key, cluster).await.map_err(acquire_failed)?;
+            let (mut sender, peer) = pools
+                .h2(&key, cluster, &plan)
+                .await
+                .map_err(acquire_failed)?;
             match sender.try_send_request(req).await {
                 Ok(response) => {
                     return Ok(Sent {
                         response,
                         connection: None,
+                        peer,
                     });
                 }
                 Err(mut error) => match error.take_message() {
@@ -75,11 +149,15 @@ pub async fn send(
         return Err(SendError::Failed(AttemptFailure::Reset));
     }
     loop {
-        let mut lease = pools.h1(&key, cluster).await.map_err(acquire_failed)?;
+        let mut lease = pools
+            .h1(&key, cluster, &plan)
+            .await
+            .map_err(acquire_failed)?;
         match lease.sender.try_send_request(req).await {
             Ok(response) => {
                 return Ok(Sent {
                     response,
+                    peer: lease.peer.clone(),
                     connection: Some(lease),
                 });
             }
@@ -95,6 +173,7 @@ fn acquire_failed(error: AcquireError) -> SendError {
     tracing::debug!(%error, "no upstream connection");
     match error {
         AcquireError::Overflow => SendError::Overflow,
+        AcquireError::Tls { reason, .. } => SendError::Tls(reason),
         AcquireError::Connect { .. } | AcquireError::Handshake { .. } => {
             SendError::Failed(AttemptFailure::ConnectFailure)
         }

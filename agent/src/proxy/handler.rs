@@ -98,6 +98,7 @@ pub async fn handle(
         upgrade: downstream_upgrade.is_some(),
         identity: &snapshot.identity,
         client_ip: down.peer.ip(),
+        caller_principal: down.tls.as_ref().and_then(|t| t.principal.as_deref()),
         edits: routed.request_edits(),
     };
     if let Err(reply) = headers::prepare_request(&mut parts, &outgoing, &mut ex) {

@@ -22,6 +22,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// How the request leaves this hop.
 pub struct OutgoingRequest<'a> {
@@ -35,6 +36,8 @@ pub struct OutgoingRequest<'a> {
     pub identity: &'a Identity,
     /// The client's IP (appended to `x-forwarded-for` inbound).
     pub client_ip: IpAddr,
+    /// The caller's verified SPIFFE identity (inbound mTLS).
+    pub caller_principal: Option<&'a str>,
     /// Rule then destination edits (outbound).
     pub edits: [Option<&'a HeaderEdits>; 2],
 }
@@ -64,6 +67,16 @@ pub fn prepare_request(
         Direction::Inbound => {
             headers.remove(PEER_METADATA);
             headers.remove(PEER_METADATA_ID);
+        }
+    }
+    // Only this agent vouches for a caller's certificate: what came in is
+    // dropped, and the app learns the verified identity (Envoy's XFCC,
+    // SANITIZE_SET as Istio's sidecars do).
+    headers.remove(FORWARDED_CLIENT_CERT);
+    if let (Direction::Inbound, Some(caller)) = (out.direction, out.caller_principal) {
+        let value = format!("By={};URI={caller}", out.identity.principal);
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(FORWARDED_CLIENT_CERT, value);
         }
     }
     for edits in out.edits.iter().flatten() {

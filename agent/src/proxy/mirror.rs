@@ -128,13 +128,7 @@ impl Copy {
         let request = Request::from_parts(self.head, UpstreamBody::Full(Some(body)));
         let sent = tokio::time::timeout(
             MIRROR_TIMEOUT,
-            forward::send(
-                &self.worker.pools,
-                &endpoint,
-                &self.cluster,
-                self.h2,
-                request,
-            ),
+            forward::send(&self.worker, &endpoint, &self.cluster, self.h2, request),
         )
         .await;
         let mut attributes = vec![

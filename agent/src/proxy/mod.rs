@@ -55,6 +55,8 @@ pub struct Shared {
     pub access_log: Option<AccessLog>,
     /// Live counters (endpoints, clusters, rate limits), kept across reloads.
     pub live: LiveState,
+    /// The workload's current TLS material (none without `spec.identity`).
+    pub tls: Arc<arc_swap::ArcSwapOption<crate::tls::TlsMaterial>>,
 }
 
 /// Which listener a connection came in on.
@@ -86,6 +88,8 @@ pub struct Downstream {
     /// The address the client connected to. With transparent interception
     /// this is where an original-destination lookup would put its answer.
     pub local: SocketAddr,
+    /// What the client proved over mTLS (inbound), if it used mTLS.
+    pub tls: Option<crate::tls::PeerTls>,
 }
 
 /// Per-worker state: pools and caches that need no lock because only this
@@ -102,14 +106,17 @@ struct Caches {
     metrics: MetricCache,
     peers: HashMap<Box<[u8]>, Arc<PeerInfo>>,
     unknown_services: HashMap<String, Arc<ServiceName>>,
+    principals: HashMap<Box<str>, Arc<str>>,
 }
 
 const PEER_CACHE_LIMIT: usize = 1024;
 
 impl Worker {
     fn new(shared: Arc<Shared>) -> Self {
+        let metrics = &shared.metrics;
         let pools = Rc::new(pool::Pools::new(
-            shared.metrics.upstream_connections.clone(),
+            metrics.upstream_connections.clone(),
+            metrics.tls_failures.clone(),
         ));
         Self {
             shared,
@@ -130,6 +137,22 @@ impl Worker {
         }
         caches.peers.insert(value.into(), peer.clone());
         Some(peer)
+    }
+
+    /// One shared copy of a peer's principal per worker, so metric label
+    /// sets stay few however many connections carry it.
+    fn intern_principal(&self, principal: &Arc<str>) -> Arc<str> {
+        let mut caches = self.caches.borrow_mut();
+        if let Some(shared) = caches.principals.get(&**principal) {
+            return shared.clone();
+        }
+        if caches.principals.len() >= PEER_CACHE_LIMIT {
+            caches.principals.clear();
+        }
+        caches
+            .principals
+            .insert(Box::from(&**principal), principal.clone());
+        principal.clone()
     }
 
     /// A service name for a host no cluster knows (for `destination_service`

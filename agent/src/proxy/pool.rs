@@ -11,11 +11,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::net::TcpStream;
 
 use super::LocalExec;
@@ -23,6 +24,9 @@ use super::body::UpstreamBody;
 use crate::by_address::ByAddress;
 use crate::model::cluster::{Cluster, UpstreamAddr};
 use crate::model::live::{ClusterState, Slot, UNLIMITED};
+use crate::tls::TlsPlan;
+use crate::tls::handshake;
+use crate::tls::io::UpstreamIo;
 
 /// Most idle HTTP/1.1 connections kept per endpoint and worker.
 const MAX_IDLE: usize = 256;
@@ -38,6 +42,14 @@ pub enum AcquireError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The TLS handshake failed, for this reason.
+    #[error("tls handshake with {addr}: {reason}")]
+    Tls {
+        /// The endpoint.
+        addr: String,
+        /// Why (`unknown_ca`, `wrong_san`, …).
+        reason: &'static str,
+    },
     /// The HTTP handshake failed.
     #[error("handshake with {addr}: {source}")]
     Handshake {
@@ -51,27 +63,44 @@ pub enum AcquireError {
     Overflow,
 }
 
-/// Which pool a connection belongs to: its endpoint, and for clusters that
-/// limit connections, the cluster that counts it.
+/// What secures a pooled connection, so differently secured connections to
+/// one endpoint never mix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum TlsKey {
+    Plain,
+    Tls(ByAddress<rustls::ClientConfig>),
+}
+
+/// Which pool a connection belongs to: its endpoint, its TLS, and for
+/// clusters that limit connections, the cluster that counts it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     addr: UpstreamAddr,
+    tls: TlsKey,
     counted_by: Option<ByAddress<ClusterState>>,
 }
 
 impl PoolKey {
-    /// The pool of `addr` as used by `cluster`.
-    pub fn new(addr: &UpstreamAddr, cluster: &Cluster) -> Self {
+    /// The pool of `addr` as used by `cluster` with `plan`.
+    pub fn new(addr: &UpstreamAddr, cluster: &Cluster, plan: &TlsPlan) -> Self {
         Self {
             addr: addr.clone(),
+            tls: match plan {
+                TlsPlan::Plain => TlsKey::Plain,
+                TlsPlan::Tls { config, .. } => TlsKey::Tls(ByAddress(config.clone())),
+            },
             counted_by: (cluster.limits.max_connections != UNLIMITED)
                 .then(|| ByAddress(cluster.state.clone())),
         }
     }
 }
 
+/// The server's SPIFFE identity (`spiffe://…`) on an mTLS connection.
+pub type PeerIdentity = Option<Arc<str>>;
+
 struct Idle {
     sender: http1::SendRequest<UpstreamBody>,
+    peer: PeerIdentity,
     since: Instant,
     served: u64,
     idle_timeout: Duration,
@@ -80,8 +109,9 @@ struct Idle {
 /// A worker's upstream connections.
 pub struct Pools {
     idle: RefCell<HashMap<PoolKey, Vec<Idle>>>,
-    shared_h2: RefCell<HashMap<PoolKey, http2::SendRequest<UpstreamBody>>>,
+    shared_h2: RefCell<HashMap<PoolKey, (http2::SendRequest<UpstreamBody>, PeerIdentity)>>,
     opened: IntCounter,
+    tls_failures: IntCounterVec,
 }
 
 /// An HTTP/1.1 connection lent to one request; [`release`](Self::release)
@@ -89,6 +119,8 @@ pub struct Pools {
 pub struct Lease {
     /// The connection.
     pub sender: http1::SendRequest<UpstreamBody>,
+    /// The server's identity, on mTLS connections.
+    pub peer: PeerIdentity,
     /// Whether it came from the idle pool (it may have closed meanwhile).
     pub reused: bool,
     key: PoolKey,
@@ -108,22 +140,34 @@ impl Lease {
             .counted_by
             .as_ref()
             .is_some_and(|c| c.0.has_waiters());
-        if spent || wanted {
+        if spent || wanted || self.sender.is_closed() {
             return; // dropping the sender closes the connection and frees its slot
         }
         if let Some(pools) = self.pools.upgrade() {
-            pools.put_idle(self.key, self.sender, self.served + 1, self.idle_timeout);
+            let idle = Idle {
+                sender: self.sender,
+                peer: self.peer,
+                since: Instant::now(),
+                served: self.served + 1,
+                idle_timeout: self.idle_timeout,
+            };
+            let mut pools = pools.idle.borrow_mut();
+            let list = pools.entry(self.key).or_default();
+            if list.len() < MAX_IDLE {
+                list.push(idle);
+            }
         }
     }
 }
 
 impl Pools {
-    /// Empty pools counting opened connections into `opened`.
-    pub fn new(opened: IntCounter) -> Self {
+    /// Empty pools counting opened connections and TLS handshake failures.
+    pub fn new(opened: IntCounter, tls_failures: IntCounterVec) -> Self {
         Self {
             idle: RefCell::default(),
             shared_h2: RefCell::default(),
             opened,
+            tls_failures,
         }
     }
 
@@ -138,37 +182,17 @@ impl Pools {
         None
     }
 
-    fn put_idle(
-        &self,
-        key: PoolKey,
-        sender: http1::SendRequest<UpstreamBody>,
-        served: u64,
-        idle_timeout: Duration,
-    ) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(key).or_default();
-        if list.len() < MAX_IDLE {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-                served,
-                idle_timeout,
-            });
-        }
-    }
-
     /// An HTTP/1.1 connection for `key`: idle, new, or after waiting for a
     /// slot when the cluster limits connections.
     pub async fn h1(
         self: &Rc<Self>,
         key: &PoolKey,
         cluster: &Cluster,
+        plan: &TlsPlan,
     ) -> Result<Lease, AcquireError> {
-        let lease = |sender, reused, served| Lease {
+        let lease = |sender, peer, reused, served| Lease {
             sender,
+            peer,
             reused,
             key: key.clone(),
             served,
@@ -177,7 +201,7 @@ impl Pools {
             pools: Rc::downgrade(self),
         };
         if let Some(idle) = self.take_idle(key) {
-            return Ok(lease(idle.sender, true, idle.served));
+            return Ok(lease(idle.sender, idle.peer, true, idle.served));
         }
         let slot = self
             .connection_slot(key, cluster, || self.has_idle(key))
@@ -185,12 +209,23 @@ impl Pools {
         if slot.is_none()
             && let Some(idle) = self.take_idle(key)
         {
-            return Ok(lease(idle.sender, true, idle.served));
+            return Ok(lease(idle.sender, idle.peer, true, idle.served));
         }
-        let sender = self
-            .connect_h1(&key.addr, cluster.connect_timeout, slot)
-            .await?;
-        Ok(lease(sender, false, 0))
+        let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| AcquireError::Handshake {
+                addr: key.addr.to_string(),
+                source,
+            })?;
+        tokio::task::spawn_local(async move {
+            let _slot = slot; // the connection counts until it closes
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%error, "upstream connection closed with an error");
+            }
+        });
+        Ok(lease(sender, peer, false, 0))
     }
 
     /// The shared HTTP/2 connection for `key`, opened if needed.
@@ -198,28 +233,29 @@ impl Pools {
         &self,
         key: &PoolKey,
         cluster: &Cluster,
-    ) -> Result<http2::SendRequest<UpstreamBody>, AcquireError> {
+        plan: &TlsPlan,
+    ) -> Result<(http2::SendRequest<UpstreamBody>, PeerIdentity), AcquireError> {
         let live = || {
             self.shared_h2
                 .borrow()
                 .get(key)
-                .filter(|s| !s.is_closed())
+                .filter(|(s, _)| !s.is_closed())
                 .cloned()
         };
-        if let Some(sender) = live() {
-            return Ok(sender);
+        if let Some(shared) = live() {
+            return Ok(shared);
         }
         let slot = self
             .connection_slot(key, cluster, || live().is_some())
             .await?;
-        if let Some(sender) = live() {
-            return Ok(sender); // another request of this worker opened one meanwhile
+        if let Some(shared) = live() {
+            return Ok(shared); // another request of this worker opened one meanwhile
         }
-        let io = TokioIo::new(self.tcp(&key.addr, cluster.connect_timeout).await?);
+        let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
             .adaptive_window(true)
-            .handshake(io)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|source| AcquireError::Handshake {
                 addr: key.addr.to_string(),
@@ -233,8 +269,8 @@ impl Pools {
         });
         self.shared_h2
             .borrow_mut()
-            .insert(key.clone(), sender.clone());
-        Ok(sender)
+            .insert(key.clone(), (sender.clone(), peer.clone()));
+        Ok((sender, peer))
     }
 
     /// Forgets a shared HTTP/2 connection that refused a request.
@@ -287,38 +323,27 @@ impl Pools {
         }
     }
 
-    async fn connect_h1(
+    /// TCP, then TLS when the plan says so.
+    async fn dial(
         &self,
         addr: &UpstreamAddr,
-        timeout: Duration,
-        slot: Option<Slot>,
-    ) -> Result<http1::SendRequest<UpstreamBody>, AcquireError> {
-        let io = TokioIo::new(self.tcp(addr, timeout).await?);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|source| AcquireError::Handshake {
-                addr: addr.to_string(),
-                source,
-            })?;
-        tokio::task::spawn_local(async move {
-            let _slot = slot; // the connection counts until it closes
-            if let Err(error) = conn.with_upgrades().await {
-                tracing::debug!(%error, "upstream connection closed with an error");
-            }
-        });
-        Ok(sender)
-    }
-
-    async fn tcp(&self, addr: &UpstreamAddr, timeout: Duration) -> Result<TcpStream, AcquireError> {
-        let stream = connect_tcp(addr, timeout)
+        cluster: &Cluster,
+        plan: &TlsPlan,
+    ) -> Result<(UpstreamIo, PeerIdentity), AcquireError> {
+        let stream = connect_tcp(addr, cluster.connect_timeout)
             .await
             .map_err(|source| AcquireError::Connect {
                 addr: addr.to_string(),
                 source,
             })?;
         self.opened.inc();
-        Ok(stream)
+        let (io, identity) = handshake::connect(stream, plan, &self.tls_failures)
+            .await
+            .map_err(|failure| AcquireError::Tls {
+                addr: addr.to_string(),
+                reason: failure.0,
+            })?;
+        Ok((io, identity.map(|id| Arc::from(id.to_string()))))
     }
 
     /// Closes idle connections that closed, idled past their timeout, or
@@ -334,7 +359,7 @@ impl Pools {
         });
         self.shared_h2
             .borrow_mut()
-            .retain(|_, sender| !sender.is_closed());
+            .retain(|_, (sender, _)| !sender.is_closed());
     }
 }
 

@@ -10,12 +10,13 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::listener::WorkerSockets;
 use super::{Direction, Downstream, LocalExec, Shared, Worker, handler, tcp};
+use crate::tls::{MtlsMode, handshake};
 
 /// A running worker thread.
 pub struct WorkerHandle {
@@ -156,27 +157,73 @@ impl Accept {
             .with_label_values(&[direction.as_str()]);
         while let Some((stream, peer)) = accept(&listener, &mut self.stopped).await {
             let _ = stream.set_nodelay(true);
-            let local = stream.local_addr().unwrap_or(peer);
-            let down = Rc::new(Downstream {
-                direction,
-                peer,
-                local,
-            });
-            let worker = self.worker.clone();
-            let service = service_fn(move |req| handler::handle(worker.clone(), down.clone(), req));
-            let conn = self
-                .http
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = self.graceful.watch(conn);
+            let connection = Connection {
+                worker: self.worker.clone(),
+                http: self.http.clone(),
+                // A watcher, not the shutdown handle: draining waits for it.
+                watcher: self.graceful.watcher(),
+            };
             let gauge = gauge.clone();
-            gauge.inc();
             tokio::task::spawn_local(async move {
-                if let Err(error) = conn.await {
-                    tracing::debug!(%error, "downstream connection ended with an error");
-                }
+                gauge.inc();
+                connection.serve(stream, peer, direction).await;
                 gauge.dec();
             });
+        }
+    }
+}
+
+/// What serving one connection needs.
+struct Connection {
+    worker: Rc<Worker>,
+    http: Rc<auto::Builder<LocalExec>>,
+    watcher: Watcher,
+}
+
+impl Connection {
+    /// The inbound mTLS handshake (by PeerAuthentication), then HTTP.
+    async fn serve(
+        self,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        direction: Direction,
+    ) {
+        let local = stream.local_addr().unwrap_or(peer);
+        let shared = &self.worker.shared;
+        let mode = match direction {
+            Direction::Inbound => shared.config.load().inbound_mtls,
+            Direction::Outbound => MtlsMode::Disable,
+        };
+        let Ok((io, mut tls)) = handshake::accept(
+            stream,
+            mode,
+            shared.tls.load_full(),
+            &shared.metrics.tls_failures,
+        )
+        .await
+        else {
+            return; // refused and counted
+        };
+        if let Some(peer) = tls.as_mut() {
+            peer.principal = peer
+                .principal
+                .as_ref()
+                .map(|p| self.worker.intern_principal(p));
+        }
+        let down = Rc::new(Downstream {
+            direction,
+            peer,
+            local,
+            tls,
+        });
+        let worker = self.worker.clone();
+        let service = service_fn(move |req| handler::handle(worker.clone(), down.clone(), req));
+        let conn = self
+            .http
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        if let Err(error) = self.watcher.watch(conn).await {
+            tracing::debug!(%error, "downstream connection ended with an error");
         }
     }
 }

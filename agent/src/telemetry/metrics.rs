@@ -96,6 +96,12 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Endpoints ejected by outlier detection, by cluster.
     pub outlier_ejections: IntCounterVec,
+    /// TLS handshakes that failed, by direction and reason.
+    pub tls_failures: IntCounterVec,
+    /// Workload certificate rotations, by result.
+    pub certificate_rotations: IntCounterVec,
+    /// When the workload certificate expires (Unix seconds).
+    pub certificate_expiry: IntGauge,
 }
 
 impl Metrics {
@@ -186,6 +192,20 @@ impl Metrics {
                 "Endpoints ejected by outlier detection.",
                 &["cluster"],
             )?,
+            tls_failures: counter(
+                "tracemesh_agent_tls_handshake_failures_total",
+                "TLS handshakes that failed, by direction and reason.",
+                &["direction", "reason"],
+            )?,
+            certificate_rotations: counter(
+                "tracemesh_agent_certificate_rotations_total",
+                "Workload certificate rotations, by result.",
+                &["result"],
+            )?,
+            certificate_expiry: IntGauge::new(
+                "tracemesh_agent_certificate_expiry_timestamp_seconds",
+                "When the workload certificate expires.",
+            )?,
             registry,
         };
         metrics.register_all()?;
@@ -210,7 +230,10 @@ impl Metrics {
         r.register(Box::new(self.active_connections.clone()))?;
         r.register(Box::new(self.upstream_connections.clone()))?;
         r.register(Box::new(self.access_log_dropped.clone()))?;
-        r.register(Box::new(self.outlier_ejections.clone()))
+        r.register(Box::new(self.outlier_ejections.clone()))?;
+        r.register(Box::new(self.tls_failures.clone()))?;
+        r.register(Box::new(self.certificate_rotations.clone()))?;
+        r.register(Box::new(self.certificate_expiry.clone()))
     }
 
     /// The families in Prometheus text format.
@@ -253,25 +276,29 @@ pub struct PeerLabels {
     pub service: ByAddress<ServiceName>,
     /// `mutual_tls`, `none` or `unknown`.
     pub security: &'static str,
+    /// The caller's and the callee's SPIFFE identities, when mTLS proved them.
+    pub principals: [Option<ByAddress<str>>; 2],
 }
 
 impl PeerLabels {
     fn values(&self) -> [String; 20] {
         let (s, d, svc) = (&*self.source.0, &*self.destination.0, &*self.service.0);
         let unknown = || "unknown".to_owned();
+        let principal =
+            |p: &Option<ByAddress<str>>| p.as_ref().map_or_else(unknown, |p| p.0.to_string());
         [
             self.reporter.as_str().to_owned(),
             s.workload.clone(),
             s.canonical_service.clone(),
             s.canonical_revision.clone(),
             s.namespace.clone(),
-            unknown(),
+            principal(&self.principals[0]),
             s.app.clone(),
             s.version.clone(),
             s.cluster.clone(),
             d.workload.clone(),
             d.namespace.clone(),
-            unknown(),
+            principal(&self.principals[1]),
             d.app.clone(),
             d.version.clone(),
             svc.host.clone(),

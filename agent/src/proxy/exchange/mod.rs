@@ -64,6 +64,12 @@ pub struct Exchange {
     upstream_time: Option<std::time::Duration>,
     connection: Option<Lease>,
     log: Option<Box<record::LogFields>>,
+    /// The server's identity on the upstream mTLS connection (outbound).
+    upstream_peer: Option<Arc<str>>,
+    /// Why the upstream TLS handshake failed, when it did.
+    transport_failure: Option<&'static str>,
+    /// The caller's mTLS proof (inbound).
+    downstream_tls: Option<crate::tls::PeerTls>,
     done: bool,
 }
 
@@ -126,6 +132,9 @@ impl Exchange {
             upstream_time: None,
             connection: None,
             log: None,
+            upstream_peer: None,
+            transport_failure: None,
+            downstream_tls: down.tls.clone(),
             done: false,
         });
         if exchange.recording {
@@ -189,6 +198,16 @@ impl Exchange {
             self.peer = endpoint.peer.clone();
         }
         self.endpoint = Some(endpoint.clone());
+    }
+
+    /// The server's identity on the upstream connection (mTLS).
+    pub fn set_upstream_peer(&mut self, peer: Option<Arc<str>>) {
+        self.upstream_peer = peer.map(|p| self.worker.intern_principal(&p));
+    }
+
+    /// The upstream TLS handshake failed for `reason`.
+    pub fn set_transport_failure(&mut self, reason: &'static str) {
+        self.transport_failure = Some(reason);
     }
 
     /// Holds the cluster's request slot of the current attempt.

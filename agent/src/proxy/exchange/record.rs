@@ -70,9 +70,40 @@ fn protocol_name(version: Version) -> &'static str {
 impl Exchange {
     pub(super) fn record_metrics(&self, duration_ms: f64, request_bytes: u64) {
         let local = self.identity.peer.clone();
-        let (reporter, source, destination, security) = match self.direction {
-            Direction::Outbound => (Reporter::Source, local, self.peer.clone(), "unknown"),
-            Direction::Inbound => (Reporter::Destination, self.peer.clone(), local, "none"),
+        let ours = || Some(ByAddress(self.identity.principal.clone()));
+        let (reporter, source, destination, security, principals) = match self.direction {
+            // The client side cannot tell; Istio reports `unknown` there too.
+            Direction::Outbound => {
+                let theirs = self.upstream_peer.clone().map(ByAddress);
+                let principals = [theirs.is_some().then(ours).flatten(), theirs];
+                (
+                    Reporter::Source,
+                    local,
+                    self.peer.clone(),
+                    "unknown",
+                    principals,
+                )
+            }
+            Direction::Inbound => match self
+                .downstream_tls
+                .as_ref()
+                .and_then(|t| t.principal.clone())
+            {
+                Some(theirs) => (
+                    Reporter::Destination,
+                    self.peer.clone(),
+                    local,
+                    "mutual_tls",
+                    [Some(ByAddress(theirs)), ours()],
+                ),
+                None => (
+                    Reporter::Destination,
+                    self.peer.clone(),
+                    local,
+                    "none",
+                    [None, None],
+                ),
+            },
         };
         let service = match (&self.cluster, &self.unrouted_service) {
             (Some(cluster), _) => cluster.service.clone(),
@@ -86,6 +117,7 @@ impl Exchange {
                 destination: ByAddress(destination),
                 service: ByAddress(service),
                 security,
+                principals,
             },
             grpc: self.grpc,
             code: self.status,
@@ -118,7 +150,7 @@ impl Exchange {
             response_flags: &flags,
             response_code_details: log.details,
             connection_termination_details: None,
-            upstream_transport_failure_reason: None,
+            upstream_transport_failure_reason: self.transport_failure,
             bytes_received: request_bytes,
             bytes_sent: self.response_bytes,
             duration: duration_ms,
@@ -132,7 +164,7 @@ impl Exchange {
             upstream_local_address: None,
             downstream_local_address: self.downstream.1.to_string(),
             downstream_remote_address: self.downstream.0.to_string(),
-            requested_server_name: None,
+            requested_server_name: self.downstream_tls.as_ref().and_then(|t| t.sni.as_deref()),
             traceparent: log.traceparent.as_deref(),
         });
     }

@@ -189,6 +189,28 @@ impl Exchange {
         if self.audited {
             attributes.push(KeyValue::new("tracemesh.authz.audit", true));
         }
+        let tls_peer = match self.direction {
+            Direction::Inbound => self
+                .downstream_tls
+                .as_ref()
+                .and_then(|t| t.principal.clone()),
+            Direction::Outbound => self.upstream_peer.clone(),
+        };
+        if let Some(peer) = tls_peer {
+            let key = if self.direction == Direction::Inbound {
+                "tracemesh.source.principal"
+            } else {
+                "tracemesh.destination.principal"
+            };
+            attributes.push(KeyValue::new(key, peer.to_string()));
+            attributes.push(KeyValue::new(
+                "tracemesh.connection_security_policy",
+                "mutual_tls",
+            ));
+        }
+        if let Some(reason) = self.transport_failure {
+            attributes.push(KeyValue::new("tracemesh.upstream.tls_failure", reason));
+        }
         if let Some(cluster) = &self.cluster {
             attributes.push(KeyValue::new(
                 "tracemesh.upstream_cluster",

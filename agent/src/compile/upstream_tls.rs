@@ -1,0 +1,174 @@
+//! DestinationRule `trafficPolicy.tls` → how a cluster's connections are
+//! secured: DISABLE, SIMPLE and MUTUAL origination from files, ISTIO_MUTUAL
+//! with the workload's identity, or Istio's auto mTLS when unset.
+
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+
+use crate::config::destination_rule::ClientTlsSettings;
+use crate::config::diagnostics::{Diagnostics, Location};
+use crate::model::cluster::UpstreamTls;
+use crate::tls::material::{self, provider};
+use crate::tls::verify::{MeshServerVerifier, NameCheck};
+
+/// Where the system's CA bundle lives on Debian and friends, used by SIMPLE
+/// origination without `caCertificates`.
+const SYSTEM_ROOTS: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// Checks a `tls` block; reported once per place it is written.
+pub(super) fn validate(
+    tls: &ClientTlsSettings,
+    loc: &Location,
+    field: &str,
+    has_identity: bool,
+    diags: &mut Diagnostics,
+) {
+    let mode = tls.mode.as_deref().unwrap_or("DISABLE");
+    let mut err = |sub: &str, msg: String| diags.error(loc, Some(format!("{field}.{sub}")), msg);
+    match mode {
+        "DISABLE" | "SIMPLE" => {}
+        "MUTUAL" if tls.client_certificate.is_none() || tls.private_key.is_none() => {
+            err(
+                "mode",
+                "MUTUAL needs clientCertificate and privateKey".into(),
+            );
+        }
+        "MUTUAL" => {}
+        "ISTIO_MUTUAL" if !has_identity => {
+            err(
+                "mode",
+                "ISTIO_MUTUAL needs the Agent's spec.identity (the workload certificate)".into(),
+            );
+        }
+        "ISTIO_MUTUAL" => {}
+        other => err(
+            "mode",
+            format!("unknown mode {other:?} (DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL)"),
+        ),
+    }
+    if matches!(mode, "SIMPLE" | "MUTUAL") {
+        for (sub, path) in [
+            ("caCertificates", &tls.ca_certificates),
+            ("clientCertificate", &tls.client_certificate),
+            ("privateKey", &tls.private_key),
+        ] {
+            if let Some(path) = path
+                && let Err(e) = std::fs::read_to_string(path)
+            {
+                err(sub, format!("{path}: {e}"));
+            }
+        }
+    }
+    if tls.credential_name.is_some() {
+        let msg = "Kubernetes secrets are not read by the agent; use caCertificates/clientCertificate/privateKey files";
+        diags.warn(loc, Some(format!("{field}.credentialName")), msg);
+    }
+    if tls.ca_crl.is_some() {
+        diags.warn(
+            loc,
+            Some(format!("{field}.caCrl")),
+            "certificate revocation lists are not checked",
+        );
+    }
+}
+
+/// The cluster's TLS for `host` (the service FQDN), with the ServiceEntry's
+/// `subjectAltNames`.
+pub(super) fn upstream_tls(
+    tls: Option<&ClientTlsSettings>,
+    host: &str,
+    entry_sans: &[String],
+    has_identity: bool,
+) -> UpstreamTls {
+    let mode = tls.and_then(|t| t.mode.as_deref());
+    let sans = |t: Option<&ClientTlsSettings>| -> Arc<[String]> {
+        match t.map(|t| &t.subject_alt_names).filter(|s| !s.is_empty()) {
+            Some(names) => names.as_slice().into(),
+            None => entry_sans.into(),
+        }
+    };
+    match mode {
+        None if has_identity => UpstreamTls::Mesh {
+            only_sidecars: true,
+            sni: host.to_owned(),
+            expected: sans(tls),
+        },
+        None | Some("DISABLE") => UpstreamTls::Plain,
+        Some("ISTIO_MUTUAL") => UpstreamTls::Mesh {
+            only_sidecars: false,
+            sni: tls
+                .and_then(|t| t.sni.clone())
+                .unwrap_or_else(|| host.to_owned()),
+            expected: sans(tls),
+        },
+        Some(_) => match tls.map(|t| originate(t, host)) {
+            Some(Ok(origination)) => origination,
+            Some(Err(reason)) => UpstreamTls::Broken(reason.into()),
+            None => UpstreamTls::Plain,
+        },
+    }
+}
+
+fn read(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
+}
+
+/// SIMPLE or MUTUAL origination: configs for both ALPN protocols.
+fn originate(tls: &ClientTlsSettings, host: &str) -> Result<UpstreamTls, String> {
+    let sni = tls.sni.clone().unwrap_or_else(|| host.to_owned());
+    let server_name = ServerName::try_from(sni.clone()).map_err(|e| format!("sni {sni:?}: {e}"))?;
+    let roots_pem = match &tls.ca_certificates {
+        Some(path) => read(path)?,
+        None => SYSTEM_ROOTS
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default(),
+    };
+    let check = if tls.insecure_skip_verify == Some(true) {
+        NameCheck::Skip
+    } else if !tls.subject_alt_names.is_empty() {
+        NameCheck::AnyOf(tls.subject_alt_names.clone())
+    } else {
+        NameCheck::ServerName
+    };
+    let roots = if roots_pem.is_empty() && matches!(check, NameCheck::Skip) {
+        Arc::new(rustls::RootCertStore::empty())
+    } else {
+        material::root_store(&roots_pem, "caCertificates").map_err(|e| e.to_string())?
+    };
+    let client_auth = match (&tls.client_certificate, &tls.private_key) {
+        (Some(cert), Some(key)) => Some((
+            material::certificates(&read(cert)?, "clientCertificate").map_err(|e| e.to_string())?,
+            material::private_key(&read(key)?).map_err(|e| e.to_string())?,
+        )),
+        _ => None,
+    };
+    let build = |alpn: &[u8]| -> Result<Arc<ClientConfig>, String> {
+        let provider = provider();
+        let verifier = MeshServerVerifier::new(roots.clone(), &provider, check.clone());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let mut config = match &client_auth {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain.clone(), key.clone_key())
+                .map_err(|e| e.to_string())?,
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(config))
+    };
+    Ok(UpstreamTls::Originate {
+        h1: build(b"http/1.1")?,
+        h2: build(b"h2")?,
+        server_name,
+    })
+}

@@ -1,0 +1,219 @@
+//! TLS handshakes on both sides: inbound by the workload's PeerAuthentication
+//! mode (STRICT requires mTLS, PERMISSIVE tells TLS from plaintext by the
+//! first byte), outbound by the cluster's TLS plan. Failures close the
+//! connection and are counted by reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntCounterVec;
+use rustls::pki_types::ServerName;
+use rustls::{AlertDescription, CertificateError, ClientConfig};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::io::{DownstreamIo, MaybeTls, UpstreamIo};
+use super::material::TlsMaterial;
+use super::verify::has_any_san;
+
+/// Longest a client may take to start and finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS record carrying a handshake.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The inbound mTLS mode in force (PeerAuthentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// mTLS required; plaintext is refused.
+    Strict,
+    /// mTLS or plaintext.
+    Permissive,
+    /// Plaintext only.
+    Disable,
+}
+
+impl MtlsMode {
+    /// Istio's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "STRICT",
+            Self::Permissive => "PERMISSIVE",
+            Self::Disable => "DISABLE",
+        }
+    }
+}
+
+/// What the peer proved about itself.
+#[derive(Debug, Clone)]
+pub struct PeerTls {
+    /// Its SPIFFE identity, when its certificate has one.
+    pub identity: Option<tracemesh_ca::SpiffeId>,
+    /// The same as `spiffe://…` (metric labels), shared per worker.
+    pub principal: Option<std::sync::Arc<str>>,
+    /// The SNI it asked for.
+    pub sni: Option<String>,
+}
+
+/// A handshake that failed, by reason (the metric label and the access
+/// log's `upstream_transport_failure_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsFailure(pub &'static str);
+
+fn reason(error: &std::io::Error) -> &'static str {
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return if error.kind() == std::io::ErrorKind::TimedOut {
+            "timeout"
+        } else {
+            "connection_error"
+        };
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => "no_client_certificate",
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => "unknown_ca",
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "expired",
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "wrong_san",
+        rustls::Error::InvalidCertificate(_) => "bad_certificate",
+        rustls::Error::AlertReceived(AlertDescription::UnknownCA) => "unknown_ca",
+        rustls::Error::AlertReceived(AlertDescription::CertificateExpired) => "expired",
+        rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => {
+            "no_client_certificate"
+        }
+        rustls::Error::AlertReceived(
+            AlertDescription::BadCertificate | AlertDescription::CertificateUnknown,
+        ) => "bad_certificate",
+        _ => "handshake_error",
+    }
+}
+
+fn identity_of(
+    certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+) -> Option<tracemesh_ca::SpiffeId> {
+    certs
+        .and_then(|c| c.first())
+        .and_then(|der| tracemesh_ca::spiffe_id_of(der))
+}
+
+/// Accepts an inbound connection under `mode`: the stream to serve, and
+/// the peer's proof for mTLS connections. `Err` means the connection was
+/// refused (and counted).
+pub async fn accept(
+    stream: TcpStream,
+    mode: MtlsMode,
+    material: Option<Arc<TlsMaterial>>,
+    failures: &IntCounterVec,
+) -> Result<(DownstreamIo, Option<PeerTls>), TlsFailure> {
+    let fail = |reason: &'static str| {
+        failures.with_label_values(&["inbound", reason]).inc();
+        TlsFailure(reason)
+    };
+    let material = match (mode, material) {
+        (MtlsMode::Disable, _) | (MtlsMode::Permissive, None) => {
+            return Ok((MaybeTls::Plain(stream), None));
+        }
+        (MtlsMode::Strict, None) => return Err(fail("no_workload_certificate")),
+        (_, Some(material)) => material,
+    };
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+    let is_tls = match peeked {
+        Ok(Ok(1)) => first[0] == TLS_HANDSHAKE,
+        Ok(_) => return Err(TlsFailure("closed")),
+        Err(_) => return Err(fail("timeout")),
+    };
+    if !is_tls {
+        return match mode {
+            MtlsMode::Strict => Err(fail("plaintext_refused")),
+            _ => Ok((MaybeTls::Plain(stream), None)),
+        };
+    }
+    let config = match mode {
+        MtlsMode::Strict => material.server_strict.clone(),
+        _ => material.server_permissive.clone(),
+    };
+    let accepted =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream)).await;
+    match accepted {
+        Ok(Ok(tls)) => {
+            let (_, conn) = tls.get_ref();
+            let identity = identity_of(conn.peer_certificates());
+            let peer = PeerTls {
+                principal: identity
+                    .as_ref()
+                    .map(|id| std::sync::Arc::from(id.to_string())),
+                identity,
+                sni: conn.server_name().map(str::to_owned),
+            };
+            Ok((MaybeTls::Tls(Box::new(tls)), Some(peer)))
+        }
+        Ok(Err(error)) => {
+            let why = reason(&error);
+            tracing::debug!(%error, reason = why, "inbound tls handshake failed");
+            Err(fail(why))
+        }
+        Err(_) => Err(fail("timeout")),
+    }
+}
+
+/// How to secure an upstream connection.
+#[derive(Debug, Clone)]
+pub enum TlsPlan {
+    /// Plaintext.
+    Plain,
+    /// TLS with `config`, sending `server_name` as SNI, and requiring one of
+    /// `expected` SANs when not empty.
+    Tls {
+        /// Client config (the workload's mesh config, or a DestinationRule's).
+        config: Arc<ClientConfig>,
+        /// SNI.
+        server_name: ServerName<'static>,
+        /// SANs one of which the server must carry.
+        expected: Arc<[String]>,
+    },
+}
+
+/// Secures an upstream connection by `plan`; returns the stream and the
+/// server's SPIFFE identity, if it has one.
+pub async fn connect(
+    stream: TcpStream,
+    plan: &TlsPlan,
+    failures: &IntCounterVec,
+) -> Result<(UpstreamIo, Option<tracemesh_ca::SpiffeId>), TlsFailure> {
+    let TlsPlan::Tls {
+        config,
+        server_name,
+        expected,
+    } = plan
+    else {
+        return Ok((MaybeTls::Plain(stream), None));
+    };
+    let fail = |reason: &'static str| {
+        failures.with_label_values(&["outbound", reason]).inc();
+        TlsFailure(reason)
+    };
+    let connecting = TlsConnector::from(config.clone()).connect(server_name.clone(), stream);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            let why = reason(&error);
+            tracing::debug!(%error, reason = why, "outbound tls handshake failed");
+            return Err(fail(why));
+        }
+        Err(_) => return Err(fail("timeout")),
+    };
+    let (_, conn) = tls.get_ref();
+    let leaf = conn.peer_certificates().and_then(|c| c.first());
+    if !expected.is_empty() && !leaf.is_some_and(|der| has_any_san(der, expected)) {
+        return Err(fail("wrong_san"));
+    }
+    let identity = identity_of(conn.peer_certificates());
+    Ok((MaybeTls::Tls(Box::new(tls)), identity))
+}

@@ -1,0 +1,189 @@
+//! The workload's TLS material — its certificate chain and key, the roots it
+//! trusts — and the rustls configs built from it once per rotation.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tracemesh_ca::{CertInfo, SpiffeId};
+
+use super::verify::{MeshServerVerifier, NameCheck};
+
+/// Why TLS material could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterialError {
+    /// A PEM input is missing or unreadable.
+    #[error("{what}: {reason}")]
+    Pem {
+        /// Which input.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// rustls refused the material.
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The certificate names no SPIFFE identity.
+    #[error("the workload certificate has no SPIFFE URI SAN")]
+    NoIdentity,
+}
+
+/// ALPN protocols offered and accepted: HTTP/2 first.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// The ring crypto provider (no aws-lc here).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Parses every certificate of a PEM text.
+pub fn certificates(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| MaterialError::Pem {
+            what,
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(MaterialError::Pem {
+            what,
+            reason: "no certificate".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// A root store from a PEM text.
+pub fn root_store(pem: &str, what: &'static str) -> Result<Arc<RootCertStore>, MaterialError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(pem, what)? {
+        roots.add(cert).map_err(|e| MaterialError::Pem {
+            what,
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A private key from a PEM text.
+pub fn private_key(pem: &str) -> Result<PrivateKeyDer<'static>, MaterialError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| MaterialError::Pem {
+        what: "private key",
+        reason: e.to_string(),
+    })
+}
+
+/// One generation of the workload's TLS material.
+#[derive(Debug)]
+pub struct TlsMaterial {
+    /// The identity its certificate carries.
+    pub identity: SpiffeId,
+    /// Accepts mTLS from peers of the trust domain (client certificate
+    /// required): STRICT.
+    pub server_strict: Arc<ServerConfig>,
+    /// The same, but a TLS client without a certificate is let in
+    /// unauthenticated: PERMISSIVE.
+    pub server_permissive: Arc<ServerConfig>,
+    /// Originates mesh mTLS over HTTP/1.1: presents the workload
+    /// certificate, accepts servers with a SPIFFE identity of the trust domain.
+    pub mesh_h1: Arc<ClientConfig>,
+    /// The same, offering HTTP/2.
+    pub mesh_h2: Arc<ClientConfig>,
+    /// The chain's certificates, described (for `/certs`).
+    pub chain: Vec<CertInfo>,
+    /// The roots, described.
+    pub roots: Vec<CertInfo>,
+    /// Where it came from (`files` or `ca`).
+    pub source: &'static str,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+impl TlsMaterial {
+    /// Builds the material from PEM texts.
+    pub fn from_pem(
+        chain_pem: &str,
+        key_pem: &str,
+        roots_pem: &str,
+        source: &'static str,
+    ) -> Result<Self, MaterialError> {
+        let chain = certificates(chain_pem, "certificate chain")?;
+        let key = private_key(key_pem)?;
+        let roots = root_store(roots_pem, "root certificate")?;
+        let described: Vec<CertInfo> = chain.iter().filter_map(|c| CertInfo::parse(c)).collect();
+        let identity = described
+            .first()
+            .and_then(CertInfo::spiffe_id)
+            .ok_or(MaterialError::NoIdentity)?;
+        let provider = provider();
+        let server = |optional: bool| -> Result<Arc<ServerConfig>, MaterialError> {
+            let builder =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+            let builder = if optional {
+                builder.allow_unauthenticated()
+            } else {
+                builder
+            };
+            let verifier = builder.build().map_err(|e| MaterialError::Pem {
+                what: "root certificate",
+                reason: e.to_string(),
+            })?;
+            let mut config = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain.clone(), key.clone_key())?;
+            config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+            Ok(Arc::new(config))
+        };
+        let (server_strict, server_permissive) = (server(false)?, server(true)?);
+        let verifier = Arc::new(MeshServerVerifier::new(
+            roots.clone(),
+            &provider,
+            NameCheck::TrustDomain(identity.trust_domain.clone()),
+        ));
+        let mesh = |alpn: &[u8]| -> Result<Arc<ClientConfig>, MaterialError> {
+            let mut config = ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone())
+                .with_client_auth_cert(chain.clone(), key.clone_key())?;
+            config.alpn_protocols = vec![alpn.to_vec()];
+            Ok(Arc::new(config))
+        };
+        let (mesh_h1, mesh_h2) = (mesh(b"http/1.1")?, mesh(b"h2")?);
+        let roots_described = certificates(roots_pem, "root certificate")?
+            .iter()
+            .filter_map(|c| CertInfo::parse(c))
+            .collect();
+        Ok(Self {
+            identity,
+            server_strict,
+            server_permissive,
+            mesh_h1,
+            mesh_h2,
+            chain: described,
+            roots: roots_described,
+            source,
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    /// When the workload certificate expires.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.chain.first().map(CertInfo::expires_at)
+    }
+
+    /// Half-way from when it was loaded to when it expires: when to renew
+    /// it (the CA backdates certificates, so their own start is no guide).
+    pub fn renew_at(&self) -> Option<SystemTime> {
+        let expires = self.expires_at()?;
+        Some(self.loaded_at + expires.duration_since(self.loaded_at).unwrap_or_default() / 2)
+    }
+}

@@ -1,0 +1,183 @@
+//! Keeps the workload's TLS material current: certificate files reloaded
+//! when they change, or CA certificates renewed at half-life. A new
+//! generation is swapped in for new connections; open ones are untouched,
+//! so rotation drops nothing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use prometheus::{IntCounterVec, IntGauge};
+use tracemesh_ca::{CaClient, SpiffeId};
+
+use super::material::{MaterialError, TlsMaterial};
+use crate::config::agent::{CaSpec, IdentityFiles, IdentitySpec};
+
+/// Why the identity could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The material is unusable.
+    #[error(transparent)]
+    Material(#[from] MaterialError),
+    /// The CA refused or could not be reached.
+    #[error(transparent)]
+    Ca(#[from] tracemesh_ca::RequestError),
+    /// The configured identity is malformed.
+    #[error(transparent)]
+    Identity(#[from] tracemesh_ca::spiffe::BadSpiffeId),
+}
+
+/// Where the material comes from.
+pub enum Source {
+    /// Certificate files, polled for changes.
+    Files(IdentityFiles),
+    /// The CA.
+    Ca {
+        /// Its client.
+        client: CaClient,
+        /// Roots to verify peers with (the CA's root file).
+        root_pem: String,
+        /// Lifetime asked for.
+        lifetime: Duration,
+    },
+}
+
+fn read(path: &str) -> Result<String, IdentityError> {
+    std::fs::read_to_string(path).map_err(|source| IdentityError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl Source {
+    /// Prepares the source named by the Agent's `identity`.
+    pub fn new(spec: &IdentitySpec) -> Result<Self, IdentityError> {
+        if let Some(files) = &spec.files {
+            return Ok(Self::Files(files.clone()));
+        }
+        let ca: &CaSpec = spec.ca.as_ref().ok_or_else(|| IdentityError::Read {
+            path: "spec.identity".into(),
+            source: std::io::Error::other("set `files` or `ca`"),
+        })?;
+        let token = match (&ca.token, &ca.token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(file)) => read(file)?.trim().to_owned(),
+            (None, None) => String::new(),
+        };
+        let root_pem = read(&ca.root_cert)?;
+        Ok(Self::Ca {
+            client: CaClient::new(&ca.address, &token, &root_pem)?,
+            root_pem,
+            lifetime: ca
+                .lifetime
+                .map_or(Duration::from_secs(24 * 3600), |l| l.get()),
+        })
+    }
+
+    /// Loads (files) or requests (CA) one generation of material.
+    pub async fn fetch(&self, id: &SpiffeId) -> Result<TlsMaterial, IdentityError> {
+        match self {
+            Self::Files(files) => {
+                let chain = read(&files.cert_chain)?;
+                let key = read(&files.private_key)?;
+                let roots = read(&files.root_cert)?;
+                Ok(TlsMaterial::from_pem(&chain, &key, &roots, "files")?)
+            }
+            Self::Ca {
+                client,
+                root_pem,
+                lifetime,
+            } => {
+                let (key, issued) = client.request(id, *lifetime).await?;
+                Ok(TlsMaterial::from_pem(
+                    &issued.cert_chain,
+                    &key,
+                    root_pem,
+                    "ca",
+                )?)
+            }
+        }
+    }
+
+    fn watched_files(&self) -> Vec<PathBuf> {
+        match self {
+            Self::Files(f) => [&f.cert_chain, &f.private_key, &f.root_cert]
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            Self::Ca { .. } => Vec::new(),
+        }
+    }
+}
+
+/// Keeps `slot` current until the future is dropped: reloads files when
+/// they change, renews CA certificates at half-life, retries failures with
+/// backoff (keeping the current material meanwhile).
+pub async fn keep_current(
+    source: Source,
+    id: SpiffeId,
+    slot: Arc<ArcSwapOption<TlsMaterial>>,
+    (rotations, expiry): (IntCounterVec, IntGauge),
+) {
+    let mut last_seen = files_fingerprint(&source.watched_files());
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let wait = match (&source, slot.load().as_ref().and_then(|m| m.renew_at())) {
+            (Source::Ca { .. }, Some(renew_at)) => renew_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default(),
+            _ => Duration::from_secs(1),
+        };
+        tokio::time::sleep(wait).await;
+        let seen = files_fingerprint(&source.watched_files());
+        if matches!(source, Source::Files(_)) && seen == last_seen {
+            continue;
+        }
+        match source.fetch(&id).await {
+            Ok(material) => {
+                last_seen = seen;
+                tracing::info!(identity = %material.identity, source = material.source, "workload certificate rotated");
+                record_expiry(&material, &expiry);
+                slot.store(Some(Arc::new(material)));
+                rotations.with_label_values(&["ok"]).inc();
+                backoff = Duration::from_secs(1);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "workload certificate rotation failed; keeping the current one");
+                rotations.with_label_values(&["failed"]).inc();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Publishes when the certificate expires (alerting on it beats an outage).
+pub fn record_expiry(material: &TlsMaterial, gauge: &IntGauge) {
+    let seconds = material
+        .expires_at()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64);
+    gauge.set(seconds);
+}
+
+/// Modification times and sizes of the watched files, to notice changes.
+fn files_fingerprint(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}

@@ -1,0 +1,115 @@
+//! Certificate checks rustls does not do by itself: peers in the mesh are
+//! named by SPIFFE URI SANs, not DNS names, and TLS origination may pin
+//! `subjectAltNames` or skip verification on request.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{
+    CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature,
+};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
+use tracemesh_ca::CertInfo;
+
+/// What the server's certificate must name.
+#[derive(Debug, Clone)]
+pub enum NameCheck {
+    /// A SPIFFE identity in this trust domain (mesh mTLS).
+    TrustDomain(String),
+    /// One of these SANs (`URI` or `DNS` values), instead of the SNI name.
+    AnyOf(Vec<String>),
+    /// The SNI name (plain TLS origination).
+    ServerName,
+    /// Nothing: `insecureSkipVerify` (and no chain check either).
+    Skip,
+}
+
+/// Verifies a server certificate's chain against `roots`, then its name by
+/// `check`.
+#[derive(Debug)]
+pub struct MeshServerVerifier {
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+    check: NameCheck,
+}
+
+impl MeshServerVerifier {
+    /// A verifier trusting `roots`.
+    pub fn new(roots: Arc<RootCertStore>, provider: &CryptoProvider, check: NameCheck) -> Self {
+        Self {
+            roots,
+            algorithms: provider.signature_verification_algorithms,
+            check,
+        }
+    }
+}
+
+/// Whether a certificate carries one of `names` as a URI or DNS SAN.
+pub fn has_any_san(der: &[u8], names: &[String]) -> bool {
+    CertInfo::parse(der).is_some_and(|info| {
+        info.subject_alt_names.iter().any(|san| {
+            let value = san.split_once(':').map_or(san.as_str(), |(_, v)| v);
+            names.iter().any(|n| n == value)
+        })
+    })
+}
+
+impl ServerCertVerifier for MeshServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        if matches!(self.check, NameCheck::Skip) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let named = match &self.check {
+            NameCheck::TrustDomain(td) => {
+                tracemesh_ca::spiffe_id_of(end_entity).is_some_and(|id| &id.trust_domain == td)
+            }
+            NameCheck::AnyOf(names) => has_any_san(end_entity, names),
+            NameCheck::ServerName => rustls::client::verify_server_name(&cert, server_name).is_ok(),
+            NameCheck::Skip => true,
+        };
+        if named {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(Error::InvalidCertificate(CertificateError::NotValidForName))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

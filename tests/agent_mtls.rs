@@ -1,0 +1,425 @@
+//! Mutual TLS with workload identities from the real `tracemesh ca`:
+//! agent-to-agent mTLS, STRICT and PERMISSIVE against `openssl s_client`,
+//! principals in AuthorizationPolicy, TLS origination, rotation under load.
+
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::agent::Agent;
+use common::client::Client;
+use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, service_entry};
+use common::pki::{Ca, TlsUpstream, openssl_get};
+use common::upstream::{Upstream, closed_port};
+
+const STRICT: &str = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: default}\nspec:\n  mtls: {mode: STRICT}\n";
+const SIDECAR: [(&str, &str); 2] = [("app", "backend"), ("security.istio.io/tlsMode", "istio")];
+const FRONTEND: &str = "spiffe://cluster.local/ns/default/sa/frontend";
+const BACKEND: &str = "spiffe://cluster.local/ns/default/sa/backend";
+
+fn workload(service: &str, app: SocketAddr, identity: &str, docs: &str) -> Agent {
+    let doc = AgentDoc {
+        name: &format!("{service}-v1"),
+        service,
+        app: service,
+        version: "v1",
+        app_addr: app,
+        otlp: NO_COLLECTOR,
+        app_protocol: "HTTP",
+        outbound_tcp: "[]",
+        extra: identity,
+    };
+    Agent::start(&(doc.yaml() + docs))
+}
+
+/// A frontend (sa `frontend`) calling `backend` at `target` with auto mTLS.
+async fn frontend(ca: &Ca, target: SocketAddr, service_account: &str, lifetime: &str) -> Agent {
+    let entry = service_entry(
+        "backend",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: target,
+            labels: &SIDECAR,
+        }],
+    );
+    workload(
+        "frontend",
+        closed_port().await,
+        &ca.identity_yaml(service_account, lifetime),
+        &entry,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_agents_talk_mtls_and_strict_refuses_the_rest() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let backend = workload(
+        "backend",
+        app.addr,
+        &ca.identity_yaml("backend", "1h"),
+        STRICT,
+    );
+    let front = frontend(&ca, backend.inbound, "frontend", "1h").await;
+
+    let reply = Client::h1(front.outbound)
+        .get("http://backend:9080/hello")
+        .await;
+    assert_eq!(reply.status, 200);
+    let seen = app.seen().pop().unwrap();
+    let xfcc = seen.headers["x-forwarded-client-cert"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        xfcc,
+        format!("By={BACKEND};URI={FRONTEND}"),
+        "the app learns the caller's verified identity"
+    );
+
+    let inbound = backend.metrics().await;
+    let labels = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "mutual_tls"),
+        ("source_principal", FRONTEND),
+        ("destination_principal", BACKEND),
+        ("source_workload", "frontend-v1"),
+    ];
+    assert_eq!(
+        inbound.sum("istio_requests_total", &labels),
+        1.0,
+        "{}",
+        inbound.text
+    );
+    let outbound = front.metrics().await;
+    let labels = [
+        ("reporter", "source"),
+        ("source_principal", FRONTEND),
+        ("destination_principal", BACKEND),
+    ];
+    assert_eq!(
+        outbound.sum("istio_requests_total", &labels),
+        1.0,
+        "{}",
+        outbound.text
+    );
+
+    // Plaintext to a STRICT port is refused.
+    assert!(
+        Client::h1(backend.inbound)
+            .try_get("http://backend/")
+            .await
+            .is_err()
+    );
+    // So is a TLS client without a certificate (a client no one here wrote)…
+    let out = openssl_get(backend.inbound, None);
+    assert!(!out.contains("HTTP/1.1 200"), "{out}");
+    // …and one whose certificate another CA signed.
+    let other = tempfile::tempdir().unwrap();
+    let stranger =
+        tracemesh_ca::Authority::init(&other.path().join("ca"), "cluster.local", None).unwrap();
+    let id = tracemesh_ca::SpiffeId::new("cluster.local", "default", "frontend").unwrap();
+    let (key, issued) = stranger
+        .issue_with_key(&id, Duration::from_secs(3600))
+        .unwrap();
+    let (cert_file, key_file) = (other.path().join("c.pem"), other.path().join("k.pem"));
+    std::fs::write(&cert_file, &issued.cert_chain).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let out = openssl_get(backend.inbound, Some((&cert_file, &key_file)));
+    assert!(!out.contains("HTTP/1.1 200"), "{out}");
+    assert_eq!(app.count(), 1, "nothing refused reached the app");
+
+    let failures = backend.metrics().await;
+    let by = |reason| {
+        failures.sum(
+            "tracemesh_agent_tls_handshake_failures_total",
+            &[("direction", "inbound"), ("reason", reason)],
+        )
+    };
+    assert!(by("plaintext_refused") >= 1.0, "{}", failures.text);
+    assert!(by("unknown_ca") >= 1.0, "{}", failures.text);
+    assert!(by("no_client_certificate") >= 1.0, "{}", failures.text);
+
+    let certs: serde_json::Value =
+        serde_json::from_str(&backend.admin_get("/certs").await).unwrap();
+    assert_eq!(certs["identity"], BACKEND);
+    assert_eq!(certs["inboundMtls"], "STRICT");
+    let sans = certs["certificateChain"][0]["subjectAltNames"]
+        .as_array()
+        .unwrap();
+    assert!(
+        sans.iter().any(|s| s == &format!("URI:{BACKEND}")),
+        "{sans:?}"
+    );
+    assert!(certs["expiresAt"].as_u64().unwrap() > certs["loadedAt"].as_u64().unwrap());
+    assert!(!backend.admin_get("/certs").await.contains("PRIVATE KEY"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_from_another_ca_is_refused_upstream() {
+    let ca = Ca::start();
+    let other_ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let backend = workload(
+        "backend",
+        app.addr,
+        &ca.identity_yaml("backend", "1h"),
+        STRICT,
+    );
+    let front = frontend(&other_ca, backend.inbound, "frontend", "1h").await;
+    let reply = Client::h1(front.outbound).get("http://backend:9080/").await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply
+            .header("x-tracemesh-response-flags")
+            .unwrap()
+            .contains("UF")
+    );
+    let scrape = front.metrics().await;
+    let failed = scrape.sum(
+        "tracemesh_agent_tls_handshake_failures_total",
+        &[("direction", "outbound"), ("reason", "unknown_ca")],
+    );
+    assert!(failed >= 1.0, "{}", scrape.text);
+    assert_eq!(app.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn permissive_accepts_plaintext_and_tls_without_a_certificate() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let backend = workload("backend", app.addr, &ca.identity_yaml("backend", "1h"), "");
+    assert_eq!(
+        Client::h1(backend.inbound)
+            .get("http://backend/plain")
+            .await
+            .status,
+        200
+    );
+    let out = openssl_get(backend.inbound, None);
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let front = frontend(&ca, backend.inbound, "frontend", "1h").await;
+    assert_eq!(
+        Client::h1(front.outbound)
+            .get("http://backend:9080/mtls")
+            .await
+            .status,
+        200
+    );
+    let scrape = backend.metrics().await;
+    assert_eq!(
+        scrape.sum(
+            "istio_requests_total",
+            &[("connection_security_policy", "none")]
+        ),
+        2.0,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(
+        scrape.sum(
+            "istio_requests_total",
+            &[("connection_security_policy", "mutual_tls")]
+        ),
+        1.0
+    );
+    let certs: serde_json::Value =
+        serde_json::from_str(&backend.admin_get("/certs").await).unwrap();
+    assert_eq!(certs["inboundMtls"], "PERMISSIVE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn principals_decide_authorization() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let policy = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: only-frontend, namespace: default}\nspec:\n  rules:\n  - from: [{source: {principals: [\"cluster.local/ns/default/sa/frontend\"]}}]\n";
+    let backend = workload(
+        "backend",
+        app.addr,
+        &ca.identity_yaml("backend", "1h"),
+        &format!("{STRICT}{policy}"),
+    );
+    let front = frontend(&ca, backend.inbound, "frontend", "1h").await;
+    let intruder = frontend(&ca, backend.inbound, "intruder", "1h").await;
+    assert_eq!(
+        Client::h1(front.outbound)
+            .get("http://backend:9080/")
+            .await
+            .status,
+        200
+    );
+    let denied = Client::h1(intruder.outbound)
+        .get("http://backend:9080/")
+        .await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(&denied.body[..], b"RBAC: access denied");
+    assert_eq!(app.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn destination_rules_originate_tls() {
+    let secure = TlsUpstream::start(&["secure.example"], false).await;
+    let mutual = TlsUpstream::start(&["mutual.example"], true).await;
+    let entry = |host: &str, target: SocketAddr| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {host}}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n",
+            target.port()
+        )
+    };
+    let rule = |host: &str, tls: String| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {host}}}\nspec:\n  host: {host}\n  trafficPolicy: {{tls: {tls}}}\n"
+        )
+    };
+    let root = secure.root.display();
+    let mroot = mutual.root.display();
+    let docs = [
+        entry("secure.example", secure.addr),
+        rule("secure.example", format!("{{mode: SIMPLE, caCertificates: \"{root}\"}}")),
+        entry("misnamed.example", secure.addr),
+        rule("misnamed.example", format!("{{mode: SIMPLE, caCertificates: \"{root}\"}}")),
+        entry("mutual.example", mutual.addr),
+        rule(
+            "mutual.example",
+            format!(
+                "{{mode: MUTUAL, caCertificates: \"{mroot}\", clientCertificate: \"{}\", privateKey: \"{}\"}}",
+                mutual.client_cert.display(),
+                mutual.client_key.display()
+            ),
+        ),
+        entry("nocert.example", mutual.addr),
+        rule("nocert.example", format!("{{mode: SIMPLE, caCertificates: \"{mroot}\", sni: mutual.example}}")),
+    ]
+    .concat();
+    let agent = Agent::start(&(agent("app", closed_port().await, NO_COLLECTOR) + &docs));
+    let client = Client::h1(agent.outbound);
+
+    let reply = client.get("http://secure.example/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(&reply.body[..], b"secure hello");
+    assert_eq!(
+        secure
+            .sni
+            .lock()
+            .unwrap()
+            .first()
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("secure.example")
+    );
+
+    let reply = client.get("http://misnamed.example/").await;
+    assert_eq!(
+        reply.status, 503,
+        "the certificate names secure.example, not misnamed.example"
+    );
+    assert!(
+        reply
+            .header("x-tracemesh-response-flags")
+            .unwrap()
+            .contains("UF")
+    );
+
+    assert_eq!(
+        client.get("http://mutual.example/").await.status,
+        200,
+        "MUTUAL presents the client certificate"
+    );
+    assert_eq!(
+        client.get("http://nocert.example/").await.status,
+        503,
+        "the upstream wants a client certificate"
+    );
+
+    let scrape = agent.metrics().await;
+    let wrong = scrape.sum(
+        "tracemesh_agent_tls_handshake_failures_total",
+        &[("direction", "outbound"), ("reason", "wrong_san")],
+    );
+    assert!(wrong >= 1.0, "{}", scrape.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificates_rotate_under_load_without_failures() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let backend = workload(
+        "backend",
+        app.addr,
+        &ca.identity_yaml("backend", "4s"),
+        STRICT,
+    );
+    let front = frontend(&ca, backend.inbound, "frontend", "4s").await;
+    let client = Client::h1(front.outbound);
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..6)
+        .map(|i| {
+            let (failures, stop) = (failures.clone(), stop.clone());
+            // Half the workers open a new connection per request, so new
+            // handshakes happen with each certificate generation.
+            let client = if i % 2 == 0 {
+                client.clone()
+            } else {
+                Client::h1(front.outbound)
+            };
+            tokio::spawn(async move {
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match client.try_get("http://backend:9080/").await {
+                        Ok(reply) if reply.status == 200 => {}
+                        Ok(reply) => failures.lock().unwrap().push(format!(
+                            "{} {:?}",
+                            reply.status,
+                            reply.header("x-tracemesh-response-flags")
+                        )),
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let rotated = |scrape: &common::metrics::Scrape| {
+        scrape.sum(
+            "tracemesh_agent_certificate_rotations_total",
+            &[("result", "ok")],
+        )
+    };
+    loop {
+        let (b, f) = (backend.metrics().await, front.metrics().await);
+        if rotated(&b) >= 3.0 && rotated(&f) >= 3.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "rotations: backend {} frontend {}",
+            rotated(&b),
+            rotated(&f)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = 0;
+    for worker in workers {
+        sent += worker.await.unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(sent > 100, "only {sent} requests ran");
+}

@@ -1,0 +1,274 @@
+//! A real `tracemesh ca` process, certificates from it, and an HTTPS upstream
+//! for TLS origination.
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpListener;
+use tracemesh_ca::Authority;
+
+use super::agent::binary;
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run tracemesh ca");
+    assert!(
+        out.status.success(),
+        "tracemesh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A CA directory with a serving `tracemesh ca serve` process.
+pub struct Ca {
+    /// The CA's directory.
+    pub dir: PathBuf,
+    /// `host:port` of its HTTPS listener.
+    pub address: SocketAddr,
+    /// A token allowing any identity.
+    pub token_file: PathBuf,
+    child: Child,
+    _tmp: tempfile::TempDir,
+}
+
+impl Ca {
+    /// `ca init`, `ca token --identity '*'`, `ca serve` on port 0.
+    pub fn start() -> Ca {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let dir_s = dir.to_str().unwrap();
+        run(&["ca", "init", "--dir", dir_s]);
+        let token = run(&["ca", "token", "--dir", dir_s, "--identity", "*"]);
+        let token_file = tmp.path().join("token");
+        std::fs::write(&token_file, token.trim()).unwrap();
+        let mut child = Command::new(binary())
+            .args(["ca", "serve", "--dir", dir_s, "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("listen=") {
+                    let addr = line[at + 7..].split(' ').next().unwrap().to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let address = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("ca ready line")
+            .parse()
+            .unwrap();
+        Ca {
+            dir,
+            address,
+            token_file,
+            child,
+            _tmp: tmp,
+        }
+    }
+
+    /// The root certificate file.
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root-cert.pem")
+    }
+
+    /// Agent YAML (under `spec:`) for a workload of `service_account` that
+    /// gets its certificates from this CA, valid for `lifetime`.
+    pub fn identity_yaml(&self, service_account: &str, lifetime: &str) -> String {
+        format!(
+            "  serviceAccount: {service_account}\n  identity:\n    ca: {{address: \"{}\", rootCert: \"{}\", tokenFile: \"{}\", lifetime: {lifetime}}}\n",
+            self.address,
+            self.root().display(),
+            self.token_file.display()
+        )
+    }
+
+    /// `ca issue` into `out` (key.pem, cert-chain.pem, root-cert.pem).
+    pub fn issue(&self, spiffe: &str, out: &Path) {
+        run(&[
+            "ca",
+            "issue",
+            "--dir",
+            self.dir.to_str().unwrap(),
+            "--spiffe",
+            spiffe,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+    }
+}
+
+impl Drop for Ca {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTPS upstream whose certificate names `names`, signed by its own
+/// root; optionally requiring client certificates signed by that root.
+pub struct TlsUpstream {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its root certificate file.
+    pub root: PathBuf,
+    /// A client key and certificate its root signed (for MUTUAL).
+    pub client_cert: PathBuf,
+    /// The client key.
+    pub client_key: PathBuf,
+    /// SNI of every TLS connection it accepted.
+    pub sni: Arc<Mutex<Vec<Option<String>>>>,
+    _tmp: tempfile::TempDir,
+}
+
+impl TlsUpstream {
+    /// Starts the server.
+    pub async fn start(names: &[&str], require_client_cert: bool) -> TlsUpstream {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = Authority::init(&tmp.path().join("ca"), "test.local", None).unwrap();
+        let (key, issued) = ca.issue_server(names, &[]).unwrap();
+        let root = tmp.path().join("root.pem");
+        std::fs::write(&root, ca.root_pem()).unwrap();
+        let client = tracemesh_ca::SpiffeId::new("test.local", "ns", "client").unwrap();
+        let (client_key_pem, client_issued) = ca
+            .issue_with_key(&client, Duration::from_secs(3600))
+            .unwrap();
+        let (client_cert, client_key) = (
+            tmp.path().join("client.pem"),
+            tmp.path().join("client-key.pem"),
+        );
+        std::fs::write(&client_cert, &client_issued.cert_chain).unwrap();
+        std::fs::write(&client_key, &client_key_pem).unwrap();
+
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(issued.cert_chain.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let config = if require_client_cert {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(ca.root_pem().as_bytes()).unwrap())
+                .unwrap();
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(certs, key)
+                .unwrap()
+        } else {
+            builder
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap()
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sni = Arc::new(Mutex::new(Vec::new()));
+        let seen = sni.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    seen.lock()
+                        .unwrap()
+                        .push(tls.get_ref().1.server_name().map(str::to_owned));
+                    let service = service_fn(|_req| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                            b"secure hello",
+                        ))))
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TlsUpstream {
+            addr,
+            root,
+            client_cert,
+            client_key,
+            sni,
+            _tmp: tmp,
+        }
+    }
+}
+
+/// Runs `openssl s_client` against `addr`, sending an HTTP request; returns
+/// what it printed (an HTTP response appears only if the connection was let in).
+pub fn openssl_get(addr: SocketAddr, cert_and_key: Option<(&Path, &Path)>) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-quiet",
+        "-ign_eof",
+    ]);
+    if let Some((cert, key)) = cert_and_key {
+        cmd.arg("-cert").arg(cert).arg("-key").arg(key);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is installed (.ci/run installs it)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin
+            .write_all(b"GET /via-openssl HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

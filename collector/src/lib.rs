@@ -18,6 +18,8 @@ pub mod indexer;
 pub mod ingest;
 pub mod metrics;
 pub mod otlp_metrics;
+pub mod receiver;
+pub mod run;
 pub mod spanmetrics;
 pub mod store;
 pub mod units;
@@ -29,3 +31,7 @@ pub mod wal;
 pub mod jaeger_proto {
     tonic::include_proto!("jaeger.api_v2");
 }
+
+pub use cli::CollectorArgs;
+pub use config::CollectorConfig;
+pub use run::{Collector, CollectorError};

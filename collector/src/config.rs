@@ -276,7 +276,7 @@ mod tests {
         config.validate().unwrap();
 
         let (field, message) = CollectorConfig::from_yaml("listen:\n  otlp_grcp: 127.0.0.1:0\n").unwrap_err();
-        assert_eq!(field, "listen");
+        assert_eq!(field, "listen.otlp_grcp");
         assert!(message.contains("otlp_grcp"), "{message}");
     }
 

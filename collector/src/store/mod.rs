@@ -12,6 +12,9 @@ pub mod partition;
 pub mod read;
 pub mod schema;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -112,8 +112,15 @@ impl Ingest {
     }
 
     /// Validates, admits and durably appends a trace request; returns once
-    /// it is in the WAL (the sender may then be acknowledged).
-    pub async fn traces(&self, receiver: Receiver, mut request: ExportTraceServiceRequest) -> Result<Accepted, IngestError> {
+    /// it is in the WAL (the sender may then be acknowledged). `raw` is the
+    /// request's protobuf encoding when the receiver has it: written as is
+    /// when no span was removed.
+    pub async fn traces(
+        &self,
+        receiver: Receiver,
+        mut request: ExportTraceServiceRequest,
+        raw: Option<bytes::Bytes>,
+    ) -> Result<Accepted, IngestError> {
         let label = receiver.label();
         let received = validate::span_count(&request.resource_spans);
         self.metrics.spans_received.with_label_values(&[label]).inc_by(received);
@@ -132,7 +139,10 @@ impl Ingest {
             return Err(IngestError::QueueFull);
         }
         self.metrics.ingest_queue_spans.set(self.queue.used() as i64);
-        let payload = request.encode_to_vec();
+        let payload = match raw {
+            Some(raw) if rejected.count == 0 => raw,
+            _ => request.encode_to_vec().into(),
+        };
         let batch = Arc::new(request);
         if let Err(error) = self.wal.append(payload, batch.clone()).await {
             self.metrics.ingest_queue_spans.set(self.queue.release(accepted as usize) as i64);

@@ -53,7 +53,9 @@ pub fn error_response(error: &IngestError, encoding: Encoding) -> Response {
     response
 }
 
-async fn decode_request<T>(ingest: &Ingest, headers: &HeaderMap, body: Body, what: &str) -> Result<(T, Encoding), (IngestError, Encoding)>
+type Decoded<T> = (T, Encoding, axum::body::Bytes);
+
+async fn decode_request<T>(ingest: &Ingest, headers: &HeaderMap, body: Body, what: &str) -> Result<Decoded<T>, (IngestError, Encoding)>
 where
     T: Message + Default + serde::de::DeserializeOwned,
 {
@@ -61,18 +63,19 @@ where
     let encoding = Encoding::from_content_type(content_type).map_err(|e| (e, Encoding::Json))?;
     let bytes = read_body(headers, body, ingest.max_request_size).await.map_err(|e| (e, encoding))?;
     let message = decode::decode(encoding, &bytes, what).map_err(|e| (e, encoding))?;
-    Ok((message, encoding))
+    Ok((message, encoding, bytes))
 }
 
 async fn traces(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
-    let (request, encoding) = match decode_request::<ExportTraceServiceRequest>(&ingest, &headers, body, "traces").await {
+    let (request, encoding, bytes) = match decode_request::<ExportTraceServiceRequest>(&ingest, &headers, body, "traces").await {
         Ok(decoded) => decoded,
         Err((error, encoding)) => {
             ingest.refused(Receiver::OtlpHttp, &error);
             return error_response(&error, encoding);
         }
     };
-    match ingest.traces(Receiver::OtlpHttp, request).await {
+    let raw = (encoding == Encoding::Protobuf).then_some(bytes);
+    match ingest.traces(Receiver::OtlpHttp, request, raw).await {
         Ok(accepted) => {
             let partial_success = (accepted.rejected > 0)
                 .then(|| ExportTracePartialSuccess { rejected_spans: accepted.rejected as i64, error_message: accepted.message });
@@ -84,7 +87,7 @@ async fn traces(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
 
 async fn metrics(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
     match decode_request::<ExportMetricsServiceRequest>(&ingest, &headers, body, "metrics").await {
-        Ok((request, encoding)) => {
+        Ok((request, encoding, _)) => {
             ingest.metrics(Receiver::OtlpHttp, request);
             encoded(StatusCode::OK, encoding, &ExportMetricsServiceResponse { partial_success: None })
         }

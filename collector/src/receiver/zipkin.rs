@@ -44,7 +44,7 @@ async fn spans(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> 
             return error_response(&error);
         }
     };
-    match ingest.traces(Receiver::Zipkin, ExportTraceServiceRequest { resource_spans }).await {
+    match ingest.traces(Receiver::Zipkin, ExportTraceServiceRequest { resource_spans }, None).await {
         Ok(accepted) if accepted.rejected > 0 => (StatusCode::BAD_REQUEST, format!("{}\n", accepted.message)).into_response(),
         Ok(_) => StatusCode::ACCEPTED.into_response(),
         Err(error) => error_response(&error),

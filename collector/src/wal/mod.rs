@@ -130,7 +130,7 @@ pub fn delete_covered(segments: &[Segment], checkpoint: u64) -> Result<usize, Wa
 }
 
 struct Append<T> {
-    payload: Vec<u8>,
+    payload: bytes::Bytes,
     item: T,
     ack: oneshot::Sender<Result<u64, WalError>>,
 }
@@ -149,7 +149,7 @@ impl<T> Clone for WalHandle<T> {
 impl<T: Send + 'static> WalHandle<T> {
     /// Appends `payload` durably and returns its sequence number; `item`
     /// is handed on (with that number) to the consumer once it is durable.
-    pub async fn append(&self, payload: Vec<u8>, item: T) -> Result<u64, WalError> {
+    pub async fn append(&self, payload: bytes::Bytes, item: T) -> Result<u64, WalError> {
         let (ack, done) = oneshot::channel();
         self.tx.send(Append { payload, item, ack }).map_err(|_| WalError::Stopped)?;
         done.await.map_err(|_| WalError::Stopped)?
@@ -333,7 +333,7 @@ mod tests {
         let mut tasks = Vec::new();
         for i in 0..50u32 {
             let handle = handle.clone();
-            tasks.push(tokio::spawn(async move { handle.append(format!("batch {i}").into_bytes(), i).await.unwrap() }));
+            tasks.push(tokio::spawn(async move { handle.append(format!("batch {i}").into_bytes().into(), i).await.unwrap() }));
         }
         let mut seqs = Vec::new();
         for task in tasks {

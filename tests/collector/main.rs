@@ -1,0 +1,11 @@
+//! End-to-end tests of `tracemesh collector`: real processes on port 0, real
+//! sockets, a real OpenTelemetry SDK as the client.
+
+mod harness;
+
+mod backpressure;
+mod bad_input;
+mod durability;
+mod export;
+mod sdk;
+mod zipkin;

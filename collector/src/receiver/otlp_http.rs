@@ -76,6 +76,14 @@ async fn traces(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
     };
     let raw = (encoding == Encoding::Protobuf).then_some(bytes);
     match ingest.traces(Receiver::OtlpHttp, request, raw).await {
+        Ok(accepted) if encoding == Encoding::Json => {
+            // proto3 JSON writes int64 as a decimal string.
+            let body = match accepted.rejected {
+                0 => serde_json::json!({}),
+                n => serde_json::json!({"partialSuccess": {"rejectedSpans": n.to_string(), "errorMessage": accepted.message}}),
+            };
+            (StatusCode::OK, [(header::CONTENT_TYPE, encoding.content_type())], body.to_string()).into_response()
+        }
         Ok(accepted) => {
             let partial_success = (accepted.rejected > 0)
                 .then(|| ExportTracePartialSuccess { rejected_spans: accepted.rejected as i64, error_message: accepted.message });

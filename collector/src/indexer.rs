@@ -9,11 +9,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-use crate::ingest::validate::span_count;
 use crate::metrics::Metrics;
 use crate::ingest::IngestQueue;
 use crate::spanmetrics::SpanMetrics;
-use crate::store::SpanStore;
+use crate::store::{PartitionId, PreparedDocs, SpanStore};
+
+/// A durable batch on its way to the index: the request (for span metrics)
+/// and its documents, built by the receiver.
+pub struct IndexItem {
+    /// The request as accepted.
+    pub batch: Arc<ExportTraceServiceRequest>,
+    /// Its documents, by partition.
+    pub docs: PreparedDocs,
+    /// Spans it holds (its room in the ingest queue).
+    pub spans: usize,
+}
 
 /// How often retention and the disk cap are checked.
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
@@ -43,6 +53,9 @@ pub struct Indexer {
     pub metrics: Metrics,
     /// What to enforce.
     pub policy: Policy,
+    /// The first record that could not be indexed: the checkpoint stays
+    /// below it, so the WAL keeps it for the next start to replay.
+    pub first_failed: Option<u64>,
 }
 
 fn now_seconds() -> u64 {
@@ -55,13 +68,31 @@ impl Indexer {
         now_seconds().saturating_sub(self.policy.retention.as_secs())
     }
 
-    /// Adds one durable batch (also used for WAL replay).
+    /// Adds one live batch whose documents the receiver prepared.
+    pub fn apply_prepared(&mut self, seq: u64, item: IndexItem) {
+        let now = Instant::now();
+        let oldest = self.oldest_start();
+        let length = self.store.partition_length();
+        if let Err(error) = self.store.apply_prepared(seq, item.docs, oldest) {
+            self.metrics.index_errors.inc();
+            self.first_failed.get_or_insert(seq);
+            tracing::error!(%error, seq, "spans not indexed, they stay in the wal until a restart replays them");
+        }
+        crate::store::document::for_each_span(&item.batch.resource_spans, |span| {
+            if PartitionId::containing(span.span.start_time_unix_nano, length).end() > oldest {
+                self.span_metrics.observe(span, now);
+            }
+        });
+    }
+
+    /// Adds one durable batch read back from the WAL (replay).
     pub fn apply(&mut self, seq: u64, batch: &ExportTraceServiceRequest) {
         let now = Instant::now();
         let oldest = self.oldest_start();
         let span_metrics = &mut self.span_metrics;
         if let Err(error) = self.store.apply(seq, &batch.resource_spans, oldest, |span| span_metrics.observe(span, now)) {
             self.metrics.index_errors.inc();
+            self.first_failed.get_or_insert(seq);
             tracing::error!(%error, seq, "spans not indexed, they stay in the wal until a restart replays them");
         }
     }
@@ -69,7 +100,7 @@ impl Indexer {
     /// Commits and advances the checkpoint.
     pub fn commit(&mut self) {
         match self.store.commit() {
-            Ok(seq) => self.checkpoint.store(seq, Ordering::Release),
+            Ok(seq) => self.checkpoint.store(self.covered(seq), Ordering::Release),
             Err(error) => {
                 self.metrics.index_errors.inc();
                 tracing::error!(%error, "index commit failed, the wal keeps the spans");
@@ -98,7 +129,7 @@ impl Indexer {
         self.metrics.disk_bytes.set(total as i64);
     }
 
-    fn drop_partition(&mut self, id: crate::store::PartitionId, reason: &'static str, bytes: u64) {
+    fn drop_partition(&mut self, id: PartitionId, reason: &'static str, bytes: u64) {
         match self.store.drop_partition(id) {
             Ok(()) => {
                 self.metrics.partitions_dropped.with_label_values(&[reason]).inc();
@@ -109,18 +140,20 @@ impl Indexer {
     }
 
     /// Runs until the WAL writer stops, then commits and closes the store.
-    pub fn run(mut self, batches: Receiver<(u64, Arc<ExportTraceServiceRequest>)>) {
+    pub fn run(mut self, batches: Receiver<(u64, IndexItem)>) {
         let mut next_commit = Instant::now() + self.policy.commit_interval;
         let mut next_retention = Instant::now() + RETENTION_EVERY;
         loop {
             let wait = next_commit.saturating_duration_since(Instant::now());
             match batches.recv_timeout(wait) {
-                Ok((seq, batch)) => {
-                    self.apply(seq, &batch);
-                    self.release(&batch);
-                    while let Ok((seq, batch)) = batches.try_recv() {
-                        self.apply(seq, &batch);
-                        self.release(&batch);
+                Ok((seq, item)) => {
+                    let spans = item.spans;
+                    self.apply_prepared(seq, item);
+                    self.release(spans);
+                    while let Ok((seq, item)) = batches.try_recv() {
+                        let spans = item.spans;
+                        self.apply_prepared(seq, item);
+                        self.release(spans);
                         if Instant::now() >= next_commit {
                             break;
                         }
@@ -140,8 +173,10 @@ impl Indexer {
                 next_retention = now + RETENTION_EVERY;
             }
         }
+        let first_failed = self.first_failed;
         match self.store.close() {
             Ok(seq) => {
+                let seq = first_failed.map_or(seq, |failed| seq.min(failed - 1));
                 self.checkpoint.store(seq, Ordering::Release);
                 tracing::info!(checkpoint = seq, "index closed");
             }
@@ -149,8 +184,18 @@ impl Indexer {
         }
     }
 
-    fn release(&self, batch: &ExportTraceServiceRequest) {
-        let left = self.queue.release(span_count(&batch.resource_spans) as usize);
+    /// The checkpoint a commit of everything up to `seq` allows.
+    fn covered(&self, seq: u64) -> u64 {
+        self.first_failed.map_or(seq, |failed| seq.min(failed - 1))
+    }
+
+    /// Highest WAL sequence number durable in the index.
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint.load(Ordering::Acquire)
+    }
+
+    fn release(&self, spans: usize) {
+        let left = self.queue.release(spans);
         self.metrics.ingest_queue_spans.set(left as i64);
     }
 }

@@ -71,6 +71,7 @@ impl Collector {
             checkpoint: Arc::new(AtomicU64::new(0)),
             metrics: metrics.clone(),
             policy: Policy { commit_interval: config.commit_interval.0, retention: config.retention.0, max_disk: config.max_disk.map(|b| b.0) },
+            first_failed: None,
         };
         indexer.enforce_retention();
         let mut replayed = 0u64;
@@ -92,7 +93,8 @@ impl Collector {
             metrics.wal_replayed_records.inc_by(replayed);
             tracing::info!(records = replayed, undecodable, "wal replayed");
         }
-        wal::delete_covered(&recovered.segments, recovered.last_seq)?;
+        // Only what the index now holds may leave the WAL.
+        wal::delete_covered(&recovered.segments, indexer.checkpoint())?;
         Ok(Self { config, metrics, indexer, next_seq })
     }
 
@@ -133,8 +135,12 @@ impl Collector {
         let indexer_thread = std::thread::Builder::new().name("indexer".into()).spawn(move || indexer.run(durable_rx))?;
         let exporters = Exporters::start(&config.exporters, &metrics)?;
         let otlp_metrics = Arc::new(OtlpMetrics::default());
+        let fields = crate::store::schema::SpanFields::of(&crate::store::schema::build())
+            .map_err(|source| StoreError::Index { path: config.data_dir.clone(), source })?;
         let ingest = Ingest::new(
             wal,
+            fields,
+            config.partition.0.as_secs(),
             queue,
             exporters,
             otlp_metrics.clone(),

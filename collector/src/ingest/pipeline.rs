@@ -13,6 +13,9 @@ use crate::error::IngestError;
 use crate::export::Exporters;
 use crate::metrics::Metrics;
 use crate::otlp_metrics::OtlpMetrics;
+use crate::indexer::IndexItem;
+use crate::store::SpanStore;
+use crate::store::schema::SpanFields;
 use crate::wal::WalHandle;
 
 /// Which receiver a request came in on (the `receiver` metric label).
@@ -82,7 +85,9 @@ impl IngestQueue {
 /// The shared ingest path. Cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
-    wal: WalHandle<Arc<ExportTraceServiceRequest>>,
+    wal: WalHandle<IndexItem>,
+    fields: SpanFields,
+    partition_length: u64,
     queue: Arc<IngestQueue>,
     exporters: Exporters,
     otlp_metrics: Arc<OtlpMetrics>,
@@ -94,8 +99,11 @@ pub struct Ingest {
 
 impl Ingest {
     /// Assembles the path.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        wal: WalHandle<Arc<ExportTraceServiceRequest>>,
+        wal: WalHandle<IndexItem>,
+        fields: SpanFields,
+        partition_length: u64,
         queue: Arc<IngestQueue>,
         exporters: Exporters,
         otlp_metrics: Arc<OtlpMetrics>,
@@ -103,7 +111,7 @@ impl Ingest {
         retention: Duration,
         max_request_size: usize,
     ) -> Self {
-        Self { wal, queue, exporters, otlp_metrics, metrics, retention, max_request_size }
+        Self { wal, fields, partition_length, queue, exporters, otlp_metrics, metrics, retention, max_request_size }
     }
 
     /// Counts a request refused before it was decoded.
@@ -139,12 +147,28 @@ impl Ingest {
             return Err(IngestError::QueueFull);
         }
         self.metrics.ingest_queue_spans.set(self.queue.used() as i64);
-        let payload = match raw {
-            Some(raw) if rejected.count == 0 => raw,
-            _ => request.encode_to_vec().into(),
+        // Encoding and document building take milliseconds for a large
+        // batch: off the async workers, and in parallel across requests.
+        let (fields, length) = (self.fields, self.partition_length);
+        let prepared = tokio::task::spawn_blocking(move || {
+            let payload = match raw {
+                Some(raw) if rejected.count == 0 => raw,
+                _ => request.encode_to_vec().into(),
+            };
+            let docs = SpanStore::prepare(&fields, &request.resource_spans, length);
+            (payload, docs, request)
+        })
+        .await;
+        let (payload, docs, request) = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                self.metrics.ingest_queue_spans.set(self.queue.release(accepted as usize) as i64);
+                return Err(IngestError::Unavailable(format!("batch preparation failed: {error}")));
+            }
         };
         let batch = Arc::new(request);
-        if let Err(error) = self.wal.append(payload, batch.clone()).await {
+        let item = IndexItem { batch: batch.clone(), docs, spans: accepted as usize };
+        if let Err(error) = self.wal.append(payload, item).await {
             self.metrics.ingest_queue_spans.set(self.queue.release(accepted as usize) as i64);
             self.metrics.spans_refused.with_label_values(&[label, "unavailable"]).inc_by(accepted);
             return Err(IngestError::Unavailable(error.to_string()));

@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use tantivy::indexer::LogMergePolicy;
 use tantivy::{IndexWriter, TantivyDocument};
 
 pub use document::SpanRef;
@@ -54,6 +55,9 @@ pub enum StoreError {
     Decode(#[from] prost::DecodeError),
 }
 
+/// A batch's documents, by partition.
+pub type PreparedDocs = BTreeMap<PartitionId, Vec<TantivyDocument>>;
+
 /// The partitions readers see, swapped whole when one is added or dropped.
 pub(crate) type PartitionMap = Arc<ArcSwap<BTreeMap<PartitionId, Arc<PartitionIndex>>>>;
 
@@ -68,6 +72,9 @@ struct Writable {
 
 /// Open index writers, at most (each buffers up to the memory budget).
 const MAX_WRITERS: usize = 3;
+
+/// Indexing threads per writer: documents are spread over them.
+const INDEXING_THREADS: usize = 2;
 
 /// The write side of the store.
 pub struct SpanStore {
@@ -125,9 +132,26 @@ impl SpanStore {
         self.metrics.partitions.set(self.partitions.len() as i64);
     }
 
+    /// Builds the documents of a batch, by partition. Pure: receivers call
+    /// it on their own threads so the indexer thread only adds documents.
+    pub fn prepare(fields: &schema::SpanFields, batch: &[ResourceSpans], partition_length: u64) -> PreparedDocs {
+        let mut docs: PreparedDocs = BTreeMap::new();
+        document::for_each_span(batch, |span| {
+            let id = PartitionId::containing(span.span.start_time_unix_nano, partition_length);
+            docs.entry(id).or_default().push(document::build(fields, span));
+        });
+        docs
+    }
+
+    /// Whether record `seq` is already committed in partition `id` (replay).
+    fn holds(&self, id: PartitionId, seq: u64) -> bool {
+        self.partitions.get(&id).is_some_and(|p| p.committed_seq >= seq)
+    }
+
     /// Adds the spans of WAL record `seq` that their partitions do not
     /// already hold, skipping spans that started before `oldest_start`
-    /// (seconds). `added` sees each span added.
+    /// (seconds). `added` sees each span added. (Replay builds here; live
+    /// batches come prepared, see [`Self::apply_prepared`].)
     pub fn apply(
         &mut self,
         seq: u64,
@@ -135,27 +159,31 @@ impl SpanStore {
         oldest_start: u64,
         mut added: impl FnMut(SpanRef<'_>),
     ) -> Result<usize, StoreError> {
-        let mut by_partition: BTreeMap<PartitionId, Vec<SpanRef<'_>>> = BTreeMap::new();
+        let fields = schema::SpanFields::of(&schema::build()).map_err(|source| StoreError::Index { path: self.dir.clone(), source })?;
+        let docs = Self::prepare(&fields, batch, self.partition_length);
         document::for_each_span(batch, |span| {
             let id = PartitionId::containing(span.span.start_time_unix_nano, self.partition_length);
-            if id.end() > oldest_start {
-                by_partition.entry(id).or_default().push(span);
+            if id.end() > oldest_start && !self.holds(id, seq) {
+                added(span);
             }
         });
+        self.apply_prepared(seq, docs, oldest_start)
+    }
+
+    /// Adds prepared documents of WAL record `seq`, skipping partitions
+    /// that hold the record already and those past retention.
+    pub fn apply_prepared(&mut self, seq: u64, docs: PreparedDocs, oldest_start: u64) -> Result<usize, StoreError> {
         let mut count = 0;
-        for (id, spans) in by_partition {
-            if self.partitions.get(&id).is_some_and(|p| p.committed_seq >= seq) {
-                continue; // replay: this partition committed the record already
+        for (id, docs) in docs {
+            if id.end() <= oldest_start || self.holds(id, seq) {
+                continue;
             }
             self.ensure_writer(id)?;
             let Some(writable) = self.partitions.get_mut(&id) else { continue };
-            let fields = writable.partition.fields;
-            let path = writable.partition.path.clone();
+            let path = &writable.partition.path;
             let Some(writer) = writable.writer.as_ref() else { continue };
-            for span in spans {
-                let doc: TantivyDocument = document::build(&fields, span);
+            for doc in docs {
                 writer.add_document(doc).map_err(|source| StoreError::Index { path: path.clone(), source })?;
-                added(span);
                 count += 1;
             }
             writable.dirty = true;
@@ -186,11 +214,16 @@ impl SpanStore {
         let memory = self.writer_memory;
         if let Some(writable) = self.partitions.get_mut(&id) {
             let path = writable.partition.path.clone();
-            let writer = writable
+            let writer: IndexWriter = writable
                 .partition
                 .index
-                .writer_with_num_threads(1, memory)
+                .writer_with_num_threads(INDEXING_THREADS, memory)
                 .map_err(|source| StoreError::Index { path, source })?;
+            // Fewer, larger merges: each commit makes a segment, and merging
+            // every few of them would rewrite each span many times.
+            let mut merge_policy = LogMergePolicy::default();
+            merge_policy.set_min_num_segments(10);
+            writer.set_merge_policy(Box::new(merge_policy));
             writable.writer = Some(writer);
         }
         Ok(())

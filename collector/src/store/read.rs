@@ -409,9 +409,26 @@ fn build_query(fields: &SpanFields, query: &SpanQuery) -> Box<dyn Query> {
         term(Term::from_field_u64(fields.status, 2));
     }
     for (key, value) in &query.tags {
-        let mut json = Term::from_field_json_path(fields.attributes, key, true);
-        json.append_type_and_str(value);
-        term(json);
+        // Keys with a field of their own are not in the JSON field.
+        let dedicated = match key.as_str() {
+            "service.name" => Some(Term::from_field_text(fields.service, value)),
+            "http.request.method" => Some(Term::from_field_text(fields.http_method, value)),
+            "http.route" => Some(Term::from_field_text(fields.http_route, value)),
+            "peer.service" => Some(Term::from_field_text(fields.peer_service, value)),
+            "http.response.status_code" => match value.parse::<u64>() {
+                Ok(code) => Some(Term::from_field_u64(fields.http_status, code)),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        match dedicated {
+            Some(t) => term(t),
+            None => {
+                let mut json = Term::from_field_json_path(fields.attributes, key, true);
+                json.append_type_and_str(value);
+                term(json);
+            }
+        }
     }
     let range = |field, from: Option<u64>, to: Option<u64>| -> Option<Box<dyn Query>> {
         if from.is_none() && to.is_none() {

@@ -10,9 +10,10 @@ use tantivy::schema::{
 pub mod names {
     /// 16 raw bytes; indexed and fast.
     pub const TRACE_ID: &str = "trace_id";
-    /// The span id as a big-endian u64; indexed and fast.
+    /// The span id as a big-endian u64; fast (read with the trace, not
+    /// searched: a unique term per span would double the term dictionary).
     pub const SPAN_ID: &str = "span_id";
-    /// The parent span id as a big-endian u64 (0 for a root); indexed and fast.
+    /// The parent span id as a big-endian u64 (0 for a root); fast.
     pub const PARENT_SPAN_ID: &str = "parent_span_id";
     /// Resource `service.name`.
     pub const SERVICE: &str = "service";
@@ -96,8 +97,8 @@ pub fn build() -> Schema {
     use names::*;
     let mut builder = Schema::builder();
     builder.add_bytes_field(TRACE_ID, BytesOptions::default().set_indexed().set_fast());
-    builder.add_u64_field(SPAN_ID, number());
-    builder.add_u64_field(PARENT_SPAN_ID, number());
+    builder.add_u64_field(SPAN_ID, NumericOptions::default().set_fast());
+    builder.add_u64_field(PARENT_SPAN_ID, NumericOptions::default().set_fast());
     builder.add_text_field(SERVICE, keyword());
     builder.add_text_field(OPERATION, keyword());
     builder.add_u64_field(KIND, number());

@@ -5,7 +5,10 @@
 //! span and trace-by-id latency on the resulting store.
 //!
 //! `cargo bench --bench collector` (env: BENCH_SPANS, default 1048576;
-//! BENCH_CONCURRENCY, default 8).
+//! BENCH_CONCURRENCY, default 8; BENCH_COLLECTOR_ARGS, extra collector flags).
+
+// A benchmark run: a failed unwrap is a failed run.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -17,7 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, InstrumentationScope, KeyValue, any_value::Value,
+};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use tracemesh_collector::ids::TraceId;
@@ -27,15 +32,40 @@ const BATCH: usize = 512;
 const SPANS_PER_TRACE: usize = 8;
 
 fn s(key: &str, value: &str) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }), ..Default::default() }
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
 }
 
 fn i(key: &str, value: i64) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(Value::IntValue(value)) }), ..Default::default() }
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
 }
 
-const SERVICES: [&str; 6] = ["productpage", "reviews", "ratings", "details", "cart", "checkout"];
-const ROUTES: [&str; 5] = ["/api/v1/products/{id}", "/reviews/{id}", "/ratings/{id}", "/details/{id}", "/cart"];
+const SERVICES: [&str; 6] = [
+    "productpage",
+    "reviews",
+    "ratings",
+    "details",
+    "cart",
+    "checkout",
+];
+const ROUTES: [&str; 5] = [
+    "/api/v1/products/{id}",
+    "/reviews/{id}",
+    "/ratings/{id}",
+    "/details/{id}",
+    "/cart",
+];
 
 /// One batch: 64 traces of 8 spans, shaped like the agent's (server/client
 /// pairs with the HTTP semantic-convention attributes it sets).
@@ -68,20 +98,35 @@ fn batch(seq: u64, now: u64) -> (ExportTraceServiceRequest, Vec<TraceId>) {
                     s("http.request.method", "GET"),
                     s("http.route", route),
                     i("http.response.status_code", status),
-                    s("url.path", &route.replace("{id}", &fastrand::u32(..10_000).to_string())),
+                    s(
+                        "url.path",
+                        &route.replace("{id}", &fastrand::u32(..10_000).to_string()),
+                    ),
                     s("url.scheme", "http"),
-                    s("server.address", &format!("{peer}.default.svc.cluster.local")),
+                    s(
+                        "server.address",
+                        &format!("{peer}.default.svc.cluster.local"),
+                    ),
                     i("server.port", 9080),
                     s("network.protocol.version", "1.1"),
                     s("user_agent.original", "curl/8.5.0"),
                     s("peer.service", peer),
-                    s("upstream_cluster", &format!("outbound|9080||{peer}.default.svc.cluster.local")),
+                    s(
+                        "upstream_cluster",
+                        &format!("outbound|9080||{peer}.default.svc.cluster.local"),
+                    ),
                     s("tracemesh.response_flags", "-"),
                     i("http.request.body.size", 0),
                     i("http.response.body.size", fastrand::i64(100..5000)),
-                    s("network.peer.address", &format!("10.0.{}.{}", fastrand::u8(..), fastrand::u8(..))),
+                    s(
+                        "network.peer.address",
+                        &format!("10.0.{}.{}", fastrand::u8(..), fastrand::u8(..)),
+                    ),
                 ],
-                status: Some(Status { code: if status >= 500 { 2 } else { 0 }, message: String::new() }),
+                status: Some(Status {
+                    code: if status >= 500 { 2 } else { 0 },
+                    message: String::new(),
+                }),
                 ..Default::default()
             });
             parent = span_id;
@@ -102,7 +147,11 @@ fn batch(seq: u64, now: u64) -> (ExportTraceServiceRequest, Vec<TraceId>) {
         resource_spans: vec![ResourceSpans {
             resource: Some(resource),
             scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope { name: "tracemesh-agent".into(), version: "0.1.0".into(), ..Default::default() }),
+                scope: Some(InstrumentationScope {
+                    name: "tracemesh-agent".into(),
+                    version: "0.1.0".into(),
+                    ..Default::default()
+                }),
                 spans,
                 schema_url: String::new(),
             }],
@@ -115,8 +164,26 @@ fn batch(seq: u64, now: u64) -> (ExportTraceServiceRequest, Vec<TraceId>) {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
+}
+
+/// User + system CPU time of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
 }
 
 fn dir_bytes(path: &Path) -> u64 {
@@ -124,7 +191,11 @@ fn dir_bytes(path: &Path) -> u64 {
     if let Ok(entries) = std::fs::read_dir(path) {
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
-            total += if meta.is_dir() { dir_bytes(&entry.path()) } else { meta.len() };
+            total += if meta.is_dir() {
+                dir_bytes(&entry.path())
+            } else {
+                meta.len()
+            };
         }
     }
     total
@@ -132,47 +203,93 @@ fn dir_bytes(path: &Path) -> u64 {
 
 fn metric(addr: SocketAddr, name: &str) -> f64 {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return 0.0 };
-    let _ = stream.write_all(format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes());
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return 0.0;
+    };
+    let _ = stream.write_all(
+        format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
+    );
     let mut text = String::new();
     let _ = stream.read_to_string(&mut text);
-    text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return; // `cargo test --benches` probes with --list
+    if !std::env::args().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs bench targets too: only `cargo bench` measures.
+        println!("collector bench: run with `cargo bench --bench collector`");
+        return;
     }
     let total_spans = env("BENCH_SPANS", 1 << 20);
     let concurrency = env("BENCH_CONCURRENCY", 8) as usize;
     let batches = total_spans.div_ceil(BATCH as u64);
-    let data = tempfile::Builder::new().prefix("tracemesh-bench-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let data = tempfile::Builder::new()
+        .prefix("tracemesh-bench-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_tracemesh"))
         .args(["collector", "--data-dir"])
         .arg(data.path())
-        .args(["--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--zipkin", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args([
+            "--otlp-grpc",
+            "127.0.0.1:0",
+            "--otlp-http",
+            "127.0.0.1:0",
+            "--zipkin",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args(
+            std::env::var("BENCH_COLLECTOR_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .env("RUST_LOG", "warn,tracemesh_collector=info")
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the collector (cargo bench builds it)");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let ready = lines.by_ref().map_while(Result::ok).find(|l| l.contains("collector ready")).expect("ready line");
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("collector ready"))
+        .expect("ready line");
     std::thread::spawn(move || for _ in lines {});
     let addr = |key: &str| -> SocketAddr {
-        ready.split_whitespace().find_map(|t| t.strip_prefix(&format!("{key}="))).unwrap().parse().unwrap()
+        ready
+            .split_whitespace()
+            .find_map(|t| t.strip_prefix(&format!("{key}=")))
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let (grpc, http) = (addr("otlp_grpc"), addr("http"));
     let pid = child.id();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let next = Arc::new(AtomicU64::new(0));
     let peak_rss = Arc::new(AtomicU64::new(0));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 - 3_600_000_000_000;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        - 3_600_000_000_000;
     let sampler = {
         let peak = peak_rss.clone();
         std::thread::spawn(move || {
@@ -192,7 +309,10 @@ fn main() {
         for _ in 0..concurrency {
             let next = next.clone();
             tasks.push(tokio::spawn(async move {
-                let mut client = TraceServiceClient::connect(format!("http://{grpc}")).await.unwrap().max_decoding_message_size(64 << 20);
+                let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+                    .await
+                    .unwrap()
+                    .max_decoding_message_size(64 << 20);
                 let mut sample = Vec::new();
                 loop {
                     let seq = next.fetch_add(1, Ordering::Relaxed);
@@ -203,7 +323,9 @@ fn main() {
                     loop {
                         match client.export(request.clone()).await {
                             Ok(_) => break,
-                            Err(status) if status.code() == tonic::Code::ResourceExhausted => tokio::time::sleep(Duration::from_millis(50)).await,
+                            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                                tokio::time::sleep(Duration::from_millis(50)).await
+                            }
                             Err(status) => panic!("export failed: {status:?}"),
                         }
                     }
@@ -224,16 +346,27 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let indexed_in = started.elapsed();
-    let refused = metric(http, "tracemesh_collector_spans_refused_total{reason=\"queue_full\",receiver=\"otlp_grpc\"}");
-    let mean = |name: &str| metric(http, &format!("{name}_sum")) / metric(http, &format!("{name}_count")).max(1.0);
+    let refused = metric(
+        http,
+        "tracemesh_collector_spans_refused_total{reason=\"queue_full\",receiver=\"otlp_grpc\"}",
+    );
+    let mean = |name: &str| {
+        metric(http, &format!("{name}_sum")) / metric(http, &format!("{name}_count")).max(1.0)
+    };
     let commit_mean = mean("tracemesh_collector_index_commit_seconds");
     let commits = metric(http, "tracemesh_collector_index_commit_seconds_count");
     let fsync_mean = mean("tracemesh_collector_wal_fsync_seconds");
     let fsyncs = metric(http, "tracemesh_collector_wal_fsync_seconds_count");
     let rss_end = rss_kib(pid);
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let cpu_seconds = cpu_seconds(pid);
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let _ = child.wait();
-    peak_rss.store(peak_rss.load(Ordering::Relaxed).max(rss_end), Ordering::Relaxed);
+    peak_rss.store(
+        peak_rss.load(Ordering::Relaxed).max(rss_end),
+        Ordering::Relaxed,
+    );
     let peak = peak_rss.swap(u64::MAX, Ordering::Relaxed);
     let _ = sampler.join();
     let disk = dir_bytes(data.path());
@@ -254,14 +387,46 @@ fn main() {
     println!("|---|---|");
     println!("| spans sent (acknowledged) | {sent} |");
     println!("| refused (429/RESOURCE_EXHAUSTED, retried) | {refused} |");
-    println!("| ingest, acknowledged (WAL fsync on) | {:.0} spans/s |", sent as f64 / acked_in.as_secs_f64());
-    println!("| ingest, indexed | {:.0} spans/s |", sent as f64 / indexed_in.as_secs_f64());
-    println!("| resident memory, peak / end | {} MiB / {} MiB |", peak / 1024, rss_end / 1024);
-    println!("| disk per span (index after final commit) | {:.1} bytes |", index_disk as f64 / sent as f64);
-    println!("| disk per span (data dir incl. WAL) | {:.1} bytes |", disk as f64 / sent as f64);
-    println!("| WAL group commits: count / mean fsync | {fsyncs} / {:.2} ms |", fsync_mean * 1000.0);
-    println!("| index commits: count / mean duration | {commits} / {:.0} ms |", commit_mean * 1000.0);
-    println!("| trace by id, {} lookups: p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |", latencies.len(), ms(q(0.5)), ms(q(0.99)), ms(q(1.0)));
+    println!(
+        "| ingest, acknowledged (WAL fsync on) | {:.0} spans/s |",
+        sent as f64 / acked_in.as_secs_f64()
+    );
+    println!(
+        "| ingest, indexed | {:.0} spans/s |",
+        sent as f64 / indexed_in.as_secs_f64()
+    );
+    println!(
+        "| collector CPU per span (user+sys) | {:.1} µs |",
+        cpu_seconds * 1e6 / sent as f64
+    );
+    println!(
+        "| resident memory, peak / end | {} MiB / {} MiB |",
+        peak / 1024,
+        rss_end / 1024
+    );
+    println!(
+        "| disk per span (index after final commit) | {:.1} bytes |",
+        index_disk as f64 / sent as f64
+    );
+    println!(
+        "| disk per span (data dir incl. WAL) | {:.1} bytes |",
+        disk as f64 / sent as f64
+    );
+    println!(
+        "| WAL group commits: count / mean fsync | {fsyncs} / {:.2} ms |",
+        fsync_mean * 1000.0
+    );
+    println!(
+        "| index commits: count / mean duration | {commits} / {:.0} ms |",
+        commit_mean * 1000.0
+    );
+    println!(
+        "| trace by id, {} lookups: p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |",
+        latencies.len(),
+        ms(q(0.5)),
+        ms(q(0.99)),
+        ms(q(1.0))
+    );
 }
 
 fn ms(d: Duration) -> f64 {

@@ -27,7 +27,7 @@ enum Command {
     /// Run the trace collector: OTLP (gRPC, HTTP) and Zipkin receivers, a
     /// write-ahead log, the tantivy span store, span-derived metrics and
     /// exporters. Prints one `collector ready` line with the bound addresses.
-    Collector(tracemesh_collector::CollectorArgs),
+    Collector(Box<tracemesh_collector::CollectorArgs>),
     /// Check a config file without starting anything (like `istioctl analyze`).
     /// Exits non-zero when it has errors.
     Validate {
@@ -73,7 +73,12 @@ fn validate(file: &std::path::Path) -> ExitCode {
             for warning in &warnings {
                 println!("{warning}");
             }
-            println!("{}: valid ({} warning{})", file.display(), warnings.len(), if warnings.len() == 1 { "" } else { "s" });
+            println!(
+                "{}: valid ({} warning{})",
+                file.display(),
+                warnings.len(),
+                if warnings.len() == 1 { "" } else { "s" }
+            );
             ExitCode::SUCCESS
         }
         Err(rejected) => {
@@ -81,7 +86,11 @@ fn validate(file: &std::path::Path) -> ExitCode {
                 println!("{diagnostic}");
             }
             let errors = rejected.0.errors().count();
-            println!("{}: invalid ({errors} error{})", file.display(), if errors == 1 { "" } else { "s" });
+            println!(
+                "{}: invalid ({errors} error{})",
+                file.display(),
+                if errors == 1 { "" } else { "s" }
+            );
             ExitCode::FAILURE
         }
     }
@@ -91,7 +100,8 @@ fn validate(file: &std::path::Path) -> ExitCode {
 /// `RUST_LOG` overrides.
 fn init_logging() {
     let default = "warn,tracemesh=info,tracemesh_agent=info,tracemesh_collector=info,opentelemetry_sdk=error,opentelemetry_otlp=error";
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

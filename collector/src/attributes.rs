@@ -20,10 +20,13 @@ pub fn text(value: Option<&AnyValue>) -> Cow<'_, str> {
         Some(Value::BoolValue(b)) => Cow::Borrowed(if *b { "true" } else { "false" }),
         Some(Value::IntValue(i)) => Cow::Owned(i.to_string()),
         Some(Value::DoubleValue(d)) => Cow::Owned(d.to_string()),
-        Some(Value::BytesValue(bytes)) => Cow::Owned(bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })),
+        Some(Value::BytesValue(bytes)) => Cow::Owned(bytes.iter().fold(
+            String::with_capacity(bytes.len() * 2),
+            |mut s, b| {
+                let _ = write!(s, "{b:02x}");
+                s
+            },
+        )),
         Some(other) => Cow::Owned(json(other).to_string()),
     }
 }
@@ -35,10 +38,32 @@ fn json(value: &Value) -> serde_json::Value {
         Value::BoolValue(b) => J::Bool(*b),
         Value::IntValue(i) => J::from(*i),
         Value::DoubleValue(d) => J::from(*d),
-        Value::BytesValue(_) => J::String(text(Some(&AnyValue { value: Some(value.clone()) })).into_owned()),
-        Value::ArrayValue(array) => J::Array(array.values.iter().map(|v| v.value.as_ref().map_or(J::Null, json)).collect()),
+        Value::BytesValue(_) => J::String(
+            text(Some(&AnyValue {
+                value: Some(value.clone()),
+            }))
+            .into_owned(),
+        ),
+        Value::ArrayValue(array) => J::Array(
+            array
+                .values
+                .iter()
+                .map(|v| v.value.as_ref().map_or(J::Null, json))
+                .collect(),
+        ),
         Value::KvlistValue(list) => J::Object(
-            list.values.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().and_then(|v| v.value.as_ref()).map_or(J::Null, json))).collect(),
+            list.values
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key.clone(),
+                        kv.value
+                            .as_ref()
+                            .and_then(|v| v.value.as_ref())
+                            .map_or(J::Null, json),
+                    )
+                })
+                .collect(),
         ),
         // A reference into a profiles dictionary: meaningless in a span.
         Value::StringValueStrindex(_) => J::Null,
@@ -47,7 +72,10 @@ fn json(value: &Value) -> serde_json::Value {
 
 /// The value of `key`, if present.
 pub fn get<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
-    attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref())
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
 }
 
 /// The string value of `key`, if present and a string.
@@ -70,17 +98,32 @@ pub fn get_int(attributes: &[KeyValue], key: &str) -> Option<i64> {
 
 /// The resource's `service.name`, or [`UNKNOWN_SERVICE`].
 pub fn service_name(resource: Option<&Resource>) -> &str {
-    resource.and_then(|r| get_str(&r.attributes, "service.name")).filter(|s| !s.is_empty()).unwrap_or(UNKNOWN_SERVICE)
+    resource
+        .and_then(|r| get_str(&r.attributes, "service.name"))
+        .filter(|s| !s.is_empty())
+        .unwrap_or(UNKNOWN_SERVICE)
 }
 
 /// A string attribute.
 pub fn string(key: &str, value: impl Into<String>) -> KeyValue {
-    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }), ..Default::default() }
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
 }
 
 /// An integer attribute.
 pub fn int(key: &str, value: i64) -> KeyValue {
-    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(Value::IntValue(value)) }), ..Default::default() }
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -95,9 +138,14 @@ mod tests {
         assert_eq!(text(Some(&v(Value::BoolValue(true)))), "true");
         assert_eq!(text(Some(&v(Value::DoubleValue(0.5)))), "0.5");
         assert_eq!(text(Some(&v(Value::BytesValue(vec![0xab, 0x01])))), "ab01");
-        let array = Value::ArrayValue(ArrayValue { values: vec![v(Value::IntValue(1)), v(Value::StringValue("a".into()))] });
+        let array = Value::ArrayValue(ArrayValue {
+            values: vec![v(Value::IntValue(1)), v(Value::StringValue("a".into()))],
+        });
         assert_eq!(text(Some(&v(array))), r#"[1,"a"]"#);
-        let attrs = vec![int("http.response.status_code", 503), string("service.name", "cart")];
+        let attrs = vec![
+            int("http.response.status_code", 503),
+            string("service.name", "cart"),
+        ];
         assert_eq!(get_int(&attrs, "http.response.status_code"), Some(503));
         assert_eq!(get_str(&attrs, "service.name"), Some("cart"));
     }

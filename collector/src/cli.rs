@@ -42,7 +42,7 @@ pub struct CollectorArgs {
     #[arg(long)]
     pub commit_interval: Option<HumanDuration>,
     /// Spans acknowledged but not yet indexed, at most, before receivers push
-    /// back with 429 / RESOURCE_EXHAUSTED [default: 131072].
+    /// back with 429 / RESOURCE_EXHAUSTED [default: 65536].
     #[arg(long)]
     pub ingest_queue_spans: Option<usize>,
     /// Largest request body, after decompression [default: 16MiB].
@@ -150,7 +150,10 @@ mod tests {
 
     #[test]
     fn a_header_without_equals_is_rejected() {
-        let args = CollectorArgs { export_header: vec!["nope".into()], ..Default::default() };
+        let args = CollectorArgs {
+            export_header: vec!["nope".into()],
+            ..Default::default()
+        };
         assert!(args.resolve().is_err());
     }
 }

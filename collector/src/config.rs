@@ -34,7 +34,7 @@ pub struct CollectorConfig {
     /// Largest request body accepted, after decompression. Default `16MiB`.
     pub max_request_size: ByteSize,
     /// Spans acknowledged to senders but not yet in the index, at most; past
-    /// it receivers answer 429 / RESOURCE_EXHAUSTED. Default 131072.
+    /// it receivers answer 429 / RESOURCE_EXHAUSTED. Default 65536.
     pub ingest_queue_spans: usize,
     /// Memory the index writer may buffer before it flushes a segment.
     /// Default `128MiB`.
@@ -152,7 +152,9 @@ impl ExporterConfig {
 
     /// The name in logs and metric labels.
     pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| format!("{}:{}", self.protocol.as_str(), self.endpoint))
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", self.protocol.as_str(), self.endpoint))
     }
 }
 
@@ -166,7 +168,7 @@ impl Default for CollectorConfig {
             partition: HumanDuration(Duration::from_secs(86_400)),
             commit_interval: HumanDuration(Duration::from_secs(1)),
             max_request_size: ByteSize(16 << 20),
-            ingest_queue_spans: 131_072,
+            ingest_queue_spans: 65_536,
             index_memory: ByteSize(128 << 20),
             wal_segment_size: ByteSize(64 << 20),
             exporters: Vec::new(),
@@ -177,7 +179,12 @@ impl Default for CollectorConfig {
 impl Default for ListenConfig {
     fn default() -> Self {
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
-        Self { otlp_grpc: any(4317), otlp_http: any(4318), zipkin: any(9411), http: any(16686) }
+        Self {
+            otlp_grpc: any(4317),
+            otlp_http: any(4318),
+            zipkin: any(9411),
+            http: any(16686),
+        }
     }
 }
 
@@ -215,18 +222,31 @@ pub enum ConfigError {
 impl CollectorConfig {
     /// Reads a YAML settings file; unknown fields are errors.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Self::from_yaml(&text).map_err(|(field, message)| ConfigError::Parse { path: path.to_owned(), field, message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|(field, message)| ConfigError::Parse {
+            path: path.to_owned(),
+            field,
+            message,
+        })
     }
 
     fn from_yaml(text: &str) -> Result<Self, (String, String)> {
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(deserializer).map_err(|e| (e.path().to_string(), e.inner().to_string()))
+        serde_path_to_error::deserialize(deserializer)
+            .map_err(|e| (e.path().to_string(), e.inner().to_string()))
     }
 
     /// Checks ranges the types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, message: &str| Err(ConfigError::Invalid { field, message: message.to_owned() });
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            })
+        };
         if self.partition.0 < Duration::from_secs(60) {
             return invalid("partition", "must be at least 1m");
         }
@@ -243,14 +263,22 @@ impl CollectorConfig {
             return invalid("index_memory", "must be at least 16MiB");
         }
         for exporter in &self.exporters {
-            if !(exporter.endpoint.starts_with("http://") || exporter.endpoint.starts_with("https://")) {
+            if !(exporter.endpoint.starts_with("http://")
+                || exporter.endpoint.starts_with("https://"))
+            {
                 return invalid("exporters.endpoint", "must start with http:// or https://");
             }
             if exporter.endpoint.starts_with("https://") {
-                return invalid("exporters.endpoint", "https is not supported yet: use http:// (plaintext)");
+                return invalid(
+                    "exporters.endpoint",
+                    "https is not supported yet: use http:// (plaintext)",
+                );
             }
             if exporter.queue_spans == 0 || exporter.max_batch_spans == 0 {
-                return invalid("exporters.queue_spans", "queue_spans and max_batch_spans must be positive");
+                return invalid(
+                    "exporters.queue_spans",
+                    "queue_spans and max_batch_spans must be positive",
+                );
             }
         }
         Ok(())
@@ -275,14 +303,24 @@ mod tests {
         assert_eq!(config.exporters[0].compression, Compression::Gzip);
         config.validate().unwrap();
 
-        let (field, message) = CollectorConfig::from_yaml("listen:\n  otlp_grcp: 127.0.0.1:0\n").unwrap_err();
+        let (field, message) =
+            CollectorConfig::from_yaml("listen:\n  otlp_grcp: 127.0.0.1:0\n").unwrap_err();
         assert_eq!(field, "listen.otlp_grcp");
         assert!(message.contains("otlp_grcp"), "{message}");
     }
 
     #[test]
     fn validate_rejects_a_retention_shorter_than_a_partition() {
-        let config = CollectorConfig { retention: HumanDuration(Duration::from_secs(3600)), ..Default::default() };
-        assert!(matches!(config.validate(), Err(ConfigError::Invalid { field: "retention", .. })));
+        let config = CollectorConfig {
+            retention: HumanDuration(Duration::from_secs(3600)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid {
+                field: "retention",
+                ..
+            })
+        ));
     }
 }

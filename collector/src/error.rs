@@ -63,7 +63,11 @@ impl IngestError {
     /// The gRPC status, with `RetryInfo` when the sender should retry.
     pub fn grpc_status(&self) -> tonic::Status {
         match self.retry_after() {
-            Some(delay) => tonic::Status::with_error_details(self.grpc_code(), self.to_string(), ErrorDetails::with_retry_info(Some(delay))),
+            Some(delay) => tonic::Status::with_error_details(
+                self.grpc_code(),
+                self.to_string(),
+                ErrorDetails::with_retry_info(Some(delay)),
+            ),
             None => tonic::Status::new(self.grpc_code(), self.to_string()),
         }
     }
@@ -88,12 +92,27 @@ mod tests {
 
     #[test]
     fn statuses_follow_otlp() {
-        assert_eq!(IngestError::QueueFull.http_status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(IngestError::QueueFull.grpc_status().code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            IngestError::QueueFull.http_status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            IngestError::QueueFull.grpc_status().code(),
+            tonic::Code::ResourceExhausted
+        );
         let details = IngestError::QueueFull.grpc_status().get_error_details();
-        assert_eq!(details.retry_info().and_then(|r| r.retry_delay), Some(RETRY_AFTER));
-        assert_eq!(IngestError::Malformed("x".into()).grpc_status().code(), tonic::Code::InvalidArgument);
-        assert_eq!(IngestError::TooLarge { limit: 1 }.http_status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            details.retry_info().and_then(|r| r.retry_delay),
+            Some(RETRY_AFTER)
+        );
+        assert_eq!(
+            IngestError::Malformed("x".into()).grpc_status().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            IngestError::TooLarge { limit: 1 }.http_status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
         assert!(IngestError::Malformed("x".into()).retry_after().is_none());
     }
 }

@@ -30,7 +30,7 @@ fn hex_digit(c: u8) -> Option<u8> {
 /// left (Zipkin's 64-bit trace ids).
 fn decode_into(text: &str, out: &mut [u8]) -> Result<(), IdError> {
     let bytes = text.as_bytes();
-    if bytes.is_empty() || bytes.len() > out.len() * 2 || bytes.len() % 2 != 0 {
+    if bytes.is_empty() || bytes.len() > out.len() * 2 || !bytes.len().is_multiple_of(2) {
         return Err(IdError(text.to_owned()));
     }
     let offset = out.len() - bytes.len() / 2;
@@ -130,7 +130,11 @@ mod tests {
         let short: TraceId = "8448eb211c80319c".parse().unwrap();
         assert_eq!(short.to_string(), "00000000000000008448eb211c80319c");
         assert!("xyz".parse::<TraceId>().is_err());
-        assert!("0af7651916cd43dd8448eb211c80319".parse::<TraceId>().is_err());
+        assert!(
+            "0af7651916cd43dd8448eb211c80319"
+                .parse::<TraceId>()
+                .is_err()
+        );
         let span: SpanId = "b7ad6b7169203331".parse().unwrap();
         assert_eq!(SpanId::from_u64(span.as_u64()), span);
         assert_eq!(TraceId::from_bytes(&[0; 16]), None);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-use crate::metrics::Metrics;
 use crate::ingest::IngestQueue;
+use crate::metrics::Metrics;
 use crate::spanmetrics::SpanMetrics;
 use crate::store::{PartitionId, PreparedDocs, SpanStore};
 
@@ -59,7 +59,9 @@ pub struct Indexer {
 }
 
 fn now_seconds() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Indexer {
@@ -90,7 +92,12 @@ impl Indexer {
         let now = Instant::now();
         let oldest = self.oldest_start();
         let span_metrics = &mut self.span_metrics;
-        if let Err(error) = self.store.apply(seq, &batch.resource_spans, oldest, |span| span_metrics.observe(span, now)) {
+        if let Err(error) = self
+            .store
+            .apply(seq, &batch.resource_spans, oldest, |span| {
+                span_metrics.observe(span, now)
+            })
+        {
             self.metrics.index_errors.inc();
             self.first_failed.get_or_insert(seq);
             tracing::error!(%error, seq, "spans not indexed, they stay in the wal until a restart replays them");
@@ -132,10 +139,15 @@ impl Indexer {
     fn drop_partition(&mut self, id: PartitionId, reason: &'static str, bytes: u64) {
         match self.store.drop_partition(id) {
             Ok(()) => {
-                self.metrics.partitions_dropped.with_label_values(&[reason]).inc();
+                self.metrics
+                    .partitions_dropped
+                    .with_label_values(&[reason])
+                    .inc();
                 tracing::info!(partition = %id.dir_name(), reason, bytes, "partition dropped");
             }
-            Err(error) => tracing::error!(%error, partition = %id.dir_name(), "partition not dropped"),
+            Err(error) => {
+                tracing::error!(%error, partition = %id.dir_name(), "partition not dropped")
+            }
         }
     }
 
@@ -180,7 +192,9 @@ impl Indexer {
                 self.checkpoint.store(seq, Ordering::Release);
                 tracing::info!(checkpoint = seq, "index closed");
             }
-            Err(error) => tracing::error!(%error, "index not closed cleanly, the wal will be replayed"),
+            Err(error) => {
+                tracing::error!(%error, "index not closed cleanly, the wal will be replayed")
+            }
         }
     }
 

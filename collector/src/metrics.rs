@@ -2,10 +2,15 @@
 //! registry `/metrics` renders. Span-derived metrics live in
 //! [`crate::spanmetrics`], re-exposed OTLP metrics in [`crate::otlp_metrics`].
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 /// Buckets for disk and index latencies, in seconds.
-const LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Every self-metric of the collector.
 #[derive(Clone)]
@@ -64,32 +69,118 @@ impl Metrics {
     /// Creates every family and registers it in a fresh registry.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
-        let histogram = |name: &str, help: &str| Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()));
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let histogram = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+        };
         let metrics = Self {
-            spans_received: counter("tracemesh_collector_spans_received_total", "Spans received, by receiver.", &["receiver"])?,
-            spans_accepted: counter("tracemesh_collector_spans_accepted_total", "Spans acknowledged after the WAL append, by receiver.", &["receiver"])?,
-            spans_refused: counter("tracemesh_collector_spans_refused_total", "Spans refused, by receiver and reason.", &["receiver", "reason"])?,
-            metric_points_received: counter("tracemesh_collector_metric_points_received_total", "OTLP metric data points received, by receiver.", &["receiver"])?,
-            ingest_queue_spans: IntGauge::new("tracemesh_collector_ingest_queue_spans", "Spans acknowledged and not yet in the index.")?,
-            wal_bytes: IntCounter::new("tracemesh_collector_wal_bytes_total", "Bytes appended to the write-ahead log.")?,
-            wal_records: IntCounter::new("tracemesh_collector_wal_records_total", "Records appended to the write-ahead log.")?,
-            wal_fsync_seconds: histogram("tracemesh_collector_wal_fsync_seconds", "Duration of one write-ahead log fsync (one group commit).")?,
-            wal_segments: IntGauge::new("tracemesh_collector_wal_segments", "Write-ahead log files on disk.")?,
-            wal_cut_bytes: IntCounter::new("tracemesh_collector_wal_cut_bytes_total", "Bytes cut from a torn or corrupt write-ahead log on recovery.")?,
-            wal_replayed_records: IntCounter::new("tracemesh_collector_wal_replayed_records_total", "Write-ahead log records replayed on start.")?,
-            index_spans: IntCounter::new("tracemesh_collector_index_spans_total", "Spans added to the index.")?,
-            index_commit_seconds: histogram("tracemesh_collector_index_commit_seconds", "Duration of one index commit.")?,
-            index_errors: IntCounter::new("tracemesh_collector_index_errors_total", "Index writes or commits that failed.")?,
-            partitions: IntGauge::new("tracemesh_collector_partitions", "Time partitions in the span store.")?,
-            disk_bytes: IntGauge::new("tracemesh_collector_disk_bytes", "Bytes used by the span store.")?,
-            partitions_dropped: counter("tracemesh_collector_partitions_dropped_total", "Partitions dropped, by reason.", &["reason"])?,
-            exporter_sent_spans: counter("tracemesh_collector_exporter_sent_spans_total", "Spans delivered by each exporter.", &["exporter"])?,
-            exporter_failed_spans: counter("tracemesh_collector_exporter_failed_spans_total", "Spans an exporter gave up on after a non-retryable error.", &["exporter"])?,
-            exporter_dropped_spans: counter("tracemesh_collector_exporter_dropped_spans_total", "Spans dropped because an exporter's queue was full.", &["exporter"])?,
-            exporter_sent_metric_points: counter("tracemesh_collector_exporter_sent_metric_points_total", "Metric data points delivered by each exporter.", &["exporter"])?,
-            exporter_dropped_metric_points: counter("tracemesh_collector_exporter_dropped_metric_points_total", "Metric data points an exporter dropped or gave up on.", &["exporter"])?,
-            exporter_queue_spans: IntGaugeVec::new(Opts::new("tracemesh_collector_exporter_queue_spans", "Spans waiting in each exporter's queue."), &["exporter"])?,
+            spans_received: counter(
+                "tracemesh_collector_spans_received_total",
+                "Spans received, by receiver.",
+                &["receiver"],
+            )?,
+            spans_accepted: counter(
+                "tracemesh_collector_spans_accepted_total",
+                "Spans acknowledged after the WAL append, by receiver.",
+                &["receiver"],
+            )?,
+            spans_refused: counter(
+                "tracemesh_collector_spans_refused_total",
+                "Spans refused, by receiver and reason.",
+                &["receiver", "reason"],
+            )?,
+            metric_points_received: counter(
+                "tracemesh_collector_metric_points_received_total",
+                "OTLP metric data points received, by receiver.",
+                &["receiver"],
+            )?,
+            ingest_queue_spans: IntGauge::new(
+                "tracemesh_collector_ingest_queue_spans",
+                "Spans acknowledged and not yet in the index.",
+            )?,
+            wal_bytes: IntCounter::new(
+                "tracemesh_collector_wal_bytes_total",
+                "Bytes appended to the write-ahead log.",
+            )?,
+            wal_records: IntCounter::new(
+                "tracemesh_collector_wal_records_total",
+                "Records appended to the write-ahead log.",
+            )?,
+            wal_fsync_seconds: histogram(
+                "tracemesh_collector_wal_fsync_seconds",
+                "Duration of one write-ahead log fsync (one group commit).",
+            )?,
+            wal_segments: IntGauge::new(
+                "tracemesh_collector_wal_segments",
+                "Write-ahead log files on disk.",
+            )?,
+            wal_cut_bytes: IntCounter::new(
+                "tracemesh_collector_wal_cut_bytes_total",
+                "Bytes cut from a torn or corrupt write-ahead log on recovery.",
+            )?,
+            wal_replayed_records: IntCounter::new(
+                "tracemesh_collector_wal_replayed_records_total",
+                "Write-ahead log records replayed on start.",
+            )?,
+            index_spans: IntCounter::new(
+                "tracemesh_collector_index_spans_total",
+                "Spans added to the index.",
+            )?,
+            index_commit_seconds: histogram(
+                "tracemesh_collector_index_commit_seconds",
+                "Duration of one index commit.",
+            )?,
+            index_errors: IntCounter::new(
+                "tracemesh_collector_index_errors_total",
+                "Index writes or commits that failed.",
+            )?,
+            partitions: IntGauge::new(
+                "tracemesh_collector_partitions",
+                "Time partitions in the span store.",
+            )?,
+            disk_bytes: IntGauge::new(
+                "tracemesh_collector_disk_bytes",
+                "Bytes used by the span store.",
+            )?,
+            partitions_dropped: counter(
+                "tracemesh_collector_partitions_dropped_total",
+                "Partitions dropped, by reason.",
+                &["reason"],
+            )?,
+            exporter_sent_spans: counter(
+                "tracemesh_collector_exporter_sent_spans_total",
+                "Spans delivered by each exporter.",
+                &["exporter"],
+            )?,
+            exporter_failed_spans: counter(
+                "tracemesh_collector_exporter_failed_spans_total",
+                "Spans an exporter gave up on after a non-retryable error.",
+                &["exporter"],
+            )?,
+            exporter_dropped_spans: counter(
+                "tracemesh_collector_exporter_dropped_spans_total",
+                "Spans dropped because an exporter's queue was full.",
+                &["exporter"],
+            )?,
+            exporter_sent_metric_points: counter(
+                "tracemesh_collector_exporter_sent_metric_points_total",
+                "Metric data points delivered by each exporter.",
+                &["exporter"],
+            )?,
+            exporter_dropped_metric_points: counter(
+                "tracemesh_collector_exporter_dropped_metric_points_total",
+                "Metric data points an exporter dropped or gave up on.",
+                &["exporter"],
+            )?,
+            exporter_queue_spans: IntGaugeVec::new(
+                Opts::new(
+                    "tracemesh_collector_exporter_queue_spans",
+                    "Spans waiting in each exporter's queue.",
+                ),
+                &["exporter"],
+            )?,
             registry,
         };
         metrics.register_all()?;
@@ -132,6 +223,14 @@ impl Metrics {
 }
 
 /// A label-less histogram vector helper for families keyed by one label.
-pub fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> Result<HistogramVec, prometheus::Error> {
-    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+pub fn histogram_vec(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> Result<HistogramVec, prometheus::Error> {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
 }

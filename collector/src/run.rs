@@ -62,7 +62,12 @@ impl Collector {
         let span_metrics = SpanMetrics::new(&metrics.registry)?;
         let wal_dir = config.data_dir.join("wal");
         let recovered = wal::recover(&wal_dir, &metrics)?;
-        let store = SpanStore::open(&config.data_dir, config.partition.0.as_secs(), config.index_memory.0 as usize, metrics.clone())?;
+        let store = SpanStore::open(
+            &config.data_dir,
+            config.partition.0.as_secs(),
+            config.index_memory.0 as usize,
+            metrics.clone(),
+        )?;
         let next_seq = recovered.last_seq.max(store.max_committed_seq()) + 1;
         let mut indexer = Indexer {
             store,
@@ -70,23 +75,30 @@ impl Collector {
             queue: Arc::new(IngestQueue::new(config.ingest_queue_spans)),
             checkpoint: Arc::new(AtomicU64::new(0)),
             metrics: metrics.clone(),
-            policy: Policy { commit_interval: config.commit_interval.0, retention: config.retention.0, max_disk: config.max_disk.map(|b| b.0) },
+            policy: Policy {
+                commit_interval: config.commit_interval.0,
+                retention: config.retention.0,
+                max_disk: config.max_disk.map(|b| b.0),
+            },
             first_failed: None,
         };
         indexer.enforce_retention();
         let mut replayed = 0u64;
         let mut undecodable = 0u64;
         for segment in &recovered.segments {
-            wal::replay(segment, |seq, payload| match ExportTraceServiceRequest::decode(payload) {
-                Ok(batch) => {
-                    indexer.apply(seq, &batch);
-                    replayed += 1;
-                }
-                Err(error) => {
-                    undecodable += 1;
-                    tracing::error!(%error, seq, "wal record undecodable, skipped");
-                }
-            })?;
+            wal::replay(
+                segment,
+                |seq, payload| match ExportTraceServiceRequest::decode(payload) {
+                    Ok(batch) => {
+                        indexer.apply(seq, &batch);
+                        replayed += 1;
+                    }
+                    Err(error) => {
+                        undecodable += 1;
+                        tracing::error!(%error, seq, "wal record undecodable, skipped");
+                    }
+                },
+            )?;
         }
         indexer.commit();
         if replayed > 0 || undecodable > 0 {
@@ -95,7 +107,12 @@ impl Collector {
         }
         // Only what the index now holds may leave the WAL.
         wal::delete_covered(&recovered.segments, indexer.checkpoint())?;
-        Ok(Self { config, metrics, indexer, next_seq })
+        Ok(Self {
+            config,
+            metrics,
+            indexer,
+            next_seq,
+        })
     }
 
     /// A read handle on the store (for the query service).
@@ -111,7 +128,11 @@ impl Collector {
     /// Serves until SIGINT or SIGTERM. `extra` is merged into the `--http`
     /// listener's router (the query API and UI mount here).
     pub fn run(self, extra: Router) -> Result<(), CollectorError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("collector").enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("collector")
+            .enable_all()
+            .build()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let result = runtime.block_on(self.serve(extra, stop_rx, async move {
             shutdown_signal().await;
@@ -121,8 +142,18 @@ impl Collector {
         result
     }
 
-    async fn serve(self, extra: Router, stop: watch::Receiver<bool>, signal: impl Future<Output = ()>) -> Result<(), CollectorError> {
-        let Self { config, metrics, indexer, next_seq } = self;
+    async fn serve(
+        self,
+        extra: Router,
+        stop: watch::Receiver<bool>,
+        signal: impl Future<Output = ()>,
+    ) -> Result<(), CollectorError> {
+        let Self {
+            config,
+            metrics,
+            indexer,
+            next_seq,
+        } = self;
         let queue = indexer.queue.clone();
         let (durable_tx, durable_rx) = mpsc::channel();
         let options = wal::WriterOptions {
@@ -132,11 +163,17 @@ impl Collector {
             checkpoint: indexer.checkpoint.clone(),
         };
         let (wal, wal_thread) = wal::start(options, metrics.clone(), durable_tx)?;
-        let indexer_thread = std::thread::Builder::new().name("indexer".into()).spawn(move || indexer.run(durable_rx))?;
+        let indexer_thread = std::thread::Builder::new()
+            .name("indexer".into())
+            .spawn(move || indexer.run(durable_rx))?;
         let exporters = Exporters::start(&config.exporters, &metrics)?;
         let otlp_metrics = Arc::new(OtlpMetrics::default());
-        let fields = crate::store::schema::SpanFields::of(&crate::store::schema::build())
-            .map_err(|source| StoreError::Index { path: config.data_dir.clone(), source })?;
+        let fields = crate::store::schema::SpanFields::of(&crate::store::schema::build()).map_err(
+            |source| StoreError::Index {
+                path: config.data_dir.clone(),
+                source,
+            },
+        )?;
         let ingest = Ingest::new(
             wal,
             fields,
@@ -150,15 +187,24 @@ impl Collector {
         );
 
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))
         };
         let grpc_listener = bind(config.listen.otlp_grpc).await?;
         let http_listener = bind(config.listen.otlp_http).await?;
         let zipkin_listener = bind(config.listen.zipkin).await?;
         let api_listener = bind(config.listen.http).await?;
-        let addresses = [&grpc_listener, &http_listener, &zipkin_listener, &api_listener].map(|l| l.local_addr());
+        let addresses = [
+            &grpc_listener,
+            &http_listener,
+            &zipkin_listener,
+            &api_listener,
+        ]
+        .map(|l| l.local_addr());
         let [grpc_addr, http_addr, zipkin_addr, api_addr] = addresses;
-        let (grpc_addr, http_addr, zipkin_addr, api_addr) = (grpc_addr?, http_addr?, zipkin_addr?, api_addr?);
+        let (grpc_addr, http_addr, zipkin_addr, api_addr) =
+            (grpc_addr?, http_addr?, zipkin_addr?, api_addr?);
 
         let grpc_router = receiver::grpc::routes(ingest.clone()).into_axum_router();
         let metrics_router = metrics_router(metrics.clone(), otlp_metrics).merge(extra);
@@ -176,7 +222,9 @@ impl Collector {
                 let shutdown = async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
                 };
-                axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
             }));
         }
         tracing::info!(
@@ -218,9 +266,14 @@ fn metrics_router(metrics: Metrics, otlp_metrics: Arc<OtlpMetrics>) -> Router {
             async move {
                 let families = metrics.registry.gather();
                 let taken = families.iter().map(|f| f.name().to_owned()).collect();
-                let mut text = prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_default();
+                let mut text = prometheus::TextEncoder::new()
+                    .encode_to_string(&families)
+                    .unwrap_or_default();
                 otlp_metrics.render(&taken, &mut text);
-                ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+                (
+                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    text,
+                )
             }
         }),
     )

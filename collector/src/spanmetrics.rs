@@ -15,10 +15,15 @@ use crate::metrics::histogram_vec;
 use crate::store::SpanRef;
 
 /// The spanmetrics connector's default buckets, in milliseconds.
-const DURATION_BUCKETS_MS: [f64; 16] = [2.0, 4.0, 6.0, 8.0, 10.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1000.0, 1400.0, 2000.0, 5000.0, 10000.0, 15000.0];
+const DURATION_BUCKETS_MS: [f64; 16] = [
+    2.0, 4.0, 6.0, 8.0, 10.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1000.0, 1400.0, 2000.0, 5000.0,
+    10000.0, 15000.0,
+];
 
 /// The servicegraph connector's default buckets, in seconds.
-const EDGE_BUCKETS_S: [f64; 16] = [0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0];
+const EDGE_BUCKETS_S: [f64; 16] = [
+    0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0,
+];
 
 /// How long half an edge waits for its other half.
 const EDGE_WAIT: Duration = Duration::from_secs(10);
@@ -29,10 +34,20 @@ const MAX_PENDING_EDGES: usize = 100_000;
 /// RED label sets kept, at most (a cardinality guard).
 const MAX_SERIES: usize = 10_000;
 
-const KINDS: [&str; 6] = ["SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT", "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER"];
+const KINDS: [&str; 6] = [
+    "SPAN_KIND_UNSPECIFIED",
+    "SPAN_KIND_INTERNAL",
+    "SPAN_KIND_SERVER",
+    "SPAN_KIND_CLIENT",
+    "SPAN_KIND_PRODUCER",
+    "SPAN_KIND_CONSUMER",
+];
 const STATUSES: [&str; 3] = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
 
 type Handles = (IntCounter, Histogram);
+
+/// Handles by kind (0-5) and status (0-2) of one operation.
+type ByKindAndStatus = [[Option<Handles>; 3]; 6];
 
 struct HalfEdge {
     service: String,
@@ -55,7 +70,7 @@ pub struct SpanMetrics {
     client_seconds: HistogramVec,
     unpaired: IntCounterVec,
     dropped: IntCounterVec,
-    handles: HashMap<String, HashMap<String, [[Option<Handles>; 3]; 6]>>,
+    handles: HashMap<String, HashMap<String, ByKindAndStatus>>,
     series: usize,
     pending: HashMap<(TraceId, SpanId), HalfEdge>,
 }
@@ -66,14 +81,59 @@ impl SpanMetrics {
         let red = ["service_name", "span_name", "span_kind", "status_code"];
         let edge = ["client", "server", "connection_type"];
         let metrics = Self {
-            calls: IntCounterVec::new(Opts::new("traces_span_metrics_calls_total", "Spans, by service, operation, kind and status."), &red)?,
-            duration: histogram_vec("traces_span_metrics_duration_milliseconds", "Span durations in milliseconds.", &red, &DURATION_BUCKETS_MS)?,
-            requests: IntCounterVec::new(Opts::new("traces_service_graph_request_total", "Requests between two services."), &edge)?,
-            failed: IntCounterVec::new(Opts::new("traces_service_graph_request_failed_total", "Failed requests between two services."), &edge)?,
-            server_seconds: histogram_vec("traces_service_graph_request_server_seconds", "Request durations seen by the server.", &edge, &EDGE_BUCKETS_S)?,
-            client_seconds: histogram_vec("traces_service_graph_request_client_seconds", "Request durations seen by the client.", &edge, &EDGE_BUCKETS_S)?,
-            unpaired: IntCounterVec::new(Opts::new("traces_service_graph_unpaired_spans_total", "Client or server spans whose other side never arrived."), &["client", "server"])?,
-            dropped: IntCounterVec::new(Opts::new("traces_service_graph_dropped_spans_total", "Spans not paired because too many were waiting."), &["client", "server"])?,
+            calls: IntCounterVec::new(
+                Opts::new(
+                    "traces_span_metrics_calls_total",
+                    "Spans, by service, operation, kind and status.",
+                ),
+                &red,
+            )?,
+            duration: histogram_vec(
+                "traces_span_metrics_duration_milliseconds",
+                "Span durations in milliseconds.",
+                &red,
+                &DURATION_BUCKETS_MS,
+            )?,
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "traces_service_graph_request_total",
+                    "Requests between two services.",
+                ),
+                &edge,
+            )?,
+            failed: IntCounterVec::new(
+                Opts::new(
+                    "traces_service_graph_request_failed_total",
+                    "Failed requests between two services.",
+                ),
+                &edge,
+            )?,
+            server_seconds: histogram_vec(
+                "traces_service_graph_request_server_seconds",
+                "Request durations seen by the server.",
+                &edge,
+                &EDGE_BUCKETS_S,
+            )?,
+            client_seconds: histogram_vec(
+                "traces_service_graph_request_client_seconds",
+                "Request durations seen by the client.",
+                &edge,
+                &EDGE_BUCKETS_S,
+            )?,
+            unpaired: IntCounterVec::new(
+                Opts::new(
+                    "traces_service_graph_unpaired_spans_total",
+                    "Client or server spans whose other side never arrived.",
+                ),
+                &["client", "server"],
+            )?,
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "traces_service_graph_dropped_spans_total",
+                    "Spans not paired because too many were waiting.",
+                ),
+                &["client", "server"],
+            )?,
             handles: HashMap::new(),
             series: 0,
             pending: HashMap::new(),
@@ -100,7 +160,12 @@ impl SpanMetrics {
             calls.inc();
             duration.observe(nanos as f64 / 1e6);
         }
-        let (Some(trace_id), Some(span_id)) = (TraceId::from_bytes(&s.trace_id), SpanId::from_bytes(&s.span_id)) else { return };
+        let (Some(trace_id), Some(span_id)) = (
+            TraceId::from_bytes(&s.trace_id),
+            SpanId::from_bytes(&s.span_id),
+        ) else {
+            return;
+        };
         let client = match kind {
             3 | 4 => true,
             2 | 5 => false,
@@ -116,7 +181,9 @@ impl SpanMetrics {
         };
         let half = HalfEdge {
             service: service.to_owned(),
-            peer_service: client.then(|| attributes::get_str(&s.attributes, "peer.service").map(str::to_owned)).flatten(),
+            peer_service: client
+                .then(|| attributes::get_str(&s.attributes, "peer.service").map(str::to_owned))
+                .flatten(),
             duration: nanos as f64 / 1e9,
             failed: status == 2,
             messaging: kind == 4 || kind == 5,
@@ -125,14 +192,22 @@ impl SpanMetrics {
         };
         match self.pending.remove(&key) {
             Some(other) if other.client != client => {
-                let (c, sv) = if client { (&half, &other) } else { (&other, &half) };
+                let (c, sv) = if client {
+                    (&half, &other)
+                } else {
+                    (&other, &half)
+                };
                 self.edge(c, sv);
             }
             Some(other) => {
                 self.pending.insert(key, other);
             }
             None if self.pending.len() >= MAX_PENDING_EDGES => {
-                let (c, sv) = if client { (half.service.as_str(), "") } else { ("", half.service.as_str()) };
+                let (c, sv) = if client {
+                    (half.service.as_str(), "")
+                } else {
+                    ("", half.service.as_str())
+                };
                 self.dropped.with_label_values(&[c, sv]).inc();
             }
             None => {
@@ -141,40 +216,73 @@ impl SpanMetrics {
         }
     }
 
-    fn red_handles(&mut self, service: &str, name: &str, kind: usize, status: usize) -> Option<Handles> {
-        if let Some(handles) = self.handles.get(service).and_then(|ops| ops.get(name)).and_then(|k| k[kind][status].as_ref()) {
+    fn red_handles(
+        &mut self,
+        service: &str,
+        name: &str,
+        kind: usize,
+        status: usize,
+    ) -> Option<Handles> {
+        if let Some(handles) = self
+            .handles
+            .get(service)
+            .and_then(|ops| ops.get(name))
+            .and_then(|k| k[kind][status].as_ref())
+        {
             return Some(handles.clone());
         }
         if self.series >= MAX_SERIES {
             return None;
         }
         let labels = [service, name, KINDS[kind], STATUSES[status]];
-        let handles = (self.calls.with_label_values(&labels), self.duration.with_label_values(&labels));
-        let slot = self.handles.entry(service.to_owned()).or_default().entry(name.to_owned()).or_default();
+        let handles = (
+            self.calls.with_label_values(&labels),
+            self.duration.with_label_values(&labels),
+        );
+        let slot = self
+            .handles
+            .entry(service.to_owned())
+            .or_default()
+            .entry(name.to_owned())
+            .or_default();
         slot[kind][status] = Some(handles.clone());
         self.series += 1;
         Some(handles)
     }
 
     fn edge(&self, client: &HalfEdge, server: &HalfEdge) {
-        let connection = if client.messaging || server.messaging { "messaging_system" } else { "" };
+        let connection = if client.messaging || server.messaging {
+            "messaging_system"
+        } else {
+            ""
+        };
         let labels = [client.service.as_str(), server.service.as_str(), connection];
         self.requests.with_label_values(&labels).inc();
         if client.failed || server.failed {
             self.failed.with_label_values(&labels).inc();
         }
-        self.client_seconds.with_label_values(&labels).observe(client.duration);
-        self.server_seconds.with_label_values(&labels).observe(server.duration);
+        self.client_seconds
+            .with_label_values(&labels)
+            .observe(client.duration);
+        self.server_seconds
+            .with_label_values(&labels)
+            .observe(server.duration);
     }
 
     /// Expires half-edges that waited too long: a client span naming a
     /// `peer.service` makes an edge to that (uninstrumented) peer, the rest
     /// are counted as unpaired.
     pub fn expire(&mut self, now: Instant) {
-        let expired: Vec<(TraceId, SpanId)> =
-            self.pending.iter().filter(|(_, h)| now.duration_since(h.seen) >= EDGE_WAIT).map(|(k, _)| *k).collect();
+        let expired: Vec<(TraceId, SpanId)> = self
+            .pending
+            .iter()
+            .filter(|(_, h)| now.duration_since(h.seen) >= EDGE_WAIT)
+            .map(|(k, _)| *k)
+            .collect();
         for key in expired {
-            let Some(half) = self.pending.remove(&key) else { continue };
+            let Some(half) = self.pending.remove(&key) else {
+                continue;
+            };
             match (&half.peer_service, half.client) {
                 (Some(peer), true) => {
                     let labels = [half.service.as_str(), peer.as_str(), "virtual_node"];
@@ -182,10 +290,18 @@ impl SpanMetrics {
                     if half.failed {
                         self.failed.with_label_values(&labels).inc();
                     }
-                    self.client_seconds.with_label_values(&labels).observe(half.duration);
+                    self.client_seconds
+                        .with_label_values(&labels)
+                        .observe(half.duration);
                 }
-                (_, true) => self.unpaired.with_label_values(&[half.service.as_str(), ""]).inc(),
-                (_, false) => self.unpaired.with_label_values(&["", half.service.as_str()]).inc(),
+                (_, true) => self
+                    .unpaired
+                    .with_label_values(&[half.service.as_str(), ""])
+                    .inc(),
+                (_, false) => self
+                    .unpaired
+                    .with_label_values(&["", half.service.as_str()])
+                    .inc(),
             }
         }
     }
@@ -198,11 +314,23 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::{Span, Status};
 
     fn resource(service: &str) -> Resource {
-        Resource { attributes: vec![attributes::string("service.name", service)], ..Default::default() }
+        Resource {
+            attributes: vec![attributes::string("service.name", service)],
+            ..Default::default()
+        }
     }
 
     fn observe(metrics: &mut SpanMetrics, resource: &Resource, span: &Span, now: Instant) {
-        metrics.observe(SpanRef { resource: Some(resource), resource_schema_url: "", scope: None, scope_schema_url: "", span }, now);
+        metrics.observe(
+            SpanRef {
+                resource: Some(resource),
+                resource_schema_url: "",
+                scope: None,
+                scope_schema_url: "",
+                span,
+            },
+            now,
+        );
     }
 
     #[test]
@@ -223,14 +351,19 @@ mod tests {
             span_id: vec![3; 8],
             parent_span_id: vec![2; 8],
             kind: 2,
-            status: Some(Status { code: 2, message: "boom".into() }),
+            status: Some(Status {
+                code: 2,
+                message: "boom".into(),
+            }),
             start_time_unix_nano: 1_005_000_000,
             end_time_unix_nano: 1_025_000_000,
             ..client.clone()
         };
         observe(&mut metrics, &resource("frontend"), &client, now);
         observe(&mut metrics, &resource("cart"), &server, now);
-        let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
         assert!(
             text.contains(r#"traces_span_metrics_calls_total{service_name="cart",span_kind="SPAN_KIND_SERVER",span_name="GET /cart",status_code="STATUS_CODE_ERROR"} 1"#),
             "{text}"
@@ -239,10 +372,16 @@ mod tests {
         assert!(text.contains(r#"traces_service_graph_request_failed_total{client="frontend",connection_type="",server="cart"} 1"#), "{text}");
         assert!(text.contains(r#"traces_span_metrics_duration_milliseconds_bucket{service_name="frontend",span_kind="SPAN_KIND_CLIENT",span_name="GET /cart",status_code="STATUS_CODE_UNSET",le="50"} 1"#), "{text}");
 
-        let lonely = Span { span_id: vec![9; 8], attributes: vec![attributes::string("peer.service", "postgres")], ..client };
+        let lonely = Span {
+            span_id: vec![9; 8],
+            attributes: vec![attributes::string("peer.service", "postgres")],
+            ..client
+        };
         observe(&mut metrics, &resource("cart"), &lonely, now);
         metrics.expire(now + EDGE_WAIT);
-        let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
         assert!(text.contains(r#"traces_service_graph_request_total{client="cart",connection_type="virtual_node",server="postgres"} 1"#), "{text}");
     }
 }

@@ -27,11 +27,14 @@ pub struct UnitError {
 
 fn split_number(text: &str) -> Result<(f64, &str), UnitError> {
     let trimmed = text.trim();
-    let end = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(trimmed.len());
+    let end = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(end);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| UnitError { text: text.to_owned(), reason: "expected a number followed by a unit" })?;
+    let value: f64 = number.parse().map_err(|_| UnitError {
+        text: text.to_owned(),
+        reason: "expected a number followed by a unit",
+    })?;
     Ok((value, unit.trim()))
 }
 
@@ -47,7 +50,12 @@ impl FromStr for HumanDuration {
             "h" => value * 3600.0,
             "d" => value * 86_400.0,
             "w" => value * 604_800.0,
-            _ => return Err(UnitError { text: text.to_owned(), reason: "unit must be one of ms, s, m, h, d, w" }),
+            _ => {
+                return Err(UnitError {
+                    text: text.to_owned(),
+                    reason: "unit must be one of ms, s, m, h, d, w",
+                });
+            }
         };
         Ok(Self(Duration::from_secs_f64(seconds)))
     }
@@ -56,9 +64,15 @@ impl FromStr for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        let units = [(604_800_000, "w"), (86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s")];
+        let units = [
+            (604_800_000, "w"),
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1000, "s"),
+        ];
         for (size, unit) in units {
-            if ms >= size && ms % size == 0 {
+            if ms >= size && ms.is_multiple_of(size) {
                 return write!(f, "{}{unit}", ms / size);
             }
         }
@@ -81,7 +95,12 @@ impl FromStr for ByteSize {
             "MiB" => 1 << 20,
             "GiB" => 1 << 30,
             "TiB" => 1 << 40,
-            _ => return Err(UnitError { text: text.to_owned(), reason: "unit must be B, KB, MB, GB, TB, KiB, MiB, GiB or TiB" }),
+            _ => {
+                return Err(UnitError {
+                    text: text.to_owned(),
+                    reason: "unit must be B, KB, MB, GB, TB, KiB, MiB, GiB or TiB",
+                });
+            }
         };
         Ok(Self((value * factor as f64) as u64))
     }
@@ -89,8 +108,13 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (size, unit) in [(1u64 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
-            if self.0 >= size && self.0 % size == 0 {
+        for (size, unit) in [
+            (1u64 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+        ] {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }
@@ -127,11 +151,23 @@ mod tests {
 
     #[test]
     fn durations_parse_and_print() {
-        assert_eq!("7d".parse::<HumanDuration>().unwrap().0, Duration::from_secs(7 * 86_400));
-        assert_eq!("500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(500));
-        assert_eq!("1.5s".parse::<HumanDuration>().unwrap().0, Duration::from_millis(1500));
+        assert_eq!(
+            "7d".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(
+            "500ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            "1.5s".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(1500)
+        );
         assert_eq!(HumanDuration(Duration::from_secs(86_400)).to_string(), "1d");
-        assert_eq!(HumanDuration(Duration::from_millis(250)).to_string(), "250ms");
+        assert_eq!(
+            HumanDuration(Duration::from_millis(250)).to_string(),
+            "250ms"
+        );
         assert!("7".parse::<HumanDuration>().is_err());
         assert!("d".parse::<HumanDuration>().is_err());
     }

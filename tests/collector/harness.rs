@@ -38,7 +38,9 @@ pub struct Collector {
 }
 
 fn field(line: &str, key: &str) -> Option<SocketAddr> {
-    line.split_whitespace().find_map(|token| token.strip_prefix(&format!("{key}="))).and_then(|v| v.parse().ok())
+    line.split_whitespace()
+        .find_map(|token| token.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
 }
 
 impl Collector {
@@ -46,7 +48,11 @@ impl Collector {
     /// plus `extra` flags, and waits for its ready line.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
         let local = "127.0.0.1:0".to_owned();
-        let mut args: Vec<String> = vec!["collector".into(), "--data-dir".into(), data_dir.display().to_string()];
+        let mut args: Vec<String> = vec![
+            "collector".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
         for flag in ["--otlp-grpc", "--otlp-http", "--zipkin", "--http"] {
             if !extra.contains(&flag) {
                 args.extend([flag.to_owned(), local.clone()]);
@@ -100,10 +106,17 @@ impl Collector {
 
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(mut self) -> String {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill -TERM");
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
         assert!(status.success());
         let exit = self.child.wait().expect("wait");
-        assert!(exit.success(), "collector exited with {exit}; log:\n{}", self.log());
+        assert!(
+            exit.success(),
+            "collector exited with {exit}; log:\n{}",
+            self.log()
+        );
         self.log()
     }
 
@@ -157,7 +170,9 @@ pub fn wait_for_trace(data_dir: &Path, trace_id: TraceId, spans: usize) -> Trace
 
 /// Spans in the store matching `query` (opened read-only, now).
 pub fn count(data_dir: &Path, query: &SpanQuery) -> u64 {
-    SpanReader::open(data_dir).and_then(|r| r.count(query)).unwrap_or(0)
+    SpanReader::open(data_dir)
+        .and_then(|r| r.count(query))
+        .unwrap_or(0)
 }
 
 /// An HTTP answer.
@@ -172,10 +187,19 @@ pub struct HttpResponse {
 }
 
 /// One HTTP/1.1 request on a fresh connection.
-pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -185,26 +209,43 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str
     let _ = stream.write_all(body);
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response head");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status line");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
     let headers: HashMap<String, String> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     let mut body = raw[split + 4..].to_vec();
-    if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
         body = dechunk(&body);
     }
-    HttpResponse { status, headers, body }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else { return out };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..end]).trim(), 16).unwrap_or(0);
+        let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&raw[..end]).trim(), 16).unwrap_or(0);
         if size == 0 {
             return out;
         }
@@ -215,7 +256,10 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 
 /// Now, in nanoseconds since the epoch.
 pub fn now_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 /// A fresh random trace id.
@@ -228,24 +272,43 @@ pub fn random_trace_id() -> TraceId {
 }
 
 fn string(key: &str, value: &str) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }), ..Default::default() }
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
 }
 
 /// A batch of `spans` spans of one trace for `service`, started at `start`.
-pub fn batch(service: &str, trace_id: TraceId, spans: usize, start: u64) -> ExportTraceServiceRequest {
+pub fn batch(
+    service: &str,
+    trace_id: TraceId,
+    spans: usize,
+    start: u64,
+) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource { attributes: vec![string("service.name", service)], ..Default::default() }),
+            resource: Some(Resource {
+                attributes: vec![string("service.name", service)],
+                ..Default::default()
+            }),
             scope_spans: vec![ScopeSpans {
                 spans: (0..spans)
                     .map(|i| Span {
                         trace_id: trace_id.0.to_vec(),
-                        span_id: ((i as u64 + 1) | (fastrand::u64(..) << 16)).to_be_bytes().to_vec(),
+                        span_id: ((i as u64 + 1) | (fastrand::u64(..) << 16))
+                            .to_be_bytes()
+                            .to_vec(),
                         name: format!("op-{}", i % 4),
                         kind: 2,
                         start_time_unix_nano: start + i as u64,
                         end_time_unix_nano: start + i as u64 + 1_000_000,
-                        attributes: vec![string("http.request.method", "GET"), string("batch.index", &i.to_string())],
+                        attributes: vec![
+                            string("http.request.method", "GET"),
+                            string("batch.index", &i.to_string()),
+                        ],
                         ..Default::default()
                     })
                     .collect(),
@@ -258,5 +321,9 @@ pub fn batch(service: &str, trace_id: TraceId, spans: usize, start: u64) -> Expo
 
 /// A multi-thread runtime for a test's async clients.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }

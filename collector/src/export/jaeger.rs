@@ -16,7 +16,9 @@ use super::otlp_grpc::{channel, classify, metadata};
 use crate::attributes;
 use crate::config::{Compression, ExporterConfig};
 use crate::jaeger_proto::collector_service_client::CollectorServiceClient;
-use crate::jaeger_proto::{Batch, KeyValue, Log, PostSpansRequest, Process, Span, SpanRef, SpanRefType, ValueType};
+use crate::jaeger_proto::{
+    Batch, KeyValue, Log, PostSpansRequest, Process, Span, SpanRef, SpanRefType, ValueType,
+};
 
 /// Sends spans to a Jaeger collector.
 pub struct JaegerClient {
@@ -31,11 +33,17 @@ impl JaegerClient {
         if config.compression == Compression::Gzip {
             client = client.send_compressed(CompressionEncoding::Gzip);
         }
-        Ok(Self { client, metadata: metadata(config)? })
+        Ok(Self {
+            client,
+            metadata: metadata(config)?,
+        })
     }
 
     /// Posts every resource's spans as one batch.
-    pub async fn send_spans(&mut self, request: &ExportTraceServiceRequest) -> Result<(), SendError> {
+    pub async fn send_spans(
+        &mut self,
+        request: &ExportTraceServiceRequest,
+    ) -> Result<(), SendError> {
         for batch in to_jaeger(request) {
             let mut call = tonic::Request::new(PostSpansRequest { batch: Some(batch) });
             *call.metadata_mut() = self.metadata.clone();
@@ -46,7 +54,10 @@ impl JaegerClient {
 }
 
 fn tag(kv: &OtlpKeyValue) -> KeyValue {
-    let mut out = KeyValue { key: kv.key.clone(), ..Default::default() };
+    let mut out = KeyValue {
+        key: kv.key.clone(),
+        ..Default::default()
+    };
     match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
         Some(Value::BoolValue(b)) => {
             out.v_type = ValueType::Bool as i32;
@@ -70,28 +81,51 @@ fn tag(kv: &OtlpKeyValue) -> KeyValue {
 }
 
 fn string_tag(key: &str, value: &str) -> KeyValue {
-    KeyValue { key: key.to_owned(), v_str: value.to_owned(), ..Default::default() }
+    KeyValue {
+        key: key.to_owned(),
+        v_str: value.to_owned(),
+        ..Default::default()
+    }
 }
 
 fn timestamp(nanos: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: (nanos / 1_000_000_000) as i64, nanos: (nanos % 1_000_000_000) as i32 }
+    prost_types::Timestamp {
+        seconds: (nanos / 1_000_000_000) as i64,
+        nanos: (nanos % 1_000_000_000) as i32,
+    }
 }
 
 fn convert(resource_spans: &ResourceSpans) -> Batch {
-    let resource_attrs = resource_spans.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or_default();
+    let resource_attrs = resource_spans
+        .resource
+        .as_ref()
+        .map(|r| r.attributes.as_slice())
+        .unwrap_or_default();
     let process = Process {
         service_name: attributes::service_name(resource_spans.resource.as_ref()).to_owned(),
-        tags: resource_attrs.iter().filter(|kv| kv.key != "service.name").map(tag).collect(),
+        tags: resource_attrs
+            .iter()
+            .filter(|kv| kv.key != "service.name")
+            .map(tag)
+            .collect(),
     };
     let mut spans = Vec::new();
     for scope_spans in &resource_spans.scope_spans {
         for s in &scope_spans.spans {
             let mut references = Vec::new();
             if s.parent_span_id.len() == 8 {
-                references.push(SpanRef { trace_id: s.trace_id.clone(), span_id: s.parent_span_id.clone(), ref_type: SpanRefType::ChildOf as i32 });
+                references.push(SpanRef {
+                    trace_id: s.trace_id.clone(),
+                    span_id: s.parent_span_id.clone(),
+                    ref_type: SpanRefType::ChildOf as i32,
+                });
             }
             for link in &s.links {
-                references.push(SpanRef { trace_id: link.trace_id.clone(), span_id: link.span_id.clone(), ref_type: SpanRefType::FollowsFrom as i32 });
+                references.push(SpanRef {
+                    trace_id: link.trace_id.clone(),
+                    span_id: link.span_id.clone(),
+                    ref_type: SpanRefType::FollowsFrom as i32,
+                });
             }
             let mut tags: Vec<KeyValue> = s.attributes.iter().map(tag).collect();
             let kind = match s.kind {
@@ -116,7 +150,12 @@ fn convert(resource_spans: &ResourceSpans) -> Batch {
             match s.status.as_ref().map(|st| (st.code, st.message.as_str())) {
                 Some((2, message)) => {
                     tags.push(string_tag("otel.status_code", "ERROR"));
-                    tags.push(KeyValue { key: "error".into(), v_type: ValueType::Bool as i32, v_bool: true, ..Default::default() });
+                    tags.push(KeyValue {
+                        key: "error".into(),
+                        v_type: ValueType::Bool as i32,
+                        v_bool: true,
+                        ..Default::default()
+                    });
                     if !message.is_empty() {
                         tags.push(string_tag("otel.status_description", message));
                     }
@@ -133,7 +172,10 @@ fn convert(resource_spans: &ResourceSpans) -> Batch {
                 .map(|event| {
                     let mut fields = vec![string_tag("event", &event.name)];
                     fields.extend(event.attributes.iter().map(tag));
-                    Log { timestamp: Some(timestamp(event.time_unix_nano)), fields }
+                    Log {
+                        timestamp: Some(timestamp(event.time_unix_nano)),
+                        fields,
+                    }
                 })
                 .collect();
             let duration = s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano);
@@ -144,7 +186,10 @@ fn convert(resource_spans: &ResourceSpans) -> Batch {
                 references,
                 flags: 1,
                 start_time: Some(timestamp(s.start_time_unix_nano)),
-                duration: Some(prost_types::Duration { seconds: (duration / 1_000_000_000) as i64, nanos: (duration % 1_000_000_000) as i32 }),
+                duration: Some(prost_types::Duration {
+                    seconds: (duration / 1_000_000_000) as i64,
+                    nanos: (duration % 1_000_000_000) as i32,
+                }),
                 tags,
                 logs,
                 process: None,
@@ -153,12 +198,20 @@ fn convert(resource_spans: &ResourceSpans) -> Batch {
             });
         }
     }
-    Batch { spans, process: Some(process) }
+    Batch {
+        spans,
+        process: Some(process),
+    }
 }
 
 /// One Jaeger batch per resource.
 pub fn to_jaeger(request: &ExportTraceServiceRequest) -> Vec<Batch> {
-    request.resource_spans.iter().map(convert).filter(|b| !b.spans.is_empty()).collect()
+    request
+        .resource_spans
+        .iter()
+        .map(convert)
+        .filter(|b| !b.spans.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -177,8 +230,17 @@ mod tests {
 
     #[tonic::async_trait]
     impl CollectorService for Capture {
-        async fn post_spans(&self, request: tonic::Request<PostSpansRequest>) -> Result<tonic::Response<PostSpansResponse>, tonic::Status> {
-            assert_eq!(request.metadata().get("x-tenant").map(|v| v.to_str().unwrap()), Some("acme"));
+        async fn post_spans(
+            &self,
+            request: tonic::Request<PostSpansRequest>,
+        ) -> Result<tonic::Response<PostSpansResponse>, tonic::Status> {
+            assert_eq!(
+                request
+                    .metadata()
+                    .get("x-tenant")
+                    .map(|v| v.to_str().unwrap()),
+                Some("acme")
+            );
             self.0.lock().unwrap().extend(request.into_inner().batch);
             Ok(tonic::Response::new(PostSpansResponse {}))
         }
@@ -189,15 +251,26 @@ mod tests {
         let capture = Capture::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = CollectorServiceServer::new(capture.clone()).accept_compressed(CompressionEncoding::Gzip);
-        tokio::spawn(tonic::transport::Server::builder().add_service(server).serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+        let server = CollectorServiceServer::new(capture.clone())
+            .accept_compressed(CompressionEncoding::Gzip);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(server)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
 
         let mut config = ExporterConfig::new(ExportProtocol::JaegerGrpc, format!("http://{addr}"));
         config.headers.insert("x-tenant".into(), "acme".into());
         let mut client = JaegerClient::new(&config).unwrap();
         let request = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
-                resource: Some(Resource { attributes: vec![attributes::string("service.name", "cart"), attributes::string("host.name", "h1")], ..Default::default() }),
+                resource: Some(Resource {
+                    attributes: vec![
+                        attributes::string("service.name", "cart"),
+                        attributes::string("host.name", "h1"),
+                    ],
+                    ..Default::default()
+                }),
                 scope_spans: vec![ScopeSpans {
                     spans: vec![OtlpSpan {
                         trace_id: vec![1; 16],
@@ -208,7 +281,10 @@ mod tests {
                         start_time_unix_nano: 1_700_000_000_500_000_000,
                         end_time_unix_nano: 1_700_000_001_000_000_000,
                         attributes: vec![attributes::int("http.response.status_code", 500)],
-                        status: Some(Status { code: 2, message: "boom".into() }),
+                        status: Some(Status {
+                            code: 2,
+                            message: "boom".into(),
+                        }),
                         ..Default::default()
                     }],
                     ..Default::default()

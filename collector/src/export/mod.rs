@@ -45,11 +45,19 @@ pub struct SendError {
 
 impl SendError {
     fn permanent(message: impl Into<String>) -> Self {
-        Self { retryable: false, retry_after: None, message: message.into() }
+        Self {
+            retryable: false,
+            retry_after: None,
+            message: message.into(),
+        }
     }
 
     fn transient(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
-        Self { retryable: true, retry_after, message: message.into() }
+        Self {
+            retryable: true,
+            retry_after,
+            message: message.into(),
+        }
     }
 }
 
@@ -68,7 +76,10 @@ impl Client {
         }
     }
 
-    async fn send_metrics(&mut self, request: &ExportMetricsServiceRequest) -> Result<(), SendError> {
+    async fn send_metrics(
+        &mut self,
+        request: &ExportMetricsServiceRequest,
+    ) -> Result<(), SendError> {
         match self {
             Self::OtlpGrpc(c) => c.send_metrics(request.clone()).await,
             Self::OtlpHttp(c) => c.send_metrics(request).await,
@@ -121,11 +132,20 @@ impl Exporters {
         let mut queues = Vec::new();
         for config in configs {
             let name = config.display_name();
-            let err = |message: String| ExportConfigError { name: name.clone(), message };
+            let err = |message: String| ExportConfigError {
+                name: name.clone(),
+                message,
+            };
             let client = match config.protocol {
-                ExportProtocol::OtlpGrpc => Client::OtlpGrpc(otlp_grpc::OtlpGrpcClient::new(config).map_err(err)?),
-                ExportProtocol::OtlpHttp => Client::OtlpHttp(otlp_http::OtlpHttpClient::new(config).map_err(err)?),
-                ExportProtocol::JaegerGrpc => Client::Jaeger(jaeger::JaegerClient::new(config).map_err(err)?),
+                ExportProtocol::OtlpGrpc => {
+                    Client::OtlpGrpc(otlp_grpc::OtlpGrpcClient::new(config).map_err(err)?)
+                }
+                ExportProtocol::OtlpHttp => {
+                    Client::OtlpHttp(otlp_http::OtlpHttpClient::new(config).map_err(err)?)
+                }
+                ExportProtocol::JaegerGrpc => {
+                    Client::Jaeger(jaeger::JaegerClient::new(config).map_err(err)?)
+                }
             };
             let label = [name.as_str()];
             let queue = Arc::new(Queue {
@@ -139,15 +159,21 @@ impl Exporters {
                 sent: metrics.exporter_sent_spans.with_label_values(&label),
                 failed: metrics.exporter_failed_spans.with_label_values(&label),
                 dropped: metrics.exporter_dropped_spans.with_label_values(&label),
-                sent_points: metrics.exporter_sent_metric_points.with_label_values(&label),
-                dropped_points: metrics.exporter_dropped_metric_points.with_label_values(&label),
+                sent_points: metrics
+                    .exporter_sent_metric_points
+                    .with_label_values(&label),
+                dropped_points: metrics
+                    .exporter_dropped_metric_points
+                    .with_label_values(&label),
                 depth: metrics.exporter_queue_spans.with_label_values(&label),
             });
             tokio::spawn(run(queue.clone(), client));
             tracing::info!(exporter = %name, "exporter started");
             queues.push(queue);
         }
-        Ok(Self { queues: Arc::new(queues) })
+        Ok(Self {
+            queues: Arc::new(queues),
+        })
     }
 
     /// Queues a durable span batch on every exporter (never waits).
@@ -159,7 +185,9 @@ impl Exporters {
         for queue in self.queues.iter() {
             let admitted = queue
                 .spans
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| (used + n <= queue.capacity).then_some(used + n))
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    (used + n <= queue.capacity).then_some(used + n)
+                })
                 .is_ok();
             if !admitted {
                 queue.dropped.inc_by(n as u64);
@@ -178,8 +206,15 @@ impl Exporters {
     pub fn offer_metrics(&self, batch: Arc<ExportMetricsServiceRequest>) {
         let points = data_points(&batch);
         for queue in self.queues.iter().filter(|q| q.takes_metrics) {
-            let Ok(mut items) = queue.items.lock() else { continue };
-            if items.iter().filter(|i| matches!(i, Item::Metrics(..))).count() >= MAX_METRIC_ITEMS {
+            let Ok(mut items) = queue.items.lock() else {
+                continue;
+            };
+            if items
+                .iter()
+                .filter(|i| matches!(i, Item::Metrics(..)))
+                .count()
+                >= MAX_METRIC_ITEMS
+            {
                 queue.dropped_points.inc_by(points as u64);
                 continue;
             }
@@ -191,7 +226,10 @@ impl Exporters {
 
     /// Spans waiting in all queues.
     pub fn queued_spans(&self) -> usize {
-        self.queues.iter().map(|q| q.spans.load(Ordering::Acquire)).sum()
+        self.queues
+            .iter()
+            .map(|q| q.spans.load(Ordering::Acquire))
+            .sum()
     }
 }
 
@@ -224,13 +262,17 @@ fn next_work(queue: &Queue) -> Option<Work> {
     match items.pop_front()? {
         Item::Metrics(batch, points) => Some(Work::Metrics(batch, points)),
         Item::Spans(batch, n) => {
-            let mut merged = ExportTraceServiceRequest { resource_spans: batch.resource_spans.clone() };
+            let mut merged = ExportTraceServiceRequest {
+                resource_spans: batch.resource_spans.clone(),
+            };
             let mut total = n;
             while let Some(Item::Spans(next, m)) = items.front() {
                 if total + m > queue.max_batch {
                     break;
                 }
-                merged.resource_spans.extend(next.resource_spans.iter().cloned());
+                merged
+                    .resource_spans
+                    .extend(next.resource_spans.iter().cloned());
                 total += m;
                 items.pop_front();
             }
@@ -255,7 +297,10 @@ async fn run(queue: Arc<Queue>, mut client: Client) {
                 (Ok(()), Work::Spans(_, n)) => queue.sent.inc_by(*n as u64),
                 (Ok(()), Work::Metrics(_, points)) => queue.sent_points.inc_by(*points as u64),
                 (Err(error), _) if error.retryable => {
-                    let wait = error.retry_after.unwrap_or(delay).min(Duration::from_secs(60));
+                    let wait = error
+                        .retry_after
+                        .unwrap_or(delay)
+                        .min(Duration::from_secs(60));
                     tracing::debug!(exporter = %queue.name, error = %error.message, ?wait, "export failed, retrying");
                     tokio::time::sleep(wait + jitter(wait)).await;
                     delay = (delay * 2).min(BACKOFF_MAX);

@@ -14,16 +14,22 @@ use crate::config::{Compression, ExporterConfig};
 
 /// A gRPC channel to one endpoint (connected lazily, reconnected as needed).
 pub fn channel(config: &ExporterConfig) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(config.endpoint.clone()).map_err(|e| format!("endpoint {:?}: {e}", config.endpoint))?;
-    Ok(endpoint.connect_timeout(config.timeout.0).timeout(config.timeout.0).connect_lazy())
+    let endpoint = Endpoint::from_shared(config.endpoint.clone())
+        .map_err(|e| format!("endpoint {:?}: {e}", config.endpoint))?;
+    Ok(endpoint
+        .connect_timeout(config.timeout.0)
+        .timeout(config.timeout.0)
+        .connect_lazy())
 }
 
 /// The configured headers as gRPC metadata.
 pub fn metadata(config: &ExporterConfig) -> Result<MetadataMap, String> {
     let mut map = MetadataMap::new();
     for (key, value) in &config.headers {
-        let key = MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes()).map_err(|e| format!("header {key:?}: {e}"))?;
-        let value = MetadataValue::try_from(value.as_str()).map_err(|e| format!("header value for {key}: {e}"))?;
+        let key = MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
+            .map_err(|e| format!("header {key:?}: {e}"))?;
+        let value = MetadataValue::try_from(value.as_str())
+            .map_err(|e| format!("header value for {key}: {e}"))?;
         map.insert(key, value);
     }
     Ok(map)
@@ -36,10 +42,15 @@ pub fn classify(status: tonic::Status) -> SendError {
     let retry_after = status.get_details_retry_info().and_then(|r| r.retry_delay);
     let message = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
-        Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::OutOfRange | Code::Unavailable | Code::DataLoss => {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => SendError::transient(message, retry_after),
+        Code::ResourceExhausted if retry_after.is_some() => {
             SendError::transient(message, retry_after)
         }
-        Code::ResourceExhausted if retry_after.is_some() => SendError::transient(message, retry_after),
         _ => SendError::permanent(message),
     }
 }
@@ -55,13 +66,18 @@ impl OtlpGrpcClient {
     /// A client for `config.endpoint`.
     pub fn new(config: &ExporterConfig) -> Result<Self, String> {
         let channel = channel(config)?;
-        let mut traces = TraceServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+        let mut traces =
+            TraceServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
         let mut metrics = MetricsServiceClient::new(channel);
         if config.compression == Compression::Gzip {
             traces = traces.send_compressed(CompressionEncoding::Gzip);
             metrics = metrics.send_compressed(CompressionEncoding::Gzip);
         }
-        Ok(Self { traces, metrics, metadata: metadata(config)? })
+        Ok(Self {
+            traces,
+            metrics,
+            metadata: metadata(config)?,
+        })
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -71,7 +87,10 @@ impl OtlpGrpcClient {
     }
 
     /// Exports spans.
-    pub async fn send_spans(&mut self, message: ExportTraceServiceRequest) -> Result<(), SendError> {
+    pub async fn send_spans(
+        &mut self,
+        message: ExportTraceServiceRequest,
+    ) -> Result<(), SendError> {
         let request = self.request(message);
         let response = self.traces.export(request).await.map_err(classify)?;
         if let Some(partial) = response.into_inner().partial_success
@@ -83,7 +102,10 @@ impl OtlpGrpcClient {
     }
 
     /// Exports metrics.
-    pub async fn send_metrics(&mut self, message: ExportMetricsServiceRequest) -> Result<(), SendError> {
+    pub async fn send_metrics(
+        &mut self,
+        message: ExportMetricsServiceRequest,
+    ) -> Result<(), SendError> {
         let request = self.request(message);
         self.metrics.export(request).await.map_err(classify)?;
         Ok(())

@@ -21,7 +21,13 @@ pub enum Encoding {
 impl Encoding {
     /// The encoding named by a `Content-Type` header.
     pub fn from_content_type(content_type: Option<&str>) -> Result<Self, IngestError> {
-        let media = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = content_type
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match media.as_str() {
             "application/x-protobuf" | "application/protobuf" => Ok(Self::Protobuf),
             "application/json" => Ok(Self::Json),
@@ -42,32 +48,51 @@ impl Encoding {
 
 /// Undoes `Content-Encoding` (none, `identity` or `gzip`), refusing output
 /// larger than `limit` bytes.
-pub fn decompress(content_encoding: Option<&str>, body: bytes::Bytes, limit: usize) -> Result<bytes::Bytes, IngestError> {
-    match content_encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
+pub fn decompress(
+    content_encoding: Option<&str>,
+    body: bytes::Bytes,
+    limit: usize,
+) -> Result<bytes::Bytes, IngestError> {
+    match content_encoding
+        .map(|e| e.trim().to_ascii_lowercase())
+        .as_deref()
+    {
         None | Some("") | Some("identity") => Ok(body),
         Some("gzip") | Some("x-gzip") => {
             let mut out = Vec::with_capacity((body.len() * 4).min(limit));
             let mut decoder = flate2::read::GzDecoder::new(&body[..]).take(limit as u64 + 1);
-            decoder
-                .read_to_end(&mut out)
-                .map_err(|e| IngestError::Malformed(format!("gzip body could not be decompressed: {e}")))?;
+            decoder.read_to_end(&mut out).map_err(|e| {
+                IngestError::Malformed(format!("gzip body could not be decompressed: {e}"))
+            })?;
             if out.len() > limit {
                 return Err(IngestError::TooLarge { limit });
             }
             Ok(out.into())
         }
-        Some(other) => Err(IngestError::UnsupportedMediaType(format!("content-encoding {other:?} is not supported: use gzip"))),
+        Some(other) => Err(IngestError::UnsupportedMediaType(format!(
+            "content-encoding {other:?} is not supported: use gzip"
+        ))),
     }
 }
 
 /// Decodes an OTLP message in `encoding`; `what` names it in errors.
-pub fn decode<T: Message + Default + DeserializeOwned>(encoding: Encoding, body: &[u8], what: &str) -> Result<T, IngestError> {
+pub fn decode<T: Message + Default + DeserializeOwned>(
+    encoding: Encoding,
+    body: &[u8],
+    what: &str,
+) -> Result<T, IngestError> {
     match encoding {
-        Encoding::Protobuf => T::decode(body).map_err(|e| IngestError::Malformed(format!("{what}: invalid protobuf: {e}"))),
+        Encoding::Protobuf => T::decode(body)
+            .map_err(|e| IngestError::Malformed(format!("{what}: invalid protobuf: {e}"))),
         Encoding::Json => {
             let mut deserializer = serde_json::Deserializer::from_slice(body);
-            serde_path_to_error::deserialize(&mut deserializer)
-                .map_err(|e| IngestError::Malformed(format!("{what}: invalid JSON at {}: {}", e.path(), e.inner())))
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+                IngestError::Malformed(format!(
+                    "{what}: invalid JSON at {}: {}",
+                    e.path(),
+                    e.inner()
+                ))
+            })
         }
     }
 }
@@ -93,10 +118,20 @@ mod tests {
 
     #[test]
     fn malformed_bodies_name_what_was_wrong() {
-        let err = decode::<ExportTraceServiceRequest>(Encoding::Json, br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}"#, "traces")
-            .unwrap_err();
-        assert!(err.to_string().contains("resourceSpans[0].scopeSpans[0].spans[0].traceId"), "{err}");
-        let err = decode::<ExportTraceServiceRequest>(Encoding::Protobuf, &[0x0a, 0xff, 0x01], "traces").unwrap_err();
+        let err = decode::<ExportTraceServiceRequest>(
+            Encoding::Json,
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}"#,
+            "traces",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("resourceSpans[0].scopeSpans[0].spans[0].traceId"),
+            "{err}"
+        );
+        let err =
+            decode::<ExportTraceServiceRequest>(Encoding::Protobuf, &[0x0a, 0xff, 0x01], "traces")
+                .unwrap_err();
         assert!(err.to_string().contains("invalid protobuf"), "{err}");
     }
 
@@ -106,8 +141,17 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(&[b'a'; 10_000]).unwrap();
         let gz = bytes::Bytes::from(encoder.finish().unwrap());
-        assert_eq!(decompress(Some("gzip"), gz.clone(), 10_000).unwrap().len(), 10_000);
-        assert!(matches!(decompress(Some("gzip"), gz, 9_999), Err(IngestError::TooLarge { .. })));
-        assert!(matches!(decompress(Some("br"), bytes::Bytes::new(), 10), Err(IngestError::UnsupportedMediaType(_))));
+        assert_eq!(
+            decompress(Some("gzip"), gz.clone(), 10_000).unwrap().len(),
+            10_000
+        );
+        assert!(matches!(
+            decompress(Some("gzip"), gz, 9_999),
+            Err(IngestError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decompress(Some("br"), bytes::Bytes::new(), 10),
+            Err(IngestError::UnsupportedMediaType(_))
+        ));
     }
 }

@@ -11,9 +11,9 @@ use prost::Message;
 use super::validate;
 use crate::error::IngestError;
 use crate::export::Exporters;
+use crate::indexer::IndexItem;
 use crate::metrics::Metrics;
 use crate::otlp_metrics::OtlpMetrics;
-use crate::indexer::IndexItem;
 use crate::store::SpanStore;
 use crate::store::schema::SpanFields;
 use crate::wal::WalHandle;
@@ -59,7 +59,10 @@ pub struct IngestQueue {
 impl IngestQueue {
     /// A queue of `capacity` spans.
     pub fn new(capacity: usize) -> Self {
-        Self { spans: AtomicUsize::new(0), capacity }
+        Self {
+            spans: AtomicUsize::new(0),
+            capacity,
+        }
     }
 
     /// Takes room for `n` spans; a batch larger than the whole queue is
@@ -111,12 +114,25 @@ impl Ingest {
         retention: Duration,
         max_request_size: usize,
     ) -> Self {
-        Self { wal, fields, partition_length, queue, exporters, otlp_metrics, metrics, retention, max_request_size }
+        Self {
+            wal,
+            fields,
+            partition_length,
+            queue,
+            exporters,
+            otlp_metrics,
+            metrics,
+            retention,
+            max_request_size,
+        }
     }
 
     /// Counts a request refused before it was decoded.
     pub fn refused(&self, receiver: Receiver, error: &IngestError) {
-        self.metrics.spans_refused.with_label_values(&[receiver.label(), error.reason()]).inc();
+        self.metrics
+            .spans_refused
+            .with_label_values(&[receiver.label(), error.reason()])
+            .inc();
     }
 
     /// Validates, admits and durably appends a trace request; returns once
@@ -131,22 +147,38 @@ impl Ingest {
     ) -> Result<Accepted, IngestError> {
         let label = receiver.label();
         let received = validate::span_count(&request.resource_spans);
-        self.metrics.spans_received.with_label_values(&[label]).inc_by(received);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.metrics
+            .spans_received
+            .with_label_values(&[label])
+            .inc_by(received);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let oldest = now.saturating_sub(self.retention).as_nanos() as u64;
         let rejected = validate::retain_valid(&mut request.resource_spans, oldest);
         if rejected.count > 0 {
-            self.metrics.spans_refused.with_label_values(&[label, "invalid"]).inc_by(rejected.count);
+            self.metrics
+                .spans_refused
+                .with_label_values(&[label, "invalid"])
+                .inc_by(rejected.count);
         }
         let accepted = received - rejected.count;
         if accepted == 0 {
-            return Ok(Accepted { rejected: rejected.count, message: rejected.message });
+            return Ok(Accepted {
+                rejected: rejected.count,
+                message: rejected.message,
+            });
         }
         if !self.queue.try_admit(accepted as usize) {
-            self.metrics.spans_refused.with_label_values(&[label, "queue_full"]).inc_by(accepted);
+            self.metrics
+                .spans_refused
+                .with_label_values(&[label, "queue_full"])
+                .inc_by(accepted);
             return Err(IngestError::QueueFull);
         }
-        self.metrics.ingest_queue_spans.set(self.queue.used() as i64);
+        self.metrics
+            .ingest_queue_spans
+            .set(self.queue.used() as i64);
         // Encoding and document building take milliseconds for a large
         // batch: off the async workers, and in parallel across requests.
         let (fields, length) = (self.fields, self.partition_length);
@@ -162,27 +194,49 @@ impl Ingest {
         let (payload, docs, request) = match prepared {
             Ok(prepared) => prepared,
             Err(error) => {
-                self.metrics.ingest_queue_spans.set(self.queue.release(accepted as usize) as i64);
-                return Err(IngestError::Unavailable(format!("batch preparation failed: {error}")));
+                self.metrics
+                    .ingest_queue_spans
+                    .set(self.queue.release(accepted as usize) as i64);
+                return Err(IngestError::Unavailable(format!(
+                    "batch preparation failed: {error}"
+                )));
             }
         };
         let batch = Arc::new(request);
-        let item = IndexItem { batch: batch.clone(), docs, spans: accepted as usize };
+        let item = IndexItem {
+            batch: batch.clone(),
+            docs,
+            spans: accepted as usize,
+        };
         if let Err(error) = self.wal.append(payload, item).await {
-            self.metrics.ingest_queue_spans.set(self.queue.release(accepted as usize) as i64);
-            self.metrics.spans_refused.with_label_values(&[label, "unavailable"]).inc_by(accepted);
+            self.metrics
+                .ingest_queue_spans
+                .set(self.queue.release(accepted as usize) as i64);
+            self.metrics
+                .spans_refused
+                .with_label_values(&[label, "unavailable"])
+                .inc_by(accepted);
             return Err(IngestError::Unavailable(error.to_string()));
         }
-        self.metrics.spans_accepted.with_label_values(&[label]).inc_by(accepted);
+        self.metrics
+            .spans_accepted
+            .with_label_values(&[label])
+            .inc_by(accepted);
         self.exporters.offer_spans(&batch);
-        Ok(Accepted { rejected: rejected.count, message: rejected.message })
+        Ok(Accepted {
+            rejected: rejected.count,
+            message: rejected.message,
+        })
     }
 
     /// Takes a metrics request: re-exposed on `/metrics` and handed to the
     /// exporters (metrics are not written to the WAL).
     pub fn metrics(&self, receiver: Receiver, request: ExportMetricsServiceRequest) -> Accepted {
         let points = self.otlp_metrics.ingest(&request);
-        self.metrics.metric_points_received.with_label_values(&[receiver.label()]).inc_by(points);
+        self.metrics
+            .metric_points_received
+            .with_label_values(&[receiver.label()])
+            .inc_by(points);
         self.exporters.offer_metrics(Arc::new(request));
         Accepted::default()
     }
@@ -199,7 +253,10 @@ mod tests {
         assert!(!queue.try_admit(600), "over capacity");
         assert!(queue.try_admit(400));
         assert_eq!(queue.release(1000), 0);
-        assert!(queue.try_admit(5000), "an empty queue takes one oversized batch");
+        assert!(
+            queue.try_admit(5000),
+            "an empty queue takes one oversized batch"
+        );
         assert!(!queue.try_admit(1));
     }
 }

@@ -18,18 +18,33 @@ pub struct Rejected {
 /// Reasons shown in the message, at most.
 const SHOWN: usize = 3;
 
-fn reason(span: &opentelemetry_proto::tonic::trace::v1::Span, oldest_start_nanos: u64) -> Option<String> {
+fn reason(
+    span: &opentelemetry_proto::tonic::trace::v1::Span,
+    oldest_start_nanos: u64,
+) -> Option<String> {
     if TraceId::from_bytes(&span.trace_id).is_none() {
-        return Some(format!("trace_id must be 16 bytes and not all zero, got {} bytes", span.trace_id.len()));
+        return Some(format!(
+            "trace_id must be 16 bytes and not all zero, got {} bytes",
+            span.trace_id.len()
+        ));
     }
     if SpanId::from_bytes(&span.span_id).is_none() {
-        return Some(format!("span_id must be 8 bytes and not all zero, got {} bytes", span.span_id.len()));
+        return Some(format!(
+            "span_id must be 8 bytes and not all zero, got {} bytes",
+            span.span_id.len()
+        ));
     }
     if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
-        return Some(format!("parent_span_id must be empty or 8 bytes, got {} bytes", span.parent_span_id.len()));
+        return Some(format!(
+            "parent_span_id must be empty or 8 bytes, got {} bytes",
+            span.parent_span_id.len()
+        ));
     }
     if span.start_time_unix_nano < oldest_start_nanos {
-        return Some(format!("start_time_unix_nano {} is older than the retention window", span.start_time_unix_nano));
+        return Some(format!(
+            "start_time_unix_nano {} is older than the retention window",
+            span.start_time_unix_nano
+        ));
     }
     None
 }
@@ -58,18 +73,28 @@ pub fn retain_valid(batch: &mut Vec<ResourceSpans>, oldest_start_nanos: u64) -> 
                 keep
             });
         }
-        resource_spans.scope_spans.retain(|scope_spans| !scope_spans.spans.is_empty());
+        resource_spans
+            .scope_spans
+            .retain(|scope_spans| !scope_spans.spans.is_empty());
     }
     batch.retain(|resource_spans| !resource_spans.scope_spans.is_empty());
     if rejected.count > 0 {
-        rejected.message = format!("{} span(s) rejected; {}", rejected.count, reasons.join("; "));
+        rejected.message = format!(
+            "{} span(s) rejected; {}",
+            rejected.count,
+            reasons.join("; ")
+        );
     }
     rejected
 }
 
 /// Spans in a batch.
 pub fn span_count(batch: &[ResourceSpans]) -> u64 {
-    batch.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum()
+    batch
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len() as u64)
+        .sum()
 }
 
 #[cfg(test)]
@@ -78,7 +103,13 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
 
     fn span(trace_id: Vec<u8>, span_id: Vec<u8>, start: u64) -> Span {
-        Span { trace_id, span_id, start_time_unix_nano: start, name: "op".into(), ..Default::default() }
+        Span {
+            trace_id,
+            span_id,
+            start_time_unix_nano: start,
+            name: "op".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -87,20 +118,35 @@ mod tests {
         let mut batch = vec![
             ResourceSpans {
                 scope_spans: vec![ScopeSpans {
-                    spans: vec![good.clone(), span(vec![1; 8], vec![2; 8], 2000), span(vec![1; 16], vec![0; 8], 2000)],
+                    spans: vec![
+                        good.clone(),
+                        span(vec![1; 8], vec![2; 8], 2000),
+                        span(vec![1; 16], vec![0; 8], 2000),
+                    ],
                     ..Default::default()
                 }],
                 ..Default::default()
             },
             ResourceSpans {
-                scope_spans: vec![ScopeSpans { spans: vec![span(vec![1; 16], vec![2; 8], 10)], ..Default::default() }],
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span(vec![1; 16], vec![2; 8], 10)],
+                    ..Default::default()
+                }],
                 ..Default::default()
             },
         ];
         let rejected = retain_valid(&mut batch, 1000);
         assert_eq!(rejected.count, 3);
-        assert!(rejected.message.contains("trace_id must be 16 bytes"), "{}", rejected.message);
-        assert!(rejected.message.contains("span_id must be 8 bytes"), "{}", rejected.message);
+        assert!(
+            rejected.message.contains("trace_id must be 16 bytes"),
+            "{}",
+            rejected.message
+        );
+        assert!(
+            rejected.message.contains("span_id must be 8 bytes"),
+            "{}",
+            rejected.message
+        );
         assert_eq!(batch.len(), 1, "the emptied resource is gone");
         assert_eq!(batch[0].scope_spans[0].spans, vec![good]);
         assert_eq!(span_count(&batch), 1);

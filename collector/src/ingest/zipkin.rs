@@ -78,37 +78,69 @@ fn kind(kind: Option<&str>) -> SpanKind {
 
 fn endpoint_attributes(endpoint: &Endpoint, prefix: &str, out: &mut Vec<KeyValue>) {
     if let Some(address) = endpoint.ipv4.as_ref().or(endpoint.ipv6.as_ref()) {
-        out.push(attributes::string(&format!("{prefix}.address"), address.clone()));
+        out.push(attributes::string(
+            &format!("{prefix}.address"),
+            address.clone(),
+        ));
     }
     if let Some(port) = endpoint.port {
         out.push(attributes::int(&format!("{prefix}.port"), i64::from(port)));
     }
 }
 
-fn convert(index: usize, zipkin: ZipkinSpan) -> Result<(String, InstrumentationScope, Span), IngestError> {
-    let trace_id = TraceId::parse_lenient(&zipkin.trace_id).map_err(|e| malformed(index, format_args!("traceId: {e}")))?;
-    let span_id: SpanId = zipkin.id.parse().map_err(|e| malformed(index, format_args!("id: {e}")))?;
+fn convert(
+    index: usize,
+    zipkin: ZipkinSpan,
+) -> Result<(String, InstrumentationScope, Span), IngestError> {
+    let trace_id = TraceId::parse_lenient(&zipkin.trace_id)
+        .map_err(|e| malformed(index, format_args!("traceId: {e}")))?;
+    let span_id: SpanId = zipkin
+        .id
+        .parse()
+        .map_err(|e| malformed(index, format_args!("id: {e}")))?;
     let parent = match zipkin.parent_id.as_deref() {
         None | Some("") => Vec::new(),
-        Some(text) => text.parse::<SpanId>().map_err(|e| malformed(index, format_args!("parentId: {e}")))?.0.to_vec(),
+        Some(text) => text
+            .parse::<SpanId>()
+            .map_err(|e| malformed(index, format_args!("parentId: {e}")))?
+            .0
+            .to_vec(),
     };
     let mut tags = zipkin.tags;
     let mut scope = InstrumentationScope::default();
-    if let Some(name) = tags.remove("otel.scope.name").or_else(|| tags.remove("otel.library.name")) {
+    if let Some(name) = tags
+        .remove("otel.scope.name")
+        .or_else(|| tags.remove("otel.library.name"))
+    {
         scope.name = name;
     }
-    if let Some(version) = tags.remove("otel.scope.version").or_else(|| tags.remove("otel.library.version")) {
+    if let Some(version) = tags
+        .remove("otel.scope.version")
+        .or_else(|| tags.remove("otel.library.version"))
+    {
         scope.version = version;
     }
     let status_code = tags.remove("otel.status_code");
     let description = tags.remove("otel.status_description");
     let status = match (status_code.as_deref(), tags.get("error")) {
-        (Some("ERROR"), _) => Status { code: StatusCode::Error as i32, message: description.unwrap_or_default() },
-        (Some("OK"), _) => Status { code: StatusCode::Ok as i32, message: String::new() },
-        (_, Some(error)) => Status { code: StatusCode::Error as i32, message: error.clone() },
+        (Some("ERROR"), _) => Status {
+            code: StatusCode::Error as i32,
+            message: description.unwrap_or_default(),
+        },
+        (Some("OK"), _) => Status {
+            code: StatusCode::Ok as i32,
+            message: String::new(),
+        },
+        (_, Some(error)) => Status {
+            code: StatusCode::Error as i32,
+            message: error.clone(),
+        },
         _ => Status::default(),
     };
-    let mut attributes: Vec<KeyValue> = tags.into_iter().map(|(k, v)| attributes::string(&k, v)).collect();
+    let mut attributes: Vec<KeyValue> = tags
+        .into_iter()
+        .map(|(k, v)| attributes::string(&k, v))
+        .collect();
     if let Some(remote) = &zipkin.remote_endpoint {
         if let Some(peer) = remote.service_name.as_ref().filter(|s| !s.is_empty()) {
             attributes.push(attributes::string("peer.service", peer.clone()));
@@ -137,7 +169,11 @@ fn convert(index: usize, zipkin: ZipkinSpan) -> Result<(String, InstrumentationS
         events: zipkin
             .annotations
             .into_iter()
-            .map(|a| Event { time_unix_nano: a.timestamp.saturating_mul(1000), name: a.value, ..Default::default() })
+            .map(|a| Event {
+                time_unix_nano: a.timestamp.saturating_mul(1000),
+                name: a.value,
+                ..Default::default()
+            })
             .collect(),
         status: Some(status),
         ..Default::default()
@@ -149,21 +185,39 @@ fn convert(index: usize, zipkin: ZipkinSpan) -> Result<(String, InstrumentationS
 /// resource per local service.
 pub fn decode(body: &[u8]) -> Result<Vec<ResourceSpans>, IngestError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let spans: Vec<ZipkinSpan> = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|e| IngestError::Malformed(format!("zipkin spans: invalid JSON at {}: {}", e.path(), e.inner())))?;
+    let spans: Vec<ZipkinSpan> =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            IngestError::Malformed(format!(
+                "zipkin spans: invalid JSON at {}: {}",
+                e.path(),
+                e.inner()
+            ))
+        })?;
     let mut by_service: BTreeMap<String, BTreeMap<(String, String), Vec<Span>>> = BTreeMap::new();
     for (index, zipkin) in spans.into_iter().enumerate() {
         let (service, scope, span) = convert(index, zipkin)?;
-        by_service.entry(service).or_default().entry((scope.name, scope.version)).or_default().push(span);
+        by_service
+            .entry(service)
+            .or_default()
+            .entry((scope.name, scope.version))
+            .or_default()
+            .push(span);
     }
     Ok(by_service
         .into_iter()
         .map(|(service, scopes)| ResourceSpans {
-            resource: Some(Resource { attributes: vec![attributes::string("service.name", service)], ..Default::default() }),
+            resource: Some(Resource {
+                attributes: vec![attributes::string("service.name", service)],
+                ..Default::default()
+            }),
             scope_spans: scopes
                 .into_iter()
                 .map(|((name, version), spans)| ScopeSpans {
-                    scope: Some(InstrumentationScope { name, version, ..Default::default() }),
+                    scope: Some(InstrumentationScope {
+                        name,
+                        version,
+                        ..Default::default()
+                    }),
                     spans,
                     schema_url: String::new(),
                 })
@@ -186,17 +240,32 @@ mod tests {
             "annotations":[{"timestamp":1472470996238000,"value":"ws"}],
             "tags":{"http.method":"GET","error":"boom","otel.scope.name":"brave"}}]"#;
         let batch = decode(body).unwrap();
-        assert_eq!(attributes::service_name(batch[0].resource.as_ref()), "frontend");
+        assert_eq!(
+            attributes::service_name(batch[0].resource.as_ref()),
+            "frontend"
+        );
         let scope_spans = &batch[0].scope_spans[0];
         assert_eq!(scope_spans.scope.as_ref().unwrap().name, "brave");
         let span = &scope_spans.spans[0];
         assert_eq!(hex(&span.trace_id), "000000000000000086154a4ba6e91385");
         assert_eq!(span.kind, SpanKind::Client as i32);
         assert_eq!(span.start_time_unix_nano, 1_472_470_996_199_000_000);
-        assert_eq!(span.end_time_unix_nano - span.start_time_unix_nano, 207_000_000);
-        assert_eq!(attributes::get_str(&span.attributes, "peer.service"), Some("backend"));
-        assert_eq!(attributes::get_int(&span.attributes, "network.peer.port"), Some(8080));
-        assert_eq!(attributes::get_str(&span.attributes, "http.method"), Some("GET"));
+        assert_eq!(
+            span.end_time_unix_nano - span.start_time_unix_nano,
+            207_000_000
+        );
+        assert_eq!(
+            attributes::get_str(&span.attributes, "peer.service"),
+            Some("backend")
+        );
+        assert_eq!(
+            attributes::get_int(&span.attributes, "network.peer.port"),
+            Some(8080)
+        );
+        assert_eq!(
+            attributes::get_str(&span.attributes, "http.method"),
+            Some("GET")
+        );
         assert_eq!(span.status.as_ref().unwrap().code, StatusCode::Error as i32);
         assert_eq!(span.events[0].name, "ws");
     }
@@ -204,7 +273,10 @@ mod tests {
     #[test]
     fn bad_ids_are_named() {
         let err = decode(br#"[{"traceId":"xyz","id":"4d1e00c0db9010db"}]"#).unwrap_err();
-        assert!(err.to_string().contains("zipkin span [0]: traceId"), "{err}");
+        assert!(
+            err.to_string().contains("zipkin span [0]: traceId"),
+            "{err}"
+        );
         let err = decode(br#"{"not":"a list"}"#).unwrap_err();
         assert!(err.to_string().contains("invalid JSON"), "{err}");
     }

@@ -14,10 +14,16 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes};
-use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder, EnabledCompressionEncodings};
+use tonic::codec::{
+    Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
+};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
@@ -46,7 +52,8 @@ impl<T: Message> Encoder for ProstEncoder<T> {
 
     fn encode(&mut self, item: T, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         dst.reserve(item.encoded_len());
-        item.encode(&mut dst.writer().get_mut()).map_err(|e| Status::internal(e.to_string()))
+        item.encode(&mut dst.writer().get_mut())
+            .map_err(|e| Status::internal(e.to_string()))
     }
 }
 
@@ -83,10 +90,17 @@ impl UnaryService<Bytes> for ExportTraces {
                 ingest.refused(Receiver::OtlpGrpc, &error);
                 error.grpc_status()
             })?;
-            let accepted = ingest.traces(Receiver::OtlpGrpc, message, Some(raw)).await.map_err(|e| e.grpc_status())?;
-            let partial_success = (accepted.rejected > 0)
-                .then(|| ExportTracePartialSuccess { rejected_spans: accepted.rejected as i64, error_message: accepted.message });
-            Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+            let accepted = ingest
+                .traces(Receiver::OtlpGrpc, message, Some(raw))
+                .await
+                .map_err(|e| e.grpc_status())?;
+            let partial_success = (accepted.rejected > 0).then_some(ExportTracePartialSuccess {
+                rejected_spans: accepted.rejected as i64,
+                error_message: accepted.message,
+            });
+            Ok(Response::new(ExportTraceServiceResponse {
+                partial_success,
+            }))
         })
     }
 }
@@ -101,10 +115,14 @@ impl UnaryService<Bytes> for ExportMetrics {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let ingest = self.0.clone();
         Box::pin(async move {
-            let message = ExportMetricsServiceRequest::decode(request.into_inner())
-                .map_err(|e| IngestError::Malformed(format!("metrics: invalid protobuf: {e}")).grpc_status())?;
+            let message =
+                ExportMetricsServiceRequest::decode(request.into_inner()).map_err(|e| {
+                    IngestError::Malformed(format!("metrics: invalid protobuf: {e}")).grpc_status()
+                })?;
             ingest.metrics(Receiver::OtlpGrpc, message);
-            Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
+            Ok(Response::new(ExportMetricsServiceResponse {
+                partial_success: None,
+            }))
         })
     }
 }
@@ -124,8 +142,14 @@ fn compression() -> EnabledCompressionEncodings {
 fn unimplemented() -> http::Response<tonic::body::Body> {
     let mut response = http::Response::new(tonic::body::Body::default());
     let headers = response.headers_mut();
-    headers.insert(Status::GRPC_STATUS, (tonic::Code::Unimplemented as i32).into());
-    headers.insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
+    headers.insert(
+        Status::GRPC_STATUS,
+        (tonic::Code::Unimplemented as i32).into(),
+    );
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        tonic::metadata::GRPC_CONTENT_TYPE,
+    );
     response
 }
 
@@ -145,7 +169,13 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let ingest = self.ingest.clone();
         let limit = Some(ingest.max_request_size);
-        let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
+        let method = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         Box::pin(async move {
             if method != "Export" {
                 return Ok(unimplemented());
@@ -176,5 +206,8 @@ impl NamedService for OtlpService<false> {
 
 /// The tonic routes serving both services.
 pub fn routes(ingest: Ingest) -> tonic::service::Routes {
-    tonic::service::Routes::new(OtlpService::<true> { ingest: ingest.clone() }).add_service(OtlpService::<false> { ingest })
+    tonic::service::Routes::new(OtlpService::<true> {
+        ingest: ingest.clone(),
+    })
+    .add_service(OtlpService::<false> { ingest })
 }

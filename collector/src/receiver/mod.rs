@@ -15,16 +15,29 @@ use crate::ingest::decode;
 
 /// Reads a request body (at most `limit` bytes on the wire and after
 /// decompression) and undoes its `Content-Encoding`.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngestError> {
-    if let Some(length) = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, IngestError> {
+    if let Some(length) = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && length > limit
     {
         return Err(IngestError::TooLarge { limit });
     }
     let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large { IngestError::TooLarge { limit } } else { IngestError::Malformed(format!("request body could not be read: {e}")) }
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            IngestError::TooLarge { limit }
+        } else {
+            IngestError::Malformed(format!("request body could not be read: {e}"))
+        }
     })?;
-    let encoding = headers.get(http::header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+    let encoding = headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
     decode::decompress(encoding, raw, limit)
 }

@@ -39,10 +39,17 @@ impl SpanRef<'_> {
     /// the resource and span are not cloned into a message first.
     pub fn encode(&self) -> Vec<u8> {
         use prost::encoding::{self, WireType};
-        let scope_len = self.scope.map_or(0, |s| encoding::message::encoded_len(1, s))
+        let scope_len = self
+            .scope
+            .map_or(0, |s| encoding::message::encoded_len(1, s))
             + encoding::message::encoded_len(2, self.span)
-            + if self.scope_schema_url.is_empty() { 0 } else { encoding::string::encoded_len(3, &self.scope_schema_url.to_owned()) };
-        let mut out = Vec::with_capacity(scope_len + 16 + self.resource.map_or(0, |r| r.encoded_len() + 4));
+            + if self.scope_schema_url.is_empty() {
+                0
+            } else {
+                encoding::string::encoded_len(3, &self.scope_schema_url.to_owned())
+            };
+        let mut out =
+            Vec::with_capacity(scope_len + 16 + self.resource.map_or(0, |r| r.encoded_len() + 4));
         if let Some(resource) = self.resource {
             encoding::message::encode(1, resource, &mut out);
         }
@@ -93,9 +100,19 @@ fn truncated(text: &str) -> &str {
 /// Attribute keys with a field of their own: kept out of the JSON field
 /// when that field holds them (tag searches on them use the field, see
 /// [`super::read`]), which saves five terms per span.
-pub const DEDICATED_KEYS: [&str; 5] = ["service.name", "http.request.method", "http.route", "http.response.status_code", "peer.service"];
+pub const DEDICATED_KEYS: [&str; 5] = [
+    "service.name",
+    "http.request.method",
+    "http.route",
+    "http.response.status_code",
+    "peer.service",
+];
 
-fn add_attributes(object: &mut BTreeMap<String, OwnedValue>, attributes: &[KeyValue], skip: &[&str]) {
+fn add_attributes(
+    object: &mut BTreeMap<String, OwnedValue>,
+    attributes: &[KeyValue],
+    skip: &[&str],
+) {
     for kv in attributes {
         if skip.contains(&kv.key.as_str()) {
             continue;
@@ -119,15 +136,27 @@ pub fn build(fields: &SpanFields, span: SpanRef<'_>) -> TantivyDocument {
     let s = span.span;
     let mut doc = TantivyDocument::new();
     doc.add_bytes(fields.trace_id, &s.trace_id);
-    doc.add_u64(fields.span_id, SpanId::from_bytes(&s.span_id).map_or(0, SpanId::as_u64));
-    doc.add_u64(fields.parent_span_id, SpanId::from_bytes(&s.parent_span_id).map_or(0, SpanId::as_u64));
+    doc.add_u64(
+        fields.span_id,
+        SpanId::from_bytes(&s.span_id).map_or(0, SpanId::as_u64),
+    );
+    doc.add_u64(
+        fields.parent_span_id,
+        SpanId::from_bytes(&s.parent_span_id).map_or(0, SpanId::as_u64),
+    );
     doc.add_text(fields.service, attributes::service_name(span.resource));
     doc.add_text(fields.operation, &s.name);
     doc.add_u64(fields.kind, s.kind.max(0) as u64);
     doc.add_u64(fields.start_seconds, s.start_time_unix_nano / 1_000_000_000);
     doc.add_u64(fields.start, s.start_time_unix_nano);
-    doc.add_u64(fields.duration, s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano));
-    doc.add_u64(fields.status, s.status.as_ref().map_or(0, |st| st.code.max(0) as u64));
+    doc.add_u64(
+        fields.duration,
+        s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
+    );
+    doc.add_u64(
+        fields.status,
+        s.status.as_ref().map_or(0, |st| st.code.max(0) as u64),
+    );
     let mut skip: Vec<&str> = Vec::with_capacity(DEDICATED_KEYS.len());
     if let Some(method) = attributes::get_str(&s.attributes, "http.request.method") {
         doc.add_text(fields.http_method, method);
@@ -137,7 +166,9 @@ pub fn build(fields: &SpanFields, span: SpanRef<'_>) -> TantivyDocument {
         doc.add_text(fields.http_route, route);
         skip.push("http.route");
     }
-    if let Some(code) = attributes::get_int(&s.attributes, "http.response.status_code").filter(|c| *c >= 0) {
+    if let Some(code) =
+        attributes::get_int(&s.attributes, "http.response.status_code").filter(|c| *c >= 0)
+    {
         doc.add_u64(fields.http_status, code as u64);
         skip.push("http.response.status_code");
     }
@@ -148,8 +179,17 @@ pub fn build(fields: &SpanFields, span: SpanRef<'_>) -> TantivyDocument {
     let mut object = BTreeMap::new();
     add_attributes(&mut object, &s.attributes, &skip);
     if let Some(resource) = span.resource {
-        let service_indexed = attributes::get_str(&resource.attributes, "service.name").is_some_and(|s| !s.is_empty());
-        add_attributes(&mut object, &resource.attributes, if service_indexed { &["service.name"] } else { &[] });
+        let service_indexed = attributes::get_str(&resource.attributes, "service.name")
+            .is_some_and(|s| !s.is_empty());
+        add_attributes(
+            &mut object,
+            &resource.attributes,
+            if service_indexed {
+                &["service.name"]
+            } else {
+                &[]
+            },
+        );
     }
     doc.add_object(fields.attributes, object);
     doc.add_bytes(fields.span, &span.encode());
@@ -163,14 +203,37 @@ mod tests {
 
     #[test]
     fn encodes_exactly_like_a_one_span_resource_spans() {
-        let resource = Resource { attributes: vec![attributes::string("service.name", "cart")], ..Default::default() };
-        let scope = InstrumentationScope { name: "s".into(), version: "1".into(), ..Default::default() };
-        let span = Span { trace_id: vec![1; 16], span_id: vec![2; 8], name: "op".into(), ..Default::default() };
+        let resource = Resource {
+            attributes: vec![attributes::string("service.name", "cart")],
+            ..Default::default()
+        };
+        let scope = InstrumentationScope {
+            name: "s".into(),
+            version: "1".into(),
+            ..Default::default()
+        };
+        let span = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: "op".into(),
+            ..Default::default()
+        };
         for (resource_url, scope_url) in [("", ""), ("https://r", "https://s")] {
-            let by_hand = SpanRef { resource: Some(&resource), resource_schema_url: resource_url, scope: Some(&scope), scope_schema_url: scope_url, span: &span }.encode();
+            let by_hand = SpanRef {
+                resource: Some(&resource),
+                resource_schema_url: resource_url,
+                scope: Some(&scope),
+                scope_schema_url: scope_url,
+                span: &span,
+            }
+            .encode();
             let expected = ResourceSpans {
                 resource: Some(resource.clone()),
-                scope_spans: vec![ScopeSpans { scope: Some(scope.clone()), spans: vec![span.clone()], schema_url: scope_url.into() }],
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope.clone()),
+                    spans: vec![span.clone()],
+                    schema_url: scope_url.into(),
+                }],
                 schema_url: resource_url.into(),
             };
             assert_eq!(ResourceSpans::decode(&by_hand[..]).unwrap(), expected);

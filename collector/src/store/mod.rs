@@ -89,14 +89,31 @@ pub struct SpanStore {
 
 impl SpanStore {
     /// Opens (or creates) the store under `data_dir/spans`.
-    pub fn open(data_dir: &Path, partition_length: u64, writer_memory: usize, metrics: Metrics) -> Result<Self, StoreError> {
+    pub fn open(
+        data_dir: &Path,
+        partition_length: u64,
+        writer_memory: usize,
+        metrics: Metrics,
+    ) -> Result<Self, StoreError> {
         let dir = data_dir.join("spans");
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         let mut partitions = BTreeMap::new();
         for (id, path) in partition::list(&dir)? {
             let partition = Arc::new(PartitionIndex::open(id, &path, false)?);
             let committed_seq = partition.committed_seq()?;
-            partitions.insert(id, Writable { partition, writer: None, committed_seq, applied_seq: committed_seq, dirty: false });
+            partitions.insert(
+                id,
+                Writable {
+                    partition,
+                    writer: None,
+                    committed_seq,
+                    applied_seq: committed_seq,
+                    dirty: false,
+                },
+            );
         }
         let store = Self {
             dir,
@@ -118,7 +135,11 @@ impl SpanStore {
 
     /// The highest WAL sequence number any partition has committed.
     pub fn max_committed_seq(&self) -> u64 {
-        self.partitions.values().map(|p| p.committed_seq).max().unwrap_or(0)
+        self.partitions
+            .values()
+            .map(|p| p.committed_seq)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The partition length, in seconds.
@@ -127,25 +148,37 @@ impl SpanStore {
     }
 
     fn publish(&self) {
-        let map = self.partitions.iter().map(|(id, p)| (*id, p.partition.clone())).collect();
+        let map = self
+            .partitions
+            .iter()
+            .map(|(id, p)| (*id, p.partition.clone()))
+            .collect();
         self.shared.store(Arc::new(map));
         self.metrics.partitions.set(self.partitions.len() as i64);
     }
 
     /// Builds the documents of a batch, by partition. Pure: receivers call
     /// it on their own threads so the indexer thread only adds documents.
-    pub fn prepare(fields: &schema::SpanFields, batch: &[ResourceSpans], partition_length: u64) -> PreparedDocs {
+    pub fn prepare(
+        fields: &schema::SpanFields,
+        batch: &[ResourceSpans],
+        partition_length: u64,
+    ) -> PreparedDocs {
         let mut docs: PreparedDocs = BTreeMap::new();
         document::for_each_span(batch, |span| {
             let id = PartitionId::containing(span.span.start_time_unix_nano, partition_length);
-            docs.entry(id).or_default().push(document::build(fields, span));
+            docs.entry(id)
+                .or_default()
+                .push(document::build(fields, span));
         });
         docs
     }
 
     /// Whether record `seq` is already committed in partition `id` (replay).
     fn holds(&self, id: PartitionId, seq: u64) -> bool {
-        self.partitions.get(&id).is_some_and(|p| p.committed_seq >= seq)
+        self.partitions
+            .get(&id)
+            .is_some_and(|p| p.committed_seq >= seq)
     }
 
     /// Adds the spans of WAL record `seq` that their partitions do not
@@ -159,7 +192,11 @@ impl SpanStore {
         oldest_start: u64,
         mut added: impl FnMut(SpanRef<'_>),
     ) -> Result<usize, StoreError> {
-        let fields = schema::SpanFields::of(&schema::build()).map_err(|source| StoreError::Index { path: self.dir.clone(), source })?;
+        let fields =
+            schema::SpanFields::of(&schema::build()).map_err(|source| StoreError::Index {
+                path: self.dir.clone(),
+                source,
+            })?;
         let docs = Self::prepare(&fields, batch, self.partition_length);
         document::for_each_span(batch, |span| {
             let id = PartitionId::containing(span.span.start_time_unix_nano, self.partition_length);
@@ -172,18 +209,32 @@ impl SpanStore {
 
     /// Adds prepared documents of WAL record `seq`, skipping partitions
     /// that hold the record already and those past retention.
-    pub fn apply_prepared(&mut self, seq: u64, docs: PreparedDocs, oldest_start: u64) -> Result<usize, StoreError> {
+    pub fn apply_prepared(
+        &mut self,
+        seq: u64,
+        docs: PreparedDocs,
+        oldest_start: u64,
+    ) -> Result<usize, StoreError> {
         let mut count = 0;
         for (id, docs) in docs {
             if id.end() <= oldest_start || self.holds(id, seq) {
                 continue;
             }
             self.ensure_writer(id)?;
-            let Some(writable) = self.partitions.get_mut(&id) else { continue };
+            let Some(writable) = self.partitions.get_mut(&id) else {
+                continue;
+            };
             let path = &writable.partition.path;
-            let Some(writer) = writable.writer.as_ref() else { continue };
+            let Some(writer) = writable.writer.as_ref() else {
+                continue;
+            };
             for doc in docs {
-                writer.add_document(doc).map_err(|source| StoreError::Index { path: path.clone(), source })?;
+                writer
+                    .add_document(doc)
+                    .map_err(|source| StoreError::Index {
+                        path: path.clone(),
+                        source,
+                    })?;
                 count += 1;
             }
             writable.dirty = true;
@@ -198,14 +249,28 @@ impl SpanStore {
         if !self.partitions.contains_key(&id) {
             let path = self.dir.join(id.dir_name());
             let partition = Arc::new(PartitionIndex::open(id, &path, true)?);
-            self.partitions.insert(id, Writable { partition, writer: None, committed_seq: 0, applied_seq: 0, dirty: false });
+            self.partitions.insert(
+                id,
+                Writable {
+                    partition,
+                    writer: None,
+                    committed_seq: 0,
+                    applied_seq: 0,
+                    dirty: false,
+                },
+            );
             self.publish();
             tracing::info!(partition = %id.dir_name(), "partition created");
         }
         if self.partitions.get(&id).is_some_and(|p| p.writer.is_some()) {
             return Ok(());
         }
-        let open: Vec<PartitionId> = self.partitions.iter().filter(|(_, p)| p.writer.is_some()).map(|(id, _)| *id).collect();
+        let open: Vec<PartitionId> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.writer.is_some())
+            .map(|(id, _)| *id)
+            .collect();
         if open.len() >= MAX_WRITERS
             && let Some(oldest) = open.first()
         {
@@ -233,7 +298,9 @@ impl SpanStore {
         self.commit_one(id)?;
         if let Some(writer) = self.partitions.get_mut(&id).and_then(|p| p.writer.take()) {
             let path = self.dir.join(id.dir_name());
-            writer.wait_merging_threads().map_err(|source| StoreError::Index { path, source })?;
+            writer
+                .wait_merging_threads()
+                .map_err(|source| StoreError::Index { path, source })?;
         }
         Ok(())
     }
@@ -243,14 +310,21 @@ impl SpanStore {
     /// applied, else the last record applied before.
     fn commit_one(&mut self, id: PartitionId) -> Result<(), StoreError> {
         let last_applied = self.last_applied;
-        let Some(writable) = self.partitions.get_mut(&id) else { return Ok(()) };
+        let Some(writable) = self.partitions.get_mut(&id) else {
+            return Ok(());
+        };
         let seq = writable.applied_seq.max(last_applied);
         if !writable.dirty {
             return Ok(());
         }
-        let Some(writer) = writable.writer.as_mut() else { return Ok(()) };
+        let Some(writer) = writable.writer.as_mut() else {
+            return Ok(());
+        };
         let path = writable.partition.path.clone();
-        let err = |source| StoreError::Index { path: path.clone(), source };
+        let err = |source| StoreError::Index {
+            path: path.clone(),
+            source,
+        };
         let mut prepared = writer.prepare_commit().map_err(err)?;
         prepared.set_payload(&seq.to_string());
         prepared.commit().map_err(err)?;
@@ -263,25 +337,37 @@ impl SpanStore {
     /// Commits every partition written since the last commit; returns the
     /// WAL sequence number now covered by the index (the checkpoint).
     pub fn commit(&mut self) -> Result<u64, StoreError> {
-        let dirty: Vec<PartitionId> = self.partitions.iter().filter(|(_, p)| p.dirty).map(|(id, _)| *id).collect();
+        let dirty: Vec<PartitionId> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.dirty)
+            .map(|(id, _)| *id)
+            .collect();
         if !dirty.is_empty() {
             let started = Instant::now();
             for id in dirty {
                 self.commit_one(id)?;
             }
-            self.metrics.index_commit_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .index_commit_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
         Ok(self.last_applied)
     }
 
     /// The partitions with their size on disk, oldest first.
     pub fn sizes(&self) -> Vec<(PartitionId, u64)> {
-        self.partitions.iter().map(|(id, p)| (*id, p.partition.disk_bytes())).collect()
+        self.partitions
+            .iter()
+            .map(|(id, p)| (*id, p.partition.disk_bytes()))
+            .collect()
     }
 
     /// Drops a whole partition: its writer, its readers' view and its files.
     pub fn drop_partition(&mut self, id: PartitionId) -> Result<(), StoreError> {
-        let Some(mut writable) = self.partitions.remove(&id) else { return Ok(()) };
+        let Some(mut writable) = self.partitions.remove(&id) else {
+            return Ok(());
+        };
         self.publish();
         if let Some(writer) = writable.writer.take() {
             let _ = writer.wait_merging_threads();
@@ -297,7 +383,9 @@ impl SpanStore {
         for writable in self.partitions.values_mut() {
             if let Some(writer) = writable.writer.take() {
                 let path = writable.partition.path.clone();
-                writer.wait_merging_threads().map_err(|source| StoreError::Index { path, source })?;
+                writer
+                    .wait_merging_threads()
+                    .map_err(|source| StoreError::Index { path, source })?;
             }
         }
         Ok(checkpoint)

@@ -24,7 +24,10 @@ impl PartitionId {
     /// The partition of length `length` seconds holding `unix_nanos`.
     pub fn containing(unix_nanos: u64, length: u64) -> Self {
         let seconds = unix_nanos / 1_000_000_000;
-        Self { start: seconds - seconds % length, length }
+        Self {
+            start: seconds - seconds % length,
+            length,
+        }
     }
 
     /// The first second after the partition.
@@ -34,7 +37,8 @@ impl PartitionId {
 
     /// Whether the partition may hold spans started in `[from, to]` (nanoseconds).
     pub fn overlaps(&self, from_nanos: u64, to_nanos: u64) -> bool {
-        self.start.saturating_mul(1_000_000_000) <= to_nanos && self.end().saturating_mul(1_000_000_000) > from_nanos
+        self.start.saturating_mul(1_000_000_000) <= to_nanos
+            && self.end().saturating_mul(1_000_000_000) > from_nanos
     }
 
     /// Its directory name.
@@ -45,7 +49,10 @@ impl PartitionId {
     /// Parses a directory name.
     pub fn parse(name: &str) -> Option<Self> {
         let (start, length) = name.split_once('-')?;
-        let id = Self { start: start.parse().ok()?, length: length.parse().ok()? };
+        let id = Self {
+            start: start.parse().ok()?,
+            length: length.parse().ok()?,
+        };
         (id.length > 0).then_some(id)
     }
 }
@@ -72,27 +79,55 @@ const DOCSTORE_BLOCK: usize = 64 * 1024;
 impl PartitionIndex {
     /// Opens the partition at `path`, creating it when `create` is set.
     pub fn open(id: PartitionId, path: &Path, create: bool) -> Result<Self, StoreError> {
-        let err = |source| StoreError::Index { path: path.to_owned(), source };
+        let err = |source| StoreError::Index {
+            path: path.to_owned(),
+            source,
+        };
         let index = if create && !path.join("meta.json").is_file() {
-            std::fs::create_dir_all(path).map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
+            std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
             let settings = IndexSettings {
-                docstore_compression: Compressor::Zstd(ZstdCompressor { compression_level: Some(3) }),
+                docstore_compression: Compressor::Zstd(ZstdCompressor {
+                    compression_level: Some(3),
+                }),
                 docstore_blocksize: DOCSTORE_BLOCK,
                 ..IndexSettings::default()
             };
             let directory = MmapDirectory::open(path).map_err(|e| err(e.into()))?;
-            Index::builder().schema(schema::build()).settings(settings).open_or_create(directory).map_err(err)?
+            Index::builder()
+                .schema(schema::build())
+                .settings(settings)
+                .open_or_create(directory)
+                .map_err(err)?
         } else {
             Index::open_in_dir(path).map_err(err)?
         };
         let fields = SpanFields::of(&index.schema()).map_err(err)?;
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(err)?;
-        Ok(Self { id, path: path.to_owned(), index, reader, fields })
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(err)?;
+        Ok(Self {
+            id,
+            path: path.to_owned(),
+            index,
+            reader,
+            fields,
+        })
     }
 
     /// The WAL sequence number its last commit covers (0 when none).
     pub fn committed_seq(&self) -> Result<u64, StoreError> {
-        let metas = self.index.load_metas().map_err(|source| StoreError::Index { path: self.path.clone(), source })?;
+        let metas = self
+            .index
+            .load_metas()
+            .map_err(|source| StoreError::Index {
+                path: self.path.clone(),
+                source,
+            })?;
         Ok(metas.payload.and_then(|p| p.parse().ok()).unwrap_or(0))
     }
 
@@ -105,7 +140,13 @@ impl PartitionIndex {
 /// Bytes the files directly in `dir` take.
 pub fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
-        .map(|entries| entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -115,10 +156,18 @@ pub fn list(dir: &Path) -> Result<Vec<(PartitionId, PathBuf)>, StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(source) => return Err(StoreError::Io { path: dir.to_owned(), source }),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: dir.to_owned(),
+                source,
+            });
+        }
     };
     for entry in entries {
-        let entry = entry.map_err(|source| StoreError::Io { path: dir.to_owned(), source })?;
+        let entry = entry.map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
         if let Some(id) = entry.file_name().to_str().and_then(PartitionId::parse)
             && entry.path().join("meta.json").is_file()
         {

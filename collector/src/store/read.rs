@@ -129,12 +129,19 @@ pub struct SpanReader {
 }
 
 fn index_err(partition: &PartitionIndex) -> impl Fn(tantivy::TantivyError) -> StoreError + '_ {
-    |source| StoreError::Index { path: partition.path.clone(), source }
+    |source| StoreError::Index {
+        path: partition.path.clone(),
+        source,
+    }
 }
 
 impl SpanReader {
     pub(crate) fn following(dir: PathBuf, partitions: PartitionMap) -> Self {
-        Self { dir, partitions, following: true }
+        Self {
+            dir,
+            partitions,
+            following: true,
+        }
     }
 
     /// Opens the store under `data_dir` read-only (for tools and tests; a
@@ -178,7 +185,13 @@ impl SpanReader {
     }
 
     fn newest_first(&self, from: u64, to: u64) -> Vec<Arc<PartitionIndex>> {
-        self.partitions.load().values().rev().filter(|p| p.id.overlaps(from, to)).cloned().collect()
+        self.partitions
+            .load()
+            .values()
+            .rev()
+            .filter(|p| p.id.overlaps(from, to))
+            .cloned()
+            .collect()
     }
 
     /// Every span of a trace, or `None` when none is stored.
@@ -190,7 +203,10 @@ impl SpanReader {
             let query = TermQuery::new(term, IndexRecordOption::Basic);
             for address in matching_docs(&searcher, &query).map_err(index_err(&partition))? {
                 let doc: TantivyDocument = searcher.doc(address).map_err(index_err(&partition))?;
-                if let Some(bytes) = doc.get_first(partition.fields.span).and_then(|v| v.as_bytes()) {
+                if let Some(bytes) = doc
+                    .get_first(partition.fields.span)
+                    .and_then(|v| v.as_bytes())
+                {
                     spans.push(decode_span(bytes)?);
                 }
             }
@@ -203,7 +219,11 @@ impl SpanReader {
     }
 
     /// Traces with at least one span matching `query`, latest first, at most `limit`.
-    pub fn find_traces(&self, query: &SpanQuery, limit: usize) -> Result<Vec<TraceHit>, StoreError> {
+    pub fn find_traces(
+        &self,
+        query: &SpanQuery,
+        limit: usize,
+    ) -> Result<Vec<TraceHit>, StoreError> {
         let mut hits: HashMap<TraceId, TraceHit> = HashMap::new();
         let (from, to) = query.time_range();
         for partition in self.newest_first(from, to) {
@@ -213,12 +233,20 @@ impl SpanReader {
                 let columns = Columns::open(segment).map_err(index_err(&partition))?;
                 let mut by_ord: HashMap<u64, (u64, u32)> = HashMap::new();
                 let weight = tantivy_query
-                    .weight(tantivy::query::EnableScoring::disabled_from_searcher(&searcher))
+                    .weight(tantivy::query::EnableScoring::disabled_from_searcher(
+                        &searcher,
+                    ))
                     .map_err(index_err(&partition))?;
                 weight
                     .for_each_no_score(segment, &mut |docs| {
                         for &doc in docs {
-                            let Some(ord) = columns.trace_id.as_ref().and_then(|c| c.term_ords(doc).next()) else { continue };
+                            let Some(ord) = columns
+                                .trace_id
+                                .as_ref()
+                                .and_then(|c| c.term_ords(doc).next())
+                            else {
+                                continue;
+                            };
                             let start = columns.start.first(doc).unwrap_or(0);
                             let entry = by_ord.entry(ord).or_insert((0, 0));
                             entry.0 = entry.0.max(start);
@@ -233,7 +261,11 @@ impl SpanReader {
                         && column.ord_to_bytes(ord, &mut bytes).unwrap_or(false)
                         && let Some(trace_id) = TraceId::from_bytes(&bytes)
                     {
-                        let hit = hits.entry(trace_id).or_insert(TraceHit { trace_id, latest_start: 0, matched_spans: 0 });
+                        let hit = hits.entry(trace_id).or_insert(TraceHit {
+                            trace_id,
+                            latest_start: 0,
+                            matched_spans: 0,
+                        });
                         hit.latest_start = hit.latest_start.max(start);
                         hit.matched_spans += count;
                     }
@@ -244,7 +276,11 @@ impl SpanReader {
             }
         }
         let mut hits: Vec<TraceHit> = hits.into_values().collect();
-        hits.sort_by(|a, b| b.latest_start.cmp(&a.latest_start).then(a.trace_id.cmp(&b.trace_id)));
+        hits.sort_by(|a, b| {
+            b.latest_start
+                .cmp(&a.latest_start)
+                .then(a.trace_id.cmp(&b.trace_id))
+        });
         hits.truncate(limit);
         Ok(hits)
     }
@@ -252,14 +288,20 @@ impl SpanReader {
     /// Calls `visit` with the columns of every span matching `query`
     /// (attributes are not read: this is the fast path for aggregation).
     /// Returns how many spans were visited.
-    pub fn scan(&self, query: &SpanQuery, mut visit: impl FnMut(&SpanSummary)) -> Result<u64, StoreError> {
+    pub fn scan(
+        &self,
+        query: &SpanQuery,
+        mut visit: impl FnMut(&SpanSummary),
+    ) -> Result<u64, StoreError> {
         let (from, to) = query.time_range();
         let mut visited = 0;
         for partition in self.newest_first(from, to) {
             let searcher = partition.reader.searcher();
             let tantivy_query = build_query(&partition.fields, query);
             let weight = tantivy_query
-                .weight(tantivy::query::EnableScoring::disabled_from_searcher(&searcher))
+                .weight(tantivy::query::EnableScoring::disabled_from_searcher(
+                    &searcher,
+                ))
                 .map_err(index_err(&partition))?;
             for segment in searcher.segment_readers() {
                 let columns = Columns::open(segment).map_err(index_err(&partition))?;
@@ -280,7 +322,10 @@ impl SpanReader {
                     })
                     .map_err(index_err(&partition))?;
                 if let Some(source) = failed {
-                    return Err(StoreError::Io { path: partition.path.clone(), source });
+                    return Err(StoreError::Io {
+                        path: partition.path.clone(),
+                        source,
+                    });
                 }
             }
         }
@@ -293,7 +338,13 @@ impl SpanReader {
         for partition in self.newest_first(0, u64::MAX) {
             let searcher = partition.reader.searcher();
             for segment in searcher.segment_readers() {
-                let Some(column) = segment.fast_fields().str(names::SERVICE).map_err(index_err(&partition))? else { continue };
+                let Some(column) = segment
+                    .fast_fields()
+                    .str(names::SERVICE)
+                    .map_err(index_err(&partition))?
+                else {
+                    continue;
+                };
                 let mut text = String::new();
                 for ord in 0..column.num_terms() as u64 {
                     if column.ord_to_str(ord, &mut text).unwrap_or(false) {
@@ -307,17 +358,24 @@ impl SpanReader {
 
     /// The operations (span name and kind) of a service, sorted.
     pub fn operations(&self, service: &str) -> Result<Vec<(String, i32)>, StoreError> {
-        let query = SpanQuery { service: Some(service.to_owned()), ..Default::default() };
+        let query = SpanQuery {
+            service: Some(service.to_owned()),
+            ..Default::default()
+        };
         let mut operations = BTreeSet::new();
         for partition in self.newest_first(0, u64::MAX) {
             let searcher = partition.reader.searcher();
             let tantivy_query = build_query(&partition.fields, &query);
             let weight = tantivy_query
-                .weight(tantivy::query::EnableScoring::disabled_from_searcher(&searcher))
+                .weight(tantivy::query::EnableScoring::disabled_from_searcher(
+                    &searcher,
+                ))
                 .map_err(index_err(&partition))?;
             for segment in searcher.segment_readers() {
                 let fast = segment.fast_fields();
-                let Some(names) = fast.str(names::OPERATION).map_err(index_err(&partition))? else { continue };
+                let Some(names) = fast.str(names::OPERATION).map_err(index_err(&partition))? else {
+                    continue;
+                };
                 let kinds = fast.u64(names::KIND).map_err(index_err(&partition))?;
                 let mut pairs = BTreeSet::new();
                 weight
@@ -347,7 +405,9 @@ impl SpanReader {
         for partition in self.newest_first(from, to) {
             let searcher = partition.reader.searcher();
             let tantivy_query = build_query(&partition.fields, query);
-            total += tantivy_query.count(&searcher).map_err(index_err(&partition))? as u64;
+            total += tantivy_query
+                .count(&searcher)
+                .map_err(index_err(&partition))? as u64;
         }
         Ok(total)
     }
@@ -355,12 +415,17 @@ impl SpanReader {
 
 impl SpanQuery {
     fn time_range(&self) -> (u64, u64) {
-        (self.start_from.unwrap_or(0), self.start_to.unwrap_or(u64::MAX))
+        (
+            self.start_from.unwrap_or(0),
+            self.start_to.unwrap_or(u64::MAX),
+        )
     }
 }
 
 fn matching_docs(searcher: &Searcher, query: &dyn Query) -> tantivy::Result<Vec<DocAddress>> {
-    let weight = query.weight(tantivy::query::EnableScoring::disabled_from_searcher(searcher))?;
+    let weight = query.weight(tantivy::query::EnableScoring::disabled_from_searcher(
+        searcher,
+    ))?;
     let mut addresses = Vec::new();
     for (ord, segment) in searcher.segment_readers().iter().enumerate() {
         weight.for_each_no_score(segment, &mut |docs| {
@@ -386,7 +451,12 @@ fn decode_span(bytes: &[u8]) -> Result<StoredSpan, StoreError> {
 /// The tantivy query for a [`SpanQuery`] on one partition.
 fn build_query(fields: &SpanFields, query: &SpanQuery) -> Box<dyn Query> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-    let mut term = |term: Term| clauses.push((Occur::Must, Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
+    let mut term = |term: Term| {
+        clauses.push((
+            Occur::Must,
+            Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
+        ))
+    };
     let text_fields = [
         (fields.service, &query.service),
         (fields.operation, &query.operation),
@@ -434,15 +504,23 @@ fn build_query(fields: &SpanFields, query: &SpanQuery) -> Box<dyn Query> {
         if from.is_none() && to.is_none() {
             return None;
         }
-        let lower = from.map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_u64(field, v)));
-        let upper = to.map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_u64(field, v)));
+        let lower = from.map_or(Bound::Unbounded, |v| {
+            Bound::Included(Term::from_field_u64(field, v))
+        });
+        let upper = to.map_or(Bound::Unbounded, |v| {
+            Bound::Included(Term::from_field_u64(field, v))
+        });
         Some(Box::new(RangeQuery::new(lower, upper)))
     };
     let nanos = |d: Option<Duration>| d.map(|d| d.as_nanos().min(u128::from(u64::MAX)) as u64);
     if let Some(q) = range(fields.start, query.start_from, query.start_to) {
         clauses.push((Occur::Must, q));
     }
-    if let Some(q) = range(fields.duration, nanos(query.min_duration), nanos(query.max_duration)) {
+    if let Some(q) = range(
+        fields.duration,
+        nanos(query.min_duration),
+        nanos(query.max_duration),
+    ) {
         clauses.push((Occur::Must, q));
     }
     match clauses.len() {
@@ -490,9 +568,17 @@ impl Columns {
         })
     }
 
-    fn name(column: &Option<tantivy::columnar::StrColumn>, cache: &mut HashMap<u64, Arc<str>>, doc: u32) -> std::io::Result<Arc<str>> {
-        let Some(column) = column else { return Ok(Arc::from("")) };
-        let Some(ord) = column.term_ords(doc).next() else { return Ok(Arc::from("")) };
+    fn name(
+        column: &Option<tantivy::columnar::StrColumn>,
+        cache: &mut HashMap<u64, Arc<str>>,
+        doc: u32,
+    ) -> std::io::Result<Arc<str>> {
+        let Some(column) = column else {
+            return Ok(Arc::from(""));
+        };
+        let Some(ord) = column.term_ords(doc).next() else {
+            return Ok(Arc::from(""));
+        };
         if let Some(name) = cache.get(&ord) {
             return Ok(name.clone());
         }
@@ -504,14 +590,20 @@ impl Columns {
     }
 
     fn summary(&self, doc: u32, cache: &mut NameCache) -> std::io::Result<Option<SpanSummary>> {
-        let Some(column) = &self.trace_id else { return Ok(None) };
-        let Some(ord) = column.term_ords(doc).next() else { return Ok(None) };
+        let Some(column) = &self.trace_id else {
+            return Ok(None);
+        };
+        let Some(ord) = column.term_ords(doc).next() else {
+            return Ok(None);
+        };
         let trace_id = match cache.trace_ids.get(&ord) {
             Some(id) => *id,
             None => {
                 let mut bytes = Vec::with_capacity(16);
                 column.ord_to_bytes(ord, &mut bytes)?;
-                let Some(id) = TraceId::from_bytes(&bytes) else { return Ok(None) };
+                let Some(id) = TraceId::from_bytes(&bytes) else {
+                    return Ok(None);
+                };
                 if cache.trace_ids.len() > 100_000 {
                     cache.trace_ids.clear();
                 }
@@ -530,7 +622,10 @@ impl Columns {
             start: self.start.first(doc).unwrap_or(0),
             duration: self.duration.first(doc).unwrap_or(0),
             status_code: self.status.first(doc).unwrap_or(0) as i32,
-            http_status_code: self.http_status.first(doc).and_then(|c| u16::try_from(c).ok()),
+            http_status_code: self
+                .http_status
+                .first(doc)
+                .and_then(|c| u16::try_from(c).ok()),
         }))
     }
 }

@@ -3,7 +3,8 @@
 //! bytes so a trace reads back exactly as it was sent.
 
 use tantivy::schema::{
-    BytesOptions, Field, IndexRecordOption, JsonObjectOptions, NumericOptions, Schema, TextFieldIndexing, TextOptions,
+    BytesOptions, Field, IndexRecordOption, JsonObjectOptions, NumericOptions, Schema,
+    TextFieldIndexing, TextOptions,
 };
 
 /// Field names, shared by the writer and the readers.
@@ -85,7 +86,9 @@ fn keyword() -> TextOptions {
         .set_tokenizer("raw")
         .set_index_option(IndexRecordOption::Basic)
         .set_fieldnorms(false);
-    TextOptions::default().set_indexing_options(indexing).set_fast("raw")
+    TextOptions::default()
+        .set_indexing_options(indexing)
+        .set_fast("raw")
 }
 
 fn number() -> NumericOptions {
@@ -114,7 +117,12 @@ pub fn build() -> Schema {
         .set_tokenizer("raw")
         .set_index_option(IndexRecordOption::Basic)
         .set_fieldnorms(false);
-    builder.add_json_field(ATTRIBUTES, JsonObjectOptions::default().set_indexing_options(json_indexing).set_expand_dots_enabled());
+    builder.add_json_field(
+        ATTRIBUTES,
+        JsonObjectOptions::default()
+            .set_indexing_options(json_indexing)
+            .set_expand_dots_enabled(),
+    );
     builder.add_bytes_field(SPAN, BytesOptions::default().set_stored());
     builder.build()
 }

@@ -40,7 +40,10 @@ pub enum WalError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
-    move |source| WalError::Io { path: path.to_owned(), source }
+    move |source| WalError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// One WAL file found on start.
@@ -71,7 +74,10 @@ fn list_segments(dir: &Path) -> Result<Vec<PathBuf>, WalError> {
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let path = entry.map_err(io(dir))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if let Some(stem) = name.strip_suffix(SUFFIX)
             && stem.parse::<u64>().is_ok()
         {
@@ -94,7 +100,10 @@ pub fn recover(dir: &Path, metrics: &Metrics) -> Result<Recovered, WalError> {
         if let Some(damage) = reader.damage() {
             let keep = reader.valid_len();
             let cut = bytes.len() - keep;
-            let file = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io(&path))?;
             file.set_len(keep as u64).map_err(io(&path))?;
             file.sync_all().map_err(io(&path))?;
             metrics.wal_cut_bytes.inc_by(cut as u64);
@@ -142,7 +151,9 @@ pub struct WalHandle<T> {
 
 impl<T> Clone for WalHandle<T> {
     fn clone(&self) -> Self {
-        Self { tx: self.tx.clone() }
+        Self {
+            tx: self.tx.clone(),
+        }
     }
 }
 
@@ -151,7 +162,9 @@ impl<T: Send + 'static> WalHandle<T> {
     /// is handed on (with that number) to the consumer once it is durable.
     pub async fn append(&self, payload: bytes::Bytes, item: T) -> Result<u64, WalError> {
         let (ack, done) = oneshot::channel();
-        self.tx.send(Append { payload, item, ack }).map_err(|_| WalError::Stopped)?;
+        self.tx
+            .send(Append { payload, item, ack })
+            .map_err(|_| WalError::Stopped)?;
         done.await.map_err(|_| WalError::Stopped)?
     }
 }
@@ -189,8 +202,20 @@ pub fn start<T: Send + 'static>(
 ) -> Result<(WalHandle<T>, std::thread::JoinHandle<()>), WalError> {
     let (path, file) = create_segment(&options.dir, options.next_seq)?;
     let first_seq = options.next_seq;
-    let writer = Writer { options, metrics, file, path, len: 0, first_seq, closed: VecDeque::new(), sink };
-    writer.metrics.wal_segments.set(list_segments(&writer.options.dir)?.len() as i64);
+    let writer = Writer {
+        options,
+        metrics,
+        file,
+        path,
+        len: 0,
+        first_seq,
+        closed: VecDeque::new(),
+        sink,
+    };
+    writer
+        .metrics
+        .wal_segments
+        .set(list_segments(&writer.options.dir)?.len() as i64);
     let (tx, rx) = mpsc::channel::<Append<T>>();
     let thread = std::thread::Builder::new()
         .name("wal-writer".into())
@@ -201,8 +226,14 @@ pub fn start<T: Send + 'static>(
 
 fn create_segment(dir: &Path, first_seq: u64) -> Result<(PathBuf, File), WalError> {
     let path = dir.join(segment_name(first_seq));
-    let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
     Ok((path, file))
 }
 
@@ -237,7 +268,9 @@ impl<T> Writer<T> {
         match self.write_durably(buffer) {
             Ok(()) => {
                 let count = group.len() as u64;
-                self.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .wal_fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 self.metrics.wal_bytes.inc_by(buffer.len() as u64);
                 self.metrics.wal_records.inc_by(count);
                 for (i, append) in group.drain(..).enumerate() {
@@ -266,17 +299,28 @@ impl<T> Writer<T> {
     /// Writes and fsyncs; on failure, cuts the file back so that a later
     /// append does not follow a half-written record.
     fn write_durably(&mut self, bytes: &[u8]) -> Result<(), WalError> {
-        let result = self.file.write_all(bytes).and_then(|()| self.file.sync_data());
+        let result = self
+            .file
+            .write_all(bytes)
+            .and_then(|()| self.file.sync_data());
         match result {
             Ok(()) => {
                 self.len += bytes.len() as u64;
                 Ok(())
             }
             Err(source) => {
-                if self.file.set_len(self.len).and_then(|()| self.file.sync_data()).is_err() {
+                if self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_data())
+                    .is_err()
+                {
                     self.rotate();
                 }
-                Err(WalError::Io { path: self.path.clone(), source })
+                Err(WalError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
             }
         }
     }
@@ -296,7 +340,9 @@ impl<T> Writer<T> {
                 self.first_seq = self.options.next_seq;
                 self.metrics.wal_segments.inc();
             }
-            Err(error) => tracing::error!(%error, "wal rotation failed, appending to the current file"),
+            Err(error) => {
+                tracing::error!(%error, "wal rotation failed, appending to the current file")
+            }
         }
     }
 
@@ -328,12 +374,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (sink, durable) = mpsc::channel();
         let checkpoint = Arc::new(AtomicU64::new(0));
-        let options = WriterOptions { dir: dir.path().to_owned(), next_seq: 1, segment_size: 256, checkpoint };
+        let options = WriterOptions {
+            dir: dir.path().to_owned(),
+            next_seq: 1,
+            segment_size: 256,
+            checkpoint,
+        };
         let (handle, thread) = start(options, metrics(), sink).unwrap();
         let mut tasks = Vec::new();
         for i in 0..50u32 {
             let handle = handle.clone();
-            tasks.push(tokio::spawn(async move { handle.append(format!("batch {i}").into_bytes().into(), i).await.unwrap() }));
+            tasks.push(tokio::spawn(async move {
+                handle
+                    .append(format!("batch {i}").into_bytes().into(), i)
+                    .await
+                    .unwrap()
+            }));
         }
         let mut seqs = Vec::new();
         for task in tasks {
@@ -344,14 +400,21 @@ mod tests {
         drop(handle);
         thread.join().unwrap();
         let forwarded: Vec<u64> = durable.iter().map(|(seq, _)| seq).collect();
-        assert_eq!(forwarded, (1..=50).collect::<Vec<u64>>(), "forwarded in sequence order");
+        assert_eq!(
+            forwarded,
+            (1..=50).collect::<Vec<u64>>(),
+            "forwarded in sequence order"
+        );
 
         let recovered = recover(dir.path(), &metrics()).unwrap();
         assert!(recovered.segments.len() > 1, "small segments rotate");
         assert_eq!(recovered.last_seq, 50);
         let mut replayed = Vec::new();
         for segment in &recovered.segments {
-            replay(segment, |seq, payload| replayed.push((seq, String::from_utf8(payload.to_vec()).unwrap()))).unwrap();
+            replay(segment, |seq, payload| {
+                replayed.push((seq, String::from_utf8(payload.to_vec()).unwrap()))
+            })
+            .unwrap();
         }
         assert_eq!(replayed.len(), 50);
         assert!(replayed.iter().any(|(_, p)| p == "batch 49"));
@@ -368,10 +431,19 @@ mod tests {
         let metrics = metrics();
         let recovered = recover(dir.path(), &metrics).unwrap();
         assert_eq!(recovered.last_seq, 7);
-        assert_eq!(metrics.wal_cut_bytes.get(), (record::HEADER_LEN + 15 - 5) as u64);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), (record::HEADER_LEN + 4) as u64);
+        assert_eq!(
+            metrics.wal_cut_bytes.get(),
+            (record::HEADER_LEN + 15 - 5) as u64
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            (record::HEADER_LEN + 4) as u64
+        );
         let mut seen = Vec::new();
-        replay(&recovered.segments[0], |seq, payload| seen.push((seq, payload.to_vec()))).unwrap();
+        replay(&recovered.segments[0], |seq, payload| {
+            seen.push((seq, payload.to_vec()))
+        })
+        .unwrap();
         assert_eq!(seen, vec![(7, b"kept".to_vec())]);
         assert_eq!(delete_covered(&recovered.segments, 7).unwrap(), 1);
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());

@@ -51,7 +51,11 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// A reader over a whole file.
     pub fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes, offset: 0, damage: None }
+        Self {
+            bytes,
+            offset: 0,
+            damage: None,
+        }
     }
 
     /// Where the intact part ends (after iteration: the length to keep).
@@ -77,7 +81,8 @@ impl<'a> Iterator for Reader<'a> {
             self.damage = Some(Damage::Torn);
             return None;
         }
-        let word = |at: usize| u32::from_le_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
+        let word =
+            |at: usize| u32::from_le_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
         let len = word(0) as usize;
         let crc = word(4);
         let mut seq_bytes = [0u8; 8];
@@ -99,7 +104,10 @@ impl<'a> Iterator for Reader<'a> {
             return None;
         }
         self.offset += HEADER_LEN + len;
-        Some(Record { seq: u64::from_le_bytes(seq_bytes), payload })
+        Some(Record {
+            seq: u64::from_le_bytes(seq_bytes),
+            payload,
+        })
     }
 }
 
@@ -119,8 +127,18 @@ mod tests {
     fn round_trips() {
         let bytes = three_records();
         let mut reader = Reader::new(&bytes);
-        let records: Vec<_> = reader.by_ref().map(|r| (r.seq, r.payload.to_vec())).collect();
-        assert_eq!(records, vec![(1, b"first".to_vec()), (2, vec![]), (3, b"third record".to_vec())]);
+        let records: Vec<_> = reader
+            .by_ref()
+            .map(|r| (r.seq, r.payload.to_vec()))
+            .collect();
+        assert_eq!(
+            records,
+            vec![
+                (1, b"first".to_vec()),
+                (2, vec![]),
+                (3, b"third record".to_vec())
+            ]
+        );
         assert_eq!(reader.valid_len(), bytes.len());
         assert_eq!(reader.damage(), None);
     }

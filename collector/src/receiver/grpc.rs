@@ -191,9 +191,32 @@ where
                     .apply_max_message_size_config(limit, None);
                 grpc.unary(ExportMetrics(ingest), request).await
             };
-            Ok(response)
+            Ok(oversize_is_not_retryable(response))
         })
     }
+}
+
+/// tonic refuses a message over the size limit with OUT_OF_RANGE, which
+/// OTLP clients retry forever; answer RESOURCE_EXHAUSTED without
+/// `RetryInfo` instead (not retryable, as OTLP asks for an oversize batch).
+fn oversize_is_not_retryable(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let out_of_range = headers
+        .get(Status::GRPC_STATUS)
+        .is_some_and(|v| v.as_bytes() == b"11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if out_of_range && too_large {
+        headers.insert(
+            Status::GRPC_STATUS,
+            (tonic::Code::ResourceExhausted as i32).into(),
+        );
+    }
+    response
 }
 
 impl NamedService for OtlpService<true> {

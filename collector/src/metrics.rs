@@ -222,7 +222,7 @@ impl Metrics {
     }
 }
 
-/// A label-less histogram vector helper for families keyed by one label.
+/// A histogram family with the given labels and buckets.
 pub fn histogram_vec(
     name: &str,
     help: &str,

@@ -46,6 +46,9 @@ pub enum CollectorError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// How long a stopping collector waits for exporters to empty their queues.
+const EXPORT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A collector whose WAL has been replayed into its store, ready to serve.
 pub struct Collector {
     config: CollectorConfig,
@@ -167,6 +170,7 @@ impl Collector {
             .name("indexer".into())
             .spawn(move || indexer.run(durable_rx))?;
         let exporters = Exporters::start(&config.exporters, &metrics)?;
+        let draining = exporters.clone();
         let otlp_metrics = Arc::new(OtlpMetrics::default());
         let fields = crate::store::schema::SpanFields::of(&crate::store::schema::build()).map_err(
             |source| StoreError::Index {
@@ -243,6 +247,17 @@ impl Collector {
                 Err(error) => tracing::warn!(%error, "server task failed"),
                 Ok(Ok(())) => {}
             }
+        }
+        // Give the exporters a moment to deliver what they hold.
+        let deadline = tokio::time::Instant::now() + EXPORT_DRAIN;
+        while draining.queued_spans() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if draining.queued_spans() > 0 {
+            tracing::warn!(
+                spans = draining.queued_spans(),
+                "exporters stopped with spans still queued"
+            );
         }
         // Every Ingest (and so every WAL handle) is gone with the servers:
         // the writer finishes its last group, then the indexer commits.

@@ -1,7 +1,37 @@
-//! tracemesh's trace collector.
+//! tracemesh's trace collector (DESIGN §3).
 //!
-//! This crate will hold the collector's runtime role (see DESIGN §3): the OTLP
-//! gRPC/HTTP and Zipkin receivers, the write-ahead log that makes every
-//! acknowledged span durable, the tantivy span store partitioned by time with
-//! its retention, span-derived RED metrics, and the OTLP and Jaeger exporters.
-//! It is empty until the collector is built; nothing here pretends otherwise.
+//! ```text
+//! receivers (OTLP gRPC, OTLP HTTP, Zipkin) → validate → WAL append (group
+//! commit, fsync) → acknowledge → indexer thread (tantivy partitions,
+//! span-derived metrics) ; exporters (OTLP gRPC/HTTP, Jaeger) fed after the ack
+//! ```
+//!
+//! The query service reads the store through [`store::SpanReader`].
+
+pub mod attributes;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod export;
+pub mod ids;
+pub mod indexer;
+pub mod ingest;
+pub mod metrics;
+pub mod otlp_metrics;
+pub mod receiver;
+pub mod run;
+pub mod spanmetrics;
+pub mod store;
+pub mod units;
+pub mod wal;
+
+/// Jaeger's `api_v2` protobuf messages and gRPC stubs, compiled at build time
+/// from `proto/jaeger/api_v2.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod jaeger_proto {
+    tonic::include_proto!("jaeger.api_v2");
+}
+
+pub use cli::CollectorArgs;
+pub use config::CollectorConfig;
+pub use run::{Collector, CollectorError};

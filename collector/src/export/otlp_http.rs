@@ -1,0 +1,160 @@
+//! OTLP/HTTP exporter: protobuf bodies POSTed to `/v1/traces` and
+//! `/v1/metrics`, optionally gzipped.
+
+use std::io::Write;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+use super::SendError;
+use crate::config::{Compression, ExporterConfig};
+
+/// Sends OTLP over HTTP.
+pub struct OtlpHttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    traces: Uri,
+    metrics: Uri,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    gzip: bool,
+    timeout: Duration,
+}
+
+fn signal_uri(base: &str, path: &str) -> Result<Uri, String> {
+    let base = base.trim_end_matches('/');
+    let full = if base.ends_with("/v1/traces") || base.ends_with("/v1/metrics") {
+        let root = base
+            .trim_end_matches("/v1/traces")
+            .trim_end_matches("/v1/metrics");
+        format!("{root}{path}")
+    } else {
+        format!("{base}{path}")
+    };
+    full.parse().map_err(|e| format!("endpoint {full:?}: {e}"))
+}
+
+impl OtlpHttpClient {
+    /// A client for `config.endpoint`.
+    pub fn new(config: &ExporterConfig) -> Result<Self, String> {
+        let mut headers = Vec::new();
+        for (key, value) in &config.headers {
+            let name = HeaderName::from_bytes(key.as_bytes())
+                .map_err(|e| format!("header {key:?}: {e}"))?;
+            let value =
+                HeaderValue::from_str(value).map_err(|e| format!("header value for {key}: {e}"))?;
+            headers.push((name, value));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.timeout.0));
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            traces: signal_uri(&config.endpoint, "/v1/traces")?,
+            metrics: signal_uri(&config.endpoint, "/v1/metrics")?,
+            headers,
+            gzip: config.compression == Compression::Gzip,
+            timeout: config.timeout.0,
+        })
+    }
+
+    async fn post(&self, uri: &Uri, body: Vec<u8>) -> Result<(), SendError> {
+        let mut builder =
+            Request::post(uri.clone()).header(http::header::CONTENT_TYPE, "application/x-protobuf");
+        let body = if self.gzip {
+            builder = builder.header(http::header::CONTENT_ENCODING, "gzip");
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::fast(),
+            );
+            encoder
+                .write_all(&body)
+                .and_then(|()| encoder.finish())
+                .map_err(|e| SendError::permanent(format!("gzip: {e}")))?
+        } else {
+            body
+        };
+        for (name, value) in &self.headers {
+            builder = builder.header(name, value);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| SendError::permanent(e.to_string()))?;
+        let response = tokio::time::timeout(self.timeout, self.client.request(request))
+            .await
+            .map_err(|_| SendError::transient("timed out", None))?
+            .map_err(|e| SendError::transient(format!("{uri}: {e}"), None))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if status.is_success() {
+            return Ok(());
+        }
+        let message = format!(
+            "{uri}: HTTP {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        );
+        match status {
+            StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => Err(SendError::transient(message, retry_after)),
+            _ => Err(SendError::permanent(message)),
+        }
+    }
+
+    /// Exports spans.
+    pub async fn send_spans(&self, request: &ExportTraceServiceRequest) -> Result<(), SendError> {
+        self.post(&self.traces, request.encode_to_vec()).await
+    }
+
+    /// Exports metrics.
+    pub async fn send_metrics(
+        &self,
+        request: &ExportMetricsServiceRequest,
+    ) -> Result<(), SendError> {
+        self.post(&self.metrics, request.encode_to_vec()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_paths_are_appended_once() {
+        assert_eq!(
+            signal_uri("http://b:4318", "/v1/traces")
+                .unwrap()
+                .to_string(),
+            "http://b:4318/v1/traces"
+        );
+        assert_eq!(
+            signal_uri("http://b:4318/", "/v1/metrics")
+                .unwrap()
+                .to_string(),
+            "http://b:4318/v1/metrics"
+        );
+        assert_eq!(
+            signal_uri("http://b:4318/v1/traces", "/v1/metrics")
+                .unwrap()
+                .to_string(),
+            "http://b:4318/v1/metrics"
+        );
+    }
+}

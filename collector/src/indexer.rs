@@ -1,0 +1,215 @@
+//! The indexer thread: takes durable batches from the WAL writer, in order,
+//! adds them to the store and the span-derived metrics, commits on an
+//! interval (then advances the WAL checkpoint), and enforces retention.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+use crate::ingest::IngestQueue;
+use crate::metrics::Metrics;
+use crate::spanmetrics::SpanMetrics;
+use crate::store::{PartitionId, PreparedDocs, SpanStore};
+
+/// A durable batch on its way to the index: the request (for span metrics)
+/// and its documents, built by the receiver.
+pub struct IndexItem {
+    /// The request as accepted.
+    pub batch: Arc<ExportTraceServiceRequest>,
+    /// Its documents, by partition.
+    pub docs: PreparedDocs,
+    /// Spans it holds (its room in the ingest queue).
+    pub spans: usize,
+}
+
+/// How often retention and the disk cap are checked.
+const RETENTION_EVERY: Duration = Duration::from_secs(30);
+
+/// What the indexer enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Commit interval.
+    pub commit_interval: Duration,
+    /// Partitions ending before now minus this are dropped.
+    pub retention: Duration,
+    /// The store's size cap, in bytes.
+    pub max_disk: Option<u64>,
+}
+
+/// The indexer's state.
+pub struct Indexer {
+    /// The store's write side.
+    pub store: SpanStore,
+    /// Span-derived metrics.
+    pub span_metrics: SpanMetrics,
+    /// Room in the ingest queue is given back here.
+    pub queue: Arc<IngestQueue>,
+    /// Highest WAL sequence number committed to the index.
+    pub checkpoint: Arc<AtomicU64>,
+    /// Self-metrics.
+    pub metrics: Metrics,
+    /// What to enforce.
+    pub policy: Policy,
+    /// The first record that could not be indexed: the checkpoint stays
+    /// below it, so the WAL keeps it for the next start to replay.
+    pub first_failed: Option<u64>,
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Indexer {
+    /// The first second still inside the retention window.
+    pub fn oldest_start(&self) -> u64 {
+        now_seconds().saturating_sub(self.policy.retention.as_secs())
+    }
+
+    /// Adds one live batch whose documents the receiver prepared.
+    pub fn apply_prepared(&mut self, seq: u64, item: IndexItem) {
+        let now = Instant::now();
+        let oldest = self.oldest_start();
+        let length = self.store.partition_length();
+        if let Err(error) = self.store.apply_prepared(seq, item.docs, oldest) {
+            self.metrics.index_errors.inc();
+            self.first_failed.get_or_insert(seq);
+            tracing::error!(%error, seq, "spans not indexed, they stay in the wal until a restart replays them");
+        }
+        crate::store::document::for_each_span(&item.batch.resource_spans, |span| {
+            if PartitionId::containing(span.span.start_time_unix_nano, length).end() > oldest {
+                self.span_metrics.observe(span, now);
+            }
+        });
+    }
+
+    /// Adds one durable batch read back from the WAL (replay).
+    pub fn apply(&mut self, seq: u64, batch: &ExportTraceServiceRequest) {
+        let now = Instant::now();
+        let oldest = self.oldest_start();
+        let span_metrics = &mut self.span_metrics;
+        if let Err(error) = self
+            .store
+            .apply(seq, &batch.resource_spans, oldest, |span| {
+                span_metrics.observe(span, now)
+            })
+        {
+            self.metrics.index_errors.inc();
+            self.first_failed.get_or_insert(seq);
+            tracing::error!(%error, seq, "spans not indexed, they stay in the wal until a restart replays them");
+        }
+    }
+
+    /// Commits and advances the checkpoint.
+    pub fn commit(&mut self) {
+        match self.store.commit() {
+            Ok(seq) => self.checkpoint.store(self.covered(seq), Ordering::Release),
+            Err(error) => {
+                self.metrics.index_errors.inc();
+                tracing::error!(%error, "index commit failed, the wal keeps the spans");
+            }
+        }
+    }
+
+    /// Drops partitions past retention, then the oldest while over the cap.
+    pub fn enforce_retention(&mut self) {
+        let oldest = self.oldest_start();
+        let mut sizes = self.store.sizes();
+        for (id, bytes) in sizes.clone() {
+            if id.end() <= oldest {
+                self.drop_partition(id, "retention", bytes);
+            }
+        }
+        sizes.retain(|(id, _)| id.end() > oldest);
+        let mut total: u64 = sizes.iter().map(|(_, b)| b).sum();
+        if let Some(cap) = self.policy.max_disk {
+            while total > cap && sizes.len() > 1 {
+                let (id, bytes) = sizes.remove(0);
+                self.drop_partition(id, "max_disk", bytes);
+                total -= bytes;
+            }
+        }
+        self.metrics.disk_bytes.set(total as i64);
+    }
+
+    fn drop_partition(&mut self, id: PartitionId, reason: &'static str, bytes: u64) {
+        match self.store.drop_partition(id) {
+            Ok(()) => {
+                self.metrics
+                    .partitions_dropped
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::info!(partition = %id.dir_name(), reason, bytes, "partition dropped");
+            }
+            Err(error) => {
+                tracing::error!(%error, partition = %id.dir_name(), "partition not dropped")
+            }
+        }
+    }
+
+    /// Runs until the WAL writer stops, then commits and closes the store.
+    pub fn run(mut self, batches: Receiver<(u64, IndexItem)>) {
+        let mut next_commit = Instant::now() + self.policy.commit_interval;
+        let mut next_retention = Instant::now() + RETENTION_EVERY;
+        loop {
+            let wait = next_commit.saturating_duration_since(Instant::now());
+            match batches.recv_timeout(wait) {
+                Ok((seq, item)) => {
+                    let spans = item.spans;
+                    self.apply_prepared(seq, item);
+                    self.release(spans);
+                    while let Ok((seq, item)) = batches.try_recv() {
+                        let spans = item.spans;
+                        self.apply_prepared(seq, item);
+                        self.release(spans);
+                        if Instant::now() >= next_commit {
+                            break;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            if now >= next_commit {
+                self.commit();
+                self.span_metrics.expire(now);
+                next_commit = Instant::now() + self.policy.commit_interval;
+            }
+            if now >= next_retention {
+                self.enforce_retention();
+                next_retention = now + RETENTION_EVERY;
+            }
+        }
+        let first_failed = self.first_failed;
+        match self.store.close() {
+            Ok(seq) => {
+                let seq = first_failed.map_or(seq, |failed| seq.min(failed - 1));
+                self.checkpoint.store(seq, Ordering::Release);
+                tracing::info!(checkpoint = seq, "index closed");
+            }
+            Err(error) => {
+                tracing::error!(%error, "index not closed cleanly, the wal will be replayed")
+            }
+        }
+    }
+
+    /// The checkpoint a commit of everything up to `seq` allows.
+    fn covered(&self, seq: u64) -> u64 {
+        self.first_failed.map_or(seq, |failed| seq.min(failed - 1))
+    }
+
+    /// Highest WAL sequence number durable in the index.
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint.load(Ordering::Acquire)
+    }
+
+    fn release(&self, spans: usize) {
+        let left = self.queue.release(spans);
+        self.metrics.ingest_queue_spans.set(left as i64);
+    }
+}

@@ -1,0 +1,236 @@
+//! The collector's own metric families, declared once and registered into the
+//! registry `/metrics` renders. Span-derived metrics live in
+//! [`crate::spanmetrics`], re-exposed OTLP metrics in [`crate::otlp_metrics`].
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Buckets for disk and index latencies, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Every self-metric of the collector.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders (span-derived metrics register here too).
+    pub registry: Registry,
+    /// Spans received, by receiver (`otlp_grpc`, `otlp_http`, `zipkin`).
+    pub spans_received: IntCounterVec,
+    /// Spans acknowledged (durable in the WAL), by receiver.
+    pub spans_accepted: IntCounterVec,
+    /// Spans refused, by receiver and reason.
+    pub spans_refused: IntCounterVec,
+    /// OTLP metric data points received, by receiver.
+    pub metric_points_received: IntCounterVec,
+    /// Spans acknowledged and not yet handed to the index (the ingest queue).
+    pub ingest_queue_spans: IntGauge,
+    /// Bytes appended to the WAL.
+    pub wal_bytes: IntCounter,
+    /// Records appended to the WAL.
+    pub wal_records: IntCounter,
+    /// Time taken by one WAL fsync (one group commit).
+    pub wal_fsync_seconds: Histogram,
+    /// WAL files on disk.
+    pub wal_segments: IntGauge,
+    /// Bytes cut from a torn or corrupt WAL on recovery.
+    pub wal_cut_bytes: IntCounter,
+    /// Records replayed from the WAL on start.
+    pub wal_replayed_records: IntCounter,
+    /// Spans added to the index.
+    pub index_spans: IntCounter,
+    /// Time taken by one index commit (all partitions written since the last).
+    pub index_commit_seconds: Histogram,
+    /// Index writes that failed (spans stay in the WAL and are retried on restart).
+    pub index_errors: IntCounter,
+    /// Partitions in the store.
+    pub partitions: IntGauge,
+    /// Bytes used by the span store.
+    pub disk_bytes: IntGauge,
+    /// Partitions dropped, by reason (`retention`, `max_disk`).
+    pub partitions_dropped: IntCounterVec,
+    /// Spans delivered by each exporter.
+    pub exporter_sent_spans: IntCounterVec,
+    /// Spans an exporter gave up on (non-retryable error).
+    pub exporter_failed_spans: IntCounterVec,
+    /// Spans dropped because an exporter's queue was full.
+    pub exporter_dropped_spans: IntCounterVec,
+    /// Metric data points sent by each exporter.
+    pub exporter_sent_metric_points: IntCounterVec,
+    /// Metric data points dropped or failed by each exporter.
+    pub exporter_dropped_metric_points: IntCounterVec,
+    /// Spans waiting in each exporter's queue.
+    pub exporter_queue_spans: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates every family and registers it in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let histogram = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+        };
+        let metrics = Self {
+            spans_received: counter(
+                "tracemesh_collector_spans_received_total",
+                "Spans received, by receiver.",
+                &["receiver"],
+            )?,
+            spans_accepted: counter(
+                "tracemesh_collector_spans_accepted_total",
+                "Spans acknowledged after the WAL append, by receiver.",
+                &["receiver"],
+            )?,
+            spans_refused: counter(
+                "tracemesh_collector_spans_refused_total",
+                "Spans refused, by receiver and reason.",
+                &["receiver", "reason"],
+            )?,
+            metric_points_received: counter(
+                "tracemesh_collector_metric_points_received_total",
+                "OTLP metric data points received, by receiver.",
+                &["receiver"],
+            )?,
+            ingest_queue_spans: IntGauge::new(
+                "tracemesh_collector_ingest_queue_spans",
+                "Spans acknowledged and not yet in the index.",
+            )?,
+            wal_bytes: IntCounter::new(
+                "tracemesh_collector_wal_bytes_total",
+                "Bytes appended to the write-ahead log.",
+            )?,
+            wal_records: IntCounter::new(
+                "tracemesh_collector_wal_records_total",
+                "Records appended to the write-ahead log.",
+            )?,
+            wal_fsync_seconds: histogram(
+                "tracemesh_collector_wal_fsync_seconds",
+                "Duration of one write-ahead log fsync (one group commit).",
+            )?,
+            wal_segments: IntGauge::new(
+                "tracemesh_collector_wal_segments",
+                "Write-ahead log files on disk.",
+            )?,
+            wal_cut_bytes: IntCounter::new(
+                "tracemesh_collector_wal_cut_bytes_total",
+                "Bytes cut from a torn or corrupt write-ahead log on recovery.",
+            )?,
+            wal_replayed_records: IntCounter::new(
+                "tracemesh_collector_wal_replayed_records_total",
+                "Write-ahead log records replayed on start.",
+            )?,
+            index_spans: IntCounter::new(
+                "tracemesh_collector_index_spans_total",
+                "Spans added to the index.",
+            )?,
+            index_commit_seconds: histogram(
+                "tracemesh_collector_index_commit_seconds",
+                "Duration of one index commit.",
+            )?,
+            index_errors: IntCounter::new(
+                "tracemesh_collector_index_errors_total",
+                "Index writes or commits that failed.",
+            )?,
+            partitions: IntGauge::new(
+                "tracemesh_collector_partitions",
+                "Time partitions in the span store.",
+            )?,
+            disk_bytes: IntGauge::new(
+                "tracemesh_collector_disk_bytes",
+                "Bytes used by the span store.",
+            )?,
+            partitions_dropped: counter(
+                "tracemesh_collector_partitions_dropped_total",
+                "Partitions dropped, by reason.",
+                &["reason"],
+            )?,
+            exporter_sent_spans: counter(
+                "tracemesh_collector_exporter_sent_spans_total",
+                "Spans delivered by each exporter.",
+                &["exporter"],
+            )?,
+            exporter_failed_spans: counter(
+                "tracemesh_collector_exporter_failed_spans_total",
+                "Spans an exporter gave up on after a non-retryable error.",
+                &["exporter"],
+            )?,
+            exporter_dropped_spans: counter(
+                "tracemesh_collector_exporter_dropped_spans_total",
+                "Spans dropped because an exporter's queue was full.",
+                &["exporter"],
+            )?,
+            exporter_sent_metric_points: counter(
+                "tracemesh_collector_exporter_sent_metric_points_total",
+                "Metric data points delivered by each exporter.",
+                &["exporter"],
+            )?,
+            exporter_dropped_metric_points: counter(
+                "tracemesh_collector_exporter_dropped_metric_points_total",
+                "Metric data points an exporter dropped or gave up on.",
+                &["exporter"],
+            )?,
+            exporter_queue_spans: IntGaugeVec::new(
+                Opts::new(
+                    "tracemesh_collector_exporter_queue_spans",
+                    "Spans waiting in each exporter's queue.",
+                ),
+                &["exporter"],
+            )?,
+            registry,
+        };
+        metrics.register_all()?;
+        Ok(metrics)
+    }
+
+    fn register_all(&self) -> Result<(), prometheus::Error> {
+        let r = &self.registry;
+        r.register(Box::new(self.spans_received.clone()))?;
+        r.register(Box::new(self.spans_accepted.clone()))?;
+        r.register(Box::new(self.spans_refused.clone()))?;
+        r.register(Box::new(self.metric_points_received.clone()))?;
+        r.register(Box::new(self.ingest_queue_spans.clone()))?;
+        r.register(Box::new(self.wal_bytes.clone()))?;
+        r.register(Box::new(self.wal_records.clone()))?;
+        r.register(Box::new(self.wal_fsync_seconds.clone()))?;
+        r.register(Box::new(self.wal_segments.clone()))?;
+        r.register(Box::new(self.wal_cut_bytes.clone()))?;
+        r.register(Box::new(self.wal_replayed_records.clone()))?;
+        r.register(Box::new(self.index_spans.clone()))?;
+        r.register(Box::new(self.index_commit_seconds.clone()))?;
+        r.register(Box::new(self.index_errors.clone()))?;
+        r.register(Box::new(self.partitions.clone()))?;
+        r.register(Box::new(self.disk_bytes.clone()))?;
+        r.register(Box::new(self.partitions_dropped.clone()))?;
+        r.register(Box::new(self.exporter_sent_spans.clone()))?;
+        r.register(Box::new(self.exporter_failed_spans.clone()))?;
+        r.register(Box::new(self.exporter_dropped_spans.clone()))?;
+        r.register(Box::new(self.exporter_sent_metric_points.clone()))?;
+        r.register(Box::new(self.exporter_dropped_metric_points.clone()))?;
+        r.register(Box::new(self.exporter_queue_spans.clone()))
+    }
+
+    /// The registry's families in Prometheus text format.
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+/// A histogram family with the given labels and buckets.
+pub fn histogram_vec(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> Result<HistogramVec, prometheus::Error> {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+}

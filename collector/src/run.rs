@@ -1,0 +1,310 @@
+//! Starting and stopping a collector: recover the WAL into the store, bind
+//! every listener, log one `collector ready` line with the bound addresses,
+//! serve until SIGINT/SIGTERM, then drain: stop receiving, let the WAL
+//! writer finish, commit the index.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc;
+
+use axum::Router;
+use axum::routing::get;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::CollectorConfig;
+use crate::export::{ExportConfigError, Exporters};
+use crate::indexer::{Indexer, Policy};
+use crate::ingest::{Ingest, IngestQueue};
+use crate::metrics::Metrics;
+use crate::otlp_metrics::OtlpMetrics;
+use crate::receiver;
+use crate::spanmetrics::SpanMetrics;
+use crate::store::{SpanReader, SpanStore, StoreError};
+use crate::wal::{self, WalError};
+
+/// Why a collector could not start (or stopped badly).
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    /// The write-ahead log could not be recovered or written.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The span store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An exporter's settings are wrong.
+    #[error(transparent)]
+    Exporter(#[from] ExportConfigError),
+    /// A listener could not be bound, or a thread could not start.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Metric registration failed (a bug: names are fixed).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// How long a stopping collector waits for exporters to empty their queues.
+const EXPORT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A collector whose WAL has been replayed into its store, ready to serve.
+pub struct Collector {
+    config: CollectorConfig,
+    metrics: Metrics,
+    indexer: Indexer,
+    next_seq: u64,
+}
+
+impl Collector {
+    /// Opens the data directory: recovers the WAL (cutting a torn tail),
+    /// replays what the index lacks, commits, and drops expired partitions.
+    pub fn open(config: CollectorConfig) -> Result<Self, CollectorError> {
+        let metrics = Metrics::new()?;
+        let span_metrics = SpanMetrics::new(&metrics.registry)?;
+        let wal_dir = config.data_dir.join("wal");
+        let recovered = wal::recover(&wal_dir, &metrics)?;
+        let store = SpanStore::open(
+            &config.data_dir,
+            config.partition.0.as_secs(),
+            config.index_memory.0 as usize,
+            metrics.clone(),
+        )?;
+        let next_seq = recovered.last_seq.max(store.max_committed_seq()) + 1;
+        let mut indexer = Indexer {
+            store,
+            span_metrics,
+            queue: Arc::new(IngestQueue::new(config.ingest_queue_spans)),
+            checkpoint: Arc::new(AtomicU64::new(0)),
+            metrics: metrics.clone(),
+            policy: Policy {
+                commit_interval: config.commit_interval.0,
+                retention: config.retention.0,
+                max_disk: config.max_disk.map(|b| b.0),
+            },
+            first_failed: None,
+        };
+        indexer.enforce_retention();
+        let mut replayed = 0u64;
+        let mut undecodable = 0u64;
+        for segment in &recovered.segments {
+            wal::replay(
+                segment,
+                |seq, payload| match ExportTraceServiceRequest::decode(payload) {
+                    Ok(batch) => {
+                        indexer.apply(seq, &batch);
+                        replayed += 1;
+                    }
+                    Err(error) => {
+                        undecodable += 1;
+                        tracing::error!(%error, seq, "wal record undecodable, skipped");
+                    }
+                },
+            )?;
+        }
+        indexer.commit();
+        if replayed > 0 || undecodable > 0 {
+            metrics.wal_replayed_records.inc_by(replayed);
+            tracing::info!(records = replayed, undecodable, "wal replayed");
+        }
+        // Only what the index now holds may leave the WAL.
+        wal::delete_covered(&recovered.segments, indexer.checkpoint())?;
+        Ok(Self {
+            config,
+            metrics,
+            indexer,
+            next_seq,
+        })
+    }
+
+    /// A read handle on the store (for the query service).
+    pub fn reader(&self) -> SpanReader {
+        self.indexer.store.reader()
+    }
+
+    /// The registry served on `/metrics` (a mounted service may add families).
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.metrics.registry
+    }
+
+    /// Serves until SIGINT or SIGTERM. `extra` is merged into the `--http`
+    /// listener's router (the query API and UI mount here).
+    pub fn run(self, extra: Router) -> Result<(), CollectorError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("collector")
+            .enable_all()
+            .build()?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let result = runtime.block_on(self.serve(extra, stop_rx, async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        }));
+        runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        result
+    }
+
+    async fn serve(
+        self,
+        extra: Router,
+        stop: watch::Receiver<bool>,
+        signal: impl Future<Output = ()>,
+    ) -> Result<(), CollectorError> {
+        let Self {
+            config,
+            metrics,
+            indexer,
+            next_seq,
+        } = self;
+        let queue = indexer.queue.clone();
+        let (durable_tx, durable_rx) = mpsc::channel();
+        let options = wal::WriterOptions {
+            dir: config.data_dir.join("wal"),
+            next_seq,
+            segment_size: config.wal_segment_size.0,
+            checkpoint: indexer.checkpoint.clone(),
+        };
+        let (wal, wal_thread) = wal::start(options, metrics.clone(), durable_tx)?;
+        let indexer_thread = std::thread::Builder::new()
+            .name("indexer".into())
+            .spawn(move || indexer.run(durable_rx))?;
+        let exporters = Exporters::start(&config.exporters, &metrics)?;
+        let draining = exporters.clone();
+        let otlp_metrics = Arc::new(OtlpMetrics::default());
+        let fields = crate::store::schema::SpanFields::of(&crate::store::schema::build()).map_err(
+            |source| StoreError::Index {
+                path: config.data_dir.clone(),
+                source,
+            },
+        )?;
+        let ingest = Ingest::new(
+            wal,
+            fields,
+            config.partition.0.as_secs(),
+            queue,
+            exporters,
+            otlp_metrics.clone(),
+            metrics.clone(),
+            config.retention.0,
+            config.max_request_size.0 as usize,
+        );
+
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))
+        };
+        let grpc_listener = bind(config.listen.otlp_grpc).await?;
+        let http_listener = bind(config.listen.otlp_http).await?;
+        let zipkin_listener = bind(config.listen.zipkin).await?;
+        let api_listener = bind(config.listen.http).await?;
+        let addresses = [
+            &grpc_listener,
+            &http_listener,
+            &zipkin_listener,
+            &api_listener,
+        ]
+        .map(|l| l.local_addr());
+        let [grpc_addr, http_addr, zipkin_addr, api_addr] = addresses;
+        let (grpc_addr, http_addr, zipkin_addr, api_addr) =
+            (grpc_addr?, http_addr?, zipkin_addr?, api_addr?);
+
+        let grpc_router = receiver::grpc::routes(ingest.clone()).into_axum_router();
+        let metrics_router = metrics_router(metrics.clone(), otlp_metrics).merge(extra);
+        let servers = [
+            (grpc_listener, grpc_router),
+            (http_listener, receiver::otlp_http::router(ingest.clone())),
+            (zipkin_listener, receiver::zipkin::router(ingest.clone())),
+            (api_listener, metrics_router),
+        ];
+        drop(ingest);
+        let mut tasks = Vec::new();
+        for (listener, router) in servers {
+            let mut stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                };
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }));
+        }
+        tracing::info!(
+            otlp_grpc = %grpc_addr,
+            otlp_http = %http_addr,
+            zipkin = %zipkin_addr,
+            http = %api_addr,
+            data_dir = %config.data_dir.display(),
+            "collector ready"
+        );
+        signal.await;
+        tracing::info!("collector stopping");
+        for task in tasks {
+            match task.await {
+                Ok(Err(error)) => tracing::warn!(%error, "server stopped with an error"),
+                Err(error) => tracing::warn!(%error, "server task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+        // Give the exporters a moment to deliver what they hold.
+        let deadline = tokio::time::Instant::now() + EXPORT_DRAIN;
+        while draining.queued_spans() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if draining.queued_spans() > 0 {
+            tracing::warn!(
+                spans = draining.queued_spans(),
+                "exporters stopped with spans still queued"
+            );
+        }
+        // Every Ingest (and so every WAL handle) is gone with the servers:
+        // the writer finishes its last group, then the indexer commits.
+        tokio::task::spawn_blocking(move || {
+            let _ = wal_thread.join();
+            let _ = indexer_thread.join();
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        tracing::info!("collector stopped");
+        Ok(())
+    }
+}
+
+fn metrics_router(metrics: Metrics, otlp_metrics: Arc<OtlpMetrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            let otlp_metrics = otlp_metrics.clone();
+            async move {
+                let families = metrics.registry.gather();
+                let taken = families.iter().map(|f| f.name().to_owned()).collect();
+                let mut text = prometheus::TextEncoder::new()
+                    .encode_to_string(&families)
+                    .unwrap_or_default();
+                otlp_metrics.render(&taken, &mut text);
+                (
+                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    text,
+                )
+            }
+        }),
+    )
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

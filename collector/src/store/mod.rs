@@ -1,0 +1,393 @@
+//! The span store: one tantivy index per time partition under
+//! `DATA_DIR/spans`. The write side ([`SpanStore`]) is owned by the indexer
+//! thread; the read side ([`SpanReader`]) is a cheap handle for the query
+//! service and tools, which sees every partition through an atomically
+//! swapped map and never blocks the writer.
+//!
+//! Each commit records, in the index's payload, the WAL sequence number it
+//! covers, so replay after a crash adds exactly the spans a partition lacks.
+
+pub mod document;
+pub mod partition;
+pub mod read;
+pub mod schema;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use tantivy::indexer::LogMergePolicy;
+use tantivy::{IndexWriter, TantivyDocument};
+
+pub use document::SpanRef;
+pub use partition::{PartitionId, PartitionIndex};
+pub use read::{SpanQuery, SpanReader, SpanSummary, StoredSpan, Trace, TraceHit};
+
+use crate::metrics::Metrics;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A tantivy operation failed.
+    #[error("index {path}: {source}")]
+    Index {
+        /// The partition.
+        path: PathBuf,
+        /// Why.
+        source: tantivy::TantivyError,
+    },
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A stored span could not be decoded (a bug or a damaged file).
+    #[error("stored span undecodable: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+/// A batch's documents, by partition.
+pub type PreparedDocs = BTreeMap<PartitionId, Vec<TantivyDocument>>;
+
+/// The partitions readers see, swapped whole when one is added or dropped.
+pub(crate) type PartitionMap = Arc<ArcSwap<BTreeMap<PartitionId, Arc<PartitionIndex>>>>;
+
+struct Writable {
+    partition: Arc<PartitionIndex>,
+    writer: Option<IndexWriter>,
+    committed_seq: u64,
+    /// The last record whose spans for this partition were all added.
+    applied_seq: u64,
+    dirty: bool,
+}
+
+/// Open index writers, at most (each buffers up to the memory budget).
+const MAX_WRITERS: usize = 3;
+
+/// Indexing threads per writer: documents are spread over them.
+const INDEXING_THREADS: usize = 2;
+
+/// The write side of the store.
+pub struct SpanStore {
+    dir: PathBuf,
+    partition_length: u64,
+    writer_memory: usize,
+    partitions: BTreeMap<PartitionId, Writable>,
+    shared: PartitionMap,
+    metrics: Metrics,
+    last_applied: u64,
+}
+
+impl SpanStore {
+    /// Opens (or creates) the store under `data_dir/spans`.
+    pub fn open(
+        data_dir: &Path,
+        partition_length: u64,
+        writer_memory: usize,
+        metrics: Metrics,
+    ) -> Result<Self, StoreError> {
+        let dir = data_dir.join("spans");
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut partitions = BTreeMap::new();
+        for (id, path) in partition::list(&dir)? {
+            let partition = Arc::new(PartitionIndex::open(id, &path, false)?);
+            let committed_seq = partition.committed_seq()?;
+            partitions.insert(
+                id,
+                Writable {
+                    partition,
+                    writer: None,
+                    committed_seq,
+                    applied_seq: committed_seq,
+                    dirty: false,
+                },
+            );
+        }
+        let store = Self {
+            dir,
+            partition_length,
+            writer_memory,
+            partitions,
+            shared: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
+            metrics,
+            last_applied: 0,
+        };
+        store.publish();
+        Ok(store)
+    }
+
+    /// A read handle that follows this store's partitions and commits.
+    pub fn reader(&self) -> SpanReader {
+        SpanReader::following(self.dir.clone(), self.shared.clone())
+    }
+
+    /// The highest WAL sequence number any partition has committed.
+    pub fn max_committed_seq(&self) -> u64 {
+        self.partitions
+            .values()
+            .map(|p| p.committed_seq)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The partition length, in seconds.
+    pub fn partition_length(&self) -> u64 {
+        self.partition_length
+    }
+
+    fn publish(&self) {
+        let map = self
+            .partitions
+            .iter()
+            .map(|(id, p)| (*id, p.partition.clone()))
+            .collect();
+        self.shared.store(Arc::new(map));
+        self.metrics.partitions.set(self.partitions.len() as i64);
+    }
+
+    /// Builds the documents of a batch, by partition. Pure: receivers call
+    /// it on their own threads so the indexer thread only adds documents.
+    pub fn prepare(
+        fields: &schema::SpanFields,
+        batch: &[ResourceSpans],
+        partition_length: u64,
+    ) -> PreparedDocs {
+        let mut docs: PreparedDocs = BTreeMap::new();
+        document::for_each_span(batch, |span| {
+            let id = PartitionId::containing(span.span.start_time_unix_nano, partition_length);
+            docs.entry(id)
+                .or_default()
+                .push(document::build(fields, span));
+        });
+        docs
+    }
+
+    /// Whether record `seq` is already committed in partition `id` (replay).
+    fn holds(&self, id: PartitionId, seq: u64) -> bool {
+        self.partitions
+            .get(&id)
+            .is_some_and(|p| p.committed_seq >= seq)
+    }
+
+    /// Adds the spans of WAL record `seq` that their partitions do not
+    /// already hold, skipping spans that started before `oldest_start`
+    /// (seconds). `added` sees each span added. (Replay builds here; live
+    /// batches come prepared, see [`Self::apply_prepared`].)
+    pub fn apply(
+        &mut self,
+        seq: u64,
+        batch: &[ResourceSpans],
+        oldest_start: u64,
+        mut added: impl FnMut(SpanRef<'_>),
+    ) -> Result<usize, StoreError> {
+        let fields =
+            schema::SpanFields::of(&schema::build()).map_err(|source| StoreError::Index {
+                path: self.dir.clone(),
+                source,
+            })?;
+        let docs = Self::prepare(&fields, batch, self.partition_length);
+        document::for_each_span(batch, |span| {
+            let id = PartitionId::containing(span.span.start_time_unix_nano, self.partition_length);
+            if id.end() > oldest_start && !self.holds(id, seq) {
+                added(span);
+            }
+        });
+        self.apply_prepared(seq, docs, oldest_start)
+    }
+
+    /// Adds prepared documents of WAL record `seq`, skipping partitions
+    /// that hold the record already and those past retention.
+    pub fn apply_prepared(
+        &mut self,
+        seq: u64,
+        docs: PreparedDocs,
+        oldest_start: u64,
+    ) -> Result<usize, StoreError> {
+        let mut count = 0;
+        for (id, docs) in docs {
+            if id.end() <= oldest_start || self.holds(id, seq) {
+                continue;
+            }
+            self.ensure_writer(id)?;
+            let Some(writable) = self.partitions.get_mut(&id) else {
+                continue;
+            };
+            let path = &writable.partition.path;
+            let Some(writer) = writable.writer.as_ref() else {
+                continue;
+            };
+            for doc in docs {
+                writer
+                    .add_document(doc)
+                    .map_err(|source| StoreError::Index {
+                        path: path.clone(),
+                        source,
+                    })?;
+                count += 1;
+            }
+            writable.dirty = true;
+            writable.applied_seq = seq;
+        }
+        self.last_applied = self.last_applied.max(seq);
+        self.metrics.index_spans.inc_by(count as u64);
+        Ok(count)
+    }
+
+    fn ensure_writer(&mut self, id: PartitionId) -> Result<(), StoreError> {
+        if !self.partitions.contains_key(&id) {
+            let path = self.dir.join(id.dir_name());
+            let partition = Arc::new(PartitionIndex::open(id, &path, true)?);
+            self.partitions.insert(
+                id,
+                Writable {
+                    partition,
+                    writer: None,
+                    committed_seq: 0,
+                    applied_seq: 0,
+                    dirty: false,
+                },
+            );
+            self.publish();
+            tracing::info!(partition = %id.dir_name(), "partition created");
+        }
+        if self.partitions.get(&id).is_some_and(|p| p.writer.is_some()) {
+            return Ok(());
+        }
+        let open: Vec<PartitionId> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.writer.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        if open.len() >= MAX_WRITERS
+            && let Some(oldest) = open.first()
+        {
+            self.close_writer(*oldest)?;
+        }
+        let memory = self.writer_memory;
+        if let Some(writable) = self.partitions.get_mut(&id) {
+            let path = writable.partition.path.clone();
+            let writer: IndexWriter = writable
+                .partition
+                .index
+                .writer_with_num_threads(INDEXING_THREADS, memory)
+                .map_err(|source| StoreError::Index { path, source })?;
+            // Fewer, larger merges: each commit makes a segment, and merging
+            // every few of them would rewrite each span many times.
+            let mut merge_policy = LogMergePolicy::default();
+            merge_policy.set_min_num_segments(10);
+            writer.set_merge_policy(Box::new(merge_policy));
+            writable.writer = Some(writer);
+        }
+        Ok(())
+    }
+
+    fn close_writer(&mut self, id: PartitionId) -> Result<(), StoreError> {
+        self.commit_one(id)?;
+        if let Some(writer) = self.partitions.get_mut(&id).and_then(|p| p.writer.take()) {
+            let path = self.dir.join(id.dir_name());
+            writer
+                .wait_merging_threads()
+                .map_err(|source| StoreError::Index { path, source })?;
+        }
+        Ok(())
+    }
+
+    /// Commits one partition. Its payload is the last record all of whose
+    /// spans for it are in: its own last record if that is the one being
+    /// applied, else the last record applied before.
+    fn commit_one(&mut self, id: PartitionId) -> Result<(), StoreError> {
+        let last_applied = self.last_applied;
+        let Some(writable) = self.partitions.get_mut(&id) else {
+            return Ok(());
+        };
+        let seq = writable.applied_seq.max(last_applied);
+        if !writable.dirty {
+            return Ok(());
+        }
+        let Some(writer) = writable.writer.as_mut() else {
+            return Ok(());
+        };
+        let path = writable.partition.path.clone();
+        let err = |source| StoreError::Index {
+            path: path.clone(),
+            source,
+        };
+        let mut prepared = writer.prepare_commit().map_err(err)?;
+        prepared.set_payload(&seq.to_string());
+        prepared.commit().map_err(err)?;
+        writable.partition.reader.reload().map_err(err)?;
+        writable.committed_seq = seq;
+        writable.dirty = false;
+        Ok(())
+    }
+
+    /// Commits every partition written since the last commit; returns the
+    /// WAL sequence number now covered by the index (the checkpoint).
+    pub fn commit(&mut self) -> Result<u64, StoreError> {
+        let dirty: Vec<PartitionId> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.dirty)
+            .map(|(id, _)| *id)
+            .collect();
+        if !dirty.is_empty() {
+            let started = Instant::now();
+            for id in dirty {
+                self.commit_one(id)?;
+            }
+            self.metrics
+                .index_commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(self.last_applied)
+    }
+
+    /// The partitions with their size on disk, oldest first.
+    pub fn sizes(&self) -> Vec<(PartitionId, u64)> {
+        self.partitions
+            .iter()
+            .map(|(id, p)| (*id, p.partition.disk_bytes()))
+            .collect()
+    }
+
+    /// Drops a whole partition: its writer, its readers' view and its files.
+    pub fn drop_partition(&mut self, id: PartitionId) -> Result<(), StoreError> {
+        let Some(mut writable) = self.partitions.remove(&id) else {
+            return Ok(());
+        };
+        self.publish();
+        if let Some(writer) = writable.writer.take() {
+            let _ = writer.wait_merging_threads();
+        }
+        let path = writable.partition.path.clone();
+        drop(writable);
+        std::fs::remove_dir_all(&path).map_err(|source| StoreError::Io { path, source })
+    }
+
+    /// Commits and closes every writer (shutdown).
+    pub fn close(mut self) -> Result<u64, StoreError> {
+        let checkpoint = self.commit()?;
+        for writable in self.partitions.values_mut() {
+            if let Some(writer) = writable.writer.take() {
+                let path = writable.partition.path.clone();
+                writer
+                    .wait_merging_threads()
+                    .map_err(|source| StoreError::Index { path, source })?;
+            }
+        }
+        Ok(checkpoint)
+    }
+}

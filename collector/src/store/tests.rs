@@ -1,0 +1,214 @@
+//! Store round trips: write, commit, read back by id, search, scan, replay.
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+
+use super::*;
+use crate::attributes;
+use crate::ids::TraceId;
+
+const DAY: u64 = 86_400;
+const NOW: u64 = 20_000 * DAY * 1_000_000_000;
+
+fn batch(service: &str, trace: u8, spans: &[(u8, u8, &str, u64, u64, i32)]) -> Vec<ResourceSpans> {
+    vec![ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![
+                attributes::string("service.name", service),
+                attributes::string("k8s.namespace.name", "shop"),
+            ],
+            ..Default::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            scope: Some(InstrumentationScope {
+                name: "test".into(),
+                version: "1".into(),
+                ..Default::default()
+            }),
+            spans: spans
+                .iter()
+                .map(|&(id, parent, name, start, duration_ms, status)| Span {
+                    trace_id: vec![trace; 16],
+                    span_id: vec![id; 8],
+                    parent_span_id: if parent == 0 { vec![] } else { vec![parent; 8] },
+                    name: name.into(),
+                    kind: 2,
+                    start_time_unix_nano: start,
+                    end_time_unix_nano: start + duration_ms * 1_000_000,
+                    attributes: vec![
+                        attributes::string("http.request.method", "GET"),
+                        attributes::int(
+                            "http.response.status_code",
+                            if status == 2 { 500 } else { 200 },
+                        ),
+                    ],
+                    status: Some(Status {
+                        code: status,
+                        message: String::new(),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            schema_url: String::new(),
+        }],
+        schema_url: "https://opentelemetry.io/schemas/1.26.0".into(),
+    }]
+}
+
+fn open(dir: &std::path::Path) -> SpanStore {
+    SpanStore::open(dir, DAY, 32 << 20, Metrics::new().unwrap()).unwrap()
+}
+
+#[test]
+fn spans_read_back_searched_and_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let first = batch(
+        "cart",
+        1,
+        &[
+            (1, 0, "GET /cart", NOW, 30, 0),
+            (2, 1, "SELECT", NOW + 1000, 5, 0),
+        ],
+    );
+    let second = batch(
+        "checkout",
+        2,
+        &[(
+            3,
+            0,
+            "POST /pay",
+            NOW + 5 * DAY * 1_000_000_000 / 10,
+            900,
+            2,
+        )],
+    );
+    assert_eq!(store.apply(1, &first, 0, |_| {}).unwrap(), 2);
+    assert_eq!(store.apply(2, &second, 0, |_| {}).unwrap(), 1);
+    assert_eq!(store.commit().unwrap(), 2);
+    let reader = store.reader();
+
+    let trace = reader.trace(TraceId([1; 16])).unwrap().unwrap();
+    assert_eq!(trace.spans.len(), 2);
+    assert_eq!(
+        trace.spans[0].span, first[0].scope_spans[0].spans[0],
+        "span reads back exactly"
+    );
+    assert_eq!(trace.spans[0].resource, first[0].resource);
+    assert_eq!(trace.spans[0].scope, first[0].scope_spans[0].scope);
+    assert_eq!(
+        trace.spans[0].resource_schema_url,
+        "https://opentelemetry.io/schemas/1.26.0"
+    );
+    assert!(reader.trace(TraceId([9; 16])).unwrap().is_none());
+
+    let by_service = SpanQuery {
+        service: Some("cart".into()),
+        ..Default::default()
+    };
+    assert_eq!(reader.count(&by_service).unwrap(), 2);
+    let hits = reader.find_traces(&SpanQuery::default(), 10).unwrap();
+    assert_eq!(
+        hits.iter().map(|h| h.trace_id).collect::<Vec<_>>(),
+        vec![TraceId([2; 16]), TraceId([1; 16])],
+        "latest first"
+    );
+    let errors = SpanQuery {
+        errors_only: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        reader.find_traces(&errors, 10).unwrap()[0].trace_id,
+        TraceId([2; 16])
+    );
+    let tag = SpanQuery {
+        tags: vec![
+            ("k8s.namespace.name".into(), "shop".into()),
+            ("http.response.status_code".into(), "500".into()),
+        ],
+        ..Default::default()
+    };
+    assert_eq!(
+        reader.count(&tag).unwrap(),
+        1,
+        "resource and span attributes are searchable"
+    );
+    let slow = SpanQuery {
+        min_duration: Some(Duration::from_millis(20)),
+        max_duration: Some(Duration::from_millis(100)),
+        ..Default::default()
+    };
+    assert_eq!(reader.count(&slow).unwrap(), 1);
+    let window = SpanQuery {
+        start_from: Some(NOW + 1),
+        start_to: Some(NOW + 2000),
+        ..Default::default()
+    };
+    assert_eq!(reader.count(&window).unwrap(), 1);
+    let fields = SpanQuery {
+        http_method: Some("GET".into()),
+        http_status_code: Some(200),
+        kind: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(reader.count(&fields).unwrap(), 2);
+
+    let mut summaries = Vec::new();
+    reader
+        .scan(&by_service, |s| summaries.push(s.clone()))
+        .unwrap();
+    summaries.sort_by_key(|s| s.start);
+    assert_eq!(&*summaries[1].operation, "SELECT");
+    assert_eq!(
+        summaries[1].parent_span_id,
+        Some(crate::ids::SpanId([1; 8]))
+    );
+    assert_eq!(summaries[1].duration, 5_000_000);
+    assert_eq!(summaries[0].http_status_code, Some(200));
+    assert_eq!(
+        reader.services().unwrap(),
+        vec!["cart".to_owned(), "checkout".to_owned()]
+    );
+    assert_eq!(
+        reader.operations("cart").unwrap(),
+        vec![("GET /cart".to_owned(), 2), ("SELECT".to_owned(), 2)]
+    );
+}
+
+#[test]
+fn replay_adds_only_what_a_partition_lacks_and_retention_drops_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let old = batch(
+        "cart",
+        1,
+        &[(1, 0, "old", NOW - 3 * DAY * 1_000_000_000, 1, 0)],
+    );
+    let new = batch("cart", 2, &[(2, 0, "new", NOW, 1, 0)]);
+    store.apply(1, &old, 0, |_| {}).unwrap();
+    store.apply(2, &new, 0, |_| {}).unwrap();
+    store.close().unwrap();
+
+    let mut store = open(dir.path());
+    assert_eq!(store.max_committed_seq(), 2);
+    assert_eq!(
+        store.apply(1, &old, 0, |_| {}).unwrap(),
+        0,
+        "committed records are skipped on replay"
+    );
+    assert_eq!(store.apply(3, &new, 0, |_| {}).unwrap(), 1);
+    assert_eq!(store.sizes().len(), 2);
+    let oldest = PartitionId::containing(NOW - 3 * DAY * 1_000_000_000, DAY);
+    store.drop_partition(oldest).unwrap();
+    store.commit().unwrap();
+    let reader = SpanReader::open(dir.path()).unwrap();
+    assert_eq!(reader.partitions().len(), 1);
+    assert!(reader.trace(TraceId([1; 16])).unwrap().is_none());
+    assert_eq!(
+        reader.trace(TraceId([2; 16])).unwrap().unwrap().spans.len(),
+        2
+    );
+}

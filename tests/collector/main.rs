@@ -1,0 +1,14 @@
+//! End-to-end tests of `tracemesh collector`: real processes on port 0, real
+//! sockets, a real OpenTelemetry SDK as the client.
+
+// Test helpers outside #[test] functions: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+
+mod backpressure;
+mod bad_input;
+mod durability;
+mod export;
+mod sdk;
+mod zipkin;

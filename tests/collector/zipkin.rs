@@ -1,0 +1,98 @@
+//! A Zipkin v2 JSON batch lands in the store with the right ids, kind, tags
+//! and service.
+
+use tracemesh_collector::ids::TraceId;
+use tracemesh_collector::store::{SpanQuery, SpanReader};
+
+use crate::harness::{Collector, http_request, now_nanos, wait_for_trace};
+
+#[test]
+fn zipkin_v2_json_is_stored_with_ids_kind_tags_and_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path(), &["--commit-interval", "200ms"]);
+    let micros = now_nanos() / 1000;
+    let body = format!(
+        r#"[{{"traceId":"5af7183fb1d4cf5f","parentId":"6b221d5bc9e6496c","id":"352bff9a74ca9ad2","kind":"CLIENT","name":"get /api",
+             "timestamp":{micros},"duration":1431,"localEndpoint":{{"serviceName":"frontend","ipv4":"192.168.99.1"}},
+             "remoteEndpoint":{{"serviceName":"backend","ipv4":"172.19.0.2","port":8080}},
+             "annotations":[{{"timestamp":{},"value":"wire send"}}],
+             "tags":{{"http.method":"GET","http.path":"/api","error":"timeout"}}}},
+            {{"traceId":"5af7183fb1d4cf5f","parentId":"352bff9a74ca9ad2","id":"7c9f1e2a3b4d5e6f","kind":"SERVER","name":"get /api",
+             "timestamp":{},"duration":1000,"localEndpoint":{{"serviceName":"backend"}},"tags":{{"http.status_code":"504"}}}}]"#,
+        micros + 10,
+        micros + 100
+    );
+    let response = http_request(
+        collector.zipkin,
+        "POST",
+        "/api/v2/spans",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(
+        response.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+
+    let trace_id: TraceId = "00000000000000005af7183fb1d4cf5f".parse().unwrap();
+    let trace = wait_for_trace(&collector.data_dir, trace_id, 2);
+    let client = trace
+        .spans
+        .iter()
+        .find(|s| s.span.kind == 3)
+        .expect("client span");
+    assert_eq!(
+        client.span.span_id,
+        vec![0x35, 0x2b, 0xff, 0x9a, 0x74, 0xca, 0x9a, 0xd2]
+    );
+    assert_eq!(
+        client.span.parent_span_id,
+        vec![0x6b, 0x22, 0x1d, 0x5b, 0xc9, 0xe6, 0x49, 0x6c]
+    );
+    assert_eq!(client.span.start_time_unix_nano, micros * 1000);
+    assert_eq!(
+        client.span.end_time_unix_nano - client.span.start_time_unix_nano,
+        1_431_000
+    );
+    assert_eq!(
+        tracemesh_collector::attributes::service_name(client.resource.as_ref()),
+        "frontend"
+    );
+    assert_eq!(
+        tracemesh_collector::attributes::get_str(&client.span.attributes, "http.method"),
+        Some("GET")
+    );
+    assert_eq!(
+        tracemesh_collector::attributes::get_str(&client.span.attributes, "peer.service"),
+        Some("backend")
+    );
+    assert_eq!(
+        client.span.status.as_ref().unwrap().code,
+        2,
+        "the error tag sets status ERROR"
+    );
+    assert_eq!(client.span.events[0].name, "wire send");
+    let server = trace
+        .spans
+        .iter()
+        .find(|s| s.span.kind == 2)
+        .expect("server span");
+    assert_eq!(
+        tracemesh_collector::attributes::service_name(server.resource.as_ref()),
+        "backend"
+    );
+
+    let reader = SpanReader::open(&collector.data_dir).unwrap();
+    let by_tag = SpanQuery {
+        service: Some("backend".into()),
+        tags: vec![("http.status_code".into(), "504".into())],
+        ..Default::default()
+    };
+    assert_eq!(reader.count(&by_tag).unwrap(), 1);
+    // the client/server pair is a service-graph edge
+    let metrics = collector.metrics();
+    assert!(metrics.contains(r#"traces_service_graph_request_total{client="frontend",connection_type="",server="backend"} 1"#), "{metrics}");
+    collector.stop();
+}

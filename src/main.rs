@@ -1,5 +1,7 @@
 //! The `tracemesh` binary: one executable for every runtime role.
 
+mod load;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -24,6 +26,10 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Load-test an HTTP endpoint the way `fortio load` does: `-c` connections
+    /// at `--qps` for `-t` (or `-n` requests); reports rate, codes and latency
+    /// percentiles (coordinated omission corrected at a fixed rate).
+    Load(load::LoadArgs),
     /// Check a config file without starting anything (like `istioctl analyze`).
     /// Exits non-zero when it has errors.
     Validate {
@@ -34,7 +40,7 @@ enum Command {
 
 fn main() -> ExitCode {
     init_logging();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(load::args::fortio_spellings(std::env::args_os()));
     match run(cli.command) {
         Ok(code) => code,
         Err(error) => {
@@ -51,6 +57,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { file } => Ok(validate(&file)),
+        Command::Load(args) => {
+            let report = load::run(&args)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -59,7 +59,10 @@ async fn fixed_rate_is_kept_and_percentiles_match_the_samples() {
     assert_eq!(report["codes"]["200"], 1000, "{report:#}");
     assert_eq!(upstream.count(), 1000);
     let rate = report["actual_qps"].as_f64().unwrap();
-    assert!((rate - 200.0).abs() <= 200.0 * 0.02, "rate {rate} not within 2% of 200");
+    assert!(
+        (rate - 200.0).abs() <= 200.0 * 0.02,
+        "rate {rate} not within 2% of 200"
+    );
 
     // Percentiles against an independent computation on the raw samples.
     let mut samples: Vec<u64> = std::fs::read_to_string(&samples_path)
@@ -158,16 +161,28 @@ async fn h2_prior_knowledge_with_a_payload() {
     assert_eq!(report["codes"]["200"], 40, "{report:#}");
     let seen = upstream.seen();
     assert_eq!(seen.len(), 40);
-    assert!(seen.iter().all(|s| s.version == Version::HTTP_2
-        && s.method == "POST"
-        && s.body_len == 1000));
+    assert!(
+        seen.iter()
+            .all(|s| s.version == Version::HTTP_2 && s.method == "POST" && s.body_len == 1000)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_port_counts_connect_errors() {
     let addr = closed_port().await;
     let url = format!("http://{addr}/");
-    let report = load(&["-c", "2", "--qps", "50", "-n", "10", "--timeout", "2s", &url]).await;
+    let report = load(&[
+        "-c",
+        "2",
+        "--qps",
+        "50",
+        "-n",
+        "10",
+        "--timeout",
+        "2s",
+        &url,
+    ])
+    .await;
     assert_eq!(report["count"], 10, "{report:#}");
     assert_eq!(report["errors"]["connect"], 10);
     assert_eq!(report["latency_us"]["count"], 0);
@@ -184,7 +199,18 @@ async fn slow_responses_time_out_and_the_connection_is_replaced() {
     let upstream = Upstream::start("slow").await;
     let url = format!("http://{}/slow/2000", upstream.addr);
     let started = std::time::Instant::now();
-    let report = load(&["-c", "1", "--qps", "0", "-n", "2", "--timeout", "200ms", &url]).await;
+    let report = load(&[
+        "-c",
+        "1",
+        "--qps",
+        "0",
+        "-n",
+        "2",
+        "--timeout",
+        "200ms",
+        &url,
+    ])
+    .await;
     assert_eq!(report["errors"]["timeout"], 2, "{report:#}");
     assert!(started.elapsed() < Duration::from_secs(30));
 }

@@ -61,7 +61,10 @@ pub fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         protocol: target.protocol(),
         connections,
         qps: args.qps,
-        duration_s: args.requests.is_none().then(|| args.duration.as_secs_f64()),
+        duration_s: args
+            .requests
+            .is_none()
+            .then_some(args.duration.as_secs_f64()),
         count: args.requests,
     };
     eprintln!(

@@ -27,7 +27,7 @@ pub enum RequestError {
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     /// The connection broke or the server spoke invalid HTTP.
-    #[error("{0}")]
+    #[error(transparent)]
     Http(#[from] hyper::Error),
 }
 

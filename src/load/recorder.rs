@@ -98,7 +98,7 @@ impl Recorder {
             RequestError::Http(_) => self.errors.other += 1,
         }
         if self.first_error.is_none() {
-            self.first_error = Some(error.to_string());
+            self.first_error = Some(error_chain(error));
         }
     }
 
@@ -142,6 +142,22 @@ impl Recorder {
             mine.extend(theirs);
         }
     }
+}
+
+/// An error and its causes (`http2 error: connection error: ...`): hyper's
+/// own message alone rarely says what went wrong.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

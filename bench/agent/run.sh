@@ -217,6 +217,10 @@ EOF
 RESULTS=""
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
 
+# Other work on the machine skews everything: count compilers and linkers
+# (other people's builds) running right now.
+others_busy() { ps -eo comm= | grep -cxE 'rustc|cc1|cc1plus|collect2|ld|ld\.lld|ld\.gold|cargo' || true; }
+
 throughput() {
   local round=$1 path=$2 port out rps peak="" sampler=""
   port=$(port_of "$path")
@@ -241,6 +245,7 @@ throughput() {
     rm -f "$RUN/peak-rss"
     record "$round" "$path" rss_load_kib "$peak"
   fi
+  record "$round" "$path" other_builds "$(others_busy)"
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   record "$round" "$path" rps "$rps"
   local bad
@@ -268,6 +273,9 @@ rows = {
 for k, v in rows.items():
     print(f"{round_}\t{path}\t{k}\t{v}")
 EOF
+  # How busy the machine was (other work skews everything): 1-minute load.
+  record "$round" "$path" load1 "$(cut -d' ' -f1 /proc/loadavg)"
+  record "$round" "$path" other_builds "$(others_busy)"
   log "round $round $path: latency at $LATENCY_QPS qps: $(awk -v r="$round" -v p="$path" \
     '$1==r && $2==p && ($3=="p50_us" || $3=="p99_us") {printf "%s %s µs ", $3, $4}' "$RESULTS")"
 }
@@ -303,7 +311,7 @@ report() {
   export RESULTS_FILE="$RESULTS" OUT_FILE="$file" ENVOY_VERSION NGINX_VERSION WRK_VERSION \
     RUSTC_VERSION CPU_MODEL CORES MEMORY KERNEL COMMIT DIRTY LOAD_BEFORE PIN_NOTE RUN_DATE \
     ROUNDS WRK_CONNECTIONS WRK_DURATION LATENCY_CONNECTIONS LATENCY_QPS LATENCY_DURATION \
-    IDLE_AGENT IDLE_ENVOY IDLE_ENVOY_DEFAULT IDLE_NGINX SINK_LINE AGENT_METRICS ENVOY_STATS \
+    LOAD_AFTER IDLE_AGENT IDLE_ENVOY IDLE_ENVOY_DEFAULT IDLE_NGINX SINK_LINE AGENT_METRICS ENVOY_STATS \
     ENVOY_DEFAULT_STATS
   python3 "$HERE/report.py"
 }
@@ -365,6 +373,7 @@ main() {
   done
 
   span_counts
+  LOAD_AFTER=$(awk '{print $1, $2, $3}' /proc/loadavg)
   RUN_DATE=$(date -u +%Y-%m-%d)
   mkdir -p "$ROOT/bench/results"
   local file="$ROOT/bench/results/agent-$RUN_DATE.md"

@@ -47,14 +47,16 @@ idle = {p: float(env[f"IDLE_{p.upper()}"]) for p in PATHS[1:]}
 direct_p99 = median("direct", "p99_us")
 
 table = [
-    "| path | throughput (req/s) | p50 (ms) | p99 (ms) | added p99 (ms) | RSS idle (MiB) | RSS under load (MiB) |",
-    "|---|---:|---:|---:|---:|---:|---:|",
+    "| path | throughput (req/s) | spans dropped at that rate | p50 (ms) | p99 (ms) | added p99 (ms) | RSS idle (MiB) | RSS under load (MiB) |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
 ]
 for path in PATHS:
     p99 = median(path, "p99_us")
     added = "—" if path == "direct" else f"{(p99 - direct_p99) / 1000:+.3f}"
+    drop = median(path, "span_drop_pct")
     table.append(
-        f"| {NAMES[path]} | {median(path, 'rps'):,.0f} | {ms(median(path, 'p50_us'))} | "
+        f"| {NAMES[path]} | {median(path, 'rps'):,.0f} | {'—' if drop is None else f'{drop:.0f}%'} | "
+        f"{ms(median(path, 'p50_us'))} | "
         f"{ms(p99)} | {added} | {mib(idle.get(path))} | {mib(median(path, 'rss_load_kib'))} |"
     )
 

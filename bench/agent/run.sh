@@ -194,6 +194,19 @@ path_rss() {
   esac
 }
 
+# Spans a proxy has dropped so far ("" for paths without tracing). The agent
+# drops spans when its export queue is full; Envoy counts its own drops.
+spans_dropped() {
+  { case $1 in
+    agent) curl -fsS "http://127.0.0.1:$AGENT_ADMIN_PORT/metrics" |
+      awk '$1 == "tracemesh_agent_spans_dropped_total" {print $2}' ;;
+    envoy) curl -fsS "http://127.0.0.1:$ENVOY_ADMIN_PORT/stats?filter=spans_dropped" | awk '{print $2}' ;;
+    envoy_default) curl -fsS "http://127.0.0.1:$ENVOY_DEFAULT_ADMIN_PORT/stats?filter=spans_dropped" |
+      awk '{print $2}' ;;
+    *) echo "" ;;
+  esac; } || true
+}
+
 # Every path answers 200 for the benchmark's Host before anything is measured.
 check_paths() {
   local path port report
@@ -237,7 +250,15 @@ throughput() {
     ) &
     sampler=$!
   fi
+  local dropped_before dropped_after requests
+  dropped_before=$(spans_dropped "$path")
   out=$($(on 0) wrk -t1 -c"$WRK_CONNECTIONS" -d"$WRK_DURATION" -H "Host: $HOST" "http://127.0.0.1:$port/")
+  dropped_after=$(spans_dropped "$path")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  if [ -n "$dropped_before" ] && [ -n "$dropped_after" ] && [ "${requests:-0}" -gt 0 ]; then
+    record "$round" "$path" span_drop_pct \
+      "$(awk -v a="$dropped_after" -v b="$dropped_before" -v n="$requests" 'BEGIN {printf "%.1f", 100 * (a - b) / n}')"
+  fi
   if [ -n "$sampler" ]; then
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true

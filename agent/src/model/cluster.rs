@@ -40,6 +40,8 @@ impl fmt::Display for UpstreamAddr {
 pub struct Endpoint {
     /// Where to connect.
     pub address: UpstreamAddr,
+    /// `address` as text, formatted once for spans and logs of every request.
+    pub address_text: Arc<str>,
     /// Its labels (subsets select by them; `app`/`version` fill metric labels
     /// when the peer does not announce itself).
     pub labels: BTreeMap<String, String>,
@@ -82,6 +84,7 @@ impl Endpoint {
             sidecar: labels
                 .get("security.istio.io/tlsMode")
                 .is_some_and(|m| m == "istio"),
+            address_text: address.to_string().into(),
             address,
             labels,
             state,

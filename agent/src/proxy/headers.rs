@@ -225,19 +225,17 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
 
 /// A random UUID v4, as Envoy generates for `x-request-id`.
 fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bits = fastrand::u128(..);
     bits = (bits & !(0xf << 76)) | (0x4 << 76); // version 4
     bits = (bits & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
-    let hex = format!("{bits:032x}");
-    let id = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    );
-    HeaderValue::try_from(id).expect("hex is a valid header value")
+    let mut text = [b'-'; 36];
+    let digits = (0..36).filter(|i| !matches!(i, 8 | 13 | 18 | 23));
+    for (n, i) in digits.enumerate() {
+        let nibble = (bits >> (124 - 4 * n)) & 0xf;
+        text[i] = HEX[nibble as usize];
+    }
+    HeaderValue::from_bytes(&text).expect("hex and dashes are a valid header value")
 }
 
 #[cfg(test)]
@@ -251,6 +249,9 @@ mod tests {
         assert_eq!(s.len(), 36);
         assert_eq!(&s[14..15], "4");
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        let groups: Vec<usize> = s.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{s}");
+        assert!(s.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()), "{s}");
         assert_ne!(new_request_id(), id);
     }
 

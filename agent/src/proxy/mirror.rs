@@ -134,7 +134,10 @@ impl Copy {
         let mut attributes = vec![
             KeyValue::new("tracemesh.mirror", true),
             KeyValue::new("server.address", host),
-            KeyValue::new("tracemesh.upstream", endpoint.address.to_string()),
+            KeyValue::new(
+                "tracemesh.upstream",
+                opentelemetry::StringValue::from(endpoint.address_text.clone()),
+            ),
             KeyValue::new("tracemesh.upstream_cluster", self.cluster.name.clone()),
         ];
         match sent {

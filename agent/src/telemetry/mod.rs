@@ -2,6 +2,7 @@
 //! metadata exchange that fills both sides' labels.
 
 pub mod access_log;
+mod background;
 pub mod metrics;
 pub mod peer_metadata;
 pub mod spans;

@@ -65,6 +65,7 @@ impl SpanPipeline {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otlp-export")
+            .on_thread_start(super::background::lower_current_thread)
             .enable_all()
             .build()?;
         let exporter = {
@@ -235,6 +236,9 @@ struct CountingExporter<E> {
 
 impl<E: SpanExporter + 'static> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        // This runs on the SDK's batch thread, which encodes nothing but
+        // still wakes per batch: it yields to the workers too.
+        super::background::lower_current_thread();
         let count = batch.len();
         let inner = self.inner.clone();
         let result = self

@@ -159,7 +159,7 @@ impl Exchange {
             user_agent: log.user_agent.as_deref(),
             request_id: log.request_id.as_deref(),
             authority: log.authority.as_deref(),
-            upstream_host: self.endpoint.as_ref().map(|e| e.address.to_string()),
+            upstream_host: self.endpoint.as_ref().map(|e| e.address_text.to_string()),
             upstream_cluster: self.cluster.as_ref().map(|c| c.name.as_str()),
             upstream_local_address: None,
             downstream_local_address: self.downstream.1.to_string(),

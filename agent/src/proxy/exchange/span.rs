@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 use opentelemetry_sdk::trace::{Span, Tracer};
 
 use super::Exchange;
@@ -139,7 +139,10 @@ impl Exchange {
         if span.is_recording() {
             span.set_attributes([
                 KeyValue::new("http.request.resend_count", i64::from(attempt)),
-                KeyValue::new("tracemesh.upstream", endpoint.address.to_string()),
+                KeyValue::new(
+                    "tracemesh.upstream",
+                    StringValue::from(endpoint.address_text.clone()),
+                ),
             ]);
         }
         self.retry_span = Some(span);
@@ -221,7 +224,7 @@ impl Exchange {
             }
         }
         if let Some(endpoint) = &self.endpoint {
-            let address = endpoint.address.to_string();
+            let address = StringValue::from(endpoint.address_text.clone());
             if self.direction == Direction::Outbound {
                 attributes.push(KeyValue::new("network.peer.address", address.clone()));
             }

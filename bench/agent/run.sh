@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The agent benchmark (bench/README.md): the same nginx upstream reached
-# directly, through one tracemesh agent, through Envoy and through nginx, in
-# one run on this machine. Per path: throughput with wrk at fixed concurrency,
-# latency p50/p99 at a fixed rate with `tracemesh load`, and the proxies'
-# resident memory idle and under load. Rounds are interleaved; the table
-# reports the median of each cell.
+# directly, through one tracemesh agent, through Envoy and through nginx, and
+# through pairs of sidecars (client → server, as a request crosses a mesh:
+# plaintext, with traffic policy, with mTLS on kept-alive and on new
+# connections), tracemesh pairs against Envoy pairs, in one run on this
+# machine. Per path: throughput with wrk at fixed concurrency, latency p50/p99
+# at a fixed rate with `tracemesh load`, and the proxies' resident memory idle
+# and under load. Rounds are interleaved; the tables report the median of
+# each cell.
 #
 #   bash bench/agent/run.sh
 #
 # Knobs (environment): ROUNDS (3), WRK_DURATION (15s), WRK_CONNECTIONS (50),
 # LATENCY_QPS (2000), LATENCY_CONNECTIONS (8), LATENCY_DURATION (15s),
-# PIN (1: proxies on CPU 1, everything else on CPU 0; 0: no pinning).
+# PIN (1: proxies on CPU 1, everything else on CPU 0; 0: no pinning),
+# PATHS (space-separated subset of the paths below; default all).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -34,8 +38,11 @@ ENVOY_DEFAULT_PORT=18111
 ENVOY_DEFAULT_ADMIN_PORT=18110
 NGINX_PORT=18201
 SINK_PORT=18317
-ALL_PORTS=(18080 18001 18006 18000 18101 18100 18111 18110 18201 18317)
-PATHS=(direct agent envoy envoy_default nginx)
+SINGLE_PORTS=(18080 18001 18006 18000 18101 18100 18111 18110 18201 18317)
+# The sidecar pairs' paths and ports come from pairs.py, which writes their configs.
+PAIR_PATHS=(agent_pair envoy_pair agent_pair_policy envoy_pair_policy agent_pair_mtls envoy_pair_mtls
+  agent_pair_mtls_new envoy_pair_mtls_new)
+read -r -a PATHS <<<"${PATHS:-direct agent envoy envoy_default nginx ${PAIR_PATHS[*]}}"
 HOST=upstream.bench.local
 
 log() { printf '%s bench: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -159,10 +166,12 @@ start_all() {
   start envoy 1 "$ENVOY_BIN" -c "$RUN/envoy.yaml" --concurrency 1 --disable-hot-restart --log-level warn
   start envoy_default 1 "$ENVOY_BIN" -c "$RUN/envoy-default.yaml" --concurrency 1 --disable-hot-restart --log-level warn
   start nginx_proxy 1 nginx -e "$RUN/proxy.error.log" -p "$RUN" -c "$RUN/proxy.nginx.conf"
+  start_pairs
   wait_log "$RUN/agent.log" "agent ready"
   wait_port "$ENVOY_PORT"
   wait_port "$ENVOY_DEFAULT_PORT"
   wait_port "$NGINX_PORT"
+  wait_pairs
 
   # Idle memory: after start-up settles, before any request.
   sleep 3
@@ -173,8 +182,61 @@ start_all() {
   log "idle RSS: agent ${IDLE_AGENT} KiB, envoy ${IDLE_ENVOY} / ${IDLE_ENVOY_DEFAULT} KiB, nginx ${IDLE_NGINX} KiB"
 }
 
+# Certificates for the mTLS pairs, from tracemesh's own CA: both kinds of
+# sidecar present the same SPIFFE identities.
+make_certificates() {
+  local role
+  "$TRACEMESH" ca init --dir "$RUN/ca" >/dev/null
+  for role in client server; do
+    "$TRACEMESH" ca issue --dir "$RUN/ca" --spiffe "spiffe://cluster.local/ns/default/sa/bench-$role" \
+      --out "$RUN/certs/$role" >/dev/null
+  done
+}
+
+# pairs.py's `path kind role listen admin` lines, for the pairs of this run.
+pair_ports() { python3 "$HERE/pairs.py" "$RUN" ports; }
+
+# Both sidecars of every pair share CPU 1, as one proxy does on its paths.
+start_pairs() {
+  make_certificates
+  python3 "$HERE/pairs.py" "$RUN" write
+  local path kind role listen admin variant
+  while read -r path kind role listen admin; do
+    variant=${path#"$kind"_}
+    case $kind in
+      agent) start "${path}_$role" 1 env RUST_LOG=warn,tracemesh_agent=info "$TRACEMESH" agent \
+        --config "$RUN/agent-$variant-$role.yaml" ;;
+      envoy) start "${path}_$role" 1 "$ENVOY_BIN" -c "$RUN/envoy-$variant-$role.yaml" --concurrency 1 \
+        --disable-hot-restart --log-level warn ;;
+    esac
+  done < <(pair_ports)
+}
+
+wait_pairs() {
+  local path kind role listen admin
+  while read -r path kind role listen admin; do
+    wait_port "$listen"
+    wait_port "$admin"
+  done < <(pair_ports)
+}
+
+# pair_field PATH ROLE FIELD: the listen port, admin port or PID of one side of a pair.
+pair_field() {
+  local path kind role listen admin
+  while read -r path kind role listen admin; do
+    if [ "$path" = "$1" ] && [ "$role" = "$2" ]; then
+      case $3 in
+        listen) echo "$listen" ;;
+        admin) echo "$admin" ;;
+        pid) eval "echo \$${path}_${role}_PID" ;;
+      esac
+    fi
+  done < <(pair_ports)
+}
+
 port_of() {
   case $1 in
+    *_pair*) pair_field "$1" client listen ;;
     direct) echo "$UPSTREAM_PORT" ;;
     agent) echo "$AGENT_PORT" ;;
     envoy) echo "$ENVOY_PORT" ;;
@@ -190,19 +252,28 @@ path_rss() {
     envoy) rss_kib "$envoy_PID" ;;
     envoy_default) rss_kib "$envoy_default_PID" ;;
     nginx) rss_tree_kib "$nginx_proxy_PID" ;;
+    *_pair*) echo $(($(rss_kib "$(pair_field "$1" client pid)") + $(rss_kib "$(pair_field "$1" server pid)"))) ;;
     *) echo "" ;;
   esac
 }
+
+# Spans one proxy has dropped: an agent's metric or Envoy's stat, by admin port.
+agent_dropped() {
+  curl -fsS "http://127.0.0.1:$1/metrics" | awk '$1 == "tracemesh_agent_spans_dropped_total" {print $2}'
+}
+envoy_dropped() { curl -fsS "http://127.0.0.1:$1/stats?filter=spans_dropped" | awk '{print $2}'; }
 
 # Spans a proxy has dropped so far ("" for paths without tracing). The agent
 # drops spans when its export queue is full; Envoy counts its own drops.
 spans_dropped() {
   { case $1 in
-    agent) curl -fsS "http://127.0.0.1:$AGENT_ADMIN_PORT/metrics" |
-      awk '$1 == "tracemesh_agent_spans_dropped_total" {print $2}' ;;
-    envoy) curl -fsS "http://127.0.0.1:$ENVOY_ADMIN_PORT/stats?filter=spans_dropped" | awk '{print $2}' ;;
-    envoy_default) curl -fsS "http://127.0.0.1:$ENVOY_DEFAULT_ADMIN_PORT/stats?filter=spans_dropped" |
-      awk '{print $2}' ;;
+    agent) agent_dropped "$AGENT_ADMIN_PORT" ;;
+    envoy) envoy_dropped "$ENVOY_ADMIN_PORT" ;;
+    envoy_default) envoy_dropped "$ENVOY_DEFAULT_ADMIN_PORT" ;;
+    agent_pair*) echo $(($(agent_dropped "$(pair_field "$1" client admin)") +
+      $(agent_dropped "$(pair_field "$1" server admin)"))) ;;
+    envoy_pair*) echo $(($(envoy_dropped "$(pair_field "$1" client admin)") +
+      $(envoy_dropped "$(pair_field "$1" server admin)"))) ;;
     *) echo "" ;;
   esac; } || true
 }
@@ -255,9 +326,12 @@ throughput() {
   out=$($(on 0) wrk -t1 -c"$WRK_CONNECTIONS" -d"$WRK_DURATION" -H "Host: $HOST" "http://127.0.0.1:$port/")
   dropped_after=$(spans_dropped "$path")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  # A pair makes two spans per request, one per sidecar.
+  local spans_per_request=1
+  case $path in *_pair*) spans_per_request=2 ;; esac
   if [ -n "$dropped_before" ] && [ -n "$dropped_after" ] && [ "${requests:-0}" -gt 0 ]; then
-    record "$round" "$path" span_drop_pct \
-      "$(awk -v a="$dropped_after" -v b="$dropped_before" -v n="$requests" 'BEGIN {printf "%.1f", 100 * (a - b) / n}')"
+    record "$round" "$path" span_drop_pct "$(awk -v a="$dropped_after" -v b="$dropped_before" \
+      -v n="$((requests * spans_per_request))" 'BEGIN {printf "%.1f", 100 * (a - b) / n}')"
   fi
   if [ -n "$sampler" ]; then
     kill "$sampler" 2>/dev/null || true
@@ -362,7 +436,7 @@ main() {
   install_missing
   build
   local port
-  for port in "${ALL_PORTS[@]}"; do
+  for port in "${SINGLE_PORTS[@]}" $(python3 "$HERE/pairs.py" /nonexistent ports | awk '{print $4, $5}'); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       die "port $port is in use; stop what listens there first"
     fi
@@ -388,6 +462,8 @@ main() {
       throughput "$round" "$path"
       # Let span queues filled by wrk drain before measuring latency.
       sleep 3
+      # New-connection paths measure handshakes per second only.
+      case $path in *_new) continue ;; esac
       latency "$round" "$path"
       sleep 1
     done

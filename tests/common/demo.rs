@@ -103,6 +103,17 @@ impl Demo {
         PathBuf::from(&self.ready["data_dir"])
     }
 
+    /// Sends SIGTERM (what Ctrl-C or a service manager sends) and waits
+    /// for a clean stop.
+    pub fn terminate(self, limit: Duration) -> Finished {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.wait(limit)
+    }
+
     /// Waits for the demo to end by itself (its `--duration`), and checks
     /// that it stopped cleanly.
     pub fn wait(mut self, limit: Duration) -> Finished {

@@ -183,7 +183,9 @@ pub fn run_until(
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGINT (Ctrl-C) or SIGTERM: how every long-running
+/// tracemesh role (agent, collector, demo) knows it should stop.
+pub async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

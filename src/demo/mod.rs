@@ -238,7 +238,7 @@ async fn watch_live(
         }
     };
     tokio::pin!(deadline);
-    let signal = shutdown_signal();
+    let signal = tracemesh_agent::run::shutdown_signal();
     tokio::pin!(signal);
     let mut last = started;
     loop {
@@ -265,19 +265,4 @@ fn print_now(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }

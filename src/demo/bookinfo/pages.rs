@@ -46,14 +46,14 @@ pub async fn product_page(app: &App, incoming: &HeaderMap) -> String {
             PAGE_CALL_TIMEOUT,
         )
         .await;
-    let details = match details.as_ref().map(|body| parse(body)) {
+    let details = match details.as_ref().map(parse) {
         Ok(Some(d)) => format!(
             "<dl><dt>Author</dt><dd>{}</dd><dt>Year</dt><dd>{}</dd><dt>Publisher</dt><dd>{}</dd></dl>",
             d["author"], d["year"], d["publisher"]
         ),
         _ => "<p>Sorry, product details are currently unavailable for this book.</p>".to_owned(),
     };
-    let reviews = match reviews.as_ref().map(|body| parse(body)) {
+    let reviews = match reviews.as_ref().map(parse) {
         Ok(Some(r)) => render_reviews(&r),
         _ => "<p>Sorry, product reviews are currently unavailable for this book.</p>".to_owned(),
     };

@@ -99,6 +99,9 @@ spec:
   telemetry:
     otlp: {{endpoint: "http://{otlp}", protocol: grpc}}
     sampling: 1.0
+    # A few seconds of the demo's spans; the default 8192 slots are
+    # allocated up front (about 6.5 MiB a sidecar).
+    maxQueuedSpans: 2048
 "#,
             name = w.name,
             service = w.service,

@@ -1,5 +1,6 @@
 //! The `tracemesh` binary: one executable for every runtime role.
 
+mod demo;
 mod load;
 
 use std::path::PathBuf;
@@ -45,6 +46,11 @@ enum Command {
     /// write-ahead log, the tantivy span store, span-derived metrics and
     /// exporters. Prints one `collector ready` line with the bound addresses.
     Collector(Box<tracemesh_collector::CollectorArgs>),
+    /// Run the whole mesh on this machine: the collector with its UI,
+    /// Istio's Bookinfo behind one sidecar per workload, Bookinfo's
+    /// routing, DestinationRule and rate limit, and load with live numbers
+    /// until Ctrl-C (or --duration).
+    Demo(Box<demo::DemoArgs>),
     /// Load-test an HTTP endpoint the way `fortio load` does: `-c` connections
     /// at `--qps` for `-t` (or `-n` requests); reports rate, codes and latency
     /// percentiles (coordinated omission corrected at a fixed rate).
@@ -58,8 +64,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse_from(load::args::fortio_spellings(std::env::args_os()));
+    init_logging(&cli.command);
     match run(cli.command) {
         Ok(code) => code,
         Err(error) => {
@@ -80,6 +86,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let collector = tracemesh_collector::Collector::open(config).context("collector")?;
             let services = collector_services(&collector);
             collector.run(services).context("collector")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            demo::run(&args, collector_services)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { file } => Ok(validate(&file)),
@@ -138,9 +148,15 @@ fn collector_services(_collector: &tracemesh_collector::Collector) -> axum::Rout
 }
 
 /// Logs to stderr, quiet by default (start-up, warnings, errors);
-/// `RUST_LOG` overrides.
-fn init_logging() {
-    let default = "warn,tracemesh=info,tracemesh_agent=info,tracemesh_collector=info,tracemesh_ca=info,opentelemetry_sdk=error,opentelemetry_otlp=error";
+/// `RUST_LOG` overrides. The demo runs eight roles in one process and
+/// prints its own report on stdout, so it logs warnings and errors only.
+fn init_logging(command: &Command) {
+    let default = match command {
+        Command::Demo(_) => "warn,opentelemetry_sdk=error,opentelemetry_otlp=error",
+        _ => {
+            "warn,tracemesh=info,tracemesh_agent=info,tracemesh_collector=info,tracemesh_ca=info,opentelemetry_sdk=error,opentelemetry_otlp=error"
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

@@ -1,6 +1,7 @@
 //! Starting and stopping an agent: load the config, start telemetry, bind
 //! listeners, run the workers and the admin API, drain on SIGTERM.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -36,8 +37,34 @@ pub enum AgentError {
     Identity(#[from] IdentityError),
 }
 
+/// Where a running agent listens (port 0 resolved), for whoever started it
+/// in-process and must tell others where to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentAddresses {
+    /// Inbound: the mesh reaches the workload here.
+    pub inbound: SocketAddr,
+    /// Outbound HTTP: the workload reaches the mesh here.
+    pub outbound: SocketAddr,
+    /// Outbound TCP listeners, in config order.
+    pub outbound_tcp: Vec<SocketAddr>,
+    /// The admin API (`/metrics`, `/ready`, ...).
+    pub admin: SocketAddr,
+}
+
 /// Runs the agent configured by the file at `path` until SIGINT or SIGTERM.
 pub fn run(path: &Path) -> Result<(), AgentError> {
+    run_until(path, shutdown_signal(), |_| {})
+}
+
+/// Runs the agent configured by the file at `path` until `stop` completes,
+/// then drains. `ready` is called once every listener is bound and serving,
+/// with the bound addresses: how a process hosting several agents (the demo)
+/// wires them to each other on free ports.
+pub fn run_until(
+    path: &Path,
+    stop: impl Future<Output = ()>,
+    ready: impl FnOnce(&AgentAddresses),
+) -> Result<(), AgentError> {
     let live = LiveState::default();
     // The bytes compiled now are the watcher's baseline: a change made
     // between this read and the watcher's start is still seen.
@@ -127,6 +154,12 @@ pub fn run(path: &Path) -> Result<(), AgentError> {
             workers = workers.len(),
             "agent ready"
         );
+        ready(&AgentAddresses {
+            inbound: addresses.inbound,
+            outbound: addresses.outbound,
+            outbound_tcp: addresses.outbound_tcp.clone(),
+            admin: admin_addr,
+        });
         let watcher = crate::reload::watch(path.to_path_buf(), loaded, shared.clone());
         tokio::select! {
             () = watcher => {}
@@ -135,7 +168,7 @@ pub fn run(path: &Path) -> Result<(), AgentError> {
                     tracing::error!(%error, "admin server stopped");
                 }
             }
-            () = shutdown_signal() => {}
+            () = stop => {}
         }
     });
     tracing::info!(drain = ?drain, "draining");
@@ -150,7 +183,9 @@ pub fn run(path: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGINT (Ctrl-C) or SIGTERM: how every long-running
+/// tracemesh role (agent, collector, demo) knows it should stop.
+pub async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

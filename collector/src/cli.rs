@@ -48,6 +48,15 @@ pub struct CollectorArgs {
     /// Largest request body, after decompression [default: 16MiB].
     #[arg(long)]
     pub max_request_size: Option<ByteSize>,
+    /// Where received spans and metrics are forwarded.
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+/// Exporter flags: where a collector forwards what it receives. Shared by
+/// `tracemesh collector` and every command that embeds a collector (the demo).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ExportArgs {
     /// Forward spans and metrics over OTLP/gRPC to this endpoint (repeatable).
     #[arg(long, value_name = "URL")]
     pub export_otlp_grpc: Vec<String>,
@@ -66,6 +75,41 @@ pub struct CollectorArgs {
     /// Queue size, in spans, of each exporter given by flags [default: 100000].
     #[arg(long)]
     pub export_queue_spans: Option<usize>,
+}
+
+impl ExportArgs {
+    /// One exporter per endpoint flag, each with the shared header,
+    /// compression and queue flags.
+    pub fn exporters(&self) -> Result<Vec<ExporterConfig>, ConfigError> {
+        let mut headers = std::collections::BTreeMap::new();
+        for header in &self.export_header {
+            let (key, value) = header.split_once('=').ok_or_else(|| ConfigError::Invalid {
+                field: "export-header",
+                message: format!("{header:?} is not KEY=VALUE"),
+            })?;
+            headers.insert(key.trim().to_ascii_lowercase(), value.trim().to_owned());
+        }
+        let flagged = [
+            (ExportProtocol::OtlpGrpc, &self.export_otlp_grpc),
+            (ExportProtocol::OtlpHttp, &self.export_otlp_http),
+            (ExportProtocol::JaegerGrpc, &self.export_jaeger),
+        ];
+        let mut exporters = Vec::new();
+        for (protocol, endpoints) in flagged {
+            for endpoint in endpoints {
+                let mut exporter = ExporterConfig::new(protocol, endpoint.clone());
+                exporter.headers = headers.clone();
+                if let Some(compression) = self.export_compression {
+                    exporter.compression = compression;
+                }
+                if let Some(queue) = self.export_queue_spans {
+                    exporter.queue_spans = queue;
+                }
+                exporters.push(exporter);
+            }
+        }
+        Ok(exporters)
+    }
 }
 
 impl CollectorArgs {
@@ -96,32 +140,7 @@ impl CollectorArgs {
         if self.max_disk.is_some() {
             config.max_disk = self.max_disk;
         }
-        let mut headers = std::collections::BTreeMap::new();
-        for header in &self.export_header {
-            let (key, value) = header.split_once('=').ok_or_else(|| ConfigError::Invalid {
-                field: "export-header",
-                message: format!("{header:?} is not KEY=VALUE"),
-            })?;
-            headers.insert(key.trim().to_ascii_lowercase(), value.trim().to_owned());
-        }
-        let flagged = [
-            (ExportProtocol::OtlpGrpc, &self.export_otlp_grpc),
-            (ExportProtocol::OtlpHttp, &self.export_otlp_http),
-            (ExportProtocol::JaegerGrpc, &self.export_jaeger),
-        ];
-        for (protocol, endpoints) in flagged {
-            for endpoint in endpoints {
-                let mut exporter = ExporterConfig::new(protocol, endpoint.clone());
-                exporter.headers = headers.clone();
-                if let Some(compression) = self.export_compression {
-                    exporter.compression = compression;
-                }
-                if let Some(queue) = self.export_queue_spans {
-                    exporter.queue_spans = queue;
-                }
-                config.exporters.push(exporter);
-            }
-        }
+        config.exporters.extend(self.export.exporters()?);
         config.validate()?;
         Ok(config)
     }
@@ -136,8 +155,11 @@ mod tests {
         let args = CollectorArgs {
             otlp_grpc: Some("127.0.0.1:0".parse().unwrap()),
             retention: Some("2d".parse().unwrap()),
-            export_otlp_grpc: vec!["http://127.0.0.1:14317".into()],
-            export_header: vec!["Authorization=Bearer t".into()],
+            export: ExportArgs {
+                export_otlp_grpc: vec!["http://127.0.0.1:14317".into()],
+                export_header: vec!["Authorization=Bearer t".into()],
+                ..Default::default()
+            },
             ..Default::default()
         };
         let config = args.resolve().unwrap();
@@ -151,7 +173,10 @@ mod tests {
     #[test]
     fn a_header_without_equals_is_rejected() {
         let args = CollectorArgs {
-            export_header: vec!["nope".into()],
+            export: ExportArgs {
+                export_header: vec!["nope".into()],
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(args.resolve().is_err());

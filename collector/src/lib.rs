@@ -32,6 +32,6 @@ pub mod jaeger_proto {
     tonic::include_proto!("jaeger.api_v2");
 }
 
-pub use cli::CollectorArgs;
+pub use cli::{CollectorArgs, ExportArgs};
 pub use config::CollectorConfig;
-pub use run::{Collector, CollectorError};
+pub use run::{Collector, CollectorAddresses, CollectorError};

@@ -12,6 +12,23 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The `receiver` label's values.
+pub const RECEIVERS: [&str; 3] = ["otlp_grpc", "otlp_http", "zipkin"];
+
+/// The `reason` label's values of `tracemesh_collector_spans_refused_total`
+/// (see `IngestError::reason`, plus `invalid` for spans failing validation).
+pub const REFUSAL_REASONS: [&str; 6] = [
+    "malformed",
+    "too_large",
+    "unsupported",
+    "queue_full",
+    "unavailable",
+    "invalid",
+];
+
+/// The `reason` label's values of `tracemesh_collector_partitions_dropped_total`.
+pub const DROP_REASONS: [&str; 2] = ["retention", "max_disk"];
+
 /// Every self-metric of the collector.
 #[derive(Clone)]
 pub struct Metrics {
@@ -184,7 +201,26 @@ impl Metrics {
             registry,
         };
         metrics.register_all()?;
+        metrics.start_at_zero();
         Ok(metrics)
+    }
+
+    /// Creates the series of every known label value at zero, as Prometheus'
+    /// instrumentation guide asks: a counter that appears only on its first
+    /// event hides that event from `rate()` and makes dashboards and alerts
+    /// on a healthy collector show no data instead of 0.
+    fn start_at_zero(&self) {
+        for receiver in RECEIVERS {
+            self.spans_received.with_label_values(&[receiver]);
+            self.spans_accepted.with_label_values(&[receiver]);
+            self.metric_points_received.with_label_values(&[receiver]);
+            for reason in REFUSAL_REASONS {
+                self.spans_refused.with_label_values(&[receiver, reason]);
+            }
+        }
+        for reason in DROP_REASONS {
+            self.partitions_dropped.with_label_values(&[reason]);
+        }
     }
 
     fn register_all(&self) -> Result<(), prometheus::Error> {
@@ -233,4 +269,31 @@ pub fn histogram_vec(
         HistogramOpts::new(name, help).buckets(buckets.to_vec()),
         labels,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::IngestError;
+
+    #[test]
+    fn every_refusal_reason_starts_at_zero() {
+        let errors = [
+            IngestError::Malformed("x".into()),
+            IngestError::TooLarge { limit: 1 },
+            IngestError::UnsupportedMediaType("x".into()),
+            IngestError::QueueFull,
+            IngestError::Unavailable("x".into()),
+        ];
+        for error in errors {
+            assert!(REFUSAL_REASONS.contains(&error.reason()), "{error}");
+        }
+        let text = Metrics::new().unwrap().render();
+        assert!(text.contains(
+            "tracemesh_collector_spans_refused_total{reason=\"queue_full\",receiver=\"zipkin\"} 0"
+        ));
+        assert!(
+            text.contains("tracemesh_collector_partitions_dropped_total{reason=\"max_disk\"} 0")
+        );
+    }
 }

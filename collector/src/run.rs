@@ -46,6 +46,19 @@ pub enum CollectorError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// Where a running collector listens (port 0 resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectorAddresses {
+    /// OTLP over gRPC.
+    pub otlp_grpc: SocketAddr,
+    /// OTLP over HTTP.
+    pub otlp_http: SocketAddr,
+    /// Zipkin v2.
+    pub zipkin: SocketAddr,
+    /// `/metrics`, the query API and the UI.
+    pub http: SocketAddr,
+}
+
 /// How long a stopping collector waits for exporters to empty their queues.
 const EXPORT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -131,14 +144,27 @@ impl Collector {
     /// Serves until SIGINT or SIGTERM. `extra` is merged into the `--http`
     /// listener's router (the query API and UI mount here).
     pub fn run(self, extra: Router) -> Result<(), CollectorError> {
+        self.run_until(extra, shutdown_signal(), |_| {})
+    }
+
+    /// Serves until `stop` completes, then drains as on SIGTERM. `ready` is
+    /// called once every listener is bound, with the bound addresses: how a
+    /// process hosting the collector beside other roles (the demo) learns
+    /// where port-0 listeners ended up.
+    pub fn run_until(
+        self,
+        extra: Router,
+        stop: impl Future<Output = ()>,
+        ready: impl FnOnce(&CollectorAddresses),
+    ) -> Result<(), CollectorError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("collector")
             .enable_all()
             .build()?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let result = runtime.block_on(self.serve(extra, stop_rx, async move {
-            shutdown_signal().await;
+        let result = runtime.block_on(self.serve(extra, stop_rx, ready, async move {
+            stop.await;
             let _ = stop_tx.send(true);
         }));
         runtime.shutdown_timeout(std::time::Duration::from_secs(5));
@@ -149,6 +175,7 @@ impl Collector {
         self,
         extra: Router,
         stop: watch::Receiver<bool>,
+        ready: impl FnOnce(&CollectorAddresses),
         signal: impl Future<Output = ()>,
     ) -> Result<(), CollectorError> {
         let Self {
@@ -239,6 +266,12 @@ impl Collector {
             data_dir = %config.data_dir.display(),
             "collector ready"
         );
+        ready(&CollectorAddresses {
+            otlp_grpc: grpc_addr,
+            otlp_http: http_addr,
+            zipkin: zipkin_addr,
+            http: api_addr,
+        });
         signal.await;
         tracing::info!("collector stopping");
         for task in tasks {

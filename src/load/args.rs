@@ -81,7 +81,7 @@ pub struct LoadArgs {
     pub samples_out: Option<PathBuf>,
 }
 
-fn parse_duration_arg(value: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration_arg(value: &str) -> Result<Duration, String> {
     let duration = parse_duration(value).map_err(|e| e.to_string())?;
     if duration.is_zero() {
         return Err("must be more than zero".into());

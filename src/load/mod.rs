@@ -8,6 +8,7 @@
 
 pub mod args;
 mod connection;
+mod progress;
 mod recorder;
 pub mod report;
 mod schedule;
@@ -20,6 +21,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 pub use args::LoadArgs;
+pub use progress::{Control, Window};
 use recorder::Recorder;
 use report::{Report, RunInfo};
 use schedule::{Limit, Pace};
@@ -50,29 +52,13 @@ pub enum LoadError {
 /// Runs the load the flags describe and returns its report.
 pub fn run(args: &LoadArgs) -> Result<Report, LoadError> {
     let target = Arc::new(Target::from_args(args)?);
-    let limit = match args.requests {
-        Some(n) => Limit::Count(n),
-        None => Limit::Until(args.duration),
-    };
-    let connections = args.connections;
-    let info = RunInfo {
-        url: target.url.to_string(),
-        connect_to: target.connect.to_string(),
-        protocol: target.protocol(),
-        connections,
-        qps: args.qps,
-        duration_s: args
-            .requests
-            .is_none()
-            .then_some(args.duration.as_secs_f64()),
-        count: args.requests,
-    };
+    let info = run_info(args, &target);
     eprintln!(
         "tracemesh load: {} via {} ({}), {} connections, {} for {}",
         info.url,
         info.connect_to,
         info.protocol,
-        connections,
+        info.connections,
         if args.qps > 0.0 {
             format!("{} qps", args.qps)
         } else {
@@ -83,6 +69,45 @@ pub fn run(args: &LoadArgs) -> Result<Report, LoadError> {
             |n| format!("{n} requests")
         ),
     );
+    drive(args, target, info, None)
+}
+
+/// Runs the load the flags describe, quietly, until its duration or count
+/// is reached or `control` says stop; `control` also sees every request as
+/// it ends. For callers that drive load as a part of something else (the
+/// demo).
+pub fn run_with(args: &LoadArgs, control: Arc<Control>) -> Result<Report, LoadError> {
+    let target = Arc::new(Target::from_args(args)?);
+    let info = run_info(args, &target);
+    drive(args, target, info, Some(control))
+}
+
+fn run_info(args: &LoadArgs, target: &Target) -> RunInfo {
+    RunInfo {
+        url: target.url.to_string(),
+        connect_to: target.connect.to_string(),
+        protocol: target.protocol(),
+        connections: args.connections,
+        qps: args.qps,
+        duration_s: args
+            .requests
+            .is_none()
+            .then_some(args.duration.as_secs_f64()),
+        count: args.requests,
+    }
+}
+
+fn drive(
+    args: &LoadArgs,
+    target: Arc<Target>,
+    info: RunInfo,
+    control: Option<Arc<Control>>,
+) -> Result<Report, LoadError> {
+    let limit = match args.requests {
+        Some(n) => Limit::Count(n),
+        None => Limit::Until(args.duration),
+    };
+    let connections = args.connections;
 
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut starts = Vec::new();
@@ -102,6 +127,7 @@ pub fn run(args: &LoadArgs) -> Result<Report, LoadError> {
             timeout: args.timeout,
             keep_samples: args.samples_out.is_some(),
             seed: seed.wrapping_add(index as u64),
+            control: control.clone(),
         };
         let (start_tx, start_rx) = mpsc::channel();
         let ready = ready_tx.clone();
@@ -131,7 +157,8 @@ pub fn run(args: &LoadArgs) -> Result<Report, LoadError> {
         ended = ended.max(finished.ended);
     }
     let mut elapsed = ended - start;
-    if let Limit::Until(duration) = limit {
+    let stopped_early = control.as_ref().is_some_and(|c| c.stopped());
+    if let (Limit::Until(duration), false) = (limit, stopped_early) {
         // A timed run lasted at least its duration even if the last request
         // of the schedule ended early.
         elapsed = elapsed.max(duration);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
 use super::connection::Connection;
+use super::progress::Control;
 use super::recorder::Recorder;
 use super::schedule::Pace;
 use super::target::Target;
@@ -30,6 +31,8 @@ pub struct Plan {
     pub keep_samples: bool,
     /// Seed of this worker's trace ids.
     pub seed: u64,
+    /// Live progress and early stop, when the caller wants them.
+    pub control: Option<Arc<Control>>,
 }
 
 /// A worker's result.
@@ -69,6 +72,9 @@ pub fn run(
         let Some(due) = plan.pace.next(k, start.elapsed()) else {
             break;
         };
+        if plan.control.as_ref().is_some_and(|c| c.stopped()) {
+            break;
+        }
         let clock = match due {
             None => Instant::now(),
             Some(offset) => {
@@ -89,9 +95,15 @@ pub fn run(
         let result = runtime.block_on(connection.send(request, plan.timeout));
         let done = Instant::now();
         free_at = done;
-        match result {
-            Ok(answer) => recorder.response(done - clock, answer),
-            Err(error) => recorder.error(&error),
+        match &result {
+            Ok(answer) => recorder.response(done - clock, *answer),
+            Err(error) => recorder.error(error),
+        }
+        if let Some(control) = &plan.control {
+            control.record(|window| match &result {
+                Ok(answer) => window.response(done - clock, *answer),
+                Err(error) => window.error(error),
+            });
         }
     }
     Finished {

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod demo;
 pub mod grpc;
 pub mod mesh;
 pub mod metrics;

@@ -1,0 +1,268 @@
+//! `tracemesh demo`: the whole mesh on one machine with one command. The
+//! collector (with the query API and UI mounted on its HTTP port), Istio's
+//! Bookinfo as real HTTP services each behind its own sidecar agent, the
+//! Bookinfo resources applied as sidecar config, and the built-in load
+//! generator driving productpage, with live numbers until Ctrl-C or
+//! `--duration`. Every hop crosses real sockets and real agents; every
+//! internal listener takes a free port.
+
+mod bookinfo;
+mod config;
+mod mesh;
+mod report;
+mod roles;
+mod scenario;
+mod scrape;
+mod topology;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use tracemesh_collector::config::ListenConfig;
+use tracemesh_collector::{Collector, CollectorAddresses, CollectorConfig, ExportArgs};
+
+use crate::load::{self, Control, LoadArgs};
+use mesh::Mesh;
+use roles::Running;
+pub use scenario::Scenario;
+
+/// Flags of `tracemesh demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Stop by itself after this long (`30s`, `5m`); without it the demo
+    /// runs until Ctrl-C.
+    #[arg(long, value_parser = load::args::parse_duration_arg)]
+    pub duration: Option<Duration>,
+    /// Keep the span store, the sidecars' config files and the Prometheus
+    /// files here [default: a temporary directory, removed at exit].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Port of the UI, the query API and the collector's /metrics, on
+    /// 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 16686)]
+    pub ui_port: u16,
+    /// Change what the mesh does: slow ratings, a failing reviews-v3, or
+    /// reviews shifted 50/50 between v1 and v3.
+    #[arg(long, value_enum)]
+    pub scenario: Option<Scenario>,
+    /// Requests per second the load generator sends to productpage (the
+    /// article's `fortio load -qps 10`).
+    #[arg(long, default_value_t = 10.0)]
+    pub qps: f64,
+    /// Connections of the load generator (the article's `-c 10`).
+    #[arg(short = 'c', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub connections: u32,
+    /// How often a line of live numbers is printed.
+    #[arg(long, default_value = "5s", value_parser = load::args::parse_duration_arg)]
+    pub report_every: Duration,
+    /// Where the embedded collector forwards spans (an external OTLP backend).
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+/// How long a demo without `--duration` lets its load run: until Ctrl-C.
+const UNTIL_STOPPED: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Longest a request of the load may take; past it, it counts as an error.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the demo. `services` mounts the query API and UI on the
+/// collector's HTTP listener (the binary's `collector_services`).
+pub fn run(
+    args: &DemoArgs,
+    services: impl FnOnce(&Collector) -> axum::Router,
+) -> anyhow::Result<()> {
+    if !(args.qps > 0.0 && args.qps.is_finite()) {
+        return Err(anyhow!("--qps must be a positive rate"));
+    }
+    let (data_dir, _temporary) = match &args.data_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("tracemesh-demo-")
+                .tempdir()
+                .context("create a temporary data directory")?;
+            (dir.path().to_owned(), Some(dir))
+        }
+    };
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bookinfo")
+        .enable_all()
+        .build()
+        .context("start the applications' runtime")?;
+    let collector = start_collector(args, &data_dir, services)?;
+    let mesh = match Mesh::start(
+        &runtime,
+        &data_dir.join("mesh"),
+        collector.addresses.otlp_grpc,
+        args.scenario,
+    ) {
+        Ok(mesh) => mesh,
+        Err(error) => {
+            let _ = collector.stop();
+            return Err(error);
+        }
+    };
+    let outcome = drive(args, &runtime, &data_dir, &collector.addresses, &mesh);
+    let stopped = mesh.stop().and(collector.stop());
+    drop(runtime);
+    outcome?;
+    stopped?;
+    println!("demo stopped");
+    Ok(())
+}
+
+fn start_collector(
+    args: &DemoArgs,
+    data_dir: &Path,
+    services: impl FnOnce(&Collector) -> axum::Router,
+) -> anyhow::Result<Running<CollectorAddresses>> {
+    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let config = CollectorConfig {
+        data_dir: data_dir.to_owned(),
+        listen: ListenConfig {
+            otlp_grpc: local(0),
+            otlp_http: local(0),
+            zipkin: local(0),
+            http: local(args.ui_port),
+        },
+        exporters: args.export.exporters()?,
+        ..CollectorConfig::default()
+    };
+    config.validate()?;
+    let collector = Collector::open(config).context("collector")?;
+    let router = services(&collector);
+    roles::spawn("collector", move |stop, ready| {
+        collector
+            .run_until(router, stop, ready)
+            .map_err(anyhow::Error::from)
+    })
+}
+
+/// Prints where everything is, drives the load with live numbers until the
+/// duration is up or a signal comes, and prints the summary.
+fn drive(
+    args: &DemoArgs,
+    runtime: &tokio::runtime::Runtime,
+    data_dir: &Path,
+    collector: &CollectorAddresses,
+    mesh: &Mesh,
+) -> anyhow::Result<()> {
+    let productpage = mesh
+        .sidecar("productpage-v1")
+        .ok_or_else(|| anyhow!("no productpage"))?
+        .addresses()
+        .inbound;
+    let mut targets = vec![scrape::Target {
+        workload: None,
+        address: collector.http,
+    }];
+    targets.extend(mesh.sidecars.iter().map(|s| scrape::Target {
+        workload: Some(s.workload.name),
+        address: s.addresses().admin,
+    }));
+    let prometheus_config = scrape::write(&data_dir.join("prometheus"), &targets)?;
+    let ready = report::Ready {
+        ui: collector.http,
+        otlp_grpc: collector.otlp_grpc,
+        productpage: format!("http://{productpage}/productpage"),
+        data_dir,
+        mesh_dir: &data_dir.join("mesh"),
+        prometheus_config: &prometheus_config,
+        targets: &targets,
+        load: (args.connections, args.qps),
+        weights: scenario::reviews_weights(args.scenario),
+        scenario: args
+            .scenario
+            .and_then(|s| clap::ValueEnum::to_possible_value(&s))
+            .map(|v| v.get_name().to_owned()),
+    };
+    print_now(&ready.render());
+
+    let load_args = LoadArgs {
+        url: "http://productpage:9080/productpage".into(),
+        connections: args.connections,
+        qps: args.qps,
+        duration: args.duration.unwrap_or(UNTIL_STOPPED),
+        requests: None,
+        h2: false,
+        headers: Vec::new(),
+        traceparent: false,
+        method: None,
+        payload: None,
+        payload_size: None,
+        connect_to: Some(productpage.to_string()),
+        timeout: LOAD_TIMEOUT,
+        json: false,
+        samples_out: None,
+    };
+    let control = Arc::new(Control::default());
+    let load = {
+        let control = control.clone();
+        std::thread::Builder::new()
+            .name("load".into())
+            .spawn(move || load::run_with(&load_args, control))
+            .context("start the load generator")?
+    };
+    let started = Instant::now();
+    runtime.block_on(watch_live(args, started, &control, &load));
+    control.stop();
+    let report = load
+        .join()
+        .map_err(|_| anyhow!("the load generator panicked"))??;
+    print_now(&report::summary(&report));
+    Ok(())
+}
+
+/// Prints a line of live numbers every `--report-every` until the
+/// duration is up, a signal comes, or the load generator ends.
+async fn watch_live(
+    args: &DemoArgs,
+    started: Instant,
+    control: &Control,
+    load: &std::thread::JoinHandle<Result<load::report::Report, load::LoadError>>,
+) {
+    let every = args.report_every;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = async {
+        match args.duration {
+            Some(duration) => tokio::time::sleep(duration).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let signal = tracemesh_agent::run::shutdown_signal();
+    tokio::pin!(signal);
+    let mut last = started;
+    loop {
+        tokio::select! {
+            () = &mut deadline => break,
+            () = &mut signal => {
+                print_now("stopping\n");
+                break;
+            }
+            _ = ticks.tick() => {
+                let now = Instant::now();
+                let window = control.take_window();
+                print_now(&format!("{}\n", report::live_line(now - started, now - last, &window)));
+                last = now;
+                if load.is_finished() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn print_now(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}

@@ -1,0 +1,180 @@
+//! What the demo prints on stdout: where everything is once it is ready
+//! (with one machine-readable `demo ready` line), a line of live numbers
+//! every interval, and a summary with one `demo done` line at the end.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::load::Window;
+use crate::load::report::Report;
+
+use super::scrape::Target;
+
+/// Where the demo's pieces are, for the ready banner.
+pub struct Ready<'a> {
+    /// The collector's HTTP listener (UI, query API, `/metrics`).
+    pub ui: SocketAddr,
+    /// The collector's OTLP/gRPC listener.
+    pub otlp_grpc: SocketAddr,
+    /// The page the load generator requests.
+    pub productpage: String,
+    /// The data directory.
+    pub data_dir: &'a Path,
+    /// The sidecars' config files.
+    pub mesh_dir: &'a Path,
+    /// The Prometheus config the demo wrote.
+    pub prometheus_config: &'a Path,
+    /// Every scrape target.
+    pub targets: &'a [Target],
+    /// The load: connections and rate.
+    pub load: (u32, f64),
+    /// The reviews split in force.
+    pub weights: &'a [(&'a str, u32)],
+    /// The scenario's name, if any.
+    pub scenario: Option<String>,
+}
+
+impl Ready<'_> {
+    /// The banner: for people, then one line for scripts.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "tracemesh demo: Istio's Bookinfo, each workload behind its own sidecar"
+        );
+        let _ = writeln!(out, "  UI and query API   http://{}/", self.ui);
+        let _ = writeln!(
+            out,
+            "  productpage        {} (its sidecar's inbound listener)",
+            self.productpage
+        );
+        let _ = writeln!(out, "  OTLP/gRPC          http://{}", self.otlp_grpc);
+        let _ = writeln!(out, "  data directory     {}", self.data_dir.display());
+        let _ = writeln!(
+            out,
+            "  mesh config        {}/<workload>.yaml (edit one: its sidecar reloads it)",
+            self.mesh_dir.display()
+        );
+        let split: Vec<String> = self
+            .weights
+            .iter()
+            .map(|(version, weight)| format!("{version} {weight}%"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  load               {} connections at {} qps to /productpage; reviews split {}{}",
+            self.load.0,
+            self.load.1,
+            split.join(" / "),
+            self.scenario
+                .as_ref()
+                .map(|s| format!("; scenario {s}"))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            out,
+            "Prometheus scrape targets (prometheus --config.file={}):",
+            self.prometheus_config.display()
+        );
+        for target in self.targets {
+            let _ = writeln!(
+                out,
+                "  {:<20} http://{}/metrics",
+                target.workload.unwrap_or("tracemesh-collector"),
+                target.address
+            );
+        }
+        let _ = writeln!(
+            out,
+            "demo ready ui=http://{}/ productpage={} data_dir={} prometheus_config={}",
+            self.ui,
+            self.productpage,
+            self.data_dir.display(),
+            self.prometheus_config.display()
+        );
+        out
+    }
+}
+
+/// One line of live numbers for a window of `length`.
+pub fn live_line(elapsed: Duration, length: Duration, window: &Window) -> String {
+    let seconds = length.as_secs_f64().max(1e-3);
+    let error_rate = if window.requests > 0 {
+        100.0 * window.failed as f64 / window.requests as f64
+    } else {
+        0.0
+    };
+    format!(
+        "[{:>4}s] {:>7.1} req/s   p50 {:>7.1} ms   p99 {:>7.1} ms   errors {:>5.1}%",
+        elapsed.as_secs(),
+        window.requests as f64 / seconds,
+        window.p50_us as f64 / 1000.0,
+        window.p99_us as f64 / 1000.0,
+        error_rate
+    )
+}
+
+/// The closing summary of the whole run, ending in one `demo done` line.
+pub fn summary(report: &Report) -> String {
+    let latency = &report.latency_us;
+    let failed: u64 = report.errors.total()
+        + report
+            .codes
+            .iter()
+            .filter(|(code, _)| code.starts_with('5'))
+            .map(|(_, n)| n)
+            .sum::<u64>();
+    let error_rate = if report.count > 0 {
+        failed as f64 / report.count as f64
+    } else {
+        0.0
+    };
+    let codes: Vec<String> = report
+        .codes
+        .iter()
+        .map(|(code, n)| format!("{code}:{n}"))
+        .collect();
+    let ms = |us: u64| us as f64 / 1000.0;
+    format!(
+        "load: {} requests in {:.1}s ({:.1} req/s), codes {}, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms\n\
+         demo done requests={} qps={:.2} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} error_rate={:.4}\n",
+        report.count,
+        report.elapsed_s,
+        report.actual_qps,
+        if codes.is_empty() {
+            "none".to_owned()
+        } else {
+            codes.join(" ")
+        },
+        ms(latency.p50),
+        ms(latency.p90),
+        ms(latency.p99),
+        report.count,
+        report.actual_qps,
+        ms(latency.p50),
+        ms(latency.p90),
+        ms(latency.p99),
+        error_rate
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_line_shows_rate_latency_and_errors() {
+        let window = Window {
+            requests: 50,
+            failed: 5,
+            p50_us: 4_200,
+            p99_us: 12_000,
+        };
+        let line = live_line(Duration::from_secs(10), Duration::from_secs(5), &window);
+        assert!(line.contains("10.0 req/s"), "{line}");
+        assert!(line.contains("p99    12.0 ms"), "{line}");
+        assert!(line.contains("errors  10.0%"), "{line}");
+    }
+}

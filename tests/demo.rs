@@ -1,0 +1,235 @@
+#![allow(clippy::unwrap_used)]
+//! `tracemesh demo` end to end: the real binary runs Bookinfo behind real
+//! sidecars for a few seconds; afterwards its span store must hold whole
+//! traces across five hops, the reviews split must follow the
+//! VirtualService, and productpage's p99 from the spans must agree with
+//! what the load generator measured.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::demo::{Demo, Finished};
+use tracemesh_collector::attributes;
+use tracemesh_collector::ids::{SpanId, TraceId};
+use tracemesh_collector::store::{SpanQuery, SpanReader, SpanSummary};
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+
+/// One default demo run, shared by the checks below.
+fn default_run() -> &'static (Finished, Vec<SpanSummary>) {
+    static RUN: OnceLock<(Finished, Vec<SpanSummary>)> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let demo = Demo::start(&[
+            "--duration",
+            "12s",
+            "--qps",
+            "40",
+            "-c",
+            "8",
+            "--report-every",
+            "2s",
+        ]);
+        let finished = demo.wait(Duration::from_secs(180));
+        let spans = all_spans(&SpanReader::open(&finished.data_dir()).unwrap());
+        (finished, spans)
+    })
+}
+
+fn all_spans(reader: &SpanReader) -> Vec<SpanSummary> {
+    let mut spans = Vec::new();
+    reader
+        .scan(&SpanQuery::default(), |s| spans.push(s.clone()))
+        .unwrap();
+    spans
+}
+
+fn by_trace(spans: &[SpanSummary]) -> HashMap<TraceId, Vec<&SpanSummary>> {
+    let mut traces: HashMap<TraceId, Vec<&SpanSummary>> = HashMap::new();
+    for span in spans {
+        traces.entry(span.trace_id).or_default().push(span);
+    }
+    traces
+}
+
+fn parent<'a>(trace: &[&'a SpanSummary], span: &SpanSummary) -> Option<&'a SpanSummary> {
+    let id: SpanId = span.parent_span_id?;
+    trace.iter().copied().find(|s| s.span_id == id)
+}
+
+fn percentile(values: &mut [u64], q: f64) -> u64 {
+    values.sort_unstable();
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+#[test]
+fn the_demo_reports_live_numbers_and_stops_cleanly() {
+    let (finished, _) = default_run();
+    let live = finished
+        .stdout
+        .iter()
+        .filter(|l| l.contains(" req/s ") && l.contains(" p99 ") && l.contains("errors"))
+        .count();
+    assert!(live >= 3, "live lines:\n{}", finished.stdout.join("\n"));
+    assert!(finished.stdout.iter().any(|l| l.contains("/metrics")));
+    assert_eq!(finished.done["error_rate"], 0.0);
+    // 40 qps for 12 s, with room for a loaded machine.
+    assert!(finished.done["requests"] >= 400.0, "{:?}", finished.done);
+}
+
+#[test]
+fn traces_run_productpage_reviews_ratings_across_five_hops() {
+    let (finished, spans) = default_run();
+    let traces = by_trace(spans);
+    let requests = finished.done["requests"] as usize;
+    // Every request of the load is one trace rooted at productpage's inbound span.
+    let rooted: Vec<_> = traces
+        .values()
+        .filter(|t| {
+            t.iter().any(|s| {
+                s.parent_span_id.is_none() && &*s.service == "productpage" && s.kind == SERVER
+            })
+        })
+        .collect();
+    assert!(
+        rooted.len() * 100 >= requests * 98,
+        "{} rooted traces for {requests} requests",
+        rooted.len()
+    );
+    let mut five_hops = 0;
+    for trace in traces.values() {
+        for ratings in trace
+            .iter()
+            .filter(|s| &*s.service == "ratings" && s.kind == SERVER)
+        {
+            let chain: Vec<&SpanSummary> =
+                std::iter::successors(Some(*ratings), |s| parent(trace, s)).collect();
+            let hops: Vec<(&str, i32)> = chain.iter().map(|s| (&*s.service, s.kind)).collect();
+            assert_eq!(
+                hops,
+                [
+                    ("ratings", SERVER),
+                    ("reviews", CLIENT),
+                    ("reviews", SERVER),
+                    ("productpage", CLIENT),
+                    ("productpage", SERVER),
+                ],
+                "trace {:?}",
+                ratings.trace_id
+            );
+            assert!(chain[4].parent_span_id.is_none());
+            // A child starts after its parent (one machine, one clock).
+            for pair in chain.windows(2) {
+                assert!(pair[0].start >= pair[1].start);
+            }
+            five_hops += 1;
+        }
+    }
+    // reviews v2 and v3 (half the split) call ratings on every request.
+    assert!(
+        five_hops * 100 >= requests * 35,
+        "{five_hops} five-hop traces of {requests} requests"
+    );
+    // details is the page's other call: productpage SERVER → CLIENT → details SERVER.
+    let details = spans
+        .iter()
+        .filter(|s| &*s.service == "details" && s.kind == SERVER)
+        .count();
+    assert!(details * 100 >= requests * 98, "{details} details spans");
+}
+
+#[test]
+fn the_reviews_split_follows_the_virtual_service() {
+    let (finished, spans) = default_run();
+    let reader = SpanReader::open(&finished.data_dir()).unwrap();
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    for span in spans
+        .iter()
+        .filter(|s| &*s.service == "reviews" && s.kind == SERVER)
+    {
+        let trace = reader.trace(span.trace_id).unwrap().unwrap();
+        let stored = trace
+            .spans
+            .iter()
+            .find(|s| s.span.span_id == span.span_id.0)
+            .unwrap();
+        let resource = stored.resource.as_ref().unwrap();
+        let version = attributes::get_str(&resource.attributes, "service.version").unwrap();
+        *versions.entry(version.to_owned()).or_default() += 1;
+    }
+    let total: u64 = versions.values().sum();
+    assert!(total >= 400, "{versions:?}");
+    for (version, weight) in [("v1", 0.5), ("v2", 0.3), ("v3", 0.2)] {
+        let observed = versions.get(version).copied().unwrap_or(0) as f64;
+        let expected = weight * total as f64;
+        // 4.5 standard deviations of a binomial count: fails by chance
+        // about once in 150 000 runs.
+        let tolerance = 4.5 * (total as f64 * weight * (1.0 - weight)).sqrt();
+        assert!(
+            (observed - expected).abs() <= tolerance,
+            "{version}: {observed} of {total}, expected {expected:.0} ± {tolerance:.0} ({versions:?})"
+        );
+    }
+}
+
+#[test]
+fn productpage_p99_from_spans_agrees_with_the_load_generator() {
+    let (finished, spans) = default_run();
+    let mut durations: Vec<u64> = spans
+        .iter()
+        .filter(|s| &*s.service == "productpage" && s.kind == SERVER)
+        .map(|s| s.duration)
+        .collect();
+    let from_spans = percentile(&mut durations, 0.99) as f64 / 1e6;
+    let from_load = finished.done["p99_ms"];
+    // The load generator also counts its own connection and the sidecar's
+    // accept; on a loaded machine either side can catch a stall. Agree
+    // within a factor of three, or within 25 ms.
+    let agree = (from_spans - from_load).abs() <= 25.0
+        || (from_spans <= from_load * 3.0 && from_load <= from_spans * 3.0);
+    assert!(
+        agree,
+        "p99: spans {from_spans:.1} ms, load generator {from_load:.1} ms"
+    );
+}
+
+#[test]
+fn slow_ratings_shows_in_the_traces() {
+    let demo = Demo::start(&[
+        "--duration",
+        "6s",
+        "--qps",
+        "10",
+        "-c",
+        "4",
+        "--scenario",
+        "slow-ratings",
+    ]);
+    let finished = demo.wait(Duration::from_secs(180));
+    let spans = all_spans(&SpanReader::open(&finished.data_dir()).unwrap());
+    let ratings: Vec<u64> = spans
+        .iter()
+        .filter(|s| &*s.service == "ratings" && s.kind == SERVER)
+        .map(|s| s.duration)
+        .collect();
+    assert!(ratings.len() >= 10, "{} ratings spans", ratings.len());
+    assert!(
+        ratings.iter().all(|d| *d >= 100_000_000),
+        "every ratings answer waits 100 ms: {ratings:?}"
+    );
+    // The page waits for ratings when reviews v2 or v3 serve it.
+    let traces = by_trace(&spans);
+    for trace in traces.values() {
+        let through_ratings = trace.iter().any(|s| &*s.service == "ratings");
+        let page = trace
+            .iter()
+            .find(|s| &*s.service == "productpage" && s.kind == SERVER);
+        if let (true, Some(page)) = (through_ratings, page) {
+            assert!(page.duration >= 100_000_000);
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod ca;
+mod query;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -49,6 +50,9 @@ enum Command {
     /// at `--qps` for `-t` (or `-n` requests); reports rate, codes and latency
     /// percentiles (coordinated omission corrected at a fixed rate).
     Load(load::LoadArgs),
+    /// Ask the query service about traces, latency and errors (tables, or
+    /// `--json`).
+    Query(query::QueryArgs),
     /// Check a config file without starting anything (like `istioctl analyze`).
     /// Exits non-zero when it has errors.
     Validate {
@@ -83,6 +87,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { file } => Ok(validate(&file)),
+        Command::Query(args) => {
+            query::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ca { command } => {
             ca::run(command)?;
             Ok(ExitCode::SUCCESS)
@@ -133,14 +141,20 @@ fn validate(file: &std::path::Path) -> ExitCode {
 /// The HTTP services the collector serves beside its own `/metrics` on its
 /// `--http` listener: the query API and UI. Every way of starting a
 /// collector (the `collector` command, the demo) mounts them through here.
-fn collector_services(_collector: &tracemesh_collector::Collector) -> axum::Router {
-    axum::Router::new()
+fn collector_services(collector: &tracemesh_collector::Collector) -> axum::Router {
+    match tracemesh_query::router(collector.reader(), collector.registry()) {
+        Ok(router) => router,
+        Err(error) => {
+            tracing::error!(%error, "query service not mounted: its metrics could not be registered");
+            axum::Router::new()
+        }
+    }
 }
 
 /// Logs to stderr, quiet by default (start-up, warnings, errors);
 /// `RUST_LOG` overrides.
 fn init_logging() {
-    let default = "warn,tracemesh=info,tracemesh_agent=info,tracemesh_collector=info,tracemesh_ca=info,opentelemetry_sdk=error,opentelemetry_otlp=error";
+    let default = "warn,tracemesh=info,tracemesh_agent=info,tracemesh_collector=info,tracemesh_ca=info,tracemesh_query=info,opentelemetry_sdk=error,opentelemetry_otlp=error";
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

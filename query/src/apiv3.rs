@@ -160,6 +160,12 @@ async fn trace(State(state): State<AppState>, Path(trace_id): Path<String>) -> R
 }
 
 fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
+    if params.get("query.filter").is_some() {
+        return Err(QueryError::param(
+            "query.filter",
+            "filter expressions are not supported; use query.attributes",
+        ));
+    }
     let time = |names: &[&str]| -> Result<Option<u64>, QueryError> {
         params
             .get_any(names)

@@ -73,15 +73,14 @@ pub struct Sent {
     pub base: u64,
 }
 
+/// Span `n` of trace number `t`, child of span `parent` (0: a root),
+/// over `(start, duration)`.
 fn span(
     trace: &TraceId,
-    t: usize,
-    n: u64,
-    parent: u64,
+    (t, n, parent): (usize, u64, u64),
     name: &str,
     kind: i32,
-    start: u64,
-    duration: u64,
+    (start, duration): (u64, u64),
 ) -> Span {
     Span {
         trace_id: trace.0.to_vec(),
@@ -113,18 +112,27 @@ pub fn requests(base: u64) -> (Vec<ExportTraceServiceRequest>, Sent) {
         let start = base + t as u64 * 100 * MS;
         let work = cart_duration(t);
         let failed = t % FAIL_EVERY == 0;
-        frontend.push(span(&trace, t, 1, 0, "GET /cart", 2, start, work + 4 * MS));
         frontend.push(span(
             &trace,
-            t,
+            (t, 1, 0),
+            "GET /cart",
             2,
-            1,
+            (start, work + 4 * MS),
+        ));
+        frontend.push(span(
+            &trace,
+            (t, 2, 1),
             "GET cart",
             3,
-            start + MS,
-            work + 2 * MS,
+            (start + MS, work + 2 * MS),
         ));
-        let mut server = span(&trace, t, 3, 2, "GET /cart/items", 2, start + 2 * MS, work);
+        let mut server = span(
+            &trace,
+            (t, 3, 2),
+            "GET /cart/items",
+            2,
+            (start + 2 * MS, work),
+        );
         server.attributes = vec![
             s("http.request.method", "GET"),
             s("http.route", "/cart/items"),
@@ -147,23 +155,17 @@ pub fn requests(base: u64) -> (Vec<ExportTraceServiceRequest>, Sent) {
         cart.push(server);
         cart.push(span(
             &trace,
-            t,
-            4,
-            3,
+            (t, 4, 3),
             "SELECT",
             3,
-            start + 2 * MS + 100_000,
-            MS / 2,
+            (start + 2 * MS + 100_000, MS / 2),
         ));
         db.push(span(
             &trace,
-            t,
-            5,
-            4,
+            (t, 5, 4),
             "query",
             2,
-            start + 2 * MS + 150_000,
-            400_000,
+            (start + 2 * MS + 150_000, 400_000),
         ));
     }
     let calc = (0..CALC_SPANS)
@@ -173,13 +175,10 @@ pub fn requests(base: u64) -> (Vec<ExportTraceServiceRequest>, Sent) {
             bytes[8..].copy_from_slice(&(k as u64 + 1).to_be_bytes());
             span(
                 &TraceId(bytes),
-                k,
-                1,
-                0,
+                (k, 1, 0),
                 "compute",
                 2,
-                base + k as u64 * 10_000,
-                calc_duration(k),
+                (base + k as u64 * 10_000, calc_duration(k)),
             )
         })
         .collect();

@@ -323,9 +323,24 @@ async function dependenciesPage() {
   const body = await api("/api/v1/dependencies?since=48h");
   const edges = body.edges;
   const nodes = [...new Set(edges.flatMap((e) => [e.parent, e.child]))].sort();
-  const depth = new Map(nodes.map((n) => [n, 0]));
-  for (let i = 0; i < nodes.length; i++) {
-    for (const e of edges) if (e.parent !== e.child) depth.set(e.child, Math.max(depth.get(e.child), Math.min(nodes.length, depth.get(e.parent) + 1)));
+  // Columns by distance from the callers nobody calls (breadth first;
+  // services only reachable through a cycle start a column of their own).
+  const depth = new Map();
+  const called = new Set(edges.filter((e) => e.parent !== e.child).map((e) => e.child));
+  let frontier = nodes.filter((n) => !called.has(n));
+  while (depth.size < nodes.length) {
+    if (!frontier.length) frontier = [nodes.find((n) => !depth.has(n))];
+    for (const n of frontier) depth.set(n, depth.has(n) ? depth.get(n) : 0);
+    let next = [];
+    for (const n of frontier) {
+      for (const e of edges) {
+        if (e.parent === n && !depth.has(e.child)) {
+          depth.set(e.child, depth.get(n) + 1);
+          next.push(e.child);
+        }
+      }
+    }
+    frontier = next;
   }
   const columns = new Map();
   for (const n of nodes) {
@@ -333,16 +348,19 @@ async function dependenciesPage() {
     if (!columns.has(d)) columns.set(d, []);
     columns.get(d).push(n);
   }
-  const w = 900, colW = 200, rowH = 70;
+  const colW = 230, rowH = 60;
+  const w = Math.max(600, 60 + (Math.max(0, ...depth.values()) + 1) * colW);
   const h = Math.max(120, Math.max(0, ...[...columns.values()].map((c) => c.length)) * rowH + 40);
   const pos = new Map();
-  for (const [d, list] of columns) list.forEach((n, i) => pos.set(n, [40 + d * colW, 40 + i * rowH]));
+  for (const [d, list] of columns) list.forEach((n, i) => pos.set(n, [40 + d * colW, 30 + i * rowH]));
   const graph = svg("svg", { id: "dependency-graph", viewBox: `0 0 ${w} ${h}`, width: "100%", height: h },
     svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 8, markerHeight: 8, orient: "auto" }, svg("path", { d: "M0,0L10,5L0,10z", fill: "#6b7385" }))));
   for (const e of edges) {
     const [x1, y1] = pos.get(e.parent), [x2, y2] = pos.get(e.child);
-    graph.append(svg("line", { class: "edge", x1: x1 + 120, y1: y1 + 12, x2, y2: y2 + 12, stroke: e.errors ? "#c62828" : "#6b7385", "stroke-width": 1.5, "marker-end": "url(#arrow)" }));
-    graph.append(svg("text", { x: (x1 + 120 + x2) / 2, y: (y1 + y2) / 2 + 6 }, `${e.calls}${e.errors ? ` (${e.errors} err)` : ""}`));
+    const forward = x2 > x1;
+    const [sx, sy, tx, ty] = forward ? [x1 + 120, y1 + 12, x2, y2 + 12] : [x1 + 60, y1 + (y2 > y1 ? 24 : 0), x2 + 60, y2 + (y2 > y1 ? 0 : 24)];
+    graph.append(svg("line", { class: "edge", x1: sx, y1: sy, x2: tx, y2: ty, stroke: e.errors ? "#c62828" : "#6b7385", "stroke-width": 1.5, "marker-end": "url(#arrow)" }));
+    graph.append(svg("text", { x: (sx + tx) / 2 - 20, y: (sy + ty) / 2 - 4 }, `${e.calls}${e.errors ? ` (${e.errors} err)` : ""}`));
   }
   for (const n of nodes) {
     const [x, y] = pos.get(n);

@@ -10,10 +10,12 @@
 // A benchmark run: a failed unwrap is a failed run.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+mod support;
+
+use support::metric;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -201,22 +203,6 @@ fn dir_bytes(path: &Path) -> u64 {
     total
 }
 
-fn metric(addr: SocketAddr, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return 0.0;
-    };
-    let _ = stream.write_all(
-        format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
-    );
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -238,44 +224,12 @@ fn main() {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tracemesh"))
-        .args(["collector", "--data-dir"])
-        .arg(data.path())
-        .args([
-            "--otlp-grpc",
-            "127.0.0.1:0",
-            "--otlp-http",
-            "127.0.0.1:0",
-            "--zipkin",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .args(
-            std::env::var("BENCH_COLLECTOR_ARGS")
-                .unwrap_or_default()
-                .split_whitespace(),
-        )
-        .env("RUST_LOG", "warn,tracemesh_collector=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the collector (cargo bench builds it)");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("collector ready"))
-        .expect("ready line");
-    std::thread::spawn(move || for _ in lines {});
-    let addr = |key: &str| -> SocketAddr {
-        ready
-            .split_whitespace()
-            .find_map(|t| t.strip_prefix(&format!("{key}=")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let (grpc, http) = (addr("otlp_grpc"), addr("http"));
+    let extra = std::env::var("BENCH_COLLECTOR_ARGS").unwrap_or_default();
+    let support::Started {
+        mut child,
+        grpc,
+        http,
+    } = support::start_collector(data.path(), extra.split_whitespace());
     let pid = child.id();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod ca;
+mod query;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -55,6 +56,9 @@ enum Command {
     /// at `--qps` for `-t` (or `-n` requests); reports rate, codes and latency
     /// percentiles (coordinated omission corrected at a fixed rate).
     Load(load::LoadArgs),
+    /// Ask the query service about traces, latency and errors (tables, or
+    /// `--json`).
+    Query(query::QueryArgs),
     /// Check a config file without starting anything (like `istioctl analyze`).
     /// Exits non-zero when it has errors.
     Validate {
@@ -93,6 +97,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { file } => Ok(validate(&file)),
+        Command::Query(args) => {
+            query::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ca { command } => {
             ca::run(command)?;
             Ok(ExitCode::SUCCESS)
@@ -143,8 +151,14 @@ fn validate(file: &std::path::Path) -> ExitCode {
 /// The HTTP services the collector serves beside its own `/metrics` on its
 /// `--http` listener: the query API and UI. Every way of starting a
 /// collector (the `collector` command, the demo) mounts them through here.
-fn collector_services(_collector: &tracemesh_collector::Collector) -> axum::Router {
-    axum::Router::new()
+fn collector_services(collector: &tracemesh_collector::Collector) -> axum::Router {
+    match tracemesh_query::router(collector.reader(), collector.registry()) {
+        Ok(router) => router,
+        Err(error) => {
+            tracing::error!(%error, "query service not mounted: its metrics could not be registered");
+            axum::Router::new()
+        }
+    }
 }
 
 /// Logs to stderr, quiet by default (start-up, warnings, errors);
@@ -154,7 +168,7 @@ fn init_logging(command: &Command) {
     let default = match command {
         Command::Demo(_) => "warn,opentelemetry_sdk=error,opentelemetry_otlp=error",
         _ => {
-            "warn,tracemesh=info,tracemesh_agent=info,tracemesh_collector=info,tracemesh_ca=info,opentelemetry_sdk=error,opentelemetry_otlp=error"
+            "warn,tracemesh=info,tracemesh_agent=info,tracemesh_collector=info,tracemesh_ca=info,tracemesh_query=info,opentelemetry_sdk=error,opentelemetry_otlp=error"
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
+use crate::edges::EdgeLinker;
 use crate::ingest::IngestQueue;
 use crate::metrics::Metrics;
 use crate::spanmetrics::SpanMetrics;
@@ -45,6 +46,8 @@ pub struct Indexer {
     pub store: SpanStore,
     /// Span-derived metrics.
     pub span_metrics: SpanMetrics,
+    /// Dependency edges, written into the documents.
+    pub edges: EdgeLinker,
     /// Room in the ingest queue is given back here.
     pub queue: Arc<IngestQueue>,
     /// Highest WAL sequence number committed to the index.
@@ -71,10 +74,12 @@ impl Indexer {
     }
 
     /// Adds one live batch whose documents the receiver prepared.
-    pub fn apply_prepared(&mut self, seq: u64, item: IndexItem) {
+    pub fn apply_prepared(&mut self, seq: u64, mut item: IndexItem) {
         let now = Instant::now();
         let oldest = self.oldest_start();
         let length = self.store.partition_length();
+        self.edges
+            .annotate(&item.batch.resource_spans, &mut item.docs, length);
         if let Err(error) = self.store.apply_prepared(seq, item.docs, oldest) {
             self.metrics.index_errors.inc();
             self.first_failed.get_or_insert(seq);
@@ -92,12 +97,16 @@ impl Indexer {
         let now = Instant::now();
         let oldest = self.oldest_start();
         let span_metrics = &mut self.span_metrics;
-        if let Err(error) = self
-            .store
-            .apply(seq, &batch.resource_spans, oldest, |span| {
-                span_metrics.observe(span, now)
-            })
-        {
+        let edges = &mut self.edges;
+        let length = self.store.partition_length();
+        let spans = &batch.resource_spans;
+        if let Err(error) = self.store.apply_linked(
+            seq,
+            spans,
+            oldest,
+            |docs| edges.annotate(spans, docs, length),
+            |span| span_metrics.observe(span, now),
+        ) {
             self.metrics.index_errors.inc();
             self.first_failed.get_or_insert(seq);
             tracing::error!(%error, seq, "spans not indexed, they stay in the wal until a restart replays them");

@@ -11,6 +11,7 @@
 pub mod attributes;
 pub mod cli;
 pub mod config;
+pub mod edges;
 pub mod error;
 pub mod export;
 pub mod ids;

@@ -85,9 +85,16 @@ impl Collector {
             metrics.clone(),
         )?;
         let next_seq = recovered.last_seq.max(store.max_committed_seq()) + 1;
+        let fields = crate::store::schema::SpanFields::of(&crate::store::schema::build()).map_err(
+            |source| StoreError::Index {
+                path: config.data_dir.clone(),
+                source,
+            },
+        )?;
         let mut indexer = Indexer {
             store,
             span_metrics,
+            edges: crate::edges::EdgeLinker::new(fields),
             queue: Arc::new(IngestQueue::new(config.ingest_queue_spans)),
             checkpoint: Arc::new(AtomicU64::new(0)),
             metrics: metrics.clone(),

@@ -36,7 +36,8 @@ mod tests {
     use super::*;
 
     fn own_nice() -> i32 {
-        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+        rustix::process::getpriority_process(Some(rustix::thread::gettid()))
+            .expect("own nice value")
     }
 
     #[test]

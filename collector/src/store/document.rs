@@ -176,6 +176,9 @@ pub fn build(fields: &SpanFields, span: SpanRef<'_>) -> TantivyDocument {
         doc.add_text(fields.peer_service, peer);
         skip.push("peer.service");
     }
+    if let Some(flags) = attributes::get_str(&s.attributes, "tracemesh.response_flags") {
+        doc.add_text(fields.response_flags, flags);
+    }
     let mut object = BTreeMap::new();
     add_attributes(&mut object, &s.attributes, &skip);
     if let Some(resource) = span.resource {

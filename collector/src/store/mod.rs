@@ -7,6 +7,7 @@
 //! Each commit records, in the index's payload, the WAL sequence number it
 //! covers, so replay after a crash adds exactly the spans a partition lacks.
 
+mod aggregate;
 pub mod document;
 pub mod partition;
 pub mod read;
@@ -53,6 +54,9 @@ pub enum StoreError {
     /// A stored span could not be decoded (a bug or a damaged file).
     #[error("stored span undecodable: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// An aggregation request was malformed (a bug in the caller).
+    #[error("aggregation request: {0}")]
+    Aggregation(String),
 }
 
 /// A batch's documents, by partition.
@@ -190,6 +194,19 @@ impl SpanStore {
         seq: u64,
         batch: &[ResourceSpans],
         oldest_start: u64,
+        added: impl FnMut(SpanRef<'_>),
+    ) -> Result<usize, StoreError> {
+        self.apply_linked(seq, batch, oldest_start, |_| {}, added)
+    }
+
+    /// [`Self::apply`], with `link` given the documents before they are
+    /// added (the indexer writes dependency edges into them).
+    pub fn apply_linked(
+        &mut self,
+        seq: u64,
+        batch: &[ResourceSpans],
+        oldest_start: u64,
+        link: impl FnOnce(&mut PreparedDocs),
         mut added: impl FnMut(SpanRef<'_>),
     ) -> Result<usize, StoreError> {
         let fields =
@@ -197,7 +214,8 @@ impl SpanStore {
                 path: self.dir.clone(),
                 source,
             })?;
-        let docs = Self::prepare(&fields, batch, self.partition_length);
+        let mut docs = Self::prepare(&fields, batch, self.partition_length);
+        link(&mut docs);
         document::for_each_span(batch, |span| {
             let id = PartitionId::containing(span.span.start_time_unix_nano, self.partition_length);
             if id.end() > oldest_start && !self.holds(id, seq) {

@@ -128,7 +128,9 @@ pub struct SpanReader {
     following: bool,
 }
 
-fn index_err(partition: &PartitionIndex) -> impl Fn(tantivy::TantivyError) -> StoreError + '_ {
+pub(super) fn index_err(
+    partition: &PartitionIndex,
+) -> impl Fn(tantivy::TantivyError) -> StoreError + '_ {
     |source| StoreError::Index {
         path: partition.path.clone(),
         source,
@@ -184,7 +186,7 @@ impl SpanReader {
         self.partitions.load().keys().copied().collect()
     }
 
-    fn newest_first(&self, from: u64, to: u64) -> Vec<Arc<PartitionIndex>> {
+    pub(super) fn newest_first(&self, from: u64, to: u64) -> Vec<Arc<PartitionIndex>> {
         self.partitions
             .load()
             .values()
@@ -414,7 +416,7 @@ impl SpanReader {
 }
 
 impl SpanQuery {
-    fn time_range(&self) -> (u64, u64) {
+    pub(super) fn time_range(&self) -> (u64, u64) {
         (
             self.start_from.unwrap_or(0),
             self.start_to.unwrap_or(u64::MAX),
@@ -449,7 +451,7 @@ fn decode_span(bytes: &[u8]) -> Result<StoredSpan, StoreError> {
 }
 
 /// The tantivy query for a [`SpanQuery`] on one partition.
-fn build_query(fields: &SpanFields, query: &SpanQuery) -> Box<dyn Query> {
+pub(super) fn build_query(fields: &SpanFields, query: &SpanQuery) -> Box<dyn Query> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     let mut term = |term: Term| {
         clauses.push((

@@ -42,6 +42,18 @@ pub mod names {
     pub const ATTRIBUTES: &str = "attributes";
     /// The complete span (a one-span OTLP `ResourceSpans`); stored only.
     pub const SPAN: &str = "span";
+    /// `tracemesh.response_flags` (Envoy's response flags the agent sets);
+    /// fast, for the error breakdown. The attribute stays in the JSON field
+    /// too, so tag searches on it work as on any other.
+    pub const RESPONSE_FLAGS: &str = "response_flags";
+    /// Dependency edges this span completed, `caller` + [`EDGE_SEPARATOR`] +
+    /// `callee`, one value per edge (see `crate::edges`); indexed and fast.
+    pub const EDGE: &str = "edge";
+    /// The edges of [`EDGE`] whose call failed.
+    pub const EDGE_ERROR: &str = "edge_error";
+    /// Between caller and callee in an edge value (ASCII unit separator:
+    /// no service name holds it).
+    pub const EDGE_SEPARATOR: char = '\u{1f}';
 }
 
 /// The fields of one index, looked up once.
@@ -79,6 +91,12 @@ pub struct SpanFields {
     pub attributes: Field,
     /// See [`names::SPAN`].
     pub span: Field,
+    /// See [`names::RESPONSE_FLAGS`].
+    pub response_flags: Field,
+    /// See [`names::EDGE`].
+    pub edge: Field,
+    /// See [`names::EDGE_ERROR`].
+    pub edge_error: Field,
 }
 
 fn keyword() -> TextOptions {
@@ -124,6 +142,9 @@ pub fn build() -> Schema {
             .set_expand_dots_enabled(),
     );
     builder.add_bytes_field(SPAN, BytesOptions::default().set_stored());
+    builder.add_text_field(RESPONSE_FLAGS, keyword());
+    builder.add_text_field(EDGE, keyword());
+    builder.add_text_field(EDGE_ERROR, keyword());
     builder.build()
 }
 
@@ -149,6 +170,9 @@ impl SpanFields {
             peer_service: f(PEER_SERVICE)?,
             attributes: f(ATTRIBUTES)?,
             span: f(SPAN)?,
+            response_flags: f(RESPONSE_FLAGS)?,
+            edge: f(EDGE)?,
+            edge_error: f(EDGE_ERROR)?,
         })
     }
 }

@@ -1,0 +1,76 @@
+//! What the benchmarks share: a release `tracemesh collector` on port 0
+//! and reading its `/metrics`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A running collector and its bound addresses.
+pub struct Started {
+    /// The process.
+    pub child: Child,
+    /// OTLP/gRPC.
+    pub grpc: SocketAddr,
+    /// `--http`: `/metrics` and the query API.
+    pub http: SocketAddr,
+}
+
+/// Starts `tracemesh collector --data-dir DATA` on port 0 everywhere, plus
+/// `extra` flags, and waits for its ready line.
+pub fn start_collector<'a>(data: &Path, extra: impl IntoIterator<Item = &'a str>) -> Started {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracemesh"))
+        .args(["collector", "--data-dir"])
+        .arg(data)
+        .args([
+            "--otlp-grpc",
+            "127.0.0.1:0",
+            "--otlp-http",
+            "127.0.0.1:0",
+            "--zipkin",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn,tracemesh_collector=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the collector (cargo bench builds it)");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("collector ready"))
+        .expect("ready line");
+    std::thread::spawn(move || for _ in lines {});
+    let addr = |key: &str| -> SocketAddr {
+        ready
+            .split_whitespace()
+            .find_map(|t| t.strip_prefix(&format!("{key}=")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    Started {
+        grpc: addr("otlp_grpc"),
+        http: addr("http"),
+        child,
+    }
+}
+
+/// One sample from the collector's `/metrics` (0 when absent).
+pub fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return 0.0;
+    };
+    let _ = stream.write_all(
+        format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
+    );
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}

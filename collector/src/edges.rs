@@ -1,0 +1,297 @@
+//! Service dependency edges, linked at ingest so the query service can
+//! count them with one terms aggregation instead of joining spans.
+//!
+//! A span whose parent belongs to another service is a call from the
+//! parent's service to the span's. Parent and child arrive in any order
+//! (each process exports on its own schedule, children usually first), so
+//! the indexer remembers recent spans and children still waiting for their
+//! parent; the edge is written on the document of whichever of the two
+//! arrives second, in the `edge` field (and `edge_error` when the call
+//! failed). Memory is bounded: both maps keep two generations of at most
+//! [`GENERATION`] entries, so a parent that arrives more than a few hundred
+//! thousand spans after its child makes no edge.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use tantivy::TantivyDocument;
+
+use crate::attributes;
+use crate::ids::{SpanId, TraceId};
+use crate::store::document::{SpanRef, for_each_span};
+use crate::store::schema::{SpanFields, names::EDGE_SEPARATOR};
+use crate::store::{PartitionId, PreparedDocs};
+
+/// Entries per generation of each map.
+const GENERATION: usize = 131_072;
+
+/// Distinct services remembered; spans of services past this make no edges.
+const MAX_SERVICES: usize = 10_000;
+
+/// A call from one service to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edge {
+    /// The parent span's service.
+    pub caller: Arc<str>,
+    /// The child span's service.
+    pub callee: Arc<str>,
+    /// The child failed, or the parent was a client span that failed.
+    pub failed: bool,
+}
+
+/// A remembered span: service index, whether it is a client (or producer)
+/// span, whether it failed.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    service: u32,
+    client: bool,
+    failed: bool,
+}
+
+/// Two generations of a map: inserting into a full current generation
+/// drops the previous one.
+struct Generations<V> {
+    current: HashMap<u64, V>,
+    previous: HashMap<u64, V>,
+}
+
+impl<V> Generations<V> {
+    fn new() -> Self {
+        Self {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+        }
+    }
+
+    fn get(&self, key: u64) -> Option<&V> {
+        self.current.get(&key).or_else(|| self.previous.get(&key))
+    }
+
+    fn remove(&mut self, key: u64) -> Option<V> {
+        self.current
+            .remove(&key)
+            .or_else(|| self.previous.remove(&key))
+    }
+
+    fn insert(&mut self, key: u64, value: V) {
+        if self.current.len() >= GENERATION && !self.current.contains_key(&key) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, value);
+    }
+}
+
+/// A span's key in the maps: its trace and span id folded to 64 bits (a
+/// collision only misplaces one edge).
+fn key(trace: &TraceId, span: SpanId) -> u64 {
+    let (high, low) = trace.0.split_at(8);
+    let fold = |bytes: &[u8]| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(bytes);
+        u64::from_le_bytes(word)
+    };
+    (fold(high).rotate_left(17) ^ fold(low)).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ span.as_u64()
+}
+
+/// Links parents and children across services; owned by the indexer thread.
+pub struct EdgeLinker {
+    fields: SpanFields,
+    services: HashMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
+    spans: Generations<Seen>,
+    waiting: Generations<Vec<Seen>>,
+    found: Vec<Edge>,
+}
+
+impl EdgeLinker {
+    /// A linker writing into documents of the schema whose fields are `fields`.
+    pub fn new(fields: SpanFields) -> Self {
+        Self {
+            fields,
+            services: HashMap::new(),
+            names: Vec::new(),
+            spans: Generations::new(),
+            waiting: Generations::new(),
+            found: Vec::new(),
+        }
+    }
+
+    fn intern(&mut self, service: &str) -> Option<u32> {
+        if let Some(index) = self.services.get(service) {
+            return Some(*index);
+        }
+        if self.names.len() >= MAX_SERVICES {
+            return None;
+        }
+        let name: Arc<str> = Arc::from(service);
+        let index = self.names.len() as u32;
+        self.names.push(name.clone());
+        self.services.insert(name, index);
+        Some(index)
+    }
+
+    fn edge(&self, caller: u32, callee: u32, failed: bool) -> Edge {
+        Edge {
+            caller: self.names[caller as usize].clone(),
+            callee: self.names[callee as usize].clone(),
+            failed,
+        }
+    }
+
+    /// Remembers one span and returns the edges it completes: to its parent
+    /// when that arrived before, from it to children that arrived before.
+    pub fn link(&mut self, span: SpanRef<'_>, out: &mut Vec<Edge>) {
+        let s = span.span;
+        let (Some(trace), Some(id)) = (
+            TraceId::from_bytes(&s.trace_id),
+            SpanId::from_bytes(&s.span_id),
+        ) else {
+            return;
+        };
+        let Some(service) = self.intern(attributes::service_name(span.resource)) else {
+            return;
+        };
+        let me = Seen {
+            service,
+            client: matches!(s.kind, 3 | 4),
+            failed: s.status.as_ref().is_some_and(|st| st.code == 2),
+        };
+        if let Some(parent) = SpanId::from_bytes(&s.parent_span_id) {
+            let parent_key = key(&trace, parent);
+            match self.spans.get(parent_key).copied() {
+                Some(p) if p.service != me.service => {
+                    out.push(self.edge(p.service, me.service, me.failed || (p.client && p.failed)))
+                }
+                Some(_) => {}
+                None => match self.waiting.current.get_mut(&parent_key) {
+                    Some(children) => children.push(me),
+                    None => self.waiting.insert(parent_key, vec![me]),
+                },
+            }
+        }
+        let my_key = key(&trace, id);
+        if let Some(children) = self.waiting.remove(my_key) {
+            for child in children {
+                if child.service != me.service {
+                    out.push(self.edge(
+                        me.service,
+                        child.service,
+                        child.failed || (me.client && me.failed),
+                    ));
+                }
+            }
+        }
+        self.spans.insert(my_key, me);
+    }
+
+    /// Links every span of a batch and writes the edges into its prepared
+    /// documents (which [`crate::store::SpanStore::prepare`] built in span
+    /// order within each partition).
+    pub fn annotate(
+        &mut self,
+        batch: &[ResourceSpans],
+        docs: &mut PreparedDocs,
+        partition_length: u64,
+    ) {
+        let mut next: HashMap<PartitionId, usize> = HashMap::new();
+        let mut found = std::mem::take(&mut self.found);
+        for_each_span(batch, |span| {
+            let partition =
+                PartitionId::containing(span.span.start_time_unix_nano, partition_length);
+            let slot = next.entry(partition).or_insert(0);
+            let index = *slot;
+            *slot += 1;
+            self.link(span, &mut found);
+            if found.is_empty() {
+                return;
+            }
+            if let Some(doc) = docs.get_mut(&partition).and_then(|d| d.get_mut(index)) {
+                add_edges(&self.fields, doc, &found);
+            }
+            found.clear();
+        });
+        self.found = found;
+    }
+}
+
+/// Writes edges into a span's document.
+pub fn add_edges(fields: &SpanFields, doc: &mut TantivyDocument, edges: &[Edge]) {
+    for edge in edges {
+        let value = format!("{}{EDGE_SEPARATOR}{}", edge.caller, edge.callee);
+        if edge.failed {
+            doc.add_text(fields.edge_error, &value);
+        }
+        doc.add_text(fields.edge, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::schema;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{Span, Status};
+
+    fn span(id: u8, parent: u8, kind: i32, failed: bool) -> Span {
+        Span {
+            trace_id: vec![7; 16],
+            span_id: vec![id; 8],
+            parent_span_id: if parent == 0 { vec![] } else { vec![parent; 8] },
+            kind,
+            status: failed.then(|| Status {
+                code: 2,
+                message: String::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn link(linker: &mut EdgeLinker, service: &str, span: &Span) -> Vec<Edge> {
+        let resource = Resource {
+            attributes: vec![attributes::string("service.name", service)],
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        linker.link(
+            SpanRef {
+                resource: Some(&resource),
+                resource_schema_url: "",
+                scope: None,
+                scope_schema_url: "",
+                span,
+            },
+            &mut out,
+        );
+        out
+    }
+
+    fn edge(caller: &str, callee: &str, failed: bool) -> Edge {
+        Edge {
+            caller: caller.into(),
+            callee: callee.into(),
+            failed,
+        }
+    }
+
+    #[test]
+    fn links_in_either_order_once() {
+        let fields = SpanFields::of(&schema::build()).unwrap();
+        let mut linker = EdgeLinker::new(fields);
+        // Parent first: the child's document gets the edge.
+        assert!(link(&mut linker, "frontend", &span(1, 0, 2, false)).is_empty());
+        assert!(link(&mut linker, "frontend", &span(2, 1, 3, false)).is_empty());
+        assert_eq!(
+            link(&mut linker, "cart", &span(3, 2, 2, true)),
+            [edge("frontend", "cart", true)]
+        );
+        // Children first: the parent's document gets both edges.
+        assert!(link(&mut linker, "db", &span(5, 4, 2, false)).is_empty());
+        assert!(link(&mut linker, "cache", &span(6, 4, 2, false)).is_empty());
+        assert!(link(&mut linker, "cart", &span(7, 4, 1, false)).is_empty());
+        assert_eq!(
+            link(&mut linker, "cart", &span(4, 3, 3, false)),
+            [edge("cart", "db", false), edge("cart", "cache", false)]
+        );
+    }
+}

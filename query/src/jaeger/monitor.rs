@@ -1,0 +1,273 @@
+//! Jaeger's monitor endpoints (`/api/metrics/latencies|calls|errors`),
+//! which feed Jaeger UI's Monitor tab. Jaeger computes them with PromQL
+//! over span metrics; tracemesh computes the same quantities from the
+//! store: call rate and error rate over a sliding `ratePer` window sampled
+//! every `step`, and the latency quantile of the spans in each step.
+
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use serde::Serialize;
+use tracemesh_collector::store::SpanQuery;
+
+use super::model::kind_from_name;
+use super::{envelope, error};
+use crate::engine::{Engine, TimeRange, now_nanos};
+use crate::error::QueryError;
+use crate::http::{AppState, json};
+use crate::params::Params;
+use crate::timefmt::rfc3339;
+
+const DEFAULT_LOOKBACK: Duration = Duration::from_secs(3600);
+const DEFAULT_STEP: Duration = Duration::from_secs(5);
+const DEFAULT_RATE_PER: Duration = Duration::from_secs(600);
+
+/// What the three endpoints share.
+struct MetricsQuery {
+    services: Vec<String>,
+    by_operation: bool,
+    kind: i32,
+    range: TimeRange,
+    step: u64,
+    rate_per: u64,
+}
+
+fn parse(params: &Params) -> Result<MetricsQuery, QueryError> {
+    let services: Vec<String> = params
+        .all("service")
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if services.is_empty() {
+        return Err(QueryError::param(
+            "service",
+            "please provide at least one service name",
+        ));
+    }
+    let kinds = params.all("spanKind");
+    let kind = match kinds.as_slice() {
+        [] => 2,
+        [name] => kind_from_name(name).ok_or_else(|| {
+            QueryError::param("spanKind", format!("unsupported span kind: '{name}'"))
+        })?,
+        _ => {
+            return Err(QueryError::param(
+                "spanKind",
+                "tracemesh answers one span kind at a time",
+            ));
+        }
+    };
+    let ms = Duration::from_millis(1);
+    let end = params
+        .int::<u64>("endTs")?
+        .map_or_else(now_nanos, |v| v.saturating_mul(1_000_000));
+    let lookback = params.units("lookback", ms)?.unwrap_or(DEFAULT_LOOKBACK);
+    let step = params.units("step", ms)?.unwrap_or(DEFAULT_STEP);
+    let rate_per = params.units("ratePer", ms)?.unwrap_or(DEFAULT_RATE_PER);
+    if step.is_zero() {
+        return Err(QueryError::param("step", "must be positive"));
+    }
+    if rate_per.is_zero() {
+        return Err(QueryError::param("ratePer", "must be positive"));
+    }
+    Ok(MetricsQuery {
+        services,
+        by_operation: params.bool("groupByOperation")?,
+        kind,
+        range: TimeRange::ending(end, lookback),
+        step: step.as_nanos() as u64,
+        rate_per: rate_per.as_nanos() as u64,
+    })
+}
+
+/// Jaeger's `MetricFamily` (protobuf JSON).
+#[derive(Debug, Serialize)]
+struct MetricFamily {
+    name: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    help: String,
+    metrics: Vec<Metric>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Metric {
+    labels: Vec<Label>,
+    metric_points: Vec<MetricPoint>,
+}
+
+#[derive(Debug, Serialize)]
+struct Label {
+    name: &'static str,
+    value: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MetricPoint {
+    gauge_value: GaugeValue,
+    timestamp: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GaugeValue {
+    double_value: f64,
+}
+
+/// Which metric an endpoint computes.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Latency(f64),
+    Calls,
+    Errors,
+}
+
+fn family(engine: &Engine, query: &MetricsQuery, which: Which) -> Result<MetricFamily, QueryError> {
+    let (mut name, mut help) = match which {
+        Which::Latency(q) => (
+            "service_latencies".to_owned(),
+            format!("{q:.2}th quantile latency, grouped by service"),
+        ),
+        Which::Calls => (
+            "service_call_rate".to_owned(),
+            "calls/sec, grouped by service".to_owned(),
+        ),
+        Which::Errors => (
+            "service_error_rate".to_owned(),
+            "error rate, computed as a fraction of errors/sec over calls/sec, grouped by service"
+                .to_owned(),
+        ),
+    };
+    if query.by_operation {
+        name = name.replacen("service", "service_operation", 1);
+        help.push_str(" & operation");
+    }
+    // Steps before the range feed the first points' rate windows.
+    let window_steps = query.rate_per.div_ceil(query.step) as usize;
+    let fetch = TimeRange {
+        from: query.range.from.saturating_sub(query.rate_per),
+        to: query.range.to,
+    };
+    let percents = match which {
+        Which::Latency(q) => vec![q * 100.0],
+        _ => Vec::new(),
+    };
+    let mut metrics = Vec::new();
+    for service in &query.services {
+        let spans = SpanQuery {
+            service: Some(service.clone()),
+            kind: Some(query.kind),
+            ..Default::default()
+        };
+        for series in engine.series(&spans, fetch, query.step, &percents, query.by_operation)? {
+            let mut labels = vec![Label {
+                name: "service_name",
+                value: service.clone(),
+            }];
+            if let Some(operation) = &series.operation {
+                labels.push(Label {
+                    name: "operation",
+                    value: operation.clone(),
+                });
+            }
+            let mut points = Vec::new();
+            for (i, point) in series.points.iter().enumerate() {
+                let at = point.start + query.step;
+                if at < query.range.from || point.start > query.range.to {
+                    continue;
+                }
+                let window = &series.points[i.saturating_sub(window_steps - 1)..=i];
+                let calls: u64 = window.iter().map(|p| p.calls).sum();
+                let errors: u64 = window.iter().map(|p| p.errors).sum();
+                let value = match which {
+                    Which::Latency(_) => point
+                        .quantiles
+                        .first()
+                        .copied()
+                        .flatten()
+                        .map(|ns| ns / 1e6),
+                    Which::Calls => Some(calls as f64 / (query.rate_per as f64 / 1e9)),
+                    Which::Errors => (calls > 0).then(|| errors as f64 / calls as f64),
+                };
+                if let Some(value) = value {
+                    points.push(MetricPoint {
+                        gauge_value: GaugeValue {
+                            double_value: value,
+                        },
+                        timestamp: rfc3339(at.min(query.range.to)),
+                    });
+                }
+            }
+            metrics.push(Metric {
+                labels,
+                metric_points: points,
+            });
+        }
+    }
+    Ok(MetricFamily {
+        name,
+        kind: "GAUGE",
+        help,
+        metrics,
+    })
+}
+
+async fn answer(
+    state: AppState,
+    raw: Option<String>,
+    which: Result<Which, QueryError>,
+    endpoint: &'static str,
+) -> Response {
+    let params = Params::parse(raw.as_deref());
+    let parsed = which.and_then(|which| Ok((which, parse(&params)?)));
+    let (which, query) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return error(&e),
+    };
+    state
+        .answer(
+            endpoint,
+            move |engine| family(engine, &query, which),
+            |r| match r {
+                Ok(family) => json(http::StatusCode::OK, &family),
+                Err(e) => error(&e),
+            },
+        )
+        .await
+}
+
+/// `GET /api/metrics/latencies?service=&quantile=&groupByOperation=&endTs=&lookback=&step=&ratePer=&spanKind=`
+pub async fn latencies(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let params = Params::parse(raw.as_deref());
+    let quantile = match params.get("quantile").map(str::parse::<f64>) {
+        Some(Ok(q)) if (0.0..=1.0).contains(&q) => Ok(Which::Latency(q)),
+        Some(Ok(q)) => Err(QueryError::param(
+            "quantile",
+            format!("{q} is not within [0, 1]"),
+        )),
+        Some(Err(e)) => Err(QueryError::param("quantile", e)),
+        None => Err(QueryError::param(
+            "quantile",
+            "strconv.ParseFloat: parsing \"\": invalid syntax",
+        )),
+    };
+    answer(state, raw, quantile, "jaeger_latencies").await
+}
+
+/// `GET /api/metrics/calls`
+pub async fn calls(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    answer(state, raw, Ok(Which::Calls), "jaeger_calls").await
+}
+
+/// `GET /api/metrics/errors`
+pub async fn errors(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    answer(state, raw, Ok(Which::Errors), "jaeger_errors").await
+}
+
+/// `GET /api/metrics/minstep`: the smallest step worth asking for, in ms.
+pub async fn min_step() -> Response {
+    envelope(1000u64, 0, Vec::new())
+}

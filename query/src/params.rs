@@ -1,0 +1,160 @@
+//! Reading query-string parameters the way Jaeger's query service reads
+//! them: repeated keys (`service=a&service=b`), Go durations (`1.2s`,
+//! `100ms`, `1h30m`), integers with the parameter named in the error.
+
+use std::time::Duration;
+
+use crate::error::QueryError;
+
+/// A request's query string, decoded.
+#[derive(Debug, Clone, Default)]
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// Decodes a raw query string (`None`: no parameters).
+    pub fn parse(raw: Option<&str>) -> Self {
+        Self(
+            form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    /// The first non-empty value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first non-empty value of any of `names`, with the name it came by.
+    pub fn get_any<'a>(&'a self, names: &[&'a str]) -> Option<(&'a str, &'a str)> {
+        names
+            .iter()
+            .find_map(|name| self.get(name).map(|value| (*name, value)))
+    }
+
+    /// Every non-empty value of `name`.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Whether `name` is present at all.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+
+    /// An integer parameter.
+    pub fn int<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, QueryError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.get(name)
+            .map(|v| v.parse::<T>().map_err(|e| QueryError::param(name, e)))
+            .transpose()
+    }
+
+    /// A boolean parameter (Go's `strconv.ParseBool` spellings).
+    pub fn bool(&self, name: &str) -> Result<bool, QueryError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+            Some(other) => Err(QueryError::param(
+                name,
+                format!("strconv.ParseBool: parsing {other:?}: invalid syntax"),
+            )),
+        }
+    }
+
+    /// A Go duration parameter (`1.2s`, `100ms`).
+    pub fn duration(&self, name: &str) -> Result<Option<Duration>, QueryError> {
+        self.get(name)
+            .map(|v| parse_duration(v).map_err(|e| QueryError::param(name, e)))
+            .transpose()
+    }
+
+    /// A duration given as a whole number of `unit`s (Jaeger's `lookback`
+    /// and `step` are milliseconds).
+    pub fn units(&self, name: &str, unit: Duration) -> Result<Option<Duration>, QueryError> {
+        Ok(self
+            .int::<u64>(name)?
+            .map(|n| unit.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX)))
+            .map(|d| d.max(Duration::ZERO)))
+    }
+}
+
+/// Parses a Go duration: a sequence of decimal numbers, each with an
+/// optional fraction and a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`),
+/// like `1.5h`, `2h45m`, `300ms`; `0` alone is zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("time: invalid duration {text:?}");
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if text.is_empty() {
+        return Err(invalid());
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if number_len == 0 {
+            return Err(invalid());
+        }
+        let number: f64 = rest[..number_len].parse().map_err(|_| invalid())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let nanos_per = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            "" => return Err(format!("time: missing unit in duration {text:?}")),
+            unit => return Err(format!("time: unknown unit {unit:?} in duration {text:?}")),
+        };
+        total += number * nanos_per;
+        rest = &rest[unit_len..];
+    }
+    if !total.is_finite() || total > u64::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(Duration::from_nanos(total.round() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("1.2s"), Ok(Duration::from_millis(1200)));
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("15µs"), Ok(Duration::from_micros(15)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn repeated_keys_and_errors_name_the_parameter() {
+        let params = Params::parse(Some("service=a&service=b&limit=x&tags=%7B%7D"));
+        assert_eq!(params.all("service"), ["a", "b"]);
+        assert_eq!(params.get("tags"), Some("{}"));
+        let error = params.int::<u32>("limit").unwrap_err();
+        assert!(error.to_string().contains("'limit'"), "{error}");
+    }
+}

@@ -1,0 +1,147 @@
+//! The numbers are right: quantiles within the sketch's stated relative
+//! error of the exact order statistics, error rates and the dependency
+//! graph exactly what was sent.
+
+use serde_json::json;
+use tracemesh_query::engine::stats::QUANTILE_RELATIVE_ERROR;
+
+use crate::data::{self, CALC_SPANS, FAIL_EVERY, SHOP_TRACES, calc_duration, cart_duration, get};
+
+/// Whether `estimate` (ms) is within the relative error of an order
+/// statistic at quantile `q` (the rank may round either way).
+fn close_to_quantile(sorted_ns: &[u64], q: f64, estimate_ms: f64) -> bool {
+    let rank = q * (sorted_ns.len() - 1) as f64;
+    [rank.floor() as usize, rank.ceil() as usize]
+        .iter()
+        .any(|&r| {
+            let exact = sorted_ns[r] as f64 / 1e6;
+            // The API rounds to 0.01 ms.
+            (estimate_ms - exact).abs() <= exact * QUANTILE_RELATIVE_ERROR + 0.005
+        })
+}
+
+#[test]
+fn quantiles_error_rates_and_dependencies_match_what_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (collector, _) = data::start(dir.path());
+
+    let mut calc: Vec<u64> = (0..CALC_SPANS).map(calc_duration).collect();
+    calc.sort();
+    let (status, latency) = get(&collector, "/api/v1/latency?service=calc&since=1h");
+    assert_eq!(status, 200, "{latency}");
+    assert_eq!(latency["count"], CALC_SPANS);
+    assert_eq!(latency["relative_error"], QUANTILE_RELATIVE_ERROR);
+    for (key, q) in [
+        ("p50_ms", 0.5),
+        ("p75_ms", 0.75),
+        ("p90_ms", 0.9),
+        ("p95_ms", 0.95),
+        ("p99_ms", 0.99),
+    ] {
+        let estimate = latency[key].as_f64().unwrap();
+        assert!(
+            close_to_quantile(&calc, q, estimate),
+            "{key} = {estimate} ms is not within 1% of the exact quantile"
+        );
+    }
+    let max = latency["max_ms"].as_f64().unwrap();
+    assert!(
+        (max - *calc.last().unwrap() as f64 / 1e6).abs() <= 0.005,
+        "max is exact: {max}"
+    );
+
+    // A tag filter: the gold tier is every 4th cart call (1, 5, 9, ... ms).
+    let mut gold: Vec<u64> = (0..SHOP_TRACES)
+        .filter(|t| t % 4 == 0)
+        .map(cart_duration)
+        .collect();
+    gold.sort();
+    let (_, latency) = get(
+        &collector,
+        "/api/v1/latency?service=cart&operation=GET%20/cart/items&tag=customer.tier=gold&since=1h",
+    );
+    assert_eq!(latency["count"], gold.len());
+    assert!(
+        close_to_quantile(&gold, 0.5, latency["p50_ms"].as_f64().unwrap()),
+        "{latency}"
+    );
+    assert!(
+        close_to_quantile(&gold, 0.99, latency["p99_ms"].as_f64().unwrap()),
+        "{latency}"
+    );
+
+    // Error rates, overall and per operation.
+    let failures = SHOP_TRACES / FAIL_EVERY;
+    let (_, red) = get(
+        &collector,
+        "/api/v1/red?service=cart&by_operation=true&since=1h",
+    );
+    let rows = red["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["operation"], "GET /cart/items");
+    assert_eq!(
+        (rows[0]["calls"].clone(), rows[0]["errors"].clone()),
+        (json!(SHOP_TRACES), json!(failures))
+    );
+    assert_eq!(rows[0]["error_rate"], json!(1.0 / FAIL_EVERY as f64));
+    assert_eq!(
+        (rows[1]["operation"].clone(), rows[1]["errors"].clone()),
+        (json!("SELECT"), json!(0))
+    );
+
+    // Where the errors come from.
+    let (_, errors) = get(&collector, "/api/v1/errors?service=cart&since=1h");
+    assert_eq!(errors["calls"], 2 * SHOP_TRACES);
+    assert_eq!(errors["errors"], failures);
+    assert_eq!(
+        errors["by_status_code"],
+        json!([{"code": 200, "count": SHOP_TRACES - failures}, {"code": 503, "count": failures}])
+    );
+    assert_eq!(
+        errors["by_response_flag"],
+        json!([{"flag": "UF", "count": failures}])
+    );
+    assert_eq!(
+        errors["by_operation"],
+        json!([{"operation": "GET /cart/items", "errors": failures}])
+    );
+
+    // The dependency graph, with errors.
+    let (_, deps) = get(&collector, "/api/v1/dependencies?since=2h");
+    assert_eq!(
+        deps["edges"],
+        json!([
+            {"parent": "cart", "child": "db", "calls": SHOP_TRACES, "errors": 0},
+            {"parent": "frontend", "child": "cart", "calls": SHOP_TRACES, "errors": failures},
+        ])
+    );
+
+    // The latency histogram counts every span once.
+    let (_, histogram) = get(
+        &collector,
+        "/api/v1/histogram?service=cart&operation=GET%20/cart/items&width=50ms&since=1h",
+    );
+    let counts: Vec<u64> = histogram["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        counts,
+        [49, 50, 50, 50, 1],
+        "1..200 ms in 50 ms buckets: {histogram}"
+    );
+
+    // A time series sums to the totals.
+    let (_, series) = get(
+        &collector,
+        "/api/v1/series?service=cart&operation=GET%20/cart/items&since=1h&step=1m",
+    );
+    let points = series["series"][0]["points"].as_array().unwrap();
+    assert!(points.len() >= 60, "empty steps included");
+    let calls: u64 = points.iter().map(|p| p["calls"].as_u64().unwrap()).sum();
+    let errors: u64 = points.iter().map(|p| p["errors"].as_u64().unwrap()).sum();
+    assert_eq!((calls, errors), (SHOP_TRACES as u64, failures as u64));
+    collector.stop();
+}

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 mod ca;
 mod query;
+mod signal;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -82,14 +83,17 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Agent { config } => {
-            tracemesh_agent::run(&config).with_context(|| format!("agent {}", config.display()))?;
+            tracemesh_agent::run_until(&config, signal::shutdown_signal(), |_| {})
+                .with_context(|| format!("agent {}", config.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Collector(args) => {
             let config = args.resolve()?;
             let collector = tracemesh_collector::Collector::open(config).context("collector")?;
             let services = collector_services(&collector);
-            collector.run(services).context("collector")?;
+            collector
+                .run_until(services, signal::shutdown_signal(), |_| {})
+                .context("collector")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {

@@ -20,4 +20,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
 
-pub use run::{AgentAddresses, AgentError, run, run_until};
+pub use run::{AgentAddresses, AgentError, run_until};

@@ -51,11 +51,6 @@ pub struct AgentAddresses {
     pub admin: SocketAddr,
 }
 
-/// Runs the agent configured by the file at `path` until SIGINT or SIGTERM.
-pub fn run(path: &Path) -> Result<(), AgentError> {
-    run_until(path, shutdown_signal(), |_| {})
-}
-
 /// Runs the agent configured by the file at `path` until `stop` completes,
 /// then drains. `ready` is called once every listener is bound and serving,
 /// with the bound addresses: how a process hosting several agents (the demo)
@@ -181,21 +176,4 @@ pub fn run_until(
     spans.shutdown();
     tracing::info!("agent stopped");
     Ok(())
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM: how every long-running
-/// tracemesh role (agent, collector, demo) knows it should stop.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }

@@ -148,13 +148,9 @@ impl Collector {
         &self.metrics.registry
     }
 
-    /// Serves until SIGINT or SIGTERM. `extra` is merged into the `--http`
-    /// listener's router (the query API and UI mount here).
-    pub fn run(self, extra: Router) -> Result<(), CollectorError> {
-        self.run_until(extra, shutdown_signal(), |_| {})
-    }
-
-    /// Serves until `stop` completes, then drains as on SIGTERM. `ready` is
+    /// Serves until `stop` completes (the binary passes SIGINT/SIGTERM),
+    /// then drains. `extra` is merged into the `--http` listener's router
+    /// (the query API and UI mount here). `ready` is
     /// called once every listener is bound, with the bound addresses: how a
     /// process hosting the collector beside other roles (the demo) learns
     /// where port-0 listeners ended up.
@@ -332,19 +328,4 @@ fn metrics_router(metrics: Metrics, otlp_metrics: Arc<OtlpMetrics>) -> Router {
             }
         }),
     )
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }

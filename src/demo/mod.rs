@@ -238,7 +238,7 @@ async fn watch_live(
         }
     };
     tokio::pin!(deadline);
-    let signal = tracemesh_agent::run::shutdown_signal();
+    let signal = crate::signal::shutdown_signal();
     tokio::pin!(signal);
     let mut last = started;
     loop {

@@ -90,7 +90,7 @@ impl PartitionIndex {
             })?;
             let settings = IndexSettings {
                 docstore_compression: Compressor::Zstd(ZstdCompressor {
-                    compression_level: Some(3),
+                    compression_level: Some(1),
                 }),
                 docstore_blocksize: DOCSTORE_BLOCK,
                 ..IndexSettings::default()

@@ -1,22 +1,16 @@
 //! One span → one tantivy document: the searchable fields, every attribute
 //! in the JSON field, and the complete span as stored bytes.
 
-use std::collections::BTreeMap;
-
-use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use prost::Message;
 use tantivy::TantivyDocument;
-use tantivy::schema::OwnedValue;
 
+use super::attribute_object::Node;
 use super::schema::SpanFields;
 use crate::attributes;
 use crate::ids::SpanId;
-
-/// Attribute values longer than this are indexed by their first bytes only
-/// (the stored span keeps them whole).
-const MAX_INDEXED_VALUE: usize = 256;
 
 /// A span with the resource and scope it was sent with.
 #[derive(Debug, Clone, Copy)]
@@ -86,17 +80,6 @@ pub fn for_each_span<'a>(batch: &'a [ResourceSpans], mut visit: impl FnMut(SpanR
     }
 }
 
-fn truncated(text: &str) -> &str {
-    if text.len() <= MAX_INDEXED_VALUE {
-        return text;
-    }
-    let mut end = MAX_INDEXED_VALUE;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 /// Attribute keys with a field of their own: kept out of the JSON field
 /// when that field holds them (tag searches on them use the field, see
 /// [`super::read`]), which saves five terms per span.
@@ -107,29 +90,6 @@ pub const DEDICATED_KEYS: [&str; 5] = [
     "http.response.status_code",
     "peer.service",
 ];
-
-fn add_attributes(
-    object: &mut BTreeMap<String, OwnedValue>,
-    attributes: &[KeyValue],
-    skip: &[&str],
-) {
-    for kv in attributes {
-        if skip.contains(&kv.key.as_str()) {
-            continue;
-        }
-        let value = OwnedValue::Str(truncated(&attributes::text(kv.value.as_ref())).to_owned());
-        match object.get_mut(&kv.key) {
-            None => {
-                object.insert(kv.key.clone(), value);
-            }
-            Some(OwnedValue::Array(values)) => values.push(value),
-            Some(existing) => {
-                let first = std::mem::replace(existing, OwnedValue::Null);
-                *existing = OwnedValue::Array(vec![first, value]);
-            }
-        }
-    }
-}
 
 /// Builds the document of one span.
 pub fn build(fields: &SpanFields, span: SpanRef<'_>) -> TantivyDocument {
@@ -179,22 +139,20 @@ pub fn build(fields: &SpanFields, span: SpanRef<'_>) -> TantivyDocument {
     if let Some(flags) = attributes::get_str(&s.attributes, "tracemesh.response_flags") {
         doc.add_text(fields.response_flags, flags);
     }
-    let mut object = BTreeMap::new();
-    add_attributes(&mut object, &s.attributes, &skip);
-    if let Some(resource) = span.resource {
-        let service_indexed = attributes::get_str(&resource.attributes, "service.name")
-            .is_some_and(|s| !s.is_empty());
-        add_attributes(
-            &mut object,
-            &resource.attributes,
-            if service_indexed {
-                &["service.name"]
-            } else {
-                &[]
-            },
-        );
-    }
-    doc.add_object(fields.attributes, object);
+    let resource_attributes = span.resource.map_or(&[][..], |r| &r.attributes[..]);
+    let mut object = Node::object(s.attributes.len() + resource_attributes.len());
+    object.add(&s.attributes, &skip);
+    let service_indexed =
+        attributes::get_str(resource_attributes, "service.name").is_some_and(|s| !s.is_empty());
+    object.add(
+        resource_attributes,
+        if service_indexed {
+            &["service.name"]
+        } else {
+            &[]
+        },
+    );
+    doc.add_field_value(fields.attributes, &object);
     doc.add_bytes(fields.span, &span.encode());
     doc
 }

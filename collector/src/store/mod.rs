@@ -8,6 +8,7 @@
 //! covers, so replay after a crash adds exactly the spans a partition lacks.
 
 mod aggregate;
+mod attribute_object;
 pub mod document;
 pub mod partition;
 pub mod read;

@@ -273,16 +273,18 @@ fn main() {
                     if seq >= batches {
                         break;
                     }
-                    let (request, traces) = batch(seq, now + seq * 64_000_000);
-                    loop {
-                        match client.export(request.clone()).await {
-                            Ok(_) => break,
+                    // Built again on the rare retry rather than cloned for every send:
+                    // the generator shares the two cores with the collector.
+                    let traces = loop {
+                        let (request, traces) = batch(seq, now + seq * 64_000_000);
+                        match client.export(request).await {
+                            Ok(_) => break traces,
                             Err(status) if status.code() == tonic::Code::ResourceExhausted => {
                                 tokio::time::sleep(Duration::from_millis(50)).await
                             }
                             Err(status) => panic!("export failed: {status:?}"),
                         }
-                    }
+                    };
                     sample.push(traces[fastrand::usize(..traces.len())]);
                 }
                 sample

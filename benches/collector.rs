@@ -203,21 +203,12 @@ fn dir_bytes(path: &Path) -> u64 {
     total
 }
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        // `cargo test --all-targets` runs bench targets too: only `cargo bench` measures.
-        println!("collector bench: run with `cargo bench --bench collector`");
+    if !support::measuring("collector") {
         return;
     }
-    let total_spans = env("BENCH_SPANS", 1 << 20);
-    let concurrency = env("BENCH_CONCURRENCY", 8) as usize;
+    let total_spans = support::env("BENCH_SPANS", 1 << 20);
+    let concurrency = support::env("BENCH_CONCURRENCY", 8) as usize;
     let batches = total_spans.div_ceil(BATCH as u64);
     let data = tempfile::Builder::new()
         .prefix("tracemesh-bench-")

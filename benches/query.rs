@@ -186,20 +186,12 @@ fn time(
     (at(0.5), at(0.99))
 }
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("query bench: run with `cargo bench --bench query`");
+    if !support::measuring("query") {
         return;
     }
-    let spans = env("BENCH_SPANS", 1 << 20);
-    let queries = env("BENCH_QUERIES", 200) as usize;
+    let spans = support::env("BENCH_SPANS", 1 << 20);
+    let queries = support::env("BENCH_QUERIES", 200) as usize;
     let per_request = (TRACES_PER_REQUEST * SPANS_PER_TRACE) as u64;
     let requests = spans.div_ceil(per_request);
     let data = tempfile::Builder::new()

@@ -74,3 +74,21 @@ pub fn metric(addr: SocketAddr, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Whether this is `cargo bench` measuring: `cargo test --all-targets` runs
+/// bench targets too, and then they only say how to run them.
+pub fn measuring(bench: &str) -> bool {
+    let measuring = std::env::args().any(|a| a == "--bench");
+    if !measuring {
+        println!("{bench} bench: run with `cargo bench --bench {bench}`");
+    }
+    measuring
+}
+
+/// A numeric knob from the environment, `default` when unset or unparsable.
+pub fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

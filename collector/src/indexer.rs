@@ -92,8 +92,9 @@ impl Indexer {
         });
     }
 
-    /// Adds one durable batch read back from the WAL (replay).
-    pub fn apply(&mut self, seq: u64, batch: &ExportTraceServiceRequest) {
+    /// Adds one durable batch read back from the WAL (replay); `encoded` is
+    /// the record it was decoded from.
+    pub fn apply(&mut self, seq: u64, batch: &ExportTraceServiceRequest, encoded: &[u8]) {
         let now = Instant::now();
         let oldest = self.oldest_start();
         let span_metrics = &mut self.span_metrics;
@@ -103,6 +104,7 @@ impl Indexer {
         if let Err(error) = self.store.apply_linked(
             seq,
             spans,
+            Some(encoded),
             oldest,
             |docs| edges.annotate(spans, docs, length),
             |span| span_metrics.observe(span, now),

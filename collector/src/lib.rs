@@ -25,6 +25,7 @@ pub mod spanmetrics;
 pub mod store;
 pub mod units;
 pub mod wal;
+pub mod wire;
 
 /// Jaeger's `api_v2` protobuf messages and gRPC stubs, compiled at build time
 /// from `proto/jaeger/api_v2.proto`.

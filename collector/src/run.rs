@@ -113,7 +113,7 @@ impl Collector {
                 segment,
                 |seq, payload| match ExportTraceServiceRequest::decode(payload) {
                     Ok(batch) => {
-                        indexer.apply(seq, &batch);
+                        indexer.apply(seq, &batch, payload);
                         replayed += 1;
                     }
                     Err(error) => {

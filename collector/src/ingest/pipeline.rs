@@ -187,7 +187,7 @@ impl Ingest {
                 Some(raw) if rejected.count == 0 => raw,
                 _ => request.encode_to_vec().into(),
             };
-            let docs = SpanStore::prepare(&fields, &request.resource_spans, length);
+            let docs = SpanStore::prepare(&fields, &request.resource_spans, Some(&payload), length);
             (payload, docs, request)
         })
         .await;

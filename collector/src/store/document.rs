@@ -91,8 +91,9 @@ pub const DEDICATED_KEYS: [&str; 5] = [
     "peer.service",
 ];
 
-/// Builds the document of one span.
-pub fn build(fields: &SpanFields, span: SpanRef<'_>) -> TantivyDocument {
+/// Builds the document of one span; `stored` is its one-span `ResourceSpans`
+/// encoding (see [`SpanRef::encode`]).
+pub fn build(fields: &SpanFields, span: SpanRef<'_>, stored: &[u8]) -> TantivyDocument {
     let s = span.span;
     let mut doc = TantivyDocument::new();
     doc.add_bytes(fields.trace_id, &s.trace_id);
@@ -153,7 +154,7 @@ pub fn build(fields: &SpanFields, span: SpanRef<'_>) -> TantivyDocument {
         },
     );
     doc.add_field_value(fields.attributes, &object);
-    doc.add_bytes(fields.span, &span.encode());
+    doc.add_bytes(fields.span, stored);
     doc
 }
 

@@ -12,6 +12,7 @@ mod attribute_object;
 pub mod document;
 pub mod partition;
 pub mod read;
+mod received;
 pub mod schema;
 
 #[cfg(test)]
@@ -32,6 +33,7 @@ pub use partition::{PartitionId, PartitionIndex};
 pub use read::{SpanQuery, SpanReader, SpanSummary, StoredSpan, Trace, TraceHit};
 
 use crate::metrics::Metrics;
+use received::ReceivedSpans;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -164,17 +166,36 @@ impl SpanStore {
 
     /// Builds the documents of a batch, by partition. Pure: receivers call
     /// it on their own threads so the indexer thread only adds documents.
+    /// `encoded` is the batch's protobuf encoding (as received or as written
+    /// to the WAL) when the caller has it: each span's stored bytes are then
+    /// cut from it rather than encoded again.
     pub fn prepare(
         fields: &schema::SpanFields,
         batch: &[ResourceSpans],
+        encoded: Option<&[u8]>,
         partition_length: u64,
     ) -> PreparedDocs {
+        let spans: usize = batch
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        let received = encoded
+            .and_then(|raw| ReceivedSpans::parse(raw).ok())
+            .filter(|received| received.len() == spans);
         let mut docs: PreparedDocs = BTreeMap::new();
+        let mut stored = Vec::new();
+        let mut index = 0;
         document::for_each_span(batch, |span| {
+            match &received {
+                Some(received) => received.encode_into(index, &mut stored),
+                None => stored = span.encode(),
+            }
+            index += 1;
             let id = PartitionId::containing(span.span.start_time_unix_nano, partition_length);
             docs.entry(id)
                 .or_default()
-                .push(document::build(fields, span));
+                .push(document::build(fields, span, &stored));
         });
         docs
     }
@@ -197,15 +218,17 @@ impl SpanStore {
         oldest_start: u64,
         added: impl FnMut(SpanRef<'_>),
     ) -> Result<usize, StoreError> {
-        self.apply_linked(seq, batch, oldest_start, |_| {}, added)
+        self.apply_linked(seq, batch, None, oldest_start, |_| {}, added)
     }
 
     /// [`Self::apply`], with `link` given the documents before they are
-    /// added (the indexer writes dependency edges into them).
+    /// added (the indexer writes dependency edges into them) and the batch's
+    /// encoding when the caller has it (see [`Self::prepare`]).
     pub fn apply_linked(
         &mut self,
         seq: u64,
         batch: &[ResourceSpans],
+        encoded: Option<&[u8]>,
         oldest_start: u64,
         link: impl FnOnce(&mut PreparedDocs),
         mut added: impl FnMut(SpanRef<'_>),
@@ -215,7 +238,7 @@ impl SpanStore {
                 path: self.dir.clone(),
                 source,
             })?;
-        let mut docs = Self::prepare(&fields, batch, self.partition_length);
+        let mut docs = Self::prepare(&fields, batch, encoded, self.partition_length);
         link(&mut docs);
         document::for_each_span(batch, |span| {
             let id = PartitionId::containing(span.span.start_time_unix_nano, self.partition_length);

@@ -99,14 +99,19 @@ pub struct SpanFields {
     pub edge_error: Field,
 }
 
+/// A whole-value text field, searched by exact term only.
 fn keyword() -> TextOptions {
     let indexing = TextFieldIndexing::default()
         .set_tokenizer("raw")
         .set_index_option(IndexRecordOption::Basic)
         .set_fieldnorms(false);
-    TextOptions::default()
-        .set_indexing_options(indexing)
-        .set_fast("raw")
+    TextOptions::default().set_indexing_options(indexing)
+}
+
+/// A [`keyword`] the query side also reads column-wise (aggregations, the
+/// spans of a trace).
+fn fast_keyword() -> TextOptions {
+    keyword().set_fast("raw")
 }
 
 fn number() -> NumericOptions {
@@ -120,8 +125,8 @@ pub fn build() -> Schema {
     builder.add_bytes_field(TRACE_ID, BytesOptions::default().set_indexed().set_fast());
     builder.add_u64_field(SPAN_ID, NumericOptions::default().set_fast());
     builder.add_u64_field(PARENT_SPAN_ID, NumericOptions::default().set_fast());
-    builder.add_text_field(SERVICE, keyword());
-    builder.add_text_field(OPERATION, keyword());
+    builder.add_text_field(SERVICE, fast_keyword());
+    builder.add_text_field(OPERATION, fast_keyword());
     builder.add_u64_field(KIND, number());
     builder.add_u64_field(START_SECONDS, NumericOptions::default().set_indexed());
     builder.add_u64_field(START, NumericOptions::default().set_fast());
@@ -142,9 +147,9 @@ pub fn build() -> Schema {
             .set_expand_dots_enabled(),
     );
     builder.add_bytes_field(SPAN, BytesOptions::default().set_stored());
-    builder.add_text_field(RESPONSE_FLAGS, keyword());
-    builder.add_text_field(EDGE, keyword());
-    builder.add_text_field(EDGE_ERROR, keyword());
+    builder.add_text_field(RESPONSE_FLAGS, fast_keyword());
+    builder.add_text_field(EDGE, fast_keyword());
+    builder.add_text_field(EDGE_ERROR, fast_keyword());
     builder.build()
 }
 

@@ -162,7 +162,7 @@ fn batch(seq: u64, now: u64) -> ExportTraceServiceRequest {
 }
 
 /// One encoded request and where its spans' trace ids and times lie.
-struct Template {
+pub struct Template {
     encoded: Vec<u8>,
     /// Per span, in order (8 consecutive spans per trace).
     trace_ids: Vec<Range<usize>>,
@@ -269,20 +269,25 @@ impl Codec for RawExport {
 
 const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// Sends `batches` requests over `concurrency` connections to the OTLP/gRPC
-/// listener at `grpc`, retrying on RESOURCE_EXHAUSTED; returns one trace id
-/// of every request (for the trace-by-id lookups). Timestamps start at `now`.
-pub async fn run(
-    grpc: std::net::SocketAddr,
-    batches: u64,
-    concurrency: usize,
-    now: u64,
-) -> Vec<TraceId> {
-    let pool: Arc<Vec<Template>> = Arc::new(
+/// The distinct requests a run sends copies of, built before the clock
+/// starts. Timestamps start at `now`.
+pub fn pool(now: u64) -> Arc<Vec<Template>> {
+    Arc::new(
         (0..POOL as u64)
             .map(|seq| Template::new(seq, now))
             .collect(),
-    );
+    )
+}
+
+/// Sends `batches` requests made from `pool` over `concurrency` connections
+/// to the OTLP/gRPC listener at `grpc`, retrying on RESOURCE_EXHAUSTED;
+/// returns one trace id of every request (for the trace-by-id lookups).
+pub async fn run(
+    pool: Arc<Vec<Template>>,
+    grpc: std::net::SocketAddr,
+    batches: u64,
+    concurrency: usize,
+) -> Vec<TraceId> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..concurrency {

@@ -111,8 +111,9 @@ fn main() {
         })
     };
     println!("collector bench: {batches} batches x {BATCH} spans, {concurrency} in flight");
+    let pool = load::pool(now);
     let started = Instant::now();
-    let all_traces: Vec<TraceId> = runtime.block_on(load::run(grpc, batches, concurrency, now));
+    let all_traces: Vec<TraceId> = runtime.block_on(load::run(pool, grpc, batches, concurrency));
     let acked_in = started.elapsed();
     let sent = batches * BATCH as u64;
     while (metric(http, "tracemesh_collector_index_spans_total") as u64) < sent {

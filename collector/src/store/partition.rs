@@ -73,8 +73,11 @@ pub struct PartitionIndex {
 
 /// Docstore blocks are compressed with zstd; bigger blocks compress the
 /// repeated resource and attribute keys of neighbouring spans better, at
-/// the cost of decompressing more to read one span.
-const DOCSTORE_BLOCK: usize = 64 * 1024;
+/// the cost of decompressing more to read one span. tantivy sets up a
+/// compression context per block, so small blocks also cost CPU at ingest:
+/// 256 KiB against 64 KiB took 6% off ingest CPU and 7% off disk, and a
+/// trace read went from 0.25 to 0.7 ms at p99.
+const DOCSTORE_BLOCK: usize = 256 * 1024;
 
 impl PartitionIndex {
     /// Opens the partition at `path`, creating it when `create` is set.

@@ -74,16 +74,10 @@ impl Fields<'_> {
     }
 
     fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *self.buf[..self.end].get(self.at)?;
-            self.at += 1;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return Some(value);
-            }
-        }
-        None
+        let mut rest = self.buf.get(self.at..self.end)?;
+        let value = prost::encoding::decode_varint(&mut rest).ok()?;
+        self.at = self.end - rest.len();
+        Some(value)
     }
 
     fn skip(&mut self, n: usize) -> Option<Range<usize>> {

@@ -32,6 +32,7 @@ pub use document::SpanRef;
 pub use partition::{PartitionId, PartitionIndex};
 pub use read::{SpanQuery, SpanReader, SpanSummary, StoredSpan, Trace, TraceHit};
 
+use crate::ingest::validate::span_count;
 use crate::metrics::Metrics;
 use received::ReceivedSpans;
 
@@ -175,14 +176,10 @@ impl SpanStore {
         encoded: Option<&[u8]>,
         partition_length: u64,
     ) -> PreparedDocs {
-        let spans: usize = batch
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
+        let spans = span_count(batch);
         let received = encoded
             .and_then(|raw| ReceivedSpans::parse(raw).ok())
-            .filter(|received| received.len() == spans);
+            .filter(|received| received.len() as u64 == spans);
         let mut docs: PreparedDocs = BTreeMap::new();
         let mut stored = Vec::new();
         let mut index = 0;

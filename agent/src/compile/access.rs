@@ -352,7 +352,7 @@ pub(super) fn rate_limits(
     out
 }
 
-fn rate_limiter(
+pub(super) fn rate_limiter(
     raw: &RateLimitRule,
     name: String,
     field: &str,

@@ -85,7 +85,7 @@ async fn validate_reports_every_problem_without_starting() {
             }],
         )
         + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: reviews-v1}\nspec: {replicas: 1}\n"
-        + "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec: {}\n"
+        + "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [\"*\"]}]\n"
         + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - corsPolicy: {allowOrigins: [{exact: \"https://a.example\"}]}\n    route: [{destination: {host: reviews}}]\n";
     let (ok, out) = validate(&good);
     assert!(ok, "{out}");
@@ -113,7 +113,7 @@ async fn validate_reports_every_problem_without_starting() {
     assert!(out.contains("document 3 (line "), "{out}");
     assert!(out.contains("needs both `apiVersion` and `kind`"), "{out}");
     assert!(
-        out.contains("spec.ports[0].protocol: unknown protocol \"CARRIER_PIGEON\""),
+        out.contains("spec.ports[0].protocol: unsupported protocol \"CARRIER_PIGEON\""),
         "{out}"
     );
     assert!(out.contains("invalid (3 errors)"), "{out}");

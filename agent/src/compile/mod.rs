@@ -161,6 +161,7 @@ fn build(
     let has_identity = boot.as_ref().is_some_and(|b| b.has_identity);
     let registry = registry::Registry::build(
         &docs.service_entries,
+        &docs.workload_entries,
         &docs.destination_rules,
         &namespace,
         has_identity,

@@ -270,15 +270,18 @@ fn parse_one(value: Value, mut location: Location, diags: &mut Diagnostics) -> O
     Some(match kind.as_str() {
         "Agent" => Resource::Agent(typed_with(value, loc, api, diags, None)?),
         "RateLimitPolicy" => Resource::RateLimitPolicy(typed(value, loc, api, diags)?),
-        "ServiceEntry" => Resource::ServiceEntry(typed(value, loc, api, diags)?),
-        "WorkloadEntry" => Resource::WorkloadEntry(typed(value, loc, api, diags)?),
+        // Istio's CRDs require `spec` for these three.
+        "ServiceEntry" => Resource::ServiceEntry(typed_with(value, loc, api, diags, None)?),
+        "WorkloadEntry" => Resource::WorkloadEntry(typed_with(value, loc, api, diags, None)?),
         "VirtualService" => Resource::VirtualService(typed(value, loc, api, diags)?),
         "DestinationRule" => Resource::DestinationRule(typed(value, loc, api, diags)?),
         "AuthorizationPolicy" => Resource::AuthorizationPolicy(typed(value, loc, api, diags)?),
         "PeerAuthentication" => Resource::PeerAuthentication(typed(value, loc, api, diags)?),
         "Gateway" => Resource::Unused(Unused::Gateway(typed(value, loc, api, diags)?)),
         "Sidecar" => Resource::Unused(Unused::Sidecar(typed(value, loc, api, diags)?)),
-        "WorkloadGroup" => Resource::Unused(Unused::WorkloadGroup(typed(value, loc, api, diags)?)),
+        "WorkloadGroup" => Resource::Unused(Unused::WorkloadGroup(typed_with(
+            value, loc, api, diags, None,
+        )?)),
         "EnvoyFilter" => Resource::Unused(Unused::EnvoyFilter(typed(value, loc, api, diags)?)),
         "ProxyConfig" => Resource::Unused(Unused::ProxyConfig(typed(value, loc, api, diags)?)),
         "RequestAuthentication" => Resource::Unused(Unused::RequestAuthentication(typed(
@@ -319,19 +322,35 @@ fn typed_with<S: DeserializeOwned>(
             })
         }
         Err(err) => {
-            let path = err.path().to_string();
-            let field = (path != ".").then_some(path);
-            diags.error(location, field, err.into_inner().to_string());
+            let (field, message) = serde_error(err);
+            diags.error(location, field, message);
             None
         }
     }
 }
 
+/// The field a serde error is about: for a missing field, the field itself
+/// rather than the object it is missing from.
+fn serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> (Option<String>, String) {
+    let path = err.path().to_string();
+    let message = err.into_inner().to_string();
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name.to_owned());
+    let field = match (path.as_str(), missing) {
+        (".", Some(name)) => Some(name),
+        (".", None) => None,
+        (_, Some(name)) => Some(format!("{path}.{name}")),
+        (_, None) => Some(path),
+    };
+    (field, message)
+}
+
 fn typed_object(value: Value, location: &Location, diags: &mut Diagnostics) {
     if let Err(err) = serde_path_to_error::deserialize::<_, Object>(value) {
-        let path = err.path().to_string();
-        let field = (path != ".").then_some(path);
-        diags.error(location, field, err.into_inner().to_string());
+        let (field, message) = serde_error(err);
+        diags.error(location, field, message);
     }
 }
 

@@ -1050,6 +1050,7 @@ pub(super) fn sidecar(c: &mut Check<'_>, doc: &Document<SidecarSpec>) {
             }
         }
     }
+    let mut bound = HashSet::new();
     let mut catch_all = 0;
     for (i, eg) in spec.egress.iter().enumerate() {
         let f = format!("spec.egress[{i}]");

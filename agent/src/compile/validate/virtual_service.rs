@@ -27,26 +27,6 @@ const RETRY_ON: &[&str] = &[
     "unavailable",
 ];
 
-const GRPC_STATUS: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 const HTTP_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
@@ -629,12 +609,11 @@ fn http_fault(c: &mut Check<'_>, field: &str, fault: &HttpFaultInjection) {
                 }
             }
             (None, Some(status), None) => {
-                if !GRPC_STATUS.contains(&status.as_str()) {
+                if crate::compile::route_policy::grpc_code(status).is_none() {
                     c.error(
                         format!("{f}.grpcStatus"),
                         format!(
-                            "gRPC status {status:?} is not supported (one of {})",
-                            GRPC_STATUS.join(", ")
+                            "gRPC status {status:?} is not supported; use a status name such as UNAVAILABLE or NOT_FOUND"
                         ),
                     );
                 }

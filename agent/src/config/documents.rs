@@ -162,8 +162,34 @@ const GROUPS: &[Group] = &[
     },
 ];
 
-/// Parses every document of `text`; problems go to `diags`.
+/// Parses every document of `text`; problems go to `diags`. Runs on a
+/// thread of its own with room for the YAML parser's recursion.
 pub fn parse_documents(file: &Arc<str>, text: &str, diags: &mut Diagnostics) -> Vec<Resource> {
+    let read = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("config-reader".into())
+            .stack_size(super::source::READER_STACK)
+            .spawn_scoped(scope, || {
+                let mut found = Diagnostics::default();
+                let resources = parse_all(file, text, &mut found);
+                (resources, found)
+            })
+            .map(|reader| reader.join())
+    });
+    match read {
+        Ok(Ok((resources, found))) => {
+            diags.extend(found);
+            resources
+        }
+        Ok(Err(_)) | Err(_) => {
+            let msg = "the config reader failed (no thread could be started, or it panicked)";
+            diags.error(&Location::file(file), None, msg);
+            Vec::new()
+        }
+    }
+}
+
+fn parse_all(file: &Arc<str>, text: &str, diags: &mut Diagnostics) -> Vec<Resource> {
     let mut resources = Vec::new();
     for (index, segment) in split_documents(text).into_iter().enumerate() {
         let mut location = Location::file(file);

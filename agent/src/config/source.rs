@@ -16,13 +16,28 @@ use std::sync::Arc;
 
 use saphyr::ScanError;
 use saphyr::{AnnotatedMapping, MarkedYaml, Scalar, ScalarStyle, YamlData, YamlLoader};
-use saphyr_parser::{Parser, Span};
+use saphyr_parser::{Event, Parser, Span, SpannedEventReceiver};
 use serde_json::{Map, Number, Value};
 
 /// Nodes that anchors and aliases may expand into, per document; beyond
 /// it the document is refused (a few nested aliases can otherwise ask for
 /// billions of nodes).
 const ALIAS_NODE_BUDGET: usize = 100_000;
+
+/// Deepest nesting of mappings and sequences read; deeper documents are
+/// refused before a tree is built (building, reading and dropping a tree
+/// recurse, and `- - - - …` nests a level every two bytes).
+const MAX_DEPTH: usize = 128;
+
+/// Widest run of indentation and block indicators (` `, `-`, `?`) that
+/// starts a line. Block nesting can only deepen by one column per level, so
+/// this bounds the depth the parser (which recurses) sees; flow nesting is
+/// bounded to 255 levels by the scanner itself.
+const MAX_INDENT: usize = 1000;
+
+/// Stack for reading a file: room for the parser's recursion at
+/// [`MAX_INDENT`] + 255 levels, whatever thread asks.
+pub const READER_STACK: usize = 64 << 20;
 
 /// How many Go-style colon scalars one document may need quoted before the
 /// reader gives up (each costs one more read of the document).
@@ -91,7 +106,24 @@ pub struct SyntaxError {
 /// Reads one document whose text starts at line `first_line` of its file.
 /// `Ok(None)` for a document with no content (comments only, or a trailing
 /// `---`).
+///
+/// The parser recurses once per nesting level: call this on a thread with
+/// [`READER_STACK`] of stack (as `parse_documents` does).
 pub fn read_document(text: &str, first_line: usize) -> Result<Option<Tree>, SyntaxError> {
+    for (i, line) in text.lines().enumerate() {
+        let width = line
+            .chars()
+            .take_while(|c| matches!(c, ' ' | '\t' | '-' | '?'))
+            .count();
+        if width > MAX_INDENT {
+            return Err(SyntaxError {
+                line: first_line + i,
+                message: format!(
+                    "more than {MAX_INDENT} columns of indentation and block indicators: nested too deeply"
+                ),
+            });
+        }
+    }
     let mut attempt = read_once(text, first_line);
     for _ in 0..MAX_COLON_FIXES {
         match attempt {
@@ -164,12 +196,48 @@ fn load(text: &str) -> Result<Vec<MarkedYaml<'_>>, ScanError> {
     let mut loader = YamlLoader::<MarkedYaml<'_>>::default();
     loader.early_parse(false);
     loader.alias_limit(ALIAS_NODE_BUDGET);
+    let mut bounded = Bounded {
+        loader,
+        depth: 0,
+        too_deep: None,
+    };
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut loader, true)?;
-    if let Some(err) = loader.error() {
+    parser.load(&mut bounded, true)?;
+    if let Some(at) = bounded.too_deep {
+        let msg = format!("mappings and sequences nested deeper than {MAX_DEPTH} levels");
+        return Err(ScanError::new(at, msg));
+    }
+    if let Some(err) = bounded.loader.error() {
         return Err(err.clone());
     }
-    Ok(loader.into_documents())
+    Ok(bounded.loader.into_documents())
+}
+
+/// The loader, fed only while nesting stays within [`MAX_DEPTH`].
+struct Bounded<'input> {
+    loader: YamlLoader<'input, MarkedYaml<'input>>,
+    depth: usize,
+    too_deep: Option<saphyr::Marker>,
+}
+
+impl<'input> SpannedEventReceiver<'input> for Bounded<'input> {
+    fn on_event(&mut self, ev: Event<'input>, span: Span) {
+        if self.too_deep.is_some() {
+            return;
+        }
+        match &ev {
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    self.too_deep = Some(span.start);
+                    return;
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => self.depth = self.depth.saturating_sub(1),
+            _ => {}
+        }
+        self.loader.on_event(ev, span);
+    }
 }
 
 fn syntax_error(err: &ScanError, first_line: usize) -> SyntaxError {
@@ -397,6 +465,23 @@ mod tests {
         let tree = read("{\n\t\"kind\": \"List\",\n\t\"items\": [{\"a\": 1.5}]\n}\n");
         assert_eq!(tree.value["items"][0]["a"], 1.5);
         assert_eq!(tree.lines.of(Some("items")), Some(3));
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let wide = format!("{}x\n", "- ".repeat(100_000));
+        let err = read_document(&wide, 1).expect_err("too deep");
+        assert!(err.message.contains("nested too deeply"), "{err:?}");
+        let deep = format!("{}x\n", "- ".repeat(300));
+        let err = read_document(&deep, 1).expect_err("too deep");
+        assert!(err.message.contains("nested deeper than"), "{err:?}");
+        let flow = format!("a: {}{}\n", "[".repeat(200), "]".repeat(200));
+        assert!(
+            read_document(&flow, 1).is_err(),
+            "deep flow collections too"
+        );
+        let fine = format!("a: {}{}\n", "[".repeat(100), "]".repeat(100));
+        assert!(read_document(&fine, 1).is_ok());
     }
 
     #[test]

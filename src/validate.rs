@@ -64,9 +64,10 @@ impl Status {
 }
 
 pub fn run(args: &ValidateArgs) -> ExitCode {
-    let mut inputs: Vec<PathBuf> = args.paths.iter().chain(&args.filenames).cloned().collect();
+    let inputs: Vec<PathBuf> = args.paths.iter().chain(&args.filenames).cloned().collect();
     if inputs.is_empty() {
-        inputs.push(PathBuf::from("-"));
+        eprintln!("error: name at least one FILE, DIR or `-` (standard input)");
+        return ExitCode::from(2);
     }
     let mut reports = Vec::new();
     for input in &inputs {

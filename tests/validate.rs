@@ -307,6 +307,7 @@ fn exit_status_says_valid_invalid_or_unreadable() {
     let (code, out) = run(&[g, missing.to_str().unwrap(), b], "");
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("missing.yaml: unreadable"), "{out}");
+    assert_eq!(run(&[], "").0, 2, "no input named");
 }
 
 /// Errors and warnings read the same in both outputs: the text line is the

@@ -223,6 +223,7 @@ fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Valu
     let mut resources = Vec::new();
     resources.extend(entries("Agent", &docs.agents));
     resources.extend(entries("ServiceEntry", &docs.service_entries));
+    resources.extend(entries("WorkloadEntry", &docs.workload_entries));
     resources.extend(entries("VirtualService", &docs.virtual_services));
     resources.extend(entries("DestinationRule", &docs.destination_rules));
     resources.extend(entries("AuthorizationPolicy", &docs.authorization_policies));

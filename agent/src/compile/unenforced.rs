@@ -244,8 +244,8 @@ pub const FIELDS: &[Field] = &[
     ),
     compiler_warns(
         AP,
-        "spec.rules[*].when[*].key: request.auth.*",
-        "no JWT yet: the condition never matches",
+        "spec.rules[*].when[*].key",
+        "`request.auth.*` keys: no JWT yet, the condition never matches",
     ),
     enforced(PA, "spec.selector"),
     enforced(PA, "spec.mtls"),

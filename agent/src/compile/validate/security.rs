@@ -63,12 +63,6 @@ pub(super) fn authorization_policy(c: &mut Check<'_>, doc: &Document<Authorizati
             format!("`provider` must not be with non CUSTOM action, found {action}"),
         );
     }
-    if action == "ALLOW" && spec.rules.is_empty() {
-        c.warn(
-            "spec.rules",
-            "an ALLOW policy without rules denies every request to the workloads it selects",
-        );
-    }
     for (i, rule) in spec.rules.iter().enumerate() {
         let rf = format!("spec.rules[{i}]");
         for (j, from) in rule.from.iter().enumerate() {

@@ -474,3 +474,52 @@ pub(super) fn rate_limiter(
         max_keys,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::compile::compile_text;
+    use crate::model::authz::Pattern;
+    use crate::model::live::LiveState;
+
+    /// `serviceAccounts` and `trustDomains` narrow an ALLOW rule as
+    /// principals do; ignoring them would let every caller in.
+    #[test]
+    fn service_accounts_and_trust_domains_constrain_the_principal() {
+        let yaml = r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: reviews-v1, namespace: default}
+spec: {service: reviews, labels: {app: reviews}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: callers, namespace: default}
+spec:
+  rules:
+  - from:
+    - source: {serviceAccounts: [default/productpage], notServiceAccounts: [default/bad]}
+    - source: {trustDomains: [cluster.local], notTrustDomains: [old.example]}
+"#;
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        let compiled =
+            compile_text(&file, yaml, 1, &LiveState::default()).unwrap_or_else(|e| panic!("{e}"));
+        let from = &compiled.snapshot.authorization.allow[0].rules[0].from;
+        assert_eq!(
+            from[0].principals.any_of,
+            [Pattern::Suffix("/ns/default/sa/productpage".into())]
+        );
+        assert_eq!(
+            from[0].principals.none_of,
+            [Pattern::Suffix("/ns/default/sa/bad".into())]
+        );
+        assert_eq!(
+            from[1].principals.any_of,
+            [Pattern::Prefix("cluster.local/".into())]
+        );
+        assert_eq!(
+            from[1].principals.none_of,
+            [Pattern::Prefix("old.example/".into())]
+        );
+    }
+}

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 mod ca;
 mod query;
 mod signal;
+mod validate;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -60,12 +61,10 @@ enum Command {
     /// Ask the query service about traces, latency and errors (tables, or
     /// `--json`).
     Query(query::QueryArgs),
-    /// Check a config file without starting anything (like `istioctl analyze`).
-    /// Exits non-zero when it has errors.
-    Validate {
-        /// The config file.
-        file: PathBuf,
-    },
+    /// Check Istio resources and agent configs without starting anything,
+    /// as `istioctl validate -f` does: files, directories, `-` for stdin.
+    /// Exit status 0 valid, 1 invalid, 2 unreadable.
+    Validate(validate::ValidateArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,7 +99,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             demo::run(&args, collector_services)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { file } => Ok(validate(&file)),
+        Command::Validate(args) => Ok(validate::run(&args)),
         Command::Query(args) => {
             query::run(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -117,37 +116,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{report}");
             }
             Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-fn validate(file: &std::path::Path) -> ExitCode {
-    let states = tracemesh_agent::model::live::LiveState::default();
-    match tracemesh_agent::compile::load_file(file, 1, &states) {
-        Ok(compiled) => {
-            let warnings: Vec<_> = compiled.diagnostics.warnings().collect();
-            for warning in &warnings {
-                println!("{warning}");
-            }
-            println!(
-                "{}: valid ({} warning{})",
-                file.display(),
-                warnings.len(),
-                if warnings.len() == 1 { "" } else { "s" }
-            );
-            ExitCode::SUCCESS
-        }
-        Err(rejected) => {
-            for diagnostic in rejected.0.iter() {
-                println!("{diagnostic}");
-            }
-            let errors = rejected.0.errors().count();
-            println!(
-                "{}: invalid ({errors} error{})",
-                file.display(),
-                if errors == 1 { "" } else { "s" }
-            );
-            ExitCode::FAILURE
         }
     }
 }

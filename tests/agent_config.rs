@@ -85,7 +85,7 @@ async fn validate_reports_every_problem_without_starting() {
             }],
         )
         + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: reviews-v1}\nspec: {replicas: 1}\n"
-        + "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec: {}\n"
+        + "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [\"*\"]}]\n"
         + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - corsPolicy: {allowOrigins: [{exact: \"https://a.example\"}]}\n    route: [{destination: {host: reviews}}]\n";
     let (ok, out) = validate(&good);
     assert!(ok, "{out}");
@@ -113,7 +113,7 @@ async fn validate_reports_every_problem_without_starting() {
     assert!(out.contains("document 3 (line "), "{out}");
     assert!(out.contains("needs both `apiVersion` and `kind`"), "{out}");
     assert!(
-        out.contains("spec.ports[0].protocol: unknown protocol \"CARRIER_PIGEON\""),
+        out.contains("spec.ports[0].protocol: unsupported protocol \"CARRIER_PIGEON\""),
         "{out}"
     );
     assert!(out.contains("invalid (3 errors)"), "{out}");
@@ -200,4 +200,82 @@ async fn sigterm_lets_in_flight_requests_finish() {
         200,
         "the in-flight request completed"
     );
+}
+
+/// A VM outside Kubernetes, registered as Istio registers it: a
+/// ServiceEntry whose `workloadSelector` picks WorkloadEntries by label.
+/// Requests reach the WorkloadEntries' addresses and ports (by port name),
+/// and DestinationRule subsets select on the WorkloadEntries' labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workload_entries_are_the_endpoints_of_a_selecting_service_entry() {
+    let vm1 = Upstream::start("vm-v1").await;
+    let vm2 = Upstream::start("vm-v2").await;
+    let workload_entry = |name: &str, addr: std::net::SocketAddr, version: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  address: {}\n  ports: {{http: {}}}\n  labels: {{app: legacy, version: {version}}}\n",
+            addr.ip(),
+            addr.port()
+        )
+    };
+    let yaml = agent("productpage", closed_port().await, NO_COLLECTOR)
+        + r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: default}
+spec:
+  hosts: [legacy.example.internal]
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: legacy}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: legacy, namespace: default}
+spec:
+  host: legacy.example.internal
+  subsets:
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: legacy, namespace: default}
+spec:
+  hosts: [legacy.example.internal]
+  http:
+  - match: [{headers: {x-version: {exact: v2}}}]
+    route: [{destination: {host: legacy.example.internal, subset: v2}}]
+  - route: [{destination: {host: legacy.example.internal}}]
+"# + &workload_entry("legacy-vm-1", vm1.addr, "v1")
+        + &workload_entry("legacy-vm-2", vm2.addr, "v2")
+        // Another namespace's entry is not selected (Istio selects in the
+        // ServiceEntry's namespace).
+        + "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: elsewhere, namespace: other}\nspec:\n  address: 127.0.0.1\n  ports: {http: 1}\n  labels: {app: legacy, version: v1}\n";
+    let (ok, out) = validate(&yaml);
+    assert!(ok, "{out}");
+    let agent = Agent::start(&yaml);
+    let client = Client::h1(agent.outbound);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let reply = client.get("http://legacy.example.internal:8080/").await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        seen.insert(reply.upstream());
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["vm-v1", "vm-v2"],
+        "both VMs serve the entry, and only they"
+    );
+    for _ in 0..5 {
+        let reply = client
+            .get_with(
+                "http://legacy.example.internal:8080/",
+                &[("x-version", "v2")],
+            )
+            .await;
+        assert_eq!(
+            reply.upstream(),
+            "vm-v2",
+            "the subset selects on the WorkloadEntry's labels"
+        );
+    }
 }

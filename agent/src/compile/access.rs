@@ -165,11 +165,16 @@ fn source(
     let identity = !raw.principals.is_empty()
         || !raw.not_principals.is_empty()
         || !raw.namespaces.is_empty()
-        || !raw.not_namespaces.is_empty();
+        || !raw.not_namespaces.is_empty()
+        || !raw.service_accounts.is_empty()
+        || !raw.not_service_accounts.is_empty()
+        || !raw.trust_domains.is_empty()
+        || !raw.not_trust_domains.is_empty();
     if identity && !has_identity {
-        let msg = "principals and namespaces come from mTLS peer certificates; without spec.identity, `principals`/`namespaces` never match";
+        let msg = "principals, namespaces, serviceAccounts and trustDomains come from mTLS peer certificates; without spec.identity they never match";
         diags.warn(loc, Some(field.to_owned()), msg);
     }
+    let principals = principal_values(raw, field, loc, diags);
     let request_principals =
         !raw.request_principals.is_empty() || !raw.not_request_principals.is_empty();
     if request_principals {
@@ -180,10 +185,7 @@ fn source(
         );
     }
     Source {
-        principals: Values {
-            any_of: patterns(&raw.principals),
-            none_of: patterns(&raw.not_principals),
-        },
+        principals,
         namespaces: Values {
             any_of: patterns(&raw.namespaces),
             none_of: patterns(&raw.not_namespaces),
@@ -213,6 +215,44 @@ fn source(
         },
         request_principals,
     }
+}
+
+/// `principals`, `serviceAccounts` (`ns/sa`: any trust domain) and
+/// `trustDomains` all constrain the peer's principal
+/// (`<trust domain>/ns/<ns>/sa/<sa>`); their negations all exclude.
+fn principal_values(
+    raw: &RawSource,
+    field: &str,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Values<Pattern> {
+    let accounts = |list: &[String]| -> Vec<Pattern> {
+        list.iter()
+            .filter_map(|a| a.split_once('/'))
+            .map(|(ns, sa)| Pattern::Suffix(format!("/ns/{ns}/sa/{sa}")))
+            .collect()
+    };
+    let domains = |list: &[String]| -> Vec<Pattern> {
+        list.iter()
+            .map(|td| Pattern::Prefix(format!("{td}/")))
+            .collect()
+    };
+    let positive = [
+        !raw.principals.is_empty(),
+        !raw.service_accounts.is_empty(),
+        !raw.trust_domains.is_empty(),
+    ];
+    if positive.iter().filter(|p| **p).count() > 1 {
+        let msg = "trustDomains together with principals or serviceAccounts in one source is not supported yet; write the principals out in full (`<trust domain>/ns/<namespace>/sa/<account>`)";
+        diags.error(loc, Some(format!("{field}.trustDomains")), msg);
+    }
+    let mut any_of = patterns(&raw.principals);
+    any_of.extend(accounts(&raw.service_accounts));
+    any_of.extend(domains(&raw.trust_domains));
+    let mut none_of = patterns(&raw.not_principals);
+    none_of.extend(accounts(&raw.not_service_accounts));
+    none_of.extend(domains(&raw.not_trust_domains));
+    Values { any_of, none_of }
 }
 
 fn ports(list: &[String], field: &str, loc: &Location, diags: &mut Diagnostics) -> Vec<u16> {
@@ -352,7 +392,7 @@ pub(super) fn rate_limits(
     out
 }
 
-fn rate_limiter(
+pub(super) fn rate_limiter(
     raw: &RateLimitRule,
     name: String,
     field: &str,
@@ -433,4 +473,53 @@ fn rate_limiter(
         settings,
         max_keys,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::compile::compile_text;
+    use crate::model::authz::Pattern;
+    use crate::model::live::LiveState;
+
+    /// `serviceAccounts` and `trustDomains` narrow an ALLOW rule as
+    /// principals do; ignoring them would let every caller in.
+    #[test]
+    fn service_accounts_and_trust_domains_constrain_the_principal() {
+        let yaml = r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: reviews-v1, namespace: default}
+spec: {service: reviews, labels: {app: reviews}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: callers, namespace: default}
+spec:
+  rules:
+  - from:
+    - source: {serviceAccounts: [default/productpage], notServiceAccounts: [default/bad]}
+    - source: {trustDomains: [cluster.local], notTrustDomains: [old.example]}
+"#;
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        let compiled =
+            compile_text(&file, yaml, 1, &LiveState::default()).unwrap_or_else(|e| panic!("{e}"));
+        let from = &compiled.snapshot.authorization.allow[0].rules[0].from;
+        assert_eq!(
+            from[0].principals.any_of,
+            [Pattern::Suffix("/ns/default/sa/productpage".into())]
+        );
+        assert_eq!(
+            from[0].principals.none_of,
+            [Pattern::Suffix("/ns/default/sa/bad".into())]
+        );
+        assert_eq!(
+            from[1].principals.any_of,
+            [Pattern::Prefix("cluster.local/".into())]
+        );
+        assert_eq!(
+            from[1].principals.none_of,
+            [Pattern::Prefix("old.example/".into())]
+        );
+    }
 }

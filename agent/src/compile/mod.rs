@@ -11,6 +11,7 @@ mod route_policy;
 mod routes;
 mod unenforced;
 mod upstream_tls;
+pub mod validate;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ struct Documents {
     authorization_policies: Vec<Document<crate::config::security::AuthorizationPolicySpec>>,
     peer_authentications: Vec<Document<crate::config::security::PeerAuthenticationSpec>>,
     rate_limit_policies: Vec<Document<crate::config::rate_limit::RateLimitPolicySpec>>,
+    workload_entries: Vec<Document<crate::config::service_entry::WorkloadEntry>>,
 }
 
 impl Documents {
@@ -44,6 +46,9 @@ impl Documents {
                 Resource::AuthorizationPolicy(d) => docs.authorization_policies.push(d),
                 Resource::PeerAuthentication(d) => docs.peer_authentications.push(d),
                 Resource::RateLimitPolicy(d) => docs.rate_limit_policies.push(d),
+                Resource::WorkloadEntry(d) => docs.workload_entries.push(d),
+                // Validated and warned about already; nothing to compile.
+                Resource::Unused(_) => {}
             }
         }
         docs
@@ -93,7 +98,8 @@ pub fn compile_text(
     states: &LiveState,
 ) -> Result<Compiled, ConfigRejected> {
     let mut diags = Diagnostics::default();
-    let docs = Documents::sort(parse_documents(file, text, &mut diags));
+    let resources = validate::resources(parse_documents(file, text, &mut diags), &mut diags);
+    let docs = Documents::sort(resources);
     let snapshot = build(file, &docs, version, states, &mut diags);
     match snapshot {
         Some(snapshot) if !diags.has_errors() => Ok(Compiled {
@@ -101,6 +107,41 @@ pub fn compile_text(
             diagnostics: diags,
         }),
         _ => Err(ConfigRejected(diags)),
+    }
+}
+
+/// What `tracemesh validate` found in one file.
+pub struct Checked {
+    /// Every error and warning.
+    pub diagnostics: Diagnostics,
+    /// The file holds an `Agent` document, so it was compiled as an agent's
+    /// config (with the agent's context), not only checked resource by resource.
+    pub agent: bool,
+}
+
+/// Checks the text of a file as `tracemesh validate` does: a file with an
+/// `Agent` document is compiled exactly as `tracemesh agent --config` would
+/// load it; any other file is checked resource by resource with Istio's
+/// rules, as `istioctl validate` does, with the same warnings for fields
+/// the agent accepts but does not enforce.
+pub fn check_text(file: &Arc<str>, text: &str) -> Checked {
+    let mut diags = Diagnostics::default();
+    let resources = parse_documents(file, text, &mut diags);
+    if resources.iter().any(|r| matches!(r, Resource::Agent(_))) {
+        let diagnostics = match compile_text(file, text, 1, &LiveState::default()) {
+            Ok(compiled) => compiled.diagnostics,
+            Err(ConfigRejected(diags)) => diags,
+        };
+        return Checked {
+            diagnostics,
+            agent: true,
+        };
+    }
+    let docs = Documents::sort(validate::resources(resources, &mut diags));
+    unenforced::warn_all(&docs, &mut diags);
+    Checked {
+        diagnostics: diags,
+        agent: false,
     }
 }
 
@@ -120,6 +161,7 @@ fn build(
     let has_identity = boot.as_ref().is_some_and(|b| b.has_identity);
     let registry = registry::Registry::build(
         &docs.service_entries,
+        &docs.workload_entries,
         &docs.destination_rules,
         &namespace,
         has_identity,
@@ -181,6 +223,7 @@ fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Valu
     let mut resources = Vec::new();
     resources.extend(entries("Agent", &docs.agents));
     resources.extend(entries("ServiceEntry", &docs.service_entries));
+    resources.extend(entries("WorkloadEntry", &docs.workload_entries));
     resources.extend(entries("VirtualService", &docs.virtual_services));
     resources.extend(entries("DestinationRule", &docs.destination_rules));
     resources.extend(entries("AuthorizationPolicy", &docs.authorization_policies));

@@ -12,7 +12,7 @@ use crate::config::agent::AgentSpec;
 use crate::config::destination_rule::DestinationRuleSpec;
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
-use crate::config::service_entry::{ServiceEntrySpec, ServicePort};
+use crate::config::service_entry::{ServiceEntrySpec, ServicePort, WorkloadEntry};
 use crate::host::{authority_candidates, resolve_short_name};
 use crate::model::cluster::{
     Cluster, DEFAULT_CONNECT_TIMEOUT, Endpoint, UpstreamAddr, UpstreamTls,
@@ -39,6 +39,7 @@ struct Resolution {
 impl Registry {
     pub fn build(
         entries: &[Document<ServiceEntrySpec>],
+        workload_entries: &[Document<WorkloadEntry>],
         rules: &[Document<DestinationRuleSpec>],
         agent_namespace: &str,
         has_identity: bool,
@@ -52,6 +53,8 @@ impl Registry {
             let Some(resolution) = validate_entry(&doc.spec, &doc.location, diags) else {
                 continue;
             };
+            let selected =
+                selected_workloads(doc, namespace, agent_namespace, workload_entries, diags);
             for (h, host) in doc.spec.hosts.iter().enumerate() {
                 let fqdn = resolve_short_name(host, namespace);
                 if services.contains_key(&fqdn) {
@@ -65,6 +68,7 @@ impl Registry {
                 let rule = rules.get(&fqdn).map(|d| &d.spec);
                 let ctx = EntryContext {
                     doc,
+                    workloads: &selected,
                     fqdn: &fqdn,
                     resolution: &resolution,
                     live,
@@ -229,11 +233,8 @@ fn validate_entry(
         );
     }
     if spec.ports.is_empty() {
-        diags.error(
-            loc,
-            Some("spec.ports".into()),
-            "at least one port is required",
-        );
+        let msg = "no ports: the agent has nothing to route to for this entry";
+        diags.warn(loc, Some("spec.ports".into()), msg);
     }
     for (i, port) in spec.ports.iter().enumerate() {
         if !(1..=65535).contains(&port.number) {
@@ -280,8 +281,38 @@ fn validate_entry(
     (diags.errors().count() == errors_before).then_some(Resolution { dns })
 }
 
+/// The WorkloadEntries a ServiceEntry's `workloadSelector` picks: those of
+/// its namespace whose labels match, as Istio selects them (VMs and other
+/// hosts outside Kubernetes registered as endpoints).
+fn selected_workloads<'a>(
+    doc: &Document<ServiceEntrySpec>,
+    namespace: &str,
+    agent_namespace: &str,
+    workload_entries: &'a [Document<WorkloadEntry>],
+    diags: &mut Diagnostics,
+) -> Vec<&'a WorkloadEntry> {
+    let Some(selector) = &doc.spec.workload_selector else {
+        return Vec::new();
+    };
+    let selected: Vec<&WorkloadEntry> = workload_entries
+        .iter()
+        .filter(|we| we.metadata.namespace.as_deref().unwrap_or(agent_namespace) == namespace)
+        .filter(|we| selector.matches(&we.spec.labels))
+        .map(|we| &we.spec)
+        .collect();
+    if selected.is_empty() {
+        let msg = format!(
+            "no WorkloadEntry in namespace {namespace} matches; Kubernetes pods are not visible to the agent, so the entry has no endpoints"
+        );
+        diags.warn(&doc.location, Some("spec.workloadSelector".into()), msg);
+    }
+    selected
+}
+
 struct EntryContext<'a> {
     doc: &'a Document<ServiceEntrySpec>,
+    /// Endpoints from WorkloadEntries, when the entry has a `workloadSelector`.
+    workloads: &'a [&'a WorkloadEntry],
     fqdn: &'a str,
     resolution: &'a Resolution,
     live: &'a LiveState,
@@ -341,7 +372,12 @@ impl EntryContext<'_> {
     ) -> Vec<EndpointSpec> {
         let spec = &self.doc.spec;
         let default_port = port.target_port.unwrap_or(port.number) as u16;
-        if spec.endpoints.is_empty() {
+        let endpoints: Vec<&WorkloadEntry> = if spec.workload_selector.is_some() {
+            self.workloads.to_vec()
+        } else {
+            spec.endpoints.iter().collect()
+        };
+        if endpoints.is_empty() && spec.workload_selector.is_none() {
             if !self.resolution.dns || self.fqdn.starts_with('*') {
                 return Vec::new();
             }
@@ -355,7 +391,7 @@ impl EntryContext<'_> {
             }];
         }
         let mut out = Vec::new();
-        for (j, ep) in spec.endpoints.iter().enumerate() {
+        for (j, ep) in endpoints.into_iter().enumerate() {
             if ep.address.starts_with("unix://") {
                 if warn {
                     let msg = "unix domain socket endpoints are not supported; skipped";

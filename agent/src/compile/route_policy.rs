@@ -276,7 +276,7 @@ fn fault(f: &HttpFaultInjection, scope: &RuleScope<'_>, diags: &mut Diagnostics)
 }
 
 /// gRPC status names → codes.
-fn grpc_code(name: &str) -> Option<u16> {
+pub(super) fn grpc_code(name: &str) -> Option<u16> {
     const NAMES: [&str; 17] = [
         "OK",
         "CANCELLED",

@@ -1,103 +1,465 @@
-//! Fields the agent accepts but does not enforce yet. Each one present is a
-//! warning at load, so nothing an operator wrote is silently ignored.
+//! What the agent does with each field of each kind: enforced, or accepted
+//! and not enforced yet. Each accepted-but-not-enforced field present in a
+//! resource is one warning at load, so nothing an operator wrote is
+//! silently ignored. The same table is the one in `docs/config.md`.
+
+use serde::Serialize;
+use serde_json::Value;
 
 use super::Documents;
-use crate::config::destination_rule::TrafficPolicy;
 use crate::config::diagnostics::{Diagnostics, Location};
 
 const NOT_ENFORCED: &str = "accepted but not enforced yet";
 
+/// What the agent does with a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// Applied to traffic.
+    Enforced,
+    /// Accepted and not applied; a warning names it, with this reason.
+    Warned(&'static str),
+    /// Accepted and not applied; the compiler warns about it itself, with
+    /// more context (this reason is what the table says).
+    WarnedWhenCompiled(&'static str),
+}
+
+/// One row of the table: a field (pattern) of a kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    /// The resource kind.
+    pub kind: &'static str,
+    /// Path under the document: `.` between fields, `[*]` for every list
+    /// item, `*` for any map key, a leading `**.` for any depth.
+    pub path: &'static str,
+    /// What happens to it.
+    pub support: Support,
+}
+
+const fn enforced(kind: &'static str, path: &'static str) -> Field {
+    Field {
+        kind,
+        path,
+        support: Support::Enforced,
+    }
+}
+
+const fn compiler_warns(kind: &'static str, path: &'static str, why: &'static str) -> Field {
+    Field {
+        kind,
+        path,
+        support: Support::WarnedWhenCompiled(why),
+    }
+}
+
+const fn warned(kind: &'static str, path: &'static str, why: &'static str) -> Field {
+    Field {
+        kind,
+        path,
+        support: Support::Warned(why),
+    }
+}
+
+const VS: &str = "VirtualService";
+const DR: &str = "DestinationRule";
+const SE: &str = "ServiceEntry";
+const WE: &str = "WorkloadEntry";
+const AP: &str = "AuthorizationPolicy";
+const PA: &str = "PeerAuthentication";
+const RL: &str = "RateLimitPolicy";
+
+/// Every kind the agent applies, field by field.
+pub const FIELDS: &[Field] = &[
+    enforced(VS, "spec.hosts"),
+    enforced(VS, "spec.gateways"),
+    enforced(VS, "spec.http[*].name"),
+    enforced(VS, "spec.http[*].match"),
+    enforced(VS, "spec.http[*].route"),
+    enforced(VS, "spec.http[*].redirect"),
+    enforced(VS, "spec.http[*].directResponse"),
+    enforced(VS, "spec.http[*].rewrite"),
+    enforced(VS, "spec.http[*].timeout"),
+    enforced(VS, "spec.http[*].retries"),
+    enforced(VS, "spec.http[*].fault"),
+    enforced(VS, "spec.http[*].mirror"),
+    enforced(VS, "spec.http[*].mirrors"),
+    enforced(VS, "spec.http[*].mirrorPercentage"),
+    enforced(VS, "spec.http[*].headers"),
+    warned(
+        VS,
+        "spec.exportTo",
+        "every resource in the file applies to this agent",
+    ),
+    warned(VS, "spec.tls", ""),
+    warned(VS, "spec.tcp", ""),
+    warned(VS, "spec.http[*].corsPolicy", ""),
+    warned(
+        VS,
+        "spec.http[*].delegate",
+        "delegation applies to gateways only",
+    ),
+    warned(VS, "spec.http[*].match[*].statPrefix", "no per-match stats"),
+    warned(VS, "spec.http[*].redirect.prefixRewrite", ""),
+    warned(
+        VS,
+        "spec.http[*].retries.retryRemoteLocalities",
+        "no localities",
+    ),
+    warned(
+        VS,
+        "spec.http[*].retries.retryIgnorePreviousHosts",
+        "retries prefer another endpoint anyway",
+    ),
+    enforced(DR, "spec.host"),
+    enforced(DR, "spec.subsets"),
+    enforced(DR, "**.loadBalancer.simple"),
+    enforced(DR, "**.loadBalancer.consistentHash"),
+    enforced(DR, "**.connectionPool.tcp.maxConnections"),
+    enforced(DR, "**.connectionPool.tcp.connectTimeout"),
+    enforced(DR, "**.connectionPool.tcp.idleTimeout"),
+    enforced(DR, "**.connectionPool.http"),
+    enforced(DR, "**.outlierDetection"),
+    enforced(DR, "**.tls"),
+    enforced(DR, "**.portLevelSettings"),
+    warned(
+        DR,
+        "spec.exportTo",
+        "every resource in the file applies to this agent",
+    ),
+    warned(
+        DR,
+        "spec.workloadSelector",
+        "the rule applies to this agent whatever its labels",
+    ),
+    warned(DR, "**.trafficPolicy.tunnel", ""),
+    warned(DR, "**.trafficPolicy.proxyProtocol", ""),
+    warned(
+        DR,
+        "**.trafficPolicy.retryBudget",
+        "the budget is Envoy's default: 20% of requests in flight, at least 3",
+    ),
+    warned(DR, "**.loadBalancer.localityLbSetting", "no localities"),
+    warned(DR, "**.loadBalancer.zoneAwareLbSetting", "no zones"),
+    warned(DR, "**.loadBalancer.warmupDurationSecs", "no slow start"),
+    warned(DR, "**.loadBalancer.warmup", "no slow start"),
+    compiler_warns(
+        DR,
+        "**.consistentHash.httpCookie.ttl",
+        "cookies are hashed when present, never generated",
+    ),
+    compiler_warns(
+        DR,
+        "**.tls.credentialName",
+        "Kubernetes secrets are not read; use the file fields",
+    ),
+    compiler_warns(DR, "**.tls.caCrl", "revocation lists are not checked"),
+    warned(
+        DR,
+        "**.consistentHash.httpCookie.path",
+        "cookies are hashed when present, never generated",
+    ),
+    warned(
+        DR,
+        "**.consistentHash.httpCookie.attributes",
+        "cookies are hashed when present, never generated",
+    ),
+    warned(DR, "**.connectionPool.tcp.tcpKeepalive", ""),
+    warned(DR, "**.connectionPool.tcp.maxConnectionDuration", ""),
+    warned(DR, "**.connectionPool.http.maxConcurrentStreams", ""),
+    warned(DR, "**.connectionPool.http.http2KeepAlive", ""),
+    warned(
+        DR,
+        "**.outlierDetection.splitExternalLocalOriginErrors",
+        "local-origin failures count as gateway errors",
+    ),
+    warned(
+        DR,
+        "**.outlierDetection.consecutiveLocalOriginFailures",
+        "local-origin failures count as gateway errors",
+    ),
+    warned(
+        DR,
+        "**.outlierDetection.outlierDetectionHttpErrorCodes",
+        "5xx count as errors",
+    ),
+    enforced(SE, "spec.hosts"),
+    enforced(SE, "spec.ports"),
+    enforced(SE, "spec.resolution"),
+    enforced(SE, "spec.endpoints"),
+    enforced(SE, "spec.workloadSelector"),
+    enforced(SE, "spec.subjectAltNames"),
+    warned(
+        SE,
+        "spec.addresses",
+        "destinations are found by host name and endpoint address",
+    ),
+    warned(SE, "spec.location", ""),
+    warned(
+        SE,
+        "spec.exportTo",
+        "every resource in the file applies to this agent",
+    ),
+    warned(SE, "spec.endpoints[*].network", "one network"),
+    warned(SE, "spec.endpoints[*].locality", "no localities"),
+    warned(
+        SE,
+        "spec.endpoints[*].weight",
+        "endpoints are balanced equally",
+    ),
+    warned(
+        SE,
+        "spec.endpoints[*].serviceAccount",
+        "peers are verified against the trust domain and subjectAltNames",
+    ),
+    enforced(WE, "spec.address"),
+    enforced(WE, "spec.ports"),
+    enforced(WE, "spec.labels"),
+    warned(WE, "spec.network", "one network"),
+    warned(WE, "spec.locality", "no localities"),
+    warned(WE, "spec.weight", "endpoints are balanced equally"),
+    warned(
+        WE,
+        "spec.serviceAccount",
+        "peers are verified against the trust domain and subjectAltNames",
+    ),
+    enforced(AP, "spec.selector"),
+    enforced(AP, "spec.action"),
+    enforced(AP, "spec.rules[*].from[*].source"),
+    enforced(AP, "spec.rules[*].to[*].operation"),
+    enforced(AP, "spec.rules[*].when"),
+    compiler_warns(AP, "spec.targetRef", "gateways only: the policy is skipped"),
+    compiler_warns(
+        AP,
+        "spec.targetRefs",
+        "gateways only: the policy is skipped",
+    ),
+    compiler_warns(
+        AP,
+        "spec.rules[*].from[*].source.requestPrincipals",
+        "no JWT yet: the source never matches",
+    ),
+    compiler_warns(
+        AP,
+        "spec.rules[*].from[*].source.notRequestPrincipals",
+        "no JWT yet: the source never matches",
+    ),
+    compiler_warns(
+        AP,
+        "spec.rules[*].when[*].key",
+        "`request.auth.*` keys: no JWT yet, the condition never matches",
+    ),
+    enforced(PA, "spec.selector"),
+    enforced(PA, "spec.mtls"),
+    enforced(PA, "spec.portLevelMtls"),
+    enforced(RL, "spec.selector"),
+    enforced(RL, "spec.rules"),
+];
+
+/// Kinds checked with Istio's rules and then skipped.
+#[cfg(test)]
+const VALIDATED_ONLY: &[&str] = &[
+    "Gateway",
+    "Sidecar",
+    "WorkloadGroup",
+    "EnvoyFilter",
+    "ProxyConfig",
+    "RequestAuthentication",
+    "Telemetry",
+];
+
 pub(super) fn warn_all(docs: &Documents, diags: &mut Diagnostics) {
-    for doc in &docs.virtual_services {
-        let loc = &doc.location;
-        let spec = &doc.spec;
-        if !spec.tls.is_empty() {
-            diags.warn(loc, Some("spec.tls".into()), NOT_ENFORCED);
-        }
-        if !spec.tcp.is_empty() {
-            diags.warn(loc, Some("spec.tcp".into()), NOT_ENFORCED);
-        }
-        for (i, rule) in spec.http.iter().enumerate() {
-            if rule.cors_policy.is_some() {
-                diags.warn(
-                    loc,
-                    Some(format!("spec.http[{i}].corsPolicy")),
-                    NOT_ENFORCED,
-                );
-            }
-            if rule.delegate.is_some() {
-                diags.warn(
-                    loc,
-                    Some(format!("spec.http[{i}].delegate")),
-                    "delegation applies to gateways only; not enforced",
-                );
-            }
+    fn each<S: Serialize>(
+        kind: &str,
+        list: &[crate::config::documents::Document<S>],
+        diags: &mut Diagnostics,
+    ) {
+        for doc in list {
+            let Ok(spec) = serde_json::to_value(&doc.spec) else {
+                continue;
+            };
+            let root = serde_json::json!({ "spec": spec });
+            warn_document(kind, &root, &doc.location, diags);
         }
     }
-    for doc in &docs.destination_rules {
-        let loc = &doc.location;
-        if let Some(policy) = &doc.spec.traffic_policy {
-            warn_policy(policy, "spec.trafficPolicy", loc, diags);
-        }
-        for (i, subset) in doc.spec.subsets.iter().enumerate() {
-            if let Some(policy) = &subset.traffic_policy {
-                warn_policy(
-                    policy,
-                    &format!("spec.subsets[{i}].trafficPolicy"),
-                    loc,
-                    diags,
-                );
-            }
-        }
-    }
-    for doc in &docs.service_entries {
-        if doc.spec.workload_selector.is_some() {
-            let msg = "selecting workloads needs a platform; only listed endpoints are used";
-            diags.warn(&doc.location, Some("spec.workloadSelector".into()), msg);
+    each(VS, &docs.virtual_services, diags);
+    each(DR, &docs.destination_rules, diags);
+    each(SE, &docs.service_entries, diags);
+    each(WE, &docs.workload_entries, diags);
+    each(AP, &docs.authorization_policies, diags);
+    each(PA, &docs.peer_authentications, diags);
+    each(RL, &docs.rate_limit_policies, diags);
+}
+
+fn warn_document(kind: &str, root: &Value, loc: &Location, diags: &mut Diagnostics) {
+    for field in FIELDS.iter().filter(|f| f.kind == kind) {
+        let Support::Warned(why) = field.support else {
+            continue;
+        };
+        let segments: Vec<&str> = field.path.split('.').collect();
+        let mut found = Vec::new();
+        find(root, &segments, String::new(), &mut found);
+        for path in found {
+            let msg = if why.is_empty() {
+                NOT_ENFORCED.to_owned()
+            } else {
+                format!("{NOT_ENFORCED} ({why})")
+            };
+            diags.warn(loc, Some(path), msg);
         }
     }
 }
 
-fn warn_policy(policy: &TrafficPolicy, field: &str, loc: &Location, diags: &mut Diagnostics) {
-    let pool = policy.connection_pool.as_ref();
-    let tcp = pool.and_then(|p| p.tcp.as_ref());
-    let http = pool.and_then(|p| p.http.as_ref());
-    let outlier = policy.outlier_detection.as_ref();
-    let present = [
-        (
-            "connectionPool.tcp.tcpKeepalive",
-            tcp.is_some_and(|t| t.tcp_keepalive.is_some()),
-        ),
-        (
-            "connectionPool.tcp.maxConnectionDuration",
-            tcp.is_some_and(|t| t.max_connection_duration.is_some()),
-        ),
-        (
-            "connectionPool.http.maxConcurrentStreams",
-            http.is_some_and(|h| h.max_concurrent_streams.is_some()),
-        ),
-        (
-            "outlierDetection.splitExternalLocalOriginErrors",
-            outlier.is_some_and(|o| {
-                o.split_external_local_origin_errors.is_some()
-                    || o.consecutive_local_origin_failures.is_some()
-            }),
-        ),
-        ("tunnel", policy.tunnel.is_some()),
-        ("proxyProtocol", policy.proxy_protocol.is_some()),
-    ];
-    for (name, _) in present.iter().filter(|(_, p)| *p) {
-        diags.warn(loc, Some(format!("{field}.{name}")), NOT_ENFORCED);
+/// Paths under `value` matching `segments` whose value says something
+/// (not null, not empty, not `false`).
+fn find(value: &Value, segments: &[&str], path: String, out: &mut Vec<String>) {
+    let Some((first, rest)) = segments.split_first() else {
+        let says_something = match value {
+            Value::Null | Value::Bool(false) => false,
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            _ => true,
+        };
+        if says_something && !out.contains(&path) {
+            out.push(path);
+        }
+        return;
+    };
+    let join = |path: &str, key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    if *first == "**" {
+        find(value, rest, path.clone(), out);
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    find(v, segments, join(&path, k), out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    find(v, segments, format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+        return;
     }
-    if let Some(lb) = &policy.load_balancer
-        && (lb.locality_lb_setting.is_some()
-            || lb.warmup.is_some()
-            || lb.warmup_duration_secs.is_some())
-    {
-        diags.warn(
-            loc,
-            Some(format!("{field}.loadBalancer")),
-            "locality and warmup settings are not enforced yet",
+    let (key, each) = match first.strip_suffix("[*]") {
+        Some(key) => (key, true),
+        None => (*first, false),
+    };
+    let Value::Object(map) = value else { return };
+    let children: Vec<(String, &Value)> = if key == "*" {
+        map.iter().map(|(k, v)| (join(&path, k), v)).collect()
+    } else {
+        map.get(key)
+            .map(|v| (join(&path, key), v))
+            .into_iter()
+            .collect()
+    };
+    for (child_path, child) in children {
+        if each {
+            for (i, item) in child.as_array().into_iter().flatten().enumerate() {
+                find(item, rest, format!("{child_path}[{i}]"), out);
+            }
+        } else {
+            find(child, rest, child_path, out);
+        }
+    }
+}
+
+/// The table of `docs/config.md`: per kind, what is enforced and what is
+/// accepted with a warning.
+#[cfg(test)]
+fn markdown_table() -> String {
+    let show = |path: &str| {
+        let path = path.strip_prefix("spec.").unwrap_or(path);
+        let path = path.strip_prefix("**.").unwrap_or(path);
+        format!("`{}`", path.replace("[*]", ""))
+    };
+    let mut out = String::from(
+        "| kind | enforced | accepted, not enforced (one warning each) |\n|---|---|---|\n",
+    );
+    let mut kinds: Vec<&str> = Vec::new();
+    for f in FIELDS {
+        if !kinds.contains(&f.kind) {
+            kinds.push(f.kind);
+        }
+    }
+    for kind in kinds {
+        let list = |want_enforced: bool| {
+            let mut items: Vec<String> = Vec::new();
+            for f in FIELDS.iter().filter(|f| f.kind == kind) {
+                let item = match f.support {
+                    Support::Enforced if want_enforced => show(f.path),
+                    Support::Warned("") if !want_enforced => show(f.path),
+                    Support::Warned(why) | Support::WarnedWhenCompiled(why) if !want_enforced => {
+                        format!("{} ({why})", show(f.path))
+                    }
+                    _ => continue,
+                };
+                if !items.contains(&item) {
+                    items.push(item);
+                }
+            }
+            if items.is_empty() {
+                "—".to_owned()
+            } else {
+                items.join(", ")
+            }
+        };
+        out.push_str(&format!("| {kind} | {} | {} |\n", list(true), list(false)));
+    }
+    for kind in VALIDATED_ONLY {
+        out.push_str(&format!(
+            "| {kind} | — | every field: checked with Istio's rules, then the resource is skipped with one warning |\n"
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_find_every_place_a_field_is_written() {
+        let root = serde_json::json!({"spec": {
+            "trafficPolicy": {"connectionPool": {"tcp": {"tcpKeepalive": {"time": "1s"}}}},
+            "subsets": [{"name": "v1", "trafficPolicy": {"portLevelSettings": [{"connectionPool": {"tcp": {"tcpKeepalive": {"probes": 3}}}}]}}],
+            "exportTo": [],
+        }});
+        let mut found = Vec::new();
+        find(
+            &root,
+            &["**", "connectionPool", "tcp", "tcpKeepalive"],
+            String::new(),
+            &mut found,
+        );
+        assert_eq!(
+            found,
+            [
+                "spec.subsets[0].trafficPolicy.portLevelSettings[0].connectionPool.tcp.tcpKeepalive",
+                "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
+            ]
+        );
+        let mut found = Vec::new();
+        find(&root, &["spec", "exportTo"], String::new(), &mut found);
+        assert!(found.is_empty(), "an empty list says nothing");
+    }
+
+    #[test]
+    fn the_docs_table_is_this_table() {
+        let docs =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md"))
+                .expect("docs/config.md");
+        assert!(
+            docs.contains(&markdown_table()),
+            "docs/config.md must contain the field table; paste this:\n{}",
+            markdown_table()
         );
     }
 }

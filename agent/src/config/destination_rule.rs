@@ -62,12 +62,54 @@ pub struct TrafficPolicy {
     /// Per-port overrides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
-    /// Tunnel settings (not supported; warned about).
+    /// Tunnel the connection through a proxy (not enforced; warned about).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tunnel: Option<serde_json::Value>,
-    /// PROXY protocol settings (not supported; warned about).
+    pub tunnel: Option<TunnelSettings>,
+    /// PROXY protocol to the upstream (not enforced; warned about).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy_protocol: Option<serde_json::Value>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Envoy's retry budget for the cluster (not enforced; warned about).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `trafficPolicy.tunnel`: HTTP CONNECT or POST tunnelling to the upstream.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TunnelSettings {
+    /// `CONNECT` (default) or `POST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Host the tunnel reaches (FQDN or IP).
+    #[serde(default)]
+    pub target_host: String,
+    /// Port the tunnel reaches.
+    #[serde(default)]
+    pub target_port: u32,
+}
+
+/// `trafficPolicy.proxyProtocol`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyProtocol {
+    /// `V1` (default) or `V2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// `trafficPolicy.retryBudget`: retries in flight as a share of requests.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Percent of active requests that may be retries (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Retries always allowed, whatever the share (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<u32>,
+    /// Window the budget is computed over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_interval: Option<IstioDuration>,
 }
 
 /// A traffic policy for one port.
@@ -101,15 +143,93 @@ pub struct LoadBalancerSettings {
     /// Hash-based affinity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_hash: Option<ConsistentHash>,
-    /// Locality-aware load balancing (informational).
+    /// Locality-aware load balancing (not enforced; warned about).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality_lb_setting: Option<serde_json::Value>,
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+    /// Zone-aware load balancing (not enforced; warned about).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_aware_lb_setting: Option<ZoneAwareLbSetting>,
     /// Slow start for new endpoints (not enforced; warned about).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_duration_secs: Option<IstioDuration>,
     /// Slow start for new endpoints (not enforced; warned about).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warmup: Option<serde_json::Value>,
+    pub warmup: Option<Warmup>,
+}
+
+/// `loadBalancer.localityLbSetting`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityLbSetting {
+    /// Traffic shares from one locality to others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distribute: Vec<LocalityDistribute>,
+    /// Region to fail over to when a region is unhealthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    /// Labels ordering failover priority.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_priority: Vec<String>,
+    /// Turns locality load balancing on or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// One `distribute` entry: `from` locality → weights per `to` locality (sum 100).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityDistribute {
+    /// Origin locality (`region/zone/subzone`, `*` allowed as the last part).
+    #[serde(default)]
+    pub from: String,
+    /// Destination locality → weight.
+    #[serde(default)]
+    pub to: BTreeMap<String, u32>,
+}
+
+/// One `failover` entry.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityFailover {
+    /// Origin region.
+    #[serde(default)]
+    pub from: String,
+    /// Region to fail over to.
+    #[serde(default)]
+    pub to: String,
+}
+
+/// `loadBalancer.zoneAwareLbSetting`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneAwareLbSetting {
+    /// Turns zone-aware routing on or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Region to fail over to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    /// Labels ordering failover priority.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_priority: Vec<String>,
+    /// Smallest cluster zone-aware routing applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_cluster_size: Option<u64>,
+}
+
+/// `loadBalancer.warmup`: slow start for new endpoints.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Warmup {
+    /// How long a new endpoint warms up (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<IstioDuration>,
+    /// Share of its weight a new endpoint starts with, in percent (0–100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_percent: Option<f64>,
+    /// Curve of the ramp (greater than 0; 1 is linear).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggression: Option<f64>,
 }
 
 /// Consistent-hash affinity: one key keeps reaching one endpoint.
@@ -151,6 +271,21 @@ pub struct HttpCookie {
     /// Lifetime of a generated cookie.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<IstioDuration>,
+    /// Attributes of a generated cookie.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<CookieAttribute>,
+}
+
+/// One attribute of a generated cookie.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CookieAttribute {
+    /// Attribute name (required).
+    #[serde(default)]
+    pub name: String,
+    /// Attribute value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// Ring hash settings.
@@ -195,7 +330,7 @@ pub struct TcpSettings {
     pub connect_timeout: Option<IstioDuration>,
     /// TCP keepalive probes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_keepalive: Option<serde_json::Value>,
+    pub tcp_keepalive: Option<TcpKeepalive>,
     /// Longest a connection may live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connection_duration: Option<IstioDuration>,
@@ -232,6 +367,40 @@ pub struct HttpSettings {
     /// HTTP/2 concurrent streams per connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_streams: Option<i32>,
+    /// HTTP/2 PING keepalive on upstream connections.
+    #[serde(
+        default,
+        rename = "http2KeepAlive",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http2_keep_alive: Option<Http2KeepAlive>,
+}
+
+/// `connectionPool.tcp.tcpKeepalive`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// Unanswered probes before the connection is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
+    /// Idle time before probes start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<IstioDuration>,
+    /// Time between probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<IstioDuration>,
+}
+
+/// `connectionPool.http.http2KeepAlive`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Http2KeepAlive {
+    /// Time between PINGs (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<IstioDuration>,
+    /// Time to wait for a PING's answer (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<IstioDuration>,
 }
 
 /// Ejection of endpoints that keep failing.
@@ -269,6 +438,9 @@ pub struct OutlierDetection {
     /// Below this share of healthy endpoints, ejection stops (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_health_percent: Option<i32>,
+    /// HTTP status codes counted as errors instead of 5xx (not enforced; warned about).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outlier_detection_http_error_codes: Vec<u32>,
 }
 
 /// TLS origination settings.

@@ -5,6 +5,11 @@
 use std::fmt;
 use std::sync::Arc;
 
+use serde::Serialize;
+use serde::ser::{SerializeStruct, Serializer};
+
+use super::source::Lines;
+
 /// Where in a config file something was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -12,10 +17,15 @@ pub struct Location {
     pub file: Arc<str>,
     /// 1-based index of the document in the file, when known.
     pub document: Option<usize>,
-    /// 1-based line of the document's start (or of the error), when known.
+    /// Index of the resource in a Kubernetes `List` document's `items`.
+    pub item: Option<usize>,
+    /// 1-based line of the resource's start or, in a finding, of the field
+    /// it names, when known.
     pub line: Option<usize>,
     /// `Kind namespace/name` of the document, when known.
     pub resource: Option<String>,
+    /// Where each field of the resource is, for findings that name one.
+    pub lines: Lines,
 }
 
 impl Location {
@@ -24,8 +34,20 @@ impl Location {
         Self {
             file: file.clone(),
             document: None,
+            item: None,
             line: None,
             resource: None,
+            lines: Lines::default(),
+        }
+    }
+
+    /// This location, at the line of `field` when the file says where it is.
+    fn at(&self, field: Option<&str>) -> Self {
+        let line = self.lines.of(field).or(self.line);
+        Self {
+            line,
+            lines: Lines::default(),
+            ..self.clone()
         }
     }
 }
@@ -35,6 +57,9 @@ impl fmt::Display for Location {
         write!(f, "{}", self.file)?;
         if let Some(doc) = self.document {
             write!(f, ": document {doc}")?;
+            if let Some(item) = self.item {
+                write!(f, ", items[{item}]")?;
+            }
             match (&self.resource, self.line) {
                 (Some(res), Some(line)) => write!(f, " ({res}, line {line})")?,
                 (Some(res), None) => write!(f, " ({res})")?,
@@ -72,15 +97,39 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let level = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        write!(f, "{level}: {}: ", self.location)?;
+        write!(f, "{}: {}: ", self.severity.as_str(), self.location)?;
         if let Some(field) = &self.field {
             write!(f, "{field}: ")?;
         }
         f.write_str(&self.message)
+    }
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
+/// The JSON form `tracemesh validate -o json` prints: `severity`, `file`,
+/// `document`, `item`, `line`, `resource`, `field`, `message` (absent parts
+/// are null), with the same message text as the plain form.
+impl Serialize for Diagnostic {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let loc = &self.location;
+        let mut out = serializer.serialize_struct("Diagnostic", 8)?;
+        out.serialize_field("severity", self.severity.as_str())?;
+        out.serialize_field("file", &*loc.file)?;
+        out.serialize_field("document", &loc.document)?;
+        out.serialize_field("item", &loc.item)?;
+        out.serialize_field("line", &loc.line)?;
+        out.serialize_field("resource", &loc.resource)?;
+        out.serialize_field("field", &self.field)?;
+        out.serialize_field("message", &self.message)?;
+        out.end()
     }
 }
 
@@ -120,7 +169,7 @@ impl Diagnostics {
     ) {
         self.items.push(Diagnostic {
             severity,
-            location: location.clone(),
+            location: location.at(field.as_deref()),
             field,
             message,
         });
@@ -146,6 +195,28 @@ impl Diagnostics {
     /// Everything, in order.
     pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
         self.items.iter()
+    }
+
+    /// How many findings there are so far (errors and warnings).
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Whether an error was recorded after the first `mark` findings.
+    pub fn errors_since(&self, mark: usize) -> bool {
+        self.items[mark.min(self.items.len())..]
+            .iter()
+            .any(|d| d.severity == Severity::Error)
+    }
+
+    /// Appends every finding of `other`.
+    pub fn extend(&mut self, other: Diagnostics) {
+        self.items.extend(other.items);
     }
 }
 

@@ -1,20 +1,26 @@
-//! Splits a multi-document YAML file and turns each document into a typed
-//! resource, or a diagnostic naming the document and the field.
+//! Splits a multi-document file, reads each document as Kubernetes does
+//! (YAML or JSON; a `List` holds several resources) and turns each resource
+//! into a typed one, or a diagnostic naming the document, line and field.
 
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
-use serde_yaml_ng::Value;
+use serde_json::Value;
 
 use super::agent::AgentSpec;
 use super::destination_rule::DestinationRuleSpec;
 use super::diagnostics::{Diagnostics, Location};
+use super::envoy_filter::{EnvoyFilterSpec, ProxyConfigSpec};
+use super::gateway::{GatewaySpec, SidecarSpec};
 use super::meta::ObjectMeta;
 use super::rate_limit::RateLimitPolicySpec;
-use super::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
-use super::service_entry::ServiceEntrySpec;
+use super::security::{AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec};
+use super::service_entry::{ServiceEntrySpec, WorkloadEntry};
+use super::source::{Tree, read_document};
+use super::telemetry::TelemetrySpec;
 use super::virtual_service::VirtualServiceSpec;
+use super::workload::WorkloadGroupSpec;
 
 /// One typed document, with where it came from.
 #[derive(Debug, Clone)]
@@ -29,7 +35,7 @@ pub struct Document<S> {
     pub spec: S,
 }
 
-/// A document of a kind the agent uses. Parsed once per load, so the size
+/// A resource of a kind tracemesh knows. Parsed once per load, so the size
 /// difference between variants costs nothing worth boxing for.
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)]
@@ -38,6 +44,8 @@ pub enum Resource {
     Agent(Document<AgentSpec>),
     /// A registry entry.
     ServiceEntry(Document<ServiceEntrySpec>),
+    /// A workload outside Kubernetes, an endpoint of ServiceEntries that select it.
+    WorkloadEntry(Document<WorkloadEntry>),
     /// Routing rules.
     VirtualService(Document<VirtualServiceSpec>),
     /// Destination policies.
@@ -48,6 +56,44 @@ pub enum Resource {
     PeerAuthentication(Document<PeerAuthenticationSpec>),
     /// Rate limits.
     RateLimitPolicy(Document<RateLimitPolicySpec>),
+    /// A kind the agent validates but does not use yet.
+    Unused(Unused),
+}
+
+/// Istio kinds whose schema and rules are checked but which the agent does
+/// not apply yet; they are skipped with a warning.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum Unused {
+    /// An ingress or egress gateway's listeners.
+    Gateway(Document<GatewaySpec>),
+    /// A sidecar's listeners and visible hosts.
+    Sidecar(Document<SidecarSpec>),
+    /// A template for WorkloadEntries.
+    WorkloadGroup(Document<WorkloadGroupSpec>),
+    /// Envoy configuration patches.
+    EnvoyFilter(Document<EnvoyFilterSpec>),
+    /// Proxy settings.
+    ProxyConfig(Document<ProxyConfigSpec>),
+    /// JWT authentication.
+    RequestAuthentication(Document<RequestAuthenticationSpec>),
+    /// Tracing, metrics and access-log settings.
+    Telemetry(Document<TelemetrySpec>),
+}
+
+impl Unused {
+    /// Where the resource is.
+    pub fn location(&self) -> &Location {
+        match self {
+            Unused::Gateway(d) => &d.location,
+            Unused::Sidecar(d) => &d.location,
+            Unused::WorkloadGroup(d) => &d.location,
+            Unused::EnvoyFilter(d) => &d.location,
+            Unused::ProxyConfig(d) => &d.location,
+            Unused::RequestAuthentication(d) => &d.location,
+            Unused::Telemetry(d) => &d.location,
+        }
+    }
 }
 
 /// The on-disk shape of every resource: unknown top-level fields are errors,
@@ -61,48 +107,151 @@ struct Envelope<S> {
     _kind: String,
     #[serde(default)]
     metadata: ObjectMeta,
-    spec: S,
+    #[serde(default = "Option::default")]
+    spec: Option<S>,
     #[serde(default, rename = "status")]
     _status: Option<IgnoredAny>,
 }
 
-const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
-const SECURITY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
+/// Any other Kubernetes object: only what every object has is checked.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Object {
+    #[serde(default, rename = "metadata")]
+    _metadata: ObjectMeta,
+}
 
-/// Parses every document of `text`; problems go to `diags`.
+/// The kinds of one API group and the versions each is served in.
+struct Group {
+    name: &'static str,
+    kinds: &'static [(&'static str, &'static [&'static str])],
+}
+
+const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+const SECURITY: &[&str] = &["v1", "v1beta1"];
+const GROUPS: &[Group] = &[
+    Group {
+        name: "tracemesh.io",
+        kinds: &[("Agent", &["v1"]), ("RateLimitPolicy", &["v1"])],
+    },
+    Group {
+        name: "networking.istio.io",
+        kinds: &[
+            ("VirtualService", NETWORKING),
+            ("DestinationRule", NETWORKING),
+            ("ServiceEntry", NETWORKING),
+            ("WorkloadEntry", NETWORKING),
+            ("Gateway", NETWORKING),
+            ("Sidecar", NETWORKING),
+            ("WorkloadGroup", NETWORKING),
+            ("EnvoyFilter", &["v1alpha3"]),
+            ("ProxyConfig", &["v1beta1"]),
+        ],
+    },
+    Group {
+        name: "security.istio.io",
+        kinds: &[
+            ("AuthorizationPolicy", SECURITY),
+            ("PeerAuthentication", SECURITY),
+            ("RequestAuthentication", SECURITY),
+        ],
+    },
+    Group {
+        name: "telemetry.istio.io",
+        kinds: &[("Telemetry", &["v1", "v1alpha1"])],
+    },
+];
+
+/// Parses every document of `text`; problems go to `diags`. Runs on a
+/// thread of its own with room for the YAML parser's recursion.
 pub fn parse_documents(file: &Arc<str>, text: &str, diags: &mut Diagnostics) -> Vec<Resource> {
+    let read = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("config-reader".into())
+            .stack_size(super::source::READER_STACK)
+            .spawn_scoped(scope, || {
+                let mut found = Diagnostics::default();
+                let resources = parse_all(file, text, &mut found);
+                (resources, found)
+            })
+            .map(|reader| reader.join())
+    });
+    match read {
+        Ok(Ok((resources, found))) => {
+            diags.extend(found);
+            resources
+        }
+        Ok(Err(_)) | Err(_) => {
+            let msg = "the config reader failed (no thread could be started, or it panicked)";
+            diags.error(&Location::file(file), None, msg);
+            Vec::new()
+        }
+    }
+}
+
+fn parse_all(file: &Arc<str>, text: &str, diags: &mut Diagnostics) -> Vec<Resource> {
     let mut resources = Vec::new();
     for (index, segment) in split_documents(text).into_iter().enumerate() {
-        let location = Location {
-            file: file.clone(),
-            document: Some(index + 1),
-            line: Some(segment.first_line),
-            resource: None,
+        let mut location = Location::file(file);
+        location.document = Some(index + 1);
+        location.line = Some(segment.first_line);
+        let tree = match read_document(segment.text, segment.first_line) {
+            Ok(Some(tree)) => tree,
+            Ok(None) => continue,
+            Err(err) => {
+                location.line = Some(err.line);
+                diags.error(&location, None, err.message);
+                continue;
+            }
         };
-        if let Some(resource) = parse_one(segment, location, diags) {
-            resources.push(resource);
+        let Tree { value, lines } = tree;
+        match list_items(value) {
+            Ok(items) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    let mut location = location.clone();
+                    location.item = Some(i);
+                    location.lines = lines.nested(&format!("items[{i}]"));
+                    location.line = location.lines.of(None);
+                    resources.extend(parse_one(item, location, diags));
+                }
+            }
+            Err(value) => {
+                location.lines = lines;
+                resources.extend(parse_one(value, location, diags));
+            }
         }
     }
     resources
 }
 
-fn parse_one(
-    segment: Segment<'_>,
-    mut location: Location,
-    diags: &mut Diagnostics,
-) -> Option<Resource> {
-    let value: Value = match serde_yaml_ng::from_str(segment.text) {
-        Ok(value) => value,
-        Err(err) => {
-            if let Some(at) = err.location() {
-                location.line = Some(segment.first_line + at.line() - 1);
-            }
-            diags.error(&location, None, format!("invalid YAML: {err}"));
-            return None;
-        }
-    };
-    if value.is_null() {
-        return None; // an empty document, e.g. after a trailing `---`
+/// The `items` of a Kubernetes list (`kind: List`, `VirtualServiceList`,
+/// … as `kubectl get -o yaml` prints), or the value back when it is not one.
+fn list_items(value: Value) -> Result<Vec<Value>, Value> {
+    let is_list = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k.ends_with("List"))
+        && value.get("items").is_some_and(Value::is_array);
+    if !is_list {
+        return Err(value);
+    }
+    match value {
+        Value::Object(mut map) => match map.remove("items") {
+            Some(Value::Array(items)) => Ok(items),
+            _ => Ok(Vec::new()),
+        },
+        other => Err(other),
+    }
+}
+
+fn parse_one(value: Value, mut location: Location, diags: &mut Diagnostics) -> Option<Resource> {
+    if !value.is_object() {
+        diags.error(
+            &location,
+            None,
+            "a resource must be a mapping (apiVersion, kind, metadata, spec)",
+        );
+        return None;
     }
     let api_version = string_field(&value, "apiVersion");
     let kind = string_field(&value, "kind");
@@ -118,20 +267,22 @@ fn parse_one(
     let (group, version) = api_version
         .rsplit_once('/')
         .unwrap_or(("", api_version.as_str()));
-    let versions: &[&str] = match (group, kind.as_str()) {
-        ("tracemesh.io", "Agent" | "RateLimitPolicy") => &["v1"],
-        ("networking.istio.io", "ServiceEntry" | "VirtualService" | "DestinationRule") => {
-            &NETWORKING_VERSIONS
+    let Some(known) = GROUPS.iter().find(|g| g.name == group) else {
+        // A Kubernetes object or another project's resource: its metadata is
+        // checked, the rest is not ours to judge.
+        let at = diags.len();
+        typed_object(value, &location, diags);
+        if !diags.errors_since(at) {
+            let msg = format!("{api_version} {kind} is not used by the agent; skipped");
+            diags.warn(&location, None, msg);
         }
-        ("security.istio.io", "AuthorizationPolicy" | "PeerAuthentication") => &SECURITY_VERSIONS,
-        _ => {
-            diags.warn(
-                &location,
-                None,
-                format!("{api_version} {kind} is not used by the agent; skipped"),
-            );
-            return None;
-        }
+        return None;
+    };
+    let Some((_, versions)) = known.kinds.iter().find(|(k, _)| *k == kind) else {
+        let kinds: Vec<&str> = known.kinds.iter().map(|(k, _)| *k).collect();
+        let msg = format!("{group} has no kind {kind} (it has {})", kinds.join(", "));
+        diags.error(&location, Some("kind".to_owned()), msg);
+        return None;
     };
     if !versions.contains(&version) {
         let msg = format!(
@@ -142,36 +293,90 @@ fn parse_one(
         return None;
     }
     let (loc, api) = (&location, api_version.as_str());
-    match kind.as_str() {
-        "Agent" => typed(value, loc, api, diags).map(Resource::Agent),
-        "ServiceEntry" => typed(value, loc, api, diags).map(Resource::ServiceEntry),
-        "VirtualService" => typed(value, loc, api, diags).map(Resource::VirtualService),
-        "DestinationRule" => typed(value, loc, api, diags).map(Resource::DestinationRule),
-        "AuthorizationPolicy" => typed(value, loc, api, diags).map(Resource::AuthorizationPolicy),
-        "RateLimitPolicy" => typed(value, loc, api, diags).map(Resource::RateLimitPolicy),
-        _ => typed(value, loc, api, diags).map(Resource::PeerAuthentication),
-    }
+    Some(match kind.as_str() {
+        "Agent" => Resource::Agent(typed_with(value, loc, api, diags, None)?),
+        "RateLimitPolicy" => Resource::RateLimitPolicy(typed(value, loc, api, diags)?),
+        // Istio's CRDs require `spec` for these three.
+        "ServiceEntry" => Resource::ServiceEntry(typed_with(value, loc, api, diags, None)?),
+        "WorkloadEntry" => Resource::WorkloadEntry(typed_with(value, loc, api, diags, None)?),
+        "VirtualService" => Resource::VirtualService(typed(value, loc, api, diags)?),
+        "DestinationRule" => Resource::DestinationRule(typed(value, loc, api, diags)?),
+        "AuthorizationPolicy" => Resource::AuthorizationPolicy(typed(value, loc, api, diags)?),
+        "PeerAuthentication" => Resource::PeerAuthentication(typed(value, loc, api, diags)?),
+        "Gateway" => Resource::Unused(Unused::Gateway(typed(value, loc, api, diags)?)),
+        "Sidecar" => Resource::Unused(Unused::Sidecar(typed(value, loc, api, diags)?)),
+        "WorkloadGroup" => Resource::Unused(Unused::WorkloadGroup(typed_with(
+            value, loc, api, diags, None,
+        )?)),
+        "EnvoyFilter" => Resource::Unused(Unused::EnvoyFilter(typed(value, loc, api, diags)?)),
+        "ProxyConfig" => Resource::Unused(Unused::ProxyConfig(typed(value, loc, api, diags)?)),
+        "RequestAuthentication" => Resource::Unused(Unused::RequestAuthentication(typed(
+            value, loc, api, diags,
+        )?)),
+        _ => Resource::Unused(Unused::Telemetry(typed(value, loc, api, diags)?)),
+    })
 }
 
-fn typed<S: DeserializeOwned>(
+/// A resource whose `spec` may be left out (Kubernetes stores it as empty).
+fn typed<S: DeserializeOwned + Default>(
     value: Value,
     location: &Location,
     api_version: &str,
     diags: &mut Diagnostics,
 ) -> Option<Document<S>> {
+    typed_with(value, location, api_version, diags, Some(S::default))
+}
+
+fn typed_with<S: DeserializeOwned>(
+    value: Value,
+    location: &Location,
+    api_version: &str,
+    diags: &mut Diagnostics,
+    missing: Option<fn() -> S>,
+) -> Option<Document<S>> {
     match serde_path_to_error::deserialize::<_, Envelope<S>>(value) {
-        Ok(envelope) => Some(Document {
-            location: location.clone(),
-            api_version: api_version.to_owned(),
-            metadata: envelope.metadata,
-            spec: envelope.spec,
-        }),
+        Ok(envelope) => {
+            let Some(spec) = envelope.spec.or_else(|| missing.map(|f| f())) else {
+                diags.error(location, Some("spec".to_owned()), "`spec` is required");
+                return None;
+            };
+            Some(Document {
+                location: location.clone(),
+                api_version: api_version.to_owned(),
+                metadata: envelope.metadata,
+                spec,
+            })
+        }
         Err(err) => {
-            let path = err.path().to_string();
-            let field = (path != ".").then_some(path);
-            diags.error(location, field, err.into_inner().to_string());
+            let (field, message) = serde_error(err);
+            diags.error(location, field, message);
             None
         }
+    }
+}
+
+/// The field a serde error is about: for a missing field, the field itself
+/// rather than the object it is missing from.
+fn serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> (Option<String>, String) {
+    let path = err.path().to_string();
+    let message = err.into_inner().to_string();
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name.to_owned());
+    let field = match (path.as_str(), missing) {
+        (".", Some(name)) => Some(name),
+        (".", None) => None,
+        (_, Some(name)) => Some(format!("{path}.{name}")),
+        (_, None) => Some(path),
+    };
+    (field, message)
+}
+
+fn typed_object(value: Value, location: &Location, diags: &mut Diagnostics) {
+    if let Err(err) = serde_path_to_error::deserialize::<_, Object>(value) {
+        let (field, message) = serde_error(err);
+        diags.error(location, field, message);
     }
 }
 

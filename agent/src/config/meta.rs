@@ -25,13 +25,39 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// A Kubernetes label selector as Istio's `workloadSelector`/`selector` use it.
+/// Istio's `istio.type.v1beta1.WorkloadSelector` (`selector` of security
+/// and telemetry policies, `workloadSelector` of a DestinationRule).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadSelector {
     /// Every label here must be on the workload for the selector to match.
-    #[serde(default, alias = "labels")]
+    #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
+}
+
+/// networking.istio.io's own `WorkloadSelector` (`workloadSelector` of a
+/// ServiceEntry, Sidecar or EnvoyFilter): `labels`, not `matchLabels`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadLabels {
+    /// Every label here must be on the workload for the selector to match.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl WorkloadLabels {
+    /// Whether a workload with `labels` is selected.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// A share of traffic in percent, `0.0`–`100.0`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Percent {
+    /// The percentage.
+    pub value: f64,
 }
 
 impl WorkloadSelector {

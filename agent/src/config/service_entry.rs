@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::meta::WorkloadSelector;
+use super::meta::WorkloadLabels;
 
 /// A service in the mesh or outside it: its host names, ports and endpoints.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -22,15 +22,15 @@ pub struct ServiceEntrySpec {
     /// MESH_EXTERNAL or MESH_INTERNAL (default MESH_EXTERNAL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
-    /// NONE, STATIC, DNS or DNS_ROUND_ROBIN (default NONE).
+    /// NONE, STATIC, DNS, DNS_ROUND_ROBIN or DYNAMIC_DNS (default NONE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<String>,
     /// The endpoints; with DNS resolution and none given, the hosts themselves.
     #[serde(default)]
     pub endpoints: Vec<WorkloadEntry>,
-    /// Selects Kubernetes pods as endpoints (needs a platform; warned about).
+    /// Selects WorkloadEntries (and, on Kubernetes, pods) as endpoints by label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload_selector: Option<WorkloadSelector>,
+    pub workload_selector: Option<WorkloadLabels>,
     /// Namespaces the entry is visible in (every entry is visible to this agent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
@@ -57,7 +57,8 @@ pub struct ServicePort {
     pub target_port: Option<u32>,
 }
 
-/// One endpoint of a service entry.
+/// One endpoint of a service entry, and the spec of a `WorkloadEntry`
+/// resource (Istio's way to register a VM or any non-Kubernetes host).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadEntry {

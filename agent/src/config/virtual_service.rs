@@ -19,12 +19,12 @@ pub struct VirtualServiceSpec {
     /// HTTP rules, evaluated in order; the first that matches wins.
     #[serde(default)]
     pub http: Vec<HttpRoute>,
-    /// TLS passthrough rules (not enforced; warned about).
+    /// TLS passthrough rules, by SNI (not enforced; warned about).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tls: Vec<serde_json::Value>,
+    pub tls: Vec<TlsRoute>,
     /// TCP rules (not enforced; warned about).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tcp: Vec<serde_json::Value>,
+    pub tcp: Vec<TcpRoute>,
     /// Namespaces the resource is visible in (every resource is visible to this agent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
@@ -78,7 +78,7 @@ pub struct HttpRoute {
     pub mirror_percent: Option<u32>,
     /// CORS policy (not enforced; warned about).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cors_policy: Option<serde_json::Value>,
+    pub cors_policy: Option<CorsPolicy>,
     /// Header edits for requests and responses of this rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
@@ -234,6 +234,9 @@ pub struct HttpRedirect {
     /// Status code (default 301).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_code: Option<u32>,
+    /// Replaces the matched prefix of the path (every match must be a prefix match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
 }
 
 /// A fixed response answered by the agent.
@@ -368,13 +371,7 @@ pub struct FaultAbort {
     pub percentage: Option<Percent>,
 }
 
-/// A percentage in [0, 100].
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Percent {
-    /// The percentage.
-    pub value: f64,
-}
+pub use super::meta::Percent;
 
 /// One mirror target.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -385,4 +382,117 @@ pub struct HttpMirrorPolicy {
     /// Share of requests copied (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
+}
+
+/// Cross-origin resource sharing for a rule.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicy {
+    /// Deprecated exact origins; use `allowOrigins`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origin: Vec<String>,
+    /// Origins allowed (`exact`, `prefix` or `regex`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<StringMatch>,
+    /// Methods allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// Request headers allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser may read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// How long a preflight answer may be cached (whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<IstioDuration>,
+    /// Whether credentials may be sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+    /// `UNSPECIFIED`, `FORWARD` or `IGNORE`: what happens to preflights from other origins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmatched_preflights: Option<String>,
+}
+
+/// A TLS rule: connections matched by SNI, forwarded as bytes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRoute {
+    /// Conditions, ORed (at least one).
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<TlsMatchAttributes>,
+    /// Weighted destinations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route: Vec<RouteDestination>,
+}
+
+/// A TCP rule.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRoute {
+    /// Conditions, ORed.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<L4MatchAttributes>,
+    /// Weighted destinations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route: Vec<RouteDestination>,
+}
+
+/// Conditions on a TLS connection.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsMatchAttributes {
+    /// SNI values to match (at least one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_hosts: Vec<String>,
+    /// Destination IPs or CIDRs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destination_subnets: Vec<String>,
+    /// The port addressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// Labels the calling workload must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_labels: BTreeMap<String, String>,
+    /// Gateways the condition applies to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    /// Namespace the calling workload must be in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
+}
+
+/// Conditions on a TCP connection.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L4MatchAttributes {
+    /// Destination IPs or CIDRs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destination_subnets: Vec<String>,
+    /// The port addressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// Source IP or CIDR (deprecated in Istio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_subnet: Option<String>,
+    /// Labels the calling workload must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_labels: BTreeMap<String, String>,
+    /// Gateways the condition applies to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    /// Namespace the calling workload must be in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
+}
+
+/// A weighted destination of a TCP or TLS rule.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteDestination {
+    /// Where the connection goes.
+    pub destination: Destination,
+    /// Relative share of the rule's connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i32>,
 }

@@ -1,0 +1,355 @@
+//! `tracemesh validate` on plain Istio files, as `istioctl validate -f`:
+//! a corpus of Istio's own valid and invalid resources of every kind, a
+//! samples directory in one call, standard input, JSON and `List`s, exit
+//! status, and the same words in the text and JSON outputs.
+
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::agent::binary;
+use serde_json::Value;
+
+fn corpus(part: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/istio")
+        .join(part)
+}
+
+/// Runs `tracemesh validate ARGS` with `stdin`: (exit code, stdout).
+fn run(args: &[&str], stdin: &str) -> (i32, String) {
+    let mut child = Command::new(binary())
+        .arg("validate")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+fn run_json(args: &[&str], stdin: &str) -> (i32, Value) {
+    let mut all = vec!["-o", "json"];
+    all.extend_from_slice(args);
+    let (code, out) = run(&all, stdin);
+    (
+        code,
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}")),
+    )
+}
+
+/// Every document of every YAML/JSON file under `dir`: (file, 1-based
+/// document index, the document).
+fn documents(dir: &Path) -> Vec<(String, usize, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+            let value: Value = serde::Deserialize::deserialize(doc).unwrap();
+            out.push((file.display().to_string(), i + 1, value));
+        }
+    }
+    out
+}
+
+fn errors(report: &Value) -> Vec<&Value> {
+    report["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["severity"] == "error")
+        .collect()
+}
+
+#[test]
+fn every_valid_corpus_file_is_valid_as_a_plain_file() {
+    let dir = corpus("valid");
+    let (code, report) = run_json(&[dir.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{report:#}");
+    assert!(errors(&report).is_empty(), "{report:#}");
+    let files = report["files"].as_array().unwrap();
+    assert!(files.len() >= 8, "{report:#}");
+    for file in files {
+        assert_eq!(file["status"], "valid", "{file}");
+        assert_eq!(file["agent"], false, "plain files need no Agent document");
+    }
+    // Kinds the agent does not use are checked, then skipped with a warning.
+    let skipped: Vec<&str> = report["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["message"].as_str())
+        .filter(|m| m.ends_with("is not used by the agent; skipped"))
+        .collect();
+    for kind in [
+        "Gateway",
+        "Sidecar",
+        "WorkloadGroup",
+        "EnvoyFilter",
+        "ProxyConfig",
+        "RequestAuthentication",
+        "Telemetry",
+    ] {
+        assert!(
+            skipped.iter().any(|m| m.contains(&format!(" {kind} "))),
+            "{kind} is validated and skipped: {skipped:?}"
+        );
+    }
+}
+
+#[test]
+fn every_invalid_document_is_refused_with_its_field() {
+    let dir = corpus("invalid");
+    let (code, report) = run_json(&[dir.to_str().unwrap()], "");
+    assert_eq!(code, 1, "{report:#}");
+    let errors = errors(&report);
+    let mut per_kind: BTreeMap<String, usize> = BTreeMap::new();
+    let docs = documents(&dir);
+    for (file, index, doc) in &docs {
+        let expected = doc["metadata"]["annotations"]["tracemesh.io/expect-field"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file} document {index} names the field it expects"));
+        let found: Vec<&&Value> = errors
+            .iter()
+            .filter(|e| e["file"].as_str() == Some(file) && e["document"] == *index)
+            .collect();
+        assert!(
+            found
+                .iter()
+                .any(|e| e["field"].as_str().is_some_and(|f| f.starts_with(expected))),
+            "{file} document {index} ({}): expected an error at {expected}, got {found:#?}",
+            doc["metadata"]["name"]
+        );
+        assert!(
+            found.iter().all(|e| e["line"].as_u64().is_some()),
+            "every error names its line: {found:#?}"
+        );
+        *per_kind
+            .entry(doc["kind"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    println!(
+        "invalid documents per kind: {per_kind:?} ({} in all)",
+        docs.len()
+    );
+    assert!(
+        per_kind.len() >= 13,
+        "every kind has invalid documents: {per_kind:?}"
+    );
+}
+
+#[test]
+fn the_samples_directory_validates_in_one_call() {
+    let dir = corpus("samples");
+    let (code, out) = run(&[dir.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{out}");
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.contains("files:") && last.contains(" 0 invalid, 0 unreadable (0 errors"),
+        "{out}"
+    );
+    assert!(
+        out.contains("apps/v1 Deployment is not used by the agent; skipped"),
+        "{out}"
+    );
+    assert!(
+        out.contains("httpbin-gateway.json: valid"),
+        "JSON files are read: {out}"
+    );
+    assert!(out.contains("httpbin-circuit-breaker.yml: valid"), "{out}");
+}
+
+/// The forms of the issue that refused users' files: an IPv6 address in a
+/// flow sequence, quoted port keys, a ServiceEntry without ports, fields
+/// added to Istio's API recently.
+#[test]
+fn files_users_have_load_unchanged() {
+    let yaml = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dual, namespace: default}
+spec:
+  hosts: [dual.example.com]
+  addresses: [1.2.3.4, 2001:db8::]
+  resolution: NONE
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: quoted, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  portLevelMtls:
+    "8080": {mode: DISABLE}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: keepalive, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool:
+      http: {http2KeepAlive: {interval: 30s, timeout: 5s}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: domains, namespace: default}
+spec:
+  rules:
+  - from: [{source: {trustDomains: [cluster.local]}}]
+"#;
+    let (code, report) = run_json(&["-"], yaml);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["files"][0]["file"], "<stdin>");
+    let warned: Vec<&str> = report["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["field"].as_str())
+        .collect();
+    assert!(warned.contains(&"spec.addresses"), "{report:#}");
+    assert!(
+        warned.contains(&"spec.trafficPolicy.connectionPool.http.http2KeepAlive"),
+        "accepted, and named as not enforced: {report:#}"
+    );
+}
+
+/// `kubectl get -o yaml` prints a `List`; its items are named by index.
+#[test]
+fn kubernetes_lists_are_read_item_by_item() {
+    let yaml = r#"apiVersion: v1
+kind: List
+metadata: {resourceVersion: ""}
+items:
+- apiVersion: networking.istio.io/v1
+  kind: VirtualService
+  metadata: {name: ok, namespace: default, uid: 1b2c, resourceVersion: "77"}
+  spec:
+    hosts: [reviews]
+    http: [{route: [{destination: {host: reviews}}]}]
+  status: {}
+- apiVersion: networking.istio.io/v1
+  kind: VirtualService
+  metadata: {name: broken, namespace: default}
+  spec:
+    hosts: [reviews]
+    http:
+    - route:
+      - {destination: {host: reviews, subset: v1}, weight: 0}
+      - {destination: {host: reviews, subset: v2}, weight: 0}
+"#;
+    let (code, report) = run_json(&["-"], yaml);
+    assert_eq!(code, 1, "{report:#}");
+    let errors = errors(&report);
+    assert_eq!(errors.len(), 1, "{report:#}");
+    let e = errors[0];
+    assert_eq!(e["document"], 1);
+    assert_eq!(e["item"], 1);
+    assert_eq!(e["resource"], "VirtualService default/broken");
+    assert_eq!(e["field"], "spec.http[0].route");
+    assert_eq!(e["line"], 18, "the line of the field in the file");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("weights are relative"),
+        "says what to write instead: {e}"
+    );
+}
+
+#[test]
+fn exit_status_says_valid_invalid_or_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    let bad = dir.path().join("nested/bad.yaml");
+    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    std::fs::write(&good, "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: reviews}\n").unwrap();
+    std::fs::write(&bad, "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: reviews, subsets: [{name: A}]}\n").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a config").unwrap();
+    let (g, b) = (good.to_str().unwrap(), bad.to_str().unwrap());
+    assert_eq!(run(&[g], "").0, 0);
+    assert_eq!(
+        run(&["-f", g, "-f", b], "").0,
+        1,
+        "istioctl's -f spelling, repeated"
+    );
+    let (code, out) = run(&[dir.path().to_str().unwrap()], "");
+    assert_eq!(code, 1, "a directory is read recursively: {out}");
+    assert!(
+        out.contains("nested/bad.yaml: invalid (1 error)") && !out.contains("notes.txt"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 files: 1 valid, 1 invalid, 0 unreadable"),
+        "{out}"
+    );
+    let missing = dir.path().join("missing.yaml");
+    let (code, out) = run(&[g, missing.to_str().unwrap(), b], "");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("missing.yaml: unreadable"), "{out}");
+    assert_eq!(run(&[], "").0, 2, "no input named");
+}
+
+/// Errors and warnings read the same in both outputs: the text line is the
+/// JSON record's parts in order.
+#[test]
+fn text_and_json_say_the_same() {
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: default}\nspec:\n  hosts: [reviews]\n  exportTo: [\".\"]\n  http:\n  - route: [{destination: {host: reviews}}]\n    corsPolicy: {allowOrigins: [{exact: \"https://a.example\"}]}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec: {host: reviews, subsets: [{name: Bad}]}\n";
+    let (_, text) = run(&["-"], yaml);
+    let (_, report) = run_json(&["-"], yaml);
+    let diagnostics = report["diagnostics"].as_array().unwrap();
+    assert!(diagnostics.len() >= 3, "{report:#}");
+    for d in diagnostics {
+        let line = format!(
+            "{}: <stdin>: document {} ({}, line {}): {}: {}",
+            d["severity"].as_str().unwrap(),
+            d["document"],
+            d["resource"].as_str().unwrap(),
+            d["line"],
+            d["field"].as_str().unwrap(),
+            d["message"].as_str().unwrap(),
+        );
+        assert!(text.lines().any(|l| l == line), "{line}\nnot in\n{text}");
+    }
+}
+
+/// A file with an Agent document is checked as that agent's config: the
+/// agent's context counts (ISTIO_MUTUAL needs the Agent's identity).
+#[test]
+fn an_agent_file_is_checked_in_the_agents_context() {
+    let yaml = "apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {name: productpage-v1, namespace: default}\nspec:\n  service: productpage\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n";
+    let (code, report) = run_json(&["-"], yaml);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["files"][0]["agent"], true);
+    let errors = errors(&report);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["field"] == "spec.trafficPolicy.tls.mode"
+                && e["message"].as_str().unwrap().contains("spec.identity")),
+        "{report:#}"
+    );
+    // The same DestinationRule alone is a valid Istio resource.
+    let plain = yaml.split("---\n").nth(1).unwrap();
+    assert_eq!(run(&["-"], plain).0, 0);
+}

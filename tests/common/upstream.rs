@@ -56,6 +56,8 @@ struct Cue {
     fail_every: AtomicU64,
     open: AtomicUsize,
     max_open: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
     accepted: AtomicUsize,
 }
 
@@ -146,6 +148,15 @@ impl Upstream {
         self.cue.max_open.load(Ordering::SeqCst)
     }
 
+    /// Most requests being answered at once so far. Unlike
+    /// [`max_open_connections`](Self::max_open_connections) this cannot lag:
+    /// a connection the proxy closed counts as open here until this server
+    /// reads its end, which under load can come after the proxy's next
+    /// connection is accepted.
+    pub fn max_requests_in_flight(&self) -> usize {
+        self.cue.max_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Connections accepted so far.
     pub fn accepted_connections(&self) -> usize {
         self.cue.accepted.load(Ordering::SeqCst)
@@ -181,6 +192,11 @@ impl Upstream {
             all.push(seen);
             all.len() as u64
         };
+        let in_flight = self.cue.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.cue
+            .max_in_flight
+            .fetch_max(in_flight, Ordering::SeqCst);
+        let _in_flight = InFlightGuard(self.cue.clone());
         let delay = self.cue.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -278,6 +294,14 @@ impl Upstream {
 }
 
 struct OpenGuard(Arc<Cue>);
+
+struct InFlightGuard(Arc<Cue>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {

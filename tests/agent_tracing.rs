@@ -279,9 +279,7 @@ async fn spans_are_named_by_service_and_errors_mark_them() {
     assert!(spans.iter().all(|s| s.span.name == name), "{spans:?}");
     let outbound = spans
         .iter()
-        .find(|s| {
-            s.span.kind == SPAN_KIND_CLIENT && s.attr("http.request.resend_count").is_none()
-        })
+        .find(|s| s.span.kind == SPAN_KIND_CLIENT && s.attr("http.request.resend_count").is_none())
         .expect("the request's span");
     assert_eq!(outbound.span.kind, SPAN_KIND_CLIENT);
     assert_eq!(outbound.attr("http.route").as_deref(), Some("backend-api"));

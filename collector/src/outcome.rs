@@ -55,9 +55,21 @@ mod tests {
     fn errors_are_5xx_and_local_failures_4xx_beside_them() {
         assert_eq!(Outcome::of(0, Some(200)), Outcome::Success);
         assert_eq!(Outcome::of(2, Some(503)), Outcome::Error);
-        assert_eq!(Outcome::of(0, Some(503)), Outcome::Error, "5xx without ERROR status");
-        assert_eq!(Outcome::of(2, Some(429)), Outcome::ClientError, "a rate-limited answer");
-        assert_eq!(Outcome::of(2, Some(404)), Outcome::ClientError, "an OTel client span's 404");
+        assert_eq!(
+            Outcome::of(0, Some(503)),
+            Outcome::Error,
+            "5xx without ERROR status"
+        );
+        assert_eq!(
+            Outcome::of(2, Some(429)),
+            Outcome::ClientError,
+            "a rate-limited answer"
+        );
+        assert_eq!(
+            Outcome::of(2, Some(404)),
+            Outcome::ClientError,
+            "an OTel client span's 404"
+        );
         assert_eq!(Outcome::of(2, None), Outcome::Error, "a timeout or reset");
         assert_eq!(Outcome::of(1, None), Outcome::Success);
     }

@@ -331,16 +331,21 @@ impl SpanMetrics {
             .or_default()
             .entry(name.to_owned())
             .or_default()[direction];
-        let counter = self
-            .service_requests
-            .with_label_values(&[service, name, DIRECTIONS[direction], outcome.as_str()]);
+        let counter = self.service_requests.with_label_values(&[
+            service,
+            name,
+            DIRECTIONS[direction],
+            outcome.as_str(),
+        ]);
         slot.0[at] = Some(counter.clone());
         let histogram = match &slot.1 {
             Some(histogram) => histogram.clone(),
             None => {
-                let histogram =
-                    self.service_duration
-                        .with_label_values(&[service, name, DIRECTIONS[direction]]);
+                let histogram = self.service_duration.with_label_values(&[
+                    service,
+                    name,
+                    DIRECTIONS[direction],
+                ]);
                 slot.1 = Some(histogram.clone());
                 histogram
             }
@@ -518,10 +523,19 @@ mod tests {
                 r#"tracemesh_service_requests_total{{direction="{direction}",operation="reviews.default.svc.cluster.local:9080/*",outcome="{outcome}",service_name="productpage"}}"#
             )
         };
-        assert!(text.contains(&(line("inbound", "success") + " 1")), "{text}");
-        assert!(text.contains(&(line("inbound", "client_error") + " 1")), "{text}");
+        assert!(
+            text.contains(&(line("inbound", "success") + " 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&(line("inbound", "client_error") + " 1")),
+            "{text}"
+        );
         assert!(text.contains(&(line("outbound", "error") + " 1")), "{text}");
-        assert!(!text.contains(&line("outbound", "success")), "a retry is not a call: {text}");
+        assert!(
+            !text.contains(&line("outbound", "success")),
+            "a retry is not a call: {text}"
+        );
         assert!(text.contains(r#"tracemesh_service_request_duration_milliseconds_count{direction="inbound",operation="reviews.default.svc.cluster.local:9080/*",service_name="productpage"} 2"#), "{text}");
     }
 }

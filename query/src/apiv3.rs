@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
-use axum::response::Response;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
 use axum::routing::{get, post};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
@@ -267,7 +267,10 @@ async fn find_traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> 
 fn summary_json(trace: &Trace) -> serde_json::Value {
     let summary = crate::engine::search::summarize(trace);
     let mut out = serde_json::Map::new();
-    out.insert("traceId".into(), json!(crate::jaeger::model::hex(&trace.trace_id.0)));
+    out.insert(
+        "traceId".into(),
+        json!(crate::jaeger::model::hex(&trace.trace_id.0)),
+    );
     if let Some((service, operation)) = &summary.root {
         if !service.is_empty() {
             out.insert("rootServiceName".into(), json!(service));
@@ -277,7 +280,10 @@ fn summary_json(trace: &Trace) -> serde_json::Value {
         }
     }
     if summary.start != 0 {
-        out.insert("minStartTimeUnixNano".into(), json!(summary.start.to_string()));
+        out.insert(
+            "minStartTimeUnixNano".into(),
+            json!(summary.start.to_string()),
+        );
     }
     if summary.end != 0 {
         out.insert("maxEndTimeUnixNano".into(), json!(summary.end.to_string()));
@@ -356,7 +362,8 @@ async fn transform(State(state): State<AppState>, body: Bytes) -> Response {
             let mut traces: Vec<Trace> = Vec::new();
             let mut index: HashMap<[u8; 16], usize> = HashMap::new();
             tracemesh_collector::store::document::for_each_span(&request.resource_spans, |span| {
-                let Some(trace_id) = tracemesh_collector::ids::TraceId::from_bytes(&span.span.trace_id)
+                let Some(trace_id) =
+                    tracemesh_collector::ids::TraceId::from_bytes(&span.span.trace_id)
                 else {
                     return;
                 };
@@ -367,20 +374,23 @@ async fn transform(State(state): State<AppState>, body: Bytes) -> Response {
                     });
                     traces.len() - 1
                 });
-                traces[at].spans.push(tracemesh_collector::store::StoredSpan {
-                    resource: span.resource.cloned(),
-                    resource_schema_url: span.resource_schema_url.to_owned(),
-                    scope: span.scope.cloned(),
-                    scope_schema_url: span.scope_schema_url.to_owned(),
-                    span: span.span.clone(),
-                });
+                traces[at]
+                    .spans
+                    .push(tracemesh_collector::store::StoredSpan {
+                        resource: span.resource.cloned(),
+                        resource_schema_url: span.resource_schema_url.to_owned(),
+                        scope: span.scope.cloned(),
+                        scope_schema_url: span.scope_schema_url.to_owned(),
+                        span: span.span.clone(),
+                    });
             });
             crate::jaeger::traces_response(traces.iter().map(crate::jaeger::model::trace).collect())
         }
     };
-    state
-        .0
-        .metrics
-        .observe("jaeger_transform", response.status().as_u16(), started.elapsed());
+    state.0.metrics.observe(
+        "jaeger_transform",
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }

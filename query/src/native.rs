@@ -46,7 +46,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/series", get(series))
         .route("/api/v1/dependencies", get(dependencies))
         .route("/api/v1/traces", get(traces))
-        .route("/api/v1/traces/{trace_id}/critical-path", get(critical_path))
+        .route(
+            "/api/v1/traces/{trace_id}/critical-path",
+            get(critical_path),
+        )
         .route("/api/v1/explain", get(explain))
 }
 
@@ -64,7 +67,9 @@ fn error(error: &QueryError) -> Response {
 fn range_of(params: &Params, prefix: &str) -> Result<TimeRange, QueryError> {
     let name = |n: &str| format!("{prefix}{n}");
     let micros = |n: &str| -> Result<Option<u64>, QueryError> {
-        Ok(params.int::<u64>(&name(n))?.map(|us| us.saturating_mul(1000)))
+        Ok(params
+            .int::<u64>(&name(n))?
+            .map(|us| us.saturating_mul(1000)))
     };
     let end = micros("end")?.unwrap_or_else(now_nanos);
     let range = match micros("start")? {
@@ -132,9 +137,7 @@ fn filter(
 
 /// What a statistic counted: the view, and the range in µs.
 fn counted(params: &Params, view: Option<View>, range: TimeRange) -> Value {
-    let Counted { view, spans } = view
-        .unwrap_or(View::All)
-        .counted(params.get("service"));
+    let Counted { view, spans } = view.unwrap_or(View::All).counted(params.get("service"));
     json!({"view": view, "spans": spans, "start_us": range.from / 1000, "end_us": range.to / 1000})
 }
 
@@ -183,10 +186,7 @@ async fn run<T: Serialize + Send + 'static>(
 async fn latency(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     run(state, raw, "v1_latency", |engine, params| {
         let (query, range, view) = filter(params, Some(View::Inbound))?;
-        let red = engine
-            .red(&query, range, false)?
-            .pop()
-            .unwrap_or_default();
+        let red = engine.red(&query, range, false)?.pop().unwrap_or_default();
         let mut out = latency_json(&red.latency);
         out["rate"] = json!(red.rate);
         out["window_s"] = json!(red.window_s);
@@ -373,7 +373,10 @@ fn sort(params: &Params) -> Result<Sort, QueryError> {
     params.get("sort").map_or(Ok(Sort::Newest), |name| {
         Sort::parse(name).ok_or_else(|| {
             let names: Vec<&str> = Sort::ALL.iter().map(|(n, _)| *n).collect();
-            QueryError::param("sort", format!("unknown order {name:?}: one of {}", names.join(", ")))
+            QueryError::param(
+                "sort",
+                format!("unknown order {name:?}: one of {}", names.join(", ")),
+            )
         })
     })
 }
@@ -393,10 +396,7 @@ async fn traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Respo
 
 /// `GET /api/v1/traces/{id}/critical-path`: the stretches of the trace's
 /// critical path, latest first, and each span's time on it.
-async fn critical_path(
-    State(state): State<AppState>,
-    Path(trace_id): Path<String>,
-) -> Response {
+async fn critical_path(State(state): State<AppState>, Path(trace_id): Path<String>) -> Response {
     let trace_id = match crate::jaeger::parse_trace_id("trace_id", &trace_id) {
         Ok(id) => id,
         Err(e) => return error(&e),
@@ -446,7 +446,7 @@ async fn explain(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Resp
             .clamp(1, MAX_SAMPLES);
         if let Some(id) = params.get("trace") {
             let trace_id = crate::jaeger::parse_trace_id("trace", id)?;
-            return Ok(engine.explain_trace(trace_id, range(params)?, samples)?);
+            return engine.explain_trace(trace_id, range(params)?, samples);
         }
         if params.get("service").is_none() {
             return Err(QueryError::BadRequest(
@@ -473,7 +473,7 @@ async fn explain(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Resp
         let mut query = query;
         query.start_from = None;
         query.start_to = None;
-        Ok(engine.explain_windows(&query, current, baseline, samples)?)
+        engine.explain_windows(&query, current, baseline, samples)
     })
     .await
 }

@@ -23,22 +23,43 @@ use crate::jaeger::model::kind_from_name;
 /// OpenTelemetry instrumentation call it. A search by any name of a group
 /// matches every name of it. docs/query.md shows this table.
 pub const ALIASES: &[&[&str]] = &[
-    &["http.response.status_code", "http.status_code", "response_code"],
+    &[
+        "http.response.status_code",
+        "http.status_code",
+        "response_code",
+    ],
     &["http.request.method", "http.method", "request_method"],
     &["url.full", "http.url"],
     &["url.path", "http.target", "request_path"],
     &["url.scheme", "http.scheme"],
-    &["server.address", "http.host", "net.host.name", "net.peer.name"],
+    &[
+        "server.address",
+        "http.host",
+        "net.host.name",
+        "net.peer.name",
+    ],
     &["server.port", "net.host.port"],
     &["network.peer.address", "net.peer.ip", "net.sock.peer.addr"],
     &["network.peer.port", "net.peer.port", "net.sock.peer.port"],
     &["network.protocol.version", "http.flavor"],
     &["client.address", "http.client_ip"],
     &["user_agent.original", "http.user_agent", "user_agent"],
-    &["http.request.body.size", "http.request_content_length", "request_size"],
-    &["http.response.body.size", "http.response_content_length", "response_size"],
+    &[
+        "http.request.body.size",
+        "http.request_content_length",
+        "request_size",
+    ],
+    &[
+        "http.response.body.size",
+        "http.response_content_length",
+        "response_size",
+    ],
     &["tracemesh.response_flags", "response_flags"],
-    &["tracemesh.upstream_cluster", "upstream_cluster", "upstream_cluster.name"],
+    &[
+        "tracemesh.upstream_cluster",
+        "upstream_cluster",
+        "upstream_cluster.name",
+    ],
     &["tracemesh.upstream", "upstream_host"],
     &["guid:x-request-id", "x-request-id", "request_id"],
     &["rpc.grpc.status_code", "grpc.status_code", "grpc_status"],
@@ -135,12 +156,15 @@ fn word(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, key: bool) -> Resu
                 Some(c) => out.push(c),
             }
         }
-        if chars.peek().is_some_and(|c| !c.is_whitespace() && !(key && *c == '=')) {
+        if chars
+            .peek()
+            .is_some_and(|c| !(c.is_whitespace() || key && *c == '='))
+        {
             return Err(format!("expecting a space after the quoted {out:?}"));
         }
         return Ok(out);
     }
-    while let Some(c) = chars.next_if(|c| !c.is_whitespace() && !(key && *c == '=')) {
+    while let Some(c) = chars.next_if(|c| !(c.is_whitespace() || key && *c == '=')) {
         out.push(c);
     }
     Ok(out)
@@ -153,8 +177,10 @@ mod tests {
     #[test]
     fn lists_with_quotes() {
         assert_eq!(
-            parse_list(r#" error=true http.route="/reviews/{id}" note='a "b" c' k="x\"y" "odd key"=1 "#)
-                .unwrap(),
+            parse_list(
+                r#" error=true http.route="/reviews/{id}" note='a "b" c' k="x\"y" "odd key"=1 "#
+            )
+            .unwrap(),
             [
                 ("error".into(), "true".into()),
                 ("http.route".into(), "/reviews/{id}".into()),

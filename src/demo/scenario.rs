@@ -60,7 +60,8 @@ const PRODUCTPAGE_RATE_LIMIT: &str =
     include_str!("../../examples/bookinfo/productpage-ratelimit.yaml");
 
 /// The article's token bucket, and the one `rate-limited` puts in its place.
-const ARTICLE_BUCKET: &str = "tokenBucket: {maxTokens: 1000, tokensPerFill: 1000, fillInterval: 60s}";
+const ARTICLE_BUCKET: &str =
+    "tokenBucket: {maxTokens: 1000, tokensPerFill: 1000, fillInterval: 60s}";
 const TIGHT_BUCKET: &str = "tokenBucket: {maxTokens: 5, tokensPerFill: 5, fillInterval: 1s}";
 
 /// productpage's RateLimitPolicy under `scenario`.
@@ -103,7 +104,10 @@ mod tests {
     fn rate_limited_tightens_the_article_bucket() {
         assert!(productpage_rate_limit(None).contains(ARTICLE_BUCKET));
         let tight = productpage_rate_limit(Some(Scenario::RateLimited));
-        assert!(tight.contains(TIGHT_BUCKET) && !tight.contains(ARTICLE_BUCKET), "{tight}");
+        assert!(
+            tight.contains(TIGHT_BUCKET) && !tight.contains(ARTICLE_BUCKET),
+            "{tight}"
+        );
     }
 
     /// The weights the report states are the ones the YAML applies.

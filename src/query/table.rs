@@ -196,7 +196,14 @@ pub fn latency(body: &Value) -> String {
     counted(body)
         + &table(
             &[
-                "COUNT", "RATE_PER_S", "P50_MS", "P75_MS", "P90_MS", "P95_MS", "P99_MS", "MAX_MS",
+                "COUNT",
+                "RATE_PER_S",
+                "P50_MS",
+                "P75_MS",
+                "P90_MS",
+                "P95_MS",
+                "P99_MS",
+                "MAX_MS",
             ],
             &[row],
         )
@@ -263,7 +270,9 @@ pub fn explain(body: &Value) -> String {
         format!(
             "{} requests, mean {} ms{}",
             num(&s["requests"]),
-            s["mean_ms"].as_f64().map_or("-".into(), |v| format!("{v:.2}")),
+            s["mean_ms"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.2}")),
             s["trace_id"]
                 .as_str()
                 .map(|t| format!(" (trace {t})"))

@@ -155,19 +155,29 @@ fn ui_searches_shows_waterfalls_and_charts_in_chromium() {
 
     // Longest first, without a guessed minimum duration; then compare the
     // longest trace with the third longest.
-    browser.open(&format!("{base}/search?service=cart&since=1h&limit=5&sort=longest"));
+    browser.open(&format!(
+        "{base}/search?service=cart&since=1h&limit=5&sort=longest"
+    ));
     browser.wait_ready("/search");
     assert_eq!(
         browser.script("return document.getElementById('sort').value;"),
         "longest"
     );
-    let first = browser.script("return document.querySelector('#trace-list .trace-row a').textContent;");
-    assert_eq!(first, sent.shop[199].to_string()[..16], "cart's longest call is trace 199's");
+    let first =
+        browser.script("return document.querySelector('#trace-list .trace-row a').textContent;");
+    assert_eq!(
+        first,
+        sent.shop[199].to_string()[..16],
+        "cart's longest call is trace 199's"
+    );
     browser.script("document.querySelectorAll('#trace-list .pick')[0].click(); document.querySelectorAll('#trace-list .pick')[2].click(); return null;");
     browser.click("#compare");
     browser.wait_ready("/compare");
     assert_eq!(browser.count("#comparison tr.cmp"), 5, "five spans matched");
-    browser.open(&format!("{base}/compare?a={}&b={}", sent.shop[199], sent.shop[19]));
+    browser.open(&format!(
+        "{base}/compare?a={}&b={}",
+        sent.shop[199], sent.shop[19]
+    ));
     browser.wait_ready("/compare");
     assert!(
         browser.count("#comparison tr.cmp.faster") >= 2,
@@ -204,7 +214,10 @@ fn ui_searches_shows_waterfalls_and_charts_in_chromium() {
         );
     }
     // The critical path is drawn; event times are offsets from the span's start.
-    assert!(browser.count("#waterfall .critical") >= 3, "the path runs through frontend, cart, db");
+    assert!(
+        browser.count("#waterfall .critical") >= 3,
+        "the path runs through frontend, cart, db"
+    );
     assert_eq!(
         browser.script("return document.querySelector('#events td.offset').textContent;"),
         "+0.010 ms"
@@ -229,7 +242,10 @@ fn ui_searches_shows_waterfalls_and_charts_in_chromium() {
     browser.open(&format!("{base}/trace/{linked}?span=d1d1d1d1d1d1d1d1"));
     browser.wait_ready(&format!("/trace/{linked}"));
     let details = browser.script("return document.getElementById('span-details').innerText;");
-    assert!(details.as_str().unwrap().contains("span d1d1d1d1d1d1d1d1"), "{details}");
+    assert!(
+        details.as_str().unwrap().contains("span d1d1d1d1d1d1d1d1"),
+        "{details}"
+    );
     let stack = browser.script("return [...document.querySelectorAll('#span-details td.value')].map(td => td.innerText).find(t => t.startsWith('Error: boom'));");
     assert_eq!(stack.as_str().unwrap().lines().count(), 3, "{stack}");
     browser.screenshot("trace-links");
@@ -256,17 +272,35 @@ fn ui_searches_shows_waterfalls_and_charts_in_chromium() {
     // with clock labels on the time axis, and says what it counted.
     let start_us = sent.base / 1000 - 60_000_000;
     let end_us = start_us + 3_600_000_000;
-    browser.open(&format!("{base}/services?service=cart&kind=inbound&start={start_us}&end={end_us}"));
+    browser.open(&format!(
+        "{base}/services?service=cart&kind=inbound&start={start_us}&end={end_us}"
+    ));
     browser.wait_ready("/services");
-    assert_eq!(browser.script("return document.getElementById('since').value;"), "custom");
+    assert_eq!(
+        browser.script("return document.getElementById('since').value;"),
+        "custom"
+    );
     assert_eq!(browser.count("#chart-rate path.line"), 1);
-    assert_eq!(browser.count("#chart-errors path.line"), 2, "errors and 4xx");
+    assert_eq!(
+        browser.count("#chart-errors path.line"),
+        2,
+        "errors and 4xx"
+    );
     assert_eq!(browser.count("#chart-latency path.line"), 3);
     assert_eq!(browser.count("#chart-rate text.x-label"), 5);
-    let label = browser.script("return document.querySelector('#chart-rate text.x-label').textContent;");
-    assert!(regex::Regex::new(r"^\d\d:\d\d$").unwrap().is_match(label.as_str().unwrap()), "{label}");
+    let label =
+        browser.script("return document.querySelector('#chart-rate text.x-label').textContent;");
+    assert!(
+        regex::Regex::new(r"^\d\d:\d\d$")
+            .unwrap()
+            .is_match(label.as_str().unwrap()),
+        "{label}"
+    );
     let counted = browser.script("return document.getElementById('counted').innerText;");
-    assert!(counted.as_str().unwrap().contains("requests cart served"), "{counted}");
+    assert!(
+        counted.as_str().unwrap().contains("requests cart served"),
+        "{counted}"
+    );
     let path =
         browser.script("return document.querySelector('#chart-rate path.line').getAttribute('d');");
     assert!(
@@ -284,7 +318,10 @@ fn ui_searches_shows_waterfalls_and_charts_in_chromium() {
     browser.open(&format!("{base}/explain?trace={}&since=1h", sent.shop[199]));
     browser.wait_ready("/explain");
     let answer = browser.script("return document.getElementById('explain-answer').innerText;");
-    assert!(answer.as_str().unwrap().starts_with("Most added by cart"), "{answer}");
+    assert!(
+        answer.as_str().unwrap().starts_with("Most added by cart"),
+        "{answer}"
+    );
     assert!(browser.count("#explain tr.hop") >= 3);
     browser.screenshot("explain");
 

@@ -32,16 +32,36 @@ fn cli_prints_what_the_api_answers() {
     let end = crate::harness::now_nanos() / 1000;
     let (start, end) = ((end - 3_600_000_000).to_string(), end.to_string());
     let window = format!("start={start}&end={end}");
-    let (_, api) = get(&collector, &format!("/api/v1/latency?service=calc&{window}"));
+    let (_, api) = get(
+        &collector,
+        &format!("/api/v1/latency?service=calc&{window}"),
+    );
     let json: Value = serde_json::from_str(&query(
         &server,
-        &["latency", "--service", "calc", "--start", &start, "--end", &end, "--json"],
+        &[
+            "latency",
+            "--service",
+            "calc",
+            "--start",
+            &start,
+            "--end",
+            &end,
+            "--json",
+        ],
     ))
     .unwrap();
     assert_eq!(json, api);
     let table = query(
         &server,
-        &["latency", "--service", "calc", "--start", &start, "--end", &end],
+        &[
+            "latency",
+            "--service",
+            "calc",
+            "--start",
+            &start,
+            "--end",
+            &end,
+        ],
     );
     assert!(
         table.starts_with("requests calc served: its SERVER spans"),
@@ -65,7 +85,14 @@ fn cli_prints_what_the_api_answers() {
     );
     let json: Value = serde_json::from_str(&query(
         &server,
-        &["latency", "--service", "cart", "--kind", "outbound", "--json"],
+        &[
+            "latency",
+            "--service",
+            "cart",
+            "--kind",
+            "outbound",
+            "--json",
+        ],
     ))
     .unwrap();
     assert_eq!(json["count"], outbound["count"]);
@@ -74,7 +101,16 @@ fn cli_prints_what_the_api_answers() {
     let (_, api) = get(&collector, &format!("/api/v1/errors?service=cart&{window}"));
     let json: Value = serde_json::from_str(&query(
         &server,
-        &["errors", "--service", "cart", "--start", &start, "--end", &end, "--json"],
+        &[
+            "errors",
+            "--service",
+            "cart",
+            "--start",
+            &start,
+            "--end",
+            &end,
+            "--json",
+        ],
     ))
     .unwrap();
     assert_eq!(json, api);
@@ -149,7 +185,16 @@ fn cli_prints_what_the_api_answers() {
     );
     let json: Value = serde_json::from_str(&query(
         &server,
-        &["traces", "--service", "cart", "--sort", "longest", "--limit", "3", "--json"],
+        &[
+            "traces",
+            "--service",
+            "cart",
+            "--sort",
+            "longest",
+            "--limit",
+            "3",
+            "--json",
+        ],
     ))
     .unwrap();
     assert_eq!(json, longest);

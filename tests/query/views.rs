@@ -26,11 +26,21 @@ fn kv(key: &str, value: any_value::Value) -> KeyValue {
 }
 
 fn code(code: i64) -> KeyValue {
-    kv("http.response.status_code", any_value::Value::IntValue(code))
+    kv(
+        "http.response.status_code",
+        any_value::Value::IntValue(code),
+    )
 }
 
 /// Trace `t`'s span `n` (parent `parent`, 0 for none).
-fn span(t: u8, (n, parent): (u8, u8), kind: i32, (start, ms): (u64, u64), attributes: Vec<KeyValue>, error: bool) -> Span {
+fn span(
+    t: u8,
+    (n, parent): (u8, u8),
+    kind: i32,
+    (start, ms): (u64, u64),
+    attributes: Vec<KeyValue>,
+    error: bool,
+) -> Span {
     Span {
         trace_id: trace_id(t).to_vec(),
         span_id: vec![t, n, 0, 0, 0, 0, 0, 1],
@@ -39,7 +49,11 @@ fn span(t: u8, (n, parent): (u8, u8), kind: i32, (start, ms): (u64, u64), attrib
         } else {
             vec![t, parent, 0, 0, 0, 0, 0, 1]
         },
-        name: if kind == 2 { "GET /a".into() } else { "backend.default.svc.cluster.local:9080/*".into() },
+        name: if kind == 2 {
+            "GET /a".into()
+        } else {
+            "backend.default.svc.cluster.local:9080/*".into()
+        },
         kind,
         start_time_unix_nano: start,
         end_time_unix_nano: start + ms * MS,
@@ -69,13 +83,23 @@ fn gateway(base: u64) -> ExportTraceServiceRequest {
     let s = |key: &str, value: &str| kv(key, any_value::Value::StringValue(value.into()));
     let spans = vec![
         span(1, (1, 0), 2, (base, 20), vec![code(200)], false),
-        span(1, (2, 1), 3, (base + MS, 15), vec![code(200), s("peer.service", "backend")], false),
+        span(
+            1,
+            (2, 1),
+            3,
+            (base + MS, 15),
+            vec![code(200), s("peer.service", "backend")],
+            false,
+        ),
         span(
             1,
             (3, 2),
             3,
             (base + MS, 2),
-            vec![code(503), kv("http.request.resend_count", any_value::Value::IntValue(1))],
+            vec![
+                code(503),
+                kv("http.request.resend_count", any_value::Value::IntValue(1)),
+            ],
             true,
         ),
         span(
@@ -83,7 +107,11 @@ fn gateway(base: u64) -> ExportTraceServiceRequest {
             (1, 0),
             2,
             (base + 100 * MS, 1),
-            vec![code(429), s("tracemesh.response_flags", "RL"), s("note", "two words here")],
+            vec![
+                code(429),
+                s("tracemesh.response_flags", "RL"),
+                s("note", "two words here"),
+            ],
             true,
         ),
         span(3, (1, 0), 2, (base + 200 * MS, 30), vec![code(503)], true),
@@ -97,10 +125,12 @@ fn gateway(base: u64) -> ExportTraceServiceRequest {
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
-                scope: Some(opentelemetry_proto::tonic::common::v1::InstrumentationScope {
-                    name: "edge-proxy".into(),
-                    ..Default::default()
-                }),
+                scope: Some(
+                    opentelemetry_proto::tonic::common::v1::InstrumentationScope {
+                        name: "edge-proxy".into(),
+                        ..Default::default()
+                    },
+                ),
                 spans,
                 ..Default::default()
             }],
@@ -141,31 +171,58 @@ fn services_count_what_they_served_and_errors_are_5xx_and_local_failures() {
 
     let (_, red) = get(&collector, "/api/v1/red?service=gateway");
     assert_eq!(red["counted"]["view"], "inbound");
-    assert!(red["counted"]["spans"].as_str().unwrap().contains("SERVER spans"), "{red}");
+    assert!(
+        red["counted"]["spans"]
+            .as_str()
+            .unwrap()
+            .contains("SERVER spans"),
+        "{red}"
+    );
     let row = &red["rows"][0];
     assert_eq!(
-        (row["calls"].clone(), row["errors"].clone(), row["client_errors"].clone()),
+        (
+            row["calls"].clone(),
+            row["errors"].clone(),
+            row["client_errors"].clone()
+        ),
         (json!(4), json!(2), json!(1)),
         "503 and the timeout are errors, the 429 is a 4xx: {red}"
     );
     assert_eq!(row["error_rate"], 0.5);
     let (_, outbound) = get(&collector, "/api/v1/errors?service=gateway&kind=outbound");
     assert_eq!(
-        (outbound["calls"].clone(), outbound["errors"].clone(), outbound["client_errors"].clone()),
+        (
+            outbound["calls"].clone(),
+            outbound["errors"].clone(),
+            outbound["client_errors"].clone()
+        ),
         (json!(2), json!(0), json!(1)),
         "two calls made (the retry attempt is not one), the 404 is a 4xx: {outbound}"
     );
     let (_, every_client) = get(&collector, "/api/v1/latency?service=gateway&kind=client");
     assert_eq!(every_client["count"], 3, "kind=client counts attempts too");
     let (_, failed) = get(&collector, "/api/v1/traces?service=gateway&errors=true");
-    assert_eq!(sorted(trace_ids(&failed)), [hex(1), hex(3), hex(4)], "a failed span each");
+    assert_eq!(
+        sorted(trace_ids(&failed)),
+        [hex(1), hex(3), hex(4)],
+        "a failed span each"
+    );
     let (status, bad) = get(&collector, "/api/v1/latency?service=gateway&kind=sideways");
     assert_eq!(status, 400);
-    assert!(bad["error"]["message"].as_str().unwrap().contains("'kind'"), "{bad}");
+    assert!(
+        bad["error"]["message"].as_str().unwrap().contains("'kind'"),
+        "{bad}"
+    );
 
     // The span-derived metrics on /metrics count the same way.
     let metrics = collector.metrics();
-    for (direction, outcome, n) in [("inbound", "success", 1), ("inbound", "client_error", 1), ("inbound", "error", 2), ("outbound", "client_error", 1), ("outbound", "success", 1)] {
+    for (direction, outcome, n) in [
+        ("inbound", "success", 1),
+        ("inbound", "client_error", 1),
+        ("inbound", "error", 2),
+        ("outbound", "client_error", 1),
+        ("outbound", "success", 1),
+    ] {
         let total: u64 = metrics
             .lines()
             .filter(|l| {
@@ -186,7 +243,10 @@ fn every_shown_tag_is_searchable_the_same_way_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let (collector, base) = started(dir.path());
     let native = |query: &str| {
-        let (status, body) = get(&collector, &format!("/api/v1/traces?service=gateway&{query}"));
+        let (status, body) = get(
+            &collector,
+            &format!("/api/v1/traces?service=gateway&{query}"),
+        );
         assert_eq!(status, 200, "{query}: {body}");
         sorted(trace_ids(&body))
     };
@@ -216,49 +276,93 @@ fn every_shown_tag_is_searchable_the_same_way_everywhere() {
         let attributes: String = form_urlencoded::byte_serialize(attributes.as_bytes()).collect();
         let (status, body) = get(
             &collector,
-            &format!("/api/v3/trace-summaries?query.serviceName=gateway&query.attributes={attributes}&{window}"),
+            &format!(
+                "/api/v3/trace-summaries?query.serviceName=gateway&query.attributes={attributes}&{window}"
+            ),
         );
         assert_eq!(status, 200, "{attributes}: {body}");
         sorted(
             body["summaries"]
                 .as_array()
-                .map(|s| s.iter().map(|t| t["traceId"].as_str().unwrap().to_owned()).collect())
+                .map(|s| {
+                    s.iter()
+                        .map(|t| t["traceId"].as_str().unwrap().to_owned())
+                        .collect()
+                })
                 .unwrap_or_default(),
         )
     };
     let cases: [(&str, &str, Vec<String>); 8] = [
         ("span.kind", "client", vec![hex(1), hex(3)]),
-        ("otel.status_code", "ERROR", vec![hex(1), hex(2), hex(3), hex(4)]),
+        (
+            "otel.status_code",
+            "ERROR",
+            vec![hex(1), hex(2), hex(3), hex(4)],
+        ),
         ("error", "true", vec![hex(1), hex(2), hex(3), hex(4)]),
         ("http.status_code", "429", vec![hex(2)]),
         ("response_flags", "RL", vec![hex(2)]),
         ("note", "two words here", vec![hex(2)]),
         ("otel.scope.name", "edge-proxy", (1..=4).map(hex).collect()),
-        ("otel.status_description", "failed", vec![hex(1), hex(2), hex(3), hex(4)]),
+        (
+            "otel.status_description",
+            "failed",
+            vec![hex(1), hex(2), hex(3), hex(4)],
+        ),
     ];
     for (key, value, expected) in cases {
-        let tag: String = form_urlencoded::byte_serialize(format!("{key}={value}").as_bytes()).collect();
-        assert_eq!(native(&format!("tag={tag}")), expected, "native tag {key}={value}");
+        let tag: String =
+            form_urlencoded::byte_serialize(format!("{key}={value}").as_bytes()).collect();
+        assert_eq!(
+            native(&format!("tag={tag}")),
+            expected,
+            "native tag {key}={value}"
+        );
         let list: String =
             form_urlencoded::byte_serialize(format!("{key}=\"{value}\"").as_bytes()).collect();
-        assert_eq!(native(&format!("tags={list}")), expected, "native tags {key}=\"{value}\"");
-        assert_eq!(jaeger(&json!({key: value}).to_string()), expected, "Jaeger tags {key}={value}");
-        assert_eq!(v3(&json!({key: value}).to_string()), expected, "api_v3 {key}={value}");
+        assert_eq!(
+            native(&format!("tags={list}")),
+            expected,
+            "native tags {key}=\"{value}\""
+        );
+        assert_eq!(
+            jaeger(&json!({key: value}).to_string()),
+            expected,
+            "Jaeger tags {key}={value}"
+        );
+        assert_eq!(
+            v3(&json!({key: value}).to_string()),
+            expected,
+            "api_v3 {key}={value}"
+        );
     }
-    let (status, body) = get(&collector, "/api/v1/traces?service=gateway&tags=note%3D%22open");
+    let (status, body) = get(
+        &collector,
+        "/api/v1/traces?service=gateway&tags=note%3D%22open",
+    );
     assert_eq!(status, 400, "{body}");
 
     // Ordered searches: most spans, longest, most errors.
     let first = |sort: &str| {
-        let (_, body) = get(&collector, &format!("/api/v1/traces?service=gateway&sort={sort}&limit=1"));
+        let (_, body) = get(
+            &collector,
+            &format!("/api/v1/traces?service=gateway&sort={sort}&limit=1"),
+        );
         trace_ids(&body)
     };
     assert_eq!(first("most_spans"), [hex(1)]);
     assert_eq!(first("longest"), [hex(4)]);
     assert_eq!(first("shortest"), [hex(2)]);
     assert_eq!(first("newest"), [hex(4)]);
-    let (_, most_errors) = get(&collector, "/api/v1/traces?service=gateway&sort=most_errors&limit=4");
-    assert_eq!(most_errors["traces"][3]["trace_id"], hex(2), "a 429 is no error: {most_errors}");
+    let (_, most_errors) = get(
+        &collector,
+        "/api/v1/traces?service=gateway&sort=most_errors&limit=4",
+    );
+    assert_eq!(
+        most_errors["traces"][3]["trace_id"],
+        hex(2),
+        "a 429 is no error: {most_errors}"
+    );
     collector.stop();
 }
 
@@ -276,7 +380,9 @@ fn jaeger_ui_2_19_endpoints_answer_in_jaegers_shapes() {
     // FindTraceSummariesResponse (zero values left out, int64 as strings).
     let (status, body) = get(
         &collector,
-        &format!("/api/v3/trace-summaries?query.serviceName=gateway&query.attributes=%7B%22span.kind%22%3A%22client%22%7D&query.searchDepth=20&{window}"),
+        &format!(
+            "/api/v3/trace-summaries?query.serviceName=gateway&query.attributes=%7B%22span.kind%22%3A%22client%22%7D&query.searchDepth=20&{window}"
+        ),
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -297,8 +403,15 @@ fn jaeger_ui_2_19_endpoints_answer_in_jaegers_shapes() {
         &collector,
         &format!("/api/v3/trace-summaries?query.serviceName=nobody&{window}"),
     );
-    assert_eq!((status, body), (200, json!({})), "no match is an empty answer");
-    let (status, body) = get(&collector, "/api/v3/trace-summaries?query.serviceName=gateway");
+    assert_eq!(
+        (status, body),
+        (200, json!({})),
+        "no match is an empty answer"
+    );
+    let (status, body) = get(
+        &collector,
+        "/api/v3/trace-summaries?query.serviceName=gateway",
+    );
     assert_eq!(status, 400);
     assert_eq!(body["error"]["httpCode"], 400, "{body}");
 
@@ -321,10 +434,20 @@ fn jaeger_ui_2_19_endpoints_answer_in_jaegers_shapes() {
         &[("content-type", "application/json")],
         upload.to_string().as_bytes(),
     );
-    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
     let body: Value = serde_json::from_slice(&response.body).unwrap();
     assert_eq!(
-        (body["total"].clone(), body["limit"].clone(), body["offset"].clone(), body["errors"].clone()),
+        (
+            body["total"].clone(),
+            body["limit"].clone(),
+            body["offset"].clone(),
+            body["errors"].clone()
+        ),
         (json!(0), json!(0), json!(0), Value::Null)
     );
     let traces = body["data"].as_array().unwrap();
@@ -335,10 +458,25 @@ fn jaeger_ui_2_19_endpoints_answer_in_jaegers_shapes() {
     assert_eq!(span["spanID"], "e127af99e3b3e074");
     assert_eq!(span["startTime"], 1_706_678_909_209_712u64);
     assert_eq!(span["duration"], 123);
-    assert_eq!(span["references"], json!([{"refType": "CHILD_OF", "traceID": "83a9efd15c1c98a977e0711cc93ee28b", "spanID": "909541b92cf05311"}]));
-    assert!(span["tags"].as_array().unwrap().contains(&json!({"key": "ratio", "type": "float64", "value": 1.5})), "{span}");
+    assert_eq!(
+        span["references"],
+        json!([{"refType": "CHILD_OF", "traceID": "83a9efd15c1c98a977e0711cc93ee28b", "spanID": "909541b92cf05311"}])
+    );
+    assert!(
+        span["tags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"key": "ratio", "type": "float64", "value": 1.5})),
+        "{span}"
+    );
     assert_eq!(traces[0]["processes"]["p1"]["serviceName"], "telemetrygen");
-    let response = http_request(collector.http, "POST", "/api/transform", &[], b"{\"resourceSpans\": 7}");
+    let response = http_request(
+        collector.http,
+        "POST",
+        "/api/transform",
+        &[],
+        b"{\"resourceSpans\": 7}",
+    );
     assert_eq!(response.status, 400);
     let body: Value = serde_json::from_slice(&response.body).unwrap();
     assert_eq!(body["errors"][0]["code"], 400, "{body}");
@@ -347,17 +485,26 @@ fn jaeger_ui_2_19_endpoints_answer_in_jaegers_shapes() {
     let end_ms = base / MS + 120_000;
     let (status, calls) = get(
         &collector,
-        &format!("/api/metrics/calls?service=gateway&endTs={end_ms}&lookback=900000&step=60000&ratePer=60000"),
+        &format!(
+            "/api/metrics/calls?service=gateway&endTs={end_ms}&lookback=900000&step=60000&ratePer=60000"
+        ),
     );
     assert_eq!(status, 200, "{calls}");
     let points = calls["metrics"][0]["metricPoints"].as_array().unwrap();
     assert!(!points.is_empty() && points.len() <= 4, "{calls}");
-    let first = tracemesh_query::timefmt::parse_rfc3339(points[0]["timestamp"].as_str().unwrap()).unwrap();
-    assert!(first > base, "the first point ends the step of the first span: {calls}");
+    let first =
+        tracemesh_query::timefmt::parse_rfc3339(points[0]["timestamp"].as_str().unwrap()).unwrap();
+    assert!(
+        first > base,
+        "the first point ends the step of the first span: {calls}"
+    );
     assert!(points[0]["gaugeValue"]["doubleValue"].as_f64().unwrap() > 0.0);
 
     // Older UIs: /api/traces ignores a lookback it cannot read when no start is given.
-    let (status, body) = get(&collector, "/api/traces?service=gateway&lookback=2d&limit=2");
+    let (status, body) = get(
+        &collector,
+        "/api/traces?service=gateway&lookback=2d&limit=2",
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
     collector.stop();
@@ -381,7 +528,12 @@ fn ingest_takes_string_doubles_and_zipkin_as_jaeger_does() {
         &[("content-type", "application/json")],
         body.to_string().as_bytes(),
     );
-    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
 
     // Zipkin: client and server halves sharing an id, and a span without timestamp.
     let zipkin = format!(
@@ -403,14 +555,25 @@ fn ingest_takes_string_doubles_and_zipkin_as_jaeger_does() {
         &[("content-type", "application/json")],
         zipkin.as_bytes(),
     );
-    assert_eq!(response.status, 202, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(
+        response.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
 
     let meter = eventually("the OTLP/JSON span", || {
         let (status, body) = get(&collector, "/api/traces/0af7651916cd43dd8448eb211c80319c");
         (status == 200).then_some(body)
     });
-    let tags = meter["data"][0]["spans"][0]["tags"].as_array().unwrap().clone();
-    assert!(tags.contains(&json!({"key": "load", "type": "float64", "value": 0.25})), "{tags:?}");
+    let tags = meter["data"][0]["spans"][0]["tags"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        tags.contains(&json!({"key": "load", "type": "float64", "value": 0.25})),
+        "{tags:?}"
+    );
 
     let trace = eventually("the Zipkin trace's four spans", || {
         let (status, body) = get(&collector, "/api/traces/5af7183fb1d4cf5f");
@@ -422,7 +585,11 @@ fn ingest_takes_string_doubles_and_zipkin_as_jaeger_does() {
             .iter()
             .find(|s| {
                 s["operationName"] == name
-                    && s["tags"].as_array().unwrap().iter().any(|t| t["key"] == "span.kind" && t["value"] == kind)
+                    && s["tags"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|t| t["key"] == "span.kind" && t["value"] == kind)
             })
             .unwrap_or_else(|| panic!("{name} {kind} in {trace}"))
     };
@@ -430,8 +597,17 @@ fn ingest_takes_string_doubles_and_zipkin_as_jaeger_does() {
     let server = by_name_kind("get /api", "server");
     let select = by_name_kind("select", "client");
     assert_eq!(client["spanID"], "352bff9a74ca9ad2");
-    assert_ne!(server["spanID"], client["spanID"], "distinct ids, as Jaeger gives them");
-    assert_eq!(server["references"][0]["spanID"], "352bff9a74ca9ad2", "the server half is the client's child");
-    assert_eq!(select["references"][0]["spanID"], server["spanID"], "the server's own call hangs under it");
+    assert_ne!(
+        server["spanID"], client["spanID"],
+        "distinct ids, as Jaeger gives them"
+    );
+    assert_eq!(
+        server["references"][0]["spanID"], "352bff9a74ca9ad2",
+        "the server half is the client's child"
+    );
+    assert_eq!(
+        select["references"][0]["spanID"], server["spanID"],
+        "the server's own call hangs under it"
+    );
     collector.stop();
 }

@@ -143,7 +143,10 @@ mod tests {
             "traces",
         )
         .unwrap_err();
-        assert!(err.to_string().contains(r#"invalid double "lots""#), "{err}");
+        assert!(
+            err.to_string().contains(r#"invalid double "lots""#),
+            "{err}"
+        );
     }
 
     #[test]

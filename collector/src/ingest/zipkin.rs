@@ -295,7 +295,10 @@ mod tests {
         let batch = decode(body).unwrap();
         let spans = &batch[0].scope_spans[0].spans;
         assert_eq!(spans[0].start_time_unix_nano, 1_472_470_996_238_000_000);
-        assert_eq!(spans[0].end_time_unix_nano - spans[0].start_time_unix_nano, 5_000);
+        assert_eq!(
+            spans[0].end_time_unix_nano - spans[0].start_time_unix_nano,
+            5_000
+        );
         assert!(spans[1].start_time_unix_nano >= before, "received now");
     }
 

@@ -626,9 +626,8 @@ fn has_tag_query(fields: &SpanFields, key: &str) -> Box<dyn Query> {
 
 /// The tantivy query of one [`Condition`].
 fn condition_query(fields: &SpanFields, condition: &Condition) -> Box<dyn Query> {
-    let term = |term: Term| -> Box<dyn Query> {
-        Box::new(TermQuery::new(term, IndexRecordOption::Basic))
-    };
+    let term =
+        |term: Term| -> Box<dyn Query> { Box::new(TermQuery::new(term, IndexRecordOption::Basic)) };
     match condition {
         Condition::Kind(kind) => term(Term::from_field_u64(fields.kind, (*kind).max(0) as u64)),
         Condition::Status(code) => term(Term::from_field_u64(fields.status, (*code).max(0) as u64)),

@@ -94,7 +94,14 @@ fn walk(
                     end: cursor,
                 });
             }
-            walk(spans, children, child, (child_start, child_end), depth + 1, out);
+            walk(
+                spans,
+                children,
+                child,
+                (child_start, child_end),
+                depth + 1,
+                out,
+            );
             cursor = child_start;
         }
     }
@@ -286,7 +293,10 @@ fn entry_of(trace: &Trace, query: &SpanQuery) -> Option<usize> {
                 .service
                 .as_deref()
                 .is_none_or(|s| attributes::service_name(stored.resource.as_ref()) == s)
-                && query.operation.as_deref().is_none_or(|o| stored.span.name == o)
+                && query
+                    .operation
+                    .as_deref()
+                    .is_none_or(|o| stored.span.name == o)
                 && query.kind.is_none_or(|k| stored.span.kind == k)
         })
         .min_by_key(|&i| trace.spans[i].span.start_time_unix_nano)
@@ -331,7 +341,11 @@ impl Engine {
             limit: samples + 1,
             sort: Sort::Newest,
         })?;
-        for other in others.iter().filter(|t| t.trace_id != trace_id).take(samples) {
+        for other in others
+            .iter()
+            .filter(|t| t.trace_id != trace_id)
+            .take(samples)
+        {
             if let Some(root) = root_of(other) {
                 baseline.add(other, root);
             }
@@ -402,7 +416,11 @@ mod tests {
             scope_schema_url: String::new(),
             span: Span {
                 span_id: vec![id; 8],
-                parent_span_id: if parent == 0 { Vec::new() } else { vec![parent; 8] },
+                parent_span_id: if parent == 0 {
+                    Vec::new()
+                } else {
+                    vec![parent; 8]
+                },
                 start_time_unix_nano: start * MS,
                 end_time_unix_nano: end * MS,
                 ..Default::default()

@@ -195,9 +195,7 @@ pub fn summarize(trace: &Trace) -> Summary {
 /// largest in the trace) and the client as its parent, and the spans
 /// that named the shared id as parent become children of the server span.
 pub fn split_shared_span_ids(trace: &mut Trace) {
-    let id = |bytes: &[u8]| -> u64 {
-        <[u8; 8]>::try_from(bytes).map_or(0, u64::from_be_bytes)
-    };
+    let id = |bytes: &[u8]| -> u64 { <[u8; 8]>::try_from(bytes).map_or(0, u64::from_be_bytes) };
     let clients: HashSet<u64> = trace
         .spans
         .iter()
@@ -354,7 +352,12 @@ mod tests {
         // client 2 and server 2 share an id; 3 is the server's own call.
         let mut trace = Trace {
             trace_id: TraceId([1; 16]),
-            spans: vec![span(1, 0, SERVER), span(2, 1, CLIENT), span(2, 1, SERVER), span(3, 2, CLIENT)],
+            spans: vec![
+                span(1, 0, SERVER),
+                span(2, 1, CLIENT),
+                span(2, 1, SERVER),
+                span(3, 2, CLIENT),
+            ],
         };
         split_shared_span_ids(&mut trace);
         let ids: Vec<(u64, u64)> = trace

@@ -9,9 +9,9 @@
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use tracemesh_collector::outcome::STATUS_ERROR;
 #[cfg(doc)]
 use tracemesh_collector::outcome::Outcome;
+use tracemesh_collector::outcome::STATUS_ERROR;
 use tracemesh_collector::store::SpanQuery;
 use tracemesh_collector::store::schema::names;
 
@@ -186,7 +186,10 @@ fn outcomes_of(status: &Value) -> (u64, u64) {
         let (c4xx, c5xx) = (count(400.0), count(500.0));
         client_errors += c4xx;
         errors += if bucket["key"].as_f64() == Some(f64::from(STATUS_ERROR)) {
-            bucket["doc_count"].as_u64().unwrap_or(0).saturating_sub(c4xx)
+            bucket["doc_count"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(c4xx)
         } else {
             c5xx
         };
@@ -229,9 +232,11 @@ impl Engine {
             let latency = latency_of(r);
             let calls = latency.count;
             let (errors, client_errors) = outcomes_of(&r["status"]);
-            let first = r["first"]["value"].as_f64().map_or(range.from, |v| v as u64);
-            let window_s = (range.to.min(now).saturating_sub(range.from.max(first)) as f64 / 1e9)
-                .max(1.0);
+            let first = r["first"]["value"]
+                .as_f64()
+                .map_or(range.from, |v| v as u64);
+            let window_s =
+                (range.to.min(now).saturating_sub(range.from.max(first)) as f64 / 1e9).max(1.0);
             Red {
                 operation,
                 calls,

@@ -114,7 +114,16 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_server_is_inbound() {
-        for name in ["inbound", "outbound", "all", "client", "producer", "consumer", "internal", "unspecified"] {
+        for name in [
+            "inbound",
+            "outbound",
+            "all",
+            "client",
+            "producer",
+            "consumer",
+            "internal",
+            "unspecified",
+        ] {
             assert_eq!(View::parse(name).unwrap().name(), name);
         }
         assert_eq!(View::parse("server"), Some(View::Inbound));

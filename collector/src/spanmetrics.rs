@@ -75,6 +75,12 @@ struct HalfEdge {
     seen: Instant,
 }
 
+/// A span's `http.response.status_code`.
+fn http_status(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<u16> {
+    attributes::get_int(&span.attributes, "http.response.status_code")
+        .and_then(|c| u16::try_from(c).ok())
+}
+
 /// The span-derived metric families and the state that feeds them. Owned
 /// by the indexer thread: no lock.
 pub struct SpanMetrics {
@@ -205,9 +211,7 @@ impl SpanMetrics {
             _ => None,
         };
         if let Some(direction) = direction {
-            let http_status = attributes::get_int(&s.attributes, "http.response.status_code")
-                .and_then(|c| u16::try_from(c).ok());
-            let outcome = Outcome::of(s.status.as_ref().map_or(0, |st| st.code), http_status);
+            let outcome = Outcome::of(s.status.as_ref().map_or(0, |st| st.code), http_status(s));
             if let Some((requests, duration)) =
                 self.service_handles(service, &s.name, direction, outcome)
             {
@@ -240,7 +244,9 @@ impl SpanMetrics {
                 .then(|| attributes::get_str(&s.attributes, "peer.service").map(str::to_owned))
                 .flatten(),
             duration: nanos as f64 / 1e9,
-            failed: status == 2,
+            // Errors as everywhere: 5xx and local failures, not 4xx.
+            failed: Outcome::of(s.status.as_ref().map_or(0, |st| st.code), http_status(s))
+                == Outcome::Error,
             messaging: kind == 4 || kind == 5,
             client,
             seen: now,

@@ -611,3 +611,118 @@ fn ingest_takes_string_doubles_and_zipkin_as_jaeger_does() {
     );
     collector.stop();
 }
+
+#[test]
+fn explain_ranks_the_hop_that_slowed_a_service_between_two_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path(), &["--commit-interval", "200ms"]);
+    let now = now_nanos();
+    let minute = 60_000 * MS;
+    // shop calls payments; payments took 10 ms 25 minutes ago and 60 ms in
+    // the last 10 minutes; shop's own work stayed at 5 ms.
+    let resource = |service: &str, spans: Vec<Span>| ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![kv(
+                "service.name",
+                any_value::Value::StringValue(service.into()),
+            )],
+            ..Default::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let (mut shop, mut payments) = (Vec::new(), Vec::new());
+    for i in 0..40u8 {
+        let (start, work) = if i < 20 {
+            (now - 25 * minute + u64::from(i) * 1000 * MS, 10)
+        } else {
+            (now - 5 * minute + u64::from(i) * 1000 * MS, 60)
+        };
+        let t = 100 + i;
+        let mut server = span(t, (1, 0), 2, (start, work + 7), vec![], false);
+        server.name = "POST /checkout".into();
+        let mut client = span(t, (2, 1), 3, (start + 5 * MS, work + 1), vec![], false);
+        client.attributes.push(kv(
+            "peer.service",
+            any_value::Value::StringValue("payments".into()),
+        ));
+        let mut callee = span(t, (3, 2), 2, (start + 5 * MS, work), vec![], false);
+        callee.name = "POST /pay".into();
+        shop.extend([server, client]);
+        payments.push(callee);
+    }
+    send(
+        &collector,
+        &ExportTraceServiceRequest {
+            resource_spans: vec![resource("shop", shop), resource("payments", payments)],
+        },
+    );
+    eventually("120 spans indexed", || {
+        let (_, body) = get(&collector, "/api/v1/latency?kind=all&since=1h");
+        (body["count"] == 120).then_some(())
+    });
+    let (status, body) = get(
+        &collector,
+        "/api/v1/explain?service=shop&since=10m&baseline_since=30m&baseline_until=20m",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["mode"], "windows");
+    assert_eq!(
+        (
+            body["current"]["requests"].clone(),
+            body["baseline"]["requests"].clone()
+        ),
+        (json!(20), json!(20))
+    );
+    let top = &body["hops"][0];
+    assert_eq!(
+        (top["service"].clone(), top["operation"].clone()),
+        (json!("payments"), json!("POST /pay")),
+        "{body}"
+    );
+    assert!(
+        (top["added_ms"].as_f64().unwrap() - 50.0).abs() < 0.5,
+        "{body}"
+    );
+    assert_eq!(body["services"][0][0], "payments");
+    let shop_row = body["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["service"] == "shop")
+        .unwrap();
+    assert!(
+        shop_row["added_ms"].as_f64().unwrap().abs() < 0.5,
+        "shop's own time did not change: {body}"
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tracemesh"))
+        .args([
+            "query",
+            "explain",
+            "--service",
+            "shop",
+            "--since",
+            "10m",
+            "--baseline-since",
+            "30m",
+            "--baseline-until",
+            "20m",
+        ])
+        .args(["--server", &format!("http://{}", collector.http)])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        table.lines().nth(3).unwrap().starts_with("payments"),
+        "{table}"
+    );
+    collector.stop();
+}

@@ -87,11 +87,6 @@ impl TimeRange {
         }
     }
 
-    /// Its length in seconds (at least a nanosecond's worth).
-    pub fn seconds(&self) -> f64 {
-        (self.to.saturating_sub(self.from)).max(1) as f64 / 1e9
-    }
-
     /// `query` restricted to spans started in this range.
     pub fn apply(&self, mut query: SpanQuery) -> SpanQuery {
         query.start_from = Some(self.from);

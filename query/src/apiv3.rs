@@ -240,7 +240,13 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
     })
 }
 
-async fn find_traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+/// Runs the search of `raw`'s `query.*` parameters; `render` shapes the traces.
+async fn search_then(
+    state: AppState,
+    raw: Option<String>,
+    endpoint: &'static str,
+    render: impl FnOnce(Vec<Trace>) -> Response,
+) -> Response {
     let params = Params::parse(raw.as_deref());
     let search = match search_params(&params) {
         Ok(search) => search,
@@ -248,18 +254,28 @@ async fn find_traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> 
     };
     state
         .answer(
-            "v3_traces",
+            endpoint,
             move |engine| engine.search(&search),
             |r| match r {
-                Ok(traces) if traces.is_empty() => json(
-                    http::StatusCode::NOT_FOUND,
-                    &json!({"error": {"httpCode": 404, "message": "No traces found"}}),
-                ),
-                Ok(traces) => json(http::StatusCode::OK, &otlp(&traces)),
+                Ok(traces) => render(traces),
                 Err(e) => error(&e),
             },
         )
         .await
+}
+
+async fn find_traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    search_then(state, raw, "v3_traces", |traces| {
+        if traces.is_empty() {
+            json(
+                http::StatusCode::NOT_FOUND,
+                &json!({"error": {"httpCode": 404, "message": "No traces found"}}),
+            )
+        } else {
+            json(http::StatusCode::OK, &otlp(&traces))
+        }
+    })
+    .await
 }
 
 /// One summary as the gateway's JSON writes an `api_v3.TraceSummary`:
@@ -322,25 +338,17 @@ fn summary_json(trace: &Trace) -> serde_json::Value {
 /// service), as Jaeger UI's search page reads it. No match is an empty
 /// answer, not a 404.
 async fn find_trace_summaries(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    let params = Params::parse(raw.as_deref());
-    let search = match search_params(&params) {
-        Ok(search) => search,
-        Err(e) => return error(&e),
-    };
-    state
-        .answer(
-            "v3_trace_summaries",
-            move |engine| engine.search(&search),
-            |r| match r {
-                Ok(traces) if traces.is_empty() => json(http::StatusCode::OK, &json!({})),
-                Ok(traces) => json(
-                    http::StatusCode::OK,
-                    &json!({"summaries": traces.iter().map(summary_json).collect::<Vec<_>>()}),
-                ),
-                Err(e) => error(&e),
-            },
-        )
-        .await
+    search_then(state, raw, "v3_trace_summaries", |traces| {
+        if traces.is_empty() {
+            json(http::StatusCode::OK, &json!({}))
+        } else {
+            json(
+                http::StatusCode::OK,
+                &json!({"summaries": traces.iter().map(summary_json).collect::<Vec<_>>()}),
+            )
+        }
+    })
+    .await
 }
 
 /// `POST /api/transform`: an OTLP JSON `TracesData` (what `/api/v3/traces`

@@ -40,14 +40,13 @@ async function api(path) {
 
 function navigate(url) {
   history.pushState(null, "", url);
-  document.getElementById("header-trace").addEventListener("submit", (event) => {
-  event.preventDefault();
-  const box = document.getElementById("header-trace-id");
+  route();
+}
+
+// Opens the trace whose id was typed into a trace-id box.
+function openTrace(box) {
   const id = box.value.trim().toLowerCase();
   if (id) navigate(`/trace/${encodeURIComponent(id)}`);
-});
-
-route();
 }
 
 document.addEventListener("click", (event) => {
@@ -368,8 +367,7 @@ function traceIdBox() {
   const form = el("form", { class: "trace-id-form" }, box, el("button", { type: "submit", id: "open-trace" }, "Open trace"));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    const id = box.value.trim().toLowerCase();
-    if (id) navigate(`/trace/${encodeURIComponent(id)}`);
+    openTrace(box);
   });
   return form;
 }
@@ -659,9 +657,7 @@ async function route() {
 
 document.getElementById("header-trace").addEventListener("submit", (event) => {
   event.preventDefault();
-  const box = document.getElementById("header-trace-id");
-  const id = box.value.trim().toLowerCase();
-  if (id) navigate(`/trace/${encodeURIComponent(id)}`);
+  openTrace(document.getElementById("header-trace-id"));
 });
 
 route();

@@ -237,19 +237,274 @@ fn productpage_p99_from_the_query_api_agrees_with_spans_and_load_generator() {
     );
 }
 
-#[test]
-fn slow_ratings_shows_in_the_traces() {
+/// One run of a scenario at the demo's default load, shared by its checks.
+fn scenario_run(scenario: &str) -> Finished {
     let demo = Demo::start(&[
         "--duration",
-        "6s",
+        "20s",
         "--qps",
         "10",
         "-c",
-        "4",
+        "10",
+        "--report-every",
+        "4s",
         "--scenario",
-        "slow-ratings",
+        scenario,
     ]);
-    let finished = demo.wait(Duration::from_secs(180));
+    demo.wait(Duration::from_secs(180))
+}
+
+fn slow_ratings() -> &'static Finished {
+    static RUN: OnceLock<Finished> = OnceLock::new();
+    RUN.get_or_init(|| scenario_run("slow-ratings"))
+}
+
+/// What the query service and the CLI answer about productpage, from a
+/// collector on the finished demo's store, over the load's own window.
+struct Answers {
+    /// Every productpage span, as the query defaulted to before it
+    /// counted requests served, and those of them with status ERROR.
+    every_span: (serde_json::Value, serde_json::Value),
+    latency: serde_json::Value,
+    errors: serde_json::Value,
+    outbound: serde_json::Value,
+    explain: Option<serde_json::Value>,
+}
+
+fn cli(server: &str, args: &[&str]) -> serde_json::Value {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tracemesh"))
+        .arg("query")
+        .args(args)
+        .args(["--server", server, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn answers(finished: &Finished, explain: bool) -> Answers {
+    let collector = harness::Collector::start(&finished.data_dir(), &[]);
+    let get = |path: &str| {
+        let response = harness::http_request(collector.http, "GET", path, &[], &[]);
+        assert_eq!(
+            response.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        serde_json::from_slice::<serde_json::Value>(&response.body).unwrap()
+    };
+    // From before the load to the moment it ended.
+    let start = (finished.ready_at / 1000 - 5_000_000).to_string();
+    let end = (finished.done_at / 1000).to_string();
+    let window = format!("start={start}&end={end}");
+    let server = format!("http://{}", collector.http);
+    let latency = get(&format!("/api/v1/latency?service=productpage&{window}"));
+    let errors = get(&format!("/api/v1/errors?service=productpage&{window}"));
+    let outbound = get(&format!(
+        "/api/v1/errors?service=productpage&kind=outbound&{window}"
+    ));
+    let every_span = (
+        get(&format!(
+            "/api/v1/latency?service=productpage&kind=all&{window}"
+        )),
+        get(&format!(
+            "/api/v1/latency?service=productpage&kind=all&tag=otel.status_code%3DERROR&{window}"
+        )),
+    );
+    // The CLI prints the same numbers, with the same default: requests served.
+    let by_cli = ["--service", "productpage", "--start", &start, "--end", &end];
+    assert_eq!(cli(&server, &[&["latency"], &by_cli[..]].concat()), latency);
+    assert_eq!(cli(&server, &[&["errors"], &by_cli[..]].concat()), errors);
+    let explain = explain.then(|| {
+        // A slow page: the one at the 90th percentile (the very slowest
+        // few are where a loaded machine's stalls land, wherever they hit).
+        let slowest = get(&format!(
+            "/api/v1/traces?service=productpage&kind=server&sort=longest&limit=20&{window}"
+        ));
+        let trace = slowest["traces"].as_array().unwrap().last().unwrap()["trace_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let api = get(&format!("/api/v1/explain?trace={trace}&{window}"));
+        assert_eq!(
+            cli(&server, &["explain", "--trace", &trace, "--since", "1h"])["hops"][0]["service"],
+            api["hops"][0]["service"]
+        );
+        api
+    });
+    collector.stop();
+    Answers {
+        every_span,
+        latency,
+        errors,
+        outbound,
+        explain,
+    }
+}
+
+/// `value` is within `relative` of `expected`, or within `absolute`.
+fn close(value: f64, expected: f64, relative: f64, absolute: f64) -> bool {
+    (value - expected).abs() <= (expected.abs() * relative).max(absolute)
+}
+
+/// The numbers a user reads off the query service agree with the load
+/// generator's own: how many requests productpage served, at what rate,
+/// how fast, and which share did not get a 2xx. Tolerances: count within
+/// 2% (spans still in a sidecar's queue at the stop), rate within 10%
+/// (the window starts at the first span), quantiles within 25% or 15 ms
+/// (the generator also times its own connection and the sidecar's
+/// accept), shares within 2 points.
+fn agrees_with_the_load_generator(scenario: &str, finished: &Finished, answers: &Answers) {
+    let load = &finished.done;
+    let (latency, errors) = (&answers.latency, &answers.errors);
+    let report = format!("{scenario}: load {load:?}\nlatency {latency}\nerrors {errors}");
+    assert_eq!(latency["counted"]["view"], "inbound", "{report}");
+    let count = latency["count"].as_f64().unwrap();
+    assert!(close(count, load["requests"], 0.02, 3.0), "count: {report}");
+    assert!(
+        close(latency["rate"].as_f64().unwrap(), load["qps"], 0.10, 0.0),
+        "rate: {report}"
+    );
+    for (api, generator) in [("p90_ms", "p90_ms"), ("p99_ms", "p99_ms")] {
+        assert!(
+            close(latency[api].as_f64().unwrap(), load[generator], 0.25, 15.0),
+            "{api}: {report}"
+        );
+    }
+    let calls = errors["calls"].as_f64().unwrap();
+    let error_rate = errors["errors"].as_f64().unwrap() / calls;
+    let non_2xx =
+        (errors["errors"].as_f64().unwrap() + errors["client_errors"].as_f64().unwrap()) / calls;
+    assert!(
+        close(error_rate, load["error_rate"], 0.0, 0.02),
+        "error rate: {report}"
+    );
+    assert!(
+        close(non_2xx, load["non_2xx_rate"], 0.0, 0.02),
+        "non-2xx share: {report}"
+    );
+    // productpage makes two calls a page it renders (details, reviews;
+    // none for a request its sidecar refused); retries are attempts of
+    // those calls, not calls of their own.
+    let outbound = answers.outbound["calls"].as_f64().unwrap();
+    let pages = load["requests"] * (1.0 - load["non_2xx_rate"]);
+    assert!(
+        close(outbound, 2.0 * pages, 0.03, 6.0),
+        "outbound calls: {}\n{report}",
+        answers.outbound
+    );
+    // Every span of productpage (what the query counted before) is up to
+    // 5 per request: its server span, its calls, their retries.
+    let (all, failed) = &answers.every_span;
+    let spans = all["count"].as_f64().unwrap();
+    assert!(spans >= count + outbound, "{all}");
+    println!(
+        "{scenario}: load generator {} requests {:.2}/s p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms errors {:.3} non-2xx {:.3}\n\
+         {scenario}: query (requests served) {count} requests {:.2}/s p50 {} ms p90 {} ms p99 {} ms errors {error_rate:.3} non-2xx {non_2xx:.3}\n\
+         {scenario}: every span (the former default) {spans} spans {:.2}/s p50 {} ms p90 {} ms p99 {} ms status ERROR {:.3}",
+        load["requests"],
+        load["qps"],
+        load["p50_ms"],
+        load["p90_ms"],
+        load["p99_ms"],
+        load["error_rate"],
+        load["non_2xx_rate"],
+        latency["rate"].as_f64().unwrap(),
+        latency["p50_ms"],
+        latency["p90_ms"],
+        latency["p99_ms"],
+        all["rate"].as_f64().unwrap(),
+        all["p50_ms"],
+        all["p90_ms"],
+        all["p99_ms"],
+        failed["count"].as_f64().unwrap() / spans,
+    );
+}
+
+#[test]
+fn slow_ratings_numbers_agree_with_the_load_generator_and_explain_names_ratings() {
+    let finished = slow_ratings();
+    let answers = answers(finished, true);
+    agrees_with_the_load_generator("slow-ratings", finished, &answers);
+    // Half the pages wait 100 ms for ratings: productpage's p90 says so.
+    assert!(
+        answers.latency["p90_ms"].as_f64().unwrap() >= 100.0,
+        "{}",
+        answers.latency
+    );
+    let explain = answers.explain.unwrap();
+    assert_eq!(explain["hops"][0]["service"], "ratings", "{explain}");
+    assert_eq!(explain["services"][0][0], "ratings", "{explain}");
+}
+
+#[test]
+fn failing_reviews_v3_numbers_agree_with_the_load_generator() {
+    let finished = scenario_run("failing-reviews-v3");
+    let answers = answers(&finished, false);
+    agrees_with_the_load_generator("failing-reviews-v3", &finished, &answers);
+    // Every page answered (reviews unavailable at worst): no error served,
+    // while the calls productpage made to reviews did fail.
+    assert_eq!(answers.errors["errors"], 0, "{}", answers.errors);
+    assert!(
+        answers.outbound["errors"].as_u64().unwrap() > 0,
+        "{}",
+        answers.outbound
+    );
+}
+
+#[test]
+fn rate_limited_numbers_agree_with_the_load_generator_and_the_demo_shows_429s() {
+    let finished = scenario_run("rate-limited");
+    let answers = answers(&finished, false);
+    agrees_with_the_load_generator("rate-limited", &finished, &answers);
+    let share = finished.done["non_2xx_rate"];
+    assert!(
+        (0.25..=0.75).contains(&share),
+        "about half get 429: {:?}",
+        finished.done
+    );
+    assert_eq!(finished.done["error_rate"], 0.0, "a 429 is not an error");
+    let live: Vec<&String> = finished
+        .stdout
+        .iter()
+        .filter(|l| l.contains(" req/s "))
+        .collect();
+    assert!(
+        live.iter().any(|l| {
+            l.split("non-2xx")
+                .nth(1)
+                .and_then(|rest| rest.trim().trim_end_matches('%').parse::<f64>().ok())
+                .is_some_and(|p| p > 10.0)
+        }),
+        "the live line shows the 429s: {live:?}"
+    );
+    assert!(
+        finished
+            .stdout
+            .iter()
+            .any(|l| l.starts_with("load: ") && l.contains("non-2xx")),
+        "{:?}",
+        finished.stdout
+    );
+    assert_eq!(
+        answers.errors["by_status_code"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["code"] == 429)
+            .map(|c| c["count"].clone()),
+        Some(answers.errors["client_errors"].clone())
+    );
+}
+
+#[test]
+fn slow_ratings_shows_in_the_traces() {
+    let finished = slow_ratings();
     let spans = all_spans(&SpanReader::open(&finished.data_dir()).unwrap());
     let ratings: Vec<u64> = spans
         .iter()
@@ -272,4 +527,18 @@ fn slow_ratings_shows_in_the_traces() {
             assert!(page.duration >= 100_000_000);
         }
     }
+    // Operation names are the services' declared ports, the same on both
+    // sides of a call: ratings is called on 9080 by reviews' client spans.
+    let name = "ratings.default.svc.cluster.local:9080/*";
+    assert!(
+        spans
+            .iter()
+            .filter(|s| &*s.service == "ratings")
+            .all(|s| &*s.operation == name)
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|s| &*s.service == "reviews" && s.kind == CLIENT && &*s.operation == name)
+    );
 }

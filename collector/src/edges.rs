@@ -36,7 +36,9 @@ pub struct Edge {
     pub caller: Arc<str>,
     /// The child span's service.
     pub callee: Arc<str>,
-    /// The child failed, or the parent was a client span that failed.
+    /// The child failed, or the parent was a client span that failed
+    /// (5xx or a local failure, [`crate::outcome::Outcome::Error`]; a 4xx
+    /// is no failure).
     pub failed: bool,
 }
 
@@ -155,7 +157,11 @@ impl EdgeLinker {
         let me = Seen {
             service,
             client: matches!(s.kind, 3 | 4),
-            failed: s.status.as_ref().is_some_and(|st| st.code == 2),
+            failed: crate::outcome::Outcome::of(
+                s.status.as_ref().map_or(0, |st| st.code),
+                attributes::get_int(&s.attributes, "http.response.status_code")
+                    .and_then(|c| u16::try_from(c).ok()),
+            ) == crate::outcome::Outcome::Error,
         };
         if let Some(parent) = SpanId::from_bytes(&s.parent_span_id) {
             let parent_key = key(&trace, parent);

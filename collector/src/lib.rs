@@ -19,6 +19,7 @@ pub mod indexer;
 pub mod ingest;
 pub mod metrics;
 pub mod otlp_metrics;
+pub mod outcome;
 pub mod receiver;
 pub mod run;
 pub mod spanmetrics;

@@ -3,6 +3,14 @@
 //! (the `spanmetrics` connector, namespace `traces.span.metrics`) and
 //! service-graph edges (the `servicegraph` connector), pairing a CLIENT (or
 //! PRODUCER) span with the SERVER (or CONSUMER) span whose parent it is.
+//!
+//! The connector's families count every span, of every kind; a service's
+//! own numbers are in `tracemesh_service_*`: the requests it served (its
+//! SERVER spans, Istio's `reporter="destination"`, `direction="inbound"`)
+//! and, labelled apart, the calls it made (its CLIENT spans less retry
+//! attempts, `direction="outbound"`), by outcome as
+//! [`crate::outcome::Outcome`] defines it (errors are 5xx and local
+//! failures, 4xx are `client_error`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,6 +20,7 @@ use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Opts, Regis
 use crate::attributes;
 use crate::ids::{SpanId, TraceId};
 use crate::metrics::histogram_vec;
+use crate::outcome::{Outcome, RESEND_COUNT};
 use crate::store::SpanRef;
 
 /// The spanmetrics connector's default buckets, in milliseconds.
@@ -49,6 +58,13 @@ type Handles = (IntCounter, Histogram);
 /// Handles by kind (0-5) and status (0-2) of one operation.
 type ByKindAndStatus = [[Option<Handles>; 3]; 6];
 
+/// A service operation's request handles: by direction (inbound,
+/// outbound), the counter per outcome and the duration histogram.
+type ByDirection = [([Option<IntCounter>; 3], Option<Histogram>); 2];
+
+const DIRECTIONS: [&str; 2] = ["inbound", "outbound"];
+const OUTCOMES: [Outcome; 3] = [Outcome::Success, Outcome::ClientError, Outcome::Error];
+
 struct HalfEdge {
     service: String,
     peer_service: Option<String>,
@@ -57,6 +73,12 @@ struct HalfEdge {
     messaging: bool,
     client: bool,
     seen: Instant,
+}
+
+/// A span's `http.response.status_code`.
+fn http_status(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<u16> {
+    attributes::get_int(&span.attributes, "http.response.status_code")
+        .and_then(|c| u16::try_from(c).ok())
 }
 
 /// The span-derived metric families and the state that feeds them. Owned
@@ -71,6 +93,9 @@ pub struct SpanMetrics {
     unpaired: IntCounterVec,
     dropped: IntCounterVec,
     handles: HashMap<String, HashMap<String, ByKindAndStatus>>,
+    service_requests: IntCounterVec,
+    service_duration: HistogramVec,
+    service_handles: HashMap<String, HashMap<String, ByDirection>>,
     series: usize,
     pending: HashMap<(TraceId, SpanId), HalfEdge>,
 }
@@ -135,6 +160,24 @@ impl SpanMetrics {
                 &["client", "server"],
             )?,
             handles: HashMap::new(),
+            service_requests: IntCounterVec::new(
+                Opts::new(
+                    "tracemesh_service_requests_total",
+                    "Requests a service served (direction=\"inbound\": its SERVER spans) and \
+                     calls it made (direction=\"outbound\": its CLIENT spans, retry attempts \
+                     left out), by operation and outcome (error: 5xx or a local failure; \
+                     client_error: 4xx).",
+                ),
+                &["service_name", "operation", "direction", "outcome"],
+            )?,
+            service_duration: histogram_vec(
+                "tracemesh_service_request_duration_milliseconds",
+                "Duration of the requests a service served (direction=\"inbound\") and of \
+                 the calls it made (direction=\"outbound\"), in milliseconds.",
+                &["service_name", "operation", "direction"],
+                &DURATION_BUCKETS_MS,
+            )?,
+            service_handles: HashMap::new(),
             series: 0,
             pending: HashMap::new(),
         };
@@ -146,6 +189,8 @@ impl SpanMetrics {
         registry.register(Box::new(metrics.client_seconds.clone()))?;
         registry.register(Box::new(metrics.unpaired.clone()))?;
         registry.register(Box::new(metrics.dropped.clone()))?;
+        registry.register(Box::new(metrics.service_requests.clone()))?;
+        registry.register(Box::new(metrics.service_duration.clone()))?;
         Ok(metrics)
     }
 
@@ -159,6 +204,20 @@ impl SpanMetrics {
         if let Some((calls, duration)) = self.red_handles(service, &s.name, kind, status) {
             calls.inc();
             duration.observe(nanos as f64 / 1e6);
+        }
+        let direction = match kind {
+            2 => Some(0),
+            3 if attributes::get(&s.attributes, RESEND_COUNT).is_none() => Some(1),
+            _ => None,
+        };
+        if let Some(direction) = direction {
+            let outcome = Outcome::of(s.status.as_ref().map_or(0, |st| st.code), http_status(s));
+            if let Some((requests, duration)) =
+                self.service_handles(service, &s.name, direction, outcome)
+            {
+                requests.inc();
+                duration.observe(nanos as f64 / 1e6);
+            }
         }
         let (Some(trace_id), Some(span_id)) = (
             TraceId::from_bytes(&s.trace_id),
@@ -185,7 +244,9 @@ impl SpanMetrics {
                 .then(|| attributes::get_str(&s.attributes, "peer.service").map(str::to_owned))
                 .flatten(),
             duration: nanos as f64 / 1e9,
-            failed: status == 2,
+            // Errors as everywhere: 5xx and local failures, not 4xx.
+            failed: Outcome::of(s.status.as_ref().map_or(0, |st| st.code), http_status(s))
+                == Outcome::Error,
             messaging: kind == 4 || kind == 5,
             client,
             seen: now,
@@ -248,6 +309,55 @@ impl SpanMetrics {
         slot[kind][status] = Some(handles.clone());
         self.series += 1;
         Some(handles)
+    }
+
+    fn service_handles(
+        &mut self,
+        service: &str,
+        name: &str,
+        direction: usize,
+        outcome: Outcome,
+    ) -> Option<(IntCounter, Histogram)> {
+        let at = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        if let Some((counters, histogram)) = self
+            .service_handles
+            .get(service)
+            .and_then(|ops| ops.get(name))
+            .map(|d| &d[direction])
+            && let (Some(counter), Some(histogram)) = (&counters[at], histogram)
+        {
+            return Some((counter.clone(), histogram.clone()));
+        }
+        if self.series >= MAX_SERIES {
+            return None;
+        }
+        let slot = &mut self
+            .service_handles
+            .entry(service.to_owned())
+            .or_default()
+            .entry(name.to_owned())
+            .or_default()[direction];
+        let counter = self.service_requests.with_label_values(&[
+            service,
+            name,
+            DIRECTIONS[direction],
+            outcome.as_str(),
+        ]);
+        slot.0[at] = Some(counter.clone());
+        let histogram = match &slot.1 {
+            Some(histogram) => histogram.clone(),
+            None => {
+                let histogram = self.service_duration.with_label_values(&[
+                    service,
+                    name,
+                    DIRECTIONS[direction],
+                ]);
+                slot.1 = Some(histogram.clone());
+                histogram
+            }
+        };
+        self.series += 1;
+        Some((counter, histogram))
     }
 
     fn edge(&self, client: &HalfEdge, server: &HalfEdge) {
@@ -383,5 +493,55 @@ mod tests {
             .encode_to_string(&registry.gather())
             .unwrap();
         assert!(text.contains(r#"traces_service_graph_request_total{client="cart",connection_type="virtual_node",server="postgres"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn service_numbers_count_requests_served_and_calls_made_apart() {
+        let registry = Registry::new();
+        let mut metrics = SpanMetrics::new(&registry).unwrap();
+        let now = Instant::now();
+        let span = |id: u8, kind: i32, code: i64, status: i32| Span {
+            trace_id: vec![1; 16],
+            span_id: vec![id; 8],
+            name: "reviews.default.svc.cluster.local:9080/*".into(),
+            kind,
+            start_time_unix_nano: 1_000_000_000,
+            end_time_unix_nano: 1_003_000_000,
+            attributes: vec![attributes::int("http.response.status_code", code)],
+            status: Some(Status {
+                code: status,
+                message: String::new(),
+            }),
+            ..Default::default()
+        };
+        let page = resource("productpage");
+        observe(&mut metrics, &page, &span(1, 2, 200, 0), now);
+        observe(&mut metrics, &page, &span(2, 2, 429, 2), now);
+        observe(&mut metrics, &page, &span(3, 3, 503, 2), now);
+        let mut retry = span(4, 3, 200, 0);
+        retry.attributes.push(attributes::int(RESEND_COUNT, 1));
+        observe(&mut metrics, &page, &retry, now);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        let line = |direction: &str, outcome: &str| {
+            format!(
+                r#"tracemesh_service_requests_total{{direction="{direction}",operation="reviews.default.svc.cluster.local:9080/*",outcome="{outcome}",service_name="productpage"}}"#
+            )
+        };
+        assert!(
+            text.contains(&(line("inbound", "success") + " 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&(line("inbound", "client_error") + " 1")),
+            "{text}"
+        );
+        assert!(text.contains(&(line("outbound", "error") + " 1")), "{text}");
+        assert!(
+            !text.contains(&line("outbound", "success")),
+            "a retry is not a call: {text}"
+        );
+        assert!(text.contains(r#"tracemesh_service_request_duration_milliseconds_count{direction="inbound",operation="reviews.default.svc.cluster.local:9080/*",service_name="productpage"} 2"#), "{text}");
     }
 }

@@ -1,29 +1,34 @@
 //! Jaeger's api_v3 HTTP endpoints (the gRPC gateway's JSON), which Jaeger's
-//! own UI is moving to: services, operations, trace search with `query.*`
-//! parameters and trace by id, traces as OTLP JSON.
+//! own UI uses from 2.19 on: services, operations, trace search with
+//! `query.*` parameters, trace summaries for the search page, and trace by
+//! id, traces as OTLP JSON. Also Jaeger's `POST /api/transform`, with which
+//! the UI turns an uploaded OTLP JSON file into its own model.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
 use serde::Serialize;
 use serde_json::json;
 use tracemesh_collector::store::{SpanQuery, Trace};
 
-use crate::engine::TraceSearch;
+use crate::engine::{Sort, TraceSearch};
 use crate::error::QueryError;
 use crate::http::{AppState, json};
 use crate::jaeger::model::{kind_from_name, kind_name};
 use crate::params::{Params, parse_duration};
+use crate::tags;
 use crate::timefmt::parse_rfc3339;
 
 /// Jaeger's default search depth.
-const DEFAULT_SEARCH_DEPTH: usize = 20;
+const DEFAULT_SEARCH_DEPTH: usize = 100;
 
 /// The `/api/v3/...` routes.
 pub fn routes() -> Router<AppState> {
@@ -32,7 +37,15 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v3/operations", get(operations))
         .route("/api/v3/traces", get(find_traces))
         .route("/api/v3/traces/{trace_id}", get(trace))
+        .route("/api/v3/trace-summaries", get(find_trace_summaries))
+        .route(
+            "/api/transform",
+            post(transform).layer(DefaultBodyLimit::max(MAX_TRANSFORM_BYTES)),
+        )
 }
+
+/// Largest OTLP JSON body `/api/transform` reads.
+const MAX_TRANSFORM_BYTES: usize = 64 << 20;
 
 /// The gateway's error shape: `{"error":{"httpCode":400,"message":...}}`.
 fn error(error: &QueryError) -> Response {
@@ -206,7 +219,9 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
     if let Some(attributes) = params.get("query.attributes") {
         let map: std::collections::BTreeMap<String, String> = serde_json::from_str(attributes)
             .map_err(|e| QueryError::param("query.attributes", e))?;
-        spans.tags.extend(map);
+        for (key, value) in map {
+            tags::apply(&mut spans, "query.attributes", &key, &value)?;
+        }
     }
     let limit = match params.get_any(&[
         "query.searchDepth",
@@ -221,10 +236,17 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
     Ok(TraceSearch {
         spans,
         limit: limit.max(1),
+        sort: Sort::Newest,
     })
 }
 
-async fn find_traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+/// Runs the search of `raw`'s `query.*` parameters; `render` shapes the traces.
+async fn search_then(
+    state: AppState,
+    raw: Option<String>,
+    endpoint: &'static str,
+    render: impl FnOnce(Vec<Trace>) -> Response,
+) -> Response {
     let params = Params::parse(raw.as_deref());
     let search = match search_params(&params) {
         Ok(search) => search,
@@ -232,16 +254,151 @@ async fn find_traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> 
     };
     state
         .answer(
-            "v3_traces",
+            endpoint,
             move |engine| engine.search(&search),
             |r| match r {
-                Ok(traces) if traces.is_empty() => json(
-                    http::StatusCode::NOT_FOUND,
-                    &json!({"error": {"httpCode": 404, "message": "No traces found"}}),
-                ),
-                Ok(traces) => json(http::StatusCode::OK, &otlp(&traces)),
+                Ok(traces) => render(traces),
                 Err(e) => error(&e),
             },
         )
         .await
+}
+
+async fn find_traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    search_then(state, raw, "v3_traces", |traces| {
+        if traces.is_empty() {
+            json(
+                http::StatusCode::NOT_FOUND,
+                &json!({"error": {"httpCode": 404, "message": "No traces found"}}),
+            )
+        } else {
+            json(http::StatusCode::OK, &otlp(&traces))
+        }
+    })
+    .await
+}
+
+/// One summary as the gateway's JSON writes an `api_v3.TraceSummary`:
+/// proto3 JSON, zero values left out, 64-bit numbers as strings.
+fn summary_json(trace: &Trace) -> serde_json::Value {
+    let summary = crate::engine::search::summarize(trace);
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "traceId".into(),
+        json!(crate::jaeger::model::hex(&trace.trace_id.0)),
+    );
+    if let Some((service, operation)) = &summary.root {
+        if !service.is_empty() {
+            out.insert("rootServiceName".into(), json!(service));
+        }
+        if !operation.is_empty() {
+            out.insert("rootOperationName".into(), json!(operation));
+        }
+    }
+    if summary.start != 0 {
+        out.insert(
+            "minStartTimeUnixNano".into(),
+            json!(summary.start.to_string()),
+        );
+    }
+    if summary.end != 0 {
+        out.insert("maxEndTimeUnixNano".into(), json!(summary.end.to_string()));
+    }
+    let mut count = |key: &str, n: usize| {
+        if n != 0 {
+            out.insert(key.into(), json!(n));
+        }
+    };
+    count("spanCount", summary.spans);
+    count("errorSpanCount", summary.status_errors);
+    count("orphanSpanCount", summary.orphans);
+    let services: Vec<serde_json::Value> = summary
+        .services
+        .iter()
+        .map(|(name, counts)| {
+            let mut service = serde_json::Map::new();
+            service.insert("name".into(), json!(name));
+            if counts.spans != 0 {
+                service.insert("spanCount".into(), json!(counts.spans));
+            }
+            if counts.status_errors != 0 {
+                service.insert("errorSpanCount".into(), json!(counts.status_errors));
+            }
+            serde_json::Value::Object(service)
+        })
+        .collect();
+    if !services.is_empty() {
+        out.insert("services".into(), json!(services));
+    }
+    serde_json::Value::Object(out)
+}
+
+/// `GET /api/v3/trace-summaries`: the search of `/api/v3/traces`, one
+/// summary per trace (root, time span, span and error counts per
+/// service), as Jaeger UI's search page reads it. No match is an empty
+/// answer, not a 404.
+async fn find_trace_summaries(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    search_then(state, raw, "v3_trace_summaries", |traces| {
+        if traces.is_empty() {
+            json(http::StatusCode::OK, &json!({}))
+        } else {
+            json(
+                http::StatusCode::OK,
+                &json!({"summaries": traces.iter().map(summary_json).collect::<Vec<_>>()}),
+            )
+        }
+    })
+    .await
+}
+
+/// `POST /api/transform`: an OTLP JSON `TracesData` (what `/api/v3/traces`
+/// and OpenTelemetry's file exporter write) → Jaeger's UI model, one trace
+/// per trace id in the order first seen, in Jaeger's envelope. Doubles
+/// written as strings (`"NaN"`) are read as the OTLP JSON mapping allows.
+async fn transform(State(state): State<AppState>, body: Bytes) -> Response {
+    use tracemesh_collector::ingest::decode::{Encoding, decode};
+    let started = std::time::Instant::now();
+    let request: Result<
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        _,
+    > = decode(Encoding::Json, &body, "OTLP traces");
+    let response = match request {
+        Err(e) => crate::jaeger::error_response(&QueryError::BadRequest(format!(
+            "cannot unmarshal OTLP: {e}"
+        ))),
+        Ok(request) => {
+            let mut traces: Vec<Trace> = Vec::new();
+            let mut index: HashMap<[u8; 16], usize> = HashMap::new();
+            tracemesh_collector::store::document::for_each_span(&request.resource_spans, |span| {
+                let Some(trace_id) =
+                    tracemesh_collector::ids::TraceId::from_bytes(&span.span.trace_id)
+                else {
+                    return;
+                };
+                let at = *index.entry(trace_id.0).or_insert_with(|| {
+                    traces.push(Trace {
+                        trace_id,
+                        spans: Vec::new(),
+                    });
+                    traces.len() - 1
+                });
+                traces[at]
+                    .spans
+                    .push(tracemesh_collector::store::StoredSpan {
+                        resource: span.resource.cloned(),
+                        resource_schema_url: span.resource_schema_url.to_owned(),
+                        scope: span.scope.cloned(),
+                        scope_schema_url: span.scope_schema_url.to_owned(),
+                        span: span.span.clone(),
+                    });
+            });
+            crate::jaeger::traces_response(traces.iter().map(crate::jaeger::model::trace).collect())
+        }
+    };
+    state.0.metrics.observe(
+        "jaeger_transform",
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }

@@ -15,6 +15,7 @@ mod jaeger;
 mod metrics;
 mod native;
 pub mod params;
+pub mod tags;
 pub mod timefmt;
 mod ui;
 

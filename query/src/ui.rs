@@ -1,6 +1,7 @@
 //! The web UI, embedded in the binary: one HTML page, one script, one
 //! stylesheet, no build step and nothing fetched from elsewhere. Every UI
-//! path (`/search`, `/trace/{id}`, `/services`, `/dependencies`) answers
+//! path (`/search`, `/trace/{id}`, `/services`, `/dependencies`,
+//! `/compare`, `/explain`) answers
 //! the same page, so deep links work on reload; the script routes.
 
 use axum::Router;
@@ -35,6 +36,8 @@ pub fn routes() -> Router<AppState> {
         .route("/trace/{trace_id}", get(index))
         .route("/services", get(index))
         .route("/dependencies", get(index))
+        .route("/compare", get(index))
+        .route("/explain", get(index))
         .route(
             "/ui/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),

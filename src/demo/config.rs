@@ -14,10 +14,6 @@ use super::topology::{NAMESPACE, Protocol, Role, Workload, service_port, service
 /// The article's DestinationRule on ratings.
 const RATINGS_RULE: &str = include_str!("../../examples/bookinfo/ratings.yaml");
 
-/// The article's rate limit on productpage.
-const PRODUCTPAGE_RATE_LIMIT: &str =
-    include_str!("../../examples/bookinfo/productpage-ratelimit.yaml");
-
 /// Where the sidecars of each service listen for the mesh: service →
 /// (version, inbound address) of every workload started so far.
 pub type Endpoints = BTreeMap<&'static str, Vec<(&'static str, SocketAddr)>>;
@@ -48,7 +44,7 @@ impl AgentConfig<'_> {
         match self.workload.role {
             Role::ProductPage => {
                 docs.push(scenario::reviews_routing(self.scenario));
-                docs.push(PRODUCTPAGE_RATE_LIMIT.to_owned());
+                docs.push(scenario::productpage_rate_limit(self.scenario));
             }
             Role::Reviews { .. } => docs.push(RATINGS_RULE.to_owned()),
             Role::Details | Role::Ratings | Role::Database => {}

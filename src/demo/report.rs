@@ -101,18 +101,21 @@ impl Ready<'_> {
 /// One line of live numbers for a window of `length`.
 pub fn live_line(elapsed: Duration, length: Duration, window: &Window) -> String {
     let seconds = length.as_secs_f64().max(1e-3);
-    let error_rate = if window.requests > 0 {
-        100.0 * window.failed as f64 / window.requests as f64
-    } else {
-        0.0
+    let share = |n: u64| {
+        if window.requests > 0 {
+            100.0 * n as f64 / window.requests as f64
+        } else {
+            0.0
+        }
     };
     format!(
-        "[{:>4}s] {:>7.1} req/s   p50 {:>7.1} ms   p99 {:>7.1} ms   errors {:>5.1}%",
+        "[{:>4}s] {:>7.1} req/s   p50 {:>7.1} ms   p99 {:>7.1} ms   errors {:>5.1}%   non-2xx {:>5.1}%",
         elapsed.as_secs(),
         window.requests as f64 / seconds,
         window.p50_us as f64 / 1000.0,
         window.p99_us as f64 / 1000.0,
-        error_rate
+        share(window.failed),
+        share(window.non_2xx)
     )
 }
 
@@ -126,11 +129,21 @@ pub fn summary(report: &Report) -> String {
             .filter(|(code, _)| code.starts_with('5'))
             .map(|(_, n)| n)
             .sum::<u64>();
-    let error_rate = if report.count > 0 {
-        failed as f64 / report.count as f64
-    } else {
-        0.0
+    let not_2xx: u64 = report.errors.total()
+        + report
+            .codes
+            .iter()
+            .filter(|(code, _)| !code.starts_with('2'))
+            .map(|(_, n)| n)
+            .sum::<u64>();
+    let share = |n: u64| {
+        if report.count > 0 {
+            n as f64 / report.count as f64
+        } else {
+            0.0
+        }
     };
+    let (error_rate, non_2xx_rate) = (share(failed), share(not_2xx));
     let codes: Vec<String> = report
         .codes
         .iter()
@@ -138,8 +151,8 @@ pub fn summary(report: &Report) -> String {
         .collect();
     let ms = |us: u64| us as f64 / 1000.0;
     format!(
-        "load: {} requests in {:.1}s ({:.1} req/s), codes {}, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms\n\
-         demo done requests={} qps={:.2} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} error_rate={:.4}\n",
+        "load: {} requests in {:.1}s ({:.1} req/s), codes {}, errors {:.1}%, non-2xx {:.1}%, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms\n\
+         demo done requests={} qps={:.2} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} error_rate={:.4} non_2xx_rate={:.4}\n",
         report.count,
         report.elapsed_s,
         report.actual_qps,
@@ -148,6 +161,8 @@ pub fn summary(report: &Report) -> String {
         } else {
             codes.join(" ")
         },
+        100.0 * error_rate,
+        100.0 * non_2xx_rate,
         ms(latency.p50),
         ms(latency.p90),
         ms(latency.p99),
@@ -156,7 +171,8 @@ pub fn summary(report: &Report) -> String {
         ms(latency.p50),
         ms(latency.p90),
         ms(latency.p99),
-        error_rate
+        error_rate,
+        non_2xx_rate
     )
 }
 
@@ -169,6 +185,7 @@ mod tests {
         let window = Window {
             requests: 50,
             failed: 5,
+            non_2xx: 20,
             p50_us: 4_200,
             p99_us: 12_000,
         };
@@ -176,5 +193,6 @@ mod tests {
         assert!(line.contains("10.0 req/s"), "{line}");
         assert!(line.contains("p99    12.0 ms"), "{line}");
         assert!(line.contains("errors  10.0%"), "{line}");
+        assert!(line.contains("non-2xx  40.0%"), "{line}");
     }
 }

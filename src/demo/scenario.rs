@@ -20,6 +20,9 @@ pub enum Scenario {
     /// to v1, 50% to v3.
     #[value(name = "shift-50-50")]
     Shift5050,
+    /// productpage's rate limit lowered to 5 requests a second per client:
+    /// at the default 10 qps about half the load gets 429 (flag RL).
+    RateLimited,
 }
 
 /// How an application misbehaves.
@@ -52,6 +55,23 @@ pub fn behaviour(scenario: Option<Scenario>, workload: &Workload) -> Behaviour {
     }
 }
 
+/// The article's rate limit on productpage.
+const PRODUCTPAGE_RATE_LIMIT: &str =
+    include_str!("../../examples/bookinfo/productpage-ratelimit.yaml");
+
+/// The article's token bucket, and the one `rate-limited` puts in its place.
+const ARTICLE_BUCKET: &str =
+    "tokenBucket: {maxTokens: 1000, tokensPerFill: 1000, fillInterval: 60s}";
+const TIGHT_BUCKET: &str = "tokenBucket: {maxTokens: 5, tokensPerFill: 5, fillInterval: 1s}";
+
+/// productpage's RateLimitPolicy under `scenario`.
+pub fn productpage_rate_limit(scenario: Option<Scenario>) -> String {
+    match scenario {
+        Some(Scenario::RateLimited) => PRODUCTPAGE_RATE_LIMIT.replace(ARTICLE_BUCKET, TIGHT_BUCKET),
+        _ => PRODUCTPAGE_RATE_LIMIT.to_owned(),
+    }
+}
+
 /// The reviews DestinationRule and VirtualService documents under `scenario`.
 pub fn reviews_routing(scenario: Option<Scenario>) -> String {
     match scenario {
@@ -79,6 +99,16 @@ pub fn reviews_weights(scenario: Option<Scenario>) -> &'static [(&'static str, u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limited_tightens_the_article_bucket() {
+        assert!(productpage_rate_limit(None).contains(ARTICLE_BUCKET));
+        let tight = productpage_rate_limit(Some(Scenario::RateLimited));
+        assert!(
+            tight.contains(TIGHT_BUCKET) && !tight.contains(ARTICLE_BUCKET),
+            "{tight}"
+        );
+    }
 
     /// The weights the report states are the ones the YAML applies.
     #[test]

@@ -21,6 +21,9 @@ pub struct Window {
     /// Requests that failed: no response, or a 5xx (Istio's success rate
     /// counts everything else as success).
     pub failed: u64,
+    /// Requests that did not get a 2xx: no response, or any other status
+    /// (a rate limit's 429 counts here, not in `failed`).
+    pub non_2xx: u64,
     /// Median latency of the responses, microseconds (0 without responses).
     pub p50_us: u64,
     /// 99th percentile latency of the responses, microseconds.
@@ -61,6 +64,12 @@ impl Control {
             std::mem::replace(&mut *window, Recorder::new(false))
         };
         let server_errors: u64 = taken.codes.range(500..).map(|(_, n)| n).sum();
+        let not_2xx: u64 = taken
+            .codes
+            .iter()
+            .filter(|(code, _)| !(200..300).contains(*code))
+            .map(|(_, n)| n)
+            .sum();
         let latency = &taken.latency;
         let quantile = |q| {
             if latency.is_empty() {
@@ -72,6 +81,7 @@ impl Control {
         Window {
             requests: taken.requests(),
             failed: taken.errors.total() + server_errors,
+            non_2xx: taken.errors.total() + not_2xx,
             p50_us: quantile(0.5),
             p99_us: quantile(0.99),
         }
@@ -101,6 +111,7 @@ mod tests {
         let window = control.take_window();
         assert_eq!(window.requests, 5);
         assert_eq!(window.failed, 2);
+        assert_eq!(window.non_2xx, 3, "the 429 too");
         assert!((49_000..=51_000).contains(&window.p99_us), "{window:?}");
         assert_eq!(control.take_window(), Window::default());
         assert!(!control.stopped());

@@ -130,6 +130,7 @@ pub fn traces(body: &Value) -> String {
                 num(&t["duration_ms"]),
                 num(&t["spans"]),
                 num(&t["errors"]),
+                num(&t["client_errors"]),
                 format!(
                     "{}: {}",
                     text(&t["root_service"]),
@@ -148,34 +149,77 @@ pub fn traces(body: &Value) -> String {
             "DURATION_MS",
             "SPANS",
             "ERRORS",
+            "4XX",
             "ROOT",
         ],
         &rows,
     )
 }
 
-/// `query latency`: the quantiles.
-pub fn latency(body: &Value) -> String {
-    let keys = [
-        "count", "p50_ms", "p75_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms",
-    ];
-    let row: Vec<String> = keys.iter().map(|k| num(&body[*k])).collect();
-    table(
-        &[
-            "COUNT", "P50_MS", "P75_MS", "P90_MS", "P95_MS", "P99_MS", "MAX_MS",
-        ],
-        &[row],
+/// The line saying what a statistic counted.
+fn counted(body: &Value) -> String {
+    let counted = &body["counted"];
+    let time = |key: &str| {
+        counted[key]
+            .as_u64()
+            .map(|us| tracemesh_query::timefmt::rfc3339(us * 1000))
+            .unwrap_or_default()
+    };
+    format!(
+        "{} [{}], {} to {}\n",
+        text(&counted["spans"]),
+        text(&counted["view"]),
+        time("start_us"),
+        time("end_us")
     )
 }
 
-/// `query errors`: totals, then the breakdowns.
+/// A share as a percentage with one decimal.
+fn percent(value: &Value) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
+}
+
+/// A rate per second with two decimals.
+fn rate(value: &Value) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+}
+
+/// `query latency`: what was counted, then count, rate and quantiles.
+pub fn latency(body: &Value) -> String {
+    let keys = ["p50_ms", "p75_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms"];
+    let mut row = vec![num(&body["count"]), rate(&body["rate"])];
+    row.extend(keys.iter().map(|k| num(&body[*k])));
+    counted(body)
+        + &table(
+            &[
+                "COUNT",
+                "RATE_PER_S",
+                "P50_MS",
+                "P75_MS",
+                "P90_MS",
+                "P95_MS",
+                "P99_MS",
+                "MAX_MS",
+            ],
+            &[row],
+        )
+}
+
+/// `query errors`: what was counted, totals, then the breakdowns.
 pub fn errors(body: &Value) -> String {
-    let mut out = format!(
-        "calls {}  errors {}  error rate {}\n",
+    let mut out = counted(body);
+    out.push_str(&format!(
+        "calls {}  errors {} ({})  4xx {} ({})\n",
         num(&body["calls"]),
         num(&body["errors"]),
-        num(&body["error_rate"])
-    );
+        percent(&body["error_rate"]),
+        num(&body["client_errors"]),
+        percent(&body["client_error_rate"]),
+    ));
     let section = |out: &mut String, title: &str, key: &str, name: &str, count: &str| {
         let rows: Vec<Vec<String>> = body[key]
             .as_array()
@@ -210,5 +254,68 @@ pub fn errors(body: &Value) -> String {
         "operation",
         "errors",
     );
+    section(
+        &mut out,
+        "4XX_OPERATION",
+        "client_errors_by_operation",
+        "operation",
+        "client_errors",
+    );
+    out
+}
+
+/// `query explain`: the two sides, then hops and services by time added.
+pub fn explain(body: &Value) -> String {
+    let side = |s: &Value| {
+        format!(
+            "{} requests, mean {} ms{}",
+            num(&s["requests"]),
+            s["mean_ms"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.2}")),
+            s["trace_id"]
+                .as_str()
+                .map(|t| format!(" (trace {t})"))
+                .unwrap_or_default()
+        )
+    };
+    let mut out = format!(
+        "{}{}: {} against {}\n",
+        text(&body["service"]),
+        body["operation"]
+            .as_str()
+            .map(|o| format!(" {o}"))
+            .unwrap_or_default(),
+        side(&body["current"]),
+        side(&body["baseline"]),
+    );
+    let ms = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{v:.2}"));
+    let services: Vec<Vec<String>> = body["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| vec![text(&s[0]), ms(&s[1])])
+        .collect();
+    out.push('\n');
+    out.push_str(&table(&["SERVICE", "ADDED_MS"], &services));
+    let hops: Vec<Vec<String>> = body["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            vec![
+                text(&h["service"]),
+                text(&h["operation"]),
+                ms(&h["added_ms"]),
+                ms(&h["current_ms"]),
+                ms(&h["baseline_ms"]),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &["SERVICE", "OPERATION", "ADDED_MS", "NOW_MS", "BASELINE_MS"],
+        &hops,
+    ));
     out
 }

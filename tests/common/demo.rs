@@ -22,6 +22,8 @@ pub struct Demo {
     stderr: Arc<Mutex<Vec<String>>>,
     /// The `demo ready` line's fields (`ui`, `productpage`, `data_dir`, `prometheus_config`).
     pub ready: HashMap<String, String>,
+    ready_at: u64,
+    done_at: Arc<Mutex<u64>>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -31,7 +33,19 @@ pub struct Finished {
     pub stdout: Vec<String>,
     /// The `demo done` line's fields (`requests`, `qps`, `p99_ms`, ...).
     pub done: HashMap<String, f64>,
+    /// When the `demo ready` line came (the load starts right after), ns
+    /// since the epoch.
+    pub ready_at: u64,
+    /// When the `demo done` line came (right after the load's last
+    /// answer), ns since the epoch.
+    pub done_at: u64,
     dir: tempfile::TempDir,
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn fields(line: &str) -> HashMap<String, String> {
@@ -45,6 +59,7 @@ fn pump(
     reader: impl std::io::Read + Send + 'static,
     lines: Arc<Mutex<Vec<String>>>,
     ready: Option<mpsc::Sender<String>>,
+    done_at: Arc<Mutex<u64>>,
 ) {
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines().map_while(Result::ok) {
@@ -52,6 +67,9 @@ fn pump(
                 && let Some(tx) = &ready
             {
                 let _ = tx.send(line.clone());
+            }
+            if line.starts_with("demo done ") {
+                *done_at.lock().unwrap() = now_nanos();
             }
             lines.lock().unwrap().push(line);
         }
@@ -75,8 +93,19 @@ impl Demo {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
-        pump(child.stdout.take().unwrap(), stdout.clone(), Some(tx));
-        pump(child.stderr.take().unwrap(), stderr.clone(), None);
+        let done_at = Arc::new(Mutex::new(0));
+        pump(
+            child.stdout.take().unwrap(),
+            stdout.clone(),
+            Some(tx),
+            done_at.clone(),
+        );
+        pump(
+            child.stderr.take().unwrap(),
+            stderr.clone(),
+            None,
+            Arc::new(Mutex::new(0)),
+        );
         let line = match rx.recv_timeout(READY_TIMEOUT) {
             Ok(line) => line,
             Err(_) => {
@@ -94,6 +123,8 @@ impl Demo {
             stdout,
             stderr,
             ready: fields(&line),
+            ready_at: now_nanos(),
+            done_at,
             dir: Some(dir),
         }
     }
@@ -158,6 +189,8 @@ impl Demo {
         Finished {
             stdout,
             done,
+            ready_at: self.ready_at,
+            done_at: *self.done_at.lock().unwrap(),
             dir: self.dir.take().unwrap(),
         }
     }

@@ -39,7 +39,7 @@ fn tag<'a>(span: &'a Value, key: &str) -> &'a Value {
 }
 
 /// Every span and process of a Jaeger trace has Jaeger's fields and types.
-fn check_trace_shape(trace: &Value) {
+pub fn check_trace_shape(trace: &Value) {
     assert_eq!(
         keys(trace),
         set(&["traceID", "spans", "processes", "warnings"])

@@ -1,5 +1,8 @@
-//! A real headless Chromium drives the UI: search, the trace waterfall
-//! (also of a 5,000-span trace), the service overview's charts and the
+//! A real headless Chromium drives the UI: search (sorted, tags, trace
+//! compare), the trace waterfall (critical path, span links, event offsets,
+//! multi-line values, JSON download, span deep links, the trace-id box; also
+//! of a 5,000-span trace), the service overview's charts (what they count,
+//! absolute time ranges, time-axis labels), "why is it slower?" and the
 //! dependency graph, each from a deep link, with a screenshot per page
 //! under `target/tmp/query-ui/`.
 
@@ -17,6 +20,56 @@ use crate::webdriver::Browser;
 
 const BIG_SPANS: u64 = 5000;
 const BIG_SERVICES: u64 = 5;
+
+/// A trace whose one span links to shop trace 0's root and carries a
+/// stack trace.
+fn linked_trace(base: u64, target: TraceId) -> (TraceId, ExportTraceServiceRequest) {
+    use opentelemetry_proto::tonic::trace::v1::span::Link;
+    let trace = TraceId([0xdd; 16]);
+    let span = Span {
+        trace_id: trace.0.to_vec(),
+        span_id: vec![0xd1; 8],
+        name: "process batch".into(),
+        kind: 5,
+        start_time_unix_nano: base,
+        end_time_unix_nano: base + 3_000_000,
+        attributes: vec![KeyValue {
+            key: "exception.stacktrace".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(
+                    "Error: boom\n    at handler (app.js:10:5)\n    at main (app.js:20:1)".into(),
+                )),
+            }),
+            ..Default::default()
+        }],
+        links: vec![Link {
+            trace_id: target.0.to_vec(),
+            span_id: ((1u64 << 8) | 1).to_be_bytes().to_vec(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue("worker".into())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    (trace, request)
+}
 
 /// One trace of 5,000 spans over five services: a tree, four children each.
 fn big_trace(base: u64) -> (TraceId, ExportTraceServiceRequest) {
@@ -69,6 +122,8 @@ fn ui_searches_shows_waterfalls_and_charts_in_chromium() {
     let (collector, sent) = data::start(dir.path());
     let (big, request) = big_trace(sent.base);
     data::send(&collector, &request);
+    let (linked, request) = linked_trace(sent.base, sent.shop[0]);
+    data::send(&collector, &request);
     eventually("the 5,000-span trace indexed", || {
         let (status, body) = data::get(&collector, &format!("/api/traces/{big}"));
         (status == 200 && body["data"][0]["spans"].as_array()?.len() == BIG_SPANS as usize)
@@ -98,6 +153,42 @@ fn ui_searches_shows_waterfalls_and_charts_in_chromium() {
     assert_eq!(browser.count("#scatter circle.err"), expected);
     browser.screenshot("search");
 
+    // Longest first, without a guessed minimum duration; then compare the
+    // longest trace with the third longest.
+    browser.open(&format!(
+        "{base}/search?service=cart&since=1h&limit=5&sort=longest"
+    ));
+    browser.wait_ready("/search");
+    assert_eq!(
+        browser.script("return document.getElementById('sort').value;"),
+        "longest"
+    );
+    let first =
+        browser.script("return document.querySelector('#trace-list .trace-row a').textContent;");
+    assert_eq!(
+        first,
+        sent.shop[199].to_string()[..16],
+        "cart's longest call is trace 199's"
+    );
+    browser.script("document.querySelectorAll('#trace-list .pick')[0].click(); document.querySelectorAll('#trace-list .pick')[2].click(); return null;");
+    browser.click("#compare");
+    browser.wait_ready("/compare");
+    assert_eq!(browser.count("#comparison tr.cmp"), 5, "five spans matched");
+    browser.open(&format!(
+        "{base}/compare?a={}&b={}",
+        sent.shop[199], sent.shop[19]
+    ));
+    browser.wait_ready("/compare");
+    assert!(
+        browser.count("#comparison tr.cmp.faster") >= 2,
+        "cart's call and its caller's are faster in B"
+    );
+    browser.open(&format!(
+        "{base}/search?service=cart&since=1h&limit=20&tags=error%3Dtrue&min_duration=150ms"
+    ));
+    browser.wait_ready("/search");
+    browser.screenshot("compare");
+
     // Open a trace from the list: its waterfall has all five spans.
     browser.click("#trace-list .trace-row a");
     let trace_path = browser.script("return location.pathname;");
@@ -122,7 +213,50 @@ fn ui_searches_shows_waterfalls_and_charts_in_chromium() {
             "span details lack {expected:?}: {details}"
         );
     }
+    // The critical path is drawn; event times are offsets from the span's start.
+    assert!(
+        browser.count("#waterfall .critical") >= 3,
+        "the path runs through frontend, cart, db"
+    );
+    assert_eq!(
+        browser.script("return document.querySelector('#events td.offset').textContent;"),
+        "+0.010 ms"
+    );
     browser.screenshot("trace");
+
+    // JSON download of the trace.
+    browser.script("window.__downloads = []; const click = HTMLAnchorElement.prototype.click; HTMLAnchorElement.prototype.click = function () { if (this.download) window.__downloads.push(this.download); return click.call(this); }; return null;");
+    browser.click("#download");
+    let shown = browser.script("return location.pathname.slice(7);");
+    assert_eq!(
+        browser.script("return window.__downloads;"),
+        serde_json::json!([format!("trace-{}.json", shown.as_str().unwrap())])
+    );
+
+    // The trace-id box opens a trace; a deep link opens one span of it;
+    // a span link leads to the linked span; multi-line values stay whole.
+    browser.type_into("#trace-id", &linked.to_string());
+    browser.script("document.body.dataset.ready = 'submitting'; return null;");
+    browser.click("#open-trace");
+    browser.wait_ready(&format!("/trace/{linked}"));
+    browser.open(&format!("{base}/trace/{linked}?span=d1d1d1d1d1d1d1d1"));
+    browser.wait_ready(&format!("/trace/{linked}"));
+    let details = browser.script("return document.getElementById('span-details').innerText;");
+    assert!(
+        details.as_str().unwrap().contains("span d1d1d1d1d1d1d1d1"),
+        "{details}"
+    );
+    let stack = browser.script("return [...document.querySelectorAll('#span-details td.value')].map(td => td.innerText).find(t => t.startsWith('Error: boom'));");
+    assert_eq!(stack.as_str().unwrap().lines().count(), 3, "{stack}");
+    browser.screenshot("trace-links");
+    browser.script("document.body.dataset.ready = 'following'; return null;");
+    browser.click("#links a.span-link");
+    browser.wait_ready(&format!("/trace/{}", sent.shop[0]));
+    assert_eq!(
+        browser.script("return document.querySelector('#waterfall .row.selected').dataset.spanId;"),
+        "0000000000000101",
+        "the linked span is selected"
+    );
 
     // A 5,000-span trace, from a deep link.
     let started = Instant::now();
@@ -134,13 +268,39 @@ fn ui_searches_shows_waterfalls_and_charts_in_chromium() {
     println!("5,000-span trace: loaded and drawn in {elapsed:?}");
     browser.screenshot("trace-5000");
 
-    // The service overview draws its three charts.
-    browser.open(&format!("{base}/services?service=cart&since=1h"));
+    // The service overview draws its three charts over an absolute range,
+    // with clock labels on the time axis, and says what it counted.
+    let start_us = sent.base / 1000 - 60_000_000;
+    let end_us = start_us + 3_600_000_000;
+    browser.open(&format!(
+        "{base}/services?service=cart&kind=inbound&start={start_us}&end={end_us}"
+    ));
     browser.wait_ready("/services");
-    for chart in ["#chart-rate", "#chart-errors"] {
-        assert_eq!(browser.count(&format!("{chart} path.line")), 1, "{chart}");
-    }
+    assert_eq!(
+        browser.script("return document.getElementById('since').value;"),
+        "custom"
+    );
+    assert_eq!(browser.count("#chart-rate path.line"), 1);
+    assert_eq!(
+        browser.count("#chart-errors path.line"),
+        2,
+        "errors and 4xx"
+    );
     assert_eq!(browser.count("#chart-latency path.line"), 3);
+    assert_eq!(browser.count("#chart-rate text.x-label"), 5);
+    let label =
+        browser.script("return document.querySelector('#chart-rate text.x-label').textContent;");
+    assert!(
+        regex::Regex::new(r"^\d\d:\d\d$")
+            .unwrap()
+            .is_match(label.as_str().unwrap()),
+        "{label}"
+    );
+    let counted = browser.script("return document.getElementById('counted').innerText;");
+    assert!(
+        counted.as_str().unwrap().contains("requests cart served"),
+        "{counted}"
+    );
     let path =
         browser.script("return document.querySelector('#chart-rate path.line').getAttribute('d');");
     assert!(
@@ -149,10 +309,21 @@ fn ui_searches_shows_waterfalls_and_charts_in_chromium() {
     );
     assert_eq!(
         browser.count("#operations tr"),
-        3,
-        "header and two operations"
+        2,
+        "header and the one operation cart serves"
     );
     browser.screenshot("services");
+
+    // Why is it slower? The longest trace against the typical one.
+    browser.open(&format!("{base}/explain?trace={}&since=1h", sent.shop[199]));
+    browser.wait_ready("/explain");
+    let answer = browser.script("return document.getElementById('explain-answer').innerText;");
+    assert!(
+        answer.as_str().unwrap().starts_with("Most added by cart"),
+        "{answer}"
+    );
+    assert!(browser.count("#explain tr.hop") >= 3);
+    browser.screenshot("explain");
 
     // The dependency graph.
     browser.open(&format!("{base}/dependencies"));

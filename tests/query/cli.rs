@@ -28,33 +28,99 @@ fn cli_prints_what_the_api_answers() {
     let (collector, sent) = data::start(dir.path());
     let server = format!("http://{}", collector.http);
 
-    let (_, api) = get(&collector, "/api/v1/latency?service=calc&since=1h");
+    // A fixed window, so both answers are about the same time.
+    let end = crate::harness::now_nanos() / 1000;
+    let (start, end) = ((end - 3_600_000_000).to_string(), end.to_string());
+    let window = format!("start={start}&end={end}");
+    let (_, api) = get(
+        &collector,
+        &format!("/api/v1/latency?service=calc&{window}"),
+    );
     let json: Value = serde_json::from_str(&query(
         &server,
-        &["latency", "--service", "calc", "--since", "1h", "--json"],
+        &[
+            "latency",
+            "--service",
+            "calc",
+            "--start",
+            &start,
+            "--end",
+            &end,
+            "--json",
+        ],
     ))
     .unwrap();
     assert_eq!(json, api);
-    let table = query(&server, &["latency", "--service", "calc", "--since", "1h"]);
-    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-    let expected: Vec<String> = [
-        "count", "p50_ms", "p75_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms",
-    ]
-    .iter()
-    .map(|k| api[*k].to_string())
-    .collect();
+    let table = query(
+        &server,
+        &[
+            "latency",
+            "--service",
+            "calc",
+            "--start",
+            &start,
+            "--end",
+            &end,
+        ],
+    );
+    assert!(
+        table.starts_with("requests calc served: its SERVER spans"),
+        "the table says what it counted: {table}"
+    );
+    let row: Vec<&str> = table.lines().nth(2).unwrap().split_whitespace().collect();
+    let mut expected: Vec<String> = vec![
+        api["count"].to_string(),
+        format!("{:.2}", api["rate"].as_f64().unwrap()),
+    ];
+    expected.extend(
+        ["p50_ms", "p75_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms"]
+            .iter()
+            .map(|k| api[*k].to_string()),
+    );
     assert_eq!(row, expected, "{table}");
+    // --kind picks the calls made instead.
+    let (_, outbound) = get(
+        &collector,
+        "/api/v1/latency?service=cart&kind=outbound&since=1h",
+    );
+    let json: Value = serde_json::from_str(&query(
+        &server,
+        &[
+            "latency",
+            "--service",
+            "cart",
+            "--kind",
+            "outbound",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(json["count"], outbound["count"]);
+    assert_eq!(json["counted"]["view"], "outbound");
 
-    let (_, api) = get(&collector, "/api/v1/errors?service=cart&since=1h");
-    let json: Value =
-        serde_json::from_str(&query(&server, &["errors", "--service", "cart", "--json"])).unwrap();
+    let (_, api) = get(&collector, &format!("/api/v1/errors?service=cart&{window}"));
+    let json: Value = serde_json::from_str(&query(
+        &server,
+        &[
+            "errors",
+            "--service",
+            "cart",
+            "--start",
+            &start,
+            "--end",
+            &end,
+            "--json",
+        ],
+    ))
+    .unwrap();
     assert_eq!(json, api);
     let table = query(&server, &["errors", "--service", "cart"]);
-    assert!(
-        table.starts_with(&format!(
-            "calls {}  errors {}  error rate {}",
-            api["calls"], api["errors"], api["error_rate"]
-        )),
+    assert_eq!(
+        table.lines().nth(1).unwrap(),
+        format!(
+            "calls {}  errors {} (10.0%)  4xx 0 (0.0%)",
+            api["calls"], api["errors"]
+        ),
         "{table}"
     );
     assert!(
@@ -111,6 +177,38 @@ fn cli_prints_what_the_api_answers() {
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
     assert_eq!(listed, ids);
+
+    // The longest traces first, without guessing a minimum duration.
+    let (_, longest) = get(
+        &collector,
+        "/api/v1/traces?service=cart&sort=longest&limit=3&since=15m",
+    );
+    let json: Value = serde_json::from_str(&query(
+        &server,
+        &[
+            "traces",
+            "--service",
+            "cart",
+            "--sort",
+            "longest",
+            "--limit",
+            "3",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(json, longest);
+    let ids: Vec<&str> = longest["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["trace_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [199, 198, 197].map(|t| sent.shop[t].to_string()),
+        "cart's call in trace t lasts t + 1 ms"
+    );
 
     let trace = sent.shop[0].to_string();
     let table = query(&server, &["trace", &trace]);

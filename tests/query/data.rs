@@ -242,7 +242,7 @@ pub fn start(dir: &std::path::Path) -> (Collector, Sent) {
         eventually(&format!("{spans} spans of {service} indexed"), || {
             let (_, body) = get(
                 &collector,
-                &format!("/api/v1/latency?service={service}&since=1h"),
+                &format!("/api/v1/latency?service={service}&kind=all&since=1h"),
             );
             (body["count"].as_u64() == Some(spans as u64)).then_some(())
         });

@@ -14,4 +14,5 @@ mod browser;
 mod cli;
 mod data;
 mod stats;
+mod views;
 mod webdriver;

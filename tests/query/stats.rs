@@ -70,28 +70,36 @@ fn quantiles_error_rates_and_dependencies_match_what_was_sent() {
         "{latency}"
     );
 
-    // Error rates, overall and per operation.
+    // Error rates, overall and per operation: the requests cart served
+    // by default, the calls it made when asked.
     let failures = SHOP_TRACES / FAIL_EVERY;
     let (_, red) = get(
         &collector,
         "/api/v1/red?service=cart&by_operation=true&since=1h",
     );
+    assert_eq!(red["counted"]["view"], "inbound");
     let rows = red["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 1, "{red}");
     assert_eq!(rows[0]["operation"], "GET /cart/items");
     assert_eq!(
         (rows[0]["calls"].clone(), rows[0]["errors"].clone()),
         (json!(SHOP_TRACES), json!(failures))
     );
     assert_eq!(rows[0]["error_rate"], json!(1.0 / FAIL_EVERY as f64));
+    let (_, red) = get(
+        &collector,
+        "/api/v1/red?service=cart&kind=outbound&by_operation=true&since=1h",
+    );
+    assert_eq!(red["counted"]["view"], "outbound");
     assert_eq!(
-        (rows[1]["operation"].clone(), rows[1]["errors"].clone()),
-        (json!("SELECT"), json!(0))
+        red["rows"],
+        json!([{"operation": "SELECT", "calls": SHOP_TRACES, "errors": 0, "client_errors": 0, "client_error_rate": 0.0, "error_rate": 0.0,
+            "rate": red["rows"][0]["rate"], "window_s": red["rows"][0]["window_s"], "latency": red["rows"][0]["latency"]}])
     );
 
     // Where the errors come from.
     let (_, errors) = get(&collector, "/api/v1/errors?service=cart&since=1h");
-    assert_eq!(errors["calls"], 2 * SHOP_TRACES);
+    assert_eq!(errors["calls"], SHOP_TRACES);
     assert_eq!(errors["errors"], failures);
     assert_eq!(
         errors["by_status_code"],

@@ -7,6 +7,7 @@ use std::io::Read;
 use prost::Message;
 use serde::de::DeserializeOwned;
 
+use super::lenient::Lenient;
 use crate::error::IngestError;
 
 /// The two OTLP/HTTP encodings.
@@ -85,8 +86,9 @@ pub fn decode<T: Message + Default + DeserializeOwned>(
         Encoding::Protobuf => T::decode(body)
             .map_err(|e| IngestError::Malformed(format!("{what}: invalid protobuf: {e}"))),
         Encoding::Json => {
+            // Doubles may be strings ("1.5", "NaN"), as protobuf's JSON mapping allows.
             let mut deserializer = serde_json::Deserializer::from_slice(body);
-            serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            serde_path_to_error::deserialize(Lenient(&mut deserializer)).map_err(|e| {
                 IngestError::Malformed(format!(
                     "{what}: invalid JSON at {}: {}",
                     e.path(),
@@ -114,6 +116,37 @@ mod tests {
         assert_eq!(span.kind, 2);
         assert_eq!(span.start_time_unix_nano, 1_544_712_660_000_000_000);
         assert_eq!(span.end_time_unix_nano, 1_544_712_661_000_000_000);
+    }
+
+    #[test]
+    fn doubles_may_be_strings_as_the_protobuf_json_mapping_allows() {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c",
+            "spanId":"eee19b7ec3c1b174","name":"x","attributes":[
+            {"key":"a","value":{"doubleValue":"1.5"}},{"key":"b","value":{"doubleValue":"NaN"}},
+            {"key":"c","value":{"doubleValue":"-Infinity"}},{"key":"d","value":{"doubleValue":2}},
+            {"key":"e","value":{"intValue":"7"}}]}]}]}]}"#;
+        let request: ExportTraceServiceRequest = decode(Encoding::Json, body, "traces").unwrap();
+        let values: Vec<Option<Value>> = request.resource_spans[0].scope_spans[0].spans[0]
+            .attributes
+            .iter()
+            .map(|kv| kv.value.clone().and_then(|v| v.value))
+            .collect();
+        assert_eq!(values[0], Some(Value::DoubleValue(1.5)));
+        assert!(matches!(values[1], Some(Value::DoubleValue(d)) if d.is_nan()));
+        assert_eq!(values[2], Some(Value::DoubleValue(f64::NEG_INFINITY)));
+        assert_eq!(values[3], Some(Value::DoubleValue(2.0)));
+        assert_eq!(values[4], Some(Value::IntValue(7)));
+        let err = decode::<ExportTraceServiceRequest>(
+            Encoding::Json,
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"attributes":[{"key":"a","value":{"doubleValue":"lots"}}]}]}]}]}"#,
+            "traces",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(r#"invalid double "lots""#),
+            "{err}"
+        );
     }
 
     #[test]

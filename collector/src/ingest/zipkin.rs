@@ -88,9 +88,12 @@ fn endpoint_attributes(endpoint: &Endpoint, prefix: &str, out: &mut Vec<KeyValue
     }
 }
 
+/// Converts one span; `received` (ns) stands in for a missing `timestamp`
+/// when no annotation gives a time either.
 fn convert(
     index: usize,
     zipkin: ZipkinSpan,
+    received: u64,
 ) -> Result<(String, InstrumentationScope, Span), IngestError> {
     let trace_id = TraceId::parse_lenient(&zipkin.trace_id)
         .map_err(|e| malformed(index, format_args!("traceId: {e}")))?;
@@ -156,7 +159,14 @@ fn convert(
         .and_then(|e| e.service_name.clone())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
-    let start = zipkin.timestamp.unwrap_or(0).saturating_mul(1000);
+    // Zipkin allows a span without `timestamp` (a late half, an annotation
+    // sent alone) and stores it: the first annotation's time stands in,
+    // else the time it was received.
+    let start = zipkin
+        .timestamp
+        .filter(|t| *t > 0)
+        .or_else(|| zipkin.annotations.iter().map(|a| a.timestamp).min())
+        .map_or(received, |micros| micros.saturating_mul(1000));
     let span = Span {
         trace_id: trace_id.0.to_vec(),
         span_id: span_id.0.to_vec(),
@@ -193,9 +203,12 @@ pub fn decode(body: &[u8]) -> Result<Vec<ResourceSpans>, IngestError> {
                 e.inner()
             ))
         })?;
+    let received = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let mut by_service: BTreeMap<String, BTreeMap<(String, String), Vec<Span>>> = BTreeMap::new();
     for (index, zipkin) in spans.into_iter().enumerate() {
-        let (service, scope, span) = convert(index, zipkin)?;
+        let (service, scope, span) = convert(index, zipkin, received)?;
         by_service
             .entry(service)
             .or_default()
@@ -268,6 +281,25 @@ mod tests {
         );
         assert_eq!(span.status.as_ref().unwrap().code, StatusCode::Error as i32);
         assert_eq!(span.events[0].name, "ws");
+    }
+
+    #[test]
+    fn a_span_without_timestamp_is_kept_at_its_annotation_or_arrival() {
+        let body = br#"[{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010db","name":"late","duration":5,
+            "localEndpoint":{"serviceName":"frontend"},"annotations":[{"timestamp":1472470996238000,"value":"ws"}]},
+            {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc","localEndpoint":{"serviceName":"frontend"}}]"#;
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let batch = decode(body).unwrap();
+        let spans = &batch[0].scope_spans[0].spans;
+        assert_eq!(spans[0].start_time_unix_nano, 1_472_470_996_238_000_000);
+        assert_eq!(
+            spans[0].end_time_unix_nano - spans[0].start_time_unix_nano,
+            5_000
+        );
+        assert!(spans[1].start_time_unix_nano >= before, "received now");
     }
 
     #[test]

@@ -58,6 +58,19 @@ impl<'s> Node<'s> {
     }
 }
 
+impl<'s> Node<'s> {
+    /// Adds one text value under `key` (a span field shown as a tag, such
+    /// as `otel.scope.name`), unless the object already holds the key.
+    pub fn add_text(&mut self, key: &'s str, text: &'s str) {
+        if let Node::Object(entries) = self
+            && !text.is_empty()
+            && !entries.iter().any(|(k, _)| *k == key)
+        {
+            entries.push((key, Node::Text(truncated(Cow::Borrowed(text)))));
+        }
+    }
+}
+
 fn truncated(text: Cow<'_, str>) -> Cow<'_, str> {
     if text.len() <= MAX_INDEXED_VALUE {
         return text;

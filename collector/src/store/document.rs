@@ -153,6 +153,16 @@ pub fn build(fields: &SpanFields, span: SpanRef<'_>, stored: &[u8]) -> TantivyDo
             &[]
         },
     );
+    // Span fields the query service shows as tags (Jaeger's translation),
+    // searchable as tags too.
+    if let Some(scope) = span.scope {
+        object.add_text("otel.scope.name", &scope.name);
+        object.add_text("otel.scope.version", &scope.version);
+    }
+    if let Some(status) = &s.status {
+        object.add_text("otel.status_description", &status.message);
+    }
+    object.add_text("w3c.tracestate", &s.trace_state);
     doc.add_field_value(fields.attributes, &object);
     doc.add_bytes(fields.span, stored);
     doc

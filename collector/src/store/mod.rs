@@ -30,7 +30,7 @@ use tantivy::{IndexWriter, TantivyDocument};
 
 pub use document::SpanRef;
 pub use partition::{PartitionId, PartitionIndex};
-pub use read::{SpanQuery, SpanReader, SpanSummary, StoredSpan, Trace, TraceHit};
+pub use read::{Condition, SpanQuery, SpanReader, SpanSummary, StoredSpan, Trace, TraceHit};
 
 use crate::ingest::validate::span_count;
 use crate::metrics::Metrics;

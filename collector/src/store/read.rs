@@ -17,7 +17,10 @@ use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use prost::Message;
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::query::{
+    AllQuery, BooleanQuery, EmptyQuery, InvertedIndexRangeQuery, Occur, Query, RangeQuery,
+    TermQuery,
+};
 use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::{DocAddress, Searcher, SegmentReader, TantivyDocument, Term};
 
@@ -57,6 +60,54 @@ pub struct SpanQuery {
     pub http_status_code: Option<u16>,
     /// `peer.service`.
     pub peer_service: Option<String>,
+    /// Further conditions, every one of which must hold.
+    pub conditions: Vec<Condition>,
+}
+
+/// A condition on a span beyond [`SpanQuery`]'s fields: negations,
+/// alternatives, status and HTTP status ranges, attribute presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// OTLP span kind.
+    Kind(i32),
+    /// OTLP status code (0 unset, 1 ok, 2 error).
+    Status(i32),
+    /// `http.response.status_code` within `from..=to`.
+    HttpStatus(u16, u16),
+    /// An attribute (span or resource) with this text value, as in
+    /// [`SpanQuery::tags`].
+    Tag(String, String),
+    /// An attribute (span or resource) with this key, whatever its value.
+    HasTag(String),
+    /// The condition does not hold.
+    Not(Box<Condition>),
+    /// At least one holds.
+    Any(Vec<Condition>),
+    /// Every one holds.
+    All(Vec<Condition>),
+}
+
+impl Condition {
+    /// The spans of `outcome`, as [`crate::outcome::Outcome::of`] defines it.
+    pub fn outcome(outcome: crate::outcome::Outcome) -> Self {
+        use crate::outcome::{Outcome, STATUS_ERROR};
+        let client_error = Self::HttpStatus(400, 499);
+        let error = Self::Any(vec![
+            Self::HttpStatus(500, u16::MAX),
+            Self::All(vec![
+                Self::Status(STATUS_ERROR),
+                Self::Not(Box::new(client_error.clone())),
+            ]),
+        ]);
+        match outcome {
+            Outcome::Error => error,
+            Outcome::ClientError => client_error,
+            Outcome::Success => Self::All(vec![
+                Self::Not(Box::new(error)),
+                Self::Not(Box::new(client_error)),
+            ]),
+        }
+    }
 }
 
 /// A span as it was received, with its resource and scope.
@@ -481,26 +532,10 @@ pub(super) fn build_query(fields: &SpanFields, query: &SpanQuery) -> Box<dyn Que
         term(Term::from_field_u64(fields.status, 2));
     }
     for (key, value) in &query.tags {
-        // Keys with a field of their own are not in the JSON field.
-        let dedicated = match key.as_str() {
-            "service.name" => Some(Term::from_field_text(fields.service, value)),
-            "http.request.method" => Some(Term::from_field_text(fields.http_method, value)),
-            "http.route" => Some(Term::from_field_text(fields.http_route, value)),
-            "peer.service" => Some(Term::from_field_text(fields.peer_service, value)),
-            "http.response.status_code" => match value.parse::<u64>() {
-                Ok(code) => Some(Term::from_field_u64(fields.http_status, code)),
-                Err(_) => None,
-            },
-            _ => None,
-        };
-        match dedicated {
-            Some(t) => term(t),
-            None => {
-                let mut json = Term::from_field_json_path(fields.attributes, key, true);
-                json.append_type_and_str(value);
-                term(json);
-            }
-        }
+        term(tag_term(fields, key, value));
+    }
+    for condition in &query.conditions {
+        clauses.push((Occur::Must, condition_query(fields, condition)));
     }
     let range = |field, from: Option<u64>, to: Option<u64>| -> Option<Box<dyn Query>> {
         if from.is_none() && to.is_none() {
@@ -528,6 +563,96 @@ pub(super) fn build_query(fields: &SpanFields, query: &SpanQuery) -> Box<dyn Que
     match clauses.len() {
         0 => Box::new(AllQuery),
         _ => Box::new(BooleanQuery::new(clauses)),
+    }
+}
+
+/// The term of attribute `key` with text `value`: keys with a field of
+/// their own are not in the JSON field.
+fn tag_term(fields: &SpanFields, key: &str, value: &str) -> Term {
+    let dedicated = match key {
+        "service.name" => Some(Term::from_field_text(fields.service, value)),
+        "http.request.method" => Some(Term::from_field_text(fields.http_method, value)),
+        "http.route" => Some(Term::from_field_text(fields.http_route, value)),
+        "peer.service" => Some(Term::from_field_text(fields.peer_service, value)),
+        "http.response.status_code" => value
+            .parse::<u64>()
+            .ok()
+            .map(|code| Term::from_field_u64(fields.http_status, code)),
+        _ => None,
+    };
+    dedicated.unwrap_or_else(|| {
+        let mut json = Term::from_field_json_path(fields.attributes, key, true);
+        json.append_type_and_str(value);
+        json
+    })
+}
+
+/// Every span with attribute `key` set: a range over the key's terms.
+fn has_tag_query(fields: &SpanFields, key: &str) -> Box<dyn Query> {
+    let text_field = match key {
+        "service.name" => Some(fields.service),
+        "http.request.method" => Some(fields.http_method),
+        "http.route" => Some(fields.http_route),
+        "peer.service" => Some(fields.peer_service),
+        "http.response.status_code" => {
+            return Box::new(RangeQuery::new(
+                Bound::Included(Term::from_field_u64(fields.http_status, 0)),
+                Bound::Unbounded,
+            ));
+        }
+        _ => None,
+    };
+    // The largest character: no indexed value sorts after it.
+    const LAST: &str = "\u{10FFFF}";
+    let (lower, upper) = match text_field {
+        Some(field) => (
+            Term::from_field_text(field, ""),
+            Term::from_field_text(field, LAST),
+        ),
+        None => {
+            let bound = |text: &str| {
+                let mut json = Term::from_field_json_path(fields.attributes, key, true);
+                json.append_type_and_str(text);
+                json
+            };
+            (bound(""), bound(LAST))
+        }
+    };
+    Box::new(InvertedIndexRangeQuery::new(
+        Bound::Included(lower),
+        Bound::Included(upper),
+    ))
+}
+
+/// The tantivy query of one [`Condition`].
+fn condition_query(fields: &SpanFields, condition: &Condition) -> Box<dyn Query> {
+    let term =
+        |term: Term| -> Box<dyn Query> { Box::new(TermQuery::new(term, IndexRecordOption::Basic)) };
+    match condition {
+        Condition::Kind(kind) => term(Term::from_field_u64(fields.kind, (*kind).max(0) as u64)),
+        Condition::Status(code) => term(Term::from_field_u64(fields.status, (*code).max(0) as u64)),
+        Condition::HttpStatus(from, to) => Box::new(RangeQuery::new(
+            Bound::Included(Term::from_field_u64(fields.http_status, u64::from(*from))),
+            Bound::Included(Term::from_field_u64(fields.http_status, u64::from(*to))),
+        )),
+        Condition::Tag(key, value) => term(tag_term(fields, key, value)),
+        Condition::HasTag(key) => has_tag_query(fields, key),
+        Condition::Not(inner) => Box::new(BooleanQuery::new(vec![
+            (Occur::Must, Box::new(AllQuery) as Box<dyn Query>),
+            (Occur::MustNot, condition_query(fields, inner)),
+        ])),
+        Condition::Any(all) if all.is_empty() => Box::new(EmptyQuery),
+        Condition::Any(all) => Box::new(BooleanQuery::new(
+            all.iter()
+                .map(|c| (Occur::Should, condition_query(fields, c)))
+                .collect(),
+        )),
+        Condition::All(all) if all.is_empty() => Box::new(AllQuery),
+        Condition::All(all) => Box::new(BooleanQuery::new(
+            all.iter()
+                .map(|c| (Occur::Must, condition_query(fields, c)))
+                .collect(),
+        )),
     }
 }
 

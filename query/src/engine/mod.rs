@@ -1,25 +1,24 @@
 //! The query engine: every question the APIs and the CLI ask, answered
 //! from the collector's store. Trace reads use the store's trace index;
 //! every statistic is a tantivy aggregation on fast fields (see
-//! [`stats`]), never a walk over stored spans.
+//! [`stats`]), never a walk over stored spans; a service's numbers count
+//! what [`view`] says; [`search`] orders trace searches and summarizes
+//! traces; [`explain`] ranks what made requests slower.
 
+pub mod explain;
+pub mod search;
 pub mod stats;
+pub mod view;
 
 use std::time::Duration;
 
 use tracemesh_collector::ids::TraceId;
 use tracemesh_collector::store::{SpanQuery, SpanReader, Trace};
 
-use crate::error::QueryError;
+pub use search::{Sort, TraceSearch};
+pub use view::View;
 
-/// A trace search: which spans must match, and how many traces to return.
-#[derive(Debug, Clone, Default)]
-pub struct TraceSearch {
-    /// At least one span of each returned trace matches this.
-    pub spans: SpanQuery,
-    /// Most traces returned.
-    pub limit: usize,
-}
+use crate::error::QueryError;
 
 /// Answers queries over one store. Cheap to clone.
 #[derive(Clone)]
@@ -39,24 +38,15 @@ impl Engine {
         &self.reader
     }
 
-    /// Every span of one trace.
+    /// Every span of one trace, shared Zipkin span ids split (see
+    /// [`search::split_shared_span_ids`]).
     pub fn trace(&self, trace_id: TraceId) -> Result<Trace, QueryError> {
-        self.reader
+        let mut trace = self
+            .reader
             .trace(trace_id)?
-            .ok_or(QueryError::TraceNotFound)
-    }
-
-    /// Whole traces with a span matching the search, newest first.
-    pub fn search(&self, search: &TraceSearch) -> Result<Vec<Trace>, QueryError> {
-        let hits = self.reader.find_traces(&search.spans, search.limit)?;
-        let mut traces = Vec::with_capacity(hits.len());
-        for hit in hits {
-            // A trace can vanish between the search and the read (retention).
-            if let Some(trace) = self.reader.trace(hit.trace_id)? {
-                traces.push(trace);
-            }
-        }
-        Ok(traces)
+            .ok_or(QueryError::TraceNotFound)?;
+        search::split_shared_span_ids(&mut trace);
+        Ok(trace)
     }
 
     /// Every service with spans, sorted.
@@ -95,11 +85,6 @@ impl TimeRange {
             from: end.saturating_sub(lookback.as_nanos().min(u128::from(u64::MAX)) as u64),
             to: end,
         }
-    }
-
-    /// Its length in seconds (at least a nanosecond's worth).
-    pub fn seconds(&self) -> f64 {
-        (self.to.saturating_sub(self.from)).max(1) as f64 / 1e9
     }
 
     /// `query` restricted to spans started in this range.

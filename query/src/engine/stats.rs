@@ -1,12 +1,17 @@
 //! Statistics as tantivy aggregations on the store's fast fields: latency
 //! quantiles (tantivy's percentiles are a DDSketch with 1% relative
-//! accuracy, [`QUANTILE_RELATIVE_ERROR`]), call and error counts and rates,
+//! accuracy, [`QUANTILE_RELATIVE_ERROR`]), call, error and 4xx counts and
+//! rates (errors as [`Outcome`] defines them: a status terms aggregation
+//! with an HTTP status range under it),
 //! time series (a histogram on start time), error breakdowns (terms on
 //! status, HTTP status code and response flags), latency histograms, and
 //! the dependency graph (terms on the edges the collector links at ingest).
 
 use serde::Serialize;
 use serde_json::{Value, json};
+#[cfg(doc)]
+use tracemesh_collector::outcome::Outcome;
+use tracemesh_collector::outcome::STATUS_ERROR;
 use tracemesh_collector::store::SpanQuery;
 use tracemesh_collector::store::schema::names;
 
@@ -41,10 +46,16 @@ pub struct Red {
     pub operation: Option<String>,
     /// Spans.
     pub calls: u64,
-    /// Spans with status ERROR.
+    /// Failed spans: 5xx or a local failure ([`Outcome::Error`]).
     pub errors: u64,
-    /// Calls per second over the range.
+    /// Spans answered with a 4xx ([`Outcome::ClientError`]).
+    pub client_errors: u64,
+    /// Calls per second over [`Self::window_s`].
     pub rate: f64,
+    /// What the rate is over, in seconds: from the first span counted (or
+    /// the range's start, when later) to the range's end (or now, when
+    /// earlier); at least one second.
+    pub window_s: f64,
     /// `errors / calls` (0 with no calls).
     pub error_rate: f64,
     /// Their latency.
@@ -58,8 +69,10 @@ pub struct Point {
     pub start: u64,
     /// Spans started in the step.
     pub calls: u64,
-    /// Of which failed.
+    /// Of which failed ([`Outcome::Error`]).
     pub errors: u64,
+    /// Of which were answered with a 4xx.
+    pub client_errors: u64,
     /// Quantiles asked for, in ns (`None` for an empty step).
     pub quantiles: Vec<Option<f64>>,
 }
@@ -91,8 +104,10 @@ pub struct Dependency {
 pub struct ErrorBreakdown {
     /// Spans.
     pub calls: u64,
-    /// Spans with status ERROR.
+    /// Failed spans ([`Outcome::Error`]).
     pub errors: u64,
+    /// Spans answered with a 4xx ([`Outcome::ClientError`]).
+    pub client_errors: u64,
     /// Spans by `http.response.status_code`, most first.
     pub by_status_code: Vec<(u64, u64)>,
     /// Spans by `tracemesh.response_flags` (Envoy's flags), most first;
@@ -100,6 +115,8 @@ pub struct ErrorBreakdown {
     pub by_response_flag: Vec<(String, u64)>,
     /// Failed spans by operation, most first.
     pub by_operation: Vec<(String, u64)>,
+    /// Spans answered with a 4xx, by operation, most first.
+    pub client_errors_by_operation: Vec<(String, u64)>,
 }
 
 /// A latency histogram bucket.
@@ -142,18 +159,42 @@ fn latency_of(result: &Value) -> Latency {
     }
 }
 
+/// Spans by status, and under each the 4xx and 5xx answers: what
+/// [`outcomes_of`] reads errors and 4xx from.
 fn status_request() -> Value {
-    json!({"terms": {"field": names::STATUS, "size": 3}})
+    json!({
+        "terms": {"field": names::STATUS, "size": 3},
+        "aggs": {"http": {"range": {"field": names::HTTP_STATUS, "ranges": [
+            {"from": 400.0, "to": 500.0},
+            {"from": 500.0},
+        ]}}},
+    })
 }
 
-fn errors_of(status: &Value) -> u64 {
-    status["buckets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|b| b["key"].as_f64() == Some(2.0))
-        .filter_map(|b| b["doc_count"].as_u64())
-        .sum()
+/// Errors and 4xx answers of a [`status_request`] result, as
+/// [`Outcome::of`] defines them: a 5xx is an error, a 4xx never is, and
+/// status ERROR without either is (a local failure).
+fn outcomes_of(status: &Value) -> (u64, u64) {
+    let (mut errors, mut client_errors) = (0, 0);
+    for bucket in terms(status) {
+        let count = |from: f64| {
+            terms(&bucket["http"])
+                .filter(|b| b["from"].as_f64() == Some(from))
+                .filter_map(|b| b["doc_count"].as_u64())
+                .sum::<u64>()
+        };
+        let (c4xx, c5xx) = (count(400.0), count(500.0));
+        client_errors += c4xx;
+        errors += if bucket["key"].as_f64() == Some(f64::from(STATUS_ERROR)) {
+            bucket["doc_count"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(c4xx)
+        } else {
+            c5xx
+        };
+    }
+    (errors, client_errors)
 }
 
 fn terms<'a>(result: &'a Value) -> impl Iterator<Item = &'a Value> + 'a {
@@ -177,6 +218,7 @@ impl Engine {
     ) -> Result<Vec<Red>, QueryError> {
         let mut inner = latency_request();
         inner["status"] = status_request();
+        inner["first"] = json!({"min": {"field": names::START}});
         let request = if by_operation {
             json!({"ops": {"terms": {"field": names::OPERATION, "size": MAX_TERMS}, "aggs": inner}})
         } else {
@@ -185,15 +227,23 @@ impl Engine {
         let result = self
             .reader()
             .aggregate(&range.apply(query.clone()), request)?;
+        let now = super::now_nanos();
         let red = |operation: Option<String>, r: &Value| {
             let latency = latency_of(r);
             let calls = latency.count;
-            let errors = errors_of(&r["status"]);
+            let (errors, client_errors) = outcomes_of(&r["status"]);
+            let first = r["first"]["value"]
+                .as_f64()
+                .map_or(range.from, |v| v as u64);
+            let window_s =
+                (range.to.min(now).saturating_sub(range.from.max(first)) as f64 / 1e9).max(1.0);
             Red {
                 operation,
                 calls,
                 errors,
-                rate: calls as f64 / range.seconds(),
+                client_errors,
+                rate: calls as f64 / window_s,
+                window_s,
                 error_rate: if calls == 0 {
                     0.0
                 } else {
@@ -265,10 +315,12 @@ impl Engine {
                 // Keys are f64: snap back to the step grid.
                 let start = ((key / step_ns as f64).round() as u64) * step_ns;
                 let calls = bucket["doc_count"].as_u64().unwrap_or(0);
+                let (errors, client_errors) = outcomes_of(&bucket["status"]);
                 points.push(Point {
                     start,
                     calls,
-                    errors: errors_of(&bucket["status"]),
+                    errors,
+                    client_errors,
                     quantiles: if calls == 0 || percents.is_empty() {
                         vec![None; percents.len()]
                     } else {
@@ -323,16 +375,21 @@ impl Engine {
             "status": status_request(),
             "codes": {"terms": {"field": names::HTTP_STATUS, "size": MAX_TERMS}},
             "flags": {"terms": {"field": names::RESPONSE_FLAGS, "size": MAX_TERMS}},
-            "failed": {"filter": format!("{}:2", names::STATUS), "aggs": {
-                "ops": {"terms": {"field": names::OPERATION, "size": MAX_TERMS}},
+            "ops": {"terms": {"field": names::OPERATION, "size": MAX_TERMS}, "aggs": {
+                "status": status_request(),
             }},
         });
         let result = self.reader().aggregate(query, request)?;
         let count = |b: &Value| b["doc_count"].as_u64().unwrap_or(0);
         let calls = terms(&result["status"]).map(count).sum();
+        let (errors, client_errors) = outcomes_of(&result["status"]);
+        let per_operation: Vec<(String, (u64, u64))> = terms(&result["ops"])
+            .filter_map(|b| Some((b["key"].as_str()?.to_owned(), outcomes_of(&b["status"]))))
+            .collect();
         let mut breakdown = ErrorBreakdown {
             calls,
-            errors: errors_of(&result["status"]),
+            errors,
+            client_errors,
             by_status_code: terms(&result["codes"])
                 .filter_map(|b| Some((b["key"].as_f64()? as u64, count(b))))
                 .collect(),
@@ -340,8 +397,15 @@ impl Engine {
                 .filter_map(|b| Some((b["key"].as_str()?.to_owned(), count(b))))
                 .filter(|(flag, _)| flag != "-" && !flag.is_empty())
                 .collect(),
-            by_operation: terms(&result["failed"]["ops"])
-                .filter_map(|b| Some((b["key"].as_str()?.to_owned(), count(b))))
+            by_operation: per_operation
+                .iter()
+                .filter(|(_, (errors, _))| *errors > 0)
+                .map(|(op, (errors, _))| (op.clone(), *errors))
+                .collect(),
+            client_errors_by_operation: per_operation
+                .iter()
+                .filter(|(_, (_, client))| *client > 0)
+                .map(|(op, (_, client))| (op.clone(), *client))
                 .collect(),
         };
         breakdown
@@ -350,9 +414,12 @@ impl Engine {
         breakdown
             .by_response_flag
             .sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        breakdown
-            .by_operation
-            .sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        for list in [
+            &mut breakdown.by_operation,
+            &mut breakdown.client_errors_by_operation,
+        ] {
+            list.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        }
         Ok(breakdown)
     }
 

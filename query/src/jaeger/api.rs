@@ -10,12 +10,14 @@ use tracemesh_collector::store::SpanQuery;
 
 use super::model::{self, kind_from_name, kind_name};
 use super::{ErrorEntry, envelope, error, render};
-use crate::engine::{TimeRange, TraceSearch, now_nanos};
+use crate::engine::{Sort, TimeRange, TraceSearch, now_nanos};
 use crate::error::QueryError;
 use crate::http::AppState;
-use crate::params::{Params, parse_duration};
+use crate::params::Params;
+use crate::tags;
 
-/// Jaeger's default search window when `start` is not given.
+/// The search window when `start` is not given (Jaeger's would be empty:
+/// it starts and ends now).
 const DEFAULT_TRACE_LOOKBACK: Duration = Duration::from_secs(2 * 24 * 3600);
 /// Jaeger's default number of traces.
 const DEFAULT_LIMIT: usize = 100;
@@ -132,20 +134,6 @@ pub async fn trace(State(state): State<AppState>, Path(trace_id): Path<String>) 
         .await
 }
 
-/// Tags a Jaeger user searches by that tracemesh keeps as fields.
-fn apply_tag(query: &mut SpanQuery, key: &str, value: &str) -> Result<(), QueryError> {
-    match (key, value) {
-        ("error", "true") | ("otel.status_code", "ERROR") => query.errors_only = true,
-        ("span.kind", kind) => {
-            query.kind = Some(kind_from_name(kind).ok_or_else(|| {
-                QueryError::param("tags", format!("unsupported span kind: '{kind}'"))
-            })?)
-        }
-        _ => query.tags.push((key.to_owned(), value.to_owned())),
-    }
-    Ok(())
-}
-
 /// Reads Jaeger's trace search parameters.
 fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
     let service = params.get("service").map(str::to_owned);
@@ -157,18 +145,12 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
     let micros = |name: &str| -> Result<Option<u64>, QueryError> {
         Ok(params.int::<u64>(name)?.map(|us| us.saturating_mul(1000)))
     };
+    // `lookback` is the UI's own (`2d`, `custom`): Jaeger's query service
+    // never reads it, and neither does this one.
     let end = micros("end")?.unwrap_or_else(now_nanos);
     let start = match micros("start")? {
         Some(start) => start,
-        None => {
-            let lookback = match params.get("lookback") {
-                Some(text) if text != "custom" => {
-                    parse_duration(text).map_err(|e| QueryError::param("lookback", e))?
-                }
-                _ => DEFAULT_TRACE_LOOKBACK,
-            };
-            TimeRange::ending(end, lookback).from
-        }
+        None => TimeRange::ending(end, DEFAULT_TRACE_LOOKBACK).from,
     };
     let mut spans = SpanQuery {
         service,
@@ -190,7 +172,7 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
         let (key, value) = tag.split_once(':').ok_or_else(|| {
             QueryError::param("tag", format!("expecting key:value, received: {tag}"))
         })?;
-        apply_tag(&mut spans, key, value)?;
+        tags::apply(&mut spans, "tag", key, value)?;
     }
     for tags in params.all("tags") {
         let map: std::collections::BTreeMap<String, serde_json::Value> =
@@ -200,14 +182,18 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
                 serde_json::Value::String(s) => s,
                 other => other.to_string(),
             };
-            apply_tag(&mut spans, &key, &value)?;
+            tags::apply(&mut spans, "tags", &key, &value)?;
         }
     }
     let limit = params
         .int::<usize>("limit")?
         .unwrap_or(DEFAULT_LIMIT)
         .max(1);
-    Ok(TraceSearch { spans, limit })
+    Ok(TraceSearch {
+        spans,
+        limit,
+        sort: Sort::Newest,
+    })
 }
 
 /// `GET /api/traces?service=&operation=&tags=&start=&end=&minDuration=&maxDuration=&limit=&lookback=`

@@ -102,3 +102,13 @@ fn render<T: Serialize>(
         Err(e) => error(&e),
     }
 }
+
+/// A Jaeger error answer (for handlers outside this module).
+pub fn error_response(e: &QueryError) -> Response {
+    error(e)
+}
+
+/// Jaeger traces in Jaeger's envelope (`total` 0, as Jaeger answers).
+pub fn traces_response(traces: Vec<model::JaegerTrace>) -> Response {
+    envelope(traces, 0, Vec::new())
+}

@@ -3,6 +3,9 @@
 //! over span metrics; tracemesh computes the same quantities from the
 //! store: call rate and error rate over a sliding `ratePer` window sampled
 //! every `step`, and the latency quantile of the spans in each step.
+//! Errors are 5xx and local failures, as everywhere in tracemesh
+//! ([`tracemesh_collector::outcome::Outcome`]); steps before a service's
+//! first span have no point.
 
 use std::time::Duration;
 
@@ -174,9 +177,15 @@ fn family(engine: &Engine, query: &MetricsQuery, which: Which) -> Result<MetricF
                 });
             }
             let mut points = Vec::new();
+            // Before the service's first span there is nothing to say: no
+            // point, rather than a 0 the UI would average in.
+            let first = series.points.iter().position(|p| p.calls > 0);
             for (i, point) in series.points.iter().enumerate() {
                 let at = point.start + query.step;
-                if at < query.range.from || point.start > query.range.to {
+                if at < query.range.from
+                    || point.start > query.range.to
+                    || first.is_none_or(|first| i < first)
+                {
                     continue;
                 }
                 let window = &series.points[i.saturating_sub(window_steps - 1)..=i];

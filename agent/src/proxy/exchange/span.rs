@@ -94,22 +94,51 @@ impl Exchange {
             attributes.push(KeyValue::new("guid:x-request-id", id.to_owned()));
         }
         self.span.set_attributes(attributes);
+        // Istio's names: the service's FQDN and declared port, the same on
+        // both sides of a call and in every run. Inbound, the port the
+        // caller addressed the service on, else the original destination.
         let name = match self.direction {
-            Direction::Inbound => format!(
-                "{}:{}/*",
-                self.identity.service.host,
-                self.downstream.1.port()
-            ),
+            Direction::Inbound => {
+                let service = &self.identity.service;
+                let addressed = port.filter(|_| {
+                    host == service.host
+                        || host == service.name
+                        || host
+                            .strip_prefix(service.name.as_str())
+                            .and_then(|rest| rest.strip_prefix('.'))
+                            .is_some_and(|rest| {
+                                rest.strip_prefix(service.namespace.as_str())
+                                    .is_some_and(|r| r.is_empty() || r.starts_with('.'))
+                            })
+                });
+                format!(
+                    "{}:{}/*",
+                    service.host,
+                    addressed.unwrap_or(self.downstream.1.port())
+                )
+            }
             Direction::Outbound => format!("{host}:{}/*", port.unwrap_or(80)),
         };
         self.span.update_name(name);
+    }
+
+    /// The name of an outbound span once its cluster is known: the
+    /// service's FQDN and port, as the server span of the call names it.
+    fn outbound_name(&self) -> Option<String> {
+        self.cluster
+            .as_ref()
+            .map(|cluster| format!("{}:{}/*", cluster.service.host, cluster.port))
     }
 
     pub(super) fn route_attributes(&mut self, rule_name: Option<&std::sync::Arc<str>>) {
         if let Some(name) = rule_name {
             self.span
                 .set_attribute(KeyValue::new("http.route", name.to_string()));
-            self.span.update_name(name.to_string());
+        }
+        if self.direction == Direction::Outbound
+            && let Some(name) = self.outbound_name()
+        {
+            self.span.update_name(name);
         }
     }
 
@@ -127,9 +156,12 @@ impl Exchange {
     /// Starts the CLIENT span of retry number `attempt` and names it as the
     /// parent in the attempt's headers.
     pub fn start_retry_span(&mut self, attempt: u32, endpoint: &Endpoint, headers: &mut HeaderMap) {
+        let name = self
+            .outbound_name()
+            .unwrap_or_else(|| format!("retry {attempt}"));
         let tracer = &self.worker.shared.tracer;
         let builder = tracer
-            .span_builder(format!("retry {attempt}"))
+            .span_builder(name)
             .with_kind(SpanKind::Client)
             .with_start_time(SystemTime::now());
         let parent = Context::new().with_remote_span_context(self.span.span_context().clone());

@@ -1,0 +1,380 @@
+//! Trace search with an order (newest, longest, shortest, most spans, most
+//! errors), trace summaries for result lists, and the adjustment every
+//! trace read gets: Zipkin's shared span ids split into a client span and
+//! a server child, as Jaeger does.
+//!
+//! Newest first is the store's own order. Every other order first finds
+//! every trace with a matching span in the range (at most
+//! [`MAX_CANDIDATES`], newest first), then measures those traces with one
+//! column-wise scan of the range (start, end, span count, errors), sorts
+//! them, and reads only the `limit` it keeps: "the slowest traces" needs no
+//! guessed minimum duration.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+use tracemesh_collector::attributes;
+use tracemesh_collector::ids::TraceId;
+use tracemesh_collector::outcome::{Outcome, STATUS_ERROR};
+use tracemesh_collector::store::{SpanQuery, Trace};
+
+use super::Engine;
+use crate::error::QueryError;
+
+/// Traces an ordered search considers, at most (the newest that match).
+pub const MAX_CANDIDATES: usize = 100_000;
+
+/// How far around the range an ordered search scans for the other spans
+/// of the traces it found (a root that started earlier, children later).
+const SCAN_MARGIN_NS: u64 = 60 * 1_000_000_000;
+
+/// OTLP `SPAN_KIND_SERVER` and `SPAN_KIND_CLIENT`.
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+
+/// The order of a trace search's results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    /// Latest matching span first (the default).
+    #[default]
+    Newest,
+    /// Longest trace first (last span end minus first span start).
+    Longest,
+    /// Shortest trace first.
+    Shortest,
+    /// Most spans first.
+    MostSpans,
+    /// Most failed spans first (5xx or local failures).
+    MostErrors,
+}
+
+impl Sort {
+    /// Every order, by name.
+    pub const ALL: [(&'static str, Sort); 5] = [
+        ("newest", Sort::Newest),
+        ("longest", Sort::Longest),
+        ("shortest", Sort::Shortest),
+        ("most_spans", Sort::MostSpans),
+        ("most_errors", Sort::MostErrors),
+    ];
+
+    /// The order named `name` (`newest`, `longest`, `shortest`,
+    /// `most_spans`, `most_errors`; `-` may stand for `_`).
+    pub fn parse(name: &str) -> Option<Self> {
+        let name = name.replace('-', "_");
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, sort)| *sort)
+    }
+}
+
+/// A trace search: which spans must match, how many traces to return, in
+/// which order.
+#[derive(Debug, Clone, Default)]
+pub struct TraceSearch {
+    /// At least one span of each returned trace matches this.
+    pub spans: SpanQuery,
+    /// Most traces returned.
+    pub limit: usize,
+    /// Their order.
+    pub sort: Sort,
+}
+
+/// A trace's measures, for ordering.
+#[derive(Debug, Clone, Copy, Default)]
+struct Measure {
+    start: u64,
+    end: u64,
+    spans: u64,
+    errors: u64,
+    latest_match: u64,
+}
+
+/// One service's part of a trace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ServiceCounts {
+    /// Its spans.
+    pub spans: usize,
+    /// Its spans with status ERROR (what Jaeger counts).
+    pub status_errors: usize,
+    /// Its failed spans ([`Outcome::Error`]).
+    pub errors: usize,
+}
+
+/// A trace in a result list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The trace.
+    pub trace_id: TraceId,
+    /// The root span's service and name: the span without a parent that
+    /// started first; `None` when every span has a parent.
+    pub root: Option<(String, String)>,
+    /// The earliest span start, ns since the epoch.
+    pub start: u64,
+    /// The latest span end, ns since the epoch.
+    pub end: u64,
+    /// Spans.
+    pub spans: usize,
+    /// Spans with status ERROR.
+    pub status_errors: usize,
+    /// Failed spans: 5xx or local failures ([`Outcome::Error`]).
+    pub errors: usize,
+    /// Spans answered with a 4xx.
+    pub client_errors: usize,
+    /// Spans whose parent is not in the trace.
+    pub orphans: usize,
+    /// Per service, by name.
+    pub services: BTreeMap<String, ServiceCounts>,
+}
+
+/// The outcome of a stored span.
+pub fn span_outcome(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Outcome {
+    let http = attributes::get_int(&span.attributes, "http.response.status_code")
+        .and_then(|c| u16::try_from(c).ok());
+    Outcome::of(span.status.as_ref().map_or(0, |s| s.code), http)
+}
+
+/// Summarizes a trace for lists.
+pub fn summarize(trace: &Trace) -> Summary {
+    let ids: HashSet<&[u8]> = trace
+        .spans
+        .iter()
+        .map(|s| s.span.span_id.as_slice())
+        .collect();
+    let mut summary = Summary {
+        trace_id: trace.trace_id,
+        root: None,
+        start: u64::MAX,
+        end: 0,
+        spans: trace.spans.len(),
+        status_errors: 0,
+        errors: 0,
+        client_errors: 0,
+        orphans: 0,
+        services: BTreeMap::new(),
+    };
+    let mut root_start = u64::MAX;
+    for stored in &trace.spans {
+        let span = &stored.span;
+        let service = attributes::service_name(stored.resource.as_ref());
+        let counts = summary.services.entry(service.to_owned()).or_default();
+        counts.spans += 1;
+        if span.status.as_ref().is_some_and(|s| s.code == STATUS_ERROR) {
+            counts.status_errors += 1;
+            summary.status_errors += 1;
+        }
+        match span_outcome(span) {
+            Outcome::Error => {
+                counts.errors += 1;
+                summary.errors += 1;
+            }
+            Outcome::ClientError => summary.client_errors += 1,
+            Outcome::Success => {}
+        }
+        summary.start = summary.start.min(span.start_time_unix_nano);
+        summary.end = summary.end.max(span.end_time_unix_nano);
+        if span.parent_span_id.is_empty() {
+            if span.start_time_unix_nano < root_start {
+                root_start = span.start_time_unix_nano;
+                summary.root = Some((service.to_owned(), span.name.clone()));
+            }
+        } else if !ids.contains(span.parent_span_id.as_slice()) {
+            summary.orphans += 1;
+        }
+    }
+    if summary.start == u64::MAX {
+        summary.start = 0;
+    }
+    summary.end = summary.end.max(summary.start);
+    summary
+}
+
+/// Splits Zipkin's shared spans as Jaeger's span id uniquifier does: a
+/// SERVER span with the id of a CLIENT span gets a new id (one past the
+/// largest in the trace) and the client as its parent, and the spans
+/// that named the shared id as parent become children of the server span.
+pub fn split_shared_span_ids(trace: &mut Trace) {
+    let id = |bytes: &[u8]| -> u64 { <[u8; 8]>::try_from(bytes).map_or(0, u64::from_be_bytes) };
+    let clients: HashSet<u64> = trace
+        .spans
+        .iter()
+        .filter(|s| s.span.kind == CLIENT)
+        .map(|s| id(&s.span.span_id))
+        .collect();
+    let shared = |s: &tracemesh_collector::store::StoredSpan| {
+        s.span.kind == SERVER && clients.contains(&id(&s.span.span_id))
+    };
+    if !trace.spans.iter().any(shared) {
+        return;
+    }
+    let mut used: HashSet<u64> = trace.spans.iter().map(|s| id(&s.span.span_id)).collect();
+    let mut next = used.iter().copied().max().unwrap_or(0);
+    let mut renamed: HashMap<u64, u64> = HashMap::new();
+    for stored in &mut trace.spans {
+        if !shared(stored) {
+            continue;
+        }
+        let old = id(&stored.span.span_id);
+        loop {
+            next = next.wrapping_add(1);
+            if next != 0 && used.insert(next) {
+                break;
+            }
+        }
+        renamed.insert(old, next);
+        stored.span.parent_span_id = old.to_be_bytes().to_vec();
+        stored.span.span_id = next.to_be_bytes().to_vec();
+    }
+    for stored in &mut trace.spans {
+        let span = &mut stored.span;
+        if let Some(new) = renamed.get(&id(&span.parent_span_id))
+            && id(&span.span_id) != *new
+        {
+            span.parent_span_id = new.to_be_bytes().to_vec();
+        }
+    }
+}
+
+impl Engine {
+    /// Whole traces with a span matching the search, in its order.
+    pub fn search(&self, search: &TraceSearch) -> Result<Vec<Trace>, QueryError> {
+        let mut traces = Vec::with_capacity(search.limit.min(1024));
+        for trace_id in self.find(search)? {
+            // A trace can vanish between the search and the read (retention).
+            if let Some(mut trace) = self.reader().trace(trace_id)? {
+                split_shared_span_ids(&mut trace);
+                traces.push(trace);
+            }
+        }
+        Ok(traces)
+    }
+
+    /// The ids of the traces a search returns, in its order.
+    fn find(&self, search: &TraceSearch) -> Result<Vec<TraceId>, QueryError> {
+        if search.sort == Sort::Newest {
+            return Ok(self
+                .reader()
+                .find_traces(&search.spans, search.limit)?
+                .into_iter()
+                .map(|hit| hit.trace_id)
+                .collect());
+        }
+        let hits = self.reader().find_traces(&search.spans, MAX_CANDIDATES)?;
+        let mut measures: HashMap<TraceId, Measure> = hits
+            .iter()
+            .map(|hit| {
+                (
+                    hit.trace_id,
+                    Measure {
+                        start: u64::MAX,
+                        latest_match: hit.latest_start,
+                        ..Measure::default()
+                    },
+                )
+            })
+            .collect();
+        let scan = SpanQuery {
+            start_from: Some(
+                search
+                    .spans
+                    .start_from
+                    .unwrap_or(0)
+                    .saturating_sub(SCAN_MARGIN_NS),
+            ),
+            start_to: Some(
+                search
+                    .spans
+                    .start_to
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(SCAN_MARGIN_NS),
+            ),
+            ..SpanQuery::default()
+        };
+        self.reader().scan(&scan, |span| {
+            if let Some(m) = measures.get_mut(&span.trace_id) {
+                m.start = m.start.min(span.start);
+                m.end = m.end.max(span.start.saturating_add(span.duration));
+                m.spans += 1;
+                if Outcome::of(span.status_code, span.http_status_code) == Outcome::Error {
+                    m.errors += 1;
+                }
+            }
+        })?;
+        let mut ranked: Vec<(TraceId, Measure)> = measures.into_iter().collect();
+        let length = |m: &Measure| m.end.saturating_sub(m.start);
+        ranked.sort_by(|(a_id, a), (b_id, b)| {
+            let primary = match search.sort {
+                Sort::Longest => length(b).cmp(&length(a)),
+                Sort::Shortest => length(a).cmp(&length(b)),
+                Sort::MostSpans => b.spans.cmp(&a.spans),
+                Sort::MostErrors => b.errors.cmp(&a.errors),
+                Sort::Newest => std::cmp::Ordering::Equal,
+            };
+            primary
+                .then(b.latest_match.cmp(&a.latest_match))
+                .then(a_id.cmp(b_id))
+        });
+        ranked.truncate(search.limit);
+        Ok(ranked.into_iter().map(|(id, _)| id).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use tracemesh_collector::store::StoredSpan;
+
+    use super::*;
+
+    fn span(id: u64, parent: u64, kind: i32) -> StoredSpan {
+        StoredSpan {
+            resource: None,
+            resource_schema_url: String::new(),
+            scope: None,
+            scope_schema_url: String::new(),
+            span: Span {
+                trace_id: vec![1; 16],
+                span_id: id.to_be_bytes().to_vec(),
+                parent_span_id: if parent == 0 {
+                    Vec::new()
+                } else {
+                    parent.to_be_bytes().to_vec()
+                },
+                kind,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_zipkin_shared_span_becomes_client_and_server_child() {
+        // client 2 and server 2 share an id; 3 is the server's own call.
+        let mut trace = Trace {
+            trace_id: TraceId([1; 16]),
+            spans: vec![
+                span(1, 0, SERVER),
+                span(2, 1, CLIENT),
+                span(2, 1, SERVER),
+                span(3, 2, CLIENT),
+            ],
+        };
+        split_shared_span_ids(&mut trace);
+        let ids: Vec<(u64, u64)> = trace
+            .spans
+            .iter()
+            .map(|s| {
+                let id = |b: &[u8]| <[u8; 8]>::try_from(b).map_or(0, u64::from_be_bytes);
+                (id(&s.span.span_id), id(&s.span.parent_span_id))
+            })
+            .collect();
+        assert_eq!(ids, [(1, 0), (2, 1), (4, 2), (3, 4)]);
+    }
+
+    #[test]
+    fn sorts_parse_by_name() {
+        assert_eq!(Sort::parse("most-spans"), Some(Sort::MostSpans));
+        assert_eq!(Sort::parse("longest"), Some(Sort::Longest));
+        assert_eq!(Sort::parse("slowest"), None);
+    }
+}

@@ -7,6 +7,8 @@ use std::time::Duration;
 use http::StatusCode;
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::metrics::Refusal;
+
 /// How long a refused sender is asked to wait before retrying.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -75,13 +77,13 @@ impl IngestError {
 
 impl IngestError {
     /// The `reason` label of `tracemesh_collector_spans_refused_total`.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Refusal {
         match self {
-            Self::Malformed(_) => "malformed",
-            Self::TooLarge { .. } => "too_large",
-            Self::UnsupportedMediaType(_) => "unsupported",
-            Self::QueueFull => "queue_full",
-            Self::Unavailable(_) => "unavailable",
+            Self::Malformed(_) => Refusal::Malformed,
+            Self::TooLarge { .. } => Refusal::TooLarge,
+            Self::UnsupportedMediaType(_) => Refusal::Unsupported,
+            Self::QueueFull => Refusal::QueueFull,
+            Self::Unavailable(_) => Refusal::Unavailable,
         }
     }
 }

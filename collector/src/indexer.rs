@@ -10,21 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::edges::EdgeLinker;
-use crate::ingest::IngestQueue;
-use crate::metrics::Metrics;
+use crate::events;
+use crate::handoff::{IndexItem, IngestQueue};
+use crate::metrics::{Metrics, PartitionDrop};
 use crate::spanmetrics::SpanMetrics;
-use crate::store::{PartitionId, PreparedDocs, SpanStore};
-
-/// A durable batch on its way to the index: the request (for span metrics)
-/// and its documents, built by the receiver.
-pub struct IndexItem {
-    /// The request as accepted.
-    pub batch: Arc<ExportTraceServiceRequest>,
-    /// Its documents, by partition.
-    pub docs: PreparedDocs,
-    /// Spans it holds (its room in the ingest queue).
-    pub spans: usize,
-}
+use crate::store::{PartitionId, SpanStore};
 
 /// How often retention and the disk cap are checked.
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
@@ -81,9 +71,8 @@ impl Indexer {
         self.edges
             .annotate(&item.batch.resource_spans, &mut item.docs, length);
         if let Err(error) = self.store.apply_prepared(seq, item.docs, oldest) {
-            self.metrics.index_errors.inc();
             self.first_failed.get_or_insert(seq);
-            tracing::error!(%error, seq, "spans not indexed, they stay in the wal until a restart replays them");
+            events::index_failed(&self.metrics, seq, &error);
         }
         crate::store::document::for_each_span(&item.batch.resource_spans, |span| {
             if PartitionId::containing(span.span.start_time_unix_nano, length).end() > oldest {
@@ -109,9 +98,8 @@ impl Indexer {
             |docs| edges.annotate(spans, docs, length),
             |span| span_metrics.observe(span, now),
         ) {
-            self.metrics.index_errors.inc();
             self.first_failed.get_or_insert(seq);
-            tracing::error!(%error, seq, "spans not indexed, they stay in the wal until a restart replays them");
+            events::index_failed(&self.metrics, seq, &error);
         }
     }
 
@@ -119,10 +107,7 @@ impl Indexer {
     pub fn commit(&mut self) {
         match self.store.commit() {
             Ok(seq) => self.checkpoint.store(self.covered(seq), Ordering::Release),
-            Err(error) => {
-                self.metrics.index_errors.inc();
-                tracing::error!(%error, "index commit failed, the wal keeps the spans");
-            }
+            Err(error) => events::commit_failed(&self.metrics, &error),
         }
     }
 
@@ -132,7 +117,7 @@ impl Indexer {
         let mut sizes = self.store.sizes();
         for (id, bytes) in sizes.clone() {
             if id.end() <= oldest {
-                self.drop_partition(id, "retention", bytes);
+                self.drop_partition(id, PartitionDrop::Retention, bytes);
             }
         }
         sizes.retain(|(id, _)| id.end() > oldest);
@@ -140,22 +125,16 @@ impl Indexer {
         if let Some(cap) = self.policy.max_disk {
             while total > cap && sizes.len() > 1 {
                 let (id, bytes) = sizes.remove(0);
-                self.drop_partition(id, "max_disk", bytes);
+                self.drop_partition(id, PartitionDrop::MaxDisk, bytes);
                 total -= bytes;
             }
         }
         self.metrics.disk_bytes.set(total as i64);
     }
 
-    fn drop_partition(&mut self, id: PartitionId, reason: &'static str, bytes: u64) {
+    fn drop_partition(&mut self, id: PartitionId, reason: PartitionDrop, bytes: u64) {
         match self.store.drop_partition(id) {
-            Ok(()) => {
-                self.metrics
-                    .partitions_dropped
-                    .with_label_values(&[reason])
-                    .inc();
-                tracing::info!(partition = %id.dir_name(), reason, bytes, "partition dropped");
-            }
+            Ok(()) => events::partition_dropped(&self.metrics, id, reason, bytes),
             Err(error) => {
                 tracing::error!(%error, partition = %id.dir_name(), "partition not dropped")
             }

@@ -12,22 +12,95 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The `receiver` label's values.
-pub const RECEIVERS: [&str; 3] = ["otlp_grpc", "otlp_http", "zipkin"];
+/// Which receiver spans came in on: the `receiver` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receiver {
+    /// OTLP over gRPC.
+    OtlpGrpc,
+    /// OTLP over HTTP.
+    OtlpHttp,
+    /// Zipkin v2 JSON.
+    Zipkin,
+}
 
-/// The `reason` label's values of `tracemesh_collector_spans_refused_total`
-/// (see `IngestError::reason`, plus `invalid` for spans failing validation).
-pub const REFUSAL_REASONS: [&str; 6] = [
-    "malformed",
-    "too_large",
-    "unsupported",
-    "queue_full",
-    "unavailable",
-    "invalid",
-];
+impl Receiver {
+    /// Every value, for series that start at zero.
+    pub const ALL: [Self; 3] = [Self::OtlpGrpc, Self::OtlpHttp, Self::Zipkin];
 
-/// The `reason` label's values of `tracemesh_collector_partitions_dropped_total`.
-pub const DROP_REASONS: [&str; 2] = ["retention", "max_disk"];
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::OtlpGrpc => "otlp_grpc",
+            Self::OtlpHttp => "otlp_http",
+            Self::Zipkin => "zipkin",
+        }
+    }
+}
+
+/// Why spans were refused: the `reason` label of
+/// `tracemesh_collector_spans_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The body is not valid protobuf, JSON or gzip.
+    Malformed,
+    /// The body is larger than `max_request_size`.
+    TooLarge,
+    /// A content type or encoding the endpoint does not speak.
+    Unsupported,
+    /// The ingest queue is full (the sender retries).
+    QueueFull,
+    /// The WAL could not take the batch.
+    Unavailable,
+    /// A span failed validation (ids) and was left out of its batch.
+    Invalid,
+}
+
+impl Refusal {
+    /// Every value, for series that start at zero.
+    pub const ALL: [Self; 6] = [
+        Self::Malformed,
+        Self::TooLarge,
+        Self::Unsupported,
+        Self::QueueFull,
+        Self::Unavailable,
+        Self::Invalid,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::TooLarge => "too_large",
+            Self::Unsupported => "unsupported",
+            Self::QueueFull => "queue_full",
+            Self::Unavailable => "unavailable",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
+/// Why a partition was dropped: the `reason` label of
+/// `tracemesh_collector_partitions_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionDrop {
+    /// All of it is older than the retention window.
+    Retention,
+    /// The store was over `max_disk`.
+    MaxDisk,
+}
+
+impl PartitionDrop {
+    /// Every value, for series that start at zero.
+    pub const ALL: [Self; 2] = [Self::Retention, Self::MaxDisk];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Retention => "retention",
+            Self::MaxDisk => "max_disk",
+        }
+    }
+}
 
 /// Every self-metric of the collector.
 #[derive(Clone)]
@@ -210,16 +283,17 @@ impl Metrics {
     /// event hides that event from `rate()` and makes dashboards and alerts
     /// on a healthy collector show no data instead of 0.
     fn start_at_zero(&self) {
-        for receiver in RECEIVERS {
+        for receiver in Receiver::ALL.map(Receiver::label) {
             self.spans_received.with_label_values(&[receiver]);
             self.spans_accepted.with_label_values(&[receiver]);
             self.metric_points_received.with_label_values(&[receiver]);
-            for reason in REFUSAL_REASONS {
-                self.spans_refused.with_label_values(&[receiver, reason]);
+            for reason in Refusal::ALL {
+                self.spans_refused
+                    .with_label_values(&[receiver, reason.label()]);
             }
         }
-        for reason in DROP_REASONS {
-            self.partitions_dropped.with_label_values(&[reason]);
+        for reason in PartitionDrop::ALL {
+            self.partitions_dropped.with_label_values(&[reason.label()]);
         }
     }
 
@@ -286,7 +360,7 @@ mod tests {
             IngestError::Unavailable("x".into()),
         ];
         for error in errors {
-            assert!(REFUSAL_REASONS.contains(&error.reason()), "{error}");
+            assert!(Refusal::ALL.contains(&error.reason()), "{error}");
         }
         let text = Metrics::new().unwrap().render();
         assert!(text.contains(

@@ -17,9 +17,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::CollectorConfig;
+use crate::events;
 use crate::export::{ExportConfigError, Exporters};
+use crate::handoff::IngestQueue;
 use crate::indexer::{Indexer, Policy};
-use crate::ingest::{Ingest, IngestQueue};
+use crate::ingest::{Ingest, IngestParts};
 use crate::metrics::Metrics;
 use crate::otlp_metrics::OtlpMetrics;
 use crate::receiver;
@@ -86,16 +88,10 @@ impl Collector {
             metrics.clone(),
         )?;
         let next_seq = recovered.last_seq.max(store.max_committed_seq()) + 1;
-        let fields = crate::store::schema::SpanFields::of(&crate::store::schema::build()).map_err(
-            |source| StoreError::Index {
-                path: config.data_dir.clone(),
-                source,
-            },
-        )?;
         let mut indexer = Indexer {
+            edges: crate::edges::EdgeLinker::new(store.fields()),
             store,
             span_metrics,
-            edges: crate::edges::EdgeLinker::new(fields),
             queue: Arc::new(IngestQueue::new(config.ingest_queue_spans)),
             checkpoint: Arc::new(AtomicU64::new(0)),
             metrics: metrics.clone(),
@@ -119,7 +115,7 @@ impl Collector {
                     }
                     Err(error) => {
                         undecodable += 1;
-                        tracing::error!(%error, seq, "wal record undecodable, skipped");
+                        events::wal_record_undecodable(seq, &error);
                     }
                 },
             )?;
@@ -189,6 +185,8 @@ impl Collector {
             next_seq,
         } = self;
         let queue = indexer.queue.clone();
+        let fields = indexer.store.fields();
+        let partition_length = indexer.store.partition_length();
         let (durable_tx, durable_rx) = mpsc::channel();
         let options = wal::WriterOptions {
             dir: config.data_dir.join("wal"),
@@ -203,23 +201,17 @@ impl Collector {
         let exporters = Exporters::start(&config.exporters, &metrics)?;
         let draining = exporters.clone();
         let otlp_metrics = Arc::new(OtlpMetrics::default());
-        let fields = crate::store::schema::SpanFields::of(&crate::store::schema::build()).map_err(
-            |source| StoreError::Index {
-                path: config.data_dir.clone(),
-                source,
-            },
-        )?;
-        let ingest = Ingest::new(
+        let ingest = Ingest::new(IngestParts {
             wal,
             fields,
-            config.partition.0.as_secs(),
+            partition_length,
             queue,
             exporters,
-            otlp_metrics.clone(),
-            metrics.clone(),
-            config.retention.0,
-            config.max_request_size.0 as usize,
-        );
+            otlp_metrics: otlp_metrics.clone(),
+            metrics: metrics.clone(),
+            retention: config.retention.0,
+            max_request_size: config.max_request_size.0 as usize,
+        });
 
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)

@@ -7,4 +7,5 @@ pub mod zipkin;
 
 mod pipeline;
 
-pub use pipeline::{Accepted, Ingest, IngestQueue, Receiver};
+pub use crate::metrics::Receiver;
+pub use pipeline::{Accepted, Ingest, IngestParts};

@@ -88,18 +88,10 @@ pub fn retain_valid(batch: &mut Vec<ResourceSpans>, oldest_start_nanos: u64) -> 
     rejected
 }
 
-/// Spans in a batch.
-pub fn span_count(batch: &[ResourceSpans]) -> u64 {
-    batch
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len() as u64)
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::document::span_count;
     use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
 
     fn span(trace_id: Vec<u8>, span_id: Vec<u8>, start: u64) -> Span {

@@ -63,6 +63,15 @@ impl SpanRef<'_> {
     }
 }
 
+/// Spans in a batch.
+pub fn span_count(batch: &[ResourceSpans]) -> u64 {
+    batch
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len() as u64)
+        .sum()
+}
+
 /// Calls `visit` with every span of a batch.
 pub fn for_each_span<'a>(batch: &'a [ResourceSpans], mut visit: impl FnMut(SpanRef<'a>)) {
     for resource_spans in batch {

@@ -32,8 +32,8 @@ pub use document::SpanRef;
 pub use partition::{PartitionId, PartitionIndex};
 pub use read::{SpanQuery, SpanReader, SpanSummary, StoredSpan, Trace, TraceHit};
 
-use crate::ingest::validate::span_count;
 use crate::metrics::Metrics;
+use document::span_count;
 use received::ReceivedSpans;
 
 /// A store failure.
@@ -87,6 +87,8 @@ const INDEXING_THREADS: usize = 2;
 /// The write side of the store.
 pub struct SpanStore {
     dir: PathBuf,
+    /// The fields of the schema every partition is created with, looked up once.
+    fields: schema::SpanFields,
     partition_length: u64,
     writer_memory: usize,
     partitions: BTreeMap<PartitionId, Writable>,
@@ -108,6 +110,11 @@ impl SpanStore {
             path: dir.clone(),
             source,
         })?;
+        let fields =
+            schema::SpanFields::of(&schema::build()).map_err(|source| StoreError::Index {
+                path: dir.clone(),
+                source,
+            })?;
         let mut partitions = BTreeMap::new();
         for (id, path) in partition::list(&dir)? {
             let partition = Arc::new(PartitionIndex::open(id, &path, false)?);
@@ -125,6 +132,7 @@ impl SpanStore {
         }
         let store = Self {
             dir,
+            fields,
             partition_length,
             writer_memory,
             partitions,
@@ -148,6 +156,11 @@ impl SpanStore {
             .map(|p| p.committed_seq)
             .max()
             .unwrap_or(0)
+    }
+
+    /// The fields documents are built with (see [`Self::prepare`]).
+    pub fn fields(&self) -> schema::SpanFields {
+        self.fields
     }
 
     /// The partition length, in seconds.
@@ -230,12 +243,7 @@ impl SpanStore {
         link: impl FnOnce(&mut PreparedDocs),
         mut added: impl FnMut(SpanRef<'_>),
     ) -> Result<usize, StoreError> {
-        let fields =
-            schema::SpanFields::of(&schema::build()).map_err(|source| StoreError::Index {
-                path: self.dir.clone(),
-                source,
-            })?;
-        let mut docs = Self::prepare(&fields, batch, encoded, self.partition_length);
+        let mut docs = Self::prepare(&self.fields, batch, encoded, self.partition_length);
         link(&mut docs);
         document::for_each_span(batch, |span| {
             let id = PartitionId::containing(span.span.start_time_unix_nano, self.partition_length);

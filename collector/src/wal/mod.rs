@@ -97,7 +97,7 @@ pub fn recover(dir: &Path, metrics: &Metrics) -> Result<Recovered, WalError> {
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         let mut reader = record::Reader::new(&bytes);
         let last_seq = reader.by_ref().last().map(|r| r.seq);
-        if let Some(damage) = reader.damage() {
+        if reader.damage().is_some() {
             let keep = reader.valid_len();
             let cut = bytes.len() - keep;
             let file = OpenOptions::new()
@@ -106,8 +106,7 @@ pub fn recover(dir: &Path, metrics: &Metrics) -> Result<Recovered, WalError> {
                 .map_err(io(&path))?;
             file.set_len(keep as u64).map_err(io(&path))?;
             file.sync_all().map_err(io(&path))?;
-            metrics.wal_cut_bytes.inc_by(cut as u64);
-            tracing::warn!(file = %path.display(), kept_bytes = keep, cut_bytes = cut, ?damage, "wal tail cut");
+            crate::events::wal_tail_cut(metrics, &path, keep, cut);
         }
         if let Some(seq) = last_seq {
             recovered.last_seq = recovered.last_seq.max(seq);

@@ -1,0 +1,162 @@
+//! The collector's notable events, each one function that writes the log
+//! line and moves the counters that go with it (Vector's internal events),
+//! so a log line and its metric never drift apart.
+//!
+//! Levels: ERROR means acknowledged data was lost or an operator must act;
+//! WARN means data was refused, dropped or cut and the sender or operator
+//! may want to know. Events a client can cause at will are rate-limited to
+//! one line per [`LOG_EVERY`] per event, with the number of lines left out.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::IngestError;
+use crate::ingest::validate::Rejected;
+use crate::metrics::{Metrics, PartitionDrop, Receiver, Refusal};
+use crate::store::PartitionId;
+
+/// At most one line per this, per rate-limited event.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A log line allowance: one line per [`LOG_EVERY`], counting the rest.
+pub struct LogLimit {
+    next_second: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimit {
+    /// A fresh allowance (the first line is logged).
+    pub const fn new() -> Self {
+        Self {
+            next_second: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines left out since the last one)` when a line may be written now.
+    pub fn allow(&self) -> Option<u64> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let next = self.next_second.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_second
+                .compare_exchange(
+                    next,
+                    now + LOG_EVERY.as_secs(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn refused(metrics: &Metrics, receiver: Receiver, reason: Refusal, spans: u64) {
+    metrics
+        .spans_refused
+        .with_label_values(&[receiver.label(), reason.label()])
+        .inc_by(spans);
+}
+
+/// A request refused before its spans could be read (malformed, too large,
+/// unsupported): counted once, as its spans are unknown.
+pub fn request_refused(metrics: &Metrics, receiver: Receiver, error: &IngestError) {
+    static LOG: LogLimit = LogLimit::new();
+    refused(metrics, receiver, error.reason(), 1);
+    if let Some(suppressed) = LOG.allow() {
+        tracing::warn!(
+            receiver = receiver.label(),
+            reason = error.reason().label(),
+            %error,
+            suppressed,
+            "request refused"
+        );
+    }
+}
+
+/// Spans left out of an accepted batch by validation (OTLP partial success).
+pub fn spans_rejected(metrics: &Metrics, receiver: Receiver, rejected: &Rejected) {
+    static LOG: LogLimit = LogLimit::new();
+    if rejected.count == 0 {
+        return;
+    }
+    refused(metrics, receiver, Refusal::Invalid, rejected.count);
+    if let Some(suppressed) = LOG.allow() {
+        tracing::warn!(
+            receiver = receiver.label(),
+            spans = rejected.count,
+            message = %rejected.message,
+            suppressed,
+            "spans rejected"
+        );
+    }
+}
+
+/// A whole decoded batch refused (queue full, WAL unavailable): the sender
+/// is told to retry, nothing of it was acknowledged.
+pub fn batch_refused(metrics: &Metrics, receiver: Receiver, spans: u64, error: &IngestError) {
+    static LOG: LogLimit = LogLimit::new();
+    refused(metrics, receiver, error.reason(), spans);
+    if let Some(suppressed) = LOG.allow() {
+        tracing::warn!(
+            receiver = receiver.label(),
+            reason = error.reason().label(),
+            spans,
+            %error,
+            suppressed,
+            "batch refused"
+        );
+    }
+}
+
+/// A whole partition deleted (retention or the disk cap).
+pub fn partition_dropped(metrics: &Metrics, id: PartitionId, reason: PartitionDrop, bytes: u64) {
+    metrics
+        .partitions_dropped
+        .with_label_values(&[reason.label()])
+        .inc();
+    tracing::info!(
+        partition = %id.dir_name(),
+        reason = reason.label(),
+        bytes,
+        "partition dropped"
+    );
+}
+
+/// Spans of WAL record `seq` that could not be indexed: they stay in the
+/// WAL, and the next start replays them.
+pub fn index_failed(metrics: &Metrics, seq: u64, error: &dyn std::fmt::Display) {
+    metrics.index_errors.inc();
+    tracing::error!(%error, seq, "spans not indexed, they stay in the wal until a restart replays them");
+}
+
+/// An index commit failed: the WAL keeps the spans it would have covered.
+pub fn commit_failed(metrics: &Metrics, error: &dyn std::fmt::Display) {
+    metrics.index_errors.inc();
+    tracing::error!(%error, "index commit failed, the wal keeps the spans");
+}
+
+/// A torn tail cut from a WAL file on recovery: bytes of a write that was
+/// never acknowledged (a crash in the middle of it).
+pub fn wal_tail_cut(metrics: &Metrics, file: &Path, kept: usize, cut: usize) {
+    metrics.wal_cut_bytes.inc_by(cut as u64);
+    tracing::warn!(file = %file.display(), kept_bytes = kept, cut_bytes = cut, "wal tail cut");
+}
+
+/// A WAL record that passed its checksum but is not a trace request.
+pub fn wal_record_undecodable(seq: u64, error: &dyn std::fmt::Display) {
+    tracing::error!(%error, seq, "wal record undecodable, skipped");
+}

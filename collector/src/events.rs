@@ -156,7 +156,40 @@ pub fn wal_tail_cut(metrics: &Metrics, file: &Path, kept: usize, cut: usize) {
     tracing::warn!(file = %file.display(), kept_bytes = kept, cut_bytes = cut, "wal tail cut");
 }
 
-/// A WAL record that passed its checksum but is not a trace request.
-pub fn wal_record_undecodable(seq: u64, error: &dyn std::fmt::Display) {
+/// Acknowledged WAL records found missing on recovery (`cause`: a damaged
+/// record, or a whole file gone) that the index does not hold: lost.
+pub fn wal_records_lost(
+    metrics: &Metrics,
+    file: &Path,
+    seqs: std::ops::RangeInclusive<u64>,
+    records: u64,
+    cause: &'static str,
+) {
+    metrics.wal_lost_records.inc_by(records);
+    tracing::error!(
+        file = %file.display(),
+        first_seq = seqs.start(),
+        last_seq = seqs.end(),
+        records,
+        cause,
+        "wal records lost"
+    );
+}
+
+/// A WAL file with damage in it, kept aside for inspection; its intact
+/// records stay in place and are replayed.
+pub fn wal_file_damaged(metrics: &Metrics, file: &Path, aside: &Path, damaged_bytes: usize) {
+    metrics.wal_cut_bytes.inc_by(damaged_bytes as u64);
+    tracing::error!(
+        file = %file.display(),
+        kept_aside = %aside.display(),
+        damaged_bytes,
+        "wal file damaged, intact records kept"
+    );
+}
+
+/// A WAL record that passed its checksum but is not a trace request: lost.
+pub fn wal_record_undecodable(metrics: &Metrics, seq: u64, error: &dyn std::fmt::Display) {
+    metrics.wal_lost_records.inc();
     tracing::error!(%error, seq, "wal record undecodable, skipped");
 }

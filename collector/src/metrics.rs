@@ -127,6 +127,8 @@ pub struct Metrics {
     pub wal_segments: IntGauge,
     /// Bytes cut from a torn or corrupt WAL on recovery.
     pub wal_cut_bytes: IntCounter,
+    /// Acknowledged records lost to WAL damage or a missing WAL file.
+    pub wal_lost_records: IntCounter,
     /// Records replayed from the WAL on start.
     pub wal_replayed_records: IntCounter,
     /// Spans added to the index.
@@ -209,6 +211,10 @@ impl Metrics {
             wal_cut_bytes: IntCounter::new(
                 "tracemesh_collector_wal_cut_bytes_total",
                 "Bytes cut from a torn or corrupt write-ahead log on recovery.",
+            )?,
+            wal_lost_records: IntCounter::new(
+                "tracemesh_collector_wal_lost_records_total",
+                "Acknowledged write-ahead log records lost to damage or a missing file, found on recovery.",
             )?,
             wal_replayed_records: IntCounter::new(
                 "tracemesh_collector_wal_replayed_records_total",
@@ -309,6 +315,7 @@ impl Metrics {
         r.register(Box::new(self.wal_fsync_seconds.clone()))?;
         r.register(Box::new(self.wal_segments.clone()))?;
         r.register(Box::new(self.wal_cut_bytes.clone()))?;
+        r.register(Box::new(self.wal_lost_records.clone()))?;
         r.register(Box::new(self.wal_replayed_records.clone()))?;
         r.register(Box::new(self.index_spans.clone()))?;
         r.register(Box::new(self.index_commit_seconds.clone()))?;

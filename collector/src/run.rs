@@ -79,14 +79,14 @@ impl Collector {
     pub fn open(config: CollectorConfig) -> Result<Self, CollectorError> {
         let metrics = Metrics::new()?;
         let span_metrics = SpanMetrics::new(&metrics.registry)?;
-        let wal_dir = config.data_dir.join("wal");
-        let recovered = wal::recover(&wal_dir, &metrics)?;
         let store = SpanStore::open(
             &config.data_dir,
             config.partition.0.as_secs(),
             config.index_memory.0 as usize,
             metrics.clone(),
         )?;
+        let wal_dir = config.data_dir.join("wal");
+        let recovered = wal::recover(&wal_dir, store.max_committed_seq(), &metrics)?;
         let next_seq = recovered.last_seq.max(store.max_committed_seq()) + 1;
         let mut indexer = Indexer {
             edges: crate::edges::EdgeLinker::new(store.fields()),
@@ -115,7 +115,7 @@ impl Collector {
                     }
                     Err(error) => {
                         undecodable += 1;
-                        events::wal_record_undecodable(seq, &error);
+                        events::wal_record_undecodable(&metrics, seq, &error);
                     }
                 },
             )?;

@@ -11,4 +11,5 @@ mod bad_input;
 mod durability;
 mod export;
 mod sdk;
+mod wal_damage;
 mod zipkin;

@@ -208,20 +208,15 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
             .map_err(|e| QueryError::param("query.attributes", e))?;
         spans.tags.extend(map);
     }
-    let limit = match params.get_any(&[
-        "query.searchDepth",
-        "query.search_depth",
-        "query.num_traces",
-    ]) {
-        Some((param, text)) => text
-            .parse::<usize>()
-            .map_err(|e| QueryError::param(param, e))?,
-        None => DEFAULT_SEARCH_DEPTH,
-    };
-    Ok(TraceSearch {
-        spans,
-        limit: limit.max(1),
-    })
+    let limit = params.limit(
+        &[
+            "query.searchDepth",
+            "query.search_depth",
+            "query.num_traces",
+        ],
+        DEFAULT_SEARCH_DEPTH,
+    )?;
+    Ok(TraceSearch { spans, limit })
 }
 
 async fn find_traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {

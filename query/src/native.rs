@@ -307,7 +307,7 @@ pub fn summary(trace: &Trace) -> TraceSummary {
 async fn traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     run(state, raw, "v1_traces", |engine, params| {
         let (spans, _) = filter(params)?;
-        let limit = params.int::<usize>("limit")?.unwrap_or(20).clamp(1, 1000);
+        let limit = params.limit(&["limit"], 20)?;
         let traces = engine.search(&TraceSearch { spans, limit })?;
         Ok(json!({"traces": traces.iter().map(summary).collect::<Vec<_>>()}))
     })

@@ -203,10 +203,7 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
             apply_tag(&mut spans, &key, &value)?;
         }
     }
-    let limit = params
-        .int::<usize>("limit")?
-        .unwrap_or(DEFAULT_LIMIT)
-        .max(1);
+    let limit = params.limit(&["limit"], DEFAULT_LIMIT)?;
     Ok(TraceSearch { spans, limit })
 }
 

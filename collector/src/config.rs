@@ -11,6 +11,11 @@ use serde::Deserialize;
 
 use crate::units::{ByteSize, HumanDuration};
 
+/// Most partitions the accepted time range may span (retention plus clock
+/// skew over the partition length): each is a tantivy index with its own
+/// files and, while written, its own writer.
+pub const MAX_PARTITIONS: u32 = 1000;
+
 /// Everything a collector needs to start.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,8 +28,15 @@ pub struct CollectorConfig {
     /// Partitions whose newest possible span is older than this are dropped.
     /// Default `7d`.
     pub retention: HumanDuration,
-    /// When the span store grows past this, the oldest partitions are dropped
-    /// first. Default: no cap.
+    /// How far ahead of the collector's clock a span may start or end.
+    /// Later spans are refused (OTLP partial success, reason `out_of_range`):
+    /// a clock that far off is broken, and such a span would make a
+    /// partition of its own that retention never reaches. Default `1h`.
+    pub max_clock_skew: HumanDuration,
+    /// When the data directory (span partitions and write-ahead log, as
+    /// `du` counts them) grows past this, partitions are dropped, oldest
+    /// first. The partition holding now, and any after it, are never
+    /// dropped for it. Default: no cap.
     pub max_disk: Option<ByteSize>,
     /// The time span of one partition (one tantivy index). Default `1d`.
     pub partition: HumanDuration,
@@ -164,6 +176,7 @@ impl Default for CollectorConfig {
             data_dir: PathBuf::from("tracemesh-data"),
             listen: ListenConfig::default(),
             retention: HumanDuration(Duration::from_secs(7 * 86_400)),
+            max_clock_skew: HumanDuration(Duration::from_secs(3600)),
             max_disk: None,
             partition: HumanDuration(Duration::from_secs(86_400)),
             commit_interval: HumanDuration(Duration::from_secs(1)),
@@ -252,6 +265,21 @@ impl CollectorConfig {
         }
         if self.retention.0 < self.partition.0 {
             return invalid("retention", "must be at least one partition long");
+        }
+        // Spans are accepted from retention ago to max_clock_skew ahead,
+        // so this bounds the partitions that can exist at once.
+        let partitions = (self.retention.0 + self.max_clock_skew.0).as_secs_f64()
+            / self.partition.0.as_secs_f64();
+        if partitions > MAX_PARTITIONS as f64 {
+            return invalid(
+                "partition",
+                &format!(
+                    "retention plus max_clock_skew spans {partitions:.0} partitions, more than {MAX_PARTITIONS}: make partitions longer"
+                ),
+            );
+        }
+        if self.max_clock_skew.0 > Duration::from_secs(7 * 86_400) {
+            return invalid("max_clock_skew", "must be at most 7d");
         }
         if self.commit_interval.0.is_zero() {
             return invalid("commit_interval", "must be positive");

@@ -93,7 +93,18 @@ pub fn spans_rejected(metrics: &Metrics, receiver: Receiver, rejected: &Rejected
     if rejected.count == 0 {
         return;
     }
-    refused(metrics, receiver, Refusal::Invalid, rejected.count);
+    let invalid = rejected.count - rejected.out_of_range;
+    if invalid > 0 {
+        refused(metrics, receiver, Refusal::Invalid, invalid);
+    }
+    if rejected.out_of_range > 0 {
+        refused(
+            metrics,
+            receiver,
+            Refusal::OutOfRange,
+            rejected.out_of_range,
+        );
+    }
     if let Some(suppressed) = LOG.allow() {
         tracing::warn!(
             receiver = receiver.label(),
@@ -134,6 +145,20 @@ pub fn partition_dropped(metrics: &Metrics, id: PartitionId, reason: PartitionDr
         bytes,
         "partition dropped"
     );
+}
+
+/// The data directory is over `max_disk` and only current data is left to
+/// drop: it is kept, and the operator must give the store more room.
+pub fn over_disk_cap(bytes: u64, cap: u64) {
+    static LOG: LogLimit = LogLimit::new();
+    if let Some(suppressed) = LOG.allow() {
+        tracing::error!(
+            bytes,
+            max_disk = cap,
+            suppressed,
+            "data directory over max_disk with only current partitions left, they are kept"
+        );
+    }
 }
 
 /// Spans of WAL record `seq` that could not be indexed: they stay in the

@@ -14,20 +14,26 @@ use crate::events;
 use crate::handoff::{IndexItem, IngestQueue};
 use crate::metrics::{Metrics, PartitionDrop};
 use crate::spanmetrics::SpanMetrics;
-use crate::store::{PartitionId, SpanStore};
+use crate::store::partition::disk_usage;
+use crate::store::{PartitionId, SpanStore, TimeWindow};
 
 /// How often retention and the disk cap are checked.
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
 
 /// What the indexer enforces.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// Commit interval.
     pub commit_interval: Duration,
     /// Partitions ending before now minus this are dropped.
     pub retention: Duration,
-    /// The store's size cap, in bytes.
+    /// Partitions starting after now plus this are out of range: their
+    /// spans are not indexed, and partitions left from before are dropped.
+    pub max_clock_skew: Duration,
+    /// The data directory's size cap, in bytes.
     pub max_disk: Option<u64>,
+    /// The data directory (measured for `max_disk`).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The indexer's state.
@@ -58,24 +64,31 @@ fn now_seconds() -> u64 {
 }
 
 impl Indexer {
-    /// The first second still inside the retention window.
-    pub fn oldest_start(&self) -> u64 {
-        now_seconds().saturating_sub(self.policy.retention.as_secs())
+    /// The partitions spans may be indexed into now.
+    pub fn window(&self) -> TimeWindow {
+        let now = now_seconds();
+        TimeWindow {
+            oldest: now.saturating_sub(self.policy.retention.as_secs()),
+            newest: now.saturating_add(self.policy.max_clock_skew.as_secs()),
+        }
     }
 
     /// Adds one live batch whose documents the receiver prepared.
     pub fn apply_prepared(&mut self, seq: u64, mut item: IndexItem) {
         let now = Instant::now();
-        let oldest = self.oldest_start();
+        let window = self.window();
         let length = self.store.partition_length();
         self.edges
             .annotate(&item.batch.resource_spans, &mut item.docs, length);
-        if let Err(error) = self.store.apply_prepared(seq, item.docs, oldest) {
+        if let Err(error) = self.store.apply_prepared(seq, item.docs, window) {
             self.first_failed.get_or_insert(seq);
             events::index_failed(&self.metrics, seq, &error);
         }
         crate::store::document::for_each_span(&item.batch.resource_spans, |span| {
-            if PartitionId::containing(span.span.start_time_unix_nano, length).end() > oldest {
+            if window.admits(PartitionId::containing(
+                span.span.start_time_unix_nano,
+                length,
+            )) {
                 self.span_metrics.observe(span, now);
             }
         });
@@ -85,7 +98,7 @@ impl Indexer {
     /// the record it was decoded from.
     pub fn apply(&mut self, seq: u64, batch: &ExportTraceServiceRequest, encoded: &[u8]) {
         let now = Instant::now();
-        let oldest = self.oldest_start();
+        let window = self.window();
         let span_metrics = &mut self.span_metrics;
         let edges = &mut self.edges;
         let length = self.store.partition_length();
@@ -94,7 +107,7 @@ impl Indexer {
             seq,
             spans,
             Some(encoded),
-            oldest,
+            window,
             |docs| edges.annotate(spans, docs, length),
             |span| span_metrics.observe(span, now),
         ) {
@@ -111,22 +124,33 @@ impl Indexer {
         }
     }
 
-    /// Drops partitions past retention, then the oldest while over the cap.
+    /// Drops partitions past retention and partitions out of range ahead
+    /// of now, then, while the data directory is over `max_disk`, the
+    /// oldest partitions that lie wholly in the past: the one holding now
+    /// (and any after it) is current data and is never evicted, whatever
+    /// else the store holds. Updates the disk-usage gauge.
     pub fn enforce_retention(&mut self) {
-        let oldest = self.oldest_start();
-        let mut sizes = self.store.sizes();
-        for (id, bytes) in sizes.clone() {
-            if id.end() <= oldest {
+        let window = self.window();
+        for (id, bytes) in self.store.sizes() {
+            if id.end() <= window.oldest {
                 self.drop_partition(id, PartitionDrop::Retention, bytes);
+            } else if id.start > window.newest {
+                self.drop_partition(id, PartitionDrop::OutOfRange, bytes);
             }
         }
-        sizes.retain(|(id, _)| id.end() > oldest);
-        let mut total: u64 = sizes.iter().map(|(_, b)| b).sum();
+        let mut total = disk_usage(&self.policy.data_dir);
         if let Some(cap) = self.policy.max_disk {
-            while total > cap && sizes.len() > 1 {
-                let (id, bytes) = sizes.remove(0);
+            let now = now_seconds();
+            // Oldest first (partitions sort by start).
+            for (id, bytes) in self.store.sizes() {
+                if total <= cap || id.end() > now {
+                    break;
+                }
                 self.drop_partition(id, PartitionDrop::MaxDisk, bytes);
-                total -= bytes;
+                total = disk_usage(&self.policy.data_dir);
+            }
+            if total > cap {
+                events::over_disk_cap(total, cap);
             }
         }
         self.metrics.disk_bytes.set(total as i64);

@@ -53,17 +53,21 @@ pub enum Refusal {
     Unavailable,
     /// A span failed validation (ids) and was left out of its batch.
     Invalid,
+    /// A span's times are outside what the store keeps: before retention,
+    /// or ahead of the clock by more than `max_clock_skew`.
+    OutOfRange,
 }
 
 impl Refusal {
     /// Every value, for series that start at zero.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Malformed,
         Self::TooLarge,
         Self::Unsupported,
         Self::QueueFull,
         Self::Unavailable,
         Self::Invalid,
+        Self::OutOfRange,
     ];
 
     /// The label value.
@@ -75,6 +79,7 @@ impl Refusal {
             Self::QueueFull => "queue_full",
             Self::Unavailable => "unavailable",
             Self::Invalid => "invalid",
+            Self::OutOfRange => "out_of_range",
         }
     }
 }
@@ -87,17 +92,21 @@ pub enum PartitionDrop {
     Retention,
     /// The store was over `max_disk`.
     MaxDisk,
+    /// It starts further ahead of now than clock skew explains (written
+    /// before such spans were refused).
+    OutOfRange,
 }
 
 impl PartitionDrop {
     /// Every value, for series that start at zero.
-    pub const ALL: [Self; 2] = [Self::Retention, Self::MaxDisk];
+    pub const ALL: [Self; 3] = [Self::Retention, Self::MaxDisk, Self::OutOfRange];
 
     /// The label value.
     pub fn label(self) -> &'static str {
         match self {
             Self::Retention => "retention",
             Self::MaxDisk => "max_disk",
+            Self::OutOfRange => "out_of_range",
         }
     }
 }
@@ -139,7 +148,7 @@ pub struct Metrics {
     pub index_errors: IntCounter,
     /// Partitions in the store.
     pub partitions: IntGauge,
-    /// Bytes used by the span store.
+    /// Bytes the data directory takes on disk (as `du` counts them).
     pub disk_bytes: IntGauge,
     /// Partitions dropped, by reason (`retention`, `max_disk`).
     pub partitions_dropped: IntCounterVec,
@@ -238,7 +247,7 @@ impl Metrics {
             )?,
             disk_bytes: IntGauge::new(
                 "tracemesh_collector_disk_bytes",
-                "Bytes used by the span store.",
+                "Bytes the data directory (span store and write-ahead log) takes on disk, as du counts them.",
             )?,
             partitions_dropped: counter(
                 "tracemesh_collector_partitions_dropped_total",

@@ -98,11 +98,12 @@ impl Collector {
             policy: Policy {
                 commit_interval: config.commit_interval.0,
                 retention: config.retention.0,
+                max_clock_skew: config.max_clock_skew.0,
                 max_disk: config.max_disk.map(|b| b.0),
+                data_dir: config.data_dir.clone(),
             },
             first_failed: None,
         };
-        indexer.enforce_retention();
         let mut replayed = 0u64;
         let mut undecodable = 0u64;
         for segment in &recovered.segments {
@@ -127,6 +128,8 @@ impl Collector {
         }
         // Only what the index now holds may leave the WAL.
         wal::delete_covered(&recovered.segments, indexer.checkpoint())?;
+        // After replay, so what it added counts against the disk cap.
+        indexer.enforce_retention();
         Ok(Self {
             config,
             metrics,
@@ -210,6 +213,7 @@ impl Collector {
             otlp_metrics: otlp_metrics.clone(),
             metrics: metrics.clone(),
             retention: config.retention.0,
+            max_clock_skew: config.max_clock_skew.0,
             max_request_size: config.max_request_size.0 as usize,
         });
 

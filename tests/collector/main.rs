@@ -11,5 +11,6 @@ mod bad_input;
 mod durability;
 mod export;
 mod sdk;
+mod time_range;
 mod wal_damage;
 mod zipkin;

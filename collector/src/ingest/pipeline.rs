@@ -46,6 +46,8 @@ pub struct IngestParts {
     pub metrics: Metrics,
     /// Spans that started before now minus this are refused.
     pub retention: Duration,
+    /// Spans that start or end after now plus this are refused.
+    pub max_clock_skew: Duration,
     /// Largest decompressed body, in bytes.
     pub max_request_size: usize,
 }
@@ -95,8 +97,12 @@ impl Ingest {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let oldest = now.saturating_sub(parts.retention).as_nanos() as u64;
-        let rejected = validate::retain_valid(&mut request.resource_spans, oldest);
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let bounds = validate::TimeBounds {
+            oldest_start: nanos(now.saturating_sub(parts.retention)),
+            newest: nanos(now.saturating_add(parts.max_clock_skew)),
+        };
+        let rejected = validate::retain_valid(&mut request.resource_spans, bounds);
         events::spans_rejected(&parts.metrics, receiver, &rejected);
         let accepted = received - rejected.count;
         if accepted == 0 {

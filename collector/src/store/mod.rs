@@ -29,7 +29,7 @@ use tantivy::indexer::LogMergePolicy;
 use tantivy::{IndexWriter, TantivyDocument};
 
 pub use document::SpanRef;
-pub use partition::{PartitionId, PartitionIndex};
+pub use partition::{PartitionId, PartitionIndex, TimeWindow};
 pub use read::{SpanQuery, SpanReader, SpanSummary, StoredSpan, Trace, TraceHit};
 
 use crate::metrics::Metrics;
@@ -218,17 +218,17 @@ impl SpanStore {
     }
 
     /// Adds the spans of WAL record `seq` that their partitions do not
-    /// already hold, skipping spans that started before `oldest_start`
-    /// (seconds). `added` sees each span added. (Replay builds here; live
-    /// batches come prepared, see [`Self::apply_prepared`].)
+    /// already hold, skipping spans whose partition is outside `window`.
+    /// `added` sees each span added. (Replay builds here; live batches come
+    /// prepared, see [`Self::apply_prepared`].)
     pub fn apply(
         &mut self,
         seq: u64,
         batch: &[ResourceSpans],
-        oldest_start: u64,
+        window: TimeWindow,
         added: impl FnMut(SpanRef<'_>),
     ) -> Result<usize, StoreError> {
-        self.apply_linked(seq, batch, None, oldest_start, |_| {}, added)
+        self.apply_linked(seq, batch, None, window, |_| {}, added)
     }
 
     /// [`Self::apply`], with `link` given the documents before they are
@@ -239,7 +239,7 @@ impl SpanStore {
         seq: u64,
         batch: &[ResourceSpans],
         encoded: Option<&[u8]>,
-        oldest_start: u64,
+        window: TimeWindow,
         link: impl FnOnce(&mut PreparedDocs),
         mut added: impl FnMut(SpanRef<'_>),
     ) -> Result<usize, StoreError> {
@@ -247,24 +247,26 @@ impl SpanStore {
         link(&mut docs);
         document::for_each_span(batch, |span| {
             let id = PartitionId::containing(span.span.start_time_unix_nano, self.partition_length);
-            if id.end() > oldest_start && !self.holds(id, seq) {
+            if window.admits(id) && !self.holds(id, seq) {
                 added(span);
             }
         });
-        self.apply_prepared(seq, docs, oldest_start)
+        self.apply_prepared(seq, docs, window)
     }
 
     /// Adds prepared documents of WAL record `seq`, skipping partitions
-    /// that hold the record already and those past retention.
+    /// that hold the record already and those outside `window` (past
+    /// retention, or further ahead than clock skew explains: a WAL written
+    /// before such spans were refused).
     pub fn apply_prepared(
         &mut self,
         seq: u64,
         docs: PreparedDocs,
-        oldest_start: u64,
+        window: TimeWindow,
     ) -> Result<usize, StoreError> {
         let mut count = 0;
         for (id, docs) in docs {
-            if id.end() <= oldest_start || self.holds(id, seq) {
+            if !window.admits(id) || self.holds(id, seq) {
                 continue;
             }
             self.ensure_writer(id)?;
@@ -400,6 +402,11 @@ impl SpanStore {
                 .observe(started.elapsed().as_secs_f64());
         }
         Ok(self.last_applied)
+    }
+
+    /// The directory holding the partitions.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The partitions with their size on disk, oldest first.

@@ -86,8 +86,8 @@ fn spans_read_back_searched_and_scanned() {
             2,
         )],
     );
-    assert_eq!(store.apply(1, &first, 0, |_| {}).unwrap(), 2);
-    assert_eq!(store.apply(2, &second, 0, |_| {}).unwrap(), 1);
+    assert_eq!(store.apply(1, &first, TimeWindow::ALL, |_| {}).unwrap(), 2);
+    assert_eq!(store.apply(2, &second, TimeWindow::ALL, |_| {}).unwrap(), 1);
     assert_eq!(store.commit().unwrap(), 2);
     let reader = store.reader();
 
@@ -188,18 +188,18 @@ fn replay_adds_only_what_a_partition_lacks_and_retention_drops_partitions() {
         &[(1, 0, "old", NOW - 3 * DAY * 1_000_000_000, 1, 0)],
     );
     let new = batch("cart", 2, &[(2, 0, "new", NOW, 1, 0)]);
-    store.apply(1, &old, 0, |_| {}).unwrap();
-    store.apply(2, &new, 0, |_| {}).unwrap();
+    store.apply(1, &old, TimeWindow::ALL, |_| {}).unwrap();
+    store.apply(2, &new, TimeWindow::ALL, |_| {}).unwrap();
     store.close().unwrap();
 
     let mut store = open(dir.path());
     assert_eq!(store.max_committed_seq(), 2);
     assert_eq!(
-        store.apply(1, &old, 0, |_| {}).unwrap(),
+        store.apply(1, &old, TimeWindow::ALL, |_| {}).unwrap(),
         0,
         "committed records are skipped on replay"
     );
-    assert_eq!(store.apply(3, &new, 0, |_| {}).unwrap(), 1);
+    assert_eq!(store.apply(3, &new, TimeWindow::ALL, |_| {}).unwrap(), 1);
     assert_eq!(store.sizes().len(), 2);
     let oldest = PartitionId::containing(NOW - 3 * DAY * 1_000_000_000, DAY);
     store.drop_partition(oldest).unwrap();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ingest::limits::SpanLimits;
 use crate::units::{ByteSize, HumanDuration};
 
 /// Most partitions the accepted time range may span (retention plus clock
@@ -53,6 +54,9 @@ pub struct CollectorConfig {
     pub index_memory: ByteSize,
     /// A WAL file is closed and a new one started past this size. Default `64MiB`.
     pub wal_segment_size: ByteSize,
+    /// What one span may carry (OpenTelemetry's span limits): attributes
+    /// per span, key and value lengths, events and links.
+    pub span_limits: SpanLimits,
     /// Where received spans and metrics are forwarded. Default none.
     pub exporters: Vec<ExporterConfig>,
 }
@@ -184,6 +188,7 @@ impl Default for CollectorConfig {
             ingest_queue_spans: 65_536,
             index_memory: ByteSize(128 << 20),
             wal_segment_size: ByteSize(64 << 20),
+            span_limits: SpanLimits::default(),
             exporters: Vec::new(),
         }
     }
@@ -286,6 +291,14 @@ impl CollectorConfig {
         }
         if self.ingest_queue_spans == 0 {
             return invalid("ingest_queue_spans", "must be positive");
+        }
+        if self.span_limits.attribute_key_length_limit == 0
+            || self.span_limits.attribute_value_length_limit == 0
+        {
+            return invalid(
+                "span_limits",
+                "attribute_key_length_limit and attribute_value_length_limit must be positive",
+            );
         }
         if self.index_memory.0 < 16 << 20 {
             return invalid("index_memory", "must be at least 16MiB");

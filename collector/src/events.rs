@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::IngestError;
+use crate::ingest::limits::Limited;
 use crate::ingest::validate::Rejected;
-use crate::metrics::{Metrics, PartitionDrop, Receiver, Refusal};
+use crate::metrics::{Metrics, PartitionDrop, Receiver, Refusal, SpanLimit};
 use crate::store::PartitionId;
 
 /// At most one line per this, per rate-limited event.
@@ -112,6 +113,45 @@ pub fn spans_rejected(metrics: &Metrics, receiver: Receiver, rejected: &Rejected
             message = %rejected.message,
             suppressed,
             "spans rejected"
+        );
+    }
+}
+
+/// Span limits dropped attributes, events or links, or cut values, of an
+/// accepted batch (recorded in the spans' dropped counts).
+pub fn span_limits_applied(metrics: &Metrics, receiver: Receiver, limited: &Limited) {
+    static LOG: LogLimit = LogLimit::new();
+    if !limited.any() {
+        return;
+    }
+    let counts = [
+        (SpanLimit::AttributeCount, limited.attribute_count),
+        (SpanLimit::AttributeKeyLength, limited.attribute_key_length),
+        (
+            SpanLimit::AttributeValueLength,
+            limited.attribute_value_length,
+        ),
+        (SpanLimit::EventCount, limited.event_count),
+        (SpanLimit::LinkCount, limited.link_count),
+    ];
+    for (limit, count) in counts {
+        if count > 0 {
+            metrics
+                .span_limited
+                .with_label_values(&[limit.label()])
+                .inc_by(count);
+        }
+    }
+    if let Some(suppressed) = LOG.allow() {
+        tracing::warn!(
+            receiver = receiver.label(),
+            attributes_over_count = limited.attribute_count,
+            attributes_with_long_keys = limited.attribute_key_length,
+            values_truncated = limited.attribute_value_length,
+            events_dropped = limited.event_count,
+            links_dropped = limited.link_count,
+            suppressed,
+            "span limits applied"
         );
     }
 }

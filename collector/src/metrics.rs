@@ -84,6 +84,45 @@ impl Refusal {
     }
 }
 
+/// Which span limit removed or cut something: the `limit` label of
+/// `tracemesh_collector_span_limited_total` (see
+/// [`crate::ingest::limits::SpanLimits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanLimit {
+    /// Attributes past `attribute_count_limit`, dropped.
+    AttributeCount,
+    /// Attributes with a key past `attribute_key_length_limit`, dropped.
+    AttributeKeyLength,
+    /// Values past `attribute_value_length_limit`, truncated.
+    AttributeValueLength,
+    /// Events past `event_count_limit`, dropped.
+    EventCount,
+    /// Links past `link_count_limit`, dropped.
+    LinkCount,
+}
+
+impl SpanLimit {
+    /// Every value, for series that start at zero.
+    pub const ALL: [Self; 5] = [
+        Self::AttributeCount,
+        Self::AttributeKeyLength,
+        Self::AttributeValueLength,
+        Self::EventCount,
+        Self::LinkCount,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AttributeCount => "attribute_count",
+            Self::AttributeKeyLength => "attribute_key_length",
+            Self::AttributeValueLength => "attribute_value_length",
+            Self::EventCount => "event_count",
+            Self::LinkCount => "link_count",
+        }
+    }
+}
+
 /// Why a partition was dropped: the `reason` label of
 /// `tracemesh_collector_partitions_dropped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +161,8 @@ pub struct Metrics {
     pub spans_accepted: IntCounterVec,
     /// Spans refused, by receiver and reason.
     pub spans_refused: IntCounterVec,
+    /// Attributes, events and links dropped, and values cut, by span limit.
+    pub span_limited: IntCounterVec,
     /// OTLP metric data points received, by receiver.
     pub metric_points_received: IntCounterVec,
     /// Spans acknowledged and not yet handed to the index (the ingest queue).
@@ -191,6 +232,11 @@ impl Metrics {
                 "tracemesh_collector_spans_refused_total",
                 "Spans refused, by receiver and reason.",
                 &["receiver", "reason"],
+            )?,
+            span_limited: counter(
+                "tracemesh_collector_span_limited_total",
+                "Attributes, events and links dropped, and attribute values truncated, by the span limit that applied.",
+                &["limit"],
             )?,
             metric_points_received: counter(
                 "tracemesh_collector_metric_points_received_total",
@@ -307,6 +353,9 @@ impl Metrics {
                     .with_label_values(&[receiver, reason.label()]);
             }
         }
+        for limit in SpanLimit::ALL {
+            self.span_limited.with_label_values(&[limit.label()]);
+        }
         for reason in PartitionDrop::ALL {
             self.partitions_dropped.with_label_values(&[reason.label()]);
         }
@@ -317,6 +366,7 @@ impl Metrics {
         r.register(Box::new(self.spans_received.clone()))?;
         r.register(Box::new(self.spans_accepted.clone()))?;
         r.register(Box::new(self.spans_refused.clone()))?;
+        r.register(Box::new(self.span_limited.clone()))?;
         r.register(Box::new(self.metric_points_received.clone()))?;
         r.register(Box::new(self.ingest_queue_spans.clone()))?;
         r.register(Box::new(self.wal_bytes.clone()))?;

@@ -215,6 +215,7 @@ impl Collector {
             retention: config.retention.0,
             max_clock_skew: config.max_clock_skew.0,
             max_request_size: config.max_request_size.0 as usize,
+            span_limits: config.span_limits,
         });
 
         let bind = |addr: SocketAddr| async move {

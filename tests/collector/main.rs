@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod attributes;
 mod backpressure;
 mod bad_input;
 mod durability;

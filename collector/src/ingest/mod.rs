@@ -2,6 +2,7 @@
 //! (the bounded ingest queue), the WAL append, then hand-off to the exporters.
 
 pub mod decode;
+pub mod limits;
 pub mod validate;
 pub mod zipkin;
 

@@ -7,6 +7,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
+use super::limits::SpanLimits;
 use super::validate;
 use crate::error::IngestError;
 use crate::events;
@@ -50,6 +51,8 @@ pub struct IngestParts {
     pub max_clock_skew: Duration,
     /// Largest decompressed body, in bytes.
     pub max_request_size: usize,
+    /// What one span may carry.
+    pub span_limits: SpanLimits,
 }
 
 /// The shared ingest path. Cheap to clone.
@@ -104,6 +107,11 @@ impl Ingest {
         };
         let rejected = validate::retain_valid(&mut request.resource_spans, bounds);
         events::spans_rejected(&parts.metrics, receiver, &rejected);
+        let limited = parts.span_limits.apply(&mut request.resource_spans);
+        events::span_limits_applied(&parts.metrics, receiver, &limited);
+        // The bytes as received hold exactly the accepted spans only if
+        // nothing was removed or cut.
+        let raw = raw.filter(|_| rejected.count == 0 && !limited.any());
         let accepted = received - rejected.count;
         if accepted == 0 {
             return Ok(Accepted {
@@ -130,10 +138,7 @@ impl Ingest {
         // batch: off the async workers, and in parallel across requests.
         let (fields, length) = (parts.fields, parts.partition_length);
         let prepared = tokio::task::spawn_blocking(move || {
-            let payload = match raw {
-                Some(raw) if rejected.count == 0 => raw,
-                _ => request.encode_to_vec().into(),
-            };
+            let payload = raw.unwrap_or_else(|| request.encode_to_vec().into());
             let docs = SpanStore::prepare(&fields, &request.resource_spans, Some(&payload), length);
             (payload, docs, request)
         })

@@ -272,8 +272,8 @@ mod tests {
         }
         // Four bytes flipped inside the second record's payload, then the
         // length of the fifth made absurd.
-        for at in starts[1] + 40..starts[1] + 44 {
-            bytes[at] ^= 0xff;
+        for byte in &mut bytes[starts[1] + 40..starts[1] + 44] {
+            *byte ^= 0xff;
         }
         bytes[starts[4] + 3] = 0x7f;
         let mut reader = Reader::starting_at(&bytes, 10);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ingest::limits::SpanLimits;
+use crate::serve::ListenTimeouts;
 use crate::units::{ByteSize, HumanDuration};
 
 /// Most partitions the accepted time range may span (retention plus clock
@@ -26,6 +27,8 @@ pub struct CollectorConfig {
     pub data_dir: PathBuf,
     /// Listen addresses (`host:port`, port 0 picks a free one).
     pub listen: ListenConfig,
+    /// Every listener's header-read, body-read and idle timeouts.
+    pub listen_timeouts: ListenTimeouts,
     /// Partitions whose newest possible span is older than this are dropped.
     /// Default `7d`.
     pub retention: HumanDuration,
@@ -179,6 +182,7 @@ impl Default for CollectorConfig {
         Self {
             data_dir: PathBuf::from("tracemesh-data"),
             listen: ListenConfig::default(),
+            listen_timeouts: ListenTimeouts::default(),
             retention: HumanDuration(Duration::from_secs(7 * 86_400)),
             max_clock_skew: HumanDuration(Duration::from_secs(3600)),
             max_disk: None,
@@ -285,6 +289,13 @@ impl CollectorConfig {
         }
         if self.max_clock_skew.0 > Duration::from_secs(7 * 86_400) {
             return invalid("max_clock_skew", "must be at most 7d");
+        }
+        let t = &self.listen_timeouts;
+        if [t.read_header_timeout, t.read_body_timeout, t.idle_timeout]
+            .iter()
+            .any(|d| d.0.is_zero())
+        {
+            return invalid("listen_timeouts", "every timeout must be positive");
         }
         if self.commit_interval.0.is_zero() {
             return invalid("commit_interval", "must be positive");

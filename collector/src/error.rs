@@ -33,6 +33,9 @@ pub enum IngestError {
     /// The WAL could not take the batch, or the collector is stopping.
     #[error("collector unavailable: {0}")]
     Unavailable(String),
+    /// The request body did not arrive within the body-read timeout.
+    #[error("request body not received within {0:?}")]
+    Timeout(Duration),
 }
 
 impl IngestError {
@@ -44,6 +47,7 @@ impl IngestError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -59,6 +63,7 @@ impl IngestError {
             Self::TooLarge { .. } => tonic::Code::ResourceExhausted,
             Self::QueueFull => tonic::Code::ResourceExhausted,
             Self::Unavailable(_) => tonic::Code::Unavailable,
+            Self::Timeout(_) => tonic::Code::DeadlineExceeded,
         }
     }
 
@@ -84,6 +89,7 @@ impl IngestError {
             Self::UnsupportedMediaType(_) => Refusal::Unsupported,
             Self::QueueFull => Refusal::QueueFull,
             Self::Unavailable(_) => Refusal::Unavailable,
+            Self::Timeout(_) => Refusal::Timeout,
         }
     }
 }

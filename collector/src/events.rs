@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::IngestError;
 use crate::ingest::limits::Limited;
 use crate::ingest::validate::Rejected;
-use crate::metrics::{Metrics, PartitionDrop, Receiver, Refusal, SpanLimit};
+use crate::metrics::{ListenerTimeout, Metrics, PartitionDrop, Receiver, Refusal, SpanLimit};
 use crate::store::PartitionId;
 
 /// At most one line per this, per rate-limited event.
@@ -171,6 +171,16 @@ pub fn batch_refused(metrics: &Metrics, receiver: Receiver, spans: u64, error: &
             "batch refused"
         );
     }
+}
+
+/// A connection closed by a listener timeout (a slow or idle client; the
+/// client was not acknowledged anything it did not send).
+pub fn connection_timed_out(metrics: &Metrics, timeout: ListenerTimeout) {
+    metrics
+        .listener_timeouts
+        .with_label_values(&[timeout.label()])
+        .inc();
+    tracing::debug!(timeout = timeout.label(), "connection closed by timeout");
 }
 
 /// A whole partition deleted (retention or the disk cap).

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod otlp_metrics;
 pub mod receiver;
 pub mod run;
+pub mod serve;
 pub mod spanmetrics;
 pub mod store;
 pub mod units;

@@ -51,6 +51,8 @@ pub enum Refusal {
     QueueFull,
     /// The WAL could not take the batch.
     Unavailable,
+    /// The request body did not arrive within the body-read timeout.
+    Timeout,
     /// A span failed validation (ids) and was left out of its batch.
     Invalid,
     /// A span's times are outside what the store keeps: before retention,
@@ -60,12 +62,13 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every value, for series that start at zero.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Malformed,
         Self::TooLarge,
         Self::Unsupported,
         Self::QueueFull,
         Self::Unavailable,
+        Self::Timeout,
         Self::Invalid,
         Self::OutOfRange,
     ];
@@ -78,6 +81,7 @@ impl Refusal {
             Self::Unsupported => "unsupported",
             Self::QueueFull => "queue_full",
             Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
             Self::Invalid => "invalid",
             Self::OutOfRange => "out_of_range",
         }
@@ -123,6 +127,31 @@ impl SpanLimit {
     }
 }
 
+/// Which listener timeout closed a connection: the `timeout` label of
+/// `tracemesh_collector_listener_timeouts_total` (a body-read timeout
+/// answers its request instead, counted as a refusal with reason
+/// `timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerTimeout {
+    /// An HTTP/1.1 request head not received in time.
+    ReadHeader,
+    /// No request in flight for the idle timeout.
+    Idle,
+}
+
+impl ListenerTimeout {
+    /// Every value, for series that start at zero.
+    pub const ALL: [Self; 2] = [Self::ReadHeader, Self::Idle];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ReadHeader => "read_header",
+            Self::Idle => "idle",
+        }
+    }
+}
+
 /// Why a partition was dropped: the `reason` label of
 /// `tracemesh_collector_partitions_dropped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +192,8 @@ pub struct Metrics {
     pub spans_refused: IntCounterVec,
     /// Attributes, events and links dropped, and values cut, by span limit.
     pub span_limited: IntCounterVec,
+    /// Connections closed by a listener timeout, by timeout.
+    pub listener_timeouts: IntCounterVec,
     /// OTLP metric data points received, by receiver.
     pub metric_points_received: IntCounterVec,
     /// Spans acknowledged and not yet handed to the index (the ingest queue).
@@ -237,6 +268,11 @@ impl Metrics {
                 "tracemesh_collector_span_limited_total",
                 "Attributes, events and links dropped, and attribute values truncated, by the span limit that applied.",
                 &["limit"],
+            )?,
+            listener_timeouts: counter(
+                "tracemesh_collector_listener_timeouts_total",
+                "Connections closed by a listener timeout (read_header, idle).",
+                &["timeout"],
             )?,
             metric_points_received: counter(
                 "tracemesh_collector_metric_points_received_total",
@@ -356,6 +392,9 @@ impl Metrics {
         for limit in SpanLimit::ALL {
             self.span_limited.with_label_values(&[limit.label()]);
         }
+        for timeout in ListenerTimeout::ALL {
+            self.listener_timeouts.with_label_values(&[timeout.label()]);
+        }
         for reason in PartitionDrop::ALL {
             self.partitions_dropped.with_label_values(&[reason.label()]);
         }
@@ -367,6 +406,7 @@ impl Metrics {
         r.register(Box::new(self.spans_accepted.clone()))?;
         r.register(Box::new(self.spans_refused.clone()))?;
         r.register(Box::new(self.span_limited.clone()))?;
+        r.register(Box::new(self.listener_timeouts.clone()))?;
         r.register(Box::new(self.metric_points_received.clone()))?;
         r.register(Box::new(self.ingest_queue_spans.clone()))?;
         r.register(Box::new(self.wal_bytes.clone()))?;
@@ -424,6 +464,7 @@ mod tests {
             IngestError::UnsupportedMediaType("x".into()),
             IngestError::QueueFull,
             IngestError::Unavailable("x".into()),
+            IngestError::Timeout(std::time::Duration::from_secs(1)),
         ];
         for error in errors {
             assert!(Refusal::ALL.contains(&error.reason()), "{error}");

@@ -10,7 +10,6 @@ use std::sync::mpsc;
 
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tokio::net::TcpListener;
@@ -249,23 +248,13 @@ impl Collector {
         drop(ingest);
         let mut tasks = Vec::new();
         for (listener, router) in servers {
-            let mut stop = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                };
-                // Replies are small writes (headers, body, gRPC trailers):
-                // without TCP_NODELAY the last waits for the peer's delayed
-                // ACK, about 40 ms on every request of a kept-alive connection.
-                let listener = listener.tap_io(|stream| {
-                    if let Err(error) = stream.set_nodelay(true) {
-                        tracing::debug!(%error, "TCP_NODELAY not set");
-                    }
-                });
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }));
+            tasks.push(tokio::spawn(crate::serve::serve(
+                listener,
+                router,
+                config.listen_timeouts,
+                metrics.clone(),
+                stop.clone(),
+            )));
         }
         tracing::info!(
             otlp_grpc = %grpc_addr,
@@ -284,10 +273,8 @@ impl Collector {
         signal.await;
         tracing::info!("collector stopping");
         for task in tasks {
-            match task.await {
-                Ok(Err(error)) => tracing::warn!(%error, "server stopped with an error"),
-                Err(error) => tracing::warn!(%error, "server task failed"),
-                Ok(Ok(())) => {}
+            if let Err(error) = task.await {
+                tracing::warn!(%error, "server task failed");
             }
         }
         // Give the exporters a moment to deliver what they hold.

@@ -13,5 +13,6 @@ mod durability;
 mod export;
 mod sdk;
 mod time_range;
+mod timeouts;
 mod wal_damage;
 mod zipkin;

@@ -211,7 +211,9 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
 /// (or `traceID=...`, repeated, to fetch several by id).
 pub async fn search(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
-    let ids = params.all("traceID");
+    let mut ids = params.all("traceID");
+    // One answer reads at most MAX_TRACES traces.
+    ids.truncate(crate::params::MAX_TRACES);
     if !ids.is_empty() {
         let ids = match ids
             .iter()

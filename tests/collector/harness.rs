@@ -159,6 +159,15 @@ impl Drop for Collector {
     }
 }
 
+/// The value of the sample `name` (with its labels, as rendered) in a
+/// `/metrics` text; panics when absent.
+pub fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {metrics}"))
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after [`DEADLINE`].
 pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();

@@ -12,16 +12,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use tracemesh_collector::store::SpanReader;
 
 use crate::harness::{
-    Collector, batch, eventually, http_request, now_nanos, random_trace_id, runtime, wait_for_trace,
+    Collector, batch, eventually, http_request, now_nanos, random_trace_id, runtime, sample,
+    wait_for_trace,
 };
 
 const DAY: u64 = 86_400 * 1_000_000_000;
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in {text}"))
-}
 
 fn export(collector: &Collector, request: ExportTraceServiceRequest) -> i64 {
     let url = collector.grpc_url();
@@ -72,13 +67,13 @@ fn a_flood_of_far_future_spans_is_refused_and_makes_no_partition() {
     assert_eq!(reader.partitions().len(), 1, "only today's partition");
     let metrics = collector.metrics();
     assert_eq!(
-        metric(
+        sample(
             &metrics,
             r#"tracemesh_collector_spans_refused_total{reason="out_of_range",receiver="otlp_grpc"}"#
         ),
         1001.0
     );
-    assert_eq!(metric(&metrics, "tracemesh_collector_partitions"), 1.0);
+    assert_eq!(sample(&metrics, "tracemesh_collector_partitions"), 1.0);
 
     // Zipkin has no partial success: the request is answered 400 with the
     // count, and the span is not stored.
@@ -170,7 +165,7 @@ fn the_disk_cap_evicts_the_oldest_data_and_never_the_current_partition() {
 
     // The disk-usage metric counts what `du` counts.
     let reported = eventually("the disk usage metric", || {
-        let value = metric(&restarted.metrics(), "tracemesh_collector_disk_bytes");
+        let value = sample(&restarted.metrics(), "tracemesh_collector_disk_bytes");
         (value > 0.0).then_some(value)
     });
     let measured = du(dir.path()) as f64;

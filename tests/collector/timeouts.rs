@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Collector, batch, http_request, now_nanos, random_trace_id};
+use crate::harness::{Collector, batch, http_request, now_nanos, random_trace_id, sample};
 use prost::Message;
 
 /// Opens a connection and sends `bytes`, leaving the request unfinished.
@@ -33,12 +33,6 @@ fn closed_by_server(mut stream: TcpStream, deadline: Instant) -> Vec<u8> {
             Err(e) => panic!("connection not closed: {e}"),
         }
     }
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in {text}"))
 }
 
 #[test]
@@ -93,19 +87,19 @@ fn unfinished_heads_stalled_bodies_and_idle_connections_are_closed() {
 
     let metrics = collector.metrics();
     assert!(
-        metric(
+        sample(
             &metrics,
             r#"tracemesh_collector_listener_timeouts_total{timeout="read_header"}"#
         ) >= 2000.0
     );
     assert!(
-        metric(
+        sample(
             &metrics,
             r#"tracemesh_collector_listener_timeouts_total{timeout="idle"}"#
         ) >= 3.0
     );
     assert_eq!(
-        metric(
+        sample(
             &metrics,
             r#"tracemesh_collector_spans_refused_total{reason="timeout",receiver="otlp_http"}"#
         ),

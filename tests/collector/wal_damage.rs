@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tracemesh_collector::ids::TraceId;
 use tracemesh_collector::store::SpanReader;
 
-use crate::harness::{Collector, batch, now_nanos, random_trace_id, runtime};
+use crate::harness::{Collector, batch, now_nanos, random_trace_id, runtime, sample};
 
 /// Sends one batch of `spans` spans per trace, in order, each acknowledged.
 fn send(collector: &Collector, traces: &[TraceId], spans: usize) {
@@ -34,12 +34,6 @@ fn segments(data_dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in {text}"))
 }
 
 fn stored(reader: &SpanReader, traces: &[TraceId]) -> Vec<bool> {
@@ -80,7 +74,7 @@ fn four_flipped_bytes_lose_one_batch_of_56_not_55() {
     );
     let metrics = restarted.metrics();
     assert_eq!(
-        metric(&metrics, "tracemesh_collector_wal_lost_records_total"),
+        sample(&metrics, "tracemesh_collector_wal_lost_records_total"),
         1.0
     );
     let reader = SpanReader::open(dir.path()).unwrap();
@@ -133,7 +127,7 @@ fn a_missing_wal_file_is_reported_as_lost_records() {
     );
     let metrics = restarted.metrics();
     assert_eq!(
-        metric(&metrics, "tracemesh_collector_wal_lost_records_total"),
+        sample(&metrics, "tracemesh_collector_wal_lost_records_total"),
         lost as f64
     );
     restarted.stop();

@@ -202,6 +202,7 @@ fn main() {
         mut child,
         grpc,
         http,
+        ..
     } = support::start_collector(data.path(), []);
 
     let now = SystemTime::now()

@@ -84,6 +84,7 @@ fn main() {
         mut child,
         grpc,
         http,
+        ..
     } = support::start_collector(data.path(), extra.split_whitespace());
     let pid = child.id();
 

@@ -1,6 +1,9 @@
 //! What the benchmarks share: a release `tracemesh collector` on port 0
 //! and reading its `/metrics`.
 
+// Each bench uses part of it.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -12,14 +15,22 @@ pub struct Started {
     pub child: Child,
     /// OTLP/gRPC.
     pub grpc: SocketAddr,
+    /// OTLP/HTTP.
+    pub otlp_http: SocketAddr,
     /// `--http`: `/metrics` and the query API.
     pub http: SocketAddr,
+}
+
+/// The `tracemesh` binary benchmarked: this build's, or `BENCH_TRACEMESH`
+/// (another build, to measure before and after a change in one run).
+pub fn tracemesh() -> String {
+    std::env::var("BENCH_TRACEMESH").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tracemesh").into())
 }
 
 /// Starts `tracemesh collector --data-dir DATA` on port 0 everywhere, plus
 /// `extra` flags, and waits for its ready line.
 pub fn start_collector<'a>(data: &Path, extra: impl IntoIterator<Item = &'a str>) -> Started {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tracemesh"))
+    let mut child = Command::new(tracemesh())
         .args(["collector", "--data-dir"])
         .arg(data)
         .args([
@@ -54,6 +65,7 @@ pub fn start_collector<'a>(data: &Path, extra: impl IntoIterator<Item = &'a str>
     };
     Started {
         grpc: addr("otlp_grpc"),
+        otlp_http: addr("otlp_http"),
         http: addr("http"),
         child,
     }

@@ -32,7 +32,12 @@ pub struct CollectorArgs {
     /// Drop partitions older than this, e.g. 7d, 36h [default: 7d].
     #[arg(long)]
     pub retention: Option<HumanDuration>,
-    /// Drop the oldest partitions while the store is larger than this, e.g. 50GiB.
+    /// Refuse spans that start or end further ahead of this machine's clock,
+    /// e.g. 10m, 2h [default: 1h].
+    #[arg(long)]
+    pub max_clock_skew: Option<HumanDuration>,
+    /// Drop the oldest partitions while the data directory takes more than
+    /// this on disk, e.g. 50GiB (the partition holding now is kept).
     #[arg(long)]
     pub max_disk: Option<ByteSize>,
     /// Time span of one partition, e.g. 1d, 6h [default: 1d].
@@ -132,6 +137,7 @@ impl CollectorArgs {
             zipkin => listen.zipkin,
             http => listen.http,
             retention => retention,
+            max_clock_skew => max_clock_skew,
             partition => partition,
             commit_interval => commit_interval,
             ingest_queue_spans => ingest_queue_spans,

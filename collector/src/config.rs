@@ -9,7 +9,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ingest::limits::SpanLimits;
+use crate::serve::ListenTimeouts;
 use crate::units::{ByteSize, HumanDuration};
+
+/// Most partitions the accepted time range may span (retention plus clock
+/// skew over the partition length): each is a tantivy index with its own
+/// files and, while written, its own writer.
+pub const MAX_PARTITIONS: u32 = 1000;
 
 /// Everything a collector needs to start.
 #[derive(Debug, Clone, Deserialize)]
@@ -20,11 +27,20 @@ pub struct CollectorConfig {
     pub data_dir: PathBuf,
     /// Listen addresses (`host:port`, port 0 picks a free one).
     pub listen: ListenConfig,
+    /// Every listener's header-read, body-read and idle timeouts.
+    pub listen_timeouts: ListenTimeouts,
     /// Partitions whose newest possible span is older than this are dropped.
     /// Default `7d`.
     pub retention: HumanDuration,
-    /// When the span store grows past this, the oldest partitions are dropped
-    /// first. Default: no cap.
+    /// How far ahead of the collector's clock a span may start or end.
+    /// Later spans are refused (OTLP partial success, reason `out_of_range`):
+    /// a clock that far off is broken, and such a span would make a
+    /// partition of its own that retention never reaches. Default `1h`.
+    pub max_clock_skew: HumanDuration,
+    /// When the data directory (span partitions and write-ahead log, as
+    /// `du` counts them) grows past this, partitions are dropped, oldest
+    /// first. The partition holding now, and any after it, are never
+    /// dropped for it. Default: no cap.
     pub max_disk: Option<ByteSize>,
     /// The time span of one partition (one tantivy index). Default `1d`.
     pub partition: HumanDuration,
@@ -41,6 +57,9 @@ pub struct CollectorConfig {
     pub index_memory: ByteSize,
     /// A WAL file is closed and a new one started past this size. Default `64MiB`.
     pub wal_segment_size: ByteSize,
+    /// What one span may carry (OpenTelemetry's span limits): attributes
+    /// per span, key and value lengths, events and links.
+    pub span_limits: SpanLimits,
     /// Where received spans and metrics are forwarded. Default none.
     pub exporters: Vec<ExporterConfig>,
 }
@@ -163,7 +182,9 @@ impl Default for CollectorConfig {
         Self {
             data_dir: PathBuf::from("tracemesh-data"),
             listen: ListenConfig::default(),
+            listen_timeouts: ListenTimeouts::default(),
             retention: HumanDuration(Duration::from_secs(7 * 86_400)),
+            max_clock_skew: HumanDuration(Duration::from_secs(3600)),
             max_disk: None,
             partition: HumanDuration(Duration::from_secs(86_400)),
             commit_interval: HumanDuration(Duration::from_secs(1)),
@@ -171,6 +192,7 @@ impl Default for CollectorConfig {
             ingest_queue_spans: 65_536,
             index_memory: ByteSize(128 << 20),
             wal_segment_size: ByteSize(64 << 20),
+            span_limits: SpanLimits::default(),
             exporters: Vec::new(),
         }
     }
@@ -253,11 +275,41 @@ impl CollectorConfig {
         if self.retention.0 < self.partition.0 {
             return invalid("retention", "must be at least one partition long");
         }
+        // Spans are accepted from retention ago to max_clock_skew ahead,
+        // so this bounds the partitions that can exist at once.
+        let partitions = (self.retention.0 + self.max_clock_skew.0).as_secs_f64()
+            / self.partition.0.as_secs_f64();
+        if partitions > MAX_PARTITIONS as f64 {
+            return invalid(
+                "partition",
+                &format!(
+                    "retention plus max_clock_skew spans {partitions:.0} partitions, more than {MAX_PARTITIONS}: make partitions longer"
+                ),
+            );
+        }
+        if self.max_clock_skew.0 > Duration::from_secs(7 * 86_400) {
+            return invalid("max_clock_skew", "must be at most 7d");
+        }
+        let t = &self.listen_timeouts;
+        if [t.read_header_timeout, t.read_body_timeout, t.idle_timeout]
+            .iter()
+            .any(|d| d.0.is_zero())
+        {
+            return invalid("listen_timeouts", "every timeout must be positive");
+        }
         if self.commit_interval.0.is_zero() {
             return invalid("commit_interval", "must be positive");
         }
         if self.ingest_queue_spans == 0 {
             return invalid("ingest_queue_spans", "must be positive");
+        }
+        if self.span_limits.attribute_key_length_limit == 0
+            || self.span_limits.attribute_value_length_limit == 0
+        {
+            return invalid(
+                "span_limits",
+                "attribute_key_length_limit and attribute_value_length_limit must be positive",
+            );
         }
         if self.index_memory.0 < 16 << 20 {
             return invalid("index_memory", "must be at least 16MiB");

@@ -7,6 +7,8 @@ use std::time::Duration;
 use http::StatusCode;
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::metrics::Refusal;
+
 /// How long a refused sender is asked to wait before retrying.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -31,6 +33,9 @@ pub enum IngestError {
     /// The WAL could not take the batch, or the collector is stopping.
     #[error("collector unavailable: {0}")]
     Unavailable(String),
+    /// The request body did not arrive within the body-read timeout.
+    #[error("request body not received within {0:?}")]
+    Timeout(Duration),
 }
 
 impl IngestError {
@@ -42,6 +47,7 @@ impl IngestError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -57,6 +63,7 @@ impl IngestError {
             Self::TooLarge { .. } => tonic::Code::ResourceExhausted,
             Self::QueueFull => tonic::Code::ResourceExhausted,
             Self::Unavailable(_) => tonic::Code::Unavailable,
+            Self::Timeout(_) => tonic::Code::DeadlineExceeded,
         }
     }
 
@@ -75,13 +82,14 @@ impl IngestError {
 
 impl IngestError {
     /// The `reason` label of `tracemesh_collector_spans_refused_total`.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Refusal {
         match self {
-            Self::Malformed(_) => "malformed",
-            Self::TooLarge { .. } => "too_large",
-            Self::UnsupportedMediaType(_) => "unsupported",
-            Self::QueueFull => "queue_full",
-            Self::Unavailable(_) => "unavailable",
+            Self::Malformed(_) => Refusal::Malformed,
+            Self::TooLarge { .. } => Refusal::TooLarge,
+            Self::UnsupportedMediaType(_) => Refusal::Unsupported,
+            Self::QueueFull => Refusal::QueueFull,
+            Self::Unavailable(_) => Refusal::Unavailable,
+            Self::Timeout(_) => Refusal::Timeout,
         }
     }
 }

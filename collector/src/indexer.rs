@@ -10,34 +10,30 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::edges::EdgeLinker;
-use crate::ingest::IngestQueue;
-use crate::metrics::Metrics;
+use crate::events;
+use crate::handoff::{IndexItem, IngestQueue};
+use crate::metrics::{Metrics, PartitionDrop};
 use crate::spanmetrics::SpanMetrics;
-use crate::store::{PartitionId, PreparedDocs, SpanStore};
-
-/// A durable batch on its way to the index: the request (for span metrics)
-/// and its documents, built by the receiver.
-pub struct IndexItem {
-    /// The request as accepted.
-    pub batch: Arc<ExportTraceServiceRequest>,
-    /// Its documents, by partition.
-    pub docs: PreparedDocs,
-    /// Spans it holds (its room in the ingest queue).
-    pub spans: usize,
-}
+use crate::store::partition::disk_usage;
+use crate::store::{PartitionId, SpanStore, TimeWindow};
 
 /// How often retention and the disk cap are checked.
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
 
 /// What the indexer enforces.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// Commit interval.
     pub commit_interval: Duration,
     /// Partitions ending before now minus this are dropped.
     pub retention: Duration,
-    /// The store's size cap, in bytes.
+    /// Partitions starting after now plus this are out of range: their
+    /// spans are not indexed, and partitions left from before are dropped.
+    pub max_clock_skew: Duration,
+    /// The data directory's size cap, in bytes.
     pub max_disk: Option<u64>,
+    /// The data directory (measured for `max_disk`).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The indexer's state.
@@ -68,25 +64,31 @@ fn now_seconds() -> u64 {
 }
 
 impl Indexer {
-    /// The first second still inside the retention window.
-    pub fn oldest_start(&self) -> u64 {
-        now_seconds().saturating_sub(self.policy.retention.as_secs())
+    /// The partitions spans may be indexed into now.
+    pub fn window(&self) -> TimeWindow {
+        let now = now_seconds();
+        TimeWindow {
+            oldest: now.saturating_sub(self.policy.retention.as_secs()),
+            newest: now.saturating_add(self.policy.max_clock_skew.as_secs()),
+        }
     }
 
     /// Adds one live batch whose documents the receiver prepared.
     pub fn apply_prepared(&mut self, seq: u64, mut item: IndexItem) {
         let now = Instant::now();
-        let oldest = self.oldest_start();
+        let window = self.window();
         let length = self.store.partition_length();
         self.edges
             .annotate(&item.batch.resource_spans, &mut item.docs, length);
-        if let Err(error) = self.store.apply_prepared(seq, item.docs, oldest) {
-            self.metrics.index_errors.inc();
+        if let Err(error) = self.store.apply_prepared(seq, item.docs, window) {
             self.first_failed.get_or_insert(seq);
-            tracing::error!(%error, seq, "spans not indexed, they stay in the wal until a restart replays them");
+            events::index_failed(&self.metrics, seq, &error);
         }
         crate::store::document::for_each_span(&item.batch.resource_spans, |span| {
-            if PartitionId::containing(span.span.start_time_unix_nano, length).end() > oldest {
+            if window.admits(PartitionId::containing(
+                span.span.start_time_unix_nano,
+                length,
+            )) {
                 self.span_metrics.observe(span, now);
             }
         });
@@ -96,7 +98,7 @@ impl Indexer {
     /// the record it was decoded from.
     pub fn apply(&mut self, seq: u64, batch: &ExportTraceServiceRequest, encoded: &[u8]) {
         let now = Instant::now();
-        let oldest = self.oldest_start();
+        let window = self.window();
         let span_metrics = &mut self.span_metrics;
         let edges = &mut self.edges;
         let length = self.store.partition_length();
@@ -105,13 +107,12 @@ impl Indexer {
             seq,
             spans,
             Some(encoded),
-            oldest,
+            window,
             |docs| edges.annotate(spans, docs, length),
             |span| span_metrics.observe(span, now),
         ) {
-            self.metrics.index_errors.inc();
             self.first_failed.get_or_insert(seq);
-            tracing::error!(%error, seq, "spans not indexed, they stay in the wal until a restart replays them");
+            events::index_failed(&self.metrics, seq, &error);
         }
     }
 
@@ -119,43 +120,45 @@ impl Indexer {
     pub fn commit(&mut self) {
         match self.store.commit() {
             Ok(seq) => self.checkpoint.store(self.covered(seq), Ordering::Release),
-            Err(error) => {
-                self.metrics.index_errors.inc();
-                tracing::error!(%error, "index commit failed, the wal keeps the spans");
-            }
+            Err(error) => events::commit_failed(&self.metrics, &error),
         }
     }
 
-    /// Drops partitions past retention, then the oldest while over the cap.
+    /// Drops partitions past retention and partitions out of range ahead
+    /// of now, then, while the data directory is over `max_disk`, the
+    /// oldest partitions that lie wholly in the past: the one holding now
+    /// (and any after it) is current data and is never evicted, whatever
+    /// else the store holds. Updates the disk-usage gauge.
     pub fn enforce_retention(&mut self) {
-        let oldest = self.oldest_start();
-        let mut sizes = self.store.sizes();
-        for (id, bytes) in sizes.clone() {
-            if id.end() <= oldest {
-                self.drop_partition(id, "retention", bytes);
+        let window = self.window();
+        for (id, bytes) in self.store.sizes() {
+            if id.end() <= window.oldest {
+                self.drop_partition(id, PartitionDrop::Retention, bytes);
+            } else if id.start > window.newest {
+                self.drop_partition(id, PartitionDrop::OutOfRange, bytes);
             }
         }
-        sizes.retain(|(id, _)| id.end() > oldest);
-        let mut total: u64 = sizes.iter().map(|(_, b)| b).sum();
+        let mut total = disk_usage(&self.policy.data_dir);
         if let Some(cap) = self.policy.max_disk {
-            while total > cap && sizes.len() > 1 {
-                let (id, bytes) = sizes.remove(0);
-                self.drop_partition(id, "max_disk", bytes);
-                total -= bytes;
+            let now = now_seconds();
+            // Oldest first (partitions sort by start).
+            for (id, bytes) in self.store.sizes() {
+                if total <= cap || id.end() > now {
+                    break;
+                }
+                self.drop_partition(id, PartitionDrop::MaxDisk, bytes);
+                total = disk_usage(&self.policy.data_dir);
+            }
+            if total > cap {
+                events::over_disk_cap(total, cap);
             }
         }
         self.metrics.disk_bytes.set(total as i64);
     }
 
-    fn drop_partition(&mut self, id: PartitionId, reason: &'static str, bytes: u64) {
+    fn drop_partition(&mut self, id: PartitionId, reason: PartitionDrop, bytes: u64) {
         match self.store.drop_partition(id) {
-            Ok(()) => {
-                self.metrics
-                    .partitions_dropped
-                    .with_label_values(&[reason])
-                    .inc();
-                tracing::info!(partition = %id.dir_name(), reason, bytes, "partition dropped");
-            }
+            Ok(()) => events::partition_dropped(&self.metrics, id, reason, bytes),
             Err(error) => {
                 tracing::error!(%error, partition = %id.dir_name(), "partition not dropped")
             }

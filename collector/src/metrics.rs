@@ -12,22 +12,172 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The `receiver` label's values.
-pub const RECEIVERS: [&str; 3] = ["otlp_grpc", "otlp_http", "zipkin"];
+/// Which receiver spans came in on: the `receiver` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receiver {
+    /// OTLP over gRPC.
+    OtlpGrpc,
+    /// OTLP over HTTP.
+    OtlpHttp,
+    /// Zipkin v2 JSON.
+    Zipkin,
+}
 
-/// The `reason` label's values of `tracemesh_collector_spans_refused_total`
-/// (see `IngestError::reason`, plus `invalid` for spans failing validation).
-pub const REFUSAL_REASONS: [&str; 6] = [
-    "malformed",
-    "too_large",
-    "unsupported",
-    "queue_full",
-    "unavailable",
-    "invalid",
-];
+impl Receiver {
+    /// Every value, for series that start at zero.
+    pub const ALL: [Self; 3] = [Self::OtlpGrpc, Self::OtlpHttp, Self::Zipkin];
 
-/// The `reason` label's values of `tracemesh_collector_partitions_dropped_total`.
-pub const DROP_REASONS: [&str; 2] = ["retention", "max_disk"];
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::OtlpGrpc => "otlp_grpc",
+            Self::OtlpHttp => "otlp_http",
+            Self::Zipkin => "zipkin",
+        }
+    }
+}
+
+/// Why spans were refused: the `reason` label of
+/// `tracemesh_collector_spans_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The body is not valid protobuf, JSON or gzip.
+    Malformed,
+    /// The body is larger than `max_request_size`.
+    TooLarge,
+    /// A content type or encoding the endpoint does not speak.
+    Unsupported,
+    /// The ingest queue is full (the sender retries).
+    QueueFull,
+    /// The WAL could not take the batch.
+    Unavailable,
+    /// The request body did not arrive within the body-read timeout.
+    Timeout,
+    /// A span failed validation (ids) and was left out of its batch.
+    Invalid,
+    /// A span's times are outside what the store keeps: before retention,
+    /// or ahead of the clock by more than `max_clock_skew`.
+    OutOfRange,
+}
+
+impl Refusal {
+    /// Every value, for series that start at zero.
+    pub const ALL: [Self; 8] = [
+        Self::Malformed,
+        Self::TooLarge,
+        Self::Unsupported,
+        Self::QueueFull,
+        Self::Unavailable,
+        Self::Timeout,
+        Self::Invalid,
+        Self::OutOfRange,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::TooLarge => "too_large",
+            Self::Unsupported => "unsupported",
+            Self::QueueFull => "queue_full",
+            Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
+            Self::Invalid => "invalid",
+            Self::OutOfRange => "out_of_range",
+        }
+    }
+}
+
+/// Which span limit removed or cut something: the `limit` label of
+/// `tracemesh_collector_span_limited_total` (see
+/// [`crate::ingest::limits::SpanLimits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanLimit {
+    /// Attributes past `attribute_count_limit`, dropped.
+    AttributeCount,
+    /// Attributes with a key past `attribute_key_length_limit`, dropped.
+    AttributeKeyLength,
+    /// Values past `attribute_value_length_limit`, truncated.
+    AttributeValueLength,
+    /// Events past `event_count_limit`, dropped.
+    EventCount,
+    /// Links past `link_count_limit`, dropped.
+    LinkCount,
+}
+
+impl SpanLimit {
+    /// Every value, for series that start at zero.
+    pub const ALL: [Self; 5] = [
+        Self::AttributeCount,
+        Self::AttributeKeyLength,
+        Self::AttributeValueLength,
+        Self::EventCount,
+        Self::LinkCount,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AttributeCount => "attribute_count",
+            Self::AttributeKeyLength => "attribute_key_length",
+            Self::AttributeValueLength => "attribute_value_length",
+            Self::EventCount => "event_count",
+            Self::LinkCount => "link_count",
+        }
+    }
+}
+
+/// Which listener timeout closed a connection: the `timeout` label of
+/// `tracemesh_collector_listener_timeouts_total` (a body-read timeout
+/// answers its request instead, counted as a refusal with reason
+/// `timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerTimeout {
+    /// An HTTP/1.1 request head not received in time.
+    ReadHeader,
+    /// No request in flight for the idle timeout.
+    Idle,
+}
+
+impl ListenerTimeout {
+    /// Every value, for series that start at zero.
+    pub const ALL: [Self; 2] = [Self::ReadHeader, Self::Idle];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ReadHeader => "read_header",
+            Self::Idle => "idle",
+        }
+    }
+}
+
+/// Why a partition was dropped: the `reason` label of
+/// `tracemesh_collector_partitions_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionDrop {
+    /// All of it is older than the retention window.
+    Retention,
+    /// The store was over `max_disk`.
+    MaxDisk,
+    /// It starts further ahead of now than clock skew explains (written
+    /// before such spans were refused).
+    OutOfRange,
+}
+
+impl PartitionDrop {
+    /// Every value, for series that start at zero.
+    pub const ALL: [Self; 3] = [Self::Retention, Self::MaxDisk, Self::OutOfRange];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Retention => "retention",
+            Self::MaxDisk => "max_disk",
+            Self::OutOfRange => "out_of_range",
+        }
+    }
+}
 
 /// Every self-metric of the collector.
 #[derive(Clone)]
@@ -40,6 +190,10 @@ pub struct Metrics {
     pub spans_accepted: IntCounterVec,
     /// Spans refused, by receiver and reason.
     pub spans_refused: IntCounterVec,
+    /// Attributes, events and links dropped, and values cut, by span limit.
+    pub span_limited: IntCounterVec,
+    /// Connections closed by a listener timeout, by timeout.
+    pub listener_timeouts: IntCounterVec,
     /// OTLP metric data points received, by receiver.
     pub metric_points_received: IntCounterVec,
     /// Spans acknowledged and not yet handed to the index (the ingest queue).
@@ -54,6 +208,8 @@ pub struct Metrics {
     pub wal_segments: IntGauge,
     /// Bytes cut from a torn or corrupt WAL on recovery.
     pub wal_cut_bytes: IntCounter,
+    /// Acknowledged records lost to WAL damage or a missing WAL file.
+    pub wal_lost_records: IntCounter,
     /// Records replayed from the WAL on start.
     pub wal_replayed_records: IntCounter,
     /// Spans added to the index.
@@ -64,7 +220,7 @@ pub struct Metrics {
     pub index_errors: IntCounter,
     /// Partitions in the store.
     pub partitions: IntGauge,
-    /// Bytes used by the span store.
+    /// Bytes the data directory takes on disk (as `du` counts them).
     pub disk_bytes: IntGauge,
     /// Partitions dropped, by reason (`retention`, `max_disk`).
     pub partitions_dropped: IntCounterVec,
@@ -108,6 +264,16 @@ impl Metrics {
                 "Spans refused, by receiver and reason.",
                 &["receiver", "reason"],
             )?,
+            span_limited: counter(
+                "tracemesh_collector_span_limited_total",
+                "Attributes, events and links dropped, and attribute values truncated, by the span limit that applied.",
+                &["limit"],
+            )?,
+            listener_timeouts: counter(
+                "tracemesh_collector_listener_timeouts_total",
+                "Connections closed by a listener timeout (read_header, idle).",
+                &["timeout"],
+            )?,
             metric_points_received: counter(
                 "tracemesh_collector_metric_points_received_total",
                 "OTLP metric data points received, by receiver.",
@@ -137,6 +303,10 @@ impl Metrics {
                 "tracemesh_collector_wal_cut_bytes_total",
                 "Bytes cut from a torn or corrupt write-ahead log on recovery.",
             )?,
+            wal_lost_records: IntCounter::new(
+                "tracemesh_collector_wal_lost_records_total",
+                "Acknowledged write-ahead log records lost to damage or a missing file, found on recovery.",
+            )?,
             wal_replayed_records: IntCounter::new(
                 "tracemesh_collector_wal_replayed_records_total",
                 "Write-ahead log records replayed on start.",
@@ -159,7 +329,7 @@ impl Metrics {
             )?,
             disk_bytes: IntGauge::new(
                 "tracemesh_collector_disk_bytes",
-                "Bytes used by the span store.",
+                "Bytes the data directory (span store and write-ahead log) takes on disk, as du counts them.",
             )?,
             partitions_dropped: counter(
                 "tracemesh_collector_partitions_dropped_total",
@@ -210,16 +380,23 @@ impl Metrics {
     /// event hides that event from `rate()` and makes dashboards and alerts
     /// on a healthy collector show no data instead of 0.
     fn start_at_zero(&self) {
-        for receiver in RECEIVERS {
+        for receiver in Receiver::ALL.map(Receiver::label) {
             self.spans_received.with_label_values(&[receiver]);
             self.spans_accepted.with_label_values(&[receiver]);
             self.metric_points_received.with_label_values(&[receiver]);
-            for reason in REFUSAL_REASONS {
-                self.spans_refused.with_label_values(&[receiver, reason]);
+            for reason in Refusal::ALL {
+                self.spans_refused
+                    .with_label_values(&[receiver, reason.label()]);
             }
         }
-        for reason in DROP_REASONS {
-            self.partitions_dropped.with_label_values(&[reason]);
+        for limit in SpanLimit::ALL {
+            self.span_limited.with_label_values(&[limit.label()]);
+        }
+        for timeout in ListenerTimeout::ALL {
+            self.listener_timeouts.with_label_values(&[timeout.label()]);
+        }
+        for reason in PartitionDrop::ALL {
+            self.partitions_dropped.with_label_values(&[reason.label()]);
         }
     }
 
@@ -228,6 +405,8 @@ impl Metrics {
         r.register(Box::new(self.spans_received.clone()))?;
         r.register(Box::new(self.spans_accepted.clone()))?;
         r.register(Box::new(self.spans_refused.clone()))?;
+        r.register(Box::new(self.span_limited.clone()))?;
+        r.register(Box::new(self.listener_timeouts.clone()))?;
         r.register(Box::new(self.metric_points_received.clone()))?;
         r.register(Box::new(self.ingest_queue_spans.clone()))?;
         r.register(Box::new(self.wal_bytes.clone()))?;
@@ -235,6 +414,7 @@ impl Metrics {
         r.register(Box::new(self.wal_fsync_seconds.clone()))?;
         r.register(Box::new(self.wal_segments.clone()))?;
         r.register(Box::new(self.wal_cut_bytes.clone()))?;
+        r.register(Box::new(self.wal_lost_records.clone()))?;
         r.register(Box::new(self.wal_replayed_records.clone()))?;
         r.register(Box::new(self.index_spans.clone()))?;
         r.register(Box::new(self.index_commit_seconds.clone()))?;
@@ -284,9 +464,10 @@ mod tests {
             IngestError::UnsupportedMediaType("x".into()),
             IngestError::QueueFull,
             IngestError::Unavailable("x".into()),
+            IngestError::Timeout(std::time::Duration::from_secs(1)),
         ];
         for error in errors {
-            assert!(REFUSAL_REASONS.contains(&error.reason()), "{error}");
+            assert!(Refusal::ALL.contains(&error.reason()), "{error}");
         }
         let text = Metrics::new().unwrap().render();
         assert!(text.contains(

@@ -10,16 +10,17 @@ use std::sync::mpsc;
 
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::CollectorConfig;
+use crate::events;
 use crate::export::{ExportConfigError, Exporters};
+use crate::handoff::IngestQueue;
 use crate::indexer::{Indexer, Policy};
-use crate::ingest::{Ingest, IngestQueue};
+use crate::ingest::{Ingest, IngestParts};
 use crate::metrics::Metrics;
 use crate::otlp_metrics::OtlpMetrics;
 use crate::receiver;
@@ -77,36 +78,31 @@ impl Collector {
     pub fn open(config: CollectorConfig) -> Result<Self, CollectorError> {
         let metrics = Metrics::new()?;
         let span_metrics = SpanMetrics::new(&metrics.registry)?;
-        let wal_dir = config.data_dir.join("wal");
-        let recovered = wal::recover(&wal_dir, &metrics)?;
         let store = SpanStore::open(
             &config.data_dir,
             config.partition.0.as_secs(),
             config.index_memory.0 as usize,
             metrics.clone(),
         )?;
+        let wal_dir = config.data_dir.join("wal");
+        let recovered = wal::recover(&wal_dir, store.max_committed_seq(), &metrics)?;
         let next_seq = recovered.last_seq.max(store.max_committed_seq()) + 1;
-        let fields = crate::store::schema::SpanFields::of(&crate::store::schema::build()).map_err(
-            |source| StoreError::Index {
-                path: config.data_dir.clone(),
-                source,
-            },
-        )?;
         let mut indexer = Indexer {
+            edges: crate::edges::EdgeLinker::new(store.fields()),
             store,
             span_metrics,
-            edges: crate::edges::EdgeLinker::new(fields),
             queue: Arc::new(IngestQueue::new(config.ingest_queue_spans)),
             checkpoint: Arc::new(AtomicU64::new(0)),
             metrics: metrics.clone(),
             policy: Policy {
                 commit_interval: config.commit_interval.0,
                 retention: config.retention.0,
+                max_clock_skew: config.max_clock_skew.0,
                 max_disk: config.max_disk.map(|b| b.0),
+                data_dir: config.data_dir.clone(),
             },
             first_failed: None,
         };
-        indexer.enforce_retention();
         let mut replayed = 0u64;
         let mut undecodable = 0u64;
         for segment in &recovered.segments {
@@ -119,7 +115,7 @@ impl Collector {
                     }
                     Err(error) => {
                         undecodable += 1;
-                        tracing::error!(%error, seq, "wal record undecodable, skipped");
+                        events::wal_record_undecodable(&metrics, seq, &error);
                     }
                 },
             )?;
@@ -131,6 +127,8 @@ impl Collector {
         }
         // Only what the index now holds may leave the WAL.
         wal::delete_covered(&recovered.segments, indexer.checkpoint())?;
+        // After replay, so what it added counts against the disk cap.
+        indexer.enforce_retention();
         Ok(Self {
             config,
             metrics,
@@ -189,6 +187,8 @@ impl Collector {
             next_seq,
         } = self;
         let queue = indexer.queue.clone();
+        let fields = indexer.store.fields();
+        let partition_length = indexer.store.partition_length();
         let (durable_tx, durable_rx) = mpsc::channel();
         let options = wal::WriterOptions {
             dir: config.data_dir.join("wal"),
@@ -203,23 +203,19 @@ impl Collector {
         let exporters = Exporters::start(&config.exporters, &metrics)?;
         let draining = exporters.clone();
         let otlp_metrics = Arc::new(OtlpMetrics::default());
-        let fields = crate::store::schema::SpanFields::of(&crate::store::schema::build()).map_err(
-            |source| StoreError::Index {
-                path: config.data_dir.clone(),
-                source,
-            },
-        )?;
-        let ingest = Ingest::new(
+        let ingest = Ingest::new(IngestParts {
             wal,
             fields,
-            config.partition.0.as_secs(),
+            partition_length,
             queue,
             exporters,
-            otlp_metrics.clone(),
-            metrics.clone(),
-            config.retention.0,
-            config.max_request_size.0 as usize,
-        );
+            otlp_metrics: otlp_metrics.clone(),
+            metrics: metrics.clone(),
+            retention: config.retention.0,
+            max_clock_skew: config.max_clock_skew.0,
+            max_request_size: config.max_request_size.0 as usize,
+            span_limits: config.span_limits,
+        });
 
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -252,23 +248,13 @@ impl Collector {
         drop(ingest);
         let mut tasks = Vec::new();
         for (listener, router) in servers {
-            let mut stop = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                };
-                // Replies are small writes (headers, body, gRPC trailers):
-                // without TCP_NODELAY the last waits for the peer's delayed
-                // ACK, about 40 ms on every request of a kept-alive connection.
-                let listener = listener.tap_io(|stream| {
-                    if let Err(error) = stream.set_nodelay(true) {
-                        tracing::debug!(%error, "TCP_NODELAY not set");
-                    }
-                });
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }));
+            tasks.push(tokio::spawn(crate::serve::serve(
+                listener,
+                router,
+                config.listen_timeouts,
+                metrics.clone(),
+                stop.clone(),
+            )));
         }
         tracing::info!(
             otlp_grpc = %grpc_addr,
@@ -287,10 +273,8 @@ impl Collector {
         signal.await;
         tracing::info!("collector stopping");
         for task in tasks {
-            match task.await {
-                Ok(Err(error)) => tracing::warn!(%error, "server stopped with an error"),
-                Err(error) => tracing::warn!(%error, "server task failed"),
-                Ok(Ok(())) => {}
+            if let Err(error) = task.await {
+                tracing::warn!(%error, "server task failed");
             }
         }
         // Give the exporters a moment to deliver what they hold.

@@ -223,19 +223,17 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
             tags::apply(&mut spans, "query.attributes", &key, &value)?;
         }
     }
-    let limit = match params.get_any(&[
-        "query.searchDepth",
-        "query.search_depth",
-        "query.num_traces",
-    ]) {
-        Some((param, text)) => text
-            .parse::<usize>()
-            .map_err(|e| QueryError::param(param, e))?,
-        None => DEFAULT_SEARCH_DEPTH,
-    };
+    let limit = params.limit(
+        &[
+            "query.searchDepth",
+            "query.search_depth",
+            "query.num_traces",
+        ],
+        DEFAULT_SEARCH_DEPTH,
+    )?;
     Ok(TraceSearch {
         spans,
-        limit: limit.max(1),
+        limit,
         sort: Sort::Newest,
     })
 }
@@ -379,6 +377,7 @@ async fn transform(State(state): State<AppState>, body: Bytes) -> Response {
                     traces.push(Trace {
                         trace_id,
                         spans: Vec::new(),
+                        omitted_spans: 0,
                     });
                     traces.len() - 1
                 });

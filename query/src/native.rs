@@ -386,7 +386,7 @@ fn sort(params: &Params) -> Result<Sort, QueryError> {
 async fn traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     run(state, raw, "v1_traces", |engine, params| {
         let (spans, _, _) = filter(params, None)?;
-        let limit = params.int::<usize>("limit")?.unwrap_or(20).clamp(1, 1000);
+        let limit = params.limit(&["limit"], 20)?;
         let sort = sort(params)?;
         let traces = engine.search(&TraceSearch { spans, limit, sort })?;
         Ok(json!({"traces": traces.iter().map(summary).collect::<Vec<_>>()}))

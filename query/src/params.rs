@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use crate::error::QueryError;
 
+/// Most traces one answer holds: a larger `limit` (or `query.num_traces`,
+/// `query.searchDepth`) is lowered to it, so one request cannot make the
+/// service read and serialise an unbounded number of traces.
+pub const MAX_TRACES: usize = 1000;
+
 /// A request's query string, decoded.
 #[derive(Debug, Clone, Default)]
 pub struct Params(Vec<(String, String)>);
@@ -57,6 +62,18 @@ impl Params {
         self.get(name)
             .map(|v| v.parse::<T>().map_err(|e| QueryError::param(name, e)))
             .transpose()
+    }
+
+    /// How many traces to answer with: the first non-empty value of any of
+    /// `names` (or `default`), kept within 1..=[`MAX_TRACES`].
+    pub fn limit(&self, names: &[&str], default: usize) -> Result<usize, QueryError> {
+        let limit = match self.get_any(names) {
+            Some((name, text)) => text
+                .parse::<usize>()
+                .map_err(|e| QueryError::param(name, e))?,
+            None => default,
+        };
+        Ok(limit.clamp(1, MAX_TRACES))
     }
 
     /// A boolean parameter (Go's `strconv.ParseBool` spellings).
@@ -136,6 +153,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_are_capped() {
+        let params = Params::parse(Some("limit=1000000&query.num_traces=0"));
+        assert_eq!(params.limit(&["limit"], 20).unwrap(), MAX_TRACES);
+        assert_eq!(params.limit(&["query.num_traces"], 20).unwrap(), 1);
+        assert_eq!(params.limit(&["absent"], 20).unwrap(), 20);
+        let error = Params::parse(Some("limit=-1"))
+            .limit(&["limit"], 20)
+            .unwrap_err();
+        assert!(error.to_string().contains("'limit'"), "{error}");
+    }
 
     #[test]
     fn go_durations() {

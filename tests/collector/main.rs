@@ -6,9 +6,13 @@
 
 mod harness;
 
+mod attributes;
 mod backpressure;
 mod bad_input;
 mod durability;
 mod export;
 mod sdk;
+mod time_range;
+mod timeouts;
+mod wal_damage;
 mod zipkin;

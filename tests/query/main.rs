@@ -10,6 +10,7 @@
 mod harness;
 
 mod api;
+mod bounds;
 mod browser;
 mod cli;
 mod data;

@@ -19,8 +19,8 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::sync::Notify;
 
 use crate::config::{ExportProtocol, ExporterConfig};
-use crate::ingest::validate::span_count;
 use crate::metrics::Metrics;
+use crate::store::document::span_count;
 
 pub use jaeger::to_jaeger;
 

@@ -3,9 +3,11 @@
 
 pub mod decode;
 mod lenient;
+pub mod limits;
 pub mod validate;
 pub mod zipkin;
 
 mod pipeline;
 
-pub use pipeline::{Accepted, Ingest, IngestQueue, Receiver};
+pub use crate::metrics::Receiver;
+pub use pipeline::{Accepted, Ingest, IngestParts};

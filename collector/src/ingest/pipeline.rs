@@ -1,43 +1,24 @@
 //! The ingest path shared by every receiver.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
+use super::limits::SpanLimits;
 use super::validate;
 use crate::error::IngestError;
+use crate::events;
 use crate::export::Exporters;
-use crate::indexer::IndexItem;
-use crate::metrics::Metrics;
+use crate::handoff::{IndexItem, IngestQueue};
+use crate::metrics::{Metrics, Receiver};
 use crate::otlp_metrics::OtlpMetrics;
 use crate::store::SpanStore;
+use crate::store::document::span_count;
 use crate::store::schema::SpanFields;
 use crate::wal::WalHandle;
-
-/// Which receiver a request came in on (the `receiver` metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Receiver {
-    /// OTLP over gRPC.
-    OtlpGrpc,
-    /// OTLP over HTTP.
-    OtlpHttp,
-    /// Zipkin v2 JSON.
-    Zipkin,
-}
-
-impl Receiver {
-    fn label(self) -> &'static str {
-        match self {
-            Self::OtlpGrpc => "otlp_grpc",
-            Self::OtlpHttp => "otlp_http",
-            Self::Zipkin => "zipkin",
-        }
-    }
-}
 
 /// What became of an accepted request: OTLP's partial success.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,91 +29,54 @@ pub struct Accepted {
     pub message: String,
 }
 
-/// The ingest queue: spans acknowledged but not yet in the index. A batch
-/// is admitted only if it fits, so memory stays bounded whatever senders do.
-#[derive(Debug)]
-pub struct IngestQueue {
-    spans: AtomicUsize,
-    capacity: usize,
-}
-
-impl IngestQueue {
-    /// A queue of `capacity` spans.
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            spans: AtomicUsize::new(0),
-            capacity,
-        }
-    }
-
-    /// Takes room for `n` spans; a batch larger than the whole queue is
-    /// admitted only when the queue is empty.
-    fn try_admit(&self, n: usize) -> bool {
-        self.spans
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used == 0 || used + n <= self.capacity).then_some(used + n)
-            })
-            .is_ok()
-    }
-
-    /// Gives back room for `n` spans (they are in the index now).
-    pub fn release(&self, n: usize) -> usize {
-        self.spans.fetch_sub(n, Ordering::AcqRel) - n
-    }
-
-    fn used(&self) -> usize {
-        self.spans.load(Ordering::Acquire)
-    }
+/// Everything the ingest path is built from.
+pub struct IngestParts {
+    /// Where accepted batches are made durable (and handed to the indexer).
+    pub wal: WalHandle<IndexItem>,
+    /// The store's fields, to build each batch's documents on the receiver's thread.
+    pub fields: SpanFields,
+    /// The partition length, in seconds.
+    pub partition_length: u64,
+    /// Spans acknowledged and not yet indexed, bounded.
+    pub queue: Arc<IngestQueue>,
+    /// Where accepted spans and metrics are forwarded.
+    pub exporters: Exporters,
+    /// Received OTLP metrics, re-exposed on `/metrics`.
+    pub otlp_metrics: Arc<OtlpMetrics>,
+    /// Self-metrics.
+    pub metrics: Metrics,
+    /// Spans that started before now minus this are refused.
+    pub retention: Duration,
+    /// Spans that start or end after now plus this are refused.
+    pub max_clock_skew: Duration,
+    /// Largest decompressed body, in bytes.
+    pub max_request_size: usize,
+    /// What one span may carry.
+    pub span_limits: SpanLimits,
 }
 
 /// The shared ingest path. Cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
-    wal: WalHandle<IndexItem>,
-    fields: SpanFields,
-    partition_length: u64,
-    queue: Arc<IngestQueue>,
-    exporters: Exporters,
-    otlp_metrics: Arc<OtlpMetrics>,
-    metrics: Metrics,
-    retention: Duration,
-    /// Largest decompressed body, in bytes.
-    pub max_request_size: usize,
+    parts: Arc<IngestParts>,
 }
 
 impl Ingest {
     /// Assembles the path.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        wal: WalHandle<IndexItem>,
-        fields: SpanFields,
-        partition_length: u64,
-        queue: Arc<IngestQueue>,
-        exporters: Exporters,
-        otlp_metrics: Arc<OtlpMetrics>,
-        metrics: Metrics,
-        retention: Duration,
-        max_request_size: usize,
-    ) -> Self {
+    pub fn new(parts: IngestParts) -> Self {
         Self {
-            wal,
-            fields,
-            partition_length,
-            queue,
-            exporters,
-            otlp_metrics,
-            metrics,
-            retention,
-            max_request_size,
+            parts: Arc::new(parts),
         }
     }
 
-    /// Counts a request refused before it was decoded.
+    /// Largest decompressed body, in bytes.
+    pub fn max_request_size(&self) -> usize {
+        self.parts.max_request_size
+    }
+
+    /// Counts (and logs) a request refused before it was decoded.
     pub fn refused(&self, receiver: Receiver, error: &IngestError) {
-        self.metrics
-            .spans_refused
-            .with_label_values(&[receiver.label(), error.reason()])
-            .inc();
+        events::request_refused(&self.parts.metrics, receiver, error);
     }
 
     /// Validates, admits and durably appends a trace request; returns once
@@ -145,23 +89,29 @@ impl Ingest {
         mut request: ExportTraceServiceRequest,
         raw: Option<bytes::Bytes>,
     ) -> Result<Accepted, IngestError> {
+        let parts = &*self.parts;
         let label = receiver.label();
-        let received = validate::span_count(&request.resource_spans);
-        self.metrics
+        let received = span_count(&request.resource_spans);
+        parts
+            .metrics
             .spans_received
             .with_label_values(&[label])
             .inc_by(received);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let oldest = now.saturating_sub(self.retention).as_nanos() as u64;
-        let rejected = validate::retain_valid(&mut request.resource_spans, oldest);
-        if rejected.count > 0 {
-            self.metrics
-                .spans_refused
-                .with_label_values(&[label, "invalid"])
-                .inc_by(rejected.count);
-        }
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let bounds = validate::TimeBounds {
+            oldest_start: nanos(now.saturating_sub(parts.retention)),
+            newest: nanos(now.saturating_add(parts.max_clock_skew)),
+        };
+        let rejected = validate::retain_valid(&mut request.resource_spans, bounds);
+        events::spans_rejected(&parts.metrics, receiver, &rejected);
+        let limited = parts.span_limits.apply(&mut request.resource_spans);
+        events::span_limits_applied(&parts.metrics, receiver, &limited);
+        // The bytes as received hold exactly the accepted spans only if
+        // nothing was removed or cut.
+        let raw = raw.filter(|_| rejected.count == 0 && !limited.any());
         let accepted = received - rejected.count;
         if accepted == 0 {
             return Ok(Accepted {
@@ -169,24 +119,26 @@ impl Ingest {
                 message: rejected.message,
             });
         }
-        if !self.queue.try_admit(accepted as usize) {
-            self.metrics
-                .spans_refused
-                .with_label_values(&[label, "queue_full"])
-                .inc_by(accepted);
-            return Err(IngestError::QueueFull);
+        let refuse = |error: IngestError| {
+            events::batch_refused(&parts.metrics, receiver, accepted, &error);
+            error
+        };
+        if !parts.queue.try_admit(accepted as usize) {
+            return Err(refuse(IngestError::QueueFull));
         }
-        self.metrics
+        parts
+            .metrics
             .ingest_queue_spans
-            .set(self.queue.used() as i64);
+            .set(parts.queue.used() as i64);
+        let release = || {
+            let left = parts.queue.release(accepted as usize);
+            parts.metrics.ingest_queue_spans.set(left as i64);
+        };
         // Encoding and document building take milliseconds for a large
         // batch: off the async workers, and in parallel across requests.
-        let (fields, length) = (self.fields, self.partition_length);
+        let (fields, length) = (parts.fields, parts.partition_length);
         let prepared = tokio::task::spawn_blocking(move || {
-            let payload = match raw {
-                Some(raw) if rejected.count == 0 => raw,
-                _ => request.encode_to_vec().into(),
-            };
+            let payload = raw.unwrap_or_else(|| request.encode_to_vec().into());
             let docs = SpanStore::prepare(&fields, &request.resource_spans, Some(&payload), length);
             (payload, docs, request)
         })
@@ -194,12 +146,10 @@ impl Ingest {
         let (payload, docs, request) = match prepared {
             Ok(prepared) => prepared,
             Err(error) => {
-                self.metrics
-                    .ingest_queue_spans
-                    .set(self.queue.release(accepted as usize) as i64);
-                return Err(IngestError::Unavailable(format!(
+                release();
+                return Err(refuse(IngestError::Unavailable(format!(
                     "batch preparation failed: {error}"
-                )));
+                ))));
             }
         };
         let batch = Arc::new(request);
@@ -208,21 +158,16 @@ impl Ingest {
             docs,
             spans: accepted as usize,
         };
-        if let Err(error) = self.wal.append(payload, item).await {
-            self.metrics
-                .ingest_queue_spans
-                .set(self.queue.release(accepted as usize) as i64);
-            self.metrics
-                .spans_refused
-                .with_label_values(&[label, "unavailable"])
-                .inc_by(accepted);
-            return Err(IngestError::Unavailable(error.to_string()));
+        if let Err(error) = parts.wal.append(payload, item).await {
+            release();
+            return Err(refuse(IngestError::Unavailable(error.to_string())));
         }
-        self.metrics
+        parts
+            .metrics
             .spans_accepted
             .with_label_values(&[label])
             .inc_by(accepted);
-        self.exporters.offer_spans(&batch);
+        parts.exporters.offer_spans(&batch);
         Ok(Accepted {
             rejected: rejected.count,
             message: rejected.message,
@@ -232,31 +177,14 @@ impl Ingest {
     /// Takes a metrics request: re-exposed on `/metrics` and handed to the
     /// exporters (metrics are not written to the WAL).
     pub fn metrics(&self, receiver: Receiver, request: ExportMetricsServiceRequest) -> Accepted {
-        let points = self.otlp_metrics.ingest(&request);
-        self.metrics
+        let parts = &*self.parts;
+        let points = parts.otlp_metrics.ingest(&request);
+        parts
+            .metrics
             .metric_points_received
             .with_label_values(&[receiver.label()])
             .inc_by(points);
-        self.exporters.offer_metrics(Arc::new(request));
+        parts.exporters.offer_metrics(Arc::new(request));
         Accepted::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_queue_admits_what_fits() {
-        let queue = IngestQueue::new(1000);
-        assert!(queue.try_admit(600));
-        assert!(!queue.try_admit(600), "over capacity");
-        assert!(queue.try_admit(400));
-        assert_eq!(queue.release(1000), 0);
-        assert!(
-            queue.try_admit(5000),
-            "an empty queue takes one oversized batch"
-        );
-        assert!(!queue.try_admit(1));
     }
 }

@@ -168,7 +168,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let ingest = self.ingest.clone();
-        let limit = Some(ingest.max_request_size);
+        let limit = Some(ingest.max_request_size());
         let method = request
             .uri()
             .path()

@@ -12,6 +12,7 @@ use http::HeaderMap;
 
 use crate::error::IngestError;
 use crate::ingest::decode;
+use crate::serve::BodyTimeout;
 
 /// Reads a request body (at most `limit` bytes on the wire and after
 /// decompression) and undoes its `Content-Encoding`.
@@ -32,6 +33,8 @@ pub async fn read_body(
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
             IngestError::TooLarge { limit }
+        } else if let Some(timeout) = BodyTimeout::find(&e) {
+            IngestError::Timeout(timeout.0)
         } else {
             IngestError::Malformed(format!("request body could not be read: {e}"))
         }

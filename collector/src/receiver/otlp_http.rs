@@ -90,7 +90,7 @@ where
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let encoding = Encoding::from_content_type(content_type).map_err(|e| (e, Encoding::Json))?;
-    let bytes = read_body(headers, body, ingest.max_request_size)
+    let bytes = read_body(headers, body, ingest.max_request_size())
         .await
         .map_err(|e| (e, encoding))?;
     let message = decode::decode(encoding, &bytes, what).map_err(|e| (e, encoding))?;

@@ -47,7 +47,7 @@ async fn spans(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> 
         ingest.refused(Receiver::Zipkin, &error);
         return error_response(&error);
     }
-    let decoded = match read_body(&headers, body, ingest.max_request_size).await {
+    let decoded = match read_body(&headers, body, ingest.max_request_size()).await {
         Ok(bytes) => zipkin::decode(&bytes),
         Err(error) => Err(error),
     };

@@ -5,6 +5,7 @@
 //! compact document.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use tantivy::schema::document::{ReferenceValue, ReferenceValueLeaf, Value};
@@ -26,48 +27,83 @@ pub enum Node<'s> {
     Object(Vec<(&'s str, Node<'s>)>),
 }
 
-impl<'s> Node<'s> {
+/// Objects with more keys than this find a repeated key through a hash
+/// index; below it a scan is cheaper than hashing.
+const SCAN_KEYS: usize = 32;
+
+/// Builds the attributes object in time linear in the attributes: a key
+/// met again (span and resource both set it, or a sender repeats it)
+/// becomes an array of its values.
+pub struct ObjectBuilder<'s> {
+    entries: Vec<(&'s str, Node<'s>)>,
+    index: HashMap<&'s str, usize>,
+}
+
+impl<'s> ObjectBuilder<'s> {
     /// An empty object with room for `capacity` keys.
-    pub fn object(capacity: usize) -> Self {
-        Node::Object(Vec::with_capacity(capacity))
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            entries: Vec::with_capacity(capacity),
+            index: HashMap::new(),
+        }
     }
 
-    /// Adds `attributes` to this object, leaving out the keys in `skip`; a
-    /// key already present becomes an array of both values.
+    fn position(&self, key: &str) -> Option<usize> {
+        if self.entries.len() <= SCAN_KEYS {
+            self.entries.iter().position(|(k, _)| *k == key)
+        } else {
+            self.index.get(key).copied()
+        }
+    }
+
+    /// Adds `attributes`, leaving out the keys in `skip`.
     pub fn add(&mut self, attributes: &'s [KeyValue], skip: &[&str]) {
-        let Node::Object(entries) = self else {
-            return;
-        };
         for kv in attributes {
             let key = kv.key.as_str();
             if skip.contains(&key) {
                 continue;
             }
             let value = Node::Text(truncated(attributes::text(kv.value.as_ref())));
-            match entries.iter_mut().find(|(k, _)| *k == key) {
-                None => entries.push((key, value)),
-                Some((_, Node::Array(values))) => values.push(value),
-                Some((_, existing)) => {
-                    let first = std::mem::replace(existing, Node::Array(Vec::with_capacity(2)));
-                    if let Node::Array(values) = existing {
-                        values.extend([first, value]);
+            match self.position(key) {
+                None => self.push(key, value),
+                Some(at) => match &mut self.entries[at].1 {
+                    Node::Array(values) => values.push(value),
+                    existing => {
+                        let first = std::mem::replace(existing, Node::Array(Vec::with_capacity(2)));
+                        if let Node::Array(values) = existing {
+                            values.extend([first, value]);
+                        }
                     }
-                }
+                },
             }
         }
     }
-}
 
-impl<'s> Node<'s> {
     /// Adds one text value under `key` (a span field shown as a tag, such
     /// as `otel.scope.name`), unless the object already holds the key.
     pub fn add_text(&mut self, key: &'s str, text: &'s str) {
-        if let Node::Object(entries) = self
-            && !text.is_empty()
-            && !entries.iter().any(|(k, _)| *k == key)
-        {
-            entries.push((key, Node::Text(truncated(Cow::Borrowed(text)))));
+        if !text.is_empty() && self.position(key).is_none() {
+            self.push(key, Node::Text(truncated(Cow::Borrowed(text))));
         }
+    }
+
+    /// Appends a key not yet in the object; past [`SCAN_KEYS`] keys the
+    /// hash index is built once, then kept up to date.
+    fn push(&mut self, key: &'s str, value: Node<'s>) {
+        self.entries.push((key, value));
+        if self.entries.len() == SCAN_KEYS + 1 {
+            self.index = (self.entries.iter().enumerate())
+                .map(|(i, (k, _))| (*k, i))
+                .rev()
+                .collect();
+        } else if self.entries.len() > SCAN_KEYS + 1 {
+            self.index.insert(key, self.entries.len() - 1);
+        }
+    }
+
+    /// The object.
+    pub fn build(self) -> Node<'s> {
+        Node::Object(self.entries)
     }
 }
 
@@ -145,9 +181,10 @@ mod tests {
             kv("retries", any_value::Value::BoolValue(true)),
             kv("long", any_value::Value::StringValue("é".repeat(200))),
         ];
-        let mut object = Node::object(8);
-        object.add(&span, &["http.route"]);
-        object.add(&resource, &["service.name"]);
+        let mut builder = ObjectBuilder::with_capacity(8);
+        builder.add(&span, &["http.route"]);
+        builder.add(&resource, &["service.name"]);
+        let object = builder.build();
         let Node::Object(entries) = &object else {
             panic!("an object")
         };
@@ -157,5 +194,21 @@ mod tests {
         let long = &texts(&entries[1].1)[0];
         assert_eq!(long.len(), MAX_INDEXED_VALUE);
         assert!(long.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn many_keys_merge_repeats_through_the_index() {
+        let span: Vec<KeyValue> = (0..1000)
+            .map(|i| kv(&format!("k{}", i % 600), any_value::Value::IntValue(i)))
+            .collect();
+        let mut builder = ObjectBuilder::with_capacity(span.len());
+        builder.add(&span, &[]);
+        let Node::Object(entries) = builder.build() else {
+            panic!("an object")
+        };
+        assert_eq!(entries.len(), 600);
+        assert_eq!(entries[0].0, "k0");
+        assert_eq!(texts(&entries[0].1), ["0", "600"]);
+        assert_eq!(texts(&entries[599].1), ["599"]);
     }
 }

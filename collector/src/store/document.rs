@@ -7,7 +7,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use prost::Message;
 use tantivy::TantivyDocument;
 
-use super::attribute_object::Node;
+use super::attribute_object::ObjectBuilder;
 use super::schema::SpanFields;
 use crate::attributes;
 use crate::ids::SpanId;
@@ -61,6 +61,15 @@ impl SpanRef<'_> {
         }
         out
     }
+}
+
+/// Spans in a batch.
+pub fn span_count(batch: &[ResourceSpans]) -> u64 {
+    batch
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len() as u64)
+        .sum()
 }
 
 /// Calls `visit` with every span of a batch.
@@ -141,7 +150,7 @@ pub fn build(fields: &SpanFields, span: SpanRef<'_>, stored: &[u8]) -> TantivyDo
         doc.add_text(fields.response_flags, flags);
     }
     let resource_attributes = span.resource.map_or(&[][..], |r| &r.attributes[..]);
-    let mut object = Node::object(s.attributes.len() + resource_attributes.len());
+    let mut object = ObjectBuilder::with_capacity(s.attributes.len() + resource_attributes.len());
     object.add(&s.attributes, &skip);
     let service_indexed =
         attributes::get_str(resource_attributes, "service.name").is_some_and(|s| !s.is_empty());
@@ -163,7 +172,7 @@ pub fn build(fields: &SpanFields, span: SpanRef<'_>, stored: &[u8]) -> TantivyDo
         object.add_text("otel.status_description", &status.message);
     }
     object.add_text("w3c.tracestate", &s.trace_state);
-    doc.add_field_value(fields.attributes, &object);
+    doc.add_field_value(fields.attributes, &object.build());
     doc.add_bytes(fields.span, stored);
     doc
 }

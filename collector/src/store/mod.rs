@@ -29,11 +29,11 @@ use tantivy::indexer::LogMergePolicy;
 use tantivy::{IndexWriter, TantivyDocument};
 
 pub use document::SpanRef;
-pub use partition::{PartitionId, PartitionIndex};
+pub use partition::{PartitionId, PartitionIndex, TimeWindow};
 pub use read::{Condition, SpanQuery, SpanReader, SpanSummary, StoredSpan, Trace, TraceHit};
 
-use crate::ingest::validate::span_count;
 use crate::metrics::Metrics;
+use document::span_count;
 use received::ReceivedSpans;
 
 /// A store failure.
@@ -87,6 +87,8 @@ const INDEXING_THREADS: usize = 2;
 /// The write side of the store.
 pub struct SpanStore {
     dir: PathBuf,
+    /// The fields of the schema every partition is created with, looked up once.
+    fields: schema::SpanFields,
     partition_length: u64,
     writer_memory: usize,
     partitions: BTreeMap<PartitionId, Writable>,
@@ -108,6 +110,11 @@ impl SpanStore {
             path: dir.clone(),
             source,
         })?;
+        let fields =
+            schema::SpanFields::of(&schema::build()).map_err(|source| StoreError::Index {
+                path: dir.clone(),
+                source,
+            })?;
         let mut partitions = BTreeMap::new();
         for (id, path) in partition::list(&dir)? {
             let partition = Arc::new(PartitionIndex::open(id, &path, false)?);
@@ -125,6 +132,7 @@ impl SpanStore {
         }
         let store = Self {
             dir,
+            fields,
             partition_length,
             writer_memory,
             partitions,
@@ -148,6 +156,11 @@ impl SpanStore {
             .map(|p| p.committed_seq)
             .max()
             .unwrap_or(0)
+    }
+
+    /// The fields documents are built with (see [`Self::prepare`]).
+    pub fn fields(&self) -> schema::SpanFields {
+        self.fields
     }
 
     /// The partition length, in seconds.
@@ -205,17 +218,17 @@ impl SpanStore {
     }
 
     /// Adds the spans of WAL record `seq` that their partitions do not
-    /// already hold, skipping spans that started before `oldest_start`
-    /// (seconds). `added` sees each span added. (Replay builds here; live
-    /// batches come prepared, see [`Self::apply_prepared`].)
+    /// already hold, skipping spans whose partition is outside `window`.
+    /// `added` sees each span added. (Replay builds here; live batches come
+    /// prepared, see [`Self::apply_prepared`].)
     pub fn apply(
         &mut self,
         seq: u64,
         batch: &[ResourceSpans],
-        oldest_start: u64,
+        window: TimeWindow,
         added: impl FnMut(SpanRef<'_>),
     ) -> Result<usize, StoreError> {
-        self.apply_linked(seq, batch, None, oldest_start, |_| {}, added)
+        self.apply_linked(seq, batch, None, window, |_| {}, added)
     }
 
     /// [`Self::apply`], with `link` given the documents before they are
@@ -226,37 +239,34 @@ impl SpanStore {
         seq: u64,
         batch: &[ResourceSpans],
         encoded: Option<&[u8]>,
-        oldest_start: u64,
+        window: TimeWindow,
         link: impl FnOnce(&mut PreparedDocs),
         mut added: impl FnMut(SpanRef<'_>),
     ) -> Result<usize, StoreError> {
-        let fields =
-            schema::SpanFields::of(&schema::build()).map_err(|source| StoreError::Index {
-                path: self.dir.clone(),
-                source,
-            })?;
-        let mut docs = Self::prepare(&fields, batch, encoded, self.partition_length);
+        let mut docs = Self::prepare(&self.fields, batch, encoded, self.partition_length);
         link(&mut docs);
         document::for_each_span(batch, |span| {
             let id = PartitionId::containing(span.span.start_time_unix_nano, self.partition_length);
-            if id.end() > oldest_start && !self.holds(id, seq) {
+            if window.admits(id) && !self.holds(id, seq) {
                 added(span);
             }
         });
-        self.apply_prepared(seq, docs, oldest_start)
+        self.apply_prepared(seq, docs, window)
     }
 
     /// Adds prepared documents of WAL record `seq`, skipping partitions
-    /// that hold the record already and those past retention.
+    /// that hold the record already and those outside `window` (past
+    /// retention, or further ahead than clock skew explains: a WAL written
+    /// before such spans were refused).
     pub fn apply_prepared(
         &mut self,
         seq: u64,
         docs: PreparedDocs,
-        oldest_start: u64,
+        window: TimeWindow,
     ) -> Result<usize, StoreError> {
         let mut count = 0;
         for (id, docs) in docs {
-            if id.end() <= oldest_start || self.holds(id, seq) {
+            if !window.admits(id) || self.holds(id, seq) {
                 continue;
             }
             self.ensure_writer(id)?;
@@ -392,6 +402,11 @@ impl SpanStore {
                 .observe(started.elapsed().as_secs_f64());
         }
         Ok(self.last_applied)
+    }
+
+    /// The directory holding the partitions.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The partitions with their size on disk, oldest first.

@@ -32,7 +32,12 @@ impl PartitionId {
 
     /// The first second after the partition.
     pub fn end(&self) -> u64 {
-        self.start + self.length
+        self.start.saturating_add(self.length)
+    }
+
+    /// Whether the partition covers second `at`.
+    pub fn covers(&self, at: u64) -> bool {
+        self.start <= at && at < self.end()
     }
 
     /// Whether the partition may hold spans started in `[from, to]` (nanoseconds).
@@ -54,6 +59,31 @@ impl PartitionId {
             length: length.parse().ok()?,
         };
         (id.length > 0).then_some(id)
+    }
+}
+
+/// The span start times the store accepts, in seconds since the epoch:
+/// from the start of the retention window to a little past now (clock
+/// skew). Partitions outside it are never created, and those left from
+/// before are dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    /// The first second still inside retention.
+    pub oldest: u64,
+    /// The last second a span may start at (now plus the allowed skew).
+    pub newest: u64,
+}
+
+impl TimeWindow {
+    /// Every time: nothing is outside.
+    pub const ALL: Self = Self {
+        oldest: 0,
+        newest: u64::MAX,
+    };
+
+    /// Whether partition `id` may hold spans inside the window.
+    pub fn admits(&self, id: PartitionId) -> bool {
+        id.end() > self.oldest && id.start <= self.newest
     }
 }
 
@@ -134,23 +164,32 @@ impl PartitionIndex {
         Ok(metas.payload.and_then(|p| p.parse().ok()).unwrap_or(0))
     }
 
-    /// Bytes its files take on disk.
+    /// Bytes its directory takes on disk (see [`disk_usage`]).
     pub fn disk_bytes(&self) -> u64 {
-        dir_bytes(&self.path)
+        disk_usage(&self.path)
     }
 }
 
-/// Bytes the files directly in `dir` take.
-pub fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
+/// Bytes `path` takes on disk, as `du` counts them: the blocks allocated to
+/// it and, for a directory, to everything under it (the directories
+/// themselves included). A file's length would miss that every small file
+/// and directory takes whole blocks: a store of many small partitions
+/// takes several times the sum of its files' lengths.
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut bytes = meta.blocks() * 512;
+    if meta.is_dir()
+        && let Ok(entries) = std::fs::read_dir(path)
+    {
+        bytes += entries
+            .filter_map(Result::ok)
+            .map(|e| disk_usage(&e.path()))
+            .sum::<u64>();
+    }
+    bytes
 }
 
 /// The partitions under `dir`, oldest first.

@@ -125,13 +125,23 @@ pub struct StoredSpan {
     pub span: Span,
 }
 
-/// Every stored span of one trace, by start time.
+/// Most spans one trace read returns ([`SpanReader::trace`]): the earliest
+/// by start time are kept, the rest counted in [`Trace::omitted_spans`].
+pub const MAX_TRACE_SPANS: usize = 20_000;
+
+/// Most spans one answer of several traces holds
+/// ([`SpanReader::traces`]): traces past it are left out.
+pub const MAX_ANSWER_SPANS: usize = 100_000;
+
+/// The stored spans of one trace, by start time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trace {
     /// The trace id.
     pub trace_id: TraceId,
     /// Its spans, earliest start first.
     pub spans: Vec<StoredSpan>,
+    /// Spans stored but not read: past the read's span limit.
+    pub omitted_spans: u64,
 }
 
 /// A trace that matched a search.
@@ -247,28 +257,89 @@ impl SpanReader {
             .collect()
     }
 
-    /// Every span of a trace, or `None` when none is stored.
+    /// The spans of a trace (at most [`MAX_TRACE_SPANS`], the earliest),
+    /// or `None` when none is stored.
     pub fn trace(&self, trace_id: TraceId) -> Result<Option<Trace>, StoreError> {
-        let mut spans = Vec::new();
-        for partition in self.newest_first(0, u64::MAX) {
-            let searcher = partition.reader.searcher();
-            let term = Term::from_field_bytes(partition.fields.trace_id, &trace_id.0);
-            let query = TermQuery::new(term, IndexRecordOption::Basic);
-            for address in matching_docs(&searcher, &query).map_err(index_err(&partition))? {
-                let doc: TantivyDocument = searcher.doc(address).map_err(index_err(&partition))?;
-                if let Some(bytes) = doc
-                    .get_first(partition.fields.span)
-                    .and_then(|v| v.as_bytes())
-                {
-                    spans.push(decode_span(bytes)?);
-                }
+        self.trace_at_most(trace_id, MAX_TRACE_SPANS)
+    }
+
+    /// Several traces, in the order asked, within [`MAX_ANSWER_SPANS`]
+    /// spans in all: the traces past the budget are left out, so one
+    /// answer stays bounded whatever the traces hold. Traces not stored
+    /// are skipped.
+    pub fn traces(&self, trace_ids: &[TraceId]) -> Result<Vec<Trace>, StoreError> {
+        let mut budget = MAX_ANSWER_SPANS;
+        let mut traces = Vec::new();
+        for &trace_id in trace_ids {
+            if budget == 0 {
+                break;
+            }
+            if let Some(trace) = self.trace_at_most(trace_id, budget.min(MAX_TRACE_SPANS))? {
+                budget -= trace.spans.len();
+                traces.push(trace);
             }
         }
-        if spans.is_empty() {
+        Ok(traces)
+    }
+
+    /// The spans of a trace, at most `max_spans` of them (the earliest by
+    /// start; only those are decoded), or `None` when none is stored.
+    pub fn trace_at_most(
+        &self,
+        trace_id: TraceId,
+        max_spans: usize,
+    ) -> Result<Option<Trace>, StoreError> {
+        let partitions = self.newest_first(0, u64::MAX);
+        // The searchers the documents were found with are the ones they
+        // are read with (a commit in between changes the segments).
+        let searchers: Vec<Searcher> = partitions.iter().map(|p| p.reader.searcher()).collect();
+        // (start, partition, document) of every span, from the fast
+        // column, before any span is decoded.
+        let mut found = Vec::new();
+        for (p, (partition, searcher)) in partitions.iter().zip(&searchers).enumerate() {
+            let term = Term::from_field_bytes(partition.fields.trace_id, &trace_id.0);
+            let query = TermQuery::new(term, IndexRecordOption::Basic);
+            let mut starts: Option<(u32, tantivy::columnar::Column<u64>)> = None;
+            for address in matching_docs(searcher, &query).map_err(index_err(partition))? {
+                let column = match &starts {
+                    Some((ord, column)) if *ord == address.segment_ord => column,
+                    _ => {
+                        let column = searcher
+                            .segment_reader(address.segment_ord)
+                            .fast_fields()
+                            .u64(names::START)
+                            .map_err(index_err(partition))?;
+                        &starts.insert((address.segment_ord, column)).1
+                    }
+                };
+                found.push((column.first(address.doc_id).unwrap_or(0), p, address));
+            }
+        }
+        if found.is_empty() {
             return Ok(None);
         }
+        let omitted = found.len().saturating_sub(max_spans);
+        if omitted > 0 {
+            found.sort_unstable_by_key(|(start, _, _)| *start);
+            found.truncate(max_spans);
+        }
+        let mut spans = Vec::with_capacity(found.len());
+        for (_, p, address) in found {
+            let partition = &partitions[p];
+            let doc: TantivyDocument = searchers[p].doc(address).map_err(index_err(partition))?;
+            if let Some(bytes) = doc
+                .get_first(partition.fields.span)
+                .and_then(|v| v.as_bytes())
+            {
+                spans.push(decode_span(bytes)?);
+            }
+        }
         spans.sort_by_key(|s| (s.span.start_time_unix_nano, s.span.span_id.clone()));
-        Ok(Some(Trace { trace_id, spans }))
+        Ok(Some(Trace {
+            trace_id,
+            spans,
+            omitted_spans: omitted as u64,
+        }))
     }
 
     /// Traces with at least one span matching `query`, latest first, at most `limit`.

@@ -86,8 +86,8 @@ fn spans_read_back_searched_and_scanned() {
             2,
         )],
     );
-    assert_eq!(store.apply(1, &first, 0, |_| {}).unwrap(), 2);
-    assert_eq!(store.apply(2, &second, 0, |_| {}).unwrap(), 1);
+    assert_eq!(store.apply(1, &first, TimeWindow::ALL, |_| {}).unwrap(), 2);
+    assert_eq!(store.apply(2, &second, TimeWindow::ALL, |_| {}).unwrap(), 1);
     assert_eq!(store.commit().unwrap(), 2);
     let reader = store.reader();
 
@@ -188,18 +188,18 @@ fn replay_adds_only_what_a_partition_lacks_and_retention_drops_partitions() {
         &[(1, 0, "old", NOW - 3 * DAY * 1_000_000_000, 1, 0)],
     );
     let new = batch("cart", 2, &[(2, 0, "new", NOW, 1, 0)]);
-    store.apply(1, &old, 0, |_| {}).unwrap();
-    store.apply(2, &new, 0, |_| {}).unwrap();
+    store.apply(1, &old, TimeWindow::ALL, |_| {}).unwrap();
+    store.apply(2, &new, TimeWindow::ALL, |_| {}).unwrap();
     store.close().unwrap();
 
     let mut store = open(dir.path());
     assert_eq!(store.max_committed_seq(), 2);
     assert_eq!(
-        store.apply(1, &old, 0, |_| {}).unwrap(),
+        store.apply(1, &old, TimeWindow::ALL, |_| {}).unwrap(),
         0,
         "committed records are skipped on replay"
     );
-    assert_eq!(store.apply(3, &new, 0, |_| {}).unwrap(), 1);
+    assert_eq!(store.apply(3, &new, TimeWindow::ALL, |_| {}).unwrap(), 1);
     assert_eq!(store.sizes().len(), 2);
     let oldest = PartitionId::containing(NOW - 3 * DAY * 1_000_000_000, DAY);
     store.drop_partition(oldest).unwrap();
@@ -211,4 +211,31 @@ fn replay_adds_only_what_a_partition_lacks_and_retention_drops_partitions() {
         reader.trace(TraceId([2; 16])).unwrap().unwrap().spans.len(),
         2
     );
+}
+
+#[test]
+fn a_trace_read_keeps_its_earliest_spans_within_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let spans: Vec<(u8, u8, &str, u64, u64, i32)> = (1..=10u8)
+        .rev()
+        .map(|id| (id, 0, "op", NOW + u64::from(id) * 1000, 1, 0))
+        .collect();
+    store
+        .apply(1, &batch("cart", 9, &spans), TimeWindow::ALL, |_| {})
+        .unwrap();
+    store
+        .apply(2, &batch("cart", 8, &spans[..3]), TimeWindow::ALL, |_| {})
+        .unwrap();
+    store.commit().unwrap();
+    let reader = store.reader();
+    let trace = reader.trace_at_most(TraceId([9; 16]), 4).unwrap().unwrap();
+    let ids: Vec<u8> = trace.spans.iter().map(|s| s.span.span_id[0]).collect();
+    assert_eq!(ids, [1, 2, 3, 4], "the earliest four");
+    assert_eq!(trace.omitted_spans, 6);
+    let both = reader
+        .traces(&[TraceId([9; 16]), TraceId([7; 16]), TraceId([8; 16])])
+        .unwrap();
+    assert_eq!(both.len(), 2, "the trace not stored is skipped");
+    assert_eq!((both[0].spans.len(), both[1].spans.len()), (10, 3));
 }

@@ -5,10 +5,14 @@
 //!
 //! Files are named by their first sequence number; a file is deleted once the
 //! index has committed every record in it (the checkpoint). On start,
-//! [`recover`] checks every file, cuts a torn or corrupt tail and reports what
-//! is left to replay.
+//! [`recover`] checks every file: it cuts a torn tail, reads past damage,
+//! keeps damaged files aside and reports what is left to replay and what
+//! was lost.
 
 pub mod record;
+mod recover;
+
+pub use recover::{DAMAGED_DIR, Recovered, Segment, delete_covered, recover, replay};
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -46,41 +50,25 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
     }
 }
 
-/// One WAL file found on start.
-#[derive(Debug, Clone)]
-pub struct Segment {
-    /// Its path.
-    pub path: PathBuf,
-    /// Sequence number of its last intact record (`None` when empty).
-    pub last_seq: Option<u64>,
-}
-
-/// What [`recover`] found.
-#[derive(Debug, Default)]
-pub struct Recovered {
-    /// The files, oldest first, each already cut to its intact records.
-    pub segments: Vec<Segment>,
-    /// The highest sequence number in them (0 when none).
-    pub last_seq: u64,
-}
-
 const SUFFIX: &str = ".wal";
 
 fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}{SUFFIX}")
 }
 
+fn first_seq_of(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_suffix(SUFFIX)?
+        .parse()
+        .ok()
+}
+
 fn list_segments(dir: &Path) -> Result<Vec<PathBuf>, WalError> {
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let path = entry.map_err(io(dir))?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if let Some(stem) = name.strip_suffix(SUFFIX)
-            && stem.parse::<u64>().is_ok()
-        {
+        if first_seq_of(&path).is_some() {
             paths.push(path);
         }
     }
@@ -88,54 +76,8 @@ fn list_segments(dir: &Path) -> Result<Vec<PathBuf>, WalError> {
     Ok(paths)
 }
 
-/// Checks every WAL file in `dir` (created if missing), cuts what follows
-/// the first damaged record of each, and lists what is left.
-pub fn recover(dir: &Path, metrics: &Metrics) -> Result<Recovered, WalError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut recovered = Recovered::default();
-    for path in list_segments(dir)? {
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
-        let mut reader = record::Reader::new(&bytes);
-        let last_seq = reader.by_ref().last().map(|r| r.seq);
-        if let Some(damage) = reader.damage() {
-            let keep = reader.valid_len();
-            let cut = bytes.len() - keep;
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(io(&path))?;
-            file.set_len(keep as u64).map_err(io(&path))?;
-            file.sync_all().map_err(io(&path))?;
-            metrics.wal_cut_bytes.inc_by(cut as u64);
-            tracing::warn!(file = %path.display(), kept_bytes = keep, cut_bytes = cut, ?damage, "wal tail cut");
-        }
-        if let Some(seq) = last_seq {
-            recovered.last_seq = recovered.last_seq.max(seq);
-        }
-        recovered.segments.push(Segment { path, last_seq });
-    }
-    Ok(recovered)
-}
-
-/// Calls `visit` with every intact record of a recovered file.
-pub fn replay(segment: &Segment, mut visit: impl FnMut(u64, &[u8])) -> Result<(), WalError> {
-    let bytes = std::fs::read(&segment.path).map_err(io(&segment.path))?;
-    for record in record::Reader::new(&bytes) {
-        visit(record.seq, record.payload);
-    }
-    Ok(())
-}
-
-/// Deletes files every record of which is at or below `checkpoint`.
-pub fn delete_covered(segments: &[Segment], checkpoint: u64) -> Result<usize, WalError> {
-    let mut deleted = 0;
-    for segment in segments {
-        if segment.last_seq.is_none_or(|seq| seq <= checkpoint) {
-            std::fs::remove_file(&segment.path).map_err(io(&segment.path))?;
-            deleted += 1;
-        }
-    }
-    Ok(deleted)
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 struct Append<T> {
@@ -231,9 +173,7 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<(PathBuf, File), WalErro
         .append(true)
         .open(&path)
         .map_err(io(&path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    sync_dir(dir)?;
     Ok((path, file))
 }
 
@@ -406,7 +346,7 @@ mod tests {
             "forwarded in sequence order"
         );
 
-        let recovered = recover(dir.path(), &metrics()).unwrap();
+        let recovered = recover(dir.path(), 0, &metrics()).unwrap();
         assert!(recovered.segments.len() > 1, "small segments rotate");
         assert_eq!(recovered.last_seq, 50);
         let mut replayed = Vec::new();
@@ -418,34 +358,5 @@ mod tests {
         }
         assert_eq!(replayed.len(), 50);
         assert!(replayed.iter().any(|(_, p)| p == "batch 49"));
-    }
-
-    #[test]
-    fn recovery_cuts_a_truncated_last_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut bytes = Vec::new();
-        record::encode(7, b"kept", &mut bytes);
-        record::encode(8, b"torn by a crash", &mut bytes);
-        let path = dir.path().join(segment_name(7));
-        std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
-        let metrics = metrics();
-        let recovered = recover(dir.path(), &metrics).unwrap();
-        assert_eq!(recovered.last_seq, 7);
-        assert_eq!(
-            metrics.wal_cut_bytes.get(),
-            (record::HEADER_LEN + 15 - 5) as u64
-        );
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().len(),
-            (record::HEADER_LEN + 4) as u64
-        );
-        let mut seen = Vec::new();
-        replay(&recovered.segments[0], |seq, payload| {
-            seen.push((seq, payload.to_vec()))
-        })
-        .unwrap();
-        assert_eq!(seen, vec![(7, b"kept".to_vec())]);
-        assert_eq!(delete_covered(&recovered.segments, 7).unwrap(), 1);
-        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
 }

@@ -239,13 +239,12 @@ pub fn split_shared_span_ids(trace: &mut Trace) {
 impl Engine {
     /// Whole traces with a span matching the search, in its order.
     pub fn search(&self, search: &TraceSearch) -> Result<Vec<Trace>, QueryError> {
-        let mut traces = Vec::with_capacity(search.limit.min(1024));
-        for trace_id in self.find(search)? {
-            // A trace can vanish between the search and the read (retention).
-            if let Some(mut trace) = self.reader().trace(trace_id)? {
-                split_shared_span_ids(&mut trace);
-                traces.push(trace);
-            }
+        let ids = self.find(search)?;
+        // Within one answer's span budget; a trace can vanish between the
+        // search and the read (retention).
+        let mut traces = self.reader().traces(&ids)?;
+        for trace in &mut traces {
+            split_shared_span_ids(trace);
         }
         Ok(traces)
     }
@@ -358,6 +357,7 @@ mod tests {
                 span(2, 1, SERVER),
                 span(3, 2, CLIENT),
             ],
+            omitted_spans: 0,
         };
         split_shared_span_ids(&mut trace);
         let ids: Vec<(u64, u64)> = trace

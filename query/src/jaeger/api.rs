@@ -185,10 +185,7 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
             tags::apply(&mut spans, "tags", &key, &value)?;
         }
     }
-    let limit = params
-        .int::<usize>("limit")?
-        .unwrap_or(DEFAULT_LIMIT)
-        .max(1);
+    let limit = params.limit(&["limit"], DEFAULT_LIMIT)?;
     Ok(TraceSearch {
         spans,
         limit,
@@ -200,7 +197,9 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
 /// (or `traceID=...`, repeated, to fetch several by id).
 pub async fn search(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
-    let ids = params.all("traceID");
+    let mut ids = params.all("traceID");
+    // One answer reads at most MAX_TRACES traces.
+    ids.truncate(crate::params::MAX_TRACES);
     if !ids.is_empty() {
         let ids = match ids
             .iter()

@@ -1,0 +1,182 @@
+//! One reading of each request, settled before anything decides on it:
+//! authorization, rate limits, routing, telemetry and the upstream then all
+//! see the same path, authority and header values. A request that can be
+//! read two ways is refused.
+
+use http::header::{COOKIE, HOST};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};
+
+use super::local_reply::LocalReply;
+use crate::path::{self, PathNormalization};
+
+/// What the request is settled against.
+pub struct Settings<'a> {
+    /// The mesh's `pathNormalization`.
+    pub path_normalization: PathNormalization,
+    /// Headers some rule decides on.
+    pub decided_headers: &'a [HeaderName],
+}
+
+/// Settles `req` in place; `Err` is the 400 to answer with.
+pub fn settle<B>(req: &mut Request<B>, settings: &Settings<'_>) -> Result<(), LocalReply> {
+    settle_authority(req)?;
+    settle_path(req.uri_mut(), settings.path_normalization)?;
+    for name in settings.decided_headers {
+        coalesce(req.headers_mut(), name);
+    }
+    Ok(())
+}
+
+/// One host: two `Host` lines are refused (RFC 9112 §3.2), and so is an
+/// HTTP/2 `host` that names another authority than `:authority` (RFC 9113
+/// §8.3.1). An HTTP/1.1 absolute-form target's authority is the one that
+/// counts (RFC 9112 §3.2.2), so `Host` is made to say it.
+fn settle_authority<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err(LocalReply::AMBIGUOUS_HOST);
+    }
+    let Some(authority) = req.uri().authority().map(Authority::as_str) else {
+        return Ok(());
+    };
+    let same = host
+        .as_ref()
+        .is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(authority.as_bytes()));
+    if same {
+        return Ok(());
+    }
+    if req.version() == Version::HTTP_2 {
+        return match host {
+            Some(_) => Err(LocalReply::AMBIGUOUS_HOST),
+            None => Ok(()),
+        };
+    }
+    let value = HeaderValue::from_str(authority).map_err(|_| LocalReply::MISSING_HOST)?;
+    req.headers_mut().insert(HOST, value);
+    Ok(())
+}
+
+/// Normalizes the path as the mesh's `pathNormalization` says.
+fn settle_path(uri: &mut Uri, mode: PathNormalization) -> Result<(), LocalReply> {
+    let Some(target) = uri.path_and_query() else {
+        return Ok(());
+    };
+    let normalized = match path::normalize(target.as_str(), mode) {
+        Ok(None) => return Ok(()),
+        Ok(Some(normalized)) => normalized,
+        Err(path::PathRejected) => return Err(LocalReply::PATH_NORMALIZATION_FAILED),
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(
+        PathAndQuery::try_from(normalized).map_err(|_| LocalReply::PATH_NORMALIZATION_FAILED)?,
+    );
+    *uri = Uri::from_parts(parts).map_err(|_| LocalReply::PATH_NORMALIZATION_FAILED)?;
+    Ok(())
+}
+
+/// Repeated lines of `name` become one, joined as Envoy joins them for its
+/// matchers (`,`; cookies with `; ` as HTTP/2 splits them).
+fn coalesce(headers: &mut HeaderMap, name: &HeaderName) {
+    let mut values = headers.get_all(name).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let separator: &[u8] = if name == COOKIE { b"; " } else { b"," };
+    let mut joined = first.as_bytes().to_vec();
+    for value in headers.get_all(name).iter().skip(1) {
+        joined.extend_from_slice(separator);
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(name.clone(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut req = Request::builder().version(version).uri(uri);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.body(()).unwrap()
+    }
+
+    fn settings(decided: &[HeaderName]) -> Settings<'_> {
+        Settings {
+            path_normalization: PathNormalization::Base,
+            decided_headers: decided,
+        }
+    }
+
+    #[test]
+    fn two_host_lines_are_refused() {
+        let mut req = request(Version::HTTP_11, "/", &[("host", "a"), ("host", "b")]);
+        let reply = settle(&mut req, &settings(&[])).unwrap_err();
+        assert_eq!(reply.status, 400);
+        let mut same = request(Version::HTTP_11, "/", &[("host", "a"), ("host", "a")]);
+        assert!(settle(&mut same, &settings(&[])).is_err());
+    }
+
+    #[test]
+    fn h2_host_must_agree_with_authority() {
+        let mut req = request(Version::HTTP_2, "http://a:80/", &[("host", "b")]);
+        assert!(settle(&mut req, &settings(&[])).is_err());
+        let mut req = request(Version::HTTP_2, "http://a:80/", &[("host", "A:80")]);
+        assert!(settle(&mut req, &settings(&[])).is_ok());
+        let mut req = request(Version::HTTP_2, "http://a/", &[]);
+        assert!(settle(&mut req, &settings(&[])).is_ok());
+    }
+
+    #[test]
+    fn absolute_form_authority_wins_over_host() {
+        let mut req = request(Version::HTTP_11, "http://x/a", &[("host", "y")]);
+        settle(&mut req, &settings(&[])).unwrap();
+        assert_eq!(req.headers()[HOST], "x");
+    }
+
+    #[test]
+    fn path_is_normalized_in_place() {
+        let mut req = request(
+            Version::HTTP_11,
+            "/public/../admin?q=/../x",
+            &[("host", "a")],
+        );
+        settle(&mut req, &settings(&[])).unwrap();
+        assert_eq!(req.uri().path(), "/admin");
+        assert_eq!(req.uri().query(), Some("q=/../x"));
+        let mut nul = request(Version::HTTP_11, "/a%00", &[("host", "a")]);
+        let reply = settle(&mut nul, &settings(&[])).unwrap_err();
+        assert_eq!(reply.details, "path_normalization_failed");
+    }
+
+    #[test]
+    fn decided_headers_become_one_line() {
+        let decided = [HeaderName::from_static("x-user"), COOKIE];
+        let mut req = request(
+            Version::HTTP_11,
+            "/",
+            &[
+                ("host", "a"),
+                ("x-user", "alice"),
+                ("x-user", "admin"),
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
+                ("x-other", "1"),
+                ("x-other", "2"),
+            ],
+        );
+        settle(&mut req, &settings(&decided)).unwrap();
+        let all = |n: &str| -> Vec<String> {
+            let values = req.headers().get_all(n).iter();
+            values.map(|v| v.to_str().unwrap().to_owned()).collect()
+        };
+        assert_eq!(all("x-user"), ["alice,admin"]);
+        assert_eq!(all("cookie"), ["a=1; b=2"]);
+        assert_eq!(all("x-other"), ["1", "2"]);
+    }
+}

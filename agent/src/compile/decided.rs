@@ -1,7 +1,7 @@
 //! The request headers some rule of the snapshot decides on. A request that
-//! repeats one of them is given it as one line before any decision (the
-//! value RFC 9110 §5.3 says the repeated lines mean, and the one Envoy's
-//! matchers read), so the upstream receives exactly what was judged.
+//! repeats one of them could be judged on one line and read by the app on
+//! another, so it is refused (cookies excepted: their lines are joined, as
+//! HTTP/2 splits them).
 
 use std::sync::Arc;
 

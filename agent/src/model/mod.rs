@@ -102,8 +102,8 @@ pub struct Snapshot {
     /// How request paths are normalized before anything reads them.
     pub path_normalization: crate::path::PathNormalization,
     /// Request headers some rule decides on (authorization, routing, rate
-    /// limits, hashing): a request repeating one is given a single line, so
-    /// the upstream receives the value that was judged.
+    /// limits, hashing): a request must send each on one line (cookies are
+    /// joined), so the rule and the app read the same value.
     pub decided_headers: Vec<http::HeaderName>,
     /// The effective config as JSON, for `/config_dump`.
     pub dump: serde_json::Value,

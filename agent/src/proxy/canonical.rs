@@ -23,7 +23,7 @@ pub fn settle<B>(req: &mut Request<B>, settings: &Settings<'_>) -> Result<(), Lo
     settle_authority(req)?;
     settle_path(req.uri_mut(), settings.path_normalization)?;
     for name in settings.decided_headers {
-        coalesce(req.headers_mut(), name);
+        single_line(req.headers_mut(), name)?;
     }
     Ok(())
 }
@@ -76,22 +76,26 @@ fn settle_path(uri: &mut Uri, mode: PathNormalization) -> Result<(), LocalReply>
     Ok(())
 }
 
-/// Repeated lines of `name` become one, joined as Envoy joins them for its
-/// matchers (`,`; cookies with `; ` as HTTP/2 splits them).
-fn coalesce(headers: &mut HeaderMap, name: &HeaderName) {
+/// A header a rule decides on must have one line: a rule could match one
+/// line while the app reads another (Envoy's matchers accept a request when
+/// *any* line matches). Repeated `cookie` lines are joined with `; `, the one
+/// reading RFC 9113 §8.2.3 gives them (HTTP/2 clients split cookies so).
+fn single_line(headers: &mut HeaderMap, name: &HeaderName) -> Result<(), LocalReply> {
     let mut values = headers.get_all(name).iter();
     let (Some(first), Some(_)) = (values.next(), values.next()) else {
-        return;
+        return Ok(());
     };
-    let separator: &[u8] = if name == COOKIE { b"; " } else { b"," };
+    if name != COOKIE {
+        return Err(LocalReply::AMBIGUOUS_HEADER);
+    }
     let mut joined = first.as_bytes().to_vec();
     for value in headers.get_all(name).iter().skip(1) {
-        joined.extend_from_slice(separator);
+        joined.extend_from_slice(b"; ");
         joined.extend_from_slice(value.as_bytes());
     }
-    if let Ok(value) = HeaderValue::from_bytes(&joined) {
-        headers.insert(name.clone(), value);
-    }
+    let value = HeaderValue::from_bytes(&joined).map_err(|_| LocalReply::AMBIGUOUS_HEADER)?;
+    headers.insert(name.clone(), value);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -155,15 +159,21 @@ mod tests {
     }
 
     #[test]
-    fn decided_headers_become_one_line() {
+    fn decided_headers_must_have_one_line() {
         let decided = [HeaderName::from_static("x-user"), COOKIE];
+        let mut twice = request(
+            Version::HTTP_11,
+            "/",
+            &[("host", "a"), ("x-user", "alice"), ("x-user", "admin")],
+        );
+        let reply = settle(&mut twice, &settings(&decided)).unwrap_err();
+        assert_eq!(reply.details, "ambiguous_header");
         let mut req = request(
             Version::HTTP_11,
             "/",
             &[
                 ("host", "a"),
                 ("x-user", "alice"),
-                ("x-user", "admin"),
                 ("cookie", "a=1"),
                 ("cookie", "b=2"),
                 ("x-other", "1"),
@@ -175,7 +185,6 @@ mod tests {
             let values = req.headers().get_all(n).iter();
             values.map(|v| v.to_str().unwrap().to_owned()).collect()
         };
-        assert_eq!(all("x-user"), ["alice,admin"]);
         assert_eq!(all("cookie"), ["a=1; b=2"]);
         assert_eq!(all("x-other"), ["1", "2"]);
     }

@@ -60,6 +60,15 @@ impl LocalReply {
         details: "ambiguous_host",
         grpc_status: None,
     };
+    /// A header some rule decides on came on more than one line: a rule
+    /// and the app could read it differently.
+    pub const AMBIGUOUS_HEADER: Self = Self {
+        status: StatusCode::BAD_REQUEST,
+        flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        body: "Bad Request",
+        details: "ambiguous_header",
+        grpc_status: None,
+    };
     /// The client's request body broke the protocol (a malformed chunk);
     /// the client's fault, never an upstream failure.
     pub const MALFORMED_REQUEST_BODY: Self = Self {

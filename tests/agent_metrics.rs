@@ -420,5 +420,8 @@ async fn a_broken_request_body_is_the_clients_fault() {
     );
     assert_eq!(count(&[("response_flags", "UC")]), 0.0);
     assert_eq!(count(&[("response_code", "503")]), 0.0);
-    assert_eq!(scrape.sum("tracemesh_agent_outlier_ejections_total", &[]), 0.0);
+    assert_eq!(
+        scrape.sum("tracemesh_agent_outlier_ejections_total", &[]),
+        0.0
+    );
 }

@@ -393,7 +393,10 @@ async fn b3_sampling_decisions_are_followed_and_passed_on() {
         traceparent_parts(seen.headers["traceparent"].to_str().unwrap());
     assert_eq!(flags, "00");
     assert_eq!(seen.headers["x-b3-sampled"], "0");
-    assert_eq!(seen.headers["x-b3-traceid"].to_str().unwrap(), declined_multi);
+    assert_eq!(
+        seen.headers["x-b3-traceid"].to_str().unwrap(),
+        declined_multi
+    );
     // A sampled B3 trace does reach the collector, so the absence of the
     // declined ones above means something.
     let sampled = "55555555555555555555555555555555";

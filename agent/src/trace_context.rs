@@ -273,13 +273,9 @@ pub fn inject(headers: &mut HeaderMap, span: &SpanContext, parent: Option<SpanId
     headers.insert(TRACEPARENT, traceparent(trace_id, span_id, sampled));
     let state = span.trace_state().header();
     match HeaderValue::try_from(state) {
-        Ok(value) if !value.is_empty() => {
-            headers.insert(TRACESTATE, value);
-        }
-        _ => {
-            headers.remove(TRACESTATE);
-        }
-    }
+        Ok(value) if !value.is_empty() => headers.insert(TRACESTATE, value),
+        _ => headers.remove(TRACESTATE),
+    };
     if let Some(b3) = headers.get(B3) {
         let debug = sampled && b3_single_is_debug(b3.as_bytes());
         let state = match (debug, sampled) {

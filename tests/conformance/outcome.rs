@@ -208,12 +208,10 @@ pub fn check(expect: &Expect, outcome: &Outcome) -> Result<(), String> {
         }
     }
     match &expect.upstream {
-        None => {}
-        Some(UpstreamExpect::None(_)) => {
-            if !outcome.forwarded.is_empty() {
-                problems.push("the upstream received the request; it must not".to_owned());
-            }
+        Some(UpstreamExpect::None(_)) if !outcome.forwarded.is_empty() => {
+            problems.push("the upstream received the request; it must not".to_owned());
         }
+        None | Some(UpstreamExpect::None(_)) => {}
         Some(UpstreamExpect::Request(want)) => match outcome.forwarded.first() {
             None => problems.push("the upstream received nothing".to_owned()),
             Some(got) => problems.extend(check_request(want, got)),

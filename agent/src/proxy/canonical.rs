@@ -34,28 +34,23 @@ pub fn settle<B>(req: &mut Request<B>, settings: &Settings<'_>) -> Result<(), Lo
 /// counts (RFC 9112 §3.2.2), so `Host` is made to say it.
 fn settle_authority<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
     let mut hosts = req.headers().get_all(HOST).iter();
-    let host = hosts.next().cloned();
+    let host = hosts.next();
     if hosts.next().is_some() {
         return Err(LocalReply::AMBIGUOUS_HOST);
     }
     let Some(authority) = req.uri().authority().map(Authority::as_str) else {
         return Ok(());
     };
-    let same = host
-        .as_ref()
-        .is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(authority.as_bytes()));
-    if same {
-        return Ok(());
+    match host {
+        Some(h) if h.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) => Ok(()),
+        Some(_) if req.version() == Version::HTTP_2 => Err(LocalReply::AMBIGUOUS_HOST),
+        None if req.version() == Version::HTTP_2 => Ok(()),
+        _ => {
+            let value = HeaderValue::from_str(authority).map_err(|_| LocalReply::MISSING_HOST)?;
+            req.headers_mut().insert(HOST, value);
+            Ok(())
+        }
     }
-    if req.version() == Version::HTTP_2 {
-        return match host {
-            Some(_) => Err(LocalReply::AMBIGUOUS_HOST),
-            None => Ok(()),
-        };
-    }
-    let value = HeaderValue::from_str(authority).map_err(|_| LocalReply::MISSING_HOST)?;
-    req.headers_mut().insert(HOST, value);
-    Ok(())
 }
 
 /// Normalizes the path as the mesh's `pathNormalization` says.

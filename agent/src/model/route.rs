@@ -123,7 +123,7 @@ impl RouteMatch {
             && !self
                 .without_headers
                 .iter()
-                .any(|(name, m)| header_present_and_matches(req.headers, name, m))
+                .any(|(name, m)| header_matches_missing_as_empty(req.headers, name, m))
             && self.query_params.iter().all(|(name, m)| {
                 req.query
                     .and_then(|q| crate::balancer::query_value(q, name))
@@ -135,7 +135,7 @@ impl RouteMatch {
 /// A `withoutHeaders` condition, as Istio renders it for Envoy
 /// (`invert_match` with `treat_missing_header_as_empty`): a missing header
 /// is an empty value, except for "present" conditions.
-fn header_present_and_matches(
+fn header_matches_missing_as_empty(
     headers: &HeaderMap,
     name: &HeaderName,
     matcher: &StrMatcher,

@@ -209,15 +209,10 @@ impl Attempts<'_> {
                 // The client's body broke off: not the upstream's failure, so
                 // neither outlier detection nor a retry hears of it.
                 ex.end_retry_span(None, Some("downstream_body"));
-                match ex.request_body_failure() {
-                    Some(BodyFailure::Malformed) => {
-                        Judged::Fail(LocalReply::MALFORMED_REQUEST_BODY)
-                    }
-                    _ => {
-                        ex.add_flags(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
-                        Judged::Fail(LocalReply::CONNECTION_TERMINATION)
-                    }
-                }
+                Judged::Fail(match ex.request_body_failure() {
+                    Some(BodyFailure::Malformed) => LocalReply::MALFORMED_REQUEST_BODY,
+                    _ => LocalReply::DOWNSTREAM_DISCONNECT,
+                })
             }
             Err(Attempted::Error(error)) => {
                 let reply = error.reply();

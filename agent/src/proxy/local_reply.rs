@@ -78,6 +78,16 @@ impl LocalReply {
         details: "downstream_protocol_error",
         grpc_status: None,
     };
+    /// The client went away (or reset its stream) while its body was being
+    /// forwarded: nobody reads this reply; it records the outcome, which is
+    /// not the upstream's failure.
+    pub const DOWNSTREAM_DISCONNECT: Self = Self {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+        body: "",
+        details: "downstream_remote_disconnect",
+        grpc_status: None,
+    };
     /// The rule's destination is not a known cluster.
     pub const NO_CLUSTER: Self = Self {
         status: StatusCode::SERVICE_UNAVAILABLE,

@@ -8,9 +8,10 @@ use opentelemetry_sdk::trace::{Sampler, SamplingDecision, SamplingResult, Should
 
 use crate::trace_context::Decision;
 
-/// The span's parent context carries the caller's [`Decision`] (set where
-/// the hop's span starts); spans started without one (retries, mirrors)
-/// follow their parent as `ParentBased` does.
+/// A caller's decision usually travels as its span's sampled flag, which
+/// `ParentBased` follows; where it cannot (a B3 decision without ids, B3 ids
+/// without a decision) the hop's parent context carries the [`Decision`]
+/// itself, and this sampler reads it first.
 #[derive(Debug, Clone)]
 pub struct CallerFirst {
     ratio: f64,
@@ -88,29 +89,21 @@ mod tests {
 
     #[test]
     fn the_callers_decision_overrides_the_ratio() {
-        let never = CallerFirst::new(0.0);
-        let always = CallerFirst::new(1.0);
-        let with = |d: Decision| Context::new().with_value(d);
-        assert_eq!(
-            decide(&never, &with(Decision::Sample)),
-            SamplingDecision::RecordAndSample
-        );
-        assert_eq!(
-            decide(&never, &with(Decision::Debug)),
-            SamplingDecision::RecordAndSample
-        );
-        assert_eq!(
-            decide(&always, &with(Decision::Drop)),
-            SamplingDecision::Drop
-        );
-        assert_eq!(
-            decide(&never, &with(Decision::Defer)),
-            SamplingDecision::Drop
-        );
-        assert_eq!(
-            decide(&always, &with(Decision::Defer)),
-            SamplingDecision::RecordAndSample
-        );
+        use SamplingDecision::{Drop, RecordAndSample};
+        for (ratio, decision, want) in [
+            (0.0, Decision::Sample, RecordAndSample),
+            (0.0, Decision::Debug, RecordAndSample),
+            (1.0, Decision::Drop, Drop),
+            (0.0, Decision::Defer, Drop),
+            (1.0, Decision::Defer, RecordAndSample),
+        ] {
+            let cx = Context::new().with_value(decision);
+            assert_eq!(
+                decide(&CallerFirst::new(ratio), &cx),
+                want,
+                "{decision:?} at {ratio}"
+            );
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::Exchange;
 use super::record::request_authority;
 use crate::model::cluster::Endpoint;
 use crate::proxy::{Direction, Downstream};
-use crate::trace_context;
+use crate::trace_context::{self, Decision};
 
 /// Starts this hop's span, a child of the caller's context (or a root),
 /// recorded as the caller decided (the sampler reads the decision from the
@@ -36,7 +36,12 @@ pub(super) fn start(
         let remote = SpanContext::new(trace_id, span_id, flags, true, caller.trace_state);
         parent = parent.with_remote_span_context(remote);
     }
-    let parent = parent.with_value(caller.decision);
+    // A parent's flags carry a decision; the sampler only needs telling when
+    // the caller decided without ids (B3 `0`/`1`/`d`) or sent ids without a
+    // decision (B3 "defer") — rare, so the common path allocates nothing more.
+    if caller.parent.is_some() == (caller.decision == Decision::Defer) {
+        parent = parent.with_value(caller.decision);
+    }
     let kind = match direction {
         Direction::Inbound => SpanKind::Server,
         Direction::Outbound => SpanKind::Client,

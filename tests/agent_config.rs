@@ -120,6 +120,33 @@ async fn validate_reports_every_problem_without_starting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_normalization_takes_istios_names() {
+    let app = closed_port().await;
+    let with = |name: &str| {
+        agent("productpage", app, NO_COLLECTOR).replace(
+            "  telemetry:",
+            &format!("  pathNormalization: {{normalization: {name}}}\n  telemetry:"),
+        )
+    };
+    for name in [
+        "NONE",
+        "BASE",
+        "DEFAULT",
+        "MERGE_SLASHES",
+        "DECODE_AND_MERGE_SLASHES",
+    ] {
+        let (ok, out) = validate(&with(name));
+        assert!(ok, "{name}: {out}");
+    }
+    let (ok, out) = validate(&with("MERGE"));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("spec.pathNormalization.normalization: unknown \"MERGE\""),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_config_is_valid() {
     let (ok, out) = validate_file(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),

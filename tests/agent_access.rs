@@ -261,3 +261,37 @@ spec:
         assert_eq!(reply.status, status, "{why}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_and_spans_read_the_normalized_path() {
+    let receiver = common::otlp::Receiver::start().await;
+    let app = Upstream::start("app").await;
+    let policy = r#"---
+apiVersion: tracemesh.io/v1
+kind: RateLimitPolicy
+metadata: {name: per-path, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  rules:
+  - name: per-path
+    match: {paths: ["/api/*"]}
+    key: {path: true}
+    tokenBucket: {maxTokens: 1, fillInterval: 1h}
+"#;
+    let agent = Agent::start(&(agent("reviews", app.addr, &receiver.endpoint()) + policy));
+    let client = Client::h1(agent.inbound);
+    // A path that reaches /api/x only once normalized takes /api/x's token,
+    // and the app receives the path the limit counted.
+    let first = client.get("http://reviews:9080/public/../api/%78").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(app.seen().pop().unwrap().path, "/api/x");
+    let second = client.get("http://reviews:9080/api/x").await;
+    assert_eq!(second.status, 429, "both requests are /api/x to the limit");
+    assert_eq!(client.get("http://reviews:9080/api/y").await.status, 200);
+    let spans = receiver
+        .wait_for("three server spans", |spans| spans.len() >= 3)
+        .await;
+    let mut paths: Vec<String> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
+    paths.sort();
+    assert_eq!(paths, ["/api/x", "/api/x", "/api/y"]);
+}

@@ -23,8 +23,8 @@ spec:
   hosts: [reviews]
   http:
   - route:
-    - {destination: {host: reviews, subset: v1}, weight: 50}
-    - {destination: {host: reviews, subset: v2}, weight: 40}
+    - {destination: {host: reviews, subset: v1}, weight: 0}
+    - {destination: {host: reviews, subset: v2}, weight: 0}
 "#
 }
 
@@ -50,7 +50,7 @@ async fn a_broken_config_names_file_document_and_field() {
         "{error}"
     );
     assert!(
-        error.contains("spec.http[0].route[1].weight: weights must sum to 100 (they sum to 90)"),
+        error.contains("spec.http[0].route: total destination weight is 0"),
         "{error}"
     );
 }
@@ -109,7 +109,7 @@ async fn validate_reports_every_problem_without_starting() {
         + "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [x]\n  ports: [{number: 80, name: http, protocol: CARRIER_PIGEON}]\n";
     let (ok, out) = validate(&bad);
     assert!(!ok, "{out}");
-    assert!(out.contains("weights must sum to 100"), "{out}");
+    assert!(out.contains("total destination weight is 0"), "{out}");
     assert!(out.contains("document 3 (line "), "{out}");
     assert!(out.contains("needs both `apiVersion` and `kind`"), "{out}");
     assert!(
@@ -117,6 +117,33 @@ async fn validate_reports_every_problem_without_starting() {
         "{out}"
     );
     assert!(out.contains("invalid (3 errors)"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_normalization_takes_istios_names() {
+    let app = closed_port().await;
+    let with = |name: &str| {
+        agent("productpage", app, NO_COLLECTOR).replace(
+            "  telemetry:",
+            &format!("  pathNormalization: {{normalization: {name}}}\n  telemetry:"),
+        )
+    };
+    for name in [
+        "NONE",
+        "BASE",
+        "DEFAULT",
+        "MERGE_SLASHES",
+        "DECODE_AND_MERGE_SLASHES",
+    ] {
+        let (ok, out) = validate(&with(name));
+        assert!(ok, "{name}: {out}");
+    }
+    let (ok, out) = validate(&with("MERGE"));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("spec.pathNormalization.normalization: unknown \"MERGE\""),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

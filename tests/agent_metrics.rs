@@ -384,3 +384,44 @@ async fn the_access_log_has_envoys_fields() {
         "a generated request id"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broken_request_body_is_the_clients_fault() {
+    // One endpoint that outlier detection would eject after a single 5xx or
+    // gateway error: a broken body must count as neither.
+    let app = Upstream::start("app").await;
+    let frontend = Agent::start(
+        &(agent("frontend", closed_port().await, NO_COLLECTOR)
+            + &service_entry(
+                "backend",
+                9080,
+                "HTTP",
+                &[Ep {
+                    addr: app.addr,
+                    labels: &[],
+                }],
+            )
+            + "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: backend, namespace: default}\nspec:\n  host: backend\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, maxEjectionPercent: 100}\n"),
+    );
+    let broken = "POST /upload HTTP/1.1\r\nHost: backend:9080\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\nnot-a-size\r\n";
+    let reply = common::client::raw_exchange(frontend.outbound, broken).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("x-tracemesh-response-flags: DPE"), "{reply}");
+    // The endpoint was not ejected: the next request reaches it.
+    let ok = Client::h1(frontend.outbound)
+        .get("http://backend:9080/after")
+        .await;
+    assert_eq!(ok.status, 200);
+    let scrape = frontend.metrics().await;
+    let count = |labels: &[(&str, &str)]| scrape.sum("istio_requests_total", labels);
+    assert_eq!(
+        count(&[("response_code", "400"), ("response_flags", "DPE")]),
+        1.0
+    );
+    assert_eq!(count(&[("response_flags", "UC")]), 0.0);
+    assert_eq!(count(&[("response_code", "503")]), 0.0);
+    assert_eq!(
+        scrape.sum("tracemesh_agent_outlier_ejections_total", &[]),
+        0.0
+    );
+}

@@ -373,3 +373,68 @@ async fn sampling_decisions_are_respected() {
         "a declined trace was exported"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn b3_sampling_decisions_are_followed_and_passed_on() {
+    let t = traced("1.0", "").await;
+    let client = Client::h1(t.frontend.outbound);
+    // "Do not sample" with no ids: a new trace, not recorded, and every
+    // format written says so (issue 13: today the span was recorded and the
+    // next hop told "sampled").
+    client
+        .get_with("http://backend:9080/declined", &[("b3", "0")])
+        .await;
+    let seen = t.app.seen().pop().unwrap();
+    let (declined, _, flags) = traceparent_parts(seen.headers["traceparent"].to_str().unwrap());
+    assert_eq!(flags, "00");
+    let b3 = seen.headers["b3"].to_str().unwrap().to_owned();
+    assert!(b3.starts_with(&declined) && b3.contains("-0-"), "{b3}");
+    client
+        .get_with("http://backend:9080/declined", &[("x-b3-sampled", "0")])
+        .await;
+    let seen = t.app.seen().pop().unwrap();
+    let (declined_multi, _, flags) =
+        traceparent_parts(seen.headers["traceparent"].to_str().unwrap());
+    assert_eq!(flags, "00");
+    assert_eq!(seen.headers["x-b3-sampled"], "0");
+    assert_eq!(
+        seen.headers["x-b3-traceid"].to_str().unwrap(),
+        declined_multi
+    );
+    // A sampled B3 trace does reach the collector, so the absence of the
+    // declined ones above means something.
+    let sampled = "55555555555555555555555555555555";
+    client
+        .get_with(
+            "http://backend:9080/sampled",
+            &[("b3", &format!("{sampled}-6666666666666666-1"))],
+        )
+        .await;
+    let spans = t
+        .receiver
+        .wait_for("the sampled B3 trace", two_spans_of(sampled))
+        .await;
+    assert!(of_trace(&spans, &declined).is_empty(), "b3: 0 was recorded");
+    assert!(
+        of_trace(&spans, &declined_multi).is_empty(),
+        "x-b3-sampled: 0 was recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn b3_debug_is_recorded_at_zero_sampling_and_stays_debug() {
+    let t = traced("0.0", "").await;
+    let trace = "77777777777777777777777777777777";
+    Client::h1(t.frontend.outbound)
+        .get_with(
+            "http://backend:9080/debug",
+            &[("b3", &format!("{trace}-8888888888888888-d"))],
+        )
+        .await;
+    let seen = t.app.seen().pop().unwrap();
+    let b3 = seen.headers["b3"].to_str().unwrap();
+    assert!(b3.starts_with(trace) && b3.contains("-d-"), "{b3}");
+    t.receiver
+        .wait_for("the debug trace", two_spans_of(trace))
+        .await;
+}

@@ -8,7 +8,7 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u16);
 
-const NAMES: [(u16, &str); 14] = [
+const NAMES: [(u16, &str); 15] = [
     (1 << 0, "NR"),
     (1 << 1, "UF"),
     (1 << 2, "UH"),
@@ -23,6 +23,7 @@ const NAMES: [(u16, &str); 14] = [
     (1 << 11, "DI"),
     (1 << 12, "NC"),
     (1 << 13, "UR"),
+    (1 << 14, "DPE"),
 ];
 
 impl ResponseFlags {
@@ -56,6 +57,9 @@ impl ResponseFlags {
     pub const NO_CLUSTER_FOUND: Self = Self(1 << 12);
     /// The upstream reset the stream after the response began.
     pub const UPSTREAM_REMOTE_RESET: Self = Self(1 << 13);
+    /// The client broke the HTTP protocol (a malformed body, an ambiguous
+    /// request).
+    pub const DOWNSTREAM_PROTOCOL_ERROR: Self = Self(1 << 14);
 
     /// Whether no flag is set.
     pub fn is_empty(self) -> bool {

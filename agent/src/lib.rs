@@ -13,6 +13,7 @@ pub mod config;
 pub mod flags;
 pub mod host;
 pub mod model;
+pub mod path;
 pub mod proxy;
 pub mod reload;
 pub mod run;

@@ -1,9 +1,27 @@
-//! Trace context on the wire: W3C `traceparent` (read and written), B3 single
-//! and multi headers (read, and rewritten when the caller used them, so a
-//! Zipkin-instrumented app sees the agent's span as its parent).
+//! Trace context on the wire: W3C `traceparent`/`tracestate` (read and
+//! written) and B3, single and multi header (read, and rewritten when the
+//! caller used them, so a Zipkin-instrumented app sees the agent's span as
+//! its parent). The caller's sampling decision is followed and passed on
+//! unchanged in every format written.
+//!
+//! Reading, in order (W3C first, as tracemesh is W3C-first):
+//! 1. exactly one valid `traceparent` line: its trace, span and `sampled`
+//!    flag, with `tracestate` (all its lines); two `traceparent` lines are
+//!    invalid (W3C Trace Context §3.2: the trace restarts);
+//! 2. B3 single `b3`: `{trace}-{span}[-{0|1|d}[-{parent}]]`, or a bare
+//!    decision `0`, `1`, `d`;
+//! 3. B3 multi `x-b3-traceid`/`x-b3-spanid` with `x-b3-sampled` (`1`,
+//!    `true`, `0`, `false`) and `x-b3-flags: 1` (debug, which implies
+//!    sampled) — the decision alone when no ids come with it.
+//!
+//! A B3 context without a sampling state defers the decision to this agent's
+//! sampler (B3's "defer"). `tracestate` never survives without a valid
+//! `traceparent`.
+
+use std::str::FromStr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
+use opentelemetry::trace::{SpanContext, SpanId, TraceId, TraceState};
 
 /// `traceparent`.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -17,31 +35,105 @@ const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid
 const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
-/// A caller's trace context.
+/// A caller's sampling decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Incoming {
-    /// The trace.
-    pub trace_id: TraceId,
-    /// The caller's span, parent of ours.
-    pub span_id: SpanId,
-    /// Whether the caller sampled the trace.
-    pub sampled: bool,
+pub enum Decision {
+    /// Record the trace (`sampled`, `1`).
+    Sample,
+    /// Record it, and tell the next hops it is a debug trace (B3 `d`,
+    /// `x-b3-flags: 1`).
+    Debug,
+    /// Do not record it (`0`).
+    Drop,
+    /// No decision: this agent's sampler decides.
+    Defer,
 }
 
-/// Reads the caller's context: `traceparent` first, then B3.
-pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
-    if let Some(tp) = headers.get(TRACEPARENT) {
-        return parse_traceparent(tp.as_bytes());
+impl Decision {
+    /// Whether the trace is recorded, when the caller decided.
+    pub fn sampled(self) -> Option<bool> {
+        match self {
+            Self::Sample | Self::Debug => Some(true),
+            Self::Drop => Some(false),
+            Self::Defer => None,
+        }
     }
-    if let Some(b3) = headers.get(B3) {
-        return parse_b3_single(b3.as_bytes());
+}
+
+/// What a caller said about the trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller's trace and span (the parent of ours), when it sent them.
+    pub parent: Option<(TraceId, SpanId)>,
+    /// Its sampling decision.
+    pub decision: Decision,
+    /// Vendor state from `tracestate` (only with a valid `traceparent`).
+    pub trace_state: TraceState,
+}
+
+impl Caller {
+    fn new_trace() -> Self {
+        Self {
+            parent: None,
+            decision: Decision::Defer,
+            trace_state: TraceState::default(),
+        }
     }
-    parse_b3_multi(headers)
+}
+
+/// Reads the caller's context and decision.
+pub fn extract(headers: &HeaderMap) -> Caller {
+    if let Some((trace_id, span_id, sampled)) = single_traceparent(headers) {
+        return Caller {
+            parent: Some((trace_id, span_id)),
+            decision: if sampled {
+                Decision::Sample
+            } else {
+                Decision::Drop
+            },
+            trace_state: trace_state(headers),
+        };
+    }
+    let b3 = headers
+        .get(B3)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_b3_single);
+    b3.or_else(|| parse_b3_multi(headers))
+        .unwrap_or_else(Caller::new_trace)
+}
+
+fn single_traceparent(headers: &HeaderMap) -> Option<(TraceId, SpanId, bool)> {
+    let mut lines = headers.get_all(TRACEPARENT).iter();
+    let first = lines.next()?;
+    if lines.next().is_some() {
+        return None;
+    }
+    parse_traceparent(first.as_bytes())
+}
+
+/// Every `tracestate` line, combined (W3C allows several); invalid → empty.
+fn trace_state(headers: &HeaderMap) -> TraceState {
+    let mut combined = String::new();
+    for line in headers.get_all(TRACESTATE) {
+        let Ok(line) = line.to_str() else {
+            return TraceState::default();
+        };
+        if !line.trim().is_empty() {
+            if !combined.is_empty() {
+                combined.push(',');
+            }
+            combined.push_str(line);
+        }
+    }
+    if combined.is_empty() {
+        return TraceState::default();
+    }
+    TraceState::from_str(&combined).unwrap_or_default()
 }
 
 /// Parses `version-traceid-spanid-flags`; unknown future versions are read
-/// by their first four fields, as the spec asks.
-pub fn parse_traceparent(value: &[u8]) -> Option<Incoming> {
+/// by their first four fields, as the spec asks. `(trace, span, sampled)`.
+pub fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, bool)> {
     let s = std::str::from_utf8(value).ok()?.trim();
     let mut parts = s.split('-');
     let (version, trace, span, flags) =
@@ -66,11 +158,7 @@ pub fn parse_traceparent(value: &[u8]) -> Option<Incoming> {
         .ok()
         .filter(|s| *s != SpanId::INVALID)?;
     let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some(Incoming {
-        trace_id,
-        span_id,
-        sampled: flags & 1 == 1,
-    })
+    Some((trace_id, span_id, flags & 1 == 1))
 }
 
 fn is_lower_hex(s: &str) -> bool {
@@ -87,54 +175,82 @@ fn b3_trace_id(hex: &str) -> Option<TraceId> {
     (id != TraceId::INVALID).then_some(id)
 }
 
-fn b3_sampled(value: &str) -> Option<bool> {
+fn b3_span_id(hex: &str) -> Option<SpanId> {
+    let id = SpanId::from_hex(hex).ok().filter(|_| hex.len() == 16)?;
+    (id != SpanId::INVALID).then_some(id)
+}
+
+/// B3's sampling state: `1`/`0`/`d` (and `true`/`false` in `x-b3-sampled`).
+fn b3_decision(value: &str) -> Option<Decision> {
     match value {
-        "1" | "true" | "d" => Some(true),
-        "0" | "false" => Some(false),
+        "1" | "true" => Some(Decision::Sample),
+        "0" | "false" => Some(Decision::Drop),
+        "d" => Some(Decision::Debug),
         _ => None,
     }
 }
 
-fn parse_b3_single(value: &[u8]) -> Option<Incoming> {
-    let s = std::str::from_utf8(value).ok()?.trim();
-    let mut parts = s.split('-');
-    let trace = parts.next()?;
-    let span = parts.next()?; // a lone sampling flag carries no context
-    let sampled = parts.next().map_or(Some(true), b3_sampled)?;
-    Some(Incoming {
-        trace_id: b3_trace_id(trace)?,
-        span_id: SpanId::from_hex(span)
-            .ok()
-            .filter(|s| *s != SpanId::INVALID && span.len() == 16)?,
-        sampled,
+fn parse_b3_single(value: &str) -> Option<Caller> {
+    let value = value.trim();
+    if let Some(decision) = b3_decision(value) {
+        return Some(Caller {
+            decision,
+            ..Caller::new_trace()
+        });
+    }
+    let mut parts = value.split('-');
+    let trace_id = b3_trace_id(parts.next()?)?;
+    let span_id = b3_span_id(parts.next()?)?;
+    let decision = match parts.next() {
+        None => Decision::Defer,
+        Some(state) => b3_decision(state)?,
+    };
+    if let Some(parent) = parts.next() {
+        b3_span_id(parent)?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Caller {
+        parent: Some((trace_id, span_id)),
+        decision,
+        trace_state: TraceState::default(),
     })
 }
 
-fn parse_b3_multi(headers: &HeaderMap) -> Option<Incoming> {
+fn parse_b3_multi(headers: &HeaderMap) -> Option<Caller> {
     let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let trace_id = b3_trace_id(get(&B3_TRACE_ID)?)?;
-    let span = get(&B3_SPAN_ID)?;
-    let span_id = SpanId::from_hex(span)
-        .ok()
-        .filter(|s| *s != SpanId::INVALID && span.len() == 16)?;
-    let debug = get(&B3_FLAGS) == Some("1");
-    let sampled = debug || get(&B3_SAMPLED).is_none_or(|v| b3_sampled(v).unwrap_or(false));
-    Some(Incoming {
-        trace_id,
-        span_id,
-        sampled,
+    let decision = if get(&B3_FLAGS).map(str::trim) == Some("1") {
+        Decision::Debug
+    } else {
+        match get(&B3_SAMPLED) {
+            Some(v) => b3_decision(v.trim()).unwrap_or(Decision::Defer),
+            None => Decision::Defer,
+        }
+    };
+    let ids = get(&B3_TRACE_ID)
+        .and_then(b3_trace_id)
+        .zip(get(&B3_SPAN_ID).and_then(b3_span_id));
+    if ids.is_none() && decision == Decision::Defer {
+        return None;
+    }
+    Some(Caller {
+        parent: ids,
+        decision,
+        trace_state: TraceState::default(),
     })
 }
 
-/// The `traceparent` value naming `span_id` as the parent.
-pub fn traceparent(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> HeaderValue {
+/// The `traceparent` value naming `span_id` as the parent. Only the
+/// `sampled` flag is written (the one flag version 00 defines).
+pub fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> HeaderValue {
     let mut buf = [0u8; 55];
     buf[..3].copy_from_slice(b"00-");
     hex_into(&trace_id.to_bytes(), &mut buf[3..35]);
     buf[35] = b'-';
     hex_into(&span_id.to_bytes(), &mut buf[36..52]);
     buf[52] = b'-';
-    hex_into(&[flags.to_u8()], &mut buf[53..55]);
+    hex_into(&[u8::from(sampled)], &mut buf[53..55]);
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
@@ -146,45 +262,94 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
-/// Writes the context for the next hop: always `traceparent`, and any B3
-/// headers the request carries are rewritten too, so every instrumented app
-/// (W3C or Zipkin) finds this hop's span as its parent.
-pub fn inject(headers: &mut HeaderMap, trace_id: TraceId, span_id: SpanId, flags: TraceFlags) {
-    headers.insert(TRACEPARENT, traceparent(trace_id, span_id, flags));
-    let sampled = if flags.is_sampled() { "1" } else { "0" };
-    if headers.contains_key(B3)
-        && let Ok(v) = HeaderValue::try_from(format!("{trace_id}-{span_id}-{sampled}"))
-    {
-        headers.insert(B3, v);
+/// Writes the context for the next hop, naming `span` (whose parent is
+/// `parent`, for B3's parent-span fields): always `traceparent`, with
+/// `tracestate` when the trace carries vendor state; and the B3 format(s)
+/// the request already carries, rewritten, so every instrumented app (W3C or
+/// Zipkin) finds this hop's span as its parent. A B3 debug decision stays a
+/// debug decision.
+pub fn inject(headers: &mut HeaderMap, span: &SpanContext, parent: Option<SpanId>) {
+    let (trace_id, span_id, sampled) = (span.trace_id(), span.span_id(), span.is_sampled());
+    headers.insert(TRACEPARENT, traceparent(trace_id, span_id, sampled));
+    let state = span.trace_state().header();
+    match HeaderValue::try_from(state) {
+        Ok(value) if !value.is_empty() => headers.insert(TRACESTATE, value),
+        _ => headers.remove(TRACESTATE),
+    };
+    if let Some(b3) = headers.get(B3) {
+        let debug = sampled && b3_single_is_debug(b3.as_bytes());
+        let state = match (debug, sampled) {
+            (true, _) => "d",
+            (false, true) => "1",
+            (false, false) => "0",
+        };
+        let value = match parent {
+            Some(parent) => format!("{trace_id}-{span_id}-{state}-{parent}"),
+            None => format!("{trace_id}-{span_id}-{state}"),
+        };
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(B3, value);
+        }
     }
-    if headers.contains_key(B3_TRACE_ID) {
-        let pairs = [
+    let multi = [&B3_TRACE_ID, &B3_SPAN_ID, &B3_SAMPLED, &B3_FLAGS];
+    if multi.iter().any(|name| headers.contains_key(*name)) {
+        let ids = [
             (B3_TRACE_ID, trace_id.to_string()),
             (B3_SPAN_ID, span_id.to_string()),
         ];
-        for (name, value) in pairs {
+        for (name, value) in ids {
             if let Ok(v) = HeaderValue::try_from(value) {
                 headers.insert(name, v);
             }
         }
-        headers.remove(B3_PARENT_SPAN_ID);
-        headers.insert(B3_SAMPLED, HeaderValue::from_static(sampled));
+        match parent.and_then(|p| HeaderValue::try_from(p.to_string()).ok()) {
+            Some(parent) => headers.insert(B3_PARENT_SPAN_ID, parent),
+            None => headers.remove(B3_PARENT_SPAN_ID),
+        };
+        let sampled = HeaderValue::from_static(if sampled { "1" } else { "0" });
+        headers.insert(B3_SAMPLED, sampled);
+        if !span.is_sampled() {
+            headers.remove(B3_FLAGS);
+        }
     }
+}
+
+/// Whether a `b3` value carries the debug state (`d`, alone or third).
+fn b3_single_is_debug(value: &[u8]) -> bool {
+    value == b"d" || value.split(|b| *b == b'-').nth(2) == Some(b"d")
 }
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::trace::TraceFlags;
+
     use super::*;
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const B3_IDS: &str = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1";
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    fn decision(pairs: &[(&str, &str)]) -> (bool, Decision) {
+        let caller = extract(&headers(pairs));
+        (caller.parent.is_some(), caller.decision)
+    }
 
     #[test]
     fn reads_and_writes_traceparent() {
-        let ctx = parse_traceparent(TP.as_bytes()).expect("valid");
-        assert_eq!(ctx.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(ctx.sampled);
-        let written = traceparent(ctx.trace_id, ctx.span_id, TraceFlags::SAMPLED);
-        assert_eq!(written.to_str().unwrap(), TP);
+        let (trace, span, sampled) = parse_traceparent(TP.as_bytes()).expect("valid");
+        assert_eq!(trace.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(sampled);
+        assert_eq!(traceparent(trace, span, true).to_str().unwrap(), TP);
     }
 
     #[test]
@@ -204,23 +369,108 @@ mod tests {
     }
 
     #[test]
-    fn reads_b3() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            B3,
-            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
-                .parse()
-                .unwrap(),
-        );
-        let ctx = extract(&headers).expect("b3 single");
-        assert!(ctx.sampled);
+    fn w3c_edge_cases_restart_the_trace() {
+        let other = "00-11111111111111111111111111111111-00f067aa0ba902b7-01";
+        let two = extract(&headers(&[("traceparent", TP), ("traceparent", other)]));
+        assert_eq!(two.parent, None);
+        let orphan_state = extract(&headers(&[("tracestate", "k=v")]));
+        assert_eq!(orphan_state.trace_state, TraceState::default());
+        let invalid = extract(&headers(&[("traceparent", "00-zz"), ("tracestate", "k=v")]));
+        assert_eq!(invalid.parent, None);
+        assert_eq!(invalid.trace_state, TraceState::default());
+        let kept = extract(&headers(&[
+            ("traceparent", TP),
+            ("tracestate", "k=v"),
+            ("tracestate", "l=w"),
+        ]));
+        assert_eq!(kept.trace_state.header(), "k=v,l=w");
+        assert_eq!(kept.decision, Decision::Sample);
+    }
 
-        let mut headers = HeaderMap::new();
-        headers.insert(B3_TRACE_ID, "64fe8b2a57d3eff7".parse().unwrap());
-        headers.insert(B3_SPAN_ID, "e457b5a2e4d86bd1".parse().unwrap());
-        headers.insert(B3_SAMPLED, "0".parse().unwrap());
-        let ctx = extract(&headers).expect("b3 multi");
-        assert_eq!(ctx.trace_id.to_string(), "000000000000000064fe8b2a57d3eff7");
-        assert!(!ctx.sampled);
+    #[test]
+    fn reads_b3_decisions() {
+        let tp00 = TP.replace("-01", "-00");
+        assert_eq!(decision(&[("traceparent", &tp00)]), (true, Decision::Drop));
+        assert_eq!(decision(&[("b3", "0")]), (false, Decision::Drop));
+        assert_eq!(decision(&[("b3", "1")]), (false, Decision::Sample));
+        assert_eq!(decision(&[("b3", "d")]), (false, Decision::Debug));
+        assert_eq!(decision(&[("b3", B3_IDS)]), (true, Decision::Defer));
+        let with = |s: &str| format!("{B3_IDS}-{s}");
+        assert_eq!(decision(&[("b3", &with("0"))]), (true, Decision::Drop));
+        assert_eq!(decision(&[("b3", &with("d"))]), (true, Decision::Debug));
+        let with_parent = with("1-05e3ac9a4f6e3b90");
+        assert_eq!(decision(&[("b3", &with_parent)]), (true, Decision::Sample));
+        assert_eq!(decision(&[("b3", "garbage")]), (false, Decision::Defer));
+        assert_eq!(decision(&[("x-b3-sampled", "0")]), (false, Decision::Drop));
+        assert_eq!(decision(&[("x-b3-flags", "1")]), (false, Decision::Debug));
+        let multi = [
+            ("x-b3-traceid", "64fe8b2a57d3eff7"),
+            ("x-b3-spanid", "e457b5a2e4d86bd1"),
+        ];
+        assert_eq!(decision(&multi), (true, Decision::Defer));
+        let mut dropped = multi.to_vec();
+        dropped.push(("x-b3-sampled", "false"));
+        assert_eq!(decision(&dropped), (true, Decision::Drop));
+        dropped.push(("x-b3-flags", "1"));
+        assert_eq!(decision(&dropped), (true, Decision::Debug));
+        let caller = extract(&headers(&multi));
+        let trace = caller.parent.unwrap().0.to_string();
+        assert_eq!(trace, "000000000000000064fe8b2a57d3eff7");
+        // The single header wins over the multi headers.
+        let both = [("b3", with("1")), ("x-b3-sampled", "0".to_owned())];
+        let both: Vec<(&str, &str)> = both.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        assert_eq!(decision(&both), (true, Decision::Sample));
+    }
+
+    fn span(sampled: bool, state: &str) -> SpanContext {
+        let flags = if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("1111111111111111").unwrap(),
+            flags,
+            false,
+            TraceState::from_str(state).unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn writes_the_decision_in_every_format_present() {
+        let parent = SpanId::from_hex("e457b5a2e4d86bd1").ok();
+        let mut map = headers(&[("b3", "0"), ("tracestate", "stale=1")]);
+        inject(&mut map, &span(false, ""), None);
+        assert_eq!(
+            map["traceparent"],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-00"
+        );
+        assert_eq!(
+            map["b3"],
+            "4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-0"
+        );
+        assert!(map.get("tracestate").is_none());
+
+        let mut map = headers(&[("b3", &format!("{B3_IDS}-d"))]);
+        inject(&mut map, &span(true, "k=v"), parent);
+        assert_eq!(
+            map["b3"],
+            "4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-d-e457b5a2e4d86bd1"
+        );
+        assert_eq!(map["tracestate"], "k=v");
+
+        let mut map = headers(&[("x-b3-sampled", "0")]);
+        inject(&mut map, &span(false, ""), None);
+        assert_eq!(map["x-b3-traceid"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(map["x-b3-spanid"], "1111111111111111");
+        assert_eq!(map["x-b3-sampled"], "0");
+        assert!(map.get("x-b3-parentspanid").is_none());
+
+        let mut map = headers(&[("x-b3-flags", "1"), ("x-b3-traceid", "64fe8b2a57d3eff7")]);
+        inject(&mut map, &span(true, ""), parent);
+        assert_eq!(map["x-b3-flags"], "1");
+        assert_eq!(map["x-b3-sampled"], "1");
+        assert_eq!(map["x-b3-parentspanid"], "e457b5a2e4d86bd1");
     }
 }

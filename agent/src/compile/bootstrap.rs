@@ -9,6 +9,7 @@ use crate::config::documents::Document;
 use crate::host::resolve_short_name;
 use crate::model::service::{Protocol, ServiceName};
 use crate::model::{Identity, Listeners};
+use crate::path::PathNormalization;
 use crate::telemetry::peer_metadata;
 
 /// The compiled bootstrap.
@@ -17,6 +18,8 @@ pub(super) struct Bootstrap {
     pub listeners: Listeners,
     /// The Agent has a certificate source, so it can speak mTLS.
     pub has_identity: bool,
+    /// How request paths are normalized.
+    pub path_normalization: PathNormalization,
 }
 
 /// The one Agent document of the file.
@@ -122,12 +125,26 @@ pub(super) fn compile(doc: &Document<AgentSpec>, diags: &mut Diagnostics) -> Opt
         diags.error(loc, Some("spec.serviceAccount".into()), e.to_string());
     }
     validate_identity(spec, loc, diags);
+    let path_normalization = match spec.path_normalization.normalization.as_deref() {
+        None => PathNormalization::default(),
+        Some(name) => PathNormalization::parse(name).unwrap_or_else(|| {
+            let msg =
+                format!("unknown {name:?} (NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES)");
+            diags.error(
+                loc,
+                Some("spec.pathNormalization.normalization".into()),
+                msg,
+            );
+            PathNormalization::default()
+        }),
+    };
     if diags.errors().count() > errors_before {
         return None;
     }
     let identity = identity(doc, &namespace, inbound?, spiffe.ok()?);
     Some(Bootstrap {
         has_identity: spec.identity.is_some(),
+        path_normalization,
         identity: Arc::new(identity),
         listeners: Listeners {
             inbound: inbound?,

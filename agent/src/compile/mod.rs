@@ -4,6 +4,7 @@
 
 mod access;
 mod bootstrap;
+mod decided;
 mod mtls;
 mod policy;
 mod registry;
@@ -190,6 +191,9 @@ fn build(
         diags,
     );
     let dump = dump(docs, version, diags);
+    let clusters = registry.clusters();
+    let decided_headers =
+        decided::decided_headers(&routes, &authorization, &rate_limits, &clusters);
     Some(Snapshot {
         version,
         bootstrap: agent.spec.clone(),
@@ -198,10 +202,12 @@ fn build(
         routes,
         inbound,
         tcp_routes,
-        clusters: registry.clusters(),
+        clusters,
         authorization,
         rate_limits,
         inbound_mtls,
+        path_normalization: boot.path_normalization,
+        decided_headers,
         dump,
     })
 }

@@ -1,5 +1,6 @@
-//! DestinationRule traffic policies: merged as Istio merges them (subset over
-//! top level, port level over both) and turned into balancers and timeouts.
+//! DestinationRule traffic policies: chosen as Istio chooses them (a port-level
+//! entry replaces its policy, a subset overrides the rule field by field) and
+//! turned into balancers and timeouts.
 
 use std::sync::Arc;
 
@@ -12,7 +13,16 @@ use crate::config::diagnostics::{Diagnostics, Location};
 use crate::model::cluster::{DEFAULT_CONNECT_TIMEOUT, Endpoint};
 use crate::model::live::{OutlierSettings, PoolLimits, UNLIMITED};
 
-/// The policy in force for one port and subset.
+/// The policy in force for one port and subset, chosen as Istio chooses it
+/// (`MergeSubsetTrafficPolicy`, `GetPortLevelTrafficPolicy` in
+/// `pilot/pkg/networking/util`):
+///
+/// - a `portLevelSettings` entry for the port *replaces* its policy's load
+///   balancer, connection pool, outlier detection and TLS — what the entry
+///   leaves out takes its default, not the policy's top-level value;
+/// - a subset's policy (resolved for the port the same way) overrides the
+///   rule's field by field, except that a subset port-level entry replaces
+///   all four fields.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct EffectivePolicy<'a> {
     pub load_balancer: Option<&'a LoadBalancerSettings>,
@@ -22,61 +32,65 @@ pub(super) struct EffectivePolicy<'a> {
 }
 
 impl<'a> EffectivePolicy<'a> {
-    fn overlay(&mut self, policy: &'a TrafficPolicy, port: u16) {
-        self.overlay_fields(
-            policy.load_balancer.as_ref(),
-            policy.connection_pool.as_ref(),
-            policy.outlier_detection.as_ref(),
-            policy.tls.as_ref(),
-        );
+    /// `policy` for `port`; `true` when a port-level entry decided it.
+    fn for_port(policy: &'a TrafficPolicy, port: u16) -> (Self, bool) {
         let port_level = policy
             .port_level_settings
             .iter()
             .find(|p| p.port.number == u32::from(port));
-        if let Some(PortTrafficPolicy {
-            load_balancer,
-            connection_pool,
-            outlier_detection,
-            tls,
-            ..
-        }) = port_level
-        {
-            self.overlay_fields(
-                load_balancer.as_ref(),
-                connection_pool.as_ref(),
-                outlier_detection.as_ref(),
-                tls.as_ref(),
-            );
+        match port_level {
+            Some(PortTrafficPolicy {
+                load_balancer,
+                connection_pool,
+                outlier_detection,
+                tls,
+                ..
+            }) => (
+                Self {
+                    load_balancer: load_balancer.as_ref(),
+                    connection_pool: connection_pool.as_ref(),
+                    outlier_detection: outlier_detection.as_ref(),
+                    tls: tls.as_ref(),
+                },
+                true,
+            ),
+            None => (
+                Self {
+                    load_balancer: policy.load_balancer.as_ref(),
+                    connection_pool: policy.connection_pool.as_ref(),
+                    outlier_detection: policy.outlier_detection.as_ref(),
+                    tls: policy.tls.as_ref(),
+                },
+                false,
+            ),
         }
-    }
-
-    fn overlay_fields(
-        &mut self,
-        lb: Option<&'a LoadBalancerSettings>,
-        pool: Option<&'a ConnectionPoolSettings>,
-        outlier: Option<&'a OutlierDetection>,
-        tls: Option<&'a ClientTlsSettings>,
-    ) {
-        self.load_balancer = lb.or(self.load_balancer);
-        self.connection_pool = pool.or(self.connection_pool);
-        self.outlier_detection = outlier.or(self.outlier_detection);
-        self.tls = tls.or(self.tls);
     }
 
     /// The policy of `rule` for `port` and `subset`.
     pub fn of(rule: Option<&'a DestinationRuleSpec>, port: u16, subset: Option<&str>) -> Self {
-        let mut policy = Self::default();
-        let Some(rule) = rule else { return policy };
-        if let Some(top) = &rule.traffic_policy {
-            policy.overlay(top, port);
-        }
+        let Some(rule) = rule else {
+            return Self::default();
+        };
+        let top = rule
+            .traffic_policy
+            .as_ref()
+            .map(|p| Self::for_port(p, port).0)
+            .unwrap_or_default();
         let subset_policy = subset
             .and_then(|name| rule.subsets.iter().find(|s| s.name == name))
             .and_then(|s| s.traffic_policy.as_ref());
-        if let Some(sub) = subset_policy {
-            policy.overlay(sub, port);
+        let Some(sub) = subset_policy else {
+            return top;
+        };
+        match Self::for_port(sub, port) {
+            (port_level, true) => port_level,
+            (sub, false) => Self {
+                load_balancer: sub.load_balancer.or(top.load_balancer),
+                connection_pool: sub.connection_pool.or(top.connection_pool),
+                outlier_detection: sub.outlier_detection.or(top.outlier_detection),
+                tls: sub.tls.or(top.tls),
+            },
         }
-        policy
     }
 }
 
@@ -377,5 +391,103 @@ fn validate_limits(policy: &TrafficPolicy, loc: &Location, field: &str, diags: &
                 "must not be negative",
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(yaml: &str) -> DestinationRuleSpec {
+        let tree = crate::config::source::read_document(yaml, 1)
+            .expect("yaml")
+            .expect("a document");
+        serde_json::from_value(tree.value).expect("rule")
+    }
+
+    fn lb(policy: &EffectivePolicy<'_>) -> Option<&'static str> {
+        let simple = policy.load_balancer.and_then(|lb| lb.simple.as_deref());
+        simple.map(|s| match s {
+            "ROUND_ROBIN" => "ROUND_ROBIN",
+            "RANDOM" => "RANDOM",
+            _ => "OTHER",
+        })
+    }
+
+    const RULE: &str = r#"
+host: svc
+trafficPolicy:
+  loadBalancer: {simple: ROUND_ROBIN}
+  connectionPool: {http: {http2MaxRequests: 1}}
+  outlierDetection: {consecutive5xxErrors: 1}
+  tls: {mode: SIMPLE}
+  portLevelSettings:
+  - port: {number: 9080}
+    loadBalancer: {simple: RANDOM}
+subsets:
+- name: plain
+  labels: {version: v1}
+- name: pooled
+  labels: {version: v2}
+  trafficPolicy:
+    connectionPool: {http: {http2MaxRequests: 7}}
+- name: ported
+  labels: {version: v3}
+  trafficPolicy:
+    connectionPool: {http: {http2MaxRequests: 9}}
+    portLevelSettings:
+    - port: {number: 80}
+      outlierDetection: {consecutive5xxErrors: 3}
+"#;
+
+    #[test]
+    fn a_port_entry_replaces_the_top_level_policy() {
+        let rule = rule(RULE);
+        let on_9080 = EffectivePolicy::of(Some(&rule), 9080, None);
+        assert_eq!(lb(&on_9080), Some("RANDOM"));
+        assert!(on_9080.connection_pool.is_none());
+        assert!(on_9080.outlier_detection.is_none());
+        assert!(on_9080.tls.is_none());
+        let on_80 = EffectivePolicy::of(Some(&rule), 80, None);
+        assert_eq!(lb(&on_80), Some("ROUND_ROBIN"));
+        assert!(on_80.tls.is_some() && on_80.outlier_detection.is_some());
+    }
+
+    #[test]
+    fn subsets_override_field_by_field() {
+        let rule = rule(RULE);
+        // No subset policy: the rule's (port-resolved) policy.
+        let plain = EffectivePolicy::of(Some(&rule), 9080, Some("plain"));
+        assert_eq!(lb(&plain), Some("RANDOM"));
+        assert!(plain.tls.is_none());
+        // A subset field replaces that field only.
+        let pooled = EffectivePolicy::of(Some(&rule), 80, Some("pooled"));
+        let max = |p: &EffectivePolicy<'_>| {
+            p.connection_pool
+                .and_then(|c| c.http.as_ref())
+                .and_then(|h| h.http2_max_requests)
+        };
+        assert_eq!(max(&pooled), Some(7));
+        assert_eq!(lb(&pooled), Some("ROUND_ROBIN"));
+        assert!(pooled.tls.is_some() && pooled.outlier_detection.is_some());
+        // On 9080 the rule's port entry applies first, then the subset field.
+        let pooled_9080 = EffectivePolicy::of(Some(&rule), 9080, Some("pooled"));
+        assert_eq!(max(&pooled_9080), Some(7));
+        assert_eq!(lb(&pooled_9080), Some("RANDOM"));
+        assert!(pooled_9080.tls.is_none());
+        // A subset port entry replaces all four fields.
+        let ported = EffectivePolicy::of(Some(&rule), 80, Some("ported"));
+        assert!(ported.connection_pool.is_none() && ported.tls.is_none());
+        assert!(ported.load_balancer.is_none());
+        assert_eq!(
+            ported
+                .outlier_detection
+                .and_then(|o| o.consecutive_5xx_errors),
+            Some(3)
+        );
+        // Without its port entry, the subset's own top level merges in.
+        let ported_9080 = EffectivePolicy::of(Some(&rule), 9080, Some("ported"));
+        assert_eq!(max(&ported_9080), Some(9));
+        assert_eq!(lb(&ported_9080), Some("RANDOM"));
     }
 }

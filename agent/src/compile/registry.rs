@@ -95,6 +95,16 @@ impl Registry {
             .find_map(|h| self.services.get_key_value(&h))
     }
 
+    /// The HTTP ports `fqdn` declares (none when it is not in the registry).
+    pub fn http_ports(&self, fqdn: &str) -> Vec<u16> {
+        let clusters = self.services.get(fqdn).and_then(|s| s.clusters.get(&None));
+        let http = clusters
+            .into_iter()
+            .flatten()
+            .filter(|c| c.protocol.is_http());
+        http.map(|c| c.port).collect()
+    }
+
     /// The destination for `fqdn`, `subset` and an optional fixed port.
     pub fn target(&self, fqdn: &str, subset: Option<&str>, port: Option<u16>) -> DestinationTarget {
         let clusters = self

@@ -73,17 +73,37 @@ pub(super) fn build(
                 continue;
             }
             hosts.push(Arc::new(VirtualHost {
+                ports: registry.http_ports(&fqdn),
                 host: fqdn,
                 virtual_service: Some(name.clone()),
                 rules: rules.clone(),
             }));
         }
     }
+    // A registry host without a VirtualService of its own takes the most
+    // specific wildcard VirtualService that covers it (Istio's
+    // `mostSpecificWildcardVsIndex`), else its implicit route.
+    let mut covered = Vec::new();
     for fqdn in registry.services.keys() {
-        if !hosts.iter().any(|vh| &vh.host == fqdn) {
-            hosts.push(Arc::new(implicit_host(fqdn, registry)));
+        if hosts.iter().any(|vh| &vh.host == fqdn) {
+            continue;
         }
+        let wildcard = hosts
+            .iter()
+            .filter(|vh| vh.host.starts_with('*') && !fqdn.starts_with('*'))
+            .filter(|vh| crate::host::host_matches(&vh.host, fqdn))
+            .max_by_key(|vh| vh.host.len());
+        covered.push(match wildcard {
+            Some(vh) => VirtualHost {
+                host: fqdn.clone(),
+                virtual_service: vh.virtual_service.clone(),
+                rules: vh.rules.clone(),
+                ports: registry.http_ports(fqdn),
+            },
+            None => implicit_host(fqdn, registry),
+        });
     }
+    hosts.extend(covered.into_iter().map(Arc::new));
     table(hosts, agent_namespace)
 }
 
@@ -91,6 +111,7 @@ fn implicit_host(fqdn: &str, registry: &Registry) -> VirtualHost {
     let target = registry.target(fqdn, None, None);
     VirtualHost {
         host: fqdn.to_owned(),
+        ports: registry.http_ports(fqdn),
         virtual_service: None,
         rules: vec![HttpRule {
             name: None,
@@ -186,11 +207,12 @@ fn compile_rule(
             );
         }
     }
-    let sum: i32 = weights.iter().sum();
-    if rule.route.len() > 1 && sum != 100 {
-        let last = rule.route.len() - 1;
-        let msg = format!("weights must sum to 100 (they sum to {sum})");
-        diags.error(loc, Some(format!("{field}.route[{last}].weight")), msg);
+    // Weights are relative (Istio has not asked for a total of 100 since
+    // 1.19): only a rule whose destinations all weigh nothing is refused.
+    let sum: i64 = weights.iter().map(|w| i64::from(*w)).sum();
+    if rule.route.len() > 1 && sum == 0 {
+        let msg = "total destination weight is 0; weights are relative, so give at least one destination a positive weight";
+        diags.error(loc, Some(format!("{field}.route")), msg);
     }
     let mut destinations = Vec::new();
     for (k, dest) in rule.route.iter().enumerate() {
@@ -286,7 +308,7 @@ fn compile_match(
                 diags.error(loc, Some(hfield), format!("{name:?} is not a header name"));
                 continue;
             };
-            if let Some(sm) = string_matcher(sm, &hfield, false, loc, diags) {
+            if let Some(sm) = header_matcher(sm, &hfield, loc, diags) {
                 let list = if kind == "headers" {
                     &mut compiled.headers
                 } else {
@@ -297,13 +319,7 @@ fn compile_match(
         }
     }
     for (name, sm) in &m.query_params {
-        if let Some(sm) = string_matcher(
-            sm,
-            &format!("{field}.queryParams.{name}"),
-            false,
-            loc,
-            diags,
-        ) {
+        if let Some(sm) = header_matcher(sm, &format!("{field}.queryParams.{name}"), loc, diags) {
             compiled.query_params.push((name.clone(), sm));
         }
     }
@@ -321,6 +337,22 @@ fn compile_match(
     (labels_ok && namespace_ok && gateway_ok).then_some(compiled)
 }
 
+/// A header or query-parameter condition: as [`string_matcher`], except that
+/// `regex: "*"` means "present", as Istio renders it (`present_match`).
+fn header_matcher(
+    sm: &StringMatch,
+    field: &str,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Option<StrMatcher> {
+    if sm.regex.as_deref() == Some("*") && sm.exact.is_none() && sm.prefix.is_none() {
+        return Some(StrMatcher::Present);
+    }
+    string_matcher(sm, field, false, loc, diags)
+}
+
+/// A string condition; `ignore_case` (the URI's `ignoreUriCase`) applies to
+/// `exact` and `prefix` only — Envoy's `case_sensitive` ignores regexes.
 fn string_matcher(
     sm: &StringMatch,
     field: &str,
@@ -354,7 +386,6 @@ fn string_matcher(
         return Some(StrMatcher::Present);
     };
     match RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .case_insensitive(ignore_case)
         .size_limit(1 << 20)
         .build()
     {

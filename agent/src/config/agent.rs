@@ -56,6 +56,21 @@ pub struct AgentSpec {
     /// How long in-flight requests may finish after SIGTERM (default 5s).
     #[serde(default = "default_drain")]
     pub drain_duration: IstioDuration,
+    /// How request paths are normalized before authorization, routing, rate
+    /// limits, telemetry and the upstream see them (Istio's mesh
+    /// `pathNormalization`).
+    #[serde(default)]
+    pub path_normalization: PathNormalizationSpec,
+}
+
+/// Istio's `MeshConfig.ProxyPathNormalization`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathNormalizationSpec {
+    /// `NONE`, `BASE` (default; `DEFAULT` is its alias), `MERGE_SLASHES` or
+    /// `DECODE_AND_MERGE_SLASHES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<String>,
 }
 
 fn default_service_account() -> String {

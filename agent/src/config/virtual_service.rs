@@ -154,7 +154,8 @@ pub struct StringMatch {
 pub struct HttpRouteDestination {
     /// Where the request goes.
     pub destination: Destination,
-    /// Share of the rule's traffic, in percent; weights of a rule sum to 100.
+    /// Share of the rule's traffic, relative to the other destinations'
+    /// weights (1 and 3 split 25/75; a weight of 0 gets none).
     /// A lone destination takes everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i32>,

@@ -99,6 +99,12 @@ pub struct Snapshot {
     pub rate_limits: Vec<Arc<rate_limit::RateLimiter>>,
     /// The inbound mTLS mode (PeerAuthentication).
     pub inbound_mtls: crate::tls::MtlsMode,
+    /// How request paths are normalized before anything reads them.
+    pub path_normalization: crate::path::PathNormalization,
+    /// Request headers some rule decides on (authorization, routing, rate
+    /// limits, hashing): a request must send each on one line (cookies are
+    /// joined), so the rule and the app read the same value.
+    pub decided_headers: Vec<http::HeaderName>,
     /// The effective config as JSON, for `/config_dump`.
     pub dump: serde_json::Value,
 }

@@ -33,8 +33,9 @@ impl StrMatcher {
         }
     }
 
-    /// Whether `value` matches, ignoring ASCII case (the pattern is stored
-    /// lower-cased and the regex built case-insensitive).
+    /// Whether `value` matches, ignoring ASCII case for `exact` and `prefix`
+    /// (their pattern is stored lower-cased); a regex stays case-sensitive,
+    /// as Envoy's `case_sensitive: false` leaves `safe_regex` alone.
     pub fn matches_ignore_case(&self, value: &str) -> bool {
         match self {
             Self::Exact(s) => value.eq_ignore_ascii_case(s),
@@ -122,12 +123,27 @@ impl RouteMatch {
             && !self
                 .without_headers
                 .iter()
-                .any(|(name, m)| header_matches(req.headers, name, m))
+                .any(|(name, m)| header_matches_missing_as_empty(req.headers, name, m))
             && self.query_params.iter().all(|(name, m)| {
                 req.query
                     .and_then(|q| crate::balancer::query_value(q, name))
                     .is_some_and(|v| m.matches(v))
             })
+    }
+}
+
+/// A `withoutHeaders` condition, as Istio renders it for Envoy
+/// (`invert_match` with `treat_missing_header_as_empty`): a missing header
+/// is an empty value, except for "present" conditions.
+fn header_matches_missing_as_empty(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    matcher: &StrMatcher,
+) -> bool {
+    match (headers.contains_key(name), matcher) {
+        (true, _) => header_matches(headers, name, matcher),
+        (false, StrMatcher::Present) => false,
+        (false, matcher) => matcher.matches(""),
     }
 }
 
@@ -295,6 +311,8 @@ impl HttpRule {
 pub struct VirtualHost {
     /// The host pattern (FQDN or `*.suffix`).
     pub host: String,
+    /// The HTTP ports the registry declares for the host (empty outside it).
+    pub ports: Vec<u16>,
     /// The VirtualService it came from (`namespace/name`), or none for the
     /// implicit route of a registry entry.
     pub virtual_service: Option<String>,
@@ -303,6 +321,17 @@ pub struct VirtualHost {
 }
 
 impl VirtualHost {
+    /// The service port a request without a port in its authority was sent
+    /// to: the scheme's port when the service declares it, else the
+    /// service's only HTTP port, else the scheme's port.
+    pub fn port_for(&self, scheme_port: u16) -> u16 {
+        match self.ports.as_slice() {
+            ports if ports.contains(&scheme_port) => scheme_port,
+            [only] => *only,
+            _ => scheme_port,
+        }
+    }
+
     /// The first rule matching the request.
     pub fn route(&self, req: &RequestView<'_>) -> Option<Matched<'_>> {
         self.rules.iter().find_map(|r| r.matched(req))
@@ -331,5 +360,118 @@ impl RouteTable {
         self.wildcard
             .iter()
             .find(|vh| crate::host::host_matches(&vh.host, host))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view<'a>(path: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
+        RequestView {
+            method: &Method::GET,
+            path,
+            query: None,
+            scheme: "http",
+            authority: "svc",
+            port: 80,
+            headers,
+        }
+    }
+
+    fn name(n: &'static str) -> HeaderName {
+        HeaderName::from_static(n)
+    }
+
+    #[test]
+    fn without_headers_read_a_missing_header_as_empty() {
+        let none = HeaderMap::new();
+        let mut debug = HeaderMap::new();
+        debug.insert("x-debug", "1".parse().unwrap());
+        let without = |m: StrMatcher| RouteMatch {
+            without_headers: vec![(name("x-debug"), m)],
+            ..RouteMatch::default()
+        };
+        // exact "1": missing is "", which is not "1", so the rule matches.
+        let exact = without(StrMatcher::Exact("1".into()));
+        assert!(exact.matches(&view("/", &none)));
+        assert!(!exact.matches(&view("/", &debug)));
+        // A pattern that matches "" excludes requests without the header too.
+        let anything = without(StrMatcher::Regex(Regex::new("^(?:.*)$").unwrap()));
+        assert!(!anything.matches(&view("/", &none)));
+        // "present" (`{}` or `regex: "*"`): only requests without it match.
+        let present = without(StrMatcher::Present);
+        assert!(present.matches(&view("/", &none)));
+        assert!(!present.matches(&view("/", &debug)));
+    }
+
+    #[test]
+    fn ignore_uri_case_leaves_regexes_case_sensitive() {
+        let none = HeaderMap::new();
+        let uri = |m: StrMatcher| RouteMatch {
+            uri: Some(m),
+            ignore_uri_case: true,
+            ..RouteMatch::default()
+        };
+        assert!(uri(StrMatcher::Prefix("/api".into())).matches(&view("/API/x", &none)));
+        assert!(uri(StrMatcher::Exact("/api".into())).matches(&view("/Api", &none)));
+        let regex = uri(StrMatcher::Regex(Regex::new("^(?:/api/.*)$").unwrap()));
+        assert!(regex.matches(&view("/api/x", &none)));
+        assert!(!regex.matches(&view("/API/x", &none)));
+    }
+
+    fn destination(weight: u32) -> WeightedDestination {
+        WeightedDestination {
+            target: DestinationTarget {
+                host: Arc::from("svc"),
+                subset: None,
+                port: None,
+                clusters: Vec::new(),
+            },
+            weight,
+            request_headers: HeaderEdits::default(),
+            response_headers: HeaderEdits::default(),
+        }
+    }
+
+    #[test]
+    fn weights_are_relative() {
+        let rule = HttpRule {
+            name: None,
+            matches: Vec::new(),
+            destinations: vec![destination(1), destination(3), destination(0)],
+            total_weight: 4,
+            request_headers: HeaderEdits::default(),
+            response_headers: HeaderEdits::default(),
+            policy: super::super::policy::RoutePolicy::default(),
+        };
+        let mut counts = [0u32; 3];
+        for _ in 0..8000 {
+            let picked = rule.pick_destination().expect("a destination");
+            let index = rule
+                .destinations
+                .iter()
+                .position(|d| std::ptr::eq(d, picked))
+                .unwrap();
+            counts[index] += 1;
+        }
+        // 25% / 75% / 0%, with a margin far wider than chance needs.
+        assert!((1600..2400).contains(&counts[0]), "{counts:?}");
+        assert!((5600..6400).contains(&counts[1]), "{counts:?}");
+        assert_eq!(counts[2], 0);
+    }
+
+    #[test]
+    fn a_port_less_authority_means_the_services_port() {
+        let vh = |ports: Vec<u16>| VirtualHost {
+            host: "svc".into(),
+            ports,
+            virtual_service: None,
+            rules: Vec::new(),
+        };
+        assert_eq!(vh(vec![9080]).port_for(80), 9080);
+        assert_eq!(vh(vec![80, 9080]).port_for(80), 80);
+        assert_eq!(vh(vec![8080, 9080]).port_for(80), 80);
+        assert_eq!(vh(Vec::new()).port_for(443), 443);
     }
 }

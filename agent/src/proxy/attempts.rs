@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::Worker;
-use super::body::{RequestBody, UpstreamBody};
+use super::body::{BodyFailure, RequestBody, UpstreamBody};
 use super::exchange::Exchange;
 use super::forward::{self, SendError};
 use super::local_reply::LocalReply;
@@ -204,6 +204,15 @@ impl Attempts<'_> {
                 self.observe(endpoint, Outcome::LocalFailure);
                 ex.end_retry_span(None, Some("UT"));
                 Judged::Fail(LocalReply::TIMEOUT)
+            }
+            Err(Attempted::Error(_)) if ex.request_body_failure().is_some() => {
+                // The client's body broke off: not the upstream's failure, so
+                // neither outlier detection nor a retry hears of it.
+                ex.end_retry_span(None, Some("downstream_body"));
+                Judged::Fail(match ex.request_body_failure() {
+                    Some(BodyFailure::Malformed) => LocalReply::MALFORMED_REQUEST_BODY,
+                    _ => LocalReply::DOWNSTREAM_DISCONNECT,
+                })
             }
             Err(Attempted::Error(error)) => {
                 let reply = error.reply();

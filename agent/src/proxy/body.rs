@@ -19,11 +19,46 @@ use super::tap::TapReader;
 /// (a route timeout mid-response).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How the client's request body ended before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// It broke the protocol (a malformed chunk): the client's fault, a 400.
+    Malformed,
+    /// The client went away or reset the stream.
+    Aborted,
+}
+
+impl BodyFailure {
+    /// Classifies a downstream body error.
+    pub fn of(error: &hyper::Error) -> Self {
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            // hyper's HTTP/1 body decoder says InvalidInput or InvalidData
+            // for a malformed chunk, UnexpectedEof for a body cut short.
+            if let Some(io) = cause.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                )
+            {
+                return Self::Malformed;
+            }
+            source = cause.source();
+        }
+        if error.is_parse() {
+            Self::Malformed
+        } else {
+            Self::Aborted
+        }
+    }
+}
+
 /// Progress of a request body on its way upstream.
 #[derive(Debug, Default)]
 pub struct RequestProgress {
     bytes: Cell<u64>,
     done: Cell<bool>,
+    failure: Cell<Option<BodyFailure>>,
 }
 
 impl RequestProgress {
@@ -45,6 +80,16 @@ impl RequestProgress {
     /// Marks the body complete (or not).
     pub fn set_done(&self, done: bool) {
         self.done.set(done);
+    }
+
+    /// The client's body failed with `error`.
+    pub fn fail(&self, error: &hyper::Error) {
+        self.failure.set(Some(BodyFailure::of(error)));
+    }
+
+    /// How the client's body failed, if it did.
+    pub fn failure(&self) -> Option<BodyFailure> {
+        self.failure.get()
     }
 }
 
@@ -82,7 +127,8 @@ impl Body for RequestBody {
                 }
             }
             Poll::Ready(None) => this.progress.set_done(true),
-            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+            Poll::Ready(Some(Err(error))) => this.progress.fail(error),
+            Poll::Pending => {}
         }
         polled
     }

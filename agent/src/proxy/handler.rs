@@ -14,7 +14,7 @@ use super::headers::{self, IncomingResponse, OutgoingRequest};
 use super::local_reply::LocalReply;
 use super::mirror::Copies;
 use super::tap::Tap;
-use super::{Direction, Downstream, Worker, access, fault, rewrite, route, upgrade};
+use super::{Direction, Downstream, Worker, access, canonical, fault, rewrite, route, upgrade};
 use crate::model::policy::RouteAction;
 use crate::telemetry::peer_metadata::PEER_METADATA;
 
@@ -30,9 +30,21 @@ pub async fn handle(
     // A request id before anything can fail, as Envoy assigns it.
     headers::ensure_request_id(req.headers_mut());
 
+    // One reading of the request before anything reads it: the path
+    // normalized once (the mesh's pathNormalization), one host, one value per
+    // header a rule decides on. Every step below and the upstream see it.
+    let settings = canonical::Settings {
+        path_normalization: snapshot.path_normalization,
+        decided_headers: &snapshot.decided_headers,
+    };
+    let settled = canonical::settle(&mut req, &settings);
+
     // Trace context next, so that every outcome below — local replies
     // included — is a span and a metric.
     let mut ex = Exchange::begin(&worker, &down, &snapshot, &req);
+    if let Err(reply) = settled {
+        return Ok(ex.local_reply(reply));
+    }
 
     // Access control, then rate limiting: they guard the workload, so they
     // answer before any routing or upstream work is spent on the request.

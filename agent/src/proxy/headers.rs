@@ -213,11 +213,17 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
     headers.entry(X_REQUEST_ID).or_insert_with(new_request_id);
 }
 
+/// Appends the client to `x-forwarded-for`, keeping every earlier line (the
+/// hops `remote_ip` counts back through).
 fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
-    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {ip}"),
-        None => ip.to_string(),
-    };
+    let mut value = String::new();
+    for line in headers.get_all(X_FORWARDED_FOR) {
+        if let Ok(line) = line.to_str() {
+            value.push_str(line);
+            value.push_str(", ");
+        }
+    }
+    value.push_str(&ip.to_string());
     if let Ok(value) = HeaderValue::try_from(value) {
         headers.insert(X_FORWARDED_FOR, value);
     }
@@ -277,5 +283,9 @@ mod tests {
         append_forwarded_for(&mut headers, "10.0.0.1".parse().unwrap());
         append_forwarded_for(&mut headers, "10.0.0.2".parse().unwrap());
         assert_eq!(headers.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 10.0.0.2");
+        headers.append(X_FORWARDED_FOR, "10.0.0.3".parse().unwrap());
+        append_forwarded_for(&mut headers, "10.0.0.4".parse().unwrap());
+        let lines: Vec<_> = headers.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(lines, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.4"]);
     }
 }

@@ -42,6 +42,52 @@ impl LocalReply {
         details: "missing_host_header",
         grpc_status: None,
     };
+    /// The path cannot be normalized (an escape decoding to NUL), as Envoy
+    /// refuses it.
+    pub const PATH_NORMALIZATION_FAILED: Self = Self {
+        status: StatusCode::BAD_REQUEST,
+        flags: ResponseFlags::NONE,
+        body: "",
+        details: "path_normalization_failed",
+        grpc_status: None,
+    };
+    /// The request names its host two ways (two `Host` lines, or HTTP/2
+    /// `:authority` and `host` that differ): RFC 9112 §3.2, RFC 9113 §8.3.1.
+    pub const AMBIGUOUS_HOST: Self = Self {
+        status: StatusCode::BAD_REQUEST,
+        flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        body: "Bad Request",
+        details: "ambiguous_host",
+        grpc_status: None,
+    };
+    /// A header some rule decides on came on more than one line: a rule
+    /// and the app could read it differently.
+    pub const AMBIGUOUS_HEADER: Self = Self {
+        status: StatusCode::BAD_REQUEST,
+        flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        body: "Bad Request",
+        details: "ambiguous_header",
+        grpc_status: None,
+    };
+    /// The client's request body broke the protocol (a malformed chunk);
+    /// the client's fault, never an upstream failure.
+    pub const MALFORMED_REQUEST_BODY: Self = Self {
+        status: StatusCode::BAD_REQUEST,
+        flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        body: "Bad Request",
+        details: "downstream_protocol_error",
+        grpc_status: None,
+    };
+    /// The client went away (or reset its stream) while its body was being
+    /// forwarded: nobody reads this reply; it records the outcome, which is
+    /// not the upstream's failure.
+    pub const DOWNSTREAM_DISCONNECT: Self = Self {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+        body: "",
+        details: "downstream_remote_disconnect",
+        grpc_status: None,
+    };
     /// The rule's destination is not a known cluster.
     pub const NO_CLUSTER: Self = Self {
         status: StatusCode::SERVICE_UNAVAILABLE,

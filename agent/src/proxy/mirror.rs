@@ -105,12 +105,10 @@ impl Copy {
             .with_start_time(SystemTime::now());
         let parent = Context::new().with_remote_span_context(self.parent.clone());
         let mut span = tracer.build_with_context(builder, &parent);
-        let sc = span.span_context().clone();
         trace_context::inject(
             &mut self.head.headers,
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags(),
+            span.span_context(),
+            Some(self.parent.span_id()),
         );
         if headers::set_target(&mut self.head, self.h2).is_err() {
             return;

@@ -9,6 +9,7 @@
 mod access;
 mod attempts;
 mod body;
+mod canonical;
 mod exchange;
 mod fault;
 mod forward;

@@ -83,11 +83,13 @@ pub fn select<'s, B>(
     let authority = request_authority(req).ok_or(LocalReply::MISSING_HOST)?;
     let (host, port) = split_host_port(authority);
     let scheme = req.uri().scheme_str().unwrap_or("http");
-    let port = port.unwrap_or(if scheme == "https" { 443 } else { 80 });
     let Some(vhost) = snapshot.routes.find(host) else {
         ex.set_unrouted_host(host);
         return Err(LocalReply::NO_ROUTE);
     };
+    // The service port the request went to, also when the authority names
+    // none (`match.port` and the destination's cluster read it).
+    let port = port.unwrap_or_else(|| vhost.port_for(if scheme == "https" { 443 } else { 80 }));
     let view = RequestView {
         method: req.method(),
         path: req.uri().path(),

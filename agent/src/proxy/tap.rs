@@ -157,7 +157,10 @@ impl Body for TapReader {
                 state.finish();
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(TapError::Source(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                state.progress.fail(&e);
+                Poll::Ready(Some(Err(TapError::Source(e))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -5,4 +5,5 @@ pub mod access_log;
 mod background;
 pub mod metrics;
 pub mod peer_metadata;
+pub mod sampler;
 pub mod spans;

@@ -11,8 +11,8 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, Span, SpanData,
-    SpanExporter, SpanProcessor, Tracer,
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, Span, SpanData, SpanExporter,
+    SpanProcessor, Tracer,
 };
 use prometheus::IntCounter;
 
@@ -95,9 +95,7 @@ impl SpanPipeline {
         };
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                spec.sampling,
-            ))))
+            .with_sampler(super::sampler::CallerFirst::new(spec.sampling))
             .with_resource(resource(identity))
             .build();
         let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "tracemesh-agent");

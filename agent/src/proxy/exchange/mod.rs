@@ -41,6 +41,8 @@ pub struct Exchange {
     start: Instant,
     start_time: SystemTime,
     span: Span,
+    /// The caller's span, parent of `span` (B3's parent-span fields).
+    caller_span: Option<opentelemetry::trace::SpanId>,
     recording: bool,
     retry_span: Option<Span>,
     attempts: u32,
@@ -93,7 +95,7 @@ impl Exchange {
         snapshot: &Snapshot,
         req: &Request<Incoming>,
     ) -> Box<Self> {
-        let span = span::start(&worker.shared.tracer, down.direction, req.headers());
+        let (span, caller_span) = span::start(&worker.shared.tracer, down.direction, req.headers());
         let peer = match down.direction {
             Direction::Inbound => req
                 .headers()
@@ -110,6 +112,7 @@ impl Exchange {
             start_time: SystemTime::now(),
             recording: span.is_recording(),
             span,
+            caller_span,
             retry_span: None,
             attempts: 0,
             version: req.version(),
@@ -217,14 +220,18 @@ impl Exchange {
 
     /// Writes this hop's trace context into the headers for the next hop.
     pub fn inject_trace_context(&mut self, headers: &mut HeaderMap) {
-        let sc = self.span.span_context();
-        trace_context::inject(headers, sc.trace_id(), sc.span_id(), sc.trace_flags());
+        trace_context::inject(headers, self.span.span_context(), self.caller_span);
         if let Some(log) = self.log.as_mut() {
             log.traceparent = headers
                 .get(trace_context::TRACEPARENT)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
         }
+    }
+
+    /// How the client's request body failed, if it did.
+    pub fn request_body_failure(&self) -> Option<super::body::BodyFailure> {
+        self.request_body.as_ref().and_then(|p| p.failure())
     }
 
     /// Tracks the request body's progress (bytes, completion).

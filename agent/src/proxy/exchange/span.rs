@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use http::{HeaderMap, Request, Version};
 use hyper::body::Incoming;
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue, StringValue};
 use opentelemetry_sdk::trace::{Span, Tracer};
@@ -16,27 +16,32 @@ use super::Exchange;
 use super::record::request_authority;
 use crate::model::cluster::Endpoint;
 use crate::proxy::{Direction, Downstream};
-use crate::trace_context;
+use crate::trace_context::{self, Decision};
 
-/// Starts this hop's span, a child of the caller's context (or a root).
-pub(super) fn start(tracer: &Tracer, direction: Direction, headers: &HeaderMap) -> Span {
-    let parent = match trace_context::extract(headers) {
-        Some(ctx) => {
-            let flags = if ctx.sampled {
-                TraceFlags::SAMPLED
-            } else {
-                TraceFlags::NOT_SAMPLED
-            };
-            let state = headers
-                .get(trace_context::TRACESTATE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<TraceState>().ok())
-                .unwrap_or_default();
-            let remote = SpanContext::new(ctx.trace_id, ctx.span_id, flags, true, state);
-            Context::new().with_remote_span_context(remote)
-        }
-        None => Context::new(),
-    };
+/// Starts this hop's span, a child of the caller's context (or a root),
+/// recorded as the caller decided (the sampler reads the decision from the
+/// parent context). Also returns the caller's span id (B3's parent field).
+pub(super) fn start(
+    tracer: &Tracer,
+    direction: Direction,
+    headers: &HeaderMap,
+) -> (Span, Option<SpanId>) {
+    let caller = trace_context::extract(headers);
+    let mut parent = Context::new();
+    if let Some((trace_id, span_id)) = caller.parent {
+        let flags = match caller.decision.sampled() {
+            Some(true) => TraceFlags::SAMPLED,
+            _ => TraceFlags::NOT_SAMPLED,
+        };
+        let remote = SpanContext::new(trace_id, span_id, flags, true, caller.trace_state);
+        parent = parent.with_remote_span_context(remote);
+    }
+    // A parent's flags carry a decision; the sampler only needs telling when
+    // the caller decided without ids (B3 `0`/`1`/`d`) or sent ids without a
+    // decision (B3 "defer") — rare, so the common path allocates nothing more.
+    if caller.parent.is_some() == (caller.decision == Decision::Defer) {
+        parent = parent.with_value(caller.decision);
+    }
     let kind = match direction {
         Direction::Inbound => SpanKind::Server,
         Direction::Outbound => SpanKind::Client,
@@ -45,7 +50,8 @@ pub(super) fn start(tracer: &Tracer, direction: Direction, headers: &HeaderMap) 
         .span_builder("")
         .with_kind(kind)
         .with_start_time(SystemTime::now());
-    tracer.build_with_context(builder, &parent)
+    let span = tracer.build_with_context(builder, &parent);
+    (span, caller.parent.map(|(_, span_id)| span_id))
 }
 
 fn protocol_version(version: Version) -> &'static str {
@@ -166,8 +172,11 @@ impl Exchange {
             .with_start_time(SystemTime::now());
         let parent = Context::new().with_remote_span_context(self.span.span_context().clone());
         let mut span = tracer.build_with_context(builder, &parent);
-        let sc = span.span_context().clone();
-        trace_context::inject(headers, sc.trace_id(), sc.span_id(), sc.trace_flags());
+        trace_context::inject(
+            headers,
+            span.span_context(),
+            Some(self.span.span_context().span_id()),
+        );
         if span.is_recording() {
             span.set_attributes([
                 KeyValue::new("http.request.resend_count", i64::from(attempt)),

@@ -1,0 +1,186 @@
+//! One reading of each request, settled before anything decides on it:
+//! authorization, rate limits, routing, telemetry and the upstream then all
+//! see the same path, authority and header values. A request that can be
+//! read two ways is refused.
+
+use http::header::{COOKIE, HOST};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};
+
+use super::local_reply::LocalReply;
+use crate::path::{self, PathNormalization};
+
+/// What the request is settled against.
+pub struct Settings<'a> {
+    /// The mesh's `pathNormalization`.
+    pub path_normalization: PathNormalization,
+    /// Headers some rule decides on.
+    pub decided_headers: &'a [HeaderName],
+}
+
+/// Settles `req` in place; `Err` is the 400 to answer with.
+pub fn settle<B>(req: &mut Request<B>, settings: &Settings<'_>) -> Result<(), LocalReply> {
+    settle_authority(req)?;
+    settle_path(req.uri_mut(), settings.path_normalization)?;
+    for name in settings.decided_headers {
+        single_line(req.headers_mut(), name)?;
+    }
+    Ok(())
+}
+
+/// One host: two `Host` lines are refused (RFC 9112 §3.2), and so is an
+/// HTTP/2 `host` that names another authority than `:authority` (RFC 9113
+/// §8.3.1). An HTTP/1.1 absolute-form target's authority is the one that
+/// counts (RFC 9112 §3.2.2), so `Host` is made to say it.
+fn settle_authority<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(LocalReply::AMBIGUOUS_HOST);
+    }
+    let Some(authority) = req.uri().authority().map(Authority::as_str) else {
+        return Ok(());
+    };
+    match host {
+        Some(h) if h.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) => Ok(()),
+        Some(_) if req.version() == Version::HTTP_2 => Err(LocalReply::AMBIGUOUS_HOST),
+        None if req.version() == Version::HTTP_2 => Ok(()),
+        _ => {
+            let value = HeaderValue::from_str(authority).map_err(|_| LocalReply::MISSING_HOST)?;
+            req.headers_mut().insert(HOST, value);
+            Ok(())
+        }
+    }
+}
+
+/// Normalizes the path as the mesh's `pathNormalization` says.
+fn settle_path(uri: &mut Uri, mode: PathNormalization) -> Result<(), LocalReply> {
+    let Some(target) = uri.path_and_query() else {
+        return Ok(());
+    };
+    let normalized = match path::normalize(target.as_str(), mode) {
+        Ok(None) => return Ok(()),
+        Ok(Some(normalized)) => normalized,
+        Err(path::PathRejected) => return Err(LocalReply::PATH_NORMALIZATION_FAILED),
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(
+        PathAndQuery::try_from(normalized).map_err(|_| LocalReply::PATH_NORMALIZATION_FAILED)?,
+    );
+    *uri = Uri::from_parts(parts).map_err(|_| LocalReply::PATH_NORMALIZATION_FAILED)?;
+    Ok(())
+}
+
+/// A header a rule decides on must have one line: a rule could match one
+/// line while the app reads another (Envoy's matchers accept a request when
+/// *any* line matches). Repeated `cookie` lines are joined with `; `, the one
+/// reading RFC 9113 §8.2.3 gives them (HTTP/2 clients split cookies so).
+fn single_line(headers: &mut HeaderMap, name: &HeaderName) -> Result<(), LocalReply> {
+    let mut values = headers.get_all(name).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return Ok(());
+    };
+    if name != COOKIE {
+        return Err(LocalReply::AMBIGUOUS_HEADER);
+    }
+    let mut joined = first.as_bytes().to_vec();
+    for value in headers.get_all(name).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    let value = HeaderValue::from_bytes(&joined).map_err(|_| LocalReply::AMBIGUOUS_HEADER)?;
+    headers.insert(name.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut req = Request::builder().version(version).uri(uri);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.body(()).unwrap()
+    }
+
+    fn settings(decided: &[HeaderName]) -> Settings<'_> {
+        Settings {
+            path_normalization: PathNormalization::Base,
+            decided_headers: decided,
+        }
+    }
+
+    #[test]
+    fn two_host_lines_are_refused() {
+        let mut req = request(Version::HTTP_11, "/", &[("host", "a"), ("host", "b")]);
+        let reply = settle(&mut req, &settings(&[])).unwrap_err();
+        assert_eq!(reply.status, 400);
+        let mut same = request(Version::HTTP_11, "/", &[("host", "a"), ("host", "a")]);
+        assert!(settle(&mut same, &settings(&[])).is_err());
+    }
+
+    #[test]
+    fn h2_host_must_agree_with_authority() {
+        let mut req = request(Version::HTTP_2, "http://a:80/", &[("host", "b")]);
+        assert!(settle(&mut req, &settings(&[])).is_err());
+        let mut req = request(Version::HTTP_2, "http://a:80/", &[("host", "A:80")]);
+        assert!(settle(&mut req, &settings(&[])).is_ok());
+        let mut req = request(Version::HTTP_2, "http://a/", &[]);
+        assert!(settle(&mut req, &settings(&[])).is_ok());
+    }
+
+    #[test]
+    fn absolute_form_authority_wins_over_host() {
+        let mut req = request(Version::HTTP_11, "http://x/a", &[("host", "y")]);
+        settle(&mut req, &settings(&[])).unwrap();
+        assert_eq!(req.headers()[HOST], "x");
+    }
+
+    #[test]
+    fn path_is_normalized_in_place() {
+        let mut req = request(
+            Version::HTTP_11,
+            "/public/../admin?q=/../x",
+            &[("host", "a")],
+        );
+        settle(&mut req, &settings(&[])).unwrap();
+        assert_eq!(req.uri().path(), "/admin");
+        assert_eq!(req.uri().query(), Some("q=/../x"));
+        let mut nul = request(Version::HTTP_11, "/a%00", &[("host", "a")]);
+        let reply = settle(&mut nul, &settings(&[])).unwrap_err();
+        assert_eq!(reply.details, "path_normalization_failed");
+    }
+
+    #[test]
+    fn decided_headers_must_have_one_line() {
+        let decided = [HeaderName::from_static("x-user"), COOKIE];
+        let mut twice = request(
+            Version::HTTP_11,
+            "/",
+            &[("host", "a"), ("x-user", "alice"), ("x-user", "admin")],
+        );
+        let reply = settle(&mut twice, &settings(&decided)).unwrap_err();
+        assert_eq!(reply.details, "ambiguous_header");
+        let mut req = request(
+            Version::HTTP_11,
+            "/",
+            &[
+                ("host", "a"),
+                ("x-user", "alice"),
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
+                ("x-other", "1"),
+                ("x-other", "2"),
+            ],
+        );
+        settle(&mut req, &settings(&decided)).unwrap();
+        let all = |n: &str| -> Vec<String> {
+            let values = req.headers().get_all(n).iter();
+            values.map(|v| v.to_str().unwrap().to_owned()).collect()
+        };
+        assert_eq!(all("cookie"), ["a=1; b=2"]);
+        assert_eq!(all("x-other"), ["1", "2"]);
+    }
+}

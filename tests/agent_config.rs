@@ -50,7 +50,7 @@ async fn a_broken_config_names_file_document_and_field() {
         "{error}"
     );
     assert!(
-        error.contains("spec.http[0].route: total destination weight is 0"),
+        error.contains("spec.http[0].route: total destination weight = 0: weights are relative"),
         "{error}"
     );
 }
@@ -109,7 +109,10 @@ async fn validate_reports_every_problem_without_starting() {
         + "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec:\n  hosts: [x]\n  ports: [{number: 80, name: http, protocol: CARRIER_PIGEON}]\n";
     let (ok, out) = validate(&bad);
     assert!(!ok, "{out}");
-    assert!(out.contains("total destination weight is 0"), "{out}");
+    assert!(
+        out.contains("total destination weight = 0: weights are relative"),
+        "{out}"
+    );
     assert!(out.contains("document 3 (line "), "{out}");
     assert!(out.contains("needs both `apiVersion` and `kind`"), "{out}");
     assert!(

@@ -11,9 +11,11 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::model::clock::now_ms;
 use crate::model::cluster::Cluster;
-use crate::model::live::{UNLIMITED, now_ms};
-use crate::model::route::{DestinationTarget, RouteMatch, StrMatcher, VirtualHost};
+use crate::model::destination::DestinationTarget;
+use crate::model::live::UNLIMITED;
+use crate::model::route::{RouteMatch, StrMatcher, VirtualHost};
 use crate::proxy::Shared;
 use crate::proxy::listener::BoundAddresses;
 

@@ -2,6 +2,15 @@
 //! (`reviews` → `reviews.default.svc.cluster.local`), and a request's
 //! authority finds its service whatever form the application used.
 
+/// The authority a request names: the absolute URI's, else `Host`.
+pub fn request_authority<B>(req: &http::Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+    })
+}
+
 /// The cluster DNS suffix services live under.
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
 

@@ -6,7 +6,6 @@
 //! an immutable [`model::Snapshot`] compiled from YAML by [`compile`].
 
 pub mod admin;
-pub mod balancer;
 pub mod by_address;
 pub mod compile;
 pub mod config;

@@ -96,7 +96,10 @@ fn warn_fixed_settings(old: &Snapshot, new: &Snapshot) {
         );
     }
     let (a, b) = (&old.bootstrap, &new.bootstrap);
-    if a.telemetry != b.telemetry || a.access_log != b.access_log || a.concurrency != b.concurrency
+    if a.telemetry != b.telemetry
+        || a.access_log != b.access_log
+        || a.concurrency != b.concurrency
+        || a.certificate != b.certificate
     {
         tracing::warn!(
             "telemetry, accessLog and concurrency changed; they take effect after a restart"

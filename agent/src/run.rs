@@ -87,11 +87,11 @@ pub fn run_until(
     };
     let spans = SpanPipeline::start(&snapshot.bootstrap.telemetry, &snapshot.identity, counters)?;
     let access_log = match &snapshot.bootstrap.access_log {
-        log if log.enabled => Some(AccessLog::start(
-            log.path.as_deref(),
+        Some(target) => Some(AccessLog::start(
+            target,
             metrics.access_log_dropped.clone(),
         )?),
-        _ => None,
+        None => None,
     };
     let bound = proxy::bind_all(&snapshot.listeners, snapshot.bootstrap.concurrency)?;
     let admin = std::net::TcpListener::bind(snapshot.listeners.admin).map_err(|e| {
@@ -99,12 +99,12 @@ pub fn run_until(
     })?;
     let admin_addr = admin.local_addr()?;
     let inbound_tcp = snapshot.listeners.app_protocol == Protocol::Tcp;
-    let drain = snapshot.bootstrap.drain_duration.get();
+    let drain = snapshot.bootstrap.drain;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     // The first certificate before any listener serves: STRICT would refuse everyone.
-    let (source, material) = match &snapshot.bootstrap.identity {
+    let (source, material) = match &snapshot.bootstrap.certificate {
         Some(spec) => {
             let source = Source::new(spec)?;
             let material = runtime.block_on(source.fetch(&snapshot.identity.spiffe))?;

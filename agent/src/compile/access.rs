@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
-use super::bootstrap::Bootstrap;
+use super::bootstrap::Agent;
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::config::meta::{ObjectMeta, WorkloadSelector};
@@ -28,7 +28,7 @@ fn applies(
     meta: &ObjectMeta,
     selector: Option<&WorkloadSelector>,
     agent_namespace: &str,
-    boot: &Bootstrap,
+    boot: &Agent,
 ) -> bool {
     let namespace = meta.namespace.as_deref().unwrap_or(agent_namespace);
     (namespace == ROOT_NAMESPACE || namespace == boot.identity.namespace)
@@ -38,7 +38,7 @@ fn applies(
 /// The authorization policies of this workload.
 pub(super) fn authorization(
     docs: &[Document<AuthorizationPolicySpec>],
-    boot: &Bootstrap,
+    boot: &Agent,
     agent_namespace: &str,
     diags: &mut Diagnostics,
 ) -> Authorization {
@@ -357,7 +357,7 @@ fn condition(
 /// across reloads.
 pub(super) fn rate_limits(
     docs: &[Document<RateLimitPolicySpec>],
-    boot: &Bootstrap,
+    boot: &Agent,
     agent_namespace: &str,
     live: &LiveState,
     diags: &mut Diagnostics,

@@ -1,25 +1,33 @@
-//! The Agent document: identity and listeners.
+//! The Agent document: identity, listeners and the process settings.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::agent::AgentSpec;
+use crate::config::agent::{AgentSpec, IdentitySpec};
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::host::resolve_short_name;
+use crate::model::bootstrap::{
+    AccessLogTarget, Bootstrap, BootstrapToken, CaSource, CertificateFiles, CertificateSource,
+    Otlp, OtlpProtocol, Telemetry,
+};
 use crate::model::service::{Protocol, ServiceName};
 use crate::model::{Identity, Listeners};
 use crate::path::PathNormalization;
 use crate::telemetry::peer_metadata;
 
-/// The compiled bootstrap.
-pub(super) struct Bootstrap {
+/// The compiled Agent document.
+pub(super) struct Agent {
     pub identity: Arc<Identity>,
     pub listeners: Listeners,
     /// The Agent has a certificate source, so it can speak mTLS.
     pub has_identity: bool,
     /// How request paths are normalized.
     pub path_normalization: PathNormalization,
+    /// The process settings.
+    pub bootstrap: Bootstrap,
 }
 
 /// The one Agent document of the file.
@@ -48,7 +56,7 @@ pub(super) fn single_agent<'a>(
     }
 }
 
-pub(super) fn compile(doc: &Document<AgentSpec>, diags: &mut Diagnostics) -> Option<Bootstrap> {
+pub(super) fn compile(doc: &Document<AgentSpec>, diags: &mut Diagnostics) -> Option<Agent> {
     let spec = &doc.spec;
     let loc = &doc.location;
     let errors_before = diags.errors().count();
@@ -78,13 +86,18 @@ pub(super) fn compile(doc: &Document<AgentSpec>, diags: &mut Diagnostics) -> Opt
             "must be between 0.0 and 1.0",
         );
     }
-    if !matches!(spec.telemetry.otlp.protocol.as_str(), "grpc" | "http") {
-        diags.error(
-            loc,
-            Some("spec.telemetry.otlp.protocol".into()),
-            "must be `grpc` or `http`",
-        );
-    }
+    let otlp_protocol = match spec.telemetry.otlp.protocol.as_str() {
+        "grpc" => Some(OtlpProtocol::Grpc),
+        "http" => Some(OtlpProtocol::HttpProtobuf),
+        _ => {
+            diags.error(
+                loc,
+                Some("spec.telemetry.otlp.protocol".into()),
+                "must be `grpc` or `http`",
+            );
+            None
+        }
+    };
     if spec.concurrency == 0 || spec.concurrency > 256 {
         diags.error(
             loc,
@@ -142,7 +155,33 @@ pub(super) fn compile(doc: &Document<AgentSpec>, diags: &mut Diagnostics) -> Opt
         return None;
     }
     let identity = identity(doc, &namespace, inbound?, spiffe.ok()?);
-    Some(Bootstrap {
+    let telemetry = &spec.telemetry;
+    let bootstrap = Bootstrap {
+        concurrency: spec.concurrency,
+        drain: spec.drain_duration.get(),
+        num_trusted_proxies: spec.num_trusted_proxies,
+        telemetry: Telemetry {
+            otlp: Otlp {
+                endpoint: telemetry.otlp.endpoint.clone(),
+                protocol: otlp_protocol?,
+                headers: telemetry.otlp.headers.clone().into_iter().collect(),
+                timeout: telemetry.otlp.timeout.get(),
+            },
+            sampling: telemetry.sampling,
+            max_queued_spans: telemetry.max_queued_spans.max(1),
+            flush_interval: telemetry.flush_interval.get(),
+        },
+        access_log: spec
+            .access_log
+            .enabled
+            .then(|| match spec.access_log.path.as_deref() {
+                None | Some("-" | "/dev/stdout") => AccessLogTarget::Stdout,
+                Some(path) => AccessLogTarget::File(PathBuf::from(path)),
+            }),
+        certificate: spec.identity.as_ref().and_then(certificate_source),
+    };
+    Some(Agent {
+        bootstrap,
         has_identity: spec.identity.is_some(),
         path_normalization,
         identity: Arc::new(identity),
@@ -181,6 +220,34 @@ fn validate_identity(spec: &AgentSpec, loc: &Location, diags: &mut Diagnostics) 
     }
 }
 
+/// Istio's default workload certificate lifetime.
+const DEFAULT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// The certificate source, once `validate_identity` found it whole.
+fn certificate_source(spec: &IdentitySpec) -> Option<CertificateSource> {
+    if let Some(files) = &spec.files {
+        return Some(CertificateSource::Files(CertificateFiles {
+            cert_chain: PathBuf::from(&files.cert_chain),
+            private_key: PathBuf::from(&files.private_key),
+            root_cert: PathBuf::from(&files.root_cert),
+        }));
+    }
+    let ca = spec.ca.as_ref()?;
+    let token = match (&ca.token, &ca.token_file) {
+        (Some(token), _) => BootstrapToken::Inline(token.clone()),
+        (None, Some(file)) => BootstrapToken::File(PathBuf::from(file)),
+        (None, None) => return None,
+    };
+    Some(CertificateSource::Ca(CaSource {
+        address: ca.address.clone(),
+        root_cert: PathBuf::from(&ca.root_cert),
+        token,
+        lifetime: ca
+            .lifetime
+            .map_or(DEFAULT_CERTIFICATE_LIFETIME, |l| l.get()),
+    }))
+}
+
 fn identity(
     doc: &Document<AgentSpec>,
     namespace: &str,
@@ -212,7 +279,7 @@ fn identity(
         peer_metadata::encode_id(&workload, namespace, &inbound.ip().to_string());
     let app = app.unwrap_or_else(|| "unknown".into());
     let version = version.unwrap_or_else(|| "unknown".into());
-    let peer = Arc::new(peer_metadata::PeerInfo {
+    let peer = Arc::new(crate::model::peer::PeerInfo {
         workload: workload.clone(),
         namespace: namespace.to_owned(),
         app: app.clone(),

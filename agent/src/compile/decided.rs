@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
-use crate::balancer::{Balancer, HashKey};
 use crate::model::authz::{Authorization, ConditionKey};
+use crate::model::balancer::{Balancer, HashKey};
 use crate::model::cluster::Cluster;
 use crate::model::rate_limit::{KeyKind, RateLimiter};
 use crate::model::route::RouteTable;

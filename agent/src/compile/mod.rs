@@ -196,7 +196,7 @@ fn build(
         decided::decided_headers(&routes, &authorization, &rate_limits, &clusters);
     Some(Snapshot {
         version,
-        bootstrap: agent.spec.clone(),
+        bootstrap: boot.bootstrap,
         listeners: boot.listeners,
         identity: boot.identity,
         routes,

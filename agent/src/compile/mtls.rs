@@ -3,11 +3,11 @@
 //! mesh's (root namespace); UNSET inherits; nothing at all is PERMISSIVE.
 //! `portLevelMtls` (workload policies only) overrides for the app's port.
 
-use super::bootstrap::Bootstrap;
+use super::bootstrap::Agent;
 use crate::config::diagnostics::Diagnostics;
 use crate::config::documents::Document;
 use crate::config::security::PeerAuthenticationSpec;
-use crate::tls::MtlsMode;
+use crate::model::MtlsMode;
 
 const ROOT_NAMESPACE: &str = "istio-system";
 
@@ -26,7 +26,7 @@ fn parse(mode: Option<&str>) -> Result<Option<MtlsMode>, String> {
 /// The mode for the workload's port `port`.
 pub(super) fn inbound_mode(
     docs: &[Document<PeerAuthenticationSpec>],
-    boot: &Bootstrap,
+    boot: &Agent,
     port: u16,
     diags: &mut Diagnostics,
 ) -> MtlsMode {

@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use crate::balancer::{Balancer, DEFAULT_MAGLEV_TABLE_SIZE, HashKey};
 use crate::config::destination_rule::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings,
     OutlierDetection, PortTrafficPolicy, TrafficPolicy,
 };
 use crate::config::diagnostics::{Diagnostics, Location};
-use crate::model::cluster::{DEFAULT_CONNECT_TIMEOUT, Endpoint};
+use crate::model::balancer::{Balancer, DEFAULT_MAGLEV_TABLE_SIZE, HashKey};
+use crate::model::cluster::DEFAULT_CONNECT_TIMEOUT;
+use crate::model::endpoint::Endpoint;
 use crate::model::live::{OutlierSettings, PoolLimits, UNLIMITED};
 
 /// The policy in force for one port and subset, chosen as Istio chooses it

@@ -4,21 +4,20 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::bootstrap::Bootstrap;
+use super::bootstrap::Agent;
 use super::policy::{self, EffectivePolicy};
 use super::upstream_tls;
-use crate::balancer::Balancer;
 use crate::config::agent::AgentSpec;
 use crate::config::destination_rule::DestinationRuleSpec;
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::config::service_entry::{ServiceEntrySpec, ServicePort, WorkloadEntry};
 use crate::host::{authority_candidates, resolve_short_name};
-use crate::model::cluster::{
-    Cluster, DEFAULT_CONNECT_TIMEOUT, Endpoint, UpstreamAddr, UpstreamTls,
-};
+use crate::model::balancer::Balancer;
+use crate::model::cluster::{Cluster, DEFAULT_CONNECT_TIMEOUT, UpstreamTls};
+use crate::model::destination::DestinationTarget;
+use crate::model::endpoint::{Endpoint, UpstreamAddr};
 use crate::model::live::{LiveState, PoolLimits};
-use crate::model::route::DestinationTarget;
 use crate::model::service::{Protocol, ServiceName};
 
 /// A declared service and its clusters.
@@ -169,7 +168,7 @@ impl Registry {
 }
 
 /// The local application as the inbound listener's only cluster.
-pub(super) fn inbound_cluster(boot: &Bootstrap, live: &LiveState) -> Arc<Cluster> {
+pub(super) fn inbound_cluster(boot: &Agent, live: &LiveState) -> Arc<Cluster> {
     let app = boot.listeners.app;
     let address = UpstreamAddr::Socket(app);
     let name = format!("inbound|{}||", app.port());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue};
 use regex::RegexBuilder;
 
-use super::bootstrap::Bootstrap;
+use super::bootstrap::Agent;
 use super::registry::Registry;
 use super::route_policy::{self, RuleScope};
 use crate::config::diagnostics::{Diagnostics, Location};
@@ -25,13 +25,13 @@ struct Scope<'a> {
     loc: &'a Location,
     namespace: &'a str,
     registry: &'a Registry,
-    boot: Option<&'a Bootstrap>,
+    boot: Option<&'a Agent>,
 }
 
 pub(super) fn build(
     services: &[Document<VirtualServiceSpec>],
     registry: &Registry,
-    boot: Option<&Bootstrap>,
+    boot: Option<&Agent>,
     agent_namespace: &str,
     diags: &mut Diagnostics,
 ) -> RouteTable {

@@ -2,8 +2,14 @@
 //! Built once per load by `compile`, swapped atomically on reload.
 
 pub mod authz;
+pub mod balancer;
+pub mod bootstrap;
+pub mod clock;
 pub mod cluster;
+pub mod destination;
+pub mod endpoint;
 pub mod live;
+pub mod peer;
 pub mod policy;
 pub mod rate_limit;
 pub mod route;
@@ -15,9 +21,8 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use crate::config::agent::AgentSpec;
-use crate::telemetry::peer_metadata::PeerInfo;
 use cluster::Cluster;
+use peer::PeerInfo;
 use route::RouteTable;
 use service::{Protocol, ServiceName};
 
@@ -74,13 +79,54 @@ pub struct Listeners {
     pub admin: SocketAddr,
 }
 
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the mesh to the local application.
+    Inbound,
+    /// From the local application to the mesh.
+    Outbound,
+}
+
+impl Direction {
+    /// Name used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+/// The inbound mTLS mode in force (PeerAuthentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// mTLS required; plaintext is refused.
+    Strict,
+    /// mTLS or plaintext.
+    Permissive,
+    /// Plaintext only.
+    Disable,
+}
+
+impl MtlsMode {
+    /// Istio's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "STRICT",
+            Self::Permissive => "PERMISSIVE",
+            Self::Disable => "DISABLE",
+        }
+    }
+}
+
 /// One compiled config.
 #[derive(Debug)]
 pub struct Snapshot {
     /// Increments with each accepted load.
     pub version: u64,
-    /// The bootstrap as written.
-    pub bootstrap: AgentSpec,
+    /// The process settings of the Agent document.
+    pub bootstrap: bootstrap::Bootstrap,
     /// Listener addresses.
     pub listeners: Listeners,
     /// This agent's identity.
@@ -98,7 +144,7 @@ pub struct Snapshot {
     /// RateLimitPolicy rules that apply to this workload (inbound).
     pub rate_limits: Vec<Arc<rate_limit::RateLimiter>>,
     /// The inbound mTLS mode (PeerAuthentication).
-    pub inbound_mtls: crate::tls::MtlsMode,
+    pub inbound_mtls: MtlsMode,
     /// How request paths are normalized before anything reads them.
     pub path_normalization: crate::path::PathNormalization,
     /// Request headers some rule decides on (authorization, routing, rate

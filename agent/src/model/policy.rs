@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use regex::Regex;
 
-use super::route::DestinationTarget;
+use super::destination::DestinationTarget;
 
 /// What a matched rule does.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::authz::Pattern;
-use super::live::now_ms;
+use super::clock::now_ms;
 
 /// Bucket settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

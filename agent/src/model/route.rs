@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
 
-use super::cluster::Cluster;
+use super::destination::DestinationTarget;
 
 /// A compiled string condition.
 #[derive(Debug, Clone)]
@@ -126,7 +126,7 @@ impl RouteMatch {
                 .any(|(name, m)| header_matches_missing_as_empty(req.headers, name, m))
             && self.query_params.iter().all(|(name, m)| {
                 req.query
-                    .and_then(|q| crate::balancer::query_value(q, name))
+                    .and_then(|q| super::balancer::query_value(q, name))
                     .is_some_and(|v| m.matches(v))
             })
     }
@@ -194,34 +194,6 @@ impl HeaderEdits {
         for name in &self.remove {
             headers.remove(name);
         }
-    }
-}
-
-/// A destination service, resolved to a cluster per port.
-#[derive(Debug, Clone)]
-pub struct DestinationTarget {
-    /// The FQDN.
-    pub host: Arc<str>,
-    /// The subset, if any.
-    pub subset: Option<String>,
-    /// The port the rule names, if any.
-    pub port: Option<u16>,
-    /// Clusters of the service's ports (for the subset); empty when the host
-    /// is not in the registry or the subset is not defined.
-    pub clusters: Vec<Arc<Cluster>>,
-}
-
-impl DestinationTarget {
-    /// The cluster for a request addressed to `request_port`: the rule's port,
-    /// else the request's, else the service's only port.
-    pub fn cluster_for(&self, request_port: u16) -> Option<&Arc<Cluster>> {
-        let port = self.port.unwrap_or(request_port);
-        self.clusters.iter().find(|c| c.port == port).or({
-            match (self.port, self.clusters.as_slice()) {
-                (None, [only]) => Some(only),
-                _ => None,
-            }
-        })
     }
 }
 

@@ -6,9 +6,8 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
 use super::Downstream;
-use super::exchange::request_authority;
 use super::local_reply::LocalReply;
-use crate::host::split_host_port;
+use crate::host::{request_authority, split_host_port};
 use crate::model::Snapshot;
 use crate::model::authz::{AuthzInput, Decision};
 use crate::model::rate_limit::{KeyKind, whole_seconds};

@@ -3,59 +3,142 @@
 //! per-try and overall timeouts → judge the outcome (outlier detection) →
 //! retry after a jittered backoff while the policy, the retry budget and the
 //! deadline allow.
+//!
+//! The loop is generic over sending one attempt ([`Upstream`]) and over
+//! recording what happened ([`AttemptRecord`]), so its rules are tested
+//! with scripted answers (tests.rs) and run with real connections.
+
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::Worker;
-use super::body::{BodyFailure, RequestBody, UpstreamBody};
-use super::exchange::Exchange;
-use super::forward::{self, SendError};
+use super::body::{RequestBody, UpstreamBody};
 use super::local_reply::LocalReply;
 use super::pool::Lease;
+use super::progress::{BodyFailure, RequestProgress};
 use super::tap::Tap;
-use crate::balancer::PickInput;
-use crate::flags::ResponseFlags;
-use crate::model::cluster::{Cluster, Endpoint};
-use crate::model::live::{Outcome, Slot, now_ms};
+use super::upstream::{SendError, Sent, Upstream};
+use crate::model::balancer::PickInput;
+use crate::model::clock::now_ms;
+use crate::model::cluster::Cluster;
+use crate::model::endpoint::Endpoint;
+use crate::model::live::{ActiveRequest, Outcome, Slot};
 use crate::model::policy::{AttemptFailure, RetryPolicy};
+use crate::telemetry::record::grpc_status;
 
 /// The request body as the attempts see it.
-pub enum BodySource {
+pub struct BodySource {
+    kept: Kept,
+    progress: Rc<RequestProgress>,
+}
+
+enum Kept {
     /// Sent once; no retry can resend it.
     Once(Option<RequestBody>),
-    /// Kept for retries (up to the tap's limit).
+    /// Kept for retries and mirrors (up to the tap's limit).
     Replay(Tap),
+    /// No body at all: every attempt sends none.
+    Empty,
 }
 
 impl BodySource {
+    /// The client's body, kept for replays when `keep` (a retry or a mirror
+    /// may want it). A body that has already ended is no body.
+    pub fn new(body: Incoming, keep: bool) -> Self {
+        let progress = Rc::new(RequestProgress::default());
+        if hyper::body::Body::is_end_stream(&body) {
+            progress.set_done(true);
+            return Self {
+                kept: Kept::Empty,
+                progress,
+            };
+        }
+        let kept = if keep {
+            Kept::Replay(Tap::new(body, progress.clone()))
+        } else {
+            Kept::Once(Some(RequestBody::new(body, progress.clone())))
+        };
+        Self { kept, progress }
+    }
+
+    /// A request without a body.
+    #[cfg(test)]
+    pub fn empty() -> Self {
+        let progress = Rc::new(RequestProgress::default());
+        progress.set_done(true);
+        Self {
+            kept: Kept::Empty,
+            progress,
+        }
+    }
+
+    /// How far the body has got.
+    pub fn progress(&self) -> &Rc<RequestProgress> {
+        &self.progress
+    }
+
+    /// The kept body, for mirrors (`None`: not kept, or none).
+    pub fn tap(&self) -> Option<&Tap> {
+        match &self.kept {
+            Kept::Replay(tap) => Some(tap),
+            Kept::Once(_) | Kept::Empty => None,
+        }
+    }
+
     fn replayable(&self) -> bool {
-        match self {
-            Self::Once(_) => false,
-            Self::Replay(tap) => tap.replayable(),
+        match &self.kept {
+            Kept::Once(_) => false,
+            Kept::Replay(tap) => tap.replayable(),
+            Kept::Empty => true,
         }
     }
 
     fn for_attempt(&mut self) -> UpstreamBody {
-        match self {
-            Self::Once(body) => body
+        match &mut self.kept {
+            Kept::Once(body) => body
                 .take()
                 .map_or(UpstreamBody::Full(None), UpstreamBody::Stream),
-            Self::Replay(tap) => UpstreamBody::Replay(tap.reader()),
+            Kept::Replay(tap) => UpstreamBody::Replay(tap.reader()),
+            Kept::Empty => UpstreamBody::Full(None),
         }
     }
 }
 
+/// What the loop tells the request's record, attempt by attempt.
+pub trait AttemptRecord {
+    /// Attempt number `attempt` (0: the first) goes to `endpoint`, which
+    /// counts it as active while `active` is held.
+    fn attempt(&mut self, attempt: u32, endpoint: &Arc<Endpoint>, active: ActiveRequest);
+    /// The attempt holds the cluster's request slot.
+    fn hold_request_slot(&mut self, slot: Slot);
+    /// Retry number `attempt` is being sent: its span is named in `headers`.
+    fn sending_retry(&mut self, attempt: u32, endpoint: &Endpoint, headers: &mut HeaderMap);
+    /// The attempt was answered with `status`, by a server proving `peer`.
+    fn answered(&mut self, status: u16, peer: Option<Arc<str>>);
+    /// The attempt got no answer, for `reason` (Envoy's words); a TLS
+    /// handshake failure names its cause in `transport`.
+    fn failed(&mut self, reason: &'static str, transport: Option<&'static str>);
+    /// Retry number `retry` will follow, for `reason`.
+    fn retrying(&mut self, retry: u32, reason: &'static str);
+    /// Retries were allowed and are used up (Envoy's URX).
+    fn gave_up(&mut self);
+    /// Outlier detection ejected `endpoint` of `cluster` for `duration`.
+    fn ejected(&mut self, cluster: &Cluster, endpoint: &Endpoint, duration: Duration);
+}
+
 /// The response the caller gets.
-pub struct Delivered {
+pub struct Delivered<B> {
     /// Headers and streaming body.
-    pub response: Response<Incoming>,
+    pub response: Response<B>,
     /// The HTTP/1.1 connection, given back once the response is read.
     pub connection: Option<Lease>,
     /// When the last attempt was sent.
@@ -64,34 +147,41 @@ pub struct Delivered {
 
 /// One request's attempts against one cluster.
 pub struct Attempts<'a> {
-    /// The worker (pools, metrics).
-    pub worker: &'a Rc<Worker>,
     /// The cluster.
     pub cluster: &'a Arc<Cluster>,
     /// The rule's retry policy.
     pub retry: &'a RetryPolicy,
     /// The rule's overall deadline.
     pub deadline: Option<Instant>,
-    /// Speak HTTP/2 upstream.
-    pub h2: bool,
     /// The caller's IP (consistent hashing by source IP).
     pub source_ip: IpAddr,
+    /// The request is gRPC (its answers' `grpc-status` counts).
+    pub grpc: bool,
 }
 
-enum Judged {
-    Deliver(Box<Delivered>),
+enum Judged<B> {
+    Deliver(Delivered<B>),
     Fail(LocalReply),
     Retry(Slot, &'static str),
 }
 
+/// How an attempt ended without a response.
+enum Attempted {
+    /// The rule's overall timeout fired.
+    Deadline,
+    /// Connect failure, reset, per-try timeout or overflow.
+    Error(SendError),
+}
+
 impl Attempts<'_> {
     /// Runs attempts until one is delivered or nothing more may be tried.
-    pub async fn run(
+    pub async fn run<U: Upstream>(
         &self,
+        upstream: &U,
         head: Parts,
         mut body: BodySource,
-        ex: &mut Exchange,
-    ) -> Result<Delivered, LocalReply> {
+        record: &mut impl AttemptRecord,
+    ) -> Result<Delivered<U::Body>, LocalReply> {
         let mut head = Some(head);
         let mut tried: Vec<usize> = Vec::new();
         let mut _retry_slot: Option<Slot> = None;
@@ -108,13 +198,13 @@ impl Attempts<'_> {
                 .ok_or(LocalReply::NO_HEALTHY_UPSTREAM)?;
             tried.push(index);
             let endpoint = &self.cluster.endpoints[index];
-            ex.set_endpoint(endpoint);
+            record.attempt(attempt, endpoint, endpoint.state.start_request());
             let request_slot = self
                 .cluster
                 .state
                 .take_request(self.cluster.limits.max_requests)
                 .ok_or(LocalReply::OVERFLOW)?;
-            ex.hold_request_slot(request_slot);
+            record.hold_request_slot(request_slot);
             let may_retry = attempt < self.retry.attempts && body.replayable();
             let mut parts = if may_retry {
                 copy_head(template)
@@ -122,17 +212,20 @@ impl Attempts<'_> {
                 head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?
             };
             if attempt > 0 {
-                ex.start_retry_span(attempt, endpoint, &mut parts.headers);
+                record.sending_retry(attempt, endpoint, &mut parts.headers);
             }
             let request = Request::from_parts(parts, body.for_attempt());
             let started = Instant::now();
-            let outcome = self.send(endpoint, request).await;
-            match self.judge(outcome, endpoint, started, attempt, may_retry, ex) {
-                Judged::Deliver(delivered) => return Ok(*delivered),
+            let outcome = self.send(upstream, endpoint, request).await;
+            let failure = body.progress.failure();
+            match self.judge(
+                outcome, failure, endpoint, started, attempt, may_retry, record,
+            ) {
+                Judged::Deliver(delivered) => return Ok(delivered),
                 Judged::Fail(reply) => return Err(reply),
                 Judged::Retry(slot, reason) => {
                     _retry_slot = Some(slot);
-                    ex.note_retry(attempt + 1, reason);
+                    record.retrying(attempt + 1, reason);
                     self.back_off(attempt + 1).await;
                 }
             }
@@ -141,17 +234,18 @@ impl Attempts<'_> {
     }
 
     /// One attempt under the per-try timeout and the overall deadline.
-    async fn send(
+    async fn send<U: Upstream>(
         &self,
+        upstream: &U,
         endpoint: &Endpoint,
         request: Request<UpstreamBody>,
-    ) -> Result<forward::Sent, Attempted> {
+    ) -> Result<Sent<U::Body>, Attempted> {
         let per_try = self.retry.per_try_timeout.map(|t| Instant::now() + t);
         let limit = match (per_try, self.deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let send = forward::send(self.worker, endpoint, self.cluster, self.h2, request);
+        let send = upstream.send(endpoint, request);
         let Some(limit) = limit else {
             return send.await.map_err(Attempted::Error);
         };
@@ -166,70 +260,72 @@ impl Attempts<'_> {
         }
     }
 
-    fn judge(
+    #[allow(clippy::too_many_arguments)]
+    fn judge<B>(
         &self,
-        outcome: Result<forward::Sent, Attempted>,
+        outcome: Result<Sent<B>, Attempted>,
+        body_failure: Option<BodyFailure>,
         endpoint: &Endpoint,
         started: Instant,
         attempt: u32,
         may_retry: bool,
-        ex: &mut Exchange,
-    ) -> Judged {
+        record: &mut impl AttemptRecord,
+    ) -> Judged<B> {
         let exhausted = self.retry.attempts > 0 && attempt == self.retry.attempts;
         match outcome {
             Ok(sent) => {
                 let status = sent.response.status().as_u16();
-                let grpc = ex
-                    .is_grpc()
+                let grpc = self
+                    .grpc
                     .then(|| grpc_status(sent.response.headers()))
                     .flatten();
-                self.observe(endpoint, Outcome::Status(status));
-                ex.end_retry_span(Some(status), None);
-                ex.set_upstream_peer(sent.peer);
+                self.observe(endpoint, Outcome::Status(status), record);
+                record.answered(status, sent.peer);
                 if self.retry.retries_status(status, grpc) {
                     if let Some(slot) = self.retry_slot(may_retry) {
                         return Judged::Retry(slot, "retriable status");
                     }
                     if exhausted {
-                        ex.add_flags(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                        record.gave_up();
                     }
                 }
-                Judged::Deliver(Box::new(Delivered {
+                Judged::Deliver(Delivered {
                     response: sent.response,
                     connection: sent.connection,
                     started,
-                }))
+                })
             }
             Err(Attempted::Deadline) => {
-                self.observe(endpoint, Outcome::LocalFailure);
-                ex.end_retry_span(None, Some("UT"));
+                self.observe(endpoint, Outcome::LocalFailure, record);
+                record.failed("UT", None);
                 Judged::Fail(LocalReply::TIMEOUT)
             }
-            Err(Attempted::Error(_)) if ex.request_body_failure().is_some() => {
+            Err(Attempted::Error(_)) if body_failure.is_some() => {
                 // The client's body broke off: not the upstream's failure, so
                 // neither outlier detection nor a retry hears of it.
-                ex.end_retry_span(None, Some("downstream_body"));
-                Judged::Fail(match ex.request_body_failure() {
+                record.failed("downstream_body", None);
+                Judged::Fail(match body_failure {
                     Some(BodyFailure::Malformed) => LocalReply::MALFORMED_REQUEST_BODY,
                     _ => LocalReply::DOWNSTREAM_DISCONNECT,
                 })
             }
             Err(Attempted::Error(error)) => {
                 let reply = error.reply();
-                ex.end_retry_span(None, Some(reply.details));
-                if let SendError::Tls(reason) = error {
-                    ex.set_transport_failure(reason);
-                }
+                let transport = match error {
+                    SendError::Tls(reason) => Some(reason),
+                    _ => None,
+                };
+                record.failed(reply.details, transport);
                 let Some(failure) = error.failure() else {
                     return Judged::Fail(reply); // overflow is never retried
                 };
-                self.observe(endpoint, Outcome::LocalFailure);
+                self.observe(endpoint, Outcome::LocalFailure, record);
                 if self.retry.retries_failure(failure) {
                     if let Some(slot) = self.retry_slot(may_retry) {
                         return Judged::Retry(slot, reply.details);
                     }
                     if exhausted {
-                        ex.add_flags(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                        record.gave_up();
                     }
                 }
                 Judged::Fail(reply)
@@ -257,32 +353,15 @@ impl Attempts<'_> {
 
     /// Feeds outlier detection and ejects the endpoint when it crosses a
     /// threshold (within `maxEjectionPercent`).
-    fn observe(&self, endpoint: &Endpoint, outcome: Outcome) {
+    fn observe(&self, endpoint: &Endpoint, outcome: Outcome, record: &mut impl AttemptRecord) {
         let Some(settings) = &self.cluster.outlier else {
             return;
         };
         if endpoint.state.observe(outcome, settings) && self.cluster.may_eject(settings) {
             let duration = endpoint.state.eject(now_ms(), settings);
-            let metrics = &self.worker.shared.metrics;
-            metrics
-                .outlier_ejections
-                .with_label_values(&[&self.cluster.name])
-                .inc();
-            tracing::info!(cluster = %self.cluster.name, endpoint = %endpoint.address, ?duration, "endpoint ejected");
+            record.ejected(self.cluster, endpoint, duration);
         }
     }
-}
-
-/// How an attempt ended without a response.
-enum Attempted {
-    /// The rule's overall timeout fired.
-    Deadline,
-    /// Connect failure, reset, per-try timeout or overflow.
-    Error(SendError),
-}
-
-fn grpc_status(headers: &HeaderMap) -> Option<u16> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// A copy of a request head for one more attempt.

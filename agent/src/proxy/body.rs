@@ -1,8 +1,9 @@
 //! Bodies that stream through the agent frame by frame (never buffered
 //! whole), counting bytes and noticing the end so the request can be recorded
-//! when the response is complete — as Istio's duration is.
+//! when the response is complete — as Istio's duration is. The response body
+//! tells a [`ResponseObserver`] what passes; it knows nothing of what
+//! observes it.
 
-use std::cell::Cell;
 use std::future::Future as _;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -12,86 +13,12 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::exchange::Exchange;
+use super::progress::RequestProgress;
 use super::tap::TapReader;
 
 /// Errors of bodies passing through: the peer's, or the agent's own
 /// (a route timeout mid-response).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// How the client's request body ended before its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFailure {
-    /// It broke the protocol (a malformed chunk): the client's fault, a 400.
-    Malformed,
-    /// The client went away or reset the stream.
-    Aborted,
-}
-
-impl BodyFailure {
-    /// Classifies a downstream body error.
-    pub fn of(error: &hyper::Error) -> Self {
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            // hyper's HTTP/1 body decoder says InvalidInput or InvalidData
-            // for a malformed chunk, UnexpectedEof for a body cut short.
-            if let Some(io) = cause.downcast_ref::<std::io::Error>()
-                && matches!(
-                    io.kind(),
-                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
-                )
-            {
-                return Self::Malformed;
-            }
-            source = cause.source();
-        }
-        if error.is_parse() {
-            Self::Malformed
-        } else {
-            Self::Aborted
-        }
-    }
-}
-
-/// Progress of a request body on its way upstream.
-#[derive(Debug, Default)]
-pub struct RequestProgress {
-    bytes: Cell<u64>,
-    done: Cell<bool>,
-    failure: Cell<Option<BodyFailure>>,
-}
-
-impl RequestProgress {
-    /// Body bytes forwarded so far.
-    pub fn bytes(&self) -> u64 {
-        self.bytes.get()
-    }
-
-    /// Whether the whole body was forwarded.
-    pub fn is_done(&self) -> bool {
-        self.done.get()
-    }
-
-    /// Counts `n` more bytes.
-    pub fn add(&self, n: u64) {
-        self.bytes.set(self.bytes.get() + n);
-    }
-
-    /// Marks the body complete (or not).
-    pub fn set_done(&self, done: bool) {
-        self.done.set(done);
-    }
-
-    /// The client's body failed with `error`.
-    pub fn fail(&self, error: &hyper::Error) {
-        self.failure.set(Some(BodyFailure::of(error)));
-    }
-
-    /// How the client's body failed, if it did.
-    pub fn failure(&self) -> Option<BodyFailure> {
-        self.failure.get()
-    }
-}
 
 /// The downstream request body, forwarded once.
 pub struct RequestBody {
@@ -195,52 +122,88 @@ enum Source {
 #[error("upstream request timeout")]
 pub struct ResponseTimeout;
 
-/// The body sent back downstream: the upstream's, or a local reply's.
-/// It owns the exchange and completes it when the last frame has passed
-/// (or records a downstream disconnect when dropped before that).
-pub struct ResponseBody {
+/// What hears how a response body goes: the request's record. Every call
+/// comes from the body's `poll_frame`; `on_end` comes once, last, unless the
+/// body is dropped first (the client went away).
+pub trait ResponseObserver {
+    /// A frame passed on to the client (data to count, trailers to read).
+    fn on_frame(&mut self, frame: &Frame<Bytes>);
+    /// The upstream broke the response off (a reset mid-body).
+    fn on_reset(&mut self);
+    /// The route timeout cut the response off.
+    fn on_timeout(&mut self);
+    /// The body ended, whole or not: the request is over.
+    fn on_end(&mut self);
+}
+
+impl<T: ResponseObserver + ?Sized> ResponseObserver for Box<T> {
+    fn on_frame(&mut self, frame: &Frame<Bytes>) {
+        (**self).on_frame(frame);
+    }
+    fn on_reset(&mut self) {
+        (**self).on_reset();
+    }
+    fn on_timeout(&mut self) {
+        (**self).on_timeout();
+    }
+    fn on_end(&mut self) {
+        (**self).on_end();
+    }
+}
+
+/// The body sent back downstream: the upstream's, or a local reply's. It
+/// owns its observer and ends it when the last frame has passed; dropped
+/// before that, it drops the observer unended.
+pub struct ResponseBody<O: ResponseObserver> {
     source: Source,
-    exchange: Option<Box<Exchange>>,
+    observer: Option<O>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl ResponseBody {
+impl<O: ResponseObserver> ResponseBody<O> {
     /// Streams the upstream response body, cut off at `deadline` (the route timeout).
-    pub fn upstream(
-        body: Incoming,
-        exchange: Box<Exchange>,
-        deadline: Option<tokio::time::Instant>,
-    ) -> Self {
+    pub fn upstream(body: Incoming, observer: O, deadline: Option<tokio::time::Instant>) -> Self {
         let mut body = Self {
             source: Source::Upstream(body),
-            exchange: Some(exchange),
+            observer: Some(observer),
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         };
-        body.complete_if_ended();
+        body.end_if_ended();
         body
     }
 
     /// A body generated by the agent.
-    pub fn full(bytes: Bytes, exchange: Box<Exchange>) -> Self {
+    pub fn full(bytes: Bytes, observer: O) -> Self {
         let mut body = Self {
             source: Source::Full((!bytes.is_empty()).then_some(bytes)),
-            exchange: Some(exchange),
+            observer: Some(observer),
             deadline: None,
         };
-        body.complete_if_ended();
+        body.end_if_ended();
         body
     }
 
-    fn complete_if_ended(&mut self) {
-        if self.is_end_stream()
-            && let Some(mut exchange) = self.exchange.take()
-        {
-            exchange.complete();
+    fn end_if_ended(&mut self) {
+        if self.source_ended() {
+            self.end();
+        }
+    }
+
+    fn source_ended(&self) -> bool {
+        match &self.source {
+            Source::Upstream(body) => body.is_end_stream(),
+            Source::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(mut observer) = self.observer.take() {
+            observer.on_end();
         }
     }
 }
 
-impl Body for ResponseBody {
+impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -257,32 +220,27 @@ impl Body for ResponseBody {
             && let Some(deadline) = this.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
-            if let Some(mut exchange) = this.exchange.take() {
-                exchange.on_timeout_mid_response();
-                exchange.complete();
+            if let Some(observer) = this.observer.as_mut() {
+                observer.on_timeout();
             }
+            this.end();
             return Poll::Ready(Some(Err(Box::new(ResponseTimeout))));
         }
-        if let Some(exchange) = this.exchange.as_mut() {
+        if let Some(observer) = this.observer.as_mut() {
             match &polled {
-                Poll::Ready(Some(Ok(frame))) => exchange.on_response_frame(frame),
-                Poll::Ready(Some(Err(_))) => exchange.on_upstream_reset(),
+                Poll::Ready(Some(Ok(frame))) => observer.on_frame(frame),
+                Poll::Ready(Some(Err(_))) => observer.on_reset(),
                 Poll::Ready(None) | Poll::Pending => {}
             }
         }
-        if (matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) || this.is_end_stream())
-            && let Some(mut exchange) = this.exchange.take()
-        {
-            exchange.complete();
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) || this.source_ended() {
+            this.end();
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::Upstream(body) => body.is_end_stream(),
-            Source::Full(bytes) => bytes.is_none(),
-        }
+        self.source_ended()
     }
 
     fn size_hint(&self) -> SizeHint {

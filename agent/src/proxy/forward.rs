@@ -4,63 +4,18 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::Request;
 use hyper::body::Incoming;
 use rustls::pki_types::ServerName;
 
 use super::Worker;
 use super::body::UpstreamBody;
-use super::local_reply::LocalReply;
-use super::pool::{AcquireError, Lease, PeerIdentity, PoolKey};
-use crate::model::cluster::{Cluster, Endpoint, UpstreamTls};
+use super::pool::{AcquireError, PoolKey};
+use super::upstream::{SendError, Sent, Upstream};
+use crate::model::cluster::{Cluster, UpstreamTls};
+use crate::model::endpoint::Endpoint;
 use crate::model::policy::AttemptFailure;
 use crate::tls::TlsPlan;
-
-/// The upstream's response and, for HTTP/1.1, the connection to give back.
-pub struct Sent {
-    /// Response headers and streaming body.
-    pub response: Response<Incoming>,
-    /// The HTTP/1.1 connection, reusable after the response.
-    pub connection: Option<Lease>,
-    /// The server's identity, on mTLS connections.
-    pub peer: PeerIdentity,
-}
-
-/// Why an attempt got no response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendError {
-    /// No response, for a reason retries may cover.
-    Failed(AttemptFailure),
-    /// The TLS handshake failed (a connect failure to retries), for this reason.
-    Tls(&'static str),
-    /// The cluster's connection limits are full (never retried).
-    Overflow,
-}
-
-impl SendError {
-    /// The local reply when this is the final outcome.
-    pub fn reply(self) -> LocalReply {
-        match self {
-            Self::Failed(AttemptFailure::ConnectFailure) | Self::Tls(_) => {
-                LocalReply::CONNECT_FAILURE
-            }
-            Self::Failed(AttemptFailure::PerTryTimeout) => LocalReply::TIMEOUT,
-            Self::Failed(AttemptFailure::Reset | AttemptFailure::RefusedStream) => {
-                LocalReply::CONNECTION_TERMINATION
-            }
-            Self::Overflow => LocalReply::OVERFLOW,
-        }
-    }
-
-    /// The failure as retry conditions see it.
-    pub fn failure(self) -> Option<AttemptFailure> {
-        match self {
-            Self::Failed(failure) => Some(failure),
-            Self::Tls(_) => Some(AttemptFailure::ConnectFailure),
-            Self::Overflow => None,
-        }
-    }
-}
 
 /// How the connection to `endpoint` is secured, with the workload's current
 /// certificate for mesh mTLS.
@@ -110,6 +65,28 @@ pub fn tls_plan(
     }
 }
 
+/// Sends attempts over this worker's pooled connections.
+pub struct Forwarder<'a> {
+    /// The worker (pools, TLS material).
+    pub worker: &'a Rc<Worker>,
+    /// The cluster the endpoints belong to.
+    pub cluster: &'a Cluster,
+    /// Speak HTTP/2 upstream.
+    pub h2: bool,
+}
+
+impl Upstream for Forwarder<'_> {
+    type Body = Incoming;
+
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<UpstreamBody>,
+    ) -> Result<Sent<Incoming>, SendError> {
+        send(self.worker, endpoint, self.cluster, self.h2, request).await
+    }
+}
+
 /// Sends `req` to `endpoint` as HTTP/2 (`h2`) or HTTP/1.1. A request that an
 /// idle connection closed under before it was written goes out again on
 /// another connection; that is not a retry.
@@ -119,7 +96,7 @@ pub async fn send(
     cluster: &Cluster,
     h2: bool,
     mut req: Request<UpstreamBody>,
-) -> Result<Sent, SendError> {
+) -> Result<Sent<Incoming>, SendError> {
     let plan = tls_plan(worker, cluster, endpoint, h2)?;
     let key = PoolKey::new(&endpoint.address, cluster, &plan);
     let pools = &worker.pools;

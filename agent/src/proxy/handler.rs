@@ -8,14 +8,14 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::attempts::{Attempts, BodySource};
-use super::body::{RequestBody, RequestProgress, ResponseBody};
-use super::exchange::Exchange;
+use super::exchange::{Exchange, ProxyBody};
+use super::forward::Forwarder;
 use super::headers::{self, IncomingResponse, OutgoingRequest};
 use super::local_reply::LocalReply;
 use super::mirror::Copies;
-use super::tap::Tap;
 use super::{Direction, Downstream, Worker, access, canonical, fault, rewrite, route, upgrade};
-use crate::model::policy::RouteAction;
+use crate::flags::ResponseFlags;
+use crate::model::policy::{RouteAction, roll};
 use crate::telemetry::peer_metadata::PEER_METADATA;
 
 /// Proxies one request.
@@ -23,7 +23,7 @@ pub async fn handle(
     worker: Rc<Worker>,
     down: Rc<Downstream>,
     mut req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ProxyBody>, Infallible> {
     // One snapshot for the whole request: a reload mid-request cannot mix configs.
     let snapshot = worker.shared.config.load_full();
 
@@ -70,10 +70,18 @@ pub async fn handle(
     }
 
     // Routing: the VirtualService rule outbound, the local app inbound.
-    let routed = match route::select(&snapshot, down.direction, &req, &mut ex) {
+    let routed = match route::select(&snapshot, down.direction, &req) {
         Ok(routed) => routed,
-        Err(reply) => return Ok(ex.local_reply(reply)),
+        Err(not_routed) => {
+            if let Some(host) = not_routed.host {
+                ex.set_unrouted_host(host);
+            }
+            return Ok(ex.local_reply(not_routed.reply));
+        }
     };
+    if let Some(host) = routed.answered_for {
+        ex.set_unrouted_host(host);
+    }
     let policy = routed.policy();
     let cluster = match (&policy.action, routed.cluster) {
         (RouteAction::Redirect(redirect), _) => return Ok(redirect_reply(ex, redirect, &req)),
@@ -86,10 +94,15 @@ pub async fn handle(
     ex.set_route(routed.rule_name(), cluster);
 
     // Fault injection sits in front of the upstream, as Envoy's fault filter.
-    if let Some(fault) = &policy.fault
-        && let Err(reply) = fault::inject(fault, &mut ex).await
-    {
-        return Ok(ex.local_reply(reply));
+    if let Some(fault) = &policy.fault {
+        let injected = fault::decide(fault, roll);
+        if let Some(delay) = injected.delay {
+            ex.add_flags(ResponseFlags::FAULT_DELAY);
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(reply) = injected.abort {
+            return Ok(ex.local_reply(reply));
+        }
     }
 
     // Upgrades travel as HTTP/1.1, once; everything else speaks the protocol
@@ -113,31 +126,25 @@ pub async fn handle(
         caller_principal: down.tls.as_ref().and_then(|t| t.principal.as_deref()),
         edits: routed.request_edits(),
     };
-    if let Err(reply) = headers::prepare_request(&mut parts, &outgoing, &mut ex) {
+    let prepared = headers::prepare_request(&mut parts, &outgoing, |headers| {
+        ex.inject_trace_context(headers);
+    });
+    if let Err(reply) = prepared {
         return Ok(ex.local_reply(reply));
     }
 
     // The body is kept for replays only when a retry or a mirror may want it.
-    let progress = Rc::new(RequestProgress::default());
     let replays =
         downstream_upgrade.is_none() && (policy.retry.attempts > 0 || !policy.mirrors.is_empty());
-    let (body, tap) = if replays {
-        let tap = Tap::new(body, progress.clone());
-        (BodySource::Replay(tap.clone()), Some(tap))
-    } else {
-        (
-            BodySource::Once(Some(RequestBody::new(body, progress.clone()))),
-            None,
-        )
-    };
-    ex.track_request_body(progress, tap.clone());
+    let body = BodySource::new(body, replays);
+    ex.track_request_body(body.progress().clone(), body.tap().cloned());
 
     // Mirrors get copies, fire-and-forget, before the real request goes.
     if !policy.mirrors.is_empty() {
         let copies = Copies {
             worker: &worker,
             head: &parts,
-            tap: tap.as_ref(),
+            tap: body.tap(),
             parent: ex.span_context(),
             port: routed.port,
             version: parts.version,
@@ -150,14 +157,18 @@ pub async fn handle(
     // under the timeouts, judge the outcome.
     let deadline = policy.timeout.map(|t| tokio::time::Instant::now() + t);
     let attempts = Attempts {
-        worker: &worker,
         cluster,
         retry: &policy.retry,
         deadline,
-        h2,
         source_ip: down.peer.ip(),
+        grpc: ex.is_grpc(),
     };
-    let delivered = match attempts.run(parts, body, &mut ex).await {
+    let upstream = Forwarder {
+        worker: &worker,
+        cluster,
+        h2,
+    };
+    let delivered = match attempts.run(&upstream, parts, body, &mut *ex).await {
         Ok(delivered) => delivered,
         Err(reply) => return Ok(ex.local_reply(reply)),
     };
@@ -180,7 +191,9 @@ pub async fn handle(
         upstream_ms: upstream_time.as_millis() as u64,
         edits: routed.response_edits(),
     };
-    headers::prepare_response(&mut parts, &back, &mut ex);
+    if let Some(announced) = headers::prepare_response(&mut parts, &back) {
+        ex.set_peer_from_header(announced.as_bytes());
+    }
     Ok(ex.respond(parts, body, upstream_time, connection, deadline))
 }
 
@@ -188,7 +201,7 @@ fn redirect_reply(
     ex: Box<Exchange>,
     redirect: &crate::model::policy::Redirect,
     req: &Request<Incoming>,
-) -> Response<ResponseBody> {
+) -> Response<ProxyBody> {
     let mut response = Response::new(());
     *response.status_mut() = redirect.code;
     if let Some(location) = rewrite::location(redirect, req) {

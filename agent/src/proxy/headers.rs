@@ -10,7 +10,6 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, request, response};
 
 use super::Direction;
-use super::exchange::Exchange;
 use super::local_reply::LocalReply;
 use crate::model::Identity;
 use crate::model::route::HeaderEdits;
@@ -42,11 +41,12 @@ pub struct OutgoingRequest<'a> {
     pub edits: [Option<&'a HeaderEdits>; 2],
 }
 
-/// Rewrites a request for the next hop.
+/// Rewrites a request for the next hop; `inject_trace_context` writes this
+/// hop's trace context (before the rule's edits, which may change it).
 pub fn prepare_request(
     parts: &mut request::Parts,
     out: &OutgoingRequest<'_>,
-    ex: &mut Exchange,
+    inject_trace_context: impl FnOnce(&mut HeaderMap),
 ) -> Result<(), LocalReply> {
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, out.upgrade);
@@ -56,7 +56,7 @@ pub fn prepare_request(
     if out.direction == Direction::Inbound {
         append_forwarded_for(headers, out.client_ip);
     }
-    ex.inject_trace_context(headers);
+    inject_trace_context(headers);
     match out.direction {
         // Announce this workload to the callee's sidecar (Istio metadata exchange).
         Direction::Outbound => {
@@ -139,22 +139,21 @@ pub struct IncomingResponse<'a> {
     pub edits: [Option<&'a HeaderEdits>; 2],
 }
 
-/// Rewrites a response for the caller.
+/// Rewrites a response for the caller. Returns the peer metadata the
+/// upstream announced itself with (outbound), which the caller never sees.
 pub fn prepare_response(
     parts: &mut response::Parts,
     back: &IncomingResponse<'_>,
-    ex: &mut Exchange,
-) {
+) -> Option<HeaderValue> {
     let headers = &mut parts.headers;
     strip_hop_by_hop(
         headers,
         parts.status == http::StatusCode::SWITCHING_PROTOCOLS,
     );
+    let mut announced = None;
     match back.direction {
         Direction::Outbound => {
-            if let Some(value) = headers.remove(PEER_METADATA) {
-                ex.set_peer_from_header(value.as_bytes());
-            }
+            announced = headers.remove(PEER_METADATA);
             headers.remove(PEER_METADATA_ID);
         }
         Direction::Inbound if back.caller_announced => {
@@ -167,6 +166,7 @@ pub fn prepare_response(
     for edits in back.edits.iter().flatten() {
         edits.apply(headers);
     }
+    announced
 }
 
 /// Removes headers that describe one connection only (RFC 9110 §7.6.1),

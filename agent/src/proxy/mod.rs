@@ -19,12 +19,14 @@ pub mod listener;
 mod local_reply;
 mod mirror;
 mod pool;
+mod progress;
 mod rewrite;
 mod route;
 mod server;
 mod tap;
 mod tcp;
 mod upgrade;
+mod upstream;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -36,11 +38,13 @@ use arc_swap::ArcSwap;
 
 use crate::model::Snapshot;
 use crate::model::live::LiveState;
+use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::{MetricCache, Metrics};
-use crate::telemetry::peer_metadata::{self, PeerInfo};
+use crate::telemetry::peer_metadata;
 
+pub use crate::model::Direction;
 pub use listener::{BoundListeners, bind_all};
 pub use server::{WorkerHandle, spawn_workers};
 
@@ -58,25 +62,6 @@ pub struct Shared {
     pub live: LiveState,
     /// The workload's current TLS material (none without `spec.identity`).
     pub tls: Arc<arc_swap::ArcSwapOption<crate::tls::TlsMaterial>>,
-}
-
-/// Which listener a connection came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// From the mesh to the local application.
-    Inbound,
-    /// From the local application to the mesh.
-    Outbound,
-}
-
-impl Direction {
-    /// Name used in metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Inbound => "inbound",
-            Self::Outbound => "outbound",
-        }
-    }
 }
 
 /// One accepted downstream connection.

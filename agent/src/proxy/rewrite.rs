@@ -5,8 +5,7 @@ use http::header::HOST;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderName, HeaderValue, Uri, request};
 
-use super::exchange::request_authority;
-use crate::host::split_host_port;
+use crate::host::{request_authority, split_host_port};
 use crate::model::policy::{Redirect, Rewrite};
 
 /// Envoy keeps the path a rewrite replaced in this header.

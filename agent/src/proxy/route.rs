@@ -8,12 +8,11 @@ use std::sync::{Arc, LazyLock};
 use http::Request;
 
 use super::Direction;
-use super::exchange::{Exchange, request_authority};
 use super::local_reply::LocalReply;
-use crate::host::split_host_port;
+use crate::host::{request_authority, split_host_port};
 use crate::model::Snapshot;
 use crate::model::cluster::Cluster;
-use crate::model::policy::{RetryPolicy, RoutePolicy};
+use crate::model::policy::{RetryPolicy, RouteAction, RoutePolicy};
 use crate::model::route::{HeaderEdits, Matched, RequestView, WeightedDestination};
 
 /// Inbound requests are not retried or timed out by the sidecar.
@@ -35,6 +34,28 @@ pub struct Routed<'s> {
     pub cluster: Option<&'s Arc<Cluster>>,
     /// The port the request was addressed to.
     pub port: u16,
+    /// The service host a request the rule answers itself was addressed
+    /// to (for `destination_service`).
+    pub answered_for: Option<&'s str>,
+}
+
+/// Why a request has no route, and the host it was addressed to, as
+/// `destination_service` names it (Istio falls back to the host).
+#[derive(Debug)]
+pub struct NotRouted<'a> {
+    /// The local reply to send.
+    pub reply: LocalReply,
+    /// The host, when the request named one.
+    pub host: Option<&'a str>,
+}
+
+impl<'a> NotRouted<'a> {
+    fn to(host: &'a str, reply: LocalReply) -> Self {
+        Self {
+            reply,
+            host: Some(host),
+        }
+    }
 }
 
 impl<'s> Routed<'s> {
@@ -65,27 +86,30 @@ impl<'s> Routed<'s> {
     }
 }
 
-/// Routes `req`; a failure is the local reply to send.
-pub fn select<'s, B>(
+/// Routes `req` on `snapshot`: a function of the two alone (weighted
+/// destinations are drawn at random).
+pub fn select<'s: 'r, 'r, B>(
     snapshot: &'s Snapshot,
     direction: Direction,
-    req: &Request<B>,
-    ex: &mut Exchange,
-) -> Result<Routed<'s>, LocalReply> {
+    req: &'r Request<B>,
+) -> Result<Routed<'s>, NotRouted<'r>> {
     if direction == Direction::Inbound {
         return Ok(Routed {
             matched: None,
             destination: None,
             cluster: Some(&snapshot.inbound),
             port: snapshot.listeners.app.port(),
+            answered_for: None,
         });
     }
-    let authority = request_authority(req).ok_or(LocalReply::MISSING_HOST)?;
+    let authority = request_authority(req).ok_or(NotRouted {
+        reply: LocalReply::MISSING_HOST,
+        host: None,
+    })?;
     let (host, port) = split_host_port(authority);
     let scheme = req.uri().scheme_str().unwrap_or("http");
     let Some(vhost) = snapshot.routes.find(host) else {
-        ex.set_unrouted_host(host);
-        return Err(LocalReply::NO_ROUTE);
+        return Err(NotRouted::to(host, LocalReply::NO_ROUTE));
     };
     // The service port the request went to, also when the authority names
     // none (`match.port` and the destination's cluster read it).
@@ -100,33 +124,31 @@ pub fn select<'s, B>(
         headers: req.headers(),
     };
     let Some(matched) = vhost.route(&view) else {
-        ex.set_unrouted_host(&vhost.host);
-        return Err(LocalReply::NO_ROUTE);
+        return Err(NotRouted::to(&vhost.host, LocalReply::NO_ROUTE));
     };
-    if !matches!(
-        matched.rule.policy.action,
-        crate::model::policy::RouteAction::Forward
-    ) {
-        ex.set_unrouted_host(&vhost.host);
+    if !matches!(matched.rule.policy.action, RouteAction::Forward) {
         return Ok(Routed {
             matched: Some(matched),
             destination: None,
             cluster: None,
             port,
+            answered_for: Some(&vhost.host),
         });
     }
     let Some(destination) = matched.rule.pick_destination() else {
-        ex.set_unrouted_host(&vhost.host);
-        return Err(LocalReply::NO_ROUTE);
+        return Err(NotRouted::to(&vhost.host, LocalReply::NO_ROUTE));
     };
     let Some(cluster) = destination.target.cluster_for(port) else {
-        ex.set_unrouted_host(&destination.target.host);
-        return Err(LocalReply::NO_CLUSTER);
+        return Err(NotRouted::to(
+            &destination.target.host,
+            LocalReply::NO_CLUSTER,
+        ));
     };
     Ok(Routed {
         matched: Some(matched),
         destination: Some(destination),
         cluster: Some(cluster),
         port,
+        answered_for: None,
     })
 }

@@ -16,7 +16,8 @@ use tokio::sync::watch;
 
 use super::listener::WorkerSockets;
 use super::{Direction, Downstream, LocalExec, Shared, Worker, handler, tcp};
-use crate::tls::{MtlsMode, handshake};
+use crate::model::MtlsMode;
+use crate::tls::handshake;
 
 /// A running worker thread.
 pub struct WorkerHandle {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::body::RequestProgress;
+use super::progress::RequestProgress;
 
 /// Most request body bytes kept for retries and mirrors (Envoy's default
 /// buffer limit); a longer body streams on but cannot be retried or mirrored.

@@ -13,13 +13,15 @@ use tokio::net::TcpStream;
 use super::Worker;
 use super::forward::tls_plan;
 use super::pool::connect_tcp;
-use crate::balancer::PickInput;
 use crate::flags::ResponseFlags;
-use crate::model::cluster::{Cluster, Endpoint};
+use crate::model::MtlsMode;
+use crate::model::balancer::PickInput;
+use crate::model::cluster::Cluster;
+use crate::model::endpoint::Endpoint;
+use crate::model::peer::PeerInfo;
 use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter};
-use crate::telemetry::peer_metadata::PeerInfo;
+use crate::tls::handshake;
 use crate::tls::io::UpstreamIo;
-use crate::tls::{MtlsMode, handshake};
 
 /// Proxies one connection: outbound to the service of TCP listener
 /// `outbound_index`, or inbound (`None`) to the local application. Both

@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus::IntCounter;
 use serde::Serialize;
 
+use crate::model::bootstrap::AccessLogTarget;
+
 const QUEUE: usize = 8192;
 
 /// Sends lines to the writer thread.
@@ -19,11 +21,11 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Opens `path` (`None` or `-`: standard output) and starts the writer.
-    pub fn start(path: Option<&str>, dropped: IntCounter) -> std::io::Result<Self> {
-        let sink: Box<dyn Write + Send> = match path {
-            None | Some("-") | Some("/dev/stdout") => Box::new(std::io::stdout()),
-            Some(path) => Box::new(
+    /// Opens `target` and starts the writer.
+    pub fn start(target: &AccessLogTarget, dropped: IntCounter) -> std::io::Result<Self> {
+        let sink: Box<dyn Write + Send> = match target {
+            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
+            AccessLogTarget::File(path) => Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)

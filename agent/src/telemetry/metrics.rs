@@ -11,9 +11,9 @@ use prometheus::{
     Registry,
 };
 
-use super::peer_metadata::PeerInfo;
 pub use crate::by_address::ByAddress;
 use crate::flags::ResponseFlags;
+use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
 
 /// Envoy's default histogram buckets, which Istio's metrics use.

@@ -3,7 +3,9 @@
 
 pub mod access_log;
 mod background;
+pub mod hop_span;
 pub mod metrics;
 pub mod peer_metadata;
+pub mod record;
 pub mod sampler;
 pub mod spans;

@@ -13,6 +13,8 @@ use prost::Message;
 use prost_types::value::Kind;
 use prost_types::{Struct, Value};
 
+use crate::model::peer::PeerInfo;
+
 /// Header carrying the encoded metadata.
 pub const PEER_METADATA: http::HeaderName = http::HeaderName::from_static("x-envoy-peer-metadata");
 /// Header carrying the peer's node id.
@@ -21,42 +23,6 @@ pub const PEER_METADATA_ID: http::HeaderName =
 
 const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
 const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
-
-/// What a peer says about itself. Missing fields read as `unknown`, as
-/// Istio's labels do.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PeerInfo {
-    /// Workload name.
-    pub workload: String,
-    /// Namespace.
-    pub namespace: String,
-    /// `app` label.
-    pub app: String,
-    /// `version` label.
-    pub version: String,
-    /// Canonical service.
-    pub canonical_service: String,
-    /// Canonical revision (`latest` when unknown).
-    pub canonical_revision: String,
-    /// Cluster id.
-    pub cluster: String,
-}
-
-impl PeerInfo {
-    /// The peer nothing is known about.
-    pub fn unknown() -> Self {
-        let unknown = || "unknown".to_owned();
-        Self {
-            workload: unknown(),
-            namespace: unknown(),
-            app: unknown(),
-            version: unknown(),
-            canonical_service: unknown(),
-            canonical_revision: "latest".to_owned(),
-            cluster: unknown(),
-        }
-    }
-}
 
 /// The workload facts that go into the header.
 #[derive(Debug, Clone, Copy)]

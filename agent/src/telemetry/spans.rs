@@ -16,8 +16,8 @@ use opentelemetry_sdk::trace::{
 };
 use prometheus::IntCounter;
 
-use crate::config::agent::TelemetrySpec;
 use crate::model::Identity;
+use crate::model::bootstrap::{OtlpProtocol, Telemetry};
 
 /// Why the span pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub struct SpanPipeline {
 impl SpanPipeline {
     /// Starts the export runtime, the OTLP exporter and the batch processor.
     pub fn start(
-        spec: &TelemetrySpec,
+        spec: &Telemetry,
         identity: &Identity,
         counters: SpanCounterHandles,
     ) -> Result<Self, SpanPipelineError> {
@@ -74,7 +74,7 @@ impl SpanPipeline {
         };
         let counters = Arc::new(SpanCounters {
             queued: AtomicUsize::new(0),
-            capacity: spec.max_queued_spans.max(1),
+            capacity: spec.max_queued_spans,
             exported: counters.exported,
             failed: counters.failed,
             dropped: counters.dropped,
@@ -87,7 +87,7 @@ impl SpanPipeline {
         let batch = BatchConfigBuilder::default()
             .with_max_queue_size(counters.capacity + 64)
             .with_max_export_batch_size(512.min(counters.capacity))
-            .with_scheduled_delay(spec.flush_interval.get())
+            .with_scheduled_delay(spec.flush_interval)
             .build();
         let processor = BoundedProcessor {
             inner: BatchSpanProcessor::new(exporter, batch),
@@ -133,11 +133,9 @@ pub struct SpanCounterHandles {
     pub dropped: IntCounter,
 }
 
-fn build_exporter(
-    spec: &TelemetrySpec,
-) -> Result<opentelemetry_otlp::SpanExporter, SpanPipelineError> {
+fn build_exporter(spec: &Telemetry) -> Result<opentelemetry_otlp::SpanExporter, SpanPipelineError> {
     let otlp = &spec.otlp;
-    if otlp.protocol == "http" {
+    if otlp.protocol == OtlpProtocol::HttpProtobuf {
         let endpoint = if otlp.endpoint.ends_with("/v1/traces") {
             otlp.endpoint.clone()
         } else {
@@ -152,7 +150,7 @@ fn build_exporter(
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(endpoint)
-            .with_timeout(otlp.timeout.get())
+            .with_timeout(otlp.timeout)
             .with_headers(headers)
             .build()?);
     }
@@ -168,7 +166,7 @@ fn build_exporter(
     Ok(opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(otlp.endpoint.clone())
-        .with_timeout(otlp.timeout.get())
+        .with_timeout(otlp.timeout)
         .with_metadata(metadata)
         .build()?)
 }

@@ -15,33 +15,12 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use super::io::{DownstreamIo, MaybeTls, UpstreamIo};
 use super::material::TlsMaterial;
 use super::verify::has_any_san;
+use crate::model::MtlsMode;
 
 /// Longest a client may take to start and finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of a TLS record carrying a handshake.
 const TLS_HANDSHAKE: u8 = 0x16;
-
-/// The inbound mTLS mode in force (PeerAuthentication).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MtlsMode {
-    /// mTLS required; plaintext is refused.
-    Strict,
-    /// mTLS or plaintext.
-    Permissive,
-    /// Plaintext only.
-    Disable,
-}
-
-impl MtlsMode {
-    /// Istio's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Strict => "STRICT",
-            Self::Permissive => "PERMISSIVE",
-            Self::Disable => "DISABLE",
-        }
-    }
-}
 
 /// What the peer proved about itself.
 #[derive(Debug, Clone)]
@@ -51,7 +30,7 @@ pub struct PeerTls {
     /// The same as `spiffe://…` (metric labels), shared per worker.
     pub principal: Option<std::sync::Arc<str>>,
     /// The SNI it asked for.
-    pub sni: Option<String>,
+    pub sni: Option<Arc<str>>,
 }
 
 /// A handshake that failed, by reason (the metric label and the access
@@ -150,7 +129,7 @@ pub async fn accept(
                     .as_ref()
                     .map(|id| std::sync::Arc::from(id.to_string())),
                 identity,
-                sni: conn.server_name().map(str::to_owned),
+                sni: conn.server_name().map(Arc::from),
             };
             Ok((MaybeTls::Tls(Box::new(tls)), Some(peer)))
         }

@@ -8,5 +8,5 @@ pub mod material;
 pub mod provider;
 pub mod verify;
 
-pub use handshake::{MtlsMode, PeerTls, TlsFailure, TlsPlan};
+pub use handshake::{PeerTls, TlsFailure, TlsPlan};
 pub use material::TlsMaterial;

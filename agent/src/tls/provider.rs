@@ -3,7 +3,7 @@
 //! generation is swapped in for new connections; open ones are untouched,
 //! so rotation drops nothing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +12,7 @@ use prometheus::{IntCounterVec, IntGauge};
 use tracemesh_ca::{CaClient, SpiffeId};
 
 use super::material::{MaterialError, TlsMaterial};
-use crate::config::agent::{CaSpec, IdentityFiles, IdentitySpec};
+use crate::model::bootstrap::{BootstrapToken, CertificateFiles, CertificateSource};
 
 /// Why the identity could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub enum IdentityError {
 /// Where the material comes from.
 pub enum Source {
     /// Certificate files, polled for changes.
-    Files(IdentityFiles),
+    Files(CertificateFiles),
     /// The CA.
     Ca {
         /// Its client.
@@ -51,35 +51,30 @@ pub enum Source {
     },
 }
 
-fn read(path: &str) -> Result<String, IdentityError> {
+fn read(path: &Path) -> Result<String, IdentityError> {
     std::fs::read_to_string(path).map_err(|source| IdentityError::Read {
-        path: path.to_owned(),
+        path: path.display().to_string(),
         source,
     })
 }
 
 impl Source {
-    /// Prepares the source named by the Agent's `identity`.
-    pub fn new(spec: &IdentitySpec) -> Result<Self, IdentityError> {
-        if let Some(files) = &spec.files {
-            return Ok(Self::Files(files.clone()));
-        }
-        let ca: &CaSpec = spec.ca.as_ref().ok_or_else(|| IdentityError::Read {
-            path: "spec.identity".into(),
-            source: std::io::Error::other("set `files` or `ca`"),
-        })?;
-        let token = match (&ca.token, &ca.token_file) {
-            (Some(token), _) => token.clone(),
-            (None, Some(file)) => read(file)?.trim().to_owned(),
-            (None, None) => String::new(),
+    /// Prepares the source the Agent's `identity` names: reads the CA's
+    /// bootstrap token and root now, so a missing file stops the start.
+    pub fn new(source: &CertificateSource) -> Result<Self, IdentityError> {
+        let ca = match source {
+            CertificateSource::Files(files) => return Ok(Self::Files(files.clone())),
+            CertificateSource::Ca(ca) => ca,
+        };
+        let token = match &ca.token {
+            BootstrapToken::Inline(token) => token.clone(),
+            BootstrapToken::File(file) => read(file)?.trim().to_owned(),
         };
         let root_pem = read(&ca.root_cert)?;
         Ok(Self::Ca {
             client: CaClient::new(&ca.address, &token, &root_pem)?,
             root_pem,
-            lifetime: ca
-                .lifetime
-                .map_or(Duration::from_secs(24 * 3600), |l| l.get()),
+            lifetime: ca.lifetime,
         })
     }
 
@@ -110,10 +105,11 @@ impl Source {
 
     fn watched_files(&self) -> Vec<PathBuf> {
         match self {
-            Self::Files(f) => [&f.cert_chain, &f.private_key, &f.root_cert]
-                .iter()
-                .map(PathBuf::from)
-                .collect(),
+            Self::Files(f) => vec![
+                f.cert_chain.clone(),
+                f.private_key.clone(),
+                f.root_cert.clone(),
+            ],
             Self::Ca { .. } => Vec::new(),
         }
     }

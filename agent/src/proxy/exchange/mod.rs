@@ -1,85 +1,52 @@
-//! One request's record from arrival to the last response byte: its span,
-//! its route and endpoint, status and flags. Completing it records the Istio
-//! metrics, ends the span and writes the access log line — once, whether the
-//! response finished, the agent answered itself, or the client went away.
+//! One request from arrival to the last response byte: its record (what
+//! telemetry reports), its span, and its in-flight resources. Completing it
+//! records the Istio metrics, ends the span, writes the access log line and
+//! gives the resources back — once, whether the response finished, the
+//! agent answered itself, or the client went away.
 
-mod record;
-mod span;
+mod in_flight;
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Frame;
 use hyper::body::Incoming;
-use opentelemetry::trace::{Span as _, SpanContext};
-use opentelemetry_sdk::trace::Span;
+use opentelemetry::trace::SpanContext;
 
-use super::body::{RequestProgress, ResponseBody};
+use super::attempts::AttemptRecord;
+use super::body::{ResponseBody, ResponseObserver};
 use super::local_reply::LocalReply;
 use super::pool::Lease;
+use super::progress::RequestProgress;
 use super::tap::Tap;
 use super::{Direction, Downstream, Worker};
 use crate::flags::ResponseFlags;
-use crate::model::cluster::{Cluster, Endpoint};
+use crate::model::Snapshot;
+use crate::model::cluster::Cluster;
+use crate::model::endpoint::Endpoint;
 use crate::model::live::{ActiveRequest, Slot};
-use crate::model::service::ServiceName;
-use crate::model::{Identity, Snapshot};
-use crate::telemetry::peer_metadata::{PEER_METADATA, PeerInfo};
-use crate::trace_context;
+use crate::model::peer::PeerInfo;
+use crate::telemetry::hop_span::HopSpan;
+use crate::telemetry::peer_metadata::PEER_METADATA;
+use crate::telemetry::record::{self, LogFields, RequestRecord};
+use in_flight::InFlight;
 
-pub use record::request_authority;
+/// The body of every response the agent sends downstream.
+pub type ProxyBody = ResponseBody<Box<Exchange>>;
 
-/// The record of one request.
+/// One request in flight.
 pub struct Exchange {
     worker: Rc<Worker>,
-    identity: Arc<Identity>,
-    direction: Direction,
-    downstream: (std::net::SocketAddr, std::net::SocketAddr),
-    start: Instant,
-    start_time: SystemTime,
-    span: Span,
-    /// The caller's span, parent of `span` (B3's parent-span fields).
-    caller_span: Option<opentelemetry::trace::SpanId>,
-    recording: bool,
-    retry_span: Option<Span>,
-    attempts: u32,
-    version: Version,
-    grpc: bool,
-    route: Option<Arc<str>>,
-    cluster: Option<Arc<Cluster>>,
-    endpoint: Option<Arc<Endpoint>>,
-    active: Option<ActiveRequest>,
-    request_slot: Option<Slot>,
-    peer: Arc<PeerInfo>,
-    unrouted_service: Option<Arc<ServiceName>>,
-    status: u16,
-    grpc_status: Option<u16>,
-    flags: ResponseFlags,
-    audited: bool,
-    extra_headers: Option<HeaderMap>,
+    record: RequestRecord,
+    span: HopSpan,
+    held: InFlight,
     request_body: Option<Rc<RequestProgress>>,
-    tap: Option<Tap>,
-    response_bytes: u64,
-    upstream_time: Option<std::time::Duration>,
-    connection: Option<Lease>,
-    log: Option<Box<record::LogFields>>,
-    /// The server's identity on the upstream mTLS connection (outbound).
-    upstream_peer: Option<Arc<str>>,
-    /// Why the upstream TLS handshake failed, when it did.
-    transport_failure: Option<&'static str>,
-    /// The caller's mTLS proof (inbound).
-    downstream_tls: Option<crate::tls::PeerTls>,
+    /// Headers every response to the request carries (rate-limit status).
+    extra_headers: Option<HeaderMap>,
     done: bool,
-}
-
-/// Whether a request is gRPC (by content type, as Envoy decides).
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 thread_local! {
@@ -95,7 +62,7 @@ impl Exchange {
         snapshot: &Snapshot,
         req: &Request<Incoming>,
     ) -> Box<Self> {
-        let (span, caller_span) = span::start(&worker.shared.tracer, down.direction, req.headers());
+        let span = HopSpan::start(&worker.shared.tracer, down.direction, req.headers());
         let peer = match down.direction {
             Direction::Inbound => req
                 .headers()
@@ -103,70 +70,72 @@ impl Exchange {
                 .and_then(|v| worker.peer_from_header(v.as_bytes())),
             Direction::Outbound => None,
         };
-        let mut exchange = Box::new(Self {
-            worker: worker.clone(),
-            identity: snapshot.identity.clone(),
+        let tls = down.tls.as_ref();
+        let record = RequestRecord {
+            local: snapshot.identity.clone(),
             direction: down.direction,
-            downstream: (down.peer, down.local),
+            downstream_remote: down.peer,
+            downstream_local: down.local,
+            downstream_principal: tls.and_then(|t| t.principal.clone()),
+            requested_server_name: tls.and_then(|t| t.sni.clone()),
             start: Instant::now(),
             start_time: SystemTime::now(),
-            recording: span.is_recording(),
-            span,
-            caller_span,
-            retry_span: None,
-            attempts: 0,
             version: req.version(),
-            grpc: is_grpc(req.headers()),
+            grpc: record::is_grpc(req.headers()),
             route: None,
             cluster: None,
             endpoint: None,
-            active: None,
-            request_slot: None,
+            attempts: 0,
             peer: peer.unwrap_or_else(|| UNKNOWN_PEER.with(Clone::clone)),
             unrouted_service: None,
+            upstream_principal: None,
+            transport_failure: None,
             status: 0,
             grpc_status: None,
             flags: ResponseFlags::NONE,
+            details: None,
             audited: false,
-            extra_headers: None,
-            request_body: None,
-            tap: None,
+            request_bytes: 0,
             response_bytes: 0,
             upstream_time: None,
-            connection: None,
-            log: None,
-            upstream_peer: None,
-            transport_failure: None,
-            downstream_tls: down.tls.clone(),
+            log: worker
+                .shared
+                .access_log
+                .is_some()
+                .then(|| Box::new(LogFields::of(req))),
+        };
+        let mut exchange = Box::new(Self {
+            worker: worker.clone(),
+            record,
+            span,
+            held: InFlight::default(),
+            request_body: None,
+            extra_headers: None,
             done: false,
         });
-        if exchange.recording {
-            exchange.start_attributes(req, down);
-        }
-        if worker.shared.access_log.is_some() {
-            exchange.log = Some(Box::new(record::LogFields::of(req)));
-        }
+        let Self { span, record, .. } = &mut *exchange;
+        span.describe_request(req, record);
         exchange
     }
 
     /// Whether the request is gRPC.
     pub fn is_grpc(&self) -> bool {
-        self.grpc
+        self.record.grpc
     }
 
     /// This hop's span context (the parent of mirrors).
     pub fn span_context(&self) -> SpanContext {
-        self.span.span_context().clone()
+        self.span.context()
     }
 
     /// Adds response flags (DI, URX, …).
     pub fn add_flags(&mut self, flags: ResponseFlags) {
-        self.flags.insert(flags);
+        self.record.flags.insert(flags);
     }
 
     /// An AUDIT AuthorizationPolicy matched.
     pub fn set_audited(&mut self) {
-        self.audited = true;
+        self.record.audited = true;
     }
 
     /// Headers every response to this request carries (rate-limit status).
@@ -178,97 +147,58 @@ impl Exchange {
 
     /// Records the route decision.
     pub fn set_route(&mut self, rule_name: Option<&Arc<str>>, cluster: &Arc<Cluster>) {
-        self.route = rule_name.cloned();
-        self.cluster = Some(cluster.clone());
-        if self.recording {
-            self.route_attributes(rule_name);
-        }
+        self.record.route = rule_name.cloned();
+        self.record.cluster = Some(cluster.clone());
     }
 
     /// Records the host a request without a cluster was addressed to, so
     /// `destination_service` names it (as Istio falls back to the Host header).
     pub fn set_unrouted_host(&mut self, host: &str) {
-        let namespace = self.identity.namespace.clone();
-        self.unrouted_service = Some(self.worker.unknown_service(host, &namespace));
-    }
-
-    /// Records the endpoint of the current attempt; it counts as busy until
-    /// the next attempt or completion.
-    pub fn set_endpoint(&mut self, endpoint: &Arc<Endpoint>) {
-        self.active = Some(endpoint.state.start_request());
-        self.attempts += 1;
-        if self.direction == Direction::Outbound {
-            self.peer = endpoint.peer.clone();
-        }
-        self.endpoint = Some(endpoint.clone());
-    }
-
-    /// The server's identity on the upstream connection (mTLS).
-    pub fn set_upstream_peer(&mut self, peer: Option<Arc<str>>) {
-        self.upstream_peer = peer.map(|p| self.worker.intern_principal(&p));
-    }
-
-    /// The upstream TLS handshake failed for `reason`.
-    pub fn set_transport_failure(&mut self, reason: &'static str) {
-        self.transport_failure = Some(reason);
-    }
-
-    /// Holds the cluster's request slot of the current attempt.
-    pub fn hold_request_slot(&mut self, slot: Slot) {
-        self.request_slot = Some(slot);
+        let namespace = &self.record.local.namespace;
+        self.record.unrouted_service = Some(self.worker.unknown_service(host, namespace));
     }
 
     /// Writes this hop's trace context into the headers for the next hop.
     pub fn inject_trace_context(&mut self, headers: &mut HeaderMap) {
-        trace_context::inject(headers, self.span.span_context(), self.caller_span);
-        if let Some(log) = self.log.as_mut() {
+        self.span.inject(headers);
+        if let Some(log) = self.record.log.as_mut() {
             log.traceparent = headers
-                .get(trace_context::TRACEPARENT)
+                .get(crate::trace_context::TRACEPARENT)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
         }
     }
 
-    /// How the client's request body failed, if it did.
-    pub fn request_body_failure(&self) -> Option<super::body::BodyFailure> {
-        self.request_body.as_ref().and_then(|p| p.failure())
-    }
-
-    /// Tracks the request body's progress (bytes, completion).
+    /// Tracks the request body's progress (bytes, completion) and holds the
+    /// kept copy until the request is over.
     pub fn track_request_body(&mut self, progress: Rc<RequestProgress>, tap: Option<Tap>) {
         self.request_body = Some(progress);
-        self.tap = tap;
+        self.held.hold_tap(tap);
     }
 
     /// The peer announced in an upstream response (outbound), replacing the
     /// endpoint-label guess.
     pub fn set_peer_from_header(&mut self, value: &[u8]) {
         if let Some(peer) = self.worker.peer_from_header(value) {
-            self.peer = peer;
+            self.record.peer = peer;
         }
     }
 
     /// Answers locally with `reply`.
-    pub fn local_reply(mut self: Box<Self>, reply: LocalReply) -> Response<ResponseBody> {
-        self.flags.insert(reply.flags);
-        if let Some(log) = self.log.as_mut() {
-            log.details = Some(reply.details);
-        }
-        let (response, body) = reply.response(self.grpc, self.flags);
-        if self.grpc {
-            self.grpc_status = Some(reply.grpc_code());
+    pub fn local_reply(mut self: Box<Self>, reply: LocalReply) -> Response<ProxyBody> {
+        self.record.flags.insert(reply.flags);
+        self.record.details = Some(reply.details.into());
+        let (response, body) = reply.response(self.record.grpc, self.record.flags);
+        if self.record.grpc {
+            self.record.grpc_status = Some(reply.grpc_code());
         }
         self.reply(response, body)
     }
 
     /// Answers with a response the agent made (local replies, redirects,
     /// direct responses).
-    pub fn reply(
-        mut self: Box<Self>,
-        response: Response<()>,
-        body: Bytes,
-    ) -> Response<ResponseBody> {
-        self.status = response.status().as_u16();
+    pub fn reply(mut self: Box<Self>, response: Response<()>, body: Bytes) -> Response<ProxyBody> {
+        self.record.status = response.status().as_u16();
         let (mut parts, ()) = response.into_parts();
         if let Some(extra) = self.extra_headers.take() {
             parts.headers.extend(extra);
@@ -277,7 +207,7 @@ impl Exchange {
     }
 
     /// A response of `status` with `body` (VirtualService `directResponse`).
-    pub fn direct(self: Box<Self>, status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+    pub fn direct(self: Box<Self>, status: StatusCode, body: Bytes) -> Response<ProxyBody> {
         let mut response = Response::new(());
         *response.status_mut() = status;
         if !body.is_empty() {
@@ -295,67 +225,123 @@ impl Exchange {
         mut self: Box<Self>,
         mut parts: http::response::Parts,
         body: Incoming,
-        upstream_time: std::time::Duration,
+        upstream_time: Duration,
         connection: Option<Lease>,
         deadline: Option<tokio::time::Instant>,
-    ) -> Response<ResponseBody> {
-        self.status = parts.status.as_u16();
-        self.upstream_time = Some(upstream_time);
-        if self.grpc {
-            self.grpc_status = record::grpc_status(&parts.headers);
+    ) -> Response<ProxyBody> {
+        self.record.status = parts.status.as_u16();
+        self.record.upstream_time = Some(upstream_time);
+        if self.record.grpc {
+            self.record.grpc_status = record::grpc_status(&parts.headers);
         }
         if let Some(extra) = self.extra_headers.take() {
             parts.headers.extend(extra);
         }
-        self.connection = connection;
+        self.held.hold_connection(connection);
         Response::from_parts(parts, ResponseBody::upstream(body, self, deadline))
     }
 
-    /// Counts a response frame (bytes, gRPC status in trailers).
-    pub fn on_response_frame(&mut self, frame: &Frame<Bytes>) {
-        if let Some(data) = frame.data_ref() {
-            self.response_bytes += data.len() as u64;
-        } else if let Some(trailers) = frame.trailers_ref() {
-            self.grpc_status = record::grpc_status(trailers).or(self.grpc_status);
-        }
-    }
-
-    /// The upstream reset the response midway.
-    pub fn on_upstream_reset(&mut self) {
-        self.flags.insert(ResponseFlags::UPSTREAM_REMOTE_RESET);
-    }
-
-    /// The route timeout fired while the response was streaming.
-    pub fn on_timeout_mid_response(&mut self) {
-        self.flags.insert(ResponseFlags::UPSTREAM_TIMEOUT);
-    }
-
-    /// Records metrics, ends the span and writes the access log. Idempotent.
-    pub fn complete(&mut self) {
+    /// Records metrics, ends the span, writes the access log and gives the
+    /// in-flight resources back. Idempotent.
+    fn complete(&mut self) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let duration = self.start.elapsed();
-        let request_bytes = self.request_body.as_ref().map_or(0, |p| p.bytes());
-        self.record_metrics(duration.as_secs_f64() * 1000.0, request_bytes);
-        if self.recording {
-            self.end_span(request_bytes);
-        }
-        if let Some(log) = self.log.take() {
-            self.write_access_log(&log, duration.as_millis() as u64, request_bytes);
+        let duration = self.record.start.elapsed();
+        let record = &mut self.record;
+        record.request_bytes = self.request_body.as_ref().map_or(0, |p| p.bytes());
+        let shared = &self.worker.shared;
+        self.worker.caches.borrow_mut().metrics.record(
+            &shared.metrics,
+            &record.metric_key(),
+            duration.as_secs_f64() * 1000.0,
+            record.request_bytes,
+            record.response_bytes,
+        );
+        self.span.finish(record);
+        if let Some(access_log) = &shared.access_log {
+            let flags = record.flags.as_str();
+            if let Some(entry) = record.access_log_entry(&flags, duration) {
+                access_log.write(&entry);
+            }
         }
         let reusable =
-            !self.flags.is_failure() && self.request_body.as_ref().is_none_or(|p| p.is_done());
-        if let Some(connection) = self.connection.take()
-            && reusable
-        {
-            connection.release();
+            !record.flags.is_failure() && self.request_body.as_ref().is_none_or(|p| p.is_done());
+        self.held.release(reusable);
+    }
+}
+
+impl ResponseObserver for Exchange {
+    /// Counts a response frame (bytes, gRPC status in trailers).
+    fn on_frame(&mut self, frame: &Frame<Bytes>) {
+        if let Some(data) = frame.data_ref() {
+            self.record.response_bytes += data.len() as u64;
+        } else if let Some(trailers) = frame.trailers_ref() {
+            self.record.grpc_status = record::grpc_status(trailers).or(self.record.grpc_status);
         }
-        if let Some(tap) = self.tap.take() {
-            tap.release();
+    }
+
+    fn on_reset(&mut self) {
+        self.add_flags(ResponseFlags::UPSTREAM_REMOTE_RESET);
+    }
+
+    fn on_timeout(&mut self) {
+        self.add_flags(ResponseFlags::UPSTREAM_TIMEOUT);
+    }
+
+    fn on_end(&mut self) {
+        self.complete();
+    }
+}
+
+impl AttemptRecord for Exchange {
+    fn attempt(&mut self, _attempt: u32, endpoint: &Arc<Endpoint>, active: ActiveRequest) {
+        self.held.hold_endpoint(active);
+        self.record.attempts += 1;
+        if self.record.direction == Direction::Outbound {
+            self.record.peer = endpoint.peer.clone();
         }
-        self.active = None;
-        self.request_slot = None;
+        self.record.endpoint = Some(endpoint.clone());
+    }
+
+    fn hold_request_slot(&mut self, slot: Slot) {
+        self.held.hold_request_slot(slot);
+    }
+
+    fn sending_retry(&mut self, attempt: u32, endpoint: &Endpoint, headers: &mut HeaderMap) {
+        let tracer = &self.worker.shared.tracer;
+        let cluster = self.record.cluster.as_deref();
+        self.span
+            .start_attempt(tracer, attempt, cluster, endpoint, headers);
+    }
+
+    fn answered(&mut self, status: u16, peer: Option<Arc<str>>) {
+        self.span.end_attempt(Some(status), None);
+        self.record.upstream_principal = peer.map(|p| self.worker.intern_principal(&p));
+    }
+
+    fn failed(&mut self, reason: &'static str, transport: Option<&'static str>) {
+        self.span.end_attempt(None, Some(reason));
+        if transport.is_some() {
+            self.record.transport_failure = transport;
+        }
+    }
+
+    fn retrying(&mut self, retry: u32, reason: &'static str) {
+        self.span.note_retry(retry, reason);
+    }
+
+    fn gave_up(&mut self) {
+        self.add_flags(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+    }
+
+    fn ejected(&mut self, cluster: &Cluster, endpoint: &Endpoint, duration: Duration) {
+        let metrics = &self.worker.shared.metrics;
+        metrics
+            .outlier_ejections
+            .with_label_values(&[&cluster.name])
+            .inc();
+        tracing::info!(cluster = %cluster.name, endpoint = %endpoint.address, ?duration, "endpoint ejected");
     }
 }
 
@@ -363,8 +349,7 @@ impl Drop for Exchange {
     /// Dropped before completing: the client went away (Envoy's DC).
     fn drop(&mut self) {
         if !self.done {
-            self.flags
-                .insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            self.add_flags(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
             self.complete();
         }
     }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::HeaderMap;
 
-use crate::model::cluster::Endpoint;
+use super::endpoint::Endpoint;
 
 /// What a request offers to hash on.
 #[derive(Debug, Clone, Copy)]

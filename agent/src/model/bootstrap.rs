@@ -1,0 +1,123 @@
+//! The compiled `Agent` document's process settings: how many workers, how
+//! long to drain, where spans and the access log go, where the workload
+//! certificate comes from — set up once at start (a reload that changes them
+//! is warned about) — and the one request-path setting it carries, the
+//! number of trusted proxies. Validated and defaulted by `compile`; nothing
+//! here is a raw serde type.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The process settings of one compiled config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bootstrap {
+    /// Worker threads, each with its own listeners and upstream pools.
+    pub concurrency: usize,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub drain: Duration,
+    /// Proxies in front of the mesh that append to `x-forwarded-for`
+    /// (Istio's `numTrustedProxies`).
+    pub num_trusted_proxies: u32,
+    /// Where spans go.
+    pub telemetry: Telemetry,
+    /// Where the access log goes; `None` when it is off.
+    pub access_log: Option<AccessLogTarget>,
+    /// Where the workload certificate comes from; `None`: plaintext only.
+    pub certificate: Option<CertificateSource>,
+}
+
+/// Span export (the Agent's `spec.telemetry`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    /// The OTLP endpoint.
+    pub otlp: Otlp,
+    /// Share of new traces recorded, 0.0–1.0.
+    pub sampling: f64,
+    /// Most finished spans held while the endpoint is slow or down.
+    pub max_queued_spans: usize,
+    /// Longest a finished span waits before it is exported.
+    pub flush_interval: Duration,
+}
+
+/// An OTLP endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Otlp {
+    /// The endpoint's URL, as written (`/v1/traces` is added for HTTP).
+    pub endpoint: String,
+    /// The transport.
+    pub protocol: OtlpProtocol,
+    /// Extra headers (gRPC metadata) sent with every export.
+    pub headers: Vec<(String, String)>,
+    /// Timeout of one export.
+    pub timeout: Duration,
+}
+
+/// How spans are sent (OTLP's two transports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    HttpProtobuf,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard output (`path` absent or `-`).
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+/// Where the workload certificate comes from (the Agent's `spec.identity`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateSource {
+    /// PEM files, reloaded when they change.
+    Files(CertificateFiles),
+    /// The built-in CA, asked for short-lived certificates.
+    Ca(CaSource),
+}
+
+/// Certificate files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// The workload certificate, then intermediates.
+    pub cert_chain: PathBuf,
+    /// Its private key.
+    pub private_key: PathBuf,
+    /// The roots peers are verified against.
+    pub root_cert: PathBuf,
+}
+
+/// The built-in CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaSource {
+    /// `host:port` of the CA.
+    pub address: String,
+    /// The CA's root certificate (PEM file).
+    pub root_cert: PathBuf,
+    /// The bootstrap token.
+    pub token: BootstrapToken,
+    /// Certificate lifetime asked for.
+    pub lifetime: Duration,
+}
+
+/// The token that proves the workload to the CA.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BootstrapToken {
+    /// Read from this file when the agent starts.
+    File(PathBuf),
+    /// Written in the config.
+    Inline(String),
+}
+
+impl std::fmt::Debug for BootstrapToken {
+    /// Never prints the token itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Inline(_) => f.write_str("Inline(<redacted>)"),
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! The retry loop against scripted upstream answers, on a paused clock:
+//! which answers are retried, where retries go, budgets, backoff, per-try
+//! and overall deadlines, URX, UO and ejection — no sockets.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use http::{HeaderMap, Request, Response};
+use tokio::time::Instant;
+
+use super::*;
+use crate::flags::ResponseFlags;
+use crate::model::balancer::Balancer;
+use crate::model::cluster::UpstreamTls;
+use crate::model::endpoint::UpstreamAddr;
+use crate::model::live::{ClusterState, EndpointState, OutlierSettings, PoolLimits};
+use crate::model::policy::RetryOn;
+use crate::model::service::{Protocol, ServiceName};
+
+/// What the scripted upstream does with one attempt.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Status(u16),
+    /// 200 with this `grpc-status`.
+    Grpc(u16),
+    Reset,
+    ConnectFailure,
+    Overflow,
+    /// Never answers (a timeout decides).
+    Hang,
+}
+
+/// Answers attempts from a script, noting where each went and when.
+struct Script {
+    answers: RefCell<VecDeque<Answer>>,
+    sent: RefCell<Vec<(Arc<str>, Instant)>>,
+}
+
+impl Script {
+    fn new(answers: &[Answer]) -> Self {
+        Self {
+            answers: RefCell::new(answers.iter().copied().collect()),
+            sent: RefCell::default(),
+        }
+    }
+
+    fn endpoints(&self) -> Vec<Arc<str>> {
+        self.sent.borrow().iter().map(|(e, _)| e.clone()).collect()
+    }
+
+    fn times(&self) -> Vec<Instant> {
+        self.sent.borrow().iter().map(|(_, t)| *t).collect()
+    }
+}
+
+impl Upstream for Script {
+    type Body = ();
+
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        _request: Request<UpstreamBody>,
+    ) -> Result<Sent<()>, SendError> {
+        let now = Instant::now();
+        self.sent
+            .borrow_mut()
+            .push((endpoint.address_text.clone(), now));
+        let answer = self
+            .answers
+            .borrow_mut()
+            .pop_front()
+            .expect("an answer scripted");
+        let respond = |status: u16, grpc: Option<u16>| {
+            let mut response = Response::builder().status(status);
+            if let Some(code) = grpc {
+                response = response.header("grpc-status", code.to_string());
+            }
+            Ok(Sent {
+                response: response.body(()).expect("a response"),
+                connection: None,
+                peer: None,
+            })
+        };
+        match answer {
+            Answer::Status(status) => respond(status, None),
+            Answer::Grpc(code) => respond(200, Some(code)),
+            Answer::Reset => Err(SendError::Failed(AttemptFailure::Reset)),
+            Answer::ConnectFailure => Err(SendError::Failed(AttemptFailure::ConnectFailure)),
+            Answer::Overflow => Err(SendError::Overflow),
+            Answer::Hang => std::future::pending().await,
+        }
+    }
+}
+
+/// What the loop told the record.
+#[derive(Default)]
+struct Notes {
+    events: Vec<String>,
+    flags: ResponseFlags,
+    held: Vec<Slot>,
+    ejected: Vec<Arc<str>>,
+}
+
+impl AttemptRecord for Notes {
+    fn attempt(&mut self, attempt: u32, endpoint: &Arc<Endpoint>, _active: ActiveRequest) {
+        let address = &endpoint.address_text;
+        self.events.push(format!("attempt {attempt} {address}"));
+    }
+    fn hold_request_slot(&mut self, slot: Slot) {
+        self.held.push(slot);
+    }
+    fn sending_retry(&mut self, attempt: u32, _endpoint: &Endpoint, _headers: &mut HeaderMap) {
+        self.events.push(format!("retry span {attempt}"));
+    }
+    fn answered(&mut self, status: u16, _peer: Option<Arc<str>>) {
+        self.events.push(format!("answered {status}"));
+    }
+    fn failed(&mut self, reason: &'static str, _transport: Option<&'static str>) {
+        self.events.push(format!("failed {reason}"));
+    }
+    fn retrying(&mut self, retry: u32, reason: &'static str) {
+        self.events.push(format!("retrying {retry}: {reason}"));
+    }
+    fn gave_up(&mut self) {
+        self.flags
+            .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+    }
+    fn ejected(&mut self, _cluster: &Cluster, endpoint: &Endpoint, _duration: Duration) {
+        self.ejected.push(endpoint.address_text.clone());
+    }
+}
+
+fn cluster(endpoints: usize, limits: PoolLimits, outlier: Option<OutlierSettings>) -> Arc<Cluster> {
+    let endpoints = (0..endpoints)
+        .map(|i| {
+            let address =
+                UpstreamAddr::Socket(SocketAddr::from((Ipv4Addr::new(10, 9, 0, i as u8 + 1), 80)));
+            let state = Arc::new(EndpointState::default());
+            Arc::new(Endpoint::new(address, BTreeMap::new(), state, "default"))
+        })
+        .collect();
+    Arc::new(Cluster {
+        name: "outbound|80||svc.default.svc.cluster.local".into(),
+        service: Arc::new(ServiceName::new("svc.default.svc.cluster.local", "default")),
+        port: 80,
+        protocol: Protocol::Http,
+        subset: None,
+        endpoints,
+        balancer: Balancer::RoundRobin(AtomicUsize::new(0)),
+        connect_timeout: Duration::from_secs(1),
+        limits,
+        outlier,
+        h2_upgrade: false,
+        use_client_protocol: false,
+        state: Arc::new(ClusterState::default()),
+        tls: UpstreamTls::Plain,
+    })
+}
+
+fn retry(attempts: u32, on: &[RetryOn]) -> RetryPolicy {
+    let mut conditions = RetryOn::default();
+    for condition in on {
+        conditions.insert(*condition);
+    }
+    RetryPolicy {
+        attempts,
+        per_try_timeout: None,
+        on: conditions,
+        status_codes: Vec::new(),
+        backoff: Duration::from_millis(25),
+    }
+}
+
+fn head() -> http::request::Parts {
+    Request::get("/")
+        .body(())
+        .expect("a request")
+        .into_parts()
+        .0
+}
+
+struct Run {
+    result: Result<u16, LocalReply>,
+    notes: Notes,
+    script: Script,
+    took: Duration,
+}
+
+async fn run(
+    cluster: &Arc<Cluster>,
+    policy: &RetryPolicy,
+    deadline: Option<Duration>,
+    grpc: bool,
+    answers: &[Answer],
+) -> Run {
+    let start = Instant::now();
+    let attempts = Attempts {
+        cluster,
+        retry: policy,
+        deadline: deadline.map(|d| start + d),
+        source_ip: Ipv4Addr::LOCALHOST.into(),
+        grpc,
+    };
+    let script = Script::new(answers);
+    let mut notes = Notes::default();
+    let result = attempts
+        .run(&script, head(), BodySource::empty(), &mut notes)
+        .await
+        .map(|delivered| delivered.response.status().as_u16());
+    Run {
+        result,
+        notes,
+        script,
+        took: start.elapsed(),
+    }
+}
+
+fn status(run: &Run) -> u16 {
+    match &run.result {
+        Ok(status) => *status,
+        Err(reply) => panic!("a local reply instead of a response: {}", reply.details),
+    }
+}
+
+fn reply(run: &Run) -> &'static str {
+    match &run.result {
+        Ok(status) => panic!("a response {status} instead of a local reply"),
+        Err(reply) => reply.details,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retriable_status_is_retried_on_another_endpoint() {
+    let cluster = cluster(2, PoolLimits::default(), None);
+    let policy = RetryPolicy::istio_default();
+    let run = run(
+        &cluster,
+        &policy,
+        None,
+        false,
+        &[Answer::Status(503), Answer::Status(200)],
+    )
+    .await;
+    assert_eq!(status(&run), 200);
+    let endpoints = run.script.endpoints();
+    assert_eq!(endpoints.len(), 2);
+    assert_ne!(
+        endpoints[0], endpoints[1],
+        "the retry avoids the endpoint that failed"
+    );
+    assert!(
+        run.notes.flags.is_empty(),
+        "a retry that succeeds is no URX"
+    );
+    assert_eq!(
+        run.notes.events,
+        [
+            "attempt 0 10.9.0.1:80",
+            "answered 503",
+            "retrying 1: retriable status",
+            "attempt 1 10.9.0.2:80",
+            "retry span 1",
+            "answered 200",
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn statuses_outside_the_conditions_are_delivered_as_they_are() {
+    let cluster = cluster(2, PoolLimits::default(), None);
+    let policy = RetryPolicy::istio_default();
+    for answer in [500, 502, 404] {
+        let run = run(&cluster, &policy, None, false, &[Answer::Status(answer)]).await;
+        assert_eq!(status(&run), answer, "Istio's default retries 503 only");
+        assert_eq!(run.script.endpoints().len(), 1);
+    }
+    let gateway = retry(2, &[RetryOn::GATEWAY_ERROR]);
+    let run = run(
+        &cluster,
+        &gateway,
+        None,
+        false,
+        &[Answer::Status(502), Answer::Status(200)],
+    )
+    .await;
+    assert_eq!(status(&run), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_used_up_deliver_the_last_answer_with_urx() {
+    let cluster = cluster(3, PoolLimits::default(), None);
+    let policy = RetryPolicy::istio_default();
+    let answers = [Answer::Status(503); 3];
+    let run = run(&cluster, &policy, None, false, &answers).await;
+    assert_eq!(status(&run), 503);
+    assert_eq!(
+        run.script.endpoints().len(),
+        3,
+        "one attempt and two retries"
+    );
+    assert_eq!(
+        run.notes.flags,
+        ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_answer_is_retried_only_under_its_condition() {
+    let cluster = cluster(2, PoolLimits::default(), None);
+    // Istio's default retries connect failures, not resets.
+    let policy = RetryPolicy::istio_default();
+    let reset = run(&cluster, &policy, None, false, &[Answer::Reset]).await;
+    assert_eq!(reply(&reset), LocalReply::CONNECTION_TERMINATION.details);
+    assert!(reset.notes.flags.is_empty(), "no retry was allowed: no URX");
+    let refused = [Answer::ConnectFailure, Answer::Status(200)];
+    assert_eq!(
+        status(&run(&cluster, &policy, None, false, &refused).await),
+        200
+    );
+
+    let on_reset = retry(1, &[RetryOn::RESET]);
+    let run2 = run(
+        &cluster,
+        &on_reset,
+        None,
+        false,
+        &[Answer::Reset, Answer::Status(200)],
+    )
+    .await;
+    assert_eq!(status(&run2), 200);
+
+    let failing = [Answer::ConnectFailure; 3];
+    let gave_up = run(&cluster, &policy, None, false, &failing).await;
+    assert_eq!(reply(&gave_up), LocalReply::CONNECT_FAILURE.details);
+    assert_eq!(
+        gave_up.notes.flags,
+        ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_status_in_headers_is_retried_for_grpc_requests() {
+    let cluster = cluster(2, PoolLimits::default(), None);
+    let policy = RetryPolicy::istio_default();
+    let answers = [Answer::Grpc(14), Answer::Grpc(0)];
+    let grpc = run(&cluster, &policy, None, true, &answers).await;
+    assert_eq!(grpc.script.endpoints().len(), 2, "UNAVAILABLE is retried");
+    let plain = run(&cluster, &policy, None, false, &answers).await;
+    assert_eq!(
+        plain.script.endpoints().len(),
+        1,
+        "a non-gRPC request's grpc-status is not read"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_is_jittered_under_its_ceiling() {
+    let cluster = cluster(4, PoolLimits::default(), None);
+    let policy = retry(3, &[RetryOn::FIVE_XX]);
+    let answers = [Answer::Status(500); 4];
+    let run = run(&cluster, &policy, None, false, &answers).await;
+    let times = run.script.times();
+    assert_eq!(times.len(), 4);
+    // Retry n waits up to (2^n − 1) × 25ms, never more than 250ms.
+    for (n, pair) in times.windows(2).enumerate() {
+        let ceiling =
+            Duration::from_millis(25 * ((1 << (n + 1)) - 1)).min(Duration::from_millis(250));
+        let pause = pair[1] - pair[0];
+        assert!(
+            pause <= ceiling,
+            "retry {}: waited {pause:?} > {ceiling:?}",
+            n + 1
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_per_try_timeout_ends_one_attempt_and_may_be_retried() {
+    let cluster = cluster(2, PoolLimits::default(), None);
+    let mut policy = retry(1, &[RetryOn::RESET]);
+    policy.per_try_timeout = Some(Duration::from_millis(100));
+    let retried = run(
+        &cluster,
+        &policy,
+        None,
+        false,
+        &[Answer::Hang, Answer::Status(200)],
+    )
+    .await;
+    assert_eq!(status(&retried), 200);
+    let times = retried.script.times();
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(100),
+        "the first attempt got its 100ms"
+    );
+    assert!(
+        retried
+            .notes
+            .events
+            .contains(&"failed upstream_response_timeout".to_owned())
+    );
+
+    // Without a condition that covers it, the per-try timeout is the answer.
+    let mut strict = retry(1, &[RetryOn::CONNECT_FAILURE]);
+    strict.per_try_timeout = Some(Duration::from_millis(100));
+    let timed_out = run(&cluster, &strict, None, false, &[Answer::Hang]).await;
+    assert_eq!(reply(&timed_out), LocalReply::TIMEOUT.details);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_overall_deadline_ends_retries_with_ut() {
+    let cluster = cluster(3, PoolLimits::default(), None);
+    let mut policy = retry(5, &[RetryOn::RESET]);
+    policy.per_try_timeout = Some(Duration::from_millis(100));
+    let answers = [Answer::Hang; 6];
+    let run = run(
+        &cluster,
+        &policy,
+        Some(Duration::from_millis(250)),
+        false,
+        &answers,
+    )
+    .await;
+    assert_eq!(reply(&run), LocalReply::TIMEOUT.details);
+    assert!(
+        run.notes.events.contains(&"failed UT".to_owned()),
+        "{:?}",
+        run.notes.events
+    );
+    assert!(
+        run.took >= Duration::from_millis(250) && run.took < Duration::from_millis(300),
+        "{:?}",
+        run.took
+    );
+    assert!(
+        run.script.endpoints().len() <= 3,
+        "no attempt starts after the deadline"
+    );
+    assert!(run.notes.flags.is_empty(), "a timeout is UT, not URX");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_budget_and_max_retries_hold_retries_back() {
+    let limits = PoolLimits {
+        max_retries: 1,
+        ..PoolLimits::default()
+    };
+    let limited = cluster(2, limits, None);
+    let policy = RetryPolicy::istio_default();
+    let held = limited.state.take_retry(1).expect("the one retry slot");
+    let run1 = run(&limited, &policy, None, false, &[Answer::Status(503)]).await;
+    assert_eq!(status(&run1), 503, "no retry slot: the answer is delivered");
+    assert!(
+        run1.notes.flags.is_empty(),
+        "retries were not used up: no URX"
+    );
+    drop(held);
+    let run2 = run(
+        &limited,
+        &policy,
+        None,
+        false,
+        &[Answer::Status(503), Answer::Status(200)],
+    )
+    .await;
+    assert_eq!(status(&run2), 200, "the slot is back");
+
+    // Envoy's budget: retries may be 20% of active requests, at least three.
+    let open = cluster(2, PoolLimits::default(), None);
+    let budget: Vec<Slot> = (0..3)
+        .filter_map(|_| open.state.take_retry(u64::MAX))
+        .collect();
+    assert_eq!(budget.len(), 3);
+    let run3 = run(&open, &policy, None, false, &[Answer::Status(503)]).await;
+    assert_eq!(status(&run3), 503, "the budget is spent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_request_limits_and_pool_overflow_answer_uo() {
+    let limits = PoolLimits {
+        max_requests: 1,
+        ..PoolLimits::default()
+    };
+    let busy = cluster(1, limits, None);
+    let _in_flight = busy.state.take_request(1).expect("the one request slot");
+    let policy = RetryPolicy::istio_default();
+    let run1 = run(&busy, &policy, None, false, &[]).await;
+    assert_eq!(reply(&run1), LocalReply::OVERFLOW.details);
+    assert!(
+        run1.script.endpoints().is_empty(),
+        "nothing is sent past maxRequests"
+    );
+
+    let open = cluster(2, PoolLimits::default(), None);
+    let overflow = run(&open, &policy, None, false, &[Answer::Overflow]).await;
+    assert_eq!(reply(&overflow), LocalReply::OVERFLOW.details);
+    assert_eq!(
+        overflow.script.endpoints().len(),
+        1,
+        "an overflow is never retried"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_errors_eject_an_endpoint_and_then_nothing_is_left() {
+    let outlier = OutlierSettings {
+        consecutive_5xx: 2,
+        consecutive_gateway: 0,
+        interval: Duration::from_secs(10),
+        base_ejection: Duration::from_secs(30),
+        max_ejection_percent: 100,
+        min_health_percent: 0,
+    };
+    let cluster = cluster(1, PoolLimits::default(), Some(outlier));
+    let policy = retry(0, &[]);
+    let first = run(&cluster, &policy, None, false, &[Answer::Status(500)]).await;
+    assert!(first.notes.ejected.is_empty());
+    let second = run(&cluster, &policy, None, false, &[Answer::Status(500)]).await;
+    assert_eq!(second.notes.ejected, [Arc::<str>::from("10.9.0.1:80")]);
+    let third = run(&cluster, &policy, None, false, &[]).await;
+    assert_eq!(reply(&third), LocalReply::NO_HEALTHY_UPSTREAM.details, "UH");
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_attempt_holds_a_request_slot_until_the_request_ends() {
+    let cluster = cluster(2, PoolLimits::default(), None);
+    let policy = RetryPolicy::istio_default();
+    let run = run(
+        &cluster,
+        &policy,
+        None,
+        false,
+        &[Answer::Status(503), Answer::Status(200)],
+    )
+    .await;
+    assert_eq!(run.notes.held.len(), 2);
+    assert_eq!(
+        cluster
+            .state
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    drop(run);
+    assert_eq!(
+        cluster
+            .state
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}

@@ -1,0 +1,80 @@
+//! How far the client's request body has got on its way upstream: bytes
+//! forwarded, whether it ended, and how it failed — read by the retry loop
+//! (a client's failure is not the upstream's), the record (bytes received)
+//! and the pool (a connection is reusable only after a whole body).
+
+use std::cell::Cell;
+
+/// How the client's request body ended before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// It broke the protocol (a malformed chunk): the client's fault, a 400.
+    Malformed,
+    /// The client went away or reset the stream.
+    Aborted,
+}
+
+impl BodyFailure {
+    /// Classifies a downstream body error.
+    pub fn of(error: &hyper::Error) -> Self {
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            // hyper's HTTP/1 body decoder says InvalidInput or InvalidData
+            // for a malformed chunk, UnexpectedEof for a body cut short.
+            if let Some(io) = cause.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                )
+            {
+                return Self::Malformed;
+            }
+            source = cause.source();
+        }
+        if error.is_parse() {
+            Self::Malformed
+        } else {
+            Self::Aborted
+        }
+    }
+}
+
+/// Progress of a request body on its way upstream.
+#[derive(Debug, Default)]
+pub struct RequestProgress {
+    bytes: Cell<u64>,
+    done: Cell<bool>,
+    failure: Cell<Option<BodyFailure>>,
+}
+
+impl RequestProgress {
+    /// Body bytes forwarded so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.get()
+    }
+
+    /// Whether the whole body was forwarded.
+    pub fn is_done(&self) -> bool {
+        self.done.get()
+    }
+
+    /// Counts `n` more bytes.
+    pub fn add(&self, n: u64) {
+        self.bytes.set(self.bytes.get() + n);
+    }
+
+    /// Marks the body complete (or not).
+    pub fn set_done(&self, done: bool) {
+        self.done.set(done);
+    }
+
+    /// The client's body failed with `error`.
+    pub fn fail(&self, error: &hyper::Error) {
+        self.failure.set(Some(BodyFailure::of(error)));
+    }
+
+    /// How the client's body failed, if it did.
+    pub fn failure(&self) -> Option<BodyFailure> {
+        self.failure.get()
+    }
+}

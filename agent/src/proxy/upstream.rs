@@ -1,0 +1,72 @@
+//! One attempt upstream, as the retry loop sees it: an answer ([`Sent`]) or
+//! why there was none ([`SendError`]), from whatever sends it
+//! ([`Upstream`]: real connections in `forward`, scripted ones in tests).
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+
+use super::body::UpstreamBody;
+use super::local_reply::LocalReply;
+use super::pool::Lease;
+use crate::model::endpoint::Endpoint;
+use crate::model::policy::AttemptFailure;
+
+/// What one attempt got back.
+pub struct Sent<B> {
+    /// Response headers and streaming body.
+    pub response: Response<B>,
+    /// The HTTP/1.1 connection, reusable after the response.
+    pub connection: Option<Lease>,
+    /// The server's identity, on mTLS connections.
+    pub peer: Option<Arc<str>>,
+}
+
+/// Sends one attempt to one endpoint.
+pub trait Upstream {
+    /// The response body it answers with.
+    type Body;
+
+    /// Sends `request` to `endpoint`; an error is an attempt without an answer.
+    fn send(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<Sent<Self::Body>, SendError>>;
+}
+
+/// Why an attempt got no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// No response, for a reason retries may cover.
+    Failed(AttemptFailure),
+    /// The TLS handshake failed (a connect failure to retries), for this reason.
+    Tls(&'static str),
+    /// The cluster's connection limits are full (never retried).
+    Overflow,
+}
+
+impl SendError {
+    /// The local reply when this is the final outcome.
+    pub fn reply(self) -> LocalReply {
+        match self {
+            Self::Failed(AttemptFailure::ConnectFailure) | Self::Tls(_) => {
+                LocalReply::CONNECT_FAILURE
+            }
+            Self::Failed(AttemptFailure::PerTryTimeout) => LocalReply::TIMEOUT,
+            Self::Failed(AttemptFailure::Reset | AttemptFailure::RefusedStream) => {
+                LocalReply::CONNECTION_TERMINATION
+            }
+            Self::Overflow => LocalReply::OVERFLOW,
+        }
+    }
+
+    /// The failure as retry conditions see it.
+    pub fn failure(self) -> Option<AttemptFailure> {
+        match self {
+            Self::Failed(failure) => Some(failure),
+            Self::Tls(_) => Some(AttemptFailure::ConnectFailure),
+            Self::Overflow => None,
+        }
+    }
+}

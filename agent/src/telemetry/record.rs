@@ -1,0 +1,262 @@
+//! The record of one proxied request: the plain facts every report of it is
+//! made from — its Istio metrics, its span's attributes, its access log
+//! line. The request path fills it in as the request goes; nothing in it is
+//! a telemetry SDK type, so any encoder (the metric cache, the access log,
+//! a span exporter) can read it.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderMap, Request, Version};
+
+use super::access_log::{AccessLogEntry, rfc3339_millis};
+use super::metrics::{ByAddress, PeerLabels, Reporter, RequestKey};
+use crate::flags::ResponseFlags;
+use crate::host::request_authority;
+use crate::model::cluster::Cluster;
+use crate::model::endpoint::Endpoint;
+use crate::model::peer::PeerInfo;
+use crate::model::service::ServiceName;
+use crate::model::{Direction, Identity};
+
+/// Envoy's `response_code_details`: why the response is what it is, when
+/// the agent decided it (`route_not_found`, `rbac_access_denied`, …).
+pub type Details = Cow<'static, str>;
+
+/// Everything reported about one request.
+#[derive(Debug)]
+pub struct RequestRecord {
+    /// This agent.
+    pub local: Arc<Identity>,
+    /// The listener it came in on.
+    pub direction: Direction,
+    /// The client's address.
+    pub downstream_remote: SocketAddr,
+    /// The address the client connected to.
+    pub downstream_local: SocketAddr,
+    /// The client's verified SPIFFE identity (inbound mTLS).
+    pub downstream_principal: Option<Arc<str>>,
+    /// The SNI the client asked for (inbound mTLS).
+    pub requested_server_name: Option<Arc<str>>,
+    /// When it arrived (for the duration).
+    pub start: Instant,
+    /// When it arrived (wall clock, for the access log).
+    pub start_time: SystemTime,
+    /// The client's protocol version.
+    pub version: Version,
+    /// Whether it is gRPC (by content type).
+    pub grpc: bool,
+    /// The VirtualService rule's name, when one routed it.
+    pub route: Option<Arc<str>>,
+    /// The cluster it was sent to.
+    pub cluster: Option<Arc<Cluster>>,
+    /// The endpoint of the last attempt.
+    pub endpoint: Option<Arc<Endpoint>>,
+    /// Attempts made (retries + 1; 0 when none was sent).
+    pub attempts: u32,
+    /// The other side, as metric labels name it.
+    pub peer: Arc<PeerInfo>,
+    /// The service an unrouted request was addressed to (Istio falls back
+    /// to the Host header for `destination_service`).
+    pub unrouted_service: Option<Arc<ServiceName>>,
+    /// The server's SPIFFE identity on the upstream mTLS connection.
+    pub upstream_principal: Option<Arc<str>>,
+    /// Why the upstream TLS handshake failed, when it did.
+    pub transport_failure: Option<&'static str>,
+    /// The response status (0: none was sent).
+    pub status: u16,
+    /// The gRPC status, from headers or trailers.
+    pub grpc_status: Option<u16>,
+    /// Envoy's response flags.
+    pub flags: ResponseFlags,
+    /// Why the agent answered as it did, when it answered itself.
+    pub details: Option<Details>,
+    /// An AUDIT AuthorizationPolicy matched.
+    pub audited: bool,
+    /// Request body bytes forwarded.
+    pub request_bytes: u64,
+    /// Response body bytes sent back.
+    pub response_bytes: u64,
+    /// How long the upstream took to answer (headers).
+    pub upstream_time: Option<Duration>,
+    /// Request facts only the access log reads, when it is on.
+    pub log: Option<Box<LogFields>>,
+}
+
+/// Request facts kept only for the access log.
+#[derive(Debug)]
+pub struct LogFields {
+    method: String,
+    path: String,
+    authority: Option<String>,
+    user_agent: Option<String>,
+    forwarded_for: Option<String>,
+    request_id: Option<String>,
+    /// The `traceparent` sent to the next hop.
+    pub traceparent: Option<String>,
+}
+
+impl LogFields {
+    /// The fields of `req`, as it arrived.
+    pub fn of<B>(req: &Request<B>) -> Self {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Self {
+            method: req.method().as_str().to_owned(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            authority: request_authority(req).map(str::to_owned),
+            user_agent: header("user-agent"),
+            forwarded_for: header("x-forwarded-for"),
+            request_id: header("x-request-id"),
+            traceparent: None,
+        }
+    }
+}
+
+/// Whether a request is gRPC (by content type, as Envoy decides).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status in response headers or trailers.
+pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+impl RequestRecord {
+    /// The service the request was for: its cluster's, the unrouted
+    /// host's, else this workload's.
+    pub fn service(&self) -> Arc<ServiceName> {
+        match (&self.cluster, &self.unrouted_service) {
+            (Some(cluster), _) => cluster.service.clone(),
+            (None, Some(service)) => service.clone(),
+            (None, None) => self.local.service.clone(),
+        }
+    }
+
+    /// The verified identity of the other side, on mTLS: the caller's
+    /// inbound, the server's outbound.
+    pub fn tls_peer(&self) -> Option<&Arc<str>> {
+        match self.direction {
+            Direction::Inbound => self.downstream_principal.as_ref(),
+            Direction::Outbound => self.upstream_principal.as_ref(),
+        }
+    }
+
+    /// Whether the request failed, as its span's status says: a local
+    /// failure, a 5xx, no response, or (client side) a 4xx.
+    pub fn failed(&self) -> bool {
+        let client = self.direction == Direction::Outbound;
+        self.flags.is_failure()
+            || self.status >= 500
+            || (client && self.status >= 400)
+            || self.status == 0
+    }
+
+    /// The labels of `istio_requests_total` and its siblings.
+    pub fn metric_key(&self) -> RequestKey {
+        let local = self.local.peer.clone();
+        let ours = || Some(ByAddress(self.local.principal.clone()));
+        let (reporter, source, destination, security, principals) = match self.direction {
+            // The client side cannot tell; Istio reports `unknown` there too.
+            Direction::Outbound => {
+                let theirs = self.upstream_principal.clone().map(ByAddress);
+                let principals = [theirs.is_some().then(ours).flatten(), theirs];
+                (
+                    Reporter::Source,
+                    local,
+                    self.peer.clone(),
+                    "unknown",
+                    principals,
+                )
+            }
+            Direction::Inbound => match self.downstream_principal.clone() {
+                Some(theirs) => (
+                    Reporter::Destination,
+                    self.peer.clone(),
+                    local,
+                    "mutual_tls",
+                    [Some(ByAddress(theirs)), ours()],
+                ),
+                None => (
+                    Reporter::Destination,
+                    self.peer.clone(),
+                    local,
+                    "none",
+                    [None, None],
+                ),
+            },
+        };
+        RequestKey {
+            peers: PeerLabels {
+                reporter,
+                source: ByAddress(source),
+                destination: ByAddress(destination),
+                service: ByAddress(self.service()),
+                security,
+                principals,
+            },
+            grpc: self.grpc,
+            code: self.status,
+            grpc_status: self.grpc_status,
+            flags: self.flags,
+        }
+    }
+
+    /// The access log line, when the log is on; `flags` is
+    /// `self.flags.as_str()`, made once by the caller.
+    pub fn access_log_entry<'a>(
+        &'a self,
+        flags: &'a str,
+        duration: Duration,
+    ) -> Option<AccessLogEntry<'a>> {
+        let log = self.log.as_deref()?;
+        Some(AccessLogEntry {
+            start_time: rfc3339_millis(self.start_time),
+            route_name: self.route.as_deref(),
+            method: &log.method,
+            path: &log.path,
+            protocol: protocol_name(self.version),
+            response_code: self.status,
+            response_flags: flags,
+            response_code_details: self.details.as_deref(),
+            connection_termination_details: None,
+            upstream_transport_failure_reason: self.transport_failure,
+            bytes_received: self.request_bytes,
+            bytes_sent: self.response_bytes,
+            duration: duration.as_millis() as u64,
+            upstream_service_time: self.upstream_time.map(|t| t.as_millis().to_string()),
+            x_forwarded_for: log.forwarded_for.as_deref(),
+            user_agent: log.user_agent.as_deref(),
+            request_id: log.request_id.as_deref(),
+            authority: log.authority.as_deref(),
+            upstream_host: self.endpoint.as_ref().map(|e| e.address_text.to_string()),
+            upstream_cluster: self.cluster.as_ref().map(|c| c.name.as_str()),
+            upstream_local_address: None,
+            downstream_local_address: self.downstream_local.to_string(),
+            downstream_remote_address: self.downstream_remote.to_string(),
+            requested_server_name: self.requested_server_name.as_deref(),
+            traceparent: log.traceparent.as_deref(),
+        })
+    }
+}

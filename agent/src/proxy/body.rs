@@ -252,3 +252,65 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// Notes what the body told it.
+    #[derive(Clone, Default)]
+    struct Notes(Rc<RefCell<Vec<String>>>);
+
+    impl ResponseObserver for Notes {
+        fn on_frame(&mut self, frame: &Frame<Bytes>) {
+            let len = frame.data_ref().map_or(0, Bytes::len);
+            self.0.borrow_mut().push(format!("frame {len}"));
+        }
+        fn on_reset(&mut self) {
+            self.0.borrow_mut().push("reset".into());
+        }
+        fn on_timeout(&mut self) {
+            self.0.borrow_mut().push("timeout".into());
+        }
+        fn on_end(&mut self) {
+            self.0.borrow_mut().push("end".into());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_body_reports_its_frame_then_ends_once() {
+        let notes = Notes::default();
+        let body = ResponseBody::full(Bytes::from_static(b"hello"), notes.clone());
+        let collected = body.collect().await.expect("a body").to_bytes();
+        assert_eq!(collected, "hello");
+        assert_eq!(*notes.0.borrow(), ["frame 5", "end"]);
+    }
+
+    #[test]
+    fn an_empty_body_ends_at_once_and_a_dropped_one_never() {
+        let notes = Notes::default();
+        let body = ResponseBody::full(Bytes::new(), notes.clone());
+        assert!(body.is_end_stream());
+        assert_eq!(*notes.0.borrow(), ["end"]);
+
+        let unread = Notes::default();
+        drop(ResponseBody::full(Bytes::from_static(b"x"), unread.clone()));
+        assert!(
+            unread.0.borrow().is_empty(),
+            "the observer is dropped unended"
+        );
+    }
+
+    #[test]
+    fn fixed_upstream_bodies_say_their_length() {
+        let body = UpstreamBody::Full(Some(Bytes::from_static(b"abc")));
+        assert_eq!(body.size_hint().exact(), Some(3));
+        assert!(!body.is_end_stream());
+        assert!(UpstreamBody::Full(None).is_end_stream());
+    }
+}

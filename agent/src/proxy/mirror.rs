@@ -192,3 +192,33 @@ fn shadow_authority(head: &mut Parts) {
         head.uri = Uri::from_parts(parts).unwrap_or_default();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(uri: &str, host: &str) -> Parts {
+        Request::get(uri)
+            .header(HOST, host)
+            .body(())
+            .expect("a request")
+            .into_parts()
+            .0
+    }
+
+    #[test]
+    fn copies_go_to_the_shadow_authority() {
+        let mut origin_form = head("/reviews/1", "reviews:9080");
+        shadow_authority(&mut origin_form);
+        assert_eq!(origin_form.headers[HOST], "reviews-shadow:9080");
+        assert_eq!(origin_form.uri, "/reviews/1");
+
+        let mut absolute = head("http://reviews/reviews/1", "reviews");
+        shadow_authority(&mut absolute);
+        assert_eq!(absolute.headers[HOST], "reviews-shadow");
+        assert_eq!(
+            absolute.uri.authority().map(|a| a.as_str()),
+            Some("reviews-shadow")
+        );
+    }
+}

@@ -25,6 +25,8 @@ mod route;
 mod server;
 mod tap;
 mod tcp;
+#[cfg(test)]
+mod testing;
 mod upgrade;
 mod upstream;
 

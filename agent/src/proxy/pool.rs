@@ -201,17 +201,19 @@ impl Pools {
             idle_timeout: cluster.limits.idle_timeout,
             pools: Rc::downgrade(self),
         };
-        if let Some(idle) = self.take_idle(key) {
-            return Ok(lease(idle.sender, idle.peer, true, idle.served));
-        }
-        let slot = self
-            .connection_slot(key, cluster, || self.has_idle(key))
-            .await?;
-        if slot.is_none()
-            && let Some(idle) = self.take_idle(key)
-        {
-            return Ok(lease(idle.sender, idle.peer, true, idle.served));
-        }
+        let slot = loop {
+            if let Some(idle) = self.take_idle(key) {
+                return Ok(lease(idle.sender, idle.peer, true, idle.served));
+            }
+            let slot = self
+                .connection_slot(key, cluster, || self.has_idle(key))
+                .await?;
+            // No slot although the cluster counts connections: one of this
+            // worker's came free meanwhile, and it is taken instead.
+            if slot.is_some() || key.counted_by.is_none() {
+                break slot;
+            }
+        };
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
@@ -279,8 +281,12 @@ impl Pools {
         self.shared_h2.borrow_mut().remove(key);
     }
 
+    /// Whether an idle connection for `key` could be taken now.
     fn has_idle(&self, key: &PoolKey) -> bool {
-        self.idle.borrow().get(key).is_some_and(|l| !l.is_empty())
+        self.idle.borrow().get(key).is_some_and(|list| {
+            list.iter()
+                .any(|c| !c.sender.is_closed() && c.sender.is_ready())
+        })
     }
 
     /// A connection slot when the cluster counts connections (`None` when it
@@ -380,4 +386,172 @@ pub async fn connect_tcp(addr: &UpstreamAddr, timeout: Duration) -> std::io::Res
     })??;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use prometheus::Opts;
+    use tokio::net::TcpListener;
+    use tokio::task::LocalSet;
+
+    use super::*;
+    use crate::model::live::PoolLimits;
+
+    /// A worker's pools, counting into throwaway metrics.
+    fn pools() -> Rc<Pools> {
+        let opened = IntCounter::new("opened", "connections opened").expect("a counter");
+        let failures = IntCounterVec::new(Opts::new("tls", "tls failures"), &["side", "reason"])
+            .expect("a counter");
+        Rc::new(Pools::new(opened, failures))
+    }
+
+    /// A server that accepts connections and keeps them open until they
+    /// close, counting how many it accepted.
+    async fn server() -> (SocketAddr, Rc<std::cell::Cell<usize>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("an address");
+        let accepted = Rc::new(std::cell::Cell::new(0));
+        let count = accepted.clone();
+        tokio::task::spawn_local(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.set(count.get() + 1);
+                tokio::task::spawn_local(async move {
+                    let mut buf = [0u8; 1024];
+                    while stream.readable().await.is_ok() {
+                        match stream.try_read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(_) | Err(_) => tokio::task::yield_now().await,
+                        }
+                    }
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    use std::net::SocketAddr;
+
+    fn limited(address: SocketAddr, max_connections: u64, max_pending: u64) -> Arc<Cluster> {
+        let limits = PoolLimits {
+            max_connections,
+            max_pending,
+            ..PoolLimits::default()
+        };
+        super::super::testing::cluster(&[address], limits, None)
+    }
+
+    fn key(cluster: &Cluster) -> PoolKey {
+        PoolKey::new(&cluster.endpoints[0].address, cluster, &TlsPlan::Plain)
+    }
+
+    #[tokio::test]
+    async fn max_connections_hold_across_workers() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, accepted) = server().await;
+                let cluster = limited(address, 1, 1);
+                let key = key(&cluster);
+                let (a, b, c) = (pools(), pools(), pools());
+                let first = a
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                assert_eq!(cluster.state.connections.load(Ordering::Relaxed), 1);
+
+                // Worker B waits for the one connection slot as a pending request…
+                let waiting = {
+                    let (b, key, cluster) = (b.clone(), key.clone(), cluster.clone());
+                    tokio::task::spawn_local(async move {
+                        b.h1(&key, &cluster, &TlsPlan::Plain)
+                            .await
+                            .map(|l| l.reused)
+                    })
+                };
+                while cluster.state.pending.load(Ordering::Relaxed) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                // …so worker C, over http1MaxPendingRequests, overflows at once (UO).
+                let overflow = c.h1(&key, &cluster, &TlsPlan::Plain).await;
+                assert!(matches!(overflow, Err(AcquireError::Overflow)));
+                assert_eq!(accepted.get(), 1);
+
+                // A's connection is handed back while B waits: it closes, and
+                // B opens its own in the freed slot.
+                first.release();
+                let reused = waiting.await.expect("joined").expect("a connection");
+                assert!(!reused);
+                assert_eq!(accepted.get(), 2);
+                assert!(cluster.state.connections.load(Ordering::Relaxed) <= 1);
+                assert!(
+                    !a.has_idle(&key),
+                    "the released connection was not kept idle"
+                );
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_another_worker_waits_for_is_swept() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, accepted) = server().await;
+                let cluster = limited(address, 1, 8);
+                let key = key(&cluster);
+                let (a, b) = (pools(), pools());
+                let mut lease = a
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                lease.sender.ready().await.expect("ready for a request");
+                lease.release();
+                assert!(a.has_idle(&key), "nobody waits: kept for reuse");
+
+                let waiting = {
+                    let (b, key, cluster) = (b.clone(), key.clone(), cluster.clone());
+                    tokio::task::spawn_local(async move {
+                        b.h1(&key, &cluster, &TlsPlan::Plain).await.map(|_| ())
+                    })
+                };
+                while !cluster.state.has_waiters() {
+                    tokio::task::yield_now().await;
+                }
+                assert_eq!(accepted.get(), 1, "B cannot open past maxConnections");
+                a.sweep();
+                waiting
+                    .await
+                    .expect("joined")
+                    .expect("a connection after the sweep");
+                assert_eq!(accepted.get(), 2);
+                assert!(!a.has_idle(&key));
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_unlimited_clusters_count_none() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, accepted) = server().await;
+                let cluster = limited(address, UNLIMITED, UNLIMITED);
+                let key = key(&cluster);
+                let pools = pools();
+                let mut lease = pools
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                assert!(!lease.reused);
+                lease.sender.ready().await.expect("ready for a request");
+                lease.release();
+                let again = pools
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                assert!(again.reused);
+                assert_eq!(accepted.get(), 1);
+                assert_eq!(cluster.state.connections.load(Ordering::Relaxed), 0);
+            })
+            .await;
+    }
 }

@@ -25,6 +25,7 @@ static INBOUND: LazyLock<RoutePolicy> = LazyLock::new(|| RoutePolicy {
 });
 
 /// The routing decision.
+#[derive(Debug)]
 pub struct Routed<'s> {
     /// The matched rule and how (outbound).
     pub matched: Option<Matched<'s>>,
@@ -151,4 +152,153 @@ pub fn select<'s: 'r, 'r, B>(
         port,
         answered_for: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::compile_text;
+    use crate::model::live::LiveState;
+
+    const CONFIG: &str = r#"
+apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: productpage-v1, namespace: default}
+spec: {service: productpage, inbound: {app: "127.0.0.1:9080"}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.1.0.1, labels: {version: v1}}
+  - {address: 10.1.0.2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: moved
+    match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new}
+  - name: nowhere
+    match: [{uri: {prefix: /missing}}]
+    route: [{destination: {host: reviews, subset: v9}}]
+  - name: default
+    match: [{uri: {prefix: /}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+"#;
+
+    fn snapshot() -> Snapshot {
+        let file = Arc::from("routes.yaml");
+        match compile_text(&file, CONFIG, 1, &LiveState::default()) {
+            Ok(compiled) => compiled.snapshot,
+            Err(rejected) => panic!("{rejected}"),
+        }
+    }
+
+    fn request(host: &str, path: &str, user: Option<&str>) -> Request<()> {
+        let mut req = Request::get(path).header(http::header::HOST, host);
+        if let Some(user) = user {
+            req = req.header("end-user", user);
+        }
+        req.body(()).expect("a request")
+    }
+
+    fn cluster_name<'s>(routed: &Routed<'s>) -> &'s str {
+        routed.cluster.map_or("-", |c| c.name.as_str())
+    }
+
+    #[test]
+    fn rules_match_in_order_and_pick_their_subset() {
+        let snapshot = snapshot();
+        let jason = request("reviews:9080", "/reviews/1", Some("jason"));
+        let routed = select(&snapshot, Direction::Outbound, &jason).expect("routed");
+        assert_eq!(routed.rule_name().map(|n| &**n), Some("jason"));
+        assert_eq!(
+            cluster_name(&routed),
+            "outbound|9080|v2|reviews.default.svc.cluster.local"
+        );
+        assert_eq!(routed.port, 9080);
+
+        let other = request("reviews.default.svc.cluster.local", "/reviews/1", None);
+        let routed = select(&snapshot, Direction::Outbound, &other).expect("routed");
+        assert_eq!(routed.rule_name().map(|n| &**n), Some("default"));
+        assert_eq!(
+            cluster_name(&routed),
+            "outbound|9080|v1|reviews.default.svc.cluster.local"
+        );
+        assert_eq!(
+            routed.port, 9080,
+            "a port-less authority means the service's one port"
+        );
+        assert!(routed.answered_for.is_none());
+    }
+
+    #[test]
+    fn a_rule_that_answers_itself_has_no_cluster() {
+        let snapshot = snapshot();
+        let req = request("reviews:9080", "/old/page", None);
+        let routed = select(&snapshot, Direction::Outbound, &req).expect("routed");
+        assert!(routed.cluster.is_none());
+        assert!(matches!(routed.policy().action, RouteAction::Redirect(_)));
+        assert_eq!(
+            routed.answered_for,
+            Some("reviews.default.svc.cluster.local")
+        );
+    }
+
+    #[test]
+    fn unknown_hosts_and_missing_clusters_say_where_the_request_went() {
+        let snapshot = snapshot();
+        let req = request("ratings:9080", "/", None);
+        let miss = select(&snapshot, Direction::Outbound, &req).expect_err("no route");
+        assert_eq!(miss.reply.details, "route_not_found");
+        assert_eq!(miss.host, Some("ratings"));
+
+        let req = request("reviews:9080", "/missing", None);
+        let miss = select(&snapshot, Direction::Outbound, &req).expect_err("no cluster");
+        assert_eq!(miss.reply.details, "cluster_not_found");
+        assert_eq!(miss.host, Some("reviews.default.svc.cluster.local"));
+
+        let hostless = Request::get("/").body(()).expect("a request");
+        let miss = select(&snapshot, Direction::Outbound, &hostless).expect_err("no host");
+        assert_eq!(miss.reply.details, "missing_host_header");
+        assert_eq!(miss.host, None);
+    }
+
+    #[test]
+    fn inbound_goes_to_the_app_without_retries() {
+        let snapshot = snapshot();
+        let req = request("productpage:9080", "/", None);
+        let routed = select(&snapshot, Direction::Inbound, &req).expect("routed");
+        assert!(Arc::ptr_eq(
+            routed.cluster.expect("the app"),
+            &snapshot.inbound
+        ));
+        assert_eq!(routed.port, 9080);
+        assert_eq!(
+            routed.policy().retry.attempts,
+            0,
+            "the sidecar does not retry inbound"
+        );
+        assert!(routed.rule_name().is_none());
+    }
 }

@@ -3,10 +3,9 @@
 //! and overall deadlines, URX, UO and ejection — no sockets.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use http::{HeaderMap, Request, Response};
@@ -14,12 +13,8 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::flags::ResponseFlags;
-use crate::model::balancer::Balancer;
-use crate::model::cluster::UpstreamTls;
-use crate::model::endpoint::UpstreamAddr;
-use crate::model::live::{ClusterState, EndpointState, OutlierSettings, PoolLimits};
+use crate::model::live::{OutlierSettings, PoolLimits};
 use crate::model::policy::RetryOn;
-use crate::model::service::{Protocol, ServiceName};
 
 /// What the scripted upstream does with one attempt.
 #[derive(Debug, Clone, Copy)]
@@ -135,30 +130,10 @@ impl AttemptRecord for Notes {
 }
 
 fn cluster(endpoints: usize, limits: PoolLimits, outlier: Option<OutlierSettings>) -> Arc<Cluster> {
-    let endpoints = (0..endpoints)
-        .map(|i| {
-            let address =
-                UpstreamAddr::Socket(SocketAddr::from((Ipv4Addr::new(10, 9, 0, i as u8 + 1), 80)));
-            let state = Arc::new(EndpointState::default());
-            Arc::new(Endpoint::new(address, BTreeMap::new(), state, "default"))
-        })
+    let addresses: Vec<SocketAddr> = (1..=endpoints as u8)
+        .map(|i| SocketAddr::from((Ipv4Addr::new(10, 9, 0, i), 80)))
         .collect();
-    Arc::new(Cluster {
-        name: "outbound|80||svc.default.svc.cluster.local".into(),
-        service: Arc::new(ServiceName::new("svc.default.svc.cluster.local", "default")),
-        port: 80,
-        protocol: Protocol::Http,
-        subset: None,
-        endpoints,
-        balancer: Balancer::RoundRobin(AtomicUsize::new(0)),
-        connect_timeout: Duration::from_secs(1),
-        limits,
-        outlier,
-        h2_upgrade: false,
-        use_client_protocol: false,
-        state: Arc::new(ClusterState::default()),
-        tls: UpstreamTls::Plain,
-    })
+    super::super::testing::cluster(&addresses, limits, outlier)
 }
 
 fn retry(attempts: u32, on: &[RetryOn]) -> RetryPolicy {

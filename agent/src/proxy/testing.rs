@@ -1,0 +1,46 @@
+//! Building blocks for the request path's unit tests.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use crate::model::balancer::Balancer;
+use crate::model::cluster::{Cluster, UpstreamTls};
+use crate::model::endpoint::{Endpoint, UpstreamAddr};
+use crate::model::live::{ClusterState, EndpointState, OutlierSettings, PoolLimits};
+use crate::model::service::{Protocol, ServiceName};
+
+/// A plaintext HTTP cluster of `svc` on port 80 over `addresses`, picked
+/// round-robin from the first.
+pub fn cluster(
+    addresses: &[SocketAddr],
+    limits: PoolLimits,
+    outlier: Option<OutlierSettings>,
+) -> Arc<Cluster> {
+    let endpoints = addresses
+        .iter()
+        .map(|address| {
+            let state = Arc::new(EndpointState::default());
+            let address = UpstreamAddr::Socket(*address);
+            Arc::new(Endpoint::new(address, BTreeMap::new(), state, "default"))
+        })
+        .collect();
+    Arc::new(Cluster {
+        name: "outbound|80||svc.default.svc.cluster.local".into(),
+        service: Arc::new(ServiceName::new("svc.default.svc.cluster.local", "default")),
+        port: 80,
+        protocol: Protocol::Http,
+        subset: None,
+        endpoints,
+        balancer: Balancer::RoundRobin(AtomicUsize::new(0)),
+        connect_timeout: Duration::from_secs(2),
+        limits,
+        outlier,
+        h2_upgrade: false,
+        use_client_protocol: false,
+        state: Arc::new(ClusterState::default()),
+        tls: UpstreamTls::Plain,
+    })
+}

@@ -119,7 +119,7 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
 fn issue(dir: &Path, spiffe: &str, out: &Path, lifetime: &str) -> anyhow::Result<()> {
     let authority = Authority::load(dir)?;
     let id = SpiffeId::parse(spiffe)?;
-    let lifetime: Duration = tracemesh_agent::config::duration::parse_duration(lifetime)?;
+    let lifetime: Duration = tracemesh_duration::parse(lifetime)?;
     let (key, issued) = authority.issue_with_key(&id, lifetime)?;
     std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
     write_private(&out.join("key.pem"), &key)?;

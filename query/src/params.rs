@@ -106,48 +106,10 @@ impl Params {
     }
 }
 
-/// Parses a Go duration: a sequence of decimal numbers, each with an
-/// optional fraction and a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`),
-/// like `1.5h`, `2h45m`, `300ms`; `0` alone is zero.
+/// Parses a Go duration (`1.2s`, `100ms`, `1h30m`), in Go's words when it
+/// is not one, as Jaeger's query service answers.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("time: invalid duration {text:?}");
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if text.is_empty() {
-        return Err(invalid());
-    }
-    let mut rest = text;
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if number_len == 0 {
-            return Err(invalid());
-        }
-        let number: f64 = rest[..number_len].parse().map_err(|_| invalid())?;
-        rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let nanos_per = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            "" => return Err(format!("time: missing unit in duration {text:?}")),
-            unit => return Err(format!("time: unknown unit {unit:?} in duration {text:?}")),
-        };
-        total += number * nanos_per;
-        rest = &rest[unit_len..];
-    }
-    if !total.is_finite() || total > u64::MAX as f64 {
-        return Err(invalid());
-    }
-    Ok(Duration::from_nanos(total.round() as u64))
+    tracemesh_duration::parse(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tracemesh_agent::config::duration::parse_duration;
+use tracemesh_duration::parse as parse_duration;
 
 /// Flags of `tracemesh load`.
 #[derive(Debug, Clone, clap::Args)]

@@ -160,7 +160,7 @@ pub struct Attempts<'a> {
 }
 
 enum Judged<B> {
-    Deliver(Delivered<B>),
+    Deliver(Box<Delivered<B>>),
     Fail(LocalReply),
     Retry(Slot, &'static str),
 }
@@ -221,7 +221,7 @@ impl Attempts<'_> {
             match self.judge(
                 outcome, failure, endpoint, started, attempt, may_retry, record,
             ) {
-                Judged::Deliver(delivered) => return Ok(delivered),
+                Judged::Deliver(delivered) => return Ok(*delivered),
                 Judged::Fail(reply) => return Err(reply),
                 Judged::Retry(slot, reason) => {
                     _retry_slot = Some(slot);
@@ -289,11 +289,11 @@ impl Attempts<'_> {
                         record.gave_up();
                     }
                 }
-                Judged::Deliver(Delivered {
+                Judged::Deliver(Box::new(Delivered {
                     response: sent.response,
                     connection: sent.connection,
                     started,
-                })
+                }))
             }
             Err(Attempted::Deadline) => {
                 self.observe(endpoint, Outcome::LocalFailure, record);

@@ -3,7 +3,7 @@
 //! request — spans beyond the queue are dropped and counted.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opentelemetry::{Context, KeyValue};
@@ -18,6 +18,7 @@ use prometheus::IntCounter;
 
 use crate::model::Identity;
 use crate::model::bootstrap::{OtlpProtocol, Telemetry};
+use crate::model::clock::now_ms;
 
 /// Why the span pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +39,49 @@ pub enum SpanPipelineError {
 pub struct SpanCounters {
     queued: AtomicUsize,
     capacity: usize,
+    /// Drops not yet reported in a log line.
+    unreported_drops: AtomicU64,
+    /// When the last drop line was written ([`now_ms`]).
+    reported_at_ms: AtomicU64,
     /// Spans the endpoint accepted.
     pub exported: IntCounter,
     /// Spans whose export failed after retries.
     pub failed: IntCounter,
     /// Spans dropped because the queue was full.
     pub dropped: IntCounter,
+}
+
+/// Longest a span drop waits to be reported in a log line.
+const DROP_REPORT_INTERVAL_MS: u64 = 10_000;
+
+impl SpanCounters {
+    /// A finished span found the export queue full: counted at once, and
+    /// logged at WARN (data is lost) at most once per ten seconds with the
+    /// number dropped since the last line, so a flood of drops is one line.
+    fn span_dropped(&self) {
+        self.span_dropped_at(now_ms());
+    }
+
+    fn span_dropped_at(&self, now: u64) {
+        self.dropped.inc();
+        self.unreported_drops.fetch_add(1, Ordering::Relaxed);
+        let last = self.reported_at_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < DROP_REPORT_INTERVAL_MS && last != 0 {
+            return;
+        }
+        if self
+            .reported_at_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            let dropped = self.unreported_drops.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                dropped,
+                capacity = self.capacity,
+                "span export queue full, spans dropped (counted in tracemesh_agent_spans_dropped_total)"
+            );
+        }
+    }
 }
 
 /// The running pipeline. Dropping it does not flush; call [`shutdown`](Self::shutdown).
@@ -75,6 +113,8 @@ impl SpanPipeline {
         let counters = Arc::new(SpanCounters {
             queued: AtomicUsize::new(0),
             capacity: spec.max_queued_spans,
+            unreported_drops: AtomicU64::new(0),
+            reported_at_ms: AtomicU64::new(0),
             exported: counters.exported,
             failed: counters.failed,
             dropped: counters.dropped,
@@ -203,7 +243,7 @@ impl SpanProcessor for BoundedProcessor {
         let c = &self.counters;
         if c.queued.fetch_add(1, Ordering::Relaxed) >= c.capacity {
             c.queued.fetch_sub(1, Ordering::Relaxed);
-            c.dropped.inc();
+            c.span_dropped();
             return;
         }
         self.inner.on_end(span);
@@ -260,5 +300,46 @@ impl<E: SpanExporter + 'static> SpanExporter for CountingExporter<E> {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.set_resource(resource);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_counted_at_once_and_reported_at_most_every_ten_seconds() {
+        let counter = |name: &str| IntCounter::new(name, "spans").expect("a counter");
+        let counters = SpanCounters {
+            queued: AtomicUsize::new(0),
+            capacity: 1,
+            unreported_drops: AtomicU64::new(0),
+            reported_at_ms: AtomicU64::new(0),
+            exported: counter("exported"),
+            failed: counter("failed"),
+            dropped: counter("dropped"),
+        };
+        counters.span_dropped_at(5);
+        assert_eq!(counters.dropped.get(), 1);
+        assert_eq!(
+            counters.unreported_drops.load(Ordering::Relaxed),
+            0,
+            "the first drop is reported at once"
+        );
+        for ms in 6..105 {
+            counters.span_dropped_at(ms);
+        }
+        assert_eq!(counters.dropped.get(), 100);
+        assert_eq!(
+            counters.unreported_drops.load(Ordering::Relaxed),
+            99,
+            "the rest wait for the next line"
+        );
+        // Ten seconds after the first line the next drop reports them all.
+        counters.span_dropped_at(9_999);
+        assert_eq!(counters.unreported_drops.load(Ordering::Relaxed), 100);
+        counters.span_dropped_at(10_005);
+        assert_eq!(counters.unreported_drops.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.dropped.get(), 102);
     }
 }

@@ -9,7 +9,7 @@ mod otlp_grpc;
 mod otlp_http;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,9 +108,43 @@ struct Queue {
     sent: IntCounter,
     failed: IntCounter,
     dropped: IntCounter,
+    /// Spans dropped at a full queue and not yet in a log line.
+    unreported_drops: AtomicU64,
+    /// When the last drop line was written (ms since `EPOCH`).
+    reported_at_ms: AtomicU64,
     sent_points: IntCounter,
     dropped_points: IntCounter,
     depth: IntGauge,
+}
+
+/// Longest a drop at a full queue waits to be reported in a log line.
+const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Queue {
+    /// `n` spans found the queue full: counted at once, and logged at WARN
+    /// (data is lost) at most once per ten seconds with the number dropped
+    /// since the last line, so a slow backend is one line, not a flood.
+    fn spans_dropped(&self, n: usize) {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        self.dropped.inc_by(n as u64);
+        self.unreported_drops.fetch_add(n as u64, Ordering::Relaxed);
+        let now = EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1;
+        let last = self.reported_at_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= DROP_REPORT_INTERVAL.as_millis() as u64;
+        if due
+            && self
+                .reported_at_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let spans = self.unreported_drops.swap(0, Ordering::Relaxed);
+            tracing::warn!(exporter = %self.name, spans, "exporter queue full, spans dropped");
+        }
+    }
 }
 
 /// The configured exporters. Cheap to clone.
@@ -159,6 +193,8 @@ impl Exporters {
                 sent: metrics.exporter_sent_spans.with_label_values(&label),
                 failed: metrics.exporter_failed_spans.with_label_values(&label),
                 dropped: metrics.exporter_dropped_spans.with_label_values(&label),
+                unreported_drops: AtomicU64::new(0),
+                reported_at_ms: AtomicU64::new(0),
                 sent_points: metrics
                     .exporter_sent_metric_points
                     .with_label_values(&label),
@@ -190,8 +226,7 @@ impl Exporters {
                 })
                 .is_ok();
             if !admitted {
-                queue.dropped.inc_by(n as u64);
-                tracing::debug!(exporter = %queue.name, spans = n, "exporter queue full, spans dropped");
+                queue.spans_dropped(n);
                 continue;
             }
             if let Ok(mut items) = queue.items.lock() {

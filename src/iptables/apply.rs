@@ -121,7 +121,12 @@ pub fn passthrough_address(present: bool) -> anyhow::Result<()> {
         Err(e) if present && (e.contains("File exists") || e.contains("already assigned")) => {
             Ok(())
         }
-        Err(e) if !present && e.contains("Cannot assign requested address") => Ok(()),
+        Err(e)
+            if !present
+                && (e.contains("Cannot assign requested address") || e.contains("not found")) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(anyhow!(
             "`ip -6 addr {verb} {address} dev lo` failed: {e}{}",
             privilege_hint(&e)

@@ -2,6 +2,7 @@
 //! Built once per load by `compile`, swapped atomically on reload.
 
 pub mod authz;
+pub mod capture;
 pub mod cluster;
 pub mod live;
 pub mod policy;
@@ -99,6 +100,8 @@ pub struct Snapshot {
     pub rate_limits: Vec<Arc<rate_limit::RateLimiter>>,
     /// The inbound mTLS mode (PeerAuthentication).
     pub inbound_mtls: crate::tls::MtlsMode,
+    /// Transparent capture: settings and the original-destination map.
+    pub capture: capture::Capture,
     /// The effective config as JSON, for `/config_dump`.
     pub dump: serde_json::Value,
 }

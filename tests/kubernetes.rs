@@ -48,7 +48,8 @@ fn manifests_validate_against_the_kubernetes_schemas() {
         .args(["-m", "kubernetes_validate", "--version"])
         .output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        let why = "kubernetes-validate is not installed (pip install kubernetes-validate; .ci/run does)";
+        let why =
+            "kubernetes-validate is not installed (pip install kubernetes-validate; .ci/run does)";
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "{why}, and CI=true requires the manifests to be checked"
@@ -58,7 +59,14 @@ fn manifests_validate_against_the_kubernetes_schemas() {
         return;
     }
     let out = Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--strict", "--quiet", "-k", KUBERNETES])
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--quiet",
+            "-k",
+            KUBERNETES,
+        ])
         .args(manifests())
         .output()
         .unwrap();
@@ -90,15 +98,20 @@ fn the_agent_configs_load_and_the_init_flags_are_tracemesh_iptables_flags() {
                             .stdout(Stdio::piped())
                             .spawn()
                             .unwrap();
-                        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+                        child
+                            .stdin
+                            .take()
+                            .unwrap()
+                            .write_all(text.as_bytes())
+                            .unwrap();
                         let out = child.wait_with_output().unwrap();
-                        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                        assert!(
-                            out.status.success(),
-                            "{} {key}: {report:#}",
-                            path.display()
+                        let report: serde_json::Value =
+                            serde_json::from_slice(&out.stdout).unwrap();
+                        assert!(out.status.success(), "{} {key}: {report:#}", path.display());
+                        assert_eq!(
+                            report["files"][0]["agent"], true,
+                            "checked as an agent's config"
                         );
-                        assert_eq!(report["files"][0]["agent"], true, "checked as an agent's config");
                     }
                 }
                 Some("Deployment") => {
@@ -114,7 +127,11 @@ fn the_agent_configs_load_and_the_init_flags_are_tracemesh_iptables_flags() {
                             continue;
                         }
                         inits += 1;
-                        let out = Command::new(binary()).args(&args).arg("--dry-run").output().unwrap();
+                        let out = Command::new(binary())
+                            .args(&args)
+                            .arg("--dry-run")
+                            .output()
+                            .unwrap();
                         assert!(
                             out.status.success(),
                             "{args:?}: {}",
@@ -130,14 +147,23 @@ fn the_agent_configs_load_and_the_init_flags_are_tracemesh_iptables_flags() {
                         .find(|c| c["args"][0] == "agent")
                         .expect("the agent as a native sidecar");
                     assert_eq!(sidecar["restartPolicy"], "Always");
-                    assert_eq!(sidecar["securityContext"]["runAsUser"], 1337, "the uid the rules leave alone");
+                    assert_eq!(
+                        sidecar["securityContext"]["runAsUser"], 1337,
+                        "the uid the rules leave alone"
+                    );
                     for app in spec["containers"].as_array().into_iter().flatten() {
-                        assert_ne!(app["securityContext"]["runAsUser"], 1337, "an app as 1337 would escape capture");
+                        assert_ne!(
+                            app["securityContext"]["runAsUser"], 1337,
+                            "an app as 1337 would escape capture"
+                        );
                     }
                 }
                 _ => {}
             }
         }
     }
-    assert!(agents > 0 && inits > 0, "{agents} agent configs, {inits} init containers");
+    assert!(
+        agents > 0 && inits > 0,
+        "{agents} agent configs, {inits} init containers"
+    );
 }

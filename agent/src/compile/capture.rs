@@ -285,33 +285,30 @@ spec:
             [(8080, Protocol::Http), (9443, Protocol::Tls)],
             "this workload's own ports, by target port"
         );
-        let map = &capture.destinations;
-        let at = |s: &str| map.lookup(s.parse().unwrap());
-        assert_eq!(
-            name(at("10.96.0.20:9080")),
-            "outbound|9080||reviews.default.svc.cluster.local"
-        );
-        assert_eq!(
-            name(at("[fd00:96::20]:9080")),
-            "outbound|9080||reviews.default.svc.cluster.local"
-        );
-        assert_eq!(
-            name(at("10.244.0.12:8080")),
-            "outbound|9080||reviews.default.svc.cluster.local at 10.244.0.12:8080"
-        );
-        assert_eq!(
-            name(at("10.96.0.10:9443")),
-            "outbound|9443||productpage.default.svc.cluster.local"
-        );
-        assert_eq!(
-            name(at("192.168.7.7:5432")),
-            "outbound|5432||db.corp.example.com"
-        );
-        assert_eq!(
-            name(at("93.184.216.34:80")),
-            "port of outbound|80||httpbin.org"
-        );
-        assert_eq!(name(at("93.184.216.34:8080")), "outside");
+        for (dst, want) in [
+            (
+                "10.96.0.20:9080",
+                "outbound|9080||reviews.default.svc.cluster.local",
+            ),
+            (
+                "[fd00:96::20]:9080",
+                "outbound|9080||reviews.default.svc.cluster.local",
+            ),
+            (
+                "10.244.0.12:8080",
+                "outbound|9080||reviews.default.svc.cluster.local at 10.244.0.12:8080",
+            ),
+            (
+                "10.96.0.10:9443",
+                "outbound|9443||productpage.default.svc.cluster.local",
+            ),
+            ("192.168.7.7:5432", "outbound|5432||db.corp.example.com"),
+            ("93.184.216.34:80", "port of outbound|80||httpbin.org"),
+            ("93.184.216.34:8080", "outside"),
+        ] {
+            let got = name(capture.destinations.lookup(dst.parse().unwrap()));
+            assert_eq!(got, want, "{dst}");
+        }
         let warnings: Vec<String> = compiled
             .diagnostics
             .warnings()

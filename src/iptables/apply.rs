@@ -113,7 +113,7 @@ pub fn restore(family: Family, payload: &Payload) -> anyhow::Result<()> {
 /// passthrough binds (IPv4 has 127.0.0.6 on `lo` already). `present` says
 /// whether the address should be there afterwards.
 pub fn passthrough_address(present: bool) -> anyhow::Result<()> {
-    let address = format!("{}/128", Family::V6.passthrough_source());
+    let address = Family::V6.passthrough_prefix().to_string();
     let verb = if present { "add" } else { "del" };
     match run("ip", &["-6", "addr", verb, &address, "dev", "lo"], None)? {
         Ok(_) => Ok(()),

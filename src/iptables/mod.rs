@@ -195,9 +195,9 @@ fn dry_run(options: &Options, families: &[Family], cleanup: bool) -> String {
             Family::V6 => (
                 "ip6tables-restore --noflush",
                 Some(format!(
-                    "ip -6 addr {} {}/128 dev lo",
+                    "ip -6 addr {} {} dev lo",
                     if cleanup { "del" } else { "add" },
-                    family.passthrough_source()
+                    family.passthrough_prefix()
                 )),
             ),
         };

@@ -12,9 +12,10 @@
 //! [`MARK`], so a cleanup removes exactly the jumps this tool added.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
+use tracemesh_agent::capture;
 
 /// The comment on the jumps from built-in chains: how a later run knows
 /// which rules it installed.
@@ -53,16 +54,14 @@ impl Family {
     /// captured again (Istio's inbound passthrough address).
     pub fn passthrough_source(self) -> IpAddr {
         match self {
-            Family::V4 => IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)),
-            Family::V6 => IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6)),
+            Family::V4 => IpAddr::V4(capture::INBOUND_PASSTHROUGH_V4),
+            Family::V6 => IpAddr::V6(capture::INBOUND_PASSTHROUGH_V6),
         }
     }
 
-    fn passthrough_prefix(self) -> &'static str {
-        match self {
-            Family::V4 => "127.0.0.6/32",
-            Family::V6 => "::6/128",
-        }
+    /// [`Family::passthrough_source`] as a host prefix.
+    pub fn passthrough_prefix(self) -> IpNet {
+        IpNet::from(self.passthrough_source())
     }
 
     fn holds(self, net: &IpNet) -> bool {
@@ -286,16 +285,10 @@ fn outbound(options: &Options, family: Family, rules: &mut Vec<Rule>) {
             &["-p", "tcp", "--dport", &port.to_string(), "-j", "RETURN"],
         ));
     }
+    let passthrough = family.passthrough_prefix().to_string();
     rules.push(rule(
         CHAIN,
-        &[
-            "-s",
-            family.passthrough_prefix(),
-            "-o",
-            "lo",
-            "-j",
-            "RETURN",
-        ],
+        &["-s", &passthrough, "-o", "lo", "-j", "RETURN"],
     ));
     // Traffic to loopback prefixes the user explicitly includes is captured
     // even from the application, so the `lo` shortcut is skipped then (as Istio).

@@ -204,9 +204,10 @@ impl Destinations {
     /// Declares `cluster`'s port for a service without addresses.
     ///
     /// # Errors
-    /// [`Taken`] when the port is already declared with another protocol
-    /// (the first declaration keeps it), or when it is TCP and taken: plain
-    /// bytes carry no name to choose a service by.
+    /// [`Taken`] when the port is already declared with a protocol it
+    /// cannot share with (the first declaration keeps it): HTTP, HTTP2 and
+    /// gRPC share, TLS shares with TLS, TCP with nothing — plain bytes carry
+    /// no name to choose a service by.
     pub fn add_port(&mut self, cluster: &Arc<Cluster>) -> Result<(), Taken> {
         let entry = self
             .ports
@@ -215,8 +216,12 @@ impl Destinations {
                 protocol: cluster.protocol,
                 clusters: Vec::new(),
             });
+        // HTTP-family ports share one listener (routed by Host), TLS ports
+        // too (by SNI); plain TCP carries no name to tell services apart.
+        let shares = (entry.protocol.is_http() && cluster.protocol.is_http())
+            || (entry.protocol == Protocol::Tls && cluster.protocol == Protocol::Tls);
         if let Some(first) = entry.clusters.first()
-            && (entry.protocol != cluster.protocol || entry.protocol == Protocol::Tcp)
+            && !shares
         {
             return Err(Taken {
                 by: first.name.clone(),
@@ -424,6 +429,7 @@ mod tests {
         let db_a = cluster("db-a.example", 5432, Protocol::Tcp, &[]);
         let db_b = cluster("db-b.example", 5432, Protocol::Tcp, &[]);
         let tcp80 = cluster("raw.example", 80, Protocol::Tcp, &[]);
+        let grpc80 = cluster("grpc.example", 80, Protocol::Grpc, &[]);
         map.add_port(&httpbin).unwrap();
         map.add_port(&example).unwrap();
         map.add_port(&tls_a).unwrap();
@@ -441,9 +447,10 @@ mod tests {
                 by: httpbin.name.clone()
             })
         );
+        map.add_port(&grpc80).expect("gRPC shares the HTTP port");
         assert_eq!(
             host(map.lookup(at("93.184.216.34:80"))),
-            "port HTTP [\"outbound|80||httpbin.org\", \"outbound|80||example.com\"]"
+            "port HTTP [\"outbound|80||httpbin.org\", \"outbound|80||example.com\", \"outbound|80||grpc.example\"]"
         );
         assert_eq!(
             host(map.lookup(at("93.184.216.34:443"))),

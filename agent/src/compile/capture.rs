@@ -146,8 +146,8 @@ fn destinations(registry: &Registry, captured: bool, diags: &mut Diagnostics) ->
                 && captured
             {
                 let msg = format!(
-                    "port {} of {} ({}) has no address and {} declares it already; captured connections to other addresses on it go to {}",
-                    cluster.port, cluster.service.host, cluster.protocol, taken.by, taken.by
+                    "port {} of {} ({}) has no address and cannot share the port with {}, declared first: captured connections to unknown addresses on port {} go there",
+                    cluster.port, cluster.service.host, cluster.protocol, taken.by, cluster.port
                 );
                 diags.warn(&service.location, Some("spec.ports".into()), msg);
             }

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod balancer;
 pub mod by_address;
+pub mod capture;
 pub mod compile;
 pub mod config;
 pub mod flags;

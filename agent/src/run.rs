@@ -10,7 +10,6 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crate::compile;
 use crate::config::diagnostics::ConfigRejected;
 use crate::model::live::LiveState;
-use crate::model::service::Protocol;
 use crate::proxy::{self, Shared};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
@@ -98,7 +97,7 @@ pub fn run_until(
         std::io::Error::new(e.kind(), format!("bind {}: {e}", snapshot.listeners.admin))
     })?;
     let admin_addr = admin.local_addr()?;
-    let inbound_tcp = snapshot.listeners.app_protocol == Protocol::Tcp;
+    let inbound_tcp = !snapshot.listeners.app_protocol.is_http();
     let drain = snapshot.bootstrap.drain_duration.get();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -5,11 +5,13 @@
 mod access;
 mod bootstrap;
 mod decided;
+mod capture;
 mod mtls;
 mod policy;
 mod registry;
 mod route_policy;
 mod routes;
+mod sidecar;
 mod unenforced;
 mod upstream_tls;
 pub mod validate;
@@ -33,6 +35,7 @@ struct Documents {
     peer_authentications: Vec<Document<crate::config::security::PeerAuthenticationSpec>>,
     rate_limit_policies: Vec<Document<crate::config::rate_limit::RateLimitPolicySpec>>,
     workload_entries: Vec<Document<crate::config::service_entry::WorkloadEntry>>,
+    sidecars: Vec<Document<crate::config::gateway::SidecarSpec>>,
 }
 
 impl Documents {
@@ -48,6 +51,7 @@ impl Documents {
                 Resource::PeerAuthentication(d) => docs.peer_authentications.push(d),
                 Resource::RateLimitPolicy(d) => docs.rate_limit_policies.push(d),
                 Resource::WorkloadEntry(d) => docs.workload_entries.push(d),
+                Resource::Sidecar(d) => docs.sidecars.push(d),
                 // Validated and warned about already; nothing to compile.
                 Resource::Unused(_) => {}
             }
@@ -160,7 +164,8 @@ fn build(
         .map_or("default", |b| b.identity.namespace.as_str())
         .to_owned();
     let has_identity = boot.as_ref().is_some_and(|b| b.has_identity);
-    let registry = registry::Registry::build(
+    let sidecar = sidecar::applying(&docs.sidecars, &agent.spec.labels, &namespace, diags);
+    let mut registry = registry::Registry::build(
         &docs.service_entries,
         &docs.workload_entries,
         &docs.destination_rules,
@@ -169,6 +174,9 @@ fn build(
         states,
         diags,
     );
+    if let (Some(scope), Some(name)) = (&sidecar.egress, &sidecar.name) {
+        registry.restrict(scope, name);
+    }
     let routes = routes::build(
         &docs.virtual_services,
         &registry,
@@ -190,6 +198,17 @@ fn build(
         boot.listeners.app.port(),
         diags,
     );
+    let capture = capture::compile(
+        &capture::CaptureInput {
+            agent,
+            listeners: &boot.listeners,
+            service: &boot.identity.service,
+            entries: &docs.service_entries,
+            registry: &registry,
+            sidecar: &sidecar,
+        },
+        diags,
+    );
     let dump = dump(docs, version, diags);
     let clusters = registry.clusters();
     let decided_headers =
@@ -208,6 +227,7 @@ fn build(
         inbound_mtls,
         path_normalization: boot.path_normalization,
         decided_headers,
+        capture,
         dump,
     })
 }
@@ -235,6 +255,7 @@ fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Valu
     resources.extend(entries("AuthorizationPolicy", &docs.authorization_policies));
     resources.extend(entries("PeerAuthentication", &docs.peer_authentications));
     resources.extend(entries("RateLimitPolicy", &docs.rate_limit_policies));
+    resources.extend(entries("Sidecar", &docs.sidecars));
     // Bootstrap tokens stay out of the dump.
     for resource in &mut resources {
         if let Some(token) = resource.pointer_mut("/spec/identity/ca/token") {

@@ -2,6 +2,7 @@
 //! Built once per load by `compile`, swapped atomically on reload.
 
 pub mod authz;
+pub mod capture;
 pub mod cluster;
 pub mod live;
 pub mod policy;
@@ -105,6 +106,8 @@ pub struct Snapshot {
     /// limits, hashing): a request must send each on one line (cookies are
     /// joined), so the rule and the app read the same value.
     pub decided_headers: Vec<http::HeaderName>,
+    /// Transparent capture: settings and the original-destination map.
+    pub capture: capture::Capture,
     /// The effective config as JSON, for `/config_dump`.
     pub dump: serde_json::Value,
 }

@@ -62,10 +62,10 @@ pub fn run_until(
     let live = LiveState::default();
     // The bytes compiled now are the watcher's baseline: a change made
     // between this read and the watcher's start is still seen.
-    let loaded = compile::read_file(path)?;
+    let loaded = crate::reload::Baseline::read(path)?;
     let compiled = compile::compile_text(
         &std::sync::Arc::from(path.display().to_string()),
-        &String::from_utf8_lossy(&loaded),
+        &String::from_utf8_lossy(&loaded.bytes),
         1,
         &live,
     )?;

@@ -4,8 +4,8 @@
 
 mod access;
 mod bootstrap;
-mod decided;
 mod capture;
+mod decided;
 mod mtls;
 mod policy;
 mod registry;
@@ -70,7 +70,7 @@ pub struct Compiled {
 
 /// Reads a config file, naming it in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, ConfigRejected> {
-    std::fs::read(path).map_err(|err| {
+    crate::config::source::read_file_bounded(path).map_err(|err| {
         let file: Arc<str> = Arc::from(path.display().to_string());
         let mut diags = Diagnostics::default();
         diags.error(&Location::file(&file), None, format!("cannot read: {err}"));
@@ -85,14 +85,8 @@ pub fn load_file(
     states: &LiveState,
 ) -> Result<Compiled, ConfigRejected> {
     let file: Arc<str> = Arc::from(path.display().to_string());
-    match std::fs::read_to_string(path) {
-        Ok(text) => compile_text(&file, &text, version, states),
-        Err(err) => {
-            let mut diags = Diagnostics::default();
-            diags.error(&Location::file(&file), None, format!("cannot read: {err}"));
-            Err(ConfigRejected(diags))
-        }
-    }
+    let bytes = read_file(path)?;
+    compile_text(&file, &String::from_utf8_lossy(&bytes), version, states)
 }
 
 /// Compiles the text of a config file named `file`.

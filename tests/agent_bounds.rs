@@ -162,3 +162,34 @@ async fn the_admin_api_answers_throughout_a_slow_reload() {
         "/ready went {longest_gap:?} unanswered during a {reload:?} reload"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dump_shows_no_credentials() {
+    let endpoint = "http://spans:hunter2@127.0.0.1:1";
+    let config = agent("frontend", closed_port().await, endpoint).replace(
+        &format!("otlp: {{endpoint: \"{endpoint}\"}}"),
+        &format!(
+            "otlp: {{endpoint: \"{endpoint}\", headers: {{authorization: \"Bearer s3cret-token\", x-api-key: k3y}}}}"
+        ),
+    );
+    assert!(config.contains("s3cret-token"), "{config}");
+    let agent = Agent::start(&config);
+    let dump = agent.admin_get("/config_dump").await;
+    for secret in ["hunter2", "s3cret-token", "k3y"] {
+        assert!(!dump.contains(secret), "{secret} in {dump}");
+    }
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let otlp = dump["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "Agent")
+        .map(|r| r["spec"]["telemetry"]["otlp"].clone())
+        .unwrap();
+    assert_eq!(otlp["headers"]["authorization"], "<redacted>", "{otlp}");
+    assert_eq!(otlp["headers"]["x-api-key"], "<redacted>", "{otlp}");
+    assert_eq!(
+        otlp["endpoint"], "http://spans:<redacted>@127.0.0.1:1",
+        "{otlp}"
+    );
+}

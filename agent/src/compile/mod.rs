@@ -226,6 +226,54 @@ fn build(
     })
 }
 
+/// Where a resource holds credentials, as JSON pointers (`*`: every key of
+/// an object): the CA bootstrap token and the values of the headers sent
+/// with span exports (API keys, bearer tokens). `/config_dump` shows
+/// `<redacted>` there, as Envoy's config dump hides secrets.
+const SECRETS: &[&str] = &["/spec/identity/ca/token", "/spec/telemetry/otlp/headers/*"];
+
+/// Replaces credentials in `resource` with `<redacted>`: the places named
+/// in [`SECRETS`], and the password of any URL that carries one
+/// (`https://user:password@host`).
+fn redact(resource: &mut serde_json::Value) {
+    const REDACTED: &str = "<redacted>";
+    for pointer in SECRETS {
+        match pointer.strip_suffix("/*") {
+            Some(object) => {
+                if let Some(serde_json::Value::Object(map)) = resource.pointer_mut(object) {
+                    for value in map.values_mut() {
+                        *value = REDACTED.into();
+                    }
+                }
+            }
+            None => {
+                if let Some(value) = resource.pointer_mut(pointer) {
+                    *value = REDACTED.into();
+                }
+            }
+        }
+    }
+    redact_url_passwords(resource);
+}
+
+fn redact_url_passwords(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => {
+            // scheme://user:password@host… → scheme://user:<redacted>@host…
+            if let Some((scheme, rest)) = text.split_once("://")
+                && let Some((userinfo, host)) = rest.split_once('@')
+                && !userinfo.contains('/')
+                && let Some((user, _password)) = userinfo.split_once(':')
+            {
+                *text = format!("{scheme}://{user}:<redacted>@{host}");
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_url_passwords),
+        serde_json::Value::Object(map) => map.values_mut().for_each(redact_url_passwords),
+        _ => {}
+    }
+}
+
 /// The effective config as JSON: every resource as written, plus warnings.
 fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Value {
     fn entries<S: serde::Serialize>(kind: &str, list: &[Document<S>]) -> Vec<serde_json::Value> {
@@ -250,11 +298,8 @@ fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Valu
     resources.extend(entries("PeerAuthentication", &docs.peer_authentications));
     resources.extend(entries("RateLimitPolicy", &docs.rate_limit_policies));
     resources.extend(entries("Sidecar", &docs.sidecars));
-    // Bootstrap tokens stay out of the dump.
     for resource in &mut resources {
-        if let Some(token) = resource.pointer_mut("/spec/identity/ca/token") {
-            *token = serde_json::Value::from("<redacted>");
-        }
+        redact(resource);
     }
     let warnings: Vec<String> = diags.warnings().map(ToString::to_string).collect();
     serde_json::json!({

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod ca;
+mod iptables;
 mod query;
 mod signal;
 mod validate;
@@ -54,6 +55,11 @@ enum Command {
     /// routing, DestinationRule and rate limit, and load with live numbers
     /// until Ctrl-C (or --duration).
     Demo(Box<demo::DemoArgs>),
+    /// Redirect this network namespace's TCP to its agent (run as root in
+    /// the pod, as Istio's istio-iptables): outbound to --outbound-capture-port,
+    /// inbound to --inbound-capture-port, the agent's own uid/gid left alone.
+    /// `--cleanup` removes exactly what it installed; `--dry-run` prints it.
+    Iptables(iptables::IptablesArgs),
     /// Load-test an HTTP endpoint the way `fortio load` does: `-c` connections
     /// at `--qps` for `-t` (or `-n` requests); reports rate, codes and latency
     /// percentiles (coordinated omission corrected at a fixed rate).
@@ -100,6 +106,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate(args) => Ok(validate::run(&args)),
+        Command::Iptables(args) => {
+            iptables::run(&args).context("tracemesh iptables")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Query(args) => {
             query::run(&args)?;
             Ok(ExitCode::SUCCESS)

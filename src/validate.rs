@@ -3,7 +3,6 @@
 //! `istioctl validate -f` does. Exit status 0 valid, 1 invalid, 2 when an
 //! input could not be read.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,6 +10,7 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 use tracemesh_agent::compile::check_text;
 use tracemesh_agent::config::diagnostics::{Diagnostic, Diagnostics, Location};
+use tracemesh_agent::config::source;
 
 /// File extensions read when walking a directory (as `istioctl validate`).
 const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
@@ -87,8 +87,7 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
 /// Checks `input`: standard input, a file, or every config file under a directory.
 fn collect(input: &Path, reports: &mut Vec<Report>) {
     if input == Path::new("-") {
-        let mut text = String::new();
-        let read = std::io::stdin().read_to_string(&mut text).map(|_| text);
+        let read = source::read_text_bounded(std::io::stdin());
         reports.push(check(Arc::from("<stdin>"), read));
         return;
     }
@@ -104,12 +103,17 @@ fn collect(input: &Path, reports: &mut Vec<Report>) {
         }
         for file in files {
             let name = Arc::from(file.display().to_string());
-            reports.push(check(name, std::fs::read_to_string(&file)));
+            reports.push(check(name, read_text(&file)));
         }
         return;
     }
     let name = Arc::from(input.display().to_string());
-    reports.push(check(name, std::fs::read_to_string(input)));
+    reports.push(check(name, read_text(input)));
+}
+
+/// A config file's text, at most [`source::MAX_CONFIG_BYTES`].
+fn read_text(path: &Path) -> std::io::Result<String> {
+    source::read_text_bounded(std::fs::File::open(path)?)
 }
 
 /// Config files under `dir`, sorted, hidden entries skipped.

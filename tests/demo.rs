@@ -356,9 +356,10 @@ fn close(value: f64, expected: f64, relative: f64, absolute: f64) -> bool {
 /// generator's own: how many requests productpage served, at what rate,
 /// how fast, and which share did not get a 2xx. Tolerances: count within
 /// 2% (spans still in a sidecar's queue at the stop), rate within 10%
-/// (the window starts at the first span), quantiles within 25% or 15 ms
-/// (the generator also times its own connection and the sidecar's
-/// accept), shares within 2 points.
+/// (the window starts at the first span), quantiles at most 25% + 15 ms
+/// above the generator's and at least its next lower quantile − 15 ms
+/// (the generator also times its own connection, the sidecar's accept
+/// and its own scheduling), shares within 2 points.
 fn agrees_with_the_load_generator(scenario: &str, finished: &Finished, answers: &Answers) {
     let load = &finished.done;
     let (latency, errors) = (&answers.latency, &answers.errors);
@@ -370,10 +371,21 @@ fn agrees_with_the_load_generator(scenario: &str, finished: &Finished, answers: 
         close(latency["rate"].as_f64().unwrap(), load["qps"], 0.10, 0.0),
         "rate: {report}"
     );
-    for (api, generator) in [("p90_ms", "p90_ms"), ("p99_ms", "p99_ms")] {
+    // Each request's server span lies inside the generator's own timing of
+    // it, so no quantile of the spans can exceed the generator's beyond the
+    // tolerance. Below, the generator's tail also holds its own scheduling
+    // and connection waits, and a p99 of a few hundred requests rests on
+    // two or three of them: a quantile may sit as low as the generator's
+    // next lower one (p90 for p99, p75 for p90) before it counts as wrong.
+    for (quantile, lower) in [("p90_ms", "p75_ms"), ("p99_ms", "p90_ms")] {
+        let value = latency[quantile].as_f64().unwrap();
         assert!(
-            close(latency[api].as_f64().unwrap(), load[generator], 0.25, 15.0),
-            "{api}: {report}"
+            value <= load[quantile] * 1.25 + 15.0,
+            "{quantile} above the generator's: {report}"
+        );
+        assert!(
+            value >= load[lower] - 15.0,
+            "{quantile} below the generator's {lower}: {report}"
         );
     }
     let calls = errors["calls"].as_f64().unwrap();

@@ -105,7 +105,6 @@ fn every_valid_corpus_file_is_valid_as_a_plain_file() {
         .collect();
     for kind in [
         "Gateway",
-        "Sidecar",
         "WorkloadGroup",
         "EnvoyFilter",
         "ProxyConfig",

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod by_address;
+pub mod capture;
 pub mod compile;
 pub mod config;
 pub mod flags;

@@ -10,7 +10,6 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crate::compile;
 use crate::config::diagnostics::ConfigRejected;
 use crate::model::live::LiveState;
-use crate::model::service::Protocol;
 use crate::proxy::{self, Shared};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
@@ -63,10 +62,10 @@ pub fn run_until(
     let live = LiveState::default();
     // The bytes compiled now are the watcher's baseline: a change made
     // between this read and the watcher's start is still seen.
-    let loaded = compile::read_file(path)?;
+    let loaded = crate::reload::Baseline::read(path)?;
     let compiled = compile::compile_text(
         &std::sync::Arc::from(path.display().to_string()),
-        &String::from_utf8_lossy(&loaded),
+        &String::from_utf8_lossy(&loaded.bytes),
         1,
         &live,
     )?;
@@ -98,7 +97,7 @@ pub fn run_until(
         std::io::Error::new(e.kind(), format!("bind {}: {e}", snapshot.listeners.admin))
     })?;
     let admin_addr = admin.local_addr()?;
-    let inbound_tcp = snapshot.listeners.app_protocol == Protocol::Tcp;
+    let inbound_tcp = !snapshot.listeners.app_protocol.is_http();
     let drain = snapshot.bootstrap.drain;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

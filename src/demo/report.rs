@@ -152,7 +152,7 @@ pub fn summary(report: &Report) -> String {
     let ms = |us: u64| us as f64 / 1000.0;
     format!(
         "load: {} requests in {:.1}s ({:.1} req/s), codes {}, errors {:.1}%, non-2xx {:.1}%, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms\n\
-         demo done requests={} qps={:.2} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} error_rate={:.4} non_2xx_rate={:.4}\n",
+         demo done requests={} qps={:.2} p50_ms={:.3} p75_ms={:.3} p90_ms={:.3} p99_ms={:.3} max_ms={:.3} error_rate={:.4} non_2xx_rate={:.4}\n",
         report.count,
         report.elapsed_s,
         report.actual_qps,
@@ -169,8 +169,10 @@ pub fn summary(report: &Report) -> String {
         report.count,
         report.actual_qps,
         ms(latency.p50),
+        ms(latency.p75),
         ms(latency.p90),
         ms(latency.p99),
+        ms(latency.max),
         error_rate,
         non_2xx_rate
     )

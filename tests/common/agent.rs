@@ -153,6 +153,21 @@ impl Agent {
         }
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Bytes the agent has read through system calls so far (`rchar` in
+    /// `/proc/PID/io`: files and sockets alike).
+    pub fn bytes_read(&self) -> u64 {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.pid())).expect("/proc/PID/io");
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rchar")
+    }
+
     /// GETs an admin path.
     pub async fn admin_get(&self, path: &str) -> String {
         let (status, body) = super::client::raw_get(self.admin, path).await;

@@ -11,4 +11,5 @@ pub mod mesh;
 pub mod metrics;
 pub mod otlp;
 pub mod pki;
+pub mod pods;
 pub mod upstream;

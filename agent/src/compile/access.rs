@@ -392,6 +392,11 @@ pub(super) fn rate_limits(
     out
 }
 
+/// Most keyed buckets one rate-limit rule may keep (`maxKeys`): 2^20, a
+/// 16 MiB table. The table is allocated when the config loads, so the bound
+/// is checked before anything is allocated.
+pub const MAX_RATE_LIMIT_KEYS: u32 = 1 << 20;
+
 pub(super) fn rate_limiter(
     raw: &RateLimitRule,
     name: String,
@@ -413,6 +418,18 @@ pub(super) fn rate_limiter(
             loc,
             Some(format!("{field}.tokenBucket.tokensPerFill")),
             "must be at least 1",
+        );
+    }
+    if let Some(keys) = raw.max_keys
+        && !(1..=MAX_RATE_LIMIT_KEYS).contains(&keys)
+    {
+        diags.error(
+            loc,
+            Some(format!("{field}.maxKeys")),
+            format!(
+                "must be between 1 and {MAX_RATE_LIMIT_KEYS} (each keyed bucket takes 16 bytes, \
+                 allocated when the config loads)"
+            ),
         );
     }
     if bucket.fill_interval.get().as_millis() < 1 {

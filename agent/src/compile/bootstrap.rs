@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::agent::{AgentSpec, IdentitySpec};
+use crate::config::agent::{AgentSpec, DEFAULT_APP, IdentitySpec};
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::host::resolve_short_name;
@@ -118,7 +118,10 @@ pub(super) fn compile(doc: &Document<AgentSpec>, diags: &mut Diagnostics) -> Opt
             .ok()
     };
     let inbound = addr("spec.inbound.listen", &spec.inbound.listen);
-    let app = addr("spec.inbound.app", &spec.inbound.app);
+    let app = addr(
+        "spec.inbound.app",
+        spec.inbound.app.as_deref().unwrap_or(DEFAULT_APP),
+    );
     let outbound = addr("spec.outbound.listen", &spec.outbound.listen);
     let admin = addr("spec.admin.listen", &spec.admin.listen);
     let outbound_tcp: Vec<Option<SocketAddr>> = spec

@@ -4,12 +4,14 @@
 
 mod access;
 mod bootstrap;
+mod capture;
 mod decided;
 mod mtls;
 mod policy;
 mod registry;
 mod route_policy;
 mod routes;
+mod sidecar;
 mod unenforced;
 mod upstream_tls;
 pub mod validate;
@@ -33,6 +35,7 @@ struct Documents {
     peer_authentications: Vec<Document<crate::config::security::PeerAuthenticationSpec>>,
     rate_limit_policies: Vec<Document<crate::config::rate_limit::RateLimitPolicySpec>>,
     workload_entries: Vec<Document<crate::config::service_entry::WorkloadEntry>>,
+    sidecars: Vec<Document<crate::config::gateway::SidecarSpec>>,
 }
 
 impl Documents {
@@ -48,6 +51,7 @@ impl Documents {
                 Resource::PeerAuthentication(d) => docs.peer_authentications.push(d),
                 Resource::RateLimitPolicy(d) => docs.rate_limit_policies.push(d),
                 Resource::WorkloadEntry(d) => docs.workload_entries.push(d),
+                Resource::Sidecar(d) => docs.sidecars.push(d),
                 // Validated and warned about already; nothing to compile.
                 Resource::Unused(_) => {}
             }
@@ -66,7 +70,7 @@ pub struct Compiled {
 
 /// Reads a config file, naming it in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, ConfigRejected> {
-    std::fs::read(path).map_err(|err| {
+    crate::config::source::read_file_bounded(path).map_err(|err| {
         let file: Arc<str> = Arc::from(path.display().to_string());
         let mut diags = Diagnostics::default();
         diags.error(&Location::file(&file), None, format!("cannot read: {err}"));
@@ -81,14 +85,8 @@ pub fn load_file(
     states: &LiveState,
 ) -> Result<Compiled, ConfigRejected> {
     let file: Arc<str> = Arc::from(path.display().to_string());
-    match std::fs::read_to_string(path) {
-        Ok(text) => compile_text(&file, &text, version, states),
-        Err(err) => {
-            let mut diags = Diagnostics::default();
-            diags.error(&Location::file(&file), None, format!("cannot read: {err}"));
-            Err(ConfigRejected(diags))
-        }
-    }
+    let bytes = read_file(path)?;
+    compile_text(&file, &String::from_utf8_lossy(&bytes), version, states)
 }
 
 /// Compiles the text of a config file named `file`.
@@ -160,7 +158,8 @@ fn build(
         .map_or("default", |b| b.identity.namespace.as_str())
         .to_owned();
     let has_identity = boot.as_ref().is_some_and(|b| b.has_identity);
-    let registry = registry::Registry::build(
+    let sidecar = sidecar::applying(&docs.sidecars, &agent.spec.labels, &namespace, diags);
+    let mut registry = registry::Registry::build(
         &docs.service_entries,
         &docs.workload_entries,
         &docs.destination_rules,
@@ -169,6 +168,9 @@ fn build(
         states,
         diags,
     );
+    if let (Some(scope), Some(name)) = (&sidecar.egress, &sidecar.name) {
+        registry.restrict(scope, name);
+    }
     let routes = routes::build(
         &docs.virtual_services,
         &registry,
@@ -190,6 +192,17 @@ fn build(
         boot.listeners.app.port(),
         diags,
     );
+    let capture = capture::compile(
+        &capture::CaptureInput {
+            agent,
+            listeners: &boot.listeners,
+            service: &boot.identity.service,
+            entries: &docs.service_entries,
+            registry: &registry,
+            sidecar: &sidecar,
+        },
+        diags,
+    );
     let dump = dump(docs, version, diags);
     let clusters = registry.clusters();
     let decided_headers =
@@ -208,8 +221,57 @@ fn build(
         inbound_mtls,
         path_normalization: boot.path_normalization,
         decided_headers,
+        capture,
         dump,
     })
+}
+
+/// Where a resource holds credentials, as JSON pointers (`*`: every key of
+/// an object): the CA bootstrap token and the values of the headers sent
+/// with span exports (API keys, bearer tokens). `/config_dump` shows
+/// `<redacted>` there, as Envoy's config dump hides secrets.
+const SECRETS: &[&str] = &["/spec/identity/ca/token", "/spec/telemetry/otlp/headers/*"];
+
+/// Replaces credentials in `resource` with `<redacted>`: the places named
+/// in [`SECRETS`], and the password of any URL that carries one
+/// (`https://user:password@host`).
+fn redact(resource: &mut serde_json::Value) {
+    const REDACTED: &str = "<redacted>";
+    for pointer in SECRETS {
+        match pointer.strip_suffix("/*") {
+            Some(object) => {
+                if let Some(serde_json::Value::Object(map)) = resource.pointer_mut(object) {
+                    for value in map.values_mut() {
+                        *value = REDACTED.into();
+                    }
+                }
+            }
+            None => {
+                if let Some(value) = resource.pointer_mut(pointer) {
+                    *value = REDACTED.into();
+                }
+            }
+        }
+    }
+    redact_url_passwords(resource);
+}
+
+fn redact_url_passwords(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => {
+            // scheme://user:password@host… → scheme://user:<redacted>@host…
+            if let Some((scheme, rest)) = text.split_once("://")
+                && let Some((userinfo, host)) = rest.split_once('@')
+                && !userinfo.contains('/')
+                && let Some((user, _password)) = userinfo.split_once(':')
+            {
+                *text = format!("{scheme}://{user}:<redacted>@{host}");
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_url_passwords),
+        serde_json::Value::Object(map) => map.values_mut().for_each(redact_url_passwords),
+        _ => {}
+    }
 }
 
 /// The effective config as JSON: every resource as written, plus warnings.
@@ -235,11 +297,9 @@ fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Valu
     resources.extend(entries("AuthorizationPolicy", &docs.authorization_policies));
     resources.extend(entries("PeerAuthentication", &docs.peer_authentications));
     resources.extend(entries("RateLimitPolicy", &docs.rate_limit_policies));
-    // Bootstrap tokens stay out of the dump.
+    resources.extend(entries("Sidecar", &docs.sidecars));
     for resource in &mut resources {
-        if let Some(token) = resource.pointer_mut("/spec/identity/ca/token") {
-            *token = serde_json::Value::from("<redacted>");
-        }
+        redact(resource);
     }
     let warnings: Vec<String> = diags.warnings().map(ToString::to_string).collect();
     serde_json::json!({

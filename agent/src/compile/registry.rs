@@ -4,8 +4,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use ipnet::IpNet;
+
 use super::bootstrap::Agent;
 use super::policy::{self, EffectivePolicy};
+use super::sidecar::EgressScope;
 use super::upstream_tls;
 use crate::config::agent::AgentSpec;
 use crate::config::destination_rule::DestinationRuleSpec;
@@ -24,11 +27,22 @@ use crate::model::service::{Protocol, ServiceName};
 pub(super) struct Service {
     /// Clusters by subset (`None` = all endpoints), one per port.
     pub clusters: HashMap<Option<String>, Vec<Arc<Cluster>>>,
+    /// The namespace of the ServiceEntry that declares it.
+    pub namespace: String,
+    /// Its `addresses` (VIPs as host prefixes, and CIDRs).
+    pub addresses: Vec<IpNet>,
+    /// Declaration order: earlier entries win where two claim the same address.
+    pub order: usize,
+    /// The ServiceEntry, for diagnostics.
+    pub location: Location,
 }
 
 /// Every service, by FQDN (or `*.suffix` pattern).
 pub(super) struct Registry {
     pub services: BTreeMap<String, Service>,
+    /// Services a Sidecar's egress hosts keep from this workload, with the
+    /// Sidecar's `namespace/name`.
+    pub hidden: BTreeMap<String, String>,
 }
 
 struct Resolution {
@@ -74,7 +88,24 @@ impl Registry {
                     has_identity,
                 };
                 let clusters = ctx.clusters(&name, rule, diags);
-                services.insert(fqdn, Service { clusters });
+                let addresses = doc
+                    .spec
+                    .addresses
+                    .iter()
+                    .filter_map(|a| {
+                        a.parse::<IpNet>()
+                            .or_else(|_| a.parse::<IpAddr>().map(IpNet::from))
+                            .ok()
+                    })
+                    .collect();
+                let service = Service {
+                    clusters,
+                    namespace: namespace.to_owned(),
+                    addresses,
+                    order: services.len(),
+                    location: doc.location.clone(),
+                };
+                services.insert(fqdn, service);
             }
         }
         for (host, rule) in &rules {
@@ -83,7 +114,40 @@ impl Registry {
                 diags.warn(&rule.location, Some("spec.host".into()), msg);
             }
         }
-        Self { services }
+        Self {
+            services,
+            hidden: BTreeMap::new(),
+        }
+    }
+
+    /// Keeps only the service ports `scope` lets this workload see (a
+    /// Sidecar's egress hosts, as Istio limits what a sidecar loads).
+    pub fn restrict(&mut self, scope: &EgressScope, sidecar: &str) {
+        for (host, service) in &mut self.services {
+            for clusters in service.clusters.values_mut() {
+                clusters.retain(|c| scope.allows(&service.namespace, host, c.port));
+            }
+            service.clusters.retain(|_, clusters| !clusters.is_empty());
+        }
+        let hidden: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.clusters.is_empty())
+            .map(|(h, _)| h.clone())
+            .collect();
+        for host in hidden {
+            self.services.remove(&host);
+            self.hidden.insert(host, sidecar.to_owned());
+        }
+    }
+
+    /// Why `host` has no service: undeclared, or outside the Sidecar's
+    /// egress hosts.
+    pub fn missing(&self, host: &str) -> String {
+        match self.hidden.get(host) {
+            Some(sidecar) => format!("{host} is outside the egress hosts of Sidecar {sidecar}"),
+            None => format!("no ServiceEntry declares {host}"),
+        }
     }
 
     /// The service a host name stands for, trying short-name expansions.
@@ -146,19 +210,17 @@ impl Registry {
                 .and_then(|(_, s)| s.clusters.get(&None))
                 .and_then(|cs| cs.iter().find(|c| u32::from(c.port) == listener.port));
             match cluster {
-                Some(c) if c.protocol == Protocol::Tcp => routes.push(c.clone()),
+                Some(c) if !c.protocol.is_http() => routes.push(c.clone()),
                 Some(c) => {
                     let msg = format!(
-                        "port {} of {} is declared {}, not TCP",
+                        "port {} of {} is declared {}, not TCP or TLS",
                         c.port, c.service.host, c.protocol
                     );
                     diags.error(&agent.location, field, msg);
                 }
                 None => {
-                    let msg = format!(
-                        "no ServiceEntry declares {}:{}",
-                        listener.host, listener.port
-                    );
+                    let host = resolve_short_name(&listener.host, namespace);
+                    let msg = format!("{} (port {})", self.missing(&host), listener.port);
                     diags.error(&agent.location, field, msg);
                 }
             }

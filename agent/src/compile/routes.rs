@@ -227,7 +227,7 @@ fn compile_rule(
                 Some(subset) if scope.registry.services.contains_key(&host) => {
                     format!("subset {subset:?} of {host} is not defined by a DestinationRule")
                 }
-                _ => format!("no ServiceEntry declares {host}"),
+                _ => scope.registry.missing(&host),
             };
             diags.warn(
                 loc,

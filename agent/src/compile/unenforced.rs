@@ -66,6 +66,10 @@ const WE: &str = "WorkloadEntry";
 const AP: &str = "AuthorizationPolicy";
 const PA: &str = "PeerAuthentication";
 const RL: &str = "RateLimitPolicy";
+const SC: &str = "Sidecar";
+
+const CAPTURE_NOT_YET: &str =
+    "compiled; captured connections are not routed by their original destination yet";
 
 /// Every kind the agent applies, field by field.
 pub const FIELDS: &[Field] = &[
@@ -187,11 +191,7 @@ pub const FIELDS: &[Field] = &[
     enforced(SE, "spec.endpoints"),
     enforced(SE, "spec.workloadSelector"),
     enforced(SE, "spec.subjectAltNames"),
-    warned(
-        SE,
-        "spec.addresses",
-        "destinations are found by host name and endpoint address",
-    ),
+    warned(SE, "spec.addresses", CAPTURE_NOT_YET),
     warned(SE, "spec.location", ""),
     warned(
         SE,
@@ -252,13 +252,36 @@ pub const FIELDS: &[Field] = &[
     enforced(PA, "spec.portLevelMtls"),
     enforced(RL, "spec.selector"),
     enforced(RL, "spec.rules"),
+    enforced(SC, "spec.workloadSelector"),
+    enforced(SC, "spec.egress[*].hosts"),
+    enforced(SC, "spec.egress[*].port"),
+    warned(SC, "spec.outboundTrafficPolicy", CAPTURE_NOT_YET),
+    warned(
+        SC,
+        "spec.egress[*].bind",
+        "the outbound listener is the Agent's `spec.outbound`",
+    ),
+    warned(
+        SC,
+        "spec.egress[*].captureMode",
+        "capture is `tracemesh iptables` and the Agent's `spec.capture`",
+    ),
+    warned(
+        SC,
+        "spec.ingress",
+        "the inbound listener is the Agent's `spec.inbound`",
+    ),
+    warned(
+        SC,
+        "spec.inboundConnectionPool",
+        "no inbound connection limits",
+    ),
 ];
 
 /// Kinds checked with Istio's rules and then skipped.
 #[cfg(test)]
 const VALIDATED_ONLY: &[&str] = &[
     "Gateway",
-    "Sidecar",
     "WorkloadGroup",
     "EnvoyFilter",
     "ProxyConfig",
@@ -287,6 +310,7 @@ pub(super) fn warn_all(docs: &Documents, diags: &mut Diagnostics) {
     each(AP, &docs.authorization_policies, diags);
     each(PA, &docs.peer_authentications, diags);
     each(RL, &docs.rate_limit_policies, diags);
+    each(SC, &docs.sidecars, diags);
 }
 
 fn warn_document(kind: &str, root: &Value, loc: &Location, diags: &mut Diagnostics) {

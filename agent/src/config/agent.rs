@@ -39,6 +39,15 @@ pub struct AgentSpec {
     /// Admin API listener.
     #[serde(default)]
     pub admin: AdminSpec,
+    /// Transparent capture: whether `tracemesh iptables` redirects the
+    /// pod's TCP to the listeners, and how captured connections are read.
+    #[serde(default)]
+    pub capture: CaptureSpec,
+    /// What happens to connections for destinations outside the registry
+    /// (Istio's MeshConfig `outboundTrafficPolicy`; a `Sidecar` that
+    /// applies to this workload overrides it).
+    #[serde(default)]
+    pub outbound_traffic_policy: OutboundTrafficPolicySpec,
     /// Spans and their sampling.
     #[serde(default)]
     pub telemetry: TelemetrySpec,
@@ -140,9 +149,11 @@ pub struct InboundSpec {
     /// Address the mesh reaches this workload on (default 0.0.0.0:15006).
     #[serde(default = "default_inbound")]
     pub listen: String,
-    /// The local application's address (default 127.0.0.1:8080).
-    #[serde(default = "default_app")]
-    pub app: String,
+    /// The local application's address (default 127.0.0.1:8080). With
+    /// `capture.mode: REDIRECT` it may be left out: each captured
+    /// connection then goes to the application on the port it was sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
     /// The application's protocol: HTTP (HTTP/1.1, or HTTP/2 when the caller
     /// used it), HTTP2, GRPC, or TCP (the listener then proxies bytes).
     #[serde(default = "default_app_protocol")]
@@ -153,7 +164,7 @@ impl Default for InboundSpec {
     fn default() -> Self {
         Self {
             listen: default_inbound(),
-            app: default_app(),
+            app: None,
             app_protocol: default_app_protocol(),
         }
     }
@@ -163,9 +174,9 @@ fn default_inbound() -> String {
     "0.0.0.0:15006".into()
 }
 
-fn default_app() -> String {
-    "127.0.0.1:8080".into()
-}
+/// The application's address when `spec.inbound.app` is not given and
+/// connections are not captured.
+pub const DEFAULT_APP: &str = "127.0.0.1:8080";
 
 fn default_app_protocol() -> String {
     "HTTP".into()
@@ -209,6 +220,39 @@ pub struct TcpListenerSpec {
     pub host: String,
     /// The service port, declared with protocol TCP in its ServiceEntry.
     pub port: u32,
+}
+
+/// Transparent capture (Istio's `interceptionMode`). The capture ports are
+/// the listeners' own: `spec.outbound.listen` (default 15001) and
+/// `spec.inbound.listen` (default 15006), the ports `tracemesh iptables`
+/// redirects to by default.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaptureSpec {
+    /// `NONE` (default): the application sends to the outbound listener
+    /// itself (explicit mode). `REDIRECT`: `tracemesh iptables` redirects
+    /// the pod's TCP to the listeners, which read each connection's
+    /// original destination; connections that reach a listener directly
+    /// keep the explicit behaviour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// How long a captured connection to a port of undeclared protocol may
+    /// take to send its first bytes before it is proxied as TCP (Istio's
+    /// `protocolDetectionTimeout`; default 1s; `0s` waits as long as the
+    /// client takes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_detection_timeout: Option<IstioDuration>,
+}
+
+/// `outboundTrafficPolicy` of the mesh (MeshConfig).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboundTrafficPolicySpec {
+    /// `ALLOW_ANY` (default, as Istio's): connections to unknown
+    /// destinations go where they were going (`PassthroughCluster`);
+    /// `REGISTRY_ONLY`: they are refused (`BlackHoleCluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 /// The admin API listener.

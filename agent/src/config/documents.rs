@@ -56,6 +56,8 @@ pub enum Resource {
     PeerAuthentication(Document<PeerAuthenticationSpec>),
     /// Rate limits.
     RateLimitPolicy(Document<RateLimitPolicySpec>),
+    /// Which services a sidecar loads, and what happens outside them.
+    Sidecar(Document<SidecarSpec>),
     /// A kind the agent validates but does not use yet.
     Unused(Unused),
 }
@@ -67,8 +69,6 @@ pub enum Resource {
 pub enum Unused {
     /// An ingress or egress gateway's listeners.
     Gateway(Document<GatewaySpec>),
-    /// A sidecar's listeners and visible hosts.
-    Sidecar(Document<SidecarSpec>),
     /// A template for WorkloadEntries.
     WorkloadGroup(Document<WorkloadGroupSpec>),
     /// Envoy configuration patches.
@@ -86,7 +86,6 @@ impl Unused {
     pub fn location(&self) -> &Location {
         match self {
             Unused::Gateway(d) => &d.location,
-            Unused::Sidecar(d) => &d.location,
             Unused::WorkloadGroup(d) => &d.location,
             Unused::EnvoyFilter(d) => &d.location,
             Unused::ProxyConfig(d) => &d.location,
@@ -304,7 +303,7 @@ fn parse_one(value: Value, mut location: Location, diags: &mut Diagnostics) -> O
         "AuthorizationPolicy" => Resource::AuthorizationPolicy(typed(value, loc, api, diags)?),
         "PeerAuthentication" => Resource::PeerAuthentication(typed(value, loc, api, diags)?),
         "Gateway" => Resource::Unused(Unused::Gateway(typed(value, loc, api, diags)?)),
-        "Sidecar" => Resource::Unused(Unused::Sidecar(typed(value, loc, api, diags)?)),
+        "Sidecar" => Resource::Sidecar(typed(value, loc, api, diags)?),
         "WorkloadGroup" => Resource::Unused(Unused::WorkloadGroup(typed_with(
             value, loc, api, diags, None,
         )?)),

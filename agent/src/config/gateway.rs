@@ -1,6 +1,7 @@
 //! Istio's `Gateway` and `Sidecar` (networking.istio.io): the listeners of
-//! an edge proxy and of a sidecar. Validated with Istio's rules; the agent
-//! does not use them yet, so they are skipped with a warning.
+//! an edge proxy and of a sidecar. Both are validated with Istio's rules;
+//! a Gateway is then skipped with a warning (the agent is no gateway yet),
+//! a Sidecar limits the services the agent loads (`compile::sidecar`).
 
 use std::collections::BTreeMap;
 

@@ -46,8 +46,9 @@ pub struct RateLimitRule {
     pub key: Option<RateLimitKey>,
     /// The bucket.
     pub token_bucket: TokenBucket,
-    /// Most keyed buckets kept (default 10000); beyond it the least recently
-    /// used bucket is recycled, so spoofed keys cannot grow memory.
+    /// Most keyed buckets kept (default 10000, at most 1048576); beyond it
+    /// the least recently used bucket is recycled, so spoofed keys cannot
+    /// grow memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_keys: Option<u32>,
 }

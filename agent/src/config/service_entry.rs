@@ -13,7 +13,8 @@ pub struct ServiceEntrySpec {
     /// Host names of the service; short names resolve in the resource's namespace.
     #[serde(default)]
     pub hosts: Vec<String>,
-    /// Virtual IPs of the service (informational here: there is no interception).
+    /// Virtual IPs (or CIDRs) of the service: captured connections to them
+    /// on a declared port reach this service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
     /// The ports the service answers on.

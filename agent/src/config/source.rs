@@ -35,6 +35,41 @@ const MAX_DEPTH: usize = 128;
 /// bounded to 255 levels by the scanner itself.
 const MAX_INDENT: usize = 1000;
 
+/// Largest config file (or standard input) read: 16 MiB, sixteen times
+/// what a Kubernetes ConfigMap may hold. A larger input is refused before
+/// it is parsed, so its size cannot decide how long loading takes.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Reads config text from `input`, at most [`MAX_CONFIG_BYTES`]; more is
+/// an error of kind `FileTooLarge` that names the limit (the size a file
+/// claims is not trusted: the bytes are counted as they are read).
+pub fn read_bounded(input: impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    input.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "larger than {} MiB, the most a config may hold",
+                MAX_CONFIG_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_bounded`] on the file at `path`.
+pub fn read_file_bounded(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    read_bounded(std::fs::File::open(path)?)
+}
+
+/// [`read_bounded`] as UTF-8 text.
+pub fn read_text_bounded(input: impl std::io::Read) -> std::io::Result<String> {
+    String::from_utf8(read_bounded(input)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// Stack for reading a file: room for the parser's recursion at
 /// [`MAX_INDENT`] + 255 levels, whatever thread asks.
 pub const READER_STACK: usize = 64 << 20;

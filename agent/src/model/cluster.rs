@@ -106,7 +106,7 @@ impl Cluster {
         let client_h2 = downstream == http::Version::HTTP_2;
         match self.protocol {
             Protocol::Http2 | Protocol::Grpc => true,
-            Protocol::Http | Protocol::Tcp => {
+            Protocol::Http | Protocol::Tcp | Protocol::Tls => {
                 grpc || self.h2_upgrade || (self.use_client_protocol && client_h2)
             }
             Protocol::Auto => grpc || client_h2,

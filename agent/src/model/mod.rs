@@ -4,6 +4,7 @@
 pub mod authz;
 pub mod balancer;
 pub mod bootstrap;
+pub mod capture;
 pub mod clock;
 pub mod cluster;
 pub mod destination;
@@ -151,6 +152,8 @@ pub struct Snapshot {
     /// limits, hashing): a request must send each on one line (cookies are
     /// joined), so the rule and the app read the same value.
     pub decided_headers: Vec<http::HeaderName>,
+    /// Transparent capture: settings and the original-destination map.
+    pub capture: capture::Capture,
     /// The effective config as JSON, for `/config_dump`.
     pub dump: serde_json::Value,
 }

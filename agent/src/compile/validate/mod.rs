@@ -39,7 +39,6 @@ pub fn resources(resources: Vec<Resource>, diags: &mut Diagnostics) -> Vec<Resou
 fn unused_kind(unused: &Unused) -> (&str, &'static str) {
     match unused {
         Unused::Gateway(d) => (&d.api_version, "Gateway"),
-        Unused::Sidecar(d) => (&d.api_version, "Sidecar"),
         Unused::WorkloadGroup(d) => (&d.api_version, "WorkloadGroup"),
         Unused::EnvoyFilter(d) => (&d.api_version, "EnvoyFilter"),
         Unused::ProxyConfig(d) => (&d.api_version, "ProxyConfig"),
@@ -77,9 +76,9 @@ fn check(resource: &Resource, diags: &mut Diagnostics) {
         Resource::DestinationRule(doc) => run(doc, diags, networking::destination_rule),
         Resource::AuthorizationPolicy(doc) => run(doc, diags, security::authorization_policy),
         Resource::PeerAuthentication(doc) => run(doc, diags, security::peer_authentication),
+        Resource::Sidecar(doc) => run(doc, diags, networking::sidecar),
         Resource::Unused(unused) => match unused {
             Unused::Gateway(doc) => run(doc, diags, networking::gateway),
-            Unused::Sidecar(doc) => run(doc, diags, networking::sidecar),
             Unused::WorkloadGroup(doc) => run(doc, diags, networking::workload_group),
             Unused::EnvoyFilter(doc) => run(doc, diags, networking::envoy_filter),
             Unused::ProxyConfig(doc) => run(doc, diags, networking::proxy_config),

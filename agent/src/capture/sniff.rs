@@ -1,0 +1,446 @@
+//! Protocol detection from a connection's first bytes, as Envoy's
+//! `http_inspector` and `tls_inspector` listener filters do for Istio's
+//! protocol sniffing: an HTTP/1.x request line, the HTTP/2 connection
+//! preface, or a TLS ClientHello (with its SNI and ALPN); anything else is
+//! opaque TCP. A pure function over a byte buffer, allocation-free.
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Most bytes worth reading: one whole TLS record (5-byte header and the
+/// largest plaintext fragment, RFC 8446 §5.1). A request line longer than
+/// this is not sniffed as HTTP.
+pub const MAX_SNIFF: usize = 5 + (1 << 14);
+
+/// Longest method token accepted in a request line.
+const MAX_METHOD: usize = 32;
+
+/// What the bytes so far say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sniffed<'a> {
+    /// Not enough bytes to tell yet.
+    NeedMore,
+    /// An HTTP/1.0 or HTTP/1.1 request line.
+    Http1,
+    /// The HTTP/2 preface (h2c with prior knowledge).
+    Http2,
+    /// A TLS ClientHello.
+    Tls(ClientHello<'a>),
+    /// Anything else: proxied as bytes.
+    Opaque,
+}
+
+/// What a ClientHello asks for, borrowed from the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientHello<'a> {
+    /// The `server_name` extension's host name (RFC 6066 §3), when sent
+    /// and valid UTF-8; lower-cased by the caller if needed.
+    pub sni: Option<&'a str>,
+    /// The raw `application_layer_protocol_negotiation` protocol list
+    /// (RFC 7301 §3.1, without its length prefix); see [`ClientHello::alpn`].
+    pub alpn_list: Option<&'a [u8]>,
+}
+
+impl<'a> ClientHello<'a> {
+    /// The ALPN protocols offered, in order (`h2`, `http/1.1`, `istio`…).
+    pub fn alpn(&self) -> impl Iterator<Item = &'a [u8]> {
+        let mut rest = self.alpn_list.unwrap_or_default();
+        std::iter::from_fn(move || {
+            let (&len, tail) = rest.split_first()?;
+            let len = usize::from(len);
+            if len == 0 || tail.len() < len {
+                rest = &[];
+                return None;
+            }
+            let (name, tail) = tail.split_at(len);
+            rest = tail;
+            Some(name)
+        })
+    }
+}
+
+/// Classifies the first bytes of a connection. `NeedMore` until they decide;
+/// call [`sniff_final`] when no more will come (end of stream, timeout,
+/// [`MAX_SNIFF`] bytes read).
+pub fn sniff(buf: &[u8]) -> Sniffed<'_> {
+    let Some(&first) = buf.first() else {
+        return Sniffed::NeedMore;
+    };
+    if first == 0x16 {
+        return tls(buf);
+    }
+    let preface = buf.len().min(H2_PREFACE.len());
+    if buf[..preface] == H2_PREFACE[..preface] {
+        return if preface == H2_PREFACE.len() {
+            Sniffed::Http2
+        } else {
+            Sniffed::NeedMore
+        };
+    }
+    http1(buf)
+}
+
+/// [`sniff`] when no more bytes will come: undecided is opaque.
+pub fn sniff_final(buf: &[u8]) -> Sniffed<'_> {
+    match sniff(buf) {
+        Sniffed::NeedMore => Sniffed::Opaque,
+        decided => decided,
+    }
+}
+
+/// `tchar` of RFC 9110 §5.6.2.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `method SP request-target SP HTTP/1.x CRLF` (RFC 9112 §3).
+fn http1(buf: &[u8]) -> Sniffed<'_> {
+    let method = buf.iter().take_while(|b| is_token(**b)).count();
+    if method == buf.len() {
+        return if method <= MAX_METHOD {
+            Sniffed::NeedMore
+        } else {
+            Sniffed::Opaque
+        };
+    }
+    if method == 0 || method > MAX_METHOD || buf[method] != b' ' {
+        return Sniffed::Opaque;
+    }
+    let rest = &buf[method + 1..];
+    let target = rest.iter().take_while(|b| b.is_ascii_graphic()).count();
+    if target == rest.len() {
+        return Sniffed::NeedMore;
+    }
+    if target == 0 || rest[target] != b' ' {
+        return Sniffed::Opaque;
+    }
+    let version = &rest[target + 1..];
+    for want in [
+        &b"HTTP/1.1\r\n"[..],
+        b"HTTP/1.0\r\n",
+        b"HTTP/1.1\n",
+        b"HTTP/1.0\n",
+    ] {
+        let n = version.len().min(want.len());
+        if version[..n] == want[..n] {
+            return if n == want.len() {
+                Sniffed::Http1
+            } else {
+                Sniffed::NeedMore
+            };
+        }
+    }
+    Sniffed::Opaque
+}
+
+/// A cursor over big-endian TLS fields; every read is bounds-checked.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<usize> {
+        self.take(1).map(|b| usize::from(b[0]))
+    }
+
+    fn u16(&mut self) -> Option<usize> {
+        self.take(2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+
+    fn u24(&mut self) -> Option<usize> {
+        self.take(3)
+            .map(|b| (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2]))
+    }
+
+    /// A vector with a `len_bytes`-byte length prefix.
+    fn vec(&mut self, len_bytes: usize) -> Option<&'a [u8]> {
+        let len = match len_bytes {
+            1 => self.u8()?,
+            2 => self.u16()?,
+            _ => self.u24()?,
+        };
+        self.take(len)
+    }
+}
+
+/// A TLS record carrying a ClientHello (RFC 8446 §4.1.2, §5.1).
+fn tls(buf: &[u8]) -> Sniffed<'_> {
+    let mut record = Reader(buf);
+    let header = match record.take(5) {
+        Some(h) => h,
+        None => {
+            // Check what is there: content type 22, version 3.x.
+            let plausible = buf.get(1).is_none_or(|&major| major == 3)
+                && buf.get(2).is_none_or(|&minor| minor <= 4);
+            return if plausible {
+                Sniffed::NeedMore
+            } else {
+                Sniffed::Opaque
+            };
+        }
+    };
+    let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    if header[1] != 3 || header[2] > 4 || length == 0 || length > 1 << 14 {
+        return Sniffed::Opaque;
+    }
+    match buf.get(5) {
+        None => return Sniffed::NeedMore,
+        Some(1) => {}
+        Some(_) => return Sniffed::Opaque,
+    }
+    let Some(fragment) = record.take(length) else {
+        return Sniffed::NeedMore;
+    };
+    let mut handshake = Reader(fragment);
+    let (Some(_), Some(body_len)) = (handshake.u8(), handshake.u24()) else {
+        return Sniffed::Opaque;
+    };
+    let Some(body) = handshake.take(body_len) else {
+        // The ClientHello goes on in a further record: it is TLS, but its
+        // extensions are not all here.
+        return Sniffed::Tls(ClientHello::default());
+    };
+    match client_hello(body) {
+        Some(hello) => Sniffed::Tls(hello),
+        None => Sniffed::Opaque,
+    }
+}
+
+/// The extensions of a ClientHello body; `None` when it is malformed.
+fn client_hello(body: &[u8]) -> Option<ClientHello<'_>> {
+    let mut r = Reader(body);
+    r.take(2)?; // legacy_version
+    r.take(32)?; // random
+    r.vec(1)?; // legacy_session_id
+    r.vec(2)?; // cipher_suites
+    r.vec(1)?; // legacy_compression_methods
+    let mut hello = ClientHello::default();
+    if r.0.is_empty() {
+        return Some(hello); // no extensions (TLS 1.2 allows it)
+    }
+    let mut extensions = Reader(r.vec(2)?);
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16()?;
+        let data = extensions.vec(2)?;
+        match kind {
+            0 => hello.sni = server_name(data),
+            16 => hello.alpn_list = Some(Reader(data).vec(2)?),
+            _ => {}
+        }
+    }
+    Some(hello)
+}
+
+/// The `host_name` entry of a `server_name` extension.
+fn server_name(data: &[u8]) -> Option<&str> {
+    let mut list = Reader(Reader(data).vec(2)?);
+    while !list.0.is_empty() {
+        let kind = list.u8()?;
+        let name = list.vec(2)?;
+        if kind == 0 {
+            return std::str::from_utf8(name).ok().filter(|n| !n.is_empty());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ClientHello as rustls would send it, with `extensions` appended.
+    fn client_hello_record(extensions: &[u8]) -> Vec<u8> {
+        let mut body = vec![3, 3];
+        body.extend([7u8; 32]);
+        body.push(0); // session id
+        body.extend([0, 2, 0x13, 0x01]); // one cipher suite
+        body.extend([1, 0]); // null compression
+        body.extend((extensions.len() as u16).to_be_bytes());
+        body.extend(extensions);
+        let mut handshake = vec![1];
+        handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+        handshake.extend(body);
+        let mut record = vec![0x16, 3, 1];
+        record.extend((handshake.len() as u16).to_be_bytes());
+        record.extend(handshake);
+        record
+    }
+
+    fn sni_extension(name: &str) -> Vec<u8> {
+        let mut entry = vec![0];
+        entry.extend((name.len() as u16).to_be_bytes());
+        entry.extend(name.as_bytes());
+        let mut list = (entry.len() as u16).to_be_bytes().to_vec();
+        list.extend(entry);
+        let mut ext = vec![0, 0];
+        ext.extend((list.len() as u16).to_be_bytes());
+        ext.extend(list);
+        ext
+    }
+
+    fn alpn_extension(protocols: &[&str]) -> Vec<u8> {
+        let mut list = Vec::new();
+        for p in protocols {
+            list.push(p.len() as u8);
+            list.extend(p.as_bytes());
+        }
+        let mut data = (list.len() as u16).to_be_bytes().to_vec();
+        data.extend(list);
+        let mut ext = vec![0, 16];
+        ext.extend((data.len() as u16).to_be_bytes());
+        ext.extend(data);
+        ext
+    }
+
+    #[test]
+    fn http1_request_lines() {
+        assert_eq!(
+            sniff(b"GET /reviews/0 HTTP/1.1\r\nHost: reviews\r\n"),
+            Sniffed::Http1
+        );
+        assert_eq!(sniff(b"OPTIONS * HTTP/1.0\r\n"), Sniffed::Http1);
+        assert_eq!(sniff(b"M-SEARCH * HTTP/1.1\n"), Sniffed::Http1);
+        assert_eq!(
+            sniff(b"CONNECT example.com:443 HTTP/1.1\r\n"),
+            Sniffed::Http1
+        );
+        for partial in [
+            &b"G"[..],
+            b"GET",
+            b"GET ",
+            b"GET /a",
+            b"GET /a ",
+            b"GET /a HTTP/1",
+            b"GET /a HTTP/1.1\r",
+        ] {
+            assert_eq!(
+                sniff(partial),
+                Sniffed::NeedMore,
+                "{:?}",
+                String::from_utf8_lossy(partial)
+            );
+            assert_eq!(sniff_final(partial), Sniffed::Opaque);
+        }
+    }
+
+    #[test]
+    fn what_is_not_http1_is_opaque_as_soon_as_it_shows() {
+        for bytes in [
+            &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
+            b"GET /a HTTP/2.0\r\n",
+            b"GET /a HTTP/1.2\r\n",
+            b"GET  /a HTTP/1.1\r\n",
+            b"GET /a\tb HTTP/1.1\r\n",
+            b"\0\0\0\x0c",
+            b"*3\r\n$3\r\nSET\r\n",
+            b"{\"json\": true}",
+            b"HELLO",
+        ] {
+            let got = sniff_final(bytes);
+            assert_eq!(got, Sniffed::Opaque, "{:?}", String::from_utf8_lossy(bytes));
+        }
+        assert_eq!(
+            sniff(&[b'A'; MAX_METHOD + 1]),
+            Sniffed::Opaque,
+            "an endless method is no method"
+        );
+        assert_eq!(sniff(b""), Sniffed::NeedMore);
+    }
+
+    #[test]
+    fn the_http2_preface() {
+        assert_eq!(sniff(H2_PREFACE), Sniffed::Http2);
+        let mut with_settings = H2_PREFACE.to_vec();
+        with_settings.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(sniff(&with_settings), Sniffed::Http2);
+        assert_eq!(sniff(&H2_PREFACE[..10]), Sniffed::NeedMore);
+        assert_eq!(sniff(b"PRI * HTTP/2.0\r\n\r\nXX"), Sniffed::Opaque);
+    }
+
+    #[test]
+    fn a_client_hello_gives_its_sni_and_alpn() {
+        let mut extensions = sni_extension("reviews.default.svc.cluster.local");
+        extensions.extend(alpn_extension(&["h2", "http/1.1"]));
+        let record = client_hello_record(&extensions);
+        let Sniffed::Tls(hello) = sniff(&record) else {
+            panic!("not TLS: {:?}", sniff(&record));
+        };
+        assert_eq!(hello.sni, Some("reviews.default.svc.cluster.local"));
+        let alpn: Vec<&[u8]> = hello.alpn().collect();
+        assert_eq!(alpn, [&b"h2"[..], b"http/1.1"]);
+        for cut in [1, 3, 5, 6, record.len() - 1] {
+            assert_eq!(sniff(&record[..cut]), Sniffed::NeedMore, "cut at {cut}");
+        }
+        let bare = client_hello_record(&[]);
+        assert_eq!(sniff(&bare), Sniffed::Tls(ClientHello::default()));
+    }
+
+    #[test]
+    fn a_real_rustls_client_hello() {
+        use std::sync::Arc;
+        let roots = rustls::RootCertStore::empty();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"istio".to_vec(), b"h2".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from("ratings.example.com").unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut wire = Vec::new();
+        conn.write_tls(&mut wire).unwrap();
+        let Sniffed::Tls(hello) = sniff(&wire) else {
+            panic!("rustls' hello is TLS");
+        };
+        assert_eq!(hello.sni, Some("ratings.example.com"));
+        assert_eq!(hello.alpn().next(), Some(&b"istio"[..]));
+    }
+
+    #[test]
+    fn broken_or_other_tls_records_are_opaque_and_never_panic() {
+        assert_eq!(
+            sniff(&[0x16, 2]),
+            Sniffed::Opaque,
+            "SSLv2-era major version"
+        );
+        assert_eq!(sniff(&[0x16, 3, 9]), Sniffed::Opaque);
+        assert_eq!(sniff(&[0x16, 3, 1, 0, 0]), Sniffed::Opaque, "empty record");
+        assert_eq!(
+            sniff(&[0x16, 3, 1, 0, 4, 2, 0, 0, 0]),
+            Sniffed::Opaque,
+            "a ServerHello"
+        );
+        let mut record = client_hello_record(&sni_extension("a.example"));
+        // Lie about the extensions' length: malformed, not a panic.
+        let at = record.len() - sni_extension("a.example").len() - 2;
+        record[at] = 0xff;
+        assert_eq!(sniff(&record), Sniffed::Opaque);
+        // Every prefix and every single-byte corruption of a hello is handled.
+        let good = client_hello_record(&sni_extension("b.example"));
+        for i in 0..good.len() {
+            let _ = sniff(&good[..i]);
+            let mut bad = good.clone();
+            bad[i] ^= 0xa5;
+            let _ = sniff(&bad);
+        }
+    }
+
+    #[test]
+    fn a_hello_split_over_records_is_tls_without_extensions() {
+        let full = client_hello_record(&sni_extension("c.example"));
+        // One record holding only the first 20 bytes of the handshake message.
+        let mut first = vec![0x16, 3, 1, 0, 20];
+        first.extend(&full[5..25]);
+        assert_eq!(sniff(&first), Sniffed::Tls(ClientHello::default()));
+    }
+}

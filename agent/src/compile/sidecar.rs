@@ -1,0 +1,325 @@
+//! Istio's `Sidecar`: which one applies to this workload, the services its
+//! `egress[].hosts` let the agent load, and its `outboundTrafficPolicy`.
+//!
+//! As Istio picks it: a Sidecar in the workload's namespace whose
+//! `workloadSelector` matches the workload's labels; else the one in that
+//! namespace without a selector; else the one without a selector in the
+//! root namespace (`istio-system`). Several at one level: the first wins,
+//! the others are warned about (Istio takes the oldest).
+
+use crate::config::diagnostics::Diagnostics;
+use crate::config::documents::Document;
+use crate::config::gateway::SidecarSpec;
+use crate::model::capture::OutboundTrafficMode;
+
+use std::collections::BTreeMap;
+
+/// Istio's default `rootNamespace`: Sidecars there without a selector
+/// apply to every namespace that has none of its own.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// What the applying Sidecar says.
+#[derive(Debug, Default)]
+pub(super) struct SidecarScope {
+    /// `namespace/name` of the Sidecar, when one applies.
+    pub name: Option<String>,
+    /// Its `outboundTrafficPolicy.mode`, when set.
+    pub mode: Option<OutboundTrafficMode>,
+    /// Services visible to the workload; `None`: all of them.
+    pub egress: Option<EgressScope>,
+}
+
+/// The hosts of a Sidecar's egress listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct EgressScope {
+    rules: Vec<EgressRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EgressRule {
+    /// The listener's port: the hosts are visible on it only.
+    port: Option<u16>,
+    namespace: NamespaceMatch,
+    host: HostMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NamespaceMatch {
+    /// `*`.
+    Any,
+    /// A namespace by name (`.` is the Sidecar's own).
+    Named(String),
+    /// `~`: none.
+    Nothing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostMatch {
+    /// `*`.
+    Any,
+    /// `*.suffix`: hosts ending in `.suffix` (wildcard hosts included).
+    Suffix(String),
+    /// One host.
+    Exact(String),
+}
+
+impl HostMatch {
+    fn parse(dns: &str) -> Self {
+        let dns = dns.to_ascii_lowercase();
+        if dns == "*" {
+            HostMatch::Any
+        } else if let Some(suffix) = dns.strip_prefix("*.") {
+            HostMatch::Suffix(suffix.to_owned())
+        } else {
+            HostMatch::Exact(dns)
+        }
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Any => true,
+            HostMatch::Suffix(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|head| head.ends_with('.')),
+            HostMatch::Exact(exact) => host == exact,
+        }
+    }
+}
+
+impl EgressScope {
+    /// Whether the service `host`, declared in `namespace`, is visible on
+    /// `port`.
+    pub fn allows(&self, namespace: &str, host: &str, port: u16) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.rules.iter().any(|rule| {
+            rule.port.is_none_or(|p| p == port)
+                && match &rule.namespace {
+                    NamespaceMatch::Any => true,
+                    NamespaceMatch::Named(ns) => ns == namespace,
+                    NamespaceMatch::Nothing => false,
+                }
+                && rule.host.matches(&host)
+        })
+    }
+}
+
+/// The Sidecar that applies to a workload with `labels` in `namespace`,
+/// compiled.
+pub(super) fn applying(
+    sidecars: &[Document<SidecarSpec>],
+    labels: &BTreeMap<String, String>,
+    namespace: &str,
+    diags: &mut Diagnostics,
+) -> SidecarScope {
+    let ns_of = |d: &Document<SidecarSpec>| {
+        d.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| namespace.to_owned())
+    };
+    // 0: selects this workload; 1: its namespace's default; 2: the mesh's.
+    let level = |d: &Document<SidecarSpec>| -> Option<u8> {
+        let ns = ns_of(d);
+        match &d.spec.workload_selector {
+            Some(selector) if ns == namespace && selector.matches(labels) => Some(0),
+            None if ns == namespace => Some(1),
+            None if ns == ROOT_NAMESPACE => Some(2),
+            _ => None,
+        }
+    };
+    let Some(best) = sidecars.iter().filter_map(level).min() else {
+        return SidecarScope::default();
+    };
+    let mut applying = sidecars.iter().filter(|d| level(d) == Some(best));
+    let Some(first) = applying.next() else {
+        return SidecarScope::default();
+    };
+    let name = format!("{}/{}", ns_of(first), first.metadata.name);
+    for other in applying {
+        let msg = format!("Sidecar {name} applies to this workload already; this one is ignored");
+        diags.warn(&other.location, None, msg);
+    }
+    compile(first, &ns_of(first), name)
+}
+
+fn compile(doc: &Document<SidecarSpec>, namespace: &str, name: String) -> SidecarScope {
+    let mode = doc
+        .spec
+        .outbound_traffic_policy
+        .as_ref()
+        .and_then(|p| p.mode.as_deref())
+        .and_then(OutboundTrafficMode::parse);
+    let egress = (!doc.spec.egress.is_empty()).then(|| EgressScope {
+        rules: doc
+            .spec
+            .egress
+            .iter()
+            .flat_map(|listener| {
+                let port = listener
+                    .port
+                    .as_ref()
+                    .and_then(|p| u16::try_from(p.number).ok());
+                listener.hosts.iter().filter_map(move |h| {
+                    // Validation has refused hosts without a `namespace/`.
+                    let (ns, dns) = h.split_once('/')?;
+                    let namespace = match ns {
+                        "*" => NamespaceMatch::Any,
+                        "~" => NamespaceMatch::Nothing,
+                        "." => NamespaceMatch::Named(namespace.to_owned()),
+                        other => NamespaceMatch::Named(other.to_owned()),
+                    };
+                    Some(EgressRule {
+                        port,
+                        namespace,
+                        host: HostMatch::parse(dns),
+                    })
+                })
+            })
+            .collect(),
+    });
+    SidecarScope {
+        name: Some(name),
+        mode,
+        egress,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::diagnostics::Location;
+    use crate::config::gateway::{EgressListener, OutboundTrafficPolicy, Port};
+    use crate::config::meta::{ObjectMeta, WorkloadLabels};
+    use std::sync::Arc;
+
+    fn sidecar(
+        name: &str,
+        ns: &str,
+        selector: Option<&[(&str, &str)]>,
+        egress: &[(Option<u32>, &[&str])],
+    ) -> Document<SidecarSpec> {
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        Document {
+            location: Location::file(&file),
+            api_version: "networking.istio.io/v1".into(),
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            spec: SidecarSpec {
+                workload_selector: selector.map(|l| WorkloadLabels {
+                    labels: l.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+                }),
+                egress: egress
+                    .iter()
+                    .map(|(port, hosts)| EgressListener {
+                        port: port.map(|number| Port {
+                            number,
+                            protocol: "HTTP".into(),
+                            name: "http".into(),
+                            target_port: None,
+                        }),
+                        hosts: hosts.iter().map(|h| (*h).into()).collect(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                outbound_traffic_policy: Some(OutboundTrafficPolicy {
+                    mode: Some("REGISTRY_ONLY".into()),
+                    egress_proxy: None,
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn labels() -> BTreeMap<String, String> {
+        [("app".to_owned(), "productpage".to_owned())].into()
+    }
+
+    #[test]
+    fn a_selector_beats_the_namespace_default_which_beats_the_root() {
+        let all = [
+            sidecar("root", ROOT_NAMESPACE, None, &[(None, &["*/*"])]),
+            sidecar("ns-default", "default", None, &[(None, &["./*"])]),
+            sidecar(
+                "other-app",
+                "default",
+                Some(&[("app", "reviews")]),
+                &[(None, &["./*"])],
+            ),
+            sidecar(
+                "mine",
+                "default",
+                Some(&[("app", "productpage")]),
+                &[(None, &["./*"])],
+            ),
+            sidecar(
+                "mine-too",
+                "default",
+                Some(&[("app", "productpage")]),
+                &[(None, &["./*"])],
+            ),
+            sidecar("elsewhere", "prod", None, &[(None, &["./*"])]),
+        ];
+        let mut diags = Diagnostics::default();
+        let scope = applying(&all, &labels(), "default", &mut diags);
+        assert_eq!(scope.name.as_deref(), Some("default/mine"));
+        assert_eq!(scope.mode, Some(OutboundTrafficMode::RegistryOnly));
+        assert_eq!(diags.warnings().count(), 1, "mine-too is ignored");
+        let scope = applying(&all[..3], &labels(), "default", &mut diags);
+        assert_eq!(scope.name.as_deref(), Some("default/ns-default"));
+        let scope = applying(&all[..1], &labels(), "default", &mut diags);
+        assert_eq!(scope.name.as_deref(), Some("istio-system/root"));
+        let scope = applying(&all[5..], &labels(), "default", &mut diags);
+        assert!(scope.name.is_none() && scope.egress.is_none() && scope.mode.is_none());
+    }
+
+    #[test]
+    fn egress_hosts_as_istio_reads_them() {
+        let doc = sidecar(
+            "s",
+            "default",
+            None,
+            &[
+                (
+                    None,
+                    &[
+                        "./reviews.default.svc.cluster.local",
+                        "istio-system/*",
+                        "*/*.googleapis.com",
+                    ],
+                ),
+                (Some(5432), &["prod/db.prod.svc.cluster.local"]),
+                (None, &["~/*"]),
+            ],
+        );
+        let mut diags = Diagnostics::default();
+        let scope = applying(&[doc], &labels(), "default", &mut diags);
+        let egress = scope.egress.expect("egress");
+        assert!(egress.allows("default", "reviews.default.svc.cluster.local", 9080));
+        assert!(
+            egress.allows("default", "Reviews.Default.svc.cluster.local", 9080),
+            "case-insensitive"
+        );
+        assert!(!egress.allows("default", "ratings.default.svc.cluster.local", 9080));
+        assert!(
+            !egress.allows("prod", "reviews.default.svc.cluster.local", 9080),
+            "namespace counts"
+        );
+        assert!(egress.allows("istio-system", "anything.example", 80));
+        assert!(egress.allows("ext", "storage.googleapis.com", 443));
+        assert!(egress.allows("ext", "a.b.googleapis.com", 443));
+        assert!(
+            egress.allows("ext", "*.googleapis.com", 443),
+            "a wildcard service inside the pattern"
+        );
+        assert!(!egress.allows("ext", "googleapis.com", 443));
+        assert!(!egress.allows("ext", "evilgoogleapis.com", 443));
+        assert!(egress.allows("prod", "db.prod.svc.cluster.local", 5432));
+        assert!(
+            !egress.allows("prod", "db.prod.svc.cluster.local", 5433),
+            "only on its listener's port"
+        );
+    }
+}

@@ -98,6 +98,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let services = collector_services(&collector);
             collector
                 .run_until(services, signal::shutdown_signal(), |_| {})
+                .map_err(|error| match error.port_in_use() {
+                    Some((listener, addr)) => anyhow::anyhow!(
+                        "{addr} is in use (another collector, or Jaeger?): stop it, or \
+                         choose another address with --{}",
+                        listener.replace('_', "-")
+                    ),
+                    None => anyhow::Error::from(error),
+                })
                 .context("collector")?;
             Ok(ExitCode::SUCCESS)
         }

@@ -554,3 +554,24 @@ fn slow_ratings_shows_in_the_traces() {
             .any(|s| &*s.service == "reviews" && s.kind == CLIENT && &*s.operation == name)
     );
 }
+
+#[test]
+fn a_taken_ui_port_is_said_once_with_the_flag_that_moves_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = taken.local_addr().expect("an address").port().to_string();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tracemesh"))
+        .args(["demo", "--ui-port", &port, "--duration", "5s"])
+        .output()
+        .expect("tracemesh runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    let error = errors[0];
+    assert!(
+        error.contains(&format!("UI port {port} is in use")),
+        "{error}"
+    );
+    assert!(error.contains("--ui-port"), "{error}");
+    assert_eq!(error.matches("in use").count(), 1, "said once: {error}");
+}

@@ -23,7 +23,7 @@ pub enum AgentError {
     #[error(transparent)]
     Config(#[from] ConfigRejected),
     /// A listener could not be bound, or a thread could not start.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// Metric registration failed (a bug: names are fixed).
     #[error("metrics: {0}")]

@@ -40,12 +40,38 @@ pub enum CollectorError {
     /// An exporter's settings are wrong.
     #[error(transparent)]
     Exporter(#[from] ExportConfigError),
-    /// A listener could not be bound, or a thread could not start.
-    #[error("{0}")]
+    /// A listener could not be bound.
+    #[error("bind {addr} ({listener})")]
+    Bind {
+        /// Which listener (`otlp_grpc`, `otlp_http`, `zipkin`, `http`).
+        listener: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why (in use, not permitted, …).
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread could not start, or the disk failed.
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// Metric registration failed (a bug: names are fixed).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+}
+
+impl CollectorError {
+    /// The listener and address, when a listener's port was already in use
+    /// (so a command can say which of its flags moves it).
+    pub fn port_in_use(&self) -> Option<(&'static str, SocketAddr)> {
+        match self {
+            Self::Bind {
+                listener,
+                addr,
+                source,
+            } if source.kind() == std::io::ErrorKind::AddrInUse => Some((listener, *addr)),
+            _ => None,
+        }
+    }
 }
 
 /// Where a running collector listens (port 0 resolved).
@@ -217,15 +243,19 @@ impl Collector {
             span_limits: config.span_limits,
         });
 
-        let bind = |addr: SocketAddr| async move {
+        let bind = |listener: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))
+                .map_err(|source| CollectorError::Bind {
+                    listener,
+                    addr,
+                    source,
+                })
         };
-        let grpc_listener = bind(config.listen.otlp_grpc).await?;
-        let http_listener = bind(config.listen.otlp_http).await?;
-        let zipkin_listener = bind(config.listen.zipkin).await?;
-        let api_listener = bind(config.listen.http).await?;
+        let grpc_listener = bind("otlp_grpc", config.listen.otlp_grpc).await?;
+        let http_listener = bind("otlp_http", config.listen.otlp_http).await?;
+        let zipkin_listener = bind("zipkin", config.listen.zipkin).await?;
+        let api_listener = bind("http", config.listen.http).await?;
         let addresses = [
             &grpc_listener,
             &http_listener,

@@ -138,10 +138,19 @@ fn start_collector(
     config.validate()?;
     let collector = Collector::open(config).context("collector")?;
     let router = services(&collector);
+    let ui_port = args.ui_port;
     roles::spawn("collector", move |stop, ready| {
         collector
             .run_until(router, stop, ready)
-            .map_err(anyhow::Error::from)
+            .map_err(|error| match error.port_in_use() {
+                Some(("http", addr)) => anyhow!(
+                    "the UI port {} is in use on {} (another demo, collector or Jaeger?): \
+                     stop it, or choose another port with --ui-port (0: any free port)",
+                    ui_port,
+                    addr.ip()
+                ),
+                _ => anyhow::Error::from(error),
+            })
     })
 }
 

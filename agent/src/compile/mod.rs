@@ -4,8 +4,8 @@
 
 mod access;
 mod bootstrap;
-mod decided;
 mod capture;
+mod decided;
 mod mtls;
 mod policy;
 mod registry;
@@ -36,6 +36,9 @@ struct Documents {
     rate_limit_policies: Vec<Document<crate::config::rate_limit::RateLimitPolicySpec>>,
     workload_entries: Vec<Document<crate::config::service_entry::WorkloadEntry>>,
     sidecars: Vec<Document<crate::config::gateway::SidecarSpec>>,
+    mesh_configs: Vec<Document<crate::config::mesh::MeshConfig>>,
+    telemetries: Vec<Document<crate::config::telemetry::TelemetrySpec>>,
+    request_authentications: Vec<Document<crate::config::security::RequestAuthenticationSpec>>,
 }
 
 impl Documents {
@@ -52,6 +55,9 @@ impl Documents {
                 Resource::RateLimitPolicy(d) => docs.rate_limit_policies.push(d),
                 Resource::WorkloadEntry(d) => docs.workload_entries.push(d),
                 Resource::Sidecar(d) => docs.sidecars.push(d),
+                Resource::MeshConfig(d) => docs.mesh_configs.push(d),
+                Resource::Telemetry(d) => docs.telemetries.push(d),
+                Resource::RequestAuthentication(d) => docs.request_authentications.push(d),
                 // Validated and warned about already; nothing to compile.
                 Resource::Unused(_) => {}
             }

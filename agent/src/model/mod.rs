@@ -5,6 +5,7 @@ pub mod authz;
 pub mod capture;
 pub mod cluster;
 pub mod live;
+pub mod mesh;
 pub mod policy;
 pub mod rate_limit;
 pub mod route;

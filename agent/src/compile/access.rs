@@ -1,6 +1,6 @@
 //! AuthorizationPolicies and RateLimitPolicies → what applies to this
-//! workload: selected by namespace (the root namespace `istio-system`
-//! applies mesh-wide) and by the workload's labels.
+//! workload: selected by namespace (the mesh's root namespace, `istio-system`
+//! unless the mesh config says otherwise, applies mesh-wide) and by the workload's labels.
 
 use std::sync::Arc;
 
@@ -21,9 +21,6 @@ use crate::model::authz::{
 use crate::model::live::LiveState;
 use crate::model::rate_limit::{BucketSettings, KeyKind, RateLimiter};
 
-/// Istio's root namespace: policies there apply to the whole mesh.
-const ROOT_NAMESPACE: &str = "istio-system";
-
 fn applies(
     meta: &ObjectMeta,
     selector: Option<&WorkloadSelector>,
@@ -31,7 +28,7 @@ fn applies(
     boot: &Bootstrap,
 ) -> bool {
     let namespace = meta.namespace.as_deref().unwrap_or(agent_namespace);
-    (namespace == ROOT_NAMESPACE || namespace == boot.identity.namespace)
+    (namespace == boot.root_namespace || namespace == boot.identity.namespace)
         && selector.is_none_or(|s| s.matches(&boot.identity.labels))
 }
 

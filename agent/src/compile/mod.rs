@@ -6,6 +6,7 @@ mod access;
 mod bootstrap;
 mod capture;
 mod decided;
+mod mesh;
 mod mtls;
 mod policy;
 mod registry;
@@ -164,13 +165,20 @@ fn build(
     diags: &mut Diagnostics,
 ) -> Option<Snapshot> {
     let agent = bootstrap::single_agent(file, &docs.agents, diags)?;
-    let boot = bootstrap::compile(agent, diags);
+    let mesh = mesh::compile(&docs.mesh_configs, diags);
+    let boot = bootstrap::compile(agent, &mesh, diags);
     let namespace = boot
         .as_ref()
         .map_or("default", |b| b.identity.namespace.as_str())
         .to_owned();
     let has_identity = boot.as_ref().is_some_and(|b| b.has_identity);
-    let sidecar = sidecar::applying(&docs.sidecars, &agent.spec.labels, &namespace, diags);
+    let sidecar = sidecar::applying(
+        &docs.sidecars,
+        &agent.spec.labels,
+        &namespace,
+        &mesh.mesh.root_namespace,
+        diags,
+    );
     let mut registry = registry::Registry::build(
         &docs.service_entries,
         &docs.workload_entries,
@@ -212,6 +220,7 @@ fn build(
             entries: &docs.service_entries,
             registry: &registry,
             sidecar: &sidecar,
+            mesh_mode: mesh.outbound_traffic_policy,
         },
         diags,
     );

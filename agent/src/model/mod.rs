@@ -1,9 +1,11 @@
 //! The compiled, immutable form of a config: what the request path reads.
 //! Built once per load by `compile`, swapped atomically on reload.
 
+pub mod authn;
 pub mod authz;
 pub mod capture;
 pub mod cluster;
+pub mod jwks;
 pub mod live;
 pub mod mesh;
 pub mod policy;

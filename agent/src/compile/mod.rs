@@ -3,6 +3,7 @@
 //! request path needs (regexes, route tables, balancers).
 
 mod access;
+mod authn;
 mod bootstrap;
 mod capture;
 mod decided;
@@ -202,8 +203,14 @@ fn build(
     let boot = boot?;
     let inbound = registry::inbound_cluster(&boot, states);
     let tcp_routes = registry.tcp_routes(agent, &namespace, diags);
-    let authorization =
-        access::authorization(&docs.authorization_policies, &boot, &namespace, diags);
+    let authorization = access::authorization(
+        &docs.authorization_policies,
+        &boot,
+        &mesh.mesh,
+        &namespace,
+        diags,
+    );
+    let authn = authn::authenticator(&docs.request_authentications, &boot, states, diags);
     let rate_limits =
         access::rate_limits(&docs.rate_limit_policies, &boot, &namespace, states, diags);
     let inbound_mtls = mtls::inbound_mode(
@@ -237,7 +244,12 @@ fn build(
         inbound,
         tcp_routes,
         clusters,
+        access: Arc::new(crate::model::access::AccessControl {
+            authn,
+            authz: authorization.clone(),
+        }),
         authorization,
+        mesh: Arc::new(mesh.mesh),
         rate_limits,
         inbound_mtls,
         path_normalization: boot.path_normalization,

@@ -226,6 +226,7 @@ impl Authenticator {
             .find(|r| r.issuer == issuer)
             .ok_or_else(|| fail(reason::UNKNOWN_ISSUER, None))?;
         let Some(keys) = rule.keys.keys() else {
+            rule.keys.start();
             return Err(fail(reason::NO_JWKS, Some(rule)));
         };
         let mut validation = Validation::new(header.alg);

@@ -138,13 +138,13 @@ impl JwksStore {
     }
 
     /// A store for `uri`, empty until its first fetch.
-    pub fn remote(uri: &str) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn remote(uri: &str) -> Self {
+        Self {
             uri: Some(uri.to_owned()),
             keys: ArcSwapOption::empty(),
             last_error: Mutex::new(None),
             started: std::sync::Once::new(),
-        })
+        }
     }
 
     /// The keys in hand (none before a first successful fetch).

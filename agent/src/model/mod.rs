@@ -1,6 +1,7 @@
 //! The compiled, immutable form of a config: what the request path reads.
 //! Built once per load by `compile`, swapped atomically on reload.
 
+pub mod access;
 pub mod authn;
 pub mod authz;
 pub mod capture;
@@ -99,6 +100,11 @@ pub struct Snapshot {
     pub clusters: Vec<Arc<Cluster>>,
     /// AuthorizationPolicies that apply to this workload (inbound).
     pub authorization: authz::Authorization,
+    /// Authentication, then CUSTOM, DENY and ALLOW policies, in one place
+    /// (inbound): what the request path calls once per request.
+    pub access: Arc<access::AccessControl>,
+    /// The mesh config (root namespace, extension providers, defaults).
+    pub mesh: Arc<mesh::Mesh>,
     /// RateLimitPolicy rules that apply to this workload (inbound).
     pub rate_limits: Vec<Arc<rate_limit::RateLimiter>>,
     /// The inbound mTLS mode (PeerAuthentication).

@@ -404,3 +404,7 @@ impl JwtRule {
             || self.space_delimited_claims.iter().any(|c| c == claim)
     }
 }
+
+#[cfg(test)]
+#[path = "authn_tests.rs"]
+mod tests;

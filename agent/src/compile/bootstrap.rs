@@ -54,7 +54,7 @@ pub(super) fn single_agent<'a>(
 
 pub(super) fn compile(
     doc: &Document<AgentSpec>,
-    mesh: &super::mesh::MeshDefaults<'_>,
+    mesh: &super::mesh::MeshDefaults,
     diags: &mut Diagnostics,
 ) -> Option<Bootstrap> {
     let spec = &doc.spec;

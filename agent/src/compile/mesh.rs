@@ -29,21 +29,16 @@ use crate::model::mesh::{
 use crate::path::PathNormalization;
 
 /// The compiled mesh and the mesh-wide defaults the Agent may override.
-pub(super) struct MeshDefaults<'a> {
+pub(super) struct MeshDefaults {
     pub mesh: Mesh,
     /// `outboundTrafficPolicy.mode`.
     pub outbound_traffic_policy: Option<OutboundTrafficMode>,
     /// `pathNormalization.normalization`.
     pub path_normalization: Option<PathNormalization>,
-    /// The raw document, for Telemetry's tracing defaults.
-    pub config: Option<&'a MeshConfig>,
 }
 
 /// The file's one mesh config (a second one is an error), compiled.
-pub(super) fn compile<'a>(
-    docs: &'a [Document<MeshConfig>],
-    diags: &mut Diagnostics,
-) -> MeshDefaults<'a> {
+pub(super) fn compile(docs: &[Document<MeshConfig>], diags: &mut Diagnostics) -> MeshDefaults {
     if let [first, rest @ ..] = docs {
         for extra in rest {
             let msg = format!(
@@ -58,7 +53,6 @@ pub(super) fn compile<'a>(
             mesh: Mesh::default(),
             outbound_traffic_policy: None,
             path_normalization: None,
-            config: None,
         };
     };
     let config = &doc.spec;
@@ -107,7 +101,6 @@ pub(super) fn compile<'a>(
             .as_ref()
             .and_then(|p| p.normalization.as_deref())
             .and_then(PathNormalization::parse),
-        config: Some(config),
     }
 }
 

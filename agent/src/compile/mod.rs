@@ -14,6 +14,7 @@ mod registry;
 mod route_policy;
 mod routes;
 mod sidecar;
+mod telemetry;
 mod unenforced;
 mod upstream_tls;
 pub mod validate;
@@ -210,6 +211,7 @@ fn build(
         &namespace,
         diags,
     );
+    let telemetry = telemetry::compile(&docs.telemetries, &boot, &mesh.mesh, diags);
     let authn = authn::authenticator(&docs.request_authentications, &boot, states, diags);
     let rate_limits =
         access::rate_limits(&docs.rate_limit_policies, &boot, &namespace, states, diags);
@@ -250,6 +252,7 @@ fn build(
         }),
         authorization,
         mesh: Arc::new(mesh.mesh),
+        telemetry: Arc::new(telemetry),
         rate_limits,
         inbound_mtls,
         path_normalization: boot.path_normalization,
@@ -283,6 +286,11 @@ fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Valu
     resources.extend(entries("PeerAuthentication", &docs.peer_authentications));
     resources.extend(entries("RateLimitPolicy", &docs.rate_limit_policies));
     resources.extend(entries("Sidecar", &docs.sidecars));
+    resources.extend(entries(
+        "RequestAuthentication",
+        &docs.request_authentications,
+    ));
+    resources.extend(entries("Telemetry", &docs.telemetries));
     // Bootstrap tokens stay out of the dump.
     for resource in &mut resources {
         if let Some(token) = resource.pointer_mut("/spec/identity/ca/token") {

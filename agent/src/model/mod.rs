@@ -6,6 +6,7 @@ pub mod authn;
 pub mod authz;
 pub mod capture;
 pub mod cluster;
+pub mod expr;
 pub mod jwks;
 pub mod live;
 pub mod mesh;
@@ -13,6 +14,7 @@ pub mod policy;
 pub mod rate_limit;
 pub mod route;
 pub mod service;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -105,6 +107,9 @@ pub struct Snapshot {
     pub access: Arc<access::AccessControl>,
     /// The mesh config (root namespace, extension providers, defaults).
     pub mesh: Arc<mesh::Mesh>,
+    /// Tracing, metrics and access logs per side, from the Telemetry
+    /// resources that apply to this workload.
+    pub telemetry: Arc<telemetry::TelemetryPolicy>,
     /// RateLimitPolicy rules that apply to this workload (inbound).
     pub rate_limits: Vec<Arc<rate_limit::RateLimiter>>,
     /// The inbound mTLS mode (PeerAuthentication).

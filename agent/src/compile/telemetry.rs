@@ -59,6 +59,10 @@ pub(super) fn compile(
 ) -> TelemetryPolicy {
     let applying = applying(docs, boot, diags);
     check_providers(&applying, mesh, diags);
+    if let Some(first) = applying.first() {
+        let msg = "compiled into the workload's telemetry policy; the request path does not apply it yet: the Agent's spec.telemetry and spec.accessLog apply";
+        diags.warn(&first.location, None, msg);
+    }
     let mut policy = TelemetryPolicy {
         sources: applying
             .iter()

@@ -4,6 +4,9 @@
 //! body), the authorizer down with `failOpen` true and false, timeouts, and
 //! the body in the check.
 
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -146,13 +146,11 @@ pub fn check_request(
     })
 }
 
+/// Headers to set or append.
+type HeaderList = Vec<(HeaderName, HeaderValue)>;
+
 /// Header edits of a `HeaderValueOption` list: (set, append).
-fn options(
-    list: &[HeaderValueOption],
-) -> (
-    Vec<(HeaderName, HeaderValue)>,
-    Vec<(HeaderName, HeaderValue)>,
-) {
+fn options(list: &[HeaderValueOption]) -> (HeaderList, HeaderList) {
     let (mut set, mut append) = (Vec::new(), Vec::new());
     for option in list {
         let Some(header) = &option.header else {
@@ -169,11 +167,7 @@ fn options(
         };
         // `append` defaults to false in ext_authz answers; `append_action`
         // 0 (APPEND_IF_EXISTS_OR_ADD) only counts when `append` is unset.
-        let appends = match option.append {
-            Some(flag) => flag,
-            None => false,
-        };
-        if appends {
+        if option.append.unwrap_or_default() {
             append.push((name, value));
         } else {
             set.push((name, value));

@@ -193,7 +193,7 @@ pub enum ExtAuthzError {
 #[derive(Debug)]
 pub enum ExtAuthzClient {
     /// HTTP protocol.
-    Http(http::HttpAuthzClient),
+    Http(Box<http::HttpAuthzClient>),
     /// gRPC protocol.
     Grpc(grpc::GrpcAuthzClient),
 }
@@ -212,7 +212,7 @@ pub struct Verdict {
 impl ExtAuthzClient {
     /// A client for HTTP settings.
     pub fn http(settings: std::sync::Arc<HttpAuthzSettings>) -> Self {
-        Self::Http(http::HttpAuthzClient::new(settings))
+        Self::Http(Box::new(http::HttpAuthzClient::new(settings)))
     }
 
     /// A client for gRPC settings.

@@ -1,8 +1,8 @@
 //! The expressions of Telemetry: `accessLogging[].filter.expression` and a
 //! metric's `tagOverrides[].value`. Istio writes both in CEL over Envoy's
 //! attributes; the agent compiles a documented subset of CEL once per config
-//! load and evaluates it per request without allocating (except `string()`
-//! of a number).
+//! load and evaluates it per request without allocating (except for
+//! `source.address`, `destination.address` and `string()` of a number).
 //!
 //! The subset:
 //! - literals: integers, `'single'` or `"double"` quoted strings, `true`,

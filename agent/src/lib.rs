@@ -10,6 +10,7 @@ pub mod by_address;
 pub mod capture;
 pub mod compile;
 pub mod config;
+pub mod ext_authz;
 pub mod flags;
 pub mod host;
 pub mod model;

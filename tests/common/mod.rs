@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod client;
 pub mod demo;
+pub mod ext_authz;
 pub mod grpc;
 pub mod mesh;
 pub mod metrics;

@@ -1,6 +1,6 @@
 //! AuthorizationPolicies and RateLimitPolicies → what applies to this
-//! workload: selected by namespace (the root namespace `istio-system`
-//! applies mesh-wide) and by the workload's labels.
+//! workload: selected by namespace (the mesh's root namespace, `istio-system`
+//! unless the mesh config says otherwise, applies mesh-wide) and by the workload's labels.
 
 use std::sync::Arc;
 
@@ -15,14 +15,14 @@ use crate::config::security::{
     AuthorizationPolicySpec, AuthorizationRule, Condition as RawCondition, Operation as RawOp,
     Source as RawSource,
 };
+use crate::ext_authz::ExtAuthzClient;
 use crate::model::authz::{
-    Authorization, Cidr, Condition, ConditionKey, Operation, Pattern, Policy, Rule, Source, Values,
+    Authorization, Cidr, Condition, ConditionKey, CustomPolicy, Operation, Pattern, Policy, Rule,
+    Source, Values,
 };
 use crate::model::live::LiveState;
+use crate::model::mesh::{Mesh, ProviderConfig};
 use crate::model::rate_limit::{BucketSettings, KeyKind, RateLimiter};
-
-/// Istio's root namespace: policies there apply to the whole mesh.
-const ROOT_NAMESPACE: &str = "istio-system";
 
 fn applies(
     meta: &ObjectMeta,
@@ -31,7 +31,7 @@ fn applies(
     boot: &Agent,
 ) -> bool {
     let namespace = meta.namespace.as_deref().unwrap_or(agent_namespace);
-    (namespace == ROOT_NAMESPACE || namespace == boot.identity.namespace)
+    (namespace == boot.root_namespace || namespace == boot.identity.namespace)
         && selector.is_none_or(|s| s.matches(&boot.identity.labels))
 }
 
@@ -39,10 +39,12 @@ fn applies(
 pub(super) fn authorization(
     docs: &[Document<AuthorizationPolicySpec>],
     boot: &Agent,
+    mesh: &Mesh,
     agent_namespace: &str,
     diags: &mut Diagnostics,
 ) -> Authorization {
     let mut authz = Authorization::default();
+    let mut clients: Vec<(String, Arc<ExtAuthzClient>)> = Vec::new();
     for doc in docs {
         let spec = &doc.spec;
         let loc = &doc.location;
@@ -61,8 +63,8 @@ pub(super) fn authorization(
             })
             .collect();
         let action = spec.action.as_deref().unwrap_or("ALLOW");
-        if !matches!(action, "ALLOW" | "DENY" | "AUDIT") {
-            let msg = format!("action {action:?} is not supported (ALLOW, DENY, AUDIT)");
+        if !matches!(action, "ALLOW" | "DENY" | "AUDIT" | "CUSTOM") {
+            let msg = format!("action {action:?} is not supported (ALLOW, DENY, AUDIT, CUSTOM)");
             diags.error(loc, Some("spec.action".into()), msg);
             continue;
         }
@@ -83,6 +85,27 @@ pub(super) fn authorization(
             rules,
         };
         match action {
+            "CUSTOM" => {
+                let name = spec.provider.as_ref().map_or("", |p| p.name.as_str());
+                if let Some(client) = custom_client(name, mesh, &mut clients, loc, diags) {
+                    if let Some(first) = authz.custom.first()
+                        && !first.provider.eq_ignore_ascii_case(name)
+                    {
+                        let msg = format!(
+                            "CUSTOM policy {} already names provider {:?}: one provider per workload, as in Istio",
+                            first.policy.name, first.provider
+                        );
+                        diags.error(loc, Some("spec.provider.name".into()), msg);
+                        continue;
+                    }
+                    diags.warn(loc, Some("spec.action".into()), "compiled; the request path does not ask the authorizer yet: requests this policy's rules match are denied");
+                    authz.custom.push(CustomPolicy {
+                        policy,
+                        provider: name.to_owned(),
+                        client,
+                    });
+                }
+            }
             "DENY" => authz.deny.push(policy),
             "AUDIT" => authz.audit.push(policy),
             _ => authz.allow.push(policy),
@@ -135,6 +158,59 @@ fn rule(
     }
 }
 
+/// The client of the ext_authz provider `name` (one per provider).
+fn custom_client(
+    name: &str,
+    mesh: &Mesh,
+    clients: &mut Vec<(String, Arc<ExtAuthzClient>)>,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Option<Arc<ExtAuthzClient>> {
+    if let Some((_, client)) = clients.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        return Some(client.clone());
+    }
+    let field = Some("spec.provider.name".to_owned());
+    let Some(provider) = mesh.provider(name) else {
+        let where_ = mesh
+            .source
+            .as_deref()
+            .unwrap_or("the mesh config (none in this file)");
+        let msg = format!("no extension provider named {name:?} in {where_}");
+        diags.error(loc, field, msg);
+        return None;
+    };
+    let client = match &provider.config {
+        ProviderConfig::ExtAuthzHttp(settings) => ExtAuthzClient::http(settings.clone()),
+        ProviderConfig::ExtAuthzGrpc(settings) => ExtAuthzClient::grpc(settings.clone()),
+        _ => {
+            let msg = format!(
+                "extension provider {name:?} is not envoyExtAuthzHttp or envoyExtAuthzGrpc"
+            );
+            diags.error(loc, field, msg);
+            return None;
+        }
+    };
+    let client = Arc::new(client);
+    clients.push((name.to_owned(), client.clone()));
+    Some(client)
+}
+
+/// `request.auth.claims[a][b]` → `[a, b]`.
+fn claim_path(key: &str) -> Option<Vec<String>> {
+    let mut rest = key.strip_prefix("request.auth.claims")?;
+    let mut path = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let (name, after) = inner.split_once(']')?;
+        if name.is_empty() {
+            return None;
+        }
+        path.push(name.to_owned());
+        rest = after;
+    }
+    (!path.is_empty()).then_some(path)
+}
+
 fn patterns(list: &[String]) -> Vec<Pattern> {
     list.iter().map(|s| Pattern::parse(s)).collect()
 }
@@ -175,15 +251,10 @@ fn source(
         diags.warn(loc, Some(field.to_owned()), msg);
     }
     let principals = principal_values(raw, field, loc, diags);
-    let request_principals =
-        !raw.request_principals.is_empty() || !raw.not_request_principals.is_empty();
-    if request_principals {
-        diags.warn(
-            loc,
-            Some(format!("{field}.requestPrincipals")),
-            "JWT is not supported: this source never matches",
-        );
-    }
+    let request_principals = Values {
+        any_of: patterns(&raw.request_principals),
+        none_of: patterns(&raw.not_request_principals),
+    };
     Source {
         principals,
         namespaces: Values {
@@ -302,14 +373,20 @@ fn condition(
         "source.principal" => ConditionKey::SourcePrincipal,
         "source.namespace" => ConditionKey::SourceNamespace,
         "connection.sni" => ConditionKey::ConnectionSni,
-        k if k.starts_with("request.auth.") => {
-            diags.warn(
-                loc,
-                Some(format!("{field}.key")),
-                "JWT is not supported: this condition never matches",
-            );
-            ConditionKey::Unsupported
-        }
+        "request.auth.principal" => ConditionKey::RequestPrincipal,
+        "request.auth.audiences" => ConditionKey::RequestAudiences,
+        "request.auth.presenter" => ConditionKey::RequestPresenter,
+        k if k.starts_with("request.auth.claims[") => match claim_path(k) {
+            Some(path) => ConditionKey::RequestClaim(path),
+            None => {
+                diags.error(
+                    loc,
+                    Some(format!("{field}.key")),
+                    format!("{k:?}: a claim is written request.auth.claims[name], nested as request.auth.claims[a][b]"),
+                );
+                return None;
+            }
+        },
         k => match k
             .strip_prefix("request.headers[")
             .and_then(|h| h.strip_suffix(']'))

@@ -24,10 +24,14 @@ pub(super) struct Agent {
     pub listeners: Listeners,
     /// The Agent has a certificate source, so it can speak mTLS.
     pub has_identity: bool,
-    /// How request paths are normalized.
+    /// How request paths are normalized: the Agent's setting, else the
+    /// mesh config's, else BASE.
     pub path_normalization: PathNormalization,
     /// The process settings.
     pub bootstrap: Bootstrap,
+    /// The mesh's root namespace: policies there without a selector apply
+    /// mesh-wide.
+    pub root_namespace: String,
 }
 
 /// The one Agent document of the file.
@@ -56,7 +60,11 @@ pub(super) fn single_agent<'a>(
     }
 }
 
-pub(super) fn compile(doc: &Document<AgentSpec>, diags: &mut Diagnostics) -> Option<Agent> {
+pub(super) fn compile(
+    doc: &Document<AgentSpec>,
+    mesh: &super::mesh::MeshDefaults,
+    diags: &mut Diagnostics,
+) -> Option<Agent> {
     let spec = &doc.spec;
     let loc = &doc.location;
     let errors_before = diags.errors().count();
@@ -142,7 +150,7 @@ pub(super) fn compile(doc: &Document<AgentSpec>, diags: &mut Diagnostics) -> Opt
     }
     validate_identity(spec, loc, diags);
     let path_normalization = match spec.path_normalization.normalization.as_deref() {
-        None => PathNormalization::default(),
+        None => mesh.path_normalization.unwrap_or_default(),
         Some(name) => PathNormalization::parse(name).unwrap_or_else(|| {
             let msg =
                 format!("unknown {name:?} (NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES)");
@@ -187,6 +195,7 @@ pub(super) fn compile(doc: &Document<AgentSpec>, diags: &mut Diagnostics) -> Opt
         bootstrap,
         has_identity: spec.identity.is_some(),
         path_normalization,
+        root_namespace: mesh.mesh.root_namespace.clone(),
         identity: Arc::new(identity),
         listeners: Listeners {
             inbound: inbound?,

@@ -29,6 +29,8 @@ pub(super) struct CaptureInput<'a> {
     pub entries: &'a [Document<ServiceEntrySpec>],
     pub registry: &'a Registry,
     pub sidecar: &'a SidecarScope,
+    /// The mesh config's `outboundTrafficPolicy.mode`.
+    pub mesh_mode: Option<OutboundTrafficMode>,
 }
 
 /// Compiles the capture settings; errors name the Agent's field.
@@ -76,7 +78,12 @@ pub(super) fn compile(input: &CaptureInput<'_>, diags: &mut Diagnostics) -> Capt
             .protocol_detection_timeout
             .as_ref()
             .map_or(DEFAULT_PROTOCOL_DETECTION_TIMEOUT, |d| d.get()),
-        outbound_traffic_policy: input.sidecar.mode.or(agent_mode).unwrap_or_default(),
+        outbound_traffic_policy: input
+            .sidecar
+            .mode
+            .or(agent_mode)
+            .or(input.mesh_mode)
+            .unwrap_or_default(),
         sidecar: input.sidecar.name.clone(),
         destinations: destinations(input.registry, mode == InterceptionMode::Redirect, diags),
     }

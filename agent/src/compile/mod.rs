@@ -3,15 +3,18 @@
 //! request path needs (regexes, route tables, balancers).
 
 mod access;
+mod authn;
 mod bootstrap;
 mod capture;
 mod decided;
+mod mesh;
 mod mtls;
 mod policy;
 mod registry;
 mod route_policy;
 mod routes;
 mod sidecar;
+mod telemetry;
 mod unenforced;
 mod upstream_tls;
 pub mod validate;
@@ -36,6 +39,9 @@ struct Documents {
     rate_limit_policies: Vec<Document<crate::config::rate_limit::RateLimitPolicySpec>>,
     workload_entries: Vec<Document<crate::config::service_entry::WorkloadEntry>>,
     sidecars: Vec<Document<crate::config::gateway::SidecarSpec>>,
+    mesh_configs: Vec<Document<crate::config::mesh::MeshConfig>>,
+    telemetries: Vec<Document<crate::config::telemetry::TelemetrySpec>>,
+    request_authentications: Vec<Document<crate::config::security::RequestAuthenticationSpec>>,
 }
 
 impl Documents {
@@ -52,6 +58,9 @@ impl Documents {
                 Resource::RateLimitPolicy(d) => docs.rate_limit_policies.push(d),
                 Resource::WorkloadEntry(d) => docs.workload_entries.push(d),
                 Resource::Sidecar(d) => docs.sidecars.push(d),
+                Resource::MeshConfig(d) => docs.mesh_configs.push(d),
+                Resource::Telemetry(d) => docs.telemetries.push(d),
+                Resource::RequestAuthentication(d) => docs.request_authentications.push(d),
                 // Validated and warned about already; nothing to compile.
                 Resource::Unused(_) => {}
             }
@@ -152,13 +161,20 @@ fn build(
     diags: &mut Diagnostics,
 ) -> Option<Snapshot> {
     let agent = bootstrap::single_agent(file, &docs.agents, diags)?;
-    let boot = bootstrap::compile(agent, diags);
+    let mesh = mesh::compile(&docs.mesh_configs, diags);
+    let boot = bootstrap::compile(agent, &mesh, diags);
     let namespace = boot
         .as_ref()
         .map_or("default", |b| b.identity.namespace.as_str())
         .to_owned();
     let has_identity = boot.as_ref().is_some_and(|b| b.has_identity);
-    let sidecar = sidecar::applying(&docs.sidecars, &agent.spec.labels, &namespace, diags);
+    let sidecar = sidecar::applying(
+        &docs.sidecars,
+        &agent.spec.labels,
+        &namespace,
+        &mesh.mesh.root_namespace,
+        diags,
+    );
     let mut registry = registry::Registry::build(
         &docs.service_entries,
         &docs.workload_entries,
@@ -182,8 +198,15 @@ fn build(
     let boot = boot?;
     let inbound = registry::inbound_cluster(&boot, states);
     let tcp_routes = registry.tcp_routes(agent, &namespace, diags);
-    let authorization =
-        access::authorization(&docs.authorization_policies, &boot, &namespace, diags);
+    let authorization = access::authorization(
+        &docs.authorization_policies,
+        &boot,
+        &mesh.mesh,
+        &namespace,
+        diags,
+    );
+    let telemetry = telemetry::compile(&docs.telemetries, &boot, &mesh.mesh, diags);
+    let authn = authn::authenticator(&docs.request_authentications, &boot, states, diags);
     let rate_limits =
         access::rate_limits(&docs.rate_limit_policies, &boot, &namespace, states, diags);
     let inbound_mtls = mtls::inbound_mode(
@@ -200,6 +223,7 @@ fn build(
             entries: &docs.service_entries,
             registry: &registry,
             sidecar: &sidecar,
+            mesh_mode: mesh.outbound_traffic_policy,
         },
         diags,
     );
@@ -216,7 +240,13 @@ fn build(
         inbound,
         tcp_routes,
         clusters,
+        access: Arc::new(crate::model::access::AccessControl {
+            authn,
+            authz: authorization.clone(),
+        }),
         authorization,
+        mesh: Arc::new(mesh.mesh),
+        telemetry: Arc::new(telemetry),
         rate_limits,
         inbound_mtls,
         path_normalization: boot.path_normalization,
@@ -298,6 +328,11 @@ fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Valu
     resources.extend(entries("PeerAuthentication", &docs.peer_authentications));
     resources.extend(entries("RateLimitPolicy", &docs.rate_limit_policies));
     resources.extend(entries("Sidecar", &docs.sidecars));
+    resources.extend(entries(
+        "RequestAuthentication",
+        &docs.request_authentications,
+    ));
+    resources.extend(entries("Telemetry", &docs.telemetries));
     for resource in &mut resources {
         redact(resource);
     }

@@ -9,8 +9,6 @@ use crate::config::documents::Document;
 use crate::config::security::PeerAuthenticationSpec;
 use crate::model::MtlsMode;
 
-const ROOT_NAMESPACE: &str = "istio-system";
-
 fn parse(mode: Option<&str>) -> Result<Option<MtlsMode>, String> {
     match mode {
         None | Some("UNSET") => Ok(None),
@@ -74,7 +72,7 @@ pub(super) fn inbound_mode(
             }
             Some(_) => continue,
             None if policy_ns == identity.namespace => &mut namespace,
-            None if policy_ns == ROOT_NAMESPACE => &mut mesh,
+            None if policy_ns == boot.root_namespace => &mut mesh,
             None => continue,
         };
         if slot.is_some() {

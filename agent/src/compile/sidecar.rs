@@ -4,7 +4,7 @@
 //! As Istio picks it: a Sidecar in the workload's namespace whose
 //! `workloadSelector` matches the workload's labels; else the one in that
 //! namespace without a selector; else the one without a selector in the
-//! root namespace (`istio-system`). Several at one level: the first wins,
+//! mesh's root namespace (`istio-system` unless the mesh config says otherwise). Several at one level: the first wins,
 //! the others are warned about (Istio takes the oldest).
 
 use crate::config::diagnostics::Diagnostics;
@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 
 /// Istio's default `rootNamespace`: Sidecars there without a selector
 /// apply to every namespace that has none of its own.
-pub const ROOT_NAMESPACE: &str = "istio-system";
+#[cfg(test)]
+const ROOT_NAMESPACE: &str = crate::model::mesh::DEFAULT_ROOT_NAMESPACE;
 
 /// What the applying Sidecar says.
 #[derive(Debug, Default)]
@@ -109,6 +110,7 @@ pub(super) fn applying(
     sidecars: &[Document<SidecarSpec>],
     labels: &BTreeMap<String, String>,
     namespace: &str,
+    root_namespace: &str,
     diags: &mut Diagnostics,
 ) -> SidecarScope {
     let ns_of = |d: &Document<SidecarSpec>| {
@@ -123,7 +125,7 @@ pub(super) fn applying(
         match &d.spec.workload_selector {
             Some(selector) if ns == namespace && selector.matches(labels) => Some(0),
             None if ns == namespace => Some(1),
-            None if ns == ROOT_NAMESPACE => Some(2),
+            None if ns == root_namespace => Some(2),
             _ => None,
         }
     };
@@ -263,15 +265,15 @@ mod tests {
             sidecar("elsewhere", "prod", None, &[(None, &["./*"])]),
         ];
         let mut diags = Diagnostics::default();
-        let scope = applying(&all, &labels(), "default", &mut diags);
+        let scope = applying(&all, &labels(), "default", ROOT_NAMESPACE, &mut diags);
         assert_eq!(scope.name.as_deref(), Some("default/mine"));
         assert_eq!(scope.mode, Some(OutboundTrafficMode::RegistryOnly));
         assert_eq!(diags.warnings().count(), 1, "mine-too is ignored");
-        let scope = applying(&all[..3], &labels(), "default", &mut diags);
+        let scope = applying(&all[..3], &labels(), "default", ROOT_NAMESPACE, &mut diags);
         assert_eq!(scope.name.as_deref(), Some("default/ns-default"));
-        let scope = applying(&all[..1], &labels(), "default", &mut diags);
+        let scope = applying(&all[..1], &labels(), "default", ROOT_NAMESPACE, &mut diags);
         assert_eq!(scope.name.as_deref(), Some("istio-system/root"));
-        let scope = applying(&all[5..], &labels(), "default", &mut diags);
+        let scope = applying(&all[5..], &labels(), "default", ROOT_NAMESPACE, &mut diags);
         assert!(scope.name.is_none() && scope.egress.is_none() && scope.mode.is_none());
     }
 
@@ -295,7 +297,7 @@ mod tests {
             ],
         );
         let mut diags = Diagnostics::default();
-        let scope = applying(&[doc], &labels(), "default", &mut diags);
+        let scope = applying(&[doc], &labels(), "default", ROOT_NAMESPACE, &mut diags);
         let egress = scope.egress.expect("egress");
         assert!(egress.allows("default", "reviews.default.svc.cluster.local", 9080));
         assert!(

@@ -67,6 +67,12 @@ const AP: &str = "AuthorizationPolicy";
 const PA: &str = "PeerAuthentication";
 const RL: &str = "RateLimitPolicy";
 const SC: &str = "Sidecar";
+const RA: &str = "RequestAuthentication";
+const TM: &str = "Telemetry";
+
+const CUSTOM_NOT_YET: &str = "CUSTOM: compiled with its ext_authz provider; the request path does not ask the authorizer yet, requests the rules match are denied";
+const AUTHN_NOT_YET: &str = "compiled into the authenticator, and requestPrincipals and `request.auth.*` conditions of AuthorizationPolicies with it; the request path does not authenticate yet, so they see no token";
+const TELEMETRY_NOT_YET: &str = "compiled into the workload's telemetry policy; the request path does not apply it yet: the Agent's `spec.telemetry` and `spec.accessLog` apply";
 
 const CAPTURE_NOT_YET: &str =
     "compiled; captured connections are not routed by their original destination yet";
@@ -232,20 +238,62 @@ pub const FIELDS: &[Field] = &[
         "spec.targetRefs",
         "gateways only: the policy is skipped",
     ),
+    compiler_warns(AP, "spec.provider", CUSTOM_NOT_YET),
+    enforced(RA, "spec.selector"),
     compiler_warns(
-        AP,
-        "spec.rules[*].from[*].source.requestPrincipals",
-        "no JWT yet: the source never matches",
+        RA,
+        "spec.targetRef",
+        "gateways only: the resource is skipped",
     ),
     compiler_warns(
-        AP,
-        "spec.rules[*].from[*].source.notRequestPrincipals",
-        "no JWT yet: the source never matches",
+        RA,
+        "spec.targetRefs",
+        "gateways only: the resource is skipped",
+    ),
+    compiler_warns(RA, "spec.jwtRules", AUTHN_NOT_YET),
+    compiler_warns(
+        RA,
+        "spec.jwtRules[*].timeout",
+        "key sets are fetched with a 10s limit",
+    ),
+    enforced(TM, "spec.selector"),
+    compiler_warns(
+        TM,
+        "spec.targetRef",
+        "gateways and waypoints only: the resource is skipped",
     ),
     compiler_warns(
-        AP,
-        "spec.rules[*].when[*].key",
-        "`request.auth.*` keys: no JWT yet, the condition never matches",
+        TM,
+        "spec.targetRefs",
+        "gateways and waypoints only: the resource is skipped",
+    ),
+    compiler_warns(TM, "spec.tracing", TELEMETRY_NOT_YET),
+    compiler_warns(TM, "spec.metrics", TELEMETRY_NOT_YET),
+    compiler_warns(TM, "spec.accessLogging", TELEMETRY_NOT_YET),
+    warned(
+        TM,
+        "spec.tracing[*].useRequestIdForTraceSampling",
+        "new traces are sampled by a random draw",
+    ),
+    warned(
+        TM,
+        "spec.tracing[*].enableIstioTags",
+        "the agent's span attributes are always set",
+    ),
+    warned(
+        TM,
+        "spec.tracing[*].disableContextPropagation",
+        "trace context is always propagated",
+    ),
+    warned(
+        TM,
+        "spec.tracing[*].customTags.*.formatter",
+        "Envoy format strings are not evaluated; the tag is left out",
+    ),
+    warned(
+        TM,
+        "spec.metrics[*].reportingInterval",
+        "metrics are read when Prometheus scrapes",
     ),
     enforced(PA, "spec.selector"),
     enforced(PA, "spec.mtls"),
@@ -280,14 +328,7 @@ pub const FIELDS: &[Field] = &[
 
 /// Kinds checked with Istio's rules and then skipped.
 #[cfg(test)]
-const VALIDATED_ONLY: &[&str] = &[
-    "Gateway",
-    "WorkloadGroup",
-    "EnvoyFilter",
-    "ProxyConfig",
-    "RequestAuthentication",
-    "Telemetry",
-];
+const VALIDATED_ONLY: &[&str] = &["Gateway", "WorkloadGroup", "EnvoyFilter", "ProxyConfig"];
 
 pub(super) fn warn_all(docs: &Documents, diags: &mut Diagnostics) {
     fn each<S: Serialize>(
@@ -311,6 +352,8 @@ pub(super) fn warn_all(docs: &Documents, diags: &mut Diagnostics) {
     each(PA, &docs.peer_authentications, diags);
     each(RL, &docs.rate_limit_policies, diags);
     each(SC, &docs.sidecars, diags);
+    each(RA, &docs.request_authentications, diags);
+    each(TM, &docs.telemetries, diags);
 }
 
 fn warn_document(kind: &str, root: &Value, loc: &Location, diags: &mut Diagnostics) {

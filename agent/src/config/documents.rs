@@ -13,6 +13,7 @@ use super::destination_rule::DestinationRuleSpec;
 use super::diagnostics::{Diagnostics, Location};
 use super::envoy_filter::{EnvoyFilterSpec, ProxyConfigSpec};
 use super::gateway::{GatewaySpec, SidecarSpec};
+use super::mesh::{MeshConfig, read_mesh_config};
 use super::meta::ObjectMeta;
 use super::rate_limit::RateLimitPolicySpec;
 use super::security::{AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec};
@@ -58,6 +59,13 @@ pub enum Resource {
     RateLimitPolicy(Document<RateLimitPolicySpec>),
     /// Which services a sidecar loads, and what happens outside them.
     Sidecar(Document<SidecarSpec>),
+    /// Istio's mesh config: the `istio` ConfigMap's `mesh` key, or an
+    /// `IstioOperator`'s `spec.meshConfig`.
+    MeshConfig(Document<MeshConfig>),
+    /// Tracing, metrics and access-log settings.
+    Telemetry(Document<TelemetrySpec>),
+    /// JWT authentication.
+    RequestAuthentication(Document<RequestAuthenticationSpec>),
     /// A kind the agent validates but does not use yet.
     Unused(Unused),
 }
@@ -75,10 +83,6 @@ pub enum Unused {
     EnvoyFilter(Document<EnvoyFilterSpec>),
     /// Proxy settings.
     ProxyConfig(Document<ProxyConfigSpec>),
-    /// JWT authentication.
-    RequestAuthentication(Document<RequestAuthenticationSpec>),
-    /// Tracing, metrics and access-log settings.
-    Telemetry(Document<TelemetrySpec>),
 }
 
 impl Unused {
@@ -89,8 +93,6 @@ impl Unused {
             Unused::WorkloadGroup(d) => &d.location,
             Unused::EnvoyFilter(d) => &d.location,
             Unused::ProxyConfig(d) => &d.location,
-            Unused::RequestAuthentication(d) => &d.location,
-            Unused::Telemetry(d) => &d.location,
         }
     }
 }
@@ -263,6 +265,9 @@ fn parse_one(value: Value, mut location: Location, diags: &mut Diagnostics) -> O
         return None;
     };
     location.resource = Some(describe(&value, &kind));
+    if let Some(mesh) = mesh_config(&value, &api_version, &kind) {
+        return mesh_document(mesh, &value, &location, &api_version, diags);
+    }
     let (group, version) = api_version
         .rsplit_once('/')
         .unwrap_or(("", api_version.as_str()));
@@ -309,11 +314,111 @@ fn parse_one(value: Value, mut location: Location, diags: &mut Diagnostics) -> O
         )?)),
         "EnvoyFilter" => Resource::Unused(Unused::EnvoyFilter(typed(value, loc, api, diags)?)),
         "ProxyConfig" => Resource::Unused(Unused::ProxyConfig(typed(value, loc, api, diags)?)),
-        "RequestAuthentication" => Resource::Unused(Unused::RequestAuthentication(typed(
-            value, loc, api, diags,
-        )?)),
-        _ => Resource::Unused(Unused::Telemetry(typed(value, loc, api, diags)?)),
+        "RequestAuthentication" => Resource::RequestAuthentication(typed(value, loc, api, diags)?),
+        _ => Resource::Telemetry(typed(value, loc, api, diags)?),
     })
+}
+
+/// Where a document holds a mesh config: the field path of the object or
+/// string, and whether it is a YAML string (a ConfigMap's `data.mesh`).
+struct MeshSource<'a> {
+    field: &'static str,
+    raw: Option<&'a Value>,
+    text: bool,
+}
+
+/// The mesh config a document carries: the `istio` ConfigMap (or a
+/// revision's `istio-<rev>`) with a `mesh` key, or an IstioOperator.
+fn mesh_config<'a>(value: &'a Value, api_version: &str, kind: &str) -> Option<MeshSource<'a>> {
+    match (api_version, kind) {
+        ("v1", "ConfigMap") => {
+            let name = value.pointer("/metadata/name").and_then(Value::as_str)?;
+            let named = name == "istio" || name.starts_with("istio-");
+            let mesh = value.pointer("/data/mesh")?;
+            named.then_some(MeshSource {
+                field: "data.mesh",
+                raw: Some(mesh),
+                text: true,
+            })
+        }
+        (api, "IstioOperator") if api.starts_with("install.istio.io/") => Some(MeshSource {
+            field: "spec.meshConfig",
+            raw: value.pointer("/spec/meshConfig"),
+            text: false,
+        }),
+        _ => None,
+    }
+}
+
+/// Reads a ConfigMap's or IstioOperator's mesh config; every other field of
+/// the carrier is not the agent's to judge (its metadata is checked).
+fn mesh_document(
+    source: MeshSource<'_>,
+    value: &Value,
+    location: &Location,
+    api_version: &str,
+    diags: &mut Diagnostics,
+) -> Option<Resource> {
+    let metadata: ObjectMeta = match value.get("metadata").cloned() {
+        None => ObjectMeta::default(),
+        Some(meta) => match serde_path_to_error::deserialize(meta) {
+            Ok(meta) => meta,
+            Err(err) => {
+                let (field, message) = serde_error(err);
+                let field = field.map(|f| format!("metadata.{f}"));
+                diags.error(location, field, message);
+                return None;
+            }
+        },
+    };
+    let field = source.field;
+    let object = match (source.raw, source.text) {
+        (None, _) => Value::Null,
+        (Some(Value::String(text)), true) => match read_document(text, 1) {
+            Ok(Some(tree)) => tree.value,
+            Ok(None) => Value::Null,
+            Err(err) => {
+                let msg = format!(
+                    "the mesh config is not YAML (its line {}): {}",
+                    err.line, err.message
+                );
+                diags.error(location, Some(field.to_owned()), msg);
+                return None;
+            }
+        },
+        (Some(_), true) => {
+            diags.error(
+                location,
+                Some(field.to_owned()),
+                "`mesh` must be a string holding YAML",
+            );
+            return None;
+        }
+        (Some(object), false) => object.clone(),
+    };
+    let read = read_mesh_config(object);
+    for (path, message) in &read.errors {
+        let at = if path.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{field}.{path}")
+        };
+        diags.error(location, Some(at), message.clone());
+    }
+    if !read.unused.is_empty() {
+        let msg = format!(
+            "MeshConfig fields not used by the agent: {}",
+            read.unused.join(", ")
+        );
+        diags.warn(location, Some(field.to_owned()), msg);
+    }
+    let config = read.config.filter(|_| read.errors.is_empty())?;
+    Some(Resource::MeshConfig(Document {
+        location: location.clone(),
+        api_version: api_version.to_owned(),
+        metadata,
+        spec: config,
+    }))
 }
 
 /// A resource whose `spec` may be left out (Kubernetes stores it as empty).

@@ -9,6 +9,7 @@ pub mod documents;
 pub mod duration;
 pub mod envoy_filter;
 pub mod gateway;
+pub mod mesh;
 pub mod meta;
 pub mod rate_limit;
 pub mod security;

@@ -1,6 +1,12 @@
 //! Compiled AuthorizationPolicies and their evaluation, in Istio's order:
-//! DENY first, then ALLOW (no ALLOW policy allows all; ALLOW policies that
-//! all fail to match deny). AUDIT policies only mark the request.
+//! CUSTOM (the external authorizer, asked by [`super::access`]), then DENY,
+//! then ALLOW (no ALLOW policy allows all; ALLOW policies that all fail to
+//! match deny). AUDIT policies only mark the request. Every decision names
+//! the policy and rule that made it.
+
+use std::sync::Arc;
+
+use super::authn::Authenticated;
 
 use std::net::IpAddr;
 
@@ -177,13 +183,14 @@ pub struct Source {
     pub ip_blocks: Values<Cidr>,
     /// Original client IPs.
     pub remote_ip_blocks: Values<Cidr>,
-    /// JWT identities (not supported: a source naming them never matches).
-    pub request_principals: bool,
+    /// JWT identities (`<iss>/<sub>`): `requestPrincipals`, `notRequestPrincipals`.
+    pub request_principals: Values<Pattern>,
 }
 
 impl Source {
-    fn matches(&self, input: &AuthzInput<'_>) -> bool {
-        !self.request_principals
+    fn matches(&self, input: &AuthzInput<'_>, auth: Option<&Authenticated>) -> bool {
+        self.request_principals
+            .check_opt(auth.map(|a| a.principal.as_str()), Pattern::matches)
             && self.principals.check_opt(input.principal, Pattern::matches)
             && self.namespaces.check_opt(input.namespace, Pattern::matches)
             && self.ip_blocks.check(|c| c.contains(input.source_ip))
@@ -232,8 +239,15 @@ pub enum ConditionKey {
     SourceNamespace,
     /// `connection.sni` (none without TLS).
     ConnectionSni,
-    /// Keys that need JWT (`request.auth.*`): never match.
-    Unsupported,
+    /// `request.auth.principal` (`<iss>/<sub>` of the verified token).
+    RequestPrincipal,
+    /// `request.auth.audiences` (any of the token's `aud`).
+    RequestAudiences,
+    /// `request.auth.presenter` (`azp`).
+    RequestPresenter,
+    /// `request.auth.claims[a][b]…`: a claim, nested by name; a list claim
+    /// matches when one of its strings does.
+    RequestClaim(Vec<String>),
 }
 
 /// A `when` condition.
@@ -248,7 +262,7 @@ pub struct Condition {
 }
 
 impl Condition {
-    fn matches(&self, input: &AuthzInput<'_>) -> bool {
+    fn matches(&self, input: &AuthzInput<'_>, auth: Option<&Authenticated>) -> bool {
         let text = |v: Option<&str>| self.values.check_opt(v, Pattern::matches);
         match &self.key {
             ConditionKey::Header(name) => {
@@ -261,8 +275,59 @@ impl Condition {
             ConditionKey::SourcePrincipal => text(input.principal),
             ConditionKey::SourceNamespace => text(input.namespace),
             ConditionKey::ConnectionSni => text(input.sni),
-            ConditionKey::Unsupported => false,
+            ConditionKey::RequestPrincipal => text(auth.map(|a| a.principal.as_str())),
+            ConditionKey::RequestPresenter => text(auth.and_then(|a| a.presenter.as_deref())),
+            ConditionKey::RequestAudiences => {
+                self.any_value(auth.map(|a| a.audiences.iter().map(String::as_str).collect()))
+            }
+            ConditionKey::RequestClaim(path) => {
+                self.any_value(auth.map(|a| claim(&a.claims, path)))
+            }
         }
+    }
+
+    /// A multi-valued attribute: one value must match `values` (when
+    /// listed) and none `notValues`; absent matches no `values`.
+    fn any_value(&self, values: Option<Vec<&str>>) -> bool {
+        match values {
+            None => self.values.any_of.is_empty(),
+            Some(list) => {
+                (self.values.any_of.is_empty()
+                    || list
+                        .iter()
+                        .any(|v| self.values.any_of.iter().any(|p| p.matches(v))))
+                    && !list
+                        .iter()
+                        .any(|v| self.values.none_of.iter().any(|p| p.matches(v)))
+            }
+        }
+    }
+}
+
+/// The strings of claim `path` (nested objects by name): a string claim
+/// (split on spaces for `scope` and `permission`, as Istio reads them), or
+/// the strings of a list claim.
+fn claim<'a>(
+    claims: &'a serde_json::Map<String, serde_json::Value>,
+    path: &[String],
+) -> Vec<&'a str> {
+    let Some((first, rest)) = path.split_first() else {
+        return Vec::new();
+    };
+    let mut value = claims.get(first);
+    for key in rest {
+        value = value.and_then(|v| v.get(key));
+    }
+    let spaced = path.len() == 1 && matches!(first.as_str(), "scope" | "permission");
+    match value {
+        Some(serde_json::Value::String(s)) if spaced => {
+            s.split(' ').filter(|s| !s.is_empty()).collect()
+        }
+        Some(serde_json::Value::String(s)) => vec![s.as_str()],
+        Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str()).collect(),
+        Some(serde_json::Value::Bool(true)) => vec!["true"],
+        Some(serde_json::Value::Bool(false)) => vec!["false"],
+        _ => Vec::new(),
     }
 }
 
@@ -278,10 +343,10 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, input: &AuthzInput<'_>) -> bool {
-        (self.from.is_empty() || self.from.iter().any(|s| s.matches(input)))
+    fn matches(&self, input: &AuthzInput<'_>, auth: Option<&Authenticated>) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(input, auth)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(input)))
-            && self.when.iter().all(|c| c.matches(input))
+            && self.when.iter().all(|c| c.matches(input, auth))
     }
 }
 
@@ -295,14 +360,74 @@ pub struct Policy {
 }
 
 impl Policy {
-    fn matches(&self, input: &AuthzInput<'_>) -> bool {
-        self.rules.iter().any(|r| r.matches(input))
+    /// The index of the first rule `input` matches.
+    pub fn matching_rule(
+        &self,
+        input: &AuthzInput<'_>,
+        auth: Option<&Authenticated>,
+    ) -> Option<usize> {
+        self.rules.iter().position(|r| r.matches(input, auth))
     }
+
+    fn matches(&self, input: &AuthzInput<'_>) -> bool {
+        self.matching_rule(input, None).is_some()
+    }
+}
+
+/// Which policy decided: `namespace/name` and the index of its rule that
+/// matched (none when no ALLOW policy matched), or the external authorizer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionSource {
+    /// `namespace/name` of the policy (or RequestAuthentication).
+    pub policy: String,
+    /// The matching rule's index in `spec.rules` (`spec.jwtRules` for
+    /// authentication).
+    pub rule: Option<usize>,
+    /// The extension provider asked, for CUSTOM.
+    pub provider: Option<String>,
+}
+
+impl std::fmt::Display for DecisionSource {
+    /// `ns/name[rule]` or `ns/name[rule] provider=opa`, for access logs and spans.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.policy)?;
+        if let Some(rule) = self.rule {
+            write!(f, "[{rule}]")?;
+        }
+        if let Some(provider) = &self.provider {
+            write!(f, " provider={provider}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A CUSTOM policy: when a rule matches, the provider decides.
+#[derive(Debug, Clone)]
+pub struct CustomPolicy {
+    /// The policy's rules.
+    pub policy: Policy,
+    /// The provider's name.
+    pub provider: String,
+    /// Its client.
+    pub client: Arc<crate::ext_authz::ExtAuthzClient>,
+}
+
+/// The verdict of the local policies (DENY, ALLOW, AUDIT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDecision {
+    /// Whether the request may go on.
+    pub allowed: bool,
+    /// The deciding policy (none: no policy applies, or no ALLOW policy matched).
+    pub source: Option<DecisionSource>,
+    /// The AUDIT policy that matched, when one did.
+    pub audited: Option<DecisionSource>,
 }
 
 /// Every policy that applies to this workload, by action.
 #[derive(Debug, Clone, Default)]
 pub struct Authorization {
+    /// CUSTOM policies (one provider per workload, as in Istio).
+    pub custom: Vec<CustomPolicy>,
     /// DENY policies.
     pub deny: Vec<Policy>,
     /// ALLOW policies.
@@ -326,19 +451,85 @@ pub enum Decision {
 impl Authorization {
     /// Whether any policy applies (so the request path can skip the work).
     pub fn is_empty(&self) -> bool {
-        self.deny.is_empty() && self.allow.is_empty() && self.audit.is_empty()
+        self.custom.is_empty()
+            && self.deny.is_empty()
+            && self.allow.is_empty()
+            && self.audit.is_empty()
     }
 
-    /// Evaluates `input` in Istio's order.
+    /// Evaluates `input` without an authenticated token and without asking
+    /// an external authorizer: the request path's form until it calls
+    /// [`super::access::AccessControl`]. A request a CUSTOM policy matches
+    /// is denied (fail closed), since the authorizer is not asked here.
     pub fn decide(&self, input: &AuthzInput<'_>) -> Decision {
-        if let Some(policy) = self.deny.iter().find(|p| p.matches(input)) {
-            return Decision::Deny(Some(policy.name.clone()));
+        if let Some(custom) = self.custom.iter().find(|c| c.policy.matches(input)) {
+            return Decision::Deny(Some(custom.policy.name.clone()));
         }
-        if !self.allow.is_empty() && !self.allow.iter().any(|p| p.matches(input)) {
-            return Decision::Deny(None);
+        let decision = self.decide_local(input, None);
+        match decision.allowed {
+            true => Decision::Allow {
+                audited: decision.audited.is_some(),
+            },
+            false => Decision::Deny(decision.source.map(|s| s.policy)),
         }
-        Decision::Allow {
-            audited: self.audit.iter().any(|p| p.matches(input)),
+    }
+
+    /// The first CUSTOM policy whose rules match, and the matching rule.
+    pub fn custom_match(
+        &self,
+        input: &AuthzInput<'_>,
+        auth: Option<&Authenticated>,
+    ) -> Option<(&CustomPolicy, usize)> {
+        self.custom
+            .iter()
+            .find_map(|c| c.policy.matching_rule(input, auth).map(|r| (c, r)))
+    }
+
+    /// DENY, then ALLOW, then AUDIT, with the verified token when there is one.
+    pub fn decide_local(
+        &self,
+        input: &AuthzInput<'_>,
+        auth: Option<&Authenticated>,
+    ) -> PolicyDecision {
+        let source = |p: &Policy, rule: Option<usize>| DecisionSource {
+            policy: p.name.clone(),
+            rule,
+            provider: None,
+        };
+        for policy in &self.deny {
+            if let Some(rule) = policy.matching_rule(input, auth) {
+                return PolicyDecision {
+                    allowed: false,
+                    source: Some(source(policy, Some(rule))),
+                    audited: None,
+                };
+            }
+        }
+        let mut allowed_by = None;
+        if !self.allow.is_empty() {
+            allowed_by = self
+                .allow
+                .iter()
+                .find_map(|p| p.matching_rule(input, auth).map(|r| source(p, Some(r))));
+            if allowed_by.is_none() {
+                return PolicyDecision {
+                    allowed: false,
+                    source: None,
+                    audited: None,
+                };
+            }
+        }
+        let audited = self
+            .audit
+            .iter()
+            .find_map(|p| p.matching_rule(input, auth).map(|r| source(p, Some(r))));
+        if let Some(audit) = &audited {
+            tracing::info!(policy = %audit, "AUDIT policy matched");
+        }
+        PolicyDecision {
+            allowed: true,
+            source: allowed_by,
+            audited,
         }
     }
 }

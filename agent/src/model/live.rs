@@ -285,6 +285,7 @@ pub struct LiveState {
     endpoints: Registry<EndpointState>,
     clusters: Registry<ClusterState>,
     rate_limiters: Registry<crate::model::rate_limit::RateLimiter>,
+    jwks: Registry<crate::model::jwks::JwksStore>,
 }
 
 impl LiveState {
@@ -307,6 +308,12 @@ impl LiveState {
         make: impl FnOnce() -> crate::model::rate_limit::RateLimiter,
     ) -> Arc<crate::model::rate_limit::RateLimiter> {
         self.rate_limiters.get_with(key, make)
+    }
+
+    /// The key store of `jwksUri` `uri`: a reload keeps the keys fetched.
+    pub fn jwks(&self, uri: &str) -> Arc<crate::model::jwks::JwksStore> {
+        self.jwks
+            .get_with(uri, || crate::model::jwks::JwksStore::remote(uri))
     }
 }
 

@@ -1,6 +1,8 @@
 //! The compiled, immutable form of a config: what the request path reads.
 //! Built once per load by `compile`, swapped atomically on reload.
 
+pub mod access;
+pub mod authn;
 pub mod authz;
 pub mod balancer;
 pub mod bootstrap;
@@ -9,12 +11,16 @@ pub mod clock;
 pub mod cluster;
 pub mod destination;
 pub mod endpoint;
+pub mod expr;
+pub mod jwks;
 pub mod live;
+pub mod mesh;
 pub mod peer;
 pub mod policy;
 pub mod rate_limit;
 pub mod route;
 pub mod service;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -142,6 +148,14 @@ pub struct Snapshot {
     pub clusters: Vec<Arc<Cluster>>,
     /// AuthorizationPolicies that apply to this workload (inbound).
     pub authorization: authz::Authorization,
+    /// Authentication, then CUSTOM, DENY and ALLOW policies, in one place
+    /// (inbound): what the request path calls once per request.
+    pub access: Arc<access::AccessControl>,
+    /// The mesh config (root namespace, extension providers, defaults).
+    pub mesh: Arc<mesh::Mesh>,
+    /// Tracing, metrics and access logs per side, from the Telemetry
+    /// resources that apply to this workload.
+    pub telemetry: Arc<telemetry::TelemetryPolicy>,
     /// RateLimitPolicy rules that apply to this workload (inbound).
     pub rate_limits: Vec<Arc<rate_limit::RateLimiter>>,
     /// The inbound mTLS mode (PeerAuthentication).

@@ -5,6 +5,7 @@
 //! is reported once.
 
 mod common;
+mod mesh;
 mod networking;
 mod security;
 mod virtual_service;
@@ -42,8 +43,6 @@ fn unused_kind(unused: &Unused) -> (&str, &'static str) {
         Unused::WorkloadGroup(d) => (&d.api_version, "WorkloadGroup"),
         Unused::EnvoyFilter(d) => (&d.api_version, "EnvoyFilter"),
         Unused::ProxyConfig(d) => (&d.api_version, "ProxyConfig"),
-        Unused::RequestAuthentication(d) => (&d.api_version, "RequestAuthentication"),
-        Unused::Telemetry(d) => (&d.api_version, "Telemetry"),
     }
 }
 
@@ -77,13 +76,14 @@ fn check(resource: &Resource, diags: &mut Diagnostics) {
         Resource::AuthorizationPolicy(doc) => run(doc, diags, security::authorization_policy),
         Resource::PeerAuthentication(doc) => run(doc, diags, security::peer_authentication),
         Resource::Sidecar(doc) => run(doc, diags, networking::sidecar),
+        Resource::RequestAuthentication(doc) => run(doc, diags, security::request_authentication),
+        Resource::Telemetry(doc) => run(doc, diags, security::telemetry),
+        Resource::MeshConfig(doc) => run(doc, diags, mesh::mesh_config),
         Resource::Unused(unused) => match unused {
             Unused::Gateway(doc) => run(doc, diags, networking::gateway),
             Unused::WorkloadGroup(doc) => run(doc, diags, networking::workload_group),
             Unused::EnvoyFilter(doc) => run(doc, diags, networking::envoy_filter),
             Unused::ProxyConfig(doc) => run(doc, diags, networking::proxy_config),
-            Unused::RequestAuthentication(doc) => run(doc, diags, security::request_authentication),
-            Unused::Telemetry(doc) => run(doc, diags, security::telemetry),
         },
     }
 }

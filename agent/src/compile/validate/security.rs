@@ -7,6 +7,7 @@ use crate::config::security::{
     AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec, Source,
 };
 use crate::config::telemetry::TelemetrySpec;
+use crate::model::expr::Expression;
 
 /// Condition keys Istio knows (`when[].key`), exact or as prefixes.
 const EXACT_KEYS: &[&str] = &[
@@ -573,7 +574,14 @@ pub(super) fn telemetry(c: &mut Check<'_>, doc: &Document<TelemetrySpec>) {
                         format!("{tf}.value"),
                         "tagOverrides.value must be set when operation is UPSERT",
                     ),
-                    "UPSERT" => {}
+                    "UPSERT" => {
+                        if let Some(Err(e)) = to.value.as_deref().map(Expression::parse) {
+                            c.error(
+                                format!("{tf}.value"),
+                                format!("not an expression the agent evaluates: {e} (see the CEL subset in docs/config.md)"),
+                            );
+                        }
+                    }
                     "REMOVE" if to.value.is_some() => c.error(
                         format!("{tf}.value"),
                         "tagOverrides.value may only be set when operation is UPSERT",
@@ -602,6 +610,15 @@ pub(super) fn telemetry(c: &mut Check<'_>, doc: &Document<TelemetrySpec>) {
             c.error(
                 format!("{f}.filter.expression"),
                 "filter expression may not be empty",
+            );
+        } else if let Some(Err(e)) = a
+            .filter
+            .as_ref()
+            .map(|fl| Expression::parse(&fl.expression))
+        {
+            c.error(
+                format!("{f}.filter.expression"),
+                format!("not an expression the agent evaluates: {e} (see the CEL subset in docs/config.md)"),
             );
         }
     }

@@ -1,0 +1,442 @@
+//! Istio's Telemetry precedence, compiled from real config text: mesh
+//! (root namespace), namespace and workload resources, per side.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use crate::model::expr::{Attributes, ResponseAttributes};
+use crate::model::telemetry::{IstioMetric, Side, TagOverride, TagValue, TelemetryPolicy};
+
+const AGENT: &str = r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: reviews-v1, namespace: shop}
+spec: {service: reviews, labels: {app: reviews, version: v1}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    defaultConfig:
+      tracing: {sampling: 5}
+    extensionProviders:
+    - name: otel
+      opentelemetry: {service: collector.observability.svc.cluster.local, port: 4317}
+    - name: otel-b
+      opentelemetry: {service: other.observability.svc.cluster.local, port: 4317}
+    - name: file-log
+      envoyFileAccessLog: {path: /tmp/access.log}
+    defaultProviders:
+      tracing: [otel]
+      metrics: [prometheus]
+      accessLogging: [envoy]
+"#;
+
+fn compile(extra: &str) -> (TelemetryPolicy, Vec<String>) {
+    let file: Arc<str> = Arc::from("mesh.yaml");
+    let text = format!("{AGENT}---\n{extra}");
+    let compiled = super::super::compile_text(&file, &text, 1, &Default::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let warnings = compiled
+        .diagnostics
+        .warnings()
+        .map(ToString::to_string)
+        .collect();
+    ((*compiled.snapshot.telemetry).clone(), warnings)
+}
+
+fn attrs<'a>(req: &'a HeaderMap, resp: &'a HeaderMap, code: u16) -> Attributes<'a> {
+    Attributes {
+        method: "GET",
+        path: "/api",
+        host: "reviews",
+        scheme: "http",
+        protocol: "HTTP/1.1",
+        request_headers: req,
+        request_size: 0,
+        response: Some(ResponseAttributes {
+            code,
+            code_details: "via_upstream",
+            grpc_status: None,
+            headers: resp,
+            size: 0,
+        }),
+        source: "10.0.0.1:1000".parse().unwrap(),
+        destination: "10.0.0.2:8080".parse().unwrap(),
+        mtls: false,
+        sni: None,
+    }
+}
+
+#[test]
+fn without_telemetry_the_mesh_defaults_apply() {
+    let (policy, _) = compile("");
+    assert!(policy.sources.is_empty());
+    let tracing = policy.server.tracing.as_ref().unwrap();
+    assert_eq!(tracing.provider.as_ref().unwrap().name, "otel");
+    assert_eq!(
+        tracing.sampling_percent,
+        Some(5.0),
+        "defaultConfig.tracing.sampling"
+    );
+    assert!(!tracing.disabled);
+    let metrics = policy.server.metrics.as_ref().unwrap();
+    assert!(metrics.enabled(IstioMetric::RequestCount));
+    let logs = policy.client.access_logs.as_ref().unwrap();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(
+        logs[0].file(),
+        Some("/dev/stdout"),
+        "Istio's built-in `envoy`"
+    );
+}
+
+#[test]
+fn workload_over_namespace_over_mesh() {
+    let (policy, warnings) = compile(
+        r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - randomSamplingPercentage: 10
+    customTags:
+      cluster: {literal: {value: east}}
+  accessLogging:
+  - providers: [{name: envoy}]
+    filter: {expression: "response.code >= 400"}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: shop-default, namespace: shop}
+spec:
+  tracing:
+  - randomSamplingPercentage: 50
+    customTags:
+      user: {header: {name: x-user, defaultValue: anonymous}}
+      pkg: {environment: {name: CARGO_PKG_NAME}}
+      absent: {environment: {name: TRACEMESH_SURELY_UNSET_VARIABLE}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  tracing:
+  - match: {mode: SERVER}
+    randomSamplingPercentage: 100
+  - match: {mode: CLIENT}
+    disableSpanReporting: true
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: ratings-only, namespace: shop}
+spec:
+  selector: {matchLabels: {app: ratings}}
+  tracing: [{randomSamplingPercentage: 0}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: other-namespace, namespace: payments}
+spec:
+  tracing: [{randomSamplingPercentage: 0}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: second-default, namespace: shop}
+spec:
+  tracing: [{randomSamplingPercentage: 1}]
+"#,
+    );
+    assert_eq!(
+        policy.sources,
+        [
+            "istio-system/mesh-default",
+            "shop/shop-default",
+            "shop/reviews"
+        ]
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("second-default") || w.contains("only the first applies")),
+        "{warnings:?}"
+    );
+    let server = policy.server.tracing.as_ref().unwrap();
+    let client = policy.client.tracing.as_ref().unwrap();
+    assert_eq!(
+        server.sampling_percent,
+        Some(100.0),
+        "the workload's, SERVER only"
+    );
+    assert!(!server.disabled);
+    assert_eq!(client.sampling_percent, Some(50.0), "the namespace's");
+    assert!(client.disabled, "disableSpanReporting, CLIENT only");
+    // customTags replace the mesh's as a whole (Istio's shallow merge).
+    let mut headers = HeaderMap::new();
+    let tags: Vec<(&str, &str)> = server.tags(&headers).collect();
+    assert_eq!(
+        tags,
+        [("pkg", "tracemesh-agent"), ("user", "anonymous")],
+        "environment read at load, header default, unset environment left out"
+    );
+    headers.insert("x-user", "alice".parse().unwrap());
+    assert!(server.tags(&headers).any(|t| t == ("user", "alice")));
+    assert!(matches!(
+        server
+            .custom_tags
+            .iter()
+            .find(|t| t.name == "user")
+            .unwrap()
+            .value,
+        TagValue::Header { .. }
+    ));
+    // The mesh's access-log filter still applies (nothing below names a log).
+    let logs = policy.server.access_logs.as_ref().unwrap();
+    let (req, resp) = (HeaderMap::new(), HeaderMap::new());
+    assert!(!logs[0].logs(&attrs(&req, &resp, 200)));
+    assert!(logs[0].logs(&attrs(&req, &resp, 503)));
+}
+
+#[test]
+fn metrics_merge_per_metric_and_tag() {
+    let (policy, warnings) = compile(
+        r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: ALL_METRICS}
+      tagOverrides:
+        request_protocol: {operation: REMOVE}
+    - match: {metric: REQUEST_DURATION, mode: CLIENT}
+      disabled: true
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides:
+        request_host: {value: "request.host"}
+        destination_port: {value: "string(destination.port)"}
+    - match: {customMetric: requests_total, mode: SERVER}
+      tagOverrides:
+        response_flags: {operation: REMOVE}
+    - match: {customMetric: my_own_metric}
+      disabled: true
+"#,
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("my_own_metric")),
+        "{warnings:?}"
+    );
+    let server = policy.server.metrics.as_ref().unwrap();
+    let client = policy.client.metrics.as_ref().unwrap();
+    assert!(server.enabled(IstioMetric::RequestDuration));
+    assert!(!client.enabled(IstioMetric::RequestDuration));
+    let labels = |tags: &[TagOverride]| -> Vec<String> {
+        tags.iter()
+            .map(|t| match t {
+                TagOverride::Remove(l) => format!("-{l}"),
+                TagOverride::Upsert(l, e) => format!("{l}={}", e.source()),
+            })
+            .collect()
+    };
+    assert_eq!(
+        labels(server.tags(IstioMetric::RequestCount)),
+        [
+            "destination_port=string(destination.port)",
+            "request_host=request.host",
+            "-request_protocol",
+            "-response_flags"
+        ]
+    );
+    assert_eq!(
+        labels(client.tags(IstioMetric::RequestCount)),
+        [
+            "destination_port=string(destination.port)",
+            "request_host=request.host",
+            "-request_protocol"
+        ]
+    );
+    assert_eq!(
+        labels(server.tags(IstioMetric::TcpSentBytes)),
+        ["-request_protocol"]
+    );
+}
+
+#[test]
+fn all_metrics_off_until_a_workload_turns_one_on() {
+    let mesh_off = r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - overrides:
+    - {match: {metric: ALL_METRICS}, disabled: true}
+"#;
+    let (policy, _) = compile(mesh_off);
+    assert!(
+        !policy
+            .server
+            .metrics
+            .as_ref()
+            .unwrap()
+            .enabled(IstioMetric::RequestCount)
+    );
+    let (policy, _) = compile(&format!(
+        "{mesh_off}---\n{}",
+        r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  metrics:
+  - overrides:
+    - {match: {metric: REQUEST_COUNT, mode: SERVER}, disabled: false}
+"#
+    ));
+    assert!(
+        policy
+            .server
+            .metrics
+            .as_ref()
+            .unwrap()
+            .enabled(IstioMetric::RequestCount)
+    );
+    assert!(
+        !policy
+            .client
+            .metrics
+            .as_ref()
+            .unwrap()
+            .enabled(IstioMetric::RequestCount)
+    );
+    // A provider set without Prometheus: the agent serves no Istio metrics.
+    let (policy, warnings) = compile(
+        r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: shop, namespace: shop}
+spec:
+  metrics: [{providers: [{name: stackdriver}]}]
+"#,
+    );
+    assert!(policy.server.metrics.as_ref().unwrap().disabled);
+    assert!(
+        warnings.iter().any(|w| w.contains("stackdriver")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn access_logs_follow_the_last_level_that_names_them() {
+    let (policy, _) = compile(
+        r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}, {name: file-log}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  accessLogging:
+  - providers: [{name: file-log}]
+    filter: {expression: "request.headers['x-debug'] == 'on'"}
+  - match: {mode: CLIENT}
+    providers: [{name: file-log}]
+    disabled: true
+"#,
+    );
+    let server = policy.server.access_logs.as_ref().unwrap();
+    assert_eq!(server.len(), 1, "the workload names only file-log");
+    assert_eq!(server[0].file(), Some("/tmp/access.log"));
+    let mut req = HeaderMap::new();
+    let resp = HeaderMap::new();
+    assert!(!server[0].logs(&attrs(&req, &resp, 200)));
+    req.insert("x-debug", "on".parse().unwrap());
+    assert!(server[0].logs(&attrs(&req, &resp, 200)));
+    let client = policy.client.access_logs.as_ref().unwrap();
+    assert!(client[0].disabled);
+    assert!(!client[0].logs(&attrs(&req, &resp, 200)));
+    // Without any access log setting the Agent's own log applies.
+    let (policy, _) = compile(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: unrelated, namespace: shop}
+data: {}
+"#,
+    );
+    assert!(
+        policy.server.access_logs.is_some(),
+        "defaultProviders.accessLogging: envoy"
+    );
+}
+
+#[test]
+fn a_selector_for_another_workload_or_a_gateway_target_does_not_apply() {
+    let (policy, warnings) = compile(
+        r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: gw, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: web}]
+  tracing: [{randomSamplingPercentage: 0}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: v2-only, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews, version: v2}}
+  tracing: [{randomSamplingPercentage: 0}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: unknown-provider, namespace: shop}
+spec:
+  tracing: [{providers: [{name: zipkin}]}]
+"#,
+    );
+    assert_eq!(policy.sources, ["shop/unknown-provider"]);
+    assert!(
+        warnings.iter().any(|w| w.contains("sidecars skip it")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("\"zipkin\"")),
+        "{warnings:?}"
+    );
+    let tracing = policy.server.tracing.as_ref().unwrap();
+    assert!(
+        tracing.provider.is_none() && tracing.disabled,
+        "an unknown provider reports nothing"
+    );
+    assert_eq!(tracing.sampling_percent, Some(5.0));
+}
+
+#[test]
+fn sampling_is_telemetry_then_mesh_then_agent() {
+    let (policy, _) = compile(
+        r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  tracing: [{match: {mode: SERVER}, randomSamplingPercentage: 0}]
+"#,
+    );
+    assert_eq!(policy.sampling_percent(Side::Server, 1.0), 0.0);
+    assert_eq!(policy.sampling_percent(Side::Client, 1.0), 5.0);
+    let without_mesh = TelemetryPolicy::default();
+    assert_eq!(without_mesh.sampling_percent(Side::Client, 0.25), 25.0);
+}

@@ -1,0 +1,304 @@
+//! Clients of an external authorizer, as Envoy's ext_authz filter speaks to
+//! one for Istio's `CUSTOM` AuthorizationPolicies: the HTTP protocol
+//! ([`http`]) and the `envoy.service.auth.v3.Authorization/Check` gRPC
+//! service ([`grpc`]). Each check is bounded by the provider's `timeout`;
+//! what an unreachable authorizer means (`failOpen`, `statusOnError`) is
+//! decided here, once, for both.
+
+pub mod grpc;
+pub mod http;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use bytes::Bytes;
+
+use crate::model::authz::Pattern;
+
+/// The generated `envoy.service.auth.v3` types and the gRPC client and
+/// server, in modules named after their protobuf packages.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    pub mod envoy {
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.config.core.v3");
+                }
+            }
+        }
+        pub mod r#type {
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.r#type.v3.rs"));
+            }
+        }
+        pub mod service {
+            pub mod auth {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.auth.v3");
+                }
+            }
+        }
+    }
+    pub mod google {
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
+    pub use envoy::config::core::v3 as core;
+    pub use envoy::service::auth::v3 as auth;
+}
+
+/// Istio's default check timeout for both protocols (600s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `includeRequestBodyInCheck`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodySettings {
+    /// Most bytes buffered and sent.
+    pub max_request_bytes: usize,
+    /// A longer body is sent cut to `max_request_bytes` (else refused with 413).
+    pub allow_partial_message: bool,
+    /// gRPC: the body as bytes (`raw_body`).
+    pub pack_as_bytes: bool,
+}
+
+/// What every provider has: where the authorizer is and what its failure means.
+#[derive(Debug, Clone)]
+pub struct CommonSettings {
+    /// The provider's name (recorded as the deciding provider).
+    pub provider: String,
+    /// `host:port` of the authorizer.
+    pub target: String,
+    /// Longest a check may take.
+    pub timeout: Duration,
+    /// Let the request through when the authorizer fails.
+    pub fail_open: bool,
+    /// The status sent when it fails and `failOpen` is false (default 403).
+    pub status_on_error: StatusCode,
+    /// Buffer and send the body.
+    pub body: Option<BodySettings>,
+}
+
+/// An `envoyExtAuthzHttp` provider, compiled.
+#[derive(Debug, Clone)]
+pub struct HttpAuthzSettings {
+    /// Target, timeout, failure handling, body.
+    pub common: CommonSettings,
+    /// Prepended to the request's path (`pathPrefix`).
+    pub path_prefix: String,
+    /// Request headers sent besides the ones Envoy always sends
+    /// (`includeRequestHeadersInCheck`, lower case; `*` as prefix/suffix).
+    pub include_request_headers: Vec<Pattern>,
+    /// Fixed headers added to the check (`includeAdditionalHeadersInCheck`).
+    pub additional_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Authorizer headers copied upstream on allow.
+    pub headers_to_upstream_on_allow: Vec<Pattern>,
+    /// Authorizer headers sent downstream on deny (empty: all).
+    pub headers_to_downstream_on_deny: Vec<Pattern>,
+    /// Authorizer headers added to the downstream response on allow.
+    pub headers_to_downstream_on_allow: Vec<Pattern>,
+}
+
+/// An `envoyExtAuthzGrpc` provider, compiled.
+#[derive(Debug, Clone)]
+pub struct GrpcAuthzSettings {
+    /// Target, timeout, failure handling, body.
+    pub common: CommonSettings,
+}
+
+/// The request as the authorizer is told about it.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckRequest<'a> {
+    /// Method.
+    pub method: &'a str,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// `Host` / `:authority`.
+    pub host: &'a str,
+    /// Path and query, as received (normalized).
+    pub path_and_query: &'a str,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// The buffered body, when the provider asks for it.
+    pub body: Option<&'a [u8]>,
+    /// The body's full length, when known (`content-length`).
+    pub body_len: Option<u64>,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'a str,
+    /// The caller's address.
+    pub source: SocketAddr,
+    /// This workload's address.
+    pub destination: SocketAddr,
+    /// The caller's verified identity (mTLS), when any.
+    pub source_principal: Option<&'a str>,
+    /// This workload's identity.
+    pub destination_principal: &'a str,
+    /// SNI of the TLS session, when any.
+    pub sni: Option<&'a str>,
+}
+
+/// What the authorizer said.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckOutcome {
+    /// Let the request through with these edits.
+    Allow(AllowEdits),
+    /// Answer the client with this response.
+    Deny(DeniedResponse),
+}
+
+/// Header edits an allowing authorizer asks for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AllowEdits {
+    /// Set on the upstream request (replacing a header of the same name).
+    pub upstream_set: Vec<(HeaderName, HeaderValue)>,
+    /// Appended to the upstream request.
+    pub upstream_append: Vec<(HeaderName, HeaderValue)>,
+    /// Removed from the upstream request.
+    pub upstream_remove: Vec<HeaderName>,
+    /// Added to the response sent downstream.
+    pub downstream_add: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The response a denying authorizer asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeniedResponse {
+    /// Status (the authorizer's, default 403).
+    pub status: StatusCode,
+    /// Headers for the client.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Body for the client.
+    pub body: Bytes,
+}
+
+/// Why a check got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtAuthzError {
+    /// No answer within the provider's timeout.
+    #[error("the authorizer did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The authorizer could not be reached or broke the exchange.
+    #[error("the authorizer could not be reached: {0}")]
+    Transport(String),
+    /// The authorizer answered something that is not a check response.
+    #[error("the authorizer's answer is not a check response: {0}")]
+    Protocol(String),
+    /// The body is longer than `maxRequestBytes` and partial bodies are not allowed.
+    #[error("the request body is longer than the authorizer takes")]
+    BodyTooLarge,
+}
+
+/// A client of one provider.
+#[derive(Debug)]
+pub enum ExtAuthzClient {
+    /// HTTP protocol.
+    Http(Box<http::HttpAuthzClient>),
+    /// gRPC protocol.
+    Grpc(grpc::GrpcAuthzClient),
+}
+
+/// How a check ended, with the failure handling applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// Allow (with edits) or deny (with the response).
+    pub outcome: CheckOutcome,
+    /// Envoy's response code details: `ext_authz_ok`, `ext_authz_denied`,
+    /// `ext_authz_error` (denied because the authorizer failed),
+    /// `ext_authz_failure_mode_allowed` (let through because of `failOpen`).
+    pub details: &'static str,
+}
+
+impl ExtAuthzClient {
+    /// A client for HTTP settings.
+    pub fn http(settings: std::sync::Arc<HttpAuthzSettings>) -> Self {
+        Self::Http(Box::new(http::HttpAuthzClient::new(settings)))
+    }
+
+    /// A client for gRPC settings.
+    pub fn grpc(settings: std::sync::Arc<GrpcAuthzSettings>) -> Self {
+        Self::Grpc(grpc::GrpcAuthzClient::new(settings))
+    }
+
+    /// The provider's common settings.
+    pub fn settings(&self) -> &CommonSettings {
+        match self {
+            Self::Http(c) => &c.settings.common,
+            Self::Grpc(c) => &c.settings.common,
+        }
+    }
+
+    /// Asks the authorizer, within its timeout; an error is what the
+    /// authorizer's failure means (`failOpen`, `statusOnError`).
+    pub async fn check(&self, request: &CheckRequest<'_>) -> Verdict {
+        let settings = self.settings();
+        let asked = async {
+            match self {
+                Self::Http(c) => c.check(request).await,
+                Self::Grpc(c) => c.check(request).await,
+            }
+        };
+        let answer = match tokio::time::timeout(settings.timeout, asked).await {
+            Ok(answer) => answer,
+            Err(_) => Err(ExtAuthzError::Timeout(settings.timeout)),
+        };
+        match answer {
+            Ok(outcome @ CheckOutcome::Allow(_)) => Verdict {
+                outcome,
+                details: "ext_authz_ok",
+            },
+            Ok(outcome @ CheckOutcome::Deny(_)) => Verdict {
+                outcome,
+                details: "ext_authz_denied",
+            },
+            Err(ExtAuthzError::BodyTooLarge) => Verdict {
+                outcome: CheckOutcome::Deny(DeniedResponse {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    headers: Vec::new(),
+                    body: Bytes::from_static(b"Payload Too Large"),
+                }),
+                details: "ext_authz_error",
+            },
+            Err(error) => {
+                tracing::warn!(provider = %settings.provider, %error, fail_open = settings.fail_open, "external authorization failed");
+                if settings.fail_open {
+                    Verdict {
+                        outcome: CheckOutcome::Allow(AllowEdits::default()),
+                        details: "ext_authz_failure_mode_allowed",
+                    }
+                } else {
+                    Verdict {
+                        outcome: CheckOutcome::Deny(DeniedResponse {
+                            status: settings.status_on_error,
+                            headers: Vec::new(),
+                            body: Bytes::new(),
+                        }),
+                        details: "ext_authz_error",
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The body the check carries, cut to the provider's limit.
+fn body_for_check<'a>(
+    request: &CheckRequest<'a>,
+    settings: Option<BodySettings>,
+) -> Result<Option<&'a [u8]>, ExtAuthzError> {
+    let (Some(settings), Some(body)) = (settings, request.body) else {
+        return Ok(None);
+    };
+    let full = request.body_len.unwrap_or(body.len() as u64);
+    if full as usize > settings.max_request_bytes || body.len() > settings.max_request_bytes {
+        if !settings.allow_partial_message {
+            return Err(ExtAuthzError::BodyTooLarge);
+        }
+        return Ok(Some(&body[..body.len().min(settings.max_request_bytes)]));
+    }
+    Ok(Some(body))
+}
+
+fn matches_any(patterns: &[Pattern], name: &str) -> bool {
+    patterns.iter().any(|p| p.matches(name))
+}

@@ -1,0 +1,155 @@
+//! Access control in one place, in Istio's order: authentication
+//! (RequestAuthentication: a bad token is 401), then CUSTOM (the external
+//! authorizer, asked only when a CUSTOM policy's rules match), then DENY,
+//! then ALLOW; AUDIT policies are logged and reported. Rate limits come
+//! after, in the request path. Every outcome names what decided it, for the
+//! access log, the span and the response details.
+
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use super::authn::{Authenticated, Authenticator, AuthnEdits, AuthnRequest};
+use super::authz::{Authorization, AuthzInput, DecisionSource};
+use crate::ext_authz::{AllowEdits, CheckOutcome, CheckRequest};
+
+/// What the request path does next. `Allow` is the common outcome and is
+/// not boxed, so deciding a request allocates nothing.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
+pub enum AccessOutcome {
+    /// Go on, after applying the edits.
+    Allow(Allowed),
+    /// Answer with this local reply.
+    Deny(Denied),
+}
+
+/// A request let in.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Allowed {
+    /// The verified token, when there was one.
+    pub auth: Option<Authenticated>,
+    /// Header edits from authentication (token removal, claim headers).
+    pub authn_edits: AuthnEdits,
+    /// Header edits the external authorizer asked for.
+    pub ext_authz_edits: AllowEdits,
+    /// The ALLOW policy (or CUSTOM provider) that let it in, when one did.
+    pub source: Option<DecisionSource>,
+    /// The AUDIT policy that matched, when one did.
+    pub audited: Option<DecisionSource>,
+    /// Envoy's response code details of the external check, when one ran.
+    pub ext_authz_details: Option<&'static str>,
+}
+
+/// A request refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denied {
+    /// The status.
+    pub status: StatusCode,
+    /// Headers for the client.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body.
+    pub body: bytes::Bytes,
+    /// Envoy's response flag: `UAEX` (external authorizer), `RBAC`, or none
+    /// for a 401 of authentication.
+    pub flag: Option<&'static str>,
+    /// Envoy's response code details (`jwt_authn_access_denied{…}`,
+    /// `ext_authz_denied`, `ext_authz_error`, `rbac_access_denied_matched_policy[…]`).
+    pub details: String,
+    /// What decided (none: no ALLOW policy matched).
+    pub source: Option<DecisionSource>,
+}
+
+/// Authentication and authorization of this workload.
+#[derive(Debug, Default)]
+pub struct AccessControl {
+    /// RequestAuthentication.
+    pub authn: Authenticator,
+    /// AuthorizationPolicies.
+    pub authz: Authorization,
+}
+
+impl AccessControl {
+    /// Whether nothing applies (the request path skips the step).
+    pub fn is_empty(&self) -> bool {
+        self.authn.is_empty() && self.authz.is_empty()
+    }
+
+    /// Decides one request. `check` describes it to an external authorizer
+    /// (asked only when a CUSTOM policy matches).
+    pub async fn check(
+        &self,
+        authn: &AuthnRequest<'_>,
+        input: &AuthzInput<'_>,
+        check: &CheckRequest<'_>,
+    ) -> AccessOutcome {
+        let auth = match self.authn.authenticate(authn) {
+            Ok(auth) => auth,
+            Err(failure) => {
+                return AccessOutcome::Deny(Denied {
+                    status: StatusCode::UNAUTHORIZED,
+                    headers: vec![(
+                        http::header::WWW_AUTHENTICATE,
+                        failure.www_authenticate.clone(),
+                    )],
+                    body: bytes::Bytes::from_static(failure.reason.as_bytes()),
+                    flag: None,
+                    details: failure.details(),
+                    source: failure.source.map(|policy| DecisionSource {
+                        policy,
+                        rule: None,
+                        provider: None,
+                    }),
+                });
+            }
+        };
+        let mut allowed = Allowed {
+            authn_edits: auth.as_ref().map(|a| a.edits.clone()).unwrap_or_default(),
+            ..Allowed::default()
+        };
+        if let Some((custom, rule)) = self.authz.custom_match(input, auth.as_ref()) {
+            let source = DecisionSource {
+                policy: custom.policy.name.clone(),
+                rule: Some(rule),
+                provider: Some(custom.provider.clone()),
+            };
+            let verdict = custom.client.check(check).await;
+            allowed.ext_authz_details = Some(verdict.details);
+            match verdict.outcome {
+                CheckOutcome::Deny(denied) => {
+                    return AccessOutcome::Deny(Denied {
+                        status: denied.status,
+                        headers: denied.headers,
+                        body: denied.body,
+                        flag: Some("UAEX"),
+                        details: verdict.details.to_owned(),
+                        source: Some(source),
+                    });
+                }
+                CheckOutcome::Allow(edits) => {
+                    allowed.ext_authz_edits = edits;
+                    allowed.source = Some(source);
+                }
+            }
+        }
+        let local = self.authz.decide_local(input, auth.as_ref());
+        if !local.allowed {
+            let details = match &local.source {
+                Some(s) => format!("rbac_access_denied_matched_policy[{s}]"),
+                None => "rbac_access_denied_matched_policy[none]".to_owned(),
+            };
+            return AccessOutcome::Deny(Denied {
+                status: StatusCode::FORBIDDEN,
+                headers: Vec::new(),
+                body: bytes::Bytes::from_static(b"RBAC: access denied"),
+                flag: Some("RBAC"),
+                details,
+                source: local.source,
+            });
+        }
+        if local.source.is_some() {
+            allowed.source = local.source;
+        }
+        allowed.audited = local.audited;
+        allowed.auth = auth;
+        AccessOutcome::Allow(allowed)
+    }
+}

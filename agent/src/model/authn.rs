@@ -1,0 +1,410 @@
+//! End-user authentication (RequestAuthentication), as Envoy's jwt_authn
+//! filter applies it for Istio: a request without a token passes (the
+//! AuthorizationPolicies decide); a request with a token that does not
+//! verify gets 401 with Envoy's reason as the body and
+//! `www-authenticate: Bearer realm="http://<host><path>", error="invalid_token"`.
+//!
+//! Tokens are looked for where each `jwtRules[]` entry says
+//! (`fromHeaders` with their prefix, `fromParams`, `fromCookies`), by
+//! default in `Authorization: Bearer …` and the `access_token` query
+//! parameter. Every token found must verify: its `iss` must be a rule's
+//! `issuer` (else `Jwt issuer is not configured`), its signature one of the
+//! rule's keys (RS256/384/512, PS256/384/512, ES256/384, EdDSA; the key
+//! chosen by `kid` and `alg`), `exp` and `nbf` hold with [`CLOCK_SKEW`] of
+//! leeway (Envoy's default, 60 s), and when the rule lists `audiences` one
+//! of the token's `aud` must be among them. The first token found gives the
+//! request's identity: principal `<iss>/<sub>`, the claims, the audiences
+//! and the presenter (`azp`).
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use super::jwks::JwksStore;
+
+/// Leeway on `exp` and `nbf` (Envoy's `clock_skew_seconds` default).
+pub const CLOCK_SKEW: u64 = 60;
+
+/// Where a token is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenLocation {
+    /// A header, after a prefix (`Bearer `).
+    Header {
+        /// The header.
+        name: HeaderName,
+        /// What precedes the token.
+        prefix: String,
+    },
+    /// A query parameter.
+    Param(String),
+    /// A cookie.
+    Cookie(String),
+}
+
+/// One `jwtRules[]` entry, compiled.
+#[derive(Debug)]
+pub struct JwtRule {
+    /// `namespace/name` of the RequestAuthentication and the rule's index.
+    pub source: String,
+    /// The `iss` its tokens carry.
+    pub issuer: String,
+    /// Accepted `aud` values (empty: any).
+    pub audiences: Vec<String>,
+    /// Its keys.
+    pub keys: Arc<JwksStore>,
+    /// Where its tokens are.
+    pub locations: Vec<TokenLocation>,
+    /// Keep the token in the request sent on.
+    pub forward_original_token: bool,
+    /// Header that receives the payload (base64url, unpadded).
+    pub output_payload_to_header: Option<HeaderName>,
+    /// Claims copied to headers.
+    pub output_claim_to_headers: Vec<(HeaderName, String)>,
+    /// Claims whose string value is a space-separated list (`scope` and
+    /// `permission` always are, as in Istio).
+    pub space_delimited_claims: Vec<String>,
+}
+
+/// Every RequestAuthentication rule that applies to this workload.
+#[derive(Debug, Default)]
+pub struct Authenticator {
+    /// The rules, in document order.
+    pub rules: Vec<JwtRule>,
+}
+
+/// What the authenticator reads of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthnRequest<'a> {
+    /// Headers.
+    pub headers: &'a HeaderMap,
+    /// The query string, without `?`.
+    pub query: Option<&'a str>,
+    /// Host, for `www-authenticate`'s realm.
+    pub host: &'a str,
+    /// Path without query, for the realm.
+    pub path: &'a str,
+}
+
+/// A verified token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Authenticated {
+    /// `<iss>/<sub>` (`request.auth.principal`, matched by `requestPrincipals`).
+    pub principal: String,
+    /// Every claim (`request.auth.claims[…]`).
+    pub claims: Arc<Map<String, Value>>,
+    /// `aud` as a list (`request.auth.audiences`).
+    pub audiences: Vec<String>,
+    /// `azp` (`request.auth.presenter`).
+    pub presenter: Option<String>,
+    /// The rule that verified it.
+    pub source: String,
+    /// Header edits to apply before the request goes on.
+    pub edits: AuthnEdits,
+}
+
+/// Header edits of a successful authentication.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuthnEdits {
+    /// Headers to remove (tokens not forwarded, and spoofed output headers).
+    pub remove: Vec<HeaderName>,
+    /// Headers to set (`outputPayloadToHeader`, `outputClaimToHeaders`).
+    pub set: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Why a request is refused with 401.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthnFailure {
+    /// Envoy's reason, sent as the body (`Jwt is expired`).
+    pub reason: &'static str,
+    /// The `www-authenticate` value.
+    pub www_authenticate: HeaderValue,
+    /// The rule whose token failed (none: no rule knows the issuer).
+    pub source: Option<String>,
+}
+
+impl AuthnFailure {
+    /// Envoy's response code details (`jwt_authn_access_denied{…}`).
+    pub fn details(&self) -> String {
+        format!("jwt_authn_access_denied{{{}}}", self.reason)
+    }
+}
+
+/// Envoy's reasons, word for word.
+pub mod reason {
+    /// The token is not three base64url parts.
+    pub const MALFORMED: &str =
+        "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections";
+    /// Header or payload is not JSON, or the algorithm is not supported.
+    pub const BAD_HEADER: &str = "Jwt header is an invalid JSON";
+    /// No rule has the token's issuer.
+    pub const UNKNOWN_ISSUER: &str = "Jwt issuer is not configured";
+    /// No key fits.
+    pub const NO_KEY: &str = "Jwks doesn't have key to match kid or alg from Jwt";
+    /// The signature does not verify.
+    pub const SIGNATURE: &str = "Jwt verification fails";
+    /// `exp` is past.
+    pub const EXPIRED: &str = "Jwt is expired";
+    /// `nbf` is ahead.
+    pub const NOT_YET_VALID: &str = "Jwt not yet valid";
+    /// `aud` is not accepted.
+    pub const AUDIENCE: &str = "Audiences in Jwt are not allowed";
+    /// The rule's key set has not been fetched yet.
+    pub const NO_JWKS: &str = "Jwks remote fetch is failed";
+}
+
+impl Authenticator {
+    /// Whether any rule applies (so the request path can skip the work).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// `Ok(None)`: no token; `Ok(Some(_))`: verified; `Err`: 401.
+    pub fn authenticate(
+        &self,
+        request: &AuthnRequest<'_>,
+    ) -> Result<Option<Authenticated>, AuthnFailure> {
+        if self.rules.is_empty() {
+            return Ok(None);
+        }
+        let mut first: Option<Authenticated> = None;
+        let mut seen: Vec<&str> = Vec::new();
+        let mut remove: Vec<HeaderName> = Vec::new();
+        for rule in &self.rules {
+            for location in &rule.locations {
+                for token in tokens(request, location) {
+                    if seen.contains(&token) {
+                        continue;
+                    }
+                    seen.push(token);
+                    let verified = self.verify(token, request)?;
+                    if let (TokenLocation::Header { name, .. }, false) = (
+                        location,
+                        verified_rule(self, &verified).forward_original_token,
+                    ) && !remove.contains(name)
+                    {
+                        remove.push(name.clone());
+                    }
+                    if first.is_none() {
+                        first = Some(verified);
+                    }
+                }
+            }
+        }
+        Ok(first.map(|mut auth| {
+            let mut edits = std::mem::take(&mut auth.edits);
+            for name in remove {
+                if !edits.remove.contains(&name) {
+                    edits.remove.push(name);
+                }
+            }
+            auth.edits = edits;
+            auth
+        }))
+    }
+
+    fn verify(
+        &self,
+        token: &str,
+        request: &AuthnRequest<'_>,
+    ) -> Result<Authenticated, AuthnFailure> {
+        let fail = |reason: &'static str, source: Option<&JwtRule>| AuthnFailure {
+            reason,
+            www_authenticate: www_authenticate(request),
+            source: source.map(|r| r.source.clone()),
+        };
+        if token.split('.').count() != 3 {
+            return Err(fail(reason::MALFORMED, None));
+        }
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| fail(reason::BAD_HEADER, None))?;
+        let issuer = unverified_issuer(token).ok_or_else(|| fail(reason::BAD_HEADER, None))?;
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| r.issuer == issuer)
+            .ok_or_else(|| fail(reason::UNKNOWN_ISSUER, None))?;
+        let Some(keys) = rule.keys.keys() else {
+            rule.keys.start();
+            return Err(fail(reason::NO_JWKS, Some(rule)));
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = CLOCK_SKEW;
+        validation.validate_aud = false;
+        validation.validate_nbf = true;
+        validation.required_spec_claims.clear();
+        let fitting: Vec<_> = keys
+            .iter()
+            .filter(|k| k.fits(header.alg, header.kid.as_deref()))
+            .collect();
+        if fitting.is_empty()
+            || matches!(
+                header.alg,
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+            )
+        {
+            return Err(fail(reason::NO_KEY, Some(rule)));
+        }
+        let mut outcome = Err(reason::SIGNATURE);
+        for key in fitting {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
+                Ok(data) => {
+                    outcome = Ok(data.claims);
+                    break;
+                }
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind;
+                    outcome = Err(match e.kind() {
+                        ErrorKind::ExpiredSignature => reason::EXPIRED,
+                        ErrorKind::ImmatureSignature => reason::NOT_YET_VALID,
+                        ErrorKind::InvalidToken | ErrorKind::Base64(_) => reason::MALFORMED,
+                        ErrorKind::Json(_) | ErrorKind::Utf8(_) => reason::BAD_HEADER,
+                        _ => reason::SIGNATURE,
+                    });
+                    if outcome != Err(reason::SIGNATURE) {
+                        break;
+                    }
+                }
+            }
+        }
+        let claims = outcome.map_err(|r| fail(r, Some(rule)))?;
+        let audiences = string_list(claims.get("aud"));
+        if !rule.audiences.is_empty() && !audiences.iter().any(|a| rule.audiences.contains(a)) {
+            return Err(fail(reason::AUDIENCE, Some(rule)));
+        }
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let presenter = claims.get("azp").and_then(Value::as_str).map(str::to_owned);
+        let edits = output_edits(rule, token, &claims);
+        Ok(Authenticated {
+            principal: format!("{issuer}/{sub}"),
+            claims: Arc::new(claims),
+            audiences,
+            presenter,
+            source: rule.source.clone(),
+            edits,
+        })
+    }
+}
+
+fn verified_rule<'a>(authn: &'a Authenticator, auth: &Authenticated) -> &'a JwtRule {
+    authn
+        .rules
+        .iter()
+        .find(|r| r.source == auth.source)
+        .unwrap_or(&authn.rules[0])
+}
+
+/// `Bearer realm="http://<host><path>", error="invalid_token"`, as Envoy sends it.
+fn www_authenticate(request: &AuthnRequest<'_>) -> HeaderValue {
+    let realm = format!("http://{}{}", request.host, request.path).replace('"', "");
+    HeaderValue::from_str(&format!(
+        "Bearer realm=\"{realm}\", error=\"invalid_token\""
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\""))
+}
+
+/// `iss` of a token before it is verified (to pick the rule and its keys).
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
+    Some(claims.get("iss")?.as_str()?.to_owned())
+}
+
+/// A string or a list of strings as a list.
+pub fn string_list(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The tokens at one location (every matching header line, parameter or cookie).
+fn tokens<'a>(request: &AuthnRequest<'a>, location: &TokenLocation) -> Vec<&'a str> {
+    match location {
+        TokenLocation::Header { name, prefix } => request
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| {
+                if prefix.is_empty() {
+                    Some(v.trim())
+                } else {
+                    v.get(..prefix.len())
+                        .filter(|p| p.eq_ignore_ascii_case(prefix))
+                        .map(|_| v[prefix.len()..].trim())
+                }
+            })
+            .filter(|t| !t.is_empty())
+            .collect(),
+        TokenLocation::Param(param) => request
+            .query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k == param && !v.is_empty()).then_some(v)
+            })
+            .collect(),
+        TokenLocation::Cookie(cookie) => request
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == cookie && !v.is_empty()).then_some(v)
+            })
+            .collect(),
+    }
+}
+
+/// `outputPayloadToHeader` and `outputClaimToHeaders`; the named headers are
+/// replaced, so a client cannot send its own.
+fn output_edits(rule: &JwtRule, token: &str, claims: &Map<String, Value>) -> AuthnEdits {
+    let mut edits = AuthnEdits::default();
+    if let Some(header) = &rule.output_payload_to_header
+        && let Some(payload) = token.split('.').nth(1)
+        && let Ok(value) = HeaderValue::from_str(payload.trim_end_matches('='))
+    {
+        edits.set.push((header.clone(), value));
+    }
+    for (header, claim) in &rule.output_claim_to_headers {
+        let value = match claims.get(claim) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::Bool(b)) => Some(b.to_string()),
+            _ => None,
+        };
+        match value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            Some(v) => edits.set.push((header.clone(), v)),
+            None => edits.remove.push(header.clone()),
+        }
+    }
+    edits
+}
+
+impl JwtRule {
+    /// Whether `claim` of this rule's tokens is a space-separated list.
+    pub fn space_delimited(&self, claim: &str) -> bool {
+        matches!(claim, "scope" | "permission")
+            || self.space_delimited_claims.iter().any(|c| c == claim)
+    }
+}
+
+#[cfg(test)]
+#[path = "authn_tests.rs"]
+mod tests;

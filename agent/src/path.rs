@@ -28,7 +28,7 @@
 //!      (Envoy's fix for servlet-style `..;` traversal);
 //!    - characters a path may not hold (controls, space, `"<>` `` ` `` `{|}^`,
 //!      DEL, non-ASCII) are percent-encoded;
-//!    - an escape that decodes to NUL (`%00`) fails normalization: the
+//!    - NUL, raw or as an escape (`%00`), fails normalization: the
 //!      request is refused (400, `path_normalization_failed`);
 //!    - `%` not followed by two hex digits is kept; when decoding would turn
 //!      it into a new escape (`%%30%30` → `%00`) it is written `%25`;
@@ -287,6 +287,9 @@ fn canonicalize(path: &[u8]) -> Result<String, PathRejected> {
                     out.push(b'%');
                 }
             },
+            // A raw NUL is refused as its escape is: normalizing what this
+            // returns must give the same answer.
+            0 => return Err(PathRejected),
             b if must_escape(b) => {
                 out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
             }
@@ -387,6 +390,10 @@ mod tests {
             ("/;/admin",                  ["/;/admin", "/;/admin", "/;/admin", "/;/admin"]),
             ("/admin;a=b",                ["/admin;a=b", "/admin;a=b", "/admin;a=b", "/admin;a=b"]),
             ("/admin%00",                 ["/admin%00", "400", "400", "400"]),
+            // Found by the request_path fuzz target: a raw NUL was escaped
+            // to `%00`, which the next normalization refused.
+            ("/a\\\u{0}b/..\u{10}/c",    ["/a\\\u{0}b/..\u{10}/c", "400", "400", "400"]),
+            ("/b/..\u{10}/c",              ["/b/..\u{10}/c", "/b/..%10/c", "/b/..%10/c", "/b/..%10/c"]),
             ("/a%2F..%2Fb",               ["/a%2F..%2Fb", "/a%2F..%2Fb", "/a%2F..%2Fb", "/b"]),
             ("/a/b/..%2fc",               ["/a/b/..%2fc", "/a/b/..%2fc", "/a/b/..%2fc", "/a/c"]),
             ("//",                        ["//", "//", "//", "//"]),

@@ -6,6 +6,7 @@ mod access;
 mod bootstrap;
 mod decided;
 mod capture;
+mod gateway_api;
 mod mtls;
 mod policy;
 mod registry;
@@ -36,6 +37,14 @@ struct Documents {
     rate_limit_policies: Vec<Document<crate::config::rate_limit::RateLimitPolicySpec>>,
     workload_entries: Vec<Document<crate::config::service_entry::WorkloadEntry>>,
     sidecars: Vec<Document<crate::config::gateway::SidecarSpec>>,
+    ingress_gateways: Vec<Document<crate::config::ingress_gateway::IngressGatewaySpec>>,
+    gateways: Vec<Document<crate::config::gateway::GatewaySpec>>,
+    gateway_classes: Vec<Document<crate::config::gateway_api::GatewayClassSpec>>,
+    kubernetes_gateways: Vec<Document<crate::config::gateway_api::GatewaySpec>>,
+    http_routes: Vec<Document<crate::config::gateway_api::HttpRouteSpec>>,
+    grpc_routes: Vec<Document<crate::config::gateway_api::GrpcRouteSpec>>,
+    reference_grants: Vec<Document<crate::config::gateway_api::ReferenceGrantSpec>>,
+    namespaces: Vec<Document<()>>,
 }
 
 impl Documents {
@@ -52,6 +61,14 @@ impl Documents {
                 Resource::RateLimitPolicy(d) => docs.rate_limit_policies.push(d),
                 Resource::WorkloadEntry(d) => docs.workload_entries.push(d),
                 Resource::Sidecar(d) => docs.sidecars.push(d),
+                Resource::IngressGateway(d) => docs.ingress_gateways.push(d),
+                Resource::Gateway(d) => docs.gateways.push(d),
+                Resource::GatewayClass(d) => docs.gateway_classes.push(d),
+                Resource::KubernetesGateway(d) => docs.kubernetes_gateways.push(d),
+                Resource::HttpRoute(d) => docs.http_routes.push(d),
+                Resource::GrpcRoute(d) => docs.grpc_routes.push(d),
+                Resource::ReferenceGrant(d) => docs.reference_grants.push(d),
+                Resource::Namespace(d) => docs.namespaces.push(d),
                 // Validated and warned about already; nothing to compile.
                 Resource::Unused(_) => {}
             }
@@ -177,13 +194,14 @@ fn build(
     if let (Some(scope), Some(name)) = (&sidecar.egress, &sidecar.name) {
         registry.restrict(scope, name);
     }
-    let routes = routes::build(
-        &docs.virtual_services,
-        &registry,
-        boot.as_ref(),
-        &namespace,
-        diags,
-    );
+    let api_routes = gateway_api::routes(&docs.http_routes, &docs.grpc_routes, &namespace);
+    let mesh = routes::MeshInput {
+        virtual_services: &docs.virtual_services,
+        routes: &api_routes,
+        service_entries: &docs.service_entries,
+    };
+    let routes = routes::build(&mesh, &registry, boot.as_ref(), &namespace, diags);
+    skipped_by_sidecars(docs, diags);
     unenforced::warn_all(docs, diags);
     let boot = boot?;
     let inbound = registry::inbound_cluster(&boot, states);
@@ -232,6 +250,22 @@ fn build(
     })
 }
 
+/// Gateway resources in a sidecar's file configure gateways
+/// (`tracemesh gateway`); a sidecar says so once per resource.
+fn skipped_by_sidecars(docs: &Documents, diags: &mut Diagnostics) {
+    let msg = "configures ingress gateways (`tracemesh gateway`); sidecars skip it";
+    for loc in docs
+        .gateways
+        .iter()
+        .map(|d| &d.location)
+        .chain(docs.kubernetes_gateways.iter().map(|d| &d.location))
+        .chain(docs.gateway_classes.iter().map(|d| &d.location))
+        .chain(docs.ingress_gateways.iter().map(|d| &d.location))
+    {
+        diags.warn(loc, None, msg);
+    }
+}
+
 /// The effective config as JSON: every resource as written, plus warnings.
 fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Value {
     fn entries<S: serde::Serialize>(kind: &str, list: &[Document<S>]) -> Vec<serde_json::Value> {
@@ -256,6 +290,13 @@ fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Valu
     resources.extend(entries("PeerAuthentication", &docs.peer_authentications));
     resources.extend(entries("RateLimitPolicy", &docs.rate_limit_policies));
     resources.extend(entries("Sidecar", &docs.sidecars));
+    resources.extend(entries("IngressGateway", &docs.ingress_gateways));
+    resources.extend(entries("Gateway", &docs.gateways));
+    resources.extend(entries("GatewayClass", &docs.gateway_classes));
+    resources.extend(entries("Gateway", &docs.kubernetes_gateways));
+    resources.extend(entries("HTTPRoute", &docs.http_routes));
+    resources.extend(entries("GRPCRoute", &docs.grpc_routes));
+    resources.extend(entries("ReferenceGrant", &docs.reference_grants));
     // Bootstrap tokens stay out of the dump.
     for resource in &mut resources {
         if let Some(token) = resource.pointer_mut("/spec/identity/ca/token") {

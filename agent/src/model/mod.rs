@@ -4,6 +4,7 @@
 pub mod authz;
 pub mod capture;
 pub mod cluster;
+pub mod gateway;
 pub mod live;
 pub mod policy;
 pub mod rate_limit;

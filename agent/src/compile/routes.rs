@@ -811,3 +811,135 @@ fn edits(
     let response = one(headers.and_then(|h| h.response.as_ref()), "response");
     (request, response)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::compile::{Compiled, compile_text};
+    use crate::model::live::LiveState;
+
+    const MESH_FILE: &str = r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: productpage-v1, namespace: default}
+spec:
+  service: productpage
+  labels: {app: productpage}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 10.244.0.12, labels: {version: v1}}
+  - {address: 10.244.0.13, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
+
+    fn compile(extra: &str) -> Compiled {
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        let yaml = format!("{MESH_FILE}---\n{extra}");
+        compile_text(&file, &yaml, 1, &LiveState::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn reviews(compiled: &Compiled) -> &VirtualHost {
+        compiled
+            .snapshot
+            .routes
+            .find("reviews.default.svc.cluster.local")
+            .expect("reviews has a virtual host")
+    }
+
+    fn rule_names(vh: &VirtualHost) -> Vec<String> {
+        vh.rules
+            .iter()
+            .map(|r| r.name.as_deref().unwrap_or("-").to_owned())
+            .collect()
+    }
+
+    fn virtual_service(gateways: &str, rules: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  gateways: {gateways}\n  http:\n{rules}"
+        )
+    }
+
+    const TO_V2: &str = "  - name: to-v2\n    route: [{destination: {host: reviews, subset: v2}}]\n";
+
+    #[test]
+    fn a_virtual_service_bound_to_gateways_only_does_not_apply_to_sidecars() {
+        for gateways in ["[bookinfo-gateway]", "[istio-system/ingress]"] {
+            let compiled = compile(&virtual_service(gateways, TO_V2));
+            let vh = reviews(&compiled);
+            assert_eq!(vh.virtual_service, None, "{gateways}: the implicit route");
+            assert_eq!(rule_names(vh), ["-"], "{gateways}");
+            let text: Vec<String> = compiled.diagnostics.warnings().map(|d| d.to_string()).collect();
+            let text = text.join("\n");
+            assert!(
+                text.contains("spec.gateways") && text.contains("sidecars skip it"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_virtual_service_bound_to_mesh_applies_to_sidecars() {
+        for gateways in ["[mesh, bookinfo-gateway]", "[mesh]", "[]"] {
+            let compiled = compile(&virtual_service(gateways, TO_V2));
+            let vh = reviews(&compiled);
+            assert_eq!(vh.virtual_service.as_deref(), Some("default/reviews"));
+            assert_eq!(rule_names(vh), ["to-v2"], "{gateways}");
+        }
+    }
+
+    #[test]
+    fn match_gateways_replace_the_resource_gateways_per_match() {
+        let rules = r#"  - name: gateway-only
+    match: [{uri: {prefix: /a}, gateways: [bookinfo-gateway]}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: mixed
+    match:
+    - {uri: {prefix: /b}, gateways: [default/bookinfo-gateway]}
+    - {uri: {prefix: /c}, gateways: [mesh]}
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: default
+    route: [{destination: {host: reviews, subset: v1}}]
+"#;
+        let compiled = compile(&virtual_service("[mesh, bookinfo-gateway]", rules));
+        let vh = reviews(&compiled);
+        assert_eq!(rule_names(vh), ["mixed", "default"]);
+        let mixed = &vh.rules[0];
+        assert_eq!(mixed.matches.len(), 1, "only the mesh match stays");
+        assert!(matches!(&mixed.matches[0].uri, Some(StrMatcher::Prefix(p)) if p == "/c"));
+    }
+
+    #[test]
+    fn gateway_names_resolve_as_istio_resolves_them() {
+        assert_eq!(gateway_name("mesh", "default"), "mesh");
+        assert_eq!(gateway_name("bookinfo-gateway", "default"), "default/bookinfo-gateway");
+        assert_eq!(gateway_name("istio-system/ingress", "default"), "istio-system/ingress");
+        assert_eq!(
+            gateway_name("ingress.istio-system.svc.cluster.local", "default"),
+            "istio-system/ingress"
+        );
+        let gw = Binding::Gateway("default/bookinfo-gateway");
+        assert!(gw.admits(&["bookinfo-gateway".into()], "default"));
+        assert!(!gw.admits(&["bookinfo-gateway".into()], "other"));
+        assert!(!gw.admits(&[], "default"), "no gateways: mesh only");
+        assert!(!gw.admits(&["mesh".into()], "default"));
+        assert!(Binding::Mesh.admits(&[], "default"));
+        assert!(!Binding::Mesh.admits(&["default/bookinfo-gateway".into()], "default"));
+    }
+}

@@ -6,6 +6,7 @@ mod access;
 mod bootstrap;
 mod decided;
 mod capture;
+mod gateway;
 mod gateway_api;
 mod mtls;
 mod policy;
@@ -132,6 +133,44 @@ pub fn compile_text(
     }
 }
 
+/// A compiled ingress gateway config and what the compile said.
+pub struct CompiledGateway {
+    /// What the gateway serves.
+    pub snapshot: crate::model::gateway::GatewaySnapshot,
+    /// Warnings (no errors: a config with errors is rejected).
+    pub diagnostics: Diagnostics,
+}
+
+/// Compiles the text of an ingress gateway's config file named `file`:
+/// one `IngressGateway` bootstrap, Istio `Gateway`s with the
+/// VirtualServices bound to them, Kubernetes Gateway API `Gateway`s with
+/// their routes, and the registry (ServiceEntry, DestinationRule) they
+/// route to.
+pub fn compile_gateway_text(
+    file: &Arc<str>,
+    text: &str,
+    version: u64,
+    states: &LiveState,
+) -> Result<CompiledGateway, ConfigRejected> {
+    let mut diags = Diagnostics::default();
+    let resources = validate::resources(parse_documents(file, text, &mut diags), &mut diags);
+    let docs = Documents::sort(resources);
+    let snapshot = gateway::build(file, &docs, version, states, &mut diags);
+    if !docs.agents.is_empty() {
+        for doc in &docs.agents {
+            let msg = "an Agent bootstraps a sidecar; a gateway's file holds an IngressGateway";
+            diags.error(&doc.location, None, msg);
+        }
+    }
+    match snapshot {
+        Some(snapshot) if !diags.has_errors() => Ok(CompiledGateway {
+            snapshot,
+            diagnostics: diags,
+        }),
+        _ => Err(ConfigRejected(diags)),
+    }
+}
+
 /// What `tracemesh validate` found in one file.
 pub struct Checked {
     /// Every error and warning.
@@ -139,11 +178,14 @@ pub struct Checked {
     /// The file holds an `Agent` document, so it was compiled as an agent's
     /// config (with the agent's context), not only checked resource by resource.
     pub agent: bool,
+    /// The file holds an `IngressGateway` document, so it was compiled as
+    /// `tracemesh gateway --config` would load it.
+    pub gateway: bool,
 }
 
 /// Checks the text of a file as `tracemesh validate` does: a file with an
 /// `Agent` document is compiled exactly as `tracemesh agent --config` would
-/// load it; any other file is checked resource by resource with Istio's
+/// load it, a file with an `IngressGateway` document as the gateway would; any other file is checked resource by resource with Istio's
 /// rules, as `istioctl validate` does, with the same warnings for fields
 /// the agent accepts but does not enforce.
 pub fn check_text(file: &Arc<str>, text: &str) -> Checked {
@@ -157,6 +199,18 @@ pub fn check_text(file: &Arc<str>, text: &str) -> Checked {
         return Checked {
             diagnostics,
             agent: true,
+            gateway: false,
+        };
+    }
+    if resources.iter().any(|r| matches!(r, Resource::IngressGateway(_))) {
+        let diagnostics = match compile_gateway_text(file, text, 1, &LiveState::default()) {
+            Ok(compiled) => compiled.diagnostics,
+            Err(ConfigRejected(diags)) => diags,
+        };
+        return Checked {
+            diagnostics,
+            agent: false,
+            gateway: true,
         };
     }
     let docs = Documents::sort(validate::resources(resources, &mut diags));
@@ -164,6 +218,7 @@ pub fn check_text(file: &Arc<str>, text: &str) -> Checked {
     Checked {
         diagnostics: diags,
         agent: false,
+        gateway: false,
     }
 }
 

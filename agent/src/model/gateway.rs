@@ -6,13 +6,47 @@
 //! forwards the bytes (TLS passthrough by SNI, TCP). Built once per config
 //! load by `compile::gateway`; every lookup here is a pure function.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::cluster::Cluster;
 use super::route::{DestinationTarget, RouteTable};
+use crate::config::ingress_gateway::IngressGatewaySpec;
 use crate::host::host_matches;
+
+/// Everything an ingress gateway serves, compiled once per config load
+/// (`compile::compile_gateway_text`) and swapped whole on reload, as the
+/// sidecar's [`Snapshot`](super::Snapshot) is.
+#[derive(Debug)]
+pub struct GatewaySnapshot {
+    /// Increments with each accepted load.
+    pub version: u64,
+    /// The IngressGateway bootstrap as written (admin, telemetry, access
+    /// log, identity source, concurrency, drain).
+    pub bootstrap: IngressGatewaySpec,
+    /// Who the gateway is.
+    pub identity: Arc<GatewayIdentity>,
+    /// Its ports and filter chains.
+    pub listeners: GatewayListeners,
+    /// Every mesh cluster it can reach (for `/clusters`).
+    pub clusters: Vec<Arc<Cluster>>,
+}
+
+/// The gateway workload.
+#[derive(Debug, Clone)]
+pub struct GatewayIdentity {
+    /// `metadata.name` of the IngressGateway.
+    pub workload: String,
+    /// Its namespace (default `istio-system`).
+    pub namespace: String,
+    /// The service FQDN it is reached as.
+    pub service: String,
+    /// Its labels (Gateways' `selector` match them).
+    pub labels: BTreeMap<String, String>,
+    /// `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`.
+    pub spiffe: tracemesh_ca::SpiffeId,
+}
 
 /// Every port the gateway listens on.
 #[derive(Debug, Default)]

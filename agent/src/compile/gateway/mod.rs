@@ -677,6 +677,7 @@ fn https_redirect() -> HttpRule {
         policy: RoutePolicy {
             action: RouteAction::Redirect(Redirect {
                 uri: None,
+                uri_regex: None,
                 authority: None,
                 port: None,
                 scheme: Some("https".into()),

@@ -186,6 +186,9 @@ pub(in crate::compile) fn http_rules(
             if let Some(rewrite) = base.rewrite(prefix.as_deref()) {
                 rule.policy.rewrite = Some(rewrite);
             }
+            if let RouteAction::Redirect(redirect) = &mut rule.policy.action {
+                redirect.uri_regex = base.redirect_prefix(prefix.as_deref());
+            }
             rule.matches = vec![compiled];
             out.push(RankedRule {
                 rank: Rank::of(rule.matches.first(), path_len),
@@ -287,11 +290,9 @@ impl RuleBase<'_> {
                 }
                 "RequestRedirect" => {
                     if let Some(r) = &flt.request_redirect {
-                        if r.path.as_ref().is_some_and(|p| p.r#type == "ReplacePrefixMatch") {
-                            scope.warn(diags, format!("{f}.requestRedirect.path"), "accepted but not enforced yet (a redirect keeps the path; `ReplaceFullPath` is enforced)");
-                        }
                         redirect = Some(Redirect {
                             uri: r.path.as_ref().and_then(|p| p.replace_full_path.clone()),
+                            uri_regex: None,
                             authority: r.hostname.clone(),
                             port: r.port.and_then(|p| u16::try_from(p).ok()),
                             scheme: r.scheme.clone(),
@@ -421,6 +422,14 @@ impl RuleBase<'_> {
             out[0].weight = 100;
         }
         (out, field)
+    }
+
+    /// The rule's `RequestRedirect` `ReplacePrefixMatch` for a match whose
+    /// path prefix is `prefix`, as a path substitution.
+    fn redirect_prefix(&self, prefix: Option<&str>) -> Option<(Regex, String)> {
+        let r = self.filters.iter().find_map(|f| f.request_redirect.as_ref())?;
+        let p = r.path.as_ref().filter(|p| p.r#type == "ReplacePrefixMatch")?;
+        prefix_rewrite(prefix.unwrap_or("/"), p.replace_prefix_match.as_deref().unwrap_or("/"))
     }
 
     /// The rule's `URLRewrite` for a match whose path prefix is `prefix`.

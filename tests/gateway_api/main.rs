@@ -43,7 +43,17 @@ struct Case {
     /// What it shows.
     #[allow(dead_code)]
     description: String,
-    /// The routes (YAML documents).
+    /// The suite's namespace for the case (default the mesh namespace;
+    /// gateway cases use `gateway-conformance-infra`).
+    #[serde(default)]
+    namespace: Option<String>,
+    /// Its backends (default `echo-v1`, `echo-v2`; gateway cases use
+    /// `infra-backend-v1` … `v3`), each a ServiceEntry of that namespace
+    /// on ports 80 and 8080 with its own upstream.
+    #[serde(default)]
+    backends: Vec<String>,
+    /// The routes (YAML documents; gateway cases include their Gateways,
+    /// of class `istio`).
     routes: String,
     /// Requests in order.
     requests: Vec<Step>,
@@ -127,6 +137,10 @@ fn main() {
     for path in cases("gateway") {
         let name = format!("gateway::{}", path.file_stem().unwrap().to_string_lossy());
         let case = load(&path);
+        let file = path.clone();
+        trials.push(Trial::test(format!("{name}::compiles"), move || {
+            gateway_compiles(&file).map_err(Failed::from)
+        }));
         trials.push(
             Trial::test(name, move || {
                 Err(Failed::from(format!("{}: needs the gateway listener", case.name)))
@@ -135,6 +149,36 @@ fn main() {
         );
     }
     libtest_mimic::run(&args, trials).exit();
+}
+
+/// A gateway case's resources load as an ingress gateway's config
+/// (`tracemesh validate` compiles a file with an IngressGateway as the
+/// gateway would), without errors or warnings about its routes.
+fn gateway_compiles(path: &Path) -> Result<(), String> {
+    use std::io::Write;
+    let case = load(path);
+    let namespace = case.namespace.as_deref().unwrap_or(NAMESPACE);
+    let mut yaml = "apiVersion: tracemesh.io/v1\nkind: IngressGateway\nmetadata: {name: gateway, namespace: istio-system}\nspec:\n  labels: {istio: ingressgateway}\n".to_owned();
+    for backend in &case.backends {
+        yaml += &format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {backend}, namespace: {namespace}}}\nspec:\n  hosts: [{backend}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1}}]\n"
+        );
+    }
+    yaml += "---\n";
+    yaml += &case.routes;
+    let mut child = std::process::Command::new(common::agent::binary())
+        .args(["validate", "--output", "json", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    if report["files"][0]["gateway"] != true || !report["diagnostics"].as_array().is_some_and(Vec::is_empty) {
+        return Err(format!("{}: {report:#}", case.name));
+    }
+    Ok(())
 }
 
 /// A ServiceEntry `name` of the mesh namespace on ports 80 and 8080, both

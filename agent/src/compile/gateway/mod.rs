@@ -422,6 +422,10 @@ fn add_server(
         diags.warn(loc, Some(format!("{field}.port.protocol")), msg);
         return;
     };
+    if server.default_endpoint.is_some() {
+        let msg = "not enforced: gateways forward to the routes' destinations only";
+        diags.warn(loc, Some(format!("{field}.defaultEndpoint")), msg);
+    }
     if server.bind.is_some() {
         let msg = "bind is not used: a gateway port listens where the IngressGateway's `listeners` say";
         diags.warn(loc, Some(format!("{field}.bind")), msg);

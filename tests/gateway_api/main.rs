@@ -96,6 +96,9 @@ struct Step {
     /// Headers the response must carry.
     #[serde(default)]
     response_headers: BTreeMap<String, String>,
+    /// Headers the response must not carry.
+    #[serde(default)]
+    response_absent: Vec<String>,
 }
 
 fn get() -> String {
@@ -272,6 +275,11 @@ async fn check(step: &Step, client: &Client, upstreams: &[Upstream]) -> Result<(
     for (k, v) in &step.response_headers {
         if reply.header(k).as_deref() != Some(v.as_str()) {
             return Err(format!("response header {k}: {:?}, want {v}", reply.header(k)));
+        }
+    }
+    for k in &step.response_absent {
+        if reply.headers.contains_key(k.as_str()) {
+            return Err(format!("the response carries {k}, which must be absent"));
         }
     }
     let reached: Vec<&Upstream> = upstreams

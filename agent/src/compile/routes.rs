@@ -168,7 +168,25 @@ pub(super) fn build(
     for (host, units) in by_host {
         let ports = registry.http_ports(&host);
         let origin = units.first().map(|u| u.origin.clone());
-        let rules = merge_units(units, &ports, diags);
+        let mut rules = merge_units(units, &ports, diags);
+        // Ports no rule is written for keep the service's own route, as
+        // Istio builds each port's virtual host without the resources
+        // that leave it out.
+        if let Ports::Only(covered) = ports_of(&rules) {
+            let free: Vec<RouteMatch> = ports
+                .iter()
+                .filter(|p| !covered.contains(p))
+                .map(|p| RouteMatch {
+                    port: Some(*p),
+                    ..RouteMatch::default()
+                })
+                .collect();
+            if !free.is_empty() {
+                let mut fallback = implicit_host(&host, registry).rules.remove(0);
+                fallback.matches = free;
+                rules.push(fallback);
+            }
+        }
         hosts.push(Arc::new(VirtualHost {
             ports,
             host,

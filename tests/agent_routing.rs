@@ -474,5 +474,8 @@ spec:
         .await;
     let client = Client::h1(agent.outbound);
     assert_eq!(client.get("http://reviews:9080/any").await.upstream(), "v1");
-    assert_eq!(client.get("http://reviews:9080/exact").await.upstream(), "v2");
+    assert_eq!(
+        client.get("http://reviews:9080/exact").await.upstream(),
+        "v2"
+    );
 }

@@ -354,7 +354,10 @@ fn an_agent_file_is_checked_in_the_agents_context() {
 
 #[test]
 fn a_gateway_file_is_checked_in_the_gateways_context() {
-    let bookinfo = std::fs::read_to_string(corpus("samples").join("bookinfo/networking/bookinfo-gateway.yaml")).unwrap();
+    let bookinfo = std::fs::read_to_string(
+        corpus("samples").join("bookinfo/networking/bookinfo-gateway.yaml"),
+    )
+    .unwrap();
     let boot = "apiVersion: tracemesh.io/v1\nkind: IngressGateway\nmetadata: {name: istio-ingressgateway, namespace: istio-system}\nspec:\n  labels: {istio: ingressgateway}\n  credentialDirectory: /nonexistent/credentials\n---\n";
     let (code, report) = run_json(&["-"], &format!("{boot}{bookinfo}"));
     assert_eq!(code, 0, "{report:#}");
@@ -365,11 +368,13 @@ fn a_gateway_file_is_checked_in_the_gateways_context() {
     let (code, report) = run_json(&["-"], &format!("{boot}{bookinfo}{https}"));
     assert_eq!(code, 1, "{report:#}");
     assert!(
-        errors(&report).iter().any(|e| e["field"] == "spec.servers[0].tls"
-            && e["message"]
-                .as_str()
-                .unwrap()
-                .contains("/nonexistent/credentials/istio-system/bookinfo-credential/tls.crt")),
+        errors(&report)
+            .iter()
+            .any(|e| e["field"] == "spec.servers[0].tls"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("/nonexistent/credentials/istio-system/bookinfo-credential/tls.crt")),
         "{report:#}"
     );
 }

@@ -115,7 +115,9 @@ fn ok() -> u16 {
 }
 
 fn cases(part: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gateway_api/cases").join(part);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/gateway_api/cases")
+        .join(part);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -135,7 +137,9 @@ fn main() {
     let mut trials = Vec::new();
     for path in cases("mesh") {
         let name = format!("mesh::{}", path.file_stem().unwrap().to_string_lossy());
-        trials.push(Trial::test(name, move || run_mesh(&path).map_err(Failed::from)));
+        trials.push(Trial::test(name, move || {
+            run_mesh(&path).map_err(Failed::from)
+        }));
     }
     for path in cases("gateway") {
         let name = format!("gateway::{}", path.file_stem().unwrap().to_string_lossy());
@@ -146,7 +150,10 @@ fn main() {
         }));
         trials.push(
             Trial::test(name, move || {
-                Err(Failed::from(format!("{}: needs the gateway listener", case.name)))
+                Err(Failed::from(format!(
+                    "{}: needs the gateway listener",
+                    case.name
+                )))
             })
             .with_ignored_flag(true),
         );
@@ -175,10 +182,18 @@ fn gateway_compiles(path: &Path) -> Result<(), String> {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    if report["files"][0]["gateway"] != true || !report["diagnostics"].as_array().is_some_and(Vec::is_empty) {
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    if report["files"][0]["gateway"] != true
+        || !report["diagnostics"].as_array().is_some_and(Vec::is_empty)
+    {
         return Err(format!("{}: {report:#}", case.name));
     }
     Ok(())
@@ -236,18 +251,27 @@ fn run_mesh(path: &Path) -> Result<(), String> {
         }
         yaml += "---\n";
         yaml += &case.routes;
-        let agent = Agent::try_start(&yaml).map_err(|e| format!("{}: the agent refused the config: {e}", case.source))?;
+        let agent = Agent::try_start(&yaml)
+            .map_err(|e| format!("{}: the agent refused the config: {e}", case.source))?;
         let client = Client::h1(agent.outbound);
         let mut failures = Vec::new();
         for (i, step) in case.requests.iter().enumerate() {
             if let Err(why) = check(step, &client, &upstreams).await {
-                failures.push(format!("request {i} ({} {} {:?}): {why}", step.method, step.path, step.headers));
+                failures.push(format!(
+                    "request {i} ({} {} {:?}): {why}",
+                    step.method, step.path, step.headers
+                ));
             }
         }
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(format!("{} ({}):\n  {}", case.name, case.source, failures.join("\n  ")))
+            Err(format!(
+                "{} ({}):\n  {}",
+                case.name,
+                case.source,
+                failures.join("\n  ")
+            ))
         }
     })
 }
@@ -265,16 +289,27 @@ async fn check(step: &Step, client: &Client, upstreams: &[Upstream]) -> Result<(
     }
     let reply = client.send(req.body(Full::default()).unwrap()).await;
     if reply.status != step.status {
-        return Err(format!("status {} (flags {:?}), want {}", reply.status, reply.header("x-tracemesh-response-flags"), step.status));
+        return Err(format!(
+            "status {} (flags {:?}), want {}",
+            reply.status,
+            reply.header("x-tracemesh-response-flags"),
+            step.status
+        ));
     }
     if let Some(location) = &step.location
         && reply.header("location").as_deref() != Some(location)
     {
-        return Err(format!("location {:?}, want {location}", reply.header("location")));
+        return Err(format!(
+            "location {:?}, want {location}",
+            reply.header("location")
+        ));
     }
     for (k, v) in &step.response_headers {
         if reply.header(k).as_deref() != Some(v.as_str()) {
-            return Err(format!("response header {k}: {:?}, want {v}", reply.header(k)));
+            return Err(format!(
+                "response header {k}: {:?}, want {v}",
+                reply.header(k)
+            ));
         }
     }
     for k in &step.response_absent {
@@ -308,7 +343,12 @@ async fn check(step: &Step, client: &Client, upstreams: &[Upstream]) -> Result<(
         return Err(format!("the backend saw path {}, want {path}", seen.path));
     }
     for (k, v) in &step.upstream_headers {
-        let got: Vec<&str> = seen.headers.get_all(k.as_str()).iter().map(|v| v.to_str().unwrap()).collect();
+        let got: Vec<&str> = seen
+            .headers
+            .get_all(k.as_str())
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
         if got.join(",") != *v {
             return Err(format!("the backend saw {k}: {got:?}, want {v}"));
         }

@@ -4,8 +4,8 @@
 
 mod access;
 mod bootstrap;
-mod decided;
 mod capture;
+mod decided;
 mod gateway;
 mod gateway_api;
 mod mtls;
@@ -202,7 +202,10 @@ pub fn check_text(file: &Arc<str>, text: &str) -> Checked {
             gateway: false,
         };
     }
-    if resources.iter().any(|r| matches!(r, Resource::IngressGateway(_))) {
+    if resources
+        .iter()
+        .any(|r| matches!(r, Resource::IngressGateway(_)))
+    {
         let diagnostics = match compile_gateway_text(file, text, 1, &LiveState::default()) {
             Ok(compiled) => compiled.diagnostics,
             Err(ConfigRejected(diags)) => diags,

@@ -51,9 +51,7 @@ impl Binding<'_> {
     pub fn admits(&self, gateways: &[String], namespace: &str) -> bool {
         match self {
             Self::Mesh => gateways.is_empty() || gateways.iter().any(|g| g == MESH),
-            Self::Gateway(name) => gateways
-                .iter()
-                .any(|g| gateway_name(g, namespace) == *name),
+            Self::Gateway(name) => gateways.iter().any(|g| gateway_name(g, namespace) == *name),
         }
     }
 }
@@ -154,7 +152,13 @@ pub(super) fn build(
         labels: &b.identity.labels,
         namespace: &b.identity.namespace,
     });
-    let mut units = virtual_service_units(input.virtual_services, registry, source, agent_namespace, diags);
+    let mut units = virtual_service_units(
+        input.virtual_services,
+        registry,
+        source,
+        agent_namespace,
+        diags,
+    );
     units.extend(mesh_route_units(input, registry, agent_namespace, diags));
     units.sort_by(|a, b| a.rank.cmp(&b.rank));
     let mut by_host: Vec<(String, Vec<Unit>)> = Vec::new();
@@ -245,8 +249,7 @@ fn virtual_service_units(
                 "at least one host is required",
             );
         }
-        let rules =
-            virtual_service_rules(doc, namespace, registry, Binding::Mesh, source, diags);
+        let rules = virtual_service_rules(doc, namespace, registry, Binding::Mesh, source, diags);
         let name = format!("{namespace}/{}", doc.metadata.name);
         for (h, host) in spec.hosts.iter().enumerate() {
             units.push(Unit {
@@ -287,12 +290,21 @@ fn mesh_route_units(
         let mut compiled: Option<Vec<RankedRule>> = None;
         for (i, r) in route.parent_refs.iter().enumerate() {
             let field = format!("spec.parentRefs[{i}]");
-            let parent = gateway_api::parent(r, &route.namespace, input.service_entries, agent_namespace);
-            let Parent::Mesh { hosts, namespace, port } = parent else {
+            let parent =
+                gateway_api::parent(r, &route.namespace, input.service_entries, agent_namespace);
+            let Parent::Mesh {
+                hosts,
+                namespace,
+                port,
+            } = parent
+            else {
                 continue;
             };
             if hosts.is_empty() {
-                let msg = format!("no ServiceEntry {namespace}/{} in this file; the parent is ignored", r.name);
+                let msg = format!(
+                    "no ServiceEntry {namespace}/{} in this file; the parent is ignored",
+                    r.name
+                );
                 diags.warn(route.location, Some(field), msg);
                 continue;
             }
@@ -309,7 +321,10 @@ fn mesh_route_units(
             let consumer = route.namespace == agent_namespace;
             for host in hosts {
                 if registry.find(&host, agent_namespace).is_none() {
-                    let msg = format!("{}; the route applies to nothing here", registry.missing(&host));
+                    let msg = format!(
+                        "{}; the route applies to nothing here",
+                        registry.missing(&host)
+                    );
                     diags.warn(route.location, Some(field.clone()), msg);
                     continue;
                 }
@@ -894,7 +909,8 @@ spec:
         )
     }
 
-    const TO_V2: &str = "  - name: to-v2\n    route: [{destination: {host: reviews, subset: v2}}]\n";
+    const TO_V2: &str =
+        "  - name: to-v2\n    route: [{destination: {host: reviews, subset: v2}}]\n";
 
     #[test]
     fn a_virtual_service_bound_to_gateways_only_does_not_apply_to_sidecars() {
@@ -903,7 +919,11 @@ spec:
             let vh = reviews(&compiled);
             assert_eq!(vh.virtual_service, None, "{gateways}: the implicit route");
             assert_eq!(rule_names(vh), ["-"], "{gateways}");
-            let text: Vec<String> = compiled.diagnostics.warnings().map(|d| d.to_string()).collect();
+            let text: Vec<String> = compiled
+                .diagnostics
+                .warnings()
+                .map(|d| d.to_string())
+                .collect();
             let text = text.join("\n");
             assert!(
                 text.contains("spec.gateways") && text.contains("sidecars skip it"),
@@ -946,8 +966,14 @@ spec:
     #[test]
     fn gateway_names_resolve_as_istio_resolves_them() {
         assert_eq!(gateway_name("mesh", "default"), "mesh");
-        assert_eq!(gateway_name("bookinfo-gateway", "default"), "default/bookinfo-gateway");
-        assert_eq!(gateway_name("istio-system/ingress", "default"), "istio-system/ingress");
+        assert_eq!(
+            gateway_name("bookinfo-gateway", "default"),
+            "default/bookinfo-gateway"
+        );
+        assert_eq!(
+            gateway_name("istio-system/ingress", "default"),
+            "istio-system/ingress"
+        );
         assert_eq!(
             gateway_name("ingress.istio-system.svc.cluster.local", "default"),
             "istio-system/ingress"

@@ -13,7 +13,9 @@ use super::destination_rule::DestinationRuleSpec;
 use super::diagnostics::{Diagnostics, Location};
 use super::envoy_filter::{EnvoyFilterSpec, ProxyConfigSpec};
 use super::gateway::{GatewaySpec, SidecarSpec};
-use super::gateway_api::{self, GatewayClassSpec, GrpcRouteSpec, HttpRouteSpec, ReferenceGrantSpec};
+use super::gateway_api::{
+    self, GatewayClassSpec, GrpcRouteSpec, HttpRouteSpec, ReferenceGrantSpec,
+};
 use super::ingress_gateway::IngressGatewaySpec;
 use super::meta::ObjectMeta;
 use super::rate_limit::RateLimitPolicySpec;

@@ -848,7 +848,9 @@ pub fn parse_duration(value: &str) -> Option<std::time::Duration> {
     let mut total = std::time::Duration::ZERO;
     let mut parts = 0;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 || digits > 5 {
             return None;
         }
@@ -883,7 +885,10 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
-        assert_eq!(parse_duration("1h2m3s4ms"), Some(Duration::from_millis(3_723_004)));
+        assert_eq!(
+            parse_duration("1h2m3s4ms"),
+            Some(Duration::from_millis(3_723_004))
+        );
         for bad in ["", "1", "1.5s", "-1s", "123456s", "1h1h1h1h1h", "1d", "s"] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
@@ -891,8 +896,9 @@ mod tests {
 
     #[test]
     fn label_selectors_as_kubernetes_reads_them() {
-        let labels: BTreeMap<String, String> =
-            [("env".to_owned(), "prod".to_owned())].into_iter().collect();
+        let labels: BTreeMap<String, String> = [("env".to_owned(), "prod".to_owned())]
+            .into_iter()
+            .collect();
         let expr = |op: &str, values: &[&str]| LabelSelector {
             match_labels: BTreeMap::new(),
             match_expressions: vec![LabelSelectorRequirement {

@@ -238,7 +238,10 @@ impl L4Route {
 pub fn l4_route<'r>(routes: &'r [L4Route], sni: Option<&str>) -> Option<&'r L4Route> {
     if let Some(sni) = sni {
         let sni = sni.strip_suffix('.').unwrap_or(sni).to_ascii_lowercase();
-        if let Some(exact) = routes.iter().find(|r| r.sni_hosts.iter().any(|h| *h == sni)) {
+        if let Some(exact) = routes
+            .iter()
+            .find(|r| r.sni_hosts.contains(&sni))
+        {
             return Some(exact);
         }
         let wildcard = routes
@@ -311,10 +314,13 @@ mod tests {
 
     #[test]
     fn l4_routes_by_sni_specificity() {
-        let routes = vec![route(&["*.example.com"]), route(&["db.example.com"]), route(&[])];
-        let pick = |sni| {
-            l4_route(&routes, sni).map(|r| r.sni_hosts.first().cloned().unwrap_or_default())
-        };
+        let routes = vec![
+            route(&["*.example.com"]),
+            route(&["db.example.com"]),
+            route(&[]),
+        ];
+        let pick =
+            |sni| l4_route(&routes, sni).map(|r| r.sni_hosts.first().cloned().unwrap_or_default());
         assert_eq!(pick(Some("db.example.com")), Some("db.example.com".into()));
         assert_eq!(pick(Some("web.example.com")), Some("*.example.com".into()));
         assert_eq!(pick(Some("other.org")), Some(String::new()));

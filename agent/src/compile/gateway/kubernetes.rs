@@ -31,7 +31,9 @@ use super::{Context, DEFAULT_NAMESPACE, Ports, intersect};
 use crate::config::diagnostics::Diagnostics;
 use crate::config::documents::Document;
 use crate::config::gateway_api::{GROUP, GatewaySpec, Listener};
-use crate::model::gateway::{ChainAction, FilterChain, PortProtocol, ServerRef, ServerTls, ServerTlsMode};
+use crate::model::gateway::{
+    ChainAction, FilterChain, PortProtocol, ServerRef, ServerTls, ServerTlsMode,
+};
 use crate::model::route::VirtualHost;
 
 /// A Gateway being bound.
@@ -49,7 +51,12 @@ struct Index<'a> {
     namespaces: Namespaces,
 }
 
-pub(super) fn gateways(ctx: &Context<'_>, docs: &Documents, ports: &mut Ports, diags: &mut Diagnostics) {
+pub(super) fn gateways(
+    ctx: &Context<'_>,
+    docs: &Documents,
+    ports: &mut Ports,
+    diags: &mut Diagnostics,
+) {
     let index = Index {
         routes: routes(&docs.http_routes, &docs.grpc_routes, DEFAULT_NAMESPACE),
         grants: ReferenceGrants::new(&docs.reference_grants, DEFAULT_NAMESPACE),
@@ -57,7 +64,11 @@ pub(super) fn gateways(ctx: &Context<'_>, docs: &Documents, ports: &mut Ports, d
     };
     let mut rules: BTreeMap<usize, Vec<RankedRule>> = BTreeMap::new();
     for doc in &docs.kubernetes_gateways {
-        if !ctx.spec.gateway_class_names.contains(&doc.spec.gateway_class_name) {
+        if !ctx
+            .spec
+            .gateway_class_names
+            .contains(&doc.spec.gateway_class_name)
+        {
             let msg = format!(
                 "class {:?} is not one this gateway serves ({:?}, its `gatewayClassNames`); not served here",
                 doc.spec.gateway_class_name, ctx.spec.gateway_class_names
@@ -65,7 +76,11 @@ pub(super) fn gateways(ctx: &Context<'_>, docs: &Documents, ports: &mut Ports, d
             diags.warn(&doc.location, Some("spec.gatewayClassName".into()), msg);
             continue;
         }
-        let namespace = doc.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        let namespace = doc
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_NAMESPACE);
         let gw = KubeGateway {
             doc,
             namespace,
@@ -90,13 +105,16 @@ fn add_listener(
 ) {
     let loc = &gw.doc.location;
     let field = format!("spec.listeners[{index}]");
-    let Ok(number) = u16::try_from(listener.port) else { return };
+    let Ok(number) = u16::try_from(listener.port) else {
+        return;
+    };
     let (protocol, http) = match listener.protocol.as_str() {
         "HTTP" => (PortProtocol::Http, true),
         "HTTPS" => (PortProtocol::Tls, true),
         "TLS" => (PortProtocol::Tls, false),
         other => {
-            let msg = format!("{other} listeners are not served by tracemesh yet (HTTP, HTTPS, TLS)");
+            let msg =
+                format!("{other} listeners are not served by tracemesh yet (HTTP, HTTPS, TLS)");
             diags.warn(loc, Some(format!("{field}.protocol")), msg);
             return;
         }
@@ -114,7 +132,11 @@ fn add_listener(
         gateway: gw.name.clone(),
         name: listener.name.clone(),
     };
-    let server_names: Vec<String> = listener.hostname.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let server_names: Vec<String> = listener
+        .hostname
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
     let owner = format!("Gateway {} {field}", gw.name);
     let vhosts = if http {
         attached_hosts(ctx, gw, listener, &field, idx, compiled, diags)
@@ -123,14 +145,25 @@ fn add_listener(
         diags.warn(loc, Some(field.clone()), msg);
         Vec::new()
     };
-    let Some(build) = ports.claim(number, protocol, &owner, (loc, &format!("{field}.port")), diags) else {
+    let Some(build) = ports.claim(
+        number,
+        protocol,
+        &owner,
+        (loc, &format!("{field}.port")),
+        diags,
+    ) else {
         return;
     };
     if protocol == PortProtocol::Http {
-        build.http.extend(vhosts.into_iter().map(|vh| (vh, sref.clone())));
+        build
+            .http
+            .extend(vhosts.into_iter().map(|vh| (vh, sref.clone())));
         return;
     }
-    let chain_name = format!("https.{number}.{}.{}.{}", listener.name, gw.doc.metadata.name, gw.namespace);
+    let chain_name = format!(
+        "https.{number}.{}.{}.{}",
+        listener.name, gw.doc.metadata.name, gw.namespace
+    );
     build.chains.push(FilterChain {
         name: chain_name,
         servers: vec![sref],
@@ -154,8 +187,16 @@ fn listener_tls(
     diags: &mut Diagnostics,
 ) -> Option<ServerTls> {
     let loc = &gw.doc.location;
-    let Some(certificate) = listener.tls.as_ref().and_then(|t| t.certificate_refs.first()) else {
-        diags.error(loc, Some(format!("{field}.certificateRefs")), "a terminating listener needs a certificate");
+    let Some(certificate) = listener
+        .tls
+        .as_ref()
+        .and_then(|t| t.certificate_refs.first())
+    else {
+        diags.error(
+            loc,
+            Some(format!("{field}.certificateRefs")),
+            "a terminating listener needs a certificate",
+        );
         return None;
     };
     let kind = certificate.kind.as_deref().unwrap_or("Secret");
@@ -166,8 +207,16 @@ fn listener_tls(
         return None;
     }
     let namespace = certificate.namespace.as_deref().unwrap_or(gw.namespace);
-    let from = Referent { group: GROUP, kind: "Gateway", namespace: gw.namespace };
-    let to = Referent { group: "", kind: "Secret", namespace };
+    let from = Referent {
+        group: GROUP,
+        kind: "Gateway",
+        namespace: gw.namespace,
+    };
+    let to = Referent {
+        group: "",
+        kind: "Secret",
+        namespace,
+    };
     if !idx.grants.allows(&from, &to, &certificate.name) {
         let msg = format!(
             "Secret {namespace}/{} is in another namespace and no ReferenceGrant there lets Gateways of {} refer to it",
@@ -176,7 +225,8 @@ fn listener_tls(
         diags.error(loc, Some(format!("{field}.certificateRefs[0]")), msg);
         return None;
     }
-    let mut files: CertificateFiles = tls::secret_files(&ctx.spec.credential_directory, namespace, &certificate.name);
+    let mut files: CertificateFiles =
+        tls::secret_files(&ctx.spec.credential_directory, namespace, &certificate.name);
     files.ca = None;
     let mut mode = ServerTlsMode::Simple;
     let frontend = gw.doc.spec.tls.as_ref().and_then(|t| t.frontend.as_ref());
@@ -222,7 +272,13 @@ fn listener_tls(
 }
 
 /// Whether a listener admits a route of `kind` from `namespace`.
-fn allowed(gw: &KubeGateway<'_>, listener: &Listener, kind: RouteKind, namespace: &str, idx: &Index<'_>) -> bool {
+fn allowed(
+    gw: &KubeGateway<'_>,
+    listener: &Listener,
+    kind: RouteKind,
+    namespace: &str,
+    idx: &Index<'_>,
+) -> bool {
     let allowed = listener.allowed_routes.as_ref();
     let kinds = allowed.map(|a| a.kinds.as_slice()).unwrap_or_default();
     let kind_ok = kinds.is_empty()
@@ -250,11 +306,20 @@ fn attached_hosts(
     compiled: &mut BTreeMap<usize, Vec<RankedRule>>,
     diags: &mut Diagnostics,
 ) -> Vec<Arc<VirtualHost>> {
-    let listener_host = listener.hostname.as_deref().unwrap_or("*").to_ascii_lowercase();
+    let listener_host = listener
+        .hostname
+        .as_deref()
+        .unwrap_or("*")
+        .to_ascii_lowercase();
     let mut by_host: Vec<(String, Vec<RankedRule>, String)> = Vec::new();
     for (r, route) in idx.routes.iter().enumerate() {
         for (p, parent_ref) in route.parent_refs.iter().enumerate() {
-            let Parent::Gateway { gateway, section, port } = parent(parent_ref, &route.namespace, &[], DEFAULT_NAMESPACE) else {
+            let Parent::Gateway {
+                gateway,
+                section,
+                port,
+            } = parent(parent_ref, &route.namespace, &[], DEFAULT_NAMESPACE)
+            else {
                 continue;
             };
             if gateway != gw.name
@@ -266,7 +331,10 @@ fn attached_hosts(
             let at = Some(format!("spec.parentRefs[{p}]"));
             if !allowed(gw, listener, route.kind, &route.namespace, idx) {
                 if section.is_some() {
-                    let msg = format!("not allowed by {} {field}.allowedRoutes (namespace or kind)", gw.name);
+                    let msg = format!(
+                        "not allowed by {} {field}.allowedRoutes (namespace or kind)",
+                        gw.name
+                    );
                     diags.warn(route.location, at, msg);
                 }
                 continue;
@@ -282,7 +350,10 @@ fn attached_hosts(
             };
             if domains.is_empty() {
                 if section.is_some() {
-                    let msg = format!("no hostname of the route falls under listener {}'s {listener_host}", listener.name);
+                    let msg = format!(
+                        "no hostname of the route falls under listener {}'s {listener_host}",
+                        listener.name
+                    );
                     diags.warn(route.location, at, msg);
                 }
                 continue;
@@ -312,7 +383,12 @@ fn attached_hosts(
         .collect()
 }
 
-fn route_rules(route: &Route<'_>, ctx: &Context<'_>, idx: &Index<'_>, diags: &mut Diagnostics) -> Vec<RankedRule> {
+fn route_rules(
+    route: &Route<'_>,
+    ctx: &Context<'_>,
+    idx: &Index<'_>,
+    diags: &mut Diagnostics,
+) -> Vec<RankedRule> {
     let scope = RuleScope {
         loc: route.location,
         kind: route.kind,

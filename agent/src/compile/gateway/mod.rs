@@ -132,7 +132,10 @@ fn single<'a>(
     }
 }
 
-fn identity(doc: &Document<IngressGatewaySpec>, diags: &mut Diagnostics) -> Option<GatewayIdentity> {
+fn identity(
+    doc: &Document<IngressGatewaySpec>,
+    diags: &mut Diagnostics,
+) -> Option<GatewayIdentity> {
     let spec = &doc.spec;
     if doc.metadata.name.is_empty() {
         let msg = "the gateway workload's name is required";
@@ -145,13 +148,18 @@ fn identity(doc: &Document<IngressGatewaySpec>, diags: &mut Diagnostics) -> Opti
         .clone()
         .unwrap_or_else(|| DEFAULT_GATEWAY_NAMESPACE.to_owned());
     let service = spec.service.as_deref().unwrap_or(&doc.metadata.name);
-    let spiffe = match tracemesh_ca::SpiffeId::new(&spec.trust_domain, &namespace, &spec.service_account) {
-        Ok(id) => id,
-        Err(err) => {
-            diags.error(&doc.location, Some("spec.serviceAccount".into()), err.to_string());
-            return None;
-        }
-    };
+    let spiffe =
+        match tracemesh_ca::SpiffeId::new(&spec.trust_domain, &namespace, &spec.service_account) {
+            Ok(id) => id,
+            Err(err) => {
+                diags.error(
+                    &doc.location,
+                    Some("spec.serviceAccount".into()),
+                    err.to_string(),
+                );
+                return None;
+            }
+        };
     for (i, l) in spec.listeners.iter().enumerate() {
         let field = format!("spec.listeners[{i}]");
         if l.listen.parse::<SocketAddr>().is_err() {
@@ -159,7 +167,11 @@ fn identity(doc: &Document<IngressGatewaySpec>, diags: &mut Diagnostics) -> Opti
             diags.error(&doc.location, Some(format!("{field}.listen")), msg);
         }
         if l.port == 0 || l.port > 65535 {
-            diags.error(&doc.location, Some(format!("{field}.port")), "must be 1-65535");
+            diags.error(
+                &doc.location,
+                Some(format!("{field}.port")),
+                "must be 1-65535",
+            );
         }
     }
     Some(GatewayIdentity {
@@ -266,7 +278,12 @@ impl Ports {
 
 /// Two chains of a port answering one SNI name: the first keeps it (Envoy
 /// refuses duplicates; Istio keeps the first server).
-fn dedupe_server_names(chains: &mut Vec<FilterChain>, port: u16, loc: &Location, diags: &mut Diagnostics) {
+fn dedupe_server_names(
+    chains: &mut Vec<FilterChain>,
+    port: u16,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) {
     let mut seen: Vec<String> = Vec::new();
     let mut catch_all = false;
     chains.retain_mut(|chain| {
@@ -359,7 +376,10 @@ fn bound<'a>(
                 .then_some((i, d, ns))
         })
         .collect();
-    list.sort_by(|a, b| super::gateway_api::age(&a.1.metadata, a.0).cmp(&super::gateway_api::age(&b.1.metadata, b.0)));
+    list.sort_by(|a, b| {
+        super::gateway_api::age(&a.1.metadata, a.0)
+            .cmp(&super::gateway_api::age(&b.1.metadata, b.0))
+    });
     list.into_iter().map(|(_, d, ns)| (d, ns)).collect()
 }
 
@@ -375,9 +395,16 @@ fn istio_gateways(ctx: &Context<'_>, docs: &Documents, ports: &mut Ports, diags:
                 .all(|(k, v)| ctx.identity.labels.get(k) == Some(v))
         })
         .collect();
-    selected.sort_by(|a, b| super::gateway_api::age(&a.1.metadata, a.0).cmp(&super::gateway_api::age(&b.1.metadata, b.0)));
+    selected.sort_by(|a, b| {
+        super::gateway_api::age(&a.1.metadata, a.0)
+            .cmp(&super::gateway_api::age(&b.1.metadata, b.0))
+    });
     for (_, doc) in selected {
-        let namespace = doc.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        let namespace = doc
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_NAMESPACE);
         let gw = IstioGateway {
             doc,
             name: format!("{namespace}/{}", doc.metadata.name),
@@ -414,11 +441,16 @@ fn add_server(
     let loc = &gw.doc.location;
     let field = format!("spec.servers[{index}]");
     let Some(port) = &server.port else { return };
-    let Ok(number) = u16::try_from(port.number) else { return };
+    let Ok(number) = u16::try_from(port.number) else {
+        return;
+    };
     let tls = server.tls.as_ref();
     let mode = tls.and_then(|t| t.mode.as_deref());
     let Some((protocol, http)) = server_protocol(&port.protocol, mode) else {
-        let msg = format!("protocol {:?} is not served by gateways here (HTTP, HTTPS, HTTP2, GRPC, TLS, TCP)", port.protocol);
+        let msg = format!(
+            "protocol {:?} is not served by gateways here (HTTP, HTTPS, HTTP2, GRPC, TLS, TCP)",
+            port.protocol
+        );
         diags.warn(loc, Some(format!("{field}.port.protocol")), msg);
         return;
     };
@@ -427,7 +459,8 @@ fn add_server(
         diags.warn(loc, Some(format!("{field}.defaultEndpoint")), msg);
     }
     if server.bind.is_some() {
-        let msg = "bind is not used: a gateway port listens where the IngressGateway's `listeners` say";
+        let msg =
+            "bind is not used: a gateway port listens where the IngressGateway's `listeners` say";
         diags.warn(loc, Some(format!("{field}.bind")), msg);
     }
     let hosts: Vec<ServerHost> = server
@@ -435,13 +468,18 @@ fn add_server(
         .iter()
         .map(|h| ServerHost::parse(h, gw.namespace))
         .collect();
-    let port_name = if port.name.is_empty() { format!("{index}") } else { port.name.clone() };
+    let port_name = if port.name.is_empty() {
+        format!("{index}")
+    } else {
+        port.name.clone()
+    };
     let sref = ServerRef {
         gateway: gw.name.clone(),
         name: server.name.clone().unwrap_or_else(|| port_name.clone()),
     };
     let owner = format!("Gateway {} {field}", gw.name);
-    let terminating = protocol != PortProtocol::Tcp && !matches!(mode, Some("PASSTHROUGH" | "AUTO_PASSTHROUGH"));
+    let terminating =
+        protocol != PortProtocol::Tcp && !matches!(mode, Some("PASSTHROUGH" | "AUTO_PASSTHROUGH"));
     let server_tls = if protocol == PortProtocol::Tls && terminating {
         let Some(t) = server_tls(ctx, tls, http, &format!("{field}.tls"), loc, diags) else {
             return;
@@ -460,16 +498,27 @@ fn add_server(
     };
     let redirect = tls.and_then(|t| t.https_redirect).unwrap_or(false);
     let server_names: Vec<String> = sni_names(&hosts);
-    let Some(build) = ports.claim(number, protocol, &owner, (loc, &format!("{field}.port")), diags) else {
+    let Some(build) = ports.claim(
+        number,
+        protocol,
+        &owner,
+        (loc, &format!("{field}.port")),
+        diags,
+    ) else {
         return;
     };
     if http {
         let vhosts = http_hosts(ctx, gw, &hosts, number, services, source, redirect, diags);
         if protocol == PortProtocol::Http {
-            build.http.extend(vhosts.into_iter().map(|vh| (vh, sref.clone())));
+            build
+                .http
+                .extend(vhosts.into_iter().map(|vh| (vh, sref.clone())));
         } else {
             build.chains.push(FilterChain {
-                name: format!("https.{number}.{port_name}.{}.{}", gw.doc.metadata.name, gw.namespace),
+                name: format!(
+                    "https.{number}.{port_name}.{}.{}",
+                    gw.doc.metadata.name, gw.namespace
+                ),
                 servers: vec![sref],
                 server_names,
                 tls: server_tls,
@@ -480,13 +529,24 @@ fn add_server(
     }
     let action = match mode {
         Some("AUTO_PASSTHROUGH") => ChainAction::AutoPassthrough(auto_passthrough(ctx.registry)),
-        Some("PASSTHROUGH") => ChainAction::Forward(tls_routes(ctx, gw, &hosts, number, services, diags)),
+        Some("PASSTHROUGH") => {
+            ChainAction::Forward(tls_routes(ctx, gw, &hosts, number, services, diags))
+        }
         _ => ChainAction::Forward(tcp_routes(ctx, gw, number, services, diags)),
     };
     build.chains.push(FilterChain {
-        name: format!("{}.{number}.{port_name}.{}.{}", port.protocol.to_ascii_lowercase(), gw.doc.metadata.name, gw.namespace),
+        name: format!(
+            "{}.{number}.{port_name}.{}.{}",
+            port.protocol.to_ascii_lowercase(),
+            gw.doc.metadata.name,
+            gw.namespace
+        ),
         servers: vec![sref],
-        server_names: if protocol == PortProtocol::Tcp { Vec::new() } else { server_names },
+        server_names: if protocol == PortProtocol::Tcp {
+            Vec::new()
+        } else {
+            server_names
+        },
         tls: server_tls,
         action,
     });
@@ -512,7 +572,11 @@ fn server_tls(
     diags: &mut Diagnostics,
 ) -> Option<ServerTls> {
     let Some(t) = settings else {
-        diags.error(loc, Some(field.to_owned()), "an HTTPS or TLS server needs `tls`");
+        diags.error(
+            loc,
+            Some(field.to_owned()),
+            "an HTTPS or TLS server needs `tls`",
+        );
         return None;
     };
     let mode = match t.mode.as_deref().unwrap_or("PASSTHROUGH") {
@@ -531,14 +595,24 @@ fn server_tls(
             });
         }
         other => {
-            diags.error(loc, Some(format!("{field}.mode")), format!("{other:?} does not terminate TLS"));
+            diags.error(
+                loc,
+                Some(format!("{field}.mode")),
+                format!("{other:?} does not terminate TLS"),
+            );
             return None;
         }
     };
     for (name, set) in [
         ("subjectAltNames", !t.subject_alt_names.is_empty()),
-        ("verifyCertificateSpki", !t.verify_certificate_spki.is_empty()),
-        ("verifyCertificateHash", !t.verify_certificate_hash.is_empty()),
+        (
+            "verifyCertificateSpki",
+            !t.verify_certificate_spki.is_empty(),
+        ),
+        (
+            "verifyCertificateHash",
+            !t.verify_certificate_hash.is_empty(),
+        ),
         ("caCrl", t.ca_crl.is_some()),
     ] {
         if set {
@@ -546,16 +620,34 @@ fn server_tls(
             diags.warn(loc, Some(format!("{field}.{name}")), msg);
         }
     }
-    let files = if let Some(name) = t.credential_name.as_deref().or(t.credential_names.first().map(String::as_str)) {
+    let files = if let Some(name) = t
+        .credential_name
+        .as_deref()
+        .or(t.credential_names.first().map(String::as_str))
+    {
         if t.credential_names.len() > 1 {
             let msg = "one certificate per server: the first credential is used";
             diags.warn(loc, Some(format!("{field}.credentialNames")), msg);
         }
-        let mut files = tls::secret_files(&ctx.spec.credential_directory, &ctx.identity.namespace, name);
+        let mut files = tls::secret_files(
+            &ctx.spec.credential_directory,
+            &ctx.identity.namespace,
+            name,
+        );
         if let Some(ca) = t.ca_cert_credential_name.as_deref() {
-            files.ca = tls::secret_files(&ctx.spec.credential_directory, &ctx.identity.namespace, ca)
-                .ca
-                .or_else(|| Some(tls::secret_files(&ctx.spec.credential_directory, &ctx.identity.namespace, ca).cert));
+            files.ca =
+                tls::secret_files(&ctx.spec.credential_directory, &ctx.identity.namespace, ca)
+                    .ca
+                    .or_else(|| {
+                        Some(
+                            tls::secret_files(
+                                &ctx.spec.credential_directory,
+                                &ctx.identity.namespace,
+                                ca,
+                            )
+                            .cert,
+                        )
+                    });
         }
         files
     } else {
@@ -564,8 +656,14 @@ fn server_tls(
             let msg = "one certificate per server: the first is used";
             diags.warn(loc, Some(format!("{field}.tlsCertificates")), msg);
         }
-        let cert = t.server_certificate.clone().or_else(|| first.and_then(|c| c.server_certificate.clone()));
-        let key = t.private_key.clone().or_else(|| first.and_then(|c| c.private_key.clone()));
+        let cert = t
+            .server_certificate
+            .clone()
+            .or_else(|| first.and_then(|c| c.server_certificate.clone()));
+        let key = t
+            .private_key
+            .clone()
+            .or_else(|| first.and_then(|c| c.private_key.clone()));
         let (Some(cert), Some(key)) = (cert, key) else {
             let msg = "needs `credentialName`, or `serverCertificate` and `privateKey`";
             diags.error(loc, Some(field.to_owned()), msg);
@@ -574,7 +672,11 @@ fn server_tls(
         tls::CertificateFiles {
             cert: cert.into(),
             key: key.into(),
-            ca: t.ca_certificates.clone().or_else(|| first.and_then(|c| c.ca_certificates.clone())).map(Into::into),
+            ca: t
+                .ca_certificates
+                .clone()
+                .or_else(|| first.and_then(|c| c.ca_certificates.clone()))
+                .map(Into::into),
         }
     };
     let input = tls::ServerTlsInput {
@@ -620,7 +722,14 @@ fn http_hosts(
                     continue;
                 };
                 let rules = rules.get_or_insert_with(|| {
-                    routes::virtual_service_rules(doc, namespace, ctx.registry, Binding::Gateway(&gw.name), Some(source), diags)
+                    routes::virtual_service_rules(
+                        doc,
+                        namespace,
+                        ctx.registry,
+                        Binding::Gateway(&gw.name),
+                        Some(source),
+                        diags,
+                    )
                 });
                 let rules = on_port(rules, port);
                 match vhosts.iter_mut().find(|v| v.host == domain) {
@@ -662,8 +771,16 @@ fn on_port(rules: &[HttpRule], port: u16) -> Vec<HttpRule> {
             if r.matches.is_empty() {
                 return Some(r.clone());
             }
-            let matches: Vec<_> = r.matches.iter().filter(|m| m.port.is_none_or(|p| p == port)).cloned().collect();
-            (!matches.is_empty()).then(|| HttpRule { matches, ..r.clone() })
+            let matches: Vec<_> = r
+                .matches
+                .iter()
+                .filter(|m| m.port.is_none_or(|p| p == port))
+                .cloned()
+                .collect();
+            (!matches.is_empty()).then(|| HttpRule {
+                matches,
+                ..r.clone()
+            })
         })
         .collect()
 }
@@ -706,15 +823,25 @@ fn l4_destinations(
         .enumerate()
         .map(|(k, d)| {
             let host = resolve_short_name(&d.destination.host, namespace);
-            let port = d.destination.port.as_ref().and_then(|p| u16::try_from(p.number).ok());
-            let target = ctx.registry.target(&host, d.destination.subset.as_deref(), port);
+            let port = d
+                .destination
+                .port
+                .as_ref()
+                .and_then(|p| u16::try_from(p.number).ok());
+            let target = ctx
+                .registry
+                .target(&host, d.destination.subset.as_deref(), port);
             if target.clusters.is_empty() {
                 let msg = format!("{}; connections are closed", ctx.registry.missing(&host));
                 diags.warn(loc, Some(format!("{field}.route[{k}].destination")), msg);
             }
             L4Destination {
                 target,
-                weight: if route.len() == 1 { 100 } else { d.weight.unwrap_or(0).max(0) as u32 },
+                weight: if route.len() == 1 {
+                    100
+                } else {
+                    d.weight.unwrap_or(0).max(0) as u32
+                },
             }
         })
         .collect()
@@ -740,8 +867,14 @@ fn tls_routes(
             let field = format!("spec.tls[{i}]");
             let mut sni_hosts = Vec::new();
             for m in &rule.matches {
-                let gateways = if m.gateways.is_empty() { &doc.spec.gateways } else { &m.gateways };
-                if !binding.admits(gateways, namespace) || m.port.is_some_and(|p| p != u32::from(port)) {
+                let gateways = if m.gateways.is_empty() {
+                    &doc.spec.gateways
+                } else {
+                    &m.gateways
+                };
+                if !binding.admits(gateways, namespace)
+                    || m.port.is_some_and(|p| p != u32::from(port))
+                {
                     continue;
                 }
                 for sni in &m.sni_hosts {
@@ -758,8 +891,12 @@ fn tls_routes(
             if sni_hosts.is_empty() {
                 continue;
             }
-            let destinations = l4_destinations(ctx, &rule.route, namespace, &field, &doc.location, diags);
-            out.push(L4Route { sni_hosts, destinations });
+            let destinations =
+                l4_destinations(ctx, &rule.route, namespace, &field, &doc.location, diags);
+            out.push(L4Route {
+                sni_hosts,
+                destinations,
+            });
         }
     }
     out
@@ -781,14 +918,20 @@ fn tcp_routes(
         for (i, rule) in doc.spec.tcp.iter().enumerate() {
             let applies = rule.matches.is_empty()
                 || rule.matches.iter().any(|m| {
-                    let gateways = if m.gateways.is_empty() { &doc.spec.gateways } else { &m.gateways };
-                    binding.admits(gateways, namespace) && m.port.is_none_or(|p| p == u32::from(port))
+                    let gateways = if m.gateways.is_empty() {
+                        &doc.spec.gateways
+                    } else {
+                        &m.gateways
+                    };
+                    binding.admits(gateways, namespace)
+                        && m.port.is_none_or(|p| p == u32::from(port))
                 });
             if !applies {
                 continue;
             }
             let field = format!("spec.tcp[{i}]");
-            let destinations = l4_destinations(ctx, &rule.route, namespace, &field, &doc.location, diags);
+            let destinations =
+                l4_destinations(ctx, &rule.route, namespace, &field, &doc.location, diags);
             out.push(L4Route {
                 sni_hosts: Vec::new(),
                 destinations,
@@ -814,7 +957,12 @@ fn auto_passthrough(registry: &Registry) -> std::collections::HashMap<String, Ar
 /// file may configure several gateways).
 fn not_served(docs: &Documents, identity: &GatewayIdentity, diags: &mut Diagnostics) {
     for doc in &docs.gateways {
-        if !doc.spec.selector.iter().all(|(k, v)| identity.labels.get(k) == Some(v)) {
+        if !doc
+            .spec
+            .selector
+            .iter()
+            .all(|(k, v)| identity.labels.get(k) == Some(v))
+        {
             let msg = format!(
                 "its selector does not match this gateway's labels {:?}; not served here",
                 identity.labels

@@ -138,13 +138,22 @@ fn bookinfo_gateway_binds_its_virtual_service_only() {
     assert_eq!(chain.name, "http.8080");
     assert_eq!(chain.servers[0].gateway, "default/bookinfo-gateway");
     let t = table(p, None);
-    let vh = t.find("bookinfo.example.com").expect("* answers every host");
+    let vh = t
+        .find("bookinfo.example.com")
+        .expect("* answers every host");
     assert_eq!(vh.virtual_service.as_deref(), Some("default/bookinfo"));
     assert_eq!(target(vh), ["productpage.default.svc.cluster.local"]);
     assert_eq!(vh.rules[0].matches.len(), 5);
     // The mesh VirtualService (no `gateways`) is not the gateway's.
-    assert!(t.exact.keys().all(|h| !h.starts_with("reviews")), "{:?}", t.exact.keys());
-    assert_eq!(c.snapshot.identity.spiffe.to_string(), "spiffe://cluster.local/ns/istio-system/sa/default");
+    assert!(
+        t.exact.keys().all(|h| !h.starts_with("reviews")),
+        "{:?}",
+        t.exact.keys()
+    );
+    assert_eq!(
+        c.snapshot.identity.spiffe.to_string(),
+        "spiffe://cluster.local/ns/istio-system/sa/default"
+    );
 }
 
 #[test]
@@ -196,9 +205,19 @@ spec:
     let t = table(port(&c, 80), None);
     let mut hosts: Vec<&String> = t.exact.keys().collect();
     hosts.sort();
-    assert_eq!(hosts, ["edge.example.com", "www.example.com"], "only the admitted namespaces' hosts");
-    assert!(t.find("api.example.com").is_none(), "dev may not bind under shop/");
-    assert_eq!(target(t.find("edge.example.com").unwrap()), ["productpage.default.svc.cluster.local"]);
+    assert_eq!(
+        hosts,
+        ["edge.example.com", "www.example.com"],
+        "only the admitted namespaces' hosts"
+    );
+    assert!(
+        t.find("api.example.com").is_none(),
+        "dev may not bind under shop/"
+    );
+    assert_eq!(
+        target(t.find("edge.example.com").unwrap()),
+        ["productpage.default.svc.cluster.local"]
+    );
 }
 
 #[test]
@@ -209,7 +228,9 @@ fn https_redirect_answers_301_to_https() {
             "    hosts: [\"*\"]\n    tls: {httpsRedirect: true}\n",
         );
     let c = ok(&yaml);
-    let vh = table(port(&c, 8080), None).find("bookinfo.example.com").unwrap();
+    let vh = table(port(&c, 8080), None)
+        .find("bookinfo.example.com")
+        .unwrap();
     assert_eq!(vh.rules.len(), 1);
     match &vh.rules[0].policy.action {
         RouteAction::Redirect(r) => {
@@ -284,7 +305,9 @@ spec:
 fn https_servers_terminate_with_credentials_from_files() {
     let creds = Credentials::new("simple");
     let c = ok(&(bootstrap(&creds.spec())
-        + &https_gateway("{mode: SIMPLE, credentialName: bookinfo-credential, minProtocolVersion: TLSV1_3}")));
+        + &https_gateway(
+            "{mode: SIMPLE, credentialName: bookinfo-credential, minProtocolVersion: TLSV1_3}",
+        )));
     let p = port(&c, 443);
     assert_eq!(p.protocol, PortProtocol::Tls);
     let chain = p.chain(Some("bookinfo.example.com")).unwrap();
@@ -293,8 +316,15 @@ fn https_servers_terminate_with_credentials_from_files() {
     let tls = chain.tls.as_ref().unwrap();
     assert_eq!(tls.mode, ServerTlsMode::Simple);
     let config = tls.config.as_ref().unwrap();
-    assert_eq!(config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
-    assert!(table(p, Some("bookinfo.example.com")).find("bookinfo.example.com").is_some());
+    assert_eq!(
+        config.alpn_protocols,
+        [b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
+    assert!(
+        table(p, Some("bookinfo.example.com"))
+            .find("bookinfo.example.com")
+            .is_some()
+    );
     // The other server passes TLS through; no route takes it.
     let other = p.chain(Some("other.example.com")).unwrap();
     assert!(other.tls.is_none());
@@ -306,14 +336,20 @@ fn https_servers_terminate_with_credentials_from_files() {
 fn mutual_tls_needs_and_reads_the_client_ca() {
     let creds = Credentials::new("mutual");
     let c = ok(&(bootstrap(&creds.spec())
-        + &https_gateway("{mode: MUTUAL, credentialName: bookinfo-credential, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, ECDHE-ECDSA-AES128-GCM-SHA256, AES256-SHA]}")));
+        + &https_gateway(
+            "{mode: MUTUAL, credentialName: bookinfo-credential, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, ECDHE-ECDSA-AES128-GCM-SHA256, AES256-SHA]}",
+        )));
     let chain = port(&c, 443).chain(Some("bookinfo.example.com")).unwrap();
     assert_eq!(chain.tls.as_ref().unwrap().mode, ServerTlsMode::Mutual);
     let text = warnings(&c);
-    assert!(text.contains("cipherSuites[2]") && text.contains("AES256-SHA"), "{text}");
+    assert!(
+        text.contains("cipherSuites[2]") && text.contains("AES256-SHA"),
+        "{text}"
+    );
 
-    let missing = compile(&(bootstrap(&creds.spec())
-        + &https_gateway("{mode: SIMPLE, credentialName: nowhere}")))
+    let missing = compile(
+        &(bootstrap(&creds.spec()) + &https_gateway("{mode: SIMPLE, credentialName: nowhere}")),
+    )
     .err()
     .expect("a missing credential is an error");
     let text = missing.to_string();
@@ -325,7 +361,10 @@ fn mutual_tls_needs_and_reads_the_client_ca() {
         + &https_gateway("{mode: SIMPLE, credentialName: bookinfo-credential, minProtocolVersion: TLSV1_3, maxProtocolVersion: TLSV1_2}")))
     .err()
     .expect("min above max");
-    assert!(old.to_string().contains("minProtocolVersion is above"), "{old}");
+    assert!(
+        old.to_string().contains("minProtocolVersion is above"),
+        "{old}"
+    );
 }
 
 #[test]
@@ -407,21 +446,40 @@ spec:
 "#;
     let c = ok(&yaml);
     let http = table(port(&c, 80), None);
-    let shop = http.find("shop.example.com").expect("attached on the http listener");
-    assert_eq!(shop.virtual_service.as_deref(), Some("HTTPRoute default/shop"));
+    let shop = http
+        .find("shop.example.com")
+        .expect("attached on the http listener");
+    assert_eq!(
+        shop.virtual_service.as_deref(),
+        Some("HTTPRoute default/shop")
+    );
     // Exact before prefix, whatever the order written.
     assert_eq!(
         target(shop),
-        ["productpage.default.svc.cluster.local", "reviews.default.svc.cluster.local"]
+        [
+            "productpage.default.svc.cluster.local",
+            "reviews.default.svc.cluster.local"
+        ]
     );
-    assert!(http.find("shop.example.org").is_none(), "outside the listener's hostname");
-    assert!(http.find("x.example.com").is_none(), "other-team may not attach to http (Same)");
+    assert!(
+        http.find("shop.example.org").is_none(),
+        "outside the listener's hostname"
+    );
+    assert!(
+        http.find("x.example.com").is_none(),
+        "other-team may not attach to http (Same)"
+    );
     let p = port(&c, 443);
     let chain = p.chain(Some("bookinfo.example.com")).unwrap();
     assert_eq!(chain.tls.as_ref().unwrap().mode, ServerTlsMode::Simple);
     let https = table(p, Some("bookinfo.example.com"));
-    let vh = https.find("bookinfo.example.com").expect("other-team attaches where All");
-    assert_eq!(vh.virtual_service.as_deref(), Some("HTTPRoute other/other-team"));
+    let vh = https
+        .find("bookinfo.example.com")
+        .expect("other-team attaches where All");
+    assert_eq!(
+        vh.virtual_service.as_deref(),
+        Some("HTTPRoute other/other-team")
+    );
     // Its backend is in another namespace: without a ReferenceGrant the
     // rule answers 500, as the API requires.
     let text = warnings(&c);
@@ -430,8 +488,10 @@ spec:
 
 #[test]
 fn an_agent_file_is_not_a_gateway_file() {
-    let err = compile("apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {name: a}\nspec: {service: a}\n")
-        .err()
-        .expect("no IngressGateway");
+    let err = compile(
+        "apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {name: a}\nspec: {service: a}\n",
+    )
+    .err()
+    .expect("no IngressGateway");
     assert!(err.to_string().contains("IngressGateway"), "{err}");
 }

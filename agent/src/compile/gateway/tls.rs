@@ -122,7 +122,8 @@ fn version(
         "TLSV1_2" => Some(2),
         "TLSV1_3" => Some(3),
         old @ ("TLSV1_0" | "TLSV1_1") => {
-            let msg = format!("{old}: tracemesh speaks TLS 1.2 and 1.3 only (rustls); TLS 1.2 is used");
+            let msg =
+                format!("{old}: tracemesh speaks TLS 1.2 and 1.3 only (rustls); TLS 1.2 is used");
             diags.warn(loc, Some(field.to_owned()), msg);
             Some(2)
         }
@@ -134,7 +135,13 @@ fn version(
     }
 }
 
-fn read(path: &Path, what: &str, field: &str, loc: &Location, diags: &mut Diagnostics) -> Option<String> {
+fn read(
+    path: &Path,
+    what: &str,
+    field: &str,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(err) => {
@@ -153,13 +160,24 @@ pub(super) fn server_config(
     loc: &Location,
     diags: &mut Diagnostics,
 ) -> Option<Arc<ServerConfig>> {
-    let min = version(input.min_version, &format!("{field}.minProtocolVersion"), loc, diags);
-    let max = version(input.max_version, &format!("{field}.maxProtocolVersion"), loc, diags);
-    let versions: Vec<&'static SupportedProtocolVersion> = [(2, &rustls::version::TLS12), (3, &rustls::version::TLS13)]
-        .into_iter()
-        .filter(|(v, _)| min.is_none_or(|m| *v >= m) && max.is_none_or(|m| *v <= m))
-        .map(|(_, v)| v)
-        .collect();
+    let min = version(
+        input.min_version,
+        &format!("{field}.minProtocolVersion"),
+        loc,
+        diags,
+    );
+    let max = version(
+        input.max_version,
+        &format!("{field}.maxProtocolVersion"),
+        loc,
+        diags,
+    );
+    let versions: Vec<&'static SupportedProtocolVersion> =
+        [(2, &rustls::version::TLS12), (3, &rustls::version::TLS13)]
+            .into_iter()
+            .filter(|(v, _)| min.is_none_or(|m| *v >= m) && max.is_none_or(|m| *v <= m))
+            .map(|(_, v)| v)
+            .collect();
     if versions.is_empty() {
         let msg = "minProtocolVersion is above maxProtocolVersion";
         diags.error(loc, Some(field.to_owned()), msg);
@@ -191,7 +209,10 @@ pub(super) fn server_config(
     let provider = Arc::new(provider);
     let cert_pem = read(&input.files.cert, "server certificate", field, loc, diags);
     let key_pem = read(&input.files.key, "private key", field, loc, diags);
-    let needs_ca = matches!(input.mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
+    let needs_ca = matches!(
+        input.mode,
+        ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual
+    );
     let ca_pem = match (&input.files.ca, needs_ca) {
         (Some(path), true) => read(path, "client CA bundle", field, loc, diags),
         (None, true) => {

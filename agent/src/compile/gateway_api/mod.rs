@@ -76,7 +76,12 @@ pub(super) enum RouteSpec<'a> {
 impl Route<'_> {
     /// `Kind namespace/name`.
     pub fn describe(&self) -> String {
-        format!("{} {}/{}", self.kind.name(), self.namespace, self.metadata.name)
+        format!(
+            "{} {}/{}",
+            self.kind.name(),
+            self.namespace,
+            self.metadata.name
+        )
     }
 }
 
@@ -89,7 +94,11 @@ pub(super) fn routes<'a>(
     grpc: &'a [Document<GrpcRouteSpec>],
     default_namespace: &str,
 ) -> Vec<Route<'a>> {
-    let namespace = |m: &ObjectMeta| m.namespace.clone().unwrap_or_else(|| default_namespace.to_owned());
+    let namespace = |m: &ObjectMeta| {
+        m.namespace
+            .clone()
+            .unwrap_or_else(|| default_namespace.to_owned())
+    };
     let mut all: Vec<Route<'a>> = http
         .iter()
         .map(|d| Route {
@@ -170,7 +179,10 @@ pub(super) fn parent(
 ) -> Parent {
     let group = r.group.as_deref().unwrap_or(GROUP);
     let kind = r.kind.as_deref().unwrap_or("Gateway");
-    let namespace = r.namespace.clone().unwrap_or_else(|| route_namespace.to_owned());
+    let namespace = r
+        .namespace
+        .clone()
+        .unwrap_or_else(|| route_namespace.to_owned());
     let port = r.port.and_then(|p| u16::try_from(p).ok());
     match (group, kind) {
         (GROUP, "Gateway") => Parent::Gateway {
@@ -248,7 +260,9 @@ impl ReferenceGrants {
             || self.grants.iter().any(|(ns, grant)| {
                 ns == to.namespace
                     && grant.from.iter().any(|f| {
-                        f.group == from.group && f.kind == from.kind && f.namespace == from.namespace
+                        f.group == from.group
+                            && f.kind == from.kind
+                            && f.namespace == from.namespace
                     })
                     && grant.to.iter().any(|t| {
                         t.group == to.group
@@ -365,8 +379,16 @@ mod tests {
         let grants = ReferenceGrants {
             grants: vec![("data".into(), grant)],
         };
-        let from = |ns| Referent { group: GROUP, kind: "HTTPRoute", namespace: ns };
-        let svc = |ns| Referent { group: "", kind: "Service", namespace: ns };
+        let from = |ns| Referent {
+            group: GROUP,
+            kind: "HTTPRoute",
+            namespace: ns,
+        };
+        let svc = |ns| Referent {
+            group: "",
+            kind: "Service",
+            namespace: ns,
+        };
         assert!(grants.allows(&from("web"), &svc("data"), "db"));
         assert!(!grants.allows(&from("web"), &svc("data"), "cache"));
         assert!(!grants.allows(&from("other"), &svc("data"), "db"));
@@ -375,20 +397,30 @@ mod tests {
 
     #[test]
     fn backends_resolve_services_and_hostnames() {
-        let b = |group: Option<&str>, kind: Option<&str>, name: &str, port| BackendObjectReference {
-            group: group.map(Into::into),
-            kind: kind.map(Into::into),
-            name: name.into(),
-            namespace: None,
-            port,
-        };
+        let b =
+            |group: Option<&str>, kind: Option<&str>, name: &str, port| BackendObjectReference {
+                group: group.map(Into::into),
+                kind: kind.map(Into::into),
+                name: name.into(),
+                namespace: None,
+                port,
+            };
         let route = (RouteKind::Http, "web");
         assert_eq!(
             backend(&b(None, None, "echo", Some(8080)), route, None),
             Ok(("echo.web.svc.cluster.local".into(), 8080))
         );
         assert_eq!(
-            backend(&b(Some(ISTIO_NETWORKING), Some("Hostname"), "api.example.com", Some(443)), route, None),
+            backend(
+                &b(
+                    Some(ISTIO_NETWORKING),
+                    Some("Hostname"),
+                    "api.example.com",
+                    Some(443)
+                ),
+                route,
+                None
+            ),
             Ok(("api.example.com".into(), 443))
         );
         assert!(backend(&b(None, None, "echo", None), route, None).is_err());

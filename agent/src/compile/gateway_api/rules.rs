@@ -39,8 +39,8 @@ use crate::config::gateway_api::{
     HttpRouteMatch, HttpRouteRule, parse_duration,
 };
 use crate::model::policy::{
-    DEFAULT_BACKOFF, DirectResponse, Mirror, Redirect, RetryOn, RetryPolicy, Rewrite,
-    RouteAction, RoutePolicy,
+    DEFAULT_BACKOFF, DirectResponse, Mirror, Redirect, RetryOn, RetryPolicy, Rewrite, RouteAction,
+    RoutePolicy,
 };
 use crate::model::route::{HeaderEdits, HttpRule, RouteMatch, StrMatcher, WeightedDestination};
 
@@ -181,7 +181,8 @@ pub(in crate::compile) fn http_rules(
         let default_match = [HttpRouteMatch::default()];
         let matches = rule.matches.as_deref().unwrap_or(&default_match);
         for (j, m) in matches.iter().enumerate() {
-            let (compiled, prefix, path_len) = http_match(m, scope, &format!("{field}.matches[{j}]"), diags);
+            let (compiled, prefix, path_len) =
+                http_match(m, scope, &format!("{field}.matches[{j}]"), diags);
             let mut rule = template.clone();
             if let Some(rewrite) = base.rewrite(prefix.as_deref()) {
                 rule.policy.rewrite = Some(rewrite);
@@ -227,7 +228,11 @@ pub(in crate::compile) fn grpc_rules(
             let mut compiled = RouteMatch::default();
             let mut path_len = 0;
             if let Some(method) = &m.method {
-                let (uri, len) = grpc_path(method.r#type.as_deref(), method.service.as_deref(), method.method.as_deref());
+                let (uri, len) = grpc_path(
+                    method.r#type.as_deref(),
+                    method.service.as_deref(),
+                    method.method.as_deref(),
+                );
                 path_len = len;
                 compiled.uri = matcher_or_warn(uri, scope, format!("{f}.method"), diags);
             }
@@ -307,10 +312,13 @@ impl RuleBase<'_> {
                     }
                 }
                 "RequestMirror" => {
-                    let Some(m) = &flt.request_mirror else { continue };
+                    let Some(m) = &flt.request_mirror else {
+                        continue;
+                    };
                     let percent = match (&m.fraction, m.percent) {
                         (Some(fr), _) => {
-                            100.0 * fr.numerator as f64 / fr.denominator.unwrap_or(100).max(1) as f64
+                            100.0 * fr.numerator as f64
+                                / fr.denominator.unwrap_or(100).max(1) as f64
                         }
                         (None, Some(p)) => p as f64,
                         (None, None) => 100.0,
@@ -340,8 +348,8 @@ impl RuleBase<'_> {
             }
         }
         let (destinations, backends_field) = self.destinations(scope, diags);
-        let all_invalid = !destinations.is_empty()
-            && destinations.iter().all(|d| d.target.clusters.is_empty());
+        let all_invalid =
+            !destinations.is_empty() && destinations.iter().all(|d| d.target.clusters.is_empty());
         let weight: u32 = destinations.iter().map(|d| d.weight).sum();
         let action = if unresolvable {
             direct(500)
@@ -376,7 +384,11 @@ impl RuleBase<'_> {
     }
 
     /// Weighted destinations (weight 0 dropped; a lone one takes all).
-    fn destinations(&self, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> (Vec<WeightedDestination>, String) {
+    fn destinations(
+        &self,
+        scope: &RuleScope<'_>,
+        diags: &mut Diagnostics,
+    ) -> (Vec<WeightedDestination>, String) {
         let field = format!("{}.backendRefs", self.field);
         let mut out = Vec::new();
         for (k, b) in self.backends.iter().enumerate() {
@@ -388,7 +400,11 @@ impl RuleBase<'_> {
             let target = match resolve(&b.object(), scope) {
                 Ok(target) => target,
                 Err(why) => {
-                    scope.warn(diags, bf.clone(), format!("{why}; its share of requests fails"));
+                    scope.warn(
+                        diags,
+                        bf.clone(),
+                        format!("{why}; its share of requests fails"),
+                    );
                     crate::model::route::DestinationTarget {
                         host: Arc::from(b.name.as_str()),
                         subset: None,
@@ -407,7 +423,10 @@ impl RuleBase<'_> {
                     _ => scope.warn(
                         diags,
                         f,
-                        format!("accepted but not enforced yet ({} on a backend; header modifiers are)", flt.r#type),
+                        format!(
+                            "accepted but not enforced yet ({} on a backend; header modifiers are)",
+                            flt.r#type
+                        ),
                     ),
                 }
             }
@@ -427,9 +446,18 @@ impl RuleBase<'_> {
     /// The rule's `RequestRedirect` `ReplacePrefixMatch` for a match whose
     /// path prefix is `prefix`, as a path substitution.
     fn redirect_prefix(&self, prefix: Option<&str>) -> Option<(Regex, String)> {
-        let r = self.filters.iter().find_map(|f| f.request_redirect.as_ref())?;
-        let p = r.path.as_ref().filter(|p| p.r#type == "ReplacePrefixMatch")?;
-        prefix_rewrite(prefix.unwrap_or("/"), p.replace_prefix_match.as_deref().unwrap_or("/"))
+        let r = self
+            .filters
+            .iter()
+            .find_map(|f| f.request_redirect.as_ref())?;
+        let p = r
+            .path
+            .as_ref()
+            .filter(|p| p.r#type == "ReplacePrefixMatch")?;
+        prefix_rewrite(
+            prefix.unwrap_or("/"),
+            p.replace_prefix_match.as_deref().unwrap_or("/"),
+        )
     }
 
     /// The rule's `URLRewrite` for a match whose path prefix is `prefix`.
@@ -444,7 +472,10 @@ impl RuleBase<'_> {
                 let with = p.replace_full_path.as_deref().unwrap_or("/");
                 Some((Regex::new("^.*$").ok()?, literal_replacement(with)))
             }
-            _ => prefix_rewrite(prefix.unwrap_or("/"), p.replace_prefix_match.as_deref().unwrap_or("/")),
+            _ => prefix_rewrite(
+                prefix.unwrap_or("/"),
+                p.replace_prefix_match.as_deref().unwrap_or("/"),
+            ),
         });
         Some(Rewrite {
             uri: None,
@@ -466,7 +497,10 @@ fn prefix_rewrite(prefix: &str, replacement: &str) -> Option<(Regex, String)> {
     if r.is_empty() {
         Some((Regex::new(&format!("^{escaped}/?")).ok()?, "/".to_owned()))
     } else {
-        Some((Regex::new(&format!("^{escaped}")).ok()?, literal_replacement(r)))
+        Some((
+            Regex::new(&format!("^{escaped}")).ok()?,
+            literal_replacement(r),
+        ))
     }
 }
 
@@ -507,7 +541,11 @@ fn timeouts_and_retry(
 ) {
     if let Some(retry) = &rule.retry {
         let mut on = RetryOn::CONNECT_FAILURE;
-        for c in [RetryOn::REFUSED_STREAM, RetryOn::GRPC_UNAVAILABLE, RetryOn::GRPC_CANCELLED] {
+        for c in [
+            RetryOn::REFUSED_STREAM,
+            RetryOn::GRPC_UNAVAILABLE,
+            RetryOn::GRPC_CANCELLED,
+        ] {
             on.insert(c);
         }
         if !retry.codes.is_empty() {
@@ -518,7 +556,11 @@ fn timeouts_and_retry(
             attempts: retry.attempts.unwrap_or(2).clamp(0, i64::from(u32::MAX)) as u32,
             per_try_timeout: None,
             on,
-            status_codes: retry.codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect(),
+            status_codes: retry
+                .codes
+                .iter()
+                .filter_map(|c| u16::try_from(*c).ok())
+                .collect(),
             backoff: backoff.map_or(DEFAULT_BACKOFF, |b| b.max(Duration::from_millis(1))),
         };
     }
@@ -527,7 +569,11 @@ fn timeouts_and_retry(
         let d = d.as_deref()?;
         let parsed = parse_duration(d);
         if parsed.is_none() {
-            scope.warn(diags, format!("{field}.timeouts.{name}"), format!("{d:?} is not a duration; ignored"));
+            scope.warn(
+                diags,
+                format!("{field}.timeouts.{name}"),
+                format!("{d:?} is not a duration; ignored"),
+            );
         }
         parsed.filter(|d| !d.is_zero())
     };
@@ -553,16 +599,31 @@ fn http_match(
     field: &str,
     diags: &mut Diagnostics,
 ) -> (RouteMatch, Option<String>, usize) {
-    let path_type = m.path.as_ref().and_then(|p| p.r#type.as_deref()).unwrap_or("PathPrefix");
-    let value = m.path.as_ref().and_then(|p| p.value.as_deref()).unwrap_or("/");
+    let path_type = m
+        .path
+        .as_ref()
+        .and_then(|p| p.r#type.as_deref())
+        .unwrap_or("PathPrefix");
+    let value = m
+        .path
+        .as_ref()
+        .and_then(|p| p.value.as_deref())
+        .unwrap_or("/");
     let (pattern, prefix) = match path_type {
         "Exact" => (PathPattern::Exact(value.to_owned()), None),
         "RegularExpression" => (PathPattern::Regex(value.to_owned()), None),
         _ => {
             // "When specified, a trailing `/` is ignored."
-            let trimmed = if value == "/" { value } else { value.trim_end_matches('/') };
+            let trimmed = if value == "/" {
+                value
+            } else {
+                value.trim_end_matches('/')
+            };
             let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
-            (PathPattern::Prefix(trimmed.to_owned()), Some(trimmed.to_owned()))
+            (
+                PathPattern::Prefix(trimmed.to_owned()),
+                Some(trimmed.to_owned()),
+            )
         }
     };
     let path_len = match &pattern {
@@ -608,7 +669,11 @@ fn matcher_or_warn(
 
 /// A GRPCRoute method match as a path condition (Istio's
 /// `createGRPCURIMatch`), and its length.
-fn grpc_path(kind: Option<&str>, service: Option<&str>, method: Option<&str>) -> (PathPattern, usize) {
+fn grpc_path(
+    kind: Option<&str>,
+    service: Option<&str>,
+    method: Option<&str>,
+) -> (PathPattern, usize) {
     let regex = kind == Some("RegularExpression");
     let pattern = match (service, method, regex) {
         (Some(s), Some(m), false) => PathPattern::Exact(format!("/{s}/{m}")),
@@ -635,7 +700,11 @@ fn header_conditions(
     for (i, h) in list.iter().enumerate() {
         let f = format!("{field}[{i}]");
         let Ok(name) = HeaderName::try_from(h.name.to_ascii_lowercase()) else {
-            diags.error(scope.loc, Some(format!("{f}.name")), format!("{:?} is not a header name", h.name));
+            diags.error(
+                scope.loc,
+                Some(format!("{f}.name")),
+                format!("{:?} is not a header name", h.name),
+            );
             continue;
         };
         // "Subsequent entries with an equivalent header name MUST be ignored."
@@ -659,7 +728,11 @@ fn value_matcher(
         Some("RegularExpression") => match anchored_regex(&h.value) {
             Ok(r) => Some(StrMatcher::Regex(r)),
             Err(e) => {
-                diags.error(scope.loc, Some(format!("{field}.value")), format!("invalid regex: {e}"));
+                diags.error(
+                    scope.loc,
+                    Some(format!("{field}.value")),
+                    format!("invalid regex: {e}"),
+                );
                 None
             }
         },
@@ -675,26 +748,27 @@ fn header_edits(
     diags: &mut Diagnostics,
 ) -> HeaderEdits {
     let mut edits = HeaderEdits::default();
-    let pairs = |list: &[crate::config::gateway_api::HttpHeader], op: &str, diags: &mut Diagnostics| {
-        let mut out: Vec<(HeaderName, HeaderValue)> = Vec::new();
-        for (i, h) in list.iter().enumerate() {
-            let name = HeaderName::try_from(h.name.to_ascii_lowercase());
-            let value = HeaderValue::try_from(h.value.as_str());
-            match (name, value) {
-                (Ok(name), Ok(value)) => {
-                    if !out.iter().any(|(n, _)| *n == name) {
-                        out.push((name, value));
+    let pairs =
+        |list: &[crate::config::gateway_api::HttpHeader], op: &str, diags: &mut Diagnostics| {
+            let mut out: Vec<(HeaderName, HeaderValue)> = Vec::new();
+            for (i, h) in list.iter().enumerate() {
+                let name = HeaderName::try_from(h.name.to_ascii_lowercase());
+                let value = HeaderValue::try_from(h.value.as_str());
+                match (name, value) {
+                    (Ok(name), Ok(value)) => {
+                        if !out.iter().any(|(n, _)| *n == name) {
+                            out.push((name, value));
+                        }
                     }
+                    _ => diags.error(
+                        scope.loc,
+                        Some(format!("{field}.{op}[{i}]")),
+                        "not a valid header name and value",
+                    ),
                 }
-                _ => diags.error(
-                    scope.loc,
-                    Some(format!("{field}.{op}[{i}]")),
-                    "not a valid header name and value",
-                ),
             }
-        }
-        out
-    };
+            out
+        };
     edits.set = pairs(&m.set, "set", diags);
     edits.add = pairs(&m.add, "add", diags);
     edits.remove = m
@@ -733,7 +807,11 @@ mod tests {
             ("/bar", "/", "/", "/bar"),
         ];
         for (path, prefix, with, want) in cases {
-            assert_eq!(rewrite(prefix, with, path), want, "{path} {prefix} → {with}");
+            assert_eq!(
+                rewrite(prefix, with, path),
+                want,
+                "{path} {prefix} → {with}"
+            );
         }
         assert_eq!(rewrite("/a", "/cost$1", "/a/b"), "/cost$1/b");
     }
@@ -744,15 +822,48 @@ mod tests {
             uri,
             method: method.then(|| StrMatcher::Exact("GET".into())),
             headers: (0..headers)
-                .map(|i| (HeaderName::try_from(format!("h{i}")).unwrap(), StrMatcher::Present))
+                .map(|i| {
+                    (
+                        HeaderName::try_from(format!("h{i}")).unwrap(),
+                        StrMatcher::Present,
+                    )
+                })
                 .collect(),
             ..RouteMatch::default()
         };
         let exact = Rank::of(Some(&m(Some(StrMatcher::Exact("/a".into())), false, 0)), 2);
-        let long = Rank::of(Some(&m(Some(StrMatcher::PathSeparatedPrefix("/abc".into())), false, 0)), 4);
-        let short = Rank::of(Some(&m(Some(StrMatcher::PathSeparatedPrefix("/ab".into())), false, 0)), 3);
-        let method = Rank::of(Some(&m(Some(StrMatcher::PathSeparatedPrefix("/ab".into())), true, 0)), 3);
-        let headers = Rank::of(Some(&m(Some(StrMatcher::PathSeparatedPrefix("/ab".into())), false, 2)), 3);
+        let long = Rank::of(
+            Some(&m(
+                Some(StrMatcher::PathSeparatedPrefix("/abc".into())),
+                false,
+                0,
+            )),
+            4,
+        );
+        let short = Rank::of(
+            Some(&m(
+                Some(StrMatcher::PathSeparatedPrefix("/ab".into())),
+                false,
+                0,
+            )),
+            3,
+        );
+        let method = Rank::of(
+            Some(&m(
+                Some(StrMatcher::PathSeparatedPrefix("/ab".into())),
+                true,
+                0,
+            )),
+            3,
+        );
+        let headers = Rank::of(
+            Some(&m(
+                Some(StrMatcher::PathSeparatedPrefix("/ab".into())),
+                false,
+                2,
+            )),
+            3,
+        );
         let none = Rank::of(None, 0);
         let mut ranks = [none, short, headers, method, long, exact];
         ranks.sort_by(Rank::precedence);
@@ -766,9 +877,21 @@ mod tests {
             PathPattern::Prefix(s) => format!("prefix {s}"),
             PathPattern::Regex(s) => format!("regex {s}"),
         };
-        assert_eq!(text(grpc_path(None, Some("pkg.Svc"), Some("Get")).0), "exact /pkg.Svc/Get");
-        assert_eq!(text(grpc_path(None, Some("pkg.Svc"), None).0), "prefix /pkg.Svc");
-        assert_eq!(text(grpc_path(None, None, Some("Get")).0), "regex /[^/]+/Get");
-        assert_eq!(text(grpc_path(Some("RegularExpression"), Some("pkg\\..*"), None).0), "regex /pkg\\..*/.+");
+        assert_eq!(
+            text(grpc_path(None, Some("pkg.Svc"), Some("Get")).0),
+            "exact /pkg.Svc/Get"
+        );
+        assert_eq!(
+            text(grpc_path(None, Some("pkg.Svc"), None).0),
+            "prefix /pkg.Svc"
+        );
+        assert_eq!(
+            text(grpc_path(None, None, Some("Get")).0),
+            "regex /[^/]+/Get"
+        );
+        assert_eq!(
+            text(grpc_path(Some("RegularExpression"), Some("pkg\\..*"), None).0),
+            "regex /pkg\\..*/.+"
+        );
     }
 }

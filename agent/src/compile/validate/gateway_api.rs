@@ -71,7 +71,10 @@ pub(super) fn gateway(c: &mut Check<'_>, doc: &Document<GatewaySpec>) {
         if !is_subdomain(&l.name) {
             c.error(
                 format!("{f}.name"),
-                format!("{:?} is not a valid listener name (a DNS subdomain)", l.name),
+                format!(
+                    "{:?} is not a valid listener name (a DNS subdomain)",
+                    l.name
+                ),
             );
         } else if !names.insert(l.name.as_str()) {
             c.error(
@@ -90,7 +93,10 @@ pub(super) fn gateway(c: &mut Check<'_>, doc: &Document<GatewaySpec>) {
                 .iter()
                 .any(|p| p.eq_ignore_ascii_case(protocol))
             {
-                format!(" (protocols are upper case: {:?})", protocol.to_ascii_uppercase())
+                format!(
+                    " (protocols are upper case: {:?})",
+                    protocol.to_ascii_uppercase()
+                )
             } else {
                 String::new()
             };
@@ -170,7 +176,7 @@ pub(super) fn gateway(c: &mut Check<'_>, doc: &Document<GatewaySpec>) {
                 }
                 let group = r.group.as_deref().unwrap_or("");
                 let kind = r.kind.as_deref().unwrap_or("Secret");
-                if group != "" || kind != "Secret" {
+                if !group.is_empty() || kind != "Secret" {
                     c.error(
                         &rf,
                         format!("only Secrets hold certificates here, not {group}/{kind}"),
@@ -233,23 +239,26 @@ pub(super) fn gateway(c: &mut Check<'_>, doc: &Document<GatewaySpec>) {
     }
     if let Some(frontend) = spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) {
         let mut ports = HashSet::new();
-        let validation = |c: &mut Check<'_>, field: &str, v: &Option<crate::config::gateway_api::FrontendValidation>| {
-            let Some(v) = v else { return };
-            if v.ca_certificate_refs.is_empty() || v.ca_certificate_refs.len() > 16 {
-                c.error(
-                    format!("{field}.validation.caCertificateRefs"),
-                    "between 1 and 16 caCertificateRefs",
-                );
-            }
-            if let Some(mode) = &v.mode
-                && !["AllowValidOnly", "AllowInsecureFallback"].contains(&mode.as_str())
-            {
-                c.error(
-                    format!("{field}.validation.mode"),
-                    format!("unknown mode {mode:?} (AllowValidOnly, AllowInsecureFallback)"),
-                );
-            }
-        };
+        let validation =
+            |c: &mut Check<'_>,
+             field: &str,
+             v: &Option<crate::config::gateway_api::FrontendValidation>| {
+                let Some(v) = v else { return };
+                if v.ca_certificate_refs.is_empty() || v.ca_certificate_refs.len() > 16 {
+                    c.error(
+                        format!("{field}.validation.caCertificateRefs"),
+                        "between 1 and 16 caCertificateRefs",
+                    );
+                }
+                if let Some(mode) = &v.mode
+                    && !["AllowValidOnly", "AllowInsecureFallback"].contains(&mode.as_str())
+                {
+                    c.error(
+                        format!("{field}.validation.mode"),
+                        format!("unknown mode {mode:?} (AllowValidOnly, AllowInsecureFallback)"),
+                    );
+                }
+            };
         validation(c, "spec.tls.frontend.default", &frontend.default.validation);
         for (i, p) in frontend.per_port.iter().enumerate() {
             let f = format!("spec.tls.frontend.perPort[{i}]");
@@ -317,7 +326,8 @@ pub(super) fn http_route(c: &mut Check<'_>, doc: &Document<HttpRouteSpec>) {
                 c.error(&f, format!("When using {filter} filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified"));
             }
         }
-        if !rule.backend_refs.is_empty() && rule.filters.iter().any(|f| f.request_redirect.is_some())
+        if !rule.backend_refs.is_empty()
+            && rule.filters.iter().any(|f| f.request_redirect.is_some())
         {
             c.error(
                 &f,
@@ -399,10 +409,17 @@ pub(super) fn grpc_route(c: &mut Check<'_>, doc: &Document<GrpcRouteSpec>) {
                     }
                 };
                 if method.service.is_none() && method.method.is_none() {
-                    c.error(&mf, "One or both of 'service' or 'method' must be specified");
+                    c.error(
+                        &mf,
+                        "One or both of 'service' or 'method' must be specified",
+                    );
                 }
                 for (name, value, valid) in [
-                    ("service", &method.service, is_grpc_service as fn(&str) -> bool),
+                    (
+                        "service",
+                        &method.service,
+                        is_grpc_service as fn(&str) -> bool,
+                    ),
                     ("method", &method.method, is_grpc_method),
                 ] {
                     let Some(value) = value else { continue };
@@ -589,12 +606,17 @@ fn path_value(c: &mut Check<'_>, field: &str, value: &str) {
     } else if value.ends_with("/..") || value.ends_with("/.") {
         Some("must not end with '/..' or '/.'")
     } else if !valid_path_characters(value) {
-        Some("must only contain valid characters (matching ^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+$)")
+        Some(
+            "must only contain valid characters (matching ^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+$)",
+        )
     } else {
         None
     };
     if let Some(problem) = problem {
-        c.error(field, format!("{value:?}: {problem} (for Exact and PathPrefix)"));
+        c.error(
+            field,
+            format!("{value:?}: {problem} (for Exact and PathPrefix)"),
+        );
     }
 }
 
@@ -630,7 +652,10 @@ fn header_matches(c: &mut Check<'_>, field: &str, list: &[HttpHeaderMatch], max_
         if !names.insert(h.name.as_str()) {
             c.error(
                 format!("{f}.name"),
-                format!("{:?} is listed twice (the API keys this list by name)", h.name),
+                format!(
+                    "{:?} is listed twice (the API keys this list by name)",
+                    h.name
+                ),
             );
         }
         if h.value.is_empty() || h.value.len() > max_value {
@@ -676,7 +701,10 @@ fn filters(c: &mut Check<'_>, field: &str, list: &[HttpRouteFilter], allowed: &[
         if !allowed.contains(&kind) {
             c.error(
                 format!("{f}.type"),
-                format!("unknown filter type {kind:?} (one of {})", allowed.join(", ")),
+                format!(
+                    "unknown filter type {kind:?} (one of {})",
+                    allowed.join(", ")
+                ),
             );
             continue;
         }
@@ -684,10 +712,26 @@ fn filters(c: &mut Check<'_>, field: &str, list: &[HttpRouteFilter], allowed: &[
             c.error(&f, format!("{kind} filter cannot be repeated"));
         }
         let present = [
-            ("RequestHeaderModifier", "requestHeaderModifier", flt.request_header_modifier.is_some()),
-            ("ResponseHeaderModifier", "responseHeaderModifier", flt.response_header_modifier.is_some()),
-            ("RequestMirror", "requestMirror", flt.request_mirror.is_some()),
-            ("RequestRedirect", "requestRedirect", flt.request_redirect.is_some()),
+            (
+                "RequestHeaderModifier",
+                "requestHeaderModifier",
+                flt.request_header_modifier.is_some(),
+            ),
+            (
+                "ResponseHeaderModifier",
+                "responseHeaderModifier",
+                flt.response_header_modifier.is_some(),
+            ),
+            (
+                "RequestMirror",
+                "requestMirror",
+                flt.request_mirror.is_some(),
+            ),
+            (
+                "RequestRedirect",
+                "requestRedirect",
+                flt.request_redirect.is_some(),
+            ),
             ("URLRewrite", "urlRewrite", flt.url_rewrite.is_some()),
             ("CORS", "cors", flt.cors.is_some()),
             ("ExtensionRef", "extensionRef", flt.extension_ref.is_some()),
@@ -802,7 +846,10 @@ fn header_filter(c: &mut Check<'_>, field: &str, m: &HttpHeaderFilter) {
             if !names.insert(h.name.as_str()) {
                 c.error(
                     format!("{f}.name"),
-                    format!("{:?} is listed twice (the API keys this list by name)", h.name),
+                    format!(
+                        "{:?} is listed twice (the API keys this list by name)",
+                        h.name
+                    ),
                 );
             }
             if h.value.is_empty() || h.value.len() > 4096 {
@@ -928,7 +975,10 @@ fn backend_object(c: &mut Check<'_>, field: &str, b: &BackendObjectReference) {
         && b.kind.as_deref().unwrap_or("Service") == "Service";
     match b.port {
         Some(port) => common::port_number(c, &format!("{field}.port"), port),
-        None if is_service => c.error(format!("{field}.port"), "Must have port for Service reference"),
+        None if is_service => c.error(
+            format!("{field}.port"),
+            "Must have port for Service reference",
+        ),
         None => {}
     }
 }
@@ -957,9 +1007,7 @@ fn kind(c: &mut Check<'_>, field: &str, kind: &str) {
     let valid = !kind.is_empty()
         && kind.len() <= 63
         && kind.starts_with(|ch: char| ch.is_ascii_alphabetic())
-        && kind
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !kind.ends_with('-');
     if !valid {
         c.error(field, format!("{kind:?} is not a kind"));

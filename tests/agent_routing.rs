@@ -79,6 +79,21 @@ fn virtual_service(http: &str) -> String {
     )
 }
 
+/// A request of a [`Case`] to `reviews:9080`.
+fn reviews_request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Request<Full<bytes::Bytes>> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://reviews:9080{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(Full::default()).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_first_matching_rule_wins() {
     let reviews = Reviews::start().await;
@@ -134,13 +149,7 @@ async fn the_first_matching_rule_wins() {
         ("GET", "/two", &[], "v3"),
     ];
     for (method, path, headers, subset) in cases {
-        let mut req = Request::builder()
-            .method(*method)
-            .uri(format!("http://reviews:9080{path}"));
-        for (k, v) in *headers {
-            req = req.header(*k, *v);
-        }
-        let reply = client.send(req.body(Full::default()).unwrap()).await;
+        let reply = client.send(reviews_request(method, path, headers)).await;
         assert_eq!(reply.status, 200, "{method} {path}");
         assert!(
             reply.upstream().starts_with(subset),
@@ -435,13 +444,7 @@ async fn an_http_route_on_a_service_routes_as_its_virtual_service_equivalent() {
         let agent = versions.agent(routing).await;
         let client = Client::h1(agent.outbound);
         for (method, path, headers, version) in cases {
-            let mut req = Request::builder()
-                .method(*method)
-                .uri(format!("http://reviews:9080{path}"));
-            for (k, v) in *headers {
-                req = req.header(*k, *v);
-            }
-            let reply = client.send(req.body(Full::default()).unwrap()).await;
+            let reply = client.send(reviews_request(method, path, headers)).await;
             assert_eq!(reply.status, 200, "{kind}: {method} {path}");
             assert_eq!(
                 reply.upstream(),

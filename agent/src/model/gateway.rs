@@ -238,10 +238,7 @@ impl L4Route {
 pub fn l4_route<'r>(routes: &'r [L4Route], sni: Option<&str>) -> Option<&'r L4Route> {
     if let Some(sni) = sni {
         let sni = sni.strip_suffix('.').unwrap_or(sni).to_ascii_lowercase();
-        if let Some(exact) = routes
-            .iter()
-            .find(|r| r.sni_hosts.contains(&sni))
-        {
+        if let Some(exact) = routes.iter().find(|r| r.sni_hosts.contains(&sni)) {
             return Some(exact);
         }
         let wildcard = routes

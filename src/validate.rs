@@ -43,6 +43,7 @@ struct Report {
     file: Arc<str>,
     status: Status,
     agent: bool,
+    gateway: bool,
     diagnostics: Diagnostics,
 }
 
@@ -151,6 +152,7 @@ fn check(file: Arc<str>, text: std::io::Result<String>) -> Report {
                 file,
                 status,
                 agent: checked.agent,
+                gateway: checked.gateway,
                 diagnostics: checked.diagnostics,
             }
         }
@@ -165,6 +167,7 @@ fn unreadable(file: Arc<str>, err: &std::io::Error) -> Report {
         file,
         status: Status::Unreadable,
         agent: false,
+        gateway: false,
         diagnostics,
     }
 }
@@ -213,6 +216,7 @@ fn print_json(reports: &[Report]) {
                 "file": &*r.file,
                 "status": r.status.as_str(),
                 "agent": r.agent,
+                "gateway": r.gateway,
                 "errors": r.diagnostics.errors().count(),
                 "warnings": r.diagnostics.warnings().count(),
             })

@@ -94,7 +94,8 @@ async fn validate_reports_every_problem_without_starting() {
         "{out}"
     );
     assert!(
-        out.contains("networking.istio.io/v1 Gateway is not used by the agent; skipped"),
+        out.contains("Gateway gw")
+            && out.contains("configures ingress gateways (`tracemesh gateway`); sidecars skip it"),
         "{out}"
     );
     assert!(

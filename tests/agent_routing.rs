@@ -79,6 +79,21 @@ fn virtual_service(http: &str) -> String {
     )
 }
 
+/// A request of a [`Case`] to `reviews:9080`.
+fn reviews_request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Request<Full<bytes::Bytes>> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://reviews:9080{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(Full::default()).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_first_matching_rule_wins() {
     let reviews = Reviews::start().await;
@@ -134,13 +149,7 @@ async fn the_first_matching_rule_wins() {
         ("GET", "/two", &[], "v3"),
     ];
     for (method, path, headers, subset) in cases {
-        let mut req = Request::builder()
-            .method(*method)
-            .uri(format!("http://reviews:9080{path}"));
-        for (k, v) in *headers {
-            req = req.header(*k, *v);
-        }
-        let reply = client.send(req.body(Full::default()).unwrap()).await;
+        let reply = client.send(reviews_request(method, path, headers)).await;
         assert_eq!(reply.status, 200, "{method} {path}");
         assert!(
             reply.upstream().starts_with(subset),
@@ -303,4 +312,173 @@ async fn rules_edit_request_and_response_headers() {
     assert_eq!(seen.headers["x-route"], "edited");
     assert_eq!(seen.headers["x-destination"], "v3");
     assert!(!seen.headers.contains_key("x-drop-me"));
+}
+
+/// `reviews` (every version) and one service per version, `reviews-v1` …
+/// `reviews-v3`, as Gateway API routes name backends (Services, not
+/// subsets).
+struct Versions {
+    upstreams: Vec<Upstream>,
+}
+
+impl Versions {
+    async fn start() -> Versions {
+        let mut upstreams = Vec::new();
+        for name in ["v1", "v2", "v3"] {
+            upstreams.push(Upstream::start(name).await);
+        }
+        Versions { upstreams }
+    }
+
+    async fn agent(&self, routing: &str) -> Agent {
+        let all: Vec<Ep<'_>> = self
+            .upstreams
+            .iter()
+            .map(|u| Ep {
+                addr: u.addr,
+                labels: &[("app", "reviews")],
+            })
+            .collect();
+        let mut yaml = agent("productpage", closed_port().await, NO_COLLECTOR)
+            + &service_entry("reviews", 9080, "HTTP", &all);
+        for u in &self.upstreams {
+            let ep = [Ep {
+                addr: u.addr,
+                labels: &[("app", "reviews")],
+            }];
+            yaml += &service_entry(&format!("reviews-{}", u.name), 9080, "HTTP", &ep);
+        }
+        Agent::start(&(yaml + routing))
+    }
+
+    fn seen(&self, name: &str) -> Vec<common::upstream::Seen> {
+        self.upstreams
+            .iter()
+            .find(|u| u.name == name)
+            .unwrap()
+            .seen()
+    }
+}
+
+/// The HTTPRoute below written as a VirtualService: its rules in the
+/// order the Gateway API ranks the HTTPRoute's (exact path, longer
+/// prefix, method, headers, query parameters), `PathPrefix /api` as the
+/// regex `/api(/.*)?` (a prefix on segment boundaries).
+const REVIEWS_VIRTUAL_SERVICE: &str = r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {exact: /exact}}]
+    headers: {request: {set: {x-route: edited}}}
+    route: [{destination: {host: reviews-v2}}]
+  - match: [{uri: {regex: "/api(/.*)?"}}]
+    route: [{destination: {host: reviews-v3}}]
+  - match: [{method: {exact: POST}}]
+    route: [{destination: {host: reviews-v2}}]
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews-v3}}]
+  - match: [{queryParams: {debug: {exact: "true"}}}]
+    route:
+    - {destination: {host: reviews-v1}, weight: 0}
+    - {destination: {host: reviews-v2}, weight: 1}
+  - route: [{destination: {host: reviews-v1}}]
+"#;
+
+/// GAMMA: an HTTPRoute attached to the `reviews` Service, rules written in
+/// no particular order.
+const REVIEWS_HTTP_ROUTE: &str = r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - backendRefs: [{name: reviews-v1, port: 9080}]
+  - matches: [{queryParams: [{name: debug, value: "true"}]}]
+    backendRefs:
+    - {name: reviews-v1, port: 9080, weight: 0}
+    - {name: reviews-v2, port: 9080}
+  - matches: [{headers: [{name: end-user, value: jason}]}]
+    backendRefs: [{name: reviews-v3, port: 9080}]
+  - matches: [{method: POST}]
+    backendRefs: [{name: reviews-v2, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: reviews-v3, port: 9080}]
+  - matches: [{path: {type: Exact, value: /exact}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-route, value: edited}]}
+    backendRefs: [{name: reviews-v2, port: 9080}]
+"#;
+
+/// An HTTPRoute attached to a Service routes the sidecar's requests as
+/// its VirtualService equivalent does, request for request, against real
+/// upstreams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http_route_on_a_service_routes_as_its_virtual_service_equivalent() {
+    let versions = Versions::start().await;
+    // (method, path, headers, version expected)
+    let cases: &[Case] = &[
+        ("GET", "/exact", &[], "v2"),
+        ("GET", "/exactly", &[], "v1"),
+        ("GET", "/api/list", &[], "v3"),
+        ("GET", "/api", &[], "v3"),
+        ("GET", "/apix", &[], "v1"),
+        ("POST", "/api/x", &[], "v3"),
+        ("POST", "/any", &[], "v2"),
+        ("POST", "/any", &[("end-user", "jason")], "v2"),
+        ("GET", "/any", &[("end-user", "jason")], "v3"),
+        ("GET", "/any?debug=true", &[], "v2"),
+        ("GET", "/any?debug=true", &[("end-user", "jason")], "v3"),
+        ("GET", "/any", &[], "v1"),
+    ];
+    for routing in [REVIEWS_VIRTUAL_SERVICE, REVIEWS_HTTP_ROUTE] {
+        let kind = if routing.contains("HTTPRoute") {
+            "HTTPRoute"
+        } else {
+            "VirtualService"
+        };
+        let agent = versions.agent(routing).await;
+        let client = Client::h1(agent.outbound);
+        for (method, path, headers, version) in cases {
+            let reply = client.send(reviews_request(method, path, headers)).await;
+            assert_eq!(reply.status, 200, "{kind}: {method} {path}");
+            assert_eq!(
+                reply.upstream(),
+                *version,
+                "{kind}: {method} {path} {headers:?}"
+            );
+        }
+        let edited = versions.seen("v2");
+        let exact = edited.iter().rev().find(|s| s.path == "/exact").unwrap();
+        assert_eq!(exact.headers["x-route"], "edited", "{kind}");
+    }
+}
+
+/// Where an HTTPRoute and a VirtualService both route a host for this
+/// workload, Istio's order decides: an HTTPRoute of the workload's own
+/// namespace first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http_route_of_the_clients_namespace_wins_over_a_virtual_service() {
+    let versions = Versions::start().await;
+    let everything_to_v3 = r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-all, namespace: default}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews-v3}}]}]
+"#;
+    let agent = versions
+        .agent(&(everything_to_v3.to_owned() + REVIEWS_HTTP_ROUTE))
+        .await;
+    let client = Client::h1(agent.outbound);
+    assert_eq!(client.get("http://reviews:9080/any").await.upstream(), "v1");
+    assert_eq!(
+        client.get("http://reviews:9080/exact").await.upstream(),
+        "v2"
+    );
 }

@@ -103,7 +103,7 @@ fn every_valid_corpus_file_is_valid_as_a_plain_file() {
         .filter_map(|d| d["message"].as_str())
         .filter(|m| m.ends_with("is not used by the agent; skipped"))
         .collect();
-    for kind in ["Gateway", "WorkloadGroup", "EnvoyFilter", "ProxyConfig"] {
+    for kind in ["WorkloadGroup", "EnvoyFilter", "ProxyConfig"] {
         assert!(
             skipped.iter().any(|m| m.contains(&format!(" {kind} "))),
             "{kind} is validated and skipped: {skipped:?}"
@@ -344,4 +344,31 @@ fn an_agent_file_is_checked_in_the_agents_context() {
     // The same DestinationRule alone is a valid Istio resource.
     let plain = yaml.split("---\n").nth(1).unwrap();
     assert_eq!(run(&["-"], plain).0, 0);
+}
+
+#[test]
+fn a_gateway_file_is_checked_in_the_gateways_context() {
+    let bookinfo = std::fs::read_to_string(
+        corpus("samples").join("bookinfo/networking/bookinfo-gateway.yaml"),
+    )
+    .unwrap();
+    let boot = "apiVersion: tracemesh.io/v1\nkind: IngressGateway\nmetadata: {name: istio-ingressgateway, namespace: istio-system}\nspec:\n  labels: {istio: ingressgateway}\n  credentialDirectory: /nonexistent/credentials\n---\n";
+    let (code, report) = run_json(&["-"], &format!("{boot}{bookinfo}"));
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["files"][0]["gateway"], true);
+    assert_eq!(report["files"][0]["agent"], false);
+    // An HTTPS server whose credential is not on disk names the file.
+    let https = "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: secure}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [bookinfo.example.com]\n    tls: {mode: SIMPLE, credentialName: bookinfo-credential}\n";
+    let (code, report) = run_json(&["-"], &format!("{boot}{bookinfo}{https}"));
+    assert_eq!(code, 1, "{report:#}");
+    assert!(
+        errors(&report)
+            .iter()
+            .any(|e| e["field"] == "spec.servers[0].tls"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("/nonexistent/credentials/istio-system/bookinfo-credential/tls.crt")),
+        "{report:#}"
+    );
 }

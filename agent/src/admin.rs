@@ -238,6 +238,7 @@ fn str_matcher_json(m: &StrMatcher) -> Value {
     match m {
         StrMatcher::Exact(s) => json!({ "exact": s }),
         StrMatcher::Prefix(s) => json!({ "prefix": s }),
+        StrMatcher::PathSeparatedPrefix(s) => json!({ "pathSeparatedPrefix": s }),
         StrMatcher::Regex(r) => json!({ "regex": r.as_str() }),
         StrMatcher::Present => json!({ "present": true }),
     }

@@ -7,6 +7,8 @@ mod authn;
 mod bootstrap;
 mod capture;
 mod decided;
+mod gateway;
+mod gateway_api;
 mod mesh;
 mod mtls;
 mod policy;
@@ -42,6 +44,14 @@ struct Documents {
     mesh_configs: Vec<Document<crate::config::mesh::MeshConfig>>,
     telemetries: Vec<Document<crate::config::telemetry::TelemetrySpec>>,
     request_authentications: Vec<Document<crate::config::security::RequestAuthenticationSpec>>,
+    ingress_gateways: Vec<Document<crate::config::ingress_gateway::IngressGatewaySpec>>,
+    gateways: Vec<Document<crate::config::gateway::GatewaySpec>>,
+    gateway_classes: Vec<Document<crate::config::gateway_api::GatewayClassSpec>>,
+    kubernetes_gateways: Vec<Document<crate::config::gateway_api::GatewaySpec>>,
+    http_routes: Vec<Document<crate::config::gateway_api::HttpRouteSpec>>,
+    grpc_routes: Vec<Document<crate::config::gateway_api::GrpcRouteSpec>>,
+    reference_grants: Vec<Document<crate::config::gateway_api::ReferenceGrantSpec>>,
+    namespaces: Vec<Document<()>>,
 }
 
 impl Documents {
@@ -61,6 +71,14 @@ impl Documents {
                 Resource::MeshConfig(d) => docs.mesh_configs.push(d),
                 Resource::Telemetry(d) => docs.telemetries.push(d),
                 Resource::RequestAuthentication(d) => docs.request_authentications.push(d),
+                Resource::IngressGateway(d) => docs.ingress_gateways.push(d),
+                Resource::Gateway(d) => docs.gateways.push(d),
+                Resource::GatewayClass(d) => docs.gateway_classes.push(d),
+                Resource::KubernetesGateway(d) => docs.kubernetes_gateways.push(d),
+                Resource::HttpRoute(d) => docs.http_routes.push(d),
+                Resource::GrpcRoute(d) => docs.grpc_routes.push(d),
+                Resource::ReferenceGrant(d) => docs.reference_grants.push(d),
+                Resource::Namespace(d) => docs.namespaces.push(d),
                 // Validated and warned about already; nothing to compile.
                 Resource::Unused(_) => {}
             }
@@ -118,6 +136,44 @@ pub fn compile_text(
     }
 }
 
+/// A compiled ingress gateway config and what the compile said.
+pub struct CompiledGateway {
+    /// What the gateway serves.
+    pub snapshot: crate::model::gateway::GatewaySnapshot,
+    /// Warnings (no errors: a config with errors is rejected).
+    pub diagnostics: Diagnostics,
+}
+
+/// Compiles the text of an ingress gateway's config file named `file`:
+/// one `IngressGateway` bootstrap, Istio `Gateway`s with the
+/// VirtualServices bound to them, Kubernetes Gateway API `Gateway`s with
+/// their routes, and the registry (ServiceEntry, DestinationRule) they
+/// route to.
+pub fn compile_gateway_text(
+    file: &Arc<str>,
+    text: &str,
+    version: u64,
+    states: &LiveState,
+) -> Result<CompiledGateway, ConfigRejected> {
+    let mut diags = Diagnostics::default();
+    let resources = validate::resources(parse_documents(file, text, &mut diags), &mut diags);
+    let docs = Documents::sort(resources);
+    let snapshot = gateway::build(file, &docs, version, states, &mut diags);
+    if !docs.agents.is_empty() {
+        for doc in &docs.agents {
+            let msg = "an Agent bootstraps a sidecar; a gateway's file holds an IngressGateway";
+            diags.error(&doc.location, None, msg);
+        }
+    }
+    match snapshot {
+        Some(snapshot) if !diags.has_errors() => Ok(CompiledGateway {
+            snapshot,
+            diagnostics: diags,
+        }),
+        _ => Err(ConfigRejected(diags)),
+    }
+}
+
 /// What `tracemesh validate` found in one file.
 pub struct Checked {
     /// Every error and warning.
@@ -125,11 +181,14 @@ pub struct Checked {
     /// The file holds an `Agent` document, so it was compiled as an agent's
     /// config (with the agent's context), not only checked resource by resource.
     pub agent: bool,
+    /// The file holds an `IngressGateway` document, so it was compiled as
+    /// `tracemesh gateway --config` would load it.
+    pub gateway: bool,
 }
 
 /// Checks the text of a file as `tracemesh validate` does: a file with an
 /// `Agent` document is compiled exactly as `tracemesh agent --config` would
-/// load it; any other file is checked resource by resource with Istio's
+/// load it, a file with an `IngressGateway` document as the gateway would; any other file is checked resource by resource with Istio's
 /// rules, as `istioctl validate` does, with the same warnings for fields
 /// the agent accepts but does not enforce.
 pub fn check_text(file: &Arc<str>, text: &str) -> Checked {
@@ -143,6 +202,21 @@ pub fn check_text(file: &Arc<str>, text: &str) -> Checked {
         return Checked {
             diagnostics,
             agent: true,
+            gateway: false,
+        };
+    }
+    if resources
+        .iter()
+        .any(|r| matches!(r, Resource::IngressGateway(_)))
+    {
+        let diagnostics = match compile_gateway_text(file, text, 1, &LiveState::default()) {
+            Ok(compiled) => compiled.diagnostics,
+            Err(ConfigRejected(diags)) => diags,
+        };
+        return Checked {
+            diagnostics,
+            agent: false,
+            gateway: true,
         };
     }
     let docs = Documents::sort(validate::resources(resources, &mut diags));
@@ -150,6 +224,7 @@ pub fn check_text(file: &Arc<str>, text: &str) -> Checked {
     Checked {
         diagnostics: diags,
         agent: false,
+        gateway: false,
     }
 }
 
@@ -187,13 +262,14 @@ fn build(
     if let (Some(scope), Some(name)) = (&sidecar.egress, &sidecar.name) {
         registry.restrict(scope, name);
     }
-    let routes = routes::build(
-        &docs.virtual_services,
-        &registry,
-        boot.as_ref(),
-        &namespace,
-        diags,
-    );
+    let api_routes = gateway_api::routes(&docs.http_routes, &docs.grpc_routes, &namespace);
+    let mesh_routes = routes::MeshInput {
+        virtual_services: &docs.virtual_services,
+        routes: &api_routes,
+        service_entries: &docs.service_entries,
+    };
+    let routes = routes::build(&mesh_routes, &registry, boot.as_ref(), &namespace, diags);
+    skipped_by_sidecars(docs, diags);
     unenforced::warn_all(docs, diags);
     let boot = boot?;
     let inbound = registry::inbound_cluster(&boot, states);
@@ -304,6 +380,22 @@ fn redact_url_passwords(value: &mut serde_json::Value) {
     }
 }
 
+/// Gateway resources in a sidecar's file configure gateways
+/// (`tracemesh gateway`); a sidecar says so once per resource.
+fn skipped_by_sidecars(docs: &Documents, diags: &mut Diagnostics) {
+    let msg = "configures ingress gateways (`tracemesh gateway`); sidecars skip it";
+    for loc in docs
+        .gateways
+        .iter()
+        .map(|d| &d.location)
+        .chain(docs.kubernetes_gateways.iter().map(|d| &d.location))
+        .chain(docs.gateway_classes.iter().map(|d| &d.location))
+        .chain(docs.ingress_gateways.iter().map(|d| &d.location))
+    {
+        diags.warn(loc, None, msg);
+    }
+}
+
 /// The effective config as JSON: every resource as written, plus warnings.
 fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Value {
     fn entries<S: serde::Serialize>(kind: &str, list: &[Document<S>]) -> Vec<serde_json::Value> {
@@ -333,6 +425,13 @@ fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Valu
         &docs.request_authentications,
     ));
     resources.extend(entries("Telemetry", &docs.telemetries));
+    resources.extend(entries("IngressGateway", &docs.ingress_gateways));
+    resources.extend(entries("Gateway", &docs.gateways));
+    resources.extend(entries("GatewayClass", &docs.gateway_classes));
+    resources.extend(entries("Gateway", &docs.kubernetes_gateways));
+    resources.extend(entries("HTTPRoute", &docs.http_routes));
+    resources.extend(entries("GRPCRoute", &docs.grpc_routes));
+    resources.extend(entries("ReferenceGrant", &docs.reference_grants));
     for resource in &mut resources {
         redact(resource);
     }

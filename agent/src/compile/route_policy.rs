@@ -88,6 +88,7 @@ fn action(rule: &HttpRoute, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> R
         };
         return RouteAction::Redirect(Redirect {
             uri: r.uri.clone(),
+            uri_regex: None,
             authority: r.authority.clone(),
             port: r.port.map(|p| p as u16),
             scheme: r.scheme.clone(),

@@ -1,16 +1,29 @@
-//! VirtualServices → the route table, plus an implicit route for every
-//! registry host no VirtualService covers.
+//! VirtualServices and Gateway API routes → the route table, plus an
+//! implicit route for every registry host no route covers.
+//!
+//! Sidecars apply VirtualServices bound to `mesh` and HTTPRoutes/GRPCRoutes
+//! attached to a Service (the Gateway API's mesh mode, GAMMA). Where
+//! several claim one host, Istio's order decides, per port: HTTPRoutes in
+//! this workload's namespace first (a consumer's override), then the oldest
+//! resource (`creationTimestamp`, else file order); a later one only keeps
+//! the ports the earlier ones leave (a rule limited to other ports), and is
+//! warned about. Gateways compile the same rules bound to themselves
+//! (`compile::gateway`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
-use regex::RegexBuilder;
+use regex::{Regex, RegexBuilder};
 
 use super::bootstrap::Agent;
+use super::gateway_api::rules::{self as api_rules, RankedRule, RuleScope as ApiScope};
+use super::gateway_api::{self, Parent, Route, RouteSpec, age};
 use super::registry::Registry;
 use super::route_policy::{self, RuleScope};
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
+use crate::config::service_entry::ServiceEntrySpec;
 use crate::config::virtual_service::{
     HeaderOperations, Headers, HttpMatchRequest, HttpRoute, StringMatch, VirtualServiceSpec,
 };
@@ -20,65 +33,170 @@ use crate::model::route::{
     HeaderEdits, HttpRule, RouteMatch, RouteTable, StrMatcher, VirtualHost, WeightedDestination,
 };
 
+/// Istio's reserved gateway name for every sidecar.
+pub(super) const MESH: &str = "mesh";
+
+/// What routes are compiled for: the sidecars, or one gateway.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Binding<'a> {
+    /// Sidecars (`mesh`).
+    Mesh,
+    /// The Istio Gateway `namespace/name`.
+    Gateway(&'a str),
+}
+
+impl Binding<'_> {
+    /// Whether a `gateways` list written in a resource of `namespace`
+    /// (empty: `mesh` only, Istio's default) names this binding.
+    pub fn admits(&self, gateways: &[String], namespace: &str) -> bool {
+        match self {
+            Self::Mesh => gateways.is_empty() || gateways.iter().any(|g| g == MESH),
+            Self::Gateway(name) => gateways.iter().any(|g| gateway_name(g, namespace) == *name),
+        }
+    }
+}
+
+/// A `gateways` entry as Istio resolves it (`resolveGatewayName`):
+/// `mesh`; `namespace/name`; a bare name in the resource's namespace; the
+/// legacy `name.namespace.svc.cluster.local` form.
+pub(super) fn gateway_name(name: &str, namespace: &str) -> String {
+    if name == MESH || name.contains('/') {
+        return name.to_owned();
+    }
+    match name.split_once('.') {
+        Some((gw, rest)) => {
+            let ns = rest.split('.').next().unwrap_or(namespace);
+            format!("{ns}/{gw}")
+        }
+        None => format!("{namespace}/{name}"),
+    }
+}
+
+/// The workload routes are compiled for, which `sourceLabels` and
+/// `sourceNamespace` conditions are checked against.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Source<'a> {
+    /// Its labels.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Its namespace.
+    pub namespace: &'a str,
+}
+
 /// What a rule is compiled against.
 struct Scope<'a> {
     loc: &'a Location,
     namespace: &'a str,
     registry: &'a Registry,
-    boot: Option<&'a Agent>,
+    binding: Binding<'a>,
+    /// None when the bootstrap did not compile (its errors are reported).
+    source: Option<Source<'a>>,
+}
+
+/// The `http[]` rules of a VirtualService that apply to `binding`, compiled.
+pub(super) fn virtual_service_rules(
+    doc: &Document<VirtualServiceSpec>,
+    namespace: &str,
+    registry: &Registry,
+    binding: Binding<'_>,
+    source: Option<Source<'_>>,
+    diags: &mut Diagnostics,
+) -> Vec<HttpRule> {
+    let scope = Scope {
+        loc: &doc.location,
+        namespace,
+        registry,
+        binding,
+        source,
+    };
+    doc.spec
+        .http
+        .iter()
+        .enumerate()
+        .filter_map(|(i, rule)| compile_rule(rule, &format!("spec.http[{i}]"), &scope, diags))
+        .collect()
+}
+
+/// The routing resources a sidecar reads.
+pub(super) struct MeshInput<'a> {
+    /// VirtualServices.
+    pub virtual_services: &'a [Document<VirtualServiceSpec>],
+    /// HTTPRoutes and GRPCRoutes, oldest first.
+    pub routes: &'a [Route<'a>],
+    /// ServiceEntries (parents of mesh routes).
+    pub service_entries: &'a [Document<ServiceEntrySpec>],
+}
+
+/// The rules one resource gives one host, and where it stands.
+struct Unit {
+    host: String,
+    /// `VirtualService ns/name` or `HTTPRoute ns/name` (for messages).
+    source: String,
+    /// `namespace/name` (VirtualService) or `HTTPRoute ns/name` (the
+    /// vhost's origin for `/routes`).
+    origin: String,
+    /// HTTPRoutes of this workload's namespace first, then the oldest.
+    rank: (bool, (bool, String, usize)),
+    rules: Vec<HttpRule>,
+    loc: Location,
+    field: String,
 }
 
 pub(super) fn build(
-    services: &[Document<VirtualServiceSpec>],
+    input: &MeshInput<'_>,
     registry: &Registry,
     boot: Option<&Agent>,
     agent_namespace: &str,
     diags: &mut Diagnostics,
 ) -> RouteTable {
+    let source = boot.map(|b| Source {
+        labels: &b.identity.labels,
+        namespace: &b.identity.namespace,
+    });
+    let mut units = virtual_service_units(
+        input.virtual_services,
+        registry,
+        source,
+        agent_namespace,
+        diags,
+    );
+    units.extend(mesh_route_units(input, registry, agent_namespace, diags));
+    units.sort_by(|a, b| a.rank.cmp(&b.rank));
+    let mut by_host: Vec<(String, Vec<Unit>)> = Vec::new();
+    for unit in units {
+        match by_host.iter_mut().find(|(h, _)| *h == unit.host) {
+            Some((_, list)) => list.push(unit),
+            None => by_host.push((unit.host.clone(), vec![unit])),
+        }
+    }
     let mut hosts: Vec<Arc<VirtualHost>> = Vec::new();
-    for doc in services {
-        let spec = &doc.spec;
-        if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
-            let msg = "applies to gateways only (no `mesh` in gateways); sidecars skip it";
-            diags.warn(&doc.location, Some("spec.gateways".into()), msg);
-            continue;
-        }
-        if spec.hosts.is_empty() {
-            diags.error(
-                &doc.location,
-                Some("spec.hosts".into()),
-                "at least one host is required",
-            );
-        }
-        let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
-        let scope = Scope {
-            loc: &doc.location,
-            namespace,
-            registry,
-            boot,
-        };
-        let rules: Vec<HttpRule> = spec
-            .http
-            .iter()
-            .enumerate()
-            .filter_map(|(i, rule)| compile_rule(rule, &format!("spec.http[{i}]"), &scope, diags))
-            .collect();
-        let name = format!("{namespace}/{}", doc.metadata.name);
-        for (h, host) in spec.hosts.iter().enumerate() {
-            let fqdn = resolve_short_name(host, namespace);
-            if hosts.iter().any(|vh| vh.host == fqdn) {
-                let msg =
-                    format!("{fqdn} is already routed by an earlier VirtualService; ignored here");
-                diags.warn(&doc.location, Some(format!("spec.hosts[{h}]")), msg);
-                continue;
+    for (host, units) in by_host {
+        let ports = registry.http_ports(&host);
+        let origin = units.first().map(|u| u.origin.clone());
+        let mut rules = merge_units(units, &ports, diags);
+        // Ports no rule is written for keep the service's own route, as
+        // Istio builds each port's virtual host without the resources
+        // that leave it out.
+        if let Ports::Only(covered) = ports_of(&rules) {
+            let free: Vec<RouteMatch> = ports
+                .iter()
+                .filter(|p| !covered.contains(p))
+                .map(|p| RouteMatch {
+                    port: Some(*p),
+                    ..RouteMatch::default()
+                })
+                .collect();
+            if !free.is_empty() {
+                let mut fallback = implicit_host(&host, registry).rules.remove(0);
+                fallback.matches = free;
+                rules.push(fallback);
             }
-            hosts.push(Arc::new(VirtualHost {
-                ports: registry.http_ports(&fqdn),
-                host: fqdn,
-                virtual_service: Some(name.clone()),
-                rules: rules.clone(),
-            }));
         }
+        hosts.push(Arc::new(VirtualHost {
+            ports,
+            host,
+            virtual_service: origin,
+            rules,
+        }));
     }
     // A registry host without a VirtualService of its own takes the most
     // specific wildcard VirtualService that covers it (Istio's
@@ -107,6 +225,274 @@ pub(super) fn build(
     table(hosts, agent_namespace)
 }
 
+/// One unit per host of each VirtualService bound to `mesh`.
+fn virtual_service_units(
+    services: &[Document<VirtualServiceSpec>],
+    registry: &Registry,
+    source: Option<Source<'_>>,
+    agent_namespace: &str,
+    diags: &mut Diagnostics,
+) -> Vec<Unit> {
+    let mut units = Vec::new();
+    for (order, doc) in services.iter().enumerate() {
+        let spec = &doc.spec;
+        let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
+        if !Binding::Mesh.admits(&spec.gateways, namespace) {
+            let msg = "applies to gateways only (no `mesh` in gateways); sidecars skip it";
+            diags.warn(&doc.location, Some("spec.gateways".into()), msg);
+            continue;
+        }
+        if spec.hosts.is_empty() {
+            diags.error(
+                &doc.location,
+                Some("spec.hosts".into()),
+                "at least one host is required",
+            );
+        }
+        let rules = virtual_service_rules(doc, namespace, registry, Binding::Mesh, source, diags);
+        let name = format!("{namespace}/{}", doc.metadata.name);
+        for (h, host) in spec.hosts.iter().enumerate() {
+            units.push(Unit {
+                host: resolve_short_name(host, namespace),
+                source: format!("VirtualService {name}"),
+                origin: name.clone(),
+                rank: (true, age(&doc.metadata, order)),
+                rules: rules.clone(),
+                loc: doc.location.clone(),
+                field: format!("spec.hosts[{h}]"),
+            });
+        }
+    }
+    units
+}
+
+/// HTTPRoutes and GRPCRoutes attached to services (GAMMA), as Istio turns
+/// them into VirtualServices: one per route namespace, parent port and
+/// host, their rules merged and sorted in the Gateway API's precedence.
+/// A route applies to this workload when it is in this workload's
+/// namespace (a consumer route) or in the service's (a producer route).
+fn mesh_route_units(
+    input: &MeshInput<'_>,
+    registry: &Registry,
+    agent_namespace: &str,
+    diags: &mut Diagnostics,
+) -> Vec<Unit> {
+    struct Group {
+        key: (String, Option<u16>, String),
+        rank: (bool, (bool, String, usize)),
+        rules: Vec<RankedRule>,
+        sources: Vec<String>,
+        loc: Location,
+        field: String,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    for route in input.routes {
+        let mut compiled: Option<Vec<RankedRule>> = None;
+        for (i, r) in route.parent_refs.iter().enumerate() {
+            let field = format!("spec.parentRefs[{i}]");
+            let parent =
+                gateway_api::parent(r, &route.namespace, input.service_entries, agent_namespace);
+            let Parent::Mesh {
+                hosts,
+                namespace,
+                port,
+            } = parent
+            else {
+                continue;
+            };
+            if hosts.is_empty() {
+                let msg = format!(
+                    "no ServiceEntry {namespace}/{} in this file; the parent is ignored",
+                    r.name
+                );
+                diags.warn(route.location, Some(field), msg);
+                continue;
+            }
+            if route.namespace != agent_namespace && route.namespace != namespace {
+                let msg = format!(
+                    "a route of namespace {} for a service of namespace {namespace} applies to clients in {} only; this workload is in {agent_namespace}",
+                    route.namespace, route.namespace
+                );
+                diags.warn(route.location, Some(field), msg);
+                continue;
+            }
+            let rules = compiled.get_or_insert_with(|| mesh_rules(route, registry, diags));
+            let rules = api_rules::on_port(rules, port);
+            let consumer = route.namespace == agent_namespace;
+            for host in hosts {
+                if registry.find(&host, agent_namespace).is_none() {
+                    let msg = format!(
+                        "{}; the route applies to nothing here",
+                        registry.missing(&host)
+                    );
+                    diags.warn(route.location, Some(field.clone()), msg);
+                    continue;
+                }
+                let key = (route.namespace.clone(), port, host);
+                match groups.iter_mut().find(|g| g.key == key) {
+                    Some(g) => {
+                        g.rules.extend(rules.iter().cloned());
+                        g.sources.push(route.describe());
+                    }
+                    None => groups.push(Group {
+                        key,
+                        rank: (!consumer, age(route.metadata, route.order)),
+                        rules: rules.clone(),
+                        sources: vec![route.describe()],
+                        loc: route.location.clone(),
+                        field: field.clone(),
+                    }),
+                }
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .map(|mut g| {
+            api_rules::sort(&mut g.rules);
+            let (_, _, host) = g.key;
+            Unit {
+                host,
+                source: g.sources.join(", "),
+                origin: g.sources.first().cloned().unwrap_or_default(),
+                rank: g.rank,
+                rules: g.rules.into_iter().map(|r| r.rule).collect(),
+                loc: g.loc,
+                field: g.field,
+            }
+        })
+        .collect()
+}
+
+/// A route's rules as sidecars apply them (no ReferenceGrant is asked for
+/// in the mesh, as in Istio).
+fn mesh_rules(route: &Route<'_>, registry: &Registry, diags: &mut Diagnostics) -> Vec<RankedRule> {
+    let scope = ApiScope {
+        loc: route.location,
+        kind: route.kind,
+        name: &route.metadata.name,
+        namespace: &route.namespace,
+        registry,
+        grants: None,
+    };
+    match route.spec {
+        RouteSpec::Http(spec) => api_rules::http_rules(spec.rules.as_deref(), &scope, diags),
+        RouteSpec::Grpc(spec) => api_rules::grpc_rules(&spec.rules, &scope, diags),
+    }
+}
+
+/// The ports a unit's rules can match: every port, or these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ports {
+    All,
+    Only(Vec<u16>),
+}
+
+fn ports_of(rules: &[HttpRule]) -> Ports {
+    let mut ports = Vec::new();
+    for rule in rules {
+        if rule.matches.is_empty() {
+            return Ports::All;
+        }
+        for m in &rule.matches {
+            match m.port {
+                None => return Ports::All,
+                Some(p) if !ports.contains(&p) => ports.push(p),
+                Some(_) => {}
+            }
+        }
+    }
+    Ports::Only(ports)
+}
+
+/// The rules of one host from units in precedence order: each unit keeps
+/// the ports no earlier unit routes (Istio builds a virtual host per port
+/// and keeps the first resource's for a host).
+fn merge_units(units: Vec<Unit>, service_ports: &[u16], diags: &mut Diagnostics) -> Vec<HttpRule> {
+    let mut rules: Vec<HttpRule> = Vec::new();
+    let mut taken = Ports::Only(Vec::new());
+    let mut first: Option<String> = None;
+    for unit in units {
+        let covers = ports_of(&unit.rules);
+        let Ports::Only(taken_ports) = &taken else {
+            warn_shadowed(&unit, first.as_deref(), None, diags);
+            continue;
+        };
+        if taken_ports.is_empty() {
+            rules.extend(unit.rules);
+            taken = covers;
+            first = Some(unit.source);
+            continue;
+        }
+        let free: Vec<u16> = service_ports
+            .iter()
+            .copied()
+            .filter(|p| !taken_ports.contains(p))
+            .collect();
+        let kept: Vec<HttpRule> = unit
+            .rules
+            .iter()
+            .filter_map(|r| restrict(r, taken_ports, &free))
+            .collect();
+        if kept.is_empty() {
+            warn_shadowed(&unit, first.as_deref(), None, diags);
+            continue;
+        }
+        warn_shadowed(&unit, first.as_deref(), Some(taken_ports), diags);
+        rules.extend(kept);
+        taken = match covers {
+            Ports::All => Ports::All,
+            Ports::Only(more) => {
+                let mut all = taken_ports.clone();
+                all.extend(more.into_iter().filter(|p| free.contains(p)));
+                Ports::Only(all)
+            }
+        };
+    }
+    rules
+}
+
+/// `rule` limited to ports outside `taken`: a port-less condition becomes
+/// one per `free` port. None when nothing is left.
+fn restrict(rule: &HttpRule, taken: &[u16], free: &[u16]) -> Option<HttpRule> {
+    let conditions: Vec<RouteMatch> = if rule.matches.is_empty() {
+        vec![RouteMatch::default()]
+    } else {
+        rule.matches.clone()
+    };
+    let mut matches = Vec::new();
+    for m in conditions {
+        match m.port {
+            Some(p) if taken.contains(&p) => {}
+            Some(_) => matches.push(m),
+            None => matches.extend(free.iter().map(|p| RouteMatch {
+                port: Some(*p),
+                ..m.clone()
+            })),
+        }
+    }
+    (!matches.is_empty()).then(|| HttpRule {
+        matches,
+        ..rule.clone()
+    })
+}
+
+fn warn_shadowed(unit: &Unit, first: Option<&str>, ports: Option<&[u16]>, diags: &mut Diagnostics) {
+    let winner = first.unwrap_or("an earlier resource");
+    let why = "HTTPRoutes of this workload's namespace first, then the oldest resource, as Istio orders them";
+    let msg = match ports {
+        None => format!(
+            "{} is already routed by {winner}; ignored here ({why})",
+            unit.host
+        ),
+        Some(ports) => format!(
+            "{} is already routed by {winner} on port(s) {ports:?}; {} applies to its other ports only ({why})",
+            unit.host, unit.source
+        ),
+    };
+    diags.warn(&unit.loc, Some(unit.field.clone()), msg);
+}
+
 fn implicit_host(fqdn: &str, registry: &Registry) -> VirtualHost {
     let target = registry.target(fqdn, None, None);
     VirtualHost {
@@ -130,17 +516,27 @@ fn implicit_host(fqdn: &str, registry: &Registry) -> VirtualHost {
     }
 }
 
+/// Indexes a gateway's hosts by the names they were written with (a
+/// gateway's virtual hosts answer their domains only, as Envoy's do).
+pub(super) fn gateway_table(hosts: Vec<Arc<VirtualHost>>) -> RouteTable {
+    let mut table = RouteTable::default();
+    for vh in hosts {
+        if vh.host.starts_with('*') {
+            table.wildcard.push(vh);
+        } else {
+            table.exact.insert(vh.host.clone(), vh);
+        }
+    }
+    table
+        .wildcard
+        .sort_by_key(|vh| std::cmp::Reverse(vh.host.len()));
+    table
+}
+
 /// Indexes hosts by every name a client may use: the FQDN and, for cluster
 /// services, `name.ns`, `name.ns.svc` and (same namespace) `name`.
 fn table(hosts: Vec<Arc<VirtualHost>>, agent_namespace: &str) -> RouteTable {
-    let mut table = RouteTable::default();
-    for vh in &hosts {
-        if vh.host.starts_with('*') {
-            table.wildcard.push(vh.clone());
-        } else {
-            table.exact.insert(vh.host.clone(), vh.clone());
-        }
-    }
+    let mut table = gateway_table(hosts.clone());
     for vh in &hosts {
         let Some(head) = vh
             .host
@@ -164,9 +560,6 @@ fn table(hosts: Vec<Arc<VirtualHost>>, agent_namespace: &str) -> RouteTable {
             table.exact.entry(alias).or_insert_with(|| vh.clone());
         }
     }
-    table
-        .wildcard
-        .sort_by_key(|vh| std::cmp::Reverse(vh.host.len()));
     table
 }
 
@@ -276,8 +669,8 @@ fn compile_rule(
     })
 }
 
-/// Compiles one match entry; `None` when it can never match on this agent
-/// (another source workload, namespace or a gateway).
+/// Compiles one match entry; `None` when it can never match here (another
+/// source workload or namespace, or `gateways` that leave this binding out).
 fn compile_match(
     m: &HttpMatchRequest,
     field: &str,
@@ -323,17 +716,17 @@ fn compile_match(
             compiled.query_params.push((name.clone(), sm));
         }
     }
-    let boot = scope.boot?;
-    let identity = &boot.identity;
+    let source = scope.source?;
     let labels_ok = m
         .source_labels
         .iter()
-        .all(|(k, v)| identity.labels.get(k) == Some(v));
+        .all(|(k, v)| source.labels.get(k) == Some(v));
     let namespace_ok = m
         .source_namespace
         .as_ref()
-        .is_none_or(|ns| *ns == identity.namespace);
-    let gateway_ok = m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh");
+        .is_none_or(|ns| ns == source.namespace);
+    // A match's own `gateways` replace the resource's for that match.
+    let gateway_ok = m.gateways.is_empty() || scope.binding.admits(&m.gateways, scope.namespace);
     (labels_ok && namespace_ok && gateway_ok).then_some(compiled)
 }
 
@@ -385,10 +778,7 @@ fn string_matcher(
     let Some(pattern) = &sm.regex else {
         return Some(StrMatcher::Present);
     };
-    match RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(1 << 20)
-        .build()
-    {
+    match anchored_regex(pattern) {
         Ok(regex) => Some(StrMatcher::Regex(regex)),
         Err(err) => {
             diags.error(
@@ -399,6 +789,14 @@ fn string_matcher(
             None
         }
     }
+}
+
+/// An RE2 pattern that must match the whole value (as Envoy's
+/// `safe_regex` does), with the size limit every config regex gets.
+pub(super) fn anchored_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 20)
+        .build()
 }
 
 fn edits(
@@ -445,4 +843,147 @@ fn edits(
     let request = one(headers.and_then(|h| h.request.as_ref()), "request");
     let response = one(headers.and_then(|h| h.response.as_ref()), "response");
     (request, response)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::compile::{Compiled, compile_text};
+    use crate::model::live::LiveState;
+
+    const MESH_FILE: &str = r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: productpage-v1, namespace: default}
+spec:
+  service: productpage
+  labels: {app: productpage}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 10.244.0.12, labels: {version: v1}}
+  - {address: 10.244.0.13, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
+
+    fn compile(extra: &str) -> Compiled {
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        let yaml = format!("{MESH_FILE}---\n{extra}");
+        compile_text(&file, &yaml, 1, &LiveState::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn reviews(compiled: &Compiled) -> &VirtualHost {
+        compiled
+            .snapshot
+            .routes
+            .find("reviews.default.svc.cluster.local")
+            .expect("reviews has a virtual host")
+    }
+
+    fn rule_names(vh: &VirtualHost) -> Vec<String> {
+        vh.rules
+            .iter()
+            .map(|r| r.name.as_deref().unwrap_or("-").to_owned())
+            .collect()
+    }
+
+    fn virtual_service(gateways: &str, rules: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  gateways: {gateways}\n  http:\n{rules}"
+        )
+    }
+
+    const TO_V2: &str =
+        "  - name: to-v2\n    route: [{destination: {host: reviews, subset: v2}}]\n";
+
+    #[test]
+    fn a_virtual_service_bound_to_gateways_only_does_not_apply_to_sidecars() {
+        for gateways in ["[bookinfo-gateway]", "[istio-system/ingress]"] {
+            let compiled = compile(&virtual_service(gateways, TO_V2));
+            let vh = reviews(&compiled);
+            assert_eq!(vh.virtual_service, None, "{gateways}: the implicit route");
+            assert_eq!(rule_names(vh), ["-"], "{gateways}");
+            let text: Vec<String> = compiled
+                .diagnostics
+                .warnings()
+                .map(|d| d.to_string())
+                .collect();
+            let text = text.join("\n");
+            assert!(
+                text.contains("spec.gateways") && text.contains("sidecars skip it"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_virtual_service_bound_to_mesh_applies_to_sidecars() {
+        for gateways in ["[mesh, bookinfo-gateway]", "[mesh]", "[]"] {
+            let compiled = compile(&virtual_service(gateways, TO_V2));
+            let vh = reviews(&compiled);
+            assert_eq!(vh.virtual_service.as_deref(), Some("default/reviews"));
+            assert_eq!(rule_names(vh), ["to-v2"], "{gateways}");
+        }
+    }
+
+    #[test]
+    fn match_gateways_replace_the_resource_gateways_per_match() {
+        let rules = r#"  - name: gateway-only
+    match: [{uri: {prefix: /a}, gateways: [bookinfo-gateway]}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: mixed
+    match:
+    - {uri: {prefix: /b}, gateways: [default/bookinfo-gateway]}
+    - {uri: {prefix: /c}, gateways: [mesh]}
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: default
+    route: [{destination: {host: reviews, subset: v1}}]
+"#;
+        let compiled = compile(&virtual_service("[mesh, bookinfo-gateway]", rules));
+        let vh = reviews(&compiled);
+        assert_eq!(rule_names(vh), ["mixed", "default"]);
+        let mixed = &vh.rules[0];
+        assert_eq!(mixed.matches.len(), 1, "only the mesh match stays");
+        assert!(matches!(&mixed.matches[0].uri, Some(StrMatcher::Prefix(p)) if p == "/c"));
+    }
+
+    #[test]
+    fn gateway_names_resolve_as_istio_resolves_them() {
+        assert_eq!(gateway_name("mesh", "default"), "mesh");
+        assert_eq!(
+            gateway_name("bookinfo-gateway", "default"),
+            "default/bookinfo-gateway"
+        );
+        assert_eq!(
+            gateway_name("istio-system/ingress", "default"),
+            "istio-system/ingress"
+        );
+        assert_eq!(
+            gateway_name("ingress.istio-system.svc.cluster.local", "default"),
+            "istio-system/ingress"
+        );
+        let gw = Binding::Gateway("default/bookinfo-gateway");
+        assert!(gw.admits(&["bookinfo-gateway".into()], "default"));
+        assert!(!gw.admits(&["bookinfo-gateway".into()], "other"));
+        assert!(!gw.admits(&[], "default"), "no gateways: mesh only");
+        assert!(!gw.admits(&["mesh".into()], "default"));
+        assert!(Binding::Mesh.admits(&[], "default"));
+        assert!(!Binding::Mesh.admits(&["default/bookinfo-gateway".into()], "default"));
+    }
 }

@@ -73,6 +73,7 @@ const TM: &str = "Telemetry";
 const CUSTOM_NOT_YET: &str = "CUSTOM: compiled with its ext_authz provider; the request path does not ask the authorizer yet, requests the rules match are denied";
 const AUTHN_NOT_YET: &str = "compiled into the authenticator, and requestPrincipals and `request.auth.*` conditions of AuthorizationPolicies with it; the request path does not authenticate yet, so they see no token";
 const TELEMETRY_NOT_YET: &str = "compiled into the workload's telemetry policy; the request path does not apply it yet: the Agent's `spec.telemetry` and `spec.accessLog` apply";
+const GW: &str = "Gateway";
 
 const CAPTURE_NOT_YET: &str =
     "compiled; captured connections are not routed by their original destination yet";
@@ -99,8 +100,8 @@ pub const FIELDS: &[Field] = &[
         "spec.exportTo",
         "every resource in the file applies to this agent",
     ),
-    warned(VS, "spec.tls", ""),
-    warned(VS, "spec.tcp", ""),
+    warned(VS, "spec.tls", "by sidecars; gateways route TLS by SNI"),
+    warned(VS, "spec.tcp", "by sidecars; gateways forward TCP"),
     warned(VS, "spec.http[*].corsPolicy", ""),
     warned(
         VS,
@@ -324,11 +325,66 @@ pub const FIELDS: &[Field] = &[
         "spec.inboundConnectionPool",
         "no inbound connection limits",
     ),
+    // Gateways (`tracemesh gateway`; sidecars skip the resource).
+    enforced(GW, "spec.selector"),
+    enforced(GW, "spec.servers[*].port"),
+    enforced(GW, "spec.servers[*].hosts"),
+    enforced(GW, "spec.servers[*].name"),
+    enforced(GW, "spec.servers[*].tls.httpsRedirect"),
+    enforced(GW, "spec.servers[*].tls.mode"),
+    enforced(GW, "spec.servers[*].tls.serverCertificate"),
+    enforced(GW, "spec.servers[*].tls.privateKey"),
+    enforced(GW, "spec.servers[*].tls.caCertificates"),
+    enforced(GW, "spec.servers[*].tls.credentialName"),
+    enforced(GW, "spec.servers[*].tls.caCertCredentialName"),
+    enforced(GW, "spec.servers[*].tls.minProtocolVersion"),
+    enforced(GW, "spec.servers[*].tls.maxProtocolVersion"),
+    enforced(GW, "spec.servers[*].tls.cipherSuites"),
+    compiler_warns(
+        GW,
+        "spec.servers[*].bind",
+        "a port listens where the IngressGateway's `listeners` say",
+    ),
+    compiler_warns(
+        GW,
+        "spec.servers[*].defaultEndpoint",
+        "gateways forward to the routes' destinations only",
+    ),
+    compiler_warns(
+        GW,
+        "spec.servers[*].tls.credentialNames",
+        "one certificate per server: the first is used",
+    ),
+    compiler_warns(
+        GW,
+        "spec.servers[*].tls.tlsCertificates",
+        "one certificate per server: the first is used",
+    ),
+    compiler_warns(
+        GW,
+        "spec.servers[*].tls.subjectAltNames",
+        "client certificates are verified against the CA bundle only",
+    ),
+    compiler_warns(
+        GW,
+        "spec.servers[*].tls.verifyCertificateSpki",
+        "client certificates are verified against the CA bundle only",
+    ),
+    compiler_warns(
+        GW,
+        "spec.servers[*].tls.verifyCertificateHash",
+        "client certificates are verified against the CA bundle only",
+    ),
+    compiler_warns(
+        GW,
+        "spec.servers[*].tls.caCrl",
+        "client certificates are verified against the CA bundle only",
+    ),
 ];
 
 /// Kinds checked with Istio's rules and then skipped.
 #[cfg(test)]
-const VALIDATED_ONLY: &[&str] = &["Gateway", "WorkloadGroup", "EnvoyFilter", "ProxyConfig"];
+const VALIDATED_ONLY: &[&str] = &["WorkloadGroup", "EnvoyFilter", "ProxyConfig"];
 
 pub(super) fn warn_all(docs: &Documents, diags: &mut Diagnostics) {
     fn each<S: Serialize>(

@@ -13,6 +13,10 @@ use super::destination_rule::DestinationRuleSpec;
 use super::diagnostics::{Diagnostics, Location};
 use super::envoy_filter::{EnvoyFilterSpec, ProxyConfigSpec};
 use super::gateway::{GatewaySpec, SidecarSpec};
+use super::gateway_api::{
+    self, GatewayClassSpec, GrpcRouteSpec, HttpRouteSpec, ReferenceGrantSpec,
+};
+use super::ingress_gateway::IngressGatewaySpec;
 use super::mesh::{MeshConfig, read_mesh_config};
 use super::meta::ObjectMeta;
 use super::rate_limit::RateLimitPolicySpec;
@@ -66,6 +70,23 @@ pub enum Resource {
     Telemetry(Document<TelemetrySpec>),
     /// JWT authentication.
     RequestAuthentication(Document<RequestAuthenticationSpec>),
+    /// The ingress gateway's bootstrap.
+    IngressGateway(Document<IngressGatewaySpec>),
+    /// An Istio ingress or egress gateway's servers.
+    Gateway(Document<GatewaySpec>),
+    /// A Kubernetes Gateway API class.
+    GatewayClass(Document<GatewayClassSpec>),
+    /// A Kubernetes Gateway API `Gateway`.
+    KubernetesGateway(Document<gateway_api::GatewaySpec>),
+    /// A Kubernetes Gateway API `HTTPRoute`.
+    HttpRoute(Document<HttpRouteSpec>),
+    /// A Kubernetes Gateway API `GRPCRoute`.
+    GrpcRoute(Document<GrpcRouteSpec>),
+    /// A Kubernetes Gateway API `ReferenceGrant`.
+    ReferenceGrant(Document<ReferenceGrantSpec>),
+    /// A Kubernetes `Namespace`: its labels, for Gateway listeners'
+    /// `allowedRoutes.namespaces.selector`.
+    Namespace(Document<()>),
     /// A kind the agent validates but does not use yet.
     Unused(Unused),
 }
@@ -75,8 +96,6 @@ pub enum Resource {
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)]
 pub enum Unused {
-    /// An ingress or egress gateway's listeners.
-    Gateway(Document<GatewaySpec>),
     /// A template for WorkloadEntries.
     WorkloadGroup(Document<WorkloadGroupSpec>),
     /// Envoy configuration patches.
@@ -89,7 +108,6 @@ impl Unused {
     /// Where the resource is.
     pub fn location(&self) -> &Location {
         match self {
-            Unused::Gateway(d) => &d.location,
             Unused::WorkloadGroup(d) => &d.location,
             Unused::EnvoyFilter(d) => &d.location,
             Unused::ProxyConfig(d) => &d.location,
@@ -118,8 +136,8 @@ struct Envelope<S> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Object {
-    #[serde(default, rename = "metadata")]
-    _metadata: ObjectMeta,
+    #[serde(default)]
+    metadata: ObjectMeta,
 }
 
 /// The kinds of one API group and the versions each is served in.
@@ -130,10 +148,32 @@ struct Group {
 
 const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const SECURITY: &[&str] = &["v1", "v1beta1"];
+const GATEWAY_API: &[&str] = &["v1", "v1beta1"];
 const GROUPS: &[Group] = &[
     Group {
         name: "tracemesh.io",
-        kinds: &[("Agent", &["v1"]), ("RateLimitPolicy", &["v1"])],
+        kinds: &[
+            ("Agent", &["v1"]),
+            ("IngressGateway", &["v1"]),
+            ("RateLimitPolicy", &["v1"]),
+        ],
+    },
+    Group {
+        name: gateway_api::GROUP,
+        kinds: &[
+            ("GatewayClass", GATEWAY_API),
+            ("Gateway", GATEWAY_API),
+            ("HTTPRoute", GATEWAY_API),
+            ("GRPCRoute", &["v1"]),
+            ("ReferenceGrant", &["v1", "v1beta1"]),
+            // Kinds tracemesh does not use: their metadata is checked and
+            // they are skipped with a warning.
+            ("TCPRoute", &["v1", "v1alpha2"]),
+            ("TLSRoute", &["v1", "v1alpha2", "v1alpha3"]),
+            ("UDPRoute", &["v1", "v1alpha2"]),
+            ("BackendTLSPolicy", &["v1", "v1alpha3"]),
+            ("ListenerSet", &["v1"]),
+        ],
     },
     Group {
         name: "networking.istio.io",
@@ -271,6 +311,16 @@ fn parse_one(value: Value, mut location: Location, diags: &mut Diagnostics) -> O
     let (group, version) = api_version
         .rsplit_once('/')
         .unwrap_or(("", api_version.as_str()));
+    if group.is_empty() && kind == "Namespace" {
+        // Its labels select the namespaces Gateway listeners admit routes from.
+        let metadata = typed_object(value, &location, diags)?;
+        return Some(Resource::Namespace(Document {
+            location,
+            api_version,
+            metadata,
+            spec: (),
+        }));
+    }
     let Some(known) = GROUPS.iter().find(|g| g.name == group) else {
         // A Kubernetes object or another project's resource: its metadata is
         // checked, the rest is not ours to judge.
@@ -297,8 +347,12 @@ fn parse_one(value: Value, mut location: Location, diags: &mut Diagnostics) -> O
         return None;
     }
     let (loc, api) = (&location, api_version.as_str());
+    if group == gateway_api::GROUP {
+        return gateway_api_resource(value, &kind, loc, api, diags);
+    }
     Some(match kind.as_str() {
         "Agent" => Resource::Agent(typed_with(value, loc, api, diags, None)?),
+        "IngressGateway" => Resource::IngressGateway(typed_with(value, loc, api, diags, None)?),
         "RateLimitPolicy" => Resource::RateLimitPolicy(typed(value, loc, api, diags)?),
         // Istio's CRDs require `spec` for these three.
         "ServiceEntry" => Resource::ServiceEntry(typed_with(value, loc, api, diags, None)?),
@@ -307,7 +361,7 @@ fn parse_one(value: Value, mut location: Location, diags: &mut Diagnostics) -> O
         "DestinationRule" => Resource::DestinationRule(typed(value, loc, api, diags)?),
         "AuthorizationPolicy" => Resource::AuthorizationPolicy(typed(value, loc, api, diags)?),
         "PeerAuthentication" => Resource::PeerAuthentication(typed(value, loc, api, diags)?),
-        "Gateway" => Resource::Unused(Unused::Gateway(typed(value, loc, api, diags)?)),
+        "Gateway" => Resource::Gateway(typed(value, loc, api, diags)?),
         "Sidecar" => Resource::Sidecar(typed(value, loc, api, diags)?),
         "WorkloadGroup" => Resource::Unused(Unused::WorkloadGroup(typed_with(
             value, loc, api, diags, None,
@@ -477,11 +531,42 @@ fn serde_error(err: serde_path_to_error::Error<serde_json::Error>) -> (Option<St
     (field, message)
 }
 
-fn typed_object(value: Value, location: &Location, diags: &mut Diagnostics) {
-    if let Err(err) = serde_path_to_error::deserialize::<_, Object>(value) {
-        let (field, message) = serde_error(err);
-        diags.error(location, field, message);
+fn typed_object(value: Value, location: &Location, diags: &mut Diagnostics) -> Option<ObjectMeta> {
+    match serde_path_to_error::deserialize::<_, Object>(value) {
+        Ok(object) => Some(object.metadata),
+        Err(err) => {
+            let (field, message) = serde_error(err);
+            diags.error(location, field, message);
+            None
+        }
     }
+}
+
+/// A resource of the Kubernetes Gateway API group (`spec` is required by
+/// its CRDs for every kind).
+fn gateway_api_resource(
+    value: Value,
+    kind: &str,
+    loc: &Location,
+    api: &str,
+    diags: &mut Diagnostics,
+) -> Option<Resource> {
+    Some(match kind {
+        "GatewayClass" => Resource::GatewayClass(typed_with(value, loc, api, diags, None)?),
+        "Gateway" => Resource::KubernetesGateway(typed_with(value, loc, api, diags, None)?),
+        "HTTPRoute" => Resource::HttpRoute(typed_with(value, loc, api, diags, None)?),
+        "GRPCRoute" => Resource::GrpcRoute(typed_with(value, loc, api, diags, None)?),
+        "ReferenceGrant" => Resource::ReferenceGrant(typed_with(value, loc, api, diags, None)?),
+        _ => {
+            let at = diags.len();
+            typed_object(value, loc, diags);
+            if !diags.errors_since(at) {
+                let msg = format!("{api} {kind} is not used by tracemesh yet; skipped");
+                diags.warn(loc, None, msg);
+            }
+            return None;
+        }
+    })
 }
 
 fn string_field(value: &Value, key: &str) -> Option<String> {

@@ -1,7 +1,8 @@
 //! Istio's `Gateway` and `Sidecar` (networking.istio.io): the listeners of
 //! an edge proxy and of a sidecar. Both are validated with Istio's rules;
-//! a Gateway is then skipped with a warning (the agent is no gateway yet),
-//! a Sidecar limits the services the agent loads (`compile::sidecar`).
+//! a Gateway configures the ingress gateway (`compile::gateway`; sidecars
+//! skip it with a warning), a Sidecar limits the services the agent loads
+//! (`compile::sidecar`).
 
 use std::collections::BTreeMap;
 

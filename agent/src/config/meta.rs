@@ -23,6 +23,12 @@ pub struct ObjectMeta {
     /// Free-form annotations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// When the API server created the object (RFC 3339, `2024-05-01T10:00:00Z`,
+    /// as `kubectl get -o yaml` prints it). Where two resources claim the same
+    /// host, the older one wins, as Istio and the Gateway API order them; a
+    /// resource without it counts as created in file order, after any with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
 }
 
 /// Istio's `istio.type.v1beta1.WorkloadSelector` (`selector` of security

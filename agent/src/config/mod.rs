@@ -9,6 +9,8 @@ pub mod documents;
 pub mod duration;
 pub mod envoy_filter;
 pub mod gateway;
+pub mod gateway_api;
+pub mod ingress_gateway;
 pub mod mesh;
 pub mod meta;
 pub mod rate_limit;

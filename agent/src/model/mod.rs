@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod destination;
 pub mod endpoint;
 pub mod expr;
+pub mod gateway;
 pub mod jwks;
 pub mod live;
 pub mod mesh;

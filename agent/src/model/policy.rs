@@ -26,6 +26,10 @@ pub enum RouteAction {
 pub struct Redirect {
     /// Path.
     pub uri: Option<String>,
+    /// A substitution on the request's path when `uri` is unset (the
+    /// Gateway API's `ReplacePrefixMatch`: the matched prefix replaced, on
+    /// segment boundaries); the query is kept.
+    pub uri_regex: Option<(regex::Regex, String)>,
     /// Host (without port).
     pub authority: Option<String>,
     /// Port.

@@ -16,6 +16,10 @@ pub enum StrMatcher {
     Exact(String),
     /// Starts with.
     Prefix(String),
+    /// A path equal to this or below it (`/foo` matches `/foo` and `/foo/x`,
+    /// not `/foobar`): Envoy's `path_separated_prefix`, what a Gateway API
+    /// `PathPrefix` match means. Stored without a trailing `/`.
+    PathSeparatedPrefix(String),
     /// The whole value matches (the regex is anchored at compile time).
     Regex(Regex),
     /// Present with any value (Istio's empty match object).
@@ -28,6 +32,9 @@ impl StrMatcher {
         match self {
             Self::Exact(s) => value == s,
             Self::Prefix(s) => value.starts_with(s.as_str()),
+            Self::PathSeparatedPrefix(s) => value
+                .strip_prefix(s.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
             Self::Regex(r) => r.is_match(value),
             Self::Present => true,
         }
@@ -42,6 +49,10 @@ impl StrMatcher {
             Self::Prefix(s) => value
                 .get(..s.len())
                 .is_some_and(|head| head.eq_ignore_ascii_case(s)),
+            Self::PathSeparatedPrefix(s) => value.get(..s.len()).is_some_and(|head| {
+                head.eq_ignore_ascii_case(s)
+                    && (value.len() == s.len() || value.as_bytes()[s.len()] == b'/')
+            }),
             Self::Regex(r) => r.is_match(value),
             Self::Present => true,
         }
@@ -375,6 +386,19 @@ mod tests {
         let present = without(StrMatcher::Present);
         assert!(present.matches(&view("/", &none)));
         assert!(!present.matches(&view("/", &debug)));
+    }
+
+    #[test]
+    fn path_separated_prefixes_stop_at_segment_boundaries() {
+        let m = StrMatcher::PathSeparatedPrefix("/v2".into());
+        for path in ["/v2", "/v2/", "/v2/example"] {
+            assert!(m.matches(path), "{path}");
+        }
+        for path in ["/v2example", "/", "/foo/v2"] {
+            assert!(!m.matches(path), "{path}");
+        }
+        assert!(m.matches_ignore_case("/V2/x"));
+        assert!(!m.matches_ignore_case("/V2x"));
     }
 
     #[test]

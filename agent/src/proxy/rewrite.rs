@@ -82,10 +82,19 @@ pub fn location<B>(redirect: &Redirect, req: &http::Request<B>) -> Option<Header
                 .map(|q| format!("?{q}"))
                 .unwrap_or_default()
         ),
-        None => req
-            .uri()
-            .path_and_query()
-            .map_or("/".to_owned(), |p| p.as_str().to_owned()),
+        None => match &redirect.uri_regex {
+            Some((regex, with)) => {
+                let path = regex.replace(req.uri().path(), with.as_str());
+                match req.uri().query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.into_owned(),
+                }
+            }
+            None => req
+                .uri()
+                .path_and_query()
+                .map_or("/".to_owned(), |p| p.as_str().to_owned()),
+        },
     };
     let authority = match port {
         Some(port) => format!("{host}:{port}"),
@@ -135,6 +144,7 @@ mod tests {
     fn redirects_keep_what_they_do_not_replace() {
         let redirect = Redirect {
             uri: Some("/".into()),
+            uri_regex: None,
             authority: None,
             port: None,
             scheme: None,

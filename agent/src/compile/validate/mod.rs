@@ -5,6 +5,7 @@
 //! is reported once.
 
 mod common;
+mod gateway_api;
 mod mesh;
 mod networking;
 mod security;
@@ -39,7 +40,6 @@ pub fn resources(resources: Vec<Resource>, diags: &mut Diagnostics) -> Vec<Resou
 
 fn unused_kind(unused: &Unused) -> (&str, &'static str) {
     match unused {
-        Unused::Gateway(d) => (&d.api_version, "Gateway"),
         Unused::WorkloadGroup(d) => (&d.api_version, "WorkloadGroup"),
         Unused::EnvoyFilter(d) => (&d.api_version, "EnvoyFilter"),
         Unused::ProxyConfig(d) => (&d.api_version, "ProxyConfig"),
@@ -60,8 +60,15 @@ fn check(resource: &Resource, diags: &mut Diagnostics) {
         f(&mut c, doc);
     }
     match resource {
-        // The bootstrap is checked where it is compiled.
-        Resource::Agent(_) => {}
+        // The bootstraps are checked where they are compiled.
+        Resource::Agent(_) | Resource::IngressGateway(_) => {}
+        Resource::Gateway(doc) => run(doc, diags, networking::gateway),
+        Resource::GatewayClass(doc) => run(doc, diags, gateway_api::gateway_class),
+        Resource::KubernetesGateway(doc) => run(doc, diags, gateway_api::gateway),
+        Resource::HttpRoute(doc) => run(doc, diags, gateway_api::http_route),
+        Resource::GrpcRoute(doc) => run(doc, diags, gateway_api::grpc_route),
+        Resource::ReferenceGrant(doc) => run(doc, diags, gateway_api::reference_grant),
+        Resource::Namespace(doc) => run(doc, diags, |_, _| {}),
         Resource::RateLimitPolicy(doc) => run(doc, diags, |c, doc| {
             let name = doc.metadata.name.clone();
             for (i, rule) in doc.spec.rules.iter().enumerate() {
@@ -80,7 +87,6 @@ fn check(resource: &Resource, diags: &mut Diagnostics) {
         Resource::Telemetry(doc) => run(doc, diags, security::telemetry),
         Resource::MeshConfig(doc) => run(doc, diags, mesh::mesh_config),
         Resource::Unused(unused) => match unused {
-            Unused::Gateway(doc) => run(doc, diags, networking::gateway),
             Unused::WorkloadGroup(doc) => run(doc, diags, networking::workload_group),
             Unused::EnvoyFilter(doc) => run(doc, diags, networking::envoy_filter),
             Unused::ProxyConfig(doc) => run(doc, diags, networking::proxy_config),

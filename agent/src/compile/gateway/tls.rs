@@ -1,0 +1,261 @@
+//! The TLS a gateway server terminates: certificates and keys from files,
+//! client verification, protocol versions and cipher suites → a rustls
+//! `ServerConfig`, built once per config load.
+//!
+//! Where Istio reads a Kubernetes Secret (`credentialName`, a Gateway
+//! listener's `certificateRefs`), tracemesh reads a directory laid out as
+//! a Secret volume mounts it: the Secret `<namespace>/<name>` is
+//! `<credentialDirectory>/<namespace>/<name>/` holding `tls.crt`, `tls.key`
+//! and, for client verification, `ca.crt` — or Istio's generic-secret keys
+//! `cert`, `key`, `cacert`. As in Istio, the client CA may also sit in a
+//! separate Secret `<name>-cacert`, and `credentialName` Secrets are read
+//! from the gateway workload's namespace. Files named directly
+//! (`serverCertificate`, `privateKey`, `caCertificates`) are read as written.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
+
+use crate::config::diagnostics::{Diagnostics, Location};
+use crate::model::gateway::ServerTlsMode;
+use crate::tls::material::{self, ALPN};
+
+/// Where a server's certificate, key and client CA are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CertificateFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates (MUTUAL, OPTIONAL_MUTUAL).
+    pub ca: Option<PathBuf>,
+}
+
+/// The files of the Secret `namespace/name` under `directory`: the first
+/// of each key's names that exists (else the standard name, so the error
+/// names the file a user should create).
+pub(super) fn secret_files(directory: &str, namespace: &str, name: &str) -> CertificateFiles {
+    let dir = Path::new(directory).join(namespace).join(name);
+    let pick = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| dir.join(names[0]))
+    };
+    let ca = [dir.join("ca.crt"), dir.join("cacert")]
+        .into_iter()
+        .chain({
+            let ca_dir = Path::new(directory)
+                .join(namespace)
+                .join(format!("{name}-cacert"));
+            [ca_dir.join("ca.crt"), ca_dir.join("cacert")]
+        })
+        .find(|p| p.exists());
+    CertificateFiles {
+        cert: pick(&["tls.crt", "cert"]),
+        key: pick(&["tls.key", "key"]),
+        ca,
+    }
+}
+
+/// What a terminating server asks for.
+pub(super) struct ServerTlsInput<'a> {
+    /// The mode (not ISTIO_MUTUAL, which uses the workload certificate).
+    pub mode: ServerTlsMode,
+    /// Certificate, key and client CA.
+    pub files: CertificateFiles,
+    /// `minProtocolVersion` (`TLS_AUTO`, `TLSV1_0` … `TLSV1_3`).
+    pub min_version: Option<&'a str>,
+    /// `maxProtocolVersion`.
+    pub max_version: Option<&'a str>,
+    /// `cipherSuites` (OpenSSL names, as Envoy takes them).
+    pub cipher_suites: &'a [String],
+    /// Offer HTTP/2 and HTTP/1.1 by ALPN (HTTP servers).
+    pub alpn: bool,
+}
+
+/// Istio's (Envoy's, OpenSSL's) names of the TLS 1.2 suites rustls offers.
+/// TLS 1.3 suites are not configurable, in Envoy as here.
+const TLS12_SUITES: &[(&str, SupportedCipherSuite)] = {
+    use rustls::crypto::ring::cipher_suite as cs;
+    &[
+        (
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            "ECDHE-RSA-AES256-GCM-SHA384",
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            "ECDHE-RSA-CHACHA20-POLY1305",
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ]
+};
+
+/// A protocol version field: 2 for TLS 1.2 (and the older versions rustls
+/// does not speak, warned about), 3 for TLS 1.3, None for `TLS_AUTO`.
+fn version(
+    value: Option<&str>,
+    field: &str,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Option<u8> {
+    match value? {
+        "TLS_AUTO" => None,
+        "TLSV1_2" => Some(2),
+        "TLSV1_3" => Some(3),
+        old @ ("TLSV1_0" | "TLSV1_1") => {
+            let msg =
+                format!("{old}: tracemesh speaks TLS 1.2 and 1.3 only (rustls); TLS 1.2 is used");
+            diags.warn(loc, Some(field.to_owned()), msg);
+            Some(2)
+        }
+        other => {
+            let msg = format!("{other:?} is not TLS_AUTO, TLSV1_0, TLSV1_1, TLSV1_2 or TLSV1_3");
+            diags.error(loc, Some(field.to_owned()), msg);
+            None
+        }
+    }
+}
+
+fn read(
+    path: &Path,
+    what: &str,
+    field: &str,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(err) => {
+            let msg = format!("cannot read the {what} {}: {err}", path.display());
+            diags.error(loc, Some(field.to_owned()), msg);
+            None
+        }
+    }
+}
+
+/// The rustls config of a terminating server, or None with errors
+/// reported at `field` (the server's `tls`).
+pub(super) fn server_config(
+    input: &ServerTlsInput<'_>,
+    field: &str,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Option<Arc<ServerConfig>> {
+    let min = version(
+        input.min_version,
+        &format!("{field}.minProtocolVersion"),
+        loc,
+        diags,
+    );
+    let max = version(
+        input.max_version,
+        &format!("{field}.maxProtocolVersion"),
+        loc,
+        diags,
+    );
+    let versions: Vec<&'static SupportedProtocolVersion> =
+        [(2, &rustls::version::TLS12), (3, &rustls::version::TLS13)]
+            .into_iter()
+            .filter(|(v, _)| min.is_none_or(|m| *v >= m) && max.is_none_or(|m| *v <= m))
+            .map(|(_, v)| v)
+            .collect();
+    if versions.is_empty() {
+        let msg = "minProtocolVersion is above maxProtocolVersion";
+        diags.error(loc, Some(field.to_owned()), msg);
+        return None;
+    }
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !input.cipher_suites.is_empty() {
+        let mut tls12 = Vec::new();
+        for (i, name) in input.cipher_suites.iter().enumerate() {
+            match TLS12_SUITES.iter().find(|(n, _)| n == name) {
+                Some((_, suite)) => tls12.push(*suite),
+                None => {
+                    let msg = format!(
+                        "{name:?} is not a suite tracemesh offers (rustls: ECDHE with AES-GCM or CHACHA20-POLY1305); skipped"
+                    );
+                    diags.warn(loc, Some(format!("{field}.cipherSuites[{i}]")), msg);
+                }
+            }
+        }
+        if tls12.is_empty() && versions.iter().any(|v| **v == rustls::version::TLS12) {
+            let msg = "no listed suite is available for TLS 1.2";
+            diags.error(loc, Some(format!("{field}.cipherSuites")), msg);
+            return None;
+        }
+        provider
+            .cipher_suites
+            .retain(|s| s.version() == &rustls::version::TLS13 || tls12.contains(s));
+    }
+    let provider = Arc::new(provider);
+    let cert_pem = read(&input.files.cert, "server certificate", field, loc, diags);
+    let key_pem = read(&input.files.key, "private key", field, loc, diags);
+    let needs_ca = matches!(
+        input.mode,
+        ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual
+    );
+    let ca_pem = match (&input.files.ca, needs_ca) {
+        (Some(path), true) => read(path, "client CA bundle", field, loc, diags),
+        (None, true) => {
+            let msg = "MUTUAL needs a CA bundle for client certificates (`caCertificates`, or `ca.crt` beside the credential, or a `<name>-cacert` credential)";
+            diags.error(loc, Some(field.to_owned()), msg);
+            return None;
+        }
+        (_, false) => None,
+    };
+    let (cert_pem, key_pem) = (cert_pem?, key_pem?);
+    let built = (|| -> Result<ServerConfig, material::MaterialError> {
+        let certs = material::certificates(&cert_pem, "server certificate")?;
+        let key = material::private_key(&key_pem)?;
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&versions)?;
+        let builder = match &ca_pem {
+            Some(ca) => {
+                let roots = material::root_store(ca, "client CA bundle")?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+                let verifier = if input.mode == ServerTlsMode::OptionalMutual {
+                    verifier.allow_unauthenticated()
+                } else {
+                    verifier
+                };
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        Ok(builder.with_single_cert(certs, key)?)
+    })();
+    match built {
+        Ok(mut config) => {
+            if input.alpn {
+                config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+            }
+            Some(Arc::new(config))
+        }
+        Err(err) => {
+            diags.error(loc, Some(field.to_owned()), err.to_string());
+            None
+        }
+    }
+}

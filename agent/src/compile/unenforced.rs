@@ -68,9 +68,6 @@ const PA: &str = "PeerAuthentication";
 const RL: &str = "RateLimitPolicy";
 const SC: &str = "Sidecar";
 
-const CAPTURE_NOT_YET: &str =
-    "compiled; captured connections are not routed by their original destination yet";
-
 /// Every kind the agent applies, field by field.
 pub const FIELDS: &[Field] = &[
     enforced(VS, "spec.hosts"),
@@ -191,7 +188,7 @@ pub const FIELDS: &[Field] = &[
     enforced(SE, "spec.endpoints"),
     enforced(SE, "spec.workloadSelector"),
     enforced(SE, "spec.subjectAltNames"),
-    warned(SE, "spec.addresses", CAPTURE_NOT_YET),
+    enforced(SE, "spec.addresses"),
     warned(SE, "spec.location", ""),
     warned(
         SE,
@@ -255,7 +252,7 @@ pub const FIELDS: &[Field] = &[
     enforced(SC, "spec.workloadSelector"),
     enforced(SC, "spec.egress[*].hosts"),
     enforced(SC, "spec.egress[*].port"),
-    warned(SC, "spec.outboundTrafficPolicy", CAPTURE_NOT_YET),
+    enforced(SC, "spec.outboundTrafficPolicy"),
     warned(
         SC,
         "spec.egress[*].bind",

@@ -10,6 +10,8 @@
 // Tests fail by panicking; helpers here unwrap as the tests do.
 #![allow(clippy::unwrap_used)]
 
+#[path = "capture/agents.rs"]
+mod agents;
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -309,7 +309,9 @@ spec:
             .map(ToString::to_string)
             .collect();
         assert!(
-            !warnings.iter().any(|w| w.contains("not enforced yet")),
+            !warnings.iter().any(|w| w.contains("spec.capture")
+                || w.contains("outboundTrafficPolicy")
+                || w.contains("spec.addresses")),
             "capture is enforced: {warnings:#?}"
         );
     }

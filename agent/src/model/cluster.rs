@@ -9,8 +9,8 @@ use super::balancer::{Balancer, PickInput};
 use super::clock::now_ms;
 use super::endpoint::{Endpoint, UpstreamAddr};
 use super::live::EndpointState;
-use super::peer::PeerInfo;
 use super::live::{ClusterState, OutlierSettings, PoolLimits};
+use super::peer::PeerInfo;
 use super::service::{Protocol, ServiceName};
 
 /// The endpoints of one service port, optionally narrowed to a subset.

@@ -37,7 +37,11 @@ pub enum Outbound {
 ///
 /// # Errors
 /// The socket's errors while its first bytes are awaited.
-pub async fn outbound(snapshot: &Snapshot, stream: &TcpStream, dst: SocketAddr) -> io::Result<Outbound> {
+pub async fn outbound(
+    snapshot: &Snapshot,
+    stream: &TcpStream,
+    dst: SocketAddr,
+) -> io::Result<Outbound> {
     let capture = &snapshot.capture;
     let found = capture.destinations.lookup(dst);
     let declared = match found {
@@ -199,6 +203,9 @@ mod tests {
     #[test]
     fn only_this_namespace_addresses_are_local() {
         assert!(is_local("127.0.0.1".parse().unwrap()));
-        assert!(!is_local("192.0.2.1".parse().unwrap()), "TEST-NET-1 is nobody's");
+        assert!(
+            !is_local("192.0.2.1".parse().unwrap()),
+            "TEST-NET-1 is nobody's"
+        );
     }
 }

@@ -127,7 +127,10 @@ mod tests {
     #[tokio::test]
     async fn the_bytes_read_to_decide_come_back_first() {
         let (mut client, server) = tokio::io::duplex(64);
-        client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
         let (mut rewound, http) = sniff_http(server, Duration::from_secs(30)).await.unwrap();
         assert!(http);
         client.write_all(b"more").await.unwrap();
@@ -145,6 +148,9 @@ mod tests {
         assert!(!http);
         let (_client, server) = tokio::io::duplex(64);
         let (_, http) = sniff_http(server, Duration::from_millis(20)).await.unwrap();
-        assert!(!http, "a silent client is TCP once the detection timeout passes");
+        assert!(
+            !http,
+            "a silent client is TCP once the detection timeout passes"
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::sync::{Arc, LazyLock};
 
 use http::Request;
 
-use super::{Captured, Direction, Unregistered};
 use super::local_reply::LocalReply;
+use super::{Captured, Direction, Unregistered};
 use crate::host::{request_authority, split_host_port};
 use crate::model::Snapshot;
 use crate::model::cluster::Cluster;
@@ -126,7 +126,15 @@ pub fn select<'s: 'r, 'r, B>(
     let known = authority.and_then(|a| snapshot.routes.find(split_host_port(a).0));
     let (authority, vhost) = match (authority, known, captured) {
         (Some(authority), Some(vhost), _) => (authority, vhost),
-        (_, _, Some(Captured::Outbound { service, unregistered, original_dst })) => {
+        (
+            _,
+            _,
+            Some(Captured::Outbound {
+                service,
+                unregistered,
+                original_dst,
+            }),
+        ) => {
             return by_destination(snapshot, service.as_ref(), unregistered, *original_dst, req);
         }
         (None, ..) => {
@@ -136,7 +144,10 @@ pub fn select<'s: 'r, 'r, B>(
             });
         }
         (Some(authority), None, _) => {
-            return Err(NotRouted::to(split_host_port(authority).0, LocalReply::NO_ROUTE));
+            return Err(NotRouted::to(
+                split_host_port(authority).0,
+                LocalReply::NO_ROUTE,
+            ));
         }
     };
     let original_port = match captured {
@@ -183,9 +194,9 @@ fn route_on<'s: 'r, 'r, B>(
     let scheme = req.uri().scheme_str().unwrap_or("http");
     // The service port the request went to, also when the authority names
     // none (`match.port` and the destination's cluster read it).
-    let port = port.or(original_port).unwrap_or_else(|| {
-        vhost.port_for(if scheme == "https" { 443 } else { 80 })
-    });
+    let port = port
+        .or(original_port)
+        .unwrap_or_else(|| vhost.port_for(if scheme == "https" { 443 } else { 80 }));
     let view = RequestView {
         method: req.method(),
         path: req.uri().path(),

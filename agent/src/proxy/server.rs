@@ -262,7 +262,9 @@ impl Connection {
                     Ok(interception::Outbound::Tcp(target)) => {
                         tcp::proxy(&self.worker, stream, peer, None, direction, target).await;
                     }
-                    Err(error) => tracing::debug!(%error, "captured connection failed before its first bytes"),
+                    Err(error) => {
+                        tracing::debug!(%error, "captured connection failed before its first bytes")
+                    }
                 }
             }
             Direction::Inbound => {
@@ -270,7 +272,8 @@ impl Connection {
                     tracing::debug!(%dst, %peer, "refused: the original destination is not this pod");
                     return;
                 };
-                self.captured_inbound(stream, peer, dst, app, &snapshot).await;
+                self.captured_inbound(stream, peer, dst, app, &snapshot)
+                    .await;
             }
         }
     }

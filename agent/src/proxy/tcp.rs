@@ -10,19 +10,19 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Direction, Worker};
 use super::forward::tls_plan;
 use super::pool::connect_tcp;
+use super::{Direction, Worker};
 use crate::flags::ResponseFlags;
 use crate::model::MtlsMode;
 use crate::model::balancer::PickInput;
 use crate::model::cluster::{Cluster, unregistered_service};
-use crate::model::service::ServiceName;
 use crate::model::endpoint::Endpoint;
 use crate::model::peer::PeerInfo;
+use crate::model::service::ServiceName;
 use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter};
-use crate::tls::{PeerTls, handshake};
 use crate::tls::io::UpstreamIo;
+use crate::tls::{PeerTls, handshake};
 
 /// Where a TCP connection goes.
 #[derive(Debug)]
@@ -193,9 +193,13 @@ async fn dial(
     endpoint: &Endpoint,
 ) -> Result<(UpstreamIo, Option<tracemesh_ca::SpiffeId>), String> {
     let plan = tls_plan(worker, cluster, endpoint, false).map_err(|e| format!("{e:?}"))?;
-    let stream = connect_tcp(&endpoint.address, cluster.connect_timeout, cluster.upstream_bind)
-        .await
-        .map_err(|e| e.to_string())?;
+    let stream = connect_tcp(
+        &endpoint.address,
+        cluster.connect_timeout,
+        cluster.upstream_bind,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     handshake::connect(stream, &plan, &worker.shared.metrics.tls_failures)
         .await
         .map_err(|failure| format!("tls: {}", failure.0))

@@ -10,6 +10,8 @@
 // Tests fail by panicking; helpers here unwrap as the tests do.
 #![allow(clippy::unwrap_used)]
 
+#[path = "capture/agents.rs"]
+mod agents;
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -499,8 +501,18 @@ fn namespaces_a_crashed_run_left_behind_are_swept() {
     assert!(status.success());
     std::fs::create_dir_all(format!("/etc/netns/{stale}")).unwrap();
     common::pods::sweep_stale();
-    assert!(!std::path::Path::new("/var/run/netns").join(&stale).exists());
-    assert!(!std::path::Path::new("/etc/netns").join(&stale).exists());
+    assert!(
+        !std::path::Path::new("/var/run/netns")
+            .join(&stale)
+            .try_exists()
+            .unwrap()
+    );
+    assert!(
+        !std::path::Path::new("/etc/netns")
+            .join(&stale)
+            .try_exists()
+            .unwrap()
+    );
 }
 
 #[test]

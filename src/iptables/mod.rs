@@ -116,7 +116,10 @@ impl IptablesArgs {
         let v6 = match self.ipv6 {
             Ipv6::On => true,
             Ipv6::Off => false,
-            Ipv6::Auto => Path::new("/proc/net/if_inet6").exists(),
+            // Unreadable reads as no IPv6, as the kernel shows it when IPv6 is off.
+            Ipv6::Auto => Path::new("/proc/net/if_inet6")
+                .try_exists()
+                .unwrap_or(false),
         };
         if v6 {
             vec![Family::V4, Family::V6]

@@ -71,8 +71,24 @@ impl Agent {
 
     /// Starts an agent; `Err` carries its stderr when it exits instead.
     pub fn try_start(yaml: &str) -> Result<Agent, String> {
+        Self::try_start_with(yaml, |_| Command::new(binary()))
+    }
+
+    /// Starts an agent in a network-namespace pod under the proxy uid/gid
+    /// (`tracemesh iptables` leaves its connections alone), as a sidecar
+    /// container runs it. Its admin address is the pod's loopback.
+    pub fn start_in(pod: &super::pods::Pod, uid: u32, yaml: &str) -> Agent {
+        Self::try_start_with(yaml, |dir| {
+            // The agent's uid reads its config (and the certificates there).
+            let _ = Command::new("chmod").args(["-R", "a+rX"]).arg(dir).status();
+            pod.command_as(uid, uid, binary())
+        })
+        .unwrap_or_else(|e| panic!("agent in {} did not start: {e}", pod.name))
+    }
+
+    fn try_start_with(yaml: &str, command: impl FnOnce(&Path) -> Command) -> Result<Agent, String> {
         let (dir, path) = write_config(yaml);
-        let mut child = Command::new(binary())
+        let mut child = command(dir.path())
             .args(["agent", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")

@@ -106,6 +106,16 @@ impl Receiver {
     /// Starts a receiver on 127.0.0.1:0.
     pub async fn start() -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener)
+    }
+
+    /// Starts a receiver on a listening socket made elsewhere (inside a
+    /// network-namespace pod, for agents there); nonblocking.
+    pub fn start_on(listener: std::net::TcpListener) -> Receiver {
+        Self::serve(tokio::net::TcpListener::from_std(listener).unwrap())
+    }
+
+    fn serve(listener: tokio::net::TcpListener) -> Receiver {
         let addr = listener.local_addr().unwrap();
         let sink = Sink::default();
         let service = TraceServiceServer::new(sink.clone());

@@ -254,7 +254,7 @@ pub fn sweep_stale() {
             continue;
         };
         let pid = rest.split('-').next().unwrap_or_default();
-        if !pid.is_empty() && !PathBuf::from("/proc").join(pid).exists() {
+        if !pid.is_empty() && matches!(PathBuf::from("/proc").join(pid).try_exists(), Ok(false)) {
             remove(&name);
         }
     }

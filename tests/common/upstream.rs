@@ -86,6 +86,16 @@ impl Upstream {
     /// Starts an upstream named `name` on 127.0.0.1:0.
     pub async fn start(name: &str) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(name, listener)
+    }
+
+    /// Starts an upstream on a listening socket made elsewhere (inside a
+    /// network-namespace pod: an unchanged application there); nonblocking.
+    pub fn start_on(name: &str, listener: std::net::TcpListener) -> Upstream {
+        Self::serve(name, TcpListener::from_std(listener).unwrap())
+    }
+
+    fn serve(name: &str, listener: TcpListener) -> Upstream {
         let upstream = Upstream {
             addr: listener.local_addr().unwrap(),
             name: name.to_owned(),

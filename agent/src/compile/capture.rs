@@ -19,8 +19,6 @@ use crate::model::capture::{
 use crate::model::endpoint::UpstreamAddr;
 use crate::model::service::{Protocol, ServiceName};
 
-const NOT_YET: &str = "accepted but not enforced yet: the listeners do not route captured connections by their original destination yet";
-
 /// What [`compile`] reads.
 pub(super) struct CaptureInput<'a> {
     pub agent: &'a Document<AgentSpec>,
@@ -50,7 +48,6 @@ pub(super) fn compile(input: &CaptureInput<'_>, diags: &mut Diagnostics) -> Capt
     };
     if mode == InterceptionMode::Redirect {
         redirect_listeners(input.listeners, loc, diags);
-        diags.warn(loc, Some("spec.capture.mode".into()), NOT_YET);
     }
     let agent_mode = spec.outbound_traffic_policy.mode.as_deref().and_then(|m| {
         let parsed = OutboundTrafficMode::parse(m);
@@ -60,9 +57,6 @@ pub(super) fn compile(input: &CaptureInput<'_>, diags: &mut Diagnostics) -> Capt
         }
         parsed
     });
-    if agent_mode.is_some() {
-        diags.warn(loc, Some("spec.outboundTrafficPolicy".into()), NOT_YET);
-    }
     let inbound_app = match (&spec.inbound.app, mode) {
         (None, InterceptionMode::Redirect) => InboundApp::OriginalDestination,
         _ => InboundApp::Fixed(input.listeners.app),
@@ -322,10 +316,10 @@ spec:
             .map(ToString::to_string)
             .collect();
         assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("spec.capture.mode") && w.contains("not enforced yet")),
-            "{warnings:#?}"
+            !warnings.iter().any(|w| w.contains("spec.capture")
+                || w.contains("outboundTrafficPolicy")
+                || w.contains("spec.addresses")),
+            "capture is enforced: {warnings:#?}"
         );
     }
 

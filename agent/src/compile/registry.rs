@@ -257,6 +257,7 @@ pub(super) fn inbound_cluster(boot: &Agent, live: &LiveState) -> Arc<Cluster> {
         h2_upgrade: false,
         use_client_protocol: false,
         tls: UpstreamTls::Plain,
+        upstream_bind: None,
     })
 }
 
@@ -552,6 +553,7 @@ impl ClusterBuild<'_> {
                 self.entry_sans,
                 self.has_identity,
             ),
+            upstream_bind: None,
         }
     }
 }

@@ -75,9 +75,6 @@ const AUTHN_NOT_YET: &str = "compiled into the authenticator, and requestPrincip
 const TELEMETRY_NOT_YET: &str = "compiled into the workload's telemetry policy; the request path does not apply it yet: the Agent's `spec.telemetry` and `spec.accessLog` apply";
 const GW: &str = "Gateway";
 
-const CAPTURE_NOT_YET: &str =
-    "compiled; captured connections are not routed by their original destination yet";
-
 /// Every kind the agent applies, field by field.
 pub const FIELDS: &[Field] = &[
     enforced(VS, "spec.hosts"),
@@ -198,7 +195,7 @@ pub const FIELDS: &[Field] = &[
     enforced(SE, "spec.endpoints"),
     enforced(SE, "spec.workloadSelector"),
     enforced(SE, "spec.subjectAltNames"),
-    warned(SE, "spec.addresses", CAPTURE_NOT_YET),
+    enforced(SE, "spec.addresses"),
     warned(SE, "spec.location", ""),
     warned(
         SE,
@@ -304,7 +301,7 @@ pub const FIELDS: &[Field] = &[
     enforced(SC, "spec.workloadSelector"),
     enforced(SC, "spec.egress[*].hosts"),
     enforced(SC, "spec.egress[*].port"),
-    warned(SC, "spec.outboundTrafficPolicy", CAPTURE_NOT_YET),
+    enforced(SC, "spec.outboundTrafficPolicy"),
     warned(
         SC,
         "spec.egress[*].bind",

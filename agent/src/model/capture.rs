@@ -307,6 +307,7 @@ mod tests {
             h2_upgrade: false,
             use_client_protocol: false,
             tls: UpstreamTls::Plain,
+            upstream_bind: None,
         })
     }
 

@@ -1,13 +1,16 @@
 //! Clusters: the endpoints behind one service port (and subset), and how one
 //! is picked.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::balancer::{Balancer, PickInput};
 use super::clock::now_ms;
-use super::endpoint::Endpoint;
+use super::endpoint::{Endpoint, UpstreamAddr};
+use super::live::EndpointState;
 use super::live::{ClusterState, OutlierSettings, PoolLimits};
+use super::peer::PeerInfo;
 use super::service::{Protocol, ServiceName};
 
 /// The endpoints of one service port, optionally narrowed to a subset.
@@ -41,6 +44,10 @@ pub struct Cluster {
     pub state: Arc<ClusterState>,
     /// How connections to the endpoints are secured.
     pub tls: UpstreamTls,
+    /// The source address upstream connections are bound to (Envoy's
+    /// `upstream_bind_config`): the inbound passthrough address when a
+    /// captured inbound connection is delivered to the application.
+    pub upstream_bind: Option<IpAddr>,
 }
 
 /// How a cluster's connections are secured (DestinationRule `tls`, or
@@ -74,7 +81,57 @@ pub enum UpstreamTls {
     Broken(Arc<str>),
 }
 
+/// Names metrics and spans give a connection outside the registry
+/// (Istio's): `destination_service` and `destination_service_name` both
+/// carry the cluster's name, never the host the client asked for.
+pub fn unregistered_service(mode_cluster: &str) -> ServiceName {
+    ServiceName {
+        host: mode_cluster.to_owned(),
+        name: mode_cluster.to_owned(),
+        namespace: "unknown".to_owned(),
+    }
+}
+
 impl Cluster {
+    /// A cluster of one endpoint, the connection's original destination:
+    /// Istio's `PassthroughCluster` outbound (`service` names it), and the
+    /// local application on the port a captured inbound connection was
+    /// sent to (`bind` the passthrough source, `peer` this workload).
+    /// Built per connection; its counters are its own.
+    pub fn original_destination(
+        name: String,
+        service: Arc<ServiceName>,
+        address: SocketAddr,
+        protocol: Protocol,
+        peer: Arc<PeerInfo>,
+        bind: Option<IpAddr>,
+    ) -> Self {
+        let mut endpoint = Endpoint::new(
+            UpstreamAddr::Socket(address),
+            Default::default(),
+            Arc::new(EndpointState::default()),
+            &service.namespace,
+        );
+        endpoint.peer = peer;
+        Self {
+            name,
+            service,
+            port: address.port(),
+            protocol,
+            subset: None,
+            endpoints: vec![Arc::new(endpoint)],
+            balancer: Balancer::RoundRobin(Default::default()),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            limits: PoolLimits::default(),
+            outlier: None,
+            h2_upgrade: false,
+            use_client_protocol: false,
+            state: Arc::new(ClusterState::default()),
+            tls: UpstreamTls::Plain,
+            upstream_bind: bind,
+        }
+    }
+
     /// Picks an endpoint: the balancer's choice unless it is ejected (or was
     /// already tried, for retries); then the next usable one. `None` when
     /// every endpoint is ejected — unless fewer than `minHealthPercent` are

@@ -54,7 +54,7 @@ pub fn authorize<B>(
         source_ip: down.peer.ip(),
         remote_ip,
         destination_ip: down.local.ip(),
-        destination_port: snapshot.listeners.app.port(),
+        destination_port: down.app_port(snapshot),
         principal: principal.as_deref(),
         namespace: identity.map(|id| id.namespace.as_str()),
         sni: down.tls.as_ref().and_then(|t| t.sni.as_deref()),

@@ -70,7 +70,7 @@ pub async fn handle(
     }
 
     // Routing: the VirtualService rule outbound, the local app inbound.
-    let routed = match route::select(&snapshot, down.direction, &req) {
+    let routed = match route::select(&snapshot, down.direction, down.captured.as_ref(), &req) {
         Ok(routed) => routed,
         Err(not_routed) => {
             if let Some(host) = not_routed.host {

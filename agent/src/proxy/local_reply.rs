@@ -34,6 +34,15 @@ impl LocalReply {
         details: "route_not_found",
         grpc_status: None,
     };
+    /// A captured request to a destination outside the registry under
+    /// `outboundTrafficPolicy` REGISTRY_ONLY (Istio's `BlackHoleCluster`).
+    pub const BLACK_HOLE: Self = Self {
+        status: StatusCode::BAD_GATEWAY,
+        flags: ResponseFlags::NO_ROUTE,
+        body: "",
+        details: "blackhole_cluster",
+        grpc_status: None,
+    };
     /// The request names no host.
     pub const MISSING_HOST: Self = Self {
         status: StatusCode::BAD_REQUEST,

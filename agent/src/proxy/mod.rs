@@ -15,11 +15,13 @@ mod fault;
 mod forward;
 mod handler;
 mod headers;
+mod interception;
 pub mod listener;
 mod local_reply;
 mod mirror;
 mod pool;
 mod progress;
+mod rewind;
 mod rewrite;
 mod route;
 mod server;
@@ -39,6 +41,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::model::Snapshot;
+use crate::model::cluster::Cluster;
 use crate::model::live::LiveState;
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
@@ -73,11 +76,55 @@ pub struct Downstream {
     pub direction: Direction,
     /// The client's address.
     pub peer: SocketAddr,
-    /// The address the client connected to. With transparent interception
-    /// this is where an original-destination lookup would put its answer.
+    /// The address the client connected to: for a captured connection its
+    /// original destination (as Envoy's `use_original_dst` reports it).
     pub local: SocketAddr,
     /// What the client proved over mTLS (inbound), if it used mTLS.
     pub tls: Option<crate::tls::PeerTls>,
+    /// Where a captured connection's requests go; `None` for a connection
+    /// that reached the listener itself (explicit mode).
+    pub captured: Option<Captured>,
+}
+
+impl Downstream {
+    /// The application port a request reaches (inbound): the captured
+    /// connection's original port, else `spec.inbound.app`'s.
+    pub fn app_port(&self, snapshot: &Snapshot) -> u16 {
+        match &self.captured {
+            Some(Captured::Inbound { app }) => app.port,
+            _ => snapshot.listeners.app.port(),
+        }
+    }
+}
+
+/// What a captured connection's original destination decided.
+#[derive(Debug)]
+pub enum Captured {
+    /// From the application to the mesh.
+    Outbound {
+        /// Where the application was connecting.
+        original_dst: SocketAddr,
+        /// The service that address is (a VIP, an endpoint address, a
+        /// CIDR), for requests whose Host names no known service.
+        service: Option<Arc<Cluster>>,
+        /// What requests to no known service get.
+        unregistered: Unregistered,
+    },
+    /// From the mesh to the application.
+    Inbound {
+        /// The local application on the port the connection was sent to
+        /// (or `spec.inbound.app`).
+        app: Arc<Cluster>,
+    },
+}
+
+/// `outboundTrafficPolicy.mode` applied to one connection.
+#[derive(Debug)]
+pub enum Unregistered {
+    /// ALLOW_ANY: to the original destination, as `PassthroughCluster`.
+    Passthrough(Arc<Cluster>),
+    /// REGISTRY_ONLY: refused, as `BlackHoleCluster`.
+    BlackHole,
 }
 
 /// Per-worker state: pools and caches that need no lock because only this

@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,6 +78,7 @@ enum TlsKey {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     addr: UpstreamAddr,
+    bind: Option<std::net::IpAddr>,
     tls: TlsKey,
     counted_by: Option<ByAddress<ClusterState>>,
 }
@@ -86,6 +88,7 @@ impl PoolKey {
     pub fn new(addr: &UpstreamAddr, cluster: &Cluster, plan: &TlsPlan) -> Self {
         Self {
             addr: addr.clone(),
+            bind: cluster.upstream_bind,
             tls: match plan {
                 TlsPlan::Plain => TlsKey::Plain,
                 TlsPlan::Tls { config, .. } => TlsKey::Tls(ByAddress(config.clone())),
@@ -337,7 +340,7 @@ impl Pools {
         cluster: &Cluster,
         plan: &TlsPlan,
     ) -> Result<(UpstreamIo, PeerIdentity), AcquireError> {
-        let stream = connect_tcp(addr, cluster.connect_timeout)
+        let stream = connect_tcp(addr, cluster.connect_timeout, cluster.upstream_bind)
             .await
             .map_err(|source| AcquireError::Connect {
                 addr: addr.to_string(),
@@ -371,11 +374,25 @@ impl Pools {
 }
 
 /// Opens a plain TCP connection to an endpoint (for TCP proxying too).
-pub async fn connect_tcp(addr: &UpstreamAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+pub async fn connect_tcp(
+    addr: &UpstreamAddr,
+    timeout: Duration,
+    bind: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
     let connect = async {
-        match addr {
-            UpstreamAddr::Socket(socket) => TcpStream::connect(socket).await,
-            UpstreamAddr::Dns { host, port } => TcpStream::connect((host.as_ref(), *port)).await,
+        match (addr, bind) {
+            (UpstreamAddr::Socket(socket), None) => TcpStream::connect(socket).await,
+            (UpstreamAddr::Socket(socket), Some(source)) => {
+                let tcp = match socket {
+                    SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                tcp.bind(SocketAddr::new(source, 0))?;
+                tcp.connect(*socket).await
+            }
+            (UpstreamAddr::Dns { host, port }, _) => {
+                TcpStream::connect((host.as_ref(), *port)).await
+            }
         }
     };
     let stream = tokio::time::timeout(timeout, connect).await.map_err(|_| {

@@ -7,13 +7,16 @@ use std::sync::{Arc, LazyLock};
 
 use http::Request;
 
-use super::Direction;
 use super::local_reply::LocalReply;
+use super::{Captured, Direction, Unregistered};
 use crate::host::{request_authority, split_host_port};
 use crate::model::Snapshot;
 use crate::model::cluster::Cluster;
 use crate::model::policy::{RetryPolicy, RouteAction, RoutePolicy};
 use crate::model::route::{HeaderEdits, Matched, RequestView, WeightedDestination};
+
+/// `destination_service` of a request refused outside the registry.
+const BLACK_HOLE: &str = "BlackHoleCluster";
 
 /// Inbound requests are not retried or timed out by the sidecar.
 static INBOUND: LazyLock<RoutePolicy> = LazyLock::new(|| RoutePolicy {
@@ -60,6 +63,17 @@ impl<'a> NotRouted<'a> {
 }
 
 impl<'s> Routed<'s> {
+    /// Straight to `cluster`, under no rule.
+    fn to_cluster(cluster: &'s Arc<Cluster>, port: u16) -> Self {
+        Self {
+            matched: None,
+            destination: None,
+            cluster: Some(cluster),
+            port,
+            answered_for: None,
+        }
+    }
+
     /// The rule's policy (the inbound one for inbound requests).
     pub fn policy(&self) -> &'s RoutePolicy {
         self.matched.map_or(&INBOUND, |m| &m.rule.policy)
@@ -87,34 +101,102 @@ impl<'s> Routed<'s> {
     }
 }
 
-/// Routes `req` on `snapshot`: a function of the two alone (weighted
-/// destinations are drawn at random).
+/// Routes `req` on `snapshot`: a function of the two and, for a captured
+/// connection, of where it was going (weighted destinations are drawn at
+/// random).
+///
+/// Outbound, the Host names the service, as on Istio's per-port HTTP
+/// listeners; a captured request whose Host names no known service goes to
+/// the service its original destination addresses, else outside the
+/// registry (`PassthroughCluster`, or `BlackHoleCluster`'s 502).
 pub fn select<'s: 'r, 'r, B>(
     snapshot: &'s Snapshot,
     direction: Direction,
+    captured: Option<&'s Captured>,
     req: &'r Request<B>,
 ) -> Result<Routed<'s>, NotRouted<'r>> {
     if direction == Direction::Inbound {
-        return Ok(Routed {
-            matched: None,
-            destination: None,
-            cluster: Some(&snapshot.inbound),
-            port: snapshot.listeners.app.port(),
-            answered_for: None,
-        });
+        let app = match captured {
+            Some(Captured::Inbound { app }) => app,
+            _ => &snapshot.inbound,
+        };
+        return Ok(Routed::to_cluster(app, app.port));
     }
-    let authority = request_authority(req).ok_or(NotRouted {
-        reply: LocalReply::MISSING_HOST,
-        host: None,
-    })?;
-    let (host, port) = split_host_port(authority);
-    let scheme = req.uri().scheme_str().unwrap_or("http");
-    let Some(vhost) = snapshot.routes.find(host) else {
-        return Err(NotRouted::to(host, LocalReply::NO_ROUTE));
+    let authority = request_authority(req);
+    let known = authority.and_then(|a| snapshot.routes.find(split_host_port(a).0));
+    let (authority, vhost) = match (authority, known, captured) {
+        (Some(authority), Some(vhost), _) => (authority, vhost),
+        (
+            _,
+            _,
+            Some(Captured::Outbound {
+                service,
+                unregistered,
+                original_dst,
+            }),
+        ) => {
+            return by_destination(snapshot, service.as_ref(), unregistered, *original_dst, req);
+        }
+        (None, ..) => {
+            return Err(NotRouted {
+                reply: LocalReply::MISSING_HOST,
+                host: None,
+            });
+        }
+        (Some(authority), None, _) => {
+            return Err(NotRouted::to(
+                split_host_port(authority).0,
+                LocalReply::NO_ROUTE,
+            ));
+        }
     };
+    let original_port = match captured {
+        Some(Captured::Outbound { original_dst, .. }) => Some(original_dst.port()),
+        _ => None,
+    };
+    route_on(vhost, authority, original_port, req)
+}
+
+/// A captured request whose Host names no known service: the service its
+/// original destination addresses (by that service's rules), else the
+/// traffic policy's answer.
+fn by_destination<'s: 'r, 'r, B>(
+    snapshot: &'s Snapshot,
+    service: Option<&'s Arc<Cluster>>,
+    unregistered: &'s Unregistered,
+    original_dst: std::net::SocketAddr,
+    req: &'r Request<B>,
+) -> Result<Routed<'s>, NotRouted<'r>> {
+    match (service, unregistered) {
+        (Some(cluster), _) => match snapshot.routes.find(&cluster.service.host) {
+            Some(vhost) => route_on(vhost, &vhost.host, Some(original_dst.port()), req),
+            None => Ok(Routed::to_cluster(cluster, cluster.port)),
+        },
+        (None, Unregistered::Passthrough(cluster)) => {
+            Ok(Routed::to_cluster(cluster, original_dst.port()))
+        }
+        (None, Unregistered::BlackHole) => Err(NotRouted {
+            reply: LocalReply::BLACK_HOLE,
+            host: Some(BLACK_HOLE),
+        }),
+    }
+}
+
+/// The rules of `vhost` for a request to `authority` (whose port, else the
+/// captured connection's, else the scheme's, is the service port).
+fn route_on<'s: 'r, 'r, B>(
+    vhost: &'s Arc<crate::model::route::VirtualHost>,
+    authority: &'r str,
+    original_port: Option<u16>,
+    req: &'r Request<B>,
+) -> Result<Routed<'s>, NotRouted<'r>> {
+    let (_, port) = split_host_port(authority);
+    let scheme = req.uri().scheme_str().unwrap_or("http");
     // The service port the request went to, also when the authority names
     // none (`match.port` and the destination's cluster read it).
-    let port = port.unwrap_or_else(|| vhost.port_for(if scheme == "https" { 443 } else { 80 }));
+    let port = port
+        .or(original_port)
+        .unwrap_or_else(|| vhost.port_for(if scheme == "https" { 443 } else { 80 }));
     let view = RequestView {
         method: req.method(),
         path: req.uri().path(),
@@ -230,7 +312,7 @@ spec:
     fn rules_match_in_order_and_pick_their_subset() {
         let snapshot = snapshot();
         let jason = request("reviews:9080", "/reviews/1", Some("jason"));
-        let routed = select(&snapshot, Direction::Outbound, &jason).expect("routed");
+        let routed = select(&snapshot, Direction::Outbound, None, &jason).expect("routed");
         assert_eq!(routed.rule_name().map(|n| &**n), Some("jason"));
         assert_eq!(
             cluster_name(&routed),
@@ -239,7 +321,7 @@ spec:
         assert_eq!(routed.port, 9080);
 
         let other = request("reviews.default.svc.cluster.local", "/reviews/1", None);
-        let routed = select(&snapshot, Direction::Outbound, &other).expect("routed");
+        let routed = select(&snapshot, Direction::Outbound, None, &other).expect("routed");
         assert_eq!(routed.rule_name().map(|n| &**n), Some("default"));
         assert_eq!(
             cluster_name(&routed),
@@ -256,7 +338,7 @@ spec:
     fn a_rule_that_answers_itself_has_no_cluster() {
         let snapshot = snapshot();
         let req = request("reviews:9080", "/old/page", None);
-        let routed = select(&snapshot, Direction::Outbound, &req).expect("routed");
+        let routed = select(&snapshot, Direction::Outbound, None, &req).expect("routed");
         assert!(routed.cluster.is_none());
         assert!(matches!(routed.policy().action, RouteAction::Redirect(_)));
         assert_eq!(
@@ -269,17 +351,17 @@ spec:
     fn unknown_hosts_and_missing_clusters_say_where_the_request_went() {
         let snapshot = snapshot();
         let req = request("ratings:9080", "/", None);
-        let miss = select(&snapshot, Direction::Outbound, &req).expect_err("no route");
+        let miss = select(&snapshot, Direction::Outbound, None, &req).expect_err("no route");
         assert_eq!(miss.reply.details, "route_not_found");
         assert_eq!(miss.host, Some("ratings"));
 
         let req = request("reviews:9080", "/missing", None);
-        let miss = select(&snapshot, Direction::Outbound, &req).expect_err("no cluster");
+        let miss = select(&snapshot, Direction::Outbound, None, &req).expect_err("no cluster");
         assert_eq!(miss.reply.details, "cluster_not_found");
         assert_eq!(miss.host, Some("reviews.default.svc.cluster.local"));
 
         let hostless = Request::get("/").body(()).expect("a request");
-        let miss = select(&snapshot, Direction::Outbound, &hostless).expect_err("no host");
+        let miss = select(&snapshot, Direction::Outbound, None, &hostless).expect_err("no host");
         assert_eq!(miss.reply.details, "missing_host_header");
         assert_eq!(miss.host, None);
     }
@@ -288,7 +370,7 @@ spec:
     fn inbound_goes_to_the_app_without_retries() {
         let snapshot = snapshot();
         let req = request("productpage:9080", "/", None);
-        let routed = select(&snapshot, Direction::Inbound, &req).expect("routed");
+        let routed = select(&snapshot, Direction::Inbound, None, &req).expect("routed");
         assert!(Arc::ptr_eq(
             routed.cluster.expect("the app"),
             &snapshot.inbound

@@ -14,10 +14,24 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+
 use super::listener::WorkerSockets;
-use super::{Direction, Downstream, LocalExec, Shared, Worker, handler, tcp};
-use crate::model::MtlsMode;
-use crate::tls::handshake;
+use super::rewind::{self, Rewind};
+use super::tcp::TcpTarget;
+use super::{
+    Captured, Direction, Downstream, LocalExec, Shared, Worker, handler, interception, tcp,
+};
+use crate::capture::detect::{Detected, detect};
+use crate::capture::original_dst::original_dst;
+use crate::model::capture::InterceptionMode;
+use crate::model::cluster::Cluster;
+use crate::model::service::Protocol;
+use crate::model::{MtlsMode, Snapshot};
+use crate::tls::io::{DownstreamIo, MaybeTls};
+use crate::tls::{PeerTls, handshake};
 
 /// A running worker thread.
 pub struct WorkerHandle {
@@ -90,7 +104,9 @@ fn run_worker(
             tokio::task::spawn_local(accept.http(socket, direction))
         };
         let mut loops = vec![serve(sockets.outbound, Direction::Outbound)];
-        if inbound_tcp {
+        // Captured connections choose TCP or HTTP one by one.
+        let captured = worker.shared.config.load().capture.mode == InterceptionMode::Redirect;
+        if inbound_tcp && !captured {
             loops.push(tokio::task::spawn_local(accept_tcp(
                 worker.clone(),
                 sockets.inbound,
@@ -167,7 +183,7 @@ impl Accept {
             let gauge = gauge.clone();
             tokio::task::spawn_local(async move {
                 gauge.inc();
-                connection.serve(stream, peer, direction).await;
+                connection.accepted(stream, peer, direction).await;
                 gauge.dec();
             });
         }
@@ -182,41 +198,181 @@ struct Connection {
 }
 
 impl Connection {
+    /// A connection the listener accepted: by its original destination
+    /// when iptables redirected it, else as the listener's own.
+    async fn accepted(self, stream: TcpStream, peer: SocketAddr, direction: Direction) {
+        let snapshot = self.worker.shared.config.load_full();
+        if snapshot.capture.mode == InterceptionMode::Redirect {
+            match original_dst(&stream) {
+                Ok(Some(dst)) => return self.captured(stream, peer, direction, dst).await,
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "cannot read the original destination");
+                    return;
+                }
+            }
+        }
+        self.serve(stream, peer, direction).await;
+    }
+
     /// The inbound mTLS handshake (by PeerAuthentication), then HTTP.
-    async fn serve(
-        self,
-        stream: tokio::net::TcpStream,
-        peer: std::net::SocketAddr,
-        direction: Direction,
-    ) {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr, direction: Direction) {
         let local = stream.local_addr().unwrap_or(peer);
-        let shared = &self.worker.shared;
         let mode = match direction {
-            Direction::Inbound => shared.config.load().inbound_mtls,
+            Direction::Inbound => self.worker.shared.config.load().inbound_mtls,
             Direction::Outbound => MtlsMode::Disable,
         };
-        let Ok((io, mut tls)) = handshake::accept(
+        let Some((io, tls)) = self.handshake(stream, mode).await else {
+            return;
+        };
+        let down = Downstream {
+            direction,
+            peer,
+            local,
+            tls,
+            captured: None,
+        };
+        self.http(io, down).await;
+    }
+
+    /// A redirected connection to `dst`.
+    async fn captured(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        direction: Direction,
+        dst: SocketAddr,
+    ) {
+        let snapshot = self.worker.shared.config.load_full();
+        match direction {
+            Direction::Outbound => {
+                let decided = interception::outbound(&snapshot, &stream, dst).await;
+                let down = |captured| Downstream {
+                    direction,
+                    peer,
+                    local: dst,
+                    tls: None,
+                    captured: Some(captured),
+                };
+                match decided {
+                    Ok(interception::Outbound::Http(captured)) => {
+                        let io: DownstreamIo = MaybeTls::Plain(stream);
+                        self.http(io, down(captured)).await;
+                    }
+                    Ok(interception::Outbound::Tcp(target)) => {
+                        tcp::proxy(&self.worker, stream, peer, None, direction, target).await;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "captured connection failed before its first bytes")
+                    }
+                }
+            }
+            Direction::Inbound => {
+                let Some(app) = interception::inbound_app(&snapshot, dst) else {
+                    tracing::debug!(%dst, %peer, "refused: the original destination is not this pod");
+                    return;
+                };
+                self.captured_inbound(stream, peer, dst, app, &snapshot)
+                    .await;
+            }
+        }
+    }
+
+    /// A captured inbound connection to the local `app`: mTLS as
+    /// PeerAuthentication says, then HTTP or bytes by the port's declared
+    /// protocol, else by the (decrypted) first bytes.
+    async fn captured_inbound(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        app: Arc<Cluster>,
+        snapshot: &Snapshot,
+    ) {
+        let timeout = snapshot.capture.protocol_detection_timeout;
+        let mode = snapshot.inbound_mtls;
+        // A client that starts with a ClientHello is terminated as mTLS
+        // (STRICT, PERMISSIVE); a plaintext one is refused under STRICT.
+        // A silent client (a server-first protocol) stays plaintext.
+        let first = match detect(&stream, timeout).await {
+            Ok(first) => first,
+            Err(error) => {
+                tracing::debug!(%error, "captured connection failed before its first bytes");
+                return;
+            }
+        };
+        let (io, tls) = if mode == MtlsMode::Strict || matches!(first, Detected::Tls { .. }) {
+            match self.handshake(stream, mode).await {
+                Some(accepted) => accepted,
+                None => return,
+            }
+        } else {
+            (MaybeTls::Plain(stream), None)
+        };
+        let (io, http) = match (app.protocol, &io) {
+            (Protocol::Tcp | Protocol::Tls, _) => (Rewind::new(io), false),
+            (Protocol::Http | Protocol::Http2 | Protocol::Grpc, _) => (Rewind::new(io), true),
+            (Protocol::Auto, MaybeTls::Plain(_)) => {
+                let http = matches!(first, Detected::Http1 | Detected::Http2);
+                (Rewind::new(io), http)
+            }
+            (Protocol::Auto, MaybeTls::Tls(_)) => match rewind::sniff_http(io, timeout).await {
+                Ok(sniffed) => sniffed,
+                Err(error) => {
+                    tracing::debug!(%error, "captured connection failed before its first bytes");
+                    return;
+                }
+            },
+        };
+        if http {
+            let down = Downstream {
+                direction: Direction::Inbound,
+                peer,
+                local: dst,
+                tls,
+                captured: Some(Captured::Inbound { app }),
+            };
+            self.http(io, down).await;
+        } else {
+            let target = TcpTarget::Cluster {
+                cluster: app,
+                endpoint: None,
+            };
+            tcp::proxy(&self.worker, io, peer, tls, Direction::Inbound, target).await;
+        }
+    }
+
+    /// The inbound mTLS handshake under `mode`; `None` when refused (and
+    /// counted).
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        mode: MtlsMode,
+    ) -> Option<(DownstreamIo, Option<PeerTls>)> {
+        let shared = &self.worker.shared;
+        let (io, mut tls) = handshake::accept(
             stream,
             mode,
             shared.tls.load_full(),
             &shared.metrics.tls_failures,
         )
         .await
-        else {
-            return; // refused and counted
-        };
+        .ok()?;
         if let Some(peer) = tls.as_mut() {
             peer.principal = peer
                 .principal
                 .as_ref()
                 .map(|p| self.worker.intern_principal(p));
         }
-        let down = Rc::new(Downstream {
-            direction,
-            peer,
-            local,
-            tls,
-        });
+        Some((io, tls))
+    }
+
+    /// Serves HTTP/1.1 and HTTP/2 on `io` until the connection ends.
+    async fn http<IO>(self, io: IO, down: Downstream)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let down = Rc::new(down);
         let worker = self.worker.clone();
         let service = service_fn(move |req| handler::handle(worker.clone(), down.clone(), req));
         let conn = self

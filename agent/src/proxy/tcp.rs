@@ -10,23 +10,40 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::Worker;
 use super::forward::tls_plan;
 use super::pool::connect_tcp;
+use super::{Direction, Worker};
 use crate::flags::ResponseFlags;
 use crate::model::MtlsMode;
 use crate::model::balancer::PickInput;
-use crate::model::cluster::Cluster;
+use crate::model::cluster::{Cluster, unregistered_service};
 use crate::model::endpoint::Endpoint;
 use crate::model::peer::PeerInfo;
+use crate::model::service::ServiceName;
 use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter};
-use crate::tls::handshake;
 use crate::tls::io::UpstreamIo;
+use crate::tls::{PeerTls, handshake};
 
-/// Proxies one connection: outbound to the service of TCP listener
-/// `outbound_index`, or inbound (`None`) to the local application. Both
-/// sides speak mTLS as the HTTP listeners do: inbound by PeerAuthentication,
-/// outbound by the cluster's TLS.
+/// Where a TCP connection goes.
+#[derive(Debug)]
+pub enum TcpTarget {
+    /// An endpoint of `cluster`: `endpoint` when the client addressed one
+    /// (a captured call to a pod IP), else the balancer's pick.
+    Cluster {
+        /// The cluster.
+        cluster: Arc<Cluster>,
+        /// The endpoint the client chose, if it chose one.
+        endpoint: Option<Arc<Endpoint>>,
+    },
+    /// Refused outside the registry (REGISTRY_ONLY): closed at once and
+    /// counted as `BlackHoleCluster`.
+    BlackHole,
+}
+
+/// Proxies one connection of a TCP listener: outbound to the service of
+/// listener `outbound_index`, or inbound (`None`) to the local application.
+/// Both sides speak mTLS as the HTTP listeners do: inbound by
+/// PeerAuthentication, outbound by the cluster's TLS.
 pub async fn serve(
     worker: Rc<Worker>,
     downstream: TcpStream,
@@ -35,14 +52,14 @@ pub async fn serve(
 ) {
     let snapshot = worker.shared.config.load_full();
     let shared = &worker.shared;
-    let (cluster, reporter, mode) = match outbound_index {
+    let (cluster, direction, mode) = match outbound_index {
         Some(index) => match snapshot.tcp_routes.get(index) {
-            Some(cluster) => (cluster.clone(), Reporter::Source, MtlsMode::Disable),
+            Some(cluster) => (cluster.clone(), Direction::Outbound, MtlsMode::Disable),
             None => return,
         },
         None => (
             snapshot.inbound.clone(),
-            Reporter::Destination,
+            Direction::Inbound,
             snapshot.inbound_mtls,
         ),
     };
@@ -56,21 +73,55 @@ pub async fn serve(
     else {
         return; // refused and counted
     };
+    let target = TcpTarget::Cluster {
+        cluster,
+        endpoint: None,
+    };
+    proxy(&worker, downstream, peer, caller, direction, target).await;
+}
+
+/// Proxies `downstream` (already past any mTLS handshake; `caller` is what
+/// the client proved) to `target`, counting `istio_tcp_*` as the
+/// `direction`'s reporter.
+pub async fn proxy<IO>(
+    worker: &Rc<Worker>,
+    downstream: IO,
+    peer: SocketAddr,
+    caller: Option<PeerTls>,
+    direction: Direction,
+    target: TcpTarget,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let snapshot = worker.shared.config.load_full();
+    let shared = &worker.shared;
+    let reporter = match direction {
+        Direction::Outbound => Reporter::Source,
+        Direction::Inbound => Reporter::Destination,
+    };
+    let (cluster, chosen) = match target {
+        TcpTarget::Cluster { cluster, endpoint } => (Some(cluster), endpoint),
+        TcpTarget::BlackHole => (None, None),
+    };
     let no_headers = HeaderMap::new();
     let input = PickInput {
         headers: &no_headers,
         query: None,
         source_ip: peer.ip(),
     };
-    let endpoint = cluster
-        .pick(input, &[])
-        .map(|i| cluster.endpoints[i].clone());
+    let endpoint = chosen.or_else(|| {
+        let cluster = cluster.as_ref()?;
+        cluster
+            .pick(input, &[])
+            .map(|i| cluster.endpoints[i].clone())
+    });
     let mut flags = ResponseFlags::NONE;
     let mut upstream = None;
     let mut callee = None;
-    match &endpoint {
-        None => flags = ResponseFlags::NO_HEALTHY_UPSTREAM,
-        Some(endpoint) => match dial(&worker, &cluster, endpoint).await {
+    match (&cluster, &endpoint) {
+        (None, _) => flags = ResponseFlags::NO_ROUTE,
+        (Some(_), None) => flags = ResponseFlags::NO_HEALTHY_UPSTREAM,
+        (Some(cluster), Some(endpoint)) => match dial(worker, cluster, endpoint).await {
             Ok((stream, identity)) => {
                 upstream = Some(stream);
                 callee = identity;
@@ -81,6 +132,10 @@ pub async fn serve(
             }
         },
     }
+    let service = match &cluster {
+        Some(cluster) => cluster.service.clone(),
+        None => BLACK_HOLE.with(Clone::clone),
+    };
     let unknown = Arc::new(PeerInfo::unknown());
     let ours = Some(ByAddress(snapshot.identity.principal.clone()));
     let labels = match reporter {
@@ -88,7 +143,7 @@ pub async fn serve(
             reporter,
             source: ByAddress(snapshot.identity.peer.clone()),
             destination: ByAddress(endpoint.as_ref().map_or(unknown, |e| e.peer.clone())),
-            service: ByAddress(cluster.service.clone()),
+            service: ByAddress(service),
             security: "unknown",
             principals: [
                 callee.is_some().then_some(ours).flatten(),
@@ -101,7 +156,7 @@ pub async fn serve(
                 reporter,
                 source: ByAddress(unknown),
                 destination: ByAddress(snapshot.identity.peer.clone()),
-                service: ByAddress(cluster.service.clone()),
+                service: ByAddress(service),
                 security: if theirs.is_some() {
                     "mutual_tls"
                 } else {
@@ -125,6 +180,12 @@ pub async fn serve(
     handles.closed.inc();
 }
 
+thread_local! {
+    /// `destination_service` of connections refused outside the registry.
+    static BLACK_HOLE: Arc<ServiceName> =
+        Arc::new(unregistered_service("BlackHoleCluster"));
+}
+
 /// TCP to the endpoint, then TLS when the cluster says so.
 async fn dial(
     worker: &Worker,
@@ -132,9 +193,13 @@ async fn dial(
     endpoint: &Endpoint,
 ) -> Result<(UpstreamIo, Option<tracemesh_ca::SpiffeId>), String> {
     let plan = tls_plan(worker, cluster, endpoint, false).map_err(|e| format!("{e:?}"))?;
-    let stream = connect_tcp(&endpoint.address, cluster.connect_timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let stream = connect_tcp(
+        &endpoint.address,
+        cluster.connect_timeout,
+        cluster.upstream_bind,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     handshake::connect(stream, &plan, &worker.shared.metrics.tls_failures)
         .await
         .map_err(|failure| format!("tls: {}", failure.0))

@@ -42,5 +42,6 @@ pub fn cluster(
         use_client_protocol: false,
         state: Arc::new(ClusterState::default()),
         tls: UpstreamTls::Plain,
+        upstream_bind: None,
     })
 }

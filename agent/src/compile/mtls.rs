@@ -52,13 +52,6 @@ pub(super) fn inbound_mode(
                 ),
             }
         }
-        if spec.selector.is_none() && !spec.port_level_mtls.is_empty() {
-            diags.error(
-                loc,
-                Some("spec.portLevelMtls".into()),
-                "needs a selector (workload policies only)",
-            );
-        }
         let policy_ns = doc
             .metadata
             .namespace

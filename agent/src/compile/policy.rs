@@ -95,79 +95,42 @@ impl<'a> EffectivePolicy<'a> {
     }
 }
 
-/// Checks a load-balancer setting; reported once per place it is written.
+/// What the agent does with a load-balancer setting unlike Envoy: warnings,
+/// and an error for `useSourceIp: false` alone; the validator refused
+/// unknown and conflicting settings. Reported once per place it is written.
 pub(super) fn validate_load_balancer(
     lb: &LoadBalancerSettings,
     loc: &Location,
     field: &str,
     diags: &mut Diagnostics,
 ) {
-    if let Some(simple) = &lb.simple {
-        let known = [
-            "UNSPECIFIED",
-            "LEAST_CONN",
-            "LEAST_REQUEST",
-            "RANDOM",
-            "PASSTHROUGH",
-            "ROUND_ROBIN",
-        ];
-        if !known.contains(&simple.as_str()) {
-            let msg = format!(
-                "unknown load balancer {simple:?} (known: {})",
-                known.join(", ")
-            );
-            diags.error(loc, Some(format!("{field}.simple")), msg);
-        } else if simple == "PASSTHROUGH" {
-            let msg = "PASSTHROUGH needs transparent interception; LEAST_REQUEST is used";
-            diags.warn(loc, Some(format!("{field}.simple")), msg);
-        }
+    if lb.simple.as_deref() == Some("PASSTHROUGH") {
+        let msg = "PASSTHROUGH needs transparent interception; LEAST_REQUEST is used";
+        diags.warn(loc, Some(format!("{field}.simple")), msg);
     }
     let Some(hash) = &lb.consistent_hash else {
         return;
     };
-    if lb.simple.is_some() {
-        diags.error(
-            loc,
-            Some(field.to_owned()),
-            "set either `simple` or `consistentHash`, not both",
-        );
-    }
-    let keys = [
-        hash.http_header_name.is_some(),
-        hash.http_cookie.is_some(),
-        hash.use_source_ip == Some(true),
-        hash.http_query_parameter_name.is_some(),
-    ];
-    let field = format!("{field}.consistentHash");
-    match keys.iter().filter(|k| **k).count() {
-        0 => diags.error(
-            loc,
-            Some(field.clone()),
-            "needs one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
-        ),
-        1 => {}
-        _ => diags.error(loc, Some(field.clone()), "set only one hash key"),
-    }
-    if let Some(name) = &hash.http_header_name
-        && http::HeaderName::try_from(name.as_str()).is_err()
+    // Istio counts `useSourceIp: false` as the hash key it names; the agent
+    // would hash by source IP all the same, so it asks for a real key.
+    if hash.use_source_ip == Some(false)
+        && hash.http_header_name.is_none()
+        && hash.http_cookie.is_none()
+        && hash.http_query_parameter_name.is_none()
     {
+        let msg = "`useSourceIp: false` names no hash key; set `useSourceIp: true`, httpHeaderName, httpCookie or httpQueryParameterName";
         diags.error(
             loc,
-            Some(format!("{field}.httpHeaderName")),
-            format!("{name:?} is not a header name"),
+            Some(format!("{field}.consistentHash.useSourceIp")),
+            msg,
         );
     }
     if hash.http_cookie.as_ref().is_some_and(|c| c.ttl.is_some()) {
         let msg = "cookies are hashed when present but not generated; `ttl` is ignored";
-        diags.warn(loc, Some(format!("{field}.httpCookie.ttl")), msg);
-    }
-    if let Some(size) = hash.maglev.as_ref().map(|m| m.table_size)
-        && (!is_prime(size) || size > 5_000_011)
-    {
-        diags.error(
+        diags.warn(
             loc,
-            Some(format!("{field}.maglev.tableSize")),
-            "must be a prime up to 5000011",
+            Some(format!("{field}.consistentHash.httpCookie.ttl")),
+            msg,
         );
     }
 }
@@ -266,14 +229,10 @@ pub(super) fn cluster_settings(policy: &EffectivePolicy<'_>) -> ClusterSettings 
     }
 }
 
-fn is_prime(n: u64) -> bool {
-    n >= 2
-        && (2..)
-            .take_while(|d| d * d <= n)
-            .all(|d| !n.is_multiple_of(d))
-}
-
-/// Checks every place a traffic policy is written in a DestinationRule.
+/// Checks every place a traffic policy is written in a DestinationRule for
+/// what the agent cannot do (TLS files, ISTIO_MUTUAL without an identity)
+/// or does differently; Istio's own rules (limits, percentages, subset
+/// names) are the validator's.
 pub(super) fn validate_rule(
     rule: &DestinationRuleSpec,
     loc: &Location,
@@ -281,7 +240,6 @@ pub(super) fn validate_rule(
     diags: &mut Diagnostics,
 ) {
     let check = |policy: &TrafficPolicy, field: &str, diags: &mut Diagnostics| {
-        validate_limits(policy, loc, field, diags);
         if let Some(tls) = &policy.tls {
             super::upstream_tls::validate(tls, loc, &format!("{field}.tls"), has_identity, diags);
         }
@@ -308,89 +266,9 @@ pub(super) fn validate_rule(
     if let Some(top) = &rule.traffic_policy {
         check(top, "spec.trafficPolicy", diags);
     }
-    let mut names = std::collections::HashSet::new();
     for (i, subset) in rule.subsets.iter().enumerate() {
-        if subset.name.is_empty() {
-            diags.error(
-                loc,
-                Some(format!("spec.subsets[{i}].name")),
-                "a subset needs a name",
-            );
-        } else if !names.insert(subset.name.as_str()) {
-            diags.error(
-                loc,
-                Some(format!("spec.subsets[{i}].name")),
-                format!("subset {:?} is defined twice", subset.name),
-            );
-        }
         if let Some(policy) = &subset.traffic_policy {
             check(policy, &format!("spec.subsets[{i}].trafficPolicy"), diags);
-        }
-    }
-}
-
-/// Negative limits and out-of-range percentages are errors, as Istio's
-/// validation has them.
-fn validate_limits(policy: &TrafficPolicy, loc: &Location, field: &str, diags: &mut Diagnostics) {
-    let pool = policy.connection_pool.as_ref();
-    let tcp = pool.and_then(|p| p.tcp.as_ref());
-    let http = pool.and_then(|p| p.http.as_ref());
-    let ints = [
-        (
-            "connectionPool.tcp.maxConnections",
-            tcp.and_then(|t| t.max_connections),
-        ),
-        (
-            "connectionPool.http.http1MaxPendingRequests",
-            http.and_then(|h| h.http1_max_pending_requests),
-        ),
-        (
-            "connectionPool.http.http2MaxRequests",
-            http.and_then(|h| h.http2_max_requests),
-        ),
-        (
-            "connectionPool.http.maxRequestsPerConnection",
-            http.and_then(|h| h.max_requests_per_connection),
-        ),
-        (
-            "connectionPool.http.maxRetries",
-            http.and_then(|h| h.max_retries),
-        ),
-    ];
-    for (name, value) in ints {
-        if value.is_some_and(|v| v < 0) {
-            diags.error(loc, Some(format!("{field}.{name}")), "must not be negative");
-        }
-    }
-    if let Some(policy) = http.and_then(|h| h.h2_upgrade_policy.as_deref())
-        && !matches!(policy, "DEFAULT" | "DO_NOT_UPGRADE" | "UPGRADE")
-    {
-        let msg = format!("unknown {policy:?} (DEFAULT, DO_NOT_UPGRADE, UPGRADE)");
-        diags.error(
-            loc,
-            Some(format!("{field}.connectionPool.http.h2UpgradePolicy")),
-            msg,
-        );
-    }
-    if let Some(od) = &policy.outlier_detection {
-        for (name, value) in [
-            ("maxEjectionPercent", od.max_ejection_percent),
-            ("minHealthPercent", od.min_health_percent),
-        ] {
-            if value.is_some_and(|v| !(0..=100).contains(&v)) {
-                diags.error(
-                    loc,
-                    Some(format!("{field}.outlierDetection.{name}")),
-                    "must be between 0 and 100",
-                );
-            }
-        }
-        if od.consecutive_errors.is_some_and(|v| v < 0) {
-            diags.error(
-                loc,
-                Some(format!("{field}.outlierDetection.consecutiveErrors")),
-                "must not be negative",
-            );
         }
     }
 }
@@ -490,5 +368,37 @@ subsets:
         let ported_9080 = EffectivePolicy::of(Some(&rule), 9080, Some("ported"));
         assert_eq!(max(&ported_9080), Some(9));
         assert_eq!(lb(&ported_9080), Some("RANDOM"));
+    }
+
+    /// Istio's rules are checked once, by the validator, in its words; what
+    /// only the agent refuses is checked when the rule is compiled.
+    #[test]
+    fn each_rule_is_reported_once() {
+        let errors = |dr: &str| -> Vec<String> {
+            let yaml = format!(
+                "apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {{name: a, namespace: default}}\nspec: {{service: a}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: default}}\nspec: {dr}\n"
+            );
+            let file: Arc<str> = Arc::from("mesh.yaml");
+            match crate::compile::compile_text(&file, &yaml, 1, &Default::default()) {
+                Ok(_) => Vec::new(),
+                Err(crate::compile::ConfigRejected(diags)) => {
+                    diags.errors().map(ToString::to_string).collect()
+                }
+            }
+        };
+        let negative = errors(
+            "{host: r, trafficPolicy: {connectionPool: {tcp: {maxConnections: -1}}, outlierDetection: {maxEjectionPercent: 101}}}",
+        );
+        assert_eq!(negative.len(), 2, "{negative:?}");
+        assert!(negative[0].contains("max connections must be non-negative"));
+        assert!(negative[1].contains("percentage 101 is not in range 0..100"));
+        let no_key = errors(
+            "{host: r, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: false}}}}",
+        );
+        assert_eq!(no_key.len(), 1, "{no_key:?}");
+        assert!(
+            no_key[0]
+                .contains("consistentHash.useSourceIp: `useSourceIp: false` names no hash key")
+        );
     }
 }

@@ -271,14 +271,6 @@ fn rules_by_host<'a>(
     for doc in rules {
         policy::validate_rule(&doc.spec, &doc.location, has_identity, diags);
         let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
-        if doc.spec.host.is_empty() {
-            diags.error(
-                &doc.location,
-                Some("spec.host".into()),
-                "the host is required",
-            );
-            continue;
-        }
         let host = resolve_short_name(&doc.spec.host, namespace);
         if by_host.contains_key(&host) {
             let msg = format!("{host} already has a DestinationRule; only the first applies");
@@ -297,25 +289,11 @@ fn validate_entry(
     diags: &mut Diagnostics,
 ) -> Option<Resolution> {
     let errors_before = diags.errors().count();
-    if spec.hosts.is_empty() {
-        diags.error(
-            loc,
-            Some("spec.hosts".into()),
-            "at least one host is required",
-        );
-    }
     if spec.ports.is_empty() {
         let msg = "no ports: the agent has nothing to route to for this entry";
         diags.warn(loc, Some("spec.ports".into()), msg);
     }
     for (i, port) in spec.ports.iter().enumerate() {
-        if !(1..=65535).contains(&port.number) {
-            diags.error(
-                loc,
-                Some(format!("spec.ports[{i}].number")),
-                "must be between 1 and 65535",
-            );
-        }
         if Protocol::parse(&port.protocol).is_none() {
             let msg = format!(
                 "unknown protocol {:?} (HTTP, HTTP2, GRPC, TCP, TLS, HTTPS…)",

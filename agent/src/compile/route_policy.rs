@@ -35,17 +35,8 @@ pub(super) fn compile(
     scope: &RuleScope<'_>,
     diags: &mut Diagnostics,
 ) -> RoutePolicy {
-    let exclusive = [
-        !rule.route.is_empty(),
-        rule.redirect.is_some(),
-        rule.direct_response.is_some(),
-    ];
-    if exclusive.iter().filter(|x| **x).count() > 1 {
-        let msg = "a rule has exactly one of `route`, `redirect`, `directResponse`";
-        diags.error(scope.loc, Some(scope.field.to_owned()), msg);
-    }
     RoutePolicy {
-        action: action(rule, scope, diags),
+        action: action(rule),
         timeout: rule.timeout.map(|t| t.get()).filter(|t| !t.is_zero()),
         retry: rule
             .retries
@@ -53,86 +44,42 @@ pub(super) fn compile(
             .map_or_else(RetryPolicy::istio_default, |r| retry(r, scope, diags)),
         fault: rule.fault.as_ref().map(|f| fault(f, scope, diags)),
         mirrors: mirrors(rule, scope, diags),
-        rewrite: rewrite(rule, scope, diags),
+        rewrite: rewrite(rule),
     }
 }
 
-fn action(rule: &HttpRoute, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> RouteAction {
+/// The rule's action. The validator refused what it would have to guess
+/// at: a non-3xx redirect code, an unknown `derivePort`, a status outside
+/// 200-599, a body both `string` and `bytes` or not base64, and more than one
+/// of `route`, `redirect`, `directResponse`.
+fn action(rule: &HttpRoute) -> RouteAction {
     if let Some(r) = &rule.redirect {
-        let code = r.redirect_code.unwrap_or(301);
-        let code = match StatusCode::from_u16(code as u16)
-            .ok()
-            .filter(|c| c.is_redirection())
-        {
-            Some(code) => code,
-            None => {
-                scope.error(
-                    diags,
-                    "redirect.redirectCode",
-                    format!("{code} is not a redirect status (3xx)"),
-                );
-                StatusCode::MOVED_PERMANENTLY
-            }
-        };
-        let port_from_request = match r.derive_port.as_deref() {
-            None | Some("FROM_PROTOCOL_DEFAULT") => false,
-            Some("FROM_REQUEST_PORT") => true,
-            Some(other) => {
-                scope.error(
-                    diags,
-                    "redirect.derivePort",
-                    format!("unknown {other:?} (FROM_PROTOCOL_DEFAULT, FROM_REQUEST_PORT)"),
-                );
-                false
-            }
-        };
+        let code = r
+            .redirect_code
+            .and_then(|code| StatusCode::from_u16(code as u16).ok())
+            .unwrap_or(StatusCode::MOVED_PERMANENTLY);
         return RouteAction::Redirect(Redirect {
             uri: r.uri.clone(),
             uri_regex: None,
             authority: r.authority.clone(),
             port: r.port.map(|p| p as u16),
             scheme: r.scheme.clone(),
-            port_from_request,
+            port_from_request: r.derive_port.as_deref() == Some("FROM_REQUEST_PORT"),
             code,
         });
     }
     if let Some(d) = &rule.direct_response {
-        let status = StatusCode::from_u16(d.status as u16).unwrap_or_else(|_| {
-            scope.error(
-                diags,
-                "directResponse.status",
-                format!("{} is not an HTTP status", d.status),
-            );
-            StatusCode::OK
-        });
-        let body = match d.body.as_ref() {
-            Some(b) if b.string.is_some() && b.bytes.is_some() => {
-                scope.error(
-                    diags,
-                    "directResponse.body",
-                    "set `string` or `bytes`, not both",
-                );
-                Bytes::new()
+        let status = StatusCode::from_u16(d.status as u16).unwrap_or(StatusCode::OK);
+        let body = match d.body.as_ref().map(|b| (&b.string, &b.bytes)) {
+            Some((Some(s), _)) => Bytes::from(s.clone()),
+            Some((None, Some(b64))) => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map(Bytes::from)
+                    .unwrap_or_default()
             }
-            Some(b) => match (&b.string, &b.bytes) {
-                (Some(s), _) => Bytes::from(s.clone()),
-                (None, Some(b64)) => {
-                    use base64::Engine;
-                    match base64::engine::general_purpose::STANDARD.decode(b64) {
-                        Ok(bytes) => Bytes::from(bytes),
-                        Err(e) => {
-                            scope.error(
-                                diags,
-                                "directResponse.body.bytes",
-                                format!("not base64: {e}"),
-                            );
-                            Bytes::new()
-                        }
-                    }
-                }
-                (None, None) => Bytes::new(),
-            },
-            None => Bytes::new(),
+            _ => Bytes::new(),
         };
         return RouteAction::Direct(DirectResponse { status, body });
     }
@@ -140,9 +87,6 @@ fn action(rule: &HttpRoute, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> R
 }
 
 fn retry(r: &HttpRetry, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> RetryPolicy {
-    if r.attempts < 0 {
-        scope.error(diags, "retries.attempts", "must not be negative");
-    }
     let mut on = RetryOn::default();
     let mut status_codes = Vec::new();
     let conditions = r
@@ -182,87 +126,31 @@ fn retry(r: &HttpRetry, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> Retry
     }
 }
 
-fn percent(
-    value: Option<&Percent>,
-    legacy: Option<u32>,
-    field: &str,
-    scope: &RuleScope<'_>,
-    diags: &mut Diagnostics,
-) -> f64 {
+/// A percentage as written (`percentage`, else the legacy integer), 100
+/// when unset; the validator refused values outside 0-100.
+fn percent(value: Option<&Percent>, legacy: Option<u32>) -> f64 {
     let pct = value
         .map(|p| p.value)
         .or(legacy.map(f64::from))
         .unwrap_or(100.0);
-    if !(0.0..=100.0).contains(&pct) {
-        scope.error(diags, field, "must be between 0 and 100");
-    }
     pct.clamp(0.0, 100.0)
 }
 
+/// The rule's faults. The validator refused out-of-range percentages and
+/// statuses, unknown gRPC names, `http2Error`, `exponentialDelay`, a delay
+/// without `fixedDelay` and an abort with more than one error type; an abort
+/// with none, which Istio only warns about, is refused here.
 fn fault(f: &HttpFaultInjection, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> Fault {
     let delay = f.delay.as_ref().and_then(|d| {
-        let pct = percent(
-            d.percentage.as_ref(),
-            d.percent,
-            "fault.delay.percentage",
-            scope,
-            diags,
-        );
-        if d.exponential_delay.is_some() {
-            scope.error(
-                diags,
-                "fault.delay.exponentialDelay",
-                "not supported (Istio does not support it either)",
-            );
-        }
-        match d.fixed_delay {
-            Some(delay) => Some((delay.get(), pct)),
-            None => {
-                scope.error(diags, "fault.delay.fixedDelay", "a delay needs fixedDelay");
-                None
-            }
-        }
+        let pct = percent(d.percentage.as_ref(), d.percent);
+        d.fixed_delay.map(|delay| (delay.get(), pct))
     });
     let abort = f.abort.as_ref().and_then(|a| {
-        let pct = percent(
-            a.percentage.as_ref(),
-            None,
-            "fault.abort.percentage",
-            scope,
-            diags,
-        );
-        let abort = match (a.http_status, &a.grpc_status, &a.http2_error) {
-            (Some(code), None, None) => match StatusCode::from_u16(code as u16) {
-                Ok(status) if status.as_u16() >= 200 => Some(Abort::Http(status)),
-                _ => {
-                    scope.error(
-                        diags,
-                        "fault.abort.httpStatus",
-                        format!("{code} is not an HTTP status"),
-                    );
-                    None
-                }
-            },
-            (None, Some(name), None) => match grpc_code(name) {
-                Some(code) => Some(Abort::Grpc(code)),
-                None => {
-                    scope.error(
-                        diags,
-                        "fault.abort.grpcStatus",
-                        format!("unknown gRPC status {name:?}"),
-                    );
-                    None
-                }
-            },
-            (None, None, Some(_)) => {
-                scope.error(
-                    diags,
-                    "fault.abort.http2Error",
-                    "not supported; use httpStatus or grpcStatus",
-                );
-                None
-            }
-            _ => {
+        let pct = percent(a.percentage.as_ref(), None);
+        let abort = match (a.http_status, &a.grpc_status) {
+            (Some(code), _) => StatusCode::from_u16(code as u16).ok().map(Abort::Http),
+            (None, Some(name)) => grpc_code(name).map(Abort::Grpc),
+            (None, None) => {
                 scope.error(
                     diags,
                     "fault.abort",
@@ -324,52 +212,29 @@ fn mirrors(rule: &HttpRoute, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> 
         });
     };
     if let Some(dest) = &rule.mirror {
-        let pct = percent(
-            rule.mirror_percentage.as_ref(),
-            rule.mirror_percent,
-            "mirrorPercentage",
-            scope,
-            diags,
-        );
+        let pct = percent(rule.mirror_percentage.as_ref(), rule.mirror_percent);
         add(dest, pct, "mirror", diags);
     }
     for (i, m) in rule.mirrors.iter().enumerate() {
-        let pct = percent(
-            m.percentage.as_ref(),
-            None,
-            &format!("mirrors[{i}].percentage"),
-            scope,
-            diags,
-        );
+        let pct = percent(m.percentage.as_ref(), None);
         add(&m.destination, pct, &format!("mirrors[{i}]"), diags);
     }
     out
 }
 
-fn rewrite(rule: &HttpRoute, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> Option<Rewrite> {
+/// The rule's rewrite; the validator refused `uri` with `uriRegexRewrite`,
+/// an authority that is no header value and a pattern that is no regex.
+fn rewrite(rule: &HttpRoute) -> Option<Rewrite> {
     let r = rule.rewrite.as_ref()?;
-    if r.uri.is_some() && r.uri_regex_rewrite.is_some() {
-        scope.error(diags, "rewrite", "set `uri` or `uriRegexRewrite`, not both");
-    }
-    let authority = r.authority.as_ref().and_then(|a| {
-        HeaderValue::try_from(a.as_str())
-            .map_err(|_| scope.error(diags, "rewrite.authority", "not a valid authority"))
-            .ok()
-    });
-    let uri_regex = r
-        .uri_regex_rewrite
+    let authority = r
+        .authority
         .as_ref()
-        .and_then(|rr| match Regex::new(&rr.pattern) {
-            Ok(re) => Some((re, re2_replacement(&rr.rewrite))),
-            Err(e) => {
-                scope.error(
-                    diags,
-                    "rewrite.uriRegexRewrite.match",
-                    format!("invalid regex: {e}"),
-                );
-                None
-            }
-        });
+        .and_then(|a| HeaderValue::try_from(a.as_str()).ok());
+    let uri_regex = r.uri_regex_rewrite.as_ref().and_then(|rr| {
+        Regex::new(&rr.pattern)
+            .ok()
+            .map(|re| (re, re2_replacement(&rr.rewrite)))
+    });
     Some(Rewrite {
         uri: r.uri.clone(),
         authority,

@@ -579,34 +579,9 @@ fn compile_rule(
     if !rule.matches.is_empty() && matches.is_empty() {
         return None; // every condition names another source or gateway: never matches here
     }
-    if rule.route.is_empty()
-        && rule.redirect.is_none()
-        && rule.direct_response.is_none()
-        && rule.delegate.is_none()
-    {
-        diags.error(
-            loc,
-            Some(field.to_owned()),
-            "a rule needs `route`, `redirect`, `directResponse` or `delegate`",
-        );
-    }
+    // The validator refused rules without an action, negative weights and
+    // weights that sum to 0 (weights are relative, as in Istio since 1.19).
     let weights: Vec<i32> = rule.route.iter().map(|d| d.weight.unwrap_or(0)).collect();
-    for (k, w) in weights.iter().enumerate() {
-        if *w < 0 {
-            diags.error(
-                loc,
-                Some(format!("{field}.route[{k}].weight")),
-                "must not be negative",
-            );
-        }
-    }
-    // Weights are relative (Istio has not asked for a total of 100 since
-    // 1.19): only a rule whose destinations all weigh nothing is refused.
-    let sum: i64 = weights.iter().map(|w| i64::from(*w)).sum();
-    if rule.route.len() > 1 && sum == 0 {
-        let msg = "total destination weight is 0; weights are relative, so give at least one destination a positive weight";
-        diags.error(loc, Some(format!("{field}.route")), msg);
-    }
     let mut destinations = Vec::new();
     for (k, dest) in rule.route.iter().enumerate() {
         let dfield = format!("{field}.route[{k}]");
@@ -753,15 +728,6 @@ fn string_matcher(
     loc: &Location,
     diags: &mut Diagnostics,
 ) -> Option<StrMatcher> {
-    let set = [sm.exact.is_some(), sm.prefix.is_some(), sm.regex.is_some()];
-    if set.iter().filter(|s| **s).count() > 1 {
-        diags.error(
-            loc,
-            Some(field.to_owned()),
-            "set only one of exact, prefix, regex",
-        );
-        return None;
-    }
     let fold = |s: &String| {
         if ignore_case {
             s.to_ascii_lowercase()

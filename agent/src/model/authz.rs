@@ -298,6 +298,11 @@ impl Policy {
     fn matches(&self, input: &AuthzInput<'_>) -> bool {
         self.rules.iter().any(|r| r.matches(input))
     }
+
+    /// The index of the first rule that matches.
+    fn matching_rule(&self, input: &AuthzInput<'_>) -> Option<usize> {
+        self.rules.iter().position(|r| r.matches(input))
+    }
 }
 
 /// Every policy that applies to this workload, by action.
@@ -319,9 +324,35 @@ pub enum Decision {
         /// An AUDIT policy matched.
         audited: bool,
     },
-    /// Refuse it, naming the deciding policy (none: no ALLOW matched).
-    Deny(Option<String>),
+    /// Refuse it, naming the deciding DENY policy and rule (none: no ALLOW
+    /// policy matched).
+    Deny(Option<Denial>),
 }
+
+/// The DENY policy rule that refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The policy, `namespace/name`.
+    pub policy: String,
+    /// The index of its rule that matched (in `spec.rules`).
+    pub rule: usize,
+}
+
+impl Denial {
+    /// Envoy's `response_code_details` for this denial, with the policy id
+    /// Istio gives the rule in Envoy's RBAC filter:
+    /// `rbac_access_denied_matched_policy[ns[<ns>]-policy[<name>]-rule[<i>]]`.
+    pub fn details(&self) -> String {
+        let (namespace, name) = self.policy.split_once('/').unwrap_or(("", &self.policy));
+        format!(
+            "rbac_access_denied_matched_policy[ns[{namespace}]-policy[{name}]-rule[{}]]",
+            self.rule
+        )
+    }
+}
+
+/// Envoy's `response_code_details` when no ALLOW policy matched.
+pub const NO_ALLOW_MATCHED: &str = "rbac_access_denied_matched_policy[none]";
 
 impl Authorization {
     /// Whether any policy applies (so the request path can skip the work).
@@ -331,8 +362,13 @@ impl Authorization {
 
     /// Evaluates `input` in Istio's order.
     pub fn decide(&self, input: &AuthzInput<'_>) -> Decision {
-        if let Some(policy) = self.deny.iter().find(|p| p.matches(input)) {
-            return Decision::Deny(Some(policy.name.clone()));
+        for policy in &self.deny {
+            if let Some(rule) = policy.matching_rule(input) {
+                return Decision::Deny(Some(Denial {
+                    policy: policy.name.clone(),
+                    rule,
+                }));
+            }
         }
         if !self.allow.is_empty() && !self.allow.iter().any(|p| p.matches(input)) {
             return Decision::Deny(None);

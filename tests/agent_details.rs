@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::agent::Agent;
 use common::client::{Client, Reply};
 use common::mesh::{AgentDoc, Ep, service_entry};
-use common::otlp::{Receiver, ReceivedSpan};
+use common::otlp::{ReceivedSpan, Receiver};
 use common::upstream::{Upstream, closed_port};
 use opentelemetry_proto::tonic::trace::v1::span::Event;
 
@@ -48,7 +48,9 @@ async fn span_of(otlp: &Receiver, path: &str) -> ReceivedSpan {
             && s.attr("tracemesh.response_code_details").is_some()
     };
     let spans = otlp
-        .wait_for(&format!("the span of {path}"), |spans| spans.iter().any(has))
+        .wait_for(&format!("the span of {path}"), |spans| {
+            spans.iter().any(has)
+        })
         .await;
     spans.into_iter().find(has).unwrap()
 }
@@ -77,7 +79,10 @@ async fn reported(
     if local {
         assert_eq!(header.as_deref(), Some(details), "{path}: the reply header");
     } else {
-        assert_eq!(header, None, "{path}: upstream replies carry no details header");
+        assert_eq!(
+            header, None,
+            "{path}: upstream replies carry no details header"
+        );
     }
     let span = span_of(otlp, path).await;
     assert_eq!(
@@ -152,7 +157,10 @@ spec:
         true,
     )
     .await;
-    assert_eq!(span.attr("tracemesh.response_flags").as_deref(), Some("RBAC"));
+    assert_eq!(
+        span.attr("tracemesh.response_flags").as_deref(),
+        Some("RBAC")
+    );
 
     assert_eq!(client.get("http://reviews/limited/1").await.status, 200);
     let limited = client.get("http://reviews/limited/2").await;
@@ -167,7 +175,10 @@ spec:
     )
     .await;
     // What the upstream answered says so, as Envoy's `via_upstream`.
-    assert_eq!(log_line(&agent, "/limited/1")["response_code_details"], "via_upstream");
+    assert_eq!(
+        log_line(&agent, "/limited/1")["response_code_details"],
+        "via_upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -283,7 +294,10 @@ spec:
     )
     .await;
     assert_eq!(span.attr("http.route").as_deref(), Some("/api/*"));
-    assert_eq!(span.attr("tracemesh.route_name").as_deref(), Some("slow-route"));
+    assert_eq!(
+        span.attr("tracemesh.route_name").as_deref(),
+        Some("slow-route")
+    );
     assert_eq!(log_line(&agent, "/api/x")["route_name"], "slow-route");
 
     // Retries given up on a retriable status: the upstream's answer, URX,
@@ -299,7 +313,10 @@ spec:
         false,
     )
     .await;
-    assert_eq!(span.attr("tracemesh.response_flags").as_deref(), Some("URX"));
+    assert_eq!(
+        span.attr("tracemesh.response_flags").as_deref(),
+        Some("URX")
+    );
     let retry = event(&span, "retry").expect("a retry event");
     assert_eq!(
         event_attr(retry, "tracemesh.policy").as_deref(),
@@ -349,7 +366,10 @@ spec:
         // The first holds the one request slot for 1.5 s.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while busy.count() == 0 {
-            assert!(std::time::Instant::now() < deadline, "the first request arrives");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first request arrives"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let second = c2.get("http://busy:9080/second").await;
@@ -373,11 +393,17 @@ spec:
     let one = tokio::spawn(async move { c1.get("http://queued:9080/q1").await });
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while queued.count() == 0 {
-        assert!(std::time::Instant::now() < deadline, "the first request arrives");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first request arrives"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let two = c2.get("http://queued:9080/q2").await;
-    assert_eq!((one.await.unwrap().status.as_u16(), two.status.as_u16()), (200, 200));
+    assert_eq!(
+        (one.await.unwrap().status.as_u16(), two.status.as_u16()),
+        (200, 200)
+    );
     let span = span_of(&otlp, "/q2").await;
     let wait = event(&span, "connection_pool_wait").expect("a pool wait event");
     assert_eq!(
@@ -464,6 +490,9 @@ async fn the_details_header_can_be_turned_off() {
     let agent = Agent::start(&config);
     let reply = Client::h1(agent.outbound).get("http://nowhere/").await;
     assert_eq!(reply.status.as_u16(), 404);
-    assert_eq!(reply.header("x-tracemesh-response-flags").as_deref(), Some("NR"));
+    assert_eq!(
+        reply.header("x-tracemesh-response-flags").as_deref(),
+        Some("NR")
+    );
     assert_eq!(reply.header(HEADER), None);
 }

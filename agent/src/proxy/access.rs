@@ -7,11 +7,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
 use super::Downstream;
 use super::local_reply::{LocalReply, with_item};
-use crate::telemetry::record::Details;
 use crate::host::{request_authority, split_host_port};
 use crate::model::Snapshot;
 use crate::model::authz::{AuthzInput, Decision, NO_ALLOW_MATCHED};
 use crate::model::rate_limit::{KeyKind, whole_seconds};
+use crate::telemetry::record::Details;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 

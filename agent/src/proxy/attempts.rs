@@ -31,7 +31,9 @@ use crate::model::balancer::PickInput;
 use crate::model::clock::now_ms;
 use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
-use crate::model::live::{ActiveRequest, EjectionReason, MAX_CONNECTIONS, MAX_REQUESTS, Outcome, Slot};
+use crate::model::live::{
+    ActiveRequest, EjectionReason, MAX_CONNECTIONS, MAX_REQUESTS, Outcome, Slot,
+};
 use crate::model::policy::{AttemptFailure, RetryPolicy};
 use crate::telemetry::record::grpc_status;
 

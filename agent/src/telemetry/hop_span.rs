@@ -268,7 +268,8 @@ impl HopSpan {
         let outbound = record.direction == Direction::Outbound;
         if let Some(template) = &record.http_route {
             let template = StringValue::from(template.clone());
-            self.span.set_attribute(KeyValue::new("http.route", template));
+            self.span
+                .set_attribute(KeyValue::new("http.route", template));
         }
         if let Some(name) = &record.route {
             let name = StringValue::from(name.clone());

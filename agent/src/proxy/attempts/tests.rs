@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use super::*;
 use crate::flags::ResponseFlags;
 use crate::model::live::{OutlierSettings, PoolLimits};
-use crate::proxy::local_reply::DecidedBy;
 use crate::model::policy::RetryOn;
+use crate::proxy::local_reply::DecidedBy;
 
 /// What the scripted upstream does with one attempt.
 #[derive(Debug, Clone, Copy)]

@@ -13,8 +13,6 @@ mod apply;
 mod plan;
 mod restore;
 
-use std::path::Path;
-
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
 
@@ -116,7 +114,7 @@ impl IptablesArgs {
         let v6 = match self.ipv6 {
             Ipv6::On => true,
             Ipv6::Off => false,
-            Ipv6::Auto => Path::new("/proc/net/if_inet6").exists(),
+            Ipv6::Auto => std::fs::metadata("/proc/net/if_inet6").is_ok(),
         };
         if v6 {
             vec![Family::V4, Family::V6]

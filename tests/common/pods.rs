@@ -254,7 +254,10 @@ pub fn sweep_stale() {
             continue;
         };
         let pid = rest.split('-').next().unwrap_or_default();
-        if !pid.is_empty() && !PathBuf::from("/proc").join(pid).exists() {
+        // A pid whose /proc entry cannot be read is left alone.
+        let gone = std::fs::metadata(PathBuf::from("/proc").join(pid))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        if !pid.is_empty() && gone {
             remove(&name);
         }
     }

@@ -224,12 +224,12 @@ impl Exchange {
     ) -> Response<ProxyBody> {
         self.record.flags.insert(reply.flags);
         let (mut response, body) = reply.response(self.record.grpc, self.record.flags);
-        if self.reply_details {
-            if let Ok(value) = HeaderValue::from_str(&details) {
-                response
-                    .headers_mut()
-                    .insert(RESPONSE_CODE_DETAILS_HEADER, value);
-            }
+        if self.reply_details
+            && let Ok(value) = HeaderValue::from_str(&details)
+        {
+            response
+                .headers_mut()
+                .insert(RESPONSE_CODE_DETAILS_HEADER, value);
         }
         self.record.details = Some(details);
         if self.record.grpc {

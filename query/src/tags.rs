@@ -55,6 +55,8 @@ pub const ALIASES: &[&[&str]] = &[
         "response_size",
     ],
     &["tracemesh.response_flags", "response_flags"],
+    &["tracemesh.response_code_details", "response_code_details"],
+    &["tracemesh.route_name", "route_name"],
     &[
         "tracemesh.upstream_cluster",
         "upstream_cluster",

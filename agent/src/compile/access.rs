@@ -450,11 +450,11 @@ pub(super) fn rate_limits(
         let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
         for (i, raw) in doc.spec.rules.iter().enumerate() {
             let field = format!("spec.rules[{i}]");
-            let name = format!(
+            let name = super::routes::details_safe(&format!(
                 "{namespace}/{}[{}]",
                 doc.metadata.name,
                 raw.name.clone().unwrap_or_else(|| i.to_string())
-            );
+            ));
             if let Some(limiter) = rate_limiter(raw, name, &field, &doc.location, diags)
                 && applies
             {

@@ -181,6 +181,7 @@ pub(super) fn compile(
             sampling: telemetry.sampling,
             max_queued_spans: telemetry.max_queued_spans.max(1),
             flush_interval: telemetry.flush_interval.get(),
+            reply_details: telemetry.reply_details,
         },
         access_log: spec
             .access_log

@@ -78,7 +78,7 @@ impl Registry {
                     continue;
                 }
                 let name = Arc::new(ServiceName::new(&fqdn, namespace));
-                let rule = rules.get(&fqdn).map(|d| &d.spec);
+                let rule = rules.get(&fqdn).copied();
                 let ctx = EntryContext {
                     doc,
                     workloads: &selected,
@@ -253,6 +253,7 @@ pub(super) fn inbound_cluster(boot: &Agent, live: &LiveState) -> Arc<Cluster> {
         balancer: Balancer::RoundRobin(Default::default()),
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         limits: PoolLimits::default(),
+        destination_rule: None,
         outlier: None,
         h2_upgrade: false,
         use_client_protocol: false,
@@ -379,12 +380,13 @@ impl EntryContext<'_> {
     fn clusters(
         &self,
         name: &Arc<ServiceName>,
-        rule: Option<&DestinationRuleSpec>,
+        rule: Option<&Document<DestinationRuleSpec>>,
         diags: &mut Diagnostics,
     ) -> HashMap<Option<String>, Vec<Arc<Cluster>>> {
+        let spec = rule.map(|d| &d.spec);
         let mut subsets: Vec<Option<&str>> = vec![None];
         subsets.extend(
-            rule.iter()
+            spec.iter()
                 .flat_map(|r| r.subsets.iter().map(|s| Some(s.name.as_str()))),
         );
         let mut clusters: HashMap<Option<String>, Vec<Arc<Cluster>>> = HashMap::new();
@@ -399,7 +401,11 @@ impl EntryContext<'_> {
                     port: port.number as u16,
                     protocol,
                     subset: *subset,
-                    rule,
+                    rule: rule.map(|d| &d.spec),
+                    rule_reference: rule.map(|d| {
+                        let namespace = d.metadata.namespace.as_deref().unwrap_or(&name.namespace);
+                        Arc::from(format!("DestinationRule:{namespace}/{}", d.metadata.name))
+                    }),
                     live: self.live,
                     has_identity: self.has_identity,
                     entry_sans: &self.doc.spec.subject_alt_names,
@@ -477,6 +483,8 @@ struct ClusterBuild<'a> {
     protocol: Protocol,
     subset: Option<&'a str>,
     rule: Option<&'a DestinationRuleSpec>,
+    /// The rule as response details name it.
+    rule_reference: Option<Arc<str>>,
     live: &'a LiveState,
     has_identity: bool,
     entry_sans: &'a [String],
@@ -522,6 +530,7 @@ impl ClusterBuild<'_> {
             endpoints,
             connect_timeout: settings.connect_timeout,
             limits: settings.limits,
+            destination_rule: self.rule_reference.clone(),
             outlier: settings.outlier,
             h2_upgrade: settings.h2_upgrade,
             use_client_protocol: settings.use_client_protocol,

@@ -108,11 +108,19 @@ pub(super) fn virtual_service_rules(
         binding,
         source,
     };
+    let name = format!("{namespace}/{}", doc.metadata.name);
     doc.spec
         .http
         .iter()
         .enumerate()
-        .filter_map(|(i, rule)| compile_rule(rule, &format!("spec.http[{i}]"), &scope, diags))
+        .filter_map(|(i, rule)| {
+            let mut compiled = compile_rule(rule, &format!("spec.http[{i}]"), &scope, diags)?;
+            let which = rule.name.clone().unwrap_or_else(|| i.to_string());
+            compiled.reference = Some(Arc::from(details_safe(&format!(
+                "VirtualService:{name}[{which}]"
+            ))));
+            Some(compiled)
+        })
         .collect()
 }
 
@@ -501,6 +509,7 @@ fn implicit_host(fqdn: &str, registry: &Registry) -> VirtualHost {
         virtual_service: None,
         rules: vec![HttpRule {
             name: None,
+            reference: None,
             matches: Vec::new(),
             destinations: vec![WeightedDestination {
                 target,
@@ -561,6 +570,14 @@ fn table(hosts: Vec<Arc<VirtualHost>>, agent_namespace: &str) -> RouteTable {
         }
     }
     table
+}
+
+/// A name made fit for response details, which hold no whitespace (Envoy
+/// writes `_` for it the same way).
+pub(super) fn details_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect()
 }
 
 fn compile_rule(
@@ -635,6 +652,7 @@ fn compile_rule(
     let policy = route_policy::compile(rule, &rule_scope, diags);
     Some(HttpRule {
         name: rule.name.as_deref().map(Arc::from),
+        reference: None,
         matches,
         total_weight: destinations.iter().map(|d| d.weight).sum(),
         destinations,
@@ -665,6 +683,11 @@ fn compile_match(
         authority: matcher(&m.authority, "authority", false),
         port: m.port.map(|p| p as u16),
         ..RouteMatch::default()
+    };
+    compiled.route_template = match &compiled.uri {
+        Some(StrMatcher::Exact(path)) => Some(Arc::from(path.as_str())),
+        Some(StrMatcher::Prefix(prefix)) => Some(Arc::from(format!("{prefix}*"))),
+        _ => None,
     };
     for (kind, map) in [
         ("headers", &m.headers),

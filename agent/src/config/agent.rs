@@ -295,6 +295,15 @@ pub struct TelemetrySpec {
     /// Longest a finished span waits before it is exported (default 1s).
     #[serde(default = "default_flush_interval")]
     pub flush_interval: IstioDuration,
+    /// Send `x-tracemesh-response-code-details` on the agent's own replies:
+    /// the policy and rule that decided them (default true). Turn it off
+    /// where callers should not learn policy names.
+    #[serde(default = "default_reply_details")]
+    pub reply_details: bool,
+}
+
+fn default_reply_details() -> bool {
+    true
 }
 
 impl Default for TelemetrySpec {
@@ -304,6 +313,7 @@ impl Default for TelemetrySpec {
             sampling: default_sampling(),
             max_queued_spans: default_span_queue(),
             flush_interval: default_flush_interval(),
+            reply_details: default_reply_details(),
         }
     }
 }

@@ -368,10 +368,6 @@ impl Policy {
     ) -> Option<usize> {
         self.rules.iter().position(|r| r.matches(input, auth))
     }
-
-    fn matches(&self, input: &AuthzInput<'_>) -> bool {
-        self.matching_rule(input, None).is_some()
-    }
 }
 
 /// Which policy decided: `namespace/name` and the index of its rule that
@@ -444,9 +440,35 @@ pub enum Decision {
         /// An AUDIT policy matched.
         audited: bool,
     },
-    /// Refuse it, naming the deciding policy (none: no ALLOW matched).
-    Deny(Option<String>),
+    /// Refuse it, naming the deciding DENY policy and rule (none: no ALLOW
+    /// policy matched).
+    Deny(Option<Denial>),
 }
+
+/// The DENY policy rule that refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The policy, `namespace/name`.
+    pub policy: String,
+    /// The index of its rule that matched (in `spec.rules`).
+    pub rule: usize,
+}
+
+impl Denial {
+    /// Envoy's `response_code_details` for this denial, with the policy id
+    /// Istio gives the rule in Envoy's RBAC filter:
+    /// `rbac_access_denied_matched_policy[ns[<ns>]-policy[<name>]-rule[<i>]]`.
+    pub fn details(&self) -> String {
+        let (namespace, name) = self.policy.split_once('/').unwrap_or(("", &self.policy));
+        format!(
+            "rbac_access_denied_matched_policy[ns[{namespace}]-policy[{name}]-rule[{}]]",
+            self.rule
+        )
+    }
+}
+
+/// Envoy's `response_code_details` when no ALLOW policy matched.
+pub const NO_ALLOW_MATCHED: &str = "rbac_access_denied_matched_policy[none]";
 
 impl Authorization {
     /// Whether any policy applies (so the request path can skip the work).
@@ -462,15 +484,21 @@ impl Authorization {
     /// [`super::access::AccessControl`]. A request a CUSTOM policy matches
     /// is denied (fail closed), since the authorizer is not asked here.
     pub fn decide(&self, input: &AuthzInput<'_>) -> Decision {
-        if let Some(custom) = self.custom.iter().find(|c| c.policy.matches(input)) {
-            return Decision::Deny(Some(custom.policy.name.clone()));
+        if let Some((custom, rule)) = self.custom_match(input, None) {
+            return Decision::Deny(Some(Denial {
+                policy: custom.policy.name.clone(),
+                rule,
+            }));
         }
         let decision = self.decide_local(input, None);
         match decision.allowed {
             true => Decision::Allow {
                 audited: decision.audited.is_some(),
             },
-            false => Decision::Deny(decision.source.map(|s| s.policy)),
+            false => Decision::Deny(decision.source.map(|s| Denial {
+                policy: s.policy,
+                rule: s.rule.unwrap_or_default(),
+            })),
         }
     }
 

@@ -37,6 +37,8 @@ pub struct Telemetry {
     pub max_queued_spans: usize,
     /// Longest a finished span waits before it is exported.
     pub flush_interval: Duration,
+    /// Local replies carry `x-tracemesh-response-code-details`.
+    pub reply_details: bool,
 }
 
 /// An OTLP endpoint.

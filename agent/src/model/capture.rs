@@ -303,6 +303,7 @@ mod tests {
             balancer: Balancer::RoundRobin(Default::default()),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             limits: PoolLimits::default(),
+            destination_rule: None,
             outlier: None,
             h2_upgrade: false,
             use_client_protocol: false,

@@ -34,6 +34,9 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Circuit-breaker limits.
     pub limits: PoolLimits,
+    /// The DestinationRule that sets its traffic policy, as response
+    /// details name it (`DestinationRule:<namespace>/<name>`), if one does.
+    pub destination_rule: Option<Arc<str>>,
     /// Outlier detection, when configured.
     pub outlier: Option<OutlierSettings>,
     /// Speak HTTP/2 to the upstream even for HTTP ports (h2UpgradePolicy UPGRADE).
@@ -129,6 +132,7 @@ impl Cluster {
             state: Arc::new(ClusterState::default()),
             tls: UpstreamTls::Plain,
             upstream_bind: bind,
+            destination_rule: None,
         }
     }
 

@@ -98,14 +98,14 @@ impl EndpointState {
         self.ejections.load(Ordering::Relaxed)
     }
 
-    /// Counts an outcome; returns whether the endpoint crossed a threshold
-    /// and should be ejected.
-    pub fn observe(&self, outcome: Outcome, settings: &OutlierSettings) -> bool {
+    /// Counts an outcome; returns the threshold the endpoint crossed, when
+    /// it should be ejected.
+    pub fn observe(&self, outcome: Outcome, settings: &OutlierSettings) -> Option<EjectionReason> {
         let (five_xx, gateway) = match outcome {
             Outcome::Status(s) if s < 500 => {
                 self.consecutive_5xx.store(0, Ordering::Relaxed);
                 self.consecutive_gateway.store(0, Ordering::Relaxed);
-                return false;
+                return None;
             }
             Outcome::Status(s) => (true, matches!(s, 502..=504)),
             Outcome::LocalFailure => (true, true),
@@ -121,8 +121,13 @@ impl EndpointState {
             self.consecutive_gateway.store(0, Ordering::Relaxed);
             0
         };
-        (settings.consecutive_5xx > 0 && c5 >= settings.consecutive_5xx)
-            || (settings.consecutive_gateway > 0 && cg >= settings.consecutive_gateway)
+        if settings.consecutive_5xx > 0 && c5 >= settings.consecutive_5xx {
+            Some(EjectionReason::Consecutive5xx)
+        } else if settings.consecutive_gateway > 0 && cg >= settings.consecutive_gateway {
+            Some(EjectionReason::ConsecutiveGatewayErrors)
+        } else {
+            None
+        }
     }
 
     /// Ejects the endpoint from `now` for base × ejections (the multiplier
@@ -147,6 +152,36 @@ impl EndpointState {
         duration
     }
 }
+
+/// Why outlier detection ejected an endpoint: the DestinationRule
+/// `outlierDetection` threshold it crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EjectionReason {
+    /// `consecutive5xxErrors`.
+    Consecutive5xx,
+    /// `consecutiveGatewayErrors`.
+    ConsecutiveGatewayErrors,
+}
+
+impl EjectionReason {
+    /// The `outlierDetection` field, as the DestinationRule spells it.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Consecutive5xx => "consecutive5xxErrors",
+            Self::ConsecutiveGatewayErrors => "consecutiveGatewayErrors",
+        }
+    }
+}
+
+/// `connectionPool.tcp.maxConnections`: the DestinationRule field a request
+/// waits on for a connection, and overflows when the wait ends without one.
+pub const MAX_CONNECTIONS: &str = "connectionPool.tcp.maxConnections";
+/// `connectionPool.http.http1MaxPendingRequests`: the field a request
+/// overflows when too many already wait for a connection.
+pub const MAX_PENDING: &str = "connectionPool.http.http1MaxPendingRequests";
+/// `connectionPool.http.http2MaxRequests`: the field a request overflows
+/// when too many are in flight.
+pub const MAX_REQUESTS: &str = "connectionPool.http.http2MaxRequests";
 
 /// Circuit-breaker limits of a cluster (DestinationRule `connectionPool`).
 #[derive(Debug, Clone, PartialEq)]
@@ -360,11 +395,14 @@ mod tests {
     fn consecutive_errors_trip_and_successes_reset() {
         let state = EndpointState::default();
         let s = settings();
-        assert!(!state.observe(Outcome::Status(500), &s));
-        assert!(!state.observe(Outcome::Status(200), &s));
-        assert!(!state.observe(Outcome::Status(500), &s));
-        assert!(!state.observe(Outcome::LocalFailure, &s));
-        assert!(state.observe(Outcome::Status(503), &s));
+        assert_eq!(state.observe(Outcome::Status(500), &s), None);
+        assert_eq!(state.observe(Outcome::Status(200), &s), None);
+        assert_eq!(state.observe(Outcome::Status(500), &s), None);
+        assert_eq!(state.observe(Outcome::LocalFailure, &s), None);
+        assert_eq!(
+            state.observe(Outcome::Status(503), &s),
+            Some(EjectionReason::Consecutive5xx)
+        );
     }
 
     #[test]

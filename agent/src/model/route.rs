@@ -99,6 +99,10 @@ pub struct RouteMatch {
     pub query_params: Vec<(String, StrMatcher)>,
     /// Port condition.
     pub port: Option<u16>,
+    /// The path template a request matching this entry is reported under
+    /// (OpenTelemetry's `http.route`): the exact path, or the prefix with
+    /// `*`; none for regex or no path condition.
+    pub route_template: Option<Arc<str>>,
 }
 
 impl RouteMatch {
@@ -224,9 +228,14 @@ pub struct WeightedDestination {
 /// One compiled `http[]` rule.
 #[derive(Debug, Clone)]
 pub struct HttpRule {
-    /// The rule's name (`http.route` on spans); none for unnamed rules and
-    /// the implicit route of a registry entry.
+    /// The rule's name (`tracemesh.route_name` on spans, the access log's
+    /// `route_name`); none for unnamed rules and the implicit route of a
+    /// registry entry.
     pub name: Option<Arc<str>>,
+    /// The rule as response details name it:
+    /// `VirtualService:<namespace>/<name>[<rule name, else its index>]`;
+    /// none for the implicit route of a registry entry.
+    pub reference: Option<Arc<str>>,
     /// Alternatives; empty matches everything.
     pub matches: Vec<RouteMatch>,
     /// Weighted destinations.
@@ -249,6 +258,8 @@ pub struct Matched<'r> {
     /// The `uri.prefix` that matched, if the match was by prefix (a
     /// `rewrite.uri` replaces just that prefix).
     pub prefix: Option<&'r str>,
+    /// The matched path template (`http.route`), when the match names one.
+    pub route_template: Option<&'r Arc<str>>,
 }
 
 impl HttpRule {
@@ -258,6 +269,7 @@ impl HttpRule {
             return Some(Matched {
                 rule: self,
                 prefix: None,
+                route_template: None,
             });
         }
         let m = self.matches.iter().find(|m| m.matches(req))?;
@@ -265,7 +277,11 @@ impl HttpRule {
             Some(StrMatcher::Prefix(p)) => Some(p.as_str()),
             _ => None,
         };
-        Some(Matched { rule: self, prefix })
+        Some(Matched {
+            rule: self,
+            prefix,
+            route_template: m.route_template.as_ref(),
+        })
     }
 
     /// Picks a destination by weight (uniformly at random, as Envoy's
@@ -434,6 +450,7 @@ mod tests {
     fn weights_are_relative() {
         let rule = HttpRule {
             name: None,
+            reference: None,
             matches: Vec::new(),
             destinations: vec![destination(1), destination(3), destination(0)],
             total_weight: 4,

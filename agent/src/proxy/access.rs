@@ -6,11 +6,12 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
 use super::Downstream;
-use super::local_reply::LocalReply;
+use super::local_reply::{LocalReply, with_item};
 use crate::host::{request_authority, split_host_port};
 use crate::model::Snapshot;
-use crate::model::authz::{AuthzInput, Decision};
+use crate::model::authz::{AuthzInput, Decision, NO_ALLOW_MATCHED};
 use crate::model::rate_limit::{KeyKind, whole_seconds};
+use crate::telemetry::record::Details;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -36,13 +37,16 @@ pub fn remote_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: u32) -> IpAddr
         .unwrap_or(peer)
 }
 
-/// Applies the AuthorizationPolicies; `Ok(audited)` lets the request in.
+/// Applies the AuthorizationPolicies; `Ok(audited)` lets the request in,
+/// `Err(details)` refuses it ([`LocalReply::RBAC_DENIED`]) with Envoy's
+/// details naming the DENY policy rule that matched (Istio's id for it in
+/// Envoy's RBAC filter), or `[none]` when no ALLOW policy matched.
 pub fn authorize<B>(
     snapshot: &Snapshot,
     down: &Downstream,
     req: &Request<B>,
     remote_ip: IpAddr,
-) -> Result<bool, LocalReply> {
+) -> Result<bool, Details> {
     let authz = &snapshot.authorization;
     if authz.is_empty() {
         return Ok(false);
@@ -65,13 +69,8 @@ pub fn authorize<B>(
     };
     match authz.decide(&input) {
         Decision::Allow { audited } => Ok(audited),
-        Decision::Deny(policy) => {
-            tracing::debug!(
-                policy = policy.as_deref().unwrap_or("no ALLOW policy matched"),
-                "request denied"
-            );
-            Err(LocalReply::RBAC_DENIED)
-        }
+        Decision::Deny(Some(denial)) => Err(denial.details().into()),
+        Decision::Deny(None) => Err(NO_ALLOW_MATCHED.into()),
     }
 }
 
@@ -103,17 +102,37 @@ impl RateLimitStatus {
     }
 }
 
+/// A request a rate limit turned away.
+#[derive(Debug, Clone, Copy)]
+pub struct Limited<'s> {
+    /// The headers it gets.
+    pub status: RateLimitStatus,
+    /// The first rule whose bucket was empty: `<namespace>/<policy>[<rule
+    /// name, else its index>]`.
+    pub rule: &'s str,
+}
+
+impl Limited<'_> {
+    /// Envoy's `local_rate_limited`, naming the rule:
+    /// `local_rate_limited{RateLimitPolicy:<namespace>/<policy>[<rule>]}`.
+    pub fn details(&self) -> Details {
+        let item = format!("RateLimitPolicy:{}", self.rule);
+        with_item(LocalReply::RATE_LIMITED.details, &item).into()
+    }
+}
+
 /// Takes a token from every rule that counts the request. `Err` when a
 /// bucket is empty; `Ok(None)` when no rule applies.
-pub fn rate_limit<B>(
-    snapshot: &Snapshot,
+pub fn rate_limit<'s, B>(
+    snapshot: &'s Snapshot,
     req: &Request<B>,
     peer: IpAddr,
     remote: IpAddr,
-) -> Result<Option<RateLimitStatus>, RateLimitStatus> {
+) -> Result<Option<RateLimitStatus>, Limited<'s>> {
     let (method, path) = (req.method().as_str(), req.uri().path());
     let mut tightest: Option<RateLimitStatus> = None;
     let mut limited = false;
+    let mut empty_rule: &str = "";
     for limiter in snapshot
         .rate_limits
         .iter()
@@ -152,13 +171,19 @@ pub fn rate_limit<B>(
             (Some(t), true, false) => status.remaining < t.remaining,
             (Some(_), _, true) => false,
         };
+        if !verdict.allowed && !limited {
+            empty_rule = &limiter.name;
+        }
         limited |= !verdict.allowed;
         if replace {
             tightest = Some(status);
         }
     }
     match tightest {
-        Some(status) if limited => Err(status),
+        Some(status) if limited => Err(Limited {
+            status,
+            rule: empty_rule,
+        }),
         other => Ok(other),
     }
 }

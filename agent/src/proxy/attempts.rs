@@ -31,7 +31,9 @@ use crate::model::balancer::PickInput;
 use crate::model::clock::now_ms;
 use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
-use crate::model::live::{ActiveRequest, Outcome, Slot};
+use crate::model::live::{
+    ActiveRequest, EjectionReason, MAX_CONNECTIONS, MAX_REQUESTS, Outcome, Slot,
+};
 use crate::model::policy::{AttemptFailure, RetryPolicy};
 use crate::telemetry::record::grpc_status;
 
@@ -131,8 +133,18 @@ pub trait AttemptRecord {
     fn retrying(&mut self, retry: u32, reason: &'static str);
     /// Retries were allowed and are used up (Envoy's URX).
     fn gave_up(&mut self);
-    /// Outlier detection ejected `endpoint` of `cluster` for `duration`.
-    fn ejected(&mut self, cluster: &Cluster, endpoint: &Endpoint, duration: Duration);
+    /// Outlier detection ejected `endpoint` of `cluster` for `duration`,
+    /// for `reason`.
+    fn ejected(
+        &mut self,
+        cluster: &Cluster,
+        endpoint: &Endpoint,
+        reason: EjectionReason,
+        duration: Duration,
+    );
+    /// The attempt waited `waited` for a pooled connection, held back by
+    /// the cluster's `limit` (a DestinationRule field path).
+    fn waited_for_connection(&mut self, limit: &'static str, waited: Duration);
 }
 
 /// The response the caller gets.
@@ -203,7 +215,7 @@ impl Attempts<'_> {
                 .cluster
                 .state
                 .take_request(self.cluster.limits.max_requests)
-                .ok_or(LocalReply::OVERFLOW)?;
+                .ok_or(LocalReply::overflow(MAX_REQUESTS))?;
             record.hold_request_slot(request_slot);
             let may_retry = attempt < self.retry.attempts && body.replayable();
             let mut parts = if may_retry {
@@ -274,6 +286,9 @@ impl Attempts<'_> {
         let exhausted = self.retry.attempts > 0 && attempt == self.retry.attempts;
         match outcome {
             Ok(sent) => {
+                if let Some(waited) = sent.waited {
+                    record.waited_for_connection(MAX_CONNECTIONS, waited);
+                }
                 let status = sent.response.status().as_u16();
                 let grpc = self
                     .grpc
@@ -357,9 +372,11 @@ impl Attempts<'_> {
         let Some(settings) = &self.cluster.outlier else {
             return;
         };
-        if endpoint.state.observe(outcome, settings) && self.cluster.may_eject(settings) {
+        if let Some(reason) = endpoint.state.observe(outcome, settings)
+            && self.cluster.may_eject(settings)
+        {
             let duration = endpoint.state.eject(now_ms(), settings);
-            record.ejected(self.cluster, endpoint, duration);
+            record.ejected(self.cluster, endpoint, reason, duration);
         }
     }
 }

@@ -102,16 +102,17 @@ pub async fn send(
     let pools = &worker.pools;
     if h2 {
         for _ in 0..2 {
-            let (mut sender, peer) = pools
+            let mut shared = pools
                 .h2(&key, cluster, &plan)
                 .await
                 .map_err(acquire_failed)?;
-            match sender.try_send_request(req).await {
+            match shared.sender.try_send_request(req).await {
                 Ok(response) => {
                     return Ok(Sent {
                         response,
                         connection: None,
-                        peer,
+                        peer: shared.peer,
+                        waited: shared.waited,
                     });
                 }
                 Err(mut error) => match error.take_message() {
@@ -135,6 +136,7 @@ pub async fn send(
                 return Ok(Sent {
                     response,
                     peer: lease.peer.clone(),
+                    waited: lease.waited,
                     connection: Some(lease),
                 });
             }
@@ -149,7 +151,7 @@ pub async fn send(
 fn acquire_failed(error: AcquireError) -> SendError {
     tracing::debug!(%error, "no upstream connection");
     match error {
-        AcquireError::Overflow => SendError::Overflow,
+        AcquireError::Overflow(limit) => SendError::Overflow(limit),
         AcquireError::Tls { reason, .. } => SendError::Tls(reason),
         AcquireError::Connect { .. } | AcquireError::Handshake { .. } => {
             SendError::Failed(AttemptFailure::ConnectFailure)

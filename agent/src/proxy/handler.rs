@@ -14,7 +14,6 @@ use super::headers::{self, IncomingResponse, OutgoingRequest};
 use super::local_reply::LocalReply;
 use super::mirror::Copies;
 use super::{Direction, Downstream, Worker, access, canonical, fault, rewrite, route, upgrade};
-use crate::flags::ResponseFlags;
 use crate::model::policy::{RouteAction, roll};
 use crate::telemetry::peer_metadata::PEER_METADATA;
 
@@ -57,14 +56,15 @@ pub async fn handle(
         match access::authorize(&snapshot, &down, &req, remote_ip) {
             Ok(true) => ex.set_audited(),
             Ok(false) => {}
-            Err(reply) => return Ok(ex.local_reply(reply)),
+            Err(details) => return Ok(ex.local_reply_because(LocalReply::RBAC_DENIED, details)),
         }
         match access::rate_limit(&snapshot, &req, down.peer.ip(), remote_ip) {
             Ok(None) => {}
             Ok(Some(status)) => ex.add_response_headers(status.headers(false)),
-            Err(status) => {
-                ex.add_response_headers(status.headers(true));
-                return Ok(ex.local_reply(LocalReply::RATE_LIMITED));
+            Err(limited) => {
+                ex.add_response_headers(limited.status.headers(true));
+                let details = limited.details();
+                return Ok(ex.local_reply_because(LocalReply::RATE_LIMITED, details));
             }
         }
     }
@@ -91,13 +91,13 @@ pub async fn handle(
         (RouteAction::Forward, Some(cluster)) => cluster,
         (RouteAction::Forward, None) => return Ok(ex.local_reply(LocalReply::NO_CLUSTER)),
     };
-    ex.set_route(routed.rule_name(), cluster);
+    ex.set_route(routed.matched, cluster);
 
     // Fault injection sits in front of the upstream, as Envoy's fault filter.
     if let Some(fault) = &policy.fault {
         let injected = fault::decide(fault, roll);
         if let Some(delay) = injected.delay {
-            ex.add_flags(ResponseFlags::FAULT_DELAY);
+            ex.delaying(delay);
             tokio::time::sleep(delay).await;
         }
         if let Some(reply) = injected.abort {

@@ -25,7 +25,7 @@ use super::body::UpstreamBody;
 use crate::by_address::ByAddress;
 use crate::model::cluster::Cluster;
 use crate::model::endpoint::UpstreamAddr;
-use crate::model::live::{ClusterState, Slot, UNLIMITED};
+use crate::model::live::{ClusterState, MAX_CONNECTIONS, MAX_PENDING, Slot, UNLIMITED};
 use crate::tls::TlsPlan;
 use crate::tls::handshake;
 use crate::tls::io::UpstreamIo;
@@ -60,9 +60,10 @@ pub enum AcquireError {
         /// The cause.
         source: hyper::Error,
     },
-    /// The cluster's connection and pending limits are full.
-    #[error("connection pool overflow")]
-    Overflow,
+    /// The cluster's connection and pending limits are full; the
+    /// DestinationRule field of the limit that turned the request away.
+    #[error("connection pool overflow ({0})")]
+    Overflow(&'static str),
 }
 
 /// What secures a pooled connection, so differently secured connections to
@@ -110,6 +111,25 @@ struct Idle {
     idle_timeout: Duration,
 }
 
+/// The shared HTTP/2 connection of an endpoint, as a request gets it.
+pub struct SharedH2 {
+    /// The connection.
+    pub sender: http2::SendRequest<UpstreamBody>,
+    /// The server's identity, on mTLS connections.
+    pub peer: PeerIdentity,
+    /// How long the request waited for a connection slot, when it had to.
+    pub waited: Option<Duration>,
+}
+
+/// A connection slot, and whether the request had to wait for it.
+struct Slotted {
+    /// The slot (none when the cluster does not count connections, or a
+    /// usable connection came free meanwhile).
+    slot: Option<Slot>,
+    /// The request waited as a pending request.
+    waited: bool,
+}
+
 /// A worker's upstream connections.
 pub struct Pools {
     idle: RefCell<HashMap<PoolKey, Vec<Idle>>>,
@@ -127,6 +147,9 @@ pub struct Lease {
     pub peer: PeerIdentity,
     /// Whether it came from the idle pool (it may have closed meanwhile).
     pub reused: bool,
+    /// How long the request waited for it as a pending request (the
+    /// cluster's `maxConnections` were all in use), when it had to.
+    pub waited: Option<Duration>,
     key: PoolKey,
     served: u64,
     max_served: u64,
@@ -194,10 +217,13 @@ impl Pools {
         cluster: &Cluster,
         plan: &TlsPlan,
     ) -> Result<Lease, AcquireError> {
-        let lease = |sender, peer, reused, served| Lease {
+        let began = Instant::now();
+        let mut waited = false;
+        let lease = |sender, peer, reused, served, waited: bool| Lease {
             sender,
             peer,
             reused,
+            waited: waited.then(|| began.elapsed()),
             key: key.clone(),
             served,
             max_served: cluster.limits.max_requests_per_connection,
@@ -206,15 +232,16 @@ impl Pools {
         };
         let slot = loop {
             if let Some(idle) = self.take_idle(key) {
-                return Ok(lease(idle.sender, idle.peer, true, idle.served));
+                return Ok(lease(idle.sender, idle.peer, true, idle.served, waited));
             }
-            let slot = self
+            let slotted = self
                 .connection_slot(key, cluster, || self.has_idle(key))
                 .await?;
+            waited |= slotted.waited;
             // No slot although the cluster counts connections: one of this
             // worker's came free meanwhile, and it is taken instead.
-            if slot.is_some() || key.counted_by.is_none() {
-                break slot;
+            if slotted.slot.is_some() || key.counted_by.is_none() {
+                break slotted.slot;
             }
         };
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
@@ -231,7 +258,7 @@ impl Pools {
                 tracing::debug!(%error, "upstream connection closed with an error");
             }
         });
-        Ok(lease(sender, peer, false, 0))
+        Ok(lease(sender, peer, false, 0, waited))
     }
 
     /// The shared HTTP/2 connection for `key`, opened if needed.
@@ -240,7 +267,8 @@ impl Pools {
         key: &PoolKey,
         cluster: &Cluster,
         plan: &TlsPlan,
-    ) -> Result<(http2::SendRequest<UpstreamBody>, PeerIdentity), AcquireError> {
+    ) -> Result<SharedH2, AcquireError> {
+        let began = Instant::now();
         let live = || {
             self.shared_h2
                 .borrow()
@@ -248,15 +276,26 @@ impl Pools {
                 .filter(|(s, _)| !s.is_closed())
                 .cloned()
         };
-        if let Some(shared) = live() {
-            return Ok(shared);
+        if let Some((sender, peer)) = live() {
+            return Ok(SharedH2 {
+                sender,
+                peer,
+                waited: None,
+            });
         }
-        let slot = self
+        let slotted = self
             .connection_slot(key, cluster, || live().is_some())
             .await?;
-        if let Some(shared) = live() {
-            return Ok(shared); // another request of this worker opened one meanwhile
+        let waited = slotted.waited.then(|| began.elapsed());
+        if let Some((sender, peer)) = live() {
+            // another request of this worker opened one meanwhile
+            return Ok(SharedH2 {
+                sender,
+                peer,
+                waited,
+            });
         }
+        let slot = slotted.slot;
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
@@ -276,7 +315,11 @@ impl Pools {
         self.shared_h2
             .borrow_mut()
             .insert(key.clone(), (sender.clone(), peer.clone()));
-        Ok((sender, peer))
+        Ok(SharedH2 {
+            sender,
+            peer,
+            waited,
+        })
     }
 
     /// Forgets a shared HTTP/2 connection that refused a request.
@@ -301,33 +344,38 @@ impl Pools {
         key: &PoolKey,
         cluster: &Cluster,
         usable: impl Fn() -> bool,
-    ) -> Result<Option<Slot>, AcquireError> {
+    ) -> Result<Slotted, AcquireError> {
+        let at_once = |slot| Slotted {
+            slot,
+            waited: false,
+        };
         let Some(state) = key.counted_by.as_ref().map(|c| &c.0) else {
-            return Ok(None);
+            return Ok(at_once(None));
         };
         let limits = &cluster.limits;
         if let Some(slot) = state.take_connection(limits.max_connections) {
-            return Ok(Some(slot));
+            return Ok(at_once(Some(slot)));
         }
+        let after_waiting = |slot| Slotted { slot, waited: true };
         let _pending = state
             .take_pending(limits.max_pending)
-            .ok_or(AcquireError::Overflow)?;
+            .ok_or(AcquireError::Overflow(MAX_PENDING))?;
         let give_up = Instant::now() + cluster.connect_timeout;
         loop {
             let released = state.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
             if let Some(slot) = state.take_connection(limits.max_connections) {
-                return Ok(Some(slot));
+                return Ok(after_waiting(Some(slot)));
             }
             if usable() {
-                return Ok(None);
+                return Ok(after_waiting(None));
             }
             let wait = give_up
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
             if wait.is_zero() {
-                return Err(AcquireError::Overflow);
+                return Err(AcquireError::Overflow(MAX_CONNECTIONS));
             }
             let _ = tokio::time::timeout(wait, released).await;
         }
@@ -491,7 +539,7 @@ mod tests {
                 }
                 // …so worker C, over http1MaxPendingRequests, overflows at once (UO).
                 let overflow = c.h1(&key, &cluster, &TlsPlan::Plain).await;
-                assert!(matches!(overflow, Err(AcquireError::Overflow)));
+                assert!(matches!(overflow, Err(AcquireError::Overflow(MAX_PENDING))));
                 assert_eq!(accepted.get(), 1);
 
                 // A's connection is handed back while B waits: it closes, and

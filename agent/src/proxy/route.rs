@@ -80,6 +80,7 @@ impl<'s> Routed<'s> {
     }
 
     /// The rule's name.
+    #[cfg(test)]
     pub fn rule_name(&self) -> Option<&'s Arc<str>> {
         self.matched.and_then(|m| m.rule.name.as_ref())
     }

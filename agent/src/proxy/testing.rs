@@ -37,6 +37,7 @@ pub fn cluster(
         balancer: Balancer::RoundRobin(AtomicUsize::new(0)),
         connect_timeout: Duration::from_secs(2),
         limits,
+        destination_rule: Some(Arc::from("DestinationRule:default/svc")),
         outlier,
         h2_upgrade: false,
         use_client_protocol: false,

@@ -3,6 +3,7 @@
 //! ([`Upstream`]: real connections in `forward`, scripted ones in tests).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 
@@ -20,6 +21,9 @@ pub struct Sent<B> {
     pub connection: Option<Lease>,
     /// The server's identity, on mTLS connections.
     pub peer: Option<Arc<str>>,
+    /// How long the attempt waited for a pooled connection (the cluster's
+    /// `maxConnections` all in use), when it had to.
+    pub waited: Option<Duration>,
 }
 
 /// Sends one attempt to one endpoint.
@@ -42,8 +46,9 @@ pub enum SendError {
     Failed(AttemptFailure),
     /// The TLS handshake failed (a connect failure to retries), for this reason.
     Tls(&'static str),
-    /// The cluster's connection limits are full (never retried).
-    Overflow,
+    /// The cluster's connection limits are full (never retried); the
+    /// DestinationRule field of the limit.
+    Overflow(&'static str),
 }
 
 impl SendError {
@@ -53,11 +58,11 @@ impl SendError {
             Self::Failed(AttemptFailure::ConnectFailure) | Self::Tls(_) => {
                 LocalReply::CONNECT_FAILURE
             }
-            Self::Failed(AttemptFailure::PerTryTimeout) => LocalReply::TIMEOUT,
+            Self::Failed(AttemptFailure::PerTryTimeout) => LocalReply::PER_TRY_TIMEOUT,
             Self::Failed(AttemptFailure::Reset | AttemptFailure::RefusedStream) => {
                 LocalReply::CONNECTION_TERMINATION
             }
-            Self::Overflow => LocalReply::OVERFLOW,
+            Self::Overflow(limit) => LocalReply::overflow(limit),
         }
     }
 
@@ -66,7 +71,7 @@ impl SendError {
         match self {
             Self::Failed(failure) => Some(failure),
             Self::Tls(_) => Some(AttemptFailure::ConnectFailure),
-            Self::Overflow => None,
+            Self::Overflow(_) => None,
         }
     }
 }

@@ -80,7 +80,8 @@ pub struct AccessLogEntry<'a> {
     pub response_code: u16,
     /// Envoy's flags, `-` when none.
     pub response_flags: &'a str,
-    /// Why the agent answered itself, when it did.
+    /// Why the response is what it is, and the resource and rule that
+    /// decided it (Envoy's `%RESPONSE_CODE_DETAILS%`, extended).
     pub response_code_details: Option<&'a str>,
     /// Unused (no connection was terminated by policy).
     pub connection_termination_details: Option<&'a str>,

@@ -4,7 +4,7 @@
 //! the request's [`RequestRecord`] when it ends. Attributes follow the
 //! OpenTelemetry HTTP conventions and are built only for recorded spans.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, Request, Version};
 use opentelemetry::trace::{
@@ -147,14 +147,62 @@ impl HopSpan {
         self.span.update_name(name);
     }
 
-    /// A retry is about to go out: an event on this hop's span.
-    pub fn note_retry(&mut self, attempt: u32, reason: &'static str) {
+    /// A retry is about to go out, as the VirtualService `rule` (details'
+    /// `Kind:namespace/name[rule]`) asks: an event on this hop's span.
+    pub fn note_retry(&mut self, attempt: u32, reason: &'static str, rule: Option<&str>) {
         if self.recording {
-            let attributes = vec![
+            let mut attributes = vec![
                 KeyValue::new("http.request.resend_count", i64::from(attempt)),
                 KeyValue::new("reason", reason),
             ];
+            attributes.extend(policy(rule, None));
             self.span.add_event("retry", attributes);
+        }
+    }
+
+    /// A fault delay of `delay` from the VirtualService `rule` begins.
+    pub fn note_fault_delay(&mut self, delay: Duration, rule: Option<&str>) {
+        if self.recording {
+            let mut attributes = vec![KeyValue::new("duration_ms", millis(delay))];
+            attributes.extend(policy(rule, Some("fault.delay")));
+            self.span.add_event("fault_delay", attributes);
+        }
+    }
+
+    /// The attempt waited `waited` for a pooled connection, held back by
+    /// the DestinationRule `rule`'s `limit` (a field path): an event at the
+    /// end of the wait.
+    pub fn note_pool_wait(&mut self, limit: &'static str, waited: Duration, rule: Option<&str>) {
+        if self.recording {
+            let mut attributes = vec![
+                KeyValue::new("tracemesh.limit", limit),
+                KeyValue::new("duration_ms", millis(waited)),
+            ];
+            attributes.extend(policy(rule, Some(limit)));
+            self.span.add_event("connection_pool_wait", attributes);
+        }
+    }
+
+    /// Outlier detection of the DestinationRule `rule` ejected `endpoint`
+    /// for `duration`, because it crossed `reason` (the threshold's field).
+    pub fn note_ejection(
+        &mut self,
+        endpoint: &Endpoint,
+        reason: &'static str,
+        duration: Duration,
+        rule: Option<&str>,
+    ) {
+        if self.recording {
+            let mut attributes = vec![
+                KeyValue::new(
+                    "tracemesh.upstream",
+                    StringValue::from(endpoint.address_text.clone()),
+                ),
+                KeyValue::new("reason", reason),
+                KeyValue::new("duration_ms", millis(duration)),
+            ];
+            attributes.extend(policy(rule, Some("outlierDetection")));
+            self.span.add_event("outlier_ejection", attributes);
         }
     }
 
@@ -218,9 +266,21 @@ impl HopSpan {
             return;
         }
         let outbound = record.direction == Direction::Outbound;
-        if let Some(name) = &record.route {
+        if let Some(template) = &record.http_route {
+            let template = StringValue::from(template.clone());
             self.span
-                .set_attribute(KeyValue::new("http.route", name.to_string()));
+                .set_attribute(KeyValue::new("http.route", template));
+        }
+        if let Some(name) = &record.route {
+            let name = StringValue::from(name.clone());
+            self.span
+                .set_attribute(KeyValue::new("tracemesh.route_name", name));
+        }
+        if let Some(details) = &record.details {
+            self.span.set_attribute(KeyValue::new(
+                "tracemesh.response_code_details",
+                details.to_string(),
+            ));
         }
         if let (true, Some(cluster)) = (outbound, &record.cluster) {
             self.span.update_name(service_span_name(cluster));
@@ -294,6 +354,21 @@ impl HopSpan {
         self.span.set_attributes(attributes);
         self.span.end_with_timestamp(SystemTime::now());
     }
+}
+
+/// The `tracemesh.policy` attribute of an event: `rule`, narrowed to one
+/// of its fields when `field` says which.
+fn policy(rule: Option<&str>, field: Option<&str>) -> Option<KeyValue> {
+    let rule = rule?;
+    let value = match field {
+        Some(field) => format!("{rule}[{field}]"),
+        None => rule.to_owned(),
+    };
+    Some(KeyValue::new("tracemesh.policy", value))
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }
 
 /// Whether `host` names this agent's service (its FQDN, short name, or

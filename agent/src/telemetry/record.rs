@@ -21,8 +21,10 @@ use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
 use crate::model::{Direction, Identity};
 
-/// Envoy's `response_code_details`: why the response is what it is, when
-/// the agent decided it (`route_not_found`, `rbac_access_denied`, …).
+/// Envoy's `response_code_details`: why the response is what it is
+/// (`via_upstream`, `route_not_found`, `rbac_access_denied_matched_policy[…]`,
+/// …), extended with the resource and rule that decided it
+/// (`response_timeout{VirtualService:default/reviews[r1]}`; docs/envoy-differences.md).
 pub type Details = Cow<'static, str>;
 
 /// Everything reported about one request.
@@ -48,8 +50,15 @@ pub struct RequestRecord {
     pub version: Version,
     /// Whether it is gRPC (by content type).
     pub grpc: bool,
-    /// The VirtualService rule's name, when one routed it.
+    /// The VirtualService rule's name, when one routed it (Envoy's route
+    /// name).
     pub route: Option<Arc<str>>,
+    /// The VirtualService rule that routed it, as details name it
+    /// (`VirtualService:<namespace>/<name>[<rule>]`).
+    pub route_reference: Option<Arc<str>>,
+    /// The matched path template (OpenTelemetry's `http.route`), when the
+    /// rule's match names one.
+    pub http_route: Option<Arc<str>>,
     /// The cluster it was sent to.
     pub cluster: Option<Arc<Cluster>>,
     /// The endpoint of the last attempt.
@@ -71,7 +80,8 @@ pub struct RequestRecord {
     pub grpc_status: Option<u16>,
     /// Envoy's response flags.
     pub flags: ResponseFlags,
-    /// Why the agent answered as it did, when it answered itself.
+    /// Why the response is what it is (`via_upstream` when the upstream
+    /// answered), and what decided it.
     pub details: Option<Details>,
     /// An AUDIT AuthorizationPolicy matched.
     pub audited: bool,

@@ -790,6 +790,7 @@ fn on_port(rules: &[HttpRule], port: u16) -> Vec<HttpRule> {
 fn https_redirect() -> HttpRule {
     HttpRule {
         name: Some(Arc::from("https-redirect")),
+        reference: None,
         matches: Vec::new(),
         destinations: Vec::new(),
         total_weight: 0,

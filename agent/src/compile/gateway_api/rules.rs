@@ -368,8 +368,16 @@ impl RuleBase<'_> {
             RouteAction::Forward
         };
         let forwards = matches!(action, RouteAction::Forward);
+        let reference = format!(
+            "{}:{}/{}[{}]",
+            scope.kind.name(),
+            scope.namespace,
+            scope.name,
+            self.field
+        );
         HttpRule {
             name: self.name.clone(),
+            reference: Some(Arc::from(super::super::routes::details_safe(&reference))),
             matches: Vec::new(),
             total_weight: if forwards { weight } else { 0 },
             destinations: if forwards { destinations } else { Vec::new() },

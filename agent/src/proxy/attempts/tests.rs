@@ -15,6 +15,7 @@ use super::*;
 use crate::flags::ResponseFlags;
 use crate::model::live::{OutlierSettings, PoolLimits};
 use crate::model::policy::RetryOn;
+use crate::proxy::local_reply::DecidedBy;
 
 /// What the scripted upstream does with one attempt.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +26,8 @@ enum Answer {
     Reset,
     ConnectFailure,
     Overflow,
+    /// 200 after waiting this many ms for a pooled connection.
+    AfterWait(u64),
     /// Never answers (a timeout decides).
     Hang,
 }
@@ -69,7 +72,7 @@ impl Upstream for Script {
             .borrow_mut()
             .pop_front()
             .expect("an answer scripted");
-        let respond = |status: u16, grpc: Option<u16>| {
+        let respond = |status: u16, grpc: Option<u16>, waited: Option<Duration>| {
             let mut response = Response::builder().status(status);
             if let Some(code) = grpc {
                 response = response.header("grpc-status", code.to_string());
@@ -78,14 +81,16 @@ impl Upstream for Script {
                 response: response.body(()).expect("a response"),
                 connection: None,
                 peer: None,
+                waited,
             })
         };
         match answer {
-            Answer::Status(status) => respond(status, None),
-            Answer::Grpc(code) => respond(200, Some(code)),
+            Answer::Status(status) => respond(status, None, None),
+            Answer::Grpc(code) => respond(200, Some(code), None),
+            Answer::AfterWait(ms) => respond(200, None, Some(Duration::from_millis(ms))),
             Answer::Reset => Err(SendError::Failed(AttemptFailure::Reset)),
             Answer::ConnectFailure => Err(SendError::Failed(AttemptFailure::ConnectFailure)),
-            Answer::Overflow => Err(SendError::Overflow),
+            Answer::Overflow => Err(SendError::Overflow(MAX_CONNECTIONS)),
             Answer::Hang => std::future::pending().await,
         }
     }
@@ -124,8 +129,19 @@ impl AttemptRecord for Notes {
         self.flags
             .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
     }
-    fn ejected(&mut self, _cluster: &Cluster, endpoint: &Endpoint, _duration: Duration) {
+    fn ejected(
+        &mut self,
+        _cluster: &Cluster,
+        endpoint: &Endpoint,
+        reason: EjectionReason,
+        _duration: Duration,
+    ) {
         self.ejected.push(endpoint.address_text.clone());
+        self.events.push(format!("ejected for {}", reason.field()));
+    }
+    fn waited_for_connection(&mut self, limit: &'static str, waited: Duration) {
+        self.events
+            .push(format!("waited {}ms on {limit}", waited.as_millis()));
     }
 }
 
@@ -202,9 +218,13 @@ fn status(run: &Run) -> u16 {
 }
 
 fn reply(run: &Run) -> &'static str {
+    local_reply(run).details
+}
+
+fn local_reply(run: &Run) -> LocalReply {
     match &run.result {
         Ok(status) => panic!("a response {status} instead of a local reply"),
-        Err(reply) => reply.details,
+        Err(reply) => *reply,
     }
 }
 
@@ -376,14 +396,14 @@ async fn a_per_try_timeout_ends_one_attempt_and_may_be_retried() {
         retried
             .notes
             .events
-            .contains(&"failed upstream_response_timeout".to_owned())
+            .contains(&"failed upstream_per_try_timeout".to_owned())
     );
 
     // Without a condition that covers it, the per-try timeout is the answer.
     let mut strict = retry(1, &[RetryOn::CONNECT_FAILURE]);
     strict.per_try_timeout = Some(Duration::from_millis(100));
     let timed_out = run(&cluster, &strict, None, false, &[Answer::Hang]).await;
-    assert_eq!(reply(&timed_out), LocalReply::TIMEOUT.details);
+    assert_eq!(reply(&timed_out), LocalReply::PER_TRY_TIMEOUT.details);
 }
 
 #[tokio::test(start_paused = true)]
@@ -464,7 +484,10 @@ async fn full_request_limits_and_pool_overflow_answer_uo() {
     let _in_flight = busy.state.take_request(1).expect("the one request slot");
     let policy = RetryPolicy::istio_default();
     let run1 = run(&busy, &policy, None, false, &[]).await;
-    assert_eq!(reply(&run1), LocalReply::OVERFLOW.details);
+    assert_eq!(
+        local_reply(&run1).decided_by,
+        LocalReply::overflow(MAX_REQUESTS).decided_by
+    );
     assert!(
         run1.script.endpoints().is_empty(),
         "nothing is sent past maxRequests"
@@ -472,7 +495,11 @@ async fn full_request_limits_and_pool_overflow_answer_uo() {
 
     let open = cluster(2, PoolLimits::default(), None);
     let overflow = run(&open, &policy, None, false, &[Answer::Overflow]).await;
-    assert_eq!(reply(&overflow), LocalReply::OVERFLOW.details);
+    assert_eq!(
+        local_reply(&overflow).decided_by,
+        DecidedBy::Limit(MAX_CONNECTIONS),
+        "the pool names the limit"
+    );
     assert_eq!(
         overflow.script.endpoints().len(),
         1,
@@ -496,6 +523,12 @@ async fn consecutive_errors_eject_an_endpoint_and_then_nothing_is_left() {
     assert!(first.notes.ejected.is_empty());
     let second = run(&cluster, &policy, None, false, &[Answer::Status(500)]).await;
     assert_eq!(second.notes.ejected, [Arc::<str>::from("10.9.0.1:80")]);
+    assert!(
+        second
+            .notes
+            .events
+            .contains(&"ejected for consecutive5xxErrors".to_owned())
+    );
     let third = run(&cluster, &policy, None, false, &[]).await;
     assert_eq!(reply(&third), LocalReply::NO_HEALTHY_UPSTREAM.details, "UH");
 }
@@ -527,5 +560,21 @@ async fn every_attempt_holds_a_request_slot_until_the_request_ends() {
             .requests
             .load(std::sync::atomic::Ordering::Relaxed),
         0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_for_a_pooled_connection_is_recorded_with_its_limit() {
+    let cluster = cluster(1, PoolLimits::default(), None);
+    let policy = RetryPolicy::istio_default();
+    let waited = run(&cluster, &policy, None, false, &[Answer::AfterWait(40)]).await;
+    assert_eq!(status(&waited), 200);
+    assert!(
+        waited
+            .notes
+            .events
+            .contains(&format!("waited 40ms on {MAX_CONNECTIONS}")),
+        "{:?}",
+        waited.notes.events
     );
 }

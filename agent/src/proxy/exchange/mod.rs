@@ -6,32 +6,38 @@
 
 mod in_flight;
 
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use hyper::body::Incoming;
 use opentelemetry::trace::SpanContext;
 
 use super::attempts::AttemptRecord;
 use super::body::{ResponseBody, ResponseObserver};
-use super::local_reply::LocalReply;
+use super::local_reply::{DecidedBy, LocalReply, RESPONSE_CODE_DETAILS_HEADER, with_item};
 use super::pool::Lease;
 use super::progress::RequestProgress;
 use super::tap::Tap;
 use super::{Direction, Downstream, Worker};
 use crate::flags::ResponseFlags;
 use crate::model::Snapshot;
+use crate::model::clock::now_ms;
 use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
-use crate::model::live::{ActiveRequest, Slot};
+use crate::model::live::{ActiveRequest, EjectionReason, Slot};
 use crate::model::peer::PeerInfo;
+use crate::model::route::Matched;
 use crate::telemetry::hop_span::HopSpan;
 use crate::telemetry::peer_metadata::PEER_METADATA;
-use crate::telemetry::record::{self, LogFields, RequestRecord};
+use crate::telemetry::record::{self, Details, LogFields, RequestRecord};
+
+/// Envoy's details of a response the upstream sent.
+const VIA_UPSTREAM: &str = "via_upstream";
 use in_flight::InFlight;
 
 /// The body of every response the agent sends downstream.
@@ -46,6 +52,8 @@ pub struct Exchange {
     request_body: Option<Rc<RequestProgress>>,
     /// Headers every response to the request carries (rate-limit status).
     extra_headers: Option<HeaderMap>,
+    /// Local replies carry their details in a header.
+    reply_details: bool,
     done: bool,
 }
 
@@ -83,6 +91,8 @@ impl Exchange {
             version: req.version(),
             grpc: record::is_grpc(req.headers()),
             route: None,
+            route_reference: None,
+            http_route: None,
             cluster: None,
             endpoint: None,
             attempts: 0,
@@ -111,6 +121,7 @@ impl Exchange {
             held: InFlight::default(),
             request_body: None,
             extra_headers: None,
+            reply_details: snapshot.bootstrap.telemetry.reply_details,
             done: false,
         });
         let Self { span, record, .. } = &mut *exchange;
@@ -145,10 +156,22 @@ impl Exchange {
             .extend(headers);
     }
 
-    /// Records the route decision.
-    pub fn set_route(&mut self, rule_name: Option<&Arc<str>>, cluster: &Arc<Cluster>) {
-        self.record.route = rule_name.cloned();
+    /// Records the route decision: the rule that matched (outbound) and
+    /// how, and the cluster it sends to.
+    pub fn set_route(&mut self, matched: Option<Matched<'_>>, cluster: &Arc<Cluster>) {
+        if let Some(matched) = matched {
+            self.record.route = matched.rule.name.clone();
+            self.record.route_reference = matched.rule.reference.clone();
+            self.record.http_route = matched.route_template.cloned();
+        }
         self.record.cluster = Some(cluster.clone());
+    }
+
+    /// A fault delay of `delay` is being injected (Envoy's DI).
+    pub fn delaying(&mut self, delay: Duration) {
+        self.add_flags(ResponseFlags::FAULT_DELAY);
+        let rule = self.record.route_reference.as_deref();
+        self.span.note_fault_delay(delay, rule);
     }
 
     /// Records the host a request without a cluster was addressed to, so
@@ -184,15 +207,77 @@ impl Exchange {
         }
     }
 
-    /// Answers locally with `reply`.
+    /// Answers locally with `reply`; its details name the resource that
+    /// decided it, as far as the record knows it.
     pub fn local_reply(mut self: Box<Self>, reply: LocalReply) -> Response<ProxyBody> {
         self.record.flags.insert(reply.flags);
-        self.record.details = Some(reply.details.into());
-        let (response, body) = reply.response(self.record.grpc, self.record.flags);
+        let details = self.details(reply.details, reply.decided_by);
+        self.local_reply_because(reply, details)
+    }
+
+    /// Answers locally with `reply`, for the reason `details` says (a
+    /// policy the record does not hold: authorization, rate limits).
+    pub fn local_reply_because(
+        mut self: Box<Self>,
+        reply: LocalReply,
+        details: Details,
+    ) -> Response<ProxyBody> {
+        self.record.flags.insert(reply.flags);
+        let (mut response, body) = reply.response(self.record.grpc, self.record.flags);
+        if self.reply_details
+            && let Ok(value) = HeaderValue::from_str(&details)
+        {
+            response
+                .headers_mut()
+                .insert(RESPONSE_CODE_DETAILS_HEADER, value);
+        }
+        self.record.details = Some(details);
         if self.record.grpc {
             self.record.grpc_status = Some(reply.grpc_code());
         }
         self.reply(response, body)
+    }
+
+    /// Envoy's details `base`, extended with what decided the outcome:
+    /// retries given up (URX) and the VirtualService rule, a DestinationRule
+    /// limit, or its outlier detection when it ejected the hosts.
+    fn details(&self, base: &'static str, decided_by: DecidedBy) -> Details {
+        let record = &self.record;
+        let rule = record.route_reference.as_deref();
+        let destination_rule = record
+            .cluster
+            .as_deref()
+            .and_then(|c| c.destination_rule.as_deref());
+        let gave_up = record
+            .flags
+            .contains(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        let mut items: Vec<String> = Vec::new();
+        if gave_up {
+            items.push("upstream_retry_limit_exceeded".to_owned());
+        }
+        if gave_up || decided_by == DecidedBy::Route {
+            items.extend(rule.map(str::to_owned));
+        }
+        match (decided_by, destination_rule) {
+            (DecidedBy::Limit(field), Some(dr)) => items.push(format!("{dr}[{field}]")),
+            (DecidedBy::Outlier, Some(dr)) if self.hosts_ejected() => {
+                items.push(format!("{dr}[outlierDetection]"));
+            }
+            _ => {}
+        }
+        if items.is_empty() {
+            return Cow::Borrowed(base);
+        }
+        with_item(base, &items.join(",")).into()
+    }
+
+    /// Whether outlier detection has ejected any of the cluster's hosts.
+    fn hosts_ejected(&self) -> bool {
+        let now = now_ms();
+        self.record
+            .cluster
+            .as_deref()
+            .is_some_and(|c| c.endpoints.iter().any(|e| e.state.is_ejected(now)))
     }
 
     /// Answers with a response the agent made (local replies, redirects,
@@ -231,6 +316,7 @@ impl Exchange {
     ) -> Response<ProxyBody> {
         self.record.status = parts.status.as_u16();
         self.record.upstream_time = Some(upstream_time);
+        self.record.details = Some(self.details(VIA_UPSTREAM, DecidedBy::Agent));
         if self.record.grpc {
             self.record.grpc_status = record::grpc_status(&parts.headers);
         }
@@ -328,20 +414,36 @@ impl AttemptRecord for Exchange {
     }
 
     fn retrying(&mut self, retry: u32, reason: &'static str) {
-        self.span.note_retry(retry, reason);
+        let rule = self.record.route_reference.as_deref();
+        self.span.note_retry(retry, reason, rule);
     }
 
     fn gave_up(&mut self) {
         self.add_flags(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
     }
 
-    fn ejected(&mut self, cluster: &Cluster, endpoint: &Endpoint, duration: Duration) {
+    fn ejected(
+        &mut self,
+        cluster: &Cluster,
+        endpoint: &Endpoint,
+        reason: EjectionReason,
+        duration: Duration,
+    ) {
         let metrics = &self.worker.shared.metrics;
         metrics
             .outlier_ejections
             .with_label_values(&[&cluster.name])
             .inc();
-        tracing::info!(cluster = %cluster.name, endpoint = %endpoint.address, ?duration, "endpoint ejected");
+        let reason = reason.field();
+        tracing::info!(cluster = %cluster.name, endpoint = %endpoint.address, reason, ?duration, "endpoint ejected");
+        let rule = cluster.destination_rule.as_deref();
+        self.span.note_ejection(endpoint, reason, duration, rule);
+    }
+
+    fn waited_for_connection(&mut self, limit: &'static str, waited: Duration) {
+        let cluster = self.record.cluster.as_deref();
+        let rule = cluster.and_then(|c| c.destination_rule.as_deref());
+        self.span.note_pool_wait(limit, waited, rule);
     }
 }
 

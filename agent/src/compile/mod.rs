@@ -205,6 +205,11 @@ fn build(
     );
     let dump = dump(docs, version, diags);
     let clusters = registry.clusters();
+    let known_peers = crate::model::peer::KnownPeers::new(
+        clusters
+            .iter()
+            .flat_map(|c| c.endpoints.iter().map(|e| &e.peer)),
+    );
     let decided_headers =
         decided::decided_headers(&routes, &authorization, &rate_limits, &clusters);
     Some(Snapshot {
@@ -216,6 +221,7 @@ fn build(
         inbound,
         tcp_routes,
         clusters,
+        known_peers,
         authorization,
         rate_limits,
         inbound_mtls,

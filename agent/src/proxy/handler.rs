@@ -15,6 +15,7 @@ use super::local_reply::LocalReply;
 use super::mirror::Copies;
 use super::{Direction, Downstream, Worker, access, canonical, fault, rewrite, route, upgrade};
 use crate::flags::ResponseFlags;
+use crate::model::capture::OutboundTrafficMode;
 use crate::model::policy::{RouteAction, roll};
 use crate::telemetry::peer_metadata::PEER_METADATA;
 
@@ -73,8 +74,10 @@ pub async fn handle(
     let routed = match route::select(&snapshot, down.direction, &req) {
         Ok(routed) => routed,
         Err(not_routed) => {
-            if let Some(host) = not_routed.host {
-                ex.set_unrouted_host(host);
+            match not_routed.host {
+                Some(host) => ex.set_unrouted_host(host),
+                // Refused, not passed through: Istio's BlackHoleCluster.
+                None => ex.set_outside_registry(OutboundTrafficMode::RegistryOnly),
             }
             return Ok(ex.local_reply(not_routed.reply));
         }
@@ -192,7 +195,7 @@ pub async fn handle(
         edits: routed.response_edits(),
     };
     if let Some(announced) = headers::prepare_response(&mut parts, &back) {
-        ex.set_peer_from_header(announced.as_bytes());
+        ex.set_peer_from_header(announced.as_bytes(), &snapshot);
     }
     Ok(ex.respond(parts, body, upstream_time, connection, deadline))
 }

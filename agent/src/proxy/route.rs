@@ -40,17 +40,23 @@ pub struct Routed<'s> {
     pub answered_for: Option<&'s str>,
 }
 
-/// Why a request has no route, and the host it was addressed to, as
-/// `destination_service` names it (Istio falls back to the host).
+/// Why a request has no route, and the configured host it was addressed
+/// to, for `destination_service`.
 #[derive(Debug)]
 pub struct NotRouted<'a> {
     /// The local reply to send.
     pub reply: LocalReply,
-    /// The host, when the request named one.
+    /// The host of the config the request was addressed to; `None` when it
+    /// named no host or one outside the registry (whose labels must not
+    /// carry it).
     pub host: Option<&'a str>,
 }
 
 impl<'a> NotRouted<'a> {
+    fn outside_registry(reply: LocalReply) -> Self {
+        Self { reply, host: None }
+    }
+
     fn to(host: &'a str, reply: LocalReply) -> Self {
         Self {
             reply,
@@ -103,14 +109,12 @@ pub fn select<'s: 'r, 'r, B>(
             answered_for: None,
         });
     }
-    let authority = request_authority(req).ok_or(NotRouted {
-        reply: LocalReply::MISSING_HOST,
-        host: None,
-    })?;
+    let authority =
+        request_authority(req).ok_or(NotRouted::outside_registry(LocalReply::MISSING_HOST))?;
     let (host, port) = split_host_port(authority);
     let scheme = req.uri().scheme_str().unwrap_or("http");
     let Some(vhost) = snapshot.routes.find(host) else {
-        return Err(NotRouted::to(host, LocalReply::NO_ROUTE));
+        return Err(NotRouted::outside_registry(LocalReply::NO_ROUTE));
     };
     // The service port the request went to, also when the authority names
     // none (`match.port` and the destination's cluster read it).
@@ -271,7 +275,10 @@ spec:
         let req = request("ratings:9080", "/", None);
         let miss = select(&snapshot, Direction::Outbound, &req).expect_err("no route");
         assert_eq!(miss.reply.details, "route_not_found");
-        assert_eq!(miss.host, Some("ratings"));
+        assert_eq!(
+            miss.host, None,
+            "a host outside the registry is not a label"
+        );
 
         let req = request("reviews:9080", "/missing", None);
         let miss = select(&snapshot, Direction::Outbound, &req).expect_err("no cluster");

@@ -111,18 +111,32 @@ pub async fn serve(
             }
         }
     };
+    // `None` past the families' series cap: proxied all the same, counted
+    // as overflow instead.
     let handles = shared.metrics.tcp_handles(&labels, flags);
-    handles.opened.inc();
+    if let Some(handles) = &handles {
+        handles.opened.inc();
+    }
     if let (Some(upstream), Some(endpoint)) = (upstream, endpoint) {
         let _active = endpoint.state.start_request();
         let (mut down_read, mut down_write) = tokio::io::split(downstream);
         let (mut up_read, mut up_write) = tokio::io::split(upstream);
         let _ = tokio::join!(
-            pipe(&mut down_read, &mut up_write, &handles.received),
-            pipe(&mut up_read, &mut down_write, &handles.sent),
+            pipe(
+                &mut down_read,
+                &mut up_write,
+                handles.as_ref().map(|h| &h.received)
+            ),
+            pipe(
+                &mut up_read,
+                &mut down_write,
+                handles.as_ref().map(|h| &h.sent)
+            ),
         );
     }
-    handles.closed.inc();
+    if let Some(handles) = &handles {
+        handles.closed.inc();
+    }
 }
 
 /// TCP to the endpoint, then TLS when the cluster says so.
@@ -142,7 +156,7 @@ async fn dial(
 
 /// Copies until end of stream, counting bytes as they pass (so long-lived
 /// connections show up in metrics before they close), then half-closes.
-async fn pipe<R, W>(from: &mut R, to: &mut W, counter: &IntCounter) -> std::io::Result<()>
+async fn pipe<R, W>(from: &mut R, to: &mut W, counter: Option<&IntCounter>) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -154,6 +168,8 @@ where
             return to.shutdown().await;
         }
         to.write_all(&buf[..n]).await?;
-        counter.inc_by(n as u64);
+        if let Some(counter) = counter {
+            counter.inc_by(n as u64);
+        }
     }
 }

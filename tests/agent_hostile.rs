@@ -338,3 +338,127 @@ async fn each_family_holds_at_most_max_series_label_sets() {
         agent.stderr()
     );
 }
+
+/// Reads until the agent closes the connection (or 10 s pass); returns
+/// what it sent and whether it closed.
+async fn read_until_closed(stream: &mut TcpStream) -> (String, bool) {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut out),
+    )
+    .await;
+    (String::from_utf8_lossy(&out).into_owned(), read.is_ok())
+}
+
+fn with_timeouts(app: SocketAddr) -> String {
+    frontend(
+        app,
+        "  downstream: {idleTimeout: 500ms, streamIdleTimeout: 500ms}\n",
+    ) + &service_entry(
+        "backend",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: app,
+            labels: &[],
+        }],
+    )
+}
+
+/// A connection that sends nothing is closed after `idleTimeout`, on both
+/// listeners; one with a request in flight is not, however long it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_busy_ones_are_not() {
+    let app = Upstream::start("app").await;
+    let agent = Agent::start(&with_timeouts(app.addr));
+    for listener in [agent.outbound, agent.inbound] {
+        let mut silent = TcpStream::connect(listener).await.unwrap();
+        let (sent, closed) = read_until_closed(&mut silent).await;
+        assert!(closed, "a silent connection is closed");
+        assert_eq!(sent, "", "closed without a word, as Envoy's idle timeout");
+    }
+
+    // A request slower than the idle timeout keeps its connection.
+    app.delay_all(1_500);
+    let mut busy = TcpStream::connect(agent.outbound).await.unwrap();
+    busy.write_all(b"GET / HTTP/1.1\r\nhost: backend:9080\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut busy, &mut buf).await, 200);
+    // … and is closed once it has been idle for the timeout after it.
+    let (_, closed) = read_until_closed(&mut busy).await;
+    assert!(closed);
+}
+
+/// A request body that stalls gets Envoy's answer to a stream idle
+/// timeout: 408 `stream timeout`, flagged SI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_gets_408() {
+    let app = Upstream::start("app").await;
+    let agent = Agent::start(&with_timeouts(app.addr));
+    let mut stream = TcpStream::connect(agent.outbound).await.unwrap();
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nhost: backend:9080\r\ncontent-length: 100\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let (reply, closed) = read_until_closed(&mut stream).await;
+    assert!(closed, "{reply}");
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.ends_with("stream timeout"), "{reply}");
+    let scrape = agent.metrics().await;
+    let stalled = [("response_code", "408"), ("response_flags", "SI")];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &stalled),
+        1.0,
+        "{}",
+        scrape.text
+    );
+}
+
+/// The timeouts have bounds, and an error names the field.
+#[test]
+fn timeouts_past_their_bound_are_refused() {
+    let yaml = frontend(
+        "127.0.0.1:9".parse().unwrap(),
+        "  downstream: {idleTimeout: 25h}\n",
+    );
+    let (ok, out) = common::agent::validate(&yaml);
+    assert!(!ok, "{out}");
+    assert!(out.contains("spec.downstream.idleTimeout"), "{out}");
+    let yaml = frontend(
+        "127.0.0.1:9".parse().unwrap(),
+        "    maxSeriesPerMetric: 0\n",
+    );
+    let (ok, out) = common::agent::validate(&yaml);
+    assert!(!ok, "{out}");
+    assert!(out.contains("spec.telemetry.maxSeriesPerMetric"), "{out}");
+}
+
+/// CONNECT is refused both ways, as Envoy refuses it where no route has a
+/// `connect_matcher`: 404, and the HTTP/1 connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_refused_both_ways() {
+    let app = Upstream::start("app").await;
+    let agent = Agent::start(&with_timeouts(app.addr));
+    for (listener, target) in [
+        (agent.outbound, "backend:9080"),
+        (agent.outbound, "example.com:443"),
+        (agent.inbound, "frontend:80"),
+    ] {
+        let mut stream = TcpStream::connect(listener).await.unwrap();
+        let request = format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let (reply, closed) = read_until_closed(&mut stream).await;
+        assert!(reply.starts_with("HTTP/1.1 404"), "{target}: {reply}");
+        assert!(
+            reply.to_ascii_lowercase().contains("connection: close"),
+            "{reply}"
+        );
+        assert!(closed);
+    }
+    assert_eq!(app.count(), 0, "nothing reached the app");
+}

@@ -8,6 +8,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::attempts::{Attempts, BodySource};
+use super::client_body::ClientBody;
 use super::exchange::{Exchange, ProxyBody};
 use super::forward::Forwarder;
 use super::headers::{self, IncomingResponse, OutgoingRequest};
@@ -77,9 +78,21 @@ pub async fn handle(
             match not_routed.host {
                 Some(host) => ex.set_unrouted_host(host),
                 // Refused, not passed through: Istio's BlackHoleCluster.
-                None => ex.set_outside_registry(OutboundTrafficMode::RegistryOnly),
+                None if down.direction == Direction::Outbound => {
+                    ex.set_outside_registry(OutboundTrafficMode::RegistryOnly);
+                }
+                None => {}
             }
-            return Ok(ex.local_reply(not_routed.reply));
+            let mut response = ex.local_reply(not_routed.reply);
+            if req.method() == http::Method::CONNECT && req.version() <= http::Version::HTTP_11 {
+                // Envoy closes an HTTP/1 connection whose CONNECT it refused:
+                // what follows on it would be tunnel bytes, not requests.
+                let close = http::HeaderValue::from_static("close");
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, close);
+            }
+            return Ok(response);
         }
     };
     if let Some(host) = routed.answered_for {
@@ -139,6 +152,7 @@ pub async fn handle(
     // The body is kept for replays only when a retry or a mirror may want it.
     let replays =
         downstream_upgrade.is_none() && (policy.retry.attempts > 0 || !policy.mirrors.is_empty());
+    let body = ClientBody::new(body, snapshot.bootstrap.downstream.stream_idle);
     let body = BodySource::new(body, replays);
     ex.track_request_body(body.progress().clone(), body.tap().cloned());
 

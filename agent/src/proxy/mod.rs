@@ -7,9 +7,11 @@
 //! and the span/metric sinks.
 
 mod access;
+mod activity;
 mod attempts;
 mod body;
 mod canonical;
+mod client_body;
 mod exchange;
 mod fault;
 mod forward;
@@ -78,6 +80,8 @@ pub struct Downstream {
     pub local: SocketAddr,
     /// What the client proved over mTLS (inbound), if it used mTLS.
     pub tls: Option<crate::tls::PeerTls>,
+    /// Its requests in flight (for the idle timeout).
+    pub activity: Rc<activity::Activity>,
 }
 
 /// Per-worker state: pools and caches that need no lock because only this

@@ -100,6 +100,12 @@ pub fn select<'s: 'r, 'r, B>(
     direction: Direction,
     req: &'r Request<B>,
 ) -> Result<Routed<'s>, NotRouted<'r>> {
+    // CONNECT matches a route only where the route says so (Envoy's
+    // `connect_matcher`), and no Istio resource makes such a route for a
+    // sidecar: refused both ways with Envoy's answer, 404 NR.
+    if req.method() == http::Method::CONNECT {
+        return Err(NotRouted::outside_registry(LocalReply::NO_ROUTE));
+    }
     if direction == Direction::Inbound {
         return Ok(Routed {
             matched: None,
@@ -289,6 +295,19 @@ spec:
         let miss = select(&snapshot, Direction::Outbound, &hostless).expect_err("no host");
         assert_eq!(miss.reply.details, "missing_host_header");
         assert_eq!(miss.host, None);
+    }
+
+    #[test]
+    fn connect_matches_no_route_either_way() {
+        let snapshot = snapshot();
+        for direction in [Direction::Outbound, Direction::Inbound] {
+            let req = Request::connect("reviews:9080")
+                .header("host", "reviews:9080")
+                .body(())
+                .expect("a request");
+            let miss = select(&snapshot, direction, &req).expect_err("no route");
+            assert_eq!(miss.reply.details, "route_not_found");
+        }
     }
 
     #[test]

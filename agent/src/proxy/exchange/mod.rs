@@ -49,6 +49,8 @@ pub struct Exchange {
     /// Headers every response to the request carries (rate-limit status).
     extra_headers: Option<HeaderMap>,
     done: bool,
+    /// Keeps the connection from counting as idle until the request is over.
+    _stream: super::activity::Stream,
 }
 
 thread_local! {
@@ -114,6 +116,7 @@ impl Exchange {
             request_body: None,
             extra_headers: None,
             done: false,
+            _stream: down.activity.start(),
         });
         let Self { span, record, .. } = &mut *exchange;
         span.describe_request(req, record);

@@ -185,6 +185,24 @@ impl Worker {
     }
 }
 
+/// The request path's first step, reading the request head
+/// ([`canonical`]: one host, the path normalized by `path_normalization`,
+/// each header of `decided_headers` on one line), for the `request_head`
+/// fuzz target; `Err` is the status the request would be refused with.
+/// Not an API: the request path calls the step itself.
+#[doc(hidden)]
+pub fn settle_request_head<B>(
+    req: &mut http::Request<B>,
+    path_normalization: crate::path::PathNormalization,
+    decided_headers: &[http::HeaderName],
+) -> Result<(), u16> {
+    let settings = canonical::Settings {
+        path_normalization,
+        decided_headers,
+    };
+    canonical::settle(req, &settings).map_err(|reply| reply.status.as_u16())
+}
+
 /// Runs futures on the current worker's thread (hyper's executor for
 /// HTTP/2 streams and connections, which need not be `Send` here).
 #[derive(Debug, Clone, Copy)]

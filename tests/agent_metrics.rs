@@ -78,7 +78,9 @@ async fn requests_are_counted_with_istio_labels_on_both_sides() {
         ("source_app", "frontend"),
         ("source_version", "v1"),
         ("source_canonical_service", "frontend"),
-        ("destination_workload", "backend-v1"),
+        // Plaintext: the callee's metadata matches the registry's endpoint,
+        // whose values are used (the registry names no workload).
+        ("destination_workload", "unknown"),
         ("destination_workload_namespace", "default"),
         ("destination_app", "backend"),
         ("destination_version", "v1"),
@@ -118,8 +120,10 @@ async fn requests_are_counted_with_istio_labels_on_both_sides() {
     let destination = m.backend.metrics().await;
     let labels = [
         ("reporter", "destination"),
-        ("source_workload", "frontend-v1"),
-        ("source_app", "frontend"),
+        // Plaintext from a caller the backend's registry does not know:
+        // its self-description is not believed (agent_mtls has the mTLS case).
+        ("source_workload", "unknown"),
+        ("source_app", "unknown"),
         ("destination_workload", "backend-v1"),
         ("destination_service", "backend.default.svc.cluster.local"),
         ("connection_security_policy", "none"),
@@ -228,7 +232,8 @@ spec:
     }
     let scrape = agent.metrics().await;
     let expect = [
-        ("404", "NR", "nowhere"),
+        // A host outside the registry is never a label (BlackHoleCluster).
+        ("404", "NR", "unknown"),
         ("503", "UF,URX", "refused.default.svc.cluster.local"),
         ("503", "UC", "resetting.default.svc.cluster.local"),
         ("503", "UH", "app.default.svc.cluster.local"),

@@ -8,7 +8,7 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u16);
 
-const NAMES: [(u16, &str); 15] = [
+const NAMES: [(u16, &str); 16] = [
     (1 << 0, "NR"),
     (1 << 1, "UF"),
     (1 << 2, "UH"),
@@ -24,6 +24,7 @@ const NAMES: [(u16, &str); 15] = [
     (1 << 12, "NC"),
     (1 << 13, "UR"),
     (1 << 14, "DPE"),
+    (1 << 15, "SI"),
 ];
 
 impl ResponseFlags {
@@ -60,6 +61,8 @@ impl ResponseFlags {
     /// The client broke the HTTP protocol (a malformed body, an ambiguous
     /// request).
     pub const DOWNSTREAM_PROTOCOL_ERROR: Self = Self(1 << 14);
+    /// The stream did nothing for `streamIdleTimeout` (Envoy's SI).
+    pub const STREAM_IDLE_TIMEOUT: Self = Self(1 << 15);
 
     /// Whether no flag is set.
     pub fn is_empty(self) -> bool {

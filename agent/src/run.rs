@@ -73,7 +73,7 @@ pub fn run_until(
         tracing::warn!("{warning}");
     }
     let snapshot = compiled.snapshot;
-    let metrics = Metrics::new()?;
+    let metrics = Metrics::new(snapshot.bootstrap.telemetry.max_series_per_metric)?;
     metrics
         .config_reloads
         .with_label_values(&["accepted"])

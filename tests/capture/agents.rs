@@ -463,7 +463,7 @@ async fn unchanged_applications_are_served_by_captured_agents() {
     assert!(other.contains("\"upstream\":\"elsewhere\""), "{other}");
     let passthrough = [
         ("reporter", "source"),
-        ("destination_service", "PassthroughCluster"),
+        ("destination_service", "unknown"),
         ("destination_service_name", "PassthroughCluster"),
         ("response_code", "200"),
     ];

@@ -11,12 +11,13 @@ use crate::config::documents::Document;
 use crate::host::resolve_short_name;
 use crate::model::bootstrap::{
     AccessLogTarget, Bootstrap, BootstrapToken, CaSource, CertificateFiles, CertificateSource,
-    Otlp, OtlpProtocol, Telemetry,
+    DownstreamTimeouts, MAX_DOWNSTREAM_TIMEOUT, Otlp, OtlpProtocol, Telemetry,
 };
 use crate::model::service::{Protocol, ServiceName};
 use crate::model::{Identity, Listeners};
 use crate::path::PathNormalization;
 use crate::telemetry::peer_metadata;
+use crate::telemetry::series::MAX_SERIES_BOUND;
 
 /// The compiled Agent document.
 pub(super) struct Agent {
@@ -106,6 +107,34 @@ pub(super) fn compile(
             None
         }
     };
+    let max_series = spec.telemetry.max_series_per_metric;
+    if !(1..=MAX_SERIES_BOUND).contains(&max_series) {
+        diags.error(
+            loc,
+            Some("spec.telemetry.maxSeriesPerMetric".into()),
+            format!("{max_series} is out of range: must be between 1 and {MAX_SERIES_BOUND}"),
+        );
+    }
+    let mut timeout = |field: &str, value: Duration| {
+        if value > MAX_DOWNSTREAM_TIMEOUT {
+            diags.error(
+                loc,
+                Some(field.into()),
+                format!("{value:?} is longer than the maximum, 24h (0s turns it off)"),
+            );
+        }
+        (!value.is_zero()).then_some(value)
+    };
+    let downstream = DownstreamTimeouts {
+        idle: timeout(
+            "spec.downstream.idleTimeout",
+            spec.downstream.idle_timeout.get(),
+        ),
+        stream_idle: timeout(
+            "spec.downstream.streamIdleTimeout",
+            spec.downstream.stream_idle_timeout.get(),
+        ),
+    };
     if spec.concurrency == 0 || spec.concurrency > 256 {
         diags.error(
             loc,
@@ -182,6 +211,7 @@ pub(super) fn compile(
             max_queued_spans: telemetry.max_queued_spans.max(1),
             flush_interval: telemetry.flush_interval.get(),
             reply_details: telemetry.reply_details,
+            max_series_per_metric: telemetry.max_series_per_metric,
         },
         access_log: spec
             .access_log
@@ -191,6 +221,7 @@ pub(super) fn compile(
                 Some(path) => AccessLogTarget::File(PathBuf::from(path)),
             }),
         certificate: spec.identity.as_ref().and_then(certificate_source),
+        downstream,
     };
     Some(Agent {
         bootstrap,

@@ -305,6 +305,11 @@ fn build(
     );
     let dump = dump(docs, version, diags);
     let clusters = registry.clusters();
+    let known_peers = crate::model::peer::KnownPeers::new(
+        clusters
+            .iter()
+            .flat_map(|c| c.endpoints.iter().map(|e| &e.peer)),
+    );
     let decided_headers =
         decided::decided_headers(&routes, &authorization, &rate_limits, &clusters);
     Some(Snapshot {
@@ -320,6 +325,7 @@ fn build(
             authn,
             authz: authorization.clone(),
         }),
+        known_peers,
         authorization,
         mesh: Arc::new(mesh.mesh),
         telemetry: Arc::new(telemetry),

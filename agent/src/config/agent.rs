@@ -65,11 +65,50 @@ pub struct AgentSpec {
     /// How long in-flight requests may finish after SIGTERM (default 5s).
     #[serde(default = "default_drain")]
     pub drain_duration: IstioDuration,
+    /// Timeouts of downstream connections and streams on the inbound and
+    /// outbound listeners (Envoy's HttpConnectionManager `idle_timeout`
+    /// and `stream_idle_timeout`).
+    #[serde(default)]
+    pub downstream: DownstreamSpec,
     /// How request paths are normalized before authorization, routing, rate
     /// limits, telemetry and the upstream see them (Istio's mesh
     /// `pathNormalization`).
     #[serde(default)]
     pub path_normalization: PathNormalizationSpec,
+}
+
+/// `spec.downstream`: how long a downstream connection or stream may do
+/// nothing.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DownstreamSpec {
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/2: GOAWAY, then closed) — Envoy's `idle_timeout` (default 1h;
+    /// `0s` turns it off; at most 24h).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: IstioDuration,
+    /// A request whose body sends nothing for this long is answered 408
+    /// (reset once its response has begun) — Envoy's `stream_idle_timeout`
+    /// (default 5m; `0s` turns it off; at most 24h).
+    #[serde(default = "default_stream_idle_timeout")]
+    pub stream_idle_timeout: IstioDuration,
+}
+
+impl Default for DownstreamSpec {
+    fn default() -> Self {
+        Self {
+            idle_timeout: default_idle_timeout(),
+            stream_idle_timeout: default_stream_idle_timeout(),
+        }
+    }
+}
+
+fn default_idle_timeout() -> IstioDuration {
+    IstioDuration(crate::model::bootstrap::DEFAULT_IDLE_TIMEOUT)
+}
+
+fn default_stream_idle_timeout() -> IstioDuration {
+    IstioDuration(crate::model::bootstrap::DEFAULT_STREAM_IDLE_TIMEOUT)
 }
 
 /// Istio's `MeshConfig.ProxyPathNormalization`.
@@ -295,6 +334,12 @@ pub struct TelemetrySpec {
     /// Longest a finished span waits before it is exported (default 1s).
     #[serde(default = "default_flush_interval")]
     pub flush_interval: IstioDuration,
+    /// Most label sets (series) each Istio metric family holds; past it an
+    /// observation with a new label set is not recorded, and is counted in
+    /// `tracemesh_agent_metric_series_overflow_total` (default 10000,
+    /// at most 1048576).
+    #[serde(default = "default_max_series")]
+    pub max_series_per_metric: usize,
     /// Send `x-tracemesh-response-code-details` on the agent's own replies:
     /// the policy and rule that decided them (default true). Turn it off
     /// where callers should not learn policy names.
@@ -314,8 +359,13 @@ impl Default for TelemetrySpec {
             max_queued_spans: default_span_queue(),
             flush_interval: default_flush_interval(),
             reply_details: default_reply_details(),
+            max_series_per_metric: default_max_series(),
         }
     }
+}
+
+fn default_max_series() -> usize {
+    crate::telemetry::series::DEFAULT_MAX_SERIES
 }
 
 fn default_flush_interval() -> IstioDuration {

@@ -24,6 +24,36 @@ pub struct Bootstrap {
     pub access_log: Option<AccessLogTarget>,
     /// Where the workload certificate comes from; `None`: plaintext only.
     pub certificate: Option<CertificateSource>,
+    /// Downstream idle timeouts (read for each new connection, so a reload
+    /// applies them to connections accepted after it).
+    pub downstream: DownstreamTimeouts,
+}
+
+/// Envoy's default `idle_timeout` of a downstream connection.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Envoy's default `stream_idle_timeout`.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest either timeout may be.
+pub const MAX_DOWNSTREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// How long downstream connections and streams may do nothing (the Agent's
+/// `spec.downstream`); `None` is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownstreamTimeouts {
+    /// A connection with no request in flight this long is closed.
+    pub idle: Option<Duration>,
+    /// A request body that sends nothing this long ends the stream (408,
+    /// or a reset once the response has begun).
+    pub stream_idle: Option<Duration>,
+}
+
+impl Default for DownstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            idle: Some(DEFAULT_IDLE_TIMEOUT),
+            stream_idle: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+        }
+    }
 }
 
 /// Span export (the Agent's `spec.telemetry`).
@@ -39,6 +69,8 @@ pub struct Telemetry {
     pub flush_interval: Duration,
     /// Local replies carry `x-tracemesh-response-code-details`.
     pub reply_details: bool,
+    /// Most label sets each Istio metric family holds.
+    pub max_series_per_metric: usize,
 }
 
 /// An OTLP endpoint.

@@ -84,17 +84,6 @@ pub enum UpstreamTls {
     Broken(Arc<str>),
 }
 
-/// Names metrics and spans give a connection outside the registry
-/// (Istio's): `destination_service` and `destination_service_name` both
-/// carry the cluster's name, never the host the client asked for.
-pub fn unregistered_service(mode_cluster: &str) -> ServiceName {
-    ServiceName {
-        host: mode_cluster.to_owned(),
-        name: mode_cluster.to_owned(),
-        namespace: "unknown".to_owned(),
-    }
-}
-
 impl Cluster {
     /// A cluster of one endpoint, the connection's original destination:
     /// Istio's `PassthroughCluster` outbound (`service` names it), and the

@@ -147,6 +147,9 @@ pub struct Snapshot {
     pub tcp_routes: Vec<Arc<Cluster>>,
     /// Every outbound cluster, for `/clusters`.
     pub clusters: Vec<Arc<Cluster>>,
+    /// The peers the registry's endpoints describe: the only
+    /// self-descriptions believed without mTLS.
+    pub known_peers: peer::KnownPeers,
     /// AuthorizationPolicies that apply to this workload (inbound).
     pub authorization: authz::Authorization,
     /// Authentication, then CUSTOM, DENY and ALLOW policies, in one place

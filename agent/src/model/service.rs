@@ -1,6 +1,9 @@
 //! Services and their ports as the registry knows them.
 
 use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use super::capture::OutboundTrafficMode;
 
 /// A service as metrics and spans name it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -22,6 +25,34 @@ impl ServiceName {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
         }
+    }
+
+    /// The service labels of a destination outside the registry, as Istio
+    /// labels it: `destination_service_name` the cluster it went to —
+    /// `PassthroughCluster` when passed through (`ALLOW_ANY`),
+    /// `BlackHoleCluster` when refused (`REGISTRY_ONLY`, or a request the
+    /// agent could not route anywhere) — and `destination_service` and
+    /// `destination_service_namespace` `unknown`. Where Istio's
+    /// `destination_service` falls back to the request's Host, this never
+    /// does: the client chooses the host, so it would make one series per
+    /// host sent. One shared value per mode.
+    pub fn outside_registry(mode: OutboundTrafficMode) -> Arc<ServiceName> {
+        static PASSTHROUGH: LazyLock<Arc<ServiceName>> =
+            LazyLock::new(|| ServiceName::unknown_in(OutboundTrafficMode::AllowAny));
+        static BLACK_HOLE: LazyLock<Arc<ServiceName>> =
+            LazyLock::new(|| ServiceName::unknown_in(OutboundTrafficMode::RegistryOnly));
+        match mode {
+            OutboundTrafficMode::AllowAny => PASSTHROUGH.clone(),
+            OutboundTrafficMode::RegistryOnly => BLACK_HOLE.clone(),
+        }
+    }
+
+    fn unknown_in(mode: OutboundTrafficMode) -> Arc<ServiceName> {
+        Arc::new(Self {
+            host: "unknown".to_owned(),
+            name: mode.cluster_name().to_owned(),
+            namespace: "unknown".to_owned(),
+        })
     }
 }
 

@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderMap, Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::{RequestBody, UpstreamBody};
+use super::client_body::ClientBody;
 use super::local_reply::LocalReply;
 use super::pool::Lease;
 use super::progress::{BodyFailure, RequestProgress};
@@ -55,9 +55,9 @@ enum Kept {
 impl BodySource {
     /// The client's body, kept for replays when `keep` (a retry or a mirror
     /// may want it). A body that has already ended is no body.
-    pub fn new(body: Incoming, keep: bool) -> Self {
+    pub fn new(body: ClientBody, keep: bool) -> Self {
         let progress = Rc::new(RequestProgress::default());
-        if hyper::body::Body::is_end_stream(&body) {
+        if http_body::Body::is_end_stream(&body) {
             progress.set_done(true);
             return Self {
                 kept: Kept::Empty,
@@ -321,6 +321,7 @@ impl Attempts<'_> {
                 record.failed("downstream_body", None);
                 Judged::Fail(match body_failure {
                     Some(BodyFailure::Malformed) => LocalReply::MALFORMED_REQUEST_BODY,
+                    Some(BodyFailure::StreamIdle) => LocalReply::STREAM_IDLE_TIMEOUT,
                     _ => LocalReply::DOWNSTREAM_DISCONNECT,
                 })
             }

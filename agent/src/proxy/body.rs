@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::client_body::{ClientBody, ClientBodyError};
 use super::progress::RequestProgress;
 use super::tap::TapReader;
 
@@ -22,13 +23,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The downstream request body, forwarded once.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: ClientBody,
     progress: Rc<RequestProgress>,
 }
 
 impl RequestBody {
     /// Wraps `inner`, reporting to `progress`.
-    pub fn new(inner: Incoming, progress: Rc<RequestProgress>) -> Self {
+    pub fn new(inner: ClientBody, progress: Rc<RequestProgress>) -> Self {
         progress.set_done(inner.is_end_stream());
         Self { inner, progress }
     }
@@ -36,12 +37,12 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

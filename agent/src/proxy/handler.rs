@@ -8,12 +8,14 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::attempts::{Attempts, BodySource};
+use super::client_body::ClientBody;
 use super::exchange::{Exchange, ProxyBody};
 use super::forward::Forwarder;
 use super::headers::{self, IncomingResponse, OutgoingRequest};
 use super::local_reply::LocalReply;
 use super::mirror::Copies;
 use super::{Direction, Downstream, Worker, access, canonical, fault, rewrite, route, upgrade};
+use crate::model::capture::OutboundTrafficMode;
 use crate::model::policy::{RouteAction, roll};
 use crate::telemetry::peer_metadata::PEER_METADATA;
 
@@ -73,10 +75,24 @@ pub async fn handle(
     let routed = match route::select(&snapshot, down.direction, down.captured.as_ref(), &req) {
         Ok(routed) => routed,
         Err(not_routed) => {
-            if let Some(host) = not_routed.host {
-                ex.set_unrouted_host(host);
+            match not_routed.host {
+                Some(host) => ex.set_unrouted_host(host),
+                // Refused, not passed through: Istio's BlackHoleCluster.
+                None if down.direction == Direction::Outbound => {
+                    ex.set_outside_registry(OutboundTrafficMode::RegistryOnly);
+                }
+                None => {}
             }
-            return Ok(ex.local_reply(not_routed.reply));
+            let mut response = ex.local_reply(not_routed.reply);
+            if req.method() == http::Method::CONNECT && req.version() <= http::Version::HTTP_11 {
+                // Envoy closes an HTTP/1 connection whose CONNECT it refused:
+                // what follows on it would be tunnel bytes, not requests.
+                let close = http::HeaderValue::from_static("close");
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, close);
+            }
+            return Ok(response);
         }
     };
     if let Some(host) = routed.answered_for {
@@ -136,6 +152,7 @@ pub async fn handle(
     // The body is kept for replays only when a retry or a mirror may want it.
     let replays =
         downstream_upgrade.is_none() && (policy.retry.attempts > 0 || !policy.mirrors.is_empty());
+    let body = ClientBody::new(body, snapshot.bootstrap.downstream.stream_idle);
     let body = BodySource::new(body, replays);
     ex.track_request_body(body.progress().clone(), body.tap().cloned());
 
@@ -192,7 +209,7 @@ pub async fn handle(
         edits: routed.response_edits(),
     };
     if let Some(announced) = headers::prepare_response(&mut parts, &back) {
-        ex.set_peer_from_header(announced.as_bytes());
+        ex.set_peer_from_header(announced.as_bytes(), &snapshot);
     }
     Ok(ex.respond(parts, body, upstream_time, connection, deadline))
 }

@@ -17,9 +17,10 @@ use crate::capture::detect::{Detected, detect};
 use crate::capture::{INBOUND_PASSTHROUGH_V4, INBOUND_PASSTHROUGH_V6};
 use crate::model::Snapshot;
 use crate::model::capture::{Destination, InboundApp, OutboundTrafficMode};
-use crate::model::cluster::{Cluster, unregistered_service};
+use crate::model::cluster::Cluster;
 use crate::model::peer::PeerInfo;
 use crate::model::service::Protocol;
+use crate::model::service::ServiceName;
 
 /// How a captured outbound connection is handled.
 #[derive(Debug)]
@@ -137,7 +138,7 @@ fn host_matches(host: &str, sni: &str) -> bool {
 fn passthrough(dst: SocketAddr, protocol: Protocol) -> Arc<Cluster> {
     Arc::new(Cluster::original_destination(
         "PassthroughCluster".to_owned(),
-        Arc::new(unregistered_service("PassthroughCluster")),
+        ServiceName::outside_registry(OutboundTrafficMode::AllowAny),
         dst,
         protocol,
         Arc::new(PeerInfo::unknown()),

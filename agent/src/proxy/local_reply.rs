@@ -129,6 +129,16 @@ impl LocalReply {
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };
+    /// The client's request body sent nothing for `streamIdleTimeout`:
+    /// Envoy's answer, 408 `stream timeout` with the SI flag.
+    pub const STREAM_IDLE_TIMEOUT: Self = Self {
+        status: StatusCode::REQUEST_TIMEOUT,
+        flags: ResponseFlags::STREAM_IDLE_TIMEOUT,
+        body: "stream timeout",
+        details: "stream_idle_timeout",
+        grpc_status: None,
+        decided_by: DecidedBy::Agent,
+    };
     /// The client went away (or reset its stream) while its body was being
     /// forwarded: nobody reads this reply; it records the outcome, which is
     /// not the upstream's failure.

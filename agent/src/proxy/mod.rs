@@ -7,9 +7,11 @@
 //! and the span/metric sinks.
 
 mod access;
+mod activity;
 mod attempts;
 mod body;
 mod canonical;
+mod client_body;
 mod exchange;
 mod fault;
 mod forward;
@@ -43,7 +45,7 @@ use arc_swap::ArcSwap;
 use crate::model::Snapshot;
 use crate::model::cluster::Cluster;
 use crate::model::live::LiveState;
-use crate::model::peer::PeerInfo;
+use crate::model::peer::{self, PeerInfo};
 use crate::model::service::ServiceName;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::{MetricCache, Metrics};
@@ -84,6 +86,8 @@ pub struct Downstream {
     /// Where a captured connection's requests go; `None` for a connection
     /// that reached the listener itself (explicit mode).
     pub captured: Option<Captured>,
+    /// Its requests in flight (for the idle timeout).
+    pub activity: Rc<activity::Activity>,
 }
 
 impl Downstream {
@@ -140,8 +144,8 @@ pub struct Worker {
 struct Caches {
     metrics: MetricCache,
     peers: HashMap<Box<[u8]>, Arc<PeerInfo>>,
-    unknown_services: HashMap<String, Arc<ServiceName>>,
     principals: HashMap<Box<str>, Arc<str>>,
+    services: HashMap<Box<str>, Arc<ServiceName>>,
 }
 
 const PEER_CACHE_LIMIT: usize = 1024;
@@ -160,8 +164,28 @@ impl Worker {
         }
     }
 
-    /// The peer a metadata header describes, decoded once per distinct value.
-    fn peer_from_header(&self, value: &[u8]) -> Option<Arc<PeerInfo>> {
+    /// The peer a metadata header (`x-envoy-peer-metadata`) describes,
+    /// when it can be believed (DESIGN §2 "Telemetry"): from a peer that
+    /// proved `principal` over mTLS, a description of its certificate's
+    /// namespace; from any other peer, a description that matches a peer of
+    /// the registry, labelled with the registry's values. Anything else is
+    /// `None` (`unknown` labels): a client's free text never becomes a
+    /// metric label, so forged identities cannot grow the metrics.
+    fn announced_peer(
+        &self,
+        value: &[u8],
+        principal: Option<&str>,
+        snapshot: &Snapshot,
+    ) -> Option<Arc<PeerInfo>> {
+        let announced = self.decode_peer(value)?;
+        match principal {
+            Some(principal) if peer::matches_principal(&announced, principal) => Some(announced),
+            _ => snapshot.known_peers.get(&announced).cloned(),
+        }
+    }
+
+    /// A metadata header decoded, once per distinct value (bounded).
+    fn decode_peer(&self, value: &[u8]) -> Option<Arc<PeerInfo>> {
         let mut caches = self.caches.borrow_mut();
         if let Some(peer) = caches.peers.get(value) {
             return Some(peer.clone());
@@ -190,22 +214,40 @@ impl Worker {
         principal.clone()
     }
 
-    /// A service name for a host no cluster knows (for `destination_service`
-    /// of unrouted requests); bounded so junk hosts cannot grow memory.
-    fn unknown_service(&self, host: &str, namespace: &str) -> Arc<ServiceName> {
+    /// The service labels of a configured host no cluster answered for
+    /// (a rule's own answer, a route or cluster not found), made once per
+    /// host. Only hosts of the config come here, so the set is bounded by
+    /// it; a host outside the registry is [`ServiceName::outside_registry`].
+    fn service_named(&self, host: &str, namespace: &str) -> Arc<ServiceName> {
         let mut caches = self.caches.borrow_mut();
-        if let Some(name) = caches.unknown_services.get(host) {
+        if let Some(name) = caches.services.get(host) {
             return name.clone();
         }
-        if caches.unknown_services.len() >= PEER_CACHE_LIMIT {
-            caches.unknown_services.clear();
+        if caches.services.len() >= PEER_CACHE_LIMIT {
+            caches.services.clear();
         }
         let name = Arc::new(ServiceName::new(host, namespace));
-        caches
-            .unknown_services
-            .insert(host.to_owned(), name.clone());
+        caches.services.insert(Box::from(host), name.clone());
         name
     }
+}
+
+/// The request path's first step, reading the request head
+/// ([`canonical`]: one host, the path normalized by `path_normalization`,
+/// each header of `decided_headers` on one line), for the `request_head`
+/// fuzz target; `Err` is the status the request would be refused with.
+/// Not an API: the request path calls the step itself.
+#[doc(hidden)]
+pub fn settle_request_head<B>(
+    req: &mut http::Request<B>,
+    path_normalization: crate::path::PathNormalization,
+    decided_headers: &[http::HeaderName],
+) -> Result<(), u16> {
+    let settings = canonical::Settings {
+        path_normalization,
+        decided_headers,
+    };
+    canonical::settle(req, &settings).map_err(|reply| reply.status.as_u16())
 }
 
 /// Runs futures on the current worker's thread (hyper's executor for

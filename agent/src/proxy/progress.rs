@@ -5,6 +5,8 @@
 
 use std::cell::Cell;
 
+use super::client_body::ClientBodyError;
+
 /// How the client's request body ended before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFailure {
@@ -12,11 +14,20 @@ pub enum BodyFailure {
     Malformed,
     /// The client went away or reset the stream.
     Aborted,
+    /// It sent nothing for `streamIdleTimeout`.
+    StreamIdle,
 }
 
 impl BodyFailure {
     /// Classifies a downstream body error.
-    pub fn of(error: &hyper::Error) -> Self {
+    pub fn of(error: &ClientBodyError) -> Self {
+        match error {
+            ClientBodyError::StreamIdle(_) => Self::StreamIdle,
+            ClientBodyError::Source(error) => Self::of_source(error),
+        }
+    }
+
+    fn of_source(error: &hyper::Error) -> Self {
         let mut source = std::error::Error::source(error);
         while let Some(cause) = source {
             // hyper's HTTP/1 body decoder says InvalidInput or InvalidData
@@ -69,7 +80,7 @@ impl RequestProgress {
     }
 
     /// The client's body failed with `error`.
-    pub fn fail(&self, error: &hyper::Error) {
+    pub fn fail(&self, error: &ClientBodyError) {
         self.failure.set(Some(BodyFailure::of(error)));
     }
 

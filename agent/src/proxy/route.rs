@@ -16,7 +16,6 @@ use crate::model::policy::{RetryPolicy, RouteAction, RoutePolicy};
 use crate::model::route::{HeaderEdits, Matched, RequestView, WeightedDestination};
 
 /// `destination_service` of a request refused outside the registry.
-const BLACK_HOLE: &str = "BlackHoleCluster";
 
 /// Inbound requests are not retried or timed out by the sidecar.
 static INBOUND: LazyLock<RoutePolicy> = LazyLock::new(|| RoutePolicy {
@@ -43,17 +42,23 @@ pub struct Routed<'s> {
     pub answered_for: Option<&'s str>,
 }
 
-/// Why a request has no route, and the host it was addressed to, as
-/// `destination_service` names it (Istio falls back to the host).
+/// Why a request has no route, and the configured host it was addressed
+/// to, for `destination_service`.
 #[derive(Debug)]
 pub struct NotRouted<'a> {
     /// The local reply to send.
     pub reply: LocalReply,
-    /// The host, when the request named one.
+    /// The host of the config the request was addressed to; `None` when it
+    /// named no host or one outside the registry (whose labels must not
+    /// carry it).
     pub host: Option<&'a str>,
 }
 
 impl<'a> NotRouted<'a> {
+    fn outside_registry(reply: LocalReply) -> Self {
+        Self { reply, host: None }
+    }
+
     fn to(host: &'a str, reply: LocalReply) -> Self {
         Self {
             reply,
@@ -116,6 +121,12 @@ pub fn select<'s: 'r, 'r, B>(
     captured: Option<&'s Captured>,
     req: &'r Request<B>,
 ) -> Result<Routed<'s>, NotRouted<'r>> {
+    // CONNECT matches a route only where the route says so (Envoy's
+    // `connect_matcher`), and no Istio resource makes such a route for a
+    // sidecar: refused both ways with Envoy's answer, 404 NR.
+    if req.method() == http::Method::CONNECT {
+        return Err(NotRouted::outside_registry(LocalReply::NO_ROUTE));
+    }
     if direction == Direction::Inbound {
         let app = match captured {
             Some(Captured::Inbound { app }) => app,
@@ -138,18 +149,8 @@ pub fn select<'s: 'r, 'r, B>(
         ) => {
             return by_destination(snapshot, service.as_ref(), unregistered, *original_dst, req);
         }
-        (None, ..) => {
-            return Err(NotRouted {
-                reply: LocalReply::MISSING_HOST,
-                host: None,
-            });
-        }
-        (Some(authority), None, _) => {
-            return Err(NotRouted::to(
-                split_host_port(authority).0,
-                LocalReply::NO_ROUTE,
-            ));
-        }
+        (None, ..) => return Err(NotRouted::outside_registry(LocalReply::MISSING_HOST)),
+        (Some(_), None, _) => return Err(NotRouted::outside_registry(LocalReply::NO_ROUTE)),
     };
     let original_port = match captured {
         Some(Captured::Outbound { original_dst, .. }) => Some(original_dst.port()),
@@ -176,10 +177,7 @@ fn by_destination<'s: 'r, 'r, B>(
         (None, Unregistered::Passthrough(cluster)) => {
             Ok(Routed::to_cluster(cluster, original_dst.port()))
         }
-        (None, Unregistered::BlackHole) => Err(NotRouted {
-            reply: LocalReply::BLACK_HOLE,
-            host: Some(BLACK_HOLE),
-        }),
+        (None, Unregistered::BlackHole) => Err(NotRouted::outside_registry(LocalReply::BLACK_HOLE)),
     }
 }
 
@@ -354,7 +352,10 @@ spec:
         let req = request("ratings:9080", "/", None);
         let miss = select(&snapshot, Direction::Outbound, None, &req).expect_err("no route");
         assert_eq!(miss.reply.details, "route_not_found");
-        assert_eq!(miss.host, Some("ratings"));
+        assert_eq!(
+            miss.host, None,
+            "a host outside the registry is not a label"
+        );
 
         let req = request("reviews:9080", "/missing", None);
         let miss = select(&snapshot, Direction::Outbound, None, &req).expect_err("no cluster");
@@ -365,6 +366,19 @@ spec:
         let miss = select(&snapshot, Direction::Outbound, None, &hostless).expect_err("no host");
         assert_eq!(miss.reply.details, "missing_host_header");
         assert_eq!(miss.host, None);
+    }
+
+    #[test]
+    fn connect_matches_no_route_either_way() {
+        let snapshot = snapshot();
+        for direction in [Direction::Outbound, Direction::Inbound] {
+            let req = Request::connect("reviews:9080")
+                .header("host", "reviews:9080")
+                .body(())
+                .expect("a request");
+            let miss = select(&snapshot, direction, None, &req).expect_err("no route");
+            assert_eq!(miss.reply.details, "route_not_found");
+        }
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -18,6 +17,7 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
+use super::activity::Activity;
 use super::listener::WorkerSockets;
 use super::rewind::{self, Rewind};
 use super::tcp::TcpTarget;
@@ -77,7 +77,7 @@ fn run_worker(
     sockets: WorkerSockets,
     inbound_tcp: bool,
     stopped: watch::Receiver<bool>,
-    drain: Duration,
+    drain_for: Duration,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -92,13 +92,13 @@ fn run_worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let worker = Rc::new(Worker::new(shared));
-        let graceful = Rc::new(GracefulShutdown::new());
+        let drain = Rc::new(watch::channel(()).0);
         let http = Rc::new(http_builder());
         let serve = |socket, direction| {
             let accept = Accept {
                 worker: worker.clone(),
                 http: http.clone(),
-                graceful: graceful.clone(),
+                drain: drain.clone(),
                 stopped: stopped.clone(),
             };
             tokio::task::spawn_local(accept.http(socket, direction))
@@ -137,9 +137,8 @@ fn run_worker(
             let _ = accept_loop.await;
         }
         // Listeners are closed; let in-flight requests finish, up to `drain`.
-        if let Ok(graceful) = Rc::try_unwrap(graceful) {
-            let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
-        }
+        let _ = drain.send(());
+        let _ = tokio::time::timeout(drain_for, drain.closed()).await;
     });
 }
 
@@ -157,7 +156,7 @@ fn http_builder() -> auto::Builder<LocalExec> {
 struct Accept {
     worker: Rc<Worker>,
     http: Rc<auto::Builder<LocalExec>>,
-    graceful: Rc<GracefulShutdown>,
+    drain: Rc<watch::Sender<()>>,
     stopped: watch::Receiver<bool>,
 }
 
@@ -177,8 +176,7 @@ impl Accept {
             let connection = Connection {
                 worker: self.worker.clone(),
                 http: self.http.clone(),
-                // A watcher, not the shutdown handle: draining waits for it.
-                watcher: self.graceful.watcher(),
+                drain: self.drain.subscribe(),
             };
             let gauge = gauge.clone();
             tokio::task::spawn_local(async move {
@@ -194,7 +192,9 @@ impl Accept {
 struct Connection {
     worker: Rc<Worker>,
     http: Rc<auto::Builder<LocalExec>>,
-    watcher: Watcher,
+    /// Told when the worker drains; dropped when the connection is done,
+    /// which is what draining waits for.
+    drain: watch::Receiver<()>,
 }
 
 impl Connection {
@@ -231,6 +231,7 @@ impl Connection {
             local,
             tls,
             captured: None,
+            activity: Activity::new(),
         };
         self.http(io, down).await;
     }
@@ -253,6 +254,7 @@ impl Connection {
                     local: dst,
                     tls: None,
                     captured: Some(captured),
+                    activity: Activity::new(),
                 };
                 match decided {
                     Ok(interception::Outbound::Http(captured)) => {
@@ -331,6 +333,7 @@ impl Connection {
                 local: dst,
                 tls,
                 captured: Some(Captured::Inbound { app }),
+                activity: Activity::new(),
             };
             self.http(io, down).await;
         } else {
@@ -372,6 +375,8 @@ impl Connection {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let activity = down.activity.clone();
+        let peer = down.peer;
         let down = Rc::new(down);
         let worker = self.worker.clone();
         let service = service_fn(move |req| handler::handle(worker.clone(), down.clone(), req));
@@ -379,7 +384,36 @@ impl Connection {
             .http
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
-        if let Err(error) = self.watcher.watch(conn).await {
+        let mut conn = std::pin::pin!(conn);
+        // Ends gracefully (HTTP/1.1: closed between requests; HTTP/2: GOAWAY,
+        // then closed once its streams are done) when the worker drains or
+        // when no request has been in flight for the idle timeout, as
+        // Envoy's `idle_timeout` closes downstream connections.
+        let idle_timeout = self.worker.shared.config.load().bootstrap.downstream.idle;
+        let idle = async {
+            match idle_timeout {
+                Some(timeout) => activity.idle_for(timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut idle = std::pin::pin!(idle);
+        let mut drain = self.drain;
+        let mut ending = false;
+        let result = loop {
+            tokio::select! {
+                result = conn.as_mut() => break result,
+                _ = drain.changed(), if !ending => {
+                    ending = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = idle.as_mut(), if !ending => {
+                    ending = true;
+                    tracing::debug!(%peer, "downstream connection idle, closing");
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        };
+        if let Err(error) = result {
             tracing::debug!(%error, "downstream connection ended with an error");
         }
     }

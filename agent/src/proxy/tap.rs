@@ -9,8 +9,8 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
+use super::client_body::{ClientBody, ClientBodyError};
 use super::progress::RequestProgress;
 
 /// Most request body bytes kept for retries and mirrors (Envoy's default
@@ -21,15 +21,15 @@ pub const TAP_LIMIT: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
     /// The client's body failed.
-    #[error("request body: {0}")]
-    Source(hyper::Error),
+    #[error("{0}")]
+    Source(ClientBodyError),
     /// Part of the body was dropped over the limit before this reader got it.
     #[error("request body longer than the retry buffer")]
     Overflowed,
 }
 
 struct State {
-    source: Incoming,
+    source: ClientBody,
     frames: Vec<Frame<Bytes>>,
     /// Absolute index of `frames[0]`.
     base: usize,
@@ -56,7 +56,7 @@ fn copy(frame: &Frame<Bytes>) -> Frame<Bytes> {
 
 impl Tap {
     /// Taps `source`; its progress is reported to `progress`.
-    pub fn new(source: Incoming, progress: Rc<RequestProgress>) -> Self {
+    pub fn new(source: ClientBody, progress: Rc<RequestProgress>) -> Self {
         let done = source.is_end_stream();
         progress.set_done(done);
         Self(Rc::new(RefCell::new(State {

@@ -16,7 +16,8 @@ use super::{Direction, Worker};
 use crate::flags::ResponseFlags;
 use crate::model::MtlsMode;
 use crate::model::balancer::PickInput;
-use crate::model::cluster::{Cluster, unregistered_service};
+use crate::model::capture::OutboundTrafficMode;
+use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
@@ -166,24 +167,38 @@ pub async fn proxy<IO>(
             }
         }
     };
+    // `None` past the families' series cap: proxied all the same, counted
+    // as overflow instead.
     let handles = shared.metrics.tcp_handles(&labels, flags);
-    handles.opened.inc();
+    if let Some(handles) = &handles {
+        handles.opened.inc();
+    }
     if let (Some(upstream), Some(endpoint)) = (upstream, endpoint) {
         let _active = endpoint.state.start_request();
         let (mut down_read, mut down_write) = tokio::io::split(downstream);
         let (mut up_read, mut up_write) = tokio::io::split(upstream);
         let _ = tokio::join!(
-            pipe(&mut down_read, &mut up_write, &handles.received),
-            pipe(&mut up_read, &mut down_write, &handles.sent),
+            pipe(
+                &mut down_read,
+                &mut up_write,
+                handles.as_ref().map(|h| &h.received)
+            ),
+            pipe(
+                &mut up_read,
+                &mut down_write,
+                handles.as_ref().map(|h| &h.sent)
+            ),
         );
     }
-    handles.closed.inc();
+    if let Some(handles) = &handles {
+        handles.closed.inc();
+    }
 }
 
 thread_local! {
     /// `destination_service` of connections refused outside the registry.
     static BLACK_HOLE: Arc<ServiceName> =
-        Arc::new(unregistered_service("BlackHoleCluster"));
+        ServiceName::outside_registry(OutboundTrafficMode::RegistryOnly);
 }
 
 /// TCP to the endpoint, then TLS when the cluster says so.
@@ -207,7 +222,7 @@ async fn dial(
 
 /// Copies until end of stream, counting bytes as they pass (so long-lived
 /// connections show up in metrics before they close), then half-closes.
-async fn pipe<R, W>(from: &mut R, to: &mut W, counter: &IntCounter) -> std::io::Result<()>
+async fn pipe<R, W>(from: &mut R, to: &mut W, counter: Option<&IntCounter>) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -219,6 +234,8 @@ where
             return to.shutdown().await;
         }
         to.write_all(&buf[..n]).await?;
-        counter.inc_by(n as u64);
+        if let Some(counter) = counter {
+            counter.inc_by(n as u64);
+        }
     }
 }

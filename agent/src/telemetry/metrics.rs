@@ -5,6 +5,7 @@
 //! keyed by pointers, so recording a request touches only atomics.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -15,6 +16,7 @@ pub use crate::by_address::ByAddress;
 use crate::flags::ResponseFlags;
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
+use crate::telemetry::series::SeriesLimit;
 
 /// Envoy's default histogram buckets, which Istio's metrics use.
 pub const ENVOY_BUCKETS: [f64; 19] = [
@@ -102,11 +104,19 @@ pub struct Metrics {
     pub certificate_rotations: IntCounterVec,
     /// When the workload certificate expires (Unix seconds).
     pub certificate_expiry: IntGauge,
+    /// Observations not recorded because their family was at its series cap.
+    pub series_overflow: IntCounterVec,
+    /// The cap on the HTTP request families' label sets.
+    http_series: Arc<SeriesLimit>,
+    /// The cap on the TCP families' label sets.
+    tcp_series: Arc<SeriesLimit>,
 }
 
 impl Metrics {
-    /// Creates and registers every family in a fresh registry.
-    pub fn new() -> Result<Self, prometheus::Error> {
+    /// Creates and registers every family in a fresh registry; each Istio
+    /// family holds at most `max_series` label sets (clamped to
+    /// 1..=[`MAX_SERIES_BOUND`](crate::telemetry::series::MAX_SERIES_BOUND)).
+    pub fn new(max_series: usize) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let http = http_labels();
         let tcp = tcp_labels();
@@ -119,7 +129,21 @@ impl Metrics {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels)
         };
+        let series_overflow = counter(
+            "tracemesh_agent_metric_series_overflow_total",
+            "Observations not recorded because the metric family held maxSeriesPerMetric label sets.",
+            &["family"],
+        )?;
+        let http_overflow = series_overflow.with_label_values(&["istio_requests"]);
+        let tcp_overflow = series_overflow.with_label_values(&["istio_tcp"]);
         let metrics = Self {
+            series_overflow,
+            http_series: Arc::new(SeriesLimit::new(
+                "istio_requests_total, istio_request_duration_milliseconds, istio_request_bytes, istio_response_bytes",
+                max_series,
+                http_overflow,
+            )),
+            tcp_series: Arc::new(SeriesLimit::new("istio_tcp_*", max_series, tcp_overflow)),
             requests: counter(
                 "istio_requests_total",
                 "Requests handled by the sidecar.",
@@ -233,6 +257,7 @@ impl Metrics {
         r.register(Box::new(self.outlier_ejections.clone()))?;
         r.register(Box::new(self.tls_failures.clone()))?;
         r.register(Box::new(self.certificate_rotations.clone()))?;
+        r.register(Box::new(self.series_overflow.clone()))?;
         r.register(Box::new(self.certificate_expiry.clone()))
     }
 
@@ -359,9 +384,11 @@ pub struct TcpHandles {
 const CACHE_LIMIT: usize = 4096;
 
 /// A worker's label-set → handles cache (no lock: one per worker thread).
+/// A label set its family had no room for is remembered as `None`, so each
+/// later observation of it is counted as overflow without building labels.
 #[derive(Default)]
 pub struct MetricCache {
-    requests: HashMap<RequestKey, RequestHandles>,
+    requests: HashMap<RequestKey, Option<RequestHandles>>,
 }
 
 impl MetricCache {
@@ -375,19 +402,26 @@ impl MetricCache {
         response_bytes: u64,
     ) {
         if let Some(handles) = self.requests.get(key) {
-            return handles.record(duration_ms, request_bytes, response_bytes);
+            return match handles {
+                Some(handles) => handles.record(duration_ms, request_bytes, response_bytes),
+                None => metrics.http_series.refuse(),
+            };
         }
         if self.requests.len() >= CACHE_LIMIT {
             self.requests.clear(); // old snapshots' keys; handles are recreated on demand
         }
         let handles = metrics.request_handles(key);
-        handles.record(duration_ms, request_bytes, response_bytes);
+        if let Some(handles) = &handles {
+            handles.record(duration_ms, request_bytes, response_bytes);
+        }
         self.requests.insert(key.clone(), handles);
     }
 }
 
 impl Metrics {
-    fn request_handles(&self, key: &RequestKey) -> RequestHandles {
+    /// The handles of `key`'s label set; `None` (counted) when the
+    /// families are at their series cap and the set is new.
+    fn request_handles(&self, key: &RequestKey) -> Option<RequestHandles> {
         let peers = key.peers.values();
         let code = key.code.to_string();
         let grpc_status = key.grpc_status.map(|s| s.to_string()).unwrap_or_default();
@@ -401,25 +435,33 @@ impl Metrics {
             &flags,
             key.peers.security,
         ]);
-        RequestHandles {
+        if !self.http_series.admit(&values) {
+            return None;
+        }
+        Some(RequestHandles {
             requests: self.requests.with_label_values(&values),
             duration: self.duration.with_label_values(&values),
             request_bytes: self.request_bytes.with_label_values(&values),
             response_bytes: self.response_bytes.with_label_values(&values),
-        }
+        })
     }
 
-    /// Handles for a TCP connection's labels (once per connection).
-    pub fn tcp_handles(&self, peers: &PeerLabels, flags: ResponseFlags) -> TcpHandles {
+    /// Handles for a TCP connection's labels (once per connection); `None`
+    /// (counted) when the families are at their series cap and the label
+    /// set is new.
+    pub fn tcp_handles(&self, peers: &PeerLabels, flags: ResponseFlags) -> Option<TcpHandles> {
         let peer_values = peers.values();
         let flags = flags.as_str();
         let mut values: Vec<&str> = peer_values.iter().map(String::as_str).collect();
         values.extend(["tcp", &flags, peers.security]);
-        TcpHandles {
+        if !self.tcp_series.admit(&values) {
+            return None;
+        }
+        Some(TcpHandles {
             sent: self.tcp_sent.with_label_values(&values),
             received: self.tcp_received.with_label_values(&values),
             opened: self.tcp_opened.with_label_values(&values),
             closed: self.tcp_closed.with_label_values(&values),
-        }
+        })
     }
 }

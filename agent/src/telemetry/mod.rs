@@ -8,4 +8,5 @@ pub mod metrics;
 pub mod peer_metadata;
 pub mod record;
 pub mod sampler;
+pub mod series;
 pub mod spans;

@@ -26,12 +26,14 @@ use super::tap::Tap;
 use super::{Direction, Downstream, Worker};
 use crate::flags::ResponseFlags;
 use crate::model::Snapshot;
+use crate::model::capture::OutboundTrafficMode;
 use crate::model::clock::now_ms;
 use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
 use crate::model::live::{ActiveRequest, EjectionReason, Slot};
 use crate::model::peer::PeerInfo;
 use crate::model::route::Matched;
+use crate::model::service::ServiceName;
 use crate::telemetry::hop_span::HopSpan;
 use crate::telemetry::peer_metadata::PEER_METADATA;
 use crate::telemetry::record::{self, Details, LogFields, RequestRecord};
@@ -55,6 +57,8 @@ pub struct Exchange {
     /// Local replies carry their details in a header.
     reply_details: bool,
     done: bool,
+    /// Keeps the connection from counting as idle until the request is over.
+    _stream: super::activity::Stream,
 }
 
 thread_local! {
@@ -71,14 +75,14 @@ impl Exchange {
         req: &Request<Incoming>,
     ) -> Box<Self> {
         let span = HopSpan::start(&worker.shared.tracer, down.direction, req.headers());
+        let tls = down.tls.as_ref();
         let peer = match down.direction {
-            Direction::Inbound => req
-                .headers()
-                .get(PEER_METADATA)
-                .and_then(|v| worker.peer_from_header(v.as_bytes())),
+            Direction::Inbound => req.headers().get(PEER_METADATA).and_then(|v| {
+                let principal = tls.and_then(|t| t.principal.as_deref());
+                worker.announced_peer(v.as_bytes(), principal, snapshot)
+            }),
             Direction::Outbound => None,
         };
-        let tls = down.tls.as_ref();
         let record = RequestRecord {
             local: snapshot.identity.clone(),
             direction: down.direction,
@@ -123,6 +127,7 @@ impl Exchange {
             extra_headers: None,
             reply_details: snapshot.bootstrap.telemetry.reply_details,
             done: false,
+            _stream: down.activity.start(),
         });
         let Self { span, record, .. } = &mut *exchange;
         span.describe_request(req, record);
@@ -174,11 +179,17 @@ impl Exchange {
         self.span.note_fault_delay(delay, rule);
     }
 
-    /// Records the host a request without a cluster was addressed to, so
-    /// `destination_service` names it (as Istio falls back to the Host header).
+    /// Records the configured host a request without a cluster was
+    /// addressed to, so `destination_service` names it.
     pub fn set_unrouted_host(&mut self, host: &str) {
         let namespace = &self.record.local.namespace;
-        self.record.unrouted_service = Some(self.worker.unknown_service(host, namespace));
+        self.record.unrouted_service = Some(self.worker.service_named(host, namespace));
+    }
+
+    /// Records that the request's destination is outside the registry
+    /// (labelled as Istio's `cluster`, never by its host).
+    pub fn set_outside_registry(&mut self, mode: OutboundTrafficMode) {
+        self.record.unrouted_service = Some(ServiceName::outside_registry(mode));
     }
 
     /// Writes this hop's trace context into the headers for the next hop.
@@ -200,9 +211,11 @@ impl Exchange {
     }
 
     /// The peer announced in an upstream response (outbound), replacing the
-    /// endpoint-label guess.
-    pub fn set_peer_from_header(&mut self, value: &[u8]) {
-        if let Some(peer) = self.worker.peer_from_header(value) {
+    /// endpoint-label guess when it can be believed (mTLS to the upstream,
+    /// or a match with the registry).
+    pub fn set_peer_from_header(&mut self, value: &[u8], snapshot: &Snapshot) {
+        let principal = self.record.upstream_principal.as_deref();
+        if let Some(peer) = self.worker.announced_peer(value, principal, snapshot) {
             self.record.peer = peer;
         }
     }

@@ -1,0 +1,86 @@
+//! Whether a downstream connection is doing anything: the requests in
+//! flight on it, and since when it has had none — for Envoy's
+//! `idle_timeout` ("the period in which there are no active requests").
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// One connection's requests in flight (on its worker's thread).
+#[derive(Debug)]
+pub struct Activity {
+    active: Cell<usize>,
+    idle_since: Cell<Instant>,
+}
+
+/// A request in flight; dropping it (the request is over) ends it.
+#[derive(Debug)]
+pub struct Stream(Rc<Activity>);
+
+impl Activity {
+    /// A connection just accepted: idle from now.
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self {
+            active: Cell::new(0),
+            idle_since: Cell::new(Instant::now()),
+        })
+    }
+
+    /// A request starts.
+    pub fn start(self: &Rc<Self>) -> Stream {
+        self.active.set(self.active.get() + 1);
+        Stream(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in flight for
+    /// `timeout`.
+    pub async fn idle_for(&self, timeout: Duration) {
+        loop {
+            if self.active.get() > 0 {
+                tokio::time::sleep(timeout).await;
+                continue;
+            }
+            let deadline = self.idle_since.get() + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let left = self.0.active.get().saturating_sub(1);
+        self.0.active.set(left);
+        if left == 0 {
+            self.0.idle_since.set(Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_counts_from_the_last_request_not_the_first() {
+        let activity = Activity::new();
+        let started = Instant::now();
+        let stream = activity.start();
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        drop(stream);
+        activity.idle_for(Duration::from_secs(30)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(80));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_asks_is_idle_from_its_accept() {
+        let activity = Activity::new();
+        let started = Instant::now();
+        activity.idle_for(Duration::from_secs(30)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+    }
+}

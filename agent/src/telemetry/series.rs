@@ -1,0 +1,176 @@
+//! The hard cap on series per metric family: however many distinct label
+//! sets arrive (hosts, peers, principals), a family holds at most
+//! `maxSeriesPerMetric` of them. A label set past the cap is not recorded;
+//! it is counted in `tracemesh_agent_metric_series_overflow_total` and
+//! logged at WARN at most once per ten seconds, with the number left out
+//! since the last line.
+//!
+//! The label sets admitted are remembered by a 64-bit hash in a fixed table
+//! of atomics, sized once from the cap: admitting takes no lock, and the
+//! memory is what the cap allows, never what the traffic asks for.
+
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use prometheus::IntCounter;
+
+use crate::model::clock::now_ms;
+
+/// The default `spec.telemetry.maxSeriesPerMetric`.
+pub const DEFAULT_MAX_SERIES: usize = 10_000;
+/// The largest `spec.telemetry.maxSeriesPerMetric` accepted (the table it
+/// sizes is 16 bytes a series: 16 MiB at this bound).
+pub const MAX_SERIES_BOUND: usize = 1 << 20;
+
+/// Longest an overflow waits to be reported in a log line.
+const REPORT_INTERVAL_MS: u64 = 10_000;
+
+/// The label sets one group of families (which always share label sets)
+/// has admitted.
+pub struct SeriesLimit {
+    /// What the families are called in logs.
+    families: &'static str,
+    cap: usize,
+    hasher: RandomState,
+    /// Hashes of admitted label sets; 0 is an empty slot.
+    slots: Box<[AtomicU64]>,
+    admitted: AtomicUsize,
+    overflow: IntCounter,
+    unreported: AtomicU64,
+    reported_at_ms: AtomicU64,
+}
+
+impl SeriesLimit {
+    /// A limit of `cap` label sets for `families`, counting overflow in
+    /// `overflow`. `cap` is clamped to 1..=[`MAX_SERIES_BOUND`].
+    pub fn new(families: &'static str, cap: usize, overflow: IntCounter) -> Self {
+        let cap = cap.clamp(1, MAX_SERIES_BOUND);
+        // Load factor at most one half, so a probe ends soon.
+        let size = (cap * 2).next_power_of_two().max(16);
+        Self {
+            families,
+            cap,
+            hasher: RandomState::new(),
+            slots: (0..size).map(|_| AtomicU64::new(0)).collect(),
+            admitted: AtomicUsize::new(0),
+            overflow,
+            unreported: AtomicU64::new(0),
+            reported_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The cap.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Whether the label set `labels` may be recorded: it was admitted
+    /// before, or there is room for it now. A refusal is counted and logged.
+    pub fn admit(&self, labels: &impl Hash) -> bool {
+        let hash = self.hasher.hash_one(labels).max(1);
+        let mask = self.slots.len() - 1;
+        let mut index = hash as usize & mask;
+        loop {
+            let slot = &self.slots[index];
+            match slot.load(Ordering::Acquire) {
+                h if h == hash => return true,
+                0 => {
+                    if self.admitted.load(Ordering::Relaxed) >= self.cap {
+                        self.refuse();
+                        return false;
+                    }
+                    match slot.compare_exchange(0, hash, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => {
+                            self.admitted.fetch_add(1, Ordering::Relaxed);
+                            return true;
+                        }
+                        // Another thread took the slot: look at it again.
+                        Err(_) => continue,
+                    }
+                }
+                _ => index = (index + 1) & mask,
+            }
+        }
+    }
+
+    /// Counts (and, rate-limited, logs) one observation of a label set
+    /// that was refused before.
+    pub fn refuse(&self) {
+        self.refused(now_ms());
+    }
+
+    fn refused(&self, now: u64) {
+        self.overflow.inc();
+        self.unreported.fetch_add(1, Ordering::Relaxed);
+        let last = self.reported_at_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < REPORT_INTERVAL_MS {
+            return;
+        }
+        if self
+            .reported_at_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            let left_out = self.unreported.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                families = self.families,
+                cap = self.cap,
+                left_out,
+                "metric series cap reached, new label sets not recorded (counted in tracemesh_agent_metric_series_overflow_total; raise spec.telemetry.maxSeriesPerMetric if this traffic is legitimate)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(cap: usize) -> SeriesLimit {
+        let overflow = IntCounter::new("overflow", "overflow").unwrap();
+        SeriesLimit::new("test", cap, overflow)
+    }
+
+    #[test]
+    fn admits_up_to_the_cap_and_always_what_it_admitted() {
+        let limit = limit(100);
+        for i in 0..100 {
+            assert!(limit.admit(&i), "label set {i} fits");
+        }
+        for i in 100..10_000 {
+            assert!(!limit.admit(&i), "label set {i} is past the cap");
+        }
+        for i in 0..100 {
+            assert!(limit.admit(&i), "label set {i} was admitted before");
+        }
+        assert_eq!(limit.overflow.get(), 9_900);
+    }
+
+    #[test]
+    fn the_cap_is_bounded_and_the_table_sized_from_it() {
+        assert_eq!(limit(0).cap(), 1);
+        let big = limit(usize::MAX);
+        assert_eq!(big.cap(), MAX_SERIES_BOUND);
+        assert_eq!(big.slots.len(), 2 * MAX_SERIES_BOUND);
+        assert_eq!(limit(DEFAULT_MAX_SERIES).slots.len(), 32_768);
+    }
+
+    #[test]
+    fn overflow_is_logged_at_most_once_per_interval() {
+        let limit = limit(1);
+        assert!(limit.admit(&"a"));
+        limit.refused(5);
+        assert_eq!(
+            limit.unreported.load(Ordering::Relaxed),
+            0,
+            "first line at once"
+        );
+        for ms in 6..1_000 {
+            limit.refused(ms);
+        }
+        assert_eq!(limit.unreported.load(Ordering::Relaxed), 994);
+        limit.refused(10_006);
+        assert_eq!(limit.unreported.load(Ordering::Relaxed), 0);
+        assert_eq!(limit.overflow.get(), 996);
+    }
+}

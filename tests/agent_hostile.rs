@@ -1,0 +1,464 @@
+//! The agent under hostile traffic, over real sockets: hosts and peer
+//! identities a client makes up do not become metric series, every metric
+//! family has a hard cap on series, connections and request bodies that
+//! do nothing are timed out, and CONNECT is refused where no route allows it.
+
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use common::agent::Agent;
+use common::client::Client;
+use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, service_entry};
+use common::upstream::{Upstream, closed_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The agent's resident set size, in bytes (`VmRSS` of `/proc/PID/status`).
+fn rss(agent: &Agent) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+fn len_field(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+    out.push(tag);
+    let mut n = bytes.len();
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(bytes);
+}
+
+/// A protobuf `Struct` whose fields hold encoded `Value`s.
+fn struct_bytes(fields: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut root = Vec::new();
+    for (key, value) in fields {
+        let mut entry = Vec::new();
+        len_field(&mut entry, 0x0a, key.as_bytes());
+        len_field(&mut entry, 0x12, value);
+        len_field(&mut root, 0x0a, &entry); // Struct.fields = 1
+    }
+    root
+}
+
+/// Istio's peer metadata: string fields and `LABELS`, base64 of a `Struct`.
+fn peer_metadata(fields: &[(&str, &str)], labels: &[(&str, &str)]) -> String {
+    let string = |s: &str| {
+        let mut v = Vec::new();
+        len_field(&mut v, 0x1a, s.as_bytes()); // Value.string_value = 3
+        v
+    };
+    let mut all: Vec<(&str, Vec<u8>)> = fields.iter().map(|(k, v)| (*k, string(v))).collect();
+    if !labels.is_empty() {
+        let labels: Vec<(&str, Vec<u8>)> = labels.iter().map(|(k, v)| (*k, string(v))).collect();
+        let mut value = Vec::new();
+        len_field(&mut value, 0x2a, &struct_bytes(&labels)); // Value.struct_value = 5
+        all.push(("LABELS", value));
+    }
+    base64::engine::general_purpose::STANDARD.encode(struct_bytes(&all))
+}
+
+/// Sends `total` requests over `connections` keep-alive connections,
+/// `request(i)` the bytes of the i-th, pipelined in batches; returns the
+/// status of each response by class (index 0: 1xx … 4: 5xx).
+async fn drive(
+    addr: SocketAddr,
+    total: usize,
+    connections: usize,
+    request: impl Fn(usize) -> String + Clone + Send + 'static,
+) -> [usize; 5] {
+    let per = total / connections;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let mut classes = [0usize; 5];
+            let mut buf = Vec::with_capacity(64 * 1024);
+            let mut sent = 0;
+            while sent < per {
+                let batch = (per - sent).min(64);
+                let mut out = String::new();
+                for i in 0..batch {
+                    out.push_str(&request(c * per + sent + i));
+                }
+                stream.write_all(out.as_bytes()).await.unwrap();
+                for _ in 0..batch {
+                    let status = read_response(&mut stream, &mut buf).await;
+                    classes[(status / 100 - 1) as usize] += 1;
+                }
+                sent += batch;
+            }
+            classes
+        }));
+    }
+    let mut classes = [0usize; 5];
+    for task in tasks {
+        for (sum, n) in classes.iter_mut().zip(task.await.unwrap()) {
+            *sum += n;
+        }
+    }
+    classes
+}
+
+/// Reads one HTTP/1.1 response with a content-length body; returns its status.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> u16 {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status: u16 = head[9..12].parse().unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            let total = end + 4 + length;
+            while buf.len() < total {
+                read_more(stream, buf).await;
+            }
+            buf.drain(..total);
+            return status;
+        }
+        read_more(stream, buf).await;
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = stream.read(&mut chunk).await.unwrap();
+    assert!(n > 0, "the agent closed a keep-alive connection");
+    buf.extend_from_slice(&chunk[..n]);
+}
+
+fn frontend(app: SocketAddr, extra: &str) -> String {
+    AgentDoc {
+        name: "frontend-v1",
+        service: "frontend",
+        app: "frontend",
+        version: "v1",
+        app_addr: app,
+        otlp: NO_COLLECTOR,
+        app_protocol: "HTTP",
+        outbound_tcp: "[]",
+        extra,
+    }
+    .yaml()
+}
+
+/// The example from the report: 100k made-up hosts to the outbound listener
+/// took the agent from 19 MB to 1.7 GB, and 100k forged peer identities
+/// grew the inbound side the same way. Now both are one label set each,
+/// and the agent's memory stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_hosts_and_forged_peers_do_not_grow_the_metrics() {
+    // No spans (they are bounded by their own queue; this test measures
+    // the metrics, and a debug build spends most of its time on spans).
+    let agent =
+        Agent::start(&frontend(closed_port().await, "").replace("sampling: 1.0", "sampling: 0.0"));
+    let outbound = |i: usize| format!("GET / HTTP/1.1\r\nhost: made-up-{i}.example\r\n\r\n");
+    let forged = |i: usize| {
+        let meta = peer_metadata(
+            &[
+                ("NAME", &format!("forged-{i}")),
+                ("WORKLOAD_NAME", &format!("forged-{i}")),
+                ("NAMESPACE", &format!("ns-{i}")),
+                ("CLUSTER_ID", &format!("cluster-{i}")),
+            ],
+            &[("app", &format!("forged-app-{i}"))],
+        );
+        format!(
+            "GET / HTTP/1.1\r\nhost: frontend\r\nx-envoy-peer-metadata: {meta}\r\nx-envoy-peer-metadata-id: sidecar~{i}\r\n\r\n"
+        )
+    };
+    // Warm up: allocator arenas, pools, caches and the span queue filled.
+    drive(agent.outbound, 5_000, 4, outbound).await;
+    drive(agent.inbound, 5_000, 4, move |i| forged(1_000_000 + i)).await;
+    let idle = rss(&agent);
+
+    let n = 100_000;
+    let started = std::time::Instant::now();
+    let out = drive(agent.outbound, n, 4, move |i| outbound(2_000_000 + i)).await;
+    assert_eq!(out[3], n, "every made-up host is no route (404)");
+    let inb = drive(agent.inbound, n, 4, move |i| forged(3_000_000 + i)).await;
+    assert_eq!(inb[4], n, "the app is down: 503 to every forged caller");
+    let after = rss(&agent);
+    eprintln!(
+        "RSS idle {} MB, after {n} hosts and {n} forged peers {} MB ({:?})",
+        idle >> 20,
+        after >> 20,
+        started.elapsed()
+    );
+    assert!(
+        after < idle + (20 << 20),
+        "RSS grew from {} MB to {} MB",
+        idle >> 20,
+        after >> 20
+    );
+
+    let scrape = agent.metrics().await;
+    assert!(
+        scrape.text.len() < 256 * 1024,
+        "the scrape stays small: {} bytes",
+        scrape.text.len()
+    );
+    let outside = [
+        ("reporter", "source"),
+        ("destination_service", "unknown"),
+        ("destination_service_name", "BlackHoleCluster"),
+        ("destination_service_namespace", "unknown"),
+        ("response_flags", "NR"),
+    ];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &outside),
+        (n + 5_000) as f64,
+        "{}",
+        scrape.text
+    );
+    let forged_callers = [
+        ("reporter", "destination"),
+        ("source_workload", "unknown"),
+        ("source_workload_namespace", "unknown"),
+        ("source_cluster", "unknown"),
+    ];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &forged_callers),
+        (n + 5_000) as f64,
+        "{}",
+        scrape.text
+    );
+    assert!(!scrape.text.contains("made-up-"), "no host becomes a label");
+    assert!(
+        !scrape.text.contains("forged-"),
+        "no forged name becomes a label"
+    );
+    let series = scrape.matching("istio_requests_total", &[]).count();
+    assert_eq!(series, 2, "one series a side:\n{}", scrape.text);
+}
+
+/// A plaintext caller's self-description is believed when it matches a peer
+/// of the registry (and then labelled with the registry's values), and not
+/// otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_peer_metadata_counts_only_when_the_registry_knows_the_peer() {
+    let app = Upstream::start("app").await;
+    let caller = Ep {
+        addr: "127.0.0.1:9".parse().unwrap(),
+        labels: &[("app", "reviews"), ("version", "v2")],
+    };
+    let agent = Agent::start(
+        &(frontend(app.addr, "") + &service_entry("reviews", 9080, "HTTP", &[caller])),
+    );
+    let client = Client::h1(agent.inbound);
+    let with_labels = peer_metadata(
+        &[
+            ("WORKLOAD_NAME", "reviews-v2-7f9c"),
+            ("NAMESPACE", "default"),
+            ("CLUSTER_ID", "Kubernetes"),
+        ],
+        &[("app", "reviews"), ("version", "v2")],
+    );
+    let unknown_app = peer_metadata(
+        &[("WORKLOAD_NAME", "evil"), ("NAMESPACE", "default")],
+        &[("app", "evil")],
+    );
+    for meta in [&with_labels, &unknown_app] {
+        let reply = client
+            .get_with("http://frontend/", &[("x-envoy-peer-metadata", meta)])
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    let scrape = agent.metrics().await;
+    let registry = [
+        ("reporter", "destination"),
+        ("source_app", "reviews"),
+        ("source_version", "v2"),
+        ("source_workload_namespace", "default"),
+        ("source_workload", "unknown"),
+    ];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &registry),
+        1.0,
+        "{}",
+        scrape.text
+    );
+    let unknown = [
+        ("reporter", "destination"),
+        ("source_app", "unknown"),
+        ("source_workload_namespace", "unknown"),
+    ];
+    assert_eq!(scrape.sum("istio_requests_total", &unknown), 1.0);
+    assert!(!scrape.text.contains("evil"));
+    assert!(!scrape.text.contains("reviews-v2-7f9c"));
+}
+
+/// `maxSeriesPerMetric` is a hard cap: label sets past it are not recorded,
+/// and each observation left out is counted in a metric of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_family_holds_at_most_max_series_label_sets() {
+    let app = Upstream::start("app").await;
+    // Lines of `extra` indented four spaces continue `spec.telemetry`.
+    let agent = Agent::start(&frontend(app.addr, "    maxSeriesPerMetric: 3\n"));
+    let client = Client::h1(agent.inbound);
+    for code in [200, 201, 202, 203, 204, 203] {
+        let reply = client.get(&format!("http://frontend/status/{code}")).await;
+        assert_eq!(reply.status.as_u16(), code);
+    }
+    let scrape = agent.metrics().await;
+    assert_eq!(
+        scrape.matching("istio_requests_total", &[]).count(),
+        3,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(
+        scrape.sum(
+            "tracemesh_agent_metric_series_overflow_total",
+            &[("family", "istio_requests")]
+        ),
+        3.0,
+        "203, 204 and 203 again are left out: {}",
+        scrape.text
+    );
+    assert!(
+        agent
+            .stderr()
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("metric series cap reached")),
+        "{:?}",
+        agent.stderr()
+    );
+}
+
+/// Reads until the agent closes the connection (or 10 s pass); returns
+/// what it sent and whether it closed.
+async fn read_until_closed(stream: &mut TcpStream) -> (String, bool) {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut out),
+    )
+    .await;
+    (String::from_utf8_lossy(&out).into_owned(), read.is_ok())
+}
+
+fn with_timeouts(app: SocketAddr) -> String {
+    frontend(
+        app,
+        "  downstream: {idleTimeout: 500ms, streamIdleTimeout: 500ms}\n",
+    ) + &service_entry(
+        "backend",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: app,
+            labels: &[],
+        }],
+    )
+}
+
+/// A connection that sends nothing is closed after `idleTimeout`, on both
+/// listeners; one with a request in flight is not, however long it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_busy_ones_are_not() {
+    let app = Upstream::start("app").await;
+    let agent = Agent::start(&with_timeouts(app.addr));
+    for listener in [agent.outbound, agent.inbound] {
+        let mut silent = TcpStream::connect(listener).await.unwrap();
+        let (sent, closed) = read_until_closed(&mut silent).await;
+        assert!(closed, "a silent connection is closed");
+        assert_eq!(sent, "", "closed without a word, as Envoy's idle timeout");
+    }
+
+    // A request slower than the idle timeout keeps its connection.
+    app.delay_all(1_500);
+    let mut busy = TcpStream::connect(agent.outbound).await.unwrap();
+    busy.write_all(b"GET / HTTP/1.1\r\nhost: backend:9080\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut busy, &mut buf).await, 200);
+    // … and is closed once it has been idle for the timeout after it.
+    let (_, closed) = read_until_closed(&mut busy).await;
+    assert!(closed);
+}
+
+/// A request body that stalls gets Envoy's answer to a stream idle
+/// timeout: 408 `stream timeout`, flagged SI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_gets_408() {
+    let app = Upstream::start("app").await;
+    let agent = Agent::start(&with_timeouts(app.addr));
+    let mut stream = TcpStream::connect(agent.outbound).await.unwrap();
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nhost: backend:9080\r\ncontent-length: 100\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let (reply, closed) = read_until_closed(&mut stream).await;
+    assert!(closed, "{reply}");
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.ends_with("stream timeout"), "{reply}");
+    let scrape = agent.metrics().await;
+    let stalled = [("response_code", "408"), ("response_flags", "SI")];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &stalled),
+        1.0,
+        "{}",
+        scrape.text
+    );
+}
+
+/// The timeouts have bounds, and an error names the field.
+#[test]
+fn timeouts_past_their_bound_are_refused() {
+    let yaml = frontend(
+        "127.0.0.1:9".parse().unwrap(),
+        "  downstream: {idleTimeout: 25h}\n",
+    );
+    let (ok, out) = common::agent::validate(&yaml);
+    assert!(!ok, "{out}");
+    assert!(out.contains("spec.downstream.idleTimeout"), "{out}");
+    let yaml = frontend(
+        "127.0.0.1:9".parse().unwrap(),
+        "    maxSeriesPerMetric: 0\n",
+    );
+    let (ok, out) = common::agent::validate(&yaml);
+    assert!(!ok, "{out}");
+    assert!(out.contains("spec.telemetry.maxSeriesPerMetric"), "{out}");
+}
+
+/// CONNECT is refused both ways, as Envoy refuses it where no route has a
+/// `connect_matcher`: 404, and the HTTP/1 connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_refused_both_ways() {
+    let app = Upstream::start("app").await;
+    let agent = Agent::start(&with_timeouts(app.addr));
+    for (listener, target) in [
+        (agent.outbound, "backend:9080"),
+        (agent.outbound, "example.com:443"),
+        (agent.inbound, "frontend:80"),
+    ] {
+        let mut stream = TcpStream::connect(listener).await.unwrap();
+        let request = format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let (reply, closed) = read_until_closed(&mut stream).await;
+        assert!(reply.starts_with("HTTP/1.1 404"), "{target}: {reply}");
+        assert!(
+            reply.to_ascii_lowercase().contains("connection: close"),
+            "{reply}"
+        );
+        assert!(closed);
+    }
+    assert_eq!(app.count(), 0, "nothing reached the app");
+}

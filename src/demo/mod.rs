@@ -156,6 +156,9 @@ pub fn run(
     if !(args.qps > 0.0 && args.qps.is_finite()) {
         return Err(anyhow!("--qps must be a positive rate"));
     }
+    if args.pods {
+        pods::check()?;
+    }
     let (data_dir, _temporary) = match &args.data_dir {
         Some(dir) => (dir.clone(), None),
         None => {
@@ -173,9 +176,6 @@ pub fn run(
         .enable_all()
         .build()
         .context("start the applications' runtime")?;
-    if args.pods {
-        pods::check()?;
-    }
     let collector = start_collector(args, &data_dir, services)?;
     let mesh_dir = data_dir.join("mesh");
     let otlp = collector.addresses.otlp_grpc;

@@ -645,7 +645,10 @@ fn the_pods_demo_runs_bookinfo_captured_and_leaves_nothing_behind() {
         .iter()
         .filter(|s| s.parent_span_id.is_none() && &*s.service == "productpage" && s.kind == SERVER)
         .count();
-    assert_eq!(rooted, requests, "rooted productpage spans for the load's requests");
+    assert_eq!(
+        rooted, requests,
+        "rooted productpage spans for the load's requests"
+    );
     // productpage → details and reviews, reviews v2/v3 → ratings, each
     // hop a client span in the caller's agent and a server span in the
     // callee's, in one trace.
@@ -702,7 +705,13 @@ fn the_pods_demo_without_root_says_it_needs_root() {
     let mut command = if rustix::process::geteuid().is_root() {
         // As an ordinary user, as `setpriv` makes one.
         let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=1000", "--regid=1000", "--clear-groups", "--", binary]);
+        c.args([
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            "--",
+            binary,
+        ]);
         c
     } else {
         std::process::Command::new(binary)
@@ -713,7 +722,15 @@ fn the_pods_demo_without_root_says_it_needs_root() {
         .arg(dir.path())
         .status();
     let out = command
-        .args(["demo", "--pods", "--ui-port", "0", "--duration", "1s", "--data-dir"])
+        .args([
+            "demo",
+            "--pods",
+            "--ui-port",
+            "0",
+            "--duration",
+            "1s",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .output()
         .unwrap();

@@ -47,7 +47,11 @@ impl AgentConfig<'_> {
         let mut docs = vec![self.bootstrap()];
         if self.vips.is_some() {
             // Its own service's ports tell the inbound side their protocol.
-            docs.push(service_entry(self.workload.service, self.endpoints, self.vips));
+            docs.push(service_entry(
+                self.workload.service,
+                self.endpoints,
+                self.vips,
+            ));
         }
         for callee in self.workload.calls() {
             docs.push(service_entry(callee, self.endpoints, self.vips));

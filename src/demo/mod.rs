@@ -281,10 +281,15 @@ fn drive(
         workload: None,
         address: collector.http,
     }];
-    targets.extend(layout.admins.iter().map(|(workload, address)| scrape::Target {
-        workload: Some(workload),
-        address: *address,
-    }));
+    targets.extend(
+        layout
+            .admins
+            .iter()
+            .map(|(workload, address)| scrape::Target {
+                workload: Some(workload),
+                address: *address,
+            }),
+    );
     let prometheus_config = scrape::write(&data_dir.join("prometheus"), &targets)?;
     let ready = report::Ready {
         ui: collector.http,

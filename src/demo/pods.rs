@@ -182,8 +182,7 @@ impl PodMesh {
             }
             .to_yaml();
             let config = dir.join(format!("{}.yaml", workload.name));
-            std::fs::write(&config, yaml)
-                .with_context(|| format!("write {}", config.display()))?;
+            std::fs::write(&config, yaml).with_context(|| format!("write {}", config.display()))?;
             make_readable(&config)?;
             let running = start_pod(&exe, workload, pod, &config, scenario)?;
             mesh.admins.push((
@@ -211,7 +210,10 @@ impl PodMesh {
     pub fn stop(mut self) -> anyhow::Result<()> {
         let mut first_error = None;
         for running in self.workloads.iter_mut().rev() {
-            if let Err(error) = terminate(&mut running.agent, &format!("agent {}", running.workload.name)) {
+            if let Err(error) = terminate(
+                &mut running.agent,
+                &format!("agent {}", running.workload.name),
+            ) {
                 first_error.get_or_insert(error);
             }
         }
@@ -307,13 +309,18 @@ fn wait_ready(hub: &str, running: &mut Running) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let name = running.workload.name;
     loop {
-        for (what, child) in [("application", &mut running.app), ("agent", &mut running.agent)] {
+        for (what, child) in [
+            ("application", &mut running.app),
+            ("agent", &mut running.agent),
+        ] {
             if let Some(status) = child.try_wait()? {
                 bail!("{name}'s {what} exited with {status} while starting");
             }
         }
-        let connect = |addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok();
-        let up = running.pod.enter(|| connect(app))? && crate::pods::in_netns(hub, || connect(admin))?;
+        let connect =
+            |addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok();
+        let up =
+            running.pod.enter(|| connect(app))? && crate::pods::in_netns(hub, || connect(admin))?;
         if up {
             return Ok(());
         }

@@ -137,7 +137,9 @@ impl Bed {
             "-n", &self.hub, "link", "add", &hub_end, "type", "veth", "peer", "name", "eth0",
             "netns", &netns,
         ])?;
-        ip(&["-n", &self.hub, "link", "set", &hub_end, "master", "br0", "up"])?;
+        ip(&[
+            "-n", &self.hub, "link", "set", &hub_end, "master", "br0", "up",
+        ])?;
         ip(&["-n", &netns, "addr", "add", &addr4, "dev", "eth0"])?;
         ip(&["-n", &netns, "addr", "add", &addr6, "dev", "eth0", "nodad"])?;
         ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
@@ -166,9 +168,7 @@ impl Bed {
     fn write_hosts(&self) -> anyhow::Result<()> {
         let mut text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost\n");
         for (name, addr) in &self.hosts {
-            text.push_str(&format!(
-                "{addr} {name} {name}.default.svc.cluster.local\n"
-            ));
+            text.push_str(&format!("{addr} {name} {name}.default.svc.cluster.local\n"));
         }
         for netns in &self.pods {
             let dir = etc_dir(netns);

@@ -745,3 +745,22 @@ fn the_pods_demo_without_root_says_it_needs_root() {
         "it says the rootless demo needs none of it: {stderr}"
     );
 }
+
+/// Stopped by a signal (Ctrl-C's SIGINT, or SIGTERM as here) mid-run, the
+/// pods demo stops cleanly and removes every namespace it made.
+#[test]
+fn the_pods_demo_stopped_by_a_signal_leaves_nothing_behind() {
+    if pods_possible("demo --pods, stopped").is_none() {
+        return;
+    }
+    let demo = Demo::start(&["--pods", "--qps", "5", "-c", "2"]);
+    let pid = demo.id();
+    assert!(!pods_left_by(pid).is_empty());
+    let finished = demo.terminate(Duration::from_secs(120));
+    assert_eq!(pods_left_by(pid), Vec::<String>::new(), "left behind");
+    assert!(
+        finished.stdout.iter().any(|l| l == "demo stopped"),
+        "{}",
+        finished.stdout.join("\n")
+    );
+}

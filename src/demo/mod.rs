@@ -20,6 +20,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -139,6 +140,18 @@ struct Layout<'a> {
     load_netns: Option<&'a str>,
     /// Prometheus targets: each workload's agent admin address.
     admins: Vec<(&'static str, SocketAddr)>,
+    /// Where a signal is seen, when it is watched from before the start
+    /// (`None`: the live loop watches for it).
+    interrupt: Option<&'a Interrupt>,
+}
+
+/// Ctrl-C or SIGTERM, seen by a task watching from before the pods start.
+#[derive(Default)]
+struct Interrupt {
+    /// Set once the signal came.
+    flag: AtomicBool,
+    /// Notified once (the permit waits for the live loop).
+    notify: tokio::sync::Notify,
 }
 
 /// How long a demo without `--duration` lets its load run: until Ctrl-C.
@@ -180,9 +193,21 @@ pub fn run(
     let mesh_dir = data_dir.join("mesh");
     let otlp = collector.addresses.otlp_grpc;
     let (outcome, stopped) = if args.pods {
+        // Watched from now on: Ctrl-C while the pods start still removes them.
+        let interrupt = Arc::new(Interrupt::default());
+        let watcher = {
+            let interrupt = interrupt.clone();
+            runtime.spawn(async move {
+                crate::signal::shutdown_signal().await;
+                interrupt.flag.store(true, Ordering::Relaxed);
+                interrupt.notify.notify_one();
+            })
+        };
         let started = std::fs::create_dir_all(&mesh_dir)
             .with_context(|| format!("create {}", mesh_dir.display()))
-            .and_then(|()| pods::PodMesh::start(&runtime, &mesh_dir, otlp, args.scenario));
+            .and_then(|()| {
+                pods::PodMesh::start(&runtime, &mesh_dir, otlp, args.scenario, &interrupt.flag)
+            });
         let mesh = match started {
             Ok(mesh) => mesh,
             Err(error) => {
@@ -195,8 +220,10 @@ pub fn run(
             load_target: mesh.productpage_pod,
             load_netns: Some(mesh.hub()),
             admins: mesh.admins.clone(),
+            interrupt: Some(&interrupt),
         };
         let outcome = drive(args, &runtime, &data_dir, &collector.addresses, &layout);
+        watcher.abort();
         (outcome, mesh.stop().and(collector.stop()))
     } else {
         let mesh = match Mesh::start(&runtime, &mesh_dir, otlp, args.scenario) {
@@ -220,6 +247,7 @@ pub fn run(
                 .iter()
                 .map(|s| (s.workload.name, s.addresses().admin))
                 .collect(),
+            interrupt: None,
         };
         let outcome = drive(args, &runtime, &data_dir, &collector.addresses, &layout);
         (outcome, mesh.stop().and(collector.stop()))
@@ -305,6 +333,7 @@ fn drive(
             .scenario
             .and_then(|s| clap::ValueEnum::to_possible_value(&s))
             .map(|v| v.get_name().to_owned()),
+        pods_hub: layout.load_netns,
     };
     print_now(&ready.render());
 
@@ -341,7 +370,7 @@ fn drive(
             .context("start the load generator")?
     };
     let started = Instant::now();
-    runtime.block_on(watch_live(args, started, &control, &load));
+    runtime.block_on(watch_live(args, started, &control, &load, layout.interrupt));
     control.stop();
     let report = load
         .join()
@@ -357,6 +386,7 @@ async fn watch_live(
     started: Instant,
     control: &Control,
     load: &std::thread::JoinHandle<anyhow::Result<load::report::Report>>,
+    interrupt: Option<&Interrupt>,
 ) {
     let every = args.report_every;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -368,7 +398,12 @@ async fn watch_live(
         }
     };
     tokio::pin!(deadline);
-    let signal = crate::signal::shutdown_signal();
+    let signal = async {
+        match interrupt {
+            Some(interrupt) => interrupt.notify.notified().await,
+            None => crate::signal::shutdown_signal().await,
+        }
+    };
     tokio::pin!(signal);
     let mut last = started;
     loop {

@@ -14,6 +14,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -89,11 +90,14 @@ impl PodMesh {
     /// # Errors
     /// When a namespace, rule or process cannot be made or does not come
     /// up; what was made is removed first.
+    /// `interrupted` turns true on Ctrl-C or SIGTERM: starting stops there,
+    /// and what was made is removed.
     pub fn start(
         runtime: &Runtime,
         dir: &Path,
         otlp: SocketAddr,
         scenario: Option<Scenario>,
+        interrupted: &AtomicBool,
     ) -> anyhow::Result<Self> {
         check()?;
         let exe = std::env::current_exe().context("find the tracemesh binary")?;
@@ -172,6 +176,9 @@ impl PodMesh {
             bed,
         };
         for (workload, pod) in pods {
+            if interrupted.load(Ordering::Relaxed) {
+                bail!("interrupted while starting the pods");
+            }
             let yaml = AgentConfig {
                 workload: &workload,
                 app: SocketAddr::new(IpAddr::V4(pod.ip), service_port(workload.service)),
@@ -192,7 +199,7 @@ impl PodMesh {
             mesh.workloads.push(running);
         }
         for running in &mut mesh.workloads {
-            wait_ready(&hub, running)?;
+            wait_ready(&hub, running, interrupted)?;
         }
         Ok(mesh)
     }
@@ -300,7 +307,7 @@ fn start_pod(
 
 /// Waits until the pod's application and agent listen (the application
 /// checked from inside the pod, the agent's admin port from the hub).
-fn wait_ready(hub: &str, running: &mut Running) -> anyhow::Result<()> {
+fn wait_ready(hub: &str, running: &mut Running, interrupted: &AtomicBool) -> anyhow::Result<()> {
     let app = SocketAddr::new(
         IpAddr::V4(running.pod.ip),
         service_port(running.workload.service),
@@ -326,6 +333,9 @@ fn wait_ready(hub: &str, running: &mut Running) -> anyhow::Result<()> {
         }
         if Instant::now() > deadline {
             bail!("{name} not listening after {READY_TIMEOUT:?}");
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            bail!("interrupted while starting {name}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

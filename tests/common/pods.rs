@@ -19,6 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 #[path = "../../src/pods/mod.rs"]
 mod shared;
 
+#[allow(unused_imports)] // each test binary uses its part
 pub use shared::{PREFIX, Pod, sweep_stale};
 
 /// A test bed: a hub namespace with a bridge, and the pods joined to it.

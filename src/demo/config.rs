@@ -214,8 +214,17 @@ mod tests {
             Some(Scenario::FailingReviewsV3),
             Some(Scenario::Shift5050),
         ];
+        // In pods: every service has a VIP, every sidecar captures.
+        let mut vips = Vips::new();
+        for w in &WORKLOADS {
+            let next = IpAddr::from([10, 96, 0, 10 + vips.len() as u8]);
+            vips.entry(w.service).or_insert(next);
+        }
         let live = tracemesh_agent::model::live::LiveState::default();
-        for scenario in scenarios {
+        for (scenario, vips) in scenarios
+            .into_iter()
+            .flat_map(|s| [(s, None), (s, Some(&vips))])
+        {
             for workload in &WORKLOADS {
                 let yaml = AgentConfig {
                     workload,
@@ -223,7 +232,7 @@ mod tests {
                     otlp: address(4317),
                     endpoints: &endpoints,
                     scenario,
-                    vips: None,
+                    vips,
                 }
                 .to_yaml();
                 let file = std::sync::Arc::from(format!("{}.yaml", workload.name));

@@ -89,7 +89,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let server = tokio::spawn(serve(listener));
-        let ratings = lookup(address, "0").await.unwrap();
+        let ratings = lookup(&address.to_string(), "0").await.unwrap();
         assert_eq!(
             ratings,
             [("Reviewer1".to_owned(), 5), ("Reviewer2".to_owned(), 4)]

@@ -63,6 +63,42 @@ fn parent<'a>(trace: &[&'a SpanSummary], span: &SpanSummary) -> Option<&'a SpanS
     trace.iter().copied().find(|s| s.span_id == id)
 }
 
+/// Checks that every ratings server span sits at the end of one chain,
+/// ratings ← reviews (client, server) ← productpage (client, server root),
+/// each child starting after its parent; returns how many there are.
+fn five_hop_traces(traces: &HashMap<TraceId, Vec<&SpanSummary>>) -> usize {
+    let mut five_hops = 0;
+    for trace in traces.values() {
+        for ratings in trace
+            .iter()
+            .filter(|s| &*s.service == "ratings" && s.kind == SERVER)
+        {
+            let chain: Vec<&SpanSummary> =
+                std::iter::successors(Some(*ratings), |s| parent(trace, s)).collect();
+            let hops: Vec<(&str, i32)> = chain.iter().map(|s| (&*s.service, s.kind)).collect();
+            assert_eq!(
+                hops,
+                [
+                    ("ratings", SERVER),
+                    ("reviews", CLIENT),
+                    ("reviews", SERVER),
+                    ("productpage", CLIENT),
+                    ("productpage", SERVER),
+                ],
+                "trace {:?}",
+                ratings.trace_id
+            );
+            assert!(chain[4].parent_span_id.is_none());
+            // A child starts after its parent (one machine, one clock).
+            for pair in chain.windows(2) {
+                assert!(pair[0].start >= pair[1].start);
+            }
+            five_hops += 1;
+        }
+    }
+    five_hops
+}
+
 fn percentile(values: &mut [u64], q: f64) -> u64 {
     values.sort_unstable();
     let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
@@ -103,35 +139,7 @@ fn traces_run_productpage_reviews_ratings_across_five_hops() {
         "{} rooted traces for {requests} requests",
         rooted.len()
     );
-    let mut five_hops = 0;
-    for trace in traces.values() {
-        for ratings in trace
-            .iter()
-            .filter(|s| &*s.service == "ratings" && s.kind == SERVER)
-        {
-            let chain: Vec<&SpanSummary> =
-                std::iter::successors(Some(*ratings), |s| parent(trace, s)).collect();
-            let hops: Vec<(&str, i32)> = chain.iter().map(|s| (&*s.service, s.kind)).collect();
-            assert_eq!(
-                hops,
-                [
-                    ("ratings", SERVER),
-                    ("reviews", CLIENT),
-                    ("reviews", SERVER),
-                    ("productpage", CLIENT),
-                    ("productpage", SERVER),
-                ],
-                "trace {:?}",
-                ratings.trace_id
-            );
-            assert!(chain[4].parent_span_id.is_none());
-            // A child starts after its parent (one machine, one clock).
-            for pair in chain.windows(2) {
-                assert!(pair[0].start >= pair[1].start);
-            }
-            five_hops += 1;
-        }
-    }
+    let five_hops = five_hop_traces(&traces);
     // reviews v2 and v3 (half the split) call ratings on every request.
     assert!(
         five_hops * 100 >= requests * 35,
@@ -652,31 +660,7 @@ fn the_pods_demo_runs_bookinfo_captured_and_leaves_nothing_behind() {
     // productpage → details and reviews, reviews v2/v3 → ratings, each
     // hop a client span in the caller's agent and a server span in the
     // callee's, in one trace.
-    let mut five_hops = 0;
-    for trace in traces.values() {
-        for ratings in trace
-            .iter()
-            .filter(|s| &*s.service == "ratings" && s.kind == SERVER)
-        {
-            let chain: Vec<(&str, i32)> =
-                std::iter::successors(Some(*ratings), |s| parent(trace, s))
-                    .map(|s| (&*s.service, s.kind))
-                    .collect();
-            assert_eq!(
-                chain,
-                [
-                    ("ratings", SERVER),
-                    ("reviews", CLIENT),
-                    ("reviews", SERVER),
-                    ("productpage", CLIENT),
-                    ("productpage", SERVER),
-                ],
-                "trace {:?}",
-                ratings.trace_id
-            );
-            five_hops += 1;
-        }
-    }
+    let five_hops = five_hop_traces(&traces);
     // reviews v2 and v3 (half the split) call ratings on every request.
     assert!(
         five_hops * 100 >= requests * 35,

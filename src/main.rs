@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 mod ca;
 mod iptables;
+mod pods;
 mod query;
 mod signal;
 mod validate;
@@ -55,6 +56,9 @@ enum Command {
     /// routing, DestinationRule and rate limit, and load with live numbers
     /// until Ctrl-C (or --duration).
     Demo(Box<demo::DemoArgs>),
+    /// One Bookinfo application, as `demo --pods` runs it in its pod.
+    #[command(hide = true)]
+    DemoApp(demo::AppArgs),
     /// Redirect this network namespace's TCP to its agent (run as root in
     /// the pod, as Istio's istio-iptables): outbound to --outbound-capture-port,
     /// inbound to --inbound-capture-port, the agent's own uid/gid left alone.
@@ -111,6 +115,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Demo(args) => {
             demo::run(&args, collector_services)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoApp(args) => {
+            demo::run_app(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate(args) => Ok(validate::run(&args)),

@@ -19,7 +19,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::agent::binary;
-use common::pods::{Bed, Pod};
+use common::pods::{Bed, Pod, PodExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracemesh_agent::capture::original_dst::original_dst;
@@ -330,10 +330,12 @@ async fn excluded_ports_and_prefixes_and_udp_are_not_captured() {
     let dns = mongo.udp(SocketAddr::new(IpAddr::V4(mongo.ip), 53));
     dns.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let target = SocketAddr::new(IpAddr::V4(mongo.ip), 53);
-    client.enter(|| {
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        socket.send_to(b"dns query", target).unwrap();
-    });
+    client
+        .enter(|| {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket.send_to(b"dns query", target).unwrap();
+        })
+        .unwrap();
     let received = tokio::task::spawn_blocking(move || {
         let mut buf = [0u8; 64];
         dns.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec())

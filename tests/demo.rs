@@ -63,6 +63,42 @@ fn parent<'a>(trace: &[&'a SpanSummary], span: &SpanSummary) -> Option<&'a SpanS
     trace.iter().copied().find(|s| s.span_id == id)
 }
 
+/// Checks that every ratings server span sits at the end of one chain,
+/// ratings ← reviews (client, server) ← productpage (client, server root),
+/// each child starting after its parent; returns how many there are.
+fn five_hop_traces(traces: &HashMap<TraceId, Vec<&SpanSummary>>) -> usize {
+    let mut five_hops = 0;
+    for trace in traces.values() {
+        for ratings in trace
+            .iter()
+            .filter(|s| &*s.service == "ratings" && s.kind == SERVER)
+        {
+            let chain: Vec<&SpanSummary> =
+                std::iter::successors(Some(*ratings), |s| parent(trace, s)).collect();
+            let hops: Vec<(&str, i32)> = chain.iter().map(|s| (&*s.service, s.kind)).collect();
+            assert_eq!(
+                hops,
+                [
+                    ("ratings", SERVER),
+                    ("reviews", CLIENT),
+                    ("reviews", SERVER),
+                    ("productpage", CLIENT),
+                    ("productpage", SERVER),
+                ],
+                "trace {:?}",
+                ratings.trace_id
+            );
+            assert!(chain[4].parent_span_id.is_none());
+            // A child starts after its parent (one machine, one clock).
+            for pair in chain.windows(2) {
+                assert!(pair[0].start >= pair[1].start);
+            }
+            five_hops += 1;
+        }
+    }
+    five_hops
+}
+
 fn percentile(values: &mut [u64], q: f64) -> u64 {
     values.sort_unstable();
     let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
@@ -103,35 +139,7 @@ fn traces_run_productpage_reviews_ratings_across_five_hops() {
         "{} rooted traces for {requests} requests",
         rooted.len()
     );
-    let mut five_hops = 0;
-    for trace in traces.values() {
-        for ratings in trace
-            .iter()
-            .filter(|s| &*s.service == "ratings" && s.kind == SERVER)
-        {
-            let chain: Vec<&SpanSummary> =
-                std::iter::successors(Some(*ratings), |s| parent(trace, s)).collect();
-            let hops: Vec<(&str, i32)> = chain.iter().map(|s| (&*s.service, s.kind)).collect();
-            assert_eq!(
-                hops,
-                [
-                    ("ratings", SERVER),
-                    ("reviews", CLIENT),
-                    ("reviews", SERVER),
-                    ("productpage", CLIENT),
-                    ("productpage", SERVER),
-                ],
-                "trace {:?}",
-                ratings.trace_id
-            );
-            assert!(chain[4].parent_span_id.is_none());
-            // A child starts after its parent (one machine, one clock).
-            for pair in chain.windows(2) {
-                assert!(pair[0].start >= pair[1].start);
-            }
-            five_hops += 1;
-        }
-    }
+    let five_hops = five_hop_traces(&traces);
     // reviews v2 and v3 (half the split) call ratings on every request.
     assert!(
         five_hops * 100 >= requests * 35,
@@ -574,4 +582,169 @@ fn a_taken_ui_port_is_said_once_with_the_flag_that_moves_it() {
     );
     assert!(error.contains("--ui-port"), "{error}");
     assert_eq!(error.matches("in use").count(), 1, "said once: {error}");
+}
+
+/// Whether this machine can run `demo --pods` (root): `None` after saying
+/// why it skips, which `CI=true` does not allow.
+fn pods_possible(test: &str) -> Option<()> {
+    if rustix::process::geteuid().is_root() {
+        return Some(());
+    }
+    let why = "demo --pods makes network namespaces and needs root";
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: {why}, and CI=true requires it to run"
+    );
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("skipping {test}: {why}\n").as_bytes(),
+    );
+    None
+}
+
+/// The namespaces (and their `/etc/netns` files) a process's pod beds left.
+fn pods_left_by(pid: u32) -> Vec<String> {
+    let prefix = format!("tmpods-{pid}-");
+    ["/var/run/netns", "/etc/netns"]
+        .into_iter()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .map(|e| e.path().display().to_string())
+        .filter(|p| p.rsplit('/').next().unwrap().starts_with(&prefix))
+        .collect()
+}
+
+/// Bookinfo in network-namespace pods: unchanged applications calling
+/// plain service URLs, every hop captured by iptables and reported by the
+/// agents; the load's count is the spans' count; nothing is left behind.
+#[test]
+fn the_pods_demo_runs_bookinfo_captured_and_leaves_nothing_behind() {
+    if pods_possible("demo --pods").is_none() {
+        return;
+    }
+    let demo = Demo::start(&[
+        "--pods",
+        "--duration",
+        "10s",
+        "--qps",
+        "20",
+        "-c",
+        "4",
+        "--report-every",
+        "2s",
+    ]);
+    let pid = demo.id();
+    assert!(
+        !pods_left_by(pid).is_empty(),
+        "the demo runs in namespaces named tmpods-{pid}-*"
+    );
+    let finished = demo.wait(Duration::from_secs(180));
+    assert_eq!(pods_left_by(pid), Vec::<String>::new(), "left behind");
+    assert_eq!(finished.done["error_rate"], 0.0, "{:?}", finished.done);
+    assert_eq!(finished.done["non_2xx_rate"], 0.0, "{:?}", finished.done);
+    let requests = finished.done["requests"] as usize;
+    // 20 qps for 10 s, with room for a loaded machine.
+    assert!(requests >= 100, "{:?}", finished.done);
+
+    let spans = all_spans(&SpanReader::open(&finished.data_dir()).unwrap());
+    let traces = by_trace(&spans);
+    // Every request of the load is one trace rooted at productpage's
+    // inbound span: the captured agents saw each one, once.
+    let rooted = spans
+        .iter()
+        .filter(|s| s.parent_span_id.is_none() && &*s.service == "productpage" && s.kind == SERVER)
+        .count();
+    assert_eq!(
+        rooted, requests,
+        "rooted productpage spans for the load's requests"
+    );
+    // productpage → details and reviews, reviews v2/v3 → ratings, each
+    // hop a client span in the caller's agent and a server span in the
+    // callee's, in one trace.
+    let five_hops = five_hop_traces(&traces);
+    // reviews v2 and v3 (half the split) call ratings on every request.
+    assert!(
+        five_hops * 100 >= requests * 35,
+        "{five_hops} five-hop traces of {requests} requests"
+    );
+    let details = spans
+        .iter()
+        .filter(|s| &*s.service == "details" && s.kind == SERVER)
+        .count();
+    assert_eq!(details, requests, "details spans");
+    // ratings answers from the database, read over captured TCP
+    // (`mongodb:27017`): a failed read would be a 503.
+    let ratings: Vec<Option<u16>> = spans
+        .iter()
+        .filter(|s| &*s.service == "ratings" && s.kind == SERVER)
+        .map(|s| s.http_status_code)
+        .collect();
+    assert_eq!(ratings.len(), five_hops);
+    assert!(ratings.iter().all(|code| *code == Some(200)), "{ratings:?}");
+}
+
+/// Without root, `demo --pods` says what it needs and makes nothing.
+#[test]
+fn the_pods_demo_without_root_says_it_needs_root() {
+    let binary = env!("CARGO_BIN_EXE_tracemesh");
+    let mut command = if rustix::process::geteuid().is_root() {
+        // As an ordinary user, as `setpriv` makes one.
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            "--",
+            binary,
+        ]);
+        c
+    } else {
+        std::process::Command::new(binary)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let _ = std::process::Command::new("chmod")
+        .args(["a+rwx"])
+        .arg(dir.path())
+        .status();
+    let out = command
+        .args([
+            "demo",
+            "--pods",
+            "--ui-port",
+            "0",
+            "--duration",
+            "1s",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--pods") && stderr.contains("needs root"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("without --pods"),
+        "it says the rootless demo needs none of it: {stderr}"
+    );
+}
+
+/// Stopped by a signal (Ctrl-C's SIGINT, or SIGTERM as here) mid-run, the
+/// pods demo stops cleanly and removes every namespace it made.
+#[test]
+fn the_pods_demo_stopped_by_a_signal_leaves_nothing_behind() {
+    if pods_possible("demo --pods, stopped").is_none() {
+        return;
+    }
+    let demo = Demo::start(&["--pods", "--qps", "5", "-c", "2"]);
+    let pid = demo.id();
+    assert!(!pods_left_by(pid).is_empty());
+    let finished = demo.terminate(Duration::from_secs(120));
+    assert_eq!(pods_left_by(pid), Vec::<String>::new(), "left behind");
+    assert!(
+        finished.stdout.iter().any(|l| l == "demo stopped"),
+        "{}",
+        finished.stdout.join("\n")
+    );
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::scenario::{self, Scenario};
 use super::topology::{NAMESPACE, Protocol, Role, Workload, service_port, service_protocol};
@@ -15,8 +15,12 @@ use super::topology::{NAMESPACE, Protocol, Role, Workload, service_port, service
 const RATINGS_RULE: &str = include_str!("../../examples/bookinfo/ratings.yaml");
 
 /// Where the sidecars of each service listen for the mesh: service →
-/// (version, inbound address) of every workload started so far.
+/// (version, inbound address) of every workload started so far. In pods,
+/// the pod's address and the service's port (iptables takes it from there).
 pub type Endpoints = BTreeMap<&'static str, Vec<(&'static str, SocketAddr)>>;
+
+/// Each service's VIP, as Kubernetes' ClusterIP (pods only).
+pub type Vips = BTreeMap<&'static str, IpAddr>;
 
 /// What one sidecar's config is made from.
 pub struct AgentConfig<'a> {
@@ -30,6 +34,9 @@ pub struct AgentConfig<'a> {
     pub endpoints: &'a Endpoints,
     /// The demo's scenario.
     pub scenario: Option<Scenario>,
+    /// In pods: every service's VIP. The sidecar then captures (Istio's
+    /// ports, `capture.mode: REDIRECT`) and knows its own service too.
+    pub vips: Option<&'a Vips>,
 }
 
 impl AgentConfig<'_> {
@@ -38,8 +45,16 @@ impl AgentConfig<'_> {
     /// point there.
     pub fn to_yaml(&self) -> String {
         let mut docs = vec![self.bootstrap()];
+        if self.vips.is_some() {
+            // Its own service's ports tell the inbound side their protocol.
+            docs.push(service_entry(
+                self.workload.service,
+                self.endpoints,
+                self.vips,
+            ));
+        }
         for callee in self.workload.calls() {
-            docs.push(service_entry(callee, self.endpoints));
+            docs.push(service_entry(callee, self.endpoints, self.vips));
         }
         match self.workload.role {
             Role::ProductPage => {
@@ -62,6 +77,9 @@ impl AgentConfig<'_> {
             Protocol::Http => "HTTP",
             Protocol::Tcp => "TCP",
         };
+        if self.vips.is_some() {
+            return self.captured_bootstrap(app_protocol);
+        }
         let mut tcp = String::new();
         for callee in w.calls() {
             if service_protocol(callee) == Protocol::Tcp {
@@ -108,8 +126,42 @@ spec:
     }
 }
 
-/// The registry entry of `service`: its port and every sidecar serving it.
-fn service_entry(service: &str, endpoints: &Endpoints) -> String {
+impl AgentConfig<'_> {
+    /// A pod's sidecar: Istio's capture ports (what `tracemesh iptables`
+    /// redirects to), the application reached at the original destination,
+    /// the admin port on the pod's address so the hub can scrape it.
+    fn captured_bootstrap(&self, app_protocol: &str) -> String {
+        format!(
+            r#"# The {name} sidecar in its pod, written by `tracemesh demo --pods`.
+apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {{name: {name}, namespace: {NAMESPACE}}}
+spec:
+  service: {service}
+  serviceAccount: bookinfo-{service}
+  labels: {{app: {service}, version: {version}}}
+  concurrency: 1
+  drainDuration: 1s
+  capture: {{mode: REDIRECT}}
+  inbound: {{listen: "0.0.0.0:15006", appProtocol: {app_protocol}}}
+  outbound: {{listen: "127.0.0.1:15001"}}
+  admin: {{listen: "0.0.0.0:15000"}}
+  telemetry:
+    otlp: {{endpoint: "http://{otlp}", protocol: grpc}}
+    sampling: 1.0
+    maxQueuedSpans: 2048
+"#,
+            name = self.workload.name,
+            service = self.workload.service,
+            version = self.workload.version,
+            otlp = self.otlp,
+        )
+    }
+}
+
+/// The registry entry of `service`: its port, its VIP (in pods) and every
+/// sidecar serving it.
+fn service_entry(service: &str, endpoints: &Endpoints, vips: Option<&Vips>) -> String {
     let port = service_port(service);
     let (port_name, protocol) = match service_protocol(service) {
         Protocol::Http => ("http", "HTTP"),
@@ -122,9 +174,12 @@ metadata: {{name: {service}, namespace: {NAMESPACE}}}
 spec:
   hosts: [{service}.{NAMESPACE}.svc.cluster.local]
   ports: [{{number: {port}, name: {port_name}, protocol: {protocol}}}]
-  resolution: STATIC
-  endpoints:"
+  resolution: STATIC"
     );
+    if let Some(vip) = vips.and_then(|v| v.get(service)) {
+        let _ = write!(out, "\n  addresses: [{vip}]");
+    }
+    out.push_str("\n  endpoints:");
     for (version, address) in endpoints.get(service).into_iter().flatten() {
         let _ = write!(
             out,
@@ -159,8 +214,17 @@ mod tests {
             Some(Scenario::FailingReviewsV3),
             Some(Scenario::Shift5050),
         ];
+        // In pods: every service has a VIP, every sidecar captures.
+        let mut vips = Vips::new();
+        for w in &WORKLOADS {
+            let next = IpAddr::from([10, 96, 0, 10 + vips.len() as u8]);
+            vips.entry(w.service).or_insert(next);
+        }
         let live = tracemesh_agent::model::live::LiveState::default();
-        for scenario in scenarios {
+        for (scenario, vips) in scenarios
+            .into_iter()
+            .flat_map(|s| [(s, None), (s, Some(&vips))])
+        {
             for workload in &WORKLOADS {
                 let yaml = AgentConfig {
                     workload,
@@ -168,6 +232,7 @@ mod tests {
                     otlp: address(4317),
                     endpoints: &endpoints,
                     scenario,
+                    vips,
                 }
                 .to_yaml();
                 let file = std::sync::Arc::from(format!("{}.yaml", workload.name));

@@ -92,6 +92,7 @@ impl Mesh {
             otlp,
             endpoints,
             scenario,
+            vips: None,
         }
         .to_yaml();
         let config = dir.join(format!("{}.yaml", workload.name));
@@ -104,8 +105,8 @@ impl Mesh {
         let application = App::new(
             workload,
             scenario::behaviour(scenario, &workload),
-            addresses.outbound,
-            addresses.outbound_tcp.first().copied(),
+            Some(addresses.outbound),
+            addresses.outbound_tcp.first().map(ToString::to_string),
         );
         let task = runtime.spawn(bookinfo::serve(listener, Arc::new(application)));
         Ok(Sidecar {

@@ -9,6 +9,7 @@
 mod bookinfo;
 mod config;
 mod mesh;
+mod pods;
 mod report;
 mod roles;
 mod scenario;
@@ -19,6 +20,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -59,9 +61,97 @@ pub struct DemoArgs {
     /// How often a line of live numbers is printed.
     #[arg(long, default_value = "5s", value_parser = load::args::parse_duration_arg)]
     pub report_every: Duration,
+    /// Run each Bookinfo workload in a pod of its own — a network
+    /// namespace whose traffic `tracemesh iptables` captures, the
+    /// application as its own process calling plain service URLs, its
+    /// agent beside it under uid 1337 — as a node runs them. Needs root.
+    #[arg(long)]
+    pub pods: bool,
     /// Where the embedded collector forwards spans (an external OTLP backend).
     #[command(flatten)]
     pub export: ExportArgs,
+}
+
+/// Flags of `tracemesh demo-app`: one Bookinfo application, as `demo
+/// --pods` runs it in its pod.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AppArgs {
+    /// The workload (`reviews-v2`, `productpage-v1`, …).
+    #[arg(long)]
+    pub workload: String,
+    /// The demo's scenario, as the application plays it.
+    #[arg(long, value_enum)]
+    pub scenario: Option<Scenario>,
+    /// Where to listen [default: every address, on the service's port].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Runs one Bookinfo application until killed: it calls the others by
+/// their plain service URLs (`http://reviews:9080/…`), as an application
+/// in a captured pod does.
+///
+/// # Errors
+/// An unknown workload, or a port that cannot be bound.
+pub fn run_app(args: &AppArgs) -> anyhow::Result<()> {
+    let workload = topology::WORKLOADS
+        .into_iter()
+        .find(|w| w.name == args.workload)
+        .ok_or_else(|| anyhow!("no Bookinfo workload {:?}", args.workload))?;
+    let listen = args.listen.unwrap_or(SocketAddr::from((
+        [0, 0, 0, 0],
+        topology::service_port(workload.service),
+    )));
+    let database = workload
+        .calls()
+        .iter()
+        .find(|c| topology::service_protocol(c) == topology::Protocol::Tcp)
+        .map(|c| format!("{c}:{}", topology::service_port(c)));
+    let app = bookinfo::App::new(
+        workload,
+        scenario::behaviour(args.scenario, &workload),
+        None,
+        database,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listen on {listen}"))?;
+        tokio::select! {
+            () = bookinfo::serve(listener, Arc::new(app)) => {}
+            () = crate::signal::shutdown_signal() => {}
+        }
+        Ok(())
+    })
+}
+
+/// Where the demo's workloads are, however they run.
+struct Layout<'a> {
+    /// Where a browser reaches productpage.
+    productpage: SocketAddr,
+    /// Where the load connects for productpage.
+    load_target: SocketAddr,
+    /// The network namespace the load runs in (`None`: this one).
+    load_netns: Option<&'a str>,
+    /// Prometheus targets: each workload's agent admin address.
+    admins: Vec<(&'static str, SocketAddr)>,
+    /// Where a signal is seen, when it is watched from before the start
+    /// (`None`: the live loop watches for it).
+    interrupt: Option<&'a Interrupt>,
+}
+
+/// Ctrl-C or SIGTERM, seen by a task watching from before the pods start.
+#[derive(Default)]
+struct Interrupt {
+    /// Set once the signal came.
+    flag: AtomicBool,
+    /// Notified once (the permit waits for the live loop).
+    notify: tokio::sync::Notify,
 }
 
 /// How long a demo without `--duration` lets its load run: until Ctrl-C.
@@ -78,6 +168,9 @@ pub fn run(
 ) -> anyhow::Result<()> {
     if !(args.qps > 0.0 && args.qps.is_finite()) {
         return Err(anyhow!("--qps must be a positive rate"));
+    }
+    if args.pods {
+        pods::check()?;
     }
     let (data_dir, _temporary) = match &args.data_dir {
         Some(dir) => (dir.clone(), None),
@@ -97,20 +190,68 @@ pub fn run(
         .build()
         .context("start the applications' runtime")?;
     let collector = start_collector(args, &data_dir, services)?;
-    let mesh = match Mesh::start(
-        &runtime,
-        &data_dir.join("mesh"),
-        collector.addresses.otlp_grpc,
-        args.scenario,
-    ) {
-        Ok(mesh) => mesh,
-        Err(error) => {
-            let _ = collector.stop();
-            return Err(error);
-        }
+    let mesh_dir = data_dir.join("mesh");
+    let otlp = collector.addresses.otlp_grpc;
+    let (outcome, stopped) = if args.pods {
+        // Watched from now on: Ctrl-C while the pods start still removes them.
+        let interrupt = Arc::new(Interrupt::default());
+        let watcher = {
+            let interrupt = interrupt.clone();
+            runtime.spawn(async move {
+                crate::signal::shutdown_signal().await;
+                interrupt.flag.store(true, Ordering::Relaxed);
+                interrupt.notify.notify_one();
+            })
+        };
+        let started = std::fs::create_dir_all(&mesh_dir)
+            .with_context(|| format!("create {}", mesh_dir.display()))
+            .and_then(|()| {
+                pods::PodMesh::start(&runtime, &mesh_dir, otlp, args.scenario, &interrupt.flag)
+            });
+        let mesh = match started {
+            Ok(mesh) => mesh,
+            Err(error) => {
+                let _ = collector.stop();
+                return Err(error);
+            }
+        };
+        let layout = Layout {
+            productpage: mesh.productpage,
+            load_target: mesh.productpage_pod,
+            load_netns: Some(mesh.hub()),
+            admins: mesh.admins.clone(),
+            interrupt: Some(&interrupt),
+        };
+        let outcome = drive(args, &runtime, &data_dir, &collector.addresses, &layout);
+        watcher.abort();
+        (outcome, mesh.stop().and(collector.stop()))
+    } else {
+        let mesh = match Mesh::start(&runtime, &mesh_dir, otlp, args.scenario) {
+            Ok(mesh) => mesh,
+            Err(error) => {
+                let _ = collector.stop();
+                return Err(error);
+            }
+        };
+        let productpage = mesh
+            .sidecar("productpage-v1")
+            .ok_or_else(|| anyhow!("no productpage"))?
+            .addresses()
+            .inbound;
+        let layout = Layout {
+            productpage,
+            load_target: productpage,
+            load_netns: None,
+            admins: mesh
+                .sidecars
+                .iter()
+                .map(|s| (s.workload.name, s.addresses().admin))
+                .collect(),
+            interrupt: None,
+        };
+        let outcome = drive(args, &runtime, &data_dir, &collector.addresses, &layout);
+        (outcome, mesh.stop().and(collector.stop()))
     };
-    let outcome = drive(args, &runtime, &data_dir, &collector.addresses, &mesh);
-    let stopped = mesh.stop().and(collector.stop());
     drop(runtime);
     outcome?;
     stopped?;
@@ -161,21 +302,22 @@ fn drive(
     runtime: &tokio::runtime::Runtime,
     data_dir: &Path,
     collector: &CollectorAddresses,
-    mesh: &Mesh,
+    layout: &Layout<'_>,
 ) -> anyhow::Result<()> {
-    let productpage = mesh
-        .sidecar("productpage-v1")
-        .ok_or_else(|| anyhow!("no productpage"))?
-        .addresses()
-        .inbound;
+    let productpage = layout.productpage;
     let mut targets = vec![scrape::Target {
         workload: None,
         address: collector.http,
     }];
-    targets.extend(mesh.sidecars.iter().map(|s| scrape::Target {
-        workload: Some(s.workload.name),
-        address: s.addresses().admin,
-    }));
+    targets.extend(
+        layout
+            .admins
+            .iter()
+            .map(|(workload, address)| scrape::Target {
+                workload: Some(workload),
+                address: *address,
+            }),
+    );
     let prometheus_config = scrape::write(&data_dir.join("prometheus"), &targets)?;
     let ready = report::Ready {
         ui: collector.http,
@@ -191,6 +333,7 @@ fn drive(
             .scenario
             .and_then(|s| clap::ValueEnum::to_possible_value(&s))
             .map(|v| v.get_name().to_owned()),
+        pods_hub: layout.load_netns,
     };
     print_now(&ready.render());
 
@@ -206,21 +349,28 @@ fn drive(
         method: None,
         payload: None,
         payload_size: None,
-        connect_to: Some(productpage.to_string()),
+        connect_to: Some(layout.load_target.to_string()),
         timeout: LOAD_TIMEOUT,
         json: false,
         samples_out: None,
     };
     let control = Arc::new(Control::default());
+    let load_netns = layout.load_netns.map(str::to_owned);
     let load = {
         let control = control.clone();
         std::thread::Builder::new()
             .name("load".into())
-            .spawn(move || load::run_with(&load_args, control))
+            .spawn(move || -> anyhow::Result<load::report::Report> {
+                // In pods, the load is a client in the hub, outside the mesh.
+                if let Some(netns) = &load_netns {
+                    crate::pods::enter_netns(netns)?;
+                }
+                Ok(load::run_with(&load_args, control)?)
+            })
             .context("start the load generator")?
     };
     let started = Instant::now();
-    runtime.block_on(watch_live(args, started, &control, &load));
+    runtime.block_on(watch_live(args, started, &control, &load, layout.interrupt));
     control.stop();
     let report = load
         .join()
@@ -235,7 +385,8 @@ async fn watch_live(
     args: &DemoArgs,
     started: Instant,
     control: &Control,
-    load: &std::thread::JoinHandle<Result<load::report::Report, load::LoadError>>,
+    load: &std::thread::JoinHandle<anyhow::Result<load::report::Report>>,
+    interrupt: Option<&Interrupt>,
 ) {
     let every = args.report_every;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -247,7 +398,12 @@ async fn watch_live(
         }
     };
     tokio::pin!(deadline);
-    let signal = crate::signal::shutdown_signal();
+    let signal = async {
+        match interrupt {
+            Some(interrupt) => interrupt.notify.notified().await,
+            None => crate::signal::shutdown_signal().await,
+        }
+    };
     tokio::pin!(signal);
     let mut last = started;
     loop {

@@ -34,22 +34,38 @@ pub struct Ready<'a> {
     pub weights: &'a [(&'a str, u32)],
     /// The scenario's name, if any.
     pub scenario: Option<String>,
+    /// With `--pods`: the hub namespace, from where the pods are reachable.
+    pub pods_hub: Option<&'a str>,
 }
 
 impl Ready<'_> {
     /// The banner: for people, then one line for scripts.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "tracemesh demo: Istio's Bookinfo, each workload behind its own sidecar"
-        );
+        let (heading, productpage) = match self.pods_hub {
+            None => (
+                "each workload behind its own sidecar",
+                "its sidecar's inbound listener",
+            ),
+            Some(_) => (
+                "each workload in its own pod, captured by its own sidecar",
+                "relayed into productpage's pod",
+            ),
+        };
+        let _ = writeln!(out, "tracemesh demo: Istio's Bookinfo, {heading}");
         let _ = writeln!(out, "  UI and query API   http://{}/", self.ui);
         let _ = writeln!(
             out,
-            "  productpage        {} (its sidecar's inbound listener)",
+            "  productpage        {} ({productpage})",
             self.productpage
         );
+        if let Some(hub) = self.pods_hub {
+            let _ = writeln!(
+                out,
+                "  pods               network namespaces {hub} (the hub) and {}-<workload>",
+                hub.trim_end_matches("-hub")
+            );
+        }
         let _ = writeln!(out, "  OTLP/gRPC          http://{}", self.otlp_grpc);
         let _ = writeln!(out, "  data directory     {}", self.data_dir.display());
         let _ = writeln!(
@@ -84,6 +100,14 @@ impl Ready<'_> {
                 "  {:<20} http://{}/metrics",
                 target.workload.unwrap_or("tracemesh-collector"),
                 target.address
+            );
+        }
+        if let Some(hub) = self.pods_hub {
+            // The sidecars' admin ports are on the pods' addresses.
+            let _ = writeln!(
+                out,
+                "  (the sidecars' are the pods' addresses, reached from the hub: \
+                 ip netns exec {hub} curl http://<pod>:15000/metrics)"
             );
         }
         let _ = writeln!(

@@ -22,7 +22,7 @@ use crate::common::agent::Agent;
 use crate::common::metrics::Scrape;
 use crate::common::otlp::Receiver;
 use crate::common::pki::Ca;
-use crate::common::pods::{Bed, Pod};
+use crate::common::pods::{Bed, Pod, PodExt};
 use crate::common::upstream::Upstream;
 
 const REVIEWS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);

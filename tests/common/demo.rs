@@ -134,6 +134,11 @@ impl Demo {
         PathBuf::from(&self.ready["data_dir"])
     }
 
+    /// The demo's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM (what Ctrl-C or a service manager sends) and waits
     /// for a clean stop.
     pub fn terminate(self, limit: Duration) -> Finished {

@@ -4,7 +4,6 @@
 //! so the mesh carries real TCP traffic (Istio's `istio_tcp_*` metrics)
 //! through ratings' outbound TCP listener and the database's sidecar.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -47,11 +46,11 @@ async fn answer(stream: TcpStream) -> std::io::Result<()> {
     write.shutdown().await
 }
 
-/// Reads the ratings of `product` through `sidecar` (ratings' outbound TCP
-/// listener for the database): reviewer and stars.
-pub async fn lookup(sidecar: SocketAddr, product: &str) -> std::io::Result<Vec<(String, u8)>> {
+/// Reads the ratings of `product` from `database` (`host:port`: ratings'
+/// outbound TCP listener for it, or the service itself): reviewer and stars.
+pub async fn lookup(database: &str, product: &str) -> std::io::Result<Vec<(String, u8)>> {
     let exchange = async {
-        let mut stream = TcpStream::connect(sidecar).await?;
+        let mut stream = TcpStream::connect(database).await?;
         stream
             .write_all(format!("GET ratings {product}\n").as_bytes())
             .await?;
@@ -90,7 +89,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let server = tokio::spawn(serve(listener));
-        let ratings = lookup(address, "0").await.unwrap();
+        let ratings = lookup(&address.to_string(), "0").await.unwrap();
         assert_eq!(
             ratings,
             [("Reviewer1".to_owned(), 5), ("Reviewer2".to_owned(), 4)]

@@ -29,18 +29,19 @@ pub struct App {
     workload: Workload,
     behaviour: Behaviour,
     upstream: Upstream,
-    database: Option<SocketAddr>,
+    database: Option<String>,
 }
 
 impl App {
     /// The application of `workload`, calling the mesh through `outbound`
-    /// (its sidecar's HTTP listener) and, for ratings, the database through
-    /// `database` (its sidecar's TCP listener).
+    /// (its sidecar's HTTP listener; `None`: by plain service URLs) and,
+    /// for ratings, the database at `database` (`host:port`: its sidecar's
+    /// TCP listener, or the service's name and port).
     pub fn new(
         workload: Workload,
         behaviour: Behaviour,
-        outbound: SocketAddr,
-        database: Option<SocketAddr>,
+        outbound: Option<SocketAddr>,
+        database: Option<String>,
     ) -> Self {
         Self {
             workload,
@@ -58,8 +59,8 @@ impl App {
         &self.upstream
     }
 
-    fn database(&self) -> Option<SocketAddr> {
-        self.database
+    fn database(&self) -> Option<&str> {
+        self.database.as_deref()
     }
 }
 

@@ -1,5 +1,7 @@
 //! How a Bookinfo application calls another service: through its own
-//! sidecar's outbound listener with the service in `Host`, forwarding the
+//! sidecar's outbound listener with the service in `Host` (the rootless
+//! demo), or by the plain service URL that iptables captures (in pods),
+//! forwarding the
 //! trace headers of the request it is serving, as Bookinfo's instrumented
 //! applications do, so the sidecars' spans join one trace.
 
@@ -74,16 +76,19 @@ pub enum CallError {
     },
 }
 
-/// A keep-alive HTTP/1.1 client to the workload's sidecar.
+/// A keep-alive HTTP/1.1 client, to the workload's sidecar or straight
+/// to the services.
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpConnector, Empty<Bytes>>,
-    sidecar: SocketAddr,
+    sidecar: Option<SocketAddr>,
 }
 
 impl Upstream {
-    /// A client sending everything to `sidecar` (the outbound listener).
-    pub fn new(sidecar: SocketAddr) -> Self {
+    /// A client sending everything to `sidecar` (the outbound listener), or
+    /// with `None` to `http://{service}:{port}` as an unchanged
+    /// application does (the name resolved by the system's resolver).
+    pub fn new(sidecar: Option<SocketAddr>) -> Self {
         Self {
             client: Client::builder(TokioExecutor::new()).build_http(),
             sidecar,
@@ -101,12 +106,16 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<Bytes, CallError> {
         let failed = |reason: String| CallError::Failed { service, reason };
-        let mut request = Request::get(format!("http://{}{path}", self.sidecar))
+        let authority = format!("{service}:{port}");
+        let target = match self.sidecar {
+            Some(sidecar) => format!("http://{sidecar}{path}"),
+            None => format!("http://{authority}{path}"),
+        };
+        let mut request = Request::get(target)
             .body(Empty::new())
             .map_err(|e| failed(e.to_string()))?;
         *request.headers_mut() = headers.clone();
-        let host = HeaderValue::from_str(&format!("{service}:{port}"))
-            .map_err(|e| failed(e.to_string()))?;
+        let host = HeaderValue::from_str(&authority).map_err(|e| failed(e.to_string()))?;
         request.headers_mut().insert(HOST, host);
         let exchange = async {
             let response = self

@@ -319,7 +319,7 @@ async fn remote_key_sets_are_fetched_and_kept_on_failure() {
     let set = jwks(&[&first]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let served = Arc::new(std::sync::Mutex::new(Some(set.clone())));
+    let served = Arc::new(arc_swap::ArcSwapOption::from_pointee(set.clone()));
     let serving = served.clone();
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -329,7 +329,7 @@ async fn remote_key_sets_are_fetched_and_kept_on_failure() {
             };
             let mut buf = [0u8; 2048];
             let _ = stream.read(&mut buf).await;
-            let body = serving.lock().unwrap().clone();
+            let body = serving.load_full().map(|b| String::clone(&b));
             let reply = match body {
                 Some(body) => format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -343,7 +343,7 @@ async fn remote_key_sets_are_fetched_and_kept_on_failure() {
     let store = JwksStore::remote(&format!("http://{addr}/jwks.json"));
     assert!(store.keys().is_none());
     assert_eq!(store.refresh().await, Ok(1));
-    *served.lock().unwrap() = None;
+    served.store(None);
     assert!(store.refresh().await.is_err());
     assert_eq!(
         store.keys().map(|k| k.len()),

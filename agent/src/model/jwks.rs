@@ -8,7 +8,7 @@
 //! (for tests and for keys mounted into the pod); `http://` and `https://`
 //! (the system's roots) are fetched with a 10s limit, at most 1 MiB.
 
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -122,7 +122,7 @@ pub fn parse_jwks(text: &str) -> Result<Vec<Key>, JwksError> {
 pub struct JwksStore {
     uri: Option<String>,
     keys: ArcSwapOption<Vec<Key>>,
-    last_error: Mutex<Option<String>>,
+    last_error: ArcSwapOption<String>,
     started: std::sync::Once,
 }
 
@@ -132,7 +132,7 @@ impl JwksStore {
         Arc::new(Self {
             uri: None,
             keys: ArcSwapOption::from_pointee(keys),
-            last_error: Mutex::new(None),
+            last_error: ArcSwapOption::empty(),
             started: std::sync::Once::new(),
         })
     }
@@ -142,7 +142,7 @@ impl JwksStore {
         Self {
             uri: Some(uri.to_owned()),
             keys: ArcSwapOption::empty(),
-            last_error: Mutex::new(None),
+            last_error: ArcSwapOption::empty(),
             started: std::sync::Once::new(),
         }
     }
@@ -159,10 +159,7 @@ impl JwksStore {
 
     /// Why the last fetch failed, when it did.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.last_error.load_full().map(|e| String::clone(&e))
     }
 
     /// Starts the background refresher of a remote store (once; later calls
@@ -197,20 +194,16 @@ impl JwksStore {
             reason,
         })
         .and_then(|text| parse_jwks(&text));
-        let mut last = self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
         match fetched {
             Ok(keys) => {
                 let count = keys.len();
                 self.keys.store(Some(Arc::new(keys)));
-                *last = None;
+                self.last_error.store(None);
                 Ok(count)
             }
             Err(error) => {
                 tracing::warn!(%error, kept = self.keys.load().is_some(), "jwks fetch failed; the previous keys stay");
-                *last = Some(error.to_string());
+                self.last_error.store(Some(Arc::new(error.to_string())));
                 Err(error)
             }
         }

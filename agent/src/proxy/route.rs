@@ -15,8 +15,6 @@ use crate::model::cluster::Cluster;
 use crate::model::policy::{RetryPolicy, RouteAction, RoutePolicy};
 use crate::model::route::{HeaderEdits, Matched, RequestView, WeightedDestination};
 
-/// `destination_service` of a request refused outside the registry.
-
 /// Inbound requests are not retried or timed out by the sidecar.
 static INBOUND: LazyLock<RoutePolicy> = LazyLock::new(|| RoutePolicy {
     retry: RetryPolicy {

@@ -42,7 +42,9 @@ pub(super) fn secret_files(directory: &str, namespace: &str, name: &str) -> Cert
         names
             .iter()
             .map(|n| dir.join(n))
-            .find(|p| p.exists())
+            // A file that cannot be looked at is picked, so reading it
+            // reports why.
+            .find(|p| p.try_exists().unwrap_or(true))
             .unwrap_or_else(|| dir.join(names[0]))
     };
     let ca = [dir.join("ca.crt"), dir.join("cacert")]
@@ -53,7 +55,7 @@ pub(super) fn secret_files(directory: &str, namespace: &str, name: &str) -> Cert
                 .join(format!("{name}-cacert"));
             [ca_dir.join("ca.crt"), ca_dir.join("cacert")]
         })
-        .find(|p| p.exists());
+        .find(|p| p.try_exists().unwrap_or(true));
     CertificateFiles {
         cert: pick(&["tls.crt", "cert"]),
         key: pick(&["tls.key", "key"]),

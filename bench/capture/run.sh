@@ -448,5 +448,16 @@ cat "$RUN/report.md"
 if [ "$SMOKE" != 1 ]; then
   mkdir -p "$ROOT/bench/results"
   cp "$RUN/report.md" "$ROOT/bench/results/capture-$DATE.md"
-  log "recorded in bench/results/capture-$DATE.md"
+  # The README keeps the latest table between its capture-results markers.
+  python3 - "$ROOT/bench/README.md" "$RUN/report.md" <<'EOF'
+import sys
+readme, results = sys.argv[1], sys.argv[2]
+text = open(readme).read()
+begin, end = "<!-- capture-results:begin -->", "<!-- capture-results:end -->"
+if begin in text and end in text:
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    open(readme, "w").write(f"{head}{begin}\n{open(results).read()}\n{end}{tail}")
+EOF
+  log "recorded in bench/results/capture-$DATE.md and bench/README.md"
 fi

@@ -62,7 +62,7 @@ impl Exchange {
         snapshot: &Snapshot,
         req: &Request<Incoming>,
     ) -> Box<Self> {
-        let span = HopSpan::start(&worker.shared.tracer, down.direction, req.headers());
+        let span = HopSpan::start(&worker.spans, down.direction, req.headers());
         let peer = match down.direction {
             Direction::Inbound => req
                 .headers()
@@ -309,10 +309,9 @@ impl AttemptRecord for Exchange {
     }
 
     fn sending_retry(&mut self, attempt: u32, endpoint: &Endpoint, headers: &mut HeaderMap) {
-        let tracer = &self.worker.shared.tracer;
         let cluster = self.record.cluster.as_deref();
         self.span
-            .start_attempt(tracer, attempt, cluster, endpoint, headers);
+            .start_attempt(&self.worker.spans, attempt, cluster, endpoint, headers);
     }
 
     fn answered(&mut self, status: u16, peer: Option<Arc<str>>) {

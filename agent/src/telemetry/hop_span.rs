@@ -182,11 +182,7 @@ impl HopSpan {
                 let _ = write!(name, "retry {attempt}");
             }),
         }
-        trace_context::inject(
-            headers,
-            span.context(),
-            Some(self.span.context().span_id()),
-        );
+        trace_context::inject(headers, span.context(), Some(self.span.context().span_id()));
         span.set("http.request.resend_count", Value::Int(i64::from(attempt)));
         span.set("tracemesh.upstream", Value::Str(&endpoint.address_text));
         self.attempt = Some(span);

@@ -63,7 +63,7 @@ pub enum Exporter {
     /// OTLP/gRPC.
     Grpc {
         /// The client over a lazily connected channel.
-        client: tonic::client::Grpc<tonic::transport::Channel>,
+        client: Box<tonic::client::Grpc<tonic::transport::Channel>>,
         /// Extra metadata sent with every export.
         metadata: tonic::metadata::MetadataMap,
         /// Timeout of one export.
@@ -72,7 +72,7 @@ pub enum Exporter {
     /// OTLP/HTTP with protobuf bodies.
     Http {
         /// The HTTP/1.1 client.
-        client: Client<HttpConnector, Full<Bytes>>,
+        client: Box<Client<HttpConnector, Full<Bytes>>>,
         /// `…/v1/traces`.
         uri: http::Uri,
         /// Extra headers sent with every export.
@@ -105,7 +105,7 @@ impl Exporter {
             }
             let client = Client::builder(TokioExecutor::new()).build_http();
             return Ok(Self::Http {
-                client,
+                client: Box::new(client),
                 uri,
                 headers,
                 timeout: otlp.timeout,
@@ -123,11 +123,13 @@ impl Exporter {
         let endpoint = tonic::transport::Endpoint::from_shared(otlp.endpoint.clone())
             .map_err(|e| invalid(&e))?;
         if endpoint.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
-            return Err(invalid(&"https endpoints are not supported for span export"));
+            return Err(invalid(
+                &"https endpoints are not supported for span export",
+            ));
         }
         let channel = endpoint.timeout(otlp.timeout).connect_lazy();
         Ok(Self::Grpc {
-            client: tonic::client::Grpc::new(channel),
+            client: Box::new(tonic::client::Grpc::new(channel)),
             metadata,
             timeout: otlp.timeout,
         })
@@ -316,5 +318,111 @@ impl Decoder for ResponseDecoder {
         ExportTraceServiceResponse::decode(bytes)
             .map(Some)
             .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::Empty;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+
+    /// What the test endpoint saw: content type, API key and body per request.
+    type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+    /// An OTLP/HTTP endpoint that answers 503 (Retry-After: 0) to the first
+    /// request and 200 to the rest.
+    async fn endpoint() -> (String, Seen) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Seen::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let record = record.clone();
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let record = record.clone();
+                    async move {
+                        let header = |name: &str| {
+                            req.headers()
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        let (kind, key) = (header("content-type"), header("x-api-key"));
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let mut seen = record.lock().unwrap();
+                        seen.push((kind, key, body.to_vec()));
+                        let status = if seen.len() == 1 { 503 } else { 200 };
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .header("retry-after", "0")
+                                .body(Empty::<Bytes>::new())
+                                .unwrap(),
+                        )
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn http_exports_post_protobuf_with_headers_and_retry_a_503() {
+        let (url, seen) = endpoint().await;
+        let otlp = Otlp {
+            endpoint: url,
+            protocol: OtlpProtocol::HttpProtobuf,
+            headers: vec![("x-api-key".into(), "k3y".into())],
+            timeout: Duration::from_secs(10),
+        };
+        let mut exporter = Exporter::new(&otlp).expect("an exporter");
+        let request = vec![0x0a, 0x00];
+        assert_eq!(exporter.export(request.clone()).await.expect("exported"), 0);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "the 503 was retried once");
+        for (kind, key, body) in seen.iter() {
+            assert_eq!(kind, "application/x-protobuf");
+            assert_eq!(key, "k3y");
+            assert_eq!(body, &request);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_export_fails_within_its_timeout() {
+        // Nothing listens on the port: connection refused is retried, and
+        // the export gives up within its timeout.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let otlp = Otlp {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            protocol: OtlpProtocol::Grpc,
+            headers: Vec::new(),
+            timeout: Duration::from_millis(500),
+        };
+        let mut exporter = Exporter::new(&otlp).expect("an exporter");
+        let start = Instant::now();
+        assert!(exporter.export(vec![]).await.is_err());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

@@ -74,7 +74,7 @@ pub fn varint(buf: &mut Vec<u8>, mut value: u64) {
 
 fn varint_len(value: u64) -> usize {
     // 1 byte per 7 bits, at least one.
-    ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn key(buf: &mut Vec<u8>, field: u32, wire: u8) {

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId};
 
 use super::otlp_wire::{self as wire, Value};
 use super::sampler;
@@ -107,7 +107,12 @@ fn nanos(time: SystemTime) -> u64 {
 impl Span {
     /// Starts a span of `kind` under `parent` (a new trace's root without
     /// one), sampled as the caller decided or by the worker's ratio.
-    pub fn start(sink: &Rc<WorkerSpans>, kind: Kind, parent: Parent<'_>, start: SystemTime) -> Self {
+    pub fn start(
+        sink: &Rc<WorkerSpans>,
+        kind: Kind,
+        parent: Parent<'_>,
+        start: SystemTime,
+    ) -> Self {
         let valid = parent.context.filter(|cx| cx.is_valid());
         let trace_id = match valid {
             Some(cx) => cx.trace_id(),
@@ -127,7 +132,7 @@ impl Span {
         let trace_state = parent
             .context
             .map(|cx| cx.trace_state().clone())
-            .unwrap_or_else(TraceState::default);
+            .unwrap_or_default();
         let span_id = SpanId::from(nonzero_u64());
         Self {
             context: SpanContext::new(trace_id, span_id, flags, false, trace_state),
@@ -255,7 +260,8 @@ impl Span {
                     wire::uint(s, wire::STATUS_CODE, wire::STATUS_CODE_ERROR);
                 }
             });
-            let mut flags = u32::from(cx.trace_flags().to_u8()) | wire::SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE;
+            let mut flags =
+                u32::from(cx.trace_flags().to_u8()) | wire::SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE;
             if self.parent_is_remote {
                 flags |= wire::SPAN_FLAGS_CONTEXT_IS_REMOTE;
             }

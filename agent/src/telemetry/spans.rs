@@ -341,10 +341,9 @@ impl Export {
     /// Failed exports lose spans: logged at WARN, at most every ten seconds.
     fn log_failure(&mut self, error: &ExportError, spans: usize) {
         let now = Instant::now();
-        if self
-            .failures_logged_at
-            .is_some_and(|at| now.duration_since(at) < Duration::from_millis(DROP_REPORT_INTERVAL_MS))
-        {
+        if self.failures_logged_at.is_some_and(|at| {
+            now.duration_since(at) < Duration::from_millis(DROP_REPORT_INTERVAL_MS)
+        }) {
             return;
         }
         self.failures_logged_at = Some(now);
@@ -390,10 +389,12 @@ impl Envelope {
     /// The request's bytes: the envelope's fields and the spans as they are.
     fn wrap(&self, spans: &[u8]) -> Vec<u8> {
         let scope_spans = wire::field_len(wire::SCOPE_SPANS_SCOPE, self.scope.len()) + spans.len();
-        let mut resource_spans = wire::field_len(wire::RESOURCE_SPANS_RESOURCE, self.resource.len())
-            + wire::field_len(wire::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
+        let mut resource_spans =
+            wire::field_len(wire::RESOURCE_SPANS_RESOURCE, self.resource.len())
+                + wire::field_len(wire::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
         if !self.schema_url.is_empty() {
-            resource_spans += wire::field_len(wire::RESOURCE_SPANS_SCHEMA_URL, self.schema_url.len());
+            resource_spans +=
+                wire::field_len(wire::RESOURCE_SPANS_SCHEMA_URL, self.schema_url.len());
         }
         let total = wire::field_len(wire::REQUEST_RESOURCE_SPANS, resource_spans);
         let mut out = Vec::with_capacity(total);
@@ -403,7 +404,11 @@ impl Envelope {
         wire::bytes(&mut out, wire::SCOPE_SPANS_SCOPE, &self.scope);
         out.extend_from_slice(spans);
         if !self.schema_url.is_empty() {
-            wire::bytes(&mut out, wire::RESOURCE_SPANS_SCHEMA_URL, self.schema_url.as_bytes());
+            wire::bytes(
+                &mut out,
+                wire::RESOURCE_SPANS_SCHEMA_URL,
+                self.schema_url.as_bytes(),
+            );
         }
         out
     }
@@ -519,7 +524,15 @@ mod tests {
         let context = span.context().clone();
         span.end(end);
         // A root span in the same batch: the batch of two ships at once.
-        let root = Span::start(&spans, Kind::Server, Parent { context: None, decision: None }, start);
+        let root = Span::start(
+            &spans,
+            Kind::Server,
+            Parent {
+                context: None,
+                decision: None,
+            },
+            start,
+        );
         let root_context = root.context().clone();
         root.end(end);
         let batch = queue.try_recv().expect("a full batch ships");
@@ -534,28 +547,44 @@ mod tests {
         let [ResourceSpans { scope_spans, .. }] = decoded.resource_spans.as_slice() else {
             panic!("one resource: {decoded:?}");
         };
-        let [ScopeSpans { spans: got, scope, .. }] = scope_spans.as_slice() else {
+        let [
+            ScopeSpans {
+                spans: got, scope, ..
+            },
+        ] = scope_spans.as_slice()
+        else {
             panic!("one scope");
         };
-        assert_eq!(scope.as_ref().map(|s| s.name.as_str()), Some("tracemesh-agent"));
+        assert_eq!(
+            scope.as_ref().map(|s| s.name.as_str()),
+            Some("tracemesh-agent")
+        );
         let event_time = got[0].events[0].time_unix_nano;
 
-        let sdk = |context: SpanContext, parent: SpanId, remote: bool, kind, name: &'static str| SpanData {
-            span_context: context,
-            parent_span_id: parent,
-            parent_span_is_remote: remote,
-            span_kind: kind,
-            name: Cow::Borrowed(name),
-            start_time: start,
-            end_time: end,
-            attributes: Vec::new(),
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: Status::Unset,
-            instrumentation_scope: InstrumentationScope::builder("tracemesh-agent").build(),
+        let sdk = |context: SpanContext, parent: SpanId, remote: bool, kind, name: &'static str| {
+            SpanData {
+                span_context: context,
+                parent_span_id: parent,
+                parent_span_is_remote: remote,
+                span_kind: kind,
+                name: Cow::Borrowed(name),
+                start_time: start,
+                end_time: end,
+                attributes: Vec::new(),
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status: Status::Unset,
+                instrumentation_scope: InstrumentationScope::builder("tracemesh-agent").build(),
+            }
         };
-        let mut client = sdk(context, caller.span_id(), true, SpanKind::Client, "reviews.default.svc.cluster.local:9080/*");
+        let mut client = sdk(
+            context,
+            caller.span_id(),
+            true,
+            SpanKind::Client,
+            "reviews.default.svc.cluster.local:9080/*",
+        );
         client.attributes = vec![
             KeyValue::new("http.request.method", "GET"),
             KeyValue::new("server.port", 9080),
@@ -581,11 +610,18 @@ mod tests {
     fn spans_past_the_queues_capacity_are_dropped_and_counted_on_a_worker() {
         let (spans, mut queue) = worker(3);
         for _ in 0..5 {
-            let parent = Parent { context: None, decision: None };
+            let parent = Parent {
+                context: None,
+                decision: None,
+            };
             Span::start(&spans, Kind::Server, parent, SystemTime::now()).end(SystemTime::now());
         }
         let counters = &spans.sink.counters;
-        assert_eq!(counters.queued.load(Ordering::Relaxed), 2, "one batch of two shipped");
+        assert_eq!(
+            counters.queued.load(Ordering::Relaxed),
+            2,
+            "one batch of two shipped"
+        );
         assert_eq!(queue.try_recv().expect("a batch").count, 2);
         // The third span fits (2 queued + 0 waiting < 3), the rest do not.
         assert_eq!(counters.dropped.get(), 2);

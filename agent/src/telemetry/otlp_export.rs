@@ -323,7 +323,8 @@ impl Decoder for ResponseDecoder {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http_body_util::Empty;
     use hyper::service::service_fn;
@@ -332,23 +333,23 @@ mod tests {
     use super::*;
 
     /// What the test endpoint saw: content type, API key and body per request.
-    type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+    type Seen = tokio::sync::mpsc::UnboundedReceiver<(String, String, Vec<u8>)>;
 
     /// An OTLP/HTTP endpoint that answers 503 (Retry-After: 0) to the first
     /// request and 200 to the rest.
     async fn endpoint() -> (String, Seen) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let seen = Seen::default();
-        let record = seen.clone();
+        let (record, seen) = tokio::sync::mpsc::unbounded_channel();
+        let requests = Arc::new(AtomicUsize::new(0));
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let record = record.clone();
+                let (record, requests) = (record.clone(), requests.clone());
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let record = record.clone();
+                    let (record, requests) = (record.clone(), requests.clone());
                     async move {
                         let header = |name: &str| {
                             req.headers()
@@ -359,9 +360,9 @@ mod tests {
                         };
                         let (kind, key) = (header("content-type"), header("x-api-key"));
                         let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let mut seen = record.lock().unwrap();
-                        seen.push((kind, key, body.to_vec()));
-                        let status = if seen.len() == 1 { 503 } else { 200 };
+                        let _ = record.send((kind, key, body.to_vec()));
+                        let first = requests.fetch_add(1, Ordering::Relaxed) == 0;
+                        let status = if first { 503 } else { 200 };
                         Ok::<_, std::convert::Infallible>(
                             http::Response::builder()
                                 .status(status)
@@ -382,7 +383,7 @@ mod tests {
 
     #[tokio::test]
     async fn http_exports_post_protobuf_with_headers_and_retry_a_503() {
-        let (url, seen) = endpoint().await;
+        let (url, mut seen) = endpoint().await;
         let otlp = Otlp {
             endpoint: url,
             protocol: OtlpProtocol::HttpProtobuf,
@@ -392,9 +393,12 @@ mod tests {
         let mut exporter = Exporter::new(&otlp).expect("an exporter");
         let request = vec![0x0a, 0x00];
         assert_eq!(exporter.export(request.clone()).await.expect("exported"), 0);
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 2, "the 503 was retried once");
-        for (kind, key, body) in seen.iter() {
+        let mut requests = Vec::new();
+        while let Ok(request) = seen.try_recv() {
+            requests.push(request);
+        }
+        assert_eq!(requests.len(), 2, "the 503 was retried once");
+        for (kind, key, body) in &requests {
             assert_eq!(kind, "application/x-protobuf");
             assert_eq!(key, "k3y");
             assert_eq!(body, &request);

@@ -118,7 +118,7 @@ pub fn run_until(
     let shared = Arc::new(Shared {
         config: ArcSwap::from_pointee(snapshot),
         metrics,
-        tracer: spans.tracer().clone(),
+        spans: spans.sink().clone(),
         access_log,
         live,
         tls: tls.clone(),

@@ -15,6 +15,17 @@
 # LATENCY_QPS (2000), LATENCY_CONNECTIONS (8), LATENCY_DURATION (15s),
 # PIN (1: proxies on CPU 1, everything else on CPU 0; 0: no pinning),
 # PATHS (space-separated subset of the paths below; default all).
+#
+#   MODE=cost bash bench/agent/run.sh
+#
+# The cost mode (bench/README.md, "Cost"): per proxy (agent, Envoy as Istio
+# configures it, nginx) the CPU it spends per 1000 req/s at fixed rates, p50
+# and p99 there, spans served vs delivered to the sink at saturation, idle
+# CPU and memory, with 1 KiB responses. Knobs: COST_RATES ("1000 4000"),
+# COST_DURATION (20s), IDLE_SECONDS (30), BASELINE (another tracemesh binary,
+# measured beside this build as the path agent_base: how a before/after is
+# taken in one run; BASELINE_LABEL names it in the table), ROUNDS,
+# WRK_DURATION, LATENCY_CONNECTIONS, PATHS, PIN.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -26,6 +37,12 @@ LATENCY_QPS=${LATENCY_QPS:-2000}
 LATENCY_CONNECTIONS=${LATENCY_CONNECTIONS:-8}
 LATENCY_DURATION=${LATENCY_DURATION:-15s}
 PIN=${PIN:-1}
+MODE=${MODE:-throughput}
+COST_RATES=${COST_RATES:-1000 4000}
+COST_DURATION=${COST_DURATION:-20s}
+IDLE_SECONDS=${IDLE_SECONDS:-30}
+BASELINE=${BASELINE:-}
+BASELINE_LABEL=${BASELINE_LABEL:-$BASELINE}
 
 # Fixed loopback ports, away from the defaults of a developer's own agent
 # (15000-15006), collector (4317) and query (16686).
@@ -38,11 +55,19 @@ ENVOY_DEFAULT_PORT=18111
 ENVOY_DEFAULT_ADMIN_PORT=18110
 NGINX_PORT=18201
 SINK_PORT=18317
-SINGLE_PORTS=(18080 18001 18006 18000 18101 18100 18111 18110 18201 18317)
+# The baseline agent (BASELINE): the same config on its own ports.
+BASE_PORT=18011
+BASE_ADMIN_PORT=18010
+SINGLE_PORTS=(18080 18001 18006 18000 18011 18016 18010 18101 18100 18111 18110 18201 18317)
 # The sidecar pairs' paths and ports come from pairs.py, which writes their configs.
 PAIR_PATHS=(agent_pair envoy_pair agent_pair_policy envoy_pair_policy agent_pair_mtls envoy_pair_mtls
   agent_pair_mtls_new envoy_pair_mtls_new)
-read -r -a PATHS <<<"${PATHS:-direct agent envoy envoy_default nginx ${PAIR_PATHS[*]}}"
+if [ "$MODE" = cost ]; then
+  # Envoy as Istio configures it: its default span flushing.
+  read -r -a PATHS <<<"${PATHS:-agent ${BASELINE:+agent_base }envoy_default nginx}"
+else
+  read -r -a PATHS <<<"${PATHS:-direct agent envoy envoy_default nginx ${PAIR_PATHS[*]}}"
+fi
 HOST=upstream.bench.local
 
 log() { printf '%s bench: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -163,15 +188,21 @@ start_all() {
 
   log "starting the proxies"
   start agent 1 env RUST_LOG=warn,tracemesh_agent=info "$TRACEMESH" agent --config "$HERE/agent.yaml"
+  if [ -n "$BASELINE" ]; then
+    sed -e 's|bench-client|bench-base|g; s|:18006|:18016|; s|:18001|:18011|; s|:18000|:18010|' \
+      "$HERE/agent.yaml" >"$RUN/agent-base.yaml"
+    start agent_base 1 env RUST_LOG=warn,tracemesh_agent=info "$BASELINE" agent --config "$RUN/agent-base.yaml"
+  fi
   start envoy 1 "$ENVOY_BIN" -c "$RUN/envoy.yaml" --concurrency 1 --disable-hot-restart --log-level warn
   start envoy_default 1 "$ENVOY_BIN" -c "$RUN/envoy-default.yaml" --concurrency 1 --disable-hot-restart --log-level warn
   start nginx_proxy 1 nginx -e "$RUN/proxy.error.log" -p "$RUN" -c "$RUN/proxy.nginx.conf"
-  start_pairs
+  if has_pairs; then start_pairs; fi
   wait_log "$RUN/agent.log" "agent ready"
+  if [ -n "$BASELINE" ]; then wait_log "$RUN/agent_base.log" "agent ready"; fi
   wait_port "$ENVOY_PORT"
   wait_port "$ENVOY_DEFAULT_PORT"
   wait_port "$NGINX_PORT"
-  wait_pairs
+  if has_pairs; then wait_pairs; fi
 
   # Idle memory: after start-up settles, before any request.
   sleep 3
@@ -181,6 +212,9 @@ start_all() {
   IDLE_NGINX=$(rss_tree_kib "$nginx_proxy_PID")
   log "idle RSS: agent ${IDLE_AGENT} KiB, envoy ${IDLE_ENVOY} / ${IDLE_ENVOY_DEFAULT} KiB, nginx ${IDLE_NGINX} KiB"
 }
+
+# Whether this run measures any sidecar pair.
+has_pairs() { [[ " ${PATHS[*]} " == *_pair* ]]; }
 
 # Certificates for the mTLS pairs, from tracemesh's own CA: both kinds of
 # sidecar present the same SPIFFE identities.
@@ -239,6 +273,7 @@ port_of() {
     *_pair*) pair_field "$1" client listen ;;
     direct) echo "$UPSTREAM_PORT" ;;
     agent) echo "$AGENT_PORT" ;;
+    agent_base) echo "$BASE_PORT" ;;
     envoy) echo "$ENVOY_PORT" ;;
     envoy_default) echo "$ENVOY_DEFAULT_PORT" ;;
     nginx) echo "$NGINX_PORT" ;;
@@ -249,6 +284,7 @@ port_of() {
 path_rss() {
   case $1 in
     agent) rss_kib "$agent_PID" ;;
+    agent_base) rss_kib "$agent_base_PID" ;;
     envoy) rss_kib "$envoy_PID" ;;
     envoy_default) rss_kib "$envoy_default_PID" ;;
     nginx) rss_tree_kib "$nginx_proxy_PID" ;;
@@ -268,6 +304,7 @@ envoy_dropped() { curl -fsS "http://127.0.0.1:$1/stats?filter=spans_dropped" | a
 spans_dropped() {
   { case $1 in
     agent) agent_dropped "$AGENT_ADMIN_PORT" ;;
+    agent_base) agent_dropped "$BASE_ADMIN_PORT" ;;
     envoy) envoy_dropped "$ENVOY_ADMIN_PORT" ;;
     envoy_default) envoy_dropped "$ENVOY_DEFAULT_ADMIN_PORT" ;;
     agent_pair*) echo $(($(agent_dropped "$(pair_field "$1" client admin)") +
@@ -305,22 +342,34 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
 # (other people's builds) running right now.
 others_busy() { ps -eo comm= | grep -cxE 'rustc|cc1|cc1plus|collect2|ld|ld\.lld|ld\.gold|cargo' || true; }
 
+# peak_start PATH: samples the proxy's memory every 0.5 s until peak_stop,
+# which prints the peak in KiB.
+SAMPLER=""
+peak_start() {
+  path_rss "$1" >"$RUN/peak-rss"
+  (
+    peak=0
+    while true; do
+      rss=$(path_rss "$1")
+      [ "${rss:-0}" -gt "$peak" ] && peak=$rss && echo "$peak" >"$RUN/peak-rss"
+      sleep 0.5
+    done
+  ) &
+  SAMPLER=$!
+}
+peak_stop() {
+  kill "$SAMPLER" 2>/dev/null || true
+  wait "$SAMPLER" 2>/dev/null || true
+  SAMPLER=""
+  cat "$RUN/peak-rss"
+  rm -f "$RUN/peak-rss"
+}
+
 throughput() {
-  local round=$1 path=$2 port out rps peak="" sampler=""
+  local round=$1 path=$2 port out rps peak=""
   port=$(port_of "$path")
   # Sample the proxy's memory while wrk runs; keep the peak.
-  if [ "$path" != direct ]; then
-    path_rss "$path" >"$RUN/peak-rss"
-    (
-      peak=0
-      while true; do
-        rss=$(path_rss "$path")
-        [ "${rss:-0}" -gt "$peak" ] && peak=$rss && echo "$peak" >"$RUN/peak-rss"
-        sleep 0.5
-      done
-    ) &
-    sampler=$!
-  fi
+  if [ "$path" != direct ]; then peak_start "$path"; fi
   local dropped_before dropped_after requests
   dropped_before=$(spans_dropped "$path")
   out=$($(on 0) wrk -t1 -c"$WRK_CONNECTIONS" -d"$WRK_DURATION" -H "Host: $HOST" "http://127.0.0.1:$port/")
@@ -333,11 +382,8 @@ throughput() {
     record "$round" "$path" span_drop_pct "$(awk -v a="$dropped_after" -v b="$dropped_before" \
       -v n="$((requests * spans_per_request))" 'BEGIN {printf "%.1f", 100 * (a - b) / n}')"
   fi
-  if [ -n "$sampler" ]; then
-    kill "$sampler" 2>/dev/null || true
-    wait "$sampler" 2>/dev/null || true
-    peak=$(cat "$RUN/peak-rss")
-    rm -f "$RUN/peak-rss"
+  if [ -n "$SAMPLER" ]; then
+    peak=$(peak_stop)
     record "$round" "$path" rss_load_kib "$peak"
   fi
   record "$round" "$path" other_builds "$(others_busy)"
@@ -373,6 +419,159 @@ EOF
   record "$round" "$path" other_builds "$(others_busy)"
   log "round $round $path: latency at $LATENCY_QPS qps: $(awk -v r="$round" -v p="$path" \
     '$1==r && $2==p && ($3=="p50_us" || $3=="p99_us") {printf "%s %s µs ", $3, $4}' "$RESULTS")"
+}
+
+# --- cost mode ------------------------------------------------------------------
+
+# The process serving a path (nginx: its master; children count too).
+path_pid() {
+  case $1 in
+    agent) echo "$agent_PID" ;;
+    agent_base) echo "$agent_base_PID" ;;
+    envoy) echo "$envoy_PID" ;;
+    envoy_default) echo "$envoy_default_PID" ;;
+    nginx) echo "$nginx_proxy_PID" ;;
+  esac
+}
+
+# CPU time a process and its children have had, in ns: the sum of their
+# threads' time on CPU (/proc/PID/task/TID/schedstat, nanosecond counts).
+cpu_ns() {
+  local pid task total=0 ns
+  for pid in "$1" $(pgrep -P "$1"); do
+    for task in /proc/"$pid"/task/*/schedstat; do
+      read -r ns _ <"$task" 2>/dev/null || continue
+      total=$((total + ns))
+    done
+  done
+  echo "$total"
+}
+
+now_ns() { date +%s%N; }
+
+# The service.name a path's spans arrive under at the sink ("" without tracing).
+sink_service() {
+  case $1 in
+    agent) echo bench-client ;;
+    agent_base) echo bench-base ;;
+    envoy) echo bench-envoy ;;
+    envoy_default) echo bench-envoy-default ;;
+  esac
+}
+
+# Spans the sink has received for one service.name (its last per-second line).
+sink_count() {
+  { grep -h 'otlp sink spans=' "$RUN/sink.log" || true; } | tail -1 | tr ' ' '\n' |
+    awk -F= -v s="$1" '$1 == s {n = $2} END {print n + 0}'
+}
+
+# Every proxy idle at once, nothing sent to any: CPU as % of one core.
+idle_cost() {
+  local round=$1 path t0 t1
+  declare -A before
+  sleep 5
+  for path in "${PATHS[@]}"; do before[$path]=$(cpu_ns "$(path_pid "$path")"); done
+  t0=$(now_ns)
+  sleep "$IDLE_SECONDS"
+  t1=$(now_ns)
+  for path in "${PATHS[@]}"; do
+    record "$round" "$path" idle_cpu_pct "$(awk -v a="$(cpu_ns "$(path_pid "$path")")" \
+      -v b="${before[$path]}" -v t="$((t1 - t0))" 'BEGIN {printf "%.4f", 100 * (a - b) / t}')"
+    record "$round" "$path" idle_rss_kib "$(path_rss "$path")"
+  done
+  record "$round" idle load1 "$(cut -d' ' -f1 /proc/loadavg)"
+  record "$round" idle other_builds "$(others_busy)"
+  log "round $round idle: $(awk -v r="$round" '$1==r && $3=="idle_cpu_pct" {printf "%s %s%% ", $2, $4}' "$RESULTS")"
+}
+
+# The proxy's CPU per 1000 req/s, p50 and p99, at a fixed rate.
+rate_cost() {
+  local round=$1 path=$2 rate=$3 port pid before after t0 t1 report
+  port=$(port_of "$path")
+  pid=$(path_pid "$path")
+  peak_start "$path"
+  before=$(cpu_ns "$pid")
+  t0=$(now_ns)
+  report=$($(on 0) "$TRACEMESH" load -c "$LATENCY_CONNECTIONS" --qps "$rate" -t "$COST_DURATION" \
+    --json --connect-to "127.0.0.1:$port" "http://$HOST/1k" 2>/dev/null)
+  after=$(cpu_ns "$pid")
+  t1=$(now_ns)
+  record "$round" "$path" "rss_${rate}_kib" "$(peak_stop)"
+  python3 - "$round" "$path" "$rate" "$((after - before))" "$((t1 - t0))" "$report" >>"$RESULTS" <<'EOF'
+import json, sys
+round_, path, rate, cpu_ns, wall_ns, r = sys.argv[1:7]
+r = json.loads(r)
+vcpu = int(cpu_ns) / int(wall_ns)
+qps = r["actual_qps"]
+rows = {
+    f"vcpu_per_1k_{rate}": f"{vcpu / (qps / 1000):.4f}",
+    f"p50_us_{rate}": r["latency_us"]["p50"],
+    f"p99_us_{rate}": r["latency_us"]["p99"],
+    f"qps_{rate}": round(qps, 1),
+    f"errors_{rate}": r["count"] - r["codes"].get("200", 0),
+}
+for k, v in rows.items():
+    print(f"{round_}\t{path}\t{k}\t{v}")
+EOF
+  record "$round" "$path" "load1_$rate" "$(cut -d' ' -f1 /proc/loadavg)"
+  record "$round" "$path" "other_builds_$rate" "$(others_busy)"
+  log "round $round $path at $rate req/s: $(awk -v r="$round" -v p="$path" -v q="$rate" \
+    '$1==r && $2==p && $3 ~ ("_" q "$") {printf "%s %s ", $3, $4}' "$RESULTS")"
+}
+
+# At saturation (wrk): requests served, and how many of their spans reached
+# the sink once the proxy's queue has drained (no new span for 3 s).
+saturation() {
+  local round=$1 path=$2 port service out sent before dropped_before dropped_after
+  port=$(port_of "$path")
+  service=$(sink_service "$path")
+  before=$(sink_count "$service")
+  dropped_before=$(spans_dropped "$path")
+  peak_start "$path"
+  out=$($(on 0) wrk -t1 -c"$WRK_CONNECTIONS" -d"$WRK_DURATION" -H "Host: $HOST" "http://127.0.0.1:$port/1k")
+  record "$round" "$path" rss_sat_kib "$(peak_stop)"
+  sent=$(awk '/requests in/ {print $1}' <<<"$out")
+  record "$round" "$path" sat_rps "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
+  record "$round" "$path" sat_requests "$sent"
+  if [ -n "$service" ]; then
+    local last=-1 same=0 deadline=$((SECONDS + 60)) count
+    while [ $same -lt 3 ] && [ $SECONDS -lt $deadline ]; do
+      sleep 1
+      count=$(sink_count "$service")
+      if [ "$count" = "$last" ]; then same=$((same + 1)); else same=0; last=$count; fi
+    done
+    dropped_after=$(spans_dropped "$path")
+    record "$round" "$path" sat_delivered "$((last - before))"
+    record "$round" "$path" sat_dropped "$(awk -v a="${dropped_after:-0}" -v b="${dropped_before:-0}" 'BEGIN {print a - b}')"
+  else
+    sleep 3
+  fi
+  record "$round" "$path" sat_other_builds "$(others_busy)"
+  log "round $round $path saturated: $(awk -v r="$round" -v p="$path" \
+    '$1==r && $2==p && $3 ~ /^sat_/ {printf "%s %s ", $3, $4}' "$RESULTS")"
+}
+
+cost_rounds() {
+  local round i path rate n=${#PATHS[@]}
+  for round in $(seq 1 "$ROUNDS"); do
+    idle_cost "$round"
+    for ((i = 0; i < n; i++)); do
+      path=${PATHS[$(((i + round - 1) % n))]}
+      for rate in $COST_RATES; do
+        rate_cost "$round" "$path" "$rate"
+        sleep 1
+      done
+      saturation "$round" "$path"
+    done
+  done
+}
+
+cost_report() {
+  local file=$1
+  export RESULTS_FILE="$RESULTS" OUT_FILE="$file" ENVOY_VERSION NGINX_VERSION RUSTC_VERSION CPU_MODEL \
+    CORES MEMORY KERNEL COMMIT DIRTY LOAD_BEFORE LOAD_AFTER PIN_NOTE RUN_DATE ROUNDS COST_RATES \
+    COST_DURATION LATENCY_CONNECTIONS WRK_CONNECTIONS WRK_DURATION IDLE_SECONDS BASELINE_NOTE
+  python3 "$HERE/cost_report.py"
 }
 
 # --- report ---------------------------------------------------------------------
@@ -411,19 +610,21 @@ report() {
   python3 "$HERE/report.py"
 }
 
-# Replaces the README's results section with the new table.
+# Replaces a results section of the README (between its MARKER:begin and
+# MARKER:end comments) with the new table.
 update_readme() {
-  local readme="$ROOT/bench/README.md" file=$1
+  local readme="$ROOT/bench/README.md" file=$1 marker=${2:-agent-results}
   [ -f "$readme" ] || return 0
-  python3 - "$readme" "$file" <<'EOF'
+  python3 - "$readme" "$file" "$marker" <<'EOF'
 import sys
-readme, results = sys.argv[1], sys.argv[2]
+readme, results, marker = sys.argv[1], sys.argv[2], sys.argv[3]
 text = open(readme).read()
-begin, end = "<!-- agent-results:begin -->", "<!-- agent-results:end -->"
+begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
 if begin in text and end in text:
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     body = open(results).read().replace("## Agent benchmark, ", "### Latest agent run, ", 1)
+    body = body.replace("## Agent cost, ", "### Latest cost run, ", 1)
     open(readme, "w").write(f"{head}{begin}\n{body}\n{end}{tail}")
 EOF
 }
@@ -453,6 +654,20 @@ main() {
   versions
   start_all
   check_paths
+
+  if [ "$MODE" = cost ]; then
+    BASELINE_NOTE=""
+    if [ -n "$BASELINE" ]; then BASELINE_NOTE=$BASELINE_LABEL; fi
+    cost_rounds
+    LOAD_AFTER=$(awk '{print $1, $2, $3}' /proc/loadavg)
+    RUN_DATE=$(date -u +%Y-%m-%d)
+    mkdir -p "$ROOT/bench/results"
+    local file="$ROOT/bench/results/agent-cost-$RUN_DATE.md"
+    cost_report "$file"
+    update_readme "$file" agent-cost
+    log "results written to ${file#"$ROOT"/}"
+    return
+  fi
 
   local round i path n=${#PATHS[@]}
   for round in $(seq 1 "$ROUNDS"); do

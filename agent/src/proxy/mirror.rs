@@ -12,10 +12,7 @@ use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Uri, request::Parts};
 use http_body_util::{BodyExt, Limited};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _,
-};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::SpanContext;
 
 use super::Worker;
 use super::body::UpstreamBody;
@@ -25,6 +22,8 @@ use crate::host::split_host_port;
 use crate::model::balancer::PickInput;
 use crate::model::cluster::Cluster;
 use crate::model::policy::{Mirror, roll};
+use crate::telemetry::otlp_wire::Value;
+use crate::telemetry::span::{Kind, Parent, Span};
 use crate::trace_context;
 
 /// Longest a mirrored request may take.
@@ -98,16 +97,18 @@ impl Copy {
             .and_then(|h| h.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        let tracer = &self.worker.shared.tracer;
-        let builder = tracer
-            .span_builder(format!("{host} mirror"))
-            .with_kind(SpanKind::Client)
-            .with_start_time(SystemTime::now());
-        let parent = Context::new().with_remote_span_context(self.parent.clone());
-        let mut span = tracer.build_with_context(builder, &parent);
+        let parent = Parent {
+            context: Some(&self.parent),
+            decision: None,
+        };
+        let mut span = Span::start(&self.worker.spans, Kind::Client, parent, SystemTime::now());
+        span.set_name(|name| {
+            name.push_str(&host);
+            name.push_str(" mirror");
+        });
         trace_context::inject(
             &mut self.head.headers,
-            span.span_context(),
+            span.context(),
             Some(self.parent.span_id()),
         );
         if headers::set_target(&mut self.head, self.h2).is_err() {
@@ -129,24 +130,16 @@ impl Copy {
             forward::send(&self.worker, &endpoint, &self.cluster, self.h2, request),
         )
         .await;
-        let mut attributes = vec![
-            KeyValue::new("tracemesh.mirror", true),
-            KeyValue::new("server.address", host),
-            KeyValue::new(
-                "tracemesh.upstream",
-                opentelemetry::StringValue::from(endpoint.address_text.clone()),
-            ),
-            KeyValue::new("tracemesh.upstream_cluster", self.cluster.name.clone()),
-        ];
+        span.set("tracemesh.mirror", Value::Bool(true));
+        span.set("server.address", Value::Str(&host));
+        span.set("tracemesh.upstream", Value::Str(&endpoint.address_text));
+        span.set("tracemesh.upstream_cluster", Value::Str(&self.cluster.name));
         match sent {
             Ok(Ok(sent)) => {
                 let status = sent.response.status().as_u16();
-                attributes.push(KeyValue::new(
-                    "http.response.status_code",
-                    i64::from(status),
-                ));
+                span.set("http.response.status_code", Value::Int(i64::from(status)));
                 if status >= 500 {
-                    span.set_status(Status::error(status.to_string()));
+                    span.set_error(status.to_string());
                 }
                 let drained = Limited::new(sent.response.into_body(), DRAIN_LIMIT)
                     .collect()
@@ -155,11 +148,10 @@ impl Copy {
                     lease.release();
                 }
             }
-            Ok(Err(error)) => span.set_status(Status::error(error.reply().details)),
-            Err(_) => span.set_status(Status::error("mirror timeout")),
+            Ok(Err(error)) => span.set_error(error.reply().details),
+            Err(_) => span.set_error("mirror timeout"),
         }
-        span.set_attributes(attributes);
-        span.end_with_timestamp(SystemTime::now());
+        span.end(SystemTime::now());
     }
 }
 

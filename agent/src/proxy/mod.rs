@@ -50,6 +50,7 @@ use crate::model::service::ServiceName;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::{MetricCache, Metrics};
 use crate::telemetry::peer_metadata;
+use crate::telemetry::spans::WorkerSpans;
 
 pub use crate::model::Direction;
 pub use listener::{BoundListeners, bind_all};
@@ -61,8 +62,8 @@ pub struct Shared {
     pub config: ArcSwap<Snapshot>,
     /// Metric families.
     pub metrics: Metrics,
-    /// Starts this agent's spans.
-    pub tracer: opentelemetry_sdk::trace::Tracer,
+    /// Where workers' finished spans go.
+    pub spans: Arc<crate::telemetry::spans::SpanSink>,
     /// The access log, when enabled.
     pub access_log: Option<AccessLog>,
     /// Live counters (endpoints, clusters, rate limits), kept across reloads.
@@ -136,6 +137,8 @@ pub enum Unregistered {
 pub struct Worker {
     /// Shared state.
     pub shared: Arc<Shared>,
+    /// This worker's batch of finished spans.
+    spans: Rc<WorkerSpans>,
     pools: Rc<pool::Pools>,
     caches: RefCell<Caches>,
 }
@@ -158,6 +161,7 @@ impl Worker {
             metrics.tls_failures.clone(),
         ));
         Self {
+            spans: WorkerSpans::new(shared.spans.clone()),
             shared,
             pools,
             caches: RefCell::default(),

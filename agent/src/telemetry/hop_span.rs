@@ -4,16 +4,16 @@
 //! the request's [`RequestRecord`] when it ends. Attributes follow the
 //! OpenTelemetry HTTP conventions and are built only for recorded spans.
 
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, Request, Version};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _,
-};
-use opentelemetry::{Context, KeyValue, StringValue};
-use opentelemetry_sdk::trace::{Span, Tracer};
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags};
 
+use super::otlp_wire::Value;
 use super::record::RequestRecord;
+use super::span::{Kind, Parent, Span};
+use super::spans::WorkerSpans;
 use crate::host::{request_authority, split_host_port};
 use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
@@ -39,41 +39,40 @@ fn protocol_version(version: Version) -> &'static str {
 }
 
 /// Istio's name of a span: the service's FQDN and port.
-fn service_span_name(cluster: &Cluster) -> String {
-    format!("{}:{}/*", cluster.service.host, cluster.port)
+fn service_span_name(cluster: &Cluster) -> impl FnOnce(&mut String) + '_ {
+    move |name| {
+        use std::fmt::Write as _;
+        let _ = write!(name, "{}:{}/*", cluster.service.host, cluster.port);
+    }
 }
 
 impl HopSpan {
     /// Starts this hop's span, a child of the caller's context (or a root),
     /// recorded as the caller decided (the sampler reads the decision from
     /// the parent context).
-    pub fn start(tracer: &Tracer, direction: Direction, headers: &HeaderMap) -> Self {
+    pub fn start(spans: &Rc<WorkerSpans>, direction: Direction, headers: &HeaderMap) -> Self {
         let caller = trace_context::extract(headers);
-        let mut parent = Context::new();
-        if let Some((trace_id, span_id)) = caller.parent {
+        let remote = caller.parent.map(|(trace_id, span_id)| {
             let flags = match caller.decision.sampled() {
                 Some(true) => TraceFlags::SAMPLED,
                 _ => TraceFlags::NOT_SAMPLED,
             };
-            let remote = SpanContext::new(trace_id, span_id, flags, true, caller.trace_state);
-            parent = parent.with_remote_span_context(remote);
-        }
+            SpanContext::new(trace_id, span_id, flags, true, caller.trace_state)
+        });
         // A parent's flags carry a decision; the sampler only needs telling
         // when the caller decided without ids (B3 `0`/`1`/`d`) or sent ids
-        // without a decision (B3 "defer") — rare, so the common path
-        // allocates nothing more.
-        if caller.parent.is_some() == (caller.decision == Decision::Defer) {
-            parent = parent.with_value(caller.decision);
-        }
+        // without a decision (B3 "defer").
+        let decision = (caller.parent.is_some() == (caller.decision == Decision::Defer))
+            .then_some(caller.decision);
         let kind = match direction {
-            Direction::Inbound => SpanKind::Server,
-            Direction::Outbound => SpanKind::Client,
+            Direction::Inbound => Kind::Server,
+            Direction::Outbound => Kind::Client,
         };
-        let builder = tracer
-            .span_builder("")
-            .with_kind(kind)
-            .with_start_time(SystemTime::now());
-        let span = tracer.build_with_context(builder, &parent);
+        let parent = Parent {
+            context: remote.as_ref(),
+            decision,
+        };
+        let span = Span::start(spans, kind, parent, SystemTime::now());
         Self {
             recording: span.is_recording(),
             span,
@@ -89,12 +88,12 @@ impl HopSpan {
 
     /// This hop's span context (the parent of mirrors).
     pub fn context(&self) -> SpanContext {
-        self.span.span_context().clone()
+        self.span.context().clone()
     }
 
     /// Writes this hop's trace context into the headers for the next hop.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        trace_context::inject(headers, self.span.span_context(), self.caller_span);
+        trace_context::inject(headers, self.span.context(), self.caller_span);
     }
 
     /// The request as it arrived: its attributes and (inbound) its name.
@@ -107,65 +106,78 @@ impl HopSpan {
         }
         let headers = req.headers();
         let (host, port) = split_host_port(request_authority(req).unwrap_or(""));
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", req.method().as_str().to_owned()),
-            KeyValue::new("url.path", req.uri().path().to_owned()),
-            KeyValue::new(
-                "url.scheme",
-                req.uri().scheme_str().unwrap_or("http").to_owned(),
-            ),
-            KeyValue::new("network.protocol.version", protocol_version(req.version())),
-            KeyValue::new("server.address", host.to_owned()),
-        ];
+        let span = &mut self.span;
+        span.set("http.request.method", Value::Str(req.method().as_str()));
+        span.set("url.path", Value::Str(req.uri().path()));
+        span.set(
+            "url.scheme",
+            Value::Str(req.uri().scheme_str().unwrap_or("http")),
+        );
+        span.set(
+            "network.protocol.version",
+            Value::Str(protocol_version(req.version())),
+        );
+        span.set("server.address", Value::Str(host));
         if let Some(port) = port {
-            attributes.push(KeyValue::new("server.port", i64::from(port)));
+            span.set("server.port", Value::Int(i64::from(port)));
         }
         if let Some(ua) = headers
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
         {
-            attributes.push(KeyValue::new("user_agent.original", ua.to_owned()));
+            span.set("user_agent.original", Value::Str(ua));
         }
         let peer = record.downstream_remote;
         if record.direction == Direction::Inbound {
-            attributes.push(KeyValue::new("network.peer.address", peer.ip().to_string()));
-            attributes.push(KeyValue::new("network.peer.port", i64::from(peer.port())));
-            attributes.push(KeyValue::new("client.address", peer.ip().to_string()));
+            span.set_display("network.peer.address", peer.ip());
+            span.set("network.peer.port", Value::Int(i64::from(peer.port())));
+            span.set_display("client.address", peer.ip());
         }
         if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-            attributes.push(KeyValue::new("guid:x-request-id", id.to_owned()));
+            span.set("guid:x-request-id", Value::Str(id));
         }
-        self.span.set_attributes(attributes);
-        let name = match record.direction {
-            Direction::Inbound => {
-                let addressed = port.filter(|_| addresses_service(host, &record.local));
-                let port = addressed.unwrap_or(record.downstream_local.port());
-                format!("{}:{port}/*", record.local.service.host)
-            }
-            Direction::Outbound => format!("{host}:{}/*", port.unwrap_or(80)),
-        };
-        self.span.update_name(name);
+        span.set_name(|name| {
+            use std::fmt::Write as _;
+            let _ = match record.direction {
+                Direction::Inbound => {
+                    let addressed = port.filter(|_| addresses_service(host, &record.local));
+                    let port = addressed.unwrap_or(record.downstream_local.port());
+                    write!(name, "{}:{port}/*", record.local.service.host)
+                }
+                Direction::Outbound => write!(name, "{host}:{}/*", port.unwrap_or(80)),
+            };
+        });
     }
 
     /// A retry is about to go out, as the VirtualService `rule` (details'
     /// `Kind:namespace/name[rule]`) asks: an event on this hop's span.
     pub fn note_retry(&mut self, attempt: u32, reason: &'static str, rule: Option<&str>) {
         if self.recording {
+            let policy = policy(rule, None);
             let mut attributes = vec![
-                KeyValue::new("http.request.resend_count", i64::from(attempt)),
-                KeyValue::new("reason", reason),
+                ("http.request.resend_count", Value::Int(i64::from(attempt))),
+                ("reason", Value::Str(reason)),
             ];
-            attributes.extend(policy(rule, None));
-            self.span.add_event("retry", attributes);
+            attributes.extend(
+                policy
+                    .as_deref()
+                    .map(|p| ("tracemesh.policy", Value::Str(p))),
+            );
+            self.span.add_event("retry", &attributes);
         }
     }
 
     /// A fault delay of `delay` from the VirtualService `rule` begins.
     pub fn note_fault_delay(&mut self, delay: Duration, rule: Option<&str>) {
         if self.recording {
-            let mut attributes = vec![KeyValue::new("duration_ms", millis(delay))];
-            attributes.extend(policy(rule, Some("fault.delay")));
-            self.span.add_event("fault_delay", attributes);
+            let policy = policy(rule, Some("fault.delay"));
+            let mut attributes = vec![("duration_ms", Value::Double(millis(delay)))];
+            attributes.extend(
+                policy
+                    .as_deref()
+                    .map(|p| ("tracemesh.policy", Value::Str(p))),
+            );
+            self.span.add_event("fault_delay", &attributes);
         }
     }
 
@@ -174,12 +186,17 @@ impl HopSpan {
     /// end of the wait.
     pub fn note_pool_wait(&mut self, limit: &'static str, waited: Duration, rule: Option<&str>) {
         if self.recording {
+            let policy = policy(rule, Some(limit));
             let mut attributes = vec![
-                KeyValue::new("tracemesh.limit", limit),
-                KeyValue::new("duration_ms", millis(waited)),
+                ("tracemesh.limit", Value::Str(limit)),
+                ("duration_ms", Value::Double(millis(waited))),
             ];
-            attributes.extend(policy(rule, Some(limit)));
-            self.span.add_event("connection_pool_wait", attributes);
+            attributes.extend(
+                policy
+                    .as_deref()
+                    .map(|p| ("tracemesh.policy", Value::Str(p))),
+            );
+            self.span.add_event("connection_pool_wait", &attributes);
         }
     }
 
@@ -193,16 +210,18 @@ impl HopSpan {
         rule: Option<&str>,
     ) {
         if self.recording {
+            let policy = policy(rule, Some("outlierDetection"));
             let mut attributes = vec![
-                KeyValue::new(
-                    "tracemesh.upstream",
-                    StringValue::from(endpoint.address_text.clone()),
-                ),
-                KeyValue::new("reason", reason),
-                KeyValue::new("duration_ms", millis(duration)),
+                ("tracemesh.upstream", Value::Str(&endpoint.address_text)),
+                ("reason", Value::Str(reason)),
+                ("duration_ms", Value::Double(millis(duration))),
             ];
-            attributes.extend(policy(rule, Some("outlierDetection")));
-            self.span.add_event("outlier_ejection", attributes);
+            attributes.extend(
+                policy
+                    .as_deref()
+                    .map(|p| ("tracemesh.policy", Value::Str(p))),
+            );
+            self.span.add_event("outlier_ejection", &attributes);
         }
     }
 
@@ -210,33 +229,27 @@ impl HopSpan {
     /// parent in the attempt's headers.
     pub fn start_attempt(
         &mut self,
-        tracer: &Tracer,
+        spans: &Rc<WorkerSpans>,
         attempt: u32,
         cluster: Option<&Cluster>,
         endpoint: &Endpoint,
         headers: &mut HeaderMap,
     ) {
-        let name = cluster.map_or_else(|| format!("retry {attempt}"), service_span_name);
-        let builder = tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Client)
-            .with_start_time(SystemTime::now());
-        let parent = Context::new().with_remote_span_context(self.span.span_context().clone());
-        let mut span = tracer.build_with_context(builder, &parent);
-        trace_context::inject(
-            headers,
-            span.span_context(),
-            Some(self.span.span_context().span_id()),
-        );
-        if span.is_recording() {
-            span.set_attributes([
-                KeyValue::new("http.request.resend_count", i64::from(attempt)),
-                KeyValue::new(
-                    "tracemesh.upstream",
-                    StringValue::from(endpoint.address_text.clone()),
-                ),
-            ]);
+        let parent = Parent {
+            context: Some(self.span.context()),
+            decision: None,
+        };
+        let mut span = Span::start(spans, Kind::Client, parent, SystemTime::now());
+        match cluster {
+            Some(cluster) => span.set_name(service_span_name(cluster)),
+            None => span.set_name(|name| {
+                use std::fmt::Write as _;
+                let _ = write!(name, "retry {attempt}");
+            }),
         }
+        trace_context::inject(headers, span.context(), Some(self.span.context().span_id()));
+        span.set("http.request.resend_count", Value::Int(i64::from(attempt)));
+        span.set("tracemesh.upstream", Value::Str(&endpoint.address_text));
         self.attempt = Some(span);
     }
 
@@ -246,18 +259,15 @@ impl HopSpan {
             return;
         };
         if let Some(status) = status {
-            span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
+            span.set("http.response.status_code", Value::Int(i64::from(status)));
             if status >= 500 {
-                span.set_status(Status::error(status.to_string()));
+                span.set_error(status.to_string());
             }
         }
         if let Some(failure) = failure {
-            span.set_status(Status::error(failure));
+            span.set_error(failure);
         }
-        span.end_with_timestamp(SystemTime::now());
+        span.end(SystemTime::now());
     }
 
     /// Ends this hop's span with what `record` says happened.
@@ -266,50 +276,46 @@ impl HopSpan {
             return;
         }
         let outbound = record.direction == Direction::Outbound;
+        let span = &mut self.span;
         if let Some(template) = &record.http_route {
-            let template = StringValue::from(template.clone());
-            self.span
-                .set_attribute(KeyValue::new("http.route", template));
+            span.set("http.route", Value::Str(template));
         }
         if let Some(name) = &record.route {
-            let name = StringValue::from(name.clone());
-            self.span
-                .set_attribute(KeyValue::new("tracemesh.route_name", name));
+            span.set("tracemesh.route_name", Value::Str(name));
         }
         if let Some(details) = &record.details {
-            self.span.set_attribute(KeyValue::new(
-                "tracemesh.response_code_details",
-                details.to_string(),
-            ));
+            span.set("tracemesh.response_code_details", Value::Str(details));
         }
         if let (true, Some(cluster)) = (outbound, &record.cluster) {
-            self.span.update_name(service_span_name(cluster));
+            span.set_name(service_span_name(cluster));
         }
-        let mut attributes = vec![
-            KeyValue::new(
-                "tracemesh.response_flags",
-                record.flags.as_str().into_owned(),
-            ),
-            KeyValue::new("http.request.body.size", record.request_bytes as i64),
-            KeyValue::new("http.response.body.size", record.response_bytes as i64),
-        ];
+        let flags = record.flags.as_str();
+        span.set("tracemesh.response_flags", Value::Str(&flags));
+        span.set(
+            "http.request.body.size",
+            Value::Int(record.request_bytes as i64),
+        );
+        span.set(
+            "http.response.body.size",
+            Value::Int(record.response_bytes as i64),
+        );
         if record.status != 0 {
-            attributes.push(KeyValue::new(
+            span.set(
                 "http.response.status_code",
-                i64::from(record.status),
-            ));
+                Value::Int(i64::from(record.status)),
+            );
         }
         if let Some(status) = record.grpc_status {
-            attributes.push(KeyValue::new("rpc.grpc.status_code", i64::from(status)));
+            span.set("rpc.grpc.status_code", Value::Int(i64::from(status)));
         }
         if record.attempts > 1 {
-            attributes.push(KeyValue::new(
+            span.set(
                 "tracemesh.retry.attempts",
-                i64::from(record.attempts),
-            ));
+                Value::Int(i64::from(record.attempts)),
+            );
         }
         if record.audited {
-            attributes.push(KeyValue::new("tracemesh.authz.audit", true));
+            span.set("tracemesh.authz.audit", Value::Bool(true));
         }
         if let Some(peer) = record.tls_peer() {
             let key = if outbound {
@@ -317,54 +323,49 @@ impl HopSpan {
             } else {
                 "tracemesh.source.principal"
             };
-            attributes.push(KeyValue::new(key, peer.to_string()));
-            attributes.push(KeyValue::new(
+            span.set(key, Value::Str(peer));
+            span.set(
                 "tracemesh.connection_security_policy",
-                "mutual_tls",
-            ));
+                Value::Str("mutual_tls"),
+            );
         }
         if let Some(reason) = record.transport_failure {
-            attributes.push(KeyValue::new("tracemesh.upstream.tls_failure", reason));
+            span.set("tracemesh.upstream.tls_failure", Value::Str(reason));
         }
         if let Some(cluster) = &record.cluster {
-            attributes.push(KeyValue::new(
-                "tracemesh.upstream_cluster",
-                cluster.name.clone(),
-            ));
+            span.set("tracemesh.upstream_cluster", Value::Str(&cluster.name));
             if outbound {
-                attributes.push(KeyValue::new("peer.service", cluster.service.name.clone()));
+                span.set("peer.service", Value::Str(&cluster.service.name));
             }
         }
         if let Some(endpoint) = &record.endpoint {
-            let address = StringValue::from(endpoint.address_text.clone());
             if outbound {
-                attributes.push(KeyValue::new("network.peer.address", address.clone()));
+                span.set("network.peer.address", Value::Str(&endpoint.address_text));
             }
-            attributes.push(KeyValue::new("tracemesh.upstream", address));
+            span.set("tracemesh.upstream", Value::Str(&endpoint.address_text));
         }
         if record.failed() {
             let error_type = if record.flags.is_failure() {
-                record.flags.as_str().into_owned()
+                flags.into_owned()
             } else {
                 record.status.to_string()
             };
-            attributes.push(KeyValue::new("error.type", error_type.clone()));
-            self.span.set_status(Status::error(error_type));
+            span.set("error.type", Value::Str(&error_type));
+            span.set_error(error_type);
         }
-        self.span.set_attributes(attributes);
-        self.span.end_with_timestamp(SystemTime::now());
+        span.end_at(SystemTime::now());
     }
 }
 
 /// The `tracemesh.policy` attribute of an event: `rule`, narrowed to one
 /// of its fields when `field` says which.
-fn policy(rule: Option<&str>, field: Option<&str>) -> Option<KeyValue> {
+/// The `tracemesh.policy` of an event: the rule, and the field of it.
+fn policy(rule: Option<&str>, field: Option<&str>) -> Option<String> {
     let rule = rule?;
-    let value = match field {
+    Some(match field {
         Some(field) => format!("{rule}[{field}]"),
         None => rule.to_owned(),
-    };
-    Some(KeyValue::new("tracemesh.policy", value))
+    })
 }
 
 fn millis(duration: Duration) -> f64 {

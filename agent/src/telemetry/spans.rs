@@ -1,34 +1,39 @@
-//! The span pipeline: the OpenTelemetry SDK's batch processor and the OTLP
-//! exporter, bounded so that a slow or absent collector never slows a proxied
-//! request — spans beyond the queue are dropped and counted.
+//! The span pipeline. Each worker appends its finished spans, already
+//! encoded as OTLP protobuf, to a batch of its own ([`WorkerSpans`]); a full
+//! batch, or one that has waited the flush interval, goes whole to the
+//! export thread, which only wraps it in the `ExportTraceServiceRequest`
+//! envelope (resource and scope encoded once) and sends the bytes
+//! ([`super::otlp_export`]). Memory is bounded: past the queue's capacity
+//! spans are dropped before they are encoded, and counted; a slow or absent
+//! collector never slows a proxied request.
 
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, Span, SpanData, SpanExporter,
-    SpanProcessor, Tracer,
-};
 use prometheus::IntCounter;
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot};
 
+use super::otlp_export::{ExportError, Exporter};
+use super::otlp_wire as wire;
 use crate::model::Identity;
-use crate::model::bootstrap::{OtlpProtocol, Telemetry};
+use crate::model::bootstrap::Telemetry;
 use crate::model::clock::now_ms;
 
 /// Why the span pipeline could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SpanPipelineError {
-    /// The export runtime's thread could not start.
-    #[error("cannot start the span export runtime: {0}")]
+    /// The export thread or its runtime could not start.
+    #[error("cannot start the span export thread: {0}")]
     Runtime(#[from] std::io::Error),
-    /// The OTLP exporter refused its settings.
-    #[error("invalid OTLP exporter settings: {0}")]
-    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// The OTLP endpoint is not a valid URI.
+    #[error("invalid OTLP endpoint {0:?}: {1}")]
+    Endpoint(String, String),
     /// A header for the exporter is invalid.
     #[error("invalid OTLP header {0:?}")]
     Header(String),
@@ -84,31 +89,130 @@ impl SpanCounters {
     }
 }
 
+/// Spans per export request at most (the OpenTelemetry SDK's default batch).
+const MAX_BATCH_SPANS: usize = 512;
+
+/// What every worker's batch shares: the sampling ratio, the batch limits,
+/// the counters and the way to the export thread.
+#[derive(Debug)]
+pub struct SpanSink {
+    ratio: f64,
+    batch_spans: usize,
+    flush_interval: Duration,
+    counters: Arc<SpanCounters>,
+    batches: mpsc::UnboundedSender<Batch>,
+}
+
+/// Spans encoded as consecutive `ScopeSpans.spans` fields.
+#[derive(Debug, Default)]
+struct Batch {
+    spans: Vec<u8>,
+    count: usize,
+}
+
+/// One worker's batch of finished spans. Only its own thread touches it.
+pub struct WorkerSpans {
+    sink: Arc<SpanSink>,
+    batch: RefCell<Batch>,
+    /// A flush is scheduled.
+    timer: Cell<bool>,
+    this: Weak<WorkerSpans>,
+}
+
+impl WorkerSpans {
+    /// A worker's batch, empty.
+    pub fn new(sink: Arc<SpanSink>) -> Rc<Self> {
+        Rc::new_cyclic(|this| Self {
+            sink,
+            batch: RefCell::default(),
+            timer: Cell::new(false),
+            this: this.clone(),
+        })
+    }
+
+    /// The share of new traces recorded (0.0–1.0).
+    pub fn ratio(&self) -> f64 {
+        self.sink.ratio
+    }
+
+    /// Appends one finished span, encoded by `encode`, unless the queue is
+    /// full (then it is dropped, counted, and never encoded). A full batch
+    /// goes to the export thread at once; the first span of a batch
+    /// schedules its flush, so an idle worker has no timer at all.
+    pub fn push(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let counters = &self.sink.counters;
+        let mut batch = self.batch.borrow_mut();
+        if counters.queued.load(Ordering::Relaxed) + batch.count >= counters.capacity {
+            counters.span_dropped();
+            return;
+        }
+        encode(&mut batch.spans);
+        batch.count += 1;
+        if batch.count >= self.sink.batch_spans {
+            let full = std::mem::take(&mut *batch);
+            drop(batch);
+            self.ship(full);
+        } else if batch.count == 1 && !self.timer.replace(true) {
+            let this = self.this.clone();
+            let interval = self.sink.flush_interval;
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(interval).await;
+                if let Some(this) = this.upgrade() {
+                    this.timer.set(false);
+                    this.flush();
+                }
+            });
+        }
+    }
+
+    /// Sends what the batch holds to the export thread.
+    pub fn flush(&self) {
+        let batch = std::mem::take(&mut *self.batch.borrow_mut());
+        if batch.count > 0 {
+            self.ship(batch);
+        }
+    }
+
+    fn ship(&self, batch: Batch) {
+        let counters = &self.sink.counters;
+        let count = batch.count;
+        counters.queued.fetch_add(count, Ordering::Relaxed);
+        if self.sink.batches.send(batch).is_err() {
+            // The pipeline has shut down.
+            counters.queued.fetch_sub(count, Ordering::Relaxed);
+            counters.failed.inc_by(count as u64);
+        }
+    }
+}
+
+impl Drop for WorkerSpans {
+    /// A stopping worker hands over what it holds.
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// The running pipeline. Dropping it does not flush; call [`shutdown`](Self::shutdown).
 pub struct SpanPipeline {
-    provider: SdkTracerProvider,
-    tracer: Tracer,
-    runtime: Option<tokio::runtime::Runtime>,
+    sink: Arc<SpanSink>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SpanPipeline {
-    /// Starts the export runtime, the OTLP exporter and the batch processor.
+    /// Starts the export thread (at the lowest CPU priority) with its OTLP
+    /// client; the endpoint and headers are checked here.
     pub fn start(
         spec: &Telemetry,
         identity: &Identity,
         counters: SpanCounterHandles,
     ) -> Result<Self, SpanPipelineError> {
-        // tonic's channel and the HTTP client live on this runtime; the batch
-        // processor's thread hands each export to it.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("otlp-export")
-            .on_thread_start(super::background::lower_current_thread)
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let exporter = {
             let _entered = runtime.enter();
-            build_exporter(spec)?
+            Exporter::new(&spec.otlp)?
         };
         let counters = Arc::new(SpanCounters {
             queued: AtomicUsize::new(0),
@@ -119,46 +223,194 @@ impl SpanPipeline {
             failed: counters.failed,
             dropped: counters.dropped,
         });
-        let exporter = CountingExporter {
-            inner: Arc::new(exporter),
-            runtime: runtime.handle().clone(),
+        let (batches, queue) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel();
+        let sink = Arc::new(SpanSink {
+            ratio: spec.sampling,
+            batch_spans: MAX_BATCH_SPANS.min(spec.max_queued_spans).max(1),
+            flush_interval: spec.flush_interval,
             counters: counters.clone(),
-        };
-        let batch = BatchConfigBuilder::default()
-            .with_max_queue_size(counters.capacity + 64)
-            .with_max_export_batch_size(512.min(counters.capacity))
-            .with_scheduled_delay(spec.flush_interval)
-            .build();
-        let processor = BoundedProcessor {
-            inner: BatchSpanProcessor::new(exporter, batch),
+            batches,
+        });
+        let export = Export {
+            envelope: Envelope::new(&resource(identity)),
+            exporter,
             counters,
+            batch_spans: sink.batch_spans,
+            drain_for: spec.otlp.timeout,
+            failures_logged_at: None,
         };
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
-            .with_sampler(super::sampler::CallerFirst::new(spec.sampling))
-            .with_resource(resource(identity))
-            .build();
-        let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "tracemesh-agent");
+        let thread = std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || {
+                super::background::lower_current_thread();
+                runtime.block_on(export.run(queue, stopped));
+            })?;
         Ok(Self {
-            provider,
-            tracer,
-            runtime: Some(runtime),
+            sink,
+            stop: Some(stop),
+            thread: Some(thread),
         })
     }
 
-    /// The tracer the request path starts spans with.
-    pub fn tracer(&self) -> &Tracer {
-        &self.tracer
+    /// What the workers' batches share.
+    pub fn sink(&self) -> &Arc<SpanSink> {
+        &self.sink
     }
 
-    /// Exports what is queued (bounded by the export timeout) and stops.
+    /// Exports what is queued (for at most the export timeout) and stops.
+    /// Call it after the workers have stopped: they hand over their batches
+    /// as they go.
     pub fn shutdown(mut self) {
-        if let Err(error) = self.provider.shutdown() {
-            tracing::warn!(%error, "span pipeline did not flush cleanly");
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::warn!("span export thread panicked");
         }
+    }
+}
+
+/// The export thread's state.
+struct Export {
+    envelope: Envelope,
+    exporter: Exporter,
+    counters: Arc<SpanCounters>,
+    batch_spans: usize,
+    drain_for: Duration,
+    failures_logged_at: Option<Instant>,
+}
+
+impl Export {
+    async fn run(
+        mut self,
+        mut queue: mpsc::UnboundedReceiver<Batch>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        loop {
+            tokio::select! {
+                batch = queue.recv() => match batch {
+                    Some(batch) => self.send(batch, &mut queue).await,
+                    None => return,
+                },
+                _ = &mut stop => break,
+            }
+        }
+        // Shutting down: what the workers handed over, within the timeout.
+        let deadline = tokio::time::Instant::now() + self.drain_for;
+        while let Ok(batch) = queue.try_recv() {
+            if tokio::time::timeout_at(deadline, self.send(batch, &mut queue))
+                .await
+                .is_err()
+            {
+                tracing::warn!("span export did not finish before shutdown");
+                return;
+            }
+        }
+    }
+
+    /// Sends `first` with whatever else is waiting, up to a batch's worth.
+    async fn send(&mut self, first: Batch, queue: &mut mpsc::UnboundedReceiver<Batch>) {
+        let mut spans = first.spans;
+        let mut count = first.count;
+        while count < self.batch_spans {
+            let Ok(more) = queue.try_recv() else { break };
+            spans.extend_from_slice(&more.spans);
+            count += more.count;
+        }
+        let request = self.envelope.wrap(&spans);
+        drop(spans);
+        let outcome = self.exporter.export(request).await;
+        let counters = &self.counters;
+        counters.queued.fetch_sub(count, Ordering::Relaxed);
+        match outcome {
+            Ok(rejected) => {
+                let rejected = (rejected as usize).min(count);
+                counters.exported.inc_by((count - rejected) as u64);
+                counters.failed.inc_by(rejected as u64);
+            }
+            Err(error) => {
+                counters.failed.inc_by(count as u64);
+                self.log_failure(&error, count);
+            }
+        }
+    }
+
+    /// Failed exports lose spans: logged at WARN, at most every ten seconds.
+    fn log_failure(&mut self, error: &ExportError, spans: usize) {
+        let now = Instant::now();
+        if self.failures_logged_at.is_some_and(|at| {
+            now.duration_since(at) < Duration::from_millis(DROP_REPORT_INTERVAL_MS)
+        }) {
+            return;
+        }
+        self.failures_logged_at = Some(now);
+        tracing::warn!(%error, spans, "span export failed, spans lost (counted in tracemesh_agent_spans_export_failed_total)");
+    }
+}
+
+/// The `ExportTraceServiceRequest` around a batch: one `ResourceSpans` with
+/// this agent's resource and one `ScopeSpans` of scope `tracemesh-agent`,
+/// as the OpenTelemetry SDK's exporter groups them.
+struct Envelope {
+    resource: Vec<u8>,
+    schema_url: String,
+    scope: Vec<u8>,
+}
+
+impl Envelope {
+    fn new(resource: &Resource) -> Self {
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
+        let attributes = resource
+            .iter()
+            .map(|(key, value)| KeyValue {
+                key: key.to_string(),
+                value: Some(AnyValue::from(value.clone())),
+                ..Default::default()
+            })
+            .collect();
+        let resource_message = opentelemetry_proto::tonic::resource::v1::Resource {
+            attributes,
+            ..Default::default()
+        };
+        let scope = InstrumentationScope {
+            name: "tracemesh-agent".to_owned(),
+            ..Default::default()
+        };
+        Self {
+            resource: resource_message.encode_to_vec(),
+            schema_url: resource.schema_url().unwrap_or_default().to_owned(),
+            scope: scope.encode_to_vec(),
+        }
+    }
+
+    /// The request's bytes: the envelope's fields and the spans as they are.
+    fn wrap(&self, spans: &[u8]) -> Vec<u8> {
+        let scope_spans = wire::field_len(wire::SCOPE_SPANS_SCOPE, self.scope.len()) + spans.len();
+        let mut resource_spans =
+            wire::field_len(wire::RESOURCE_SPANS_RESOURCE, self.resource.len())
+                + wire::field_len(wire::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
+        if !self.schema_url.is_empty() {
+            resource_spans +=
+                wire::field_len(wire::RESOURCE_SPANS_SCHEMA_URL, self.schema_url.len());
+        }
+        let total = wire::field_len(wire::REQUEST_RESOURCE_SPANS, resource_spans);
+        let mut out = Vec::with_capacity(total);
+        wire::len_prefix(&mut out, wire::REQUEST_RESOURCE_SPANS, resource_spans);
+        wire::bytes(&mut out, wire::RESOURCE_SPANS_RESOURCE, &self.resource);
+        wire::len_prefix(&mut out, wire::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
+        wire::bytes(&mut out, wire::SCOPE_SPANS_SCOPE, &self.scope);
+        out.extend_from_slice(spans);
+        if !self.schema_url.is_empty() {
+            wire::bytes(
+                &mut out,
+                wire::RESOURCE_SPANS_SCHEMA_URL,
+                self.schema_url.as_bytes(),
+            );
+        }
+        out
     }
 }
 
@@ -173,47 +425,9 @@ pub struct SpanCounterHandles {
     pub dropped: IntCounter,
 }
 
-fn build_exporter(spec: &Telemetry) -> Result<opentelemetry_otlp::SpanExporter, SpanPipelineError> {
-    let otlp = &spec.otlp;
-    if otlp.protocol == OtlpProtocol::HttpProtobuf {
-        let endpoint = if otlp.endpoint.ends_with("/v1/traces") {
-            otlp.endpoint.clone()
-        } else {
-            format!("{}/v1/traces", otlp.endpoint.trim_end_matches('/'))
-        };
-        let headers = otlp
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        return Ok(opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(endpoint)
-            .with_timeout(otlp.timeout)
-            .with_headers(headers)
-            .build()?);
-    }
-    let mut metadata = tonic::metadata::MetadataMap::new();
-    for (key, value) in &otlp.headers {
-        let key = tonic::metadata::MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
-            .map_err(|_| SpanPipelineError::Header(key.clone()))?;
-        let value = value
-            .parse()
-            .map_err(|_| SpanPipelineError::Header(value.clone()))?;
-        metadata.insert(key, value);
-    }
-    Ok(opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(otlp.endpoint.clone())
-        .with_timeout(otlp.timeout)
-        .with_metadata(metadata)
-        .build()?)
-}
-
 /// `service.name` is the canonical service (`reviews`), as Jaeger and Tempo
 /// users expect; namespace, version and workload ride alongside.
-fn resource(identity: &Identity) -> Resource {
+pub(crate) fn resource(identity: &Identity) -> Resource {
     Resource::builder()
         .with_service_name(identity.canonical_service.clone())
         .with_attributes([
@@ -226,86 +440,194 @@ fn resource(identity: &Identity) -> Resource {
         .build()
 }
 
-/// Refuses spans beyond the queue's capacity (counting them) before they
-/// reach the SDK's queue, which is sized so it never overflows itself.
-#[derive(Debug)]
-struct BoundedProcessor {
-    inner: BatchSpanProcessor,
-    counters: Arc<SpanCounters>,
-}
-
-impl SpanProcessor for BoundedProcessor {
-    fn on_start(&self, span: &mut Span, cx: &Context) {
-        self.inner.on_start(span, cx);
-    }
-
-    fn on_end(&self, span: SpanData) {
-        let c = &self.counters;
-        if c.queued.fetch_add(1, Ordering::Relaxed) >= c.capacity {
-            c.queued.fetch_sub(1, Ordering::Relaxed);
-            c.span_dropped();
-            return;
-        }
-        self.inner.on_end(span);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
-/// Runs each export on the export runtime and counts its outcome.
-#[derive(Debug)]
-struct CountingExporter<E> {
-    inner: Arc<E>,
-    runtime: tokio::runtime::Handle,
-    counters: Arc<SpanCounters>,
-}
-
-impl<E: SpanExporter + 'static> SpanExporter for CountingExporter<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        // This runs on the SDK's batch thread, which encodes nothing but
-        // still wakes per batch: it yields to the workers too.
-        super::background::lower_current_thread();
-        let count = batch.len();
-        let inner = self.inner.clone();
-        let result = self
-            .runtime
-            .spawn(async move { inner.export(batch).await })
-            .await
-            .unwrap_or_else(|e| Err(OTelSdkError::InternalFailure(e.to_string())));
-        self.counters.queued.fetch_sub(count, Ordering::Relaxed);
-        let outcome = if result.is_ok() {
-            &self.counters.exported
-        } else {
-            &self.counters.failed
-        };
-        outcome.inc_by(count as u64);
-        result
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.set_resource(resource);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+    use std::time::SystemTime;
+
+    use opentelemetry::trace::{
+        SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry::{InstrumentationScope, KeyValue};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as ProtoSpan};
+    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+
     use super::*;
+    use crate::telemetry::otlp_wire::Value;
+    use crate::telemetry::span::{Kind, Parent, Span};
+
+    fn counters(capacity: usize) -> Arc<SpanCounters> {
+        let counter = |name: &str| IntCounter::new(name, "spans").expect("a counter");
+        Arc::new(SpanCounters {
+            queued: AtomicUsize::new(0),
+            capacity,
+            unreported_drops: AtomicU64::new(0),
+            reported_at_ms: AtomicU64::new(0),
+            exported: counter("exported"),
+            failed: counter("failed"),
+            dropped: counter("dropped"),
+        })
+    }
+
+    fn worker(capacity: usize) -> (Rc<WorkerSpans>, mpsc::UnboundedReceiver<Batch>) {
+        let (batches, queue) = mpsc::unbounded_channel();
+        let sink = Arc::new(SpanSink {
+            ratio: 1.0,
+            batch_spans: 2,
+            flush_interval: Duration::from_secs(3600),
+            counters: counters(capacity),
+            batches,
+        });
+        (WorkerSpans::new(sink), queue)
+    }
+
+    /// Runs `test` on a worker's kind of thread (a `LocalSet`).
+    fn on_worker(test: impl FnOnce()) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime");
+        tokio::task::LocalSet::new().block_on(&runtime, async { test() });
+    }
+
+    /// A span recorded through the new path decodes to exactly what the
+    /// OpenTelemetry SDK's exporter made of the same span.
+    #[test]
+    fn encoded_spans_decode_to_what_the_sdk_exported() {
+        on_worker(encoded_spans_decode_to_what_the_sdk_exported_on_a_worker);
+    }
+
+    fn encoded_spans_decode_to_what_the_sdk_exported_on_a_worker() {
+        let (spans, mut queue) = worker(100);
+        let caller = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::from_key_value([("vendor", "x")]).unwrap(),
+        );
+        let start = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let end = start + Duration::from_micros(1234);
+        let parent = Parent {
+            context: Some(&caller),
+            decision: None,
+        };
+        let mut span = Span::start(&spans, Kind::Client, parent, start);
+        span.set_name_str("reviews.default.svc.cluster.local:9080/*");
+        span.set("http.request.method", Value::Str("GET"));
+        span.set("server.port", Value::Int(9080));
+        span.add_event("retry", &[("reason", Value::Str("5xx"))]);
+        span.set("tracemesh.authz.audit", Value::Bool(true));
+        span.set_error("503");
+        span.set_error("UF");
+        let context = span.context().clone();
+        span.end(end);
+        // A root span in the same batch: the batch of two ships at once.
+        let root = Span::start(
+            &spans,
+            Kind::Server,
+            Parent {
+                context: None,
+                decision: None,
+            },
+            start,
+        );
+        let root_context = root.context().clone();
+        root.end(end);
+        let batch = queue.try_recv().expect("a full batch ships");
+        assert_eq!(batch.count, 2);
+
+        let resource = Resource::builder_empty()
+            .with_service_name("reviews")
+            .build();
+        let envelope = Envelope::new(&resource);
+        let decoded = ExportTraceServiceRequest::decode(envelope.wrap(&batch.spans).as_slice())
+            .expect("decodes");
+        let [ResourceSpans { scope_spans, .. }] = decoded.resource_spans.as_slice() else {
+            panic!("one resource: {decoded:?}");
+        };
+        let [
+            ScopeSpans {
+                spans: got, scope, ..
+            },
+        ] = scope_spans.as_slice()
+        else {
+            panic!("one scope");
+        };
+        assert_eq!(
+            scope.as_ref().map(|s| s.name.as_str()),
+            Some("tracemesh-agent")
+        );
+        let event_time = got[0].events[0].time_unix_nano;
+
+        let sdk = |context: SpanContext, parent: SpanId, remote: bool, kind, name: &'static str| {
+            SpanData {
+                span_context: context,
+                parent_span_id: parent,
+                parent_span_is_remote: remote,
+                span_kind: kind,
+                name: Cow::Borrowed(name),
+                start_time: start,
+                end_time: end,
+                attributes: Vec::new(),
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status: Status::Unset,
+                instrumentation_scope: InstrumentationScope::builder("tracemesh-agent").build(),
+            }
+        };
+        let mut client = sdk(
+            context,
+            caller.span_id(),
+            true,
+            SpanKind::Client,
+            "reviews.default.svc.cluster.local:9080/*",
+        );
+        client.attributes = vec![
+            KeyValue::new("http.request.method", "GET"),
+            KeyValue::new("server.port", 9080),
+            KeyValue::new("tracemesh.authz.audit", true),
+        ];
+        client.events.events.push(opentelemetry::trace::Event::new(
+            "retry",
+            SystemTime::UNIX_EPOCH + Duration::from_nanos(event_time),
+            vec![KeyValue::new("reason", "5xx")],
+            0,
+        ));
+        client.status = Status::error("UF");
+        let root = sdk(root_context, SpanId::INVALID, false, SpanKind::Server, "");
+        let want: Vec<ProtoSpan> = vec![client.into(), root.into()];
+        assert_eq!(got, &want);
+    }
+
+    #[test]
+    fn spans_past_the_queues_capacity_are_dropped_and_counted() {
+        on_worker(spans_past_the_queues_capacity_are_dropped_and_counted_on_a_worker);
+    }
+
+    fn spans_past_the_queues_capacity_are_dropped_and_counted_on_a_worker() {
+        let (spans, mut queue) = worker(3);
+        for _ in 0..5 {
+            let parent = Parent {
+                context: None,
+                decision: None,
+            };
+            Span::start(&spans, Kind::Server, parent, SystemTime::now()).end(SystemTime::now());
+        }
+        let counters = &spans.sink.counters;
+        assert_eq!(
+            counters.queued.load(Ordering::Relaxed),
+            2,
+            "one batch of two shipped"
+        );
+        assert_eq!(queue.try_recv().expect("a batch").count, 2);
+        // The third span fits (2 queued + 0 waiting < 3), the rest do not.
+        assert_eq!(counters.dropped.get(), 2);
+        drop(spans);
+        assert_eq!(queue.try_recv().expect("the rest on drop").count, 1);
+    }
 
     #[test]
     fn drops_are_counted_at_once_and_reported_at_most_every_ten_seconds() {

@@ -74,7 +74,7 @@ impl Exchange {
         snapshot: &Snapshot,
         req: &Request<Incoming>,
     ) -> Box<Self> {
-        let span = HopSpan::start(&worker.shared.tracer, down.direction, req.headers());
+        let span = HopSpan::start(&worker.spans, down.direction, req.headers());
         let tls = down.tls.as_ref();
         let peer = match down.direction {
             Direction::Inbound => req.headers().get(PEER_METADATA).and_then(|v| {
@@ -408,10 +408,9 @@ impl AttemptRecord for Exchange {
     }
 
     fn sending_retry(&mut self, attempt: u32, endpoint: &Endpoint, headers: &mut HeaderMap) {
-        let tracer = &self.worker.shared.tracer;
         let cluster = self.record.cluster.as_deref();
         self.span
-            .start_attempt(tracer, attempt, cluster, endpoint, headers);
+            .start_attempt(&self.worker.spans, attempt, cluster, endpoint, headers);
     }
 
     fn answered(&mut self, status: u16, peer: Option<Arc<str>>) {

@@ -1,0 +1,225 @@
+//! OTLP protobuf written straight into a byte buffer: the few messages a
+//! span needs (`Span`, `Span.Event`, `KeyValue`, `AnyValue`, `Status`) and
+//! the envelope of an `ExportTraceServiceRequest`, with the field numbers of
+//! `opentelemetry/proto/trace/v1/trace.proto` and `common/v1/common.proto`.
+//! Nothing is built as a message first: a span's fields are appended as
+//! they are known, so recording one costs a few small writes.
+
+/// Protobuf wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const FIXED32: u8 = 5;
+
+/// `ExportTraceServiceRequest.resource_spans`.
+pub(crate) const REQUEST_RESOURCE_SPANS: u32 = 1;
+/// `ResourceSpans.resource`, `.scope_spans`, `.schema_url`.
+pub(crate) const RESOURCE_SPANS_RESOURCE: u32 = 1;
+pub(crate) const RESOURCE_SPANS_SCOPE_SPANS: u32 = 2;
+pub(crate) const RESOURCE_SPANS_SCHEMA_URL: u32 = 3;
+/// `ScopeSpans.scope`, `.spans`.
+pub(crate) const SCOPE_SPANS_SCOPE: u32 = 1;
+pub(crate) const SCOPE_SPANS_SPANS: u32 = 2;
+/// `Span` fields.
+pub(crate) const SPAN_TRACE_ID: u32 = 1;
+pub(crate) const SPAN_SPAN_ID: u32 = 2;
+pub(crate) const SPAN_TRACE_STATE: u32 = 3;
+pub(crate) const SPAN_PARENT_SPAN_ID: u32 = 4;
+pub(crate) const SPAN_NAME: u32 = 5;
+pub(crate) const SPAN_KIND: u32 = 6;
+pub(crate) const SPAN_START_TIME: u32 = 7;
+pub(crate) const SPAN_END_TIME: u32 = 8;
+pub(crate) const SPAN_ATTRIBUTES: u32 = 9;
+pub(crate) const SPAN_EVENTS: u32 = 11;
+pub(crate) const SPAN_STATUS: u32 = 15;
+pub(crate) const SPAN_FLAGS: u32 = 16;
+/// `Span.Event` fields.
+pub(crate) const EVENT_TIME: u32 = 1;
+pub(crate) const EVENT_NAME: u32 = 2;
+pub(crate) const EVENT_ATTRIBUTES: u32 = 3;
+/// `Status` fields.
+pub(crate) const STATUS_MESSAGE: u32 = 2;
+pub(crate) const STATUS_CODE: u32 = 3;
+/// `Status.StatusCode.STATUS_CODE_ERROR`.
+pub(crate) const STATUS_CODE_ERROR: u64 = 2;
+/// `SpanFlags`: the context's remoteness is known, and it is remote.
+pub(crate) const SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE: u32 = 0x100;
+pub(crate) const SPAN_FLAGS_CONTEXT_IS_REMOTE: u32 = 0x200;
+
+/// An attribute value, as OTLP's `AnyValue` holds it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    /// `string_value`.
+    Str(&'a str),
+    /// `bool_value`.
+    Bool(bool),
+    /// `int_value`.
+    Int(i64),
+    /// `double_value`.
+    Double(f64),
+}
+
+impl From<&'static str> for Value<'static> {
+    fn from(value: &'static str) -> Self {
+        Value::Str(value)
+    }
+}
+
+/// Appends a varint.
+pub fn varint(buf: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        buf.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+fn varint_len(value: u64) -> usize {
+    // 1 byte per 7 bits, at least one.
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn key(buf: &mut Vec<u8>, field: u32, wire: u8) {
+    varint(buf, (u64::from(field) << 3) | u64::from(wire));
+}
+
+/// Appends a length-delimited field (bytes, string or an encoded message).
+pub fn bytes(buf: &mut Vec<u8>, field: u32, value: &[u8]) {
+    key(buf, field, LEN);
+    varint(buf, value.len() as u64);
+    buf.extend_from_slice(value);
+}
+
+/// Appends a varint field (uint, enum, bool).
+pub fn uint(buf: &mut Vec<u8>, field: u32, value: u64) {
+    key(buf, field, VARINT);
+    varint(buf, value);
+}
+
+/// Appends a `fixed64` field.
+pub fn fixed64(buf: &mut Vec<u8>, field: u32, value: u64) {
+    key(buf, field, FIXED64);
+    buf.extend_from_slice(&value.to_le_bytes());
+}
+
+/// Appends a `fixed32` field.
+pub fn fixed32(buf: &mut Vec<u8>, field: u32, value: u32) {
+    key(buf, field, FIXED32);
+    buf.extend_from_slice(&value.to_le_bytes());
+}
+
+/// Appends a message field whose body `write` appends; its length prefix is
+/// fixed up afterwards (one byte reserved, the body moved when it needs more).
+pub fn message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
+    key(buf, field, LEN);
+    let at = buf.len();
+    buf.push(0);
+    write(buf);
+    let len = buf.len() - at - 1;
+    if len < 0x80 {
+        buf[at] = len as u8;
+        return;
+    }
+    let mut prefix = Vec::with_capacity(10);
+    varint(&mut prefix, len as u64);
+    buf.splice(at..=at, prefix);
+}
+
+/// The length of a length-delimited field holding `len` bytes.
+pub fn field_len(field: u32, len: usize) -> usize {
+    varint_len(u64::from(field) << 3) + varint_len(len as u64) + len
+}
+
+/// Appends the key and length of a length-delimited field whose `len` bytes
+/// the caller appends next.
+pub fn len_prefix(buf: &mut Vec<u8>, field: u32, len: usize) {
+    key(buf, field, LEN);
+    varint(buf, len as u64);
+}
+
+/// Appends a `KeyValue` as field `field` of the enclosing message.
+pub fn key_value(buf: &mut Vec<u8>, field: u32, name: &str, value: Value<'_>) {
+    let value_len = match value {
+        Value::Str(s) => field_len(1, s.len()),
+        Value::Bool(_) => 2,
+        Value::Int(i) => 1 + varint_len(i as u64),
+        Value::Double(_) => 9,
+    };
+    let body = field_len(1, name.len()) + field_len(2, value_len);
+    len_prefix(buf, field, body);
+    bytes(buf, 1, name.as_bytes());
+    len_prefix(buf, 2, value_len);
+    match value {
+        Value::Str(s) => bytes(buf, 1, s.as_bytes()),
+        Value::Bool(b) => uint(buf, 2, u64::from(b)),
+        // int64 is a varint of the two's complement.
+        Value::Int(i) => uint(buf, 3, i as u64),
+        Value::Double(d) => fixed64(buf, 4, d.to_bits()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use prost::Message;
+
+    use super::*;
+
+    /// A message with one repeated KeyValue field (as `Resource` is).
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Attributes {
+        #[prost(message, repeated, tag = "1")]
+        values: Vec<KeyValue>,
+    }
+
+    #[test]
+    fn key_values_decode_as_prost_encodes_them() {
+        let long = "x".repeat(300);
+        let cases = [
+            ("s", Value::Str("GET")),
+            ("empty", Value::Str("")),
+            ("long", Value::Str(&long)),
+            ("t", Value::Bool(true)),
+            ("f", Value::Bool(false)),
+            ("zero", Value::Int(0)),
+            ("port", Value::Int(9080)),
+            ("negative", Value::Int(-1)),
+            ("max", Value::Int(i64::MAX)),
+            ("ms", Value::Double(1.5)),
+        ];
+        let mut buf = Vec::new();
+        for (name, value) in cases {
+            key_value(&mut buf, 1, name, value);
+        }
+        let decoded = Attributes::decode(buf.as_slice()).expect("decodes");
+        let want: Vec<KeyValue> = cases
+            .iter()
+            .map(|(name, value)| KeyValue {
+                key: (*name).to_owned(),
+                value: Some(AnyValue {
+                    value: Some(match *value {
+                        Value::Str(s) => any_value::Value::StringValue(s.to_owned()),
+                        Value::Bool(b) => any_value::Value::BoolValue(b),
+                        Value::Int(i) => any_value::Value::IntValue(i),
+                        Value::Double(d) => any_value::Value::DoubleValue(d),
+                    }),
+                }),
+                ..Default::default()
+            })
+            .collect();
+        assert_eq!(decoded.values, want);
+        assert_eq!(buf, Attributes { values: want }.encode_to_vec());
+    }
+
+    #[test]
+    fn nested_messages_of_any_length_get_their_prefix() {
+        for len in [0, 1, 127, 128, 300, 20_000] {
+            let mut buf = vec![7];
+            message(&mut buf, 2, |b| b.extend(std::iter::repeat_n(b'a', len)));
+            let mut want = vec![7];
+            bytes(&mut want, 2, &vec![b'a'; len]);
+            assert_eq!(buf, want, "{len}");
+            assert_eq!(field_len(2, len), want.len() - 1);
+        }
+    }
+}

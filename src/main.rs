@@ -164,9 +164,9 @@ fn collector_services(collector: &tracemesh_collector::Collector) -> axum::Route
 /// prints its own report on stdout, so it logs warnings and errors only.
 fn init_logging(command: &Command) {
     let default = match command {
-        Command::Demo(_) => "warn,opentelemetry_sdk=error,opentelemetry_otlp=error",
+        Command::Demo(_) => "warn,opentelemetry_sdk=error",
         _ => {
-            "warn,tracemesh=info,tracemesh_agent=info,tracemesh_collector=info,tracemesh_ca=info,tracemesh_query=info,opentelemetry_sdk=error,opentelemetry_otlp=error"
+            "warn,tracemesh=info,tracemesh_agent=info,tracemesh_collector=info,tracemesh_ca=info,tracemesh_query=info,opentelemetry_sdk=error"
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

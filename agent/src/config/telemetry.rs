@@ -1,6 +1,7 @@
 //! Istio's `Telemetry` (telemetry.istio.io): tracing, metrics and access-log
-//! settings per mesh, namespace or workload. Validated with Istio's rules;
-//! the agent does not apply it yet, so it is skipped with a warning.
+//! settings per mesh, namespace or workload. Validated with Istio's rules
+//! and compiled into the workload's telemetry policy (`compile/telemetry.rs`),
+//! which the request path does not apply yet (warned).
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,8 @@
-//! Telemetry work yields to proxied requests: the threads that encode and
-//! send spans run at the lowest CPU priority, so an export never holds a core
-//! that a worker with a request in hand is waiting for. Under saturation the
-//! span queue fills and spans are dropped and counted, never requests slowed.
+//! Telemetry work yields to proxied requests: the thread that sends the
+//! workers' encoded span batches runs at the lowest CPU priority, so an
+//! export never holds a core that a worker with a request in hand is waiting
+//! for. Under saturation the span queue fills and spans are dropped and
+//! counted, never requests slowed.
 
 use std::cell::Cell;
 
@@ -15,8 +16,7 @@ thread_local! {
 }
 
 /// Lowers the calling thread's CPU priority, once per thread. Called at the
-/// start of the export runtime's threads and on the SDK's batch thread's first
-/// export (the SDK gives no hook when it spawns that thread).
+/// start of the span export thread.
 pub fn lower_current_thread() {
     if LOWERED.with(|lowered| lowered.replace(true)) {
         return;

@@ -10,7 +10,7 @@ use common::agent::Agent;
 use common::client::Client;
 use common::mesh::{AgentDoc, Ep, agent, service_entry};
 use common::otlp::{ReceivedSpan, Receiver};
-use common::upstream::{Upstream, closed_port};
+use common::upstream::{Upstream, closed_port, tcp_echo};
 
 const SPAN_KIND_SERVER: i32 = 2;
 const SPAN_KIND_CLIENT: i32 = 3;
@@ -443,4 +443,145 @@ async fn b3_debug_is_recorded_at_zero_sampling_and_stays_debug() {
     t.receiver
         .wait_for("the debug trace", two_spans_of(trace))
         .await;
+}
+
+/// Spans of one TCP connection seen by both agents (frontend → db), and of
+/// one refused at connect time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_tcp_connection_is_a_span_with_its_peer_and_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let receiver = Receiver::start().await;
+    let echo = tcp_echo().await;
+    let doc = |name, service, app_addr, protocol, outbound_tcp| AgentDoc {
+        name,
+        service,
+        app: service,
+        version: "v1",
+        app_addr,
+        otlp: "",
+        app_protocol: protocol,
+        outbound_tcp,
+        extra: "",
+    };
+    let endpoint = receiver.endpoint();
+    let backend = Agent::start(
+        &AgentDoc {
+            otlp: &endpoint,
+            ..doc("db-v1", "db", echo, "TCP", "[]")
+        }
+        .yaml(),
+    );
+    let listeners = "[{listen: \"127.0.0.1:0\", host: db, port: 5432}, \
+                     {listen: \"127.0.0.1:0\", host: gone, port: 5433}]";
+    let gone = closed_port().await;
+    let yaml = AgentDoc {
+        otlp: &endpoint,
+        ..doc(
+            "frontend-v1",
+            "frontend",
+            closed_port().await,
+            "HTTP",
+            listeners,
+        )
+    }
+    .yaml()
+        + &service_entry(
+            "db",
+            5432,
+            "TCP",
+            &[Ep {
+                addr: backend.inbound,
+                labels: &[("app", "db")],
+            }],
+        )
+        + &service_entry(
+            "gone",
+            5433,
+            "TCP",
+            &[Ep {
+                addr: gone,
+                labels: &[("app", "gone")],
+            }],
+        );
+    let frontend = Agent::start(&yaml);
+    assert_eq!(frontend.outbound_tcp.len(), 2);
+
+    let mut conn = tokio::net::TcpStream::connect(frontend.outbound_tcp[0])
+        .await
+        .unwrap();
+    conn.write_all(&[7u8; 1000]).await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    conn.read_to_end(&mut echoed).await.unwrap();
+    assert_eq!(echoed.len(), 1000);
+    let mut refused = tokio::net::TcpStream::connect(frontend.outbound_tcp[1])
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = refused.read_to_end(&mut rest).await;
+
+    let tcp = |s: &ReceivedSpan| s.attr("network.transport").as_deref() == Some("tcp");
+    let spans = receiver
+        .wait_for("three TCP spans", |spans| {
+            spans.iter().filter(|s| tcp(s)).count() >= 3
+        })
+        .await;
+    let client = spans
+        .iter()
+        .find(|s| {
+            tcp(s)
+                && s.span.kind == SPAN_KIND_CLIENT
+                && s.attr("peer.service").as_deref() == Some("db")
+        })
+        .expect("the frontend's CLIENT span of the db connection");
+    assert_eq!(client.service, "frontend");
+    assert!(client.span.parent_span_id.is_empty(), "TCP spans are roots");
+    assert_eq!(client.attr("server.port").as_deref(), Some("5432"));
+    assert!(
+        client.span.name.ends_with(":5432/*"),
+        "{}",
+        client.span.name
+    );
+    assert_eq!(
+        client.attr("tracemesh.upstream"),
+        Some(backend.inbound.to_string())
+    );
+    assert_eq!(
+        client.attr("tracemesh.bytes_received").as_deref(),
+        Some("1000")
+    );
+    assert_eq!(client.attr("tracemesh.bytes_sent").as_deref(), Some("1000"));
+    assert_eq!(
+        client.attr("tracemesh.response_flags").as_deref(),
+        Some("-")
+    );
+    assert_ne!(
+        client.span.status.as_ref().map_or(0, |s| s.code),
+        STATUS_ERROR
+    );
+    let server = spans
+        .iter()
+        .find(|s| tcp(s) && s.span.kind == SPAN_KIND_SERVER)
+        .expect("the db agent's SERVER span");
+    assert_eq!(server.service, "db");
+    assert_eq!(server.attr("peer.service"), None);
+    assert_eq!(server.attr("tracemesh.upstream"), Some(echo.to_string()));
+    assert_eq!(
+        server.attr("tracemesh.bytes_received").as_deref(),
+        Some("1000")
+    );
+    let failed = spans
+        .iter()
+        .find(|s| tcp(s) && s.attr("peer.service").as_deref() == Some("gone"))
+        .expect("the refused connection's span");
+    assert_eq!(failed.span.kind, SPAN_KIND_CLIENT);
+    assert_eq!(
+        failed.attr("tracemesh.response_flags").as_deref(),
+        Some("UF")
+    );
+    assert_eq!(
+        failed.span.status.as_ref().map(|s| s.code),
+        Some(STATUS_ERROR)
+    );
+    assert_eq!(failed.attr("tracemesh.bytes_sent").as_deref(), Some("0"));
 }

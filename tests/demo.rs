@@ -245,6 +245,38 @@ fn productpage_p99_from_the_query_api_agrees_with_spans_and_load_generator() {
     );
 }
 
+#[test]
+fn the_dependency_graph_has_the_http_hops_and_ratings_to_mongodb_over_tcp() {
+    let (finished, _) = default_run();
+    let collector = harness::Collector::start(&finished.data_dir(), &[]);
+    let response = harness::http_request(
+        collector.http,
+        "GET",
+        "/api/v1/dependencies?since=1h",
+        &[],
+        &[],
+    );
+    collector.stop();
+    assert_eq!(response.status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    let edges: Vec<(String, String)> = body["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["parent"].to_string(), e["child"].to_string()))
+        .collect();
+    for (parent, child) in [
+        ("productpage", "reviews"),
+        ("reviews", "ratings"),
+        ("ratings", "mongodb"),
+    ] {
+        assert!(
+            edges.contains(&(format!("{parent:?}"), format!("{child:?}"))),
+            "{parent} → {child} missing: {body}"
+        );
+    }
+}
+
 /// One run of a scenario at the demo's default load, shared by its checks.
 fn scenario_run(scenario: &str) -> Finished {
     let demo = Demo::start(&[

@@ -10,6 +10,13 @@
 //! failed). Memory is bounded: both maps keep two generations of at most
 //! [`GENERATION`] entries, so a parent that arrives more than a few hundred
 //! thousand spans after its child makes no edge.
+//!
+//! A TCP connection carries no trace context, so its CLIENT span (the
+//! agent's, `network.transport` = `tcp`) never has a SERVER child: its
+//! `peer.service` names the callee, as Jaeger's and Tempo's service graphs
+//! name uninstrumented peers. Only TCP client spans are linked this way —
+//! an HTTP client span's `peer.service` is also its SERVER child's service,
+//! which links already, and would count the call twice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -176,6 +183,14 @@ impl EdgeLinker {
                 },
             }
         }
+        if me.client
+            && attributes::get_str(&s.attributes, "network.transport") == Some("tcp")
+            && let Some(peer) = attributes::get_str(&s.attributes, "peer.service")
+            && let Some(callee) = self.intern(peer)
+            && callee != me.service
+        {
+            out.push(self.edge(me.service, callee, me.failed));
+        }
         let my_key = key(&trace, id);
         if let Some(children) = self.waiting.remove(my_key) {
             for child in children {
@@ -299,5 +314,30 @@ mod tests {
             link(&mut linker, "cart", &span(4, 3, 3, false)),
             [edge("cart", "db", false), edge("cart", "cache", false)]
         );
+    }
+
+    #[test]
+    fn tcp_client_spans_link_to_their_peer_service_http_ones_do_not() {
+        let fields = SpanFields::of(&schema::build()).unwrap();
+        let mut linker = EdgeLinker::new(fields);
+        let with = |mut span: Span, transport: &str| {
+            span.attributes = vec![
+                attributes::string("network.transport", transport),
+                attributes::string("peer.service", "mongodb"),
+            ];
+            span
+        };
+        assert_eq!(
+            link(&mut linker, "ratings", &with(span(1, 0, 3, false), "tcp")),
+            [edge("ratings", "mongodb", false)]
+        );
+        assert_eq!(
+            link(&mut linker, "ratings", &with(span(2, 0, 3, true), "tcp")),
+            [edge("ratings", "mongodb", true)]
+        );
+        // An HTTP client span's callee is linked through its SERVER child.
+        assert!(link(&mut linker, "ratings", &with(span(3, 0, 3, false), "http")).is_empty());
+        // The TCP server side is a root: no edge of its own.
+        assert!(link(&mut linker, "mongodb", &with(span(4, 0, 2, false), "tcp")).is_empty());
     }
 }

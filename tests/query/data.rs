@@ -194,6 +194,65 @@ pub fn requests(base: u64) -> (Vec<ExportTraceServiceRequest>, Sent) {
     (vec![first, second], Sent { shop, base })
 }
 
+/// TCP connections ratings → mongodb as the agents report them: each a
+/// root CLIENT span of ratings naming `peer.service` (every
+/// `TCP_FAIL_EVERY`th refused, `UF`) and a root SERVER span of mongodb; and
+/// one HTTP call productpage → ratings whose CLIENT span also names
+/// `peer.service` but has its SERVER child.
+pub fn tcp_requests(base: u64) -> ExportTraceServiceRequest {
+    let trace = |t: usize| {
+        let mut bytes = [0u8; 16];
+        bytes[0] = 0x7c;
+        bytes[8..].copy_from_slice(&(t as u64 + 1).to_be_bytes());
+        TraceId(bytes)
+    };
+    let (mut ratings, mut mongodb) = (Vec::new(), Vec::new());
+    for t in 0..TCP_CONNECTIONS {
+        let start = base + t as u64 * 10 * MS;
+        let failed = t % TCP_FAIL_EVERY == 0;
+        let mut client = span(&trace(t), (t, 1, 0), "mongodb:27017/*", 3, (start, MS));
+        client.attributes = vec![
+            s("network.transport", "tcp"),
+            s("peer.service", "mongodb"),
+            s("tracemesh.response_flags", if failed { "UF" } else { "-" }),
+        ];
+        if failed {
+            client.status = Some(Status {
+                code: 2,
+                message: "UF".into(),
+            });
+        } else {
+            let mut server = span(
+                &trace(t + 1000),
+                (t, 2, 0),
+                "mongodb:27017/*",
+                2,
+                (start, MS),
+            );
+            server.attributes = vec![s("network.transport", "tcp")];
+            mongodb.push(server);
+        }
+        ratings.push(client);
+    }
+    let http = trace(5000);
+    let mut call = span(&http, (5000, 1, 0), "ratings:9080/*", 3, (base, 2 * MS));
+    call.attributes = vec![s("peer.service", "ratings")];
+    let served = span(&http, (5000, 2, 1), "ratings:9080/*", 2, (base, MS));
+    ratings.push(served);
+    ExportTraceServiceRequest {
+        resource_spans: vec![
+            resource_spans("ratings", ratings),
+            resource_spans("mongodb", mongodb),
+            resource_spans("productpage", vec![call]),
+        ],
+    }
+}
+
+/// TCP connections in [`tcp_requests`].
+pub const TCP_CONNECTIONS: usize = 20;
+/// Every this many TCP connections one is refused.
+pub const TCP_FAIL_EVERY: usize = 5;
+
 /// Sends `request` over OTLP/HTTP (protobuf).
 pub fn send(collector: &Collector, request: &ExportTraceServiceRequest) {
     let response = http_request(

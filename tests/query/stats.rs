@@ -153,3 +153,32 @@ fn quantiles_error_rates_and_dependencies_match_what_was_sent() {
     assert_eq!((calls, errors), (SHOP_TRACES as u64, failures as u64));
     collector.stop();
 }
+
+#[test]
+fn tcp_connections_are_edges_by_peer_service_and_http_calls_count_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = crate::harness::Collector::start(dir.path(), &["--commit-interval", "200ms"]);
+    let base = crate::harness::now_nanos() - 5 * 60 * 1_000_000_000;
+    data::send(&collector, &data::tcp_requests(base));
+    let failures = data::TCP_CONNECTIONS / data::TCP_FAIL_EVERY;
+    let expected = json!([
+        {"parent": "productpage", "child": "ratings", "calls": 1, "errors": 0},
+        {"parent": "ratings", "child": "mongodb", "calls": data::TCP_CONNECTIONS, "errors": failures},
+    ]);
+    crate::harness::eventually("the TCP edge", || {
+        let (_, deps) = get(&collector, "/api/v1/dependencies?since=2h");
+        (deps["edges"] == expected).then_some(())
+    });
+    let end_ms = crate::harness::now_nanos() / 1_000_000;
+    let (_, deps) = get(
+        &collector,
+        &format!("/api/dependencies?endTs={end_ms}&lookback=7200000"),
+    );
+    assert_eq!(
+        deps["data"],
+        json!([
+            {"parent": "productpage", "child": "ratings", "callCount": 1},
+            {"parent": "ratings", "child": "mongodb", "callCount": data::TCP_CONNECTIONS},
+        ])
+    );
+}

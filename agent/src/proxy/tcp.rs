@@ -1,9 +1,13 @@
 //! Plain TCP proxying for ports declared TCP: bytes pass through unparsed and
-//! are counted in Istio's `istio_tcp_*` metrics.
+//! are counted in Istio's `istio_tcp_*` metrics. Each connection is also
+//! reported as one span (Envoy's `tcp_proxy` reports none): a root, since TCP
+//! carries no trace context, sampled at the agent's ratio, CLIENT outbound
+//! and SERVER inbound, ending when the connection closes.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::HeaderMap;
 use prometheus::IntCounter;
@@ -19,9 +23,12 @@ use crate::model::balancer::PickInput;
 use crate::model::capture::OutboundTrafficMode;
 use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
+use crate::model::endpoint::UpstreamAddr;
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
 use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter};
+use crate::telemetry::otlp_wire::Value;
+use crate::telemetry::span::{Kind, Parent, Span};
 use crate::tls::io::UpstreamIo;
 use crate::tls::{PeerTls, handshake};
 
@@ -96,6 +103,15 @@ pub async fn proxy<IO>(
 {
     let snapshot = worker.shared.config.load_full();
     let shared = &worker.shared;
+    let kind = match direction {
+        Direction::Outbound => Kind::Client,
+        Direction::Inbound => Kind::Server,
+    };
+    let parent = Parent {
+        context: None,
+        decision: None,
+    };
+    let mut span = Span::start(&worker.spans, kind, parent, SystemTime::now());
     let reporter = match direction {
         Direction::Outbound => Reporter::Source,
         Direction::Inbound => Reporter::Destination,
@@ -173,7 +189,8 @@ pub async fn proxy<IO>(
     if let Some(handles) = &handles {
         handles.opened.inc();
     }
-    if let (Some(upstream), Some(endpoint)) = (upstream, endpoint) {
+    let (mut received, mut sent) = (0u64, 0u64);
+    if let (Some(upstream), Some(endpoint)) = (upstream, &endpoint) {
         let _active = endpoint.state.start_request();
         let (mut down_read, mut down_write) = tokio::io::split(downstream);
         let (mut up_read, mut up_write) = tokio::io::split(upstream);
@@ -181,18 +198,96 @@ pub async fn proxy<IO>(
             pipe(
                 &mut down_read,
                 &mut up_write,
-                handles.as_ref().map(|h| &h.received)
+                handles.as_ref().map(|h| &h.received),
+                &mut received,
             ),
             pipe(
                 &mut up_read,
                 &mut down_write,
-                handles.as_ref().map(|h| &h.sent)
+                handles.as_ref().map(|h| &h.sent),
+                &mut sent,
             ),
         );
     }
     if let Some(handles) = &handles {
         handles.closed.inc();
     }
+    if span.is_recording() {
+        describe(
+            &mut span,
+            direction,
+            cluster.as_deref(),
+            &labels.service.0,
+            endpoint.as_deref(),
+            flags,
+            [received, sent],
+        );
+        span.end(SystemTime::now());
+    }
+}
+
+/// The connection's span attributes, name and status: `bytes` is
+/// `[received from downstream, sent to downstream]`, as the `istio_tcp_*`
+/// byte counters count them.
+fn describe(
+    span: &mut Span,
+    direction: Direction,
+    cluster: Option<&Cluster>,
+    service: &ServiceName,
+    endpoint: Option<&Endpoint>,
+    flags: ResponseFlags,
+    bytes: [u64; 2],
+) {
+    let outbound = direction == Direction::Outbound;
+    // Outside the registry (PassthroughCluster, BlackHoleCluster) the
+    // service is known only by its cluster's name, never a raw host.
+    let registered = cluster.is_some_and(|c| !Arc::ptr_eq(&c.service, &passthrough()));
+    let port = match (outbound, cluster, endpoint) {
+        (true, Some(cluster), _) => Some(cluster.port),
+        (_, _, Some(endpoint)) => Some(match &endpoint.address {
+            UpstreamAddr::Socket(address) => address.port(),
+            UpstreamAddr::Dns { port, .. } => *port,
+        }),
+        _ => None,
+    };
+    span.set_name(|name| {
+        use std::fmt::Write as _;
+        match (registered, port) {
+            (true, Some(port)) => {
+                let _ = write!(name, "{}:{port}/*", service.host);
+            }
+            _ => name.push_str(&service.name),
+        }
+    });
+    span.set("network.transport", Value::Str("tcp"));
+    if registered {
+        span.set("server.address", Value::Str(&service.host));
+    }
+    if let Some(port) = port {
+        span.set("server.port", Value::Int(i64::from(port)));
+    }
+    if outbound {
+        span.set("peer.service", Value::Str(&service.name));
+    }
+    if let Some(cluster) = cluster {
+        span.set("tracemesh.upstream_cluster", Value::Str(&cluster.name));
+    }
+    if let Some(endpoint) = endpoint {
+        span.set("tracemesh.upstream", Value::Str(&endpoint.address_text));
+    }
+    span.set("tracemesh.bytes_received", Value::Int(bytes[0] as i64));
+    span.set("tracemesh.bytes_sent", Value::Int(bytes[1] as i64));
+    let rendered = flags.as_str();
+    span.set("tracemesh.response_flags", Value::Str(&rendered));
+    if flags.is_failure() {
+        span.set("error.type", Value::Str(&rendered));
+        span.set_error(rendered.into_owned());
+    }
+}
+
+/// The service of connections passed through outside the registry.
+fn passthrough() -> Arc<ServiceName> {
+    ServiceName::outside_registry(OutboundTrafficMode::AllowAny)
 }
 
 thread_local! {
@@ -222,7 +317,12 @@ async fn dial(
 
 /// Copies until end of stream, counting bytes as they pass (so long-lived
 /// connections show up in metrics before they close), then half-closes.
-async fn pipe<R, W>(from: &mut R, to: &mut W, counter: Option<&IntCounter>) -> std::io::Result<()>
+async fn pipe<R, W>(
+    from: &mut R,
+    to: &mut W,
+    counter: Option<&IntCounter>,
+    total: &mut u64,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -234,6 +334,7 @@ where
             return to.shutdown().await;
         }
         to.write_all(&buf[..n]).await?;
+        *total += n as u64;
         if let Some(counter) = counter {
             counter.inc_by(n as u64);
         }

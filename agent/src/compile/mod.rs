@@ -124,8 +124,19 @@ pub fn compile_text(
     states: &LiveState,
 ) -> Result<Compiled, ConfigRejected> {
     let mut diags = Diagnostics::default();
-    let resources = validate::resources(parse_documents(file, text, &mut diags), &mut diags);
-    let docs = Documents::sort(resources);
+    let resources = parse_documents(file, text, &mut diags);
+    compile_resources(file, resources, diags, version, states)
+}
+
+/// Compiles a sidecar's parsed resources (`diags` holds what parsing said).
+fn compile_resources(
+    file: &Arc<str>,
+    resources: Vec<Resource>,
+    mut diags: Diagnostics,
+    version: u64,
+    states: &LiveState,
+) -> Result<Compiled, ConfigRejected> {
+    let docs = Documents::sort(validate::resources(resources, &mut diags));
     let snapshot = build(file, &docs, version, states, &mut diags);
     match snapshot {
         Some(snapshot) if !diags.has_errors() => Ok(Compiled {
@@ -156,8 +167,19 @@ pub fn compile_gateway_text(
     states: &LiveState,
 ) -> Result<CompiledGateway, ConfigRejected> {
     let mut diags = Diagnostics::default();
-    let resources = validate::resources(parse_documents(file, text, &mut diags), &mut diags);
-    let docs = Documents::sort(resources);
+    let resources = parse_documents(file, text, &mut diags);
+    compile_gateway_resources(file, resources, diags, version, states)
+}
+
+/// Compiles a gateway's parsed resources (`diags` holds what parsing said).
+fn compile_gateway_resources(
+    file: &Arc<str>,
+    resources: Vec<Resource>,
+    mut diags: Diagnostics,
+    version: u64,
+    states: &LiveState,
+) -> Result<CompiledGateway, ConfigRejected> {
+    let docs = Documents::sort(validate::resources(resources, &mut diags));
     let snapshot = gateway::build(file, &docs, version, states, &mut diags);
     if !docs.agents.is_empty() {
         for doc in &docs.agents {
@@ -194,8 +216,10 @@ pub struct Checked {
 pub fn check_text(file: &Arc<str>, text: &str) -> Checked {
     let mut diags = Diagnostics::default();
     let resources = parse_documents(file, text, &mut diags);
+    // Compiled from the resources read here: the text is parsed once.
     if resources.iter().any(|r| matches!(r, Resource::Agent(_))) {
-        let diagnostics = match compile_text(file, text, 1, &LiveState::default()) {
+        let diagnostics = match compile_resources(file, resources, diags, 1, &LiveState::default())
+        {
             Ok(compiled) => compiled.diagnostics,
             Err(ConfigRejected(diags)) => diags,
         };
@@ -209,7 +233,8 @@ pub fn check_text(file: &Arc<str>, text: &str) -> Checked {
         .iter()
         .any(|r| matches!(r, Resource::IngressGateway(_)))
     {
-        let diagnostics = match compile_gateway_text(file, text, 1, &LiveState::default()) {
+        let compiled = compile_gateway_resources(file, resources, diags, 1, &LiveState::default());
+        let diagnostics = match compiled {
             Ok(compiled) => compiled.diagnostics,
             Err(ConfigRejected(diags)) => diags,
         };

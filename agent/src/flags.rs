@@ -6,9 +6,9 @@ use std::fmt;
 
 /// A set of response flags.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct ResponseFlags(u16);
+pub struct ResponseFlags(u32);
 
-const NAMES: [(u16, &str); 16] = [
+const NAMES: [(u32, &str); 17] = [
     (1 << 0, "NR"),
     (1 << 1, "UF"),
     (1 << 2, "UH"),
@@ -25,6 +25,7 @@ const NAMES: [(u16, &str); 16] = [
     (1 << 13, "UR"),
     (1 << 14, "DPE"),
     (1 << 15, "SI"),
+    (1 << 16, "UAEX"),
 ];
 
 impl ResponseFlags {
@@ -63,6 +64,9 @@ impl ResponseFlags {
     pub const DOWNSTREAM_PROTOCOL_ERROR: Self = Self(1 << 14);
     /// The stream did nothing for `streamIdleTimeout` (Envoy's SI).
     pub const STREAM_IDLE_TIMEOUT: Self = Self(1 << 15);
+    /// The external authorizer (a CUSTOM AuthorizationPolicy) denied the
+    /// request, or failed and `failOpen` is false (Envoy's UAEX).
+    pub const UNAUTHORIZED_EXTERNAL_SERVICE: Self = Self(1 << 16);
 
     /// Whether no flag is set.
     pub fn is_empty(self) -> bool {

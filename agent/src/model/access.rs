@@ -8,8 +8,21 @@
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::authn::{Authenticated, Authenticator, AuthnEdits, AuthnRequest};
-use super::authz::{Authorization, AuthzInput, DecisionSource};
+use super::authz::{Authorization, AuthzInput, DecisionSource, Denial, NO_ALLOW_MATCHED};
 use crate::ext_authz::{AllowEdits, CheckOutcome, CheckRequest};
+use crate::flags::ResponseFlags;
+
+/// Envoy's details extended with the configuration that decided: `item`
+/// (`Kind:namespace/name[rule]`) joins the `{…}` list Envoy already ends
+/// some details with, or starts one —
+/// `response_timeout{VirtualService:default/reviews[r1]}`,
+/// `upstream_reset_before_response_started{overflow,DestinationRule:default/reviews[…]}`.
+pub fn with_item(details: &str, item: &str) -> String {
+    match details.strip_suffix('}') {
+        Some(open) => format!("{open},{item}}}"),
+        None => format!("{details}{{{item}}}"),
+    }
+}
 
 /// What the request path does next. `Allow` is the common outcome and is
 /// not boxed, so deciding a request allocates nothing.
@@ -50,7 +63,7 @@ pub struct Denied {
     pub body: bytes::Bytes,
     /// Envoy's response flag: `UAEX` (external authorizer), `RBAC`, or none
     /// for a 401 of authentication.
-    pub flag: Option<&'static str>,
+    pub flag: ResponseFlags,
     /// Envoy's response code details (`jwt_authn_access_denied{…}`,
     /// `ext_authz_denied`, `ext_authz_error`, `rbac_access_denied_matched_policy[…]`).
     pub details: String,
@@ -91,8 +104,13 @@ impl AccessControl {
                         failure.www_authenticate.clone(),
                     )],
                     body: bytes::Bytes::from_static(failure.reason.as_bytes()),
-                    flag: None,
-                    details: failure.details(),
+                    flag: ResponseFlags::NONE,
+                    details: match &failure.source {
+                        Some(rule) => {
+                            with_item(&failure.details(), &format!("RequestAuthentication:{rule}"))
+                        }
+                        None => failure.details(),
+                    },
                     source: failure.source.map(|policy| DecisionSource {
                         policy,
                         rule: None,
@@ -112,6 +130,10 @@ impl AccessControl {
                 provider: Some(custom.provider.clone()),
             };
             let verdict = custom.client.check(check).await;
+            let decided_by = format!(
+                "AuthorizationPolicy:{}[{rule}],provider:{}",
+                custom.policy.name, custom.provider
+            );
             allowed.ext_authz_details = Some(verdict.details);
             match verdict.outcome {
                 CheckOutcome::Deny(denied) => {
@@ -119,8 +141,8 @@ impl AccessControl {
                         status: denied.status,
                         headers: denied.headers,
                         body: denied.body,
-                        flag: Some("UAEX"),
-                        details: verdict.details.to_owned(),
+                        flag: ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
+                        details: with_item(verdict.details, &decided_by),
                         source: Some(source),
                     });
                 }
@@ -133,14 +155,18 @@ impl AccessControl {
         let local = self.authz.decide_local(input, auth.as_ref());
         if !local.allowed {
             let details = match &local.source {
-                Some(s) => format!("rbac_access_denied_matched_policy[{s}]"),
-                None => "rbac_access_denied_matched_policy[none]".to_owned(),
+                Some(s) => Denial {
+                    policy: s.policy.clone(),
+                    rule: s.rule.unwrap_or_default(),
+                }
+                .details(),
+                None => NO_ALLOW_MATCHED.to_owned(),
             };
             return AccessOutcome::Deny(Denied {
                 status: StatusCode::FORBIDDEN,
                 headers: Vec::new(),
                 body: bytes::Bytes::from_static(b"RBAC: access denied"),
-                flag: Some("RBAC"),
+                flag: ResponseFlags::RBAC_DENIED,
                 details,
                 source: local.source,
             });

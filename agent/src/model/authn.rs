@@ -125,9 +125,14 @@ pub struct AuthnFailure {
 }
 
 impl AuthnFailure {
-    /// Envoy's response code details (`jwt_authn_access_denied{…}`).
+    /// Envoy's response code details: `jwt_authn_access_denied{<reason>}`,
+    /// the reason's spaces made underscores as Envoy writes it
+    /// (`jwt_authn_access_denied{Jwt_is_expired}`).
     pub fn details(&self) -> String {
-        format!("jwt_authn_access_denied{{{}}}", self.reason)
+        format!(
+            "jwt_authn_access_denied{{{}}}",
+            self.reason.replace(' ', "_")
+        )
     }
 }
 

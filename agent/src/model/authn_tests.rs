@@ -296,7 +296,10 @@ spec:
     let AccessOutcome::Deny(denied) = decide(access, Some(token(&key, not_admin))).await else {
         panic!("a non-admin is denied");
     };
-    assert_eq!((denied.status.as_u16(), denied.flag), (403, Some("RBAC")));
+    assert_eq!(
+        (denied.status.as_u16(), denied.flag),
+        (403, crate::flags::ResponseFlags::RBAC_DENIED)
+    );
     let AccessOutcome::Deny(denied) = decide(access, None).await else {
         panic!("no token: no request principal, the ALLOW policy does not match");
     };
@@ -308,7 +311,10 @@ spec:
     };
     assert_eq!(denied.status.as_u16(), 401);
     assert_eq!(&denied.body[..], reason::EXPIRED.as_bytes());
-    assert_eq!(denied.details, "jwt_authn_access_denied{Jwt is expired}");
+    assert_eq!(
+        denied.details,
+        "jwt_authn_access_denied{Jwt_is_expired,RequestAuthentication:default/jwt[0]}"
+    );
 }
 
 /// `jwksUri` over a real HTTP socket and as `file://`: fetched, refreshed,

@@ -432,19 +432,6 @@ pub struct Authorization {
     pub audit: Vec<Policy>,
 }
 
-/// The decision for one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Let it through (and whether an AUDIT policy matched).
-    Allow {
-        /// An AUDIT policy matched.
-        audited: bool,
-    },
-    /// Refuse it, naming the deciding DENY policy and rule (none: no ALLOW
-    /// policy matched).
-    Deny(Option<Denial>),
-}
-
 /// The DENY policy rule that refused a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
@@ -477,29 +464,6 @@ impl Authorization {
             && self.deny.is_empty()
             && self.allow.is_empty()
             && self.audit.is_empty()
-    }
-
-    /// Evaluates `input` without an authenticated token and without asking
-    /// an external authorizer: the request path's form until it calls
-    /// [`super::access::AccessControl`]. A request a CUSTOM policy matches
-    /// is denied (fail closed), since the authorizer is not asked here.
-    pub fn decide(&self, input: &AuthzInput<'_>) -> Decision {
-        if let Some((custom, rule)) = self.custom_match(input, None) {
-            return Decision::Deny(Some(Denial {
-                policy: custom.policy.name.clone(),
-                rule,
-            }));
-        }
-        let decision = self.decide_local(input, None);
-        match decision.allowed {
-            true => Decision::Allow {
-                audited: decision.audited.is_some(),
-            },
-            false => Decision::Deny(decision.source.map(|s| Denial {
-                policy: s.policy,
-                rule: s.rule.unwrap_or_default(),
-            })),
-        }
     }
 
     /// The first CUSTOM policy whose rules match, and the matching rule.

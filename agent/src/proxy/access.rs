@@ -1,15 +1,22 @@
-//! Inbound access control and rate limiting: who may call this workload, and
-//! how often. Both answer before any routing or upstream work.
+//! Inbound access control and rate limiting: who may call this workload
+//! (RequestAuthentication, CUSTOM, DENY, ALLOW, AUDIT), and how often. Both
+//! answer before any routing or upstream work.
 
 use std::net::IpAddr;
 
+use std::net::SocketAddr;
+
+use futures_util::FutureExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
 use super::Downstream;
-use super::local_reply::{LocalReply, with_item};
+use super::local_reply::LocalReply;
+use crate::ext_authz::CheckRequest;
 use crate::host::{request_authority, split_host_port};
 use crate::model::Snapshot;
-use crate::model::authz::{AuthzInput, Decision, NO_ALLOW_MATCHED};
+use crate::model::access::{AccessOutcome, Allowed, with_item};
+use crate::model::authn::AuthnRequest;
+use crate::model::authz::AuthzInput;
 use crate::model::rate_limit::{KeyKind, whole_seconds};
 use crate::telemetry::record::Details;
 
@@ -37,23 +44,21 @@ pub fn remote_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: u32) -> IpAddr
         .unwrap_or(peer)
 }
 
-/// Applies the AuthorizationPolicies; `Ok(audited)` lets the request in,
-/// `Err(details)` refuses it ([`LocalReply::RBAC_DENIED`]) with Envoy's
-/// details naming the DENY policy rule that matched (Istio's id for it in
-/// Envoy's RBAC filter), or `[none]` when no ALLOW policy matched.
-pub fn authorize<B>(
+/// Decides one inbound request, in Istio's order: RequestAuthentication
+/// (a bad token is 401), CUSTOM (the external authorizer, asked only when a
+/// CUSTOM policy matches), DENY, ALLOW; AUDIT is recorded. The future
+/// awaits only when it asks an external authorizer.
+pub async fn check<B>(
     snapshot: &Snapshot,
     down: &Downstream,
     req: &Request<B>,
     remote_ip: IpAddr,
-) -> Result<bool, Details> {
-    let authz = &snapshot.authorization;
-    if authz.is_empty() {
-        return Ok(false);
-    }
-    let host = request_authority(req).map_or("", |a| split_host_port(a).0);
+) -> AccessOutcome {
+    let authority = request_authority(req).unwrap_or("");
+    let host = split_host_port(authority).0;
     let identity = down.tls.as_ref().and_then(|t| t.identity.as_ref());
     let principal = identity.map(|id| id.principal());
+    let uri = req.uri();
     let input = AuthzInput {
         source_ip: down.peer.ip(),
         remote_ip,
@@ -63,14 +68,84 @@ pub fn authorize<B>(
         namespace: identity.map(|id| id.namespace.as_str()),
         sni: down.tls.as_ref().and_then(|t| t.sni.as_deref()),
         method: req.method().as_str(),
-        path: req.uri().path(),
+        path: uri.path(),
         host,
         headers: req.headers(),
     };
-    match authz.decide(&input) {
-        Decision::Allow { audited } => Ok(audited),
-        Decision::Deny(Some(denial)) => Err(denial.details().into()),
-        Decision::Deny(None) => Err(NO_ALLOW_MATCHED.into()),
+    let authn = AuthnRequest {
+        headers: req.headers(),
+        query: uri.query(),
+        host,
+        path: uri.path(),
+    };
+    let destination = SocketAddr::new(down.local.ip(), input.destination_port);
+    let check = CheckRequest {
+        method: input.method,
+        scheme: if down.tls.is_some() { "https" } else { "http" },
+        host: authority,
+        path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: req.headers(),
+        body: None,
+        body_len: req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+        protocol: protocol_name(req.version()),
+        source: down.peer,
+        destination,
+        source_principal: down.tls.as_ref().and_then(|t| t.principal.as_deref()),
+        destination_principal: &snapshot.identity.principal,
+        sni: input.sni,
+    };
+    snapshot.access.check(&authn, &input, &check).await
+}
+
+/// [`check`] for a workload without CUSTOM policies: nothing awaits, so it
+/// runs to completion here, without a future kept across the request's
+/// awaits; `None` when a CUSTOM policy applies and the caller must await
+/// [`check`].
+pub fn check_now<B>(
+    snapshot: &Snapshot,
+    down: &Downstream,
+    req: &Request<B>,
+    remote_ip: IpAddr,
+) -> Option<AccessOutcome> {
+    if !snapshot.access.authz.custom.is_empty() {
+        return None;
+    }
+    check(snapshot, down, req, remote_ip).now_or_never()
+}
+
+fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Applies an allowed request's header edits to the request going
+/// upstream: authentication's first (token removal, claim headers), then
+/// the external authorizer's (`headersToUpstreamOnAllow`), as Envoy's
+/// filter chain orders them.
+pub fn apply_allow_edits(allowed: &Allowed, headers: &mut HeaderMap) {
+    let authn = &allowed.authn_edits;
+    for name in &authn.remove {
+        headers.remove(name);
+    }
+    for (name, value) in &authn.set {
+        headers.insert(name.clone(), value.clone());
+    }
+    let ext = &allowed.ext_authz_edits;
+    for name in &ext.upstream_remove {
+        headers.remove(name);
+    }
+    for (name, value) in &ext.upstream_set {
+        headers.insert(name.clone(), value.clone());
+    }
+    for (name, value) in &ext.upstream_append {
+        headers.append(name.clone(), value.clone());
     }
 }
 

@@ -15,6 +15,7 @@ use super::headers::{self, IncomingResponse, OutgoingRequest};
 use super::local_reply::LocalReply;
 use super::mirror::Copies;
 use super::{Direction, Downstream, Worker, access, canonical, fault, rewrite, route, upgrade};
+use crate::model::access::AccessOutcome;
 use crate::model::capture::OutboundTrafficMode;
 use crate::model::policy::{RouteAction, roll};
 use crate::telemetry::peer_metadata::PEER_METADATA;
@@ -55,10 +56,21 @@ pub async fn handle(
             down.peer.ip(),
             snapshot.bootstrap.num_trusted_proxies,
         );
-        match access::authorize(&snapshot, &down, &req, remote_ip) {
-            Ok(true) => ex.set_audited(),
-            Ok(false) => {}
-            Err(details) => return Ok(ex.local_reply_because(LocalReply::RBAC_DENIED, details)),
+        if !snapshot.access.is_empty() {
+            // Without a CUSTOM policy nothing awaits: decided in place, no
+            // future kept. With one, the external check is boxed so that its
+            // state does not weigh on every request's future.
+            let outcome = match access::check_now(&snapshot, &down, &req, remote_ip) {
+                Some(outcome) => outcome,
+                None => Box::pin(access::check(&snapshot, &down, &req, remote_ip)).await,
+            };
+            match outcome {
+                AccessOutcome::Allow(allowed) => {
+                    ex.set_allowed(&allowed);
+                    access::apply_allow_edits(&allowed, req.headers_mut());
+                }
+                AccessOutcome::Deny(denied) => return Ok(ex.access_denied(denied)),
+            }
         }
         match access::rate_limit(&snapshot, &req, down.peer.ip(), remote_ip) {
             Ok(None) => {}

@@ -83,6 +83,11 @@ pub struct AccessLogEntry<'a> {
     /// Why the response is what it is, and the resource and rule that
     /// decided it (Envoy's `%RESPONSE_CODE_DETAILS%`, extended).
     pub response_code_details: Option<&'a str>,
+    /// The AuthorizationPolicy (or RequestAuthentication) that decided
+    /// access, `namespace/name[rule]` (CUSTOM adds ` provider=<name>`);
+    /// left out when none did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization_policy: Option<&'a str>,
     /// Unused (no connection was terminated by policy).
     pub connection_termination_details: Option<&'a str>,
     /// Why the upstream connection failed, when it did.

@@ -317,6 +317,9 @@ impl HopSpan {
         if record.audited {
             span.set("tracemesh.authz.audit", Value::Bool(true));
         }
+        if let Some(policy) = &record.access_policy {
+            span.set("tracemesh.authz.policy", Value::Str(policy));
+        }
         if let Some(peer) = record.tls_peer() {
             let key = if outbound {
                 "tracemesh.destination.principal"

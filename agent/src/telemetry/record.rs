@@ -85,6 +85,9 @@ pub struct RequestRecord {
     pub details: Option<Details>,
     /// An AUDIT AuthorizationPolicy matched.
     pub audited: bool,
+    /// The policy that decided access (`namespace/name[rule]`, with
+    /// ` provider=<name>` for CUSTOM), when one did.
+    pub access_policy: Option<String>,
     /// Request body bytes forwarded.
     pub request_bytes: u64,
     /// Response body bytes sent back.
@@ -250,6 +253,7 @@ impl RequestRecord {
             response_code: self.status,
             response_flags: flags,
             response_code_details: self.details.as_deref(),
+            authorization_policy: self.access_policy.as_deref(),
             connection_termination_details: None,
             upstream_transport_failure_reason: self.transport_failure,
             bytes_received: self.request_bytes,

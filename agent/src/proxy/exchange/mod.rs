@@ -19,13 +19,14 @@ use opentelemetry::trace::SpanContext;
 
 use super::attempts::AttemptRecord;
 use super::body::{ResponseBody, ResponseObserver};
-use super::local_reply::{DecidedBy, LocalReply, RESPONSE_CODE_DETAILS_HEADER, with_item};
+use super::local_reply::{self, DecidedBy, LocalReply, RESPONSE_CODE_DETAILS_HEADER};
 use super::pool::Lease;
 use super::progress::RequestProgress;
 use super::tap::Tap;
 use super::{Direction, Downstream, Worker};
 use crate::flags::ResponseFlags;
 use crate::model::Snapshot;
+use crate::model::access::{Allowed, Denied, with_item};
 use crate::model::capture::OutboundTrafficMode;
 use crate::model::clock::now_ms;
 use crate::model::cluster::Cluster;
@@ -109,6 +110,7 @@ impl Exchange {
             flags: ResponseFlags::NONE,
             details: None,
             audited: false,
+            access_policy: None,
             request_bytes: 0,
             response_bytes: 0,
             upstream_time: None,
@@ -149,9 +151,55 @@ impl Exchange {
         self.record.flags.insert(flags);
     }
 
-    /// An AUDIT AuthorizationPolicy matched.
-    pub fn set_audited(&mut self) {
-        self.record.audited = true;
+    /// Access control let the request in: records the policy (or CUSTOM
+    /// provider) that allowed it and the AUDIT policy that matched, and
+    /// keeps the headers the external authorizer adds to the response.
+    pub fn set_allowed(&mut self, allowed: &Allowed) {
+        self.record.audited = allowed.audited.is_some();
+        self.record.access_policy = allowed.source.as_ref().map(ToString::to_string);
+        let downstream = &allowed.ext_authz_edits.downstream_add;
+        if !downstream.is_empty() {
+            let extra = self.extra_headers.get_or_insert_with(HeaderMap::new);
+            for (name, value) in downstream {
+                extra.append(name.clone(), value.clone());
+            }
+        }
+    }
+
+    /// Access control refused the request: the status, headers and body it
+    /// decided (the external authorizer's for CUSTOM, Envoy's for RBAC and
+    /// JWT), its flag (UAEX, RBAC), and details naming what decided. A gRPC
+    /// caller gets a trailers-only gRPC response, as Envoy sends it.
+    pub fn access_denied(mut self: Box<Self>, denied: Denied) -> Response<ProxyBody> {
+        self.record.flags.insert(denied.flag);
+        self.record.access_policy = denied.source.as_ref().map(ToString::to_string);
+        let (mut response, body) = local_reply::custom_response(
+            denied.status,
+            denied.body,
+            self.record.grpc,
+            self.record.flags,
+        );
+        for (name, value) in denied.headers {
+            response.headers_mut().append(name, value);
+        }
+        let content_type = http::header::CONTENT_TYPE;
+        if !self.record.grpc && !body.is_empty() && !response.headers().contains_key(&content_type)
+        {
+            let text = HeaderValue::from_static("text/plain");
+            response.headers_mut().insert(content_type, text);
+        }
+        if self.reply_details
+            && let Ok(value) = HeaderValue::from_str(&denied.details)
+        {
+            response
+                .headers_mut()
+                .insert(RESPONSE_CODE_DETAILS_HEADER, value);
+        }
+        self.record.details = Some(denied.details.into());
+        if self.record.grpc {
+            self.record.grpc_status = Some(local_reply::grpc_status_for(denied.status));
+        }
+        self.reply(response, body)
     }
 
     /// Headers every response to this request carries (rate-limit status).

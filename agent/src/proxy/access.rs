@@ -75,7 +75,8 @@ pub async fn check<B>(
     let authn = AuthnRequest {
         headers: req.headers(),
         query: uri.query(),
-        host,
+        // Envoy's realm names the host as the client sent it, port included.
+        host: authority,
         path: uri.path(),
     };
     let destination = SocketAddr::new(down.local.ip(), input.destination_port);

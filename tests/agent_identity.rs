@@ -1,0 +1,533 @@
+//! End-user identity and external authorization on the request path, as
+//! Istio configures them: RequestAuthentication (JWT) with the statuses
+//! Istio gives each token, claims in AuthorizationPolicy `when` conditions,
+//! and CUSTOM policies asking a real external authorizer over Envoy's HTTP
+//! and gRPC ext_authz protocols — before DENY and ALLOW, with the
+//! provider's `failOpen`, `statusOnError` and `timeout`. Each outcome names
+//! what decided it in the reply header, the span and the access log.
+
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use common::agent::Agent;
+use common::client::{Client, Reply};
+use common::ext_authz;
+use common::mesh::{AgentDoc, NO_COLLECTOR};
+use common::otlp::{ReceivedSpan, Receiver};
+use common::upstream::{Upstream, closed_port};
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use serde_json::json;
+
+const DETAILS: &str = "x-tracemesh-response-code-details";
+const ISSUER: &str = "https://issuer.example.com";
+
+/// An ES256 signing key and its public JWK.
+struct Signer {
+    pair: EcdsaKeyPair,
+    jwk: serde_json::Value,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Signer {
+    fn new(kid: &str) -> Self {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let point = pair.public_key().as_ref();
+        let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+                         "x": b64(&point[1..33]), "y": b64(&point[33..65])});
+        Self { pair, jwk }
+    }
+
+    /// A compact JWS (RFC 7515) over `claims`.
+    fn token(&self, claims: &serde_json::Value) -> String {
+        let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.jwk["kid"]});
+        let signing_input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let signature = self
+            .pair
+            .sign(&SystemRandom::new(), signing_input.as_bytes())
+            .unwrap();
+        format!("{signing_input}.{}", b64(signature.as_ref()))
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn claims(aud: &str, exp_in: i64, groups: &[&str]) -> serde_json::Value {
+    json!({"iss": ISSUER, "sub": "alice", "aud": aud, "exp": now() + exp_in, "groups": groups})
+}
+
+fn workload(app: SocketAddr, otlp: &str, extra: &str) -> String {
+    AgentDoc {
+        name: "reviews-v1",
+        service: "reviews",
+        app: "reviews",
+        version: "v1",
+        app_addr: app,
+        otlp,
+        app_protocol: "HTTP",
+        outbound_tcp: "[]",
+        extra: "  accessLog: {enabled: true}",
+    }
+    .yaml()
+        + extra
+}
+
+/// The access log line of the request for `path` (waits for it).
+fn log_line(agent: &Agent, path: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = agent.stdout().iter().find_map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+            (entry["path"] == path).then_some(entry)
+        });
+        if let Some(entry) = found {
+            return entry;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access log line for {path}: {:?}",
+            agent.stdout()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The agent's span of the request for `path`.
+async fn span_of(otlp: &Receiver, path: &str) -> ReceivedSpan {
+    let has = |s: &ReceivedSpan| {
+        s.attr("url.path").as_deref() == Some(path)
+            && s.attr("tracemesh.response_code_details").is_some()
+    };
+    let spans = otlp
+        .wait_for(&format!("the span of {path}"), |spans| {
+            spans.iter().any(has)
+        })
+        .await;
+    spans.into_iter().find(has).unwrap()
+}
+
+/// A refused request: status, body, flags and details in the reply header,
+/// the span and the access log.
+async fn refused(
+    agent: &Agent,
+    otlp: &Receiver,
+    reply: &Reply,
+    path: &str,
+    (status, body, flags): (u16, &str, &str),
+    details: &str,
+) {
+    assert_eq!(reply.status.as_u16(), status, "{path}: {:?}", reply.body);
+    assert_eq!(String::from_utf8_lossy(&reply.body), body, "{path}: body");
+    assert_eq!(
+        reply.header("x-tracemesh-response-flags").as_deref(),
+        (flags != "-").then_some(flags),
+        "{path}: flags"
+    );
+    assert_eq!(reply.header(DETAILS).as_deref(), Some(details), "{path}");
+    let span = span_of(otlp, path).await;
+    assert_eq!(
+        span.attr("tracemesh.response_code_details").as_deref(),
+        Some(details),
+        "{path}: the span"
+    );
+    assert_eq!(
+        span.attr("tracemesh.response_flags").as_deref(),
+        Some(flags),
+        "{path}: the span's flags"
+    );
+    let line = log_line(agent, path);
+    assert_eq!(line["response_code_details"], details, "{path}: the log");
+    assert_eq!(line["response_flags"], flags, "{path}: the log's flags");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_get_the_statuses_istio_gives_them_and_claims_decide_in_when() {
+    let otlp = Receiver::start().await;
+    let app = Upstream::start("reviews").await;
+    let key = Signer::new("k1");
+    let forger = Signer::new("k1");
+    let jwks = json!({"keys": [key.jwk]}).to_string();
+    let policies = format!(
+        r#"---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  jwtRules:
+  - issuer: {ISSUER}
+    audiences: [reviews]
+    jwks: '{jwks}'
+    outputClaimToHeaders:
+    - {{header: x-jwt-sub, claim: sub}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: require-jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  action: ALLOW
+  rules:
+  - to: [{{operation: {{paths: ["/public"]}}}}]
+  - from: [{{source: {{requestPrincipals: ["{ISSUER}/*"]}}}}]
+    to: [{{operation: {{paths: ["/api/*"]}}}}]
+    when:
+    - {{key: "request.auth.claims[groups]", values: [admin]}}
+"#
+    );
+    let agent = Agent::start(&workload(app.addr, &otlp.endpoint(), &policies));
+    let client = Client::h1(agent.inbound);
+    let url = |path: &str| format!("http://reviews:9080{path}");
+    let bearer = |token: &str| format!("Bearer {token}");
+
+    // No token: authentication passes; the ALLOW policy decides.
+    assert_eq!(client.get(&url("/public")).await.status, 200);
+    let reply = client.get(&url("/api/anonymous")).await;
+    refused(
+        &agent,
+        &otlp,
+        &reply,
+        "/api/anonymous",
+        (403, "RBAC: access denied", "RBAC"),
+        "rbac_access_denied_matched_policy[none]",
+    )
+    .await;
+
+    // Invalid tokens: 401 with Envoy's body and www-authenticate.
+    let cases = [
+        (
+            "/api/forged",
+            forger.token(&claims("reviews", 600, &["admin"])),
+            "Jwt verification fails",
+        ),
+        (
+            "/api/expired",
+            key.token(&claims("reviews", -600, &["admin"])),
+            "Jwt is expired",
+        ),
+        (
+            "/api/audience",
+            key.token(&claims("ratings", 600, &["admin"])),
+            "Audiences in Jwt are not allowed",
+        ),
+    ];
+    for (path, token, reason) in &cases {
+        let auth = bearer(token);
+        let reply = client
+            .get_with(&url(path), &[("authorization", &auth)])
+            .await;
+        assert_eq!(
+            reply.header("www-authenticate").as_deref(),
+            Some(
+                format!("Bearer realm=\"http://reviews:9080{path}\", error=\"invalid_token\"")
+                    .as_str()
+            ),
+            "{path}"
+        );
+        let details = format!(
+            "jwt_authn_access_denied{{{},RequestAuthentication:default/jwt[0]}}",
+            reason.replace(' ', "_")
+        );
+        refused(&agent, &otlp, &reply, path, (401, reason, "-"), &details).await;
+    }
+    assert_eq!(app.count(), 1, "only /public reached the app so far");
+
+    // A valid token: the claims decide in `when`.
+    let member = bearer(&key.token(&claims("reviews", 600, &["dev"])));
+    let reply = client
+        .get_with(&url("/api/member"), &[("authorization", &member)])
+        .await;
+    refused(
+        &agent,
+        &otlp,
+        &reply,
+        "/api/member",
+        (403, "RBAC: access denied", "RBAC"),
+        "rbac_access_denied_matched_policy[none]",
+    )
+    .await;
+    let admin = bearer(&key.token(&claims("reviews", 600, &["dev", "admin"])));
+    let reply = client
+        .get_with(
+            &url("/api/admin"),
+            &[("authorization", &admin), ("x-jwt-sub", "spoofed")],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let seen = app.seen().pop().unwrap();
+    assert_eq!(seen.path, "/api/admin");
+    assert_eq!(
+        seen.headers.get("x-jwt-sub").unwrap(),
+        "alice",
+        "outputClaimToHeaders replaces what the caller sent"
+    );
+    assert!(
+        seen.headers.get("authorization").is_none(),
+        "forwardOriginalToken is false: the token stays at the sidecar"
+    );
+    // The ALLOW rule that let it in is named on the span and in the log.
+    let span = span_of(&otlp, "/api/admin").await;
+    assert_eq!(
+        span.attr("tracemesh.authz.policy").as_deref(),
+        Some("default/require-jwt[1]")
+    );
+    assert_eq!(
+        log_line(&agent, "/api/admin")["authorization_policy"],
+        "default/require-jwt[1]"
+    );
+}
+
+/// The mesh config with one ext_authz provider named `authz`.
+fn mesh_config(provider: &str) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: authz
+{provider}
+"#
+    )
+}
+
+fn http_provider(target: SocketAddr, extra: &str) -> String {
+    format!(
+        "      envoyExtAuthzHttp:\n        service: {}\n        port: {}\n        includeRequestHeadersInCheck: [x-user, x-delay-ms]\n        headersToUpstreamOnAllow: [x-authz-user]\n        headersToDownstreamOnDeny: [x-denied-by]\n        headersToDownstreamOnAllow: [x-authz-checked]\n{extra}",
+        target.ip(),
+        target.port()
+    )
+}
+
+fn grpc_provider(target: SocketAddr, extra: &str) -> String {
+    format!(
+        "      envoyExtAuthzGrpc:\n        service: {}\n        port: {}\n{extra}",
+        target.ip(),
+        target.port()
+    )
+}
+
+/// CUSTOM on `/api/*`, and a DENY policy on `/api/local-deny` (CUSTOM is
+/// asked first).
+const CUSTOM_POLICIES: &str = r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: CUSTOM
+  provider: {name: authz}
+  rules:
+  - to: [{operation: {paths: ["/api/*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: local-deny, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/api/local-deny"]}}]
+"#;
+
+const EXT_ITEM: &str = "AuthorizationPolicy:default/ext[0],provider:authz";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn custom_policies_ask_the_http_authorizer_before_deny_and_allow() {
+    let otlp = Receiver::start().await;
+    let app = Upstream::start("reviews").await;
+    let (authz, checks) = ext_authz::start_http().await;
+    let config = workload(
+        app.addr,
+        &otlp.endpoint(),
+        &(mesh_config(&http_provider(authz, "        timeout: 500ms\n")) + CUSTOM_POLICIES),
+    );
+    let agent = Agent::start(&config);
+    let client = Client::h1(agent.inbound);
+
+    // Allowed: the upstream sees the authorizer's header, the client the
+    // one it adds on allow; the caller's x-remove-me is removed as asked.
+    let reply = client
+        .get_with(
+            "http://reviews:9080/api/allowed",
+            &[("x-user", "alice"), ("x-remove-me", "1")],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.header("x-authz-checked").as_deref(), Some("yes"));
+    let seen = app.seen().pop().unwrap();
+    assert_eq!(seen.headers.get("x-authz-user").unwrap(), "alice");
+    assert!(seen.headers.get("x-authz-other").is_none());
+    assert!(seen.headers.get("x-remove-me").is_none());
+    let check = checks.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(check.path, "/api/allowed");
+    assert_eq!(check.header("x-user"), Some("alice"));
+    let span = span_of(&otlp, "/api/allowed").await;
+    assert_eq!(
+        span.attr("tracemesh.authz.policy").as_deref(),
+        Some("default/ext[0] provider=authz")
+    );
+
+    // Denied: the authorizer's status, body and the headers it may send down.
+    let reply = client
+        .get_with("http://reviews:9080/api/denied", &[("x-user", "bob")])
+        .await;
+    assert_eq!(reply.header("x-denied-by").as_deref(), Some("test-authz"));
+    assert_eq!(reply.header("x-internal"), None);
+    refused(
+        &agent,
+        &otlp,
+        &reply,
+        "/api/denied",
+        (403, "denied by test-authz", "UAEX"),
+        &format!("ext_authz_denied{{{EXT_ITEM}}}"),
+    )
+    .await;
+
+    // CUSTOM comes first: the authorizer's denial wins over the DENY
+    // policy, and once it allows the DENY policy still refuses.
+    let reply = client
+        .get_with("http://reviews:9080/api/local-deny", &[("x-user", "bob")])
+        .await;
+    assert_eq!(reply.header("x-denied-by").as_deref(), Some("test-authz"));
+    let reply = client
+        .get_with("http://reviews:9080/api/local-deny", &[("x-user", "alice")])
+        .await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(
+        reply.header(DETAILS).as_deref(),
+        Some("rbac_access_denied_matched_policy[ns[default]-policy[local-deny]-rule[0]]")
+    );
+
+    // The authorizer too slow for the provider's timeout: statusOnError
+    // (default 403), UAEX.
+    let reply = client
+        .get_with(
+            "http://reviews:9080/api/slow",
+            &[("x-user", "alice"), ("x-delay-ms", "3000")],
+        )
+        .await;
+    refused(
+        &agent,
+        &otlp,
+        &reply,
+        "/api/slow",
+        (403, "", "UAEX"),
+        &format!("ext_authz_error{{{EXT_ITEM}}}"),
+    )
+    .await;
+
+    // Paths no CUSTOM rule matches are not checked.
+    let before = checks.lock().unwrap().len();
+    assert_eq!(client.get("http://reviews:9080/other").await.status, 200);
+    assert_eq!(checks.lock().unwrap().len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn custom_policies_ask_the_grpc_authorizer() {
+    let app = Upstream::start("reviews").await;
+    let (authz, checks) = ext_authz::start_grpc().await;
+    let config = workload(
+        app.addr,
+        NO_COLLECTOR,
+        &(mesh_config(&grpc_provider(authz, "        timeout: 500ms\n")) + CUSTOM_POLICIES),
+    );
+    let agent = Agent::start(&config);
+    let client = Client::h1(agent.inbound);
+
+    let reply = client
+        .get_with("http://reviews:9080/api/allowed", &[("x-user", "alice")])
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.header("x-authz-checked").as_deref(), Some("yes"));
+    let seen = app.seen().pop().unwrap();
+    assert_eq!(seen.headers.get("x-authz-user").unwrap(), "alice");
+    let check = checks.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(check.path, "/api/allowed");
+
+    let reply = client
+        .get_with(
+            "http://reviews:9080/api/denied",
+            &[("x-user", "bob"), ("x-deny-status", "401")],
+        )
+        .await;
+    assert_eq!(reply.status, 401, "the authorizer's status");
+    assert_eq!(reply.header("x-denied-by").as_deref(), Some("test-authz"));
+    assert_eq!(
+        reply.header("x-tracemesh-response-flags").as_deref(),
+        Some("UAEX")
+    );
+
+    let reply = client
+        .get_with(
+            "http://reviews:9080/api/slow",
+            &[("x-user", "alice"), ("x-delay-ms", "3000")],
+        )
+        .await;
+    assert_eq!(reply.status, 403, "timed out: statusOnError's default");
+    assert_eq!(
+        reply.header(DETAILS).as_deref(),
+        Some(format!("ext_authz_error{{{EXT_ITEM}}}").as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_authorizer_that_is_down_fails_open_or_closed_as_the_provider_says() {
+    let app = Upstream::start("reviews").await;
+    let down = closed_port().await;
+    let start = |provider: String| {
+        Agent::start(&workload(
+            app.addr,
+            NO_COLLECTOR,
+            &(mesh_config(&provider) + CUSTOM_POLICIES),
+        ))
+    };
+    let open = start(http_provider(down, "        failOpen: true\n"));
+    let closed = start(http_provider(down, "        statusOnError: \"503\"\n"));
+    let closed_grpc = start(grpc_provider(down, "        failOpen: false\n"));
+
+    let reply = Client::h1(open.inbound)
+        .get("http://reviews:9080/api/x")
+        .await;
+    assert_eq!(reply.status, 200, "failOpen: true lets the request through");
+
+    let reply = Client::h1(closed.inbound)
+        .get("http://reviews:9080/api/x")
+        .await;
+    assert_eq!(reply.status, 503, "statusOnError");
+    assert_eq!(
+        reply.header("x-tracemesh-response-flags").as_deref(),
+        Some("UAEX")
+    );
+    assert_eq!(
+        reply.header(DETAILS).as_deref(),
+        Some(format!("ext_authz_error{{{EXT_ITEM}}}").as_str())
+    );
+
+    let reply = Client::h1(closed_grpc.inbound)
+        .get("http://reviews:9080/api/x")
+        .await;
+    assert_eq!(reply.status, 403, "failOpen false, statusOnError's default");
+}

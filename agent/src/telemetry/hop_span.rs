@@ -12,11 +12,12 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceFlags};
 
 use super::otlp_wire::Value;
 use super::record::RequestRecord;
-use super::span::{Kind, Parent, Span};
+use super::span::{Kind, Parent, Sampling, Span};
 use super::spans::WorkerSpans;
 use crate::host::{request_authority, split_host_port};
 use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
+use crate::model::telemetry::TracingPolicy;
 use crate::model::{Direction, Identity};
 use crate::trace_context::{self, Decision};
 
@@ -26,6 +27,9 @@ pub struct HopSpan {
     /// The caller's span, parent of `span` (B3's parent-span fields).
     caller_span: Option<SpanId>,
     recording: bool,
+    /// Spans are reported (Telemetry `disableSpanReporting` is not set):
+    /// retry attempts' spans follow this hop's.
+    report: bool,
     /// The CLIENT span of the retry attempt in flight.
     attempt: Option<Span>,
 }
@@ -50,7 +54,12 @@ impl HopSpan {
     /// Starts this hop's span, a child of the caller's context (or a root),
     /// recorded as the caller decided (the sampler reads the decision from
     /// the parent context).
-    pub fn start(spans: &Rc<WorkerSpans>, direction: Direction, headers: &HeaderMap) -> Self {
+    pub fn start(
+        spans: &Rc<WorkerSpans>,
+        direction: Direction,
+        headers: &HeaderMap,
+        sampling: Sampling,
+    ) -> Self {
         let caller = trace_context::extract(headers);
         let remote = caller.parent.map(|(trace_id, span_id)| {
             let flags = match caller.decision.sampled() {
@@ -72,9 +81,10 @@ impl HopSpan {
             context: remote.as_ref(),
             decision,
         };
-        let span = Span::start(spans, kind, parent, SystemTime::now());
+        let span = Span::start_with(spans, kind, parent, SystemTime::now(), sampling);
         Self {
             recording: span.is_recording(),
+            report: sampling.report,
             span,
             caller_span: caller.parent.map(|(_, span_id)| span_id),
             attempt: None,
@@ -147,6 +157,17 @@ impl HopSpan {
                 Direction::Outbound => write!(name, "{host}:{}/*", port.unwrap_or(80)),
             };
         });
+    }
+
+    /// The Telemetry's `customTags` of this side: literal, request header
+    /// (or its default) and environment values, as span attributes.
+    pub fn add_custom_tags(&mut self, tracing: &TracingPolicy, headers: &HeaderMap) {
+        if !self.recording {
+            return;
+        }
+        for (name, value) in tracing.tags(headers) {
+            self.span.set(name, Value::Str(value));
+        }
     }
 
     /// A retry is about to go out, as the VirtualService `rule` (details'
@@ -239,7 +260,11 @@ impl HopSpan {
             context: Some(self.span.context()),
             decision: None,
         };
-        let mut span = Span::start(spans, Kind::Client, parent, SystemTime::now());
+        let sampling = Sampling {
+            ratio: spans.ratio(),
+            report: self.report,
+        };
+        let mut span = Span::start_with(spans, Kind::Client, parent, SystemTime::now(), sampling);
         match cluster {
             Some(cluster) => span.set_name(service_span_name(cluster)),
             None => span.set_name(|name| {

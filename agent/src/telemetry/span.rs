@@ -104,6 +104,17 @@ fn nanos(time: SystemTime) -> u64 {
         .as_nanos() as u64
 }
 
+/// How a span decides to be sampled and whether it is reported, when the
+/// workload's Telemetry says otherwise than the Agent's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Share of new traces sampled (0.0–1.0); a caller's decision wins.
+    pub ratio: f64,
+    /// A sampled span is reported (`disableSpanReporting: false`); when
+    /// false it is still sampled and propagated as such, never recorded.
+    pub report: bool,
+}
+
 impl Span {
     /// Starts a span of `kind` under `parent` (a new trace's root without
     /// one), sampled as the caller decided or by the worker's ratio.
@@ -112,6 +123,21 @@ impl Span {
         kind: Kind,
         parent: Parent<'_>,
         start: SystemTime,
+    ) -> Self {
+        let sampling = Sampling {
+            ratio: sink.ratio(),
+            report: true,
+        };
+        Self::start_with(sink, kind, parent, start, sampling)
+    }
+
+    /// [`Span::start`] with the sampling ratio and reporting of `sampling`.
+    pub fn start_with(
+        sink: &Rc<WorkerSpans>,
+        kind: Kind,
+        parent: Parent<'_>,
+        start: SystemTime,
+        sampling: Sampling,
     ) -> Self {
         let valid = parent.context.filter(|cx| cx.is_valid());
         let trace_id = match valid {
@@ -123,7 +149,7 @@ impl Span {
                 }
             },
         };
-        let sampled = sampler::sampled(sink.ratio(), parent.decision, valid, trace_id);
+        let sampled = sampler::sampled(sampling.ratio, parent.decision, valid, trace_id);
         let flags = if sampled {
             TraceFlags::SAMPLED
         } else {
@@ -140,7 +166,7 @@ impl Span {
             parent_is_remote: valid.is_some_and(SpanContext::is_remote),
             kind,
             start,
-            scratch: sampled.then(take_scratch),
+            scratch: (sampled && sampling.report).then(take_scratch),
             events: 0,
             error: None,
             sink: sink.clone(),

@@ -35,9 +35,11 @@ use crate::model::live::{ActiveRequest, EjectionReason, Slot};
 use crate::model::peer::PeerInfo;
 use crate::model::route::Matched;
 use crate::model::service::ServiceName;
+use crate::model::telemetry::Side;
 use crate::telemetry::hop_span::HopSpan;
 use crate::telemetry::peer_metadata::PEER_METADATA;
 use crate::telemetry::record::{self, Details, LogFields, RequestRecord};
+use crate::telemetry::span::Sampling;
 
 /// Envoy's details of a response the upstream sent.
 const VIA_UPSTREAM: &str = "via_upstream";
@@ -75,7 +77,18 @@ impl Exchange {
         snapshot: &Snapshot,
         req: &Request<Incoming>,
     ) -> Box<Self> {
-        let span = HopSpan::start(&worker.spans, down.direction, req.headers());
+        // The workload's Telemetry: sampling of new traces, reporting, tags.
+        let side = match down.direction {
+            Direction::Inbound => Side::Server,
+            Direction::Outbound => Side::Client,
+        };
+        let telemetry = &snapshot.telemetry;
+        let tracing = telemetry.side(side).tracing.as_ref();
+        let sampling = Sampling {
+            ratio: telemetry.sampling_percent(side, worker.spans.ratio()) / 100.0,
+            report: tracing.is_none_or(|t| !t.disabled),
+        };
+        let span = HopSpan::start(&worker.spans, down.direction, req.headers(), sampling);
         let tls = down.tls.as_ref();
         let peer = match down.direction {
             Direction::Inbound => req.headers().get(PEER_METADATA).and_then(|v| {
@@ -133,6 +146,9 @@ impl Exchange {
         });
         let Self { span, record, .. } = &mut *exchange;
         span.describe_request(req, record);
+        if let Some(tracing) = tracing {
+            span.add_custom_tags(tracing, req.headers());
+        }
         exchange
     }
 

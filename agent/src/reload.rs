@@ -131,6 +131,10 @@ pub fn reload(path: &Path, bytes: &[u8], shared: &Shared) {
                 tracing::warn!("{warning}");
             }
             warn_fixed_settings(&old, &compiled.snapshot);
+            // The Telemetry's metric shapes and log files before the first
+            // request under the new config.
+            metrics.apply_telemetry(&compiled.snapshot.telemetry);
+            shared.access_logs.open_for(&compiled.snapshot.telemetry);
             shared.config.store(Arc::new(compiled.snapshot));
             metrics
                 .config_reloads

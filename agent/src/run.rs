@@ -11,7 +11,7 @@ use crate::compile;
 use crate::config::diagnostics::ConfigRejected;
 use crate::model::live::LiveState;
 use crate::proxy::{self, Shared};
-use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::access_log::{AccessLog, AccessLogSinks};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::spans::{SpanCounterHandles, SpanPipeline, SpanPipelineError};
 use crate::tls::provider::{self, IdentityError, Source};
@@ -86,12 +86,16 @@ pub fn run_until(
     };
     let spans = SpanPipeline::start(&snapshot.bootstrap.telemetry, &snapshot.identity, counters)?;
     let access_log = match &snapshot.bootstrap.access_log {
-        Some(target) => Some(AccessLog::start(
+        Some(target) => Some(Arc::new(AccessLog::start(
             target,
             metrics.access_log_dropped.clone(),
-        )?),
+        )?)),
         None => None,
     };
+    let agent_log = snapshot.bootstrap.access_log.as_ref().zip(access_log.clone());
+    let access_logs = AccessLogSinks::new(agent_log, metrics.access_log_dropped.clone());
+    metrics.apply_telemetry(&snapshot.telemetry);
+    access_logs.open_for(&snapshot.telemetry);
     let bound = proxy::bind_all(&snapshot.listeners, snapshot.bootstrap.concurrency)?;
     let admin = std::net::TcpListener::bind(snapshot.listeners.admin).map_err(|e| {
         std::io::Error::new(e.kind(), format!("bind {}: {e}", snapshot.listeners.admin))
@@ -120,6 +124,7 @@ pub fn run_until(
         metrics,
         spans: spans.sink().clone(),
         access_log,
+        access_logs,
         live,
         tls: tls.clone(),
     });

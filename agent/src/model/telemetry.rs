@@ -72,6 +72,24 @@ pub struct SidePolicy {
     pub access_logs: Option<Vec<AccessLogPolicy>>,
 }
 
+impl SidePolicy {
+    /// Whether an expression reads the request when it is over (a
+    /// `tagOverrides` upsert, an access-log filter): then the request path
+    /// keeps what it reads.
+    pub fn reads_requests(&self) -> bool {
+        let upserts = self.metrics.as_ref().is_some_and(|m| {
+            m.overrides
+                .iter()
+                .any(|o| o.tags.iter().any(|t| matches!(t, TagOverride::Upsert(..))))
+        });
+        let filters = self
+            .access_logs
+            .as_ref()
+            .is_some_and(|logs| logs.iter().any(|l| l.filter.is_some()));
+        upserts || filters
+    }
+}
+
 /// `tracing`, merged.
 #[derive(Debug, Clone)]
 pub struct TracingPolicy {

@@ -47,7 +47,7 @@ use crate::model::cluster::Cluster;
 use crate::model::live::LiveState;
 use crate::model::peer::{self, PeerInfo};
 use crate::model::service::ServiceName;
-use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::access_log::{AccessLog, AccessLogSinks};
 use crate::telemetry::metrics::{MetricCache, Metrics};
 use crate::telemetry::peer_metadata;
 use crate::telemetry::spans::WorkerSpans;
@@ -64,8 +64,10 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Where workers' finished spans go.
     pub spans: Arc<crate::telemetry::spans::SpanSink>,
-    /// The access log, when enabled.
-    pub access_log: Option<AccessLog>,
+    /// The Agent's own access log (`spec.accessLog`), when enabled.
+    pub access_log: Option<Arc<AccessLog>>,
+    /// The logs the Telemetry's access-log providers write to.
+    pub access_logs: AccessLogSinks,
     /// Live counters (endpoints, clusters, rate limits), kept across reloads.
     pub live: LiveState,
     /// The workload's current TLS material (none without `spec.identity`).

@@ -186,8 +186,8 @@ pub async fn proxy<IO>(
     // `None` past the families' series cap: proxied all the same, counted
     // as overflow instead.
     let handles = shared.metrics.tcp_handles(&labels, flags);
-    if let Some(handles) = &handles {
-        handles.opened.inc();
+    if let Some(opened) = handles.as_ref().and_then(|h| h.opened.as_ref()) {
+        opened.inc();
     }
     let (mut received, mut sent) = (0u64, 0u64);
     if let (Some(upstream), Some(endpoint)) = (upstream, &endpoint) {
@@ -198,19 +198,19 @@ pub async fn proxy<IO>(
             pipe(
                 &mut down_read,
                 &mut up_write,
-                handles.as_ref().map(|h| &h.received),
+                handles.as_ref().and_then(|h| h.received.as_ref()),
                 &mut received,
             ),
             pipe(
                 &mut up_read,
                 &mut down_write,
-                handles.as_ref().map(|h| &h.sent),
+                handles.as_ref().and_then(|h| h.sent.as_ref()),
                 &mut sent,
             ),
         );
     }
-    if let Some(handles) = &handles {
-        handles.closed.inc();
+    if let Some(closed) = handles.as_ref().and_then(|h| h.closed.as_ref()) {
+        closed.inc();
     }
     if span.is_recording() {
         describe(

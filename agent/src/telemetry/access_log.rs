@@ -10,7 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus::IntCounter;
 use serde::Serialize;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
 use crate::model::bootstrap::AccessLogTarget;
+use crate::model::telemetry::{AccessLogPolicy, TelemetryPolicy};
 
 const QUEUE: usize = 8192;
 
@@ -47,6 +53,71 @@ impl AccessLog {
         if let Err(TrySendError::Full(_)) = self.lines.try_send(line) {
             self.dropped.inc();
         }
+    }
+}
+
+/// The logs the Telemetry's access-log providers write to, by file:
+/// opened when a config that names them is loaded (never on the request
+/// path) and kept for the process. `/dev/stdout` is the standard-output
+/// writer, the Agent's own log's when that writes there, so lines never
+/// interleave.
+pub struct AccessLogSinks {
+    open: ArcSwap<HashMap<String, Arc<AccessLog>>>,
+    dropped: IntCounter,
+}
+
+/// The path that stands for standard output.
+const STDOUT: &str = "/dev/stdout";
+
+impl AccessLogSinks {
+    /// No log open yet but the Agent's own (`agent`, when it writes to
+    /// standard output); lines dropped count in `dropped`.
+    pub fn new(agent: Option<(&AccessLogTarget, Arc<AccessLog>)>, dropped: IntCounter) -> Self {
+        let mut open = HashMap::new();
+        if let Some((AccessLogTarget::Stdout, log)) = agent {
+            open.insert(STDOUT.to_owned(), log);
+        }
+        Self {
+            open: ArcSwap::from_pointee(open),
+            dropped,
+        }
+    }
+
+    /// Opens the files `policy`'s access-log providers write to that are
+    /// not open yet. A file that cannot be opened is logged; its lines are
+    /// not written.
+    pub fn open_for(&self, policy: &TelemetryPolicy) {
+        let current = self.open.load_full();
+        let mut next: Option<HashMap<String, Arc<AccessLog>>> = None;
+        let wanted = [&policy.client, &policy.server]
+            .into_iter()
+            .filter_map(|side| side.access_logs.as_ref())
+            .flatten()
+            .filter_map(AccessLogPolicy::file);
+        for path in wanted {
+            if current.contains_key(path) || next.as_ref().is_some_and(|n| n.contains_key(path)) {
+                continue;
+            }
+            let target = match path {
+                STDOUT => AccessLogTarget::Stdout,
+                file => AccessLogTarget::File(file.into()),
+            };
+            match AccessLog::start(&target, self.dropped.clone()) {
+                Ok(log) => {
+                    next.get_or_insert_with(|| (*current).clone())
+                        .insert(path.to_owned(), Arc::new(log));
+                }
+                Err(error) => tracing::error!(path, %error, "access log not opened"),
+            }
+        }
+        if let Some(next) = next {
+            self.open.store(Arc::new(next));
+        }
+    }
+
+    /// The log of `path`, when it is open.
+    pub fn get(&self, path: &str) -> Option<Arc<AccessLog>> {
+        self.open.load().get(path).cloned()
     }
 }
 

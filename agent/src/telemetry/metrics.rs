@@ -7,6 +7,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use http::HeaderMap;
+
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -16,6 +19,9 @@ pub use crate::by_address::ByAddress;
 use crate::flags::ResponseFlags;
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
+use crate::model::expr::Attributes;
+use crate::model::telemetry::{IstioMetric, Side, TelemetryPolicy};
+use crate::telemetry::overrides::Layout;
 use crate::telemetry::series::SeriesLimit;
 
 /// Envoy's default histogram buckets, which Istio's metrics use.
@@ -72,14 +78,8 @@ fn tcp_labels() -> Vec<&'static str> {
 pub struct Metrics {
     /// The registry `/metrics` renders.
     pub registry: Registry,
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    request_bytes: HistogramVec,
-    response_bytes: HistogramVec,
-    tcp_sent: IntCounterVec,
-    tcp_received: IntCounterVec,
-    tcp_opened: IntCounterVec,
-    tcp_closed: IntCounterVec,
+    /// Istio's request and TCP families, shaped by the Telemetry in force.
+    istio: Arc<ArcSwap<IstioFamilies>>,
     /// Spans accepted by the OTLP endpoint.
     pub spans_exported: IntCounter,
     /// Spans whose export failed.
@@ -118,14 +118,6 @@ impl Metrics {
     /// 1..=[`MAX_SERIES_BOUND`](crate::telemetry::series::MAX_SERIES_BOUND)).
     pub fn new(max_series: usize) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let http = http_labels();
-        let tcp = tcp_labels();
-        let histogram = |name: &str, help: &str| {
-            HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(ENVOY_BUCKETS.to_vec()),
-                &http,
-            )
-        };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels)
         };
@@ -144,37 +136,7 @@ impl Metrics {
                 http_overflow,
             )),
             tcp_series: Arc::new(SeriesLimit::new("istio_tcp_*", max_series, tcp_overflow)),
-            requests: counter(
-                "istio_requests_total",
-                "Requests handled by the sidecar.",
-                &http,
-            )?,
-            duration: histogram(
-                "istio_request_duration_milliseconds",
-                "Request duration in milliseconds.",
-            )?,
-            request_bytes: histogram("istio_request_bytes", "Request body sizes in bytes.")?,
-            response_bytes: histogram("istio_response_bytes", "Response body sizes in bytes.")?,
-            tcp_sent: counter(
-                "istio_tcp_sent_bytes_total",
-                "Bytes sent to the downstream on TCP connections.",
-                &tcp,
-            )?,
-            tcp_received: counter(
-                "istio_tcp_received_bytes_total",
-                "Bytes received from the downstream on TCP connections.",
-                &tcp,
-            )?,
-            tcp_opened: counter(
-                "istio_tcp_connections_opened_total",
-                "TCP connections opened.",
-                &tcp,
-            )?,
-            tcp_closed: counter(
-                "istio_tcp_connections_closed_total",
-                "TCP connections closed.",
-                &tcp,
-            )?,
+            istio: Arc::new(ArcSwap::from_pointee(IstioFamilies::standard()?)),
             spans_exported: IntCounter::new(
                 "tracemesh_agent_spans_exported_total",
                 "Spans accepted by the OTLP endpoint.",
@@ -238,14 +200,9 @@ impl Metrics {
 
     fn register_all(&self) -> Result<(), prometheus::Error> {
         let r = &self.registry;
-        r.register(Box::new(self.requests.clone()))?;
-        r.register(Box::new(self.duration.clone()))?;
-        r.register(Box::new(self.request_bytes.clone()))?;
-        r.register(Box::new(self.response_bytes.clone()))?;
-        r.register(Box::new(self.tcp_sent.clone()))?;
-        r.register(Box::new(self.tcp_received.clone()))?;
-        r.register(Box::new(self.tcp_opened.clone()))?;
-        r.register(Box::new(self.tcp_closed.clone()))?;
+        for family in self.istio.load().all() {
+            r.register(family.collector.boxed())?;
+        }
         r.register(Box::new(self.spans_exported.clone()))?;
         r.register(Box::new(self.spans_failed.clone()))?;
         r.register(Box::new(self.spans_dropped.clone()))?;
@@ -259,6 +216,48 @@ impl Metrics {
         r.register(Box::new(self.certificate_rotations.clone()))?;
         r.register(Box::new(self.series_overflow.clone()))?;
         r.register(Box::new(self.certificate_expiry.clone()))
+    }
+
+    /// Shapes Istio's families as `policy` says (`metrics.overrides`): a
+    /// family whose labels or served state change is registered anew (its
+    /// series start over, as a changed metric does in Envoy); the others
+    /// keep their series. Called on every accepted config load.
+    pub fn apply_telemetry(&self, policy: &TelemetryPolicy) {
+        let old = self.istio.load_full();
+        let shape = |family: &IstioFamily| -> IstioFamily {
+            let layout = Layout::build(family.metric, family.standard(), policy);
+            if layout.same_shape(&family.layout) {
+                return IstioFamily {
+                    layout,
+                    ..family.clone()
+                };
+            }
+            if family.layout.served() {
+                let _ = self.registry.unregister(family.collector.boxed());
+            }
+            let collector = match Collector::new(family.metric, &layout.labels) {
+                Ok(collector) => collector,
+                Err(error) => {
+                    tracing::error!(metric = family.metric.prometheus_name(), %error, "metric not reshaped");
+                    return family.clone();
+                }
+            };
+            if layout.served()
+                && let Err(error) = self.registry.register(collector.boxed())
+            {
+                tracing::error!(metric = family.metric.prometheus_name(), %error, "metric not registered");
+            }
+            IstioFamily {
+                metric: family.metric,
+                layout,
+                collector,
+            }
+        };
+        self.istio.store(Arc::new(IstioFamilies {
+            generation: old.generation + 1,
+            http: old.http.each_ref().map(shape),
+            tcp: old.tcp.each_ref().map(shape),
+        }));
     }
 
     /// The families in Prometheus text format.
@@ -280,6 +279,14 @@ pub enum Reporter {
 }
 
 impl Reporter {
+    /// The Telemetry side that reports (source: CLIENT, destination: SERVER).
+    pub fn side(self) -> Side {
+        match self {
+            Self::Source => Side::Client,
+            Self::Destination => Side::Server,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Source => "source",
@@ -349,36 +356,49 @@ pub struct RequestKey {
     pub grpc_status: Option<u16>,
     /// Envoy's response flags.
     pub flags: ResponseFlags,
+    /// The values of the Telemetry's `tagOverrides` upserts on this side,
+    /// in [`IstioFamilies::evaluate`] order (empty without any).
+    pub tags: Box<[String]>,
 }
 
-/// Metric handles for one label set.
+/// Metric handles for one label set; `None` for a metric disabled on the
+/// side.
 pub struct RequestHandles {
-    requests: IntCounter,
-    duration: Histogram,
-    request_bytes: Histogram,
-    response_bytes: Histogram,
+    requests: Option<IntCounter>,
+    duration: Option<Histogram>,
+    request_bytes: Option<Histogram>,
+    response_bytes: Option<Histogram>,
 }
 
 impl RequestHandles {
     fn record(&self, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
-        self.requests.inc();
-        self.duration.observe(duration_ms);
-        self.request_bytes.observe(request_bytes as f64);
-        self.response_bytes.observe(response_bytes as f64);
+        if let Some(c) = &self.requests {
+            c.inc();
+        }
+        if let Some(h) = &self.duration {
+            h.observe(duration_ms);
+        }
+        if let Some(h) = &self.request_bytes {
+            h.observe(request_bytes as f64);
+        }
+        if let Some(h) = &self.response_bytes {
+            h.observe(response_bytes as f64);
+        }
     }
 }
 
-/// Metric handles for one TCP label set.
+/// Metric handles for one TCP label set; `None` for a metric disabled on
+/// the side.
 #[derive(Clone)]
 pub struct TcpHandles {
     /// Bytes sent to the downstream.
-    pub sent: IntCounter,
+    pub sent: Option<IntCounter>,
     /// Bytes received from the downstream.
-    pub received: IntCounter,
+    pub received: Option<IntCounter>,
     /// Connections opened.
-    pub opened: IntCounter,
+    pub opened: Option<IntCounter>,
     /// Connections closed.
-    pub closed: IntCounter,
+    pub closed: Option<IntCounter>,
 }
 
 const CACHE_LIMIT: usize = 4096;
@@ -389,6 +409,8 @@ const CACHE_LIMIT: usize = 4096;
 #[derive(Default)]
 pub struct MetricCache {
     requests: HashMap<RequestKey, Option<RequestHandles>>,
+    /// The [`IstioFamilies`] generation the handles belong to.
+    generation: u64,
 }
 
 impl MetricCache {
@@ -401,6 +423,12 @@ impl MetricCache {
         request_bytes: u64,
         response_bytes: u64,
     ) {
+        let generation = metrics.istio.load().generation;
+        if generation != self.generation {
+            // The Telemetry reshaped the families: handles are made anew.
+            self.requests.clear();
+            self.generation = generation;
+        }
         if let Some(handles) = self.requests.get(key) {
             return match handles {
                 Some(handles) => handles.record(duration_ms, request_bytes, response_bytes),
@@ -435,20 +463,26 @@ impl Metrics {
             &flags,
             key.peers.security,
         ]);
-        if !self.http_series.admit(&values) {
+        if !self.http_series.admit(&(&values, &key.tags)) {
             return None;
         }
+        let families = self.istio.load();
+        let side = key.peers.reporter.side();
+        let mut tags = key.tags.iter().map(String::as_str);
+        let [requests, duration, request_bytes, response_bytes] = &families.http;
         Some(RequestHandles {
-            requests: self.requests.with_label_values(&values),
-            duration: self.duration.with_label_values(&values),
-            request_bytes: self.request_bytes.with_label_values(&values),
-            response_bytes: self.response_bytes.with_label_values(&values),
+            requests: requests.counter(side, &values, &mut tags),
+            duration: duration.histogram(side, &values, &mut tags),
+            request_bytes: request_bytes.histogram(side, &values, &mut tags),
+            response_bytes: response_bytes.histogram(side, &values, &mut tags),
         })
     }
 
     /// Handles for a TCP connection's labels (once per connection); `None`
     /// (counted) when the families are at their series cap and the label
-    /// set is new.
+    /// set is new. A `tagOverrides` upsert on a TCP metric sees no request:
+    /// only expressions that need none (literals) give a value, the others
+    /// `unknown`.
     pub fn tcp_handles(&self, peers: &PeerLabels, flags: ResponseFlags) -> Option<TcpHandles> {
         let peer_values = peers.values();
         let flags = flags.as_str();
@@ -457,11 +491,185 @@ impl Metrics {
         if !self.tcp_series.admit(&values) {
             return None;
         }
+        let families = self.istio.load();
+        let side = peers.reporter.side();
+        let mut upserted = Vec::new();
+        let empty = HeaderMap::new();
+        let attrs = Attributes {
+            method: "",
+            path: "",
+            host: "",
+            scheme: "",
+            protocol: "tcp",
+            request_headers: &empty,
+            request_size: 0,
+            response: None,
+            source: ([0, 0, 0, 0], 0).into(),
+            destination: ([0, 0, 0, 0], 0).into(),
+            mtls: peers.security == "mutual_tls",
+            sni: None,
+        };
+        for family in &families.tcp {
+            family.layout.evaluate(side, &attrs, &mut upserted);
+        }
+        let mut tags = upserted.iter().map(String::as_str);
+        let [sent, received, opened, closed] = &families.tcp;
         Some(TcpHandles {
-            sent: self.tcp_sent.with_label_values(&values),
-            received: self.tcp_received.with_label_values(&values),
-            opened: self.tcp_opened.with_label_values(&values),
-            closed: self.tcp_closed.with_label_values(&values),
+            sent: sent.counter(side, &values, &mut tags),
+            received: received.counter(side, &values, &mut tags),
+            opened: opened.counter(side, &values, &mut tags),
+            closed: closed.counter(side, &values, &mut tags),
         })
+    }
+
+    /// The values of `side`'s `tagOverrides` upserts for one request, for
+    /// [`RequestKey::tags`]; empty (no allocation) when the side has none.
+    pub fn request_tags(&self, side: Side, attrs: &Attributes<'_>) -> Box<[String]> {
+        let families = self.istio.load();
+        if !families.http.iter().any(|f| f.layout.has_expressions(side)) {
+            return Box::default();
+        }
+        let mut out = Vec::new();
+        for family in &families.http {
+            family.layout.evaluate(side, attrs, &mut out);
+        }
+        out.into_boxed_slice()
+    }
+}
+
+/// A family's collector.
+#[derive(Clone)]
+enum Collector {
+    Counter(IntCounterVec),
+    Histogram(HistogramVec),
+}
+
+impl Collector {
+    fn new(metric: IstioMetric, labels: &[String]) -> Result<Self, prometheus::Error> {
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let name = metric.prometheus_name();
+        let help = match metric {
+            IstioMetric::RequestCount => "Requests handled by the sidecar.",
+            IstioMetric::RequestDuration => "Request duration in milliseconds.",
+            IstioMetric::RequestSize => "Request body sizes in bytes.",
+            IstioMetric::ResponseSize => "Response body sizes in bytes.",
+            IstioMetric::TcpSentBytes => "Bytes sent to the downstream on TCP connections.",
+            IstioMetric::TcpReceivedBytes => "Bytes received from the downstream on TCP connections.",
+            IstioMetric::TcpOpenedConnections => "TCP connections opened.",
+            IstioMetric::TcpClosedConnections => "TCP connections closed.",
+            IstioMetric::GrpcRequestMessages => "gRPC request messages.",
+            IstioMetric::GrpcResponseMessages => "gRPC response messages.",
+        };
+        Ok(match metric {
+            IstioMetric::RequestDuration | IstioMetric::RequestSize | IstioMetric::ResponseSize => {
+                let opts = HistogramOpts::new(name, help).buckets(ENVOY_BUCKETS.to_vec());
+                Self::Histogram(HistogramVec::new(opts, &labels)?)
+            }
+            _ => Self::Counter(IntCounterVec::new(Opts::new(name, help), &labels)?),
+        })
+    }
+
+    fn boxed(&self) -> Box<dyn prometheus::core::Collector> {
+        match self {
+            Self::Counter(c) => Box::new(c.clone()),
+            Self::Histogram(h) => Box::new(h.clone()),
+        }
+    }
+}
+
+/// One Istio family and its shape.
+#[derive(Clone)]
+struct IstioFamily {
+    metric: IstioMetric,
+    layout: Layout,
+    collector: Collector,
+}
+
+impl IstioFamily {
+    fn new(metric: IstioMetric) -> Result<Self, prometheus::Error> {
+        let standard = standard_labels(metric);
+        let layout = Layout::standard(standard);
+        let collector = Collector::new(metric, &layout.labels)?;
+        Ok(Self {
+            metric,
+            layout,
+            collector,
+        })
+    }
+
+    fn standard(&self) -> &'static [&'static str] {
+        standard_labels(self.metric)
+    }
+
+    fn counter<'a>(
+        &self,
+        side: Side,
+        values: &[&'a str],
+        tags: &mut impl Iterator<Item = &'a str>,
+    ) -> Option<IntCounter> {
+        let values = self.layout.values(side, values, tags)?;
+        match &self.collector {
+            Collector::Counter(c) => Some(c.with_label_values(&values)),
+            Collector::Histogram(_) => None,
+        }
+    }
+
+    fn histogram<'a>(
+        &self,
+        side: Side,
+        values: &[&'a str],
+        tags: &mut impl Iterator<Item = &'a str>,
+    ) -> Option<Histogram> {
+        let values = self.layout.values(side, values, tags)?;
+        match &self.collector {
+            Collector::Histogram(h) => Some(h.with_label_values(&values)),
+            Collector::Counter(_) => None,
+        }
+    }
+}
+
+fn standard_labels(metric: IstioMetric) -> &'static [&'static str] {
+    static HTTP: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(http_labels);
+    static TCP: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(tcp_labels);
+    match metric {
+        IstioMetric::TcpSentBytes
+        | IstioMetric::TcpReceivedBytes
+        | IstioMetric::TcpOpenedConnections
+        | IstioMetric::TcpClosedConnections => &TCP,
+        _ => &HTTP,
+    }
+}
+
+/// Istio's request families (count, duration, request and response sizes)
+/// and TCP families (sent, received, opened, closed), as shaped now.
+pub struct IstioFamilies {
+    /// Increments with each reshaping, so cached handles are made anew.
+    generation: u64,
+    http: [IstioFamily; 4],
+    tcp: [IstioFamily; 4],
+}
+
+impl IstioFamilies {
+    fn standard() -> Result<Self, prometheus::Error> {
+        use IstioMetric::*;
+        Ok(Self {
+            generation: 0,
+            http: [
+                IstioFamily::new(RequestCount)?,
+                IstioFamily::new(RequestDuration)?,
+                IstioFamily::new(RequestSize)?,
+                IstioFamily::new(ResponseSize)?,
+            ],
+            tcp: [
+                IstioFamily::new(TcpSentBytes)?,
+                IstioFamily::new(TcpReceivedBytes)?,
+                IstioFamily::new(TcpOpenedConnections)?,
+                IstioFamily::new(TcpClosedConnections)?,
+            ],
+        })
+    }
+
+    fn all(&self) -> impl Iterator<Item = &IstioFamily> {
+        self.http.iter().chain(&self.tcp)
     }
 }

@@ -7,6 +7,7 @@ pub mod hop_span;
 pub mod metrics;
 mod otlp_export;
 pub mod otlp_wire;
+pub mod overrides;
 pub mod peer_metadata;
 pub mod record;
 pub mod sampler;

@@ -19,6 +19,7 @@ use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
+use crate::model::expr::{Attributes, ResponseAttributes};
 use crate::model::{Direction, Identity};
 
 /// Envoy's `response_code_details`: why the response is what it is
@@ -96,6 +97,41 @@ pub struct RequestRecord {
     pub upstream_time: Option<Duration>,
     /// Request facts only the access log reads, when it is on.
     pub log: Option<Box<LogFields>>,
+    /// What the Telemetry's expressions read once the request is over, kept
+    /// only when the side has some.
+    pub facts: Option<Box<RequestFacts>>,
+}
+
+/// A request as the Telemetry's expressions read it after the fact.
+#[derive(Debug)]
+pub struct RequestFacts {
+    method: http::Method,
+    path: String,
+    host: String,
+    scheme: &'static str,
+    headers: http::HeaderMap,
+    /// The response's headers, once there is a response.
+    pub response_headers: http::HeaderMap,
+}
+
+impl RequestFacts {
+    /// Keeps what the expressions may read of `req`.
+    pub fn of<B>(req: &Request<B>, tls: bool) -> Self {
+        Self {
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            host: crate::host::request_authority(req)
+                .unwrap_or("")
+                .to_owned(),
+            scheme: if tls { "https" } else { "http" },
+            headers: req.headers().clone(),
+            response_headers: http::HeaderMap::new(),
+        }
+    }
 }
 
 /// Request facts kept only for the access log.
@@ -186,6 +222,32 @@ impl RequestRecord {
             || self.status == 0
     }
 
+    /// The request and its response as the Telemetry's expressions see
+    /// them, when the facts were kept.
+    pub fn attributes(&self) -> Option<Attributes<'_>> {
+        let facts = self.facts.as_deref()?;
+        Some(Attributes {
+            method: facts.method.as_str(),
+            path: &facts.path,
+            host: &facts.host,
+            scheme: facts.scheme,
+            protocol: protocol_name(self.version),
+            request_headers: &facts.headers,
+            request_size: self.request_bytes,
+            response: (self.status != 0).then(|| ResponseAttributes {
+                code: self.status,
+                code_details: self.details.as_deref().unwrap_or(""),
+                grpc_status: self.grpc_status.map(i64::from),
+                headers: &facts.response_headers,
+                size: self.response_bytes,
+            }),
+            source: self.downstream_remote,
+            destination: self.downstream_local,
+            mtls: self.downstream_principal.is_some(),
+            sni: self.requested_server_name.as_deref(),
+        })
+    }
+
     /// The labels of `istio_requests_total` and its siblings.
     pub fn metric_key(&self) -> RequestKey {
         let local = self.local.peer.clone();
@@ -233,6 +295,7 @@ impl RequestRecord {
             code: self.status,
             grpc_status: self.grpc_status,
             flags: self.flags,
+            tags: Box::default(),
         }
     }
 

@@ -35,10 +35,10 @@ use crate::model::live::{ActiveRequest, EjectionReason, Slot};
 use crate::model::peer::PeerInfo;
 use crate::model::route::Matched;
 use crate::model::service::ServiceName;
-use crate::model::telemetry::Side;
+use crate::model::telemetry::{Side, TelemetryPolicy};
 use crate::telemetry::hop_span::HopSpan;
 use crate::telemetry::peer_metadata::PEER_METADATA;
-use crate::telemetry::record::{self, Details, LogFields, RequestRecord};
+use crate::telemetry::record::{self, Details, LogFields, RequestFacts, RequestRecord};
 use crate::telemetry::span::Sampling;
 
 /// Envoy's details of a response the upstream sent.
@@ -59,6 +59,9 @@ pub struct Exchange {
     extra_headers: Option<HeaderMap>,
     /// Local replies carry their details in a header.
     reply_details: bool,
+    /// The Telemetry's access logs for this side, when it sets them (else
+    /// the Agent's own log applies).
+    access_logs: Option<(Arc<TelemetryPolicy>, Side)>,
     done: bool,
     /// Keeps the connection from counting as idle until the request is over.
     _stream: super::activity::Stream,
@@ -83,7 +86,8 @@ impl Exchange {
             Direction::Outbound => Side::Client,
         };
         let telemetry = &snapshot.telemetry;
-        let tracing = telemetry.side(side).tracing.as_ref();
+        let side_policy = telemetry.side(side);
+        let tracing = side_policy.tracing.as_ref();
         let sampling = Sampling {
             ratio: telemetry.sampling_percent(side, worker.spans.ratio()) / 100.0,
             report: tracing.is_none_or(|t| !t.disabled),
@@ -127,11 +131,14 @@ impl Exchange {
             request_bytes: 0,
             response_bytes: 0,
             upstream_time: None,
-            log: worker
-                .shared
-                .access_log
-                .is_some()
-                .then(|| Box::new(LogFields::of(req))),
+            log: match &side_policy.access_logs {
+                Some(logs) => logs.iter().any(|l| !l.disabled),
+                None => worker.shared.access_log.is_some(),
+            }
+            .then(|| Box::new(LogFields::of(req))),
+            facts: side_policy
+                .reads_requests()
+                .then(|| Box::new(RequestFacts::of(req, tls.is_some()))),
         };
         let mut exchange = Box::new(Self {
             worker: worker.clone(),
@@ -141,6 +148,10 @@ impl Exchange {
             request_body: None,
             extra_headers: None,
             reply_details: snapshot.bootstrap.telemetry.reply_details,
+            access_logs: side_policy
+                .access_logs
+                .is_some()
+                .then(|| (telemetry.clone(), side)),
             done: false,
             _stream: down.activity.start(),
         });
@@ -365,6 +376,9 @@ impl Exchange {
         if let Some(extra) = self.extra_headers.take() {
             parts.headers.extend(extra);
         }
+        if let Some(facts) = self.record.facts.as_mut() {
+            facts.response_headers = parts.headers.clone();
+        }
         Response::from_parts(parts, ResponseBody::full(body, self))
     }
 
@@ -400,6 +414,9 @@ impl Exchange {
         if let Some(extra) = self.extra_headers.take() {
             parts.headers.extend(extra);
         }
+        if let Some(facts) = self.record.facts.as_mut() {
+            facts.response_headers = parts.headers.clone();
+        }
         self.held.hold_connection(connection);
         Response::from_parts(parts, ResponseBody::upstream(body, self, deadline))
     }
@@ -414,18 +431,45 @@ impl Exchange {
         let record = &mut self.record;
         record.request_bytes = self.request_body.as_ref().map_or(0, |p| p.bytes());
         let shared = &self.worker.shared;
+        let attributes = record.attributes();
+        let mut key = record.metric_key();
+        if let Some(attrs) = &attributes {
+            key.tags = shared.metrics.request_tags(key.peers.reporter.side(), attrs);
+        }
         self.worker.caches.borrow_mut().metrics.record(
             &shared.metrics,
-            &record.metric_key(),
+            &key,
             duration.as_secs_f64() * 1000.0,
             record.request_bytes,
             record.response_bytes,
         );
         self.span.finish(record);
-        if let Some(access_log) = &shared.access_log {
-            let flags = record.flags.as_str();
-            if let Some(entry) = record.access_log_entry(&flags, duration) {
-                access_log.write(&entry);
+        let flags = record.flags.as_str();
+        match &self.access_logs {
+            // The Telemetry's providers, each with its filter.
+            Some((telemetry, side)) => {
+                let logs = telemetry.side(*side).access_logs.iter().flatten();
+                for log in logs {
+                    let wanted = match (&log.filter, &attributes) {
+                        (None, _) => !log.disabled,
+                        (Some(_), Some(attrs)) => log.logs(attrs),
+                        (Some(_), None) => false,
+                    };
+                    let sink = log.file().and_then(|path| shared.access_logs.get(path));
+                    if let (true, Some(sink), Some(entry)) =
+                        (wanted, sink, record.access_log_entry(&flags, duration))
+                    {
+                        sink.write(&entry);
+                    }
+                }
+            }
+            None => {
+                if let (Some(access_log), Some(entry)) = (
+                    &shared.access_log,
+                    record.access_log_entry(&flags, duration),
+                ) {
+                    access_log.write(&entry);
+                }
             }
         }
         let reusable =

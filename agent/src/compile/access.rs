@@ -98,7 +98,6 @@ pub(super) fn authorization(
                         diags.error(loc, Some("spec.provider.name".into()), msg);
                         continue;
                     }
-                    diags.warn(loc, Some("spec.action".into()), "compiled; the request path does not ask the authorizer yet: requests this policy's rules match are denied");
                     authz.custom.push(CustomPolicy {
                         policy,
                         provider: name.to_owned(),

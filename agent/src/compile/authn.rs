@@ -116,11 +116,5 @@ pub(super) fn authenticator(
             });
         }
     }
-    if !rules.is_empty()
-        && let Some(doc) = docs.first()
-    {
-        let msg = "compiled; the request path does not authenticate requests yet (tokens are not checked, request principals and `request.auth.*` conditions see no token)";
-        diags.warn(&doc.location, None, msg);
-    }
     Authenticator { rules }
 }

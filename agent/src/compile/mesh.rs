@@ -75,16 +75,6 @@ pub(super) fn compile(docs: &[Document<MeshConfig>], diags: &mut Diagnostics) ->
         .default_config
         .as_ref()
         .and_then(|d| d.tracing.as_ref());
-    // Compiled into the workload's telemetry policy, which the request path
-    // does not apply yet: said, never silently ignored.
-    let not_yet = "compiled into the workload's telemetry policy; the request path does not apply it yet: the Agent's `spec.telemetry` and `spec.accessLog` apply";
-    if config.default_providers.is_some() {
-        diags.warn(&doc.location, Some("defaultProviders".into()), not_yet);
-    }
-    if tracing.is_some_and(|t| t.sampling.is_some()) {
-        let field = "defaultConfig.tracing.sampling";
-        diags.warn(&doc.location, Some(field.into()), not_yet);
-    }
     MeshDefaults {
         mesh: Mesh {
             root_namespace: config

@@ -59,10 +59,6 @@ pub(super) fn compile(
 ) -> TelemetryPolicy {
     let applying = applying(docs, boot, diags);
     check_providers(&applying, mesh, diags);
-    if let Some(first) = applying.first() {
-        let msg = "compiled into the workload's telemetry policy; the request path does not apply it yet: the Agent's spec.telemetry and spec.accessLog apply";
-        diags.warn(&first.location, None, msg);
-    }
     let mut policy = TelemetryPolicy {
         sources: applying
             .iter()
@@ -164,11 +160,10 @@ fn is_prometheus(c: &ProviderConfig) -> bool {
     matches!(c, ProviderConfig::Prometheus)
 }
 
+/// The access-log providers the agent writes: JSON lines to a file
+/// (`envoy` is standard output). `envoyOtelAls` is warned about and skipped.
 fn is_log(c: &ProviderConfig) -> bool {
-    matches!(
-        c,
-        ProviderConfig::FileAccessLog { .. } | ProviderConfig::OtelAccessLog(_)
-    )
+    matches!(c, ProviderConfig::FileAccessLog { .. })
 }
 
 /// One warning for each provider a Telemetry names that the mesh config

@@ -70,9 +70,6 @@ const SC: &str = "Sidecar";
 const RA: &str = "RequestAuthentication";
 const TM: &str = "Telemetry";
 
-const CUSTOM_NOT_YET: &str = "CUSTOM: compiled with its ext_authz provider; the request path does not ask the authorizer yet, requests the rules match are denied";
-const AUTHN_NOT_YET: &str = "compiled into the authenticator, and requestPrincipals and `request.auth.*` conditions of AuthorizationPolicies with it; the request path does not authenticate yet, so they see no token";
-const TELEMETRY_NOT_YET: &str = "compiled into the workload's telemetry policy; the request path does not apply it yet: the Agent's `spec.telemetry` and `spec.accessLog` apply";
 const GW: &str = "Gateway";
 
 /// Every kind the agent applies, field by field.
@@ -236,7 +233,7 @@ pub const FIELDS: &[Field] = &[
         "spec.targetRefs",
         "gateways only: the policy is skipped",
     ),
-    compiler_warns(AP, "spec.provider", CUSTOM_NOT_YET),
+    enforced(AP, "spec.provider"),
     enforced(RA, "spec.selector"),
     compiler_warns(
         RA,
@@ -248,7 +245,7 @@ pub const FIELDS: &[Field] = &[
         "spec.targetRefs",
         "gateways only: the resource is skipped",
     ),
-    compiler_warns(RA, "spec.jwtRules", AUTHN_NOT_YET),
+    enforced(RA, "spec.jwtRules"),
     compiler_warns(
         RA,
         "spec.jwtRules[*].timeout",
@@ -265,9 +262,9 @@ pub const FIELDS: &[Field] = &[
         "spec.targetRefs",
         "gateways and waypoints only: the resource is skipped",
     ),
-    compiler_warns(TM, "spec.tracing", TELEMETRY_NOT_YET),
-    compiler_warns(TM, "spec.metrics", TELEMETRY_NOT_YET),
-    compiler_warns(TM, "spec.accessLogging", TELEMETRY_NOT_YET),
+    enforced(TM, "spec.tracing"),
+    enforced(TM, "spec.metrics"),
+    enforced(TM, "spec.accessLogging"),
     warned(
         TM,
         "spec.tracing[*].useRequestIdForTraceSampling",

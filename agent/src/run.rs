@@ -92,7 +92,11 @@ pub fn run_until(
         )?)),
         None => None,
     };
-    let agent_log = snapshot.bootstrap.access_log.as_ref().zip(access_log.clone());
+    let agent_log = snapshot
+        .bootstrap
+        .access_log
+        .as_ref()
+        .zip(access_log.clone());
     let access_logs = AccessLogSinks::new(agent_log, metrics.access_log_dropped.clone());
     metrics.apply_telemetry(&snapshot.telemetry);
     access_logs.open_for(&snapshot.telemetry);

@@ -17,9 +17,9 @@ use prometheus::{
 
 pub use crate::by_address::ByAddress;
 use crate::flags::ResponseFlags;
+use crate::model::expr::Attributes;
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
-use crate::model::expr::Attributes;
 use crate::model::telemetry::{IstioMetric, Side, TelemetryPolicy};
 use crate::telemetry::overrides::Layout;
 use crate::telemetry::series::SeriesLimit;
@@ -200,9 +200,6 @@ impl Metrics {
 
     fn register_all(&self) -> Result<(), prometheus::Error> {
         let r = &self.registry;
-        for family in self.istio.load().all() {
-            r.register(family.collector.boxed())?;
-        }
         r.register(Box::new(self.spans_exported.clone()))?;
         r.register(Box::new(self.spans_failed.clone()))?;
         r.register(Box::new(self.spans_dropped.clone()))?;
@@ -219,9 +216,11 @@ impl Metrics {
     }
 
     /// Shapes Istio's families as `policy` says (`metrics.overrides`): a
-    /// family whose labels or served state change is registered anew (its
-    /// series start over, as a changed metric does in Envoy); the others
-    /// keep their series. Called on every accepted config load.
+    /// family whose labels or served state change is made anew (its series
+    /// start over, as a changed metric does in Envoy); the others keep
+    /// their series. Called on every accepted config load. (They are not in
+    /// the registry, which holds a name to its first label names for the
+    /// process's life; [`Metrics::render`] adds them.)
     pub fn apply_telemetry(&self, policy: &TelemetryPolicy) {
         let old = self.istio.load_full();
         let shape = |family: &IstioFamily| -> IstioFamily {
@@ -232,9 +231,6 @@ impl Metrics {
                     ..family.clone()
                 };
             }
-            if family.layout.served() {
-                let _ = self.registry.unregister(family.collector.boxed());
-            }
             let collector = match Collector::new(family.metric, &layout.labels) {
                 Ok(collector) => collector,
                 Err(error) => {
@@ -242,11 +238,6 @@ impl Metrics {
                     return family.clone();
                 }
             };
-            if layout.served()
-                && let Err(error) = self.registry.register(collector.boxed())
-            {
-                tracing::error!(metric = family.metric.prometheus_name(), %error, "metric not registered");
-            }
             IstioFamily {
                 metric: family.metric,
                 layout,
@@ -262,7 +253,17 @@ impl Metrics {
 
     /// The families in Prometheus text format.
     pub fn render(&self) -> String {
-        let families = self.registry.gather();
+        use prometheus::core::Collector as _;
+        let mut families = self.registry.gather();
+        let istio = self.istio.load();
+        for family in istio.all().filter(|f| f.layout.served()) {
+            let collected = match &family.collector {
+                Collector::Counter(c) => c.collect(),
+                Collector::Histogram(h) => h.collect(),
+            };
+            families.extend(collected.into_iter().filter(|f| !f.get_metric().is_empty()));
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         prometheus::TextEncoder::new()
             .encode_to_string(&families)
             .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
@@ -554,7 +555,9 @@ impl Collector {
             IstioMetric::RequestSize => "Request body sizes in bytes.",
             IstioMetric::ResponseSize => "Response body sizes in bytes.",
             IstioMetric::TcpSentBytes => "Bytes sent to the downstream on TCP connections.",
-            IstioMetric::TcpReceivedBytes => "Bytes received from the downstream on TCP connections.",
+            IstioMetric::TcpReceivedBytes => {
+                "Bytes received from the downstream on TCP connections."
+            }
             IstioMetric::TcpOpenedConnections => "TCP connections opened.",
             IstioMetric::TcpClosedConnections => "TCP connections closed.",
             IstioMetric::GrpcRequestMessages => "gRPC request messages.",
@@ -567,13 +570,6 @@ impl Collector {
             }
             _ => Self::Counter(IntCounterVec::new(Opts::new(name, help), &labels)?),
         })
-    }
-
-    fn boxed(&self) -> Box<dyn prometheus::core::Collector> {
-        match self {
-            Self::Counter(c) => Box::new(c.clone()),
-            Self::Histogram(h) => Box::new(h.clone()),
-        }
     }
 }
 

@@ -17,9 +17,9 @@ use crate::flags::ResponseFlags;
 use crate::host::request_authority;
 use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
+use crate::model::expr::{Attributes, ResponseAttributes};
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
-use crate::model::expr::{Attributes, ResponseAttributes};
 use crate::model::{Direction, Identity};
 
 /// Envoy's `response_code_details`: why the response is what it is
@@ -124,9 +124,7 @@ impl RequestFacts {
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_owned(),
-            host: crate::host::request_authority(req)
-                .unwrap_or("")
-                .to_owned(),
+            host: crate::host::request_authority(req).unwrap_or("").to_owned(),
             scheme: if tls { "https" } else { "http" },
             headers: req.headers().clone(),
             response_headers: http::HeaderMap::new(),

@@ -434,7 +434,9 @@ impl Exchange {
         let attributes = record.attributes();
         let mut key = record.metric_key();
         if let Some(attrs) = &attributes {
-            key.tags = shared.metrics.request_tags(key.peers.reporter.side(), attrs);
+            key.tags = shared
+                .metrics
+                .request_tags(key.peers.reporter.side(), attrs);
         }
         self.worker.caches.borrow_mut().metrics.record(
             &shared.metrics,

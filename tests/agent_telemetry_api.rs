@@ -1,0 +1,307 @@
+//! Istio's Telemetry API on the request path, through real agents: custom
+//! tags on reported spans (literal, header with default, environment),
+//! sampling of new traces at 0 and 100 per workload with Istio's
+//! precedence between the mesh (root namespace), namespace and workload
+//! resources, a metric disabled and a label removed and added, an access
+//! log filtered by `response.code >= 400` — and live reloads changing them.
+
+// Tests fail by panicking; helpers here unwrap as the tests do.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::agent::Agent;
+use common::client::Client;
+use common::mesh::{AgentDoc, NO_COLLECTOR};
+use common::otlp::{ReceivedSpan, Receiver};
+use common::upstream::Upstream;
+
+const MESH: &str = r#"---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: otel
+      opentelemetry: {service: collector.observability.svc.cluster.local, port: 4317}
+    defaultProviders:
+      tracing: [otel]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - randomSamplingPercentage: 0
+    customTags:
+      mesh: {literal: {value: from-mesh}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: namespace-default, namespace: default}
+spec:
+  tracing:
+  - randomSamplingPercentage: 100
+    customTags:
+      tier: {literal: {value: backend}}
+      team: {header: {name: x-team, defaultValue: none}}
+      home: {environment: {name: HOME, defaultValue: no-home}}
+"#;
+
+fn doc(service: &str, app: SocketAddr, otlp: &str) -> String {
+    AgentDoc {
+        name: &format!("{service}-v1"),
+        service,
+        app: service,
+        version: "v1",
+        app_addr: app,
+        otlp,
+        app_protocol: "HTTP",
+        outbound_tcp: "[]",
+        extra: "",
+    }
+    .yaml()
+}
+
+/// A workload Telemetry for `app` that samples `percent` of new traces.
+fn workload_sampling(app: &str, percent: u32) -> String {
+    format!(
+        "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {app}-sampling, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: {app}}}}}\n  tracing:\n  - randomSamplingPercentage: {percent}\n"
+    )
+}
+
+/// Replaces the file in one step, as editors and ConfigMap updates do.
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Waits until the agent has accepted config version `version`.
+async fn wait_for_version(agent: &Agent, version: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent
+        .metrics()
+        .await
+        .sum("tracemesh_agent_config_version", &[])
+        < version
+    {
+        assert!(
+            Instant::now() < deadline,
+            "config version {version} never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sampled flag of the `traceparent` the app received last.
+fn upstream_sampled(app: &Upstream) -> bool {
+    let seen = app.seen().pop().unwrap();
+    let value = seen.headers["traceparent"].to_str().unwrap().to_owned();
+    value.ends_with("-01")
+}
+
+/// The agent's SERVER span of the request for `path`.
+async fn span_of(otlp: &Receiver, path: &str) -> ReceivedSpan {
+    let has = |s: &ReceivedSpan| s.attr("url.path").as_deref() == Some(path);
+    let spans = otlp
+        .wait_for(&format!("the span of {path}"), |spans| {
+            spans.iter().any(has)
+        })
+        .await;
+    spans.into_iter().find(has).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sampling_and_custom_tags_follow_mesh_namespace_and_workload_resources() {
+    let otlp = Receiver::start().await;
+    let reviews_app = Upstream::start("reviews").await;
+    let ratings_app = Upstream::start("ratings").await;
+    // The namespace's resource (100%) wins over the mesh's (0%) for reviews;
+    // ratings' own resource (0%) wins over both.
+    let reviews = Agent::start(&(doc("reviews", reviews_app.addr, &otlp.endpoint()) + MESH));
+    let ratings_config = doc("ratings", ratings_app.addr, &otlp.endpoint()) + MESH;
+    let ratings = Agent::start(&(ratings_config.clone() + &workload_sampling("ratings", 0)));
+
+    // reviews: every new trace sampled, the namespace's tags (replacing the
+    // mesh's as a whole, as Istio does).
+    let client = Client::h1(reviews.inbound);
+    let reply = client
+        .get_with("http://reviews:9080/tagged", &[("x-team", "payments")])
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        upstream_sampled(&reviews_app),
+        "100%: a new trace is sampled"
+    );
+    assert_eq!(client.get("http://reviews:9080/untagged").await.status, 200);
+    let span = span_of(&otlp, "/tagged").await;
+    assert_eq!(span.attr("tier").as_deref(), Some("backend"), "literal");
+    assert_eq!(span.attr("team").as_deref(), Some("payments"), "header");
+    let home = std::env::var("HOME").unwrap_or_else(|_| "no-home".into());
+    assert_eq!(span.attr("home"), Some(home), "environment");
+    assert_eq!(
+        span.attr("mesh"),
+        None,
+        "the namespace's tags replace the mesh's"
+    );
+    let span = span_of(&otlp, "/untagged").await;
+    assert_eq!(
+        span.attr("team").as_deref(),
+        Some("none"),
+        "the header's default"
+    );
+
+    // ratings: no new trace sampled, but a caller's decision is followed.
+    let client = Client::h1(ratings.inbound);
+    for i in 0..5 {
+        let reply = client.get(&format!("http://ratings:9080/new/{i}")).await;
+        assert_eq!(reply.status, 200);
+        assert!(
+            !upstream_sampled(&ratings_app),
+            "0%: new trace {i} not sampled"
+        );
+    }
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply = client
+        .get_with("http://ratings:9080/continued", &[("traceparent", caller)])
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(upstream_sampled(&ratings_app), "the caller sampled it");
+    let span = span_of(&otlp, "/continued").await;
+    assert_eq!(span.attr("tier").as_deref(), Some("backend"));
+    assert!(
+        otlp.spans()
+            .iter()
+            .all(|s| !s.attr("url.path").unwrap_or_default().starts_with("/new/")),
+        "no span of an unsampled trace is reported"
+    );
+
+    // A live reload turns ratings' sampling to 100%.
+    write_atomically(
+        &ratings.config,
+        &(ratings_config + &workload_sampling("ratings", 100)),
+    );
+    wait_for_version(&ratings, 2.0).await;
+    let reply = client.get("http://ratings:9080/after-reload").await;
+    assert_eq!(reply.status, 200);
+    assert!(upstream_sampled(&ratings_app), "100% after the reload");
+    span_of(&otlp, "/after-reload").await;
+}
+
+const METRICS: &str = r#"---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: reviews-telemetry, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_DURATION, mode: SERVER}
+      disabled: true
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides:
+        request_protocol: {operation: REMOVE}
+        request_method: {value: request.method}
+  accessLogging:
+  - providers: [{name: envoy}]
+    filter: {expression: "response.code >= 400"}
+"#;
+
+/// The access log lines (JSON) the agent wrote so far.
+fn log_paths(agent: &Agent) -> Vec<String> {
+    agent
+        .stdout()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|entry| entry["path"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn wait_for_log(agent: &Agent, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log_paths(agent).iter().any(|p| p == path) {
+        assert!(
+            Instant::now() < deadline,
+            "no access log line for {path}: {:?}",
+            agent.stdout()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metric_overrides_and_access_log_filters_apply_and_reload() {
+    let app = Upstream::start("reviews").await;
+    let base = doc("reviews", app.addr, NO_COLLECTOR);
+    let agent = Agent::start(&(base.clone() + METRICS));
+    let client = Client::h1(agent.inbound);
+
+    assert_eq!(client.get("http://reviews:9080/ok").await.status, 200);
+    app.fail_with(404);
+    assert_eq!(client.get("http://reviews:9080/missing").await.status, 404);
+    assert_eq!(client.get("http://reviews:9080/gone").await.status, 404);
+
+    let scrape = agent.metrics().await;
+    assert!(
+        !scrape.text.contains("istio_request_duration_milliseconds"),
+        "REQUEST_DURATION disabled on the server side: not served"
+    );
+    assert_eq!(
+        scrape.histogram_count("istio_request_bytes", &[("reporter", "destination")]),
+        3,
+        "the other metrics are untouched"
+    );
+    let requests: Vec<_> = scrape.matching("istio_requests_total", &[]).collect();
+    assert_eq!(
+        requests.iter().map(|s| s.value).sum::<f64>(),
+        3.0,
+        "{}\n{:?}",
+        scrape.text,
+        agent.stderr()
+    );
+    for sample in &requests {
+        assert!(
+            !sample.labels.contains_key("request_protocol"),
+            "removed: {:?}",
+            sample.labels
+        );
+        assert_eq!(sample.labels["request_method"], "GET", "upserted");
+    }
+    assert_eq!(
+        scrape.sum("istio_requests_total", &[("response_code", "404")]),
+        2.0
+    );
+
+    // Only the responses the filter keeps are logged.
+    wait_for_log(&agent, "/gone");
+    let logged = log_paths(&agent);
+    assert!(logged.contains(&"/missing".to_owned()), "{logged:?}");
+    assert!(!logged.contains(&"/ok".to_owned()), "a 200 is filtered out");
+
+    // A live reload without the Telemetry: the standard families again, and
+    // the Agent's own settings for the log (none here).
+    write_atomically(&agent.config, &base);
+    wait_for_version(&agent, 2.0).await;
+    assert_eq!(client.get("http://reviews:9080/after").await.status, 404);
+    let scrape = agent.metrics().await;
+    assert_eq!(
+        scrape.histogram_count(
+            "istio_request_duration_milliseconds",
+            &[("reporter", "destination")]
+        ),
+        1,
+        "served again, counting from the reload"
+    );
+    let after: Vec<_> = scrape.matching("istio_requests_total", &[]).collect();
+    assert_eq!(after.len(), 1, "a new family: {after:?}");
+    assert_eq!(after[0].labels["request_protocol"], "http");
+    assert!(!after[0].labels.contains_key("request_method"));
+    assert_eq!(client.get("http://reviews:9080/unlogged").await.status, 404);
+    assert!(!log_paths(&agent).contains(&"/after".to_owned()));
+}

@@ -175,6 +175,7 @@ pub async fn handle(
             head: &parts,
             tap: body.tap(),
             parent: ex.span_context(),
+            report_spans: ex.reports_spans(),
             port: routed.port,
             version: parts.version,
             grpc: ex.is_grpc(),

@@ -23,7 +23,7 @@ use crate::model::balancer::PickInput;
 use crate::model::cluster::Cluster;
 use crate::model::policy::{Mirror, roll};
 use crate::telemetry::otlp_wire::Value;
-use crate::telemetry::span::{Kind, Parent, Span};
+use crate::telemetry::span::{Kind, Parent, Sampling, Span};
 use crate::trace_context;
 
 /// Longest a mirrored request may take.
@@ -41,6 +41,9 @@ pub struct Copies<'a> {
     pub tap: Option<&'a Tap>,
     /// The request's span (parent of each copy's span).
     pub parent: SpanContext,
+    /// The copies' spans are reported (the side's Telemetry does not set
+    /// `disableSpanReporting`).
+    pub report_spans: bool,
     /// The port the request was addressed to.
     pub port: u16,
     /// The caller's protocol version and whether it is gRPC.
@@ -65,6 +68,7 @@ impl Copies<'_> {
                 head,
                 tap: self.tap.cloned(),
                 parent: self.parent.clone(),
+                report_spans: self.report_spans,
                 h2,
             };
             tokio::task::spawn_local(copy.run());
@@ -78,6 +82,7 @@ struct Copy {
     head: Parts,
     tap: Option<Tap>,
     parent: SpanContext,
+    report_spans: bool,
     h2: bool,
 }
 
@@ -101,7 +106,12 @@ impl Copy {
             context: Some(&self.parent),
             decision: None,
         };
-        let mut span = Span::start(&self.worker.spans, Kind::Client, parent, SystemTime::now());
+        let sampling = Sampling {
+            ratio: self.worker.spans.ratio(),
+            report: self.report_spans,
+        };
+        let spans = &self.worker.spans;
+        let mut span = Span::start_with(spans, Kind::Client, parent, SystemTime::now(), sampling);
         span.set_name(|name| {
             name.push_str(&host);
             name.push_str(" mirror");

@@ -26,9 +26,10 @@ use crate::model::endpoint::Endpoint;
 use crate::model::endpoint::UpstreamAddr;
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
+use crate::model::telemetry::Side;
 use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter};
 use crate::telemetry::otlp_wire::Value;
-use crate::telemetry::span::{Kind, Parent, Span};
+use crate::telemetry::span::{Kind, Parent, Sampling, Span};
 use crate::tls::io::UpstreamIo;
 use crate::tls::{PeerTls, handshake};
 
@@ -111,7 +112,13 @@ pub async fn proxy<IO>(
         context: None,
         decision: None,
     };
-    let mut span = Span::start(&worker.spans, kind, parent, SystemTime::now());
+    // The side's Telemetry: sampling of new traces and span reporting.
+    let side = match direction {
+        Direction::Outbound => Side::Client,
+        Direction::Inbound => Side::Server,
+    };
+    let sampling = Sampling::of(&snapshot.telemetry, side, worker.spans.ratio());
+    let mut span = Span::start_with(&worker.spans, kind, parent, SystemTime::now(), sampling);
     let reporter = match direction {
         Direction::Outbound => Reporter::Source,
         Direction::Inbound => Reporter::Destination,

@@ -96,6 +96,11 @@ impl HopSpan {
         self.recording
     }
 
+    /// Whether spans are reported (Telemetry's `disableSpanReporting` unset).
+    pub fn reports(&self) -> bool {
+        self.report
+    }
+
     /// This hop's span context (the parent of mirrors).
     pub fn context(&self) -> SpanContext {
         self.span.context().clone()

@@ -15,6 +15,7 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId};
 use super::otlp_wire::{self as wire, Value};
 use super::sampler;
 use super::spans::WorkerSpans;
+use crate::model::telemetry::{Side, TelemetryPolicy};
 use crate::trace_context::Decision;
 
 /// OTLP's `Span.SpanKind`.
@@ -113,6 +114,19 @@ pub struct Sampling {
     /// A sampled span is reported (`disableSpanReporting: false`); when
     /// false it is still sampled and propagated as such, never recorded.
     pub report: bool,
+}
+
+impl Sampling {
+    /// What the workload's Telemetry says for `side`: its share of new
+    /// traces (else the mesh's, else `agent_ratio`, the Agent's
+    /// `spec.telemetry.sampling`) and whether spans are reported.
+    pub fn of(policy: &TelemetryPolicy, side: Side, agent_ratio: f64) -> Self {
+        let tracing = policy.side(side).tracing.as_ref();
+        Self {
+            ratio: policy.sampling_percent(side, agent_ratio) / 100.0,
+            report: tracing.is_none_or(|t| !t.disabled),
+        }
+    }
 }
 
 impl Span {

@@ -88,10 +88,7 @@ impl Exchange {
         let telemetry = &snapshot.telemetry;
         let side_policy = telemetry.side(side);
         let tracing = side_policy.tracing.as_ref();
-        let sampling = Sampling {
-            ratio: telemetry.sampling_percent(side, worker.spans.ratio()) / 100.0,
-            report: tracing.is_none_or(|t| !t.disabled),
-        };
+        let sampling = Sampling::of(telemetry, side, worker.spans.ratio());
         let span = HopSpan::start(&worker.spans, down.direction, req.headers(), sampling);
         let tls = down.tls.as_ref();
         let peer = match down.direction {
@@ -166,6 +163,12 @@ impl Exchange {
     /// Whether the request is gRPC.
     pub fn is_grpc(&self) -> bool {
         self.record.grpc
+    }
+
+    /// Whether this hop's spans are reported (its side's Telemetry does not
+    /// set `disableSpanReporting`): mirrors' spans follow it.
+    pub fn reports_spans(&self) -> bool {
+        self.span.reports()
     }
 
     /// This hop's span context (the parent of mirrors).

@@ -21,40 +21,6 @@ use opentelemetry_proto::tonic::trace::v1::span::Event;
 
 const HEADER: &str = "x-tracemesh-response-code-details";
 
-/// The access log line of the request for `path` (waits for it).
-fn log_line(agent: &Agent, path: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let found = agent.stdout().iter().find_map(|line| {
-            let entry: serde_json::Value = serde_json::from_str(line).ok()?;
-            (entry["path"] == path).then_some(entry)
-        });
-        if let Some(entry) = found {
-            return entry;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no access log line for {path}: {:?}",
-            agent.stdout()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The agent's span of the request for `path`.
-async fn span_of(otlp: &Receiver, path: &str) -> ReceivedSpan {
-    let has = |s: &ReceivedSpan| {
-        s.attr("url.path").as_deref() == Some(path)
-            && s.attr("tracemesh.response_code_details").is_some()
-    };
-    let spans = otlp
-        .wait_for(&format!("the span of {path}"), |spans| {
-            spans.iter().any(has)
-        })
-        .await;
-    spans.into_iter().find(has).unwrap()
-}
-
 fn event<'a>(span: &'a ReceivedSpan, name: &str) -> Option<&'a Event> {
     span.span.events.iter().find(|e| e.name == name)
 }
@@ -84,13 +50,13 @@ async fn reported(
             "{path}: upstream replies carry no details header"
         );
     }
-    let span = span_of(otlp, path).await;
+    let span = otlp.span_of(path).await;
     assert_eq!(
         span.attr("tracemesh.response_code_details").as_deref(),
         Some(details),
         "{path}: the span"
     );
-    let line = log_line(agent, path);
+    let line = agent.access_log_line(path);
     assert_eq!(
         line["response_code_details"], details,
         "{path}: the access log"
@@ -176,7 +142,7 @@ spec:
     .await;
     // What the upstream answered says so, as Envoy's `via_upstream`.
     assert_eq!(
-        log_line(&agent, "/limited/1")["response_code_details"],
+        agent.access_log_line("/limited/1")["response_code_details"],
         "via_upstream"
     );
 }
@@ -298,7 +264,7 @@ spec:
         span.attr("tracemesh.route_name").as_deref(),
         Some("slow-route")
     );
-    assert_eq!(log_line(&agent, "/api/x")["route_name"], "slow-route");
+    assert_eq!(agent.access_log_line("/api/x")["route_name"], "slow-route");
 
     // Retries given up on a retriable status: the upstream's answer, URX,
     // and the rule (unnamed: its index); each retry an event naming it.
@@ -404,7 +370,7 @@ spec:
         (one.await.unwrap().status.as_u16(), two.status.as_u16()),
         (200, 200)
     );
-    let span = span_of(&otlp, "/q2").await;
+    let span = otlp.span_of("/q2").await;
     let wait = event(&span, "connection_pool_wait").expect("a pool wait event");
     assert_eq!(
         event_attr(wait, "tracemesh.limit").as_deref(),

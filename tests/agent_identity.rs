@@ -12,14 +12,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use base64::Engine;
 use common::agent::Agent;
 use common::client::{Client, Reply};
 use common::ext_authz;
 use common::mesh::{AgentDoc, NO_COLLECTOR};
-use common::otlp::{ReceivedSpan, Receiver};
+use common::otlp::Receiver;
 use common::upstream::{Upstream, closed_port};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
@@ -93,40 +92,6 @@ fn workload(app: SocketAddr, otlp: &str, extra: &str) -> String {
         + extra
 }
 
-/// The access log line of the request for `path` (waits for it).
-fn log_line(agent: &Agent, path: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let found = agent.stdout().iter().find_map(|line| {
-            let entry: serde_json::Value = serde_json::from_str(line).ok()?;
-            (entry["path"] == path).then_some(entry)
-        });
-        if let Some(entry) = found {
-            return entry;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no access log line for {path}: {:?}",
-            agent.stdout()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The agent's span of the request for `path`.
-async fn span_of(otlp: &Receiver, path: &str) -> ReceivedSpan {
-    let has = |s: &ReceivedSpan| {
-        s.attr("url.path").as_deref() == Some(path)
-            && s.attr("tracemesh.response_code_details").is_some()
-    };
-    let spans = otlp
-        .wait_for(&format!("the span of {path}"), |spans| {
-            spans.iter().any(has)
-        })
-        .await;
-    spans.into_iter().find(has).unwrap()
-}
-
 /// A refused request: status, body, flags and details in the reply header,
 /// the span and the access log.
 async fn refused(
@@ -145,7 +110,7 @@ async fn refused(
         "{path}: flags"
     );
     assert_eq!(reply.header(DETAILS).as_deref(), Some(details), "{path}");
-    let span = span_of(otlp, path).await;
+    let span = otlp.span_of(path).await;
     assert_eq!(
         span.attr("tracemesh.response_code_details").as_deref(),
         Some(details),
@@ -156,7 +121,7 @@ async fn refused(
         Some(flags),
         "{path}: the span's flags"
     );
-    let line = log_line(agent, path);
+    let line = agent.access_log_line(path);
     assert_eq!(line["response_code_details"], details, "{path}: the log");
     assert_eq!(line["response_flags"], flags, "{path}: the log's flags");
 }
@@ -287,13 +252,13 @@ spec:
         "forwardOriginalToken is false: the token stays at the sidecar"
     );
     // The ALLOW rule that let it in is named on the span and in the log.
-    let span = span_of(&otlp, "/api/admin").await;
+    let span = otlp.span_of("/api/admin").await;
     assert_eq!(
         span.attr("tracemesh.authz.policy").as_deref(),
         Some("default/require-jwt[1]")
     );
     assert_eq!(
-        log_line(&agent, "/api/admin")["authorization_policy"],
+        agent.access_log_line("/api/admin")["authorization_policy"],
         "default/require-jwt[1]"
     );
 }
@@ -384,7 +349,7 @@ async fn custom_policies_ask_the_http_authorizer_before_deny_and_allow() {
     let check = checks.lock().unwrap().last().cloned().unwrap();
     assert_eq!(check.path, "/api/allowed");
     assert_eq!(check.header("x-user"), Some("alice"));
-    let span = span_of(&otlp, "/api/allowed").await;
+    let span = otlp.span_of("/api/allowed").await;
     assert_eq!(
         span.attr("tracemesh.authz.policy").as_deref(),
         Some("default/ext[0] provider=authz")

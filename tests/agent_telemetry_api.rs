@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::agent::Agent;
 use common::client::Client;
 use common::mesh::{AgentDoc, NO_COLLECTOR};
-use common::otlp::{ReceivedSpan, Receiver};
+use common::otlp::Receiver;
 use common::upstream::Upstream;
 
 const MESH: &str = r#"---
@@ -74,13 +74,6 @@ fn workload_sampling(app: &str, percent: u32) -> String {
     )
 }
 
-/// Replaces the file in one step, as editors and ConfigMap updates do.
-fn write_atomically(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 /// Waits until the agent has accepted config version `version`.
 async fn wait_for_version(agent: &Agent, version: f64) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -103,17 +96,6 @@ fn upstream_sampled(app: &Upstream) -> bool {
     let seen = app.seen().pop().unwrap();
     let value = seen.headers["traceparent"].to_str().unwrap().to_owned();
     value.ends_with("-01")
-}
-
-/// The agent's SERVER span of the request for `path`.
-async fn span_of(otlp: &Receiver, path: &str) -> ReceivedSpan {
-    let has = |s: &ReceivedSpan| s.attr("url.path").as_deref() == Some(path);
-    let spans = otlp
-        .wait_for(&format!("the span of {path}"), |spans| {
-            spans.iter().any(has)
-        })
-        .await;
-    spans.into_iter().find(has).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -139,7 +121,7 @@ async fn sampling_and_custom_tags_follow_mesh_namespace_and_workload_resources()
         "100%: a new trace is sampled"
     );
     assert_eq!(client.get("http://reviews:9080/untagged").await.status, 200);
-    let span = span_of(&otlp, "/tagged").await;
+    let span = otlp.span_of("/tagged").await;
     assert_eq!(span.attr("tier").as_deref(), Some("backend"), "literal");
     assert_eq!(span.attr("team").as_deref(), Some("payments"), "header");
     let home = std::env::var("HOME").unwrap_or_else(|_| "no-home".into());
@@ -149,7 +131,7 @@ async fn sampling_and_custom_tags_follow_mesh_namespace_and_workload_resources()
         None,
         "the namespace's tags replace the mesh's"
     );
-    let span = span_of(&otlp, "/untagged").await;
+    let span = otlp.span_of("/untagged").await;
     assert_eq!(
         span.attr("team").as_deref(),
         Some("none"),
@@ -172,7 +154,7 @@ async fn sampling_and_custom_tags_follow_mesh_namespace_and_workload_resources()
         .await;
     assert_eq!(reply.status, 200);
     assert!(upstream_sampled(&ratings_app), "the caller sampled it");
-    let span = span_of(&otlp, "/continued").await;
+    let span = otlp.span_of("/continued").await;
     assert_eq!(span.attr("tier").as_deref(), Some("backend"));
     assert!(
         otlp.spans()
@@ -182,15 +164,12 @@ async fn sampling_and_custom_tags_follow_mesh_namespace_and_workload_resources()
     );
 
     // A live reload turns ratings' sampling to 100%.
-    write_atomically(
-        &ratings.config,
-        &(ratings_config + &workload_sampling("ratings", 100)),
-    );
+    ratings.rewrite_config(&(ratings_config + &workload_sampling("ratings", 100)));
     wait_for_version(&ratings, 2.0).await;
     let reply = client.get("http://ratings:9080/after-reload").await;
     assert_eq!(reply.status, 200);
     assert!(upstream_sampled(&ratings_app), "100% after the reload");
-    span_of(&otlp, "/after-reload").await;
+    otlp.span_of("/after-reload").await;
 }
 
 const METRICS: &str = r#"---
@@ -286,7 +265,7 @@ async fn metric_overrides_and_access_log_filters_apply_and_reload() {
 
     // A live reload without the Telemetry: the standard families again, and
     // the Agent's own settings for the log (none here).
-    write_atomically(&agent.config, &base);
+    agent.rewrite_config(&base);
     wait_for_version(&agent, 2.0).await;
     assert_eq!(client.get("http://reviews:9080/after").await.status, 404);
     let scrape = agent.metrics().await;

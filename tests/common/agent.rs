@@ -147,6 +147,35 @@ impl Agent {
         })
     }
 
+    /// The JSON access-log line the agent wrote for the request to `path`
+    /// (waits up to 30 s for it).
+    pub fn access_log_line(&self, path: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self.stdout().iter().find_map(|line| {
+                let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+                (entry["path"] == path).then_some(entry)
+            });
+            if let Some(entry) = found {
+                return entry;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no access log line for {path}: {:?}",
+                self.stdout()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Replaces the config file in one step, as editors and ConfigMap
+    /// updates do.
+    pub fn rewrite_config(&self, text: &str) {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
     /// Lines the agent wrote to stderr so far.
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()

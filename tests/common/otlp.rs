@@ -139,6 +139,21 @@ impl Receiver {
         self.sink.spans.lock().unwrap().clone()
     }
 
+    /// The agent's hop span of the request to `path` (the span with that
+    /// `url.path` and response details), waiting for it.
+    pub async fn span_of(&self, path: &str) -> ReceivedSpan {
+        let has = |s: &ReceivedSpan| {
+            s.attr("url.path").as_deref() == Some(path)
+                && s.attr("tracemesh.response_code_details").is_some()
+        };
+        let spans = self
+            .wait_for(&format!("the span of {path}"), |spans| {
+                spans.iter().any(has)
+            })
+            .await;
+        spans.into_iter().find(has).unwrap()
+    }
+
     /// Waits until `pred` holds over the received spans (or 30 s pass).
     pub async fn wait_for(
         &self,

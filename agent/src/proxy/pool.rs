@@ -667,7 +667,10 @@ mod tests {
                     .await
                     .expect("a connection after the sweep");
                 assert!(lease.waited.is_some(), "B had to wait as a pending request");
-                assert!(!lease.reused, "B opened its own connection in the freed slot");
+                assert!(
+                    !lease.reused,
+                    "B opened its own connection in the freed slot"
+                );
                 assert!(!a.has_idle(&key));
             })
             .await;
@@ -699,10 +702,17 @@ mod tests {
                 // pooled connection and closes it at its idle timeout.
                 let give_up = Instant::now() + Duration::from_secs(30);
                 while pools.has_idle(&key) {
-                    assert!(Instant::now() < give_up, "the idle connection was never closed");
+                    assert!(
+                        Instant::now() < give_up,
+                        "the idle connection was never closed"
+                    );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                assert_eq!(pools.sweep_at.get(), None, "nothing pooled again: no deadline");
+                assert_eq!(
+                    pools.sweep_at.get(),
+                    None,
+                    "nothing pooled again: no deadline"
+                );
             })
             .await;
     }

@@ -7,8 +7,14 @@
 //! `http1MaxPendingRequests`, else UO). While requests wait, connections that
 //! come free are closed rather than kept idle, so a waiter on any worker can
 //! open one.
+//!
+//! Idle connections are swept without a periodic timer ([`Pools::keep_swept`]):
+//! the sweeper sleeps until the earliest idle deadline, and is woken when a
+//! connection is pooled with an earlier one, when a pooled connection
+//! closes, and when a request on any worker starts waiting for a slot. A
+//! worker with nothing pooled has no timer for it at all.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
@@ -19,6 +25,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{IntCounter, IntCounterVec};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::LocalExec;
 use super::body::UpstreamBody;
@@ -32,6 +39,12 @@ use crate::tls::io::UpstreamIo;
 
 /// Most idle HTTP/1.1 connections kept per endpoint and worker.
 const MAX_IDLE: usize = 256;
+
+/// Told when a request on any worker starts waiting for a connection slot
+/// (and again every 50 ms while it waits), so workers holding idle
+/// connections of a limited cluster close them for it. Process-wide: a
+/// wakeup for another agent's cluster in the same process costs a sweep.
+static WAITING: Notify = Notify::const_new();
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +147,11 @@ struct Slotted {
 pub struct Pools {
     idle: RefCell<HashMap<PoolKey, Vec<Idle>>>,
     shared_h2: RefCell<HashMap<PoolKey, (http2::SendRequest<UpstreamBody>, PeerIdentity)>>,
+    /// Wakes the sweeper before its deadline.
+    sweep_now: Notify,
+    /// When the sweeper wakes on its own: the earliest idle deadline, or
+    /// `None` with nothing pooled (it sleeps until woken).
+    sweep_at: Cell<Option<Instant>>,
     opened: IntCounter,
     tls_failures: IntCounterVec,
 }
@@ -178,10 +196,17 @@ impl Lease {
                 served: self.served + 1,
                 idle_timeout: self.idle_timeout,
             };
-            let mut pools = pools.idle.borrow_mut();
-            let list = pools.entry(self.key).or_default();
+            let deadline = idle.since + idle.idle_timeout;
+            let mut idle_lists = pools.idle.borrow_mut();
+            let list = idle_lists.entry(self.key).or_default();
             if list.len() < MAX_IDLE {
                 list.push(idle);
+                // Only a deadline earlier than the sweeper's wakes it: with
+                // one idle timeout per pool, the first connection pooled.
+                if pools.sweep_at.get().is_none_or(|at| deadline < at) {
+                    pools.sweep_at.set(Some(deadline));
+                    pools.sweep_now.notify_one();
+                }
             }
         }
     }
@@ -193,6 +218,8 @@ impl Pools {
         Self {
             idle: RefCell::default(),
             shared_h2: RefCell::default(),
+            sweep_now: Notify::new(),
+            sweep_at: Cell::new(None),
             opened,
             tls_failures,
         }
@@ -252,10 +279,17 @@ impl Pools {
                 addr: key.addr.to_string(),
                 source,
             })?;
+        let pools = Rc::downgrade(self);
         tokio::task::spawn_local(async move {
             let _slot = slot; // the connection counts until it closes
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, "upstream connection closed with an error");
+            }
+            // It may have been idle in the pool: the sweeper lets it go.
+            if let Some(pools) = pools.upgrade()
+                && !pools.idle.borrow().is_empty()
+            {
+                pools.sweep_now.notify_one();
             }
         });
         Ok(lease(sender, peer, false, 0, waited))
@@ -371,6 +405,8 @@ impl Pools {
             if usable() {
                 return Ok(after_waiting(None));
             }
+            // Workers holding idle connections of this cluster let them go.
+            WAITING.notify_waiters();
             let wait = give_up
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
@@ -405,20 +441,69 @@ impl Pools {
     }
 
     /// Closes idle connections that closed, idled past their timeout, or
-    /// hold a slot that requests of another worker are waiting for.
-    pub fn sweep(&self) {
+    /// hold a slot that requests of another worker are waiting for. Returns
+    /// what the sweeper waits for next.
+    fn sweep(&self) -> Next {
         let now = Instant::now();
+        let mut next = Next::default();
         self.idle.borrow_mut().retain(|key, list| {
             let wanted = key.counted_by.as_ref().is_some_and(|c| c.0.has_waiters());
             list.retain(|c| {
                 !wanted && !c.sender.is_closed() && now.duration_since(c.since) < c.idle_timeout
             });
+            for c in list.iter() {
+                let deadline = c.since + c.idle_timeout;
+                next.at = Some(next.at.map_or(deadline, |at| at.min(deadline)));
+            }
+            next.limited |= !list.is_empty() && key.counted_by.is_some();
             !list.is_empty()
         });
         self.shared_h2
             .borrow_mut()
             .retain(|_, (sender, _)| !sender.is_closed());
+        self.sweep_at.set(next.at);
+        next
     }
+
+    /// Sweeps whenever an idle connection can be due to close: at the
+    /// earliest idle deadline, when a connection is pooled with an earlier
+    /// one or a pooled connection closes, and, while connections of a
+    /// limited cluster are pooled, when a request on any worker starts
+    /// waiting for a slot. With nothing pooled it sleeps with no timer.
+    /// Runs on the worker's thread until the worker stops.
+    pub async fn keep_swept(self: Rc<Self>) {
+        loop {
+            let next = self.sweep();
+            let woken = self.sweep_now.notified();
+            let waiting = async {
+                if next.limited {
+                    WAITING.notified().await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let due = async {
+                match next.at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = woken => {}
+                () = waiting => {}
+                () = due => {}
+            }
+        }
+    }
+}
+
+/// What the sweeper waits for after a sweep.
+#[derive(Debug, Default)]
+struct Next {
+    /// The earliest idle deadline.
+    at: Option<Instant>,
+    /// Idle connections of a cluster that limits connections are pooled.
+    limited: bool,
 }
 
 /// Opens a plain TCP connection to an endpoint (for TCP proxying too).
@@ -561,10 +646,12 @@ mod tests {
     async fn an_idle_connection_another_worker_waits_for_is_swept() {
         LocalSet::new()
             .run_until(async {
-                let (address, accepted) = server().await;
+                let (address, _) = server().await;
                 let cluster = limited(address, 1, 8);
                 let key = key(&cluster);
                 let (a, b) = (pools(), pools());
+                // A's sweeper, as its worker runs it.
+                tokio::task::spawn_local(a.clone().keep_swept());
                 let mut lease = a
                     .h1(&key, &cluster, &TlsPlan::Plain)
                     .await
@@ -573,23 +660,59 @@ mod tests {
                 lease.release();
                 assert!(a.has_idle(&key), "nobody waits: kept for reuse");
 
-                let waiting = {
-                    let (b, key, cluster) = (b.clone(), key.clone(), cluster.clone());
-                    tokio::task::spawn_local(async move {
-                        b.h1(&key, &cluster, &TlsPlan::Plain).await.map(|_| ())
-                    })
-                };
-                while !cluster.state.has_waiters() {
-                    tokio::task::yield_now().await;
-                }
-                assert_eq!(accepted.get(), 1, "B cannot open past maxConnections");
-                a.sweep();
-                waiting
+                // B waits for the slot A's idle connection holds; its
+                // waiting wakes A's sweeper, which lets the connection go.
+                let lease = b
+                    .h1(&key, &cluster, &TlsPlan::Plain)
                     .await
-                    .expect("joined")
                     .expect("a connection after the sweep");
-                assert_eq!(accepted.get(), 2);
+                assert!(lease.waited.is_some(), "B had to wait as a pending request");
+                assert!(
+                    !lease.reused,
+                    "B opened its own connection in the freed slot"
+                );
                 assert!(!a.has_idle(&key));
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_after_its_idle_timeout() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, _) = server().await;
+                let limits = PoolLimits {
+                    idle_timeout: Duration::from_millis(200),
+                    ..PoolLimits::default()
+                };
+                let cluster = super::super::testing::cluster(&[address], limits, None);
+                let key = key(&cluster);
+                let pools = pools();
+                tokio::task::spawn_local(pools.clone().keep_swept());
+                tokio::task::yield_now().await;
+                assert_eq!(pools.sweep_at.get(), None, "nothing pooled: no deadline");
+                let mut lease = pools
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                lease.sender.ready().await.expect("ready for a request");
+                lease.release();
+                assert!(pools.has_idle(&key));
+                // The sweeper, asleep with no deadline, was woken by the
+                // pooled connection and closes it at its idle timeout.
+                let give_up = Instant::now() + Duration::from_secs(30);
+                while pools.has_idle(&key) {
+                    assert!(
+                        Instant::now() < give_up,
+                        "the idle connection was never closed"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                assert_eq!(
+                    pools.sweep_at.get(),
+                    None,
+                    "nothing pooled again: no deadline"
+                );
             })
             .await;
     }

@@ -124,15 +124,9 @@ fn run_worker(
                 stopped.clone(),
             )));
         }
-        let pools = worker.pools.clone();
-        tokio::task::spawn_local(async move {
-            loop {
-                // Often enough that idle connections held for other workers'
-                // waiting requests are let go within a blink.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                pools.sweep();
-            }
-        });
+        // Idle upstream connections close at their deadlines, with no
+        // periodic timer while nothing is pooled.
+        tokio::task::spawn_local(worker.pools.clone().keep_swept());
         for accept_loop in loops {
             let _ = accept_loop.await;
         }

@@ -200,7 +200,7 @@ pub struct SpanPipeline {
 }
 
 impl SpanPipeline {
-    /// Starts the export thread (at the lowest CPU priority) with its OTLP
+    /// Starts the export thread (below the workers' CPU priority) with its OTLP
     /// client; the endpoint and headers are checked here.
     pub fn start(
         spec: &Telemetry,

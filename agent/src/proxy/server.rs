@@ -35,8 +35,8 @@ use crate::tls::{PeerTls, handshake};
 
 /// A running worker thread.
 pub struct WorkerHandle {
-    thread: std::thread::JoinHandle<()>,
-    stop: watch::Sender<bool>,
+    pub(super) thread: std::thread::JoinHandle<()>,
+    pub(super) stop: watch::Sender<bool>,
 }
 
 impl WorkerHandle {
@@ -142,7 +142,7 @@ fn run_worker(
     });
 }
 
-fn http_builder() -> auto::Builder<LocalExec> {
+pub(super) fn http_builder() -> auto::Builder<LocalExec> {
     let mut builder = auto::Builder::new(LocalExec);
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
     builder
@@ -189,12 +189,12 @@ impl Accept {
 }
 
 /// What serving one connection needs.
-struct Connection {
-    worker: Rc<Worker>,
-    http: Rc<auto::Builder<LocalExec>>,
+pub(super) struct Connection {
+    pub(super) worker: Rc<Worker>,
+    pub(super) http: Rc<auto::Builder<LocalExec>>,
     /// Told when the worker drains; dropped when the connection is done,
     /// which is what draining waits for.
-    drain: watch::Receiver<()>,
+    pub(super) drain: watch::Receiver<()>,
 }
 
 impl Connection {
@@ -232,6 +232,7 @@ impl Connection {
             tls,
             captured: None,
             activity: Activity::new(),
+            gateway: None,
         };
         self.http(io, down).await;
     }
@@ -255,6 +256,7 @@ impl Connection {
                     tls: None,
                     captured: Some(captured),
                     activity: Activity::new(),
+                    gateway: None,
                 };
                 match decided {
                     Ok(interception::Outbound::Http(captured)) => {
@@ -334,6 +336,7 @@ impl Connection {
                 tls,
                 captured: Some(Captured::Inbound { app }),
                 activity: Activity::new(),
+                gateway: None,
             };
             self.http(io, down).await;
         } else {
@@ -371,7 +374,7 @@ impl Connection {
     }
 
     /// Serves HTTP/1.1 and HTTP/2 on `io` until the connection ends.
-    async fn http<IO>(self, io: IO, down: Downstream)
+    pub(super) async fn http<IO>(self, io: IO, down: Downstream)
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -434,14 +437,14 @@ async fn accept_tcp(
     }
 }
 
-fn to_tokio(socket: StdListener) -> Option<TcpListener> {
+pub(super) fn to_tokio(socket: StdListener) -> Option<TcpListener> {
     TcpListener::from_std(socket)
         .map_err(|error| tracing::error!(%error, "cannot register a listener"))
         .ok()
 }
 
 /// The next connection, or `None` once the worker is told to stop.
-async fn accept(
+pub(super) async fn accept(
     listener: &TcpListener,
     stopped: &mut watch::Receiver<bool>,
 ) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {

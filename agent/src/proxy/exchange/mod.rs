@@ -35,6 +35,7 @@ use crate::model::peer::PeerInfo;
 use crate::model::route::Matched;
 use crate::model::service::ServiceName;
 use crate::telemetry::hop_span::HopSpan;
+use crate::telemetry::span::Kind;
 use crate::telemetry::peer_metadata::PEER_METADATA;
 use crate::telemetry::record::{self, Details, LogFields, RequestRecord};
 
@@ -74,7 +75,13 @@ impl Exchange {
         snapshot: &Snapshot,
         req: &Request<Incoming>,
     ) -> Box<Self> {
-        let span = HopSpan::start(&worker.spans, down.direction, req.headers());
+        // An ingress gateway is where a request enters the mesh: its span
+        // is the trace's SERVER root (Istio's gateway starts the trace).
+        let kind = match (down.direction, &down.gateway) {
+            (Direction::Inbound, _) | (Direction::Outbound, Some(_)) => Kind::Server,
+            (Direction::Outbound, None) => Kind::Client,
+        };
+        let span = HopSpan::start(&worker.spans, kind, req.headers());
         let tls = down.tls.as_ref();
         let peer = match down.direction {
             Direction::Inbound => req.headers().get(PEER_METADATA).and_then(|v| {

@@ -40,7 +40,7 @@ pub fn write_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-fn pump<R: std::io::Read + Send + 'static>(
+pub(super) fn pump<R: std::io::Read + Send + 'static>(
     reader: R,
     lines: Arc<Mutex<Vec<String>>>,
     ready: Option<mpsc::Sender<String>>,
@@ -49,7 +49,7 @@ fn pump<R: std::io::Read + Send + 'static>(
         for line in BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
             if let Some(tx) = &ready
-                && line.contains("agent ready")
+                && (line.contains("agent ready") || line.contains("gateway ready"))
             {
                 let _ = tx.send(line.clone());
             }
@@ -58,7 +58,7 @@ fn pump<R: std::io::Read + Send + 'static>(
     });
 }
 
-fn field(line: &str, key: &str) -> Option<String> {
+pub(super) fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(&format!(" {key}="))? + key.len() + 2;
     Some(line[start..].split(' ').next()?.to_owned())
 }

@@ -145,6 +145,10 @@ pub async fn handle(
         client_ip: down.peer.ip(),
         caller_principal: down.tls.as_ref().and_then(|t| t.principal.as_deref()),
         edits: routed.request_edits(),
+        edge_scheme: down
+            .gateway
+            .as_ref()
+            .map(|g| if g.tls { "https" } else { "http" }),
     };
     let prepared = headers::prepare_request(&mut parts, &outgoing, |headers| {
         ex.inject_trace_context(headers);

@@ -425,3 +425,50 @@ spec:
         }
     }
 }
+
+/// The gateway reloads its file as the agent does: a changed
+/// VirtualService routes the next requests, over the connection already
+/// open; a broken file is refused and the config in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_reloads_its_file() {
+    let v1 = Upstream::start("reviews-v1").await;
+    let v2 = Upstream::start("reviews-v2").await;
+    let mut base = bootstrap(&[80], common::mesh::NO_COLLECTOR, "");
+    for u in [&v1, &v2] {
+        base += &service_entry(&u.name, 9080, "HTTP", &[Ep { addr: u.addr, labels: &[] }]);
+    }
+    base += r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+"#;
+    let routed_to = |backend: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: shop}}\nspec:\n  hosts: [\"*\"]\n  gateways: [shop]\n  http: [{{route: [{{destination: {{host: {backend}}}}}]}}]\n"
+        )
+    };
+    let gateway = Gateway::start(&(base.clone() + &routed_to("reviews-v1")));
+    let client = Client::h1(gateway.port(80));
+    assert_eq!(client.get("http://shop/").await.upstream(), "reviews-v1");
+
+    std::fs::write(&gateway.config, base.clone() + &routed_to("reviews-v2")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if client.get("http://shop/").await.upstream() == "reviews-v2" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:?}", gateway.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    std::fs::write(&gateway.config, base + "---\nkind: VirtualService\nspec: [\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !gateway.stderr().iter().any(|l| l.contains("config rejected")) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", gateway.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(client.get("http://shop/").await.upstream(), "reviews-v2");
+}

@@ -80,7 +80,7 @@ impl Ready<'_> {
         let _ = writeln!(out, "  data directory     {}", self.data_dir.display());
         let _ = writeln!(
             out,
-            "  mesh config        {}/<workload>.yaml (edit one: its sidecar reloads it)",
+            "  mesh config        {}/<workload>.yaml (edit one: its sidecar, or the gateway, reloads it)",
             self.mesh_dir.display()
         );
         let split: Vec<String> = self

@@ -4,8 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 
-use super::agent::{binary, field, pump, write_config};
+use super::agent::{Started, binary, field, start_until_ready, write_config};
 
 /// A running gateway process; killed when dropped.
 pub struct Gateway {
@@ -67,39 +66,14 @@ impl Gateway {
     /// Starts a gateway; `Err` carries its stderr when it exits instead.
     pub fn try_start(yaml: &str) -> Result<Gateway, String> {
         let (dir, path) = write_config(yaml);
-        let mut child = Command::new(binary())
-            .args(["gateway", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tracemesh");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        pump(child.stderr.take().unwrap(), stderr.clone(), Some(tx));
-        pump(child.stdout.take().unwrap(), stdout.clone(), None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let line = loop {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-                break line;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
-                return Err(format!(
-                    "exited with {status}:\n{}",
-                    stderr.lock().unwrap().join("\n")
-                ));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err(format!(
-                    "no ready line:\n{}",
-                    stderr.lock().unwrap().join("\n")
-                ));
-            }
-        };
+        let mut command = Command::new(binary());
+        command.args(["gateway", "--config"]).arg(&path);
+        let Started {
+            child,
+            line,
+            stderr,
+            stdout,
+        } = start_until_ready(command)?;
         let ports = field(&line, "ports")
             .unwrap_or_default()
             .split(',')

@@ -129,7 +129,10 @@ async fn http_enters_the_mesh_through_the_gateway_as_the_trace_root() {
         .await;
     let root = spans
         .iter()
-        .find(|s| s.service == "istio-ingressgateway" && s.attr("url.path").as_deref() == Some("/productpage"))
+        .find(|s| {
+            s.service == "istio-ingressgateway"
+                && s.attr("url.path").as_deref() == Some("/productpage")
+        })
         .expect("the gateway's span");
     assert_eq!(root.parent_id(), "", "the gateway starts the trace");
     assert_eq!(root.span.kind, 2, "SERVER");
@@ -138,7 +141,11 @@ async fn http_enters_the_mesh_through_the_gateway_as_the_trace_root() {
         .find(|s| s.service == "productpage" && s.span.kind == 2)
         .expect("the sidecar's inbound span");
     assert_eq!(hop.trace_id(), root.trace_id());
-    assert_eq!(hop.parent_id(), root.span_id(), "the mesh hop is the gateway's child");
+    assert_eq!(
+        hop.parent_id(),
+        root.span_id(),
+        "the mesh hop is the gateway's child"
+    );
 
     let metrics = gateway.metrics().await;
     let labels = [
@@ -181,7 +188,8 @@ async fn http_enters_the_mesh_through_the_gateway_as_the_trace_root() {
     assert!(routes.contains("\"http.8080\""), "{routes}");
     let log = gateway.wait_stdout_lines(2);
     assert!(
-        log.iter().any(|l| l.contains("/productpage") && l.contains("200")),
+        log.iter()
+            .any(|l| l.contains("/productpage") && l.contains("200")),
         "{log:?}"
     );
 }
@@ -194,7 +202,11 @@ async fn http_enters_the_mesh_through_the_gateway_as_the_trace_root() {
 async fn https_terminates_by_sni_passes_tls_through_and_redirects_http() {
     let app = Upstream::start("bookinfo").await;
     let database = TlsUpstream::start(&["db.example.com"], false).await;
-    let creds = Credentials::issue("istio-system", "bookinfo-credential", &["bookinfo.example.com"]);
+    let creds = Credentials::issue(
+        "istio-system",
+        "bookinfo-credential",
+        &["bookinfo.example.com"],
+    );
     let mut yaml = bootstrap(
         &[80, 443, 8443],
         common::mesh::NO_COLLECTOR,
@@ -265,9 +277,16 @@ spec:
     // SIMPLE, by SNI, over HTTP/2 and HTTP/1.1 as ALPN chooses.
     let https = gateway.port(443);
     for alpn in [&["h2", "http/1.1"][..], &["http/1.1"]] {
-        let reply = tls_get(https, "bookinfo.example.com", root, alpn, None, "/productpage")
-            .await
-            .unwrap();
+        let reply = tls_get(
+            https,
+            "bookinfo.example.com",
+            root,
+            alpn,
+            None,
+            "/productpage",
+        )
+        .await
+        .unwrap();
         assert_eq!(reply.status, 200, "{reply:?} {:?}", gateway.stderr());
         assert_eq!(reply.upstream.as_deref(), Some("bookinfo"));
         assert_eq!(reply.alpn.as_deref(), Some(alpn[0]));
@@ -308,13 +327,23 @@ spec:
     .unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(app.seen().pop().unwrap().path, "/reviews");
-    let refused = tls_get(mutual, "bookinfo.example.com", root, &["h2"], None, "/reviews").await;
+    let refused = tls_get(
+        mutual,
+        "bookinfo.example.com",
+        root,
+        &["h2"],
+        None,
+        "/reviews",
+    )
+    .await;
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(app.count(), 3);
 
     // httpsRedirect: 301 to the same host and path over https.
     let plain = Client::h1(gateway.port(80));
-    let reply = plain.get("http://bookinfo.example.com/productpage?u=1").await;
+    let reply = plain
+        .get("http://bookinfo.example.com/productpage?u=1")
+        .await;
     assert_eq!(reply.status, 301);
     assert_eq!(
         reply.header("location").as_deref(),
@@ -341,7 +370,15 @@ async fn an_httproute_routes_as_the_equivalent_virtual_service() {
     let v2 = Upstream::start("reviews-v2").await;
     let mut yaml = bootstrap(&[80, 81], common::mesh::NO_COLLECTOR, "");
     for u in [&v1, &v2] {
-        yaml += &service_entry(&u.name, 9080, "HTTP", &[Ep { addr: u.addr, labels: &[] }]);
+        yaml += &service_entry(
+            &u.name,
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: u.addr,
+                labels: &[],
+            }],
+        );
     }
     yaml += r#"---
 apiVersion: networking.istio.io/v1
@@ -399,7 +436,12 @@ spec:
     let cases: &[(&str, &[(&str, &str)], u16, Option<&str>)] = &[
         ("/reviews", &[], 200, Some("reviews-v1")),
         ("/reviews/1", &[], 200, Some("reviews-v1")),
-        ("/reviews/1", &[("end-user", "jason")], 200, Some("reviews-v2")),
+        (
+            "/reviews/1",
+            &[("end-user", "jason")],
+            200,
+            Some("reviews-v2"),
+        ),
         ("/reviewsx", &[], 404, None),
         ("/old/page", &[], 302, None),
         ("/ratings", &[], 404, None),
@@ -435,7 +477,15 @@ async fn the_gateway_reloads_its_file() {
     let v2 = Upstream::start("reviews-v2").await;
     let mut base = bootstrap(&[80], common::mesh::NO_COLLECTOR, "");
     for u in [&v1, &v2] {
-        base += &service_entry(&u.name, 9080, "HTTP", &[Ep { addr: u.addr, labels: &[] }]);
+        base += &service_entry(
+            &u.name,
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: u.addr,
+                labels: &[],
+            }],
+        );
     }
     base += r#"---
 apiVersion: networking.istio.io/v1
@@ -460,14 +510,30 @@ spec:
         if client.get("http://shop/").await.upstream() == "reviews-v2" {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{:?}", gateway.stderr());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            gateway.stderr()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
-    std::fs::write(&gateway.config, base + "---\nkind: VirtualService\nspec: [\n").unwrap();
+    std::fs::write(
+        &gateway.config,
+        base + "---\nkind: VirtualService\nspec: [\n",
+    )
+    .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !gateway.stderr().iter().any(|l| l.contains("config rejected")) {
-        assert!(std::time::Instant::now() < deadline, "{:?}", gateway.stderr());
+    while !gateway
+        .stderr()
+        .iter()
+        .any(|l| l.contains("config rejected"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            gateway.stderr()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(client.get("http://shop/").await.upstream(), "reviews-v2");

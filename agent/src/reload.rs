@@ -176,7 +176,10 @@ fn warn_fixed_settings(old: &Snapshot, new: &Snapshot) {
     let ports = |s: &Snapshot| {
         s.gateway.as_ref().map(|g| {
             let ports = &g.listeners.ports;
-            ports.iter().map(|p| (p.number, p.listen)).collect::<Vec<_>>()
+            ports
+                .iter()
+                .map(|p| (p.number, p.listen))
+                .collect::<Vec<_>>()
         })
     };
     if ports(old) != ports(new) {

@@ -79,8 +79,7 @@ pub fn run_until(
     let admin = bind_admin(snapshot.listeners.admin)?;
     let admin_addr = admin.local_addr()?;
     let inbound_tcp = !snapshot.listeners.app_protocol.is_http();
-    let workers =
-        proxy::spawn_workers(&plane.shared, bound.per_worker, inbound_tcp, plane.drain)?;
+    let workers = proxy::spawn_workers(&plane.shared, bound.per_worker, inbound_tcp, plane.drain)?;
     let addresses = bound.addresses;
     let router = crate::admin::router(plane.shared.clone(), addresses.clone());
     let outbound_tcp: Vec<String> = addresses

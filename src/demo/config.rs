@@ -292,7 +292,11 @@ mod tests {
         let file = std::sync::Arc::from("istio-ingressgateway.yaml");
         let compiled = tracemesh_agent::compile::compile_gateway_text(&file, &yaml, 1, &live)
             .unwrap_or_else(|e| panic!("gateway:\n{yaml}\n{:?}", e.0));
-        let warnings: Vec<String> = compiled.diagnostics.warnings().map(ToString::to_string).collect();
+        let warnings: Vec<String> = compiled
+            .diagnostics
+            .warnings()
+            .map(ToString::to_string)
+            .collect();
         assert!(warnings.is_empty(), "gateway: {warnings:?}");
         assert!(compiled.snapshot.listeners.port(8080).is_some());
     }

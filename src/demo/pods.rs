@@ -211,7 +211,8 @@ impl PodMesh {
             .addresses
             .port(super::mesh::GATEWAY_PORT)
             .ok_or_else(|| anyhow!("the gateway has no Bookinfo port"))?;
-        mesh.admins.push(("istio-ingressgateway", gateway.addresses.admin));
+        mesh.admins
+            .push(("istio-ingressgateway", gateway.addresses.admin));
         mesh.gateway = Some(gateway);
         mesh.productpage_pod = entry;
         let browser = browser.into_std()?;

@@ -165,8 +165,8 @@ impl Credentials {
     /// A Secret `namespace/name` whose certificate names `hosts`.
     pub fn issue(namespace: &str, name: &str, hosts: &[&str]) -> Credentials {
         let tmp = tempfile::tempdir().unwrap();
-        let ca = tracemesh_ca::Authority::init(&tmp.path().join("ca"), "example.com", None)
-            .unwrap();
+        let ca =
+            tracemesh_ca::Authority::init(&tmp.path().join("ca"), "example.com", None).unwrap();
         let (key, issued) = ca.issue_server(hosts, &[]).unwrap();
         let dir = tmp.path().join("credentials");
         let secret = dir.join(namespace).join(name);
@@ -175,9 +175,8 @@ impl Credentials {
         std::fs::write(secret.join("tls.key"), &key).unwrap();
         std::fs::write(secret.join("ca.crt"), ca.root_pem()).unwrap();
         let id = tracemesh_ca::SpiffeId::new("example.com", "clients", "client").unwrap();
-        let (client_key, client_issued) = ca
-            .issue_with_key(&id, Duration::from_secs(3600))
-            .unwrap();
+        let (client_key, client_issued) =
+            ca.issue_with_key(&id, Duration::from_secs(3600)).unwrap();
         Credentials {
             dir,
             root_pem: ca.root_pem().to_owned(),

@@ -296,9 +296,8 @@ fn run_gateway(path: &Path, case: &Case) -> Result<(), String> {
         }
         yaml += "---\n";
         yaml += &case.routes;
-        let gateway = common::gateway::Gateway::try_start(&yaml).map_err(|e| {
-            format!("{}: the gateway refused the config: {e}", path.display())
-        })?;
+        let gateway = common::gateway::Gateway::try_start(&yaml)
+            .map_err(|e| format!("{}: the gateway refused the config: {e}", path.display()))?;
         let client = Client::h1(gateway.port(80));
         let mut failures = Vec::new();
         for (i, step) in case.requests.iter().enumerate() {

@@ -178,8 +178,15 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
         PortProtocol::Tcp => {
             if let Some(ChainAction::Forward(routes)) = port.chain(None).map(|c| &c.action) {
                 let target = l4_target(routes, None, number);
-                tcp::proxy(&connection.worker, stream, peer, None, Direction::Outbound, target)
-                    .await;
+                tcp::proxy(
+                    &connection.worker,
+                    stream,
+                    peer,
+                    None,
+                    Direction::Outbound,
+                    target,
+                )
+                .await;
             }
         }
         PortProtocol::Tls => {

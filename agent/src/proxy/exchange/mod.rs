@@ -35,9 +35,9 @@ use crate::model::peer::PeerInfo;
 use crate::model::route::Matched;
 use crate::model::service::ServiceName;
 use crate::telemetry::hop_span::HopSpan;
-use crate::telemetry::span::Kind;
 use crate::telemetry::peer_metadata::PEER_METADATA;
 use crate::telemetry::record::{self, Details, LogFields, RequestRecord};
+use crate::telemetry::span::Kind;
 
 /// Envoy's details of a response the upstream sent.
 const VIA_UPSTREAM: &str = "via_upstream";

@@ -433,7 +433,8 @@ spec:
     let gateway = Gateway::start(&yaml);
     let istio = Client::h1(gateway.port(80));
     let kubernetes = Client::h1(gateway.port(81));
-    let cases: &[(&str, &[(&str, &str)], u16, Option<&str>)] = &[
+    // (path, request headers, status, the backend that answers)
+    let cases: &[Case] = &[
         ("/reviews", &[], 200, Some("reviews-v1")),
         ("/reviews/1", &[], 200, Some("reviews-v1")),
         (
@@ -467,6 +468,10 @@ spec:
         }
     }
 }
+
+/// A request of [`an_httproute_routes_as_the_equivalent_virtual_service`]:
+/// path, request headers, the status, the backend that must answer.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16, Option<&'a str>);
 
 /// The gateway reloads its file as the agent does: a changed
 /// VirtualService routes the next requests, over the connection already

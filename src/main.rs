@@ -41,6 +41,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run an ingress gateway: listen on the ports Istio `Gateway`s and
+    /// Kubernetes Gateway API `Gateway`s name, and route what enters to the
+    /// mesh by the VirtualServices and routes bound to them, with the
+    /// sidecar's request path (spans, metrics, access log, admin API).
+    Gateway {
+        /// The gateway's config: an `IngressGateway` document plus the
+        /// resources it serves.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Make, serve and use the mesh's certificate authority (workload
     /// identities for mTLS).
     Ca {
@@ -94,6 +104,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Agent { config } => {
             tracemesh_agent::run_until(&config, signal::shutdown_signal(), |_| {})
                 .with_context(|| format!("agent {}", config.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gateway { config } => {
+            tracemesh_agent::run_gateway_until(&config, signal::shutdown_signal(), |_| {})
+                .with_context(|| format!("gateway {}", config.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Collector(args) => {

@@ -117,8 +117,8 @@ fn every_panel_query_returns_series_from_the_running_demo() {
     ]);
     let config = demo.data_dir().join("prometheus/prometheus.yml");
     let prometheus = Prometheus::start(&config);
-    // Seven sidecars and the collector.
-    let targets = prometheus.wait_for_two_scrapes(8);
+    // Seven sidecars, the ingress gateway and the collector.
+    let targets = prometheus.wait_for_two_scrapes(9);
     assert!(
         targets.iter().all(|t| t.ends_with("/metrics")),
         "{targets:?}"

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! `tracemesh demo` end to end: the real binary runs Bookinfo behind real
-//! sidecars for a few seconds; afterwards its span store must hold whole
-//! traces across five hops, the reviews split must follow the
+//! sidecars, entered through the ingress gateway, for a few seconds;
+//! afterwards its span store must hold whole traces from the gateway
+//! across five hops, the reviews split must follow the
 //! VirtualService, and productpage's p99 from the query API must agree
 //! with the spans and with what the load generator measured.
 
@@ -64,8 +65,9 @@ fn parent<'a>(trace: &[&'a SpanSummary], span: &SpanSummary) -> Option<&'a SpanS
 }
 
 /// Checks that every ratings server span sits at the end of one chain,
-/// ratings ← reviews (client, server) ← productpage (client, server root),
-/// each child starting after its parent; returns how many there are.
+/// ratings ← reviews (client, server) ← productpage (client, server) ←
+/// the ingress gateway (server, the root), each child starting after its
+/// parent; returns how many there are.
 fn five_hop_traces(traces: &HashMap<TraceId, Vec<&SpanSummary>>) -> usize {
     let mut five_hops = 0;
     for trace in traces.values() {
@@ -84,11 +86,12 @@ fn five_hop_traces(traces: &HashMap<TraceId, Vec<&SpanSummary>>) -> usize {
                     ("reviews", SERVER),
                     ("productpage", CLIENT),
                     ("productpage", SERVER),
+                    ("istio-ingressgateway", SERVER),
                 ],
                 "trace {:?}",
                 ratings.trace_id
             );
-            assert!(chain[4].parent_span_id.is_none());
+            assert!(chain[5].parent_span_id.is_none());
             // A child starts after its parent (one machine, one clock).
             for pair in chain.windows(2) {
                 assert!(pair[0].start >= pair[1].start);
@@ -125,12 +128,19 @@ fn traces_run_productpage_reviews_ratings_across_five_hops() {
     let (finished, spans) = default_run();
     let traces = by_trace(spans);
     let requests = finished.done["requests"] as usize;
-    // Every request of the load is one trace rooted at productpage's inbound span.
+    // Every request of the load is one trace rooted at the ingress
+    // gateway's span (the load enters at $GATEWAY_URL/productpage), with
+    // productpage's inbound span its child.
     let rooted: Vec<_> = traces
         .values()
         .filter(|t| {
             t.iter().any(|s| {
-                s.parent_span_id.is_none() && &*s.service == "productpage" && s.kind == SERVER
+                let root = parent(t, s).filter(|g| {
+                    g.parent_span_id.is_none()
+                        && &*g.service == "istio-ingressgateway"
+                        && g.kind == SERVER
+                });
+                root.is_some() && &*s.service == "productpage" && s.kind == SERVER
             })
         })
         .collect();
@@ -266,6 +276,7 @@ fn the_dependency_graph_has_the_http_hops_and_ratings_to_mongodb_over_tcp() {
         .map(|e| (e["parent"].to_string(), e["child"].to_string()))
         .collect();
     for (parent, child) in [
+        ("istio-ingressgateway", "productpage"),
         ("productpage", "reviews"),
         ("reviews", "ratings"),
         ("ratings", "mongodb"),
@@ -680,16 +691,27 @@ fn the_pods_demo_runs_bookinfo_captured_and_leaves_nothing_behind() {
 
     let spans = all_spans(&SpanReader::open(&finished.data_dir()).unwrap());
     let traces = by_trace(&spans);
-    // Every request of the load is one trace rooted at productpage's
-    // inbound span: the captured agents saw each one, once.
+    // Every request of the load is one trace rooted at the ingress
+    // gateway's span (the load enters through it, in the hub), and
+    // productpage's captured agent saw each one, once, as its child.
     let rooted = spans
         .iter()
-        .filter(|s| s.parent_span_id.is_none() && &*s.service == "productpage" && s.kind == SERVER)
+        .filter(|s| {
+            s.parent_span_id.is_none() && &*s.service == "istio-ingressgateway" && s.kind == SERVER
+        })
         .count();
     assert_eq!(
         rooted, requests,
-        "rooted productpage spans for the load's requests"
+        "rooted gateway spans for the load's requests"
     );
+    let entered = spans
+        .iter()
+        .filter(|s| &*s.service == "productpage" && s.kind == SERVER)
+        .filter(|s| {
+            parent(&traces[&s.trace_id], s).is_some_and(|g| &*g.service == "istio-ingressgateway")
+        })
+        .count();
+    assert_eq!(entered, requests, "productpage spans under the gateway's");
     // productpage → details and reviews, reviews v2/v3 → ratings, each
     // hop a client span in the caller's agent and a server span in the
     // callee's, in one trace.

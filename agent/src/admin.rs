@@ -61,6 +61,15 @@ async fn config_dump(State(state): State<AdminState>) -> Json<Value> {
     let snapshot = state.shared.config.load();
     let addresses = &state.addresses;
     let mut dump = snapshot.dump.clone();
+    if snapshot.gateway.is_some() {
+        let ports: Vec<Value> = addresses
+            .gateway
+            .iter()
+            .map(|(port, addr)| json!({"port": port, "listen": addr.to_string()}))
+            .collect();
+        dump["listeners"] = json!({ "gateway": ports });
+        return Json(dump);
+    }
     dump["listeners"] = json!({
         "outbound": addresses.outbound.to_string(),
         "inbound": addresses.inbound.to_string(),
@@ -186,11 +195,63 @@ async fn routes(State(state): State<AdminState>) -> Json<Value> {
         .iter()
         .map(|vh| virtual_host_json(vh, &snapshot.routes.exact))
         .collect();
-    Json(json!({
+    let mut body = json!({
         "version": snapshot.version,
         "virtualHosts": list,
         "inbound": snapshot.inbound.name,
-    }))
+    });
+    if let Some(gateway) = &snapshot.gateway {
+        body["gateway"] = gateway_routes(&gateway.listeners);
+    }
+    Json(body)
+}
+
+/// An ingress gateway's route configs: per port, each filter chain's
+/// name (Istio's `http.80`, `https.443.<server>.<gateway>.<ns>`), the SNI
+/// names it answers and its virtual hosts.
+fn gateway_routes(listeners: &crate::model::gateway::GatewayListeners) -> Value {
+    use crate::model::gateway::ChainAction;
+    let ports: Vec<Value> = listeners
+        .ports
+        .iter()
+        .map(|port| {
+            let chains: Vec<Value> = port
+                .chains
+                .iter()
+                .map(|chain| {
+                    let mut out = json!({
+                        "name": chain.name,
+                        "serverNames": chain.server_names,
+                        "tls": chain.tls.as_ref().map(|t| format!("{:?}", t.mode)),
+                    });
+                    match &chain.action {
+                        ChainAction::Http(table) => {
+                            let mut hosts: Vec<&Arc<VirtualHost>> =
+                                table.exact.values().chain(&table.wildcard).collect();
+                            hosts.sort_by(|a, b| a.host.cmp(&b.host));
+                            hosts.dedup_by(|a, b| Arc::ptr_eq(a, b));
+                            out["virtualHosts"] = hosts
+                                .iter()
+                                .map(|vh| virtual_host_json(vh, &table.exact))
+                                .collect();
+                        }
+                        ChainAction::Forward(routes) => {
+                            out["forward"] = routes
+                                .iter()
+                                .map(|r| json!({"sniHosts": r.sni_hosts}))
+                                .collect();
+                        }
+                        ChainAction::AutoPassthrough(clusters) => {
+                            out["autoPassthrough"] = json!(clusters.len());
+                        }
+                    }
+                    out
+                })
+                .collect();
+            json!({"port": port.number, "listen": port.listen.to_string(), "chains": chains})
+        })
+        .collect();
+    Value::Array(ports)
 }
 
 fn virtual_host_json(

@@ -12,6 +12,7 @@ pub mod compile;
 pub mod config;
 pub mod ext_authz;
 pub mod flags;
+pub mod gateway;
 pub mod host;
 pub mod model;
 pub mod path;
@@ -22,4 +23,5 @@ pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
 
+pub use gateway::{GatewayAddresses, run_gateway_until};
 pub use run::{AgentAddresses, AgentError, run_until};

@@ -345,7 +345,17 @@ pub fn reload(path: &Path, bytes: &[u8], shared: &Shared) {
     let file: Arc<str> = Arc::from(path.display().to_string());
     let text = String::from_utf8_lossy(bytes);
     let metrics = &shared.metrics;
-    match compile::compile_text(&file, &text, version, &shared.live) {
+    // An ingress gateway's file is compiled as the gateway loaded it.
+    let compiled = match &old.gateway {
+        Some(_) => compile::compile_gateway_text(&file, &text, version, &shared.live).map(|c| {
+            compile::Compiled {
+                snapshot: c.proxy,
+                diagnostics: c.diagnostics,
+            }
+        }),
+        None => compile::compile_text(&file, &text, version, &shared.live),
+    };
+    match compiled {
         Ok(compiled) => {
             for warning in compiled.diagnostics.warnings() {
                 tracing::warn!("{warning}");
@@ -387,6 +397,20 @@ fn warn_fixed_settings(old: &Snapshot, new: &Snapshot) {
         || a.admin != b.admin
         || a.outbound_tcp != b.outbound_tcp
         || a.app_protocol != b.app_protocol;
+    let ports = |s: &Snapshot| {
+        s.gateway.as_ref().map(|g| {
+            let ports = &g.listeners.ports;
+            ports
+                .iter()
+                .map(|p| (p.number, p.listen))
+                .collect::<Vec<_>>()
+        })
+    };
+    if ports(old) != ports(new) {
+        tracing::warn!(
+            "the gateway's ports or their addresses changed; they take effect after a restart"
+        );
+    }
     if listeners_changed {
         tracing::warn!(
             "listener addresses and appProtocol changed; they take effect after a restart"

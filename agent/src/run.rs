@@ -9,6 +9,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::compile;
 use crate::config::diagnostics::ConfigRejected;
+use crate::model::Snapshot;
 use crate::model::live::LiveState;
 use crate::proxy::{self, Shared};
 use crate::telemetry::access_log::{AccessLog, AccessLogSinks};
@@ -72,116 +73,169 @@ pub fn run_until(
     for warning in compiled.diagnostics.warnings() {
         tracing::warn!("{warning}");
     }
-    let snapshot = compiled.snapshot;
-    let metrics = Metrics::new(snapshot.bootstrap.telemetry.max_series_per_metric)?;
-    metrics
-        .config_reloads
-        .with_label_values(&["accepted"])
-        .inc();
-    metrics.config_version.set(snapshot.version as i64);
-    let counters = SpanCounterHandles {
-        exported: metrics.spans_exported.clone(),
-        failed: metrics.spans_failed.clone(),
-        dropped: metrics.spans_dropped.clone(),
-    };
-    let spans = SpanPipeline::start(&snapshot.bootstrap.telemetry, &snapshot.identity, counters)?;
-    let access_log = match &snapshot.bootstrap.access_log {
-        Some(target) => Some(Arc::new(AccessLog::start(
-            target,
-            metrics.access_log_dropped.clone(),
-        )?)),
-        None => None,
-    };
-    let agent_log = snapshot
-        .bootstrap
-        .access_log
-        .as_ref()
-        .zip(access_log.clone());
-    let access_logs = AccessLogSinks::new(agent_log, metrics.access_log_dropped.clone());
-    metrics.apply_telemetry(&snapshot.telemetry);
-    access_logs.open_for(&snapshot.telemetry);
+    let plane = Plane::start(compiled.snapshot, live)?;
+    let snapshot = plane.shared.config.load_full();
     let bound = proxy::bind_all(&snapshot.listeners, snapshot.bootstrap.concurrency)?;
-    let admin = std::net::TcpListener::bind(snapshot.listeners.admin).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("bind {}: {e}", snapshot.listeners.admin))
-    })?;
+    let admin = bind_admin(snapshot.listeners.admin)?;
     let admin_addr = admin.local_addr()?;
     let inbound_tcp = !snapshot.listeners.app_protocol.is_http();
-    let drain = snapshot.bootstrap.drain;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    // The first certificate before any listener serves: STRICT would refuse everyone.
-    let (source, material) = match &snapshot.bootstrap.certificate {
-        Some(spec) => {
-            let source = Source::new(spec)?;
-            let material = runtime.block_on(source.fetch(&snapshot.identity.spiffe))?;
-            tracing::info!(identity = %material.identity, source = material.source, "workload certificate loaded");
-            provider::record_expiry(&material, &metrics.certificate_expiry);
-            (Some(source), Some(Arc::new(material)))
-        }
-        None => (None, None),
-    };
-    let tls = Arc::new(ArcSwapOption::from(material));
-    let spiffe = snapshot.identity.spiffe.clone();
-    let shared = Arc::new(Shared {
-        config: ArcSwap::from_pointee(snapshot),
-        metrics,
-        spans: spans.sink().clone(),
-        access_log,
-        access_logs,
-        live,
-        tls: tls.clone(),
-    });
-    let workers = proxy::spawn_workers(&shared, bound.per_worker, inbound_tcp, drain)?;
+    let workers = proxy::spawn_workers(&plane.shared, bound.per_worker, inbound_tcp, plane.drain)?;
     let addresses = bound.addresses;
-    runtime.block_on(async {
-        if let Some(source) = source {
-            let metrics = &shared.metrics;
-            let gauges = (
-                metrics.certificate_rotations.clone(),
-                metrics.certificate_expiry.clone(),
-            );
-            tokio::spawn(provider::keep_current(source, spiffe, tls, gauges));
-        }
-        let router = crate::admin::router(shared.clone(), addresses.clone());
-        let outbound_tcp: Vec<String> = addresses
-            .outbound_tcp
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        tracing::info!(
-            outbound = %addresses.outbound,
-            inbound = %addresses.inbound,
-            admin = %admin_addr,
-            outbound_tcp = %outbound_tcp.join(","),
-            workers = workers.len(),
-            "agent ready"
-        );
-        ready(&AgentAddresses {
-            inbound: addresses.inbound,
-            outbound: addresses.outbound,
-            outbound_tcp: addresses.outbound_tcp.clone(),
-            admin: admin_addr,
-        });
-        let watcher = crate::reload::watch(path.to_path_buf(), loaded, shared.clone());
-        tokio::select! {
-            () = watcher => {}
-            result = crate::admin::serve(admin, router) => {
-                if let Err(error) = result {
-                    tracing::error!(%error, "admin server stopped");
-                }
-            }
-            () = stop => {}
-        }
+    let router = crate::admin::router(plane.shared.clone(), addresses.clone());
+    let outbound_tcp: Vec<String> = addresses
+        .outbound_tcp
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    tracing::info!(
+        outbound = %addresses.outbound,
+        inbound = %addresses.inbound,
+        admin = %admin_addr,
+        outbound_tcp = %outbound_tcp.join(","),
+        workers = workers.len(),
+        "agent ready"
+    );
+    ready(&AgentAddresses {
+        inbound: addresses.inbound,
+        outbound: addresses.outbound,
+        outbound_tcp: addresses.outbound_tcp.clone(),
+        admin: admin_addr,
     });
-    tracing::info!(drain = ?drain, "draining");
-    for worker in &workers {
-        worker.stop();
-    }
-    for worker in workers {
-        worker.join();
-    }
-    spans.shutdown();
+    plane.serve(path, loaded, (admin, router), workers, stop);
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Binds the admin API's listener, naming the address in the error.
+pub(crate) fn bind_admin(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(address)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("bind {address}: {e}")))
+}
+
+/// What a sidecar and an ingress gateway both run around their workers:
+/// the metrics, the span pipeline, the access log, the workload
+/// certificate and its rotation, the config watcher and the admin API.
+pub(crate) struct Plane {
+    /// What every worker shares.
+    pub shared: Arc<Shared>,
+    /// How long in-flight requests may finish after a stop.
+    pub drain: std::time::Duration,
+    spans: SpanPipeline,
+    runtime: tokio::runtime::Runtime,
+    rotation: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Plane {
+    /// Starts the metrics (with `snapshot` as the first accepted config),
+    /// the span pipeline and the access log, and fetches the first
+    /// workload certificate — before any listener serves: STRICT would
+    /// refuse everyone.
+    pub(crate) fn start(snapshot: Snapshot, live: LiveState) -> Result<Self, AgentError> {
+        let metrics = Metrics::new(snapshot.bootstrap.telemetry.max_series_per_metric)?;
+        metrics
+            .config_reloads
+            .with_label_values(&["accepted"])
+            .inc();
+        metrics.config_version.set(snapshot.version as i64);
+        let counters = SpanCounterHandles {
+            exported: metrics.spans_exported.clone(),
+            failed: metrics.spans_failed.clone(),
+            dropped: metrics.spans_dropped.clone(),
+        };
+        let spans =
+            SpanPipeline::start(&snapshot.bootstrap.telemetry, &snapshot.identity, counters)?;
+        let access_log = match &snapshot.bootstrap.access_log {
+            Some(target) => Some(Arc::new(AccessLog::start(
+                target,
+                metrics.access_log_dropped.clone(),
+            )?)),
+            None => None,
+        };
+        let agent_log = snapshot
+            .bootstrap
+            .access_log
+            .as_ref()
+            .zip(access_log.clone());
+        let access_logs = AccessLogSinks::new(agent_log, metrics.access_log_dropped.clone());
+        metrics.apply_telemetry(&snapshot.telemetry);
+        access_logs.open_for(&snapshot.telemetry);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (source, material) = match &snapshot.bootstrap.certificate {
+            Some(spec) => {
+                let source = Source::new(spec)?;
+                let material = runtime.block_on(source.fetch(&snapshot.identity.spiffe))?;
+                tracing::info!(identity = %material.identity, source = material.source, "workload certificate loaded");
+                provider::record_expiry(&material, &metrics.certificate_expiry);
+                (Some(source), Some(Arc::new(material)))
+            }
+            None => (None, None),
+        };
+        let tls = Arc::new(ArcSwapOption::from(material));
+        let gauges = (
+            metrics.certificate_rotations.clone(),
+            metrics.certificate_expiry.clone(),
+        );
+        let rotation = source.map(|source| {
+            let spiffe = snapshot.identity.spiffe.clone();
+            let rotation = provider::keep_current(source, spiffe, tls.clone(), gauges);
+            Box::pin(rotation) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+        });
+        let drain = snapshot.bootstrap.drain;
+        let shared = Arc::new(Shared {
+            config: ArcSwap::from_pointee(snapshot),
+            metrics,
+            spans: spans.sink().clone(),
+            access_log,
+            access_logs,
+            live,
+            tls,
+        });
+        Ok(Self {
+            shared,
+            drain,
+            spans,
+            runtime,
+            rotation,
+        })
+    }
+
+    /// Serves the admin API, rotates the certificate and reloads the file
+    /// at `path` (compiled from `loaded` so far) until `stop` completes;
+    /// then stops the workers, lets them drain, and flushes the spans.
+    pub(crate) fn serve(
+        mut self,
+        path: &Path,
+        loaded: crate::reload::Baseline,
+        (admin, router): (std::net::TcpListener, axum::Router),
+        workers: Vec<proxy::WorkerHandle>,
+        stop: impl Future<Output = ()>,
+    ) {
+        let rotation = self.rotation.take();
+        let shared = self.shared.clone();
+        self.runtime.block_on(async {
+            if let Some(rotation) = rotation {
+                tokio::spawn(rotation);
+            }
+            let watcher = crate::reload::watch(path.to_path_buf(), loaded, shared);
+            tokio::select! {
+                () = watcher => {}
+                result = crate::admin::serve(admin, router) => {
+                    if let Err(error) = result {
+                        tracing::error!(%error, "admin server stopped");
+                    }
+                }
+                () = stop => {}
+            }
+        });
+        tracing::info!(drain = ?self.drain, "draining");
+        for worker in &workers {
+            worker.stop();
+        }
+        for worker in workers {
+            worker.join();
+        }
+        self.spans.shutdown();
+    }
 }

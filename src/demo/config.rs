@@ -13,6 +13,43 @@ use super::topology::{NAMESPACE, Protocol, Role, Workload, service_port, service
 
 /// The article's DestinationRule on ratings.
 const RATINGS_RULE: &str = include_str!("../../examples/bookinfo/ratings.yaml");
+/// Istio's `bookinfo-gateway` Gateway and VirtualService.
+const BOOKINFO_GATEWAY: &str = include_str!("../../examples/bookinfo/bookinfo-gateway.yaml");
+
+/// The ingress gateway's config: an `IngressGateway` (Istio's
+/// `istio-ingressgateway` in `istio-system`, its port 8080 on a free port
+/// of `listen`), productpage's registry entry, and Bookinfo's own gateway
+/// resources.
+pub fn gateway_yaml(listen: IpAddr, otlp: SocketAddr, endpoints: &Endpoints) -> String {
+    let bootstrap = format!(
+        r#"# The ingress gateway, written by `tracemesh demo`.
+apiVersion: tracemesh.io/v1
+kind: IngressGateway
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  labels: {{istio: ingressgateway, app: istio-ingressgateway}}
+  serviceAccount: istio-ingressgateway-service-account
+  listeners: [{{port: 8080, listen: "{listen}:0"}}]
+  admin: {{listen: "{listen}:0"}}
+  concurrency: 1
+  drainDuration: 1s
+  telemetry:
+    otlp: {{endpoint: "http://{otlp}", protocol: grpc}}
+    sampling: 1.0
+    maxQueuedSpans: 2048
+"#
+    );
+    let docs = [
+        bootstrap,
+        service_entry("productpage", endpoints, None),
+        BOOKINFO_GATEWAY.to_owned(),
+    ];
+    docs.iter()
+        .map(|doc| doc.trim())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+        + "\n"
+}
 
 /// Where the sidecars of each service listen for the mesh: service →
 /// (version, inbound address) of every workload started so far. In pods,
@@ -249,5 +286,18 @@ mod tests {
                 assert!(warnings.is_empty(), "{}: {warnings:?}", workload.name);
             }
         }
+        // The gateway's config compiles cleanly too, and binds Bookinfo's
+        // VirtualService to its port 8080.
+        let yaml = gateway_yaml(IpAddr::from([127, 0, 0, 1]), address(4317), &endpoints);
+        let file = std::sync::Arc::from("istio-ingressgateway.yaml");
+        let compiled = tracemesh_agent::compile::compile_gateway_text(&file, &yaml, 1, &live)
+            .unwrap_or_else(|e| panic!("gateway:\n{yaml}\n{:?}", e.0));
+        let warnings: Vec<String> = compiled
+            .diagnostics
+            .warnings()
+            .map(ToString::to_string)
+            .collect();
+        assert!(warnings.is_empty(), "gateway: {warnings:?}");
+        assert!(compiled.snapshot.listeners.port(8080).is_some());
     }
 }

@@ -11,10 +11,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
-use tracemesh_agent::AgentAddresses;
+use tracemesh_agent::{AgentAddresses, GatewayAddresses};
 
 use super::bookinfo::{self, App};
-use super::config::{AgentConfig, Endpoints};
+use super::config::{AgentConfig, Endpoints, gateway_yaml};
 use super::roles::{self, Running};
 use super::scenario::{self, Scenario};
 use super::topology::{WORKLOADS, Workload};
@@ -38,6 +38,8 @@ impl Sidecar {
 pub struct Mesh {
     /// Every workload, callees first.
     pub sidecars: Vec<Sidecar>,
+    /// The ingress gateway in front of productpage, started last.
+    pub gateway: Option<Running<GatewayAddresses>>,
 }
 
 impl Mesh {
@@ -52,6 +54,7 @@ impl Mesh {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let mut mesh = Self {
             sidecars: Vec::new(),
+            gateway: None,
         };
         let mut endpoints = Endpoints::new();
         for workload in WORKLOADS {
@@ -70,7 +73,21 @@ impl Mesh {
                 }
             }
         }
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        match start_gateway(dir, loopback, otlp, &endpoints, None) {
+            Ok(gateway) => mesh.gateway = Some(gateway),
+            Err(error) => {
+                let _ = mesh.stop();
+                return Err(error);
+            }
+        }
         Ok(mesh)
+    }
+
+    /// Where the ingress gateway's port 8080 (Bookinfo's) listens: the
+    /// article's `$GATEWAY_URL`.
+    pub fn gateway_url(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref()?.addresses.port(GATEWAY_PORT)
     }
 
     fn start_one(
@@ -116,16 +133,16 @@ impl Mesh {
         })
     }
 
-    /// The sidecar of the workload named `name`.
-    pub fn sidecar(&self, name: &str) -> Option<&Sidecar> {
-        self.sidecars.iter().find(|s| s.workload.name == name)
-    }
-
     /// Stops every sidecar (callers first, so no call is cut by its
     /// callee's sidecar going away), each flushing its spans, then the
     /// applications.
     pub fn stop(self) -> anyhow::Result<()> {
         let mut first_error = None;
+        if let Some(gateway) = self.gateway
+            && let Err(error) = gateway.stop()
+        {
+            first_error.get_or_insert(error);
+        }
         for sidecar in self.sidecars.into_iter().rev() {
             if let Err(error) = sidecar.agent.stop() {
                 first_error.get_or_insert(error);
@@ -134,4 +151,29 @@ impl Mesh {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// The port Bookinfo's Gateway serves (`bookinfo-gateway`'s server).
+pub const GATEWAY_PORT: u16 = 8080;
+
+/// Starts the ingress gateway on Bookinfo's gateway resources, its config
+/// written beside the sidecars', listening on `listen` — inside network
+/// namespace `netns` when given (its thread enters it; the gateway's
+/// workers, started from there, live in it too).
+pub fn start_gateway(
+    dir: &Path,
+    listen: std::net::IpAddr,
+    otlp: SocketAddr,
+    endpoints: &Endpoints,
+    netns: Option<String>,
+) -> anyhow::Result<Running<GatewayAddresses>> {
+    let config = dir.join("istio-ingressgateway.yaml");
+    std::fs::write(&config, gateway_yaml(listen, otlp, endpoints))
+        .with_context(|| format!("write {}", config.display()))?;
+    roles::spawn("gateway istio-ingressgateway", move |stop, ready| {
+        if let Some(netns) = &netns {
+            crate::pods::enter_netns(netns)?;
+        }
+        tracemesh_agent::run_gateway_until(&config, stop, ready).map_err(anyhow::Error::from)
+    })
 }

@@ -1,9 +1,10 @@
 //! `tracemesh demo`: the whole mesh on one machine with one command. The
 //! collector (with the query API and UI mounted on its HTTP port), Istio's
 //! Bookinfo as real HTTP services each behind its own sidecar agent, the
-//! Bookinfo resources applied as sidecar config, and the built-in load
-//! generator driving productpage, with live numbers until Ctrl-C or
-//! `--duration`. Every hop crosses real sockets and real agents; every
+//! Bookinfo resources applied as sidecar config, an ingress gateway bound
+//! by Bookinfo's own `bookinfo-gateway` Gateway and VirtualService, and
+//! the built-in load generator driving `$GATEWAY_URL/productpage`, with
+//! live numbers until Ctrl-C or `--duration`. Every hop crosses real sockets and real agents; every
 //! internal listener takes a free port.
 
 mod bookinfo;
@@ -136,6 +137,10 @@ struct Layout<'a> {
     productpage: SocketAddr,
     /// Where the load connects for productpage.
     load_target: SocketAddr,
+    /// The URL the load requests.
+    load_url: String,
+    /// The ingress gateway the load enters through, if it does.
+    gateway: Option<SocketAddr>,
     /// The network namespace the load runs in (`None`: this one).
     load_netns: Option<&'a str>,
     /// Prometheus targets: each workload's agent admin address.
@@ -218,6 +223,8 @@ pub fn run(
         let layout = Layout {
             productpage: mesh.productpage,
             load_target: mesh.productpage_pod,
+            load_url: format!("http://{}/productpage", mesh.productpage_pod),
+            gateway: Some(mesh.productpage_pod),
             load_netns: Some(mesh.hub()),
             admins: mesh.admins.clone(),
             interrupt: Some(&interrupt),
@@ -233,20 +240,24 @@ pub fn run(
                 return Err(error);
             }
         };
-        let productpage = mesh
-            .sidecar("productpage-v1")
-            .ok_or_else(|| anyhow!("no productpage"))?
-            .addresses()
-            .inbound;
+        // Traffic enters through the ingress gateway, as the article
+        // sends it to $GATEWAY_URL/productpage.
+        let gateway = mesh.gateway_url().ok_or_else(|| anyhow!("no gateway"))?;
+        let mut admins: Vec<(&'static str, SocketAddr)> = mesh
+            .sidecars
+            .iter()
+            .map(|s| (s.workload.name, s.addresses().admin))
+            .collect();
+        if let Some(running) = &mesh.gateway {
+            admins.push(("istio-ingressgateway", running.addresses.admin));
+        }
         let layout = Layout {
-            productpage,
-            load_target: productpage,
+            productpage: gateway,
+            load_target: gateway,
+            load_url: format!("http://{gateway}/productpage"),
+            gateway: Some(gateway),
             load_netns: None,
-            admins: mesh
-                .sidecars
-                .iter()
-                .map(|s| (s.workload.name, s.addresses().admin))
-                .collect(),
+            admins,
             interrupt: None,
         };
         let outcome = drive(args, &runtime, &data_dir, &collector.addresses, &layout);
@@ -323,6 +334,7 @@ fn drive(
         ui: collector.http,
         otlp_grpc: collector.otlp_grpc,
         productpage: format!("http://{productpage}/productpage"),
+        gateway: layout.gateway.map(|g| format!("http://{g}")),
         data_dir,
         mesh_dir: &data_dir.join("mesh"),
         prometheus_config: &prometheus_config,
@@ -338,7 +350,7 @@ fn drive(
     print_now(&ready.render());
 
     let load_args = LoadArgs {
-        url: "http://productpage:9080/productpage".into(),
+        url: layout.load_url.clone(),
         connections: args.connections,
         qps: args.qps,
         duration: args.duration.unwrap_or(UNTIL_STOPPED),

@@ -74,8 +74,11 @@ pub struct PodMesh {
     hub_runtime: Option<Runtime>,
     /// Where a browser reaches productpage: loopback, relayed into its pod.
     pub productpage: SocketAddr,
-    /// Where the load reaches productpage from the hub: its pod's address.
+    /// Where the load reaches productpage from the hub: the ingress
+    /// gateway's Bookinfo port there.
     pub productpage_pod: SocketAddr,
+    /// The ingress gateway, in the hub (the load enters through it).
+    gateway: Option<super::roles::Running<tracemesh_agent::GatewayAddresses>>,
     /// Each workload's agent admin address (reachable from the hub).
     pub admins: Vec<(&'static str, SocketAddr)>,
     // Last: dropped after the processes are gone.
@@ -158,13 +161,6 @@ impl PodMesh {
             .block_on(TcpListener::bind("127.0.0.1:0"))
             .context("listen for productpage on loopback")?;
         let productpage = browser.local_addr()?;
-        let browser = browser.into_std()?;
-        relays.push(hub_runtime.spawn(async move {
-            match TcpListener::from_std(browser) {
-                Ok(listener) => relay(listener, productpage_pod).await,
-                Err(error) => tracing::warn!(%error, "productpage relay"),
-            }
-        }));
 
         let mut mesh = Self {
             workloads: Vec::new(),
@@ -172,6 +168,7 @@ impl PodMesh {
             hub_runtime: Some(hub_runtime),
             productpage,
             productpage_pod,
+            gateway: None,
             admins: Vec::new(),
             bed,
         };
@@ -201,6 +198,32 @@ impl PodMesh {
         for running in &mut mesh.workloads {
             wait_ready(&hub, running, interrupted)?;
         }
+        // The ingress gateway in the hub, in front of productpage's pod:
+        // the load and the browser's relay enter through it.
+        let gateway = super::mesh::start_gateway(
+            dir,
+            IpAddr::V4(GATEWAY),
+            relayed_otlp,
+            &endpoints,
+            Some(hub.clone()),
+        )?;
+        let entry = gateway
+            .addresses
+            .port(super::mesh::GATEWAY_PORT)
+            .ok_or_else(|| anyhow!("the gateway has no Bookinfo port"))?;
+        mesh.admins
+            .push(("istio-ingressgateway", gateway.addresses.admin));
+        mesh.gateway = Some(gateway);
+        mesh.productpage_pod = entry;
+        let browser = browser.into_std()?;
+        if let Some(hub_runtime) = &mesh.hub_runtime {
+            mesh.relays.push(hub_runtime.spawn(async move {
+                match TcpListener::from_std(browser) {
+                    Ok(listener) => relay(listener, entry).await,
+                    Err(error) => tracing::warn!(%error, "productpage relay"),
+                }
+            }));
+        }
         Ok(mesh)
     }
 
@@ -216,6 +239,11 @@ impl PodMesh {
     /// When an agent did not stop cleanly in time.
     pub fn stop(mut self) -> anyhow::Result<()> {
         let mut first_error = None;
+        if let Some(gateway) = self.gateway.take()
+            && let Err(error) = gateway.stop()
+        {
+            first_error.get_or_insert(error);
+        }
         for running in self.workloads.iter_mut().rev() {
             if let Err(error) = terminate(
                 &mut running.agent,

@@ -20,6 +20,9 @@ pub struct Ready<'a> {
     pub otlp_grpc: SocketAddr,
     /// The page the load generator requests.
     pub productpage: String,
+    /// The ingress gateway's Bookinfo port (the article's `$GATEWAY_URL`),
+    /// where the load enters the mesh; `None` where it enters elsewhere.
+    pub gateway: Option<String>,
     /// The data directory.
     pub data_dir: &'a Path,
     /// The sidecars' config files.
@@ -42,18 +45,25 @@ impl Ready<'_> {
     /// The banner: for people, then one line for scripts.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let (heading, productpage) = match self.pods_hub {
-            None => (
+        let (heading, productpage) = match (self.pods_hub, &self.gateway) {
+            (None, Some(_)) => (
+                "each workload behind its own sidecar, entered through the ingress gateway",
+                "through the gateway, by Bookinfo's bookinfo-gateway Gateway and VirtualService",
+            ),
+            (None, None) => (
                 "each workload behind its own sidecar",
                 "its sidecar's inbound listener",
             ),
-            Some(_) => (
+            (Some(_), _) => (
                 "each workload in its own pod, captured by its own sidecar",
-                "relayed into productpage's pod",
+                "relayed to the ingress gateway in the hub, in front of productpage's pod",
             ),
         };
         let _ = writeln!(out, "tracemesh demo: Istio's Bookinfo, {heading}");
         let _ = writeln!(out, "  UI and query API   http://{}/", self.ui);
+        if let Some(gateway) = &self.gateway {
+            let _ = writeln!(out, "  GATEWAY_URL        {gateway} (the ingress gateway)");
+        }
         let _ = writeln!(
             out,
             "  productpage        {} ({productpage})",
@@ -70,7 +80,7 @@ impl Ready<'_> {
         let _ = writeln!(out, "  data directory     {}", self.data_dir.display());
         let _ = writeln!(
             out,
-            "  mesh config        {}/<workload>.yaml (edit one: its sidecar reloads it)",
+            "  mesh config        {}/<workload>.yaml (edit one: its sidecar, or the gateway, reloads it)",
             self.mesh_dir.display()
         );
         let split: Vec<String> = self
@@ -110,9 +120,14 @@ impl Ready<'_> {
                  ip netns exec {hub} curl http://<pod>:15000/metrics)"
             );
         }
+        let gateway = self
+            .gateway
+            .as_ref()
+            .map(|g| format!(" gateway={g}"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "demo ready ui=http://{}/ productpage={} data_dir={} prometheus_config={}",
+            "demo ready ui=http://{}/ productpage={}{gateway} data_dir={} prometheus_config={}",
             self.ui,
             self.productpage,
             self.data_dir.display(),

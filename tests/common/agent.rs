@@ -49,7 +49,7 @@ fn pump<R: std::io::Read + Send + 'static>(
         for line in BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
             if let Some(tx) = &ready
-                && line.contains("agent ready")
+                && (line.contains("agent ready") || line.contains("gateway ready"))
             {
                 let _ = tx.send(line.clone());
             }
@@ -58,7 +58,7 @@ fn pump<R: std::io::Read + Send + 'static>(
     });
 }
 
-fn field(line: &str, key: &str) -> Option<String> {
+pub(super) fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(&format!(" {key}="))? + key.len() + 2;
     Some(line[start..].split(' ').next()?.to_owned())
 }
@@ -88,39 +88,14 @@ impl Agent {
 
     fn try_start_with(yaml: &str, command: impl FnOnce(&Path) -> Command) -> Result<Agent, String> {
         let (dir, path) = write_config(yaml);
-        let mut child = command(dir.path())
-            .args(["agent", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tracemesh");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        pump(child.stderr.take().unwrap(), stderr.clone(), Some(tx));
-        pump(child.stdout.take().unwrap(), stdout.clone(), None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let line = loop {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-                break line;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100)); // let the pump drain stderr
-                return Err(format!(
-                    "exited with {status}:\n{}",
-                    stderr.lock().unwrap().join("\n")
-                ));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err(format!(
-                    "no ready line:\n{}",
-                    stderr.lock().unwrap().join("\n")
-                ));
-            }
-        };
+        let mut command = command(dir.path());
+        command.args(["agent", "--config"]).arg(&path);
+        let Started {
+            child,
+            line,
+            stderr,
+            stdout,
+        } = start_until_ready(command)?;
         let addr = |key| {
             field(&line, key)
                 .and_then(|v| v.parse().ok())
@@ -250,6 +225,57 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A tracemesh process that said it is ready.
+pub(super) struct Started {
+    pub child: Child,
+    /// Its ready line (`agent ready` or `gateway ready`).
+    pub line: String,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+}
+
+/// Spawns `command` (a `tracemesh agent` or `gateway`) and waits up to 60 s
+/// for its ready line; `Err` carries its stderr when it exits instead.
+pub(super) fn start_until_ready(mut command: Command) -> Result<Started, String> {
+    let mut child = command
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tracemesh");
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    pump(child.stderr.take().unwrap(), stderr.clone(), Some(tx));
+    pump(child.stdout.take().unwrap(), stdout.clone(), None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+            break line;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            std::thread::sleep(Duration::from_millis(100)); // let the pump drain stderr
+            return Err(format!(
+                "exited with {status}:\n{}",
+                stderr.lock().unwrap().join("\n")
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!(
+                "no ready line:\n{}",
+                stderr.lock().unwrap().join("\n")
+            ));
+        }
+    };
+    Ok(Started {
+        child,
+        line,
+        stderr,
+        stdout,
+    })
 }
 
 /// Runs `tracemesh validate` on `yaml`: (success, stdout).

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod client;
 pub mod demo;
 pub mod ext_authz;
+pub mod gateway;
 pub mod grpc;
 pub mod mesh;
 pub mod metrics;

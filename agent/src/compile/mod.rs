@@ -150,7 +150,12 @@ fn compile_resources(
 /// A compiled ingress gateway config and what the compile said.
 pub struct CompiledGateway {
     /// What the gateway serves.
-    pub snapshot: crate::model::gateway::GatewaySnapshot,
+    pub snapshot: Arc<crate::model::gateway::GatewaySnapshot>,
+    /// What its request path reads: the gateway as a workload (identity,
+    /// telemetry, access log, the registry it routes to), with
+    /// [`Snapshot::gateway`] holding its listeners, so a gateway's requests
+    /// take exactly a sidecar's request path.
+    pub proxy: Snapshot,
     /// Warnings (no errors: a config with errors is rejected).
     pub diagnostics: Diagnostics,
 }
@@ -179,7 +184,7 @@ fn compile_gateway_resources(
     version: u64,
     states: &LiveState,
 ) -> Result<CompiledGateway, ConfigRejected> {
-    let docs = Documents::sort(validate::resources(resources, &mut diags));
+    let mut docs = Documents::sort(validate::resources(resources, &mut diags));
     let snapshot = gateway::build(file, &docs, version, states, &mut diags);
     if !docs.agents.is_empty() {
         for doc in &docs.agents {
@@ -187,13 +192,94 @@ fn compile_gateway_resources(
             diags.error(&doc.location, None, msg);
         }
     }
-    match snapshot {
-        Some(snapshot) if !diags.has_errors() => Ok(CompiledGateway {
+    let Some(snapshot) = snapshot.filter(|_| !diags.has_errors()) else {
+        return Err(ConfigRejected(diags));
+    };
+    let snapshot = Arc::new(snapshot);
+    let proxy = gateway_proxy(file, &mut docs, &snapshot, version, states, &mut diags);
+    match proxy {
+        Some(proxy) if !diags.has_errors() => Ok(CompiledGateway {
             snapshot,
+            proxy,
             diagnostics: diags,
         }),
         _ => Err(ConfigRejected(diags)),
     }
+}
+
+/// The gateway as the request path sees a workload: its IngressGateway
+/// read as the Agent it would be (same identity, telemetry, access log,
+/// admin, path normalization; no inbound application, no capture), built
+/// by the sidecar's compile, with the gateway's clusters and listeners.
+/// Only that compile's errors are kept (they name the IngressGateway's
+/// fields, which share the Agent's names); its warnings repeat the
+/// gateway compile's or concern sidecars only.
+fn gateway_proxy(
+    file: &Arc<str>,
+    docs: &mut Documents,
+    gateway: &Arc<crate::model::gateway::GatewaySnapshot>,
+    version: u64,
+    states: &LiveState,
+    diags: &mut Diagnostics,
+) -> Option<Snapshot> {
+    let doc = docs.ingress_gateways.first()?;
+    let spec = &doc.spec;
+    let agent = crate::config::agent::AgentSpec {
+        service: gateway.identity.service.clone(),
+        service_account: spec.service_account.clone(),
+        trust_domain: spec.trust_domain.clone(),
+        identity: spec.identity.clone(),
+        labels: spec.labels.clone(),
+        inbound: crate::config::agent::InboundSpec::default(),
+        outbound: crate::config::agent::OutboundSpec::default(),
+        admin: spec.admin.clone(),
+        capture: crate::config::agent::CaptureSpec::default(),
+        outbound_traffic_policy: Default::default(),
+        telemetry: spec.telemetry.clone(),
+        access_log: spec.access_log.clone(),
+        concurrency: spec.concurrency,
+        num_trusted_proxies: spec.num_trusted_proxies,
+        drain_duration: spec.drain_duration,
+        downstream: Default::default(),
+        path_normalization: spec.path_normalization.clone(),
+    };
+    let mut metadata = doc.metadata.clone();
+    metadata.namespace = Some(gateway.identity.namespace.clone());
+    docs.agents.push(Document {
+        location: doc.location.clone(),
+        api_version: doc.api_version.clone(),
+        metadata,
+        spec: agent,
+    });
+    let mut scratch = Diagnostics::default();
+    let built = build(file, docs, version, states, &mut scratch);
+    docs.agents.clear();
+    for error in scratch.errors() {
+        diags.error(&error.location, error.field.clone(), error.message.clone());
+    }
+    let mut snapshot = built?;
+    let known = crate::model::peer::KnownPeers::new(
+        gateway
+            .clusters
+            .iter()
+            .flat_map(|c| c.endpoints.iter().map(|e| &e.peer)),
+    );
+    for port in &gateway.listeners.ports {
+        for chain in &port.chains {
+            if let crate::model::gateway::ChainAction::Http(table) = &chain.action {
+                let names = decided::decided_headers(table, &Default::default(), &[], &[]);
+                for name in names {
+                    if !snapshot.decided_headers.contains(&name) {
+                        snapshot.decided_headers.push(name);
+                    }
+                }
+            }
+        }
+    }
+    snapshot.known_peers = known;
+    snapshot.clusters = gateway.clusters.clone();
+    snapshot.gateway = Some(gateway.clone());
+    Some(snapshot)
 }
 
 /// What `tracemesh validate` found in one file.
@@ -360,6 +446,7 @@ fn build(
         decided_headers,
         capture,
         dump,
+        gateway: None,
     })
 }
 

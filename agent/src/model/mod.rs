@@ -174,4 +174,8 @@ pub struct Snapshot {
     pub capture: capture::Capture,
     /// The effective config as JSON, for `/config_dump`.
     pub dump: serde_json::Value,
+    /// An ingress gateway's listeners (`tracemesh gateway`); `None` for a
+    /// sidecar. A gateway's requests are routed by the route table of the
+    /// filter chain their connection took, not by [`Snapshot::routes`].
+    pub gateway: Option<Arc<gateway::GatewaySnapshot>>,
 }

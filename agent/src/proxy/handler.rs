@@ -84,13 +84,17 @@ pub async fn handle(
     }
 
     // Routing: the VirtualService rule outbound, the local app inbound.
-    let routed = match route::select(&snapshot, down.direction, down.captured.as_ref(), &req) {
+    let routed = match &down.gateway {
+        Some(conn) => route::gateway(&snapshot, conn, &req),
+        None => route::select(&snapshot, down.direction, down.captured.as_ref(), &req),
+    };
+    let routed = match routed {
         Ok(routed) => routed,
         Err(not_routed) => {
             match not_routed.host {
                 Some(host) => ex.set_unrouted_host(host),
                 // Refused, not passed through: Istio's BlackHoleCluster.
-                None if down.direction == Direction::Outbound => {
+                None if down.direction == Direction::Outbound && down.gateway.is_none() => {
                     ex.set_outside_registry(OutboundTrafficMode::RegistryOnly);
                 }
                 None => {}
@@ -153,6 +157,10 @@ pub async fn handle(
         client_ip: down.peer.ip(),
         caller_principal: down.tls.as_ref().and_then(|t| t.principal.as_deref()),
         edits: routed.request_edits(),
+        edge_scheme: down
+            .gateway
+            .as_ref()
+            .map(|g| if g.tls { "https" } else { "http" }),
     };
     let prepared = headers::prepare_request(&mut parts, &outgoing, |headers| {
         ex.inject_trace_context(headers);

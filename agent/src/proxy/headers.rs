@@ -39,6 +39,10 @@ pub struct OutgoingRequest<'a> {
     pub caller_principal: Option<&'a str>,
     /// Rule then destination edits (outbound).
     pub edits: [Option<&'a HeaderEdits>; 2],
+    /// At an ingress gateway (the mesh's edge), the scheme the client
+    /// spoke: it sets `x-forwarded-proto`, and the client's IP is appended
+    /// to `x-forwarded-for`, as Envoy does where `use_remote_address` holds.
+    pub edge_scheme: Option<&'static str>,
 }
 
 /// Rewrites a request for the next hop; `inject_trace_context` writes this
@@ -50,10 +54,16 @@ pub fn prepare_request(
 ) -> Result<(), LocalReply> {
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, out.upgrade);
-    if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match out.edge_scheme {
+        Some(scheme) => {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+        }
+        None if !headers.contains_key(X_FORWARDED_PROTO) => {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        None => {}
     }
-    if out.direction == Direction::Inbound {
+    if out.direction == Direction::Inbound || out.edge_scheme.is_some() {
         append_forwarded_for(headers, out.client_ip);
     }
     inject_trace_context(headers);

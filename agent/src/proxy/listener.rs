@@ -35,6 +35,9 @@ pub struct BoundAddresses {
     pub inbound: SocketAddr,
     /// Outbound TCP.
     pub outbound_tcp: Vec<SocketAddr>,
+    /// An ingress gateway's ports, `(Gateway port, bound address)`; empty
+    /// for a sidecar.
+    pub gateway: Vec<(u16, SocketAddr)>,
 }
 
 /// Binds every listener once per worker.
@@ -53,6 +56,7 @@ pub fn bind_all(listeners: &Listeners, workers: usize) -> io::Result<BoundListen
             .iter()
             .map(|g| g[0].local_addr())
             .collect::<io::Result<_>>()?,
+        gateway: Vec::new(),
     };
     let mut tcp: Vec<std::vec::IntoIter<TcpListener>> =
         tcp.into_iter().map(Vec::into_iter).collect();
@@ -72,7 +76,7 @@ pub fn bind_all(listeners: &Listeners, workers: usize) -> io::Result<BoundListen
 }
 
 /// Binds `addr` `n` times; port 0 is resolved by the first bind.
-fn bind_group(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpListener>> {
+pub(super) fn bind_group(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpListener>> {
     let first =
         bind_one(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
     let actual = first.local_addr()?;

@@ -15,6 +15,7 @@ mod client_body;
 mod exchange;
 mod fault;
 mod forward;
+mod gateway;
 mod handler;
 mod headers;
 mod interception;
@@ -53,6 +54,7 @@ use crate::telemetry::peer_metadata;
 use crate::telemetry::spans::WorkerSpans;
 
 pub use crate::model::Direction;
+pub use gateway::{GatewaySockets, bind_gateway, spawn_gateway_workers};
 pub use listener::{BoundListeners, bind_all};
 pub use server::{WorkerHandle, spawn_workers};
 
@@ -91,6 +93,23 @@ pub struct Downstream {
     pub captured: Option<Captured>,
     /// Its requests in flight (for the idle timeout).
     pub activity: Rc<activity::Activity>,
+    /// The ingress gateway's filter chain the connection took; `None` on
+    /// a sidecar.
+    pub gateway: Option<GatewayConn>,
+}
+
+/// Which ingress gateway filter chain a connection took: its requests are
+/// routed by that chain's route table (looked up in the snapshot each
+/// request serves under, so a reload applies to open connections too).
+#[derive(Debug, Clone)]
+pub struct GatewayConn {
+    /// The Gateway port (`servers[].port.number`): what `match.port`
+    /// sees and the destination's port defaults to.
+    pub port: u16,
+    /// The SNI the client sent (TLS ports).
+    pub sni: Option<Arc<str>>,
+    /// The gateway terminated TLS: requests are `https`.
+    pub tls: bool,
 }
 
 impl Downstream {

@@ -12,6 +12,7 @@ use super::{Captured, Direction, Unregistered};
 use crate::host::{request_authority, split_host_port};
 use crate::model::Snapshot;
 use crate::model::cluster::Cluster;
+use crate::model::gateway::ChainAction;
 use crate::model::policy::{RetryPolicy, RouteAction, RoutePolicy};
 use crate::model::route::{HeaderEdits, Matched, RequestView, WeightedDestination};
 
@@ -157,6 +158,40 @@ pub fn select<'s: 'r, 'r, B>(
     route_on(vhost, authority, original_port, req)
 }
 
+/// Routes a request an ingress gateway received on `conn`: by the route
+/// table of the filter chain the connection took (the Gateway's virtual
+/// hosts, found by the request's host), at the Gateway port, as Envoy
+/// routes a gateway listener's requests.
+pub fn gateway<'s: 'r, 'r, B>(
+    snapshot: &'s Snapshot,
+    conn: &super::GatewayConn,
+    req: &'r Request<B>,
+) -> Result<Routed<'s>, NotRouted<'r>> {
+    if req.method() == http::Method::CONNECT {
+        return Err(NotRouted::outside_registry(LocalReply::NO_ROUTE));
+    }
+    let table = snapshot
+        .gateway
+        .as_ref()
+        .and_then(|g| g.listeners.port(conn.port))
+        .and_then(|p| p.chain(conn.sni.as_deref()))
+        .and_then(|c| match &c.action {
+            ChainAction::Http(table) => Some(table),
+            _ => None,
+        });
+    let Some(table) = table else {
+        return Err(NotRouted::outside_registry(LocalReply::NO_ROUTE));
+    };
+    let Some(authority) = request_authority(req) else {
+        return Err(NotRouted::outside_registry(LocalReply::MISSING_HOST));
+    };
+    let Some(vhost) = table.find(split_host_port(authority).0) else {
+        return Err(NotRouted::outside_registry(LocalReply::NO_ROUTE));
+    };
+    let scheme = if conn.tls { "https" } else { "http" };
+    route_at(vhost, authority, conn.port, scheme, req)
+}
+
 /// A captured request whose Host names no known service: the service its
 /// original destination addresses (by that service's rules), else the
 /// traffic policy's answer.
@@ -194,6 +229,17 @@ fn route_on<'s: 'r, 'r, B>(
     let port = port
         .or(original_port)
         .unwrap_or_else(|| vhost.port_for(if scheme == "https" { 443 } else { 80 }));
+    route_at(vhost, authority, port, scheme, req)
+}
+
+/// The rules of `vhost` for a request to `authority` at service `port`.
+fn route_at<'s: 'r, 'r, B>(
+    vhost: &'s Arc<crate::model::route::VirtualHost>,
+    authority: &'r str,
+    port: u16,
+    scheme: &'r str,
+    req: &'r Request<B>,
+) -> Result<Routed<'s>, NotRouted<'r>> {
     let view = RequestView {
         method: req.method(),
         path: req.uri().path(),

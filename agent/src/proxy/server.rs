@@ -35,8 +35,8 @@ use crate::tls::{PeerTls, handshake};
 
 /// A running worker thread.
 pub struct WorkerHandle {
-    thread: std::thread::JoinHandle<()>,
-    stop: watch::Sender<bool>,
+    pub(super) thread: std::thread::JoinHandle<()>,
+    pub(super) stop: watch::Sender<bool>,
 }
 
 impl WorkerHandle {
@@ -79,21 +79,7 @@ fn run_worker(
     stopped: watch::Receiver<bool>,
     drain_for: Duration,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start a worker runtime");
-            return;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
-        let worker = Rc::new(Worker::new(shared));
-        let drain = Rc::new(watch::channel(()).0);
-        let http = Rc::new(http_builder());
+    run_local(shared, drain_for, |worker, http, drain| {
         let serve = |socket, direction| {
             let accept = Accept {
                 worker: worker.clone(),
@@ -124,19 +110,51 @@ fn run_worker(
                 stopped.clone(),
             )));
         }
-        // Idle upstream connections close at their deadlines, with no
-        // periodic timer while nothing is pooled.
+        loops
+    });
+}
+
+/// Runs one worker thread's single-threaded runtime: `listen` starts the
+/// accept loops on the worker's state, HTTP builder and drain signal;
+/// idle upstream connections close at their deadlines (no periodic timer
+/// while nothing is pooled); once every accept loop has ended (listeners
+/// closed), in-flight requests may finish for up to `drain_for`. Shared by
+/// the sidecar's and the ingress gateway's workers.
+pub(super) fn run_local(
+    shared: Arc<Shared>,
+    drain_for: Duration,
+    listen: impl FnOnce(
+        &Rc<Worker>,
+        &Rc<auto::Builder<LocalExec>>,
+        &Rc<watch::Sender<()>>,
+    ) -> Vec<tokio::task::JoinHandle<()>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start a worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let worker = Rc::new(Worker::new(shared));
+        let drain = Rc::new(watch::channel(()).0);
+        let http = Rc::new(http_builder());
+        let loops = listen(&worker, &http, &drain);
         tokio::task::spawn_local(worker.pools.clone().keep_swept());
         for accept_loop in loops {
             let _ = accept_loop.await;
         }
-        // Listeners are closed; let in-flight requests finish, up to `drain`.
         let _ = drain.send(());
         let _ = tokio::time::timeout(drain_for, drain.closed()).await;
     });
 }
 
-fn http_builder() -> auto::Builder<LocalExec> {
+pub(super) fn http_builder() -> auto::Builder<LocalExec> {
     let mut builder = auto::Builder::new(LocalExec);
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
     builder
@@ -183,12 +201,12 @@ impl Accept {
 }
 
 /// What serving one connection needs.
-struct Connection {
-    worker: Rc<Worker>,
-    http: Rc<auto::Builder<LocalExec>>,
+pub(super) struct Connection {
+    pub(super) worker: Rc<Worker>,
+    pub(super) http: Rc<auto::Builder<LocalExec>>,
     /// Told when the worker drains; dropped when the connection is done,
     /// which is what draining waits for.
-    drain: watch::Receiver<()>,
+    pub(super) drain: watch::Receiver<()>,
 }
 
 impl Connection {
@@ -226,6 +244,7 @@ impl Connection {
             tls,
             captured: None,
             activity: Activity::new(),
+            gateway: None,
         };
         self.http(io, down).await;
     }
@@ -249,6 +268,7 @@ impl Connection {
                     tls: None,
                     captured: Some(captured),
                     activity: Activity::new(),
+                    gateway: None,
                 };
                 match decided {
                     Ok(interception::Outbound::Http(captured)) => {
@@ -328,6 +348,7 @@ impl Connection {
                 tls,
                 captured: Some(Captured::Inbound { app }),
                 activity: Activity::new(),
+                gateway: None,
             };
             self.http(io, down).await;
         } else {
@@ -365,7 +386,7 @@ impl Connection {
     }
 
     /// Serves HTTP/1.1 and HTTP/2 on `io` until the connection ends.
-    async fn http<IO>(self, io: IO, down: Downstream)
+    pub(super) async fn http<IO>(self, io: IO, down: Downstream)
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -428,14 +449,14 @@ async fn accept_tcp(
     }
 }
 
-fn to_tokio(socket: StdListener) -> Option<TcpListener> {
+pub(super) fn to_tokio(socket: StdListener) -> Option<TcpListener> {
     TcpListener::from_std(socket)
         .map_err(|error| tracing::error!(%error, "cannot register a listener"))
         .ok()
 }
 
 /// The next connection, or `None` once the worker is told to stop.
-async fn accept(
+pub(super) async fn accept(
     listener: &TcpListener,
     stopped: &mut watch::Receiver<bool>,
 ) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {

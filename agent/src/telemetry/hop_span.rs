@@ -51,12 +51,13 @@ fn service_span_name(cluster: &Cluster) -> impl FnOnce(&mut String) + '_ {
 }
 
 impl HopSpan {
-    /// Starts this hop's span, a child of the caller's context (or a root),
+    /// Starts this hop's span (SERVER where requests arrive: inbound, and
+    /// at an ingress gateway; CLIENT outbound), a child of the caller's context (or a root),
     /// recorded as the caller decided (the sampler reads the decision from
     /// the parent context).
     pub fn start(
         spans: &Rc<WorkerSpans>,
-        direction: Direction,
+        kind: Kind,
         headers: &HeaderMap,
         sampling: Sampling,
     ) -> Self {
@@ -73,10 +74,6 @@ impl HopSpan {
         // without a decision (B3 "defer").
         let decision = (caller.parent.is_some() == (caller.decision == Decision::Defer))
             .then_some(caller.decision);
-        let kind = match direction {
-            Direction::Inbound => Kind::Server,
-            Direction::Outbound => Kind::Client,
-        };
         let parent = Parent {
             context: remote.as_ref(),
             decision,

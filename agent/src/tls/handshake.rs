@@ -118,6 +118,23 @@ pub async fn accept(
         MtlsMode::Strict => material.server_strict.clone(),
         _ => material.server_permissive.clone(),
     };
+    let (io, peer) = terminate(stream, config, failures).await?;
+    Ok((io, Some(peer)))
+}
+
+/// Terminates TLS on `stream` with `config` (an ingress gateway's server
+/// certificate, or the workload's mesh config): the decrypted stream and
+/// what the client proved. `Err` means the handshake failed (counted by
+/// reason as `inbound`).
+pub async fn terminate(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    failures: &IntCounterVec,
+) -> Result<(DownstreamIo, PeerTls), TlsFailure> {
+    let fail = |reason: &'static str| {
+        failures.with_label_values(&["inbound", reason]).inc();
+        TlsFailure(reason)
+    };
     let accepted =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream)).await;
     match accepted {
@@ -131,7 +148,7 @@ pub async fn accept(
                 identity,
                 sni: conn.server_name().map(Arc::from),
             };
-            Ok((MaybeTls::Tls(Box::new(tls)), Some(peer)))
+            Ok((MaybeTls::Tls(Box::new(tls)), peer))
         }
         Ok(Err(error)) => {
             let why = reason(&error);

@@ -39,7 +39,7 @@ use crate::model::telemetry::{Side, TelemetryPolicy};
 use crate::telemetry::hop_span::HopSpan;
 use crate::telemetry::peer_metadata::PEER_METADATA;
 use crate::telemetry::record::{self, Details, LogFields, RequestFacts, RequestRecord};
-use crate::telemetry::span::Sampling;
+use crate::telemetry::span::{Kind, Sampling};
 
 /// Envoy's details of a response the upstream sent.
 const VIA_UPSTREAM: &str = "via_upstream";
@@ -89,7 +89,13 @@ impl Exchange {
         let side_policy = telemetry.side(side);
         let tracing = side_policy.tracing.as_ref();
         let sampling = Sampling::of(telemetry, side, worker.spans.ratio());
-        let span = HopSpan::start(&worker.spans, down.direction, req.headers(), sampling);
+        // An ingress gateway is where a request enters the mesh: its span
+        // is the trace's SERVER root (Istio's gateway starts the trace).
+        let kind = match (down.direction, &down.gateway) {
+            (Direction::Inbound, _) | (Direction::Outbound, Some(_)) => Kind::Server,
+            (Direction::Outbound, None) => Kind::Client,
+        };
+        let span = HopSpan::start(&worker.spans, kind, req.headers(), sampling);
         let tls = down.tls.as_ref();
         let peer = match down.direction {
             Direction::Inbound => req.headers().get(PEER_METADATA).and_then(|v| {

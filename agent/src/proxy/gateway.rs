@@ -1,0 +1,268 @@
+//! The ingress gateway's listeners (`tracemesh gateway`): one socket per
+//! Gateway port and worker. A connection takes the filter chain its port
+//! and SNI pick ([`GatewayPort::chain`]); an HTTP chain serves it through
+//! the sidecar's request path ([`Connection::http`], routed by the chain's
+//! table), after terminating TLS with the chain's certificate where the
+//! server says so; a passthrough chain forwards its bytes, unopened, to
+//! the service its SNI routes to; a TCP chain to its TCP route.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::activity::Activity;
+use super::server::{Connection, WorkerHandle, accept, run_local, to_tokio};
+use super::tcp::{self, TcpTarget};
+use super::{Direction, Downstream, GatewayConn, Shared, Worker};
+use crate::capture::detect::{Detected, detect};
+use crate::model::gateway::{
+    ChainAction, FilterChain, GatewayListeners, L4Route, PortProtocol, ServerTlsMode, l4_route,
+};
+use crate::tls::handshake;
+use crate::tls::io::{DownstreamIo, MaybeTls};
+
+/// Longest a client on a TLS port may take to send its ClientHello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every gateway port's sockets, bound once per worker.
+pub struct GatewaySockets {
+    /// Per worker: `(Gateway port, socket)`.
+    pub per_worker: Vec<Vec<(u16, StdListener)>>,
+    /// `(Gateway port, bound address)` (port 0 resolved), ascending by port.
+    pub addresses: Vec<(u16, SocketAddr)>,
+}
+
+/// Binds every port of `listeners` `workers` times (SO_REUSEPORT).
+///
+/// # Errors
+/// A port that cannot be bound, naming its address.
+pub fn bind_gateway(
+    listeners: &GatewayListeners,
+    workers: usize,
+) -> std::io::Result<GatewaySockets> {
+    let workers = workers.max(1);
+    let mut per_worker: Vec<Vec<(u16, StdListener)>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut addresses = Vec::new();
+    for port in &listeners.ports {
+        let group = super::listener::bind_group(port.listen, workers)?;
+        addresses.push((port.number, group[0].local_addr()?));
+        for (socket, sockets) in group.into_iter().zip(per_worker.iter_mut()) {
+            sockets.push((port.number, socket));
+        }
+    }
+    Ok(GatewaySockets {
+        per_worker,
+        addresses,
+    })
+}
+
+/// Starts one worker per socket group, as the sidecar's are started.
+///
+/// # Errors
+/// A worker thread that could not start.
+pub fn spawn_gateway_workers(
+    shared: &Arc<Shared>,
+    sockets: Vec<Vec<(u16, StdListener)>>,
+    drain: Duration,
+) -> std::io::Result<Vec<WorkerHandle>> {
+    let mut handles = Vec::new();
+    for (index, sockets) in sockets.into_iter().enumerate() {
+        let (stop, stopped) = watch::channel(false);
+        let shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("gateway-worker-{index}"))
+            .spawn(move || run_worker(shared, sockets, stopped, drain))?;
+        handles.push(WorkerHandle { thread, stop });
+    }
+    Ok(handles)
+}
+
+fn run_worker(
+    shared: Arc<Shared>,
+    sockets: Vec<(u16, StdListener)>,
+    stopped: watch::Receiver<bool>,
+    drain_for: Duration,
+) {
+    run_local(shared, drain_for, |worker, http, drain| {
+        let mut loops = Vec::new();
+        for (number, socket) in sockets {
+            let Some(listener) = to_tokio(socket) else {
+                continue;
+            };
+            let (worker, http, drain) = (worker.clone(), http.clone(), drain.clone());
+            let mut stopped = stopped.clone();
+            loops.push(tokio::task::spawn_local(async move {
+                let gauge = worker
+                    .shared
+                    .metrics
+                    .active_connections
+                    .with_label_values(&["gateway"]);
+                while let Some((stream, peer)) = accept(&listener, &mut stopped).await {
+                    let _ = stream.set_nodelay(true);
+                    let connection = Connection {
+                        worker: worker.clone(),
+                        http: http.clone(),
+                        drain: drain.subscribe(),
+                    };
+                    let gauge = gauge.clone();
+                    tokio::task::spawn_local(async move {
+                        gauge.inc();
+                        serve(connection, stream, peer, number).await;
+                        gauge.dec();
+                    });
+                }
+            }));
+        }
+        loops
+    });
+}
+
+/// One connection to Gateway port `number`, by the chain it takes.
+async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, number: u16) {
+    let snapshot = connection.worker.shared.config.load_full();
+    let Some(port) = snapshot
+        .gateway
+        .as_ref()
+        .and_then(|g| g.listeners.port(number))
+    else {
+        return; // the port left the config: a restart closes it
+    };
+    let local = stream.local_addr().unwrap_or(peer);
+    let down = |tls, sni, terminated| Downstream {
+        direction: Direction::Outbound,
+        peer,
+        local,
+        tls,
+        captured: None,
+        activity: Activity::new(),
+        gateway: Some(GatewayConn {
+            port: number,
+            sni,
+            tls: terminated,
+        }),
+    };
+    match port.protocol {
+        PortProtocol::Http => {
+            let io: DownstreamIo = MaybeTls::Plain(stream);
+            connection.http(io, down(None, None, false)).await;
+        }
+        PortProtocol::Tcp => {
+            if let Some(ChainAction::Forward(routes)) = port.chain(None).map(|c| &c.action) {
+                let target = l4_target(routes, None, number);
+                tcp::proxy(
+                    &connection.worker,
+                    stream,
+                    peer,
+                    None,
+                    Direction::Outbound,
+                    target,
+                )
+                .await;
+            }
+        }
+        PortProtocol::Tls => {
+            let sni = match detect(&stream, HELLO_TIMEOUT).await {
+                Ok(Detected::Tls { sni, .. }) => sni,
+                Ok(other) => {
+                    tracing::debug!(%peer, port = number, first = ?other, "not TLS on a TLS port; closed");
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "gateway connection failed before its first bytes");
+                    return;
+                }
+            };
+            let Some(chain) = port.chain(sni.as_deref()) else {
+                tracing::debug!(%peer, port = number, sni = ?sni, "no server answers this SNI; closed");
+                return;
+            };
+            let sni: Option<Arc<str>> = sni.map(Arc::from);
+            if chain.tls.is_none() {
+                return passthrough(&connection.worker, chain, stream, peer, sni, number).await;
+            }
+            let Some(config) = server_config(&connection.worker, chain) else {
+                return;
+            };
+            let failures = &connection.worker.shared.metrics.tls_failures;
+            let Ok((io, client)) = handshake::terminate(stream, config, failures).await else {
+                return; // refused and counted
+            };
+            let client = Some(client);
+            match &chain.action {
+                ChainAction::Http(_) => connection.http(io, down(client, sni, true)).await,
+                ChainAction::Forward(routes) => {
+                    let target = l4_target(routes, sni.as_deref(), number);
+                    let worker = &connection.worker;
+                    tcp::proxy(worker, io, peer, client, Direction::Outbound, target).await;
+                }
+                ChainAction::AutoPassthrough(_) => {}
+            }
+        }
+    }
+}
+
+/// The rustls config a terminating chain serves: the server's own, or
+/// (ISTIO_MUTUAL) the gateway's current workload certificate, requiring a
+/// mesh client certificate.
+fn server_config(worker: &Worker, chain: &FilterChain) -> Option<Arc<rustls::ServerConfig>> {
+    let tls = chain.tls.as_ref()?;
+    match (&tls.config, tls.mode) {
+        (Some(config), _) => Some(config.clone()),
+        (None, ServerTlsMode::IstioMutual) => match worker.shared.tls.load_full() {
+            Some(material) => Some(material.server_strict.clone()),
+            None => {
+                let failures = &worker.shared.metrics.tls_failures;
+                failures
+                    .with_label_values(&["inbound", "no_workload_certificate"])
+                    .inc();
+                None
+            }
+        },
+        (None, _) => None,
+    }
+}
+
+/// TLS passed through unopened: by the SNI's route (PASSTHROUGH) or the
+/// cluster the SNI names (AUTO_PASSTHROUGH).
+async fn passthrough(
+    worker: &Rc<Worker>,
+    chain: &FilterChain,
+    stream: TcpStream,
+    peer: SocketAddr,
+    sni: Option<Arc<str>>,
+    number: u16,
+) {
+    let target = match &chain.action {
+        ChainAction::Forward(routes) => l4_target(routes, sni.as_deref(), number),
+        ChainAction::AutoPassthrough(clusters) => {
+            match sni.as_deref().and_then(|s| clusters.get(s)) {
+                Some(cluster) => TcpTarget::Cluster {
+                    cluster: cluster.clone(),
+                    endpoint: None,
+                },
+                None => TcpTarget::BlackHole,
+            }
+        }
+        ChainAction::Http(_) => return,
+    };
+    tcp::proxy(worker, stream, peer, None, Direction::Outbound, target).await;
+}
+
+/// Where forwarded bytes go: the route `sni` picks, a destination by
+/// weight, its cluster at the Gateway port (else the service's only port).
+fn l4_target(routes: &[L4Route], sni: Option<&str>, number: u16) -> TcpTarget {
+    let cluster = l4_route(routes, sni)
+        .and_then(L4Route::pick)
+        .and_then(|d| d.target.cluster_for(number));
+    match cluster {
+        Some(cluster) => TcpTarget::Cluster {
+            cluster: cluster.clone(),
+            endpoint: None,
+        },
+        None => TcpTarget::BlackHole,
+    }
+}

@@ -1,0 +1,294 @@
+//! Runs the real `tracemesh gateway` binary on a config written to a temp
+//! dir, waits for its "gateway ready" line and reads the bound address of
+//! each Gateway port from it; and a TLS client for its HTTPS ports.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+
+use super::agent::{Started, binary, field, start_until_ready, write_config};
+
+/// A running gateway process; killed when dropped.
+pub struct Gateway {
+    child: Child,
+    /// `(Gateway port, bound address)`.
+    pub ports: Vec<(u16, SocketAddr)>,
+    /// The admin API.
+    pub admin: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    /// The config file.
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// An IngressGateway document (`istio-ingressgateway` in `istio-system`,
+/// labels `istio: ingressgateway`, `app: istio-ingressgateway`) with each
+/// of `ports` on 127.0.0.1:0; `extra` is appended under `spec:`.
+pub fn bootstrap(ports: &[u16], otlp: &str, extra: &str) -> String {
+    let listeners: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{{port: {p}, listen: \"127.0.0.1:0\"}}"))
+        .collect();
+    format!(
+        r#"apiVersion: tracemesh.io/v1
+kind: IngressGateway
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  labels: {{istio: ingressgateway, app: istio-ingressgateway}}
+  listeners: [{listeners}]
+  admin: {{listen: "127.0.0.1:0"}}
+  concurrency: 2
+  telemetry:
+    otlp: {{endpoint: "{otlp}"}}
+    sampling: 1.0
+    flushInterval: 100ms
+{extra}
+"#,
+        listeners = listeners.join(", ")
+    )
+}
+
+impl Gateway {
+    /// Starts a gateway on `yaml` and waits until it is ready.
+    pub fn start(yaml: &str) -> Gateway {
+        Self::try_start(yaml).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+    }
+
+    /// Starts a gateway; `Err` carries its stderr when it exits instead.
+    pub fn try_start(yaml: &str) -> Result<Gateway, String> {
+        let (dir, path) = write_config(yaml);
+        let mut command = Command::new(binary());
+        command.args(["gateway", "--config"]).arg(&path);
+        let Started {
+            child,
+            line,
+            stderr,
+            stdout,
+        } = start_until_ready(command)?;
+        let ports = field(&line, "ports")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let (port, addr) = s.split_once('=').expect("port=address");
+                (port.parse().unwrap(), addr.parse().unwrap())
+            })
+            .collect();
+        let admin = field(&line, "admin")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("admin in {line}"));
+        Ok(Gateway {
+            child,
+            ports,
+            admin,
+            stderr,
+            stdout,
+            config: path,
+            _dir: dir,
+        })
+    }
+
+    /// Where Gateway port `number` listens.
+    pub fn port(&self, number: u16) -> SocketAddr {
+        self.ports
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("port {number} not in {:?}", self.ports))
+    }
+
+    /// Lines the gateway wrote to stderr so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Lines the gateway wrote to stdout so far (access log).
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Waits until stdout has at least `n` lines (or 20 s pass).
+    pub fn wait_stdout_lines(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let lines = self.stdout();
+            if lines.len() >= n || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GETs an admin path.
+    pub async fn admin_get(&self, path: &str) -> String {
+        let (status, body) = super::client::raw_get(self.admin, path).await;
+        assert_eq!(status, 200, "admin {path}: {body}");
+        body
+    }
+
+    /// The gateway's metrics, parsed as Prometheus text.
+    pub async fn metrics(&self) -> super::metrics::Scrape {
+        super::metrics::Scrape::parse(&self.admin_get("/metrics").await)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Server credentials as a Kubernetes Secret volume lays them out
+/// (`<dir>/<namespace>/<name>/tls.crt`, `tls.key`, `ca.crt`), issued by a
+/// fresh CA, and a client certificate that CA signed.
+pub struct Credentials {
+    /// The credential directory (`credentialDirectory`).
+    pub dir: PathBuf,
+    /// The CA's root (PEM): clients trust it; MUTUAL servers verify with it.
+    pub root_pem: String,
+    /// A client certificate chain and key the CA signed.
+    pub client: (String, String),
+    _tmp: tempfile::TempDir,
+}
+
+impl Credentials {
+    /// A Secret `namespace/name` whose certificate names `hosts`.
+    pub fn issue(namespace: &str, name: &str, hosts: &[&str]) -> Credentials {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca =
+            tracemesh_ca::Authority::init(&tmp.path().join("ca"), "example.com", None).unwrap();
+        let (key, issued) = ca.issue_server(hosts, &[]).unwrap();
+        let dir = tmp.path().join("credentials");
+        let secret = dir.join(namespace).join(name);
+        std::fs::create_dir_all(&secret).unwrap();
+        std::fs::write(secret.join("tls.crt"), &issued.cert_chain).unwrap();
+        std::fs::write(secret.join("tls.key"), &key).unwrap();
+        std::fs::write(secret.join("ca.crt"), ca.root_pem()).unwrap();
+        let id = tracemesh_ca::SpiffeId::new("example.com", "clients", "client").unwrap();
+        let (client_key, client_issued) =
+            ca.issue_with_key(&id, Duration::from_secs(3600)).unwrap();
+        Credentials {
+            dir,
+            root_pem: ca.root_pem().to_owned(),
+            client: (client_issued.cert_chain, client_key),
+            _tmp: tmp,
+        }
+    }
+
+    /// The directory as a path.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// What an HTTPS request through the gateway got.
+#[derive(Debug)]
+pub struct TlsReply {
+    /// The ALPN protocol the server chose.
+    pub alpn: Option<String>,
+    /// The status.
+    pub status: u16,
+    /// `x-upstream` (which backend answered).
+    pub upstream: Option<String>,
+    /// The body.
+    pub body: String,
+}
+
+/// GETs `path` over TLS from `addr`, sending `sni` (and as the Host),
+/// trusting `root_pem`, offering `alpn`, presenting `client` when given.
+/// `Err` when the handshake or the exchange fails.
+pub async fn tls_get(
+    addr: SocketAddr,
+    sni: &str,
+    root_pem: &str,
+    alpn: &[&str],
+    client: Option<&(String, String)>,
+    path: &str,
+) -> Result<TlsReply, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((chain, key)) => {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(chain.as_bytes())
+                    .map(Result::unwrap)
+                    .collect();
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let negotiated = tls
+        .get_ref()
+        .1
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let io = TokioIo::new(tls);
+    let response = if negotiated.as_deref() == Some("h2") {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = Request::get(format!("https://{sni}{path}"))
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        sender.send_request(req).await
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", sni)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        sender.send_request(req).await
+    }
+    .map_err(|e| format!("request: {e}"))?;
+    let status = response.status().as_u16();
+    let upstream = response
+        .headers()
+        .get("x-upstream")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(TlsReply {
+        alpn: negotiated,
+        status,
+        upstream,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}

@@ -1,0 +1,545 @@
+//! The ingress gateway end to end: the real `tracemesh gateway` binary,
+//! bound by Istio `Gateway`s and the VirtualServices naming them (and by a
+//! Kubernetes Gateway with an HTTPRoute), in front of a real sidecar and
+//! application; real TLS clients with certificates issued in the test.
+//!
+//! `cargo test --test gateway`.
+
+// Test helpers: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::agent::Agent;
+use common::client::Client;
+use common::gateway::{Credentials, Gateway, bootstrap, tls_get};
+use common::mesh::{AgentDoc, Ep, service_entry};
+use common::otlp::Receiver;
+use common::pki::{Ca, TlsUpstream};
+use common::upstream::Upstream;
+
+/// Bookinfo's own `bookinfo-gateway` Gateway and VirtualService (Istio's
+/// `samples/bookinfo/networking/bookinfo-gateway.yaml`), the service port
+/// as the sample names it.
+const BOOKINFO_GATEWAY: &str = r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: bookinfo-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 8080
+      name: http
+      protocol: HTTP
+    hosts:
+    - "*"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: bookinfo
+spec:
+  hosts:
+  - "*"
+  gateways:
+  - bookinfo-gateway
+  http:
+  - match:
+    - uri:
+        exact: /productpage
+    - uri:
+        prefix: /static
+    - uri:
+        exact: /login
+    - uri:
+        exact: /logout
+    - uri:
+        prefix: /api/v1/products
+    route:
+    - destination:
+        host: productpage
+        port:
+          number: 9080
+"#;
+
+/// HTTP through the gateway into a sidecar and its application: routed by
+/// Bookinfo's gateway resources, the gateway's span the trace's SERVER
+/// root with the sidecar's span its child, Istio metrics with the gateway
+/// as the source workload, the access log, and the admin API's routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_enters_the_mesh_through_the_gateway_as_the_trace_root() {
+    let otlp = Receiver::start().await;
+    let ca = Ca::start();
+    let app = Upstream::start("productpage").await;
+    let sidecar = Agent::start(
+        &AgentDoc {
+            name: "productpage-v1",
+            service: "productpage",
+            app: "productpage",
+            version: "v1",
+            app_addr: app.addr,
+            otlp: &otlp.endpoint(),
+            app_protocol: "HTTP",
+            outbound_tcp: "[]",
+            extra: &ca.identity_yaml("bookinfo-productpage", "1h"),
+        }
+        .yaml(),
+    );
+    let productpage = service_entry(
+        "productpage",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: sidecar.inbound,
+            labels: &[("app", "productpage"), ("version", "v1")],
+        }],
+    );
+    // The gateway speaks mesh mTLS to productpage with its own workload
+    // certificate (ISTIO_MUTUAL), as Istio's ingress gateway does.
+    let identity = ca.identity_yaml("istio-ingressgateway-service-account", "1h");
+    let extra = format!("  accessLog: {{enabled: true}}\n{identity}");
+    let yaml = bootstrap(&[8080], &otlp.endpoint(), &extra)
+        + &productpage
+        + "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: productpage}\nspec:\n  host: productpage\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"
+        + BOOKINFO_GATEWAY;
+    let gateway = Gateway::start(&yaml);
+    let client = Client::h1(gateway.port(8080));
+
+    let reply = client.get("http://bookinfo.example.com/productpage").await;
+    assert_eq!(reply.status, 200, "{:?}", gateway.stderr());
+    assert_eq!(reply.upstream(), "productpage");
+    // The application saw the request the gateway forwarded, with the
+    // trace context of a trace the gateway started.
+    let seen = app.seen().pop().unwrap();
+    assert_eq!(seen.path, "/productpage");
+    assert!(seen.headers.contains_key("traceparent"));
+    // Not bound by the gateway's VirtualService: 404 NR at the gateway.
+    let missing = client.get("http://bookinfo.example.com/admin").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(app.count(), 1);
+
+    let spans = otlp
+        .wait_for("the gateway's and the sidecar's spans", |spans| {
+            spans.iter().any(|s| s.service == "istio-ingressgateway")
+                && spans.iter().any(|s| s.service == "productpage")
+        })
+        .await;
+    let root = spans
+        .iter()
+        .find(|s| {
+            s.service == "istio-ingressgateway"
+                && s.attr("url.path").as_deref() == Some("/productpage")
+        })
+        .expect("the gateway's span");
+    assert_eq!(root.parent_id(), "", "the gateway starts the trace");
+    assert_eq!(root.span.kind, 2, "SERVER");
+    let hop = spans
+        .iter()
+        .find(|s| s.service == "productpage" && s.span.kind == 2)
+        .expect("the sidecar's inbound span");
+    assert_eq!(hop.trace_id(), root.trace_id());
+    assert_eq!(
+        hop.parent_id(),
+        root.span_id(),
+        "the mesh hop is the gateway's child"
+    );
+
+    let metrics = gateway.metrics().await;
+    let labels = [
+        ("reporter", "source"),
+        ("source_workload", "istio-ingressgateway"),
+        ("source_workload_namespace", "istio-system"),
+        ("source_app", "istio-ingressgateway"),
+        ("destination_service_name", "productpage"),
+        ("destination_app", "productpage"),
+        ("response_code", "200"),
+    ];
+    assert_eq!(
+        metrics.sum("istio_requests_total", &labels),
+        1.0,
+        "{}",
+        gateway.admin_get("/metrics").await
+    );
+    let not_routed = [
+        ("source_workload", "istio-ingressgateway"),
+        ("response_code", "404"),
+        ("response_flags", "NR"),
+    ];
+    assert_eq!(metrics.sum("istio_requests_total", &not_routed), 1.0);
+    // The sidecar saw the gateway as its caller.
+    let inbound = sidecar.metrics().await;
+    let from_gateway = [
+        ("reporter", "destination"),
+        ("source_workload", "istio-ingressgateway"),
+        ("source_workload_namespace", "istio-system"),
+        ("destination_workload", "productpage-v1"),
+        ("connection_security_policy", "mutual_tls"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
+        ),
+    ];
+    assert_eq!(inbound.sum("istio_requests_total", &from_gateway), 1.0);
+
+    let routes = gateway.admin_get("/routes").await;
+    assert!(routes.contains("\"http.8080\""), "{routes}");
+    let log = gateway.wait_stdout_lines(2);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("/productpage") && l.contains("200")),
+        "{log:?}"
+    );
+}
+
+/// HTTPS on one port: SIMPLE termination for the server whose host the
+/// SNI names (ALPN h2 and http/1.1), TLS passed through unopened to a mesh
+/// service for the PASSTHROUGH server's SNI; MUTUAL on another port,
+/// refusing a client without a certificate; `httpsRedirect` on port 80.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn https_terminates_by_sni_passes_tls_through_and_redirects_http() {
+    let app = Upstream::start("bookinfo").await;
+    let database = TlsUpstream::start(&["db.example.com"], false).await;
+    let creds = Credentials::issue(
+        "istio-system",
+        "bookinfo-credential",
+        &["bookinfo.example.com"],
+    );
+    let mut yaml = bootstrap(
+        &[80, 443, 8443],
+        common::mesh::NO_COLLECTOR,
+        &format!("  credentialDirectory: {}", creds.path().display()),
+    );
+    yaml += &service_entry(
+        "bookinfo",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: app.addr,
+            labels: &[("app", "bookinfo")],
+        }],
+    );
+    yaml += &format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: default}}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  ports: [{{number: 443, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tls: {db}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [bookinfo.example.com]
+    tls: {{httpsRedirect: true}}
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [bookinfo.example.com]
+    tls: {{mode: SIMPLE, credentialName: bookinfo-credential}}
+  - port: {{number: 443, name: tls-db, protocol: TLS}}
+    hosts: [db.example.com]
+    tls: {{mode: PASSTHROUGH}}
+  - port: {{number: 8443, name: https-mutual, protocol: HTTPS}}
+    hosts: [bookinfo.example.com]
+    tls: {{mode: MUTUAL, credentialName: bookinfo-credential}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: bookinfo}}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [edge]
+  http: [{{route: [{{destination: {{host: bookinfo}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db}}
+spec:
+  hosts: [db.example.com]
+  gateways: [edge]
+  tls:
+  - match: [{{port: 443, sniHosts: [db.example.com]}}]
+    route: [{{destination: {{host: db.default.svc.cluster.local, port: {{number: 443}}}}}}]
+"#,
+        db = database.addr.port()
+    );
+    let gateway = Gateway::start(&yaml);
+    let root = &creds.root_pem;
+
+    // SIMPLE, by SNI, over HTTP/2 and HTTP/1.1 as ALPN chooses.
+    let https = gateway.port(443);
+    for alpn in [&["h2", "http/1.1"][..], &["http/1.1"]] {
+        let reply = tls_get(
+            https,
+            "bookinfo.example.com",
+            root,
+            alpn,
+            None,
+            "/productpage",
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200, "{reply:?} {:?}", gateway.stderr());
+        assert_eq!(reply.upstream.as_deref(), Some("bookinfo"));
+        assert_eq!(reply.alpn.as_deref(), Some(alpn[0]));
+    }
+    assert_eq!(app.count(), 2);
+    let seen = app.seen().pop().unwrap();
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+
+    // PASSTHROUGH: the database's own certificate answers (the client
+    // trusts only its root), and it saw the client's SNI.
+    let db_root = std::fs::read_to_string(&database.root).unwrap();
+    let reply = tls_get(https, "db.example.com", &db_root, &["http/1.1"], None, "/")
+        .await
+        .unwrap();
+    assert_eq!(reply.body, "secure hello");
+    assert_eq!(
+        database.sni.lock().unwrap().as_slice(),
+        [Some("db.example.com".to_owned())]
+    );
+    // An SNI no server answers: the connection is closed.
+    assert!(
+        tls_get(https, "other.example.com", root, &["http/1.1"], None, "/")
+            .await
+            .is_err()
+    );
+
+    // MUTUAL: a client certificate the credential's CA signed is required.
+    let mutual = gateway.port(8443);
+    let reply = tls_get(
+        mutual,
+        "bookinfo.example.com",
+        root,
+        &["h2"],
+        Some(&creds.client),
+        "/reviews",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(app.seen().pop().unwrap().path, "/reviews");
+    let refused = tls_get(
+        mutual,
+        "bookinfo.example.com",
+        root,
+        &["h2"],
+        None,
+        "/reviews",
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(app.count(), 3);
+
+    // httpsRedirect: 301 to the same host and path over https.
+    let plain = Client::h1(gateway.port(80));
+    let reply = plain
+        .get("http://bookinfo.example.com/productpage?u=1")
+        .await;
+    assert_eq!(reply.status, 301);
+    assert_eq!(
+        reply.header("location").as_deref(),
+        Some("https://bookinfo.example.com/productpage?u=1")
+    );
+    assert_eq!(app.count(), 3);
+
+    let metrics = gateway.metrics().await;
+    let tcp = [
+        ("reporter", "source"),
+        ("source_workload", "istio-ingressgateway"),
+        ("destination_service", "db.default.svc.cluster.local"),
+    ];
+    assert_eq!(metrics.sum("istio_tcp_connections_opened_total", &tcp), 1.0);
+}
+
+/// The same routing written as a Kubernetes Gateway with an HTTPRoute and
+/// as an Istio Gateway with a VirtualService, served by one gateway on two
+/// ports: every request reaches the same backend, or gets the same status,
+/// on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_httproute_routes_as_the_equivalent_virtual_service() {
+    let v1 = Upstream::start("reviews-v1").await;
+    let v2 = Upstream::start("reviews-v2").await;
+    let mut yaml = bootstrap(&[80, 81], common::mesh::NO_COLLECTOR, "");
+    for u in [&v1, &v2] {
+        yaml += &service_entry(
+            &u.name,
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: u.addr,
+                labels: &[],
+            }],
+        );
+    }
+    yaml += r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [shop.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop}
+spec:
+  hosts: [shop.example.com]
+  gateways: [shop]
+  http:
+  - match: [{uri: {prefix: /reviews}, headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews-v2}}]
+    headers: {request: {set: {x-routed-by: shop}}}
+  - match: [{uri: {exact: /reviews}}, {uri: {prefix: /reviews/}}]
+    route: [{destination: {host: reviews-v1}}]
+    headers: {request: {set: {x-routed-by: shop}}}
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /reviews, redirectCode: 302}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: shop-api, namespace: istio-system}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 81, protocol: HTTP, hostname: shop.example.com, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop}
+spec:
+  parentRefs: [{name: shop-api, namespace: istio-system}]
+  hostnames: [shop.example.com]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /reviews}, headers: [{name: end-user, value: jason}]}]
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-routed-by, value: shop}]}}]
+    backendRefs: [{name: reviews-v2, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /reviews}}]
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-routed-by, value: shop}]}}]
+    backendRefs: [{name: reviews-v1, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /reviews}, statusCode: 302}}]
+"#;
+    let gateway = Gateway::start(&yaml);
+    let istio = Client::h1(gateway.port(80));
+    let kubernetes = Client::h1(gateway.port(81));
+    // (path, request headers, status, the backend that answers)
+    let cases: &[Case] = &[
+        ("/reviews", &[], 200, Some("reviews-v1")),
+        ("/reviews/1", &[], 200, Some("reviews-v1")),
+        (
+            "/reviews/1",
+            &[("end-user", "jason")],
+            200,
+            Some("reviews-v2"),
+        ),
+        ("/reviewsx", &[], 404, None),
+        ("/old/page", &[], 302, None),
+        ("/ratings", &[], 404, None),
+    ];
+    for (path, headers, status, backend) in cases {
+        for (name, client) in [("VirtualService", &istio), ("HTTPRoute", &kubernetes)] {
+            let before = (v1.count(), v2.count());
+            let url = format!("http://shop.example.com{path}");
+            let reply = client.get_with(&url, headers).await;
+            assert_eq!(reply.status, *status, "{name} {path} {headers:?}");
+            match backend {
+                Some(backend) => {
+                    assert_eq!(reply.upstream(), *backend, "{name} {path} {headers:?}");
+                    let u = if *backend == "reviews-v1" { &v1 } else { &v2 };
+                    assert_eq!(u.seen().pop().unwrap().headers["x-routed-by"], "shop");
+                }
+                None => assert_eq!((v1.count(), v2.count()), before, "{name} {path}"),
+            }
+            if *status == 302 {
+                let location = reply.header("location").unwrap();
+                assert!(location.ends_with("/reviews"), "{name}: {location}");
+            }
+        }
+    }
+}
+
+/// A request of [`an_httproute_routes_as_the_equivalent_virtual_service`]:
+/// path, request headers, the status, the backend that must answer.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16, Option<&'a str>);
+
+/// The gateway reloads its file as the agent does: a changed
+/// VirtualService routes the next requests, over the connection already
+/// open; a broken file is refused and the config in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_reloads_its_file() {
+    let v1 = Upstream::start("reviews-v1").await;
+    let v2 = Upstream::start("reviews-v2").await;
+    let mut base = bootstrap(&[80], common::mesh::NO_COLLECTOR, "");
+    for u in [&v1, &v2] {
+        base += &service_entry(
+            &u.name,
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: u.addr,
+                labels: &[],
+            }],
+        );
+    }
+    base += r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+"#;
+    let routed_to = |backend: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: shop}}\nspec:\n  hosts: [\"*\"]\n  gateways: [shop]\n  http: [{{route: [{{destination: {{host: {backend}}}}}]}}]\n"
+        )
+    };
+    let gateway = Gateway::start(&(base.clone() + &routed_to("reviews-v1")));
+    let client = Client::h1(gateway.port(80));
+    assert_eq!(client.get("http://shop/").await.upstream(), "reviews-v1");
+
+    std::fs::write(&gateway.config, base.clone() + &routed_to("reviews-v2")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if client.get("http://shop/").await.upstream() == "reviews-v2" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            gateway.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    std::fs::write(
+        &gateway.config,
+        base + "---\nkind: VirtualService\nspec: [\n",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !gateway
+        .stderr()
+        .iter()
+        .any(|l| l.contains("config rejected"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            gateway.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(client.get("http://shop/").await.upstream(), "reviews-v2");
+}

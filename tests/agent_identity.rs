@@ -631,4 +631,14 @@ async fn the_grpc_authorizer_gets_the_start_of_a_longer_body_as_bytes_or_text() 
     assert_eq!(check.header("x-envoy-auth-partial-body"), Some("false"));
     let seen = app.seen().pop().unwrap();
     assert_eq!(seen.body_len, json.len() as u64);
+
+    // A request without a body has none in the check, as in Envoy.
+    let reply = Client::h1(text.inbound)
+        .get_with("http://reviews:9080/api/no-body", &[("x-user", "alice")])
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let check = checks.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(check.path, "/api/no-body");
+    assert!(check.body.is_empty());
+    assert_eq!(check.header("x-envoy-auth-partial-body"), None);
 }

@@ -167,8 +167,10 @@ impl AccessControl {
                         Ok(ahead) => ahead,
                         Err(refused) => return AccessOutcome::Deny(refused),
                     };
+                    // No body at all is none in the check, as Envoy buffers
+                    // nothing for a request that ended with its headers.
                     let with_body = CheckRequest {
-                        body: Some(&ahead.bytes),
+                        body: Some(&ahead.bytes[..]).filter(|b| !b.is_empty() || ahead.partial),
                         body_partial: ahead.partial,
                         ..*check
                     };

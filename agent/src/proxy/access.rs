@@ -133,6 +133,10 @@ pub fn check_now<B>(
 impl RequestBody for Option<HeldBody> {
     async fn read_ahead(&mut self, settings: BodySettings) -> Result<BodyAhead, Denied> {
         let tap = match self.take() {
+            Some(HeldBody::Arrived(body)) if http_body::Body::is_end_stream(&body) => {
+                *self = Some(HeldBody::Arrived(body));
+                return Ok(BodyAhead::default());
+            }
             Some(HeldBody::Arrived(body)) => Tap::new(body, Rc::new(RequestProgress::default())),
             Some(HeldBody::ReadAhead(tap)) => tap,
             None => return Err(refusal(LocalReply::CONNECTION_TERMINATION)),

@@ -63,12 +63,15 @@ enum Kept {
 
 impl BodySource {
     /// The client's body, kept for replays when `keep` (a retry or a mirror
-    /// may want it) or when it was read ahead. A body that has already
-    /// ended is no body.
+    /// may want it); a body read ahead is sent from its tap, which keeps no
+    /// more unless `keep`. A body that has already ended is no body.
     pub fn new(body: HeldBody, keep: bool) -> Self {
         let body = match body {
             HeldBody::Arrived(body) => body,
             HeldBody::ReadAhead(tap) => {
+                if !keep {
+                    tap.stop_keeping();
+                }
                 return Self {
                     progress: tap.progress(),
                     kept: Kept::Replay(tap),

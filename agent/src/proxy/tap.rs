@@ -138,6 +138,13 @@ impl Tap {
         Ok((body.freeze(), state.buffered))
     }
 
+    /// Nothing will replay the body (no retry, no mirror): frames read
+    /// from now on pass through unkept; those read ahead stay until the
+    /// request ends.
+    pub fn stop_keeping(&self) {
+        self.0.borrow_mut().overflowed = true;
+    }
+
     /// How far the body has got.
     pub fn progress(&self) -> Rc<RequestProgress> {
         self.0.borrow().progress.clone()

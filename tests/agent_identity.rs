@@ -14,12 +14,14 @@ mod common;
 use std::net::SocketAddr;
 
 use base64::Engine;
+use bytes::Bytes;
 use common::agent::Agent;
 use common::client::{Client, Reply};
 use common::ext_authz;
 use common::mesh::{AgentDoc, NO_COLLECTOR};
 use common::otlp::Receiver;
-use common::upstream::{Upstream, closed_port};
+use common::upstream::{FNV_START, Upstream, closed_port, fnv, pattern};
+use http_body_util::Full;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::json;
@@ -495,4 +497,148 @@ async fn an_authorizer_that_is_down_fails_open_or_closed_as_the_provider_says() 
         .get("http://reviews:9080/api/x")
         .await;
     assert_eq!(reply.status, 403, "failOpen false, statusOnError's default");
+}
+
+/// A POST of `body` with `headers`.
+async fn post(client: &Client, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+    let mut request = http::Request::post(format!("http://reviews:9080{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    client
+        .send(request.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+}
+
+/// The generated body of `len` bytes, and its FNV-1a as the upstream sums it.
+fn generated(len: u64) -> (Vec<u8>, u64) {
+    let body: Vec<u8> = (0..len).map(pattern).collect();
+    let hash = fnv(FNV_START, &body);
+    (body, hash)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_http_authorizer_gets_the_body_read_ahead_and_a_longer_one_gets_413() {
+    let otlp = Receiver::start().await;
+    let app = Upstream::start("reviews").await;
+    let (authz, checks) = ext_authz::start_http().await;
+    let body_in_check = "        includeRequestBodyInCheck: {maxRequestBytes: 1000}\n";
+    let config = workload(
+        app.addr,
+        &otlp.endpoint(),
+        &(mesh_config(&http_provider(authz, body_in_check)) + CUSTOM_POLICIES),
+    );
+    let agent = Agent::start(&config);
+    let client = Client::h1(agent.inbound);
+
+    // Within the limit: the check carries the body (with its length), and
+    // the upstream gets it unchanged.
+    let (body, hash) = generated(1000);
+    let reply = post(
+        &client,
+        "/api/allowed",
+        &[("x-user", "alice")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let check = checks.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(check.body, body, "the authorizer sees the body");
+    assert_eq!(check.header("content-length"), Some("1000"));
+    let seen = app.seen().pop().unwrap();
+    assert_eq!((seen.body_len, seen.body_hash), (1000, hash));
+
+    // One byte over, without allowPartialMessage: Envoy's 413, the
+    // authorizer and the upstream never asked.
+    let (asked, served) = (checks.lock().unwrap().len(), app.seen().len());
+    let (body, _) = generated(1001);
+    let reply = post(&client, "/api/too-long", &[("x-user", "alice")], body).await;
+    refused(
+        &agent,
+        &otlp,
+        &reply,
+        "/api/too-long",
+        (413, "Payload Too Large", "-"),
+        "request_payload_too_large",
+    )
+    .await;
+    assert_eq!(checks.lock().unwrap().len(), asked);
+    assert_eq!(app.seen().len(), served);
+
+    // A malformed chunk while reading ahead: 400 DPE, as when forwarding.
+    let broken = "POST /api/broken HTTP/1.1\r\nHost: reviews:9080\r\nx-user: alice\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\nnot-a-size\r\n";
+    let reply = common::client::raw_exchange(agent.inbound, broken).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("x-tracemesh-response-flags: DPE"), "{reply}");
+    assert_eq!(checks.lock().unwrap().len(), asked);
+
+    // No CUSTOM policy applies: no read-ahead, no limit.
+    let (body, hash) = generated(300_000);
+    let reply = post(&client, "/other", &[], body).await;
+    assert_eq!(reply.status, 200);
+    let seen = app.seen().pop().unwrap();
+    assert_eq!((seen.body_len, seen.body_hash), (300_000, hash));
+    assert_eq!(checks.lock().unwrap().len(), asked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_grpc_authorizer_gets_the_start_of_a_longer_body_as_bytes_or_text() {
+    let app = Upstream::start("reviews").await;
+    let (authz, checks) = ext_authz::start_grpc().await;
+    let start = |body_in_check: &str| {
+        Agent::start(&workload(
+            app.addr,
+            NO_COLLECTOR,
+            &(mesh_config(&grpc_provider(authz, body_in_check)) + CUSTOM_POLICIES),
+        ))
+    };
+    let bytes = start(
+        "        includeRequestBodyInCheck: {maxRequestBytes: 1000, allowPartialMessage: true, packAsBytes: true}\n",
+    );
+    let text = start("        includeRequestBodyInCheck: {maxRequestBytes: 1000}\n");
+
+    // allowPartialMessage: the first 1000 bytes as raw_body, marked partial;
+    // the upstream gets all of it, what was read ahead then the rest.
+    let (body, hash) = generated(300_000);
+    let reply = post(
+        &Client::h1(bytes.inbound),
+        "/api/allowed",
+        &[("x-user", "alice"), ("x-envoy-auth-partial-body", "false")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let check = checks.lock().unwrap().last().cloned().unwrap();
+    assert!(check.raw_body, "packAsBytes");
+    assert_eq!(check.body, body[..1000]);
+    assert_eq!(check.header("x-envoy-auth-partial-body"), Some("true"));
+    let seen = app.seen().pop().unwrap();
+    assert_eq!((seen.body_len, seen.body_hash), (300_000, hash));
+
+    // Without packAsBytes the body is text; a whole body is not partial.
+    let json = "{\"order\": 7, \"note\": \"café\"}".as_bytes().to_vec();
+    let reply = post(
+        &Client::h1(text.inbound),
+        "/api/allowed",
+        &[("x-user", "alice")],
+        json.clone(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let check = checks.lock().unwrap().last().cloned().unwrap();
+    assert!(!check.raw_body, "sent as body");
+    assert_eq!(check.body, json);
+    assert_eq!(check.header("x-envoy-auth-partial-body"), Some("false"));
+    let seen = app.seen().pop().unwrap();
+    assert_eq!(seen.body_len, json.len() as u64);
+
+    // A request without a body has none in the check, as in Envoy.
+    let reply = Client::h1(text.inbound)
+        .get_with("http://reviews:9080/api/no-body", &[("x-user", "alice")])
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let check = checks.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(check.path, "/api/no-body");
+    assert!(check.body.is_empty());
+    assert_eq!(check.header("x-envoy-auth-partial-body"), None);
 }

@@ -2,7 +2,8 @@
 //! tags on reported spans (literal, header with default, environment),
 //! sampling of new traces at 0 and 100 per workload with Istio's
 //! precedence between the mesh (root namespace), namespace and workload
-//! resources, a metric disabled and a label removed and added, an access
+//! resources, `disableSpanReporting` on one side (no span, the context still
+//! propagated), a metric disabled and a label removed and added, an access
 //! log filtered by `response.code >= 400` — and live reloads changing them.
 
 // Tests fail by panicking; helpers here unwrap as the tests do.
@@ -283,4 +284,75 @@ async fn metric_overrides_and_access_log_filters_apply_and_reload() {
     assert!(!after[0].labels.contains_key("request_method"));
     assert_eq!(client.get("http://reviews:9080/unlogged").await.status, 404);
     assert!(!log_paths(&agent).contains(&"/after".to_owned()));
+}
+
+/// reviews' Telemetry: the SERVER side (inbound) reports no spans, the
+/// CLIENT side (outbound) does; both sample every new trace.
+const SERVER_REPORTING_OFF: &str = r#"---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: reviews-reporting, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  tracing:
+  - match: {mode: SERVER}
+    randomSamplingPercentage: 100
+    disableSpanReporting: true
+  - match: {mode: CLIENT}
+    randomSamplingPercentage: 100
+"#;
+
+/// `disableSpanReporting` stops the side's spans, not its trace context.
+/// The absence is shown without a timed wait: the agent runs one worker
+/// (`concurrency: 1`), which appends each finished span to its one batch
+/// in finish order, and batches reach the export thread, which sends them
+/// one after another, in the order they were shipped. Request A (inbound,
+/// reporting off) ends — its span finished — before request B (outbound,
+/// reporting on) is sent, so once B's span is at the receiver, A's would
+/// be there too had it been reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disabled_span_reporting_reports_nothing_and_still_propagates_the_context() {
+    let otlp = Receiver::start().await;
+    let app = Upstream::start("reviews").await;
+    let ratings = Upstream::start("ratings").await;
+    let one_worker =
+        doc("reviews", app.addr, &otlp.endpoint()).replace("concurrency: 2", "concurrency: 1");
+    assert!(one_worker.contains("concurrency: 1"), "{one_worker}");
+    let ratings_entry = common::mesh::service_entry(
+        "ratings",
+        9080,
+        "HTTP",
+        &[common::mesh::Ep {
+            addr: ratings.addr,
+            labels: &[],
+        }],
+    );
+    let agent = Agent::start(&(one_worker + MESH + SERVER_REPORTING_OFF + &ratings_entry));
+
+    // A: inbound, reporting off; the app still gets a sampled traceparent.
+    let reply = Client::h1(agent.inbound)
+        .get("http://reviews:9080/reporting-off")
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        upstream_sampled(&app),
+        "the context goes on, sampled, without a span reported"
+    );
+
+    // B: outbound, reporting on, on the same worker after A ended.
+    let reply = Client::h1(agent.outbound)
+        .get("http://ratings:9080/reporting-on")
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert!(upstream_sampled(&ratings));
+    otlp.span_of("/reporting-on").await;
+    let reported: Vec<String> = otlp
+        .spans()
+        .iter()
+        .filter_map(|s| s.attr("url.path"))
+        .collect();
+    assert!(
+        !reported.iter().any(|p| p == "/reporting-off"),
+        "the SERVER side reports nothing: {reported:?}"
+    );
 }

@@ -61,6 +61,7 @@ fn request<'a>(headers: &'a HeaderMap, body: Option<&'a [u8]>) -> CheckRequest<'
         path_and_query: "/api/items?id=7",
         headers,
         body,
+        body_partial: false,
         body_len: body.map(|b| b.len() as u64),
         protocol: "HTTP/1.1",
         source: "10.1.0.7:40000".parse().unwrap(),
@@ -271,36 +272,45 @@ async fn grpc_allow_and_deny_follow_the_check_response() {
 }
 
 #[tokio::test]
-async fn the_body_goes_in_the_check_up_to_its_limit() {
+async fn the_body_read_ahead_goes_in_the_check() {
+    // The request path reads the body ahead and cuts it (end to end in
+    // agent_identity); the clients send what they are given.
     let (http_addr, http_seen) = common::ext_authz::start_http().await;
     let (grpc_addr, grpc_seen) = common::ext_authz::start_grpc().await;
-    let limit = |partial| {
+    let body = |pack_as_bytes| {
         Some(BodySettings {
             max_request_bytes: 8,
-            allow_partial_message: partial,
-            pack_as_bytes: true,
+            allow_partial_message: true,
+            pack_as_bytes,
         })
     };
-    let sent = headers(&[("x-user", "alice")]);
+    let sent = headers(&[("x-user", "alice"), ("x-envoy-auth-partial-body", "forged")]);
     let mut http = http_settings(http_addr, false);
-    http.common.body = limit(false);
-    let mut grpc = common(grpc_addr, false);
-    grpc.body = limit(true);
+    http.common.body = body(false);
+    http.include_request_headers
+        .push(Pattern::parse("x-envoy-auth-partial-body"));
     let http = ExtAuthzClient::http(Arc::new(http));
+    let mut grpc = common(grpc_addr, false);
+    grpc.body = body(true);
     let grpc = ExtAuthzClient::grpc(Arc::new(GrpcAuthzSettings { common: grpc }));
-    let verdict = http.check(&request(&sent, Some(b"short"))).await;
+    let mut cut = request(&sent, Some(b"much too"));
+    cut.body_partial = true;
+    let verdict = http.check(&cut).await;
     assert!(matches!(verdict.outcome, CheckOutcome::Allow(_)));
-    assert_eq!(http_seen.lock().unwrap()[0].body, b"short");
-    let verdict = http.check(&request(&sent, Some(b"much too long"))).await;
-    let CheckOutcome::Deny(denied) = verdict.outcome else {
-        panic!("{verdict:?}");
-    };
-    assert_eq!(denied.status, StatusCode::PAYLOAD_TOO_LARGE);
-    let verdict = grpc.check(&request(&sent, Some(b"much too long"))).await;
+    let check = http_seen.lock().unwrap()[0].clone();
+    assert_eq!(check.body, b"much too");
+    assert_eq!(check.header("content-length"), Some("8"));
+    assert_eq!(check.header("x-envoy-auth-partial-body"), Some("true"));
+    let verdict = grpc.check(&request(&sent, Some(b"short"))).await;
     assert!(matches!(verdict.outcome, CheckOutcome::Allow(_)));
+    let check = grpc_seen.lock().unwrap()[0].clone();
     assert_eq!(
-        grpc_seen.lock().unwrap()[0].body,
-        b"much too",
-        "allowPartialMessage cuts it"
+        (check.body.as_slice(), check.raw_body),
+        (&b"short"[..], true)
+    );
+    assert_eq!(
+        check.header("x-envoy-auth-partial-body"),
+        Some("false"),
+        "the client's own is replaced"
     );
 }

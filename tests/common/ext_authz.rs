@@ -40,6 +40,8 @@ pub struct SeenCheck {
     pub headers: Vec<(String, String)>,
     /// Body.
     pub body: Vec<u8>,
+    /// gRPC only: the body came as `raw_body` (`packAsBytes`), not `body`.
+    pub raw_body: bool,
     /// gRPC only: the source address and principal.
     pub source: Option<(String, String)>,
 }
@@ -107,6 +109,7 @@ pub async fn start_http() -> (SocketAddr, Seen) {
                                 .to_owned(),
                             headers: headers.clone(),
                             body: body.to_vec(),
+                            raw_body: false,
                             source: None,
                         });
                         delay(&headers).await;
@@ -182,6 +185,7 @@ impl Authorization for GrpcAuthz {
             method: http.method.clone(),
             path: http.path.clone(),
             headers: headers.clone(),
+            raw_body: !http.raw_body.is_empty(),
             body: if http.raw_body.is_empty() {
                 http.body.into_bytes()
             } else {

@@ -3,7 +3,8 @@
 //! identities) and the request: id (`x-request-id`), method, every header
 //! (pseudo-headers included, repeated ones joined with `,`, as Envoy sends
 //! them), path with query, host, scheme, size, protocol and, when the
-//! provider asks, the body. An `OK` status allows with the answer's header
+//! provider asks, the body read ahead (`body` as UTF-8, `raw_body` with
+//! `packAsBytes`) and `x-envoy-auth-partial-body` among the headers. An `OK` status allows with the answer's header
 //! edits; any other status denies with its `denied_response` (403 when it
 //! names no status). A gRPC failure of the call itself is a failure of the
 //! authorizer.
@@ -54,7 +55,7 @@ impl GrpcAuthzClient {
         &self,
         request: &CheckRequest<'_>,
     ) -> Result<CheckOutcome, ExtAuthzError> {
-        let check = check_request(request, self.settings.common.body)?;
+        let check = check_request(request, self.settings.common.body);
         let mut client = AuthorizationClient::new(self.channel()?);
         let answer = client
             .check(check)
@@ -81,17 +82,17 @@ fn peer(address: SocketAddr, principal: Option<&str>) -> Peer {
 }
 
 /// The `CheckRequest` for `request`.
-pub fn check_request(
-    request: &CheckRequest<'_>,
-    body: Option<super::BodySettings>,
-) -> Result<ProtoCheck, ExtAuthzError> {
-    let sent = super::body_for_check(request, body)?;
+pub fn check_request(request: &CheckRequest<'_>, body: Option<super::BodySettings>) -> ProtoCheck {
     let mut headers = std::collections::HashMap::new();
     headers.insert(":authority".to_owned(), request.host.to_owned());
     headers.insert(":method".to_owned(), request.method.to_owned());
     headers.insert(":path".to_owned(), request.path_and_query.to_owned());
     headers.insert(":scheme".to_owned(), request.scheme.to_owned());
-    for name in request.headers.keys() {
+    for name in request
+        .headers
+        .keys()
+        .filter(|n| **n != super::PARTIAL_BODY)
+    {
         let joined: Vec<&str> = request
             .headers
             .get_all(name)
@@ -101,7 +102,15 @@ pub fn check_request(
         headers.insert(name.as_str().to_owned(), joined.join(","));
     }
     let pack = body.is_some_and(|b| b.pack_as_bytes);
-    let (text, raw) = match sent {
+    if request.body.is_some() {
+        let partial = if request.body_partial {
+            "true"
+        } else {
+            "false"
+        };
+        headers.insert(super::PARTIAL_BODY.as_str().to_owned(), partial.to_owned());
+    }
+    let (text, raw) = match request.body {
         Some(bytes) if pack => (String::new(), bytes.to_vec()),
         Some(bytes) => (String::from_utf8_lossy(bytes).into_owned(), Vec::new()),
         None => (String::new(), Vec::new()),
@@ -115,7 +124,7 @@ pub fn check_request(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    Ok(ProtoCheck {
+    ProtoCheck {
         attributes: Some(AttributeContext {
             source: Some(peer(request.source, request.source_principal)),
             destination: Some(peer(
@@ -143,7 +152,7 @@ pub fn check_request(
             }),
             ..AttributeContext::default()
         }),
-    })
+    }
 }
 
 /// Headers to set or append.

@@ -3,7 +3,9 @@
 //! query); it carries `host`, `content-length` (of the body sent, 0 without
 //! one) and `authorization` always, the request headers
 //! `includeRequestHeadersInCheck` names and the fixed
-//! `includeAdditionalHeadersInCheck`. A 200 answer allows: its headers
+//! `includeAdditionalHeadersInCheck`; with `includeRequestBodyInCheck` its
+//! body is the body read ahead (and `x-envoy-auth-partial-body` goes along
+//! when `includeRequestHeadersInCheck` names it). A 200 answer allows: its headers
 //! named by `headersToUpstreamOnAllow` are set on the upstream request,
 //! `x-envoy-auth-headers-to-remove` lists headers to remove from it, and
 //! those named by `headersToDownstreamOnAllow` go on the client's response.
@@ -23,7 +25,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::{
     AllowEdits, CheckOutcome, CheckRequest, DeniedResponse, ExtAuthzError, HttpAuthzSettings,
-    matches_any,
+    PARTIAL_BODY, matches_any,
 };
 
 /// Envoy's header listing what to remove from the upstream request.
@@ -63,7 +65,6 @@ impl HttpAuthzClient {
         request: &CheckRequest<'_>,
     ) -> Result<Request<Full<Bytes>>, ExtAuthzError> {
         let settings = &self.settings;
-        let body = super::body_for_check(request, settings.common.body)?;
         let uri = format!(
             "http://{}{}{}",
             settings.common.target, settings.path_prefix, request.path_and_query
@@ -75,7 +76,7 @@ impl HttpAuthzClient {
         for (name, value) in request.headers {
             let always = name == AUTHORIZATION;
             if always || matches_any(&settings.include_request_headers, name.as_str()) {
-                if name == HOST || name == CONTENT_LENGTH {
+                if name == HOST || name == CONTENT_LENGTH || name == PARTIAL_BODY {
                     continue;
                 }
                 headers.append(name.clone(), value.clone());
@@ -87,7 +88,19 @@ impl HttpAuthzClient {
         for (name, value) in &settings.additional_headers {
             headers.insert(name.clone(), value.clone());
         }
-        let body = body.map(Bytes::copy_from_slice).unwrap_or_default();
+        if request.body.is_some()
+            && matches_any(&settings.include_request_headers, PARTIAL_BODY.as_str())
+        {
+            headers.insert(
+                PARTIAL_BODY,
+                HeaderValue::from_static(if request.body_partial {
+                    "true"
+                } else {
+                    "false"
+                }),
+            );
+        }
+        let body = request.body.map(Bytes::copy_from_slice).unwrap_or_default();
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         builder
             .body(Full::new(body))

@@ -53,12 +53,15 @@ pub mod proto {
 /// Istio's default check timeout for both protocols (600s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// `includeRequestBodyInCheck`.
+/// `includeRequestBodyInCheck` (Envoy's `with_request_body`): the request
+/// path reads the body ahead before the check, only for requests a CUSTOM
+/// policy sends to this provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodySettings {
-    /// Most bytes buffered and sent.
+    /// Most bytes read ahead and sent.
     pub max_request_bytes: usize,
-    /// A longer body is sent cut to `max_request_bytes` (else refused with 413).
+    /// A longer body is sent cut to `max_request_bytes`; without it a
+    /// longer body gets Envoy's 413 `Payload Too Large`, even with `failOpen`.
     pub allow_partial_message: bool,
     /// gRPC: the body as bytes (`raw_body`).
     pub pack_as_bytes: bool,
@@ -121,8 +124,12 @@ pub struct CheckRequest<'a> {
     pub path_and_query: &'a str,
     /// Request headers.
     pub headers: &'a HeaderMap,
-    /// The buffered body, when the provider asks for it.
+    /// The body read ahead, at most `maxRequestBytes` of it, when the
+    /// provider asks for it (`includeRequestBodyInCheck`).
     pub body: Option<&'a [u8]>,
+    /// `body` is the start of a longer body (`allowPartialMessage`); told
+    /// to the authorizer as Envoy does, in `x-envoy-auth-partial-body`.
+    pub body_partial: bool,
     /// The body's full length, when known (`content-length`).
     pub body_len: Option<u64>,
     /// `HTTP/1.1` or `HTTP/2`.
@@ -184,9 +191,6 @@ pub enum ExtAuthzError {
     /// The authorizer answered something that is not a check response.
     #[error("the authorizer's answer is not a check response: {0}")]
     Protocol(String),
-    /// The body is longer than `maxRequestBytes` and partial bodies are not allowed.
-    #[error("the request body is longer than the authorizer takes")]
-    BodyTooLarge,
 }
 
 /// A client of one provider.
@@ -251,14 +255,6 @@ impl ExtAuthzClient {
                 outcome,
                 details: "ext_authz_denied",
             },
-            Err(ExtAuthzError::BodyTooLarge) => Verdict {
-                outcome: CheckOutcome::Deny(DeniedResponse {
-                    status: StatusCode::PAYLOAD_TOO_LARGE,
-                    headers: Vec::new(),
-                    body: Bytes::from_static(b"Payload Too Large"),
-                }),
-                details: "ext_authz_error",
-            },
             Err(error) => {
                 tracing::warn!(provider = %settings.provider, %error, fail_open = settings.fail_open, "external authorization failed");
                 if settings.fail_open {
@@ -281,23 +277,9 @@ impl ExtAuthzClient {
     }
 }
 
-/// The body the check carries, cut to the provider's limit.
-fn body_for_check<'a>(
-    request: &CheckRequest<'a>,
-    settings: Option<BodySettings>,
-) -> Result<Option<&'a [u8]>, ExtAuthzError> {
-    let (Some(settings), Some(body)) = (settings, request.body) else {
-        return Ok(None);
-    };
-    let full = request.body_len.unwrap_or(body.len() as u64);
-    if full as usize > settings.max_request_bytes || body.len() > settings.max_request_bytes {
-        if !settings.allow_partial_message {
-            return Err(ExtAuthzError::BodyTooLarge);
-        }
-        return Ok(Some(&body[..body.len().min(settings.max_request_bytes)]));
-    }
-    Ok(Some(body))
-}
+/// Envoy's header telling the authorizer whether the body it got is cut
+/// (`true`) or whole (`false`); a client's own is never passed on.
+pub const PARTIAL_BODY: HeaderName = HeaderName::from_static("x-envoy-auth-partial-body");
 
 fn matches_any(patterns: &[Pattern], name: &str) -> bool {
     patterns.iter().any(|p| p.matches(name))

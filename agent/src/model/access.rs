@@ -9,7 +9,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::authn::{Authenticated, Authenticator, AuthnEdits, AuthnRequest};
 use super::authz::{Authorization, AuthzInput, DecisionSource, Denial, NO_ALLOW_MATCHED};
-use crate::ext_authz::{AllowEdits, CheckOutcome, CheckRequest};
+use crate::ext_authz::{AllowEdits, BodySettings, CheckOutcome, CheckRequest};
 use crate::flags::ResponseFlags;
 
 /// Envoy's details extended with the configuration that decided: `item`
@@ -71,6 +71,36 @@ pub struct Denied {
     pub source: Option<DecisionSource>,
 }
 
+/// The start of the request body, read ahead for an external authorizer
+/// that asks for it (`includeRequestBodyInCheck`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BodyAhead {
+    /// At most `maxRequestBytes`.
+    pub bytes: bytes::Bytes,
+    /// The body is longer than `bytes` (`allowPartialMessage` cut it).
+    pub partial: bool,
+}
+
+/// Where the check gets the request body from: the request path reads it
+/// ahead only when a CUSTOM policy's provider asks.
+pub trait RequestBody {
+    /// Reads the body's start under `settings`; `Err` is the answer the
+    /// client gets instead (413 over the limit without
+    /// `allowPartialMessage`, or the local reply for a body that broke off).
+    fn read_ahead(
+        &mut self,
+        settings: BodySettings,
+    ) -> impl std::future::Future<Output = Result<BodyAhead, Denied>>;
+}
+
+/// A request whose body nobody reads ahead: no CUSTOM policy can ask for
+/// it (unit tests, and workloads without CUSTOM policies).
+impl RequestBody for () {
+    async fn read_ahead(&mut self, _: BodySettings) -> Result<BodyAhead, Denied> {
+        Ok(BodyAhead::default())
+    }
+}
+
 /// Authentication and authorization of this workload.
 #[derive(Debug, Default)]
 pub struct AccessControl {
@@ -87,12 +117,14 @@ impl AccessControl {
     }
 
     /// Decides one request. `check` describes it to an external authorizer
-    /// (asked only when a CUSTOM policy matches).
+    /// (asked only when a CUSTOM policy matches), with `body` read ahead
+    /// first when the provider includes the body.
     pub async fn check(
         &self,
         authn: &AuthnRequest<'_>,
         input: &AuthzInput<'_>,
         check: &CheckRequest<'_>,
+        body: &mut impl RequestBody,
     ) -> AccessOutcome {
         let auth = match self.authn.authenticate(authn) {
             Ok(auth) => auth,
@@ -129,7 +161,23 @@ impl AccessControl {
                 rule: Some(rule),
                 provider: Some(custom.provider.clone()),
             };
-            let verdict = custom.client.check(check).await;
+            let verdict = match custom.client.settings().body {
+                Some(settings) => {
+                    let ahead = match body.read_ahead(settings).await {
+                        Ok(ahead) => ahead,
+                        Err(refused) => return AccessOutcome::Deny(refused),
+                    };
+                    // No body at all is none in the check, as Envoy buffers
+                    // nothing for a request that ended with its headers.
+                    let with_body = CheckRequest {
+                        body: Some(&ahead.bytes[..]).filter(|b| !b.is_empty() || ahead.partial),
+                        body_partial: ahead.partial,
+                        ..*check
+                    };
+                    custom.client.check(&with_body).await
+                }
+                None => custom.client.check(check).await,
+            };
             let decided_by = format!(
                 "AuthorizationPolicy:{}[{rule}],provider:{}",
                 custom.policy.name, custom.provider

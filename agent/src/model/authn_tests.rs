@@ -232,6 +232,7 @@ async fn decide(
         path_and_query: "/api",
         headers: &headers,
         body: None,
+        body_partial: false,
         body_len: None,
         protocol: "HTTP/1.1",
         source: "10.0.0.1:1".parse().unwrap(),
@@ -241,7 +242,7 @@ async fn decide(
         sni: None,
     };
     access
-        .check(&authn_request(&headers, None), &input, &check)
+        .check(&authn_request(&headers, None), &input, &check, &mut ())
         .await
 }
 

@@ -2,19 +2,21 @@
 //! (RequestAuthentication, CUSTOM, DENY, ALLOW, AUDIT), and how often. Both
 //! answer before any routing or upstream work.
 
-use std::net::IpAddr;
-
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 
 use futures_util::FutureExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
 use super::Downstream;
+use super::attempts::HeldBody;
 use super::local_reply::LocalReply;
-use crate::ext_authz::CheckRequest;
+use super::progress::{BodyFailure, RequestProgress};
+use super::tap::Tap;
+use crate::ext_authz::{BodySettings, CheckRequest};
 use crate::host::{request_authority, split_host_port};
 use crate::model::Snapshot;
-use crate::model::access::{AccessOutcome, Allowed, with_item};
+use crate::model::access::{AccessOutcome, Allowed, BodyAhead, Denied, RequestBody, with_item};
 use crate::model::authn::AuthnRequest;
 use crate::model::authz::AuthzInput;
 use crate::model::rate_limit::{KeyKind, whole_seconds};
@@ -46,13 +48,15 @@ pub fn remote_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: u32) -> IpAddr
 
 /// Decides one inbound request, in Istio's order: RequestAuthentication
 /// (a bad token is 401), CUSTOM (the external authorizer, asked only when a
-/// CUSTOM policy matches), DENY, ALLOW; AUDIT is recorded. The future
-/// awaits only when it asks an external authorizer.
+/// CUSTOM policy matches, with `body` read ahead first when its provider
+/// includes the body), DENY, ALLOW; AUDIT is recorded. The future awaits
+/// only when it asks an external authorizer.
 pub async fn check<B>(
     snapshot: &Snapshot,
     down: &Downstream,
     req: &Request<B>,
     remote_ip: IpAddr,
+    body: &mut impl RequestBody,
 ) -> AccessOutcome {
     let authority = request_authority(req).unwrap_or("");
     let host = split_host_port(authority).0;
@@ -87,6 +91,7 @@ pub async fn check<B>(
         path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
         headers: req.headers(),
         body: None,
+        body_partial: false,
         body_len: req
             .headers()
             .get(http::header::CONTENT_LENGTH)
@@ -99,7 +104,7 @@ pub async fn check<B>(
         destination_principal: &snapshot.identity.principal,
         sni: input.sni,
     };
-    snapshot.access.check(&authn, &input, &check).await
+    snapshot.access.check(&authn, &input, &check, body).await
 }
 
 /// [`check`] for a workload without CUSTOM policies: nothing awaits, so it
@@ -115,7 +120,54 @@ pub fn check_now<B>(
     if !snapshot.access.authz.custom.is_empty() {
         return None;
     }
-    check(snapshot, down, req, remote_ip).now_or_never()
+    check(snapshot, down, req, remote_ip, &mut ()).now_or_never()
+}
+
+/// The client's body as a CUSTOM policy's provider may read it ahead
+/// (`includeRequestBodyInCheck`), as Envoy's ext_authz filter buffers it:
+/// without `allowPartialMessage`, the whole body up to `maxRequestBytes`
+/// (longer: 413); with it, until `maxRequestBytes` have come (or the body
+/// ended), the check getting the first `maxRequestBytes`. What is read stays
+/// in the tap the attempts send from, so the upstream gets the body whole.
+/// `None` only while a read is under way.
+impl RequestBody for Option<HeldBody> {
+    async fn read_ahead(&mut self, settings: BodySettings) -> Result<BodyAhead, Denied> {
+        let tap = match self.take() {
+            Some(HeldBody::Arrived(body)) if http_body::Body::is_end_stream(&body) => {
+                *self = Some(HeldBody::Arrived(body));
+                return Ok(BodyAhead::default());
+            }
+            Some(HeldBody::Arrived(body)) => Tap::new(body, Rc::new(RequestProgress::default())),
+            Some(HeldBody::ReadAhead(tap)) => tap,
+            None => return Err(refusal(LocalReply::CONNECTION_TERMINATION)),
+        };
+        *self = Some(HeldBody::ReadAhead(tap.clone()));
+        let max = settings.max_request_bytes;
+        let partial_ok = settings.allow_partial_message;
+        let enough = |kept: usize| if partial_ok { kept >= max } else { kept > max };
+        match tap.read_ahead(max, enough).await {
+            Ok((_, kept)) if kept > max && !partial_ok => {
+                Err(refusal(LocalReply::PAYLOAD_TOO_LARGE))
+            }
+            Ok((bytes, kept)) => Ok(BodyAhead {
+                bytes,
+                partial: kept > max,
+            }),
+            Err(error) => Err(refusal(BodyFailure::of(&error).local_reply())),
+        }
+    }
+}
+
+/// A local reply as access control's answer.
+fn refusal(reply: LocalReply) -> Denied {
+    Denied {
+        status: reply.status,
+        headers: Vec::new(),
+        body: bytes::Bytes::from_static(reply.body.as_bytes()),
+        flag: reply.flags,
+        details: reply.details.to_owned(),
+        source: None,
+    }
 }
 
 fn protocol_name(version: http::Version) -> &'static str {

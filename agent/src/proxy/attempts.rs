@@ -37,6 +37,15 @@ use crate::model::live::{
 use crate::model::policy::{AttemptFailure, RetryPolicy};
 use crate::telemetry::record::grpc_status;
 
+/// The client's body before the attempts take it: as it arrived, or in
+/// the tap its start was read ahead into for an external authorizer.
+pub enum HeldBody {
+    /// Not read yet.
+    Arrived(ClientBody),
+    /// Read ahead; the first attempt replays what was read, then the rest.
+    ReadAhead(Tap),
+}
+
 /// The request body as the attempts see it.
 pub struct BodySource {
     kept: Kept,
@@ -54,8 +63,21 @@ enum Kept {
 
 impl BodySource {
     /// The client's body, kept for replays when `keep` (a retry or a mirror
-    /// may want it). A body that has already ended is no body.
-    pub fn new(body: ClientBody, keep: bool) -> Self {
+    /// may want it); a body read ahead is sent from its tap, which keeps no
+    /// more unless `keep`. A body that has already ended is no body.
+    pub fn new(body: HeldBody, keep: bool) -> Self {
+        let body = match body {
+            HeldBody::Arrived(body) => body,
+            HeldBody::ReadAhead(tap) => {
+                if !keep {
+                    tap.stop_keeping();
+                }
+                return Self {
+                    progress: tap.progress(),
+                    kept: Kept::Replay(tap),
+                };
+            }
+        };
         let progress = Rc::new(RequestProgress::default());
         if http_body::Body::is_end_stream(&body) {
             progress.set_done(true);
@@ -319,11 +341,10 @@ impl Attempts<'_> {
                 // The client's body broke off: not the upstream's failure, so
                 // neither outlier detection nor a retry hears of it.
                 record.failed("downstream_body", None);
-                Judged::Fail(match body_failure {
-                    Some(BodyFailure::Malformed) => LocalReply::MALFORMED_REQUEST_BODY,
-                    Some(BodyFailure::StreamIdle) => LocalReply::STREAM_IDLE_TIMEOUT,
-                    _ => LocalReply::DOWNSTREAM_DISCONNECT,
-                })
+                Judged::Fail(
+                    body_failure
+                        .map_or(LocalReply::DOWNSTREAM_DISCONNECT, BodyFailure::local_reply),
+                )
             }
             Err(Attempted::Error(error)) => {
                 let reply = error.reply();

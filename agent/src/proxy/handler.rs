@@ -7,7 +7,7 @@ use std::rc::Rc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::attempts::{Attempts, BodySource};
+use super::attempts::{Attempts, BodySource, HeldBody};
 use super::client_body::ClientBody;
 use super::exchange::{Exchange, ProxyBody};
 use super::forward::Forwarder;
@@ -40,6 +40,10 @@ pub async fn handle(
         decided_headers: &snapshot.decided_headers,
     };
     let settled = canonical::settle(&mut req, &settings);
+    // The body, held until the attempts take it (`None` only while access
+    // control reads it ahead).
+    let idle = snapshot.bootstrap.downstream.stream_idle;
+    let mut req = req.map(|body| Some(HeldBody::Arrived(ClientBody::new(body, idle))));
 
     // Trace context next, so that every outcome below — local replies
     // included — is a span and a metric.
@@ -60,9 +64,18 @@ pub async fn handle(
             // Without a CUSTOM policy nothing awaits: decided in place, no
             // future kept. With one, the external check is boxed so that its
             // state does not weigh on every request's future.
+            // A provider that includes the body reads it ahead, into the
+            // tap the attempts then send it from.
             let outcome = match access::check_now(&snapshot, &down, &req, remote_ip) {
                 Some(outcome) => outcome,
-                None => Box::pin(access::check(&snapshot, &down, &req, remote_ip)).await,
+                None => {
+                    let (parts, mut body) = req.into_parts();
+                    let head = Request::from_parts(parts, ());
+                    let check = access::check(&snapshot, &down, &head, remote_ip, &mut body);
+                    let outcome = Box::pin(check).await;
+                    req = head.map(|()| body);
+                    outcome
+                }
             };
             match outcome {
                 AccessOutcome::Allow(allowed) => {
@@ -172,7 +185,9 @@ pub async fn handle(
     // The body is kept for replays only when a retry or a mirror may want it.
     let replays =
         downstream_upgrade.is_none() && (policy.retry.attempts > 0 || !policy.mirrors.is_empty());
-    let body = ClientBody::new(body, snapshot.bootstrap.downstream.stream_idle);
+    let Some(body) = body else {
+        return Ok(ex.local_reply(LocalReply::CONNECTION_TERMINATION));
+    };
     let body = BodySource::new(body, replays);
     ex.track_request_body(body.progress().clone(), body.tap().cloned());
 
@@ -235,10 +250,10 @@ pub async fn handle(
     Ok(ex.respond(parts, body, upstream_time, connection, deadline))
 }
 
-fn redirect_reply(
+fn redirect_reply<B>(
     ex: Box<Exchange>,
     redirect: &crate::model::policy::Redirect,
-    req: &Request<Incoming>,
+    req: &Request<B>,
 ) -> Response<ProxyBody> {
     let mut response = Response::new(());
     *response.status_mut() = redirect.code;

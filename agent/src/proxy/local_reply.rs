@@ -117,6 +117,17 @@ impl LocalReply {
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };
+    /// The body is longer than an external authorizer's `maxRequestBytes`
+    /// without `allowPartialMessage`: Envoy's answer when the body outgrows
+    /// the buffer the ext_authz filter set.
+    pub const PAYLOAD_TOO_LARGE: Self = Self {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        flags: ResponseFlags::NONE,
+        body: "Payload Too Large",
+        details: "request_payload_too_large",
+        grpc_status: None,
+        decided_by: DecidedBy::Agent,
+    };
     /// The client's request body sent nothing for `streamIdleTimeout`:
     /// Envoy's answer, 408 `stream timeout` with the SI flag.
     pub const STREAM_IDLE_TIMEOUT: Self = Self {

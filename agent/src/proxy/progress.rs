@@ -6,6 +6,7 @@
 use std::cell::Cell;
 
 use super::client_body::ClientBodyError;
+use super::local_reply::LocalReply;
 
 /// How the client's request body ended before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,16 @@ impl BodyFailure {
         match error {
             ClientBodyError::StreamIdle(_) => Self::StreamIdle,
             ClientBodyError::Source(error) => Self::of_source(error),
+        }
+    }
+
+    /// The reply recording it: 400 (DPE), 408 (stream idle), or the
+    /// unread reply of a client that went away (DC).
+    pub fn local_reply(self) -> LocalReply {
+        match self {
+            Self::Malformed => LocalReply::MALFORMED_REQUEST_BODY,
+            Self::StreamIdle => LocalReply::STREAM_IDLE_TIMEOUT,
+            Self::Aborted => LocalReply::DOWNSTREAM_DISCONNECT,
         }
     }
 

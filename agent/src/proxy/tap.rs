@@ -1,6 +1,8 @@
 //! A request body kept (up to a limit) as it streams upstream, so a retry can
 //! send it again and a mirror can send a copy. Only the attempt in progress
 //! pulls from the client; a retry replays what was kept, then continues.
+//! The external authorizer's check may read the body's start ahead of any
+//! attempt ([`Tap::read_ahead`]); the first attempt then replays it.
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -93,6 +95,59 @@ impl Tap {
         let mut state = self.0.borrow_mut();
         state.released = true;
         state.waiters.drain(..).for_each(Waker::wake);
+    }
+
+    /// Reads the body ahead of any attempt, for an external authorizer
+    /// (`includeRequestBodyInCheck`): until it ends or `until(kept bytes)`
+    /// says enough. Returns what was kept, at most `limit` bytes of it, and
+    /// the whole length kept (longer than `limit`: the body was cut). The
+    /// frames read stay kept, whatever the tap's own limit, so the first
+    /// attempt sends them before the rest; memory is bounded by where
+    /// `until` stops plus one frame.
+    ///
+    /// # Errors
+    /// The client's body failed (recorded in the progress, as an attempt
+    /// reading it would).
+    pub async fn read_ahead(
+        &self,
+        limit: usize,
+        until: impl Fn(usize) -> bool,
+    ) -> Result<(Bytes, usize), ClientBodyError> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.0.borrow_mut();
+            while !state.done && !until(state.buffered) {
+                match Pin::new(&mut state.source).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => state.keep_ahead(frame),
+                    Poll::Ready(None) => state.finish(),
+                    Poll::Ready(Some(Err(e))) => {
+                        state.progress.fail(&e);
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await?;
+        let state = self.0.borrow();
+        let mut body = bytes::BytesMut::with_capacity(state.buffered.min(limit));
+        for data in state.frames.iter().filter_map(Frame::data_ref) {
+            let room = limit - body.len();
+            body.extend_from_slice(&data[..data.len().min(room)]);
+        }
+        Ok((body.freeze(), state.buffered))
+    }
+
+    /// Nothing will replay the body (no retry, no mirror): frames read
+    /// from now on pass through unkept; those read ahead stay until the
+    /// request ends.
+    pub fn stop_keeping(&self) {
+        self.0.borrow_mut().overflowed = true;
+    }
+
+    /// How far the body has got.
+    pub fn progress(&self) -> Rc<RequestProgress> {
+        self.0.borrow().progress.clone()
     }
 
     /// The whole body, once the attempts have read it; `None` if it was
@@ -199,6 +254,18 @@ impl State {
         if self.done {
             self.waiters.drain(..).for_each(Waker::wake);
         }
+    }
+
+    /// Keeps a frame read ahead of every attempt: nothing has read it yet,
+    /// so it is kept even past the tap's limit (no reader may lose it).
+    fn keep_ahead(&mut self, frame: Frame<Bytes>) {
+        let len = frame.data_ref().map_or(0, Bytes::len);
+        self.progress.add(len as u64);
+        if self.source.is_end_stream() {
+            self.finish();
+        }
+        self.buffered += len;
+        self.frames.push(frame);
     }
 
     fn finish(&mut self) {

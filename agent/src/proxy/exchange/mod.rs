@@ -74,11 +74,11 @@ thread_local! {
 impl Exchange {
     /// Starts the record: reads the caller's trace context and starts this
     /// hop's span as its child (or a new trace's root).
-    pub fn begin(
+    pub fn begin<B>(
         worker: &Rc<Worker>,
         down: &Downstream,
         snapshot: &Snapshot,
-        req: &Request<Incoming>,
+        req: &Request<B>,
     ) -> Box<Self> {
         // The workload's Telemetry: sampling of new traces, reporting, tags.
         let side = match down.direction {

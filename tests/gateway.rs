@@ -543,3 +543,75 @@ spec:
     }
     assert_eq!(client.get("http://shop/").await.upstream(), "reviews-v2");
 }
+
+/// AuthorizationPolicies selecting the gateway workload guard the gateway
+/// itself, as Istio's do at its ingress gateway: a DENY rule on a path
+/// answers 403 at the edge naming the policy, `ports` match the Gateway
+/// port, and other requests pass into the mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn authorization_policies_selecting_the_gateway_guard_the_edge() {
+    let app = Upstream::start("reviews-v1").await;
+    let mut yaml = bootstrap(&[80, 81], common::mesh::NO_COLLECTOR, "");
+    yaml += &service_entry(
+        &app.name,
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: app.addr,
+            labels: &[],
+        }],
+    );
+    yaml += r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}
+  - {port: {number: 81, name: http-internal, protocol: HTTP}, hosts: ["*"]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [shop]
+  http: [{route: [{destination: {host: reviews-v1.default.svc.cluster.local}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin*"]}}]
+  - to: [{operation: {ports: ["81"], notPaths: ["/health"]}}]
+"#;
+    let gateway = Gateway::start(&yaml);
+    let public = Client::h1(gateway.port(80));
+    let internal = Client::h1(gateway.port(81));
+
+    let ok = public.get("http://shop/products").await;
+    assert_eq!(ok.status, 200, "{:?}", gateway.stderr());
+    assert_eq!(ok.upstream(), "reviews-v1");
+
+    let denied = public.get("http://shop/admin/users").await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(&denied.body[..], b"RBAC: access denied");
+    assert_eq!(denied.upstream(), "");
+    let details = denied
+        .header("x-tracemesh-response-code-details")
+        .unwrap_or_default();
+    assert!(
+        details.contains("ns[istio-system]-policy[edge]-rule[0]"),
+        "{details}"
+    );
+
+    // The second rule names the Gateway port, not the socket's own port.
+    assert_eq!(internal.get("http://shop/products").await.status, 403);
+    let health = internal.get("http://shop/health").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.upstream(), "reviews-v1");
+}

@@ -137,6 +137,10 @@ impl Serialize for Diagnostic {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Diagnostics {
     items: Vec<Diagnostic>,
+    /// Hashes of the findings so far: one finding is said once, even when
+    /// two compile steps reach it (a VirtualService bound to two gateway
+    /// ports).
+    seen: std::collections::HashSet<u64>,
 }
 
 impl Diagnostics {
@@ -167,6 +171,22 @@ impl Diagnostics {
         field: Option<String>,
         message: String,
     ) {
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::hash::DefaultHasher::new();
+            (
+                severity as u8,
+                &*location.file,
+                location.document,
+                location.item,
+            )
+                .hash(&mut hasher);
+            (&field, &message).hash(&mut hasher);
+            hasher.finish()
+        };
+        if !self.seen.insert(key) {
+            return;
+        }
         self.items.push(Diagnostic {
             severity,
             location: location.at(field.as_deref()),
@@ -236,4 +256,22 @@ fn render_rejection(diags: &Diagnostics) -> String {
         out.push_str(&d.to_string());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finding_reached_twice_is_said_once() {
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        let location = Location::file(&file);
+        let mut diags = Diagnostics::default();
+        diags.warn(&location, Some("spec.hosts".into()), "no ServiceEntry");
+        diags.warn(&location, Some("spec.hosts".into()), "no ServiceEntry");
+        diags.warn(&location, Some("spec.http".into()), "no ServiceEntry");
+        diags.error(&location, Some("spec.hosts".into()), "no ServiceEntry");
+        assert_eq!(diags.warnings().count(), 2);
+        assert_eq!(diags.errors().count(), 1);
+    }
 }

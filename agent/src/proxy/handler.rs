@@ -52,9 +52,11 @@ pub async fn handle(
         return Ok(ex.local_reply(reply));
     }
 
-    // Access control, then rate limiting: they guard the workload, so they
-    // answer before any routing or upstream work is spent on the request.
-    if down.direction == Direction::Inbound {
+    // Access control, then rate limiting: they guard the workload (the
+    // sidecar's application, or the ingress gateway itself, as Istio's
+    // policies selecting the gateway do), so they answer before any
+    // routing or upstream work is spent on the request.
+    if down.direction == Direction::Inbound || down.gateway.is_some() {
         let remote_ip = access::remote_ip(
             req.headers(),
             down.peer.ip(),

@@ -116,6 +116,9 @@ impl Downstream {
     /// The application port a request reaches (inbound): the captured
     /// connection's original port, else `spec.inbound.app`'s.
     pub fn app_port(&self, snapshot: &Snapshot) -> u16 {
+        if let Some(gateway) = &self.gateway {
+            return gateway.port;
+        }
         match &self.captured {
             Some(Captured::Inbound { app }) => app.port,
             _ => snapshot.listeners.app.port(),

@@ -114,6 +114,11 @@ struct Batch {
 pub struct WorkerSpans {
     sink: Arc<SpanSink>,
     batch: RefCell<Batch>,
+    /// Bytes the last shipped batch held: the next one starts with that
+    /// capacity, so a batch is neither regrown span by span (copying what
+    /// it holds at every doubling) nor queued with up to half its
+    /// allocation unused.
+    last_len: Cell<usize>,
     /// A flush is scheduled.
     timer: Cell<bool>,
     this: Weak<WorkerSpans>,
@@ -125,6 +130,7 @@ impl WorkerSpans {
         Rc::new_cyclic(|this| Self {
             sink,
             batch: RefCell::default(),
+            last_len: Cell::new(0),
             timer: Cell::new(false),
             this: this.clone(),
         })
@@ -145,6 +151,9 @@ impl WorkerSpans {
         if counters.queued.load(Ordering::Relaxed) + batch.count >= counters.capacity {
             counters.span_dropped();
             return;
+        }
+        if batch.spans.capacity() == 0 {
+            batch.spans.reserve(self.last_len.get());
         }
         encode(&mut batch.spans);
         batch.count += 1;
@@ -174,6 +183,9 @@ impl WorkerSpans {
     }
 
     fn ship(&self, batch: Batch) {
+        // A little over the last batch, so a slightly larger one still fits.
+        self.last_len
+            .set(batch.spans.len() + batch.spans.len() / 16);
         let counters = &self.sink.counters;
         let count = batch.count;
         counters.queued.fetch_add(count, Ordering::Relaxed);
@@ -312,16 +324,17 @@ impl Export {
     }
 
     /// Sends `first` with whatever else is waiting, up to a batch's worth.
+    /// The batches are wrapped as they are, never first copied into one.
     async fn send(&mut self, first: Batch, queue: &mut mpsc::UnboundedReceiver<Batch>) {
-        let mut spans = first.spans;
         let mut count = first.count;
+        let mut batches = vec![first.spans];
         while count < self.batch_spans {
             let Ok(more) = queue.try_recv() else { break };
-            spans.extend_from_slice(&more.spans);
+            batches.push(more.spans);
             count += more.count;
         }
-        let request = self.envelope.wrap(&spans);
-        drop(spans);
+        let request = self.envelope.wrap(&batches);
+        drop(batches);
         let outcome = self.exporter.export(request).await;
         let counters = &self.counters;
         counters.queued.fetch_sub(count, Ordering::Relaxed);
@@ -386,9 +399,11 @@ impl Envelope {
         }
     }
 
-    /// The request's bytes: the envelope's fields and the spans as they are.
-    fn wrap(&self, spans: &[u8]) -> Vec<u8> {
-        let scope_spans = wire::field_len(wire::SCOPE_SPANS_SCOPE, self.scope.len()) + spans.len();
+    /// The request's bytes: the envelope's fields and the spans of every
+    /// part, in order, as they are.
+    fn wrap(&self, parts: &[Vec<u8>]) -> Vec<u8> {
+        let spans_len: usize = parts.iter().map(Vec::len).sum();
+        let scope_spans = wire::field_len(wire::SCOPE_SPANS_SCOPE, self.scope.len()) + spans_len;
         let mut resource_spans =
             wire::field_len(wire::RESOURCE_SPANS_RESOURCE, self.resource.len())
                 + wire::field_len(wire::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
@@ -402,7 +417,9 @@ impl Envelope {
         wire::bytes(&mut out, wire::RESOURCE_SPANS_RESOURCE, &self.resource);
         wire::len_prefix(&mut out, wire::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
         wire::bytes(&mut out, wire::SCOPE_SPANS_SCOPE, &self.scope);
-        out.extend_from_slice(spans);
+        for part in parts {
+            out.extend_from_slice(part);
+        }
         if !self.schema_url.is_empty() {
             wire::bytes(
                 &mut out,
@@ -542,8 +559,10 @@ mod tests {
             .with_service_name("reviews")
             .build();
         let envelope = Envelope::new(&resource);
-        let decoded = ExportTraceServiceRequest::decode(envelope.wrap(&batch.spans).as_slice())
-            .expect("decodes");
+        let decoded = ExportTraceServiceRequest::decode(
+            envelope.wrap(std::slice::from_ref(&batch.spans)).as_slice(),
+        )
+        .expect("decodes");
         let [ResourceSpans { scope_spans, .. }] = decoded.resource_spans.as_slice() else {
             panic!("one resource: {decoded:?}");
         };

@@ -276,6 +276,29 @@ async fn an_http10_upstream_does_not_downgrade_the_callers_connection() {
     }
 }
 
+/// A request head is bounded as Envoy bounds it (60 KiB of headers by
+/// default): 50 KiB passes, 100 KiB is answered 431 by the agent and never
+/// reaches the upstream (hyper's own bound, ~400 KiB, forwarded it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_heads_past_envoys_bound_get_431() {
+    let app = Upstream::start("heads").await;
+    let mesh = mesh(app.addr, "HTTP").await;
+    let request = |size: usize| {
+        format!(
+            "GET /head HTTP/1.1\r\nHost: backend:9080\r\nx-big: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(size)
+        )
+    };
+    let small = raw_exchange(mesh.frontend.outbound, &request(50 * 1024)).await;
+    assert!(small.starts_with("HTTP/1.1 200"), "{small}");
+    let seen = app.seen().len();
+    for listener in [mesh.frontend.outbound, mesh.backend.inbound] {
+        let big = raw_exchange(listener, &request(100 * 1024)).await;
+        assert!(big.starts_with("HTTP/1.1 431"), "{big}");
+    }
+    assert_eq!(app.seen().len(), seen, "an oversized head reached the app");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hop_by_hop_headers_do_not_cross() {
     let app = Upstream::start("hop").await;

@@ -295,8 +295,11 @@ impl Ports {
 
 /// Two listen addresses that would take the same connections: the same
 /// port on the same address, or on a wildcard address and any other.
+/// Port 0 (any free port) gives each its own.
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Two chains of a port answering one SNI name: the first keeps it (Envoy

@@ -534,4 +534,7 @@ spec:
     let apart = "  listeners:\n  - {port: 80, listen: \"127.0.0.1:18080\"}\n  - {port: 8081, listen: \"127.0.0.1:18081\"}\n";
     let c = ok(&(bootstrap(apart) + TWO_PORTS));
     assert_eq!(port(&c, 8081).listen.to_string(), "127.0.0.1:18081");
+    // Port 0 is any free port: each takes its own.
+    let any = "  listeners:\n  - {port: 80, listen: \"127.0.0.1:0\"}\n  - {port: 8081, listen: \"127.0.0.1:0\"}\n";
+    ok(&(bootstrap(any) + TWO_PORTS));
 }

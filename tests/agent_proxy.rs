@@ -231,6 +231,74 @@ async fn absolute_form_requests_work_like_an_http_proxy() {
     assert!(response.contains("\"path\":\"/absolute\""), "{response}");
 }
 
+/// An application that answers every request as HTTP/1.0 (Python's
+/// `http.server`, old servers) and closes the connection after it.
+async fn http10_app() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nold")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Envoy answers an HTTP/1.1 client in HTTP/1.1 whatever version the
+/// upstream spoke: an HTTP/1.0 upstream must not make the mesh answer
+/// HTTP/1.0, which closes the client's connection after every response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http10_upstream_does_not_downgrade_the_callers_connection() {
+    let mesh = mesh(http10_app().await, "HTTP").await;
+    let two = "GET /one HTTP/1.1\r\nHost: backend:9080\r\n\r\n\
+               GET /two HTTP/1.1\r\nHost: backend:9080\r\nConnection: close\r\n\r\n";
+    for listener in [mesh.frontend.outbound, mesh.backend.inbound] {
+        let response = raw_exchange(listener, two).await;
+        assert_eq!(
+            response.matches("HTTP/1.1 200 OK").count(),
+            2,
+            "both requests answered in HTTP/1.1 on one connection: {response}"
+        );
+        assert!(!response.contains("HTTP/1.0"), "{response}");
+    }
+}
+
+/// A request head is bounded as Envoy bounds it (60 KiB of headers by
+/// default): 50 KiB passes, 100 KiB is answered 431 by the agent and never
+/// reaches the upstream (hyper's own bound, ~400 KiB, forwarded it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_heads_past_envoys_bound_get_431() {
+    let app = Upstream::start("heads").await;
+    let mesh = mesh(app.addr, "HTTP").await;
+    let request = |size: usize| {
+        format!(
+            "GET /head HTTP/1.1\r\nHost: backend:9080\r\nx-big: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(size)
+        )
+    };
+    let small = raw_exchange(mesh.frontend.outbound, &request(50 * 1024)).await;
+    assert!(small.starts_with("HTTP/1.1 200"), "{small}");
+    let seen = app.seen().len();
+    for listener in [mesh.frontend.outbound, mesh.backend.inbound] {
+        let big = raw_exchange(listener, &request(100 * 1024)).await;
+        assert!(big.starts_with("HTTP/1.1 431"), "{big}");
+    }
+    assert_eq!(app.seen().len(), seen, "an oversized head reached the app");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hop_by_hop_headers_do_not_cross() {
     let app = Upstream::start("hop").await;

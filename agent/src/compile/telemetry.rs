@@ -193,6 +193,20 @@ fn check_providers(applying: &[&Document<TelemetrySpec>], mesh: &Mesh, diags: &m
             diags.warn(loc, Some(format!("{field}.providers[{k}].name")), msg);
         }
     }
+    // A tracing entry (say, only `customTags`) with no provider anywhere
+    // turns span reporting off: said, since the Agent's exporter reports
+    // spans without any Telemetry.
+    let named = applying
+        .iter()
+        .flat_map(|d| &d.spec.tracing)
+        .any(|t| !t.providers.is_empty());
+    if !named
+        && mesh.default_providers.tracing.is_empty()
+        && let Some(doc) = applying.iter().find(|d| !d.spec.tracing.is_empty())
+    {
+        let msg = "no tracing provider: the entry names none and the mesh config has no defaultProviders.tracing, so this workload reports no spans (trace context is still propagated); name an `opentelemetry` extension provider in `providers` or in defaultProviders.tracing";
+        diags.warn(&doc.location, Some("spec.tracing[0].providers".into()), msg);
+    }
     for doc in applying {
         let loc = &doc.location;
         for (i, t) in doc.spec.tracing.iter().enumerate() {

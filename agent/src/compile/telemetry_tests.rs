@@ -440,3 +440,60 @@ spec:
     let without_mesh = TelemetryPolicy::default();
     assert_eq!(without_mesh.sampling_percent(Side::Client, 0.25), 25.0);
 }
+
+/// A Telemetry that only adds `customTags`, in a mesh whose config names
+/// no tracing provider, reports no spans (no provider is in scope): the
+/// agent says so instead of going quiet, since without the Telemetry its
+/// own exporter would report them.
+#[test]
+fn custom_tags_without_any_tracing_provider_are_warned_about() {
+    let file: Arc<str> = Arc::from("mesh.yaml");
+    let text = r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: shop-v1, namespace: default}
+spec: {service: shop, labels: {app: shop}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: tags, namespace: default}
+spec:
+  selector: {matchLabels: {app: shop}}
+  tracing:
+  - customTags:
+      env: {literal: {value: prod}}
+"#;
+    let compiled = super::super::compile_text(&file, text, 1, &Default::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let warnings: Vec<String> = compiled
+        .diagnostics
+        .warnings()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("spec.tracing[0].providers") && w.contains("reports no spans")),
+        "{warnings:?}"
+    );
+    let tracing = compiled
+        .snapshot
+        .telemetry
+        .side(Side::Server)
+        .tracing
+        .clone();
+    assert!(tracing.is_some_and(|t| t.disabled));
+    // Naming the provider in the mesh's defaults: no warning.
+    let (_, warnings) = compile(
+        r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: tags, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  tracing: [{customTags: {env: {literal: {value: prod}}}}]
+"#,
+    );
+    assert!(
+        !warnings.iter().any(|w| w.contains("reports no spans")),
+        "{warnings:?}"
+    );
+}

@@ -155,6 +155,11 @@ pub fn prepare_response(
     parts: &mut response::Parts,
     back: &IncomingResponse<'_>,
 ) -> Option<HeaderValue> {
+    // The caller's connection is ours, not the upstream's: an HTTP/1.0
+    // upstream answer goes back as HTTP/1.1 (as Envoy's codec writes it),
+    // or the caller's keep-alive connection would close after it. hyper
+    // still answers an HTTP/1.0 caller in HTTP/1.0.
+    parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(
         headers,

@@ -154,9 +154,22 @@ pub(super) fn run_local(
     });
 }
 
+/// The longest HTTP/1 request head (request line and headers) a listener
+/// reads: Envoy's default `max_request_headers_kb` (60 KiB) plus room for
+/// the request line. HTTP/2 header lists are bounded by hyper's 16 KiB.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
 pub(super) fn http_builder() -> auto::Builder<LocalExec> {
     let mut builder = auto::Builder::new(LocalExec);
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    // A request head is read whole before anything else happens: bounded
+    // as Envoy bounds it (`max_request_headers_kb`, 60 KiB by default),
+    // not at hyper's ~400 KiB, so one connection cannot make the proxy
+    // hold (and forward) a head of hundreds of KiB. Past it: 431.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(MAX_REQUEST_HEAD);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -230,14 +230,31 @@ impl Ports {
 
     fn finish(self, ctx: &Context<'_>, diags: &mut Diagnostics) -> GatewayListeners {
         let mut listeners = GatewayListeners::default();
+        let mut bound: Vec<(SocketAddr, u16)> = Vec::new();
         for (number, build) in self.ports {
-            let listen = ctx
+            let entry = ctx
                 .spec
                 .listeners
                 .iter()
-                .find(|l| l.port == u32::from(number))
-                .and_then(|l| l.listen.parse().ok())
+                .position(|l| l.port == u32::from(number));
+            let listen = entry
+                .and_then(|i| ctx.spec.listeners[i].listen.parse().ok())
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], number)));
+            // Every socket is bound with SO_REUSEPORT, so two Gateway ports
+            // on one address would both bind and the kernel would split
+            // connections between their chains: refused, as Envoy refuses
+            // two listeners on one address.
+            if let Some((_, other)) = bound.iter().find(|(addr, _)| overlaps(*addr, listen)) {
+                let field = entry.map_or_else(
+                    || "spec.listeners".to_owned(),
+                    |i| format!("spec.listeners[{i}].listen"),
+                );
+                let msg = format!(
+                    "Gateway ports {other} and {number} both listen on {listen}: each Gateway port needs an address of its own (a port without a `listeners` entry listens on 0.0.0.0:<port>)"
+                );
+                diags.error(ctx.loc, Some(field), msg);
+            }
+            bound.push((listen, number));
             let mut chains = build.chains;
             if build.protocol == PortProtocol::Http {
                 let mut hosts: Vec<Arc<VirtualHost>> = Vec::new();
@@ -274,6 +291,15 @@ impl Ports {
         }
         listeners
     }
+}
+
+/// Two listen addresses that would take the same connections: the same
+/// port on the same address, or on a wildcard address and any other.
+/// Port 0 (any free port) gives each its own.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Two chains of a port answering one SNI name: the first keeps it (Envoy

@@ -495,3 +495,46 @@ fn an_agent_file_is_not_a_gateway_file() {
     .expect("no IngressGateway");
     assert!(err.to_string().contains("IngressGateway"), "{err}");
 }
+
+/// Two Gateway ports on one listen address would both bind (SO_REUSEPORT)
+/// and split connections between their chains at random: refused, naming
+/// the listener entry, as Envoy refuses two listeners on one address.
+#[test]
+fn two_gateway_ports_on_one_address_are_refused() {
+    const TWO_PORTS: &str = r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: two}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 8081, name: redirect, protocol: HTTP}
+    hosts: ["*"]
+    tls: {httpsRedirect: true}
+"#;
+    let same = "  listeners:\n  - {port: 80, listen: \"127.0.0.1:18080\"}\n  - {port: 8081, listen: \"127.0.0.1:18080\"}\n";
+    let err = compile(&(bootstrap(same) + TWO_PORTS))
+        .err()
+        .expect("two ports on one address");
+    let text = err.to_string();
+    assert!(
+        text.contains("spec.listeners[1].listen")
+            && text.contains("Gateway ports 80 and 8081 both listen on 127.0.0.1:18080"),
+        "{text}"
+    );
+    // A port without an entry listens on 0.0.0.0:<port>, which a wildcard
+    // or specific entry of another port on that port number overlaps.
+    let implicit = "  listeners:\n  - {port: 8081, listen: \"127.0.0.1:80\"}\n";
+    let err = compile(&(bootstrap(implicit) + TWO_PORTS))
+        .err()
+        .expect("8081 on port 80 overlaps port 80's 0.0.0.0:80");
+    assert!(err.to_string().contains("both listen on"), "{err}");
+    let apart = "  listeners:\n  - {port: 80, listen: \"127.0.0.1:18080\"}\n  - {port: 8081, listen: \"127.0.0.1:18081\"}\n";
+    let c = ok(&(bootstrap(apart) + TWO_PORTS));
+    assert_eq!(port(&c, 8081).listen.to_string(), "127.0.0.1:18081");
+    // Port 0 is any free port: each takes its own.
+    let any = "  listeners:\n  - {port: 80, listen: \"127.0.0.1:0\"}\n  - {port: 8081, listen: \"127.0.0.1:0\"}\n";
+    ok(&(bootstrap(any) + TWO_PORTS));
+}

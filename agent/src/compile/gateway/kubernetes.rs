@@ -89,6 +89,44 @@ pub(super) fn gateways(
         for (i, listener) in doc.spec.listeners.iter().enumerate() {
             add_listener(ctx, &gw, listener, i, &index, &mut rules, ports, diags);
         }
+        unmatched_parent_refs(&gw, &index, diags);
+    }
+}
+
+/// Warns of each parentRef to `gw` whose `sectionName` or `port` names
+/// none of its listeners: the route does not attach there (the API's
+/// `Accepted=False`, reason `NoMatchingParent`).
+fn unmatched_parent_refs(gw: &KubeGateway<'_>, idx: &Index<'_>, diags: &mut Diagnostics) {
+    for route in &idx.routes {
+        for (p, parent_ref) in route.parent_refs.iter().enumerate() {
+            let Parent::Gateway {
+                gateway,
+                section,
+                port,
+            } = parent(parent_ref, &route.namespace, &[], DEFAULT_NAMESPACE)
+            else {
+                continue;
+            };
+            if gateway != gw.name || (section.is_none() && port.is_none()) {
+                continue;
+            }
+            let matches = gw.doc.spec.listeners.iter().any(|l| {
+                section.as_deref().is_none_or(|s| s == l.name)
+                    && port.is_none_or(|p| u32::from(p) == l.port)
+            });
+            if !matches {
+                let msg = format!(
+                    "no listener of Gateway {} has{}{}; the route is not attached to it",
+                    gw.name,
+                    section
+                        .as_deref()
+                        .map(|s| format!(" sectionName {s:?}"))
+                        .unwrap_or_default(),
+                    port.map(|p| format!(" port {p}")).unwrap_or_default(),
+                );
+                diags.warn(route.location, Some(format!("spec.parentRefs[{p}]")), msg);
+            }
+        }
     }
 }
 

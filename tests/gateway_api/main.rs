@@ -62,6 +62,10 @@ struct Case {
     /// The routes (YAML documents; gateway cases include their Gateways,
     /// of class `istio`).
     routes: String,
+    /// The gateway's ports (default 80 only): the suite's listener ports a
+    /// gateway case uses; a request goes to its `port`'s.
+    #[serde(default)]
+    ports: Vec<u16>,
     /// Requests in order.
     requests: Vec<Step>,
 }
@@ -309,7 +313,12 @@ fn run_gateway(path: &Path, case: &Case) -> Result<(), String> {
         .unwrap();
     rt.block_on(async {
         let mut upstreams = Vec::new();
-        let mut yaml = common::gateway::bootstrap(&[80], common::mesh::NO_COLLECTOR, "");
+        let ports = if case.ports.is_empty() {
+            vec![80]
+        } else {
+            case.ports.clone()
+        };
+        let mut yaml = common::gateway::bootstrap(&ports, common::mesh::NO_COLLECTOR, "");
         for entry in &case.backends {
             let (namespace, name) = backend_ref(entry, namespace);
             let u = Upstream::start(name).await;
@@ -320,10 +329,17 @@ fn run_gateway(path: &Path, case: &Case) -> Result<(), String> {
         yaml += &case.routes;
         let gateway = common::gateway::Gateway::try_start(&yaml)
             .map_err(|e| format!("{}: the gateway refused the config: {e}", path.display()))?;
-        let client = Client::h1(gateway.port(80));
+        let clients: BTreeMap<u16, Client> = ports
+            .iter()
+            .map(|&p| (p, Client::h1(gateway.port(p))))
+            .collect();
         let mut failures = Vec::new();
         for (i, step) in case.requests.iter().enumerate() {
-            if let Err(why) = check(step, &client, &upstreams).await {
+            let Some(client) = clients.get(&step.port) else {
+                failures.push(format!("request {i}: the gateway has no port {}", step.port));
+                continue;
+            };
+            if let Err(why) = check(step, client, &upstreams).await {
                 failures.push(format!(
                     "request {i} ({} {} {} {:?}): {why}",
                     step.method, step.host, step.path, step.headers

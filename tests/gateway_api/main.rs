@@ -15,8 +15,10 @@
 #[allow(unused_imports)]
 #[path = "../common/mod.rs"]
 mod common;
+mod grpc_echo;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use common::agent::Agent;
@@ -62,6 +64,11 @@ struct Case {
     /// The routes (YAML documents; gateway cases include their Gateways,
     /// of class `istio`).
     routes: String,
+    /// GRPCRoute case: the backends are the suite's gRPC echo service
+    /// (ServiceEntry ports of protocol GRPC) and every request is an
+    /// `rpc`.
+    #[serde(default)]
+    grpc: bool,
     /// The gateway's ports (default 80 only): the suite's listener ports a
     /// gateway case uses; a request goes to its `port`'s.
     #[serde(default)]
@@ -83,6 +90,7 @@ struct Step {
     #[serde(default = "port_80")]
     port: u16,
     /// Path and query.
+    #[serde(default)]
     path: String,
     #[serde(default)]
     headers: Vec<(String, String)>,
@@ -110,6 +118,13 @@ struct Step {
     /// Headers the response must not carry.
     #[serde(default)]
     response_absent: Vec<String>,
+    /// A gRPC call's method of the suite's `GrpcEcho` (`Echo`, `EchoTwo`,
+    /// `EchoThree`), `headers` its metadata; `path` is unused.
+    #[serde(default)]
+    rpc: Option<String>,
+    /// The call's gRPC status (`tonic::Code` name; default `Ok`).
+    #[serde(default)]
+    grpc_status: Option<String>,
 }
 
 fn get() -> String {
@@ -228,17 +243,29 @@ fn service_entry(name: &str, upstreams: &[&Upstream]) -> String {
 
 /// [`service_entry`] in `namespace`.
 fn service_entry_in(namespace: &str, name: &str, upstreams: &[&Upstream]) -> String {
+    let endpoints: Vec<(String, SocketAddr)> =
+        upstreams.iter().map(|u| (u.name.clone(), u.addr)).collect();
+    service_entry_of(namespace, name, &endpoints, "HTTP")
+}
+
+/// A ServiceEntry `name` of `namespace` on ports 80 and 8080 of
+/// `protocol`, both served by each endpoint's port.
+fn service_entry_of(
+    namespace: &str,
+    name: &str,
+    endpoints: &[(String, SocketAddr)],
+    protocol: &str,
+) -> String {
     let mut eps = String::new();
-    for u in upstreams {
+    for (app, addr) in endpoints {
         eps.push_str(&format!(
-            "  - address: {}\n    ports: {{http: {p}, http-alt: {p}}}\n    labels: {{app: {}}}\n",
-            u.addr.ip(),
-            u.name,
-            p = u.addr.port()
+            "  - address: {}\n    ports: {{http: {p}, http-alt: {p}}}\n    labels: {{app: {app}}}\n",
+            addr.ip(),
+            p = addr.port()
         ));
     }
     format!(
-        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  hosts: [{name}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  - {{number: 8080, name: http-alt, protocol: HTTP}}\n  endpoints:\n{eps}"
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  hosts: [{name}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: {protocol}}}\n  - {{number: 8080, name: http-alt, protocol: {protocol}}}\n  endpoints:\n{eps}"
     )
 }
 
@@ -319,11 +346,19 @@ fn run_gateway(path: &Path, case: &Case) -> Result<(), String> {
             case.ports.clone()
         };
         let mut yaml = common::gateway::bootstrap(&ports, common::mesh::NO_COLLECTOR, "");
+        let mut echoes = Vec::new();
         for entry in &case.backends {
             let (namespace, name) = backend_ref(entry, namespace);
-            let u = Upstream::start(name).await;
-            yaml += &service_entry_in(namespace, &u.name, &[&u]);
-            upstreams.push(u);
+            if case.grpc {
+                let e = grpc_echo::GrpcEcho::start(name).await;
+                let endpoint = [(name.to_owned(), e.addr)];
+                yaml += &service_entry_of(namespace, name, &endpoint, "GRPC");
+                echoes.push(e);
+            } else {
+                let u = Upstream::start(name).await;
+                yaml += &service_entry_in(namespace, &u.name, &[&u]);
+                upstreams.push(u);
+            }
         }
         yaml += "---\n";
         yaml += &case.routes;
@@ -339,10 +374,18 @@ fn run_gateway(path: &Path, case: &Case) -> Result<(), String> {
                 failures.push(format!("request {i}: the gateway has no port {}", step.port));
                 continue;
             };
-            if let Err(why) = check(step, client, &upstreams).await {
+            let checked = if case.grpc {
+                check_rpc(step, gateway.port(step.port), &echoes).await
+            } else {
+                check(step, client, &upstreams).await
+            };
+            if let Err(why) = checked {
                 failures.push(format!(
                     "request {i} ({} {} {} {:?}): {why}",
-                    step.method, step.host, step.path, step.headers
+                    step.method,
+                    step.host,
+                    step.rpc.as_deref().unwrap_or(&step.path),
+                    step.headers
                 ));
             }
         }
@@ -357,6 +400,38 @@ fn run_gateway(path: &Path, case: &Case) -> Result<(), String> {
             ))
         }
     })
+}
+
+/// A gRPC call of a GRPCRoute case: its status, and the backend it
+/// reached (none unless the status is `Ok`).
+async fn check_rpc(
+    step: &Step,
+    gateway: SocketAddr,
+    echoes: &[grpc_echo::GrpcEcho],
+) -> Result<(), String> {
+    let Some(method) = &step.rpc else {
+        return Err("a GRPCRoute case's request needs an rpc".into());
+    };
+    let before: Vec<usize> = echoes.iter().map(grpc_echo::GrpcEcho::count).collect();
+    let code = match grpc_echo::call(gateway, &step.host, method, &step.headers).await {
+        Ok(()) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    let want = step.grpc_status.as_deref().unwrap_or("Ok");
+    if format!("{code:?}") != want {
+        return Err(format!("gRPC status {code:?}, want {want}"));
+    }
+    let reached: Vec<&str> = echoes
+        .iter()
+        .zip(&before)
+        .filter(|(e, n)| e.count() > **n)
+        .map(|(e, _)| e.name.as_str())
+        .collect();
+    match (&step.backend, reached.as_slice()) {
+        (None, []) => Ok(()),
+        (Some(want), [got]) if want == got => Ok(()),
+        (want, got) => Err(format!("reached {got:?}, want {want:?}")),
+    }
 }
 
 async fn check(step: &Step, client: &Client, upstreams: &[Upstream]) -> Result<(), String> {

@@ -218,12 +218,17 @@ fn gateway_compiles(path: &Path) -> Result<(), String> {
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let diagnostics = report["diagnostics"].as_array().cloned().unwrap_or_default();
+    let diagnostics = report["diagnostics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let expected = diagnostics.len() == case.diagnostics.len()
         && case.diagnostics.iter().all(|want| {
-            diagnostics
-                .iter()
-                .any(|d| d["message"].as_str().is_some_and(|m| m.contains(want.as_str())))
+            diagnostics.iter().any(|d| {
+                d["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(want.as_str()))
+            })
         });
     if report["files"][0]["gateway"] != true || !expected {
         return Err(format!(
@@ -371,7 +376,10 @@ fn run_gateway(path: &Path, case: &Case) -> Result<(), String> {
         let mut failures = Vec::new();
         for (i, step) in case.requests.iter().enumerate() {
             let Some(client) = clients.get(&step.port) else {
-                failures.push(format!("request {i}: the gateway has no port {}", step.port));
+                failures.push(format!(
+                    "request {i}: the gateway has no port {}",
+                    step.port
+                ));
                 continue;
             };
             let checked = if case.grpc {

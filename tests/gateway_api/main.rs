@@ -57,8 +57,9 @@ struct Case {
     #[serde(default)]
     backends: Vec<String>,
     /// What compiling the case must warn, one entry per diagnostic: text
-    /// its message contains (a gateway case otherwise compiles without
-    /// any; the suite's invalid-reference cases expect one).
+    /// its message contains (none by default; the suite's invalid
+    /// reference and parentRef cases expect the warnings that stand for
+    /// the status conditions they check).
     #[serde(default)]
     diagnostics: Vec<String>,
     /// The routes (YAML documents; gateway cases include their Gateways,
@@ -195,10 +196,11 @@ fn gateway_compiles(path: &Path) -> Result<(), String> {
     let case = load(path);
     let namespace = case.namespace.as_deref().unwrap_or(NAMESPACE);
     let mut yaml = "apiVersion: tracemesh.io/v1\nkind: IngressGateway\nmetadata: {name: gateway, namespace: istio-system}\nspec:\n  labels: {istio: ingressgateway}\n".to_owned();
+    let protocol = if case.grpc { "GRPC" } else { "HTTP" };
     for entry in &case.backends {
         let (namespace, backend) = backend_ref(entry, namespace);
         yaml += &format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {backend}, namespace: {namespace}}}\nspec:\n  hosts: [{backend}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1}}]\n"
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {backend}, namespace: {namespace}}}\nspec:\n  hosts: [{backend}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: {protocol}}}]\n  endpoints: [{{address: 127.0.0.1}}]\n"
         );
     }
     yaml += "---\n";
@@ -471,13 +473,8 @@ async fn check(step: &Step, client: &Client, upstreams: &[Upstream]) -> Result<(
         ));
     }
     for (k, v) in &step.response_headers {
-        let got: Vec<&str> = reply
-            .headers
-            .get_all(k.as_str())
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect();
-        if got.join(",") != *v {
+        let got = joined(&reply.headers, k);
+        if got != *v {
             return Err(format!("response header {k}: {got:?}, want {v}"));
         }
     }
@@ -512,13 +509,8 @@ async fn check(step: &Step, client: &Client, upstreams: &[Upstream]) -> Result<(
         return Err(format!("the backend saw path {}, want {path}", seen.path));
     }
     for (k, v) in &step.upstream_headers {
-        let got: Vec<&str> = seen
-            .headers
-            .get_all(k.as_str())
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect();
-        if got.join(",") != *v {
+        let got = joined(&seen.headers, k);
+        if got != *v {
             return Err(format!("the backend saw {k}: {got:?}, want {v}"));
         }
     }
@@ -528,4 +520,14 @@ async fn check(step: &Step, client: &Client, upstreams: &[Upstream]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Every value of header `name`, comma-joined, as the suite compares them.
+fn joined(headers: &http::HeaderMap, name: &str) -> String {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    values.join(",")
 }

@@ -110,11 +110,8 @@ fn unmatched_parent_refs(gw: &KubeGateway<'_>, idx: &Index<'_>, diags: &mut Diag
             if gateway != gw.name || (section.is_none() && port.is_none()) {
                 continue;
             }
-            let matches = gw.doc.spec.listeners.iter().any(|l| {
-                section.as_deref().is_none_or(|s| s == l.name)
-                    && port.is_none_or(|p| u32::from(p) == l.port)
-            });
-            if !matches {
+            let named = |l: &Listener| names(section.as_deref(), port, l);
+            if !gw.doc.spec.listeners.iter().any(named) {
                 let msg = format!(
                     "no listener of Gateway {} has{}{}; the route is not attached to it",
                     gw.name,
@@ -309,6 +306,12 @@ fn listener_tls(
     })
 }
 
+/// Whether a parentRef's `sectionName` and `port` (each when set) name
+/// `listener`.
+fn names(section: Option<&str>, port: Option<u16>, listener: &Listener) -> bool {
+    section.is_none_or(|s| s == listener.name) && port.is_none_or(|p| u32::from(p) == listener.port)
+}
+
 /// Whether a listener admits a route of `kind` from `namespace`.
 fn allowed(
     gw: &KubeGateway<'_>,
@@ -360,10 +363,7 @@ fn attached_hosts(
             else {
                 continue;
             };
-            if gateway != gw.name
-                || section.as_deref().is_some_and(|s| s != listener.name)
-                || port.is_some_and(|p| u32::from(p) != listener.port)
-            {
+            if gateway != gw.name || !names(section.as_deref(), port, listener) {
                 continue;
             }
             let at = Some(format!("spec.parentRefs[{p}]"));

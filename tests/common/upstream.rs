@@ -262,6 +262,22 @@ impl Upstream {
         response
             .headers_mut()
             .insert("x-upstream", self.name.parse().unwrap());
+        // The Gateway API conformance echo server's cue: response headers
+        // to set, `Name:value` pairs separated by commas.
+        if let Some(set) = parts
+            .headers
+            .get("x-echo-set-header")
+            .and_then(|v| v.to_str().ok())
+        {
+            for (name, value) in set.split(',').filter_map(|p| p.split_once(':')) {
+                if let (Ok(name), Ok(value)) = (
+                    http::HeaderName::try_from(name.trim()),
+                    http::HeaderValue::try_from(value.trim()),
+                ) {
+                    response.headers_mut().append(name, value);
+                }
+            }
+        }
         response
     }
 

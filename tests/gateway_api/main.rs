@@ -15,8 +15,10 @@
 #[allow(unused_imports)]
 #[path = "../common/mod.rs"]
 mod common;
+mod grpc_echo;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use common::agent::Agent;
@@ -49,12 +51,29 @@ struct Case {
     namespace: Option<String>,
     /// Its backends (default `echo-v1`, `echo-v2`; gateway cases use
     /// `infra-backend-v1` … `v3`), each a ServiceEntry of that namespace
-    /// on ports 80 and 8080 with its own upstream.
+    /// (or of `NAMESPACE/` before the name, as the suite's `web-backend`
+    /// of `gateway-conformance-web-backend`) on ports 80 and 8080 with its
+    /// own upstream.
     #[serde(default)]
     backends: Vec<String>,
+    /// What compiling the case must warn, one entry per diagnostic: text
+    /// its message contains (none by default; the suite's invalid
+    /// reference and parentRef cases expect the warnings that stand for
+    /// the status conditions they check).
+    #[serde(default)]
+    diagnostics: Vec<String>,
     /// The routes (YAML documents; gateway cases include their Gateways,
     /// of class `istio`).
     routes: String,
+    /// GRPCRoute case: the backends are the suite's gRPC echo service
+    /// (ServiceEntry ports of protocol GRPC) and every request is an
+    /// `rpc`.
+    #[serde(default)]
+    grpc: bool,
+    /// The gateway's ports (default 80 only): the suite's listener ports a
+    /// gateway case uses; a request goes to its `port`'s.
+    #[serde(default)]
+    ports: Vec<u16>,
     /// Requests in order.
     requests: Vec<Step>,
 }
@@ -72,6 +91,7 @@ struct Step {
     #[serde(default = "port_80")]
     port: u16,
     /// Path and query.
+    #[serde(default)]
     path: String,
     #[serde(default)]
     headers: Vec<(String, String)>,
@@ -99,6 +119,13 @@ struct Step {
     /// Headers the response must not carry.
     #[serde(default)]
     response_absent: Vec<String>,
+    /// A gRPC call's method of the suite's `GrpcEcho` (`Echo`, `EchoTwo`,
+    /// `EchoThree`), `headers` its metadata; `path` is unused.
+    #[serde(default)]
+    rpc: Option<String>,
+    /// The call's gRPC status (`tonic::Code` name; default `Ok`).
+    #[serde(default)]
+    grpc_status: Option<String>,
 }
 
 fn get() -> String {
@@ -132,6 +159,12 @@ fn load(path: &Path) -> Case {
     serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A backend entry's namespace (the case's unless `NAMESPACE/` is given)
+/// and Service name.
+fn backend_ref<'a>(entry: &'a str, namespace: &'a str) -> (&'a str, &'a str) {
+    entry.split_once('/').unwrap_or((namespace, entry))
+}
+
 fn main() {
     let args = Arguments::from_args();
     let mut trials = Vec::new();
@@ -163,9 +196,11 @@ fn gateway_compiles(path: &Path) -> Result<(), String> {
     let case = load(path);
     let namespace = case.namespace.as_deref().unwrap_or(NAMESPACE);
     let mut yaml = "apiVersion: tracemesh.io/v1\nkind: IngressGateway\nmetadata: {name: gateway, namespace: istio-system}\nspec:\n  labels: {istio: ingressgateway}\n".to_owned();
-    for backend in &case.backends {
+    let protocol = if case.grpc { "GRPC" } else { "HTTP" };
+    for entry in &case.backends {
+        let (namespace, backend) = backend_ref(entry, namespace);
         yaml += &format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {backend}, namespace: {namespace}}}\nspec:\n  hosts: [{backend}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1}}]\n"
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {backend}, namespace: {namespace}}}\nspec:\n  hosts: [{backend}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: {protocol}}}]\n  endpoints: [{{address: 127.0.0.1}}]\n"
         );
     }
     yaml += "---\n";
@@ -185,10 +220,23 @@ fn gateway_compiles(path: &Path) -> Result<(), String> {
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    if report["files"][0]["gateway"] != true
-        || !report["diagnostics"].as_array().is_some_and(Vec::is_empty)
-    {
-        return Err(format!("{}: {report:#}", case.name));
+    let diagnostics = report["diagnostics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let expected = diagnostics.len() == case.diagnostics.len()
+        && case.diagnostics.iter().all(|want| {
+            diagnostics.iter().any(|d| {
+                d["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(want.as_str()))
+            })
+        });
+    if report["files"][0]["gateway"] != true || !expected {
+        return Err(format!(
+            "{}: want diagnostics {:?}, got {report:#}",
+            case.name, case.diagnostics
+        ));
     }
     Ok(())
 }
@@ -202,17 +250,29 @@ fn service_entry(name: &str, upstreams: &[&Upstream]) -> String {
 
 /// [`service_entry`] in `namespace`.
 fn service_entry_in(namespace: &str, name: &str, upstreams: &[&Upstream]) -> String {
+    let endpoints: Vec<(String, SocketAddr)> =
+        upstreams.iter().map(|u| (u.name.clone(), u.addr)).collect();
+    service_entry_of(namespace, name, &endpoints, "HTTP")
+}
+
+/// A ServiceEntry `name` of `namespace` on ports 80 and 8080 of
+/// `protocol`, both served by each endpoint's port.
+fn service_entry_of(
+    namespace: &str,
+    name: &str,
+    endpoints: &[(String, SocketAddr)],
+    protocol: &str,
+) -> String {
     let mut eps = String::new();
-    for u in upstreams {
+    for (app, addr) in endpoints {
         eps.push_str(&format!(
-            "  - address: {}\n    ports: {{http: {p}, http-alt: {p}}}\n    labels: {{app: {}}}\n",
-            u.addr.ip(),
-            u.name,
-            p = u.addr.port()
+            "  - address: {}\n    ports: {{http: {p}, http-alt: {p}}}\n    labels: {{app: {app}}}\n",
+            addr.ip(),
+            p = addr.port()
         ));
     }
     format!(
-        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  hosts: [{name}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  - {{number: 8080, name: http-alt, protocol: HTTP}}\n  endpoints:\n{eps}"
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  hosts: [{name}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: {protocol}}}\n  - {{number: 8080, name: http-alt, protocol: {protocol}}}\n  endpoints:\n{eps}"
     )
 }
 
@@ -287,24 +347,55 @@ fn run_gateway(path: &Path, case: &Case) -> Result<(), String> {
         .unwrap();
     rt.block_on(async {
         let mut upstreams = Vec::new();
-        for name in &case.backends {
-            upstreams.push(Upstream::start(name).await);
-        }
-        let mut yaml = common::gateway::bootstrap(&[80], common::mesh::NO_COLLECTOR, "");
-        for u in &upstreams {
-            yaml += &service_entry_in(namespace, &u.name, &[u]);
+        let ports = if case.ports.is_empty() {
+            vec![80]
+        } else {
+            case.ports.clone()
+        };
+        let mut yaml = common::gateway::bootstrap(&ports, common::mesh::NO_COLLECTOR, "");
+        let mut echoes = Vec::new();
+        for entry in &case.backends {
+            let (namespace, name) = backend_ref(entry, namespace);
+            if case.grpc {
+                let e = grpc_echo::GrpcEcho::start(name).await;
+                let endpoint = [(name.to_owned(), e.addr)];
+                yaml += &service_entry_of(namespace, name, &endpoint, "GRPC");
+                echoes.push(e);
+            } else {
+                let u = Upstream::start(name).await;
+                yaml += &service_entry_in(namespace, &u.name, &[&u]);
+                upstreams.push(u);
+            }
         }
         yaml += "---\n";
         yaml += &case.routes;
         let gateway = common::gateway::Gateway::try_start(&yaml)
             .map_err(|e| format!("{}: the gateway refused the config: {e}", path.display()))?;
-        let client = Client::h1(gateway.port(80));
+        let clients: BTreeMap<u16, Client> = ports
+            .iter()
+            .map(|&p| (p, Client::h1(gateway.port(p))))
+            .collect();
         let mut failures = Vec::new();
         for (i, step) in case.requests.iter().enumerate() {
-            if let Err(why) = check(step, &client, &upstreams).await {
+            let Some(client) = clients.get(&step.port) else {
+                failures.push(format!(
+                    "request {i}: the gateway has no port {}",
+                    step.port
+                ));
+                continue;
+            };
+            let checked = if case.grpc {
+                check_rpc(step, gateway.port(step.port), &echoes).await
+            } else {
+                check(step, client, &upstreams).await
+            };
+            if let Err(why) = checked {
                 failures.push(format!(
                     "request {i} ({} {} {} {:?}): {why}",
-                    step.method, step.host, step.path, step.headers
+                    step.method,
+                    step.host,
+                    step.rpc.as_deref().unwrap_or(&step.path),
+                    step.headers
                 ));
             }
         }
@@ -319,6 +410,38 @@ fn run_gateway(path: &Path, case: &Case) -> Result<(), String> {
             ))
         }
     })
+}
+
+/// A gRPC call of a GRPCRoute case: its status, and the backend it
+/// reached (none unless the status is `Ok`).
+async fn check_rpc(
+    step: &Step,
+    gateway: SocketAddr,
+    echoes: &[grpc_echo::GrpcEcho],
+) -> Result<(), String> {
+    let Some(method) = &step.rpc else {
+        return Err("a GRPCRoute case's request needs an rpc".into());
+    };
+    let before: Vec<usize> = echoes.iter().map(grpc_echo::GrpcEcho::count).collect();
+    let code = match grpc_echo::call(gateway, &step.host, method, &step.headers).await {
+        Ok(()) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    let want = step.grpc_status.as_deref().unwrap_or("Ok");
+    if format!("{code:?}") != want {
+        return Err(format!("gRPC status {code:?}, want {want}"));
+    }
+    let reached: Vec<&str> = echoes
+        .iter()
+        .zip(&before)
+        .filter(|(e, n)| e.count() > **n)
+        .map(|(e, _)| e.name.as_str())
+        .collect();
+    match (&step.backend, reached.as_slice()) {
+        (None, []) => Ok(()),
+        (Some(want), [got]) if want == got => Ok(()),
+        (want, got) => Err(format!("reached {got:?}, want {want:?}")),
+    }
 }
 
 async fn check(step: &Step, client: &Client, upstreams: &[Upstream]) -> Result<(), String> {
@@ -350,11 +473,9 @@ async fn check(step: &Step, client: &Client, upstreams: &[Upstream]) -> Result<(
         ));
     }
     for (k, v) in &step.response_headers {
-        if reply.header(k).as_deref() != Some(v.as_str()) {
-            return Err(format!(
-                "response header {k}: {:?}, want {v}",
-                reply.header(k)
-            ));
+        let got = joined(&reply.headers, k);
+        if got != *v {
+            return Err(format!("response header {k}: {got:?}, want {v}"));
         }
     }
     for k in &step.response_absent {
@@ -388,13 +509,8 @@ async fn check(step: &Step, client: &Client, upstreams: &[Upstream]) -> Result<(
         return Err(format!("the backend saw path {}, want {path}", seen.path));
     }
     for (k, v) in &step.upstream_headers {
-        let got: Vec<&str> = seen
-            .headers
-            .get_all(k.as_str())
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect();
-        if got.join(",") != *v {
+        let got = joined(&seen.headers, k);
+        if got != *v {
             return Err(format!("the backend saw {k}: {got:?}, want {v}"));
         }
     }
@@ -404,4 +520,14 @@ async fn check(step: &Step, client: &Client, upstreams: &[Upstream]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Every value of header `name`, comma-joined, as the suite compares them.
+fn joined(headers: &http::HeaderMap, name: &str) -> String {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    values.join(",")
 }

@@ -68,11 +68,22 @@ pub fn location<B>(redirect: &Redirect, req: &http::Request<B>) -> Option<Header
         .unwrap_or("http");
     let (host, port) = split_host_port(request_authority(req).unwrap_or(""));
     let host = redirect.authority.as_deref().unwrap_or(host);
-    let port = redirect.port.or(if redirect.port_from_request {
-        port
-    } else {
-        None
-    });
+    // A scheme's default port is left out of the Location (the Gateway
+    // API's RequestRedirect: "SHOULD NOT add the port number ... HTTP and
+    // port 80, HTTPS and port 443"; the URL is the same either way).
+    let default_port = match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    };
+    let port = redirect
+        .port
+        .or(if redirect.port_from_request {
+            port
+        } else {
+            None
+        })
+        .filter(|p| Some(*p) != default_port);
     let path = match &redirect.uri {
         Some(uri) if uri.contains('?') => uri.clone(),
         Some(uri) => format!(
@@ -159,5 +170,33 @@ mod tests {
             location(&redirect, &req).unwrap(),
             "http://bookinfo.local:8080/?u=1"
         );
+    }
+
+    #[test]
+    fn a_scheme_default_port_is_left_out_of_the_location() {
+        let redirect = |scheme: Option<&str>, port: Option<u16>| Redirect {
+            uri: None,
+            uri_regex: None,
+            authority: Some("example.org".into()),
+            port,
+            scheme: scheme.map(Into::into),
+            port_from_request: port.is_none() && scheme.is_none(),
+            code: http::StatusCode::FOUND,
+        };
+        let req = http::Request::get("/p")
+            .header(HOST, "example.com:80")
+            .body(())
+            .unwrap();
+        let cases = [
+            (None, None, "http://example.org/p"),
+            (None, Some(80), "http://example.org/p"),
+            (None, Some(8080), "http://example.org:8080/p"),
+            (Some("https"), Some(443), "https://example.org/p"),
+            (Some("https"), Some(8443), "https://example.org:8443/p"),
+            (Some("https"), Some(80), "https://example.org:80/p"),
+        ];
+        for (scheme, port, want) in cases {
+            assert_eq!(location(&redirect(scheme, port), &req).unwrap(), want);
+        }
     }
 }

@@ -89,6 +89,41 @@ pub(super) fn gateways(
         for (i, listener) in doc.spec.listeners.iter().enumerate() {
             add_listener(ctx, &gw, listener, i, &index, &mut rules, ports, diags);
         }
+        unmatched_parent_refs(&gw, &index, diags);
+    }
+}
+
+/// Warns of each parentRef to `gw` whose `sectionName` or `port` names
+/// none of its listeners: the route does not attach there (the API's
+/// `Accepted=False`, reason `NoMatchingParent`).
+fn unmatched_parent_refs(gw: &KubeGateway<'_>, idx: &Index<'_>, diags: &mut Diagnostics) {
+    for route in &idx.routes {
+        for (p, parent_ref) in route.parent_refs.iter().enumerate() {
+            let Parent::Gateway {
+                gateway,
+                section,
+                port,
+            } = parent(parent_ref, &route.namespace, &[], DEFAULT_NAMESPACE)
+            else {
+                continue;
+            };
+            if gateway != gw.name || (section.is_none() && port.is_none()) {
+                continue;
+            }
+            let named = |l: &Listener| names(section.as_deref(), port, l);
+            if !gw.doc.spec.listeners.iter().any(named) {
+                let msg = format!(
+                    "no listener of Gateway {} has{}{}; the route is not attached to it",
+                    gw.name,
+                    section
+                        .as_deref()
+                        .map(|s| format!(" sectionName {s:?}"))
+                        .unwrap_or_default(),
+                    port.map(|p| format!(" port {p}")).unwrap_or_default(),
+                );
+                diags.warn(route.location, Some(format!("spec.parentRefs[{p}]")), msg);
+            }
+        }
     }
 }
 
@@ -271,6 +306,12 @@ fn listener_tls(
     })
 }
 
+/// Whether a parentRef's `sectionName` and `port` (each when set) name
+/// `listener`.
+fn names(section: Option<&str>, port: Option<u16>, listener: &Listener) -> bool {
+    section.is_none_or(|s| s == listener.name) && port.is_none_or(|p| u32::from(p) == listener.port)
+}
+
 /// Whether a listener admits a route of `kind` from `namespace`.
 fn allowed(
     gw: &KubeGateway<'_>,
@@ -322,10 +363,7 @@ fn attached_hosts(
             else {
                 continue;
             };
-            if gateway != gw.name
-                || section.as_deref().is_some_and(|s| s != listener.name)
-                || port.is_some_and(|p| u32::from(p) != listener.port)
-            {
+            if gateway != gw.name || !names(section.as_deref(), port, listener) {
                 continue;
             }
             let at = Some(format!("spec.parentRefs[{p}]"));

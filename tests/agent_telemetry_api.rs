@@ -356,3 +356,69 @@ async fn disabled_span_reporting_reports_nothing_and_still_propagates_the_contex
         "the SERVER side reports nothing: {reported:?}"
     );
 }
+
+/// An Agent document without `spec.telemetry.otlp`: spans go where the
+/// workload's tracing provider says.
+fn doc_without_otlp(service: &str, app: SocketAddr) -> String {
+    let with = doc(service, app, "unused");
+    let without = with.replace("    otlp: {endpoint: \"unused\"}\n", "");
+    assert_ne!(with, without, "the otlp line is gone");
+    without
+}
+
+/// The `istio` ConfigMap with the `otel` provider at `otel_port` as the
+/// mesh's default tracing provider, and `direct` at `direct_port`.
+fn mesh_with_providers(otel_port: u16, direct_port: u16) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: otel
+      opentelemetry: {{service: 127.0.0.1, port: {otel_port}}}
+    - name: direct
+      opentelemetry: {{service: 127.0.0.1, port: {direct_port}}}
+    defaultProviders:
+      tracing: [otel]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spans_go_to_the_workloads_opentelemetry_provider_when_the_agent_names_no_endpoint() {
+    let mesh_default = Receiver::start().await;
+    let named = Receiver::start().await;
+    let (otel, direct) = (mesh_default.addr.port(), named.addr.port());
+    // reviews: no Telemetry names a provider, so the mesh's
+    // defaultProviders.tracing (`otel`) is its exporter.
+    let reviews_app = Upstream::start("reviews").await;
+    let reviews = Agent::start(
+        &(doc_without_otlp("reviews", reviews_app.addr) + &mesh_with_providers(otel, direct)),
+    );
+    // ratings: its namespace's Telemetry names `direct`, which wins over the
+    // mesh default.
+    let ratings_app = Upstream::start("ratings").await;
+    let ratings = Agent::start(
+        &(doc_without_otlp("ratings", ratings_app.addr)
+            + &mesh_with_providers(otel, direct)
+            + "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: direct, namespace: default}\nspec:\n  tracing:\n  - providers: [{name: direct}]\n"),
+    );
+    let reply = Client::h1(reviews.inbound)
+        .get("http://reviews:9080/via-default-provider")
+        .await;
+    assert_eq!(reply.status, 200);
+    let reply = Client::h1(ratings.inbound)
+        .get("http://ratings:9080/via-named-provider")
+        .await;
+    assert_eq!(reply.status, 200);
+    let span = mesh_default.span_of("/via-default-provider").await;
+    assert_eq!(span.service, "reviews");
+    assert_eq!(named.span_of("/via-named-provider").await.service, "ratings");
+    // Each exporter got only its own workload's spans.
+    let services = |r: &Receiver| r.spans().into_iter().map(|s| s.service).collect::<Vec<_>>();
+    assert!(services(&mesh_default).iter().all(|s| s == "reviews"));
+    assert!(services(&named).iter().all(|s| s == "ratings"));
+}

@@ -14,7 +14,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::agent::Agent;
+use common::agent::{Agent, validate};
 use common::client::Client;
 use common::mesh::{AgentDoc, NO_COLLECTOR};
 use common::otlp::Receiver;
@@ -416,9 +416,29 @@ async fn spans_go_to_the_workloads_opentelemetry_provider_when_the_agent_names_n
     assert_eq!(reply.status, 200);
     let span = mesh_default.span_of("/via-default-provider").await;
     assert_eq!(span.service, "reviews");
-    assert_eq!(named.span_of("/via-named-provider").await.service, "ratings");
+    assert_eq!(
+        named.span_of("/via-named-provider").await.service,
+        "ratings"
+    );
     // Each exporter got only its own workload's spans.
     let services = |r: &Receiver| r.spans().into_iter().map(|s| s.service).collect::<Vec<_>>();
     assert!(services(&mesh_default).iter().all(|s| s == "reviews"));
     assert!(services(&named).iter().all(|s| s == "ratings"));
+}
+
+#[test]
+fn validate_warns_when_client_and_server_pick_different_exporters() {
+    let app: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let yaml = doc_without_otlp("reviews", app)
+        + &mesh_with_providers(4317, 4318)
+        + "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: client-direct, namespace: default}\nspec:\n  tracing:\n  - match: {mode: CLIENT}\n    providers: [{name: direct}]\n";
+    let (ok, out) = validate(&yaml);
+    assert!(ok, "a warning, not an error: {out}");
+    assert!(
+        out.contains("spec.telemetry.otlp.endpoint")
+            && out.contains("\"otel\"")
+            && out.contains("\"direct\"")
+            && out.contains("default/client-direct"),
+        "the warning names both providers, the field and the Telemetry: {out}"
+    );
 }

@@ -497,8 +497,7 @@ fn client_and_server_providers_that_differ_export_to_the_servers_with_a_warning(
         "{AGENT}---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t, namespace: shop}}\nspec:\n  tracing:\n  - match: {{mode: CLIENT}}\n    providers: [{{name: otel-b}}]\n"
     ));
     assert_eq!(
-        otlp.endpoint,
-        "http://collector.observability.svc.cluster.local:4317",
+        otlp.endpoint, "http://collector.observability.svc.cluster.local:4317",
         "the SERVER side's provider (the mesh default) wins"
     );
     let warning = warnings
@@ -506,5 +505,8 @@ fn client_and_server_providers_that_differ_export_to_the_servers_with_a_warning(
         .find(|w| w.contains("spec.telemetry.otlp.endpoint"))
         .unwrap_or_else(|| panic!("a warning naming both providers: {warnings:?}"));
     assert!(warning.contains("mesh.yaml"), "{warning}");
-    assert!(warning.contains("\"otel\"") && warning.contains("\"otel-b\""), "{warning}");
+    assert!(
+        warning.contains("\"otel\"") && warning.contains("\"otel-b\""),
+        "{warning}"
+    );
 }

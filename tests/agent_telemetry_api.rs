@@ -426,6 +426,51 @@ async fn spans_go_to_the_workloads_opentelemetry_provider_when_the_agent_names_n
     assert!(services(&named).iter().all(|s| s == "ratings"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_with_an_http_block_exports_over_otlp_http_with_its_path_and_headers() {
+    let receiver = Receiver::start_http("/custom/v1/traces").await;
+    let app = Upstream::start("reviews").await;
+    let mesh = format!(
+        r#"---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: otel-http
+      opentelemetry:
+        service: 127.0.0.1
+        port: {port}
+        http:
+          path: /custom/v1/traces
+          timeout: 5s
+          headers: [{{name: x-api-key, value: k3y}}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: http-export, namespace: default}}
+spec:
+  tracing:
+  - providers: [{{name: otel-http}}]
+"#,
+        port = receiver.addr.port()
+    );
+    let agent = Agent::start(&(doc_without_otlp("reviews", app.addr) + &mesh));
+    let reply = Client::h1(agent.inbound)
+        .get("http://reviews:9080/over-http")
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(receiver.span_of("/over-http").await.service, "reviews");
+    let requests = receiver.http_requests();
+    assert!(!requests.is_empty());
+    for (path, headers) in &requests {
+        assert_eq!(path, "/custom/v1/traces");
+        assert_eq!(headers["content-type"], "application/x-protobuf");
+        assert_eq!(headers["x-api-key"], "k3y");
+    }
+}
+
 #[test]
 fn validate_warns_when_client_and_server_pick_different_exporters() {
     let app: SocketAddr = "127.0.0.1:9".parse().unwrap();

@@ -424,6 +424,34 @@ async fn spans_go_to_the_workloads_opentelemetry_provider_when_the_agent_names_n
     let services = |r: &Receiver| r.spans().into_iter().map(|s| s.service).collect::<Vec<_>>();
     assert!(services(&mesh_default).iter().all(|s| s == "reviews"));
     assert!(services(&named).iter().all(|s| s == "ratings"));
+
+    // A reload that moves the mesh default to the other receiver is warned
+    // about; the exporter set up at startup stays until a restart.
+    reviews.rewrite_config(
+        &(doc_without_otlp("reviews", reviews_app.addr) + &mesh_with_providers(direct, otel)),
+    );
+    wait_for_version(&reviews, 2.0).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reviews
+        .stderr()
+        .iter()
+        .any(|l| l.contains("the span exporter's endpoint") && l.contains("after a restart"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no restart warning: {:?}",
+            reviews.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = Client::h1(reviews.inbound)
+        .get("http://reviews:9080/after-reload")
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        mesh_default.span_of("/after-reload").await.service,
+        "reviews"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

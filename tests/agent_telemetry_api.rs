@@ -14,7 +14,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::agent::Agent;
+use common::agent::{Agent, validate};
 use common::client::Client;
 use common::mesh::{AgentDoc, NO_COLLECTOR};
 use common::otlp::Receiver;
@@ -354,5 +354,164 @@ async fn disabled_span_reporting_reports_nothing_and_still_propagates_the_contex
     assert!(
         !reported.iter().any(|p| p == "/reporting-off"),
         "the SERVER side reports nothing: {reported:?}"
+    );
+}
+
+/// An Agent document without `spec.telemetry.otlp`: spans go where the
+/// workload's tracing provider says.
+fn doc_without_otlp(service: &str, app: SocketAddr) -> String {
+    let with = doc(service, app, "unused");
+    let without = with.replace("    otlp: {endpoint: \"unused\"}\n", "");
+    assert_ne!(with, without, "the otlp line is gone");
+    without
+}
+
+/// The `istio` ConfigMap with the `otel` provider at `otel_port` as the
+/// mesh's default tracing provider, and `direct` at `direct_port`.
+fn mesh_with_providers(otel_port: u16, direct_port: u16) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: otel
+      opentelemetry: {{service: 127.0.0.1, port: {otel_port}}}
+    - name: direct
+      opentelemetry: {{service: 127.0.0.1, port: {direct_port}}}
+    defaultProviders:
+      tracing: [otel]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spans_go_to_the_workloads_opentelemetry_provider_when_the_agent_names_no_endpoint() {
+    let mesh_default = Receiver::start().await;
+    let named = Receiver::start().await;
+    let (otel, direct) = (mesh_default.addr.port(), named.addr.port());
+    // reviews: no Telemetry names a provider, so the mesh's
+    // defaultProviders.tracing (`otel`) is its exporter.
+    let reviews_app = Upstream::start("reviews").await;
+    let reviews = Agent::start(
+        &(doc_without_otlp("reviews", reviews_app.addr) + &mesh_with_providers(otel, direct)),
+    );
+    // ratings: its namespace's Telemetry names `direct`, which wins over the
+    // mesh default.
+    let ratings_app = Upstream::start("ratings").await;
+    let ratings = Agent::start(
+        &(doc_without_otlp("ratings", ratings_app.addr)
+            + &mesh_with_providers(otel, direct)
+            + "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: direct, namespace: default}\nspec:\n  tracing:\n  - providers: [{name: direct}]\n"),
+    );
+    let reply = Client::h1(reviews.inbound)
+        .get("http://reviews:9080/via-default-provider")
+        .await;
+    assert_eq!(reply.status, 200);
+    let reply = Client::h1(ratings.inbound)
+        .get("http://ratings:9080/via-named-provider")
+        .await;
+    assert_eq!(reply.status, 200);
+    let span = mesh_default.span_of("/via-default-provider").await;
+    assert_eq!(span.service, "reviews");
+    assert_eq!(
+        named.span_of("/via-named-provider").await.service,
+        "ratings"
+    );
+    // Each exporter got only its own workload's spans.
+    let services = |r: &Receiver| r.spans().into_iter().map(|s| s.service).collect::<Vec<_>>();
+    assert!(services(&mesh_default).iter().all(|s| s == "reviews"));
+    assert!(services(&named).iter().all(|s| s == "ratings"));
+
+    // A reload that moves the mesh default to the other receiver is warned
+    // about; the exporter set up at startup stays until a restart.
+    reviews.rewrite_config(
+        &(doc_without_otlp("reviews", reviews_app.addr) + &mesh_with_providers(direct, otel)),
+    );
+    wait_for_version(&reviews, 2.0).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reviews
+        .stderr()
+        .iter()
+        .any(|l| l.contains("the span exporter's endpoint") && l.contains("after a restart"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no restart warning: {:?}",
+            reviews.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = Client::h1(reviews.inbound)
+        .get("http://reviews:9080/after-reload")
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        mesh_default.span_of("/after-reload").await.service,
+        "reviews"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_with_an_http_block_exports_over_otlp_http_with_its_path_and_headers() {
+    let receiver = Receiver::start_http("/custom/v1/traces").await;
+    let app = Upstream::start("reviews").await;
+    let mesh = format!(
+        r#"---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: otel-http
+      opentelemetry:
+        service: 127.0.0.1
+        port: {port}
+        http:
+          path: /custom/v1/traces
+          timeout: 5s
+          headers: [{{name: x-api-key, value: k3y}}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: http-export, namespace: default}}
+spec:
+  tracing:
+  - providers: [{{name: otel-http}}]
+"#,
+        port = receiver.addr.port()
+    );
+    let agent = Agent::start(&(doc_without_otlp("reviews", app.addr) + &mesh));
+    let reply = Client::h1(agent.inbound)
+        .get("http://reviews:9080/over-http")
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(receiver.span_of("/over-http").await.service, "reviews");
+    let requests = receiver.http_requests();
+    assert!(!requests.is_empty());
+    for (path, headers) in &requests {
+        assert_eq!(path, "/custom/v1/traces");
+        assert_eq!(headers["content-type"], "application/x-protobuf");
+        assert_eq!(headers["x-api-key"], "k3y");
+    }
+}
+
+#[test]
+fn validate_warns_when_client_and_server_pick_different_exporters() {
+    let app: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let yaml = doc_without_otlp("reviews", app)
+        + &mesh_with_providers(4317, 4318)
+        + "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: client-direct, namespace: default}\nspec:\n  tracing:\n  - match: {mode: CLIENT}\n    providers: [{name: direct}]\n";
+    let (ok, out) = validate(&yaml);
+    assert!(ok, "a warning, not an error: {out}");
+    assert!(
+        out.contains("spec.telemetry.otlp.endpoint")
+            && out.contains("\"otel\"")
+            && out.contains("\"direct\"")
+            && out.contains("default/client-direct"),
+        "the warning names both providers, the field and the Telemetry: {out}"
     );
 }

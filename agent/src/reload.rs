@@ -417,7 +417,19 @@ fn warn_fixed_settings(old: &Snapshot, new: &Snapshot) {
         );
     }
     let (a, b) = (&old.bootstrap, &new.bootstrap);
-    if a.telemetry != b.telemetry
+    if a.telemetry.otlp != b.telemetry.otlp {
+        tracing::warn!(
+            in_force = %a.telemetry.otlp.endpoint,
+            configured = %b.telemetry.otlp.endpoint,
+            "the span exporter's endpoint (spec.telemetry.otlp, or the workload's tracing \
+             provider) changed; it takes effect after a restart"
+        );
+    }
+    let rest = |t: &crate::model::bootstrap::Telemetry| crate::model::bootstrap::Telemetry {
+        otlp: b.telemetry.otlp.clone(),
+        ..t.clone()
+    };
+    if rest(&a.telemetry) != b.telemetry
         || a.access_log != b.access_log
         || a.concurrency != b.concurrency
         || a.certificate != b.certificate

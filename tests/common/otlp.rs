@@ -65,16 +65,14 @@ pub fn hex(bytes: &[u8]) -> String {
 #[derive(Clone, Default)]
 struct Sink {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    /// Path and headers of each OTLP/HTTP request.
+    http_requests: Arc<Mutex<Vec<(String, http::HeaderMap)>>>,
 }
 
-#[tonic::async_trait]
-impl TraceService for Sink {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+impl Sink {
+    fn keep(&self, request: ExportTraceServiceRequest) {
         let mut spans = self.spans.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
+        for rs in request.resource_spans {
             let service = rs
                 .resource
                 .as_ref()
@@ -89,6 +87,16 @@ impl TraceService for Sink {
                 }
             }
         }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.keep(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -127,6 +135,63 @@ impl Receiver {
                 .await;
         });
         Receiver { addr, sink }
+    }
+
+    /// Starts an OTLP/HTTP (protobuf) receiver on 127.0.0.1:0: a POST to
+    /// `path` with an `ExportTraceServiceRequest` body is kept, anything
+    /// else gets 404.
+    pub async fn start_http(path: &'static str) -> Receiver {
+        use http_body_util::{BodyExt, Full};
+        use prost::Message;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sink = Sink::default();
+        let serving = sink.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let sink = serving.clone();
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let sink = sink.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes());
+                            sink.http_requests
+                                .lock()
+                                .unwrap()
+                                .push((parts.uri.path().to_owned(), parts.headers.clone()));
+                            let decoded = body
+                                .ok()
+                                .and_then(|b| ExportTraceServiceRequest::decode(b).ok());
+                            let status = match decoded {
+                                Some(request) if parts.uri.path() == path => {
+                                    sink.keep(request);
+                                    200
+                                }
+                                _ => 404,
+                            };
+                            let reply = ExportTraceServiceResponse {
+                                partial_success: None,
+                            };
+                            hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/x-protobuf")
+                                .body(Full::new(bytes::Bytes::from(reply.encode_to_vec())))
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        Receiver { addr, sink }
+    }
+
+    /// Path and headers of each OTLP/HTTP request received so far.
+    pub fn http_requests(&self) -> Vec<(String, http::HeaderMap)> {
+        self.sink.http_requests.lock().unwrap().clone()
     }
 
     /// The endpoint URL for an agent config.

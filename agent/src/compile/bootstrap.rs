@@ -30,6 +30,9 @@ pub(super) struct Agent {
     pub path_normalization: PathNormalization,
     /// The process settings.
     pub bootstrap: Bootstrap,
+    /// The Agent sets `spec.telemetry.otlp.endpoint`: it wins over the
+    /// workload's tracing provider.
+    pub explicit_otlp_endpoint: bool,
     /// The mesh's root namespace: policies there without a selector apply
     /// mesh-wide.
     pub root_namespace: String,
@@ -202,7 +205,14 @@ pub(super) fn compile(
         num_trusted_proxies: spec.num_trusted_proxies,
         telemetry: Telemetry {
             otlp: Otlp {
-                endpoint: telemetry.otlp.endpoint.clone(),
+                endpoint: otlp_url(
+                    telemetry
+                        .otlp
+                        .endpoint
+                        .as_deref()
+                        .unwrap_or(crate::config::agent::DEFAULT_OTLP_ENDPOINT),
+                    otlp_protocol?,
+                ),
                 protocol: otlp_protocol?,
                 headers: telemetry.otlp.headers.clone().into_iter().collect(),
                 timeout: telemetry.otlp.timeout.get(),
@@ -226,6 +236,7 @@ pub(super) fn compile(
     Some(Agent {
         bootstrap,
         has_identity: spec.identity.is_some(),
+        explicit_otlp_endpoint: telemetry.otlp.endpoint.is_some(),
         path_normalization,
         root_namespace: mesh.mesh.root_namespace.clone(),
         identity: Arc::new(identity),
@@ -238,6 +249,16 @@ pub(super) fn compile(
             admin: admin?,
         },
     })
+}
+
+/// The URL spans go to: OTLP/HTTP posts to `/v1/traces` (added unless the
+/// endpoint already ends with it); gRPC takes the endpoint as written.
+fn otlp_url(endpoint: &str, protocol: OtlpProtocol) -> String {
+    if protocol == OtlpProtocol::HttpProtobuf && !endpoint.ends_with("/v1/traces") {
+        format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+    } else {
+        endpoint.to_owned()
+    }
 }
 
 /// The certificate source needs exactly one of `files` and `ca`, and a token for the CA.

@@ -382,7 +382,7 @@ fn build(
     let routes = routes::build(&mesh_routes, &registry, boot.as_ref(), &namespace, diags);
     skipped_by_sidecars(docs, diags);
     unenforced::warn_all(docs, diags);
-    let boot = boot?;
+    let mut boot = boot?;
     let inbound = registry::inbound_cluster(&boot, states);
     let tcp_routes = registry.tcp_routes(agent, &namespace, diags);
     let authorization = access::authorization(
@@ -393,6 +393,7 @@ fn build(
         diags,
     );
     let telemetry = telemetry::compile(&docs.telemetries, &boot, &mesh.mesh, diags);
+    telemetry::resolve_exporter(&mut boot, &telemetry, &agent.location, diags);
     let authn = authn::authenticator(&docs.request_authentications, &boot, states, diags);
     let rate_limits =
         access::rate_limits(&docs.rate_limit_policies, &boot, &namespace, states, diags);

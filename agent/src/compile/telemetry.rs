@@ -30,6 +30,7 @@ use super::bootstrap::Agent;
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::config::telemetry::{ProviderRef, TelemetrySpec};
+use crate::model::bootstrap::OtlpProtocol;
 use crate::model::expr::Expression;
 use crate::model::mesh::{Mesh, Provider, ProviderConfig};
 use crate::model::telemetry::{
@@ -193,20 +194,6 @@ fn check_providers(applying: &[&Document<TelemetrySpec>], mesh: &Mesh, diags: &m
             diags.warn(loc, Some(format!("{field}.providers[{k}].name")), msg);
         }
     }
-    // A tracing entry (say, only `customTags`) with no provider anywhere
-    // turns span reporting off: said, since the Agent's exporter reports
-    // spans without any Telemetry.
-    let named = applying
-        .iter()
-        .flat_map(|d| &d.spec.tracing)
-        .any(|t| !t.providers.is_empty());
-    if !named
-        && mesh.default_providers.tracing.is_empty()
-        && let Some(doc) = applying.iter().find(|d| !d.spec.tracing.is_empty())
-    {
-        let msg = "no tracing provider: the entry names none and the mesh config has no defaultProviders.tracing, so this workload reports no spans (trace context is still propagated); name an `opentelemetry` extension provider in `providers` or in defaultProviders.tracing";
-        diags.warn(&doc.location, Some("spec.tracing[0].providers".into()), msg);
-    }
     for doc in applying {
         let loc = &doc.location;
         for (i, t) in doc.spec.tracing.iter().enumerate() {
@@ -265,9 +252,14 @@ fn tracing(
             }
         }
     }
-    policy.provider = chosen.and_then(|name| resolve(mesh, &name, is_otlp));
-    if policy.provider.is_none() {
-        policy.disabled = true;
+    // No provider named anywhere: the Agent's own exporter reports, as
+    // without any Telemetry. A name that resolves to nothing reports nothing
+    // (warned above).
+    if let Some(name) = chosen {
+        policy.provider = resolve(mesh, &name, is_otlp);
+        if policy.provider.is_none() {
+            policy.disabled = true;
+        }
     }
     Some(policy)
 }
@@ -479,6 +471,75 @@ fn access_logs(
         }
     }
     Some(out)
+}
+
+/// Where the span exporter sends, resolved once per compile: the Agent's
+/// `spec.telemetry.otlp.endpoint` when it sets one; else the workload's
+/// tracing provider when it is an `opentelemetry` extension provider (its
+/// `service:port` over gRPC, or OTLP/HTTP at `http.path` with `http.timeout`
+/// and `http.headers`); else the built-in collector the bootstrap already
+/// holds. One exporter serves both sides: when CLIENT and SERVER select
+/// different providers the SERVER side's wins, with a warning at `loc` (the
+/// Agent document, where `spec.telemetry.otlp.endpoint` would settle it).
+pub(super) fn resolve_exporter(
+    boot: &mut Agent,
+    policy: &TelemetryPolicy,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) {
+    if boot.explicit_otlp_endpoint {
+        return;
+    }
+    let otel = |side: Side| {
+        let tracing = policy.side(side).tracing.as_ref()?;
+        let provider = tracing.provider.as_ref()?;
+        match &provider.config {
+            ProviderConfig::OpenTelemetry(target) if !tracing.disabled => {
+                Some((provider.name.as_str(), target))
+            }
+            _ => None,
+        }
+    };
+    let chosen = match (otel(Side::Server), otel(Side::Client)) {
+        (Some(server), Some(client)) => {
+            if server.1 != client.1 {
+                diags.warn(
+                    loc,
+                    Some("spec.telemetry.otlp.endpoint".into()),
+                    format!(
+                        "the SERVER side's tracing provider {:?} ({}) and the CLIENT side's {:?} \
+                         ({}) differ; one exporter serves both, so spans of both sides go to \
+                         {:?} (set spec.telemetry.otlp.endpoint to choose; Telemetry: {})",
+                        server.0,
+                        server.1.endpoint,
+                        client.0,
+                        client.1.endpoint,
+                        server.0,
+                        if policy.sources.is_empty() {
+                            "none, mesh defaultProviders".to_owned()
+                        } else {
+                            policy.sources.join(", ")
+                        },
+                    ),
+                );
+            }
+            server
+        }
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => return,
+    };
+    let target = chosen.1;
+    let otlp = &mut boot.bootstrap.telemetry.otlp;
+    otlp.endpoint.clone_from(&target.endpoint);
+    otlp.protocol = if target.http {
+        OtlpProtocol::HttpProtobuf
+    } else {
+        OtlpProtocol::Grpc
+    };
+    otlp.headers.clone_from(&target.headers);
+    if let Some(timeout) = target.timeout {
+        otlp.timeout = timeout;
+    }
 }
 
 #[cfg(test)]

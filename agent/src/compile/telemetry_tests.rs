@@ -441,12 +441,82 @@ spec:
     assert_eq!(without_mesh.sampling_percent(Side::Client, 0.25), 25.0);
 }
 
-/// A Telemetry that only adds `customTags`, in a mesh whose config names
-/// no tracing provider, reports no spans (no provider is in scope): the
-/// agent says so instead of going quiet, since without the Telemetry its
-/// own exporter would report them.
+/// The exporter the compiled bootstrap holds, and the warnings, for a whole
+/// config text.
+fn exporter(text: &str) -> (crate::model::bootstrap::Otlp, Vec<String>) {
+    let file: Arc<str> = Arc::from("mesh.yaml");
+    let compiled = super::super::compile_text(&file, text, 1, &Default::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let warnings = compiled
+        .diagnostics
+        .warnings()
+        .map(ToString::to_string)
+        .collect();
+    (compiled.snapshot.bootstrap.telemetry.otlp.clone(), warnings)
+}
+
 #[test]
-fn custom_tags_without_any_tracing_provider_are_warned_about() {
+fn the_exporter_is_the_agents_endpoint_then_the_tracing_provider_then_the_builtin() {
+    use crate::model::bootstrap::OtlpProtocol;
+    // No endpoint on the Agent: the mesh's default tracing provider.
+    let (otlp, _) = exporter(AGENT);
+    assert_eq!(
+        otlp.endpoint,
+        "http://collector.observability.svc.cluster.local:4317"
+    );
+    assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
+    // The Agent's own endpoint wins over any provider.
+    let explicit = AGENT.replace(
+        "spec: {service: reviews,",
+        "spec: {telemetry: {otlp: {endpoint: \"http://10.0.0.9:4318\", protocol: http}}, service: reviews,",
+    );
+    let (otlp, _) = exporter(&explicit);
+    assert_eq!(otlp.endpoint, "http://10.0.0.9:4318/v1/traces");
+    assert_eq!(otlp.protocol, OtlpProtocol::HttpProtobuf);
+    // No tracing provider at all: the built-in collector.
+    let (otlp, _) = exporter(&AGENT.replace("      tracing: [otel]\n", ""));
+    assert_eq!(otlp.endpoint, "http://127.0.0.1:4317");
+    assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
+    // A provider with `http`: OTLP/HTTP at its path, timeout and headers.
+    let http = AGENT.replace(
+        "    - name: file-log\n",
+        "    - name: otel-http\n      opentelemetry:\n        service: 10.0.0.7\n        port: 4318\n        http:\n          path: /otlp/v1/traces\n          timeout: 3s\n          headers: [{name: x-api-key, value: k3y}]\n    - name: file-log\n",
+    );
+    let (otlp, _) = exporter(&format!(
+        "{http}---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t, namespace: shop}}\nspec:\n  tracing: [{{providers: [{{name: otel-http}}]}}]\n"
+    ));
+    assert_eq!(otlp.endpoint, "http://10.0.0.7:4318/otlp/v1/traces");
+    assert_eq!(otlp.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(otlp.timeout, std::time::Duration::from_secs(3));
+    assert_eq!(otlp.headers, vec![("x-api-key".into(), "k3y".into())]);
+}
+
+#[test]
+fn client_and_server_providers_that_differ_export_to_the_servers_with_a_warning() {
+    let (otlp, warnings) = exporter(&format!(
+        "{AGENT}---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t, namespace: shop}}\nspec:\n  tracing:\n  - match: {{mode: CLIENT}}\n    providers: [{{name: otel-b}}]\n"
+    ));
+    assert_eq!(
+        otlp.endpoint, "http://collector.observability.svc.cluster.local:4317",
+        "the SERVER side's provider (the mesh default) wins"
+    );
+    let warning = warnings
+        .iter()
+        .find(|w| w.contains("spec.telemetry.otlp.endpoint"))
+        .unwrap_or_else(|| panic!("a warning naming both providers: {warnings:?}"));
+    assert!(warning.contains("mesh.yaml"), "{warning}");
+    assert!(
+        warning.contains("\"otel\"") && warning.contains("\"otel-b\""),
+        "{warning}"
+    );
+}
+
+/// A Telemetry that only adds `customTags`, in a mesh whose config names
+/// no tracing provider, keeps the Agent's own exporter reporting (as Istio
+/// keeps its mesh-wide tracing when no default provider is named), with
+/// the tags added.
+#[test]
+fn custom_tags_without_any_tracing_provider_keep_the_agents_exporter() {
     let file: Arc<str> = Arc::from("mesh.yaml");
     let text = r#"apiVersion: tracemesh.io/v1
 kind: Agent
@@ -464,17 +534,22 @@ spec:
 "#;
     let compiled = super::super::compile_text(&file, text, 1, &Default::default())
         .unwrap_or_else(|e| panic!("{e}"));
-    let warnings: Vec<String> = compiled
-        .diagnostics
-        .warnings()
-        .map(ToString::to_string)
-        .collect();
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("spec.tracing[0].providers") && w.contains("reports no spans")),
-        "{warnings:?}"
+    let tracing = compiled
+        .snapshot
+        .telemetry
+        .side(Side::Server)
+        .tracing
+        .clone()
+        .unwrap_or_else(|| panic!("a tracing policy"));
+    assert!(!tracing.disabled);
+    assert_eq!(tracing.custom_tags.len(), 1);
+    // A provider named but unknown still reports nothing (and is warned).
+    let unknown = text.replace(
+        "  - customTags:",
+        "  - providers: [{name: nowhere}]\n    customTags:",
     );
+    let compiled = super::super::compile_text(&file, &unknown, 1, &Default::default())
+        .unwrap_or_else(|e| panic!("{e}"));
     let tracing = compiled
         .snapshot
         .telemetry
@@ -482,18 +557,4 @@ spec:
         .tracing
         .clone();
     assert!(tracing.is_some_and(|t| t.disabled));
-    // Naming the provider in the mesh's defaults: no warning.
-    let (_, warnings) = compile(
-        r#"apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {name: tags, namespace: shop}
-spec:
-  selector: {matchLabels: {app: reviews}}
-  tracing: [{customTags: {env: {literal: {value: prod}}}}]
-"#,
-    );
-    assert!(
-        !warnings.iter().any(|w| w.contains("reports no spans")),
-        "{warnings:?}"
-    );
 }

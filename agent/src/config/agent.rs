@@ -384,10 +384,13 @@ fn default_span_queue() -> usize {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OtlpSpec {
-    /// URL of the endpoint (default http://127.0.0.1:4317, the built-in
-    /// collector). For `http`, `/v1/traces` is appended unless present.
-    #[serde(default = "default_otlp_endpoint")]
-    pub endpoint: String,
+    /// URL of the endpoint. For `http`, `/v1/traces` is appended unless
+    /// present. Unset: the workload's tracing provider (an
+    /// `extensionProviders[].opentelemetry` named by Telemetry or
+    /// `defaultProviders.tracing`), else http://127.0.0.1:4317, the built-in
+    /// collector. Set, it wins over any provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     /// `grpc` (default) or `http` (HTTP/protobuf).
     #[serde(default = "default_otlp_protocol")]
     pub protocol: String,
@@ -402,7 +405,7 @@ pub struct OtlpSpec {
 impl Default for OtlpSpec {
     fn default() -> Self {
         Self {
-            endpoint: default_otlp_endpoint(),
+            endpoint: None,
             protocol: default_otlp_protocol(),
             headers: BTreeMap::new(),
             timeout: default_otlp_timeout(),
@@ -410,9 +413,9 @@ impl Default for OtlpSpec {
     }
 }
 
-fn default_otlp_endpoint() -> String {
-    "http://127.0.0.1:4317".into()
-}
+/// Where spans go when neither the Agent nor a tracing provider says: the
+/// built-in collector's OTLP/gRPC port.
+pub const DEFAULT_OTLP_ENDPOINT: &str = "http://127.0.0.1:4317";
 
 fn default_otlp_protocol() -> String {
     "grpc".into()

@@ -76,7 +76,9 @@ pub struct Telemetry {
 /// An OTLP endpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Otlp {
-    /// The endpoint's URL, as written (`/v1/traces` is added for HTTP).
+    /// The URL spans are sent to: for OTLP/HTTP the whole URL with its path
+    /// (the Agent's endpoint gets `/v1/traces` added unless present; a
+    /// provider's `http.path`, default `/v1/traces`).
     pub endpoint: String,
     /// The transport.
     pub protocol: OtlpProtocol,

@@ -89,12 +89,7 @@ impl Exporter {
             SpanPipelineError::Endpoint(otlp.endpoint.clone(), e.to_string())
         };
         if otlp.protocol == OtlpProtocol::HttpProtobuf {
-            let endpoint = if otlp.endpoint.ends_with("/v1/traces") {
-                otlp.endpoint.clone()
-            } else {
-                format!("{}/v1/traces", otlp.endpoint.trim_end_matches('/'))
-            };
-            let uri: http::Uri = endpoint.parse().map_err(|e| invalid(&e))?;
+            let uri: http::Uri = otlp.endpoint.parse().map_err(|e| invalid(&e))?;
             let mut headers = http::HeaderMap::new();
             for (key, value) in &otlp.headers {
                 let name = http::HeaderName::try_from(key.as_str())
@@ -385,7 +380,7 @@ mod tests {
     async fn http_exports_post_protobuf_with_headers_and_retry_a_503() {
         let (url, mut seen) = endpoint().await;
         let otlp = Otlp {
-            endpoint: url,
+            endpoint: format!("{url}/v1/traces"),
             protocol: OtlpProtocol::HttpProtobuf,
             headers: vec![("x-api-key".into(), "k3y".into())],
             timeout: Duration::from_secs(10),

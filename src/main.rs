@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod ca;
+mod image;
 mod iptables;
 mod pods;
 mod query;
@@ -102,12 +103,16 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Agent { config } => {
-            tracemesh_agent::run_until(&config, signal::shutdown_signal(), |_| {})
+            tracemesh_agent::run_until(&config, signal::shutdown_signal(), |_| {
+                image::release_start_up_pages_once_serving();
+            })
                 .with_context(|| format!("agent {}", config.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Gateway { config } => {
-            tracemesh_agent::run_gateway_until(&config, signal::shutdown_signal(), |_| {})
+            tracemesh_agent::run_gateway_until(&config, signal::shutdown_signal(), |_| {
+                image::release_start_up_pages_once_serving();
+            })
                 .with_context(|| format!("gateway {}", config.display()))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -349,6 +349,17 @@ spec:
         reply.header("location").as_deref(),
         Some("https://bookinfo.example.com/productpage?u=1")
     );
+    // A port in the Host stays in the Location, as Envoy's `require_tls`
+    // writes `https://<Host><path>` (real Envoy 1.40 answers
+    // `https://example.com:8080/p?q=1` for `Host: example.com:8080`).
+    let reply = plain
+        .get("http://bookinfo.example.com:8080/productpage?u=1")
+        .await;
+    assert_eq!(reply.status, 301);
+    assert_eq!(
+        reply.header("location").as_deref(),
+        Some("https://bookinfo.example.com:8080/productpage?u=1")
+    );
     assert_eq!(app.count(), 3);
 
     let metrics = gateway.metrics().await;

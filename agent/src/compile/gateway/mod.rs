@@ -812,7 +812,9 @@ fn on_port(rules: &[HttpRule], port: u16) -> Vec<HttpRule> {
 }
 
 /// Envoy's `require_tls: ALL`, as Istio renders `httpsRedirect`: 301 to
-/// the same host and path over https.
+/// the same host, port and path over https (Envoy writes
+/// `https://<Host><path>`, a port in the Host included; only `:443`, the
+/// same URL, is left out here).
 fn https_redirect() -> HttpRule {
     HttpRule {
         name: Some(Arc::from("https-redirect")),
@@ -829,7 +831,7 @@ fn https_redirect() -> HttpRule {
                 authority: None,
                 port: None,
                 scheme: Some("https".into()),
-                port_from_request: false,
+                port_from_request: true,
                 code: http::StatusCode::MOVED_PERMANENTLY,
             }),
             ..RoutePolicy::default()

@@ -626,3 +626,42 @@ spec:
     assert_eq!(health.status, 200);
     assert_eq!(health.upstream(), "reviews-v1");
 }
+
+/// A Gateway document that does not compile: the gateway refuses the file
+/// and `tracemesh validate` flags it, each saying only the Gateway's own
+/// error — not that no Gateway selects the gateway, which the rejected
+/// document may well do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rejected_gateway_is_reported_by_its_own_error_alone() {
+    let bad_gateway = r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: http, name: http, protocol: HTTP}
+    hosts: ["*"]
+"#;
+    let yaml = bootstrap(&[8080], common::mesh::NO_COLLECTOR, "") + bad_gateway;
+    let refused = Gateway::try_start(&yaml)
+        .err()
+        .expect("the file is refused");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let validated = std::process::Command::new(common::agent::binary())
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(validated.status.code(), Some(1));
+    let validated = String::from_utf8_lossy(&validated.stdout).into_owned()
+        + &String::from_utf8_lossy(&validated.stderr);
+    for said in [&refused, &validated] {
+        assert!(said.contains("(Gateway default/edge, line "), "{said}");
+        assert!(said.contains(": spec.servers[0].port.number: "), "{said}");
+        assert!(!said.contains("no Gateway selects"), "{said}");
+        assert!(!said.contains("warning"), "{said}");
+    }
+}

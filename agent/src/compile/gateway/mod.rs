@@ -89,7 +89,15 @@ pub(super) fn build(
     kubernetes::gateways(&ctx, docs, &mut ports, diags);
     not_served(docs, &identity, diags);
     let listeners = ports.finish(&ctx, diags);
-    if listeners.ports.is_empty() {
+    // A rejected Gateway may be the one that selects this gateway: its
+    // own error is the whole story.
+    let gateway_rejected = diags.errors().any(|d| {
+        d.location
+            .resource
+            .as_deref()
+            .is_some_and(|r| r.starts_with("Gateway "))
+    });
+    if listeners.ports.is_empty() && !gateway_rejected {
         let msg = "no Gateway selects this gateway (its `labels`) and no Kubernetes Gateway of its classes: it listens on nothing";
         diags.warn(&doc.location, Some("spec.labels".into()), msg);
     }

@@ -665,3 +665,25 @@ spec:
         assert!(!said.contains("warning"), "{said}");
     }
 }
+
+/// A Gateway port whose address another process holds: the gateway does
+/// not start, and says which Gateway's port could not listen where.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_port_in_use_names_the_gateway_its_port_and_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let yaml = bootstrap(&[8080], common::mesh::NO_COLLECTOR, "").replace(
+        "{port: 8080, listen: \"127.0.0.1:0\"}",
+        &format!("{{port: 8080, listen: \"{address}\"}}"),
+    ) + BOOKINFO_GATEWAY;
+    let refused = Gateway::try_start(&yaml).err().expect("the port is taken");
+    for named in [
+        "Gateway default/bookinfo-gateway",
+        "port 8080",
+        &address.to_string(),
+        "in use",
+    ] {
+        assert!(refused.contains(named), "{named:?} in {refused}");
+    }
+    drop(taken);
+}

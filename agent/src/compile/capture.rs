@@ -68,7 +68,7 @@ pub(super) fn compile(input: &CaptureInput<'_>, diags: &mut Diagnostics) -> Capt
         inbound_port: input.listeners.inbound.port(),
         inbound_app,
         inbound_ports: inbound_ports(declaring),
-        service_ports: service_ports(declaring),
+        service_ports: service_ports(declaring, mode),
         protocol_detection_timeout: spec
             .capture
             .protocol_detection_timeout
@@ -140,8 +140,10 @@ fn inbound_ports(declaring: Option<&ServiceEntrySpec>) -> BTreeMap<u16, Protocol
 
 /// The ports this workload's own service declares (`number`), by each port
 /// a request for them can arrive on: the `targetPort` (else `number`) and
-/// every endpoint's port of that name.
-fn service_ports(declaring: Option<&ServiceEntrySpec>) -> ServicePorts {
+/// every endpoint's port of that name. Without capture requests arrive on
+/// the inbound listener's own port, which a service with one port maps to
+/// that port; captured, the original destination must be a declared one.
+fn service_ports(declaring: Option<&ServiceEntrySpec>, mode: InterceptionMode) -> ServicePorts {
     let ports = declaring.map_or(&[][..], |spec| &spec.ports[..]);
     let mut by_arrival = BTreeMap::new();
     for p in ports {
@@ -159,7 +161,7 @@ fn service_ports(declaring: Option<&ServiceEntrySpec>) -> ServicePorts {
         }
     }
     let only = match ports {
-        [p] => u16::try_from(p.number).ok(),
+        [p] if mode == InterceptionMode::None => u16::try_from(p.number).ok(),
         _ => None,
     };
     ServicePorts { by_arrival, only }
@@ -321,6 +323,13 @@ spec:
                 .collect::<Vec<_>>(),
             [(8080, Protocol::Http), (9443, Protocol::Tls)],
             "this workload's own ports, by target port"
+        );
+        // Inbound spans are named by the declared port an original
+        // destination stands for; an undeclared one maps to none.
+        let ports = &capture.service_ports;
+        assert_eq!(
+            [8080, 9443, 9080, 15006].map(|p| ports.addressed(p)),
+            [Some(9080), Some(9443), None, None]
         );
         for (dst, want) in [
             (

@@ -108,7 +108,8 @@ pub struct Capture {
 pub struct ServicePorts {
     /// Declared port by arrival port.
     pub by_arrival: BTreeMap<u16, u16>,
-    /// The declared port when the service has exactly one.
+    /// The declared port when the service has exactly one and requests
+    /// arrive on the inbound listener's own port (no capture).
     pub only: Option<u16>,
 }
 

@@ -297,10 +297,16 @@ mod tests {
                     .filter(|w| !w.contains("consecutive errors is deprecated"))
                     .collect();
                 assert!(warnings.is_empty(), "{}: {warnings:?}", workload.name);
-                // Its inbound spans are named after its service's port.
+                // Its inbound spans are named after its service's port,
+                // whether requests arrive on the sidecar's free listener
+                // port or, captured, at the application's port.
                 let ports = &compiled.snapshot.capture.service_ports;
+                let arrival = match vips {
+                    Some(_) => service_port(workload.service),
+                    None => 1,
+                };
                 assert_eq!(
-                    ports.addressed(1),
+                    ports.addressed(arrival),
                     Some(service_port(workload.service)),
                     "{}",
                     workload.name

@@ -265,6 +265,72 @@ spec:
     );
 }
 
+/// Tokens Envoy's jwt_authn cannot even parse get its statuses word for
+/// word (jwt_verify_lib's, as real Envoy 1.40 answers them): `alg: none`
+/// is an unsupported algorithm, not invalid JSON; an empty signature is
+/// not a three-part token. No rule is named: none was reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unparseable_tokens_get_envoys_parse_statuses() {
+    let otlp = Receiver::start().await;
+    let app = Upstream::start("reviews").await;
+    let key = Signer::new("k1");
+    let jwks = json!({"keys": [key.jwk]}).to_string();
+    let policy = format!(
+        "---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: default}}\nspec:\n  jwtRules:\n  - issuer: {ISSUER}\n    jwks: '{jwks}'\n"
+    );
+    let agent = Agent::start(&workload(app.addr, &otlp.endpoint(), &policy));
+    let client = Client::h1(agent.inbound);
+    let part = |v: serde_json::Value| b64(v.to_string().as_bytes());
+    let payload = part(claims("reviews", 600, &[]));
+    let cases = [
+        (
+            "/alg-none",
+            format!(
+                "{}.{payload}.c2ln",
+                part(json!({"alg": "none", "typ": "JWT"}))
+            ),
+            "Jwt header [alg] is not supported",
+        ),
+        (
+            "/alg-none-unsigned",
+            format!("{}.{payload}.", part(json!({"alg": "none"}))),
+            "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+        ),
+        (
+            "/alg-missing",
+            format!("{}.{payload}.c2ln", part(json!({"typ": "JWT"}))),
+            "Jwt header [alg] field is required and must be a string",
+        ),
+        (
+            "/kid-number",
+            format!("{}.{payload}.c2ln", part(json!({"alg": "ES256", "kid": 5}))),
+            "Jwt header [kid] field is not a string",
+        ),
+        (
+            "/header-not-json",
+            format!("{}.{payload}.c2ln", b64(b"{alg")),
+            "Jwt header is an invalid JSON",
+        ),
+        (
+            "/payload-not-json",
+            format!("{}.{}.c2ln", part(json!({"alg": "ES256"})), b64(b"[1")),
+            "Jwt payload is an invalid JSON",
+        ),
+    ];
+    for (path, token, reason) in &cases {
+        let auth = format!("Bearer {token}");
+        let reply = client
+            .get_with(
+                &format!("http://reviews:9080{path}"),
+                &[("authorization", &auth)],
+            )
+            .await;
+        let details = format!("jwt_authn_access_denied{{{}}}", reason.replace(' ', "_"));
+        refused(&agent, &otlp, &reply, path, (401, reason, "-"), &details).await;
+    }
+    assert_eq!(app.count(), 0);
+}
+
 /// The mesh config with one ext_authz provider named `authz`.
 fn mesh_config(provider: &str) -> String {
     format!(

@@ -585,3 +585,35 @@ async fn each_tcp_connection_is_a_span_with_its_peer_and_bytes() {
     );
     assert_eq!(failed.attr("tracemesh.bytes_sent").as_deref(), Some("0"));
 }
+
+/// A request whose Host names no service (an ingress gateway passes the
+/// client's) or no port: the inbound span takes the service's declared
+/// port, as Istio's inbound route decorator names it
+/// (`<fqdn>:<service port>/*`), never the port the listener happens to
+/// bind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_inbound_span_takes_the_declared_port_when_the_host_names_none() {
+    let receiver = Receiver::start().await;
+    let app = Upstream::start("productpage").await;
+    let own_entry = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: productpage, namespace: default}\nspec:\n  hosts: [productpage.default.svc.cluster.local]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: productpage}}\n";
+    let sidecar = Agent::start(&(agent("productpage", app.addr, &receiver.endpoint()) + own_entry));
+    let client = Client::h1(sidecar.inbound);
+    for (path, host) in [
+        ("/from-the-gateway", "bookinfo.example.com:31380"),
+        ("/no-port", "productpage"),
+        ("/addressed", "productpage.default:9080"),
+    ] {
+        let reply = client.get(&format!("http://{host}{path}")).await;
+        assert_eq!(reply.status, 200, "{path}");
+    }
+    for path in ["/from-the-gateway", "/no-port", "/addressed"] {
+        let span = receiver.span_of(path).await;
+        assert_eq!(span.span.kind, SPAN_KIND_SERVER);
+        assert_eq!(
+            span.span.name,
+            "productpage.default.svc.cluster.local:9080/*",
+            "{path}: not the listener's port {}",
+            sidecar.inbound.port()
+        );
+    }
+}

@@ -161,6 +161,22 @@ fn traces_run_productpage_reviews_ratings_across_five_hops() {
         .filter(|s| &*s.service == "details" && s.kind == SERVER)
         .count();
     assert!(details * 100 >= requests * 98, "{details} details spans");
+    // productpage's own span is named after its service port, as Istio's
+    // inbound decorator names it, though the gateway passes the client's
+    // Host and the sidecar listens on a free port.
+    let pages: Vec<_> = spans
+        .iter()
+        .filter(|s| &*s.service == "productpage" && s.kind == SERVER)
+        .map(|s| &*s.operation)
+        .collect();
+    assert!(!pages.is_empty());
+    assert!(
+        pages
+            .iter()
+            .all(|op| *op == "productpage.default.svc.cluster.local:9080/*"),
+        "{:?}",
+        pages.first()
+    );
 }
 
 #[test]

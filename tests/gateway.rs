@@ -349,6 +349,17 @@ spec:
         reply.header("location").as_deref(),
         Some("https://bookinfo.example.com/productpage?u=1")
     );
+    // A port in the Host stays in the Location, as Envoy's `require_tls`
+    // writes `https://<Host><path>` (real Envoy 1.40 answers
+    // `https://example.com:8080/p?q=1` for `Host: example.com:8080`).
+    let reply = plain
+        .get("http://bookinfo.example.com:8080/productpage?u=1")
+        .await;
+    assert_eq!(reply.status, 301);
+    assert_eq!(
+        reply.header("location").as_deref(),
+        Some("https://bookinfo.example.com:8080/productpage?u=1")
+    );
     assert_eq!(app.count(), 3);
 
     let metrics = gateway.metrics().await;
@@ -614,4 +625,65 @@ spec:
     let health = internal.get("http://shop/health").await;
     assert_eq!(health.status, 200);
     assert_eq!(health.upstream(), "reviews-v1");
+}
+
+/// A Gateway document that does not compile: the gateway refuses the file
+/// and `tracemesh validate` flags it, each saying only the Gateway's own
+/// error — not that no Gateway selects the gateway, which the rejected
+/// document may well do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rejected_gateway_is_reported_by_its_own_error_alone() {
+    let bad_gateway = r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: http, name: http, protocol: HTTP}
+    hosts: ["*"]
+"#;
+    let yaml = bootstrap(&[8080], common::mesh::NO_COLLECTOR, "") + bad_gateway;
+    let refused = Gateway::try_start(&yaml)
+        .err()
+        .expect("the file is refused");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let validated = std::process::Command::new(common::agent::binary())
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(validated.status.code(), Some(1));
+    let validated = String::from_utf8_lossy(&validated.stdout).into_owned()
+        + &String::from_utf8_lossy(&validated.stderr);
+    for said in [&refused, &validated] {
+        assert!(said.contains("(Gateway default/edge, line "), "{said}");
+        assert!(said.contains(": spec.servers[0].port.number: "), "{said}");
+        assert!(!said.contains("no Gateway selects"), "{said}");
+        assert!(!said.contains("warning"), "{said}");
+    }
+}
+
+/// A Gateway port whose address another process holds: the gateway does
+/// not start, and says which Gateway's port could not listen where.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_port_in_use_names_the_gateway_its_port_and_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let yaml = bootstrap(&[8080], common::mesh::NO_COLLECTOR, "").replace(
+        "{port: 8080, listen: \"127.0.0.1:0\"}",
+        &format!("{{port: 8080, listen: \"{address}\"}}"),
+    ) + BOOKINFO_GATEWAY;
+    let refused = Gateway::try_start(&yaml).err().expect("the port is taken");
+    for named in [
+        "Gateway default/bookinfo-gateway",
+        "port 8080",
+        &address.to_string(),
+        "in use",
+    ] {
+        assert!(refused.contains(named), "{named:?} in {refused}");
+    }
+    drop(taken);
 }

@@ -82,14 +82,14 @@ impl AgentConfig<'_> {
     /// point there.
     pub fn to_yaml(&self) -> String {
         let mut docs = vec![self.bootstrap()];
-        if self.vips.is_some() {
-            // Its own service's ports tell the inbound side their protocol.
-            docs.push(service_entry(
-                self.workload.service,
-                self.endpoints,
-                self.vips,
-            ));
-        }
+        // Its own service's port names its inbound spans (Istio's
+        // `<fqdn>:<service port>/*` whatever Host a caller sent) and, in
+        // pods, tells the inbound side its protocol.
+        docs.push(service_entry(
+            self.workload.service,
+            self.endpoints,
+            self.vips,
+        ));
         for callee in self.workload.calls() {
             docs.push(service_entry(callee, self.endpoints, self.vips));
         }
@@ -197,13 +197,17 @@ spec:
 }
 
 /// The registry entry of `service`: its port, its VIP (in pods) and every
-/// sidecar serving it.
+/// sidecar serving it (none when none has started).
 fn service_entry(service: &str, endpoints: &Endpoints, vips: Option<&Vips>) -> String {
     let port = service_port(service);
     let (port_name, protocol) = match service_protocol(service) {
         Protocol::Http => ("http", "HTTP"),
         Protocol::Tcp => ("tcp", "TCP"),
     };
+    let serving = endpoints.get(service).filter(|e| !e.is_empty());
+    // No sidecar of it has started yet (a sidecar's own service): only
+    // its ports, reached at the caller's original destination.
+    let resolution = if serving.is_some() { "STATIC" } else { "NONE" };
     let mut out = format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -211,13 +215,16 @@ metadata: {{name: {service}, namespace: {NAMESPACE}}}
 spec:
   hosts: [{service}.{NAMESPACE}.svc.cluster.local]
   ports: [{{number: {port}, name: {port_name}, protocol: {protocol}}}]
-  resolution: STATIC"
+  resolution: {resolution}"
     );
     if let Some(vip) = vips.and_then(|v| v.get(service)) {
         let _ = write!(out, "\n  addresses: [{vip}]");
     }
+    let Some(serving) = serving else {
+        return out;
+    };
     out.push_str("\n  endpoints:");
-    for (version, address) in endpoints.get(service).into_iter().flatten() {
+    for (version, address) in serving {
         let _ = write!(
             out,
             "\n  - {{address: {ip}, ports: {{{port_name}: {p}}}, labels: {{app: {service}, version: {version}}}}}",
@@ -263,11 +270,17 @@ mod tests {
             .flat_map(|s| [(s, None), (s, Some(&vips))])
         {
             for workload in &WORKLOADS {
+                // Outside pods a sidecar starts before any of its own
+                // service's: its own entry has no endpoints yet.
+                let mut started = endpoints.clone();
+                if vips.is_none() {
+                    started.remove(workload.service);
+                }
                 let yaml = AgentConfig {
                     workload,
                     app: address(8080),
                     otlp: address(4317),
-                    endpoints: &endpoints,
+                    endpoints: &started,
                     scenario,
                     vips,
                 }
@@ -284,6 +297,20 @@ mod tests {
                     .filter(|w| !w.contains("consecutive errors is deprecated"))
                     .collect();
                 assert!(warnings.is_empty(), "{}: {warnings:?}", workload.name);
+                // Its inbound spans are named after its service's port,
+                // whether requests arrive on the sidecar's free listener
+                // port or, captured, at the application's port.
+                let ports = &compiled.snapshot.capture.service_ports;
+                let arrival = match vips {
+                    Some(_) => service_port(workload.service),
+                    None => 1,
+                };
+                assert_eq!(
+                    ports.addressed(arrival),
+                    Some(service_port(workload.service)),
+                    "{}",
+                    workload.name
+                );
             }
         }
         // The gateway's config compiles cleanly too, and binds Bookinfo's

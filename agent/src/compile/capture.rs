@@ -14,7 +14,7 @@ use crate::host::resolve_short_name;
 use crate::model::Listeners;
 use crate::model::capture::{
     Capture, DEFAULT_PROTOCOL_DETECTION_TIMEOUT, Destinations, InboundApp, InterceptionMode,
-    OutboundTrafficMode,
+    OutboundTrafficMode, ServicePorts,
 };
 use crate::model::endpoint::UpstreamAddr;
 use crate::model::service::{Protocol, ServiceName};
@@ -61,12 +61,14 @@ pub(super) fn compile(input: &CaptureInput<'_>, diags: &mut Diagnostics) -> Capt
         (None, InterceptionMode::Redirect) => InboundApp::OriginalDestination,
         _ => InboundApp::Fixed(input.listeners.app),
     };
+    let declaring = declaring_entry(input.entries, input.service);
     Capture {
         mode,
         outbound_port: input.listeners.outbound.port(),
         inbound_port: input.listeners.inbound.port(),
         inbound_app,
-        inbound_ports: inbound_ports(input.entries, input.service),
+        inbound_ports: inbound_ports(declaring),
+        service_ports: service_ports(declaring, mode),
         protocol_detection_timeout: spec
             .capture
             .protocol_detection_timeout
@@ -102,31 +104,67 @@ fn redirect_listeners(listeners: &Listeners, loc: &Location, diags: &mut Diagnos
     }
 }
 
+/// The ServiceEntry that declares this workload's own service.
+fn declaring_entry<'a>(
+    entries: &'a [Document<ServiceEntrySpec>],
+    service: &ServiceName,
+) -> Option<&'a ServiceEntrySpec> {
+    entries
+        .iter()
+        .find(|doc| {
+            let ns = doc
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or(&service.namespace);
+            doc.spec
+                .hosts
+                .iter()
+                .any(|h| resolve_short_name(h, ns) == service.host)
+        })
+        .map(|doc| &doc.spec)
+}
+
 /// The protocols this workload's own service declares, by the port its
 /// application listens on (`targetPort`, else `number`).
-fn inbound_ports(
-    entries: &[Document<ServiceEntrySpec>],
-    service: &ServiceName,
-) -> BTreeMap<u16, Protocol> {
-    let declaring = entries.iter().find(|doc| {
-        let ns = doc
-            .metadata
-            .namespace
-            .as_deref()
-            .unwrap_or(&service.namespace);
-        doc.spec
-            .hosts
-            .iter()
-            .any(|h| resolve_short_name(h, ns) == service.host)
-    });
+fn inbound_ports(declaring: Option<&ServiceEntrySpec>) -> BTreeMap<u16, Protocol> {
     declaring
         .into_iter()
-        .flat_map(|doc| &doc.spec.ports)
+        .flat_map(|spec| &spec.ports)
         .filter_map(|p| {
             let port = u16::try_from(p.target_port.unwrap_or(p.number)).ok()?;
             Some((port, Protocol::parse(&p.protocol)?))
         })
         .collect()
+}
+
+/// The ports this workload's own service declares (`number`), by each port
+/// a request for them can arrive on: the `targetPort` (else `number`) and
+/// every endpoint's port of that name. Without capture requests arrive on
+/// the inbound listener's own port, which a service with one port maps to
+/// that port; captured, the original destination must be a declared one.
+fn service_ports(declaring: Option<&ServiceEntrySpec>, mode: InterceptionMode) -> ServicePorts {
+    let ports = declaring.map_or(&[][..], |spec| &spec.ports[..]);
+    let mut by_arrival = BTreeMap::new();
+    for p in ports {
+        let Ok(number) = u16::try_from(p.number) else {
+            continue;
+        };
+        let endpoint_ports = declaring
+            .into_iter()
+            .flat_map(|spec| &spec.endpoints)
+            .filter_map(|e| e.ports.get(&p.name).copied());
+        for arrival in endpoint_ports.chain([p.target_port.unwrap_or(p.number)]) {
+            if let Ok(arrival) = u16::try_from(arrival) {
+                by_arrival.entry(arrival).or_insert(number);
+            }
+        }
+    }
+    let only = match ports {
+        [p] if mode == InterceptionMode::None => u16::try_from(p.number).ok(),
+        _ => None,
+    };
+    ServicePorts { by_arrival, only }
 }
 
 /// Every visible service's addresses, endpoint addresses and (for
@@ -285,6 +323,13 @@ spec:
                 .collect::<Vec<_>>(),
             [(8080, Protocol::Http), (9443, Protocol::Tls)],
             "this workload's own ports, by target port"
+        );
+        // Inbound spans are named by the declared port an original
+        // destination stands for; an undeclared one maps to none.
+        let ports = &capture.service_ports;
+        assert_eq!(
+            [8080, 9443, 9080, 15006].map(|p| ports.addressed(p)),
+            [Some(9080), Some(9443), None, None]
         );
         for (dst, want) in [
             (

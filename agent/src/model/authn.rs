@@ -141,8 +141,24 @@ pub mod reason {
     /// The token is not three base64url parts.
     pub const MALFORMED: &str =
         "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections";
-    /// Header or payload is not JSON, or the algorithm is not supported.
+    /// The header is not base64url.
+    pub const HEADER_BASE64: &str = "Jwt header is an invalid Base64url encoded";
+    /// The header is not a JSON object.
     pub const BAD_HEADER: &str = "Jwt header is an invalid JSON";
+    /// The header has no `alg`, or not a string.
+    pub const ALG_MISSING: &str = "Jwt header [alg] field is required and must be a string";
+    /// `alg` names no algorithm Envoy verifies (`none` among them).
+    pub const ALG_NOT_SUPPORTED: &str = "Jwt header [alg] is not supported";
+    /// `kid` is there but not a string.
+    pub const KID_NOT_STRING: &str = "Jwt header [kid] field is not a string";
+    /// The payload is not base64url.
+    pub const PAYLOAD_BASE64: &str = "Jwt payload is an invalid Base64url encoded";
+    /// The payload is not a JSON object.
+    pub const BAD_PAYLOAD: &str = "Jwt payload is an invalid JSON";
+    /// `iss` is there but not a string.
+    pub const ISS_NOT_STRING: &str = "Jwt payload [iss] field is not a string";
+    /// The signature is not base64url.
+    pub const SIGNATURE_BASE64: &str = "Jwt signature is an invalid Base64url encoded";
     /// No rule has the token's issuer.
     pub const UNKNOWN_ISSUER: &str = "Jwt issuer is not configured";
     /// No key fits.
@@ -219,12 +235,10 @@ impl Authenticator {
             www_authenticate: www_authenticate(request),
             source: source.map(|r| r.source.clone()),
         };
-        if token.split('.').count() != 3 {
-            return Err(fail(reason::MALFORMED, None));
-        }
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| fail(reason::BAD_HEADER, None))?;
-        let issuer = unverified_issuer(token).ok_or_else(|| fail(reason::BAD_HEADER, None))?;
+        let token_says = Unverified::parse(token).map_err(|r| fail(r, None))?;
+        let issuer = token_says
+            .issuer
+            .ok_or_else(|| fail(reason::UNKNOWN_ISSUER, None))?;
         let rule = self
             .rules
             .iter()
@@ -234,20 +248,21 @@ impl Authenticator {
             rule.keys.start();
             return Err(fail(reason::NO_JWKS, Some(rule)));
         };
-        let mut validation = Validation::new(header.alg);
+        // ES512 is Envoy's but not the JWT library's: no key can verify it.
+        let Some(alg) = token_says.alg else {
+            return Err(fail(reason::NO_KEY, Some(rule)));
+        };
+        let mut validation = Validation::new(alg);
         validation.leeway = CLOCK_SKEW;
         validation.validate_aud = false;
         validation.validate_nbf = true;
         validation.required_spec_claims.clear();
         let fitting: Vec<_> = keys
             .iter()
-            .filter(|k| k.fits(header.alg, header.kid.as_deref()))
+            .filter(|k| k.fits(alg, token_says.kid.as_deref()))
             .collect();
         if fitting.is_empty()
-            || matches!(
-                header.alg,
-                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
-            )
+            || matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
         {
             return Err(fail(reason::NO_KEY, Some(rule)));
         }
@@ -312,15 +327,78 @@ fn www_authenticate(request: &AuthnRequest<'_>) -> HeaderValue {
     .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\""))
 }
 
-/// `iss` of a token before it is verified (to pick the rule and its keys).
-fn unverified_issuer(token: &str) -> Option<String> {
+/// What a token says of itself before it is verified, read in the order
+/// Envoy's jwt_verify_lib parses it (`Jwt::parseFromString`), each fault
+/// answered with its status text: three non-empty base64url sections, a
+/// header object with a supported string `alg` and a string `kid` if any,
+/// a payload object with a string `iss` if any, a base64url signature.
+struct Unverified {
+    /// The algorithm; `None` for one Envoy supports and the JWT library
+    /// does not (ES512).
+    alg: Option<Algorithm>,
+    kid: Option<String>,
+    issuer: Option<String>,
+}
+
+impl Unverified {
+    fn parse(token: &str) -> Result<Self, &'static str> {
+        let mut sections = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) = (
+            sections.next(),
+            sections.next(),
+            sections.next(),
+            sections.next(),
+        ) else {
+            return Err(reason::MALFORMED);
+        };
+        if header.is_empty() || payload.is_empty() || signature.is_empty() {
+            return Err(reason::MALFORMED);
+        }
+        let header = json_object(header, reason::HEADER_BASE64, reason::BAD_HEADER)?;
+        let alg = match header.get("alg") {
+            Some(Value::String(alg)) => alg.as_str(),
+            _ => return Err(reason::ALG_MISSING),
+        };
+        let alg = match alg {
+            "ES512" => None,
+            "ES256" | "ES384" | "HS256" | "HS384" | "HS512" | "RS256" | "RS384" | "RS512"
+            | "PS256" | "PS384" | "PS512" | "EdDSA" => {
+                Some(alg.parse().map_err(|_| reason::ALG_NOT_SUPPORTED)?)
+            }
+            _ => return Err(reason::ALG_NOT_SUPPORTED),
+        };
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(kid)) => Some(kid.clone()),
+            Some(_) => return Err(reason::KID_NOT_STRING),
+        };
+        let payload = json_object(payload, reason::PAYLOAD_BASE64, reason::BAD_PAYLOAD)?;
+        let issuer = match payload.get("iss") {
+            None => None,
+            Some(Value::String(iss)) => Some(iss.clone()),
+            Some(_) => return Err(reason::ISS_NOT_STRING),
+        };
+        base64url(signature).ok_or(reason::SIGNATURE_BASE64)?;
+        Ok(Self { alg, kid, issuer })
+    }
+}
+
+fn base64url(section: &str) -> Option<Vec<u8>> {
     use base64::Engine;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
-    Some(claims.get("iss")?.as_str()?.to_owned())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(section.trim_end_matches('='))
+        .ok()
+}
+
+/// A base64url section holding a JSON object; else `not_base64` or
+/// `not_json`.
+fn json_object(
+    section: &str,
+    not_base64: &'static str,
+    not_json: &'static str,
+) -> Result<Map<String, Value>, &'static str> {
+    let bytes = base64url(section).ok_or(not_base64)?;
+    serde_json::from_slice(&bytes).map_err(|_| not_json)
 }
 
 /// A string or a list of strings as a list.

@@ -86,6 +86,9 @@ pub struct Capture {
     /// application listens on (its service's `targetPort`, else `number`);
     /// a port not listed is detected from its first bytes.
     pub inbound_ports: BTreeMap<u16, Protocol>,
+    /// The ports this workload's own service declares, by the port a
+    /// request arrives on: what an inbound span is named after.
+    pub service_ports: ServicePorts,
     /// Longest wait for a client's first bytes on a port of undeclared
     /// protocol; zero waits without limit.
     pub protocol_detection_timeout: Duration,
@@ -96,6 +99,26 @@ pub struct Capture {
     pub sidecar: Option<String>,
     /// Original destination → service.
     pub destinations: Destinations,
+}
+
+/// This workload's own service ports (ServiceEntry `ports[].number`), by
+/// the port inbound requests arrive on (`targetPort`, else `number`, and
+/// the endpoints' `ports`).
+#[derive(Debug, Default)]
+pub struct ServicePorts {
+    /// Declared port by arrival port.
+    pub by_arrival: BTreeMap<u16, u16>,
+    /// The declared port when the service has exactly one and requests
+    /// arrive on the inbound listener's own port (no capture).
+    pub only: Option<u16>,
+}
+
+impl ServicePorts {
+    /// The declared port a request arriving on `port` addressed: the one
+    /// mapped to it, else the service's only port.
+    pub fn addressed(&self, port: u16) -> Option<u16> {
+        self.by_arrival.get(&port).copied().or(self.only)
+    }
 }
 
 /// What a captured outbound connection's original destination addresses.

@@ -20,7 +20,8 @@ use super::tcp::{self, TcpTarget};
 use super::{Direction, Downstream, GatewayConn, Shared, Worker};
 use crate::capture::detect::{Detected, detect};
 use crate::model::gateway::{
-    ChainAction, FilterChain, GatewayListeners, L4Route, PortProtocol, ServerTlsMode, l4_route,
+    ChainAction, FilterChain, GatewayListeners, GatewayPort, L4Route, PortProtocol, ServerTlsMode,
+    l4_route,
 };
 use crate::tls::handshake;
 use crate::tls::io::{DownstreamIo, MaybeTls};
@@ -39,7 +40,8 @@ pub struct GatewaySockets {
 /// Binds every port of `listeners` `workers` times (SO_REUSEPORT).
 ///
 /// # Errors
-/// A port that cannot be bound, naming its address.
+/// A port that cannot be bound, naming the Gateways whose servers declare
+/// it, the port and the address.
 pub fn bind_gateway(
     listeners: &GatewayListeners,
     workers: usize,
@@ -48,7 +50,8 @@ pub fn bind_gateway(
     let mut per_worker: Vec<Vec<(u16, StdListener)>> = (0..workers).map(|_| Vec::new()).collect();
     let mut addresses = Vec::new();
     for port in &listeners.ports {
-        let group = super::listener::bind_group(port.listen, workers)?;
+        let group = super::listener::bind_group(port.listen, workers)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", declared_by(port))))?;
         addresses.push((port.number, group[0].local_addr()?));
         for (socket, sockets) in group.into_iter().zip(per_worker.iter_mut()) {
             sockets.push((port.number, socket));
@@ -58,6 +61,19 @@ pub fn bind_gateway(
         per_worker,
         addresses,
     })
+}
+
+/// `Gateway ns/a, ns/b port N`: the Gateways whose servers declare `port`.
+fn declared_by(port: &GatewayPort) -> String {
+    let mut gateways: Vec<&str> = port
+        .chains
+        .iter()
+        .flat_map(|c| &c.servers)
+        .map(|s| s.gateway.as_str())
+        .collect();
+    gateways.sort_unstable();
+    gateways.dedup();
+    format!("Gateway {} port {}", gateways.join(", "), port.number)
 }
 
 /// Starts one worker per socket group, as the sidecar's are started.

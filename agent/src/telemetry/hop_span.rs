@@ -15,6 +15,7 @@ use super::record::RequestRecord;
 use super::span::{Kind, Parent, Sampling, Span};
 use super::spans::WorkerSpans;
 use crate::host::{request_authority, split_host_port};
+use crate::model::capture::ServicePorts;
 use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
 use crate::model::telemetry::TracingPolicy;
@@ -110,9 +111,18 @@ impl HopSpan {
 
     /// The request as it arrived: its attributes and (inbound) its name.
     /// Inbound, the span is named after the service and the port the caller
-    /// addressed it on, else the original destination — Istio's names, the
-    /// same on both sides of a call and in every run.
-    pub fn describe_request<B>(&mut self, req: &Request<B>, record: &RequestRecord) {
+    /// addressed it on; when the Host names no port of the service (an
+    /// ingress gateway passes the client's), the service port `ports`
+    /// declares for the port the request arrived on, as Istio's inbound
+    /// route decorator names it (`<fqdn>:<service port>/*`); the arrival
+    /// port only when the service declares no ports here. Istio's names,
+    /// the same on both sides of a call and in every run.
+    pub fn describe_request<B>(
+        &mut self,
+        req: &Request<B>,
+        record: &RequestRecord,
+        ports: &ServicePorts,
+    ) {
         if !self.recording {
             return;
         }
@@ -152,8 +162,11 @@ impl HopSpan {
             use std::fmt::Write as _;
             let _ = match record.direction {
                 Direction::Inbound => {
-                    let addressed = port.filter(|_| addresses_service(host, &record.local));
-                    let port = addressed.unwrap_or(record.downstream_local.port());
+                    let arrival = record.downstream_local.port();
+                    let port = port
+                        .filter(|_| addresses_service(host, &record.local))
+                        .or_else(|| ports.addressed(arrival))
+                        .unwrap_or(arrival);
                     write!(name, "{}:{port}/*", record.local.service.host)
                 }
                 Direction::Outbound => write!(name, "{host}:{}/*", port.unwrap_or(80)),

@@ -89,7 +89,15 @@ pub(super) fn build(
     kubernetes::gateways(&ctx, docs, &mut ports, diags);
     not_served(docs, &identity, diags);
     let listeners = ports.finish(&ctx, diags);
-    if listeners.ports.is_empty() {
+    // A rejected Gateway may be the one that selects this gateway: its
+    // own error is the whole story.
+    let gateway_rejected = diags.errors().any(|d| {
+        d.location
+            .resource
+            .as_deref()
+            .is_some_and(|r| r.starts_with("Gateway "))
+    });
+    if listeners.ports.is_empty() && !gateway_rejected {
         let msg = "no Gateway selects this gateway (its `labels`) and no Kubernetes Gateway of its classes: it listens on nothing";
         diags.warn(&doc.location, Some("spec.labels".into()), msg);
     }
@@ -812,7 +820,9 @@ fn on_port(rules: &[HttpRule], port: u16) -> Vec<HttpRule> {
 }
 
 /// Envoy's `require_tls: ALL`, as Istio renders `httpsRedirect`: 301 to
-/// the same host and path over https.
+/// the same host, port and path over https (Envoy writes
+/// `https://<Host><path>`, a port in the Host included; only `:443`, the
+/// same URL, is left out here).
 fn https_redirect() -> HttpRule {
     HttpRule {
         name: Some(Arc::from("https-redirect")),
@@ -829,7 +839,7 @@ fn https_redirect() -> HttpRule {
                 authority: None,
                 port: None,
                 scheme: Some("https".into()),
-                port_from_request: false,
+                port_from_request: true,
                 code: http::StatusCode::MOVED_PERMANENTLY,
             }),
             ..RoutePolicy::default()

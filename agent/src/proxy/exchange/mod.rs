@@ -159,7 +159,7 @@ impl Exchange {
             _stream: down.activity.start(),
         });
         let Self { span, record, .. } = &mut *exchange;
-        span.describe_request(req, record);
+        span.describe_request(req, record, &snapshot.capture.service_ports);
         if let Some(tracing) = tracing {
             span.add_custom_tags(tracing, req.headers());
         }

@@ -53,12 +53,17 @@ pub mod proto {
 /// Istio's default check timeout for both protocols (600s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The most `maxRequestBytes` may be (16 MiB): a body read ahead for a
+/// check is held whole per request, so the agent bounds it where Envoy
+/// takes any `uint32`; a larger value is a config error.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
 /// `includeRequestBodyInCheck` (Envoy's `with_request_body`): the request
 /// path reads the body ahead before the check, only for requests a CUSTOM
 /// policy sends to this provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodySettings {
-    /// Most bytes read ahead and sent.
+    /// Most bytes read ahead and sent (1 to [`MAX_REQUEST_BYTES`]).
     pub max_request_bytes: usize,
     /// A longer body is sent cut to `max_request_bytes`; without it a
     /// longer body gets Envoy's 413 `Payload Too Large`, even with `failOpen`.

@@ -226,6 +226,7 @@ impl RequestRecord {
     pub fn attributes(&self) -> Option<Attributes<'_>> {
         let facts = self.facts.as_deref()?;
         Some(Attributes {
+            request: true,
             method: facts.method.as_str(),
             path: &facts.path,
             host: &facts.host,

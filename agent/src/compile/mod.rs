@@ -388,7 +388,7 @@ fn build(
     let authorization = access::authorization(
         &docs.authorization_policies,
         &boot,
-        &mesh.mesh,
+        (&mesh.mesh, &registry, states),
         &namespace,
         diags,
     );

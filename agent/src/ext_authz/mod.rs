@@ -7,6 +7,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -77,7 +78,15 @@ pub struct BodySettings {
 pub struct CommonSettings {
     /// The provider's name (recorded as the deciding provider).
     pub provider: String,
-    /// `host:port` of the authorizer.
+    /// The provider's `service` as written: `namespace/host` or `host`
+    /// (looked up in the service registry, short names in that namespace,
+    /// else the mesh's root namespace).
+    pub service: String,
+    /// The provider's `port`.
+    pub port: u16,
+    /// `host:port` of the authorizer as written (the `service`'s host): the
+    /// authority of the checks, dialed by DNS when the registry does not
+    /// know the host.
     pub target: String,
     /// Longest a check may take.
     pub timeout: Duration,
@@ -219,14 +228,32 @@ pub struct Verdict {
 }
 
 impl ExtAuthzClient {
-    /// A client for HTTP settings.
+    /// A client for HTTP settings, dialing the target as written (DNS).
     pub fn http(settings: std::sync::Arc<HttpAuthzSettings>) -> Self {
-        Self::Http(Box::new(http::HttpAuthzClient::new(settings)))
+        let upstream = upstream::AuthzUpstream::dns(&settings.common.target);
+        Self::http_at(settings, std::sync::Arc::new(upstream))
     }
 
-    /// A client for gRPC settings.
+    /// A client for HTTP settings, checking at `upstream`.
+    pub fn http_at(
+        settings: std::sync::Arc<HttpAuthzSettings>,
+        upstream: std::sync::Arc<upstream::AuthzUpstream>,
+    ) -> Self {
+        Self::Http(Box::new(http::HttpAuthzClient::new(settings, upstream)))
+    }
+
+    /// A client for gRPC settings, dialing the target as written (DNS).
     pub fn grpc(settings: std::sync::Arc<GrpcAuthzSettings>) -> Self {
-        Self::Grpc(grpc::GrpcAuthzClient::new(settings))
+        let upstream = upstream::AuthzUpstream::dns(&settings.common.target);
+        Self::grpc_at(settings, std::sync::Arc::new(upstream))
+    }
+
+    /// A client for gRPC settings, checking at `upstream`.
+    pub fn grpc_at(
+        settings: std::sync::Arc<GrpcAuthzSettings>,
+        upstream: std::sync::Arc<upstream::AuthzUpstream>,
+    ) -> Self {
+        Self::Grpc(grpc::GrpcAuthzClient::new(settings, upstream))
     }
 
     /// The provider's common settings.

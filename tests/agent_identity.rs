@@ -706,3 +706,45 @@ async fn a_provider_service_is_resolved_through_the_service_registry() {
         );
     }
 }
+
+/// The provider's connections are secured as its DestinationRule says, as
+/// a request to that host would be: an HTTPS-only authorizer is reached by
+/// TLS origination (`SIMPLE`, its root, its name as SNI) and allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_service_gets_its_destination_rules_tls() {
+    let app = Upstream::start("reviews").await;
+    let authz = common::pki::TlsUpstream::start(&["authz.secure.example"], false).await;
+    let entry = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: authz, namespace: default}}\nspec:\n  hosts: [authz.secure.example]\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n",
+        authz.addr.port()
+    );
+    let rule = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: authz, namespace: default}}\nspec:\n  host: authz.secure.example\n  trafficPolicy: {{tls: {{mode: SIMPLE, caCertificates: \"{}\"}}}}\n",
+        authz.root.display()
+    );
+    let provider = "      envoyExtAuthzHttp:\n        service: authz.secure.example\n        port: 80\n        timeout: 5s\n";
+    let mesh = mesh_config(provider) + CUSTOM_POLICIES + &entry;
+
+    // Without the rule the check goes in plaintext to a TLS server: the
+    // authorizer fails, statusOnError.
+    let plain = Agent::start(&workload(app.addr, NO_COLLECTOR, &mesh));
+    let reply = Client::h1(plain.inbound)
+        .get("http://reviews:9080/api/allowed")
+        .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.header(DETAILS));
+    drop(plain);
+
+    let agent = Agent::start(&workload(app.addr, NO_COLLECTOR, &(mesh + &rule)));
+    let reply = Client::h1(agent.inbound)
+        .get("http://reviews:9080/api/allowed")
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?} {:?}",
+        reply.header(DETAILS),
+        agent.stderr()
+    );
+    let sni = authz.sni.lock().unwrap().clone();
+    assert_eq!(sni, [Some("authz.secure.example".to_owned())], "{sni:?}");
+}

@@ -331,7 +331,10 @@ spec:
     }
     let audited = agent.access_log_line("/admin/users");
     assert_eq!(audited["access_log_hint"], true, "{audited}");
-    assert_eq!(audited["audit_policy"], "default/audit-admin[1]", "{audited}");
+    assert_eq!(
+        audited["audit_policy"], "default/audit-admin[1]",
+        "{audited}"
+    );
     let plain = agent.access_log_line("/public");
     assert!(plain.get("access_log_hint").is_none(), "{plain}");
     assert!(plain.get("audit_policy").is_none(), "{plain}");
@@ -340,5 +343,8 @@ spec:
         .into_iter()
         .filter(|l| l.contains("AUDIT") || l.contains("audit-admin"))
         .collect();
-    assert!(noisy.is_empty(), "no log line per audited request: {noisy:?}");
+    assert!(
+        noisy.is_empty(),
+        "no log line per audited request: {noisy:?}"
+    );
 }

@@ -667,7 +667,11 @@ async fn a_provider_service_is_resolved_through_the_service_registry() {
         let http = "        includeRequestHeadersInCheck: [x-user]\n        headersToUpstreamOnAllow: [x-authz-user]\n";
         format!(
             "      {kind}:\n        service: authz.example.internal\n        port: 8000\n        timeout: 5s\n{}",
-            if kind == "envoyExtAuthzHttp" { http } else { "" }
+            if kind == "envoyExtAuthzHttp" {
+                http
+            } else {
+                ""
+            }
         )
     };
     for (kind, protocol, authz, checks) in [

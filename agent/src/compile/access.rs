@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::HeaderName;
 
 use super::bootstrap::Agent;
+use super::registry::Registry;
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::config::meta::{ObjectMeta, WorkloadSelector};
@@ -15,7 +16,6 @@ use crate::config::security::{
     AuthorizationPolicySpec, AuthorizationRule, Condition as RawCondition, Operation as RawOp,
     Source as RawSource,
 };
-use super::registry::Registry;
 use crate::ext_authz::upstream::AuthzUpstream;
 use crate::ext_authz::{CommonSettings, ExtAuthzClient};
 use crate::model::authz::{

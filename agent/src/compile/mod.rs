@@ -489,7 +489,10 @@ fn mesh_entry(doc: &Document<crate::config::mesh::MeshConfig>) -> serde_json::Va
     redact_providers(&mut mesh);
     let (kind, body) = match crate::config::mesh::mesh_field(&doc.api_version) {
         "data.mesh" => ("ConfigMap", serde_json::json!({"data": {"mesh": mesh}})),
-        _ => ("IstioOperator", serde_json::json!({"spec": {"meshConfig": mesh}})),
+        _ => (
+            "IstioOperator",
+            serde_json::json!({"spec": {"meshConfig": mesh}}),
+        ),
     };
     let mut entry = serde_json::json!({
         "apiVersion": doc.api_version,
@@ -518,7 +521,10 @@ fn redact_providers(mesh: &mut serde_json::Value) {
         {
             headers.values_mut().for_each(|v| *v = REDACTED.into());
         }
-        for list in ["/opentelemetry/http/headers", "/opentelemetry/grpc/initialMetadata"] {
+        for list in [
+            "/opentelemetry/http/headers",
+            "/opentelemetry/grpc/initialMetadata",
+        ] {
             if let Some(serde_json::Value::Array(pairs)) = provider.pointer_mut(list) {
                 for value in pairs.iter_mut().filter_map(|p| p.get_mut("value")) {
                     *value = REDACTED.into();

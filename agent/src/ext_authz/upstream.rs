@@ -86,13 +86,9 @@ impl AuthzUpstream {
             .pick(input, &[])
             .and_then(|i| cluster.endpoints.get(i))
             .ok_or_else(|| io::Error::other(format!("{}: no healthy endpoint", cluster.name)))?;
-        let plan = TlsPlan::for_endpoint(
-            &cluster.tls,
-            endpoint.sidecar,
-            h2,
-            workload_tls.load_full(),
-        )
-        .map_err(|reason| io::Error::other(format!("tls: {reason}")))?;
+        let plan =
+            TlsPlan::for_endpoint(&cluster.tls, endpoint.sidecar, h2, workload_tls.load_full())
+                .map_err(|reason| io::Error::other(format!("tls: {reason}")))?;
         let stream = connect_tcp(
             &endpoint.address,
             cluster.connect_timeout,

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use common::agent::Agent;
 use common::client::Client;
-use common::mesh::{NO_COLLECTOR, agent};
+use common::mesh::{AgentDoc, NO_COLLECTOR, agent};
 use common::upstream::Upstream;
 
 const OTHER_CLIENT: &str = "127.0.0.2";
@@ -294,4 +294,57 @@ spec:
     let mut paths: Vec<String> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
     paths.sort();
     assert_eq!(paths, ["/api/x", "/api/x", "/api/y"]);
+}
+
+/// AUDIT policies mark the request as Envoy's RBAC `LOG` action does (the
+/// `access_log_hint` Istio's AUDIT maps to): in the access log line, not
+/// in a log line of the agent's own per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_policies_mark_the_access_log_line_not_the_agents_log() {
+    let app = Upstream::start("app").await;
+    let doc = AgentDoc {
+        name: "reviews-v1",
+        service: "reviews",
+        app: "reviews",
+        version: "v1",
+        app_addr: app.addr,
+        otlp: NO_COLLECTOR,
+        app_protocol: "HTTP",
+        outbound_tcp: "[]",
+        extra: "  accessLog: {enabled: true}",
+    };
+    let policy = r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-admin, namespace: default}
+spec:
+  action: AUDIT
+  rules:
+  - to: [{operation: {paths: ["/other"]}}]
+  - to: [{operation: {paths: ["/admin/*"]}}]
+"#;
+    let agent = Agent::start(&(doc.yaml() + policy));
+    let client = Client::h1(agent.inbound);
+    for path in ["/admin/users", "/public"] {
+        let reply = client.get(&format!("http://reviews:9080{path}")).await;
+        assert_eq!(reply.status, 200, "AUDIT never refuses: {path}");
+    }
+    let audited = agent.access_log_line("/admin/users");
+    assert_eq!(audited["access_log_hint"], true, "{audited}");
+    assert_eq!(
+        audited["audit_policy"], "default/audit-admin[1]",
+        "{audited}"
+    );
+    let plain = agent.access_log_line("/public");
+    assert!(plain.get("access_log_hint").is_none(), "{plain}");
+    assert!(plain.get("audit_policy").is_none(), "{plain}");
+    let noisy: Vec<String> = agent
+        .stderr()
+        .into_iter()
+        .filter(|l| l.contains("AUDIT") || l.contains("audit-admin"))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "no log line per audited request: {noisy:?}"
+    );
 }

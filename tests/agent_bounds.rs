@@ -193,3 +193,61 @@ async fn config_dump_shows_no_credentials() {
         "{otlp}"
     );
 }
+
+/// The mesh config is part of `/config_dump` (where the extension
+/// providers are), with the credentials a provider carries redacted: an
+/// ext_authz check's fixed headers, an OpenTelemetry exporter's HTTP
+/// headers and gRPC initial metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dump_shows_the_mesh_config_without_provider_credentials() {
+    let mesh = r#"---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: authz
+      envoyExtAuthzHttp:
+        service: 127.0.0.1
+        port: 9
+        includeAdditionalHeadersInCheck: {authorization: "Bearer authz-s3cret"}
+    - name: otel-grpc
+      opentelemetry:
+        service: 127.0.0.1
+        port: 4317
+        grpc: {initialMetadata: [{name: authorization, value: grpc-s3cret}]}
+    - name: otel-http
+      opentelemetry:
+        service: 127.0.0.1
+        port: 4318
+        http: {path: /v1/traces, headers: [{name: x-api-key, value: http-s3cret}]}
+"#;
+    let config = agent("frontend", closed_port().await, NO_COLLECTOR) + mesh;
+    let agent = Agent::start(&config);
+    let dump = agent.admin_get("/config_dump").await;
+    for secret in ["authz-s3cret", "grpc-s3cret", "http-s3cret"] {
+        assert!(!dump.contains(secret), "{secret} in {dump}");
+    }
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let mesh = dump["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "ConfigMap")
+        .map(|r| r["data"]["mesh"].clone())
+        .unwrap_or_else(|| panic!("no mesh config in {dump:#}"));
+    let providers = &mesh["extensionProviders"];
+    assert_eq!(providers[0]["name"], "authz", "{mesh}");
+    assert_eq!(
+        providers[0]["envoyExtAuthzHttp"]["includeAdditionalHeadersInCheck"]["authorization"],
+        "<redacted>",
+        "{mesh}"
+    );
+    let grpc = &providers[1]["opentelemetry"]["grpc"]["initialMetadata"][0];
+    assert_eq!(grpc["name"], "authorization", "{mesh}");
+    assert_eq!(grpc["value"], "<redacted>", "{mesh}");
+    let http = &providers[2]["opentelemetry"]["http"]["headers"][0];
+    assert_eq!(http["name"], "x-api-key", "{mesh}");
+    assert_eq!(http["value"], "<redacted>", "{mesh}");
+}

@@ -708,3 +708,113 @@ async fn the_grpc_authorizer_gets_the_start_of_a_longer_body_as_bytes_or_text() 
     assert!(check.body.is_empty());
     assert_eq!(check.header("x-envoy-auth-partial-body"), None);
 }
+
+/// A provider whose `service` names a host only a ServiceEntry declares:
+/// as Istio resolves it to the cluster `outbound|port||host`, the checks go
+/// to the entry's endpoint (at the endpoint's port, not the service's),
+/// over HTTP and gRPC; DNS knows nothing of the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_service_is_resolved_through_the_service_registry() {
+    let app = Upstream::start("reviews").await;
+    let (http_authz, http_checks) = ext_authz::start_http().await;
+    let (grpc_authz, grpc_checks) = ext_authz::start_grpc().await;
+    let entries = |authz: SocketAddr, protocol: &str| {
+        common::mesh::service_entry(
+            "authz.example.internal",
+            8000,
+            protocol,
+            &[common::mesh::Ep {
+                addr: authz,
+                labels: &[("app", "authz")],
+            }],
+        )
+    };
+    let provider = |kind: &str| {
+        let http = "        includeRequestHeadersInCheck: [x-user]\n        headersToUpstreamOnAllow: [x-authz-user]\n";
+        format!(
+            "      {kind}:\n        service: authz.example.internal\n        port: 8000\n        timeout: 5s\n{}",
+            if kind == "envoyExtAuthzHttp" {
+                http
+            } else {
+                ""
+            }
+        )
+    };
+    for (kind, protocol, authz, checks) in [
+        ("envoyExtAuthzHttp", "HTTP", http_authz, &http_checks),
+        ("envoyExtAuthzGrpc", "GRPC", grpc_authz, &grpc_checks),
+    ] {
+        let config = workload(
+            app.addr,
+            NO_COLLECTOR,
+            &(mesh_config(&provider(kind)) + CUSTOM_POLICIES + &entries(authz, protocol)),
+        );
+        let agent = Agent::start(&config);
+        let client = Client::h1(agent.inbound);
+        let reply = client
+            .get_with("http://reviews:9080/api/allowed", &[("x-user", "alice")])
+            .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{kind}: {:?} {:?}",
+            reply.header(DETAILS),
+            agent.stderr()
+        );
+        let seen = app.seen().pop().unwrap();
+        assert_eq!(seen.headers.get("x-authz-user").unwrap(), "alice", "{kind}");
+        let check = checks.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(check.path, "/api/allowed", "{kind}");
+        let reply = client
+            .get_with("http://reviews:9080/api/denied", &[("x-user", "bob")])
+            .await;
+        assert_eq!(reply.status, 403, "{kind}");
+        assert_eq!(
+            reply.header(DETAILS).as_deref(),
+            Some(format!("ext_authz_denied{{{EXT_ITEM}}}").as_str()),
+            "{kind}: the authorizer itself denied"
+        );
+    }
+}
+
+/// The provider's connections are secured as its DestinationRule says, as
+/// a request to that host would be: an HTTPS-only authorizer is reached by
+/// TLS origination (`SIMPLE`, its root, its name as SNI) and allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_service_gets_its_destination_rules_tls() {
+    let app = Upstream::start("reviews").await;
+    let authz = common::pki::TlsUpstream::start(&["authz.secure.example"], false).await;
+    let entry = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: authz, namespace: default}}\nspec:\n  hosts: [authz.secure.example]\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n",
+        authz.addr.port()
+    );
+    let rule = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: authz, namespace: default}}\nspec:\n  host: authz.secure.example\n  trafficPolicy: {{tls: {{mode: SIMPLE, caCertificates: \"{}\"}}}}\n",
+        authz.root.display()
+    );
+    let provider = "      envoyExtAuthzHttp:\n        service: authz.secure.example\n        port: 80\n        timeout: 5s\n";
+    let mesh = mesh_config(provider) + CUSTOM_POLICIES + &entry;
+
+    // Without the rule the check goes in plaintext to a TLS server: the
+    // authorizer fails, statusOnError.
+    let plain = Agent::start(&workload(app.addr, NO_COLLECTOR, &mesh));
+    let reply = Client::h1(plain.inbound)
+        .get("http://reviews:9080/api/allowed")
+        .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.header(DETAILS));
+    drop(plain);
+
+    let agent = Agent::start(&workload(app.addr, NO_COLLECTOR, &(mesh + &rule)));
+    let reply = Client::h1(agent.inbound)
+        .get("http://reviews:9080/api/allowed")
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?} {:?}",
+        reply.header(DETAILS),
+        agent.stderr()
+    );
+    let sni = authz.sni.lock().unwrap().clone();
+    assert_eq!(sni, [Some("authz.secure.example".to_owned())], "{sni:?}");
+}

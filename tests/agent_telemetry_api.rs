@@ -515,3 +515,63 @@ fn validate_warns_when_client_and_server_pick_different_exporters() {
         "the warning names both providers, the field and the Telemetry: {out}"
     );
 }
+
+/// `tagOverrides` on TCP metrics are CEL over the connection, as Istio's
+/// stats filter evaluates them on the connection's stream info: `source.*`
+/// is the peer, `destination.*` the address it connected to; request
+/// attributes are absent on a connection, so a tag reading one is `unknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tcp_metric_tag_overrides_read_the_connections_attributes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = common::upstream::tcp_echo().await;
+    let telemetry = r#"---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: db-telemetry, namespace: default}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: TCP_OPENED_CONNECTIONS}
+      tagOverrides:
+        peer_ip: {value: source.address}
+        listener_port: {value: string(destination.port)}
+        method: {value: request.method}
+        fixed: {value: "'db'"}
+"#;
+    let yaml = AgentDoc {
+        name: "db-v1",
+        service: "db",
+        app: "db",
+        version: "v1",
+        app_addr: echo,
+        otlp: NO_COLLECTOR,
+        app_protocol: "TCP",
+        outbound_tcp: "[]",
+        extra: "",
+    }
+    .yaml()
+        + telemetry;
+    let agent = Agent::start(&yaml);
+    let mut conn = tokio::net::TcpStream::connect(agent.inbound).await.unwrap();
+    conn.write_all(b"ping").await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    conn.read_to_end(&mut echoed).await.unwrap();
+    assert_eq!(echoed, b"ping");
+
+    let scrape = agent.metrics().await;
+    let opened: Vec<_> = scrape
+        .matching("istio_tcp_connections_opened_total", &[])
+        .collect();
+    assert_eq!(opened.len(), 1, "{}", scrape.text);
+    let labels = &opened[0].labels;
+    assert_eq!(labels["peer_ip"], "127.0.0.1", "{labels:?}");
+    assert_eq!(
+        labels["listener_port"],
+        agent.inbound.port().to_string(),
+        "{labels:?}"
+    );
+    assert_eq!(labels["method"], "unknown", "no request on a connection");
+    assert_eq!(labels["fixed"], "db", "{labels:?}");
+}

@@ -23,6 +23,8 @@ use tracemesh_agent::model::authz::Pattern;
 fn common(target: SocketAddr, fail_open: bool) -> CommonSettings {
     CommonSettings {
         provider: "test-authz".into(),
+        service: target.ip().to_string(),
+        port: target.port(),
         target: target.to_string(),
         timeout: Duration::from_secs(10),
         fail_open,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 
 use crate::compile;
 use crate::config::diagnostics::ConfigRejected;
@@ -172,7 +172,8 @@ impl Plane {
             }
             None => (None, None),
         };
-        let tls = Arc::new(ArcSwapOption::from(material));
+        let tls = live.workload_tls();
+        tls.store(material);
         let gauges = (
             metrics.certificate_rotations.clone(),
             metrics.certificate_expiry.clone(),

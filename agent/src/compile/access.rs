@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::HeaderName;
 
 use super::bootstrap::Agent;
+use super::registry::Registry;
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::config::meta::{ObjectMeta, WorkloadSelector};
@@ -15,7 +16,8 @@ use crate::config::security::{
     AuthorizationPolicySpec, AuthorizationRule, Condition as RawCondition, Operation as RawOp,
     Source as RawSource,
 };
-use crate::ext_authz::ExtAuthzClient;
+use crate::ext_authz::upstream::AuthzUpstream;
+use crate::ext_authz::{CommonSettings, ExtAuthzClient};
 use crate::model::authz::{
     Authorization, Cidr, Condition, ConditionKey, CustomPolicy, Operation, Pattern, Policy, Rule,
     Source, Values,
@@ -39,12 +41,17 @@ fn applies(
 pub(super) fn authorization(
     docs: &[Document<AuthorizationPolicySpec>],
     boot: &Agent,
-    mesh: &Mesh,
+    (mesh, registry, live): (&Mesh, &Registry, &LiveState),
     agent_namespace: &str,
     diags: &mut Diagnostics,
 ) -> Authorization {
     let mut authz = Authorization::default();
     let mut clients: Vec<(String, Arc<ExtAuthzClient>)> = Vec::new();
+    let providers = Providers {
+        mesh,
+        registry,
+        live,
+    };
     for doc in docs {
         let spec = &doc.spec;
         let loc = &doc.location;
@@ -87,7 +94,7 @@ pub(super) fn authorization(
         match action {
             "CUSTOM" => {
                 let name = spec.provider.as_ref().map_or("", |p| p.name.as_str());
-                if let Some(client) = custom_client(name, mesh, &mut clients, loc, diags) {
+                if let Some(client) = custom_client(name, &providers, &mut clients, loc, diags) {
                     if let Some(first) = authz.custom.first()
                         && !first.provider.eq_ignore_ascii_case(name)
                     {
@@ -157,10 +164,42 @@ fn rule(
     }
 }
 
+/// What a CUSTOM policy's provider is looked up in.
+struct Providers<'a> {
+    mesh: &'a Mesh,
+    registry: &'a Registry,
+    live: &'a LiveState,
+}
+
+impl Providers<'_> {
+    /// Where a provider's checks go, as Istio resolves its `service` to the
+    /// cluster `outbound|port||host`: the registry's service (short names
+    /// in the `namespace/` written, else the root namespace) at `port`;
+    /// DNS, as written, when the registry has none.
+    fn upstream(&self, settings: &CommonSettings) -> AuthzUpstream {
+        let (namespace, host) = settings
+            .service
+            .rsplit_once('/')
+            .unwrap_or((self.mesh.root_namespace.as_str(), settings.service.as_str()));
+        let cluster = self
+            .registry
+            .find(host, namespace)
+            .and_then(|(_, service)| service.clusters.get(&None))
+            .and_then(|clusters| clusters.iter().find(|c| c.port == settings.port));
+        match cluster {
+            Some(cluster) => AuthzUpstream::Cluster {
+                cluster: cluster.clone(),
+                workload_tls: self.live.workload_tls(),
+            },
+            None => AuthzUpstream::dns(&settings.target),
+        }
+    }
+}
+
 /// The client of the ext_authz provider `name` (one per provider).
 fn custom_client(
     name: &str,
-    mesh: &Mesh,
+    providers: &Providers<'_>,
     clients: &mut Vec<(String, Arc<ExtAuthzClient>)>,
     loc: &Location,
     diags: &mut Diagnostics,
@@ -168,6 +207,7 @@ fn custom_client(
     if let Some((_, client)) = clients.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
         return Some(client.clone());
     }
+    let mesh = providers.mesh;
     let field = Some("spec.provider.name".to_owned());
     let Some(provider) = mesh.provider(name) else {
         let where_ = mesh
@@ -179,8 +219,14 @@ fn custom_client(
         return None;
     };
     let client = match &provider.config {
-        ProviderConfig::ExtAuthzHttp(settings) => ExtAuthzClient::http(settings.clone()),
-        ProviderConfig::ExtAuthzGrpc(settings) => ExtAuthzClient::grpc(settings.clone()),
+        ProviderConfig::ExtAuthzHttp(settings) => {
+            let upstream = Arc::new(providers.upstream(&settings.common));
+            ExtAuthzClient::http_at(settings.clone(), upstream)
+        }
+        ProviderConfig::ExtAuthzGrpc(settings) => {
+            let upstream = Arc::new(providers.upstream(&settings.common));
+            ExtAuthzClient::grpc_at(settings.clone(), upstream)
+        }
         _ => {
             let msg = format!(
                 "extension provider {name:?} is not envoyExtAuthzHttp or envoyExtAuthzGrpc"

@@ -152,6 +152,8 @@ fn provider(raw: &ExtensionProvider) -> ProviderConfig {
         return ProviderConfig::ExtAuthzHttp(Arc::new(HttpAuthzSettings {
             common: CommonSettings {
                 provider: raw.name.clone(),
+                service: http.service.clone(),
+                port: u16::try_from(http.port).unwrap_or(0),
                 target: target(&http.service, http.port),
                 timeout: http.timeout.map_or(DEFAULT_TIMEOUT, |t| t.get()),
                 fail_open: http.fail_open,
@@ -170,6 +172,8 @@ fn provider(raw: &ExtensionProvider) -> ProviderConfig {
         return ProviderConfig::ExtAuthzGrpc(Arc::new(GrpcAuthzSettings {
             common: CommonSettings {
                 provider: raw.name.clone(),
+                service: grpc.service.clone(),
+                port: u16::try_from(grpc.port).unwrap_or(0),
                 target: target(&grpc.service, grpc.port),
                 timeout: grpc.timeout.map_or(DEFAULT_TIMEOUT, |t| t.get()),
                 fail_open: grpc.fail_open,

@@ -388,7 +388,7 @@ fn build(
     let authorization = access::authorization(
         &docs.authorization_policies,
         &boot,
-        &mesh.mesh,
+        (&mesh.mesh, &registry, states),
         &namespace,
         diags,
     );
@@ -481,6 +481,62 @@ fn redact(resource: &mut serde_json::Value) {
     redact_url_passwords(resource);
 }
 
+/// A mesh config as the dump shows it: where it was written (a ConfigMap's
+/// `data.mesh`, an IstioOperator's `spec.meshConfig`), parsed, with the
+/// extension providers' credentials redacted.
+fn mesh_entry(doc: &Document<crate::config::mesh::MeshConfig>) -> serde_json::Value {
+    let mut mesh = serde_json::to_value(&doc.spec).unwrap_or_default();
+    redact_providers(&mut mesh);
+    let (kind, body) = match crate::config::mesh::mesh_field(&doc.api_version) {
+        "data.mesh" => ("ConfigMap", serde_json::json!({"data": {"mesh": mesh}})),
+        _ => (
+            "IstioOperator",
+            serde_json::json!({"spec": {"meshConfig": mesh}}),
+        ),
+    };
+    let mut entry = serde_json::json!({
+        "apiVersion": doc.api_version,
+        "kind": kind,
+        "metadata": doc.metadata,
+    });
+    if let (Some(entry), serde_json::Value::Object(body)) = (entry.as_object_mut(), body) {
+        entry.extend(body);
+    }
+    redact_url_passwords(&mut entry);
+    entry
+}
+
+/// Where an extension provider holds credentials: the values of the fixed
+/// headers an ext_authz check carries (`includeAdditionalHeadersInCheck`,
+/// often a static `authorization`), of an OpenTelemetry exporter's HTTP
+/// `headers` and gRPC `initialMetadata`, and Lightstep's `accessToken`.
+fn redact_providers(mesh: &mut serde_json::Value) {
+    const REDACTED: &str = "<redacted>";
+    let Some(serde_json::Value::Array(providers)) = mesh.get_mut("extensionProviders") else {
+        return;
+    };
+    for provider in providers {
+        if let Some(serde_json::Value::Object(headers)) =
+            provider.pointer_mut("/envoyExtAuthzHttp/includeAdditionalHeadersInCheck")
+        {
+            headers.values_mut().for_each(|v| *v = REDACTED.into());
+        }
+        for list in [
+            "/opentelemetry/http/headers",
+            "/opentelemetry/grpc/initialMetadata",
+        ] {
+            if let Some(serde_json::Value::Array(pairs)) = provider.pointer_mut(list) {
+                for value in pairs.iter_mut().filter_map(|p| p.get_mut("value")) {
+                    *value = REDACTED.into();
+                }
+            }
+        }
+        if let Some(token) = provider.pointer_mut("/lightstep/accessToken") {
+            *token = REDACTED.into();
+        }
+    }
+}
+
 fn redact_url_passwords(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::String(text) => {
@@ -554,6 +610,7 @@ fn dump(docs: &Documents, version: u64, diags: &Diagnostics) -> serde_json::Valu
     for resource in &mut resources {
         redact(resource);
     }
+    resources.extend(docs.mesh_configs.iter().map(mesh_entry));
     let warnings: Vec<String> = diags.warnings().map(ToString::to_string).collect();
     serde_json::json!({
         "version": version,

@@ -48,6 +48,7 @@ fn compile(extra: &str) -> (TelemetryPolicy, Vec<String>) {
 
 fn attrs<'a>(req: &'a HeaderMap, resp: &'a HeaderMap, code: u16) -> Attributes<'a> {
     Attributes {
+        request: true,
         method: "GET",
         path: "/api",
         host: "reviews",

@@ -16,6 +16,8 @@ use ::http::{HeaderName, HeaderValue, StatusCode};
 use bytes::Bytes;
 use tonic::transport::{Channel, Endpoint};
 
+use super::upstream::{AuthzConnector, AuthzUpstream};
+
 use super::proto::auth::attribute_context::{HttpRequest, Peer, Request};
 use super::proto::auth::authorization_client::AuthorizationClient;
 use super::proto::auth::check_response::HttpResponse;
@@ -30,22 +32,26 @@ use super::{
 pub struct GrpcAuthzClient {
     /// The provider's settings.
     pub settings: Arc<GrpcAuthzSettings>,
+    /// Where the checks go.
+    pub upstream: Arc<AuthzUpstream>,
     channel: OnceLock<Result<Channel, String>>,
 }
 
 impl GrpcAuthzClient {
-    /// A client; the channel connects on the first check.
-    pub fn new(settings: Arc<GrpcAuthzSettings>) -> Self {
+    /// A client of `upstream`; the channel connects on the first check.
+    pub fn new(settings: Arc<GrpcAuthzSettings>, upstream: Arc<AuthzUpstream>) -> Self {
         Self {
             settings,
+            upstream,
             channel: OnceLock::new(),
         }
     }
 
     fn channel(&self) -> Result<Channel, ExtAuthzError> {
         let made = self.channel.get_or_init(|| {
+            let connector = AuthzConnector::new(self.upstream.clone(), true);
             Endpoint::from_shared(format!("http://{}", self.settings.common.target))
-                .map(|e| e.tcp_nodelay(true).connect_lazy())
+                .map(|e| e.connect_with_connector_lazy(connector))
                 .map_err(|e| e.to_string())
         });
         made.clone().map_err(ExtAuthzError::Transport)

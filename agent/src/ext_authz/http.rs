@@ -20,9 +20,9 @@ use ::http::{HeaderName, HeaderValue, Request, StatusCode};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::upstream::{AuthzConnector, AuthzUpstream};
 use super::{
     AllowEdits, CheckOutcome, CheckRequest, DeniedResponse, ExtAuthzError, HttpAuthzSettings,
     PARTIAL_BODY, matches_any,
@@ -35,26 +35,36 @@ const HEADERS_TO_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-head
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// A pooled HTTP/1.1 client of one authorizer.
-#[derive(Debug)]
 pub struct HttpAuthzClient {
     /// The provider's settings.
     pub settings: Arc<HttpAuthzSettings>,
-    client: std::sync::OnceLock<Client<HttpConnector, Full<Bytes>>>,
+    /// Where the checks go.
+    pub upstream: Arc<AuthzUpstream>,
+    client: std::sync::OnceLock<Client<AuthzConnector, Full<Bytes>>>,
+}
+
+impl std::fmt::Debug for HttpAuthzClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpAuthzClient")
+            .field("settings", &self.settings)
+            .field("upstream", &self.upstream.describe())
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpAuthzClient {
-    /// A client; connections open on the first check.
-    pub fn new(settings: Arc<HttpAuthzSettings>) -> Self {
+    /// A client of `upstream`; connections open on the first check.
+    pub fn new(settings: Arc<HttpAuthzSettings>, upstream: Arc<AuthzUpstream>) -> Self {
         Self {
             settings,
+            upstream,
             client: std::sync::OnceLock::new(),
         }
     }
 
-    fn client(&self) -> &Client<HttpConnector, Full<Bytes>> {
+    fn client(&self) -> &Client<AuthzConnector, Full<Bytes>> {
         self.client.get_or_init(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
+            let connector = AuthzConnector::new(self.upstream.clone(), false);
             Client::builder(TokioExecutor::new()).build(connector)
         })
     }

@@ -7,6 +7,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -53,12 +54,17 @@ pub mod proto {
 /// Istio's default check timeout for both protocols (600s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The most `maxRequestBytes` may be (16 MiB): a body read ahead for a
+/// check is held whole per request, so the agent bounds it where Envoy
+/// takes any `uint32`; a larger value is a config error.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
 /// `includeRequestBodyInCheck` (Envoy's `with_request_body`): the request
 /// path reads the body ahead before the check, only for requests a CUSTOM
 /// policy sends to this provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodySettings {
-    /// Most bytes read ahead and sent.
+    /// Most bytes read ahead and sent (1 to [`MAX_REQUEST_BYTES`]).
     pub max_request_bytes: usize,
     /// A longer body is sent cut to `max_request_bytes`; without it a
     /// longer body gets Envoy's 413 `Payload Too Large`, even with `failOpen`.
@@ -72,7 +78,15 @@ pub struct BodySettings {
 pub struct CommonSettings {
     /// The provider's name (recorded as the deciding provider).
     pub provider: String,
-    /// `host:port` of the authorizer.
+    /// The provider's `service` as written: `namespace/host` or `host`
+    /// (looked up in the service registry, short names in that namespace,
+    /// else the mesh's root namespace).
+    pub service: String,
+    /// The provider's `port`.
+    pub port: u16,
+    /// `host:port` of the authorizer as written (the `service`'s host): the
+    /// authority of the checks, dialed by DNS when the registry does not
+    /// know the host.
     pub target: String,
     /// Longest a check may take.
     pub timeout: Duration,
@@ -214,14 +228,32 @@ pub struct Verdict {
 }
 
 impl ExtAuthzClient {
-    /// A client for HTTP settings.
+    /// A client for HTTP settings, dialing the target as written (DNS).
     pub fn http(settings: std::sync::Arc<HttpAuthzSettings>) -> Self {
-        Self::Http(Box::new(http::HttpAuthzClient::new(settings)))
+        let upstream = upstream::AuthzUpstream::dns(&settings.common.target);
+        Self::http_at(settings, std::sync::Arc::new(upstream))
     }
 
-    /// A client for gRPC settings.
+    /// A client for HTTP settings, checking at `upstream`.
+    pub fn http_at(
+        settings: std::sync::Arc<HttpAuthzSettings>,
+        upstream: std::sync::Arc<upstream::AuthzUpstream>,
+    ) -> Self {
+        Self::Http(Box::new(http::HttpAuthzClient::new(settings, upstream)))
+    }
+
+    /// A client for gRPC settings, dialing the target as written (DNS).
     pub fn grpc(settings: std::sync::Arc<GrpcAuthzSettings>) -> Self {
-        Self::Grpc(grpc::GrpcAuthzClient::new(settings))
+        let upstream = upstream::AuthzUpstream::dns(&settings.common.target);
+        Self::grpc_at(settings, std::sync::Arc::new(upstream))
+    }
+
+    /// A client for gRPC settings, checking at `upstream`.
+    pub fn grpc_at(
+        settings: std::sync::Arc<GrpcAuthzSettings>,
+        upstream: std::sync::Arc<upstream::AuthzUpstream>,
+    ) -> Self {
+        Self::Grpc(grpc::GrpcAuthzClient::new(settings, upstream))
     }
 
     /// The provider's common settings.

@@ -515,9 +515,6 @@ impl Authorization {
             .audit
             .iter()
             .find_map(|p| p.matching_rule(input, auth).map(|r| source(p, Some(r))));
-        if let Some(audit) = &audited {
-            tracing::info!(policy = %audit, "AUDIT policy matched");
-        }
         PolicyDecision {
             allowed: true,
             source: allowed_by,

@@ -97,6 +97,9 @@ pub enum Attribute {
 /// expressions.
 #[derive(Debug, Clone, Copy)]
 pub struct Attributes<'a> {
+    /// There is an HTTP request: false on a TCP connection, where every
+    /// `request.*` attribute is absent (an error), as in Envoy.
+    pub request: bool,
     /// Method.
     pub method: &'a str,
     /// Path and query.
@@ -247,6 +250,20 @@ fn read<'a>(attr: &Attribute, a: &Attributes<'a>) -> Result<Value<'a>, EvalError
     let s = |v: &'a str| Ok(Value::Str(Cow::Borrowed(v)));
     let int = |v: u64| Ok(Value::Int(i64::try_from(v).unwrap_or(i64::MAX)));
     let response = a.response.ok_or(EvalError);
+    let of_request = matches!(
+        attr,
+        Attribute::RequestMethod
+            | Attribute::RequestPath
+            | Attribute::RequestUrlPath
+            | Attribute::RequestHost
+            | Attribute::RequestScheme
+            | Attribute::RequestProtocol
+            | Attribute::RequestSize
+            | Attribute::RequestHeader(_)
+    );
+    if of_request && !a.request {
+        return Err(EvalError);
+    }
     match attr {
         Attribute::RequestMethod => s(a.method),
         Attribute::RequestPath => s(a.path),
@@ -667,6 +684,7 @@ mod tests {
 
     fn attrs<'a>(req: &'a HeaderMap, resp: Option<(&'a HeaderMap, u16)>) -> Attributes<'a> {
         Attributes {
+            request: true,
             method: "GET",
             path: "/api/v1?debug=1",
             host: "reviews",

@@ -317,6 +317,10 @@ impl ClusterState {
 /// Locked only while compiling a config, never per request.
 #[derive(Debug, Default)]
 pub struct LiveState {
+    /// The workload's certificate, filled when the agent starts and kept
+    /// current by rotation: what mesh mTLS dials with, here so a compiled
+    /// config's own clients (the ext_authz provider's) dial with it too.
+    workload_tls: Arc<arc_swap::ArcSwapOption<crate::tls::TlsMaterial>>,
     endpoints: Registry<EndpointState>,
     clusters: Registry<ClusterState>,
     rate_limiters: Registry<crate::model::rate_limit::RateLimiter>,
@@ -324,6 +328,12 @@ pub struct LiveState {
 }
 
 impl LiveState {
+    /// The workload certificate's slot (empty until the agent starts, and
+    /// without `spec.identity`).
+    pub fn workload_tls(&self) -> Arc<arc_swap::ArcSwapOption<crate::tls::TlsMaterial>> {
+        self.workload_tls.clone()
+    }
+
     /// The state of endpoint `address` in cluster `cluster`.
     pub fn endpoint(&self, cluster: &str, address: &str) -> Arc<EndpointState> {
         self.endpoints

@@ -2,11 +2,9 @@
 //! the cluster's TLS says (plaintext, mesh mTLS, TLS origination).
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use http::Request;
 use hyper::body::Incoming;
-use rustls::pki_types::ServerName;
 
 use super::Worker;
 use super::body::UpstreamBody;
@@ -25,44 +23,11 @@ pub fn tls_plan(
     endpoint: &Endpoint,
     h2: bool,
 ) -> Result<TlsPlan, SendError> {
-    match &cluster.tls {
-        UpstreamTls::Plain => Ok(TlsPlan::Plain),
-        UpstreamTls::Mesh {
-            only_sidecars: true,
-            ..
-        } if !endpoint.sidecar => Ok(TlsPlan::Plain),
-        UpstreamTls::Mesh { sni, expected, .. } => {
-            let material = worker
-                .shared
-                .tls
-                .load_full()
-                .ok_or(SendError::Tls("no_workload_certificate"))?;
-            let server_name =
-                ServerName::try_from(sni.clone()).map_err(|_| SendError::Tls("bad_sni"))?;
-            Ok(TlsPlan::Tls {
-                config: if h2 {
-                    material.mesh_h2.clone()
-                } else {
-                    material.mesh_h1.clone()
-                },
-                server_name,
-                expected: expected.clone(),
-            })
-        }
-        UpstreamTls::Originate {
-            h1,
-            h2: h2_config,
-            server_name,
-        } => Ok(TlsPlan::Tls {
-            config: if h2 { h2_config.clone() } else { h1.clone() },
-            server_name: server_name.clone(),
-            expected: Arc::from([]),
-        }),
-        UpstreamTls::Broken(reason) => {
-            tracing::debug!(%reason, cluster = %cluster.name, "tls settings unusable");
-            Err(SendError::Tls("bad_tls_settings"))
-        }
+    if let UpstreamTls::Broken(reason) = &cluster.tls {
+        tracing::debug!(%reason, cluster = %cluster.name, "tls settings unusable");
     }
+    let material = worker.shared.tls.load_full();
+    TlsPlan::for_endpoint(&cluster.tls, endpoint.sidecar, h2, material).map_err(SendError::Tls)
 }
 
 /// Sends attempts over this worker's pooled connections.

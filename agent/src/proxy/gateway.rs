@@ -172,7 +172,7 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
                 tcp::proxy(
                     &connection.worker,
                     stream,
-                    peer,
+                    (peer, local),
                     None,
                     Direction::Outbound,
                     target,
@@ -213,7 +213,8 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
                 ChainAction::Forward(routes) => {
                     let target = l4_target(routes, sni.as_deref(), number);
                     let worker = &connection.worker;
-                    tcp::proxy(worker, io, peer, client, Direction::Outbound, target).await;
+                    let ends = (peer, local);
+                    tcp::proxy(worker, io, ends, client, Direction::Outbound, target).await;
                 }
                 ChainAction::AutoPassthrough(_) => {}
             }
@@ -265,7 +266,8 @@ async fn passthrough(
         }
         ChainAction::Http(_) => return,
     };
-    tcp::proxy(worker, stream, peer, None, Direction::Outbound, target).await;
+    let ends = (peer, stream.local_addr().unwrap_or(peer));
+    tcp::proxy(worker, stream, ends, None, Direction::Outbound, target).await;
 }
 
 /// Where forwarded bytes go: the route `sni` picks, a destination by

@@ -289,7 +289,8 @@ impl Connection {
                         self.http(io, down(captured)).await;
                     }
                     Ok(interception::Outbound::Tcp(target)) => {
-                        tcp::proxy(&self.worker, stream, peer, None, direction, target).await;
+                        let ends = (peer, dst);
+                        tcp::proxy(&self.worker, stream, ends, None, direction, target).await;
                     }
                     Err(error) => {
                         tracing::debug!(%error, "captured connection failed before its first bytes")
@@ -369,7 +370,8 @@ impl Connection {
                 cluster: app,
                 endpoint: None,
             };
-            tcp::proxy(&self.worker, io, peer, tls, Direction::Inbound, target).await;
+            let ends = (peer, dst);
+            tcp::proxy(&self.worker, io, ends, tls, Direction::Inbound, target).await;
         }
     }
 

@@ -27,7 +27,7 @@ use crate::model::endpoint::UpstreamAddr;
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
 use crate::model::telemetry::Side;
-use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter};
+use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter, TcpConnection};
 use crate::telemetry::otlp_wire::Value;
 use crate::telemetry::span::{Kind, Parent, Sampling, Span};
 use crate::tls::io::UpstreamIo;
@@ -61,6 +61,7 @@ pub async fn serve(
 ) {
     let snapshot = worker.shared.config.load_full();
     let shared = &worker.shared;
+    let local = downstream.local_addr().unwrap_or(peer);
     let (cluster, direction, mode) = match outbound_index {
         Some(index) => match snapshot.tcp_routes.get(index) {
             Some(cluster) => (cluster.clone(), Direction::Outbound, MtlsMode::Disable),
@@ -86,16 +87,17 @@ pub async fn serve(
         cluster,
         endpoint: None,
     };
-    proxy(&worker, downstream, peer, caller, direction, target).await;
+    let ends = (peer, local);
+    proxy(&worker, downstream, ends, caller, direction, target).await;
 }
 
 /// Proxies `downstream` (already past any mTLS handshake; `caller` is what
-/// the client proved) to `target`, counting `istio_tcp_*` as the
-/// `direction`'s reporter.
+/// the client proved) from `peer` to `local` (the address it connected to)
+/// on to `target`, counting `istio_tcp_*` as the `direction`'s reporter.
 pub async fn proxy<IO>(
     worker: &Rc<Worker>,
     downstream: IO,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
     caller: Option<PeerTls>,
     direction: Direction,
     target: TcpTarget,
@@ -192,7 +194,12 @@ pub async fn proxy<IO>(
     };
     // `None` past the families' series cap: proxied all the same, counted
     // as overflow instead.
-    let handles = shared.metrics.tcp_handles(&labels, flags);
+    let connection = TcpConnection {
+        source: peer,
+        destination: local,
+        sni: None,
+    };
+    let handles = shared.metrics.tcp_handles(&labels, flags, connection);
     if let Some(opened) = handles.as_ref().and_then(|h| h.opened.as_ref()) {
         opened.inc();
     }

@@ -159,6 +159,15 @@ pub struct AccessLogEntry<'a> {
     /// left out when none did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authorization_policy: Option<&'a str>,
+    /// An AUDIT AuthorizationPolicy matched: Envoy's RBAC `LOG` action
+    /// sets `access_log_hint` (`envoy.common` dynamic metadata), which
+    /// Istio's AUDIT maps to; left out when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub access_log_hint: bool,
+    /// The AUDIT policy that matched, `namespace/name[rule]`; left out
+    /// when none did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_policy: Option<&'a str>,
     /// Unused (no connection was terminated by policy).
     pub connection_termination_details: Option<&'a str>,
     /// Why the upstream connection failed, when it did.

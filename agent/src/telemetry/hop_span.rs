@@ -354,7 +354,7 @@ impl HopSpan {
                 Value::Int(i64::from(record.attempts)),
             );
         }
-        if record.audited {
+        if record.audited.is_some() {
             span.set("tracemesh.authz.audit", Value::Bool(true));
         }
         if let Some(policy) = &record.access_policy {

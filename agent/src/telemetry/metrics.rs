@@ -5,6 +5,7 @@
 //! keyed by pointers, so recording a request touches only atomics.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -481,10 +482,18 @@ impl Metrics {
 
     /// Handles for a TCP connection's labels (once per connection); `None`
     /// (counted) when the families are at their series cap and the label
-    /// set is new. A `tagOverrides` upsert on a TCP metric sees no request:
-    /// only expressions that need none (literals) give a value, the others
-    /// `unknown`.
-    pub fn tcp_handles(&self, peers: &PeerLabels, flags: ResponseFlags) -> Option<TcpHandles> {
+    /// set is new. A `tagOverrides` upsert on a TCP metric is evaluated
+    /// once, over the connection (`source` is the downstream peer,
+    /// `destination` the address it connected to, `sni` its TLS server
+    /// name), as Istio's stats filter evaluates it on the connection's
+    /// stream info: `request.*` and `response.*` are absent there, so an
+    /// expression that reads them gives `unknown`.
+    pub fn tcp_handles(
+        &self,
+        peers: &PeerLabels,
+        flags: ResponseFlags,
+        connection: TcpConnection<'_>,
+    ) -> Option<TcpHandles> {
         let peer_values = peers.values();
         let flags = flags.as_str();
         let mut values: Vec<&str> = peer_values.iter().map(String::as_str).collect();
@@ -497,6 +506,7 @@ impl Metrics {
         let mut upserted = Vec::new();
         let empty = HeaderMap::new();
         let attrs = Attributes {
+            request: false,
             method: "",
             path: "",
             host: "",
@@ -505,10 +515,10 @@ impl Metrics {
             request_headers: &empty,
             request_size: 0,
             response: None,
-            source: ([0, 0, 0, 0], 0).into(),
-            destination: ([0, 0, 0, 0], 0).into(),
+            source: connection.source,
+            destination: connection.destination,
             mtls: peers.security == "mutual_tls",
-            sni: None,
+            sni: connection.sni,
         };
         for family in &families.tcp {
             family.layout.evaluate(side, &attrs, &mut upserted);
@@ -536,6 +546,18 @@ impl Metrics {
         }
         out.into_boxed_slice()
     }
+}
+
+/// What a TCP connection shows the `tagOverrides` expressions.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpConnection<'a> {
+    /// The downstream peer (`source.address`, `source.port`).
+    pub source: SocketAddr,
+    /// The address the downstream connected to, the original destination
+    /// when captured (`destination.address`, `destination.port`).
+    pub destination: SocketAddr,
+    /// The TLS server name, when known (`connection.requested_server_name`).
+    pub sni: Option<&'a str>,
 }
 
 /// A family's collector.

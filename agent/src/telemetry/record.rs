@@ -84,8 +84,9 @@ pub struct RequestRecord {
     /// Why the response is what it is (`via_upstream` when the upstream
     /// answered), and what decided it.
     pub details: Option<Details>,
-    /// An AUDIT AuthorizationPolicy matched.
-    pub audited: bool,
+    /// The AUDIT AuthorizationPolicy that matched (`namespace/name[rule]`),
+    /// when one did: Envoy's `access_log_hint`, shown in the access log.
+    pub audited: Option<String>,
     /// The policy that decided access (`namespace/name[rule]`, with
     /// ` provider=<name>` for CUSTOM), when one did.
     pub access_policy: Option<String>,
@@ -225,6 +226,7 @@ impl RequestRecord {
     pub fn attributes(&self) -> Option<Attributes<'_>> {
         let facts = self.facts.as_deref()?;
         Some(Attributes {
+            request: true,
             method: facts.method.as_str(),
             path: &facts.path,
             host: &facts.host,
@@ -315,6 +317,8 @@ impl RequestRecord {
             response_flags: flags,
             response_code_details: self.details.as_deref(),
             authorization_policy: self.access_policy.as_deref(),
+            access_log_hint: self.audited.is_some(),
+            audit_policy: self.audited.as_deref(),
             connection_termination_details: None,
             upstream_transport_failure_reason: self.transport_failure,
             bytes_received: self.request_bytes,

@@ -176,6 +176,52 @@ pub enum TlsPlan {
     },
 }
 
+impl TlsPlan {
+    /// How a connection to an endpoint of a cluster secured by `tls` is
+    /// secured: `sidecar` says the endpoint runs one (auto mTLS skips the
+    /// others), `h2` picks the ALPN, `material` is the workload's current
+    /// certificate (mesh mTLS needs it). The error is the reason counted
+    /// for the TLS failure.
+    pub fn for_endpoint(
+        tls: &crate::model::cluster::UpstreamTls,
+        sidecar: bool,
+        h2: bool,
+        material: Option<Arc<TlsMaterial>>,
+    ) -> Result<Self, &'static str> {
+        use crate::model::cluster::UpstreamTls;
+        match tls {
+            UpstreamTls::Plain => Ok(Self::Plain),
+            UpstreamTls::Mesh {
+                only_sidecars: true,
+                ..
+            } if !sidecar => Ok(Self::Plain),
+            UpstreamTls::Mesh { sni, expected, .. } => {
+                let material = material.ok_or("no_workload_certificate")?;
+                let server_name = ServerName::try_from(sni.clone()).map_err(|_| "bad_sni")?;
+                Ok(Self::Tls {
+                    config: if h2 {
+                        material.mesh_h2.clone()
+                    } else {
+                        material.mesh_h1.clone()
+                    },
+                    server_name,
+                    expected: expected.clone(),
+                })
+            }
+            UpstreamTls::Originate {
+                h1,
+                h2: h2_config,
+                server_name,
+            } => Ok(Self::Tls {
+                config: if h2 { h2_config.clone() } else { h1.clone() },
+                server_name: server_name.clone(),
+                expected: Arc::from([]),
+            }),
+            UpstreamTls::Broken(_) => Err("bad_tls_settings"),
+        }
+    }
+}
+
 /// Secures an upstream connection by `plan`; returns the stream and the
 /// server's SPIFFE identity, if it has one.
 pub async fn connect(

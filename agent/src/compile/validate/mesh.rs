@@ -7,7 +7,8 @@ use std::collections::HashSet;
 
 use super::common::{self, Check};
 use crate::config::documents::Document;
-use crate::config::mesh::{ExtensionProvider, MeshConfig, mesh_field};
+use crate::config::mesh::{ExtensionProvider, MeshConfig, RequestBodyInCheck, mesh_field};
+use crate::ext_authz::MAX_REQUEST_BYTES;
 use crate::model::capture::OutboundTrafficMode;
 use crate::path::PathNormalization;
 
@@ -119,6 +120,7 @@ fn extension_provider(c: &mut Check<'_>, f: &str, p: &ExtensionProvider) {
             );
         }
         common::duration_at_least_1ms(c, &format!("{f}.timeout"), http.timeout);
+        request_body(c, &f, http.include_request_body_in_check.as_ref());
         for (name, list) in [
             (
                 "includeRequestHeadersInCheck",
@@ -153,6 +155,7 @@ fn extension_provider(c: &mut Check<'_>, f: &str, p: &ExtensionProvider) {
         service_port(c, &f, &grpc.service, grpc.port);
         status_on_error(c, &f, grpc.status_on_error.as_deref());
         common::duration_at_least_1ms(c, &format!("{f}.timeout"), grpc.timeout);
+        request_body(c, &f, grpc.include_request_body_in_check.as_ref());
     }
     if let Some(otel) = &p.opentelemetry {
         let f = format!("{f}.opentelemetry");
@@ -166,6 +169,30 @@ fn extension_provider(c: &mut Check<'_>, f: &str, p: &ExtensionProvider) {
     }
     if let Some(als) = &p.envoy_otel_als {
         service_port(c, &format!("{f}.envoyOtelAls"), &als.service, als.port);
+    }
+}
+
+/// `includeRequestBodyInCheck.maxRequestBytes`: more than 0, as Envoy's
+/// `BufferSettings.max_request_bytes` requires (`uint32.gt: 0`; Istio passes
+/// the value through, so 0 or an unset value is a config Envoy rejects), and
+/// at most [`MAX_REQUEST_BYTES`], the agent's bound on a body held per request.
+fn request_body(c: &mut Check<'_>, f: &str, body: Option<&RequestBodyInCheck>) {
+    let Some(body) = body else {
+        return;
+    };
+    let f = format!("{f}.includeRequestBodyInCheck.maxRequestBytes");
+    match body.max_request_bytes {
+        0 => c.error(
+            f,
+            "maxRequestBytes must be greater than 0 (Envoy's max_request_bytes), e.g. 8192",
+        ),
+        n if n as usize > MAX_REQUEST_BYTES => c.error(
+            f,
+            format!(
+                "maxRequestBytes {n} is over the agent's bound of {MAX_REQUEST_BYTES} bytes held per request"
+            ),
+        ),
+        _ => {}
     }
 }
 

@@ -129,7 +129,7 @@ impl Exchange {
             grpc_status: None,
             flags: ResponseFlags::NONE,
             details: None,
-            audited: false,
+            audited: None,
             access_policy: None,
             request_bytes: 0,
             response_bytes: 0,
@@ -191,7 +191,7 @@ impl Exchange {
     /// provider) that allowed it and the AUDIT policy that matched, and
     /// keeps the headers the external authorizer adds to the response.
     pub fn set_allowed(&mut self, allowed: &Allowed) {
-        self.record.audited = allowed.audited.is_some();
+        self.record.audited = allowed.audited.as_ref().map(ToString::to_string);
         self.record.access_policy = allowed.source.as_ref().map(ToString::to_string);
         let downstream = &allowed.ext_authz_edits.downstream_add;
         if !downstream.is_empty() {

@@ -267,7 +267,9 @@ spec:
 
 /// The mesh config with one ext_authz provider named `authz`.
 fn mesh_config(provider: &str) -> String {
-    istio_config_map(&format!("    extensionProviders:\n    - name: authz\n{provider}\n"))
+    istio_config_map(&format!(
+        "    extensionProviders:\n    - name: authz\n{provider}\n"
+    ))
 }
 
 fn http_provider(target: SocketAddr, extra: &str) -> String {

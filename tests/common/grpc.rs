@@ -114,8 +114,7 @@ pub trait Methods: Clone + Send + Sync + 'static {
     const NAME: &'static str;
 
     /// Answers one call (an unknown method: UNIMPLEMENTED, as tonic does).
-    fn answer(self, req: http::Request<Body>)
-    -> impl Future<Output = http::Response<Body>> + Send;
+    fn answer(self, req: http::Request<Body>) -> impl Future<Output = http::Response<Body>> + Send;
 }
 
 /// A [`Methods`] as the service tonic's server takes.

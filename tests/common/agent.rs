@@ -6,18 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::process::Process;
+use super::process::{Process, field};
 
-/// A running agent process; killed when dropped. Its output and process
-/// id are read through [`Process`].
+/// A running agent process; killed when dropped. Its admin address, admin
+/// API, output and process id are read through [`Process`].
 pub struct Agent {
     process: Process,
     /// Outbound HTTP listener.
     pub outbound: SocketAddr,
     /// Inbound listener.
     pub inbound: SocketAddr,
-    /// Admin listener.
-    pub admin: SocketAddr,
     /// Outbound TCP listeners.
     pub outbound_tcp: Vec<SocketAddr>,
     /// The config file.
@@ -36,11 +34,6 @@ pub fn write_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("mesh.yaml");
     std::fs::write(&path, yaml).expect("write config");
     (dir, path)
-}
-
-pub(super) fn field(line: &str, key: &str) -> Option<String> {
-    let start = line.find(&format!(" {key}="))? + key.len() + 2;
-    Some(line[start..].split(' ').next()?.to_owned())
 }
 
 impl Agent {
@@ -87,7 +80,6 @@ impl Agent {
         Ok(Agent {
             outbound: addr("outbound"),
             inbound: addr("inbound"),
-            admin: addr("admin"),
             outbound_tcp,
             process,
             config: path,
@@ -132,18 +124,6 @@ impl Agent {
             .find_map(|l| l.strip_prefix("rchar: "))
             .and_then(|v| v.trim().parse().ok())
             .expect("rchar")
-    }
-
-    /// GETs an admin path.
-    pub async fn admin_get(&self, path: &str) -> String {
-        let (status, body) = super::client::raw_get(self.admin, path).await;
-        assert_eq!(status, 200, "admin {path}: {body}");
-        body
-    }
-
-    /// The agent's metrics, parsed (and so checked) as Prometheus text.
-    pub async fn metrics(&self) -> super::metrics::Scrape {
-        super::metrics::Scrape::parse(&self.admin_get("/metrics").await)
     }
 
     /// Sends SIGTERM and waits for the exit status.

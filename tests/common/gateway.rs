@@ -14,17 +14,15 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 
-use super::agent::{binary, field, write_config};
-use super::process::Process;
+use super::agent::{binary, write_config};
+use super::process::{Process, field};
 
-/// A running gateway process; killed when dropped. Its output is read
-/// through [`Process`].
+/// A running gateway process; killed when dropped. Its admin address, admin
+/// API and output are read through [`Process`].
 pub struct Gateway {
     process: Process,
     /// `(Gateway port, bound address)`.
     pub ports: Vec<(u16, SocketAddr)>,
-    /// The admin API.
-    pub admin: SocketAddr,
     /// The config file.
     pub config: PathBuf,
     _dir: tempfile::TempDir,
@@ -78,13 +76,9 @@ impl Gateway {
                 (port.parse().unwrap(), addr.parse().unwrap())
             })
             .collect();
-        let admin = field(&line, "admin")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("admin in {line}"));
         Ok(Gateway {
             process,
             ports,
-            admin,
             config: path,
             _dir: dir,
         })
@@ -97,18 +91,6 @@ impl Gateway {
             .find(|(n, _)| *n == number)
             .map(|(_, a)| *a)
             .unwrap_or_else(|| panic!("port {number} not in {:?}", self.ports))
-    }
-
-    /// GETs an admin path.
-    pub async fn admin_get(&self, path: &str) -> String {
-        let (status, body) = super::client::raw_get(self.admin, path).await;
-        assert_eq!(status, 200, "admin {path}: {body}");
-        body
-    }
-
-    /// The gateway's metrics, parsed as Prometheus text.
-    pub async fn metrics(&self) -> super::metrics::Scrape {
-        super::metrics::Scrape::parse(&self.admin_get("/metrics").await)
     }
 }
 

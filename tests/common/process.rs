@@ -3,6 +3,7 @@
 //! lines, killed when dropped. The test agent and the test gateway wrap it.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,16 @@ use std::time::{Duration, Instant};
 /// A tracemesh process that said it is ready; killed when dropped.
 pub struct Process {
     child: Child,
+    /// Its admin listener (`admin=` in the ready line).
+    pub admin: SocketAddr,
     stderr: Arc<Mutex<Vec<String>>>,
     stdout: Arc<Mutex<Vec<String>>>,
+}
+
+/// The value of `key=` in a ready line.
+pub(super) fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    Some(line[start..].split(' ').next()?.to_owned())
 }
 
 fn pump<R: std::io::Read + Send + 'static>(
@@ -70,8 +79,12 @@ impl Process {
                 ));
             }
         };
+        let admin = field(&line, "admin")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("admin in {line}"));
         let process = Process {
             child,
+            admin,
             stderr,
             stdout,
         };
@@ -98,6 +111,18 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// GETs an admin path; asserts it answers 200.
+    pub async fn admin_get(&self, path: &str) -> String {
+        let (status, body) = super::client::raw_get(self.admin, path).await;
+        assert_eq!(status, 200, "admin {path}: {body}");
+        body
+    }
+
+    /// The process's metrics, parsed (and so checked) as Prometheus text.
+    pub async fn metrics(&self) -> super::metrics::Scrape {
+        super::metrics::Scrape::parse(&self.admin_get("/metrics").await)
     }
 
     /// The process id.

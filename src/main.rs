@@ -106,14 +106,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             tracemesh_agent::run_until(&config, signal::shutdown_signal(), |_| {
                 image::release_start_up_pages_once_serving();
             })
-                .with_context(|| format!("agent {}", config.display()))?;
+            .with_context(|| format!("agent {}", config.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Gateway { config } => {
             tracemesh_agent::run_gateway_until(&config, signal::shutdown_signal(), |_| {
                 image::release_start_up_pages_once_serving();
             })
-                .with_context(|| format!("gateway {}", config.display()))?;
+            .with_context(|| format!("gateway {}", config.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Collector(args) => {

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use common::agent::Agent;
 use common::client::{Client, Reply};
 use common::ext_authz;
-use common::mesh::{AgentDoc, NO_COLLECTOR};
+use common::mesh::{AgentDoc, NO_COLLECTOR, istio_config_map};
 use common::otlp::Receiver;
 use common::upstream::{FNV_START, Upstream, closed_port, fnv, pattern};
 use http_body_util::Full;
@@ -333,18 +333,9 @@ async fn unparseable_tokens_get_envoys_parse_statuses() {
 
 /// The mesh config with one ext_authz provider named `authz`.
 fn mesh_config(provider: &str) -> String {
-    format!(
-        r#"---
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: istio, namespace: istio-system}}
-data:
-  mesh: |
-    extensionProviders:
-    - name: authz
-{provider}
-"#
-    )
+    istio_config_map(&format!(
+        "    extensionProviders:\n    - name: authz\n{provider}\n"
+    ))
 }
 
 fn http_provider(target: SocketAddr, extra: &str) -> String {

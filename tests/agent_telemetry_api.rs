@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::agent::{Agent, validate};
 use common::client::Client;
-use common::mesh::{AgentDoc, NO_COLLECTOR};
+use common::mesh::{AgentDoc, NO_COLLECTOR, istio_config_map};
 use common::otlp::Receiver;
 use common::upstream::Upstream;
 
@@ -369,14 +369,8 @@ fn doc_without_otlp(service: &str, app: SocketAddr) -> String {
 /// The `istio` ConfigMap with the `otel` provider at `otel_port` as the
 /// mesh's default tracing provider, and `direct` at `direct_port`.
 fn mesh_with_providers(otel_port: u16, direct_port: u16) -> String {
-    format!(
-        r#"---
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: istio, namespace: istio-system}}
-data:
-  mesh: |
-    extensionProviders:
+    istio_config_map(&format!(
+        r#"    extensionProviders:
     - name: otel
       opentelemetry: {{service: 127.0.0.1, port: {otel_port}}}
     - name: direct
@@ -384,7 +378,7 @@ data:
     defaultProviders:
       tracing: [otel]
 "#
-    )
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -458,14 +452,8 @@ async fn spans_go_to_the_workloads_opentelemetry_provider_when_the_agent_names_n
 async fn a_provider_with_an_http_block_exports_over_otlp_http_with_its_path_and_headers() {
     let receiver = Receiver::start_http("/custom/v1/traces").await;
     let app = Upstream::start("reviews").await;
-    let mesh = format!(
-        r#"---
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: istio, namespace: istio-system}}
-data:
-  mesh: |
-    extensionProviders:
+    let mesh = istio_config_map(&format!(
+        r#"    extensionProviders:
     - name: otel-http
       opentelemetry:
         service: 127.0.0.1
@@ -474,16 +462,16 @@ data:
           path: /custom/v1/traces
           timeout: 5s
           headers: [{{name: x-api-key, value: k3y}}]
----
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {{name: http-export, namespace: default}}
-spec:
-  tracing:
-  - providers: [{{name: otel-http}}]
 "#,
         port = receiver.addr.port()
-    );
+    )) + r#"---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: http-export, namespace: default}
+spec:
+  tracing:
+  - providers: [{name: otel-http}]
+"#;
     let agent = Agent::start(&(doc_without_otlp("reviews", app.addr) + &mesh));
     let reply = Client::h1(agent.inbound)
         .get("http://reviews:9080/over-http")

@@ -61,10 +61,12 @@ def ports(kind, variant):
 # --- tracemesh agents ---------------------------------------------------------
 
 
-def agent_identity(run, role):
+def agent_identity(run, role, account=None):
+    """The `serviceAccount` (default `bench-ROLE`) and workload certificate
+    lines of a bootstrap's spec (an Agent's or an IngressGateway's)."""
     certs = f"{run}/certs/{role}"
     return (
-        f"  serviceAccount: bench-{role}\n"
+        f"  serviceAccount: {account or f'bench-{role}'}\n"
         f"  identity:\n"
         f"    files: {{certChain: {certs}/cert-chain.pem, privateKey: {certs}/key.pem, "
         f"rootCert: {certs}/root-cert.pem}}\n"
@@ -90,7 +92,6 @@ spec:
 
 def agent_client(run, variant, opts):
     p = ports("agent", variant)
-    tls_label = "\n    labels: {security.istio.io/tlsMode: istio}" if opts["tls"] else ""
     route_policy = (
         "    timeout: 10s\n"
         '    retries: {attempts: 2, perTryTimeout: 5s, retryOn: "5xx,connect-failure,reset"}\n'
@@ -113,21 +114,20 @@ def agent_client(run, variant, opts):
         traffic.append("    connectionPool:\n      http: {maxRequestsPerConnection: 1}\n")
     if opts["tls"]:
         traffic.append(f"    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [{spiffe('bench-server')}]}}\n")
-    rule = (
-        f"""---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: upstream, namespace: default}}
-spec:
-  host: {HOST}
-  trafficPolicy:
-{''.join(traffic)}"""
-        if traffic
-        else ""
-    )
+    rule = upstream_rule("".join(traffic)) if traffic else ""
     return (
         agent_bootstrap(run, variant, "client", p["client_spare"], UPSTREAM_PORT, p["client"], p["client_admin"], opts["tls"])
-        + f"""---
+        + upstream_entry(p["server"], opts["tls"])
+        + upstream_route(route_policy)
+        + rule
+    )
+
+
+def upstream_entry(server_port, tls):
+    """The upstream's ServiceEntry: one endpoint, the server sidecar at
+    `server_port` (labelled as a sidecar that takes mTLS when `tls`)."""
+    tls_label = "\n    labels: {security.istio.io/tlsMode: istio}" if tls else ""
+    return f"""---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: upstream, namespace: default}}
@@ -137,33 +137,60 @@ spec:
   resolution: STATIC
   endpoints:
   - address: 127.0.0.1
-    ports: {{http: {p['server']}}}{tls_label}
----
+    ports: {{http: {server_port}}}{tls_label}
+"""
+
+
+def upstream_route(route_policy="", gateways=None):
+    """The upstream's VirtualService: its one route, with `route_policy`
+    lines, bound to `gateways` when given (else to the mesh)."""
+    bound = f"  gateways: [{', '.join(gateways)}]\n" if gateways else ""
+    return f"""---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: upstream, namespace: default}}
 spec:
   hosts: [{HOST}]
-  http:
+{bound}  http:
   - name: default
 {route_policy}    route:
     - destination: {{host: {HOST}}}
 """
-        + rule
-    )
 
 
-def agent_server(run, variant, opts):
-    p = ports("agent", variant)
-    doc = agent_bootstrap(run, variant, "server", p["server"], UPSTREAM_PORT, p["server_spare"], p["server_admin"], opts["tls"])
-    if opts["tls"]:
-        doc += """---
+def upstream_rule(traffic_policy):
+    """The upstream's DestinationRule with `traffic_policy` lines."""
+    return f"""---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: upstream, namespace: default}}
+spec:
+  host: {HOST}
+  trafficPolicy:
+{traffic_policy}"""
+
+
+def upstream_mtls_rule():
+    """ISTIO_MUTUAL to the server sidecar, whose SPIFFE ID it checks."""
+    return upstream_rule(f"    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [{spiffe('bench-server')}]}}\n")
+
+
+STRICT_MTLS = """---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: strict, namespace: default}
 spec:
   mtls: {mode: STRICT}
 """
+
+
+def agent_server(run, variant, opts, p=None):
+    """The server sidecar; on this benchmark's ports unless `p` (a
+    [`ports`] dict) gives others."""
+    p = p or ports("agent", variant)
+    doc = agent_bootstrap(run, variant, "server", p["server"], UPSTREAM_PORT, p["server_spare"], p["server_admin"], opts["tls"])
+    if opts["tls"]:
+        doc += STRICT_MTLS
     if opts["policy"]:
         doc += """---
 apiVersion: tracemesh.io/v1
@@ -193,14 +220,39 @@ admin:
 """
 
 
-def envoy_hcm(direction, service, routes, filters=""):
+def envoy_config(admin, listener, port, direction, hcm, clusters, tls=""):
+    """A whole Envoy bootstrap: one listener `listener` on 127.0.0.1:`port`
+    with one filter chain (the `hcm` filter, then its `tls` transport
+    socket), the `clusters` and the OTLP sink's cluster."""
+    return (
+        envoy_common(admin)
+        + f"""static_resources:
+  listeners:
+  - name: {listener}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    traffic_direction: {direction}
+    filter_chains:
+    - filters:
+"""
+        + hcm
+        + tls
+        + "  clusters:\n"
+        + clusters
+        + OTLP_CLUSTER
+    )
+
+
+def envoy_hcm(direction, service, routes, filters="", use_remote_address=False):
+    """The HTTP connection manager filter, tracing every request to the
+    OTLP sink as `service`; `use_remote_address` as an edge proxy sets it."""
+    remote = "          use_remote_address: true\n" if use_remote_address else ""
     return f"""      - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {direction.lower()}
           codec_type: AUTO
           generate_request_id: true
-          tracing:
+{remote}          tracing:
             random_sampling: {{value: 100}}
             provider:
               name: envoy.tracers.opentelemetry
@@ -304,25 +356,15 @@ def envoy_client(run, variant, opts):
         # Envoy clients stop at TLS 1.2 unless told otherwise; the agent speaks 1.3.
         san = f"{{exact: {spiffe('bench-server')}}}"
         extra += textwrap.indent(envoy_tls("UpstreamTlsContext", run, "client", san), "    ")
-    return (
-        envoy_common(p["client_admin"])
-        + f"""static_resources:
-  listeners:
-  - name: outbound
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {p['client']}}}}}
-    traffic_direction: OUTBOUND
-    filter_chains:
-    - filters:
-"""
-        + envoy_hcm("OUTBOUND", "bench-client", route)
-        + "  clusters:\n"
-        + envoy_cluster("upstream", p["server"], extra)
-        + OTLP_CLUSTER
-    )
+    hcm = envoy_hcm("OUTBOUND", "bench-client", route)
+    clusters = envoy_cluster("upstream", p["server"], extra)
+    return envoy_config(p["client_admin"], "outbound", p["client"], "OUTBOUND", hcm, clusters)
 
 
-def envoy_server(run, variant, opts):
-    p = ports("envoy", variant)
+def envoy_server(run, variant, opts, p=None):
+    """The server sidecar; on this benchmark's ports unless `p` (a
+    [`ports`] dict) gives others."""
+    p = p or ports("envoy", variant)
     route = "                route: {cluster: app}\n"
     filters = ""
     if opts["policy"]:
@@ -339,37 +381,32 @@ def envoy_server(run, variant, opts):
     if opts["tls"]:
         san = f'{{prefix: "spiffe://{TRUST_DOMAIN}/"}}'
         tls = textwrap.indent(envoy_tls("DownstreamTlsContext", run, "server", san, True), "      ")
-    return (
-        envoy_common(p["server_admin"])
-        + f"""static_resources:
-  listeners:
-  - name: inbound
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {p['server']}}}}}
-    traffic_direction: INBOUND
-    filter_chains:
-    - filters:
-"""
-        + envoy_hcm("INBOUND", "bench-server", route, filters)
-        + tls
-        + "  clusters:\n"
-        + envoy_cluster("app", UPSTREAM_PORT)
-        + OTLP_CLUSTER
-    )
+    hcm = envoy_hcm("INBOUND", "bench-server", route, filters)
+    clusters = envoy_cluster("app", UPSTREAM_PORT)
+    return envoy_config(p["server_admin"], "inbound", p["server"], "INBOUND", hcm, clusters, tls)
+
+
+def main_for(variants, kinds, roles, ports_of, makers):
+    """The command line of a benchmark's config writer: `RUN_DIR ports`
+    prints a `path kind role listen admin` line per path, kind and role;
+    `RUN_DIR write` writes RUN_DIR/KIND-PATH-ROLE.yaml, made by
+    `makers[kind]` (one function per role, in `roles`' order)."""
+    run, command = sys.argv[1], sys.argv[2]
+    for variant, opts in variants.items():
+        for kind in kinds:
+            p = ports_of(kind, variant)
+            if command == "ports":
+                for role in roles:
+                    print(f"{kind}_{variant} {kind} {role} {p[role]} {p[role + '_admin']}")
+                continue
+            for role, build in zip(roles, makers[kind]):
+                with open(f"{run}/{kind}-{variant}-{role}.yaml", "w") as out:
+                    out.write(build(run, variant, opts))
 
 
 def main():
-    run, command = sys.argv[1], sys.argv[2]
-    for variant, opts in VARIANTS.items():
-        for kind in KINDS:
-            p = ports(kind, variant)
-            if command == "ports":
-                print(f"{kind}_{variant} {kind} client {p['client']} {p['client_admin']}")
-                print(f"{kind}_{variant} {kind} server {p['server']} {p['server_admin']}")
-                continue
-            make = {"agent": (agent_client, agent_server), "envoy": (envoy_client, envoy_server)}[kind]
-            for role, build in zip(("client", "server"), make):
-                with open(f"{run}/{kind}-{variant}-{role}.yaml", "w") as out:
-                    out.write(build(run, variant, opts))
+    makers = {"agent": (agent_client, agent_server), "envoy": (envoy_client, envoy_server)}
+    main_for(VARIANTS, KINDS, ("client", "server"), ports, makers)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ configured as Istio's ingress gateway in front of an Envoy sidecar:
 
 Every proxy traces every request (sampling 1.0, spans batched 512 per export
 or every second) to the run's OTLP sink. The pieces shared with the sidecar
-pairs (Envoy's listeners, clusters, TLS) come from bench/agent/pairs.py.
+pairs come from bench/agent/pairs.py: the server sidecars (agent and Envoy),
+the upstream's ServiceEntry, VirtualService and DestinationRule, and Envoy's
+bootstrap, connection manager, clusters and TLS.
 
     python3 configs.py RUN_DIR ports   # prints `path kind role listen admin` lines
     python3 configs.py RUN_DIR write   # writes RUN_DIR/{tracemesh,envoy}-PATH-{gateway,server}.yaml
@@ -27,8 +29,6 @@ import textwrap
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "agent"))
 import pairs  # noqa: E402
 
-HOST = pairs.HOST
-UPSTREAM_PORT = pairs.UPSTREAM_PORT
 GATEWAY_ACCOUNT = "istio-ingressgateway-service-account"
 GATEWAY_SPIFFE = f"spiffe://{pairs.TRUST_DOMAIN}/ns/istio-system/sa/{GATEWAY_ACCOUNT}"
 VARIANTS = {"gateway": {"tls": False}, "gateway_mtls": {"tls": True}}
@@ -41,33 +41,10 @@ def ports(kind, variant):
             "server_admin": base + 4, "server_spare": base + 5}
 
 
-def identity(run, role, account):
-    certs = f"{run}/certs/{role}"
-    return (
-        f"  serviceAccount: {account}\n"
-        f"  identity:\n"
-        f"    files: {{certChain: {certs}/cert-chain.pem, privateKey: {certs}/key.pem, "
-        f"rootCert: {certs}/root-cert.pem}}\n"
-    )
-
-
 def tracemesh_gateway(run, variant, opts):
     p = ports("tracemesh", variant)
-    tls_label = "\n    labels: {security.istio.io/tlsMode: istio}" if opts["tls"] else ""
-    rule = (
-        f"""---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: upstream, namespace: default}}
-spec:
-  host: {HOST}
-  trafficPolicy:
-    tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [{pairs.spiffe('bench-server')}]}}
-"""
-        if opts["tls"]
-        else ""
-    )
-    return f"""apiVersion: tracemesh.io/v1
+    identity = pairs.agent_identity(run, "gateway", GATEWAY_ACCOUNT) if opts["tls"] else ""
+    bootstrap = f"""apiVersion: tracemesh.io/v1
 kind: IngressGateway
 metadata: {{name: istio-ingressgateway, namespace: istio-system}}
 spec:
@@ -75,56 +52,33 @@ spec:
   listeners: [{{port: 80, listen: "127.0.0.1:{p['gateway']}"}}]
   admin: {{listen: "127.0.0.1:{p['gateway_admin']}"}}
   concurrency: 1
-{identity(run, 'gateway', GATEWAY_ACCOUNT) if opts['tls'] else ''}  telemetry:
+{identity}  telemetry:
     otlp: {{endpoint: "http://127.0.0.1:{pairs.SINK_PORT}", protocol: grpc}}
     sampling: 1.0
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: upstream, namespace: default}}
-spec:
-  hosts: [{HOST}]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:
-  - address: 127.0.0.1
-    ports: {{http: {p['server']}}}{tls_label}
----
+"""
+    gateway = """---
 apiVersion: networking.istio.io/v1
 kind: Gateway
-metadata: {{name: bench-gateway, namespace: default}}
+metadata: {name: bench-gateway, namespace: default}
 spec:
-  selector: {{istio: ingressgateway}}
+  selector: {istio: ingressgateway}
   servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
+  - port: {number: 80, name: http, protocol: HTTP}
     hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: upstream, namespace: default}}
-spec:
-  hosts: [{HOST}]
-  gateways: [bench-gateway]
-  http:
-  - name: default
-    route:
-    - destination: {{host: {HOST}}}
-""" + rule
+"""
+    return (
+        bootstrap
+        + pairs.upstream_entry(p["server"], opts["tls"])
+        + gateway
+        + pairs.upstream_route(gateways=["bench-gateway"])
+        + (pairs.upstream_mtls_rule() if opts["tls"] else "")
+    )
 
 
 def tracemesh_server(run, variant, opts):
-    p = ports("tracemesh", variant)
-    doc = pairs.agent_bootstrap(run, variant, "server", p["server"], UPSTREAM_PORT,
-                                p["server_spare"], p["server_admin"], opts["tls"])
-    if opts["tls"]:
-        doc += """---
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: strict, namespace: default}
-spec:
-  mtls: {mode: STRICT}
-"""
-    return doc
+    """The sidecar pair's server agent, on this path's ports."""
+    return pairs.agent_server(run, variant, {"tls": opts["tls"], "policy": False},
+                              ports("tracemesh", variant))
 
 
 def envoy_gateway(run, variant, opts):
@@ -138,49 +92,21 @@ def envoy_gateway(run, variant, opts):
     if opts["tls"]:
         san = f"{{exact: {pairs.spiffe('bench-server')}}}"
         extra = textwrap.indent(pairs.envoy_tls("UpstreamTlsContext", run, "gateway", san), "    ")
-    hcm = pairs.envoy_hcm("OUTBOUND", "istio-ingressgateway", route)
-    hcm = hcm.replace("          generate_request_id: true\n",
-                      "          generate_request_id: true\n          use_remote_address: true\n")
-    return (
-        pairs.envoy_common(p["gateway_admin"])
-        + f"""static_resources:
-  listeners:
-  - name: 0.0.0.0_80
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {p['gateway']}}}}}
-    traffic_direction: OUTBOUND
-    filter_chains:
-    - filters:
-"""
-        + hcm
-        + "  clusters:\n"
-        + pairs.envoy_cluster("upstream", p["server"], extra)
-        + pairs.OTLP_CLUSTER
-    )
+    hcm = pairs.envoy_hcm("OUTBOUND", "istio-ingressgateway", route, use_remote_address=True)
+    clusters = pairs.envoy_cluster("upstream", p["server"], extra)
+    return pairs.envoy_config(p["gateway_admin"], "0.0.0.0_80", p["gateway"], "OUTBOUND", hcm, clusters)
 
 
 def envoy_server(run, variant, opts):
-    p = ports("envoy", variant)
-    doc = pairs.envoy_server(run, "pair_mtls" if opts["tls"] else "pair", {"tls": opts["tls"], "policy": False})
-    # The pair's server, on this path's ports.
-    q = pairs.ports("envoy", "pair_mtls" if opts["tls"] else "pair")
-    return (doc.replace(f"port_value: {q['server']}}}", f"port_value: {p['server']}}}")
-               .replace(f"port_value: {q['server_admin']}}}", f"port_value: {p['server_admin']}}}"))
+    """The sidecar pair's server Envoy, on this path's ports."""
+    return pairs.envoy_server(run, variant, {"tls": opts["tls"], "policy": False},
+                              ports("envoy", variant))
 
 
 def main():
-    run, command = sys.argv[1], sys.argv[2]
-    for variant, opts in VARIANTS.items():
-        for kind in KINDS:
-            p = ports(kind, variant)
-            if command == "ports":
-                print(f"{kind}_{variant} {kind} gateway {p['gateway']} {p['gateway_admin']}")
-                print(f"{kind}_{variant} {kind} server {p['server']} {p['server_admin']}")
-                continue
-            make = {"tracemesh": (tracemesh_gateway, tracemesh_server),
-                    "envoy": (envoy_gateway, envoy_server)}[kind]
-            for role, build in zip(("gateway", "server"), make):
-                with open(f"{run}/{kind}-{variant}-{role}.yaml", "w") as out:
-                    out.write(build(run, variant, opts))
+    makers = {"tracemesh": (tracemesh_gateway, tracemesh_server),
+              "envoy": (envoy_gateway, envoy_server)}
+    pairs.main_for(VARIANTS, KINDS, ("gateway", "server"), ports, makers)
 
 
 if __name__ == "__main__":

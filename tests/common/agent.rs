@@ -1,27 +1,23 @@
 //! Runs the real `tracemesh agent` binary on a config written to a temp dir,
 //! waits for its "agent ready" line and reads the bound addresses from it.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A running agent process; killed when dropped.
+use super::process::{Process, field};
+
+/// A running agent process; killed when dropped. Its admin address, admin
+/// API, output and process id are read through [`Process`].
 pub struct Agent {
-    child: Child,
+    process: Process,
     /// Outbound HTTP listener.
     pub outbound: SocketAddr,
     /// Inbound listener.
     pub inbound: SocketAddr,
-    /// Admin listener.
-    pub admin: SocketAddr,
     /// Outbound TCP listeners.
     pub outbound_tcp: Vec<SocketAddr>,
-    stderr: Arc<Mutex<Vec<String>>>,
-    stdout: Arc<Mutex<Vec<String>>>,
     /// The config file.
     pub config: PathBuf,
     _dir: tempfile::TempDir,
@@ -38,29 +34,6 @@ pub fn write_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("mesh.yaml");
     std::fs::write(&path, yaml).expect("write config");
     (dir, path)
-}
-
-fn pump<R: std::io::Read + Send + 'static>(
-    reader: R,
-    lines: Arc<Mutex<Vec<String>>>,
-    ready: Option<mpsc::Sender<String>>,
-) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            if let Some(tx) = &ready
-                && (line.contains("agent ready") || line.contains("gateway ready"))
-            {
-                let _ = tx.send(line.clone());
-            }
-            lines.lock().unwrap().push(line);
-        }
-    });
-}
-
-pub(super) fn field(line: &str, key: &str) -> Option<String> {
-    let start = line.find(&format!(" {key}="))? + key.len() + 2;
-    Some(line[start..].split(' ').next()?.to_owned())
 }
 
 impl Agent {
@@ -90,12 +63,7 @@ impl Agent {
         let (dir, path) = write_config(yaml);
         let mut command = command(dir.path());
         command.args(["agent", "--config"]).arg(&path);
-        let Started {
-            child,
-            line,
-            stderr,
-            stdout,
-        } = start_until_ready(command)?;
+        let (process, line) = Process::start_until_ready(command)?;
         let addr = |key| {
             field(&line, key)
                 .and_then(|v| v.parse().ok())
@@ -112,11 +80,8 @@ impl Agent {
         Ok(Agent {
             outbound: addr("outbound"),
             inbound: addr("inbound"),
-            admin: addr("admin"),
             outbound_tcp,
-            child,
-            stderr,
-            stdout,
+            process,
             config: path,
             _dir: dir,
         })
@@ -151,33 +116,6 @@ impl Agent {
         std::fs::rename(&tmp, &self.config).unwrap();
     }
 
-    /// Lines the agent wrote to stderr so far.
-    pub fn stderr(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Lines the agent wrote to stdout so far (access log).
-    pub fn stdout(&self) -> Vec<String> {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    /// Waits until stdout has at least `n` lines.
-    pub fn wait_stdout_lines(&self, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let lines = self.stdout();
-            if lines.len() >= n || Instant::now() > deadline {
-                return lines;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The agent's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Bytes the agent has read through system calls so far (`rchar` in
     /// `/proc/PID/io`: files and sockets alike).
     pub fn bytes_read(&self) -> u64 {
@@ -188,94 +126,18 @@ impl Agent {
             .expect("rchar")
     }
 
-    /// GETs an admin path.
-    pub async fn admin_get(&self, path: &str) -> String {
-        let (status, body) = super::client::raw_get(self.admin, path).await;
-        assert_eq!(status, 200, "admin {path}: {body}");
-        body
-    }
-
-    /// The agent's metrics, parsed (and so checked) as Prometheus text.
-    pub async fn metrics(&self) -> super::metrics::Scrape {
-        super::metrics::Scrape::parse(&self.admin_get("/metrics").await)
-    }
-
     /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.process.terminate()
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Agent {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
     }
-}
-
-/// A tracemesh process that said it is ready.
-pub(super) struct Started {
-    pub child: Child,
-    /// Its ready line (`agent ready` or `gateway ready`).
-    pub line: String,
-    pub stderr: Arc<Mutex<Vec<String>>>,
-    pub stdout: Arc<Mutex<Vec<String>>>,
-}
-
-/// Spawns `command` (a `tracemesh agent` or `gateway`) and waits up to 60 s
-/// for its ready line; `Err` carries its stderr when it exits instead.
-pub(super) fn start_until_ready(mut command: Command) -> Result<Started, String> {
-    let mut child = command
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tracemesh");
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let stdout = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    pump(child.stderr.take().unwrap(), stderr.clone(), Some(tx));
-    pump(child.stdout.take().unwrap(), stdout.clone(), None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let line = loop {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-            break line;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            std::thread::sleep(Duration::from_millis(100)); // let the pump drain stderr
-            return Err(format!(
-                "exited with {status}:\n{}",
-                stderr.lock().unwrap().join("\n")
-            ));
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return Err(format!(
-                "no ready line:\n{}",
-                stderr.lock().unwrap().join("\n")
-            ));
-        }
-    };
-    Ok(Started {
-        child,
-        line,
-        stderr,
-        stdout,
-    })
 }
 
 /// Runs `tracemesh validate` on `yaml`: (success, stdout).

@@ -233,18 +233,7 @@ impl Authorization for GrpcAuthz {
 
 /// Starts the gRPC authorizer on 127.0.0.1:0.
 pub async fn start_grpc() -> (SocketAddr, Seen) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen: Seen = Arc::default();
     let service = AuthorizationServer::new(GrpcAuthz { seen: seen.clone() });
-    tokio::spawn(async move {
-        let incoming = futures_util::stream::unfold(listener, |l| async move {
-            Some((l.accept().await.map(|(s, _)| s), l))
-        });
-        let _ = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming)
-            .await;
-    });
-    (addr, seen)
+    (super::grpc::serve(service).await, seen)
 }

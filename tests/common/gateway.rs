@@ -4,9 +4,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -14,17 +14,15 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 
-use super::agent::{Started, binary, field, start_until_ready, write_config};
+use super::agent::{binary, write_config};
+use super::process::{Process, field};
 
-/// A running gateway process; killed when dropped.
+/// A running gateway process; killed when dropped. Its admin address, admin
+/// API and output are read through [`Process`].
 pub struct Gateway {
-    child: Child,
+    process: Process,
     /// `(Gateway port, bound address)`.
     pub ports: Vec<(u16, SocketAddr)>,
-    /// The admin API.
-    pub admin: SocketAddr,
-    stderr: Arc<Mutex<Vec<String>>>,
-    stdout: Arc<Mutex<Vec<String>>>,
     /// The config file.
     pub config: PathBuf,
     _dir: tempfile::TempDir,
@@ -68,12 +66,7 @@ impl Gateway {
         let (dir, path) = write_config(yaml);
         let mut command = Command::new(binary());
         command.args(["gateway", "--config"]).arg(&path);
-        let Started {
-            child,
-            line,
-            stderr,
-            stdout,
-        } = start_until_ready(command)?;
+        let (process, line) = Process::start_until_ready(command)?;
         let ports = field(&line, "ports")
             .unwrap_or_default()
             .split(',')
@@ -83,15 +76,9 @@ impl Gateway {
                 (port.parse().unwrap(), addr.parse().unwrap())
             })
             .collect();
-        let admin = field(&line, "admin")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("admin in {line}"));
         Ok(Gateway {
-            child,
+            process,
             ports,
-            admin,
-            stderr,
-            stdout,
             config: path,
             _dir: dir,
         })
@@ -105,46 +92,13 @@ impl Gateway {
             .map(|(_, a)| *a)
             .unwrap_or_else(|| panic!("port {number} not in {:?}", self.ports))
     }
-
-    /// Lines the gateway wrote to stderr so far.
-    pub fn stderr(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Lines the gateway wrote to stdout so far (access log).
-    pub fn stdout(&self) -> Vec<String> {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    /// Waits until stdout has at least `n` lines (or 20 s pass).
-    pub fn wait_stdout_lines(&self, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let lines = self.stdout();
-            if lines.len() >= n || Instant::now() > deadline {
-                return lines;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// GETs an admin path.
-    pub async fn admin_get(&self, path: &str) -> String {
-        let (status, body) = super::client::raw_get(self.admin, path).await;
-        assert_eq!(status, 200, "admin {path}: {body}");
-        body
-    }
-
-    /// The gateway's metrics, parsed as Prometheus text.
-    pub async fn metrics(&self) -> super::metrics::Scrape {
-        super::metrics::Scrape::parse(&self.admin_get("/metrics").await)
-    }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Gateway {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
     }
 }
 

@@ -1,6 +1,8 @@
 //! A tonic echo service without protoc: hand-written prost messages and
 //! tonic's server/client plumbing. `Unary` echoes; `Stream` sends the text
 //! `count` times and can end with an error status carrying trailer metadata.
+//! [`serve`] runs any tonic service on a loopback port; [`Methods`] is how
+//! a test writes a gRPC service by hand.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,7 +12,7 @@ use std::task::{Context, Poll};
 use futures_util::Stream;
 use http::uri::PathAndQuery;
 use tonic::body::Body;
-use tonic::codegen::{BoxFuture, StdError};
+use tonic::codegen::BoxFuture;
 use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
@@ -32,10 +34,6 @@ pub struct Echo {
 /// The echo server.
 #[derive(Clone, Default)]
 pub struct EchoServer;
-
-impl NamedService for EchoServer {
-    const NAME: &'static str = "test.Echo";
-}
 
 struct UnaryEcho;
 
@@ -89,11 +87,45 @@ impl ServerStreamingService<Echo> for StreamEcho {
     }
 }
 
-impl<B> tower::Service<http::Request<B>> for EchoServer
-where
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
+impl Methods for EchoServer {
+    const NAME: &'static str = "test.Echo";
+
+    async fn answer(self, req: http::Request<Body>) -> http::Response<Body> {
+        let mut grpc = Grpc::new(ProstCodec::<Echo, Echo>::default());
+        match req.uri().path() {
+            "/test.Echo/Unary" => grpc.unary(UnaryEcho, req).await,
+            "/test.Echo/Stream" => grpc.server_streaming(StreamEcho, req).await,
+            _ => Status::unimplemented("no such method").into_http(),
+        }
+    }
+}
+
+/// Starts the echo server on 127.0.0.1:0.
+pub async fn start() -> SocketAddr {
+    serve(Routed(EchoServer)).await
+}
+
+/// A hand-written gRPC service: one function answers every method of
+/// service `NAME`, dispatching on the path (`/NAME/Method`) with tonic's
+/// [`Grpc`] codec plumbing. [`Routed`] makes it a service tonic serves.
+pub trait Methods: Clone + Send + Sync + 'static {
+    /// The service's full name (`package.Service`): tonic sends the calls
+    /// under `/NAME/` here.
+    const NAME: &'static str;
+
+    /// Answers one call (an unknown method: UNIMPLEMENTED, as tonic does).
+    fn answer(self, req: http::Request<Body>) -> impl Future<Output = http::Response<Body>> + Send;
+}
+
+/// A [`Methods`] as the service tonic's server takes.
+#[derive(Clone)]
+pub struct Routed<M>(pub M);
+
+impl<M: Methods> NamedService for Routed<M> {
+    const NAME: &'static str = M::NAME;
+}
+
+impl<M: Methods> tower::Service<http::Request<Body>> for Routed<M> {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<Self::Response, Infallible>;
@@ -102,20 +134,24 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        Box::pin(async move {
-            let mut grpc = Grpc::new(ProstCodec::<Echo, Echo>::default());
-            Ok(match req.uri().path() {
-                "/test.Echo/Unary" => grpc.unary(UnaryEcho, req).await,
-                "/test.Echo/Stream" => grpc.server_streaming(StreamEcho, req).await,
-                _ => Status::unimplemented("no such method").into_http(),
-            })
-        })
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let methods = self.0.clone();
+        Box::pin(async move { Ok(methods.answer(req).await) })
     }
 }
 
-/// Starts the echo server on 127.0.0.1:0.
-pub async fn start() -> SocketAddr {
+/// Serves `service` (a tonic-generated server, or [`Routed`]) over HTTP/2
+/// on 127.0.0.1:0 for as long as the test's runtime runs; where it listens.
+pub async fn serve<S>(service: S) -> SocketAddr
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -123,7 +159,7 @@ pub async fn start() -> SocketAddr {
             Some((l.accept().await.map(|(s, _)| s), l))
         });
         let _ = tonic::transport::Server::builder()
-            .add_service(EchoServer)
+            .add_service(service)
             .serve_with_incoming(incoming)
             .await;
     });

@@ -102,3 +102,12 @@ pub fn service_entry(host: &str, port: u16, protocol: &str, endpoints: &[Ep<'_>]
         "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {host}, namespace: default}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: {port}, name: http, protocol: {protocol}}}]\n  resolution: STATIC\n  endpoints:\n{eps}"
     )
 }
+
+/// Istio's mesh config as istiod reads it: the `istio` ConfigMap in
+/// `istio-system`, its `mesh` key holding `mesh` verbatim — MeshConfig
+/// YAML whose lines are indented four spaces (the block under `mesh: |`).
+pub fn istio_config_map(mesh: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n{mesh}"
+    )
+}

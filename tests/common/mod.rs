@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod otlp;
 pub mod pki;
 pub mod pods;
+pub mod process;
 pub mod upstream;

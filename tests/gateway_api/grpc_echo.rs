@@ -6,19 +6,19 @@
 //! (the suite's `EchoRequest` has no fields; which backend answered is read
 //! from the servers, not from the suite's `EchoResponse` assertions).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use http::HeaderMap;
 use http::uri::PathAndQuery;
 use tonic::body::Body;
-use tonic::codegen::{BoxFuture, StdError};
+use tonic::codegen::BoxFuture;
 use tonic::metadata::{MetadataKey, MetadataValue};
-use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::server::{Grpc, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
+
+use crate::common::grpc::{self, Methods, Routed};
 
 /// The suite's service name.
 pub const SERVICE: &str = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho";
@@ -43,19 +43,8 @@ pub struct GrpcEcho {
 impl GrpcEcho {
     /// Starts the backend `name` on 127.0.0.1:0.
     pub async fn start(name: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let service = Echo { seen: seen.clone() };
-        tokio::spawn(async move {
-            let incoming = futures_util::stream::unfold(listener, |l| async move {
-                Some((l.accept().await.map(|(s, _)| s), l))
-            });
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await;
-        });
+        let addr = grpc::serve(Routed(Echo { seen: seen.clone() })).await;
         Self {
             name: name.to_owned(),
             addr,
@@ -74,10 +63,6 @@ struct Echo {
     seen: Arc<Mutex<Vec<HeaderMap>>>,
 }
 
-impl NamedService for Echo {
-    const NAME: &'static str = SERVICE;
-}
-
 struct Unary;
 
 impl UnaryService<EchoRequest> for Unary {
@@ -89,35 +74,22 @@ impl UnaryService<EchoRequest> for Unary {
     }
 }
 
-impl<B> tower::Service<http::Request<B>> for Echo
-where
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
+impl Methods for Echo {
+    const NAME: &'static str = SERVICE;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let seen = self.seen.clone();
-        Box::pin(async move {
-            let method = req
-                .uri()
-                .path()
-                .strip_prefix(&format!("/{SERVICE}/"))
-                .unwrap_or_default()
-                .to_owned();
-            if !["Echo", "EchoTwo", "EchoThree"].contains(&method.as_str()) {
-                return Ok(Status::unimplemented("no such method").into_http());
-            }
-            seen.lock().unwrap().push(req.headers().clone());
-            let mut grpc = Grpc::new(ProstCodec::<EchoResponse, EchoRequest>::default());
-            Ok(grpc.unary(Unary, req).await)
-        })
+    async fn answer(self, req: http::Request<Body>) -> http::Response<Body> {
+        let method = req
+            .uri()
+            .path()
+            .strip_prefix(&format!("/{SERVICE}/"))
+            .unwrap_or_default()
+            .to_owned();
+        if !["Echo", "EchoTwo", "EchoThree"].contains(&method.as_str()) {
+            return Status::unimplemented("no such method").into_http();
+        }
+        self.seen.lock().unwrap().push(req.headers().clone());
+        let mut grpc = Grpc::new(ProstCodec::<EchoResponse, EchoRequest>::default());
+        grpc.unary(Unary, req).await
     }
 }
 

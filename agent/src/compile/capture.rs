@@ -85,6 +85,25 @@ pub(super) fn compile(input: &CaptureInput<'_>, diags: &mut Diagnostics) -> Capt
     }
 }
 
+/// A workload whose traffic is not captured and that has no registry of
+/// its own to capture for (the ingress gateway: it listens on its Gateway
+/// ports, and routes by its own tables): interception off, the listeners'
+/// ports, no service ports, the default traffic policy, no destinations.
+pub(super) fn uncaptured(listeners: &Listeners) -> Capture {
+    Capture {
+        mode: InterceptionMode::None,
+        outbound_port: listeners.outbound.port(),
+        inbound_port: listeners.inbound.port(),
+        inbound_app: InboundApp::Fixed(listeners.app),
+        inbound_ports: BTreeMap::new(),
+        service_ports: Default::default(),
+        protocol_detection_timeout: DEFAULT_PROTOCOL_DETECTION_TIMEOUT,
+        outbound_traffic_policy: OutboundTrafficMode::default(),
+        sidecar: None,
+        destinations: Destinations::default(),
+    }
+}
+
 /// `tracemesh iptables` redirects outbound connections to the loopback
 /// address and inbound ones to the pod's own: the listeners must be there.
 fn redirect_listeners(listeners: &Listeners, loc: &Location, diags: &mut Diagnostics) {

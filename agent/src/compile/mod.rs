@@ -184,19 +184,19 @@ fn compile_gateway_resources(
     version: u64,
     states: &LiveState,
 ) -> Result<CompiledGateway, ConfigRejected> {
-    let mut docs = Documents::sort(validate::resources(resources, &mut diags));
-    let snapshot = gateway::build(file, &docs, version, states, &mut diags);
+    let docs = Documents::sort(validate::resources(resources, &mut diags));
+    let built = gateway::build(file, &docs, version, states, &mut diags);
     if !docs.agents.is_empty() {
         for doc in &docs.agents {
             let msg = "an Agent bootstraps a sidecar; a gateway's file holds an IngressGateway";
             diags.error(&doc.location, None, msg);
         }
     }
-    let Some(snapshot) = snapshot.filter(|_| !diags.has_errors()) else {
+    let Some((snapshot, registry)) = built.filter(|_| !diags.has_errors()) else {
         return Err(ConfigRejected(diags));
     };
     let snapshot = Arc::new(snapshot);
-    let proxy = gateway_proxy(file, &mut docs, &snapshot, version, states, &mut diags);
+    let proxy = gateway_proxy(&docs, (&snapshot, &registry), version, states, &mut diags);
     match proxy {
         Some(proxy) if !diags.has_errors() => Ok(CompiledGateway {
             snapshot,
@@ -209,77 +209,93 @@ fn compile_gateway_resources(
 
 /// The gateway as the request path sees a workload: its IngressGateway
 /// read as the Agent it would be (same identity, telemetry, access log,
-/// admin, path normalization; no inbound application, no capture), built
-/// by the sidecar's compile, with the gateway's clusters and listeners.
-/// Only that compile's errors are kept (they name the IngressGateway's
-/// fields, which share the Agent's names); its warnings repeat the
-/// gateway compile's or concern sidecars only.
+/// admin, path normalization; no inbound application, no capture), with
+/// the policies that select it compiled by the sidecar's steps, and the
+/// gateway's clusters and listeners in place of a sidecar's registry and
+/// routes. Its diagnostics join the gateway compile's.
 fn gateway_proxy(
-    file: &Arc<str>,
-    docs: &mut Documents,
-    gateway: &Arc<crate::model::gateway::GatewaySnapshot>,
+    docs: &Documents,
+    (gateway, registry): (
+        &Arc<crate::model::gateway::GatewaySnapshot>,
+        &registry::Registry,
+    ),
     version: u64,
     states: &LiveState,
     diags: &mut Diagnostics,
 ) -> Option<Snapshot> {
     let doc = docs.ingress_gateways.first()?;
     let spec = &doc.spec;
-    let agent = crate::config::agent::AgentSpec {
-        service: gateway.identity.service.clone(),
-        service_account: spec.service_account.clone(),
-        trust_domain: spec.trust_domain.clone(),
-        identity: spec.identity.clone(),
-        labels: spec.labels.clone(),
-        inbound: crate::config::agent::InboundSpec::default(),
-        outbound: crate::config::agent::OutboundSpec::default(),
-        admin: spec.admin.clone(),
-        capture: crate::config::agent::CaptureSpec::default(),
-        outbound_traffic_policy: Default::default(),
-        telemetry: spec.telemetry.clone(),
-        access_log: spec.access_log.clone(),
-        concurrency: spec.concurrency,
-        num_trusted_proxies: spec.num_trusted_proxies,
-        drain_duration: spec.drain_duration,
-        downstream: Default::default(),
-        path_normalization: spec.path_normalization.clone(),
-    };
     let mut metadata = doc.metadata.clone();
     metadata.namespace = Some(gateway.identity.namespace.clone());
-    docs.agents.push(Document {
+    let agent = Document {
         location: doc.location.clone(),
         api_version: doc.api_version.clone(),
         metadata,
-        spec: agent,
-    });
-    let mut scratch = Diagnostics::default();
-    let built = build(file, docs, version, states, &mut scratch);
-    docs.agents.clear();
-    for error in scratch.errors() {
-        diags.error(&error.location, error.field.clone(), error.message.clone());
-    }
-    let mut snapshot = built?;
-    let known = crate::model::peer::KnownPeers::new(
-        gateway
-            .clusters
-            .iter()
-            .flat_map(|c| c.endpoints.iter().map(|e| &e.peer)),
+        spec: crate::config::agent::AgentSpec {
+            service: gateway.identity.service.clone(),
+            service_account: spec.service_account.clone(),
+            trust_domain: spec.trust_domain.clone(),
+            identity: spec.identity.clone(),
+            labels: spec.labels.clone(),
+            inbound: crate::config::agent::InboundSpec::default(),
+            outbound: crate::config::agent::OutboundSpec::default(),
+            admin: spec.admin.clone(),
+            capture: crate::config::agent::CaptureSpec::default(),
+            outbound_traffic_policy: Default::default(),
+            telemetry: spec.telemetry.clone(),
+            access_log: spec.access_log.clone(),
+            concurrency: spec.concurrency,
+            num_trusted_proxies: spec.num_trusted_proxies,
+            drain_duration: spec.drain_duration,
+            downstream: Default::default(),
+            path_normalization: spec.path_normalization.clone(),
+        },
+    };
+    let mesh = mesh::compile(&docs.mesh_configs, diags);
+    let mut boot = bootstrap::compile(&agent, &mesh, diags)?;
+    let namespace = boot.identity.namespace.clone();
+    let inbound = registry::inbound_cluster(&boot, states);
+    let policies = workload_policies(
+        docs,
+        &agent,
+        &mut boot,
+        (&mesh, registry),
+        &namespace,
+        states,
+        diags,
+    );
+    let routes = crate::model::route::RouteTable::default();
+    let clusters = gateway.clusters.clone();
+    let mut decided_headers = decided::decided_headers(
+        &routes,
+        &policies.authorization,
+        &policies.rate_limits,
+        &clusters,
     );
     for port in &gateway.listeners.ports {
         for chain in &port.chains {
             if let crate::model::gateway::ChainAction::Http(table) = &chain.action {
                 let names = decided::decided_headers(table, &Default::default(), &[], &[]);
                 for name in names {
-                    if !snapshot.decided_headers.contains(&name) {
-                        snapshot.decided_headers.push(name);
+                    if !decided_headers.contains(&name) {
+                        decided_headers.push(name);
                     }
                 }
             }
         }
     }
-    snapshot.known_peers = known;
-    snapshot.clusters = gateway.clusters.clone();
-    snapshot.gateway = Some(gateway.clone());
-    Some(snapshot)
+    let capture = capture::uncaptured(&boot.listeners);
+    let dump = dump(docs, version, diags);
+    let routing = Routing {
+        routes,
+        inbound,
+        tcp_routes: Vec::new(),
+        clusters,
+        decided_headers,
+        capture,
+        gateway: Some(gateway.clone()),
+    };
+    Some(snapshot(version, boot, mesh, policies, routing, dump))
 }
 
 /// What `tracemesh validate` found in one file.
@@ -385,22 +401,13 @@ fn build(
     let mut boot = boot?;
     let inbound = registry::inbound_cluster(&boot, states);
     let tcp_routes = registry.tcp_routes(agent, &namespace, diags);
-    let authorization = access::authorization(
-        &docs.authorization_policies,
-        &boot,
-        (&mesh.mesh, &registry, states),
+    let policies = workload_policies(
+        docs,
+        agent,
+        &mut boot,
+        (&mesh, &registry),
         &namespace,
-        diags,
-    );
-    let telemetry = telemetry::compile(&docs.telemetries, &boot, &mesh.mesh, diags);
-    telemetry::resolve_exporter(&mut boot, &telemetry, &agent.location, diags);
-    let authn = authn::authenticator(&docs.request_authentications, &boot, states, diags);
-    let rate_limits =
-        access::rate_limits(&docs.rate_limit_policies, &boot, &namespace, states, diags);
-    let inbound_mtls = mtls::inbound_mode(
-        &docs.peer_authentications,
-        &boot,
-        boot.listeners.app.port(),
+        states,
         diags,
     );
     let capture = capture::compile(
@@ -417,38 +424,124 @@ fn build(
     );
     let dump = dump(docs, version, diags);
     let clusters = registry.clusters();
-    let known_peers = crate::model::peer::KnownPeers::new(
-        clusters
-            .iter()
-            .flat_map(|c| c.endpoints.iter().map(|e| &e.peer)),
+    let decided_headers = decided::decided_headers(
+        &routes,
+        &policies.authorization,
+        &policies.rate_limits,
+        &clusters,
     );
-    let decided_headers =
-        decided::decided_headers(&routes, &authorization, &rate_limits, &clusters);
-    Some(Snapshot {
-        version,
-        bootstrap: boot.bootstrap,
-        listeners: boot.listeners,
-        identity: boot.identity,
+    let routing = Routing {
         routes,
         inbound,
         tcp_routes,
         clusters,
-        access: Arc::new(crate::model::access::AccessControl {
-            authn,
-            authz: authorization.clone(),
-        }),
-        known_peers,
-        authorization,
-        mesh: Arc::new(mesh.mesh),
-        telemetry: Arc::new(telemetry),
-        rate_limits,
-        inbound_mtls,
-        path_normalization: boot.path_normalization,
         decided_headers,
         capture,
-        dump,
         gateway: None,
-    })
+    };
+    Some(snapshot(version, boot, mesh, policies, routing, dump))
+}
+
+/// What the resources that select a workload make of it, compiled alike
+/// for a sidecar and a gateway: access control (AuthorizationPolicy,
+/// RequestAuthentication), the Telemetry that applies (and the span
+/// exporter it picks, set on `boot`), rate limits and inbound mTLS.
+struct WorkloadPolicies {
+    authorization: crate::model::authz::Authorization,
+    authn: crate::model::authn::Authenticator,
+    telemetry: crate::model::telemetry::TelemetryPolicy,
+    rate_limits: Vec<Arc<crate::model::rate_limit::RateLimiter>>,
+    inbound_mtls: crate::model::MtlsMode,
+}
+
+fn workload_policies(
+    docs: &Documents,
+    agent: &Document<crate::config::agent::AgentSpec>,
+    boot: &mut bootstrap::Agent,
+    (mesh, registry): (&mesh::MeshDefaults, &registry::Registry),
+    namespace: &str,
+    states: &LiveState,
+    diags: &mut Diagnostics,
+) -> WorkloadPolicies {
+    let authorization = access::authorization(
+        &docs.authorization_policies,
+        boot,
+        (&mesh.mesh, registry, states),
+        namespace,
+        diags,
+    );
+    let telemetry = telemetry::compile(&docs.telemetries, boot, &mesh.mesh, diags);
+    telemetry::resolve_exporter(boot, &telemetry, &agent.location, diags);
+    let authn = authn::authenticator(&docs.request_authentications, boot, states, diags);
+    let rate_limits =
+        access::rate_limits(&docs.rate_limit_policies, boot, namespace, states, diags);
+    let inbound_mtls = mtls::inbound_mode(
+        &docs.peer_authentications,
+        boot,
+        boot.listeners.app.port(),
+        diags,
+    );
+    WorkloadPolicies {
+        authorization,
+        authn,
+        telemetry,
+        rate_limits,
+        inbound_mtls,
+    }
+}
+
+/// Where a workload's requests go: a sidecar's registry and routes, or a
+/// gateway's clusters and listeners.
+struct Routing {
+    routes: crate::model::route::RouteTable,
+    inbound: Arc<crate::model::cluster::Cluster>,
+    tcp_routes: Vec<Arc<crate::model::cluster::Cluster>>,
+    clusters: Vec<Arc<crate::model::cluster::Cluster>>,
+    decided_headers: Vec<http::HeaderName>,
+    capture: crate::model::capture::Capture,
+    gateway: Option<Arc<crate::model::gateway::GatewaySnapshot>>,
+}
+
+/// The snapshot of one workload, from its compiled parts.
+fn snapshot(
+    version: u64,
+    boot: bootstrap::Agent,
+    mesh: mesh::MeshDefaults,
+    policies: WorkloadPolicies,
+    routing: Routing,
+    dump: serde_json::Value,
+) -> Snapshot {
+    let known_peers = crate::model::peer::KnownPeers::new(
+        routing
+            .clusters
+            .iter()
+            .flat_map(|c| c.endpoints.iter().map(|e| &e.peer)),
+    );
+    Snapshot {
+        version,
+        bootstrap: boot.bootstrap,
+        listeners: boot.listeners,
+        identity: boot.identity,
+        routes: routing.routes,
+        inbound: routing.inbound,
+        tcp_routes: routing.tcp_routes,
+        clusters: routing.clusters,
+        access: Arc::new(crate::model::access::AccessControl {
+            authn: policies.authn,
+            authz: policies.authorization.clone(),
+        }),
+        known_peers,
+        authorization: policies.authorization,
+        mesh: Arc::new(mesh.mesh),
+        telemetry: Arc::new(policies.telemetry),
+        rate_limits: policies.rate_limits,
+        inbound_mtls: policies.inbound_mtls,
+        path_normalization: boot.path_normalization,
+        decided_headers: routing.decided_headers,
+        capture: routing.capture,
+        dump,
+        gateway: routing.gateway,
+    }
 }
 
 /// Where a resource holds credentials, as JSON pointers (`*`: every key of

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::activity::Activity;
-use super::server::{Connection, WorkerHandle, accept, run_local, to_tokio};
+use super::server::{Connection, WorkerHandle, accept, run_local, spawn_threads, to_tokio};
 use super::tcp::{self, TcpTarget};
 use super::{Direction, Downstream, GatewayConn, Shared, Worker};
 use crate::capture::detect::{Detected, detect};
@@ -85,16 +85,14 @@ pub fn spawn_gateway_workers(
     sockets: Vec<Vec<(u16, StdListener)>>,
     drain: Duration,
 ) -> std::io::Result<Vec<WorkerHandle>> {
-    let mut handles = Vec::new();
-    for (index, sockets) in sockets.into_iter().enumerate() {
-        let (stop, stopped) = watch::channel(false);
-        let shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("gateway-worker-{index}"))
-            .spawn(move || run_worker(shared, sockets, stopped, drain))?;
-        handles.push(WorkerHandle { thread, stop });
-    }
-    Ok(handles)
+    spawn_threads(
+        "gateway-worker",
+        shared,
+        sockets,
+        move |shared, sockets, stopped| {
+            run_worker(shared, sockets, stopped, drain);
+        },
+    )
 }
 
 fn run_worker(

@@ -54,19 +54,44 @@ impl WorkerHandle {
 }
 
 /// Starts one worker per socket group.
+///
+/// # Errors
+/// A worker thread that could not start.
 pub fn spawn_workers(
     shared: &Arc<Shared>,
     sockets: Vec<WorkerSockets>,
     inbound_tcp: bool,
     drain: Duration,
 ) -> std::io::Result<Vec<WorkerHandle>> {
+    spawn_threads(
+        "worker",
+        shared,
+        sockets,
+        move |shared, sockets, stopped| {
+            run_worker(shared, sockets, inbound_tcp, stopped, drain);
+        },
+    )
+}
+
+/// Starts one thread per socket group, named `{name}-{index}`, running
+/// `run` on the group with the signal that [`WorkerHandle::stop`] sends:
+/// how the sidecar's and the gateway's workers are started.
+///
+/// # Errors
+/// A thread that could not start.
+pub(super) fn spawn_threads<S: Send + 'static>(
+    name: &str,
+    shared: &Arc<Shared>,
+    groups: Vec<S>,
+    run: impl FnOnce(Arc<Shared>, S, watch::Receiver<bool>) + Clone + Send + 'static,
+) -> std::io::Result<Vec<WorkerHandle>> {
     let mut handles = Vec::new();
-    for (index, sockets) in sockets.into_iter().enumerate() {
+    for (index, group) in groups.into_iter().enumerate() {
         let (stop, stopped) = watch::channel(false);
-        let shared = shared.clone();
+        let (shared, run) = (shared.clone(), run.clone());
         let thread = std::thread::Builder::new()
-            .name(format!("worker-{index}"))
-            .spawn(move || run_worker(shared, sockets, inbound_tcp, stopped, drain))?;
+            .name(format!("{name}-{index}"))
+            .spawn(move || run(shared, group, stopped))?;
         handles.push(WorkerHandle { thread, stop });
     }
     Ok(handles)

@@ -51,6 +51,51 @@ struct Index<'a> {
     namespaces: Namespaces,
 }
 
+/// One parentRef of an indexed route that names a given Gateway.
+struct RefToGateway<'i, 'a> {
+    /// The route's place in [`Index::routes`].
+    r: usize,
+    route: &'i Route<'a>,
+    /// The parentRef's place (`spec.parentRefs[p]`).
+    p: usize,
+    /// Its `sectionName`.
+    section: Option<String>,
+    /// Its `port`.
+    port: Option<u16>,
+}
+
+impl<'a> Index<'a> {
+    /// Every parentRef of the indexed routes that names Gateway `gw`, route
+    /// by route, each route's in order.
+    fn refs_to<'i>(
+        &'i self,
+        gw: &'i KubeGateway<'_>,
+    ) -> impl Iterator<Item = RefToGateway<'i, 'a>> + 'i {
+        self.routes.iter().enumerate().flat_map(move |(r, route)| {
+            route
+                .parent_refs
+                .iter()
+                .enumerate()
+                .filter_map(move |(p, parent_ref)| {
+                    match parent(parent_ref, &route.namespace, &[], DEFAULT_NAMESPACE) {
+                        Parent::Gateway {
+                            gateway,
+                            section,
+                            port,
+                        } if gateway == gw.name => Some(RefToGateway {
+                            r,
+                            route,
+                            p,
+                            section,
+                            port,
+                        }),
+                        _ => None,
+                    }
+                })
+        })
+    }
+}
+
 pub(super) fn gateways(
     ctx: &Context<'_>,
     docs: &Documents,
@@ -97,32 +142,29 @@ pub(super) fn gateways(
 /// none of its listeners: the route does not attach there (the API's
 /// `Accepted=False`, reason `NoMatchingParent`).
 fn unmatched_parent_refs(gw: &KubeGateway<'_>, idx: &Index<'_>, diags: &mut Diagnostics) {
-    for route in &idx.routes {
-        for (p, parent_ref) in route.parent_refs.iter().enumerate() {
-            let Parent::Gateway {
-                gateway,
-                section,
-                port,
-            } = parent(parent_ref, &route.namespace, &[], DEFAULT_NAMESPACE)
-            else {
-                continue;
-            };
-            if gateway != gw.name || (section.is_none() && port.is_none()) {
-                continue;
-            }
-            let named = |l: &Listener| names(section.as_deref(), port, l);
-            if !gw.doc.spec.listeners.iter().any(named) {
-                let msg = format!(
-                    "no listener of Gateway {} has{}{}; the route is not attached to it",
-                    gw.name,
-                    section
-                        .as_deref()
-                        .map(|s| format!(" sectionName {s:?}"))
-                        .unwrap_or_default(),
-                    port.map(|p| format!(" port {p}")).unwrap_or_default(),
-                );
-                diags.warn(route.location, Some(format!("spec.parentRefs[{p}]")), msg);
-            }
+    for RefToGateway {
+        route,
+        p,
+        section,
+        port,
+        ..
+    } in idx.refs_to(gw)
+    {
+        if section.is_none() && port.is_none() {
+            continue;
+        }
+        let named = |l: &Listener| names(section.as_deref(), port, l);
+        if !gw.doc.spec.listeners.iter().any(named) {
+            let msg = format!(
+                "no listener of Gateway {} has{}{}; the route is not attached to it",
+                gw.name,
+                section
+                    .as_deref()
+                    .map(|s| format!(" sectionName {s:?}"))
+                    .unwrap_or_default(),
+                port.map(|p| format!(" port {p}")).unwrap_or_default(),
+            );
+            diags.warn(route.location, Some(format!("spec.parentRefs[{p}]")), msg);
         }
     }
 }
@@ -353,57 +395,54 @@ fn attached_hosts(
         .unwrap_or("*")
         .to_ascii_lowercase();
     let mut by_host: Vec<(String, Vec<RankedRule>, String)> = Vec::new();
-    for (r, route) in idx.routes.iter().enumerate() {
-        for (p, parent_ref) in route.parent_refs.iter().enumerate() {
-            let Parent::Gateway {
-                gateway,
-                section,
-                port,
-            } = parent(parent_ref, &route.namespace, &[], DEFAULT_NAMESPACE)
-            else {
-                continue;
-            };
-            if gateway != gw.name || !names(section.as_deref(), port, listener) {
-                continue;
+    for RefToGateway {
+        r,
+        route,
+        p,
+        section,
+        port,
+    } in idx.refs_to(gw)
+    {
+        if !names(section.as_deref(), port, listener) {
+            continue;
+        }
+        let at = Some(format!("spec.parentRefs[{p}]"));
+        if !allowed(gw, listener, route.kind, &route.namespace, idx) {
+            if section.is_some() {
+                let msg = format!(
+                    "not allowed by {} {field}.allowedRoutes (namespace or kind)",
+                    gw.name
+                );
+                diags.warn(route.location, at, msg);
             }
-            let at = Some(format!("spec.parentRefs[{p}]"));
-            if !allowed(gw, listener, route.kind, &route.namespace, idx) {
-                if section.is_some() {
-                    let msg = format!(
-                        "not allowed by {} {field}.allowedRoutes (namespace or kind)",
-                        gw.name
-                    );
-                    diags.warn(route.location, at, msg);
-                }
-                continue;
+            continue;
+        }
+        let domains: Vec<String> = if route.hostnames.is_empty() {
+            vec![listener_host.clone()]
+        } else {
+            route
+                .hostnames
+                .iter()
+                .filter_map(|h| intersect(&listener_host, &h.to_ascii_lowercase()))
+                .collect()
+        };
+        if domains.is_empty() {
+            if section.is_some() {
+                let msg = format!(
+                    "no hostname of the route falls under listener {}'s {listener_host}",
+                    listener.name
+                );
+                diags.warn(route.location, at, msg);
             }
-            let domains: Vec<String> = if route.hostnames.is_empty() {
-                vec![listener_host.clone()]
-            } else {
-                route
-                    .hostnames
-                    .iter()
-                    .filter_map(|h| intersect(&listener_host, &h.to_ascii_lowercase()))
-                    .collect()
-            };
-            if domains.is_empty() {
-                if section.is_some() {
-                    let msg = format!(
-                        "no hostname of the route falls under listener {}'s {listener_host}",
-                        listener.name
-                    );
-                    diags.warn(route.location, at, msg);
-                }
-                continue;
-            }
-            let rules = compiled
-                .entry(r)
-                .or_insert_with(|| route_rules(route, ctx, idx, diags));
-            for domain in domains {
-                match by_host.iter_mut().find(|(h, _, _)| *h == domain) {
-                    Some((_, list, _)) => list.extend(rules.iter().cloned()),
-                    None => by_host.push((domain, rules.clone(), route.describe())),
-                }
+            continue;
+        }
+        let rules = compiled
+            .entry(r)
+            .or_insert_with(|| route_rules(route, ctx, idx, diags));
+        for domain in domains {
+            match by_host.iter_mut().find(|(h, _, _)| *h == domain) {
+                Some((_, list, _)) => list.extend(rules.iter().cloned()),
+                None => by_host.push((domain, rules.clone(), route.describe())),
             }
         }
     }

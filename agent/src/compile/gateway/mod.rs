@@ -58,15 +58,16 @@ pub(super) const DEFAULT_NAMESPACE: &str = "default";
 /// The gateway workload's namespace when its IngressGateway names none.
 pub const DEFAULT_GATEWAY_NAMESPACE: &str = "istio-system";
 
-/// Compiles a gateway's documents; None when the bootstrap is missing or
-/// did not compile (errors reported).
+/// Compiles a gateway's documents, with the registry its clusters came
+/// from (the policies' providers resolve through it too); None when the
+/// bootstrap is missing or did not compile (errors reported).
 pub(super) fn build(
     file: &Arc<str>,
     docs: &Documents,
     version: u64,
     states: &LiveState,
     diags: &mut Diagnostics,
-) -> Option<GatewaySnapshot> {
+) -> Option<(GatewaySnapshot, Registry)> {
     let doc = single(file, &docs.ingress_gateways, diags)?;
     let identity = identity(doc, diags)?;
     let registry = Registry::build(
@@ -101,13 +102,14 @@ pub(super) fn build(
         let msg = "no Gateway selects this gateway (its `labels`) and no Kubernetes Gateway of its classes: it listens on nothing";
         diags.warn(&doc.location, Some("spec.labels".into()), msg);
     }
-    Some(GatewaySnapshot {
+    let snapshot = GatewaySnapshot {
         version,
         bootstrap: doc.spec.clone(),
         identity: Arc::new(identity),
         listeners,
         clusters: registry.clusters(),
-    })
+    };
+    Some((snapshot, registry))
 }
 
 /// What every part of a gateway's compile reads.

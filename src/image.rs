@@ -2,13 +2,11 @@
 //! starting a sidecar or a gateway runs far more of it than serving does:
 //! the YAML and Istio resource parsing, the compile of the config, TLS and
 //! runtime set-up. Those pages stay mapped — and counted in the process's
-//! RSS — long after they last ran. Once a proxy is serving, it unmaps the
-//! read-only pages of its own executable (`MADV_DONTNEED`); what the request
-//! path runs faults back in from the page cache on first use, and the rest
-//! is left to the page cache, which can reclaim it like any unmapped file
-//! page. Measured under `wrk -c50` (bench/README.md, "Agent cost"): the
-//! executable's resident pages under load fell from about 17 MiB to about
-//! 10 MiB.
+//! RSS — long after they last ran. Once a proxy has served for a second, it
+//! unmaps the read-only pages of its own executable (`MADV_DONTNEED`); what
+//! the request path runs faults back in from the page cache on first use
+//! (with the kernel's fault-around, 64 KiB at a time), and the rest is left
+//! to the page cache, which can reclaim it like any unmapped file page.
 //!
 //! Only mappings that are byte-for-byte the file are touched: the text
 //! (`r-xp`) and the first read-only segment (`r--p` at file offset 0: ELF
@@ -57,13 +55,25 @@ pub fn release_start_up_pages() -> io::Result<u64> {
     Ok(released)
 }
 
-/// After a proxy reports ready: [`release_start_up_pages`], said at DEBUG.
-/// A failure is said at DEBUG too: the pages only stay resident.
-pub fn release_start_up_pages_once_serving() {
+/// How long after a proxy is ready its start-up is taken to be over: the
+/// admin server, the config watcher and the certificate rotation have
+/// started by then.
+const START_UP_SETTLES: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A serving proxy's stop future: completes on `stop`; meanwhile, once
+/// start-up has settled, [`release_start_up_pages`] (said at DEBUG; a
+/// failure is said at DEBUG too: the pages only stay resident).
+pub async fn release_start_up_pages_then(stop: impl Future<Output = ()>) {
+    let mut stop = std::pin::pin!(stop);
+    tokio::select! {
+        () = &mut stop => return,
+        () = tokio::time::sleep(START_UP_SETTLES) => {}
+    }
     match release_start_up_pages() {
         Ok(kib) => tracing::debug!(kib, "unmapped the executable's start-up pages"),
         Err(error) => tracing::debug!(%error, "cannot unmap the executable's start-up pages"),
     }
+    stop.await;
 }
 
 /// The mappings of `exe` in `smaps` that hold the file's own bytes: the

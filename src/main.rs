@@ -103,17 +103,15 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Agent { config } => {
-            tracemesh_agent::run_until(&config, signal::shutdown_signal(), |_| {
-                image::release_start_up_pages_once_serving();
-            })
-            .with_context(|| format!("agent {}", config.display()))?;
+            let stop = image::release_start_up_pages_then(signal::shutdown_signal());
+            tracemesh_agent::run_until(&config, stop, |_| {})
+                .with_context(|| format!("agent {}", config.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Gateway { config } => {
-            tracemesh_agent::run_gateway_until(&config, signal::shutdown_signal(), |_| {
-                image::release_start_up_pages_once_serving();
-            })
-            .with_context(|| format!("gateway {}", config.display()))?;
+            let stop = image::release_start_up_pages_then(signal::shutdown_signal());
+            tracemesh_agent::run_gateway_until(&config, stop, |_| {})
+                .with_context(|| format!("gateway {}", config.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Collector(args) => {

@@ -92,12 +92,23 @@ impl SpanCounters {
 /// Spans per export request at most (the OpenTelemetry SDK's default batch).
 const MAX_BATCH_SPANS: usize = 512;
 
+/// Encoded bytes per batch, and per export request, at most (give or take
+/// one span): a batch ships when it reaches either bound. Every request is
+/// held two or three times over while it is sent (the wrapped request, the
+/// gRPC framing, the HTTP/2 send buffer), so the byte bound is what keeps
+/// the export side's memory small and flat: with spans of ~500 bytes, a
+/// batch is ~130 spans. Measured under `wrk -c50` (bench/README.md, "Agent
+/// cost"): 512-span batches of ~250 KiB held about 2.5 MiB more.
+const MAX_BATCH_BYTES: usize = 64 << 10;
+
 /// What every worker's batch shares: the sampling ratio, the batch limits,
 /// the counters and the way to the export thread.
 #[derive(Debug)]
 pub struct SpanSink {
     ratio: f64,
     batch_spans: usize,
+    /// A batch ships once it holds this many encoded bytes.
+    batch_bytes: usize,
     flush_interval: Duration,
     counters: Arc<SpanCounters>,
     batches: mpsc::UnboundedSender<Batch>,
@@ -157,7 +168,7 @@ impl WorkerSpans {
         }
         encode(&mut batch.spans);
         batch.count += 1;
-        if batch.count >= self.sink.batch_spans {
+        if batch.count >= self.sink.batch_spans || batch.spans.len() >= self.sink.batch_bytes {
             let full = std::mem::take(&mut *batch);
             drop(batch);
             self.ship(full);
@@ -240,6 +251,7 @@ impl SpanPipeline {
         let sink = Arc::new(SpanSink {
             ratio: spec.sampling,
             batch_spans: MAX_BATCH_SPANS.min(spec.max_queued_spans).max(1),
+            batch_bytes: MAX_BATCH_BYTES,
             flush_interval: spec.flush_interval,
             counters: counters.clone(),
             batches,
@@ -249,6 +261,7 @@ impl SpanPipeline {
             exporter,
             counters,
             batch_spans: sink.batch_spans,
+            batch_bytes: sink.batch_bytes,
             drain_for: spec.otlp.timeout,
             failures_logged_at: None,
         };
@@ -291,6 +304,7 @@ struct Export {
     exporter: Exporter,
     counters: Arc<SpanCounters>,
     batch_spans: usize,
+    batch_bytes: usize,
     drain_for: Duration,
     failures_logged_at: Option<Instant>,
 }
@@ -323,13 +337,16 @@ impl Export {
         }
     }
 
-    /// Sends `first` with whatever else is waiting, up to a batch's worth.
-    /// The batches are wrapped as they are, never first copied into one.
+    /// Sends `first` with whatever else is waiting, up to a batch's worth
+    /// of spans and of bytes. The batches are wrapped as they are, never
+    /// first copied into one.
     async fn send(&mut self, first: Batch, queue: &mut mpsc::UnboundedReceiver<Batch>) {
         let mut count = first.count;
+        let mut bytes = first.spans.len();
         let mut batches = vec![first.spans];
-        while count < self.batch_spans {
+        while count < self.batch_spans && bytes < self.batch_bytes {
             let Ok(more) = queue.try_recv() else { break };
+            bytes += more.spans.len();
             batches.push(more.spans);
             count += more.count;
         }
@@ -488,10 +505,19 @@ mod tests {
     }
 
     fn worker(capacity: usize) -> (Rc<WorkerSpans>, mpsc::UnboundedReceiver<Batch>) {
+        worker_with(capacity, 2, usize::MAX)
+    }
+
+    fn worker_with(
+        capacity: usize,
+        batch_spans: usize,
+        batch_bytes: usize,
+    ) -> (Rc<WorkerSpans>, mpsc::UnboundedReceiver<Batch>) {
         let (batches, queue) = mpsc::unbounded_channel();
         let sink = Arc::new(SpanSink {
             ratio: 1.0,
-            batch_spans: 2,
+            batch_spans,
+            batch_bytes,
             flush_interval: Duration::from_secs(3600),
             counters: counters(capacity),
             batches,
@@ -644,6 +670,26 @@ mod tests {
         assert_eq!(queue.try_recv().expect("a batch").count, 2);
         // The third span fits (2 queued + 0 waiting < 3), the rest do not.
         assert_eq!(counters.dropped.get(), 2);
+        drop(spans);
+        assert_eq!(queue.try_recv().expect("the rest on drop").count, 1);
+    }
+
+    #[test]
+    fn a_batch_ships_once_it_holds_its_bytes_whatever_its_span_count() {
+        on_worker(a_batch_ships_once_it_holds_its_bytes_on_a_worker);
+    }
+
+    fn a_batch_ships_once_it_holds_its_bytes_on_a_worker() {
+        // Room for 512 spans, but only 100 bytes: a span is 40.
+        let (spans, mut queue) = worker_with(8192, 512, 100);
+        for _ in 0..7 {
+            spans.push(|out| out.extend_from_slice(&[0u8; 40]));
+        }
+        let first = queue.try_recv().expect("a batch past 100 bytes ships");
+        assert_eq!((first.count, first.spans.len()), (3, 120));
+        let second = queue.try_recv().expect("and the next");
+        assert_eq!(second.count, 3);
+        assert!(queue.try_recv().is_err(), "the seventh span waits");
         drop(spans);
         assert_eq!(queue.try_recv().expect("the rest on drop").count, 1);
     }

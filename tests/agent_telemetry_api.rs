@@ -563,3 +563,77 @@ spec:
     assert_eq!(labels["method"], "unknown", "no request on a connection");
     assert_eq!(labels["fixed"], "db", "{labels:?}");
 }
+
+/// A TCP tag that reads the connection (here the client's own port) is a
+/// label like any other: `maxSeriesPerMetric` bounds its label sets, and
+/// what is left out is counted. (Found by a hostile user: 24 connections
+/// made 24 series under a cap of 5.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tcp_tags_from_the_connection_are_bounded_by_the_series_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = common::upstream::tcp_echo().await;
+    let telemetry = r#"---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: db-telemetry, namespace: default}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: TCP_CLOSED_CONNECTIONS}
+      tagOverrides:
+        src_port: {value: string(source.port)}
+"#;
+    let yaml = AgentDoc {
+        name: "db-v1",
+        service: "db",
+        app: "db",
+        version: "v1",
+        app_addr: echo,
+        otlp: NO_COLLECTOR,
+        app_protocol: "TCP",
+        outbound_tcp: "[]",
+        // Lines of `extra` indented four spaces continue `spec.telemetry`.
+        extra: "    maxSeriesPerMetric: 5\n",
+    }
+    .yaml()
+        + telemetry;
+    let agent = Agent::start(&yaml);
+    for _ in 0..24 {
+        let mut conn = tokio::net::TcpStream::connect(agent.inbound).await.unwrap();
+        conn.write_all(b"ping").await.unwrap();
+        conn.shutdown().await.unwrap();
+        let mut echoed = Vec::new();
+        conn.read_to_end(&mut echoed).await.unwrap();
+        assert_eq!(echoed, b"ping");
+    }
+    // Every connection is closed and counted (admitted or left out) once
+    // the overflow and the closed series add up to 24.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let scrape = agent.metrics().await;
+        let closed = scrape
+            .matching("istio_tcp_connections_closed_total", &[])
+            .count();
+        let counted: f64 = scrape.sum("istio_tcp_connections_closed_total", &[])
+            + scrape.sum(
+                "tracemesh_agent_metric_series_overflow_total",
+                &[("family", "istio_tcp")],
+            );
+        assert!(
+            closed <= 5,
+            "{closed} series under a cap of 5: {}",
+            scrape.text
+        );
+        if counted >= 24.0 {
+            assert_eq!(closed, 5, "{}", scrape.text);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "24 closed connections never all counted: {}",
+            scrape.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

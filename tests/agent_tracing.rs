@@ -602,11 +602,22 @@ async fn an_inbound_span_takes_the_declared_port_when_the_host_names_none() {
         ("/from-the-gateway", "bookinfo.example.com:31380"),
         ("/no-port", "productpage"),
         ("/addressed", "productpage.default:9080"),
+        // A port the service does not declare names nothing: a caller
+        // must not mint one span name per port it makes up.
+        (
+            "/made-up-port",
+            "productpage.default.svc.cluster.local:7777",
+        ),
     ] {
         let reply = client.get(&format!("http://{host}{path}")).await;
         assert_eq!(reply.status, 200, "{path}");
     }
-    for path in ["/from-the-gateway", "/no-port", "/addressed"] {
+    for path in [
+        "/from-the-gateway",
+        "/no-port",
+        "/addressed",
+        "/made-up-port",
+    ] {
         let span = receiver.span_of(path).await;
         assert_eq!(span.span.kind, SPAN_KIND_SERVER);
         assert_eq!(

@@ -110,6 +110,18 @@ pub(super) fn compile(
             None
         }
     };
+    // The exporter's headers, checked here so that a bad one is a config
+    // error naming its field (never its value: often an API key).
+    for (name, value) in &spec.telemetry.otlp.headers {
+        let field = format!("spec.telemetry.otlp.headers.{name}");
+        if http::HeaderName::try_from(name.to_ascii_lowercase()).is_err() {
+            diags.error(loc, Some(field.clone()), "is not a valid header name");
+        }
+        if http::HeaderValue::try_from(value.as_str()).is_err() {
+            let msg = "is not a valid header value (a control character or a line break; the value is not repeated here)";
+            diags.error(loc, Some(field), msg);
+        }
+    }
     let max_series = spec.telemetry.max_series_per_metric;
     if !(1..=MAX_SERIES_BOUND).contains(&max_series) {
         diags.error(

@@ -119,6 +119,11 @@ impl ServicePorts {
     pub fn addressed(&self, port: u16) -> Option<u16> {
         self.by_arrival.get(&port).copied().or(self.only)
     }
+
+    /// Whether the service declares `port`.
+    pub fn declares(&self, port: u16) -> bool {
+        self.only == Some(port) || self.by_arrival.values().any(|&p| p == port)
+    }
 }
 
 /// What a captured outbound connection's original destination addresses.

@@ -200,14 +200,37 @@ impl std::fmt::Display for Value<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EvalError;
 
+/// Most tokens an expression may have. Parsing, evaluating and dropping an
+/// expression recurse over its tree, whose depth is bounded by its tokens
+/// (a chain of `||` is as deep as it is long): this bound keeps every one
+/// of them within a thread's stack whatever a config holds.
+const MAX_TOKENS: usize = 1024;
+
+/// Deepest nesting of brackets, calls, method arguments and `!`: CEL's
+/// own parsers bound it too (cel-go's default is 32 for calls and
+/// brackets); past it an expression is refused, never a stack overflow.
+const MAX_NESTING: usize = 64;
+
 impl Expression {
     /// Compiles `source`.
+    ///
+    /// # Errors
+    /// A syntax error, an unknown attribute or method, a bad regex, more
+    /// than [`MAX_TOKENS`] tokens or nesting deeper than [`MAX_NESTING`]:
+    /// the byte offset and what was wrong.
     pub fn parse(source: &str) -> Result<Self, ExprError> {
         let tokens = lex(source)?;
+        if tokens.len() > MAX_TOKENS {
+            return Err(ExprError {
+                at: tokens[MAX_TOKENS].0,
+                message: format!("more than {MAX_TOKENS} tokens"),
+            });
+        }
         let mut parser = Parser {
             tokens: &tokens,
             pos: 0,
             end: source.len(),
+            nesting: 0,
         };
         let root = parser.or()?;
         if let Some((at, token)) = parser.tokens.get(parser.pos) {
@@ -446,6 +469,8 @@ struct Parser<'t> {
     tokens: &'t [(usize, Token)],
     pos: usize,
     end: usize,
+    /// How deep the parse is in brackets, calls, arguments and `!`.
+    nesting: usize,
 }
 
 impl Parser<'_> {
@@ -481,12 +506,28 @@ impl Parser<'_> {
         }
     }
 
-    fn or(&mut self) -> Result<Node, ExprError> {
-        let mut left = self.and()?;
-        while self.eat("||") {
-            left = Node::Or(Box::new(left), Box::new(self.and()?));
+    /// Runs `step` one nesting level deeper, refusing past [`MAX_NESTING`].
+    fn nested(
+        &mut self,
+        step: impl FnOnce(&mut Self) -> Result<Node, ExprError>,
+    ) -> Result<Node, ExprError> {
+        if self.nesting >= MAX_NESTING {
+            return self.error(format!("nested deeper than {MAX_NESTING}"));
         }
-        Ok(left)
+        self.nesting += 1;
+        let node = step(self);
+        self.nesting -= 1;
+        node
+    }
+
+    fn or(&mut self) -> Result<Node, ExprError> {
+        self.nested(|p| {
+            let mut left = p.and()?;
+            while p.eat("||") {
+                left = Node::Or(Box::new(left), Box::new(p.and()?));
+            }
+            Ok(left)
+        })
     }
 
     fn and(&mut self) -> Result<Node, ExprError> {
@@ -515,7 +556,7 @@ impl Parser<'_> {
 
     fn unary(&mut self) -> Result<Node, ExprError> {
         if self.eat("!") {
-            return Ok(Node::Not(Box::new(self.unary()?)));
+            return self.nested(|p| Ok(Node::Not(Box::new(p.unary()?))));
         }
         let mut node = self.primary()?;
         while self.eat(".") {
@@ -704,6 +745,35 @@ mod tests {
             mtls: true,
             sni: None,
         }
+    }
+
+    #[test]
+    fn hostile_nesting_and_length_are_refused_not_a_stack_overflow() {
+        // A config with 5000 brackets took the agent down (stack overflow):
+        // refused now, by the token bound first.
+        let huge = format!("{}1{}", "(".repeat(5000), ")".repeat(5000));
+        assert!(Expression::parse(&huge).is_err());
+        // Within the token bound, nesting has its own.
+        let deep = format!("{}1{}", "(".repeat(100), ")".repeat(100));
+        let error = Expression::parse(&deep).expect_err("too deep");
+        assert!(error.message.contains("nested deeper than 64"), "{error:?}");
+        let nots = format!("{}true", "!".repeat(100));
+        let error = Expression::parse(&nots).expect_err("too deep");
+        assert!(error.message.contains("nested deeper than 64"), "{error:?}");
+        let calls = format!("{}1{}", "string(".repeat(100), ")".repeat(100));
+        let error = Expression::parse(&calls).expect_err("too deep");
+        assert!(error.message.contains("nested deeper than 64"), "{error:?}");
+        // A flat chain is as deep as it is long: bounded by its tokens.
+        let chain = vec!["true"; 100_000].join(" || ");
+        let error = Expression::parse(&chain).expect_err("too long");
+        assert!(error.message.contains("more than 1024 tokens"), "{error:?}");
+        // What a person writes still parses, at the bounds too.
+        let ok = format!("{}1{} == 1", "(".repeat(60), ")".repeat(60));
+        assert!(Expression::parse(&ok).is_ok());
+        let ok = vec!["true"; 300].join(" || ");
+        let parsed = Expression::parse(&ok).expect("300 terms");
+        let req = HeaderMap::new();
+        assert_eq!(parsed.eval(&attrs(&req, None)), Ok(Value::Bool(true)));
     }
 
     #[test]

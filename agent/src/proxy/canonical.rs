@@ -38,6 +38,9 @@ fn settle_authority<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
     if hosts.next().is_some() {
         return Err(LocalReply::AMBIGUOUS_HOST);
     }
+    if host.is_some_and(|h| !is_valid_authority(h.as_bytes())) {
+        return Err(LocalReply::INVALID_AUTHORITY);
+    }
     let Some(authority) = req.uri().authority().map(Authority::as_str) else {
         return Ok(());
     };
@@ -51,6 +54,40 @@ fn settle_authority<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
             Ok(())
         }
     }
+}
+
+/// Whether `host` is a URI authority (RFC 3986 §3.2): a host name, an IPv4
+/// address or a bracketed IPv6 literal, and an optional port — the bytes
+/// nghttp2's `nghttp2_check_authority`, which Envoy applies, accepts. A
+/// Host with `/`, `\`, a space or a control byte is refused, as Envoy
+/// refuses it: it would otherwise reach routing, redirects and span names.
+fn is_valid_authority(host: &[u8]) -> bool {
+    !host.is_empty()
+        && host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b'%'
+                        | b':'
+                        | b'@'
+                        | b'['
+                        | b']'
+                )
+        })
 }
 
 /// Normalizes the path as the mesh's `pathNormalization` says.
@@ -109,6 +146,32 @@ mod tests {
         Settings {
             path_normalization: PathNormalization::Base,
             decided_headers: decided,
+        }
+    }
+
+    #[test]
+    fn a_host_that_is_no_authority_is_refused() {
+        for bad in ["evil.com/x", "a b", "a\\b", "a?b", "a#b", "a\"b"] {
+            let mut req = request(Version::HTTP_11, "/", &[("host", bad)]);
+            assert_eq!(
+                settle(&mut req, &settings(&[])).map_err(|r| r.details),
+                Err("invalid_authority"),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "reviews",
+            "reviews.default.svc:9080",
+            "10.0.0.1:80",
+            "[::1]:8080",
+            "a_b-c~d",
+        ] {
+            let mut req = request(Version::HTTP_11, "/", &[("host", good)]);
+            assert_eq!(
+                settle(&mut req, &settings(&[])).map_err(|r| r.details),
+                Ok(()),
+                "{good:?}"
+            );
         }
     }
 

@@ -77,6 +77,16 @@ impl LocalReply {
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };
+    /// The Host is no URI authority (`/`, a space, a backslash...), as
+    /// Envoy refuses it.
+    pub const INVALID_AUTHORITY: Self = Self {
+        status: StatusCode::BAD_REQUEST,
+        flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        body: "Bad Request",
+        details: "invalid_authority",
+        grpc_status: None,
+        decided_by: DecidedBy::Agent,
+    };
     /// The path cannot be normalized (an escape decoding to NUL), as Envoy
     /// refuses it.
     pub const PATH_NORMALIZATION_FAILED: Self = Self {

@@ -107,9 +107,15 @@ pub fn location<B>(redirect: &Redirect, req: &http::Request<B>) -> Option<Header
                 .map_or("/".to_owned(), |p| p.as_str().to_owned()),
         },
     };
+    // An IPv6 literal keeps its brackets (RFC 3986 §3.2.2), with a port or not.
+    let host = if host.contains(':') && !host.starts_with('[') {
+        std::borrow::Cow::Owned(format!("[{host}]"))
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    };
     let authority = match port {
         Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
+        None => host.into_owned(),
     };
     HeaderValue::try_from(format!("{scheme}://{authority}{path}")).ok()
 }
@@ -197,6 +203,30 @@ mod tests {
         ];
         for (scheme, port, want) in cases {
             assert_eq!(location(&redirect(scheme, port), &req).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn an_ipv6_host_keeps_its_brackets() {
+        let redirect = Redirect {
+            uri: None,
+            uri_regex: None,
+            authority: None,
+            port: None,
+            scheme: Some("https".into()),
+            port_from_request: true,
+            code: http::StatusCode::MOVED_PERMANENTLY,
+        };
+        for (host, want) in [
+            ("[::1]:8080", "https://[::1]:8080/x"),
+            ("[::1]", "https://[::1]/x"),
+            ("[2001:db8::7]:443", "https://[2001:db8::7]/x"),
+        ] {
+            let req = http::Request::get("/x")
+                .header(HOST, host)
+                .body(())
+                .unwrap();
+            assert_eq!(location(&redirect, &req).unwrap(), want, "{host}");
         }
     }
 }

@@ -163,8 +163,11 @@ impl HopSpan {
             let _ = match record.direction {
                 Direction::Inbound => {
                     let arrival = record.downstream_local.port();
+                    // The Host's port only when it is one the service
+                    // declares: the caller writes the Host, and a name per
+                    // made-up port would be unbounded.
                     let port = port
-                        .filter(|_| addresses_service(host, &record.local))
+                        .filter(|&p| addresses_service(host, &record.local) && ports.declares(p))
                         .or_else(|| ports.addressed(arrival))
                         .unwrap_or(arrival);
                     write!(name, "{}:{port}/*", record.local.service.host)

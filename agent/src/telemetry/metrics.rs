@@ -498,9 +498,6 @@ impl Metrics {
         let flags = flags.as_str();
         let mut values: Vec<&str> = peer_values.iter().map(String::as_str).collect();
         values.extend(["tcp", &flags, peers.security]);
-        if !self.tcp_series.admit(&values) {
-            return None;
-        }
         let families = self.istio.load();
         let side = peers.reporter.side();
         let mut upserted = Vec::new();
@@ -522,6 +519,10 @@ impl Metrics {
         };
         for family in &families.tcp {
             family.layout.evaluate(side, &attrs, &mut upserted);
+        }
+        // The upserted values are labels too: a series is the whole set.
+        if !self.tcp_series.admit(&(&values, &upserted)) {
+            return None;
         }
         let mut tags = upserted.iter().map(String::as_str);
         let [sent, received, opened, closed] = &families.tcp;

@@ -58,7 +58,9 @@ enum Retry {
     After(Duration),
 }
 
-/// An OTLP client for one endpoint.
+/// An OTLP client for one endpoint; a clone shares its connection (each
+/// export in flight holds one).
+#[derive(Clone)]
 pub enum Exporter {
     /// OTLP/gRPC.
     Grpc {
@@ -95,7 +97,7 @@ impl Exporter {
                 let name = http::HeaderName::try_from(key.as_str())
                     .map_err(|_| SpanPipelineError::Header(key.clone()))?;
                 let value = http::HeaderValue::try_from(value.as_str())
-                    .map_err(|_| SpanPipelineError::Header(value.clone()))?;
+                    .map_err(|_| SpanPipelineError::Header(key.clone()))?;
                 headers.insert(name, value);
             }
             let client = Client::builder(TokioExecutor::new()).build_http();
@@ -107,12 +109,13 @@ impl Exporter {
             });
         }
         let mut metadata = tonic::metadata::MetadataMap::new();
-        for (key, value) in &otlp.headers {
-            let key = tonic::metadata::MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
-                .map_err(|_| SpanPipelineError::Header(key.clone()))?;
+        for (name, value) in &otlp.headers {
+            let key =
+                tonic::metadata::MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| SpanPipelineError::Header(name.clone()))?;
             let value = value
                 .parse()
-                .map_err(|_| SpanPipelineError::Header(value.clone()))?;
+                .map_err(|_| SpanPipelineError::Header(name.clone()))?;
             metadata.insert(key, value);
         }
         let endpoint = tonic::transport::Endpoint::from_shared(otlp.endpoint.clone())

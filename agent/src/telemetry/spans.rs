@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 use prometheus::IntCounter;
@@ -34,8 +35,9 @@ pub enum SpanPipelineError {
     /// The OTLP endpoint is not a valid URI.
     #[error("invalid OTLP endpoint {0:?}: {1}")]
     Endpoint(String, String),
-    /// A header for the exporter is invalid.
-    #[error("invalid OTLP header {0:?}")]
+    /// A header for the exporter is invalid: its name (never its value,
+    /// often a credential).
+    #[error("invalid OTLP header {0:?} (its value is not shown)")]
     Header(String),
 }
 
@@ -97,9 +99,16 @@ const MAX_BATCH_SPANS: usize = 512;
 /// held two or three times over while it is sent (the wrapped request, the
 /// gRPC framing, the HTTP/2 send buffer), so the byte bound is what keeps
 /// the export side's memory small and flat: with spans of ~500 bytes, a
-/// batch is ~130 spans. Measured under `wrk -c50` (bench/README.md, "Agent
-/// cost"): 512-span batches of ~250 KiB held about 2.5 MiB more.
-const MAX_BATCH_BYTES: usize = 64 << 10;
+/// batch is ~260 spans.
+const MAX_BATCH_BYTES: usize = 128 << 10;
+
+/// Export requests sent at once, at most. One at a time, a collector's
+/// round trip bounds the spans a second that can be delivered (under
+/// saturation, with ~13 ms round trips to a sink on a busy core, 64 KiB
+/// requests delivered under half the spans); four keep the queue short,
+/// and with it the memory it holds, while bounding what is in flight to
+/// four requests.
+const MAX_EXPORTS_IN_FLIGHT: usize = 4;
 
 /// What every worker's batch shares: the sampling ratio, the batch limits,
 /// the counters and the way to the export thread.
@@ -310,37 +319,54 @@ struct Export {
 }
 
 impl Export {
+    /// Takes batches off the queue and sends them, up to
+    /// [`MAX_EXPORTS_IN_FLIGHT`] requests at once, until `stop`; then sends
+    /// what is left within the export timeout.
     async fn run(
         mut self,
         mut queue: mpsc::UnboundedReceiver<Batch>,
         mut stop: oneshot::Receiver<()>,
     ) {
-        loop {
+        let mut in_flight = FuturesUnordered::new();
+        let mut open = true;
+        while open || !in_flight.is_empty() {
             tokio::select! {
-                batch = queue.recv() => match batch {
-                    Some(batch) => self.send(batch, &mut queue).await,
-                    None => return,
+                batch = queue.recv(), if open && in_flight.len() < MAX_EXPORTS_IN_FLIGHT => match batch {
+                    Some(batch) => in_flight.push(self.send(batch, &mut queue)),
+                    None => open = false,
                 },
-                _ = &mut stop => break,
+                Some((count, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.account(count, outcome);
+                }
+                _ = &mut stop, if open => break,
             }
         }
-        // Shutting down: what the workers handed over, within the timeout.
+        // Shutting down: what is in flight, then what the workers handed
+        // over, within the timeout.
         let deadline = tokio::time::Instant::now() + self.drain_for;
-        while let Ok(batch) = queue.try_recv() {
-            if tokio::time::timeout_at(deadline, self.send(batch, &mut queue))
-                .await
-                .is_err()
-            {
-                tracing::warn!("span export did not finish before shutdown");
-                return;
+        let drain = async {
+            while let Some((count, outcome)) = in_flight.next().await {
+                self.account(count, outcome);
             }
+            while let Ok(batch) = queue.try_recv() {
+                let (count, outcome) = self.send(batch, &mut queue).await;
+                self.account(count, outcome);
+            }
+        };
+        if tokio::time::timeout_at(deadline, drain).await.is_err() {
+            tracing::warn!("span export did not finish before shutdown");
         }
     }
 
-    /// Sends `first` with whatever else is waiting, up to a batch's worth
-    /// of spans and of bytes. The batches are wrapped as they are, never
-    /// first copied into one.
-    async fn send(&mut self, first: Batch, queue: &mut mpsc::UnboundedReceiver<Batch>) {
+    /// The request for `first` with whatever else is waiting, up to a
+    /// batch's worth of spans and of bytes, as a future of its own that
+    /// sends it (retries included): how many spans, and the outcome. The
+    /// batches are wrapped as they are, never first copied into one.
+    fn send(
+        &self,
+        first: Batch,
+        queue: &mut mpsc::UnboundedReceiver<Batch>,
+    ) -> impl Future<Output = (usize, Result<u64, ExportError>)> + use<> {
         let mut count = first.count;
         let mut bytes = first.spans.len();
         let mut batches = vec![first.spans];
@@ -352,7 +378,13 @@ impl Export {
         }
         let request = self.envelope.wrap(&batches);
         drop(batches);
-        let outcome = self.exporter.export(request).await;
+        let mut exporter = self.exporter.clone();
+        async move { (count, exporter.export(request).await) }
+    }
+
+    /// Counts what one request did: exported, rejected, or failed (and
+    /// logged).
+    fn account(&mut self, count: usize, outcome: Result<u64, ExportError>) {
         let counters = &self.counters;
         counters.queued.fetch_sub(count, Ordering::Relaxed);
         match outcome {

@@ -166,6 +166,20 @@ fn extension_provider(c: &mut Check<'_>, f: &str, p: &ExtensionProvider) {
                 "OpenTelemetryTracingProvider cannot specify both grpc and http",
             );
         }
+        let sent = [
+            ("http.headers", otel.http.as_ref().map(|h| &h.headers)),
+            (
+                "grpc.initialMetadata",
+                otel.grpc.as_ref().map(|g| &g.initial_metadata),
+            ),
+        ];
+        for (name, list) in sent {
+            for (k, header) in list.into_iter().flatten().enumerate() {
+                let hf = format!("{f}.{name}[{k}]");
+                common::header_name(c, &format!("{hf}.name"), &header.name);
+                common::header_value(c, &format!("{hf}.value"), &header.value);
+            }
+        }
     }
     if let Some(als) = &p.envoy_otel_als {
         service_port(c, &format!("{f}.envoyOtelAls"), &als.service, als.port);

@@ -462,3 +462,23 @@ async fn connect_is_refused_both_ways() {
     }
     assert_eq!(app.count(), 0, "nothing reached the app");
 }
+
+/// A Host that is no URI authority is answered 400, as Envoy answers it,
+/// on both sides, and never reaches the app (a new user's trial: `Host:
+/// evil.com/x` was routed, and written into a gateway redirect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_is_no_authority_gets_400() {
+    let app = Upstream::start("app").await;
+    let agent = Agent::start(&with_timeouts(app.addr));
+    for listener in [agent.inbound, agent.outbound] {
+        for host in ["evil.com/x", "a b", "a\\b", "frontend?x"] {
+            let mut stream = TcpStream::connect(listener).await.unwrap();
+            let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            let status = read_response(&mut stream, &mut buf).await;
+            assert_eq!(status, 400, "{host:?} on {listener}");
+        }
+    }
+    assert_eq!(app.count(), 0, "nothing reached the app");
+}

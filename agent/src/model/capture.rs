@@ -120,9 +120,11 @@ impl ServicePorts {
         self.by_arrival.get(&port).copied().or(self.only)
     }
 
-    /// Whether the service declares `port`.
-    pub fn declares(&self, port: u16) -> bool {
-        self.only == Some(port) || self.by_arrival.values().any(|&p| p == port)
+    /// Whether a Host's `port` may name the service: one it declares, or
+    /// any when it declares none (nothing to check it against).
+    pub fn may_name(&self, port: u16) -> bool {
+        let declared = || self.only == Some(port) || self.by_arrival.values().any(|&p| p == port);
+        (self.only.is_none() && self.by_arrival.is_empty()) || declared()
     }
 }
 

@@ -164,10 +164,10 @@ impl HopSpan {
                 Direction::Inbound => {
                     let arrival = record.downstream_local.port();
                     // The Host's port only when it is one the service
-                    // declares: the caller writes the Host, and a name per
-                    // made-up port would be unbounded.
+                    // declares (when it declares any): the caller writes
+                    // the Host, and a name per made-up port would grow.
                     let port = port
-                        .filter(|&p| addresses_service(host, &record.local) && ports.declares(p))
+                        .filter(|&p| addresses_service(host, &record.local) && ports.may_name(p))
                         .or_else(|| ports.addressed(arrival))
                         .unwrap_or(arrival);
                     write!(name, "{}:{port}/*", record.local.service.host)

@@ -26,6 +26,10 @@
 # measured beside this build as the path agent_base: how a before/after is
 # taken in one run; BASELINE_LABEL names it in the table), ROUNDS,
 # WRK_DURATION, LATENCY_CONNECTIONS, PATHS, PIN.
+#
+# Either mode measures prebuilt binaries instead of building the tree when
+# both TRACEMESH_BIN (a tracemesh release build) and SINK_BIN (its
+# otlp_sink example) are set.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -101,6 +105,12 @@ install_missing() {
 }
 
 build() {
+  if [ -n "${TRACEMESH_BIN:-}" ] && [ -n "${SINK_BIN:-}" ]; then
+    log "measuring the given builds: $TRACEMESH_BIN, $SINK_BIN"
+    TRACEMESH=$TRACEMESH_BIN
+    SINK=$SINK_BIN
+    return
+  fi
   log "building tracemesh and the OTLP sink (release)"
   (cd "$ROOT" && cargo build --release --locked --bin tracemesh --example otlp_sink)
   TRACEMESH="$ROOT/target/release/tracemesh"

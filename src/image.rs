@@ -7,6 +7,10 @@
 //! the request path runs faults back in from the page cache on first use
 //! (with the kernel's fault-around, 64 KiB at a time), and the rest is left
 //! to the page cache, which can reclaim it like any unmapped file page.
+//! Measured (bench/README.md, "Agent cost"): idle RSS right after start-up
+//! 5.6–6.3 MiB instead of 18–19, peak RSS under `wrk -c50` 21.7 MiB
+//! instead of 26.8; the price is about 5% more CPU per request at 1000
+//! req/s (paired runs), none measurable at 4000.
 //!
 //! Only mappings that are byte-for-byte the file are touched: the text
 //! (`r-xp`) and the first read-only segment (`r--p` at file offset 0: ELF

@@ -510,43 +510,15 @@ fn validate_warns_when_client_and_server_pick_different_exporters() {
 /// attributes are absent on a connection, so a tag reading one is `unknown`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tcp_metric_tag_overrides_read_the_connections_attributes() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let echo = common::upstream::tcp_echo().await;
-    let telemetry = r#"---
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {name: db-telemetry, namespace: default}
-spec:
-  metrics:
-  - providers: [{name: prometheus}]
-    overrides:
-    - match: {metric: TCP_OPENED_CONNECTIONS}
+    let overrides = r#"    - match: {metric: TCP_OPENED_CONNECTIONS}
       tagOverrides:
         peer_ip: {value: source.address}
         listener_port: {value: string(destination.port)}
         method: {value: request.method}
         fixed: {value: "'db'"}
 "#;
-    let yaml = AgentDoc {
-        name: "db-v1",
-        service: "db",
-        app: "db",
-        version: "v1",
-        app_addr: echo,
-        otlp: NO_COLLECTOR,
-        app_protocol: "TCP",
-        outbound_tcp: "[]",
-        extra: "",
-    }
-    .yaml()
-        + telemetry;
-    let agent = Agent::start(&yaml);
-    let mut conn = tokio::net::TcpStream::connect(agent.inbound).await.unwrap();
-    conn.write_all(b"ping").await.unwrap();
-    conn.shutdown().await.unwrap();
-    let mut echoed = Vec::new();
-    conn.read_to_end(&mut echoed).await.unwrap();
-    assert_eq!(echoed, b"ping");
+    let agent = tcp_agent(overrides, "").await;
+    ping(agent.inbound).await;
 
     let scrape = agent.metrics().await;
     let opened: Vec<_> = scrape
@@ -570,42 +542,14 @@ spec:
 /// made 24 series under a cap of 5.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tcp_tags_from_the_connection_are_bounded_by_the_series_cap() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let echo = common::upstream::tcp_echo().await;
-    let telemetry = r#"---
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {name: db-telemetry, namespace: default}
-spec:
-  metrics:
-  - providers: [{name: prometheus}]
-    overrides:
-    - match: {metric: TCP_CLOSED_CONNECTIONS}
+    let overrides = r#"    - match: {metric: TCP_CLOSED_CONNECTIONS}
       tagOverrides:
         src_port: {value: string(source.port)}
 "#;
-    let yaml = AgentDoc {
-        name: "db-v1",
-        service: "db",
-        app: "db",
-        version: "v1",
-        app_addr: echo,
-        otlp: NO_COLLECTOR,
-        app_protocol: "TCP",
-        outbound_tcp: "[]",
-        // Lines of `extra` indented four spaces continue `spec.telemetry`.
-        extra: "    maxSeriesPerMetric: 5\n",
-    }
-    .yaml()
-        + telemetry;
-    let agent = Agent::start(&yaml);
+    // Lines of `extra` indented four spaces continue `spec.telemetry`.
+    let agent = tcp_agent(overrides, "    maxSeriesPerMetric: 5\n").await;
     for _ in 0..24 {
-        let mut conn = tokio::net::TcpStream::connect(agent.inbound).await.unwrap();
-        conn.write_all(b"ping").await.unwrap();
-        conn.shutdown().await.unwrap();
-        let mut echoed = Vec::new();
-        conn.read_to_end(&mut echoed).await.unwrap();
-        assert_eq!(echoed, b"ping");
+        ping(agent.inbound).await;
     }
     // Every connection is closed and counted (admitted or left out) once
     // the overflow and the closed series add up to 24.
@@ -636,4 +580,39 @@ spec:
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// A TCP service's sidecar (`db`, app protocol TCP, in front of a TCP echo)
+/// with `extra` lines of `spec.telemetry` and a Telemetry whose TCP metric
+/// `overrides` are `overrides` (YAML list items, six spaces in).
+async fn tcp_agent(overrides: &str, extra: &str) -> Agent {
+    let echo = common::upstream::tcp_echo().await;
+    let telemetry = format!(
+        "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: db-telemetry, namespace: default}}\nspec:\n  metrics:\n  - providers: [{{name: prometheus}}]\n    overrides:\n{overrides}"
+    );
+    let yaml = AgentDoc {
+        name: "db-v1",
+        service: "db",
+        app: "db",
+        version: "v1",
+        app_addr: echo,
+        otlp: NO_COLLECTOR,
+        app_protocol: "TCP",
+        outbound_tcp: "[]",
+        extra,
+    }
+    .yaml()
+        + &telemetry;
+    Agent::start(&yaml)
+}
+
+/// One TCP connection to `addr` that sends `ping` and reads its echo.
+async fn ping(addr: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"ping").await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    conn.read_to_end(&mut echoed).await.unwrap();
+    assert_eq!(echoed, b"ping");
 }

@@ -118,8 +118,7 @@ pub(super) fn compile(
             diags.error(loc, Some(field.clone()), "is not a valid header name");
         }
         if http::HeaderValue::try_from(value.as_str()).is_err() {
-            let msg = "is not a valid header value (a control character or a line break; the value is not repeated here)";
-            diags.error(loc, Some(field), msg);
+            diags.error(loc, Some(field), super::validate::INVALID_HEADER_VALUE);
         }
     }
     let max_series = spec.telemetry.max_series_per_metric;

@@ -42,6 +42,23 @@ pub struct Redirect {
     pub code: StatusCode,
 }
 
+impl Redirect {
+    /// The same request over `https`, host and port as the client wrote
+    /// them, 301: Envoy's `require_tls: ALL`, a Gateway server's
+    /// `httpsRedirect`.
+    pub fn to_https() -> Self {
+        Self {
+            uri: None,
+            uri_regex: None,
+            authority: None,
+            port: None,
+            scheme: Some("https".into()),
+            port_from_request: true,
+            code: StatusCode::MOVED_PERMANENTLY,
+        }
+    }
+}
+
 /// A fixed response.
 #[derive(Debug, Clone)]
 pub struct DirectResponse {

@@ -208,15 +208,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_host_keeps_its_brackets() {
-        let redirect = Redirect {
-            uri: None,
-            uri_regex: None,
-            authority: None,
-            port: None,
-            scheme: Some("https".into()),
-            port_from_request: true,
-            code: http::StatusCode::MOVED_PERMANENTLY,
-        };
+        let redirect = Redirect::to_https();
         for (host, want) in [
             ("[::1]:8080", "https://[::1]:8080/x"),
             ("[::1]", "https://[::1]/x"),

@@ -835,15 +835,7 @@ fn https_redirect() -> HttpRule {
         request_headers: HeaderEdits::default(),
         response_headers: HeaderEdits::default(),
         policy: RoutePolicy {
-            action: RouteAction::Redirect(Redirect {
-                uri: None,
-                uri_regex: None,
-                authority: None,
-                port: None,
-                scheme: Some("https".into()),
-                port_from_request: true,
-                code: http::StatusCode::MOVED_PERMANENTLY,
-            }),
+            action: RouteAction::Redirect(Redirect::to_https()),
             ..RoutePolicy::default()
         },
     }

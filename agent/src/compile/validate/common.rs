@@ -274,14 +274,14 @@ pub(super) fn header_operation_name(c: &mut Check<'_>, field: &str, name: &str) 
     }
 }
 
-/// A header value; the error never repeats it (a header value is often a
-/// credential, and errors go to logs).
+/// What an invalid header value is told: never the value itself (a
+/// header value is often a credential, and errors go to logs).
+pub const INVALID_HEADER_VALUE: &str = "is not a valid header value (a control character or a line break; the value is not repeated here)";
+
+/// A header value; the error never repeats it ([`INVALID_HEADER_VALUE`]).
 pub(super) fn header_value(c: &mut Check<'_>, field: &str, value: &str) {
     if http::HeaderValue::try_from(value).is_err() {
-        c.error(
-            field,
-            "is not a valid header value (a control character or a line break; the value is not repeated here)",
-        );
+        c.error(field, INVALID_HEADER_VALUE);
     }
 }
 

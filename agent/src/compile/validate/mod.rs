@@ -5,6 +5,8 @@
 //! is reported once.
 
 mod common;
+
+pub(crate) use common::INVALID_HEADER_VALUE;
 mod gateway_api;
 mod mesh;
 mod networking;

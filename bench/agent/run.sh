@@ -19,7 +19,9 @@
 #   MODE=cost bash bench/agent/run.sh
 #
 # The cost mode (bench/README.md, "Cost"): per proxy (agent, Envoy as Istio
-# configures it, nginx) the CPU it spends per 1000 req/s at fixed rates, p50
+# configures it, nginx, and the hyper floor: examples/hyper_floor.rs, an
+# HTTP/1.1 proxy of the agent's libraries and runtime shape doing nothing
+# else) the CPU it spends per 1000 req/s at fixed rates, p50
 # and p99 there, spans served vs delivered to the sink at saturation, idle
 # CPU and memory, with 1 KiB responses. Knobs: COST_RATES ("1000 4000"),
 # COST_DURATION (20s), IDLE_SECONDS (30), BASELINE (another tracemesh binary,
@@ -29,7 +31,8 @@
 #
 # Either mode measures prebuilt binaries instead of building the tree when
 # both TRACEMESH_BIN (a tracemesh release build) and SINK_BIN (its
-# otlp_sink example) are set.
+# otlp_sink example) are set; the hyper floor is then the hyper_floor
+# example beside SINK_BIN, if there is one.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -58,17 +61,18 @@ ENVOY_ADMIN_PORT=18100
 ENVOY_DEFAULT_PORT=18111
 ENVOY_DEFAULT_ADMIN_PORT=18110
 NGINX_PORT=18201
+FLOOR_PORT=18301
 SINK_PORT=18317
 # The baseline agent (BASELINE): the same config on its own ports.
 BASE_PORT=18011
 BASE_ADMIN_PORT=18010
-SINGLE_PORTS=(18080 18001 18006 18000 18011 18016 18010 18101 18100 18111 18110 18201 18317)
+SINGLE_PORTS=(18080 18001 18006 18000 18011 18016 18010 18101 18100 18111 18110 18201 18301 18317)
 # The sidecar pairs' paths and ports come from pairs.py, which writes their configs.
 PAIR_PATHS=(agent_pair envoy_pair agent_pair_policy envoy_pair_policy agent_pair_mtls envoy_pair_mtls
   agent_pair_mtls_new envoy_pair_mtls_new)
 if [ "$MODE" = cost ]; then
   # Envoy as Istio configures it: its default span flushing.
-  read -r -a PATHS <<<"${PATHS:-agent ${BASELINE:+agent_base }envoy_default nginx}"
+  read -r -a PATHS <<<"${PATHS:-agent ${BASELINE:+agent_base }envoy_default nginx hyper_floor}"
 else
   read -r -a PATHS <<<"${PATHS:-direct agent envoy envoy_default nginx ${PAIR_PATHS[*]}}"
 fi
@@ -109,13 +113,18 @@ build() {
     log "measuring the given builds: $TRACEMESH_BIN, $SINK_BIN"
     TRACEMESH=$TRACEMESH_BIN
     SINK=$SINK_BIN
+    FLOOR=$(dirname "$SINK_BIN")/hyper_floor
     return
   fi
-  log "building tracemesh and the OTLP sink (release)"
-  (cd "$ROOT" && cargo build --release --locked --bin tracemesh --example otlp_sink)
+  log "building tracemesh, the OTLP sink and the hyper floor (release)"
+  (cd "$ROOT" && cargo build --release --locked --bin tracemesh --example otlp_sink --example hyper_floor)
   TRACEMESH="$ROOT/target/release/tracemesh"
   SINK="$ROOT/target/release/examples/otlp_sink"
+  FLOOR="$ROOT/target/release/examples/hyper_floor"
 }
+
+# Whether this run measures PATH.
+measures() { [[ " ${PATHS[*]} " == *" $1 "* ]]; }
 
 # --- processes ----------------------------------------------------------------
 
@@ -206,12 +215,17 @@ start_all() {
   start envoy 1 "$ENVOY_BIN" -c "$RUN/envoy.yaml" --concurrency 1 --disable-hot-restart --log-level warn
   start envoy_default 1 "$ENVOY_BIN" -c "$RUN/envoy-default.yaml" --concurrency 1 --disable-hot-restart --log-level warn
   start nginx_proxy 1 nginx -e "$RUN/proxy.error.log" -p "$RUN" -c "$RUN/proxy.nginx.conf"
+  if measures hyper_floor; then
+    [ -x "$FLOOR" ] || die "no hyper_floor example at $FLOOR (build it, or leave hyper_floor out of PATHS)"
+    start hyper_floor 1 "$FLOOR" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UPSTREAM_PORT"
+  fi
   if has_pairs; then start_pairs; fi
   wait_log "$RUN/agent.log" "agent ready"
   if [ -n "$BASELINE" ]; then wait_log "$RUN/agent_base.log" "agent ready"; fi
   wait_port "$ENVOY_PORT"
   wait_port "$ENVOY_DEFAULT_PORT"
   wait_port "$NGINX_PORT"
+  if measures hyper_floor; then wait_log "$RUN/hyper_floor.log" "hyper floor ready"; fi
   if has_pairs; then wait_pairs; fi
 
   # Idle memory: after start-up settles, before any request.
@@ -287,6 +301,7 @@ port_of() {
     envoy) echo "$ENVOY_PORT" ;;
     envoy_default) echo "$ENVOY_DEFAULT_PORT" ;;
     nginx) echo "$NGINX_PORT" ;;
+    hyper_floor) echo "$FLOOR_PORT" ;;
   esac
 }
 
@@ -298,6 +313,7 @@ path_rss() {
     envoy) rss_kib "$envoy_PID" ;;
     envoy_default) rss_kib "$envoy_default_PID" ;;
     nginx) rss_tree_kib "$nginx_proxy_PID" ;;
+    hyper_floor) rss_kib "$hyper_floor_PID" ;;
     *_pair*) echo $(($(rss_kib "$(pair_field "$1" client pid)") + $(rss_kib "$(pair_field "$1" server pid)"))) ;;
     *) echo "" ;;
   esac
@@ -441,6 +457,7 @@ path_pid() {
     envoy) echo "$envoy_PID" ;;
     envoy_default) echo "$envoy_default_PID" ;;
     nginx) echo "$nginx_proxy_PID" ;;
+    hyper_floor) echo "$hyper_floor_PID" ;;
   esac
 }
 

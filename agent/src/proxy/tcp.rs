@@ -512,7 +512,7 @@ async fn dial(
 
 /// Copies until end of stream, counting bytes as they pass (so long-lived
 /// connections show up in metrics before they close) and noting in `last`
-/// when they did, then half-closes.
+/// when they did, then half-closes (also when reading fails).
 async fn pipe<R, W>(
     (from, to): (&mut R, &mut W),
     counter: Option<&IntCounter>,
@@ -525,7 +525,16 @@ where
 {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = from.read(&mut buf).await?;
+        let n = match from.read(&mut buf).await {
+            Ok(n) => n,
+            Err(error) => {
+                // A side that broke off (a reset, a TLS session ended
+                // without close_notify) ends the other side too, as an end
+                // of stream does, so the peer is not left waiting.
+                let _ = to.shutdown().await;
+                return Err(error);
+            }
+        };
         if n == 0 {
             return to.shutdown().await;
         }

@@ -341,3 +341,52 @@ async fn idle_one_closes_busy_one_stays(side: &str, addr: SocketAddr, timeout: D
     busy.read_exact(&mut buf[..1]).await.unwrap();
     assert_eq!(&buf[..1], b"y", "{side}: the busy connection still echoes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn policies_selecting_the_gateway_guard_its_tcp_servers() {
+    let app = CountingEcho::start().await;
+    let mut yaml = common::gateway::bootstrap(&[82], NO_COLLECTOR, "");
+    yaml += &format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: default}}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  ports: [{{number: 5432, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 82, name: tcp, protocol: TCP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  tcp: [{{route: [{{destination: {{host: db.default.svc.cluster.local, port: {{number: 5432}}}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: DENY
+  rules:
+  - from: [{{source: {{ipBlocks: [127.0.0.9/32]}}}}]
+    to: [{{operation: {{ports: ["82"]}}}}]
+"#,
+        port = app.addr.port()
+    );
+    let gateway = common::gateway::Gateway::start(&yaml);
+    assert_eq!(ping(gateway.port(82), Some("127.0.0.9")).await, b"");
+    assert_eq!(app.accepted(), 0);
+    assert_eq!(ping(gateway.port(82), Some("127.0.0.1")).await, b"ping");
+    assert_eq!(app.accepted(), 1);
+}

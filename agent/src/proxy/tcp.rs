@@ -4,10 +4,11 @@
 //! carries no trace context, sampled at the agent's ratio, CLIENT outbound
 //! and SERVER inbound, ending when the connection closes.
 //!
-//! Inbound, the workload's AuthorizationPolicies are checked once per
-//! connection, after the mTLS handshake and before the application is
-//! dialed, with Istio's TCP semantics ([`Authorization::for_tcp`]): a
-//! refused connection is closed without a byte reaching the application.
+//! Inbound (and on a gateway's TCP and TLS servers), the workload's
+//! AuthorizationPolicies are checked once per connection, after the mTLS
+//! handshake and before the upstream is dialed, with Istio's TCP semantics
+//! ([`crate::model::authz::Authorization::for_tcp`]): a refused connection
+//! is closed without a byte reaching the application.
 //! Either way, a connection that passes no byte for the idle timeout
 //! (Envoy's `tcp_proxy` `idle_timeout`, default 1h) is closed on both sides.
 
@@ -94,23 +95,27 @@ pub async fn serve(
     else {
         return; // refused and counted
     };
+    let guarded = (direction == Direction::Inbound).then_some(cluster.port);
     let target = TcpTarget::Cluster {
         cluster,
         endpoint: None,
     };
     let ends = (peer, local);
-    proxy(&worker, downstream, ends, caller, direction, target).await;
+    proxy(&worker, downstream, ends, caller, (direction, guarded), target).await;
 }
 
 /// Proxies `downstream` (already past any mTLS handshake; `caller` is what
 /// the client proved) from `peer` to `local` (the address it connected to)
 /// on to `target`, counting `istio_tcp_*` as the `direction`'s reporter.
+/// `guarded` is the port the connection enters this workload at when its
+/// AuthorizationPolicies guard it (a sidecar's application port inbound, a
+/// gateway's listener port): they are checked before `target` is dialed.
 pub async fn proxy<IO>(
     worker: &Rc<Worker>,
     downstream: IO,
     (peer, local): (SocketAddr, SocketAddr),
     caller: Option<PeerTls>,
-    direction: Direction,
+    (direction, guarded): (Direction, Option<u16>),
     target: TcpTarget,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -141,17 +146,13 @@ pub async fn proxy<IO>(
         TcpTarget::BlackHole => (None, None),
     };
     let no_headers = HeaderMap::new();
-    // Inbound, AuthorizationPolicy decides before the application is dialed.
-    let verdict = match (direction, &cluster) {
-        (Direction::Inbound, Some(app)) => {
-            let ends = ConnectionEnds {
-                peer,
-                local,
-                port: app.port,
-            };
+    // AuthorizationPolicy decides before the upstream is dialed.
+    let verdict = match guarded {
+        Some(port) => {
+            let ends = ConnectionEnds { peer, local, port };
             authorize(&snapshot, ends, caller.as_ref(), &no_headers).await
         }
-        _ => ConnectionVerdict::default(),
+        None => ConnectionVerdict::default(),
     };
     let input = PickInput {
         headers: &no_headers,

@@ -211,6 +211,15 @@ spec:
         .map(|s| s.attr("tracemesh.connection_termination_details").unwrap())
         .collect();
     details.sort();
+    let policies: Vec<String> = received
+        .iter()
+        .filter(|s| refused(s))
+        .map(|s| s.attr("tracemesh.authz.policy").unwrap())
+        .collect();
+    assert!(
+        policies.iter().all(|p| p.starts_with("default/no-intruder[")),
+        "{policies:?}"
+    );
     assert_eq!(
         details,
         [

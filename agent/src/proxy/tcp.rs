@@ -262,9 +262,14 @@ pub async fn proxy<IO>(
         closed.inc();
     }
     if span.is_recording() {
+        // As on the request path: the policy that let the connection in or
+        // refused it, and whether an AUDIT rule matched.
         let decided = verdict.source.as_ref().map(ToString::to_string);
         if let Some(policy) = &decided {
-            span.set("tracemesh.policy", Value::Str(policy));
+            span.set("tracemesh.authz.policy", Value::Str(policy));
+        }
+        if verdict.audited {
+            span.set("tracemesh.authz.audit", Value::Bool(true));
         }
         let termination = match (&verdict.denied, idled) {
             (Some(details), _) => Some(details.as_str()),
@@ -306,6 +311,8 @@ struct ConnectionVerdict {
     flag: ResponseFlags,
     /// The policy that decided, when one did.
     source: Option<DecisionSource>,
+    /// An AUDIT rule matched.
+    audited: bool,
 }
 
 /// Checks one inbound connection against the workload's policies as Istio
@@ -368,6 +375,7 @@ async fn authorize(
                 denied: Some(answer.details.to_owned()),
                 flag: ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
                 source: Some(source),
+                audited: false,
             };
         }
         verdict.source = Some(source);
@@ -387,11 +395,10 @@ async fn authorize(
             denied: Some(details),
             flag: ResponseFlags::RBAC_DENIED,
             source: local.source,
+            audited: false,
         };
     }
-    if let Some(audited) = &local.audited {
-        tracing::info!(peer = %ends.peer, policy = %audited, "tcp connection audited");
-    }
+    verdict.audited = local.audited.is_some();
     verdict.source = local.source.or(verdict.source);
     verdict
 }

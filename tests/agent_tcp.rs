@@ -113,7 +113,9 @@ async fn ping(addr: SocketAddr, source: Option<&str>) -> Vec<u8> {
         match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => panic!("the connection to {addr} (from {source:?}) neither answered nor closed; read {got:?}"),
+            Err(_) => panic!(
+                "the connection to {addr} (from {source:?}) neither answered nor closed; read {got:?}"
+            ),
         }
     }
     got
@@ -175,7 +177,11 @@ spec:
         "{}",
         scrape.text
     );
-    assert_eq!(app.accepted(), 0, "a refused connection never reaches the app");
+    assert_eq!(
+        app.accepted(),
+        0,
+        "a refused connection never reaches the app"
+    );
 
     // Allowed: another principal, and plaintext from another address.
     assert_eq!(ping(frontend.outbound_tcp[0], None).await, b"ping");
@@ -188,7 +194,10 @@ spec:
             "istio_tcp_connections_opened_total",
             &[
                 ("reporter", "destination"),
-                ("source_principal", "spiffe://cluster.local/ns/default/sa/frontend"),
+                (
+                    "source_principal",
+                    "spiffe://cluster.local/ns/default/sa/frontend"
+                ),
             ]
         ),
         1.0,
@@ -217,7 +226,9 @@ spec:
         .map(|s| s.attr("tracemesh.authz.policy").unwrap())
         .collect();
     assert!(
-        policies.iter().all(|p| p.starts_with("default/no-intruder[")),
+        policies
+            .iter()
+            .all(|p| p.starts_with("default/no-intruder[")),
         "{policies:?}"
     );
     assert_eq!(
@@ -246,7 +257,13 @@ spec:
   - from: [{source: {principals: [cluster.local/ns/default/sa/frontend]}}]
     to: [{operation: {methods: [GET]}}]
 ";
-    let db = tcp_agent("db", app.addr, "[]", &ca.identity_yaml("db", "1h"), http_only);
+    let db = tcp_agent(
+        "db",
+        app.addr,
+        "[]",
+        &ca.identity_yaml("db", "1h"),
+        http_only,
+    );
     let frontend = client(&ca, "frontend", db.inbound, "").await;
     assert_eq!(ping(frontend.outbound_tcp[0], None).await, b"");
     assert_eq!(ping(db.inbound, None).await, b"");
@@ -272,7 +289,13 @@ spec:
     to: [{operation: {ports: [\"PORT\"]}}]
 ";
     let by_port = by_port.replace("PORT", &app.addr.port().to_string());
-    let db = tcp_agent("db", app.addr, "[]", &ca.identity_yaml("db", "1h"), &by_port);
+    let db = tcp_agent(
+        "db",
+        app.addr,
+        "[]",
+        &ca.identity_yaml("db", "1h"),
+        &by_port,
+    );
     let frontend = client(&ca, "frontend", db.inbound, "").await;
     assert_eq!(ping(frontend.outbound_tcp[0], None).await, b"ping");
     assert_eq!(app.accepted(), 1);

@@ -571,7 +571,13 @@ impl Authorization {
                 .map(|p| Policy {
                     name: p.name.clone(),
                     rules: (p.rules.iter())
-                        .map(|r| if r.reads_http() { Rule::never() } else { r.clone() })
+                        .map(|r| {
+                            if r.reads_http() {
+                                Rule::never()
+                            } else {
+                                r.clone()
+                            }
+                        })
                         .collect(),
                 })
                 .collect(),
@@ -705,7 +711,11 @@ mod tests {
 
     /// A TCP connection from `principal` (none: plaintext) at `ip` to port
     /// 6379: no request fields.
-    fn connection<'a>(principal: Option<&'a str>, ip: &str, headers: &'a HeaderMap) -> AuthzInput<'a> {
+    fn connection<'a>(
+        principal: Option<&'a str>,
+        ip: &str,
+        headers: &'a HeaderMap,
+    ) -> AuthzInput<'a> {
         let ip = ip.parse().unwrap();
         AuthzInput {
             source_ip: ip,
@@ -834,9 +844,16 @@ mod tests {
             deny: vec![policy("ns/no-get", vec![to(get())])],
             ..Authorization::default()
         };
-        assert!(methods_only.decide_local(&request("POST", &headers), None).allowed);
+        assert!(
+            methods_only
+                .decide_local(&request("POST", &headers), None)
+                .allowed
+        );
         let tcp = methods_only.for_tcp();
-        assert!(!tcp.decide_local(&connection(None, "10.9.9.9", &headers), None).allowed);
+        assert!(
+            !tcp.decide_local(&connection(None, "10.9.9.9", &headers), None)
+                .allowed
+        );
     }
 
     #[test]
@@ -866,7 +883,10 @@ mod tests {
                 .allowed
         );
         // Without mTLS there is no namespace to match.
-        assert!(tcp.decide_local(&connection(None, "10.0.0.1", &headers), None).allowed);
+        assert!(
+            tcp.decide_local(&connection(None, "10.0.0.1", &headers), None)
+                .allowed
+        );
     }
 
     #[test]

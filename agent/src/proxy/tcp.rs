@@ -30,7 +30,6 @@ use super::{Direction, Worker};
 use crate::ext_authz::{CheckOutcome, CheckRequest};
 use crate::flags::ResponseFlags;
 use crate::model::authz::{AuthzInput, DecisionSource, Denial, NO_ALLOW_MATCHED};
-use crate::model::{MtlsMode, Snapshot};
 use crate::model::balancer::PickInput;
 use crate::model::capture::OutboundTrafficMode;
 use crate::model::cluster::Cluster;
@@ -39,6 +38,7 @@ use crate::model::endpoint::UpstreamAddr;
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
 use crate::model::telemetry::Side;
+use crate::model::{MtlsMode, Snapshot};
 use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter, TcpConnection};
 use crate::telemetry::otlp_wire::Value;
 use crate::telemetry::span::{Kind, Parent, Sampling, Span};
@@ -101,7 +101,15 @@ pub async fn serve(
         endpoint: None,
     };
     let ends = (peer, local);
-    proxy(&worker, downstream, ends, caller, (direction, guarded), target).await;
+    proxy(
+        &worker,
+        downstream,
+        ends,
+        caller,
+        (direction, guarded),
+        target,
+    )
+    .await;
 }
 
 /// Proxies `downstream` (already past any mTLS handshake; `caller` is what
@@ -277,7 +285,10 @@ pub async fn proxy<IO>(
             (None, false) => None,
         };
         if let Some(details) = termination {
-            span.set("tracemesh.connection_termination_details", Value::Str(details));
+            span.set(
+                "tracemesh.connection_termination_details",
+                Value::Str(details),
+            );
         }
         describe(
             &mut span,

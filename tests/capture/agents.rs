@@ -8,7 +8,7 @@
 //! once: HTTP captured on both sides (trace context, source and
 //! destination reports, a weight split), mesh mTLS with no application
 //! change and a STRICT pod refusing a pod without sidecar, TCP and TLS
-//! passthrough, ALLOW_ANY and REGISTRY_ONLY, a Sidecar egress scope, the
+//! passthrough, AuthorizationPolicy on captured inbound TCP, ALLOW_ANY and REGISTRY_ONLY, a Sidecar egress scope, the
 //! agents' own exports left uncaptured, and `--cleanup`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -49,7 +49,7 @@ spec:
   addresses: [{REVIEWS_VIP}]
   location: MESH_INTERNAL
   resolution: STATIC
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}, {{number: 7001, name: tcp-echo, protocol: TCP}}]
   endpoints:
   - {{address: {v1}, labels: {{app: reviews, version: v1, security.istio.io/tlsMode: istio}}}}
   - {{address: {v2}, labels: {{app: reviews, version: v2, security.istio.io/tlsMode: istio}}}}
@@ -102,6 +102,16 @@ spec:
   resolution: STATIC
   ports: [{{number: 8443, name: tls, protocol: TLS}}]
   endpoints: [{{address: {out}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: reviews-echo, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  action: DENY
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/default/sa/ratings]}}}}]
+    to: [{{operation: {{ports: ["7001"]}}}}]
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -311,6 +321,7 @@ async fn unchanged_applications_are_served_by_captured_agents() {
     let _details = Upstream::start_on("details", outside.listen(any(8000)));
     let _elsewhere = Upstream::start_on("elsewhere", outside.listen(any(8001)));
     let _echo = echo(&outside, 7000);
+    let _echoes = [echo(&reviews1, 7001), echo(&reviews2, 7001)];
     let tmp = tempfile::tempdir().unwrap();
     let _tls = tls_server(&outside, tmp.path());
 
@@ -506,6 +517,44 @@ async fn unchanged_applications_are_served_by_captured_agents() {
         refused.is_err() || refused.as_deref() == Ok(""),
         "{refused:?}"
     );
+
+    // TCP captured inbound is authorized per connection: a DENY policy on
+    // the reviews pods refuses ratings' principal on the TCP port, after
+    // the mTLS handshake and before the application sees a byte;
+    // productpage's connection echoes.
+    let tcp_echo = "exec 3<>/dev/tcp/reviews/7001; printf hi >&3; head -c 2 <&3";
+    let echoed = shell(&productpage, tcp_echo).await.expect("reviews echo");
+    assert_eq!(echoed, "hi");
+    let refused = shell(&ratings, tcp_echo).await;
+    assert!(
+        refused.is_err() || refused.as_deref() == Ok(""),
+        "{refused:?}"
+    );
+    let denied = [
+        ("reporter", "destination"),
+        ("response_flags", "RBAC"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/default/sa/ratings",
+        ),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let refusals = metrics(&reviews1)
+            .await
+            .sum("istio_tcp_connections_closed_total", &denied)
+            + metrics(&reviews2)
+                .await
+                .sum("istio_tcp_connections_closed_total", &denied);
+        if refusals == 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused TCP connection counted by reviews: {refusals}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     // --cleanup leaves none of the rules behind (that it restores the
     // exact state, unrelated rules included, the cleanup test shows).

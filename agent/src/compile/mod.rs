@@ -531,6 +531,7 @@ fn snapshot(
             authz: policies.authorization.clone(),
         }),
         known_peers,
+        tcp_authorization: policies.authorization.for_tcp(),
         authorization: policies.authorization,
         mesh: Arc::new(mesh.mesh),
         telemetry: Arc::new(policies.telemetry),

@@ -174,6 +174,7 @@ pub(super) struct ClusterSettings {
     pub outlier: Option<OutlierSettings>,
     pub h2_upgrade: bool,
     pub use_client_protocol: bool,
+    pub tcp_idle_timeout: Option<std::time::Duration>,
 }
 
 /// Istio's defaults for what the policy leaves out.
@@ -226,6 +227,9 @@ pub(super) fn cluster_settings(policy: &EffectivePolicy<'_>) -> ClusterSettings 
         outlier,
         h2_upgrade: http.and_then(|h| h.h2_upgrade_policy.as_deref()) == Some("UPGRADE"),
         use_client_protocol: http.and_then(|h| h.use_client_protocol).unwrap_or(false),
+        // Only the TCP setting reaches `tcp_proxy` (Istio's network filter
+        // builder); unset, the agent-wide default applies.
+        tcp_idle_timeout: tcp.and_then(|t| t.idle_timeout).map(|d| d.get()),
     }
 }
 

@@ -157,6 +157,11 @@ impl<T> Default for Values<T> {
 }
 
 impl<T> Values<T> {
+    /// Whether the field is written (values or notValues).
+    fn is_set(&self) -> bool {
+        !self.any_of.is_empty() || !self.none_of.is_empty()
+    }
+
     fn check(&self, matches: impl Fn(&T) -> bool) -> bool {
         (self.any_of.is_empty() || self.any_of.iter().any(&matches))
             && !self.none_of.iter().any(matches)
@@ -350,6 +355,75 @@ impl Rule {
     }
 }
 
+impl ConditionKey {
+    /// Whether only an HTTP request carries the attribute (headers and the
+    /// verified token), as Istio's generators refuse them for TCP.
+    fn is_http_only(&self) -> bool {
+        matches!(
+            self,
+            Self::Header(_)
+                | Self::RequestPrincipal
+                | Self::RequestAudiences
+                | Self::RequestPresenter
+                | Self::RequestClaim(_)
+        )
+    }
+}
+
+impl Rule {
+    /// Whether the rule reads anything only HTTP carries: `hosts`,
+    /// `methods`, `paths` (and their `not` forms), `requestPrincipals`, or a
+    /// `request.*` condition.
+    fn reads_http(&self) -> bool {
+        self.from.iter().any(|s| s.request_principals.is_set())
+            || self
+                .to
+                .iter()
+                .any(|o| o.hosts.is_set() || o.methods.is_set() || o.paths.is_set())
+            || self.when.iter().any(|c| c.key.is_http_only())
+    }
+
+    /// The rule with its HTTP-only parts left out, so it matches more
+    /// connections (Istio's DENY, AUDIT and CUSTOM rules on TCP).
+    fn widened(&self) -> Self {
+        Self {
+            from: (self.from.iter())
+                .map(|s| Source {
+                    request_principals: Values::default(),
+                    ..s.clone()
+                })
+                .collect(),
+            to: (self.to.iter())
+                .map(|o| Operation {
+                    ports: o.ports.clone(),
+                    ..Operation::default()
+                })
+                .collect(),
+            when: (self.when.iter())
+                .filter(|c| !c.key.is_http_only())
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// A rule no connection matches (`notValues: ["*"]` on
+    /// `destination.port`, which every connection has), as Istio's
+    /// `rbacPolicyMatchNever`: keeps the other rules' indices.
+    fn never() -> Self {
+        Self {
+            when: vec![Condition {
+                key: ConditionKey::DestinationPort,
+                values: Values {
+                    any_of: Vec::new(),
+                    none_of: vec![Pattern::Any],
+                },
+                cidrs: Values::default(),
+            }],
+            ..Self::default()
+        }
+    }
+}
+
 /// A policy: `namespace/name` and its rules (none: matches nothing).
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -466,6 +540,51 @@ impl Authorization {
             && self.audit.is_empty()
     }
 
+    /// These policies as Istio builds them for a TCP filter chain (the
+    /// network RBAC filter, `forTCP`), where no request exists: an ALLOW
+    /// rule that reads anything only HTTP carries (hosts, methods, paths,
+    /// requestPrincipals, `request.*` conditions) is left out, so it allows
+    /// nothing; DENY, AUDIT and CUSTOM rules drop those parts and so match
+    /// more connections. Principals and namespaces (the mTLS peer),
+    /// ipBlocks, remoteIpBlocks (the peer itself), ports, `destination.*`,
+    /// `source.*` and `connection.sni` are matched as on HTTP. A CUSTOM
+    /// policy whose provider speaks HTTP is ignored, as Istio ignores it on
+    /// TCP; a gRPC provider is asked. Rule indices stay those of
+    /// `spec.rules`. Evaluate with [`Self::decide_local`] and
+    /// [`Self::custom_match`], no token, and an input whose request fields
+    /// are empty.
+    pub fn for_tcp(&self) -> Self {
+        let widened = |p: &Policy| Policy {
+            name: p.name.clone(),
+            rules: p.rules.iter().map(Rule::widened).collect(),
+        };
+        Self {
+            custom: (self.custom.iter())
+                .filter(|c| matches!(*c.client, crate::ext_authz::ExtAuthzClient::Grpc(_)))
+                .map(|c| CustomPolicy {
+                    policy: widened(&c.policy),
+                    ..c.clone()
+                })
+                .collect(),
+            deny: self.deny.iter().map(widened).collect(),
+            allow: (self.allow.iter())
+                .map(|p| Policy {
+                    name: p.name.clone(),
+                    rules: (p.rules.iter())
+                        .map(|r| {
+                            if r.reads_http() {
+                                Rule::never()
+                            } else {
+                                r.clone()
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+            audit: self.audit.iter().map(widened).collect(),
+        }
+    }
+
     /// The first CUSTOM policy whose rules match, and the matching rule.
     pub fn custom_match(
         &self,
@@ -543,6 +662,244 @@ mod tests {
                 .contains("8.8.8.8".parse().unwrap())
         );
         assert!(Cidr::parse("10.0.0.0/33").is_none());
+    }
+
+    fn values<T>(any_of: Vec<T>) -> Values<T> {
+        Values {
+            any_of,
+            none_of: Vec::new(),
+        }
+    }
+
+    fn policy(name: &str, rules: Vec<Rule>) -> Policy {
+        Policy {
+            name: name.into(),
+            rules,
+        }
+    }
+
+    fn from(source: Source) -> Rule {
+        Rule {
+            from: vec![source],
+            ..Rule::default()
+        }
+    }
+
+    fn to(operation: Operation) -> Rule {
+        Rule {
+            to: vec![operation],
+            ..Rule::default()
+        }
+    }
+
+    fn principal(p: &str) -> Source {
+        Source {
+            principals: values(vec![Pattern::parse(p)]),
+            ..Source::default()
+        }
+    }
+
+    fn get() -> Operation {
+        Operation {
+            methods: values(vec!["GET".to_owned()]),
+            ..Operation::default()
+        }
+    }
+
+    const FRONTEND: &str = "cluster.local/ns/front/sa/web";
+    const OTHER: &str = "cluster.local/ns/other/sa/job";
+
+    /// A TCP connection from `principal` (none: plaintext) at `ip` to port
+    /// 6379: no request fields.
+    fn connection<'a>(
+        principal: Option<&'a str>,
+        ip: &str,
+        headers: &'a HeaderMap,
+    ) -> AuthzInput<'a> {
+        let ip = ip.parse().unwrap();
+        AuthzInput {
+            source_ip: ip,
+            remote_ip: ip,
+            destination_ip: "10.0.0.2".parse().unwrap(),
+            destination_port: 6379,
+            principal,
+            namespace: principal.and_then(|p| p.split('/').nth(2)),
+            sni: None,
+            method: "",
+            path: "",
+            host: "",
+            headers,
+        }
+    }
+
+    fn request<'a>(method: &'a str, headers: &'a HeaderMap) -> AuthzInput<'a> {
+        AuthzInput {
+            method,
+            path: "/",
+            host: "redis",
+            ..connection(Some(FRONTEND), "10.0.0.1", headers)
+        }
+    }
+
+    #[test]
+    fn allow_rules_with_http_fields_allow_no_tcp_connection() {
+        let headers = HeaderMap::new();
+        let not_get = Operation {
+            methods: Values {
+                any_of: Vec::new(),
+                none_of: vec!["GET".to_owned()],
+            },
+            ..Operation::default()
+        };
+        let jwt = Source {
+            request_principals: values(vec![Pattern::Any]),
+            ..Source::default()
+        };
+        let authz = Authorization {
+            allow: vec![policy(
+                "ns/http-only",
+                vec![to(get()), to(not_get), from(jwt)],
+            )],
+            ..Authorization::default()
+        };
+        // The request path still reads the method.
+        assert!(authz.decide_local(&request("GET", &headers), None).allowed);
+        // On TCP every rule reads HTTP: nothing is allowed (Istio skips
+        // each rule on the TCP filter chain), `notMethods` included.
+        let tcp = authz.for_tcp();
+        let decision = tcp.decide_local(&connection(Some(FRONTEND), "10.0.0.1", &headers), None);
+        assert!(!decision.allowed);
+        assert_eq!(decision.source, None);
+    }
+
+    #[test]
+    fn allow_rules_match_peers_on_tcp_and_keep_their_index() {
+        let headers = HeaderMap::new();
+        let by_peer = Rule {
+            from: vec![principal(FRONTEND)],
+            to: vec![Operation {
+                ports: values(vec![6379]),
+                ..Operation::default()
+            }],
+            ..Rule::default()
+        };
+        let authz = Authorization {
+            allow: vec![policy("ns/redis", vec![to(get()), by_peer])],
+            ..Authorization::default()
+        }
+        .for_tcp();
+        let allowed = authz.decide_local(&connection(Some(FRONTEND), "10.0.0.1", &headers), None);
+        assert!(allowed.allowed);
+        assert_eq!(allowed.source.unwrap().rule, Some(1));
+        for refused in [
+            connection(Some(OTHER), "10.0.0.1", &headers),
+            connection(None, "10.0.0.1", &headers),
+            AuthzInput {
+                destination_port: 6380,
+                ..connection(Some(FRONTEND), "10.0.0.1", &headers)
+            },
+        ] {
+            assert!(!authz.decide_local(&refused, None).allowed);
+        }
+    }
+
+    #[test]
+    fn deny_rules_drop_http_fields_on_tcp_and_so_deny_more() {
+        let headers = HeaderMap::new();
+        let header_condition = Rule {
+            from: vec![principal(OTHER)],
+            when: vec![Condition {
+                key: ConditionKey::Header(HeaderName::from_static("x-user")),
+                values: values(vec![Pattern::parse("bob")]),
+                cidrs: Values::default(),
+            }],
+            ..Rule::default()
+        };
+        let authz = Authorization {
+            deny: vec![policy("ns/other", vec![header_condition])],
+            ..Authorization::default()
+        };
+        // HTTP: the header must be there.
+        let mut other = request("GET", &headers);
+        other.principal = Some(OTHER);
+        assert!(authz.decide_local(&other, None).allowed);
+        // TCP: the condition is dropped, the principal still counts.
+        let tcp = authz.for_tcp();
+        let denied = tcp.decide_local(&connection(Some(OTHER), "10.0.0.1", &headers), None);
+        assert!(!denied.allowed);
+        assert_eq!(
+            denied.source,
+            Some(DecisionSource {
+                policy: "ns/other".into(),
+                rule: Some(0),
+                provider: None
+            })
+        );
+        assert!(
+            tcp.decide_local(&connection(Some(FRONTEND), "10.0.0.1", &headers), None)
+                .allowed
+        );
+        // A DENY rule of methods alone denies every connection.
+        let methods_only = Authorization {
+            deny: vec![policy("ns/no-get", vec![to(get())])],
+            ..Authorization::default()
+        };
+        assert!(
+            methods_only
+                .decide_local(&request("POST", &headers), None)
+                .allowed
+        );
+        let tcp = methods_only.for_tcp();
+        assert!(
+            !tcp.decide_local(&connection(None, "10.9.9.9", &headers), None)
+                .allowed
+        );
+    }
+
+    #[test]
+    fn deny_rules_match_namespaces_and_ip_blocks_on_tcp() {
+        let headers = HeaderMap::new();
+        let rules = vec![
+            from(Source {
+                namespaces: values(vec![Pattern::parse("other")]),
+                ..Source::default()
+            }),
+            from(Source {
+                ip_blocks: values(vec![Cidr::parse("192.168.0.0/16").unwrap()]),
+                ..Source::default()
+            }),
+        ];
+        let tcp = Authorization {
+            deny: vec![policy("ns/fence", rules)],
+            ..Authorization::default()
+        }
+        .for_tcp();
+        let by_namespace = tcp.decide_local(&connection(Some(OTHER), "10.0.0.1", &headers), None);
+        assert_eq!(by_namespace.source.unwrap().rule, Some(0));
+        let by_ip = tcp.decide_local(&connection(Some(FRONTEND), "192.168.4.4", &headers), None);
+        assert_eq!(by_ip.source.unwrap().rule, Some(1));
+        assert!(
+            tcp.decide_local(&connection(Some(FRONTEND), "10.0.0.1", &headers), None)
+                .allowed
+        );
+        // Without mTLS there is no namespace to match.
+        assert!(
+            tcp.decide_local(&connection(None, "10.0.0.1", &headers), None)
+                .allowed
+        );
+    }
+
+    #[test]
+    fn audit_rules_widen_on_tcp() {
+        let headers = HeaderMap::new();
+        let tcp = Authorization {
+            audit: vec![policy("ns/watch", vec![to(get())])],
+            ..Authorization::default()
+        }
+        .for_tcp();
+        let decision = tcp.decide_local(&connection(None, "10.0.0.1", &headers), None);
+        assert!(decision.allowed);
+        assert_eq!(decision.audited.unwrap().policy, "ns/watch");
     }
 
     #[test]

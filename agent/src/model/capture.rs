@@ -333,6 +333,7 @@ mod tests {
             balancer: Balancer::RoundRobin(Default::default()),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             limits: PoolLimits::default(),
+            tcp_idle_timeout: None,
             destination_rule: None,
             outlier: None,
             h2_upgrade: false,

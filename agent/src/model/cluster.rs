@@ -34,6 +34,13 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Circuit-breaker limits.
     pub limits: PoolLimits,
+    /// How long a proxied TCP connection may pass no byte either way before
+    /// both sides are closed (DestinationRule
+    /// `connectionPool.tcp.idleTimeout`, Envoy's `tcp_proxy` `idle_timeout`;
+    /// zero turns it off); `None` when no rule sets it: the agent's
+    /// `spec.downstream.idleTimeout` applies, as Istio's proxy-wide
+    /// `IDLE_TIMEOUT` does.
+    pub tcp_idle_timeout: Option<Duration>,
     /// The DestinationRule that sets its traffic policy, as response
     /// details name it (`DestinationRule:<namespace>/<name>`), if one does.
     pub destination_rule: Option<Arc<str>>,
@@ -115,6 +122,7 @@ impl Cluster {
             balancer: Balancer::RoundRobin(Default::default()),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             limits: PoolLimits::default(),
+            tcp_idle_timeout: None,
             outlier: None,
             h2_upgrade: false,
             use_client_protocol: false,

@@ -152,6 +152,10 @@ pub struct Snapshot {
     pub known_peers: peer::KnownPeers,
     /// AuthorizationPolicies that apply to this workload (inbound).
     pub authorization: authz::Authorization,
+    /// The same policies as Istio builds them for TCP filter chains
+    /// ([`authz::Authorization::for_tcp`]): what the inbound TCP proxy
+    /// checks once per connection.
+    pub tcp_authorization: authz::Authorization,
     /// Authentication, then CUSTOM, DENY and ALLOW policies, in one place
     /// (inbound): what the request path calls once per request.
     pub access: Arc<access::AccessControl>,

@@ -172,7 +172,7 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
                     stream,
                     (peer, local),
                     None,
-                    Direction::Outbound,
+                    (Direction::Outbound, Some(number)),
                     target,
                 )
                 .await;
@@ -212,7 +212,8 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
                     let target = l4_target(routes, sni.as_deref(), number);
                     let worker = &connection.worker;
                     let ends = (peer, local);
-                    tcp::proxy(worker, io, ends, client, Direction::Outbound, target).await;
+                    let side = (Direction::Outbound, Some(number));
+                    tcp::proxy(worker, io, ends, client, side, target).await;
                 }
                 ChainAction::AutoPassthrough(_) => {}
             }
@@ -265,7 +266,8 @@ async fn passthrough(
         ChainAction::Http(_) => return,
     };
     let ends = (peer, stream.local_addr().unwrap_or(peer));
-    tcp::proxy(worker, stream, ends, None, Direction::Outbound, target).await;
+    let side = (Direction::Outbound, Some(number));
+    tcp::proxy(worker, stream, ends, None, side, target).await;
 }
 
 /// Where forwarded bytes go: the route `sni` picks, a destination by

@@ -315,7 +315,8 @@ impl Connection {
                     }
                     Ok(interception::Outbound::Tcp(target)) => {
                         let ends = (peer, dst);
-                        tcp::proxy(&self.worker, stream, ends, None, direction, target).await;
+                        let side = (direction, None);
+                        tcp::proxy(&self.worker, stream, ends, None, side, target).await;
                     }
                     Err(error) => {
                         tracing::debug!(%error, "captured connection failed before its first bytes")
@@ -391,12 +392,13 @@ impl Connection {
             };
             self.http(io, down).await;
         } else {
+            let side = (Direction::Inbound, Some(app.port));
             let target = TcpTarget::Cluster {
                 cluster: app,
                 endpoint: None,
             };
             let ends = (peer, dst);
-            tcp::proxy(&self.worker, io, ends, tls, Direction::Inbound, target).await;
+            tcp::proxy(&self.worker, io, ends, tls, side, target).await;
         }
     }
 

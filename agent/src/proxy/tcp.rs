@@ -3,22 +3,33 @@
 //! reported as one span (Envoy's `tcp_proxy` reports none): a root, since TCP
 //! carries no trace context, sampled at the agent's ratio, CLIENT outbound
 //! and SERVER inbound, ending when the connection closes.
+//!
+//! Inbound (and on a gateway's TCP and TLS servers), the workload's
+//! AuthorizationPolicies are checked once per connection, after the mTLS
+//! handshake and before the upstream is dialed, with Istio's TCP semantics
+//! ([`crate::model::authz::Authorization::for_tcp`]): a refused connection
+//! is closed without a byte reaching the application.
+//! Either way, a connection that passes no byte for the idle timeout
+//! (Envoy's `tcp_proxy` `idle_timeout`, default 1h) is closed on both sides.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::forward::tls_plan;
 use super::pool::connect_tcp;
 use super::{Direction, Worker};
+use crate::ext_authz::{CheckOutcome, CheckRequest};
 use crate::flags::ResponseFlags;
-use crate::model::MtlsMode;
+use crate::model::authz::{AuthzInput, DecisionSource, Denial, NO_ALLOW_MATCHED};
 use crate::model::balancer::PickInput;
 use crate::model::capture::OutboundTrafficMode;
 use crate::model::cluster::Cluster;
@@ -27,6 +38,7 @@ use crate::model::endpoint::UpstreamAddr;
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
 use crate::model::telemetry::Side;
+use crate::model::{MtlsMode, Snapshot};
 use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter, TcpConnection};
 use crate::telemetry::otlp_wire::Value;
 use crate::telemetry::span::{Kind, Parent, Sampling, Span};
@@ -83,23 +95,35 @@ pub async fn serve(
     else {
         return; // refused and counted
     };
+    let guarded = (direction == Direction::Inbound).then_some(cluster.port);
     let target = TcpTarget::Cluster {
         cluster,
         endpoint: None,
     };
     let ends = (peer, local);
-    proxy(&worker, downstream, ends, caller, direction, target).await;
+    proxy(
+        &worker,
+        downstream,
+        ends,
+        caller,
+        (direction, guarded),
+        target,
+    )
+    .await;
 }
 
 /// Proxies `downstream` (already past any mTLS handshake; `caller` is what
 /// the client proved) from `peer` to `local` (the address it connected to)
 /// on to `target`, counting `istio_tcp_*` as the `direction`'s reporter.
+/// `guarded` is the port the connection enters this workload at when its
+/// AuthorizationPolicies guard it (a sidecar's application port inbound, a
+/// gateway's listener port): they are checked before `target` is dialed.
 pub async fn proxy<IO>(
     worker: &Rc<Worker>,
     downstream: IO,
     (peer, local): (SocketAddr, SocketAddr),
     caller: Option<PeerTls>,
-    direction: Direction,
+    (direction, guarded): (Direction, Option<u16>),
     target: TcpTarget,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -130,6 +154,14 @@ pub async fn proxy<IO>(
         TcpTarget::BlackHole => (None, None),
     };
     let no_headers = HeaderMap::new();
+    // AuthorizationPolicy decides before the upstream is dialed.
+    let verdict = match guarded {
+        Some(port) => {
+            let ends = ConnectionEnds { peer, local, port };
+            authorize(&snapshot, ends, caller.as_ref(), &no_headers).await
+        }
+        None => ConnectionVerdict::default(),
+    };
     let input = PickInput {
         headers: &no_headers,
         query: None,
@@ -145,6 +177,7 @@ pub async fn proxy<IO>(
     let mut upstream = None;
     let mut callee = None;
     match (&cluster, &endpoint) {
+        _ if verdict.denied.is_some() => flags = verdict.flag,
         (None, _) => flags = ResponseFlags::NO_ROUTE,
         (Some(_), None) => flags = ResponseFlags::NO_HEALTHY_UPSTREAM,
         (Some(cluster), Some(endpoint)) => match dial(worker, cluster, endpoint).await {
@@ -204,29 +237,59 @@ pub async fn proxy<IO>(
         opened.inc();
     }
     let (mut received, mut sent) = (0u64, 0u64);
+    let mut idled = false;
     if let (Some(upstream), Some(endpoint)) = (upstream, &endpoint) {
         let _active = endpoint.state.start_request();
         let (mut down_read, mut down_write) = tokio::io::split(downstream);
         let (mut up_read, mut up_write) = tokio::io::split(upstream);
-        let _ = tokio::join!(
-            pipe(
-                &mut down_read,
-                &mut up_write,
-                handles.as_ref().and_then(|h| h.received.as_ref()),
-                &mut received,
-            ),
-            pipe(
-                &mut up_read,
-                &mut down_write,
-                handles.as_ref().and_then(|h| h.sent.as_ref()),
-                &mut sent,
-            ),
-        );
+        let last = Cell::new(Instant::now());
+        let both = async {
+            tokio::join!(
+                pipe(
+                    (&mut down_read, &mut up_write),
+                    handles.as_ref().and_then(|h| h.received.as_ref()),
+                    &mut received,
+                    &last,
+                ),
+                pipe(
+                    (&mut up_read, &mut down_write),
+                    handles.as_ref().and_then(|h| h.sent.as_ref()),
+                    &mut sent,
+                    &last,
+                ),
+            )
+        };
+        let timeout = idle_timeout(&snapshot, cluster.as_deref());
+        // Idle: both streams are dropped here, closing both connections.
+        tokio::select! {
+            _ = both => {}
+            () = idle(&last, timeout) => idled = true,
+        }
     }
     if let Some(closed) = handles.as_ref().and_then(|h| h.closed.as_ref()) {
         closed.inc();
     }
     if span.is_recording() {
+        // As on the request path: the policy that let the connection in or
+        // refused it, and whether an AUDIT rule matched.
+        let decided = verdict.source.as_ref().map(ToString::to_string);
+        if let Some(policy) = &decided {
+            span.set("tracemesh.authz.policy", Value::Str(policy));
+        }
+        if verdict.audited {
+            span.set("tracemesh.authz.audit", Value::Bool(true));
+        }
+        let termination = match (&verdict.denied, idled) {
+            (Some(details), _) => Some(details.as_str()),
+            (None, true) => Some("idle_timeout"),
+            (None, false) => None,
+        };
+        if let Some(details) = termination {
+            span.set(
+                "tracemesh.connection_termination_details",
+                Value::Str(details),
+            );
+        }
         describe(
             &mut span,
             direction,
@@ -237,6 +300,143 @@ pub async fn proxy<IO>(
             [received, sent],
         );
         span.end(SystemTime::now());
+    }
+}
+
+/// The two ends of an inbound connection and the application port it is
+/// for (`destination.port` of the policies).
+#[derive(Debug, Clone, Copy)]
+struct ConnectionEnds {
+    peer: SocketAddr,
+    local: SocketAddr,
+    port: u16,
+}
+
+/// What AuthorizationPolicy decided for one inbound connection.
+#[derive(Debug, Default)]
+struct ConnectionVerdict {
+    /// Envoy's connection termination details when refused
+    /// (`rbac_access_denied_matched_policy[…]`, `ext_authz_denied`, …).
+    denied: Option<String>,
+    /// `RBAC`, or `UAEX` when the external authorizer refused.
+    flag: ResponseFlags,
+    /// The policy that decided, when one did.
+    source: Option<DecisionSource>,
+    /// An AUDIT rule matched.
+    audited: bool,
+}
+
+/// Checks one inbound connection against the workload's policies as Istio
+/// builds them for TCP: CUSTOM (a gRPC provider is asked, with no request
+/// attributes), then DENY, then ALLOW. The peer's identity comes from the
+/// mTLS handshake; without one, principal and namespace are absent.
+async fn authorize(
+    snapshot: &Snapshot,
+    ends: ConnectionEnds,
+    caller: Option<&PeerTls>,
+    no_headers: &HeaderMap,
+) -> ConnectionVerdict {
+    let policies = &snapshot.tcp_authorization;
+    if policies.is_empty() {
+        return ConnectionVerdict::default();
+    }
+    let identity = caller.and_then(|c| c.identity.as_ref());
+    let principal = identity.map(|id| id.principal());
+    let input = AuthzInput {
+        source_ip: ends.peer.ip(),
+        // No forwarding header on TCP: the original client is the peer.
+        remote_ip: ends.peer.ip(),
+        destination_ip: ends.local.ip(),
+        destination_port: ends.port,
+        principal: principal.as_deref(),
+        namespace: identity.map(|id| id.namespace.as_str()),
+        sni: caller.and_then(|c| c.sni.as_deref()),
+        method: "",
+        path: "",
+        host: "",
+        headers: no_headers,
+    };
+    let mut verdict = ConnectionVerdict::default();
+    if let Some((custom, rule)) = policies.custom_match(&input, None) {
+        let check = CheckRequest {
+            method: "",
+            scheme: "",
+            host: "",
+            path_and_query: "",
+            headers: no_headers,
+            body: None,
+            body_partial: false,
+            body_len: None,
+            protocol: "",
+            source: ends.peer,
+            destination: SocketAddr::new(ends.local.ip(), ends.port),
+            source_principal: caller.and_then(|c| c.principal.as_deref()),
+            destination_principal: &snapshot.identity.principal,
+            sni: input.sni,
+        };
+        let answer = custom.client.check(&check).await;
+        let source = DecisionSource {
+            policy: custom.policy.name.clone(),
+            rule: Some(rule),
+            provider: Some(custom.provider.clone()),
+        };
+        if let CheckOutcome::Deny(_) = answer.outcome {
+            tracing::debug!(peer = %ends.peer, policy = %source, "tcp connection refused by the external authorizer");
+            return ConnectionVerdict {
+                denied: Some(answer.details.to_owned()),
+                flag: ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
+                source: Some(source),
+                audited: false,
+            };
+        }
+        verdict.source = Some(source);
+    }
+    let local = policies.decide_local(&input, None);
+    if !local.allowed {
+        let details = match &local.source {
+            Some(s) => Denial {
+                policy: s.policy.clone(),
+                rule: s.rule.unwrap_or_default(),
+            }
+            .details(),
+            None => NO_ALLOW_MATCHED.to_owned(),
+        };
+        tracing::debug!(peer = %ends.peer, %details, "tcp connection refused by AuthorizationPolicy");
+        return ConnectionVerdict {
+            denied: Some(details),
+            flag: ResponseFlags::RBAC_DENIED,
+            source: local.source,
+            audited: false,
+        };
+    }
+    verdict.audited = local.audited.is_some();
+    verdict.source = local.source.or(verdict.source);
+    verdict
+}
+
+/// The idle timeout of a connection to `cluster`: its DestinationRule's
+/// `connectionPool.tcp.idleTimeout` (zero: none), else the agent's
+/// `spec.downstream.idleTimeout` (Istio's proxy-wide `IDLE_TIMEOUT`,
+/// Envoy's 1h by default).
+fn idle_timeout(snapshot: &Snapshot, cluster: Option<&Cluster>) -> Option<Duration> {
+    match cluster.and_then(|c| c.tcp_idle_timeout) {
+        Some(set) => (!set.is_zero()).then_some(set),
+        None => snapshot.bootstrap.downstream.idle,
+    }
+}
+
+/// Resolves once no byte has passed either way (`last` is the time of the
+/// latest) for `timeout`; never without one.
+async fn idle(last: &Cell<Instant>, timeout: Option<Duration>) {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    loop {
+        let deadline = last.get() + timeout;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
     }
 }
 
@@ -330,12 +530,13 @@ async fn dial(
 }
 
 /// Copies until end of stream, counting bytes as they pass (so long-lived
-/// connections show up in metrics before they close), then half-closes.
+/// connections show up in metrics before they close) and noting in `last`
+/// when they did, then half-closes (also when reading fails).
 async fn pipe<R, W>(
-    from: &mut R,
-    to: &mut W,
+    (from, to): (&mut R, &mut W),
     counter: Option<&IntCounter>,
     total: &mut u64,
+    last: &Cell<Instant>,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -343,11 +544,22 @@ where
 {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = from.read(&mut buf).await?;
+        let n = match from.read(&mut buf).await {
+            Ok(n) => n,
+            Err(error) => {
+                // A side that broke off (a reset, a TLS session ended
+                // without close_notify) ends the other side too, as an end
+                // of stream does, so the peer is not left waiting.
+                let _ = to.shutdown().await;
+                return Err(error);
+            }
+        };
         if n == 0 {
             return to.shutdown().await;
         }
+        last.set(Instant::now());
         to.write_all(&buf[..n]).await?;
+        last.set(Instant::now());
         *total += n as u64;
         if let Some(counter) = counter {
             counter.inc_by(n as u64);

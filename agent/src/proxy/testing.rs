@@ -37,6 +37,7 @@ pub fn cluster(
         balancer: Balancer::RoundRobin(AtomicUsize::new(0)),
         connect_timeout: Duration::from_secs(2),
         limits,
+        tcp_idle_timeout: None,
         destination_rule: Some(Arc::from("DestinationRule:default/svc")),
         outlier,
         h2_upgrade: false,

@@ -268,7 +268,9 @@ spec:
 /// Tokens Envoy's jwt_authn cannot even parse get its statuses word for
 /// word (jwt_verify_lib's, as real Envoy 1.40 answers them): `alg: none`
 /// is an unsupported algorithm, not invalid JSON; an empty signature is
-/// not a three-part token. No rule is named: none was reached.
+/// not a three-part token; a claim of the wrong type is named before any
+/// key or signature is looked at; a past `exp` is reported before a forged
+/// signature.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unparseable_tokens_get_envoys_parse_statuses() {
     let otlp = Receiver::start().await;
@@ -282,6 +284,7 @@ async fn unparseable_tokens_get_envoys_parse_statuses() {
     let client = Client::h1(agent.inbound);
     let part = |v: serde_json::Value| b64(v.to_string().as_bytes());
     let payload = part(claims("reviews", 600, &[]));
+    let es256 = part(json!({"alg": "ES256", "kid": "k1"}));
     let cases = [
         (
             "/alg-none",
@@ -315,6 +318,60 @@ async fn unparseable_tokens_get_envoys_parse_statuses() {
             "/payload-not-json",
             format!("{}.{}.c2ln", part(json!({"alg": "ES256"})), b64(b"[1")),
             "Jwt payload is an invalid JSON",
+        ),
+        (
+            "/header-not-base64url",
+            format!("ab+c.{payload}.c2ln"),
+            "Jwt header is an invalid Base64url encoded",
+        ),
+        // Base64url whose last character has unused bits set: Envoy's
+        // decoder ignores them, so what fails is the JSON.
+        (
+            "/header-trailing-bits",
+            format!("ab.{payload}.c2ln"),
+            "Jwt header is an invalid JSON",
+        ),
+        (
+            "/exp-string",
+            format!("{es256}.{}.c2ln", part(json!({"iss": ISSUER, "exp": "123"}))),
+            "Jwt payload [exp] field is not an integer",
+        ),
+        (
+            "/exp-negative",
+            format!("{es256}.{}.c2ln", part(json!({"iss": ISSUER, "exp": -5}))),
+            "Jwt payload [exp] field is not a positive 64 bit integer",
+        ),
+        (
+            "/nbf-string",
+            format!("{es256}.{}.c2ln", part(json!({"iss": ISSUER, "nbf": "1"}))),
+            "Jwt payload [nbf] field is not an integer",
+        ),
+        (
+            "/iat-string",
+            format!("{es256}.{}.c2ln", part(json!({"iss": ISSUER, "iat": "1"}))),
+            "Jwt payload [iat] field is not an integer",
+        ),
+        (
+            "/sub-number",
+            format!("{es256}.{}.c2ln", part(json!({"iss": ISSUER, "sub": 5}))),
+            "Jwt payload [sub] field is not a string",
+        ),
+        (
+            "/jti-number",
+            format!("{es256}.{}.c2ln", part(json!({"iss": ISSUER, "jti": 5}))),
+            "Jwt payload [jti] field is not a string",
+        ),
+        (
+            "/aud-number",
+            format!("{es256}.{}.c2ln", part(json!({"iss": ISSUER, "aud": [5]}))),
+            "Jwt payload [aud] field is not a string or string list",
+        ),
+        // The time window is judged before the signature: a past `exp`
+        // (a fraction, read as Envoy reads it) with a forged signature.
+        (
+            "/exp-past-forged",
+            format!("{es256}.{}.c2ln", part(json!({"iss": ISSUER, "exp": 1.5}))),
+            "Jwt is expired",
         ),
     ];
     for (path, token, reason) in &cases {

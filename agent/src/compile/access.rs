@@ -210,6 +210,9 @@ fn custom_client(
     let mesh = providers.mesh;
     let field = Some("spec.provider.name".to_owned());
     let Some(provider) = mesh.provider(name) else {
+        if mesh.rejected {
+            return None;
+        }
         let where_ = mesh
             .source
             .as_deref()

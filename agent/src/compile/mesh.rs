@@ -37,8 +37,14 @@ pub(super) struct MeshDefaults {
     pub path_normalization: Option<PathNormalization>,
 }
 
-/// The file's one mesh config (a second one is an error), compiled.
-pub(super) fn compile(docs: &[Document<MeshConfig>], diags: &mut Diagnostics) -> MeshDefaults {
+/// The file's one mesh config (a second one is an error), compiled;
+/// `rejected`: the file held a mesh config that was refused, so with no
+/// valid one the mesh's providers are unknown ([`Mesh::rejected`]).
+pub(super) fn compile(
+    docs: &[Document<MeshConfig>],
+    rejected: bool,
+    diags: &mut Diagnostics,
+) -> MeshDefaults {
     if let [first, rest @ ..] = docs {
         for extra in rest {
             let msg = format!(
@@ -50,7 +56,10 @@ pub(super) fn compile(docs: &[Document<MeshConfig>], diags: &mut Diagnostics) ->
     }
     let Some(doc) = docs.first() else {
         return MeshDefaults {
-            mesh: Mesh::default(),
+            mesh: Mesh {
+                rejected,
+                ..Mesh::default()
+            },
             outbound_traffic_policy: None,
             path_normalization: None,
         };
@@ -90,6 +99,7 @@ pub(super) fn compile(docs: &[Document<MeshConfig>], diags: &mut Diagnostics) ->
                 access_logging: defaults.access_logging,
             },
             default_sampling_percent: tracing.and_then(|t| t.sampling),
+            rejected: false,
         },
         outbound_traffic_policy: config
             .outbound_traffic_policy
@@ -123,7 +133,7 @@ fn status_on_error(status: Option<&str>) -> StatusCode {
 
 fn body(raw: Option<&RequestBodyInCheck>) -> Option<BodySettings> {
     raw.map(|b| BodySettings {
-        max_request_bytes: b.max_request_bytes as usize,
+        max_request_bytes: b.max_request_bytes.unwrap_or(0) as usize,
         allow_partial_message: b.allow_partial_message,
         pack_as_bytes: b.pack_as_bytes,
     })

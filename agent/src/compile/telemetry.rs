@@ -181,6 +181,7 @@ fn check_providers(applying: &[&Document<TelemetrySpec>], mesh: &Mesh, diags: &m
     ) {
         for (k, r) in refs.iter().enumerate() {
             let msg = match mesh.provider(&r.name) {
+                None if mesh.rejected => continue,
                 None => format!(
                     "no extension provider {:?} in the mesh config: no {what} goes to it",
                     r.name

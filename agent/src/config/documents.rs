@@ -66,6 +66,10 @@ pub enum Resource {
     /// Istio's mesh config: the `istio` ConfigMap's `mesh` key, or an
     /// `IstioOperator`'s `spec.meshConfig`.
     MeshConfig(Document<MeshConfig>),
+    /// A mesh config refused for the errors already recorded: its providers
+    /// are unknown, so references to them are not judged (they would only
+    /// repeat the mesh config's errors as false "no such provider" ones).
+    RejectedMeshConfig(Location),
     /// Tracing, metrics and access-log settings.
     Telemetry(Document<TelemetrySpec>),
     /// JWT authentication.
@@ -421,7 +425,7 @@ fn mesh_document(
                 let (field, message) = serde_error(err);
                 let field = field.map(|f| format!("metadata.{f}"));
                 diags.error(location, field, message);
-                return None;
+                return Some(Resource::RejectedMeshConfig(location.clone()));
             }
         },
     };
@@ -437,7 +441,7 @@ fn mesh_document(
                     err.line, err.message
                 );
                 diags.error(location, Some(field.to_owned()), msg);
-                return None;
+                return Some(Resource::RejectedMeshConfig(location.clone()));
             }
         },
         (Some(_), true) => {
@@ -446,7 +450,7 @@ fn mesh_document(
                 Some(field.to_owned()),
                 "`mesh` must be a string holding YAML",
             );
-            return None;
+            return Some(Resource::RejectedMeshConfig(location.clone()));
         }
         (Some(object), false) => object.clone(),
     };
@@ -466,7 +470,9 @@ fn mesh_document(
         );
         diags.warn(location, Some(field.to_owned()), msg);
     }
-    let config = read.config.filter(|_| read.errors.is_empty())?;
+    let Some(config) = read.config.filter(|_| read.errors.is_empty()) else {
+        return Some(Resource::RejectedMeshConfig(location.clone()));
+    };
     Some(Resource::MeshConfig(Document {
         location: location.clone(),
         api_version: api_version.to_owned(),

@@ -209,9 +209,10 @@ pub struct ExtAuthzGrpcProvider {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestBodyInCheck {
-    /// Most body bytes buffered for the check.
-    #[serde(default)]
-    pub max_request_bytes: u32,
+    /// Most body bytes buffered for the check; required (Envoy's
+    /// `max_request_bytes` is `uint32.gt: 0`), so unset is `None`, not 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<u32>,
     /// Send the first `maxRequestBytes` of a longer body instead of refusing it with 413.
     #[serde(default)]
     pub allow_partial_message: bool,

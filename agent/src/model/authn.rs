@@ -157,6 +157,24 @@ pub mod reason {
     pub const BAD_PAYLOAD: &str = "Jwt payload is an invalid JSON";
     /// `iss` is there but not a string.
     pub const ISS_NOT_STRING: &str = "Jwt payload [iss] field is not a string";
+    /// `sub` is there but not a string.
+    pub const SUB_NOT_STRING: &str = "Jwt payload [sub] field is not a string";
+    /// `iat` is there but not a number.
+    pub const IAT_NOT_INTEGER: &str = "Jwt payload [iat] field is not an integer";
+    /// `iat` is negative or past 2^64.
+    pub const IAT_OUT_OF_RANGE: &str = "Jwt payload [iat] field is not a positive 64 bit integer";
+    /// `nbf` is there but not a number.
+    pub const NBF_NOT_INTEGER: &str = "Jwt payload [nbf] field is not an integer";
+    /// `nbf` is negative or past 2^64.
+    pub const NBF_OUT_OF_RANGE: &str = "Jwt payload [nbf] field is not a positive 64 bit integer";
+    /// `exp` is there but not a number.
+    pub const EXP_NOT_INTEGER: &str = "Jwt payload [exp] field is not an integer";
+    /// `exp` is negative or past 2^64.
+    pub const EXP_OUT_OF_RANGE: &str = "Jwt payload [exp] field is not a positive 64 bit integer";
+    /// `jti` is there but not a string.
+    pub const JTI_NOT_STRING: &str = "Jwt payload [jti] field is not a string";
+    /// `aud` is there but neither a string nor a list of strings.
+    pub const AUD_NOT_STRING: &str = "Jwt payload [aud] field is not a string or string list";
     /// The signature is not base64url.
     pub const SIGNATURE_BASE64: &str = "Jwt signature is an invalid Base64url encoded";
     /// No rule has the token's issuer.
@@ -244,6 +262,16 @@ impl Authenticator {
             .iter()
             .find(|r| r.issuer == issuer)
             .ok_or_else(|| fail(reason::UNKNOWN_ISSUER, None))?;
+        // Envoy's order: the time window, before any key is looked for.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now.saturating_add(CLOCK_SKEW) < token_says.nbf {
+            return Err(fail(reason::NOT_YET_VALID, Some(rule)));
+        }
+        if token_says.exp != 0 && now > token_says.exp.saturating_add(CLOCK_SKEW) {
+            return Err(fail(reason::EXPIRED, Some(rule)));
+        }
         let Some(keys) = rule.keys.keys() else {
             rule.keys.start();
             return Err(fail(reason::NO_JWKS, Some(rule)));
@@ -253,9 +281,10 @@ impl Authenticator {
             return Err(fail(reason::NO_KEY, Some(rule)));
         };
         let mut validation = Validation::new(alg);
-        validation.leeway = CLOCK_SKEW;
+        // `exp` and `nbf` were judged above, as Envoy reads them.
+        validation.validate_exp = false;
         validation.validate_aud = false;
-        validation.validate_nbf = true;
+        validation.validate_nbf = false;
         validation.required_spec_claims.clear();
         let fitting: Vec<_> = keys
             .iter()
@@ -331,13 +360,19 @@ fn www_authenticate(request: &AuthnRequest<'_>) -> HeaderValue {
 /// Envoy's jwt_verify_lib parses it (`Jwt::parseFromString`), each fault
 /// answered with its status text: three non-empty base64url sections, a
 /// header object with a supported string `alg` and a string `kid` if any,
-/// a payload object with a string `iss` if any, a base64url signature.
+/// a payload object with a string `iss` and `sub`, numeric `iat`, `nbf`
+/// and `exp` in 0..2^64, a string `jti` and a string or string-list `aud`
+/// where present, a base64url signature.
 struct Unverified {
     /// The algorithm; `None` for one Envoy supports and the JWT library
     /// does not (ES512).
     alg: Option<Algorithm>,
     kid: Option<String>,
     issuer: Option<String>,
+    /// `nbf`, Unix seconds (0: none).
+    nbf: u64,
+    /// `exp`, Unix seconds (0: none).
+    exp: u64,
 }
 
 impl Unverified {
@@ -378,16 +413,64 @@ impl Unverified {
             Some(Value::String(iss)) => Some(iss.clone()),
             Some(_) => return Err(reason::ISS_NOT_STRING),
         };
+        if payload.get("sub").is_some_and(|s| !s.is_string()) {
+            return Err(reason::SUB_NOT_STRING);
+        }
+        let time = |claim: &str, not_integer, out_of_range| {
+            seconds(payload.get(claim), not_integer, out_of_range)
+        };
+        time("iat", reason::IAT_NOT_INTEGER, reason::IAT_OUT_OF_RANGE)?;
+        let nbf = time("nbf", reason::NBF_NOT_INTEGER, reason::NBF_OUT_OF_RANGE)?;
+        let exp = time("exp", reason::EXP_NOT_INTEGER, reason::EXP_OUT_OF_RANGE)?;
+        if payload.get("jti").is_some_and(|s| !s.is_string()) {
+            return Err(reason::JTI_NOT_STRING);
+        }
+        match payload.get("aud") {
+            None | Some(Value::String(_)) => {}
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+            Some(_) => return Err(reason::AUD_NOT_STRING),
+        }
         base64url(signature).ok_or(reason::SIGNATURE_BASE64)?;
-        Ok(Self { alg, kid, issuer })
+        Ok(Self {
+            alg,
+            kid,
+            issuer,
+            nbf,
+            exp,
+        })
     }
 }
 
+/// A time claim as Envoy's jwt_verify_lib reads it (`GetUInt64`): any JSON
+/// number, negative or at least 2^64 out of range, the fraction dropped;
+/// absent is 0.
+fn seconds(
+    value: Option<&Value>,
+    not_integer: &'static str,
+    out_of_range: &'static str,
+) -> Result<u64, &'static str> {
+    let Some(value) = value else {
+        return Ok(0);
+    };
+    let n = value.as_f64().ok_or(not_integer)?;
+    if !(0.0..u64::MAX as f64).contains(&n) {
+        return Err(out_of_range);
+    }
+    Ok(n as u64)
+}
+
+/// A base64url section, decoded as Envoy's (absl's `WebSafeBase64Unescape`)
+/// does: padding optional, unused trailing bits ignored.
 fn base64url(section: &str) -> Option<Vec<u8>> {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(section.trim_end_matches('='))
-        .ok()
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    LENIENT.decode(section).ok()
 }
 
 /// A base64url section holding a JSON object; else `not_base64` or

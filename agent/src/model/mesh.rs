@@ -26,6 +26,9 @@ pub struct Mesh {
     pub default_providers: DefaultProviders,
     /// `defaultConfig.tracing.sampling`, in percent.
     pub default_sampling_percent: Option<f64>,
+    /// The file's mesh config was refused (its own errors say why): its
+    /// providers are unknown, so a reference to one is not reported missing.
+    pub rejected: bool,
 }
 
 impl Default for Mesh {
@@ -36,6 +39,7 @@ impl Default for Mesh {
             providers: builtin_providers(),
             default_providers: DefaultProviders::default(),
             default_sampling_percent: None,
+            rejected: false,
         }
     }
 }

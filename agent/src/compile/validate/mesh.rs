@@ -186,21 +186,26 @@ fn extension_provider(c: &mut Check<'_>, f: &str, p: &ExtensionProvider) {
     }
 }
 
-/// `includeRequestBodyInCheck.maxRequestBytes`: more than 0, as Envoy's
-/// `BufferSettings.max_request_bytes` requires (`uint32.gt: 0`; Istio passes
-/// the value through, so 0 or an unset value is a config Envoy rejects), and
-/// at most [`MAX_REQUEST_BYTES`], the agent's bound on a body held per request.
+/// `includeRequestBodyInCheck.maxRequestBytes`: required and more than 0,
+/// as Envoy's `BufferSettings.max_request_bytes` requires (`uint32.gt: 0`;
+/// Istio passes the value through, so an unset value or 0 is a config Envoy
+/// rejects), and at most [`MAX_REQUEST_BYTES`], the agent's bound on a body
+/// held per request.
 fn request_body(c: &mut Check<'_>, f: &str, body: Option<&RequestBodyInCheck>) {
     let Some(body) = body else {
         return;
     };
     let f = format!("{f}.includeRequestBodyInCheck.maxRequestBytes");
     match body.max_request_bytes {
-        0 => c.error(
+        None => c.error(
+            f,
+            "maxRequestBytes is required with includeRequestBodyInCheck: the most body bytes sent to the authorizer (Envoy's max_request_bytes), e.g. 8192",
+        ),
+        Some(0) => c.error(
             f,
             "maxRequestBytes must be greater than 0 (Envoy's max_request_bytes), e.g. 8192",
         ),
-        n if n as usize > MAX_REQUEST_BYTES => c.error(
+        Some(n) if n as usize > MAX_REQUEST_BYTES => c.error(
             f,
             format!(
                 "maxRequestBytes {n} is over the agent's bound of {MAX_REQUEST_BYTES} bytes held per request"

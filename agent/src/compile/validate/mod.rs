@@ -26,6 +26,9 @@ pub fn resources(resources: Vec<Resource>, diags: &mut Diagnostics) -> Vec<Resou
         let mark = diags.len();
         check(&resource, diags);
         if diags.errors_since(mark) {
+            if let Resource::MeshConfig(doc) = resource {
+                valid.push(Resource::RejectedMeshConfig(doc.location));
+            }
             continue;
         }
         match resource {
@@ -88,6 +91,8 @@ fn check(resource: &Resource, diags: &mut Diagnostics) {
         Resource::RequestAuthentication(doc) => run(doc, diags, security::request_authentication),
         Resource::Telemetry(doc) => run(doc, diags, security::telemetry),
         Resource::MeshConfig(doc) => run(doc, diags, mesh::mesh_config),
+        // Its errors are recorded already.
+        Resource::RejectedMeshConfig(_) => {}
         Resource::Unused(unused) => match unused {
             Unused::WorkloadGroup(doc) => run(doc, diags, networking::workload_group),
             Unused::EnvoyFilter(doc) => run(doc, diags, networking::envoy_filter),

@@ -15,8 +15,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::forward::tls_plan;
-use super::pool::connect_tcp;
 use super::{Direction, Worker};
+use crate::connect::connect_tcp;
 use crate::flags::ResponseFlags;
 use crate::model::MtlsMode;
 use crate::model::balancer::PickInput;

@@ -20,7 +20,7 @@ use common::client::{Client, Reply};
 use common::ext_authz;
 use common::mesh::{AgentDoc, NO_COLLECTOR, istio_config_map};
 use common::otlp::Receiver;
-use common::upstream::{FNV_START, Upstream, closed_port, fnv, pattern};
+use common::upstream::{FNV_START, Upstream, closed_port, fnv, pattern, resetting_server};
 use http_body_util::Full;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
@@ -435,6 +435,34 @@ spec:
 
 const EXT_ITEM: &str = "AuthorizationPolicy:default/ext[0],provider:authz";
 
+/// Envoy's ext_authz stats on the admin `/metrics`.
+const EXT_AUTHZ_FAMILY: &str = "tracemesh_agent_ext_authz_requests_total";
+
+/// Provider `authz`'s counts: ok, denied, error, disabled, failure_mode_allowed.
+async fn ext_authz_counts(agent: &Agent) -> [u64; 5] {
+    let scrape = agent.metrics().await;
+    ["ok", "denied", "error", "disabled", "failure_mode_allowed"]
+        .map(|r| scrape.sum(EXT_AUTHZ_FAMILY, &[("provider", "authz"), ("result", r)]) as u64)
+}
+
+/// `rq_total` of endpoint `addr` of `cluster` in the admin `/clusters`.
+async fn rq_total(agent: &Agent, cluster: &str, addr: SocketAddr) -> u64 {
+    let text = agent.admin_get("/clusters").await;
+    let prefix = format!("{cluster}::{addr}::rq_total::");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{prefix} in {text}"))
+}
+
+/// The agent's log lines about failed checks.
+fn failure_lines(agent: &Agent) -> Vec<String> {
+    let lines = agent.stderr().into_iter();
+    lines
+        .filter(|l| l.contains("external authorization failed"))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn custom_policies_ask_the_http_authorizer_before_deny_and_allow() {
     let otlp = Receiver::start().await;
@@ -524,6 +552,10 @@ async fn custom_policies_ask_the_http_authorizer_before_deny_and_allow() {
     let before = checks.lock().unwrap().len();
     assert_eq!(client.get("http://reviews:9080/other").await.status, 200);
     assert_eq!(checks.lock().unwrap().len(), before);
+
+    // Counted as Envoy's ext_authz filter counts: two allowed (one then
+    // refused by DENY), two denied, one timed out, one not checked.
+    assert_eq!(ext_authz_counts(&agent).await, [2, 2, 1, 1, 0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -822,7 +854,162 @@ async fn a_provider_service_is_resolved_through_the_service_registry() {
             Some(format!("ext_authz_denied{{{EXT_ITEM}}}").as_str()),
             "{kind}: the authorizer itself denied"
         );
+        // The checks are the cluster's requests, as any request to it is.
+        let cluster = "outbound|8000||authz.example.internal";
+        assert_eq!(rq_total(&agent, cluster, authz).await, 2, "{kind}");
+        assert_eq!(ext_authz_counts(&agent).await, [1, 1, 0, 0, 0], "{kind}");
     }
+}
+
+/// An authorizer that fails — its connection reset, its port closed, too
+/// slow for the timeout — is counted as Envoy's ext_authz filter counts it
+/// (`error`, and `failure_mode_allowed` too under `failOpen`) and logged a
+/// bounded number of times however many requests it fails: one line at
+/// once, then at most one per 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_authorizer_is_counted_and_logged_a_bounded_number_of_times() {
+    const REQUESTS: u64 = 30;
+    let app = Upstream::start("reviews").await;
+    let reset = resetting_server().await;
+    let down = closed_port().await;
+    let (slow, _) = ext_authz::start_http().await;
+    let entry = common::mesh::service_entry(
+        "authz.example.internal",
+        8000,
+        "HTTP",
+        &[common::mesh::Ep {
+            addr: reset,
+            labels: &[("app", "authz")],
+        }],
+    );
+    let resetting = "      envoyExtAuthzHttp:\n        service: authz.example.internal\n        port: 8000\n        failOpen: true\n";
+    let cases = [
+        ("reset", mesh_config(resetting) + &entry, 200),
+        ("closed", mesh_config(&http_provider(down, "")), 403),
+        (
+            "timeout",
+            mesh_config(&http_provider(slow, "        timeout: 100ms\n")),
+            403,
+        ),
+    ];
+    for (case, mesh, status) in cases {
+        let agent = Agent::start(&workload(app.addr, NO_COLLECTOR, &(mesh + CUSTOM_POLICIES)));
+        let client = Client::h1(agent.inbound);
+        let started = std::time::Instant::now();
+        for _ in 0..REQUESTS {
+            let reply = client
+                .get_with("http://reviews:9080/api/x", &[("x-delay-ms", "1000")])
+                .await;
+            assert_eq!(reply.status, status, "{case}: {:?}", reply.header(DETAILS));
+        }
+        let elapsed = started.elapsed();
+        let open = u64::from(status == 200);
+        assert_eq!(
+            ext_authz_counts(&agent).await,
+            [0, 0, REQUESTS, 0, open * REQUESTS],
+            "{case}"
+        );
+        // Each failure counted; the log holds one line, then at most one
+        // per 10 s of the run (the agent's own log, waited for).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while failure_lines(&agent).is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let lines = failure_lines(&agent);
+        let bound = 1 + elapsed.as_secs() / 10;
+        assert!(
+            !lines.is_empty() && lines.len() as u64 <= bound,
+            "{case}: {} lines for {REQUESTS} failures in {elapsed:?}: {lines:#?}",
+            lines.len()
+        );
+        if case == "reset" {
+            let cluster = "outbound|8000||authz.example.internal";
+            assert_eq!(rq_total(&agent, cluster, reset).await, REQUESTS);
+            // A request no CUSTOM rule matches is Envoy's `disabled`.
+            assert_eq!(client.get("http://reviews:9080/other").await.status, 200);
+            assert_eq!(ext_authz_counts(&agent).await[3], 1);
+        }
+    }
+}
+
+/// A Sidecar whose egress hosts leave the authorizer out: as in Istio (the
+/// filter names the cluster `outbound|port||host`, which the Sidecar kept
+/// from this workload), every check fails — no detour by DNS around the
+/// Sidecar — and the config says so on the provider's port. A provider
+/// port the registry's service does not declare is warned about too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_authorizer_a_sidecar_hides_is_not_asked() {
+    let app = Upstream::start("reviews").await;
+    let (authz, checks) = ext_authz::start_http().await;
+    // `localhost` resolves by DNS to the authorizer's host, so a detour
+    // around the Sidecar would reach it (`default/`: the entry's namespace,
+    // where its short host is expanded).
+    let entry = common::mesh::service_entry(
+        "localhost",
+        authz.port(),
+        "HTTP",
+        &[common::mesh::Ep {
+            addr: authz,
+            labels: &[("app", "authz")],
+        }],
+    );
+    let provider = format!(
+        "      envoyExtAuthzHttp:\n        service: default/localhost\n        port: {}\n        includeRequestHeadersInCheck: [x-user]\n",
+        authz.port()
+    );
+    let sidecar = "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: narrow, namespace: default}\nspec:\n  egress: [{hosts: [\"./reviews.default.svc.cluster.local\"]}]\n";
+    let visible = mesh_config(&provider) + CUSTOM_POLICIES + &entry;
+    let config = workload(app.addr, NO_COLLECTOR, &(visible.clone() + sidecar));
+    let (ok, out) = common::agent::validate(&config);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("data.mesh.extensionProviders[0].envoyExtAuthzHttp.port")
+            && out.contains("outside the egress hosts of Sidecar default/narrow"),
+        "{out}"
+    );
+
+    let agent = Agent::start(&config);
+    let reply = Client::h1(agent.inbound)
+        .get_with("http://reviews:9080/api/allowed", &[("x-user", "alice")])
+        .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.header(DETAILS));
+    assert_eq!(
+        reply.header(DETAILS).as_deref(),
+        Some(format!("ext_authz_error{{{EXT_ITEM}}}").as_str())
+    );
+    assert!(
+        checks.lock().unwrap().is_empty(),
+        "the authorizer never asked"
+    );
+    assert_eq!(ext_authz_counts(&agent).await, [0, 0, 1, 0, 0]);
+    drop(agent);
+
+    // Without the Sidecar the same provider reaches it through the registry.
+    let agent = Agent::start(&workload(app.addr, NO_COLLECTOR, &visible));
+    let reply = Client::h1(agent.inbound)
+        .get_with("http://reviews:9080/api/allowed", &[("x-user", "alice")])
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.header(DETAILS));
+    assert_eq!(checks.lock().unwrap().len(), 1);
+
+    // The registry has the host but not the provider's port: DNS, warned.
+    let other_port = workload(
+        app.addr,
+        NO_COLLECTOR,
+        &(mesh_config(&provider.replace(&authz.port().to_string(), "1"))
+            + CUSTOM_POLICIES
+            + &entry),
+    );
+    let (ok, out) = common::agent::validate(&other_port);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("data.mesh.extensionProviders[0].envoyExtAuthzHttp.port")
+            && out.contains(&format!(
+                "the service registry has localhost.default.svc.cluster.local but not port 1 (ports: {})",
+                authz.port()
+            )),
+        "{out}"
+    );
 }
 
 /// The provider's connections are secured as its DestinationRule says, as
@@ -852,7 +1039,7 @@ async fn a_provider_service_gets_its_destination_rules_tls() {
     assert_eq!(reply.status, 403, "{:?}", reply.header(DETAILS));
     drop(plain);
 
-    let agent = Agent::start(&workload(app.addr, NO_COLLECTOR, &(mesh + &rule)));
+    let agent = Agent::start(&workload(app.addr, NO_COLLECTOR, &(mesh.clone() + &rule)));
     let reply = Client::h1(agent.inbound)
         .get("http://reviews:9080/api/allowed")
         .await;
@@ -865,4 +1052,20 @@ async fn a_provider_service_gets_its_destination_rules_tls() {
     );
     let sni = authz.sni.lock().unwrap().clone();
     assert_eq!(sni, [Some("authz.secure.example".to_owned())], "{sni:?}");
+    drop(agent);
+
+    // A name the authorizer's certificate does not carry: the handshake
+    // fails, counted with the agent's other TLS failures.
+    let wrong = rule.replace("tls: {", "tls: {sni: other.example, ");
+    let agent = Agent::start(&workload(app.addr, NO_COLLECTOR, &(mesh + &wrong)));
+    let reply = Client::h1(agent.inbound)
+        .get("http://reviews:9080/api/allowed")
+        .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.header(DETAILS));
+    let scrape = agent.metrics().await;
+    let failures = scrape.sum(
+        "tracemesh_agent_tls_handshake_failures_total",
+        &[("direction", "outbound")],
+    );
+    assert!(failures >= 1.0, "{}", scrape.text);
 }

@@ -10,6 +10,7 @@ pub mod by_address;
 pub mod capture;
 pub mod compile;
 pub mod config;
+pub mod connect;
 pub mod ext_authz;
 pub mod flags;
 pub mod gateway;

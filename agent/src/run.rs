@@ -132,6 +132,8 @@ impl Plane {
     /// refuse everyone.
     pub(crate) fn start(snapshot: Snapshot, live: LiveState) -> Result<Self, AgentError> {
         let metrics = Metrics::new(snapshot.bootstrap.telemetry.max_series_per_metric)?;
+        live.ext_authz()
+            .attach(&metrics.registry, &metrics.tls_failures)?;
         metrics
             .config_reloads
             .with_label_values(&["accepted"])

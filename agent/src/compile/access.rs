@@ -174,24 +174,62 @@ struct Providers<'a> {
 impl Providers<'_> {
     /// Where a provider's checks go, as Istio resolves its `service` to the
     /// cluster `outbound|port||host`: the registry's service (short names
-    /// in the `namespace/` written, else the root namespace) at `port`;
-    /// DNS, as written, when the registry has none.
-    fn upstream(&self, settings: &CommonSettings) -> AuthzUpstream {
+    /// in the `namespace/` written, else the root namespace) at `port`.
+    /// A service a Sidecar keeps from this workload has no cluster here, as
+    /// in Istio (the filter names a cluster the sidecar was never sent):
+    /// every check fails. DNS, as written, when the registry has no such
+    /// service; a service the registry has without `port` falls back to
+    /// DNS too, with a warning on the provider's `port` (`field`).
+    fn upstream(
+        &self,
+        settings: &CommonSettings,
+        field: Option<&str>,
+        diags: &mut Diagnostics,
+    ) -> AuthzUpstream {
         let (namespace, host) = settings
             .service
             .rsplit_once('/')
             .unwrap_or((self.mesh.root_namespace.as_str(), settings.service.as_str()));
-        let cluster = self
-            .registry
-            .find(host, namespace)
-            .and_then(|(_, service)| service.clusters.get(&None))
-            .and_then(|clusters| clusters.iter().find(|c| c.port == settings.port));
+        let port = settings.port;
+        let warn = |diags: &mut Diagnostics, msg: String| {
+            let loc = self.mesh.location.as_ref();
+            if let (Some(loc), Some(field)) = (loc, field) {
+                diags.warn(loc, Some(format!("{field}.port")), msg);
+            }
+        };
+        if let Some(hidden) = self.registry.hidden_by(host, namespace, port) {
+            let msg = format!(
+                "extension provider {:?}: {hidden}, so this workload has no cluster for it and every check fails (failOpen/statusOnError apply), as in Istio; add it to the Sidecar's egress hosts",
+                settings.provider
+            );
+            warn(diags, msg.clone());
+            return AuthzUpstream::Unavailable(msg);
+        }
+        let Some((fqdn, service)) = self.registry.find(host, namespace) else {
+            return AuthzUpstream::dns(&settings.target);
+        };
+        let clusters = service.clusters.get(&None);
+        let cluster = clusters.and_then(|clusters| clusters.iter().find(|c| c.port == port));
         match cluster {
             Some(cluster) => AuthzUpstream::Cluster {
                 cluster: cluster.clone(),
                 workload_tls: self.live.workload_tls(),
             },
-            None => AuthzUpstream::dns(&settings.target),
+            None => {
+                let ports: Vec<String> = clusters
+                    .into_iter()
+                    .flatten()
+                    .map(|c| c.port.to_string())
+                    .collect();
+                let msg = format!(
+                    "extension provider {:?}: the service registry has {fqdn} but not port {port} (ports: {}); the checks go by DNS to {} as written, without the service's endpoints or DestinationRule",
+                    settings.provider,
+                    ports.join(", "),
+                    settings.target
+                );
+                warn(diags, msg);
+                AuthzUpstream::dns(&settings.target)
+            }
         }
     }
 }
@@ -221,14 +259,19 @@ fn custom_client(
         diags.error(loc, field, msg);
         return None;
     };
+    let declared = provider.field.as_deref();
     let client = match &provider.config {
         ProviderConfig::ExtAuthzHttp(settings) => {
-            let upstream = Arc::new(providers.upstream(&settings.common));
-            ExtAuthzClient::http_at(settings.clone(), upstream)
+            let field = declared.map(|f| format!("{f}.envoyExtAuthzHttp"));
+            let upstream = providers.upstream(&settings.common, field.as_deref(), diags);
+            let upstream = Arc::new(upstream);
+            ExtAuthzClient::http_at(settings.clone(), upstream, providers.live.ext_authz())
         }
         ProviderConfig::ExtAuthzGrpc(settings) => {
-            let upstream = Arc::new(providers.upstream(&settings.common));
-            ExtAuthzClient::grpc_at(settings.clone(), upstream)
+            let field = declared.map(|f| format!("{f}.envoyExtAuthzGrpc"));
+            let upstream = providers.upstream(&settings.common, field.as_deref(), diags);
+            let upstream = Arc::new(upstream);
+            ExtAuthzClient::grpc_at(settings.clone(), upstream, providers.live.ext_authz())
         }
         _ => {
             let msg = format!(

@@ -66,9 +66,11 @@ pub(super) fn compile(
     };
     let config = &doc.spec;
     let mut providers = builtin_providers();
-    for raw in &config.extension_providers {
+    let at = crate::config::mesh::mesh_field(&doc.api_version);
+    for (i, raw) in config.extension_providers.iter().enumerate() {
         let provider = Arc::new(Provider {
             name: raw.name.clone(),
+            field: Some(format!("{at}.extensionProviders[{i}]")),
             config: provider(raw),
         });
         match providers
@@ -92,6 +94,7 @@ pub(super) fn compile(
                 .filter(|ns| !ns.is_empty())
                 .unwrap_or_else(|| DEFAULT_ROOT_NAMESPACE.to_owned()),
             source: doc.location.resource.clone(),
+            location: Some(doc.location.clone()),
             providers,
             default_providers: DefaultProviders {
                 tracing: defaults.tracing,

@@ -43,6 +43,9 @@ pub(super) struct Registry {
     /// Services a Sidecar's egress hosts keep from this workload, with the
     /// Sidecar's `namespace/name`.
     pub hidden: BTreeMap<String, String>,
+    /// Ports of visible services a Sidecar's egress hosts keep from this
+    /// workload, with the Sidecar's `namespace/name`.
+    pub hidden_ports: BTreeMap<(String, u16), String>,
 }
 
 struct Resolution {
@@ -117,6 +120,7 @@ impl Registry {
         Self {
             services,
             hidden: BTreeMap::new(),
+            hidden_ports: BTreeMap::new(),
         }
     }
 
@@ -125,7 +129,14 @@ impl Registry {
     pub fn restrict(&mut self, scope: &EgressScope, sidecar: &str) {
         for (host, service) in &mut self.services {
             for clusters in service.clusters.values_mut() {
-                clusters.retain(|c| scope.allows(&service.namespace, host, c.port));
+                clusters.retain(|c| {
+                    let allowed = scope.allows(&service.namespace, host, c.port);
+                    if !allowed {
+                        self.hidden_ports
+                            .insert((host.clone(), c.port), sidecar.to_owned());
+                    }
+                    allowed
+                });
             }
             service.clusters.retain(|_, clusters| !clusters.is_empty());
         }
@@ -148,6 +159,24 @@ impl Registry {
             Some(sidecar) => format!("{host} is outside the egress hosts of Sidecar {sidecar}"),
             None => format!("no ServiceEntry declares {host}"),
         }
+    }
+
+    /// What keeps `host` (short names expanded as [`Registry::find`] does)
+    /// at `port` from this workload, when a Sidecar does: `<fqdn> is
+    /// outside the egress hosts of Sidecar <namespace/name>` (or `<fqdn>
+    /// port <port> is …` when only that port is).
+    pub fn hidden_by(&self, host: &str, namespace: &str, port: u16) -> Option<String> {
+        let candidates = authority_candidates(&host.to_ascii_lowercase(), namespace);
+        candidates.into_iter().flatten().find_map(|h| {
+            let (what, sidecar) = match self.hidden.get(&h) {
+                Some(sidecar) => (h, sidecar),
+                None => {
+                    let sidecar = self.hidden_ports.get(&(h.clone(), port))?;
+                    (format!("{h} port {port}"), sidecar)
+                }
+            };
+            Some(format!("{what} is outside the egress hosts of Sidecar {sidecar}"))
+        })
     }
 
     /// The service a host name stands for, trying short-name expansions.

@@ -16,6 +16,7 @@ use ::http::{HeaderName, HeaderValue, StatusCode};
 use bytes::Bytes;
 use tonic::transport::{Channel, Endpoint};
 
+use super::stats::ExtAuthzStats;
 use super::upstream::{AuthzConnector, AuthzUpstream};
 
 use super::proto::auth::attribute_context::{HttpRequest, Peer, Request};
@@ -27,29 +28,43 @@ use super::{
     AllowEdits, CheckOutcome, CheckRequest, DeniedResponse, ExtAuthzError, GrpcAuthzSettings,
 };
 
-/// A client of one gRPC authorizer, over one HTTP/2 channel.
+/// A client of one gRPC authorizer: an HTTP/2 channel per endpoint, as
+/// Envoy keeps a connection pool per host.
 #[derive(Debug)]
 pub struct GrpcAuthzClient {
     /// The provider's settings.
     pub settings: Arc<GrpcAuthzSettings>,
     /// Where the checks go.
     pub upstream: Arc<AuthzUpstream>,
-    channel: OnceLock<Result<Channel, String>>,
+    stats: Arc<ExtAuthzStats>,
+    channels: Box<[OnceLock<Result<Channel, String>>]>,
 }
 
 impl GrpcAuthzClient {
-    /// A client of `upstream`; the channel connects on the first check.
-    pub fn new(settings: Arc<GrpcAuthzSettings>, upstream: Arc<AuthzUpstream>) -> Self {
+    /// A client of `upstream`; a channel connects on the first check to its
+    /// endpoint, TLS failures are counted in `stats`.
+    pub fn new(
+        settings: Arc<GrpcAuthzSettings>,
+        upstream: Arc<AuthzUpstream>,
+        stats: Arc<ExtAuthzStats>,
+    ) -> Self {
+        let channels = (0..upstream.endpoints()).map(|_| OnceLock::new()).collect();
         Self {
             settings,
             upstream,
-            channel: OnceLock::new(),
+            stats,
+            channels,
         }
     }
 
-    fn channel(&self) -> Result<Channel, ExtAuthzError> {
-        let made = self.channel.get_or_init(|| {
-            let connector = AuthzConnector::new(self.upstream.clone(), true);
+    fn channel(&self, endpoint: usize) -> Result<Channel, ExtAuthzError> {
+        let slot = self
+            .channels
+            .get(endpoint)
+            .ok_or_else(|| ExtAuthzError::Transport(format!("no endpoint {endpoint}")))?;
+        let made = slot.get_or_init(|| {
+            let connector =
+                AuthzConnector::new(self.upstream.clone(), endpoint, true, self.stats.clone());
             Endpoint::from_shared(format!("http://{}", self.settings.common.target))
                 .map(|e| e.connect_with_connector_lazy(connector))
                 .map_err(|e| e.to_string())
@@ -57,12 +72,15 @@ impl GrpcAuthzClient {
         made.clone().map_err(ExtAuthzError::Transport)
     }
 
+    /// Sends the check to endpoint `endpoint` (without the timeout, which
+    /// the caller applies).
     pub(super) async fn check(
         &self,
         request: &CheckRequest<'_>,
+        endpoint: usize,
     ) -> Result<CheckOutcome, ExtAuthzError> {
         let check = check_request(request, self.settings.common.body);
-        let mut client = AuthorizationClient::new(self.channel()?);
+        let mut client = AuthorizationClient::new(self.channel(endpoint)?);
         let answer = client
             .check(check)
             .await

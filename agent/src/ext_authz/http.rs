@@ -22,6 +22,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::stats::ExtAuthzStats;
 use super::upstream::{AuthzConnector, AuthzUpstream};
 use super::{
     AllowEdits, CheckOutcome, CheckRequest, DeniedResponse, ExtAuthzError, HttpAuthzSettings,
@@ -34,13 +35,15 @@ const HEADERS_TO_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-head
 /// Most bytes of an authorizer's answer read (a denial's body for the client).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-/// A pooled HTTP/1.1 client of one authorizer.
+/// A pooled HTTP/1.1 client of one authorizer: a pool per endpoint, as
+/// Envoy keeps one per host.
 pub struct HttpAuthzClient {
     /// The provider's settings.
     pub settings: Arc<HttpAuthzSettings>,
     /// Where the checks go.
     pub upstream: Arc<AuthzUpstream>,
-    client: std::sync::OnceLock<Client<AuthzConnector, Full<Bytes>>>,
+    stats: Arc<ExtAuthzStats>,
+    clients: Box<[std::sync::OnceLock<Client<AuthzConnector, Full<Bytes>>>]>,
 }
 
 impl std::fmt::Debug for HttpAuthzClient {
@@ -53,20 +56,31 @@ impl std::fmt::Debug for HttpAuthzClient {
 }
 
 impl HttpAuthzClient {
-    /// A client of `upstream`; connections open on the first check.
-    pub fn new(settings: Arc<HttpAuthzSettings>, upstream: Arc<AuthzUpstream>) -> Self {
+    /// A client of `upstream`; connections open on the first check, TLS
+    /// failures are counted in `stats`.
+    pub fn new(
+        settings: Arc<HttpAuthzSettings>,
+        upstream: Arc<AuthzUpstream>,
+        stats: Arc<ExtAuthzStats>,
+    ) -> Self {
+        let clients = (0..upstream.endpoints())
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
         Self {
             settings,
             upstream,
-            client: std::sync::OnceLock::new(),
+            stats,
+            clients,
         }
     }
 
-    fn client(&self) -> &Client<AuthzConnector, Full<Bytes>> {
-        self.client.get_or_init(|| {
-            let connector = AuthzConnector::new(self.upstream.clone(), false);
+    fn client(&self, endpoint: usize) -> Option<&Client<AuthzConnector, Full<Bytes>>> {
+        let client = self.clients.get(endpoint)?.get_or_init(|| {
+            let connector =
+                AuthzConnector::new(self.upstream.clone(), endpoint, false, self.stats.clone());
             Client::builder(TokioExecutor::new()).build(connector)
-        })
+        });
+        Some(client)
     }
 
     /// The check request for `request`.
@@ -117,15 +131,18 @@ impl HttpAuthzClient {
             .map_err(|e| ExtAuthzError::Protocol(e.to_string()))
     }
 
-    /// Sends the check and reads the answer (without the timeout, which the
-    /// caller applies).
+    /// Sends the check to endpoint `endpoint` and reads the answer (without
+    /// the timeout, which the caller applies).
     pub(super) async fn check(
         &self,
         request: &CheckRequest<'_>,
+        endpoint: usize,
     ) -> Result<CheckOutcome, ExtAuthzError> {
         let check = self.check_request(request)?;
-        let response = self
-            .client()
+        let client = self
+            .client(endpoint)
+            .ok_or_else(|| ExtAuthzError::Transport(format!("no endpoint {endpoint}")))?;
+        let response = client
             .request(check)
             .await
             .map_err(|e| ExtAuthzError::Transport(error_chain(&e)))?;

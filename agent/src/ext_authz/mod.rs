@@ -7,9 +7,11 @@
 
 pub mod grpc;
 pub mod http;
+pub mod stats;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -207,12 +209,17 @@ pub enum ExtAuthzError {
     Protocol(String),
 }
 
-/// A client of one provider.
+/// A client of one provider: its protocol, its counters and its failure log.
 #[derive(Debug)]
-pub enum ExtAuthzClient {
-    /// HTTP protocol.
+pub struct ExtAuthzClient {
+    protocol: Protocol,
+    stats: stats::ProviderStats,
+    failures: stats::FailureLog,
+}
+
+#[derive(Debug)]
+enum Protocol {
     Http(Box<http::HttpAuthzClient>),
-    /// gRPC protocol.
     Grpc(grpc::GrpcAuthzClient),
 }
 
@@ -228,50 +235,89 @@ pub struct Verdict {
 }
 
 impl ExtAuthzClient {
-    /// A client for HTTP settings, dialing the target as written (DNS).
-    pub fn http(settings: std::sync::Arc<HttpAuthzSettings>) -> Self {
+    /// A client for HTTP settings, dialing the target as written (DNS),
+    /// counting in unregistered counters.
+    pub fn http(settings: Arc<HttpAuthzSettings>) -> Self {
         let upstream = upstream::AuthzUpstream::dns(&settings.common.target);
-        Self::http_at(settings, std::sync::Arc::new(upstream))
+        Self::http_at(settings, Arc::new(upstream), &Arc::default())
     }
 
-    /// A client for HTTP settings, checking at `upstream`.
+    /// A client for HTTP settings, checking at `upstream`, counting in `stats`.
     pub fn http_at(
-        settings: std::sync::Arc<HttpAuthzSettings>,
-        upstream: std::sync::Arc<upstream::AuthzUpstream>,
+        settings: Arc<HttpAuthzSettings>,
+        upstream: Arc<upstream::AuthzUpstream>,
+        stats: &Arc<stats::ExtAuthzStats>,
     ) -> Self {
-        Self::Http(Box::new(http::HttpAuthzClient::new(settings, upstream)))
+        let provider = stats.provider(&settings.common.provider);
+        let client = http::HttpAuthzClient::new(settings, upstream, stats.clone());
+        Self::with(Protocol::Http(Box::new(client)), provider)
     }
 
-    /// A client for gRPC settings, dialing the target as written (DNS).
-    pub fn grpc(settings: std::sync::Arc<GrpcAuthzSettings>) -> Self {
+    /// A client for gRPC settings, dialing the target as written (DNS),
+    /// counting in unregistered counters.
+    pub fn grpc(settings: Arc<GrpcAuthzSettings>) -> Self {
         let upstream = upstream::AuthzUpstream::dns(&settings.common.target);
-        Self::grpc_at(settings, std::sync::Arc::new(upstream))
+        Self::grpc_at(settings, Arc::new(upstream), &Arc::default())
     }
 
-    /// A client for gRPC settings, checking at `upstream`.
+    /// A client for gRPC settings, checking at `upstream`, counting in `stats`.
     pub fn grpc_at(
-        settings: std::sync::Arc<GrpcAuthzSettings>,
-        upstream: std::sync::Arc<upstream::AuthzUpstream>,
+        settings: Arc<GrpcAuthzSettings>,
+        upstream: Arc<upstream::AuthzUpstream>,
+        stats: &Arc<stats::ExtAuthzStats>,
     ) -> Self {
-        Self::Grpc(grpc::GrpcAuthzClient::new(settings, upstream))
+        let provider = stats.provider(&settings.common.provider);
+        let client = grpc::GrpcAuthzClient::new(settings, upstream, stats.clone());
+        Self::with(Protocol::Grpc(client), provider)
+    }
+
+    fn with(protocol: Protocol, stats: stats::ProviderStats) -> Self {
+        Self {
+            protocol,
+            stats,
+            failures: stats::FailureLog::default(),
+        }
     }
 
     /// The provider's common settings.
     pub fn settings(&self) -> &CommonSettings {
-        match self {
-            Self::Http(c) => &c.settings.common,
-            Self::Grpc(c) => &c.settings.common,
+        match &self.protocol {
+            Protocol::Http(c) => &c.settings.common,
+            Protocol::Grpc(c) => &c.settings.common,
         }
     }
 
+    /// Whether the provider speaks gRPC (`envoyExtAuthzGrpc`), the only
+    /// kind Istio asks about TCP connections.
+    pub fn is_grpc(&self) -> bool {
+        matches!(self.protocol, Protocol::Grpc(_))
+    }
+
+    /// Where the checks go.
+    pub fn upstream(&self) -> &upstream::AuthzUpstream {
+        match &self.protocol {
+            Protocol::Http(c) => &c.upstream,
+            Protocol::Grpc(c) => &c.upstream,
+        }
+    }
+
+    /// Counts a request of a workload with a CUSTOM policy of this
+    /// provider that no rule of it matched (Envoy's `disabled`).
+    pub fn count_disabled(&self) {
+        self.stats.disabled.inc();
+    }
+
     /// Asks the authorizer, within its timeout; an error is what the
-    /// authorizer's failure means (`failOpen`, `statusOnError`).
+    /// authorizer's failure means (`failOpen`, `statusOnError`). Every
+    /// outcome is counted; failures are logged at most once per
+    /// [`stats::FAILURE_LOG_INTERVAL`].
     pub async fn check(&self, request: &CheckRequest<'_>) -> Verdict {
         let settings = self.settings();
         let asked = async {
-            match self {
-                Self::Http(c) => c.check(request).await,
-                Self::Grpc(c) => c.check(request).await,
+            let picked = self.upstream().pick()?;
+            match &self.protocol {
+                Protocol::Http(c) => c.check(request, picked.index).await,
+                Protocol::Grpc(c) => c.check(request, picked.index).await,
             }
         };
         let answer = match tokio::time::timeout(settings.timeout, asked).await {
@@ -279,17 +325,26 @@ impl ExtAuthzClient {
             Err(_) => Err(ExtAuthzError::Timeout(settings.timeout)),
         };
         match answer {
-            Ok(outcome @ CheckOutcome::Allow(_)) => Verdict {
-                outcome,
-                details: "ext_authz_ok",
-            },
-            Ok(outcome @ CheckOutcome::Deny(_)) => Verdict {
-                outcome,
-                details: "ext_authz_denied",
-            },
+            Ok(outcome @ CheckOutcome::Allow(_)) => {
+                self.stats.ok.inc();
+                Verdict {
+                    outcome,
+                    details: "ext_authz_ok",
+                }
+            }
+            Ok(outcome @ CheckOutcome::Deny(_)) => {
+                self.stats.denied.inc();
+                Verdict {
+                    outcome,
+                    details: "ext_authz_denied",
+                }
+            }
             Err(error) => {
-                tracing::warn!(provider = %settings.provider, %error, fail_open = settings.fail_open, "external authorization failed");
+                self.stats.error.inc();
+                self.failures
+                    .failed(&settings.provider, &error, settings.fail_open);
                 if settings.fail_open {
+                    self.stats.failure_mode_allowed.inc();
                     Verdict {
                         outcome: CheckOutcome::Allow(AllowEdits::default()),
                         details: "ext_authz_failure_mode_allowed",

@@ -18,10 +18,13 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use prometheus::IntCounterVec;
 
+use super::ExtAuthzError;
+use super::stats::ExtAuthzStats;
+use crate::connect::connect_tcp;
 use crate::model::balancer::PickInput;
 use crate::model::cluster::{Cluster, DEFAULT_CONNECT_TIMEOUT};
 use crate::model::endpoint::UpstreamAddr;
-use crate::proxy::connect_tcp;
+use crate::model::live::{ActiveRequest, Slot};
 use crate::tls::io::UpstreamIo;
 use crate::tls::{TlsMaterial, TlsPlan, handshake};
 
@@ -37,6 +40,9 @@ pub enum AuthzUpstream {
     },
     /// Not in the registry: the `host:port` written, resolved by DNS.
     Dns(UpstreamAddr),
+    /// In the registry but kept from this workload (a Sidecar's egress
+    /// hosts): no cluster, every check fails with this reason.
+    Unavailable(String),
 }
 
 impl AuthzUpstream {
@@ -60,21 +66,34 @@ impl AuthzUpstream {
         match self {
             Self::Cluster { cluster, .. } => cluster.name.clone(),
             Self::Dns(addr) => addr.to_string(),
+            Self::Unavailable(_) => "none".to_owned(),
         }
     }
 
-    /// Opens a connection: an endpoint the cluster's balancer picks,
-    /// secured as its TLS says (`h2`: the ALPN gRPC needs).
-    async fn connect(&self, h2: bool, failures: &IntCounterVec) -> io::Result<UpstreamIo> {
-        let (cluster, workload_tls) = match self {
-            Self::Dns(addr) => {
-                let stream = connect_tcp(addr, DEFAULT_CONNECT_TIMEOUT, None).await?;
-                return Ok(UpstreamIo::Plain(stream));
+    /// How many endpoints a check may be sent to (one pooled client each;
+    /// one for DNS).
+    pub fn endpoints(&self) -> usize {
+        match self {
+            Self::Cluster { cluster, .. } => cluster.endpoints.len(),
+            Self::Dns(_) => 1,
+            Self::Unavailable(_) => 0,
+        }
+    }
+
+    /// Picks the endpoint one check goes to, as the proxy picks one for a
+    /// request: the cluster's balancer, its request counted on the endpoint
+    /// (`rq_total`, `rq_active`) and held against the cluster's
+    /// `maxRequests` until the returned guard drops.
+    pub fn pick(&self) -> Result<Picked, ExtAuthzError> {
+        let cluster = match self {
+            Self::Dns(_) => {
+                return Ok(Picked {
+                    index: 0,
+                    _held: None,
+                });
             }
-            Self::Cluster {
-                cluster,
-                workload_tls,
-            } => (cluster, workload_tls),
+            Self::Unavailable(reason) => return Err(ExtAuthzError::Transport(reason.clone())),
+            Self::Cluster { cluster, .. } => cluster,
         };
         let headers = http::HeaderMap::new();
         let input = PickInput {
@@ -82,10 +101,48 @@ impl AuthzUpstream {
             query: None,
             source_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         };
-        let endpoint = cluster
+        let (index, endpoint) = cluster
             .pick(input, &[])
-            .and_then(|i| cluster.endpoints.get(i))
-            .ok_or_else(|| io::Error::other(format!("{}: no healthy endpoint", cluster.name)))?;
+            .and_then(|i| Some((i, cluster.endpoints.get(i)?)))
+            .ok_or_else(|| {
+                ExtAuthzError::Transport(format!("{}: no healthy endpoint", cluster.name))
+            })?;
+        let active = endpoint.state.start_request();
+        let slot = cluster
+            .state
+            .take_request(cluster.limits.max_requests)
+            .ok_or_else(|| {
+                ExtAuthzError::Transport(format!("{}: maxRequests reached", cluster.name))
+            })?;
+        Ok(Picked {
+            index,
+            _held: Some((active, slot)),
+        })
+    }
+
+    /// Opens a connection to endpoint `index` (of [`AuthzUpstream::pick`]),
+    /// secured as the cluster's TLS says (`h2`: the ALPN gRPC needs).
+    async fn connect(
+        &self,
+        index: usize,
+        h2: bool,
+        failures: &IntCounterVec,
+    ) -> io::Result<UpstreamIo> {
+        let (cluster, workload_tls) = match self {
+            Self::Dns(addr) => {
+                let stream = connect_tcp(addr, DEFAULT_CONNECT_TIMEOUT, None).await?;
+                return Ok(UpstreamIo::Plain(stream));
+            }
+            Self::Unavailable(reason) => return Err(io::Error::other(reason.clone())),
+            Self::Cluster {
+                cluster,
+                workload_tls,
+            } => (cluster, workload_tls),
+        };
+        let endpoint = cluster
+            .endpoints
+            .get(index)
+            .ok_or_else(|| io::Error::other(format!("{}: no endpoint {index}", cluster.name)))?;
         let plan =
             TlsPlan::for_endpoint(&cluster.tls, endpoint.sidecar, h2, workload_tls.load_full())
                 .map_err(|reason| io::Error::other(format!("tls: {reason}")))?;
@@ -102,29 +159,39 @@ impl AuthzUpstream {
     }
 }
 
+/// The endpoint a check goes to; its request counts as active until dropped.
+#[derive(Debug)]
+pub struct Picked {
+    /// Index of the endpoint (0 for DNS).
+    pub index: usize,
+    _held: Option<(ActiveRequest, Slot)>,
+}
+
 /// A connector for hyper's pooled client and tonic's channel: every new
-/// connection goes where [`AuthzUpstream`] says, whatever the URI names.
+/// connection goes to one endpoint of [`AuthzUpstream`], whatever the URI
+/// names.
 #[derive(Clone)]
 pub struct AuthzConnector {
     upstream: Arc<AuthzUpstream>,
+    index: usize,
     h2: bool,
-    /// TLS failures of these connections (reasons as the proxy counts them;
-    /// the check's own error says what failed).
-    failures: IntCounterVec,
+    stats: Arc<ExtAuthzStats>,
 }
 
 impl AuthzConnector {
-    /// A connector to `upstream`, speaking HTTP/2 (gRPC) when `h2`.
-    pub fn new(upstream: Arc<AuthzUpstream>, h2: bool) -> Self {
-        let failures = IntCounterVec::new(
-            prometheus::Opts::new("ext_authz_tls_failures", "unregistered"),
-            &["direction", "reason"],
-        )
-        .unwrap_or_else(|_| unreachable!("valid static metric options"));
+    /// A connector to endpoint `index` of `upstream`, speaking HTTP/2
+    /// (gRPC) when `h2`; TLS failures counted in `stats`.
+    pub fn new(
+        upstream: Arc<AuthzUpstream>,
+        index: usize,
+        h2: bool,
+        stats: Arc<ExtAuthzStats>,
+    ) -> Self {
         Self {
             upstream,
+            index,
             h2,
-            failures,
+            stats,
         }
     }
 }
@@ -141,7 +208,8 @@ impl tonic::codegen::Service<Uri> for AuthzConnector {
     fn call(&mut self, _: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let io = this.upstream.connect(this.h2, &this.failures).await?;
+            let failures = this.stats.tls_failures();
+            let io = this.upstream.connect(this.index, this.h2, failures).await?;
             Ok(AuthzIo(TokioIo::new(io)))
         })
     }

@@ -155,7 +155,15 @@ impl AccessControl {
             authn_edits: auth.as_ref().map(|a| a.edits.clone()).unwrap_or_default(),
             ..Allowed::default()
         };
-        if let Some((custom, rule)) = self.authz.custom_match(input, auth.as_ref()) {
+        let custom_match = self.authz.custom_match(input, auth.as_ref());
+        if custom_match.is_none()
+            && let Some(custom) = self.authz.custom.first()
+        {
+            // Envoy's ext_authz filter runs only where Istio's shadow rules
+            // matched; elsewhere it counts the request as `disabled`.
+            custom.client.count_disabled();
+        }
+        if let Some((custom, rule)) = custom_match {
             let source = DecisionSource {
                 policy: custom.policy.name.clone(),
                 rule: Some(rule),

@@ -560,7 +560,7 @@ impl Authorization {
         };
         Self {
             custom: (self.custom.iter())
-                .filter(|c| matches!(*c.client, crate::ext_authz::ExtAuthzClient::Grpc(_)))
+                .filter(|c| c.client.is_grpc())
                 .map(|c| CustomPolicy {
                     policy: widened(&c.policy),
                     ..c.clone()

@@ -321,6 +321,8 @@ pub struct LiveState {
     /// current by rotation: what mesh mTLS dials with, here so a compiled
     /// config's own clients (the ext_authz provider's) dial with it too.
     workload_tls: Arc<arc_swap::ArcSwapOption<crate::tls::TlsMaterial>>,
+    /// The ext_authz counters, so a reload keeps the counts.
+    ext_authz: Arc<crate::ext_authz::stats::ExtAuthzStats>,
     endpoints: Registry<EndpointState>,
     clusters: Registry<ClusterState>,
     rate_limiters: Registry<crate::model::rate_limit::RateLimiter>,
@@ -332,6 +334,11 @@ impl LiveState {
     /// without `spec.identity`).
     pub fn workload_tls(&self) -> Arc<arc_swap::ArcSwapOption<crate::tls::TlsMaterial>> {
         self.workload_tls.clone()
+    }
+
+    /// The ext_authz counters every compiled provider client counts in.
+    pub fn ext_authz(&self) -> &Arc<crate::ext_authz::stats::ExtAuthzStats> {
+        &self.ext_authz
     }
 
     /// The state of endpoint `address` in cluster `cluster`.

@@ -18,6 +18,8 @@ pub struct Mesh {
     pub root_namespace: String,
     /// `Kind namespace/name` of the document it came from (none: defaults).
     pub source: Option<String>,
+    /// That document, for findings on its providers (none: defaults).
+    pub location: Option<crate::config::diagnostics::Location>,
     /// Every extension provider, Istio's built-in ones (`prometheus`,
     /// `envoy`, `stackdriver`) first, replaced by a user's of the same name.
     pub providers: Vec<Arc<Provider>>,
@@ -36,6 +38,7 @@ impl Default for Mesh {
         Self {
             root_namespace: DEFAULT_ROOT_NAMESPACE.to_owned(),
             source: None,
+            location: None,
             providers: builtin_providers(),
             default_providers: DefaultProviders::default(),
             default_sampling_percent: None,
@@ -58,14 +61,17 @@ pub fn builtin_providers() -> Vec<Arc<Provider>> {
     vec![
         Arc::new(Provider {
             name: "prometheus".into(),
+            field: None,
             config: ProviderConfig::Prometheus,
         }),
         Arc::new(Provider {
             name: "stackdriver".into(),
+            field: None,
             config: ProviderConfig::Unsupported("stackdriver"),
         }),
         Arc::new(Provider {
             name: "envoy".into(),
+            field: None,
             config: ProviderConfig::FileAccessLog {
                 path: "/dev/stdout".into(),
             },
@@ -89,6 +95,9 @@ pub struct DefaultProviders {
 pub struct Provider {
     /// Its name, as written.
     pub name: String,
+    /// Where the mesh config declares it (`data.mesh.extensionProviders[2]`;
+    /// none: built in).
+    pub field: Option<String>,
     /// What it is.
     pub config: ProviderConfig,
 }

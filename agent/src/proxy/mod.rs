@@ -35,10 +35,6 @@ mod testing;
 mod upgrade;
 mod upstream;
 
-/// Opens a plain TCP connection to an endpoint (the ext_authz client's
-/// connections too).
-pub(crate) use pool::connect_tcp;
-
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -16,7 +16,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,12 +23,12 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{IntCounter, IntCounterVec};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::LocalExec;
 use super::body::UpstreamBody;
 use crate::by_address::ByAddress;
+use crate::connect::connect_tcp;
 use crate::model::cluster::Cluster;
 use crate::model::endpoint::UpstreamAddr;
 use crate::model::live::{ClusterState, MAX_CONNECTIONS, MAX_PENDING, Slot, UNLIMITED};
@@ -504,38 +503,6 @@ struct Next {
     at: Option<Instant>,
     /// Idle connections of a cluster that limits connections are pooled.
     limited: bool,
-}
-
-/// Opens a plain TCP connection to an endpoint (for TCP proxying too).
-pub async fn connect_tcp(
-    addr: &UpstreamAddr,
-    timeout: Duration,
-    bind: Option<std::net::IpAddr>,
-) -> std::io::Result<TcpStream> {
-    let connect = async {
-        match (addr, bind) {
-            (UpstreamAddr::Socket(socket), None) => TcpStream::connect(socket).await,
-            (UpstreamAddr::Socket(socket), Some(source)) => {
-                let tcp = match socket {
-                    SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                    SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-                };
-                tcp.bind(SocketAddr::new(source, 0))?;
-                tcp.connect(*socket).await
-            }
-            (UpstreamAddr::Dns { host, port }, _) => {
-                TcpStream::connect((host.as_ref(), *port)).await
-            }
-        }
-    };
-    let stream = tokio::time::timeout(timeout, connect).await.map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("timed out after {timeout:?}"),
-        )
-    })??;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
 }
 
 #[cfg(test)]

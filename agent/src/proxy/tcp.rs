@@ -25,8 +25,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::forward::tls_plan;
-use super::pool::connect_tcp;
 use super::{Direction, Worker};
+use crate::connect::connect_tcp;
 use crate::ext_authz::{CheckOutcome, CheckRequest};
 use crate::flags::ResponseFlags;
 use crate::model::authz::{AuthzInput, DecisionSource, Denial, NO_ALLOW_MATCHED};

@@ -269,8 +269,9 @@ spec:
 /// word (jwt_verify_lib's, as real Envoy 1.40 answers them): `alg: none`
 /// is an unsupported algorithm, not invalid JSON; an empty signature is
 /// not a three-part token; a claim of the wrong type is named before any
-/// key or signature is looked at; a past `exp` is reported before a forged
-/// signature.
+/// key or signature is looked at, and names no rule (none was reached); a
+/// past `exp` is reported before a forged signature, naming the issuer's
+/// rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unparseable_tokens_get_envoys_parse_statuses() {
     let otlp = Receiver::start().await;
@@ -366,13 +367,6 @@ async fn unparseable_tokens_get_envoys_parse_statuses() {
             format!("{es256}.{}.c2ln", part(json!({"iss": ISSUER, "aud": [5]}))),
             "Jwt payload [aud] field is not a string or string list",
         ),
-        // The time window is judged before the signature: a past `exp`
-        // (a fraction, read as Envoy reads it) with a forged signature.
-        (
-            "/exp-past-forged",
-            format!("{es256}.{}.c2ln", part(json!({"iss": ISSUER, "exp": 1.5}))),
-            "Jwt is expired",
-        ),
     ];
     for (path, token, reason) in &cases {
         let auth = format!("Bearer {token}");
@@ -385,6 +379,21 @@ async fn unparseable_tokens_get_envoys_parse_statuses() {
         let details = format!("jwt_authn_access_denied{{{}}}", reason.replace(' ', "_"));
         refused(&agent, &otlp, &reply, path, (401, reason, "-"), &details).await;
     }
+    // The time window is judged before the signature, once the issuer's
+    // rule is found (so the rule is named): a past `exp` (a fraction, read
+    // as Envoy reads it) with a forged signature.
+    let path = "/exp-past-forged";
+    let forged = format!("{es256}.{}.c2ln", part(json!({"iss": ISSUER, "exp": 1.5})));
+    let auth = format!("Bearer {forged}");
+    let reply = client
+        .get_with(
+            &format!("http://reviews:9080{path}"),
+            &[("authorization", &auth)],
+        )
+        .await;
+    let details = "jwt_authn_access_denied{Jwt_is_expired,RequestAuthentication:default/jwt[0]}";
+    let expired = (401, "Jwt is expired", "-");
+    refused(&agent, &otlp, &reply, path, expired, details).await;
     assert_eq!(app.count(), 0);
 }
 

@@ -59,7 +59,10 @@ impl Pool {
 
     /// Forwards `request` as it came; the connection goes back to the pool
     /// once it can take the next request.
-    async fn forward(self: Rc<Self>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    async fn forward(
+        self: Rc<Self>,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
         let Some(mut sender) = self.connection().await else {
             return Ok(bad_gateway());
         };
@@ -100,7 +103,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             stream.set_nodelay(true)?;
             let pool = pool.clone();
             tokio::task::spawn_local(async move {
-                let service = hyper::service::service_fn(move |request| pool.clone().forward(request));
+                let service =
+                    hyper::service::service_fn(move |request| pool.clone().forward(request));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;

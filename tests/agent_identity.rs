@@ -334,7 +334,10 @@ async fn unparseable_tokens_get_envoys_parse_statuses() {
         ),
         (
             "/exp-string",
-            format!("{es256}.{}.c2ln", part(json!({"iss": ISSUER, "exp": "123"}))),
+            format!(
+                "{es256}.{}.c2ln",
+                part(json!({"iss": ISSUER, "exp": "123"}))
+            ),
             "Jwt payload [exp] field is not an integer",
         ),
         (

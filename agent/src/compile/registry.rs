@@ -175,7 +175,9 @@ impl Registry {
                     (format!("{h} port {port}"), sidecar)
                 }
             };
-            Some(format!("{what} is outside the egress hosts of Sidecar {sidecar}"))
+            Some(format!(
+                "{what} is outside the egress hosts of Sidecar {sidecar}"
+            ))
         })
     }
 

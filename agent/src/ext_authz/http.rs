@@ -35,6 +35,9 @@ const HEADERS_TO_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-head
 /// Most bytes of an authorizer's answer read (a denial's body for the client).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// hyper's pooled client of one authorizer endpoint.
+type EndpointClient = Client<AuthzConnector, Full<Bytes>>;
+
 /// A pooled HTTP/1.1 client of one authorizer: a pool per endpoint, as
 /// Envoy keeps one per host.
 pub struct HttpAuthzClient {
@@ -43,7 +46,7 @@ pub struct HttpAuthzClient {
     /// Where the checks go.
     pub upstream: Arc<AuthzUpstream>,
     stats: Arc<ExtAuthzStats>,
-    clients: Box<[std::sync::OnceLock<Client<AuthzConnector, Full<Bytes>>>]>,
+    clients: Box<[std::sync::OnceLock<EndpointClient>]>,
 }
 
 impl std::fmt::Debug for HttpAuthzClient {
@@ -74,7 +77,7 @@ impl HttpAuthzClient {
         }
     }
 
-    fn client(&self, endpoint: usize) -> Option<&Client<AuthzConnector, Full<Bytes>>> {
+    fn client(&self, endpoint: usize) -> Option<&EndpointClient> {
         let client = self.clients.get(endpoint)?.get_or_init(|| {
             let connector =
                 AuthzConnector::new(self.upstream.clone(), endpoint, false, self.stats.clone());

@@ -8,7 +8,7 @@
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::authn::{Authenticated, Authenticator, AuthnEdits, AuthnRequest};
-use super::authz::{Authorization, AuthzInput, DecisionSource, Denial, NO_ALLOW_MATCHED};
+use super::authz::{Authorization, AuthzInput, DecisionSource};
 use crate::ext_authz::{AllowEdits, BodySettings, CheckOutcome, CheckRequest};
 use crate::flags::ResponseFlags;
 
@@ -209,15 +209,7 @@ impl AccessControl {
             }
         }
         let local = self.authz.decide_local(input, auth.as_ref());
-        if !local.allowed {
-            let details = match &local.source {
-                Some(s) => Denial {
-                    policy: s.policy.clone(),
-                    rule: s.rule.unwrap_or_default(),
-                }
-                .details(),
-                None => NO_ALLOW_MATCHED.to_owned(),
-            };
+        if let Some(details) = local.denied_details() {
             return AccessOutcome::Deny(Denied {
                 status: StatusCode::FORBIDDEN,
                 headers: Vec::new(),

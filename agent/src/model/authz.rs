@@ -493,6 +493,25 @@ pub struct PolicyDecision {
     pub audited: Option<DecisionSource>,
 }
 
+impl PolicyDecision {
+    /// Envoy's `response_code_details` (and TCP connection termination
+    /// details) when this decision refuses: the DENY rule that matched
+    /// ([`Denial::details`]), or [`NO_ALLOW_MATCHED`]; `None` when allowed.
+    pub fn denied_details(&self) -> Option<String> {
+        if self.allowed {
+            return None;
+        }
+        Some(match &self.source {
+            Some(s) => Denial {
+                policy: s.policy.clone(),
+                rule: s.rule.unwrap_or_default(),
+            }
+            .details(),
+            None => NO_ALLOW_MATCHED.to_owned(),
+        })
+    }
+}
+
 /// Every policy that applies to this workload, by action.
 #[derive(Debug, Clone, Default)]
 pub struct Authorization {

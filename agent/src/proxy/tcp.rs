@@ -29,7 +29,7 @@ use super::{Direction, Worker};
 use crate::connect::connect_tcp;
 use crate::ext_authz::{CheckOutcome, CheckRequest};
 use crate::flags::ResponseFlags;
-use crate::model::authz::{AuthzInput, DecisionSource, Denial, NO_ALLOW_MATCHED};
+use crate::model::authz::{AuthzInput, DecisionSource};
 use crate::model::balancer::PickInput;
 use crate::model::capture::OutboundTrafficMode;
 use crate::model::cluster::Cluster;
@@ -392,15 +392,7 @@ async fn authorize(
         verdict.source = Some(source);
     }
     let local = policies.decide_local(&input, None);
-    if !local.allowed {
-        let details = match &local.source {
-            Some(s) => Denial {
-                policy: s.policy.clone(),
-                rule: s.rule.unwrap_or_default(),
-            }
-            .details(),
-            None => NO_ALLOW_MATCHED.to_owned(),
-        };
+    if let Some(details) = local.denied_details() {
         tracing::debug!(peer = %ends.peer, %details, "tcp connection refused by AuthorizationPolicy");
         return ConnectionVerdict {
             denied: Some(details),

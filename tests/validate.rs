@@ -379,3 +379,63 @@ fn a_gateway_file_is_checked_in_the_gateways_context() {
         "{report:#}"
     );
 }
+
+/// A refused mesh config is reported by its own error alone: the
+/// AuthorizationPolicy and Telemetry that name its providers are not also
+/// told that no such provider exists (its providers are unknown, not
+/// missing). Here the error is Envoy's: `includeRequestBodyInCheck` needs
+/// `maxRequestBytes`, and the message says it is required.
+#[test]
+fn a_refused_mesh_config_is_reported_by_its_own_error_alone() {
+    let yaml = r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: reviews-v1, namespace: default}
+spec:
+  service: reviews
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |-
+    extensionProviders:
+    - name: authz
+      envoyExtAuthzHttp:
+        service: authz.default.svc.cluster.local
+        port: 8000
+        includeRequestBodyInCheck: {allowPartialMessage: true}
+    - {name: otel, opentelemetry: {service: otel.default.svc.cluster.local, port: 4317}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: default}
+spec:
+  action: CUSTOM
+  provider: {name: authz}
+  rules: [{to: [{operation: {paths: ["/admin/*"]}}]}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: default}
+spec:
+  tracing: [{providers: [{name: otel}]}]
+"#;
+    let (code, report) = run_json(&["-"], yaml);
+    assert_eq!(code, 1, "{report:#}");
+    let errors = errors(&report);
+    assert_eq!(errors.len(), 1, "the mesh config's error alone: {report:#}");
+    let error = errors[0];
+    assert_eq!(error["document"], 2, "{error:#}");
+    assert_eq!(
+        error["field"],
+        "data.mesh.extensionProviders[0].envoyExtAuthzHttp.includeRequestBodyInCheck.maxRequestBytes"
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("is required"),
+        "{error:#}"
+    );
+    assert!(
+        !report.to_string().contains("no extension provider"),
+        "{report:#}"
+    );
+}

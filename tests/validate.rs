@@ -434,6 +434,14 @@ spec:
         error["message"].as_str().unwrap().contains("is required"),
         "{error:#}"
     );
+    // The line inside the `mesh: |-` block where the field is missing:
+    // `includeRequestBodyInCheck`'s own, not the `mesh:` line.
+    let line = yaml
+        .lines()
+        .position(|l| l.contains("includeRequestBodyInCheck"))
+        .unwrap()
+        + 1;
+    assert_eq!(error["line"], line, "{error:#}");
     assert!(
         !report.to_string().contains("no extension provider"),
         "{report:#}"

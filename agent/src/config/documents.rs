@@ -2,6 +2,7 @@
 //! (YAML or JSON; a `List` holds several resources) and turns each resource
 //! into a typed one, or a diagnostic naming the document, line and field.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -430,27 +431,39 @@ fn mesh_document(
         },
     };
     let field = source.field;
+    // A `mesh: |` block is read from its first line in the file, so its
+    // fields' findings point at their own lines; any other string from 1.
+    let block_start = location.lines.block_start(field);
+    let mut location = Cow::Borrowed(location);
     let object = match (source.raw, source.text) {
         (None, _) => Value::Null,
-        (Some(Value::String(text)), true) => match read_document(text, 1) {
-            Ok(Some(tree)) => tree.value,
+        (Some(Value::String(text)), true) => match read_document(text, block_start.unwrap_or(1)) {
+            Ok(Some(tree)) => {
+                if block_start.is_some() {
+                    location.to_mut().lines = location.lines.with_inner(field, &tree.lines);
+                }
+                tree.value
+            }
             Ok(None) => Value::Null,
             Err(err) => {
-                let msg = format!(
-                    "the mesh config is not YAML (its line {}): {}",
-                    err.line, err.message
-                );
-                diags.error(location, Some(field.to_owned()), msg);
-                return Some(Resource::RejectedMeshConfig(location.clone()));
+                let msg = match block_start {
+                    Some(_) => format!("the mesh config is not YAML: {}", err.message),
+                    None => format!(
+                        "the mesh config is not YAML (its line {}): {}",
+                        err.line, err.message
+                    ),
+                };
+                diags.error(&location, Some(field.to_owned()), msg);
+                return Some(Resource::RejectedMeshConfig(location.into_owned()));
             }
         },
         (Some(_), true) => {
             diags.error(
-                location,
+                &location,
                 Some(field.to_owned()),
                 "`mesh` must be a string holding YAML",
             );
-            return Some(Resource::RejectedMeshConfig(location.clone()));
+            return Some(Resource::RejectedMeshConfig(location.into_owned()));
         }
         (Some(object), false) => object.clone(),
     };
@@ -461,20 +474,20 @@ fn mesh_document(
         } else {
             format!("{field}.{path}")
         };
-        diags.error(location, Some(at), message.clone());
+        diags.error(&location, Some(at), message.clone());
     }
     if !read.unused.is_empty() {
         let msg = format!(
             "MeshConfig fields not used by the agent: {}",
             read.unused.join(", ")
         );
-        diags.warn(location, Some(field.to_owned()), msg);
+        diags.warn(&location, Some(field.to_owned()), msg);
     }
     let Some(config) = read.config.filter(|_| read.errors.is_empty()) else {
-        return Some(Resource::RejectedMeshConfig(location.clone()));
+        return Some(Resource::RejectedMeshConfig(location.into_owned()));
     };
     Some(Resource::MeshConfig(Document {
-        location: location.clone(),
+        location: location.into_owned(),
         api_version: api_version.to_owned(),
         metadata,
         spec: config,

@@ -92,6 +92,10 @@ pub struct Tree {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lines {
     index: Arc<HashMap<String, usize>>,
+    /// The first content line of every literal block scalar (`key: |`),
+    /// by path: where the YAML a string holds (a ConfigMap's `mesh`)
+    /// starts in the file, line for line.
+    blocks: Arc<HashMap<String, usize>>,
     /// Path of the resource inside the document (`items[2]` in a `List`).
     prefix: Arc<str>,
 }
@@ -117,14 +121,47 @@ impl Lines {
 
     /// The lines of the resource at `path` inside this one (a `List` item).
     pub fn nested(&self, path: &str) -> Lines {
-        let prefix = if self.prefix.is_empty() {
+        Lines {
+            index: self.index.clone(),
+            blocks: self.blocks.clone(),
+            prefix: Arc::from(self.full(path)),
+        }
+    }
+
+    /// The file line where the content of `field`, a literal block scalar
+    /// (`mesh: |`), starts: the YAML it holds is read from there (with
+    /// [`read_document`]) so its fields have their lines in the file. `None`
+    /// for any other scalar, whose lines do not map.
+    pub fn block_start(&self, field: &str) -> Option<usize> {
+        self.blocks.get(&self.full(field)).copied()
+    }
+
+    /// These lines with those of `inner`, the YAML that `field` holds, read
+    /// from its [`Lines::block_start`]: `field.<path>` is found at `inner`'s
+    /// line of `<path>`.
+    pub fn with_inner(&self, field: &str, inner: &Lines) -> Lines {
+        let at = self.full(field);
+        let mut index = (*self.index).clone();
+        for (path, line) in inner.index.iter() {
+            let joined = match path.as_str() {
+                "" => at.clone(),
+                p if p.starts_with('[') => format!("{at}{p}"),
+                p => format!("{at}.{p}"),
+            };
+            index.entry(joined).or_insert(*line);
+        }
+        Lines {
+            index: Arc::new(index),
+            blocks: self.blocks.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+
+    fn full(&self, path: &str) -> String {
+        if self.prefix.is_empty() {
             path.to_owned()
         } else {
             format!("{}.{path}", self.prefix)
-        };
-        Lines {
-            index: self.index.clone(),
-            prefix: Arc::from(prefix),
         }
     }
 }
@@ -205,6 +242,7 @@ fn read_once(text: &str, first_line: usize) -> Attempt {
         chars: &chars,
         first_line,
         lines: HashMap::new(),
+        blocks: HashMap::new(),
         colon_scalars: Vec::new(),
     };
     let mut path = String::new();
@@ -222,6 +260,7 @@ fn read_once(text: &str, first_line: usize) -> Attempt {
         value,
         lines: Lines {
             index: Arc::new(reader.lines),
+            blocks: Arc::new(reader.blocks),
             prefix: Arc::from(""),
         },
     })))
@@ -327,12 +366,33 @@ struct Reader<'a> {
     chars: &'a [char],
     first_line: usize,
     lines: HashMap<String, usize>,
+    blocks: HashMap<String, usize>,
     colon_scalars: Vec<(usize, usize)>,
 }
 
 impl Reader<'_> {
     fn line(&self, span: &Span) -> usize {
         self.first_line + span.start.line().saturating_sub(1)
+    }
+
+    /// The file line after a literal block scalar's `|` header: the line
+    /// its content (leading blank lines included) starts on. The parser's
+    /// span starts at the first non-blank content line, so the header is
+    /// looked for before it.
+    fn block_start(&self, span: &Span) -> usize {
+        let at = span.start.index().min(self.chars.len());
+        match self.chars[..at].iter().rposition(|c| *c == '|') {
+            Some(header) => {
+                // Only the lines between header and content are counted, so
+                // a file of many blocks is read in linear time.
+                let between = self.chars[header..at]
+                    .iter()
+                    .filter(|c| **c == '\n')
+                    .count();
+                self.line(span) - between + 1
+            }
+            None => self.line(span),
+        }
     }
 
     fn error(&self, span: &Span, message: impl Into<String>) -> SyntaxError {
@@ -347,6 +407,10 @@ impl Reader<'_> {
         self.lines.entry(path.clone()).or_insert(line);
         match &node.data {
             YamlData::Representation(text, style, tag) => {
+                if *style == ScalarStyle::Literal {
+                    self.blocks
+                        .insert(path.clone(), self.block_start(&node.span));
+                }
                 let scalar =
                     Scalar::parse_from_cow_and_metadata(text.clone(), *style, tag.as_ref())
                         .ok_or_else(|| {
@@ -493,6 +557,28 @@ mod tests {
         let second = tree.lines.nested("items[1]");
         assert_eq!(second.of(Some("spec.y[1]")), Some(6));
         assert_eq!(second.of(None), Some(4));
+    }
+
+    #[test]
+    fn yaml_in_a_literal_block_keeps_its_lines_in_the_file() {
+        // Line 3 is the header; the block's content starts on line 4, blank
+        // lines included; a folded or quoted string has no block start.
+        let tree = read(
+            "data:\n  other: \"a: 1\"\n  mesh: |-\n\n    tracing:\n      sampling: 200\n  folded: >\n    a: 1\n",
+        );
+        let lines = &tree.lines;
+        assert_eq!(lines.block_start("data.mesh"), Some(4));
+        assert_eq!(lines.block_start("data.other"), None);
+        assert_eq!(lines.block_start("data.folded"), None);
+        let mesh = tree.value["data"]["mesh"].as_str().unwrap();
+        let inner = read_document(mesh, 4).unwrap().unwrap();
+        let both = lines.with_inner("data.mesh", &inner.lines);
+        assert_eq!(both.of(Some("data.mesh.tracing.sampling")), Some(6));
+        assert_eq!(both.of(Some("data.mesh.tracing.nothing")), Some(5));
+        assert_eq!(both.of(Some("data.mesh")), Some(3), "the key's own line");
+        // The header on a line of its own.
+        let tree = read("mesh:\n  |\n  a: 1\n");
+        assert_eq!(tree.lines.block_start("mesh"), Some(3));
     }
 
     #[test]

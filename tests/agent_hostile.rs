@@ -429,6 +429,27 @@ fn timeouts_past_their_bound_are_refused() {
     let (ok, out) = common::agent::validate(&yaml);
     assert!(!ok, "{out}");
     assert!(out.contains("spec.downstream.idleTimeout"), "{out}");
+    // Under 1ms (but not 0s, which turns it off) is refused too: Envoy
+    // counts milliseconds, so it would be off unasked. Each field is named.
+    let yaml = frontend(
+        "127.0.0.1:9".parse().unwrap(),
+        "  downstream: {idleTimeout: 1ns, streamIdleTimeout: 0.1ms}\n",
+    );
+    let (ok, out) = common::agent::validate(&yaml);
+    assert!(!ok, "{out}");
+    for field in [
+        "spec.downstream.idleTimeout",
+        "spec.downstream.streamIdleTimeout",
+    ] {
+        assert!(out.contains(field), "{field}: {out}");
+    }
+    assert!(out.contains("shorter than the minimum, 1ms"), "{out}");
+    let yaml = frontend(
+        "127.0.0.1:9".parse().unwrap(),
+        "  downstream: {idleTimeout: 0s, streamIdleTimeout: 0s}\n",
+    );
+    let (ok, out) = common::agent::validate(&yaml);
+    assert!(ok, "0s turns them off: {out}");
     let yaml = frontend(
         "127.0.0.1:9".parse().unwrap(),
         "    maxSeriesPerMetric: 0\n",

@@ -136,6 +136,12 @@ pub(super) fn compile(
                 Some(field.into()),
                 format!("{value:?} is longer than the maximum, 24h (0s turns it off)"),
             );
+        } else if !value.is_zero() && value < Duration::from_millis(1) {
+            diags.error(
+                loc,
+                Some(field.into()),
+                format!("{value:?} is shorter than the minimum, 1ms (0s turns it off)"),
+            );
         }
         (!value.is_zero()).then_some(value)
     };

@@ -27,8 +27,10 @@ impl fmt::Display for IstioDuration {
             write!(f, "{}s", d.as_secs())
         } else if d.as_nanos().is_multiple_of(1_000_000) {
             write!(f, "{}ms", d.as_millis())
-        } else {
+        } else if d.as_nanos().is_multiple_of(1_000) {
             write!(f, "{}us", d.as_micros())
+        } else {
+            write!(f, "{}ns", d.as_nanos())
         }
     }
 }

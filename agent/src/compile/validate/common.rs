@@ -327,6 +327,19 @@ pub(super) fn duration_at_least_1ms(c: &mut Check<'_>, field: &str, d: Option<Is
     }
 }
 
+/// A timeout that `0s` turns off: zero, or at least 1ms (Istio's
+/// `connectionPool.tcp.idleTimeout`, istio/istio#55409): anything between
+/// would round to 0 in Envoy's milliseconds and turn it off unasked.
+pub(super) fn duration_zero_or_at_least_1ms(
+    c: &mut Check<'_>,
+    field: &str,
+    d: Option<IstioDuration>,
+) {
+    if d.is_some_and(|d| !d.get().is_zero()) {
+        duration_at_least_1ms(c, field, d);
+    }
+}
+
 pub(super) fn ip_or_cidr(c: &mut Check<'_>, field: &str, value: &str) {
     if Cidr::parse(value).is_none() {
         c.error(

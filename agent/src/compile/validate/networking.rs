@@ -423,6 +423,7 @@ fn connection_pool(c: &mut Check<'_>, field: &str, pool: &ConnectionPoolSettings
             );
         }
         common::duration_at_least_1ms(c, &format!("{f}.connectTimeout"), tcp.connect_timeout);
+        common::duration_zero_or_at_least_1ms(c, &format!("{f}.idleTimeout"), tcp.idle_timeout);
         common::duration_at_least_1ms(
             c,
             &format!("{f}.maxConnectionDuration"),

@@ -214,7 +214,6 @@ pub enum ExtAuthzError {
 pub struct ExtAuthzClient {
     protocol: Protocol,
     stats: stats::ProviderStats,
-    failures: stats::FailureLog,
 }
 
 #[derive(Debug)]
@@ -250,7 +249,10 @@ impl ExtAuthzClient {
     ) -> Self {
         let provider = stats.provider(&settings.common.provider);
         let client = http::HttpAuthzClient::new(settings, upstream, stats.clone());
-        Self::with(Protocol::Http(Box::new(client)), provider)
+        Self {
+            protocol: Protocol::Http(Box::new(client)),
+            stats: provider,
+        }
     }
 
     /// A client for gRPC settings, dialing the target as written (DNS),
@@ -268,14 +270,9 @@ impl ExtAuthzClient {
     ) -> Self {
         let provider = stats.provider(&settings.common.provider);
         let client = grpc::GrpcAuthzClient::new(settings, upstream, stats.clone());
-        Self::with(Protocol::Grpc(client), provider)
-    }
-
-    fn with(protocol: Protocol, stats: stats::ProviderStats) -> Self {
         Self {
-            protocol,
-            stats,
-            failures: stats::FailureLog::default(),
+            protocol: Protocol::Grpc(client),
+            stats: provider,
         }
     }
 
@@ -341,7 +338,8 @@ impl ExtAuthzClient {
             }
             Err(error) => {
                 self.stats.error.inc();
-                self.failures
+                self.stats
+                    .failures
                     .failed(&settings.provider, &error, settings.fail_open);
                 if settings.fail_open {
                     self.stats.failure_mode_allowed.inc();

@@ -5,13 +5,14 @@
 //! bounded log of an authorizer's failures: one WARN line per provider per
 //! [`FAILURE_LOG_INTERVAL`], carrying how many failures it stands for.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use super::ExtAuthzError;
+use crate::model::live::Registry as ByName;
 
 /// The family's name on `/metrics`.
 pub const REQUESTS_FAMILY: &str = "tracemesh_agent_ext_authz_requests_total";
@@ -30,6 +31,8 @@ pub struct ExtAuthzStats {
     tls_failures: OnceLock<IntCounterVec>,
     /// Where TLS failures go before that (a compile outside a running agent).
     unregistered_tls: IntCounterVec,
+    /// Each provider's failure log, so a reload keeps what went unlogged.
+    failure_logs: ByName<FailureLog>,
 }
 
 impl Default for ExtAuthzStats {
@@ -45,6 +48,7 @@ impl Default for ExtAuthzStats {
                 &["provider", "result"],
             ),
             tls_failures: OnceLock::new(),
+            failure_logs: ByName::default(),
             unregistered_tls: vec(
                 "tracemesh_agent_tls_handshake_failures_total",
                 "TLS handshakes that failed, by direction and reason.",
@@ -74,11 +78,13 @@ impl ExtAuthzStats {
         self.tls_failures.get().unwrap_or(&self.unregistered_tls)
     }
 
-    /// The counters of `provider`, every result at zero from the start (as
-    /// Envoy's stats are).
+    /// The counters and failure log of `provider`, every result at zero
+    /// from the start (as Envoy's stats are).
     pub fn provider(&self, provider: &str) -> ProviderStats {
         let counter = |result: &str| self.requests.with_label_values(&[provider, result]);
+        let failures = self.failure_logs.get_with(provider, FailureLog::default);
         ProviderStats {
+            failures,
             ok: counter("ok"),
             denied: counter("denied"),
             error: counter("error"),
@@ -104,6 +110,8 @@ pub struct ProviderStats {
     /// The authorizer failed and `failOpen` let the request through
     /// (counted in `error` too, as in Envoy).
     pub failure_mode_allowed: IntCounter,
+    /// The provider's bounded failure log, shared across reloads.
+    pub failures: Arc<FailureLog>,
 }
 
 /// One WARN line per [`FAILURE_LOG_INTERVAL`] for one provider's failures.
@@ -178,6 +186,22 @@ mod tests {
         )));
         stats.tls_failures().with_label_values(&["a", "b"]).inc();
         assert_eq!(tls.with_label_values(&["a", "b"]).get(), 1, "attached");
+    }
+
+    #[test]
+    fn a_reload_keeps_the_failures_not_yet_logged() {
+        let stats = ExtAuthzStats::default();
+        let error = ExtAuthzError::Transport("refused".into());
+        let before = stats.provider("authz");
+        for _ in 0..5 {
+            before.failures.failed("authz", &error, false);
+        }
+        // A reload compiles the provider again.
+        let after = stats.provider("authz");
+        after.failures.failed("authz", &error, false);
+        assert_eq!(after.failures.unlogged.load(Ordering::Relaxed), 5);
+        let other = stats.provider("other");
+        assert_eq!(other.failures.unlogged.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -369,9 +369,12 @@ impl LiveState {
     }
 }
 
+/// State shared by name across reloads: what a new config asks for by
+/// name is what the running one holds, until no config holds it. Locked
+/// only when a config is compiled, never on the request path.
 #[allow(clippy::disallowed_types)]
 #[derive(Debug)]
-struct Registry<T>(Mutex<HashMap<String, Weak<T>>>);
+pub(crate) struct Registry<T>(Mutex<HashMap<String, Weak<T>>>);
 
 #[allow(clippy::disallowed_types)]
 impl<T> Default for Registry<T> {
@@ -381,7 +384,8 @@ impl<T> Default for Registry<T> {
 }
 
 impl<T> Registry<T> {
-    fn get_with(&self, key: &str, make: impl FnOnce() -> T) -> Arc<T> {
+    /// The item of `key` a live config holds, else a new one from `make`.
+    pub(crate) fn get_with(&self, key: &str, make: impl FnOnce() -> T) -> Arc<T> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(item) = map.get(key).and_then(Weak::upgrade) {
             return item;

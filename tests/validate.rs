@@ -447,3 +447,31 @@ spec:
         "{report:#}"
     );
 }
+
+/// An IPv4-mapped IPv6 block in an AuthorizationPolicy never matches (IPv4
+/// peers are matched as IPv4, as Envoy matches them): valid, but warned,
+/// with the IPv4 block to write instead.
+#[test]
+fn an_ipv4_mapped_block_is_warned_with_what_to_write() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: fence, namespace: default}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {ipBlocks: [\"::ffff:127.0.0.9/128\", \"10.0.0.0/8\"]}}]\n";
+    let (code, report) = run_json(&["-"], yaml);
+    assert_eq!(code, 0, "{report:#}");
+    let warnings: Vec<&Value> = report["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["severity"] == "warning")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{report:#}");
+    assert_eq!(
+        warnings[0]["field"],
+        "spec.rules[0].from[0].source.ipBlocks[0]"
+    );
+    assert!(
+        warnings[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("write \"127.0.0.9/32\""),
+        "{report:#}"
+    );
+}

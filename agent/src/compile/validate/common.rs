@@ -340,6 +340,30 @@ pub(super) fn duration_zero_or_at_least_1ms(
     }
 }
 
+/// An AuthorizationPolicy address: an IP or CIDR, warned when it is an
+/// IPv4-mapped IPv6 one (`::ffff:10.0.0.1`), which never matches: a peer
+/// connecting over IPv4 to a dual-stack listener is matched as IPv4, as
+/// Envoy matches it.
+pub(super) fn peer_ip_or_cidr(c: &mut Check<'_>, field: &str, value: &str) {
+    ip_or_cidr(c, field, value);
+    let (address, prefix) = match value.split_once('/') {
+        Some((a, p)) => (a, p.parse::<u8>().ok()),
+        None => (value, None),
+    };
+    if let Ok(std::net::IpAddr::V6(v6)) = address.parse::<std::net::IpAddr>()
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        let instead = match prefix {
+            Some(p) if p >= 96 => format!("{v4}/{}", p - 96),
+            _ => v4.to_string(),
+        };
+        c.warn(
+            field,
+            format!("{value:?} is an IPv4-mapped IPv6 address and never matches: IPv4 peers are matched as IPv4; write {instead:?}"),
+        );
+    }
+}
+
 pub(super) fn ip_or_cidr(c: &mut Check<'_>, field: &str, value: &str) {
     if Cidr::parse(value).is_none() {
         c.error(

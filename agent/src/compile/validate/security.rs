@@ -155,7 +155,7 @@ pub(super) fn authorization_policy(c: &mut Check<'_>, doc: &Document<Authorizati
                 for (k, v) in list.iter().enumerate() {
                     let vf = format!("{f}.{name}[{k}]");
                     if ips {
-                        common::ip_or_cidr(c, &vf, v);
+                        common::peer_ip_or_cidr(c, &vf, v);
                     } else if key == "destination.port"
                         && !v.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n))
                     {
@@ -221,7 +221,7 @@ fn source(c: &mut Check<'_>, field: &str, s: &Source) {
         ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
     ] {
         for (k, v) in list.iter().enumerate() {
-            common::ip_or_cidr(c, &format!("{field}.{name}[{k}]"), v);
+            common::peer_ip_or_cidr(c, &format!("{field}.{name}[{k}]"), v);
         }
     }
     for (name, list) in [

@@ -90,7 +90,7 @@ pub(super) fn authorization_policy(c: &mut Check<'_>, doc: &Document<Authorizati
             }
             for (name, list) in [("ports", &op.ports), ("notPorts", &op.not_ports)] {
                 for (k, p) in list.iter().enumerate() {
-                    if !p.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n)) {
+                    if !is_port_number(p) {
                         c.error(
                             format!("{f}.{name}[{k}]"),
                             format!("{p:?} is not a port number (1-65535)"),
@@ -157,7 +157,7 @@ pub(super) fn authorization_policy(c: &mut Check<'_>, doc: &Document<Authorizati
                     if ips {
                         common::peer_ip_or_cidr(c, &vf, v);
                     } else if key == "destination.port"
-                        && !v.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n))
+                        && !is_port_number(v)
                     {
                         c.error(&vf, format!("{v:?} is not a port number (1-65535)"));
                     } else if key == "source.serviceAccount" && v.split('/').count() != 2 {
@@ -622,4 +622,12 @@ pub(super) fn telemetry(c: &mut Check<'_>, doc: &Document<TelemetrySpec>) {
             );
         }
     }
+}
+
+/// A port as Istio reads one in a policy (Go's `strconv.ParseUint`): decimal
+/// digits only, no sign, 1 to 65535.
+fn is_port_number(text: &str) -> bool {
+    !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && text.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n))
 }

@@ -156,9 +156,7 @@ pub(super) fn authorization_policy(c: &mut Check<'_>, doc: &Document<Authorizati
                     let vf = format!("{f}.{name}[{k}]");
                     if ips {
                         common::peer_ip_or_cidr(c, &vf, v);
-                    } else if key == "destination.port"
-                        && !is_port_number(v)
-                    {
+                    } else if key == "destination.port" && !is_port_number(v) {
                         c.error(&vf, format!("{v:?} is not a port number (1-65535)"));
                     } else if key == "source.serviceAccount" && v.split('/').count() != 2 {
                         c.error(&vf, format!("{v:?} must be namespace/serviceaccount"));

@@ -74,13 +74,18 @@ fn documents(dir: &Path) -> Vec<(String, usize, Value)> {
     out
 }
 
-fn errors(report: &Value) -> Vec<&Value> {
+/// The report's findings of `severity` (`error`, `warning`).
+fn findings<'a>(report: &'a Value, severity: &str) -> Vec<&'a Value> {
     report["diagnostics"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|d| d["severity"] == "error")
+        .filter(|d| d["severity"] == severity)
         .collect()
+}
+
+fn errors(report: &Value) -> Vec<&Value> {
+    findings(report, "error")
 }
 
 #[test]
@@ -456,12 +461,7 @@ fn an_ipv4_mapped_block_is_warned_with_what_to_write() {
     let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: fence, namespace: default}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {ipBlocks: [\"::ffff:127.0.0.9/128\", \"10.0.0.0/8\"]}}]\n";
     let (code, report) = run_json(&["-"], yaml);
     assert_eq!(code, 0, "{report:#}");
-    let warnings: Vec<&Value> = report["diagnostics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["severity"] == "warning")
-        .collect();
+    let warnings = findings(&report, "warning");
     assert_eq!(warnings.len(), 1, "{report:#}");
     assert_eq!(
         warnings[0]["field"],

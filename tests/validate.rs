@@ -475,3 +475,25 @@ fn an_ipv4_mapped_block_is_warned_with_what_to_write() {
         "{report:#}"
     );
 }
+
+/// YAML that does not parse inside a `mesh: |` block is reported at
+/// `data.mesh`, with the line of the fault in the file.
+#[test]
+fn bad_yaml_in_a_mesh_block_names_its_line_in_the_file() {
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |-\n    rootNamespace: istio-system\n    extensionProviders: [\n";
+    let (code, report) = run_json(&["-"], yaml);
+    assert_eq!(code, 1, "{report:#}");
+    let errors = errors(&report);
+    assert_eq!(errors.len(), 1, "{report:#}");
+    assert_eq!(errors[0]["field"], "data.mesh");
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("the mesh config is not YAML"),
+        "{message}"
+    );
+    // The unclosed list runs to the end of the block, past line 7.
+    assert!(
+        message.contains("(line 7,") || message.contains("(line 8,"),
+        "{message}"
+    );
+}

@@ -113,6 +113,7 @@ build() {
     log "measuring the given builds: $TRACEMESH_BIN, $SINK_BIN"
     TRACEMESH=$TRACEMESH_BIN
     SINK=$SINK_BIN
+    GIVEN_BINS=1
     FLOOR=$(dirname "$SINK_BIN")/hyper_floor
     return
   fi
@@ -130,6 +131,7 @@ measures() { [[ " ${PATHS[*]} " == *" $1 "* ]]; }
 
 PIDS=()
 RUN=""
+GIVEN_BINS=""
 cleanup() {
   local status=$?
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -597,7 +599,7 @@ cost_report() {
   local file=$1
   export RESULTS_FILE="$RESULTS" OUT_FILE="$file" ENVOY_VERSION NGINX_VERSION RUSTC_VERSION CPU_MODEL \
     CORES MEMORY KERNEL COMMIT DIRTY LOAD_BEFORE LOAD_AFTER PIN_NOTE RUN_DATE ROUNDS COST_RATES \
-    COST_DURATION LATENCY_CONNECTIONS WRK_CONNECTIONS WRK_DURATION IDLE_SECONDS BASELINE_NOTE
+    COST_DURATION LATENCY_CONNECTIONS WRK_CONNECTIONS WRK_DURATION IDLE_SECONDS BASELINE_NOTE GIVEN_BINS
   python3 "$HERE/cost_report.py"
 }
 

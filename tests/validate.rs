@@ -493,3 +493,33 @@ fn bad_yaml_in_a_mesh_block_names_its_line_in_the_file() {
     );
     assert!(message.contains("(line 7,"), "{message}");
 }
+
+/// Every fault of a document is named at once, not only serde's first:
+/// here three fields of an Agent document.
+#[test]
+fn every_fault_of_a_document_is_named_at_once() {
+    let yaml = "apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {name: reviews-v1, namespace: default}\nspec:\n  service: reviews\n  downstream: {idleTimeout: -1s, streamIdleTimeout: -1s}\n  concurrency: x\n";
+    let (code, report) = run_json(&["-"], yaml);
+    assert_eq!(code, 1, "{report:#}");
+    let mut fields: Vec<&str> = errors(&report)
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "spec.concurrency",
+            "spec.downstream.idleTimeout",
+            "spec.downstream.streamIdleTimeout"
+        ],
+        "{report:#}"
+    );
+    // A required field of the wrong type is named once, not again as missing.
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec:\n  host: [reviews]\n";
+    let (code, report) = run_json(&["-"], rule);
+    assert_eq!(code, 1, "{report:#}");
+    let errors = errors(&report);
+    assert_eq!(errors.len(), 1, "{report:#}");
+    assert_eq!(errors[0]["field"], "spec.host");
+}

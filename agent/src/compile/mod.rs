@@ -42,8 +42,8 @@ struct Documents {
     workload_entries: Vec<Document<crate::config::service_entry::WorkloadEntry>>,
     sidecars: Vec<Document<crate::config::gateway::SidecarSpec>>,
     mesh_configs: Vec<Document<crate::config::mesh::MeshConfig>>,
-    /// Mesh configs refused for their errors.
-    rejected_mesh_configs: usize,
+    /// Whether a mesh config was refused for its errors.
+    mesh_config_rejected: bool,
     telemetries: Vec<Document<crate::config::telemetry::TelemetrySpec>>,
     request_authentications: Vec<Document<crate::config::security::RequestAuthenticationSpec>>,
     ingress_gateways: Vec<Document<crate::config::ingress_gateway::IngressGatewaySpec>>,
@@ -71,7 +71,7 @@ impl Documents {
                 Resource::WorkloadEntry(d) => docs.workload_entries.push(d),
                 Resource::Sidecar(d) => docs.sidecars.push(d),
                 Resource::MeshConfig(d) => docs.mesh_configs.push(d),
-                Resource::RejectedMeshConfig(_) => docs.rejected_mesh_configs += 1,
+                Resource::RejectedMeshConfig(_) => docs.mesh_config_rejected = true,
                 Resource::Telemetry(d) => docs.telemetries.push(d),
                 Resource::RequestAuthentication(d) => docs.request_authentications.push(d),
                 Resource::IngressGateway(d) => docs.ingress_gateways.push(d),
@@ -254,7 +254,7 @@ fn gateway_proxy(
             path_normalization: spec.path_normalization.clone(),
         },
     };
-    let mesh = mesh::compile(&docs.mesh_configs, docs.rejected_mesh_configs > 0, diags);
+    let mesh = mesh::compile(&docs.mesh_configs, docs.mesh_config_rejected, diags);
     let mut boot = bootstrap::compile(&agent, &mesh, diags)?;
     let namespace = boot.identity.namespace.clone();
     let inbound = registry::inbound_cluster(&boot, states);
@@ -366,7 +366,7 @@ fn build(
     diags: &mut Diagnostics,
 ) -> Option<Snapshot> {
     let agent = bootstrap::single_agent(file, &docs.agents, diags)?;
-    let mesh = mesh::compile(&docs.mesh_configs, docs.rejected_mesh_configs > 0, diags);
+    let mesh = mesh::compile(&docs.mesh_configs, docs.mesh_config_rejected, diags);
     let boot = bootstrap::compile(agent, &mesh, diags);
     let namespace = boot
         .as_ref()

@@ -573,58 +573,16 @@ pub fn read_mesh_config(value: Value) -> MeshRead {
             );
         }
     }
-    match serde_path_to_error::deserialize::<_, MeshConfig>(Value::Object(map.clone())) {
+    match super::faults::deserialize::<MeshConfig>(Value::Object(map)) {
         Ok(config) => read.config = Some(config),
-        Err(err) => {
-            // serde stops at the first fault; each field (each item of a
-            // list) is read alone too, so every fault of the file is named
-            // at once.
-            let mut errors = part_errors(&map);
-            if errors.is_empty() {
-                errors.push(path_and_message(err));
-            }
-            read.errors.extend(errors);
+        Err(found) => {
+            let found = found
+                .into_iter()
+                .map(|(path, message)| (path.unwrap_or_default(), message));
+            read.errors.extend(found);
         }
     }
     read
-}
-
-/// `(path, message)` of a mesh config's deserialization error (`""`: the
-/// whole config).
-fn path_and_message(err: serde_path_to_error::Error<serde_json::Error>) -> (String, String) {
-    let path = err.path().to_string();
-    let path = if path == "." { String::new() } else { path };
-    (path, err.into_inner().to_string())
-}
-
-/// The deserialization error of each top-level field of `map` read alone,
-/// and of each item of a list field alone (its index kept in the path).
-fn part_errors(map: &serde_json::Map<String, Value>) -> Vec<(String, String)> {
-    let read = |key: &str, value: Value| {
-        let part = serde_json::Map::from_iter([(key.to_owned(), value)]);
-        serde_path_to_error::deserialize::<_, MeshConfig>(Value::Object(part))
-            .err()
-            .map(path_and_message)
-    };
-    let mut errors = Vec::new();
-    for (key, value) in map {
-        match value {
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if let Some((path, message)) = read(key, Value::Array(vec![item.clone()])) {
-                        let first = format!("{key}[0]");
-                        let path = match path.strip_prefix(&first) {
-                            Some(rest) => format!("{key}[{i}]{rest}"),
-                            None => path,
-                        };
-                        errors.push((path, message));
-                    }
-                }
-            }
-            _ => errors.extend(read(key, value.clone())),
-        }
-    }
-    errors
 }
 
 fn sort_fields(

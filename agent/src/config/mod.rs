@@ -8,6 +8,7 @@ pub mod diagnostics;
 pub mod documents;
 pub mod duration;
 pub mod envoy_filter;
+pub mod faults;
 pub mod gateway;
 pub mod gateway_api;
 pub mod ingress_gateway;

@@ -49,11 +49,8 @@ impl Default for ExtAuthzStats {
             ),
             tls_failures: OnceLock::new(),
             failure_logs: ByName::default(),
-            unregistered_tls: vec(
-                "tracemesh_agent_tls_handshake_failures_total",
-                "TLS handshakes that failed, by direction and reason.",
-                &["direction", "reason"],
-            ),
+            // Never served: a stand-in until `attach` gives the agent's own.
+            unregistered_tls: vec("unregistered", "unregistered", &["direction", "reason"]),
         }
     }
 }

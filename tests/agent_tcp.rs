@@ -422,3 +422,100 @@ spec:
     assert_eq!(ping(gateway.port(82), Some("127.0.0.1")).await, b"ping");
     assert_eq!(app.accepted(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn virtual_service_tcp_rules_shift_connections_between_subsets() {
+    // Istio's TCP traffic shifting: db's v1 and v2 are two echo servers,
+    // and the frontend's outbound TCP listener to db:5432 is routed by the
+    // VirtualService's tcp[] rule, 25/75.
+    let v1 = CountingEcho::start().await;
+    let v2 = CountingEcho::start().await;
+    let version = |v| [("app", "db"), ("version", v)];
+    let (l1, l2) = (version("v1"), version("v2"));
+    let entry = service_entry(
+        "db",
+        5432,
+        "TCP",
+        &[
+            Ep {
+                addr: v1.addr,
+                labels: &l1,
+            },
+            Ep {
+                addr: v2.addr,
+                labels: &l2,
+            },
+        ],
+    );
+    let routing = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{sourceLabels: {app: reviews}}]
+    route: [{destination: {host: db, subset: v1}}]
+  - match: [{port: 5432}]
+    route:
+    - {destination: {host: db, subset: v1}, weight: 25}
+    - {destination: {host: db, subset: v2}, weight: 75}
+";
+    let frontend = tcp_agent(
+        "frontend",
+        closed_port().await,
+        "[{listen: \"127.0.0.1:0\", host: db, port: 5432}]",
+        "",
+        &(entry.clone() + routing),
+    );
+    // Enforced, so not warned as accepted-but-ignored.
+    let (valid, said) = common::agent::validate(&(frontend_doc(&entry) + routing));
+    assert!(valid && !said.contains("spec.tcp"), "{said}");
+    const CONNECTIONS: usize = 200;
+    for _ in 0..CONNECTIONS {
+        assert_eq!(ping(frontend.outbound_tcp[0], None).await, b"ping");
+    }
+    let (to_v1, to_v2) = (v1.accepted(), v2.accepted());
+    assert_eq!(to_v1 + to_v2, CONNECTIONS);
+    // 25% of 200 is 50, with a standard deviation of about 6: the bounds
+    // are five deviations wide, so only a broken split falls outside.
+    assert!(
+        (20..=80).contains(&to_v1),
+        "v1 took {to_v1} of {CONNECTIONS} connections, v2 {to_v2}; the weights say 25/75"
+    );
+    // The metrics name the subset each connection went to.
+    let scrape = closed(&frontend, CONNECTIONS as f64, &[("reporter", "source")]).await;
+    let opened = |v: &str| {
+        scrape.sum(
+            "istio_tcp_connections_opened_total",
+            &[
+                ("destination_version", v),
+                ("destination_service", "db.default.svc.cluster.local"),
+            ],
+        )
+    };
+    assert_eq!((opened("v1"), opened("v2")), (to_v1 as f64, to_v2 as f64));
+}
+
+/// The frontend of the TCP routing test as `tracemesh validate` reads it.
+fn frontend_doc(entry: &str) -> String {
+    let doc = AgentDoc {
+        name: "frontend-v1",
+        service: "frontend",
+        app: "frontend",
+        version: "v1",
+        app_addr: "127.0.0.1:1".parse().unwrap(),
+        otlp: NO_COLLECTOR,
+        app_protocol: "TCP",
+        outbound_tcp: "[{listen: \"127.0.0.1:0\", host: db, port: 5432}]",
+        extra: "",
+    };
+    doc.yaml() + entry
+}

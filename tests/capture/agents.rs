@@ -8,8 +8,10 @@
 //! once: HTTP captured on both sides (trace context, source and
 //! destination reports, a weight split), mesh mTLS with no application
 //! change and a STRICT pod refusing a pod without sidecar, TCP and TLS
-//! passthrough, AuthorizationPolicy on captured inbound TCP, ALLOW_ANY and REGISTRY_ONLY, a Sidecar egress scope, the
-//! agents' own exports left uncaptured, and `--cleanup`.
+//! passthrough, a VirtualService tcp[] rule routing captured TCP to one
+//! subset, AuthorizationPolicy on captured inbound TCP, ALLOW_ANY and
+//! REGISTRY_ONLY, a Sidecar egress scope, the agents' own exports left
+//! uncaptured, and `--cleanup`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -72,6 +74,9 @@ spec:
   - route:
     - {{destination: {{host: reviews, subset: v1}}, weight: 50}}
     - {{destination: {{host: reviews, subset: v2}}, weight: 50}}
+  tcp:
+  - match: [{{port: 7001}}]
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -523,8 +528,24 @@ async fn unchanged_applications_are_served_by_captured_agents() {
     // the mTLS handshake and before the application sees a byte;
     // productpage's connection echoes.
     let tcp_echo = "exec 3<>/dev/tcp/reviews/7001; printf hi >&3; head -c 2 <&3";
-    let echoed = shell(&productpage, tcp_echo).await.expect("reviews echo");
-    assert_eq!(echoed, "hi");
+    for _ in 0..4 {
+        let echoed = shell(&productpage, tcp_echo).await.expect("reviews echo");
+        assert_eq!(echoed, "hi");
+    }
+    // The VirtualService's tcp[] rule sends every captured connection to
+    // reviews' port 7001 to subset v2, as Istio's TCP traffic shifting does.
+    let to = |version| {
+        [
+            ("reporter", "source"),
+            ("destination_service_name", "reviews"),
+            ("destination_version", version),
+        ]
+    };
+    wait_metrics(&productpage, "tcp connections to reviews v2", |m| {
+        m.sum("istio_tcp_connections_opened_total", &to("v2")) == 4.0
+            && m.sum("istio_tcp_connections_opened_total", &to("v1")) == 0.0
+    })
+    .await;
     let refused = shell(&ratings, tcp_echo).await;
     assert!(
         refused.is_err() || refused.as_deref() == Ok(""),

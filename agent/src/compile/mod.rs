@@ -16,6 +16,7 @@ mod registry;
 mod route_policy;
 mod routes;
 mod sidecar;
+mod tcp_rules;
 mod telemetry;
 mod unenforced;
 mod upstream_tls;
@@ -293,6 +294,7 @@ fn gateway_proxy(
         routes,
         inbound,
         tcp_routes: Vec::new(),
+        tcp_rules: Default::default(),
         clusters,
         decided_headers,
         capture,
@@ -404,6 +406,17 @@ fn build(
     let mut boot = boot?;
     let inbound = registry::inbound_cluster(&boot, states);
     let tcp_routes = registry.tcp_routes(agent, &namespace, diags);
+    let source = routes::Source {
+        labels: &boot.identity.labels,
+        namespace: &boot.identity.namespace,
+    };
+    let tcp_rules = tcp_rules::build(
+        &docs.virtual_services,
+        &registry,
+        Some(source),
+        &namespace,
+        diags,
+    );
     let policies = workload_policies(
         docs,
         agent,
@@ -437,6 +450,7 @@ fn build(
         routes,
         inbound,
         tcp_routes,
+        tcp_rules,
         clusters,
         decided_headers,
         capture,
@@ -499,6 +513,7 @@ struct Routing {
     routes: crate::model::route::RouteTable,
     inbound: Arc<crate::model::cluster::Cluster>,
     tcp_routes: Vec<Arc<crate::model::cluster::Cluster>>,
+    tcp_rules: crate::model::tcp_route::TcpRoutes,
     clusters: Vec<Arc<crate::model::cluster::Cluster>>,
     decided_headers: Vec<http::HeaderName>,
     capture: crate::model::capture::Capture,
@@ -528,6 +543,7 @@ fn snapshot(
         routes: routing.routes,
         inbound: routing.inbound,
         tcp_routes: routing.tcp_routes,
+        tcp_rules: routing.tcp_rules,
         clusters: routing.clusters,
         access: Arc::new(crate::model::access::AccessControl {
             authn: policies.authn,

@@ -95,7 +95,7 @@ pub const FIELDS: &[Field] = &[
         "every resource in the file applies to this agent",
     ),
     warned(VS, "spec.tls", "by sidecars; gateways route TLS by SNI"),
-    warned(VS, "spec.tcp", "by sidecars; gateways forward TCP"),
+    enforced(VS, "spec.tcp"),
     warned(VS, "spec.http[*].corsPolicy", ""),
     warned(
         VS,

@@ -305,43 +305,7 @@ fn unmapped(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::balancer::Balancer;
-    use crate::model::cluster::{DEFAULT_CONNECT_TIMEOUT, UpstreamTls};
-    use crate::model::endpoint::UpstreamAddr;
-    use crate::model::live::{LiveState, PoolLimits};
-    use crate::model::service::ServiceName;
-
-    fn cluster(host: &str, port: u16, protocol: Protocol, endpoints: &[&str]) -> Arc<Cluster> {
-        let live = LiveState::default();
-        let name = format!("outbound|{port}||{host}");
-        let endpoints = endpoints
-            .iter()
-            .map(|a| {
-                let address = UpstreamAddr::Socket(a.parse().unwrap());
-                let state = live.endpoint(&name, &address.to_string());
-                Arc::new(Endpoint::new(address, Default::default(), state, "default"))
-            })
-            .collect();
-        Arc::new(Cluster {
-            state: live.cluster(&name),
-            name,
-            service: Arc::new(ServiceName::new(host, "default")),
-            port,
-            protocol,
-            subset: None,
-            endpoints,
-            balancer: Balancer::RoundRobin(Default::default()),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            limits: PoolLimits::default(),
-            tcp_idle_timeout: None,
-            destination_rule: None,
-            outlier: None,
-            h2_upgrade: false,
-            use_client_protocol: false,
-            tls: UpstreamTls::Plain,
-            upstream_bind: None,
-        })
-    }
+    use crate::model::cluster::testing::cluster;
 
     fn net(s: &str) -> IpNet {
         s.parse::<IpNet>()

@@ -187,3 +187,49 @@ impl Cluster {
 
 /// Default TCP connect timeout, as Istio's (10s).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Clusters for the model's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::{Cluster, DEFAULT_CONNECT_TIMEOUT, UpstreamTls};
+    use crate::model::balancer::Balancer;
+    use crate::model::endpoint::{Endpoint, UpstreamAddr};
+    use crate::model::live::{LiveState, PoolLimits};
+    use crate::model::service::{Protocol, ServiceName};
+
+    /// The plaintext cluster `outbound|port||host` of `protocol` over
+    /// `endpoints` (`ip:port` texts), picked round-robin.
+    pub fn cluster(host: &str, port: u16, protocol: Protocol, endpoints: &[&str]) -> Arc<Cluster> {
+        let live = LiveState::default();
+        let name = format!("outbound|{port}||{host}");
+        let endpoints = endpoints
+            .iter()
+            .map(|a| {
+                let address = UpstreamAddr::Socket(a.parse().unwrap());
+                let state = live.endpoint(&name, &address.to_string());
+                Arc::new(Endpoint::new(address, Default::default(), state, "default"))
+            })
+            .collect();
+        Arc::new(Cluster {
+            state: live.cluster(&name),
+            name,
+            service: Arc::new(ServiceName::new(host, "default")),
+            port,
+            protocol,
+            subset: None,
+            endpoints,
+            balancer: Balancer::RoundRobin(Default::default()),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            limits: PoolLimits::default(),
+            tcp_idle_timeout: None,
+            destination_rule: None,
+            outlier: None,
+            h2_upgrade: false,
+            use_client_protocol: false,
+            tls: UpstreamTls::Plain,
+            upstream_bind: None,
+        })
+    }
+}

@@ -21,6 +21,7 @@ pub mod policy;
 pub mod rate_limit;
 pub mod route;
 pub mod service;
+pub mod tcp_route;
 pub mod telemetry;
 
 use std::collections::BTreeMap;
@@ -145,6 +146,9 @@ pub struct Snapshot {
     pub inbound: Arc<Cluster>,
     /// Destination of each outbound TCP listener, in `spec.outbound.tcp` order.
     pub tcp_routes: Vec<Arc<Cluster>>,
+    /// VirtualService `tcp[]` rules of outbound TCP service ports: where a
+    /// connection to the port (by listener or captured) goes instead.
+    pub tcp_rules: tcp_route::TcpRoutes,
     /// Every outbound cluster, for `/clusters`.
     pub clusters: Vec<Arc<Cluster>>,
     /// The peers the registry's endpoints describe: the only

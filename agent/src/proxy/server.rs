@@ -314,6 +314,7 @@ impl Connection {
                         self.http(io, down(captured)).await;
                     }
                     Ok(interception::Outbound::Tcp(target)) => {
+                        let target = tcp::routed(&snapshot, target, peer.ip(), dst.ip());
                         let ends = (peer, dst);
                         let side = (direction, None);
                         tcp::proxy(&self.worker, stream, ends, None, side, target).await;

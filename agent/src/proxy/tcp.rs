@@ -13,7 +13,7 @@
 //! (Envoy's `tcp_proxy` `idle_timeout`, default 1h) is closed on both sides.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -37,6 +37,7 @@ use crate::model::endpoint::Endpoint;
 use crate::model::endpoint::UpstreamAddr;
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
+use crate::model::tcp_route::TcpRouted;
 use crate::model::telemetry::Side;
 use crate::model::{MtlsMode, Snapshot};
 use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter, TcpConnection};
@@ -96,10 +97,13 @@ pub async fn serve(
         return; // refused and counted
     };
     let guarded = (direction == Direction::Inbound).then_some(cluster.port);
-    let target = TcpTarget::Cluster {
+    let mut target = TcpTarget::Cluster {
         cluster,
         endpoint: None,
     };
+    if direction == Direction::Outbound {
+        target = routed(&snapshot, target, peer.ip(), local.ip());
+    }
     let ends = (peer, local);
     proxy(
         &worker,
@@ -110,6 +114,38 @@ pub async fn serve(
         target,
     )
     .await;
+}
+
+/// A sidecar's outbound connection from `source` to `destination`,
+/// addressed to a service port: routed by the VirtualService `tcp[]` rules
+/// written for the port, else to the port's own cluster. A client that
+/// addressed an endpoint itself (a pod IP) keeps it, as Istio's sidecars
+/// send such connections on unrouted. A rule whose destination has no
+/// cluster closes the connection, counted as no route (`NR`).
+pub fn routed(
+    snapshot: &Snapshot,
+    target: TcpTarget,
+    source: IpAddr,
+    destination: IpAddr,
+) -> TcpTarget {
+    let TcpTarget::Cluster {
+        cluster,
+        endpoint: None,
+    } = &target
+    else {
+        return target;
+    };
+    match snapshot.tcp_rules.route(cluster, source, destination) {
+        TcpRouted::Unrouted => target,
+        TcpRouted::To(to) => TcpTarget::Cluster {
+            cluster: to.clone(),
+            endpoint: None,
+        },
+        TcpRouted::Nowhere(rule) => {
+            tracing::debug!(%rule, "tcp route to a destination without a cluster; closed");
+            TcpTarget::BlackHole
+        }
+    }
 }
 
 /// Proxies `downstream` (already past any mTLS handshake; `caller` is what

@@ -38,16 +38,17 @@ use std::sync::Arc;
 use super::Documents;
 use super::registry::Registry;
 use super::routes::{self, Binding, Source};
+use super::tcp_rules::l4_destinations;
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::config::gateway::{GatewaySpec, Server};
 use crate::config::ingress_gateway::IngressGatewaySpec;
-use crate::config::virtual_service::{RouteDestination, VirtualServiceSpec};
+use crate::config::virtual_service::VirtualServiceSpec;
 use crate::host::{host_matches, resolve_short_name};
 use crate::model::cluster::Cluster;
 use crate::model::gateway::{
     ChainAction, FilterChain, GatewayIdentity, GatewayListeners, GatewayPort, GatewaySnapshot,
-    L4Destination, L4Route, PortProtocol, ServerRef, ServerTls, ServerTlsMode, cluster_sni,
+    L4Route, PortProtocol, ServerRef, ServerTls, ServerTlsMode, cluster_sni,
 };
 use crate::model::live::LiveState;
 use crate::model::policy::{Redirect, RouteAction, RoutePolicy};
@@ -841,43 +842,6 @@ fn https_redirect() -> HttpRule {
     }
 }
 
-fn l4_destinations(
-    ctx: &Context<'_>,
-    route: &[RouteDestination],
-    namespace: &str,
-    field: &str,
-    loc: &Location,
-    diags: &mut Diagnostics,
-) -> Vec<L4Destination> {
-    route
-        .iter()
-        .enumerate()
-        .map(|(k, d)| {
-            let host = resolve_short_name(&d.destination.host, namespace);
-            let port = d
-                .destination
-                .port
-                .as_ref()
-                .and_then(|p| u16::try_from(p.number).ok());
-            let target = ctx
-                .registry
-                .target(&host, d.destination.subset.as_deref(), port);
-            if target.clusters.is_empty() {
-                let msg = format!("{}; connections are closed", ctx.registry.missing(&host));
-                diags.warn(loc, Some(format!("{field}.route[{k}].destination")), msg);
-            }
-            L4Destination {
-                target,
-                weight: if route.len() == 1 {
-                    100
-                } else {
-                    d.weight.unwrap_or(0).max(0) as u32
-                },
-            }
-        })
-        .collect()
-}
-
 /// TLS passthrough routes: the bound VirtualServices' `tls[]` rules whose
 /// `sniHosts` a server host covers, for this port and gateway.
 fn tls_routes(
@@ -922,8 +886,14 @@ fn tls_routes(
             if sni_hosts.is_empty() {
                 continue;
             }
-            let destinations =
-                l4_destinations(ctx, &rule.route, namespace, &field, &doc.location, diags);
+            let destinations = l4_destinations(
+                ctx.registry,
+                &rule.route,
+                namespace,
+                &field,
+                &doc.location,
+                diags,
+            );
             out.push(L4Route {
                 sni_hosts,
                 destinations,
@@ -961,8 +931,14 @@ fn tcp_routes(
                 continue;
             }
             let field = format!("spec.tcp[{i}]");
-            let destinations =
-                l4_destinations(ctx, &rule.route, namespace, &field, &doc.location, diags);
+            let destinations = l4_destinations(
+                ctx.registry,
+                &rule.route,
+                namespace,
+                &field,
+                &doc.location,
+                diags,
+            );
             out.push(L4Route {
                 sni_hosts: Vec::new(),
                 destinations,

@@ -1,0 +1,380 @@
+//! VirtualService `tcp[]` rules for a sidecar's outbound TCP service ports
+//! (Istio's sidecar TCP filter chains): per port, the rules of the oldest
+//! VirtualService bound to `mesh` whose hosts cover the service, their
+//! static conditions judged for this workload.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::gateway_api::age;
+use super::registry::Registry;
+use super::routes::{Binding, Source};
+use crate::config::diagnostics::{Diagnostics, Location};
+use crate::config::documents::Document;
+use crate::config::virtual_service::{L4MatchAttributes, RouteDestination, VirtualServiceSpec};
+use crate::host::{host_matches, resolve_short_name};
+use crate::model::gateway::{L4Destination, L4Route};
+use crate::model::service::Protocol;
+use crate::model::tcp_route::{TcpMatch, TcpRoutes, TcpRule};
+
+/// The `tcp[]` rules of every outbound service port that carries TCP
+/// (declared TCP or TLS, or undeclared and so sniffed): a port takes the
+/// rules of the oldest VirtualService that covers its service and has a
+/// rule for the port; later ones are warned as shadowed there.
+pub(super) fn build(
+    services: &[Document<VirtualServiceSpec>],
+    registry: &Registry,
+    source: Option<Source<'_>>,
+    agent_namespace: &str,
+    diags: &mut Diagnostics,
+) -> TcpRoutes {
+    let mut docs: Vec<(usize, &Document<VirtualServiceSpec>)> = services
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| !d.spec.tcp.is_empty())
+        .collect();
+    docs.sort_by_key(|(order, d)| age(&d.metadata, *order));
+    let mut routes = TcpRoutes::default();
+    let mut taken: Vec<(String, String)> = Vec::new();
+    for (_, doc) in docs {
+        let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
+        // Bound to gateways only: `routes::build` says sidecars skip it.
+        if !Binding::Mesh.admits(&doc.spec.gateways, namespace) {
+            continue;
+        }
+        let name = format!("{namespace}/{}", doc.metadata.name);
+        let hosts: Vec<String> = doc
+            .spec
+            .hosts
+            .iter()
+            .map(|h| resolve_short_name(h, namespace))
+            .collect();
+        let ports = registry
+            .services
+            .iter()
+            .filter(|(fqdn, _)| hosts.iter().any(|h| host_matches(h, fqdn)))
+            .flat_map(|(_, s)| s.clusters.get(&None).into_iter().flatten())
+            .filter(|c| matches!(c.protocol, Protocol::Tcp | Protocol::Tls | Protocol::Auto));
+        for cluster in ports {
+            let rules = port_rules(doc, &name, namespace, cluster.port, source, registry, diags);
+            if rules.is_empty() {
+                continue;
+            }
+            if let Some((_, first)) = taken.iter().find(|(c, _)| *c == cluster.name) {
+                let msg = format!(
+                    "port {} of {} is already routed by VirtualService {first}; its tcp rules there are ignored",
+                    cluster.port, cluster.service.host
+                );
+                diags.warn(&doc.location, Some("spec.tcp".into()), msg);
+                continue;
+            }
+            taken.push((cluster.name.clone(), name.clone()));
+            routes.insert(cluster.name.clone(), rules);
+        }
+    }
+    routes
+}
+
+/// The rules of `doc` that can apply to a connection from this workload to
+/// service port `port`, in order.
+fn port_rules(
+    doc: &Document<VirtualServiceSpec>,
+    name: &str,
+    namespace: &str,
+    port: u16,
+    source: Option<Source<'_>>,
+    registry: &Registry,
+    diags: &mut Diagnostics,
+) -> Vec<TcpRule> {
+    let mut rules = Vec::new();
+    for (i, rule) in doc.spec.tcp.iter().enumerate() {
+        let field = format!("spec.tcp[{i}]");
+        let mut matches = Vec::new();
+        for (j, m) in rule.matches.iter().enumerate() {
+            if !applies(m, &doc.spec.gateways, namespace, port, source) {
+                continue;
+            }
+            let at = format!("{field}.match[{j}]");
+            if let Some(m) = runtime_match(m, &at, &doc.location, diags) {
+                matches.push(m);
+            }
+        }
+        // A rule whose every condition fails for this workload and port
+        // takes no connection here.
+        if !rule.matches.is_empty() && matches.is_empty() {
+            continue;
+        }
+        let destinations = l4_destinations(
+            registry,
+            &rule.route,
+            namespace,
+            &field,
+            &doc.location,
+            diags,
+        );
+        rules.push(TcpRule {
+            matches,
+            route: L4Route {
+                sni_hosts: Vec::new(),
+                destinations,
+            },
+            reference: Arc::from(format!("VirtualService {name} {field}")),
+        });
+    }
+    rules
+}
+
+/// Whether a `match` entry's static conditions hold for this workload's
+/// connections to `port`: its gateways (else the VirtualService's) name
+/// `mesh`, and its `port`, `sourceLabels` and `sourceNamespace` agree.
+fn applies(
+    m: &L4MatchAttributes,
+    gateways: &[String],
+    namespace: &str,
+    port: u16,
+    source: Option<Source<'_>>,
+) -> bool {
+    let gateways = if m.gateways.is_empty() {
+        gateways
+    } else {
+        &m.gateways
+    };
+    let from = |check: &dyn Fn(Source<'_>) -> bool| source.is_some_and(check);
+    Binding::Mesh.admits(gateways, namespace)
+        && m.port.is_none_or(|p| p == u32::from(port))
+        && (m.source_labels.is_empty()
+            || from(&|s| {
+                m.source_labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(k) == Some(v))
+            }))
+        && m.source_namespace
+            .as_deref()
+            .is_none_or(|ns| from(&|s| s.namespace == ns))
+}
+
+/// The conditions of a `match` entry checked per connection; `None` (and
+/// an error naming the field) when an address does not parse.
+fn runtime_match(
+    m: &L4MatchAttributes,
+    field: &str,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Option<TcpMatch> {
+    let mut bad = false;
+    let mut subnet = |text: &str, at: String| {
+        let parsed = text
+            .parse::<IpNet>()
+            .ok()
+            .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from));
+        if parsed.is_none() {
+            let msg = format!("{text:?} is not an IP address or CIDR block");
+            diags.error(loc, Some(at), msg);
+            bad = true;
+        }
+        parsed
+    };
+    let destination_subnets = m
+        .destination_subnets
+        .iter()
+        .enumerate()
+        .filter_map(|(k, s)| subnet(s, format!("{field}.destinationSubnets[{k}]")))
+        .collect();
+    let source_subnet = m
+        .source_subnet
+        .as_deref()
+        .and_then(|s| subnet(s, format!("{field}.sourceSubnet")));
+    (!bad).then_some(TcpMatch {
+        destination_subnets,
+        source_subnet,
+    })
+}
+
+/// The weighted destinations of a `tcp[]` or `tls[]` rule, each resolved
+/// to its service's clusters; a destination the registry lacks is warned
+/// (connections routed there are closed). A single destination takes all
+/// connections whatever its weight, as in Istio.
+pub(super) fn l4_destinations(
+    registry: &Registry,
+    route: &[RouteDestination],
+    namespace: &str,
+    field: &str,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Vec<L4Destination> {
+    route
+        .iter()
+        .enumerate()
+        .map(|(k, d)| {
+            let host = resolve_short_name(&d.destination.host, namespace);
+            let port = d
+                .destination
+                .port
+                .as_ref()
+                .and_then(|p| u16::try_from(p.number).ok());
+            let target = registry.target(&host, d.destination.subset.as_deref(), port);
+            if target.clusters.is_empty() {
+                let msg = format!("{}; connections are closed", registry.missing(&host));
+                diags.warn(loc, Some(format!("{field}.route[{k}].destination")), msg);
+            }
+            L4Destination {
+                target,
+                weight: if route.len() == 1 {
+                    100
+                } else {
+                    d.weight.unwrap_or(0).max(0) as u32
+                },
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::super::compile_text;
+    use crate::config::diagnostics::Severity;
+    use crate::model::live::LiveState;
+    use crate::model::tcp_route::TcpRouted;
+
+    const CONFIG: &str = r#"
+apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: frontend-v1, namespace: default}
+spec:
+  service: frontend
+  labels: {app: frontend, version: v1}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp, protocol: TCP}, {number: 8080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 127.0.0.1, labels: {version: v1}}
+  - {address: 127.0.0.2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{sourceLabels: {app: reviews}}]
+    route: [{destination: {host: db, subset: v1}}]
+  - match: [{port: 5432, destinationSubnets: [10.96.0.0/12, 10.1.1.1]}]
+    route: [{destination: {host: db, subset: v9}}]
+  - match: [{port: 5432, sourceNamespace: default}]
+    route:
+    - {destination: {host: db, subset: v1}, weight: 0}
+    - {destination: {host: db, subset: v2}, weight: 100}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db-later, namespace: default}
+spec:
+  hosts: [db]
+  tcp:
+  - route: [{destination: {host: db, subset: v1}}]
+"#;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_tcp_port_takes_the_rules_that_hold_for_this_workload() {
+        let file = std::sync::Arc::from("mesh.yaml");
+        let compiled =
+            compile_text(&file, CONFIG, 1, &LiveState::default()).unwrap_or_else(|e| panic!("{e}"));
+        let snapshot = &compiled.snapshot;
+        let rules = &snapshot.tcp_rules;
+        // The HTTP port has no TCP rules; the TCP port has the rules whose
+        // static conditions hold here (not `sourceLabels: {app: reviews}`).
+        assert!(
+            rules
+                .rules("outbound|8080||db.default.svc.cluster.local")
+                .is_none()
+        );
+        let port = rules
+            .rules("outbound|5432||db.default.svc.cluster.local")
+            .expect("the TCP port is routed");
+        let references: Vec<&str> = port.iter().map(|r| &*r.reference).collect();
+        assert_eq!(
+            references,
+            [
+                "VirtualService default/db spec.tcp[1]",
+                "VirtualService default/db spec.tcp[2]"
+            ]
+        );
+        let service = snapshot
+            .clusters
+            .iter()
+            .find(|c| c.name == "outbound|5432||db.default.svc.cluster.local")
+            .unwrap();
+        let routed = |dst: &str| match rules.route(service, ip("127.0.0.1"), ip(dst)) {
+            TcpRouted::To(c) => c.name.clone(),
+            TcpRouted::Unrouted => "unrouted".into(),
+            TcpRouted::Nowhere(rule) => format!("nowhere by {rule}"),
+        };
+        let nowhere = "nowhere by VirtualService default/db spec.tcp[1]";
+        assert_eq!(routed("10.96.0.10"), nowhere, "subset v9 is not defined");
+        assert_eq!(routed("10.1.1.1"), nowhere, "a bare address is a /32");
+        for _ in 0..20 {
+            assert_eq!(
+                routed("127.0.0.1"),
+                "outbound|5432|v2|db.default.svc.cluster.local"
+            );
+        }
+        let warnings: Vec<String> = compiled
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("spec.tcp[1].route[0].destination")),
+            "{warnings:#?}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains("db-later")
+                && w.contains("already routed by VirtualService default/db")),
+            "{warnings:#?}"
+        );
+        assert!(
+            !warnings
+                .iter()
+                .any(|w| w.contains("spec.tcp:") && w.contains("not enforced")),
+            "{warnings:#?}"
+        );
+    }
+
+    #[test]
+    fn an_address_that_does_not_parse_names_its_field() {
+        let yaml = CONFIG.replace("10.1.1.1]", "10.1.1.1/40]");
+        let file = std::sync::Arc::from("mesh.yaml");
+        let rejected = compile_text(&file, &yaml, 1, &LiveState::default())
+            .err()
+            .expect("refused");
+        let text = rejected.to_string();
+        assert!(
+            text.contains("spec.tcp[1].match[0].destinationSubnets[1]")
+                && text.contains("\"10.1.1.1/40\" is not an IP address or CIDR block"),
+            "{text}"
+        );
+    }
+}

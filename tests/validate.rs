@@ -523,3 +523,86 @@ fn every_fault_of_a_document_is_named_at_once() {
     assert_eq!(errors.len(), 1, "{report:#}");
     assert_eq!(errors[0]["field"], "spec.host");
 }
+
+/// A VirtualService destination that leads nowhere for the traffic its
+/// rule takes is warned with the reason, not as an unknown service: a
+/// subset no DestinationRule defines, a port the service lacks, a
+/// multi-port service with no port named for a TCP port it lacks; and an
+/// IPv4-mapped subnet in a TCP match, which never matches.
+#[test]
+fn destinations_that_lead_nowhere_are_warned_with_the_reason() {
+    let yaml = r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: sleep-v1, namespace: default}
+spec:
+  service: sleep
+  labels: {app: sleep, version: v1}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  hosts: [tcp-echo.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 9000, name: tcp, protocol: TCP}, {number: 9001, name: tcp-2, protocol: TCP}, {number: 8080, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: alt, namespace: default}
+spec:
+  hosts: [alt.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 7000, name: tcp, protocol: TCP}, {number: 7001, name: tcp-2, protocol: TCP}]
+  endpoints: [{address: 127.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  host: tcp-echo
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  hosts: [tcp-echo]
+  http:
+  - route: [{destination: {host: tcp-echo, port: {number: 8081}}}]
+  tcp:
+  - match: [{port: 9000, sourceSubnet: "::ffff:127.0.0.5/128"}]
+    route: [{destination: {host: tcp-echo, subset: v9}}]
+  - match: [{port: 9000}]
+    route: [{destination: {host: tcp-echo, port: {number: 9999}, subset: v1}}]
+  - route: [{destination: {host: alt}}]
+"#;
+    let (code, report) = run_json(&["-"], yaml);
+    assert_eq!(code, 0, "{report:#}");
+    let warned = |field: &str, text: &str| {
+        let found = findings(&report, "warning").into_iter().any(|w| {
+            w["field"] == field && w["message"].as_str().unwrap_or_default().contains(text)
+        });
+        assert!(found, "no warning at {field} saying {text:?}: {report:#}");
+    };
+    warned(
+        "spec.tcp[0].route[0].destination",
+        "subset \"v9\" of tcp-echo.default.svc.cluster.local is not defined by a DestinationRule; connections are closed",
+    );
+    warned(
+        "spec.tcp[1].route[0].destination",
+        "tcp-echo.default.svc.cluster.local has no port 9999 (its ports: ",
+    );
+    warned(
+        "spec.tcp[2].route[0].destination",
+        "alt.default.svc.cluster.local has several ports (7000, 7001) and none is 9000; name one in destination.port; connections are closed",
+    );
+    warned(
+        "spec.http[0].route[0].destination",
+        "tcp-echo.default.svc.cluster.local has no port 8081",
+    );
+    warned(
+        "spec.tcp[0].match[0].sourceSubnet",
+        "write \"127.0.0.5/32\"",
+    );
+}

@@ -161,6 +161,40 @@ impl Registry {
         }
     }
 
+    /// Why a route's destination has no cluster for traffic addressed to
+    /// `port` (`None`: whatever port it names), or `None` when it has one:
+    /// the host is unknown or hidden, the subset undefined, the port named
+    /// is not the service's, or (for `port`) the service has several
+    /// ports, none of them `port`, and the destination names none.
+    pub fn unresolved(&self, target: &DestinationTarget, port: Option<u16>) -> Option<String> {
+        let host = &*target.host;
+        if target.clusters.is_empty() {
+            return Some(match &target.subset {
+                Some(subset) if self.services.contains_key(host) => {
+                    format!("subset {subset:?} of {host} is not defined by a DestinationRule")
+                }
+                _ => self.missing(host),
+            });
+        }
+        let ports = || {
+            let mut ports: Vec<String> =
+                target.clusters.iter().map(|c| c.port.to_string()).collect();
+            ports.dedup();
+            ports.join(", ")
+        };
+        match (target.port, port) {
+            (Some(named), _) if !target.clusters.iter().any(|c| c.port == named) => Some(format!(
+                "{host} has no port {named} (its ports: {})",
+                ports()
+            )),
+            (None, Some(port)) if target.cluster_for(port).is_none() => Some(format!(
+                "{host} has several ports ({}) and none is {port}; name one in destination.port",
+                ports()
+            )),
+            _ => None,
+        }
+    }
+
     /// What keeps `host` (short names expanded as [`Registry::find`] does)
     /// at `port` from this workload, when a Sidecar does: `<fqdn> is
     /// outside the egress hosts of Sidecar <namespace/name>` (or `<fqdn>

@@ -607,13 +607,7 @@ fn compile_rule(
         let target = scope
             .registry
             .target(&host, dest.destination.subset.as_deref(), port);
-        if target.clusters.is_empty() {
-            let what = match &dest.destination.subset {
-                Some(subset) if scope.registry.services.contains_key(&host) => {
-                    format!("subset {subset:?} of {host} is not defined by a DestinationRule")
-                }
-                _ => scope.registry.missing(&host),
-            };
+        if let Some(what) = scope.registry.unresolved(&target, None) {
             diags.warn(
                 loc,
                 Some(format!("{dfield}.destination")),
@@ -654,7 +648,11 @@ fn compile_rule(
         name: rule.name.as_deref().map(Arc::from),
         reference: None,
         matches,
-        total_weight: destinations.iter().map(|d| d.weight).sum(),
+        // Validation bounds the total to 32 bits (Envoy's); saturating,
+        // a refused config still compiles without overflow.
+        total_weight: destinations
+            .iter()
+            .fold(0u32, |total, d| total.saturating_add(d.weight)),
         destinations,
         request_headers,
         response_headers,

@@ -20,9 +20,11 @@ use crate::model::service::Protocol;
 use crate::model::tcp_route::{TcpMatch, TcpRoutes, TcpRule};
 
 /// The `tcp[]` rules of every outbound service port that carries TCP
-/// (declared TCP or TLS, or undeclared and so sniffed): a port takes the
-/// rules of the oldest VirtualService that covers its service and has a
-/// rule for the port; later ones are warned as shadowed there.
+/// (declared TCP or TLS, or undeclared and so sniffed). A port takes the
+/// rules of the most specific VirtualService bound to `mesh` that covers
+/// its service and has a rule for the port — one naming the host itself,
+/// else the longest wildcard host, the oldest first among equals (as for
+/// `http[]`); the others are warned as shadowed there.
 pub(super) fn build(
     services: &[Document<VirtualServiceSpec>],
     registry: &Registry,
@@ -30,48 +32,74 @@ pub(super) fn build(
     agent_namespace: &str,
     diags: &mut Diagnostics,
 ) -> TcpRoutes {
-    let mut docs: Vec<(usize, &Document<VirtualServiceSpec>)> = services
+    // Each VirtualService with tcp rules bound to sidecars, with its
+    // namespace and its hosts as FQDNs (a VirtualService bound to gateways
+    // only is warned by `routes::build`).
+    let mut bound: Vec<(usize, &Document<VirtualServiceSpec>, &str, Vec<String>)> = services
         .iter()
         .enumerate()
         .filter(|(_, d)| !d.spec.tcp.is_empty())
+        .filter_map(|(order, d)| {
+            let namespace = d.metadata.namespace.as_deref().unwrap_or(agent_namespace);
+            let hosts = d
+                .spec
+                .hosts
+                .iter()
+                .map(|h| resolve_short_name(h, namespace))
+                .collect();
+            Binding::Mesh
+                .admits(&d.spec.gateways, namespace)
+                .then_some((order, d, namespace, hosts))
+        })
         .collect();
-    docs.sort_by_key(|(order, d)| age(&d.metadata, *order));
+    bound.sort_by_key(|(order, d, ..)| age(&d.metadata, *order));
     let mut routes = TcpRoutes::default();
-    let mut taken: Vec<(String, String)> = Vec::new();
-    for (_, doc) in docs {
-        let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
-        // Bound to gateways only: `routes::build` says sidecars skip it.
-        if !Binding::Mesh.admits(&doc.spec.gateways, namespace) {
-            continue;
-        }
-        let name = format!("{namespace}/{}", doc.metadata.name);
-        let hosts: Vec<String> = doc
-            .spec
-            .hosts
+    let ports = registry
+        .services
+        .iter()
+        .flat_map(|(fqdn, s)| {
+            s.clusters
+                .get(&None)
+                .into_iter()
+                .flatten()
+                .map(move |c| (fqdn, c))
+        })
+        .filter(|(_, c)| matches!(c.protocol, Protocol::Tcp | Protocol::Tls | Protocol::Auto));
+    for (fqdn, cluster) in ports {
+        // Covering VirtualServices, most specific first (a stable sort
+        // keeps the oldest first among equals).
+        let mut covering: Vec<(usize, &Document<VirtualServiceSpec>, &str)> = bound
             .iter()
-            .map(|h| resolve_short_name(h, namespace))
+            .filter_map(|(_, doc, namespace, hosts)| {
+                let specificity = hosts
+                    .iter()
+                    .filter(|h| host_matches(h, fqdn))
+                    .map(|h| if h == fqdn { usize::MAX } else { h.len() })
+                    .max()?;
+                Some((specificity, *doc, *namespace))
+            })
             .collect();
-        let ports = registry
-            .services
-            .iter()
-            .filter(|(fqdn, _)| hosts.iter().any(|h| host_matches(h, fqdn)))
-            .flat_map(|(_, s)| s.clusters.get(&None).into_iter().flatten())
-            .filter(|c| matches!(c.protocol, Protocol::Tcp | Protocol::Tls | Protocol::Auto));
-        for cluster in ports {
+        covering.sort_by_key(|(specificity, ..)| std::cmp::Reverse(*specificity));
+        let mut first: Option<String> = None;
+        for (_, doc, namespace) in covering {
+            let name = format!("{namespace}/{}", doc.metadata.name);
             let rules = port_rules(doc, &name, namespace, cluster.port, source, registry, diags);
             if rules.is_empty() {
                 continue;
             }
-            if let Some((_, first)) = taken.iter().find(|(c, _)| *c == cluster.name) {
-                let msg = format!(
-                    "port {} of {} is already routed by VirtualService {first}; its tcp rules there are ignored",
-                    cluster.port, cluster.service.host
-                );
-                diags.warn(&doc.location, Some("spec.tcp".into()), msg);
-                continue;
+            match &first {
+                Some(first) => {
+                    let msg = format!(
+                        "port {} of {fqdn} is routed by VirtualService {first}; its tcp rules there are ignored",
+                        cluster.port
+                    );
+                    diags.warn(&doc.location, Some("spec.tcp".into()), msg);
+                }
+                None => {
+                    routes.insert(cluster.name.clone(), rules);
+                    first = Some(name);
+                }
             }
-            taken.push((cluster.name.clone(), name.clone()));
-            routes.insert(cluster.name.clone(), rules);
         }
     }
     routes
@@ -92,12 +120,11 @@ fn port_rules(
     for (i, rule) in doc.spec.tcp.iter().enumerate() {
         let field = format!("spec.tcp[{i}]");
         let mut matches = Vec::new();
-        for (j, m) in rule.matches.iter().enumerate() {
+        for m in &rule.matches {
             if !applies(m, &doc.spec.gateways, namespace, port, source) {
                 continue;
             }
-            let at = format!("{field}.match[{j}]");
-            if let Some(m) = runtime_match(m, &at, &doc.location, diags) {
+            if let Some(m) = runtime_match(m) {
                 matches.push(m);
             }
         }
@@ -106,14 +133,8 @@ fn port_rules(
         if !rule.matches.is_empty() && matches.is_empty() {
             continue;
         }
-        let destinations = l4_destinations(
-            registry,
-            &rule.route,
-            namespace,
-            &field,
-            &doc.location,
-            diags,
-        );
+        let at = (field.as_str(), &doc.location);
+        let destinations = l4_destinations(registry, &rule.route, namespace, port, at, diags);
         rules.push(TcpRule {
             matches,
             route: L4Route {
@@ -155,53 +176,40 @@ fn applies(
             .is_none_or(|ns| from(&|s| s.namespace == ns))
 }
 
-/// The conditions of a `match` entry checked per connection; `None` (and
-/// an error naming the field) when an address does not parse.
-fn runtime_match(
-    m: &L4MatchAttributes,
-    field: &str,
-    loc: &Location,
-    diags: &mut Diagnostics,
-) -> Option<TcpMatch> {
-    let mut bad = false;
-    let mut subnet = |text: &str, at: String| {
-        let parsed = text
-            .parse::<IpNet>()
+/// The conditions of a `match` entry checked per connection; `None` when
+/// an address does not parse (the validator has refused the config).
+fn runtime_match(m: &L4MatchAttributes) -> Option<TcpMatch> {
+    let subnet = |text: &str| {
+        text.parse::<IpNet>()
             .ok()
-            .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from));
-        if parsed.is_none() {
-            let msg = format!("{text:?} is not an IP address or CIDR block");
-            diags.error(loc, Some(at), msg);
-            bad = true;
-        }
-        parsed
+            .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
     };
     let destination_subnets = m
         .destination_subnets
         .iter()
-        .enumerate()
-        .filter_map(|(k, s)| subnet(s, format!("{field}.destinationSubnets[{k}]")))
-        .collect();
-    let source_subnet = m
-        .source_subnet
-        .as_deref()
-        .and_then(|s| subnet(s, format!("{field}.sourceSubnet")));
-    (!bad).then_some(TcpMatch {
+        .map(|s| subnet(s))
+        .collect::<Option<Vec<_>>>()?;
+    let source_subnet = match m.source_subnet.as_deref() {
+        Some(s) => Some(subnet(s)?),
+        None => None,
+    };
+    Some(TcpMatch {
         destination_subnets,
         source_subnet,
     })
 }
 
-/// The weighted destinations of a `tcp[]` or `tls[]` rule, each resolved
-/// to its service's clusters; a destination the registry lacks is warned
-/// (connections routed there are closed). A single destination takes all
-/// connections whatever its weight, as in Istio.
+/// The weighted destinations of a `tcp[]` or `tls[]` rule for traffic
+/// addressed to `port`, each resolved to its service's clusters; a
+/// destination without a cluster for the port is warned at `field` of the
+/// document at `loc` (connections routed there are closed). A single
+/// destination takes all connections whatever its weight, as in Istio.
 pub(super) fn l4_destinations(
     registry: &Registry,
     route: &[RouteDestination],
     namespace: &str,
-    field: &str,
-    loc: &Location,
+    port: u16,
+    (field, loc): (&str, &Location),
     diags: &mut Diagnostics,
 ) -> Vec<L4Destination> {
     route
@@ -209,14 +217,14 @@ pub(super) fn l4_destinations(
         .enumerate()
         .map(|(k, d)| {
             let host = resolve_short_name(&d.destination.host, namespace);
-            let port = d
+            let named = d
                 .destination
                 .port
                 .as_ref()
                 .and_then(|p| u16::try_from(p.number).ok());
-            let target = registry.target(&host, d.destination.subset.as_deref(), port);
-            if target.clusters.is_empty() {
-                let msg = format!("{}; connections are closed", registry.missing(&host));
+            let target = registry.target(&host, d.destination.subset.as_deref(), named);
+            if let Some(what) = registry.unresolved(&target, Some(port)) {
+                let msg = format!("{what}; connections are closed");
                 diags.warn(loc, Some(format!("{field}.route[{k}].destination")), msg);
             }
             L4Destination {
@@ -351,8 +359,10 @@ spec:
             "{warnings:#?}"
         );
         assert!(
-            warnings.iter().any(|w| w.contains("db-later")
-                && w.contains("already routed by VirtualService default/db")),
+            warnings
+                .iter()
+                .any(|w| w.contains("db-later")
+                    && w.contains("is routed by VirtualService default/db")),
             "{warnings:#?}"
         );
         assert!(
@@ -375,6 +385,51 @@ spec:
             text.contains("spec.tcp[1].match[0].destinationSubnets[1]")
                 && text.contains("\"10.1.1.1/40\" is not an IP address or CIDR block"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_host_s_own_virtual_service_beats_an_older_wildcard_one() {
+        let head = CONFIG
+            .split("---\napiVersion: networking.istio.io/v1\nkind: VirtualService")
+            .next()
+            .unwrap();
+        let yaml = format!(
+            "{head}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: catchall, namespace: default, creationTimestamp: \"2020-01-01T00:00:00Z\"}}
+spec:
+  hosts: [\"*.default.svc.cluster.local\"]
+  tcp: [{{route: [{{destination: {{host: db, subset: v1}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: default, creationTimestamp: \"2024-01-01T00:00:00Z\"}}
+spec:
+  hosts: [db]
+  tcp: [{{route: [{{destination: {{host: db, subset: v2}}}}]}}]
+"
+        );
+        let file = std::sync::Arc::from("mesh.yaml");
+        let compiled =
+            compile_text(&file, &yaml, 1, &LiveState::default()).unwrap_or_else(|e| panic!("{e}"));
+        let rules = compiled
+            .snapshot
+            .tcp_rules
+            .rules("outbound|5432||db.default.svc.cluster.local")
+            .expect("routed");
+        let references: Vec<&str> = rules.iter().map(|r| &*r.reference).collect();
+        assert_eq!(references, ["VirtualService default/db spec.tcp[0]"]);
+        let shadowed = compiled.diagnostics.iter().any(|d| {
+            d.severity == Severity::Warning
+                && d.to_string().contains("catchall")
+                && d.message.contains("is routed by VirtualService default/db")
+        });
+        assert!(
+            shadowed,
+            "{:#?}",
+            compiled.diagnostics.iter().collect::<Vec<_>>()
         );
     }
 }

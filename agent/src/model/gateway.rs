@@ -213,7 +213,12 @@ pub struct L4Destination {
 impl L4Route {
     /// Picks a destination by weight (uniformly at random).
     pub fn pick(&self) -> Option<&L4Destination> {
-        let total: u32 = self.destinations.iter().map(|d| d.weight).sum();
+        // Validation bounds the total to 32 bits; saturating, a config
+        // past it still cannot overflow here.
+        let total = self
+            .destinations
+            .iter()
+            .fold(0u32, |total, d| total.saturating_add(d.weight));
         if self.destinations.len() == 1 {
             return self.destinations.first();
         }

@@ -886,14 +886,9 @@ fn tls_routes(
             if sni_hosts.is_empty() {
                 continue;
             }
-            let destinations = l4_destinations(
-                ctx.registry,
-                &rule.route,
-                namespace,
-                &field,
-                &doc.location,
-                diags,
-            );
+            let at = (field.as_str(), &doc.location);
+            let destinations =
+                l4_destinations(ctx.registry, &rule.route, namespace, port, at, diags);
             out.push(L4Route {
                 sni_hosts,
                 destinations,
@@ -931,14 +926,9 @@ fn tcp_routes(
                 continue;
             }
             let field = format!("spec.tcp[{i}]");
-            let destinations = l4_destinations(
-                ctx.registry,
-                &rule.route,
-                namespace,
-                &field,
-                &doc.location,
-                diags,
-            );
+            let at = (field.as_str(), &doc.location);
+            let destinations =
+                l4_destinations(ctx.registry, &rule.route, namespace, port, at, diags);
             out.push(L4Route {
                 sni_hosts: Vec::new(),
                 destinations,

@@ -359,7 +359,7 @@ pub(super) fn peer_ip_or_cidr(c: &mut Check<'_>, field: &str, value: &str) {
         };
         c.warn(
             field,
-            format!("{value:?} is an IPv4-mapped IPv6 address and never matches: IPv4 peers are matched as IPv4; write {instead:?}"),
+            format!("{value:?} is an IPv4-mapped IPv6 address and never matches: IPv4 addresses are matched as IPv4; write {instead:?}"),
         );
     }
 }

@@ -110,7 +110,7 @@ pub(super) fn virtual_service(c: &mut Check<'_>, doc: &Document<VirtualServiceSp
             let mf = format!("{field}.match[{j}]");
             l4_match(c, &mf, &m.destination_subnets, m.port, &m.gateways);
             if let Some(subnet) = &m.source_subnet {
-                common::ip_or_cidr(c, &format!("{mf}.sourceSubnet"), subnet);
+                common::peer_ip_or_cidr(c, &format!("{mf}.sourceSubnet"), subnet);
             }
         }
         route_destinations(c, &format!("{field}.route"), &tcp.route, "TCP");
@@ -125,7 +125,7 @@ fn l4_match(
     gateways: &[String],
 ) {
     for (k, subnet) in subnets.iter().enumerate() {
-        common::ip_or_cidr(c, &format!("{field}.destinationSubnets[{k}]"), subnet);
+        common::peer_ip_or_cidr(c, &format!("{field}.destinationSubnets[{k}]"), subnet);
     }
     if let Some(port) = port {
         common::port_number(c, &format!("{field}.port"), port);
@@ -159,6 +159,16 @@ fn total_weight(c: &mut Check<'_>, field: &str, weights: impl Iterator<Item = i3
         c.error(
             field,
             "total destination weight = 0: weights are relative; give at least one destination a weight above 0 (e.g. 1 and 3 split 25/75)",
+        );
+    }
+    let total: i64 = weights.iter().map(|w| i64::from((*w).max(0))).sum();
+    if weights.len() > 1 && total > i64::from(u32::MAX) {
+        c.error(
+            field,
+            format!(
+                "total destination weight {total} > {}: Envoy adds weights in 32 bits; weights are relative, so smaller numbers split the same (e.g. 1 and 3 split 25/75)",
+                u32::MAX
+            ),
         );
     }
 }

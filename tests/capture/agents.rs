@@ -8,8 +8,8 @@
 //! once: HTTP captured on both sides (trace context, source and
 //! destination reports, a weight split), mesh mTLS with no application
 //! change and a STRICT pod refusing a pod without sidecar, TCP and TLS
-//! passthrough, a VirtualService tcp[] rule routing captured TCP to one
-//! subset, AuthorizationPolicy on captured inbound TCP, ALLOW_ANY and
+//! passthrough, VirtualService tls[] and tcp[] rules routing captured
+//! TLS by its SNI and TCP to one subset, AuthorizationPolicy on captured inbound TCP, ALLOW_ANY and
 //! REGISTRY_ONLY, a Sidecar egress scope, the agents' own exports left
 //! uncaptured, and `--cleanup`.
 
@@ -107,6 +107,25 @@ spec:
   resolution: STATIC
   ports: [{{number: 8443, name: tls, protocol: TLS}}]
   endpoints: [{{address: {out}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: mirror, namespace: default}}
+spec:
+  hosts: [mirror.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 8443, name: tls, protocol: TLS}}]
+  endpoints: [{{address: {out}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: secure, namespace: default}}
+spec:
+  hosts: [secure.example.com]
+  tls:
+  - match: [{{sniHosts: [secure.example.com], port: 8443}}]
+    route: [{{destination: {{host: mirror.example.com}}}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -460,17 +479,26 @@ async fn unchanged_applications_are_served_by_captured_agents() {
     })
     .await;
 
-    // TLS passed through by SNI to a service known by name and port only:
-    // the client's own TLS reaches openssl's server untouched.
+    // TLS passed through by SNI to a service known by name and port only,
+    // and routed by the VirtualService's tls[] rule for that SNI to
+    // mirror.example.com: the client's own TLS reaches openssl's server
+    // untouched.
     let page = fetch(
         &productpage,
         &["--insecure", "https://secure.example.com:8443/"],
     )
     .await;
     assert!(page.contains("s_server"), "{page}");
-    let tls = [("destination_service", "secure.example.com")];
-    wait_metrics(&productpage, "tcp metrics of the TLS service", |m| {
-        m.sum("istio_tcp_connections_opened_total", &tls) == 1.0
+    let to = |service| [("destination_service", service)];
+    wait_metrics(&productpage, "tcp metrics of the TLS route", |m| {
+        m.sum(
+            "istio_tcp_connections_opened_total",
+            &to("mirror.example.com"),
+        ) == 1.0
+            && m.sum(
+                "istio_tcp_connections_opened_total",
+                &to("secure.example.com"),
+            ) == 0.0
     })
     .await;
 

@@ -1,8 +1,10 @@
-//! VirtualService `tcp[]` rules for a sidecar's outbound TCP service ports
-//! (Istio's sidecar TCP filter chains): per port, the rules of the oldest
-//! VirtualService bound to `mesh` whose hosts cover the service, their
-//! static conditions judged for this workload.
+//! VirtualService `tls[]` and `tcp[]` rules for a sidecar's outbound TCP
+//! and TLS service ports (Istio's sidecar TLS and TCP filter chains): per
+//! port, the rules of the most specific VirtualService bound to `mesh`
+//! whose hosts cover the service, their static conditions judged for this
+//! workload.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -13,14 +15,18 @@ use super::registry::Registry;
 use super::routes::{Binding, Source};
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
-use crate::config::virtual_service::{L4MatchAttributes, RouteDestination, VirtualServiceSpec};
+use crate::config::virtual_service::{
+    L4MatchAttributes, RouteDestination, TlsMatchAttributes, VirtualServiceSpec,
+};
 use crate::host::{host_matches, resolve_short_name};
+use crate::model::cluster::Cluster;
 use crate::model::gateway::{L4Destination, L4Route};
 use crate::model::service::Protocol;
 use crate::model::tcp_route::{TcpMatch, TcpRoutes, TcpRule};
 
-/// The `tcp[]` rules of every outbound service port that carries TCP
-/// (declared TCP or TLS, or undeclared and so sniffed). A port takes the
+/// The `tls[]` and `tcp[]` rules of every outbound service port that
+/// carries TCP (declared TCP or TLS, or undeclared and so sniffed; `tls[]`
+/// rules on TLS and undeclared ports only). A port takes the
 /// rules of the most specific VirtualService bound to `mesh` that covers
 /// its service and has a rule for the port — one naming the host itself,
 /// else the longest wildcard host, the oldest first among equals (as for
@@ -38,7 +44,7 @@ pub(super) fn build(
     let mut bound: Vec<(usize, &Document<VirtualServiceSpec>, &str, Vec<String>)> = services
         .iter()
         .enumerate()
-        .filter(|(_, d)| !d.spec.tcp.is_empty())
+        .filter(|(_, d)| !d.spec.tcp.is_empty() || !d.spec.tls.is_empty())
         .filter_map(|(order, d)| {
             let namespace = d.metadata.namespace.as_deref().unwrap_or(agent_namespace);
             let hosts = d
@@ -83,14 +89,22 @@ pub(super) fn build(
         let mut first: Option<String> = None;
         for (_, doc, namespace) in covering {
             let name = format!("{namespace}/{}", doc.metadata.name);
-            let rules = port_rules(doc, &name, namespace, cluster.port, source, registry, diags);
+            let scope = PortScope {
+                doc,
+                name: &name,
+                namespace,
+                cluster,
+                source,
+                registry,
+            };
+            let rules = port_rules(&scope, diags);
             if rules.is_empty() {
                 continue;
             }
             match &first {
                 Some(first) => {
                     let msg = format!(
-                        "port {} of {fqdn} is routed by VirtualService {first}; its tcp rules there are ignored",
+                        "port {} of {fqdn} is routed by VirtualService {first}; its tls and tcp rules there are ignored",
                         cluster.port
                     );
                     diags.warn(&doc.location, Some("spec.tcp".into()), msg);
@@ -105,53 +119,121 @@ pub(super) fn build(
     routes
 }
 
-/// The rules of `doc` that can apply to a connection from this workload to
-/// service port `port`, in order.
-fn port_rules(
-    doc: &Document<VirtualServiceSpec>,
-    name: &str,
-    namespace: &str,
-    port: u16,
-    source: Option<Source<'_>>,
-    registry: &Registry,
-    diags: &mut Diagnostics,
-) -> Vec<TcpRule> {
+/// One `match` entry of a `tls[]` or `tcp[]` rule, read alike.
+struct Conditions<'a> {
+    sni_hosts: &'a [String],
+    destination_subnets: &'a [String],
+    source_subnet: Option<&'a str>,
+    port: Option<u32>,
+    source_labels: &'a BTreeMap<String, String>,
+    source_namespace: Option<&'a str>,
+    gateways: &'a [String],
+}
+
+impl<'a> From<&'a TlsMatchAttributes> for Conditions<'a> {
+    fn from(m: &'a TlsMatchAttributes) -> Self {
+        Self {
+            sni_hosts: &m.sni_hosts,
+            destination_subnets: &m.destination_subnets,
+            source_subnet: None,
+            port: m.port,
+            source_labels: &m.source_labels,
+            source_namespace: m.source_namespace.as_deref(),
+            gateways: &m.gateways,
+        }
+    }
+}
+
+impl<'a> From<&'a L4MatchAttributes> for Conditions<'a> {
+    fn from(m: &'a L4MatchAttributes) -> Self {
+        Self {
+            sni_hosts: &[],
+            destination_subnets: &m.destination_subnets,
+            source_subnet: m.source_subnet.as_deref(),
+            port: m.port,
+            source_labels: &m.source_labels,
+            source_namespace: m.source_namespace.as_deref(),
+            gateways: &m.gateways,
+        }
+    }
+}
+
+/// What one VirtualService's rules are compiled for: the service port of
+/// `cluster`, from the workload `source`.
+struct PortScope<'a> {
+    doc: &'a Document<VirtualServiceSpec>,
+    /// `namespace/name` of the VirtualService.
+    name: &'a str,
+    namespace: &'a str,
+    cluster: &'a Cluster,
+    source: Option<Source<'a>>,
+    registry: &'a Registry,
+}
+
+/// The rules of the VirtualService that can apply to a connection from
+/// this workload to the service port: its `tls[]` rules (on a TLS or
+/// undeclared port), then its `tcp[]` rules, in order.
+fn port_rules(scope: &PortScope<'_>, diags: &mut Diagnostics) -> Vec<TcpRule> {
+    let spec = &scope.doc.spec;
     let mut rules = Vec::new();
-    for (i, rule) in doc.spec.tcp.iter().enumerate() {
+    if matches!(scope.cluster.protocol, Protocol::Tls | Protocol::Auto) {
+        for (i, rule) in spec.tls.iter().enumerate() {
+            let matches = rule.matches.iter().map(Conditions::from);
+            let field = format!("spec.tls[{i}]");
+            rules.extend(compile_rule(scope, &field, matches, &rule.route, diags));
+        }
+    }
+    for (i, rule) in spec.tcp.iter().enumerate() {
+        let matches = rule.matches.iter().map(Conditions::from);
         let field = format!("spec.tcp[{i}]");
-        let mut matches = Vec::new();
-        for m in &rule.matches {
-            if !applies(m, &doc.spec.gateways, namespace, port, source) {
-                continue;
-            }
-            if let Some(m) = runtime_match(m) {
-                matches.push(m);
-            }
-        }
-        // A rule whose every condition fails for this workload and port
-        // takes no connection here.
-        if !rule.matches.is_empty() && matches.is_empty() {
-            continue;
-        }
-        let at = (field.as_str(), &doc.location);
-        let destinations = l4_destinations(registry, &rule.route, namespace, port, at, diags);
-        rules.push(TcpRule {
-            matches,
-            route: L4Route {
-                sni_hosts: Vec::new(),
-                destinations,
-            },
-            reference: Arc::from(format!("VirtualService {name} {field}")),
-        });
+        rules.extend(compile_rule(scope, &field, matches, &rule.route, diags));
     }
     rules
+}
+
+/// One rule at `field`; `None` when every one of its `matches` fails for
+/// this workload and port (it takes no connection here).
+fn compile_rule<'a>(
+    scope: &PortScope<'_>,
+    field: &str,
+    matches: impl ExactSizeIterator<Item = Conditions<'a>>,
+    route: &[RouteDestination],
+    diags: &mut Diagnostics,
+) -> Option<TcpRule> {
+    let written = matches.len();
+    let matches: Vec<TcpMatch> = matches
+        .filter(|m| {
+            applies(
+                m,
+                &scope.doc.spec.gateways,
+                scope.namespace,
+                scope.cluster.port,
+                scope.source,
+            )
+        })
+        .filter_map(|m| runtime_match(&m))
+        .collect();
+    if written > 0 && matches.is_empty() {
+        return None;
+    }
+    let at = (field, &scope.doc.location);
+    let port = scope.cluster.port;
+    let destinations = l4_destinations(scope.registry, route, scope.namespace, port, at, diags);
+    Some(TcpRule {
+        matches,
+        route: L4Route {
+            sni_hosts: Vec::new(),
+            destinations,
+        },
+        reference: Arc::from(format!("VirtualService {} {field}", scope.name)),
+    })
 }
 
 /// Whether a `match` entry's static conditions hold for this workload's
 /// connections to `port`: its gateways (else the VirtualService's) name
 /// `mesh`, and its `port`, `sourceLabels` and `sourceNamespace` agree.
 fn applies(
-    m: &L4MatchAttributes,
+    m: &Conditions<'_>,
     gateways: &[String],
     namespace: &str,
     port: u16,
@@ -160,7 +242,7 @@ fn applies(
     let gateways = if m.gateways.is_empty() {
         gateways
     } else {
-        &m.gateways
+        m.gateways
     };
     let from = |check: &dyn Fn(Source<'_>) -> bool| source.is_some_and(check);
     Binding::Mesh.admits(gateways, namespace)
@@ -172,13 +254,12 @@ fn applies(
                     .all(|(k, v)| s.labels.get(k) == Some(v))
             }))
         && m.source_namespace
-            .as_deref()
             .is_none_or(|ns| from(&|s| s.namespace == ns))
 }
 
 /// The conditions of a `match` entry checked per connection; `None` when
 /// an address does not parse (the validator has refused the config).
-fn runtime_match(m: &L4MatchAttributes) -> Option<TcpMatch> {
+fn runtime_match(m: &Conditions<'_>) -> Option<TcpMatch> {
     let subnet = |text: &str| {
         text.parse::<IpNet>()
             .ok()
@@ -189,11 +270,12 @@ fn runtime_match(m: &L4MatchAttributes) -> Option<TcpMatch> {
         .iter()
         .map(|s| subnet(s))
         .collect::<Option<Vec<_>>>()?;
-    let source_subnet = match m.source_subnet.as_deref() {
+    let source_subnet = match m.source_subnet {
         Some(s) => Some(subnet(s)?),
         None => None,
     };
     Some(TcpMatch {
+        sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         destination_subnets,
         source_subnet,
     })
@@ -332,7 +414,7 @@ spec:
             .iter()
             .find(|c| c.name == "outbound|5432||db.default.svc.cluster.local")
             .unwrap();
-        let routed = |dst: &str| match rules.route(service, ip("127.0.0.1"), ip(dst)) {
+        let routed = |dst: &str| match rules.route(service, ip("127.0.0.1"), ip(dst), None) {
             TcpRouted::To(c) => c.name.clone(),
             TcpRouted::Unrouted => "unrouted".into(),
             TcpRouted::Nowhere(rule) => format!("nowhere by {rule}"),

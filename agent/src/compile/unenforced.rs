@@ -94,7 +94,7 @@ pub const FIELDS: &[Field] = &[
         "spec.exportTo",
         "every resource in the file applies to this agent",
     ),
-    warned(VS, "spec.tls", "by sidecars; gateways route TLS by SNI"),
+    enforced(VS, "spec.tls"),
     enforced(VS, "spec.tcp"),
     warned(VS, "spec.http[*].corsPolicy", ""),
     warned(

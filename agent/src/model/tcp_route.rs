@@ -1,6 +1,7 @@
-//! A sidecar's TCP routing: the VirtualService `tcp[]` rules that apply to
-//! an outbound TCP service port (Istio's sidecar TCP filter chains), so a
-//! connection can be shifted between subsets or services by weight.
+//! A sidecar's TCP routing: the VirtualService `tls[]` and `tcp[]` rules
+//! that apply to an outbound TCP or TLS service port (Istio's sidecar TCP
+//! and TLS filter chains), so a connection can be sent by its SNI, or
+//! shifted between subsets or services by weight.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,8 +12,9 @@ use ipnet::IpNet;
 use super::cluster::Cluster;
 use super::gateway::L4Route;
 
-/// One `tcp[]` rule, its static conditions (port, `sourceLabels`,
-/// `sourceNamespace`, `gateways`) already judged for this workload.
+/// One `tls[]` or `tcp[]` rule, its static conditions (port,
+/// `sourceLabels`, `sourceNamespace`, `gateways`) already judged for this
+/// workload.
 #[derive(Debug)]
 pub struct TcpRule {
     /// Conditions on the connection's addresses, ORed; empty: every
@@ -20,13 +22,17 @@ pub struct TcpRule {
     pub matches: Vec<TcpMatch>,
     /// Where matching connections go, by weight.
     pub route: L4Route,
-    /// `VirtualService namespace/name spec.tcp[index]`, for logs.
+    /// `VirtualService namespace/name spec.tcp[index]` (or `spec.tls`), for
+    /// logs.
     pub reference: Arc<str>,
 }
 
 /// The conditions of one `match` entry checked per connection.
 #[derive(Debug, Default)]
 pub struct TcpMatch {
+    /// `sniHosts` of a `tls[]` match, lowercase (exact, `*.suffix` or
+    /// `*`); empty for a `tcp[]` match.
+    pub sni_hosts: Vec<String>,
     /// `destinationSubnets`: the address the client connected to is in one
     /// of them; empty: any.
     pub destination_subnets: Vec<IpNet>,
@@ -93,15 +99,31 @@ impl TcpRoutes {
     }
 
     /// Routes a connection from `source` to `destination` addressed to the
-    /// service port of `cluster`: the first rule whose conditions hold
-    /// decides, picking a destination by weight; its cluster is the one
-    /// for the destination's `port`, else for the service port addressed.
-    pub fn route(&self, cluster: &Cluster, source: IpAddr, destination: IpAddr) -> TcpRouted<'_> {
+    /// service port of `cluster`, whose TLS ClientHello named `sni` (when
+    /// it was read). As Envoy picks Istio's filter chains: a `tls[]` rule
+    /// by the most specific of its `sniHosts` covering the SNI (exact, else
+    /// the longest wildcard; the first rule among equals), else the first
+    /// `tcp[]` rule whose conditions hold. The rule picks a destination by
+    /// weight; its cluster is the one for the destination's `port`, else
+    /// for the service port addressed.
+    pub fn route(
+        &self,
+        cluster: &Cluster,
+        source: IpAddr,
+        destination: IpAddr,
+        sni: Option<&str>,
+    ) -> TcpRouted<'_> {
         let Some(rules) = self.by_cluster.get(&cluster.name) else {
             return TcpRouted::Unrouted;
         };
-        let rule = rules.iter().find(|r| {
-            r.matches.is_empty() || r.matches.iter().any(|m| m.admits(source, destination))
+        let by_sni = sni.and_then(|sni| by_sni(rules, sni, source, destination));
+        let rule = by_sni.or_else(|| {
+            rules.iter().find(|r| {
+                r.matches.is_empty()
+                    || r.matches
+                        .iter()
+                        .any(|m| m.sni_hosts.is_empty() && m.admits(source, destination))
+            })
         });
         let Some(rule) = rule else {
             return TcpRouted::Unrouted;
@@ -115,6 +137,40 @@ impl TcpRoutes {
             None => TcpRouted::Nowhere(&rule.reference),
         }
     }
+}
+
+/// The `tls[]` rule whose `sniHosts` cover `sni` most specifically, among
+/// the matches whose addresses hold.
+fn by_sni<'r>(
+    rules: &'r [TcpRule],
+    sni: &str,
+    source: IpAddr,
+    destination: IpAddr,
+) -> Option<&'r TcpRule> {
+    let sni = sni.strip_suffix('.').unwrap_or(sni).to_ascii_lowercase();
+    let mut best: Option<(usize, &TcpRule)> = None;
+    for rule in rules {
+        let specificity = rule
+            .matches
+            .iter()
+            .filter(|m| m.admits(source, destination))
+            .flat_map(|m| &m.sni_hosts)
+            .filter(|h| crate::host::host_matches(h, &sni))
+            .map(|h| {
+                if h.starts_with('*') {
+                    h.len()
+                } else {
+                    usize::MAX
+                }
+            })
+            .max();
+        if let Some(s) = specificity
+            && best.is_none_or(|(b, _)| s > b)
+        {
+            best = Some((s, rule));
+        }
+    }
+    best.map(|(_, rule)| rule)
 }
 
 #[cfg(test)]
@@ -167,11 +223,11 @@ mod tests {
         let mut routes = TcpRoutes::default();
         let subnet = TcpMatch {
             destination_subnets: vec!["10.0.0.0/8".parse().unwrap()],
-            source_subnet: None,
+            ..TcpMatch::default()
         };
         let nowhere = TcpMatch {
-            destination_subnets: Vec::new(),
             source_subnet: Some("192.168.1.0/24".parse().unwrap()),
+            ..TcpMatch::default()
         };
         routes.insert(
             service.name.clone(),
@@ -180,7 +236,7 @@ mod tests {
                 rule(vec![nowhere], None),
             ],
         );
-        let to = |src: &str, dst: &str| name(routes.route(&service, ip(src), ip(dst)));
+        let to = |src: &str, dst: &str| name(routes.route(&service, ip(src), ip(dst), None));
         assert_eq!(to("127.0.0.1", "10.1.2.3"), Some("outbound|5432||db-v2"));
         // An IPv4-mapped destination is matched as the IPv4 address it is.
         assert_eq!(
@@ -190,7 +246,34 @@ mod tests {
         assert_eq!(to("192.168.1.7", "127.0.0.1"), None);
         assert_eq!(to("127.0.0.1", "127.0.0.1"), Some("unrouted"));
         let other = cluster("cache", 6379, Protocol::Tcp, &[]);
-        let routed = routes.route(&other, ip("10.0.0.1"), ip("10.0.0.2"));
+        let routed = routes.route(&other, ip("10.0.0.1"), ip("10.0.0.2"), None);
         assert_eq!(name(routed), Some("unrouted"));
+    }
+
+    #[test]
+    fn tls_rules_pick_by_the_most_specific_sni_then_tcp_rules_decide() {
+        let service = cluster("web", 443, Protocol::Tls, &[]);
+        let exact = cluster("exact", 443, Protocol::Tls, &[]);
+        let wild = cluster("wild", 443, Protocol::Tls, &[]);
+        let fallback = cluster("fallback", 443, Protocol::Tls, &[]);
+        let sni = |hosts: &[&str]| TcpMatch {
+            sni_hosts: hosts.iter().map(ToString::to_string).collect(),
+            ..TcpMatch::default()
+        };
+        let mut routes = TcpRoutes::default();
+        routes.insert(
+            service.name.clone(),
+            vec![
+                rule(vec![sni(&["*.example.com"])], Some(wild.clone())),
+                rule(vec![sni(&["api.example.com"])], Some(exact.clone())),
+                rule(Vec::new(), Some(fallback.clone())),
+            ],
+        );
+        let to =
+            |sni: Option<&str>| name(routes.route(&service, ip("127.0.0.1"), ip("10.0.0.1"), sni));
+        assert_eq!(to(Some("API.example.com.")), Some("outbound|443||exact"));
+        assert_eq!(to(Some("www.example.com")), Some("outbound|443||wild"));
+        assert_eq!(to(Some("example.org")), Some("outbound|443||fallback"));
+        assert_eq!(to(None), Some("outbound|443||fallback"));
     }
 }

@@ -28,8 +28,14 @@ pub enum Outbound {
     /// HTTP requests, routed by Host (and the destination when the Host
     /// names no service).
     Http(Captured),
-    /// Bytes to a target (TCP, and TLS passed through).
-    Tcp(TcpTarget),
+    /// Bytes to a target (TCP, and TLS passed through), with the SNI its
+    /// TLS ClientHello named, when it was read.
+    Tcp {
+        /// Where the bytes go, before the VirtualService's rules.
+        target: TcpTarget,
+        /// The SNI.
+        sni: Option<String>,
+    },
 }
 
 /// Decides a captured outbound connection to `dst`: its protocol from the
@@ -89,7 +95,7 @@ pub async fn outbound(
         cluster: cluster.clone(),
         endpoint: endpoint.cloned(),
     };
-    Ok(Outbound::Tcp(match found {
+    let target = match found {
         Some(Destination::Service(cluster)) => to(cluster, None),
         Some(Destination::Endpoint { cluster, endpoint }) => to(cluster, Some(endpoint)),
         // Address-less services on the port: TLS picks by SNI, plain TCP
@@ -109,7 +115,11 @@ pub async fn outbound(
             }
         }
         None => unregistered_tcp(unregistered()),
-    }))
+    };
+    Ok(Outbound::Tcp {
+        target,
+        sni: sni.map(str::to_owned),
+    })
 }
 
 fn detected_tls(detected: &Option<Detected>) -> bool {

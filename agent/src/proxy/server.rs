@@ -313,8 +313,9 @@ impl Connection {
                         let io: DownstreamIo = MaybeTls::Plain(stream);
                         self.http(io, down(captured)).await;
                     }
-                    Ok(interception::Outbound::Tcp(target)) => {
-                        let target = tcp::routed(&snapshot, target, peer.ip(), dst.ip());
+                    Ok(interception::Outbound::Tcp { target, sni }) => {
+                        let ends = (peer.ip(), dst.ip());
+                        let target = tcp::routed(&snapshot, target, ends, sni.as_deref());
                         let ends = (peer, dst);
                         let side = (direction, None);
                         tcp::proxy(&self.worker, stream, ends, None, side, target).await;

@@ -102,7 +102,8 @@ pub async fn serve(
         endpoint: None,
     };
     if direction == Direction::Outbound {
-        target = routed(&snapshot, target, peer.ip(), local.ip());
+        // The listener's bytes are not read ahead: no SNI, tcp[] rules only.
+        target = routed(&snapshot, target, (peer.ip(), local.ip()), None);
     }
     let ends = (peer, local);
     proxy(
@@ -117,7 +118,8 @@ pub async fn serve(
 }
 
 /// A sidecar's outbound connection from `source` to `destination`,
-/// addressed to a service port: routed by the VirtualService `tcp[]` rules
+/// addressed to a service port, whose TLS ClientHello named `sni` (when
+/// it was read): routed by the VirtualService `tls[]` and `tcp[]` rules
 /// written for the port, else to the port's own cluster. A client that
 /// addressed an endpoint itself (a pod IP) keeps it, as Istio's sidecars
 /// send such connections on unrouted. A rule whose destination has no
@@ -125,8 +127,8 @@ pub async fn serve(
 pub fn routed(
     snapshot: &Snapshot,
     target: TcpTarget,
-    source: IpAddr,
-    destination: IpAddr,
+    (source, destination): (IpAddr, IpAddr),
+    sni: Option<&str>,
 ) -> TcpTarget {
     let TcpTarget::Cluster {
         cluster,
@@ -135,7 +137,7 @@ pub fn routed(
     else {
         return target;
     };
-    match snapshot.tcp_rules.route(cluster, source, destination) {
+    match snapshot.tcp_rules.route(cluster, source, destination, sni) {
         TcpRouted::Unrouted => target,
         TcpRouted::To(to) => TcpTarget::Cluster {
             cluster: to.clone(),

@@ -151,6 +151,18 @@ for p in [x for x in paths if x.startswith("agent")]:
     for ok, text in checks:
         w(f"  - {text}" if ok is None else f"  - {'met' if ok else '**missed**'}: {text}")
 
+if any(k[1].startswith("paired_") for k in cells):
+    w("\nThis build against the baseline measured at the same time (`BASELINE`, paired: both loaded at once, "
+      "so both share the machine's neighbours; the ratio is this build's CPU per request over the baseline's):\n")
+    for r in sorted({k[1].rsplit("_", 1)[1] for k in cells if k[1].startswith("paired_")}, key=int):
+        a, b = cells.get(("agent", f"paired_vcpu_per_1k_{r}")), cells.get(("agent_base", f"paired_vcpu_per_1k_{r}"))
+        if a and b:
+            ratios = [x / y for x, y in zip(a, b) if y]
+            w(
+                f"- at {r} req/s: {statistics.median(a):.3f} vs {statistics.median(b):.3f} vCPU per 1000 req/s; "
+                f"ratio {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})"
+            )
+
 w("\n<details><summary>Every round</summary>\n")
 w("| round | path | measure | value |")
 w("|---:|---|---|---:|")

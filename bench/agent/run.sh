@@ -26,7 +26,8 @@
 # CPU and memory, with 1 KiB responses. Knobs: COST_RATES ("1000 4000"),
 # COST_DURATION (20s), IDLE_SECONDS (30), BASELINE (another tracemesh binary,
 # measured beside this build as the path agent_base: how a before/after is
-# taken in one run; BASELINE_LABEL names it in the table), ROUNDS,
+# taken in one run, and measured at the same time as this build at
+# PAIRED_RATES, "paired"; BASELINE_LABEL names it in the table), ROUNDS,
 # WRK_DURATION, LATENCY_CONNECTIONS, PATHS, PIN.
 #
 # Either mode measures prebuilt binaries instead of building the tree when
@@ -48,6 +49,7 @@ MODE=${MODE:-throughput}
 COST_RATES=${COST_RATES:-1000 4000}
 COST_DURATION=${COST_DURATION:-20s}
 IDLE_SECONDS=${IDLE_SECONDS:-30}
+PAIRED_RATES=${PAIRED_RATES:-${COST_RATES%% *}}
 BASELINE=${BASELINE:-}
 BASELINE_LABEL=${BASELINE_LABEL:-$BASELINE}
 
@@ -580,10 +582,51 @@ saturation() {
     '$1==r && $2==p && $3 ~ /^sat_/ {printf "%s %s ", $3, $4}' "$RESULTS")"
 }
 
+# With a BASELINE: this build and the baseline at RATE at the same time,
+# each from its own load generator, so both share whatever the machine's
+# neighbours do meanwhile. Runs one after another see different neighbours
+# (on a shared host, ±30% at 1000 req/s); paired, the ratio of the two
+# builds' CPU per request moves a few percent. At PAIRED_RATES only (the
+# lowest cost rate by default): both builds share the proxies' one core,
+# which at 4000 req/s each would be nearly full. Recorded as
+# paired_vcpu_per_1k_RATE for both.
+paired_cost() {
+  local round=$1 rate=$2 path pid t0 t1 loads=()
+  declare -A before after
+  for path in agent agent_base; do before[$path]=$(cpu_ns "$(path_pid "$path")"); done
+  t0=$(now_ns)
+  for path in agent agent_base; do
+    $(on 0) "$TRACEMESH" load -c "$LATENCY_CONNECTIONS" --qps "$rate" -t "$COST_DURATION" \
+      --json --connect-to "127.0.0.1:$(port_of "$path")" "http://$HOST/1k" >"$RUN/paired-$path.json" 2>/dev/null &
+    loads+=($!)
+  done
+  wait "${loads[@]}"
+  t1=$(now_ns)
+  for path in agent agent_base; do
+    pid=$(path_pid "$path")
+    after[$path]=$(cpu_ns "$pid")
+    python3 - "$round" "$path" "$rate" "$((after[$path] - before[$path]))" "$((t1 - t0))" \
+      "$RUN/paired-$path.json" >>"$RESULTS" <<'EOF'
+import json, sys
+round_, path, rate, cpu_ns, wall_ns, report = sys.argv[1:7]
+qps = json.load(open(report))["actual_qps"]
+print(f"{round_}\t{path}\tpaired_vcpu_per_1k_{rate}\t{int(cpu_ns) / int(wall_ns) / (qps / 1000):.4f}")
+EOF
+  done
+  log "round $round paired at $rate req/s: $(awk -v r="$round" -v q="$rate" \
+    '$1==r && $3==("paired_vcpu_per_1k_" q) {printf "%s %s ", $2, $4}' "$RESULTS")"
+}
+
 cost_rounds() {
   local round i path rate n=${#PATHS[@]}
   for round in $(seq 1 "$ROUNDS"); do
     idle_cost "$round"
+    if [ -n "$BASELINE" ]; then
+      for rate in $PAIRED_RATES; do
+        paired_cost "$round" "$rate"
+        sleep 1
+      done
+    fi
     for ((i = 0; i < n; i++)); do
       path=${PATHS[$(((i + round - 1) % n))]}
       for rate in $COST_RATES; do

@@ -177,9 +177,10 @@ impl Registry {
             });
         }
         let ports = || {
-            let mut ports: Vec<String> =
-                target.clusters.iter().map(|c| c.port.to_string()).collect();
+            let mut ports: Vec<u16> = target.clusters.iter().map(|c| c.port).collect();
+            ports.sort_unstable();
             ports.dedup();
+            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
             ports.join(", ")
         };
         match (target.port, port) {

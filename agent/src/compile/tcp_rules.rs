@@ -38,7 +38,7 @@ pub(super) fn build(
     agent_namespace: &str,
     diags: &mut Diagnostics,
 ) -> TcpRoutes {
-    // Each VirtualService with tcp rules bound to sidecars, with its
+    // Each VirtualService with tls or tcp rules bound to sidecars, with its
     // namespace and its hosts as FQDNs (a VirtualService bound to gateways
     // only is warned by `routes::build`).
     let mut bound: Vec<(usize, &Document<VirtualServiceSpec>, &str, Vec<String>)> = services
@@ -107,7 +107,12 @@ pub(super) fn build(
                         "port {} of {fqdn} is routed by VirtualService {first}; its tls and tcp rules there are ignored",
                         cluster.port
                     );
-                    diags.warn(&doc.location, Some("spec.tcp".into()), msg);
+                    let field = if doc.spec.tcp.is_empty() {
+                        "spec.tls"
+                    } else {
+                        "spec.tcp"
+                    };
+                    diags.warn(&doc.location, Some(field.into()), msg);
                 }
                 None => {
                     routes.insert(cluster.name.clone(), rules);

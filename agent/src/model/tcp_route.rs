@@ -74,8 +74,8 @@ pub enum TcpRouted<'a> {
     Nowhere(&'a str),
 }
 
-/// The `tcp[]` rules of every outbound service port that has any, by the
-/// name of the service port's cluster (`outbound|port||host`).
+/// The `tls[]` and `tcp[]` rules of every outbound service port that has
+/// any, by the name of the service port's cluster (`outbound|port||host`).
 #[derive(Debug, Default)]
 pub struct TcpRoutes {
     by_cluster: HashMap<String, Vec<TcpRule>>,
@@ -86,11 +86,6 @@ impl TcpRoutes {
     /// order they are tried.
     pub fn insert(&mut self, cluster: String, rules: Vec<TcpRule>) {
         self.by_cluster.insert(cluster, rules);
-    }
-
-    /// Whether any port has rules.
-    pub fn is_empty(&self) -> bool {
-        self.by_cluster.is_empty()
     }
 
     /// The rules of the port whose cluster is named `cluster`.

@@ -12,7 +12,7 @@ use common::agent::Agent;
 use common::client::{Client, raw_exchange};
 use common::grpc::{self, Echo};
 use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, service_entry};
-use common::upstream::{FNV_START, Upstream, closed_port, fnv, pattern, tcp_echo};
+use common::upstream::{FNV_START, Upstream, closed_port, fnv, pattern, tcp_echo, tcp_echo_on};
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::Full;
@@ -419,4 +419,88 @@ async fn wait_for_tcp_close(agent: &Agent) -> common::metrics::Scrape {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("the TCP connection was never counted as closed");
+}
+
+/// The agent on an IPv6-only path: both agents listen on `::1`, the
+/// ServiceEntry's endpoint is `::1`, the app listens on `::1` — the request
+/// arrives, `x-forwarded-for` carries the IPv6 client, and the metrics name
+/// the route; a TCP service on `::1` passes bytes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ipv6_only_paths_carry_http_and_tcp() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "no IPv6 loopback on a CI machine"
+        );
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    }
+    let v6 = |doc: String| doc.replace("\"127.0.0.1:0\"", "\"[::1]:0\"");
+    let listener = std::net::TcpListener::bind("[::1]:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let app = Upstream::start_on("v6-app", listener);
+    let backend = Agent::start(&v6(agent("backend", app.addr, NO_COLLECTOR)));
+    assert!(backend.inbound.is_ipv6(), "{}", backend.inbound);
+    let echo = tcp_echo_on(std::net::TcpListener::bind("[::1]:0").unwrap());
+    let tcp = AgentDoc {
+        name: "frontend-v1",
+        service: "frontend",
+        app: "frontend",
+        version: "v1",
+        app_addr: closed_port().await,
+        otlp: NO_COLLECTOR,
+        app_protocol: "HTTP",
+        outbound_tcp: "[{listen: \"[::1]:0\", host: echo, port: 7000}]",
+        extra: "",
+    };
+    let yaml = v6(tcp.yaml())
+        + &format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend, namespace: default}}
+spec:
+  hosts: [backend]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: "::1", ports: {{http: {}}}, labels: {{app: backend, version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: default}}
+spec:
+  hosts: [echo]
+  ports: [{{number: 7000, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: "::1", ports: {{tcp: {}}}}}]
+"#,
+            backend.inbound.port(),
+            echo.port()
+        );
+    let frontend = Agent::start(&yaml);
+    assert!(frontend.outbound.is_ipv6(), "{}", frontend.outbound);
+
+    let reply = Client::h1(frontend.outbound)
+        .get("http://backend:9080/v6")
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.upstream(), "v6-app");
+    let seen = app.seen().pop().unwrap();
+    assert_eq!(seen.headers["x-forwarded-for"], "::1");
+    let scrape = frontend.metrics().await;
+    let labels = [
+        ("reporter", "source"),
+        ("destination_service", "backend.default.svc.cluster.local"),
+        ("response_code", "200"),
+    ];
+    assert_eq!(scrape.sum("istio_requests_total", &labels), 1.0);
+
+    let mut conn = tokio::net::TcpStream::connect(frontend.outbound_tcp[0])
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"over v6").await.unwrap();
+    let mut buf = [0u8; 7];
+    conn.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"over v6");
 }

@@ -375,7 +375,13 @@ pub async fn closed_port() -> SocketAddr {
 
 /// A TCP echo server.
 pub async fn tcp_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tcp_echo_on(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+}
+
+/// A TCP echo server on `listener` (any address family); its address.
+pub fn tcp_echo_on(listener: std::net::TcpListener) -> SocketAddr {
+    listener.set_nonblocking(true).unwrap();
+    let listener = TcpListener::from_std(listener).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {

@@ -468,15 +468,9 @@ spec:
     - {destination: {host: db, subset: v1}, weight: 25}
     - {destination: {host: db, subset: v2}, weight: 75}
 ";
-    let frontend = tcp_agent(
-        "frontend",
-        closed_port().await,
-        "[{listen: \"127.0.0.1:0\", host: db, port: 5432}]",
-        "",
-        &(entry.clone() + routing),
-    );
+    let frontend = Agent::start(&(frontend_config(&entry) + routing));
     // Enforced, so not warned as accepted-but-ignored.
-    let (valid, said) = common::agent::validate(&(frontend_doc(&entry) + routing));
+    let (valid, said) = common::agent::validate(&(frontend_config(&entry) + routing));
     assert!(valid && !said.contains("spec.tcp"), "{said}");
     const CONNECTIONS: usize = 200;
     for _ in 0..CONNECTIONS {
@@ -502,10 +496,37 @@ spec:
         )
     };
     assert_eq!((opened("v1"), opened("v2")), (to_v1 as f64, to_v2 as f64));
+    // A live reload routes every connection to a subset no DestinationRule
+    // defines: closed before a byte reaches either version, and counted
+    // with Envoy's NC (no cluster found) under the destination's host.
+    let nowhere = routing.replace("weight: 25", "weight: 0").replace(
+        "{destination: {host: db, subset: v2}, weight: 75}",
+        "{destination: {host: db, subset: v9}, weight: 75}",
+    );
+    let text = frontend_config(&entry) + &nowhere;
+    frontend.rewrite_config(&text);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while frontend
+        .metrics()
+        .await
+        .sum("tracemesh_agent_config_version", &[])
+        < 2.0
+    {
+        assert!(Instant::now() < deadline, "the reload never loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ping(frontend.outbound_tcp[0], None).await, b"");
+    assert_eq!(v1.accepted() + v2.accepted(), CONNECTIONS);
+    let nc = [
+        ("response_flags", "NC"),
+        ("destination_service", "db.default.svc.cluster.local"),
+    ];
+    closed(&frontend, 1.0, &nc).await;
 }
 
-/// The frontend of the TCP routing test as `tracemesh validate` reads it.
-fn frontend_doc(entry: &str) -> String {
+/// The frontend of the TCP routing test, with the ServiceEntry `entry`:
+/// one outbound TCP listener to db:5432.
+fn frontend_config(entry: &str) -> String {
     let doc = AgentDoc {
         name: "frontend-v1",
         service: "frontend",

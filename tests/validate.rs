@@ -527,8 +527,9 @@ fn every_fault_of_a_document_is_named_at_once() {
 /// A VirtualService destination that leads nowhere for the traffic its
 /// rule takes is warned with the reason, not as an unknown service: a
 /// subset no DestinationRule defines, a port the service lacks, a
-/// multi-port service with no port named for a TCP port it lacks; and an
-/// IPv4-mapped subnet in a TCP match, which never matches.
+/// multi-port service with no port named for a TCP port it lacks; an
+/// IPv4-mapped subnet in a TCP match, which never matches; `sourceSubnet`,
+/// which Istio's sidecars ignore.
 #[test]
 fn destinations_that_lead_nowhere_are_warned_with_the_reason() {
     let yaml = r#"apiVersion: tracemesh.io/v1
@@ -571,9 +572,9 @@ spec:
   http:
   - route: [{destination: {host: tcp-echo, port: {number: 8081}}}]
   tcp:
-  - match: [{port: 9000, sourceSubnet: "::ffff:127.0.0.5/128"}]
+  - match: [{port: 9000, destinationSubnets: ["::ffff:127.0.0.5/128"]}]
     route: [{destination: {host: tcp-echo, subset: v9}}]
-  - match: [{port: 9000}]
+  - match: [{port: 9000, sourceSubnet: 10.0.0.0/8}]
     route: [{destination: {host: tcp-echo, port: {number: 9999}, subset: v1}}]
   - route: [{destination: {host: alt}}]
 "#;
@@ -602,7 +603,12 @@ spec:
         "tcp-echo.default.svc.cluster.local has no port 8081",
     );
     warned(
-        "spec.tcp[0].match[0].sourceSubnet",
+        "spec.tcp[0].match[0].destinationSubnets[0]",
         "write \"127.0.0.5/32\"",
+    );
+    // Istio's sidecars ignore sourceSubnet; so does the agent, and says so.
+    warned(
+        "spec.tcp[1].match[0].sourceSubnet",
+        "accepted but not enforced",
     );
 }

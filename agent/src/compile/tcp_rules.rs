@@ -1,8 +1,8 @@
 //! VirtualService `tls[]` and `tcp[]` rules for a sidecar's outbound TCP
 //! and TLS service ports (Istio's sidecar TLS and TCP filter chains): per
-//! port, the rules of the most specific VirtualService bound to `mesh`
-//! whose hosts cover the service, their static conditions judged for this
-//! workload.
+//! port, the rules of every VirtualService bound to `mesh` whose hosts
+//! cover the service, oldest first, their static conditions judged for
+//! this workload.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -24,13 +24,14 @@ use crate::model::gateway::{L4Destination, L4Route};
 use crate::model::service::Protocol;
 use crate::model::tcp_route::{TcpMatch, TcpRoutes, TcpRule};
 
-/// The `tls[]` and `tcp[]` rules of every outbound service port that
-/// carries TCP (declared TCP or TLS, or undeclared and so sniffed; `tls[]`
-/// rules on TLS and undeclared ports only). A port takes the
-/// rules of the most specific VirtualService bound to `mesh` that covers
-/// its service and has a rule for the port — one naming the host itself,
-/// else the longest wildcard host, the oldest first among equals (as for
-/// `http[]`); the others are warned as shadowed there.
+/// The rules of every outbound service port that carries TCP: on a port
+/// declared TLS (or HTTPS) the `tls[]` rules, on one declared TCP or
+/// undeclared the `tcp[]` rules — never the other kind, as Istio builds
+/// them (`buildSidecarOutboundTLSFilterChainOpts`, `…TCPFilterChainOpts`).
+/// Every VirtualService bound to `mesh` whose hosts cover the service
+/// (its own name or a wildcard) gives its rules, oldest first, merged as
+/// Istio merges them (`getConfigsForHost`); `tcp[]` rules after one that
+/// takes every connection are warned as unreachable.
 pub(super) fn build(
     services: &[Document<VirtualServiceSpec>],
     registry: &Registry,
@@ -72,22 +73,13 @@ pub(super) fn build(
         })
         .filter(|(_, c)| matches!(c.protocol, Protocol::Tcp | Protocol::Tls | Protocol::Auto));
     for (fqdn, cluster) in ports {
-        // Covering VirtualServices, most specific first (a stable sort
-        // keeps the oldest first among equals).
-        let mut covering: Vec<(usize, &Document<VirtualServiceSpec>, &str)> = bound
+        let mut rules: Vec<TcpRule> = Vec::new();
+        // The tcp[] rule that takes every connection, once there is one.
+        let mut catch_all: Option<Arc<str>> = None;
+        let covering = bound
             .iter()
-            .filter_map(|(_, doc, namespace, hosts)| {
-                let specificity = hosts
-                    .iter()
-                    .filter(|h| host_matches(h, fqdn))
-                    .map(|h| if h == fqdn { usize::MAX } else { h.len() })
-                    .max()?;
-                Some((specificity, *doc, *namespace))
-            })
-            .collect();
-        covering.sort_by_key(|(specificity, ..)| std::cmp::Reverse(*specificity));
-        let mut first: Option<String> = None;
-        for (_, doc, namespace) in covering {
+            .filter(|(.., hosts)| hosts.iter().any(|h| host_matches(h, fqdn)));
+        for (_, doc, namespace, _) in covering {
             let name = format!("{namespace}/{}", doc.metadata.name);
             let scope = PortScope {
                 doc,
@@ -97,28 +89,30 @@ pub(super) fn build(
                 source,
                 registry,
             };
-            let rules = port_rules(&scope, diags);
-            if rules.is_empty() {
-                continue;
-            }
-            match &first {
-                Some(first) => {
+            for (field, rule) in port_rules(&scope, diags) {
+                if let Some(first) = &catch_all {
                     let msg = format!(
-                        "port {} of {fqdn} is routed by VirtualService {first}; its tls and tcp rules there are ignored",
+                        "unreachable for port {} of {fqdn}: {first} takes every connection first",
                         cluster.port
                     );
-                    let field = if doc.spec.tcp.is_empty() {
-                        "spec.tls"
-                    } else {
-                        "spec.tcp"
-                    };
-                    diags.warn(&doc.location, Some(field.into()), msg);
+                    diags.warn(&doc.location, Some(field), msg);
+                    continue;
                 }
-                None => {
-                    routes.insert(cluster.name.clone(), rules);
-                    first = Some(name);
+                // A rule whose conditions are all judged here takes every
+                // connection left (Istio's `break TcpLoop`).
+                let takes_all = rule.matches.is_empty()
+                    || rule
+                        .matches
+                        .iter()
+                        .any(|m| m.destination_subnets.is_empty());
+                if takes_all && cluster.protocol != Protocol::Tls {
+                    catch_all = Some(rule.reference.clone());
                 }
+                rules.push(rule);
             }
+        }
+        if !rules.is_empty() {
+            routes.insert(cluster.name.clone(), rules);
         }
     }
     routes
@@ -128,7 +122,6 @@ pub(super) fn build(
 struct Conditions<'a> {
     sni_hosts: &'a [String],
     destination_subnets: &'a [String],
-    source_subnet: Option<&'a str>,
     port: Option<u32>,
     source_labels: &'a BTreeMap<String, String>,
     source_namespace: Option<&'a str>,
@@ -140,7 +133,6 @@ impl<'a> From<&'a TlsMatchAttributes> for Conditions<'a> {
         Self {
             sni_hosts: &m.sni_hosts,
             destination_subnets: &m.destination_subnets,
-            source_subnet: None,
             port: m.port,
             source_labels: &m.source_labels,
             source_namespace: m.source_namespace.as_deref(),
@@ -154,7 +146,6 @@ impl<'a> From<&'a L4MatchAttributes> for Conditions<'a> {
         Self {
             sni_hosts: &[],
             destination_subnets: &m.destination_subnets,
-            source_subnet: m.source_subnet.as_deref(),
             port: m.port,
             source_labels: &m.source_labels,
             source_namespace: m.source_namespace.as_deref(),
@@ -176,22 +167,25 @@ struct PortScope<'a> {
 }
 
 /// The rules of the VirtualService that can apply to a connection from
-/// this workload to the service port: its `tls[]` rules (on a TLS or
-/// undeclared port), then its `tcp[]` rules, in order.
-fn port_rules(scope: &PortScope<'_>, diags: &mut Diagnostics) -> Vec<TcpRule> {
+/// this workload to the service port, in order, each with its field: its
+/// `tls[]` rules on a TLS port, else its `tcp[]` rules.
+fn port_rules(scope: &PortScope<'_>, diags: &mut Diagnostics) -> Vec<(String, TcpRule)> {
     let spec = &scope.doc.spec;
     let mut rules = Vec::new();
-    if matches!(scope.cluster.protocol, Protocol::Tls | Protocol::Auto) {
+    if scope.cluster.protocol == Protocol::Tls {
         for (i, rule) in spec.tls.iter().enumerate() {
             let matches = rule.matches.iter().map(Conditions::from);
             let field = format!("spec.tls[{i}]");
-            rules.extend(compile_rule(scope, &field, matches, &rule.route, diags));
+            let compiled = compile_rule(scope, &field, matches, &rule.route, diags);
+            rules.extend(compiled.map(|r| (field, r)));
         }
+        return rules;
     }
     for (i, rule) in spec.tcp.iter().enumerate() {
         let matches = rule.matches.iter().map(Conditions::from);
         let field = format!("spec.tcp[{i}]");
-        rules.extend(compile_rule(scope, &field, matches, &rule.route, diags));
+        let compiled = compile_rule(scope, &field, matches, &rule.route, diags);
+        rules.extend(compiled.map(|r| (field, r)));
     }
     rules
 }
@@ -265,24 +259,18 @@ fn applies(
 /// The conditions of a `match` entry checked per connection; `None` when
 /// an address does not parse (the validator has refused the config).
 fn runtime_match(m: &Conditions<'_>) -> Option<TcpMatch> {
-    let subnet = |text: &str| {
-        text.parse::<IpNet>()
-            .ok()
-            .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
-    };
     let destination_subnets = m
         .destination_subnets
         .iter()
-        .map(|s| subnet(s))
+        .map(|text| {
+            text.parse::<IpNet>()
+                .ok()
+                .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+        })
         .collect::<Option<Vec<_>>>()?;
-    let source_subnet = match m.source_subnet {
-        Some(s) => Some(subnet(s)?),
-        None => None,
-    };
     Some(TcpMatch {
         sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         destination_subnets,
-        source_subnet,
     })
 }
 
@@ -419,10 +407,11 @@ spec:
             .iter()
             .find(|c| c.name == "outbound|5432||db.default.svc.cluster.local")
             .unwrap();
-        let routed = |dst: &str| match rules.route(service, ip("127.0.0.1"), ip(dst), None) {
+        let routed = |dst: &str| match rules.route(service, ip(dst), None) {
             TcpRouted::To(c) => c.name.clone(),
             TcpRouted::Unrouted => "unrouted".into(),
-            TcpRouted::Nowhere(rule) => format!("nowhere by {rule}"),
+            TcpRouted::Unmatched => "unmatched".into(),
+            TcpRouted::NoCluster { rule, .. } => format!("nowhere by {rule}"),
         };
         let nowhere = "nowhere by VirtualService default/db spec.tcp[1]";
         assert_eq!(routed("10.96.0.10"), nowhere, "subset v9 is not defined");
@@ -445,11 +434,14 @@ spec:
                 .any(|w| w.contains("spec.tcp[1].route[0].destination")),
             "{warnings:#?}"
         );
+        // db-later's catch-all comes after db's (merged oldest first, as
+        // Istio merges them), which takes every connection first.
         assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("db-later")
-                    && w.contains("is routed by VirtualService default/db")),
+            warnings.iter().any(|w| w.contains("db-later")
+                && w.contains("spec.tcp[0]: unreachable for port 5432")
+                && w.contains(
+                    "VirtualService default/db spec.tcp[2] takes every connection first"
+                )),
             "{warnings:#?}"
         );
         assert!(
@@ -476,7 +468,7 @@ spec:
     }
 
     #[test]
-    fn a_host_s_own_virtual_service_beats_an_older_wildcard_one() {
+    fn virtual_services_covering_a_host_merge_oldest_first() {
         let head = CONFIG
             .split("---\napiVersion: networking.istio.io/v1\nkind: VirtualService")
             .next()
@@ -507,14 +499,18 @@ spec:
             .rules("outbound|5432||db.default.svc.cluster.local")
             .expect("routed");
         let references: Vec<&str> = rules.iter().map(|r| &*r.reference).collect();
-        assert_eq!(references, ["VirtualService default/db spec.tcp[0]"]);
-        let shadowed = compiled.diagnostics.iter().any(|d| {
+        // The older wildcard VirtualService's catch-all comes first, as
+        // Istio merges every VirtualService that covers the host; the
+        // host's own rule after it is unreachable, and said so.
+        assert_eq!(references, ["VirtualService default/catchall spec.tcp[0]"]);
+        let unreachable = compiled.diagnostics.iter().any(|d| {
             d.severity == Severity::Warning
-                && d.to_string().contains("catchall")
-                && d.message.contains("is routed by VirtualService default/db")
+                && d.to_string().contains("VirtualService default/db")
+                && d.message
+                    .contains("catchall spec.tcp[0] takes every connection first")
         });
         assert!(
-            shadowed,
+            unreachable,
             "{:#?}",
             compiled.diagnostics.iter().collect::<Vec<_>>()
         );

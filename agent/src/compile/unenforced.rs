@@ -96,6 +96,11 @@ pub const FIELDS: &[Field] = &[
     ),
     enforced(VS, "spec.tls"),
     enforced(VS, "spec.tcp"),
+    warned(
+        VS,
+        "spec.tcp[*].match[*].sourceSubnet",
+        "Istio's sidecars ignore it too",
+    ),
     warned(VS, "spec.http[*].corsPolicy", ""),
     warned(
         VS,

@@ -122,6 +122,19 @@ pub async fn outbound(
     })
 }
 
+/// A captured TCP connection to `dst` that no service takes: passed
+/// through to `dst` (ALLOW_ANY) or refused (REGISTRY_ONLY), by
+/// `outboundTrafficPolicy`.
+pub fn outside_registry(snapshot: &Snapshot, dst: SocketAddr) -> TcpTarget {
+    match snapshot.capture.outbound_traffic_policy {
+        OutboundTrafficMode::AllowAny => TcpTarget::Cluster {
+            cluster: passthrough(dst, Protocol::Tcp),
+            endpoint: None,
+        },
+        OutboundTrafficMode::RegistryOnly => TcpTarget::BlackHole,
+    }
+}
+
 fn detected_tls(detected: &Option<Detected>) -> bool {
     matches!(detected, Some(Detected::Tls { .. }))
 }

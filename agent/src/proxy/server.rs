@@ -314,8 +314,8 @@ impl Connection {
                         self.http(io, down(captured)).await;
                     }
                     Ok(interception::Outbound::Tcp { target, sni }) => {
-                        let ends = (peer.ip(), dst.ip());
-                        let target = tcp::routed(&snapshot, target, ends, sni.as_deref());
+                        let target = tcp::routed(&snapshot, target, dst.ip(), sni.as_deref())
+                            .unwrap_or_else(|| interception::outside_registry(&snapshot, dst));
                         let ends = (peer, dst);
                         let side = (direction, None);
                         tcp::proxy(&self.worker, stream, ends, None, side, target).await;

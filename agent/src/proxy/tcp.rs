@@ -47,7 +47,7 @@ use crate::tls::io::UpstreamIo;
 use crate::tls::{PeerTls, handshake};
 
 /// Where a TCP connection goes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum TcpTarget {
     /// An endpoint of `cluster`: `endpoint` when the client addressed one
     /// (a captured call to a pod IP), else the balancer's pick.
@@ -60,6 +60,13 @@ pub enum TcpTarget {
     /// Refused outside the registry (REGISTRY_ONLY): closed at once and
     /// counted as `BlackHoleCluster`.
     BlackHole,
+    /// Routed by a VirtualService to a destination without a cluster:
+    /// closed at once and counted with `NC` under `service`, the
+    /// destination's host (Envoy's `tcp_proxy` without its cluster).
+    NoCluster {
+        /// The destination the rule named.
+        service: Arc<ServiceName>,
+    },
 }
 
 /// Proxies one connection of a TCP listener: outbound to the service of
@@ -102,8 +109,10 @@ pub async fn serve(
         endpoint: None,
     };
     if direction == Direction::Outbound {
-        // The listener's bytes are not read ahead: no SNI, tcp[] rules only.
-        target = routed(&snapshot, target, (peer.ip(), local.ip()), None);
+        // The listener's bytes are not read ahead: no SNI. Unmatched TLS
+        // keeps the service the listener names.
+        let service = target.clone();
+        target = routed(&snapshot, target, local.ip(), None).unwrap_or(service);
     }
     let ends = (peer, local);
     proxy(
@@ -117,37 +126,43 @@ pub async fn serve(
     .await;
 }
 
-/// A sidecar's outbound connection from `source` to `destination`,
-/// addressed to a service port, whose TLS ClientHello named `sni` (when
-/// it was read): routed by the VirtualService `tls[]` and `tcp[]` rules
-/// written for the port, else to the port's own cluster. A client that
-/// addressed an endpoint itself (a pod IP) keeps it, as Istio's sidecars
-/// send such connections on unrouted. A rule whose destination has no
-/// cluster closes the connection, counted as no route (`NR`).
+/// A sidecar's outbound connection to `destination`, addressed to a
+/// service port, whose TLS ClientHello named `sni` (when it was read):
+/// routed by the VirtualService `tls[]` or `tcp[]` rules written for the
+/// port, else to the port's own cluster. `None` when the port has `tls[]`
+/// rules and none takes the connection: Istio then has no chain to the
+/// service, and the connection leaves the registry (the caller knows
+/// where it was going). A client that addressed an endpoint itself (a pod
+/// IP) keeps it. A rule whose destination has no cluster closes the
+/// connection, counted `NC`.
 pub fn routed(
     snapshot: &Snapshot,
     target: TcpTarget,
-    (source, destination): (IpAddr, IpAddr),
+    destination: IpAddr,
     sni: Option<&str>,
-) -> TcpTarget {
+) -> Option<TcpTarget> {
     let TcpTarget::Cluster {
         cluster,
         endpoint: None,
     } = &target
     else {
-        return target;
+        return Some(target);
     };
-    match snapshot.tcp_rules.route(cluster, source, destination, sni) {
+    Some(match snapshot.tcp_rules.route(cluster, destination, sni) {
         TcpRouted::Unrouted => target,
+        TcpRouted::Unmatched => return None,
         TcpRouted::To(to) => TcpTarget::Cluster {
             cluster: to.clone(),
             endpoint: None,
         },
-        TcpRouted::Nowhere(rule) => {
-            tracing::debug!(%rule, "tcp route to a destination without a cluster; closed");
-            TcpTarget::BlackHole
+        TcpRouted::NoCluster { rule, host } => {
+            tracing::debug!(%rule, %host, "tcp route to a destination without a cluster; closed");
+            let namespace = &snapshot.identity.namespace;
+            TcpTarget::NoCluster {
+                service: Arc::new(ServiceName::new(host, namespace)),
+            }
         }
-    }
+    })
 }
 
 /// Proxies `downstream` (already past any mTLS handshake; `caller` is what
@@ -187,9 +202,10 @@ pub async fn proxy<IO>(
         Direction::Outbound => Reporter::Source,
         Direction::Inbound => Reporter::Destination,
     };
-    let (cluster, chosen) = match target {
-        TcpTarget::Cluster { cluster, endpoint } => (Some(cluster), endpoint),
-        TcpTarget::BlackHole => (None, None),
+    let (cluster, chosen, unrouted) = match target {
+        TcpTarget::Cluster { cluster, endpoint } => (Some(cluster), endpoint, None),
+        TcpTarget::BlackHole => (None, None, None),
+        TcpTarget::NoCluster { service } => (None, None, Some(service)),
     };
     let no_headers = HeaderMap::new();
     // AuthorizationPolicy decides before the upstream is dialed.
@@ -216,6 +232,7 @@ pub async fn proxy<IO>(
     let mut callee = None;
     match (&cluster, &endpoint) {
         _ if verdict.denied.is_some() => flags = verdict.flag,
+        (None, _) if unrouted.is_some() => flags = ResponseFlags::NO_CLUSTER_FOUND,
         (None, _) => flags = ResponseFlags::NO_ROUTE,
         (Some(_), None) => flags = ResponseFlags::NO_HEALTHY_UPSTREAM,
         (Some(cluster), Some(endpoint)) => match dial(worker, cluster, endpoint).await {
@@ -229,9 +246,10 @@ pub async fn proxy<IO>(
             }
         },
     }
-    let service = match &cluster {
-        Some(cluster) => cluster.service.clone(),
-        None => BLACK_HOLE.with(Clone::clone),
+    let service = match (&cluster, unrouted) {
+        (Some(cluster), _) => cluster.service.clone(),
+        (None, Some(service)) => service,
+        (None, None) => BLACK_HOLE.with(Clone::clone),
     };
     let unknown = Arc::new(PeerInfo::unknown());
     let ours = Some(ByAddress(snapshot.identity.principal.clone()));

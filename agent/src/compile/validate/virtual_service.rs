@@ -110,7 +110,7 @@ pub(super) fn virtual_service(c: &mut Check<'_>, doc: &Document<VirtualServiceSp
             let mf = format!("{field}.match[{j}]");
             l4_match(c, &mf, &m.destination_subnets, m.port, &m.gateways);
             if let Some(subnet) = &m.source_subnet {
-                common::peer_ip_or_cidr(c, &format!("{mf}.sourceSubnet"), subnet);
+                common::ip_or_cidr(c, &format!("{mf}.sourceSubnet"), subnet);
             }
         }
         route_destinations(c, &format!("{field}.route"), &tcp.route, "TCP");

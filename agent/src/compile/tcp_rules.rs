@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::gateway_api::age;
 use super::registry::Registry;
 use super::routes::{Binding, Source};
 use crate::config::diagnostics::{Diagnostics, Location};
@@ -29,8 +28,8 @@ use crate::model::tcp_route::{TcpMatch, TcpRoutes, TcpRule};
 /// undeclared the `tcp[]` rules — never the other kind, as Istio builds
 /// them (`buildSidecarOutboundTLSFilterChainOpts`, `…TCPFilterChainOpts`).
 /// Every VirtualService bound to `mesh` whose hosts cover the service
-/// (its own name or a wildcard) gives its rules, oldest first, merged as
-/// Istio merges them (`getConfigsForHost`); `tcp[]` rules after one that
+/// (its own name or a wildcard) gives its rules, oldest first (then by
+/// name and namespace), merged as Istio merges them (`getConfigsForHost`); `tcp[]` rules after one that
 /// takes every connection are warned as unreachable.
 pub(super) fn build(
     services: &[Document<VirtualServiceSpec>],
@@ -42,11 +41,10 @@ pub(super) fn build(
     // Each VirtualService with tls or tcp rules bound to sidecars, with its
     // namespace and its hosts as FQDNs (a VirtualService bound to gateways
     // only is warned by `routes::build`).
-    let mut bound: Vec<(usize, &Document<VirtualServiceSpec>, &str, Vec<String>)> = services
+    let mut bound: Vec<(&Document<VirtualServiceSpec>, &str, Vec<String>)> = services
         .iter()
-        .enumerate()
-        .filter(|(_, d)| !d.spec.tcp.is_empty() || !d.spec.tls.is_empty())
-        .filter_map(|(order, d)| {
+        .filter(|d| !d.spec.tcp.is_empty() || !d.spec.tls.is_empty())
+        .filter_map(|d| {
             let namespace = d.metadata.namespace.as_deref().unwrap_or(agent_namespace);
             let hosts = d
                 .spec
@@ -56,10 +54,19 @@ pub(super) fn build(
                 .collect();
             Binding::Mesh
                 .admits(&d.spec.gateways, namespace)
-                .then_some((order, d, namespace, hosts))
+                .then_some((d, namespace, hosts))
         })
         .collect();
-    bound.sort_by_key(|(order, d, ..)| age(&d.metadata, *order));
+    // Istio's `sortConfigByCreationTime`: the oldest first, a resource
+    // without a time first of all (its zero time), then by name and
+    // namespace.
+    bound.sort_by_key(|(d, namespace, _)| {
+        (
+            d.metadata.created_at(),
+            d.metadata.name.clone(),
+            namespace.to_string(),
+        )
+    });
     let mut routes = TcpRoutes::default();
     let ports = registry
         .services
@@ -79,7 +86,7 @@ pub(super) fn build(
         let covering = bound
             .iter()
             .filter(|(.., hosts)| hosts.iter().any(|h| host_matches(h, fqdn)));
-        for (_, doc, namespace, _) in covering {
+        for (doc, namespace, _) in covering {
             let name = format!("{namespace}/{}", doc.metadata.name);
             let scope = PortScope {
                 doc,
@@ -514,5 +521,61 @@ spec:
             "{:#?}",
             compiled.diagnostics.iter().collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn equal_ages_merge_by_name_whatever_the_file_order() {
+        let head = CONFIG
+            .split("---\napiVersion: networking.istio.io/v1\nkind: VirtualService")
+            .next()
+            .unwrap();
+        // Without times (Istio's zero time: before any time), `exact`
+        // sorts before `wild` by name, though it comes later in the file;
+        // a time written as another zone's is compared as a time.
+        for (wild, exact) in [
+            ("", ""),
+            ("2024-01-01T06:00:00Z", "2024-01-01T10:00:00+05:00"),
+        ] {
+            let at = |t: &str| {
+                if t.is_empty() {
+                    String::new()
+                } else {
+                    format!(", creationTimestamp: \"{t}\"")
+                }
+            };
+            let yaml = format!(
+                "{head}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: wild, namespace: default{}}}
+spec:
+  hosts: [\"*.default.svc.cluster.local\"]
+  tcp: [{{route: [{{destination: {{host: db, subset: v1}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: exact, namespace: default{}}}
+spec:
+  hosts: [db]
+  tcp: [{{route: [{{destination: {{host: db, subset: v2}}}}]}}]
+",
+                at(wild),
+                at(exact)
+            );
+            let file = std::sync::Arc::from("mesh.yaml");
+            let compiled = compile_text(&file, &yaml, 1, &LiveState::default())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let rules = compiled
+                .snapshot
+                .tcp_rules
+                .rules("outbound|5432||db.default.svc.cluster.local")
+                .expect("routed");
+            let references: Vec<&str> = rules.iter().map(|r| &*r.reference).collect();
+            assert_eq!(
+                references,
+                ["VirtualService default/exact spec.tcp[0]"],
+                "{wild:?} / {exact:?}"
+            );
+        }
     }
 }

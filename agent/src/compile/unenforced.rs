@@ -99,7 +99,7 @@ pub const FIELDS: &[Field] = &[
     warned(
         VS,
         "spec.tcp[*].match[*].sourceSubnet",
-        "Istio's sidecars ignore it too",
+        "Istio's sidecars ignore it too: a match of it alone takes every connection",
     ),
     warned(VS, "spec.http[*].corsPolicy", ""),
     warned(

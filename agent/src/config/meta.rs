@@ -31,6 +31,15 @@ pub struct ObjectMeta {
     pub creation_timestamp: Option<String>,
 }
 
+impl ObjectMeta {
+    /// `creationTimestamp` read as RFC 3339; `None` when absent or not a
+    /// time (the validator refuses that).
+    pub fn created_at(&self) -> Option<time::OffsetDateTime> {
+        let text = self.creation_timestamp.as_deref()?;
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+    }
+}
+
 /// Istio's `istio.type.v1beta1.WorkloadSelector` (`selector` of security
 /// and telemetry policies, `workloadSelector` of a DestinationRule).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -115,6 +115,14 @@ fn metadata<S>(c: &mut Check<'_>, doc: &Document<S>) {
             ),
         );
     }
+    if let Some(ts) = &meta.creation_timestamp
+        && meta.created_at().is_none()
+    {
+        c.error(
+            "metadata.creationTimestamp",
+            format!("{ts:?} is not an RFC 3339 time (Kubernetes writes `2024-05-01T10:00:00Z`)"),
+        );
+    }
     if let Some(ns) = &meta.namespace
         && !common::is_dns1123_label(ns)
     {

@@ -98,6 +98,11 @@ pub(super) fn virtual_service(c: &mut Check<'_>, doc: &Document<VirtualServiceSp
             for (k, sni) in m.sni_hosts.iter().enumerate() {
                 if let Some(err) = common::wildcard_domain_error(sni) {
                     c.error(format!("{mf}.sniHosts[{k}]"), err);
+                } else if !spec.hosts.iter().any(|h| sni_within(sni, h)) {
+                    c.error(
+                        format!("{mf}.sniHosts[{k}]"),
+                        format!("the SNI host {sni:?} is not a subset of any of the virtual service hosts"),
+                    );
                 }
             }
             l4_match(c, &mf, &m.destination_subnets, m.port, &m.gateways);
@@ -114,6 +119,17 @@ pub(super) fn virtual_service(c: &mut Check<'_>, doc: &Document<VirtualServiceSp
             }
         }
         route_destinations(c, &format!("{field}.route"), &tcp.route, "TCP");
+    }
+}
+
+/// Whether SNI name `sni` is within VirtualService host `host`, as Istio
+/// validates `sniHosts` (`host.Name.SubsetOf`, the names as written): the
+/// same name, or covered by a wildcard host (`*` covers every name).
+fn sni_within(sni: &str, host: &str) -> bool {
+    let (sni, host) = (sni.to_ascii_lowercase(), host.to_ascii_lowercase());
+    match host.strip_prefix('*') {
+        Some(suffix) => sni.ends_with(suffix) && (sni.len() > suffix.len() || host == "*"),
+        None => sni == host,
     }
 }
 

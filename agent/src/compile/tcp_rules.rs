@@ -29,8 +29,9 @@ use crate::model::tcp_route::{TcpMatch, TcpRoutes, TcpRule};
 /// them (`buildSidecarOutboundTLSFilterChainOpts`, `…TCPFilterChainOpts`).
 /// Every VirtualService bound to `mesh` whose hosts cover the service
 /// (its own name or a wildcard) gives its rules, oldest first (then by
-/// name and namespace), merged as Istio merges them (`getConfigsForHost`); `tcp[]` rules after one that
-/// takes every connection are warned as unreachable.
+/// name and namespace), merged as Istio merges them (`getConfigsForHost`);
+/// `tcp[]` rules after one that takes every connection are warned as
+/// unreachable.
 pub(super) fn build(
     services: &[Document<VirtualServiceSpec>],
     registry: &Registry,

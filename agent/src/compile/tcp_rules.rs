@@ -326,7 +326,7 @@ pub(super) fn l4_destinations(
 mod tests {
     use std::net::IpAddr;
 
-    use super::super::compile_text;
+    use super::super::{Compiled, compile_text};
     use crate::config::diagnostics::Severity;
     use crate::model::live::LiveState;
     use crate::model::tcp_route::TcpRouted;
@@ -475,47 +475,67 @@ spec:
         );
     }
 
-    #[test]
-    fn virtual_services_covering_a_host_merge_oldest_first() {
+    /// CONFIG's registry with two VirtualServices for db's TCP port: `wild`
+    /// (`*.default.svc.cluster.local`, to v1) then `exact` (`db`, to v2),
+    /// each with its `creationTimestamp` when one is given.
+    fn wild_then_exact(wild: &str, exact: &str) -> Compiled {
         let head = CONFIG
             .split("---\napiVersion: networking.istio.io/v1\nkind: VirtualService")
             .next()
             .unwrap();
+        let at = |t: &str| {
+            if t.is_empty() {
+                String::new()
+            } else {
+                format!(", creationTimestamp: \"{t}\"")
+            }
+        };
+        let vs = |name: &str, t: &str, host: &str, subset: &str| {
+            format!(
+                "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: default{}}}
+spec:
+  hosts: [\"{host}\"]
+  tcp: [{{route: [{{destination: {{host: db, subset: {subset}}}}}]}}]
+",
+                at(t)
+            )
+        };
         let yaml = format!(
-            "{head}---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: catchall, namespace: default, creationTimestamp: \"2020-01-01T00:00:00Z\"}}
-spec:
-  hosts: [\"*.default.svc.cluster.local\"]
-  tcp: [{{route: [{{destination: {{host: db, subset: v1}}}}]}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: db, namespace: default, creationTimestamp: \"2024-01-01T00:00:00Z\"}}
-spec:
-  hosts: [db]
-  tcp: [{{route: [{{destination: {{host: db, subset: v2}}}}]}}]
-"
+            "{head}{}{}",
+            vs("wild", wild, "*.default.svc.cluster.local", "v1"),
+            vs("exact", exact, "db", "v2")
         );
         let file = std::sync::Arc::from("mesh.yaml");
-        let compiled =
-            compile_text(&file, &yaml, 1, &LiveState::default()).unwrap_or_else(|e| panic!("{e}"));
+        compile_text(&file, &yaml, 1, &LiveState::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn db_references(compiled: &Compiled) -> Vec<&str> {
         let rules = compiled
             .snapshot
             .tcp_rules
             .rules("outbound|5432||db.default.svc.cluster.local")
             .expect("routed");
-        let references: Vec<&str> = rules.iter().map(|r| &*r.reference).collect();
+        rules.iter().map(|r| &*r.reference).collect()
+    }
+
+    #[test]
+    fn virtual_services_covering_a_host_merge_oldest_first() {
         // The older wildcard VirtualService's catch-all comes first, as
         // Istio merges every VirtualService that covers the host; the
         // host's own rule after it is unreachable, and said so.
-        assert_eq!(references, ["VirtualService default/catchall spec.tcp[0]"]);
+        let compiled = wild_then_exact("2020-01-01T00:00:00Z", "2024-01-01T00:00:00Z");
+        assert_eq!(
+            db_references(&compiled),
+            ["VirtualService default/wild spec.tcp[0]"]
+        );
         let unreachable = compiled.diagnostics.iter().any(|d| {
             d.severity == Severity::Warning
-                && d.to_string().contains("VirtualService default/db")
+                && d.to_string().contains("VirtualService default/exact")
                 && d.message
-                    .contains("catchall spec.tcp[0] takes every connection first")
+                    .contains("wild spec.tcp[0] takes every connection first")
         });
         assert!(
             unreachable,
@@ -526,10 +546,6 @@ spec:
 
     #[test]
     fn equal_ages_merge_by_name_whatever_the_file_order() {
-        let head = CONFIG
-            .split("---\napiVersion: networking.istio.io/v1\nkind: VirtualService")
-            .next()
-            .unwrap();
         // Without times (Istio's zero time: before any time), `exact`
         // sorts before `wild` by name, though it comes later in the file;
         // a time written as another zone's is compared as a time.
@@ -537,43 +553,8 @@ spec:
             ("", ""),
             ("2024-01-01T06:00:00Z", "2024-01-01T10:00:00+05:00"),
         ] {
-            let at = |t: &str| {
-                if t.is_empty() {
-                    String::new()
-                } else {
-                    format!(", creationTimestamp: \"{t}\"")
-                }
-            };
-            let yaml = format!(
-                "{head}---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: wild, namespace: default{}}}
-spec:
-  hosts: [\"*.default.svc.cluster.local\"]
-  tcp: [{{route: [{{destination: {{host: db, subset: v1}}}}]}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: exact, namespace: default{}}}
-spec:
-  hosts: [db]
-  tcp: [{{route: [{{destination: {{host: db, subset: v2}}}}]}}]
-",
-                at(wild),
-                at(exact)
-            );
-            let file = std::sync::Arc::from("mesh.yaml");
-            let compiled = compile_text(&file, &yaml, 1, &LiveState::default())
-                .unwrap_or_else(|e| panic!("{e}"));
-            let rules = compiled
-                .snapshot
-                .tcp_rules
-                .rules("outbound|5432||db.default.svc.cluster.local")
-                .expect("routed");
-            let references: Vec<&str> = rules.iter().map(|r| &*r.reference).collect();
             assert_eq!(
-                references,
+                db_references(&wild_then_exact(wild, exact)),
                 ["VirtualService default/exact spec.tcp[0]"],
                 "{wild:?} / {exact:?}"
             );

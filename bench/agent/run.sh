@@ -515,16 +515,20 @@ idle_cost() {
   log "round $round idle: $(awk -v r="$round" '$1==r && $3=="idle_cpu_pct" {printf "%s %s%% ", $2, $4}' "$RESULTS")"
 }
 
+# `tracemesh load` at RATE req/s for COST_DURATION to PATH: its JSON report.
+load_at() {
+  $(on 0) "$TRACEMESH" load -c "$LATENCY_CONNECTIONS" --qps "$2" -t "$COST_DURATION" \
+    --json --connect-to "127.0.0.1:$(port_of "$1")" "http://$HOST/1k" 2>/dev/null
+}
+
 # The proxy's CPU per 1000 req/s, p50 and p99, at a fixed rate.
 rate_cost() {
-  local round=$1 path=$2 rate=$3 port pid before after t0 t1 report
-  port=$(port_of "$path")
+  local round=$1 path=$2 rate=$3 pid before after t0 t1 report
   pid=$(path_pid "$path")
   peak_start "$path"
   before=$(cpu_ns "$pid")
   t0=$(now_ns)
-  report=$($(on 0) "$TRACEMESH" load -c "$LATENCY_CONNECTIONS" --qps "$rate" -t "$COST_DURATION" \
-    --json --connect-to "127.0.0.1:$port" "http://$HOST/1k" 2>/dev/null)
+  report=$(load_at "$path" "$rate")
   after=$(cpu_ns "$pid")
   t1=$(now_ns)
   record "$round" "$path" "rss_${rate}_kib" "$(peak_stop)"
@@ -591,21 +595,18 @@ saturation() {
 # which at 4000 req/s each would be nearly full. Recorded as
 # paired_vcpu_per_1k_RATE for both.
 paired_cost() {
-  local round=$1 rate=$2 path pid t0 t1 loads=()
-  declare -A before after
+  local round=$1 rate=$2 path t0 t1 loads=()
+  declare -A before
   for path in agent agent_base; do before[$path]=$(cpu_ns "$(path_pid "$path")"); done
   t0=$(now_ns)
   for path in agent agent_base; do
-    $(on 0) "$TRACEMESH" load -c "$LATENCY_CONNECTIONS" --qps "$rate" -t "$COST_DURATION" \
-      --json --connect-to "127.0.0.1:$(port_of "$path")" "http://$HOST/1k" >"$RUN/paired-$path.json" 2>/dev/null &
+    load_at "$path" "$rate" >"$RUN/paired-$path.json" &
     loads+=($!)
   done
   wait "${loads[@]}"
   t1=$(now_ns)
   for path in agent agent_base; do
-    pid=$(path_pid "$path")
-    after[$path]=$(cpu_ns "$pid")
-    python3 - "$round" "$path" "$rate" "$((after[$path] - before[$path]))" "$((t1 - t0))" \
+    python3 - "$round" "$path" "$rate" "$(($(cpu_ns "$(path_pid "$path")") - before[$path]))" "$((t1 - t0))" \
       "$RUN/paired-$path.json" >>"$RESULTS" <<'EOF'
 import json, sys
 round_, path, rate, cpu_ns, wall_ns, report = sys.argv[1:7]

@@ -228,7 +228,7 @@ impl Destinations {
         endpoint: &Arc<Endpoint>,
     ) {
         self.exact
-            .entry((unmapped(address.ip()), address.port()))
+            .entry((address.ip().to_canonical(), address.port()))
             .or_insert_with(|| Exact::Endpoint(cluster.clone(), endpoint.clone()));
     }
 
@@ -266,7 +266,7 @@ impl Destinations {
     /// or endpoint), then the longest CIDR, then the port of address-less
     /// services; `None` outside the registry.
     pub fn lookup(&self, dst: SocketAddr) -> Option<Destination<'_>> {
-        let ip = unmapped(dst.ip());
+        let ip = dst.ip().to_canonical();
         let port = dst.port();
         if let Some(exact) = self.exact.get(&(ip, port)) {
             return Some(match exact {
@@ -292,13 +292,6 @@ impl Destinations {
     /// Whether nothing is mapped.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-fn unmapped(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 

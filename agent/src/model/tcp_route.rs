@@ -44,7 +44,8 @@ impl TcpMatch {
     /// else the longest `*.suffix`, else `*`) — or `None` when it does not
     /// take it.
     fn rank(&self, destination: IpAddr, sni: Option<&str>, tls: bool) -> Option<(i16, usize)> {
-        let destination = canonical(destination);
+        // An IPv4-mapped address is matched as the IPv4 address it is.
+        let destination = destination.to_canonical();
         let prefix = if self.destination_subnets.is_empty() {
             -1
         } else {
@@ -70,14 +71,6 @@ impl TcpMatch {
             })
             .max()?;
         Some((prefix, by_sni))
-    }
-}
-
-/// An IPv4-mapped IPv6 address as the IPv4 address it carries.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
     }
 }
 

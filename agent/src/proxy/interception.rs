@@ -71,13 +71,6 @@ pub async fn outbound(
         (_, Some(Detected::Tls { sni, .. })) => (false, sni.as_deref()),
         (_, _) => (false, None),
     };
-    let unregistered = || match capture.outbound_traffic_policy {
-        OutboundTrafficMode::AllowAny => {
-            let protocol = if http { Protocol::Auto } else { Protocol::Tcp };
-            Unregistered::Passthrough(passthrough(dst, protocol))
-        }
-        OutboundTrafficMode::RegistryOnly => Unregistered::BlackHole,
-    };
     if http {
         let service = match found {
             Some(Destination::Service(cluster) | Destination::Endpoint { cluster, .. }) => {
@@ -88,7 +81,12 @@ pub async fn outbound(
         return Ok(Outbound::Http(Captured::Outbound {
             original_dst: dst,
             service,
-            unregistered: unregistered(),
+            unregistered: match capture.outbound_traffic_policy {
+                OutboundTrafficMode::AllowAny => {
+                    Unregistered::Passthrough(passthrough(dst, Protocol::Auto))
+                }
+                OutboundTrafficMode::RegistryOnly => Unregistered::BlackHole,
+            },
         }));
     }
     let to = |cluster: &Arc<Cluster>, endpoint: Option<&Arc<_>>| TcpTarget::Cluster {
@@ -111,10 +109,10 @@ pub async fn outbound(
             };
             match chosen {
                 Some(cluster) => to(cluster, None),
-                None => unregistered_tcp(unregistered()),
+                None => outside_registry(snapshot, dst),
             }
         }
-        None => unregistered_tcp(unregistered()),
+        None => outside_registry(snapshot, dst),
     };
     Ok(Outbound::Tcp {
         target,
@@ -122,9 +120,9 @@ pub async fn outbound(
     })
 }
 
-/// A captured TCP connection to `dst` that no service takes: passed
-/// through to `dst` (ALLOW_ANY) or refused (REGISTRY_ONLY), by
-/// `outboundTrafficPolicy`.
+/// A captured TCP connection to `dst` that no service takes (or, with
+/// `tls[]` rules, no rule takes): passed through to `dst` (ALLOW_ANY) or
+/// refused (REGISTRY_ONLY), by `outboundTrafficPolicy`.
 pub fn outside_registry(snapshot: &Snapshot, dst: SocketAddr) -> TcpTarget {
     match snapshot.capture.outbound_traffic_policy {
         OutboundTrafficMode::AllowAny => TcpTarget::Cluster {
@@ -137,16 +135,6 @@ pub fn outside_registry(snapshot: &Snapshot, dst: SocketAddr) -> TcpTarget {
 
 fn detected_tls(detected: &Option<Detected>) -> bool {
     matches!(detected, Some(Detected::Tls { .. }))
-}
-
-fn unregistered_tcp(unregistered: Unregistered) -> TcpTarget {
-    match unregistered {
-        Unregistered::Passthrough(cluster) => TcpTarget::Cluster {
-            cluster,
-            endpoint: None,
-        },
-        Unregistered::BlackHole => TcpTarget::BlackHole,
-    }
 }
 
 /// Whether a ServiceEntry host (maybe `*.example.com`) covers `sni`.

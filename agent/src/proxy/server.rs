@@ -314,8 +314,9 @@ impl Connection {
                         self.http(io, down(captured)).await;
                     }
                     Ok(interception::Outbound::Tcp { target, sni }) => {
-                        let target = tcp::routed(&snapshot, target, dst.ip(), sni.as_deref())
-                            .unwrap_or_else(|| interception::outside_registry(&snapshot, dst));
+                        let outside = |_| interception::outside_registry(&snapshot, dst);
+                        let target =
+                            tcp::routed(&snapshot, target, dst.ip(), sni.as_deref(), outside);
                         let ends = (peer, dst);
                         let side = (direction, None);
                         tcp::proxy(&self.worker, stream, ends, None, side, target).await;

@@ -47,7 +47,7 @@ use crate::tls::io::UpstreamIo;
 use crate::tls::{PeerTls, handshake};
 
 /// Where a TCP connection goes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum TcpTarget {
     /// An endpoint of `cluster`: `endpoint` when the client addressed one
     /// (a captured call to a pod IP), else the balancer's pick.
@@ -111,8 +111,7 @@ pub async fn serve(
     if direction == Direction::Outbound {
         // The listener's bytes are not read ahead: no SNI. Unmatched TLS
         // keeps the service the listener names.
-        let service = target.clone();
-        target = routed(&snapshot, target, local.ip(), None).unwrap_or(service);
+        target = routed(&snapshot, target, local.ip(), None, |service| service);
     }
     let ends = (peer, local);
     proxy(
@@ -129,28 +128,28 @@ pub async fn serve(
 /// A sidecar's outbound connection to `destination`, addressed to a
 /// service port, whose TLS ClientHello named `sni` (when it was read):
 /// routed by the VirtualService `tls[]` or `tcp[]` rules written for the
-/// port, else to the port's own cluster. `None` when the port has `tls[]`
-/// rules and none takes the connection: Istio then has no chain to the
-/// service, and the connection leaves the registry (the caller knows
-/// where it was going). A client that addressed an endpoint itself (a pod
-/// IP) keeps it. A rule whose destination has no cluster closes the
-/// connection, counted `NC`.
+/// port, else to the port's own cluster. When the port has `tls[]` rules
+/// and none takes the connection, Istio has no chain to the service:
+/// `unmatched` says where it goes instead, given `target`. A client that
+/// addressed an endpoint itself (a pod IP) keeps it. A rule whose
+/// destination has no cluster closes the connection, counted `NC`.
 pub fn routed(
     snapshot: &Snapshot,
     target: TcpTarget,
     destination: IpAddr,
     sni: Option<&str>,
-) -> Option<TcpTarget> {
+    unmatched: impl FnOnce(TcpTarget) -> TcpTarget,
+) -> TcpTarget {
     let TcpTarget::Cluster {
         cluster,
         endpoint: None,
     } = &target
     else {
-        return Some(target);
+        return target;
     };
-    Some(match snapshot.tcp_rules.route(cluster, destination, sni) {
+    match snapshot.tcp_rules.route(cluster, destination, sni) {
         TcpRouted::Unrouted => target,
-        TcpRouted::Unmatched => return None,
+        TcpRouted::Unmatched => unmatched(target),
         TcpRouted::To(to) => TcpTarget::Cluster {
             cluster: to.clone(),
             endpoint: None,
@@ -162,7 +161,7 @@ pub fn routed(
                 service: Arc::new(ServiceName::new(host, namespace)),
             }
         }
-    })
+    }
 }
 
 /// Proxies `downstream` (already past any mTLS handshake; `caller` is what

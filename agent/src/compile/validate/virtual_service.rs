@@ -6,6 +6,7 @@ use crate::config::virtual_service::{
     CorsPolicy, Destination, Headers, HttpFaultInjection, HttpMatchRequest, HttpRedirect,
     HttpRoute, HttpRouteDestination, RouteDestination, StringMatch, VirtualServiceSpec,
 };
+use crate::host::host_matches;
 
 /// Envoy's retry conditions Istio accepts in `retryOn` (plus status codes).
 const RETRY_ON: &[&str] = &[
@@ -98,7 +99,10 @@ pub(super) fn virtual_service(c: &mut Check<'_>, doc: &Document<VirtualServiceSp
             for (k, sni) in m.sni_hosts.iter().enumerate() {
                 if let Some(err) = common::wildcard_domain_error(sni) {
                     c.error(format!("{mf}.sniHosts[{k}]"), err);
-                } else if !spec.hosts.iter().any(|h| sni_within(sni, h)) {
+                } else if !spec.hosts.iter().any(|h| {
+                    // Istio's `host.Name.SubsetOf`, on the names as written.
+                    host_matches(&h.to_ascii_lowercase(), &sni.to_ascii_lowercase())
+                }) {
                     c.error(
                         format!("{mf}.sniHosts[{k}]"),
                         format!("the SNI host {sni:?} is not a subset of any of the virtual service hosts"),
@@ -119,17 +123,6 @@ pub(super) fn virtual_service(c: &mut Check<'_>, doc: &Document<VirtualServiceSp
             }
         }
         route_destinations(c, &format!("{field}.route"), &tcp.route, "TCP");
-    }
-}
-
-/// Whether SNI name `sni` is within VirtualService host `host`, as Istio
-/// validates `sniHosts` (`host.Name.SubsetOf`, the names as written): the
-/// same name, or covered by a wildcard host (`*` covers every name).
-fn sni_within(sni: &str, host: &str) -> bool {
-    let (sni, host) = (sni.to_ascii_lowercase(), host.to_ascii_lowercase());
-    match host.strip_prefix('*') {
-        Some(suffix) => sni.ends_with(suffix) && (sni.len() > suffix.len() || host == "*"),
-        None => sni == host,
     }
 }
 

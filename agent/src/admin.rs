@@ -256,7 +256,7 @@ fn gateway_routes(listeners: &crate::model::gateway::GatewayListeners) -> Value 
 
 fn virtual_host_json(
     vh: &Arc<VirtualHost>,
-    exact: &std::collections::HashMap<String, Arc<VirtualHost>>,
+    exact: &foldhash::HashMap<String, Arc<VirtualHost>>,
 ) -> Value {
     let mut domains: Vec<&String> = exact
         .iter()

@@ -94,6 +94,9 @@ pub fn extract(headers: &HeaderMap) -> Caller {
             trace_state: trace_state(headers),
         };
     }
+    if !carries_b3(headers) {
+        return Caller::new_trace();
+    }
     let b3 = headers
         .get(B3)
         .and_then(|v| v.to_str().ok())
@@ -276,6 +279,9 @@ pub fn inject(headers: &mut HeaderMap, span: &SpanContext, parent: Option<SpanId
         Ok(value) if !value.is_empty() => headers.insert(TRACESTATE, value),
         _ => headers.remove(TRACESTATE),
     };
+    if !carries_b3(headers) {
+        return;
+    }
     if let Some(b3) = headers.get(B3) {
         let debug = sampled && b3_single_is_debug(b3.as_bytes());
         let state = match (debug, sampled) {
@@ -312,6 +318,15 @@ pub fn inject(headers: &mut HeaderMap, span: &SpanContext, parent: Option<SpanId
             headers.remove(B3_FLAGS);
         }
     }
+}
+
+/// Whether any B3 header is present: one pass over the names, where looking
+/// each of the six up would hash every one.
+fn carries_b3(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str();
+        name == "b3" || name.starts_with("x-b3-")
+    })
 }
 
 /// Whether a `b3` value carries the debug state (`d`, alone or third).

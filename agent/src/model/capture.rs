@@ -4,11 +4,12 @@
 //! registry, and the compiled map from a connection's original
 //! destination to the service it addresses.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::HashMap;
 use ipnet::IpNet;
 
 use super::cluster::Cluster;

@@ -1,7 +1,7 @@
 //! Compiled VirtualService rules: a table from host to ordered rules, each
 //! with prebuilt matchers and weighted destinations.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};

@@ -188,37 +188,78 @@ pub fn prepare_response(
 /// including those `Connection` names. `te: trailers` survives (gRPC needs
 /// it); an upgrade keeps `Upgrade` and `Connection: upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| {
-            !t.eq_ignore_ascii_case("upgrade")
-                && !t.eq_ignore_ascii_case("close")
-                && !t.eq_ignore_ascii_case("keep-alive")
-        })
-        .filter_map(|t| HeaderName::try_from(t.to_ascii_lowercase()).ok())
-        .filter(|name| name != TE)
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    // One pass over the names first: most messages carry none of these or
+    // one (`connection: keep-alive`), and each lookup below hashes its name.
+    let present = headers
+        .keys()
+        .fold(0u8, |seen, name| seen | hop_by_hop(name));
+    if present == 0 && !upgrade {
+        return;
     }
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, TRANSFER_ENCODING] {
-        headers.remove(name);
+    if present & HOP_CONNECTION != 0 {
+        let listed: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("upgrade")
+                    && !t.eq_ignore_ascii_case("close")
+                    && !t.eq_ignore_ascii_case("keep-alive")
+            })
+            .filter_map(|t| HeaderName::try_from(t.to_ascii_lowercase()).ok())
+            .filter(|name| name != TE)
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for (bit, name) in [
+        (HOP_KEEP_ALIVE, KEEP_ALIVE),
+        (HOP_PROXY_CONNECTION, PROXY_CONNECTION),
+        (HOP_TRANSFER_ENCODING, TRANSFER_ENCODING),
+    ] {
+        if present & bit != 0 {
+            headers.remove(name);
+        }
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
-        headers.remove(CONNECTION);
-        headers.remove(UPGRADE);
+        if present & HOP_CONNECTION != 0 {
+            headers.remove(CONNECTION);
+        }
+        if present & HOP_UPGRADE != 0 {
+            headers.remove(UPGRADE);
+        }
     }
-    if headers
-        .get(TE)
-        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    if present & HOP_TE != 0
+        && headers
+            .get(TE)
+            .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         headers.remove(TE);
+    }
+}
+
+const HOP_CONNECTION: u8 = 1;
+const HOP_KEEP_ALIVE: u8 = 1 << 1;
+const HOP_PROXY_CONNECTION: u8 = 1 << 2;
+const HOP_TRANSFER_ENCODING: u8 = 1 << 3;
+const HOP_UPGRADE: u8 = 1 << 4;
+const HOP_TE: u8 = 1 << 5;
+
+/// Which hop-by-hop header `name` is, as a `HOP_*` bit (0 for any other).
+fn hop_by_hop(name: &HeaderName) -> u8 {
+    match name.as_str() {
+        "connection" => HOP_CONNECTION,
+        "keep-alive" => HOP_KEEP_ALIVE,
+        "proxy-connection" => HOP_PROXY_CONNECTION,
+        "transfer-encoding" => HOP_TRANSFER_ENCODING,
+        "upgrade" => HOP_UPGRADE,
+        "te" => HOP_TE,
+        _ => 0,
     }
 }
 
@@ -247,14 +288,18 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
 /// A random UUID v4, as Envoy generates for `x-request-id`.
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bits = fastrand::u128(..);
-    bits = (bits & !(0xf << 76)) | (0x4 << 76); // version 4
-    bits = (bits & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
     let mut text = [b'-'; 36];
-    let digits = (0..36).filter(|i| !matches!(i, 8 | 13 | 18 | 23));
-    for (n, i) in digits.enumerate() {
-        let nibble = (bits >> (124 - 4 * n)) & 0xf;
-        text[i] = HEX[nibble as usize];
+    let mut at = 0;
+    for (i, byte) in bytes.into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1; // the dash before this group
+        }
+        text[at] = HEX[usize::from(byte >> 4)];
+        text[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
     HeaderValue::from_bytes(&text).expect("hex and dashes are a valid header value")
 }
@@ -290,6 +335,28 @@ mod tests {
         assert!(headers.get(KEEP_ALIVE).is_none());
         assert_eq!(headers.get(TE).unwrap(), "trailers");
         assert_eq!(headers.get("x-app").unwrap(), "kept");
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_is_seen_by_the_first_pass() {
+        for name in [
+            CONNECTION,
+            KEEP_ALIVE,
+            PROXY_CONNECTION,
+            TRANSFER_ENCODING,
+            UPGRADE,
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name.clone(), "x".parse().unwrap());
+            headers.insert("x-app", "kept".parse().unwrap());
+            strip_hop_by_hop(&mut headers, false);
+            assert!(headers.get(&name).is_none(), "{name} survived");
+            assert_eq!(headers.len(), 1, "{name}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(TE, "gzip".parse().unwrap());
+        strip_hop_by_hop(&mut headers, false);
+        assert!(headers.is_empty(), "te other than trailers is removed");
     }
 
     #[test]

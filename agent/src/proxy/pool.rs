@@ -14,8 +14,8 @@
 //! closes, and when a request on any worker starts waiting for a slot. A
 //! worker with nothing pooled has no timer for it at all.
 
+use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

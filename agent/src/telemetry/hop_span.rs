@@ -45,10 +45,16 @@ fn protocol_version(version: Version) -> &'static str {
 
 /// Istio's name of a span: the service's FQDN and port.
 fn service_span_name(cluster: &Cluster) -> impl FnOnce(&mut String) + '_ {
-    move |name| {
-        use std::fmt::Write as _;
-        let _ = write!(name, "{}:{}/*", cluster.service.host, cluster.port);
-    }
+    move |name| host_port_name(name, &cluster.service.host, cluster.port)
+}
+
+/// Writes Istio's span name `host:port/*` (no formatting machinery: this
+/// runs once or twice per request).
+fn host_port_name(name: &mut String, host: &str, port: u16) {
+    name.push_str(host);
+    name.push(':');
+    name.push_str(itoa::Buffer::new().format(port));
+    name.push_str("/*");
 }
 
 impl HopSpan {
@@ -158,22 +164,19 @@ impl HopSpan {
         if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
             span.set("guid:x-request-id", Value::Str(id));
         }
-        span.set_name(|name| {
-            use std::fmt::Write as _;
-            let _ = match record.direction {
-                Direction::Inbound => {
-                    let arrival = record.downstream_local.port();
-                    // The Host's port only when it is one the service
-                    // declares (when it declares any): the caller writes
-                    // the Host, and a name per made-up port would grow.
-                    let port = port
-                        .filter(|&p| addresses_service(host, &record.local) && ports.may_name(p))
-                        .or_else(|| ports.addressed(arrival))
-                        .unwrap_or(arrival);
-                    write!(name, "{}:{port}/*", record.local.service.host)
-                }
-                Direction::Outbound => write!(name, "{host}:{}/*", port.unwrap_or(80)),
-            };
+        span.set_name(|name| match record.direction {
+            Direction::Inbound => {
+                let arrival = record.downstream_local.port();
+                // The Host's port only when it is one the service
+                // declares (when it declares any): the caller writes
+                // the Host, and a name per made-up port would grow.
+                let port = port
+                    .filter(|&p| addresses_service(host, &record.local) && ports.may_name(p))
+                    .or_else(|| ports.addressed(arrival))
+                    .unwrap_or(arrival);
+                host_port_name(name, &record.local.service.host, port);
+            }
+            Direction::Outbound => host_port_name(name, host, port.unwrap_or(80)),
         });
     }
 

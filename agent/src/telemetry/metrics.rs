@@ -4,7 +4,7 @@
 //! Label sets are resolved to metric handles through a small per-worker cache
 //! keyed by pointers, so recording a request touches only atomics.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -138,6 +138,10 @@ pub fn len_prefix(buf: &mut Vec<u8>, field: u32, len: usize) {
 }
 
 /// Appends a `KeyValue` as field `field` of the enclosing message.
+///
+/// The keys and lengths around the name and the value are built on the
+/// stack and appended at once: an attribute is three or four copies into
+/// `buf`, not a call and a capacity check per byte.
 pub fn key_value(buf: &mut Vec<u8>, field: u32, name: &str, value: Value<'_>) {
     let value_len = match value {
         Value::Str(s) => field_len(1, s.len()),
@@ -146,15 +150,71 @@ pub fn key_value(buf: &mut Vec<u8>, field: u32, name: &str, value: Value<'_>) {
         Value::Double(_) => 9,
     };
     let body = field_len(1, name.len()) + field_len(2, value_len);
-    len_prefix(buf, field, body);
-    bytes(buf, 1, name.as_bytes());
-    len_prefix(buf, 2, value_len);
+    let mut head = Head::default();
+    head.key(field, LEN);
+    head.varint(body as u64);
+    head.key(1, LEN);
+    head.varint(name.len() as u64);
+    buf.extend_from_slice(head.written());
+    buf.extend_from_slice(name.as_bytes());
+    let mut head = Head::default();
+    head.key(2, LEN);
+    head.varint(value_len as u64);
     match value {
-        Value::Str(s) => bytes(buf, 1, s.as_bytes()),
-        Value::Bool(b) => uint(buf, 2, u64::from(b)),
+        Value::Str(s) => {
+            head.key(1, LEN);
+            head.varint(s.len() as u64);
+            buf.extend_from_slice(head.written());
+            buf.extend_from_slice(s.as_bytes());
+            return;
+        }
+        Value::Bool(b) => {
+            head.key(2, VARINT);
+            head.varint(u64::from(b));
+        }
         // int64 is a varint of the two's complement.
-        Value::Int(i) => uint(buf, 3, i as u64),
-        Value::Double(d) => fixed64(buf, 4, d.to_bits()),
+        Value::Int(i) => {
+            head.key(3, VARINT);
+            head.varint(i as u64);
+        }
+        Value::Double(d) => {
+            head.key(4, FIXED64);
+            head.bytes(&d.to_bits().to_le_bytes());
+        }
+    }
+    buf.extend_from_slice(head.written());
+}
+
+/// Keys, lengths and small values written on the stack: at most two keys
+/// (5 bytes each) and two varints (10 bytes each) fit.
+#[derive(Default)]
+struct Head {
+    bytes: [u8; 30],
+    len: usize,
+}
+
+impl Head {
+    fn varint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.bytes[self.len] = (value as u8) | 0x80;
+            self.len += 1;
+            value >>= 7;
+        }
+        self.bytes[self.len] = value as u8;
+        self.len += 1;
+    }
+
+    fn key(&mut self, field: u32, wire: u8) {
+        self.varint((u64::from(field) << 3) | u64::from(wire));
+    }
+
+    fn bytes(&mut self, value: &[u8]) {
+        self.bytes[self.len..self.len + value.len()].copy_from_slice(value);
+        self.len += value.len();
+    }
+
+    fn written(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
@@ -186,6 +246,9 @@ mod tests {
             ("negative", Value::Int(-1)),
             ("max", Value::Int(i64::MAX)),
             ("ms", Value::Double(1.5)),
+            (&long, Value::Str("a name past 127 bytes")),
+            (&long, Value::Int(i64::MIN)),
+            (&long, Value::Double(-0.25)),
         ];
         let mut buf = Vec::new();
         for (name, value) in cases {

@@ -120,9 +120,13 @@ pub fn message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) 
         buf[at] = len as u8;
         return;
     }
-    let mut prefix = Vec::with_capacity(10);
-    varint(&mut prefix, len as u64);
-    buf.splice(at..=at, prefix);
+    // The body moves right to make room for the longer length.
+    let mut prefix = Head::default();
+    prefix.varint(len as u64);
+    let extra = prefix.len - 1;
+    buf.resize(buf.len() + extra, 0);
+    buf.copy_within(at + 1..at + 1 + len, at + 1 + extra);
+    buf[at..at + prefix.len].copy_from_slice(prefix.written());
 }
 
 /// The length of a length-delimited field holding `len` bytes.

@@ -203,9 +203,12 @@ impl WorkerSpans {
     }
 
     fn ship(&self, batch: Batch) {
-        // A little over the last batch, so a slightly larger one still fits.
-        self.last_len
-            .set(batch.spans.len() + batch.spans.len() / 16);
+        // A little over the last batch, so a slightly larger one still fits;
+        // a small batch (a timer's flush) gives back only a quarter, so the
+        // next full one is not grown, and copied, through every doubling.
+        let len = batch.spans.len();
+        let kept = self.last_len.get() / 4 * 3;
+        self.last_len.set((len + len / 16).max(kept));
         let counters = &self.sink.counters;
         let count = batch.count;
         counters.queued.fetch_add(count, Ordering::Relaxed);

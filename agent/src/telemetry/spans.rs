@@ -20,7 +20,7 @@ use prometheus::IntCounter;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
-use super::otlp_export::{ExportError, Exporter};
+use super::otlp_export::{ExportError, Exporter, Payload};
 use super::otlp_wire as wire;
 use crate::model::Identity;
 use crate::model::bootstrap::Telemetry;
@@ -203,12 +203,12 @@ impl WorkerSpans {
     }
 
     fn ship(&self, batch: Batch) {
-        // A little over the last batch, so a slightly larger one still fits;
+        // A quarter over the last batch, so a somewhat larger one still fits;
         // a small batch (a timer's flush) gives back only a quarter, so the
         // next full one is not grown, and copied, through every doubling.
         let len = batch.spans.len();
         let kept = self.last_len.get() / 4 * 3;
-        self.last_len.set((len + len / 16).max(kept));
+        self.last_len.set((len + len / 4).max(kept));
         let counters = &self.sink.counters;
         let count = batch.count;
         counters.queued.fetch_add(count, Ordering::Relaxed);
@@ -379,8 +379,7 @@ impl Export {
             batches.push(more.spans);
             count += more.count;
         }
-        let request = self.envelope.wrap(&batches);
-        drop(batches);
+        let request = self.envelope.wrap(batches);
         let mut exporter = self.exporter.clone();
         async move { (count, exporter.export(request).await) }
     }
@@ -451,9 +450,9 @@ impl Envelope {
         }
     }
 
-    /// The request's bytes: the envelope's fields and the spans of every
-    /// part, in order, as they are.
-    fn wrap(&self, parts: &[Vec<u8>]) -> Vec<u8> {
+    /// The request: the envelope's fields around the spans of every part,
+    /// in order, as they are (not copied: each part is one chunk).
+    fn wrap(&self, parts: Vec<Vec<u8>>) -> Payload {
         let spans_len: usize = parts.iter().map(Vec::len).sum();
         let scope_spans = wire::field_len(wire::SCOPE_SPANS_SCOPE, self.scope.len()) + spans_len;
         let mut resource_spans =
@@ -463,23 +462,25 @@ impl Envelope {
             resource_spans +=
                 wire::field_len(wire::RESOURCE_SPANS_SCHEMA_URL, self.schema_url.len());
         }
-        let total = wire::field_len(wire::REQUEST_RESOURCE_SPANS, resource_spans);
-        let mut out = Vec::with_capacity(total);
-        wire::len_prefix(&mut out, wire::REQUEST_RESOURCE_SPANS, resource_spans);
-        wire::bytes(&mut out, wire::RESOURCE_SPANS_RESOURCE, &self.resource);
-        wire::len_prefix(&mut out, wire::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
-        wire::bytes(&mut out, wire::SCOPE_SPANS_SCOPE, &self.scope);
+        let mut head = Vec::with_capacity(32 + self.resource.len() + self.scope.len());
+        wire::len_prefix(&mut head, wire::REQUEST_RESOURCE_SPANS, resource_spans);
+        wire::bytes(&mut head, wire::RESOURCE_SPANS_RESOURCE, &self.resource);
+        wire::len_prefix(&mut head, wire::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
+        wire::bytes(&mut head, wire::SCOPE_SPANS_SCOPE, &self.scope);
+        let mut payload = Payload::from(head);
         for part in parts {
-            out.extend_from_slice(part);
+            payload.push(part);
         }
         if !self.schema_url.is_empty() {
+            let mut tail = Vec::new();
             wire::bytes(
-                &mut out,
+                &mut tail,
                 wire::RESOURCE_SPANS_SCHEMA_URL,
                 self.schema_url.as_bytes(),
             );
+            payload.push(tail);
         }
-        out
+        payload
     }
 }
 
@@ -620,10 +621,8 @@ mod tests {
             .with_service_name("reviews")
             .build();
         let envelope = Envelope::new(&resource);
-        let decoded = ExportTraceServiceRequest::decode(
-            envelope.wrap(std::slice::from_ref(&batch.spans)).as_slice(),
-        )
-        .expect("decodes");
+        let decoded =
+            ExportTraceServiceRequest::decode(envelope.wrap(vec![batch.spans])).expect("decodes");
         let [ResourceSpans { scope_spans, .. }] = decoded.resource_spans.as_slice() else {
             panic!("one resource: {decoded:?}");
         };

@@ -487,5 +487,17 @@ mod tests {
         assert_eq!(map["x-b3-flags"], "1");
         assert_eq!(map["x-b3-sampled"], "1");
         assert_eq!(map["x-b3-parentspanid"], "e457b5a2e4d86bd1");
+
+        // Only a parent id: no B3 format is written (the multi headers are
+        // rewritten when one of ids, sampled or flags is present), as before
+        // B3 was looked up only when a `b3`/`x-b3-*` name is present.
+        let mut map = headers(&[("x-b3-parentspanid", "e457b5a2e4d86bd1")]);
+        inject(&mut map, &span(true, ""), None);
+        assert!(map.get("x-b3-traceid").is_none() && map.get("b3").is_none());
+        assert_eq!(map["x-b3-parentspanid"], "e457b5a2e4d86bd1");
+        // Without any B3 header, none appears.
+        let mut map = headers(&[("user-agent", "curl")]);
+        inject(&mut map, &span(true, ""), parent);
+        assert_eq!(map.len(), 2, "user-agent and traceparent: {map:?}");
     }
 }

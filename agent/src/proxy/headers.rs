@@ -357,6 +357,10 @@ mod tests {
         headers.insert(TE, "gzip".parse().unwrap());
         strip_hop_by_hop(&mut headers, false);
         assert!(headers.is_empty(), "te other than trailers is removed");
+        // An upgrade with no hop-by-hop header still says `Connection: upgrade`.
+        let mut headers = HeaderMap::new();
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers.get(CONNECTION).unwrap(), "upgrade");
     }
 
     #[test]

@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn nested_messages_of_any_length_get_their_prefix() {
-        for len in [0, 1, 127, 128, 300, 20_000] {
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 20_000] {
             let mut buf = vec![7];
             message(&mut buf, 2, |b| b.extend(std::iter::repeat_n(b'a', len)));
             let mut want = vec![7];

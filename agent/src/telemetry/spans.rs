@@ -20,7 +20,7 @@ use prometheus::IntCounter;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
-use super::otlp_export::{ExportError, Exporter, Payload};
+use super::otlp_export::{ExportError, Exporter};
 use super::otlp_wire as wire;
 use crate::model::Identity;
 use crate::model::bootstrap::Telemetry;
@@ -134,8 +134,9 @@ struct Batch {
 pub struct WorkerSpans {
     sink: Arc<SpanSink>,
     batch: RefCell<Batch>,
-    /// Bytes the last shipped batch held: the next one starts with that
-    /// capacity, so a batch is neither regrown span by span (copying what
+    /// The capacity the next batch starts with: a little over the last
+    /// shipped batch, or three quarters of the last reservation after a
+    /// smaller one, so a batch is neither regrown span by span (copying what
     /// it holds at every doubling) nor queued with up to half its
     /// allocation unused.
     last_len: Cell<usize>,
@@ -203,12 +204,12 @@ impl WorkerSpans {
     }
 
     fn ship(&self, batch: Batch) {
-        // A quarter over the last batch, so a somewhat larger one still fits;
+        // A little over the last batch, so a slightly larger one still fits;
         // a small batch (a timer's flush) gives back only a quarter, so the
         // next full one is not grown, and copied, through every doubling.
         let len = batch.spans.len();
         let kept = self.last_len.get() / 4 * 3;
-        self.last_len.set((len + len / 4).max(kept));
+        self.last_len.set((len + len / 16).max(kept));
         let counters = &self.sink.counters;
         let count = batch.count;
         counters.queued.fetch_add(count, Ordering::Relaxed);
@@ -379,7 +380,8 @@ impl Export {
             batches.push(more.spans);
             count += more.count;
         }
-        let request = self.envelope.wrap(batches);
+        let request = self.envelope.wrap(&batches);
+        drop(batches);
         let mut exporter = self.exporter.clone();
         async move { (count, exporter.export(request).await) }
     }
@@ -450,9 +452,9 @@ impl Envelope {
         }
     }
 
-    /// The request: the envelope's fields around the spans of every part,
-    /// in order, as they are (not copied: each part is one chunk).
-    fn wrap(&self, parts: Vec<Vec<u8>>) -> Payload {
+    /// The request's bytes: the envelope's fields and the spans of every
+    /// part, in order, as they are.
+    fn wrap(&self, parts: &[Vec<u8>]) -> Vec<u8> {
         let spans_len: usize = parts.iter().map(Vec::len).sum();
         let scope_spans = wire::field_len(wire::SCOPE_SPANS_SCOPE, self.scope.len()) + spans_len;
         let mut resource_spans =
@@ -462,25 +464,23 @@ impl Envelope {
             resource_spans +=
                 wire::field_len(wire::RESOURCE_SPANS_SCHEMA_URL, self.schema_url.len());
         }
-        let mut head = Vec::with_capacity(32 + self.resource.len() + self.scope.len());
-        wire::len_prefix(&mut head, wire::REQUEST_RESOURCE_SPANS, resource_spans);
-        wire::bytes(&mut head, wire::RESOURCE_SPANS_RESOURCE, &self.resource);
-        wire::len_prefix(&mut head, wire::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
-        wire::bytes(&mut head, wire::SCOPE_SPANS_SCOPE, &self.scope);
-        let mut payload = Payload::from(head);
+        let total = wire::field_len(wire::REQUEST_RESOURCE_SPANS, resource_spans);
+        let mut out = Vec::with_capacity(total);
+        wire::len_prefix(&mut out, wire::REQUEST_RESOURCE_SPANS, resource_spans);
+        wire::bytes(&mut out, wire::RESOURCE_SPANS_RESOURCE, &self.resource);
+        wire::len_prefix(&mut out, wire::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
+        wire::bytes(&mut out, wire::SCOPE_SPANS_SCOPE, &self.scope);
         for part in parts {
-            payload.push(part);
+            out.extend_from_slice(part);
         }
         if !self.schema_url.is_empty() {
-            let mut tail = Vec::new();
             wire::bytes(
-                &mut tail,
+                &mut out,
                 wire::RESOURCE_SPANS_SCHEMA_URL,
                 self.schema_url.as_bytes(),
             );
-            payload.push(tail);
         }
-        payload
+        out
     }
 }
 
@@ -621,8 +621,10 @@ mod tests {
             .with_service_name("reviews")
             .build();
         let envelope = Envelope::new(&resource);
-        let decoded =
-            ExportTraceServiceRequest::decode(envelope.wrap(vec![batch.spans])).expect("decodes");
+        let decoded = ExportTraceServiceRequest::decode(
+            envelope.wrap(std::slice::from_ref(&batch.spans)).as_slice(),
+        )
+        .expect("decodes");
         let [ResourceSpans { scope_spans, .. }] = decoded.resource_spans.as_slice() else {
             panic!("one resource: {decoded:?}");
         };

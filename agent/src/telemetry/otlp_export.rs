@@ -74,7 +74,7 @@ pub enum Exporter {
     /// OTLP/HTTP with protobuf bodies.
     Http {
         /// The HTTP/1.1 client.
-        client: Box<Client<HttpConnector, Full<Bytes>>>,
+        client: Box<Client<HttpConnector, Full<Payload>>>,
         /// `…/v1/traces`.
         uri: http::Uri,
         /// Extra headers sent with every export.
@@ -136,8 +136,7 @@ impl Exporter {
     /// Sends one encoded request, retrying as the OTLP specification asks
     /// within the export timeout. Ok: the spans the endpoint rejected (its
     /// partial success), usually 0.
-    pub async fn export(&mut self, request: Vec<u8>) -> Result<u64, ExportError> {
-        let request = Bytes::from(request);
+    pub async fn export(&mut self, request: Payload) -> Result<u64, ExportError> {
         let timeout = match self {
             Self::Grpc { timeout, .. } | Self::Http { timeout, .. } => *timeout,
         };
@@ -177,14 +176,16 @@ impl Exporter {
         }
     }
 
-    async fn attempt(&mut self, request: Bytes) -> Result<u64, (ExportError, Retry)> {
+    async fn attempt(&mut self, request: Payload) -> Result<u64, (ExportError, Retry)> {
         match self {
             Self::Grpc {
                 client,
                 metadata,
                 timeout,
             } => {
-                let codec = RawCodec { len: request.len() };
+                let codec = RawCodec {
+                    len: request.remaining(),
+                };
                 let mut call = tonic::Request::new(request);
                 *call.metadata_mut() = metadata.clone();
                 call.set_timeout(*timeout);
@@ -247,6 +248,77 @@ impl Exporter {
     }
 }
 
+/// An encoded `ExportTraceServiceRequest` in pieces — the envelope's head,
+/// each worker's batch as the worker encoded it, the envelope's tail — sent
+/// without joining them: gRPC copies them once into its frame, HTTP writes
+/// them as they are (vectored).
+#[derive(Debug, Clone, Default)]
+pub struct Payload {
+    /// Never an empty chunk ([`Payload::push`] skips them): an empty
+    /// `chunk()` before the end would end a body early for a writer that
+    /// stops at the first empty chunk (hyper's flattening write does).
+    chunks: Vec<Bytes>,
+    /// The first chunk not yet read whole.
+    at: usize,
+    /// Bytes not yet read.
+    remaining: usize,
+}
+
+impl Payload {
+    /// Appends `chunk` (an empty one is skipped).
+    pub fn push(&mut self, chunk: impl Into<Bytes>) {
+        let chunk = chunk.into();
+        if !chunk.is_empty() {
+            self.remaining += chunk.len();
+            self.chunks.push(chunk);
+        }
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(bytes: Vec<u8>) -> Self {
+        let mut payload = Self::default();
+        payload.push(bytes);
+        payload
+    }
+}
+
+impl Buf for Payload {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        let chunk = self.chunks.get(self.at).map_or(&[][..], |c| c.as_ref());
+        debug_assert!(!chunk.is_empty() || self.remaining == 0);
+        chunk
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advance past the end of a payload");
+        self.remaining -= cnt;
+        while cnt > 0 {
+            let chunk = &mut self.chunks[self.at];
+            if cnt < chunk.len() {
+                chunk.advance(cnt);
+                return;
+            }
+            cnt -= chunk.len();
+            self.at += 1;
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let chunks = self.chunks[self.at..].iter();
+        let mut filled = 0;
+        for (slot, chunk) in dst.iter_mut().zip(chunks) {
+            *slot = std::io::IoSlice::new(chunk);
+            filled += 1;
+        }
+        filled
+    }
+}
+
 /// The spans a response says were rejected.
 fn rejected(response: &ExportTraceServiceResponse) -> u64 {
     response
@@ -283,7 +355,7 @@ struct RawCodec {
 }
 
 impl Codec for RawCodec {
-    type Encode = Bytes;
+    type Encode = Payload;
     type Decode = ExportTraceServiceResponse;
     type Encoder = RawEncoder;
     type Decoder = ResponseDecoder;
@@ -303,10 +375,10 @@ struct RawEncoder {
 }
 
 impl Encoder for RawEncoder {
-    type Item = Bytes;
+    type Item = Payload;
     type Error = tonic::Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+    fn encode(&mut self, item: Payload, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
         dst.put(item);
         Ok(())
     }
@@ -405,7 +477,10 @@ mod tests {
         };
         let mut exporter = Exporter::new(&otlp).expect("an exporter");
         let request = vec![0x0a, 0x00];
-        assert_eq!(exporter.export(request.clone()).await.expect("exported"), 0);
+        // In two chunks, as a request of a header and a batch is sent.
+        let mut payload = Payload::from(request[..1].to_vec());
+        payload.push(request[1..].to_vec());
+        assert_eq!(exporter.export(payload).await.expect("exported"), 0);
         let mut requests = Vec::new();
         while let Ok(request) = seen.try_recv() {
             requests.push(request);
@@ -416,6 +491,50 @@ mod tests {
             assert_eq!(key, "k3y");
             assert_eq!(body, &request);
         }
+    }
+
+    #[test]
+    fn a_payload_reads_as_its_chunks_joined() {
+        let mut payload = Payload::default();
+        for chunk in [&b"head"[..], b"", b"spans-one", b"x", b"spans-two"] {
+            payload.push(chunk.to_vec());
+        }
+        let joined = b"headspans-onexspans-two";
+        assert_eq!(payload.remaining(), joined.len());
+        let mut slices = [std::io::IoSlice::new(&[]); 8];
+        assert_eq!(
+            payload.chunks_vectored(&mut slices),
+            4,
+            "the empty chunk is skipped"
+        );
+        for split in 0..=joined.len() {
+            let mut read = payload.clone();
+            let mut front = vec![0; split];
+            read.copy_to_slice(&mut front);
+            assert_eq!(front, &joined[..split]);
+            assert_eq!(read.remaining(), joined.len() - split);
+            let mut rest_slices = [std::io::IoSlice::new(&[]); 8];
+            let filled = read.chunks_vectored(&mut rest_slices);
+            let rest: Vec<u8> = rest_slices[..filled]
+                .iter()
+                .flat_map(|s| s.to_vec())
+                .collect();
+            assert_eq!(rest, &joined[split..], "split at {split}");
+            assert_eq!(rest.len(), read.remaining());
+        }
+    }
+
+    #[test]
+    fn a_payload_copied_chunk_by_chunk_is_whole() {
+        let mut payload = Payload::from(b"head".to_vec());
+        payload.push(vec![7; 40_000]);
+        payload.push(b"tail".to_vec());
+        let mut joined = b"head".to_vec();
+        joined.extend([7; 40_000]);
+        joined.extend(b"tail");
+        let mut out = Vec::new();
+        out.put(payload);
+        assert_eq!(out, joined);
     }
 
     #[tokio::test]
@@ -435,7 +554,7 @@ mod tests {
         };
         let mut exporter = Exporter::new(&otlp).expect("an exporter");
         let start = Instant::now();
-        assert!(exporter.export(vec![]).await.is_err());
+        assert!(exporter.export(Payload::default()).await.is_err());
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "{:?}",

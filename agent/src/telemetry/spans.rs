@@ -20,7 +20,7 @@ use prometheus::IntCounter;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
-use super::otlp_export::{ExportError, Exporter};
+use super::otlp_export::{ExportError, Exporter, Payload};
 use super::otlp_wire as wire;
 use crate::model::Identity;
 use crate::model::bootstrap::Telemetry;
@@ -136,9 +136,9 @@ pub struct WorkerSpans {
     batch: RefCell<Batch>,
     /// The capacity the next batch starts with: a little over the last
     /// shipped batch, or three quarters of the last reservation after a
-    /// smaller one, so a batch is neither regrown span by span (copying what
-    /// it holds at every doubling) nor queued with up to half its
-    /// allocation unused.
+    /// smaller one, so a batch is rarely regrown span by span (copying what
+    /// it holds at every doubling). A queued batch keeps its spare capacity
+    /// until its export ends: bounded by the batch byte limit.
     last_len: Cell<usize>,
     /// A flush is scheduled.
     timer: Cell<bool>,
@@ -380,8 +380,7 @@ impl Export {
             batches.push(more.spans);
             count += more.count;
         }
-        let request = self.envelope.wrap(&batches);
-        drop(batches);
+        let request = self.envelope.wrap(batches);
         let mut exporter = self.exporter.clone();
         async move { (count, exporter.export(request).await) }
     }
@@ -452,9 +451,9 @@ impl Envelope {
         }
     }
 
-    /// The request's bytes: the envelope's fields and the spans of every
-    /// part, in order, as they are.
-    fn wrap(&self, parts: &[Vec<u8>]) -> Vec<u8> {
+    /// The request: the envelope's fields around the spans of every part,
+    /// in order, as they are (not copied: each part is one chunk).
+    fn wrap(&self, parts: Vec<Vec<u8>>) -> Payload {
         let spans_len: usize = parts.iter().map(Vec::len).sum();
         let scope_spans = wire::field_len(wire::SCOPE_SPANS_SCOPE, self.scope.len()) + spans_len;
         let mut resource_spans =
@@ -464,23 +463,25 @@ impl Envelope {
             resource_spans +=
                 wire::field_len(wire::RESOURCE_SPANS_SCHEMA_URL, self.schema_url.len());
         }
-        let total = wire::field_len(wire::REQUEST_RESOURCE_SPANS, resource_spans);
-        let mut out = Vec::with_capacity(total);
-        wire::len_prefix(&mut out, wire::REQUEST_RESOURCE_SPANS, resource_spans);
-        wire::bytes(&mut out, wire::RESOURCE_SPANS_RESOURCE, &self.resource);
-        wire::len_prefix(&mut out, wire::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
-        wire::bytes(&mut out, wire::SCOPE_SPANS_SCOPE, &self.scope);
+        let mut head = Vec::with_capacity(32 + self.resource.len() + self.scope.len());
+        wire::len_prefix(&mut head, wire::REQUEST_RESOURCE_SPANS, resource_spans);
+        wire::bytes(&mut head, wire::RESOURCE_SPANS_RESOURCE, &self.resource);
+        wire::len_prefix(&mut head, wire::RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
+        wire::bytes(&mut head, wire::SCOPE_SPANS_SCOPE, &self.scope);
+        let mut payload = Payload::from(head);
         for part in parts {
-            out.extend_from_slice(part);
+            payload.push(part);
         }
         if !self.schema_url.is_empty() {
+            let mut tail = Vec::new();
             wire::bytes(
-                &mut out,
+                &mut tail,
                 wire::RESOURCE_SPANS_SCHEMA_URL,
                 self.schema_url.as_bytes(),
             );
+            payload.push(tail);
         }
-        out
+        payload
     }
 }
 
@@ -621,10 +622,8 @@ mod tests {
             .with_service_name("reviews")
             .build();
         let envelope = Envelope::new(&resource);
-        let decoded = ExportTraceServiceRequest::decode(
-            envelope.wrap(std::slice::from_ref(&batch.spans)).as_slice(),
-        )
-        .expect("decodes");
+        let decoded =
+            ExportTraceServiceRequest::decode(envelope.wrap(vec![batch.spans])).expect("decodes");
         let [ResourceSpans { scope_spans, .. }] = decoded.resource_spans.as_slice() else {
             panic!("one resource: {decoded:?}");
         };

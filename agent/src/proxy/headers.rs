@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, request, response};
 
@@ -224,6 +224,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(name);
         }
     }
+    if present & HOP_TRANSFER_ENCODING != 0 {
+        // The body was framed by its transfer coding, which overrides any
+        // Content-Length beside it; a proxy removes that Content-Length
+        // before forwarding (RFC 9112 §6.3). Kept, it would cut the body
+        // the next hop reads to that length.
+        headers.remove(CONTENT_LENGTH);
+    }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
@@ -357,6 +364,12 @@ mod tests {
         headers.insert(TE, "gzip".parse().unwrap());
         strip_hop_by_hop(&mut headers, false);
         assert!(headers.is_empty(), "te other than trailers is removed");
+        // A Content-Length beside a transfer coding goes with it.
+        let mut headers = HeaderMap::new();
+        headers.insert(TRANSFER_ENCODING, "chunked".parse().unwrap());
+        headers.insert(CONTENT_LENGTH, "5".parse().unwrap());
+        strip_hop_by_hop(&mut headers, false);
+        assert!(headers.is_empty(), "{headers:?}");
         // An upgrade with no hop-by-hop header still says `Connection: upgrade`.
         let mut headers = HeaderMap::new();
         strip_hop_by_hop(&mut headers, true);

@@ -185,8 +185,9 @@ pub fn prepare_response(
 }
 
 /// Removes headers that describe one connection only (RFC 9110 §7.6.1),
-/// including those `Connection` names. `te: trailers` survives (gRPC needs
-/// it); an upgrade keeps `Upgrade` and `Connection: upgrade`.
+/// including those `Connection` names, and a `Content-Length` that a
+/// transfer coding overrode. `te: trailers` survives (gRPC needs it); an
+/// upgrade keeps `Upgrade` and `Connection: upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // One pass over the names first: most messages carry none of these or
     // one (`connection: keep-alive`), and each lookup below hashes its name.

@@ -463,6 +463,7 @@ impl Envelope {
             resource_spans +=
                 wire::field_len(wire::RESOURCE_SPANS_SCHEMA_URL, self.schema_url.len());
         }
+        // Four keys and lengths: at most 24 bytes besides the two messages.
         let mut head = Vec::with_capacity(32 + self.resource.len() + self.scope.len());
         wire::len_prefix(&mut head, wire::REQUEST_RESOURCE_SPANS, resource_spans);
         wire::bytes(&mut head, wire::RESOURCE_SPANS_RESOURCE, &self.resource);

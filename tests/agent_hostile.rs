@@ -12,9 +12,9 @@ use std::net::SocketAddr;
 
 use base64::Engine;
 use common::agent::Agent;
-use common::client::Client;
+use common::client::{Client, raw_exchange};
 use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, service_entry};
-use common::upstream::{Upstream, closed_port};
+use common::upstream::{Upstream, canned_server, closed_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -511,30 +511,14 @@ async fn a_host_that_is_no_authority_gets_400() {
 /// five bytes of "hello world".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_framed_both_ways_arrives_whole() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let mut chunk = [0u8; 4096];
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n\
-                              5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
+    let app = canned_server(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
     let agent = Agent::start(&with_timeouts(app));
-    let mut stream = TcpStream::connect(agent.inbound).await.unwrap();
     let request = "GET / HTTP/1.1\r\nhost: frontend\r\nconnection: close\r\n\r\n";
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let (reply, _) = read_until_closed(&mut stream).await;
+    let reply = raw_exchange(agent.inbound, request).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(
         !reply.to_ascii_lowercase().contains("content-length: 5"),

@@ -12,7 +12,9 @@ use common::agent::Agent;
 use common::client::{Client, raw_exchange};
 use common::grpc::{self, Echo};
 use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, service_entry};
-use common::upstream::{FNV_START, Upstream, closed_port, fnv, pattern, tcp_echo, tcp_echo_on};
+use common::upstream::{
+    FNV_START, Upstream, canned_server, closed_port, fnv, pattern, tcp_echo, tcp_echo_on,
+};
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::Full;
@@ -234,27 +236,8 @@ async fn absolute_form_requests_work_like_an_http_proxy() {
 /// An application that answers every request as HTTP/1.0 (Python's
 /// `http.server`, old servers) and closes the connection after it.
 async fn http10_app() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nold")
-                    .await;
-            });
-        }
-    });
-    addr
+    canned_server(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nold")
+        .await
 }
 
 /// Envoy answers an HTTP/1.1 client in HTTP/1.1 whatever version the

@@ -347,6 +347,31 @@ fn stream_response(total: u64) -> Response<Body> {
     Response::new(BodyExt::boxed(body))
 }
 
+/// A server that, on each connection, reads one request head, writes
+/// `answer` as it is and closes: a peer that speaks HTTP as no library
+/// would (HTTP/1.0, contradictory framing).
+pub async fn canned_server(answer: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = stream.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
 /// A server that reads a request and closes the connection without answering.
 pub async fn resetting_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -66,12 +66,23 @@ impl From<&'static str> for Value<'static> {
 }
 
 /// Appends a varint.
-pub fn varint(buf: &mut Vec<u8>, mut value: u64) {
+pub fn varint(buf: &mut Vec<u8>, value: u64) {
+    varint_bytes(value, |byte| buf.push(byte));
+}
+
+/// Gives `value`'s varint bytes to `put`, low 7 bits first: the one varint
+/// encoder, for a `Vec` and for a [`Head`] on the stack.
+fn varint_bytes(mut value: u64, mut put: impl FnMut(u8)) {
     while value >= 0x80 {
-        buf.push((value as u8) | 0x80);
+        put((value as u8) | 0x80);
         value >>= 7;
     }
-    buf.push(value as u8);
+    put(value as u8);
+}
+
+/// A field's key: its number and wire type.
+fn tag(field: u32, wire: u8) -> u64 {
+    (u64::from(field) << 3) | u64::from(wire)
 }
 
 fn varint_len(value: u64) -> usize {
@@ -80,7 +91,7 @@ fn varint_len(value: u64) -> usize {
 }
 
 fn key(buf: &mut Vec<u8>, field: u32, wire: u8) {
-    varint(buf, (u64::from(field) << 3) | u64::from(wire));
+    varint(buf, tag(field, wire));
 }
 
 /// Appends a length-delimited field (bytes, string or an encoded message).
@@ -198,18 +209,15 @@ struct Head {
 }
 
 impl Head {
-    fn varint(&mut self, mut value: u64) {
-        while value >= 0x80 {
-            self.bytes[self.len] = (value as u8) | 0x80;
+    fn varint(&mut self, value: u64) {
+        varint_bytes(value, |byte| {
+            self.bytes[self.len] = byte;
             self.len += 1;
-            value >>= 7;
-        }
-        self.bytes[self.len] = value as u8;
-        self.len += 1;
+        });
     }
 
     fn key(&mut self, field: u32, wire: u8) {
-        self.varint((u64::from(field) << 3) | u64::from(wire));
+        self.varint(tag(field, wire));
     }
 
     fn bytes(&mut self, value: &[u8]) {

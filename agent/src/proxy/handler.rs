@@ -51,6 +51,12 @@ pub async fn handle(
     if let Err(reply) = settled {
         return Ok(ex.local_reply(reply));
     }
+    // An upgrade is taken, dropped (h2c) or refused before any policy
+    // reads the request, as Envoy decides it before its filters run.
+    let version = req.version();
+    if let Err(reply) = upgrade::admit(version, req.headers_mut()) {
+        return Ok(ex.local_reply(reply));
+    }
 
     // Access control, then rate limiting: they guard the workload (the
     // sidecar's application, or the ingress gateway itself, as Istio's
@@ -152,8 +158,8 @@ pub async fn handle(
         }
     }
 
-    // Upgrades travel as HTTP/1.1, once; everything else speaks the protocol
-    // the destination port declares.
+    // Upgrades (WebSocket, once admitted) travel as HTTP/1.1, once;
+    // everything else speaks the protocol the destination port declares.
     let downstream_upgrade = upgrade::take(&mut req);
     let h2 = downstream_upgrade.is_none() && cluster.speaks_h2(req.version(), ex.is_grpc());
 

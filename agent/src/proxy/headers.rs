@@ -186,8 +186,9 @@ pub fn prepare_response(
 
 /// Removes headers that describe one connection only (RFC 9110 §7.6.1),
 /// including those `Connection` names, and a `Content-Length` that a
-/// transfer coding overrode. `te: trailers` survives (gRPC needs it); an
-/// upgrade keeps `Upgrade` and `Connection: upgrade`.
+/// transfer coding overrode. A `TE` that lists `trailers` goes on as
+/// `te: trailers` (gRPC needs it), any other is removed; an upgrade keeps
+/// `Upgrade` and `Connection: upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // One pass over the names first: most messages carry none of these or
     // one (`connection: keep-alive`), and each lookup below hashes its name.
@@ -242,13 +243,24 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(UPGRADE);
         }
     }
-    if present & HOP_TE != 0
-        && headers
-            .get(TE)
-            .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(TE);
+    if present & HOP_TE != 0 {
+        if accepts_trailers(headers) {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(TE);
+        }
     }
+}
+
+/// Whether a `TE` line lists `trailers` (RFC 9110 §10.1.4; ABNF literals
+/// ignore case). Only that goes on: the transfer codings the client would
+/// take are for this hop, as Envoy keeps `te: trailers` alone.
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(TE).iter().any(|line| {
+        line.as_bytes()
+            .split(|&b| b == b',')
+            .any(|member| member.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    })
 }
 
 const HOP_CONNECTION: u8 = 1;
@@ -375,6 +387,31 @@ mod tests {
         let mut headers = HeaderMap::new();
         strip_hop_by_hop(&mut headers, true);
         assert_eq!(headers.get(CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn te_goes_on_as_trailers_when_it_lists_trailers() {
+        for (lines, want) in [
+            (&["trailers"][..], Some("trailers")),
+            (&["deflate, trailers"], Some("trailers")),
+            (&[" Trailers , gzip"], Some("trailers")),
+            (&["gzip", "trailers"], Some("trailers")),
+            (&["deflate;q=0.5"], None),
+            // `trailers` takes no weight (RFC 9110 §10.1.4).
+            (&["trailers;q=0.5"], None),
+            (&[""], None),
+        ] {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append(TE, line.parse().unwrap());
+            }
+            strip_hop_by_hop(&mut headers, false);
+            let got: Vec<_> = headers.get_all(TE).iter().collect();
+            match want {
+                Some(want) => assert_eq!(got, [want], "{lines:?}"),
+                None => assert!(got.is_empty(), "{lines:?}: {got:?}"),
+            }
+        }
     }
 
     #[test]

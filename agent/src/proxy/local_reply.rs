@@ -117,6 +117,18 @@ impl LocalReply {
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };
+    /// An HTTP/1.1 upgrade to a protocol the listener does not upgrade to:
+    /// Istio's sidecars and gateways enable `websocket` only
+    /// (`upgrade_configs`), and Envoy answers any other `Upgrade` 403
+    /// before its filters run.
+    pub const UPGRADE_FAILED: Self = Self {
+        status: StatusCode::FORBIDDEN,
+        flags: ResponseFlags::NONE,
+        body: "",
+        details: "upgrade_failed",
+        grpc_status: None,
+        decided_by: DecidedBy::Agent,
+    };
     /// The client's request body broke the protocol (a malformed chunk);
     /// the client's fault, never an upstream failure.
     pub const MALFORMED_REQUEST_BODY: Self = Self {

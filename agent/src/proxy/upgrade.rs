@@ -1,26 +1,59 @@
-//! Protocol upgrades (WebSocket and the like): the request goes upstream
-//! with its `Upgrade` header over HTTP/1.1, and once the upstream answers
-//! 101 the two connections are spliced byte for byte.
+//! Protocol upgrades: WebSocket, the one Istio enables, goes upstream with
+//! its `Upgrade` header over HTTP/1.1, and once the upstream answers 101
+//! the two connections are spliced byte for byte; an h2c offer is dropped
+//! and any other upgrade refused, as Envoy does.
 
 use http::header::{CONNECTION, UPGRADE};
-use http::{Request, Response, Version};
+use http::{HeaderMap, HeaderName, Request, Response, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-/// Takes the downstream side of an upgrade, if the request asks for one.
+use super::local_reply::LocalReply;
+
+/// RFC 7540 §3.2's settings of an h2c upgrade offer.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Decides an upgrade request before anything else reads it, as Envoy does:
+/// an h2c offer (RFC 7540 §3.2) is dropped and the request goes on as plain
+/// HTTP/1.1 (its `Upgrade` and `HTTP2-Settings` removed; `Connection` goes
+/// with the hop-by-hop headers), as Envoy's HTTP/1 codec drops it; an
+/// upgrade to anything but WebSocket, the one upgrade Istio enables
+/// (`upgrade_configs`), is refused with [`LocalReply::UPGRADE_FAILED`].
+/// The `Upgrade` value is compared whole, ignoring case.
+pub fn admit(version: Version, headers: &mut HeaderMap) -> Result<(), LocalReply> {
+    if !asks_upgrade(version, headers) {
+        return Ok(());
+    }
+    let protocol = headers.get(UPGRADE).map(|v| v.as_bytes().trim_ascii());
+    match protocol {
+        Some(p) if p.eq_ignore_ascii_case(b"websocket") => Ok(()),
+        Some(p) if p.eq_ignore_ascii_case(b"h2c") => {
+            headers.remove(UPGRADE);
+            headers.remove(HTTP2_SETTINGS);
+            Ok(())
+        }
+        _ => Err(LocalReply::UPGRADE_FAILED),
+    }
+}
+
+/// Takes the downstream side of an upgrade, if the request asks for one
+/// (after [`admit`], a WebSocket upgrade).
 pub fn take<B>(req: &mut Request<B>) -> Option<OnUpgrade> {
-    let wants = req.version() == Version::HTTP_11
-        && req.headers().contains_key(UPGRADE)
-        && req
-            .headers()
+    asks_upgrade(req.version(), req.headers()).then(|| hyper::upgrade::on(req))
+}
+
+/// An HTTP/1.1 request with an `Upgrade` that its `Connection` names.
+fn asks_upgrade(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(UPGRADE)
+        && headers
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            });
-    wants.then(|| hyper::upgrade::on(req))
+            })
 }
 
 /// Splices the two upgraded connections once both are ready.
@@ -39,4 +72,71 @@ pub fn splice<B>(downstream: OnUpgrade, upstream_response: &mut Response<B>) {
             tracing::debug!(%error, "upgraded connection closed with an error");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(lines: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in lines {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn websocket_is_admitted_whatever_its_case() {
+        for protocol in ["websocket", "WebSocket", " websocket "] {
+            let mut h = headers(&[("upgrade", protocol), ("connection", "keep-alive, Upgrade")]);
+            assert!(admit(Version::HTTP_11, &mut h).is_ok(), "{protocol}");
+            assert_eq!(h.get(UPGRADE).unwrap(), protocol);
+            assert!(asks_upgrade(Version::HTTP_11, &h));
+        }
+    }
+
+    #[test]
+    fn an_h2c_offer_is_dropped_and_the_request_goes_on() {
+        let mut h = headers(&[
+            ("upgrade", "H2C"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ("x-app", "kept"),
+        ]);
+        assert!(admit(Version::HTTP_11, &mut h).is_ok());
+        assert!(h.get(UPGRADE).is_none());
+        assert!(h.get(HTTP2_SETTINGS).is_none());
+        assert_eq!(h.get("x-app").unwrap(), "kept");
+        assert!(!asks_upgrade(Version::HTTP_11, &h));
+    }
+
+    #[test]
+    fn other_upgrades_are_refused() {
+        for protocol in ["foo", "websocket, foo", "h2c, websocket", ""] {
+            let mut h = headers(&[("upgrade", protocol), ("connection", "upgrade")]);
+            let refused = admit(Version::HTTP_11, &mut h).expect_err(protocol);
+            assert_eq!(refused.details, "upgrade_failed");
+            assert_eq!(refused.status, http::StatusCode::FORBIDDEN);
+        }
+    }
+
+    #[test]
+    fn an_upgrade_header_that_connection_does_not_name_is_no_upgrade() {
+        // It is a hop-by-hop header, removed on the way (headers.rs).
+        for (version, lines) in [
+            (Version::HTTP_11, &[("upgrade", "foo")][..]),
+            (
+                Version::HTTP_10,
+                &[("upgrade", "foo"), ("connection", "upgrade")],
+            ),
+        ] {
+            let mut h = headers(lines);
+            assert!(admit(version, &mut h).is_ok(), "{version:?} {lines:?}");
+            assert_eq!(h.len(), lines.len());
+        }
+    }
 }

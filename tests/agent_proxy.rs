@@ -305,6 +305,25 @@ async fn hop_by_hop_headers_do_not_cross() {
         seen.headers["x-request-id"], "given-id",
         "an existing request id is kept"
     );
+    // A Connection line naming the request id does not take it from the
+    // app: the one the agent gave the request (and its span) arrives.
+    for given in [None, Some("named-id")] {
+        let mut lines = vec![("connection", "keep-alive, X-Request-Id")];
+        lines.extend(given.map(|id| ("x-request-id", id)));
+        let reply = Client::h1(mesh.frontend.outbound)
+            .get_with("http://backend:9080/named", &lines)
+            .await;
+        assert_eq!(reply.status, 200);
+        let seen = app.seen().pop().unwrap();
+        let id = seen
+            .headers
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap());
+        match given {
+            Some(given) => assert_eq!(id, Some(given)),
+            None => assert_eq!(id.map(str::len), Some(36), "{id:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

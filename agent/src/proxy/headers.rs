@@ -211,7 +211,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
                     && !t.eq_ignore_ascii_case("keep-alive")
             })
             .filter_map(|t| HeaderName::try_from(t.to_ascii_lowercase()).ok())
-            .filter(|name| name != TE)
+            // TE is decided below; the request id is the request's on
+            // every hop (it names its spans and log lines), so a client
+            // naming it here does not take it from the app.
+            .filter(|name| name != TE && name != X_REQUEST_ID)
             .collect();
         for name in listed {
             headers.remove(name);

@@ -3,9 +3,9 @@
 //! see the same path, authority and header values. A request that can be
 //! read two ways is refused.
 
-use http::header::{COOKIE, HOST};
+use http::header::{COOKIE, HOST, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 
 use super::local_reply::LocalReply;
 use crate::path::{self, PathNormalization};
@@ -20,12 +20,83 @@ pub struct Settings<'a> {
 
 /// Settles `req` in place; `Err` is the 400 to answer with.
 pub fn settle<B>(req: &mut Request<B>, settings: &Settings<'_>) -> Result<(), LocalReply> {
+    if req.version() <= Version::HTTP_11 && !is_known_method(req.method()) {
+        return Err(LocalReply::UNKNOWN_METHOD);
+    }
+    settle_framing(req.headers())?;
     settle_authority(req)?;
     settle_path(req.uri_mut(), settings.path_normalization)?;
     for name in settings.decided_headers {
         single_line(req.headers_mut(), name)?;
     }
     Ok(())
+}
+
+/// The methods Envoy's HTTP/1 codec takes (http-parser's list); any other
+/// token, lowercase spellings of these included, gets 400 there. Methods
+/// are case-sensitive (RFC 9110 §9.1), and an AuthorizationPolicy on `GET`
+/// does not match `get`, which an app may still serve as GET.
+const HTTP1_METHODS: [&str; 34] = [
+    "DELETE",
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "COPY",
+    "LOCK",
+    "MKCOL",
+    "MOVE",
+    "PROPFIND",
+    "PROPPATCH",
+    "SEARCH",
+    "UNLOCK",
+    "BIND",
+    "REBIND",
+    "UNBIND",
+    "ACL",
+    "REPORT",
+    "MKACTIVITY",
+    "CHECKOUT",
+    "MERGE",
+    "M-SEARCH",
+    "NOTIFY",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PATCH",
+    "PURGE",
+    "MKCALENDAR",
+    "LINK",
+    "UNLINK",
+    "SOURCE",
+];
+
+fn is_known_method(method: &Method) -> bool {
+    // The standard ones without a string compare.
+    matches!(
+        *method,
+        Method::GET | Method::POST | Method::PUT | Method::DELETE | Method::HEAD | Method::PATCH
+    ) || HTTP1_METHODS.contains(&method.as_str())
+}
+
+/// One coding of the body: a `Transfer-Encoding` is `chunked` alone (501,
+/// RFC 9112 §6.1, as Envoy's HTTP/1 codec answers): forwarded, any other
+/// coding was dropped on the way and its bytes reached the app undecoded.
+/// (hyper has already settled a `Content-Length` beside it, or repeated:
+/// the transfer coding wins and the length is dropped, RFC 9112 §6.3; equal
+/// lengths are one, §8.6.)
+fn settle_framing(headers: &HeaderMap) -> Result<(), LocalReply> {
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .into_iter()
+        .flat_map(|line| line.as_bytes().split(|&b| b == b','));
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(only), None) if only.trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(LocalReply::UNKNOWN_TRANSFER_ENCODING),
+    }
 }
 
 /// One host: two `Host` lines are refused (RFC 9112 §3.2), and so is an
@@ -146,6 +217,56 @@ mod tests {
         Settings {
             path_normalization: PathNormalization::Base,
             decided_headers: decided,
+        }
+    }
+
+    fn details<B>(req: &mut Request<B>) -> Option<&'static str> {
+        settle(req, &settings(&[])).err().map(|reply| reply.details)
+    }
+
+    #[test]
+    fn methods_are_those_of_envoys_http1_codec() {
+        for (method, want) in [
+            ("GET", None),
+            ("PROPFIND", None),
+            ("M-SEARCH", None),
+            ("get", Some("http1.invalid_method")),
+            ("Get", Some("http1.invalid_method")),
+            ("FOO", Some("http1.invalid_method")),
+        ] {
+            let mut req = request(Version::HTTP_11, "/", &[("host", "a")]);
+            *req.method_mut() = Method::from_bytes(method.as_bytes()).unwrap();
+            assert_eq!(details(&mut req), want, "{method}");
+            // HTTP/2's codec takes any token.
+            *req.version_mut() = Version::HTTP_2;
+            assert_eq!(details(&mut req), None, "{method} over HTTP/2");
+        }
+    }
+
+    #[test]
+    fn a_body_is_coded_chunked_or_not_at_all() {
+        let te = "transfer-encoding";
+        for (lines, want) in [
+            (&[][..], None),
+            (&[(te, "chunked")], None),
+            (&[(te, "Chunked ")], None),
+            (
+                &[(te, "gzip, chunked")],
+                Some("http1.invalid_transfer_encoding"),
+            ),
+            (
+                &[(te, "chunked, chunked")],
+                Some("http1.invalid_transfer_encoding"),
+            ),
+            (
+                &[(te, "gzip"), (te, "chunked")],
+                Some("http1.invalid_transfer_encoding"),
+            ),
+        ] {
+            let mut headers = vec![("host", "a")];
+            headers.extend_from_slice(lines);
+            let mut req = request(Version::HTTP_11, "/", &headers);
+            assert_eq!(details(&mut req), want, "{lines:?}");
         }
     }
 

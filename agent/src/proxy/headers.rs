@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, request, response};
 
@@ -54,6 +54,14 @@ pub fn prepare_request(
 ) -> Result<(), LocalReply> {
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, out.upgrade);
+    // hyper answers `100 Continue` itself once the body is read; the app
+    // is not asked again (Envoy's `proxy_100_continue` is off in Istio).
+    if headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        headers.remove(EXPECT);
+    }
     match out.edge_scheme {
         Some(scheme) => {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
@@ -199,23 +207,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         return;
     }
     if present & HOP_CONNECTION != 0 {
-        let listed: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| {
-                !t.eq_ignore_ascii_case("upgrade")
-                    && !t.eq_ignore_ascii_case("close")
-                    && !t.eq_ignore_ascii_case("keep-alive")
-            })
-            .filter_map(|t| HeaderName::try_from(t.to_ascii_lowercase()).ok())
-            // TE is decided below; the request id is the request's on
-            // every hop (it names its spans and log lines), so a client
-            // naming it here does not take it from the app.
-            .filter(|name| name != TE && name != X_REQUEST_ID)
-            .collect();
+        // Read as bytes: most lines say only `keep-alive` or `close`, and
+        // then nothing is built.
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for line in headers.get_all(CONNECTION) {
+            for token in line.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.is_empty() || is_connection_option(token) {
+                    continue;
+                }
+                // (`from_bytes` lowercases.) TE is decided below; the
+                // request id is the request's on every hop (it names its
+                // spans and log lines), so a client naming it here does
+                // not take it from the app.
+                if let Ok(name) = HeaderName::from_bytes(token)
+                    && name != TE
+                    && name != X_REQUEST_ID
+                {
+                    listed.push(name);
+                }
+            }
+        }
         for name in listed {
             headers.remove(name);
         }
@@ -264,6 +276,14 @@ fn accepts_trailers(headers: &HeaderMap) -> bool {
             .split(|&b| b == b',')
             .any(|member| member.trim_ascii().eq_ignore_ascii_case(b"trailers"))
     })
+}
+
+/// A `Connection` option that names no header (RFC 9112 §9.3, §9.6;
+/// RFC 9110 §7.8).
+fn is_connection_option(token: &[u8]) -> bool {
+    [&b"keep-alive"[..], b"close", b"upgrade"]
+        .iter()
+        .any(|option| token.eq_ignore_ascii_case(option))
 }
 
 const HOP_CONNECTION: u8 = 1;

@@ -129,6 +129,29 @@ impl LocalReply {
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };
+    /// An HTTP/1 request method outside the methods Envoy's HTTP/1 codec
+    /// takes (http-parser's list; methods are case-sensitive, so `get` is
+    /// not `GET`): an app that reads it another way than the rules did
+    /// would bypass a `methods` rule.
+    pub const UNKNOWN_METHOD: Self = Self {
+        status: StatusCode::BAD_REQUEST,
+        flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        body: "Bad Request",
+        details: "http1.invalid_method",
+        grpc_status: None,
+        decided_by: DecidedBy::Agent,
+    };
+    /// A request body in a transfer coding other than `chunked` alone
+    /// (RFC 9112 §6.1: 501): forwarded, the coding would be dropped and its
+    /// bytes reach the app undecoded.
+    pub const UNKNOWN_TRANSFER_ENCODING: Self = Self {
+        status: StatusCode::NOT_IMPLEMENTED,
+        flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        body: "Not Implemented",
+        details: "http1.invalid_transfer_encoding",
+        grpc_status: None,
+        decided_by: DecidedBy::Agent,
+    };
     /// The client's request body broke the protocol (a malformed chunk);
     /// the client's fault, never an upstream failure.
     pub const MALFORMED_REQUEST_BODY: Self = Self {

@@ -73,7 +73,10 @@ async fn h1(addr: SocketAddr, send: &Send, request_id: &str, authority: &str) ->
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response).await;
     let head = String::from_utf8_lossy(&response);
-    head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| head.strip_prefix("HTTP/1.0 "))?;
+    status.get(..3)?.parse().ok()
 }
 
 async fn h2(addr: SocketAddr, send: &Send, request_id: &str, authority: &str) -> Option<u16> {

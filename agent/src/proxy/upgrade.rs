@@ -19,12 +19,18 @@ const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 /// with the hop-by-hop headers), as Envoy's HTTP/1 codec drops it; an
 /// upgrade to anything but WebSocket, the one upgrade Istio enables
 /// (`upgrade_configs`), is refused with [`LocalReply::UPGRADE_FAILED`].
-/// The `Upgrade` value is compared whole, ignoring case.
+/// The `Upgrade` value is compared whole, ignoring case; one that offers
+/// more than one protocol, on one line or several, is refused.
 pub fn admit(version: Version, headers: &mut HeaderMap) -> Result<(), LocalReply> {
     if !asks_upgrade(version, headers) {
         return Ok(());
     }
-    let protocol = headers.get(UPGRADE).map(|v| v.as_bytes().trim_ascii());
+    // Lines are one list (RFC 9110 §5.3): two lines offer two protocols.
+    let mut lines = headers.get_all(UPGRADE).iter();
+    let protocol = match (lines.next(), lines.next()) {
+        (Some(only), None) => Some(only.as_bytes().trim_ascii()),
+        _ => None,
+    };
     match protocol {
         Some(p) if p.eq_ignore_ascii_case(b"websocket") => Ok(()),
         Some(p) if p.eq_ignore_ascii_case(b"h2c") => {
@@ -116,9 +122,19 @@ mod tests {
 
     #[test]
     fn other_upgrades_are_refused() {
-        for protocol in ["foo", "websocket, foo", "h2c, websocket", ""] {
-            let mut h = headers(&[("upgrade", protocol), ("connection", "upgrade")]);
-            let refused = admit(Version::HTTP_11, &mut h).expect_err(protocol);
+        for lines in [
+            &["foo"][..],
+            &["websocket, foo"],
+            &["h2c, websocket"],
+            &[""],
+            &["websocket", "h2c"],
+            &["h2c", "foo"],
+            &["websocket", "websocket"],
+        ] {
+            let mut all = vec![("connection", "upgrade")];
+            all.extend(lines.iter().map(|line| ("upgrade", *line)));
+            let mut h = headers(&all);
+            let refused = admit(Version::HTTP_11, &mut h).expect_err(&format!("{lines:?}"));
             assert_eq!(refused.details, "upgrade_failed");
             assert_eq!(refused.status, http::StatusCode::FORBIDDEN);
         }

@@ -147,7 +147,13 @@ RUN_DATE=$(date -u +%Y-%m-%d)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)
 mkdir -p "$ROOT/bench/results"
+# A second run on one day writes -2, -3, …: the first run's record stays.
 file="$ROOT/bench/results/agent-instructions-$RUN_DATE.md"
+n=2
+while [ -e "$file" ]; do
+  file="$ROOT/bench/results/agent-instructions-$RUN_DATE-$n.md"
+  n=$((n + 1))
+done
 python3 - "$RUN/results.tsv" "$file" <<EOF
 import sys
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]

@@ -181,14 +181,17 @@ wait_log() {
   done
 }
 
-# Resident memory of a process, in KiB.
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# Resident memory of a process, in KiB: VmRSS, or another field of
+# /proc/PID/status given as $2 (RssAnon: its anonymous memory, without the
+# pages of its binary mapped from the page cache, which vary with how much
+# of a file the kernel faulted around).
+rss_kib() { awk -v f="${2:-VmRSS}:" '$1 == f {print $2}' "/proc/$1/status"; }
 
 # RSS of a process and its children (nginx: master + worker), in KiB.
 rss_tree_kib() {
   local total pid
-  total=$(rss_kib "$1")
-  for pid in $(pgrep -P "$1"); do total=$((total + $(rss_kib "$pid"))); done
+  total=$(rss_kib "$1" "${2:-}")
+  for pid in $(pgrep -P "$1"); do total=$((total + $(rss_kib "$pid" "${2:-}"))); done
   echo "$total"
 }
 
@@ -309,16 +312,17 @@ port_of() {
   esac
 }
 
-# Memory of the process serving a path, in KiB ("" for direct).
+# Memory of the process serving a path, in KiB ("" for direct); $2 as
+# rss_kib's.
 path_rss() {
   case $1 in
-    agent) rss_kib "$agent_PID" ;;
-    agent_base) rss_kib "$agent_base_PID" ;;
-    envoy) rss_kib "$envoy_PID" ;;
-    envoy_default) rss_kib "$envoy_default_PID" ;;
-    nginx) rss_tree_kib "$nginx_proxy_PID" ;;
-    hyper_floor) rss_kib "$hyper_floor_PID" ;;
-    *_pair*) echo $(($(rss_kib "$(pair_field "$1" client pid)") + $(rss_kib "$(pair_field "$1" server pid)"))) ;;
+    agent) rss_kib "$agent_PID" "${2:-}" ;;
+    agent_base) rss_kib "$agent_base_PID" "${2:-}" ;;
+    envoy) rss_kib "$envoy_PID" "${2:-}" ;;
+    envoy_default) rss_kib "$envoy_default_PID" "${2:-}" ;;
+    nginx) rss_tree_kib "$nginx_proxy_PID" "${2:-}" ;;
+    hyper_floor) rss_kib "$hyper_floor_PID" "${2:-}" ;;
+    *_pair*) echo $(($(rss_kib "$(pair_field "$1" client pid)" "${2:-}") + $(rss_kib "$(pair_field "$1" server pid)" "${2:-}"))) ;;
     *) echo "" ;;
   esac
 }
@@ -373,15 +377,19 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
 others_busy() { ps -eo comm= | grep -cxE 'rustc|cc1|cc1plus|collect2|ld|ld\.lld|ld\.gold|cargo' || true; }
 
 # peak_start PATH: samples the proxy's memory every 0.5 s until peak_stop,
-# which prints the peak in KiB.
+# which prints the peak RSS in KiB; peak_anon then prints the peak of its
+# anonymous memory (RssAnon).
 SAMPLER=""
 peak_start() {
   path_rss "$1" >"$RUN/peak-rss"
+  path_rss "$1" RssAnon >"$RUN/peak-anon"
   (
-    peak=0
+    peak=0 anon_peak=0
     while true; do
       rss=$(path_rss "$1")
       [ "${rss:-0}" -gt "$peak" ] && peak=$rss && echo "$peak" >"$RUN/peak-rss"
+      anon=$(path_rss "$1" RssAnon)
+      [ "${anon:-0}" -gt "$anon_peak" ] && anon_peak=$anon && echo "$anon_peak" >"$RUN/peak-anon"
       sleep 0.5
     done
   ) &
@@ -393,6 +401,22 @@ peak_stop() {
   SAMPLER=""
   cat "$RUN/peak-rss"
   rm -f "$RUN/peak-rss"
+}
+peak_anon() {
+  cat "$RUN/peak-anon"
+  rm -f "$RUN/peak-anon"
+}
+
+# A record's file: bench/results/NAME-DATE.md, or the first of -2, -3, …
+# not taken, so a second run on one day keeps the first one's record.
+record_file() {
+  local base="$ROOT/bench/results/$1-$(date -u +%Y-%m-%d)" n=2 file
+  file="$base.md"
+  while [ -e "$file" ]; do
+    file="$base-$n.md"
+    n=$((n + 1))
+  done
+  echo "$file"
 }
 
 throughput() {
@@ -532,6 +556,7 @@ rate_cost() {
   after=$(cpu_ns "$pid")
   t1=$(now_ns)
   record "$round" "$path" "rss_${rate}_kib" "$(peak_stop)"
+  record "$round" "$path" "anon_${rate}_kib" "$(peak_anon)"
   python3 - "$round" "$path" "$rate" "$((after - before))" "$((t1 - t0))" "$report" >>"$RESULTS" <<'EOF'
 import json, sys
 round_, path, rate, cpu_ns, wall_ns, r = sys.argv[1:7]
@@ -565,6 +590,7 @@ saturation() {
   peak_start "$path"
   out=$($(on 0) wrk -t1 -c"$WRK_CONNECTIONS" -d"$WRK_DURATION" -H "Host: $HOST" "http://127.0.0.1:$port/1k")
   record "$round" "$path" rss_sat_kib "$(peak_stop)"
+  record "$round" "$path" anon_sat_kib "$(peak_anon)"
   sent=$(awk '/requests in/ {print $1}' <<<"$out")
   record "$round" "$path" sat_rps "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")"
   record "$round" "$path" sat_requests "$sent"
@@ -735,7 +761,8 @@ main() {
     LOAD_AFTER=$(awk '{print $1, $2, $3}' /proc/loadavg)
     RUN_DATE=$(date -u +%Y-%m-%d)
     mkdir -p "$ROOT/bench/results"
-    local file="$ROOT/bench/results/agent-cost-$RUN_DATE.md"
+    local file
+    file=$(record_file agent-cost)
     cost_report "$file"
     update_readme "$file" agent-cost
     log "results written to ${file#"$ROOT"/}"
@@ -761,7 +788,8 @@ main() {
   LOAD_AFTER=$(awk '{print $1, $2, $3}' /proc/loadavg)
   RUN_DATE=$(date -u +%Y-%m-%d)
   mkdir -p "$ROOT/bench/results"
-  local file="$ROOT/bench/results/agent-$RUN_DATE.md"
+  local file
+  file=$(record_file agent)
   report "$file"
   update_readme "$file"
   log "results written to ${file#"$ROOT"/}"

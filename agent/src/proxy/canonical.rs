@@ -18,7 +18,8 @@ pub struct Settings<'a> {
     pub decided_headers: &'a [HeaderName],
 }
 
-/// Settles `req` in place; `Err` is the 400 to answer with.
+/// Settles `req` in place; `Err` is the reply to answer with (400; 501
+/// for a transfer coding the agent does not forward).
 pub fn settle<B>(req: &mut Request<B>, settings: &Settings<'_>) -> Result<(), LocalReply> {
     if !is_known_method(req.method()) {
         return Err(LocalReply::UNKNOWN_METHOD);
@@ -232,9 +233,9 @@ mod tests {
             ("GET", None),
             ("PROPFIND", None),
             ("M-SEARCH", None),
-            ("get", Some("http1.invalid_method")),
-            ("Get", Some("http1.invalid_method")),
-            ("FOO", Some("http1.invalid_method")),
+            ("get", Some("http.invalid_method")),
+            ("Get", Some("http.invalid_method")),
+            ("FOO", Some("http.invalid_method")),
         ] {
             let mut req = request(Version::HTTP_11, "/", &[("host", "a")]);
             *req.method_mut() = Method::from_bytes(method.as_bytes()).unwrap();

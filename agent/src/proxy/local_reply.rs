@@ -129,15 +129,16 @@ impl LocalReply {
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };
-    /// An HTTP/1 request method outside the methods Envoy's HTTP/1 codec
-    /// takes (http-parser's list; methods are case-sensitive, so `get` is
-    /// not `GET`): an app that reads it another way than the rules did
-    /// would bypass a `methods` rule.
+    /// A request method outside the methods Envoy's HTTP/1 codec takes
+    /// (http-parser's list; methods are case-sensitive, so `get` is not
+    /// `GET`), over any HTTP version: an app that reads it another way than
+    /// the rules did would bypass a `methods` rule. Envoy's detail for an
+    /// invalid method.
     pub const UNKNOWN_METHOD: Self = Self {
         status: StatusCode::BAD_REQUEST,
         flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
         body: "Bad Request",
-        details: "http1.invalid_method",
+        details: "http.invalid_method",
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };

@@ -361,7 +361,10 @@ async fn the_access_log_has_envoys_fields() {
             &[("x-request-id", "log-me"), ("user-agent", "logger")],
         )
         .await;
-    client.get("http://nowhere/").await;
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    client
+        .get_with("http://nowhere/", &[("traceparent", caller)])
+        .await;
     let lines = m.frontend.wait_stdout_lines(2);
     assert_eq!(lines.len(), 2, "{lines:?}");
     let ok: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
@@ -387,6 +390,16 @@ async fn the_access_log_has_envoys_fields() {
     assert!(
         nr["request_id"].as_str().is_some_and(|id| id.len() == 36),
         "a generated request id"
+    );
+    // Answered by the agent, nothing went on: the line names this hop's
+    // span, a child in the caller's trace.
+    let own = nr["traceparent"].as_str().expect("a traceparent");
+    assert_eq!(own.len(), caller.len(), "{own}");
+    assert_eq!(own[..36], caller[..36], "the caller's trace");
+    assert_ne!(
+        own[36..52],
+        caller[36..52],
+        "this hop's span, not the caller's"
     );
 }
 

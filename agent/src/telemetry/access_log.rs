@@ -200,7 +200,8 @@ pub struct AccessLogEntry<'a> {
     pub downstream_remote_address: String,
     /// SNI (no TLS yet).
     pub requested_server_name: Option<&'a str>,
-    /// The `traceparent` sent to the next hop (names this hop's span).
+    /// The `traceparent` sent to the next hop (names this hop's span), or
+    /// for a request the agent answered itself, this hop's span's.
     pub traceparent: Option<&'a str>,
 }
 

@@ -142,7 +142,8 @@ pub struct LogFields {
     user_agent: Option<String>,
     forwarded_for: Option<String>,
     request_id: Option<String>,
-    /// The `traceparent` sent to the next hop.
+    /// The `traceparent` sent to the next hop, or for a request the agent
+    /// answered itself, this hop's span's.
     pub traceparent: Option<String>,
 }
 

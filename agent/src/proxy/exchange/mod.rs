@@ -438,6 +438,19 @@ impl Exchange {
         }
         let duration = self.record.start.elapsed();
         let record = &mut self.record;
+        // A request the agent answered itself sent no context on: its log
+        // line names this hop's span instead, so the two still match.
+        if let Some(log) = record.log.as_mut()
+            && log.traceparent.is_none()
+        {
+            let context = self.span.context();
+            let value = crate::trace_context::traceparent(
+                context.trace_id(),
+                context.span_id(),
+                context.is_sampled(),
+            );
+            log.traceparent = value.to_str().ok().map(str::to_owned);
+        }
         record.request_bytes = self.request_body.as_ref().map_or(0, |p| p.bytes());
         let shared = &self.worker.shared;
         let attributes = record.attributes();

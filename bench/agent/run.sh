@@ -407,10 +407,10 @@ peak_anon() {
   rm -f "$RUN/peak-anon"
 }
 
-# A record's file: bench/results/NAME-DATE.md, or the first of -2, -3, …
-# not taken, so a second run on one day keeps the first one's record.
+# A record's file: bench/results/NAME-RUN_DATE.md, or the first of -2, -3,
+# … not taken, so a second run on one day keeps the first one's record.
 record_file() {
-  local base="$ROOT/bench/results/$1-$(date -u +%Y-%m-%d)" n=2 file
+  local base="$ROOT/bench/results/$1-$RUN_DATE" n=2 file
   file="$base.md"
   while [ -e "$file" ]; do
     file="$base-$n.md"

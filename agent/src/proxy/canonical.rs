@@ -7,6 +7,7 @@ use http::header::{COOKIE, HOST, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 
+use super::headers::list_members;
 use super::local_reply::LocalReply;
 use crate::path::{self, PathNormalization};
 
@@ -91,13 +92,10 @@ fn is_known_method(method: &Method) -> bool {
 /// the transfer coding wins and the length is dropped, RFC 9112 §6.3; equal
 /// lengths are one, §8.6.)
 fn settle_framing(headers: &HeaderMap) -> Result<(), LocalReply> {
-    let mut codings = headers
-        .get_all(TRANSFER_ENCODING)
-        .into_iter()
-        .flat_map(|line| line.as_bytes().split(|&b| b == b','));
+    let mut codings = list_members(headers, TRANSFER_ENCODING);
     match (codings.next(), codings.next()) {
         (None, _) => Ok(()),
-        (Some(only), None) if only.trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        (Some(only), None) if only.eq_ignore_ascii_case(b"chunked") => Ok(()),
         _ => Err(LocalReply::UNKNOWN_TRANSFER_ENCODING),
     }
 }

@@ -210,22 +210,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         // Read as bytes: most lines say only `keep-alive` or `close`, and
         // then nothing is built.
         let mut listed: Vec<HeaderName> = Vec::new();
-        for line in headers.get_all(CONNECTION) {
-            for token in line.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.is_empty() || is_connection_option(token) {
-                    continue;
-                }
-                // (`from_bytes` lowercases.) TE is decided below; the
-                // request id is the request's on every hop (it names its
-                // spans and log lines), so a client naming it here does
-                // not take it from the app.
-                if let Ok(name) = HeaderName::from_bytes(token)
-                    && name != TE
-                    && name != X_REQUEST_ID
-                {
-                    listed.push(name);
-                }
+        for token in list_members(headers, CONNECTION) {
+            if token.is_empty() || is_connection_option(token) {
+                continue;
+            }
+            // (`from_bytes` lowercases.) TE is decided below; the request
+            // id is the request's on every hop (it names its spans and log
+            // lines), so a client naming it here does not take it from the
+            // app.
+            if let Ok(name) = HeaderName::from_bytes(token)
+                && name != TE
+                && name != X_REQUEST_ID
+            {
+                listed.push(name);
             }
         }
         for name in listed {
@@ -271,11 +268,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// ignore case). Only that goes on: the transfer codings the client would
 /// take are for this hop, as Envoy keeps `te: trailers` alone.
 fn accepts_trailers(headers: &HeaderMap) -> bool {
-    headers.get_all(TE).iter().any(|line| {
-        line.as_bytes()
-            .split(|&b| b == b',')
-            .any(|member| member.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-    })
+    list_members(headers, TE).any(|member| member.eq_ignore_ascii_case(b"trailers"))
+}
+
+/// The members of a comma-separated header (RFC 9110 §5.6.1) over all its
+/// lines, as bytes, whitespace around each trimmed; empty members too (a
+/// caller that counts members sees `,chunked` as two).
+pub(super) fn list_members(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
 }
 
 /// A `Connection` option that names no header (RFC 9112 §9.3, §9.6;

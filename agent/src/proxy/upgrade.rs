@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderName, Request, Response, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use super::headers::list_members;
 use super::local_reply::LocalReply;
 
 /// RFC 7540 §3.2's settings of an h2c upgrade offer.
@@ -26,20 +27,19 @@ pub fn admit(version: Version, headers: &mut HeaderMap) -> Result<(), LocalReply
         return Ok(());
     }
     // Lines are one list (RFC 9110 §5.3): two lines offer two protocols.
-    let mut lines = headers.get_all(UPGRADE).iter();
-    let protocol = match (lines.next(), lines.next()) {
-        (Some(only), None) => Some(only.as_bytes().trim_ascii()),
-        _ => None,
-    };
-    match protocol {
-        Some(p) if p.eq_ignore_ascii_case(b"websocket") => Ok(()),
-        Some(p) if p.eq_ignore_ascii_case(b"h2c") => {
-            headers.remove(UPGRADE);
-            headers.remove(HTTP2_SETTINGS);
-            Ok(())
+    let h2c_offer = {
+        let mut offered = list_members(headers, UPGRADE);
+        match (offered.next(), offered.next()) {
+            (Some(only), None) if only.eq_ignore_ascii_case(b"websocket") => false,
+            (Some(only), None) if only.eq_ignore_ascii_case(b"h2c") => true,
+            _ => return Err(LocalReply::UPGRADE_FAILED),
         }
-        _ => Err(LocalReply::UPGRADE_FAILED),
+    };
+    if h2c_offer {
+        headers.remove(UPGRADE);
+        headers.remove(HTTP2_SETTINGS);
     }
+    Ok(())
 }
 
 /// Takes the downstream side of an upgrade, if the request asks for one
@@ -52,14 +52,7 @@ pub fn take<B>(req: &mut Request<B>) -> Option<OnUpgrade> {
 fn asks_upgrade(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
         && headers.contains_key(UPGRADE)
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+        && list_members(headers, CONNECTION).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// Splices the two upgraded connections once both are ready.

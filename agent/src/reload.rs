@@ -72,62 +72,101 @@ impl Baseline {
 }
 
 /// Watches `path` until the future is dropped; `baseline` is what the
-/// config in force was compiled from. The file's metadata (through
-/// symlinks) is looked at whenever the directories holding it change (see
-/// [`Changes`]) and at least every [`FALLBACK_POLL`]; the file is read only
-/// when its metadata says it changed, and compiled only when its bytes
-/// differ from the config in force. Compiling runs on a blocking thread, so
-/// the admin API on this runtime answers throughout a slow reload. Comparing
-/// metadata through the path (rather than trusting which file an event
-/// names) also sees files replaced by rename or through symlinks, as
-/// Kubernetes ConfigMap volumes are updated.
+/// config in force was compiled from. Each version of the file that differs
+/// from the config in force is compiled on a blocking thread (see
+/// [`Watcher::next_change`]), so the admin API on this runtime answers
+/// throughout a slow reload.
 pub async fn watch(path: PathBuf, baseline: Baseline, shared: Arc<Shared>) {
-    let path = Arc::new(path);
-    let mut last = Arc::new(baseline.bytes);
-    let mut stamp = baseline.stamp;
-    let mut changes = Changes::new(&path, Some(FALLBACK_POLL));
-    let mut unreadable = false;
+    let mut watcher = Watcher::new(path, baseline, Some(FALLBACK_POLL));
     loop {
-        changes.next().await;
-        let looked = tokio::fs::metadata(path.as_path())
-            .await
-            .map(|meta| Stamp::of(&meta));
-        let now = match looked {
-            Ok(now) if Some(now) == stamp => continue,
-            Ok(now) => now,
-            Err(error) => {
-                if !std::mem::replace(&mut unreadable, true) {
-                    tracing::warn!(%error, file = %path.display(), "config file unreadable; keeping the config in force");
-                }
-                continue;
-            }
+        let Some(bytes) = watcher.next_change().await else {
+            return; // the runtime is shutting down
         };
-        let read = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || crate::config::source::read_file_bounded(&path))
-                .await
-        };
-        let current = match read {
-            Ok(Ok(bytes)) => {
-                unreadable = false;
-                bytes
-            }
-            Ok(Err(error)) => {
-                if !std::mem::replace(&mut unreadable, true) {
-                    tracing::warn!(%error, file = %path.display(), "config file unreadable; keeping the config in force");
-                }
-                continue;
-            }
-            Err(_) => continue, // the runtime is shutting down
-        };
-        stamp = Some(now);
-        if current == *last {
-            continue;
+        let (path, shared) = (watcher.path.clone(), shared.clone());
+        let _ = tokio::task::spawn_blocking(move || reload(&path, &bytes, &shared)).await;
+    }
+}
+
+/// The config file's watcher: the bytes in force, the metadata they were
+/// read under, and what wakes it.
+struct Watcher {
+    path: Arc<PathBuf>,
+    /// The bytes the config in force was compiled from.
+    last: Arc<Vec<u8>>,
+    /// The file's metadata when `last` (or a read equal to it) was read.
+    stamp: Option<Stamp>,
+    changes: Changes,
+    /// The first look is due without waiting for a wakeup: the file may
+    /// have changed between the baseline's read and the watch being set up,
+    /// a change no event will report.
+    look_now: bool,
+    /// The file could not be read at the last look (warned once per spell).
+    unreadable: bool,
+}
+
+impl Watcher {
+    /// Sets up the watch on `path`; `fallback` as for [`Changes::new`].
+    fn new(path: PathBuf, baseline: Baseline, fallback: Option<Duration>) -> Self {
+        let changes = Changes::new(&path, fallback);
+        Self {
+            path: Arc::new(path),
+            last: Arc::new(baseline.bytes),
+            stamp: baseline.stamp,
+            changes,
+            look_now: true,
+            unreadable: false,
         }
-        let current = Arc::new(current);
-        let (path_c, bytes, shared_c) = (path.clone(), current.clone(), shared.clone());
-        let _ = tokio::task::spawn_blocking(move || reload(&path_c, &bytes, &shared_c)).await;
-        last = current;
+    }
+
+    /// Completes with the file's bytes once they differ from those in
+    /// force (which they then become); `None` when the runtime is shutting
+    /// down. The file's metadata (through symlinks) is looked at at once,
+    /// then whenever [`Changes`] wakes; the file is read only when its
+    /// metadata says it changed. Comparing metadata through the path
+    /// (rather than trusting which file an event names) also sees files
+    /// replaced by rename or through symlinks, as Kubernetes ConfigMap
+    /// volumes are updated.
+    async fn next_change(&mut self) -> Option<Arc<Vec<u8>>> {
+        loop {
+            if !std::mem::take(&mut self.look_now) {
+                self.changes.next().await;
+            }
+            let path = self.path.as_path();
+            let now = match tokio::fs::metadata(path).await.map(|m| Stamp::of(&m)) {
+                Ok(now) if Some(now) == self.stamp => continue,
+                Ok(now) => now,
+                Err(error) => {
+                    self.warn_unreadable(&error);
+                    continue;
+                }
+            };
+            let read = {
+                let path = self.path.clone();
+                tokio::task::spawn_blocking(move || crate::config::source::read_file_bounded(&path))
+                    .await
+            };
+            let current = match read {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(error)) => {
+                    self.warn_unreadable(&error);
+                    continue;
+                }
+                Err(_) => return None,
+            };
+            self.unreadable = false;
+            self.stamp = Some(now);
+            if current != *self.last {
+                self.last = Arc::new(current);
+                return Some(self.last.clone());
+            }
+        }
+    }
+
+    /// Warns once per spell of the file being unreadable.
+    fn warn_unreadable(&mut self, error: &dyn std::fmt::Display) {
+        if !std::mem::replace(&mut self.unreadable, true) {
+            tracing::warn!(%error, file = %self.path.display(), "config file unreadable; keeping the config in force");
+        }
     }
 }
 
@@ -473,6 +512,34 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(30), changes.next())
             .await
             .expect("inotify never woke the watcher");
+    }
+
+    /// A write between the baseline's read and the watch's setup reports
+    /// no event; the watcher's first look sees it anyway. With no fallback
+    /// poll, a watcher that waited for an event would never report it.
+    #[tokio::test]
+    async fn a_write_before_the_watch_is_set_up_is_seen_at_once() {
+        let dir = Dir::new("early");
+        let path = dir.0.join("agent.yaml");
+        std::fs::write(&path, "first").unwrap();
+        let baseline = Baseline::read(&path).unwrap();
+        std::fs::write(&path, "second").unwrap();
+        let mut watcher = Watcher::new(path.clone(), baseline, None);
+        let seen = tokio::time::timeout(Duration::from_secs(30), watcher.next_change())
+            .await
+            .expect("the early write was never seen")
+            .expect("a runtime");
+        assert_eq!(seen.as_slice(), b"second");
+
+        // Then events: a rewrite with the same bytes is no change, a
+        // different one is.
+        std::fs::write(&path, "second").unwrap();
+        std::fs::write(&path, "third").unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(30), watcher.next_change())
+            .await
+            .expect("the write was never seen")
+            .expect("a runtime");
+        assert_eq!(seen.as_slice(), b"third");
     }
 
     #[tokio::test]

@@ -167,10 +167,11 @@ impl Plane {
         let (source, material) = match &snapshot.bootstrap.certificate {
             Some(spec) => {
                 let source = Source::new(spec)?;
+                let loaded = source.fingerprint();
                 let material = runtime.block_on(source.fetch(&snapshot.identity.spiffe))?;
                 tracing::info!(identity = %material.identity, source = material.source, "workload certificate loaded");
                 provider::record_expiry(&material, &metrics.certificate_expiry);
-                (Some(source), Some(Arc::new(material)))
+                (Some((source, loaded)), Some(Arc::new(material)))
             }
             None => (None, None),
         };
@@ -180,9 +181,9 @@ impl Plane {
             metrics.certificate_rotations.clone(),
             metrics.certificate_expiry.clone(),
         );
-        let rotation = source.map(|source| {
+        let rotation = source.map(|(source, loaded)| {
             let spiffe = snapshot.identity.spiffe.clone();
-            let rotation = provider::keep_current(source, spiffe, tls.clone(), gauges);
+            let rotation = provider::keep_current(source, loaded, spiffe, tls.clone(), gauges);
             Box::pin(rotation) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
         });
         let drain = snapshot.bootstrap.drain;

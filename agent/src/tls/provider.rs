@@ -103,6 +103,15 @@ impl Source {
         }
     }
 
+    /// What the source's files look like now: look before [`fetch`]ing
+    /// and hand the look to [`keep_current`], so a file changed while it
+    /// was read is read again.
+    ///
+    /// [`fetch`]: Source::fetch
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint(files_fingerprint(&self.watched_files()))
+    }
+
     fn watched_files(&self) -> Vec<PathBuf> {
         match self {
             Self::Files(f) => vec![
@@ -115,16 +124,23 @@ impl Source {
     }
 }
 
+/// The modification times and sizes of a [`Source`]'s files (none for a
+/// CA), from [`Source::fingerprint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(Vec<Option<(SystemTime, u64)>>);
+
 /// Keeps `slot` current until the future is dropped: reloads files when
-/// they change, renews CA certificates at half-life, retries failures with
-/// backoff (keeping the current material meanwhile).
+/// they change from `loaded` (the fingerprint taken before the material in
+/// `slot` was read), renews CA certificates at half-life, retries failures
+/// with backoff (keeping the current material meanwhile).
 pub async fn keep_current(
     source: Source,
+    loaded: Fingerprint,
     id: SpiffeId,
     slot: Arc<ArcSwapOption<TlsMaterial>>,
     (rotations, expiry): (IntCounterVec, IntGauge),
 ) {
-    let mut last_seen = files_fingerprint(&source.watched_files());
+    let mut last_seen = loaded;
     let mut backoff = Duration::from_secs(1);
     loop {
         let wait = match (&source, slot.load().as_ref().and_then(|m| m.renew_at())) {
@@ -134,7 +150,7 @@ pub async fn keep_current(
             _ => Duration::from_secs(1),
         };
         tokio::time::sleep(wait).await;
-        let seen = files_fingerprint(&source.watched_files());
+        let seen = source.fingerprint();
         if matches!(source, Source::Files(_)) && seen == last_seen {
             continue;
         }

@@ -8,7 +8,7 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u32);
 
-const NAMES: [(u32, &str); 17] = [
+const NAMES: [(u32, &str); 18] = [
     (1 << 0, "NR"),
     (1 << 1, "UF"),
     (1 << 2, "UH"),
@@ -26,6 +26,7 @@ const NAMES: [(u32, &str); 17] = [
     (1 << 14, "DPE"),
     (1 << 15, "SI"),
     (1 << 16, "UAEX"),
+    (1 << 17, "UPE"),
 ];
 
 impl ResponseFlags {
@@ -67,6 +68,10 @@ impl ResponseFlags {
     /// The external authorizer (a CUSTOM AuthorizationPolicy) denied the
     /// request, or failed and `failOpen` is false (Envoy's UAEX).
     pub const UNAUTHORIZED_EXTERNAL_SERVICE: Self = Self(1 << 16);
+    /// The upstream broke the HTTP protocol: a malformed response head, a
+    /// transfer coding the agent cannot pass on, a body cut short of its
+    /// framing (Envoy's UPE).
+    pub const UPSTREAM_PROTOCOL_ERROR: Self = Self(1 << 17);
 
     /// Whether no flag is set.
     pub fn is_empty(self) -> bool {

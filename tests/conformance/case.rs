@@ -58,6 +58,11 @@ pub struct UpstreamSpec {
     /// Wait this long before answering.
     #[serde(default)]
     pub delay_ms: u64,
+    /// Answer each request with the step's `respond` bytes, verbatim, and
+    /// close the connection (for response heads a server library would not
+    /// write).
+    #[serde(default)]
+    pub raw: bool,
 }
 
 /// The Envoy side: the HTTP connection manager's fields (merged over the
@@ -87,6 +92,10 @@ pub struct Step {
     /// Why it differs (required with `envoy`).
     #[serde(default)]
     pub why: Option<String>,
+    /// What a `raw` upstream answers this step's requests with, byte for
+    /// byte (default a `200` with body `ok`).
+    #[serde(default)]
+    pub respond: Option<String>,
 }
 
 /// A request.
@@ -148,6 +157,16 @@ pub struct Expect {
     /// What the upstreams received: `none`, or the (first) request.
     #[serde(default)]
     pub upstream: Option<UpstreamExpect>,
+    /// Response header values the client saw (repeated lines joined with
+    /// `,`); `~` means absent. Only headers named here are compared.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Option<String>>,
+    /// The response body the client saw (chunked framing removed).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The interim (1xx) statuses the client saw before the final one.
+    #[serde(default)]
+    pub interim: Option<Vec<u16>>,
 }
 
 /// What an upstream received.

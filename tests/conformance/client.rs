@@ -14,8 +14,22 @@ use tokio::net::TcpStream;
 
 use crate::case::Send;
 
-/// The response status (0 when none came).
-pub async fn send(addr: SocketAddr, send: &Send, request_id: &str, authority: &str) -> u16 {
+/// What the client saw of the response.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    /// The final status (0 when none came).
+    pub status: u16,
+    /// Interim (1xx) statuses before it, in order.
+    pub interim: Vec<u16>,
+    /// Header lines of the final response in order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body, chunked framing removed.
+    pub body: Vec<u8>,
+}
+
+/// Sends the request; the response as the client saw it (status 0 when
+/// none came).
+pub async fn send(addr: SocketAddr, send: &Send, request_id: &str, authority: &str) -> Reply {
     let sent = if send.http2 {
         tokio::time::timeout(
             Duration::from_secs(20),
@@ -29,7 +43,7 @@ pub async fn send(addr: SocketAddr, send: &Send, request_id: &str, authority: &s
         )
         .await
     };
-    sent.ok().flatten().unwrap_or(0)
+    sent.ok().flatten().unwrap_or_default()
 }
 
 fn has(send: &Send, name: &str) -> bool {
@@ -64,7 +78,7 @@ pub fn h1_bytes(send: &Send, request_id: &str, authority: &str) -> Vec<u8> {
     out.into_bytes()
 }
 
-async fn h1(addr: SocketAddr, send: &Send, request_id: &str, authority: &str) -> Option<u16> {
+async fn h1(addr: SocketAddr, send: &Send, request_id: &str, authority: &str) -> Option<Reply> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
     stream
         .write_all(&h1_bytes(send, request_id, authority))
@@ -72,14 +86,72 @@ async fn h1(addr: SocketAddr, send: &Send, request_id: &str, authority: &str) ->
         .ok()?;
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response).await;
-    let head = String::from_utf8_lossy(&response);
-    let status = head
-        .strip_prefix("HTTP/1.1 ")
-        .or_else(|| head.strip_prefix("HTTP/1.0 "))?;
-    status.get(..3)?.parse().ok()
+    read_h1_response(&response, send.method.eq_ignore_ascii_case("HEAD"))
 }
 
-async fn h2(addr: SocketAddr, send: &Send, request_id: &str, authority: &str) -> Option<u16> {
+/// Reads the final response out of what a connection delivered: interim
+/// (1xx) heads skipped, the body unchunked when `transfer-encoding:
+/// chunked` (the rest of the bytes as they are otherwise: the request asked
+/// the connection to close).
+fn read_h1_response(mut bytes: &[u8], head_only: bool) -> Option<Reply> {
+    let mut interim = Vec::new();
+    loop {
+        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        bytes = &bytes[end + 4..];
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next()?;
+        let status: u16 = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .or_else(|| status_line.strip_prefix("HTTP/1.0 "))?
+            .get(..3)?
+            .parse()
+            .ok()?;
+        if (100..200).contains(&status) && status != 101 {
+            interim.push(status);
+            continue;
+        }
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let chunked = headers
+            .iter()
+            .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+        let body = match (head_only, chunked) {
+            (true, _) => Vec::new(),
+            (false, true) => unchunk(bytes),
+            (false, false) => bytes.to_vec(),
+        };
+        return Some(Reply {
+            status,
+            interim,
+            headers,
+            body,
+        });
+    }
+}
+
+/// The data of a chunked body (as far as it is well formed).
+fn unchunk(mut bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = bytes.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&bytes[..eol]);
+        let size = size.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            break;
+        };
+        bytes = &bytes[eol + 2..];
+        if size == 0 || bytes.len() < size {
+            break;
+        }
+        out.extend_from_slice(&bytes[..size]);
+        bytes = bytes.get(size + 2..).unwrap_or_default();
+    }
+    out
+}
+
+async fn h2(addr: SocketAddr, send: &Send, request_id: &str, authority: &str) -> Option<Reply> {
     let stream = TcpStream::connect(addr).await.ok()?;
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -100,6 +172,22 @@ async fn h2(addr: SocketAddr, send: &Send, request_id: &str, authority: &str) ->
     let request = request.body(Full::new(body)).ok()?;
     let response = sender.send_request(request).await.ok()?;
     let status = response.status().as_u16();
-    let _ = response.into_body().collect().await;
-    Some(status)
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (n.as_str().to_owned(), value)
+        })
+        .collect();
+    let body = match response.into_body().collect().await {
+        Ok(body) => body.to_bytes().to_vec(),
+        Err(_) => Vec::new(),
+    };
+    Some(Reply {
+        status,
+        interim: Vec::new(),
+        headers,
+        body,
+    })
 }

@@ -116,6 +116,7 @@ fn run_case(path: &Path, envoy_bin: &Path) -> Result<(), String> {
             let behaviour = Behaviour {
                 status: spec.status,
                 delay: Duration::from_millis(spec.delay_ms),
+                raw: spec.raw,
             };
             upstreams.insert(name.clone(), Upstream::start(&name, behaviour).await);
         }
@@ -137,9 +138,9 @@ fn run_case(path: &Path, envoy_bin: &Path) -> Result<(), String> {
         let mut ours = Vec::new();
         for (i, step) in case.requests.iter().enumerate() {
             let ids = request_ids(1, i, step);
-            let statuses = send_step(target, &case, step, &ids).await;
+            let replies = send_step(target, &case, step, &ids, &upstreams).await;
             let flags = agent_flags(&agent, &ids);
-            ours.push(observe(&case, step, &ids, &statuses, flags, &upstreams));
+            ours.push(observe(&case, step, &ids, &replies, flags, &upstreams));
         }
         drop(agent);
 
@@ -147,9 +148,9 @@ fn run_case(path: &Path, envoy_bin: &Path) -> Result<(), String> {
         let mut theirs = Vec::new();
         for (i, step) in case.requests.iter().enumerate() {
             let ids = request_ids(2, i, step);
-            let statuses = send_step(envoy.listener, &case, step, &ids).await;
+            let replies = send_step(envoy.listener, &case, step, &ids, &upstreams).await;
             let flags = envoy_flags(&envoy, &ids);
-            theirs.push(observe(&case, step, &ids, &statuses, flags, &upstreams));
+            theirs.push(observe(&case, step, &ids, &replies, flags, &upstreams));
         }
         drop(envoy);
 
@@ -234,13 +235,18 @@ fn same_request(seen: &str, sent: &str) -> bool {
     seen.len() == sent.len() && seen.get(24..) == sent.get(24..)
 }
 
-/// Sends every copy of a step at once; returns their statuses.
+/// Sends every copy of a step at once (raw upstreams answering with the
+/// step's `respond`); returns what each client saw.
 async fn send_step(
     target: std::net::SocketAddr,
     case: &Case,
     step: &Step,
     ids: &[String],
-) -> Vec<u16> {
+    upstreams: &BTreeMap<String, Upstream>,
+) -> Vec<client::Reply> {
+    for upstream in upstreams.values() {
+        upstream.respond_with(step.respond.as_ref().map(|r| r.as_bytes().to_vec()));
+    }
     let authority = step
         .send
         .authority
@@ -310,14 +316,14 @@ fn observe(
     case: &Case,
     step: &Step,
     ids: &[String],
-    statuses: &[u16],
+    replies: &[client::Reply],
     flags: Vec<String>,
     upstreams: &BTreeMap<String, Upstream>,
 ) -> Outcome {
-    let mut responses: Vec<String> = statuses
+    let mut responses: Vec<String> = replies
         .iter()
         .zip(&flags)
-        .map(|(status, flags)| outcome::response(*status, flags))
+        .map(|(reply, flags)| outcome::response(reply.status, flags))
         .collect();
     responses.sort();
     let received = upstreams
@@ -328,8 +334,15 @@ fn observe(
             ids.iter().any(|sent| same_request(id, sent))
         })
         .collect();
+    let seen = replies
+        .first()
+        .map(|reply| outcome::seen(step, reply))
+        .unwrap_or_default();
     Outcome {
         responses,
         forwarded: outcome::forwarded(case, &step.send, received),
+        headers: seen.headers,
+        body: seen.body,
+        interim: seen.interim,
     }
 }

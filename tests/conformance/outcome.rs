@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::case::{Case, Expect, ExpectedRequest, Send, UpstreamExpect};
+use crate::case::{Case, Expect, ExpectedRequest, Send, Step, UpstreamExpect};
+use crate::client::Reply;
 use crate::upstream::Received;
 
 /// Headers every hop writes its own value for, never compared:
@@ -58,11 +59,27 @@ pub struct Outcome {
     pub responses: Vec<String>,
     /// What the upstreams received, sorted.
     pub forwarded: Vec<Forwarded>,
+    /// The response headers the step's expectations name, as the first
+    /// copy's client saw them (repeated lines joined with `,`).
+    pub headers: BTreeMap<String, Option<String>>,
+    /// The first copy's response body, when an expectation names one.
+    pub body: Option<String>,
+    /// The first copy's interim statuses, when an expectation names them.
+    pub interim: Option<Vec<u16>>,
 }
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "responses {:?}", self.responses)?;
+        if !self.headers.is_empty() {
+            write!(f, ", response headers {:?}", self.headers)?;
+        }
+        if let Some(body) = &self.body {
+            write!(f, ", body {body:?}")?;
+        }
+        if let Some(interim) = &self.interim {
+            write!(f, ", interim {interim:?}")?;
+        }
         if self.forwarded.is_empty() {
             return write!(f, ", nothing forwarded");
         }
@@ -94,6 +111,50 @@ pub fn response(status: u16, flags: &str) -> String {
         flags.join(",")
     };
     format!("{status} {flags}")
+}
+
+/// What the client saw of a response, as far as a step's expectations
+/// name it.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The named response headers (absent: `None`).
+    pub headers: BTreeMap<String, Option<String>>,
+    /// The body, when named.
+    pub body: Option<String>,
+    /// The interim statuses, when named.
+    pub interim: Option<Vec<u16>>,
+}
+
+/// The response headers, body and interim statuses of `reply` that the
+/// step's expectations (its own and Envoy's) name.
+pub fn seen(step: &Step, reply: &Reply) -> Seen {
+    let expects = std::iter::once(&step.expect).chain(step.envoy.as_ref());
+    let mut headers = BTreeMap::new();
+    let mut body = None;
+    let mut interim = None;
+    for expect in expects {
+        for name in expect.headers.keys() {
+            let values: Vec<&str> = reply
+                .headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            let value = (!values.is_empty()).then(|| values.join(","));
+            headers.insert(name.clone(), value);
+        }
+        if expect.body.is_some() {
+            body = Some(String::from_utf8_lossy(&reply.body).into_owned());
+        }
+        if expect.interim.is_some() {
+            interim = Some(reply.interim.clone());
+        }
+    }
+    Seen {
+        headers,
+        body,
+        interim,
+    }
 }
 
 /// Normalizes what the upstreams received for one step.
@@ -206,6 +267,25 @@ pub fn check(expect: &Expect, outcome: &Outcome) -> Result<(), String> {
         if outcome.responses.iter().any(|r| *r != want) {
             problems.push(format!("responses {:?}, want {want:?}", outcome.responses));
         }
+    }
+    for (name, want) in &expect.headers {
+        let got = outcome.headers.get(name).cloned().flatten();
+        if got != *want {
+            problems.push(format!("response header {name}: {got:?}, want {want:?}"));
+        }
+    }
+    if let Some(want) = &expect.body
+        && outcome.body.as_ref() != Some(want)
+    {
+        problems.push(format!("response body {:?}, want {want:?}", outcome.body));
+    }
+    if let Some(want) = &expect.interim
+        && outcome.interim.as_ref() != Some(want)
+    {
+        problems.push(format!(
+            "interim statuses {:?}, want {want:?}",
+            outcome.interim
+        ));
     }
     match &expect.upstream {
         Some(UpstreamExpect::None(_)) if !outcome.forwarded.is_empty() => {

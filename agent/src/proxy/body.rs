@@ -129,8 +129,10 @@ pub struct ResponseTimeout;
 pub trait ResponseObserver {
     /// A frame passed on to the client (data to count, trailers to read).
     fn on_frame(&mut self, frame: &Frame<Bytes>);
-    /// The upstream broke the response off (a reset mid-body).
-    fn on_reset(&mut self);
+    /// The upstream broke the response off mid-body: reset it (HTTP/2, a
+    /// TCP reset) or, when `protocol_error`, broke its framing (closed
+    /// short of its `Content-Length` or last chunk, a malformed chunk).
+    fn on_reset(&mut self, protocol_error: bool);
     /// The route timeout cut the response off.
     fn on_timeout(&mut self);
     /// The body ended, whole or not: the request is over.
@@ -141,8 +143,8 @@ impl<T: ResponseObserver + ?Sized> ResponseObserver for Box<T> {
     fn on_frame(&mut self, frame: &Frame<Bytes>) {
         (**self).on_frame(frame);
     }
-    fn on_reset(&mut self) {
-        (**self).on_reset();
+    fn on_reset(&mut self, protocol_error: bool) {
+        (**self).on_reset(protocol_error);
     }
     fn on_timeout(&mut self) {
         (**self).on_timeout();
@@ -230,11 +232,18 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
         if let Some(observer) = this.observer.as_mut() {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => observer.on_frame(frame),
-                Poll::Ready(Some(Err(_))) => observer.on_reset(),
+                Poll::Ready(Some(Err(error))) => observer.on_reset(breaks_framing(error.as_ref())),
                 Poll::Ready(None) | Poll::Pending => {}
             }
         }
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) || this.source_ended() {
+        // Trailers are a body's last frame (`http_body::Frame`): the server
+        // side may stop polling once it has them, without asking for the end.
+        let last = match &polled {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
+            Poll::Pending => false,
+        };
+        if last || this.source_ended() {
             this.end();
         }
         polled
@@ -252,6 +261,26 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
             }
         }
     }
+}
+
+/// Whether a response body's error is the upstream breaking HTTP/1.1
+/// framing: hyper's HTTP/1 decoder reports a body ending short of its
+/// length or last chunk as an `UnexpectedEof` I/O error, a malformed chunk
+/// as `InvalidInput` or `InvalidData`. An HTTP/2 stream's errors come from
+/// h2 instead, and a TCP reset is `ConnectionReset`: resets, not this.
+fn breaks_framing(error: &(dyn std::error::Error + 'static)) -> bool {
+    let cause = error
+        .downcast_ref::<hyper::Error>()
+        .and_then(std::error::Error::source)
+        .and_then(|cause| cause.downcast_ref::<std::io::Error>());
+    cause.is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::InvalidInput
+                | std::io::ErrorKind::InvalidData
+        )
+    })
 }
 
 #[cfg(test)]
@@ -272,8 +301,8 @@ mod tests {
             let len = frame.data_ref().map_or(0, Bytes::len);
             self.0.borrow_mut().push(format!("frame {len}"));
         }
-        fn on_reset(&mut self) {
-            self.0.borrow_mut().push("reset".into());
+        fn on_reset(&mut self, protocol_error: bool) {
+            self.0.borrow_mut().push(format!("reset {protocol_error}"));
         }
         fn on_timeout(&mut self) {
             self.0.borrow_mut().push("timeout".into());

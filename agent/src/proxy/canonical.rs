@@ -92,11 +92,23 @@ fn is_known_method(method: &Method) -> bool {
 /// the transfer coding wins and the length is dropped, RFC 9112 §6.3; equal
 /// lengths are one, §8.6.)
 fn settle_framing(headers: &HeaderMap) -> Result<(), LocalReply> {
+    if known_transfer_coding(headers) {
+        Ok(())
+    } else {
+        Err(LocalReply::UNKNOWN_TRANSFER_ENCODING)
+    }
+}
+
+/// Whether a message's `Transfer-Encoding` is one the agent can pass on:
+/// none, or `chunked` alone (any case; on one line or several). Any other
+/// coding would be dropped with the chunked framing hyper removes, and its
+/// bytes passed on undecoded (RFC 9112 §6.1).
+pub(crate) fn known_transfer_coding(headers: &HeaderMap) -> bool {
     let mut codings = list_members(headers, TRANSFER_ENCODING);
     match (codings.next(), codings.next()) {
-        (None, _) => Ok(()),
-        (Some(only), None) if only.eq_ignore_ascii_case(b"chunked") => Ok(()),
-        _ => Err(LocalReply::UNKNOWN_TRANSFER_ENCODING),
+        (None, _) => true,
+        (Some(only), None) => only.eq_ignore_ascii_case(b"chunked"),
+        _ => false,
     }
 }
 

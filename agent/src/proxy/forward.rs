@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 
 use super::Worker;
 use super::body::UpstreamBody;
+use super::canonical::known_transfer_coding;
 use super::pool::{AcquireError, PoolKey};
 use super::upstream::{SendError, Sent, Upstream};
 use crate::model::cluster::{Cluster, UpstreamTls};
@@ -97,6 +98,11 @@ pub async fn send(
             .await
             .map_err(acquire_failed)?;
         match lease.sender.try_send_request(req).await {
+            // The connection goes with the response: its body is unread.
+            Ok(response) if !known_transfer_coding(response.headers()) => {
+                tracing::debug!("upstream response in an unknown transfer coding");
+                return Err(SendError::Protocol);
+            }
             Ok(response) => {
                 return Ok(Sent {
                     response,
@@ -126,6 +132,9 @@ fn acquire_failed(error: AcquireError) -> SendError {
 
 fn reset(error: &hyper::Error) -> SendError {
     tracing::debug!(%error, "upstream reset before response headers");
+    if error.is_parse() {
+        return SendError::Protocol;
+    }
     let refused = format!("{error:?}").contains("REFUSED_STREAM");
     SendError::Failed(if refused {
         AttemptFailure::RefusedStream

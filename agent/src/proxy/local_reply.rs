@@ -232,6 +232,20 @@ impl LocalReply {
         decided_by: DecidedBy::Agent,
     };
 
+    /// The upstream's response broke HTTP/1.1 (RFC 9112): an unreadable
+    /// head (two different `Content-Length`s, a name with a space before
+    /// its colon, a control byte in a value, a status that is not three
+    /// digits) or a transfer coding other than `chunked` alone. RFC 9110
+    /// §15.6.3's invalid response: Envoy's 502 with UPE.
+    pub const UPSTREAM_PROTOCOL_ERROR: Self = Self {
+        status: StatusCode::BAD_GATEWAY,
+        flags: ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+        body: "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+        details: "upstream_reset_before_response_started{protocol_error}",
+        grpc_status: None,
+        decided_by: DecidedBy::Agent,
+    };
+
     /// The connection-pool or request limit `limit` (a DestinationRule
     /// field path) overflowed.
     pub const fn overflow(limit: &'static str) -> Self {

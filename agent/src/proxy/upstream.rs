@@ -46,6 +46,9 @@ pub enum SendError {
     Failed(AttemptFailure),
     /// The TLS handshake failed (a connect failure to retries), for this reason.
     Tls(&'static str),
+    /// The response broke the protocol (a reset to retries, as Envoy's
+    /// protocol-error reset is).
+    Protocol,
     /// The cluster's connection limits are full (never retried); the
     /// DestinationRule field of the limit.
     Overflow(&'static str),
@@ -62,6 +65,7 @@ impl SendError {
             Self::Failed(AttemptFailure::Reset | AttemptFailure::RefusedStream) => {
                 LocalReply::CONNECTION_TERMINATION
             }
+            Self::Protocol => LocalReply::UPSTREAM_PROTOCOL_ERROR,
             Self::Overflow(limit) => LocalReply::overflow(limit),
         }
     }
@@ -71,6 +75,7 @@ impl SendError {
         match self {
             Self::Failed(failure) => Some(failure),
             Self::Tls(_) => Some(AttemptFailure::ConnectFailure),
+            Self::Protocol => Some(AttemptFailure::Reset),
             Self::Overflow(_) => None,
         }
     }

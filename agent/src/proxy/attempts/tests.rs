@@ -24,6 +24,8 @@ enum Answer {
     /// 200 with this `grpc-status`.
     Grpc(u16),
     Reset,
+    /// A response that broke the protocol.
+    Malformed,
     ConnectFailure,
     Overflow,
     /// 200 after waiting this many ms for a pooled connection.
@@ -89,6 +91,7 @@ impl Upstream for Script {
             Answer::Grpc(code) => respond(200, Some(code), None),
             Answer::AfterWait(ms) => respond(200, None, Some(Duration::from_millis(ms))),
             Answer::Reset => Err(SendError::Failed(AttemptFailure::Reset)),
+            Answer::Malformed => Err(SendError::Protocol),
             Answer::ConnectFailure => Err(SendError::Failed(AttemptFailure::ConnectFailure)),
             Answer::Overflow => Err(SendError::Overflow(MAX_CONNECTIONS)),
             Answer::Hang => std::future::pending().await,
@@ -301,6 +304,27 @@ async fn retries_used_up_deliver_the_last_answer_with_urx() {
         run.notes.flags,
         ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED
     );
+}
+
+/// A malformed response is Envoy's protocol-error reset: 502 UPE, retried
+/// where resets are (`reset`, `5xx`), not under Istio's default policy.
+#[tokio::test(start_paused = true)]
+async fn a_malformed_response_is_a_502_retried_as_a_reset() {
+    let cluster = cluster(2, PoolLimits::default(), None);
+    let policy = RetryPolicy::istio_default();
+    let malformed = run(&cluster, &policy, None, false, &[Answer::Malformed]).await;
+    assert_eq!(
+        reply(&malformed),
+        LocalReply::UPSTREAM_PROTOCOL_ERROR.details
+    );
+    assert_eq!(LocalReply::UPSTREAM_PROTOCOL_ERROR.status, 502);
+    assert_eq!(malformed.script.endpoints().len(), 1, "not retried");
+
+    let on_reset = retry(1, &[RetryOn::RESET]);
+    let answers = [Answer::Malformed, Answer::Status(200)];
+    let retried = run(&cluster, &on_reset, None, false, &answers).await;
+    assert_eq!(status(&retried), 200);
+    assert_eq!(retried.script.endpoints().len(), 2, "retried once");
 }
 
 #[tokio::test(start_paused = true)]

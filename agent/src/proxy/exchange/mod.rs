@@ -512,8 +512,12 @@ impl ResponseObserver for Exchange {
         }
     }
 
-    fn on_reset(&mut self) {
-        self.add_flags(ResponseFlags::UPSTREAM_REMOTE_RESET);
+    fn on_reset(&mut self, protocol_error: bool) {
+        self.add_flags(if protocol_error {
+            ResponseFlags::UPSTREAM_PROTOCOL_ERROR
+        } else {
+            ResponseFlags::UPSTREAM_REMOTE_RESET
+        });
     }
 
     fn on_timeout(&mut self) {

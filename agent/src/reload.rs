@@ -4,14 +4,17 @@
 //! counted) and the previous config stays in force.
 //!
 //! The watcher sleeps until the kernel says something changed (inotify on
-//! the directories holding the file), so an idle agent has no timer for it
+//! the way to the file, [`changes`]), so an idle agent has no timer for it
 //! but a slow fallback poll ([`FALLBACK_POLL`]).
+
+mod changes;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use self::changes::Changes;
 use crate::compile;
 use crate::model::Snapshot;
 use crate::proxy::Shared;
@@ -22,10 +25,6 @@ use crate::proxy::Shared;
 /// closing it; those wait at most this long. Local writes, renames and
 /// symlink swaps are seen at once.
 const FALLBACK_POLL: Duration = Duration::from_secs(10);
-
-/// How often the file's metadata is looked at where inotify cannot be set
-/// up (not Linux, or the user's inotify instances are used up).
-const POLL: Duration = Duration::from_millis(200);
 
 /// What a file's metadata says of its content: a write changes the size or
 /// the change time, a replacement by rename (a Kubernetes ConfigMap volume
@@ -79,13 +78,37 @@ impl Baseline {
 pub async fn watch(path: PathBuf, baseline: Baseline, shared: Arc<Shared>) {
     let mut watcher = Watcher::new(path, baseline, Some(FALLBACK_POLL));
     loop {
-        let Some(bytes) = watcher.next_change().await else {
-            return; // the runtime is shutting down
-        };
-        let (path, shared) = (watcher.path.clone(), shared.clone());
-        let _ = tokio::task::spawn_blocking(move || reload(&path, &bytes, &shared)).await;
+        match watcher.next_change().await {
+            None => return, // the runtime is shutting down
+            Some(Change::Bytes(bytes)) => {
+                let (path, shared) = (watcher.path.clone(), shared.clone());
+                let _ = tokio::task::spawn_blocking(move || reload(&path, &bytes, &shared)).await;
+            }
+            Some(Change::Unreadable(error)) => {
+                tracing::warn!(%error, file = %watcher.path.display(), "config file unreadable; keeping the config in force");
+                shared
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["unreadable"])
+                    .inc();
+            }
+        }
     }
 }
+
+/// What the watcher saw change.
+enum Change {
+    /// The file now holds these bytes, other than those in force.
+    Bytes(Arc<Vec<u8>>),
+    /// The file cannot be read, for a reason not reported before in this
+    /// spell (missing, a directory, unreadable, too large).
+    Unreadable(String),
+}
+
+/// How long a file that went missing may take to come back before that is
+/// reported: an editor saving by rename-then-write, or `rm` then `cat >`,
+/// leaves no file for a moment.
+const MISSING_GRACE: Duration = Duration::from_secs(1);
 
 /// The config file's watcher: the bytes in force, the metadata they were
 /// read under, and what wakes it.
@@ -100,8 +123,9 @@ struct Watcher {
     /// have changed between the baseline's read and the watch being set up,
     /// a change no event will report.
     look_now: bool,
-    /// The file could not be read at the last look (warned once per spell).
-    unreadable: bool,
+    /// Why the file could not be read at the last look, as last reported
+    /// (each reason is reported once per spell).
+    unreadable: Option<String>,
 }
 
 impl Watcher {
@@ -114,7 +138,7 @@ impl Watcher {
             stamp: baseline.stamp,
             changes,
             look_now: true,
-            unreadable: false,
+            unreadable: None,
         }
     }
 
@@ -126,7 +150,7 @@ impl Watcher {
     /// (rather than trusting which file an event names) also sees files
     /// replaced by rename or through symlinks, as Kubernetes ConfigMap
     /// volumes are updated.
-    async fn next_change(&mut self) -> Option<Arc<Vec<u8>>> {
+    async fn next_change(&mut self) -> Option<Change> {
         loop {
             if !std::mem::take(&mut self.look_now) {
                 self.changes.next().await;
@@ -135,10 +159,25 @@ impl Watcher {
             let now = match tokio::fs::metadata(path).await.map(|m| Stamp::of(&m)) {
                 Ok(now) if Some(now) == self.stamp => continue,
                 Ok(now) => now,
-                Err(error) => {
-                    self.warn_unreadable(&error);
-                    continue;
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    if self.unreadable.is_none() {
+                        // Gone for a moment, or for good: wait for it to
+                        // come back, then look again either way.
+                        let _ = tokio::time::timeout(MISSING_GRACE, self.changes.next()).await;
+                        if tokio::fs::metadata(path).await.is_ok() {
+                            self.look_now = true;
+                            continue;
+                        }
+                    }
+                    match self.newly_unreadable(&error) {
+                        Some(change) => return Some(change),
+                        None => continue,
+                    }
                 }
+                Err(error) => match self.newly_unreadable(&error) {
+                    Some(change) => return Some(change),
+                    None => continue,
+                },
             };
             let read = {
                 let path = self.path.clone();
@@ -147,233 +186,30 @@ impl Watcher {
             };
             let current = match read {
                 Ok(Ok(bytes)) => bytes,
-                Ok(Err(error)) => {
-                    self.warn_unreadable(&error);
-                    continue;
-                }
+                Ok(Err(error)) => match self.newly_unreadable(&error) {
+                    Some(change) => return Some(change),
+                    None => continue,
+                },
                 Err(_) => return None,
             };
-            self.unreadable = false;
+            self.unreadable = None;
             self.stamp = Some(now);
             if current != *self.last {
                 self.last = Arc::new(current);
-                return Some(self.last.clone());
+                return Some(Change::Bytes(self.last.clone()));
             }
         }
     }
 
-    /// Warns once per spell of the file being unreadable.
-    fn warn_unreadable(&mut self, error: &dyn std::fmt::Display) {
-        if !std::mem::replace(&mut self.unreadable, true) {
-            tracing::warn!(%error, file = %self.path.display(), "config file unreadable; keeping the config in force");
+    /// The file cannot be read for `error`: a change to report when the
+    /// reason differs from the last one reported.
+    fn newly_unreadable(&mut self, error: &std::io::Error) -> Option<Change> {
+        let reason = error.to_string();
+        if self.unreadable.as_ref() == Some(&reason) {
+            return None;
         }
-    }
-}
-
-/// What wakes the watcher: an inotify event in the directory of the path as
-/// given (an editor's rename, a ConfigMap's `..data` symlink swap, a write
-/// closed) or in the directory of the file it resolves to (a write through
-/// a symlink); else the fallback poll. Events are not filtered by name: a
-/// wakeup only costs a look at the file's metadata.
-struct Changes {
-    #[cfg(target_os = "linux")]
-    inotify: Option<inotify::Watch>,
-    /// Wake at least this often even without an event.
-    fallback: Option<Duration>,
-}
-
-impl Changes {
-    /// Watches the directories of `path`; polls every [`POLL`] where
-    /// inotify cannot be set up.
-    fn new(path: &Path, fallback: Option<Duration>) -> Self {
-        #[cfg(target_os = "linux")]
-        {
-            let inotify = match inotify::Watch::new(path) {
-                Ok(watch) => Some(watch),
-                Err(error) => {
-                    tracing::warn!(%error, file = %path.display(), "cannot watch the config file with inotify; polling it every 200 ms");
-                    None
-                }
-            };
-            Self { inotify, fallback }
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = path;
-            Self { fallback }
-        }
-    }
-
-    /// Completes when the file may have changed.
-    async fn next(&mut self) {
-        #[cfg(target_os = "linux")]
-        if let Some(watch) = self.inotify.as_mut() {
-            let changed = watch.changed();
-            let outcome = match self.fallback {
-                Some(period) => tokio::time::timeout(period, changed).await.ok(),
-                None => Some(changed.await),
-            };
-            if let Some(Err(error)) = outcome {
-                tracing::warn!(%error, "inotify failed; polling the config file every 200 ms");
-                self.inotify = None;
-            }
-            return;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-#[cfg(target_os = "linux")]
-mod inotify {
-    use std::mem::MaybeUninit;
-    use std::os::fd::OwnedFd;
-    use std::path::{Path, PathBuf};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
-    use rustix::io::Errno;
-    use tokio::sync::Notify;
-
-    /// Changes to a directory's entries that can change what a path in it
-    /// reads: a write closed, an entry created, moved or removed, its
-    /// metadata changed. Not `MODIFY`: a file being written (truncated,
-    /// then filled) would be read half-written; its `CLOSE_WRITE` follows.
-    const EVENTS: WatchFlags = WatchFlags::CLOSE_WRITE
-        .union(WatchFlags::CREATE)
-        .union(WatchFlags::DELETE)
-        .union(WatchFlags::MOVED_FROM)
-        .union(WatchFlags::MOVED_TO)
-        .union(WatchFlags::ATTRIB)
-        .union(WatchFlags::ONLYDIR);
-
-    /// An inotify instance watching the directory of a path and that of
-    /// the file the path resolves to. A thread of its own sleeps in a
-    /// blocking read of the instance and wakes the watcher per batch of
-    /// events; it ends when the watch is dropped.
-    pub(super) struct Watch {
-        fd: Arc<OwnedFd>,
-        path: PathBuf,
-        /// The watch on the path's own directory.
-        own: i32,
-        /// The directory of the file `path` resolves to, when it is not
-        /// `path`'s own directory, and its watch.
-        target: Option<(PathBuf, i32)>,
-        shared: Arc<Shared>,
-    }
-
-    /// What the reading thread and the watcher share.
-    #[derive(Default)]
-    struct Shared {
-        /// Woken per batch of events read.
-        events: Notify,
-        /// The read failed: inotify cannot be used any more.
-        failed: AtomicBool,
-        /// The watch was dropped: the thread ends at its next event.
-        stopped: AtomicBool,
-    }
-
-    /// The directory holding `path` (`.` for a bare file name).
-    fn parent(path: &Path) -> PathBuf {
-        match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
-    }
-
-    impl Watch {
-        pub(super) fn new(path: &Path) -> std::io::Result<Self> {
-            let fd = Arc::new(inotify::init(CreateFlags::CLOEXEC)?);
-            let own = inotify::add_watch(&*fd, parent(path), EVENTS)?;
-            let shared = Arc::new(Shared::default());
-            let (reader_fd, reader) = (fd.clone(), shared.clone());
-            std::thread::Builder::new()
-                .name("config-watch".into())
-                .spawn(move || read_events(&reader_fd, &reader))?;
-            let mut watch = Self {
-                fd,
-                path: path.to_path_buf(),
-                own,
-                target: None,
-                shared,
-            };
-            watch.follow();
-            Ok(watch)
-        }
-
-        /// Watches the directory of the file the path now resolves to (a
-        /// symlink may point elsewhere since the last look), and stops
-        /// watching the one it resolved to before.
-        fn follow(&mut self) {
-            let own = std::fs::canonicalize(parent(&self.path)).ok();
-            let target = std::fs::canonicalize(&self.path)
-                .ok()
-                .map(|file| parent(&file))
-                .filter(|dir| Some(dir) != own.as_ref());
-            if self.target.as_ref().map(|(dir, _)| dir) == target.as_ref() {
-                return;
-            }
-            if let Some((_, wd)) = self.target.take() {
-                // Gone already when its directory was removed.
-                let _ = inotify::remove_watch(&*self.fd, wd);
-            }
-            if let Some(dir) = target {
-                match inotify::add_watch(&*self.fd, &dir, EVENTS) {
-                    Ok(wd) => self.target = Some((dir, wd)),
-                    Err(error) => {
-                        tracing::debug!(%error, dir = %dir.display(), "cannot watch the config file's directory")
-                    }
-                }
-            }
-        }
-
-        /// Completes once events have arrived since the last call; an
-        /// error means inotify cannot be used any more.
-        pub(super) async fn changed(&mut self) -> std::io::Result<()> {
-            self.shared.events.notified().await;
-            if self.shared.failed.load(Ordering::Acquire) {
-                return Err(std::io::Error::other("reading inotify events failed"));
-            }
-            self.follow();
-            Ok(())
-        }
-    }
-
-    impl Drop for Watch {
-        /// Removing the watches queues `IN_IGNORED` events, which end the
-        /// reading thread's blocking read.
-        fn drop(&mut self) {
-            self.shared.stopped.store(true, Ordering::Release);
-            if let Some((_, wd)) = self.target.take() {
-                let _ = inotify::remove_watch(&*self.fd, wd);
-            }
-            let _ = inotify::remove_watch(&*self.fd, self.own);
-        }
-    }
-
-    /// The reading thread: blocks until events arrive, wakes the watcher
-    /// once per batch read.
-    fn read_events(fd: &OwnedFd, shared: &Shared) {
-        // Room for many events with long names (each is 16 bytes and its name).
-        let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
-        let mut events = inotify::Reader::new(fd, &mut buf);
-        loop {
-            match events.next() {
-                Ok(_) if shared.stopped.load(Ordering::Acquire) => return,
-                Ok(_) => {
-                    if events.is_buffer_empty() {
-                        shared.events.notify_one();
-                    }
-                }
-                Err(Errno::INTR) => {}
-                Err(error) => {
-                    tracing::debug!(%error, "reading inotify events failed");
-                    shared.failed.store(true, Ordering::Release);
-                    shared.events.notify_one();
-                    return;
-                }
-            }
-        }
+        self.unreadable = Some(reason.clone());
+        Some(Change::Unreadable(reason))
     }
 }
 
@@ -481,37 +317,18 @@ fn warn_fixed_settings(old: &Snapshot, new: &Snapshot) {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    use std::os::unix::fs::symlink;
-
     use super::*;
 
-    /// A fresh directory of its own, removed at the end.
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "tracemesh-reload-{name}-{}-{}",
-                std::process::id(),
-                fastrand::u64(..)
-            ));
-            std::fs::create_dir_all(&dir).expect("a directory");
-            Self(dir)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// Waits for the watcher to wake from inotify alone (no fallback poll);
-    /// fails instead of hanging when the event never comes.
-    async fn woken(changes: &mut Changes) {
-        tokio::time::timeout(Duration::from_secs(30), changes.next())
+    /// The watcher's next report, as text; fails instead of hanging.
+    async fn next(watcher: &mut Watcher) -> String {
+        let change = tokio::time::timeout(Duration::from_secs(30), watcher.next_change())
             .await
-            .expect("inotify never woke the watcher");
+            .expect("the watcher never reported")
+            .expect("a runtime");
+        match change {
+            Change::Bytes(bytes) => format!("bytes {}", String::from_utf8_lossy(&bytes)),
+            Change::Unreadable(reason) => format!("unreadable {reason}"),
+        }
     }
 
     /// A write between the baseline's read and the watch's setup reports
@@ -519,75 +336,43 @@ mod tests {
     /// poll, a watcher that waited for an event would never report it.
     #[tokio::test]
     async fn a_write_before_the_watch_is_set_up_is_seen_at_once() {
-        let dir = Dir::new("early");
-        let path = dir.0.join("agent.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
         std::fs::write(&path, "first").unwrap();
         let baseline = Baseline::read(&path).unwrap();
         std::fs::write(&path, "second").unwrap();
         let mut watcher = Watcher::new(path.clone(), baseline, None);
-        let seen = tokio::time::timeout(Duration::from_secs(30), watcher.next_change())
-            .await
-            .expect("the early write was never seen")
-            .expect("a runtime");
-        assert_eq!(seen.as_slice(), b"second");
+        assert_eq!(next(&mut watcher).await, "bytes second");
 
         // Then events: a rewrite with the same bytes is no change, a
         // different one is.
         std::fs::write(&path, "second").unwrap();
         std::fs::write(&path, "third").unwrap();
-        let seen = tokio::time::timeout(Duration::from_secs(30), watcher.next_change())
-            .await
-            .expect("the write was never seen")
-            .expect("a runtime");
-        assert_eq!(seen.as_slice(), b"third");
+        assert_eq!(next(&mut watcher).await, "bytes third");
     }
 
+    /// An unreadable file is reported once per reason: missing (after the
+    /// grace a save by rename-then-write needs), then a directory in its
+    /// place; a readable version ends the spell.
     #[tokio::test]
-    async fn a_write_to_the_file_wakes_the_watcher() {
-        let dir = Dir::new("write");
-        let path = dir.0.join("agent.yaml");
-        std::fs::write(&path, "a").unwrap();
-        let mut changes = Changes::new(&path, None);
-        assert!(changes.inotify.is_some(), "inotify is available here");
-        std::fs::write(&path, "b").unwrap();
-        woken(&mut changes).await;
-    }
+    async fn an_unreadable_file_is_reported_once_per_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, "first").unwrap();
+        let baseline = Baseline::read(&path).unwrap();
+        let mut watcher = Watcher::new(path.clone(), baseline, None);
 
-    #[tokio::test]
-    async fn a_write_through_a_symlink_wakes_the_watcher() {
-        let (links, files) = (Dir::new("links"), Dir::new("files"));
-        let file = files.0.join("agent.yaml");
-        std::fs::write(&file, "a").unwrap();
-        let path = links.0.join("agent.yaml");
-        symlink(&file, &path).unwrap();
-        let mut changes = Changes::new(&path, None);
-        // Only the target's directory sees this write.
-        std::fs::write(&file, "b").unwrap();
-        woken(&mut changes).await;
-    }
-
-    /// A Kubernetes ConfigMap volume: `agent.yaml → ..data/agent.yaml`,
-    /// `..data → ..<timestamp>`, updated by swapping `..data` by rename.
-    #[tokio::test]
-    async fn a_configmap_swap_wakes_the_watcher_and_changes_the_stamp() {
-        let dir = Dir::new("configmap");
-        let version = |name: &str, text: &str| {
-            std::fs::create_dir(dir.0.join(name)).unwrap();
-            std::fs::write(dir.0.join(name).join("agent.yaml"), text).unwrap();
-        };
-        version("..2026_a", "first");
-        symlink("..2026_a", dir.0.join("..data")).unwrap();
-        let path = dir.0.join("agent.yaml");
-        symlink("..data/agent.yaml", &path).unwrap();
-        let before = Stamp::of(&std::fs::metadata(&path).unwrap());
-        let mut changes = Changes::new(&path, None);
-
-        version("..2026_b", "second, longer");
-        symlink("..2026_b", dir.0.join("..data_tmp")).unwrap();
-        std::fs::rename(dir.0.join("..data_tmp"), dir.0.join("..data")).unwrap();
-        woken(&mut changes).await;
-        let after = Stamp::of(&std::fs::metadata(&path).unwrap());
-        assert_ne!(before, after, "the watcher sees a different file");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second, longer");
+        std::fs::remove_file(&path).unwrap();
+        let missing = next(&mut watcher).await;
+        assert!(missing.starts_with("unreadable No such file"), "{missing}");
+        std::fs::create_dir(&path).unwrap();
+        let directory = next(&mut watcher).await;
+        assert!(
+            directory.starts_with("unreadable Is a directory"),
+            "{directory}"
+        );
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, "second").unwrap();
+        assert_eq!(next(&mut watcher).await, "bytes second");
     }
 }

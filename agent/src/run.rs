@@ -134,6 +134,11 @@ impl Plane {
         let metrics = Metrics::new(snapshot.bootstrap.telemetry.max_series_per_metric)?;
         live.ext_authz()
             .attach(&metrics.registry, &metrics.tls_failures)?;
+        // Every result's series exists from the start, so a rate over it
+        // (an alert on `rejected`) has a zero to start from.
+        for result in ["rejected", "unreadable"] {
+            metrics.config_reloads.with_label_values(&[result]);
+        }
         metrics
             .config_reloads
             .with_label_values(&["accepted"])

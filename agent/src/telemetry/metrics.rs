@@ -87,7 +87,9 @@ pub struct Metrics {
     pub spans_failed: IntCounter,
     /// Spans dropped because the export queue was full.
     pub spans_dropped: IntCounter,
-    /// Config loads by result (`accepted`, `rejected`).
+    /// Config loads by result: `accepted`, `rejected` (invalid), and
+    /// `unreadable` (the file missing, a directory, unreadable or too large,
+    /// once per reason and spell).
     pub config_reloads: IntCounterVec,
     /// Version of the config in force.
     pub config_version: IntGauge,

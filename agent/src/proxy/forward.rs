@@ -4,6 +4,7 @@
 use std::rc::Rc;
 
 use http::Request;
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::Worker;
@@ -98,8 +99,13 @@ pub async fn send(
             .await
             .map_err(acquire_failed)?;
         match lease.sender.try_send_request(req).await {
-            // The connection goes with the response: its body is unread.
-            Ok(response) if !known_transfer_coding(response.headers()) => {
+            // A body of known length has no transfer coding to check (hyper
+            // frames by the coding when there is one). The connection goes
+            // with the response: its body is unread.
+            Ok(response)
+                if response.body().size_hint().exact().is_none()
+                    && !known_transfer_coding(response.headers()) =>
+            {
                 tracing::debug!("upstream response in an unknown transfer coding");
                 return Err(SendError::Protocol);
             }

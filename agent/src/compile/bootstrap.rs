@@ -47,8 +47,12 @@ pub(super) fn single_agent<'a>(
     match agents {
         [one] => Some(one),
         [] => {
-            let msg = "no `apiVersion: tracemesh.io/v1, kind: Agent` document: the agent needs its bootstrap";
-            diags.error(&Location::file(file), None, msg);
+            // An Agent document that could not be read is named by its own
+            // error already; saying there is none would mislead.
+            if !diags.has_errors_in_kind("Agent") {
+                let msg = "no `apiVersion: tracemesh.io/v1, kind: Agent` document: the agent needs its bootstrap";
+                diags.error(&Location::file(file), None, msg);
+            }
             None
         }
         [_, rest @ ..] => {
@@ -386,5 +390,40 @@ fn identity(
         peer_metadata,
         peer_metadata_id,
         workload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::compile::compile_text;
+
+    fn errors(text: &str) -> Vec<String> {
+        let file: Arc<str> = Arc::from("agent.yaml");
+        match compile_text(&file, text, 1, &Default::default()) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(rejected) => rejected.0.errors().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// An Agent document with a wrong field is named by that error alone,
+    /// not also called missing; a file without one still says so.
+    #[test]
+    fn an_unreadable_agent_document_is_not_also_called_missing() {
+        let wrong_type = errors(
+            "apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {name: a, namespace: default}\nspec:\n  service: a\n  concurrency: \"lots\"\n",
+        );
+        assert_eq!(wrong_type.len(), 1, "{wrong_type:?}");
+        assert!(wrong_type[0].contains("spec.concurrency"), "{wrong_type:?}");
+
+        let none = errors(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: default}\nspec: {}\n",
+        );
+        assert!(
+            none.iter()
+                .any(|e| e.contains("no `apiVersion: tracemesh.io/v1, kind: Agent` document")),
+            "{none:?}"
+        );
     }
 }

@@ -205,6 +205,18 @@ impl Diagnostics {
         self.items.iter().filter(|d| d.severity == Severity::Error)
     }
 
+    /// Whether an error names a document of `kind` (its location's
+    /// `Kind namespace/name`): one that was found but could not be read.
+    pub fn has_errors_in_kind(&self, kind: &str) -> bool {
+        self.errors().any(|d| {
+            d.location
+                .resource
+                .as_deref()
+                .and_then(|r| r.strip_prefix(kind))
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
+    }
+
     /// The warnings.
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
         self.items

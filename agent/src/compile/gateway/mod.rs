@@ -129,8 +129,11 @@ fn single<'a>(
     match docs {
         [one] => Some(one),
         [] => {
-            let msg = "no `apiVersion: tracemesh.io/v1, kind: IngressGateway` document: the gateway needs its bootstrap";
-            diags.error(&Location::file(file), None, msg);
+            // One that could not be read is named by its own error already.
+            if !diags.has_errors_in_kind("IngressGateway") {
+                let msg = "no `apiVersion: tracemesh.io/v1, kind: IngressGateway` document: the gateway needs its bootstrap";
+                diags.error(&Location::file(file), None, msg);
+            }
             None
         }
         [_, rest @ ..] => {

@@ -105,6 +105,16 @@ enum Change {
     Unreadable(String),
 }
 
+/// What became of a missing file within [`MISSING_GRACE`].
+enum Return {
+    /// It is back, and an event says it was written.
+    Written,
+    /// It is back, but no event says its writer is done with it.
+    BeingWritten,
+    /// It is still missing.
+    Missing,
+}
+
 /// How long a file that went missing may take to come back before that is
 /// reported: an editor saving by rename-then-write, or `rm` then `cat >`,
 /// leaves no file for a moment.
@@ -158,15 +168,20 @@ impl Watcher {
             let path = self.path.as_path();
             let now = match tokio::fs::metadata(path).await.map(|m| Stamp::of(&m)) {
                 Ok(now) if Some(now) == self.stamp => continue,
+                // Its writer's close wakes the watcher again.
+                Ok(_) if self.changes.being_written() => continue,
                 Ok(now) => now,
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                    if self.unreadable.is_none() {
-                        // Gone for a moment, or for good: wait for it to
-                        // come back, then look again either way.
-                        let _ = tokio::time::timeout(MISSING_GRACE, self.changes.next()).await;
-                        if tokio::fs::metadata(path).await.is_ok() {
-                            self.look_now = true;
-                            continue;
+                    if self.unreadable.as_ref() != Some(&error.to_string()) {
+                        match self.wait_for_return().await {
+                            Return::Written => {
+                                self.look_now = true;
+                                continue;
+                            }
+                            // Created meanwhile and not yet closed: its
+                            // writer's close will wake the watcher.
+                            Return::BeingWritten => continue,
+                            Return::Missing => {}
                         }
                     }
                     match self.newly_unreadable(&error) {
@@ -185,6 +200,10 @@ impl Watcher {
                     .await
             };
             let current = match read {
+                // Empty is a file created or truncated and not yet written
+                // (no config is empty): its writer's close wakes the
+                // watcher again. The config in force stays meanwhile.
+                Ok(Ok(bytes)) if bytes.is_empty() => continue,
                 Ok(Ok(bytes)) => bytes,
                 Ok(Err(error)) => match self.newly_unreadable(&error) {
                     Some(change) => return Some(change),
@@ -198,6 +217,26 @@ impl Watcher {
                 self.last = Arc::new(current);
                 return Some(Change::Bytes(self.last.clone()));
             }
+        }
+    }
+
+    /// Waits up to [`MISSING_GRACE`] for a file found missing to come back
+    /// written (an event that counts, with the file there again). An editor
+    /// saving by rename-then-write, `rm` then `cat >`, or a storm of such
+    /// saves leaves it missing for moments only.
+    async fn wait_for_return(&mut self) -> Return {
+        let deadline = tokio::time::Instant::now() + MISSING_GRACE;
+        while tokio::time::timeout_at(deadline, self.changes.next())
+            .await
+            .is_ok()
+        {
+            if tokio::fs::metadata(self.path.as_path()).await.is_ok() {
+                return Return::Written;
+            }
+        }
+        match tokio::fs::metadata(self.path.as_path()).await {
+            Ok(_) => Return::BeingWritten,
+            Err(_) => Return::Missing,
         }
     }
 
@@ -374,5 +413,38 @@ mod tests {
         std::fs::remove_dir(&path).unwrap();
         std::fs::write(&path, "second").unwrap();
         assert_eq!(next(&mut watcher).await, "bytes second");
+    }
+
+    /// A file replaced by one its writer holds open is read once the
+    /// writer closes it, however long that takes (not when the grace for
+    /// a missing file ends); an empty file is never taken for a config.
+    #[tokio::test]
+    async fn a_file_is_read_once_its_writer_is_done() {
+        use std::io::Write;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, "first").unwrap();
+        let baseline = Baseline::read(&path).unwrap();
+        let mut watcher = Watcher::new(path.clone(), baseline, None);
+        // Its first look (nothing changed) done, it waits for events.
+        let first = tokio::time::timeout(Duration::from_millis(200), watcher.next_change()).await;
+        assert!(first.is_err(), "nothing changed yet");
+
+        std::fs::remove_file(&path).unwrap();
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(b"half").unwrap();
+        let early = tokio::time::timeout(MISSING_GRACE * 2, watcher.next_change()).await;
+        assert!(early.is_err(), "read while its writer held it open");
+        file.write_all(b" and the rest").unwrap();
+        drop(file);
+        assert_eq!(next(&mut watcher).await, "bytes half and the rest");
+
+        // Truncated and closed empty: no config; the one in force stays.
+        drop(std::fs::File::create(&path).unwrap());
+        let empty = tokio::time::timeout(Duration::from_millis(500), watcher.next_change()).await;
+        assert!(empty.is_err(), "an empty file was reported");
+        std::fs::write(&path, "third").unwrap();
+        assert_eq!(next(&mut watcher).await, "bytes third");
     }
 }

@@ -173,6 +173,7 @@ pub fn prepare_response(
         headers,
         parts.status == http::StatusCode::SWITCHING_PROTOCOLS,
     );
+    settle_length(parts.status, headers);
     let mut announced = None;
     match back.direction {
         Direction::Outbound => {
@@ -190,6 +191,31 @@ pub fn prepare_response(
         edits.apply(headers);
     }
     announced
+}
+
+/// A response's `Content-Length` as the next hop must read it: a 204 or a
+/// 1xx carries none (RFC 9110 §8.6; hyper drops it on HTTP/1 but not on
+/// HTTP/2, where clients refuse the response); a length repeated within
+/// one line (`4, 4`), which hyper read as the one value it checked they
+/// all are, is written once (a client reading it as one number would
+/// wait for a body that never comes).
+fn settle_length(status: http::StatusCode, headers: &mut HeaderMap) {
+    if status == http::StatusCode::NO_CONTENT || status.is_informational() {
+        headers.remove(CONTENT_LENGTH);
+        return;
+    }
+    let Some(length) = headers.get(CONTENT_LENGTH) else {
+        return;
+    };
+    if !length.as_bytes().contains(&b',') {
+        return;
+    }
+    let first = list_members(headers, CONTENT_LENGTH)
+        .next()
+        .and_then(|first| HeaderValue::from_bytes(first).ok());
+    if let Some(first) = first {
+        headers.insert(CONTENT_LENGTH, first);
+    }
 }
 
 /// Removes headers that describe one connection only (RFC 9110 §7.6.1),

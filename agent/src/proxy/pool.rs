@@ -36,6 +36,14 @@ use crate::tls::TlsPlan;
 use crate::tls::handshake;
 use crate::tls::io::UpstreamIo;
 
+/// The most an HTTP/1.1 upstream's response head may take, in bytes:
+/// Envoy's default `max_response_headers_kb` (80 KiB). A longer head is the
+/// upstream's protocol error (502 `UPE`); passed on, an HTTP/2 client
+/// refusing the header block would end every stream of its connection.
+/// (hyper counts the status line and the header lines, and holds chunked
+/// trailers to the same bound.)
+const MAX_RESPONSE_HEAD: usize = 80 * 1024;
+
 /// Most idle HTTP/1.1 connections kept per endpoint and worker.
 const MAX_IDLE: usize = 256;
 
@@ -272,6 +280,7 @@ impl Pools {
         };
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
         let (sender, conn) = http1::Builder::new()
+            .max_header_size(MAX_RESPONSE_HEAD)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|source| AcquireError::Handshake {

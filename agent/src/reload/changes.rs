@@ -41,6 +41,16 @@ impl Changes {
         }
     }
 
+    /// Whether the file was created and its writer has not closed it yet
+    /// (as far as inotify tells; `false` when polling).
+    pub(super) fn being_written(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        if let Some(watch) = &self.inotify {
+            return watch.being_written();
+        }
+        false
+    }
+
     /// Completes when the file may have changed.
     pub(super) async fn next(&mut self) {
         #[cfg(target_os = "linux")]
@@ -221,12 +231,24 @@ mod inotify {
     struct Shared {
         /// Woken per batch of events that count.
         events: Notify,
-        /// What each watch descriptor watches, as the reader filters by.
-        watched: Mutex<HashMap<i32, Watched>>,
+        /// What each watch descriptor watches, as the reader filters by,
+        /// and which files on the way are being written.
+        table: Mutex<Table>,
         /// The read failed: inotify cannot be used any more.
         failed: AtomicBool,
         /// The watch was dropped: the thread ends at its next event.
         stopped: AtomicBool,
+    }
+
+    /// The reader's view of the watches.
+    #[derive(Default)]
+    struct Table {
+        /// What each watch descriptor watches.
+        watched: HashMap<i32, Watched>,
+        /// Files on the way created and not yet closed by their writer
+        /// (`CREATE`, no `CLOSE_WRITE` yet): read now, they would load half
+        /// a config.
+        being_written: HashSet<PathBuf>,
     }
 
     impl Watch {
@@ -240,7 +262,7 @@ mod inotify {
                 shared,
             };
             watch.follow();
-            if watch.shared.watched().is_empty() {
+            if watch.shared.table().watched.is_empty() {
                 return Err(std::io::Error::other(
                     "no directory on the way to the file can be watched",
                 ));
@@ -259,7 +281,7 @@ mod inotify {
             let way = way(&self.path);
             // Held while watches are added, so the reader waits to judge
             // the new watches' first events until it knows them.
-            let mut table = self.shared.watched();
+            let mut table = self.shared.table();
             let mut watched = HashMap::new();
             for (dir, names) in &way.dirs {
                 let Ok(wd) = inotify::add_watch(&*self.fd, dir, DIR_EVENTS) else {
@@ -286,13 +308,13 @@ mod inotify {
             {
                 watched.insert(wd, Watched::File);
             }
-            for old in table.keys() {
+            for old in table.watched.keys() {
                 if !watched.contains_key(old) {
                     // Gone already when its file or directory was removed.
                     let _ = inotify::remove_watch(&*self.fd, *old);
                 }
             }
-            *table = watched;
+            table.watched = watched;
             self.way = way;
         }
 
@@ -307,9 +329,21 @@ mod inotify {
         }
     }
 
+    impl Watch {
+        /// Whether the file the path resolves to was created and its
+        /// writer has not closed it yet.
+        pub(in crate::reload) fn being_written(&self) -> bool {
+            let table = self.shared.table();
+            self.way
+                .file
+                .as_ref()
+                .is_some_and(|file| table.being_written.contains(file))
+        }
+    }
+
     impl Shared {
-        fn watched(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Watched>> {
-            self.watched.lock().unwrap_or_else(PoisonError::into_inner)
+        fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+            self.table.lock().unwrap_or_else(PoisonError::into_inner)
         }
     }
 
@@ -318,24 +352,24 @@ mod inotify {
         /// reading thread's blocking read.
         fn drop(&mut self) {
             self.shared.stopped.store(true, Ordering::Release);
-            for wd in self.shared.watched().keys() {
+            for wd in self.shared.table().watched.keys() {
                 let _ = inotify::remove_watch(&*self.fd, *wd);
             }
         }
     }
 
     /// Whether an event may change what the path reads: any event on the
-    /// file; a directory's own move or removal; an entry on the way
-    /// created, written, moved, removed or changed — except a regular file
-    /// created empty, which is being written (its `CLOSE_WRITE` follows;
-    /// read now, it would load half a config). An overflowed queue may
-    /// have lost anything.
-    fn counts(watched: &HashMap<i32, Watched>, event: &inotify::Event<'_>) -> bool {
+    /// file; a directory's own move, removal or change of permissions; an
+    /// entry on the way written and closed, moved, removed or changed —
+    /// but not a regular file's creation: it is being written until its
+    /// writer closes it (noted in `being_written`; a hard link, created
+    /// whole, counts at once). An overflowed queue may have lost anything.
+    fn counts(table: &mut Table, event: &inotify::Event<'_>) -> bool {
         let flags = event.events();
         if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
             return true;
         }
-        match watched.get(&event.wd()) {
+        match table.watched.get(&event.wd()) {
             None => false, // a watch removed since
             Some(Watched::File) => true,
             Some(Watched::Dir { path, names }) => {
@@ -345,16 +379,36 @@ mod inotify {
                     return true;
                 }
                 let Some(name) = event.file_name() else {
-                    return false;
+                    // The directory's own metadata: a `chmod` that lets
+                    // the agent read it again.
+                    return flags.contains(ReadFlags::ATTRIB);
                 };
                 let name = OsStr::from_bytes(name.to_bytes());
                 if !names.contains(name) {
                     return false;
                 }
-                let created_empty = flags.contains(ReadFlags::CREATE)
-                    && std::fs::symlink_metadata(path.join(name))
-                        .is_ok_and(|meta| meta.file_type().is_file() && meta.len() == 0);
-                !created_empty
+                let entry = path.join(name);
+                if flags.contains(ReadFlags::CREATE) {
+                    let written = std::fs::symlink_metadata(&entry).is_ok_and(|meta| {
+                        use std::os::unix::fs::MetadataExt;
+                        meta.file_type().is_file() && meta.nlink() == 1
+                    });
+                    if written {
+                        table.being_written.insert(entry);
+                        return false;
+                    }
+                    return true;
+                }
+                if flags.intersects(
+                    ReadFlags::CLOSE_WRITE
+                        | ReadFlags::DELETE
+                        | ReadFlags::MOVED_FROM
+                        | ReadFlags::MOVED_TO,
+                ) {
+                    table.being_written.remove(&entry);
+                    return true;
+                }
+                !table.being_written.contains(&entry)
             }
         }
     }
@@ -370,7 +424,7 @@ mod inotify {
             match events.next() {
                 Ok(_) if shared.stopped.load(Ordering::Acquire) => return,
                 Ok(event) => {
-                    batch_counts |= counts(&shared.watched(), &event);
+                    batch_counts |= counts(&mut shared.table(), &event);
                     if events.is_buffer_empty() && std::mem::take(&mut batch_counts) {
                         shared.events.notify_one();
                     }
@@ -546,6 +600,20 @@ mod tests {
         not_woken(&mut changes).await;
         file.write_all(b"apiVersion: tracemesh.io/v1\n").unwrap();
         drop(file);
+        woken(&mut changes).await;
+    }
+
+    /// The directory's permissions changed (`chmod` lets the agent read
+    /// it again): a look is due.
+    #[tokio::test]
+    async fn a_change_of_the_directorys_permissions_wakes_the_watcher() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        fs::write(&path, "a").unwrap();
+        let mut changes = Changes::new(&path, None);
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o750)).unwrap();
         woken(&mut changes).await;
     }
 

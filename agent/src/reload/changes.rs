@@ -314,6 +314,22 @@ mod inotify {
                     let _ = inotify::remove_watch(&*self.fd, *old);
                 }
             }
+            // A file being written is known only while the directory it was
+            // created in is the one watched (a directory replaced under the
+            // same name holds other files).
+            let kept: HashSet<&Path> = watched
+                .iter()
+                .filter(|(wd, _)| table.watched.contains_key(wd))
+                .filter_map(|(_, w)| match w {
+                    Watched::Dir { path, .. } => Some(path.as_path()),
+                    Watched::File => None,
+                })
+                .collect();
+            let being_written = std::mem::take(&mut table.being_written);
+            table.being_written = being_written
+                .into_iter()
+                .filter(|file| file.parent().is_some_and(|dir| kept.contains(dir)))
+                .collect();
             table.watched = watched;
             self.way = way;
         }

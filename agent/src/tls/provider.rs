@@ -28,6 +28,15 @@ pub enum IdentityError {
     /// The material is unusable.
     #[error(transparent)]
     Material(#[from] MaterialError),
+    /// The certificate files' material is unusable (a chain or key that is
+    /// no PEM, a key that does not match the certificate): the files named.
+    #[error("certificate files ({files}): {source}")]
+    Files {
+        /// `certChain <path>, privateKey <path>, rootCert <path>`.
+        files: String,
+        /// What is wrong with them.
+        source: Box<MaterialError>,
+    },
     /// The CA refused or could not be reached.
     #[error(transparent)]
     Ca(#[from] tracemesh_ca::RequestError),
@@ -85,7 +94,17 @@ impl Source {
                 let chain = read(&files.cert_chain)?;
                 let key = read(&files.private_key)?;
                 let roots = read(&files.root_cert)?;
-                Ok(TlsMaterial::from_pem(&chain, &key, &roots, "files")?)
+                TlsMaterial::from_pem(&chain, &key, &roots, "files").map_err(|source| {
+                    IdentityError::Files {
+                        files: format!(
+                            "certChain {}, privateKey {}, rootCert {}",
+                            files.cert_chain.display(),
+                            files.private_key.display(),
+                            files.root_cert.display()
+                        ),
+                        source: Box::new(source),
+                    }
+                })
             }
             Self::Ca {
                 client,
@@ -192,4 +211,35 @@ fn files_fingerprint(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
                 .and_then(|m| Some((m.modified().ok()?, m.len())))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unusable certificate files are named in the error, as a missing one
+    /// already was.
+    #[tokio::test]
+    async fn unusable_certificate_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "not a certificate").unwrap();
+            path
+        };
+        let files = CertificateFiles {
+            cert_chain: file("chain.pem"),
+            private_key: file("key.pem"),
+            root_cert: file("root.pem"),
+        };
+        let chain = files.cert_chain.display().to_string();
+        let source = Source::Files(files);
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/app").unwrap();
+        let error = match source.fetch(&id).await {
+            Ok(_) => panic!("garbage was taken for a certificate"),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains(&chain), "{error}");
+        assert!(error.contains("certificate chain"), "{error}");
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use http::Request;
+use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
@@ -40,6 +40,8 @@ pub struct Forwarder<'a> {
     pub cluster: &'a Cluster,
     /// Speak HTTP/2 upstream.
     pub h2: bool,
+    /// The request offers an upgrade (a 101 may answer it).
+    pub upgrade: bool,
 }
 
 impl Upstream for Forwarder<'_> {
@@ -50,18 +52,29 @@ impl Upstream for Forwarder<'_> {
         endpoint: &Endpoint,
         request: Request<UpstreamBody>,
     ) -> Result<Sent<Incoming>, SendError> {
-        send(self.worker, endpoint, self.cluster, self.h2, request).await
+        send(
+            self.worker,
+            endpoint,
+            self.cluster,
+            self.h2,
+            self.upgrade,
+            request,
+        )
+        .await
     }
 }
 
 /// Sends `req` to `endpoint` as HTTP/2 (`h2`) or HTTP/1.1. A request that an
 /// idle connection closed under before it was written goes out again on
-/// another connection; that is not a retry.
+/// another connection; that is not a retry. An HTTP/1.1 answer that cannot
+/// be passed on (see [`unusable`]) is the upstream's protocol error, as an
+/// unreadable head is.
 pub async fn send(
     worker: &Rc<Worker>,
     endpoint: &Endpoint,
     cluster: &Cluster,
     h2: bool,
+    upgrade: bool,
     mut req: Request<UpstreamBody>,
 ) -> Result<Sent<Incoming>, SendError> {
     let plan = tls_plan(worker, cluster, endpoint, h2)?;
@@ -99,17 +112,13 @@ pub async fn send(
             .await
             .map_err(acquire_failed)?;
         match lease.sender.try_send_request(req).await {
-            // A body of known length has no transfer coding to check (hyper
-            // frames by the coding when there is one). The connection goes
-            // with the response: its body is unread.
-            Ok(response)
-                if response.body().size_hint().exact().is_none()
-                    && !known_transfer_coding(response.headers()) =>
-            {
-                tracing::debug!("upstream response in an unknown transfer coding");
-                return Err(SendError::Protocol);
-            }
             Ok(response) => {
+                // The connection goes with the response: it cannot be
+                // reused after an answer that broke the protocol.
+                if let Some(why) = unusable(&response, upgrade) {
+                    tracing::debug!(why, "upstream response cannot be passed on");
+                    return Err(SendError::Protocol);
+                }
                 return Ok(Sent {
                     response,
                     peer: lease.peer.clone(),
@@ -123,6 +132,21 @@ pub async fn send(
             },
         }
     }
+}
+
+/// Why an HTTP/1.1 response cannot be passed on, if it cannot: a 101 to a
+/// request that offered no upgrade (RFC 9110 §15.2.2: a server switches only
+/// to a protocol the request offered; passed on, the caller is left on a
+/// connection speaking neither), or a body in a transfer coding other than
+/// `chunked` alone (a body of known length has none to check: hyper frames
+/// by the coding when there is one).
+fn unusable(response: &Response<Incoming>, upgrade: bool) -> Option<&'static str> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+        return Some("a switch of protocols the request did not offer");
+    }
+    let coded = response.body().size_hint().exact().is_none();
+    (coded && !known_transfer_coding(response.headers()))
+        .then_some("a transfer coding other than chunked")
 }
 
 fn acquire_failed(error: AcquireError) -> SendError {

@@ -228,20 +228,13 @@ pub async fn handle(
         worker: &worker,
         cluster,
         h2,
+        upgrade: downstream_upgrade.is_some(),
     };
     let delivered = match attempts.run(&upstream, parts, body, &mut *ex).await {
         Ok(delivered) => delivered,
         Err(reply) => return Ok(ex.local_reply(reply)),
     };
 
-    // A switch of protocols nobody asked for cannot be passed on: the
-    // caller would be left on a connection speaking neither (RFC 9110
-    // §15.2.2: a server switches only to a protocol the request offered).
-    if delivered.response.status() == StatusCode::SWITCHING_PROTOCOLS
-        && downstream_upgrade.is_none()
-    {
-        return Ok(ex.local_reply(LocalReply::UPSTREAM_PROTOCOL_ERROR));
-    }
     // The response on its way back: peer metadata, edits, service time.
     let mut response = delivered.response;
     let mut connection = delivered.connection;

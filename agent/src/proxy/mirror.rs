@@ -137,7 +137,15 @@ impl Copy {
         let request = Request::from_parts(self.head, UpstreamBody::Full(Some(body)));
         let sent = tokio::time::timeout(
             MIRROR_TIMEOUT,
-            forward::send(&self.worker, &endpoint, &self.cluster, self.h2, request),
+            // A mirrored request never offers an upgrade.
+            forward::send(
+                &self.worker,
+                &endpoint,
+                &self.cluster,
+                self.h2,
+                false,
+                request,
+            ),
         )
         .await;
         span.set("tracemesh.mirror", Value::Bool(true));

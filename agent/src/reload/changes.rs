@@ -83,6 +83,7 @@ mod inotify {
     use std::mem::MaybeUninit;
     use std::os::fd::OwnedFd;
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
     use std::path::{Component, Path, PathBuf};
     use std::sync::atomic::{AtomicBool, Ordering};
     // The table of watches is locked by the config watcher and its reading
@@ -405,11 +406,9 @@ mod inotify {
                 }
                 let entry = path.join(name);
                 if flags.contains(ReadFlags::CREATE) {
-                    let written = std::fs::symlink_metadata(&entry).is_ok_and(|meta| {
-                        use std::os::unix::fs::MetadataExt;
-                        meta.file_type().is_file() && meta.nlink() == 1
-                    });
-                    if written {
+                    let being_written = std::fs::symlink_metadata(&entry)
+                        .is_ok_and(|meta| meta.file_type().is_file() && meta.nlink() == 1);
+                    if being_written {
                         table.being_written.insert(entry);
                         return false;
                     }

@@ -112,9 +112,6 @@ fn retry(r: &HttpRetry, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> Retry
             );
         }
     }
-    if r.retry_on.is_none() {
-        status_codes.push(503);
-    }
     RetryPolicy {
         attempts: r.attempts.max(0) as u32,
         per_try_timeout: r.per_try_timeout.map(|t| t.get()).filter(|t| !t.is_zero()),

@@ -79,6 +79,10 @@ impl RetryOn {
     pub const GATEWAY_ERROR: Self = Self(1 << 1);
     /// No response: disconnect, reset, per-try timeout.
     pub const RESET: Self = Self(1 << 2);
+    /// No response, and none of the request was written upstream: a
+    /// connection that failed or closed before the request went out
+    /// (Envoy's `reset-before-request`; safe for any method).
+    pub const RESET_BEFORE_REQUEST: Self = Self(1 << 11);
     /// The connection could not be opened.
     pub const CONNECT_FAILURE: Self = Self(1 << 3);
     /// 409.
@@ -87,6 +91,8 @@ impl RetryOn {
     pub const REFUSED_STREAM: Self = Self(1 << 5);
     /// The listed status codes.
     pub const RETRIABLE_STATUS_CODES: Self = Self(1 << 6);
+    /// Every gRPC condition: a response's `grpc-status` is read when any is on.
+    pub const GRPC: Self = Self(0b1111 << 7);
     /// gRPC CANCELLED.
     pub const GRPC_CANCELLED: Self = Self(1 << 7);
     /// gRPC DEADLINE_EXCEEDED.
@@ -101,6 +107,11 @@ impl RetryOn {
         self.0 & other.0 == other.0
     }
 
+    /// Whether any condition of `other` is on.
+    pub fn intersects(self, other: Self) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// Adds `other`.
     pub fn insert(&mut self, other: Self) {
         self.0 |= other.0;
@@ -111,7 +122,8 @@ impl RetryOn {
         Some(match name {
             "5xx" => Self::FIVE_XX,
             "gateway-error" => Self::GATEWAY_ERROR,
-            "reset" | "reset-before-request" => Self::RESET,
+            "reset" => Self::RESET,
+            "reset-before-request" => Self::RESET_BEFORE_REQUEST,
             "connect-failure" => Self::CONNECT_FAILURE,
             "retriable-4xx" => Self::RETRIABLE_4XX,
             "refused-stream" => Self::REFUSED_STREAM,
@@ -142,7 +154,10 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// Istio's policy for rules that say nothing: two retries on connect
-    /// failure, refused stream, gRPC unavailable/cancelled and 503.
+    /// failure, refused stream and gRPC unavailable/cancelled. Istio renders
+    /// `retriable-status-codes` without codes, so no HTTP status is retried:
+    /// 503 is not, since Istio 1.24 (`EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY`,
+    /// on by default: the app may have acted on a request it answered 503).
     pub fn istio_default() -> Self {
         let mut on = RetryOn::CONNECT_FAILURE;
         for c in [
@@ -157,7 +172,7 @@ impl RetryPolicy {
             attempts: 2,
             per_try_timeout: None,
             on,
-            status_codes: vec![503],
+            status_codes: Vec::new(),
             backoff: DEFAULT_BACKOFF,
         }
     }
@@ -178,24 +193,24 @@ impl RetryPolicy {
             }
     }
 
-    /// Whether a failure without a response is retried.
+    /// Whether a failure without a response is retried. As Envoy's
+    /// `wouldRetryFromReset`: `5xx`, `gateway-error` and `reset` retry every
+    /// failure (a failure becomes a 503, so it counts as one);
+    /// `reset-before-request` those that wrote none of the request;
+    /// `connect-failure` and `refused-stream` their own.
     pub fn retries_failure(&self, failure: AttemptFailure) -> bool {
         let on = self.on;
+        let any = RetryOn(RetryOn::FIVE_XX.0 | RetryOn::GATEWAY_ERROR.0 | RetryOn::RESET.0);
+        if on.intersects(any) {
+            return true;
+        }
         match failure {
-            AttemptFailure::ConnectFailure => {
-                on.contains(RetryOn::CONNECT_FAILURE)
-                    || on.contains(RetryOn::FIVE_XX)
-                    || on.contains(RetryOn::GATEWAY_ERROR)
-            }
-            AttemptFailure::Reset => on.contains(RetryOn::RESET) || on.contains(RetryOn::FIVE_XX),
-            AttemptFailure::RefusedStream => {
-                on.contains(RetryOn::REFUSED_STREAM) || on.contains(RetryOn::FIVE_XX)
-            }
-            AttemptFailure::PerTryTimeout => {
-                on.contains(RetryOn::RESET)
-                    || on.contains(RetryOn::FIVE_XX)
-                    || on.contains(RetryOn::GATEWAY_ERROR)
-            }
+            AttemptFailure::ConnectFailure => on.intersects(RetryOn(
+                RetryOn::CONNECT_FAILURE.0 | RetryOn::RESET_BEFORE_REQUEST.0,
+            )),
+            AttemptFailure::ResetBeforeRequest => on.contains(RetryOn::RESET_BEFORE_REQUEST),
+            AttemptFailure::RefusedStream => on.contains(RetryOn::REFUSED_STREAM),
+            AttemptFailure::Reset | AttemptFailure::PerTryTimeout => false,
         }
     }
 
@@ -218,8 +233,11 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 pub enum AttemptFailure {
     /// TCP connect failed or timed out.
     ConnectFailure,
-    /// The connection closed or reset before the response.
+    /// The connection closed or reset before the response, after some of
+    /// the request was written.
     Reset,
+    /// The connection closed before any of the request was written.
+    ResetBeforeRequest,
     /// HTTP/2 refused the stream.
     RefusedStream,
     /// The per-try timeout fired.
@@ -304,9 +322,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn istio_default_retries_503_and_connect_failures_only() {
+    fn istio_default_retries_connect_failures_and_no_status() {
         let policy = RetryPolicy::istio_default();
-        assert!(policy.retries_status(503, None));
+        assert!(!policy.retries_status(503, None));
         assert!(!policy.retries_status(500, None));
         assert!(!policy.retries_status(404, None));
         assert!(policy.retries_status(200, Some(14)));

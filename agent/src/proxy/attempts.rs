@@ -34,7 +34,7 @@ use crate::model::endpoint::Endpoint;
 use crate::model::live::{
     ActiveRequest, EjectionReason, MAX_CONNECTIONS, MAX_REQUESTS, Outcome, Slot,
 };
-use crate::model::policy::{AttemptFailure, RetryPolicy};
+use crate::model::policy::{AttemptFailure, RetryOn, RetryPolicy};
 use crate::telemetry::record::grpc_status;
 
 /// The client's body before the attempts take it: as it arrived, or in
@@ -189,9 +189,10 @@ pub struct Attempts<'a> {
     pub deadline: Option<Instant>,
     /// The caller's IP (consistent hashing by source IP).
     pub source_ip: IpAddr,
-    /// The request is gRPC (its answers' `grpc-status` counts).
-    pub grpc: bool,
 }
+
+/// The response header that marks an answer as rate limited, never retried.
+const RATE_LIMITED: &str = "x-envoy-ratelimited";
 
 enum Judged<B> {
     Deliver(Box<Delivered<B>>),
@@ -312,13 +313,22 @@ impl Attempts<'_> {
                     record.waited_for_connection(MAX_CONNECTIONS, waited);
                 }
                 let status = sent.response.status().as_u16();
+                // Envoy reads `grpc-status` from any answer when a gRPC
+                // condition is on, gRPC request or not.
                 let grpc = self
-                    .grpc
+                    .retry
+                    .on
+                    .intersects(RetryOn::GRPC)
                     .then(|| grpc_status(sent.response.headers()))
                     .flatten();
                 self.observe(endpoint, Outcome::Status(status), record);
                 record.answered(status, sent.peer);
-                if self.retry.retries_status(status, grpc) {
+                // An answer marked rate limited is never retried (Envoy's
+                // `x-envoy-ratelimited`): retrying would add to the load the
+                // limit sheds.
+                if self.retry.retries_status(status, grpc)
+                    && !sent.response.headers().contains_key(RATE_LIMITED)
+                {
                     if let Some(slot) = self.retry_slot(may_retry) {
                         return Judged::Retry(slot, "retriable status");
                     }

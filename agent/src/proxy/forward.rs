@@ -104,7 +104,7 @@ pub async fn send(
                 },
             }
         }
-        return Err(SendError::Failed(AttemptFailure::Reset));
+        return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest));
     }
     loop {
         let mut lease = pools
@@ -128,7 +128,8 @@ pub async fn send(
             }
             Err(mut error) => match error.take_message() {
                 Some(unsent) if lease.reused => req = unsent,
-                _ => return Err(reset(&error.into_error())),
+                Some(_) => return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest)),
+                None => return Err(reset(&error.into_error())),
             },
         }
     }

@@ -222,7 +222,6 @@ pub async fn handle(
         retry: &policy.retry,
         deadline,
         source_ip: down.peer.ip(),
-        grpc: ex.is_grpc(),
     };
     let upstream = Forwarder {
         worker: &worker,

@@ -13,14 +13,20 @@ use crate::host::{request_authority, split_host_port};
 use crate::model::Snapshot;
 use crate::model::cluster::Cluster;
 use crate::model::gateway::ChainAction;
-use crate::model::policy::{RetryPolicy, RouteAction, RoutePolicy};
+use crate::model::policy::{DEFAULT_BACKOFF, RetryOn, RetryPolicy, RouteAction, RoutePolicy};
 use crate::model::route::{HeaderEdits, Matched, RequestView, WeightedDestination};
 
-/// Inbound requests are not retried or timed out by the sidecar.
+/// Inbound requests are not timed out by the sidecar, and are retried only
+/// when none of the request reached the app (a connection refused or closed
+/// before it was written: the app restarting), twice: Istio's inbound route
+/// since 1.24 (`ENABLE_INBOUND_RETRY_POLICY`, `reset-before-request`).
 static INBOUND: LazyLock<RoutePolicy> = LazyLock::new(|| RoutePolicy {
     retry: RetryPolicy {
-        attempts: 0,
-        ..RetryPolicy::istio_default()
+        attempts: 2,
+        per_try_timeout: None,
+        on: RetryOn::RESET_BEFORE_REQUEST,
+        status_codes: Vec::new(),
+        backoff: DEFAULT_BACKOFF,
     },
     ..RoutePolicy::default()
 });

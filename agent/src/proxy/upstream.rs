@@ -62,9 +62,11 @@ impl SendError {
                 LocalReply::CONNECT_FAILURE
             }
             Self::Failed(AttemptFailure::PerTryTimeout) => LocalReply::PER_TRY_TIMEOUT,
-            Self::Failed(AttemptFailure::Reset | AttemptFailure::RefusedStream) => {
-                LocalReply::CONNECTION_TERMINATION
-            }
+            Self::Failed(
+                AttemptFailure::Reset
+                | AttemptFailure::ResetBeforeRequest
+                | AttemptFailure::RefusedStream,
+            ) => LocalReply::CONNECTION_TERMINATION,
             Self::Protocol => LocalReply::UPSTREAM_PROTOCOL_ERROR,
             Self::Overflow(limit) => LocalReply::overflow(limit),
         }

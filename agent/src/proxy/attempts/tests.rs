@@ -23,7 +23,11 @@ enum Answer {
     Status(u16),
     /// 200 with this `grpc-status`.
     Grpc(u16),
+    /// 503 marked `x-envoy-ratelimited`.
+    RateLimited,
     Reset,
+    /// The connection closed before the request was written.
+    ResetBeforeRequest,
     /// A response that broke the protocol.
     Malformed,
     ConnectFailure,
@@ -79,6 +83,9 @@ impl Upstream for Script {
             if let Some(code) = grpc {
                 response = response.header("grpc-status", code.to_string());
             }
+            if matches!(answer, Answer::RateLimited) {
+                response = response.header("x-envoy-ratelimited", "true");
+            }
             Ok(Sent {
                 response: response.body(()).expect("a response"),
                 connection: None,
@@ -90,7 +97,11 @@ impl Upstream for Script {
             Answer::Status(status) => respond(status, None, None),
             Answer::Grpc(code) => respond(200, Some(code), None),
             Answer::AfterWait(ms) => respond(200, None, Some(Duration::from_millis(ms))),
+            Answer::RateLimited => respond(503, None, None),
             Answer::Reset => Err(SendError::Failed(AttemptFailure::Reset)),
+            Answer::ResetBeforeRequest => {
+                Err(SendError::Failed(AttemptFailure::ResetBeforeRequest))
+            }
             Answer::Malformed => Err(SendError::Protocol),
             Answer::ConnectFailure => Err(SendError::Failed(AttemptFailure::ConnectFailure)),
             Answer::Overflow => Err(SendError::Overflow(MAX_CONNECTIONS)),
@@ -155,6 +166,14 @@ fn cluster(endpoints: usize, limits: PoolLimits, outlier: Option<OutlierSettings
     super::super::testing::cluster(&addresses, limits, outlier)
 }
 
+/// Istio's default policy as it was before 1.24, with 503 retried.
+fn on_503() -> RetryPolicy {
+    RetryPolicy {
+        status_codes: vec![503],
+        ..RetryPolicy::istio_default()
+    }
+}
+
 fn retry(attempts: u32, on: &[RetryOn]) -> RetryPolicy {
     let mut conditions = RetryOn::default();
     for condition in on {
@@ -188,7 +207,6 @@ async fn run(
     cluster: &Arc<Cluster>,
     policy: &RetryPolicy,
     deadline: Option<Duration>,
-    grpc: bool,
     answers: &[Answer],
 ) -> Run {
     let start = Instant::now();
@@ -197,7 +215,6 @@ async fn run(
         retry: policy,
         deadline: deadline.map(|d| start + d),
         source_ip: Ipv4Addr::LOCALHOST.into(),
-        grpc,
     };
     let script = Script::new(answers);
     let mut notes = Notes::default();
@@ -234,12 +251,11 @@ fn local_reply(run: &Run) -> LocalReply {
 #[tokio::test(start_paused = true)]
 async fn a_retriable_status_is_retried_on_another_endpoint() {
     let cluster = cluster(2, PoolLimits::default(), None);
-    let policy = RetryPolicy::istio_default();
+    let policy = on_503();
     let run = run(
         &cluster,
         &policy,
         None,
-        false,
         &[Answer::Status(503), Answer::Status(200)],
     )
     .await;
@@ -270,9 +286,9 @@ async fn a_retriable_status_is_retried_on_another_endpoint() {
 #[tokio::test(start_paused = true)]
 async fn statuses_outside_the_conditions_are_delivered_as_they_are() {
     let cluster = cluster(2, PoolLimits::default(), None);
-    let policy = RetryPolicy::istio_default();
+    let policy = on_503();
     for answer in [500, 502, 404] {
-        let run = run(&cluster, &policy, None, false, &[Answer::Status(answer)]).await;
+        let run = run(&cluster, &policy, None, &[Answer::Status(answer)]).await;
         assert_eq!(status(&run), answer, "Istio's default retries 503 only");
         assert_eq!(run.script.endpoints().len(), 1);
     }
@@ -281,7 +297,6 @@ async fn statuses_outside_the_conditions_are_delivered_as_they_are() {
         &cluster,
         &gateway,
         None,
-        false,
         &[Answer::Status(502), Answer::Status(200)],
     )
     .await;
@@ -291,9 +306,9 @@ async fn statuses_outside_the_conditions_are_delivered_as_they_are() {
 #[tokio::test(start_paused = true)]
 async fn retries_used_up_deliver_the_last_answer_with_urx() {
     let cluster = cluster(3, PoolLimits::default(), None);
-    let policy = RetryPolicy::istio_default();
+    let policy = on_503();
     let answers = [Answer::Status(503); 3];
-    let run = run(&cluster, &policy, None, false, &answers).await;
+    let run = run(&cluster, &policy, None, &answers).await;
     assert_eq!(status(&run), 503);
     assert_eq!(
         run.script.endpoints().len(),
@@ -311,8 +326,8 @@ async fn retries_used_up_deliver_the_last_answer_with_urx() {
 #[tokio::test(start_paused = true)]
 async fn a_malformed_response_is_a_502_retried_as_a_reset() {
     let cluster = cluster(2, PoolLimits::default(), None);
-    let policy = RetryPolicy::istio_default();
-    let malformed = run(&cluster, &policy, None, false, &[Answer::Malformed]).await;
+    let policy = on_503();
+    let malformed = run(&cluster, &policy, None, &[Answer::Malformed]).await;
     assert_eq!(
         reply(&malformed),
         LocalReply::UPSTREAM_PROTOCOL_ERROR.details
@@ -322,7 +337,7 @@ async fn a_malformed_response_is_a_502_retried_as_a_reset() {
 
     let on_reset = retry(1, &[RetryOn::RESET]);
     let answers = [Answer::Malformed, Answer::Status(200)];
-    let retried = run(&cluster, &on_reset, None, false, &answers).await;
+    let retried = run(&cluster, &on_reset, None, &answers).await;
     assert_eq!(status(&retried), 200);
     assert_eq!(retried.script.endpoints().len(), 2, "retried once");
 }
@@ -331,29 +346,25 @@ async fn a_malformed_response_is_a_502_retried_as_a_reset() {
 async fn no_answer_is_retried_only_under_its_condition() {
     let cluster = cluster(2, PoolLimits::default(), None);
     // Istio's default retries connect failures, not resets.
-    let policy = RetryPolicy::istio_default();
-    let reset = run(&cluster, &policy, None, false, &[Answer::Reset]).await;
+    let policy = on_503();
+    let reset = run(&cluster, &policy, None, &[Answer::Reset]).await;
     assert_eq!(reply(&reset), LocalReply::CONNECTION_TERMINATION.details);
     assert!(reset.notes.flags.is_empty(), "no retry was allowed: no URX");
     let refused = [Answer::ConnectFailure, Answer::Status(200)];
-    assert_eq!(
-        status(&run(&cluster, &policy, None, false, &refused).await),
-        200
-    );
+    assert_eq!(status(&run(&cluster, &policy, None, &refused).await), 200);
 
     let on_reset = retry(1, &[RetryOn::RESET]);
     let run2 = run(
         &cluster,
         &on_reset,
         None,
-        false,
         &[Answer::Reset, Answer::Status(200)],
     )
     .await;
     assert_eq!(status(&run2), 200);
 
     let failing = [Answer::ConnectFailure; 3];
-    let gave_up = run(&cluster, &policy, None, false, &failing).await;
+    let gave_up = run(&cluster, &policy, None, &failing).await;
     assert_eq!(reply(&gave_up), LocalReply::CONNECT_FAILURE.details);
     assert_eq!(
         gave_up.notes.flags,
@@ -362,18 +373,78 @@ async fn no_answer_is_retried_only_under_its_condition() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_grpc_status_in_headers_is_retried_for_grpc_requests() {
+async fn a_grpc_status_in_headers_is_retried_whatever_the_request() {
+    // Envoy reads grpc-status from any answer once a gRPC condition is on.
     let cluster = cluster(2, PoolLimits::default(), None);
-    let policy = RetryPolicy::istio_default();
     let answers = [Answer::Grpc(14), Answer::Grpc(0)];
-    let grpc = run(&cluster, &policy, None, true, &answers).await;
-    assert_eq!(grpc.script.endpoints().len(), 2, "UNAVAILABLE is retried");
-    let plain = run(&cluster, &policy, None, false, &answers).await;
+    let unavailable = run(&cluster, &RetryPolicy::istio_default(), None, &answers).await;
     assert_eq!(
-        plain.script.endpoints().len(),
-        1,
-        "a non-gRPC request's grpc-status is not read"
+        unavailable.script.endpoints().len(),
+        2,
+        "UNAVAILABLE is retried"
     );
+    let without = retry(2, &[RetryOn::FIVE_XX]);
+    let ignored = run(&cluster, &without, None, &answers).await;
+    assert_eq!(
+        ignored.script.endpoints().len(),
+        1,
+        "no gRPC condition is on"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_are_retried_by_the_conditions_envoy_retries_them_under() {
+    use Answer::{ConnectFailure, Reset, ResetBeforeRequest};
+    let cluster = cluster(3, PoolLimits::default(), None);
+    let tries = |on: RetryOn, first: Answer| {
+        let cluster = cluster.clone();
+        async move {
+            let run = run(
+                &cluster,
+                &retry(2, &[on]),
+                None,
+                &[first, Answer::Status(200)],
+            )
+            .await;
+            run.script.endpoints().len()
+        }
+    };
+    // 5xx, gateway-error and reset: every failure (it becomes a 503).
+    for on in [RetryOn::FIVE_XX, RetryOn::GATEWAY_ERROR, RetryOn::RESET] {
+        for failure in [Reset, ResetBeforeRequest, ConnectFailure] {
+            assert_eq!(tries(on, failure).await, 2, "{on:?} retries {failure:?}");
+        }
+    }
+    // reset-before-request: only what wrote none of the request, which is
+    // safe whatever the method.
+    let before = RetryOn::RESET_BEFORE_REQUEST;
+    assert_eq!(tries(before, ResetBeforeRequest).await, 2);
+    assert_eq!(tries(before, ConnectFailure).await, 2);
+    assert_eq!(
+        tries(before, Reset).await,
+        1,
+        "the app may have the request"
+    );
+    // connect-failure: only that.
+    assert_eq!(tries(RetryOn::CONNECT_FAILURE, ConnectFailure).await, 2);
+    assert_eq!(tries(RetryOn::CONNECT_FAILURE, ResetBeforeRequest).await, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_marked_rate_limited_is_not_retried() {
+    let cluster = cluster(2, PoolLimits::default(), None);
+    let policy = retry(2, &[RetryOn::FIVE_XX]);
+    let limited = run(&cluster, &policy, None, &[Answer::RateLimited]).await;
+    assert!(matches!(limited.result, Ok(503)));
+    assert_eq!(limited.script.endpoints().len(), 1);
+    let plain = run(
+        &cluster,
+        &policy,
+        None,
+        &[Answer::Status(503), Answer::Status(200)],
+    )
+    .await;
+    assert!(matches!(plain.result, Ok(200)), "an unmarked 503 is");
 }
 
 #[tokio::test(start_paused = true)]
@@ -381,7 +452,7 @@ async fn backoff_is_jittered_under_its_ceiling() {
     let cluster = cluster(4, PoolLimits::default(), None);
     let policy = retry(3, &[RetryOn::FIVE_XX]);
     let answers = [Answer::Status(500); 4];
-    let run = run(&cluster, &policy, None, false, &answers).await;
+    let run = run(&cluster, &policy, None, &answers).await;
     let times = run.script.times();
     assert_eq!(times.len(), 4);
     // Retry n waits up to (2^n − 1) × 25ms, never more than 250ms.
@@ -406,7 +477,6 @@ async fn a_per_try_timeout_ends_one_attempt_and_may_be_retried() {
         &cluster,
         &policy,
         None,
-        false,
         &[Answer::Hang, Answer::Status(200)],
     )
     .await;
@@ -426,7 +496,7 @@ async fn a_per_try_timeout_ends_one_attempt_and_may_be_retried() {
     // Without a condition that covers it, the per-try timeout is the answer.
     let mut strict = retry(1, &[RetryOn::CONNECT_FAILURE]);
     strict.per_try_timeout = Some(Duration::from_millis(100));
-    let timed_out = run(&cluster, &strict, None, false, &[Answer::Hang]).await;
+    let timed_out = run(&cluster, &strict, None, &[Answer::Hang]).await;
     assert_eq!(reply(&timed_out), LocalReply::PER_TRY_TIMEOUT.details);
 }
 
@@ -440,7 +510,6 @@ async fn the_overall_deadline_ends_retries_with_ut() {
         &cluster,
         &policy,
         Some(Duration::from_millis(250)),
-        false,
         &answers,
     )
     .await;
@@ -469,9 +538,9 @@ async fn the_retry_budget_and_max_retries_hold_retries_back() {
         ..PoolLimits::default()
     };
     let limited = cluster(2, limits, None);
-    let policy = RetryPolicy::istio_default();
+    let policy = on_503();
     let held = limited.state.take_retry(1).expect("the one retry slot");
-    let run1 = run(&limited, &policy, None, false, &[Answer::Status(503)]).await;
+    let run1 = run(&limited, &policy, None, &[Answer::Status(503)]).await;
     assert_eq!(status(&run1), 503, "no retry slot: the answer is delivered");
     assert!(
         run1.notes.flags.is_empty(),
@@ -482,7 +551,6 @@ async fn the_retry_budget_and_max_retries_hold_retries_back() {
         &limited,
         &policy,
         None,
-        false,
         &[Answer::Status(503), Answer::Status(200)],
     )
     .await;
@@ -494,7 +562,7 @@ async fn the_retry_budget_and_max_retries_hold_retries_back() {
         .filter_map(|_| open.state.take_retry(u64::MAX))
         .collect();
     assert_eq!(budget.len(), 3);
-    let run3 = run(&open, &policy, None, false, &[Answer::Status(503)]).await;
+    let run3 = run(&open, &policy, None, &[Answer::Status(503)]).await;
     assert_eq!(status(&run3), 503, "the budget is spent");
 }
 
@@ -506,8 +574,8 @@ async fn full_request_limits_and_pool_overflow_answer_uo() {
     };
     let busy = cluster(1, limits, None);
     let _in_flight = busy.state.take_request(1).expect("the one request slot");
-    let policy = RetryPolicy::istio_default();
-    let run1 = run(&busy, &policy, None, false, &[]).await;
+    let policy = on_503();
+    let run1 = run(&busy, &policy, None, &[]).await;
     assert_eq!(
         local_reply(&run1).decided_by,
         LocalReply::overflow(MAX_REQUESTS).decided_by
@@ -518,7 +586,7 @@ async fn full_request_limits_and_pool_overflow_answer_uo() {
     );
 
     let open = cluster(2, PoolLimits::default(), None);
-    let overflow = run(&open, &policy, None, false, &[Answer::Overflow]).await;
+    let overflow = run(&open, &policy, None, &[Answer::Overflow]).await;
     assert_eq!(
         local_reply(&overflow).decided_by,
         DecidedBy::Limit(MAX_CONNECTIONS),
@@ -543,9 +611,9 @@ async fn consecutive_errors_eject_an_endpoint_and_then_nothing_is_left() {
     };
     let cluster = cluster(1, PoolLimits::default(), Some(outlier));
     let policy = retry(0, &[]);
-    let first = run(&cluster, &policy, None, false, &[Answer::Status(500)]).await;
+    let first = run(&cluster, &policy, None, &[Answer::Status(500)]).await;
     assert!(first.notes.ejected.is_empty());
-    let second = run(&cluster, &policy, None, false, &[Answer::Status(500)]).await;
+    let second = run(&cluster, &policy, None, &[Answer::Status(500)]).await;
     assert_eq!(second.notes.ejected, [Arc::<str>::from("10.9.0.1:80")]);
     assert!(
         second
@@ -553,19 +621,18 @@ async fn consecutive_errors_eject_an_endpoint_and_then_nothing_is_left() {
             .events
             .contains(&"ejected for consecutive5xxErrors".to_owned())
     );
-    let third = run(&cluster, &policy, None, false, &[]).await;
+    let third = run(&cluster, &policy, None, &[]).await;
     assert_eq!(reply(&third), LocalReply::NO_HEALTHY_UPSTREAM.details, "UH");
 }
 
 #[tokio::test(start_paused = true)]
 async fn every_attempt_holds_a_request_slot_until_the_request_ends() {
     let cluster = cluster(2, PoolLimits::default(), None);
-    let policy = RetryPolicy::istio_default();
+    let policy = on_503();
     let run = run(
         &cluster,
         &policy,
         None,
-        false,
         &[Answer::Status(503), Answer::Status(200)],
     )
     .await;
@@ -590,8 +657,8 @@ async fn every_attempt_holds_a_request_slot_until_the_request_ends() {
 #[tokio::test(start_paused = true)]
 async fn a_wait_for_a_pooled_connection_is_recorded_with_its_limit() {
     let cluster = cluster(1, PoolLimits::default(), None);
-    let policy = RetryPolicy::istio_default();
-    let waited = run(&cluster, &policy, None, false, &[Answer::AfterWait(40)]).await;
+    let policy = on_503();
+    let waited = run(&cluster, &policy, None, &[Answer::AfterWait(40)]).await;
     assert_eq!(status(&waited), 200);
     assert!(
         waited

@@ -9,7 +9,9 @@ use regex::Regex;
 
 use super::registry::Registry;
 use crate::config::diagnostics::{Diagnostics, Location};
-use crate::config::virtual_service::{HttpFaultInjection, HttpRetry, HttpRoute, Percent};
+use crate::config::virtual_service::{
+    HeaderOperations, HttpFaultInjection, HttpRetry, HttpRoute, Percent,
+};
 use crate::host::resolve_short_name;
 use crate::model::policy::{
     Abort, DEFAULT_BACKOFF, DirectResponse, Fault, Mirror, Redirect, RetryOn, RetryPolicy, Rewrite,
@@ -27,6 +29,10 @@ pub(super) struct RuleScope<'a> {
 impl RuleScope<'_> {
     fn error(&self, diags: &mut Diagnostics, sub: &str, msg: impl Into<String>) {
         diags.error(self.loc, Some(format!("{}.{sub}", self.field)), msg);
+    }
+
+    fn warn(&self, diags: &mut Diagnostics, sub: &str, msg: impl Into<String>) {
+        diags.warn(self.loc, Some(format!("{}.{sub}", self.field)), msg);
     }
 }
 
@@ -64,7 +70,10 @@ fn action(rule: &HttpRoute) -> RouteAction {
             authority: r.authority.clone(),
             port: r.port.map(|p| p as u16),
             scheme: r.scheme.clone(),
-            port_from_request: r.derive_port.as_deref() == Some("FROM_REQUEST_PORT"),
+            // Without an authority the client's host is kept with its port
+            // (Envoy keeps the Host header), whatever derivePort says.
+            port_from_request: r.derive_port.as_deref() == Some("FROM_REQUEST_PORT")
+                || r.authority.is_none(),
             code,
         });
     }
@@ -123,13 +132,13 @@ fn retry(r: &HttpRetry, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> Retry
     }
 }
 
-/// A percentage as written (`percentage`, else the legacy integer), 100
-/// when unset; the validator refused values outside 0-100.
-fn percent(value: Option<&Percent>, legacy: Option<u32>) -> f64 {
+/// A percentage as written (`percentage`, else the legacy integer), or
+/// `unset` when neither is; the validator refused values outside 0-100.
+fn percent(value: Option<&Percent>, legacy: Option<u32>, unset: f64) -> f64 {
     let pct = value
         .map(|p| p.value)
         .or(legacy.map(f64::from))
-        .unwrap_or(100.0);
+        .unwrap_or(unset);
     pct.clamp(0.0, 100.0)
 }
 
@@ -138,12 +147,28 @@ fn percent(value: Option<&Percent>, legacy: Option<u32>) -> f64 {
 /// without `fixedDelay` and an abort with more than one error type; an abort
 /// with none, which Istio only warns about, is refused here.
 fn fault(f: &HttpFaultInjection, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> Fault {
+    // A fault without a percentage injects nothing: Istio renders Envoy's
+    // fault filter with none (abort) or 0 (delay), and its API says so. It
+    // is warned: a rule that never fires is rarely what was meant.
+    let never = |part: &str, diags: &mut Diagnostics| {
+        scope.warn(
+            diags,
+            &format!("fault.{part}"),
+            "no percentage: no request is affected (as in Istio); set percentage.value: 100 for every request",
+        );
+    };
     let delay = f.delay.as_ref().and_then(|d| {
-        let pct = percent(d.percentage.as_ref(), d.percent);
+        if d.percentage.is_none() && d.percent.is_none() {
+            never("delay", diags);
+        }
+        let pct = percent(d.percentage.as_ref(), d.percent, 0.0);
         d.fixed_delay.map(|delay| (delay.get(), pct))
     });
     let abort = f.abort.as_ref().and_then(|a| {
-        let pct = percent(a.percentage.as_ref(), None);
+        if a.percentage.is_none() {
+            never("abort", diags);
+        }
+        let pct = percent(a.percentage.as_ref(), None, 0.0);
         let abort = match (a.http_status, &a.grpc_status) {
             (Some(code), _) => StatusCode::from_u16(code as u16).ok().map(Abort::Http),
             (None, Some(name)) => grpc_code(name).map(Abort::Grpc),
@@ -209,11 +234,11 @@ fn mirrors(rule: &HttpRoute, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> 
         });
     };
     if let Some(dest) = &rule.mirror {
-        let pct = percent(rule.mirror_percentage.as_ref(), rule.mirror_percent);
+        let pct = percent(rule.mirror_percentage.as_ref(), rule.mirror_percent, 100.0);
         add(dest, pct, "mirror", diags);
     }
     for (i, m) in rule.mirrors.iter().enumerate() {
-        let pct = percent(m.percentage.as_ref(), None);
+        let pct = percent(m.percentage.as_ref(), None, 100.0);
         add(&m.destination, pct, &format!("mirrors[{i}]"), diags);
     }
     out
@@ -221,19 +246,29 @@ fn mirrors(rule: &HttpRoute, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> 
 
 /// The rule's rewrite; the validator refused `uri` with `uriRegexRewrite`,
 /// an authority that is no header value and a pattern that is no regex.
+/// `Host` or `:authority` in the rule's `headers.request` `set`/`add` is an
+/// authority rewrite too (the validator allowed one of the two places).
 fn rewrite(rule: &HttpRoute) -> Option<Rewrite> {
-    let r = rule.rewrite.as_ref()?;
-    let authority = r
-        .authority
+    let from_headers = rule
+        .headers
         .as_ref()
-        .and_then(|a| HeaderValue::try_from(a.as_str()).ok());
-    let uri_regex = r.uri_regex_rewrite.as_ref().and_then(|rr| {
+        .and_then(|h| h.request.as_ref())
+        .and_then(HeaderOperations::authority);
+    let r = rule.rewrite.as_ref();
+    if r.is_none() && from_headers.is_none() {
+        return None;
+    }
+    let authority = r
+        .and_then(|r| r.authority.as_deref())
+        .or(from_headers)
+        .and_then(|a| HeaderValue::try_from(a).ok());
+    let uri_regex = r.and_then(|r| r.uri_regex_rewrite.as_ref()).and_then(|rr| {
         Regex::new(&rr.pattern)
             .ok()
             .map(|re| (re, re2_replacement(&rr.rewrite)))
     });
     Some(Rewrite {
-        uri: r.uri.clone(),
+        uri: r.and_then(|r| r.uri.clone()),
         authority,
         uri_regex,
     })

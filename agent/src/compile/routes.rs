@@ -26,6 +26,7 @@ use crate::config::documents::Document;
 use crate::config::service_entry::ServiceEntrySpec;
 use crate::config::virtual_service::{
     HeaderOperations, Headers, HttpMatchRequest, HttpRoute, StringMatch, VirtualServiceSpec,
+    is_authority,
 };
 use crate::host::{CLUSTER_DOMAIN, resolve_short_name};
 use crate::model::policy::RoutePolicy;
@@ -516,6 +517,7 @@ fn implicit_host(fqdn: &str, registry: &Registry) -> VirtualHost {
                 weight: 100,
                 request_headers: HeaderEdits::default(),
                 response_headers: HeaderEdits::default(),
+                authority: None,
             }],
             total_weight: 100,
             request_headers: HeaderEdits::default(),
@@ -629,6 +631,12 @@ fn compile_rule(
             },
             request_headers,
             response_headers,
+            authority: dest
+                .headers
+                .as_ref()
+                .and_then(|h| h.request.as_ref())
+                .and_then(HeaderOperations::authority)
+                .and_then(|a| HeaderValue::try_from(a).ok()),
         });
     }
     let (request_headers, response_headers) = edits(
@@ -805,14 +813,18 @@ fn edits(
                 .map_err(|_| diags.error(loc, Some(f), "not a valid header value"));
             name.ok().zip(value.ok())
         };
+        // The authority a rule's request names is its rewrite, not an edit.
+        let edit = |name: &&String| side != "request" || !is_authority(name);
         compiled.set = ops
             .set
             .iter()
+            .filter(|(k, _)| edit(k))
             .filter_map(|(k, v)| pair(k, v, "set"))
             .collect();
         compiled.add = ops
             .add
             .iter()
+            .filter(|(k, _)| edit(k))
             .filter_map(|(k, v)| pair(k, v, "add"))
             .collect();
         for (i, name) in ops.remove.iter().enumerate() {
@@ -898,6 +910,74 @@ spec:
 
     const TO_V2: &str =
         "  - name: to-v2\n    route: [{destination: {host: reviews, subset: v2}}]\n";
+
+    #[test]
+    fn host_in_request_headers_is_the_authority_rewrite_once() {
+        let rules = r#"  - name: set-host
+    headers: {request: {set: {Host: a.example, x-keep: "1"}}}
+    route: [{destination: {host: reviews, subset: v1}, headers: {request: {add: {":authority": b.example}}}}]
+"#;
+        let compiled = compile(&virtual_service("[mesh]", rules));
+        let rule = &reviews(&compiled).rules[0];
+        let rewrite = rule.policy.rewrite.as_ref().expect("an authority rewrite");
+        assert_eq!(rewrite.authority.as_ref().unwrap(), "a.example");
+        let names: Vec<&str> = rule
+            .request_headers
+            .set
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(names, ["x-keep"], "the authority is no header edit");
+        assert_eq!(
+            rule.destinations[0].authority.as_ref().unwrap(),
+            "b.example"
+        );
+
+        let twice = r#"  - name: twice
+    rewrite: {authority: c.example}
+    headers: {request: {set: {host: a.example}}}
+    route: [{destination: {host: reviews}}]
+"#;
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        let yaml = format!("{MESH_FILE}---\n{}", virtual_service("[mesh]", twice));
+        let error = compile_text(&file, &yaml, 1, &LiveState::default())
+            .err()
+            .expect("an authority set twice is refused")
+            .to_string();
+        assert!(
+            error.contains("headers.request.set.host") && error.contains("multiple times"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_fault_without_a_percentage_affects_nothing_and_is_warned() {
+        let rules = r#"  - name: faulty
+    fault: {abort: {httpStatus: 418}, delay: {fixedDelay: 1s}}
+    route: [{destination: {host: reviews}}]
+"#;
+        let compiled = compile(&virtual_service("[mesh]", rules));
+        let fault = reviews(&compiled).rules[0]
+            .policy
+            .fault
+            .clone()
+            .expect("a fault");
+        assert_eq!(fault.abort.map(|(_, pct)| pct), Some(0.0));
+        assert_eq!(fault.delay.map(|(_, pct)| pct), Some(0.0));
+        let warnings: Vec<String> = compiled
+            .diagnostics
+            .warnings()
+            .map(|d| d.to_string())
+            .collect();
+        for part in ["fault.abort", "fault.delay"] {
+            assert!(
+                warnings
+                    .iter()
+                    .any(|w| w.contains(part) && w.contains("no request is affected")),
+                "{part}: {warnings:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_virtual_service_bound_to_gateways_only_does_not_apply_to_sidecars() {

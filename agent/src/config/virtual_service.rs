@@ -198,7 +198,10 @@ pub struct Headers {
     pub response: Option<HeaderOperations>,
 }
 
-/// Set, add and remove, applied in that order (as Envoy applies them).
+/// Remove, set and add, applied in that order (as Envoy's header parser
+/// applies them). On a rule's request, `Host` or `:authority` in `set` or
+/// `add` is the rule's authority rewrite (Istio renders it as
+/// `host_rewrite_literal`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderOperations {
@@ -211,6 +214,23 @@ pub struct HeaderOperations {
     /// Remove the header.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
+}
+
+impl HeaderOperations {
+    /// The authority a rule's request `set` or `add` names (`Host` or
+    /// `:authority`, any case), if it names one.
+    pub fn authority(&self) -> Option<&str> {
+        self.set
+            .iter()
+            .chain(&self.add)
+            .find(|(name, _)| is_authority(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Whether a header name in a header operation names the authority.
+pub fn is_authority(name: &str) -> bool {
+    name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case(":authority")
 }
 
 /// A redirect answered by the agent.

@@ -198,16 +198,18 @@ impl HeaderEdits {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
 
-    /// Applies the edits to `headers`.
+    /// Applies the edits to `headers`: removals first, then `set`, then
+    /// `add`, as Envoy's header parser evaluates them (a name both removed
+    /// and set ends up set).
     pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
         for (name, value) in &self.set {
             headers.insert(name.clone(), value.clone());
         }
         for (name, value) in &self.add {
             headers.append(name.clone(), value.clone());
-        }
-        for name in &self.remove {
-            headers.remove(name);
         }
     }
 }
@@ -223,6 +225,9 @@ pub struct WeightedDestination {
     pub request_headers: HeaderEdits,
     /// Response header edits of this destination.
     pub response_headers: HeaderEdits,
+    /// The authority its request is sent with (`Host` or `:authority` in
+    /// its `headers.request` `set`/`add`), over the rule's.
+    pub authority: Option<HeaderValue>,
 }
 
 /// One compiled `http[]` rule.
@@ -256,7 +261,9 @@ pub struct Matched<'r> {
     /// The rule.
     pub rule: &'r HttpRule,
     /// The `uri.prefix` that matched, if the match was by prefix (a
-    /// `rewrite.uri` replaces just that prefix).
+    /// `rewrite.uri` replaces just that prefix); `/` when the match reads no
+    /// URI, as Istio renders such a rule (Envoy's `prefix: /`, so a rewrite
+    /// to `/v2` sends `/foo` as `/v2foo`).
     pub prefix: Option<&'r str>,
     /// The matched path template (`http.route`), when the match names one.
     pub route_template: Option<&'r Arc<str>>,
@@ -268,14 +275,15 @@ impl HttpRule {
         if self.matches.is_empty() {
             return Some(Matched {
                 rule: self,
-                prefix: None,
+                prefix: Some("/"),
                 route_template: None,
             });
         }
         let m = self.matches.iter().find(|m| m.matches(req))?;
         let prefix = match &m.uri {
             Some(StrMatcher::Prefix(p)) => Some(p.as_str()),
-            _ => None,
+            Some(_) => None,
+            None => Some("/"),
         };
         Some(Matched {
             rule: self,
@@ -443,6 +451,7 @@ mod tests {
             weight,
             request_headers: HeaderEdits::default(),
             response_headers: HeaderEdits::default(),
+            authority: None,
         }
     }
 

@@ -136,13 +136,27 @@ pub async fn handle(
         ex.set_unrouted_host(host);
     }
     let policy = routed.policy();
+    // Every answer to a routed request carries the rule's response edits,
+    // the agent's own as well as the app's: Envoy's router applies them to
+    // its redirects, direct responses and local replies too.
+    let edits = routed.response_edits();
+    let edited = |mut response: Response<ProxyBody>| {
+        for edits in edits.iter().flatten() {
+            edits.apply(response.headers_mut());
+        }
+        response
+    };
     let cluster = match (&policy.action, routed.cluster) {
-        (RouteAction::Redirect(redirect), _) => return Ok(redirect_reply(ex, redirect, &req)),
+        (RouteAction::Redirect(redirect), _) => {
+            return Ok(edited(redirect_reply(ex, redirect, &req)));
+        }
         (RouteAction::Direct(direct), _) => {
-            return Ok(ex.direct(direct.status, direct.body.clone()));
+            return Ok(edited(ex.direct(direct.status, direct.body.clone())));
         }
         (RouteAction::Forward, Some(cluster)) => cluster,
-        (RouteAction::Forward, None) => return Ok(ex.local_reply(LocalReply::NO_CLUSTER)),
+        (RouteAction::Forward, None) => {
+            return Ok(edited(ex.local_reply(LocalReply::NO_CLUSTER)));
+        }
     };
     ex.set_route(routed.matched, cluster);
 
@@ -154,7 +168,7 @@ pub async fn handle(
             tokio::time::sleep(delay).await;
         }
         if let Some(reply) = injected.abort {
-            return Ok(ex.local_reply(reply));
+            return Ok(edited(ex.local_reply(reply)));
         }
     }
 
@@ -169,6 +183,9 @@ pub async fn handle(
     let caller_announced = parts.headers.contains_key(PEER_METADATA);
     if let Some(rewrite) = &policy.rewrite {
         rewrite::apply(rewrite, routed.matched.and_then(|m| m.prefix), &mut parts);
+    }
+    if let Some(authority) = routed.destination_authority() {
+        rewrite::set_authority(&mut parts, authority);
     }
     let outgoing = OutgoingRequest {
         direction: down.direction,
@@ -187,14 +204,14 @@ pub async fn handle(
         ex.inject_trace_context(headers);
     });
     if let Err(reply) = prepared {
-        return Ok(ex.local_reply(reply));
+        return Ok(edited(ex.local_reply(reply)));
     }
 
     // The body is kept for replays only when a retry or a mirror may want it.
     let replays =
         downstream_upgrade.is_none() && (policy.retry.attempts > 0 || !policy.mirrors.is_empty());
     let Some(body) = body else {
-        return Ok(ex.local_reply(LocalReply::CONNECTION_TERMINATION));
+        return Ok(edited(ex.local_reply(LocalReply::CONNECTION_TERMINATION)));
     };
     let body = BodySource::new(body, replays);
     ex.track_request_body(body.progress().clone(), body.tap().cloned());
@@ -231,7 +248,7 @@ pub async fn handle(
     };
     let delivered = match attempts.run(&upstream, parts, body, &mut *ex).await {
         Ok(delivered) => delivered,
-        Err(reply) => return Ok(ex.local_reply(reply)),
+        Err(reply) => return Ok(edited(ex.local_reply(reply))),
     };
 
     // The response on its way back: peer metadata, edits, service time.

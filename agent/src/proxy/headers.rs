@@ -37,7 +37,8 @@ pub struct OutgoingRequest<'a> {
     pub client_ip: IpAddr,
     /// The caller's verified SPIFFE identity (inbound mTLS).
     pub caller_principal: Option<&'a str>,
-    /// Rule then destination edits (outbound).
+    /// The rule's and the destination's edits, in the order they apply
+    /// (outbound; `Routed::request_edits`).
     pub edits: [Option<&'a HeaderEdits>; 2],
     /// At an ingress gateway (the mesh's edge), the scheme the client
     /// spoke: it sets `x-forwarded-proto`, and the client's IP is appended
@@ -153,7 +154,8 @@ pub struct IncomingResponse<'a> {
     pub identity: &'a Identity,
     /// Milliseconds the upstream took to answer.
     pub upstream_ms: u64,
-    /// Rule then destination edits (outbound).
+    /// The rule's and the destination's edits, in the order they apply
+    /// (outbound; `Routed::response_edits`).
     pub edits: [Option<&'a HeaderEdits>; 2],
 }
 

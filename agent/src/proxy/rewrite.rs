@@ -41,10 +41,15 @@ pub fn apply(rewrite: &Rewrite, matched_prefix: Option<&str>, parts: &mut reques
         }
     }
     if let Some(authority) = &rewrite.authority {
-        parts.headers.insert(HOST, authority.clone());
-        if let Ok(authority) = Authority::try_from(authority.as_bytes()) {
-            set_uri(parts, Some(authority), None);
-        }
+        set_authority(parts, authority);
+    }
+}
+
+/// Sends the request with `authority` as its `Host` (and URI authority).
+pub fn set_authority(parts: &mut request::Parts, authority: &HeaderValue) {
+    parts.headers.insert(HOST, authority.clone());
+    if let Ok(authority) = Authority::try_from(authority.as_bytes()) {
+        set_uri(parts, Some(authority), None);
     }
 }
 
@@ -76,10 +81,21 @@ pub fn location<B>(redirect: &Redirect, req: &http::Request<B>) -> Option<Header
         "https" => Some(443),
         _ => None,
     };
+    // The request's port goes with it, unless the scheme changes from one
+    // whose default port it is: http://a:80 becomes https://a (Envoy's
+    // processRequestHost).
+    let from = req
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .or(req.uri().scheme_str())
+        .unwrap_or("http");
+    let request_port =
+        port.filter(|p| from == scheme || !matches!((from, p), ("http", 80) | ("https", 443)));
     let port = redirect
         .port
         .or(if redirect.port_from_request {
-            port
+            request_port
         } else {
             None
         })

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use http::Request;
+use http::{HeaderValue, Request};
 
 use super::local_reply::LocalReply;
 use super::{Captured, Direction, Unregistered};
@@ -95,20 +95,53 @@ impl<'s> Routed<'s> {
         self.matched.and_then(|m| m.rule.name.as_ref())
     }
 
-    /// The rule's request edits, then the destination's.
+    /// The rule's and the destination's request edits, in the order they
+    /// apply ([`Self::edit_order`]).
     pub fn request_edits(&self) -> [Option<&'s HeaderEdits>; 2] {
-        [
+        self.edit_order(
             self.matched.map(|m| &m.rule.request_headers),
             self.destination.map(|d| &d.request_headers),
-        ]
+        )
     }
 
-    /// The rule's response edits, then the destination's.
+    /// The rule's and the destination's response edits, in the order they
+    /// apply ([`Self::edit_order`]).
     pub fn response_edits(&self) -> [Option<&'s HeaderEdits>; 2] {
-        [
+        self.edit_order(
             self.matched.map(|m| &m.rule.response_headers),
             self.destination.map(|d| &d.response_headers),
-        ]
+        )
+    }
+
+    /// The later edits win. A rule with one destination applies its own,
+    /// then the destination's (Istio appends a lone destination's headers
+    /// to the route's); a weighted rule the destination's, then its own
+    /// (Envoy applies a weighted cluster's headers before its route's).
+    fn edit_order(
+        &self,
+        rule: Option<&'s HeaderEdits>,
+        destination: Option<&'s HeaderEdits>,
+    ) -> [Option<&'s HeaderEdits>; 2] {
+        let weighted = self.matched.is_some_and(|m| m.rule.destinations.len() > 1);
+        if weighted {
+            [destination, rule]
+        } else {
+            [rule, destination]
+        }
+    }
+
+    /// The authority the request goes with when a rule or its destination
+    /// names one; the rule's wins, as Envoy's route-level
+    /// `host_rewrite_literal` wins over its weighted cluster's.
+    pub fn destination_authority(&self) -> Option<&'s HeaderValue> {
+        let rule_rewrites = self
+            .matched
+            .and_then(|m| m.rule.policy.rewrite.as_ref())
+            .is_some_and(|r| r.authority.is_some());
+        if rule_rewrites {
+            return None;
+        }
+        self.destination.and_then(|d| d.authority.as_ref())
     }
 }
 
@@ -432,7 +465,7 @@ spec:
     }
 
     #[test]
-    fn inbound_goes_to_the_app_without_retries() {
+    fn inbound_goes_to_the_app_retried_only_before_the_request_went() {
         let snapshot = snapshot();
         let req = request("productpage:9080", "/", None);
         let routed = select(&snapshot, Direction::Inbound, None, &req).expect("routed");
@@ -441,11 +474,14 @@ spec:
             &snapshot.inbound
         ));
         assert_eq!(routed.port, 9080);
+        let retry = &routed.policy().retry;
+        assert_eq!(retry.attempts, 2);
         assert_eq!(
-            routed.policy().retry.attempts,
-            0,
-            "the sidecar does not retry inbound"
+            retry.on,
+            RetryOn::RESET_BEFORE_REQUEST,
+            "only what the app cannot have seen"
         );
+        assert!(retry.status_codes.is_empty());
         assert!(routed.rule_name().is_none());
     }
 }

@@ -443,6 +443,7 @@ impl RuleBase<'_> {
                 weight,
                 request_headers,
                 response_headers,
+                authority: None,
             });
         }
         if out.len() == 1 {

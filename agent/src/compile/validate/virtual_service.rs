@@ -5,6 +5,7 @@ use crate::config::documents::Document;
 use crate::config::virtual_service::{
     CorsPolicy, Destination, Headers, HttpFaultInjection, HttpMatchRequest, HttpRedirect,
     HttpRoute, HttpRouteDestination, RouteDestination, StringMatch, VirtualServiceSpec,
+    is_authority,
 };
 use crate::host::host_matches;
 
@@ -305,7 +306,12 @@ fn http_route(c: &mut Check<'_>, field: &str, r: &HttpRoute, delegate_vs: bool) 
     {
         c.warn(f("name"), "an empty name is the same as none");
     }
-    headers(c, &f("headers"), r.headers.as_ref());
+    headers(
+        c,
+        &f("headers"),
+        r.headers.as_ref(),
+        Some(r.rewrite.as_ref().is_some_and(|rw| rw.authority.is_some())),
+    );
     for (j, m) in r.matches.iter().enumerate() {
         http_match(c, &format!("{field}.match[{j}]"), m);
     }
@@ -465,17 +471,43 @@ fn http_route(c: &mut Check<'_>, field: &str, r: &HttpRoute, delegate_vs: bool) 
 fn route_destination(c: &mut Check<'_>, field: &str, d: &HttpRouteDestination) {
     destination(c, &format!("{field}.destination"), &d.destination);
     weight(c, &format!("{field}.weight"), d.weight);
-    headers(c, &format!("{field}.headers"), d.headers.as_ref());
+    headers(
+        c,
+        &format!("{field}.headers"),
+        d.headers.as_ref(),
+        Some(false),
+    );
 }
 
-fn headers(c: &mut Check<'_>, field: &str, headers: Option<&Headers>) {
+/// A rule's or a destination's header operations. On a request
+/// (`rule_authority`: whether the rule's `rewrite` sets an authority too;
+/// `Some(false)` for a destination), `Host` and `:authority` in `set` and
+/// `add` rewrite the authority, once, as Istio's validateAuthorityRewrite
+/// allows; on a response they are refused.
+fn headers(
+    c: &mut Check<'_>,
+    field: &str,
+    headers: Option<&Headers>,
+    rule_authority: Option<bool>,
+) {
     let Some(h) = headers else { return };
+    let mut authorities = usize::from(rule_authority == Some(true));
     for (side, ops) in [("request", &h.request), ("response", &h.response)] {
         let Some(ops) = ops else { continue };
         for (op, map) in [("set", &ops.set), ("add", &ops.add)] {
             for (name, value) in map {
                 let f = format!("{field}.{side}.{op}.{name}");
-                common::header_operation_name(c, &f, name);
+                if side == "request" && rule_authority.is_some() && is_authority(name) {
+                    authorities += 1;
+                    if authorities > 1 {
+                        c.error(
+                            f.clone(),
+                            "authority header cannot be set multiple times (rewrite.authority, Host or :authority)",
+                        );
+                    }
+                } else {
+                    common::header_operation_name(c, &f, name);
+                }
                 common::header_value(c, &f, value);
             }
         }

@@ -63,6 +63,8 @@ pub struct Exchange {
     /// the Agent's own log applies).
     access_logs: Option<(Arc<TelemetryPolicy>, Side)>,
     done: bool,
+    /// The request is a HEAD: the agent's own answers send no body.
+    head: bool,
     /// Keeps the connection from counting as idle until the request is over.
     _stream: super::activity::Stream,
 }
@@ -156,6 +158,7 @@ impl Exchange {
                 .is_some()
                 .then(|| (telemetry.clone(), side)),
             done: false,
+            head: req.method() == http::Method::HEAD,
             _stream: down.activity.start(),
         });
         let Self { span, record, .. } = &mut *exchange;
@@ -382,6 +385,18 @@ impl Exchange {
     pub fn reply(mut self: Box<Self>, response: Response<()>, body: Bytes) -> Response<ProxyBody> {
         self.record.status = response.status().as_u16();
         let (mut parts, ()) = response.into_parts();
+        // A HEAD is answered with the length of the body a GET would get
+        // and no body: one left unsent would never end, and the request
+        // would be logged as the client's disconnect (DC).
+        let body = if self.head && !body.is_empty() {
+            parts
+                .headers
+                .entry(http::header::CONTENT_LENGTH)
+                .or_insert_with(|| HeaderValue::from(body.len()));
+            Bytes::new()
+        } else {
+            body
+        };
         if let Some(extra) = self.extra_headers.take() {
             parts.headers.extend(extra);
         }

@@ -172,7 +172,10 @@ impl Cluster {
     }
 
     /// Whether ejecting one more endpoint stays within `maxEjectionPercent`
-    /// (one ejection is always allowed, as in Envoy).
+    /// of the cluster's endpoints, as Envoy's `ejectHost` judges it: under
+    /// the default 10%, a cluster of fewer than ten endpoints ejects none
+    /// (Envoy's `always_eject_one_host`, which would allow one, is off, and
+    /// Istio does not set it).
     pub fn may_eject(&self, settings: &OutlierSettings) -> bool {
         let now = now_ms();
         let ejected = self
@@ -181,7 +184,7 @@ impl Cluster {
             .filter(|e| e.state.is_ejected(now))
             .count() as u64;
         let n = self.endpoints.len() as u64;
-        ejected == 0 || (ejected + 1) * 100 <= u64::from(settings.max_ejection_percent) * n
+        (ejected + 1) * 100 <= u64::from(settings.max_ejection_percent) * n
     }
 }
 

@@ -110,6 +110,11 @@ impl BodySource {
         &self.progress
     }
 
+    /// Whether the request has no body at all.
+    pub fn is_empty(&self) -> bool {
+        matches!(self.kept, Kept::Empty)
+    }
+
     /// The kept body, for mirrors (`None`: not kept, or none).
     pub fn tap(&self) -> Option<&Tap> {
         match &self.kept {

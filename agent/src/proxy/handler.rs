@@ -215,6 +215,9 @@ pub async fn handle(
     };
     let body = BodySource::new(body, replays);
     ex.track_request_body(body.progress().clone(), body.tap().cloned());
+    if body.is_empty() {
+        headers::frame_empty_body(&mut parts, h2);
+    }
 
     // Mirrors get copies, fire-and-forget, before the real request goes.
     if !policy.mirrors.is_empty() {

@@ -104,6 +104,29 @@ pub fn prepare_request(
     set_target(parts, out.h2)
 }
 
+/// Frames a request that has no body for an HTTP/1.1 upstream: a method
+/// that gives a body meaning (all but GET, HEAD, DELETE, TRACE and CONNECT,
+/// RFC 9110 §9.3) goes with `content-length: 0`, as RFC 9110 §8.6 asks of a
+/// sender and as Envoy's HTTP/1 codec writes it (servers answer 411 to a
+/// POST of unknown length); the others go with no framing at all.
+pub(super) fn frame_empty_body(parts: &mut request::Parts, h2: bool) {
+    use http::Method;
+    let bodiless = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::TRACE | Method::CONNECT
+    );
+    if h2 || bodiless {
+        return;
+    }
+    let framed =
+        parts.headers.contains_key(CONTENT_LENGTH) || parts.headers.contains_key(TRANSFER_ENCODING);
+    if !framed {
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+}
+
 /// Puts the URI and version in the form the upstream protocol wants:
 /// origin-form with `Host` for HTTP/1.1, absolute with `:authority` for HTTP/2.
 pub(super) fn set_target(parts: &mut request::Parts, h2: bool) -> Result<(), LocalReply> {

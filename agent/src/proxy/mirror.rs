@@ -134,7 +134,13 @@ impl Copy {
         };
         let endpoint = self.cluster.endpoints[index].clone();
         let _active = endpoint.state.start_request();
-        let request = Request::from_parts(self.head, UpstreamBody::Full(Some(body)));
+        // A copy of a request without a body has none either (an empty
+        // body of known length would go out with `content-length: 0`).
+        if body.is_empty() {
+            headers::frame_empty_body(&mut self.head, self.h2);
+        }
+        let body = (!body.is_empty()).then_some(body);
+        let request = Request::from_parts(self.head, UpstreamBody::Full(body));
         let sent = tokio::time::timeout(
             MIRROR_TIMEOUT,
             // A mirrored request never offers an upgrade.

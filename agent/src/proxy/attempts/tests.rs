@@ -626,6 +626,35 @@ async fn consecutive_errors_eject_an_endpoint_and_then_nothing_is_left() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn max_ejection_percent_counts_the_first_ejection_too() {
+    // Envoy 1.40 without always_eject_one_host: ejecting one of n hosts
+    // must itself stay within the percentage.
+    let outlier = |max_ejection_percent| OutlierSettings {
+        consecutive_5xx: 1,
+        consecutive_gateway: 0,
+        interval: Duration::from_secs(10),
+        base_ejection: Duration::from_secs(30),
+        max_ejection_percent,
+        min_health_percent: 0,
+    };
+    let policy = retry(0, &[]);
+    for (hosts, percent, ejected) in [
+        (1, 10, false),
+        (5, 10, false),
+        (10, 10, true),
+        (1, 100, true),
+    ] {
+        let cluster = cluster(hosts, PoolLimits::default(), Some(outlier(percent)));
+        let failed = run(&cluster, &policy, None, &[Answer::Status(500)]).await;
+        assert_eq!(
+            !failed.notes.ejected.is_empty(),
+            ejected,
+            "{hosts} hosts at {percent}%"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn every_attempt_holds_a_request_slot_until_the_request_ends() {
     let cluster = cluster(2, PoolLimits::default(), None);
     let policy = on_503();

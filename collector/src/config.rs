@@ -60,6 +60,14 @@ pub struct CollectorConfig {
     /// What one span may carry (OpenTelemetry's span limits): attributes
     /// per span, key and value lengths, events and links.
     pub span_limits: SpanLimits,
+    /// Label sets (series) each span-derived metric family on `/metrics`
+    /// holds at most (`traces_span_metrics_*`, `traces_service_graph_*`,
+    /// `tracemesh_service_*`): the first ones seen are kept; measurements
+    /// of further label sets go to the family's one overflow series,
+    /// labelled only `otel_metric_overflow="true"`, and are counted in
+    /// `tracemesh_collector_metric_series_overflow_total` (OpenTelemetry's
+    /// metrics SDK cardinality limit). 1 to 1048576; default 5000.
+    pub max_series_per_metric: usize,
     /// Where received spans and metrics are forwarded. Default none.
     pub exporters: Vec<ExporterConfig>,
 }
@@ -193,6 +201,7 @@ impl Default for CollectorConfig {
             index_memory: ByteSize(128 << 20),
             wal_segment_size: ByteSize(64 << 20),
             span_limits: SpanLimits::default(),
+            max_series_per_metric: crate::spanmetrics::DEFAULT_MAX_SERIES,
             exporters: Vec::new(),
         }
     }
@@ -311,6 +320,12 @@ impl CollectorConfig {
                 "attribute_key_length_limit and attribute_value_length_limit must be positive",
             );
         }
+        if !(1..=crate::spanmetrics::MAX_SERIES_BOUND).contains(&self.max_series_per_metric) {
+            return invalid(
+                "max_series_per_metric",
+                &format!("must be from 1 to {}", crate::spanmetrics::MAX_SERIES_BOUND),
+            );
+        }
         if self.index_memory.0 < 16 << 20 {
             return invalid("index_memory", "must be at least 16MiB");
         }
@@ -359,6 +374,30 @@ mod tests {
             CollectorConfig::from_yaml("listen:\n  otlp_grcp: 127.0.0.1:0\n").unwrap_err();
         assert_eq!(field, "listen.otlp_grcp");
         assert!(message.contains("otlp_grcp"), "{message}");
+    }
+
+    #[test]
+    fn the_series_cap_is_read_and_kept_in_range() {
+        let config = CollectorConfig::from_yaml("max_series_per_metric: 20\n").unwrap();
+        assert_eq!(config.max_series_per_metric, 20);
+        config.validate().unwrap();
+        assert_eq!(
+            CollectorConfig::default().max_series_per_metric,
+            crate::spanmetrics::DEFAULT_MAX_SERIES
+        );
+        for max_series_per_metric in [0, crate::spanmetrics::MAX_SERIES_BOUND + 1] {
+            let config = CollectorConfig {
+                max_series_per_metric,
+                ..Default::default()
+            };
+            assert!(matches!(
+                config.validate(),
+                Err(ConfigError::Invalid {
+                    field: "max_series_per_metric",
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]

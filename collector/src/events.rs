@@ -11,6 +11,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus::IntCounter;
+
 use crate::error::IngestError;
 use crate::ingest::limits::Limited;
 use crate::ingest::validate::Rejected;
@@ -171,6 +173,23 @@ pub fn batch_refused(metrics: &Metrics, receiver: Receiver, spans: u64, error: &
             "batch refused"
         );
     }
+}
+
+/// A measurement of span-derived `metric` folded into the metric's
+/// overflow series: its label set was new and the metric holds its cap of
+/// `cap` series. Counted in `folded`
+/// (`tracemesh_collector_metric_series_overflow_total{metric}`); logged at
+/// WARN on the first measurement folded of each metric, as that is when
+/// the metric's numbers by label start to be partial.
+pub fn series_folded(metric: &'static str, cap: usize, folded: &IntCounter) {
+    if folded.get() == 0 {
+        tracing::warn!(
+            metric,
+            max_series_per_metric = cap,
+            "metric series cap reached: new label sets are counted in its otel_metric_overflow=\"true\" series and in tracemesh_collector_metric_series_overflow_total (raise max_series_per_metric if they are legitimate)"
+        );
+    }
+    folded.inc();
 }
 
 /// A connection closed by a listener timeout (a slow or idle client; the

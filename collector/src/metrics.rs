@@ -236,6 +236,12 @@ pub struct Metrics {
     pub exporter_dropped_metric_points: IntCounterVec,
     /// Spans waiting in each exporter's queue.
     pub exporter_queue_spans: IntGaugeVec,
+    /// Measurements of a span-derived metric folded into its overflow
+    /// series (`otel_metric_overflow="true"`), by metric: their label set
+    /// was new when the metric held `max_series_per_metric` series (see
+    /// [`crate::spanmetrics`]). Its series start at zero when the
+    /// span-derived metrics are created.
+    pub metric_series_overflow: IntCounterVec,
 }
 
 impl Metrics {
@@ -368,6 +374,11 @@ impl Metrics {
                 ),
                 &["exporter"],
             )?,
+            metric_series_overflow: counter(
+                "tracemesh_collector_metric_series_overflow_total",
+                "Measurements of a span-derived metric folded into its overflow series (otel_metric_overflow=\"true\") because their label set was new when the metric held max_series_per_metric series, by metric.",
+                &["metric"],
+            )?,
             registry,
         };
         metrics.register_all()?;
@@ -427,7 +438,8 @@ impl Metrics {
         r.register(Box::new(self.exporter_dropped_spans.clone()))?;
         r.register(Box::new(self.exporter_sent_metric_points.clone()))?;
         r.register(Box::new(self.exporter_dropped_metric_points.clone()))?;
-        r.register(Box::new(self.exporter_queue_spans.clone()))
+        r.register(Box::new(self.exporter_queue_spans.clone()))?;
+        r.register(Box::new(self.metric_series_overflow.clone()))
     }
 
     /// The registry's families in Prometheus text format.

@@ -103,7 +103,7 @@ impl Collector {
     /// replays what the index lacks, commits, and drops expired partitions.
     pub fn open(config: CollectorConfig) -> Result<Self, CollectorError> {
         let metrics = Metrics::new()?;
-        let span_metrics = SpanMetrics::new(&metrics.registry)?;
+        let span_metrics = SpanMetrics::new(&metrics, config.max_series_per_metric)?;
         let store = SpanStore::open(
             &config.data_dir,
             config.partition.0.as_secs(),

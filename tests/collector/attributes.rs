@@ -1,13 +1,16 @@
 //! Attribute costs: a span with 100,000 attributes is handled in linear
-//! time, and OpenTelemetry's span limits (count, key length, value length)
+//! time, OpenTelemetry's span limits (count, key length, value length)
 //! bound what one span may carry, recording what they dropped in
-//! `dropped_attributes_count`.
+//! `dropped_attributes_count`, and a new `service.name` per span does not
+//! add series to the span-derived metrics past their cap.
 
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 use crate::harness::{Collector, batch, now_nanos, random_trace_id, runtime, wait_for_trace};
 
@@ -122,4 +125,130 @@ fn span_limits_drop_and_count_what_a_span_may_not_carry() {
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
     collector.stop();
+}
+
+/// The samples of `name` on `/metrics`: how many carry labels other than
+/// the overflow label, the overflow series' value, and the sum of all.
+fn census(metrics: &str, name: &str) -> (usize, Option<f64>, f64) {
+    let mut labelled = 0;
+    let mut overflow = None;
+    let mut sum = 0.0;
+    for line in metrics.lines() {
+        let Some((labels, value)) = line
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('{')?.rsplit_once("} "))
+        else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap();
+        sum += value;
+        if labels == r#"otel_metric_overflow="true""# {
+            overflow = Some(value);
+        } else {
+            labelled += 1;
+        }
+    }
+    (labelled, overflow, sum)
+}
+
+#[test]
+fn span_derived_metrics_fold_new_services_past_their_cap_into_an_overflow_series() {
+    // A million service names made /metrics 106 MB (the service graph's
+    // series were never capped), and past the span metrics' cap a new
+    // service's spans were counted nowhere.
+    const CAP: usize = 20;
+    let services = 10 * CAP;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("collector.yaml");
+    std::fs::write(
+        &config,
+        format!("commit_interval: 100ms\nmax_series_per_metric: {CAP}\n"),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let collector = Collector::start(&data, &["--config", &config.display().to_string()]);
+    // Each service calls its own server: a CLIENT and a SERVER span, paired
+    // into a service-graph edge.
+    let trace = random_trace_id();
+    let start = now_nanos();
+    let resource_spans = (0..services)
+        .flat_map(|i| {
+            let client_id = (2 * i as u64 + 1).to_be_bytes().to_vec();
+            let span = |kind: i32, span_id: Vec<u8>, parent_span_id: Vec<u8>| Span {
+                trace_id: trace.0.to_vec(),
+                span_id,
+                parent_span_id,
+                name: "GET /".into(),
+                kind,
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + 1_000_000,
+                ..Default::default()
+            };
+            [
+                (
+                    format!("client-{i}"),
+                    span(3, client_id.clone(), Vec::new()),
+                ),
+                (
+                    format!("server-{i}"),
+                    span(2, (2 * i as u64 + 2).to_be_bytes().to_vec(), client_id),
+                ),
+            ]
+        })
+        .map(|(service, span)| ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name".into(), service)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .collect();
+    export(&collector, ExportTraceServiceRequest { resource_spans });
+
+    let spans = 2 * services;
+    // Spans are in the span metrics before their commit makes them
+    // searchable.
+    wait_for_trace(&data, trace, spans);
+    let metrics = collector.metrics();
+    for (name, total) in [
+        ("traces_span_metrics_calls_total", spans),
+        ("traces_span_metrics_duration_milliseconds_count", spans),
+        ("tracemesh_service_requests_total", spans),
+        ("traces_service_graph_request_total", services),
+        (
+            "traces_service_graph_request_server_seconds_count",
+            services,
+        ),
+    ] {
+        let (labelled, overflow, sum) = census(&metrics, name);
+        assert_eq!(labelled, CAP, "{name}: series held at the cap");
+        assert_eq!(
+            overflow,
+            Some((total - CAP) as f64),
+            "{name}: the rest folded"
+        );
+        assert_eq!(sum, total as f64, "{name}: nothing lost");
+        let folded = format!(
+            r#"tracemesh_collector_metric_series_overflow_total{{metric="{}"}} {}"#,
+            name.trim_end_matches("_count"),
+            total - CAP
+        );
+        assert!(metrics.contains(&folded), "{folded} in {metrics}");
+    }
+    let log = collector.stop();
+    let warnings = |metric: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("WARN")
+                    && l.contains("metric series cap reached")
+                    && l.contains(&format!(r#"metric="{metric}""#))
+            })
+            .count()
+    };
+    assert_eq!(warnings("traces_span_metrics_calls_total"), 1, "{log}");
+    assert_eq!(warnings("traces_service_graph_request_total"), 1, "{log}");
 }

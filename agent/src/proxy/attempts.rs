@@ -194,7 +194,14 @@ pub struct Attempts<'a> {
     pub deadline: Option<Instant>,
     /// The caller's IP (consistent hashing by source IP).
     pub source_ip: IpAddr,
+    /// Each attempt carries its number in `x-envoy-attempt-count` (1 for
+    /// the first), as Istio's outbound and gateway routes have Envoy do
+    /// (`include_request_attempt_count`); inbound requests carry none.
+    pub count_attempts: bool,
 }
+
+/// The header that numbers an attempt.
+const ATTEMPT_COUNT: http::HeaderName = http::HeaderName::from_static("x-envoy-attempt-count");
 
 /// The response header that marks an answer as rate limited, never retried.
 const RATE_LIMITED: &str = "x-envoy-ratelimited";
@@ -251,6 +258,11 @@ impl Attempts<'_> {
             } else {
                 head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?
             };
+            if self.count_attempts {
+                parts
+                    .headers
+                    .insert(ATTEMPT_COUNT, http::HeaderValue::from(attempt + 1));
+            }
             if attempt > 0 {
                 record.sending_retry(attempt, endpoint, &mut parts.headers);
             }

@@ -242,6 +242,7 @@ pub async fn handle(
         retry: &policy.retry,
         deadline,
         source_ip: down.peer.ip(),
+        count_attempts: down.direction == Direction::Outbound || down.gateway.is_some(),
     };
     let upstream = Forwarder {
         worker: &worker,

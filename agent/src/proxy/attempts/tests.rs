@@ -42,6 +42,8 @@ enum Answer {
 struct Script {
     answers: RefCell<VecDeque<Answer>>,
     sent: RefCell<Vec<(Arc<str>, Instant)>>,
+    /// Each attempt's `x-envoy-attempt-count`.
+    counts: RefCell<Vec<String>>,
 }
 
 impl Script {
@@ -49,6 +51,7 @@ impl Script {
         Self {
             answers: RefCell::new(answers.iter().copied().collect()),
             sent: RefCell::default(),
+            counts: RefCell::default(),
         }
     }
 
@@ -67,9 +70,13 @@ impl Upstream for Script {
     async fn send(
         &self,
         endpoint: &Endpoint,
-        _request: Request<UpstreamBody>,
+        request: Request<UpstreamBody>,
     ) -> Result<Sent<()>, SendError> {
         let now = Instant::now();
+        let count = request.headers().get("x-envoy-attempt-count");
+        self.counts
+            .borrow_mut()
+            .push(count.map_or("-".into(), |c| c.to_str().unwrap().to_owned()));
         self.sent
             .borrow_mut()
             .push((endpoint.address_text.clone(), now));
@@ -215,6 +222,7 @@ async fn run(
         retry: policy,
         deadline: deadline.map(|d| start + d),
         source_ip: Ipv4Addr::LOCALHOST.into(),
+        count_attempts: true,
     };
     let script = Script::new(answers);
     let mut notes = Notes::default();
@@ -428,6 +436,19 @@ async fn failures_are_retried_by_the_conditions_envoy_retries_them_under() {
     // connect-failure: only that.
     assert_eq!(tries(RetryOn::CONNECT_FAILURE, ConnectFailure).await, 2);
     assert_eq!(tries(RetryOn::CONNECT_FAILURE, ResetBeforeRequest).await, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_attempt_carries_its_number() {
+    let cluster = cluster(3, PoolLimits::default(), None);
+    let answers = [
+        Answer::Status(500),
+        Answer::Status(502),
+        Answer::Status(200),
+    ];
+    let run = run(&cluster, &retry(2, &[RetryOn::FIVE_XX]), None, &answers).await;
+    assert!(matches!(run.result, Ok(200)));
+    assert_eq!(*run.script.counts.borrow(), ["1", "2", "3"]);
 }
 
 #[tokio::test(start_paused = true)]

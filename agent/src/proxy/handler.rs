@@ -14,7 +14,9 @@ use super::forward::Forwarder;
 use super::headers::{self, IncomingResponse, OutgoingRequest};
 use super::local_reply::LocalReply;
 use super::mirror::Copies;
-use super::{Direction, Downstream, Worker, access, canonical, fault, rewrite, route, upgrade};
+use super::{
+    Direction, Downstream, Worker, access, canonical, fault, grpc_timeout, rewrite, route, upgrade,
+};
 use crate::model::access::AccessOutcome;
 use crate::model::capture::OutboundTrafficMode;
 use crate::model::policy::{RouteAction, roll};
@@ -236,7 +238,12 @@ pub async fn handle(
 
     // The retry loop: pick an endpoint, respect the pool's limits, forward
     // under the timeouts, judge the outcome.
-    let deadline = policy.timeout.map(|t| tokio::time::Instant::now() + t);
+    let timeout = if ex.is_grpc() {
+        grpc_timeout::bound(policy.timeout, &mut parts.headers)
+    } else {
+        policy.timeout
+    };
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let attempts = Attempts {
         cluster,
         retry: &policy.retry,

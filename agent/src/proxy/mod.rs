@@ -16,6 +16,7 @@ mod exchange;
 mod fault;
 mod forward;
 mod gateway;
+mod grpc_timeout;
 mod handler;
 mod headers;
 mod interception;

@@ -29,6 +29,7 @@ use crate::config::virtual_service::{
     is_authority,
 };
 use crate::host::{CLUSTER_DOMAIN, resolve_short_name};
+use crate::model::header_format::{HeaderFormat, Parsed};
 use crate::model::policy::RoutePolicy;
 use crate::model::route::{
     HeaderEdits, HttpRule, RouteMatch, RouteTable, StrMatcher, VirtualHost, WeightedDestination,
@@ -805,28 +806,29 @@ fn edits(
             return HeaderEdits::default();
         };
         let mut compiled = HeaderEdits::default();
-        let mut pair = |name: &str, value: &str, op: &str| {
-            let f = format!("{field}.{side}.{op}.{name}");
-            let name = HeaderName::try_from(name.to_ascii_lowercase())
-                .map_err(|_| diags.error(loc, Some(f.clone()), "not a header name"));
-            let value = HeaderValue::try_from(value)
-                .map_err(|_| diags.error(loc, Some(f), "not a valid header value"));
-            name.ok().zip(value.ok())
-        };
         // The authority a rule's request names is its rewrite, not an edit.
         let edit = |name: &&String| side != "request" || !is_authority(name);
-        compiled.set = ops
-            .set
-            .iter()
-            .filter(|(k, _)| edit(k))
-            .filter_map(|(k, v)| pair(k, v, "set"))
-            .collect();
-        compiled.add = ops
-            .add
-            .iter()
-            .filter(|(k, _)| edit(k))
-            .filter_map(|(k, v)| pair(k, v, "add"))
-            .collect();
+        let ops_by_kind = [("set", &ops.set, false), ("add", &ops.add, true)];
+        for (op, map, add) in ops_by_kind {
+            for (name, value) in map.iter().filter(|(k, _)| edit(k)) {
+                let f = format!("{field}.{side}.{op}.{name}");
+                let Ok(name) = HeaderName::try_from(name.to_ascii_lowercase()) else {
+                    diags.error(loc, Some(f), "not a header name");
+                    continue;
+                };
+                // Envoy's substitutions (`%PROTOCOL%`, `%%`, …), as Istio
+                // passes the value on to it.
+                match HeaderFormat::parse(value, side == "request") {
+                    Ok(Parsed::Static(text)) => match HeaderValue::try_from(text) {
+                        Ok(value) if add => compiled.add.push((name, value)),
+                        Ok(value) => compiled.set.push((name, value)),
+                        Err(_) => diags.error(loc, Some(f), "not a valid header value"),
+                    },
+                    Ok(Parsed::Format(format)) => compiled.formatted.push((name, format, add)),
+                    Err(why) => diags.error(loc, Some(f), why),
+                }
+            }
+        }
         for (i, name) in ops.remove.iter().enumerate() {
             match HeaderName::try_from(name.to_ascii_lowercase()) {
                 Ok(h) => compiled.remove.push(h),

@@ -13,6 +13,7 @@ pub mod destination;
 pub mod endpoint;
 pub mod expr;
 pub mod gateway;
+pub mod header_format;
 pub mod jwks;
 pub mod live;
 pub mod mesh;

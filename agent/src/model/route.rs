@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
 
 use super::destination::DestinationTarget;
+use super::header_format::{FormatContext, HeaderFormat};
 
 /// A compiled string condition.
 #[derive(Debug, Clone)]
@@ -181,7 +182,7 @@ fn header_matches(headers: &HeaderMap, name: &HeaderName, matcher: &StrMatcher) 
     }
 }
 
-/// Header edits, applied set → add → remove as Envoy does.
+/// Header edits, applied remove → set → add as Envoy's header parser does.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderEdits {
     /// Replace.
@@ -190,18 +191,31 @@ pub struct HeaderEdits {
     pub add: Vec<(HeaderName, HeaderValue)>,
     /// Delete.
     pub remove: Vec<HeaderName>,
+    /// Values with Envoy's substitutions, filled per request and applied
+    /// after the others: the name, the value, and whether it is added
+    /// (`add`) rather than set.
+    pub formatted: Vec<(HeaderName, HeaderFormat, bool)>,
 }
 
 impl HeaderEdits {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+        self.set.is_empty()
+            && self.add.is_empty()
+            && self.remove.is_empty()
+            && self.formatted.is_empty()
     }
 
     /// Applies the edits to `headers`: removals first, then `set`, then
     /// `add`, as Envoy's header parser evaluates them (a name both removed
-    /// and set ends up set).
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    /// and set ends up set). Formatted values are filled from `ctx` and,
+    /// for `%REQ(…)%` (request edits only), from `headers` as they were.
+    pub fn apply(&self, headers: &mut HeaderMap, ctx: &FormatContext) {
+        let formatted: Vec<(&HeaderName, Option<HeaderValue>, bool)> = self
+            .formatted
+            .iter()
+            .map(|(name, format, add)| (name, format.render(ctx, Some(headers)), *add))
+            .collect();
         for name in &self.remove {
             headers.remove(name);
         }
@@ -210,6 +224,17 @@ impl HeaderEdits {
         }
         for (name, value) in &self.add {
             headers.append(name.clone(), value.clone());
+        }
+        for (name, value, add) in formatted {
+            match (value, add) {
+                (Some(value), true) => {
+                    headers.append(name.clone(), value);
+                }
+                (Some(value), false) => {
+                    headers.insert(name.clone(), value);
+                }
+                (None, _) => {}
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::model::access::AccessOutcome;
 use crate::model::capture::OutboundTrafficMode;
+use crate::model::header_format::FormatContext;
 use crate::model::policy::{RouteAction, roll};
 use crate::telemetry::peer_metadata::PEER_METADATA;
 
@@ -142,9 +143,14 @@ pub async fn handle(
     // the agent's own as well as the app's: Envoy's router applies them to
     // its redirects, direct responses and local replies too.
     let edits = routed.response_edits();
+    let format = FormatContext {
+        version: req.version(),
+        peer: down.peer,
+        local: down.local,
+    };
     let edited = |mut response: Response<ProxyBody>| {
         for edits in edits.iter().flatten() {
-            edits.apply(response.headers_mut());
+            edits.apply(response.headers_mut(), &format);
         }
         response
     };
@@ -197,6 +203,7 @@ pub async fn handle(
         client_ip: down.peer.ip(),
         caller_principal: down.tls.as_ref().and_then(|t| t.principal.as_deref()),
         edits: routed.request_edits(),
+        format,
         edge_scheme: down
             .gateway
             .as_ref()
@@ -278,7 +285,8 @@ pub async fn handle(
         caller_announced,
         identity: &snapshot.identity,
         upstream_ms: upstream_time.as_millis() as u64,
-        edits: routed.response_edits(),
+        edits,
+        format,
     };
     if let Some(announced) = headers::prepare_response(&mut parts, &back) {
         ex.set_peer_from_header(announced.as_bytes(), &snapshot);

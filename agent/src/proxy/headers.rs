@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, request, response};
 use super::Direction;
 use super::local_reply::LocalReply;
 use crate::model::Identity;
+use crate::model::header_format::FormatContext;
 use crate::model::route::HeaderEdits;
 use crate::telemetry::peer_metadata::{PEER_METADATA, PEER_METADATA_ID};
 
@@ -40,6 +41,8 @@ pub struct OutgoingRequest<'a> {
     /// The rule's and the destination's edits, in the order they apply
     /// (outbound; `Routed::request_edits`).
     pub edits: [Option<&'a HeaderEdits>; 2],
+    /// What the edits' substitutions are filled from.
+    pub format: FormatContext,
     /// At an ingress gateway (the mesh's edge), the scheme the client
     /// spoke: it sets `x-forwarded-proto`, and the client's IP is appended
     /// to `x-forwarded-for`, as Envoy does where `use_remote_address` holds.
@@ -99,7 +102,7 @@ pub fn prepare_request(
         }
     }
     for edits in out.edits.iter().flatten() {
-        edits.apply(headers);
+        edits.apply(headers, &out.format);
     }
     set_target(parts, out.h2)
 }
@@ -180,6 +183,8 @@ pub struct IncomingResponse<'a> {
     /// The rule's and the destination's edits, in the order they apply
     /// (outbound; `Routed::response_edits`).
     pub edits: [Option<&'a HeaderEdits>; 2],
+    /// What the edits' substitutions are filled from.
+    pub format: FormatContext,
 }
 
 /// Rewrites a response for the caller. Returns the peer metadata the
@@ -213,7 +218,7 @@ pub fn prepare_response(
     }
     headers.insert(UPSTREAM_SERVICE_TIME, HeaderValue::from(back.upstream_ms));
     for edits in back.edits.iter().flatten() {
-        edits.apply(headers);
+        edits.apply(headers, &back.format);
     }
     announced
 }

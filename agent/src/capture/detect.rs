@@ -10,7 +10,7 @@ use rustix::net::RecvFlags;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::sniff::{MAX_SNIFF, Sniffed, sniff, sniff_final};
+use super::sniff::{MAX_SNIFF, Sniffed, sniff, sniff_tls};
 
 /// What a connection speaks, from its first bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,15 +58,67 @@ impl Detected {
 /// # Errors
 /// The socket's read errors (a reset before any byte, for instance).
 pub async fn detect(stream: &TcpStream, timeout: Duration) -> io::Result<Detected> {
+    detect_with(stream, timeout, sniff).await
+}
+
+/// [`detect`] for TLS alone: whether the connection starts with a
+/// ClientHello (and what it offers). Any other first byte decides at once
+/// ([`Detected::Opaque`]); for a port whose protocol is declared, where
+/// only mTLS is in question.
+///
+/// # Errors
+/// The socket's read errors.
+pub async fn detect_tls(stream: &TcpStream, timeout: Duration) -> io::Result<Detected> {
+    detect_with(stream, timeout, sniff_tls).await
+}
+
+/// The bytes a detection that timed out peeked, read off the socket now.
+/// Waiting for more, the detection cleared the socket's readiness with
+/// those bytes still unread; nothing announces them again, so whoever
+/// reads next would wait until the client sends another byte (a client
+/// that wrote `GET` or half a ClientHello and waits for an answer would
+/// wait for ever). The caller replays them ([`crate::proxy`]'s `Rewind`).
+///
+/// # Errors
+/// The socket's read errors.
+pub fn take_undecided(stream: &TcpStream) -> io::Result<bytes::Bytes> {
+    let mut buf = vec![0u8; MAX_SNIFF];
+    let mut len = 0;
+    while len < buf.len() {
+        // A plain recv: tokio's own reads would first see the readiness
+        // cleared and not try.
+        match rustix::net::recv(stream, &mut buf[len..], RecvFlags::DONTWAIT) {
+            Ok((0, _)) => break,
+            Ok((n, _)) => len += n,
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf.into())
+}
+
+async fn detect_with(
+    stream: &TcpStream,
+    timeout: Duration,
+    judge: fn(&[u8]) -> Sniffed<'_>,
+) -> io::Result<Detected> {
     let mut buf = vec![0u8; MAX_SNIFF];
     let mut seen = 0;
-    let wait = peek_until_decided(stream, &mut buf, &mut seen);
+    let wait = peek_until_decided(stream, &mut buf, &mut seen, judge);
     if timeout.is_zero() {
         return wait.await;
     }
     match tokio::time::timeout(timeout, wait).await {
         Ok(result) => result,
-        Err(_) => Ok(Detected::from_sniffed(sniff_final(&buf[..seen]), true)),
+        Err(_) => {
+            let sniffed = match judge(&buf[..seen]) {
+                Sniffed::NeedMore => Sniffed::Opaque,
+                decided => decided,
+            };
+            Ok(Detected::from_sniffed(sniffed, true))
+        }
     }
 }
 
@@ -74,6 +126,7 @@ async fn peek_until_decided(
     stream: &TcpStream,
     buf: &mut [u8],
     seen: &mut usize,
+    judge: fn(&[u8]) -> Sniffed<'_>,
 ) -> io::Result<Detected> {
     loop {
         let ready = stream.ready(Interest::READABLE).await?;
@@ -99,10 +152,9 @@ async fn peek_until_decided(
         let ended = closed || n == 0 || n == buf.len();
         *seen = n.max(*seen);
         let bytes = &buf[..*seen];
-        let sniffed = if ended {
-            sniff_final(bytes)
-        } else {
-            sniff(bytes)
+        let sniffed = match judge(bytes) {
+            Sniffed::NeedMore if ended => Sniffed::Opaque,
+            sniffed => sniffed,
         };
         if sniffed != Sniffed::NeedMore {
             return Ok(Detected::from_sniffed(sniffed, false));
@@ -210,6 +262,41 @@ mod tests {
             got,
             Detected::Opaque { timed_out: false },
             "closed without a byte"
+        );
+    }
+
+    #[tokio::test]
+    async fn bytes_a_timed_out_detection_peeked_are_taken_for_replay() {
+        // `GET` and then silence: undecided until the timeout, with the
+        // socket's readiness cleared while waiting. A tokio read would now
+        // wait for a byte that never comes; take_undecided reads them.
+        let (mut client, server) = pair().await;
+        client.write_all(b"GET").await.unwrap();
+        let got = detect(&server, Duration::from_millis(100)).await.unwrap();
+        assert_eq!(got, Detected::Opaque { timed_out: true });
+        let stuck = tokio::time::timeout(Duration::from_millis(200), server.readable()).await;
+        assert!(
+            stuck.is_err(),
+            "the readiness was cleared with bytes unread"
+        );
+        assert_eq!(&take_undecided(&server).unwrap()[..], b"GET");
+        client.write_all(b" more").await.unwrap();
+        server.readable().await.unwrap();
+        let mut rest = [0u8; 16];
+        let n = server.try_read(&mut rest).unwrap();
+        assert_eq!(&rest[..n], b" more", "what follows is read as ever");
+        assert!(take_undecided(&server).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn tls_detection_decides_on_the_first_byte() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"G").await.unwrap();
+        let got = detect_tls(&server, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(
+            got,
+            Detected::Opaque { timed_out: false },
+            "not a handshake record"
         );
     }
 }

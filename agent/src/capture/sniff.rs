@@ -12,9 +12,6 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// this is not sniffed as HTTP.
 pub const MAX_SNIFF: usize = 5 + (1 << 14);
 
-/// Longest method token accepted in a request line.
-const MAX_METHOD: usize = 32;
-
 /// What the bytes so far say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sniffed<'a> {
@@ -80,6 +77,17 @@ pub fn sniff(buf: &[u8]) -> Sniffed<'_> {
     http1(buf)
 }
 
+/// Whether the first bytes are TLS, and its ClientHello when they are; any
+/// first byte but a handshake record's decides `Opaque` at once (for a
+/// port whose protocol is declared, where only mTLS is in question).
+pub fn sniff_tls(buf: &[u8]) -> Sniffed<'_> {
+    match buf.first() {
+        None => Sniffed::NeedMore,
+        Some(0x16) => tls(buf),
+        Some(_) => Sniffed::Opaque,
+    }
+}
+
 /// [`sniff`] when no more bytes will come: undecided is opaque.
 pub fn sniff_final(buf: &[u8]) -> Sniffed<'_> {
     match sniff(buf) {
@@ -88,22 +96,71 @@ pub fn sniff_final(buf: &[u8]) -> Sniffed<'_> {
     }
 }
 
+/// The methods Envoy's HTTP/1 codec takes (http-parser's list); any other
+/// token, lowercase spellings of these included, gets 400 there. Methods
+/// are case-sensitive (RFC 9110 §9.1), and an AuthorizationPolicy on `GET`
+/// does not match `get`, which an app may still serve as GET — whichever
+/// HTTP version carried it, so HTTP/2 is held to the same list (Envoy
+/// takes any token there).
+pub const HTTP1_METHODS: [&str; 34] = [
+    "DELETE",
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "COPY",
+    "LOCK",
+    "MKCOL",
+    "MOVE",
+    "PROPFIND",
+    "PROPPATCH",
+    "SEARCH",
+    "UNLOCK",
+    "BIND",
+    "REBIND",
+    "UNBIND",
+    "ACL",
+    "REPORT",
+    "MKACTIVITY",
+    "CHECKOUT",
+    "MERGE",
+    "M-SEARCH",
+    "NOTIFY",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PATCH",
+    "PURGE",
+    "MKCALENDAR",
+    "LINK",
+    "UNLINK",
+    "SOURCE",
+];
+
 /// `tchar` of RFC 9110 §5.6.2.
 fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// `method SP request-target SP HTTP/1.x CRLF` (RFC 9112 §3).
+/// `method SP request-target SP HTTP/1.x CRLF` (RFC 9112 §3), the method
+/// one of [`HTTP1_METHODS`] (the only ones the agent serves, as Envoy's
+/// codec): bytes that cannot begin one decide at once, so a client whose
+/// first write is `ruok` or `PING` is not kept waiting for a line it will
+/// never send.
 fn http1(buf: &[u8]) -> Sniffed<'_> {
     let method = buf.iter().take_while(|b| is_token(**b)).count();
+    let word = &buf[..method];
+    let begins_one = |m: &&str| m.as_bytes().starts_with(word);
     if method == buf.len() {
-        return if method <= MAX_METHOD {
+        return if HTTP1_METHODS.iter().any(begins_one) {
             Sniffed::NeedMore
         } else {
             Sniffed::Opaque
         };
     }
-    if method == 0 || method > MAX_METHOD || buf[method] != b' ' {
+    if buf[method] != b' ' || !HTTP1_METHODS.iter().any(|m| m.as_bytes() == word) {
         return Sniffed::Opaque;
     }
     let rest = &buf[method + 1..];
@@ -348,11 +405,43 @@ mod tests {
             assert_eq!(got, Sniffed::Opaque, "{:?}", String::from_utf8_lossy(bytes));
         }
         assert_eq!(
-            sniff(&[b'A'; MAX_METHOD + 1]),
+            sniff(&[b'A'; 40]),
             Sniffed::Opaque,
             "an endless method is no method"
         );
         assert_eq!(sniff(b""), Sniffed::NeedMore);
+    }
+
+    #[test]
+    fn a_first_write_that_begins_no_method_decides_at_once() {
+        // Without a line end, these were held until one came (a ZooKeeper
+        // `ruok` waited for ever): only a prefix of a method the agent
+        // serves keeps sniffing.
+        for bytes in [
+            &b"x"[..],
+            b"ruok",
+            b"PING",
+            b"AUTH secret",
+            b"0123",
+            b"ab cd",
+            b"get / HTTP/1.1\r\n",
+            b"FOO / HTTP/1.1\r\n",
+        ] {
+            assert_eq!(
+                sniff(bytes),
+                Sniffed::Opaque,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        for prefix in [&b"G"[..], b"P", b"PU", b"M-SEA", b"PROPF", b"PR"] {
+            assert_eq!(
+                sniff(prefix),
+                Sniffed::NeedMore,
+                "{:?}",
+                String::from_utf8_lossy(prefix)
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 
 use super::headers::list_members;
 use super::local_reply::LocalReply;
+use crate::capture::sniff::HTTP1_METHODS;
 use crate::path::{self, PathNormalization};
 
 /// What the request is settled against.
@@ -33,49 +34,6 @@ pub fn settle<B>(req: &mut Request<B>, settings: &Settings<'_>) -> Result<(), Lo
     }
     Ok(())
 }
-
-/// The methods Envoy's HTTP/1 codec takes (http-parser's list); any other
-/// token, lowercase spellings of these included, gets 400 there. Methods
-/// are case-sensitive (RFC 9110 §9.1), and an AuthorizationPolicy on `GET`
-/// does not match `get`, which an app may still serve as GET — whichever
-/// HTTP version carried it, so HTTP/2 is held to the same list (Envoy
-/// takes any token there).
-const HTTP1_METHODS: [&str; 34] = [
-    "DELETE",
-    "GET",
-    "HEAD",
-    "POST",
-    "PUT",
-    "CONNECT",
-    "OPTIONS",
-    "TRACE",
-    "COPY",
-    "LOCK",
-    "MKCOL",
-    "MOVE",
-    "PROPFIND",
-    "PROPPATCH",
-    "SEARCH",
-    "UNLOCK",
-    "BIND",
-    "REBIND",
-    "UNBIND",
-    "ACL",
-    "REPORT",
-    "MKACTIVITY",
-    "CHECKOUT",
-    "MERGE",
-    "M-SEARCH",
-    "NOTIFY",
-    "SUBSCRIBE",
-    "UNSUBSCRIBE",
-    "PATCH",
-    "PURGE",
-    "MKCALENDAR",
-    "LINK",
-    "UNLINK",
-    "SOURCE",
-];
 
 fn is_known_method(method: &Method) -> bool {
     // The standard ones without a string compare.

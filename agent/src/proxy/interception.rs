@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use super::tcp::TcpTarget;
 use super::{Captured, Unregistered};
-use crate::capture::detect::{Detected, detect};
+use crate::capture::detect::{Detected, detect, take_undecided};
 use crate::capture::{INBOUND_PASSTHROUGH_V4, INBOUND_PASSTHROUGH_V6};
 use crate::model::Snapshot;
 use crate::model::capture::{Destination, InboundApp, OutboundTrafficMode};
@@ -35,6 +35,9 @@ pub enum Outbound {
         target: TcpTarget,
         /// The SNI.
         sni: Option<String>,
+        /// Bytes a detection that timed out peeked, read off the socket to
+        /// be sent first ([`take_undecided`]).
+        undecided: bytes::Bytes,
     },
 }
 
@@ -114,9 +117,14 @@ pub async fn outbound(
         }
         None => outside_registry(snapshot, dst),
     };
+    let undecided = match detected {
+        Some(Detected::Opaque { timed_out: true }) => take_undecided(stream)?,
+        _ => bytes::Bytes::new(),
+    };
     Ok(Outbound::Tcp {
         target,
         sni: sni.map(str::to_owned),
+        undecided,
     })
 }
 

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -24,14 +25,14 @@ use super::tcp::TcpTarget;
 use super::{
     Captured, Direction, Downstream, LocalExec, Shared, Worker, handler, interception, tcp,
 };
-use crate::capture::detect::{Detected, detect};
+use crate::capture::detect::{Detected, detect, detect_tls, take_undecided};
 use crate::capture::original_dst::original_dst;
 use crate::model::capture::InterceptionMode;
 use crate::model::cluster::Cluster;
 use crate::model::service::Protocol;
 use crate::model::{MtlsMode, Snapshot};
 use crate::tls::io::{DownstreamIo, MaybeTls};
-use crate::tls::{PeerTls, handshake};
+use crate::tls::{PeerTls, handshake, is_mesh_alpn};
 
 /// A running worker thread.
 pub struct WorkerHandle {
@@ -190,9 +191,16 @@ pub(super) fn http_builder() -> auto::Builder<LocalExec> {
     // as Envoy bounds it (`max_request_headers_kb`, 60 KiB by default),
     // not at hyper's ~400 KiB, so one connection cannot make the proxy
     // hold (and forward) a head of hundreds of KiB. Past it: 431.
+    // No header read timeout of hyper's: its 30 s default also runs while
+    // a kept-alive connection waits for its next request, so every idle
+    // connection was closed at 30 s whatever `downstream.idleTimeout`
+    // said. The idle timeout (Envoy's 1 h by default) bounds a connection
+    // with no request in flight, a head still being sent included, as
+    // Envoy's does (its request_headers_timeout is off by default).
     builder
         .http1()
         .timer(TokioTimer::new())
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(MAX_REQUEST_HEAD);
     builder
@@ -249,12 +257,21 @@ pub(super) struct Connection {
 
 impl Connection {
     /// A connection the listener accepted: by its original destination
-    /// when iptables redirected it, else as the listener's own.
+    /// when iptables redirected it, else as the listener's own — except
+    /// the inbound listener under capture, which takes redirected
+    /// connections only: one addressed to it directly would reach the app
+    /// past its own bind address (an app bound to 127.0.0.1 only, reached
+    /// from another pod), and is closed, as Istio's virtualInbound listener
+    /// blackholes its own port.
     async fn accepted(self, stream: TcpStream, peer: SocketAddr, direction: Direction) {
         let snapshot = self.worker.shared.config.load_full();
         if snapshot.capture.mode == InterceptionMode::Redirect {
             match original_dst(&stream) {
                 Ok(Some(dst)) => return self.captured(stream, peer, direction, dst).await,
+                Ok(None) if direction == Direction::Inbound => {
+                    tracing::debug!(%peer, "refused: a connection to the inbound capture port itself");
+                    return;
+                }
                 Ok(None) => {}
                 Err(error) => {
                     tracing::debug!(%error, "cannot read the original destination");
@@ -313,12 +330,17 @@ impl Connection {
                         let io: DownstreamIo = MaybeTls::Plain(stream);
                         self.http(io, down(captured)).await;
                     }
-                    Ok(interception::Outbound::Tcp { target, sni }) => {
+                    Ok(interception::Outbound::Tcp {
+                        target,
+                        sni,
+                        undecided,
+                    }) => {
                         let outside = |_| interception::outside_registry(&snapshot, dst);
                         let target =
                             tcp::routed(&snapshot, target, dst.ip(), sni.as_deref(), outside);
                         let ends = (peer, dst);
                         let side = (direction, None);
+                        let stream = Rewind::with_prefix(stream, undecided);
                         tcp::proxy(&self.worker, stream, ends, None, side, target).await;
                     }
                     Err(error) => {
@@ -350,30 +372,64 @@ impl Connection {
     ) {
         let timeout = snapshot.capture.protocol_detection_timeout;
         let mode = snapshot.inbound_mtls;
-        // A client that starts with a ClientHello is terminated as mTLS
-        // (STRICT, PERMISSIVE); a plaintext one is refused under STRICT.
-        // A silent client (a server-first protocol) stays plaintext.
-        let first = match detect(&stream, timeout).await {
+        // What the first bytes must tell: mTLS or not, unless nothing can
+        // be mTLS here (DISABLE, or no workload certificate); HTTP or not,
+        // unless the port declares its protocol. A port that needs neither
+        // is served at once (a server-first protocol does not wait).
+        let mtls_possible = mode != MtlsMode::Disable && self.worker.shared.tls.load().is_some();
+        let auto = app.protocol == Protocol::Auto;
+        let detected = match (auto, mtls_possible || mode == MtlsMode::Strict) {
+            (true, _) => detect(&stream, timeout).await,
+            (false, true) => detect_tls(&stream, timeout).await,
+            (false, false) => Ok(Detected::Opaque { timed_out: false }),
+        };
+        let first = match detected {
             Ok(first) => first,
             Err(error) => {
                 tracing::debug!(%error, "captured connection failed before its first bytes");
                 return;
             }
         };
-        let (io, tls) = if mode == MtlsMode::Strict || matches!(first, Detected::Tls { .. }) {
+        // A ClientHello offering the mesh's protocols is a peer sidecar's
+        // mTLS, terminated (STRICT, PERMISSIVE); any connection is under
+        // STRICT. Other TLS is the application's own: it goes to the app
+        // untouched, as Istio's passthrough chain sends it. A silent client
+        // (a server-first protocol) stays plaintext.
+        let mesh_tls = match &first {
+            Detected::Tls { alpn, .. } => alpn.iter().any(|p| is_mesh_alpn(p)),
+            _ => false,
+        };
+        let app_tls = matches!(first, Detected::Tls { .. }) && !mesh_tls;
+        let (io, tls, undecided) = if mode == MtlsMode::Strict
+            || (mesh_tls && mode != MtlsMode::Disable)
+        {
             match self.handshake(stream, mode).await {
-                Some(accepted) => accepted,
+                Some((io, tls)) => (io, tls, Bytes::new()),
                 None => return,
             }
         } else {
-            (MaybeTls::Plain(stream), None)
+            // What a timed-out detection peeked is read now and replayed.
+            let undecided = match first {
+                Detected::Opaque { timed_out: true } => match take_undecided(&stream) {
+                    Ok(bytes) => bytes,
+                    Err(error) => {
+                        tracing::debug!(%error, "captured connection failed before its first bytes");
+                        return;
+                    }
+                },
+                _ => Bytes::new(),
+            };
+            (MaybeTls::Plain(stream), None, undecided)
         };
         let (io, http) = match (app.protocol, &io) {
-            (Protocol::Tcp | Protocol::Tls, _) => (Rewind::new(io), false),
-            (Protocol::Http | Protocol::Http2 | Protocol::Grpc, _) => (Rewind::new(io), true),
+            _ if app_tls => (Rewind::new(io), false),
+            (Protocol::Tcp | Protocol::Tls, _) => (Rewind::with_prefix(io, undecided), false),
+            (Protocol::Http | Protocol::Http2 | Protocol::Grpc, _) => {
+                (Rewind::with_prefix(io, undecided), true)
+            }
             (Protocol::Auto, MaybeTls::Plain(_)) => {
                 let http = matches!(first, Detected::Http1 | Detected::Http2);
-                (Rewind::new(io), http)
+                (Rewind::with_prefix(io, undecided), http)
             }
             (Protocol::Auto, MaybeTls::Tls(_)) => match rewind::sniff_http(io, timeout).await {
                 Ok(sniffed) => sniffed,

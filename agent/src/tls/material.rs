@@ -32,8 +32,32 @@ pub enum MaterialError {
     NoIdentity,
 }
 
-/// ALPN protocols offered and accepted: HTTP/2 first.
-pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// ALPN protocols accepted by the mesh's servers: HTTP/2 first, then the
+/// mesh protocols Istio's sidecars offer (a peer's mTLS is told from an
+/// application's TLS by them; see [`is_mesh_alpn`]).
+pub const ALPN: [&[u8]; 7] = [
+    b"h2",
+    b"http/1.1",
+    MESH_H2,
+    MESH_HTTP11,
+    b"istio-http/1.0",
+    b"istio-peer-exchange",
+    b"istio",
+];
+
+/// What a sidecar offers for mesh mTLS carrying HTTP/2 (Istio's `istio-h2`).
+pub const MESH_H2: &[u8] = b"istio-h2";
+
+/// What a sidecar offers for mesh mTLS carrying HTTP/1.1 or TCP (Istio's
+/// `istio-http/1.1`).
+pub const MESH_HTTP11: &[u8] = b"istio-http/1.1";
+
+/// Whether an ALPN protocol marks a mesh peer's mTLS: Istio's `istio`,
+/// `istio-peer-exchange` and `istio-*` names, which sidecars offer and
+/// applications do not.
+pub fn is_mesh_alpn(protocol: &str) -> bool {
+    protocol == "istio" || protocol.starts_with("istio-")
+}
 
 /// The ring crypto provider (no aws-lc here).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -157,7 +181,7 @@ impl TlsMaterial {
             config.alpn_protocols = vec![alpn.to_vec()];
             Ok(Arc::new(config))
         };
-        let (mesh_h1, mesh_h2) = (mesh(b"http/1.1")?, mesh(b"h2")?);
+        let (mesh_h1, mesh_h2) = (mesh(MESH_HTTP11)?, mesh(MESH_H2)?);
         let roots_described = certificates(roots_pem, "root certificate")?
             .iter()
             .filter_map(|c| CertInfo::parse(c))

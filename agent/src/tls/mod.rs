@@ -9,4 +9,4 @@ pub mod provider;
 pub mod verify;
 
 pub use handshake::{PeerTls, TlsFailure, TlsPlan};
-pub use material::TlsMaterial;
+pub use material::{TlsMaterial, is_mesh_alpn};

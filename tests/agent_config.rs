@@ -86,7 +86,7 @@ async fn validate_reports_every_problem_without_starting() {
         )
         + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: reviews-v1}\nspec: {replicas: 1}\n"
         + "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [\"*\"]}]\n"
-        + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - corsPolicy: {allowOrigins: [{exact: \"https://a.example\"}]}\n    route: [{destination: {host: reviews}}]\n";
+        + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - retries: {attempts: 1, retryRemoteLocalities: true}\n    route: [{destination: {host: reviews}}]\n";
     let (ok, out) = validate(&good);
     assert!(ok, "{out}");
     assert!(
@@ -99,7 +99,7 @@ async fn validate_reports_every_problem_without_starting() {
         "{out}"
     );
     assert!(
-        out.contains("spec.http[0].corsPolicy: accepted but not enforced yet"),
+        out.contains("spec.http[0].retries.retryRemoteLocalities: accepted but not enforced yet"),
         "{out}"
     );
     assert!(out.contains("valid (3 warnings)"), "{out}");

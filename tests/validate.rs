@@ -318,7 +318,7 @@ fn exit_status_says_valid_invalid_or_unreadable() {
 /// JSON record's parts in order.
 #[test]
 fn text_and_json_say_the_same() {
-    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: default}\nspec:\n  hosts: [reviews]\n  exportTo: [\".\"]\n  http:\n  - route: [{destination: {host: reviews}}]\n    corsPolicy: {allowOrigins: [{exact: \"https://a.example\"}]}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec: {host: reviews, subsets: [{name: Bad}]}\n";
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: default}\nspec:\n  hosts: [reviews]\n  exportTo: [\".\"]\n  http:\n  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 1, retryRemoteLocalities: true}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec: {host: reviews, subsets: [{name: Bad}]}\n";
     let (_, text) = run(&["-"], yaml);
     let (_, report) = run_json(&["-"], yaml);
     let diagnostics = report["diagnostics"].as_array().unwrap();

@@ -1,5 +1,6 @@
 //! A VirtualService rule's policy fields → [`RoutePolicy`]: redirect and
-//! direct response, timeout, retries, fault injection, mirrors, rewrites.
+//! direct response, timeout, retries, fault injection, mirrors, rewrites,
+//! CORS.
 
 use std::time::Duration;
 
@@ -10,13 +11,14 @@ use regex::Regex;
 use super::registry::Registry;
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::virtual_service::{
-    HeaderOperations, HttpFaultInjection, HttpRetry, HttpRoute, Percent,
+    CorsPolicy, HeaderOperations, HttpFaultInjection, HttpRetry, HttpRoute, Percent, StringMatch,
 };
 use crate::host::resolve_short_name;
 use crate::model::policy::{
-    Abort, DEFAULT_BACKOFF, DirectResponse, Fault, Mirror, Redirect, RetryOn, RetryPolicy, Rewrite,
-    RouteAction, RoutePolicy,
+    Abort, Cors, CorsList, DEFAULT_BACKOFF, DirectResponse, Fault, Mirror, Redirect, RetryOn,
+    RetryPolicy, Rewrite, RouteAction, RoutePolicy,
 };
+use crate::model::route::StrMatcher;
 
 /// Where a rule's fields are compiled.
 pub(super) struct RuleScope<'a> {
@@ -51,6 +53,10 @@ pub(super) fn compile(
         fault: rule.fault.as_ref().map(|f| fault(f, scope, diags)),
         mirrors: mirrors(rule, scope, diags),
         rewrite: rewrite(rule),
+        cors: rule
+            .cors_policy
+            .as_ref()
+            .map(|c| Box::new(cors(c, scope, diags))),
     }
 }
 
@@ -274,6 +280,84 @@ fn rewrite(rule: &HttpRoute) -> Option<Rewrite> {
     })
 }
 
+/// The rule's CORS policy, as Istio renders it for Envoy's cors filter
+/// (`TranslateCORSPolicy`): `allowOrigins` when it lists any, else the
+/// deprecated `allowOrigin` as exact matches; the lists joined with `,`;
+/// `maxAge` in seconds. The validator refused a match with none or several
+/// of `exact`/`prefix`/`regex`, an empty prefix, a regex that is no RE2
+/// regex, unknown methods, header names that are none, and a `maxAge` with
+/// a fraction of a second.
+fn cors(c: &CorsPolicy, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> Cors {
+    let origins: Vec<StrMatcher> = if c.allow_origins.is_empty() {
+        c.allow_origin
+            .iter()
+            .map(|o| StrMatcher::Exact(o.clone()))
+            .collect()
+    } else {
+        c.allow_origins
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| origin_matcher(m, i, scope, diags))
+            .collect()
+    };
+    // Envoy's filter allows every origin when a matcher matches `*` itself.
+    let any_origin = origins.iter().any(|m| m.matches("*"));
+    let joined = |list: &[String], sub: &str, diags: &mut Diagnostics| {
+        if list.is_empty() {
+            return None;
+        }
+        let value = list.join(",");
+        match HeaderValue::try_from(value) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                scope.error(diags, sub, "not a header value once joined with `,`");
+                None
+            }
+        }
+    };
+    // `*` alone is read by Envoy as "what the preflight asks for".
+    let listed = |value: Option<HeaderValue>| {
+        value.map(|v| match v.as_bytes() {
+            b"*" => CorsList::EchoRequest,
+            _ => CorsList::Listed(v),
+        })
+    };
+    Cors {
+        origins,
+        any_origin,
+        allow_methods: listed(joined(&c.allow_methods, "corsPolicy.allowMethods", diags)),
+        allow_headers: listed(joined(&c.allow_headers, "corsPolicy.allowHeaders", diags)),
+        expose_headers: joined(&c.expose_headers, "corsPolicy.exposeHeaders", diags),
+        max_age: c.max_age.map(|age| HeaderValue::from(age.get().as_secs())),
+        allow_credentials: c.allow_credentials == Some(true),
+        forward_unmatched_preflights: c.unmatched_preflights.as_deref() != Some("IGNORE"),
+    }
+}
+
+/// One `allowOrigins` entry; `None` for one without a match (Istio drops it).
+fn origin_matcher(
+    m: &StringMatch,
+    i: usize,
+    scope: &RuleScope<'_>,
+    diags: &mut Diagnostics,
+) -> Option<StrMatcher> {
+    if let Some(exact) = &m.exact {
+        return Some(StrMatcher::Exact(exact.clone()));
+    }
+    if let Some(prefix) = &m.prefix {
+        return Some(StrMatcher::Prefix(prefix.clone()));
+    }
+    let pattern = m.regex.as_deref()?;
+    match super::routes::anchored_regex(pattern) {
+        Ok(regex) => Some(StrMatcher::Regex(regex)),
+        Err(err) => {
+            let sub = format!("corsPolicy.allowOrigins[{i}].regex");
+            scope.error(diags, &sub, format!("invalid regex: {err}"));
+            None
+        }
+    }
+}
+
 /// RE2 replacement syntax (`\1`) → the regex crate's (`${1}`), with literal
 /// `$` escaped.
 fn re2_replacement(rewrite: &str) -> String {
@@ -303,6 +387,104 @@ mod tests {
     fn re2_groups_become_regex_crate_groups() {
         assert_eq!(re2_replacement("/v2/\\1/x\\12"), "/v2/${1}/x${12}");
         assert_eq!(re2_replacement("$cost"), "$$cost");
+    }
+
+    const CORS_CONFIG: &str = r#"
+apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: p, namespace: default}
+spec: {service: p, inbound: {app: "127.0.0.1:9080"}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.1.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - name: full
+    route: [{destination: {host: reviews}}]
+    corsPolicy:
+      allowOrigins: [{exact: https://a.example}, {prefix: https://p.}, {regex: 'https://r[0-9]+'}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-h1, X-H2]
+      exposeHeaders: [x-e, x-f]
+      maxAge: 90s
+      allowCredentials: true
+      unmatchedPreflights: IGNORE
+  - name: star
+    route: [{destination: {host: reviews}}]
+    corsPolicy:
+      allowOrigins: [{regex: '.*'}]
+      allowMethods: ['*']
+      allowHeaders: ['*']
+      allowCredentials: false
+  - name: legacy
+    route: [{destination: {host: reviews}}]
+    corsPolicy: {allowOrigin: [https://old.example]}
+  - name: none
+    route: [{destination: {host: reviews}}]
+"#;
+
+    #[test]
+    fn cors_policies_compile_as_istio_renders_them() {
+        let file = std::sync::Arc::from("cors.yaml");
+        let live = crate::model::live::LiveState::default();
+        let compiled = match crate::compile::compile_text(&file, CORS_CONFIG, 1, &live) {
+            Ok(compiled) => compiled,
+            Err(rejected) => panic!("{rejected}"),
+        };
+        let warnings = format!("{:?}", compiled.diagnostics);
+        let vhost = compiled.snapshot.routes.find("reviews").expect("the host");
+        let cors: Vec<_> = vhost
+            .rules
+            .iter()
+            .map(|r| r.policy.cors.as_deref())
+            .collect();
+        let [Some(full), Some(star), Some(legacy), None] = cors[..] else {
+            panic!("{cors:?}");
+        };
+
+        assert_eq!(full.origins.len(), 3);
+        assert!(full.origins[0].matches("https://a.example"));
+        assert!(full.origins[1].matches("https://p.x"));
+        assert!(full.origins[2].matches("https://r1"));
+        assert!(!full.origins[2].matches("https://r1x"), "the whole origin");
+        assert!(!full.any_origin);
+        let listed = |v: &'static str| Some(CorsList::Listed(HeaderValue::from_static(v)));
+        assert_eq!(full.allow_methods, listed("GET,POST"));
+        assert_eq!(full.allow_headers, listed("x-h1,X-H2"));
+        assert_eq!(
+            full.expose_headers,
+            Some(HeaderValue::from_static("x-e,x-f"))
+        );
+        assert_eq!(full.max_age, Some(HeaderValue::from_static("90")));
+        assert!(full.allow_credentials);
+        assert!(!full.forward_unmatched_preflights);
+
+        assert!(star.any_origin, "a regex that matches `*` allows all");
+        assert_eq!(star.allow_methods, Some(CorsList::EchoRequest));
+        assert_eq!(star.allow_headers, Some(CorsList::EchoRequest));
+        assert_eq!(star.expose_headers, None);
+        assert_eq!(star.max_age, None);
+        assert!(!star.allow_credentials);
+        assert!(star.forward_unmatched_preflights, "FORWARD by default");
+
+        assert!(legacy.origins[0].matches("https://old.example"));
+        assert!(!legacy.origins[0].matches("https://old.example.evil"));
+        assert_eq!(legacy.allow_methods, None);
+
+        // Enforced: only the deprecated field is warned about.
+        assert!(!warnings.contains("not enforced"), "{warnings}");
+        assert!(warnings.contains("allowOrigin"), "{warnings}");
     }
 
     #[test]

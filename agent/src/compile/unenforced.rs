@@ -89,6 +89,7 @@ pub const FIELDS: &[Field] = &[
     enforced(VS, "spec.http[*].mirrors"),
     enforced(VS, "spec.http[*].mirrorPercentage"),
     enforced(VS, "spec.http[*].headers"),
+    enforced(VS, "spec.http[*].corsPolicy"),
     warned(
         VS,
         "spec.exportTo",
@@ -101,7 +102,6 @@ pub const FIELDS: &[Field] = &[
         "spec.tcp[*].match[*].sourceSubnet",
         "Istio's sidecars ignore it too: a match of it alone takes every connection",
     ),
-    warned(VS, "spec.http[*].corsPolicy", ""),
     warned(
         VS,
         "spec.http[*].delegate",

@@ -76,7 +76,7 @@ pub struct HttpRoute {
     /// Deprecated integer form of `mirrorPercentage`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_percent: Option<u32>,
-    /// CORS policy (not enforced; warned about).
+    /// CORS policy: preflights answered, CORS headers on answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors_policy: Option<CorsPolicy>,
     /// Header edits for requests and responses of this rule.

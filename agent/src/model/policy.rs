@@ -1,6 +1,6 @@
 //! Compiled per-rule traffic policy (VirtualService `http[]`): what to do with
 //! a matched request besides forwarding it — redirect or answer directly,
-//! inject faults, mirror, rewrite, retry, time out.
+//! inject faults, answer CORS preflights, mirror, rewrite, retry, time out.
 
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use http::{HeaderValue, StatusCode};
 use regex::Regex;
 
 use super::destination::DestinationTarget;
+use super::route::StrMatcher;
 
 /// What a matched rule does.
 #[derive(Debug, Clone)]
@@ -282,6 +283,44 @@ pub struct Rewrite {
     pub uri_regex: Option<(Regex, String)>,
 }
 
+/// A rule's `corsPolicy`, as Istio renders it for Envoy's cors filter
+/// (`route.go` `TranslateCORSPolicy`): the lists joined with `,`, `maxAge`
+/// in whole seconds. Header values are built once, here.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    /// `allowOrigins` (else the deprecated `allowOrigin`, as exact
+    /// matches); a regex matches the whole origin.
+    pub origins: Vec<StrMatcher>,
+    /// Some matcher matches the literal `*` (`exact: "*"`, `regex: ".*"`):
+    /// every origin is allowed, as Envoy's cors filter reads it.
+    pub any_origin: bool,
+    /// `access-control-allow-methods` on a preflight's answer.
+    pub allow_methods: Option<CorsList>,
+    /// `access-control-allow-headers` on a preflight's answer.
+    pub allow_headers: Option<CorsList>,
+    /// `access-control-expose-headers` on answers to an allowed origin.
+    pub expose_headers: Option<HeaderValue>,
+    /// `access-control-max-age` on a preflight's answer.
+    pub max_age: Option<HeaderValue>,
+    /// `access-control-allow-credentials: true` on every answer that
+    /// carries CORS headers.
+    pub allow_credentials: bool,
+    /// A preflight from an origin not allowed goes to the app
+    /// (`unmatchedPreflights` FORWARD, Istio's default); else (IGNORE) the
+    /// agent answers it without `access-control-allow-origin`.
+    pub forward_unmatched_preflights: bool,
+}
+
+/// A list a preflight's answer names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsList {
+    /// Written as configured.
+    Listed(HeaderValue),
+    /// Configured as `*` alone: the preflight's own request header is
+    /// written back (Envoy's reading of `*`).
+    EchoRequest,
+}
+
 /// Everything a rule does besides choosing a destination.
 #[derive(Debug, Clone)]
 pub struct RoutePolicy {
@@ -297,6 +336,8 @@ pub struct RoutePolicy {
     pub mirrors: Vec<Mirror>,
     /// Rewrites.
     pub rewrite: Option<Rewrite>,
+    /// CORS (boxed: most rules have none).
+    pub cors: Option<Box<Cors>>,
 }
 
 impl Default for RoutePolicy {
@@ -308,6 +349,7 @@ impl Default for RoutePolicy {
             fault: None,
             mirrors: Vec::new(),
             rewrite: None,
+            cors: None,
         }
     }
 }

@@ -15,7 +15,8 @@ use super::headers::{self, IncomingResponse, OutgoingRequest};
 use super::local_reply::LocalReply;
 use super::mirror::Copies;
 use super::{
-    Direction, Downstream, Worker, access, canonical, fault, grpc_timeout, rewrite, route, upgrade,
+    Direction, Downstream, Worker, access, canonical, cors, fault, grpc_timeout, rewrite, route,
+    upgrade,
 };
 use crate::model::access::AccessOutcome;
 use crate::model::capture::OutboundTrafficMode;
@@ -180,6 +181,27 @@ pub async fn handle(
         }
     }
 
+    // CORS after faults and before the upstream, as Istio orders Envoy's
+    // filters (fault, cors, router): a preflight is answered here (without
+    // the rule's response edits: Envoy's filter answers past the router's
+    // local-reply path that applies them), and every answer from here on
+    // to an allowed origin carries its headers, over the rule's edits.
+    let allowed = match policy.cors.as_deref() {
+        None => None,
+        Some(policy) => match cors::decide(policy, req.method(), req.headers()) {
+            cors::Decision::Untouched => None,
+            cors::Decision::Allowed(allowed) => Some(allowed),
+            cors::Decision::Preflight(answer) => return Ok(ex.cors_preflight(answer)),
+        },
+    };
+    let answered = |response: Response<ProxyBody>| {
+        let mut response = edited(response);
+        if let Some(allowed) = &allowed {
+            allowed.apply(response.headers_mut());
+        }
+        response
+    };
+
     // Upgrades (WebSocket, once admitted) travel as HTTP/1.1, once;
     // everything else speaks the protocol the destination port declares.
     let downstream_upgrade = upgrade::take(&mut req);
@@ -213,14 +235,14 @@ pub async fn handle(
         ex.inject_trace_context(headers);
     });
     if let Err(reply) = prepared {
-        return Ok(edited(ex.local_reply(reply)));
+        return Ok(answered(ex.local_reply(reply)));
     }
 
     // The body is kept for replays only when a retry or a mirror may want it.
     let replays =
         downstream_upgrade.is_none() && (policy.retry.attempts > 0 || !policy.mirrors.is_empty());
     let Some(body) = body else {
-        return Ok(edited(ex.local_reply(LocalReply::CONNECTION_TERMINATION)));
+        return Ok(answered(ex.local_reply(LocalReply::CONNECTION_TERMINATION)));
     };
     let body = BodySource::new(body, replays);
     ex.track_request_body(body.progress().clone(), body.tap().cloned());
@@ -266,7 +288,7 @@ pub async fn handle(
     };
     let delivered = match attempts.run(&upstream, parts, body, &mut *ex).await {
         Ok(delivered) => delivered,
-        Err(reply) => return Ok(edited(ex.local_reply(reply))),
+        Err(reply) => return Ok(answered(ex.local_reply(reply))),
     };
 
     // The response on its way back: peer metadata, edits, service time.
@@ -290,6 +312,9 @@ pub async fn handle(
     };
     if let Some(announced) = headers::prepare_response(&mut parts, &back) {
         ex.set_peer_from_header(announced.as_bytes(), &snapshot);
+    }
+    if let Some(allowed) = &allowed {
+        allowed.apply(&mut parts.headers);
     }
     Ok(ex.respond(parts, body, upstream_time, connection, deadline))
 }

@@ -12,6 +12,7 @@ mod attempts;
 mod body;
 mod canonical;
 mod client_body;
+mod cors;
 mod exchange;
 mod fault;
 mod forward;

@@ -336,7 +336,7 @@ impl RuleBase<'_> {
                     }
                 }
                 "URLRewrite" => {} // per match, below
-                "CORS" => scope.warn(diags, f, "accepted but not enforced yet (no CORS handling)"),
+                "CORS" => scope.warn(diags, f, "accepted but not enforced yet (the HTTPRoute CORS filter is not compiled; a VirtualService corsPolicy is enforced)"),
                 other => {
                     unresolvable = true;
                     scope.warn(

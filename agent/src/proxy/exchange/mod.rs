@@ -406,6 +406,12 @@ impl Exchange {
         Response::from_parts(parts, ResponseBody::full(body, self))
     }
 
+    /// The answer to a CORS preflight (Envoy's details: `cors_response`).
+    pub fn cors_preflight(mut self: Box<Self>, response: Response<()>) -> Response<ProxyBody> {
+        self.record.details = Some(Cow::Borrowed(super::cors::PREFLIGHT_DETAILS));
+        self.reply(response, Bytes::new())
+    }
+
     /// A response of `status` with `body` (VirtualService `directResponse`).
     pub fn direct(self: Box<Self>, status: StatusCode, body: Bytes) -> Response<ProxyBody> {
         let mut response = Response::new(());

@@ -208,21 +208,30 @@ impl EdgeLinker {
 
     /// Links every span of a batch and writes the edges into its prepared
     /// documents (which [`crate::store::SpanStore::prepare`] built in span
-    /// order within each partition).
+    /// order within each partition). Spans whose entry in `copies` (batch
+    /// order) is set are exact copies of spans linked before (see
+    /// [`crate::resends`]): they link nothing, so a resent call is one edge.
     pub fn annotate(
         &mut self,
         batch: &[ResourceSpans],
         docs: &mut PreparedDocs,
         partition_length: u64,
+        copies: &[bool],
     ) {
         let mut next: HashMap<PartitionId, usize> = HashMap::new();
         let mut found = std::mem::take(&mut self.found);
+        let mut position = 0;
         for_each_span(batch, |span| {
             let partition =
                 PartitionId::containing(span.span.start_time_unix_nano, partition_length);
             let slot = next.entry(partition).or_insert(0);
             let index = *slot;
             *slot += 1;
+            let copy = copies.get(position).copied().unwrap_or(false);
+            position += 1;
+            if copy {
+                return;
+            }
             self.link(span, &mut found);
             if found.is_empty() {
                 return;

@@ -24,6 +24,8 @@ pub struct IndexItem {
     pub batch: Arc<ExportTraceServiceRequest>,
     /// Its documents, by partition.
     pub docs: PreparedDocs,
+    /// Its spans' fingerprints, in batch order (see [`crate::resends`]).
+    pub fingerprints: Vec<u64>,
     /// Spans it holds (its room in the ingest queue).
     pub spans: usize,
 }

@@ -1,6 +1,8 @@
 //! The indexer thread: takes durable batches from the WAL writer, in order,
-//! adds them to the store and the span-derived metrics, commits on an
-//! interval (then advances the WAL checkpoint), and enforces retention.
+//! marks exact copies of spans indexed shortly before ([`crate::resends`]),
+//! links dependency edges, adds the batches to the store and the other spans
+//! to the span-derived metrics, commits on an interval (then advances the
+//! WAL checkpoint), and enforces retention.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,14 +10,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 
 use crate::edges::EdgeLinker;
 use crate::events;
 use crate::handoff::{IndexItem, IngestQueue};
 use crate::metrics::{Metrics, PartitionDrop};
+use crate::resends::ResendFilter;
 use crate::spanmetrics::SpanMetrics;
+use crate::store::document::for_each_span;
 use crate::store::partition::disk_usage;
-use crate::store::{PartitionId, SpanStore, TimeWindow};
+use crate::store::{PartitionId, Prepared, PreparedDocs, SpanStore, TimeWindow};
 
 /// How often retention and the disk cap are checked.
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
@@ -44,6 +49,8 @@ pub struct Indexer {
     pub span_metrics: SpanMetrics,
     /// Dependency edges, written into the documents.
     pub edges: EdgeLinker,
+    /// Exact copies of spans indexed shortly before, marked in the documents.
+    pub resends: ResendFilter,
     /// Room in the ingest queue is given back here.
     pub queue: Arc<IngestQueue>,
     /// Highest WAL sequence number committed to the index.
@@ -73,44 +80,79 @@ impl Indexer {
         }
     }
 
+    /// Marks the exact copies among a batch's spans and writes the
+    /// dependency edges of the others into its documents.
+    fn link(&mut self, batch: &[ResourceSpans], fingerprints: &[u64], docs: &mut PreparedDocs) {
+        let length = self.store.partition_length();
+        let store = &self.store;
+        let copies = self.resends.mark(
+            store.fields().duplicate,
+            batch,
+            fingerprints,
+            docs,
+            length,
+            |id| store.marks_duplicates(id),
+        );
+        self.metrics.index_duplicate_spans.inc_by(copies);
+        self.edges
+            .annotate(batch, docs, length, self.resends.copies());
+    }
+
     /// Adds one live batch whose documents the receiver prepared.
-    pub fn apply_prepared(&mut self, seq: u64, mut item: IndexItem) {
+    pub fn apply_prepared(&mut self, seq: u64, item: IndexItem) {
         let now = Instant::now();
         let window = self.window();
         let length = self.store.partition_length();
-        self.edges
-            .annotate(&item.batch.resource_spans, &mut item.docs, length);
-        if let Err(error) = self.store.apply_prepared(seq, item.docs, window) {
+        let IndexItem {
+            batch,
+            mut docs,
+            fingerprints,
+            ..
+        } = item;
+        self.link(&batch.resource_spans, &fingerprints, &mut docs);
+        if let Err(error) = self.store.apply_prepared(seq, docs, window) {
             self.first_failed.get_or_insert(seq);
             events::index_failed(&self.metrics, seq, &error);
         }
-        crate::store::document::for_each_span(&item.batch.resource_spans, |span| {
-            if window.admits(PartitionId::containing(
-                span.span.start_time_unix_nano,
-                length,
-            )) {
+        let mut index = 0;
+        for_each_span(&batch.resource_spans, |span| {
+            let copy = self.resends.is_copy(index);
+            index += 1;
+            if !copy
+                && window.admits(PartitionId::containing(
+                    span.span.start_time_unix_nano,
+                    length,
+                ))
+            {
                 self.span_metrics.observe(span, now);
             }
         });
     }
 
     /// Adds one durable batch read back from the WAL (replay); `encoded` is
-    /// the record it was decoded from.
+    /// the record it was decoded from. The spans a partition holds already
+    /// are not added again, but they are remembered as indexed (a copy
+    /// sent after the restart is still one) and linked.
     pub fn apply(&mut self, seq: u64, batch: &ExportTraceServiceRequest, encoded: &[u8]) {
         let now = Instant::now();
         let window = self.window();
-        let span_metrics = &mut self.span_metrics;
-        let edges = &mut self.edges;
         let length = self.store.partition_length();
         let spans = &batch.resource_spans;
-        if let Err(error) = self.store.apply_linked(
-            seq,
-            spans,
-            Some(encoded),
-            window,
-            |docs| edges.annotate(spans, docs, length),
-            |span| span_metrics.observe(span, now),
-        ) {
+        let Prepared {
+            mut docs,
+            fingerprints,
+        } = SpanStore::prepare(&self.store.fields(), spans, Some(encoded), length);
+        self.link(spans, &fingerprints, &mut docs);
+        let mut index = 0;
+        for_each_span(spans, |span| {
+            let copy = self.resends.is_copy(index);
+            index += 1;
+            let id = PartitionId::containing(span.span.start_time_unix_nano, length);
+            if !copy && window.admits(id) && !self.store.holds(id, seq) {
+                self.span_metrics.observe(span, now);
+            }
+        });
+        if let Err(error) = self.store.apply_prepared(seq, docs, window) {
             self.first_failed.get_or_insert(seq);
             events::index_failed(&self.metrics, seq, &error);
         }

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod otlp_metrics;
 pub mod outcome;
 pub mod receiver;
+pub mod resends;
 pub mod run;
 pub mod serve;
 pub mod spanmetrics;

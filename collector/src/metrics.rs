@@ -214,6 +214,10 @@ pub struct Metrics {
     pub wal_replayed_records: IntCounter,
     /// Spans added to the index.
     pub index_spans: IntCounter,
+    /// Spans indexed that are exact copies of a span indexed shortly
+    /// before (a client's resend, see [`crate::resends`]): stored, marked,
+    /// and left out of statistics and span-derived metrics.
+    pub index_duplicate_spans: IntCounter,
     /// Time taken by one index commit (all partitions written since the last).
     pub index_commit_seconds: Histogram,
     /// Index writes that failed (spans stay in the WAL and are retried on restart).
@@ -320,6 +324,10 @@ impl Metrics {
             index_spans: IntCounter::new(
                 "tracemesh_collector_index_spans_total",
                 "Spans added to the index.",
+            )?,
+            index_duplicate_spans: IntCounter::new(
+                "tracemesh_collector_index_duplicate_spans_total",
+                "Spans that are exact copies of a span indexed shortly before (a client's resend): stored, but left out of query statistics, dependency edges and span-derived metrics.",
             )?,
             index_commit_seconds: histogram(
                 "tracemesh_collector_index_commit_seconds",
@@ -428,6 +436,7 @@ impl Metrics {
         r.register(Box::new(self.wal_lost_records.clone()))?;
         r.register(Box::new(self.wal_replayed_records.clone()))?;
         r.register(Box::new(self.index_spans.clone()))?;
+        r.register(Box::new(self.index_duplicate_spans.clone()))?;
         r.register(Box::new(self.index_commit_seconds.clone()))?;
         r.register(Box::new(self.index_errors.clone()))?;
         r.register(Box::new(self.partitions.clone()))?;

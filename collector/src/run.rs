@@ -115,6 +115,7 @@ impl Collector {
         let next_seq = recovered.last_seq.max(store.max_committed_seq()) + 1;
         let mut indexer = Indexer {
             edges: crate::edges::EdgeLinker::new(store.fields()),
+            resends: crate::resends::ResendFilter::new(),
             store,
             span_metrics,
             queue: Arc::new(IngestQueue::new(config.ingest_queue_spans)),

@@ -1,7 +1,8 @@
 //! What the fuzz targets share: the collector's ingest steps that run on
 //! bytes from the network, after decoding and before the WAL (validation,
 //! span limits, document building with each span's stored bytes cut from
-//! the request, dependency-edge linking). A target decodes its format and
+//! the request, marking of spans repeated within the request, dependency-edge
+//! linking). A target decodes its format and
 //! hands the request here, so every format's fuzzing also reaches the code
 //! behind the decoder.
 
@@ -14,6 +15,7 @@ use prost::Message;
 use tracemesh_collector::edges::EdgeLinker;
 use tracemesh_collector::ingest::limits::SpanLimits;
 use tracemesh_collector::ingest::validate::{self, TimeBounds};
+use tracemesh_collector::resends::ResendFilter;
 use tracemesh_collector::store::SpanStore;
 use tracemesh_collector::store::schema::{self, SpanFields};
 
@@ -40,6 +42,21 @@ pub fn ingest(mut request: ExportTraceServiceRequest, raw: Option<&[u8]>) {
             &encoded
         }
     };
-    let mut docs = SpanStore::prepare(&fields(), &request.resource_spans, Some(raw), PARTITION);
-    EdgeLinker::new(fields()).annotate(&request.resource_spans, &mut docs, PARTITION);
+    let mut prepared =
+        SpanStore::prepare(&fields(), &request.resource_spans, Some(raw), PARTITION);
+    let mut resends = ResendFilter::new();
+    resends.mark(
+        fields().duplicate,
+        &request.resource_spans,
+        &prepared.fingerprints,
+        &mut prepared.docs,
+        PARTITION,
+        |_| true,
+    );
+    EdgeLinker::new(fields()).annotate(
+        &request.resource_spans,
+        &mut prepared.docs,
+        PARTITION,
+        resends.copies(),
+    );
 }

@@ -535,6 +535,26 @@ fn ingest_takes_string_doubles_and_zipkin_as_jaeger_does() {
         String::from_utf8_lossy(&response.body)
     );
 
+    // A request sent twice, as an OTLP exporter resends one whose answer
+    // timed out: checkout's request (b1), its call to payments (b2) and
+    // payments' side of it (b3). Every answer counts each span once.
+    let resent = resent_request(micros * 1000);
+    for _ in 0..2 {
+        let response = http_request(
+            collector.otlp_http,
+            "POST",
+            "/v1/traces",
+            &[("content-type", "application/json")],
+            resent.as_bytes(),
+        );
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+
     // Zipkin: client and server halves sharing an id, and a span without timestamp.
     let zipkin = format!(
         r#"[{{"traceId":"5af7183fb1d4cf5f","id":"352bff9a74ca9ad2","kind":"CLIENT","name":"get /api","timestamp":{micros},"duration":2000,
@@ -609,7 +629,183 @@ fn ingest_takes_string_doubles_and_zipkin_as_jaeger_does() {
         select["references"][0]["spanID"], server["spanID"],
         "the server's own call hangs under it"
     );
+
+    // The Zipkin batch resent, gzipped. Its spans with a timestamp are
+    // copies; "late" had none, so its second arrival is another span (the
+    // same ids, another start), which stays.
+    let response = http_request(
+        collector.zipkin,
+        "POST",
+        "/api/v2/spans",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        &gzip(zipkin.as_bytes()),
+    );
+    assert_eq!(
+        response.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    // Indexed in order: once the resent "late" is in, so is everything before it.
+    let trace = eventually("the resent Zipkin batch", || {
+        let (_, body) = get(&collector, "/api/traces/5af7183fb1d4cf5f");
+        (body["data"][0]["spans"].as_array()?.len() >= 5).then_some(body)
+    });
+    let mut names: Vec<&str> = trace["data"][0]["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["operationName"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["get /api", "get /api", "late", "late", "select"],
+        "client, server and select once; late twice: {trace}"
+    );
+
+    let trace_id = "d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0";
+    let (status, body) = get(&collector, &format!("/api/traces/{trace_id}"));
+    assert_eq!(status, 200, "{body}");
+    let span_ids = |trace: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = trace["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["spanID"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let once = ["00000000000000b1", "00000000000000b2", "00000000000000b3"];
+    assert_eq!(span_ids(&body["data"][0]), once, "trace by id: {body}");
+    let (_, found) = get(&collector, "/api/traces?service=checkout");
+    assert_eq!(found["data"].as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(span_ids(&found["data"][0]), once, "search: {found}");
+    let (_, v3) = get(&collector, &format!("/api/v3/traces/{trace_id}"));
+    let v3_spans: usize = v3["result"]["resourceSpans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["scopeSpans"][0]["spans"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(v3_spans, 3, "api_v3: {v3}");
+    let now = now_nanos();
+    let (_, summaries) = get(
+        &collector,
+        &format!(
+            "/api/v3/trace-summaries?query.serviceName=checkout&query.startTimeMin={}&query.startTimeMax={}",
+            tracemesh_query::timefmt::rfc3339(now - 3_600_000 * MS),
+            tracemesh_query::timefmt::rfc3339(now + 60_000 * MS)
+        ),
+    );
+    assert_eq!(summaries["summaries"][0]["spanCount"], 3, "{summaries}");
+    let (_, native) = get(&collector, "/api/v1/traces?service=checkout&since=1h");
+    assert_eq!(native["traces"][0]["spans"], 3, "{native}");
+    let (_, ordered) = get(
+        &collector,
+        "/api/v1/traces?service=checkout&since=1h&sort=most_spans",
+    );
+    assert_eq!(ordered["traces"][0]["spans"], 3, "{ordered}");
+
+    let (_, latency) = get(&collector, "/api/v1/latency?service=checkout&since=1h");
+    assert_eq!(latency["count"], 1, "requests served: {latency}");
+    let (_, latency) = get(
+        &collector,
+        "/api/v1/latency?service=checkout&kind=all&since=1h",
+    );
+    assert_eq!(latency["count"], 2, "every span: {latency}");
+    let (_, red) = get(
+        &collector,
+        "/api/v1/red?service=checkout&kind=outbound&since=1h",
+    );
+    assert_eq!(red["rows"][0]["calls"], 1, "calls made: {red}");
+    let (_, deps) = get(&collector, "/api/v1/dependencies?since=2h");
+    assert!(
+        deps["edges"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"parent": "checkout", "child": "payments", "calls": 1, "errors": 0})),
+        "{deps}"
+    );
+    let (_, deps) = get(
+        &collector,
+        &format!("/api/dependencies?endTs={}&lookback=7200000", now / MS),
+    );
+    assert!(
+        deps["data"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"parent": "checkout", "child": "payments", "callCount": 1})),
+        "{deps}"
+    );
+
+    // The span-derived metrics count each span once too.
+    let metrics = collector.metrics();
+    let sum = |name: &str, label: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let checkout = "service_name=\"checkout\"";
+    assert_eq!(
+        (
+            sum("tracemesh_service_requests_total", checkout),
+            sum("traces_span_metrics_calls_total", checkout),
+            sum(
+                "traces_service_graph_request_total",
+                "client=\"checkout\",connection_type=\"\",server=\"payments\""
+            ),
+        ),
+        (2.0, 2.0, 1.0),
+        "served once, called once"
+    );
+    assert_eq!(
+        crate::harness::sample(&metrics, "tracemesh_collector_index_duplicate_spans_total"),
+        6.0,
+        "b1, b2, b3, and Zipkin's client, server and select"
+    );
     collector.stop();
+}
+
+/// The report's request as OTLP/JSON: trace d0d0…, checkout's SERVER span
+/// b1, its CLIENT span b2 and payments' SERVER span b3, starting at `start`.
+fn resent_request(start: u64) -> String {
+    let span = |id: &str, parent: Option<&str>, kind: u8, name: &str, offset_ms: u64, ms: u64| {
+        let mut span = json!({"traceId": "d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0",
+            "spanId": format!("00000000000000{id}"), "name": name, "kind": kind,
+            "startTimeUnixNano": (start + offset_ms * MS).to_string(),
+            "endTimeUnixNano": (start + (offset_ms + ms) * MS).to_string(),
+            "attributes": [{"key": "http.response.status_code", "value": {"intValue": "200"}}]});
+        if let Some(parent) = parent {
+            span["parentSpanId"] = format!("00000000000000{parent}").into();
+        }
+        span
+    };
+    let service = |name: &str, spans: Vec<Value>| {
+        json!({"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": name}}]},
+            "scopeSpans": [{"scope": {"name": "shop"}, "spans": spans}]})
+    };
+    json!({"resourceSpans": [
+        service("checkout", vec![
+            span("b1", None, 2, "POST /checkout", 0, 20),
+            span("b2", Some("b1"), 3, "POST /pay", 2, 15),
+        ]),
+        service("payments", vec![span("b3", Some("b2"), 2, "POST /pay", 3, 12)]),
+    ]})
+    .to_string()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
 }
 
 #[test]

@@ -139,11 +139,12 @@ impl Ingest {
         let (fields, length) = (parts.fields, parts.partition_length);
         let prepared = tokio::task::spawn_blocking(move || {
             let payload = raw.unwrap_or_else(|| request.encode_to_vec().into());
-            let docs = SpanStore::prepare(&fields, &request.resource_spans, Some(&payload), length);
-            (payload, docs, request)
+            let prepared =
+                SpanStore::prepare(&fields, &request.resource_spans, Some(&payload), length);
+            (payload, prepared, request)
         })
         .await;
-        let (payload, docs, request) = match prepared {
+        let (payload, prepared, request) = match prepared {
             Ok(prepared) => prepared,
             Err(error) => {
                 release();
@@ -155,7 +156,8 @@ impl Ingest {
         let batch = Arc::new(request);
         let item = IndexItem {
             batch: batch.clone(),
-            docs,
+            docs: prepared.docs,
+            fingerprints: prepared.fingerprints,
             spans: accepted as usize,
         };
         if let Err(error) = parts.wal.append(payload, item).await {

@@ -32,6 +32,13 @@ impl SpanRef<'_> {
     /// store keeps and [`super::read`] decodes. Written field by field, so
     /// the resource and span are not cloned into a message first.
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`Self::encode`], appended to `out` (a buffer reused across spans).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         use prost::encoding::{self, WireType};
         let scope_len = self
             .scope
@@ -42,24 +49,22 @@ impl SpanRef<'_> {
             } else {
                 encoding::string::encoded_len(3, &self.scope_schema_url.to_owned())
             };
-        let mut out =
-            Vec::with_capacity(scope_len + 16 + self.resource.map_or(0, |r| r.encoded_len() + 4));
+        out.reserve(scope_len + 16 + self.resource.map_or(0, |r| r.encoded_len() + 4));
         if let Some(resource) = self.resource {
-            encoding::message::encode(1, resource, &mut out);
+            encoding::message::encode(1, resource, out);
         }
-        encoding::encode_key(2, WireType::LengthDelimited, &mut out);
-        encoding::encode_varint(scope_len as u64, &mut out);
+        encoding::encode_key(2, WireType::LengthDelimited, out);
+        encoding::encode_varint(scope_len as u64, out);
         if let Some(scope) = self.scope {
-            encoding::message::encode(1, scope, &mut out);
+            encoding::message::encode(1, scope, out);
         }
-        encoding::message::encode(2, self.span, &mut out);
+        encoding::message::encode(2, self.span, out);
         if !self.scope_schema_url.is_empty() {
-            encoding::string::encode(3, &self.scope_schema_url.to_owned(), &mut out);
+            encoding::string::encode(3, &self.scope_schema_url.to_owned(), out);
         }
         if !self.resource_schema_url.is_empty() {
-            encoding::string::encode(3, &self.resource_schema_url.to_owned(), &mut out);
+            encoding::string::encode(3, &self.resource_schema_url.to_owned(), out);
         }
-        out
     }
 }
 

@@ -66,6 +66,16 @@ pub enum StoreError {
 /// A batch's documents, by partition.
 pub type PreparedDocs = BTreeMap<PartitionId, Vec<TantivyDocument>>;
 
+/// A batch made ready for the indexer ([`SpanStore::prepare`]).
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Its documents, by partition, each partition's in batch order.
+    pub docs: PreparedDocs,
+    /// Each span's fingerprint ([`crate::resends::fingerprint`] of its
+    /// stored bytes), in batch order.
+    pub fingerprints: Vec<u64>,
+}
+
 /// The partitions readers see, swapped whole when one is added or dropped.
 pub(crate) type PartitionMap = Arc<ArcSwap<BTreeMap<PartitionId, Arc<PartitionIndex>>>>;
 
@@ -178,80 +188,86 @@ impl SpanStore {
         self.metrics.partitions.set(self.partitions.len() as i64);
     }
 
-    /// Builds the documents of a batch, by partition. Pure: receivers call
-    /// it on their own threads so the indexer thread only adds documents.
-    /// `encoded` is the batch's protobuf encoding (as received or as written
-    /// to the WAL) when the caller has it: each span's stored bytes are then
-    /// cut from it rather than encoded again.
+    /// Builds the documents of a batch, by partition, and fingerprints its
+    /// spans. Pure: receivers call it on their own threads so the indexer
+    /// thread only adds documents. `encoded` is the batch's protobuf
+    /// encoding (as received or as written to the WAL) when the caller has
+    /// it: each span's stored bytes are then cut from it rather than
+    /// encoded again.
     pub fn prepare(
         fields: &schema::SpanFields,
         batch: &[ResourceSpans],
         encoded: Option<&[u8]>,
         partition_length: u64,
-    ) -> PreparedDocs {
+    ) -> Prepared {
         let spans = span_count(batch);
         let received = encoded
             .and_then(|raw| ReceivedSpans::parse(raw).ok())
             .filter(|received| received.len() as u64 == spans);
-        let mut docs: PreparedDocs = BTreeMap::new();
+        let mut prepared = Prepared {
+            docs: BTreeMap::new(),
+            fingerprints: Vec::with_capacity(spans as usize),
+        };
         let mut stored = Vec::new();
         let mut index = 0;
         document::for_each_span(batch, |span| {
             match &received {
                 Some(received) => received.encode_into(index, &mut stored),
-                None => stored = span.encode(),
+                None => {
+                    stored.clear();
+                    span.encode_into(&mut stored);
+                }
             }
             index += 1;
+            prepared
+                .fingerprints
+                .push(crate::resends::fingerprint(&stored));
             let id = PartitionId::containing(span.span.start_time_unix_nano, partition_length);
-            docs.entry(id)
+            prepared
+                .docs
+                .entry(id)
                 .or_default()
                 .push(document::build(fields, span, &stored));
         });
-        docs
+        prepared
     }
 
     /// Whether record `seq` is already committed in partition `id` (replay).
-    fn holds(&self, id: PartitionId, seq: u64) -> bool {
+    pub fn holds(&self, id: PartitionId, seq: u64) -> bool {
         self.partitions
             .get(&id)
             .is_some_and(|p| p.committed_seq >= seq)
     }
 
+    /// Whether partition `id` can take the [`schema::names::DUPLICATE`]
+    /// mark: one created before the mark existed cannot (its schema lacks
+    /// the field); one not created yet will have it.
+    pub fn marks_duplicates(&self, id: PartitionId) -> bool {
+        self.partitions
+            .get(&id)
+            .is_none_or(|p| p.partition.fields.duplicate.is_some())
+    }
+
     /// Adds the spans of WAL record `seq` that their partitions do not
     /// already hold, skipping spans whose partition is outside `window`.
-    /// `added` sees each span added. (Replay builds here; live batches come
-    /// prepared, see [`Self::apply_prepared`].)
+    /// `added` sees each span added. (Tests build here; the indexer
+    /// prepares, marks and links batches itself, see
+    /// [`Self::apply_prepared`].)
     pub fn apply(
         &mut self,
         seq: u64,
         batch: &[ResourceSpans],
         window: TimeWindow,
-        added: impl FnMut(SpanRef<'_>),
-    ) -> Result<usize, StoreError> {
-        self.apply_linked(seq, batch, None, window, |_| {}, added)
-    }
-
-    /// [`Self::apply`], with `link` given the documents before they are
-    /// added (the indexer writes dependency edges into them) and the batch's
-    /// encoding when the caller has it (see [`Self::prepare`]).
-    pub fn apply_linked(
-        &mut self,
-        seq: u64,
-        batch: &[ResourceSpans],
-        encoded: Option<&[u8]>,
-        window: TimeWindow,
-        link: impl FnOnce(&mut PreparedDocs),
         mut added: impl FnMut(SpanRef<'_>),
     ) -> Result<usize, StoreError> {
-        let mut docs = Self::prepare(&self.fields, batch, encoded, self.partition_length);
-        link(&mut docs);
+        let prepared = Self::prepare(&self.fields, batch, None, self.partition_length);
         document::for_each_span(batch, |span| {
             let id = PartitionId::containing(span.span.start_time_unix_nano, self.partition_length);
             if window.admits(id) && !self.holds(id, seq) {
                 added(span);
             }
         });
-        self.apply_prepared(seq, docs, window)
+        self.apply_prepared(seq, prepared.docs, window)
     }
 
     /// Adds prepared documents of WAL record `seq`, skipping partitions

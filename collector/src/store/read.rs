@@ -5,6 +5,11 @@
 //!
 //! Reads never block the writer: each call takes the current partition map
 //! and each partition's current searcher.
+//!
+//! Every search, scan, count and aggregation leaves out the documents the
+//! indexer marked as exact copies of a span indexed shortly before (a
+//! client's resend, see [`crate::resends`]); a trace read returns every
+//! stored span, copies included (the query service drops them).
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
@@ -24,6 +29,7 @@ use tantivy::query::{
 use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::{DocAddress, Searcher, SegmentReader, TantivyDocument, Term};
 
+use super::document::SpanRef;
 use super::partition::{self, PartitionId, PartitionIndex};
 use super::schema::{SpanFields, names};
 use super::{PartitionMap, StoreError};
@@ -125,6 +131,19 @@ pub struct StoredSpan {
     pub span: Span,
 }
 
+impl StoredSpan {
+    /// The span with its resource and scope, as ingest handles spans.
+    pub fn as_span_ref(&self) -> SpanRef<'_> {
+        SpanRef {
+            resource: self.resource.as_ref(),
+            resource_schema_url: &self.resource_schema_url,
+            scope: self.scope.as_ref(),
+            scope_schema_url: &self.scope_schema_url,
+            span: &self.span,
+        }
+    }
+}
+
 /// Most spans one trace read returns ([`SpanReader::trace`]): the earliest
 /// by start time are kept, the rest counted in [`Trace::omitted_spans`].
 pub const MAX_TRACE_SPANS: usize = 20_000;
@@ -138,7 +157,8 @@ pub const MAX_ANSWER_SPANS: usize = 100_000;
 pub struct Trace {
     /// The trace id.
     pub trace_id: TraceId,
-    /// Its spans, earliest start first.
+    /// Its spans, earliest start first, then by span id (so exact copies
+    /// are neighbours).
     pub spans: Vec<StoredSpan>,
     /// Spans stored but not read: past the read's span limit.
     pub omitted_spans: u64,
@@ -572,7 +592,8 @@ fn decode_span(bytes: &[u8]) -> Result<StoredSpan, StoreError> {
     })
 }
 
-/// The tantivy query for a [`SpanQuery`] on one partition.
+/// The tantivy query for a [`SpanQuery`] on one partition, marked copies
+/// left out.
 pub(super) fn build_query(fields: &SpanFields, query: &SpanQuery) -> Box<dyn Query> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     let mut term = |term: Term| {
@@ -608,6 +629,16 @@ pub(super) fn build_query(fields: &SpanFields, query: &SpanQuery) -> Box<dyn Que
     for condition in &query.conditions {
         clauses.push((Occur::Must, condition_query(fields, condition)));
     }
+    if let Some(duplicate) = fields.duplicate {
+        // Exact copies are stored but never counted (see `crate::resends`).
+        clauses.push((
+            Occur::MustNot,
+            Box::new(TermQuery::new(
+                Term::from_field_u64(duplicate, 1),
+                IndexRecordOption::Basic,
+            )),
+        ));
+    }
     let range = |field, from: Option<u64>, to: Option<u64>| -> Option<Box<dyn Query>> {
         if from.is_none() && to.is_none() {
             return None;
@@ -631,10 +662,13 @@ pub(super) fn build_query(fields: &SpanFields, query: &SpanQuery) -> Box<dyn Que
     ) {
         clauses.push((Occur::Must, q));
     }
-    match clauses.len() {
-        0 => Box::new(AllQuery),
-        _ => Box::new(BooleanQuery::new(clauses)),
+    if clauses.iter().all(|(occur, _)| *occur == Occur::MustNot) {
+        if clauses.is_empty() {
+            return Box::new(AllQuery);
+        }
+        clauses.push((Occur::Must, Box::new(AllQuery)));
     }
+    Box::new(BooleanQuery::new(clauses))
 }
 
 /// The term of attribute `key` with text `value`: keys with a field of

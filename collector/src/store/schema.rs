@@ -54,6 +54,11 @@ pub mod names {
     /// Between caller and callee in an edge value (ASCII unit separator:
     /// no service name holds it).
     pub const EDGE_SEPARATOR: char = '\u{1f}';
+    /// 1 on the document of an exact copy of a span indexed shortly before
+    /// (a client's resend, see `crate::resends`); absent on every other.
+    /// Indexed only: every search and aggregation leaves these documents
+    /// out. Partitions created before it existed lack the field.
+    pub const DUPLICATE: &str = "duplicate";
 }
 
 /// The fields of one index, looked up once.
@@ -97,6 +102,8 @@ pub struct SpanFields {
     pub edge: Field,
     /// See [`names::EDGE_ERROR`].
     pub edge_error: Field,
+    /// See [`names::DUPLICATE`]; `None` in a partition created before it.
+    pub duplicate: Option<Field>,
 }
 
 /// A whole-value text field, searched by exact term only.
@@ -150,6 +157,9 @@ pub fn build() -> Schema {
     builder.add_text_field(RESPONSE_FLAGS, fast_keyword());
     builder.add_text_field(EDGE, fast_keyword());
     builder.add_text_field(EDGE_ERROR, fast_keyword());
+    // Last: the fields before it keep their ids, so documents built with
+    // this schema fit a partition created without it (when unmarked).
+    builder.add_u64_field(DUPLICATE, NumericOptions::default().set_indexed());
     builder.build()
 }
 
@@ -178,6 +188,7 @@ impl SpanFields {
             response_flags: f(RESPONSE_FLAGS)?,
             edge: f(EDGE)?,
             edge_error: f(EDGE_ERROR)?,
+            duplicate: f(DUPLICATE).ok(),
         })
     }
 }

@@ -1,4 +1,5 @@
-//! Store round trips: write, commit, read back by id, search, scan, replay.
+//! Store round trips: write, commit, read back by id, search, scan, replay;
+//! marked copies stored but never counted.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Sta
 use super::*;
 use crate::attributes;
 use crate::ids::TraceId;
+use crate::resends::ResendFilter;
 
 const DAY: u64 = 86_400;
 const NOW: u64 = 20_000 * DAY * 1_000_000_000;
@@ -238,4 +240,117 @@ fn a_trace_read_keeps_its_earliest_spans_within_the_limit() {
         .unwrap();
     assert_eq!(both.len(), 2, "the trace not stored is skipped");
     assert_eq!((both[0].spans.len(), both[1].spans.len()), (10, 3));
+}
+
+/// Prepares `batch` as a receiver does, marks it as the indexer does, and
+/// adds it as record `seq`.
+fn apply_marked(
+    store: &mut SpanStore,
+    filter: &mut ResendFilter,
+    seq: u64,
+    batch: &[ResourceSpans],
+) {
+    let fields = store.fields();
+    let mut prepared = SpanStore::prepare(&fields, batch, None, DAY);
+    filter.mark(
+        fields.duplicate,
+        batch,
+        &prepared.fingerprints,
+        &mut prepared.docs,
+        DAY,
+        |id| store.marks_duplicates(id),
+    );
+    store
+        .apply_prepared(seq, prepared.docs, TimeWindow::ALL)
+        .unwrap();
+}
+
+#[test]
+fn marked_copies_are_stored_and_read_but_never_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let mut filter = ResendFilter::new();
+    let sent = batch(
+        "cart",
+        1,
+        &[
+            (1, 0, "GET /cart", NOW, 30, 0),
+            (2, 1, "SELECT", NOW + 1000, 5, 0),
+        ],
+    );
+    apply_marked(&mut store, &mut filter, 1, &sent);
+    store.commit().unwrap();
+    // Resent after a commit: the copies are in another segment.
+    apply_marked(&mut store, &mut filter, 2, &sent);
+    store.commit().unwrap();
+    let reader = store.reader();
+
+    let trace = reader.trace(TraceId([1; 16])).unwrap().unwrap();
+    assert_eq!(trace.spans.len(), 4, "a trace read returns what is stored");
+    let cart = SpanQuery {
+        service: Some("cart".into()),
+        ..Default::default()
+    };
+    assert_eq!(reader.count(&cart).unwrap(), 2);
+    assert_eq!(reader.count(&SpanQuery::default()).unwrap(), 2);
+    let mut scanned = 0;
+    reader.scan(&cart, |_| scanned += 1).unwrap();
+    assert_eq!(scanned, 2);
+    let hits = reader.find_traces(&cart, 10).unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].matched_spans, 2);
+    let counted = reader
+        .aggregate(
+            &cart,
+            serde_json::json!({"n": {"value_count": {"field": schema::names::DURATION}}}),
+        )
+        .unwrap();
+    assert_eq!(counted["n"]["value"], 2.0, "{counted}");
+    assert_eq!(
+        reader.operations("cart").unwrap(),
+        [("GET /cart".to_owned(), 2), ("SELECT".to_owned(), 2)]
+    );
+}
+
+#[test]
+fn a_partition_created_before_the_mark_takes_new_documents_unmarked() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = PartitionId::containing(NOW, DAY);
+    let path = dir.path().join("spans").join(id.dir_name());
+    std::fs::create_dir_all(&path).unwrap();
+    // The schema as it was: every field but the mark, in the same order.
+    let mut before = tantivy::schema::Schema::builder();
+    for (_, entry) in schema::build().fields() {
+        if entry.name() != schema::names::DUPLICATE {
+            before.add_field(entry.clone());
+        }
+    }
+    tantivy::Index::create_in_dir(&path, before.build()).unwrap();
+
+    let mut store = open(dir.path());
+    assert!(!store.marks_duplicates(id));
+    assert!(
+        store.marks_duplicates(PartitionId::containing(NOW + DAY * 1_000_000_000, DAY)),
+        "a partition still to be created will have the field"
+    );
+    let mut filter = ResendFilter::new();
+    let sent = batch("cart", 1, &[(1, 0, "GET /cart", NOW, 30, 0)]);
+    apply_marked(&mut store, &mut filter, 1, &sent);
+    apply_marked(&mut store, &mut filter, 2, &sent);
+    assert!(filter.is_copy(0), "still a copy for the span metrics");
+    store.commit().unwrap();
+    let reader = store.reader();
+    assert_eq!(
+        reader.trace(TraceId([1; 16])).unwrap().unwrap().spans.len(),
+        2
+    );
+    let cart = SpanQuery {
+        service: Some("cart".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        reader.count(&cart).unwrap(),
+        2,
+        "such a partition cannot leave the copy out"
+    );
 }

@@ -38,14 +38,14 @@ impl Engine {
         &self.reader
     }
 
-    /// Every span of one trace, shared Zipkin span ids split (see
-    /// [`search::split_shared_span_ids`]).
+    /// Every span of one trace, once: exact copies dropped and shared
+    /// Zipkin span ids split (see [`search::adjust`]).
     pub fn trace(&self, trace_id: TraceId) -> Result<Trace, QueryError> {
         let mut trace = self
             .reader
             .trace(trace_id)?
             .ok_or(QueryError::TraceNotFound)?;
-        search::split_shared_span_ids(&mut trace);
+        search::adjust(&mut trace);
         Ok(trace)
     }
 

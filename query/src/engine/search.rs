@@ -1,7 +1,8 @@
 //! Trace search with an order (newest, longest, shortest, most spans, most
-//! errors), trace summaries for result lists, and the adjustment every
-//! trace read gets: Zipkin's shared span ids split into a client span and
-//! a server child, as Jaeger does.
+//! errors), trace summaries for result lists, and the adjustments every
+//! trace read gets ([`adjust`]): exact copies of a span dropped, and
+//! Zipkin's shared span ids split into a client span and a server child,
+//! as Jaeger does.
 //!
 //! Newest first is the store's own order. Every other order first finds
 //! every trace with a matching span in the range (at most
@@ -16,7 +17,7 @@ use serde::Serialize;
 use tracemesh_collector::attributes;
 use tracemesh_collector::ids::TraceId;
 use tracemesh_collector::outcome::{Outcome, STATUS_ERROR};
-use tracemesh_collector::store::{SpanQuery, Trace};
+use tracemesh_collector::store::{SpanQuery, StoredSpan, Trace};
 
 use super::Engine;
 use crate::error::QueryError;
@@ -190,6 +191,76 @@ pub fn summarize(trace: &Trace) -> Summary {
     summary
 }
 
+/// What every trace the engine returns goes through: exact copies of a
+/// span dropped ([`drop_copies`]), then Zipkin's shared span ids split
+/// ([`split_shared_span_ids`]). In that order: a split gives a server span
+/// and its copy distinct ids, after which they would no longer be copies.
+pub fn adjust(trace: &mut Trace) {
+    drop_copies(trace);
+    split_shared_span_ids(trace);
+}
+
+/// Drops exact copies of a span from a trace, keeping the first, as
+/// Jaeger's query service does (its `DeduplicateSpans` adjuster): a client
+/// that resent a batch after a timeout had its spans stored twice. Copies
+/// encode alike: resource, scope, their schema URLs and every field of the
+/// span. A span with the same ids but other content stays.
+///
+/// `trace.spans` must be in the store's order (start, then span id), which
+/// makes copies neighbours: only neighbours with the same start and span
+/// id are encoded and compared, so a trace without any costs one pass and
+/// no allocation. Returns how many spans were dropped.
+pub fn drop_copies(trace: &mut Trace) -> usize {
+    let spans = &trace.spans;
+    let same_place = |a: &StoredSpan, b: &StoredSpan| {
+        a.span.start_time_unix_nano == b.span.start_time_unix_nano
+            && a.span.span_id == b.span.span_id
+    };
+    let mut copies: Vec<usize> = Vec::new();
+    // Reused from one run of neighbours to the next.
+    let mut encodings: Vec<Vec<u8>> = Vec::new();
+    let mut order: Vec<usize> = Vec::new();
+    let mut first = 0;
+    while first < spans.len() {
+        let mut end = first + 1;
+        while end < spans.len() && same_place(&spans[first], &spans[end]) {
+            end += 1;
+        }
+        let run = end - first;
+        if run > 1 {
+            if encodings.len() < run {
+                encodings.resize_with(run, Vec::new);
+            }
+            for (encoding, stored) in encodings.iter_mut().zip(&spans[first..end]) {
+                encoding.clear();
+                stored.as_span_ref().encode_into(encoding);
+            }
+            order.clear();
+            order.extend(0..run);
+            // Stable: of equal encodings the earliest comes first and stays.
+            order.sort_by(|&a, &b| encodings[a].cmp(&encodings[b]));
+            for pair in order.windows(2) {
+                if encodings[pair[0]] == encodings[pair[1]] {
+                    copies.push(first + pair[1]);
+                }
+            }
+        }
+        first = end;
+    }
+    if copies.is_empty() {
+        return 0;
+    }
+    copies.sort_unstable();
+    let mut next = copies.iter().peekable();
+    let mut index = 0;
+    trace.spans.retain(|_| {
+        let copy = next.next_if_eq(&&index).is_some();
+        index += 1;
+        !copy
+    });
+    copies.len()
+}
+
 /// Splits Zipkin's shared spans as Jaeger's span id uniquifier does: a
 /// SERVER span with the id of a CLIENT span gets a new id (one past the
 /// largest in the trace) and the client as its parent, and the spans
@@ -244,7 +315,7 @@ impl Engine {
         // search and the read (retention).
         let mut traces = self.reader().traces(&ids)?;
         for trace in &mut traces {
-            split_shared_span_ids(trace);
+            adjust(trace);
         }
         Ok(traces)
     }
@@ -321,8 +392,9 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::Span;
-    use tracemesh_collector::store::StoredSpan;
 
     use super::*;
 
@@ -369,6 +441,106 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, [(1, 0), (2, 1), (4, 2), (3, 4)]);
+    }
+
+    fn trace(spans: Vec<StoredSpan>) -> Trace {
+        Trace {
+            trace_id: TraceId([1; 16]),
+            spans,
+            omitted_spans: 0,
+        }
+    }
+
+    fn ids(trace: &Trace) -> Vec<(u64, u64)> {
+        let id = |b: &[u8]| <[u8; 8]>::try_from(b).map_or(0, u64::from_be_bytes);
+        trace
+            .spans
+            .iter()
+            .map(|s| (id(&s.span.span_id), id(&s.span.parent_span_id)))
+            .collect()
+    }
+
+    #[test]
+    fn exact_copies_go_and_a_span_with_the_same_ids_but_other_content_stays() {
+        let at = |mut s: StoredSpan, start: u64| {
+            s.span.start_time_unix_nano = start;
+            s
+        };
+        let mut named = at(span(3, 1, CLIENT), 30);
+        named.span.name = "renamed".into();
+        let mut other_service = at(span(3, 1, CLIENT), 30);
+        other_service.resource = Some(Resource {
+            attributes: vec![tracemesh_collector::attributes::string(
+                "service.name",
+                "other",
+            )],
+            ..Default::default()
+        });
+        // A NaN attribute: the copies are unequal as Rust compares floats,
+        // yet encode alike.
+        let mut nan = at(span(4, 1, CLIENT), 40);
+        nan.span.attributes = vec![KeyValue {
+            key: "ratio".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::DoubleValue(f64::NAN)),
+            }),
+            ..Default::default()
+        }];
+        assert_ne!(nan, nan.clone());
+        let mut sent = trace(vec![
+            at(span(1, 0, SERVER), 10),
+            at(span(1, 0, SERVER), 10),
+            at(span(2, 1, CLIENT), 20),
+            at(span(2, 1, CLIENT), 20),
+            at(span(2, 1, CLIENT), 20),
+            // Same ids and start, other content: none is a copy of 3.
+            at(span(3, 1, CLIENT), 30),
+            named.clone(),
+            other_service.clone(),
+            at(span(3, 1, CLIENT), 30),
+            nan.clone(),
+            nan.clone(),
+            // Same ids, a later start: no copy.
+            at(span(2, 1, CLIENT), 50),
+        ]);
+        assert_eq!(drop_copies(&mut sent), 5);
+        // Compared by encoding, as NaN is unequal to itself.
+        let encoded = |spans: &[StoredSpan]| -> Vec<Vec<u8>> {
+            spans.iter().map(|s| s.as_span_ref().encode()).collect()
+        };
+        assert_eq!(
+            encoded(&sent.spans),
+            encoded(&[
+                at(span(1, 0, SERVER), 10),
+                at(span(2, 1, CLIENT), 20),
+                at(span(3, 1, CLIENT), 30),
+                named,
+                other_service,
+                nan,
+                at(span(2, 1, CLIENT), 50),
+            ])
+        );
+        let mut unique = trace(vec![span(1, 0, SERVER), span(2, 1, CLIENT)]);
+        let before = unique.clone();
+        assert_eq!(drop_copies(&mut unique), 0);
+        assert_eq!(unique, before);
+    }
+
+    #[test]
+    fn copies_go_before_a_zipkin_shared_span_is_split() {
+        // A Zipkin batch resent: the shared client 2 and server 2 twice.
+        let mut resent = trace(vec![
+            span(1, 0, SERVER),
+            span(1, 0, SERVER),
+            span(2, 1, CLIENT),
+            span(2, 1, SERVER),
+            span(2, 1, CLIENT),
+            span(2, 1, SERVER),
+            span(3, 2, CLIENT),
+        ]);
+        adjust(&mut resent);
+        assert_eq!(ids(&resent), [(1, 0), (2, 1), (4, 2), (3, 4)]);
+        assert_eq!(summarize(&resent).spans, 4);
     }
 
     #[test]

@@ -13,6 +13,8 @@
 #[path = "capture/agents.rs"]
 mod agents;
 mod common;
+#[path = "capture/edges.rs"]
+mod edges;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Output;

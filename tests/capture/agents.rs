@@ -154,7 +154,8 @@ spec:
     )
 }
 
-/// An Agent in capture mode on Istio's ports, its certificate from files.
+/// An Agent in capture mode on Istio's ports, its certificate from files,
+/// its spans to `otlp`.
 fn agent_yaml(
     workload: &str,
     service: &str,
@@ -162,6 +163,27 @@ fn agent_yaml(
     version: &str,
     certs: &Path,
     otlp: SocketAddr,
+) -> String {
+    sidecar_yaml(workload, service, app, version, certs, "1s")
+        + &format!(
+            r#"  telemetry:
+    otlp: {{endpoint: "http://{otlp}"}}
+    sampling: 1.0
+    flushInterval: 100ms
+"#
+        )
+}
+
+/// An Agent in capture mode on Istio's ports, its certificate from files,
+/// its `protocolDetectionTimeout` `detection`; the `spec:` ends with its
+/// identity, for the caller to add a `telemetry:` or not.
+pub(crate) fn sidecar_yaml(
+    workload: &str,
+    service: &str,
+    app: &str,
+    version: &str,
+    certs: &Path,
+    detection: &str,
 ) -> String {
     let file = |name: &str| certs.join(name).display().to_string();
     format!(
@@ -172,17 +194,13 @@ spec:
   service: {service}
   labels: {{app: {app}, version: {version}}}
   concurrency: 1
-  capture: {{mode: REDIRECT, protocolDetectionTimeout: 1s}}
+  capture: {{mode: REDIRECT, protocolDetectionTimeout: {detection}}}
   outbound: {{listen: "127.0.0.1:15001"}}
   inbound: {{listen: "0.0.0.0:15006"}}
   admin: {{listen: "127.0.0.1:15000"}}
   serviceAccount: {app}
   identity:
     files: {{certChain: "{chain}", privateKey: "{key}", rootCert: "{root}"}}
-  telemetry:
-    otlp: {{endpoint: "http://{otlp}"}}
-    sampling: 1.0
-    flushInterval: 100ms
 "#,
         chain = file("cert-chain.pem"),
         key = file("key.pem"),
@@ -208,7 +226,7 @@ async fn metrics(pod: &Pod) -> Scrape {
 
 /// Waits until `what` holds on `pod`'s agent metrics (they are recorded
 /// when a response ends, a moment after the client has it).
-async fn wait_metrics(pod: &Pod, what: &str, pred: impl Fn(&Scrape) -> bool) -> Scrape {
+pub(crate) async fn wait_metrics(pod: &Pod, what: &str, pred: impl Fn(&Scrape) -> bool) -> Scrape {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let scrape = metrics(pod).await;
@@ -226,7 +244,7 @@ async fn wait_metrics(pod: &Pod, what: &str, pred: impl Fn(&Scrape) -> bool) -> 
 }
 
 /// A TCP echo server on the pod's address.
-fn echo(pod: &Pod, port: u16) -> tokio::task::JoinHandle<()> {
+pub(crate) fn echo(pod: &Pod, port: u16) -> tokio::task::JoinHandle<()> {
     let listener = pod.listen(SocketAddr::new(IpAddr::V4(pod.ip), port));
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     tokio::spawn(async move {
@@ -245,7 +263,7 @@ fn echo(pod: &Pod, port: u16) -> tokio::task::JoinHandle<()> {
 
 /// `openssl s_server -www` on the pod's port 8443 with a self-signed
 /// certificate for `secure.example.com`; its page names the server.
-fn tls_server(pod: &Pod, dir: &Path) -> tokio::process::Child {
+pub(crate) fn tls_server(pod: &Pod, dir: &Path) -> tokio::process::Child {
     let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
     let made = std::process::Command::new("openssl")
         .args([
@@ -282,7 +300,7 @@ fn tls_server(pod: &Pod, dir: &Path) -> tokio::process::Child {
 }
 
 /// `curl args` in `pod` as the application's uid: stdout, or why it failed.
-async fn curl_args(pod: &Pod, args: &[&str]) -> Result<String, String> {
+pub(crate) async fn curl_args(pod: &Pod, args: &[&str]) -> Result<String, String> {
     let out = pod
         .tokio_command_as(APP, APP, "curl")
         .args(["-sS", "--noproxy", "*", "--max-time", "20"])
@@ -304,7 +322,7 @@ async fn fetch(pod: &Pod, args: &[&str]) -> String {
 }
 
 /// `sh -c script` in `pod` as the application's uid.
-async fn shell(pod: &Pod, script: &str) -> Result<String, String> {
+pub(crate) async fn shell(pod: &Pod, script: &str) -> Result<String, String> {
     let out = pod
         .tokio_command_as(APP, APP, "bash")
         .args(["-c", script])

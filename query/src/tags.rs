@@ -98,9 +98,13 @@ pub fn apply(query: &mut SpanQuery, param: &str, key: &str, value: &str) -> Resu
                 ));
             }
         }),
+        // The spellings Go's strconv.ParseBool takes, which Jaeger reads
+        // `error` with (Grafana and scripts send `TRUE`, `1`).
         "error" => match value {
-            "true" => Condition::Status(2),
-            "false" => Condition::Not(Box::new(Condition::Status(2))),
+            "1" | "t" | "T" | "true" | "TRUE" | "True" => Condition::Status(2),
+            "0" | "f" | "F" | "false" | "FALSE" | "False" => {
+                Condition::Not(Box::new(Condition::Status(2)))
+            }
             _ => {
                 return Err(QueryError::param(
                     param,
@@ -218,6 +222,24 @@ mod tests {
             "503".into()
         )));
         assert!(apply(&mut query, "tag", "span.kind", "sideways").is_err());
+        // `error` as Go's ParseBool reads it, as Jaeger does.
+        for (value, error) in [
+            ("TRUE", true),
+            ("1", true),
+            ("t", true),
+            ("F", false),
+            ("0", false),
+        ] {
+            let mut query = SpanQuery::default();
+            apply(&mut query, "tag", "error", value).unwrap();
+            let want = if error {
+                Condition::Status(2)
+            } else {
+                Condition::Not(Box::new(Condition::Status(2)))
+            };
+            assert_eq!(query.conditions[0], want, "{value}");
+        }
+        assert!(apply(&mut query, "tag", "error", "yes").is_err());
         // Every alias is in one group only.
         let mut seen = std::collections::HashSet::new();
         for name in ALIASES.iter().flat_map(|g| g.iter()) {

@@ -125,7 +125,15 @@ fn convert(
     }
     let status_code = tags.remove("otel.status_code");
     let description = tags.remove("otel.status_description");
-    let status = match (status_code.as_deref(), tags.get("error")) {
+    // Zipkin's `error` tag is the span's error status, its value the
+    // message, as OpenTelemetry's Zipkin translator reads it; the tag then
+    // goes (kept, a Jaeger reader saw `error` twice: the string and the
+    // status's `error=true`).
+    let error = match status_code.as_deref() {
+        Some("ERROR" | "OK") => None,
+        _ => tags.remove("error"),
+    };
+    let status = match (status_code.as_deref(), error) {
         (Some("ERROR"), _) => Status {
             code: StatusCode::Error as i32,
             message: description.unwrap_or_default(),
@@ -136,7 +144,7 @@ fn convert(
         },
         (_, Some(error)) => Status {
             code: StatusCode::Error as i32,
-            message: error.clone(),
+            message: error,
         },
         _ => Status::default(),
     };
@@ -280,6 +288,12 @@ mod tests {
             Some("GET")
         );
         assert_eq!(span.status.as_ref().unwrap().code, StatusCode::Error as i32);
+        assert_eq!(span.status.as_ref().unwrap().message, "boom");
+        assert_eq!(
+            attributes::get_str(&span.attributes, "error"),
+            None,
+            "the tag became the status"
+        );
         assert_eq!(span.events[0].name, "ws");
     }
 

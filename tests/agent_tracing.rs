@@ -239,7 +239,7 @@ async fn b3_headers_are_read_and_rewritten() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spans_are_named_by_service_and_errors_mark_them() {
-    let vs = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend, namespace: default}\nspec:\n  hosts: [backend]\n  http:\n  - name: backend-api\n    route: [{destination: {host: backend}}]\n";
+    let vs = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend, namespace: default}\nspec:\n  hosts: [backend]\n  http:\n  - name: backend-api\n    retries: {attempts: 2, retryOn: \"503\"}\n    route: [{destination: {host: backend}}]\n";
     let t = traced("1.0", vs).await;
     let client = Client::h1(t.frontend.outbound);
     assert_eq!(
@@ -252,8 +252,8 @@ async fn spans_are_named_by_service_and_errors_mark_them() {
             .unwrap(),
     )
     .0;
-    // Istio's default retry policy retries a 503 twice: the request's
-    // CLIENT span, two retry CLIENT spans under it, three SERVER spans.
+    // The rule retries a 503 twice: the request's CLIENT span, two retry
+    // CLIENT spans under it, three SERVER spans.
     let spans = t
         .receiver
         .wait_for("the failing trace", |spans| {

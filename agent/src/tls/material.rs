@@ -32,10 +32,14 @@ pub enum MaterialError {
     NoIdentity,
 }
 
-/// ALPN protocols accepted by the mesh's servers: HTTP/2 first, then the
-/// mesh protocols Istio's sidecars offer (a peer's mTLS is told from an
+/// ALPN protocols offered and accepted for HTTP: HTTP/2 first (a
+/// gateway's servers, TLS originated to an application).
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// ALPN protocols a sidecar's mTLS server accepts: [`ALPN`], then the mesh
+/// protocols Istio's sidecars offer (a peer's mTLS is told from an
 /// application's TLS by them; see [`is_mesh_alpn`]).
-pub const ALPN: [&[u8]; 7] = [
+const MESH_SERVER_ALPN: [&[u8]; 7] = [
     b"h2",
     b"http/1.1",
     MESH_H2,
@@ -163,7 +167,7 @@ impl TlsMaterial {
                 .with_safe_default_protocol_versions()?
                 .with_client_cert_verifier(verifier)
                 .with_single_cert(chain.clone(), key.clone_key())?;
-            config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+            config.alpn_protocols = MESH_SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
             Ok(Arc::new(config))
         };
         let (server_strict, server_permissive) = (server(false)?, server(true)?);

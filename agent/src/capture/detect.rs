@@ -72,16 +72,21 @@ pub async fn detect_tls(stream: &TcpStream, timeout: Duration) -> io::Result<Det
     detect_with(stream, timeout, sniff_tls).await
 }
 
-/// The bytes a detection that timed out peeked, read off the socket now.
-/// Waiting for more, the detection cleared the socket's readiness with
-/// those bytes still unread; nothing announces them again, so whoever
-/// reads next would wait until the client sends another byte (a client
-/// that wrote `GET` or half a ClientHello and waits for an answer would
-/// wait for ever). The caller replays them ([`crate::proxy`]'s `Rewind`).
+/// What `detected` leaves for the next reader to replay: after a detection
+/// that timed out, the bytes it peeked, read off the socket now (none
+/// otherwise). Waiting for more, the detection cleared the socket's
+/// readiness with those bytes still unread; nothing announces them again,
+/// so whoever reads next would wait until the client sends another byte (a
+/// client that wrote `GET` or half a ClientHello and waits for an answer
+/// would wait for ever). The caller replays them ([`crate::proxy`]'s
+/// `Rewind`).
 ///
 /// # Errors
 /// The socket's read errors.
-pub fn take_undecided(stream: &TcpStream) -> io::Result<bytes::Bytes> {
+pub fn take_undecided(detected: &Detected, stream: &TcpStream) -> io::Result<bytes::Bytes> {
+    if *detected != (Detected::Opaque { timed_out: true }) {
+        return Ok(bytes::Bytes::new());
+    }
     let mut buf = vec![0u8; MAX_SNIFF];
     let mut len = 0;
     while len < buf.len() {
@@ -279,13 +284,18 @@ mod tests {
             stuck.is_err(),
             "the readiness was cleared with bytes unread"
         );
-        assert_eq!(&take_undecided(&server).unwrap()[..], b"GET");
+        assert_eq!(&take_undecided(&got, &server).unwrap()[..], b"GET");
         client.write_all(b" more").await.unwrap();
         server.readable().await.unwrap();
         let mut rest = [0u8; 16];
         let n = server.try_read(&mut rest).unwrap();
         assert_eq!(&rest[..n], b" more", "what follows is read as ever");
-        assert!(take_undecided(&server).unwrap().is_empty());
+        assert!(take_undecided(&got, &server).unwrap().is_empty());
+        let decided = Detected::Opaque { timed_out: false };
+        assert!(
+            take_undecided(&decided, &server).unwrap().is_empty(),
+            "only after a timeout"
+        );
     }
 
     #[tokio::test]

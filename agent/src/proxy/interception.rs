@@ -117,9 +117,9 @@ pub async fn outbound(
         }
         None => outside_registry(snapshot, dst),
     };
-    let undecided = match detected {
-        Some(Detected::Opaque { timed_out: true }) => take_undecided(stream)?,
-        _ => bytes::Bytes::new(),
+    let undecided = match &detected {
+        Some(detected) => take_undecided(detected, stream)?,
+        None => bytes::Bytes::new(),
     };
     Ok(Outbound::Tcp {
         target,

@@ -20,11 +20,6 @@ pub struct Rewind<T> {
 }
 
 impl<T> Rewind<T> {
-    /// `inner` as it is, nothing read yet.
-    pub fn new(inner: T) -> Self {
-        Self::with_prefix(inner, Bytes::new())
-    }
-
     /// `inner`, its first bytes `prefix` (already read off it).
     pub fn with_prefix(inner: T, prefix: Bytes) -> Self {
         Self { prefix, inner }

@@ -409,28 +409,19 @@ impl Connection {
             }
         } else {
             // What a timed-out detection peeked is read now and replayed.
-            let undecided = match first {
-                Detected::Opaque { timed_out: true } => match take_undecided(&stream) {
-                    Ok(bytes) => bytes,
-                    Err(error) => {
-                        tracing::debug!(%error, "captured connection failed before its first bytes");
-                        return;
-                    }
-                },
-                _ => Bytes::new(),
+            let undecided = match take_undecided(&first, &stream) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::debug!(%error, "captured connection failed before its first bytes");
+                    return;
+                }
             };
             (MaybeTls::Plain(stream), None, undecided)
         };
+        // The application's own TLS is bytes for it; else the declared
+        // protocol, else what the plaintext's first bytes showed, else (on
+        // terminated mTLS) what the decrypted ones show.
         let (io, http) = match (app.protocol, &io) {
-            _ if app_tls => (Rewind::new(io), false),
-            (Protocol::Tcp | Protocol::Tls, _) => (Rewind::with_prefix(io, undecided), false),
-            (Protocol::Http | Protocol::Http2 | Protocol::Grpc, _) => {
-                (Rewind::with_prefix(io, undecided), true)
-            }
-            (Protocol::Auto, MaybeTls::Plain(_)) => {
-                let http = matches!(first, Detected::Http1 | Detected::Http2);
-                (Rewind::with_prefix(io, undecided), http)
-            }
             (Protocol::Auto, MaybeTls::Tls(_)) => match rewind::sniff_http(io, timeout).await {
                 Ok(sniffed) => sniffed,
                 Err(error) => {
@@ -438,6 +429,15 @@ impl Connection {
                     return;
                 }
             },
+            (protocol, _) => {
+                let http = !app_tls
+                    && match protocol {
+                        Protocol::Tcp | Protocol::Tls => false,
+                        Protocol::Http | Protocol::Http2 | Protocol::Grpc => true,
+                        Protocol::Auto => matches!(first, Detected::Http1 | Detected::Http2),
+                    };
+                (Rewind::with_prefix(io, undecided), http)
+            }
         };
         if http {
             let down = Downstream {

@@ -142,34 +142,26 @@ impl HeaderFormat {
         use std::fmt::Write;
         let mut out = String::new();
         for part in self.0.iter() {
+            // Writing to a String cannot fail.
             let _ = match part {
-                Part::Literal(text) => {
-                    out.push_str(text);
-                    Ok(())
-                }
-                Part::Protocol => {
-                    out.push_str(match ctx.version {
-                        Version::HTTP_10 => "HTTP/1.0",
-                        Version::HTTP_2 => "HTTP/2",
-                        _ => "HTTP/1.1",
-                    });
-                    Ok(())
-                }
+                Part::Literal(text) => out.write_str(text),
+                Part::Protocol => out.write_str(match ctx.version {
+                    Version::HTTP_10 => "HTTP/1.0",
+                    Version::HTTP_2 => "HTTP/2",
+                    _ => "HTTP/1.1",
+                }),
                 Part::RemoteAddress => write!(out, "{}", ctx.peer),
                 Part::RemoteIp => write!(out, "{}", ctx.peer.ip()),
                 Part::RemotePort => write!(out, "{}", ctx.peer.port()),
                 Part::LocalAddress => write!(out, "{}", ctx.local),
                 Part::LocalIp => write!(out, "{}", ctx.local.ip()),
                 Part::LocalPort => write!(out, "{}", ctx.local.port()),
-                Part::Request(name) => {
-                    if let Some(value) = request
+                Part::Request(name) => out.write_str(
+                    request
                         .and_then(|h| h.get(name))
                         .and_then(|v| v.to_str().ok())
-                    {
-                        out.push_str(value);
-                    }
-                    Ok(())
-                }
+                        .unwrap_or(""),
+                ),
             };
         }
         if out.is_empty() {

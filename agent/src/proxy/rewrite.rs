@@ -73,14 +73,6 @@ pub fn location<B>(redirect: &Redirect, req: &http::Request<B>) -> Option<Header
         .unwrap_or("http");
     let (host, port) = split_host_port(request_authority(req).unwrap_or(""));
     let host = redirect.authority.as_deref().unwrap_or(host);
-    // A scheme's default port is left out of the Location (the Gateway
-    // API's RequestRedirect: "SHOULD NOT add the port number ... HTTP and
-    // port 80, HTTPS and port 443"; the URL is the same either way).
-    let default_port = match scheme {
-        "http" => Some(80),
-        "https" => Some(443),
-        _ => None,
-    };
     // The request's port goes with it, unless the scheme changes from one
     // whose default port it is: http://a:80 becomes https://a (Envoy's
     // processRequestHost).
@@ -90,8 +82,7 @@ pub fn location<B>(redirect: &Redirect, req: &http::Request<B>) -> Option<Header
         .and_then(|v| v.to_str().ok())
         .or(req.uri().scheme_str())
         .unwrap_or("http");
-    let request_port =
-        port.filter(|p| from == scheme || !matches!((from, p), ("http", 80) | ("https", 443)));
+    let request_port = port.filter(|p| from == scheme || default_port(from) != Some(*p));
     let port = redirect
         .port
         .or(if redirect.port_from_request {
@@ -99,7 +90,10 @@ pub fn location<B>(redirect: &Redirect, req: &http::Request<B>) -> Option<Header
         } else {
             None
         })
-        .filter(|p| Some(*p) != default_port);
+        // A scheme's default port is left out of the Location (the Gateway
+        // API's RequestRedirect: "SHOULD NOT add the port number ... HTTP
+        // and port 80, HTTPS and port 443"; the URL is the same either way).
+        .filter(|p| Some(*p) != default_port(scheme));
     let path = match &redirect.uri {
         Some(uri) if uri.contains('?') => uri.clone(),
         Some(uri) => format!(
@@ -134,6 +128,15 @@ pub fn location<B>(redirect: &Redirect, req: &http::Request<B>) -> Option<Header
         None => host.into_owned(),
     };
     HeaderValue::try_from(format!("{scheme}://{authority}{path}")).ok()
+}
+
+/// The port a scheme implies: 80 for `http`, 443 for `https`.
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -203,6 +203,16 @@ pub struct Attempts<'a> {
 /// The header that numbers an attempt.
 const ATTEMPT_COUNT: http::HeaderName = http::HeaderName::from_static("x-envoy-attempt-count");
 
+/// `n` as a header value, without allocating for the attempts most
+/// requests make.
+fn attempt_number(n: u32) -> http::HeaderValue {
+    const SMALL: [&str; 4] = ["1", "2", "3", "4"];
+    match SMALL.get(n as usize - 1) {
+        Some(text) => http::HeaderValue::from_static(text),
+        None => http::HeaderValue::from(n),
+    }
+}
+
 /// The response header that marks an answer as rate limited, never retried.
 const RATE_LIMITED: &str = "x-envoy-ratelimited";
 
@@ -261,7 +271,7 @@ impl Attempts<'_> {
             if self.count_attempts {
                 parts
                     .headers
-                    .insert(ATTEMPT_COUNT, http::HeaderValue::from(attempt + 1));
+                    .insert(ATTEMPT_COUNT, attempt_number(attempt + 1));
             }
             if attempt > 0 {
                 record.sending_retry(attempt, endpoint, &mut parts.headers);

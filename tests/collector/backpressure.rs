@@ -81,7 +81,6 @@ fn a_saturated_ingest_queue_pushes_back() {
         dir.path(),
         &["--ingest-queue-spans", "600", "--commit-interval", "100ms"],
     );
-    let body = batch("pressure", random_trace_id(), 512, now_nanos()).encode_to_vec();
     let addr = collector.otlp_http;
 
     let mut accepted_spans = 0u64;
@@ -89,7 +88,10 @@ fn a_saturated_ingest_queue_pushes_back() {
     for _round in 0..20 {
         let handles: Vec<_> = (0..32)
             .map(|_| {
-                let body = body.clone();
+                // Each batch its own trace: identical copies of one batch
+                // are stored but counted once (a resend), and the count
+                // below is of what was accepted.
+                let body = batch("pressure", random_trace_id(), 512, now_nanos()).encode_to_vec();
                 std::thread::spawn(move || {
                     http_request(
                         addr,

@@ -308,3 +308,32 @@ pub fn start(dir: &std::path::Path) -> (Collector, Sent) {
     }
     (collector, sent)
 }
+
+/// The `monitor` service's server spans for the Monitor tab's windows,
+/// from the minute starting at `minute` (ns, a multiple of 60 s): 100
+/// spans of 1 ms in it, 100 spans of 10.0–19.9 ms the next minute, none
+/// the one after, and 3 spans of 500 ms the minute after that. Returns
+/// the request and every span's (start, duration) in ns.
+pub fn monitor_requests(minute: u64) -> (ExportTraceServiceRequest, Vec<(u64, u64)>) {
+    const MINUTE: u64 = 60_000 * MS;
+    let mut sent = Vec::new();
+    for k in 0..100u64 {
+        sent.push((minute + k * 100 * MS, MS));
+        sent.push((minute + MINUTE + k * 100 * MS, 10 * MS + k * MS / 10));
+    }
+    for k in 0..3u64 {
+        sent.push((minute + 3 * MINUTE + k * 1_000 * MS, 500 * MS));
+    }
+    let mut trace = [0u8; 16];
+    trace[0] = 0x3e;
+    let trace = TraceId(trace);
+    let spans = sent
+        .iter()
+        .enumerate()
+        .map(|(n, &at)| span(&trace, (9000, n as u64 + 1, 0), "GET /watch", 2, at))
+        .collect();
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![resource_spans("monitor", spans)],
+    };
+    (request, sent)
+}

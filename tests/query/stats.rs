@@ -182,3 +182,81 @@ fn tcp_connections_are_edges_by_peer_service_and_http_calls_count_once() {
         ])
     );
 }
+
+/// Jaeger's Monitor tab: the latency at each point is the quantile of the
+/// spans of the whole `ratePer` window ending there, as Jaeger's
+/// `histogram_quantile(q, rate(…[ratePer]))` is — the window the call and
+/// error rates beside it cover — not of the spans of one step. Three slow
+/// spans alone in their minute are the p95 of that step, not of the 103
+/// spans of its three-minute window.
+#[test]
+fn monitor_latency_is_the_quantile_of_the_rate_window() {
+    const MINUTE: u64 = 60_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let collector = crate::harness::Collector::start(dir.path(), &["--commit-interval", "200ms"]);
+    let minute = (crate::harness::now_nanos() / MINUTE - 8) * MINUTE;
+    let (request, sent) = data::monitor_requests(minute);
+    data::send(&collector, &request);
+    crate::harness::eventually("the monitor service's spans indexed", || {
+        let (_, body) = get(&collector, "/api/v1/latency?service=monitor&since=1h");
+        (body["count"].as_u64() == Some(sent.len() as u64)).then_some(())
+    });
+
+    let end = minute + 5 * MINUTE + MINUTE / 2;
+    let (status, answer) = get(
+        &collector,
+        &format!(
+            "/api/metrics/latencies?service=monitor&quantile=0.95&endTs={}&lookback=600000&step=60000&ratePer=180000",
+            end / 1_000_000
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let points = answer["metrics"][0]["metricPoints"].as_array().unwrap();
+    let value_at = |at: u64| {
+        let timestamp = tracemesh_query::timefmt::rfc3339(at);
+        points
+            .iter()
+            .find(|p| p["timestamp"] == timestamp.as_str())
+            .map(|p| p["gaugeValue"]["doubleValue"].as_f64().unwrap())
+    };
+    // Every step from the first span's on: the exact p95 of the spans
+    // started in the three steps ending with it.
+    let mut checked = 0;
+    for step in 0..6 {
+        let start = minute + step * MINUTE;
+        let mut window: Vec<u64> = sent
+            .iter()
+            .filter(|(at, _)| *at + 2 * MINUTE >= start && *at < start + MINUTE)
+            .map(|&(_, duration)| duration)
+            .collect();
+        window.sort();
+        let at = (start + MINUTE).min(end);
+        match value_at(at) {
+            Some(estimate) => {
+                assert!(
+                    !window.is_empty(),
+                    "a point for an empty window at step {step}"
+                );
+                assert!(
+                    close_to_quantile(&window, 0.95, estimate),
+                    "step {step}: {estimate} ms, the window's {} spans from {} to {} ns",
+                    window.len(),
+                    window[0],
+                    window[window.len() - 1]
+                );
+                checked += 1;
+            }
+            None => assert!(window.is_empty(), "no point at step {step}: {answer}"),
+        }
+    }
+    assert_eq!(checked, 6, "{answer}");
+    // The step of the three slow spans: the window's p95 is a 19.6 ms span,
+    // where the step's own would be 500 ms.
+    let slow = value_at(minute + 4 * MINUTE).unwrap();
+    assert!(
+        (slow - 19.6).abs() < 19.6 * QUANTILE_RELATIVE_ERROR + 0.005,
+        "{slow}"
+    );
+    // Before the first span: no point, not a 0.
+    assert_eq!(value_at(minute), None, "{answer}");
+}

@@ -1,7 +1,8 @@
 //! The query engine: every question the APIs and the CLI ask, answered
 //! from the collector's store. Trace reads use the store's trace index;
 //! every statistic is a tantivy aggregation on fast fields (see
-//! [`stats`]), never a walk over stored spans; a service's numbers count
+//! [`stats`]) or, for quantiles over sliding windows ([`window`]), one scan
+//! of the same columns, never a walk over stored spans; a service's numbers count
 //! what [`view`] says; [`search`] orders trace searches and summarizes
 //! traces; [`explain`] ranks what made requests slower.
 
@@ -9,6 +10,7 @@ pub mod explain;
 pub mod search;
 pub mod stats;
 pub mod view;
+pub mod window;
 
 use std::time::Duration;
 

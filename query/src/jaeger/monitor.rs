@@ -1,8 +1,10 @@
 //! Jaeger's monitor endpoints (`/api/metrics/latencies|calls|errors`),
 //! which feed Jaeger UI's Monitor tab. Jaeger computes them with PromQL
 //! over span metrics; tracemesh computes the same quantities from the
-//! store: call rate and error rate over a sliding `ratePer` window sampled
-//! every `step`, and the latency quantile of the spans in each step.
+//! store: call rate, error rate and the latency quantile over a sliding
+//! `ratePer` window sampled every `step` (the quantile of the window's
+//! spans together, as Jaeger's `histogram_quantile` over `rate(…[ratePer])`
+//! is).
 //! Errors are 5xx and local failures, as everywhere in tracemesh
 //! ([`tracemesh_collector::outcome::Outcome`]); steps before a service's
 //! first span have no point.
@@ -154,10 +156,6 @@ fn family(engine: &Engine, query: &MetricsQuery, which: Which) -> Result<MetricF
         from: query.range.from.saturating_sub(query.rate_per),
         to: query.range.to,
     };
-    let percents = match which {
-        Which::Latency(q) => vec![q * 100.0],
-        _ => Vec::new(),
-    };
     let mut metrics = Vec::new();
     for service in &query.services {
         let spans = SpanQuery {
@@ -165,43 +163,30 @@ fn family(engine: &Engine, query: &MetricsQuery, which: Which) -> Result<MetricF
             kind: Some(query.kind),
             ..Default::default()
         };
-        for series in engine.series(&spans, fetch, query.step, &percents, query.by_operation)? {
+        for (operation, steps) in values(engine, &spans, query, which, fetch, window_steps)? {
             let mut labels = vec![Label {
                 name: "service_name",
                 value: service.clone(),
             }];
-            if let Some(operation) = &series.operation {
+            if let Some(operation) = operation {
                 labels.push(Label {
                     name: "operation",
-                    value: operation.clone(),
+                    value: operation,
                 });
             }
             let mut points = Vec::new();
             // Before the service's first span there is nothing to say: no
             // point, rather than a 0 the UI would average in.
-            let first = series.points.iter().position(|p| p.calls > 0);
-            for (i, point) in series.points.iter().enumerate() {
-                let at = point.start + query.step;
+            let first = steps.iter().position(|s| s.calls > 0);
+            for (i, step) in steps.iter().enumerate() {
+                let at = step.start + query.step;
                 if at < query.range.from
-                    || point.start > query.range.to
+                    || step.start > query.range.to
                     || first.is_none_or(|first| i < first)
                 {
                     continue;
                 }
-                let window = &series.points[i.saturating_sub(window_steps - 1)..=i];
-                let calls: u64 = window.iter().map(|p| p.calls).sum();
-                let errors: u64 = window.iter().map(|p| p.errors).sum();
-                let value = match which {
-                    Which::Latency(_) => point
-                        .quantiles
-                        .first()
-                        .copied()
-                        .flatten()
-                        .map(|ns| ns / 1e6),
-                    Which::Calls => Some(calls as f64 / (query.rate_per as f64 / 1e9)),
-                    Which::Errors => (calls > 0).then(|| errors as f64 / calls as f64),
-                };
-                if let Some(value) = value {
+                if let Some(value) = step.value {
                     points.push(MetricPoint {
                         gauge_value: GaugeValue {
                             double_value: value,
@@ -222,6 +207,75 @@ fn family(engine: &Engine, query: &MetricsQuery, which: Which) -> Result<MetricF
         help,
         metrics,
     })
+}
+
+/// A series of steps, per operation when grouped.
+type Steps = (Option<String>, Vec<Step>);
+
+/// One step of an answer: when it starts, the spans started in it, and
+/// the metric's value over the `ratePer` window ending with it.
+struct Step {
+    start: u64,
+    calls: u64,
+    value: Option<f64>,
+}
+
+/// Every step of `fetch` for the spans of `spans`, per operation when
+/// grouped. Every metric is over the same window, as Jaeger's PromQL takes
+/// each over `[ratePer]`: the calls and errors summed over the window's
+/// steps; the latency quantile of the window's spans together
+/// ([`Engine::windowed_quantiles`]), not of one step's.
+fn values(
+    engine: &Engine,
+    spans: &SpanQuery,
+    query: &MetricsQuery,
+    which: Which,
+    fetch: TimeRange,
+    window_steps: usize,
+) -> Result<Vec<Steps>, QueryError> {
+    if let Which::Latency(q) = which {
+        let series = engine.windowed_quantiles(
+            spans,
+            fetch,
+            query.step,
+            window_steps,
+            q,
+            query.by_operation,
+        )?;
+        return Ok(series
+            .into_iter()
+            .map(|series| {
+                let steps = series.points.into_iter().map(|p| Step {
+                    start: p.start,
+                    calls: p.calls,
+                    value: p.quantile.map(|ns| ns / 1e6),
+                });
+                (series.operation, steps.collect())
+            })
+            .collect());
+    }
+    let series = engine.series(spans, fetch, query.step, &[], query.by_operation)?;
+    Ok(series
+        .into_iter()
+        .map(|series| {
+            let points = &series.points;
+            let steps = points.iter().enumerate().map(|(i, point)| {
+                let window = &points[i.saturating_sub(window_steps - 1)..=i];
+                let calls: u64 = window.iter().map(|p| p.calls).sum();
+                let errors: u64 = window.iter().map(|p| p.errors).sum();
+                let value = match which {
+                    Which::Calls => Some(calls as f64 / (query.rate_per as f64 / 1e9)),
+                    _ => (calls > 0).then(|| errors as f64 / calls as f64),
+                };
+                Step {
+                    start: point.start,
+                    calls: point.calls,
+                    value,
+                }
+            });
+            (series.operation, steps.collect())
+        })
+        .collect())
 }
 
 async fn answer(

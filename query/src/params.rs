@@ -65,7 +65,8 @@ impl Params {
     }
 
     /// How many traces to answer with: the first non-empty value of any of
-    /// `names` (or `default`), kept within 1..=[`MAX_TRACES`].
+    /// `names`, or `default` when absent or 0 (Jaeger's storage readers
+    /// take `NumTraces` 0 as their default), at most [`MAX_TRACES`].
     pub fn limit(&self, names: &[&str], default: usize) -> Result<usize, QueryError> {
         let limit = match self.get_any(names) {
             Some((name, text)) => text
@@ -73,6 +74,7 @@ impl Params {
                 .map_err(|e| QueryError::param(name, e))?,
             None => default,
         };
+        let limit = if limit == 0 { default } else { limit };
         Ok(limit.clamp(1, MAX_TRACES))
     }
 
@@ -117,10 +119,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_are_capped() {
+    fn limits_are_capped_and_zero_is_the_default() {
         let params = Params::parse(Some("limit=1000000&query.num_traces=0"));
         assert_eq!(params.limit(&["limit"], 20).unwrap(), MAX_TRACES);
-        assert_eq!(params.limit(&["query.num_traces"], 20).unwrap(), 1);
+        assert_eq!(params.limit(&["query.num_traces"], 20).unwrap(), 20);
         assert_eq!(params.limit(&["absent"], 20).unwrap(), 20);
         let error = Params::parse(Some("limit=-1"))
             .limit(&["limit"], 20)

@@ -171,6 +171,10 @@ fn jaeger_api_answers_as_jaeger_does() {
         "/api/traces?service=cart&tag=customer.tier:gold&limit=3&lookback=1h",
     );
     assert_eq!(limited["data"].as_array().unwrap().len(), 3);
+    // limit=0 is Jaeger's default (its storage readers take NumTraces 0
+    // as 100), not one trace: 200 shop traces, 100 answered.
+    let (_, zero) = get(&collector, "/api/traces?service=cart&limit=0&lookback=1h");
+    assert_eq!(zero["data"].as_array().unwrap().len(), 100);
 
     // Errors: unknown trace → 404, bad parameters → 400 naming them.
     let (status, body) = get(&collector, "/api/traces/0123456789abcdef0123456789abcdef");

@@ -1,18 +1,31 @@
 //! Config errors name file, document and field; `validate` checks without
 //! starting; skipped kinds and unenforced fields are warned about; a dead
-//! OTLP endpoint never hurts proxying; SIGTERM drains.
+//! OTLP endpoint never hurts proxying; SIGTERM drains the inbound side while
+//! the outbound side serves on.
 
 // Tests fail by panicking; helpers here unwrap as the tests do.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
 
 use common::agent::{Agent, validate, validate_file};
 use common::client::Client;
-use common::mesh::{Ep, NO_COLLECTOR, agent, service_entry};
-use common::upstream::{Upstream, closed_port};
+use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, service_entry};
+use common::upstream::{Upstream, closed_port, tcp_echo};
 
 fn bad_weights_vs() -> &'static str {
     r#"---
@@ -231,6 +244,238 @@ async fn sigterm_lets_in_flight_requests_finish() {
         200,
         "the in-flight request completed"
     );
+}
+
+/// An application whose requests are held: each one's path is sent on
+/// `arrived` when it reaches the app, and every one is answered 200
+/// (`released`) once `release` is set.
+struct HeldApp {
+    addr: SocketAddr,
+    arrived: mpsc::UnboundedReceiver<String>,
+    release: watch::Sender<bool>,
+}
+
+impl HeldApp {
+    async fn start() -> HeldApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (arrive, arrived) = mpsc::unbounded_channel();
+        let (release, released) = watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (arrive, released) = (arrive.clone(), released.clone());
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (arrive, mut released) = (arrive.clone(), released.clone());
+                    async move {
+                        let _ = arrive.send(req.uri().path().to_owned());
+                        let _ = released.wait_for(|released| *released).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                            b"released",
+                        ))))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        HeldApp {
+            addr,
+            arrived,
+            release,
+        }
+    }
+}
+
+/// One HTTP/1.1 connection to `addr`, kept open between requests as an
+/// application's connection pool keeps it.
+struct Pooled {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Pooled {
+    async fn open(addr: SocketAddr) -> Pooled {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Pooled { sender }
+    }
+
+    /// GETs `path` of `host` on this connection: (status, whether the
+    /// response said `Connection: close`), or why there was no response.
+    async fn get(&mut self, host: &str, path: &str) -> Result<(u16, bool), String> {
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("connection not ready: {e}"))?;
+        let request = Request::get(path)
+            .header(header::HOST, host)
+            .body(Full::default())
+            .unwrap();
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let close = response
+            .headers()
+            .get(header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let status = response.status().as_u16();
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?;
+        Ok((status, close))
+    }
+}
+
+/// Writes `bytes` on a new connection to `addr` and reads as many back (an
+/// echo behind it), within 30 s.
+async fn echoed(addr: SocketAddr, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let exchange = async {
+        let mut conn = TcpStream::connect(addr).await?;
+        conn.write_all(bytes).await?;
+        let mut back = vec![0; bytes.len()];
+        conn.read_exact(&mut back).await?;
+        Ok::<_, std::io::Error>(back)
+    };
+    match tokio::time::timeout(Duration::from_secs(30), exchange).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("no echo within 30 s".to_owned()),
+    }
+}
+
+/// Waits (up to 30 s) until nothing accepts connections at `addr`.
+async fn refused(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match TcpStream::connect(addr).await {
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            Err(error) => panic!("connect {addr}: {error}"),
+            Ok(_) => {}
+        }
+        assert!(Instant::now() < deadline, "{addr} still accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGTERM drains the inbound side only, as Istio's pilot-agent asks Envoy
+/// to drain its inbound listeners only (`drain_listeners?inboundonly`): an
+/// application still finishing an inbound request calls out through its
+/// sidecar — on a new connection and on the one it pooled before the
+/// stop, which is not told to close — and through its outbound TCP
+/// listener, and the inbound request completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_keeps_the_outbound_side_serving_while_inbound_drains() {
+    let mut app = HeldApp::start().await;
+    let reviews = Upstream::start("reviews").await;
+    let db = tcp_echo().await;
+    // Longer than the default 5 s so that a loaded machine cannot end the
+    // drain before the calls below; the agent leaves earlier, once no
+    // connection is left.
+    let drain = Duration::from_secs(20);
+    let extra = format!("  drainDuration: {}s", drain.as_secs());
+    let yaml = AgentDoc {
+        name: "productpage-v1",
+        service: "productpage",
+        app: "productpage",
+        version: "v1",
+        app_addr: app.addr,
+        otlp: NO_COLLECTOR,
+        app_protocol: "HTTP",
+        outbound_tcp: r#"[{listen: "127.0.0.1:0", host: db, port: 5432}]"#,
+        extra: &extra,
+    }
+    .yaml()
+        + &service_entry(
+            "reviews",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: reviews.addr,
+                labels: &[],
+            }],
+        )
+        + &service_entry(
+            "db",
+            5432,
+            "TCP",
+            &[Ep {
+                addr: db,
+                labels: &[],
+            }],
+        );
+    let agent = Agent::start(&yaml);
+    let mut pooled = Pooled::open(agent.outbound).await;
+    assert_eq!(
+        pooled.get("reviews:9080", "/before").await,
+        Ok((200, false)),
+        "the app's pooled connection to its sidecar works before the stop"
+    );
+
+    let inbound = Client::h1(agent.inbound);
+    let in_flight = tokio::spawn(async move { inbound.get("http://productpage:9080/held").await });
+    let arrived = tokio::time::timeout(Duration::from_secs(30), app.arrived.recv()).await;
+    assert_eq!(
+        arrived,
+        Ok(Some("/held".to_owned())),
+        "the inbound request reached the app"
+    );
+
+    let stopped = Instant::now();
+    agent.send_sigterm();
+    // The drain has begun: the inbound listener is closed.
+    refused(agent.inbound).await;
+
+    let fresh = Client::h1(agent.outbound)
+        .try_get("http://reviews:9080/after")
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "a new outbound connection during the drain: {e}\n{}",
+                agent.stderr().join("\n")
+            )
+        });
+    assert_eq!(fresh.status, 200, "{:?}", fresh.body);
+    assert_eq!(fresh.upstream(), "reviews");
+    assert_eq!(
+        pooled.get("reviews:9080", "/pooled").await,
+        Ok((200, false)),
+        "the pooled outbound connection serves on, not told to close"
+    );
+    assert_eq!(
+        echoed(agent.outbound_tcp[0], b"ping").await,
+        Ok(b"ping".to_vec()),
+        "a new connection to the outbound TCP listener during the drain"
+    );
+    let paths: Vec<String> = reviews.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/before", "/after", "/pooled"]);
+    drop(pooled);
+
+    app.release.send(true).unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(30), in_flight)
+        .await
+        .expect("the inbound request completes once released")
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "released");
+    assert_eq!(
+        reply.header("connection").as_deref(),
+        Some("close"),
+        "the drained inbound connection closes after its request"
+    );
+
+    let margin = Duration::from_secs(30);
+    let status = tokio::task::spawn_blocking(move || agent.wait_exit(drain + margin))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(stopped.elapsed() < drain + margin);
 }
 
 /// A VM outside Kubernetes, registered as Istio registers it: a

@@ -1,8 +1,9 @@
 //! Starting and stopping an ingress gateway (`tracemesh gateway --config
 //! FILE`): compile the IngressGateway file, start telemetry, bind one
 //! listener per Gateway port, run the workers and the admin API, reload
-//! the file when it changes, drain on stop. Everything after the accept is
-//! the sidecar's data plane ([`crate::proxy`]).
+//! the file when it changes, drain on stop (every port drains, as the
+//! sidecar's inbound listener does). Everything after the accept is the
+//! sidecar's data plane ([`crate::proxy`]).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -63,7 +64,7 @@ pub fn run_gateway_until(
         ports: bound.addresses.clone(),
         admin: admin.local_addr()?,
     };
-    let workers = proxy::spawn_gateway_workers(&plane.shared, bound.per_worker, plane.drain)?;
+    let workers = proxy::spawn_gateway_workers(&plane.shared, bound.per_worker)?;
     // The admin API lists the gateway's ports; a gateway has no sidecar
     // listeners.
     let unbound = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));

@@ -1,5 +1,6 @@
 //! Starting and stopping an agent: load the config, start telemetry, bind
-//! listeners, run the workers and the admin API, drain on SIGTERM.
+//! listeners, run the workers and the admin API, drain on SIGTERM (the
+//! inbound side only: the outbound side serves until the drain ends).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -52,9 +53,12 @@ pub struct AgentAddresses {
 }
 
 /// Runs the agent configured by the file at `path` until `stop` completes,
-/// then drains. `ready` is called once every listener is bound and serving,
-/// with the bound addresses: how a process hosting several agents (the demo)
-/// wires them to each other on free ports.
+/// then drains: the inbound listener closes and its connections end
+/// gracefully while the outbound listeners serve on, until
+/// `spec.drainDuration` has passed or no connection is left. `ready` is
+/// called once every listener is bound and serving, with the bound
+/// addresses: how a process hosting several agents (the demo) wires them
+/// to each other on free ports.
 pub fn run_until(
     path: &Path,
     stop: impl Future<Output = ()>,
@@ -79,7 +83,7 @@ pub fn run_until(
     let admin = bind_admin(snapshot.listeners.admin)?;
     let admin_addr = admin.local_addr()?;
     let inbound_tcp = !snapshot.listeners.app_protocol.is_http();
-    let workers = proxy::spawn_workers(&plane.shared, bound.per_worker, inbound_tcp, plane.drain)?;
+    let workers = proxy::spawn_workers(&plane.shared, bound.per_worker, inbound_tcp)?;
     let addresses = bound.addresses;
     let router = crate::admin::router(plane.shared.clone(), addresses.clone());
     let outbound_tcp: Vec<String> = addresses
@@ -118,7 +122,8 @@ pub(crate) fn bind_admin(address: SocketAddr) -> std::io::Result<std::net::TcpLi
 pub(crate) struct Plane {
     /// What every worker shares.
     pub shared: Arc<Shared>,
-    /// How long in-flight requests may finish after a stop.
+    /// How long the drain after a stop may last (`spec.drainDuration`,
+    /// Istio's `terminationDrainDuration`).
     pub drain: std::time::Duration,
     spans: SpanPipeline,
     runtime: tokio::runtime::Runtime,
@@ -200,6 +205,7 @@ impl Plane {
             access_logs,
             live,
             tls,
+            open_connections: Arc::default(),
         });
         Ok(Self {
             shared,
@@ -212,7 +218,19 @@ impl Plane {
 
     /// Serves the admin API, rotates the certificate and reloads the file
     /// at `path` (compiled from `loaded` so far) until `stop` completes;
-    /// then stops the workers, lets them drain, and flushes the spans.
+    /// then drains, ends the workers and flushes the spans.
+    ///
+    /// The drain is Istio's on SIGTERM, where pilot-agent asks Envoy to
+    /// drain the inbound listeners only (`drain_listeners?inboundonly`):
+    /// the inbound listener (a gateway's ports) closes and its HTTP
+    /// connections end gracefully, while the outbound listeners, HTTP and
+    /// TCP, explicit or captured, keep accepting and proxying, so that an
+    /// application finishing its requests can still call out. It lasts
+    /// `drain` (Istio's `terminationDrainDuration`) but ends as soon as no
+    /// connection is open on any listener, inbound or outbound
+    /// ([`OpenConnections::settle`](proxy::OpenConnections::settle) says
+    /// how that compares with Istio's `EXIT_ON_ZERO_ACTIVE_CONNECTIONS`);
+    /// whatever is still open then is closed.
     pub(crate) fn serve(
         mut self,
         path: &Path,
@@ -240,7 +258,19 @@ impl Plane {
         });
         tracing::info!(drain = ?self.drain, "draining");
         for worker in &workers {
-            worker.stop();
+            worker.drain();
+        }
+        let open = &self.shared.open_connections;
+        if self.runtime.block_on(open.settle(self.drain)) {
+            tracing::info!("drained: no connection left");
+        } else {
+            tracing::info!(
+                open = open.count(),
+                "drain period over: closing the connections left"
+            );
+        }
+        for worker in &workers {
+            worker.end();
         }
         for worker in workers {
             worker.join();

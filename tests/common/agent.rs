@@ -130,6 +130,12 @@ impl Agent {
     pub fn terminate(self) -> std::process::ExitStatus {
         self.process.terminate()
     }
+
+    /// Waits up to `limit` for the agent to exit (after
+    /// [`Process::send_sigterm`]), and returns its status.
+    pub fn wait_exit(self, limit: Duration) -> std::process::ExitStatus {
+        self.process.wait_exit(limit)
+    }
 }
 
 impl std::ops::Deref for Agent {

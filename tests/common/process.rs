@@ -131,19 +131,32 @@ impl Process {
     }
 
     /// Sends SIGTERM and waits (up to 30 s) for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Sends SIGTERM and returns at once: the process drains meanwhile.
+    pub fn send_sigterm(&self) {
+        let status = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM: {status}");
+    }
+
+    /// Waits up to `limit` for the process to exit, and returns its status.
+    pub fn wait_exit(mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "process did not stop after SIGTERM"
+                "process still running {limit:?} after it was told to stop:\n{}",
+                self.stderr().join("\n")
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -62,7 +62,10 @@ pub struct AgentSpec {
     /// (Istio's `numTrustedProxies`; default 0: the caller itself).
     #[serde(default)]
     pub num_trusted_proxies: u32,
-    /// How long in-flight requests may finish after SIGTERM (default 5s).
+    /// Longest drain after SIGTERM (default 5s; Istio's
+    /// `terminationDrainDuration`): the inbound listener drains while the
+    /// outbound listeners serve on, until this has passed or no
+    /// connection is left.
     #[serde(default = "default_drain")]
     pub drain_duration: IstioDuration,
     /// Timeouts of downstream connections and streams on the inbound and

@@ -67,7 +67,9 @@ pub struct IngressGatewaySpec {
     /// (Istio's `numTrustedProxies`; default 0).
     #[serde(default)]
     pub num_trusted_proxies: u32,
-    /// How long in-flight requests may finish after SIGTERM (default 5s).
+    /// Longest drain after SIGTERM (default 5s; Istio's
+    /// `terminationDrainDuration`): every port drains until this has
+    /// passed or no connection is left.
     #[serde(default = "default_drain")]
     pub drain_duration: IstioDuration,
     /// How request paths are normalized (Istio's mesh `pathNormalization`).

@@ -13,7 +13,8 @@ use std::time::Duration;
 pub struct Bootstrap {
     /// Worker threads, each with its own listeners and upstream pools.
     pub concurrency: usize,
-    /// How long in-flight requests may finish after SIGTERM.
+    /// Longest drain after SIGTERM: the inbound side drains, the outbound
+    /// side serves on, until this has passed or no connection is left.
     pub drain: Duration,
     /// Proxies in front of the mesh that append to `x-forwarded-for`
     /// (Istio's `numTrustedProxies`).

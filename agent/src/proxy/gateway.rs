@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::activity::Activity;
+use super::drain::Phase;
 use super::server::{Connection, WorkerHandle, accept, run_local, spawn_threads, to_tokio};
 use super::tcp::{self, TcpTarget};
 use super::{Direction, Downstream, GatewayConn, Shared, Worker};
@@ -83,55 +84,57 @@ fn declared_by(port: &GatewayPort) -> String {
 pub fn spawn_gateway_workers(
     shared: &Arc<Shared>,
     sockets: Vec<Vec<(u16, StdListener)>>,
-    drain: Duration,
 ) -> std::io::Result<Vec<WorkerHandle>> {
     spawn_threads(
         "gateway-worker",
         shared,
         sockets,
-        move |shared, sockets, stopped| {
-            run_worker(shared, sockets, stopped, drain);
+        move |shared, sockets, phase| {
+            run_worker(shared, sockets, phase);
         },
     )
 }
 
+/// A gateway worker: every port is a draining listener, as an ingress
+/// gateway's listeners are the mesh's way in.
 fn run_worker(
     shared: Arc<Shared>,
     sockets: Vec<(u16, StdListener)>,
-    stopped: watch::Receiver<bool>,
-    drain_for: Duration,
+    phase: watch::Receiver<Phase>,
 ) {
-    run_local(shared, drain_for, |worker, http, drain| {
-        let mut loops = Vec::new();
+    run_local(shared, phase.clone(), |worker, http| {
         for (number, socket) in sockets {
             let Some(listener) = to_tokio(socket) else {
                 continue;
             };
-            let (worker, http, drain) = (worker.clone(), http.clone(), drain.clone());
-            let mut stopped = stopped.clone();
-            loops.push(tokio::task::spawn_local(async move {
+            let (worker, http) = (worker.clone(), http.clone());
+            let mut phase = phase.clone();
+            tokio::task::spawn_local(async move {
                 let gauge = worker
                     .shared
                     .metrics
                     .active_connections
                     .with_label_values(&["gateway"]);
-                while let Some((stream, peer)) = accept(&listener, &mut stopped).await {
+                while let Some((stream, peer)) =
+                    accept(&listener, &mut phase, Phase::Draining).await
+                {
                     let _ = stream.set_nodelay(true);
+                    let open = worker.shared.open_connections.open();
                     let connection = Connection {
                         worker: worker.clone(),
                         http: http.clone(),
-                        drain: drain.subscribe(),
+                        drain: Some(phase.clone()),
                     };
                     let gauge = gauge.clone();
                     tokio::task::spawn_local(async move {
+                        let _open = open;
                         gauge.inc();
                         serve(connection, stream, peer, number).await;
                         gauge.dec();
                     });
                 }
-            }));
+            });
         }
-        loops
     });
 }
 

@@ -13,6 +13,7 @@ mod body;
 mod canonical;
 mod client_body;
 mod cors;
+mod drain;
 mod exchange;
 mod fault;
 mod forward;
@@ -56,6 +57,7 @@ use crate::telemetry::peer_metadata;
 use crate::telemetry::spans::WorkerSpans;
 
 pub use crate::model::Direction;
+pub use drain::OpenConnections;
 pub use gateway::{GatewaySockets, bind_gateway, spawn_gateway_workers};
 pub use listener::{BoundListeners, bind_all};
 pub use server::{WorkerHandle, spawn_workers};
@@ -76,6 +78,9 @@ pub struct Shared {
     pub live: LiveState,
     /// The workload's current TLS material (none without `spec.identity`).
     pub tls: Arc<arc_swap::ArcSwapOption<crate::tls::TlsMaterial>>,
+    /// The downstream connections open on every worker's listeners: what
+    /// ends a drain early.
+    pub open_connections: Arc<OpenConnections>,
 }
 
 /// One accepted downstream connection.

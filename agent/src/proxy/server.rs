@@ -1,6 +1,7 @@
 //! Worker threads: each runs a single-threaded runtime with its own
 //! listener sockets, serves HTTP/1.1 and HTTP/2 (prior knowledge) on the
-//! same port, and drains its connections on shutdown.
+//! same port, and on a stop drains its inbound side while its outbound side
+//! serves on ([`super::drain`]).
 
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
@@ -19,6 +20,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
 use super::activity::Activity;
+use super::drain::{Phase, reached};
 use super::listener::WorkerSockets;
 use super::rewind::{self, Rewind};
 use super::tcp::TcpTarget;
@@ -37,21 +39,43 @@ use crate::tls::{PeerTls, handshake, is_mesh_alpn};
 /// A running worker thread.
 pub struct WorkerHandle {
     pub(super) thread: std::thread::JoinHandle<()>,
-    pub(super) stop: watch::Sender<bool>,
+    pub(super) phase: watch::Sender<Phase>,
 }
 
 impl WorkerHandle {
-    /// Tells the worker to stop accepting and drain its connections.
-    pub fn stop(&self) {
-        let _ = self.stop.send(true);
+    /// Tells the worker to drain: its inbound (or gateway) listeners stop
+    /// accepting and their HTTP connections end gracefully (HTTP/1.1:
+    /// closed once the request in flight is answered, with `Connection:
+    /// close`; HTTP/2: GOAWAY, closed once its streams are done), while
+    /// its outbound listeners keep accepting and proxying until
+    /// [`end`](Self::end).
+    pub fn drain(&self) {
+        self.phase
+            .send_if_modified(|phase| advance(phase, Phase::Draining));
     }
 
-    /// Waits for the worker to finish draining.
+    /// Tells the worker the drain is over: it closes every listener and
+    /// connection left and returns.
+    pub fn end(&self) {
+        self.phase
+            .send_if_modified(|phase| advance(phase, Phase::Ended));
+    }
+
+    /// Waits for the worker to return (after [`end`](Self::end)).
     pub fn join(self) {
         if self.thread.join().is_err() {
             tracing::error!("a worker thread panicked");
         }
     }
+}
+
+/// Moves `phase` forward to `to`, never back; whether it moved.
+fn advance(phase: &mut Phase, to: Phase) -> bool {
+    let moved = *phase < to;
+    if moved {
+        *phase = to;
+    }
+    moved
 }
 
 /// Starts one worker per socket group.
@@ -62,21 +86,15 @@ pub fn spawn_workers(
     shared: &Arc<Shared>,
     sockets: Vec<WorkerSockets>,
     inbound_tcp: bool,
-    drain: Duration,
 ) -> std::io::Result<Vec<WorkerHandle>> {
-    spawn_threads(
-        "worker",
-        shared,
-        sockets,
-        move |shared, sockets, stopped| {
-            run_worker(shared, sockets, inbound_tcp, stopped, drain);
-        },
-    )
+    spawn_threads("worker", shared, sockets, move |shared, sockets, phase| {
+        run_worker(shared, sockets, inbound_tcp, phase);
+    })
 }
 
 /// Starts one thread per socket group, named `{name}-{index}`, running
-/// `run` on the group with the signal that [`WorkerHandle::stop`] sends:
-/// how the sidecar's and the gateway's workers are started.
+/// `run` on the group with the phase its [`WorkerHandle`] moves: how the
+/// sidecar's and the gateway's workers are started.
 ///
 /// # Errors
 /// A thread that could not start.
@@ -84,76 +102,73 @@ pub(super) fn spawn_threads<S: Send + 'static>(
     name: &str,
     shared: &Arc<Shared>,
     groups: Vec<S>,
-    run: impl FnOnce(Arc<Shared>, S, watch::Receiver<bool>) + Clone + Send + 'static,
+    run: impl FnOnce(Arc<Shared>, S, watch::Receiver<Phase>) + Clone + Send + 'static,
 ) -> std::io::Result<Vec<WorkerHandle>> {
     let mut handles = Vec::new();
     for (index, group) in groups.into_iter().enumerate() {
-        let (stop, stopped) = watch::channel(false);
+        let (phase, watched) = watch::channel(Phase::Serving);
         let (shared, run) = (shared.clone(), run.clone());
         let thread = std::thread::Builder::new()
             .name(format!("{name}-{index}"))
-            .spawn(move || run(shared, group, stopped))?;
-        handles.push(WorkerHandle { thread, stop });
+            .spawn(move || run(shared, group, watched))?;
+        handles.push(WorkerHandle { thread, phase });
     }
     Ok(handles)
 }
 
+/// A sidecar worker: the inbound listener (HTTP, TCP, or captured) drains;
+/// the outbound HTTP listener (explicit or captured) and the outbound TCP
+/// listeners serve until the drain ends.
 fn run_worker(
     shared: Arc<Shared>,
     sockets: WorkerSockets,
     inbound_tcp: bool,
-    stopped: watch::Receiver<bool>,
-    drain_for: Duration,
+    phase: watch::Receiver<Phase>,
 ) {
-    run_local(shared, drain_for, |worker, http, drain| {
+    run_local(shared, phase.clone(), |worker, http| {
         let serve = |socket, direction| {
             let accept = Accept {
                 worker: worker.clone(),
                 http: http.clone(),
-                drain: drain.clone(),
-                stopped: stopped.clone(),
+                phase: phase.clone(),
             };
-            tokio::task::spawn_local(accept.http(socket, direction))
+            tokio::task::spawn_local(accept.http(socket, direction));
         };
-        let mut loops = vec![serve(sockets.outbound, Direction::Outbound)];
+        serve(sockets.outbound, Direction::Outbound);
         // Captured connections choose TCP or HTTP one by one.
         let captured = worker.shared.config.load().capture.mode == InterceptionMode::Redirect;
         if inbound_tcp && !captured {
-            loops.push(tokio::task::spawn_local(accept_tcp(
+            tokio::task::spawn_local(accept_tcp(
                 worker.clone(),
                 sockets.inbound,
                 None,
-                stopped.clone(),
-            )));
+                phase.clone(),
+            ));
         } else {
-            loops.push(serve(sockets.inbound, Direction::Inbound));
+            serve(sockets.inbound, Direction::Inbound);
         }
         for (index, socket) in sockets.outbound_tcp.into_iter().enumerate() {
-            loops.push(tokio::task::spawn_local(accept_tcp(
+            tokio::task::spawn_local(accept_tcp(
                 worker.clone(),
                 socket,
                 Some(index),
-                stopped.clone(),
-            )));
+                phase.clone(),
+            ));
         }
-        loops
     });
 }
 
-/// Runs one worker thread's single-threaded runtime: `listen` starts the
-/// accept loops on the worker's state, HTTP builder and drain signal;
-/// idle upstream connections close at their deadlines (no periodic timer
-/// while nothing is pooled); once every accept loop has ended (listeners
-/// closed), in-flight requests may finish for up to `drain_for`. Shared by
-/// the sidecar's and the ingress gateway's workers.
+/// Runs one worker thread's single-threaded runtime until `phase` reaches
+/// [`Phase::Ended`]: `listen` starts the accept loops on the worker's state
+/// and HTTP builder, each watching `phase` itself (a draining listener
+/// closes at [`Phase::Draining`]); idle upstream connections close at their
+/// deadlines (no periodic timer while nothing is pooled). At the end every
+/// listener and connection left is closed. Shared by the sidecar's and the
+/// ingress gateway's workers.
 pub(super) fn run_local(
     shared: Arc<Shared>,
-    drain_for: Duration,
-    listen: impl FnOnce(
-        &Rc<Worker>,
-        &Rc<auto::Builder<LocalExec>>,
-        &Rc<watch::Sender<()>>,
-    ) -> Vec<tokio::task::JoinHandle<()>>,
+    mut phase: watch::Receiver<Phase>,
+    listen: impl FnOnce(&Rc<Worker>, &Rc<auto::Builder<LocalExec>>),
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -168,15 +183,10 @@ pub(super) fn run_local(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let worker = Rc::new(Worker::new(shared));
-        let drain = Rc::new(watch::channel(()).0);
         let http = Rc::new(http_builder());
-        let loops = listen(&worker, &http, &drain);
+        listen(&worker, &http);
         tokio::task::spawn_local(worker.pools.clone().keep_swept());
-        for accept_loop in loops {
-            let _ = accept_loop.await;
-        }
-        let _ = drain.send(());
-        let _ = tokio::time::timeout(drain_for, drain.closed()).await;
+        reached(&mut phase, Phase::Ended).await;
     });
 }
 
@@ -214,11 +224,13 @@ pub(super) fn http_builder() -> auto::Builder<LocalExec> {
 struct Accept {
     worker: Rc<Worker>,
     http: Rc<auto::Builder<LocalExec>>,
-    drain: Rc<watch::Sender<()>>,
-    stopped: watch::Receiver<bool>,
+    phase: watch::Receiver<Phase>,
 }
 
 impl Accept {
+    /// Serves the HTTP (or captured) listener `socket`: the inbound one
+    /// until the worker drains, its connections then told to end; the
+    /// outbound one until the drain ends, its connections untold.
     async fn http(mut self, socket: StdListener, direction: Direction) {
         let Some(listener) = to_tokio(socket) else {
             return;
@@ -229,15 +241,23 @@ impl Accept {
             .metrics
             .active_connections
             .with_label_values(&[direction.as_str()]);
-        while let Some((stream, peer)) = accept(&listener, &mut self.stopped).await {
+        let drains = direction == Direction::Inbound;
+        let until = if drains {
+            Phase::Draining
+        } else {
+            Phase::Ended
+        };
+        while let Some((stream, peer)) = accept(&listener, &mut self.phase, until).await {
             let _ = stream.set_nodelay(true);
+            let open = self.worker.shared.open_connections.open();
             let connection = Connection {
                 worker: self.worker.clone(),
                 http: self.http.clone(),
-                drain: self.drain.subscribe(),
+                drain: drains.then(|| self.phase.clone()),
             };
             let gauge = gauge.clone();
             tokio::task::spawn_local(async move {
+                let _open = open;
                 gauge.inc();
                 connection.accepted(stream, peer, direction).await;
                 gauge.dec();
@@ -250,9 +270,11 @@ impl Accept {
 pub(super) struct Connection {
     pub(super) worker: Rc<Worker>,
     pub(super) http: Rc<auto::Builder<LocalExec>>,
-    /// Told when the worker drains; dropped when the connection is done,
-    /// which is what draining waits for.
-    pub(super) drain: watch::Receiver<()>,
+    /// The worker's phase, for a connection on a draining listener (the
+    /// inbound one, a gateway's): its HTTP ends gracefully once the worker
+    /// drains. `None` on the outbound listeners: served until the drain
+    /// ends.
+    pub(super) drain: Option<watch::Receiver<Phase>>,
 }
 
 impl Connection {
@@ -513,12 +535,18 @@ impl Connection {
             }
         };
         let mut idle = std::pin::pin!(idle);
-        let mut drain = self.drain;
+        let drained = async {
+            match self.drain {
+                Some(mut phase) => reached(&mut phase, Phase::Draining).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut drained = std::pin::pin!(drained);
         let mut ending = false;
         let result = loop {
             tokio::select! {
                 result = conn.as_mut() => break result,
-                _ = drain.changed(), if !ending => {
+                () = drained.as_mut(), if !ending => {
                     ending = true;
                     conn.as_mut().graceful_shutdown();
                 }
@@ -535,18 +563,31 @@ impl Connection {
     }
 }
 
+/// Serves a TCP listener: the inbound one (`outbound_index` `None`) until
+/// the worker drains, an outbound one until the drain ends. A TCP
+/// connection cannot be told to end: it is proxied until it closes or the
+/// drain ends.
 async fn accept_tcp(
     worker: Rc<Worker>,
     socket: StdListener,
     outbound_index: Option<usize>,
-    mut stopped: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
 ) {
     let Some(listener) = to_tokio(socket) else {
         return;
     };
-    while let Some((stream, peer)) = accept(&listener, &mut stopped).await {
+    let until = match outbound_index {
+        None => Phase::Draining,
+        Some(_) => Phase::Ended,
+    };
+    while let Some((stream, peer)) = accept(&listener, &mut phase, until).await {
         let _ = stream.set_nodelay(true);
-        tokio::task::spawn_local(tcp::serve(worker.clone(), stream, peer, outbound_index));
+        let open = worker.shared.open_connections.open();
+        let serve = tcp::serve(worker.clone(), stream, peer, outbound_index);
+        tokio::task::spawn_local(async move {
+            let _open = open;
+            serve.await;
+        });
     }
 }
 
@@ -556,13 +597,17 @@ pub(super) fn to_tokio(socket: StdListener) -> Option<TcpListener> {
         .ok()
 }
 
-/// The next connection, or `None` once the worker is told to stop.
+/// The next connection, or `None` once the worker's `phase` has reached
+/// `until` (then none is taken, even one already waiting).
 pub(super) async fn accept(
     listener: &TcpListener,
-    stopped: &mut watch::Receiver<bool>,
+    phase: &mut watch::Receiver<Phase>,
+    until: Phase,
 ) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
     loop {
         tokio::select! {
+            biased;
+            () = reached(phase, until) => return None,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => return Some(pair),
                 Err(error) => {
@@ -571,7 +616,6 @@ pub(super) async fn accept(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = stopped.changed() => return None,
         }
     }
 }

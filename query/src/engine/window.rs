@@ -9,7 +9,7 @@
 //! A quantile of a window cannot be put together from the quantiles of its
 //! steps, and tantivy's percentiles cannot be merged outside its own
 //! aggregation, so the window's distribution is built here from the store's
-//! columns ([`SpanReader::scan`](tracemesh_collector::store::SpanReader::scan)):
+//! columns ([`SpanReader::scan_durations`](tracemesh_collector::store::SpanReader::scan_durations)):
 //! each span's duration counted in a log-scale bucket of its step — the
 //! buckets of a DDSketch, [`QUANTILE_RELATIVE_ERROR`] (1%) apart, as every
 //! quantile of this engine — and the window slid one step at a time over a
@@ -185,25 +185,34 @@ impl Engine {
         let mut operations: HashMap<Arc<str>, u32> = HashMap::new();
         let mut cells: HashMap<(u32, u32, u16), u32> = HashMap::new();
         let mut too_many = false;
-        self.reader().scan(&range.apply(query.clone()), |span| {
-            if too_many || span.start < first {
-                return;
-            }
-            let step = (span.start - first) / step_ns;
-            if step >= steps as u64 {
-                return;
-            }
-            let operation = if by_operation {
-                let known = operations.len() as u32;
-                *operations.entry(span.operation.clone()).or_insert(known)
-            } else {
-                0
-            };
-            let bucket = buckets.index(span.duration) as u16;
-            *cells.entry((operation, step as u32, bucket)).or_insert(0) += 1;
-            too_many =
-                cells.len() > MAX_CELLS || operations.len().saturating_mul(steps) > MAX_POINTS;
-        })?;
+        self.reader().scan_durations(
+            &range.apply(query.clone()),
+            by_operation,
+            |start, duration, name| {
+                if too_many || start < first {
+                    return;
+                }
+                let step = (start - first) / step_ns;
+                if step >= steps as u64 {
+                    return;
+                }
+                let operation = match name {
+                    Some(name) => match operations.get(name) {
+                        Some(&index) => index,
+                        None => {
+                            let index = operations.len() as u32;
+                            operations.insert(name.clone(), index);
+                            index
+                        }
+                    },
+                    None => 0,
+                };
+                let bucket = buckets.index(duration) as u16;
+                *cells.entry((operation, step as u32, bucket)).or_insert(0) += 1;
+                too_many =
+                    cells.len() > MAX_CELLS || operations.len().saturating_mul(steps) > MAX_POINTS;
+            },
+        )?;
         if too_many {
             return Err(QueryError::BadRequest(format!(
                 "too many points to answer (more than {MAX_CELLS} duration cells or \

@@ -437,42 +437,18 @@ impl SpanReader {
         query: &SpanQuery,
         mut visit: impl FnMut(&SpanSummary),
     ) -> Result<u64, StoreError> {
-        let (from, to) = query.time_range();
         let mut visited = 0;
-        for partition in self.newest_first(from, to) {
-            let searcher = partition.reader.searcher();
-            let tantivy_query = build_query(&partition.fields, query);
-            let weight = tantivy_query
-                .weight(tantivy::query::EnableScoring::disabled_from_searcher(
-                    &searcher,
-                ))
-                .map_err(index_err(&partition))?;
-            for segment in searcher.segment_readers() {
-                let columns = Columns::open(segment).map_err(index_err(&partition))?;
-                let mut names = NameCache::default();
-                let mut failed = None;
-                weight
-                    .for_each_no_score(segment, &mut |docs| {
-                        for &doc in docs {
-                            match columns.summary(doc, &mut names) {
-                                Ok(Some(summary)) => {
-                                    visited += 1;
-                                    visit(&summary);
-                                }
-                                Ok(None) => {}
-                                Err(e) => failed = Some(e),
-                            }
-                        }
-                    })
-                    .map_err(index_err(&partition))?;
-                if let Some(source) = failed {
-                    return Err(StoreError::Io {
-                        path: partition.path.clone(),
-                        source,
-                    });
+        self.for_each_match(
+            query,
+            |segment| Ok((Columns::open(segment)?, NameCache::default())),
+            |(columns, names), doc| {
+                if let Some(summary) = columns.summary(doc, names)? {
+                    visited += 1;
+                    visit(&summary);
                 }
-            }
-        }
+                Ok(())
+            },
+        )?;
         Ok(visited)
     }
 
@@ -488,8 +464,46 @@ impl SpanReader {
         with_operation: bool,
         mut visit: impl FnMut(u64, u64, Option<&Arc<str>>),
     ) -> Result<u64, StoreError> {
-        let (from, to) = query.time_range();
         let mut visited = 0;
+        self.for_each_match(
+            query,
+            |segment| {
+                let fast = segment.fast_fields();
+                let operation = match with_operation {
+                    true => fast.str(names::OPERATION)?,
+                    false => None,
+                };
+                let columns = (fast.u64(names::START)?, fast.u64(names::DURATION)?);
+                Ok((columns, operation, HashMap::new()))
+            },
+            |((start, duration), operation, names), doc| {
+                let name = match with_operation {
+                    true => Some(Columns::name(operation, names, doc)?),
+                    false => None,
+                };
+                visited += 1;
+                visit(
+                    start.first(doc).unwrap_or(0),
+                    duration.first(doc).unwrap_or(0),
+                    name.as_ref(),
+                );
+                Ok(())
+            },
+        )?;
+        Ok(visited)
+    }
+
+    /// The walk both scans take: every document matching `query` in the
+    /// partitions its time range touches, newest first, segment by
+    /// segment; `open` reads a segment's columns once, `each` reads one
+    /// document from them. The first read error ends the walk.
+    fn for_each_match<C>(
+        &self,
+        query: &SpanQuery,
+        mut open: impl FnMut(&SegmentReader) -> tantivy::Result<C>,
+        mut each: impl FnMut(&mut C, u32) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        let (from, to) = query.time_range();
         for partition in self.newest_first(from, to) {
             let searcher = partition.reader.searcher();
             let tantivy_query = build_query(&partition.fields, query);
@@ -499,41 +513,17 @@ impl SpanReader {
                 ))
                 .map_err(index_err(&partition))?;
             for segment in searcher.segment_readers() {
-                let fast = segment.fast_fields();
-                let opened = (|| {
-                    let operation = if with_operation {
-                        fast.str(names::OPERATION)?
-                    } else {
-                        None
-                    };
-                    Ok::<_, tantivy::TantivyError>((
-                        fast.u64(names::START)?,
-                        fast.u64(names::DURATION)?,
-                        operation,
-                    ))
-                })();
-                let (start, duration, operation) = opened.map_err(index_err(&partition))?;
-                let mut operations = HashMap::new();
+                let mut columns = open(segment).map_err(index_err(&partition))?;
                 let mut failed = None;
                 weight
                     .for_each_no_score(segment, &mut |docs| {
                         for &doc in docs {
-                            let name = match with_operation {
-                                false => None,
-                                true => match Columns::name(&operation, &mut operations, doc) {
-                                    Ok(name) => Some(name),
-                                    Err(e) => {
-                                        failed = Some(e);
-                                        continue;
-                                    }
-                                },
-                            };
-                            visited += 1;
-                            visit(
-                                start.first(doc).unwrap_or(0),
-                                duration.first(doc).unwrap_or(0),
-                                name.as_ref(),
-                            );
+                            if failed.is_some() {
+                                return;
+                            }
+                            if let Err(e) = each(&mut columns, doc) {
+                                failed = Some(e);
+                            }
                         }
                     })
                     .map_err(index_err(&partition))?;
@@ -545,7 +535,7 @@ impl SpanReader {
                 }
             }
         }
-        Ok(visited)
+        Ok(())
     }
 
     /// Every service with stored spans, sorted.

@@ -681,4 +681,96 @@ mod tests {
             }
         }
     }
+
+    /// 512 spans shaped like the agent's (15 attributes, 6 resource
+    /// attributes), as `bench/collector` sends them.
+    fn agent_batch() -> ExportTraceServiceRequest {
+        let spans = (0..512u64)
+            .map(|n| {
+                let mut span = span((n % 250) as u8 + 1);
+                span.attributes = (0..15)
+                    .map(|a| match a % 3 {
+                        0 => attributes::int(&format!("http.attribute.{a}"), (n * a) as i64),
+                        _ => attributes::string(
+                            &format!("http.attribute.{a}"),
+                            format!("outbound|9080||service-{n}.default.svc.cluster.local"),
+                        ),
+                    })
+                    .collect();
+                span.start_time_unix_nano = 1_700_000_000_000_000_000 + n;
+                span.end_time_unix_nano = span.start_time_unix_nano + 1_000_000;
+                span
+            })
+            .collect();
+        let resource = Resource {
+            attributes: (0..6)
+                .map(|a| attributes::string(&format!("service.attribute.{a}"), "cart-v1-7d9c8b"))
+                .collect(),
+            ..Default::default()
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(resource),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "tracemesh-agent".into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        }
+    }
+
+    /// The median time of `run`, in microseconds, over `rounds` rounds.
+    fn median_micros(rounds: usize, mut run: impl FnMut()) -> f64 {
+        let mut times: Vec<f64> = (0..rounds)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                run();
+                started.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times[rounds / 2]
+    }
+
+    /// What reading a normal batch part by part would cost against reading
+    /// it whole (the receive path reads whole, and part by part only a
+    /// batch that failed whole). Run in release:
+    /// `cargo test --release -p tracemesh-collector --lib decode_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a timing, run by hand in release"]
+    fn decode_cost_whole_and_part_by_part() {
+        let request = agent_batch();
+        let body = Bytes::from(request.encode_to_vec());
+        let json = Bytes::from(serde_json::to_vec(&request).unwrap());
+        let rounds = 300;
+        let whole = median_micros(rounds, || {
+            std::hint::black_box(ExportTraceServiceRequest::decode(body.clone()).unwrap());
+        });
+        let traces_protobuf = median_micros(rounds, || {
+            std::hint::black_box(traces(Encoding::Protobuf, &body).unwrap());
+        });
+        let parts = median_micros(rounds, || {
+            std::hint::black_box(protobuf(&body).unwrap());
+        });
+        let whole_json = median_micros(rounds / 3, || {
+            std::hint::black_box(decode::json::<ExportTraceServiceRequest>(&json).unwrap());
+        });
+        let parts_json = median_micros(rounds / 3, || {
+            std::hint::black_box(super::json(&json).unwrap());
+        });
+        println!(
+            "512 spans, {} bytes protobuf, {} bytes JSON (median µs per batch):\n\
+             protobuf whole {whole:.0}, decode::traces {traces_protobuf:.0}, part by part {parts:.0} ({:+.0}%)\n\
+             JSON whole {whole_json:.0}, part by part {parts_json:.0} ({:+.0}%)",
+            body.len(),
+            json.len(),
+            (parts / whole - 1.0) * 100.0,
+            (parts_json / whole_json - 1.0) * 100.0,
+        );
+    }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus::IntCounter;
 
 use crate::error::IngestError;
+use crate::ingest::decode::Undecodable;
 use crate::ingest::limits::Limited;
 use crate::ingest::validate::Rejected;
 use crate::metrics::{ListenerTimeout, Metrics, PartitionDrop, Receiver, Refusal, SpanLimit};
@@ -115,6 +116,26 @@ pub fn spans_rejected(metrics: &Metrics, receiver: Receiver, rejected: &Rejected
             message = %rejected.message,
             suppressed,
             "spans rejected"
+        );
+    }
+}
+
+/// Spans left out of an accepted batch because they, or the resource or
+/// scope they came with, could not be decoded (OTLP partial success):
+/// counted as refused for `malformed`.
+pub fn spans_undecodable(metrics: &Metrics, receiver: Receiver, undecodable: &Undecodable) {
+    static LOG: LogLimit = LogLimit::new();
+    if !undecodable.any() {
+        return;
+    }
+    refused(metrics, receiver, Refusal::Malformed, undecodable.spans);
+    if let Some(suppressed) = LOG.allow() {
+        tracing::warn!(
+            receiver = receiver.label(),
+            spans = undecodable.spans,
+            message = %undecodable.message(),
+            suppressed,
+            "spans could not be decoded"
         );
     }
 }

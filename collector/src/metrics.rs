@@ -41,7 +41,9 @@ impl Receiver {
 /// `tracemesh_collector_spans_refused_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// The body is not valid protobuf, JSON or gzip.
+    /// The body is not valid protobuf, JSON or gzip (one per request), or
+    /// a span, or its resource or scope, could not be decoded and was left
+    /// out of its batch (one per span).
     Malformed,
     /// The body is larger than `max_request_size`.
     TooLarge,

@@ -7,7 +7,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tracemesh_collector::ingest::zipkin;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(resource_spans) = zipkin::decode(data) {
+    if let Ok((resource_spans, _)) = zipkin::decode(data) {
         tracemesh_fuzz::ingest(ExportTraceServiceRequest { resource_spans }, None);
     }
 });

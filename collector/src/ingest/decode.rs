@@ -4,9 +4,12 @@
 
 use std::io::Read;
 
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde::de::DeserializeOwned;
 
+use super::confine;
 use super::lenient::Lenient;
 use crate::error::IngestError;
 
@@ -85,24 +88,145 @@ pub fn decode<T: Message + Default + DeserializeOwned>(
     match encoding {
         Encoding::Protobuf => T::decode(body)
             .map_err(|e| IngestError::Malformed(format!("{what}: invalid protobuf: {e}"))),
-        Encoding::Json => {
-            // Doubles may be strings ("1.5", "NaN"), as protobuf's JSON mapping allows.
-            let mut deserializer = serde_json::Deserializer::from_slice(body);
-            serde_path_to_error::deserialize(Lenient(&mut deserializer)).map_err(|e| {
-                IngestError::Malformed(format!(
-                    "{what}: invalid JSON at {}: {}",
-                    e.path(),
-                    e.inner()
-                ))
-            })
+        Encoding::Json => json(body).map_err(|e| {
+            IngestError::Malformed(format!(
+                "{what}: invalid JSON at {}: {}",
+                e.path(),
+                e.inner()
+            ))
+        }),
+    }
+}
+
+/// Reads an OTLP message from JSON, doubles also from strings ("1.5",
+/// "NaN"), as protobuf's JSON mapping allows.
+pub(super) fn json<T: DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(Lenient(&mut deserializer))
+}
+
+/// A trace request as read from a body, less the spans that could not be.
+#[derive(Debug, Default)]
+pub struct DecodedTraces {
+    /// The spans that decoded, with their resources and scopes.
+    pub request: ExportTraceServiceRequest,
+    /// The body, when it is `request`'s protobuf encoding exactly (it then
+    /// may be stored as received): a protobuf body that decoded whole.
+    pub encoded: Option<Bytes>,
+    /// The spans left out of `request` because they, or the resource or
+    /// scope they came with, could not be decoded.
+    pub undecodable: Undecodable,
+}
+
+impl From<ExportTraceServiceRequest> for DecodedTraces {
+    fn from(request: ExportTraceServiceRequest) -> Self {
+        Self {
+            request,
+            ..Self::default()
         }
+    }
+}
+
+/// Spans left out of a request because they could not be decoded: OTLP's
+/// partial success (`ExportTracePartialSuccess.rejected_spans` and
+/// `error_message`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    /// How many spans.
+    pub spans: u64,
+    /// Why, for the first [`SHOWN`] faults.
+    reasons: Vec<String>,
+}
+
+/// Faults named in [`Undecodable::message`], at most.
+pub const SHOWN: usize = 3;
+
+/// Longest reason kept, in bytes: a decoder's error names every level it
+/// went through, and a hostile value has a hundred. A longer one keeps its
+/// start (where) and its end (what went wrong).
+const REASON_BYTES: usize = 320;
+
+/// `text` cut to about [`REASON_BYTES`] by leaving out its middle.
+fn shortened(text: String) -> String {
+    if text.len() <= REASON_BYTES {
+        return text;
+    }
+    let mut head = REASON_BYTES / 2;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - REASON_BYTES / 2;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{} … {}", &text[..head], &text[tail..])
+}
+
+impl Undecodable {
+    /// Records `spans` spans left out for one fault; `why` is called only
+    /// for the first [`SHOWN`] faults.
+    pub fn add(&mut self, spans: u64, why: impl FnOnce() -> String) {
+        self.spans += spans;
+        if self.reasons.len() < SHOWN {
+            self.reasons.push(shortened(why()));
+        }
+    }
+
+    /// Whether any span was left out.
+    pub fn any(&self) -> bool {
+        self.spans > 0
+    }
+
+    /// What was left out and why, in English (OTLP's `error_message`);
+    /// empty when nothing was.
+    pub fn message(&self) -> String {
+        if self.spans == 0 {
+            return String::new();
+        }
+        format!(
+            "{} span(s) could not be decoded; {}",
+            self.spans,
+            self.reasons.join("; ")
+        )
+    }
+}
+
+/// Decodes an OTLP trace request. A request that decodes whole is read in
+/// one pass. One that does not is read again part by part
+/// ([`super::confine`]): a span that cannot be decoded, or whose resource
+/// or scope cannot, is left out and counted in
+/// [`DecodedTraces::undecodable`], and the rest is kept. Only a body whose
+/// outer structure (resources, scopes, the list of spans) cannot be read is
+/// an error.
+pub fn traces(encoding: Encoding, body: &Bytes) -> Result<DecodedTraces, IngestError> {
+    match encoding {
+        Encoding::Protobuf => match ExportTraceServiceRequest::decode(body.clone()) {
+            Ok(request) => Ok(DecodedTraces {
+                request,
+                encoded: Some(body.clone()),
+                undecodable: Undecodable::default(),
+            }),
+            Err(whole) => confine::protobuf(body)
+                .map_err(|_| IngestError::Malformed(format!("traces: invalid protobuf: {whole}"))),
+        },
+        Encoding::Json => match json::<ExportTraceServiceRequest>(body) {
+            Ok(request) => Ok(request.into()),
+            Err(whole) => confine::json(body).map_err(|_| {
+                IngestError::Malformed(format!(
+                    "traces: invalid JSON at {}: {}",
+                    whole.path(),
+                    whole.inner()
+                ))
+            }),
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
     #[test]
     fn json_follows_the_otlp_mapping() {

@@ -1,6 +1,7 @@
 //! From a decoded request to an acknowledged batch: validation, admission
 //! (the bounded ingest queue), the WAL append, then hand-off to the exporters.
 
+mod confine;
 pub mod decode;
 mod lenient;
 pub mod limits;

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
+use super::decode::{DecodedTraces, Undecodable};
 use super::limits::SpanLimits;
-use super::validate;
+use super::validate::{self, Rejected};
 use crate::error::IngestError;
 use crate::events;
 use crate::export::Exporters;
@@ -27,6 +27,22 @@ pub struct Accepted {
     pub rejected: u64,
     /// Why, empty when nothing was rejected.
     pub message: String,
+}
+
+impl Accepted {
+    /// The answer for the spans that could not be decoded and those that
+    /// validation removed.
+    fn of(undecodable: &Undecodable, rejected: Rejected) -> Self {
+        let message = match (undecodable.any(), rejected.count > 0) {
+            (false, _) => rejected.message,
+            (true, false) => undecodable.message(),
+            (true, true) => format!("{}; {}", undecodable.message(), rejected.message),
+        };
+        Self {
+            rejected: undecodable.spans + rejected.count,
+            message,
+        }
+    }
 }
 
 /// Everything the ingest path is built from.
@@ -80,23 +96,29 @@ impl Ingest {
     }
 
     /// Validates, admits and durably appends a trace request; returns once
-    /// it is in the WAL (the sender may then be acknowledged). `raw` is the
-    /// request's protobuf encoding when the receiver has it: written as is
-    /// when no span was removed.
+    /// it is in the WAL (the sender may then be acknowledged). The spans
+    /// that could not be decoded count as received and rejected. The
+    /// request's protobuf encoding, when the receiver has it, is written as
+    /// is when no span was removed.
     pub async fn traces(
         &self,
         receiver: Receiver,
-        mut request: ExportTraceServiceRequest,
-        raw: Option<bytes::Bytes>,
+        decoded: DecodedTraces,
     ) -> Result<Accepted, IngestError> {
+        let DecodedTraces {
+            mut request,
+            encoded: raw,
+            undecodable,
+        } = decoded;
         let parts = &*self.parts;
         let label = receiver.label();
-        let received = span_count(&request.resource_spans);
+        let received = span_count(&request.resource_spans) + undecodable.spans;
         parts
             .metrics
             .spans_received
             .with_label_values(&[label])
             .inc_by(received);
+        events::spans_undecodable(&parts.metrics, receiver, &undecodable);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -112,12 +134,10 @@ impl Ingest {
         // The bytes as received hold exactly the accepted spans only if
         // nothing was removed or cut.
         let raw = raw.filter(|_| rejected.count == 0 && !limited.any());
-        let accepted = received - rejected.count;
+        let answer = Accepted::of(&undecodable, rejected);
+        let accepted = received - answer.rejected;
         if accepted == 0 {
-            return Ok(Accepted {
-                rejected: rejected.count,
-                message: rejected.message,
-            });
+            return Ok(answer);
         }
         let refuse = |error: IngestError| {
             events::batch_refused(&parts.metrics, receiver, accepted, &error);
@@ -170,10 +190,7 @@ impl Ingest {
             .with_label_values(&[label])
             .inc_by(accepted);
         parts.exporters.offer_spans(&batch);
-        Ok(Accepted {
-            rejected: rejected.count,
-            message: rejected.message,
-        })
+        Ok(answer)
     }
 
     /// Takes a metrics request: re-exposed on `/metrics` and handed to the

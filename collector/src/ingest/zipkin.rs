@@ -12,7 +12,9 @@ use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
+use super::decode::Undecodable;
 use crate::attributes::{self, UNKNOWN_SERVICE};
 use crate::error::IngestError;
 use crate::ids::{SpanId, TraceId};
@@ -62,10 +64,6 @@ struct Annotation {
     value: String,
 }
 
-fn malformed(index: usize, what: impl std::fmt::Display) -> IngestError {
-    IngestError::Malformed(format!("zipkin span [{index}]: {what}"))
-}
-
 fn kind(kind: Option<&str>) -> SpanKind {
     match kind {
         Some("CLIENT") => SpanKind::Client,
@@ -89,23 +87,19 @@ fn endpoint_attributes(endpoint: &Endpoint, prefix: &str, out: &mut Vec<KeyValue
 }
 
 /// Converts one span; `received` (ns) stands in for a missing `timestamp`
-/// when no annotation gives a time either.
+/// when no annotation gives a time either. The error names the field at
+/// fault.
 fn convert(
-    index: usize,
     zipkin: ZipkinSpan,
     received: u64,
-) -> Result<(String, InstrumentationScope, Span), IngestError> {
-    let trace_id = TraceId::parse_lenient(&zipkin.trace_id)
-        .map_err(|e| malformed(index, format_args!("traceId: {e}")))?;
-    let span_id: SpanId = zipkin
-        .id
-        .parse()
-        .map_err(|e| malformed(index, format_args!("id: {e}")))?;
+) -> Result<(String, InstrumentationScope, Span), String> {
+    let trace_id = TraceId::parse_lenient(&zipkin.trace_id).map_err(|e| format!("traceId: {e}"))?;
+    let span_id: SpanId = zipkin.id.parse().map_err(|e| format!("id: {e}"))?;
     let parent = match zipkin.parent_id.as_deref() {
         None | Some("") => Vec::new(),
         Some(text) => text
             .parse::<SpanId>()
-            .map_err(|e| malformed(index, format_args!("parentId: {e}")))?
+            .map_err(|e| format!("parentId: {e}"))?
             .0
             .to_vec(),
     };
@@ -199,32 +193,54 @@ fn convert(
     Ok((service, scope, span))
 }
 
+/// Reads one span alone, naming the field at fault.
+fn read_span(text: &str) -> Result<ZipkinSpan, String> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|e| format!("invalid JSON at {}: {}", e.path(), e.inner()))
+}
+
 /// Parses a `POST /api/v2/spans` JSON body into OTLP resource spans, one
-/// resource per local service.
-pub fn decode(body: &[u8]) -> Result<Vec<ResourceSpans>, IngestError> {
+/// resource per local service. A span that cannot be read or converted
+/// (an id that is not hex, a tag that is not a string) is left out and
+/// counted in the [`Undecodable`] returned, the others kept; only a body
+/// that is not a JSON list is an error. A list that reads whole is read
+/// in one pass; one that does not is read again span by span (serde_json
+/// skips over a span without recursing, whatever its depth).
+pub fn decode(body: &[u8]) -> Result<(Vec<ResourceSpans>, Undecodable), IngestError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let spans: Vec<ZipkinSpan> =
-        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-            IngestError::Malformed(format!(
-                "zipkin spans: invalid JSON at {}: {}",
-                e.path(),
-                e.inner()
-            ))
-        })?;
+    let spans: Vec<Result<ZipkinSpan, String>> =
+        match serde_path_to_error::deserialize::<_, Vec<ZipkinSpan>>(&mut deserializer) {
+            Ok(spans) => spans.into_iter().map(Ok).collect(),
+            Err(whole) => serde_json::from_slice::<Vec<&RawValue>>(body)
+                .map_err(|_| {
+                    IngestError::Malformed(format!(
+                        "zipkin spans: invalid JSON at {}: {}",
+                        whole.path(),
+                        whole.inner()
+                    ))
+                })?
+                .into_iter()
+                .map(|span| read_span(span.get()))
+                .collect(),
+        };
     let received = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
+    let mut undecodable = Undecodable::default();
     let mut by_service: BTreeMap<String, BTreeMap<(String, String), Vec<Span>>> = BTreeMap::new();
     for (index, zipkin) in spans.into_iter().enumerate() {
-        let (service, scope, span) = convert(index, zipkin, received)?;
-        by_service
-            .entry(service)
-            .or_default()
-            .entry((scope.name, scope.version))
-            .or_default()
-            .push(span);
+        match zipkin.and_then(|zipkin| convert(zipkin, received)) {
+            Ok((service, scope, span)) => by_service
+                .entry(service)
+                .or_default()
+                .entry((scope.name, scope.version))
+                .or_default()
+                .push(span),
+            Err(why) => undecodable.add(1, || format!("zipkin span [{index}]: {why}")),
+        }
     }
-    Ok(by_service
+    let resource_spans = by_service
         .into_iter()
         .map(|(service, scopes)| ResourceSpans {
             resource: Some(Resource {
@@ -245,12 +261,14 @@ pub fn decode(body: &[u8]) -> Result<Vec<ResourceSpans>, IngestError> {
                 .collect(),
             schema_url: String::new(),
         })
-        .collect())
+        .collect();
+    Ok((resource_spans, undecodable))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::document::span_count;
 
     #[test]
     fn maps_like_opentelemetry() {
@@ -260,7 +278,8 @@ mod tests {
             "remoteEndpoint":{"serviceName":"backend","ipv4":"10.0.0.2","port":8080},
             "annotations":[{"timestamp":1472470996238000,"value":"ws"}],
             "tags":{"http.method":"GET","error":"boom","otel.scope.name":"brave"}}]"#;
-        let batch = decode(body).unwrap();
+        let (batch, undecodable) = decode(body).unwrap();
+        assert!(!undecodable.any());
         assert_eq!(
             attributes::service_name(batch[0].resource.as_ref()),
             "frontend"
@@ -306,7 +325,7 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64;
-        let batch = decode(body).unwrap();
+        let (batch, _) = decode(body).unwrap();
         let spans = &batch[0].scope_spans[0].spans;
         assert_eq!(spans[0].start_time_unix_nano, 1_472_470_996_238_000_000);
         assert_eq!(
@@ -317,14 +336,57 @@ mod tests {
     }
 
     #[test]
-    fn bad_ids_are_named() {
-        let err = decode(br#"[{"traceId":"xyz","id":"4d1e00c0db9010db"}]"#).unwrap_err();
+    fn a_bad_span_is_left_out_and_named_and_the_others_kept() {
+        let (batch, undecodable) = decode(
+            br#"[{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010db"},
+            {"traceId":"xyz","id":"4d1e00c0db9010dc"},
+            {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dd","tags":{"deep":{"a":[1]}}},
+            {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010de"}]"#,
+        )
+        .unwrap();
+        let ids: Vec<&[u8]> = batch[0].scope_spans[0]
+            .spans
+            .iter()
+            .map(|s| &s.span_id[..])
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                &[0x4d, 0x1e, 0, 0xc0, 0xdb, 0x90, 0x10, 0xdb][..],
+                &[0x4d, 0x1e, 0, 0xc0, 0xdb, 0x90, 0x10, 0xde][..]
+            ]
+        );
+        assert_eq!(undecodable.spans, 2);
+        let message = undecodable.message();
+        assert!(message.contains("zipkin span [1]: traceId"), "{message}");
         assert!(
-            err.to_string().contains("zipkin span [0]: traceId"),
-            "{err}"
+            message.contains("zipkin span [2]: invalid JSON at tags.deep"),
+            "{message}"
         );
         let err = decode(br#"{"not":"a list"}"#).unwrap_err();
         assert!(err.to_string().contains("invalid JSON"), "{err}");
+    }
+
+    #[test]
+    fn a_span_nested_past_the_json_depth_limit_costs_that_span_only() {
+        let depth = 100_000;
+        let mut body = String::from(r#"[{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010db"},"#);
+        body.push_str(r#"{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc","tags":"#);
+        body.push_str(&"[".repeat(depth));
+        body.push_str(&"]".repeat(depth));
+        body.push_str("}]");
+        let (batch, undecodable) = decode(body.as_bytes()).unwrap();
+        assert_eq!(span_count(&batch), 1);
+        assert_eq!(undecodable.spans, 1);
+        // Unknown fields are skipped at any depth, as before.
+        let mut body =
+            String::from(r#"[{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010db","x":"#);
+        body.push_str(&"{\"a\":".repeat(depth));
+        body.push('1');
+        body.push_str(&"}".repeat(depth));
+        body.push_str("}]");
+        let (batch, undecodable) = decode(body.as_bytes()).unwrap();
+        assert_eq!((span_count(&batch), undecodable.spans), (1, 0));
     }
 
     fn hex(bytes: &[u8]) -> String {

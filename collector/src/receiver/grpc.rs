@@ -4,8 +4,9 @@
 //! The request message is taken as raw bytes and decoded here rather than
 //! by tonic's prost codec, for two reasons: a malformed message must answer
 //! INVALID_ARGUMENT naming the problem (the stock codec answers INTERNAL),
-//! and a batch with no invalid span is written to the WAL as received,
-//! without encoding it again.
+//! a batch with no invalid span is written to the WAL as received,
+//! without encoding it again, and a span that cannot be decoded costs that
+//! span only (see [`decode::traces`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,7 +19,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
 use tonic::codec::{
@@ -28,6 +29,7 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use crate::error::IngestError;
+use crate::ingest::decode::{self, Encoding};
 use crate::ingest::{Ingest, Receiver};
 
 /// Decodes nothing (the message's bytes are handed over), encodes a prost reply.
@@ -84,14 +86,13 @@ impl UnaryService<Bytes> for ExportTraces {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let ingest = self.0.clone();
         Box::pin(async move {
-            let raw = request.into_inner();
-            let message = ExportTraceServiceRequest::decode(raw.clone()).map_err(|e| {
-                let error = IngestError::Malformed(format!("traces: invalid protobuf: {e}"));
-                ingest.refused(Receiver::OtlpGrpc, &error);
-                error.grpc_status()
-            })?;
+            let decoded =
+                decode::traces(Encoding::Protobuf, &request.into_inner()).map_err(|error| {
+                    ingest.refused(Receiver::OtlpGrpc, &error);
+                    error.grpc_status()
+                })?;
             let accepted = ingest
-                .traces(Receiver::OtlpGrpc, message, Some(raw))
+                .traces(Receiver::OtlpGrpc, decoded)
                 .await
                 .map_err(|e| e.grpc_status())?;
             let partial_success = (accepted.rejected > 0).then_some(ExportTracePartialSuccess {

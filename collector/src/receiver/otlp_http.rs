@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
 use serde::Serialize;
@@ -75,17 +75,12 @@ pub fn error_response(error: &IngestError, encoding: Encoding) -> Response {
     response
 }
 
-type Decoded<T> = (T, Encoding, axum::body::Bytes);
-
-async fn decode_request<T>(
+/// Reads the body of a request in the encoding its `Content-Type` names.
+async fn read_request(
     ingest: &Ingest,
     headers: &HeaderMap,
     body: Body,
-    what: &str,
-) -> Result<Decoded<T>, (IngestError, Encoding)>
-where
-    T: Message + Default + serde::de::DeserializeOwned,
-{
+) -> Result<(axum::body::Bytes, Encoding), (IngestError, Encoding)> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -93,24 +88,24 @@ where
     let bytes = read_body(headers, body, ingest.max_request_size())
         .await
         .map_err(|e| (e, encoding))?;
-    let message = decode::decode(encoding, &bytes, what).map_err(|e| (e, encoding))?;
-    Ok((message, encoding, bytes))
+    Ok((bytes, encoding))
 }
 
 async fn traces(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
-    let (request, encoding, bytes) = match decode_request::<ExportTraceServiceRequest>(
-        &ingest, &headers, body, "traces",
-    )
-    .await
-    {
+    let decoded = match read_request(&ingest, &headers, body).await {
+        Ok((bytes, encoding)) => decode::traces(encoding, &bytes)
+            .map(|decoded| (decoded, encoding))
+            .map_err(|e| (e, encoding)),
+        Err(refused) => Err(refused),
+    };
+    let (decoded, encoding) = match decoded {
         Ok(decoded) => decoded,
         Err((error, encoding)) => {
             ingest.refused(Receiver::OtlpHttp, &error);
             return error_response(&error, encoding);
         }
     };
-    let raw = (encoding == Encoding::Protobuf).then_some(bytes);
-    match ingest.traces(Receiver::OtlpHttp, request, raw).await {
+    match ingest.traces(Receiver::OtlpHttp, decoded).await {
         Ok(accepted) if encoding == Encoding::Json => {
             // proto3 JSON writes int64 as a decimal string.
             let body = match accepted.rejected {
@@ -142,8 +137,16 @@ async fn traces(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) ->
 }
 
 async fn metrics(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
-    match decode_request::<ExportMetricsServiceRequest>(&ingest, &headers, body, "metrics").await {
-        Ok((request, encoding, _)) => {
+    let decoded = match read_request(&ingest, &headers, body).await {
+        Ok((bytes, encoding)) => {
+            decode::decode::<ExportMetricsServiceRequest>(encoding, &bytes, "metrics")
+                .map(|request| (request, encoding))
+                .map_err(|e| (e, encoding))
+        }
+        Err(refused) => Err(refused),
+    };
+    match decoded {
+        Ok((request, encoding)) => {
             ingest.metrics(Receiver::OtlpHttp, request);
             encoded(
                 StatusCode::OK,

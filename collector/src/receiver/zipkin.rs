@@ -11,6 +11,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use super::read_body;
 use crate::error::IngestError;
+use crate::ingest::decode::DecodedTraces;
 use crate::ingest::{Ingest, Receiver, zipkin};
 
 /// The Zipkin routes.
@@ -51,21 +52,21 @@ async fn spans(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> 
         Ok(bytes) => zipkin::decode(&bytes),
         Err(error) => Err(error),
     };
-    let resource_spans = match decoded {
-        Ok(resource_spans) => resource_spans,
+    let (resource_spans, undecodable) = match decoded {
+        Ok(decoded) => decoded,
         Err(error) => {
             ingest.refused(Receiver::Zipkin, &error);
             return error_response(&error);
         }
     };
-    match ingest
-        .traces(
-            Receiver::Zipkin,
-            ExportTraceServiceRequest { resource_spans },
-            None,
-        )
-        .await
-    {
+    let decoded = DecodedTraces {
+        request: ExportTraceServiceRequest { resource_spans },
+        encoded: None,
+        undecodable,
+    };
+    // Zipkin has no partial success: the spans kept are stored, and the
+    // answer names the ones that were not.
+    match ingest.traces(Receiver::Zipkin, decoded).await {
         Ok(accepted) if accepted.rejected > 0 => {
             (StatusCode::BAD_REQUEST, format!("{}\n", accepted.message)).into_response()
         }

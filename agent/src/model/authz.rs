@@ -60,6 +60,95 @@ impl Pattern {
     }
 }
 
+/// How Envoy's string matcher reads one JWT claim for Istio: an absent
+/// claim matches nothing, and `*` is the regex `.+` (present, not empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimMatch {
+    /// Equal.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Ends with.
+    Suffix(String),
+    /// Present and not empty.
+    NonEmpty,
+}
+
+impl ClaimMatch {
+    fn matches(&self, value: Option<&str>) -> bool {
+        let Some(value) = value else {
+            return false;
+        };
+        match self {
+            Self::Exact(s) => value == s,
+            Self::Prefix(p) => value.starts_with(p.as_str()),
+            Self::Suffix(p) => value.ends_with(p.as_str()),
+            Self::NonEmpty => !value.is_empty(),
+        }
+    }
+}
+
+/// A `requestPrincipals` value (or a `request.auth.principal` condition
+/// value) as Istio renders it (`requestPrincipalGenerator`): split at its
+/// last `/` into an issuer and a subject, matched against the token's `iss`
+/// and `sub` claims separately. `*` is any non-empty issuer and subject;
+/// `*/alice` any issuer with subject exactly `alice` (not `x/alice`);
+/// `https://issuer/*` that issuer with any non-empty subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPrincipal {
+    /// Matches `iss`.
+    pub iss: ClaimMatch,
+    /// Matches `sub`.
+    pub sub: ClaimMatch,
+}
+
+impl RequestPrincipal {
+    /// Parses a value as Istio's generator splits it.
+    pub fn parse(value: &str) -> Self {
+        let split = value.rfind('/').map(|i| (&value[..i], &value[i + 1..]));
+        let (iss, sub) = match (value, split) {
+            ("*", _) => (ClaimMatch::NonEmpty, ClaimMatch::NonEmpty),
+            (v, Some((iss, sub))) if v.starts_with('*') => (
+                if iss == "*" {
+                    ClaimMatch::NonEmpty
+                } else {
+                    ClaimMatch::Suffix(iss[1..].to_owned())
+                },
+                ClaimMatch::Exact(sub.to_owned()),
+            ),
+            (v, None) if v.starts_with('*') => {
+                (ClaimMatch::NonEmpty, ClaimMatch::Suffix(v[1..].to_owned()))
+            }
+            (v, Some((iss, sub))) if v.ends_with('*') => (
+                ClaimMatch::Exact(iss.to_owned()),
+                if sub == "*" {
+                    ClaimMatch::NonEmpty
+                } else {
+                    ClaimMatch::Prefix(sub[..sub.len() - 1].to_owned())
+                },
+            ),
+            (v, None) if v.ends_with('*') => (
+                ClaimMatch::Prefix(v[..v.len() - 1].to_owned()),
+                ClaimMatch::NonEmpty,
+            ),
+            (_, Some((iss, sub))) => (
+                ClaimMatch::Exact(iss.to_owned()),
+                ClaimMatch::Exact(sub.to_owned()),
+            ),
+            (v, None) => (
+                ClaimMatch::Exact(v.to_owned()),
+                ClaimMatch::Exact(String::new()),
+            ),
+        };
+        Self { iss, sub }
+    }
+
+    fn matches(&self, auth: &Authenticated) -> bool {
+        let claim = |name: &str| auth.claims.get(name).and_then(serde_json::Value::as_str);
+        self.iss.matches(claim("iss")) && self.sub.matches(claim("sub"))
+    }
+}
+
 /// An IP network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -174,6 +263,16 @@ impl<T> Values<T> {
     }
 }
 
+impl Values<RequestPrincipal> {
+    /// Without a token no value matches (and so every `not` value passes).
+    fn check_auth(&self, auth: Option<&Authenticated>) -> bool {
+        match auth {
+            Some(auth) => self.check(|p| p.matches(auth)),
+            None => self.any_of.is_empty(),
+        }
+    }
+}
+
 /// `from[].source`.
 #[derive(Debug, Clone, Default)]
 pub struct Source {
@@ -186,13 +285,12 @@ pub struct Source {
     /// Original client IPs.
     pub remote_ip_blocks: Values<Cidr>,
     /// JWT identities (`<iss>/<sub>`): `requestPrincipals`, `notRequestPrincipals`.
-    pub request_principals: Values<Pattern>,
+    pub request_principals: Values<RequestPrincipal>,
 }
 
 impl Source {
     fn matches(&self, input: &AuthzInput<'_>, auth: Option<&Authenticated>) -> bool {
-        self.request_principals
-            .check_opt(auth.map(|a| a.principal.as_str()), Pattern::matches)
+        self.request_principals.check_auth(auth)
             && self.principals.check_opt(input.principal, Pattern::matches)
             && self.namespaces.check_opt(input.namespace, Pattern::matches)
             && self.ip_blocks.check(|c| c.contains(input.source_ip))
@@ -261,6 +359,8 @@ pub struct Condition {
     pub values: Values<Pattern>,
     /// IP values, for IP keys.
     pub cidrs: Values<Cidr>,
+    /// Principal values, for `request.auth.principal`.
+    pub principals: Values<RequestPrincipal>,
 }
 
 impl Condition {
@@ -277,7 +377,7 @@ impl Condition {
             ConditionKey::SourcePrincipal => text(input.principal),
             ConditionKey::SourceNamespace => text(input.namespace),
             ConditionKey::ConnectionSni => text(input.sni),
-            ConditionKey::RequestPrincipal => text(auth.map(|a| a.principal.as_str())),
+            ConditionKey::RequestPrincipal => self.principals.check_auth(auth),
             ConditionKey::RequestPresenter => text(auth.and_then(|a| a.presenter.as_deref())),
             ConditionKey::RequestAudiences => {
                 self.any_value(auth.map(|a| a.audiences.iter().map(String::as_str).collect()))
@@ -289,18 +389,22 @@ impl Condition {
     }
 
     /// A multi-valued attribute: one value must match `values` (when
-    /// listed) and none `notValues`; absent matches no `values`.
+    /// listed) and none `notValues`; absent matches no `values`. Istio
+    /// renders these as string matchers on the token's payload, so `*` is
+    /// the regex `.+` (an empty string does not match it) and a claim that
+    /// is not a string (a number, a boolean) matches nothing.
     fn any_value(&self, values: Option<Vec<&str>>) -> bool {
+        let matches = |p: &Pattern, v: &str| p.matches(v) && (*p != Pattern::Any || !v.is_empty());
         match values {
             None => self.values.any_of.is_empty(),
             Some(list) => {
                 (self.values.any_of.is_empty()
                     || list
                         .iter()
-                        .any(|v| self.values.any_of.iter().any(|p| p.matches(v))))
+                        .any(|v| self.values.any_of.iter().any(|p| matches(p, v))))
                     && !list
                         .iter()
-                        .any(|v| self.values.none_of.iter().any(|p| p.matches(v)))
+                        .any(|v| self.values.none_of.iter().any(|p| matches(p, v)))
             }
         }
     }
@@ -327,8 +431,6 @@ fn claim<'a>(
         }
         Some(serde_json::Value::String(s)) => vec![s.as_str()],
         Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str()).collect(),
-        Some(serde_json::Value::Bool(true)) => vec!["true"],
-        Some(serde_json::Value::Bool(false)) => vec!["false"],
         _ => Vec::new(),
     }
 }
@@ -415,6 +517,7 @@ impl Rule {
                     none_of: vec![Pattern::Any],
                 },
                 cidrs: Values::default(),
+                principals: Values::default(),
             }],
             ..Self::default()
         }
@@ -768,7 +871,7 @@ mod tests {
             ..Operation::default()
         };
         let jwt = Source {
-            request_principals: values(vec![Pattern::Any]),
+            request_principals: values(vec![RequestPrincipal::parse("*")]),
             ..Source::default()
         };
         let authz = Authorization {
@@ -828,6 +931,7 @@ mod tests {
                 key: ConditionKey::Header(HeaderName::from_static("x-user")),
                 values: values(vec![Pattern::parse("bob")]),
                 cidrs: Values::default(),
+                principals: Values::default(),
             }],
             ..Rule::default()
         };

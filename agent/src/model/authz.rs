@@ -218,8 +218,10 @@ pub struct AuthzInput<'a> {
     pub method: &'a str,
     /// Path without query.
     pub path: &'a str,
-    /// Host without port.
-    pub host: &'a str,
+    /// The authority as the client wrote it, port included: `hosts`
+    /// match it as Istio renders them, an `:authority` header matcher (so
+    /// `hosts: [reviews]` does not match `reviews:9080`).
+    pub authority: &'a str,
     /// Headers.
     pub headers: &'a HeaderMap,
 }
@@ -313,7 +315,7 @@ pub struct Operation {
 
 impl Operation {
     fn matches(&self, input: &AuthzInput<'_>) -> bool {
-        self.hosts.check(|p| p.matches_ignore_case(input.host))
+        self.hosts.check(|p| p.matches_ignore_case(input.authority))
             && self.ports.check(|p| *p == input.destination_port)
             && self.methods.check(|m| m == input.method)
             && self.paths.check(|p| p.matches(input.path))
@@ -846,7 +848,7 @@ mod tests {
             sni: None,
             method: "",
             path: "",
-            host: "",
+            authority: "",
             headers,
         }
     }
@@ -855,7 +857,7 @@ mod tests {
         AuthzInput {
             method,
             path: "/",
-            host: "redis",
+            authority: "redis",
             ..connection(Some(FRONTEND), "10.0.0.1", headers)
         }
     }

@@ -14,7 +14,7 @@ use super::local_reply::LocalReply;
 use super::progress::{BodyFailure, RequestProgress};
 use super::tap::Tap;
 use crate::ext_authz::{BodySettings, CheckRequest};
-use crate::host::{request_authority, split_host_port};
+use crate::host::request_authority;
 use crate::model::Snapshot;
 use crate::model::access::{AccessOutcome, Allowed, BodyAhead, Denied, RequestBody, with_item};
 use crate::model::authn::AuthnRequest;
@@ -59,7 +59,6 @@ pub async fn check<B>(
     body: &mut impl RequestBody,
 ) -> AccessOutcome {
     let authority = request_authority(req).unwrap_or("");
-    let host = split_host_port(authority).0;
     let identity = down.tls.as_ref().and_then(|t| t.identity.as_ref());
     let principal = identity.map(|id| id.principal());
     let uri = req.uri();
@@ -73,7 +72,7 @@ pub async fn check<B>(
         sni: down.tls.as_ref().and_then(|t| t.sni.as_deref()),
         method: req.method().as_str(),
         path: uri.path(),
-        host,
+        authority,
         headers: req.headers(),
     };
     let authn = AuthnRequest {

@@ -152,7 +152,13 @@ impl AccessControl {
             }
         };
         let mut allowed = Allowed {
-            authn_edits: auth.as_ref().map(|a| a.edits.clone()).unwrap_or_default(),
+            authn_edits: auth.as_ref().map_or_else(
+                || AuthnEdits {
+                    remove: self.authn.output_headers(),
+                    set: Vec::new(),
+                },
+                |a| a.edits.clone(),
+            ),
             ..Allowed::default()
         };
         let custom_match = self.authz.custom_match(input, auth.as_ref());

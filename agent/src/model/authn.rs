@@ -199,6 +199,24 @@ impl Authenticator {
         self.rules.is_empty()
     }
 
+    /// Every rule's output headers (`outputPayloadToHeader`,
+    /// `outputClaimToHeaders`): the agent's to write, so a client's own
+    /// copy is removed whether or not a token verified, as Envoy's
+    /// jwt_authn removes it. A verified token's edits remove them too.
+    pub fn output_headers(&self) -> Vec<HeaderName> {
+        let mut names: Vec<HeaderName> = Vec::new();
+        for rule in &self.rules {
+            for name in (rule.output_payload_to_header.iter())
+                .chain(rule.output_claim_to_headers.iter().map(|(h, _)| h))
+            {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        names
+    }
+
     /// `Ok(None)`: no token; `Ok(Some(_))`: verified; `Err`: 401.
     pub fn authenticate(
         &self,
@@ -229,6 +247,11 @@ impl Authenticator {
                         first = Some(verified);
                     }
                 }
+            }
+        }
+        for name in self.output_headers() {
+            if !remove.contains(&name) {
+                remove.push(name);
             }
         }
         Ok(first.map(|mut auth| {

@@ -1,13 +1,17 @@
 //! End-user authentication (RequestAuthentication), as Envoy's jwt_authn
 //! filter applies it for Istio: a request without a token passes (the
 //! AuthorizationPolicies decide); a request with a token that does not
-//! verify gets 401 with Envoy's reason as the body and
+//! verify gets 401 (403 when only its audience is not accepted) with
+//! Envoy's reason as the body and
 //! `www-authenticate: Bearer realm="http://<host><path>", error="invalid_token"`.
+//! A CORS preflight is not authenticated (Istio renders
+//! `bypass_cors_preflight`).
 //!
 //! Tokens are looked for where each `jwtRules[]` entry says
-//! (`fromHeaders` with their prefix, `fromParams`, `fromCookies`), by
-//! default in `Authorization: Bearer …` and the `access_token` query
-//! parameter. Every token found must verify: its `iss` must be a rule's
+//! (`fromHeaders` with their prefix, compared case-sensitively as Envoy
+//! does, `fromParams`, `fromCookies`), by default in `Authorization: Bearer …`
+//! and the `access_token` query parameter; an empty parameter is an empty,
+//! malformed token. Every token found must verify: its `iss` must be a rule's
 //! `issuer` (else `Jwt issuer is not configured`), its signature one of the
 //! rule's keys (RS256/384/512, PS256/384/512, ES256/384, EdDSA; the key
 //! chosen by `kid` and `alg`), `exp` and `nbf` hold with [`CLOCK_SKEW`] of
@@ -125,6 +129,19 @@ pub struct AuthnFailure {
 }
 
 impl AuthnFailure {
+    /// 403 for a token whose audience is not accepted (the token is
+    /// genuine but not for this service), 401 for every other failure, as
+    /// Envoy's jwt_authn answers.
+    pub fn status(&self) -> http::StatusCode {
+        if self.reason == reason::AUDIENCE {
+            http::StatusCode::FORBIDDEN
+        } else {
+            http::StatusCode::UNAUTHORIZED
+        }
+    }
+}
+
+impl AuthnFailure {
     /// Envoy's response code details: `jwt_authn_access_denied{<reason>}`,
     /// the reason's spaces made underscores as Envoy writes it
     /// (`jwt_authn_access_denied{Jwt_is_expired}`).
@@ -217,7 +234,7 @@ impl Authenticator {
         names
     }
 
-    /// `Ok(None)`: no token; `Ok(Some(_))`: verified; `Err`: 401.
+    /// `Ok(None)`: no token; `Ok(Some(_))`: verified; `Err`: refused (401 or 403).
     pub fn authenticate(
         &self,
         request: &AuthnRequest<'_>,
@@ -531,9 +548,9 @@ fn tokens<'a>(request: &AuthnRequest<'a>, location: &TokenLocation) -> Vec<&'a s
                 if prefix.is_empty() {
                     Some(v.trim())
                 } else {
-                    v.get(..prefix.len())
-                        .filter(|p| p.eq_ignore_ascii_case(prefix))
-                        .map(|_| v[prefix.len()..].trim())
+                    // Envoy compares the prefix byte for byte: a
+                    // `bearer …` header carries no token for `Bearer `.
+                    v.strip_prefix(prefix.as_str()).map(str::trim)
                 }
             })
             .filter(|t| !t.is_empty())
@@ -543,8 +560,10 @@ fn tokens<'a>(request: &AuthnRequest<'a>, location: &TokenLocation) -> Vec<&'a s
             .into_iter()
             .flat_map(|q| q.split('&'))
             .filter_map(|pair| {
+                // `?access_token=` is a token, an empty one: Envoy
+                // refuses it as malformed rather than reading no token.
                 let (k, v) = pair.split_once('=')?;
-                (k == param && !v.is_empty()).then_some(v)
+                (k == param).then_some(v)
             })
             .collect(),
         TokenLocation::Cookie(cookie) => request

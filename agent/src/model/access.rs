@@ -163,7 +163,7 @@ impl AccessControl {
             authn_edits: auth.as_ref().map_or_else(
                 || AuthnEdits {
                     remove: self.authn.output_headers(),
-                    set: Vec::new(),
+                    ..AuthnEdits::default()
                 },
                 |a| a.edits.clone(),
             ),

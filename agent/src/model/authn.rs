@@ -115,6 +115,8 @@ pub struct AuthnEdits {
     pub remove: Vec<HeaderName>,
     /// Headers to set (`outputPayloadToHeader`, `outputClaimToHeaders`).
     pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Query parameters to remove (tokens not forwarded).
+    pub remove_params: Vec<String>,
 }
 
 /// Why a request is refused with 401.
@@ -245,6 +247,7 @@ impl Authenticator {
         let mut first: Option<Authenticated> = None;
         let mut seen: Vec<&str> = Vec::new();
         let mut remove: Vec<HeaderName> = Vec::new();
+        let mut remove_params: Vec<String> = Vec::new();
         for rule in &self.rules {
             for location in &rule.locations {
                 for token in tokens(request, location) {
@@ -253,12 +256,18 @@ impl Authenticator {
                     }
                     seen.push(token);
                     let verified = self.verify(token, request)?;
-                    if let (TokenLocation::Header { name, .. }, false) = (
-                        location,
-                        verified_rule(self, &verified).forward_original_token,
-                    ) && !remove.contains(name)
-                    {
-                        remove.push(name.clone());
+                    if !verified_rule(self, &verified).forward_original_token {
+                        // Envoy takes a token it does not forward out of
+                        // the request: its header, or its query parameter.
+                        match location {
+                            TokenLocation::Header { name, .. } if !remove.contains(name) => {
+                                remove.push(name.clone());
+                            }
+                            TokenLocation::Param(param) if !remove_params.contains(param) => {
+                                remove_params.push(param.clone());
+                            }
+                            _ => {}
+                        }
                     }
                     if first.is_none() {
                         first = Some(verified);
@@ -278,6 +287,7 @@ impl Authenticator {
                     edits.remove.push(name);
                 }
             }
+            edits.remove_params = remove_params;
             auth.edits = edits;
             auth
         }))

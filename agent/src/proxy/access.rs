@@ -181,8 +181,12 @@ fn protocol_name(version: http::Version) -> &'static str {
 /// upstream: authentication's first (token removal, claim headers), then
 /// the external authorizer's (`headersToUpstreamOnAllow`), as Envoy's
 /// filter chain orders them.
-pub fn apply_allow_edits(allowed: &Allowed, headers: &mut HeaderMap) {
+pub fn apply_allow_edits<B>(allowed: &Allowed, req: &mut Request<B>) {
     let authn = &allowed.authn_edits;
+    if !authn.remove_params.is_empty() {
+        remove_query_params(req.uri_mut(), &authn.remove_params);
+    }
+    let headers = req.headers_mut();
     for name in &authn.remove {
         headers.remove(name);
     }
@@ -198,6 +202,36 @@ pub fn apply_allow_edits(allowed: &Allowed, headers: &mut HeaderMap) {
     }
     for (name, value) in &ext.upstream_append {
         headers.append(name.clone(), value.clone());
+    }
+}
+
+/// Removes every `name=…` pair of `names` from the query, the other pairs
+/// kept as sent and the `?` dropped with the last one, as Envoy's jwt_authn
+/// takes a token out of a query parameter.
+fn remove_query_params(uri: &mut http::Uri, names: &[String]) {
+    let Some(query) = uri.query() else {
+        return;
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !names.iter().any(|n| n == name)
+        })
+        .collect();
+    let path = uri.path();
+    let target = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let Ok(target) = http::uri::PathAndQuery::try_from(target) else {
+        return;
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(target);
+    if let Ok(new) = http::Uri::from_parts(parts) {
+        *uri = new;
     }
 }
 

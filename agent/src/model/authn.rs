@@ -20,6 +20,7 @@
 //! request's identity: principal `<iss>/<sub>`, the claims, the audiences
 //! and the presenter (`azp`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -245,18 +246,26 @@ impl Authenticator {
             return Ok(None);
         }
         let mut first: Option<Authenticated> = None;
-        let mut seen: Vec<&str> = Vec::new();
+        // Each token verified once, with whether its rule forwards it.
+        let mut seen: Vec<(Cow<'_, str>, bool)> = Vec::new();
         let mut remove: Vec<HeaderName> = Vec::new();
         let mut remove_params: Vec<String> = Vec::new();
         for rule in &self.rules {
             for location in &rule.locations {
-                for token in tokens(request, location) {
-                    if seen.contains(&token) {
-                        continue;
-                    }
-                    seen.push(token);
-                    let verified = self.verify(token, request)?;
-                    if !verified_rule(self, &verified).forward_original_token {
+                if let Some(token) = tokens(request, location) {
+                    let forward = match seen.iter().find(|(t, _)| *t == token) {
+                        Some((_, forward)) => *forward,
+                        None => {
+                            let verified = self.verify(&token, request)?;
+                            let forward = verified_rule(self, &verified).forward_original_token;
+                            seen.push((token, forward));
+                            if first.is_none() {
+                                first = Some(verified);
+                            }
+                            forward
+                        }
+                    };
+                    if !forward {
                         // Envoy takes a token it does not forward out of
                         // the request: its header, or its query parameter.
                         match location {
@@ -268,9 +277,6 @@ impl Authenticator {
                             }
                             _ => {}
                         }
-                    }
-                    if first.is_none() {
-                        first = Some(verified);
                     }
                 }
             }
@@ -345,9 +351,17 @@ impl Authenticator {
         {
             return Err(fail(reason::NO_KEY, Some(rule)));
         }
+        // Envoy decodes the signature with padding optional; the JWT
+        // library takes it unpadded. The signed part is left as sent.
+        let token: Cow<'_, str> = match token.rsplit_once('.') {
+            Some((signed, signature)) if signature.ends_with('=') => {
+                Cow::Owned(format!("{signed}.{}", signature.trim_end_matches('=')))
+            }
+            _ => Cow::Borrowed(token),
+        };
         let mut outcome = Err(reason::SIGNATURE);
         for key in fitting {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
+            match jsonwebtoken::decode::<Map<String, Value>>(&token, &key.key, &validation) {
                 Ok(data) => {
                     outcome = Ok(data.claims);
                     break;
@@ -377,7 +391,7 @@ impl Authenticator {
             .and_then(Value::as_str)
             .unwrap_or_default();
         let presenter = claims.get("azp").and_then(Value::as_str).map(str::to_owned);
-        let edits = output_edits(rule, token, &claims);
+        let edits = output_edits(rule, &token, &claims);
         Ok(Authenticated {
             principal: format!("{issuer}/{sub}"),
             claims: Arc::new(claims),
@@ -546,47 +560,53 @@ pub fn string_list(value: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// The tokens at one location (every matching header line, parameter or cookie).
-fn tokens<'a>(request: &AuthnRequest<'a>, location: &TokenLocation) -> Vec<&'a str> {
+/// The token at one location, as Envoy's extractor finds it: a header's
+/// lines joined with `,` (as Envoy's codec joins a repeated header; two
+/// `Authorization` lines are one malformed token), then its prefix compared
+/// byte for byte (a `bearer …` header carries no token for `Bearer `); the
+/// first value of a query parameter or cookie, an empty one included (an
+/// empty, malformed token, not a missing one).
+fn tokens<'a>(request: &AuthnRequest<'a>, location: &TokenLocation) -> Option<Cow<'a, str>> {
     match location {
-        TokenLocation::Header { name, prefix } => request
-            .headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(|v| {
-                if prefix.is_empty() {
-                    Some(v.trim())
-                } else {
-                    // Envoy compares the prefix byte for byte: a
-                    // `bearer …` header carries no token for `Bearer `.
-                    v.strip_prefix(prefix.as_str()).map(str::trim)
+        TokenLocation::Header { name, prefix } => {
+            let mut lines = request.headers.get_all(name).iter();
+            let first = lines.next()?.to_str().ok()?;
+            let value: Cow<'a, str> = match lines.next() {
+                None => Cow::Borrowed(first),
+                Some(second) => {
+                    let mut joined = format!("{first},{}", second.to_str().ok()?);
+                    for line in lines {
+                        joined.push(',');
+                        joined.push_str(line.to_str().ok()?);
+                    }
+                    Cow::Owned(joined)
                 }
-            })
-            .filter(|t| !t.is_empty())
-            .collect(),
+            };
+            let token = match value {
+                Cow::Borrowed(v) => Cow::Borrowed(v.strip_prefix(prefix.as_str())?.trim()),
+                Cow::Owned(v) => Cow::Owned(v.strip_prefix(prefix.as_str())?.trim().to_owned()),
+            };
+            (!token.is_empty()).then_some(token)
+        }
         TokenLocation::Param(param) => request
-            .query
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .filter_map(|pair| {
-                // `?access_token=` is a token, an empty one: Envoy
-                // refuses it as malformed rather than reading no token.
+            .query?
+            .split('&')
+            .find_map(|pair| {
                 let (k, v) = pair.split_once('=')?;
                 (k == param).then_some(v)
             })
-            .collect(),
+            .map(Cow::Borrowed),
         TokenLocation::Cookie(cookie) => request
             .headers
             .get_all(http::header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
-            .filter_map(|pair| {
+            .find_map(|pair| {
                 let (k, v) = pair.trim().split_once('=')?;
-                (k == cookie && !v.is_empty()).then_some(v)
+                (k == cookie).then_some(v)
             })
-            .collect(),
+            .map(Cow::Borrowed),
     }
 }
 

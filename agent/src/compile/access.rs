@@ -448,8 +448,12 @@ fn operation(raw: &RawOp, field: &str, loc: &Location, diags: &mut Diagnostics) 
             none_of: raw.not_methods.clone(),
         },
         paths: Values {
-            any_of: patterns(&raw.paths),
-            none_of: patterns(&raw.not_paths),
+            any_of: raw.paths.iter().map(|s| Pattern::parse_path(s)).collect(),
+            none_of: raw
+                .not_paths
+                .iter()
+                .map(|s| Pattern::parse_path(s))
+                .collect(),
         },
     }
 }

@@ -23,9 +23,57 @@ pub enum Pattern {
     Suffix(String),
     /// Anything present.
     Any,
+    /// A path template (`/api/{*}/items`, `/static/{**}`), as Envoy's
+    /// uri_template matcher reads it.
+    Template(Vec<TemplatePart>),
+}
+
+/// A piece of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    /// Text matched as written.
+    Literal(String),
+    /// `{*}`: one segment, at least one character, no `/`.
+    Segment,
+    /// `{**}`: any characters, `/` included, possibly none.
+    Segments,
 }
 
 impl Pattern {
+    /// Parses a `paths` value: a path template when it holds `{*}` or
+    /// `{**}` (Istio's `ContainsPathTemplate`, rendered as Envoy's
+    /// uri_template matcher), else Istio's wildcard form.
+    pub fn parse_path(s: &str) -> Self {
+        if !s.contains("{*}") && !s.contains("{**}") {
+            return Self::parse(s);
+        }
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while !rest.is_empty() {
+            let next = [
+                ("{**}", TemplatePart::Segments),
+                ("{*}", TemplatePart::Segment),
+            ]
+            .into_iter()
+            .filter_map(|(token, part)| rest.find(token).map(|at| (at, token, part)))
+            .min_by_key(|(at, token, _)| (*at, std::cmp::Reverse(token.len())));
+            match next {
+                Some((at, token, part)) => {
+                    if at > 0 {
+                        parts.push(TemplatePart::Literal(rest[..at].to_owned()));
+                    }
+                    parts.push(part);
+                    rest = &rest[at + token.len()..];
+                }
+                None => {
+                    parts.push(TemplatePart::Literal(rest.to_owned()));
+                    rest = "";
+                }
+            }
+        }
+        Self::Template(parts)
+    }
+
     /// Parses Istio's wildcard form.
     pub fn parse(s: &str) -> Self {
         if s == "*" {
@@ -46,6 +94,7 @@ impl Pattern {
             Self::Prefix(p) => value.starts_with(p.as_str()),
             Self::Suffix(p) => value.ends_with(p.as_str()),
             Self::Any => true,
+            Self::Template(parts) => template_matches(parts, value),
         }
     }
 
@@ -56,6 +105,41 @@ impl Pattern {
             Self::Prefix(p) => value.starts_with(&p.to_ascii_lowercase()),
             Self::Suffix(p) => value.ends_with(&p.to_ascii_lowercase()),
             Self::Any => true,
+            Self::Template(parts) => template_matches(parts, &value),
+        }
+    }
+}
+
+/// Whether a character may stand for a template operator: `{*}` any but
+/// `/`, `{**}` any. Envoy's uri_template names a narrower set of path
+/// characters, but the path it matches has been normalized first (a `*`
+/// in a segment still matches there); reading every character keeps a
+/// DENY template from missing a path the application serves.
+fn template_char(c: u8, slash: bool) -> bool {
+    slash || c != b'/'
+}
+
+/// Matches a whole path against template parts (backtracking over the
+/// operators; templates are short).
+fn template_matches(parts: &[TemplatePart], value: &str) -> bool {
+    let Some((first, rest)) = parts.split_first() else {
+        return value.is_empty();
+    };
+    match first {
+        TemplatePart::Literal(text) => value
+            .strip_prefix(text.as_str())
+            .is_some_and(|after| template_matches(rest, after)),
+        TemplatePart::Segment | TemplatePart::Segments => {
+            let slash = matches!(first, TemplatePart::Segments);
+            let min = usize::from(!slash);
+            let bytes = value.as_bytes();
+            let longest = bytes
+                .iter()
+                .position(|&c| !template_char(c, slash))
+                .unwrap_or(bytes.len());
+            (min..=longest)
+                .rev()
+                .any(|n| template_matches(rest, &value[n..]))
         }
     }
 }
@@ -1030,5 +1114,21 @@ mod tests {
         assert!(Pattern::parse("*/info").matches("/a/info"));
         assert!(Pattern::parse("*").matches(""));
         assert!(!Pattern::parse("/exact").matches("/exact/"));
+    }
+
+    #[test]
+    fn path_templates_match_segments() {
+        let one = Pattern::parse_path("/api/{*}/items");
+        assert!(one.matches("/api/v1/items"));
+        assert!(!one.matches("/api//items"));
+        assert!(!one.matches("/api/v1/v2/items"));
+        let any = Pattern::parse_path("/static/{**}");
+        assert!(any.matches("/static/"));
+        assert!(any.matches("/static/a/b.css"));
+        assert!(!any.matches("/static"));
+        let both = Pattern::parse_path("/{*}/x/{**}.png");
+        assert!(both.matches("/a/x/b/c.png"));
+        assert!(!both.matches("/a/y/b/c.png"));
+        assert_eq!(Pattern::parse_path("/plain/*"), Pattern::parse("/plain/*"));
     }
 }

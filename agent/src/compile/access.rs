@@ -444,8 +444,8 @@ fn operation(raw: &RawOp, field: &str, loc: &Location, diags: &mut Diagnostics) 
             none_of: ports(&raw.not_ports, &format!("{field}.notPorts"), loc, diags),
         },
         methods: Values {
-            any_of: raw.methods.clone(),
-            none_of: raw.not_methods.clone(),
+            any_of: patterns(&raw.methods),
+            none_of: patterns(&raw.not_methods),
         },
         paths: Values {
             any_of: raw.paths.iter().map(|s| Pattern::parse_path(s)).collect(),

@@ -392,7 +392,7 @@ pub struct Operation {
     /// Ports.
     pub ports: Values<u16>,
     /// Methods.
-    pub methods: Values<String>,
+    pub methods: Values<Pattern>,
     /// Paths.
     pub paths: Values<Pattern>,
 }
@@ -401,7 +401,7 @@ impl Operation {
     fn matches(&self, input: &AuthzInput<'_>) -> bool {
         self.hosts.check(|p| p.matches_ignore_case(input.authority))
             && self.ports.check(|p| *p == input.destination_port)
-            && self.methods.check(|m| m == input.method)
+            && self.methods.check(|m| m.matches(input.method))
             && self.paths.check(|p| p.matches(input.path))
     }
 }
@@ -906,7 +906,7 @@ mod tests {
 
     fn get() -> Operation {
         Operation {
-            methods: values(vec!["GET".to_owned()]),
+            methods: values(vec![Pattern::parse("GET")]),
             ..Operation::default()
         }
     }
@@ -952,7 +952,7 @@ mod tests {
         let not_get = Operation {
             methods: Values {
                 any_of: Vec::new(),
-                none_of: vec!["GET".to_owned()],
+                none_of: vec![Pattern::parse("GET")],
             },
             ..Operation::default()
         };

@@ -625,6 +625,11 @@ fn output_edits(rule: &JwtRule, token: &str, claims: &Map<String, Value>) -> Aut
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             Some(Value::Bool(b)) => Some(b.to_string()),
+            // A list goes on as its JSON, base64-encoded, as Envoy writes it.
+            Some(list @ Value::Array(_)) => {
+                use base64::Engine;
+                Some(base64::engine::general_purpose::STANDARD.encode(list.to_string()))
+            }
             _ => None,
         };
         match value.and_then(|v| HeaderValue::from_str(&v).ok()) {

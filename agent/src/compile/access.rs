@@ -19,8 +19,8 @@ use crate::config::security::{
 use crate::ext_authz::upstream::AuthzUpstream;
 use crate::ext_authz::{CommonSettings, ExtAuthzClient};
 use crate::model::authz::{
-    Authorization, Cidr, Condition, ConditionKey, CustomPolicy, Operation, Pattern, Policy, Rule,
-    Source, Values,
+    Authorization, Cidr, Condition, ConditionKey, CustomPolicy, Operation, Pattern, Policy,
+    RequestPrincipal, Rule, Source, Values,
 };
 use crate::model::live::LiveState;
 use crate::model::mesh::{Mesh, ProviderConfig};
@@ -306,6 +306,10 @@ fn patterns(list: &[String]) -> Vec<Pattern> {
     list.iter().map(|s| Pattern::parse(s)).collect()
 }
 
+fn request_principals(list: &[String]) -> Vec<RequestPrincipal> {
+    list.iter().map(|s| RequestPrincipal::parse(s)).collect()
+}
+
 fn cidrs(list: &[String], field: &str, loc: &Location, diags: &mut Diagnostics) -> Vec<Cidr> {
     list.iter()
         .filter_map(|s| {
@@ -343,8 +347,8 @@ fn source(
     }
     let principals = principal_values(raw, field, loc, diags);
     let request_principals = Values {
-        any_of: patterns(&raw.request_principals),
-        none_of: patterns(&raw.not_request_principals),
+        any_of: request_principals(&raw.request_principals),
+        none_of: request_principals(&raw.not_request_principals),
     };
     Source {
         principals,
@@ -440,12 +444,16 @@ fn operation(raw: &RawOp, field: &str, loc: &Location, diags: &mut Diagnostics) 
             none_of: ports(&raw.not_ports, &format!("{field}.notPorts"), loc, diags),
         },
         methods: Values {
-            any_of: raw.methods.clone(),
-            none_of: raw.not_methods.clone(),
+            any_of: patterns(&raw.methods),
+            none_of: patterns(&raw.not_methods),
         },
         paths: Values {
-            any_of: patterns(&raw.paths),
-            none_of: patterns(&raw.not_paths),
+            any_of: raw.paths.iter().map(|s| Pattern::parse_path(s)).collect(),
+            none_of: raw
+                .not_paths
+                .iter()
+                .map(|s| Pattern::parse_path(s))
+                .collect(),
         },
     }
 }
@@ -507,6 +515,14 @@ fn condition(
         key,
         ConditionKey::SourceIp | ConditionKey::RemoteIp | ConditionKey::DestinationIp
     );
+    let principals = if matches!(key, ConditionKey::RequestPrincipal) {
+        Values {
+            any_of: request_principals(&raw.values),
+            none_of: request_principals(&raw.not_values),
+        }
+    } else {
+        Values::default()
+    };
     let (cidrs, values) = if ip {
         let any_of = cidrs(&raw.values, &format!("{field}.values"), loc, diags);
         let none_of = cidrs(&raw.not_values, &format!("{field}.notValues"), loc, diags);
@@ -518,7 +534,12 @@ fn condition(
         };
         (Values::default(), values)
     };
-    Some(Condition { key, values, cidrs })
+    Some(Condition {
+        key,
+        values,
+        cidrs,
+        principals,
+    })
 }
 
 /// The rate limiters of this workload; unchanged rules keep their buckets

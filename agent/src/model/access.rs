@@ -126,11 +126,19 @@ impl AccessControl {
         check: &CheckRequest<'_>,
         body: &mut impl RequestBody,
     ) -> AccessOutcome {
-        let auth = match self.authn.authenticate(authn) {
+        // A CORS preflight passes authentication unchecked, as Istio
+        // renders jwt_authn (`bypass_cors_preflight`): browsers send it
+        // without credentials. The policies still decide, without a token.
+        let authenticated = if is_cors_preflight(input.method, authn.headers) {
+            Ok(None)
+        } else {
+            self.authn.authenticate(authn)
+        };
+        let auth = match authenticated {
             Ok(auth) => auth,
             Err(failure) => {
                 return AccessOutcome::Deny(Denied {
-                    status: StatusCode::UNAUTHORIZED,
+                    status: failure.status(),
                     headers: vec![(
                         http::header::WWW_AUTHENTICATE,
                         failure.www_authenticate.clone(),
@@ -152,7 +160,13 @@ impl AccessControl {
             }
         };
         let mut allowed = Allowed {
-            authn_edits: auth.as_ref().map(|a| a.edits.clone()).unwrap_or_default(),
+            authn_edits: auth.as_ref().map_or_else(
+                || AuthnEdits {
+                    remove: self.authn.output_headers(),
+                    ..AuthnEdits::default()
+                },
+                |a| a.edits.clone(),
+            ),
             ..Allowed::default()
         };
         let custom_match = self.authz.custom_match(input, auth.as_ref());
@@ -226,4 +240,12 @@ impl AccessControl {
         allowed.auth = auth;
         AccessOutcome::Allow(allowed)
     }
+}
+
+/// A CORS preflight as Envoy's jwt_authn recognises one: `OPTIONS` with
+/// `Origin` and `Access-Control-Request-Method`.
+fn is_cors_preflight(method: &str, headers: &http::HeaderMap) -> bool {
+    method == "OPTIONS"
+        && headers.contains_key(http::header::ORIGIN)
+        && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
 }

@@ -1,13 +1,17 @@
 //! End-user authentication (RequestAuthentication), as Envoy's jwt_authn
 //! filter applies it for Istio: a request without a token passes (the
 //! AuthorizationPolicies decide); a request with a token that does not
-//! verify gets 401 with Envoy's reason as the body and
+//! verify gets 401 (403 when only its audience is not accepted) with
+//! Envoy's reason as the body and
 //! `www-authenticate: Bearer realm="http://<host><path>", error="invalid_token"`.
+//! A CORS preflight is not authenticated (Istio renders
+//! `bypass_cors_preflight`).
 //!
 //! Tokens are looked for where each `jwtRules[]` entry says
-//! (`fromHeaders` with their prefix, `fromParams`, `fromCookies`), by
-//! default in `Authorization: Bearer …` and the `access_token` query
-//! parameter. Every token found must verify: its `iss` must be a rule's
+//! (`fromHeaders` with their prefix, compared case-sensitively as Envoy
+//! does, `fromParams`, `fromCookies`), by default in `Authorization: Bearer …`
+//! and the `access_token` query parameter; an empty parameter is an empty,
+//! malformed token. Every token found must verify: its `iss` must be a rule's
 //! `issuer` (else `Jwt issuer is not configured`), its signature one of the
 //! rule's keys (RS256/384/512, PS256/384/512, ES256/384, EdDSA; the key
 //! chosen by `kid` and `alg`), `exp` and `nbf` hold with [`CLOCK_SKEW`] of
@@ -16,6 +20,7 @@
 //! request's identity: principal `<iss>/<sub>`, the claims, the audiences
 //! and the presenter (`azp`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -111,6 +116,8 @@ pub struct AuthnEdits {
     pub remove: Vec<HeaderName>,
     /// Headers to set (`outputPayloadToHeader`, `outputClaimToHeaders`).
     pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Query parameters to remove (tokens not forwarded).
+    pub remove_params: Vec<String>,
 }
 
 /// Why a request is refused with 401.
@@ -122,6 +129,19 @@ pub struct AuthnFailure {
     pub www_authenticate: HeaderValue,
     /// The rule whose token failed (none: no rule knows the issuer).
     pub source: Option<String>,
+}
+
+impl AuthnFailure {
+    /// 403 for a token whose audience is not accepted (the token is
+    /// genuine but not for this service), 401 for every other failure, as
+    /// Envoy's jwt_authn answers.
+    pub fn status(&self) -> http::StatusCode {
+        if self.reason == reason::AUDIENCE {
+            http::StatusCode::FORBIDDEN
+        } else {
+            http::StatusCode::UNAUTHORIZED
+        }
+    }
 }
 
 impl AuthnFailure {
@@ -199,7 +219,25 @@ impl Authenticator {
         self.rules.is_empty()
     }
 
-    /// `Ok(None)`: no token; `Ok(Some(_))`: verified; `Err`: 401.
+    /// Every rule's output headers (`outputPayloadToHeader`,
+    /// `outputClaimToHeaders`): the agent's to write, so a client's own
+    /// copy is removed whether or not a token verified, as Envoy's
+    /// jwt_authn removes it. A verified token's edits remove them too.
+    pub fn output_headers(&self) -> Vec<HeaderName> {
+        let mut names: Vec<HeaderName> = Vec::new();
+        for rule in &self.rules {
+            for name in (rule.output_payload_to_header.iter())
+                .chain(rule.output_claim_to_headers.iter().map(|(h, _)| h))
+            {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        names
+    }
+
+    /// `Ok(None)`: no token; `Ok(Some(_))`: verified; `Err`: refused (401 or 403).
     pub fn authenticate(
         &self,
         request: &AuthnRequest<'_>,
@@ -208,27 +246,44 @@ impl Authenticator {
             return Ok(None);
         }
         let mut first: Option<Authenticated> = None;
-        let mut seen: Vec<&str> = Vec::new();
+        // Each token verified once, with whether its rule forwards it.
+        let mut seen: Vec<(Cow<'_, str>, bool)> = Vec::new();
         let mut remove: Vec<HeaderName> = Vec::new();
+        let mut remove_params: Vec<String> = Vec::new();
         for rule in &self.rules {
             for location in &rule.locations {
-                for token in tokens(request, location) {
-                    if seen.contains(&token) {
-                        continue;
-                    }
-                    seen.push(token);
-                    let verified = self.verify(token, request)?;
-                    if let (TokenLocation::Header { name, .. }, false) = (
-                        location,
-                        verified_rule(self, &verified).forward_original_token,
-                    ) && !remove.contains(name)
-                    {
-                        remove.push(name.clone());
-                    }
-                    if first.is_none() {
-                        first = Some(verified);
+                if let Some(token) = tokens(request, location) {
+                    let forward = match seen.iter().find(|(t, _)| *t == token) {
+                        Some((_, forward)) => *forward,
+                        None => {
+                            let verified = self.verify(&token, request)?;
+                            let forward = verified_rule(self, &verified).forward_original_token;
+                            seen.push((token, forward));
+                            if first.is_none() {
+                                first = Some(verified);
+                            }
+                            forward
+                        }
+                    };
+                    if !forward {
+                        // Envoy takes a token it does not forward out of
+                        // the request: its header, or its query parameter.
+                        match location {
+                            TokenLocation::Header { name, .. } if !remove.contains(name) => {
+                                remove.push(name.clone());
+                            }
+                            TokenLocation::Param(param) if !remove_params.contains(param) => {
+                                remove_params.push(param.clone());
+                            }
+                            _ => {}
+                        }
                     }
                 }
+            }
+        }
+        for name in self.output_headers() {
+            if !remove.contains(&name) {
+                remove.push(name);
             }
         }
         Ok(first.map(|mut auth| {
@@ -238,6 +293,7 @@ impl Authenticator {
                     edits.remove.push(name);
                 }
             }
+            edits.remove_params = remove_params;
             auth.edits = edits;
             auth
         }))
@@ -295,9 +351,17 @@ impl Authenticator {
         {
             return Err(fail(reason::NO_KEY, Some(rule)));
         }
+        // Envoy decodes the signature with padding optional; the JWT
+        // library takes it unpadded. The signed part is left as sent.
+        let token: Cow<'_, str> = match token.rsplit_once('.') {
+            Some((signed, signature)) if signature.ends_with('=') => {
+                Cow::Owned(format!("{signed}.{}", signature.trim_end_matches('=')))
+            }
+            _ => Cow::Borrowed(token),
+        };
         let mut outcome = Err(reason::SIGNATURE);
         for key in fitting {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
+            match jsonwebtoken::decode::<Map<String, Value>>(&token, &key.key, &validation) {
                 Ok(data) => {
                     outcome = Ok(data.claims);
                     break;
@@ -327,7 +391,7 @@ impl Authenticator {
             .and_then(Value::as_str)
             .unwrap_or_default();
         let presenter = claims.get("azp").and_then(Value::as_str).map(str::to_owned);
-        let edits = output_edits(rule, token, &claims);
+        let edits = output_edits(rule, &token, &claims);
         Ok(Authenticated {
             principal: format!("{issuer}/{sub}"),
             claims: Arc::new(claims),
@@ -496,45 +560,53 @@ pub fn string_list(value: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// The tokens at one location (every matching header line, parameter or cookie).
-fn tokens<'a>(request: &AuthnRequest<'a>, location: &TokenLocation) -> Vec<&'a str> {
+/// The token at one location, as Envoy's extractor finds it: a header's
+/// lines joined with `,` (as Envoy's codec joins a repeated header; two
+/// `Authorization` lines are one malformed token), then its prefix compared
+/// byte for byte (a `bearer …` header carries no token for `Bearer `); the
+/// first value of a query parameter or cookie, an empty one included (an
+/// empty, malformed token, not a missing one).
+fn tokens<'a>(request: &AuthnRequest<'a>, location: &TokenLocation) -> Option<Cow<'a, str>> {
     match location {
-        TokenLocation::Header { name, prefix } => request
-            .headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(|v| {
-                if prefix.is_empty() {
-                    Some(v.trim())
-                } else {
-                    v.get(..prefix.len())
-                        .filter(|p| p.eq_ignore_ascii_case(prefix))
-                        .map(|_| v[prefix.len()..].trim())
+        TokenLocation::Header { name, prefix } => {
+            let mut lines = request.headers.get_all(name).iter();
+            let first = lines.next()?.to_str().ok()?;
+            let value: Cow<'a, str> = match lines.next() {
+                None => Cow::Borrowed(first),
+                Some(second) => {
+                    let mut joined = format!("{first},{}", second.to_str().ok()?);
+                    for line in lines {
+                        joined.push(',');
+                        joined.push_str(line.to_str().ok()?);
+                    }
+                    Cow::Owned(joined)
                 }
-            })
-            .filter(|t| !t.is_empty())
-            .collect(),
+            };
+            let token = match value {
+                Cow::Borrowed(v) => Cow::Borrowed(v.strip_prefix(prefix.as_str())?.trim()),
+                Cow::Owned(v) => Cow::Owned(v.strip_prefix(prefix.as_str())?.trim().to_owned()),
+            };
+            (!token.is_empty()).then_some(token)
+        }
         TokenLocation::Param(param) => request
-            .query
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .filter_map(|pair| {
+            .query?
+            .split('&')
+            .find_map(|pair| {
                 let (k, v) = pair.split_once('=')?;
-                (k == param && !v.is_empty()).then_some(v)
+                (k == param).then_some(v)
             })
-            .collect(),
+            .map(Cow::Borrowed),
         TokenLocation::Cookie(cookie) => request
             .headers
             .get_all(http::header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
-            .filter_map(|pair| {
+            .find_map(|pair| {
                 let (k, v) = pair.trim().split_once('=')?;
-                (k == cookie && !v.is_empty()).then_some(v)
+                (k == cookie).then_some(v)
             })
-            .collect(),
+            .map(Cow::Borrowed),
     }
 }
 
@@ -553,6 +625,11 @@ fn output_edits(rule: &JwtRule, token: &str, claims: &Map<String, Value>) -> Aut
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             Some(Value::Bool(b)) => Some(b.to_string()),
+            // A list goes on as its JSON, base64-encoded, as Envoy writes it.
+            Some(list @ Value::Array(_)) => {
+                use base64::Engine;
+                Some(base64::engine::general_purpose::STANDARD.encode(list.to_string()))
+            }
             _ => None,
         };
         match value.and_then(|v| HeaderValue::from_str(&v).ok()) {

@@ -222,7 +222,7 @@ async fn decide(
         sni: None,
         method: "GET",
         path: "/api",
-        host: "reviews",
+        authority: "reviews",
         headers: &headers,
     };
     let check = crate::ext_authz::CheckRequest {

@@ -23,9 +23,57 @@ pub enum Pattern {
     Suffix(String),
     /// Anything present.
     Any,
+    /// A path template (`/api/{*}/items`, `/static/{**}`), as Envoy's
+    /// uri_template matcher reads it.
+    Template(Vec<TemplatePart>),
+}
+
+/// A piece of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    /// Text matched as written.
+    Literal(String),
+    /// `{*}`: one segment, at least one character, no `/`.
+    Segment,
+    /// `{**}`: any characters, `/` included, possibly none.
+    Segments,
 }
 
 impl Pattern {
+    /// Parses a `paths` value: a path template when it holds `{*}` or
+    /// `{**}` (Istio's `ContainsPathTemplate`, rendered as Envoy's
+    /// uri_template matcher), else Istio's wildcard form.
+    pub fn parse_path(s: &str) -> Self {
+        if !s.contains("{*}") && !s.contains("{**}") {
+            return Self::parse(s);
+        }
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while !rest.is_empty() {
+            let next = [
+                ("{**}", TemplatePart::Segments),
+                ("{*}", TemplatePart::Segment),
+            ]
+            .into_iter()
+            .filter_map(|(token, part)| rest.find(token).map(|at| (at, token, part)))
+            .min_by_key(|(at, token, _)| (*at, std::cmp::Reverse(token.len())));
+            match next {
+                Some((at, token, part)) => {
+                    if at > 0 {
+                        parts.push(TemplatePart::Literal(rest[..at].to_owned()));
+                    }
+                    parts.push(part);
+                    rest = &rest[at + token.len()..];
+                }
+                None => {
+                    parts.push(TemplatePart::Literal(rest.to_owned()));
+                    rest = "";
+                }
+            }
+        }
+        Self::Template(parts)
+    }
+
     /// Parses Istio's wildcard form.
     pub fn parse(s: &str) -> Self {
         if s == "*" {
@@ -46,6 +94,7 @@ impl Pattern {
             Self::Prefix(p) => value.starts_with(p.as_str()),
             Self::Suffix(p) => value.ends_with(p.as_str()),
             Self::Any => true,
+            Self::Template(parts) => template_matches(parts, value),
         }
     }
 
@@ -56,7 +105,131 @@ impl Pattern {
             Self::Prefix(p) => value.starts_with(&p.to_ascii_lowercase()),
             Self::Suffix(p) => value.ends_with(&p.to_ascii_lowercase()),
             Self::Any => true,
+            Self::Template(parts) => template_matches(parts, &value),
         }
+    }
+}
+
+/// Whether a character may stand for a template operator: `{*}` any but
+/// `/`, `{**}` any. Envoy's uri_template names a narrower set of path
+/// characters, but the path it matches has been normalized first (a `*`
+/// in a segment still matches there); reading every character keeps a
+/// DENY template from missing a path the application serves.
+fn template_char(c: u8, slash: bool) -> bool {
+    slash || c != b'/'
+}
+
+/// Matches a whole path against template parts (backtracking over the
+/// operators; templates are short).
+fn template_matches(parts: &[TemplatePart], value: &str) -> bool {
+    let Some((first, rest)) = parts.split_first() else {
+        return value.is_empty();
+    };
+    match first {
+        TemplatePart::Literal(text) => value
+            .strip_prefix(text.as_str())
+            .is_some_and(|after| template_matches(rest, after)),
+        TemplatePart::Segment | TemplatePart::Segments => {
+            let slash = matches!(first, TemplatePart::Segments);
+            let min = usize::from(!slash);
+            let bytes = value.as_bytes();
+            let longest = bytes
+                .iter()
+                .position(|&c| !template_char(c, slash))
+                .unwrap_or(bytes.len());
+            (min..=longest)
+                .rev()
+                .any(|n| template_matches(rest, &value[n..]))
+        }
+    }
+}
+
+/// How Envoy's string matcher reads one JWT claim for Istio: an absent
+/// claim matches nothing, and `*` is the regex `.+` (present, not empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimMatch {
+    /// Equal.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Ends with.
+    Suffix(String),
+    /// Present and not empty.
+    NonEmpty,
+}
+
+impl ClaimMatch {
+    fn matches(&self, value: Option<&str>) -> bool {
+        let Some(value) = value else {
+            return false;
+        };
+        match self {
+            Self::Exact(s) => value == s,
+            Self::Prefix(p) => value.starts_with(p.as_str()),
+            Self::Suffix(p) => value.ends_with(p.as_str()),
+            Self::NonEmpty => !value.is_empty(),
+        }
+    }
+}
+
+/// A `requestPrincipals` value (or a `request.auth.principal` condition
+/// value) as Istio renders it (`requestPrincipalGenerator`): split at its
+/// last `/` into an issuer and a subject, matched against the token's `iss`
+/// and `sub` claims separately. `*` is any non-empty issuer and subject;
+/// `*/alice` any issuer with subject exactly `alice` (not `x/alice`);
+/// `https://issuer/*` that issuer with any non-empty subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPrincipal {
+    /// Matches `iss`.
+    pub iss: ClaimMatch,
+    /// Matches `sub`.
+    pub sub: ClaimMatch,
+}
+
+impl RequestPrincipal {
+    /// Parses a value as Istio's generator splits it.
+    pub fn parse(value: &str) -> Self {
+        let split = value.rfind('/').map(|i| (&value[..i], &value[i + 1..]));
+        let (iss, sub) = match (value, split) {
+            ("*", _) => (ClaimMatch::NonEmpty, ClaimMatch::NonEmpty),
+            (v, Some((iss, sub))) if v.starts_with('*') => (
+                if iss == "*" {
+                    ClaimMatch::NonEmpty
+                } else {
+                    ClaimMatch::Suffix(iss[1..].to_owned())
+                },
+                ClaimMatch::Exact(sub.to_owned()),
+            ),
+            (v, None) if v.starts_with('*') => {
+                (ClaimMatch::NonEmpty, ClaimMatch::Suffix(v[1..].to_owned()))
+            }
+            (v, Some((iss, sub))) if v.ends_with('*') => (
+                ClaimMatch::Exact(iss.to_owned()),
+                if sub == "*" {
+                    ClaimMatch::NonEmpty
+                } else {
+                    ClaimMatch::Prefix(sub[..sub.len() - 1].to_owned())
+                },
+            ),
+            (v, None) if v.ends_with('*') => (
+                ClaimMatch::Prefix(v[..v.len() - 1].to_owned()),
+                ClaimMatch::NonEmpty,
+            ),
+            (_, Some((iss, sub))) => (
+                ClaimMatch::Exact(iss.to_owned()),
+                ClaimMatch::Exact(sub.to_owned()),
+            ),
+            (v, None) => (
+                ClaimMatch::Exact(v.to_owned()),
+                ClaimMatch::Exact(String::new()),
+            ),
+        };
+        Self { iss, sub }
+    }
+
+    fn matches(&self, auth: &Authenticated) -> bool {
+        let claim = |name: &str| auth.claims.get(name).and_then(serde_json::Value::as_str);
+        self.iss.matches(claim("iss")) && self.sub.matches(claim("sub"))
     }
 }
 
@@ -129,8 +302,10 @@ pub struct AuthzInput<'a> {
     pub method: &'a str,
     /// Path without query.
     pub path: &'a str,
-    /// Host without port.
-    pub host: &'a str,
+    /// The authority as the client wrote it, port included: `hosts`
+    /// match it as Istio renders them, an `:authority` header matcher (so
+    /// `hosts: [reviews]` does not match `reviews:9080`).
+    pub authority: &'a str,
     /// Headers.
     pub headers: &'a HeaderMap,
 }
@@ -174,6 +349,16 @@ impl<T> Values<T> {
     }
 }
 
+impl Values<RequestPrincipal> {
+    /// Without a token no value matches (and so every `not` value passes).
+    fn check_auth(&self, auth: Option<&Authenticated>) -> bool {
+        match auth {
+            Some(auth) => self.check(|p| p.matches(auth)),
+            None => self.any_of.is_empty(),
+        }
+    }
+}
+
 /// `from[].source`.
 #[derive(Debug, Clone, Default)]
 pub struct Source {
@@ -186,13 +371,12 @@ pub struct Source {
     /// Original client IPs.
     pub remote_ip_blocks: Values<Cidr>,
     /// JWT identities (`<iss>/<sub>`): `requestPrincipals`, `notRequestPrincipals`.
-    pub request_principals: Values<Pattern>,
+    pub request_principals: Values<RequestPrincipal>,
 }
 
 impl Source {
     fn matches(&self, input: &AuthzInput<'_>, auth: Option<&Authenticated>) -> bool {
-        self.request_principals
-            .check_opt(auth.map(|a| a.principal.as_str()), Pattern::matches)
+        self.request_principals.check_auth(auth)
             && self.principals.check_opt(input.principal, Pattern::matches)
             && self.namespaces.check_opt(input.namespace, Pattern::matches)
             && self.ip_blocks.check(|c| c.contains(input.source_ip))
@@ -208,16 +392,16 @@ pub struct Operation {
     /// Ports.
     pub ports: Values<u16>,
     /// Methods.
-    pub methods: Values<String>,
+    pub methods: Values<Pattern>,
     /// Paths.
     pub paths: Values<Pattern>,
 }
 
 impl Operation {
     fn matches(&self, input: &AuthzInput<'_>) -> bool {
-        self.hosts.check(|p| p.matches_ignore_case(input.host))
+        self.hosts.check(|p| p.matches_ignore_case(input.authority))
             && self.ports.check(|p| *p == input.destination_port)
-            && self.methods.check(|m| m == input.method)
+            && self.methods.check(|m| m.matches(input.method))
             && self.paths.check(|p| p.matches(input.path))
     }
 }
@@ -261,6 +445,8 @@ pub struct Condition {
     pub values: Values<Pattern>,
     /// IP values, for IP keys.
     pub cidrs: Values<Cidr>,
+    /// Principal values, for `request.auth.principal`.
+    pub principals: Values<RequestPrincipal>,
 }
 
 impl Condition {
@@ -277,7 +463,7 @@ impl Condition {
             ConditionKey::SourcePrincipal => text(input.principal),
             ConditionKey::SourceNamespace => text(input.namespace),
             ConditionKey::ConnectionSni => text(input.sni),
-            ConditionKey::RequestPrincipal => text(auth.map(|a| a.principal.as_str())),
+            ConditionKey::RequestPrincipal => self.principals.check_auth(auth),
             ConditionKey::RequestPresenter => text(auth.and_then(|a| a.presenter.as_deref())),
             ConditionKey::RequestAudiences => {
                 self.any_value(auth.map(|a| a.audiences.iter().map(String::as_str).collect()))
@@ -289,18 +475,22 @@ impl Condition {
     }
 
     /// A multi-valued attribute: one value must match `values` (when
-    /// listed) and none `notValues`; absent matches no `values`.
+    /// listed) and none `notValues`; absent matches no `values`. Istio
+    /// renders these as string matchers on the token's payload, so `*` is
+    /// the regex `.+` (an empty string does not match it) and a claim that
+    /// is not a string (a number, a boolean) matches nothing.
     fn any_value(&self, values: Option<Vec<&str>>) -> bool {
+        let matches = |p: &Pattern, v: &str| p.matches(v) && (*p != Pattern::Any || !v.is_empty());
         match values {
             None => self.values.any_of.is_empty(),
             Some(list) => {
                 (self.values.any_of.is_empty()
                     || list
                         .iter()
-                        .any(|v| self.values.any_of.iter().any(|p| p.matches(v))))
+                        .any(|v| self.values.any_of.iter().any(|p| matches(p, v))))
                     && !list
                         .iter()
-                        .any(|v| self.values.none_of.iter().any(|p| p.matches(v)))
+                        .any(|v| self.values.none_of.iter().any(|p| matches(p, v)))
             }
         }
     }
@@ -327,8 +517,6 @@ fn claim<'a>(
         }
         Some(serde_json::Value::String(s)) => vec![s.as_str()],
         Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str()).collect(),
-        Some(serde_json::Value::Bool(true)) => vec!["true"],
-        Some(serde_json::Value::Bool(false)) => vec!["false"],
         _ => Vec::new(),
     }
 }
@@ -415,6 +603,7 @@ impl Rule {
                     none_of: vec![Pattern::Any],
                 },
                 cidrs: Values::default(),
+                principals: Values::default(),
             }],
             ..Self::default()
         }
@@ -717,7 +906,7 @@ mod tests {
 
     fn get() -> Operation {
         Operation {
-            methods: values(vec!["GET".to_owned()]),
+            methods: values(vec![Pattern::parse("GET")]),
             ..Operation::default()
         }
     }
@@ -743,7 +932,7 @@ mod tests {
             sni: None,
             method: "",
             path: "",
-            host: "",
+            authority: "",
             headers,
         }
     }
@@ -752,7 +941,7 @@ mod tests {
         AuthzInput {
             method,
             path: "/",
-            host: "redis",
+            authority: "redis",
             ..connection(Some(FRONTEND), "10.0.0.1", headers)
         }
     }
@@ -763,12 +952,12 @@ mod tests {
         let not_get = Operation {
             methods: Values {
                 any_of: Vec::new(),
-                none_of: vec!["GET".to_owned()],
+                none_of: vec![Pattern::parse("GET")],
             },
             ..Operation::default()
         };
         let jwt = Source {
-            request_principals: values(vec![Pattern::Any]),
+            request_principals: values(vec![RequestPrincipal::parse("*")]),
             ..Source::default()
         };
         let authz = Authorization {
@@ -828,6 +1017,7 @@ mod tests {
                 key: ConditionKey::Header(HeaderName::from_static("x-user")),
                 values: values(vec![Pattern::parse("bob")]),
                 cidrs: Values::default(),
+                principals: Values::default(),
             }],
             ..Rule::default()
         };
@@ -924,5 +1114,21 @@ mod tests {
         assert!(Pattern::parse("*/info").matches("/a/info"));
         assert!(Pattern::parse("*").matches(""));
         assert!(!Pattern::parse("/exact").matches("/exact/"));
+    }
+
+    #[test]
+    fn path_templates_match_segments() {
+        let one = Pattern::parse_path("/api/{*}/items");
+        assert!(one.matches("/api/v1/items"));
+        assert!(!one.matches("/api//items"));
+        assert!(!one.matches("/api/v1/v2/items"));
+        let any = Pattern::parse_path("/static/{**}");
+        assert!(any.matches("/static/"));
+        assert!(any.matches("/static/a/b.css"));
+        assert!(!any.matches("/static"));
+        let both = Pattern::parse_path("/{*}/x/{**}.png");
+        assert!(both.matches("/a/x/b/c.png"));
+        assert!(!both.matches("/a/y/b/c.png"));
+        assert_eq!(Pattern::parse_path("/plain/*"), Pattern::parse("/plain/*"));
     }
 }

@@ -14,7 +14,7 @@ use super::local_reply::LocalReply;
 use super::progress::{BodyFailure, RequestProgress};
 use super::tap::Tap;
 use crate::ext_authz::{BodySettings, CheckRequest};
-use crate::host::{request_authority, split_host_port};
+use crate::host::request_authority;
 use crate::model::Snapshot;
 use crate::model::access::{AccessOutcome, Allowed, BodyAhead, Denied, RequestBody, with_item};
 use crate::model::authn::AuthnRequest;
@@ -59,7 +59,6 @@ pub async fn check<B>(
     body: &mut impl RequestBody,
 ) -> AccessOutcome {
     let authority = request_authority(req).unwrap_or("");
-    let host = split_host_port(authority).0;
     let identity = down.tls.as_ref().and_then(|t| t.identity.as_ref());
     let principal = identity.map(|id| id.principal());
     let uri = req.uri();
@@ -73,7 +72,7 @@ pub async fn check<B>(
         sni: down.tls.as_ref().and_then(|t| t.sni.as_deref()),
         method: req.method().as_str(),
         path: uri.path(),
-        host,
+        authority,
         headers: req.headers(),
     };
     let authn = AuthnRequest {
@@ -182,8 +181,12 @@ fn protocol_name(version: http::Version) -> &'static str {
 /// upstream: authentication's first (token removal, claim headers), then
 /// the external authorizer's (`headersToUpstreamOnAllow`), as Envoy's
 /// filter chain orders them.
-pub fn apply_allow_edits(allowed: &Allowed, headers: &mut HeaderMap) {
+pub fn apply_allow_edits<B>(allowed: &Allowed, req: &mut Request<B>) {
     let authn = &allowed.authn_edits;
+    if !authn.remove_params.is_empty() {
+        remove_query_params(req.uri_mut(), &authn.remove_params);
+    }
+    let headers = req.headers_mut();
     for name in &authn.remove {
         headers.remove(name);
     }
@@ -199,6 +202,36 @@ pub fn apply_allow_edits(allowed: &Allowed, headers: &mut HeaderMap) {
     }
     for (name, value) in &ext.upstream_append {
         headers.append(name.clone(), value.clone());
+    }
+}
+
+/// Removes every `name=…` pair of `names` from the query, the other pairs
+/// kept as sent and the `?` dropped with the last one, as Envoy's jwt_authn
+/// takes a token out of a query parameter.
+fn remove_query_params(uri: &mut http::Uri, names: &[String]) {
+    let Some(query) = uri.query() else {
+        return;
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !names.iter().any(|n| n == name)
+        })
+        .collect();
+    let path = uri.path();
+    let target = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let Ok(target) = http::uri::PathAndQuery::try_from(target) else {
+        return;
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(target);
+    if let Ok(new) = http::Uri::from_parts(parts) {
+        *uri = new;
     }
 }
 

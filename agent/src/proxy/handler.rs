@@ -92,7 +92,7 @@ pub async fn handle(
             match outcome {
                 AccessOutcome::Allow(allowed) => {
                     ex.set_allowed(&allowed);
-                    access::apply_allow_edits(&allowed, req.headers_mut());
+                    access::apply_allow_edits(&allowed, &mut req);
                 }
                 AccessOutcome::Deny(denied) => return Ok(ex.access_denied(denied)),
             }

@@ -408,7 +408,7 @@ async fn authorize(
         sni: caller.and_then(|c| c.sni.as_deref()),
         method: "",
         path: "",
-        host: "",
+        authority: "",
         headers: no_headers,
     };
     let mut verdict = ConnectionVerdict::default();

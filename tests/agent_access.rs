@@ -229,11 +229,10 @@ spec:
   - from: [{source: {ipBlocks: ["127.0.0.2/32"]}}]
   - from: [{source: {remoteIpBlocks: ["203.0.113.0/24"]}}]
 "#;
-    let trusted = "  numTrustedProxies: 1\n";
-    let yaml = agent("reviews", app.addr, NO_COLLECTOR).replace(
-        "  concurrency: 2\n",
-        &format!("  concurrency: 2\n{trusted}"),
-    ) + block_list;
+    // A sidecar's inbound reads the original client as Istio renders it
+    // (use_remote_address false, no trusted hops): the last
+    // x-forwarded-for entry, the one the hop in front appended.
+    let yaml = agent("reviews", app.addr, NO_COLLECTOR) + block_list;
     let blocking = Agent::start(&yaml);
     let local = Client::h1(blocking.inbound);
     assert_eq!(local.get("http://reviews/").await.status, 200);
@@ -251,7 +250,12 @@ spec:
         (
             "203.0.113.9, 198.51.100.1",
             200,
-            "only the trusted hop's client counts",
+            "only the entry the hop in front appended counts",
+        ),
+        (
+            "198.51.100.1, 203.0.113.9",
+            403,
+            "the entry the hop in front appended is blocked",
         ),
     ];
     for (xff, status, why) in cases {

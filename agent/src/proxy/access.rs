@@ -24,24 +24,38 @@ use crate::telemetry::record::Details;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// The original client's address: with `trusted_hops` proxies in front
-/// appending to `x-forwarded-for`, the address that many entries before
-/// the caller (Envoy's `xff_num_trusted_hops`); the caller itself for 0.
-pub fn remote_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: u32) -> IpAddr {
-    if trusted_hops == 0 {
-        return peer;
-    }
-    let entries: Vec<&str> = headers
+/// The original client's address (what `remoteIpBlocks` and `remoteIp`
+/// rate-limit keys read), by Envoy's `x-forwarded-for` rules with
+/// `xff_num_trusted_hops` = `trusted_hops`:
+///
+/// - `use_remote_address` (a gateway, as Istio renders its listeners): the
+///   caller itself for 0 hops, else the address `trusted_hops` entries from
+///   the right of `x-forwarded-for`;
+/// - not (a sidecar's inbound, as Istio renders it): the address
+///   `trusted_hops + 1` entries from the right, so the last one by default
+///   — the client a gateway in front appended — else the caller.
+///
+/// The caller too when the header has too few entries or the entry is no
+/// IP address. Entries are read right to left over every header line.
+pub fn remote_ip(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    trusted_hops: u32,
+    use_remote_address: bool,
+) -> IpAddr {
+    let from_right = match (use_remote_address, trusted_hops) {
+        (true, 0) => return peer,
+        (true, hops) => hops - 1,
+        (false, hops) => hops,
+    };
+    headers
         .get_all(X_FORWARDED_FOR)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    entries
-        .iter()
         .rev()
-        .nth(trusted_hops as usize - 1)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.rsplit(','))
+        .map(str::trim)
+        .nth(from_right as usize)
         .and_then(|e| e.parse().ok())
         .unwrap_or(peer)
 }
@@ -358,15 +372,22 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(X_FORWARDED_FOR, "203.0.113.7, 10.0.0.1".parse().unwrap());
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(remote_ip(&headers, peer, 0), peer);
-        assert_eq!(
-            remote_ip(&headers, peer, 1),
-            "10.0.0.1".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            remote_ip(&headers, peer, 2),
-            "203.0.113.7".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(remote_ip(&headers, peer, 5), peer);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // A gateway (use_remote_address): the caller unless hops are trusted.
+        assert_eq!(remote_ip(&headers, peer, 0, true), peer);
+        assert_eq!(remote_ip(&headers, peer, 1, true), ip("10.0.0.1"));
+        assert_eq!(remote_ip(&headers, peer, 2, true), ip("203.0.113.7"));
+        assert_eq!(remote_ip(&headers, peer, 5, true), peer);
+        // A sidecar's inbound: the last entry by default, one more per hop.
+        assert_eq!(remote_ip(&headers, peer, 0, false), ip("10.0.0.1"));
+        assert_eq!(remote_ip(&headers, peer, 1, false), ip("203.0.113.7"));
+        assert_eq!(remote_ip(&headers, peer, 2, false), peer);
+        assert_eq!(remote_ip(&HeaderMap::new(), peer, 0, false), peer);
+        // Lines are read right to left too.
+        headers.append(X_FORWARDED_FOR, "198.51.100.9".parse().unwrap());
+        assert_eq!(remote_ip(&headers, peer, 0, false), ip("198.51.100.9"));
+        assert_eq!(remote_ip(&headers, peer, 1, false), ip("10.0.0.1"));
+        headers.insert(X_FORWARDED_FOR, "not-an-address".parse().unwrap());
+        assert_eq!(remote_ip(&headers, peer, 0, false), peer);
     }
 }

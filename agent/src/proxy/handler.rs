@@ -71,6 +71,7 @@ pub async fn handle(
             req.headers(),
             down.peer.ip(),
             snapshot.bootstrap.num_trusted_proxies,
+            down.gateway.is_some(),
         );
         if !snapshot.access.is_empty() {
             // Without a CUSTOM policy nothing awaits: decided in place, no

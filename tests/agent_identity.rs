@@ -181,26 +181,32 @@ spec:
     )
     .await;
 
-    // Invalid tokens: 401 with Envoy's body and www-authenticate.
+    // Invalid tokens: 401 (403 for another audience) with Envoy's body and
+    // www-authenticate.
     let cases = [
         (
             "/api/forged",
             forger.token(&claims("reviews", 600, &["admin"])),
             "Jwt verification fails",
+            401,
         ),
         (
             "/api/expired",
             key.token(&claims("reviews", -600, &["admin"])),
             "Jwt is expired",
+            401,
         ),
         (
             "/api/audience",
+            // A genuine token for another service: 403, as Envoy's
+            // jwt_authn answers (tests/conformance has the Envoy side).
             key.token(&claims("ratings", 600, &["admin"])),
             "Audiences in Jwt are not allowed",
+            403,
         ),
     ];
-    for (path, token, reason) in &cases {
-        let auth = bearer(token);
+    for (path, token, reason, status) in cases {
+        let auth = bearer(&token);
         let reply = client
             .get_with(&url(path), &[("authorization", &auth)])
             .await;
@@ -216,7 +222,7 @@ spec:
             "jwt_authn_access_denied{{{},RequestAuthentication:default/jwt[0]}}",
             reason.replace(' ', "_")
         );
-        refused(&agent, &otlp, &reply, path, (401, reason, "-"), &details).await;
+        refused(&agent, &otlp, &reply, path, (status, reason, "-"), &details).await;
     }
     assert_eq!(app.count(), 1, "only /public reached the app so far");
 
@@ -393,7 +399,7 @@ async fn unparseable_tokens_get_envoys_parse_statuses() {
             "jwt_authn_access_denied{{{}{rule}}}",
             reason.replace(' ', "_")
         );
-        refused(&agent, &otlp, &reply, path, (401, reason, "-"), &details).await;
+        refused(&agent, &otlp, &reply, path, (status, reason, "-"), &details).await;
     }
     assert_eq!(app.count(), 0);
 }

@@ -399,7 +399,7 @@ async fn unparseable_tokens_get_envoys_parse_statuses() {
             "jwt_authn_access_denied{{{}{rule}}}",
             reason.replace(' ', "_")
         );
-        refused(&agent, &otlp, &reply, path, (status, reason, "-"), &details).await;
+        refused(&agent, &otlp, &reply, path, (401, reason, "-"), &details).await;
     }
     assert_eq!(app.count(), 0);
 }

@@ -17,7 +17,10 @@
 #
 # Knobs (environment): REQUESTS (2000), WARMUP (500), QPS (200),
 # CONNECTIONS (8), BASELINE (another tracemesh binary; BASELINE_LABEL names
-# it), TRACEMESH_BIN and SINK_BIN (prebuilt binaries, as run.sh takes them).
+# it), TRACEMESH_BIN and SINK_BIN (prebuilt binaries, as run.sh takes them),
+# PATHS (a subset of: agent agent_base hyper_floor nginx), PROFILE_DIR (keep
+# each proxy's callgrind profile there as PATH.callgrind, symbols mangled:
+# what hot_text.sh reads), RECORD (0: write no record under bench/results).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,6 +31,9 @@ QPS=${QPS:-200}
 CONNECTIONS=${CONNECTIONS:-8}
 BASELINE=${BASELINE:-}
 BASELINE_LABEL=${BASELINE_LABEL:-$BASELINE}
+PATHS=${PATHS:-agent ${BASELINE:+agent_base }hyper_floor nginx}
+PROFILE_DIR=${PROFILE_DIR:-}
+RECORD=${RECORD:-1}
 HOST=upstream.bench.local
 UPSTREAM_PORT=18080
 SINK_PORT=18317
@@ -50,7 +56,11 @@ if [ -n "${TRACEMESH_BIN:-}" ] && [ -n "${SINK_BIN:-}" ]; then
   FLOOR=$(dirname "$SINK_BIN")/hyper_floor
 else
   log "building tracemesh, the OTLP sink and the hyper floor (release)"
-  (cd "$ROOT" && cargo build --release --locked --bin tracemesh --example otlp_sink --example hyper_floor)
+  # The binary on its own, as `cargo build --release` builds it: built with
+  # the examples it would get their dev-dependencies' features, other crate
+  # hashes, and none of hot-text.order's names (build.rs).
+  (cd "$ROOT" && cargo build --release --locked --bin tracemesh)
+  (cd "$ROOT" && cargo build --release --locked --example otlp_sink --example hyper_floor)
   TRACEMESH="$ROOT/target/release/tracemesh"
   SINK="$ROOT/target/release/examples/otlp_sink"
   FLOOR="$ROOT/target/release/examples/hyper_floor"
@@ -109,7 +119,9 @@ measure() {
   local path=$1 port=$2
   shift 2
   local out="$RUN/$path.callgrind"
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$RUN/$path.log" 2>&1 &
+  # (mangled names: hot_text.py matches them against the linker's symbols;
+  # the counts are the same either way)
+  valgrind --tool=callgrind --demangle=no --callgrind-out-file="$out" "$@" >"$RUN/$path.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
   ready "$port"
@@ -125,23 +137,32 @@ measure() {
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   local total count
-  total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+  # (awk reads to the end: leaving early would stop callgrind_annotate with
+  # SIGPIPE, which pipefail makes an error)
+  total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1; seen = 1}')
   count=$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["count"] if not any(r["errors"].values()) else -1)' "$RUN/$path.json")
   [ "$count" -gt 0 ] || die "$path: requests failed (see $RUN/$path.json)"
   log "$path: $total instructions over $count requests"
   printf '%s\t%s\t%s\n' "$path" "$count" "$total" >>"$RUN/results.tsv"
+  if [ -n "$PROFILE_DIR" ]; then cp "$out.1" "$PROFILE_DIR/$path.callgrind"; fi
 }
+measures() { [[ " $PATHS " == *" $1 "* ]]; }
 
 : >"$RUN/results.tsv"
 # (valgrind runs the proxy itself: an `env` in front would be what it counts)
-RUST_LOG=warn measure agent 18001 "$TRACEMESH" agent --config "$HERE/agent.yaml"
-if [ -n "$BASELINE" ]; then
+if measures agent; then
+  RUST_LOG=warn measure agent 18001 "$TRACEMESH" agent --config "$HERE/agent.yaml"
+fi
+if [ -n "$BASELINE" ] && measures agent_base; then
   RUST_LOG=warn measure agent_base 18011 "$BASELINE" agent --config "$RUN/agent-base.yaml"
 fi
-if [ -x "$FLOOR" ]; then
+if [ -x "$FLOOR" ] && measures hyper_floor; then
   measure hyper_floor 18301 "$FLOOR" 127.0.0.1:18301 "127.0.0.1:$UPSTREAM_PORT"
 fi
-measure nginx 18201 nginx -g 'master_process off;' -e "$RUN/proxy.error.log" -p "$RUN" -c "$RUN/proxy.nginx.conf"
+if measures nginx; then
+  measure nginx 18201 nginx -g 'master_process off;' -e "$RUN/proxy.error.log" -p "$RUN" -c "$RUN/proxy.nginx.conf"
+fi
+[ "$RECORD" != 0 ] || exit 0
 
 RUN_DATE=$(date -u +%Y-%m-%d)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -175,7 +196,8 @@ out = [
     "|---|---:|---:|---:|",
 ]
 for path, count, total in rows:
-    out.append(f"| {labels[path]} | {count} | {per[path]:,.0f} | {per[path] / per['nginx']:.2f}× |")
+    against = f"{per[path] / per['nginx']:.2f}×" if "nginx" in per else "—"
+    out.append(f"| {labels[path]} | {count} | {per[path]:,.0f} | {against} |")
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 EOF
 cat "$file"

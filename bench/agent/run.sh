@@ -120,7 +120,10 @@ build() {
     return
   fi
   log "building tracemesh, the OTLP sink and the hyper floor (release)"
-  (cd "$ROOT" && cargo build --release --locked --bin tracemesh --example otlp_sink --example hyper_floor)
+  # The binary on its own, as `cargo build --release` builds it (with the
+  # examples it would get other crate hashes than hot-text.order's: build.rs)
+  (cd "$ROOT" && cargo build --release --locked --bin tracemesh)
+  (cd "$ROOT" && cargo build --release --locked --example otlp_sink --example hyper_floor)
   TRACEMESH="$ROOT/target/release/tracemesh"
   SINK="$ROOT/target/release/examples/otlp_sink"
   FLOOR="$ROOT/target/release/examples/hyper_floor"

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Hot text (bench/README.md, "Hot text"): writes hot-text.order, the order
+# build.rs links the tracemesh binary's functions in, from a callgrind
+# profile of the agent as the cost bench runs it (instructions.sh: one
+# worker, every request traced, spans over OTLP/gRPC, metrics on), then
+# relinks the release binary in it and says how it lays out.
+#
+#   bash bench/agent/hot_text.sh
+#
+# Rerun it after a toolchain or dependency update (the names carry each
+# crate's hash: a stale file is ignored by the linker, so it costs the
+# benefit, never the build). Needs valgrind and nginx, as instructions.sh.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+HERE="$ROOT/bench/agent"
+BIN="$ROOT/target/release/tracemesh"
+log() { printf '%s hot text: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+PROFILE_DIR=$(mktemp -d /tmp/tracemesh-hot-text.XXXXXX)
+trap 'rm -rf "$PROFILE_DIR"' EXIT
+
+log "building tracemesh as \`cargo build --release\` does, and the OTLP sink"
+(cd "$ROOT" && cargo build --release --locked --bin tracemesh)
+(cd "$ROOT" && cargo build --release --locked --example otlp_sink)
+cp "$BIN" "$PROFILE_DIR/tracemesh"
+
+log "profiling the agent under load (callgrind)"
+PATHS=agent RECORD=0 PROFILE_DIR="$PROFILE_DIR" TRACEMESH_BIN="$PROFILE_DIR/tracemesh" \
+  SINK_BIN="$ROOT/target/release/examples/otlp_sink" bash "$HERE/instructions.sh"
+
+python3 "$HERE/hot_text.py" order "$PROFILE_DIR/agent.callgrind" "$PROFILE_DIR/tracemesh" \
+  >"$ROOT/hot-text.order"
+log "linked with the previous order: $(python3 "$HERE/hot_text.py" check "$ROOT/hot-text.order" "$PROFILE_DIR/tracemesh")"
+
+log "relinking in the new order"
+(cd "$ROOT" && cargo build --release --locked --bin tracemesh)
+log "linked in the new order:        $(python3 "$HERE/hot_text.py" check "$ROOT/hot-text.order" "$BIN")"
+log "wrote hot-text.order"

@@ -65,8 +65,8 @@ fn not_applied() -> Option<&'static str> {
     if env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|flags| flags.contains("link")) {
         return Some("RUSTFLAGS choose how to link");
     }
-    if !Path::new(ORDER_FILE).exists() {
-        return Some("no hot-text.order");
+    if !Path::new(ORDER_FILE).try_exists().unwrap_or(false) {
+        return Some("no readable hot-text.order");
     }
     match rustc_minor() {
         Some(minor) if minor >= 90 => None,

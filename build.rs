@@ -4,11 +4,11 @@
 //!
 //! At the rates a sidecar mostly sees (1000 req/s and below) the core idles
 //! between requests and each request starts on cold caches and TLBs: what it
-//! pays follows the code it touches. Left to the compiler, the ~900
+//! pays follows the code it touches. Left to the compiler, the ~990
 //! functions of the request path (ours, hyper's, tokio's, mimalloc's) lie
-//! scattered over 606 pages of a 30 MB text; in this order they fill 217,
+//! scattered over 670 pages of a 30 MB text; in this order they fill 236,
 //! and the agent spends about 6% less CPU per request at 1000 req/s
-//! (paired runs) and 12% less at 4000 (bench/README.md).
+//! (paired runs; bench/README.md).
 //!
 //! `hot-text.order` holds mangled symbol names, one per line, hottest first,
 //! as `bench/agent/hot_text.sh` writes them from a callgrind profile of the
@@ -17,69 +17,112 @@
 //! never the build. The names carry each crate's hash, which follows the
 //! toolchain, `Cargo.lock` and the features in play — not the checkout's
 //! path or the source of the functions — so the file holds for
-//! `cargo build --release`, `cargo run --release` and `cargo install`, and
-//! a dependency or toolchain update asks for `hot_text.sh` again. (About a
-//! fifth of the names end in ThinLTO's `.llvm.<hash>`, which does follow
-//! the code of the unit they are in: those lapse one by one with edits.)
+//! `cargo build --release`, `cargo run --release` and `cargo install --path`
+//! with the toolchain its header names, and a dependency or toolchain update
+//! asks for `hot_text.sh` again. (About a fifth of the names end in
+//! ThinLTO's `.llvm.<hash>`, a hash of their code unit: those lapse one by
+//! one with edits, and may with another checkout path.)
 //!
-//! Applied only where rustc links with its own LLD, which reads the file:
-//! x86_64 Linux (`x86_64-unknown-linux-gnu`) from Rust 1.90, with no linker
-//! chosen in cargo's config or `RUSTFLAGS`. `TRACEMESH_HOT_TEXT=off` links
-//! in the compiler's order.
+//! Applied to release builds for `x86_64-unknown-linux-gnu` (the file's
+//! names are that target's) whose linker takes the file: rustup's rustc
+//! links with its own LLD there from Rust 1.90, a distribution's rustc may
+//! link with GNU ld, which does not. A one-line link of an empty program,
+//! with the build's flags and linker, decides; when it fails, the build
+//! says so in a warning and links in the compiler's order.
+//! `TRACEMESH_HOT_TEXT=off` links in the compiler's order too.
 
 use std::env;
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const ORDER_FILE: &str = "hot-text.order";
 
 fn main() {
     println!("cargo:rerun-if-changed={ORDER_FILE}");
-    println!("cargo:rerun-if-env-changed=TRACEMESH_HOT_TEXT");
-    if not_applied().is_some() {
+    for var in [
+        "TRACEMESH_HOT_TEXT",
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    if env::var("TRACEMESH_HOT_TEXT").is_ok_and(|v| v == "off")
+        || env::var("PROFILE").as_deref() != Ok("release")
+        || env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")
+        // (open, not exists: a file the linker cannot read fails the link)
+        || std::fs::File::open(ORDER_FILE).is_err()
+    {
         return;
     }
-    let order = Path::new(&env::var("CARGO_MANIFEST_DIR").expect("set by cargo")).join(ORDER_FILE);
-    println!(
-        "cargo:rustc-link-arg-bin=tracemesh=-Wl,--symbol-ordering-file={}",
-        order.display()
-    );
-    println!("cargo:rustc-link-arg-bin=tracemesh=-Wl,--no-warn-symbol-ordering");
-}
-
-/// Why the order is not applied to this build, if it is not (a build that
-/// skips it is right, only laid out by the compiler).
-fn not_applied() -> Option<&'static str> {
-    if env::var("TRACEMESH_HOT_TEXT").is_ok_and(|v| v == "off") {
-        return Some("TRACEMESH_HOT_TEXT=off");
-    }
-    if env::var("PROFILE").as_deref() != Ok("release") {
-        return Some("not a release build");
-    }
-    if env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu") {
-        return Some("rustc links with LLD by default on x86_64-unknown-linux-gnu only");
-    }
-    if env::var_os("RUSTC_LINKER").is_some() {
-        return Some("a linker is configured");
-    }
-    if env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|flags| flags.contains("link")) {
-        return Some("RUSTFLAGS choose how to link");
-    }
-    if !Path::new(ORDER_FILE).try_exists().unwrap_or(false) {
-        return Some("no readable hot-text.order");
-    }
-    match rustc_minor() {
-        Some(minor) if minor >= 90 => None,
-        _ => Some("rustc before 1.90 links with the system linker"),
+    let order =
+        Path::new(&env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join(ORDER_FILE);
+    let args = link_args(&order);
+    match probe(&args) {
+        Ok(()) => {
+            for arg in args {
+                println!(
+                    "cargo:rustc-link-arg-bin=tracemesh={}",
+                    arg.to_string_lossy()
+                );
+            }
+        }
+        Err(why) => {
+            println!("cargo:warning=linking in the compiler's order, not hot-text.order's: {why}")
+        }
     }
 }
 
-/// The minor version of the rustc cargo builds with (`1.95.0` → 95).
-fn rustc_minor() -> Option<u32> {
-    let rustc = env::var_os("RUSTC")?;
-    let out = Command::new(rustc).arg("--version").output().ok()?;
-    let version = String::from_utf8(out.stdout).ok()?;
-    let mut parts = version.split_whitespace().nth(1)?.split('.');
-    (parts.next()? == "1").then_some(())?;
-    parts.next()?.parse().ok()
+/// The linker arguments that apply the order: `-Xlinker` pairs, not
+/// `-Wl,`, which would split a path at its commas.
+fn link_args(order: &Path) -> Vec<OsString> {
+    let mut file = OsString::from("--symbol-ordering-file=");
+    file.push(order);
+    vec![
+        "-Xlinker".into(),
+        file,
+        "-Xlinker".into(),
+        "--no-warn-symbol-ordering".into(),
+    ]
+}
+
+/// Links an empty program with this build's rustc, target, flags and
+/// linker, and `args`: whether the linker takes them.
+///
+/// # Errors
+/// The probe cannot run, or the link fails (its first line of error).
+fn probe(args: &[OsString]) -> Result<(), String> {
+    let out = PathBuf::from(env::var_os("OUT_DIR").ok_or("no OUT_DIR")?);
+    let source = out.join("hot_text_probe.rs");
+    std::fs::write(&source, "fn main() {}\n").map_err(|e| e.to_string())?;
+    let mut rustc = Command::new(env::var_os("RUSTC").ok_or("no RUSTC")?);
+    rustc
+        .args(["--crate-type=bin", "--edition=2021", "--target"])
+        .arg(env::var_os("TARGET").ok_or("no TARGET")?)
+        .arg("-o")
+        .arg(out.join("hot_text_probe"))
+        .arg(&source);
+    if let Ok(flags) = env::var("CARGO_ENCODED_RUSTFLAGS") {
+        rustc.args(flags.split('\x1f').filter(|f| !f.is_empty()));
+    }
+    if let Some(linker) = env::var_os("RUSTC_LINKER") {
+        let mut flag = OsString::from("linker=");
+        flag.push(linker);
+        rustc.arg("-C").arg(flag);
+    }
+    for arg in args {
+        let mut flag = OsString::from("link-arg=");
+        flag.push(arg);
+        rustc.arg("-C").arg(flag);
+    }
+    let output = rustc.output().map_err(|e| e.to_string())?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("unrecognized option") || l.contains("unknown option"))
+        .or_else(|| stderr.lines().find(|l| l.starts_with("error")))
+        .unwrap_or("the probe's link failed");
+    Err(line.trim().trim_start_matches("= note:").trim().to_owned())
 }

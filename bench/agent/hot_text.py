@@ -26,6 +26,12 @@ HEADER = """\
 """
 
 
+def toolchain():
+    """The header's line naming the rustc the names were made with."""
+    version = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout
+    return f"# Made with {version.strip() or 'an unknown rustc'}, x86_64-unknown-linux-gnu.\n"
+
+
 def text_symbols(binary):
     """Name -> list of (address, size) of the functions BINARY defines."""
     out = subprocess.run(
@@ -73,7 +79,7 @@ def order(profile, binary):
     symbols = text_symbols(binary)
     ran = own_instructions(profile)
     hot = sorted((n for n in ran if n in symbols), key=lambda n: -ran[n])
-    sys.stdout.write(HEADER)
+    sys.stdout.write(HEADER + toolchain())
     for name in hot:
         print(name)
 

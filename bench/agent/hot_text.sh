@@ -29,11 +29,15 @@ log "profiling the agent under load (callgrind)"
 PATHS=agent RECORD=0 PROFILE_DIR="$PROFILE_DIR" TRACEMESH_BIN="$PROFILE_DIR/tracemesh" \
   SINK_BIN="$ROOT/target/release/examples/otlp_sink" bash "$HERE/instructions.sh"
 
+# (written aside, then moved: a failure leaves the committed file as it was)
 python3 "$HERE/hot_text.py" order "$PROFILE_DIR/agent.callgrind" "$PROFILE_DIR/tracemesh" \
-  >"$ROOT/hot-text.order"
-log "linked with the previous order: $(python3 "$HERE/hot_text.py" check "$ROOT/hot-text.order" "$PROFILE_DIR/tracemesh")"
+  >"$PROFILE_DIR/hot-text.order"
+mv "$PROFILE_DIR/hot-text.order" "$ROOT/hot-text.order"
+before=$(python3 "$HERE/hot_text.py" check "$ROOT/hot-text.order" "$PROFILE_DIR/tracemesh")
+log "linked with the previous order: $before"
 
 log "relinking in the new order"
 (cd "$ROOT" && cargo build --release --locked --bin tracemesh)
-log "linked in the new order:        $(python3 "$HERE/hot_text.py" check "$ROOT/hot-text.order" "$BIN")"
+after=$(python3 "$HERE/hot_text.py" check "$ROOT/hot-text.order" "$BIN")
+log "linked in the new order:        $after"
 log "wrote hot-text.order"

@@ -7,7 +7,7 @@
 //! pays follows the code it touches. Left to the compiler, the ~990
 //! functions of the request path (ours, hyper's, tokio's, mimalloc's) lie
 //! scattered over 670 pages of a 30 MB text; in this order they fill 236,
-//! and the agent spends about 6% less CPU per request at 1000 req/s
+//! and the agent spends about 7% less CPU per request at 1000 req/s
 //! (paired runs; bench/README.md).
 //!
 //! `hot-text.order` holds mangled symbol names, one per line, hottest first,

@@ -30,6 +30,11 @@
 //! with the build's flags and linker, decides; when it fails, the build
 //! says so in a warning and links in the compiler's order.
 //! `TRACEMESH_HOT_TEXT=off` links in the compiler's order too.
+//!
+//! With the order, the segments are linked 2 MiB-aligned, so that a proxy
+//! can move the hot text onto a transparent huge page once started
+//! (src/image.rs). Debug builds for the same target get the alignment
+//! alone, so that the tests' agents run that move.
 
 use std::env;
 use std::ffi::OsString;
@@ -47,34 +52,44 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
     if env::var("TRACEMESH_HOT_TEXT").is_ok_and(|v| v == "off")
-        || env::var("PROFILE").as_deref() != Ok("release")
         || env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")
-        // (open, not exists: a file the linker cannot read fails the link)
-        || std::fs::File::open(ORDER_FILE).is_err()
     {
+        return;
+    }
+    if env::var("PROFILE").as_deref() != Ok("release") {
+        // The segments alone (every linker for this target takes them): the
+        // tests' agents run src/image.rs's move to a huge page.
+        emit(&segment_args());
+        return;
+    }
+    // (open, not exists: a file the linker cannot read fails the link)
+    if std::fs::File::open(ORDER_FILE).is_err() {
         return;
     }
     let order =
         Path::new(&env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join(ORDER_FILE);
-    let args = link_args(&order);
+    let mut args = order_args(&order);
+    args.extend(segment_args());
     match probe(&args) {
-        Ok(()) => {
-            for arg in args {
-                println!(
-                    "cargo:rustc-link-arg-bin=tracemesh={}",
-                    arg.to_string_lossy()
-                );
-            }
-        }
+        Ok(()) => emit(&args),
         Err(why) => {
             println!("cargo:warning=linking in the compiler's order, not hot-text.order's: {why}")
         }
     }
 }
 
+fn emit(args: &[OsString]) {
+    for arg in args {
+        println!(
+            "cargo:rustc-link-arg-bin=tracemesh={}",
+            arg.to_string_lossy()
+        );
+    }
+}
+
 /// The linker arguments that apply the order: `-Xlinker` pairs, not
 /// `-Wl,`, which would split a path at its commas.
-fn link_args(order: &Path) -> Vec<OsString> {
+fn order_args(order: &Path) -> Vec<OsString> {
     let mut file = OsString::from("--symbol-ordering-file=");
     file.push(order);
     vec![
@@ -83,6 +98,19 @@ fn link_args(order: &Path) -> Vec<OsString> {
         "-Xlinker".into(),
         "--no-warn-symbol-ordering".into(),
     ]
+}
+
+/// The linker arguments that align each segment to 2 MiB: the kernel then
+/// loads the binary at a 2 MiB boundary, and the text's first 2 MiB block
+/// overlaps no other mapping, so that src/image.rs can put it on a huge
+/// page. (It also takes 9 of the 28 bits of randomness from the
+/// executable's load address, as any 2 MiB-aligned mapping does; the
+/// libraries, stacks and heap keep theirs.)
+fn segment_args() -> Vec<OsString> {
+    ["-Xlinker", "-z", "-Xlinker", "max-page-size=0x200000"]
+        .into_iter()
+        .map(OsString::from)
+        .collect()
 }
 
 /// Links an empty program with this build's rustc, target, flags and

@@ -149,7 +149,10 @@ measure() {
 measures() { [[ " $PATHS " == *" $1 "* ]]; }
 
 : >"$RUN/results.tsv"
-# (valgrind runs the proxy itself: an `env` in front would be what it counts)
+# (valgrind runs the proxy itself: an `env` in front would be what it counts;
+# TRACEMESH_HUGE_TEXT=off keeps the agent's hot text mapped from its file,
+# where callgrind finds the functions' names)
+export TRACEMESH_HUGE_TEXT=off
 if measures agent; then
   RUST_LOG=warn measure agent 18001 "$TRACEMESH" agent --config "$HERE/agent.yaml"
 fi

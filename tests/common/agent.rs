@@ -47,6 +47,17 @@ impl Agent {
         Self::try_start_with(yaml, |_| Command::new(binary()))
     }
 
+    /// Starts an agent with `env` added to its environment and waits until
+    /// it is ready.
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Agent {
+        Self::try_start_with(yaml, |_| {
+            let mut command = Command::new(binary());
+            command.envs(env.iter().copied());
+            command
+        })
+        .unwrap_or_else(|e| panic!("agent did not start: {e}"))
+    }
+
     /// Starts an agent in a network-namespace pod under the proxy uid/gid
     /// (`tracemesh iptables` leaves its connections alone), as a sidecar
     /// container runs it. Its admin address is the pod's loopback.

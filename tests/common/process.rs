@@ -46,10 +46,12 @@ impl Process {
     /// Spawns `command` (a `tracemesh agent` or `gateway`) and waits up to
     /// 60 s for its ready line (`agent ready` or `gateway ready`), which it
     /// returns with the process; `Err` carries its stderr when it exits
-    /// instead.
+    /// instead. Logs at `info` unless `command` sets `RUST_LOG`.
     pub fn start_until_ready(mut command: Command) -> Result<(Process, String), String> {
+        if !command.get_envs().any(|(name, _)| name == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
         let mut child = command
-            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -31,10 +31,13 @@
 //! says so in a warning and links in the compiler's order.
 //! `TRACEMESH_HOT_TEXT=off` links in the compiler's order too.
 //!
-//! With the order, the segments are linked 2 MiB-aligned, so that a proxy
-//! can move the hot text onto a transparent huge page once started
-//! (src/image.rs). Debug builds for the same target get the alignment
-//! alone, so that the tests' agents run that move.
+//! With the order, the segments are linked 2 MiB-aligned and the text
+//! starts a 2 MiB page of its own, so that a proxy can move the hot text
+//! onto a transparent huge page once started (src/image.rs). Debug builds
+//! for the same target get that layout alone (every linker for the target
+//! takes it), so that the tests' agents run the move. Without the order
+//! (`TRACEMESH_HOT_TEXT=off`, or a linker that refuses it) the layout is
+//! the compiler's too: the text's first 2 MiB would be any code.
 
 use std::env;
 use std::ffi::OsString;
@@ -73,7 +76,9 @@ fn main() {
     match probe(&args) {
         Ok(()) => emit(&args),
         Err(why) => {
-            println!("cargo:warning=linking in the compiler's order, not hot-text.order's: {why}")
+            println!(
+                "cargo:warning=linking in the compiler's order, not hot-text.order's (and no hot text on huge pages): {why}"
+            )
         }
     }
 }
@@ -100,17 +105,27 @@ fn order_args(order: &Path) -> Vec<OsString> {
     ]
 }
 
-/// The linker arguments that align each segment to 2 MiB: the kernel then
-/// loads the binary at a 2 MiB boundary, and the text's first 2 MiB block
-/// overlaps no other mapping, so that src/image.rs can put it on a huge
-/// page. (It also takes 9 of the 28 bits of randomness from the
-/// executable's load address, as any 2 MiB-aligned mapping does; the
+/// The linker arguments that align each segment to 2 MiB and start the
+/// text on a 2 MiB boundary of its own (`separate-code`: up to 4 MiB of
+/// padding in the file, none in memory): the kernel then loads the binary at
+/// a 2 MiB boundary, and src/image.rs can move the text's first 2 MiB — the
+/// hot text — onto one huge page. (A 2 MiB-aligned load address has 9 fewer
+/// of its 28 bits of randomness, as any 2 MiB-aligned mapping; the
 /// libraries, stacks and heap keep theirs.)
 fn segment_args() -> Vec<OsString> {
-    ["-Xlinker", "-z", "-Xlinker", "max-page-size=0x200000"]
-        .into_iter()
-        .map(OsString::from)
-        .collect()
+    [
+        "-Xlinker",
+        "-z",
+        "-Xlinker",
+        "max-page-size=0x200000",
+        "-Xlinker",
+        "-z",
+        "-Xlinker",
+        "separate-code",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect()
 }
 
 /// Links an empty program with this build's rustc, target, flags and

@@ -30,11 +30,12 @@
 //! `mremap`: one TLB entry instead of ~240 for the code a request runs,
 //! where at 1000 req/s every request starts on cold TLBs. Measured
 //! (bench/README.md, "Hot text on a huge page"): about 3% less CPU per
-//! request at 1000 req/s, paired, for 2 MiB of RSS. Tools that find
-//! functions by the file their code is mapped from (`perf` and valgrind
-//! name them so; uprobes fire only there) see that block as anonymous
-//! memory: `TRACEMESH_HUGE_TEXT=off` leaves the text on the file's pages,
-//! as does a breakpoint or uprobe already in it.
+//! request at 1000 req/s, paired, for 2 MiB of anonymous memory (RSS
+//! under load up by about 1 MiB: the block replaces the hot pages' page
+//! cache). Tools that find functions by the file their code is mapped
+//! from (`perf` and valgrind name them so; uprobes fire only there) see
+//! that block as anonymous memory: `TRACEMESH_HUGE_TEXT=off` leaves the
+//! text on the file's pages, as does a breakpoint or uprobe already in it.
 
 use std::io;
 use std::path::Path;

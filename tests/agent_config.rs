@@ -246,9 +246,9 @@ async fn sigterm_lets_in_flight_requests_finish() {
     );
 }
 
-/// An application whose requests are held: each one's path is sent on
-/// `arrived` when it reaches the app, and every one is answered 200
-/// (`released`) once `release` is set.
+/// An application whose requests to `/held…` are held: each request's path
+/// is sent on `arrived` when it reaches the app; a held one is answered 200
+/// (`released`) once `release` is set, any other at once (`served`).
 struct HeldApp {
     addr: SocketAddr,
     arrived: mpsc::UnboundedReceiver<String>,
@@ -267,7 +267,12 @@ impl HeldApp {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let (arrive, mut released) = (arrive.clone(), released.clone());
                     async move {
-                        let _ = arrive.send(req.uri().path().to_owned());
+                        let path = req.uri().path().to_owned();
+                        let held = path.starts_with("/held");
+                        let _ = arrive.send(path);
+                        if !held {
+                            return Ok(Response::new(Full::new(Bytes::from_static(b"served"))));
+                        }
                         let _ = released.wait_for(|released| *released).await;
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
                             b"released",
@@ -350,26 +355,15 @@ async fn echoed(addr: SocketAddr, bytes: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Waits (up to 30 s) until nothing accepts connections at `addr`.
-async fn refused(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match TcpStream::connect(addr).await {
-            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => return,
-            Err(error) => panic!("connect {addr}: {error}"),
-            Ok(_) => {}
-        }
-        assert!(Instant::now() < deadline, "{addr} still accepts");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// SIGTERM drains the inbound side only, as Istio's pilot-agent asks Envoy
 /// to drain its inbound listeners only (`drain_listeners?inboundonly`): an
 /// application still finishing an inbound request calls out through its
 /// sidecar — on a new connection and on the one it pooled before the
 /// stop, which is not told to close — and through its outbound TCP
-/// listener, and the inbound request completes.
+/// listener, and the inbound request completes. The inbound listener
+/// keeps accepting, as Envoy's graceful drain does: a caller that has not
+/// yet heard the pod is going is answered once per connection (HTTP/1.1
+/// with `Connection: close`, HTTP/2 then GOAWAY), not refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_keeps_the_outbound_side_serving_while_inbound_drains() {
     let mut app = HeldApp::start().await;
@@ -429,8 +423,30 @@ async fn sigterm_keeps_the_outbound_side_serving_while_inbound_drains() {
 
     let stopped = Instant::now();
     agent.send_sigterm();
-    // The drain has begun: the inbound listener is closed.
-    refused(agent.inbound).await;
+    // The drain has begun once a new inbound connection is answered with
+    // `Connection: close` (before, without; a connection accepted just as
+    // the drain began may be closed unasked, and is tried again).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut late = loop {
+        let mut late = Pooled::open(agent.inbound).await;
+        match late.get("productpage:9080", "/late").await {
+            Ok((200, true)) => break late,
+            Ok((200, false)) | Err(_) => {}
+            other => panic!("a new inbound connection during the drain: {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the drain never began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        late.get("productpage:9080", "/late-again").await.is_err(),
+        "a connection accepted while draining closes after its one request"
+    );
+    let h2 = Client::h2(agent.inbound)
+        .try_get("http://productpage:9080/late-h2")
+        .await
+        .expect("an HTTP/2 connection accepted while draining is served");
+    assert_eq!(h2.status, 200);
+    assert_eq!(h2.body, "served");
 
     let fresh = Client::h1(agent.outbound)
         .try_get("http://reviews:9080/after")

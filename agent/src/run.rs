@@ -53,8 +53,9 @@ pub struct AgentAddresses {
 }
 
 /// Runs the agent configured by the file at `path` until `stop` completes,
-/// then drains: the inbound listener closes and its connections end
-/// gracefully while the outbound listeners serve on, until
+/// then drains: the inbound listener's connections end gracefully (one it
+/// accepts meanwhile is served one request) while the outbound listeners
+/// serve on, until
 /// `spec.drainDuration` has passed or no connection is left. `ready` is
 /// called once every listener is bound and serving, with the bound
 /// addresses: how a process hosting several agents (the demo) wires them

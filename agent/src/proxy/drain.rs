@@ -5,10 +5,12 @@
 //! once `terminationDrainDuration` has passed.
 //!
 //! Here a stop moves every worker from [`Phase::Serving`] to
-//! [`Phase::Draining`]: the draining listeners (the inbound one, a
-//! gateway's) close and their HTTP connections are told to end gracefully;
-//! the outbound listeners, HTTP and TCP, explicit or captured, keep
-//! accepting and proxying, their connections untold. The drain ends (every
+//! [`Phase::Draining`]: the HTTP connections of the draining listeners (the
+//! inbound one, a gateway's) are told to end gracefully, and a connection
+//! they accept meanwhile is served one request (Envoy's graceful drain
+//! keeps accepting until its drain time ends); the outbound listeners,
+//! HTTP and TCP, explicit or captured, keep accepting and proxying, their
+//! connections untold. The drain ends (every
 //! worker at [`Phase::Ended`], whatever is still open closed) when the drain
 //! duration has passed or as soon as [`OpenConnections`] counts none left.
 
@@ -25,8 +27,9 @@ use tokio::sync::{Notify, watch};
 pub enum Phase {
     /// Every listener accepts.
     Serving,
-    /// The draining listeners are closed and their HTTP connections told to
-    /// end; the outbound listeners serve on.
+    /// The draining listeners' HTTP connections are told to end (one
+    /// accepted now is served one request); the outbound listeners serve
+    /// on.
     Draining,
     /// The drain is over: the worker closes what is left and returns.
     Ended,

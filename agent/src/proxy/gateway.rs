@@ -95,8 +95,9 @@ pub fn spawn_gateway_workers(
     )
 }
 
-/// A gateway worker: every port is a draining listener, as an ingress
-/// gateway's listeners are the mesh's way in.
+/// A gateway worker: every port is a draining listener (accepting until
+/// the drain ends, its connections told to end once it begins), as an
+/// ingress gateway's listeners are the mesh's way in.
 fn run_worker(
     shared: Arc<Shared>,
     sockets: Vec<(u16, StdListener)>,
@@ -115,9 +116,7 @@ fn run_worker(
                     .metrics
                     .active_connections
                     .with_label_values(&["gateway"]);
-                while let Some((stream, peer)) =
-                    accept(&listener, &mut phase, Phase::Draining).await
-                {
+                while let Some((stream, peer)) = accept(&listener, &mut phase, Phase::Ended).await {
                     let _ = stream.set_nodelay(true);
                     let open = worker.shared.open_connections.open();
                     let connection = Connection {

@@ -43,11 +43,12 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Tells the worker to drain: its inbound (or gateway) listeners stop
-    /// accepting and their HTTP connections end gracefully (HTTP/1.1:
-    /// closed once the request in flight is answered, with `Connection:
-    /// close`; HTTP/2: GOAWAY, closed once its streams are done), while
-    /// its outbound listeners keep accepting and proxying until
+    /// Tells the worker to drain: the HTTP connections of its inbound (or
+    /// gateway) listeners end gracefully (HTTP/1.1: closed once the request
+    /// in flight is answered, with `Connection: close`; HTTP/2: GOAWAY,
+    /// closed once its streams are done), and one those listeners accept
+    /// from now on is served one request; its outbound listeners keep
+    /// proxying, their connections untold. Every listener accepts until
     /// [`end`](Self::end).
     pub fn drain(&self) {
         self.phase
@@ -195,6 +196,10 @@ pub(super) fn run_local(
 /// the request line. HTTP/2 header lists are bounded by hyper's 16 KiB.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
+/// How often an HTTP/2 connection accepted while draining looks for its
+/// first stream, to send GOAWAY once it has begun.
+const LATE_LOOK: Duration = Duration::from_millis(10);
+
 pub(super) fn http_builder() -> auto::Builder<LocalExec> {
     let mut builder = auto::Builder::new(LocalExec);
     // A request head is read whole before anything else happens: bounded
@@ -228,9 +233,9 @@ struct Accept {
 }
 
 impl Accept {
-    /// Serves the HTTP (or captured) listener `socket`: the inbound one
-    /// until the worker drains, its connections then told to end; the
-    /// outbound one until the drain ends, its connections untold.
+    /// Serves the HTTP (or captured) listener `socket` until the drain
+    /// ends: the inbound one's connections told to end once the worker
+    /// drains, the outbound one's untold.
     async fn http(mut self, socket: StdListener, direction: Direction) {
         let Some(listener) = to_tokio(socket) else {
             return;
@@ -242,12 +247,7 @@ impl Accept {
             .active_connections
             .with_label_values(&[direction.as_str()]);
         let drains = direction == Direction::Inbound;
-        let until = if drains {
-            Phase::Draining
-        } else {
-            Phase::Ended
-        };
-        while let Some((stream, peer)) = accept(&listener, &mut self.phase, until).await {
+        while let Some((stream, peer)) = accept(&listener, &mut self.phase, Phase::Ended).await {
             let _ = stream.set_nodelay(true);
             let open = self.worker.shared.open_connections.open();
             let connection = Connection {
@@ -272,8 +272,8 @@ pub(super) struct Connection {
     pub(super) http: Rc<auto::Builder<LocalExec>>,
     /// The worker's phase, for a connection on a draining listener (the
     /// inbound one, a gateway's): its HTTP ends gracefully once the worker
-    /// drains. `None` on the outbound listeners: served until the drain
-    /// ends.
+    /// drains (after one request, when accepted while draining). `None` on
+    /// the outbound listeners: served until the drain ends.
     pub(super) drain: Option<watch::Receiver<Phase>>,
 }
 
@@ -518,8 +518,25 @@ impl Connection {
         let down = Rc::new(down);
         let worker = self.worker.clone();
         let service = service_fn(move |req| handler::handle(worker.clone(), down.clone(), req));
-        let conn = self
-            .http
+        // Accepted while the worker drains: served once, then told to end —
+        // HTTP/1.1 without keep-alive (its answer says `Connection:
+        // close`), HTTP/2 with GOAWAY once its first stream has begun — as
+        // Envoy's drain manager discourages each request on a draining
+        // listener that still accepts.
+        let late = self
+            .drain
+            .as_ref()
+            .is_some_and(|phase| *phase.borrow() >= Phase::Draining);
+        let once;
+        let builder = if late {
+            let mut builder = http_builder();
+            builder.http1().keep_alive(false);
+            once = builder;
+            &once
+        } else {
+            &*self.http
+        };
+        let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         let mut conn = std::pin::pin!(conn);
@@ -537,7 +554,12 @@ impl Connection {
         let mut idle = std::pin::pin!(idle);
         let drained = async {
             match self.drain {
-                Some(mut phase) => reached(&mut phase, Phase::Draining).await,
+                Some(mut phase) => {
+                    reached(&mut phase, Phase::Draining).await;
+                    if late {
+                        activity.first_request(LATE_LOOK).await;
+                    }
+                }
                 None => std::future::pending().await,
             }
         };
@@ -563,10 +585,9 @@ impl Connection {
     }
 }
 
-/// Serves a TCP listener: the inbound one (`outbound_index` `None`) until
-/// the worker drains, an outbound one until the drain ends. A TCP
-/// connection cannot be told to end: it is proxied until it closes or the
-/// drain ends.
+/// Serves a TCP listener, the inbound one (`outbound_index` `None`) or an
+/// outbound one, until the drain ends. A TCP connection cannot be told to
+/// end: it is proxied until it closes or the drain ends.
 async fn accept_tcp(
     worker: Rc<Worker>,
     socket: StdListener,
@@ -576,11 +597,7 @@ async fn accept_tcp(
     let Some(listener) = to_tokio(socket) else {
         return;
     };
-    let until = match outbound_index {
-        None => Phase::Draining,
-        Some(_) => Phase::Ended,
-    };
-    while let Some((stream, peer)) = accept(&listener, &mut phase, until).await {
+    while let Some((stream, peer)) = accept(&listener, &mut phase, Phase::Ended).await {
         let _ = stream.set_nodelay(true);
         let open = worker.shared.open_connections.open();
         let serve = tcp::serve(worker.clone(), stream, peer, outbound_index);

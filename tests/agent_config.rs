@@ -362,8 +362,9 @@ async fn echoed(addr: SocketAddr, bytes: &[u8]) -> Result<Vec<u8>, String> {
 /// stop, which is not told to close — and through its outbound TCP
 /// listener, and the inbound request completes. The inbound listener
 /// keeps accepting, as Envoy's graceful drain does: a caller that has not
-/// yet heard the pod is going is answered once per connection (HTTP/1.1
-/// with `Connection: close`, HTTP/2 then GOAWAY), not refused.
+/// yet heard the pod is going is answered (HTTP/1.1 with `Connection:
+/// close`, then closed; HTTP/2), not refused, and a connection that sends
+/// nothing is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_keeps_the_outbound_side_serving_while_inbound_drains() {
     let mut app = HeldApp::start().await;
@@ -447,6 +448,14 @@ async fn sigterm_keeps_the_outbound_side_serving_while_inbound_drains() {
         .expect("an HTTP/2 connection accepted while draining is served");
     assert_eq!(h2.status, 200);
     assert_eq!(h2.body, "served");
+    // One that sends nothing is closed, not left to hold the drain open.
+    let mut silent = TcpStream::connect(agent.inbound).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(30), silent.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "a silent connection accepted while draining is closed: {read:?}"
+    );
 
     let fresh = Client::h1(agent.outbound)
         .try_get("http://reviews:9080/after")

@@ -54,7 +54,7 @@ pub struct AgentAddresses {
 
 /// Runs the agent configured by the file at `path` until `stop` completes,
 /// then drains: the inbound listener's connections end gracefully (one it
-/// accepts meanwhile is served one request) while the outbound listeners
+/// accepts meanwhile is served, then told to end) while the outbound listeners
 /// serve on, until
 /// `spec.drainDuration` has passed or no connection is left. `ready` is
 /// called once every listener is bound and serving, with the bound
@@ -223,8 +223,9 @@ impl Plane {
     ///
     /// The drain is Istio's on SIGTERM, where pilot-agent asks Envoy to
     /// drain the inbound listeners only (`drain_listeners?inboundonly`):
-    /// the inbound listener (a gateway's ports) closes and its HTTP
-    /// connections end gracefully, while the outbound listeners, HTTP and
+    /// the HTTP connections of the inbound listener (a gateway's ports)
+    /// end gracefully, one it accepts meanwhile answered once, while the
+    /// outbound listeners, HTTP and
     /// TCP, explicit or captured, keep accepting and proxying, so that an
     /// application finishing its requests can still call out. It lasts
     /// `drain` (Istio's `terminationDrainDuration`) but ends as soon as no

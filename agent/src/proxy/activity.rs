@@ -13,8 +13,6 @@ use tokio::time::Instant;
 pub struct Activity {
     active: Cell<usize>,
     idle_since: Cell<Instant>,
-    /// Whether any request has started on the connection.
-    asked: Cell<bool>,
 }
 
 /// A request in flight; dropping it (the request is over) ends it.
@@ -27,24 +25,13 @@ impl Activity {
         Rc::new(Self {
             active: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
-            asked: Cell::new(false),
         })
     }
 
     /// A request starts.
     pub fn start(self: &Rc<Self>) -> Stream {
         self.active.set(self.active.get() + 1);
-        self.asked.set(true);
         Stream(self.clone())
-    }
-
-    /// Resolves once a request has started on the connection, looking
-    /// every `every` (for a connection accepted while draining only: a
-    /// wake-up per request on every connection would cost the hot path).
-    pub async fn first_request(&self, every: Duration) {
-        while !self.asked.get() {
-            tokio::time::sleep(every).await;
-        }
     }
 
     /// Resolves once the connection has had no request in flight for
@@ -87,24 +74,6 @@ mod tests {
         drop(stream);
         activity.idle_for(Duration::from_secs(30)).await;
         assert_eq!(started.elapsed(), Duration::from_secs(80));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_first_request_is_seen_at_the_next_look() {
-        let activity = Activity::new();
-        let started = Instant::now();
-        let asks = {
-            let activity = activity.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-                drop(activity.start());
-            }
-        };
-        tokio::join!(activity.first_request(Duration::from_millis(10)), asks);
-        assert_eq!(started.elapsed(), Duration::from_millis(30));
-        // Once asked, at once.
-        activity.first_request(Duration::from_secs(60)).await;
-        assert_eq!(started.elapsed(), Duration::from_millis(30));
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,9 +6,9 @@
 //!
 //! Here a stop moves every worker from [`Phase::Serving`] to
 //! [`Phase::Draining`]: the HTTP connections of the draining listeners (the
-//! inbound one, a gateway's) are told to end gracefully, and a connection
-//! they accept meanwhile is served one request (Envoy's graceful drain
-//! keeps accepting until its drain time ends); the outbound listeners,
+//! inbound one, a gateway's) are told to end gracefully, and one whose
+//! HTTP begins meanwhile is served and then told to end too (Envoy's
+//! graceful drain keeps accepting until its drain time ends); the outbound listeners,
 //! HTTP and TCP, explicit or captured, keep accepting and proxying, their
 //! connections untold. The drain ends (every
 //! worker at [`Phase::Ended`], whatever is still open closed) when the drain
@@ -28,7 +28,7 @@ pub enum Phase {
     /// Every listener accepts.
     Serving,
     /// The draining listeners' HTTP connections are told to end (one
-    /// accepted now is served one request); the outbound listeners serve
+    /// accepted now is served, then told); the outbound listeners serve
     /// on.
     Draining,
     /// The drain is over: the worker closes what is left and returns.
@@ -145,8 +145,8 @@ mod tests {
     async fn phases_are_reached_in_order() {
         let (tell, mut phase) = watch::channel(Phase::Serving);
         tell.send(Phase::Ended).unwrap();
-        // Ending reaches draining too: a listener closed at a drain is
-        // closed at an end that came first.
+        // Ending reaches draining too: connections told to end at a drain
+        // are told at an end that came first.
         reached(&mut phase, Phase::Draining).await;
         // A worker whose handle is gone ends.
         let (tell, mut orphaned) = watch::channel(Phase::Serving);

@@ -116,7 +116,7 @@ fn run_worker(
                     .metrics
                     .active_connections
                     .with_label_values(&["gateway"]);
-                while let Some((stream, peer)) = accept(&listener, &mut phase, Phase::Ended).await {
+                while let Some((stream, peer)) = accept(&listener, &mut phase).await {
                     let _ = stream.set_nodelay(true);
                     let open = worker.shared.open_connections.open();
                     let connection = Connection {

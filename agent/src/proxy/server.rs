@@ -47,7 +47,7 @@ impl WorkerHandle {
     /// gateway) listeners end gracefully (HTTP/1.1: closed once the request
     /// in flight is answered, with `Connection: close`; HTTP/2: GOAWAY,
     /// closed once its streams are done), and one those listeners accept
-    /// from now on is served one request; its outbound listeners keep
+    /// from now on is served, then told to end; its outbound listeners keep
     /// proxying, their connections untold. Every listener accepts until
     /// [`end`](Self::end).
     pub fn drain(&self) {
@@ -161,8 +161,9 @@ fn run_worker(
 
 /// Runs one worker thread's single-threaded runtime until `phase` reaches
 /// [`Phase::Ended`]: `listen` starts the accept loops on the worker's state
-/// and HTTP builder, each watching `phase` itself (a draining listener
-/// closes at [`Phase::Draining`]); idle upstream connections close at their
+/// and HTTP builder, each watching `phase` itself (a draining listener's
+/// connections are told to end at [`Phase::Draining`]); idle upstream
+/// connections close at their
 /// deadlines (no periodic timer while nothing is pooled). At the end every
 /// listener and connection left is closed. Shared by the sidecar's and the
 /// ingress gateway's workers.
@@ -196,9 +197,10 @@ pub(super) fn run_local(
 /// the request line. HTTP/2 header lists are bounded by hyper's 16 KiB.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
-/// How often an HTTP/2 connection accepted while draining looks for its
-/// first stream, to send GOAWAY once it has begun.
-const LATE_LOOK: Duration = Duration::from_millis(10);
+/// How long a connection whose HTTP begins while the worker drains is
+/// served before it is told to end (HTTP/2: GOAWAY; one that has sent
+/// nothing: closed). Its first request comes well within it.
+const LATE_GRACE: Duration = Duration::from_secs(1);
 
 pub(super) fn http_builder() -> auto::Builder<LocalExec> {
     let mut builder = auto::Builder::new(LocalExec);
@@ -247,7 +249,7 @@ impl Accept {
             .active_connections
             .with_label_values(&[direction.as_str()]);
         let drains = direction == Direction::Inbound;
-        while let Some((stream, peer)) = accept(&listener, &mut self.phase, Phase::Ended).await {
+        while let Some((stream, peer)) = accept(&listener, &mut self.phase).await {
             let _ = stream.set_nodelay(true);
             let open = self.worker.shared.open_connections.open();
             let connection = Connection {
@@ -272,7 +274,8 @@ pub(super) struct Connection {
     pub(super) http: Rc<auto::Builder<LocalExec>>,
     /// The worker's phase, for a connection on a draining listener (the
     /// inbound one, a gateway's): its HTTP ends gracefully once the worker
-    /// drains (after one request, when accepted while draining). `None` on
+    /// drains (a second after its HTTP begins, when that is during the
+    /// drain). `None` on
     /// the outbound listeners: served until the drain ends.
     pub(super) drain: Option<watch::Receiver<Phase>>,
 }
@@ -518,27 +521,29 @@ impl Connection {
         let down = Rc::new(down);
         let worker = self.worker.clone();
         let service = service_fn(move |req| handler::handle(worker.clone(), down.clone(), req));
-        // Accepted while the worker drains: served once, then told to end —
-        // HTTP/1.1 without keep-alive (its answer says `Connection:
-        // close`), HTTP/2 with GOAWAY once its first stream has begun — as
+        // HTTP begun while the worker drains (a connection accepted then, or
+        // whose handshake ended then): HTTP/1.1 without keep-alive, so its
+        // request is answered with `Connection: close` and the connection
+        // closes; told to end after `LATE_GRACE` whatever its protocol
+        // (HTTP/2: GOAWAY, its streams so far served; silent: closed) — as
         // Envoy's drain manager discourages each request on a draining
         // listener that still accepts.
         let late = self
             .drain
             .as_ref()
             .is_some_and(|phase| *phase.borrow() >= Phase::Draining);
-        let once;
-        let builder = if late {
-            let mut builder = http_builder();
+        let io = TokioIo::new(io);
+        let conn = if late {
+            let mut builder = (*self.http).clone();
             builder.http1().keep_alive(false);
-            once = builder;
-            &once
+            builder
+                .serve_connection_with_upgrades(io, service)
+                .into_owned()
         } else {
-            &*self.http
+            self.http
+                .serve_connection_with_upgrades(io, service)
+                .into_owned()
         };
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
         let mut conn = std::pin::pin!(conn);
         // Ends gracefully (HTTP/1.1: closed between requests; HTTP/2: GOAWAY,
         // then closed once its streams are done) when the worker drains or
@@ -557,7 +562,7 @@ impl Connection {
                 Some(mut phase) => {
                     reached(&mut phase, Phase::Draining).await;
                     if late {
-                        activity.first_request(LATE_LOOK).await;
+                        tokio::time::sleep(LATE_GRACE).await;
                     }
                 }
                 None => std::future::pending().await,
@@ -597,7 +602,7 @@ async fn accept_tcp(
     let Some(listener) = to_tokio(socket) else {
         return;
     };
-    while let Some((stream, peer)) = accept(&listener, &mut phase, Phase::Ended).await {
+    while let Some((stream, peer)) = accept(&listener, &mut phase).await {
         let _ = stream.set_nodelay(true);
         let open = worker.shared.open_connections.open();
         let serve = tcp::serve(worker.clone(), stream, peer, outbound_index);
@@ -615,16 +620,16 @@ pub(super) fn to_tokio(socket: StdListener) -> Option<TcpListener> {
 }
 
 /// The next connection, or `None` once the worker's `phase` has reached
-/// `until` (then none is taken, even one already waiting).
+/// [`Phase::Ended`] (then none is taken, even one already waiting): every
+/// listener accepts through the drain, as Envoy's do.
 pub(super) async fn accept(
     listener: &TcpListener,
     phase: &mut watch::Receiver<Phase>,
-    until: Phase,
 ) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
     loop {
         tokio::select! {
             biased;
-            () = reached(phase, until) => return None,
+            () = reached(phase, Phase::Ended) => return None,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => return Some(pair),
                 Err(error) => {

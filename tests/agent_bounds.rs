@@ -119,11 +119,7 @@ async fn an_unchanged_config_is_not_read_again() {
     let agent = Agent::start_with_env(&config, &log);
     // Start-up over first: a second after it is ready a proxy reads its own
     // text (2 MiB of its executable, for the huge page) and its smaps.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !agent.stderr().iter().any(|l| l.contains("start-up pages")) {
-        assert!(Instant::now() < deadline, "start-up never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    agent.wait_stderr_line(&["start-up pages"]);
     // The watcher looks every 200 ms: over two seconds, reading the file's
     // content each time would read it ten times.
     let before = agent.bytes_read();

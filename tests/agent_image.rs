@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::agent::{Agent, binary};
 use common::client::Client;
 use common::mesh::{NO_COLLECTOR, agent};
@@ -21,27 +19,6 @@ use common::upstream::Upstream;
 /// The debug lines of each outcome (`RUST_LOG` below turns them on).
 const MOVED: &str = "the hot text is on huge pages";
 const LEFT: &str = "the text stays on the file's pages";
-
-/// Waits up to 60 s for the agent's stderr to hold a line with one of
-/// `texts`.
-fn wait_for_line(agent: &Agent, texts: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let lines = agent.stderr();
-        if let Some(line) = lines
-            .into_iter()
-            .find(|l| texts.iter().any(|t| l.contains(t)))
-        {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no line with {texts:?} in {:?}",
-            agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The mappings of `pid` as (header line, AnonHugePages KiB), in order.
 fn mappings(pid: u32) -> Vec<(String, u64)> {
@@ -97,7 +74,7 @@ async fn the_hot_text_moves_onto_a_huge_page_and_the_agent_serves_on() {
     let client = Client::h1(agent.inbound);
     assert_eq!(client.get("http://frontend/before").await.status, 200);
 
-    let line = wait_for_line(&agent, &[MOVED, LEFT]);
+    let line = agent.wait_stderr_line(&[MOVED, LEFT]);
     if line.contains(MOVED) {
         // The text starts a 2 MiB page of its own: exactly one moves.
         assert!(line.ends_with("bytes=2097152"), "{line}");
@@ -122,7 +99,7 @@ async fn the_hot_text_moves_onto_a_huge_page_and_the_agent_serves_on() {
     assert_eq!(app.count(), 51);
 
     let agent = Agent::start_with_env(&yaml, &[log[0], ("TRACEMESH_HUGE_TEXT", "off")]);
-    let line = wait_for_line(&agent, &[MOVED, LEFT]);
+    let line = agent.wait_stderr_line(&[MOVED, LEFT]);
     assert!(line.ends_with("TRACEMESH_HUGE_TEXT=off"), "{line}");
     assert_eq!(
         huge_text_kib(agent.pid()),

@@ -115,6 +115,27 @@ impl Process {
         }
     }
 
+    /// Waits up to 60 s for a stderr line holding one of `texts`, and
+    /// returns it (panics, showing stderr, when none comes).
+    pub fn wait_stderr_line(&self, texts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let lines = self.stderr();
+            if let Some(line) = lines
+                .into_iter()
+                .find(|l| texts.iter().any(|t| l.contains(t)))
+            {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {texts:?} in {:?}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// GETs an admin path; asserts it answers 200.
     pub async fn admin_get(&self, path: &str) -> String {
         let (status, body) = super::client::raw_get(self.admin, path).await;

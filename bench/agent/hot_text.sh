@@ -13,6 +13,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/support/release.sh
+source "$ROOT/bench/support/release.sh"
 HERE="$ROOT/bench/agent"
 BIN="$ROOT/target/release/tracemesh"
 log() { printf '%s hot text: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -21,8 +23,7 @@ PROFILE_DIR=$(mktemp -d /tmp/tracemesh-hot-text.XXXXXX)
 trap 'rm -rf "$PROFILE_DIR"' EXIT
 
 log "building tracemesh as \`cargo build --release\` does, and the OTLP sink"
-(cd "$ROOT" && cargo build --release --locked --bin tracemesh)
-(cd "$ROOT" && cargo build --release --locked --example otlp_sink)
+build_release "$ROOT" otlp_sink
 cp "$BIN" "$PROFILE_DIR/tracemesh"
 
 log "profiling the agent under load (callgrind)"
@@ -37,7 +38,7 @@ before=$(python3 "$HERE/hot_text.py" check "$ROOT/hot-text.order" "$PROFILE_DIR/
 log "linked with the previous order: $before"
 
 log "relinking in the new order"
-(cd "$ROOT" && cargo build --release --locked --bin tracemesh)
+build_release "$ROOT"
 after=$(python3 "$HERE/hot_text.py" check "$ROOT/hot-text.order" "$BIN")
 log "linked in the new order:        $after"
 log "wrote hot-text.order"

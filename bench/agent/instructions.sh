@@ -24,6 +24,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/support/release.sh
+source "$ROOT/bench/support/release.sh"
 HERE="$ROOT/bench/agent"
 REQUESTS=${REQUESTS:-2000}
 WARMUP=${WARMUP:-500}
@@ -56,11 +58,7 @@ if [ -n "${TRACEMESH_BIN:-}" ] && [ -n "${SINK_BIN:-}" ]; then
   FLOOR=$(dirname "$SINK_BIN")/hyper_floor
 else
   log "building tracemesh, the OTLP sink and the hyper floor (release)"
-  # The binary on its own, as `cargo build --release` builds it: built with
-  # the examples it would get their dev-dependencies' features, other crate
-  # hashes, and none of hot-text.order's names (build.rs).
-  (cd "$ROOT" && cargo build --release --locked --bin tracemesh)
-  (cd "$ROOT" && cargo build --release --locked --example otlp_sink --example hyper_floor)
+  build_release "$ROOT" otlp_sink hyper_floor
   TRACEMESH="$ROOT/target/release/tracemesh"
   SINK="$ROOT/target/release/examples/otlp_sink"
   FLOOR="$ROOT/target/release/examples/hyper_floor"

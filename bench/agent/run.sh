@@ -37,6 +37,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/support/release.sh
+source "$ROOT/bench/support/release.sh"
 HERE="$ROOT/bench/agent"
 ROUNDS=${ROUNDS:-3}
 WRK_DURATION=${WRK_DURATION:-15s}
@@ -120,10 +122,7 @@ build() {
     return
   fi
   log "building tracemesh, the OTLP sink and the hyper floor (release)"
-  # The binary on its own, as `cargo build --release` builds it (with the
-  # examples it would get other crate hashes than hot-text.order's: build.rs)
-  (cd "$ROOT" && cargo build --release --locked --bin tracemesh)
-  (cd "$ROOT" && cargo build --release --locked --example otlp_sink --example hyper_floor)
+  build_release "$ROOT" otlp_sink hyper_floor
   TRACEMESH="$ROOT/target/release/tracemesh"
   SINK="$ROOT/target/release/examples/otlp_sink"
   FLOOR="$ROOT/target/release/examples/hyper_floor"

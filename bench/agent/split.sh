@@ -24,6 +24,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/support/release.sh
+source "$ROOT/bench/support/release.sh"
 HERE="$ROOT/bench/agent"
 QPS=${QPS:-1000}
 DURATION=${DURATION:-20s}
@@ -49,10 +51,7 @@ if [ -n "${TRACEMESH_BIN:-}" ] && [ -n "${SINK_BIN:-}" ]; then
   FLOOR=$(dirname "$SINK_BIN")/hyper_floor
 else
   log "building tracemesh, the OTLP sink and the hyper floor (release)"
-  # The binary on its own, as `cargo build --release` builds it (with the
-  # examples it would get other crate hashes than hot-text.order's: build.rs)
-  (cd "$ROOT" && cargo build --release --locked --bin tracemesh)
-  (cd "$ROOT" && cargo build --release --locked --example otlp_sink --example hyper_floor)
+  build_release "$ROOT" otlp_sink hyper_floor
   TRACEMESH="$ROOT/target/release/tracemesh"
   SINK="$ROOT/target/release/examples/otlp_sink"
   FLOOR="$ROOT/target/release/examples/hyper_floor"

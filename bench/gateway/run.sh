@@ -19,6 +19,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/support/release.sh
+source "$ROOT/bench/support/release.sh"
 HERE="$ROOT/bench/gateway"
 AGENT_BENCH="$ROOT/bench/agent"
 ROUNDS=${ROUNDS:-3}
@@ -43,9 +45,7 @@ python3 -c 'import envoy' 2>/dev/null || die "Envoy is needed: python3 -m pip in
 ENVOY_BIN=$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
 
 log "building tracemesh and the OTLP sink (release)"
-# (the binary on its own, as `cargo build --release` builds it: build.rs)
-(cd "$ROOT" && cargo build --release --locked --bin tracemesh)
-(cd "$ROOT" && cargo build --release --locked --example otlp_sink)
+build_release "$ROOT" otlp_sink
 TRACEMESH="$ROOT/target/release/tracemesh"
 SINK="$ROOT/target/release/examples/otlp_sink"
 

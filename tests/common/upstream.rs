@@ -392,10 +392,17 @@ pub async fn resetting_server() -> SocketAddr {
     addr
 }
 
-/// An address nothing listens on (bound, then closed).
+/// An address nothing listens on: connections to it are refused. A socket
+/// stays bound to it, never listening, for the rest of the test process, so
+/// the port cannot be handed to another test's listener meanwhile (a port
+/// bound and closed again could be, and that listener would answer).
 pub async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+    static HELD: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = socket.local_addr().unwrap();
+    HELD.lock().unwrap().push(socket);
+    addr
 }
 
 /// A TCP echo server.
@@ -420,4 +427,18 @@ pub fn tcp_echo_on(listener: std::net::TcpListener) -> SocketAddr {
         }
     });
     addr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_refuses_and_is_not_handed_out_again() {
+        let addr = closed_port().await;
+        let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        let taken = std::net::TcpListener::bind(addr).unwrap_err();
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+    }
 }

@@ -30,6 +30,9 @@
 //! with the build's flags and linker, decides; when it fails, the build
 //! says so in a warning and links in the compiler's order.
 //! `TRACEMESH_HOT_TEXT=off` links in the compiler's order too.
+//! `TRACEMESH_HOT_TEXT_ORDER=<file>` takes the order from that file instead:
+//! the profile-guided build (release/pgo.sh) writes its own, since its
+//! names are not the plain build's.
 //!
 //! With the order, the segments are linked 2 MiB-aligned and the text
 //! starts a 2 MiB page of its own, so that a proxy can move the hot text
@@ -47,9 +50,16 @@ use std::process::Command;
 const ORDER_FILE: &str = "hot-text.order";
 
 fn main() {
-    println!("cargo:rerun-if-changed={ORDER_FILE}");
+    let order = match env::var_os("TRACEMESH_HOT_TEXT_ORDER") {
+        Some(file) => PathBuf::from(file),
+        None => {
+            Path::new(&env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join(ORDER_FILE)
+        }
+    };
+    println!("cargo:rerun-if-changed={}", order.display());
     for var in [
         "TRACEMESH_HOT_TEXT",
+        "TRACEMESH_HOT_TEXT_ORDER",
         "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -66,11 +76,9 @@ fn main() {
         return;
     }
     // (open, not exists: a file the linker cannot read fails the link)
-    if std::fs::File::open(ORDER_FILE).is_err() {
+    if std::fs::File::open(&order).is_err() {
         return;
     }
-    let order =
-        Path::new(&env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join(ORDER_FILE);
     let mut args = order_args(&order);
     args.extend(segment_args());
     match probe(&args) {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Hot text (bench/README.md, "Hot text"): writes hot-text.order, the order
-# build.rs links the tracemesh binary's functions in, from a callgrind
+# build.rs links the plain release build's functions in (release/pgo.sh
+# derives the profile-guided build's own from it), from a callgrind
 # profile of the agent as the cost bench runs it (instructions.sh: one
 # worker, every request traced, spans over OTLP/gRPC, metrics on), then
 # relinks the release binary in it and says how it lays out.
@@ -23,7 +24,7 @@ PROFILE_DIR=$(mktemp -d /tmp/tracemesh-hot-text.XXXXXX)
 trap 'rm -rf "$PROFILE_DIR"' EXIT
 
 log "building tracemesh as \`cargo build --release\` does, and the OTLP sink"
-build_release "$ROOT" otlp_sink
+PGO=0 build_release "$ROOT" otlp_sink
 cp "$BIN" "$PROFILE_DIR/tracemesh"
 
 log "profiling the agent under load (callgrind)"
@@ -38,7 +39,7 @@ before=$(python3 "$HERE/hot_text.py" check "$ROOT/hot-text.order" "$PROFILE_DIR/
 log "linked with the previous order: $before"
 
 log "relinking in the new order"
-build_release "$ROOT"
+PGO=0 build_release "$ROOT"
 after=$(python3 "$HERE/hot_text.py" check "$ROOT/hot-text.order" "$BIN")
 log "linked in the new order:        $after"
 log "wrote hot-text.order"

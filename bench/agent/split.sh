@@ -52,7 +52,7 @@ if [ -n "${TRACEMESH_BIN:-}" ] && [ -n "${SINK_BIN:-}" ]; then
 else
   log "building tracemesh, the OTLP sink and the hyper floor (release)"
   build_release "$ROOT" otlp_sink hyper_floor
-  TRACEMESH="$ROOT/target/release/tracemesh"
+  TRACEMESH="$RELEASE_BIN"
   SINK="$ROOT/target/release/examples/otlp_sink"
   FLOOR="$ROOT/target/release/examples/hyper_floor"
 fi

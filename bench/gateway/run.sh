@@ -46,7 +46,7 @@ ENVOY_BIN=$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(env
 
 log "building tracemesh and the OTLP sink (release)"
 build_release "$ROOT" otlp_sink
-TRACEMESH="$ROOT/target/release/tracemesh"
+TRACEMESH="$RELEASE_BIN"
 SINK="$ROOT/target/release/examples/otlp_sink"
 
 RUN=$(mktemp -d -t tracemesh-gateway-bench-XXXXXX)

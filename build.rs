@@ -76,7 +76,13 @@ fn main() {
         return;
     }
     // (open, not exists: a file the linker cannot read fails the link)
-    if std::fs::File::open(&order).is_err() {
+    if let Err(e) = std::fs::File::open(&order) {
+        if env::var_os("TRACEMESH_HOT_TEXT_ORDER").is_some() {
+            println!(
+                "cargo:warning=TRACEMESH_HOT_TEXT_ORDER={}: {e}; linking in the compiler's order (and no hot text on huge pages)",
+                order.display()
+            );
+        }
         return;
     }
     let mut args = order_args(&order);
@@ -85,7 +91,8 @@ fn main() {
         Ok(()) => emit(&args),
         Err(why) => {
             println!(
-                "cargo:warning=linking in the compiler's order, not hot-text.order's (and no hot text on huge pages): {why}"
+                "cargo:warning=linking in the compiler's order, not {}'s (and no hot text on huge pages): {why}",
+                order.display()
             )
         }
     }

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The tracemesh binary as it is shipped: built profile-guided (PGO) from a
 # training run of the demo, and linked with the hot text of that profile
-# (README, "Release builds"). About a fifth less CPU per proxied request at
-# 1000 req/s than `cargo build --release` (bench/README.md, "Profile-guided
+# (README, "The binary to deploy: profile-guided"). Less CPU per proxied
+# request than `cargo build --release` (bench/README.md, "Profile-guided
 # build").
 #
 #   bash release/pgo.sh            # writes target/pgo/tracemesh
+#
+# A second run with the same source, Cargo.lock and toolchain keeps the
+# binary it built (target/pgo/stamp); PGO_FRESH=1 trains and builds again.
 #
 # Steps, each in its own target directory under target/pgo (so neither
 # rebuilds target/release):
@@ -27,8 +30,8 @@
 #      TRACEMESH_HOT_TEXT_ORDER): the request path side by side, as
 #      hot-text.order lays out the plain build's.
 #
-# Knobs (environment): TRAIN_SECONDS (40), TRAIN_QPS (1000), LLVM_PROFDATA
-# (the tool, if not found by itself).
+# Knobs (environment): TRAIN_SECONDS (40, at least 8), TRAIN_QPS (1000),
+# LLVM_PROFDATA (the tool, if not found by itself), PGO_FRESH.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,6 +44,32 @@ die() {
   exit 1
 }
 
+for tool in nm curl sha256sum python3 git; do
+  command -v "$tool" >/dev/null || die "$tool is needed"
+done
+[ "$TRAIN_SECONDS" -ge 8 ] || die "TRAIN_SECONDS must be at least 8"
+# (the training writes its counts where -Cprofile-generate says, and logs at
+# the level the script reads)
+unset LLVM_PROFILE_FILE CARGO_ENCODED_RUSTFLAGS
+export RUST_LOG=info
+
+# What the binary is built from: the checkout (committed and not), the
+# lock file, the toolchain and these scripts.
+stamp() {
+  {
+    git -C "$ROOT" rev-parse 'HEAD^{tree}'
+    git -C "$ROOT" diff HEAD
+    git -C "$ROOT" ls-files --others --exclude-standard -z | xargs -0r sha256sum --
+    rustc -vV
+  } | sha256sum | cut -c1-16
+}
+STAMP=$(stamp)
+if [ -z "${PGO_FRESH:-}" ] && [ -x "$WORK/tracemesh" ] && [ "$(cat "$WORK/stamp" 2>/dev/null)" = "$STAMP" ]; then
+  log "target/pgo/tracemesh is built from this source already (PGO_FRESH=1 builds it again)"
+  exit 0
+fi
+rm -f "$WORK/stamp"
+
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 LLVM_MAJOR=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 [ -n "$HOST" ] && [ -n "$LLVM_MAJOR" ] || die "cannot read rustc -vV"
@@ -49,10 +78,10 @@ LLVM_MAJOR=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 # may not take the profile the instrumented binary writes.
 find_profdata() {
   local candidate major
-  for candidate in ${LLVM_PROFDATA:-} \
+  for candidate in "${LLVM_PROFDATA:-}" \
     "$(rustc --print sysroot)/lib/rustlib/$HOST/bin/llvm-profdata" \
     "llvm-profdata-$LLVM_MAJOR" llvm-profdata; do
-    command -v "$candidate" >/dev/null 2>&1 || continue
+    [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 || continue
     major=$("$candidate" --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9]*\).*/\1/p' | head -1)
     if [ "$major" = "$LLVM_MAJOR" ]; then
       echo "$candidate"
@@ -101,7 +130,18 @@ wait_for() {
     sleep 0.2
   done
 }
-load() { "$TRAINEE" load "$@" >>"$TRAIN/load.log" 2>&1 || die "load failed ($TRAIN/load.log)"; }
+# load ARGS...: `tracemesh load`, which must get 2xx for nearly every request
+# (a profile of a failing path would teach the compiler the wrong branches).
+load() {
+  "$TRAINEE" load --json "$@" >"$TRAIN/load.json" 2>>"$TRAIN/load.log" || die "load failed ($TRAIN/load.log)"
+  python3 - "$TRAIN/load.json" <<'PY' || die "the training's requests failed ($TRAIN/load.json)"
+import json, sys
+r = json.load(open(sys.argv[1]))
+ok = sum(n for code, n in r["codes"].items() if code.startswith("2"))
+sys.exit(0 if r["count"] > 0 and ok >= 0.99 * r["count"] else 1)
+PY
+  cat "$TRAIN/load.json" >>"$TRAIN/load.log"
+}
 
 # The collector, which the agent's spans and the query calls reach.
 "$TRAINEE" collector --data-dir "$TRAIN/data" --otlp-grpc 127.0.0.1:0 --otlp-http 127.0.0.1:0 \
@@ -170,6 +210,7 @@ done
 "$TRAINEE" demo --duration "${TRAIN_SECONDS}s" --data-dir "$TRAIN/demo" --ui-port 0 \
   --qps 15 -c 2 >"$TRAIN/demo.log" 2>&1 &
 DEMO=$!
+PIDS+=("$DEMO")
 
 # The query side meanwhile: what Jaeger UI and Grafana ask.
 (
@@ -183,7 +224,7 @@ DEMO=$!
     sleep 1
   done
 ) &
-QUERIES=$!
+PIDS+=($!)
 
 URL=http://details.train.local/details/0
 # The rates the cost bench measures, outbound then inbound, then saturation
@@ -193,8 +234,10 @@ load -c 8 --qps "$TRAIN_QPS" -t "$((share * 3))s" --connect-to "127.0.0.1:$OUT" 
 load -c 8 --qps "$TRAIN_QPS" -t "$((share * 2))s" --connect-to "127.0.0.1:$IN" "$URL"
 load -c 50 --qps 0 -t "${share}s" --connect-to "127.0.0.1:$OUT" "$URL"
 load -c 8 --qps 0 --h2 -t "${share}s" --connect-to "127.0.0.1:$OUT" "$URL"
-wait $DEMO || die "the demo failed ($TRAIN/demo.log)"
-wait $QUERIES || true
+wait "$DEMO" || die "the demo failed ($TRAIN/demo.log)"
+for pid in "${PIDS[@]}"; do
+  [ "$pid" = "$DEMO" ] || kill -0 "$pid" 2>/dev/null || die "a training process ended early ($TRAIN)"
+done
 stop_all
 trap - EXIT
 compgen -G "$WORK/raw-agent/*.profraw" >/dev/null || die "the training agent wrote no profile"
@@ -217,4 +260,5 @@ python3 "$ROOT/release/pgo_order.py" "$WORK/agent.proftext" "$BIN" "$ROOT/hot-te
 mv "$WORK/hot-text.order.new" "$WORK/hot-text.order"
 build use "$USE" TRACEMESH_HOT_TEXT_ORDER="$WORK/hot-text.order"
 cp "$BIN" "$WORK/tracemesh"
+echo "$STAMP" >"$WORK/stamp"
 log "wrote target/pgo/tracemesh"

@@ -20,6 +20,7 @@ taken from ORDER, the plain build's order (hot-text.order, from a
 callgrind profile of the agent): its names this BINARY defines follow.
 """
 
+import re
 import subprocess
 import sys
 
@@ -55,7 +56,7 @@ def text_symbols(binary):
     for line in out.splitlines():
         parts = line.split()
         if len(parts) == 4 and parts[2] in ("t", "T"):
-            base = parts[3].split(".llvm.", 1)[0]
+            base = re.sub(r"\.llvm\.\d+$", "", parts[3])
             symbols.setdefault(base, []).append((parts[3], int(parts[1], 16)))
     return symbols
 
@@ -77,12 +78,17 @@ def main(proftext, binary, plain_order):
             listed.add(name)
     print("# Hot text of a profile-guided build, written by release/pgo.sh")
     print("# (release/pgo_order.py): hottest first.")
-    total = 0
+    total, kept = 0, 0
     for name in order:
         if total >= LIMIT:
             break
         print(name)
         total += sizes[name]
+        kept += 1
+    print(
+        f"pgo_order: {kept} of {len(order)} functions, {total / 1024:.0f} KiB (limit {LIMIT >> 10} KiB)",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

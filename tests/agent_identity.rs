@@ -877,6 +877,19 @@ async fn a_provider_service_is_resolved_through_the_service_registry() {
     }
 }
 
+/// The "closed" authorizer below is `closed_port()`: the port must refuse
+/// connections and stay out of other tests' reach for the whole run (a port
+/// bound and closed again was once taken by another test's server, which
+/// answered for it).
+#[tokio::test]
+async fn a_closed_port_refuses_and_is_not_handed_out_again() {
+    let addr = closed_port().await;
+    let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    let taken = std::net::TcpListener::bind(addr).unwrap_err();
+    assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+}
+
 /// An authorizer that fails — its connection reset, its port closed, too
 /// slow for the timeout — is counted as Envoy's ext_authz filter counts it
 /// (`error`, and `failure_mode_allowed` too under `failOpen`) and logged a

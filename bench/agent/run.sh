@@ -14,7 +14,10 @@
 # Knobs (environment): ROUNDS (3), WRK_DURATION (15s), WRK_CONNECTIONS (50),
 # LATENCY_QPS (2000), LATENCY_CONNECTIONS (8), LATENCY_DURATION (15s),
 # PIN (1: proxies on CPU 1, everything else on CPU 0; 0: no pinning),
-# PATHS (space-separated subset of the paths below; default all).
+# PATHS (space-separated subset of the paths below; default all),
+# PGO (1: tracemesh as release/pgo.sh builds it for deployment, which needs
+# llvm-profdata of rustc's LLVM; 0: the plain `cargo build --release`),
+# TRACEMESH_BIN and SINK_BIN (prebuilt binaries instead of building).
 #
 #   MODE=cost bash bench/agent/run.sh
 #

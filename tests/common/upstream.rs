@@ -428,17 +428,3 @@ pub fn tcp_echo_on(listener: std::net::TcpListener) -> SocketAddr {
     });
     addr
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_closed_port_refuses_and_is_not_handed_out_again() {
-        let addr = closed_port().await;
-        let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
-        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
-        let taken = std::net::TcpListener::bind(addr).unwrap_err();
-        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
-    }
-}

@@ -76,7 +76,7 @@ w(
     # Prebuilt binaries (TRACEMESH_BIN, SINK_BIN) are named as such: the tree's
     # commit is then not necessarily what was measured.
     f"Command: `{'TRACEMESH_BIN=<a release build> SINK_BIN=<its otlp_sink> ' if env.get('GIVEN_BINS') else ''}"
-    f"MODE=cost bash bench/agent/run.sh` (tracemesh {'tree at ' if env.get('GIVEN_BINS') else ''}`{env['COMMIT']}{env.get('DIRTY', '')}`"
+    f"{env.get('KNOBS', '')}ROUNDS={env['ROUNDS']} MODE=cost bash bench/agent/run.sh` (tracemesh {'tree at ' if env.get('GIVEN_BINS') else ''}`{env['COMMIT']}{env.get('DIRTY', '')}`"
     + (f", baseline {env['BASELINE_NOTE']} as `BASELINE=<its binary>`" if env.get("BASELINE_NOTE") else "")
     + f"), {env['ROUNDS']} interleaved rounds; each cell is the median of the rounds, their range in brackets.\n"
 )
@@ -157,17 +157,25 @@ for p in [x for x in paths if x.startswith("agent")]:
     for ok, text in checks:
         w(f"  - {text}" if ok is None else f"  - {'met' if ok else '**missed**'}: {text}")
 
-if any(k[1].startswith("paired_") for k in cells):
-    w("\nThis build against the baseline measured at the same time (`BASELINE`, paired: both loaded at once, "
-      "so both share the machine's neighbours; the ratio is this build's CPU per request over the baseline's):\n")
+pair = env.get("PAIRED_PATHS", "").split()
+if len(pair) == 2:
+    first, second = pair
+    w(f"\n{LABELS[first]} against {LABELS[second]}, measured at the same time (`PAIRED`: both loaded at once, "
+      "so both share the machine's neighbours; the ratio is the first's CPU per request over the second's):\n")
     for r in sorted({k[1].rsplit("_", 1)[1] for k in cells if k[1].startswith("paired_")}, key=int):
-        a, b = cells.get(("agent", f"paired_vcpu_per_1k_{r}")), cells.get(("agent_base", f"paired_vcpu_per_1k_{r}"))
+        a, b = cells.get((first, f"paired_vcpu_per_1k_{r}")), cells.get((second, f"paired_vcpu_per_1k_{r}"))
         if a and b:
             ratios = [x / y for x, y in zip(a, b) if y]
+            ratio = statistics.median(ratios)
             w(
                 f"- at {r} req/s: {statistics.median(a):.3f} vs {statistics.median(b):.3f} vCPU per 1000 req/s; "
-                f"ratio {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})"
+                f"ratio {ratio:.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})"
             )
+            if first.startswith("agent") and second == "nginx" and r == low:
+                below = sum(x <= 1 for x in ratios)
+                verdict = "met" if ratio <= 1 else "**missed**"
+                w(f"  - {verdict} (target 1, paired): at most nginx's by the median ratio; "
+                  f"at or below it in {below} of {len(ratios)} rounds")
 
 w("\n<details><summary>Every round</summary>\n")
 w("| round | path | measure | value |")

@@ -29,8 +29,10 @@
 # CPU and memory, with 1 KiB responses. Knobs: COST_RATES ("1000 4000"),
 # COST_DURATION (20s), IDLE_SECONDS (30), BASELINE (another tracemesh binary,
 # measured beside this build as the path agent_base: how a before/after is
-# taken in one run, and measured at the same time as this build at
-# PAIRED_RATES, "paired"; BASELINE_LABEL names it in the table), ROUNDS,
+# taken in one run; BASELINE_LABEL names it in the table), PAIRED (two
+# paths, the tracemesh one first, also loaded at the same time at
+# PAIRED_RATES: "agent agent_base" by default when there is a BASELINE;
+# "agent nginx" measures target 1 against nginx at the same time), ROUNDS,
 # WRK_DURATION, LATENCY_CONNECTIONS, PATHS, PIN.
 #
 # Either mode measures prebuilt binaries instead of building the tree when
@@ -43,6 +45,12 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=bench/support/release.sh
 source "$ROOT/bench/support/release.sh"
 HERE="$ROOT/bench/agent"
+# The knobs this run was given, for the record's command line.
+KNOBS=""
+for knob in PGO PATHS PAIRED PAIRED_RATES COST_RATES COST_DURATION IDLE_SECONDS WRK_DURATION WRK_CONNECTIONS \
+  LATENCY_CONNECTIONS PIN; do
+  if [ -n "${!knob:-}" ]; then KNOBS+="$knob=\"${!knob}\" "; fi
+done
 ROUNDS=${ROUNDS:-3}
 WRK_DURATION=${WRK_DURATION:-15s}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
@@ -57,6 +65,7 @@ IDLE_SECONDS=${IDLE_SECONDS:-30}
 PAIRED_RATES=${PAIRED_RATES:-${COST_RATES%% *}}
 BASELINE=${BASELINE:-}
 BASELINE_LABEL=${BASELINE_LABEL:-$BASELINE}
+read -r -a PAIRED <<<"${PAIRED:-${BASELINE:+agent agent_base}}"
 
 # Fixed loopback ports, away from the defaults of a developer's own agent
 # (15000-15006), collector (4317) and query (16686).
@@ -84,6 +93,21 @@ else
   read -r -a PATHS <<<"${PATHS:-direct agent envoy envoy_default nginx ${PAIR_PATHS[*]}}"
 fi
 HOST=upstream.bench.local
+if [ ${#PAIRED[@]} -gt 0 ]; then
+  [ ${#PAIRED[@]} -eq 2 ] && [ "${PAIRED[0]}" != "${PAIRED[1]}" ] ||
+    { echo "PAIRED names two different paths, not \"${PAIRED[*]}\"" >&2; exit 2; }
+  # (the ratio is the first's CPU over the second's: the tracemesh build first)
+  case ${PAIRED[1]} in agent*) [[ ${PAIRED[0]} == agent* ]] ||
+    { echo "PAIRED: the tracemesh agent first (\"${PAIRED[1]} ${PAIRED[0]}\")" >&2; exit 2; } ;; esac
+  for path in "${PAIRED[@]}"; do
+    case $path in
+      agent | nginx | envoy | envoy_default) ;;
+      agent_base) [ -n "$BASELINE" ] || { echo "PAIRED: agent_base needs a BASELINE" >&2; exit 2; } ;;
+      hyper_floor) [[ " ${PATHS[*]} " == *" hyper_floor "* ]] || { echo "PAIRED: hyper_floor needs it in PATHS" >&2; exit 2; } ;;
+      *) echo "PAIRED: no cost path \"$path\"" >&2; exit 2 ;;
+    esac
+  done
+fi
 
 log() { printf '%s bench: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -357,7 +381,7 @@ spans_dropped() {
 # Every path answers 200 for the benchmark's Host before anything is measured.
 check_paths() {
   local path port report
-  for path in "${PATHS[@]}"; do
+  for path in "${PATHS[@]}" "${PAIRED[@]}"; do
     port=$(port_of "$path")
     report=$($(on 0) "$TRACEMESH" load -c 2 --qps 0 -n 200 --json \
       --connect-to "127.0.0.1:$port" "http://$HOST/" 2>/dev/null)
@@ -617,26 +641,26 @@ saturation() {
     '$1==r && $2==p && $3 ~ /^sat_/ {printf "%s %s ", $3, $4}' "$RESULTS")"
 }
 
-# With a BASELINE: this build and the baseline at RATE at the same time,
-# each from its own load generator, so both share whatever the machine's
-# neighbours do meanwhile. Runs one after another see different neighbours
-# (on a shared host, ±30% at 1000 req/s); paired, the ratio of the two
-# builds' CPU per request moves a few percent. At PAIRED_RATES only (the
-# lowest cost rate by default): both builds share the proxies' one core,
-# which at 4000 req/s each would be nearly full. Recorded as
-# paired_vcpu_per_1k_RATE for both.
+# The two PAIRED paths (this build and the BASELINE, or the agent and
+# nginx) at RATE at the same time, each from its own load generator, so
+# both share whatever the machine's neighbours do meanwhile. Runs one after
+# another see different neighbours (on a shared host, ±30% at 1000 req/s);
+# paired, the ratio of the two paths' CPU per request moves a few percent.
+# At PAIRED_RATES only (the lowest cost rate by default): both share the
+# proxies' one core, which at 4000 req/s each would be nearly full.
+# Recorded as paired_vcpu_per_1k_RATE for both.
 paired_cost() {
   local round=$1 rate=$2 path t0 t1 loads=()
   declare -A before
-  for path in agent agent_base; do before[$path]=$(cpu_ns "$(path_pid "$path")"); done
+  for path in "${PAIRED[@]}"; do before[$path]=$(cpu_ns "$(path_pid "$path")"); done
   t0=$(now_ns)
-  for path in agent agent_base; do
+  for path in "${PAIRED[@]}"; do
     load_at "$path" "$rate" >"$RUN/paired-$path.json" &
     loads+=($!)
   done
   wait "${loads[@]}"
   t1=$(now_ns)
-  for path in agent agent_base; do
+  for path in "${PAIRED[@]}"; do
     python3 - "$round" "$path" "$rate" "$(($(cpu_ns "$(path_pid "$path")") - before[$path]))" "$((t1 - t0))" \
       "$RUN/paired-$path.json" >>"$RESULTS" <<'EOF'
 import json, sys
@@ -653,7 +677,7 @@ cost_rounds() {
   local round i path rate n=${#PATHS[@]}
   for round in $(seq 1 "$ROUNDS"); do
     idle_cost "$round"
-    if [ -n "$BASELINE" ]; then
+    if [ ${#PAIRED[@]} -gt 0 ]; then
       for rate in $PAIRED_RATES; do
         paired_cost "$round" "$rate"
         sleep 1
@@ -674,8 +698,8 @@ cost_report() {
   local file=$1
   export RESULTS_FILE="$RESULTS" OUT_FILE="$file" ENVOY_VERSION NGINX_VERSION RUSTC_VERSION CPU_MODEL \
     CORES MEMORY KERNEL COMMIT DIRTY LOAD_BEFORE LOAD_AFTER PIN_NOTE RUN_DATE ROUNDS COST_RATES \
-    COST_DURATION LATENCY_CONNECTIONS WRK_CONNECTIONS WRK_DURATION IDLE_SECONDS BASELINE_NOTE GIVEN_BINS
-  python3 "$HERE/cost_report.py"
+    COST_DURATION LATENCY_CONNECTIONS WRK_CONNECTIONS WRK_DURATION IDLE_SECONDS BASELINE_NOTE GIVEN_BINS KNOBS
+  PAIRED_PATHS="${PAIRED[*]}" python3 "$HERE/cost_report.py"
 }
 
 # --- report ---------------------------------------------------------------------

@@ -30,7 +30,8 @@
 #      TRACEMESH_HOT_TEXT_ORDER): the request path side by side, as
 #      hot-text.order lays out the plain build's.
 #
-# Knobs (environment): TRAIN_SECONDS (40, at least 8), TRAIN_QPS (1000),
+# Knobs (environment): TRAIN_SECONDS (40, at least 8; the loads take 7/8 of
+# it in whole eighths, beside the demo for all of it), TRAIN_QPS (1000),
 # LLVM_PROFDATA (the tool, if not found by itself), PGO_FRESH.
 set -euo pipefail
 
@@ -45,22 +46,27 @@ die() {
 }
 
 for tool in nm curl sha256sum python3 git; do
-  command -v "$tool" >/dev/null || die "$tool is needed"
+  command -v "$tool" >/dev/null || die "$tool is needed$([ "$tool" = nm ] && echo " (binutils)")"
 done
-[ "$TRAIN_SECONDS" -ge 8 ] || die "TRAIN_SECONDS must be at least 8"
+[[ $TRAIN_SECONDS =~ ^[0-9]+$ ]] && [ "$TRAIN_SECONDS" -ge 8 ] ||
+  die "TRAIN_SECONDS must be whole seconds, at least 8 (not \"$TRAIN_SECONDS\")"
+[[ $TRAIN_QPS =~ ^[1-9][0-9]*$ ]] || die "TRAIN_QPS must be a whole number of requests a second (not \"$TRAIN_QPS\")"
 # (the training writes its counts where -Cprofile-generate says, and logs at
 # the level the script reads)
 unset LLVM_PROFILE_FILE CARGO_ENCODED_RUSTFLAGS
 export RUST_LOG=info
 
-# What the binary is built from: the checkout (committed and not), the
-# lock file, the toolchain and these scripts.
+# What the binary is built from: the checkout (committed, changed, and new
+# files of the kinds the build reads, not a log written beside it), the
+# lock file, the toolchain, these scripts and the training's knobs.
 stamp() {
   {
     git -C "$ROOT" rev-parse 'HEAD^{tree}'
     git -C "$ROOT" diff HEAD
-    git -C "$ROOT" ls-files --others --exclude-standard -z | xargs -0r sha256sum --
+    (cd "$ROOT" && git ls-files --others --exclude-standard -z -- '*.rs' '*.toml' '*.proto' '*.order' \
+      '*.sh' '*.py' '*.yaml' '*.json' | xargs -0r sha256sum --)
     rustc -vV
+    echo "TRAIN_SECONDS=$TRAIN_SECONDS TRAIN_QPS=$TRAIN_QPS"
   } | sha256sum | cut -c1-16
 }
 STAMP=$(stamp)
@@ -78,7 +84,15 @@ LLVM_MAJOR=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 # may not take the profile the instrumented binary writes.
 find_profdata() {
   local candidate major
-  for candidate in "${LLVM_PROFDATA:-}" \
+  if [ -n "${LLVM_PROFDATA:-}" ]; then
+    command -v "$LLVM_PROFDATA" >/dev/null 2>&1 || die "LLVM_PROFDATA=$LLVM_PROFDATA: no such program"
+    major=$("$LLVM_PROFDATA" --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9]*\).*/\1/p' | head -1)
+    [ "$major" = "$LLVM_MAJOR" ] ||
+      die "LLVM_PROFDATA=$LLVM_PROFDATA is not of LLVM $LLVM_MAJOR, rustc's (its --version gives ${major:+LLVM }${major:-no version})"
+    echo "$LLVM_PROFDATA"
+    return
+  fi
+  for candidate in \
     "$(rustc --print sysroot)/lib/rustlib/$HOST/bin/llvm-profdata" \
     "llvm-profdata-$LLVM_MAJOR" llvm-profdata; do
     [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 || continue
@@ -91,7 +105,7 @@ find_profdata() {
   die "no llvm-profdata of LLVM $LLVM_MAJOR (rustc's): \`rustup component add llvm-tools\`, or Debian's llvm-$LLVM_MAJOR, or set LLVM_PROFDATA"
 }
 PROFDATA=$(find_profdata)
-log "merging with $PROFDATA"
+log "using $PROFDATA (for step 3)"
 
 # build DIR RUSTFLAGS [ENV...]: the tracemesh binary in target/pgo/DIR.
 # --target keeps RUSTFLAGS off build scripts and proc macros (an
@@ -224,7 +238,8 @@ PIDS+=("$DEMO")
     sleep 1
   done
 ) &
-PIDS+=($!)
+QUERY_LOOP=$!
+PIDS+=("$QUERY_LOOP")
 
 URL=http://details.train.local/details/0
 # The rates the cost bench measures, outbound then inbound, then saturation
@@ -236,7 +251,9 @@ load -c 50 --qps 0 -t "${share}s" --connect-to "127.0.0.1:$OUT" "$URL"
 load -c 8 --qps 0 --h2 -t "${share}s" --connect-to "127.0.0.1:$OUT" "$URL"
 wait "$DEMO" || die "the demo failed ($TRAIN/demo.log)"
 for pid in "${PIDS[@]}"; do
-  [ "$pid" = "$DEMO" ] || kill -0 "$pid" 2>/dev/null || die "a training process ended early ($TRAIN)"
+  # (the demo and the query loop beside it end by themselves)
+  [ "$pid" = "$DEMO" ] || [ "$pid" = "$QUERY_LOOP" ] || kill -0 "$pid" 2>/dev/null ||
+    die "a training process ended early ($TRAIN)"
 done
 stop_all
 trap - EXIT

@@ -80,13 +80,15 @@ HOST=$(rustc -vV | sed -n 's/^host: //p')
 LLVM_MAJOR=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 [ -n "$HOST" ] && [ -n "$LLVM_MAJOR" ] || die "cannot read rustc -vV"
 
+# llvm_major TOOL: the LLVM major version TOOL's --version gives (or nothing).
+llvm_major() { "$1" --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9]*\).*/\1/p' | head -1; }
 # llvm-profdata of rustc's LLVM major version: another version's reader
 # may not take the profile the instrumented binary writes.
 find_profdata() {
   local candidate major
   if [ -n "${LLVM_PROFDATA:-}" ]; then
     command -v "$LLVM_PROFDATA" >/dev/null 2>&1 || die "LLVM_PROFDATA=$LLVM_PROFDATA: no such program"
-    major=$("$LLVM_PROFDATA" --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9]*\).*/\1/p' | head -1)
+    major=$(llvm_major "$LLVM_PROFDATA")
     [ "$major" = "$LLVM_MAJOR" ] ||
       die "LLVM_PROFDATA=$LLVM_PROFDATA is not of LLVM $LLVM_MAJOR, rustc's (its --version gives ${major:+LLVM }${major:-no version})"
     echo "$LLVM_PROFDATA"
@@ -95,8 +97,8 @@ find_profdata() {
   for candidate in \
     "$(rustc --print sysroot)/lib/rustlib/$HOST/bin/llvm-profdata" \
     "llvm-profdata-$LLVM_MAJOR" llvm-profdata; do
-    [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 || continue
-    major=$("$candidate" --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9]*\).*/\1/p' | head -1)
+    command -v "$candidate" >/dev/null 2>&1 || continue
+    major=$(llvm_major "$candidate")
     if [ "$major" = "$LLVM_MAJOR" ]; then
       echo "$candidate"
       return

@@ -93,6 +93,7 @@ else
   read -r -a PATHS <<<"${PATHS:-direct agent envoy envoy_default nginx ${PAIR_PATHS[*]}}"
 fi
 HOST=upstream.bench.local
+measures() { [[ " ${PATHS[*]} " == *" $1 "* ]]; }
 if [ ${#PAIRED[@]} -gt 0 ]; then
   [ ${#PAIRED[@]} -eq 2 ] && [ "${PAIRED[0]}" != "${PAIRED[1]}" ] ||
     { echo "PAIRED names two different paths, not \"${PAIRED[*]}\"" >&2; exit 2; }
@@ -103,7 +104,7 @@ if [ ${#PAIRED[@]} -gt 0 ]; then
     case $path in
       agent | nginx | envoy | envoy_default) ;;
       agent_base) [ -n "$BASELINE" ] || { echo "PAIRED: agent_base needs a BASELINE" >&2; exit 2; } ;;
-      hyper_floor) [[ " ${PATHS[*]} " == *" hyper_floor "* ]] || { echo "PAIRED: hyper_floor needs it in PATHS" >&2; exit 2; } ;;
+      hyper_floor) measures hyper_floor || { echo "PAIRED: hyper_floor needs it in PATHS" >&2; exit 2; } ;;
       *) echo "PAIRED: no cost path \"$path\"" >&2; exit 2 ;;
     esac
   done
@@ -156,8 +157,6 @@ build() {
 }
 
 # Whether this run measures PATH.
-measures() { [[ " ${PATHS[*]} " == *" $1 "* ]]; }
-
 # --- processes ----------------------------------------------------------------
 
 PIDS=()
@@ -380,8 +379,9 @@ spans_dropped() {
 
 # Every path answers 200 for the benchmark's Host before anything is measured.
 check_paths() {
-  local path port report
-  for path in "${PATHS[@]}" "${PAIRED[@]}"; do
+  local path port report checked=("${PATHS[@]}")
+  for path in "${PAIRED[@]}"; do measures "$path" || checked+=("$path"); done
+  for path in "${checked[@]}"; do
     port=$(port_of "$path")
     report=$($(on 0) "$TRACEMESH" load -c 2 --qps 0 -n 200 --json \
       --connect-to "127.0.0.1:$port" "http://$HOST/" 2>/dev/null)

@@ -77,7 +77,9 @@ w(
     # commit is then not necessarily what was measured.
     f"Command: `{'TRACEMESH_BIN=<a release build> SINK_BIN=<its otlp_sink> ' if env.get('GIVEN_BINS') else ''}"
     f"{env.get('KNOBS', '')}ROUNDS={env['ROUNDS']} MODE=cost bash bench/agent/run.sh` (tracemesh {'tree at ' if env.get('GIVEN_BINS') else ''}`{env['COMMIT']}{env.get('DIRTY', '')}`"
+    + (f", binary sha256 `{env['BIN_SHA']}…`" if env.get("BIN_SHA") else "")
     + (f", baseline {env['BASELINE_NOTE']} as `BASELINE=<its binary>`" if env.get("BASELINE_NOTE") else "")
+    + (f" (sha256 `{env['BASE_SHA']}…`)" if env.get("BASE_SHA") else "")
     + f"), {env['ROUNDS']} interleaved rounds; each cell is the median of the rounds, their range in brackets.\n"
 )
 w(f"- Machine: {env['CPU_MODEL']}, {env['CORES']} cores, {env['MEMORY']}, Linux {env['KERNEL']}.")

@@ -218,7 +218,7 @@ sections = [
 paths_run = ", ".join(PATHS)
 doc = f"""## Agent benchmark, {env['RUN_DATE']}
 
-Command: `bash bench/agent/run.sh` (tracemesh `{env['COMMIT']}{env['DIRTY']}`), {env['ROUNDS']} interleaved rounds, median per cell, paths: {paths_run}.
+Command: `bash bench/agent/run.sh` (tracemesh `{env['COMMIT']}{env['DIRTY']}`, binary sha256 `{env.get('BIN_SHA', '')}…`), {env['ROUNDS']} interleaved rounds, median per cell, paths: {paths_run}.
 
 - Machine: {env['CPU_MODEL']}, {env['CORES']} cores, {env['MEMORY']}, Linux {env['KERNEL']}.
 - Machine load (1/5/15-min averages): {env['LOAD_BEFORE']} before, {env['LOAD_AFTER']} after; the 1-minute average ranged {load_range} across measurements ({quiet}).

@@ -698,7 +698,8 @@ cost_report() {
   local file=$1
   export RESULTS_FILE="$RESULTS" OUT_FILE="$file" ENVOY_VERSION NGINX_VERSION RUSTC_VERSION CPU_MODEL \
     CORES MEMORY KERNEL COMMIT DIRTY LOAD_BEFORE LOAD_AFTER PIN_NOTE RUN_DATE ROUNDS COST_RATES \
-    COST_DURATION LATENCY_CONNECTIONS WRK_CONNECTIONS WRK_DURATION IDLE_SECONDS BASELINE_NOTE GIVEN_BINS KNOBS
+    COST_DURATION LATENCY_CONNECTIONS WRK_CONNECTIONS WRK_DURATION IDLE_SECONDS BASELINE_NOTE GIVEN_BINS KNOBS \
+    BIN_SHA BASE_SHA
   PAIRED_PATHS="${PAIRED[*]}" python3 "$HERE/cost_report.py"
 }
 
@@ -716,6 +717,11 @@ versions() {
   KERNEL=$(uname -r)
   COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
   DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)
+  # What was measured, whatever tree the bench ran from: the binaries' own
+  # content, so a record names the file it measured.
+  BIN_SHA=$(sha256sum "$TRACEMESH" | cut -c1-12)
+  BASE_SHA=""
+  if [ -n "$BASELINE" ]; then BASE_SHA=$(sha256sum "$BASELINE" | cut -c1-12); fi
 }
 
 span_counts() {
@@ -734,7 +740,7 @@ report() {
     RUSTC_VERSION CPU_MODEL CORES MEMORY KERNEL COMMIT DIRTY LOAD_BEFORE PIN_NOTE RUN_DATE \
     ROUNDS WRK_CONNECTIONS WRK_DURATION LATENCY_CONNECTIONS LATENCY_QPS LATENCY_DURATION \
     LOAD_AFTER IDLE_AGENT IDLE_ENVOY IDLE_ENVOY_DEFAULT IDLE_NGINX SINK_LINE AGENT_METRICS ENVOY_STATS \
-    ENVOY_DEFAULT_STATS
+    ENVOY_DEFAULT_STATS BIN_SHA
   python3 "$HERE/report.py"
 }
 

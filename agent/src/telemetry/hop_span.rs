@@ -11,7 +11,7 @@ use http::{HeaderMap, Request, Version};
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags};
 
 use super::otlp_wire::Value;
-use super::record::RequestRecord;
+use super::record::{RequestRecord, X_REQUEST_ID};
 use super::span::{Kind, Parent, Sampling, Span};
 use super::spans::WorkerSpans;
 use crate::host::{request_authority, split_host_port};
@@ -161,7 +161,7 @@ impl HopSpan {
             span.set("network.peer.port", Value::Int(i64::from(peer.port())));
             span.set_display("client.address", peer.ip());
         }
-        if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        if let Some(id) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
             span.set("guid:x-request-id", Value::Str(id));
         }
         span.set_name(|name| match record.direction {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderMap, Request, Version};
+use http::{HeaderMap, HeaderName, Request, Version};
 
 use super::access_log::{AccessLogEntry, rfc3339_millis};
 use super::metrics::{ByAddress, PeerLabels, Reporter, RequestKey};
@@ -181,8 +181,15 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 
 /// The gRPC status in response headers or trailers.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
+
+/// `grpc-status`, read from every upstream answer (a name given as a
+/// `HeaderName` is not parsed again on each lookup, as a `&str` is).
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// `x-request-id`: the request's id, as Envoy assigns and reports it.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn protocol_name(version: Version) -> &'static str {
     match version {

@@ -169,8 +169,12 @@ RUN_DATE=$(date -u +%Y-%m-%d)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)
 # The binaries measured, by their content (run.sh's records name them so).
-BINARIES="binary sha256 $(sha256sum "$TRACEMESH" | cut -c1-12)…"
-if [[ " $PATHS " == *" agent_base "* ]]; then BINARIES="$BINARIES, baseline $(sha256sum "$BASELINE" | cut -c1-12)…"; fi
+BINARIES=()
+if measures agent; then BINARIES+=("binary sha256 $(sha256sum <"$TRACEMESH" | cut -c1-12)…"); fi
+if [ -n "$BASELINE" ] && measures agent_base; then
+  BINARIES+=("baseline sha256 $(sha256sum <"$BASELINE" | cut -c1-12)…")
+fi
+MEASURED=$(IFS=,; echo "${BINARIES[*]:-no tracemesh binary}" | sed 's/,/, /g')
 mkdir -p "$ROOT/bench/results"
 # A second run on one day writes -2, -3, …: the first run's record stays.
 file="$ROOT/bench/results/agent-instructions-$RUN_DATE.md"
@@ -192,7 +196,7 @@ labels = {
 out = [
     "## Agent instructions per request, ${RUN_DATE}",
     "",
-    "Commit ${COMMIT}${DIRTY} (${BINARIES}); \`bash bench/agent/instructions.sh\` (valgrind $(valgrind --version | sed 's/valgrind-//'), callgrind):",
+    "Commit ${COMMIT}${DIRTY} (${MEASURED}); \`bash bench/agent/instructions.sh\` (valgrind $(valgrind --version | sed 's/valgrind-//'), callgrind):",
     "${REQUESTS} requests for 1 KiB at ${QPS} req/s over ${CONNECTIONS} connections, after ${WARMUP} unmeasured.",
     "User-space instructions of every thread of the proxy over the measured requests, per request.",
     "",

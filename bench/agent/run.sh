@@ -719,9 +719,9 @@ versions() {
   DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)
   # What was measured, whatever tree the bench ran from: the binaries' own
   # content, so a record names the file it measured.
-  BIN_SHA=$(sha256sum "$TRACEMESH" | cut -c1-12)
+  BIN_SHA=$(sha256sum <"$TRACEMESH" | cut -c1-12)
   BASE_SHA=""
-  if [ -n "$BASELINE" ]; then BASE_SHA=$(sha256sum "$BASELINE" | cut -c1-12); fi
+  if [ -n "$BASELINE" ]; then BASE_SHA=$(sha256sum <"$BASELINE" | cut -c1-12); fi
 }
 
 span_counts() {

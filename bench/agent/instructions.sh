@@ -170,9 +170,9 @@ COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)
 # The binaries measured, by their content (run.sh's records name them so).
 BINARIES=()
-if measures agent; then BINARIES+=("binary sha256 $(sha256sum <"$TRACEMESH" | cut -c1-12)…"); fi
+if measures agent; then BINARIES+=("binary sha256 $(binary_sha "$TRACEMESH")…"); fi
 if [ -n "$BASELINE" ] && measures agent_base; then
-  BINARIES+=("baseline sha256 $(sha256sum <"$BASELINE" | cut -c1-12)…")
+  BINARIES+=("baseline sha256 $(binary_sha "$BASELINE")…")
 fi
 MEASURED=$(IFS=,; echo "${BINARIES[*]:-no tracemesh binary}" | sed 's/,/, /g')
 mkdir -p "$ROOT/bench/results"

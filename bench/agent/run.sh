@@ -93,6 +93,7 @@ else
   read -r -a PATHS <<<"${PATHS:-direct agent envoy envoy_default nginx ${PAIR_PATHS[*]}}"
 fi
 HOST=upstream.bench.local
+# Whether this run measures PATH.
 measures() { [[ " ${PATHS[*]} " == *" $1 "* ]]; }
 if [ ${#PAIRED[@]} -gt 0 ]; then
   [ ${#PAIRED[@]} -eq 2 ] && [ "${PAIRED[0]}" != "${PAIRED[1]}" ] ||
@@ -156,7 +157,6 @@ build() {
   FLOOR="$ROOT/target/release/examples/hyper_floor"
 }
 
-# Whether this run measures PATH.
 # --- processes ----------------------------------------------------------------
 
 PIDS=()
@@ -719,9 +719,9 @@ versions() {
   DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "+dirty" || true)
   # What was measured, whatever tree the bench ran from: the binaries' own
   # content, so a record names the file it measured.
-  BIN_SHA=$(sha256sum <"$TRACEMESH" | cut -c1-12)
+  BIN_SHA=$(binary_sha "$TRACEMESH")
   BASE_SHA=""
-  if [ -n "$BASELINE" ]; then BASE_SHA=$(sha256sum <"$BASELINE" | cut -c1-12); fi
+  if [ -n "$BASELINE" ]; then BASE_SHA=$(binary_sha "$BASELINE"); fi
 }
 
 span_counts() {

@@ -22,3 +22,9 @@ build_release() {
     (cd "$root" && cargo build --release --locked "${examples[@]}")
   fi
 }
+
+# binary_sha FILE: the first 12 hex digits of FILE's SHA-256, by which a
+# record names the binary it measured (whatever tree the bench ran from).
+binary_sha() {
+  sha256sum <"$1" | cut -c1-12
+}

@@ -2,7 +2,12 @@
 //! that record every request they receive *completely* (head and whole
 //! body), in arrival order, and answer `200 ok` (or a case's status, after
 //! a case's delay). A `raw` upstream reads HTTP/1.1 requests itself and
-//! answers each with the step's bytes verbatim, then closes.
+//! answers each with the current step's bytes verbatim. It keeps the
+//! connection for the next request only when those bytes are one complete
+//! response framed by `content-length`, as a server that answered so would;
+//! otherwise it closes after answering. (Closing after a response that
+//! did not say `connection: close` races the proxy's reuse of the
+//! connection: a retry sent on it before the close arrives is lost.)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -82,9 +87,7 @@ impl Upstream {
                 let received = received.clone();
                 let name = name.clone();
                 if behaviour.raw {
-                    let answer = raw_answer.lock().unwrap().clone();
-                    let answer = answer.unwrap_or_else(|| DEFAULT_RAW_ANSWER.to_vec());
-                    tokio::spawn(answer_raw(stream, name, received, answer));
+                    tokio::spawn(answer_raw(stream, name, received, raw_answer.clone()));
                     continue;
                 }
                 tokio::spawn(async move {
@@ -162,54 +165,116 @@ async fn answer(
         .unwrap()
 }
 
-/// A raw upstream's connection: reads one request (head, then a
-/// `content-length` body), records it, writes `answer` and closes.
+/// A raw upstream's connection: reads requests (head, then a
+/// `content-length` body), records each, and writes the step's answer
+/// (read when the request has arrived); closes after an answer that
+/// [`keeps_alive`] does not allow more after, or after a request whose
+/// body it cannot frame.
 async fn answer_raw(
     mut stream: TcpStream,
     name: String,
     received: Arc<Mutex<Vec<Received>>>,
-    answer: Vec<u8>,
+    answer: Arc<Mutex<Option<Vec<u8>>>>,
 ) {
     let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
+    loop {
+        let head_end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) if buf.len() + n <= 65536 => buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => return,
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut request_line = lines.next().unwrap_or("").split(' ');
+        let method = request_line.next().unwrap_or("").to_owned();
+        let path = request_line.next().unwrap_or("").to_owned();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        // Only a body framed by content-length leaves the next request where
+        // this reader can find it; a client that said close is done.
+        let framed = !headers.iter().any(|(n, v)| {
+            n == "transfer-encoding" || n == "connection" && v.eq_ignore_ascii_case("close")
+        });
+        buf.drain(..head_end + 4);
+        while buf.len() < length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
         }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) if buf.len() + n <= 65536 => buf.extend_from_slice(&chunk[..n]),
-            Ok(_) => return,
+        buf.drain(..length);
+        received.lock().unwrap().push(Received {
+            upstream: name.clone(),
+            method,
+            path,
+            headers,
+        });
+        let bytes = answer.lock().unwrap().clone();
+        let bytes = bytes.unwrap_or_else(|| DEFAULT_RAW_ANSWER.to_vec());
+        if stream.write_all(&bytes).await.is_err() {
+            return;
         }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().unwrap_or("").split(' ');
-    let method = request_line.next().unwrap_or("").to_owned();
-    let path = request_line.next().unwrap_or("").to_owned();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf.len() - (head_end + 4);
-    while body < length {
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => body += n,
+        if !(framed && keeps_alive(&bytes)) {
+            let _ = stream.shutdown().await;
+            return;
         }
     }
-    received.lock().unwrap().push(Received {
-        upstream: name,
-        method,
-        path,
-        headers,
-    });
-    let _ = stream.write_all(&answer).await;
-    let _ = stream.shutdown().await;
+}
+
+/// Whether `answer` is one complete HTTP/1.1 response after which a server
+/// could read another request on the connection: a final status with a
+/// body (not 1xx, 204 or 304), one all-digit `content-length` equal to the
+/// bytes after the head, no `transfer-encoding`, no `connection: close`.
+fn keeps_alive(answer: &[u8]) -> bool {
+    let Some(head_end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let Ok(head) = std::str::from_utf8(&answer[..head_end]) else {
+        return false;
+    };
+    let body = answer.len() - (head_end + 4);
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|line| line.strip_prefix("HTTP/1.1 "));
+    let Some(code) = status
+        .and_then(|s| s.get(..3))
+        .and_then(|c| c.parse::<u16>().ok())
+    else {
+        return false;
+    };
+    if !(200..=599).contains(&code) || code == 204 || code == 304 {
+        return false;
+    }
+    let mut lengths = 0;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return false;
+        };
+        let (name, value) = (name.to_ascii_lowercase(), value.trim());
+        match name.as_str() {
+            "content-length" if value.bytes().all(|b| b.is_ascii_digit()) => {
+                if value.parse() != Ok(body) {
+                    return false;
+                }
+                lengths += 1;
+            }
+            "content-length" | "transfer-encoding" => return false,
+            "connection" if value.eq_ignore_ascii_case("close") => return false,
+            _ => {}
+        }
+    }
+    lengths == 1
 }

@@ -18,10 +18,12 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderMap, Request, Response};
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::body::{RequestBody, UpstreamBody};
 use super::client_body::ClientBody;
+use super::headers::decimal;
 use super::local_reply::LocalReply;
 use super::pool::Lease;
 use super::progress::{BodyFailure, RequestProgress};
@@ -203,16 +205,6 @@ pub struct Attempts<'a> {
 /// The header that numbers an attempt.
 const ATTEMPT_COUNT: http::HeaderName = http::HeaderName::from_static("x-envoy-attempt-count");
 
-/// `n` as a header value, without allocating for the attempts most
-/// requests make.
-fn attempt_number(n: u32) -> http::HeaderValue {
-    const SMALL: [&str; 4] = ["1", "2", "3", "4"];
-    match SMALL.get(n as usize - 1) {
-        Some(text) => http::HeaderValue::from_static(text),
-        None => http::HeaderValue::from(n),
-    }
-}
-
 /// The response header that marks an answer as rate limited, never retried.
 const RATE_LIMITED: &str = "x-envoy-ratelimited";
 
@@ -240,10 +232,10 @@ impl Attempts<'_> {
         record: &mut impl AttemptRecord,
     ) -> Result<Delivered<U::Body>, LocalReply> {
         let mut head = Some(head);
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
         let mut _retry_slot: Option<Slot> = None;
         for attempt in 0..=self.retry.attempts {
-            let template = head.as_ref().ok_or(LocalReply::CONNECTION_TERMINATION)?;
+            let template = head.as_mut().ok_or(LocalReply::CONNECTION_TERMINATION)?;
             let input = PickInput {
                 headers: &template.headers,
                 query: template.uri.query(),
@@ -262,17 +254,19 @@ impl Attempts<'_> {
                 .take_request(self.cluster.limits.max_requests)
                 .ok_or(LocalReply::overflow(MAX_REQUESTS))?;
             record.hold_request_slot(request_slot);
+            // Numbered in the head the attempts are copied from, so that a
+            // copy is made with room for it (inserting into a copy would
+            // grow its header list, and move it, on every request).
+            if self.count_attempts {
+                let number = decimal(u64::from(attempt) + 1);
+                template.headers.insert(ATTEMPT_COUNT, number);
+            }
             let may_retry = attempt < self.retry.attempts && body.replayable();
             let mut parts = if may_retry {
                 copy_head(template)
             } else {
                 head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?
             };
-            if self.count_attempts {
-                parts
-                    .headers
-                    .insert(ATTEMPT_COUNT, attempt_number(attempt + 1));
-            }
             if attempt > 0 {
                 record.sending_retry(attempt, endpoint, &mut parts.headers);
             }

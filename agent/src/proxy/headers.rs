@@ -133,22 +133,24 @@ pub(super) fn frame_empty_body(parts: &mut request::Parts, h2: bool) {
 /// Puts the URI and version in the form the upstream protocol wants:
 /// origin-form with `Host` for HTTP/1.1, absolute with `:authority` for HTTP/2.
 pub(super) fn set_target(parts: &mut request::Parts, h2: bool) -> Result<(), LocalReply> {
-    let authority = match parts.uri.authority() {
-        Some(a) => Some(a.clone()),
-        None => parts
-            .headers
-            .get(HOST)
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok()),
-    };
     let path = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     if h2 {
+        // (Read from `Host` only here: parsing it copies it.)
+        let authority = match parts.uri.authority() {
+            Some(a) => a.clone(),
+            None => parts
+                .headers
+                .get(HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .ok_or(LocalReply::MISSING_HOST)?,
+        };
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(authority.ok_or(LocalReply::MISSING_HOST)?);
+        uri.authority = Some(authority);
         uri.path_and_query = Some(path);
         parts.uri = Uri::from_parts(uri).map_err(|_| LocalReply::MISSING_HOST)?;
         parts.version = Version::HTTP_2;
@@ -159,10 +161,7 @@ pub(super) fn set_target(parts: &mut request::Parts, h2: bool) -> Result<(), Loc
                 HeaderValue::from_str(authority.as_str()).map_err(|_| LocalReply::MISSING_HOST)?;
             parts.headers.insert(HOST, value);
         } else if !parts.headers.contains_key(HOST) {
-            let authority = authority.ok_or(LocalReply::MISSING_HOST)?;
-            let value =
-                HeaderValue::from_str(authority.as_str()).map_err(|_| LocalReply::MISSING_HOST)?;
-            parts.headers.insert(HOST, value);
+            return Err(LocalReply::MISSING_HOST);
         }
         parts.uri = Uri::from(path);
         parts.version = Version::HTTP_11;
@@ -216,7 +215,7 @@ pub fn prepare_response(
         }
         Direction::Inbound => {}
     }
-    headers.insert(UPSTREAM_SERVICE_TIME, HeaderValue::from(back.upstream_ms));
+    headers.insert(UPSTREAM_SERVICE_TIME, decimal(back.upstream_ms));
     for edits in back.edits.iter().flatten() {
         edits.apply(headers, &back.format);
     }
@@ -366,6 +365,21 @@ fn hop_by_hop(name: &HeaderName) -> u8 {
     }
 }
 
+/// `n` in decimal as a header value. Numbers below 100 (most upstream
+/// times in milliseconds, every attempt count) are static text: nothing is
+/// allocated for them.
+pub(super) fn decimal(n: u64) -> HeaderValue {
+    const ONES: &str = "0123456789";
+    const TENS: &str = "00010203040506070809101112131415161718192021222324252627282930\
+        313233343536373839404142434445464748495051525354555657585960616263646566\
+        676869707172737475767778798081828384858687888990919293949596979899";
+    match usize::try_from(n) {
+        Ok(n @ 0..10) => HeaderValue::from_static(&ONES[n..=n]),
+        Ok(n @ 10..100) => HeaderValue::from_static(&TENS[2 * n..2 * n + 2]),
+        _ => HeaderValue::from(n),
+    }
+}
+
 /// Gives the request an `x-request-id` when it has none, as Envoy does,
 /// before anything can fail so every span and log line carries one.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
@@ -410,6 +424,13 @@ fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_the_numbers_they_name() {
+        for n in [0, 1, 9, 10, 42, 99, 100, 12345, u64::MAX] {
+            assert_eq!(decimal(n).to_str().unwrap(), n.to_string());
+        }
+    }
 
     #[test]
     fn request_ids_are_uuid_v4() {

@@ -14,6 +14,7 @@ pub mod connect;
 pub mod ext_authz;
 pub mod flags;
 pub mod gateway;
+pub mod header_scan;
 pub mod host;
 pub mod model;
 pub mod path;

@@ -277,7 +277,7 @@ pub fn inject(headers: &mut HeaderMap, span: &SpanContext, parent: Option<SpanId
     let state = span.trace_state().header();
     match HeaderValue::try_from(state) {
         Ok(value) if !value.is_empty() => headers.insert(TRACESTATE, value),
-        _ => headers.remove(TRACESTATE),
+        _ => crate::header_scan::remove(headers, &TRACESTATE),
     };
     if !carries_b3(headers) {
         return;

@@ -301,7 +301,9 @@ impl Attempts<'_> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let send = upstream.send(endpoint, request);
+        // Pinned where it is made: handed on by reference, not moved
+        // (with the request inside it) into a timeout.
+        let send = std::pin::pin!(upstream.send(endpoint, request));
         let Some(limit) = limit else {
             return send.await.map_err(Attempted::Error);
         };

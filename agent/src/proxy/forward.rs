@@ -47,11 +47,13 @@ pub struct Forwarder<'a> {
 impl Upstream for Forwarder<'_> {
     type Body = Incoming;
 
-    async fn send(
+    /// [`send`]'s own future, not one wrapping it: each layer of futures
+    /// would move the request and the layers below it once more.
+    fn send(
         &self,
         endpoint: &Endpoint,
         request: Request<UpstreamBody>,
-    ) -> Result<Sent<Incoming>, SendError> {
+    ) -> impl Future<Output = Result<Sent<Incoming>, SendError>> {
         send(
             self.worker,
             endpoint,
@@ -60,7 +62,6 @@ impl Upstream for Forwarder<'_> {
             self.upgrade,
             request,
         )
-        .await
     }
 }
 

@@ -211,7 +211,7 @@ pub async fn handle(
     // Headers for the next hop: rewrites, hop-by-hop out, forwarding
     // headers, trace context, peer metadata, the rule's edits.
     let (mut parts, body) = req.into_parts();
-    let caller_announced = parts.headers.contains_key(PEER_METADATA);
+    let caller_announced = crate::header_scan::holds(&parts.headers, &PEER_METADATA);
     if let Some(rewrite) = &policy.rewrite {
         rewrite::apply(rewrite, routed.matched.and_then(|m| m.prefix), &mut parts);
     }

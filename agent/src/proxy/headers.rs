@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, request, response};
 
 use super::Direction;
 use super::local_reply::LocalReply;
+use crate::header_scan;
 use crate::model::Identity;
 use crate::model::header_format::FormatContext;
 use crate::model::route::HeaderEdits;
@@ -70,7 +71,7 @@ pub fn prepare_request(
         Some(scheme) => {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
         }
-        None if !headers.contains_key(X_FORWARDED_PROTO) => {
+        None if !header_scan::holds(headers, &X_FORWARDED_PROTO) => {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
         None => {}
@@ -87,14 +88,14 @@ pub fn prepare_request(
         }
         // The caller's announcement was read by the exchange; the app never sees it.
         Direction::Inbound => {
-            headers.remove(PEER_METADATA);
-            headers.remove(PEER_METADATA_ID);
+            header_scan::remove(headers, &PEER_METADATA);
+            header_scan::remove(headers, &PEER_METADATA_ID);
         }
     }
     // Only this agent vouches for a caller's certificate: what came in is
     // dropped, and the app learns the verified identity (Envoy's XFCC,
     // SANITIZE_SET as Istio's sidecars do).
-    headers.remove(FORWARDED_CLIENT_CERT);
+    header_scan::remove(headers, &FORWARDED_CLIENT_CERT);
     if let (Direction::Inbound, Some(caller)) = (out.direction, out.caller_principal) {
         let value = format!("By={};URI={caller}", out.identity.principal);
         if let Ok(value) = HeaderValue::try_from(value) {
@@ -206,8 +207,8 @@ pub fn prepare_response(
     let mut announced = None;
     match back.direction {
         Direction::Outbound => {
-            announced = headers.remove(PEER_METADATA);
-            headers.remove(PEER_METADATA_ID);
+            announced = header_scan::remove(headers, &PEER_METADATA);
+            header_scan::remove(headers, &PEER_METADATA_ID);
         }
         Direction::Inbound if back.caller_announced => {
             headers.insert(PEER_METADATA, back.identity.peer_metadata.clone());

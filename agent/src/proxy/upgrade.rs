@@ -51,7 +51,7 @@ pub fn take<B>(req: &mut Request<B>) -> Option<OnUpgrade> {
 /// An HTTP/1.1 request with an `Upgrade` that its `Connection` names.
 fn asks_upgrade(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
-        && headers.contains_key(UPGRADE)
+        && crate::header_scan::holds(headers, &UPGRADE)
         && list_members(headers, CONNECTION).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 

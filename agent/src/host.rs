@@ -54,14 +54,16 @@ pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
         let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
         return (host, port);
     }
-    // Byte searches: this runs on every request, and `str` patterns cost
-    // more than the few bytes of a host name.
+    // Vectorised byte searches: this runs several times a request, and a
+    // byte-at-a-time search costs more than the rest of the split.
     let bytes = authority.as_bytes();
-    match bytes.iter().rposition(|&b| b == b':') {
-        Some(colon) if !bytes[..colon].contains(&b':') => match authority[colon + 1..].parse() {
-            Ok(port) => (&authority[..colon], Some(port)),
-            Err(_) => (authority, None),
-        },
+    match memchr::memrchr(b':', bytes) {
+        Some(colon) if memchr::memchr(b':', &bytes[..colon]).is_none() => {
+            match authority[colon + 1..].parse() {
+                Ok(port) => (&authority[..colon], Some(port)),
+                Err(_) => (authority, None),
+            }
+        }
         _ => (authority, None),
     }
 }

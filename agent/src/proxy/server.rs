@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -188,7 +190,13 @@ pub(super) fn run_local(
         let http = Rc::new(http_builder());
         listen(&worker, &http);
         tokio::task::spawn_local(worker.pools.clone().keep_swept());
-        reached(&mut phase, Phase::Ended).await;
+        // Watched from a task of its own: the future `block_on` runs is
+        // polled at every wakeup of every task on the worker, and a join
+        // handle's poll is a load where the watch's is a lock.
+        let ended = tokio::task::spawn_local(async move {
+            reached(&mut phase, Phase::Ended).await;
+        });
+        let _ = ended.await;
     });
 }
 
@@ -196,6 +204,15 @@ pub(super) fn run_local(
 /// reads: Envoy's default `max_request_headers_kb` (60 KiB) plus room for
 /// the request line. HTTP/2 header lists are bounded by hyper's 16 KiB.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// Why a downstream HTTP connection is told to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The worker drains.
+    Drained,
+    /// No request has been in flight for the idle timeout.
+    Idle,
+}
 
 /// How long a connection whose HTTP begins while the worker drains is
 /// served before it is told to end (HTTP/2: GOAWAY; one that has sent
@@ -556,7 +573,6 @@ impl Connection {
                 None => std::future::pending().await,
             }
         };
-        let mut idle = std::pin::pin!(idle);
         let drained = async {
             match self.drain {
                 Some(mut phase) => {
@@ -568,18 +584,23 @@ impl Connection {
                 None => std::future::pending().await,
             }
         };
-        let mut drained = std::pin::pin!(drained);
-        let mut ending = false;
+        // Why the connection is to end, watched in a set that polls it only
+        // when its own timer or the drain woke it: beside the connection in
+        // one select, it would be polled on every wakeup of every request.
+        let mut ending = FuturesUnordered::new();
+        ending.push(async {
+            tokio::select! {
+                () = drained => Ending::Drained,
+                () = idle => Ending::Idle,
+            }
+        });
         let result = loop {
             tokio::select! {
                 result = conn.as_mut() => break result,
-                () = drained.as_mut(), if !ending => {
-                    ending = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                () = idle.as_mut(), if !ending => {
-                    ending = true;
-                    tracing::debug!(%peer, "downstream connection idle, closing");
+                Some(why) = ending.next() => {
+                    if why == Ending::Idle {
+                        tracing::debug!(%peer, "downstream connection idle, closing");
+                    }
                     conn.as_mut().graceful_shutdown();
                 }
             }

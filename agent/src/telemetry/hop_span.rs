@@ -61,12 +61,13 @@ impl HopSpan {
     /// Starts this hop's span (SERVER where requests arrive: inbound, and
     /// at an ingress gateway; CLIENT outbound), a child of the caller's context (or a root),
     /// recorded as the caller decided (the sampler reads the decision from
-    /// the parent context).
+    /// the parent context), starting at `start`.
     pub fn start(
         spans: &Rc<WorkerSpans>,
         kind: Kind,
         headers: &HeaderMap,
         sampling: Sampling,
+        start: SystemTime,
     ) -> Self {
         let caller = trace_context::extract(headers);
         let remote = caller.parent.map(|(trace_id, span_id)| {
@@ -85,7 +86,7 @@ impl HopSpan {
             context: remote.as_ref(),
             decision,
         };
-        let span = Span::start_with(spans, kind, parent, SystemTime::now(), sampling);
+        let span = Span::start_with(spans, kind, parent, start, sampling);
         Self {
             recording: span.is_recording(),
             report: sampling.report,
@@ -316,8 +317,8 @@ impl HopSpan {
         span.end(SystemTime::now());
     }
 
-    /// Ends this hop's span with what `record` says happened.
-    pub fn finish(&mut self, record: &RequestRecord) {
+    /// Ends this hop's span at `end` with what `record` says happened.
+    pub fn finish(&mut self, record: &RequestRecord, end: SystemTime) {
         if !self.recording {
             return;
         }
@@ -402,7 +403,7 @@ impl HopSpan {
             span.set("error.type", Value::Str(&error_type));
             span.set_error(error_type);
         }
-        span.end_at(SystemTime::now());
+        span.end_at(end);
     }
 }
 

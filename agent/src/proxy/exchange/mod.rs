@@ -97,7 +97,9 @@ impl Exchange {
             (Direction::Inbound, _) | (Direction::Outbound, Some(_)) => Kind::Server,
             (Direction::Outbound, None) => Kind::Client,
         };
-        let span = HopSpan::start(&worker.spans, kind, req.headers(), sampling);
+        // One reading of each clock: the span starts when the record does.
+        let (start, start_time) = (Instant::now(), SystemTime::now());
+        let span = HopSpan::start(&worker.spans, kind, req.headers(), sampling, start_time);
         let tls = down.tls.as_ref();
         let peer = match down.direction {
             Direction::Inbound => req.headers().get(PEER_METADATA).and_then(|v| {
@@ -113,8 +115,8 @@ impl Exchange {
             downstream_local: down.local,
             downstream_principal: tls.and_then(|t| t.principal.clone()),
             requested_server_name: tls.and_then(|t| t.sni.clone()),
-            start: Instant::now(),
-            start_time: SystemTime::now(),
+            start,
+            start_time,
             version: req.version(),
             grpc: record::is_grpc(req.headers()),
             route: None,
@@ -488,7 +490,9 @@ impl Exchange {
             record.request_bytes,
             record.response_bytes,
         );
-        self.span.finish(record);
+        // Ended by the monotonic clock's duration, not a second wall-clock
+        // reading: the span lasts what the metrics say it lasted.
+        self.span.finish(record, record.start_time + duration);
         let flags = record.flags.as_str();
         match &self.access_logs {
             // The Telemetry's providers, each with its filter.

@@ -58,9 +58,10 @@ pub struct UpstreamSpec {
     /// Wait this long before answering.
     #[serde(default)]
     pub delay_ms: u64,
-    /// Answer each request with the step's `respond` bytes, verbatim, and
-    /// close the connection (for response heads a server library would not
-    /// write).
+    /// Answer each request with the step's `respond` bytes, verbatim (for
+    /// response heads a server library would not write); the connection
+    /// stays open only after an answer framed by one `content-length`
+    /// (`upstream.rs`).
     #[serde(default)]
     pub raw: bool,
 }

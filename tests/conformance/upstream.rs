@@ -7,7 +7,9 @@
 //! response framed by `content-length`, as a server that answered so would;
 //! otherwise it closes after answering. (Closing after a response that
 //! did not say `connection: close` races the proxy's reuse of the
-//! connection: a retry sent on it before the close arrives is lost.)
+//! connection: a retry sent on it before the close arrives is lost. Cases
+//! whose steps retry answer with a `content-length`; a chunked or
+//! bodiless answer still closes, and would race the same way.)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -203,11 +205,18 @@ async fn answer_raw(
             .find(|(n, _)| n == "content-length")
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0);
-        // Only a body framed by content-length leaves the next request where
-        // this reader can find it; a client that said close is done.
-        let framed = !headers.iter().any(|(n, v)| {
-            n == "transfer-encoding" || n == "connection" && v.eq_ignore_ascii_case("close")
-        });
+        // Only an HTTP/1.1 request whose body was framed by content-length
+        // leaves the next request where this reader can find it (not an
+        // HTTP/2 preface, not chunks); a client that said close is done,
+        // and an answer to HEAD would leave its body on the connection.
+        let framed = head
+            .lines()
+            .next()
+            .is_some_and(|line| line.ends_with(" HTTP/1.1"))
+            && method != "HEAD"
+            && !headers.iter().any(|(n, v)| {
+                n == "transfer-encoding" || n == "connection" && v.eq_ignore_ascii_case("close")
+            });
         buf.drain(..head_end + 4);
         while buf.len() < length {
             let mut chunk = [0u8; 4096];

@@ -367,8 +367,8 @@ fn hop_by_hop(name: &HeaderName) -> u8 {
 }
 
 /// `n` in decimal as a header value. Numbers below 100 (most upstream
-/// times in milliseconds, every attempt count) are static text: nothing is
-/// allocated for them.
+/// times in milliseconds, the attempt counts of any retry policy short of
+/// 99 retries) are static text: nothing is allocated for them.
 pub(super) fn decimal(n: u64) -> HeaderValue {
     const ONES: &str = "0123456789";
     const TENS: &str = "00010203040506070809101112131415161718192021222324252627282930\

@@ -491,7 +491,9 @@ impl Exchange {
             record.response_bytes,
         );
         // Ended by the monotonic clock's duration, not a second wall-clock
-        // reading: the span lasts what the metrics say it lasted.
+        // reading: the span lasts what the metrics say it lasted. (A retry's
+        // span keeps the wall clock: only a step of it during the request
+        // would show the two apart.)
         self.span.finish(record, record.start_time + duration);
         let flags = record.flags.as_str();
         match &self.access_logs {

@@ -181,7 +181,7 @@ async fn answer_raw(
     let mut buf = Vec::new();
     loop {
         let head_end = loop {
-            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if let Some(at) = find_head_end(&buf) {
                 break at;
             }
             let mut chunk = [0u8; 4096];
@@ -193,9 +193,10 @@ async fn answer_raw(
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         let mut lines = head.split("\r\n");
-        let mut request_line = lines.next().unwrap_or("").split(' ');
-        let method = request_line.next().unwrap_or("").to_owned();
-        let path = request_line.next().unwrap_or("").to_owned();
+        let request_line = lines.next().unwrap_or("");
+        let mut target = request_line.split(' ');
+        let method = target.next().unwrap_or("").to_owned();
+        let path = target.next().unwrap_or("").to_owned();
         let headers: Vec<(String, String)> = lines
             .filter_map(|line| line.split_once(':'))
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -209,10 +210,7 @@ async fn answer_raw(
         // leaves the next request where this reader can find it (not an
         // HTTP/2 preface, not chunks); a client that said close is done,
         // and an answer to HEAD would leave its body on the connection.
-        let framed = head
-            .lines()
-            .next()
-            .is_some_and(|line| line.ends_with(" HTTP/1.1"))
+        let framed = request_line.ends_with(" HTTP/1.1")
             && method != "HEAD"
             && !headers.iter().any(|(n, v)| {
                 n == "transfer-encoding" || n == "connection" && v.eq_ignore_ascii_case("close")
@@ -244,12 +242,17 @@ async fn answer_raw(
     }
 }
 
+/// Where a message's head ends: the offset of its blank line's `\r\n\r\n`.
+fn find_head_end(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
 /// Whether `answer` is one complete HTTP/1.1 response after which a server
 /// could read another request on the connection: a final status with a
 /// body (not 1xx, 204 or 304), one all-digit `content-length` equal to the
 /// bytes after the head, no `transfer-encoding`, no `connection: close`.
 fn keeps_alive(answer: &[u8]) -> bool {
-    let Some(head_end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some(head_end) = find_head_end(answer) else {
         return false;
     };
     let Ok(head) = std::str::from_utf8(&answer[..head_end]) else {

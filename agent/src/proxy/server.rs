@@ -205,15 +205,6 @@ pub(super) fn run_local(
 /// the request line. HTTP/2 header lists are bounded by hyper's 16 KiB.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
-/// Why a downstream HTTP connection is told to end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    /// The worker drains.
-    Drained,
-    /// No request has been in flight for the idle timeout.
-    Idle,
-}
-
 /// How long a connection whose HTTP begins while the worker drains is
 /// served before it is told to end (HTTP/2: GOAWAY; one that has sent
 /// nothing: closed). Its first request comes well within it.
@@ -590,19 +581,14 @@ impl Connection {
         let mut ending = FuturesUnordered::new();
         ending.push(async {
             tokio::select! {
-                () = drained => Ending::Drained,
-                () = idle => Ending::Idle,
+                () = drained => {}
+                () = idle => tracing::debug!(%peer, "downstream connection idle, closing"),
             }
         });
         let result = loop {
             tokio::select! {
                 result = conn.as_mut() => break result,
-                Some(why) = ending.next() => {
-                    if why == Ending::Idle {
-                        tracing::debug!(%peer, "downstream connection idle, closing");
-                    }
-                    conn.as_mut().graceful_shutdown();
-                }
+                Some(()) = ending.next() => conn.as_mut().graceful_shutdown(),
             }
         };
         if let Err(error) = result {

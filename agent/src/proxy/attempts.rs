@@ -25,7 +25,6 @@ use super::body::{RequestBody, UpstreamBody};
 use super::client_body::ClientBody;
 use super::headers::decimal;
 use super::local_reply::LocalReply;
-use super::pool::Lease;
 use super::progress::{BodyFailure, RequestProgress};
 use super::tap::Tap;
 use super::upstream::{SendError, Sent, Upstream};
@@ -82,7 +81,6 @@ impl BodySource {
         };
         let progress = Rc::new(RequestProgress::default());
         if http_body::Body::is_end_stream(&body) {
-            progress.set_done(true);
             return Self {
                 kept: Kept::Empty,
                 progress,
@@ -100,7 +98,6 @@ impl BodySource {
     #[cfg(test)]
     pub fn empty() -> Self {
         let progress = Rc::new(RequestProgress::default());
-        progress.set_done(true);
         Self {
             kept: Kept::Empty,
             progress,
@@ -180,8 +177,6 @@ pub trait AttemptRecord {
 pub struct Delivered<B> {
     /// Headers and streaming body.
     pub response: Response<B>,
-    /// The HTTP/1.1 connection, given back once the response is read.
-    pub connection: Option<Lease>,
     /// When the last attempt was sent.
     pub started: Instant,
 }
@@ -361,7 +356,6 @@ impl Attempts<'_> {
                 }
                 Judged::Deliver(Box::new(Delivered {
                     response: sent.response,
-                    connection: sent.connection,
                     started,
                 }))
             }

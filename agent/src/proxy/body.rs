@@ -14,6 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::client_body::{ClientBody, ClientBodyError};
+use super::h1;
+use super::pool::Lease;
 use super::progress::RequestProgress;
 use super::tap::TapReader;
 
@@ -30,7 +32,6 @@ pub struct RequestBody {
 impl RequestBody {
     /// Wraps `inner`, reporting to `progress`.
     pub fn new(inner: ClientBody, progress: Rc<RequestProgress>) -> Self {
-        progress.set_done(inner.is_end_stream());
         Self { inner, progress }
     }
 }
@@ -50,13 +51,9 @@ impl Body for RequestBody {
                 if let Some(data) = frame.data_ref() {
                     this.progress.add(data.len() as u64);
                 }
-                if this.inner.is_end_stream() {
-                    this.progress.set_done(true);
-                }
             }
-            Poll::Ready(None) => this.progress.set_done(true),
             Poll::Ready(Some(Err(error))) => this.progress.fail(error),
-            Poll::Pending => {}
+            Poll::Ready(None) | Poll::Pending => {}
         }
         polled
     }
@@ -113,8 +110,50 @@ impl Body for UpstreamBody {
     }
 }
 
+/// An upstream response body: read by the agent's own HTTP/1.1 client, or
+/// by hyper (HTTP/2, and HTTP/1.1 requests that offer an upgrade). The
+/// first holds its connection and lease inline: boxed, every HTTP/1.1
+/// request would allocate once more.
+#[allow(clippy::large_enum_variant)]
+pub enum Received {
+    /// Read from the connection by the agent ([`h1`](super::h1)).
+    Own(h1::ResponseBody<Lease>),
+    /// Read by hyper.
+    Hyper(Incoming),
+}
+
+impl Body for Received {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Own(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Own(body) => body.is_end_stream(),
+            Self::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Own(body) => body.size_hint(),
+            Self::Hyper(body) => body.size_hint(),
+        }
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // see `Received`
 enum Source {
-    Upstream(Incoming),
+    Upstream(Received),
     Full(Option<Bytes>),
 }
 
@@ -165,7 +204,7 @@ pub struct ResponseBody<O: ResponseObserver> {
 
 impl<O: ResponseObserver> ResponseBody<O> {
     /// Streams the upstream response body, cut off at `deadline` (the route timeout).
-    pub fn upstream(body: Incoming, observer: O, deadline: Option<tokio::time::Instant>) -> Self {
+    pub fn upstream(body: Received, observer: O, deadline: Option<tokio::time::Instant>) -> Self {
         let mut body = Self {
             source: Source::Upstream(body),
             observer: Some(observer),
@@ -264,15 +303,18 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
 }
 
 /// Whether a response body's error is the upstream breaking HTTP/1.1
-/// framing: hyper's HTTP/1 decoder reports a body ending short of its
+/// framing: the agent's HTTP/1.1 client ([`h1::ResponseBody`]) and hyper's
+/// HTTP/1 decoder (upgrade requests) report a body ending short of its
 /// length or last chunk as an `UnexpectedEof` I/O error, a malformed chunk
 /// as `InvalidInput` or `InvalidData`. An HTTP/2 stream's errors come from
 /// h2 instead, and a TCP reset is `ConnectionReset`: resets, not this.
 fn breaks_framing(error: &(dyn std::error::Error + 'static)) -> bool {
-    let cause = error
-        .downcast_ref::<hyper::Error>()
-        .and_then(std::error::Error::source)
-        .and_then(|cause| cause.downcast_ref::<std::io::Error>());
+    let cause = error.downcast_ref::<std::io::Error>().or_else(|| {
+        error
+            .downcast_ref::<hyper::Error>()
+            .and_then(std::error::Error::source)
+            .and_then(|cause| cause.downcast_ref::<std::io::Error>())
+    });
     cause.is_some_and(|io| {
         matches!(
             io.kind(),

@@ -3,19 +3,17 @@
 
 use std::rc::Rc;
 
-use http::{Request, Response, StatusCode};
-use http_body::Body as _;
-use hyper::body::Incoming;
-
 use super::Worker;
-use super::body::UpstreamBody;
+use super::body::{Received, UpstreamBody};
 use super::canonical::known_transfer_coding;
+use super::h1::{self, SendFailure};
 use super::pool::{AcquireError, PoolKey};
 use super::upstream::{SendError, Sent, Upstream};
 use crate::model::cluster::{Cluster, UpstreamTls};
 use crate::model::endpoint::Endpoint;
 use crate::model::policy::AttemptFailure;
 use crate::tls::TlsPlan;
+use http::{Request, Response, StatusCode};
 
 /// How the connection to `endpoint` is secured, with the workload's current
 /// certificate for mesh mTLS.
@@ -45,7 +43,7 @@ pub struct Forwarder<'a> {
 }
 
 impl Upstream for Forwarder<'_> {
-    type Body = Incoming;
+    type Body = Received;
 
     /// [`send`]'s own future, not one wrapping it: each layer of futures
     /// would move the request and the layers below it once more.
@@ -53,7 +51,7 @@ impl Upstream for Forwarder<'_> {
         &self,
         endpoint: &Endpoint,
         request: Request<UpstreamBody>,
-    ) -> impl Future<Output = Result<Sent<Incoming>, SendError>> {
+    ) -> impl Future<Output = Result<Sent<Received>, SendError>> {
         send(
             self.worker,
             endpoint,
@@ -77,7 +75,7 @@ pub async fn send(
     h2: bool,
     upgrade: bool,
     mut req: Request<UpstreamBody>,
-) -> Result<Sent<Incoming>, SendError> {
+) -> Result<Sent<Received>, SendError> {
     let plan = tls_plan(worker, cluster, endpoint, h2)?;
     let key = PoolKey::new(&endpoint.address, cluster, &plan);
     let pools = &worker.pools;
@@ -90,8 +88,7 @@ pub async fn send(
             match shared.sender.try_send_request(req).await {
                 Ok(response) => {
                     return Ok(Sent {
-                        response,
-                        connection: None,
+                        response: response.map(Received::Hyper),
                         peer: shared.peer,
                         waited: shared.waited,
                     });
@@ -107,31 +104,56 @@ pub async fn send(
         }
         return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest));
     }
+    if upgrade {
+        let (mut sender, peer, waited) = pools
+            .h1_upgrade(&key, cluster, &plan)
+            .await
+            .map_err(acquire_failed)?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|error| reset(&error))?;
+        if let Some(why) = unusable(&response, upgrade) {
+            tracing::debug!(why, "upstream response cannot be passed on");
+            return Err(SendError::Protocol);
+        }
+        return Ok(Sent {
+            response: response.map(Received::Hyper),
+            peer,
+            waited,
+        });
+    }
     loop {
-        let mut lease = pools
+        let (connection, lease) = pools
             .h1(&key, cluster, &plan)
             .await
             .map_err(acquire_failed)?;
-        match lease.sender.try_send_request(req).await {
+        let (peer, waited, reused) = (lease.peer.clone(), lease.waited, lease.reused);
+        match h1::send(connection, req, lease).await {
             Ok(response) => {
-                // The connection goes with the response: it cannot be
-                // reused after an answer that broke the protocol.
                 if let Some(why) = unusable(&response, upgrade) {
                     tracing::debug!(why, "upstream response cannot be passed on");
                     return Err(SendError::Protocol);
                 }
                 return Ok(Sent {
-                    response,
-                    peer: lease.peer.clone(),
-                    waited: lease.waited,
-                    connection: Some(lease),
+                    response: response.map(Received::Own),
+                    peer,
+                    waited,
                 });
             }
-            Err(mut error) => match error.take_message() {
-                Some(unsent) if lease.reused => req = unsent,
-                Some(_) => return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest)),
-                None => return Err(reset(&error.into_error())),
-            },
+            Err(SendFailure::Unsent(unsent)) if reused => req = *unsent,
+            Err(SendFailure::Unsent(_)) => {
+                return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest));
+            }
+            Err(SendFailure::Protocol(why)) => {
+                tracing::debug!(why, "upstream response cannot be passed on");
+                return Err(SendError::Protocol);
+            }
+            Err(SendFailure::Reset(error)) => {
+                tracing::debug!(%error, "upstream reset before response headers");
+                return Err(SendError::Failed(AttemptFailure::Reset));
+            }
+            Err(SendFailure::Body) => return Err(SendError::Failed(AttemptFailure::Reset)),
         }
     }
 }
@@ -142,7 +164,7 @@ pub async fn send(
 /// connection speaking neither), or a body in a transfer coding other than
 /// `chunked` alone (a body of known length has none to check: hyper frames
 /// by the coding when there is one).
-fn unusable(response: &Response<Incoming>, upgrade: bool) -> Option<&'static str> {
+fn unusable<B: http_body::Body>(response: &Response<B>, upgrade: bool) -> Option<&'static str> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
         return Some("a switch of protocols the request did not offer");
     }

@@ -294,12 +294,10 @@ pub async fn handle(
 
     // The response on its way back: peer metadata, edits, service time.
     let mut response = delivered.response;
-    let mut connection = delivered.connection;
     if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) =
         (downstream_upgrade, response.status())
     {
         upgrade::splice(downstream, &mut response);
-        connection = None; // the connection now belongs to the upgrade
     }
     let (mut parts, body) = response.into_parts();
     let upstream_time = delivered.started.elapsed();
@@ -317,7 +315,7 @@ pub async fn handle(
     if let Some(allowed) = &allowed {
         allowed.apply(&mut parts.headers);
     }
-    Ok(ex.respond(parts, body, upstream_time, connection, deadline))
+    Ok(ex.respond(parts, body, upstream_time, deadline))
 }
 
 fn redirect_reply<B>(

@@ -165,12 +165,10 @@ impl Copy {
                 if status >= 500 {
                     span.set_error(status.to_string());
                 }
-                let drained = Limited::new(sent.response.into_body(), DRAIN_LIMIT)
+                // Read whole, the body gives its connection back.
+                let _ = Limited::new(sent.response.into_body(), DRAIN_LIMIT)
                     .collect()
                     .await;
-                if let (Ok(_), Some(lease)) = (drained, sent.connection) {
-                    lease.release();
-                }
             }
             Ok(Err(error)) => span.set_error(error.reply().details),
             Err(_) => span.set_error("mirror timeout"),

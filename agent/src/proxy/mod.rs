@@ -19,6 +19,7 @@ mod fault;
 mod forward;
 mod gateway;
 mod grpc_timeout;
+mod h1;
 mod handler;
 mod headers;
 mod interception;
@@ -283,6 +284,19 @@ pub fn settle_request_head<B>(
         decided_headers,
     };
     canonical::settle(req, &settings).map_err(|reply| reply.status.as_u16())
+}
+
+/// Reads a whole upstream response from `bytes` as the agent's HTTP/1.1
+/// client does (the answer to a HEAD when `head_request`), the upstream
+/// closing after them: its status and body length, or why it was refused
+/// (a 502 `UPE`) or broke off. For the `upstream_response` fuzz target.
+/// Not an API: the client reads responses from its connections itself.
+#[doc(hidden)]
+pub fn read_upstream_response(
+    bytes: &[u8],
+    head_request: bool,
+) -> Result<(http::StatusCode, u64), &'static str> {
+    h1::read_whole(bytes, head_request)
 }
 
 /// Runs futures on the current worker's thread (hyper's executor for

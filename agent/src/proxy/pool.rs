@@ -10,9 +10,11 @@
 //!
 //! Idle connections are swept without a periodic timer ([`Pools::keep_swept`]):
 //! the sweeper sleeps until the earliest idle deadline, and is woken when a
-//! connection is pooled with an earlier one, when a pooled connection
-//! closes, and when a request on any worker starts waiting for a slot. A
-//! worker with nothing pooled has no timer for it at all.
+//! connection is pooled with an earlier one and when a request on any worker
+//! starts waiting for a slot. A worker with nothing pooled has no timer for
+//! it at all. An idle HTTP/1.1 connection is a socket nobody reads: one the
+//! upstream closed is found closed when a request would take it, or at the
+//! next sweep.
 
 use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
@@ -27,6 +29,7 @@ use tokio::sync::Notify;
 
 use super::LocalExec;
 use super::body::UpstreamBody;
+use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
 use crate::by_address::ByAddress;
 use crate::connect::connect_tcp;
 use crate::model::cluster::Cluster;
@@ -35,14 +38,6 @@ use crate::model::live::{ClusterState, MAX_CONNECTIONS, MAX_PENDING, Slot, UNLIM
 use crate::tls::TlsPlan;
 use crate::tls::handshake;
 use crate::tls::io::UpstreamIo;
-
-/// The most an HTTP/1.1 upstream's response head may take, in bytes:
-/// Envoy's default `max_response_headers_kb` (80 KiB). A longer head is the
-/// upstream's protocol error (502 `UPE`); passed on, an HTTP/2 client
-/// refusing the header block would end every stream of its connection.
-/// (hyper counts the status line and the header lines, and holds chunked
-/// trailers to the same bound.)
-const MAX_RESPONSE_HEAD: usize = 80 * 1024;
 
 /// Most idle HTTP/1.1 connections kept per endpoint and worker.
 const MAX_IDLE: usize = 256;
@@ -124,7 +119,7 @@ impl PoolKey {
 pub type PeerIdentity = Option<Arc<str>>;
 
 struct Idle {
-    sender: http1::SendRequest<UpstreamBody>,
+    connection: Connection,
     peer: PeerIdentity,
     since: Instant,
     served: u64,
@@ -163,11 +158,9 @@ pub struct Pools {
     tls_failures: IntCounterVec,
 }
 
-/// An HTTP/1.1 connection lent to one request; [`release`](Self::release)
-/// returns it once the response has been read in full.
+/// What an HTTP/1.1 connection lent to one request needs to go back to its
+/// pool: the response body gives it back ([`Reuse`]) once read in full.
 pub struct Lease {
-    /// The connection.
-    pub sender: http1::SendRequest<UpstreamBody>,
     /// The server's identity, on mTLS connections.
     pub peer: PeerIdentity,
     /// Whether it came from the idle pool (it may have closed meanwhile).
@@ -182,22 +175,22 @@ pub struct Lease {
     pools: Weak<Pools>,
 }
 
-impl Lease {
+impl Reuse for Lease {
     /// Puts the connection back in its pool, unless it served its quota of
     /// requests or requests are waiting for a connection slot.
-    pub fn release(self) {
+    fn reuse(self, connection: Connection) {
         let spent = self.max_served > 0 && self.served + 1 >= self.max_served;
         let wanted = self
             .key
             .counted_by
             .as_ref()
             .is_some_and(|c| c.0.has_waiters());
-        if spent || wanted || self.sender.is_closed() {
-            return; // dropping the sender closes the connection and frees its slot
+        if spent || wanted {
+            return; // dropping the connection closes it and frees its slot
         }
         if let Some(pools) = self.pools.upgrade() {
             let idle = Idle {
-                sender: self.sender,
+                connection,
                 peer: self.peer,
                 since: Instant::now(),
                 served: self.served + 1,
@@ -235,8 +228,8 @@ impl Pools {
     fn take_idle(&self, key: &PoolKey) -> Option<Idle> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(key)?;
-        while let Some(conn) = list.pop() {
-            if !conn.sender.is_closed() && conn.sender.is_ready() {
+        while let Some(mut conn) = list.pop() {
+            if conn.connection.is_usable() {
                 return Some(conn);
             }
         }
@@ -244,17 +237,17 @@ impl Pools {
     }
 
     /// An HTTP/1.1 connection for `key`: idle, new, or after waiting for a
-    /// slot when the cluster limits connections.
+    /// slot when the cluster limits connections; with the lease that takes
+    /// it back.
     pub async fn h1(
         self: &Rc<Self>,
         key: &PoolKey,
         cluster: &Cluster,
         plan: &TlsPlan,
-    ) -> Result<Lease, AcquireError> {
+    ) -> Result<(Connection, Lease), AcquireError> {
         let began = Instant::now();
         let mut waited = false;
-        let lease = |sender, peer, reused, served, waited: bool| Lease {
-            sender,
+        let lease = |peer, reused, served, waited: bool| Lease {
             peer,
             reused,
             waited: waited.then(|| began.elapsed()),
@@ -266,7 +259,7 @@ impl Pools {
         };
         let slot = loop {
             if let Some(idle) = self.take_idle(key) {
-                return Ok(lease(idle.sender, idle.peer, true, idle.served, waited));
+                return Ok((idle.connection, lease(idle.peer, true, idle.served, waited)));
             }
             let slotted = self
                 .connection_slot(key, cluster, || self.has_idle(key))
@@ -279,6 +272,30 @@ impl Pools {
             }
         };
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
+        Ok((Connection::new(io, slot), lease(peer, false, 0, waited)))
+    }
+
+    /// A new HTTP/1.1 connection for a request that offers an upgrade,
+    /// driven by hyper (a 101 hands it to the splice) and never pooled;
+    /// with the server's identity and how long the request waited for a
+    /// connection slot, when it had to.
+    pub async fn h1_upgrade(
+        &self,
+        key: &PoolKey,
+        cluster: &Cluster,
+        plan: &TlsPlan,
+    ) -> Result<
+        (
+            http1::SendRequest<UpstreamBody>,
+            PeerIdentity,
+            Option<Duration>,
+        ),
+        AcquireError,
+    > {
+        let began = Instant::now();
+        let slotted = self.connection_slot(key, cluster, || false).await?;
+        let waited = slotted.waited.then(|| began.elapsed());
+        let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
         let (sender, conn) = http1::Builder::new()
             .max_header_size(MAX_RESPONSE_HEAD)
             .handshake(TokioIo::new(io))
@@ -287,20 +304,14 @@ impl Pools {
                 addr: key.addr.to_string(),
                 source,
             })?;
-        let pools = Rc::downgrade(self);
+        let slot = slotted.slot;
         tokio::task::spawn_local(async move {
             let _slot = slot; // the connection counts until it closes
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, "upstream connection closed with an error");
             }
-            // It may have been idle in the pool: the sweeper lets it go.
-            if let Some(pools) = pools.upgrade()
-                && !pools.idle.borrow().is_empty()
-            {
-                pools.sweep_now.notify_one();
-            }
         });
-        Ok(lease(sender, peer, false, 0, waited))
+        Ok((sender, peer, waited))
     }
 
     /// The shared HTTP/2 connection for `key`, opened if needed.
@@ -371,10 +382,10 @@ impl Pools {
 
     /// Whether an idle connection for `key` could be taken now.
     fn has_idle(&self, key: &PoolKey) -> bool {
-        self.idle.borrow().get(key).is_some_and(|list| {
-            list.iter()
-                .any(|c| !c.sender.is_closed() && c.sender.is_ready())
-        })
+        self.idle
+            .borrow_mut()
+            .get_mut(key)
+            .is_some_and(|list| list.iter_mut().any(|c| c.connection.is_usable()))
     }
 
     /// A connection slot when the cluster counts connections (`None` when it
@@ -456,8 +467,8 @@ impl Pools {
         let mut next = Next::default();
         self.idle.borrow_mut().retain(|key, list| {
             let wanted = key.counted_by.as_ref().is_some_and(|c| c.0.has_waiters());
-            list.retain(|c| {
-                !wanted && !c.sender.is_closed() && now.duration_since(c.since) < c.idle_timeout
+            list.retain_mut(|c| {
+                !wanted && now.duration_since(c.since) < c.idle_timeout && c.connection.is_usable()
             });
             for c in list.iter() {
                 let deadline = c.since + c.idle_timeout;
@@ -580,7 +591,7 @@ mod tests {
                 let cluster = limited(address, 1, 1);
                 let key = key(&cluster);
                 let (a, b, c) = (pools(), pools(), pools());
-                let first = a
+                let (first, lease) = a
                     .h1(&key, &cluster, &TlsPlan::Plain)
                     .await
                     .expect("a connection");
@@ -592,7 +603,7 @@ mod tests {
                     tokio::task::spawn_local(async move {
                         b.h1(&key, &cluster, &TlsPlan::Plain)
                             .await
-                            .map(|l| l.reused)
+                            .map(|(_, l)| l.reused)
                     })
                 };
                 while cluster.state.pending.load(Ordering::Relaxed) == 0 {
@@ -605,7 +616,7 @@ mod tests {
 
                 // A's connection is handed back while B waits: it closes, and
                 // B opens its own in the freed slot.
-                first.release();
+                lease.reuse(first);
                 let reused = waiting.await.expect("joined").expect("a connection");
                 assert!(!reused);
                 assert_eq!(accepted.get(), 2);
@@ -628,17 +639,16 @@ mod tests {
                 let (a, b) = (pools(), pools());
                 // A's sweeper, as its worker runs it.
                 tokio::task::spawn_local(a.clone().keep_swept());
-                let mut lease = a
+                let (connection, lease) = a
                     .h1(&key, &cluster, &TlsPlan::Plain)
                     .await
                     .expect("a connection");
-                lease.sender.ready().await.expect("ready for a request");
-                lease.release();
+                lease.reuse(connection);
                 assert!(a.has_idle(&key), "nobody waits: kept for reuse");
 
                 // B waits for the slot A's idle connection holds; its
                 // waiting wakes A's sweeper, which lets the connection go.
-                let lease = b
+                let (_, lease) = b
                     .h1(&key, &cluster, &TlsPlan::Plain)
                     .await
                     .expect("a connection after the sweep");
@@ -667,12 +677,11 @@ mod tests {
                 tokio::task::spawn_local(pools.clone().keep_swept());
                 tokio::task::yield_now().await;
                 assert_eq!(pools.sweep_at.get(), None, "nothing pooled: no deadline");
-                let mut lease = pools
+                let (connection, lease) = pools
                     .h1(&key, &cluster, &TlsPlan::Plain)
                     .await
                     .expect("a connection");
-                lease.sender.ready().await.expect("ready for a request");
-                lease.release();
+                lease.reuse(connection);
                 assert!(pools.has_idle(&key));
                 // The sweeper, asleep with no deadline, was woken by the
                 // pooled connection and closes it at its idle timeout.
@@ -701,18 +710,20 @@ mod tests {
                 let cluster = limited(address, UNLIMITED, UNLIMITED);
                 let key = key(&cluster);
                 let pools = pools();
-                let mut lease = pools
+                let (connection, lease) = pools
                     .h1(&key, &cluster, &TlsPlan::Plain)
                     .await
                     .expect("a connection");
                 assert!(!lease.reused);
-                lease.sender.ready().await.expect("ready for a request");
-                lease.release();
-                let again = pools
+                lease.reuse(connection);
+                let (_, again) = pools
                     .h1(&key, &cluster, &TlsPlan::Plain)
                     .await
                     .expect("a connection");
                 assert!(again.reused);
+                while accepted.get() == 0 {
+                    tokio::task::yield_now().await; // the server's accept
+                }
                 assert_eq!(accepted.get(), 1);
                 assert_eq!(cluster.state.connections.load(Ordering::Relaxed), 0);
             })

@@ -1,7 +1,6 @@
 //! How far the client's request body has got on its way upstream: bytes
-//! forwarded, whether it ended, and how it failed — read by the retry loop
-//! (a client's failure is not the upstream's), the record (bytes received)
-//! and the pool (a connection is reusable only after a whole body).
+//! forwarded and how it failed — read by the retry loop (a client's failure
+//! is not the upstream's) and the record (bytes received).
 
 use std::cell::Cell;
 
@@ -65,7 +64,6 @@ impl BodyFailure {
 #[derive(Debug, Default)]
 pub struct RequestProgress {
     bytes: Cell<u64>,
-    done: Cell<bool>,
     failure: Cell<Option<BodyFailure>>,
 }
 
@@ -75,19 +73,9 @@ impl RequestProgress {
         self.bytes.get()
     }
 
-    /// Whether the whole body was forwarded.
-    pub fn is_done(&self) -> bool {
-        self.done.get()
-    }
-
     /// Counts `n` more bytes.
     pub fn add(&self, n: u64) {
         self.bytes.set(self.bytes.get() + n);
-    }
-
-    /// Marks the body complete (or not).
-    pub fn set_done(&self, done: bool) {
-        self.done.set(done);
     }
 
     /// The client's body failed with `error`.

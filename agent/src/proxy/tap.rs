@@ -60,7 +60,6 @@ impl Tap {
     /// Taps `source`; its progress is reported to `progress`.
     pub fn new(source: ClientBody, progress: Rc<RequestProgress>) -> Self {
         let done = source.is_end_stream();
-        progress.set_done(done);
         Self(Rc::new(RefCell::new(State {
             exact_len: source.size_hint().exact(),
             source,
@@ -239,7 +238,6 @@ impl State {
         self.progress.add(len as u64);
         if self.source.is_end_stream() {
             self.done = true;
-            self.progress.set_done(true);
         }
         if self.overflowed {
             self.base += 1;
@@ -270,7 +268,6 @@ impl State {
 
     fn finish(&mut self) {
         self.done = true;
-        self.progress.set_done(true);
         self.waiters.drain(..).for_each(Waker::wake);
     }
 }

@@ -9,7 +9,6 @@ use http::{Request, Response};
 
 use super::body::UpstreamBody;
 use super::local_reply::LocalReply;
-use super::pool::Lease;
 use crate::model::endpoint::Endpoint;
 use crate::model::policy::AttemptFailure;
 
@@ -17,8 +16,6 @@ use crate::model::policy::AttemptFailure;
 pub struct Sent<B> {
     /// Response headers and streaming body.
     pub response: Response<B>,
-    /// The HTTP/1.1 connection, reusable after the response.
-    pub connection: Option<Lease>,
     /// The server's identity, on mTLS connections.
     pub peer: Option<Arc<str>>,
     /// How long the attempt waited for a pooled connection (the cluster's

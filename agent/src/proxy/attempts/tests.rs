@@ -95,7 +95,6 @@ impl Upstream for Script {
             }
             Ok(Sent {
                 response: response.body(()).expect("a response"),
-                connection: None,
                 peer: None,
                 waited,
             })

@@ -1,9 +1,8 @@
 //! What a request holds while it is in flight: its endpoint's active count,
-//! its cluster's request slot, its HTTP/1.1 connection and its kept body.
+//! its cluster's request slot and its kept body.
 //! Each is given back when dropped — on completion, or whenever the request
 //! ends otherwise — so no path can leak one.
 
-use super::super::pool::Lease;
 use super::super::tap::Tap;
 use crate::model::live::{ActiveRequest, Slot};
 
@@ -12,7 +11,6 @@ use crate::model::live::{ActiveRequest, Slot};
 pub struct InFlight {
     active: Option<ActiveRequest>,
     request_slot: Option<Slot>,
-    connection: Option<Lease>,
     tap: Option<Tap>,
 }
 
@@ -28,24 +26,13 @@ impl InFlight {
         self.request_slot = Some(slot);
     }
 
-    /// The connection the response streams over (HTTP/1.1).
-    pub fn hold_connection(&mut self, connection: Option<Lease>) {
-        self.connection = connection;
-    }
-
     /// The kept request body, released to waiting mirrors at the end.
     pub fn hold_tap(&mut self, tap: Option<Tap>) {
         self.tap = tap;
     }
 
-    /// The request is over: its connection goes back to the pool when
-    /// `reusable` (else it closes), and everything else is given back.
-    pub fn release(&mut self, reusable: bool) {
-        if let Some(connection) = self.connection.take()
-            && reusable
-        {
-            connection.release();
-        }
+    /// The request is over: everything is given back.
+    pub fn release(&mut self) {
         drop(std::mem::take(self));
     }
 }

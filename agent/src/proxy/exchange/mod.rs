@@ -14,13 +14,11 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
-use hyper::body::Incoming;
 use opentelemetry::trace::SpanContext;
 
 use super::attempts::AttemptRecord;
-use super::body::{ResponseBody, ResponseObserver};
+use super::body::{Received, ResponseBody, ResponseObserver};
 use super::local_reply::{self, DecidedBy, LocalReply, RESPONSE_CODE_DETAILS_HEADER};
-use super::pool::Lease;
 use super::progress::RequestProgress;
 use super::tap::Tap;
 use super::{Direction, Downstream, Worker};
@@ -427,14 +425,14 @@ impl Exchange {
         self.reply(response, body)
     }
 
-    /// Streams the upstream's response back; `connection` goes back to its
-    /// pool once the response is complete, `deadline` cuts the body off.
+    /// Streams the upstream's response back (its body gives an HTTP/1.1
+    /// connection back to its pool once read whole); `deadline` cuts the
+    /// body off.
     pub fn respond(
         mut self: Box<Self>,
         mut parts: http::response::Parts,
-        body: Incoming,
+        body: Received,
         upstream_time: Duration,
-        connection: Option<Lease>,
         deadline: Option<tokio::time::Instant>,
     ) -> Response<ProxyBody> {
         self.record.status = parts.status.as_u16();
@@ -449,7 +447,6 @@ impl Exchange {
         if let Some(facts) = self.record.facts.as_mut() {
             facts.response_headers = parts.headers.clone();
         }
-        self.held.hold_connection(connection);
         Response::from_parts(parts, ResponseBody::upstream(body, self, deadline))
     }
 
@@ -523,9 +520,7 @@ impl Exchange {
                 }
             }
         }
-        let reusable =
-            !record.flags.is_failure() && self.request_body.as_ref().is_none_or(|p| p.is_done());
-        self.held.release(reusable);
+        self.held.release();
     }
 }
 

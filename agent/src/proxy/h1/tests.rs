@@ -1,0 +1,282 @@
+//! The client against raw HTTP/1.1 servers on real sockets: framing of
+//! responses and requests, interim answers, broken bodies and reuse.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::tls::io::MaybeTls;
+
+/// Keeps the connection a response gave back.
+#[derive(Clone, Default)]
+struct Kept(Rc<RefCell<Option<Connection>>>);
+
+impl Reuse for Kept {
+    fn reuse(self, connection: Connection) {
+        *self.0.borrow_mut() = Some(connection);
+    }
+}
+
+/// A server answering each request it reads (up to the end of its head,
+/// plus `body` bytes) with the next of `answers`, then closing when they
+/// run out. Returns its address and what it read, request by request.
+async fn server(answers: Vec<&'static str>) -> (std::net::SocketAddr, Rc<RefCell<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let address = listener.local_addr().expect("an address");
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let log = seen.clone();
+    tokio::task::spawn_local(async move {
+        let (mut stream, _) = listener.accept().await.expect("a connection");
+        let mut buf = Vec::new();
+        for answer in answers {
+            let request = loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |n| n.trim().parse::<usize>().expect("a length"));
+                    if buf.len() >= end + 4 + length {
+                        let whole: Vec<u8> = buf.drain(..end + 4 + length).collect();
+                        break String::from_utf8_lossy(&whole).into_owned();
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.expect("a read");
+                assert!(n > 0, "the client closed early");
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            log.borrow_mut().push(request);
+            stream.write_all(answer.as_bytes()).await.expect("a write");
+        }
+    });
+    (address, seen)
+}
+
+async fn connect(address: std::net::SocketAddr) -> Connection {
+    let stream = TcpStream::connect(address).await.expect("connects");
+    Connection::new(MaybeTls::Plain(stream), None)
+}
+
+fn get(path: &str) -> Request<UpstreamBody> {
+    Request::get(path)
+        .header("host", "upstream")
+        .body(UpstreamBody::Full(None))
+        .expect("a request")
+}
+
+async fn read_all<R: Reuse + Unpin>(
+    body: ResponseBody<R>,
+) -> Result<(Bytes, Option<HeaderMap>), io::Error> {
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned();
+    Ok((collected.to_bytes(), trailers))
+}
+
+fn local<F: Future>(f: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    tokio::task::LocalSet::new().block_on(&runtime, f)
+}
+
+#[test]
+fn a_sized_answer_leaves_the_connection_for_the_next_request() {
+    local(async {
+        let (address, seen) = server(vec![
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello",
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+        ])
+        .await;
+        let kept = Kept::default();
+        let response = send(connect(address).await, get("/one?q=1"), kept.clone())
+            .await
+            .unwrap_or_else(|_| panic!("an answer"));
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-a"], "1");
+        let (body, _) = read_all(response.into_body()).await.expect("a body");
+        assert_eq!(body, "hello");
+        let connection = kept.0.borrow_mut().take().expect("given back");
+        let response = send(connection, get("/two"), kept.clone())
+            .await
+            .unwrap_or_else(|_| panic!("an answer"));
+        assert_eq!(response.status(), 404);
+        assert!(response.body().is_end_stream());
+        assert!(
+            kept.0.borrow().is_some(),
+            "an empty body gives it back at once"
+        );
+        assert_eq!(
+            *seen.borrow(),
+            [
+                "GET /one?q=1 HTTP/1.1\r\nhost: upstream\r\n\r\n",
+                "GET /two HTTP/1.1\r\nhost: upstream\r\n\r\n"
+            ]
+        );
+    });
+}
+
+#[test]
+fn a_chunked_answer_with_trailers_and_an_interim_one_before_it() {
+    local(async {
+        let (address, _) = server(vec![
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+             5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n",
+        ])
+        .await;
+        let kept = Kept::default();
+        let response = send(connect(address).await, get("/"), kept.clone())
+            .await
+            .unwrap_or_else(|_| panic!("an answer"));
+        assert_eq!(response.status(), 200);
+        let (body, trailers) = read_all(response.into_body()).await.expect("a body");
+        assert_eq!(body, "hello world");
+        assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+        assert!(kept.0.borrow().is_some(), "reusable after the last chunk");
+    });
+}
+
+#[test]
+fn a_body_read_to_the_close_is_whole_but_not_reused() {
+    local(async {
+        let (address, _) = server(vec!["HTTP/1.1 200 OK\r\n\r\nuntil the end"]).await;
+        let kept = Kept::default();
+        let response = send(connect(address).await, get("/"), kept.clone())
+            .await
+            .unwrap_or_else(|_| panic!("an answer"));
+        let (body, _) = read_all(response.into_body()).await.expect("a body");
+        assert_eq!(body, "until the end");
+        assert!(kept.0.borrow().is_none());
+    });
+}
+
+#[test]
+fn broken_bodies_say_how_they_broke() {
+    local(async {
+        let (address, _) = server(vec![
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        ])
+        .await;
+        let response = send(connect(address).await, get("/"), Kept::default())
+            .await
+            .unwrap_or_else(|_| panic!("an answer"));
+        let error = read_all(response.into_body()).await.expect_err("malformed");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+
+        let (address, _) = server(vec!["HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"]).await;
+        let response = send(connect(address).await, get("/"), Kept::default())
+            .await
+            .unwrap_or_else(|_| panic!("an answer"));
+        let error = read_all(response.into_body()).await.expect_err("cut short");
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+    });
+}
+
+#[test]
+fn broken_heads_are_protocol_errors_and_silence_a_reset() {
+    local(async {
+        for answer in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+            "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        ] {
+            let (address, _) = server(vec![answer]).await;
+            let sent = send(connect(address).await, get("/"), Kept::default()).await;
+            assert!(
+                matches!(sent, Err(SendFailure::Protocol(_))),
+                "{answer:?} is a protocol error"
+            );
+        }
+        let (address, _) = server(vec![""]).await;
+        let sent = send(connect(address).await, get("/"), Kept::default()).await;
+        assert!(
+            matches!(sent, Err(SendFailure::Reset(_))),
+            "no answer at all"
+        );
+    });
+}
+
+#[test]
+fn a_request_body_is_sized_and_a_head_answer_has_none() {
+    local(async {
+        let (address, seen) = server(vec![
+            "HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99\r\n\r\n",
+        ])
+        .await;
+        let kept = Kept::default();
+        let post = Request::post("/items")
+            .body(UpstreamBody::Full(Some(Bytes::from_static(b"hello"))))
+            .expect("a request");
+        let response = send(connect(address).await, post, kept.clone())
+            .await
+            .unwrap_or_else(|_| panic!("an answer"));
+        assert_eq!(response.status(), 201);
+        read_all(response.into_body()).await.expect("a body");
+        let head = Request::head("/items")
+            .body(UpstreamBody::Full(None))
+            .expect("a request");
+        let connection = kept.0.borrow_mut().take().expect("given back");
+        let response = send(connection, head, kept.clone())
+            .await
+            .unwrap_or_else(|_| panic!("an answer"));
+        assert!(
+            response.body().is_end_stream(),
+            "HEAD: no body, whatever its length says"
+        );
+        assert_eq!(
+            *seen.borrow(),
+            [
+                "POST /items HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello",
+                "HEAD /items HTTP/1.1\r\n\r\n"
+            ]
+        );
+    });
+}
+
+#[test]
+fn a_connection_the_server_closed_is_not_usable() {
+    local(async {
+        let (address, _) = server(vec![]).await;
+        let mut connection = connect(address).await;
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while connection.is_usable() {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the close was never seen"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    });
+}
+
+#[test]
+fn chunk_sizes_and_lengths_parse_as_rfc_9112_says() {
+    assert_eq!(chunk_size(b"1f\r"), Some(31));
+    assert_eq!(chunk_size(b"A ; name=value\r"), Some(10));
+    assert_eq!(chunk_size(b"0\r"), Some(0));
+    assert_eq!(chunk_size(b"5"), None, "a bare LF");
+    assert_eq!(chunk_size(b"\r"), None);
+    assert_eq!(chunk_size(b"-1\r"), None);
+    assert_eq!(chunk_size(b"12345678901234567\r"), None, "past 64 bits");
+
+    let lengths = |values: &[&'static str]| {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(CONTENT_LENGTH, HeaderValue::from_static(v));
+        }
+        content_length(&map)
+    };
+    assert_eq!(lengths(&[]), Ok(None));
+    assert_eq!(lengths(&["42"]), Ok(Some(42)));
+    assert_eq!(lengths(&["42", "42, 42"]), Ok(Some(42)));
+    assert_eq!(lengths(&["42", "43"]), Err(()));
+    assert_eq!(lengths(&["+4"]), Err(()));
+    assert_eq!(lengths(&[""]), Err(()));
+}

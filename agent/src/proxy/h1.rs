@@ -52,6 +52,14 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// A request body at most this long goes out in the same write as its head.
 const COALESCE: usize = 16 * 1024;
 
+/// A chunk at most this long is copied into the write buffer with its
+/// framing (one write); a longer one is written from its own bytes.
+const SMALL_CHUNK: usize = 8 * 1024;
+
+/// A write buffer grown past this is let go rather than kept with the
+/// idle connection.
+const KEPT_WRITE_BUFFER: usize = 32 * 1024;
+
 /// An upstream HTTP/1.1 connection between requests: the socket, bytes
 /// read past the last response, and the cluster's connection slot it
 /// counts against (freed when it closes, that is, when it is dropped).
@@ -74,12 +82,13 @@ impl Connection {
     }
 
     /// Whether the connection can carry another request: the peer has not
-    /// closed it and sent nothing unasked. Looks without waiting.
-    pub fn is_usable(&mut self) -> bool {
+    /// closed it and sent nothing unasked. Looks without waiting; `waker`
+    /// is woken if that changes (until the connection is read again).
+    pub fn is_usable(&mut self, waker: &std::task::Waker) -> bool {
         if !self.read.is_empty() {
             return false;
         }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut cx = Context::from_waker(waker);
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);
         Pin::new(&mut self.io)
@@ -136,22 +145,24 @@ pub async fn send<R: Reuse>(
     req: Request<UpstreamBody>,
     reuse: R,
 ) -> Result<Response<ResponseBody<R>>, SendFailure> {
-    let (mut parts, mut body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let encoding = frame_request(&mut parts, &body);
     let keep_alive = keeps_alive(parts.version, &parts.headers);
     let head_request = parts.method == Method::HEAD;
+    connection.write.clear();
+    encode_head(&parts, &mut connection.write);
     let mut out = Outgoing {
         encoding,
         sent: 0,
         written: 0,
+        data: None,
+        crlf_after: false,
         done: encoding == Encoding::Length(0) || body.is_end_stream(),
-        flushed: false,
-        failed: false,
+        short: false,
         trailers: Vec::new(),
+        body,
     };
-    connection.write.clear();
-    encode_head(&parts, &mut connection.write);
-    if let (UpstreamBody::Full(Some(bytes)), Encoding::Length(len)) = (&mut body, encoding)
+    if let (UpstreamBody::Full(Some(bytes)), Encoding::Length(len)) = (&out.body, encoding)
         && bytes.len() as u64 == len
         && bytes.len() <= COALESCE
     {
@@ -170,21 +181,27 @@ pub async fn send<R: Reuse>(
         Ok(n) if n > 0 => out.written = n,
         _ => {
             return Err(SendFailure::Unsent(Box::new(Request::from_parts(
-                parts, body,
+                parts, out.body,
             ))));
         }
     }
+    // The body goes out while the answer is awaited: an upstream may
+    // answer before it has read the whole request.
+    let mut writing = Writing::Busy;
     let head = std::future::poll_fn(|cx| {
-        if !out.finished() {
-            match out.poll_write(&mut connection, &mut body, cx) {
-                Poll::Ready(Err(WriteError::Body)) => return Poll::Ready(Err(SendFailure::Body)),
+        if let Writing::Busy = writing {
+            match out.poll_write(&mut connection, cx) {
+                Poll::Ready(Ok(())) => writing = Writing::Whole,
+                Poll::Ready(Err(WriteError::Body)) => {
+                    return Poll::Ready(Err(SendFailure::Body));
+                }
                 Poll::Ready(Err(WriteError::Io(error))) => {
                     // The answer may still be there to read (an early
                     // response before the upstream closed).
                     tracing::debug!(%error, "writing the upstream request failed");
-                    out.failed = true;
+                    writing = Writing::Failed;
                 }
-                Poll::Ready(Ok(())) | Poll::Pending => {}
+                Poll::Pending => {}
             }
         }
         poll_read_head(&mut connection, cx)
@@ -196,15 +213,16 @@ pub async fn send<R: Reuse>(
         headers,
     } = head;
     let state = body_framing(status, version, head_request, &headers)?;
-    let reusable = keep_alive
-        && keeps_alive(version, &headers)
-        && !matches!(state, State::Eof)
-        && out.done
-        && !out.failed;
+    let reusable = keep_alive && keeps_alive(version, &headers) && !matches!(state, State::Eof);
+    let request_whole = matches!(writing, Writing::Whole) && !out.short;
     let mut response = Response::new(ResponseBody {
         connection: Some(connection),
         state,
         reuse: reusable.then_some(reuse),
+        // Still writing after the answer came: the body keeps writing it
+        // (boxed: rare, and the body is moved whole).
+        writer: matches!(writing, Writing::Busy).then(|| Box::new(out)),
+        request_whole,
         failed: None,
     });
     *response.status_mut() = status;
@@ -212,6 +230,13 @@ pub async fn send<R: Reuse>(
     *response.headers_mut() = headers;
     response.body_mut().end_if_empty();
     Ok(response)
+}
+
+/// Where writing the request stands when its answer's head has come.
+enum Writing {
+    Busy,
+    Whole,
+    Failed,
 }
 
 /// How the response body is framed (RFC 9112 §6.3, as hyper's client
@@ -377,19 +402,24 @@ fn encode_head(parts: &http::request::Parts, buf: &mut Vec<u8>) {
     buf.extend_from_slice(b"\r\n");
 }
 
-/// The request body on its way out, after the head.
+/// The request body on its way out after the head: the write buffer
+/// (framing, small pieces) first, then a data frame written as it came.
 struct Outgoing {
+    body: UpstreamBody,
     encoding: Encoding,
-    /// Body bytes framed into the write buffer so far.
+    /// Body bytes taken from the body so far.
     sent: u64,
     /// Bytes of the write buffer already written.
     written: usize,
-    /// The whole body is in the write buffer.
+    /// A data frame to write after the write buffer.
+    data: Option<Bytes>,
+    /// A chunk's CRLF goes after `data`.
+    crlf_after: bool,
+    /// Nothing more is taken from the body.
     done: bool,
-    /// Everything is written and flushed.
-    flushed: bool,
-    /// Writing failed: the rest is not sent.
-    failed: bool,
+    /// The body ended short of its `Content-Length`: the upstream waits for
+    /// bytes that will not come, so the connection cannot be reused.
+    short: bool,
     /// Trailer fields the request may carry (chunked only).
     trailers: Vec<HeaderName>,
 }
@@ -400,24 +430,21 @@ enum WriteError {
 }
 
 impl Outgoing {
-    fn finished(&self) -> bool {
-        self.failed || self.flushed
-    }
-
-    /// Writes what is buffered, then frames and writes the body's next
-    /// frames, until the body ends (Ready) or must wait (Pending).
+    /// Writes what is buffered and flushes it (a TLS stream holds bytes
+    /// until then), then frames the body's next frames, until the whole
+    /// body is written (Ready) or must wait for the socket or the body.
     fn poll_write(
         &mut self,
         connection: &mut Connection,
-        body: &mut UpstreamBody,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteError>> {
+        let io_error = WriteError::Io;
         loop {
             while self.written < connection.write.len() {
                 let n = ready!(
                     Pin::new(&mut connection.io).poll_write(cx, &connection.write[self.written..])
                 )
-                .map_err(WriteError::Io)?;
+                .map_err(io_error)?;
                 if n == 0 {
                     return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())));
                 }
@@ -425,14 +452,28 @@ impl Outgoing {
             }
             connection.write.clear();
             self.written = 0;
+            if let Some(data) = self.data.as_mut() {
+                while !data.is_empty() {
+                    let n = ready!(Pin::new(&mut connection.io).poll_write(cx, data))
+                        .map_err(io_error)?;
+                    if n == 0 {
+                        return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())));
+                    }
+                    data.advance(n);
+                }
+                self.data = None;
+                if std::mem::take(&mut self.crlf_after) {
+                    connection.write.extend_from_slice(b"\r\n");
+                    continue;
+                }
+            }
+            ready!(Pin::new(&mut connection.io).poll_flush(cx)).map_err(io_error)?;
             if self.done {
-                ready!(Pin::new(&mut connection.io).poll_flush(cx)).map_err(WriteError::Io)?;
-                self.flushed = true;
                 return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => self.frame_data(&data, &mut connection.write),
+                    Ok(data) => self.frame_data(data, &mut connection.write),
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
                             self.frame_end(Some(&trailers), &mut connection.write);
@@ -445,33 +486,37 @@ impl Outgoing {
                 }
                 None => self.frame_end(None, &mut connection.write),
             }
-            if !self.done && body.is_end_stream() {
+            if !self.done && self.body.is_end_stream() {
                 self.frame_end(None, &mut connection.write);
             }
         }
     }
 
-    fn frame_data(&mut self, data: &[u8], buf: &mut Vec<u8>) {
+    fn frame_data(&mut self, mut data: Bytes, buf: &mut Vec<u8>) {
         if data.is_empty() {
             return;
         }
         match self.encoding {
             Encoding::Length(len) => {
-                // More than the length said is not sent (hyper's encoder
-                // refuses it too); the connection is not kept.
+                // Past its length a body is cut there, as hyper's encoder
+                // cuts it: the upstream reads the length it was told.
                 let room = (len - self.sent).min(data.len() as u64) as usize;
-                buf.extend_from_slice(&data[..room]);
+                data.truncate(room);
                 self.sent += room as u64;
-                if room < data.len() {
-                    self.failed = true;
-                }
+                self.done = self.sent == len;
+                self.data = (!data.is_empty()).then_some(data);
             }
             Encoding::Chunked => {
                 use std::io::Write as _;
                 let _ = write!(buf, "{:X}\r\n", data.len());
-                buf.extend_from_slice(data);
-                buf.extend_from_slice(b"\r\n");
                 self.sent += data.len() as u64;
+                if data.len() <= SMALL_CHUNK {
+                    buf.extend_from_slice(&data);
+                    buf.extend_from_slice(b"\r\n");
+                } else {
+                    self.data = Some(data);
+                    self.crlf_after = true;
+                }
             }
         }
     }
@@ -482,13 +527,7 @@ impl Outgoing {
         }
         self.done = true;
         match self.encoding {
-            Encoding::Length(len) => {
-                if self.sent < len {
-                    // Short of its length: the upstream waits for bytes
-                    // that will not come; the connection is not kept.
-                    self.failed = true;
-                }
-            }
+            Encoding::Length(len) => self.short = self.sent < len,
             Encoding::Chunked => {
                 buf.extend_from_slice(b"0\r\n");
                 if let Some(trailers) = trailers {
@@ -632,6 +671,10 @@ pub struct ResponseBody<R: Reuse> {
     connection: Option<Connection>,
     state: State,
     reuse: Option<R>,
+    /// The request, still being written.
+    writer: Option<Box<Outgoing>>,
+    /// The whole request was written and flushed, framed as announced.
+    request_whole: bool,
     /// An error held back for one poll (see [`Body::poll_frame`]).
     failed: Option<io::Error>,
 }
@@ -643,24 +686,60 @@ impl<R: Reuse> ResponseBody<R> {
         }
     }
 
-    /// The body is whole: the connection goes back, or closes.
+    /// The body is whole: the connection goes back if the request went out
+    /// whole too, else it closes (the rest of a request still being written
+    /// is not sent: the upstream answered without it).
     fn finish(&mut self) {
         self.state = State::Done;
         let connection = self.connection.take();
-        if let (Some(connection), Some(reuse)) = (connection, self.reuse.take())
+        self.writer = None;
+        if let (Some(mut connection), Some(reuse)) = (connection, self.reuse.take())
+            && self.request_whole
             && connection.read.is_empty()
         {
+            if connection.write.capacity() > KEPT_WRITE_BUFFER {
+                connection.write = Vec::new();
+            }
             reuse.reuse(connection);
+        }
+    }
+
+    /// Goes on writing a request the upstream answered before reading it
+    /// whole. A failed write leaves the answer to read; a failed request
+    /// body ends the response.
+    fn poll_writer(&mut self, cx: &mut Context<'_>) -> Result<(), io::Error> {
+        let (Some(out), Some(connection)) = (self.writer.as_mut(), self.connection.as_mut()) else {
+            return Ok(());
+        };
+        match out.poll_write(connection, cx) {
+            Poll::Pending => Ok(()),
+            Poll::Ready(Ok(())) => {
+                self.request_whole = !out.short;
+                self.writer = None;
+                Ok(())
+            }
+            Poll::Ready(Err(WriteError::Io(error))) => {
+                tracing::debug!(%error, "writing the upstream request failed");
+                self.writer = None;
+                Ok(())
+            }
+            Poll::Ready(Err(WriteError::Body)) => {
+                Err(self.fail(io::ErrorKind::Other, "the request body failed"))
+            }
         }
     }
 
     fn fail(&mut self, kind: io::ErrorKind, why: &'static str) -> io::Error {
         self.state = State::Done;
         self.connection = None;
+        self.writer = None;
         io::Error::new(kind, why)
     }
 
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        if let Err(error) = self.poll_writer(cx) {
+            return Poll::Ready(Some(Err(error)));
+        }
         loop {
             let Some(connection) = self.connection.as_mut() else {
                 return Poll::Ready(None);
@@ -783,7 +862,8 @@ impl State {
                     return Decoded::Frame(Frame::data(read.split_to(n as usize).freeze()));
                 }
                 State::ChunkSize => {
-                    let Some(end) = memchr::memchr(b'\n', read) else {
+                    let line = &read[..read.len().min(MAX_CHUNK_LINE + 1)];
+                    let Some(end) = memchr::memchr(b'\n', line) else {
                         if read.len() > MAX_CHUNK_LINE {
                             return Decoded::Malformed("chunk size line too long");
                         }
@@ -826,18 +906,27 @@ impl State {
 }
 
 /// A chunk-size line's size (RFC 9112 §7.1: hex digits, then optional
-/// whitespace and extensions), `line` without its LF; `None` if malformed.
+/// spaces or tabs and extensions, ended by CRLF), `line` without its LF;
+/// `None` if malformed (a bare CR anywhere, a size past 64 bits).
 fn chunk_size(line: &[u8]) -> Option<u64> {
     let line = line.strip_suffix(b"\r")?;
+    if memchr::memchr(b'\r', line).is_some() {
+        return None;
+    }
     let digits = line
         .iter()
         .position(|b| !b.is_ascii_hexdigit())
         .unwrap_or(line.len());
-    if digits == 0 || digits > 16 {
+    let zeros = line[..digits].iter().take_while(|&&b| b == b'0').count();
+    if digits == 0 || digits - zeros > 16 {
         return None;
     }
     let rest = &line[digits..];
-    let rest = rest.trim_ascii_start();
+    let after_spaces = rest
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(rest.len());
+    let rest = &rest[after_spaces..];
     if !(rest.is_empty() || rest.starts_with(b";")) {
         return None;
     }

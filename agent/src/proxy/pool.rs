@@ -10,16 +10,16 @@
 //!
 //! Idle connections are swept without a periodic timer ([`Pools::keep_swept`]):
 //! the sweeper sleeps until the earliest idle deadline, and is woken when a
-//! connection is pooled with an earlier one and when a request on any worker
-//! starts waiting for a slot. A worker with nothing pooled has no timer for
-//! it at all. An idle HTTP/1.1 connection is a socket nobody reads: one the
-//! upstream closed is found closed when a request would take it, or at the
-//! next sweep.
+//! connection is pooled with an earlier one, when a pooled connection
+//! closes (or its upstream sends unasked: each idle socket is watched with
+//! the sweeper's waker) and when a request on any worker starts waiting for
+//! a slot. A worker with nothing pooled has no timer for it at all.
 
 use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
@@ -150,7 +150,10 @@ pub struct Pools {
     idle: RefCell<HashMap<PoolKey, Vec<Idle>>>,
     shared_h2: RefCell<HashMap<PoolKey, (http2::SendRequest<UpstreamBody>, PeerIdentity)>>,
     /// Wakes the sweeper before its deadline.
-    sweep_now: Notify,
+    sweep_now: Arc<Notify>,
+    /// Wakes the sweeper when an idle connection closes or becomes
+    /// readable (what idle sockets are watched with).
+    idle_waker: Waker,
     /// When the sweeper wakes on its own: the earliest idle deadline, or
     /// `None` with nothing pooled (it sleeps until woken).
     sweep_at: Cell<Option<Instant>>,
@@ -189,6 +192,10 @@ impl Reuse for Lease {
             return; // dropping the connection closes it and frees its slot
         }
         if let Some(pools) = self.pools.upgrade() {
+            let mut connection = connection;
+            if !connection.is_usable(&pools.idle_waker) {
+                return;
+            }
             let idle = Idle {
                 connection,
                 peer: self.peer,
@@ -215,10 +222,12 @@ impl Reuse for Lease {
 impl Pools {
     /// Empty pools counting opened connections and TLS handshake failures.
     pub fn new(opened: IntCounter, tls_failures: IntCounterVec) -> Self {
+        let sweep_now = Arc::new(Notify::new());
         Self {
             idle: RefCell::default(),
             shared_h2: RefCell::default(),
-            sweep_now: Notify::new(),
+            idle_waker: Waker::from(Arc::new(SweepWaker(sweep_now.clone()))),
+            sweep_now,
             sweep_at: Cell::new(None),
             opened,
             tls_failures,
@@ -229,7 +238,7 @@ impl Pools {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(key)?;
         while let Some(mut conn) = list.pop() {
-            if conn.connection.is_usable() {
+            if conn.connection.is_usable(Waker::noop()) {
                 return Some(conn);
             }
         }
@@ -382,10 +391,10 @@ impl Pools {
 
     /// Whether an idle connection for `key` could be taken now.
     fn has_idle(&self, key: &PoolKey) -> bool {
-        self.idle
-            .borrow_mut()
-            .get_mut(key)
-            .is_some_and(|list| list.iter_mut().any(|c| c.connection.is_usable()))
+        self.idle.borrow_mut().get_mut(key).is_some_and(|list| {
+            list.iter_mut()
+                .any(|c| c.connection.is_usable(&self.idle_waker))
+        })
     }
 
     /// A connection slot when the cluster counts connections (`None` when it
@@ -468,7 +477,9 @@ impl Pools {
         self.idle.borrow_mut().retain(|key, list| {
             let wanted = key.counted_by.as_ref().is_some_and(|c| c.0.has_waiters());
             list.retain_mut(|c| {
-                !wanted && now.duration_since(c.since) < c.idle_timeout && c.connection.is_usable()
+                !wanted
+                    && now.duration_since(c.since) < c.idle_timeout
+                    && c.connection.is_usable(&self.idle_waker)
             });
             for c in list.iter() {
                 let deadline = c.since + c.idle_timeout;
@@ -513,6 +524,15 @@ impl Pools {
                 () = due => {}
             }
         }
+    }
+}
+
+/// Wakes the sweeper: the waker idle sockets are watched with.
+struct SweepWaker(Arc<Notify>);
+
+impl std::task::Wake for SweepWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.notify_one();
     }
 }
 

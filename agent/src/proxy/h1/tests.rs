@@ -241,12 +241,99 @@ fn a_request_body_is_sized_and_a_head_answer_has_none() {
 }
 
 #[test]
+fn a_request_body_keeps_going_out_while_its_answer_comes_in() {
+    // An echo server answers as soon as it has the head and sends back
+    // what it reads: the client must write the body while it reads the
+    // answer, or both wait on full socket buffers.
+    const LENGTH: usize = 4 << 20;
+    local(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("an address");
+        tokio::task::spawn_local(async move {
+            let (mut stream, _) = listener.accept().await.expect("a connection");
+            let mut buf = Vec::new();
+            let end = loop {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.expect("a read");
+                assert!(n > 0, "the client closed early");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+            };
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {LENGTH}\r\n\r\n");
+            stream.write_all(head.as_bytes()).await.expect("a write");
+            stream.write_all(&buf[end..]).await.expect("a write");
+            let mut echoed = buf.len() - end;
+            let mut chunk = vec![0u8; 64 * 1024];
+            while echoed < LENGTH {
+                let n = stream.read(&mut chunk).await.expect("a read");
+                assert!(n > 0, "the client closed early");
+                stream.write_all(&chunk[..n]).await.expect("a write");
+                echoed += n;
+            }
+        });
+        let sent: Bytes = (0..LENGTH).map(|i| (i % 251) as u8).collect();
+        let kept = Kept::default();
+        let post = Request::post("/echo")
+            .body(UpstreamBody::Full(Some(sent.clone())))
+            .expect("a request");
+        let response = send(connect(address).await, post, kept.clone())
+            .await
+            .unwrap_or_else(|_| panic!("an answer"));
+        let echo = read_all(response.into_body());
+        let (body, _) = tokio::time::timeout(std::time::Duration::from_secs(120), echo)
+            .await
+            .expect("no deadlock: the body went out while the echo came in")
+            .expect("a body");
+        assert!(body == sent, "the echo is the body sent");
+        assert!(
+            kept.0.borrow().is_some(),
+            "written whole and answered whole: kept"
+        );
+    });
+}
+
+#[test]
+fn an_answer_before_the_request_body_ends_closes_the_connection() {
+    local(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("an address");
+        tokio::task::spawn_local(async move {
+            let (mut stream, _) = listener.accept().await.expect("a connection");
+            let mut chunk = [0u8; 4096];
+            let _ = stream.read(&mut chunk).await.expect("a read");
+            stream
+                .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\n\r\nbig!")
+                .await
+                .expect("a write");
+            // Reads nothing more and holds the connection open.
+            std::future::pending::<()>().await;
+        });
+        let kept = Kept::default();
+        let post = Request::post("/upload")
+            .body(UpstreamBody::Full(Some(Bytes::from(vec![7u8; 16 << 20]))))
+            .expect("a request");
+        let response = send(connect(address).await, post, kept.clone())
+            .await
+            .unwrap_or_else(|_| panic!("an answer"));
+        assert_eq!(response.status(), 413);
+        let (body, _) = read_all(response.into_body()).await.expect("a body");
+        assert_eq!(body, "big!");
+        assert!(
+            kept.0.borrow().is_none(),
+            "the upstream waits for the rest of the body: not reusable"
+        );
+    });
+}
+
+#[test]
 fn a_connection_the_server_closed_is_not_usable() {
     local(async {
         let (address, _) = server(vec![]).await;
         let mut connection = connect(address).await;
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while connection.is_usable() {
+        while connection.is_usable(std::task::Waker::noop()) {
             assert!(
                 std::time::Instant::now() < give_up,
                 "the close was never seen"
@@ -265,6 +352,14 @@ fn chunk_sizes_and_lengths_parse_as_rfc_9112_says() {
     assert_eq!(chunk_size(b"\r"), None);
     assert_eq!(chunk_size(b"-1\r"), None);
     assert_eq!(chunk_size(b"12345678901234567\r"), None, "past 64 bits");
+    assert_eq!(
+        chunk_size(b"00000000000000001f\r"),
+        Some(31),
+        "leading zeros"
+    );
+    assert_eq!(chunk_size(b"5\r\r"), None, "a bare CR");
+    assert_eq!(chunk_size(b"5 \t;x\r"), Some(5), "spaces and tabs");
+    assert_eq!(chunk_size(b"5\x0b\r"), None, "no other whitespace");
 
     let lengths = |values: &[&'static str]| {
         let mut map = HeaderMap::new();

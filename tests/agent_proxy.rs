@@ -120,6 +120,70 @@ async fn multi_megabyte_bodies_stream_both_ways() {
     }
 }
 
+/// One data frame whose stream ends with it, of no declared length: what
+/// an HTTP/2 upload from a streaming client (`fetch` with a stream,
+/// `curl -T -`) looks like once its last DATA frame carries END_STREAM.
+struct LastFrame(Option<Bytes>);
+
+impl http_body::Body for LastFrame {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_h2_upload_of_no_declared_length_reaches_an_http1_app_whole() {
+    // The agent forwards it chunked; its one large frame must go out
+    // before the last chunk, not after it.
+    let app = Upstream::start("uploads").await;
+    let labels = [("app", "backend"), ("version", "v1")];
+    let yaml = agent("frontend", closed_port().await, NO_COLLECTOR)
+        + &service_entry(
+            "backend",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: app.addr,
+                labels: &labels,
+            }],
+        );
+    let frontend = Agent::start(&yaml);
+    let client: hyper_util::client::legacy::Client<_, LastFrame> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(common::client::Fixed(frontend.outbound, None));
+    for size in [12_000u64, 100, 9_000] {
+        let upload = Bytes::from((0..size).map(pattern).collect::<Vec<u8>>());
+        let req = Request::post("http://backend:9080/upload")
+            .body(LastFrame(Some(upload.clone())))
+            .unwrap();
+        let resp = client.request(req).await.expect("an answer");
+        assert_eq!(resp.status(), 200, "{size} bytes");
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("a body")
+            .to_bytes();
+        let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(report["body_len"], size, "{size} bytes");
+        assert_eq!(report["body_hash"], fnv(FNV_START, &upload), "{size} bytes");
+        let seen = app.seen().pop().unwrap();
+        assert_eq!(
+            seen.headers["transfer-encoding"], "chunked",
+            "no length was declared: chunked on HTTP/1.1"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grpc_calls_keep_their_trailers() {
     let echo = grpc::start().await;

@@ -91,9 +91,13 @@ impl Connection {
         let mut cx = Context::from_waker(waker);
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);
-        Pin::new(&mut self.io)
+        let pending = Pin::new(&mut self.io)
             .poll_read(&mut cx, &mut buf)
-            .is_pending()
+            .is_pending();
+        // A byte the peer sent unasked stays, so the connection stays
+        // unusable at every later look.
+        self.read.extend_from_slice(buf.filled());
+        pending
     }
 
     /// Reads what the socket has into the read buffer; 0 at its end.
@@ -365,7 +369,33 @@ fn frame_request(parts: &mut http::request::Parts, body: &UpstreamBody) -> Encod
 fn trailer_names(headers: &HeaderMap) -> Vec<HeaderName> {
     list_members(headers, TRAILER)
         .filter_map(|name| HeaderName::from_bytes(name).ok())
+        .filter(may_trail)
         .collect()
+}
+
+/// Whether a field may go out as a trailer: not one that frames, routes,
+/// authenticates or describes the body (RFC 9110 §6.5.1), the fields
+/// hyper's encoder drops from trailers (`is_valid_trailer_field`).
+fn may_trail(name: &HeaderName) -> bool {
+    use http::header::{
+        AUTHORIZATION, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_RANGE, CONTENT_TYPE, HOST,
+        MAX_FORWARDS, SET_COOKIE, TE,
+    };
+    ![
+        AUTHORIZATION,
+        CACHE_CONTROL,
+        CONTENT_ENCODING,
+        CONTENT_LENGTH,
+        CONTENT_RANGE,
+        CONTENT_TYPE,
+        HOST,
+        MAX_FORWARDS,
+        SET_COOKIE,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+    ]
+    .contains(name)
 }
 
 /// The request line and header lines, as hyper's client writes them.
@@ -464,6 +494,9 @@ impl Outgoing {
                 self.data = None;
                 if std::mem::take(&mut self.crlf_after) {
                     connection.write.extend_from_slice(b"\r\n");
+                    if self.body.is_end_stream() {
+                        self.frame_end(None, &mut connection.write);
+                    }
                     continue;
                 }
             }
@@ -486,7 +519,9 @@ impl Outgoing {
                 }
                 None => self.frame_end(None, &mut connection.write),
             }
-            if !self.done && self.body.is_end_stream() {
+            // The last chunk goes after a chunk still to be written (the
+            // branch above), never into the buffer ahead of its data.
+            if !self.done && self.data.is_none() && self.body.is_end_stream() {
                 self.frame_end(None, &mut connection.write);
             }
         }

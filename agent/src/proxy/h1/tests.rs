@@ -344,6 +344,121 @@ fn a_connection_the_server_closed_is_not_usable() {
 }
 
 #[test]
+fn a_byte_sent_unasked_keeps_the_connection_unusable() {
+    local(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("an address");
+        let (done, hold) = tokio::sync::oneshot::channel::<()>();
+        tokio::task::spawn_local(async move {
+            let (mut stream, _) = listener.accept().await.expect("a connection");
+            stream.write_all(b"X").await.expect("a write");
+            // Open until the test ends: only the byte makes it unusable.
+            let _ = hold.await;
+        });
+        let mut connection = connect(address).await;
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while connection.is_usable(std::task::Waker::noop()) {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the byte was never seen"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        for _ in 0..3 {
+            assert!(
+                !connection.is_usable(std::task::Waker::noop()),
+                "the byte is remembered, not dropped by the look"
+            );
+        }
+        drop(done);
+    });
+}
+
+#[test]
+fn a_chunked_body_ending_on_a_large_chunk_ends_after_its_data() {
+    // A body that knows it has ended as its last frame comes (HTTP/2
+    // END_STREAM, a replay) must not have its last chunk written ahead of
+    // that frame's data: the upstream would read a different request.
+    const LENGTH: usize = 9000;
+    local(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("an address");
+        let wire = format!("{LENGTH:X}\r\n").len() + LENGTH + "\r\n0\r\n\r\n".len();
+        let read = Rc::new(RefCell::new(Vec::new()));
+        let log = read.clone();
+        tokio::task::spawn_local(async move {
+            let (mut stream, _) = listener.accept().await.expect("a connection");
+            let mut buf = Vec::new();
+            loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+                    && buf.len() >= end + 4 + wire
+                {
+                    *log.borrow_mut() = buf.split_off(end + 4);
+                    break;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.expect("a read");
+                assert!(n > 0, "the client closed early");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .expect("a write");
+        });
+        let sent: Bytes = (0..LENGTH).map(|i| (i % 251) as u8).collect();
+        let post = Request::post("/upload")
+            .header("transfer-encoding", "chunked")
+            .body(UpstreamBody::Full(Some(sent.clone())))
+            .expect("a request");
+        let kept = Kept::default();
+        let response = send(connect(address).await, post, kept.clone())
+            .await
+            .unwrap_or_else(|_| panic!("an answer"));
+        assert_eq!(response.status(), 204);
+        let mut expected = format!("{LENGTH:X}\r\n").into_bytes();
+        expected.extend_from_slice(&sent);
+        expected.extend_from_slice(b"\r\n0\r\n\r\n");
+        assert!(
+            *read.borrow() == expected,
+            "size, data, CRLF, then the last chunk"
+        );
+        assert!(kept.0.borrow().is_some(), "whole both ways: kept");
+    });
+}
+
+#[test]
+fn trailers_that_frame_route_or_authenticate_are_not_sent() {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        TRAILER,
+        HeaderValue::from_static("x-checksum, content-length, authorization, host"),
+    );
+    let mut out = Outgoing {
+        encoding: Encoding::Chunked,
+        sent: 0,
+        written: 0,
+        data: None,
+        crlf_after: false,
+        done: false,
+        short: false,
+        trailers: trailer_names(&headers),
+        body: UpstreamBody::Full(None),
+    };
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+    trailers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    trailers.insert("authorization", HeaderValue::from_static("Bearer x"));
+    trailers.insert("host", HeaderValue::from_static("elsewhere"));
+    let mut buf = Vec::new();
+    out.frame_end(Some(&trailers), &mut buf);
+    assert_eq!(
+        String::from_utf8_lossy(&buf),
+        "0\r\nx-checksum: abc\r\n\r\n"
+    );
+}
+
+#[test]
 fn chunk_sizes_and_lengths_parse_as_rfc_9112_says() {
     assert_eq!(chunk_size(b"1f\r"), Some(31));
     assert_eq!(chunk_size(b"A ; name=value\r"), Some(10));

@@ -424,11 +424,16 @@ fn encode_head(parts: &http::request::Parts, buf: &mut Vec<u8>) {
         b" HTTP/1.1\r\n"
     });
     for (name, value) in &parts.headers {
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
+        write_field(buf, name, value);
     }
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// One header (or trailer) line.
+fn write_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    buf.extend_from_slice(name.as_str().as_bytes());
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value.as_bytes());
     buf.extend_from_slice(b"\r\n");
 }
 
@@ -568,10 +573,7 @@ impl Outgoing {
                 if let Some(trailers) = trailers {
                     for (name, value) in trailers {
                         if self.trailers.contains(name) {
-                            buf.extend_from_slice(name.as_str().as_bytes());
-                            buf.extend_from_slice(b": ");
-                            buf.extend_from_slice(value.as_bytes());
-                            buf.extend_from_slice(b"\r\n");
+                            write_field(buf, name, value);
                         }
                     }
                 }

@@ -157,6 +157,9 @@ pub struct Pools {
     /// When the sweeper wakes on its own: the earliest idle deadline, or
     /// `None` with nothing pooled (it sleeps until woken).
     sweep_at: Cell<Option<Instant>>,
+    /// Whether the sweeper listens for requests waiting for a slot on any
+    /// worker: connections of a cluster that limits them are pooled.
+    sweep_limited: Cell<bool>,
     opened: IntCounter,
     tls_failures: IntCounterVec,
 }
@@ -204,14 +207,24 @@ impl Reuse for Lease {
                 idle_timeout: self.idle_timeout,
             };
             let deadline = idle.since + idle.idle_timeout;
+            let limited = self.key.counted_by.is_some();
             let mut idle_lists = pools.idle.borrow_mut();
             let list = idle_lists.entry(self.key).or_default();
             if list.len() < MAX_IDLE {
                 list.push(idle);
-                // Only a deadline earlier than the sweeper's wakes it: with
-                // one idle timeout per pool, the first connection pooled.
-                if pools.sweep_at.get().is_none_or(|at| deadline < at) {
+                // Only a deadline earlier than the sweeper's wakes it (with
+                // one idle timeout per pool, the first connection pooled),
+                // or the first connection of a limited cluster: from then
+                // on the sweeper listens for other workers' waiting.
+                let earlier = pools.sweep_at.get().is_none_or(|at| deadline < at);
+                let unheard = limited && !pools.sweep_limited.get();
+                if earlier {
                     pools.sweep_at.set(Some(deadline));
+                }
+                if unheard {
+                    pools.sweep_limited.set(true);
+                }
+                if earlier || unheard {
                     pools.sweep_now.notify_one();
                 }
             }
@@ -229,6 +242,7 @@ impl Pools {
             idle_waker: Waker::from(Arc::new(SweepWaker(sweep_now.clone()))),
             sweep_now,
             sweep_at: Cell::new(None),
+            sweep_limited: Cell::new(false),
             opened,
             tls_failures,
         }
@@ -492,6 +506,7 @@ impl Pools {
             .borrow_mut()
             .retain(|_, (sender, _)| !sender.is_closed());
         self.sweep_at.set(next.at);
+        self.sweep_limited.set(next.limited);
         next
     }
 
@@ -678,6 +693,45 @@ mod tests {
                     "B opened its own connection in the freed slot"
                 );
                 assert!(!a.has_idle(&key));
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_limited_clusters_connection_pooled_after_another_is_swept_for_a_waiter() {
+        LocalSet::new()
+            .run_until(async {
+                let (elsewhere, _) = server().await;
+                let (address, _) = server().await;
+                let unlimited = limited(elsewhere, UNLIMITED, UNLIMITED);
+                let cluster = limited(address, 1, 8);
+                let (a, b) = (pools(), pools());
+                tokio::task::spawn_local(a.clone().keep_swept());
+                // A pools a connection of an unlimited cluster first: its
+                // deadline is the sweeper's, earlier than the next one's.
+                let other = key(&unlimited);
+                let (connection, lease) = a
+                    .h1(&other, &unlimited, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                lease.reuse(connection);
+                tokio::task::yield_now().await;
+                let key = key(&cluster);
+                let (connection, lease) = a
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                lease.reuse(connection);
+                assert!(a.has_idle(&key));
+                // B waits for the slot A's idle connection holds: A's
+                // sweeper must be listening, though no deadline woke it.
+                let (_, lease) = b
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection after the sweep");
+                assert!(lease.waited.is_some(), "B had to wait as a pending request");
+                assert!(!a.has_idle(&key));
+                assert!(a.has_idle(&other), "the unlimited cluster's stays");
             })
             .await;
     }

@@ -122,6 +122,16 @@ pub enum Received {
     Hyper(Incoming),
 }
 
+impl Received {
+    /// Whether the body's next poll returns an error it already has.
+    fn holds_error(&self) -> bool {
+        match self {
+            Self::Own(body) => body.holds_error(),
+            Self::Hyper(_) => false,
+        }
+    }
+}
+
 impl Body for Received {
     type Data = Bytes;
     type Error = BoxError;
@@ -258,7 +268,9 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
             Source::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
+        let holds_error = matches!(&this.source, Source::Upstream(body) if body.holds_error());
         if polled.is_pending()
+            && !holds_error
             && let Some(deadline) = this.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
@@ -376,6 +388,65 @@ mod tests {
             unread.0.borrow().is_empty(),
             "the observer is dropped unended"
         );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_body_cut_short_as_the_deadline_passes_is_a_reset_not_a_timeout() {
+        use crate::proxy::h1;
+        use crate::proxy::pool::{PoolKey, Pools};
+        use crate::tls::TlsPlan;
+        use prometheus::{IntCounter, IntCounterVec, Opts};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                // Half the body, then the end of the stream, in one poll of
+                // the server: the client reads the head and those bytes,
+                // and its next read finds the end.
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("a port");
+                let address = listener.local_addr().expect("an address");
+                tokio::task::spawn_local(async move {
+                    let (mut stream, _) = listener.accept().await.expect("a connection");
+                    stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+                        .await
+                        .expect("a write");
+                    stream.shutdown().await.expect("a shutdown");
+                    let mut request = [0u8; 1024];
+                    while stream.read(&mut request).await.is_ok_and(|n| n > 0) {}
+                });
+                let cluster = crate::proxy::testing::cluster(&[address], Default::default(), None);
+                let plan = TlsPlan::Plain;
+                let key = PoolKey::new(&cluster.endpoints[0].address, &cluster, &plan);
+                let pools = std::rc::Rc::new(Pools::new(
+                    IntCounter::new("opened", "opened").expect("a counter"),
+                    IntCounterVec::new(Opts::new("tls", "tls"), &["side", "reason"])
+                        .expect("a counter"),
+                ));
+                let (connection, lease) =
+                    pools.h1(&key, &cluster, &plan).await.expect("a connection");
+                let request = http::Request::get("/")
+                    .body(UpstreamBody::Full(None))
+                    .expect("a request");
+                let Ok(response) = h1::send(connection, request, lease).await else {
+                    panic!("a response head");
+                };
+                let notes = Notes::default();
+                // The route deadline has passed by the time the body is read.
+                let body = ResponseBody::upstream(
+                    Received::Own(response.into_body()),
+                    notes.clone(),
+                    Some(tokio::time::Instant::now() - std::time::Duration::from_secs(1)),
+                );
+                let Err(error) = body.collect().await else {
+                    panic!("cut short");
+                };
+                assert!(!error.is::<ResponseTimeout>(), "{error}");
+                assert_eq!(*notes.0.borrow(), ["frame 5", "reset true", "end"]);
+            })
+            .await;
     }
 
     #[test]

@@ -717,6 +717,13 @@ pub struct ResponseBody<R: Reuse> {
 }
 
 impl<R: Reuse> ResponseBody<R> {
+    /// Whether the body holds back an error it returns at the next poll:
+    /// a deadline seen in the meantime did not cut the body off, the
+    /// upstream did.
+    pub fn holds_error(&self) -> bool {
+        self.failed.is_some()
+    }
+
     fn end_if_empty(&mut self) {
         if matches!(self.state, State::Length(0)) {
             self.finish();

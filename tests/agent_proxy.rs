@@ -146,7 +146,6 @@ async fn an_h2_upload_of_no_declared_length_reaches_an_http1_app_whole() {
     // The agent forwards it chunked; its one large frame must go out
     // before the last chunk, not after it.
     let app = Upstream::start("uploads").await;
-    let labels = [("app", "backend"), ("version", "v1")];
     let yaml = agent("frontend", closed_port().await, NO_COLLECTOR)
         + &service_entry(
             "backend",
@@ -154,7 +153,7 @@ async fn an_h2_upload_of_no_declared_length_reaches_an_http1_app_whole() {
             "HTTP",
             &[Ep {
                 addr: app.addr,
-                labels: &labels,
+                labels: &[],
             }],
         );
     let frontend = Agent::start(&yaml);

@@ -268,9 +268,8 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
             Source::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
-        let holds_error = matches!(&this.source, Source::Upstream(body) if body.holds_error());
         if polled.is_pending()
-            && !holds_error
+            && !matches!(&this.source, Source::Upstream(body) if body.holds_error())
             && let Some(deadline) = this.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
@@ -393,9 +392,8 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_body_cut_short_as_the_deadline_passes_is_a_reset_not_a_timeout() {
         use crate::proxy::h1;
-        use crate::proxy::pool::{PoolKey, Pools};
+        use crate::proxy::testing::{cluster, key, pools};
         use crate::tls::TlsPlan;
-        use prometheus::{IntCounter, IntCounterVec, Opts};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         tokio::task::LocalSet::new()
@@ -417,16 +415,12 @@ mod tests {
                     let mut request = [0u8; 1024];
                     while stream.read(&mut request).await.is_ok_and(|n| n > 0) {}
                 });
-                let cluster = crate::proxy::testing::cluster(&[address], Default::default(), None);
-                let plan = TlsPlan::Plain;
-                let key = PoolKey::new(&cluster.endpoints[0].address, &cluster, &plan);
-                let pools = std::rc::Rc::new(Pools::new(
-                    IntCounter::new("opened", "opened").expect("a counter"),
-                    IntCounterVec::new(Opts::new("tls", "tls"), &["side", "reason"])
-                        .expect("a counter"),
-                ));
-                let (connection, lease) =
-                    pools.h1(&key, &cluster, &plan).await.expect("a connection");
+                let cluster = cluster(&[address], Default::default(), None);
+                let pools = pools();
+                let (connection, lease) = pools
+                    .h1(&key(&cluster), &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
                 let request = http::Request::get("/")
                     .body(UpstreamBody::Full(None))
                     .expect("a request");

@@ -564,21 +564,14 @@ struct Next {
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use prometheus::Opts;
     use tokio::net::TcpListener;
     use tokio::task::LocalSet;
 
     use super::*;
     use crate::model::live::PoolLimits;
+    use crate::proxy::testing::{key, pools};
 
     /// A worker's pools, counting into throwaway metrics.
-    fn pools() -> Rc<Pools> {
-        let opened = IntCounter::new("opened", "connections opened").expect("a counter");
-        let failures = IntCounterVec::new(Opts::new("tls", "tls failures"), &["side", "reason"])
-            .expect("a counter");
-        Rc::new(Pools::new(opened, failures))
-    }
-
     /// A server that accepts connections and keeps them open until they
     /// close, counting how many it accepted.
     async fn server() -> (SocketAddr, Rc<std::cell::Cell<usize>>) {
@@ -612,10 +605,6 @@ mod tests {
             ..PoolLimits::default()
         };
         super::super::testing::cluster(&[address], limits, None)
-    }
-
-    fn key(cluster: &Cluster) -> PoolKey {
-        PoolKey::new(&cluster.endpoints[0].address, cluster, &TlsPlan::Plain)
     }
 
     #[tokio::test]

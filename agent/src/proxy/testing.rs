@@ -47,3 +47,21 @@ pub fn cluster(
         upstream_bind: None,
     })
 }
+
+/// A worker's connection pools, counting into throwaway counters.
+pub fn pools() -> std::rc::Rc<super::pool::Pools> {
+    use prometheus::{IntCounter, IntCounterVec, Opts};
+    let opened = IntCounter::new("opened", "connections opened").expect("a counter");
+    let failures = IntCounterVec::new(Opts::new("tls", "tls failures"), &["side", "reason"])
+        .expect("a counter");
+    std::rc::Rc::new(super::pool::Pools::new(opened, failures))
+}
+
+/// The plaintext pool key of `cluster`'s first endpoint.
+pub fn key(cluster: &Cluster) -> super::pool::PoolKey {
+    super::pool::PoolKey::new(
+        &cluster.endpoints[0].address,
+        cluster,
+        &crate::tls::TlsPlan::Plain,
+    )
+}

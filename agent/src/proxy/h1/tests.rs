@@ -62,6 +62,16 @@ async fn connect(address: std::net::SocketAddr) -> Connection {
     Connection::new(MaybeTls::Plain(stream), None)
 }
 
+/// Looks at `connection` until it is unusable; panics with `never` if it
+/// stays usable for 30 s.
+async fn until_unusable(connection: &mut Connection, never: &str) {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while connection.is_usable(std::task::Waker::noop()) {
+        assert!(std::time::Instant::now() < give_up, "{never}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 fn get(path: &str) -> Request<UpstreamBody> {
     Request::get(path)
         .header("host", "upstream")
@@ -332,14 +342,7 @@ fn a_connection_the_server_closed_is_not_usable() {
     local(async {
         let (address, _) = server(vec![]).await;
         let mut connection = connect(address).await;
-        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while connection.is_usable(std::task::Waker::noop()) {
-            assert!(
-                std::time::Instant::now() < give_up,
-                "the close was never seen"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        until_unusable(&mut connection, "the close was never seen").await;
     });
 }
 
@@ -356,14 +359,7 @@ fn a_byte_sent_unasked_keeps_the_connection_unusable() {
             let _ = hold.await;
         });
         let mut connection = connect(address).await;
-        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while connection.is_usable(std::task::Waker::noop()) {
-            assert!(
-                std::time::Instant::now() < give_up,
-                "the byte was never seen"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        until_unusable(&mut connection, "the byte was never seen").await;
         for _ in 0..3 {
             assert!(
                 !connection.is_usable(std::task::Waker::noop()),

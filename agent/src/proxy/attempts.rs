@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Response};
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
@@ -27,7 +27,7 @@ use super::headers::decimal;
 use super::local_reply::LocalReply;
 use super::progress::{BodyFailure, RequestProgress};
 use super::tap::Tap;
-use super::upstream::{SendError, Sent, Upstream};
+use super::upstream::{AttemptHead, SendError, Sent, Upstream};
 use crate::model::balancer::PickInput;
 use crate::model::clock::now_ms;
 use crate::model::cluster::Cluster;
@@ -249,25 +249,27 @@ impl Attempts<'_> {
                 .take_request(self.cluster.limits.max_requests)
                 .ok_or(LocalReply::overflow(MAX_REQUESTS))?;
             record.hold_request_slot(request_slot);
-            // Numbered in the head the attempts are copied from, so that a
-            // copy is made with room for it (inserting into a copy would
-            // grow its header list, and move it, on every request).
+            // Numbered, and the retry's span named, in the head every
+            // attempt is sent from: an attempt that borrows it sends what
+            // the loop wrote there, and each attempt overwrites the last's.
             if self.count_attempts {
                 let number = decimal(u64::from(attempt) + 1);
                 template.headers.insert(ATTEMPT_COUNT, number);
             }
-            let may_retry = attempt < self.retry.attempts && body.replayable();
-            let mut parts = if may_retry {
-                copy_head(template)
-            } else {
-                head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?
-            };
             if attempt > 0 {
-                record.sending_retry(attempt, endpoint, &mut parts.headers);
+                record.sending_retry(attempt, endpoint, &mut template.headers);
             }
-            let request = Request::from_parts(parts, body.for_attempt());
+            let may_retry = attempt < self.retry.attempts && body.replayable();
+            let attempt_head = if may_retry {
+                AttemptHead::Lent(template)
+            } else {
+                AttemptHead::Given(head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?)
+            };
+            let attempt_body = body.for_attempt();
             let started = Instant::now();
-            let outcome = self.send(upstream, endpoint, request).await;
+            let outcome = self
+                .send(upstream, endpoint, attempt_head, attempt_body)
+                .await;
             let failure = body.progress.failure();
             match self.judge(
                 outcome, failure, endpoint, started, attempt, may_retry, record,
@@ -289,7 +291,8 @@ impl Attempts<'_> {
         &self,
         upstream: &U,
         endpoint: &Endpoint,
-        request: Request<UpstreamBody>,
+        head: AttemptHead<'_>,
+        body: UpstreamBody,
     ) -> Result<Sent<U::Body>, Attempted> {
         let per_try = self.retry.per_try_timeout.map(|t| Instant::now() + t);
         let limit = match (per_try, self.deadline) {
@@ -298,7 +301,7 @@ impl Attempts<'_> {
         };
         // Pinned where it is made: handed on by reference, not moved
         // (with the request inside it) into a timeout.
-        let send = std::pin::pin!(upstream.send(endpoint, request));
+        let send = std::pin::pin!(upstream.send(endpoint, head, body));
         let Some(limit) = limit else {
             return send.await.map_err(Attempted::Error);
         };
@@ -428,14 +431,4 @@ impl Attempts<'_> {
             record.ejected(self.cluster, endpoint, reason, duration);
         }
     }
-}
-
-/// A copy of a request head for one more attempt.
-pub(super) fn copy_head(head: &Parts) -> Parts {
-    let mut request = Request::new(());
-    *request.method_mut() = head.method.clone();
-    *request.uri_mut() = head.uri.clone();
-    *request.version_mut() = head.version;
-    *request.headers_mut() = head.headers.clone();
-    request.into_parts().0
 }

@@ -421,10 +421,12 @@ mod tests {
                     .h1(&key(&cluster), &cluster, &TlsPlan::Plain)
                     .await
                     .expect("a connection");
-                let request = http::Request::get("/")
-                    .body(UpstreamBody::Full(None))
-                    .expect("a request");
-                let Ok(response) = h1::send(connection, request, lease).await else {
+                let (mut head, ()) = http::Request::get("/")
+                    .body(())
+                    .expect("a request")
+                    .into_parts();
+                let body = UpstreamBody::Full(None);
+                let Ok(response) = h1::send(connection, &mut head, body, lease).await else {
                     panic!("a response head");
                 };
                 let notes = Notes::default();

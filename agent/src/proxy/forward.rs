@@ -8,12 +8,12 @@ use super::body::{Received, UpstreamBody};
 use super::canonical::known_transfer_coding;
 use super::h1::{self, SendFailure};
 use super::pool::{AcquireError, PoolKey};
-use super::upstream::{SendError, Sent, Upstream};
+use super::upstream::{AttemptHead, SendError, Sent, Upstream};
 use crate::model::cluster::{Cluster, UpstreamTls};
 use crate::model::endpoint::Endpoint;
 use crate::model::policy::AttemptFailure;
 use crate::tls::TlsPlan;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 
 /// How the connection to `endpoint` is secured, with the workload's current
 /// certificate for mesh mTLS.
@@ -50,7 +50,8 @@ impl Upstream for Forwarder<'_> {
     fn send(
         &self,
         endpoint: &Endpoint,
-        request: Request<UpstreamBody>,
+        head: AttemptHead<'_>,
+        body: UpstreamBody,
     ) -> impl Future<Output = Result<Sent<Received>, SendError>> {
         send(
             self.worker,
@@ -58,14 +59,17 @@ impl Upstream for Forwarder<'_> {
             self.cluster,
             self.h2,
             self.upgrade,
-            request,
+            head,
+            body,
         )
     }
 }
 
-/// Sends `req` to `endpoint` as HTTP/2 (`h2`) or HTTP/1.1. A request that an
-/// idle connection closed under before it was written goes out again on
-/// another connection; that is not a retry. An HTTP/1.1 answer that cannot
+/// Sends the request `head` with `body` to `endpoint` as HTTP/2 (`h2`) or
+/// HTTP/1.1: hyper's client (HTTP/2, upgrades) takes a request of its own,
+/// the agent's HTTP/1.1 client writes a lent head where it lies. A request
+/// that an idle connection closed under before it was written goes out
+/// again on another connection; that is not a retry. An HTTP/1.1 answer that cannot
 /// be passed on (see [`unusable`]) is the upstream's protocol error, as an
 /// unreadable head is.
 pub async fn send(
@@ -74,12 +78,14 @@ pub async fn send(
     cluster: &Cluster,
     h2: bool,
     upgrade: bool,
-    mut req: Request<UpstreamBody>,
+    mut head: AttemptHead<'_>,
+    mut body: UpstreamBody,
 ) -> Result<Sent<Received>, SendError> {
     let plan = tls_plan(worker, cluster, endpoint, h2)?;
     let key = PoolKey::new(&endpoint.address, cluster, &plan);
     let pools = &worker.pools;
     if h2 {
+        let mut req = head.into_request(body);
         for _ in 0..2 {
             let mut shared = pools
                 .h2(&key, cluster, &plan)
@@ -110,7 +116,7 @@ pub async fn send(
             .await
             .map_err(acquire_failed)?;
         let response = sender
-            .send_request(req)
+            .send_request(head.into_request(body))
             .await
             .map_err(|error| reset(&error))?;
         if let Some(why) = unusable(&response, upgrade) {
@@ -129,7 +135,7 @@ pub async fn send(
             .await
             .map_err(acquire_failed)?;
         let (peer, waited, reused) = (lease.peer.clone(), lease.waited, lease.reused);
-        match h1::send(connection, req, lease).await {
+        match h1::send(connection, head.parts(), body, lease).await {
             Ok(response) => {
                 if let Some(why) = unusable(&response, upgrade) {
                     tracing::debug!(why, "upstream response cannot be passed on");
@@ -141,7 +147,7 @@ pub async fn send(
                     waited,
                 });
             }
-            Err(SendFailure::Unsent(unsent)) if reused => req = *unsent,
+            Err(SendFailure::Unsent(unsent)) if reused => body = *unsent,
             Err(SendFailure::Unsent(_)) => {
                 return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest));
             }

@@ -24,7 +24,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRAILER, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -120,9 +120,10 @@ pub trait Reuse {
 
 /// Why a request got no response.
 pub enum SendFailure {
-    /// Nothing was written: the connection was closed. The request comes
-    /// back, to go out on another connection.
-    Unsent(Box<Request<UpstreamBody>>),
+    /// Nothing was written: the connection was closed. The request's body
+    /// comes back (its head stayed with the caller), to go out on another
+    /// connection.
+    Unsent(Box<UpstreamBody>),
     /// The connection closed or failed before a whole response head.
     Reset(io::Error),
     /// The response broke HTTP/1.1 (UPE), for this reason.
@@ -140,21 +141,23 @@ enum Encoding {
     Chunked,
 }
 
-/// Sends `req` over `connection` and reads the response head. The
-/// response's body reads the rest and gives the connection to `reuse`
-/// if it ends cleanly, the request was written whole, and both sides
-/// keep the connection alive.
+/// Sends the request head `parts` with `body` over `connection` and reads
+/// the response head. The head is framed where it lies (`Content-Length`
+/// or `Transfer-Encoding` set as the body needs) and written from there, so
+/// the caller may send it again with the same body. The response's body
+/// reads the rest and gives the connection to `reuse` if it ends cleanly,
+/// the request was written whole, and both sides keep the connection alive.
 pub async fn send<R: Reuse>(
     mut connection: Connection,
-    req: Request<UpstreamBody>,
+    parts: &mut http::request::Parts,
+    body: UpstreamBody,
     reuse: R,
 ) -> Result<Response<ResponseBody<R>>, SendFailure> {
-    let (mut parts, body) = req.into_parts();
-    let encoding = frame_request(&mut parts, &body);
+    let encoding = frame_request(parts, &body);
     let keep_alive = keeps_alive(parts.version, &parts.headers);
     let head_request = parts.method == Method::HEAD;
     connection.write.clear();
-    encode_head(&parts, &mut connection.write);
+    encode_head(parts, &mut connection.write);
     let mut out = Outgoing {
         encoding,
         sent: 0,
@@ -184,9 +187,7 @@ pub async fn send<R: Reuse>(
     match first {
         Ok(n) if n > 0 => out.written = n,
         _ => {
-            return Err(SendFailure::Unsent(Box::new(Request::from_parts(
-                parts, out.body,
-            ))));
+            return Err(SendFailure::Unsent(Box::new(out.body)));
         }
     }
     // The body goes out while the answer is awaited: an upstream may

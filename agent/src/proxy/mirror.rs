@@ -10,14 +10,15 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::HOST;
 use http::uri::Authority;
-use http::{HeaderValue, Request, Uri, request::Parts};
+use http::{HeaderValue, Uri, request::Parts};
 use http_body_util::{BodyExt, Limited};
 use opentelemetry::trace::SpanContext;
 
 use super::Worker;
 use super::body::UpstreamBody;
 use super::tap::Tap;
-use super::{attempts, forward, headers};
+use super::upstream::{AttemptHead, copy_head};
+use super::{forward, headers};
 use crate::host::split_host_port;
 use crate::model::balancer::PickInput;
 use crate::model::cluster::Cluster;
@@ -59,7 +60,7 @@ impl Copies<'_> {
             let Some(cluster) = mirror.target.cluster_for(self.port).cloned() else {
                 continue;
             };
-            let mut head = attempts::copy_head(self.head);
+            let mut head = copy_head(self.head);
             shadow_authority(&mut head);
             let h2 = cluster.speaks_h2(self.version, self.grpc);
             let copy = Copy {
@@ -140,7 +141,6 @@ impl Copy {
             headers::frame_empty_body(&mut self.head, self.h2);
         }
         let body = (!body.is_empty()).then_some(body);
-        let request = Request::from_parts(self.head, UpstreamBody::Full(body));
         let sent = tokio::time::timeout(
             MIRROR_TIMEOUT,
             // A mirrored request never offers an upgrade.
@@ -150,7 +150,8 @@ impl Copy {
                 &self.cluster,
                 self.h2,
                 false,
-                request,
+                AttemptHead::Given(self.head),
+                UpstreamBody::Full(body),
             ),
         )
         .await;
@@ -210,6 +211,7 @@ fn shadow_authority(head: &mut Parts) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     fn head(uri: &str, host: &str) -> Parts {
         Request::get(uri)

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::request::Parts;
 use http::{Request, Response};
 
 use super::body::UpstreamBody;
@@ -28,12 +29,64 @@ pub trait Upstream {
     /// The response body it answers with.
     type Body;
 
-    /// Sends `request` to `endpoint`; an error is an attempt without an answer.
+    /// Sends the request `head` with `body` to `endpoint`; an error is an
+    /// attempt without an answer.
     fn send(
         &self,
         endpoint: &Endpoint,
-        request: Request<UpstreamBody>,
+        head: AttemptHead<'_>,
+        body: UpstreamBody,
     ) -> impl Future<Output = Result<Sent<Self::Body>, SendError>>;
+}
+
+/// The request head of one attempt: lent from the head every attempt is
+/// sent from, while a retry may still need it, or given for the last one.
+///
+/// The agent's HTTP/1.1 client writes a lent head straight from where it
+/// lies (framing it there: every attempt sends the same body, so each
+/// frames it alike); a client that must own its request (hyper's, for
+/// HTTP/2 and upgrades) takes a copy of a lent head. Each retry thus costs a
+/// copy only where one is needed, and a request no retry can follow costs
+/// none.
+// Not boxed: the head given to the last attempt is the common case (no
+// retry policy), and boxing it would put back an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub enum AttemptHead<'a> {
+    /// The shared head; the attempt leaves it as a later one may send it.
+    Lent(&'a mut Parts),
+    /// The head, the attempt's own.
+    Given(Parts),
+}
+
+impl AttemptHead<'_> {
+    /// The head, to read or to frame in place.
+    pub fn parts(&mut self) -> &mut Parts {
+        match self {
+            Self::Lent(parts) => parts,
+            Self::Given(parts) => parts,
+        }
+    }
+
+    /// A request of its own with `body`, copying a lent head.
+    pub fn into_request<B>(self, body: B) -> Request<B> {
+        let parts = match self {
+            Self::Lent(parts) => copy_head(parts),
+            Self::Given(parts) => parts,
+        };
+        Request::from_parts(parts, body)
+    }
+}
+
+/// A copy of a request head (`Parts` has no `Clone`: its extensions need
+/// not be cloneable); extensions are not copied, the agent keeps none on
+/// requests it sends.
+pub fn copy_head(head: &Parts) -> Parts {
+    let mut request = Request::new(());
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = head.uri.clone();
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers.clone();
+    request.into_parts().0
 }
 
 /// Why an attempt got no response.

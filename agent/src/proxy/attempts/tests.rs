@@ -70,10 +70,11 @@ impl Upstream for Script {
     async fn send(
         &self,
         endpoint: &Endpoint,
-        request: Request<UpstreamBody>,
+        mut head: AttemptHead<'_>,
+        _body: UpstreamBody,
     ) -> Result<Sent<()>, SendError> {
         let now = Instant::now();
-        let count = request.headers().get("x-envoy-attempt-count");
+        let count = head.parts().headers.get("x-envoy-attempt-count");
         self.counts
             .borrow_mut()
             .push(count.map_or("-".into(), |c| c.to_str().unwrap().to_owned()));

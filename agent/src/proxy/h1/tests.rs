@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use http::Request;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -70,6 +71,16 @@ async fn until_unusable(connection: &mut Connection, never: &str) {
         assert!(std::time::Instant::now() < give_up, "{never}");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// [`super::send`] with a whole request, as these tests build them.
+async fn send<R: Reuse>(
+    connection: Connection,
+    request: Request<UpstreamBody>,
+    reuse: R,
+) -> Result<Response<ResponseBody<R>>, SendFailure> {
+    let (mut parts, body) = request.into_parts();
+    super::send(connection, &mut parts, body, reuse).await
 }
 
 fn get(path: &str) -> Request<UpstreamBody> {

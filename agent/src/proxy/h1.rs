@@ -43,6 +43,15 @@ pub const MAX_RESPONSE_HEAD: usize = 80 * 1024;
 /// Most header lines in a response head or in trailers (hyper's default).
 const MAX_HEADERS: usize = 100;
 
+/// Room a response's header map keeps for a request's: hyper's server
+/// parses the next request on the downstream connection into the map of
+/// the response it wrote last (emptied, its capacity kept), and the agent
+/// adds six headers to a request on its way out (`x-request-id`,
+/// `x-forwarded-proto`, `traceparent`, the two peer-metadata headers,
+/// `x-envoy-attempt-count`). A map sized to the response alone grew, and
+/// was rehashed, on nearly every request.
+const REQUEST_HEADROOM: usize = 6;
+
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 8 * 1024;
 
@@ -667,7 +676,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Parsed, SendFailure> {
         fields.push((name, start, start + h.value.len()));
     }
     let head = read.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut headers = HeaderMap::with_capacity(fields.len() + REQUEST_HEADROOM);
     for (name, start, end) in fields {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| SendFailure::Protocol("invalid response header value"))?;

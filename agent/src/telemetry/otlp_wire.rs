@@ -156,7 +156,10 @@ pub fn len_prefix(buf: &mut Vec<u8>, field: u32, len: usize) {
 ///
 /// The keys and lengths around the name and the value are built on the
 /// stack and appended at once: an attribute is three or four copies into
-/// `buf`, not a call and a capacity check per byte.
+/// `buf`, not a call and a capacity check per byte. When every key and
+/// length is one byte (a field below 16, a `KeyValue` of under 128 bytes:
+/// nearly every span attribute) they are written as they are, without the
+/// varint loop.
 pub fn key_value(buf: &mut Vec<u8>, field: u32, name: &str, value: Value<'_>) {
     let value_len = match value {
         Value::Str(s) => field_len(1, s.len()),
@@ -165,6 +168,32 @@ pub fn key_value(buf: &mut Vec<u8>, field: u32, name: &str, value: Value<'_>) {
         Value::Double(_) => 9,
     };
     let body = field_len(1, name.len()) + field_len(2, value_len);
+    if field < 16 && body < 0x80 {
+        // (body < 128 bounds the name's and the value's lengths too)
+        buf.reserve(2 + body);
+        buf.extend_from_slice(&[
+            tag(field, LEN) as u8,
+            body as u8,
+            tag(1, LEN) as u8,
+            name.len() as u8,
+        ]);
+        buf.extend_from_slice(name.as_bytes());
+        if let Value::Str(s) = value {
+            buf.extend_from_slice(&[
+                tag(2, LEN) as u8,
+                value_len as u8,
+                tag(1, LEN) as u8,
+                s.len() as u8,
+            ]);
+            buf.extend_from_slice(s.as_bytes());
+        } else {
+            let mut head = Head::default();
+            head.bytes(&[tag(2, LEN) as u8, value_len as u8]);
+            head.any_value(value);
+            buf.extend_from_slice(head.written());
+        }
+        return;
+    }
     let mut head = Head::default();
     head.key(field, LEN);
     head.varint(body as u64);
@@ -175,29 +204,11 @@ pub fn key_value(buf: &mut Vec<u8>, field: u32, name: &str, value: Value<'_>) {
     let mut head = Head::default();
     head.key(2, LEN);
     head.varint(value_len as u64);
-    match value {
-        Value::Str(s) => {
-            head.key(1, LEN);
-            head.varint(s.len() as u64);
-            buf.extend_from_slice(head.written());
-            buf.extend_from_slice(s.as_bytes());
-            return;
-        }
-        Value::Bool(b) => {
-            head.key(2, VARINT);
-            head.varint(u64::from(b));
-        }
-        // int64 is a varint of the two's complement.
-        Value::Int(i) => {
-            head.key(3, VARINT);
-            head.varint(i as u64);
-        }
-        Value::Double(d) => {
-            head.key(4, FIXED64);
-            head.bytes(&d.to_bits().to_le_bytes());
-        }
-    }
+    head.any_value(value);
     buf.extend_from_slice(head.written());
+    if let Value::Str(s) = value {
+        buf.extend_from_slice(s.as_bytes());
+    }
 }
 
 /// Keys, lengths and small values written on the stack: at most two keys
@@ -223,6 +234,30 @@ impl Head {
     fn bytes(&mut self, value: &[u8]) {
         self.bytes[self.len..self.len + value.len()].copy_from_slice(value);
         self.len += value.len();
+    }
+
+    /// An `AnyValue`'s one field: whole for a scalar; for a string, its
+    /// key and length (the caller appends the bytes).
+    fn any_value(&mut self, value: Value<'_>) {
+        match value {
+            Value::Str(s) => {
+                self.key(1, LEN);
+                self.varint(s.len() as u64);
+            }
+            Value::Bool(b) => {
+                self.key(2, VARINT);
+                self.varint(u64::from(b));
+            }
+            // int64 is a varint of the two's complement.
+            Value::Int(i) => {
+                self.key(3, VARINT);
+                self.varint(i as u64);
+            }
+            Value::Double(d) => {
+                self.key(4, FIXED64);
+                self.bytes(&d.to_bits().to_le_bytes());
+            }
+        }
     }
 
     fn written(&self) -> &[u8] {
@@ -284,6 +319,51 @@ mod tests {
             .collect();
         assert_eq!(decoded.values, want);
         assert_eq!(buf, Attributes { values: want }.encode_to_vec());
+    }
+
+    /// The one-byte writing and the varint loop meet where a field number
+    /// passes 15 and a `KeyValue` 127 bytes: each side of both, as prost
+    /// encodes the same `KeyValue` as that field (names of a byte or more:
+    /// prost leaves an empty key out, which no attribute has).
+    #[test]
+    fn key_values_across_the_one_byte_boundaries_match_prost() {
+        let longest = "n".repeat(130);
+        for field in [1, 9, 15, 16, 300] {
+            for name_len in [1, 60, 118, 120, 123, 124, 125, 126, 127, 128, 130] {
+                let name = &longest[..name_len];
+                let mut values: Vec<Value<'_>> =
+                    (0..=130).map(|n| Value::Str(&longest[..n])).collect();
+                values.extend([
+                    Value::Bool(true),
+                    Value::Int(0),
+                    Value::Int(200),
+                    Value::Int(-1),
+                    Value::Double(2.5),
+                ]);
+                for value in values {
+                    let mut buf = vec![7];
+                    key_value(&mut buf, field, name, value);
+                    let kv = KeyValue {
+                        key: name.to_owned(),
+                        value: Some(AnyValue {
+                            value: Some(match value {
+                                Value::Str(s) => any_value::Value::StringValue(s.to_owned()),
+                                Value::Bool(b) => any_value::Value::BoolValue(b),
+                                Value::Int(i) => any_value::Value::IntValue(i),
+                                Value::Double(d) => any_value::Value::DoubleValue(d),
+                            }),
+                        }),
+                        ..Default::default()
+                    };
+                    let mut want = vec![7];
+                    prost::encoding::message::encode(field, &kv, &mut want);
+                    assert_eq!(
+                        buf, want,
+                        "field {field}, name of {name_len} bytes, {value:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -497,3 +497,34 @@ fn chunk_sizes_and_lengths_parse_as_rfc_9112_says() {
     assert_eq!(lengths(&["+4"]), Err(()));
     assert_eq!(lengths(&[""]), Err(()));
 }
+
+/// hyper's server parses the next request on a connection into the emptied
+/// map of the response it wrote last: an nginx answer's map takes a
+/// request of two headers and the six the agent adds without growing.
+#[test]
+fn an_answers_header_map_has_room_for_the_next_request() {
+    let mut read = BytesMut::from(
+        "HTTP/1.1 200 OK\r\nserver: nginx\r\ndate: Fri, 04 Dec 2026 02:00:00 GMT\r\n\
+         content-type: text/plain\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok",
+    );
+    let Ok(Parsed::Final(head)) = parse_head(&mut read) else {
+        panic!("a final head");
+    };
+    let mut map = head.headers;
+    assert_eq!(map.len(), 5);
+    let capacity = map.capacity();
+    map.clear();
+    for name in [
+        "user-agent",
+        "host",
+        "x-request-id",
+        "x-forwarded-proto",
+        "traceparent",
+        "x-envoy-peer-metadata",
+        "x-envoy-peer-metadata-id",
+        "x-envoy-attempt-count",
+    ] {
+        map.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+    }
+    assert_eq!(map.capacity(), capacity, "the map grew");
+}

@@ -183,6 +183,33 @@ async fn an_h2_upload_of_no_declared_length_reaches_an_http1_app_whole() {
     }
 }
 
+/// A GET's body framed by the caller (chunked, no length) reaches the app
+/// whole, chunked, as Envoy passes it on: a body is never dropped for its
+/// method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunked_get_body_reaches_an_http1_app_whole() {
+    let app = Upstream::start("gets").await;
+    let yaml = agent("frontend", closed_port().await, NO_COLLECTOR)
+        + &service_entry(
+            "backend",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: app.addr,
+                labels: &[],
+            }],
+        );
+    let frontend = Agent::start(&yaml);
+    let request = "GET /with-a-body HTTP/1.1\r\nHost: backend:9080\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let response = raw_exchange(frontend.outbound, request).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let seen = app.seen().pop().expect("the app saw the request");
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.body_len, 5);
+    assert_eq!(seen.body_hash, fnv(FNV_START, b"hello"));
+    assert_eq!(seen.headers["transfer-encoding"], "chunked");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grpc_calls_keep_their_trailers() {
     let echo = grpc::start().await;

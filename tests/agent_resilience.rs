@@ -8,10 +8,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::agent::Agent;
 use common::client::Client;
 use common::mesh::{Ep, NO_COLLECTOR, agent, service_entry};
 use common::upstream::{Upstream, closed_port};
+use http::Request;
+use http_body_util::Full;
 
 /// An agent whose `app` service has `upstreams` as endpoints, with `extra`
 /// resources (DestinationRule, VirtualService) appended.
@@ -109,6 +112,52 @@ async fn retries_recover_from_a_half_failing_upstream() {
     assert_eq!(
         scrape.sum("istio_requests_total", &[("response_code", "200")]),
         100.0
+    );
+}
+
+/// A request body longer than the retry buffer (1 MiB) can be sent only
+/// once: a retriable answer to it reaches the caller as the upstream gave
+/// it, and no retry is made or counted (Envoy turns retries off once its
+/// buffer limit is passed). A body within the buffer is still retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_past_the_retry_buffer_gets_the_upstreams_own_answer() {
+    let failing = Upstream::start("failing").await;
+    failing.fail_with(503);
+    let rule =
+        "  - retries: {attempts: 2, retryOn: 5xx}\n    route: [{destination: {host: app}}]\n";
+    let agent = mesh(&[&failing], &virtual_service(rule)).await;
+    let client = Client::h1(agent.outbound);
+    let post = |len: usize| {
+        Request::post("http://app:9080/upload")
+            .body(Full::new(Bytes::from(vec![b'x'; len])))
+            .unwrap()
+    };
+    let big = client.send(post(1_500_000)).await;
+    assert_eq!(big.status, 503);
+    assert_eq!(&big.body[..], b"cued 503", "the upstream's own answer");
+    assert_eq!(big.header("x-tracemesh-response-flags"), None);
+    assert_eq!(failing.count(), 1, "one attempt: the body cannot go again");
+    assert_eq!(failing.seen()[0].body_len, 1_500_000);
+
+    let small = client.send(post(1_000)).await;
+    assert_eq!(small.status, 503);
+    assert_eq!(failing.count(), 4, "the small body went three times");
+    let scrape = agent.metrics().await;
+    assert_eq!(
+        scrape.sum(
+            "istio_requests_total",
+            &[("response_code", "503"), ("response_flags", "-")]
+        ),
+        1.0,
+        "the big body's answer, passed on"
+    );
+    assert_eq!(
+        scrape.sum(
+            "istio_requests_total",
+            &[("response_code", "503"), ("response_flags", "URX")]
+        ),
+        1.0,
+        "the small body's, its retries spent"
     );
 }
 

@@ -271,6 +271,10 @@ impl Attempts<'_> {
                 .send(upstream, endpoint, attempt_head, attempt_body)
                 .await;
             let failure = body.progress.failure();
+            // A body that outgrew the retry buffer while this attempt sent
+            // it cannot go out again: the attempt's answer stands (Envoy
+            // turns retries off once its buffer limit is passed).
+            let may_retry = may_retry && body.replayable();
             match self.judge(
                 outcome, failure, endpoint, started, attempt, may_retry, record,
             ) {

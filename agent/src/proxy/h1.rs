@@ -326,7 +326,8 @@ fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
 }
 
 /// Frames the request body as hyper's client does, setting
-/// `Content-Length` or `Transfer-Encoding` to say so.
+/// `Content-Length` or `Transfer-Encoding` to say so, except that a body of
+/// no declared length is never dropped for its method.
 fn frame_request(parts: &mut http::request::Parts, body: &UpstreamBody) -> Encoding {
     let headers = &mut parts.headers;
     if body.is_end_stream() {
@@ -362,14 +363,14 @@ fn frame_request(parts: &mut http::request::Parts, body: &UpstreamBody) -> Encod
             headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
             Encoding::Length(len)
         }
+        // A body of no declared length goes chunked whatever the method:
+        // the caller framed one (a chunked GET, an HTTP/2 GET with DATA),
+        // and Envoy passes it on; hyper's client would send a GET, HEAD or
+        // CONNECT without it, and the upstream would never see it.
         (None, None) => {
-            if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
-                Encoding::Length(0)
-            } else {
-                headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-                headers.remove(CONTENT_LENGTH);
-                Encoding::Chunked
-            }
+            headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            headers.remove(CONTENT_LENGTH);
+            Encoding::Chunked
         }
     }
 }
@@ -617,6 +618,13 @@ fn poll_read_head(
             }
         }
         match ready!(connection.poll_fill(cx)) {
+            // Part of a head and then the end: the upstream broke the
+            // protocol (Envoy's 502 UPE), not the connection.
+            Ok(0) if !connection.read.is_empty() => {
+                return Poll::Ready(Err(SendFailure::Protocol(
+                    "connection closed within a response head",
+                )));
+            }
             Ok(0) => {
                 return Poll::Ready(Err(SendFailure::Reset(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

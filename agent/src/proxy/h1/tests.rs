@@ -206,6 +206,8 @@ fn broken_heads_are_protocol_errors_and_silence_a_reset() {
             "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
             "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
             "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            // The connection closed within the head (Envoy's 502 UPE).
+            "HTTP/1.1 200 OK\r\ncontent-le",
         ] {
             let (address, _) = server(vec![answer]).await;
             let sent = send(connect(address).await, get("/"), Kept::default()).await;

@@ -2,6 +2,7 @@
 //! the cluster's TLS says (plaintext, mesh mTLS, TLS origination).
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use super::Worker;
 use super::body::{Received, UpstreamBody};
@@ -69,9 +70,10 @@ impl Upstream for Forwarder<'_> {
 /// HTTP/1.1: hyper's client (HTTP/2, upgrades) takes a request of its own,
 /// the agent's HTTP/1.1 client writes a lent head where it lies. A request
 /// that an idle connection closed under before it was written goes out
-/// again on another connection; that is not a retry. An HTTP/1.1 answer that cannot
-/// be passed on (see [`unusable`]) is the upstream's protocol error, as an
-/// unreadable head is.
+/// again on another connection; that is not a retry, and the time it
+/// waited for each connection slot adds up in [`Sent::waited`]. An
+/// HTTP/1.1 answer that cannot be passed on (see [`unusable`]) is the
+/// upstream's protocol error, as an unreadable head is.
 pub async fn send(
     worker: &Rc<Worker>,
     endpoint: &Endpoint,
@@ -84,6 +86,9 @@ pub async fn send(
     let plan = tls_plan(worker, cluster, endpoint, h2)?;
     let key = PoolKey::new(&endpoint.address, cluster, &plan);
     let pools = &worker.pools;
+    // What earlier connections' slots were waited for, when a request nothing
+    // of which was written goes out again.
+    let mut waited_before = None;
     if h2 {
         let mut req = head.into_request(body);
         for _ in 0..2 {
@@ -91,18 +96,20 @@ pub async fn send(
                 .h2(&key, cluster, &plan)
                 .await
                 .map_err(acquire_failed)?;
+            let waited = add_waits(waited_before, shared.waited);
             match shared.sender.try_send_request(req).await {
                 Ok(response) => {
                     return Ok(Sent {
                         response: response.map(Received::Hyper),
                         peer: shared.peer,
-                        waited: shared.waited,
+                        waited,
                     });
                 }
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => {
                         pools.forget_h2(&key);
                         req = unsent;
+                        waited_before = waited;
                     }
                     None => return Err(reset(&error.into_error())),
                 },
@@ -134,7 +141,8 @@ pub async fn send(
             .h1(&key, cluster, &plan)
             .await
             .map_err(acquire_failed)?;
-        let (peer, waited, reused) = (lease.peer.clone(), lease.waited, lease.reused);
+        let waited = add_waits(waited_before, lease.waited);
+        let (peer, reused) = (lease.peer.clone(), lease.reused);
         match h1::send(connection, head.parts(), body, lease).await {
             Ok(response) => {
                 if let Some(why) = unusable(&response, upgrade) {
@@ -147,7 +155,10 @@ pub async fn send(
                     waited,
                 });
             }
-            Err(SendFailure::Unsent(unsent)) if reused => body = *unsent,
+            Err(SendFailure::Unsent(unsent)) if reused => {
+                body = *unsent;
+                waited_before = waited;
+            }
             Err(SendFailure::Unsent(_)) => {
                 return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest));
             }
@@ -161,6 +172,15 @@ pub async fn send(
             }
             Err(SendFailure::Body) => return Err(SendError::Failed(AttemptFailure::Reset)),
         }
+    }
+}
+
+/// The time waited for connection slots over a request's sends, `None`
+/// when none of them waited.
+fn add_waits(before: Option<Duration>, now: Option<Duration>) -> Option<Duration> {
+    match (before, now) {
+        (Some(before), Some(now)) => Some(before + now),
+        (before, now) => before.or(now),
     }
 }
 
@@ -201,4 +221,18 @@ fn reset(error: &hyper::Error) -> SendError {
     } else {
         AttemptFailure::Reset
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_for_connection_slots_add_up_across_sends() {
+        let ms = Duration::from_millis;
+        assert_eq!(add_waits(None, None), None);
+        assert_eq!(add_waits(Some(ms(3)), None), Some(ms(3)));
+        assert_eq!(add_waits(None, Some(ms(4))), Some(ms(4)));
+        assert_eq!(add_waits(Some(ms(3)), Some(ms(4))), Some(ms(7)));
+    }
 }

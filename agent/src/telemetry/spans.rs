@@ -204,12 +204,11 @@ impl WorkerSpans {
     }
 
     fn ship(&self, batch: Batch) {
-        // A little over the last batch, so a slightly larger one still fits;
-        // a small batch (a timer's flush) gives back only a quarter, so the
-        // next full one is not grown, and copied, through every doubling.
-        let len = batch.spans.len();
-        let kept = self.last_len.get() / 4 * 3;
-        self.last_len.set((len + len / 16).max(kept));
+        self.last_len.set(next_reservation(
+            batch.spans.len(),
+            self.last_len.get(),
+            self.sink.batch_bytes,
+        ));
         let counters = &self.sink.counters;
         let count = batch.count;
         counters.queued.fetch_add(count, Ordering::Relaxed);
@@ -218,6 +217,23 @@ impl WorkerSpans {
             counters.queued.fetch_sub(count, Ordering::Relaxed);
             counters.failed.inc_by(count as u64);
         }
+    }
+}
+
+/// The bytes a worker's next batch reserves at its first span, after
+/// shipping one of `len` bytes with `last` reserved before it: a little
+/// over `len`, so a slightly larger batch still fits; after a small batch
+/// (a timer's flush), three quarters of `last`, so the next full one is not
+/// grown, and copied, through every doubling. A batch within a quarter of
+/// `batch_bytes` (a timer's flush at a rate near the bound) may reach the
+/// bound next time: it leaves room for a full batch, or batches that
+/// alternate between the timer and the bound would regrow every other time.
+fn next_reservation(len: usize, last: usize, batch_bytes: usize) -> usize {
+    let over = len + len / 16;
+    if over >= batch_bytes / 4 * 3 {
+        over.max(batch_bytes.saturating_add(batch_bytes / 16))
+    } else {
+        over.max(last / 4 * 3)
     }
 }
 
@@ -708,6 +724,52 @@ mod tests {
         assert_eq!(counters.dropped.get(), 2);
         drop(spans);
         assert_eq!(queue.try_recv().expect("the rest on drop").count, 1);
+    }
+
+    /// Batches that alternate between a timer's flush near the byte bound
+    /// and the bound itself are never regrown: every span of a batch is
+    /// written into the capacity its first span found.
+    #[test]
+    fn a_batch_after_a_flush_near_the_bound_is_not_regrown() {
+        on_worker(a_batch_after_a_flush_near_the_bound_is_not_regrown_on_a_worker);
+    }
+
+    fn a_batch_after_a_flush_near_the_bound_is_not_regrown_on_a_worker() {
+        // 40-byte spans, 1000 bytes a batch: the bound ships at 25 spans.
+        let (spans, mut queue) = worker_with(1 << 20, 1 << 20, 1000);
+        let capacities = RefCell::new(Vec::new());
+        let push = |n: usize| {
+            capacities.borrow_mut().clear();
+            for _ in 0..n {
+                spans.push(|buf| {
+                    capacities.borrow_mut().push(buf.capacity());
+                    buf.extend_from_slice(&[0; 40]);
+                });
+            }
+        };
+        for round in 0..3 {
+            push(25);
+            let full = queue.try_recv().expect("the bound ships the batch");
+            assert_eq!(full.spans.len(), 1000);
+            let first = capacities.borrow()[0];
+            assert!(
+                round == 0 || full.spans.capacity() == first,
+                "round {round}: regrown from {first} to {} bytes",
+                full.spans.capacity()
+            );
+            // A timer's flush at 22 spans, 880 bytes: near the bound.
+            push(22);
+            spans.flush();
+            assert_eq!(queue.try_recv().expect("the flush ships").spans.len(), 880);
+        }
+        // Small batches give the room back, a quarter at a time.
+        for _ in 0..12 {
+            push(1);
+            spans.flush();
+            queue.try_recv().expect("the flush ships");
+        }
+        push(1);
+        assert!(capacities.borrow()[0] < 100, "{:?}", capacities.borrow());
     }
 
     #[test]

@@ -102,6 +102,13 @@ const MAX_BATCH_SPANS: usize = 512;
 /// batch is ~260 spans.
 const MAX_BATCH_BYTES: usize = 128 << 10;
 
+/// Shipped batches whose sizes a worker's next batch is sized by. At a
+/// rate where the byte bound ships one batch and the flush timer the next
+/// (two or three a second), the largest of the last four is always a full
+/// one, so no batch is regrown; when the rate falls, the room goes back
+/// after four smaller batches.
+const RECENT_BATCHES: usize = 4;
+
 /// Export requests sent at once, at most. One at a time, a collector's
 /// round trip bounds the spans a second that can be delivered (under
 /// saturation, with ~13 ms round trips to a sink on a busy core, 64 KiB
@@ -134,12 +141,13 @@ struct Batch {
 pub struct WorkerSpans {
     sink: Arc<SpanSink>,
     batch: RefCell<Batch>,
-    /// The capacity the next batch starts with: a little over the last
-    /// shipped batch, or three quarters of the last reservation after a
-    /// smaller one, so a batch is rarely regrown span by span (copying what
-    /// it holds at every doubling). A queued batch keeps its spare capacity
-    /// until its export ends: bounded by the batch byte limit.
-    last_len: Cell<usize>,
+    /// The lengths in bytes of the last [`RECENT_BATCHES`] shipped batches,
+    /// newest first: a batch starts with a little over the largest, so it
+    /// is rarely regrown span by span (copying what it holds at every
+    /// doubling), and a rate that falls gives the room back within a few
+    /// batches. A queued batch keeps its spare capacity until its export
+    /// ends: bounded by the batch byte limit.
+    recent: Cell<[usize; RECENT_BATCHES]>,
     /// A flush is scheduled.
     timer: Cell<bool>,
     this: Weak<WorkerSpans>,
@@ -151,7 +159,7 @@ impl WorkerSpans {
         Rc::new_cyclic(|this| Self {
             sink,
             batch: RefCell::default(),
-            last_len: Cell::new(0),
+            recent: Cell::new([0; RECENT_BATCHES]),
             timer: Cell::new(false),
             this: this.clone(),
         })
@@ -174,7 +182,8 @@ impl WorkerSpans {
             return;
         }
         if batch.spans.capacity() == 0 {
-            batch.spans.reserve(self.last_len.get());
+            let largest = self.recent.get().into_iter().max().unwrap_or(0);
+            batch.spans.reserve(largest + largest / 16);
         }
         encode(&mut batch.spans);
         batch.count += 1;
@@ -204,11 +213,10 @@ impl WorkerSpans {
     }
 
     fn ship(&self, batch: Batch) {
-        self.last_len.set(next_reservation(
-            batch.spans.len(),
-            self.last_len.get(),
-            self.sink.batch_bytes,
-        ));
+        let mut recent = self.recent.get();
+        recent.rotate_right(1);
+        recent[0] = batch.spans.len();
+        self.recent.set(recent);
         let counters = &self.sink.counters;
         let count = batch.count;
         counters.queued.fetch_add(count, Ordering::Relaxed);
@@ -217,23 +225,6 @@ impl WorkerSpans {
             counters.queued.fetch_sub(count, Ordering::Relaxed);
             counters.failed.inc_by(count as u64);
         }
-    }
-}
-
-/// The bytes a worker's next batch reserves at its first span, after
-/// shipping one of `len` bytes with `last` reserved before it: a little
-/// over `len`, so a slightly larger batch still fits; after a small batch
-/// (a timer's flush), three quarters of `last`, so the next full one is not
-/// grown, and copied, through every doubling. A batch within a quarter of
-/// `batch_bytes` (a timer's flush at a rate near the bound) may reach the
-/// bound next time: it leaves room for a full batch, or batches that
-/// alternate between the timer and the bound would regrow every other time.
-fn next_reservation(len: usize, last: usize, batch_bytes: usize) -> usize {
-    let over = len + len / 16;
-    if over >= batch_bytes / 4 * 3 {
-        over.max(batch_bytes.saturating_add(batch_bytes / 16))
-    } else {
-        over.max(last / 4 * 3)
     }
 }
 
@@ -726,18 +717,20 @@ mod tests {
         assert_eq!(queue.try_recv().expect("the rest on drop").count, 1);
     }
 
-    /// Batches that alternate between a timer's flush near the byte bound
-    /// and the bound itself are never regrown: every span of a batch is
-    /// written into the capacity its first span found.
+    /// Batches that alternate between the byte bound and a timer's flush
+    /// of a smaller batch (a rate of two or three batches a second) are
+    /// never regrown: every span of a batch is written into the capacity its
+    /// first span found. Four small batches give the room back.
     #[test]
-    fn a_batch_after_a_flush_near_the_bound_is_not_regrown() {
-        on_worker(a_batch_after_a_flush_near_the_bound_is_not_regrown_on_a_worker);
+    fn batches_alternating_between_the_bound_and_the_timer_are_not_regrown() {
+        on_worker(batches_alternating_between_the_bound_and_the_timer_on_a_worker);
     }
 
-    fn a_batch_after_a_flush_near_the_bound_is_not_regrown_on_a_worker() {
+    fn batches_alternating_between_the_bound_and_the_timer_on_a_worker() {
         // 40-byte spans, 1000 bytes a batch: the bound ships at 25 spans.
         let (spans, mut queue) = worker_with(1 << 20, 1 << 20, 1000);
         let capacities = RefCell::new(Vec::new());
+        // Pushes n spans; the capacity the batch had at each of them.
         let push = |n: usize| {
             capacities.borrow_mut().clear();
             for _ in 0..n {
@@ -747,23 +740,33 @@ mod tests {
                 });
             }
         };
-        for round in 0..3 {
-            push(25);
-            let full = queue.try_recv().expect("the bound ships the batch");
-            assert_eq!(full.spans.len(), 1000);
+        let not_regrown = |round: usize, shipped: &Batch| {
             let first = capacities.borrow()[0];
-            assert!(
-                round == 0 || full.spans.capacity() == first,
-                "round {round}: regrown from {first} to {} bytes",
-                full.spans.capacity()
+            assert_eq!(
+                shipped.spans.capacity(),
+                first,
+                "round {round}: a batch of {} bytes regrown from {first}",
+                shipped.spans.len()
             );
-            // A timer's flush at 22 spans, 880 bytes: near the bound.
-            push(22);
-            spans.flush();
-            assert_eq!(queue.try_recv().expect("the flush ships").spans.len(), 880);
+        };
+        // The first batch grows from nothing; none after it does.
+        push(25);
+        queue.try_recv().expect("the bound ships the batch");
+        for round in 0..4 {
+            // A timer's flush half way to the bound, then near it.
+            for spans_flushed in [12, 22] {
+                push(spans_flushed);
+                spans.flush();
+                let flushed = queue.try_recv().expect("the flush ships");
+                assert_eq!(flushed.spans.len(), spans_flushed * 40);
+                not_regrown(round, &flushed);
+                push(25);
+                let full = queue.try_recv().expect("the bound ships the batch");
+                assert_eq!(full.spans.len(), 1000);
+                not_regrown(round, &full);
+            }
         }
-        // Small batches give the room back, a quarter at a time.
-        for _ in 0..12 {
+        for _ in 0..RECENT_BATCHES {
             push(1);
             spans.flush();
             queue.try_recv().expect("the flush ships");

@@ -125,8 +125,8 @@ async fn a_body_past_the_retry_buffer_gets_the_upstreams_own_answer() {
     failing.fail_with(503);
     let rule =
         "  - retries: {attempts: 2, retryOn: 5xx}\n    route: [{destination: {host: app}}]\n";
-    let agent = mesh(&[&failing], &virtual_service(rule)).await;
-    let client = Client::h1(agent.outbound);
+    let once = mesh(&[&failing], &virtual_service(rule)).await;
+    let client = Client::h1(once.outbound);
     let post = |len: usize| {
         Request::post("http://app:9080/upload")
             .body(Full::new(Bytes::from(vec![b'x'; len])))
@@ -142,7 +142,7 @@ async fn a_body_past_the_retry_buffer_gets_the_upstreams_own_answer() {
     let small = client.send(post(1_000)).await;
     assert_eq!(small.status, 503);
     assert_eq!(failing.count(), 4, "the small body went three times");
-    let scrape = agent.metrics().await;
+    let scrape = once.metrics().await;
     assert_eq!(
         scrape.sum(
             "istio_requests_total",
@@ -158,6 +158,47 @@ async fn a_body_past_the_retry_buffer_gets_the_upstreams_own_answer() {
         ),
         1.0,
         "the small body's, its retries spent"
+    );
+
+    // The first attempt fails to connect (no byte of the body read), the
+    // last outgrows the buffer: its answer is passed on, and no retries
+    // were used up (no URX), as Envoy drops its retry state.
+    drop(once);
+    let refusing = closed_port().await;
+    let eps = [
+        Ep {
+            addr: refusing,
+            labels: &[],
+        },
+        Ep {
+            addr: failing.addr,
+            labels: &[],
+        },
+    ];
+    let rule = "  - retries: {attempts: 1, retryOn: \"5xx,connect-failure\"}\n    route: [{destination: {host: app}}]\n";
+    let extra = destination_rule("{loadBalancer: {simple: ROUND_ROBIN}}") + &virtual_service(rule);
+    let frontend = Agent::start(
+        &(agent("frontend", closed_port().await, NO_COLLECTOR)
+            + &service_entry("app", 9080, "HTTP", &eps)
+            + &extra),
+    );
+    let seen_before = failing.count();
+    let last = Client::h1(frontend.outbound).send(post(1_500_000)).await;
+    assert_eq!(last.status, 503);
+    assert_eq!(&last.body[..], b"cued 503");
+    assert_eq!(failing.count(), seen_before + 1);
+    let scrape = frontend.metrics().await;
+    assert_eq!(
+        scrape.sum("istio_requests_total", &[("response_code", "503")]),
+        1.0
+    );
+    assert_eq!(
+        scrape.sum(
+            "istio_requests_total",
+            &[("response_code", "503"), ("response_flags", "-")]
+        ),
+        1.0,
+        "the last attempt's answer, no URX"
     );
 }
 

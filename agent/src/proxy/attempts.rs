@@ -272,11 +272,14 @@ impl Attempts<'_> {
                 .await;
             let failure = body.progress.failure();
             // A body that outgrew the retry buffer while this attempt sent
-            // it cannot go out again: the attempt's answer stands (Envoy
-            // turns retries off once its buffer limit is passed).
-            let may_retry = may_retry && body.replayable();
+            // it cannot go out again: the attempt's answer stands, and no
+            // retries were used up (Envoy drops its retry state once its
+            // buffer limit is passed: no URX).
+            let replayable = body.replayable();
+            let may_retry = may_retry && replayable;
+            let exhausted = self.retry.attempts > 0 && attempt == self.retry.attempts && replayable;
             match self.judge(
-                outcome, failure, endpoint, started, attempt, may_retry, record,
+                outcome, failure, endpoint, started, exhausted, may_retry, record,
             ) {
                 Judged::Deliver(delivered) => return Ok(*delivered),
                 Judged::Fail(reply) => return Err(reply),
@@ -327,11 +330,10 @@ impl Attempts<'_> {
         body_failure: Option<BodyFailure>,
         endpoint: &Endpoint,
         started: Instant,
-        attempt: u32,
+        exhausted: bool,
         may_retry: bool,
         record: &mut impl AttemptRecord,
     ) -> Judged<B> {
-        let exhausted = self.retry.attempts > 0 && attempt == self.retry.attempts;
         match outcome {
             Ok(sent) => {
                 if let Some(waited) = sent.waited {

@@ -86,9 +86,9 @@ pub async fn send(
     let plan = tls_plan(worker, cluster, endpoint, h2)?;
     let key = PoolKey::new(&endpoint.address, cluster, &plan);
     let pools = &worker.pools;
-    // What earlier connections' slots were waited for, when a request nothing
-    // of which was written goes out again.
-    let mut waited_before = None;
+    // The waits for connection slots, summed over the connections a request
+    // nothing of which was written goes out on again.
+    let mut waited = None;
     if h2 {
         let mut req = head.into_request(body);
         for _ in 0..2 {
@@ -96,7 +96,7 @@ pub async fn send(
                 .h2(&key, cluster, &plan)
                 .await
                 .map_err(acquire_failed)?;
-            let waited = add_waits(waited_before, shared.waited);
+            waited = add_waits(waited, shared.waited);
             match shared.sender.try_send_request(req).await {
                 Ok(response) => {
                     return Ok(Sent {
@@ -109,7 +109,6 @@ pub async fn send(
                     Some(unsent) => {
                         pools.forget_h2(&key);
                         req = unsent;
-                        waited_before = waited;
                     }
                     None => return Err(reset(&error.into_error())),
                 },
@@ -141,7 +140,7 @@ pub async fn send(
             .h1(&key, cluster, &plan)
             .await
             .map_err(acquire_failed)?;
-        let waited = add_waits(waited_before, lease.waited);
+        waited = add_waits(waited, lease.waited);
         let (peer, reused) = (lease.peer.clone(), lease.reused);
         match h1::send(connection, head.parts(), body, lease).await {
             Ok(response) => {
@@ -155,10 +154,7 @@ pub async fn send(
                     waited,
                 });
             }
-            Err(SendFailure::Unsent(unsent)) if reused => {
-                body = *unsent;
-                waited_before = waited;
-            }
+            Err(SendFailure::Unsent(unsent)) if reused => body = *unsent,
             Err(SendFailure::Unsent(_)) => {
                 return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest));
             }

@@ -15,7 +15,8 @@
 //! `chunked` is chunked, one `Content-Length` (or equal repeats) sizes the
 //! body, anything else reads until close. Interim 1xx answers are skipped.
 //! A request body is sized by its `Content-Length`, else by its known
-//! length, else chunked (GET, HEAD and CONNECT without a length send none).
+//! length, else chunked, whatever the method (hyper's client sends a GET,
+//! HEAD or CONNECT body of no declared length as none; Envoy sends it).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -618,20 +619,21 @@ fn poll_read_head(
             }
         }
         match ready!(connection.poll_fill(cx)) {
-            // Part of a head and then the end: the upstream broke the
-            // protocol (Envoy's 502 UPE), not the connection.
-            Ok(0) if !connection.read.is_empty() => {
+            Ok(read) if read > 0 => {}
+            // The end, or a reset (or a TLS peer's end without close_notify:
+            // rustls's UnexpectedEof), within a head: the upstream broke the
+            // protocol (Envoy's 502 UPE), not just the connection.
+            _ if !connection.read.is_empty() => {
                 return Poll::Ready(Err(SendFailure::Protocol(
                     "connection closed within a response head",
                 )));
             }
-            Ok(0) => {
+            Ok(_) => {
                 return Poll::Ready(Err(SendFailure::Reset(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "connection closed before a whole response head",
                 ))));
             }
-            Ok(_) => {}
             Err(error) => return Poll::Ready(Err(SendFailure::Reset(error))),
         }
     }

@@ -222,6 +222,26 @@ fn broken_heads_are_protocol_errors_and_silence_a_reset() {
             matches!(sent, Err(SendFailure::Reset(_))),
             "no answer at all"
         );
+        // A reset (RST) within the head is the upstream's protocol error
+        // too, as a close is.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("an address");
+        tokio::task::spawn_local(async move {
+            let (mut stream, _) = listener.accept().await.expect("a connection");
+            let mut request = [0u8; 4096];
+            let read = stream.read(&mut request).await.expect("a read");
+            assert!(read > 0, "a request");
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-le")
+                .await
+                .expect("a write");
+            stream.set_zero_linger().expect("SO_LINGER 0");
+        });
+        let sent = send(connect(address).await, get("/"), Kept::default()).await;
+        assert!(
+            matches!(sent, Err(SendFailure::Protocol(_))),
+            "a reset within the head"
+        );
     });
 }
 

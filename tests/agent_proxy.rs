@@ -141,11 +141,9 @@ impl http_body::Body for LastFrame {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_h2_upload_of_no_declared_length_reaches_an_http1_app_whole() {
-    // The agent forwards it chunked; its one large frame must go out
-    // before the last chunk, not after it.
-    let app = Upstream::start("uploads").await;
+/// A frontend agent alone, its ServiceEntry `backend:9080` (HTTP) the
+/// `app` itself: the agent's own upstream client is the one the app meets.
+async fn frontend_only(app: &Upstream) -> Agent {
     let yaml = agent("frontend", closed_port().await, NO_COLLECTOR)
         + &service_entry(
             "backend",
@@ -156,7 +154,15 @@ async fn an_h2_upload_of_no_declared_length_reaches_an_http1_app_whole() {
                 labels: &[],
             }],
         );
-    let frontend = Agent::start(&yaml);
+    Agent::start(&yaml)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_h2_upload_of_no_declared_length_reaches_an_http1_app_whole() {
+    // The agent forwards it chunked; its one large frame must go out
+    // before the last chunk, not after it.
+    let app = Upstream::start("uploads").await;
+    let frontend = frontend_only(&app).await;
     let client: hyper_util::client::legacy::Client<_, LastFrame> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
@@ -189,17 +195,7 @@ async fn an_h2_upload_of_no_declared_length_reaches_an_http1_app_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_chunked_get_body_reaches_an_http1_app_whole() {
     let app = Upstream::start("gets").await;
-    let yaml = agent("frontend", closed_port().await, NO_COLLECTOR)
-        + &service_entry(
-            "backend",
-            9080,
-            "HTTP",
-            &[Ep {
-                addr: app.addr,
-                labels: &[],
-            }],
-        );
-    let frontend = Agent::start(&yaml);
+    let frontend = frontend_only(&app).await;
     let request = "GET /with-a-body HTTP/1.1\r\nHost: backend:9080\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
     let response = raw_exchange(frontend.outbound, request).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");

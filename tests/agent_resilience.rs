@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,13 +20,13 @@ use http_body_util::Full;
 /// An agent whose `app` service has `upstreams` as endpoints, with `extra`
 /// resources (DestinationRule, VirtualService) appended.
 async fn mesh(upstreams: &[&Upstream], extra: &str) -> Agent {
-    let eps: Vec<Ep<'_>> = upstreams
-        .iter()
-        .map(|u| Ep {
-            addr: u.addr,
-            labels: &[],
-        })
-        .collect();
+    let addrs: Vec<SocketAddr> = upstreams.iter().map(|u| u.addr).collect();
+    mesh_at(&addrs, extra).await
+}
+
+/// As [`mesh`], with endpoints at `addrs` (one may be a closed port).
+async fn mesh_at(addrs: &[SocketAddr], extra: &str) -> Agent {
+    let eps: Vec<Ep<'_>> = addrs.iter().map(|&addr| Ep { addr, labels: &[] }).collect();
     Agent::start(
         &(agent("frontend", closed_port().await, NO_COLLECTOR)
             + &service_entry("app", 9080, "HTTP", &eps)
@@ -164,24 +165,9 @@ async fn a_body_past_the_retry_buffer_gets_the_upstreams_own_answer() {
     // last outgrows the buffer: its answer is passed on, and no retries
     // were used up (no URX), as Envoy drops its retry state.
     drop(once);
-    let refusing = closed_port().await;
-    let eps = [
-        Ep {
-            addr: refusing,
-            labels: &[],
-        },
-        Ep {
-            addr: failing.addr,
-            labels: &[],
-        },
-    ];
     let rule = "  - retries: {attempts: 1, retryOn: \"5xx,connect-failure\"}\n    route: [{destination: {host: app}}]\n";
     let extra = destination_rule("{loadBalancer: {simple: ROUND_ROBIN}}") + &virtual_service(rule);
-    let frontend = Agent::start(
-        &(agent("frontend", closed_port().await, NO_COLLECTOR)
-            + &service_entry("app", 9080, "HTTP", &eps)
-            + &extra),
-    );
+    let frontend = mesh_at(&[closed_port().await, failing.addr], &extra).await;
     let seen_before = failing.count();
     let last = Client::h1(frontend.outbound).send(post(1_500_000)).await;
     assert_eq!(last.status, 503);

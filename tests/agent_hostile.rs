@@ -13,10 +13,14 @@ use std::net::SocketAddr;
 use base64::Engine;
 use common::agent::Agent;
 use common::client::{Client, raw_exchange};
+use common::grpc::{self, Echo, Methods, Routed};
 use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, service_entry};
 use common::upstream::{Upstream, canned_server, closed_port};
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tonic::Status;
+use tonic_prost::ProstCodec;
 
 /// The agent's resident set size, in bytes (`VmRSS` of `/proc/PID/status`).
 fn rss(agent: &Agent) -> u64 {
@@ -453,6 +457,228 @@ async fn a_stalled_request_body_gets_408() {
     let stalled = [("response_code", "408"), ("response_flags", "SI")];
     assert_eq!(
         scrape.sum("istio_requests_total", &stalled),
+        1.0,
+        "{}",
+        scrape.text
+    );
+}
+
+/// gRPC calls that keep a stream open with nothing passing one way:
+/// `/test.Idle/Chat` reads one message, then streams `count` replies
+/// 300 ms apart while the caller's stream stays open and unread, and ends
+/// (or, for the text `hush`, falls silent for ever);
+/// `/test.Idle/Stall` sends one reply, then nothing, never ending.
+#[derive(Clone)]
+struct IdleStreams;
+
+type Replies = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Echo, Status>> + Send>>;
+
+impl Methods for IdleStreams {
+    const NAME: &'static str = "test.Idle";
+
+    async fn answer(
+        self,
+        req: http::Request<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        let mut grpc = tonic::server::Grpc::new(ProstCodec::<Echo, Echo>::default());
+        match req.uri().path() {
+            "/test.Idle/Chat" => grpc.streaming(Chat, req).await,
+            "/test.Idle/Stall" => grpc.server_streaming(Stall, req).await,
+            _ => Status::unimplemented("no such method").into_http(),
+        }
+    }
+}
+
+struct Chat;
+
+impl tower::Service<tonic::Request<tonic::Streaming<Echo>>> for Chat {
+    type Response = tonic::Response<Replies>;
+    type Error = Status;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Status>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Status>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::Request<tonic::Streaming<Echo>>) -> Self::Future {
+        Box::pin(async move {
+            let mut inbound = request.into_inner();
+            let first = inbound.message().await?.unwrap_or_default();
+            // The caller's stream is kept (open, unread) until the last reply.
+            let replies = futures_util::stream::unfold((0, inbound), move |(i, inbound)| {
+                let text = first.text.clone();
+                async move {
+                    if i == first.count {
+                        if text == "hush" {
+                            std::future::pending::<()>().await;
+                        }
+                        return None;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    let reply = Echo {
+                        text: format!("{text} {i}"),
+                        count: i,
+                        payload: Vec::new(),
+                    };
+                    Some((Ok(reply), (i + 1, inbound)))
+                }
+            });
+            Ok(tonic::Response::new(Box::pin(replies) as Replies))
+        })
+    }
+}
+
+struct Stall;
+
+impl tonic::server::ServerStreamingService<Echo> for Stall {
+    type Response = Echo;
+    type ResponseStream = Replies;
+    type Future = tonic::codegen::BoxFuture<tonic::Response<Replies>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Echo>) -> Self::Future {
+        let first = Ok(request.into_inner());
+        let replies = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
+        Box::pin(async move { Ok(tonic::Response::new(Box::pin(replies) as Replies)) })
+    }
+}
+
+/// Reads a call's first reply (`first`), then waits for the agent to cut
+/// the call off: an error, not an end, and no sooner than the 1 s stream
+/// idle timeout after that reply.
+async fn cut_off_after(mut replies: tonic::Streaming<Echo>, first: &str) {
+    let reply = replies.message().await.expect("the first reply");
+    assert_eq!(reply.map(|echo| echo.text).as_deref(), Some(first));
+    let silent = std::time::Instant::now();
+    let cut = tokio::time::timeout(std::time::Duration::from_secs(30), replies.message())
+        .await
+        .expect("cut off, not left waiting");
+    assert!(cut.is_err(), "an error, not an end: {cut:?}");
+    assert!(
+        silent.elapsed() >= std::time::Duration::from_millis(900),
+        "cut after {:?}, before the timeout",
+        silent.elapsed()
+    );
+}
+
+/// An agent whose `backend:9080` is the gRPC server at `app`, under a
+/// stream idle timeout of `idle`.
+fn grpc_backend(app: SocketAddr, idle: &str) -> String {
+    frontend(
+        app,
+        &format!("  downstream: {{streamIdleTimeout: {idle}}}\n"),
+    ) + &service_entry(
+        "backend",
+        9080,
+        "GRPC",
+        &[Ep {
+            addr: app,
+            labels: &[],
+        }],
+    )
+}
+
+/// The stream idle timeout counts what passes either way, as Envoy's
+/// does: a caller that opens a bidirectional stream, sends one message
+/// and then nothing while the replies stream back is not cut off. (The
+/// timer used to be the request body's alone: the call was reset after
+/// the timeout, three replies in.) Once both sides are silent, it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_caller_is_not_cut_off_while_replies_stream() {
+    let app = grpc::serve(Routed(IdleStreams)).await;
+    let agent = Agent::start(&grpc_backend(app, "1s"));
+    let mut client = grpc::client(agent.outbound, "http://backend:9080").await;
+    client.ready().await.unwrap();
+    let hello = Echo {
+        text: "chat".into(),
+        count: 10,
+        payload: Vec::new(),
+    };
+    // One message, then the caller's side stays open and silent.
+    let outbound = futures_util::stream::iter([hello]).chain(futures_util::stream::pending());
+    let path = http::uri::PathAndQuery::from_static("/test.Idle/Chat");
+    let call = client.streaming(
+        tonic::Request::new(outbound),
+        path,
+        ProstCodec::<Echo, Echo>::default(),
+    );
+    let mut replies = call.await.expect("the call is answered").into_inner();
+    let mut received = Vec::new();
+    let end = loop {
+        match replies.message().await {
+            Ok(Some(reply)) => received.push(reply.text),
+            Ok(None) => break Ok(()),
+            Err(status) => break Err(status),
+        }
+    };
+    assert_eq!(end.map_err(|s| s.to_string()), Ok(()), "after {received:?}");
+    assert_eq!(received.len(), 10, "{received:?}");
+    assert_eq!(received[9], "chat 9");
+
+    // Once the replies stop too, nothing passes either way: the call is cut
+    // off after the timeout, and counted with Envoy's flag, whichever of
+    // the two sides' timers noticed first.
+    let hush = Echo {
+        text: "hush".into(),
+        count: 1,
+        payload: Vec::new(),
+    };
+    client.ready().await.unwrap();
+    let outbound = futures_util::stream::iter([hush]).chain(futures_util::stream::pending());
+    let path = http::uri::PathAndQuery::from_static("/test.Idle/Chat");
+    let call = client.streaming(
+        tonic::Request::new(outbound),
+        path,
+        ProstCodec::<Echo, Echo>::default(),
+    );
+    let replies = call.await.expect("the call is answered").into_inner();
+    cut_off_after(replies, "hush 0").await;
+    let scrape = agent.metrics().await;
+    let ok = [("response_code", "200"), ("response_flags", "-")];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &ok),
+        1.0,
+        "{}",
+        scrape.text
+    );
+    let cut = [("response_code", "200"), ("response_flags", "SI")];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &cut),
+        1.0,
+        "{}",
+        scrape.text
+    );
+}
+
+/// An upstream that falls silent mid-response is cut off after the stream
+/// idle timeout, as Envoy resets it: the caller's stream ends in an error
+/// (it would have waited for ever), and the request is counted with
+/// Envoy's flag, SI, and the status its head had already carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_is_cut_off_mid_response() {
+    let app = grpc::serve(Routed(IdleStreams)).await;
+    let agent = Agent::start(&grpc_backend(app, "1s"));
+    let mut client = grpc::client(agent.outbound, "http://backend:9080").await;
+    client.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/test.Idle/Stall");
+    let hello = Echo {
+        text: "stall".into(),
+        count: 1,
+        payload: Vec::new(),
+    };
+    let call = client.server_streaming(
+        tonic::Request::new(hello),
+        path,
+        ProstCodec::<Echo, Echo>::default(),
+    );
+    let replies = call.await.expect("the call is answered").into_inner();
+    cut_off_after(replies, "stall").await;
+    let counted = [("response_code", "200"), ("response_flags", "SI")];
+    let scrape = agent.metrics().await;
+    assert_eq!(
+        scrape.sum("istio_requests_total", &counted),
         1.0,
         "{}",
         scrape.text

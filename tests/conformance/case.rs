@@ -97,6 +97,10 @@ pub struct Step {
     /// byte (default a `200` with body `ok`).
     #[serde(default)]
     pub respond: Option<String>,
+    /// A `raw` upstream keeps the connection open and silent after its
+    /// answer (an upstream stalled mid-response) until the proxy closes it.
+    #[serde(default)]
+    pub hold: bool,
 }
 
 /// A request.

@@ -245,7 +245,8 @@ async fn send_step(
     upstreams: &BTreeMap<String, Upstream>,
 ) -> Vec<client::Reply> {
     for upstream in upstreams.values() {
-        upstream.respond_with(step.respond.as_ref().map(|r| r.as_bytes().to_vec()));
+        let respond = step.respond.as_ref().map(|r| r.as_bytes().to_vec());
+        upstream.respond_with(respond, step.hold);
     }
     let authority = step
         .send

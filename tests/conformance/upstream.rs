@@ -69,8 +69,18 @@ pub struct Upstream {
     /// Where it listens.
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
-    /// What a raw upstream answers (the step's `respond`).
-    answer: Arc<Mutex<Option<Vec<u8>>>>,
+    /// What a raw upstream answers (the step's `respond` and `hold`).
+    answer: Arc<Mutex<RawAnswer>>,
+}
+
+/// A raw upstream's answer to the current step's requests.
+#[derive(Clone, Default)]
+struct RawAnswer {
+    /// The bytes (`None`: [`DEFAULT_RAW_ANSWER`]).
+    bytes: Option<Vec<u8>>,
+    /// Keep the connection open and silent after them, until the proxy
+    /// closes it: an upstream that stalls mid-response.
+    hold: bool,
 }
 
 impl Upstream {
@@ -108,9 +118,11 @@ impl Upstream {
         upstream
     }
 
-    /// What a raw upstream answers from now on (`None`: the default `200`).
-    pub fn respond_with(&self, bytes: Option<Vec<u8>>) {
-        *self.answer.lock().unwrap() = bytes;
+    /// What a raw upstream answers from now on (`None`: the default
+    /// `200`); with `hold`, it then keeps the connection open and silent
+    /// until the proxy closes it.
+    pub fn respond_with(&self, bytes: Option<Vec<u8>>, hold: bool) {
+        *self.answer.lock().unwrap() = RawAnswer { bytes, hold };
     }
 
     /// Takes what was received so far.
@@ -176,7 +188,7 @@ async fn answer_raw(
     mut stream: TcpStream,
     name: String,
     received: Arc<Mutex<Vec<Received>>>,
-    answer: Arc<Mutex<Option<Vec<u8>>>>,
+    answer: Arc<Mutex<RawAnswer>>,
 ) {
     let mut buf = Vec::new();
     loop {
@@ -230,9 +242,14 @@ async fn answer_raw(
             path,
             headers,
         });
-        let bytes = answer.lock().unwrap().clone();
+        let RawAnswer { bytes, hold } = answer.lock().unwrap().clone();
         let bytes = bytes.unwrap_or_else(|| DEFAULT_RAW_ANSWER.to_vec());
         if stream.write_all(&bytes).await.is_err() {
+            return;
+        }
+        if hold {
+            let mut rest = [0u8; 4096];
+            while stream.read(&mut rest).await.is_ok_and(|n| n > 0) {}
             return;
         }
         if !(framed && keeps_alive(&bytes)) {

@@ -43,8 +43,8 @@ pub const MAX_DOWNSTREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub struct DownstreamTimeouts {
     /// A connection with no request in flight this long is closed.
     pub idle: Option<Duration>,
-    /// A request body that sends nothing this long ends the stream (408,
-    /// or a reset once the response has begun).
+    /// A streaming body (either way) with nothing passing either way this
+    /// long ends the stream (408, or a reset once the response has begun).
     pub stream_idle: Option<Duration>,
 }
 

@@ -17,6 +17,7 @@ use super::client_body::{ClientBody, ClientBodyError};
 use super::h1;
 use super::pool::Lease;
 use super::progress::RequestProgress;
+use super::stream_idle::{IdleTimer, StreamClock};
 use super::tap::TapReader;
 
 /// Errors of bodies passing through: the peer's, or the agent's own
@@ -172,6 +173,12 @@ enum Source {
 #[error("upstream request timeout")]
 pub struct ResponseTimeout;
 
+/// Nothing passed either way for the stream idle timeout while the
+/// response was streaming: the stream is reset, as Envoy resets it.
+#[derive(Debug, thiserror::Error)]
+#[error("stream idle timeout: nothing passed for {0:?} mid-response")]
+pub struct ResponseStreamIdle(pub std::time::Duration);
+
 /// What hears how a response body goes: the request's record. Every call
 /// comes from the body's `poll_frame`; `on_end` comes once, last, unless the
 /// body is dropped first (the client went away).
@@ -184,6 +191,8 @@ pub trait ResponseObserver {
     fn on_reset(&mut self, protocol_error: bool);
     /// The route timeout cut the response off.
     fn on_timeout(&mut self);
+    /// The stream idle timeout cut the response off.
+    fn on_stream_idle(&mut self);
     /// The body ended, whole or not: the request is over.
     fn on_end(&mut self);
 }
@@ -198,6 +207,9 @@ impl<T: ResponseObserver + ?Sized> ResponseObserver for Box<T> {
     fn on_timeout(&mut self) {
         (**self).on_timeout();
     }
+    fn on_stream_idle(&mut self) {
+        (**self).on_stream_idle();
+    }
     fn on_end(&mut self) {
         (**self).on_end();
     }
@@ -210,15 +222,24 @@ pub struct ResponseBody<O: ResponseObserver> {
     source: Source,
     observer: Option<O>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: Option<IdleTimer>,
 }
 
 impl<O: ResponseObserver> ResponseBody<O> {
-    /// Streams the upstream response body, cut off at `deadline` (the route timeout).
-    pub fn upstream(body: Received, observer: O, deadline: Option<tokio::time::Instant>) -> Self {
+    /// Streams the upstream response body, cut off at `deadline` (the route
+    /// timeout) or once nothing has passed either way for the timeout of
+    /// the stream's `clock` (`None`: no stream idle timeout).
+    pub fn upstream(
+        body: Received,
+        observer: O,
+        deadline: Option<tokio::time::Instant>,
+        clock: Option<Rc<StreamClock>>,
+    ) -> Self {
         let mut body = Self {
             source: Source::Upstream(body),
             observer: Some(observer),
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            idle: clock.map(IdleTimer::new),
         };
         body.end_if_ended();
         body
@@ -230,6 +251,7 @@ impl<O: ResponseObserver> ResponseBody<O> {
             source: Source::Full((!bytes.is_empty()).then_some(bytes)),
             observer: Some(observer),
             deadline: None,
+            idle: None,
         };
         body.end_if_ended();
         body
@@ -270,14 +292,29 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
         };
         if polled.is_pending()
             && !matches!(&this.source, Source::Upstream(body) if body.holds_error())
-            && let Some(deadline) = this.deadline.as_mut()
-            && deadline.as_mut().poll(cx).is_ready()
         {
-            if let Some(observer) = this.observer.as_mut() {
-                observer.on_timeout();
+            if let Some(deadline) = this.deadline.as_mut()
+                && deadline.as_mut().poll(cx).is_ready()
+            {
+                if let Some(observer) = this.observer.as_mut() {
+                    observer.on_timeout();
+                }
+                this.end();
+                return Poll::Ready(Some(Err(Box::new(ResponseTimeout))));
             }
-            this.end();
-            return Poll::Ready(Some(Err(Box::new(ResponseTimeout))));
+            if let Some(timer) = this.idle.as_mut()
+                && timer.poll_expired(cx).is_ready()
+            {
+                let idle = timer.clock().idle();
+                if let Some(observer) = this.observer.as_mut() {
+                    observer.on_stream_idle();
+                }
+                this.end();
+                return Poll::Ready(Some(Err(Box::new(ResponseStreamIdle(idle)))));
+            }
+        }
+        if let (Poll::Ready(Some(Ok(_))), Some(timer)) = (&polled, &this.idle) {
+            timer.clock().touch();
         }
         if let Some(observer) = this.observer.as_mut() {
             match &polled {
@@ -360,6 +397,9 @@ mod tests {
         fn on_timeout(&mut self) {
             self.0.borrow_mut().push("timeout".into());
         }
+        fn on_stream_idle(&mut self) {
+            self.0.borrow_mut().push("stream idle".into());
+        }
         fn on_end(&mut self) {
             self.0.borrow_mut().push("end".into());
         }
@@ -389,11 +429,46 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_body_cut_short_as_the_deadline_passes_is_a_reset_not_a_timeout() {
+    /// The body of the agent's own HTTP/1.1 client's answer to a GET from
+    /// a one-connection server that `serves` its connection (on this
+    /// thread's `LocalSet`); the pools it came from, which must outlive it.
+    async fn own_h1_body<F>(
+        serve: impl FnOnce(tokio::net::TcpStream) -> F + 'static,
+    ) -> (Received, Rc<crate::proxy::pool::Pools>)
+    where
+        F: Future<Output = ()> + 'static,
+    {
         use crate::proxy::h1;
         use crate::proxy::testing::{cluster, key, pools};
         use crate::tls::TlsPlan;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let address = listener.local_addr().expect("an address");
+        tokio::task::spawn_local(async move {
+            let (stream, _) = listener.accept().await.expect("a connection");
+            serve(stream).await;
+        });
+        let cluster = cluster(&[address], Default::default(), None);
+        let pools = pools();
+        let (connection, lease) = pools
+            .h1(&key(&cluster), &cluster, &TlsPlan::Plain)
+            .await
+            .expect("a connection");
+        let (mut head, ()) = http::Request::get("/")
+            .body(())
+            .expect("a request")
+            .into_parts();
+        let body = UpstreamBody::Full(None);
+        let Ok(response) = h1::send(connection, &mut head, body, lease).await else {
+            panic!("a response head");
+        };
+        (Received::Own(response.into_body()), pools)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_body_cut_short_as_the_deadline_passes_is_a_reset_not_a_timeout() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         tokio::task::LocalSet::new()
@@ -401,12 +476,7 @@ mod tests {
                 // Half the body, then the end of the stream, in one poll of
                 // the server: the client reads the head and those bytes,
                 // and its next read finds the end.
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("a port");
-                let address = listener.local_addr().expect("an address");
-                tokio::task::spawn_local(async move {
-                    let (mut stream, _) = listener.accept().await.expect("a connection");
+                let (received, _pools) = own_h1_body(|mut stream| async move {
                     stream
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
                         .await
@@ -414,33 +484,56 @@ mod tests {
                     stream.shutdown().await.expect("a shutdown");
                     let mut request = [0u8; 1024];
                     while stream.read(&mut request).await.is_ok_and(|n| n > 0) {}
-                });
-                let cluster = cluster(&[address], Default::default(), None);
-                let pools = pools();
-                let (connection, lease) = pools
-                    .h1(&key(&cluster), &cluster, &TlsPlan::Plain)
-                    .await
-                    .expect("a connection");
-                let (mut head, ()) = http::Request::get("/")
-                    .body(())
-                    .expect("a request")
-                    .into_parts();
-                let body = UpstreamBody::Full(None);
-                let Ok(response) = h1::send(connection, &mut head, body, lease).await else {
-                    panic!("a response head");
-                };
+                })
+                .await;
                 let notes = Notes::default();
                 // The route deadline has passed by the time the body is read.
                 let body = ResponseBody::upstream(
-                    Received::Own(response.into_body()),
+                    received,
                     notes.clone(),
                     Some(tokio::time::Instant::now() - std::time::Duration::from_secs(1)),
+                    None,
                 );
                 let Err(error) = body.collect().await else {
                     panic!("cut short");
                 };
                 assert!(!error.is::<ResponseTimeout>(), "{error}");
                 assert_eq!(*notes.0.borrow(), ["frame 5", "reset true", "end"]);
+            })
+            .await;
+    }
+
+    /// An upstream that falls silent mid-body is cut off once nothing has
+    /// passed for the stream idle timeout, counted from the body's first
+    /// wait, and the observer hears why.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_silent_upstream_is_cut_off_after_the_stream_idle_timeout() {
+        use crate::proxy::stream_idle::StreamClock;
+        use tokio::io::AsyncWriteExt;
+
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let (received, _pools) = own_h1_body(|mut stream| async move {
+                    stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+                        .await
+                        .expect("a write");
+                    // Open and silent for as long as the test runs.
+                    std::future::pending::<()>().await;
+                    drop(stream);
+                })
+                .await;
+                let notes = Notes::default();
+                let idle = std::time::Duration::from_millis(200);
+                let clock = Some(StreamClock::new(idle));
+                let body = ResponseBody::upstream(received, notes.clone(), None, clock);
+                let started = tokio::time::Instant::now();
+                let Err(error) = body.collect().await else {
+                    panic!("cut off");
+                };
+                assert!(error.is::<ResponseStreamIdle>(), "{error}");
+                assert!(started.elapsed() >= idle, "{:?}", started.elapsed());
+                assert_eq!(*notes.0.borrow(), ["frame 5", "stream idle", "end"]);
             })
             .await;
     }

@@ -1,17 +1,19 @@
 //! The client's request body as the agent reads it: hyper's body under
-//! Envoy's `stream_idle_timeout` — a body that sends nothing for that long
-//! ends with [`ClientBodyError::StreamIdle`], which the request path
-//! answers with 408 (or a reset once the response has begun).
+//! Envoy's `stream_idle_timeout` — a body waiting while nothing passes
+//! either way for that long ends with [`ClientBodyError::StreamIdle`],
+//! which the request path answers with 408 (or a reset once the response
+//! has begun).
 
-use std::future::Future as _;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
+
+use super::stream_idle::{IdleTimer, StreamClock};
 
 /// Why the client's body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -19,27 +21,28 @@ pub enum ClientBodyError {
     /// hyper's: the client broke the protocol or went away.
     #[error("request body: {0}")]
     Source(#[source] hyper::Error),
-    /// Nothing arrived for this long (`spec.downstream.streamIdleTimeout`).
-    #[error("request body sent nothing for {0:?} (stream idle timeout)")]
+    /// Nothing passed either way for this long while the body was awaited
+    /// (`spec.downstream.streamIdleTimeout`).
+    #[error("request body: nothing passed for {0:?} (stream idle timeout)")]
     StreamIdle(Duration),
 }
 
 /// The client's body, timed out when it stalls.
 pub struct ClientBody {
     inner: Incoming,
-    idle: Option<Duration>,
-    /// Armed at the first read and re-armed by every frame, so time spent
-    /// before the upstream asks for the body is not the client's.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Armed at the first read that has to wait, so time spent before the
+    /// upstream asks for the body is not the client's; every frame, and
+    /// every frame of the response, moves it on. `None`: no timeout.
+    idle: Option<IdleTimer>,
 }
 
 impl ClientBody {
-    /// Wraps `inner`; `idle` is the stream idle timeout (`None`: off).
-    pub fn new(inner: Incoming, idle: Option<Duration>) -> Self {
+    /// Wraps `inner`, timed by its stream's `clock` (`None`: no stream idle
+    /// timeout).
+    pub fn new(inner: Incoming, clock: Option<Rc<StreamClock>>) -> Self {
         Self {
             inner,
-            idle,
-            timer: None,
+            idle: clock.map(IdleTimer::new),
         }
     }
 }
@@ -55,23 +58,21 @@ impl Body for ClientBody {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                if let (Some(timer), Some(idle)) = (this.timer.as_mut(), this.idle) {
-                    timer.as_mut().reset(Instant::now() + idle);
+                if let Some(timer) = &this.idle {
+                    timer.clock().touch();
                 }
                 Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::Source)))
             }
-            Poll::Pending => {
-                let Some(idle) = this.idle else {
-                    return Poll::Pending;
-                };
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(ClientBodyError::StreamIdle(idle)))),
+            Poll::Pending => match this.idle.as_mut() {
+                Some(timer) => match timer.poll_expired(cx) {
+                    Poll::Ready(()) => {
+                        let idle = timer.clock().idle();
+                        Poll::Ready(Some(Err(ClientBodyError::StreamIdle(idle))))
+                    }
                     Poll::Pending => Poll::Pending,
-                }
-            }
+                },
+                None => Poll::Pending,
+            },
         }
     }
 

@@ -14,6 +14,7 @@ use super::forward::Forwarder;
 use super::headers::{self, IncomingResponse, OutgoingRequest};
 use super::local_reply::LocalReply;
 use super::mirror::Copies;
+use super::stream_idle::StreamClock;
 use super::{
     Direction, Downstream, Worker, access, canonical, cors, fault, grpc_timeout, rewrite, route,
     upgrade,
@@ -45,9 +46,14 @@ pub async fn handle(
     };
     let settled = canonical::settle(&mut req, &settings);
     // The body, held until the attempts take it (`None` only while access
-    // control reads it ahead).
-    let idle = snapshot.bootstrap.downstream.stream_idle;
-    let mut req = req.map(|body| Some(HeldBody::Arrived(ClientBody::new(body, idle))));
+    // control reads it ahead), on the stream's idle clock, which the
+    // response's frames move on too.
+    let clock = snapshot
+        .bootstrap
+        .downstream
+        .stream_idle
+        .map(StreamClock::new);
+    let mut req = req.map(|body| Some(HeldBody::Arrived(ClientBody::new(body, clock.clone()))));
 
     // Trace context next, so that every outcome below — local replies
     // included — is a span and a metric.
@@ -315,7 +321,7 @@ pub async fn handle(
     if let Some(allowed) = &allowed {
         allowed.apply(&mut parts.headers);
     }
-    Ok(ex.respond(parts, body, upstream_time, deadline))
+    Ok(ex.respond(parts, body, upstream_time, deadline, clock))
 }
 
 fn redirect_reply<B>(

@@ -32,6 +32,7 @@ mod rewind;
 mod rewrite;
 mod route;
 mod server;
+mod stream_idle;
 mod tap;
 mod tcp;
 #[cfg(test)]

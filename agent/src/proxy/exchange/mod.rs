@@ -19,7 +19,8 @@ use opentelemetry::trace::SpanContext;
 use super::attempts::AttemptRecord;
 use super::body::{Received, ResponseBody, ResponseObserver};
 use super::local_reply::{self, DecidedBy, LocalReply, RESPONSE_CODE_DETAILS_HEADER};
-use super::progress::RequestProgress;
+use super::progress::{BodyFailure, RequestProgress};
+use super::stream_idle::StreamClock;
 use super::tap::Tap;
 use super::{Direction, Downstream, Worker};
 use crate::flags::ResponseFlags;
@@ -427,13 +428,15 @@ impl Exchange {
 
     /// Streams the upstream's response back (its body gives an HTTP/1.1
     /// connection back to its pool once read whole); `deadline` cuts the
-    /// body off.
+    /// body off, and so does the stream's idle `clock` (`None`: no stream
+    /// idle timeout).
     pub fn respond(
         mut self: Box<Self>,
         mut parts: http::response::Parts,
         body: Received,
         upstream_time: Duration,
         deadline: Option<tokio::time::Instant>,
+        clock: Option<Rc<StreamClock>>,
     ) -> Response<ProxyBody> {
         self.record.status = parts.status.as_u16();
         self.record.upstream_time = Some(upstream_time);
@@ -447,7 +450,7 @@ impl Exchange {
         if let Some(facts) = self.record.facts.as_mut() {
             facts.response_headers = parts.headers.clone();
         }
-        Response::from_parts(parts, ResponseBody::upstream(body, self, deadline))
+        Response::from_parts(parts, ResponseBody::upstream(body, self, deadline, clock))
     }
 
     /// Records metrics, ends the span, writes the access log and gives the
@@ -535,6 +538,13 @@ impl ResponseObserver for Exchange {
     }
 
     fn on_reset(&mut self, protocol_error: bool) {
+        let request_failure = self.request_body.as_ref().and_then(|p| p.failure());
+        if request_failure == Some(BodyFailure::StreamIdle) {
+            // The upstream stream was reset because the client's body hit
+            // the stream idle timeout mid-response: that is why it ended.
+            self.on_stream_idle();
+            return;
+        }
         self.add_flags(if protocol_error {
             ResponseFlags::UPSTREAM_PROTOCOL_ERROR
         } else {
@@ -544,6 +554,14 @@ impl ResponseObserver for Exchange {
 
     fn on_timeout(&mut self) {
         self.add_flags(ResponseFlags::UPSTREAM_TIMEOUT);
+    }
+
+    fn on_stream_idle(&mut self) {
+        // Envoy's record of it: the status already sent, flag SI, details
+        // `stream_idle_timeout`.
+        self.add_flags(ResponseFlags::STREAM_IDLE_TIMEOUT);
+        let details = LocalReply::STREAM_IDLE_TIMEOUT.details;
+        self.record.details = Some(self.details(details, DecidedBy::Agent));
     }
 
     fn on_end(&mut self) {

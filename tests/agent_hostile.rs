@@ -546,8 +546,9 @@ impl tonic::server::ServerStreamingService<Echo> for Stall {
 }
 
 /// Reads a call's first reply (`first`), then waits for the agent to cut
-/// the call off: an error, not an end, and no sooner than the 1 s stream
-/// idle timeout after that reply.
+/// the call off: an error, not an end, and not before the 1 s stream idle
+/// timeout (less a margin for the reply's way from the agent) after that
+/// reply.
 async fn cut_off_after(mut replies: tonic::Streaming<Echo>, first: &str) {
     let reply = replies.message().await.expect("the first reply");
     assert_eq!(reply.map(|echo| echo.text).as_deref(), Some(first));
@@ -557,7 +558,7 @@ async fn cut_off_after(mut replies: tonic::Streaming<Echo>, first: &str) {
         .expect("cut off, not left waiting");
     assert!(cut.is_err(), "an error, not an end: {cut:?}");
     assert!(
-        silent.elapsed() >= std::time::Duration::from_millis(900),
+        silent.elapsed() >= std::time::Duration::from_millis(750),
         "cut after {:?}, before the timeout",
         silent.elapsed()
     );
@@ -679,6 +680,115 @@ async fn a_silent_upstream_is_cut_off_mid_response() {
     let scrape = agent.metrics().await;
     assert_eq!(
         scrape.sum("istio_requests_total", &counted),
+        1.0,
+        "{}",
+        scrape.text
+    );
+}
+
+/// A client that stops reading its response is cut off after the stream
+/// idle timeout, as Envoy cuts it (its wait for the peer's window): its
+/// connection is closed and the request recorded with the status sent and
+/// SI. It used to be held for as long as the client liked, the upstream's
+/// connection with it, and given the whole body when it read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off() {
+    let app = Upstream::start("app").await;
+    let agent = Agent::start(&with_timeouts(app.addr));
+    // Far more than the sockets between the app and the client hold.
+    let total: usize = 64 << 20;
+    let mut stream = TcpStream::connect(agent.outbound).await.unwrap();
+    let request = format!("GET /stream/{total} HTTP/1.1\r\nhost: backend:9080\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 16 * 1024];
+    let first = stream.read(&mut head).await.unwrap();
+    let text = String::from_utf8_lossy(&head[..first]);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // The client reads nothing for six times the timeout (500 ms) …
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // … and then finds the connection closed after what was under way.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        stream.read_to_end(&mut rest),
+    )
+    .await
+    .expect("closed, not sending on");
+    let received = first + rest.len();
+    assert!(received < total, "{read:?}: all {received} bytes sent");
+    let scrape = agent.metrics().await;
+    let cut = [("response_code", "200"), ("response_flags", "SI")];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &cut),
+        1.0,
+        "{}",
+        scrape.text
+    );
+}
+
+/// An upload the upstream stops reading is ended by the stream idle
+/// timeout, as Envoy ends it: the agent cannot send the body on, so it
+/// reads none of it either, and nothing passes. Envoy's answer, 408 SI. It
+/// used to wait for as long as the upstream did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_upstream_stops_reading_gets_408() {
+    // An upstream that reads the request's head, then nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let deaf = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 1024];
+                let _ = stream.read(&mut head).await;
+                std::future::pending::<()>().await;
+                drop(stream);
+            });
+        }
+    });
+    let yaml = frontend(deaf, "  downstream: {streamIdleTimeout: 500ms}\n")
+        + &service_entry(
+            "backend",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: deaf,
+                labels: &[],
+            }],
+        );
+    let agent = Agent::start(&yaml);
+    // Far more than the sockets between the client and the upstream hold.
+    let total: usize = 64 << 20;
+    let stream = TcpStream::connect(agent.outbound).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head =
+        format!("POST /upload HTTP/1.1\r\nhost: backend:9080\r\ncontent-length: {total}\r\n\r\n");
+    tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..total / chunk.len() {
+            writer.write_all(&chunk).await?;
+        }
+        std::io::Result::Ok(())
+    });
+    // The answer, or a reset in its place: closed with the client's bytes
+    // unread, the agent's socket may reset the connection before the
+    // client reads it. The record says what the agent did.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        reader.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection ended");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    let scrape = agent.metrics().await;
+    let stalled = [("response_code", "408"), ("response_flags", "SI")];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &stalled),
         1.0,
         "{}",
         scrape.text

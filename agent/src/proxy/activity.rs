@@ -1,6 +1,8 @@
 //! Whether a downstream connection is doing anything: the requests in
 //! flight on it, and since when it has had none — for Envoy's
-//! `idle_timeout` ("the period in which there are no active requests").
+//! `idle_timeout` ("the period in which there are no active requests") —
+//! and whether it was cut because its client stopped reading (the
+//! requests it ends then are the stream idle timeout's, not the client's).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -13,6 +15,7 @@ use tokio::time::Instant;
 pub struct Activity {
     active: Cell<usize>,
     idle_since: Cell<Instant>,
+    stalled: Cell<bool>,
 }
 
 /// A request in flight; dropping it (the request is over) ends it.
@@ -25,6 +28,7 @@ impl Activity {
         Rc::new(Self {
             active: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
+            stalled: Cell::new(false),
         })
     }
 
@@ -32,6 +36,12 @@ impl Activity {
     pub fn start(self: &Rc<Self>) -> Stream {
         self.active.set(self.active.get() + 1);
         Stream(self.clone())
+    }
+
+    /// The connection is being cut: its client took nothing of what the
+    /// agent had to write for the stream idle timeout.
+    pub fn cut_stalled(&self) {
+        self.stalled.set(true);
     }
 
     /// Resolves once the connection has had no request in flight for
@@ -48,6 +58,14 @@ impl Activity {
             }
             tokio::time::sleep_until(deadline).await;
         }
+    }
+}
+
+impl Stream {
+    /// Whether the request ends because its connection was cut for a
+    /// client that stopped reading.
+    pub fn cut_stalled(&self) -> bool {
+        self.0.stalled.get()
     }
 }
 

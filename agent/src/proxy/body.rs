@@ -37,6 +37,15 @@ impl RequestBody {
     }
 }
 
+impl RequestBody {
+    /// [`ClientBody::poll_stalled`], the failure recorded in the progress.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.inner
+            .poll_stalled(cx)
+            .map(|error| self.progress.fail(&error))
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = ClientBodyError;
@@ -77,6 +86,20 @@ pub enum UpstreamBody {
     Replay(TapReader),
     /// Fixed bytes.
     Full(Option<Bytes>),
+}
+
+impl UpstreamBody {
+    /// While the upstream takes nothing of the body (its writes wait),
+    /// runs the client's stream idle timer: ready once the stream has been
+    /// idle for the timeout, the failure recorded as the client's body's
+    /// (Envoy's 408, SI). Fixed bytes are the agent's own: never.
+    pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Self::Stream(body) => body.poll_stalled(cx),
+            Self::Replay(body) => body.poll_stalled(cx),
+            Self::Full(_) => Poll::Pending,
+        }
+    }
 }
 
 impl Body for UpstreamBody {
@@ -235,6 +258,11 @@ impl<O: ResponseObserver> ResponseBody<O> {
         deadline: Option<tokio::time::Instant>,
         clock: Option<Rc<StreamClock>>,
     ) -> Self {
+        // The head is the response's first frame: the wait for it, which
+        // the clock does not time, ends here.
+        if let Some(clock) = &clock {
+            clock.touch();
+        }
         let mut body = Self {
             source: Source::Upstream(body),
             observer: Some(observer),
@@ -504,11 +532,10 @@ mod tests {
     }
 
     /// An upstream that falls silent mid-body is cut off once nothing has
-    /// passed for the stream idle timeout, counted from the body's first
-    /// wait, and the observer hears why.
+    /// passed for the stream idle timeout, counted from the response head at
+    /// the earliest, and the observer hears why.
     #[tokio::test(flavor = "current_thread")]
     async fn a_silent_upstream_is_cut_off_after_the_stream_idle_timeout() {
-        use crate::proxy::stream_idle::StreamClock;
         use tokio::io::AsyncWriteExt;
 
         tokio::task::LocalSet::new()
@@ -525,8 +552,16 @@ mod tests {
                 .await;
                 let notes = Notes::default();
                 let idle = std::time::Duration::from_millis(200);
-                let clock = Some(StreamClock::new(idle));
-                let body = ResponseBody::upstream(received, notes.clone(), None, clock);
+                let clock = StreamClock::new(idle);
+                // The request's body waited once (the clock started), then
+                // the upstream took longer than the timeout to answer: that
+                // wait is not the stream's idleness, and the head ends it.
+                let mut request = IdleTimer::new(clock.clone());
+                let waker = std::task::Waker::noop();
+                let armed = request.poll_expired(&mut Context::from_waker(waker));
+                assert!(armed.is_pending());
+                tokio::time::sleep(idle * 2).await;
+                let body = ResponseBody::upstream(received, notes.clone(), None, Some(clock));
                 let started = tokio::time::Instant::now();
                 let Err(error) = body.collect().await else {
                     panic!("cut off");

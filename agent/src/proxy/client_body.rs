@@ -47,6 +47,21 @@ impl ClientBody {
     }
 }
 
+impl ClientBody {
+    /// Runs the stream idle timer while the body is not being read because
+    /// its way upstream is blocked (the upstream reads nothing): ready, with
+    /// the error the body would have ended with, once nothing has passed
+    /// either way for the timeout. Pending for ever without a timeout.
+    pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<ClientBodyError> {
+        match self.idle.as_mut() {
+            Some(timer) => timer
+                .poll_expired(cx)
+                .map(|()| ClientBodyError::StreamIdle(timer.clock().idle())),
+            None => Poll::Pending,
+        }
+    }
+}
+
 impl Body for ClientBody {
     type Data = Bytes;
     type Error = ClientBodyError;

@@ -485,13 +485,11 @@ impl Outgoing {
         connection: &mut Connection,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteError>> {
-        let io_error = WriteError::Io;
         loop {
             while self.written < connection.write.len() {
-                let n = ready!(
-                    Pin::new(&mut connection.io).poll_write(cx, &connection.write[self.written..])
-                )
-                .map_err(io_error)?;
+                let written =
+                    Pin::new(&mut connection.io).poll_write(cx, &connection.write[self.written..]);
+                let n = ready!(or_stalled(&mut self.body, written, cx))?;
                 if n == 0 {
                     return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())));
                 }
@@ -501,8 +499,8 @@ impl Outgoing {
             self.written = 0;
             if let Some(data) = self.data.as_mut() {
                 while !data.is_empty() {
-                    let n = ready!(Pin::new(&mut connection.io).poll_write(cx, data))
-                        .map_err(io_error)?;
+                    let written = Pin::new(&mut connection.io).poll_write(cx, data);
+                    let n = ready!(or_stalled(&mut self.body, written, cx))?;
                     if n == 0 {
                         return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())));
                     }
@@ -517,7 +515,8 @@ impl Outgoing {
                     continue;
                 }
             }
-            ready!(Pin::new(&mut connection.io).poll_flush(cx)).map_err(io_error)?;
+            let flushed = Pin::new(&mut connection.io).poll_flush(cx);
+            ready!(or_stalled(&mut self.body, flushed, cx))?;
             if self.done {
                 return Poll::Ready(Ok(()));
             }
@@ -600,6 +599,21 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+}
+
+/// A write to the upstream, and while it must wait for the upstream to
+/// read, the client's stream idle timer: nothing passes either way then
+/// (the body is not read while it cannot be sent). The timer's expiry is
+/// the body's failure ([`UpstreamBody::poll_stalled`]).
+fn or_stalled<T>(
+    body: &mut UpstreamBody,
+    polled: Poll<io::Result<T>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, WriteError>> {
+    match polled {
+        Poll::Ready(result) => Poll::Ready(result.map_err(WriteError::Io)),
+        Poll::Pending => body.poll_stalled(cx).map(|()| Err(WriteError::Body)),
+    }
 }
 
 /// Reads until a final (non-1xx) response head is whole.

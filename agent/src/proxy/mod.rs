@@ -39,6 +39,7 @@ mod tcp;
 mod testing;
 mod upgrade;
 mod upstream;
+mod write_stall;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

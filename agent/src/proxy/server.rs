@@ -26,6 +26,7 @@ use super::drain::{Phase, reached};
 use super::listener::WorkerSockets;
 use super::rewind::{self, Rewind};
 use super::tcp::TcpTarget;
+use super::write_stall::{Watched, WriteStall};
 use super::{
     Captured, Direction, Downstream, LocalExec, Shared, Worker, handler, interception, tcp,
 };
@@ -209,6 +210,14 @@ const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// served before it is told to end (HTTP/2: GOAWAY; one that has sent
 /// nothing: closed). Its first request comes well within it.
 const LATE_GRACE: Duration = Duration::from_secs(1);
+
+/// How a downstream connection is to end before its client ends it.
+enum Ending {
+    /// Its requests so far served (drain, idle timeout).
+    Graceful,
+    /// At once: its client stopped reading (stream idle timeout).
+    Cut,
+}
 
 pub(super) fn http_builder() -> auto::Builder<LocalExec> {
     let mut builder = auto::Builder::new(LocalExec);
@@ -526,6 +535,8 @@ impl Connection {
     {
         let activity = down.activity.clone();
         let peer = down.peer;
+        let stall = WriteStall::new();
+        let io = Watched::new(io, stall.clone());
         let down = Rc::new(down);
         let worker = self.worker.clone();
         let service = service_fn(move |req| handler::handle(worker.clone(), down.clone(), req));
@@ -557,7 +568,8 @@ impl Connection {
         // then closed once its streams are done) when the worker drains or
         // when no request has been in flight for the idle timeout, as
         // Envoy's `idle_timeout` closes downstream connections.
-        let idle_timeout = self.worker.shared.config.load().bootstrap.downstream.idle;
+        let timeouts = self.worker.shared.config.load().bootstrap.downstream;
+        let idle_timeout = timeouts.idle;
         let idle = async {
             match idle_timeout {
                 Some(timeout) => activity.idle_for(timeout).await,
@@ -575,20 +587,42 @@ impl Connection {
                 None => std::future::pending().await,
             }
         };
+        // Cut (its requests recorded SI) when its client has taken nothing
+        // of what the agent had to write for the stream idle timeout: Envoy
+        // waits that long for a peer's window, and a response body hyper
+        // cannot write is not polled, so its own timer cannot tell.
+        let stalled = async {
+            match timeouts.stream_idle {
+                Some(timeout) => stall.stalled(timeout).await,
+                None => std::future::pending().await,
+            }
+        };
         // Why the connection is to end, watched in a set that polls it only
-        // when its own timer or the drain woke it: beside the connection in
-        // one select, it would be polled on every wakeup of every request.
+        // when its own timer, its writes' stall or the drain woke it: beside
+        // the connection in one select, it would be polled on every wakeup
+        // of every request.
         let mut ending = FuturesUnordered::new();
         ending.push(async {
             tokio::select! {
-                () = drained => {}
-                () = idle => tracing::debug!(%peer, "downstream connection idle, closing"),
+                () = drained => Ending::Graceful,
+                () = idle => {
+                    tracing::debug!(%peer, "downstream connection idle, closing");
+                    Ending::Graceful
+                }
+                () = stalled => Ending::Cut,
             }
         });
         let result = loop {
             tokio::select! {
                 result = conn.as_mut() => break result,
-                Some(()) = ending.next() => conn.as_mut().graceful_shutdown(),
+                Some(ending) = ending.next() => match ending {
+                    Ending::Graceful => conn.as_mut().graceful_shutdown(),
+                    Ending::Cut => {
+                        tracing::debug!(%peer, "downstream client stopped reading, closing");
+                        activity.cut_stalled();
+                        break Ok(());
+                    }
+                },
             }
         };
         if let Err(error) = result {

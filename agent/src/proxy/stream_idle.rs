@@ -8,8 +8,17 @@
 //! silent mid-body is.
 //!
 //! Until a timer waits on the clock, a frame passing costs a `Cell` read
-//! and no reading of the time: a request whose bodies never stall (most of
-//! them) never arms a timer.
+//! and no reading of the time: a request whose bodies never have to wait
+//! for their peer (a GET whose answer arrives with its head, as most do)
+//! never arms a timer. Once one waits, every frame either way reads the
+//! time.
+//!
+//! A body is timed only while it is polled. One held up by a peer that
+//! stops reading is not polled; the agent's HTTP/1.1 client runs the
+//! request body's timer while its writes wait
+//! ([`UpstreamBody::poll_stalled`](super::body::UpstreamBody::poll_stalled)),
+//! and a downstream connection whose writes wait is watched by
+//! [`write_stall`](super::write_stall).
 
 use std::cell::Cell;
 use std::future::Future as _;

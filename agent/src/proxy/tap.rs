@@ -179,6 +179,24 @@ pub struct TapReader {
     index: usize,
 }
 
+impl TapReader {
+    /// [`ClientBody::poll_stalled`] on the tapped body while it is still
+    /// arriving, the failure recorded in the progress.
+    pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.tap.borrow_mut();
+        if state.done {
+            return Poll::Pending;
+        }
+        match state.source.poll_stalled(cx) {
+            Poll::Ready(error) => {
+                state.progress.fail(&error);
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl Body for TapReader {
     type Data = Bytes;
     type Error = TapError;

@@ -64,8 +64,9 @@ pub struct Exchange {
     done: bool,
     /// The request is a HEAD: the agent's own answers send no body.
     head: bool,
-    /// Keeps the connection from counting as idle until the request is over.
-    _stream: super::activity::Stream,
+    /// Keeps the connection from counting as idle until the request is
+    /// over; says whether the connection was cut for a stalled client.
+    stream: super::activity::Stream,
 }
 
 thread_local! {
@@ -160,7 +161,7 @@ impl Exchange {
                 .then(|| (telemetry.clone(), side)),
             done: false,
             head: req.method() == http::Method::HEAD,
-            _stream: down.activity.start(),
+            stream: down.activity.start(),
         });
         let Self { span, record, .. } = &mut *exchange;
         span.describe_request(req, record, &snapshot.capture.service_ports);
@@ -636,10 +637,16 @@ impl AttemptRecord for Exchange {
 }
 
 impl Drop for Exchange {
-    /// Dropped before completing: the client went away (Envoy's DC).
+    /// Dropped before completing: the client went away (Envoy's DC), or
+    /// stopped reading and its connection was cut after the stream idle
+    /// timeout (SI, as Envoy records it).
     fn drop(&mut self) {
         if !self.done {
-            self.add_flags(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            if self.stream.cut_stalled() {
+                self.on_stream_idle();
+            } else {
+                self.add_flags(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            }
             self.complete();
         }
     }

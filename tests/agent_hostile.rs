@@ -436,6 +436,19 @@ async fn a_keep_alive_connection_outlives_thirty_seconds_idle() {
     );
 }
 
+/// The agent counted exactly one request with `code` and `flags` in
+/// `istio_requests_total` (every other label summed).
+async fn assert_counted_once(agent: &Agent, code: &str, flags: &str) {
+    let scrape = agent.metrics().await;
+    let labels = [("response_code", code), ("response_flags", flags)];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &labels),
+        1.0,
+        "{code} {flags}: {}",
+        scrape.text
+    );
+}
+
 /// A request body that stalls gets Envoy's answer to a stream idle
 /// timeout: 408 `stream timeout`, flagged SI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,14 +466,7 @@ async fn a_stalled_request_body_gets_408() {
     assert!(closed, "{reply}");
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(reply.ends_with("stream timeout"), "{reply}");
-    let scrape = agent.metrics().await;
-    let stalled = [("response_code", "408"), ("response_flags", "SI")];
-    assert_eq!(
-        scrape.sum("istio_requests_total", &stalled),
-        1.0,
-        "{}",
-        scrape.text
-    );
+    assert_counted_once(&agent, "408", "SI").await;
 }
 
 /// gRPC calls that keep a stream open with nothing passing one way:
@@ -636,21 +642,8 @@ async fn a_silent_caller_is_not_cut_off_while_replies_stream() {
     );
     let replies = call.await.expect("the call is answered").into_inner();
     cut_off_after(replies, "hush 0").await;
-    let scrape = agent.metrics().await;
-    let ok = [("response_code", "200"), ("response_flags", "-")];
-    assert_eq!(
-        scrape.sum("istio_requests_total", &ok),
-        1.0,
-        "{}",
-        scrape.text
-    );
-    let cut = [("response_code", "200"), ("response_flags", "SI")];
-    assert_eq!(
-        scrape.sum("istio_requests_total", &cut),
-        1.0,
-        "{}",
-        scrape.text
-    );
+    assert_counted_once(&agent, "200", "-").await;
+    assert_counted_once(&agent, "200", "SI").await;
 }
 
 /// An upstream that falls silent mid-response is cut off after the stream
@@ -676,14 +669,7 @@ async fn a_silent_upstream_is_cut_off_mid_response() {
     );
     let replies = call.await.expect("the call is answered").into_inner();
     cut_off_after(replies, "stall").await;
-    let counted = [("response_code", "200"), ("response_flags", "SI")];
-    let scrape = agent.metrics().await;
-    assert_eq!(
-        scrape.sum("istio_requests_total", &counted),
-        1.0,
-        "{}",
-        scrape.text
-    );
+    assert_counted_once(&agent, "200", "SI").await;
 }
 
 /// A client that stops reading its response is cut off after the stream
@@ -716,14 +702,7 @@ async fn a_client_that_stops_reading_is_cut_off() {
     .expect("closed, not sending on");
     let received = first + rest.len();
     assert!(received < total, "{read:?}: all {received} bytes sent");
-    let scrape = agent.metrics().await;
-    let cut = [("response_code", "200"), ("response_flags", "SI")];
-    assert_eq!(
-        scrape.sum("istio_requests_total", &cut),
-        1.0,
-        "{}",
-        scrape.text
-    );
+    assert_counted_once(&agent, "200", "SI").await;
 }
 
 /// An upload the upstream stops reading is ended by the stream idle
@@ -785,14 +764,7 @@ async fn an_upload_the_upstream_stops_reading_gets_408() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
         "{answer}"
     );
-    let scrape = agent.metrics().await;
-    let stalled = [("response_code", "408"), ("response_flags", "SI")];
-    assert_eq!(
-        scrape.sum("istio_requests_total", &stalled),
-        1.0,
-        "{}",
-        scrape.text
-    );
+    assert_counted_once(&agent, "408", "SI").await;
 }
 
 /// The timeouts have bounds, and an error names the field.

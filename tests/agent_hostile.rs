@@ -551,6 +551,29 @@ impl tonic::server::ServerStreamingService<Echo> for Stall {
     }
 }
 
+/// Opens `/test.Idle/Chat`: one message (`text`, `count` replies wanted),
+/// then the caller's side stays open and silent. The replies.
+async fn open_chat(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    text: &str,
+    count: u32,
+) -> tonic::Streaming<Echo> {
+    client.ready().await.unwrap();
+    let hello = Echo {
+        text: text.into(),
+        count,
+        payload: Vec::new(),
+    };
+    let outbound = futures_util::stream::iter([hello]).chain(futures_util::stream::pending());
+    let path = http::uri::PathAndQuery::from_static("/test.Idle/Chat");
+    let call = client.streaming(
+        tonic::Request::new(outbound),
+        path,
+        ProstCodec::<Echo, Echo>::default(),
+    );
+    call.await.expect("the call is answered").into_inner()
+}
+
 /// Reads a call's first reply (`first`), then waits for the agent to cut
 /// the call off: an error, not an end, and not before the 1 s stream idle
 /// timeout (less a margin for the reply's way from the agent) after that
@@ -597,21 +620,7 @@ async fn a_silent_caller_is_not_cut_off_while_replies_stream() {
     let app = grpc::serve(Routed(IdleStreams)).await;
     let agent = Agent::start(&grpc_backend(app, "1s"));
     let mut client = grpc::client(agent.outbound, "http://backend:9080").await;
-    client.ready().await.unwrap();
-    let hello = Echo {
-        text: "chat".into(),
-        count: 10,
-        payload: Vec::new(),
-    };
-    // One message, then the caller's side stays open and silent.
-    let outbound = futures_util::stream::iter([hello]).chain(futures_util::stream::pending());
-    let path = http::uri::PathAndQuery::from_static("/test.Idle/Chat");
-    let call = client.streaming(
-        tonic::Request::new(outbound),
-        path,
-        ProstCodec::<Echo, Echo>::default(),
-    );
-    let mut replies = call.await.expect("the call is answered").into_inner();
+    let mut replies = open_chat(&mut client, "chat", 10).await;
     let mut received = Vec::new();
     let end = loop {
         match replies.message().await {
@@ -627,20 +636,7 @@ async fn a_silent_caller_is_not_cut_off_while_replies_stream() {
     // Once the replies stop too, nothing passes either way: the call is cut
     // off after the timeout, and counted with Envoy's flag, whichever of
     // the two sides' timers noticed first.
-    let hush = Echo {
-        text: "hush".into(),
-        count: 1,
-        payload: Vec::new(),
-    };
-    client.ready().await.unwrap();
-    let outbound = futures_util::stream::iter([hush]).chain(futures_util::stream::pending());
-    let path = http::uri::PathAndQuery::from_static("/test.Idle/Chat");
-    let call = client.streaming(
-        tonic::Request::new(outbound),
-        path,
-        ProstCodec::<Echo, Echo>::default(),
-    );
-    let replies = call.await.expect("the call is answered").into_inner();
+    let replies = open_chat(&mut client, "hush", 1).await;
     cut_off_after(replies, "hush 0").await;
     assert_counted_once(&agent, "200", "-").await;
     assert_counted_once(&agent, "200", "SI").await;

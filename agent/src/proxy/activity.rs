@@ -64,7 +64,7 @@ impl Activity {
 impl Stream {
     /// Whether the request ends because its connection was cut for a
     /// client that stopped reading.
-    pub fn cut_stalled(&self) -> bool {
+    pub fn was_cut_stalled(&self) -> bool {
         self.0.stalled.get()
     }
 }

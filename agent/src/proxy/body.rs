@@ -35,9 +35,7 @@ impl RequestBody {
     pub fn new(inner: ClientBody, progress: Rc<RequestProgress>) -> Self {
         Self { inner, progress }
     }
-}
 
-impl RequestBody {
     /// [`ClientBody::poll_stalled`], the failure recorded in the progress.
     fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.inner
@@ -458,26 +456,18 @@ mod tests {
     }
 
     /// The body of the agent's own HTTP/1.1 client's answer to a GET from
-    /// a one-connection server that `serves` its connection (on this
-    /// thread's `LocalSet`); the pools it came from, which must outlive it.
-    async fn own_h1_body<F>(
-        serve: impl FnOnce(tokio::net::TcpStream) -> F + 'static,
-    ) -> (Received, Rc<crate::proxy::pool::Pools>)
-    where
-        F: Future<Output = ()> + 'static,
-    {
+    /// an [`answer_once`](crate::proxy::testing::answer_once) server (on
+    /// this thread's `LocalSet`); the pools it came from, which must outlive
+    /// it.
+    async fn own_h1_body(
+        answer: &'static [u8],
+        then: crate::proxy::testing::Then,
+    ) -> (Received, Rc<crate::proxy::pool::Pools>) {
         use crate::proxy::h1;
-        use crate::proxy::testing::{cluster, key, pools};
+        use crate::proxy::testing::{answer_once, cluster, key, pools};
         use crate::tls::TlsPlan;
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a port");
-        let address = listener.local_addr().expect("an address");
-        tokio::task::spawn_local(async move {
-            let (stream, _) = listener.accept().await.expect("a connection");
-            serve(stream).await;
-        });
+        let address = answer_once(answer, then).await;
         let cluster = cluster(&[address], Default::default(), None);
         let pools = pools();
         let (connection, lease) = pools
@@ -495,25 +485,19 @@ mod tests {
         (Received::Own(response.into_body()), pools)
     }
 
+    /// Half of a 10-byte body.
+    const HALF_A_BODY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_body_cut_short_as_the_deadline_passes_is_a_reset_not_a_timeout() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use crate::proxy::testing::Then;
 
         tokio::task::LocalSet::new()
             .run_until(async {
                 // Half the body, then the end of the stream, in one poll of
                 // the server: the client reads the head and those bytes,
                 // and its next read finds the end.
-                let (received, _pools) = own_h1_body(|mut stream| async move {
-                    stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
-                        .await
-                        .expect("a write");
-                    stream.shutdown().await.expect("a shutdown");
-                    let mut request = [0u8; 1024];
-                    while stream.read(&mut request).await.is_ok_and(|n| n > 0) {}
-                })
-                .await;
+                let (received, _pools) = own_h1_body(HALF_A_BODY, Then::Close).await;
                 let notes = Notes::default();
                 // The route deadline has passed by the time the body is read.
                 let body = ResponseBody::upstream(
@@ -536,20 +520,13 @@ mod tests {
     /// the earliest, and the observer hears why.
     #[tokio::test(flavor = "current_thread")]
     async fn a_silent_upstream_is_cut_off_after_the_stream_idle_timeout() {
-        use tokio::io::AsyncWriteExt;
+        use crate::proxy::testing::Then;
 
         tokio::task::LocalSet::new()
             .run_until(async {
-                let (received, _pools) = own_h1_body(|mut stream| async move {
-                    stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
-                        .await
-                        .expect("a write");
-                    // Open and silent for as long as the test runs.
-                    std::future::pending::<()>().await;
-                    drop(stream);
-                })
-                .await;
+                // Open and silent after half the body, for as long as the
+                // test runs.
+                let (received, _pools) = own_h1_body(HALF_A_BODY, Then::Hold).await;
                 let notes = Notes::default();
                 let idle = std::time::Duration::from_millis(200);
                 let clock = StreamClock::new(idle);

@@ -45,13 +45,12 @@ impl ClientBody {
             idle: clock.map(IdleTimer::new),
         }
     }
-}
 
-impl ClientBody {
-    /// Runs the stream idle timer while the body is not being read because
-    /// its way upstream is blocked (the upstream reads nothing): ready, with
-    /// the error the body would have ended with, once nothing has passed
-    /// either way for the timeout. Pending for ever without a timeout.
+    /// Runs the stream idle timer while the body waits: for the client's
+    /// next frame, or, not being read, for its way upstream (the upstream
+    /// reads nothing). Ready, with the error the body ends with, once
+    /// nothing has passed either way for the timeout; pending for ever
+    /// without a timeout.
     pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<ClientBodyError> {
         match self.idle.as_mut() {
             Some(timer) => timer
@@ -78,16 +77,7 @@ impl Body for ClientBody {
                 }
                 Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::Source)))
             }
-            Poll::Pending => match this.idle.as_mut() {
-                Some(timer) => match timer.poll_expired(cx) {
-                    Poll::Ready(()) => {
-                        let idle = timer.clock().idle();
-                        Poll::Ready(Some(Err(ClientBodyError::StreamIdle(idle))))
-                    }
-                    Poll::Pending => Poll::Pending,
-                },
-                None => Poll::Pending,
-            },
+            Poll::Pending => this.poll_stalled(cx).map(|error| Some(Err(error))),
         }
     }
 

@@ -569,9 +569,8 @@ impl Connection {
         // when no request has been in flight for the idle timeout, as
         // Envoy's `idle_timeout` closes downstream connections.
         let timeouts = self.worker.shared.config.load().bootstrap.downstream;
-        let idle_timeout = timeouts.idle;
         let idle = async {
-            match idle_timeout {
+            match timeouts.idle {
                 Some(timeout) => activity.idle_for(timeout).await,
                 None => std::future::pending().await,
             }

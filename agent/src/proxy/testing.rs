@@ -65,3 +65,44 @@ pub fn key(cluster: &Cluster) -> super::pool::PoolKey {
         &crate::tls::TlsPlan::Plain,
     )
 }
+
+/// How an [`answer_once`] server leaves its connection after its answer.
+pub enum Then {
+    /// Shuts its writing down, then reads until the client closes.
+    Close,
+    /// Resets it (`SO_LINGER` 0, then closed).
+    Reset,
+    /// Holds it open and reads nothing more, for as long as the test runs.
+    Hold,
+}
+
+/// A server on 127.0.0.1:0, spawned on this thread's `LocalSet`: it
+/// accepts one connection, reads once (the request, or its start), writes
+/// `answer` byte for byte and then does `then`. Its address.
+pub async fn answer_once(answer: &'static [u8], then: Then) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("an address");
+    tokio::task::spawn_local(async move {
+        let (mut stream, _) = listener.accept().await.expect("a connection");
+        let mut request = [0u8; 4096];
+        let read = stream.read(&mut request).await.expect("a read");
+        assert!(read > 0, "a request");
+        stream.write_all(answer).await.expect("a write");
+        match then {
+            Then::Close => {
+                stream.shutdown().await.expect("a shutdown");
+                while stream.read(&mut request).await.is_ok_and(|n| n > 0) {}
+            }
+            Then::Reset => stream.set_zero_linger().expect("SO_LINGER 0"),
+            Then::Hold => {
+                std::future::pending::<()>().await;
+                drop(stream);
+            }
+        }
+    });
+    address
+}

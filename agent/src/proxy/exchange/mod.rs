@@ -642,7 +642,7 @@ impl Drop for Exchange {
     /// timeout (SI, as Envoy records it).
     fn drop(&mut self) {
         if !self.done {
-            if self.stream.cut_stalled() {
+            if self.stream.was_cut_stalled() {
                 self.on_stream_idle();
             } else {
                 self.add_flags(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);

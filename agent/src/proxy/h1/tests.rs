@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
+use crate::proxy::testing::{Then, answer_once};
 use crate::tls::io::MaybeTls;
 
 /// Keeps the connection a response gave back.
@@ -224,19 +225,7 @@ fn broken_heads_are_protocol_errors_and_silence_a_reset() {
         );
         // A reset (RST) within the head is the upstream's protocol error
         // too, as a close is.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-        let address = listener.local_addr().expect("an address");
-        tokio::task::spawn_local(async move {
-            let (mut stream, _) = listener.accept().await.expect("a connection");
-            let mut request = [0u8; 4096];
-            let read = stream.read(&mut request).await.expect("a read");
-            assert!(read > 0, "a request");
-            stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-le")
-                .await
-                .expect("a write");
-            stream.set_zero_linger().expect("SO_LINGER 0");
-        });
+        let address = answer_once(b"HTTP/1.1 200 OK\r\ncontent-le", Then::Reset).await;
         let sent = send(connect(address).await, get("/"), Kept::default()).await;
         assert!(
             matches!(sent, Err(SendFailure::Protocol(_))),
@@ -340,19 +329,9 @@ fn a_request_body_keeps_going_out_while_its_answer_comes_in() {
 #[test]
 fn an_answer_before_the_request_body_ends_closes_the_connection() {
     local(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-        let address = listener.local_addr().expect("an address");
-        tokio::task::spawn_local(async move {
-            let (mut stream, _) = listener.accept().await.expect("a connection");
-            let mut chunk = [0u8; 4096];
-            let _ = stream.read(&mut chunk).await.expect("a read");
-            stream
-                .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\n\r\nbig!")
-                .await
-                .expect("a write");
-            // Reads nothing more and holds the connection open.
-            std::future::pending::<()>().await;
-        });
+        // Reads nothing more and holds the connection open.
+        let answer = b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\n\r\nbig!";
+        let address = answer_once(answer, Then::Hold).await;
         let kept = Kept::default();
         let post = Request::post("/upload")
             .body(UpstreamBody::Full(Some(Bytes::from(vec![7u8; 16 << 20]))))

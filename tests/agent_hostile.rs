@@ -9,6 +9,8 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 use common::agent::Agent;
@@ -17,6 +19,7 @@ use common::grpc::{self, Echo, Methods, Routed};
 use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, service_entry};
 use common::upstream::{Upstream, canned_server, closed_port};
 use futures_util::StreamExt;
+use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Status;
@@ -873,4 +876,183 @@ async fn a_response_framed_both_ways_arrives_whole() {
         body.contains("hello world") || body.contains("hello\r\n6\r\n world"),
         "the whole body: {reply:?}"
     );
+}
+
+/// Waits until `count` stops moving (three readings 200 ms apart alike, at
+/// most 30 s): the stalled streams have taken what the windows let them.
+/// Read early on a loaded machine, the test only asks less of the agent.
+async fn settled(count: &AtomicU64) {
+    let mut last = count.load(Ordering::Relaxed);
+    let mut alike = 0;
+    for _ in 0..150 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = count.load(Ordering::Relaxed);
+        alike = if now == last { alike + 1 } else { 0 };
+        if alike == 3 && now > 0 {
+            return;
+        }
+        last = now;
+    }
+    panic!("still moving after 30 s: {last}");
+}
+
+/// The echo service, with `/test.Echo/Pour` added: replies of 16 KiB for
+/// as long as the caller takes them, each counted in the shared count.
+#[derive(Clone)]
+struct Flood(Arc<AtomicU64>);
+
+impl Methods for Flood {
+    const NAME: &'static str = "test.Echo";
+
+    async fn answer(
+        self,
+        req: http::Request<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        if req.uri().path() != "/test.Echo/Pour" {
+            return grpc::EchoServer.answer(req).await;
+        }
+        let mut grpc = tonic::server::Grpc::new(ProstCodec::<Echo, Echo>::default());
+        grpc.server_streaming(Pour(self.0), req).await
+    }
+}
+
+struct Pour(Arc<AtomicU64>);
+
+impl tonic::server::ServerStreamingService<Echo> for Pour {
+    type Response = Echo;
+    type ResponseStream = Replies;
+    type Future = tonic::codegen::BoxFuture<tonic::Response<Replies>, Status>;
+
+    fn call(&mut self, _: tonic::Request<Echo>) -> Self::Future {
+        let poured = self.0.clone();
+        let replies = futures_util::stream::repeat_with(move || {
+            poured.fetch_add(1, Ordering::Relaxed);
+            Ok(Echo {
+                text: "pour".into(),
+                count: 0,
+                payload: vec![0; 16 << 10],
+            })
+        });
+        Box::pin(async move { Ok(tonic::Response::new(Box::pin(replies) as Replies)) })
+    }
+}
+
+/// Callers that stop reading do not starve the other calls to the same
+/// upstream. The agent's requests to an HTTP/2 upstream share one
+/// connection (per worker), whose window hyper gives back only as a
+/// response is read. The stream window was as large as the connection's,
+/// so a stalled caller's response could hold it all: every other call to
+/// that upstream got nothing until the stream idle timeout (5 min). Now a
+/// stream holds at most its own window of a far larger connection window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_stop_reading_do_not_starve_a_shared_upstream_connection() {
+    let poured = Arc::new(AtomicU64::new(0));
+    let app = grpc::serve(Routed(Flood(poured.clone()))).await;
+    let agent = Agent::start(&grpc_backend(app, "5m"));
+    // Each on its own connection, so both workers get some.
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut client = grpc::client(agent.outbound, "http://backend:9080").await;
+        client.ready().await.unwrap();
+        let call = client.server_streaming(
+            tonic::Request::new(Echo::default()),
+            http::uri::PathAndQuery::from_static("/test.Echo/Pour"),
+            ProstCodec::<Echo, Echo>::default(),
+        );
+        let replies = call.await.expect("the call is answered").into_inner();
+        stalled.push((client, replies));
+    }
+    settled(&poured).await;
+    for i in 0..4 {
+        let mut client = grpc::client(agent.outbound, "http://backend:9080").await;
+        let hello = Echo {
+            text: format!("fresh {i}"),
+            count: 0,
+            payload: vec![1; 64 << 10],
+        };
+        let reply = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            grpc::unary(&mut client, hello),
+        )
+        .await
+        .expect("answered while the stalled calls wait")
+        .expect("answered with OK");
+        assert_eq!(reply.text, format!("fresh {i}"));
+    }
+    drop(stalled);
+}
+
+/// Uploads an upstream stops reading do not starve the other requests of
+/// the same downstream HTTP/2 connection (the mesh's connections between
+/// agents carry many clients' calls). The agent reads a request body only
+/// as it can pass it on, and the stream window was as large as the
+/// connection's: four stalled uploads held it all, and a fresh request's
+/// body could not be sent. Now each holds at most its own window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_an_upstream_stops_reading_do_not_starve_their_connection() {
+    // An upstream that reads a request's head, then nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let deaf = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 1024];
+                let _ = stream.read(&mut head).await;
+                std::future::pending::<()>().await;
+                drop(stream);
+            });
+        }
+    });
+    let app = Upstream::start("app").await;
+    let ep = |addr| Ep { addr, labels: &[] };
+    let yaml = frontend(app.addr, "")
+        + &service_entry("deaf", 9080, "HTTP", &[ep(deaf)])
+        + &service_entry("backend", 9080, "HTTP", &[ep(app.addr)]);
+    let agent = Agent::start(&yaml);
+
+    // One HTTP/2 connection carries every request.
+    let tcp = TcpStream::connect(agent.outbound).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    static CHUNK: [u8; 16 << 10] = [b'x'; 16 << 10];
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut uploads = Vec::new();
+    for _ in 0..4 {
+        let sent = sent.clone();
+        let chunks = futures_util::stream::repeat_with(move || {
+            sent.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(
+                &CHUNK,
+            )))
+        });
+        let req = http::Request::post("http://deaf:9080/upload")
+            .body(http_body_util::StreamBody::new(chunks).boxed_unsync())
+            .unwrap();
+        let mut sender = sender.clone();
+        uploads.push(tokio::spawn(async move { sender.send_request(req).await }));
+    }
+    settled(&sent).await;
+
+    let mut sender = sender.clone();
+    let body = http_body_util::Full::new(bytes::Bytes::from(vec![b'y'; 64 << 10]));
+    let req = http::Request::post("http://backend:9080/fresh")
+        .body(body.boxed_unsync())
+        .unwrap();
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(req))
+            .await
+            .expect("answered while the stalled uploads wait")
+            .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(report["body_len"], 64 << 10, "{report}");
+    for upload in uploads {
+        upload.abort();
+    }
 }

@@ -16,6 +16,7 @@ mod cors;
 mod drain;
 mod exchange;
 mod fault;
+mod flow_control;
 mod forward;
 mod gateway;
 mod grpc_timeout;

@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 
 use super::LocalExec;
 use super::body::UpstreamBody;
+use super::flow_control::{CONNECTION_WINDOW, UPSTREAM_STREAM_WINDOW};
 use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
 use crate::by_address::ByAddress;
 use crate::connect::connect_tcp;
@@ -375,7 +376,8 @@ impl Pools {
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
-            .adaptive_window(true)
+            .initial_stream_window_size(UPSTREAM_STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|source| AcquireError::Handshake {

@@ -1,0 +1,47 @@
+//! The HTTP/2 flow-control windows the agent grants its peers, downstream
+//! (what a client may send ahead on a stream) and upstream (what a server
+//! may send ahead on a response).
+//!
+//! hyper's h2 gives a stream's bytes back to both windows, the stream's and
+//! the connection's, only as its body is read. A stream the agent cannot
+//! pass on (a client that stops reading, an upstream that stops taking an
+//! upload) is not read, so whatever it holds stays out of the connection's
+//! window. With stream and connection windows the same size (as hyper's
+//! adaptive window sets them), one such stream could hold all of it, and
+//! every other stream of the connection (other clients' calls, on a shared
+//! upstream or mesh connection) waited with it.
+//!
+//! So a connection's window is as large as HTTP/2 allows, and only its
+//! streams' windows are bounds: a stream holds at most its window of unread
+//! data, and streams that cannot move never hold up those that can. This is
+//! how Apache's mod_http2 and Go's HTTP/2 transport set them (a large
+//! connection window, flow control per stream); Envoy gets the same by taking data off
+//! the connection as it arrives and holding back the stream's window alone.
+//!
+//! What a connection can hold unread is then its streams' windows: a
+//! downstream connection at most [`MAX_CONCURRENT_STREAMS`] times
+//! [`DOWNSTREAM_STREAM_WINDOW`] (256 MiB), an upstream one
+//! [`UPSTREAM_STREAM_WINDOW`] for each of the agent's own requests on it.
+//! Before, a connection held at most hyper's adaptive window (16 MiB at
+//! most), but one stream could take all of it.
+
+/// The window a downstream client's stream starts with (what it may send
+/// of a request body ahead of the agent): 256 KiB, 2 Gbit/s per upload
+/// over a 1 ms round trip. Smaller than the upstream one because a client
+/// fills it unasked.
+pub(super) const DOWNSTREAM_STREAM_WINDOW: u32 = 256 << 10;
+
+/// The window an upstream stream starts with (what a server may send of a
+/// response ahead of the agent): 1 MiB, 8 Gbit/s per download over a 1 ms
+/// round trip; `bench/agent/h2_window.sh` measures a stream's throughput
+/// through the agent with it.
+pub(super) const UPSTREAM_STREAM_WINDOW: u32 = 1 << 20;
+
+/// A connection's window, each way: HTTP/2's largest (2^31 - 1 bytes, RFC
+/// 9113 section 6.9.1), so that only stream windows bound what a
+/// connection holds.
+pub(super) const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
+/// How many streams a downstream HTTP/2 connection may have open at once
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub(super) const MAX_CONCURRENT_STREAMS: u32 = 1024;

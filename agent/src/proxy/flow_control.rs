@@ -15,27 +15,26 @@
 //! streams' windows are bounds: a stream holds at most its window of unread
 //! data, and streams that cannot move never hold up those that can. This is
 //! how Apache's mod_http2 and Go's HTTP/2 transport set them (a large
-//! connection window, flow control per stream); Envoy gets the same by taking data off
-//! the connection as it arrives and holding back the stream's window alone.
+//! connection window, flow control per stream); Envoy gets the same by
+//! taking data off the connection as it arrives and holding back the
+//! stream's window alone.
 //!
 //! What a connection can hold unread is then its streams' windows: a
 //! downstream connection at most [`MAX_CONCURRENT_STREAMS`] times
-//! [`DOWNSTREAM_STREAM_WINDOW`] (256 MiB), an upstream one
-//! [`UPSTREAM_STREAM_WINDOW`] for each of the agent's own requests on it.
-//! Before, a connection held at most hyper's adaptive window (16 MiB at
-//! most), but one stream could take all of it.
+//! [`STREAM_WINDOW`] (256 MiB) of request bodies, and as much again of
+//! responses on the upstream connections its requests use; an upstream
+//! connection [`STREAM_WINDOW`] for each of the agent's requests on it.
+//! Before, an upstream connection held at most hyper's adaptive window
+//! (16 MiB), but one stream could take all of it.
 
-/// The window a downstream client's stream starts with (what it may send
-/// of a request body ahead of the agent): 256 KiB, 2 Gbit/s per upload
-/// over a 1 ms round trip. Smaller than the upstream one because a client
-/// fills it unasked.
-pub(super) const DOWNSTREAM_STREAM_WINDOW: u32 = 256 << 10;
-
-/// The window an upstream stream starts with (what a server may send of a
-/// response ahead of the agent): 1 MiB, 8 Gbit/s per download over a 1 ms
-/// round trip; `bench/agent/h2_window.sh` measures a stream's throughput
-/// through the agent with it.
-pub(super) const UPSTREAM_STREAM_WINDOW: u32 = 1 << 20;
+/// The window each stream starts with, either way (what a client may send
+/// of a request body, or an upstream of a response, ahead of the agent):
+/// 256 KiB, 2 Gbit/s per stream over a 1 ms round trip.
+/// `bench/agent/h2_window.sh` measures a stream's throughput through the
+/// agent with it: on loopback, a 1 MiB window moved one stream no faster.
+/// Kept small because a client that stops reading makes the agent hold it
+/// for every stream it opens.
+pub(super) const STREAM_WINDOW: u32 = 256 << 10;
 
 /// A connection's window, each way: HTTP/2's largest (2^31 - 1 bytes, RFC
 /// 9113 section 6.9.1), so that only stream windows bound what a

@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 
 use super::LocalExec;
 use super::body::UpstreamBody;
-use super::flow_control::{CONNECTION_WINDOW, UPSTREAM_STREAM_WINDOW};
+use super::flow_control::{CONNECTION_WINDOW, STREAM_WINDOW};
 use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
 use crate::by_address::ByAddress;
 use crate::connect::connect_tcp;
@@ -376,7 +376,7 @@ impl Pools {
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
-            .initial_stream_window_size(UPSTREAM_STREAM_WINDOW)
+            .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake(TokioIo::new(io))
             .await

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 
 use super::activity::Activity;
 use super::drain::{Phase, reached};
-use super::flow_control::{CONNECTION_WINDOW, DOWNSTREAM_STREAM_WINDOW, MAX_CONCURRENT_STREAMS};
+use super::flow_control::{CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, STREAM_WINDOW};
 use super::listener::WorkerSockets;
 use super::rewind::{self, Rewind};
 use super::tcp::TcpTarget;
@@ -241,7 +241,7 @@ pub(super) fn http_builder() -> auto::Builder<LocalExec> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .initial_stream_window_size(DOWNSTREAM_STREAM_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     builder

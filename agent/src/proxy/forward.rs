@@ -2,13 +2,12 @@
 //! the cluster's TLS says (plaintext, mesh mTLS, TLS origination).
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use super::Worker;
 use super::body::{Received, UpstreamBody};
 use super::canonical::known_transfer_coding;
 use super::h1::{self, SendFailure};
-use super::pool::{AcquireError, PoolKey};
+use super::pool::{AcquireError, PoolKey, add_waits};
 use super::upstream::{AttemptHead, SendError, Sent, Upstream};
 use crate::model::cluster::{Cluster, UpstreamTls};
 use crate::model::endpoint::Endpoint;
@@ -171,15 +170,6 @@ pub async fn send(
     }
 }
 
-/// The time waited for connection slots over a request's sends, `None`
-/// when none of them waited.
-fn add_waits(before: Option<Duration>, now: Option<Duration>) -> Option<Duration> {
-    match (before, now) {
-        (Some(before), Some(now)) => Some(before + now),
-        (before, now) => before.or(now),
-    }
-}
-
 /// Why an HTTP/1.1 response cannot be passed on, if it cannot: a 101 to a
 /// request that offered no upgrade (RFC 9110 §15.2.2: a server switches only
 /// to a protocol the request offered; passed on, the caller is left on a
@@ -217,18 +207,4 @@ fn reset(error: &hyper::Error) -> SendError {
     } else {
         AttemptFailure::Reset
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn waits_for_connection_slots_add_up_across_sends() {
-        let ms = Duration::from_millis;
-        assert_eq!(add_waits(None, None), None);
-        assert_eq!(add_waits(Some(ms(3)), None), Some(ms(3)));
-        assert_eq!(add_waits(None, Some(ms(4))), Some(ms(4)));
-        assert_eq!(add_waits(Some(ms(3)), Some(ms(4))), Some(ms(7)));
-    }
 }

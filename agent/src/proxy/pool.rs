@@ -142,8 +142,18 @@ struct Slotted {
     /// The slot (none when the cluster does not count connections, or a
     /// usable connection came free meanwhile).
     slot: Option<Slot>,
-    /// The request waited as a pending request.
-    waited: bool,
+    /// How long the request waited as a pending request, when it did: from
+    /// the refusal to the slot (or usable connection), the dial not counted.
+    waited: Option<Duration>,
+}
+
+/// The time waited for connection slots over several waits, `None` when
+/// none of them waited.
+pub(super) fn add_waits(before: Option<Duration>, now: Option<Duration>) -> Option<Duration> {
+    match (before, now) {
+        (Some(before), Some(now)) => Some(before + now),
+        (before, now) => before.or(now),
+    }
 }
 
 /// A worker's upstream connections.
@@ -269,12 +279,11 @@ impl Pools {
         cluster: &Cluster,
         plan: &TlsPlan,
     ) -> Result<(Connection, Lease), AcquireError> {
-        let began = Instant::now();
-        let mut waited = false;
-        let lease = |peer, reused, served, waited: bool| Lease {
+        let mut waited = None;
+        let lease = |peer, reused, served, waited| Lease {
             peer,
             reused,
-            waited: waited.then(|| began.elapsed()),
+            waited,
             key: key.clone(),
             served,
             max_served: cluster.limits.max_requests_per_connection,
@@ -288,7 +297,7 @@ impl Pools {
             let slotted = self
                 .connection_slot(key, cluster, || self.has_idle(key))
                 .await?;
-            waited |= slotted.waited;
+            waited = add_waits(waited, slotted.waited);
             // No slot although the cluster counts connections: one of this
             // worker's came free meanwhile, and it is taken instead.
             if slotted.slot.is_some() || key.counted_by.is_none() {
@@ -316,9 +325,8 @@ impl Pools {
         ),
         AcquireError,
     > {
-        let began = Instant::now();
         let slotted = self.connection_slot(key, cluster, || false).await?;
-        let waited = slotted.waited.then(|| began.elapsed());
+        let waited = slotted.waited;
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
         let (sender, conn) = http1::Builder::new()
             .max_header_size(MAX_RESPONSE_HEAD)
@@ -345,7 +353,6 @@ impl Pools {
         cluster: &Cluster,
         plan: &TlsPlan,
     ) -> Result<SharedH2, AcquireError> {
-        let began = Instant::now();
         let live = || {
             self.shared_h2
                 .borrow()
@@ -363,7 +370,7 @@ impl Pools {
         let slotted = self
             .connection_slot(key, cluster, || live().is_some())
             .await?;
-        let waited = slotted.waited.then(|| began.elapsed());
+        let waited = slotted.waited;
         if let Some((sender, peer)) = live() {
             // another request of this worker opened one meanwhile
             return Ok(SharedH2 {
@@ -423,10 +430,7 @@ impl Pools {
         cluster: &Cluster,
         usable: impl Fn() -> bool,
     ) -> Result<Slotted, AcquireError> {
-        let at_once = |slot| Slotted {
-            slot,
-            waited: false,
-        };
+        let at_once = |slot| Slotted { slot, waited: None };
         let Some(state) = key.counted_by.as_ref().map(|c| &c.0) else {
             return Ok(at_once(None));
         };
@@ -434,11 +438,15 @@ impl Pools {
         if let Some(slot) = state.take_connection(limits.max_connections) {
             return Ok(at_once(Some(slot)));
         }
-        let after_waiting = |slot| Slotted { slot, waited: true };
         let _pending = state
             .take_pending(limits.max_pending)
             .ok_or(AcquireError::Overflow(MAX_PENDING))?;
-        let give_up = Instant::now() + cluster.connect_timeout;
+        let began = Instant::now();
+        let after_waiting = |slot| Slotted {
+            slot,
+            waited: Some(began.elapsed()),
+        };
+        let give_up = began + cluster.connect_timeout;
         loop {
             let released = state.released.notified();
             tokio::pin!(released);
@@ -566,7 +574,7 @@ struct Next {
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
     use tokio::task::LocalSet;
 
     use super::*;
@@ -650,6 +658,77 @@ mod tests {
                 assert!(
                     !a.has_idle(&key),
                     "the released connection was not kept idle"
+                );
+            })
+            .await;
+    }
+
+    #[test]
+    fn waits_for_connection_slots_add_up() {
+        let ms = Duration::from_millis;
+        assert_eq!(add_waits(None, None), None);
+        assert_eq!(add_waits(Some(ms(3)), None), Some(ms(3)));
+        assert_eq!(add_waits(None, Some(ms(4))), Some(ms(4)));
+        assert_eq!(add_waits(Some(ms(3)), Some(ms(4))), Some(ms(7)));
+    }
+
+    /// The wait a request reports (the `connection_pool_wait` span event)
+    /// is its wait for a connection slot, not the dial that follows it: it
+    /// used to run on to the end of the TCP and TLS handshakes.
+    #[tokio::test]
+    async fn the_wait_reported_ends_when_the_slot_is_granted() {
+        LocalSet::new()
+            .run_until(async {
+                // A listener whose accept queue fills at two connections:
+                // the kernel then drops a SYN, and the dial retries after
+                // its initial retransmission timeout (1 s).
+                let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+                socket
+                    .bind("127.0.0.1:0".parse().expect("an address"))
+                    .expect("a port");
+                let listener = socket.listen(1).expect("listening");
+                let address = listener.local_addr().expect("an address");
+                let cluster = limited(address, 1, 1);
+                let key = key(&cluster);
+                let (a, b) = (pools(), pools());
+                let (first, lease) = a
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                let _first_accepted = listener.accept().await.expect("accepted");
+                let fillers = [
+                    TcpStream::connect(address).await.expect("queued"),
+                    TcpStream::connect(address).await.expect("queued"),
+                ];
+
+                let began = Instant::now();
+                let waiting = {
+                    let (b, key, cluster) = (b.clone(), key.clone(), cluster.clone());
+                    tokio::task::spawn_local(async move {
+                        b.h1(&key, &cluster, &TlsPlan::Plain)
+                            .await
+                            .map(|(_, lease)| lease.waited)
+                    })
+                };
+                while cluster.state.pending.load(Ordering::Relaxed) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                // The slot comes free at once; the queue only later.
+                drop((first, lease));
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _accepted = (
+                    listener.accept().await.expect("accepted"),
+                    listener.accept().await.expect("accepted"),
+                );
+                let waited = waiting.await.expect("joined").expect("a connection");
+                let took = began.elapsed();
+                drop(fillers);
+                let waited = waited.expect("B waited as a pending request");
+                // (On a machine loaded enough that B dials after the queue
+                // is drained, the dial is quick and the test asks less.)
+                assert!(
+                    waited < Duration::from_millis(500),
+                    "{waited:?} of {took:?} counted as the wait for a slot"
                 );
             })
             .await;

@@ -704,13 +704,9 @@ async fn a_client_that_stops_reading_is_cut_off() {
     assert_counted_once(&agent, "200", "SI").await;
 }
 
-/// An upload the upstream stops reading is ended by the stream idle
-/// timeout, as Envoy ends it: the agent cannot send the body on, so it
-/// reads none of it either, and nothing passes. Envoy's answer, 408 SI. It
-/// used to wait for as long as the upstream did.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_the_upstream_stops_reading_gets_408() {
-    // An upstream that reads the request's head, then nothing.
+/// An upstream that reads the first bytes of each request, then nothing,
+/// holding the connection open; where it listens.
+async fn deaf_upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let deaf = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -723,6 +719,16 @@ async fn an_upload_the_upstream_stops_reading_gets_408() {
             });
         }
     });
+    deaf
+}
+
+/// An upload the upstream stops reading is ended by the stream idle
+/// timeout, as Envoy ends it: the agent cannot send the body on, so it
+/// reads none of it either, and nothing passes. Envoy's answer, 408 SI. It
+/// used to wait for as long as the upstream did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_upstream_stops_reading_gets_408() {
+    let deaf = deaf_upstream().await;
     let yaml = frontend(deaf, "  downstream: {streamIdleTimeout: 500ms}\n")
         + &service_entry(
             "backend",
@@ -990,19 +996,7 @@ async fn callers_that_stop_reading_do_not_starve_a_shared_upstream_connection() 
 /// body could not be sent. Now each holds at most its own window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_an_upstream_stops_reading_do_not_starve_their_connection() {
-    // An upstream that reads a request's head, then nothing.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let deaf = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = [0u8; 1024];
-                let _ = stream.read(&mut head).await;
-                std::future::pending::<()>().await;
-                drop(stream);
-            });
-        }
-    });
+    let deaf = deaf_upstream().await;
     let app = Upstream::start("app").await;
     let ep = |addr| Ep { addr, labels: &[] };
     let yaml = frontend(app.addr, "")

@@ -884,9 +884,10 @@ async fn a_response_framed_both_ways_arrives_whole() {
     );
 }
 
-/// Waits until `count` stops moving (three readings 200 ms apart alike, at
-/// most 30 s): the stalled streams have taken what the windows let them.
-/// Read early on a loaded machine, the test only asks less of the agent.
+/// Waits until `count` has moved and then stops (four readings 200 ms
+/// apart alike, at most 30 s): the stalled streams have taken what the
+/// windows let them. Read early on a loaded machine, the test only asks
+/// less of the agent.
 async fn settled(count: &AtomicU64) {
     let mut last = count.load(Ordering::Relaxed);
     let mut alike = 0;
@@ -899,7 +900,7 @@ async fn settled(count: &AtomicU64) {
         }
         last = now;
     }
-    panic!("still moving after 30 s: {last}");
+    panic!("not settled after 30 s (last count {last}: 0 never moved)");
 }
 
 /// The echo service, with `/test.Echo/Pour` added: replies of 16 KiB for
@@ -955,7 +956,8 @@ async fn callers_that_stop_reading_do_not_starve_a_shared_upstream_connection() 
     let poured = Arc::new(AtomicU64::new(0));
     let app = grpc::serve(Routed(Flood(poured.clone()))).await;
     let agent = Agent::start(&grpc_backend(app, "5m"));
-    // Each on its own connection, so both workers get some.
+    // Each on its own connection: the kernel spreads them over the
+    // agent's two workers, each with its own upstream connection.
     let mut stalled = Vec::new();
     for _ in 0..8 {
         let mut client = grpc::client(agent.outbound, "http://backend:9080").await;
@@ -984,6 +986,14 @@ async fn callers_that_stop_reading_do_not_starve_a_shared_upstream_connection() 
         .expect("answered while the stalled calls wait")
         .expect("answered with OK");
         assert_eq!(reply.text, format!("fresh {i}"));
+    }
+    // The stalled calls are still open: they were waiting, not ended.
+    for (_, replies) in &mut stalled {
+        let next = futures_util::FutureExt::now_or_never(replies.message());
+        assert!(
+            !matches!(next, Some(Ok(None) | Err(_))),
+            "a stalled call ended: {next:?}"
+        );
     }
     drop(stalled);
 }
@@ -1047,6 +1057,7 @@ async fn uploads_an_upstream_stops_reading_do_not_starve_their_connection() {
     let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(report["body_len"], 64 << 10, "{report}");
     for upload in uploads {
+        assert!(!upload.is_finished(), "the stalled uploads still wait");
         upload.abort();
     }
 }

@@ -12,7 +12,8 @@
 #   bash bench/agent/h2_window.sh
 #
 # Download: h2load fetches a 64 MiB file DOWNLOADS times over one stream;
-# upload: curl PUTs a 32 MiB file UPLOADS times. The agent runs on core 1,
+# upload: curl PUTs a 32 MiB file UPLOADS times (the time includes nginx
+# writing it to disk). Rates in MiB/s. The agent runs on core 1,
 # nginx and the clients on core 0. Each round runs every build once, in
 # turn; the table gives each build's median over ROUNDS rounds and the
 # range. Loopback has a round trip of tens of microseconds, so a window
@@ -31,6 +32,7 @@ UPLOADS=${UPLOADS:-10}
 BASELINE=${BASELINE:-}
 BASELINE_LABEL=${BASELINE_LABEL:-baseline}
 OUTBOUND=28101
+INBOUND=28106
 ADMIN=28100
 H1=28180
 H2=28181
@@ -59,7 +61,7 @@ else
   TRACEMESH="$ROOT/target/release/tracemesh"
 fi
 
-for port in $OUTBOUND $ADMIN $H1 $H2; do
+for port in $OUTBOUND $INBOUND $ADMIN $H1 $H2; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     die "port $port is in use; stop what listens there first"
   fi
@@ -114,7 +116,7 @@ spec:
   service: h2-window
   labels: {app: h2-window, version: v1}
   concurrency: 1
-  inbound: {listen: "127.0.0.1:28106", app: "127.0.0.1:$H1"}
+  inbound: {listen: "127.0.0.1:$INBOUND", app: "127.0.0.1:$H1"}
   outbound: {listen: "127.0.0.1:$OUTBOUND"}
   admin: {listen: "127.0.0.1:$ADMIN"}
   telemetry: {sampling: 0.0}
@@ -154,25 +156,31 @@ run() {
     [ $SECONDS -lt $deadline ] || die "the agent ($label) does not answer (logs: $RUN)"
     sleep 0.2
   done
-  # h2load's summary: "finished in 1.23s, 12.34 req/s, 789.01MB/s".
-  local down
-  down=$(taskset -c 0 h2load -n "$DOWNLOADS" -c 1 -m 1 -H ':authority: download.bench.local' \
-    "http://127.0.0.1:$OUTBOUND/big" | awk '/^finished in/ {
-      rate = $NF; unit = rate; sub(/[0-9.]+/, "", unit); sub(/[A-Za-z\/]+$/, "", rate)
-      m = (unit == "GB/s") ? 1000 : (unit == "KB/s") ? 0.001 : 1
-      printf "%.0f", rate * m }')
+  # h2load's summary: "finished in 1.23s, 12.34 req/s, 789.01MB/s", its
+  # units powers of 1024 (MB/s is MiB/s); it exits 0 whatever the answers.
+  local out down
+  out=$(taskset -c 0 h2load -n "$DOWNLOADS" -c 1 -m 1 -H ':authority: download.bench.local' \
+    "http://127.0.0.1:$OUTBOUND/big")
+  grep -q "status codes: $DOWNLOADS 2xx" <<<"$out" || die "downloads through $label failed: $out"
+  down=$(awk '/^finished in/ {
+      rate = $NF; unit = rate; sub(/^[0-9.]+/, "", unit); sub(/[A-Za-z\/]+$/, "", rate)
+      m = (unit == "GB/s") ? 1024 : (unit == "MB/s") ? 1 : (unit == "KB/s") ? 1 / 1024 : 1 / 1048576
+      printf "%.0f", rate * m }' <<<"$out")
+  [ -n "$down" ] || die "no rate in h2load's summary: $out"
+  # Each upload is deleted once timed (nginx writes it to disk first).
   local started ended
   started=$(date +%s.%N)
   for i in $(seq "$UPLOADS"); do
     taskset -c 0 curl -fsS -o /dev/null --http2-prior-knowledge -H 'host: upload.bench.local' \
       -T "$RUN/up" "http://127.0.0.1:$OUTBOUND/put/$label-$i"
+    rm -f "$RUN/www/put/$label-$i"
   done
   ended=$(date +%s.%N)
   local up
-  up=$(awk -v n="$UPLOADS" -v a="$started" -v b="$ended" 'BEGIN { printf "%.0f", n * 33.554432 / (b - a) }')
+  up=$(awk -v n="$UPLOADS" -v a="$started" -v b="$ended" 'BEGIN { printf "%.0f", n * 32 / (b - a) }')
   kill "$pid"
   wait "$pid" 2>/dev/null || true
-  log "$label: download $down MB/s, upload $up MB/s"
+  log "$label: download $down MiB/s, upload $up MiB/s"
   echo "$label $down $up" >>"$RUN/results"
 }
 
@@ -188,7 +196,7 @@ rows = {}
 for line in open(sys.argv[1]):
     label, down, up = line.split()
     rows.setdefault(label, []).append((int(down), int(up)))
-print("| build | download, one stream (MB/s) | upload, one stream (MB/s) |")
+print("| build | download, one stream (MiB/s) | upload, one stream (MiB/s) |")
 print("|---|---:|---:|")
 for label, runs in rows.items():
     cells = []

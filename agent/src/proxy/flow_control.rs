@@ -3,10 +3,10 @@
 //! may send ahead on a response).
 //!
 //! hyper's h2 gives a stream's bytes back to both windows, the stream's and
-//! the connection's, only as its body is read. A stream the agent cannot
-//! pass on (a client that stops reading, an upstream that stops taking an
-//! upload) is not read, so whatever it holds stays out of the connection's
-//! window. With stream and connection windows the same size (as hyper's
+//! the connection's, only as its body is read (or once the stream is reset
+//! or dropped). A stream the agent cannot pass on (a client that stops
+//! reading, an upstream that stops taking an upload) is not read, so
+//! whatever it holds stays out of the connection's window. With stream and connection windows the same size (as hyper's
 //! adaptive window sets them), one such stream could hold all of it, and
 //! every other stream of the connection (other clients' calls, on a shared
 //! upstream or mesh connection) waited with it.

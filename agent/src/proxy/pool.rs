@@ -137,7 +137,7 @@ pub struct SharedH2 {
     pub waited: Option<Duration>,
 }
 
-/// A connection slot, and whether the request had to wait for it.
+/// A connection slot, and how long the request had to wait for it.
 struct Slotted {
     /// The slot (none when the cluster does not count connections, or a
     /// usable connection came free meanwhile).
@@ -688,7 +688,12 @@ mod tests {
                     .expect("a port");
                 let listener = socket.listen(1).expect("listening");
                 let address = listener.local_addr().expect("an address");
-                let cluster = limited(address, 1, 1);
+                let mut cluster = limited(address, 1, 1);
+                // Room for SYN retransmissions after a slow drain (1 s, then
+                // 3 s where the kernel doubles them).
+                Arc::get_mut(&mut cluster)
+                    .expect("the only owner")
+                    .connect_timeout = Duration::from_secs(10);
                 let key = key(&cluster);
                 let (a, b) = (pools(), pools());
                 let (first, lease) = a

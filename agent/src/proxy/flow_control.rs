@@ -15,9 +15,7 @@
 //! streams' windows are bounds: a stream holds at most its window of unread
 //! data, and streams that cannot move never hold up those that can. This is
 //! how Apache's mod_http2 and Go's HTTP/2 transport set them (a large
-//! connection window, flow control per stream); Envoy gets the same by
-//! taking data off the connection as it arrives and holding back the
-//! stream's window alone.
+//! connection window, flow control per stream).
 //!
 //! What a connection can hold unread is then its streams' windows: a
 //! downstream connection at most [`MAX_CONCURRENT_STREAMS`] times
@@ -25,7 +23,9 @@
 //! responses on the upstream connections its requests use; an upstream
 //! connection [`STREAM_WINDOW`] for each of the agent's requests on it.
 //! Before, an upstream connection held at most hyper's adaptive window
-//! (16 MiB), but one stream could take all of it.
+//! (16 MiB), but one stream could take all of it. Nothing caps the sum
+//! across connections: a cluster's `http2MaxRequests` bounds it per
+//! service (`docs/config.md`, ServiceEntry).
 
 /// The window each stream starts with, either way (what a client may send
 /// of a request body, or an upstream of a response, ahead of the agent):

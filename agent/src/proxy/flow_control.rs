@@ -6,10 +6,11 @@
 //! the connection's, only as its body is read (or once the stream is reset
 //! or dropped). A stream the agent cannot pass on (a client that stops
 //! reading, an upstream that stops taking an upload) is not read, so
-//! whatever it holds stays out of the connection's window. With stream and connection windows the same size (as hyper's
-//! adaptive window sets them), one such stream could hold all of it, and
-//! every other stream of the connection (other clients' calls, on a shared
-//! upstream or mesh connection) waited with it.
+//! whatever it holds stays out of the connection's window. With stream and
+//! connection windows the same size (as hyper's adaptive window sets
+//! them), one such stream could hold all of it, and every other stream of
+//! the connection (other clients' calls, on a shared upstream or mesh
+//! connection) waited with it.
 //!
 //! So a connection's window is as large as HTTP/2 allows, and only its
 //! streams' windows are bounds: a stream holds at most its window of unread

@@ -17,7 +17,7 @@ use common::agent::Agent;
 use common::client::{Client, raw_exchange};
 use common::grpc::{self, Echo, Methods, Routed};
 use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, service_entry};
-use common::upstream::{Upstream, canned_server, closed_port};
+use common::upstream::{self, Upstream, canned_server, closed_port};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -654,19 +654,14 @@ async fn a_silent_upstream_is_cut_off_mid_response() {
     let app = grpc::serve(Routed(IdleStreams)).await;
     let agent = Agent::start(&grpc_backend(app, "1s"));
     let mut client = grpc::client(agent.outbound, "http://backend:9080").await;
-    client.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static("/test.Idle/Stall");
     let hello = Echo {
         text: "stall".into(),
         count: 1,
         payload: Vec::new(),
     };
-    let call = client.server_streaming(
-        tonic::Request::new(hello),
-        path,
-        ProstCodec::<Echo, Echo>::default(),
-    );
-    let replies = call.await.expect("the call is answered").into_inner();
+    let replies = grpc::open_stream(&mut client, "/test.Idle/Stall", hello)
+        .await
+        .expect("the call is answered");
     cut_off_after(replies, "stall").await;
     assert_counted_once(&agent, "200", "SI").await;
 }
@@ -704,31 +699,13 @@ async fn a_client_that_stops_reading_is_cut_off() {
     assert_counted_once(&agent, "200", "SI").await;
 }
 
-/// An upstream that reads the first bytes of each request, then nothing,
-/// holding the connection open; where it listens.
-async fn deaf_upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let deaf = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = [0u8; 1024];
-                let _ = stream.read(&mut head).await;
-                std::future::pending::<()>().await;
-                drop(stream);
-            });
-        }
-    });
-    deaf
-}
-
 /// An upload the upstream stops reading is ended by the stream idle
 /// timeout, as Envoy ends it: the agent cannot send the body on, so it
 /// reads none of it either, and nothing passes. Envoy's answer, 408 SI. It
 /// used to wait for as long as the upstream did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_the_upstream_stops_reading_gets_408() {
-    let deaf = deaf_upstream().await;
+    let deaf = upstream::deaf().await;
     let yaml = frontend(deaf, "  downstream: {streamIdleTimeout: 500ms}\n")
         + &service_entry(
             "backend",
@@ -961,13 +938,9 @@ async fn callers_that_stop_reading_do_not_starve_a_shared_upstream_connection() 
     let mut stalled = Vec::new();
     for _ in 0..8 {
         let mut client = grpc::client(agent.outbound, "http://backend:9080").await;
-        client.ready().await.unwrap();
-        let call = client.server_streaming(
-            tonic::Request::new(Echo::default()),
-            http::uri::PathAndQuery::from_static("/test.Echo/Pour"),
-            ProstCodec::<Echo, Echo>::default(),
-        );
-        let replies = call.await.expect("the call is answered").into_inner();
+        let replies = grpc::open_stream(&mut client, "/test.Echo/Pour", Echo::default())
+            .await
+            .expect("the call is answered");
         stalled.push((client, replies));
     }
     settled(&poured).await;
@@ -1006,7 +979,7 @@ async fn callers_that_stop_reading_do_not_starve_a_shared_upstream_connection() 
 /// body could not be sent. Now each holds at most its own window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_an_upstream_stops_reading_do_not_starve_their_connection() {
-    let deaf = deaf_upstream().await;
+    let deaf = upstream::deaf().await;
     let app = Upstream::start("app").await;
     let ep = |addr| Ep { addr, labels: &[] };
     let yaml = frontend(app.addr, "")

@@ -200,24 +200,34 @@ pub async fn unary(
     Ok(response.into_inner())
 }
 
+/// Opens the server-streaming method at `path` (e.g. `/test.Echo/Stream`)
+/// with `echo`: its replies, unread, or the status it was refused with.
+pub async fn open_stream(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    path: &'static str,
+    echo: Echo,
+) -> Result<tonic::Streaming<Echo>, Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let response = client
+        .server_streaming(
+            Request::new(echo),
+            PathAndQuery::from_static(path),
+            ProstCodec::<Echo, Echo>::default(),
+        )
+        .await?;
+    Ok(response.into_inner())
+}
+
 /// Calls Stream and collects the messages and the final status.
 pub async fn stream(
     client: &mut tonic::client::Grpc<tonic::transport::Channel>,
     echo: Echo,
 ) -> (Vec<Echo>, Result<(), Status>) {
-    if let Err(e) = client.ready().await {
-        return (Vec::new(), Err(Status::unavailable(e.to_string())));
-    }
-    let path = PathAndQuery::from_static("/test.Echo/Stream");
-    let mut stream = match client
-        .server_streaming(
-            Request::new(echo),
-            path,
-            ProstCodec::<Echo, Echo>::default(),
-        )
-        .await
-    {
-        Ok(response) => response.into_inner(),
+    let mut stream = match open_stream(client, "/test.Echo/Stream", echo).await {
+        Ok(stream) => stream,
         Err(status) => return (Vec::new(), Err(status)),
     };
     let mut items = Vec::new();

@@ -405,6 +405,25 @@ pub async fn closed_port() -> SocketAddr {
     addr
 }
 
+/// An upstream that reads the first bytes of each request, then nothing,
+/// holding the connection open; where it listens.
+pub async fn deaf() -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let deaf = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 1024];
+                let _ = stream.read(&mut head).await;
+                std::future::pending::<()>().await;
+                drop(stream);
+            });
+        }
+    });
+    deaf
+}
+
 /// A TCP echo server.
 pub async fn tcp_echo() -> SocketAddr {
     tcp_echo_on(std::net::TcpListener::bind("127.0.0.1:0").unwrap())

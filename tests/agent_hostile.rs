@@ -1034,3 +1034,183 @@ async fn uploads_an_upstream_stops_reading_do_not_starve_their_connection() {
         upload.abort();
     }
 }
+
+/// Waits (up to 30 s) for the sum of `metric` with `labels` to reach
+/// `want`; the value last read.
+async fn metric_reaches(agent: &Agent, metric: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+    let mut value = 0.0;
+    for _ in 0..300 {
+        value = agent.metrics().await.sum(metric, labels);
+        if value >= want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    value
+}
+
+/// Reads `replies` until the call ends; how it ended (10 s at most).
+async fn drained(replies: &mut tonic::Streaming<Echo>) -> Result<usize, Status> {
+    let drain = async {
+        let mut read = 0;
+        while replies.message().await?.is_some() {
+            read += 1;
+        }
+        Ok(read)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), drain)
+        .await
+        .expect("the call ended within 10 s")
+}
+
+/// A client that stops reading HTTP/2 responses makes the agent hold each
+/// stream's window of the upstream's bytes. Past `maxStalledStreams`
+/// (2 per worker here) the agent stops reading the stream that has waited
+/// longest, as Envoy's overload manager resets the streams that hold the
+/// most: its upstream stream is reset, the client gets what was already on
+/// its way and then a reset, and the call is recorded with Envoy's `OM`
+/// flag. The streams still within the limit go on. (Before, every stalled
+/// stream held its window for as long as its client waited: 1024 per
+/// connection, no limit across connections.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_downloads_past_the_limit_are_cut_longest_waiting_first() {
+    let poured = Arc::new(AtomicU64::new(0));
+    let app = grpc::serve(Routed(Flood(poured.clone()))).await;
+    let yaml = frontend(app, "  overload: {maxStalledStreams: 4}\n")
+        + &service_entry(
+            "backend",
+            9080,
+            "GRPC",
+            &[Ep {
+                addr: app,
+                labels: &[],
+            }],
+        );
+    let agent = Agent::start(&yaml);
+    // One connection, so one worker, whose share of the limit is 2; each
+    // stream stalls before the next opens, so their waits are in order.
+    let mut client = grpc::client(agent.outbound, "http://backend:9080").await;
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let replies = grpc::open_stream(&mut client, "/test.Echo/Pour", Echo::default())
+            .await
+            .expect("the call is answered");
+        settled(&poured).await;
+        stalled.push(replies);
+    }
+    let cut = |reason| [("reason", reason)];
+    let cuts = "tracemesh_agent_stalled_streams_cut_total";
+    assert_eq!(
+        metric_reaches(&agent, cuts, &cut("overload"), 2.0).await,
+        2.0
+    );
+
+    let mut kept = stalled.split_off(2);
+    for replies in &mut stalled {
+        let ended = drained(replies).await;
+        assert!(ended.is_err(), "a cut call ended cleanly: {ended:?}");
+    }
+    for replies in &mut kept {
+        for _ in 0..300 {
+            let message =
+                tokio::time::timeout(std::time::Duration::from_secs(10), replies.message())
+                    .await
+                    .expect("a call within the limit goes on");
+            assert!(matches!(message, Ok(Some(_))), "{message:?}");
+        }
+    }
+    let om = [("response_flags", "OM"), ("reporter", "source")];
+    assert_eq!(
+        metric_reaches(&agent, "istio_requests_total", &om, 2.0).await,
+        2.0
+    );
+    assert_eq!(agent.metrics().await.sum(cuts, &cut("overload")), 2.0);
+}
+
+/// A client that grants an HTTP/2 stream no more window is idle as Envoy's
+/// `stream_idle_timeout` counts it: once nothing has passed either way for
+/// the timeout, the agent stops reading the stream (its upstream stream is
+/// reset) and records the call `SI`. (Before, hyper never asked the
+/// response body for a frame, so its timer never ran: the stream held its
+/// window for as long as the client kept the connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_grants_no_window_is_cut_at_the_stream_idle_timeout() {
+    let poured = Arc::new(AtomicU64::new(0));
+    let app = grpc::serve(Routed(Flood(poured.clone()))).await;
+    let agent = Agent::start(&grpc_backend(app, "2s"));
+    let mut client = grpc::client(agent.outbound, "http://backend:9080").await;
+    let mut replies = grpc::open_stream(&mut client, "/test.Echo/Pour", Echo::default())
+        .await
+        .expect("the call is answered");
+    let cuts = "tracemesh_agent_stalled_streams_cut_total";
+    let idle = [("reason", "stream_idle_timeout")];
+    assert_eq!(metric_reaches(&agent, cuts, &idle, 1.0).await, 1.0);
+    let ended = drained(&mut replies).await;
+    assert!(ended.is_err(), "the cut call ended cleanly: {ended:?}");
+    let si = [("response_flags", "SI"), ("reporter", "source")];
+    assert_eq!(
+        metric_reaches(&agent, "istio_requests_total", &si, 1.0).await,
+        1.0
+    );
+}
+
+/// The same bound on uploads: an HTTP/2 client's bodies that an upstream
+/// stops reading each hold their stream's window. Past the limit (1 per
+/// worker here) the one that waited longest is answered 503 with the `OM`
+/// flag, as Envoy's overload manager answers, and the newer one waits on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_past_the_limit_are_answered_503_om() {
+    let deaf = upstream::deaf().await;
+    let yaml = frontend(closed_port().await, "  overload: {maxStalledStreams: 2}\n")
+        + &service_entry(
+            "deaf",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: deaf,
+                labels: &[],
+            }],
+        );
+    let agent = Agent::start(&yaml);
+    let tcp = TcpStream::connect(agent.outbound).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    static CHUNK: [u8; 16 << 10] = [b'x'; 16 << 10];
+    let upload = |sent: Arc<AtomicU64>| {
+        let chunks = futures_util::stream::repeat_with(move || {
+            sent.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(
+                &CHUNK,
+            )))
+        });
+        let req = http::Request::post("http://deaf:9080/upload")
+            .body(http_body_util::StreamBody::new(chunks).boxed_unsync())
+            .unwrap();
+        let mut sender = sender.clone();
+        tokio::spawn(async move { sender.send_request(req).await })
+    };
+    let (first_sent, second_sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let first = upload(first_sent.clone());
+    settled(&first_sent).await;
+    let second = upload(second_sent.clone());
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), first)
+        .await
+        .expect("the upload that waited longest is answered")
+        .unwrap()
+        .expect("a response");
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["x-tracemesh-response-flags"], "OM");
+    settled(&second_sent).await;
+    assert!(!second.is_finished(), "the newer upload waits on");
+    let cuts = "tracemesh_agent_stalled_streams_cut_total";
+    assert_eq!(
+        agent.metrics().await.sum(cuts, &[("reason", "overload")]),
+        1.0
+    );
+    second.abort();
+}

@@ -612,3 +612,20 @@ spec:
         "accepted but not enforced",
     );
 }
+
+/// The cap on stalled HTTP/2 streams is named when out of range.
+#[test]
+fn a_cap_on_stalled_streams_out_of_range_is_named() {
+    for cap in ["0", "1048577"] {
+        let yaml = format!(
+            "apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {{name: reviews-v1, namespace: default}}\nspec:\n  service: reviews\n  overload: {{maxStalledStreams: {cap}}}\n"
+        );
+        let (code, report) = run_json(&["-"], &yaml);
+        assert_eq!(code, 1, "{report:#}");
+        let errors = errors(&report);
+        assert_eq!(errors.len(), 1, "{report:#}");
+        assert_eq!(errors[0]["field"], "spec.overload.maxStalledStreams");
+        let message = errors[0]["message"].as_str().unwrap();
+        assert!(message.contains("between 1 and 1048576"), "{message}");
+    }
+}

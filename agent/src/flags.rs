@@ -8,7 +8,7 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u32);
 
-const NAMES: [(u32, &str); 18] = [
+const NAMES: [(u32, &str); 19] = [
     (1 << 0, "NR"),
     (1 << 1, "UF"),
     (1 << 2, "UH"),
@@ -27,6 +27,7 @@ const NAMES: [(u32, &str); 18] = [
     (1 << 15, "SI"),
     (1 << 16, "UAEX"),
     (1 << 17, "UPE"),
+    (1 << 18, "OM"),
 ];
 
 impl ResponseFlags {
@@ -72,6 +73,11 @@ impl ResponseFlags {
     /// transfer coding the agent cannot pass on, a body cut short of its
     /// framing (Envoy's UPE).
     pub const UPSTREAM_PROTOCOL_ERROR: Self = Self(1 << 17);
+    /// The agent stopped reading the stream to bound what it holds: one of
+    /// more HTTP/2 bodies waiting for readers that take nothing than
+    /// `spec.overload.maxStalledStreams` allows (Envoy's OM, "overload
+    /// manager terminated the request").
+    pub const OVERLOAD_MANAGER: Self = Self(1 << 18);
 
     /// Whether no flag is set.
     pub fn is_empty(self) -> bool {

@@ -11,7 +11,8 @@ use crate::config::documents::Document;
 use crate::host::resolve_short_name;
 use crate::model::bootstrap::{
     AccessLogTarget, Bootstrap, BootstrapToken, CaSource, CertificateFiles, CertificateSource,
-    DownstreamTimeouts, MAX_DOWNSTREAM_TIMEOUT, Otlp, OtlpProtocol, Telemetry,
+    DownstreamTimeouts, MAX_DOWNSTREAM_TIMEOUT, MAX_STALLED_STREAMS_BOUND, Otlp, OtlpProtocol,
+    Telemetry,
 };
 use crate::model::service::{Protocol, ServiceName};
 use crate::model::{Identity, Listeners};
@@ -124,6 +125,16 @@ pub(super) fn compile(
         if http::HeaderValue::try_from(value.as_str()).is_err() {
             diags.error(loc, Some(field), super::validate::INVALID_HEADER_VALUE);
         }
+    }
+    let max_stalled = spec.overload.max_stalled_streams;
+    if !(1..=MAX_STALLED_STREAMS_BOUND).contains(&max_stalled) {
+        diags.error(
+            loc,
+            Some("spec.overload.maxStalledStreams".into()),
+            format!(
+                "{max_stalled} is out of range: must be between 1 and {MAX_STALLED_STREAMS_BOUND}"
+            ),
+        );
     }
     let max_series = spec.telemetry.max_series_per_metric;
     if !(1..=MAX_SERIES_BOUND).contains(&max_series) {
@@ -253,6 +264,7 @@ pub(super) fn compile(
             }),
         certificate: spec.identity.as_ref().and_then(certificate_source),
         downstream,
+        max_stalled_streams: max_stalled,
     };
     Some(Agent {
         bootstrap,

@@ -252,6 +252,7 @@ fn gateway_proxy(
             num_trusted_proxies: spec.num_trusted_proxies,
             drain_duration: spec.drain_duration,
             downstream: Default::default(),
+            overload: Default::default(),
             path_normalization: spec.path_normalization.clone(),
         },
     };

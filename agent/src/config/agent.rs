@@ -73,6 +73,10 @@ pub struct AgentSpec {
     /// and `stream_idle_timeout`).
     #[serde(default)]
     pub downstream: DownstreamSpec,
+    /// What the agent holds for peers that stop reading (Envoy's overload
+    /// manager, for HTTP/2 streams).
+    #[serde(default)]
+    pub overload: OverloadSpec,
     /// How request paths are normalized before authorization, routing, rate
     /// limits, telemetry and the upstream see them (Istio's mesh
     /// `pathNormalization`).
@@ -105,6 +109,31 @@ impl Default for DownstreamSpec {
             stream_idle_timeout: default_stream_idle_timeout(),
         }
     }
+}
+
+/// `spec.overload`: bounds on what peers that stop reading make the agent
+/// hold.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OverloadSpec {
+    /// Most HTTP/2 bodies (uploads from clients, responses from upstreams)
+    /// that may wait at once for a reader that takes nothing; past it the
+    /// one that has waited longest is cut. Each holds up to its stream's
+    /// 256 KiB window (default 512, so 128 MiB; 1 to 1048576).
+    #[serde(default = "default_max_stalled_streams")]
+    pub max_stalled_streams: usize,
+}
+
+impl Default for OverloadSpec {
+    fn default() -> Self {
+        Self {
+            max_stalled_streams: default_max_stalled_streams(),
+        }
+    }
+}
+
+fn default_max_stalled_streams() -> usize {
+    crate::model::bootstrap::DEFAULT_MAX_STALLED_STREAMS
 }
 
 fn default_idle_timeout() -> IstioDuration {

@@ -28,12 +28,20 @@ pub struct Bootstrap {
     /// Downstream idle timeouts (read for each new connection, so a reload
     /// applies them to connections accepted after it).
     pub downstream: DownstreamTimeouts,
+    /// Most HTTP/2 bodies that may wait at once for a reader that takes
+    /// nothing, across the workers (`spec.overload.maxStalledStreams`).
+    pub max_stalled_streams: usize,
 }
 
 /// Envoy's default `idle_timeout` of a downstream connection.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Envoy's default `stream_idle_timeout`.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How many HTTP/2 bodies may wait for readers that take nothing, by
+/// default: 128 MiB of 256 KiB stream windows.
+pub const DEFAULT_MAX_STALLED_STREAMS: usize = 512;
+/// The most `spec.overload.maxStalledStreams` may be.
+pub const MAX_STALLED_STREAMS_BOUND: usize = 1 << 20;
 /// The longest either timeout may be.
 pub const MAX_DOWNSTREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 

@@ -17,6 +17,7 @@ use super::client_body::{ClientBody, ClientBodyError};
 use super::h1;
 use super::pool::Lease;
 use super::progress::RequestProgress;
+use super::stalled::{Cut, WatchedError, WatchedStream};
 use super::stream_idle::{IdleTimer, StreamClock};
 use super::tap::TapReader;
 
@@ -142,6 +143,10 @@ pub enum Received {
     Own(h1::ResponseBody<Lease>),
     /// Read by hyper.
     Hyper(Incoming),
+    /// Read by hyper from an HTTP/2 stream, watched for a client that
+    /// stops reading it ([`stalled`](super::stalled)); its cut ends it with
+    /// [`Cut`].
+    Http2(WatchedStream<Incoming>),
 }
 
 impl Received {
@@ -149,7 +154,7 @@ impl Received {
     fn holds_error(&self) -> bool {
         match self {
             Self::Own(body) => body.holds_error(),
-            Self::Hyper(_) => false,
+            Self::Hyper(_) | Self::Http2(_) => false,
         }
     }
 }
@@ -165,6 +170,10 @@ impl Body for Received {
         match self.get_mut() {
             Self::Own(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Self::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(|error| match error {
+                WatchedError::Source(error) => error.into(),
+                WatchedError::Cut(cut) => cut.into(),
+            }),
         }
     }
 
@@ -172,6 +181,7 @@ impl Body for Received {
         match self {
             Self::Own(body) => body.is_end_stream(),
             Self::Hyper(body) => body.is_end_stream(),
+            Self::Http2(body) => body.is_end_stream(),
         }
     }
 
@@ -179,6 +189,7 @@ impl Body for Received {
         match self {
             Self::Own(body) => body.size_hint(),
             Self::Hyper(body) => body.size_hint(),
+            Self::Http2(body) => body.size_hint(),
         }
     }
 }
@@ -214,6 +225,9 @@ pub trait ResponseObserver {
     fn on_timeout(&mut self);
     /// The stream idle timeout cut the response off.
     fn on_stream_idle(&mut self);
+    /// The agent stopped reading the response to bound what it holds
+    /// (`spec.overload.maxStalledStreams`).
+    fn on_overload(&mut self);
     /// The body ended, whole or not: the request is over.
     fn on_end(&mut self);
 }
@@ -230,6 +244,9 @@ impl<T: ResponseObserver + ?Sized> ResponseObserver for Box<T> {
     }
     fn on_stream_idle(&mut self) {
         (**self).on_stream_idle();
+    }
+    fn on_overload(&mut self) {
+        (**self).on_overload();
     }
     fn on_end(&mut self) {
         (**self).on_end();
@@ -260,6 +277,9 @@ impl<O: ResponseObserver> ResponseBody<O> {
         // the clock does not time, ends here.
         if let Some(clock) = &clock {
             clock.touch();
+        }
+        if let Received::Http2(body) = &body {
+            body.time_by(clock.clone());
         }
         let mut body = Self {
             source: Source::Upstream(body),
@@ -345,7 +365,13 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
         if let Some(observer) = this.observer.as_mut() {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => observer.on_frame(frame),
-                Poll::Ready(Some(Err(error))) => observer.on_reset(breaks_framing(error.as_ref())),
+                Poll::Ready(Some(Err(error))) => match error.downcast_ref::<Cut>() {
+                    // The agent stopped reading the upstream: the client
+                    // took nothing of it.
+                    Some(Cut::StreamIdle(_)) => observer.on_stream_idle(),
+                    Some(Cut::Overload) => observer.on_overload(),
+                    None => observer.on_reset(breaks_framing(error.as_ref())),
+                },
                 Poll::Ready(None) | Poll::Pending => {}
             }
         }
@@ -425,6 +451,9 @@ mod tests {
         }
         fn on_stream_idle(&mut self) {
             self.0.borrow_mut().push("stream idle".into());
+        }
+        fn on_overload(&mut self) {
+            self.0.borrow_mut().push("overload".into());
         }
         fn on_end(&mut self) {
             self.0.borrow_mut().push("end".into());

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::stalled::{Cut, Stalls, WatchedError, WatchedStream};
 use super::stream_idle::{IdleTimer, StreamClock};
 
 /// Why the client's body could not be read.
@@ -25,11 +26,32 @@ pub enum ClientBodyError {
     /// (`spec.downstream.streamIdleTimeout`).
     #[error("request body: nothing passed for {0:?} (stream idle timeout)")]
     StreamIdle(Duration),
+    /// The agent stopped reading it (HTTP/2): one of more uploads waiting
+    /// for their upstreams than `spec.overload.maxStalledStreams` allows.
+    #[error("request body: the agent stopped reading it (overload: too many stalled streams)")]
+    Overload,
+}
+
+impl From<WatchedError<hyper::Error>> for ClientBodyError {
+    fn from(error: WatchedError<hyper::Error>) -> Self {
+        match error {
+            WatchedError::Source(error) => Self::Source(error),
+            WatchedError::Cut(Cut::StreamIdle(idle)) => Self::StreamIdle(idle),
+            WatchedError::Cut(Cut::Overload) => Self::Overload,
+        }
+    }
+}
+
+/// hyper's body: an HTTP/1 one as it is, an HTTP/2 one watched by its
+/// worker for a reader that stops taking it ([`stalled`](super::stalled)).
+enum Source {
+    Http1(Incoming),
+    Http2(WatchedStream<Incoming>),
 }
 
 /// The client's body, timed out when it stalls.
 pub struct ClientBody {
-    inner: Incoming,
+    inner: Source,
     /// Armed at the first read that has to wait, so time spent before the
     /// upstream asks for the body is not the client's; every frame, and
     /// every frame of the response, moves it on. `None`: no timeout.
@@ -38,8 +60,16 @@ pub struct ClientBody {
 
 impl ClientBody {
     /// Wraps `inner`, timed by its stream's `clock` (`None`: no stream idle
-    /// timeout).
-    pub fn new(inner: Incoming, clock: Option<Rc<StreamClock>>) -> Self {
+    /// timeout); an HTTP/2 stream's is watched by `stalls`, its worker's.
+    pub fn new(
+        inner: Incoming,
+        clock: Option<Rc<StreamClock>>,
+        stalls: Option<&Rc<Stalls>>,
+    ) -> Self {
+        let inner = match stalls {
+            Some(stalls) => Source::Http2(WatchedStream::new(inner, stalls, clock.clone())),
+            None => Source::Http1(inner),
+        };
         Self {
             inner,
             idle: clock.map(IdleTimer::new),
@@ -49,9 +79,15 @@ impl ClientBody {
     /// Runs the stream idle timer while the body waits: for the client's
     /// next frame, or, not being read, for its way upstream (the upstream
     /// reads nothing). Ready, with the error the body ends with, once
-    /// nothing has passed either way for the timeout; pending for ever
-    /// without a timeout.
+    /// nothing has passed either way for the timeout, or once the agent has
+    /// stopped reading it ([`stalled`](super::stalled)); pending for ever
+    /// otherwise.
     pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<ClientBodyError> {
+        if let Source::Http2(body) = &self.inner
+            && let Poll::Ready(cut) = body.poll_cut(cx)
+        {
+            return Poll::Ready(WatchedError::<hyper::Error>::Cut(cut).into());
+        }
         match self.idle.as_mut() {
             Some(timer) => timer
                 .poll_expired(cx)
@@ -70,22 +106,36 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = match &mut this.inner {
+            Source::Http1(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(ClientBodyError::Source))),
+            Source::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(ClientBodyError::from))),
+        };
+        match polled {
             Poll::Ready(frame) => {
                 if let Some(timer) = &this.idle {
                     timer.clock().touch();
                 }
-                Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::Source)))
+                Poll::Ready(frame)
             }
             Poll::Pending => this.poll_stalled(cx).map(|error| Some(Err(error))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Http1(body) => body.is_end_stream(),
+            Source::Http2(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Http1(body) => body.size_hint(),
+            Source::Http2(body) => body.size_hint(),
+        }
     }
 }

@@ -24,9 +24,9 @@
 //! responses on the upstream connections its requests use; an upstream
 //! connection [`STREAM_WINDOW`] for each of the agent's requests on it.
 //! Before, an upstream connection held at most hyper's adaptive window
-//! (16 MiB), but one stream could take all of it. Nothing caps the sum
-//! across connections: a cluster's `http2MaxRequests` bounds it per
-//! service (`docs/config.md`, ServiceEntry).
+//! (16 MiB), but one stream could take all of it. Across connections,
+//! [`stalled`](super::stalled) caps how many streams may hold theirs
+//! waiting for a reader (`spec.overload.maxStalledStreams`).
 
 /// The window each stream starts with, either way (what a client may send
 /// of a request body, or an upstream of a response, ahead of the agent):

@@ -8,6 +8,7 @@ use super::body::{Received, UpstreamBody};
 use super::canonical::known_transfer_coding;
 use super::h1::{self, SendFailure};
 use super::pool::{AcquireError, PoolKey, add_waits};
+use super::stalled::WatchedStream;
 use super::upstream::{AttemptHead, SendError, Sent, Upstream};
 use crate::model::cluster::{Cluster, UpstreamTls};
 use crate::model::endpoint::Endpoint;
@@ -98,8 +99,17 @@ pub async fn send(
             waited = add_waits(waited, shared.waited);
             match shared.sender.try_send_request(req).await {
                 Ok(response) => {
+                    // Let in by the stream's window: watched for a client
+                    // that stops reading it.
+                    let stalls = &worker.stalls;
                     return Ok(Sent {
-                        response: response.map(Received::Hyper),
+                        response: response.map(|body| {
+                            if http_body::Body::is_end_stream(&body) {
+                                Received::Hyper(body)
+                            } else {
+                                Received::Http2(WatchedStream::new(body, stalls, None))
+                            }
+                        }),
                         peer: shared.peer,
                         waited,
                     });

@@ -53,7 +53,17 @@ pub async fn handle(
         .downstream
         .stream_idle
         .map(StreamClock::new);
-    let mut req = req.map(|body| Some(HeldBody::Arrived(ClientBody::new(body, clock.clone()))));
+    // An HTTP/2 client's body is let in by its stream's window: watched
+    // for an upstream that stops taking it.
+    let http2 = req.version() == http::Version::HTTP_2;
+    let mut req = req.map(|body| {
+        let stalls = (http2 && !http_body::Body::is_end_stream(&body)).then_some(&worker.stalls);
+        Some(HeldBody::Arrived(ClientBody::new(
+            body,
+            clock.clone(),
+            stalls,
+        )))
+    });
 
     // Trace context next, so that every outcome below — local replies
     // included — is a span and a metric.

@@ -184,6 +184,18 @@ impl LocalReply {
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };
+    /// The client's HTTP/2 upload was one of more waiting for readers that
+    /// take nothing than `spec.overload.maxStalledStreams` allows, and had
+    /// waited longest: 503 with the OM flag, as Envoy's overload manager
+    /// answers.
+    pub const OVERLOAD: Self = Self {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        flags: ResponseFlags::OVERLOAD_MANAGER,
+        body: "overloaded",
+        details: "overload_manager",
+        grpc_status: None,
+        decided_by: DecidedBy::Agent,
+    };
     /// The client went away (or reset its stream) while its body was being
     /// forwarded: nobody reads this reply; it records the outcome, which is
     /// not the upstream's failure.

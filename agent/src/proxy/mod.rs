@@ -33,6 +33,7 @@ mod rewind;
 mod rewrite;
 mod route;
 mod server;
+mod stalled;
 mod stream_idle;
 mod tap;
 mod tcp;
@@ -175,6 +176,9 @@ pub struct Worker {
     /// This worker's batch of finished spans.
     spans: Rc<WorkerSpans>,
     pools: Rc<pool::Pools>,
+    /// The HTTP/2 bodies this worker reads, and which wait for readers
+    /// that take nothing.
+    stalls: Rc<stalled::Stalls>,
     caches: RefCell<Caches>,
 }
 
@@ -195,10 +199,21 @@ impl Worker {
             metrics.upstream_connections.clone(),
             metrics.tls_failures.clone(),
         ));
+        // The agent-wide bound, shared out: a worker's bodies wait for its
+        // readers alone.
+        let stalled_limit = {
+            let snapshot = shared.config.load();
+            let bootstrap = &snapshot.bootstrap;
+            bootstrap
+                .max_stalled_streams
+                .div_ceil(bootstrap.concurrency.max(1))
+        };
+        let stalls = stalled::Stalls::new(stalled_limit, &metrics.stalled_streams_cut);
         Self {
             spans: WorkerSpans::new(shared.spans.clone()),
             shared,
             pools,
+            stalls,
             caches: RefCell::default(),
         }
     }

@@ -16,6 +16,9 @@ pub enum BodyFailure {
     Aborted,
     /// It sent nothing for `streamIdleTimeout`.
     StreamIdle,
+    /// The agent stopped reading it: one of too many HTTP/2 uploads
+    /// waiting for their upstreams (`spec.overload.maxStalledStreams`).
+    Overload,
 }
 
 impl BodyFailure {
@@ -23,16 +26,18 @@ impl BodyFailure {
     pub fn of(error: &ClientBodyError) -> Self {
         match error {
             ClientBodyError::StreamIdle(_) => Self::StreamIdle,
+            ClientBodyError::Overload => Self::Overload,
             ClientBodyError::Source(error) => Self::of_source(error),
         }
     }
 
-    /// The reply recording it: 400 (DPE), 408 (stream idle), or the
+    /// The reply recording it: 400 (DPE), 408 (stream idle), 503 (OM), or the
     /// unread reply of a client that went away (DC).
     pub fn local_reply(self) -> LocalReply {
         match self {
             Self::Malformed => LocalReply::MALFORMED_REQUEST_BODY,
             Self::StreamIdle => LocalReply::STREAM_IDLE_TIMEOUT,
+            Self::Overload => LocalReply::OVERLOAD,
             Self::Aborted => LocalReply::DOWNSTREAM_DISCONNECT,
         }
     }

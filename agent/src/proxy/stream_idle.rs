@@ -61,6 +61,12 @@ impl StreamClock {
         }
     }
 
+    /// Whether the stream has been idle for the timeout at `now`; the first
+    /// look starts the clock, as a timer's first wait does.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.deadline() <= now
+    }
+
     /// When the stream will have been idle for the timeout, nothing passing
     /// meanwhile; the first call starts the clock (now counts as activity:
     /// frames before it were not timed).

@@ -103,6 +103,9 @@ pub struct Metrics {
     pub outlier_ejections: IntCounterVec,
     /// TLS handshakes that failed, by direction and reason.
     pub tls_failures: IntCounterVec,
+    /// HTTP/2 bodies the agent stopped reading because their readers took
+    /// nothing, by reason (`stream_idle_timeout`, `overload`).
+    pub stalled_streams_cut: IntCounterVec,
     /// Workload certificate rotations, by result.
     pub certificate_rotations: IntCounterVec,
     /// When the workload certificate expires (Unix seconds).
@@ -186,6 +189,11 @@ impl Metrics {
                 "TLS handshakes that failed, by direction and reason.",
                 &["direction", "reason"],
             )?,
+            stalled_streams_cut: counter(
+                "tracemesh_agent_stalled_streams_cut_total",
+                "HTTP/2 streams the agent stopped reading because their readers took nothing, by reason.",
+                &["reason"],
+            )?,
             certificate_rotations: counter(
                 "tracemesh_agent_certificate_rotations_total",
                 "Workload certificate rotations, by result.",
@@ -213,6 +221,7 @@ impl Metrics {
         r.register(Box::new(self.access_log_dropped.clone()))?;
         r.register(Box::new(self.outlier_ejections.clone()))?;
         r.register(Box::new(self.tls_failures.clone()))?;
+        r.register(Box::new(self.stalled_streams_cut.clone()))?;
         r.register(Box::new(self.certificate_rotations.clone()))?;
         r.register(Box::new(self.series_overflow.clone()))?;
         r.register(Box::new(self.certificate_expiry.clone()))

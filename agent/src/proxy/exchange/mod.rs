@@ -546,6 +546,10 @@ impl ResponseObserver for Exchange {
             self.on_stream_idle();
             return;
         }
+        if request_failure == Some(BodyFailure::Overload) {
+            self.on_overload();
+            return;
+        }
         self.add_flags(if protocol_error {
             ResponseFlags::UPSTREAM_PROTOCOL_ERROR
         } else {
@@ -562,6 +566,13 @@ impl ResponseObserver for Exchange {
         // `stream_idle_timeout`.
         self.add_flags(ResponseFlags::STREAM_IDLE_TIMEOUT);
         let details = LocalReply::STREAM_IDLE_TIMEOUT.details;
+        self.record.details = Some(self.details(details, DecidedBy::Agent));
+    }
+
+    fn on_overload(&mut self) {
+        // Envoy's record of an overload action's reset: flag OM.
+        self.add_flags(ResponseFlags::OVERLOAD_MANAGER);
+        let details = LocalReply::OVERLOAD.details;
         self.record.details = Some(self.details(details, DecidedBy::Agent));
     }
 

@@ -1065,11 +1065,11 @@ async fn drained(replies: &mut tonic::Streaming<Echo>) -> Result<usize, Status> 
 
 /// A client that stops reading HTTP/2 responses makes the agent hold each
 /// stream's window of the upstream's bytes. Past `maxStalledStreams`
-/// (2 per worker here) the agent stops reading the stream that has waited
-/// longest, as Envoy's overload manager resets the streams that hold the
-/// most: its upstream stream is reset, the client gets what was already on
-/// its way and then a reset, and the call is recorded with Envoy's `OM`
-/// flag. The streams still within the limit go on. (Before, every stalled
+/// stalled streams (2 per worker here) the agent stops reading those that
+/// have waited longest, as Envoy's overload manager resets the streams that
+/// hold the most: the upstream stream is reset, the client gets what was
+/// already on its way and then a reset, and the call is recorded with
+/// Envoy's `OM` flag. The streams within the limit go on. (Before, every stalled
 /// stream held its window for as long as its client waited: 1024 per
 /// connection, no limit across connections.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1130,33 +1130,41 @@ async fn stalled_downloads_past_the_limit_are_cut_longest_waiting_first() {
 /// A client that grants an HTTP/2 stream no more window is idle as Envoy's
 /// `stream_idle_timeout` counts it: once nothing has passed either way for
 /// the timeout, the agent stops reading the stream (its upstream stream is
-/// reset) and records the call `SI`. (Before, hyper never asked the
-/// response body for a frame, so its timer never ran: the stream held its
-/// window for as long as the client kept the connection.)
+/// reset) and records the call `SI` — whether the client reads again (and
+/// gets the reset) or gives the call up unread. (Before, hyper never asked
+/// the response body for a frame, so its timer never ran: the stream held
+/// its window for as long as the client kept the connection.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_grants_no_window_is_cut_at_the_stream_idle_timeout() {
     let poured = Arc::new(AtomicU64::new(0));
     let app = grpc::serve(Routed(Flood(poured.clone()))).await;
     let agent = Agent::start(&grpc_backend(app, "2s"));
     let mut client = grpc::client(agent.outbound, "http://backend:9080").await;
-    let mut replies = grpc::open_stream(&mut client, "/test.Echo/Pour", Echo::default())
+    let mut read_again = grpc::open_stream(&mut client, "/test.Echo/Pour", Echo::default())
+        .await
+        .expect("the call is answered");
+    let given_up = grpc::open_stream(&mut client, "/test.Echo/Pour", Echo::default())
         .await
         .expect("the call is answered");
     let cuts = "tracemesh_agent_stalled_streams_cut_total";
     let idle = [("reason", "stream_idle_timeout")];
-    assert_eq!(metric_reaches(&agent, cuts, &idle, 1.0).await, 1.0);
-    let ended = drained(&mut replies).await;
+    assert_eq!(metric_reaches(&agent, cuts, &idle, 2.0).await, 2.0);
+    let ended = drained(&mut read_again).await;
     assert!(ended.is_err(), "the cut call ended cleanly: {ended:?}");
+    // Dropped unread: the client resets its stream.
+    drop(given_up);
     let si = [("response_flags", "SI"), ("reporter", "source")];
     assert_eq!(
-        metric_reaches(&agent, "istio_requests_total", &si, 1.0).await,
-        1.0
+        metric_reaches(&agent, "istio_requests_total", &si, 2.0).await,
+        2.0
     );
+    let dc = [("response_flags", "DC"), ("reporter", "source")];
+    assert_eq!(agent.metrics().await.sum("istio_requests_total", &dc), 0.0);
 }
 
 /// The same bound on uploads: an HTTP/2 client's bodies that an upstream
 /// stops reading each hold their stream's window. Past the limit (1 per
-/// worker here) the one that waited longest is answered 503 with the `OM`
+/// worker here) the one that has waited longest is answered 503 with the `OM`
 /// flag, as Envoy's overload manager answers, and the newer one waits on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_uploads_past_the_limit_are_answered_503_om() {

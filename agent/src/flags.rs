@@ -74,7 +74,7 @@ impl ResponseFlags {
     /// framing (Envoy's UPE).
     pub const UPSTREAM_PROTOCOL_ERROR: Self = Self(1 << 17);
     /// The agent stopped reading the stream to bound what it holds: one of
-    /// more HTTP/2 bodies waiting for readers that take nothing than
+    /// more stalled HTTP/2 bodies, their readers taking nothing, than
     /// `spec.overload.maxStalledStreams` allows (Envoy's OM, "overload
     /// manager terminated the request").
     pub const OVERLOAD_MANAGER: Self = Self(1 << 18);

@@ -117,9 +117,10 @@ impl Default for DownstreamSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OverloadSpec {
     /// Most HTTP/2 bodies (uploads from clients, responses from upstreams)
-    /// that may wait at once for a reader that takes nothing; past it the
-    /// one that has waited longest is cut. Each holds up to its stream's
-    /// 256 KiB window (default 512, so 128 MiB; 1 to 1048576).
+    /// that may be stalled at once, their readers having taken nothing for
+    /// a second or more; past it those that have waited longest are cut.
+    /// Each holds up to its stream's 256 KiB window (default 512, so
+    /// 128 MiB; 1 to 1048576).
     #[serde(default = "default_max_stalled_streams")]
     pub max_stalled_streams: usize,
 }

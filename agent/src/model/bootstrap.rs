@@ -28,8 +28,9 @@ pub struct Bootstrap {
     /// Downstream idle timeouts (read for each new connection, so a reload
     /// applies them to connections accepted after it).
     pub downstream: DownstreamTimeouts,
-    /// Most HTTP/2 bodies that may wait at once for a reader that takes
-    /// nothing, across the workers (`spec.overload.maxStalledStreams`).
+    /// Most HTTP/2 bodies that may be stalled at once, their readers
+    /// taking nothing, across the workers
+    /// (`spec.overload.maxStalledStreams`).
     pub max_stalled_streams: usize,
 }
 
@@ -37,7 +38,7 @@ pub struct Bootstrap {
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Envoy's default `stream_idle_timeout`.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How many HTTP/2 bodies may wait for readers that take nothing, by
+/// How many HTTP/2 bodies may be stalled, their readers taking nothing, by
 /// default: 128 MiB of 256 KiB stream windows.
 pub const DEFAULT_MAX_STALLED_STREAMS: usize = 512;
 /// The most `spec.overload.maxStalledStreams` may be.

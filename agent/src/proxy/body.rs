@@ -159,6 +159,17 @@ impl Received {
     }
 }
 
+impl Received {
+    /// Why the agent stopped reading it ([`stalled`](super::stalled)), if
+    /// it has.
+    fn cut_reason(&self) -> Option<Cut> {
+        match self {
+            Self::Http2(body) => body.cut_reason(),
+            Self::Own(_) | Self::Hyper(_) => None,
+        }
+    }
+}
+
 impl Body for Received {
     type Data = Bytes;
     type Error = BoxError;
@@ -319,6 +330,24 @@ impl<O: ResponseObserver> ResponseBody<O> {
     fn end(&mut self) {
         if let Some(mut observer) = self.observer.take() {
             observer.on_end();
+        }
+    }
+}
+
+impl<O: ResponseObserver> Drop for ResponseBody<O> {
+    /// A response the agent stopped reading, dropped unread (its client
+    /// reset the stream or closed the connection rather than reading
+    /// again), is recorded as the cut, not as the client going away.
+    fn drop(&mut self) {
+        let Source::Upstream(body) = &self.source else {
+            return;
+        };
+        if let (Some(cut), Some(observer)) = (body.cut_reason(), self.observer.as_mut()) {
+            match cut {
+                Cut::StreamIdle(_) => observer.on_stream_idle(),
+                Cut::Overload => observer.on_overload(),
+            }
+            self.end();
         }
     }
 }

@@ -26,8 +26,9 @@ pub enum ClientBodyError {
     /// (`spec.downstream.streamIdleTimeout`).
     #[error("request body: nothing passed for {0:?} (stream idle timeout)")]
     StreamIdle(Duration),
-    /// The agent stopped reading it (HTTP/2): one of more uploads waiting
-    /// for their upstreams than `spec.overload.maxStalledStreams` allows.
+    /// The agent stopped reading it (HTTP/2): one of more stalled uploads,
+    /// their upstreams taking nothing, than
+    /// `spec.overload.maxStalledStreams` allows.
     #[error("request body: the agent stopped reading it (overload: too many stalled streams)")]
     Overload,
 }

@@ -25,8 +25,8 @@
 //! connection [`STREAM_WINDOW`] for each of the agent's requests on it.
 //! Before, an upstream connection held at most hyper's adaptive window
 //! (16 MiB), but one stream could take all of it. Across connections,
-//! [`stalled`](super::stalled) caps how many streams may hold theirs
-//! waiting for a reader (`spec.overload.maxStalledStreams`).
+//! [`stalled`](super::stalled) caps how many streams whose readers take
+//! nothing may hold theirs (`spec.overload.maxStalledStreams`).
 
 /// The window each stream starts with, either way (what a client may send
 /// of a request body, or an upstream of a response, ahead of the agent):

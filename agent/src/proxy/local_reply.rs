@@ -184,10 +184,10 @@ impl LocalReply {
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };
-    /// The client's HTTP/2 upload was one of more waiting for readers that
-    /// take nothing than `spec.overload.maxStalledStreams` allows, and had
-    /// waited longest: 503 with the OM flag, as Envoy's overload manager
-    /// answers.
+    /// The client's HTTP/2 upload was one of more stalled bodies, their
+    /// readers taking nothing, than `spec.overload.maxStalledStreams`
+    /// allows, and had waited longest: 503 with the OM flag, as Envoy's
+    /// overload manager answers.
     pub const OVERLOAD: Self = Self {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::OVERLOAD_MANAGER,

@@ -16,8 +16,9 @@ pub enum BodyFailure {
     Aborted,
     /// It sent nothing for `streamIdleTimeout`.
     StreamIdle,
-    /// The agent stopped reading it: one of too many HTTP/2 uploads
-    /// waiting for their upstreams (`spec.overload.maxStalledStreams`).
+    /// The agent stopped reading it: one of too many stalled HTTP/2
+    /// uploads, their upstreams taking nothing
+    /// (`spec.overload.maxStalledStreams`).
     Overload,
 }
 

@@ -10,27 +10,28 @@
 //! take one, so the body's own idle timer ([`stream_idle`](super::stream_idle))
 //! is not polled meanwhile, and nothing else would end such a stream.
 //!
-//! [`Stalls`], one per worker, knows every such body ([`WatchedStream`])
-//! and which of them wait for their reader, and bounds them:
-//! - **in time**: a body its reader has not asked for a frame while nothing
-//!   passed either way for the stream idle timeout is cut, as Envoy's
-//!   `stream_idle_timeout` counts a wait for the peer's window as idle.
-//!   A sweep every [`SWEEP_INTERVAL`] checks, so the cut comes up to two
-//!   intervals after the timeout;
-//! - **in memory**: when more bodies wait for their readers than the
-//!   worker's share of `spec.overload.maxStalledStreams`, the one that has
-//!   waited longest is cut, as Envoy's overload action
-//!   `reset_high_memory_stream` resets the streams holding the most.
+//! [`Stalls`], one per worker, knows every such body ([`WatchedStream`]).
+//! A body *waits* from the frame it hands on until its reader asks for the
+//! next; a sweep every [`SWEEP_INTERVAL`] calls it *stalled* once its wait
+//! began before the sweep before (its reader took nothing for at least an
+//! interval: a healthy stream waits a round trip for its peer's window,
+//! not a second). Stalled bodies are bounded
+//! - **in time**: one whose stream has been idle either way for the stream
+//!   idle timeout is cut, as Envoy's `stream_idle_timeout` counts a wait
+//!   for the peer's window as idle (at most two intervals late);
+//! - **in number**: past the worker's share of
+//!   `spec.overload.maxStalledStreams`, those that have waited longest are
+//!   cut, as Envoy's overload action `reset_high_memory_stream` resets the
+//!   streams that hold the most.
 //!
-//! A cut drops the body's source: its HTTP/2 stream is reset (or, read
-//! from, its window stays shut) and what it held is freed. The body ends
-//! with [`Cut`] when next asked for a frame. Cuts are counted in
-//! `tracemesh_agent_stalled_streams_cut_total` and logged at WARN, a line
-//! per sweep.
+//! A cut drops the body's source, which frees what the stream held (a
+//! response's upstream stream is reset; an upload's window stays shut).
+//! The body ends with [`Cut`] when next asked for a frame. Cuts are counted
+//! in `tracemesh_agent_stalled_streams_cut_total` and logged at WARN, a
+//! line per sweep.
 //!
-//! Per frame this costs a few `Cell` updates on the worker's own state; the
-//! clock is read only by the sweep, which runs while any watched body is
-//! open.
+//! Per frame this costs a few `Cell` updates; the sweep, which runs while
+//! any watched body is open, does the rest.
 
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
@@ -45,8 +46,8 @@ use tokio::time::Instant;
 
 use super::stream_idle::StreamClock;
 
-/// How often a worker looks for bodies stalled past their stream idle
-/// timeout.
+/// How often a worker looks for stalled bodies: also how long a reader
+/// must take nothing for its body to count as stalled.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the agent stopped reading a stream.
@@ -56,7 +57,7 @@ pub enum Cut {
     /// stream idle timeout (`spec.downstream.streamIdleTimeout`).
     #[error("stream idle timeout: its reader took nothing for {0:?}")]
     StreamIdle(Duration),
-    /// More bodies waited for their readers than the agent holds
+    /// More bodies were stalled than the agent holds
     /// (`spec.overload.maxStalledStreams`), and this one had waited
     /// longest.
     #[error("overload: more streams stalled than spec.overload.maxStalledStreams")]
@@ -77,174 +78,144 @@ pub enum WatchedError<E> {
 /// One worker's watched bodies.
 pub struct Stalls {
     state: RefCell<State>,
-    /// Most bodies waiting for their readers at once; past it the one that
-    /// has waited longest is cut.
+    /// The number the next wait gets: waits are numbered in the order they
+    /// begin.
+    next_wait: Cell<u64>,
+    /// Most bodies stalled at once; past it those that have waited longest
+    /// are cut.
     limit: usize,
     cut_idle: IntCounter,
     cut_overload: IntCounter,
 }
 
-#[derive(Default)]
 struct State {
-    streams: Slab<Tracked>,
-    /// Numbers the waits, in the order they began.
-    next_wait: u64,
-    /// How many bodies wait for their readers.
-    waiting: usize,
+    streams: Slab<Rc<dyn Stall>>,
     /// Whether the sweep runs.
     sweeping: bool,
+    /// `next_wait` at the last sweep, and when it ran: a wait numbered
+    /// below it began before that sweep.
+    last_sweep: (u64, Instant),
     /// Cuts since the last log line: for the stream idle timeout, for the
     /// limit.
     unlogged: (u64, u64),
 }
 
-struct Tracked {
-    stream: Rc<dyn Stall>,
-    /// The wait the last sweep saw it in: the same one at the next sweep
-    /// means its reader took nothing in between.
-    seen: Option<u64>,
-}
-
 /// What [`Stalls`] needs of a watched body, whatever its source.
 trait Stall {
-    /// The wait it is in: its last frame not yet followed by a request for
-    /// the next.
+    /// The number of the wait it is in: its last frame handed on and the
+    /// next not asked for yet.
     fn waiting(&self) -> Option<u64>;
-    /// Ends the wait; whether there was one.
-    fn stop_waiting(&self) -> bool;
     /// Its stream's idle clock.
     fn clock(&self) -> Option<Rc<StreamClock>>;
-    /// Drops its source; the body ends with `why` when next asked.
-    fn cut(&self, why: Cut);
+    /// Drops its source; the body ends with `why` when next asked. Whether
+    /// it was cut now (not before).
+    fn cut(&self, why: Cut) -> bool;
 }
 
 impl Stalls {
-    /// A worker's, cutting past `limit` waiting bodies (at least 1); cuts
+    /// A worker's, cutting past `limit` stalled bodies (at least 1); cuts
     /// are counted in `cuts` (`tracemesh_agent_stalled_streams_cut_total`,
     /// by `reason`).
     pub fn new(limit: usize, cuts: &prometheus::IntCounterVec) -> Rc<Self> {
         Rc::new(Self {
-            state: RefCell::default(),
+            state: RefCell::new(State {
+                streams: Slab::new(),
+                sweeping: false,
+                last_sweep: (0, Instant::now()),
+                unlogged: (0, 0),
+            }),
+            next_wait: Cell::new(0),
             limit: limit.max(1),
             cut_idle: cuts.with_label_values(&["stream_idle_timeout"]),
             cut_overload: cuts.with_label_values(&["overload"]),
         })
     }
 
-    /// How many bodies wait for their readers now.
-    #[cfg(test)]
-    fn waiting(&self) -> usize {
-        self.state.borrow().waiting
-    }
-
     fn register(self: &Rc<Self>, stream: Rc<dyn Stall>) -> usize {
-        let mut state = self.state.borrow_mut();
-        let key = state.streams.insert(Tracked { stream, seen: None });
-        if !std::mem::replace(&mut state.sweeping, true) {
+        let (key, start) = {
+            let mut state = self.state.borrow_mut();
+            let key = state.streams.insert(stream);
+            let start = !std::mem::replace(&mut state.sweeping, true);
+            if start {
+                // The sweep counts from its start, not from its last run.
+                state.last_sweep = (self.next_wait.get(), Instant::now());
+            }
+            (key, start)
+        };
+        if start {
             tokio::task::spawn_local(self.clone().sweep());
         }
         key
     }
 
     fn remove(&self, key: usize) {
-        // A body dropped as the thread ends (its runtime torn down after
-        // this worker's state) has nothing left to account.
-        let Ok(mut state) = self.state.try_borrow_mut() else {
-            return;
-        };
-        if let Some(tracked) = state.streams.try_remove(key)
-            && tracked.stream.stop_waiting()
-        {
-            state.waiting -= 1;
-        }
+        self.state.borrow_mut().streams.try_remove(key);
     }
 
-    /// `stream` handed on a frame its reader has not taken yet: it waits,
-    /// and if too many do, the longest waiting is cut.
-    fn begin_wait(&self, wait: &Cell<Option<u64>>) {
-        let victim = {
-            let mut state = self.state.borrow_mut();
-            let number = state.next_wait;
-            state.next_wait += 1;
-            wait.set(Some(number));
-            state.waiting += 1;
-            if state.waiting > self.limit {
-                state
-                    .streams
-                    .iter()
-                    .filter_map(|(_, t)| Some((t.stream.waiting()?, &t.stream)))
-                    .min_by_key(|(number, _)| *number)
-                    .map(|(_, stream)| stream.clone())
-            } else {
-                None
-            }
-        };
-        if let Some(victim) = victim {
-            self.cut(&victim, Cut::Overload);
-        }
+    /// A wait begins: its number.
+    fn begin_wait(&self) -> u64 {
+        let number = self.next_wait.get();
+        self.next_wait.set(number + 1);
+        number
     }
 
-    fn end_wait(&self) {
-        self.state.borrow_mut().waiting -= 1;
-    }
-
-    fn cut(&self, stream: &Rc<dyn Stall>, why: Cut) {
-        {
-            let mut state = self.state.borrow_mut();
-            if stream.stop_waiting() {
-                state.waiting -= 1;
-            }
-            match why {
-                Cut::StreamIdle(_) => state.unlogged.0 += 1,
-                Cut::Overload => state.unlogged.1 += 1,
-            }
-        }
-        // Dropping the source resets its stream, outside the borrow.
-        stream.cut(why);
-        match why {
-            Cut::StreamIdle(_) => self.cut_idle.inc(),
-            Cut::Overload => self.cut_overload.inc(),
-        }
-    }
-
-    /// Cuts every body whose reader took nothing since the last sweep and
-    /// whose stream has been idle for its timeout; `false` once no body is
-    /// watched (the sweep ends).
+    /// Cuts the stalled bodies whose streams have been idle for their
+    /// timeout, then, past the limit, those of the rest that have waited
+    /// longest; `false` once no body is watched (the sweep ends).
     fn sweep_once(&self, now: Instant) -> bool {
-        let expired: Vec<(Rc<dyn Stall>, Duration)> = {
+        let (idle, mut stalled) = {
             let mut state = self.state.borrow_mut();
-            if state.streams.is_empty() {
-                state.sweeping = false;
-                return false;
-            }
-            state
-                .streams
-                .iter_mut()
-                .filter_map(|(_, tracked)| {
-                    let waiting = tracked.stream.waiting();
-                    if waiting.is_none() || waiting != tracked.seen {
-                        tracked.seen = waiting;
-                        return None;
+            let (mark, since) =
+                std::mem::replace(&mut state.last_sweep, (self.next_wait.get(), now));
+            let mut idle = Vec::new();
+            let mut stalled = Vec::new();
+            for (_, stream) in &state.streams {
+                let Some(number) = stream.waiting().filter(|number| *number < mark) else {
+                    continue;
+                };
+                // Its reader has taken nothing since the last sweep at
+                // least: a clock no timer started counts from then.
+                match stream.clock() {
+                    Some(clock) if clock.expired(since, now) => {
+                        idle.push((stream.clone(), clock.idle()));
                     }
-                    // The first look starts the clock if no timer had.
-                    let clock = tracked.stream.clock()?;
-                    clock
-                        .expired(now)
-                        .then(|| (tracked.stream.clone(), clock.idle()))
-                })
-                .collect()
+                    _ => stalled.push((number, stream.clone())),
+                }
+            }
+            (idle, stalled)
         };
-        for (stream, idle) in expired {
-            self.cut(&stream, Cut::StreamIdle(idle));
+        let mut cuts = (0, 0);
+        for (stream, timeout) in idle {
+            if stream.cut(Cut::StreamIdle(timeout)) {
+                self.cut_idle.inc();
+                cuts.0 += 1;
+            }
         }
-        let (idle, overload) = std::mem::take(&mut self.state.borrow_mut().unlogged);
+        if stalled.len() > self.limit {
+            let over = stalled.len() - self.limit;
+            stalled.select_nth_unstable_by_key(over - 1, |(number, _)| *number);
+            for (_, stream) in &stalled[..over] {
+                if stream.cut(Cut::Overload) {
+                    self.cut_overload.inc();
+                    cuts.1 += 1;
+                }
+            }
+        }
+        drop(stalled);
+        let mut state = self.state.borrow_mut();
+        let (idle, overload) = std::mem::take(&mut state.unlogged);
+        let (idle, overload) = (idle + cuts.0, overload + cuts.1);
         if idle + overload > 0 {
             tracing::warn!(
                 stream_idle_timeout = idle,
                 overload,
                 limit = self.limit,
-                "stopped reading HTTP/2 streams whose readers took nothing"
+                "stopped reading stalled HTTP/2 streams"
             );
+        }
+        if state.streams.is_empty() {
+            state.sweeping = false;
+            return false;
         }
         true
     }
@@ -279,26 +250,41 @@ enum Source<B> {
     Cut(Cut),
 }
 
+impl<B> Watched<B> {
+    fn cut_reason(&self) -> Option<Cut> {
+        match &*self.source.borrow() {
+            Source::Open(_) => None,
+            Source::Cut(why) => Some(*why),
+        }
+    }
+}
+
 impl<B: Body + Unpin + 'static> Stall for Watched<B> {
     fn waiting(&self) -> Option<u64> {
         self.wait.get()
-    }
-
-    fn stop_waiting(&self) -> bool {
-        self.wait.take().is_some()
     }
 
     fn clock(&self) -> Option<Rc<StreamClock>> {
         self.clock.borrow().clone()
     }
 
-    fn cut(&self, why: Cut) {
-        if let Ok(mut source) = self.source.try_borrow_mut() {
-            *source = Source::Cut(why);
+    fn cut(&self, why: Cut) -> bool {
+        // Never borrowed across an await: the sweep runs between polls.
+        let Ok(mut source) = self.source.try_borrow_mut() else {
+            return false;
+        };
+        if matches!(*source, Source::Cut(_)) {
+            return false;
         }
+        let old = std::mem::replace(&mut *source, Source::Cut(why));
+        drop(source);
+        self.wait.set(None);
+        // Dropping the source resets its stream, outside the borrow.
+        drop(old);
         if let Some(waker) = self.cut_waker.take() {
             waker.wake();
         }
+        true
     }
 }
 
@@ -322,13 +308,23 @@ impl<B: Body + Unpin + 'static> WatchedStream<B> {
         }
     }
 
+    /// Times it by its stream's idle `clock` from now on.
+    pub fn time_by(&self, clock: Option<Rc<StreamClock>>) {
+        *self.watched.clock.borrow_mut() = clock;
+    }
+
+    /// Why the agent stopped reading it, if it has.
+    pub fn cut_reason(&self) -> Option<Cut> {
+        self.watched.cut_reason()
+    }
+
     /// Ready with the cut once the agent has stopped reading the body,
     /// pending (`cx` woken by the cut) until then: for a reader that waits
     /// on its peer rather than on the body (the agent's HTTP/1.1 client
     /// while its writes wait).
     pub fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<Cut> {
-        if let Source::Cut(why) = &*self.watched.source.borrow() {
-            return Poll::Ready(*why);
+        if let Some(why) = self.cut_reason() {
+            return Poll::Ready(why);
         }
         let mut waker = self.watched.cut_waker.borrow_mut();
         match &*waker {
@@ -336,11 +332,6 @@ impl<B: Body + Unpin + 'static> WatchedStream<B> {
             _ => *waker = Some(cx.waker().clone()),
         }
         Poll::Pending
-    }
-
-    /// Times it by its stream's idle `clock` from now on.
-    pub fn time_by(&self, clock: Option<Rc<StreamClock>>) {
-        *self.watched.clock.borrow_mut() = clock;
     }
 }
 
@@ -360,22 +351,21 @@ impl<B: Body + Unpin + 'static> Body for WatchedStream<B> {
     ) -> Poll<Option<Result<Frame<B::Data>, Self::Error>>> {
         let this = self.get_mut();
         let watched = &*this.watched;
-        if watched.stop_waiting() {
-            this.stalls.end_wait();
-        }
-        let (polled, more) = match &mut *watched.source.borrow_mut() {
+        watched.wait.set(None);
+        let polled = match &mut *watched.source.borrow_mut() {
             Source::Open(body) => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                let more = !body.is_end_stream();
-                (polled, more)
+                // A data frame with more to come: the body waits for its
+                // reader until asked again.
+                if matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data())
+                    && !body.is_end_stream()
+                {
+                    watched.wait.set(Some(this.stalls.begin_wait()));
+                }
+                polled
             }
             Source::Cut(why) => return Poll::Ready(Some(Err(WatchedError::Cut(*why)))),
         };
-        // A data frame with more to come: the body waits for its reader
-        // until asked again.
-        if more && matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data()) {
-            this.stalls.begin_wait(&watched.wait);
-        }
         polled.map(|frame| frame.map(|f| f.map_err(WatchedError::Source)))
     }
 
@@ -399,19 +389,39 @@ mod tests {
     use std::convert::Infallible;
 
     use bytes::Bytes;
-    use http_body_util::{BodyExt, Full, StreamBody};
+    use http_body_util::{BodyExt, Full};
     use prometheus::{IntCounterVec, Opts};
 
     use super::*;
 
-    type Endless =
-        StreamBody<futures_util::stream::RepeatWith<fn() -> Result<Frame<Bytes>, Infallible>>>;
+    /// A body with a frame always ready, as a fast upstream's; `dropped`
+    /// is set once it is dropped.
+    struct Endless {
+        dropped: Rc<Cell<bool>>,
+    }
 
-    /// A body with a frame always ready, as a fast upstream's.
+    impl Body for Endless {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"chunk")))))
+        }
+    }
+
+    impl Drop for Endless {
+        fn drop(&mut self) {
+            self.dropped.set(true);
+        }
+    }
+
     fn endless() -> Endless {
-        StreamBody::new(futures_util::stream::repeat_with(|| {
-            Ok(Frame::data(Bytes::from_static(b"chunk")))
-        }))
+        Endless {
+            dropped: Rc::default(),
+        }
     }
 
     fn cuts() -> IntCounterVec {
@@ -431,38 +441,42 @@ mod tests {
         tokio::task::LocalSet::new().run_until(test).await
     }
 
+    fn sleep_ms(ms: u64) -> tokio::time::Sleep {
+        tokio::time::sleep(Duration::from_millis(ms))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_body_its_reader_stops_asking_for_is_cut_after_the_stream_idle_timeout() {
         on_a_worker(async {
             let cuts = cuts();
             let stalls = Stalls::new(8, &cuts);
             let idle = Duration::from_secs(5);
-            let mut stalled = WatchedStream::new(endless(), &stalls, Some(StreamClock::new(idle)));
+            let source = endless();
+            let dropped = source.dropped.clone();
+            let mut stalled = WatchedStream::new(source, &stalls, Some(StreamClock::new(idle)));
             let mut read = WatchedStream::new(endless(), &stalls, Some(StreamClock::new(idle)));
             next(&mut stalled).await.expect("a frame");
-            assert_eq!(stalls.waiting(), 1);
-            // The reader that keeps asking is never cut; the one that does
-            // not is cut once two sweeps saw it wait and the timeout has
-            // passed since the first of them started its clock.
-            for _ in 0..13 {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            // The reader that keeps asking is never cut. The one that does
+            // not is stalled at the sweep at 2 s (its wait began before the
+            // one at 1 s), its clock counted from 1 s; it is cut at the
+            // first sweep from 6 s.
+            for _ in 0..11 {
+                sleep_ms(500).await;
                 next(&mut read)
                     .await
                     .expect("a frame from the body being read");
             }
-            assert_eq!(cut_for(&cuts, "stream_idle_timeout"), 0, "cut at 6.5 s");
-            for _ in 0..4 {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(cut_for(&cuts, "stream_idle_timeout"), 0, "cut by 5.5 s");
+            assert!(!dropped.get());
+            for _ in 0..2 {
+                sleep_ms(500).await;
                 next(&mut read)
                     .await
                     .expect("a frame from the body being read");
             }
-            assert_eq!(cut_for(&cuts, "stream_idle_timeout"), 1, "not cut by 8.5 s");
-            assert_eq!(
-                stalls.waiting(),
-                1,
-                "the body being read waits for its reader"
-            );
+            assert_eq!(cut_for(&cuts, "stream_idle_timeout"), 1, "not cut by 6.5 s");
+            assert!(dropped.get(), "the cut drops the source");
+            assert_eq!(stalled.cut_reason(), Some(Cut::StreamIdle(idle)));
             match next(&mut stalled).await {
                 Err(WatchedError::Cut(Cut::StreamIdle(timeout))) => assert_eq!(timeout, idle),
                 other => panic!("expected the cut, got {:?}", other.map(|_| ())),
@@ -472,7 +486,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn frames_the_other_way_keep_a_waiting_body_from_being_cut() {
+    async fn frames_the_other_way_keep_a_stalled_body_from_its_idle_cut() {
         on_a_worker(async {
             let cuts = cuts();
             let stalls = Stalls::new(8, &cuts);
@@ -489,8 +503,8 @@ mod tests {
         .await;
     }
 
-    #[tokio::test]
-    async fn past_the_limit_the_body_waiting_longest_is_cut() {
+    #[tokio::test(start_paused = true)]
+    async fn past_the_limit_the_stalled_body_waiting_longest_is_cut() {
         on_a_worker(async {
             let cuts = cuts();
             let stalls = Stalls::new(2, &cuts);
@@ -502,9 +516,18 @@ mod tests {
             // The first, asked again, waits anew: the second now waited
             // longest.
             next(&mut bodies[0]).await.expect("a frame");
-            assert_eq!((stalls.waiting(), cut_for(&cuts, "overload")), (2, 0));
             next(&mut bodies[2]).await.expect("a frame");
-            assert_eq!((stalls.waiting(), cut_for(&cuts, "overload")), (2, 1));
+            sleep_ms(1500).await;
+            assert_eq!(
+                cut_for(&cuts, "overload"),
+                0,
+                "cut before two sweeps saw it"
+            );
+            sleep_ms(1000).await;
+            assert_eq!(cut_for(&cuts, "overload"), 1);
+            let waker = futures_util::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            assert_eq!(bodies[1].poll_cut(&mut cx), Poll::Ready(Cut::Overload));
             assert!(matches!(
                 next(&mut bodies[1]).await,
                 Err(WatchedError::Cut(Cut::Overload))
@@ -515,27 +538,93 @@ mod tests {
             );
             next(&mut bodies[0]).await.expect("the others go on");
             next(&mut bodies[2]).await.expect("the others go on");
+            sleep_ms(5000).await;
+            assert_eq!(
+                cut_for(&cuts, "overload"),
+                1,
+                "two stalled bodies are within the limit"
+            );
         })
         .await;
     }
 
-    #[tokio::test]
-    async fn a_body_at_its_end_or_dropped_does_not_wait() {
+    /// Healthy streams wait for their readers only between frames: however
+    /// many do so at once, none is stalled.
+    #[tokio::test(start_paused = true)]
+    async fn bodies_read_again_within_a_sweep_are_never_cut() {
         on_a_worker(async {
             let cuts = cuts();
             let stalls = Stalls::new(1, &cuts);
+            let clock = || Some(StreamClock::new(Duration::from_millis(500)));
+            let mut bodies: Vec<_> = (0..8)
+                .map(|_| WatchedStream::new(endless(), &stalls, clock()))
+                .collect();
+            for _ in 0..50 {
+                for body in &mut bodies {
+                    next(body).await.expect("a frame");
+                }
+                sleep_ms(300).await;
+            }
+            assert_eq!(
+                cut_for(&cuts, "overload") + cut_for(&cuts, "stream_idle_timeout"),
+                0
+            );
+        })
+        .await;
+    }
+
+    /// The sweep runs while bodies are watched, ends with the last, and
+    /// starts again with the next.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_runs_only_while_bodies_are_watched() {
+        on_a_worker(async {
+            let cuts = cuts();
+            let stalls = Stalls::new(1, &cuts);
+            let sweeping = || stalls.state.borrow().sweeping;
             let mut whole =
                 WatchedStream::new(Full::new(Bytes::from_static(b"all")), &stalls, None);
             next(&mut whole).await.expect("its one frame");
-            assert_eq!(stalls.waiting(), 0, "nothing more to hold");
-            let mut endless = WatchedStream::new(endless(), &stalls, None);
-            next(&mut endless).await.expect("a frame");
-            assert_eq!(stalls.waiting(), 1);
-            drop(endless);
-            assert_eq!(stalls.waiting(), 0);
+            assert_eq!(
+                whole.watched.wait.get(),
+                None,
+                "at its end, it does not wait"
+            );
+            assert!(sweeping());
             drop(whole);
-            assert!(stalls.state.borrow().streams.is_empty());
-            assert_eq!(cut_for(&cuts, "overload"), 0);
+            sleep_ms(1100).await;
+            assert!(!sweeping(), "the sweep ended with the last body");
+            let idle = Some(StreamClock::new(Duration::from_secs(1)));
+            let mut body = WatchedStream::new(endless(), &stalls, idle);
+            assert!(sweeping());
+            next(&mut body).await.expect("a frame");
+            sleep_ms(3100).await;
+            assert_eq!(
+                cut_for(&cuts, "stream_idle_timeout"),
+                1,
+                "the new sweep cut it"
+            );
+        })
+        .await;
+    }
+
+    /// An idle stream whose body is held as the source of an upload is
+    /// found by `poll_cut`'s waiter, woken by the cut.
+    #[tokio::test(start_paused = true)]
+    async fn the_cut_wakes_whoever_waits_on_it() {
+        on_a_worker(async {
+            let cuts = cuts();
+            let stalls = Stalls::new(8, &cuts);
+            let idle = Duration::from_secs(2);
+            let mut body = WatchedStream::new(endless(), &stalls, Some(StreamClock::new(idle)));
+            next(&mut body).await.expect("a frame");
+            let started = Instant::now();
+            let cut = std::future::poll_fn(|cx| body.poll_cut(cx)).await;
+            assert_eq!(cut, Cut::StreamIdle(idle));
+            let waited = started.elapsed();
+            assert!(
+                waited >= idle && waited <= idle + 2 * SWEEP_INTERVAL,
+                "cut after {waited:?}"
+            );
         })
         .await;
     }

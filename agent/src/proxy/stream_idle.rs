@@ -61,9 +61,13 @@ impl StreamClock {
         }
     }
 
-    /// Whether the stream has been idle for the timeout at `now`; the first
-    /// look starts the clock, as a timer's first wait does.
-    pub fn expired(&self, now: Instant) -> bool {
+    /// Whether the stream has been idle for the timeout at `now`; a clock
+    /// no timer has started is started at `since`, a time by which the
+    /// caller knows nothing had passed either way.
+    pub fn expired(&self, since: Instant, now: Instant) -> bool {
+        if self.last.get().is_none() {
+            self.last.set(Some(since));
+        }
         self.deadline() <= now
     }
 

@@ -1222,3 +1222,59 @@ async fn stalled_uploads_past_the_limit_are_answered_503_om() {
     );
     second.abort();
 }
+
+/// An HTTP/2 upstream that takes a call and then neither reads its body
+/// nor answers.
+#[derive(Clone)]
+struct Unread;
+
+impl Methods for Unread {
+    const NAME: &'static str = "test.Echo";
+
+    async fn answer(
+        self,
+        req: http::Request<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        let _held = req;
+        std::future::pending().await
+    }
+}
+
+/// An upload an HTTP/2 upstream stops reading is ended at the stream idle
+/// timeout like one to an HTTP/1.1 upstream: 408 `SI`. The agent stops
+/// reading the client's body and gives up waiting for the answer; before,
+/// hyper sent the body only as the upstream took it, so the agent never
+/// asked the body for a frame, its timer never ran, and the client waited
+/// for as long as the upstream did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_an_http2_upstream_stops_reading_gets_408() {
+    let app = grpc::serve(Routed(Unread)).await;
+    let agent = Agent::start(&grpc_backend(app, "2s"));
+    let tcp = TcpStream::connect(agent.outbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    static CHUNK: [u8; 16 << 10] = [b'x'; 16 << 10];
+    let chunks = futures_util::stream::repeat_with(|| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(
+            &CHUNK,
+        )))
+    });
+    let req = http::Request::post("http://backend:9080/test.Echo/Upload")
+        .body(http_body_util::StreamBody::new(chunks))
+        .unwrap();
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(30), sender.send_request(req))
+            .await
+            .expect("answered at the stream idle timeout")
+            .expect("a response");
+    assert_eq!(response.status(), 408);
+    assert_eq!(response.headers()["x-tracemesh-response-flags"], "SI");
+    let cuts = "tracemesh_agent_stalled_streams_cut_total";
+    let idle = [("reason", "stream_idle_timeout")];
+    assert_eq!(agent.metrics().await.sum(cuts, &idle), 1.0);
+}

@@ -14,6 +14,7 @@ mod tests;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::request::Parts;
@@ -26,6 +27,7 @@ use super::client_body::ClientBody;
 use super::headers::decimal;
 use super::local_reply::LocalReply;
 use super::progress::{BodyFailure, RequestProgress};
+use super::stalled::{Cut, CutSignal};
 use super::tap::Tap;
 use super::upstream::{AttemptHead, SendError, Sent, Upstream};
 use crate::model::balancer::PickInput;
@@ -130,6 +132,16 @@ impl BodySource {
         }
     }
 
+    /// A handle on the agent's cut of the client's body (an HTTP/2
+    /// client's, [`stalled`](super::stalled)).
+    fn cut_signal(&self) -> Option<CutSignal> {
+        match &self.kept {
+            Kept::Once(body) => body.as_ref().and_then(RequestBody::cut_signal),
+            Kept::Replay(tap) => tap.cut_signal(),
+            Kept::Empty => None,
+        }
+    }
+
     fn for_attempt(&mut self) -> UpstreamBody {
         match &mut self.kept {
             Kept::Once(body) => body
@@ -215,6 +227,9 @@ enum Attempted {
     Deadline,
     /// Connect failure, reset, per-try timeout or overflow.
     Error(SendError),
+    /// The agent stopped reading the client's body while the attempt
+    /// waited for its answer ([`stalled`](super::stalled)).
+    BodyCut(Cut),
 }
 
 impl Attempts<'_> {
@@ -265,11 +280,15 @@ impl Attempts<'_> {
             } else {
                 AttemptHead::Given(head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?)
             };
+            let cut = body.cut_signal();
             let attempt_body = body.for_attempt();
             let started = Instant::now();
             let outcome = self
-                .send(upstream, endpoint, attempt_head, attempt_body)
+                .send(upstream, endpoint, attempt_head, attempt_body, cut)
                 .await;
+            if let Err(Attempted::BodyCut(why)) = &outcome {
+                body.progress.fail(&(*why).into());
+            }
             let failure = body.progress.failure();
             // A body that outgrew the retry buffer while this attempt sent
             // it cannot go out again: the attempt's answer stands, and no
@@ -300,6 +319,7 @@ impl Attempts<'_> {
         endpoint: &Endpoint,
         head: AttemptHead<'_>,
         body: UpstreamBody,
+        cut: Option<CutSignal>,
     ) -> Result<Sent<U::Body>, Attempted> {
         let per_try = self.retry.per_try_timeout.map(|t| Instant::now() + t);
         let limit = match (per_try, self.deadline) {
@@ -308,12 +328,24 @@ impl Attempts<'_> {
         };
         // Pinned where it is made: handed on by reference, not moved
         // (with the request inside it) into a timeout.
-        let send = std::pin::pin!(upstream.send(endpoint, head, body));
+        let mut sent = std::pin::pin!(upstream.send(endpoint, head, body));
+        // An upload the agent stopped reading ends the wait for the answer:
+        // an HTTP/2 upstream that takes nothing of it would never ask for
+        // the body again, so hyper would never see the cut.
+        let send = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = sent.as_mut().poll(cx) {
+                return Poll::Ready(result.map_err(Attempted::Error));
+            }
+            match cut.as_ref().map(|cut| cut.poll_cut(cx)) {
+                Some(Poll::Ready(why)) => Poll::Ready(Err(Attempted::BodyCut(why))),
+                _ => Poll::Pending,
+            }
+        });
         let Some(limit) = limit else {
-            return send.await.map_err(Attempted::Error);
+            return send.await;
         };
         match tokio::time::timeout_at(limit, send).await {
-            Ok(result) => result.map_err(Attempted::Error),
+            Ok(result) => result,
             Err(_) if self.deadline.is_some_and(|d| Instant::now() >= d) => {
                 Err(Attempted::Deadline)
             }
@@ -372,6 +404,10 @@ impl Attempts<'_> {
                 self.observe(endpoint, Outcome::LocalFailure, record);
                 record.failed("UT", None);
                 Judged::Fail(LocalReply::TIMEOUT)
+            }
+            Err(Attempted::BodyCut(cut)) => {
+                record.failed("downstream_body", None);
+                Judged::Fail(BodyFailure::of(&cut.into()).local_reply())
             }
             Err(Attempted::Error(_)) if body_failure.is_some() => {
                 // The client's body broke off: not the upstream's failure, so

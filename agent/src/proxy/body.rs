@@ -17,7 +17,7 @@ use super::client_body::{ClientBody, ClientBodyError};
 use super::h1;
 use super::pool::Lease;
 use super::progress::RequestProgress;
-use super::stalled::{Cut, WatchedError, WatchedStream};
+use super::stalled::{Cut, CutSignal, WatchedError, WatchedStream};
 use super::stream_idle::{IdleTimer, StreamClock};
 use super::tap::TapReader;
 
@@ -35,6 +35,11 @@ impl RequestBody {
     /// Wraps `inner`, reporting to `progress`.
     pub fn new(inner: ClientBody, progress: Rc<RequestProgress>) -> Self {
         Self { inner, progress }
+    }
+
+    /// [`ClientBody::cut_signal`].
+    pub fn cut_signal(&self) -> Option<CutSignal> {
+        self.inner.cut_signal()
     }
 
     /// [`ClientBody::poll_stalled`], the failure recorded in the progress.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::stalled::{Cut, Stalls, WatchedError, WatchedStream};
+use super::stalled::{Cut, CutSignal, Stalls, WatchedError, WatchedStream};
 use super::stream_idle::{IdleTimer, StreamClock};
 
 /// Why the client's body could not be read.
@@ -33,12 +33,20 @@ pub enum ClientBodyError {
     Overload,
 }
 
+impl From<Cut> for ClientBodyError {
+    fn from(cut: Cut) -> Self {
+        match cut {
+            Cut::StreamIdle(idle) => Self::StreamIdle(idle),
+            Cut::Overload => Self::Overload,
+        }
+    }
+}
+
 impl From<WatchedError<hyper::Error>> for ClientBodyError {
     fn from(error: WatchedError<hyper::Error>) -> Self {
         match error {
             WatchedError::Source(error) => Self::Source(error),
-            WatchedError::Cut(Cut::StreamIdle(idle)) => Self::StreamIdle(idle),
-            WatchedError::Cut(Cut::Overload) => Self::Overload,
+            WatchedError::Cut(cut) => cut.into(),
         }
     }
 }
@@ -77,6 +85,14 @@ impl ClientBody {
         }
     }
 
+    /// A handle on the agent's cut of it, for an HTTP/2 client's body.
+    pub fn cut_signal(&self) -> Option<CutSignal> {
+        match &self.inner {
+            Source::Http1(_) => None,
+            Source::Http2(body) => Some(body.signal()),
+        }
+    }
+
     /// Runs the stream idle timer while the body waits: for the client's
     /// next frame, or, not being read, for its way upstream (the upstream
     /// reads nothing). Ready, with the error the body ends with, once
@@ -87,7 +103,7 @@ impl ClientBody {
         if let Source::Http2(body) = &self.inner
             && let Poll::Ready(cut) = body.poll_cut(cx)
         {
-            return Poll::Ready(WatchedError::<hyper::Error>::Cut(cut).into());
+            return Poll::Ready(cut.into());
         }
         match self.idle.as_mut() {
             Some(timer) => timer

@@ -42,6 +42,7 @@ use std::time::Duration;
 use http_body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
 use slab::Slab;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::stream_idle::StreamClock;
@@ -49,6 +50,9 @@ use super::stream_idle::StreamClock;
 /// How often a worker looks for stalled bodies: also how long a reader
 /// must take nothing for its body to count as stalled.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many tasks a body's cut wakes at most.
+const CUT_WAKERS: usize = 4;
 
 /// Why the agent stopped reading a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -110,6 +114,23 @@ trait Stall {
     /// Drops its source; the body ends with `why` when next asked. Whether
     /// it was cut now (not before).
     fn cut(&self, why: Cut) -> bool;
+    /// Ready with the cut once there is one; else pending, `cx` woken by
+    /// the cut.
+    fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<Cut>;
+}
+
+/// A handle on a watched body's cut, for whoever hands the body on and
+/// waits on something else meanwhile (an attempt whose upload hyper sends
+/// to an HTTP/2 upstream only as the upstream takes it).
+#[derive(Clone)]
+pub struct CutSignal(Rc<dyn Stall>);
+
+impl CutSignal {
+    /// Ready with the cut once the agent has stopped reading the body,
+    /// pending (`cx` woken by the cut) until then.
+    pub fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<Cut> {
+        self.0.poll_cut(cx)
+    }
 }
 
 impl Stalls {
@@ -241,8 +262,10 @@ struct Watched<B> {
     source: RefCell<Source<B>>,
     wait: Cell<Option<u64>>,
     clock: RefCell<Option<Rc<StreamClock>>>,
-    /// Whoever waits on [`WatchedStream::poll_cut`], woken by the cut.
-    cut_waker: RefCell<Option<Waker>>,
+    /// Whoever waits on [`WatchedStream::poll_cut`] or a [`CutSignal`],
+    /// woken by the cut: the task reading the body, and the request's own
+    /// (a few at most; past [`CUT_WAKERS`] the oldest is forgotten).
+    cut_wakers: RefCell<SmallVec<[Waker; CUT_WAKERS]>>,
 }
 
 enum Source<B> {
@@ -281,10 +304,24 @@ impl<B: Body + Unpin + 'static> Stall for Watched<B> {
         self.wait.set(None);
         // Dropping the source resets its stream, outside the borrow.
         drop(old);
-        if let Some(waker) = self.cut_waker.take() {
+        for waker in self.cut_wakers.take() {
             waker.wake();
         }
         true
+    }
+
+    fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<Cut> {
+        if let Some(why) = self.cut_reason() {
+            return Poll::Ready(why);
+        }
+        let mut wakers = self.cut_wakers.borrow_mut();
+        if !wakers.iter().any(|waiting| waiting.will_wake(cx.waker())) {
+            if wakers.len() == CUT_WAKERS {
+                wakers.remove(0);
+            }
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -298,7 +335,7 @@ impl<B: Body + Unpin + 'static> WatchedStream<B> {
             source: RefCell::new(Source::Open(body)),
             wait: Cell::new(None),
             clock: RefCell::new(clock),
-            cut_waker: RefCell::new(None),
+            cut_wakers: RefCell::default(),
         });
         let key = stalls.register(watched.clone());
         Self {
@@ -323,15 +360,12 @@ impl<B: Body + Unpin + 'static> WatchedStream<B> {
     /// on its peer rather than on the body (the agent's HTTP/1.1 client
     /// while its writes wait).
     pub fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<Cut> {
-        if let Some(why) = self.cut_reason() {
-            return Poll::Ready(why);
-        }
-        let mut waker = self.watched.cut_waker.borrow_mut();
-        match &*waker {
-            Some(waiting) if waiting.will_wake(cx.waker()) => {}
-            _ => *waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        self.watched.poll_cut(cx)
+    }
+
+    /// A handle on its cut that outlives it.
+    pub fn signal(&self) -> CutSignal {
+        CutSignal(self.watched.clone())
     }
 }
 
@@ -607,8 +641,8 @@ mod tests {
         .await;
     }
 
-    /// An idle stream whose body is held as the source of an upload is
-    /// found by `poll_cut`'s waiter, woken by the cut.
+    /// The cut wakes every task that waits on it: the body's reader and
+    /// the request's own task, holding a signal.
     #[tokio::test(start_paused = true)]
     async fn the_cut_wakes_whoever_waits_on_it() {
         on_a_worker(async {
@@ -617,9 +651,14 @@ mod tests {
             let idle = Duration::from_secs(2);
             let mut body = WatchedStream::new(endless(), &stalls, Some(StreamClock::new(idle)));
             next(&mut body).await.expect("a frame");
+            let signal = body.signal();
+            let other = tokio::task::spawn_local(async move {
+                std::future::poll_fn(|cx| signal.poll_cut(cx)).await
+            });
             let started = Instant::now();
             let cut = std::future::poll_fn(|cx| body.poll_cut(cx)).await;
             assert_eq!(cut, Cut::StreamIdle(idle));
+            assert_eq!(other.await.unwrap(), Cut::StreamIdle(idle));
             let waited = started.elapsed();
             assert!(
                 waited >= idle && waited <= idle + 2 * SWEEP_INTERVAL,

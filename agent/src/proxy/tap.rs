@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::client_body::{ClientBody, ClientBodyError};
 use super::progress::RequestProgress;
+use super::stalled::CutSignal;
 
 /// Most request body bytes kept for retries and mirrors (Envoy's default
 /// buffer limit); a longer body streams on but cannot be retried or mirrored.
@@ -147,6 +148,11 @@ impl Tap {
     /// How far the body has got.
     pub fn progress(&self) -> Rc<RequestProgress> {
         self.0.borrow().progress.clone()
+    }
+
+    /// [`ClientBody::cut_signal`] of the tapped body.
+    pub fn cut_signal(&self) -> Option<CutSignal> {
+        self.0.borrow().source.cut_signal()
     }
 
     /// The whole body, once the attempts have read it; `None` if it was

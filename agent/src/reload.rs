@@ -352,6 +352,13 @@ fn warn_fixed_settings(old: &Snapshot, new: &Snapshot) {
             "telemetry, accessLog and concurrency changed; they take effect after a restart"
         );
     }
+    if a.max_stalled_streams != b.max_stalled_streams {
+        tracing::warn!(
+            in_force = a.max_stalled_streams,
+            configured = b.max_stalled_streams,
+            "spec.overload.maxStalledStreams changed; it takes effect after a restart"
+        );
+    }
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -988,28 +988,11 @@ async fn uploads_an_upstream_stops_reading_do_not_starve_their_connection() {
     let agent = Agent::start(&yaml);
 
     // One HTTP/2 connection carries every request.
-    let tcp = TcpStream::connect(agent.outbound).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    static CHUNK: [u8; 16 << 10] = [b'x'; 16 << 10];
+    let sender = h2_connection(agent.outbound).await;
     let sent = Arc::new(AtomicU64::new(0));
     let mut uploads = Vec::new();
     for _ in 0..4 {
-        let sent = sent.clone();
-        let chunks = futures_util::stream::repeat_with(move || {
-            sent.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(
-                &CHUNK,
-            )))
-        });
-        let req = http::Request::post("http://deaf:9080/upload")
-            .body(http_body_util::StreamBody::new(chunks).boxed_unsync())
-            .unwrap();
+        let req = endless_upload("http://deaf:9080/upload", sent.clone());
         let mut sender = sender.clone();
         uploads.push(tokio::spawn(async move { sender.send_request(req).await }));
     }
@@ -1033,6 +1016,37 @@ async fn uploads_an_upstream_stops_reading_do_not_starve_their_connection() {
         assert!(!upload.is_finished(), "the stalled uploads still wait");
         upload.abort();
     }
+}
+
+/// A request body the tests' HTTP/2 clients send.
+type UploadBody =
+    http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// One HTTP/2 connection to `addr` (prior knowledge), driven in the
+/// background.
+async fn h2_connection(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<UploadBody> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// A POST to `uri` whose body never ends: 16 KiB chunks for as long as
+/// they are taken, each counted in `sent`.
+fn endless_upload(uri: &str, sent: Arc<AtomicU64>) -> http::Request<UploadBody> {
+    static CHUNK: [u8; 16 << 10] = [b'x'; 16 << 10];
+    let chunks = futures_util::stream::repeat_with(move || {
+        sent.fetch_add(1, Ordering::Relaxed);
+        Ok(hyper::body::Frame::data(bytes::Bytes::from_static(&CHUNK)))
+    });
+    http::Request::post(uri)
+        .body(http_body_util::StreamBody::new(chunks).boxed_unsync())
+        .unwrap()
 }
 
 /// Waits (up to 30 s) for the sum of `metric` with `labels` to reach
@@ -1180,25 +1194,9 @@ async fn stalled_uploads_past_the_limit_are_answered_503_om() {
             }],
         );
     let agent = Agent::start(&yaml);
-    let tcp = TcpStream::connect(agent.outbound).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    static CHUNK: [u8; 16 << 10] = [b'x'; 16 << 10];
+    let sender = h2_connection(agent.outbound).await;
     let upload = |sent: Arc<AtomicU64>| {
-        let chunks = futures_util::stream::repeat_with(move || {
-            sent.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(
-                &CHUNK,
-            )))
-        });
-        let req = http::Request::post("http://deaf:9080/upload")
-            .body(http_body_util::StreamBody::new(chunks).boxed_unsync())
-            .unwrap();
+        let req = endless_upload("http://deaf:9080/upload", sent);
         let mut sender = sender.clone();
         tokio::spawn(async move { sender.send_request(req).await })
     };
@@ -1250,23 +1248,8 @@ impl Methods for Unread {
 async fn an_upload_an_http2_upstream_stops_reading_gets_408() {
     let app = grpc::serve(Routed(Unread)).await;
     let agent = Agent::start(&grpc_backend(app, "2s"));
-    let tcp = TcpStream::connect(agent.outbound).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    static CHUNK: [u8; 16 << 10] = [b'x'; 16 << 10];
-    let chunks = futures_util::stream::repeat_with(|| {
-        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(
-            &CHUNK,
-        )))
-    });
-    let req = http::Request::post("http://backend:9080/test.Echo/Upload")
-        .body(http_body_util::StreamBody::new(chunks))
-        .unwrap();
+    let mut sender = h2_connection(agent.outbound).await;
+    let req = endless_upload("http://backend:9080/test.Echo/Upload", Arc::default());
     let response =
         tokio::time::timeout(std::time::Duration::from_secs(30), sender.send_request(req))
             .await

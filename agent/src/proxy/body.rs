@@ -162,9 +162,7 @@ impl Received {
             Self::Hyper(_) | Self::Http2(_) => false,
         }
     }
-}
 
-impl Received {
     /// Why the agent stopped reading it ([`stalled`](super::stalled)), if
     /// it has.
     fn cut_reason(&self) -> Option<Cut> {

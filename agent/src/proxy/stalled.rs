@@ -99,9 +99,6 @@ struct State {
     /// `next_wait` at the last sweep, and when it ran: a wait numbered
     /// below it began before that sweep.
     last_sweep: (u64, Instant),
-    /// Cuts since the last log line: for the stream idle timeout, for the
-    /// limit.
-    unlogged: (u64, u64),
 }
 
 /// What [`Stalls`] needs of a watched body, whatever its source.
@@ -143,7 +140,6 @@ impl Stalls {
                 streams: Slab::new(),
                 sweeping: false,
                 last_sweep: (0, Instant::now()),
-                unlogged: (0, 0),
             }),
             next_wait: Cell::new(0),
             limit: limit.max(1),
@@ -205,11 +201,11 @@ impl Stalls {
             }
             (idle, stalled)
         };
-        let mut cuts = (0, 0);
+        let (mut cut_idle, mut cut_overload) = (0, 0);
         for (stream, timeout) in idle {
             if stream.cut(Cut::StreamIdle(timeout)) {
                 self.cut_idle.inc();
-                cuts.0 += 1;
+                cut_idle += 1;
             }
         }
         if stalled.len() > self.limit {
@@ -218,22 +214,20 @@ impl Stalls {
             for (_, stream) in &stalled[..over] {
                 if stream.cut(Cut::Overload) {
                     self.cut_overload.inc();
-                    cuts.1 += 1;
+                    cut_overload += 1;
                 }
             }
         }
         drop(stalled);
-        let mut state = self.state.borrow_mut();
-        let (idle, overload) = std::mem::take(&mut state.unlogged);
-        let (idle, overload) = (idle + cuts.0, overload + cuts.1);
-        if idle + overload > 0 {
+        if cut_idle + cut_overload > 0 {
             tracing::warn!(
-                stream_idle_timeout = idle,
-                overload,
+                stream_idle_timeout = cut_idle,
+                overload = cut_overload,
                 limit = self.limit,
                 "stopped reading stalled HTTP/2 streams"
             );
         }
+        let mut state = self.state.borrow_mut();
         if state.streams.is_empty() {
             state.sweeping = false;
             return false;

@@ -242,6 +242,14 @@ pub trait ResponseObserver {
     /// The agent stopped reading the response to bound what it holds
     /// (`spec.overload.maxStalledStreams`).
     fn on_overload(&mut self);
+    /// The agent stopped reading the upstream ([`stalled`](super::stalled)):
+    /// the stream idle timeout's cut or the overload's.
+    fn on_cut(&mut self, cut: Cut) {
+        match cut {
+            Cut::StreamIdle(_) => self.on_stream_idle(),
+            Cut::Overload => self.on_overload(),
+        }
+    }
     /// The body ended, whole or not: the request is over.
     fn on_end(&mut self);
 }
@@ -346,10 +354,7 @@ impl<O: ResponseObserver> Drop for ResponseBody<O> {
             return;
         };
         if let (Some(cut), Some(observer)) = (body.cut_reason(), self.observer.as_mut()) {
-            match cut {
-                Cut::StreamIdle(_) => observer.on_stream_idle(),
-                Cut::Overload => observer.on_overload(),
-            }
+            observer.on_cut(cut);
             self.end();
         }
     }
@@ -400,8 +405,7 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
                 Poll::Ready(Some(Err(error))) => match error.downcast_ref::<Cut>() {
                     // The agent stopped reading the upstream: the client
                     // took nothing of it.
-                    Some(Cut::StreamIdle(_)) => observer.on_stream_idle(),
-                    Some(Cut::Overload) => observer.on_overload(),
+                    Some(cut) => observer.on_cut(*cut),
                     None => observer.on_reset(breaks_framing(error.as_ref())),
                 },
                 Poll::Ready(None) | Poll::Pending => {}

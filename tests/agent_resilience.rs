@@ -435,6 +435,85 @@ async fn connection_pool_limits_answer_uo_and_cap_connections() {
     );
 }
 
+/// `count` requests at once through `agent`, each on its own connection;
+/// their statuses.
+async fn burst(agent: &Agent, count: usize) -> Vec<u16> {
+    let calls: Vec<_> = (0..count)
+        .map(|_| {
+            let client = Client::h1(agent.outbound);
+            tokio::spawn(async move { client.get("http://app:9080/").await.status.as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.unwrap());
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_concurrent_streams_spreads_http2_streams_over_connections() {
+    // HTTP/2 upstreams that hold every request long enough for a burst of
+    // eight to be answered together.
+    let endpoint = |app: &Upstream| {
+        vec![Ep {
+            addr: app.addr,
+            labels: &[],
+        }]
+    };
+    let config = |app: &Upstream, extra: &str| {
+        agent(
+            "frontend",
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            NO_COLLECTOR,
+        ) + &service_entry("app", 9080, "HTTP2", &endpoint(app))
+            + &virtual_service(
+                "  - retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n",
+            )
+            + extra
+    };
+    let app = Upstream::start("app").await;
+    app.delay_all(2000);
+    let policy = "{connectionPool: {http: {maxConcurrentStreams: 2}}}";
+    let agent = Agent::start(&config(&app, &destination_rule(policy)));
+    assert_eq!(burst(&agent, 8).await, vec![200; 8]);
+    assert!(
+        app.max_requests_per_connection() <= 2,
+        "no connection carries more than maxConcurrentStreams streams ({})",
+        app.max_requests_per_connection()
+    );
+    assert_eq!(
+        app.max_requests_in_flight(),
+        8,
+        "no stream waited for another to end: connections were opened for them"
+    );
+    // Each worker (two) opens what its streams need, not one per request:
+    // eight streams split between them need at most five connections.
+    let accepted = app.accepted_connections();
+    assert!((4..=5).contains(&accepted), "{accepted} connections");
+    assert_eq!(
+        clusters(&agent).await["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "outbound|9080||app.default.svc.cluster.local")
+            .unwrap()["limits"]["maxConcurrentStreams"],
+        2
+    );
+
+    // Without the field a worker's streams share its one connection.
+    let app = Upstream::start("app").await;
+    app.delay_all(2000);
+    let agent = Agent::start(&config(&app, ""));
+    assert_eq!(burst(&agent, 8).await, vec![200; 8]);
+    assert!(
+        app.accepted_connections() <= 2,
+        "{} connections",
+        app.accepted_connections()
+    );
+    assert!(app.max_requests_per_connection() >= 4);
+}
+
 async fn clusters(agent: &Agent) -> serde_json::Value {
     serde_json::from_str(&agent.admin_get("/clusters?format=json").await).unwrap()
 }

@@ -171,6 +171,7 @@ fn cluster_json(cluster: &Cluster) -> Value {
             "maxRequests": limit(limits.max_requests),
             "maxRetries": limit(limits.max_retries),
             "maxRequestsPerConnection": limits.max_requests_per_connection,
+            "maxConcurrentStreams": limit(limits.max_concurrent_streams),
         },
         "outlierDetection": cluster.outlier.is_some(),
         "endpoints": endpoints,

@@ -58,6 +58,8 @@ struct Cue {
     max_open: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Most requests being answered at once on one connection.
+    max_per_connection: AtomicUsize,
     accepted: AtomicUsize,
 }
 
@@ -115,9 +117,20 @@ impl Upstream {
                 cue.max_open.fetch_max(open, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _open = OpenGuard(cue);
+                    let on_connection = Arc::new(AtomicUsize::new(0));
                     let service = service_fn(move |req| {
                         let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.handle(req).await) }
+                        let on_connection = on_connection.clone();
+                        async move {
+                            let now = on_connection.fetch_add(1, Ordering::SeqCst) + 1;
+                            server
+                                .cue
+                                .max_per_connection
+                                .fetch_max(now, Ordering::SeqCst);
+                            let response = server.handle(req).await;
+                            on_connection.fetch_sub(1, Ordering::SeqCst);
+                            Ok::<_, Infallible>(response)
+                        }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -165,6 +178,12 @@ impl Upstream {
     /// connection is accepted.
     pub fn max_requests_in_flight(&self) -> usize {
         self.cue.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Most requests being answered at once on one connection so far
+    /// (HTTP/2 streams of one connection).
+    pub fn max_requests_per_connection(&self) -> usize {
+        self.cue.max_per_connection.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far.

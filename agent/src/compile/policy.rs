@@ -192,6 +192,7 @@ pub(super) fn cluster_settings(policy: &EffectivePolicy<'_>) -> ClusterSettings 
             .and_then(|h| h.max_requests_per_connection)
             .filter(|v| *v > 0)
             .map_or(0, |v| v as u64),
+        max_concurrent_streams: limit(http.and_then(|h| h.max_concurrent_streams)),
         idle_timeout: http
             .and_then(|h| h.idle_timeout)
             .or(tcp.and_then(|t| t.idle_timeout))

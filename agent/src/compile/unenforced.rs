@@ -174,7 +174,6 @@ pub const FIELDS: &[Field] = &[
     ),
     warned(DR, "**.connectionPool.tcp.tcpKeepalive", ""),
     warned(DR, "**.connectionPool.tcp.maxConnectionDuration", ""),
-    warned(DR, "**.connectionPool.http.maxConcurrentStreams", ""),
     warned(DR, "**.connectionPool.http.http2KeepAlive", ""),
     warned(
         DR,

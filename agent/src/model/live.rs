@@ -196,6 +196,11 @@ pub struct PoolLimits {
     pub max_retries: u64,
     /// Requests per connection before it closes (0 = unlimited).
     pub max_requests_per_connection: u64,
+    /// Most streams one upstream HTTP/2 connection carries at once; past
+    /// it, requests go on another connection (`connectionPool.http.
+    /// maxConcurrentStreams`, Envoy's `http2_protocol_options.
+    /// max_concurrent_streams` of the cluster).
+    pub max_concurrent_streams: u64,
     /// Idle time after which a pooled connection closes.
     pub idle_timeout: Duration,
 }
@@ -211,6 +216,7 @@ impl Default for PoolLimits {
             max_requests: UNLIMITED,
             max_retries: UNLIMITED,
             max_requests_per_connection: 0,
+            max_concurrent_streams: UNLIMITED,
             idle_timeout: Duration::from_secs(3600),
         }
     }

@@ -17,6 +17,7 @@ use super::client_body::{ClientBody, ClientBodyError};
 use super::h1;
 use super::pool::Lease;
 use super::progress::RequestProgress;
+use super::shared_h2::Counted;
 use super::stalled::{Cut, CutSignal, WatchedError, WatchedStream};
 use super::stream_idle::{IdleTimer, StreamClock};
 use super::tap::TapReader;
@@ -150,8 +151,14 @@ pub enum Received {
     Hyper(Incoming),
     /// Read by hyper from an HTTP/2 stream, watched for a client that
     /// stops reading it ([`stalled`](super::stalled)); its cut ends it with
-    /// [`Cut`].
-    Http2(WatchedStream<Incoming>),
+    /// [`Cut`]; counted on its connection until dropped
+    /// ([`shared_h2`](super::shared_h2)).
+    Http2 {
+        /// The stream's body.
+        body: WatchedStream<Incoming>,
+        /// The stream's place in its connection's count.
+        _stream: Counted,
+    },
 }
 
 impl Received {
@@ -159,7 +166,7 @@ impl Received {
     fn holds_error(&self) -> bool {
         match self {
             Self::Own(body) => body.holds_error(),
-            Self::Hyper(_) | Self::Http2(_) => false,
+            Self::Hyper(_) | Self::Http2 { .. } => false,
         }
     }
 
@@ -167,7 +174,7 @@ impl Received {
     /// it has.
     fn cut_reason(&self) -> Option<Cut> {
         match self {
-            Self::Http2(body) => body.cut_reason(),
+            Self::Http2 { body, .. } => body.cut_reason(),
             Self::Own(_) | Self::Hyper(_) => None,
         }
     }
@@ -184,10 +191,12 @@ impl Body for Received {
         match self.get_mut() {
             Self::Own(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Self::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(|error| match error {
-                WatchedError::Source(error) => error.into(),
-                WatchedError::Cut(cut) => cut.into(),
-            }),
+            Self::Http2 { body, .. } => {
+                Pin::new(body).poll_frame(cx).map_err(|error| match error {
+                    WatchedError::Source(error) => error.into(),
+                    WatchedError::Cut(cut) => cut.into(),
+                })
+            }
         }
     }
 
@@ -195,7 +204,7 @@ impl Body for Received {
         match self {
             Self::Own(body) => body.is_end_stream(),
             Self::Hyper(body) => body.is_end_stream(),
-            Self::Http2(body) => body.is_end_stream(),
+            Self::Http2 { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -203,7 +212,7 @@ impl Body for Received {
         match self {
             Self::Own(body) => body.size_hint(),
             Self::Hyper(body) => body.size_hint(),
-            Self::Http2(body) => body.size_hint(),
+            Self::Http2 { body, .. } => body.size_hint(),
         }
     }
 }
@@ -300,7 +309,7 @@ impl<O: ResponseObserver> ResponseBody<O> {
         if let Some(clock) = &clock {
             clock.touch();
         }
-        if let Received::Http2(body) = &body {
+        if let Received::Http2 { body, .. } = &body {
             body.time_by(clock.clone());
         }
         let mut body = Self {

@@ -97,26 +97,32 @@ pub async fn send(
                 .await
                 .map_err(acquire_failed)?;
             waited = add_waits(waited, shared.waited);
-            match shared.sender.try_send_request(req).await {
+            let taken = &mut shared.taken;
+            match taken.sender.try_send_request(req).await {
                 Ok(response) => {
                     // Let in by the stream's window: watched for a client
-                    // that stops reading it.
+                    // that stops reading it; counted on its connection
+                    // until it ends.
                     let stalls = &worker.stalls;
+                    let stream = shared.taken.stream;
                     return Ok(Sent {
                         response: response.map(|body| {
                             if http_body::Body::is_end_stream(&body) {
                                 Received::Hyper(body)
                             } else {
-                                Received::Http2(WatchedStream::new(body, stalls, None))
+                                Received::Http2 {
+                                    body: WatchedStream::new(body, stalls, None),
+                                    _stream: stream,
+                                }
                             }
                         }),
-                        peer: shared.peer,
+                        peer: shared.taken.peer,
                         waited,
                     });
                 }
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => {
-                        pools.forget_h2(&key);
+                        pools.forget_h2(&key, &taken.stream);
                         req = unsent;
                     }
                     None => return Err(reset(&error.into_error())),

@@ -33,6 +33,7 @@ mod rewind;
 mod rewrite;
 mod route;
 mod server;
+mod shared_h2;
 mod stalled;
 mod stream_idle;
 mod tap;

@@ -31,6 +31,7 @@ use super::LocalExec;
 use super::body::UpstreamBody;
 use super::flow_control::{CONNECTION_WINDOW, STREAM_WINDOW};
 use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
+use super::shared_h2::{Connections, Counted, Dialing, NoRoom, Taken};
 use crate::by_address::ByAddress;
 use crate::connect::connect_tcp;
 use crate::model::cluster::Cluster;
@@ -127,12 +128,11 @@ struct Idle {
     idle_timeout: Duration,
 }
 
-/// The shared HTTP/2 connection of an endpoint, as a request gets it.
+/// A stream on a shared HTTP/2 connection of an endpoint, as a request
+/// gets it.
 pub struct SharedH2 {
-    /// The connection.
-    pub sender: http2::SendRequest<UpstreamBody>,
-    /// The server's identity, on mTLS connections.
-    pub peer: PeerIdentity,
+    /// The connection, the server's identity and the stream's count.
+    pub taken: Taken,
     /// How long the request waited for a connection slot, when it had to.
     pub waited: Option<Duration>,
 }
@@ -159,7 +159,7 @@ pub(super) fn add_waits(before: Option<Duration>, now: Option<Duration>) -> Opti
 /// A worker's upstream connections.
 pub struct Pools {
     idle: RefCell<HashMap<PoolKey, Vec<Idle>>>,
-    shared_h2: RefCell<HashMap<PoolKey, (http2::SendRequest<UpstreamBody>, PeerIdentity)>>,
+    shared_h2: RefCell<HashMap<PoolKey, Connections>>,
     /// Wakes the sweeper before its deadline.
     sweep_now: Arc<Notify>,
     /// Wakes the sweeper when an idle connection closes or becomes
@@ -346,40 +346,90 @@ impl Pools {
         Ok((sender, peer, waited))
     }
 
-    /// The shared HTTP/2 connection for `key`, opened if needed.
+    /// A stream on a shared HTTP/2 connection for `key`: on the first with
+    /// fewer than the cluster's `maxConcurrentStreams`, else on one opened
+    /// for it ([`shared_h2`](super::shared_h2)).
     pub async fn h2(
         &self,
         key: &PoolKey,
         cluster: &Cluster,
         plan: &TlsPlan,
     ) -> Result<SharedH2, AcquireError> {
-        let live = || {
-            self.shared_h2
-                .borrow()
-                .get(key)
-                .filter(|(s, _)| !s.is_closed())
-                .cloned()
-        };
-        if let Some((sender, peer)) = live() {
-            return Ok(SharedH2 {
-                sender,
-                peer,
-                waited: None,
-            });
+        let limit = cluster.limits.max_concurrent_streams;
+        let mut waited = None;
+        loop {
+            let no_room = {
+                let mut shared = self.shared_h2.borrow_mut();
+                let connections = match shared.get_mut(key) {
+                    Some(connections) => connections,
+                    None => shared.entry(key.clone()).or_default(),
+                };
+                if let Some(taken) = connections.take(limit) {
+                    return Ok(SharedH2 { taken, waited });
+                }
+                connections.no_room(limit)
+            };
+            let dial = match no_room {
+                NoRoom::Wait(waiting) => {
+                    if waiting.dialed().await {
+                        continue;
+                    }
+                    return Err(AcquireError::Connect {
+                        addr: key.addr.to_string(),
+                        source: std::io::Error::other(
+                            "the connection this request waited for could not be made",
+                        ),
+                    });
+                }
+                NoRoom::Dial(dial) => dial,
+            };
+            let has_room = || {
+                self.shared_h2
+                    .borrow()
+                    .get(key)
+                    .is_some_and(|c| c.has_room(limit))
+            };
+            let slotted = match self.connection_slot(key, cluster, has_room).await {
+                Ok(slotted) => slotted,
+                Err(error) => {
+                    self.h2_dial_failed(key, dial);
+                    return Err(error);
+                }
+            };
+            waited = add_waits(waited, slotted.waited);
+            if has_room() {
+                continue; // a stream of this worker's ended meanwhile
+            }
+            match self.open_h2(key, cluster, plan, slotted.slot).await {
+                Ok((sender, peer)) => {
+                    let mut shared = self.shared_h2.borrow_mut();
+                    let connections = shared.entry(key.clone()).or_default();
+                    let taken = connections.made(sender, peer, dial);
+                    return Ok(SharedH2 { taken, waited });
+                }
+                Err(error) => {
+                    self.h2_dial_failed(key, dial);
+                    return Err(error);
+                }
+            }
         }
-        let slotted = self
-            .connection_slot(key, cluster, || live().is_some())
-            .await?;
-        let waited = slotted.waited;
-        if let Some((sender, peer)) = live() {
-            // another request of this worker opened one meanwhile
-            return Ok(SharedH2 {
-                sender,
-                peer,
-                waited,
-            });
+    }
+
+    fn h2_dial_failed(&self, key: &PoolKey, dial: Dialing) {
+        match self.shared_h2.borrow().get(key) {
+            Some(connections) => connections.failed(dial),
+            None => drop(dial),
         }
-        let slot = slotted.slot;
+    }
+
+    /// A new HTTP/2 connection, counted by `slot` until it closes.
+    async fn open_h2(
+        &self,
+        key: &PoolKey,
+        cluster: &Cluster,
+        plan: &TlsPlan,
+        slot: Option<Slot>,
+    ) -> Result<(http2::SendRequest<UpstreamBody>, PeerIdentity), AcquireError> {
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
@@ -397,19 +447,15 @@ impl Pools {
                 tracing::debug!(%error, "upstream HTTP/2 connection closed with an error");
             }
         });
-        self.shared_h2
-            .borrow_mut()
-            .insert(key.clone(), (sender.clone(), peer.clone()));
-        Ok(SharedH2 {
-            sender,
-            peer,
-            waited,
-        })
+        Ok((sender, peer))
     }
 
-    /// Forgets a shared HTTP/2 connection that refused a request.
-    pub fn forget_h2(&self, key: &PoolKey) {
-        self.shared_h2.borrow_mut().remove(key);
+    /// Forgets the shared HTTP/2 connection `stream` is on: it refused a
+    /// request.
+    pub fn forget_h2(&self, key: &PoolKey, stream: &Counted) {
+        if let Some(connections) = self.shared_h2.borrow_mut().get_mut(key) {
+            connections.forget(stream);
+        }
     }
 
     /// Whether an idle connection for `key` could be taken now.
@@ -514,7 +560,7 @@ impl Pools {
         });
         self.shared_h2
             .borrow_mut()
-            .retain(|_, (sender, _)| !sender.is_closed());
+            .retain(|_, connections| connections.retain_live());
         self.sweep_at.set(next.at);
         self.sweep_limited.set(next.limited);
         next
@@ -659,6 +705,88 @@ mod tests {
                     !a.has_idle(&key),
                     "the released connection was not kept idle"
                 );
+            })
+            .await;
+    }
+
+    fn streams_limited(address: SocketAddr, max_concurrent_streams: u64) -> Arc<Cluster> {
+        let limits = PoolLimits {
+            max_concurrent_streams,
+            ..PoolLimits::default()
+        };
+        super::super::testing::cluster(&[address], limits, None)
+    }
+
+    /// Streams on each of the key's shared HTTP/2 connections, in order.
+    fn streams_per_connection(pools: &Pools, key: &PoolKey) -> Vec<u64> {
+        pools
+            .shared_h2
+            .borrow()
+            .get(key)
+            .map(Connections::streams)
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_burst_opens_the_http2_connections_its_streams_need() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, accepted) = server().await;
+                let cluster = streams_limited(address, 2);
+                let key = key(&cluster);
+                let pools = pools();
+                // Five streams at once: the first three requests dial
+                // (each dial has room for one more), the other two wait
+                // for those dials and share their connections.
+                let burst = (0..5).map(|_| pools.h2(&key, &cluster, &TlsPlan::Plain));
+                let taken: Vec<SharedH2> = futures_util::future::join_all(burst)
+                    .await
+                    .into_iter()
+                    .map(|shared| shared.expect("a stream"))
+                    .collect();
+                assert_eq!(streams_per_connection(&pools, &key), [2, 2, 1]);
+                // (The server counts a connection when its task runs.)
+                for _ in 0..1000 {
+                    tokio::task::yield_now().await;
+                }
+                assert_eq!(accepted.get(), 3);
+
+                // Streams that end make room where they were; an idle
+                // connection after one with room is let go.
+                drop(taken);
+                let again = pools
+                    .h2(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a stream");
+                assert_eq!(streams_per_connection(&pools, &key), [1]);
+                assert_eq!(accepted.get(), 3);
+                drop(again);
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_for_a_dial_fail_with_it() {
+        LocalSet::new()
+            .run_until(async {
+                let closed = {
+                    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+                    listener.local_addr().expect("an address")
+                };
+                let cluster = streams_limited(closed, UNLIMITED);
+                let key = key(&cluster);
+                let pools = pools();
+                let burst = (0..3).map(|_| pools.h2(&key, &cluster, &TlsPlan::Plain));
+                let results = futures_util::future::join_all(burst).await;
+                assert!(
+                    results
+                        .iter()
+                        .all(|r| matches!(r, Err(AcquireError::Connect { .. }))),
+                    "every request failed with the one dial"
+                );
+                // Nothing is left waiting or counted as dialing.
+                pools.sweep();
+                assert!(pools.shared_h2.borrow().is_empty());
             })
             .await;
     }

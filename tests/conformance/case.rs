@@ -172,6 +172,9 @@ pub struct Expect {
     /// The interim (1xx) statuses the client saw before the final one.
     #[serde(default)]
     pub interim: Option<Vec<u16>>,
+    /// Connections the upstreams accepted while the step ran (summed).
+    #[serde(default)]
+    pub connections: Option<usize>,
 }
 
 /// What an upstream received.

@@ -247,6 +247,7 @@ async fn send_step(
     for upstream in upstreams.values() {
         let respond = step.respond.as_ref().map(|r| r.as_bytes().to_vec());
         upstream.respond_with(respond, step.hold);
+        upstream.take_accepted(); // counted from here for this step
     }
     let authority = step
         .send
@@ -335,6 +336,10 @@ fn observe(
             ids.iter().any(|sent| same_request(id, sent))
         })
         .collect();
+    let connections = step
+        .expect
+        .connections
+        .map(|_| upstreams.values().map(Upstream::take_accepted).sum());
     let seen = replies
         .first()
         .map(|reply| outcome::seen(step, reply))
@@ -345,5 +350,6 @@ fn observe(
         headers: seen.headers,
         body: seen.body,
         interim: seen.interim,
+        connections,
     }
 }

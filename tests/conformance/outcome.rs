@@ -66,6 +66,9 @@ pub struct Outcome {
     pub body: Option<String>,
     /// The first copy's interim statuses, when an expectation names them.
     pub interim: Option<Vec<u16>>,
+    /// Connections the upstreams accepted during the step, when an
+    /// expectation names them.
+    pub connections: Option<usize>,
 }
 
 impl fmt::Display for Outcome {
@@ -79,6 +82,9 @@ impl fmt::Display for Outcome {
         }
         if let Some(interim) = &self.interim {
             write!(f, ", interim {interim:?}")?;
+        }
+        if let Some(connections) = self.connections {
+            write!(f, ", {connections} upstream connections")?;
         }
         if self.forwarded.is_empty() {
             return write!(f, ", nothing forwarded");
@@ -285,6 +291,14 @@ pub fn check(expect: &Expect, outcome: &Outcome) -> Result<(), String> {
         problems.push(format!(
             "interim statuses {:?}, want {want:?}",
             outcome.interim
+        ));
+    }
+    if let Some(want) = expect.connections
+        && outcome.connections != Some(want)
+    {
+        problems.push(format!(
+            "upstream connections {:?}, want {want}",
+            outcome.connections
         ));
     }
     match &expect.upstream {

@@ -13,6 +13,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,6 +70,8 @@ pub struct Upstream {
     /// Where it listens.
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
+    /// Connections accepted since [`Upstream::take_accepted`] last read them.
+    accepted: Arc<AtomicUsize>,
     /// What a raw upstream answers (the step's `respond` and `hold`).
     answer: Arc<Mutex<RawAnswer>>,
 }
@@ -90,12 +93,15 @@ impl Upstream {
         let upstream = Upstream {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),
+            accepted: Arc::default(),
             answer: Arc::default(),
         };
+        let accepted = upstream.accepted.clone();
         let (received, raw_answer) = (upstream.received.clone(), upstream.answer.clone());
         let name = name.to_owned();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let received = received.clone();
                 let name = name.clone();
                 if behaviour.raw {
@@ -123,6 +129,11 @@ impl Upstream {
     /// until the proxy closes it.
     pub fn respond_with(&self, bytes: Option<Vec<u8>>, hold: bool) {
         *self.answer.lock().unwrap() = RawAnswer { bytes, hold };
+    }
+
+    /// Connections accepted since the last call.
+    pub fn take_accepted(&self) -> usize {
+        self.accepted.swap(0, Ordering::SeqCst)
     }
 
     /// Takes what was received so far.

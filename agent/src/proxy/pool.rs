@@ -355,7 +355,7 @@ impl Pools {
         cluster: &Cluster,
         plan: &TlsPlan,
     ) -> Result<SharedH2, AcquireError> {
-        let limit = cluster.limits.max_concurrent_streams;
+        let limits = &cluster.limits;
         let mut waited = None;
         loop {
             let no_room = {
@@ -364,10 +364,10 @@ impl Pools {
                     Some(connections) => connections,
                     None => shared.entry(key.clone()).or_default(),
                 };
-                if let Some(taken) = connections.take(limit) {
+                if let Some(taken) = connections.take(limits) {
                     return Ok(SharedH2 { taken, waited });
                 }
-                connections.no_room(limit)
+                connections.no_room(limits)
             };
             let dial = match no_room {
                 NoRoom::Wait(waiting) => {
@@ -387,7 +387,7 @@ impl Pools {
                 self.shared_h2
                     .borrow()
                     .get(key)
-                    .is_some_and(|c| c.has_room(limit))
+                    .is_some_and(|c| c.has_room(limits))
             };
             let slotted = match self.connection_slot(key, cluster, has_room).await {
                 Ok(slotted) => slotted,
@@ -404,7 +404,7 @@ impl Pools {
                 Ok((sender, peer)) => {
                     let mut shared = self.shared_h2.borrow_mut();
                     let connections = shared.entry(key.clone()).or_default();
-                    let taken = connections.made(sender, peer, dial);
+                    let taken = connections.made(sender, peer, dial, limits);
                     return Ok(SharedH2 { taken, waited });
                 }
                 Err(error) => {
@@ -761,6 +761,34 @@ mod tests {
                 assert_eq!(streams_per_connection(&pools, &key), [1]);
                 assert_eq!(accepted.get(), 3);
                 drop(again);
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_given_its_requests_is_shared_no_more() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, _accepted) = server().await;
+                let limits = PoolLimits {
+                    max_requests_per_connection: 2,
+                    ..PoolLimits::default()
+                };
+                let cluster = super::super::testing::cluster(&[address], limits, None);
+                let key = key(&cluster);
+                let pools = pools();
+                let mut held = Vec::new();
+                for expected in [vec![1], vec![], vec![1]] {
+                    let shared = pools.h2(&key, &cluster, &TlsPlan::Plain).await;
+                    held.push(shared.expect("a stream"));
+                    assert_eq!(streams_per_connection(&pools, &key), expected);
+                }
+                // The first connection carried two streams, the second one so far.
+                assert!(Rc::ptr_eq(&held[0].taken.stream.0, &held[1].taken.stream.0));
+                assert!(!Rc::ptr_eq(
+                    &held[1].taken.stream.0,
+                    &held[2].taken.stream.0
+                ));
             })
             .await;
     }

@@ -14,6 +14,8 @@
 //! made. A connection beyond the first is kept only while it carries
 //! streams: once its last stream ends it goes at the next request or
 //! sweep (hyper closes it when no sender is left and its streams are done).
+//! A connection given `maxRequestsPerConnection` streams is shared no
+//! more, as Envoy drains it: it closes once they end.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -23,6 +25,7 @@ use tokio::sync::Notify;
 
 use super::body::UpstreamBody;
 use super::pool::PeerIdentity;
+use crate::model::live::PoolLimits;
 
 /// One shared HTTP/2 connection.
 struct Shared {
@@ -30,11 +33,13 @@ struct Shared {
     peer: PeerIdentity,
     /// Streams it carries now.
     streams: Rc<Cell<u64>>,
+    /// Streams it has been given.
+    served: u64,
 }
 
 /// One in a count ([`Cell`]) until dropped.
 #[derive(Debug)]
-pub struct Counted(Rc<Cell<u64>>);
+pub struct Counted(pub(super) Rc<Cell<u64>>);
 
 impl Counted {
     fn new(count: &Rc<Cell<u64>>) -> Self {
@@ -114,27 +119,36 @@ impl Drop for Dialing {
 }
 
 impl Connections {
-    /// A stream on the first live connection with fewer than `limit`
-    /// streams. Closed connections are dropped, and idle ones after it
-    /// (surplus: an earlier one has room).
-    pub fn take(&mut self, limit: u64) -> Option<Taken> {
+    /// A stream on the first live connection with fewer than
+    /// `maxConcurrentStreams` streams. Closed connections are dropped, and idle ones after it
+    /// (surplus: an earlier one has room); a connection given its
+    /// `maxRequestsPerConnection`-th stream is given no more: no longer
+    /// shared, it closes once its streams end.
+    pub fn take(&mut self, limits: &PoolLimits) -> Option<Taken> {
         self.shared.retain(|c| !c.sender.is_closed());
+        let limit = limits.max_concurrent_streams;
         let at = self.shared.iter().position(|c| c.streams.get() < limit)?;
         let mut index = 0;
         self.shared.retain(|c| {
             index += 1;
             index <= at + 1 || c.streams.get() > 0
         });
-        let shared = &self.shared[at];
-        Some(Taken {
+        let shared = &mut self.shared[at];
+        shared.served += 1;
+        let taken = Taken {
             sender: shared.sender.clone(),
             peer: shared.peer.clone(),
             stream: Counted::new(&shared.streams),
-        })
+        };
+        if spent(shared.served, limits) {
+            self.shared.remove(at);
+        }
+        Some(taken)
     }
 
     /// Whether a live connection has room for one more stream.
-    pub fn has_room(&self, limit: u64) -> bool {
+    pub fn has_room(&self, limits: &PoolLimits) -> bool {
+        let limit = limits.max_concurrent_streams;
         self.shared
             .iter()
             .any(|c| !c.sender.is_closed() && c.streams.get() < limit)
@@ -148,10 +162,14 @@ impl Connections {
     }
 
     /// For a request that found no room: wait for the dials under way when
-    /// their room (each new connection's `limit` streams, less the one its
-    /// dialer takes) is not yet spoken for, else dial.
-    pub fn no_room(&self, limit: u64) -> NoRoom {
-        let room = self.dialing.get().saturating_mul(limit.saturating_sub(1));
+    /// their room (each new connection's streams, less the one its dialer
+    /// takes) is not yet spoken for, else dial.
+    pub fn no_room(&self, limits: &PoolLimits) -> NoRoom {
+        let streams = match limits.max_requests_per_connection {
+            0 => limits.max_concurrent_streams,
+            most => limits.max_concurrent_streams.min(most),
+        };
+        let room = self.dialing.get().saturating_mul(streams.saturating_sub(1));
         if self.waiting.get() < room {
             NoRoom::Wait(Waiting {
                 _waiting: Counted::new(&self.waiting),
@@ -174,14 +192,18 @@ impl Connections {
         sender: http2::SendRequest<UpstreamBody>,
         peer: PeerIdentity,
         dial: Dialing,
+        limits: &PoolLimits,
     ) -> Taken {
         let streams = Rc::new(Cell::new(0));
         let stream = Counted::new(&streams);
-        self.shared.push(Shared {
-            sender: sender.clone(),
-            peer: peer.clone(),
-            streams,
-        });
+        if !spent(1, limits) {
+            self.shared.push(Shared {
+                sender: sender.clone(),
+                peer: peer.clone(),
+                streams,
+                served: 1,
+            });
+        }
         drop(dial);
         Taken {
             sender,
@@ -207,4 +229,10 @@ impl Connections {
     pub fn forget(&mut self, stream: &Counted) {
         self.shared.retain(|c| !Rc::ptr_eq(&c.streams, &stream.0));
     }
+}
+
+/// Whether a connection that has been given `served` streams is given no
+/// more (`maxRequestsPerConnection`, 0: no limit).
+fn spent(served: u64, limits: &PoolLimits) -> bool {
+    limits.max_requests_per_connection > 0 && served >= limits.max_requests_per_connection
 }

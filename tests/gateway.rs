@@ -687,3 +687,78 @@ async fn a_port_in_use_names_the_gateway_its_port_and_the_address() {
     }
     drop(taken);
 }
+
+/// The IngressGateway's `downstream` times its clients as the Agent's
+/// does: a kept-alive connection with no request is closed at
+/// `idleTimeout`, and an upload that stops is answered 408 at
+/// `streamIdleTimeout` (with the defaults, 1h and 5m, neither comes
+/// within the test's wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_times_its_clients_as_its_downstream_says() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Upstream::start("app").await;
+    let config = bootstrap(
+        &[80],
+        common::mesh::NO_COLLECTOR,
+        "  downstream: {idleTimeout: 1s, streamIdleTimeout: 1s}",
+    ) + &service_entry(
+        "app",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: app.addr,
+            labels: &[],
+        }],
+    ) + r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop}
+spec:
+  hosts: ["*"]
+  gateways: [shop]
+  http: [{route: [{destination: {host: app}}]}]
+"#;
+    let gateway = Gateway::start(&config);
+    // Everything the gateway sends on `stream` until it closes it (the
+    // test's wait is 20 s, against the 1 s configured).
+    async fn until_closed(stream: &mut tokio::net::TcpStream) -> String {
+        let mut seen = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            stream.read_to_end(&mut seen),
+        )
+        .await;
+        assert!(
+            read.is_ok(),
+            "still open after 20 s: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    let mut idle = tokio::net::TcpStream::connect(gateway.port(80))
+        .await
+        .unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: shop\r\n\r\n")
+        .await
+        .unwrap();
+    let seen = until_closed(&mut idle).await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+
+    let mut stalled = tokio::net::TcpStream::connect(gateway.port(80))
+        .await
+        .unwrap();
+    stalled
+        .write_all(b"POST / HTTP/1.1\r\nhost: shop\r\ncontent-length: 10\r\n\r\nab")
+        .await
+        .unwrap();
+    let seen = until_closed(&mut stalled).await;
+    assert!(seen.starts_with("HTTP/1.1 408"), "{seen}");
+}

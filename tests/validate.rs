@@ -629,3 +629,32 @@ fn a_cap_on_stalled_streams_out_of_range_is_named() {
         assert!(message.contains("between 1 and 1048576"), "{message}");
     }
 }
+
+/// The IngressGateway's `downstream` and `overload` are checked as the
+/// Agent's, and named in the gateway's document.
+#[test]
+fn a_gateways_bounds_out_of_range_are_named() {
+    let yaml = "apiVersion: tracemesh.io/v1\nkind: IngressGateway\nmetadata: {name: istio-ingressgateway, namespace: istio-system}\nspec:\n  labels: {istio: ingressgateway}\n  downstream: {streamIdleTimeout: 48h}\n  overload: {maxStalledStreams: 0}\n";
+    let (code, report) = run_json(&["-"], yaml);
+    assert_eq!(code, 1, "{report:#}");
+    let mut fields: Vec<&str> = errors(&report)
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "spec.downstream.streamIdleTimeout",
+            "spec.overload.maxStalledStreams"
+        ],
+        "{report:#}"
+    );
+    for error in errors(&report) {
+        assert_eq!(
+            error["resource"], "IngressGateway istio-system/istio-ingressgateway",
+            "{report:#}"
+        );
+        assert_eq!(error["document"], 1, "{report:#}");
+    }
+}

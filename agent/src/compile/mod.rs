@@ -251,8 +251,8 @@ fn gateway_proxy(
             concurrency: spec.concurrency,
             num_trusted_proxies: spec.num_trusted_proxies,
             drain_duration: spec.drain_duration,
-            downstream: Default::default(),
-            overload: Default::default(),
+            downstream: spec.downstream.clone(),
+            overload: spec.overload.clone(),
             path_normalization: spec.path_normalization.clone(),
         },
     };

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::agent::{AccessLogSpec, AdminSpec, IdentitySpec, PathNormalizationSpec, TelemetrySpec};
+use super::agent::{
+    AccessLogSpec, AdminSpec, DownstreamSpec, IdentitySpec, OverloadSpec, PathNormalizationSpec,
+    TelemetrySpec,
+};
 use super::duration::IstioDuration;
 
 /// The `spec` of the IngressGateway document.
@@ -72,6 +75,14 @@ pub struct IngressGatewaySpec {
     /// passed or no connection is left.
     #[serde(default = "default_drain")]
     pub drain_duration: IstioDuration,
+    /// Timeouts of the gateway's downstream connections and streams, as the
+    /// Agent's `downstream` (Envoy's `idle_timeout`, `stream_idle_timeout`).
+    #[serde(default)]
+    pub downstream: DownstreamSpec,
+    /// What the gateway holds for peers that stop reading, as the Agent's
+    /// `overload`.
+    #[serde(default)]
+    pub overload: OverloadSpec,
     /// How request paths are normalized (Istio's mesh `pathNormalization`).
     #[serde(default)]
     pub path_normalization: PathNormalizationSpec,

@@ -389,13 +389,9 @@ impl Pools {
                     .get(key)
                     .is_some_and(|c| c.has_room(limits))
             };
-            let slotted = match self.connection_slot(key, cluster, has_room).await {
-                Ok(slotted) => slotted,
-                Err(error) => {
-                    self.h2_dial_failed(key, dial);
-                    return Err(error);
-                }
-            };
+            // (An overflow is not a failed dial: the requests waiting for
+            // this one look again, and meet the limits themselves.)
+            let slotted = self.connection_slot(key, cluster, has_room).await?;
             waited = add_waits(waited, slotted.waited);
             if has_room() {
                 continue; // a stream of this worker's ended meanwhile
@@ -789,6 +785,50 @@ mod tests {
                     &held[1].taken.stream.0,
                     &held[2].taken.stream.0
                 ));
+            })
+            .await;
+    }
+
+    /// A request that waited for another's dial, when that dial never
+    /// began because the cluster's connections were all in use, meets the
+    /// limits itself (an overflow, UO), not a connect failure.
+    #[tokio::test]
+    async fn a_dial_that_overflows_is_no_failed_dial() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, _accepted) = server().await;
+                let limits = PoolLimits {
+                    max_connections: 1,
+                    max_pending: 1,
+                    max_concurrent_streams: 2,
+                    ..PoolLimits::default()
+                };
+                let mut cluster = super::super::testing::cluster(&[address], limits, None);
+                Arc::get_mut(&mut cluster)
+                    .expect("the only owner")
+                    .connect_timeout = Duration::from_millis(200);
+                let key = key(&cluster);
+                let pools = pools();
+                let plan = &TlsPlan::Plain;
+                // The one connection, full with two streams.
+                let _held = [
+                    pools.h2(&key, &cluster, plan).await.expect("a stream"),
+                    pools.h2(&key, &cluster, plan).await.expect("a stream"),
+                ];
+                // The third dials, and waits as the pending request for a
+                // slot; the fourth waits for the third's dial.
+                let (third, fourth) = futures_util::future::join(
+                    pools.h2(&key, &cluster, plan),
+                    pools.h2(&key, &cluster, plan),
+                )
+                .await;
+                for result in [third, fourth] {
+                    assert!(
+                        matches!(result, Err(AcquireError::Overflow(MAX_CONNECTIONS))),
+                        "{:?}",
+                        result.err()
+                    );
+                }
             })
             .await;
     }

@@ -473,7 +473,7 @@ async fn max_concurrent_streams_spreads_http2_streams_over_connections() {
             + extra
     };
     let app = Upstream::start("app").await;
-    app.delay_all(2000);
+    app.delay_all(4000);
     let policy = "{connectionPool: {http: {maxConcurrentStreams: 2}}}";
     let agent = Agent::start(&config(&app, &destination_rule(policy)));
     assert_eq!(burst(&agent, 8).await, vec![200; 8]);
@@ -503,7 +503,7 @@ async fn max_concurrent_streams_spreads_http2_streams_over_connections() {
 
     // Without the field a worker's streams share its one connection.
     let app = Upstream::start("app").await;
-    app.delay_all(2000);
+    app.delay_all(4000);
     let agent = Agent::start(&config(&app, ""));
     assert_eq!(burst(&agent, 8).await, vec![200; 8]);
     assert!(

@@ -17,7 +17,7 @@ use super::client_body::{ClientBody, ClientBodyError};
 use super::h1;
 use super::pool::Lease;
 use super::progress::RequestProgress;
-use super::shared_h2::Counted;
+use super::shared_h2::StreamBody;
 use super::stalled::{Cut, CutSignal, WatchedError, WatchedStream};
 use super::stream_idle::{IdleTimer, StreamClock};
 use super::tap::TapReader;
@@ -151,14 +151,9 @@ pub enum Received {
     Hyper(Incoming),
     /// Read by hyper from an HTTP/2 stream, watched for a client that
     /// stops reading it ([`stalled`](super::stalled)); its cut ends it with
-    /// [`Cut`]; counted on its connection until dropped
-    /// ([`shared_h2`](super::shared_h2)).
-    Http2 {
-        /// The stream's body.
-        body: WatchedStream<Incoming>,
-        /// The stream's place in its connection's count.
-        _stream: Counted,
-    },
+    /// [`Cut`]; counted on its connection until it ends or is cut
+    /// ([`StreamBody`]).
+    Http2(WatchedStream<StreamBody>),
 }
 
 impl Received {
@@ -166,7 +161,7 @@ impl Received {
     fn holds_error(&self) -> bool {
         match self {
             Self::Own(body) => body.holds_error(),
-            Self::Hyper(_) | Self::Http2 { .. } => false,
+            Self::Hyper(_) | Self::Http2(_) => false,
         }
     }
 
@@ -174,7 +169,7 @@ impl Received {
     /// it has.
     fn cut_reason(&self) -> Option<Cut> {
         match self {
-            Self::Http2 { body, .. } => body.cut_reason(),
+            Self::Http2(body) => body.cut_reason(),
             Self::Own(_) | Self::Hyper(_) => None,
         }
     }
@@ -191,12 +186,10 @@ impl Body for Received {
         match self.get_mut() {
             Self::Own(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Self::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Self::Http2 { body, .. } => {
-                Pin::new(body).poll_frame(cx).map_err(|error| match error {
-                    WatchedError::Source(error) => error.into(),
-                    WatchedError::Cut(cut) => cut.into(),
-                })
-            }
+            Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(|error| match error {
+                WatchedError::Source(error) => error.into(),
+                WatchedError::Cut(cut) => cut.into(),
+            }),
         }
     }
 
@@ -204,7 +197,7 @@ impl Body for Received {
         match self {
             Self::Own(body) => body.is_end_stream(),
             Self::Hyper(body) => body.is_end_stream(),
-            Self::Http2 { body, .. } => body.is_end_stream(),
+            Self::Http2(body) => body.is_end_stream(),
         }
     }
 
@@ -212,7 +205,7 @@ impl Body for Received {
         match self {
             Self::Own(body) => body.size_hint(),
             Self::Hyper(body) => body.size_hint(),
-            Self::Http2 { body, .. } => body.size_hint(),
+            Self::Http2(body) => body.size_hint(),
         }
     }
 }
@@ -309,7 +302,7 @@ impl<O: ResponseObserver> ResponseBody<O> {
         if let Some(clock) = &clock {
             clock.touch();
         }
-        if let Received::Http2 { body, .. } = &body {
+        if let Received::Http2(body) = &body {
             body.time_by(clock.clone());
         }
         let mut body = Self {

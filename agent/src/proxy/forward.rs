@@ -8,6 +8,7 @@ use super::body::{Received, UpstreamBody};
 use super::canonical::known_transfer_coding;
 use super::h1::{self, SendFailure};
 use super::pool::{AcquireError, PoolKey, add_waits};
+use super::shared_h2::StreamBody;
 use super::stalled::WatchedStream;
 use super::upstream::{AttemptHead, SendError, Sent, Upstream};
 use crate::model::cluster::{Cluster, UpstreamTls};
@@ -110,10 +111,8 @@ pub async fn send(
                             if http_body::Body::is_end_stream(&body) {
                                 Received::Hyper(body)
                             } else {
-                                Received::Http2 {
-                                    body: WatchedStream::new(body, stalls, None),
-                                    _stream: stream,
-                                }
+                                let body = StreamBody::new(body, stream);
+                                Received::Http2(WatchedStream::new(body, stalls, None))
                             }
                         }),
                         peer: shared.taken.peer,

@@ -1,6 +1,7 @@
 //! Upstream connections, pooled per worker and per endpoint: HTTP/1.1
-//! connections are reused one request at a time, an HTTP/2 connection is
-//! shared by all requests. Owned by one thread, so no lock.
+//! connections are reused one request at a time, HTTP/2 connections are
+//! shared by the requests, up to `maxConcurrentStreams` streams each
+//! ([`shared_h2`](super::shared_h2)). Owned by one thread, so no lock.
 //!
 //! A cluster with a `maxConnections` limit counts its connections across
 //! workers; a request that finds none free waits as a pending request (up to
@@ -31,7 +32,7 @@ use super::LocalExec;
 use super::body::UpstreamBody;
 use super::flow_control::{CONNECTION_WINDOW, STREAM_WINDOW};
 use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
-use super::shared_h2::{Connections, Counted, Dialing, NoRoom, Taken};
+use super::shared_h2::{Connections, Counted, DialFailure, NoRoom, Taken};
 use crate::by_address::ByAddress;
 use crate::connect::connect_tcp;
 use crate::model::cluster::Cluster;
@@ -99,6 +100,10 @@ pub struct PoolKey {
     bind: Option<std::net::IpAddr>,
     tls: TlsKey,
     counted_by: Option<ByAddress<ClusterState>>,
+    /// The cluster's `maxConcurrentStreams` and `maxRequestsPerConnection`
+    /// when it sets either: clusters that share an endpoint but not these
+    /// share no connection, as each Envoy cluster has its own pool.
+    streams: Option<(u64, u64)>,
 }
 
 impl PoolKey {
@@ -113,6 +118,14 @@ impl PoolKey {
             },
             counted_by: (cluster.limits.max_connections != UNLIMITED)
                 .then(|| ByAddress(cluster.state.clone())),
+            streams: {
+                let limits = &cluster.limits;
+                let streams = (
+                    limits.max_concurrent_streams,
+                    limits.max_requests_per_connection,
+                );
+                (streams != (UNLIMITED, 0)).then_some(streams)
+            },
         }
     }
 }
@@ -371,15 +384,26 @@ impl Pools {
             };
             let dial = match no_room {
                 NoRoom::Wait(waiting) => {
-                    if waiting.dialed().await {
-                        continue;
-                    }
-                    return Err(AcquireError::Connect {
-                        addr: key.addr.to_string(),
-                        source: std::io::Error::other(
-                            "the connection this request waited for could not be made",
+                    // Waiting for a connection, it is a pending request
+                    // where the cluster counts them (as in Envoy's pool).
+                    let pending = match key.counted_by.as_ref() {
+                        Some(state) => Some(
+                            state
+                                .0
+                                .take_pending(limits.max_pending)
+                                .ok_or(AcquireError::Overflow(MAX_PENDING))?,
                         ),
-                    });
+                        None => None,
+                    };
+                    let began = Instant::now();
+                    let dialed = waiting.dialed().await;
+                    if pending.is_some() {
+                        waited = add_waits(waited, Some(began.elapsed()));
+                    }
+                    match dialed {
+                        Ok(()) => continue,
+                        Err(failure) => return Err(failed_dial(key, failure)),
+                    }
                 }
                 NoRoom::Dial(dial) => dial,
             };
@@ -389,32 +413,60 @@ impl Pools {
                     .get(key)
                     .is_some_and(|c| c.has_room(limits))
             };
-            // (An overflow is not a failed dial: the requests waiting for
-            // this one look again, and meet the limits themselves.)
-            let slotted = self.connection_slot(key, cluster, has_room).await?;
+            let slotted = match self.connection_slot(key, cluster, has_room).await {
+                Ok(slotted) => slotted,
+                Err(error) => {
+                    // Turned away after waiting for a slot: so are the
+                    // requests that waited for this dial. (Turned away at
+                    // once, past the pending limit, it had none.)
+                    if let AcquireError::Overflow(MAX_CONNECTIONS) = error {
+                        dial.failed(DialFailure::Overflow(MAX_CONNECTIONS));
+                    }
+                    return Err(error);
+                }
+            };
             waited = add_waits(waited, slotted.waited);
             if has_room() {
                 continue; // a stream of this worker's ended meanwhile
             }
             match self.open_h2(key, cluster, plan, slotted.slot).await {
                 Ok((sender, peer)) => {
-                    let mut shared = self.shared_h2.borrow_mut();
-                    let connections = shared.entry(key.clone()).or_default();
-                    let taken = connections.made(sender, peer, dial, limits);
+                    let taken = {
+                        let mut shared = self.shared_h2.borrow_mut();
+                        let connections = shared.entry(key.clone()).or_default();
+                        connections.made(sender, peer, dial, limits)
+                    };
+                    // The sweeper lets it go once idle for its timeout.
+                    self.sweep_by(Instant::now() + limits.idle_timeout, key);
                     return Ok(SharedH2 { taken, waited });
                 }
                 Err(error) => {
-                    self.h2_dial_failed(key, dial);
+                    dial.failed(match &error {
+                        AcquireError::Tls { reason, .. } => DialFailure::Tls(reason),
+                        AcquireError::Overflow(limit) => DialFailure::Overflow(limit),
+                        AcquireError::Connect { .. } | AcquireError::Handshake { .. } => {
+                            DialFailure::Connect
+                        }
+                    });
                     return Err(error);
                 }
             }
         }
     }
 
-    fn h2_dial_failed(&self, key: &PoolKey, dial: Dialing) {
-        match self.shared_h2.borrow().get(key) {
-            Some(connections) => connections.failed(dial),
-            None => drop(dial),
+    /// Wakes the sweeper by `deadline` (and, for a cluster that counts
+    /// connections, whenever a request on any worker waits for a slot).
+    fn sweep_by(&self, deadline: Instant, key: &PoolKey) {
+        let earlier = self.sweep_at.get().is_none_or(|at| deadline < at);
+        let unheard = key.counted_by.is_some() && !self.sweep_limited.get();
+        if earlier {
+            self.sweep_at.set(Some(deadline));
+        }
+        if unheard {
+            self.sweep_limited.set(true);
+        }
+        if earlier || unheard {
+            self.sweep_now.notify_one();
         }
     }
 
@@ -427,6 +479,9 @@ impl Pools {
         slot: Option<Slot>,
     ) -> Result<(http2::SendRequest<UpstreamBody>, PeerIdentity), AcquireError> {
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
+        // The slot goes with the socket: hyper's connection future ends
+        // when no sender is left, while the socket carries the streams on.
+        let io = SlottedIo { io, _slot: slot };
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
@@ -438,7 +493,6 @@ impl Pools {
                 source,
             })?;
         tokio::task::spawn_local(async move {
-            let _slot = slot; // the connection counts until it closes
             if let Err(error) = conn.await {
                 tracing::debug!(%error, "upstream HTTP/2 connection closed with an error");
             }
@@ -554,9 +608,16 @@ impl Pools {
             next.limited |= !list.is_empty() && key.counted_by.is_some();
             !list.is_empty()
         });
-        self.shared_h2
-            .borrow_mut()
-            .retain(|_, connections| connections.retain_live());
+        self.shared_h2.borrow_mut().retain(|key, connections| {
+            let counted = key.counted_by.as_ref();
+            let wanted = counted.is_some_and(|c| c.0.has_waiters());
+            let (left, due) = connections.sweep(now, wanted);
+            if let Some(due) = due {
+                next.at = Some(next.at.map_or(due, |at| at.min(due)));
+            }
+            next.limited |= connections.holds_any() && counted.is_some();
+            left
+        });
         self.sweep_at.set(next.at);
         self.sweep_limited.set(next.limited);
         next
@@ -591,6 +652,74 @@ impl Pools {
                 () = due => {}
             }
         }
+    }
+}
+
+/// The error a request that waited for a dial fails with: the dial's.
+fn failed_dial(key: &PoolKey, failure: DialFailure) -> AcquireError {
+    let addr = key.addr.to_string();
+    match failure {
+        DialFailure::Connect => AcquireError::Connect {
+            addr,
+            source: std::io::Error::other(WAITED_FOR_A_FAILED_DIAL),
+        },
+        DialFailure::Tls(reason) => AcquireError::Tls { addr, reason },
+        DialFailure::Overflow(limit) => AcquireError::Overflow(limit),
+    }
+}
+
+/// What a request that waited for a failed dial is told.
+const WAITED_FOR_A_FAILED_DIAL: &str = "the connection this request waited for could not be made";
+
+/// An upstream socket holding its connection slot until dropped.
+struct SlottedIo {
+    io: UpstreamIo,
+    _slot: Option<Slot>,
+}
+
+impl tokio::io::AsyncRead for SlottedIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SlottedIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -761,6 +890,35 @@ mod tests {
             .await;
     }
 
+    /// A sweep lets surplus idle HTTP/2 connections go, and the last one
+    /// once it has been idle for the idle timeout.
+    #[tokio::test]
+    async fn idle_http2_connections_go_at_sweeps() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, _accepted) = server().await;
+                let limits = PoolLimits {
+                    max_concurrent_streams: 1,
+                    idle_timeout: Duration::from_millis(100),
+                    ..PoolLimits::default()
+                };
+                let cluster = super::super::testing::cluster(&[address], limits, None);
+                let key = key(&cluster);
+                let pools = pools();
+                let burst = (0..3).map(|_| pools.h2(&key, &cluster, &TlsPlan::Plain));
+                let taken = futures_util::future::join_all(burst).await;
+                assert_eq!(streams_per_connection(&pools, &key), [1, 1, 1]);
+                drop(taken);
+                pools.sweep();
+                assert_eq!(streams_per_connection(&pools, &key), [0]);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let next = pools.sweep();
+                assert!(pools.shared_h2.borrow().is_empty());
+                assert_eq!(next.at, None, "nothing left to sweep");
+            })
+            .await;
+    }
+
     #[tokio::test]
     async fn an_http2_connection_given_its_requests_is_shared_no_more() {
         LocalSet::new()
@@ -789,17 +947,18 @@ mod tests {
             .await;
     }
 
-    /// A request that waited for another's dial, when that dial never
-    /// began because the cluster's connections were all in use, meets the
-    /// limits itself (an overflow, UO), not a connect failure.
+    /// Requests waiting for another's dial wait as pending requests where
+    /// the cluster counts connections (past `http1MaxPendingRequests`:
+    /// UO at once), and a dial that overflows the limits fails them with
+    /// it, as a dial that fails does.
     #[tokio::test]
-    async fn a_dial_that_overflows_is_no_failed_dial() {
+    async fn requests_waiting_for_a_dial_are_pending_requests() {
         LocalSet::new()
             .run_until(async {
                 let (address, _accepted) = server().await;
                 let limits = PoolLimits {
                     max_connections: 1,
-                    max_pending: 1,
+                    max_pending: 2,
                     max_concurrent_streams: 2,
                     ..PoolLimits::default()
                 };
@@ -815,20 +974,62 @@ mod tests {
                     pools.h2(&key, &cluster, plan).await.expect("a stream"),
                     pools.h2(&key, &cluster, plan).await.expect("a stream"),
                 ];
-                // The third dials, and waits as the pending request for a
-                // slot; the fourth waits for the third's dial.
-                let (third, fourth) = futures_util::future::join(
+                // The third dials, waiting as a pending request for a slot;
+                // the fourth waits for the third's dial, pending too; the
+                // fifth finds no pending place.
+                let (third, fourth, fifth) = futures_util::future::join3(
+                    pools.h2(&key, &cluster, plan),
                     pools.h2(&key, &cluster, plan),
                     pools.h2(&key, &cluster, plan),
                 )
                 .await;
-                for result in [third, fourth] {
-                    assert!(
-                        matches!(result, Err(AcquireError::Overflow(MAX_CONNECTIONS))),
-                        "{:?}",
-                        result.err()
-                    );
+                let overflow = |result: Result<SharedH2, AcquireError>| match result {
+                    Err(AcquireError::Overflow(limit)) => limit,
+                    other => panic!("{:?}", other.err()),
+                };
+                assert_eq!(overflow(third), MAX_CONNECTIONS);
+                assert_eq!(overflow(fourth), MAX_CONNECTIONS, "told by the dial");
+                assert_eq!(overflow(fifth), MAX_PENDING);
+                assert_eq!(cluster.state.pending.load(Ordering::Relaxed), 0);
+            })
+            .await;
+    }
+
+    /// An HTTP/2 connection's slot is held by its socket: while a stream is
+    /// in flight it counts, even once no sender is left (hyper's connection
+    /// future ends then).
+    #[tokio::test]
+    async fn a_connection_no_longer_shared_keeps_its_slot_while_streams_run() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, _accepted) = server().await;
+                let limits = PoolLimits {
+                    max_connections: 1,
+                    max_requests_per_connection: 1,
+                    ..PoolLimits::default()
+                };
+                let cluster = super::super::testing::cluster(&[address], limits, None);
+                let key = key(&cluster);
+                let pools = pools();
+                let mut shared = pools
+                    .h2(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a stream");
+                // Given its one request, the connection is shared no more:
+                // the request's sender is its last.
+                assert_eq!(streams_per_connection(&pools, &key), Vec::<u64>::new());
+                let request = http::Request::get("http://svc/")
+                    .body(UpstreamBody::Full(None))
+                    .expect("a request");
+                let in_flight = shared.taken.sender.send_request(request);
+                drop(shared);
+                let unanswered = tokio::task::spawn_local(in_flight);
+                for _ in 0..1000 {
+                    tokio::task::yield_now().await;
                 }
+                assert!(!unanswered.is_finished(), "the server never answers");
+                assert_eq!(cluster.state.connections.load(Ordering::Relaxed), 1);
+                unanswered.abort();
             })
             .await;
     }
@@ -850,8 +1051,17 @@ mod tests {
                     results
                         .iter()
                         .all(|r| matches!(r, Err(AcquireError::Connect { .. }))),
-                    "every request failed with the one dial"
+                    "every request failed"
                 );
+                // One dialed; the other two waited for its dial.
+                let told = results
+                    .iter()
+                    .filter(|r| {
+                        matches!(r, Err(AcquireError::Connect { source, .. })
+                            if source.to_string() == WAITED_FOR_A_FAILED_DIAL)
+                    })
+                    .count();
+                assert_eq!(told, 2);
                 // Nothing is left waiting or counted as dialing.
                 pools.sweep();
                 assert!(pools.shared_h2.borrow().is_empty());

@@ -7,19 +7,29 @@
 //!
 //! Requests that find no room while connections are being dialed wait for
 //! those dials when the dials' room would take them (each new connection
-//! carries `maxConcurrentStreams`, the dialing request's stream included),
-//! so a burst opens as many connections as its streams need, not one per
-//! request; a failed dial fails the requests that waited for it, as
-//! Envoy's pool fails requests pending on a connection that could not be
-//! made. A connection beyond the first is kept only while it carries
-//! streams: once its last stream ends it goes at the next request or
-//! sweep (hyper closes it when no sender is left and its streams are done).
-//! A connection given `maxRequestsPerConnection` streams is shared no
-//! more, as Envoy drains it: it closes once they end.
+//! carries `maxConcurrentStreams`, or `maxRequestsPerConnection` when
+//! fewer, the dialing request's stream included), so a burst opens as many
+//! connections as its streams need, not one per request. A dial that fails
+//! (or overflows the cluster's limits) fails the requests that waited for
+//! it with its own error, as Envoy's pool fails the requests pending on a
+//! connection that could not be made.
+//!
+//! An idle connection after one with room is surplus: it goes at the
+//! worker's next request for the key or pool sweep (hyper closes it once no
+//! sender is left and its streams are done), and so does every idle one
+//! while requests of the cluster wait for a connection slot. A connection
+//! given `maxRequestsPerConnection` streams is shared no more, as Envoy
+//! drains it: it closes once they end.
 
 use std::cell::Cell;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use tokio::sync::Notify;
 
@@ -35,6 +45,8 @@ struct Shared {
     streams: Rc<Cell<u64>>,
     /// Streams it has been given.
     served: u64,
+    /// When a sweep first found it carrying none (since then).
+    idle_since: Option<Instant>,
 }
 
 /// One in a count ([`Cell`]) until dropped.
@@ -61,22 +73,87 @@ pub struct Taken {
     /// The server's identity, on mTLS connections.
     pub peer: PeerIdentity,
     /// The stream, counted on its connection until dropped: held by the
-    /// request until its response ends (or it got none).
+    /// request's response body ([`StreamBody`]) until it ends or is cut
+    /// (or dropped when no response came).
     pub stream: Counted,
+}
+
+/// A response body read from a shared connection's stream, counted on the
+/// connection until dropped (a cut drops it with the stream: the stream is
+/// reset, and so no longer the connection's).
+pub struct StreamBody {
+    body: Incoming,
+    _stream: Counted,
+}
+
+impl StreamBody {
+    /// `body`, read from the stream `stream` counts.
+    pub fn new(body: Incoming, stream: Counted) -> Self {
+        Self {
+            body,
+            _stream: stream,
+        }
+    }
+}
+
+impl Body for StreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Why a dial made no connection, told to the requests that waited for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialFailure {
+    /// TCP connect or the HTTP/2 handshake failed.
+    Connect,
+    /// The TLS handshake failed, for this reason.
+    Tls(&'static str),
+    /// The cluster's connection limits turned it away: the
+    /// DestinationRule field of the limit.
+    Overflow(&'static str),
+}
+
+/// What ended dials tell the requests waiting for them.
+#[derive(Default)]
+struct Dials {
+    /// Dials that ended so far (a waiter compares it before and after).
+    ended: Cell<u64>,
+    /// Dials that failed so far.
+    failed: Cell<u64>,
+    /// Why the last one failed.
+    last_failure: Cell<Option<DialFailure>>,
+    /// Told when a dial ends, made, failed or given up.
+    notify: Notify,
 }
 
 /// The shared connections of one pool key on one worker.
 #[derive(Default)]
 pub struct Connections {
     shared: Vec<Shared>,
+    /// The cluster's `maxConcurrentStreams` and idle timeout, as the last
+    /// connection was made (what sweeps apply).
+    max_streams: u64,
+    idle_timeout: Duration,
     /// Connections being dialed for this key.
     dialing: Rc<Cell<u64>>,
     /// Requests waiting for those dials.
     waiting: Rc<Cell<u64>>,
-    /// Dials that failed so far (a waiter compares it before and after).
-    failed_dials: Rc<Cell<u64>>,
-    /// Told when a dial ends, made, failed or given up.
-    dialed: Rc<Notify>,
+    dials: Rc<Dials>,
 }
 
 /// What a request that found no room does.
@@ -90,18 +167,31 @@ pub enum NoRoom {
 /// A request waiting for the dials under way, counted until dropped.
 pub struct Waiting {
     _waiting: Counted,
-    dialed: Rc<Notify>,
-    failed_dials: Rc<Cell<u64>>,
+    dials: Rc<Dials>,
+    ended_before: u64,
     failed_before: u64,
 }
 
 impl Waiting {
-    /// Waits until a dial ends; `false` when one failed meanwhile.
-    pub async fn dialed(self) -> bool {
-        // (The wait began with this request's look at the connections,
-        // with no await between: no dial can have ended unheard.)
-        self.dialed.notified().await;
-        self.failed_dials.get() == self.failed_before
+    /// Waits until a dial ends; the failure of one that failed meanwhile.
+    pub async fn dialed(self) -> Result<(), DialFailure> {
+        loop {
+            let notified = self.dials.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.dials.ended.get() != self.ended_before {
+                break;
+            }
+            notified.await;
+        }
+        if self.dials.failed.get() == self.failed_before {
+            return Ok(());
+        }
+        Err(self
+            .dials
+            .last_failure
+            .get()
+            .unwrap_or(DialFailure::Connect))
     }
 }
 
@@ -109,32 +199,35 @@ impl Waiting {
 /// up) wakes the requests waiting for dials.
 pub struct Dialing {
     _dialing: Counted,
-    dialed: Rc<Notify>,
+    dials: Rc<Dials>,
+}
+
+impl Dialing {
+    /// The dial made no connection: the requests waiting for it fail with
+    /// `failure`.
+    pub fn failed(self, failure: DialFailure) {
+        self.dials.failed.set(self.dials.failed.get() + 1);
+        self.dials.last_failure.set(Some(failure));
+    }
 }
 
 impl Drop for Dialing {
     fn drop(&mut self) {
-        self.dialed.notify_waiters();
+        self.dials.ended.set(self.dials.ended.get() + 1);
+        self.dials.notify.notify_waiters();
     }
 }
 
 impl Connections {
     /// A stream on the first live connection with fewer than
-    /// `maxConcurrentStreams` streams. Closed connections are dropped, and idle ones after it
-    /// (surplus: an earlier one has room); a connection given its
-    /// `maxRequestsPerConnection`-th stream is given no more: no longer
-    /// shared, it closes once its streams end.
+    /// `maxConcurrentStreams` streams (surplus idle connections dropped);
+    /// a connection given its `maxRequestsPerConnection`-th stream is
+    /// given no more: no longer shared, it closes once its streams end.
     pub fn take(&mut self, limits: &PoolLimits) -> Option<Taken> {
-        self.shared.retain(|c| !c.sender.is_closed());
-        let limit = limits.max_concurrent_streams;
-        let at = self.shared.iter().position(|c| c.streams.get() < limit)?;
-        let mut index = 0;
-        self.shared.retain(|c| {
-            index += 1;
-            index <= at + 1 || c.streams.get() > 0
-        });
+        let at = self.prune(limits, false)?;
         let shared = &mut self.shared[at];
         shared.served += 1;
+        shared.idle_since = None;
         let taken = Taken {
             sender: shared.sender.clone(),
             peer: shared.peer.clone(),
@@ -146,6 +239,26 @@ impl Connections {
         Some(taken)
     }
 
+    /// Drops closed connections, idle ones after the first with room, and,
+    /// when requests wait for the cluster's connection slots (`wanted`),
+    /// every idle one. Returns where the first with room is.
+    fn prune(&mut self, limits: &PoolLimits, wanted: bool) -> Option<usize> {
+        let limit = limits.max_concurrent_streams;
+        // (A connection past `maxRequestsPerConnection` is left only by a
+        // reload that lowered it.)
+        self.shared
+            .retain(|c| !c.sender.is_closed() && !spent(c.served, limits));
+        let at = self.shared.iter().position(|c| c.streams.get() < limit);
+        let mut index = 0;
+        self.shared.retain(|c| {
+            index += 1;
+            let surplus = at.is_some_and(|at| index > at + 1) || wanted;
+            c.streams.get() > 0 || !surplus
+        });
+        // (With `wanted` the one with room may have gone.)
+        self.shared.iter().position(|c| c.streams.get() < limit)
+    }
+
     /// Whether a live connection has room for one more stream.
     pub fn has_room(&self, limits: &PoolLimits) -> bool {
         let limit = limits.max_concurrent_streams;
@@ -154,11 +267,43 @@ impl Connections {
             .any(|c| !c.sender.is_closed() && c.streams.get() < limit)
     }
 
-    /// Drops closed connections; whether anything is left, held or under
-    /// way (else the key's entry can go).
-    pub fn retain_live(&mut self) -> bool {
-        self.shared.retain(|c| !c.sender.is_closed());
-        !self.shared.is_empty() || self.dialing.get() > 0 || self.waiting.get() > 0
+    /// A sweep at `now`: [`Self::prune`] (`wanted`: requests wait for the
+    /// cluster's connection slots), then connections idle for the idle
+    /// timeout are let go: a connection a sweep finds carrying no stream
+    /// goes at the first sweep an idle timeout later that still finds it
+    /// so. Returns whether anything is left, held or under way (else the
+    /// key's entry can go), and when the next sweep is due for it.
+    pub fn sweep(&mut self, now: Instant, wanted: bool) -> (bool, Option<Instant>) {
+        let limits = PoolLimits {
+            max_concurrent_streams: self.max_streams,
+            ..PoolLimits::default()
+        };
+        self.prune(&limits, wanted);
+        let timeout = self.idle_timeout;
+        let mut due: Option<Instant> = None;
+        self.shared.retain_mut(|c| {
+            let since = match (c.streams.get(), c.idle_since) {
+                (0, Some(since)) => since,
+                (0, None) => *c.idle_since.insert(now),
+                _ => {
+                    c.idle_since = None;
+                    now
+                }
+            };
+            let deadline = since + timeout;
+            let keep = deadline > now;
+            if keep {
+                due = Some(due.map_or(deadline, |d| d.min(deadline)));
+            }
+            keep
+        });
+        let left = !self.shared.is_empty() || self.dialing.get() > 0 || self.waiting.get() > 0;
+        (left, due)
+    }
+
+    /// Whether it holds a connection.
+    pub fn holds_any(&self) -> bool {
+        !self.shared.is_empty()
     }
 
     /// For a request that found no room: wait for the dials under way when
@@ -173,20 +318,20 @@ impl Connections {
         if self.waiting.get() < room {
             NoRoom::Wait(Waiting {
                 _waiting: Counted::new(&self.waiting),
-                dialed: self.dialed.clone(),
-                failed_dials: self.failed_dials.clone(),
-                failed_before: self.failed_dials.get(),
+                dials: self.dials.clone(),
+                ended_before: self.dials.ended.get(),
+                failed_before: self.dials.failed.get(),
             })
         } else {
             NoRoom::Dial(Dialing {
                 _dialing: Counted::new(&self.dialing),
-                dialed: self.dialed.clone(),
+                dials: self.dials.clone(),
             })
         }
     }
 
-    /// A dial made a connection: shared from now on, with the dialer's
-    /// stream on it.
+    /// A dial made a connection: shared from now on (unless one stream is
+    /// all it may carry), with the dialer's stream on it.
     pub fn made(
         &mut self,
         sender: http2::SendRequest<UpstreamBody>,
@@ -196,12 +341,15 @@ impl Connections {
     ) -> Taken {
         let streams = Rc::new(Cell::new(0));
         let stream = Counted::new(&streams);
+        self.max_streams = limits.max_concurrent_streams;
+        self.idle_timeout = limits.idle_timeout;
         if !spent(1, limits) {
             self.shared.push(Shared {
                 sender: sender.clone(),
                 peer: peer.clone(),
                 streams,
                 served: 1,
+                idle_since: None,
             });
         }
         drop(dial);
@@ -212,22 +360,16 @@ impl Connections {
         }
     }
 
-    /// A dial failed: the requests waiting for it fail too.
-    pub fn failed(&self, dial: Dialing) {
-        self.failed_dials.set(self.failed_dials.get() + 1);
-        drop(dial);
+    /// Forgets the connection `stream` is on: it refused a request (it is
+    /// going away).
+    pub fn forget(&mut self, stream: &Counted) {
+        self.shared.retain(|c| !Rc::ptr_eq(&c.streams, &stream.0));
     }
 
     /// Streams on each shared connection, in order.
     #[cfg(test)]
     pub fn streams(&self) -> Vec<u64> {
         self.shared.iter().map(|c| c.streams.get()).collect()
-    }
-
-    /// Forgets the connection `stream` is on: it refused a request (it is
-    /// going away).
-    pub fn forget(&mut self, stream: &Counted) {
-        self.shared.retain(|c| !Rc::ptr_eq(&c.streams, &stream.0));
     }
 }
 

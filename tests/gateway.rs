@@ -487,6 +487,23 @@ type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16, Option<&'a str>);
 /// The gateway reloads its file as the agent does: a changed
 /// VirtualService routes the next requests, over the connection already
 /// open; a broken file is refused and the config in force stays.
+/// A Gateway `shop` on port 80 for every host.
+const SHOP_GATEWAY: &str = r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+"#;
+
+/// A VirtualService bound to `shop` that routes everything to `backend`.
+fn shop_routed_to(backend: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: shop}}\nspec:\n  hosts: [\"*\"]\n  gateways: [shop]\n  http: [{{route: [{{destination: {{host: {backend}}}}}]}}]\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_gateway_reloads_its_file() {
     let v1 = Upstream::start("reviews-v1").await;
@@ -503,19 +520,8 @@ async fn the_gateway_reloads_its_file() {
             }],
         );
     }
-    base += r#"---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: shop}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
-"#;
-    let routed_to = |backend: &str| {
-        format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: shop}}\nspec:\n  hosts: [\"*\"]\n  gateways: [shop]\n  http: [{{route: [{{destination: {{host: {backend}}}}}]}}]\n"
-        )
-    };
+    base += SHOP_GATEWAY;
+    let routed_to = shop_routed_to;
     let gateway = Gateway::start(&(base.clone() + &routed_to("reviews-v1")));
     let client = Client::h1(gateway.port(80));
     assert_eq!(client.get("http://shop/").await.upstream(), "reviews-v1");
@@ -709,22 +715,8 @@ async fn the_gateway_times_its_clients_as_its_downstream_says() {
             addr: app.addr,
             labels: &[],
         }],
-    ) + r#"---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: shop}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: shop}
-spec:
-  hosts: ["*"]
-  gateways: [shop]
-  http: [{route: [{destination: {host: app}}]}]
-"#;
+    ) + SHOP_GATEWAY
+        + &shop_routed_to("app");
     let gateway = Gateway::start(&config);
     // Everything the gateway sends on `stream` until it closes it (the
     // test's wait is 20 s, against the 1 s configured).

@@ -88,6 +88,16 @@ fn errors(report: &Value) -> Vec<&Value> {
     findings(report, "error")
 }
 
+/// The fields the errors name, sorted.
+fn error_fields(report: &Value) -> Vec<&str> {
+    let mut fields: Vec<&str> = errors(report)
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    fields
+}
+
 #[test]
 fn every_valid_corpus_file_is_valid_as_a_plain_file() {
     let dir = corpus("valid");
@@ -501,11 +511,7 @@ fn every_fault_of_a_document_is_named_at_once() {
     let yaml = "apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {name: reviews-v1, namespace: default}\nspec:\n  service: reviews\n  downstream: {idleTimeout: -1s, streamIdleTimeout: -1s}\n  concurrency: x\n";
     let (code, report) = run_json(&["-"], yaml);
     assert_eq!(code, 1, "{report:#}");
-    let mut fields: Vec<&str> = errors(&report)
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
-    fields.sort_unstable();
+    let fields = error_fields(&report);
     assert_eq!(
         fields,
         [
@@ -637,11 +643,7 @@ fn a_gateways_bounds_out_of_range_are_named() {
     let yaml = "apiVersion: tracemesh.io/v1\nkind: IngressGateway\nmetadata: {name: istio-ingressgateway, namespace: istio-system}\nspec:\n  labels: {istio: ingressgateway}\n  downstream: {streamIdleTimeout: 48h}\n  overload: {maxStalledStreams: 0}\n";
     let (code, report) = run_json(&["-"], yaml);
     assert_eq!(code, 1, "{report:#}");
-    let mut fields: Vec<&str> = errors(&report)
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
-    fields.sort_unstable();
+    let fields = error_fields(&report);
     assert_eq!(
         fields,
         [

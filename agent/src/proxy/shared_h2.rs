@@ -281,19 +281,21 @@ impl Connections {
         self.prune(&limits, wanted);
         let timeout = self.idle_timeout;
         let mut due: Option<Instant> = None;
+        let mut due_by = |deadline: Instant| {
+            due = Some(due.map_or(deadline, |d: Instant| d.min(deadline)));
+        };
         self.shared.retain_mut(|c| {
-            let since = match (c.streams.get(), c.idle_since) {
-                (0, Some(since)) => since,
-                (0, None) => *c.idle_since.insert(now),
-                _ => {
-                    c.idle_since = None;
-                    now
-                }
-            };
-            let deadline = since + timeout;
+            if c.streams.get() > 0 {
+                // Looked at again a timeout on (at least a second: a zero
+                // timeout must not make the sweeper spin).
+                c.idle_since = None;
+                due_by(now + timeout.max(Duration::from_secs(1)));
+                return true;
+            }
+            let deadline = *c.idle_since.get_or_insert(now) + timeout;
             let keep = deadline > now;
             if keep {
-                due = Some(due.map_or(deadline, |d| d.min(deadline)));
+                due_by(deadline);
             }
             keep
         });

@@ -236,21 +236,7 @@ impl Reuse for Lease {
             let list = idle_lists.entry(self.key).or_default();
             if list.len() < MAX_IDLE {
                 list.push(idle);
-                // Only a deadline earlier than the sweeper's wakes it (with
-                // one idle timeout per pool, the first connection pooled),
-                // or the first connection of a limited cluster: from then
-                // on the sweeper listens for other workers' waiting.
-                let earlier = pools.sweep_at.get().is_none_or(|at| deadline < at);
-                let unheard = limited && !pools.sweep_limited.get();
-                if earlier {
-                    pools.sweep_at.set(Some(deadline));
-                }
-                if unheard {
-                    pools.sweep_limited.set(true);
-                }
-                if earlier || unheard {
-                    pools.sweep_now.notify_one();
-                }
+                pools.sweep_by(deadline, limited);
             }
         }
     }
@@ -437,7 +423,8 @@ impl Pools {
                         connections.made(sender, peer, dial, limits)
                     };
                     // The sweeper lets it go once idle for its timeout.
-                    self.sweep_by(Instant::now() + limits.idle_timeout, key);
+                    let deadline = Instant::now() + limits.idle_timeout;
+                    self.sweep_by(deadline, key.counted_by.is_some());
                     return Ok(SharedH2 { taken, waited });
                 }
                 Err(error) => {
@@ -454,11 +441,15 @@ impl Pools {
         }
     }
 
-    /// Wakes the sweeper by `deadline` (and, for a cluster that counts
-    /// connections, whenever a request on any worker waits for a slot).
-    fn sweep_by(&self, deadline: Instant, key: &PoolKey) {
+    /// Has the sweeper sweep by `deadline` (and, for a cluster that counts
+    /// connections, `limited`, whenever a request on any worker waits for a
+    /// slot). Only a deadline earlier than the sweeper's wakes it (with one
+    /// idle timeout per pool, the first connection pooled), or the first
+    /// connection of a limited cluster: from then on the sweeper listens
+    /// for other workers' waiting.
+    fn sweep_by(&self, deadline: Instant, limited: bool) {
         let earlier = self.sweep_at.get().is_none_or(|at| deadline < at);
-        let unheard = key.counted_by.is_some() && !self.sweep_limited.get();
+        let unheard = limited && !self.sweep_limited.get();
         if earlier {
             self.sweep_at.set(Some(deadline));
         }
@@ -602,8 +593,7 @@ impl Pools {
                     && c.connection.is_usable(&self.idle_waker)
             });
             for c in list.iter() {
-                let deadline = c.since + c.idle_timeout;
-                next.at = Some(next.at.map_or(deadline, |at| at.min(deadline)));
+                next.due(c.since + c.idle_timeout);
             }
             next.limited |= !list.is_empty() && key.counted_by.is_some();
             !list.is_empty()
@@ -611,9 +601,10 @@ impl Pools {
         self.shared_h2.borrow_mut().retain(|key, connections| {
             let counted = key.counted_by.as_ref();
             let wanted = counted.is_some_and(|c| c.0.has_waiters());
-            let (left, due) = connections.sweep(now, wanted);
+            let max_streams = key.streams.map_or(UNLIMITED, |(streams, _)| streams);
+            let (left, due) = connections.sweep(now, max_streams, wanted);
             if let Some(due) = due {
-                next.at = Some(next.at.map_or(due, |at| at.min(due)));
+                next.due(due);
             }
             next.limited |= connections.holds_any() && counted.is_some();
             left
@@ -739,6 +730,13 @@ struct Next {
     at: Option<Instant>,
     /// Idle connections of a cluster that limits connections are pooled.
     limited: bool,
+}
+
+impl Next {
+    /// A sweep is due by `deadline`.
+    fn due(&mut self, deadline: Instant) {
+        self.at = Some(self.at.map_or(deadline, |at| at.min(deadline)));
+    }
 }
 
 #[cfg(test)]

@@ -145,9 +145,8 @@ struct Dials {
 #[derive(Default)]
 pub struct Connections {
     shared: Vec<Shared>,
-    /// The cluster's `maxConcurrentStreams` and idle timeout, as the last
-    /// connection was made (what sweeps apply).
-    max_streams: u64,
+    /// The cluster's idle timeout, as the last connection was made (what
+    /// sweeps apply).
     idle_timeout: Duration,
     /// Connections being dialed for this key.
     dialing: Rc<Cell<u64>>,
@@ -267,15 +266,21 @@ impl Connections {
             .any(|c| !c.sender.is_closed() && c.streams.get() < limit)
     }
 
-    /// A sweep at `now`: [`Self::prune`] (`wanted`: requests wait for the
-    /// cluster's connection slots), then connections idle for the idle
+    /// A sweep at `now`: [`Self::prune`] by `max_streams` (the key's
+    /// `maxConcurrentStreams`; `wanted`: requests wait for the cluster's
+    /// connection slots), then connections idle for the idle
     /// timeout are let go: a connection a sweep finds carrying no stream
     /// goes at the first sweep an idle timeout later that still finds it
     /// so. Returns whether anything is left, held or under way (else the
     /// key's entry can go), and when the next sweep is due for it.
-    pub fn sweep(&mut self, now: Instant, wanted: bool) -> (bool, Option<Instant>) {
+    pub fn sweep(
+        &mut self,
+        now: Instant,
+        max_streams: u64,
+        wanted: bool,
+    ) -> (bool, Option<Instant>) {
         let limits = PoolLimits {
-            max_concurrent_streams: self.max_streams,
+            max_concurrent_streams: max_streams,
             ..PoolLimits::default()
         };
         self.prune(&limits, wanted);
@@ -343,7 +348,6 @@ impl Connections {
     ) -> Taken {
         let streams = Rc::new(Cell::new(0));
         let stream = Counted::new(&streams);
-        self.max_streams = limits.max_concurrent_streams;
         self.idle_timeout = limits.idle_timeout;
         if !spent(1, limits) {
             self.shared.push(Shared {

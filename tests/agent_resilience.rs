@@ -7,6 +7,8 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,6 +18,7 @@ use common::mesh::{Ep, NO_COLLECTOR, agent, service_entry};
 use common::upstream::{Upstream, closed_port};
 use http::Request;
 use http_body_util::Full;
+use tokio::sync::Notify;
 
 /// An agent whose `app` service has `upstreams` as endpoints, with `extra`
 /// resources (DestinationRule, VirtualService) appended.
@@ -527,4 +530,224 @@ fn endpoint_of(clusters: &serde_json::Value, address: &str) -> serde_json::Value
         .flat_map(|c| c["endpoints"].as_array().unwrap().clone())
         .find(|e| e["address"] == address)
         .unwrap_or_else(|| panic!("no endpoint {address} in {clusters}"))
+}
+
+/// An HTTP/2 upstream written frame by frame (RFC 9113), to send GOAWAY
+/// where a test wants it. Its first connection goes away:
+/// - [`GoAway::Refusing`]: it takes two requests, sends GOAWAY naming the
+///   first as the last it processed, answers that one 200 and leaves the
+///   connection open, ignoring any stream opened on it after;
+/// - [`GoAway::Holding`]: it takes one request, sends GOAWAY naming it and a
+///   PING, tells the test once the PING is acknowledged (the client has read
+///   the GOAWAY), and answers 200 once a second connection is opened;
+/// - [`GoAway::ResettingRefused`]: it does not go away, but resets its first
+///   stream with REFUSED_STREAM (RFC 9113 §8.7), and answers later ones 204.
+///
+/// Every later connection answers each request 204 at once.
+struct GoingAway {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    /// Told when the PING after a holding GOAWAY is acknowledged.
+    read: Arc<Notify>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum GoAway {
+    Refusing,
+    Holding,
+    ResettingRefused,
+}
+
+impl GoingAway {
+    async fn start(how: GoAway) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (read, second) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let count = connections.clone();
+        let told = read.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                if !first {
+                    second.notify_one();
+                }
+                let going_away = first.then(|| (how, told.clone(), second.clone()));
+                tokio::spawn(Self::serve(socket, going_away));
+            }
+        });
+        Self {
+            addr,
+            connections,
+            read,
+        }
+    }
+
+    /// One connection; `going_away` for the first.
+    async fn serve(
+        mut socket: tokio::net::TcpStream,
+        going_away: Option<(GoAway, Arc<Notify>, Arc<Notify>)>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const HEADERS: u8 = 0x1;
+        const RST_STREAM: u8 = 0x3;
+        const REFUSED_STREAM: u32 = 0x7;
+        const SETTINGS: u8 = 0x4;
+        const PING: u8 = 0x6;
+        const GOAWAY: u8 = 0x7;
+        const ACK: u8 = 0x1;
+        // END_STREAM | END_HEADERS; `:status` from HPACK's static table.
+        const ENDS: u8 = 0x5;
+        const STATUS_200: u8 = 0x88;
+        const STATUS_204: u8 = 0x89;
+        fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+            let len = payload.len().to_be_bytes();
+            let mut frame = vec![len[5], len[6], len[7], kind, flags];
+            frame.extend(stream.to_be_bytes());
+            frame.extend(payload);
+            frame
+        }
+        fn goaway(last: u32) -> Vec<u8> {
+            let mut payload = last.to_be_bytes().to_vec();
+            payload.extend(0u32.to_be_bytes()); // NO_ERROR
+            frame(GOAWAY, 0, 0, &payload)
+        }
+        let mut preface = [0; 24];
+        if socket.read_exact(&mut preface).await.is_err() {
+            return;
+        }
+        assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        socket.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+        let mut opened = Vec::new();
+        loop {
+            let mut header = [0; 9];
+            if socket.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let len =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let (kind, flags) = (header[3], header[4]);
+            let stream =
+                u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0; len];
+            if socket.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            let reply = match (kind, &going_away) {
+                (SETTINGS, _) if flags & ACK == 0 => frame(SETTINGS, ACK, 0, &[]),
+                (PING, _) if flags & ACK == 0 => frame(PING, ACK, 0, &payload),
+                (PING, Some((GoAway::Holding, read, second))) if payload == *b"goaway!!" => {
+                    read.notify_one();
+                    second.notified().await;
+                    frame(HEADERS, ENDS, opened[0], &[STATUS_200])
+                }
+                (HEADERS, None) => frame(HEADERS, ENDS, stream, &[STATUS_204]),
+                (HEADERS, Some((how, ..))) => {
+                    opened.push(stream);
+                    match how {
+                        GoAway::Refusing if opened.len() == 2 => {
+                            let mut reply = goaway(opened[0]);
+                            reply.extend(frame(HEADERS, ENDS, opened[0], &[STATUS_200]));
+                            reply
+                        }
+                        GoAway::Holding if opened.len() == 1 => {
+                            let mut reply = goaway(stream);
+                            reply.extend(frame(PING, 0, 0, b"goaway!!"));
+                            reply
+                        }
+                        GoAway::ResettingRefused if opened.len() == 1 => {
+                            frame(RST_STREAM, 0, stream, &REFUSED_STREAM.to_be_bytes())
+                        }
+                        GoAway::ResettingRefused => frame(HEADERS, ENDS, stream, &[STATUS_204]),
+                        _ => continue,
+                    }
+                }
+                _ => continue,
+            };
+            socket.write_all(&reply).await.unwrap();
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// An agent whose `app` (HTTP/2) is this upstream, under Istio's
+    /// default retry policy.
+    fn agent(&self) -> Agent {
+        let endpoint = [Ep {
+            addr: self.addr,
+            labels: &[],
+        }];
+        Agent::start(
+            &(agent(
+                "frontend",
+                SocketAddr::from(([127, 0, 0, 1], 9)),
+                NO_COLLECTOR,
+            ) + &service_entry("app", 9080, "HTTP2", &endpoint)),
+        )
+    }
+}
+
+/// GETs app through `client` in a task.
+fn get_app(client: &Client) -> tokio::task::JoinHandle<u16> {
+    let client = client.clone();
+    tokio::spawn(async move { client.get("http://app:9080/").await.status.as_u16() })
+}
+
+/// GETs app through `client`, failing the test if no answer comes.
+async fn answered(client: &Client) -> u16 {
+    let call = client.get("http://app:9080/");
+    tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("a stream sent on the connection going away waits for ever")
+        .status
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_goaway_refused_is_retried_on_another_connection() {
+    // Two streams on one connection (one HTTP/2 client connection: one
+    // worker); the server's GOAWAY says it processed the first only. The
+    // second is refused, unprocessed: retried (`refused-stream` is in
+    // Istio's default retry policy, as Envoy retries it), and not on the
+    // connection going away.
+    let upstream = GoingAway::start(GoAway::Refusing).await;
+    let agent = upstream.agent();
+    let client = Client::h2(agent.outbound);
+    let calls = [get_app(&client), get_app(&client)];
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 204]);
+    assert_eq!(upstream.connections(), 2);
+    assert_eq!(answered(&client).await, 204);
+    assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_going_away_is_given_no_new_stream() {
+    // The GOAWAY refuses nothing, and the stream it let through is still
+    // open: the next request must not go on the connection (a stream
+    // opened there would be ignored by the server and wait for ever). h2
+    // opens none after a GOAWAY; hyper hands the request back, and the
+    // agent sends it on a new connection.
+    let upstream = GoingAway::start(GoAway::Holding).await;
+    let agent = upstream.agent();
+    let client = Client::h2(agent.outbound);
+    let held = get_app(&client);
+    upstream.read.notified().await;
+    assert_eq!(answered(&client).await, 204);
+    assert_eq!(held.await.unwrap(), 200);
+    assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_reset_as_refused_is_retried() {
+    // Only the retry (Istio's default policy, `refused-stream`) is answered.
+    let upstream = GoingAway::start(GoAway::ResettingRefused).await;
+    let agent = upstream.agent();
+    assert_eq!(answered(&Client::h2(agent.outbound)).await, 204);
 }

@@ -216,10 +216,26 @@ fn reset(error: &hyper::Error) -> SendError {
     if error.is_parse() {
         return SendError::Protocol;
     }
-    let refused = format!("{error:?}").contains("REFUSED_STREAM");
-    SendError::Failed(if refused {
+    SendError::Failed(if refused(error) {
         AttemptFailure::RefusedStream
     } else {
         AttemptFailure::Reset
     })
+}
+
+/// Whether the server refused the stream, unprocessed: reset with
+/// REFUSED_STREAM (RFC 9113 §8.7), or above the last stream a GOAWAY said
+/// it processed (§6.8; h2 fails only those streams with the GOAWAY, and
+/// nghttp2 closes them as REFUSED_STREAM in Envoy, so `refused-stream`
+/// retries them there too).
+fn refused(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        source = cause.source();
+    }
+    false
 }

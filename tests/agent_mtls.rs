@@ -348,6 +348,75 @@ async fn destination_rules_originate_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_origination_keeps_its_connections_over_a_reload_that_leaves_it_unchanged() {
+    // Envoy keeps the pools of clusters a config update leaves alone. A
+    // reload used to build every origination's TLS configs anew, and the
+    // connections pooled under the old ones idled on unused for the idle
+    // timeout (an hour by default), a set of them per reload.
+    let secure = TlsUpstream::start(&["secure.example"], false).await;
+    let other = TlsUpstream::start(&["secure.example"], false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let roots = dir.path().join("roots.pem");
+    std::fs::copy(&secure.root, &roots).unwrap();
+    let config = |extra: &str| {
+        agent("app", SocketAddr::from(([127, 0, 0, 1], 9)), NO_COLLECTOR)
+            + &format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: secure}}\nspec:\n  hosts: [secure.example]\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n",
+                secure.addr.port()
+            )
+            + &format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: secure}}\nspec:\n  host: secure.example\n  trafficPolicy: {{tls: {{mode: SIMPLE, caCertificates: \"{}\"}}}}\n",
+                roots.display()
+            )
+            + extra
+    };
+    let agent = Agent::start(&config(""));
+    // One client connection: one worker, one pool.
+    let client = Client::h1(agent.outbound);
+    let handshakes = || secure.sni.lock().unwrap().len();
+    assert_eq!(client.get("http://secure.example/").await.status, 200);
+    assert_eq!(handshakes(), 1);
+
+    // A reload that changes something else: the pooled connection is used.
+    let elsewhere = [Ep {
+        addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+        labels: &[],
+    }];
+    let unrelated = service_entry("elsewhere", 9080, "HTTP", &elsewhere);
+    agent.rewrite_config(&config(&unrelated));
+    config_version(&agent, 2.0).await;
+    assert_eq!(client.get("http://secure.example/").await.status, 200);
+    assert_eq!(handshakes(), 1, "the reload left the origination alone");
+
+    // New contents in the same file are a new origination: the next
+    // connection verifies by them (another root: the server is refused).
+    std::fs::copy(&other.root, &roots).unwrap();
+    agent.rewrite_config(&(config(&unrelated) + "# the roots file changed\n"));
+    config_version(&agent, 3.0).await;
+    let refused = client.get("http://secure.example/").await;
+    assert_eq!(refused.status, 503, "verified by the new roots");
+    assert_eq!(handshakes(), 1, "no new handshake completed");
+}
+
+/// Waits until `agent` has loaded config version `version`.
+async fn config_version(agent: &Agent, version: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent
+        .metrics()
+        .await
+        .sum("tracemesh_agent_config_version", &[])
+        < version
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the reload never loaded: {:?}",
+            agent.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn certificates_rotate_under_load_without_failures() {
     let ca = Ca::start();
     let app = Upstream::start("app").await;

@@ -607,6 +607,7 @@ impl ClusterBuild<'_> {
                 &self.name.host,
                 self.entry_sans,
                 self.has_identity,
+                self.live,
             ),
             upstream_bind: None,
         }

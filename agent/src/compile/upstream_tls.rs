@@ -9,7 +9,8 @@ use rustls::pki_types::ServerName;
 
 use crate::config::destination_rule::ClientTlsSettings;
 use crate::config::diagnostics::{Diagnostics, Location};
-use crate::model::cluster::UpstreamTls;
+use crate::model::cluster::{Origination, UpstreamTls};
+use crate::model::live::LiveState;
 use crate::tls::material::{self, provider};
 use crate::tls::verify::{MeshServerVerifier, NameCheck};
 
@@ -82,6 +83,7 @@ pub(super) fn upstream_tls(
     host: &str,
     entry_sans: &[String],
     has_identity: bool,
+    live: &LiveState,
 ) -> UpstreamTls {
     let mode = tls.and_then(|t| t.mode.as_deref());
     let sans = |t: Option<&ClientTlsSettings>| -> Arc<[String]> {
@@ -104,7 +106,7 @@ pub(super) fn upstream_tls(
                 .unwrap_or_else(|| host.to_owned()),
             expected: sans(tls),
         },
-        Some(_) => match tls.map(|t| originate(t, host)) {
+        Some(_) => match tls.map(|t| originate(t, host, live)) {
             Some(Ok(origination)) => origination,
             Some(Err(reason)) => UpstreamTls::Broken(reason.into()),
             None => UpstreamTls::Plain,
@@ -116,8 +118,10 @@ fn read(path: &str) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
 }
 
-/// SIMPLE or MUTUAL origination: configs for both ALPN protocols.
-fn originate(tls: &ClientTlsSettings, host: &str) -> Result<UpstreamTls, String> {
+/// SIMPLE or MUTUAL origination: configs for both ALPN protocols, the
+/// running config's when its settings and files are the same (Envoy keeps
+/// the connection pools of a cluster a config update leaves unchanged).
+fn originate(tls: &ClientTlsSettings, host: &str, live: &LiveState) -> Result<UpstreamTls, String> {
     let sni = tls.sni.clone().unwrap_or_else(|| host.to_owned());
     let server_name = ServerName::try_from(sni.clone()).map_err(|e| format!("sni {sni:?}: {e}"))?;
     let roots_pem = match &tls.ca_certificates {
@@ -134,38 +138,69 @@ fn originate(tls: &ClientTlsSettings, host: &str) -> Result<UpstreamTls, String>
     } else {
         NameCheck::ServerName
     };
-    let roots = if roots_pem.is_empty() && matches!(check, NameCheck::Skip) {
-        Arc::new(rustls::RootCertStore::empty())
-    } else {
-        material::root_store(&roots_pem, "caCertificates").map_err(|e| e.to_string())?
-    };
-    let client_auth = match (&tls.client_certificate, &tls.private_key) {
-        (Some(cert), Some(key)) => Some((
-            material::certificates(&read(cert)?, "clientCertificate").map_err(|e| e.to_string())?,
-            material::private_key(&read(key)?).map_err(|e| e.to_string())?,
-        )),
+    let client_files = match (&tls.client_certificate, &tls.private_key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
         _ => None,
     };
-    let build = |alpn: &[u8]| -> Result<Arc<ClientConfig>, String> {
-        let provider = provider();
-        let verifier = MeshServerVerifier::new(roots.clone(), &provider, check.clone());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier));
-        let mut config = match &client_auth {
-            Some((chain, key)) => builder
-                .with_client_auth_cert(chain.clone(), key.clone_key())
-                .map_err(|e| e.to_string())?,
-            None => builder.with_no_client_auth(),
+    let key = origination_key(&sni, &check, &roots_pem, client_files.as_ref());
+    let build = || -> Result<Origination, String> {
+        let roots = if roots_pem.is_empty() && matches!(check, NameCheck::Skip) {
+            Arc::new(rustls::RootCertStore::empty())
+        } else {
+            material::root_store(&roots_pem, "caCertificates").map_err(|e| e.to_string())?
         };
-        config.alpn_protocols = vec![alpn.to_vec()];
-        Ok(Arc::new(config))
+        let client_auth = match &client_files {
+            Some((cert, key)) => Some((
+                material::certificates(cert, "clientCertificate").map_err(|e| e.to_string())?,
+                material::private_key(key).map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
+        let config = |alpn: &[u8]| -> Result<Arc<ClientConfig>, String> {
+            let provider = provider();
+            let verifier = MeshServerVerifier::new(roots.clone(), &provider, check.clone());
+            let builder = ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier));
+            let mut config = match &client_auth {
+                Some((chain, key)) => builder
+                    .with_client_auth_cert(chain.clone(), key.clone_key())
+                    .map_err(|e| e.to_string())?,
+                None => builder.with_no_client_auth(),
+            };
+            config.alpn_protocols = vec![alpn.to_vec()];
+            Ok(Arc::new(config))
+        };
+        Ok(Origination {
+            h1: config(b"http/1.1")?,
+            h2: config(b"h2")?,
+            server_name,
+        })
     };
-    Ok(UpstreamTls::Originate {
-        h1: build(b"http/1.1")?,
-        h2: build(b"h2")?,
-        server_name,
-    })
+    live.origination(&key, build).map(UpstreamTls::Originate)
+}
+
+/// What an origination is built from, as a SHA-256 digest in hex: the SNI,
+/// the name check and the contents of its files, each length-prefixed.
+fn origination_key(
+    sni: &str,
+    check: &NameCheck,
+    roots_pem: &str,
+    client_files: Option<&(String, String)>,
+) -> String {
+    let check = format!("{check:?}");
+    let (cert, key) = client_files.map_or(("", ""), |(c, k)| (c.as_str(), k.as_str()));
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [sni, &check, roots_pem, cert, key] {
+        digest.update(&(part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    }
+    digest
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

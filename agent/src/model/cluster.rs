@@ -77,18 +77,24 @@ pub enum UpstreamTls {
         /// SANs the server must carry (empty: any identity of the trust domain).
         expected: Arc<[String]>,
     },
-    /// TLS origination (SIMPLE, MUTUAL) with a config built from files, one
-    /// per ALPN protocol (HTTP/1.1, HTTP/2).
-    Originate {
-        /// Client config offering `http/1.1`.
-        h1: Arc<rustls::ClientConfig>,
-        /// Client config offering `h2`.
-        h2: Arc<rustls::ClientConfig>,
-        /// SNI to send (and to verify, unless `subjectAltNames` are given).
-        server_name: rustls::pki_types::ServerName<'static>,
-    },
+    /// TLS origination (SIMPLE, MUTUAL) with configs built from files.
+    Originate(Arc<Origination>),
     /// The rule's TLS files could not be loaded: connections fail (UF).
     Broken(Arc<str>),
+}
+
+/// The client configs of a TLS origination (SIMPLE, MUTUAL), one per ALPN
+/// protocol. A reload whose settings and files are unchanged keeps the
+/// running config's ([`LiveState::origination`](super::live::LiveState::origination)),
+/// so the connections pooled under them stay in use.
+#[derive(Debug)]
+pub struct Origination {
+    /// Client config offering `http/1.1`.
+    pub h1: Arc<rustls::ClientConfig>,
+    /// Client config offering `h2`.
+    pub h2: Arc<rustls::ClientConfig>,
+    /// SNI to send (and to verify, unless `subjectAltNames` are given).
+    pub server_name: rustls::pki_types::ServerName<'static>,
 }
 
 impl Cluster {

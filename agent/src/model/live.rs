@@ -333,6 +333,7 @@ pub struct LiveState {
     clusters: Registry<ClusterState>,
     rate_limiters: Registry<crate::model::rate_limit::RateLimiter>,
     jwks: Registry<crate::model::jwks::JwksStore>,
+    originations: Registry<super::cluster::Origination>,
 }
 
 impl LiveState {
@@ -345,6 +346,20 @@ impl LiveState {
     /// The ext_authz counters every compiled provider client counts in.
     pub fn ext_authz(&self) -> &Arc<crate::ext_authz::stats::ExtAuthzStats> {
         &self.ext_authz
+    }
+
+    /// The TLS origination a live config holds under `key` (a digest of
+    /// its settings and file contents), else one from `build`: unchanged
+    /// by a reload, its connections pooled by config stay in use.
+    ///
+    /// # Errors
+    /// `build`'s, when it runs and fails.
+    pub fn origination(
+        &self,
+        key: &str,
+        build: impl FnOnce() -> Result<super::cluster::Origination, String>,
+    ) -> Result<Arc<super::cluster::Origination>, String> {
+        self.originations.try_get_with(key, build)
     }
 
     /// The state of endpoint `address` in cluster `cluster`.
@@ -392,14 +407,27 @@ impl<T> Default for Registry<T> {
 impl<T> Registry<T> {
     /// The item of `key` a live config holds, else a new one from `make`.
     pub(crate) fn get_with(&self, key: &str, make: impl FnOnce() -> T) -> Arc<T> {
+        match self.try_get_with(key, || Ok::<_, std::convert::Infallible>(make())) {
+            Ok(item) => item,
+            Err(never) => match never {},
+        }
+    }
+
+    /// As [`Self::get_with`], where making one may fail (then nothing is
+    /// kept).
+    pub(crate) fn try_get_with<E>(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(item) = map.get(key).and_then(Weak::upgrade) {
-            return item;
+            return Ok(item);
         }
         map.retain(|_, weak| weak.strong_count() > 0);
-        let item = Arc::new(make());
+        let item = Arc::new(make()?);
         map.insert(key.to_owned(), Arc::downgrade(&item));
-        item
+        Ok(item)
     }
 }
 

@@ -208,13 +208,13 @@ impl TlsPlan {
                     expected: expected.clone(),
                 })
             }
-            UpstreamTls::Originate {
-                h1,
-                h2: h2_config,
-                server_name,
-            } => Ok(Self::Tls {
-                config: if h2 { h2_config.clone() } else { h1.clone() },
-                server_name: server_name.clone(),
+            UpstreamTls::Originate(origination) => Ok(Self::Tls {
+                config: if h2 {
+                    origination.h2.clone()
+                } else {
+                    origination.h1.clone()
+                },
+                server_name: origination.server_name.clone(),
                 expected: Arc::from([]),
             }),
             UpstreamTls::Broken(_) => Err("bad_tls_settings"),

@@ -532,62 +532,88 @@ fn endpoint_of(clusters: &serde_json::Value, address: &str) -> serde_json::Value
         .unwrap_or_else(|| panic!("no endpoint {address} in {clusters}"))
 }
 
-/// An HTTP/2 upstream written frame by frame (RFC 9113), to send GOAWAY
-/// where a test wants it. Its first connection goes away:
-/// - [`GoAway::Refusing`]: it takes two requests, sends GOAWAY naming the
+/// An HTTP/2 upstream written frame by frame (RFC 9113), to send GOAWAY,
+/// resets and PINGs where a test wants them. Its first connection is as
+/// `First` says:
+/// - [`First::Refusing`]: it takes two requests, sends GOAWAY naming the
 ///   first as the last it processed, answers that one 200 and leaves the
 ///   connection open, ignoring any stream opened on it after;
-/// - [`GoAway::Holding`]: it takes one request, sends GOAWAY naming it and a
+/// - [`First::Holding`]: it takes one request, sends GOAWAY naming it and a
 ///   PING, tells the test once the PING is acknowledged (the client has read
 ///   the GOAWAY), and answers 200 once a second connection is opened;
-/// - [`GoAway::ResettingRefused`]: it does not go away, but resets its first
-///   stream with REFUSED_STREAM (RFC 9113 §8.7), and answers later ones 204.
+/// - [`First::ResettingRefused`]: it does not go away, but resets its first
+///   stream with REFUSED_STREAM (RFC 9113 §8.7), and answers later ones 204;
+/// - [`First::Plain`]: as every later connection;
+/// - [`First::Mute`]: as every later connection, but it never acknowledges
+///   a PING.
 ///
-/// Every later connection answers each request 204 at once.
-struct GoingAway {
+/// Every later connection answers each request 204 at once, and each PING.
+struct FrameUpstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    /// PINGs the client sent, on every connection.
+    pings: Arc<AtomicUsize>,
+    /// Connections the client closed.
+    closed: Arc<AtomicUsize>,
     /// Told when the PING after a holding GOAWAY is acknowledged.
     read: Arc<Notify>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum GoAway {
+enum First {
     Refusing,
     Holding,
     ResettingRefused,
+    Plain,
+    Mute,
 }
 
-impl GoingAway {
-    async fn start(how: GoAway) -> Self {
+/// What one connection of a [`FrameUpstream`] shares with the others.
+struct Shared {
+    pings: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    /// Told when the PING after a holding GOAWAY is acknowledged.
+    read: Arc<Notify>,
+    /// Told when a second connection is opened.
+    second: Arc<Notify>,
+}
+
+impl FrameUpstream {
+    async fn start(first: First) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
-        let (read, second) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        let count = connections.clone();
-        let told = read.clone();
+        let shared = Arc::new(Shared {
+            pings: Arc::default(),
+            closed: Arc::default(),
+            read: Arc::default(),
+            second: Arc::default(),
+        });
+        let upstream = Self {
+            addr,
+            connections: connections.clone(),
+            pings: shared.pings.clone(),
+            closed: shared.closed.clone(),
+            read: shared.read.clone(),
+        };
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
-                if !first {
-                    second.notify_one();
+                let is_first = connections.fetch_add(1, Ordering::SeqCst) == 0;
+                if !is_first {
+                    shared.second.notify_one();
                 }
-                let going_away = first.then(|| (how, told.clone(), second.clone()));
-                tokio::spawn(Self::serve(socket, going_away));
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    Self::serve(socket, is_first.then_some(first), &shared).await;
+                    shared.closed.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
-        Self {
-            addr,
-            connections,
-            read,
-        }
+        upstream
     }
 
-    /// One connection; `going_away` for the first.
-    async fn serve(
-        mut socket: tokio::net::TcpStream,
-        going_away: Option<(GoAway, Arc<Notify>, Arc<Notify>)>,
-    ) {
+    /// One connection; `first` for the first.
+    async fn serve(mut socket: tokio::net::TcpStream, first: Option<First>, shared: &Shared) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         const HEADERS: u8 = 0x1;
         const RST_STREAM: u8 = 0x3;
@@ -633,32 +659,40 @@ impl GoingAway {
             if socket.read_exact(&mut payload).await.is_err() {
                 return;
             }
-            let reply = match (kind, &going_away) {
+            let reply = match (kind, first) {
                 (SETTINGS, _) if flags & ACK == 0 => frame(SETTINGS, ACK, 0, &[]),
-                (PING, _) if flags & ACK == 0 => frame(PING, ACK, 0, &payload),
-                (PING, Some((GoAway::Holding, read, second))) if payload == *b"goaway!!" => {
-                    read.notify_one();
-                    second.notified().await;
+                (PING, _) if flags & ACK == 0 => {
+                    shared.pings.fetch_add(1, Ordering::SeqCst);
+                    if first == Some(First::Mute) {
+                        continue;
+                    }
+                    frame(PING, ACK, 0, &payload)
+                }
+                (PING, Some(First::Holding)) if payload == *b"goaway!!" => {
+                    shared.read.notify_one();
+                    shared.second.notified().await;
                     frame(HEADERS, ENDS, opened[0], &[STATUS_200])
                 }
-                (HEADERS, None) => frame(HEADERS, ENDS, stream, &[STATUS_204]),
-                (HEADERS, Some((how, ..))) => {
+                (HEADERS, None | Some(First::Plain | First::Mute)) => {
+                    frame(HEADERS, ENDS, stream, &[STATUS_204])
+                }
+                (HEADERS, Some(first)) => {
                     opened.push(stream);
-                    match how {
-                        GoAway::Refusing if opened.len() == 2 => {
+                    match first {
+                        First::Refusing if opened.len() == 2 => {
                             let mut reply = goaway(opened[0]);
                             reply.extend(frame(HEADERS, ENDS, opened[0], &[STATUS_200]));
                             reply
                         }
-                        GoAway::Holding if opened.len() == 1 => {
+                        First::Holding if opened.len() == 1 => {
                             let mut reply = goaway(stream);
                             reply.extend(frame(PING, 0, 0, b"goaway!!"));
                             reply
                         }
-                        GoAway::ResettingRefused if opened.len() == 1 => {
+                        First::ResettingRefused if opened.len() == 1 => {
                             frame(RST_STREAM, 0, stream, &REFUSED_STREAM.to_be_bytes())
                         }
-                        GoAway::ResettingRefused => frame(HEADERS, ENDS, stream, &[STATUS_204]),
+                        First::ResettingRefused => frame(HEADERS, ENDS, stream, &[STATUS_204]),
                         _ => continue,
                     }
                 }
@@ -673,8 +707,8 @@ impl GoingAway {
     }
 
     /// An agent whose `app` (HTTP/2) is this upstream, under Istio's
-    /// default retry policy.
-    fn agent(&self) -> Agent {
+    /// default retry policy, with `extra` resources.
+    fn agent(&self, extra: &str) -> Agent {
         let endpoint = [Ep {
             addr: self.addr,
             labels: &[],
@@ -684,7 +718,8 @@ impl GoingAway {
                 "frontend",
                 SocketAddr::from(([127, 0, 0, 1], 9)),
                 NO_COLLECTOR,
-            ) + &service_entry("app", 9080, "HTTP2", &endpoint)),
+            ) + &service_entry("app", 9080, "HTTP2", &endpoint)
+                + extra),
         )
     }
 }
@@ -712,8 +747,8 @@ async fn a_stream_goaway_refused_is_retried_on_another_connection() {
     // second is refused, unprocessed: retried (`refused-stream` is in
     // Istio's default retry policy, as Envoy retries it), and not on the
     // connection going away.
-    let upstream = GoingAway::start(GoAway::Refusing).await;
-    let agent = upstream.agent();
+    let upstream = FrameUpstream::start(First::Refusing).await;
+    let agent = upstream.agent("");
     let client = Client::h2(agent.outbound);
     let calls = [get_app(&client), get_app(&client)];
     let mut statuses = Vec::new();
@@ -734,8 +769,8 @@ async fn a_connection_going_away_is_given_no_new_stream() {
     // opened there would be ignored by the server and wait for ever). h2
     // opens none after a GOAWAY; hyper hands the request back, and the
     // agent sends it on a new connection.
-    let upstream = GoingAway::start(GoAway::Holding).await;
-    let agent = upstream.agent();
+    let upstream = FrameUpstream::start(First::Holding).await;
+    let agent = upstream.agent("");
     let client = Client::h2(agent.outbound);
     let held = get_app(&client);
     upstream.read.notified().await;
@@ -747,7 +782,110 @@ async fn a_connection_going_away_is_given_no_new_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_reset_as_refused_is_retried() {
     // Only the retry (Istio's default policy, `refused-stream`) is answered.
-    let upstream = GoingAway::start(GoAway::ResettingRefused).await;
-    let agent = upstream.agent();
+    let upstream = FrameUpstream::start(First::ResettingRefused).await;
+    let agent = upstream.agent("");
     assert_eq!(answered(&Client::h2(agent.outbound)).await, 204);
+}
+
+/// Waits up to 30 s for `count` to reach `at_least`; whether it did.
+async fn reaches(count: &AtomicUsize, at_least: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count.load(Ordering::SeqCst) < at_least {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_keepalive_pings_idle_connections_and_closes_unanswered_ones() {
+    // Envoy's `connection_keepalive`: a PING every interval, idle or not;
+    // a connection whose PING goes unanswered for the timeout is closed.
+    let rule = destination_rule(
+        "{connectionPool: {http: {http2KeepAlive: {interval: 100ms, timeout: 1s}}}}",
+    );
+    let answering = FrameUpstream::start(First::Plain).await;
+    let agent = answering.agent(&rule);
+    let client = Client::h2(agent.outbound);
+    assert_eq!(answered(&client).await, 204);
+    assert!(
+        reaches(&answering.pings, 3).await,
+        "the idle connection is pinged"
+    );
+    assert_eq!(answering.closed.load(Ordering::SeqCst), 0);
+    assert_eq!(answered(&client).await, 204);
+    assert_eq!(answering.connections(), 1, "an answered PING keeps it");
+
+    let mute = FrameUpstream::start(First::Mute).await;
+    let agent = mute.agent(&rule);
+    let client = Client::h2(agent.outbound);
+    assert_eq!(answered(&client).await, 204);
+    assert!(reaches(&mute.pings, 1).await, "pinged");
+    assert!(
+        reaches(&mute.closed, 1).await,
+        "a connection that answers no PING is closed"
+    );
+    // The next request goes on a new connection.
+    assert_eq!(answered(&client).await, 204);
+    assert_eq!(mute.connections(), 2);
+
+    // Without the field, no PING.
+    let plain = FrameUpstream::start(First::Plain).await;
+    let agent = plain.agent("");
+    assert_eq!(answered(&Client::h2(agent.outbound)).await, 204);
+    assert_eq!(plain.pings.load(Ordering::SeqCst), 0);
+}
+
+/// The keepalive timers (seconds left) `ss` shows on established sockets
+/// whose peer is 127.0.0.1:`port`; `None` for one without keepalive.
+fn keepalive_timers(port: u16) -> Vec<Option<f64>> {
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established", "dst"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .expect("ss (iproute2)");
+    assert!(out.status.success(), "ss: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let timer = line.split("timer:(keepalive,").nth(1)?;
+            timer.split("sec").next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tcp_keepalive_is_on_for_the_hosts_upstream_sockets() {
+    // Envoy's `upstream_connection_options.tcp_keepalive`: the kernel
+    // probes an idle upstream connection `time` after its last packet.
+    let app = Upstream::start("app").await;
+    let rule = destination_rule(
+        "{connectionPool: {tcp: {tcpKeepalive: {time: 30s, interval: 5s, probes: 3}}}}",
+    );
+    let agent = mesh(&[&app], &rule).await;
+    assert_eq!(
+        Client::h1(agent.outbound)
+            .get("http://app:9080/")
+            .await
+            .status,
+        200
+    );
+    let timers = keepalive_timers(app.addr.port());
+    assert_eq!(timers.len(), 1, "one pooled connection: {timers:?}");
+    let left = timers[0].expect("a keepalive timer on the agent's socket");
+    assert!(left > 0.0 && left <= 30.0, "{left} s left of 30 s");
+
+    // Without the field the kernel does not probe.
+    let app = Upstream::start("app").await;
+    let agent = mesh(&[&app], "").await;
+    assert_eq!(
+        Client::h1(agent.outbound)
+            .get("http://app:9080/")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(keepalive_timers(app.addr.port()), [None]);
 }

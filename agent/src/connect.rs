@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::model::cluster::TcpKeepalive;
 use crate::model::endpoint::UpstreamAddr;
 
 /// Opens a plain TCP connection to `addr` within `timeout` (from `bind`'s
-/// address when set; `TCP_NODELAY` on). Errors: the connect's own, or
-/// `TimedOut`.
+/// address when set; `TCP_NODELAY` on; TCP keepalive by `keepalive` when
+/// set). Errors: the connect's own, `TimedOut`, or the keepalive options'.
 pub async fn connect_tcp(
     addr: &UpstreamAddr,
     timeout: Duration,
     bind: Option<std::net::IpAddr>,
+    keepalive: Option<TcpKeepalive>,
 ) -> std::io::Result<TcpStream> {
     let connect = async {
         match (addr, bind) {
@@ -39,5 +41,79 @@ pub async fn connect_tcp(
         )
     })??;
     let _ = stream.set_nodelay(true);
+    if let Some(keepalive) = keepalive {
+        set_keepalive(&stream, keepalive)?;
+    }
     Ok(stream)
+}
+
+/// Turns TCP keepalive on for `stream`, with the options `keepalive` sets
+/// (the kernel's defaults for the others, as Envoy leaves them). Times are
+/// whole seconds, 1 to 32767, and probes 1 to 127, as Linux takes them
+/// (a value outside is brought inside rather than failing the connection).
+fn set_keepalive(stream: &TcpStream, keepalive: TcpKeepalive) -> std::io::Result<()> {
+    let seconds = |d: Duration| Duration::from_secs(d.as_secs().clamp(1, 32_767));
+    let mut options = socket2::TcpKeepalive::new();
+    if let Some(time) = keepalive.time {
+        options = options.with_time(seconds(time));
+    }
+    if let Some(interval) = keepalive.interval {
+        options = options.with_interval(seconds(interval));
+    }
+    if let Some(probes) = keepalive.probes {
+        options = options.with_retries(probes.clamp(1, 127));
+    }
+    socket2::SockRef::from(stream).set_tcp_keepalive(&options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn connected(keepalive: Option<TcpKeepalive>) -> TcpStream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = UpstreamAddr::Socket(listener.local_addr().unwrap());
+        connect_tcp(&addr, Duration::from_secs(5), None, keepalive)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn keepalive_options_reach_the_socket_within_what_linux_takes() {
+        let stream = connected(Some(TcpKeepalive {
+            probes: Some(4),
+            time: Some(Duration::from_secs(30)),
+            interval: Some(Duration::from_millis(5_900)),
+        }))
+        .await;
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
+
+        // Out of range: brought in range, not a failed connection.
+        let stream = connected(Some(TcpKeepalive {
+            probes: Some(0),
+            time: Some(Duration::from_millis(10)),
+            interval: Some(Duration::from_secs(100_000)),
+        }))
+        .await;
+        let socket = socket2::SockRef::from(&stream);
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(1));
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(32_767)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 1);
+
+        let stream = connected(None).await;
+        assert!(!socket2::SockRef::from(&stream).keepalive().unwrap());
+    }
 }

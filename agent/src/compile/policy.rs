@@ -10,7 +10,7 @@ use crate::config::destination_rule::{
 };
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::model::balancer::{Balancer, DEFAULT_MAGLEV_TABLE_SIZE, HashKey};
-use crate::model::cluster::DEFAULT_CONNECT_TIMEOUT;
+use crate::model::cluster::{DEFAULT_CONNECT_TIMEOUT, Http2Keepalive, Keepalive, TcpKeepalive};
 use crate::model::endpoint::Endpoint;
 use crate::model::live::{OutlierSettings, PoolLimits, UNLIMITED};
 
@@ -175,6 +175,7 @@ pub(super) struct ClusterSettings {
     pub h2_upgrade: bool,
     pub use_client_protocol: bool,
     pub tcp_idle_timeout: Option<std::time::Duration>,
+    pub keepalive: Keepalive,
 }
 
 /// Istio's defaults for what the policy leaves out.
@@ -231,6 +232,24 @@ pub(super) fn cluster_settings(policy: &EffectivePolicy<'_>) -> ClusterSettings 
         // Only the TCP setting reaches `tcp_proxy` (Istio's network filter
         // builder); unset, the agent-wide default applies.
         tcp_idle_timeout: tcp.and_then(|t| t.idle_timeout).map(|d| d.get()),
+        keepalive: Keepalive {
+            tcp: tcp
+                .and_then(|t| t.tcp_keepalive.as_ref())
+                .map(|k| TcpKeepalive {
+                    probes: k.probes,
+                    time: k.time.map(|d| d.get()),
+                    interval: k.interval.map(|d| d.get()),
+                }),
+            // Both are required (the validator says so when one is missing).
+            http2: http
+                .and_then(|h| h.http2_keep_alive.as_ref())
+                .and_then(|k| {
+                    Some(Http2Keepalive {
+                        interval: k.interval?.get(),
+                        timeout: k.timeout?.get(),
+                    })
+                }),
+        },
     }
 }
 

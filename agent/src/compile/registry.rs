@@ -17,7 +17,7 @@ use crate::config::documents::Document;
 use crate::config::service_entry::{ServiceEntrySpec, ServicePort, WorkloadEntry};
 use crate::host::{authority_candidates, resolve_short_name};
 use crate::model::balancer::Balancer;
-use crate::model::cluster::{Cluster, DEFAULT_CONNECT_TIMEOUT, UpstreamTls};
+use crate::model::cluster::{Cluster, DEFAULT_CONNECT_TIMEOUT, Keepalive, UpstreamTls};
 use crate::model::destination::DestinationTarget;
 use crate::model::endpoint::{Endpoint, UpstreamAddr};
 use crate::model::live::{LiveState, PoolLimits};
@@ -320,6 +320,7 @@ pub(super) fn inbound_cluster(boot: &Agent, live: &LiveState) -> Arc<Cluster> {
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         limits: PoolLimits::default(),
         tcp_idle_timeout: None,
+        keepalive: Keepalive::default(),
         destination_rule: None,
         outlier: None,
         h2_upgrade: false,
@@ -598,6 +599,7 @@ impl ClusterBuild<'_> {
             connect_timeout: settings.connect_timeout,
             limits: settings.limits,
             tcp_idle_timeout: settings.tcp_idle_timeout,
+            keepalive: settings.keepalive,
             destination_rule: self.rule_reference.clone(),
             outlier: settings.outlier,
             h2_upgrade: settings.h2_upgrade,

@@ -126,6 +126,7 @@ pub const FIELDS: &[Field] = &[
     enforced(DR, "**.connectionPool.tcp.maxConnections"),
     enforced(DR, "**.connectionPool.tcp.connectTimeout"),
     enforced(DR, "**.connectionPool.tcp.idleTimeout"),
+    enforced(DR, "**.connectionPool.tcp.tcpKeepalive"),
     enforced(DR, "**.connectionPool.http"),
     enforced(DR, "**.outlierDetection"),
     enforced(DR, "**.tls"),
@@ -172,9 +173,7 @@ pub const FIELDS: &[Field] = &[
         "**.consistentHash.httpCookie.attributes",
         "cookies are hashed when present, never generated",
     ),
-    warned(DR, "**.connectionPool.tcp.tcpKeepalive", ""),
     warned(DR, "**.connectionPool.tcp.maxConnectionDuration", ""),
-    warned(DR, "**.connectionPool.http.http2KeepAlive", ""),
     warned(
         DR,
         "**.outlierDetection.splitExternalLocalOriginErrors",

@@ -130,7 +130,7 @@ impl AuthzUpstream {
     ) -> io::Result<UpstreamIo> {
         let (cluster, workload_tls) = match self {
             Self::Dns(addr) => {
-                let stream = connect_tcp(addr, DEFAULT_CONNECT_TIMEOUT, None).await?;
+                let stream = connect_tcp(addr, DEFAULT_CONNECT_TIMEOUT, None, None).await?;
                 return Ok(UpstreamIo::Plain(stream));
             }
             Self::Unavailable(reason) => return Err(io::Error::other(reason.clone())),
@@ -150,6 +150,7 @@ impl AuthzUpstream {
             &endpoint.address,
             cluster.connect_timeout,
             cluster.upstream_bind,
+            cluster.keepalive.tcp,
         )
         .await?;
         let (io, _) = handshake::connect(stream, &plan, failures)

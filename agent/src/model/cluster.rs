@@ -41,6 +41,8 @@ pub struct Cluster {
     /// `spec.downstream.idleTimeout` applies, as Istio's proxy-wide
     /// `IDLE_TIMEOUT` does.
     pub tcp_idle_timeout: Option<Duration>,
+    /// Keepalive probing of its upstream connections.
+    pub keepalive: Keepalive,
     /// The DestinationRule that sets its traffic policy, as response
     /// details name it (`DestinationRule:<namespace>/<name>`), if one does.
     pub destination_rule: Option<Arc<str>>,
@@ -81,6 +83,42 @@ pub enum UpstreamTls {
     Originate(Arc<Origination>),
     /// The rule's TLS files could not be loaded: connections fail (UF).
     Broken(Arc<str>),
+}
+
+/// How a cluster's upstream connections are probed while they live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Keepalive {
+    /// TCP keepalive on every upstream socket (DestinationRule
+    /// `connectionPool.tcp.tcpKeepalive`, Envoy's cluster
+    /// `upstream_connection_options.tcp_keepalive`); `None`: off.
+    pub tcp: Option<TcpKeepalive>,
+    /// HTTP/2 PINGs on upstream HTTP/2 connections (DestinationRule
+    /// `connectionPool.http.http2KeepAlive`, Envoy's
+    /// `http2_protocol_options.connection_keepalive`); `None`: none.
+    pub http2: Option<Http2Keepalive>,
+}
+
+/// TCP keepalive of a socket (`SO_KEEPALIVE` on); each field unset leaves
+/// the kernel's default (Linux: 9 probes, 7200 s, 75 s), as Envoy does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct TcpKeepalive {
+    /// Unanswered probes before the connection is dropped (`TCP_KEEPCNT`).
+    pub probes: Option<u32>,
+    /// Idle time before the first probe (`TCP_KEEPIDLE`, whole seconds).
+    pub time: Option<Duration>,
+    /// Time between probes (`TCP_KEEPINTVL`, whole seconds).
+    pub interval: Option<Duration>,
+}
+
+/// HTTP/2 PING keepalive of a connection: a PING every `interval`, even
+/// while no stream is open; the connection closes when one goes
+/// unanswered for `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Http2Keepalive {
+    /// Time between PINGs.
+    pub interval: Duration,
+    /// Time a PING's answer may take.
+    pub timeout: Duration,
 }
 
 /// The client configs of a TLS origination (SIMPLE, MUTUAL), one per ALPN
@@ -129,6 +167,7 @@ impl Cluster {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             limits: PoolLimits::default(),
             tcp_idle_timeout: None,
+            keepalive: Keepalive::default(),
             outlier: None,
             h2_upgrade: false,
             use_client_protocol: false,
@@ -202,7 +241,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) mod testing {
     use std::sync::Arc;
 
-    use super::{Cluster, DEFAULT_CONNECT_TIMEOUT, UpstreamTls};
+    use super::{Cluster, DEFAULT_CONNECT_TIMEOUT, Keepalive, UpstreamTls};
     use crate::model::balancer::Balancer;
     use crate::model::endpoint::{Endpoint, UpstreamAddr};
     use crate::model::live::{LiveState, PoolLimits};
@@ -233,6 +272,7 @@ pub(crate) mod testing {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             limits: PoolLimits::default(),
             tcp_idle_timeout: None,
+            keepalive: Keepalive::default(),
             destination_rule: None,
             outlier: None,
             h2_upgrade: false,

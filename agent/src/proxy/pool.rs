@@ -35,7 +35,7 @@ use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
 use super::shared_h2::{Connections, Counted, DialFailure, NoRoom, Taken};
 use crate::by_address::ByAddress;
 use crate::connect::connect_tcp;
-use crate::model::cluster::Cluster;
+use crate::model::cluster::{Cluster, Keepalive};
 use crate::model::endpoint::UpstreamAddr;
 use crate::model::live::{ClusterState, MAX_CONNECTIONS, MAX_PENDING, Slot, UNLIMITED};
 use crate::tls::TlsPlan;
@@ -104,6 +104,9 @@ pub struct PoolKey {
     /// when it sets either: clusters that share an endpoint but not these
     /// share no connection, as each Envoy cluster has its own pool.
     streams: Option<(u64, u64)>,
+    /// The cluster's keepalive (the default, off, for most): a connection
+    /// is probed as the cluster that opened it says.
+    keepalive: Keepalive,
 }
 
 impl PoolKey {
@@ -126,6 +129,7 @@ impl PoolKey {
                 );
                 (streams != (UNLIMITED, 0)).then_some(streams)
             },
+            keepalive: cluster.keepalive,
         }
     }
 }
@@ -473,10 +477,19 @@ impl Pools {
         // The slot goes with the socket: hyper's connection future ends
         // when no sender is left, while the socket carries the streams on.
         let io = SlottedIo { io, _slot: slot };
-        let (sender, conn) = http2::Builder::new(LocalExec)
+        let mut builder = http2::Builder::new(LocalExec);
+        builder
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
+        if let Some(keepalive) = cluster.keepalive.http2 {
+            // Envoy's connection keepalive PINGs idle connections too.
+            builder
+                .keep_alive_interval(keepalive.interval)
+                .keep_alive_timeout(keepalive.timeout)
+                .keep_alive_while_idle(true);
+        }
+        let (sender, conn) = builder
             .handshake(TokioIo::new(io))
             .await
             .map_err(|source| AcquireError::Handshake {
@@ -563,12 +576,17 @@ impl Pools {
         cluster: &Cluster,
         plan: &TlsPlan,
     ) -> Result<(UpstreamIo, PeerIdentity), AcquireError> {
-        let stream = connect_tcp(addr, cluster.connect_timeout, cluster.upstream_bind)
-            .await
-            .map_err(|source| AcquireError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
+        let stream = connect_tcp(
+            addr,
+            cluster.connect_timeout,
+            cluster.upstream_bind,
+            cluster.keepalive.tcp,
+        )
+        .await
+        .map_err(|source| AcquireError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
         self.opened.inc();
         let (io, identity) = handshake::connect(stream, plan, &self.tls_failures)
             .await

@@ -568,6 +568,7 @@ async fn dial(
         &endpoint.address,
         cluster.connect_timeout,
         cluster.upstream_bind,
+        cluster.keepalive.tcp,
     )
     .await
     .map_err(|e| e.to_string())?;

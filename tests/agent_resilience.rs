@@ -889,3 +889,49 @@ async fn tcp_keepalive_is_on_for_the_hosts_upstream_sockets() {
     );
     assert_eq!(keepalive_timers(app.addr.port()), [None]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_connections_past_their_max_duration_are_not_reused() {
+    // Istio renders connectionPool.tcp.maxConnectionDuration as the
+    // cluster's max_connection_duration: a connection older than it is
+    // given no new request (and an idle one is closed).
+    let rule = destination_rule("{connectionPool: {tcp: {maxConnectionDuration: 4s}}}");
+    let wait_out = Duration::from_millis(4500);
+
+    // HTTP/1.1, one client connection (one worker).
+    let app = Upstream::start("app").await;
+    let agent = mesh(&[&app], &rule).await;
+    let client = Client::h1(agent.outbound);
+    let began = Instant::now();
+    for _ in 0..2 {
+        assert_eq!(client.get("http://app:9080/").await.status, 200);
+    }
+    let reused = began.elapsed() < Duration::from_secs(4);
+    tokio::time::sleep_until((began + wait_out).into()).await;
+    assert_eq!(client.get("http://app:9080/").await.status, 200);
+    let accepted = app.accepted_connections();
+    if reused {
+        assert_eq!(accepted, 2, "reused within its lifetime, not after");
+    } else {
+        assert!(accepted >= 2, "{accepted}");
+    }
+
+    // HTTP/2: the connection is shared no more, and closes once idle.
+    let upstream = FrameUpstream::start(First::Plain).await;
+    let agent = upstream.agent(&rule);
+    let client = Client::h2(agent.outbound);
+    let began = Instant::now();
+    for _ in 0..2 {
+        assert_eq!(answered(&client).await, 204);
+    }
+    let shared = began.elapsed() < Duration::from_secs(4);
+    assert!(
+        reaches(&upstream.closed, 1).await,
+        "closed past its lifetime"
+    );
+    assert!(began.elapsed() >= Duration::from_millis(3900));
+    assert_eq!(answered(&client).await, 204);
+    if shared {
+        assert_eq!(upstream.connections(), 2);
+    }
+}

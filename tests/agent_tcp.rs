@@ -540,3 +540,42 @@ fn frontend_config(entry: &str) -> String {
     };
     doc.yaml() + entry
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tcp_connection_busy_past_its_max_duration_is_closed_as_dt() {
+    // Istio renders connectionPool.tcp.maxConnectionDuration as the
+    // tcp_proxy's max_downstream_connection_duration: the connection is
+    // closed however busy it is, flagged DT.
+    let ca = Ca::start();
+    let app = CountingEcho::start().await;
+    let db = tcp_agent("db", app.addr, "[]", &ca.identity_yaml("db", "1h"), "");
+    let rule = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db
+  trafficPolicy: {connectionPool: {tcp: {maxConnectionDuration: 2s}}}
+";
+    let frontend = client(&ca, "frontend", db.inbound, rule).await;
+    let began = Instant::now();
+    let mut conn = TcpStream::connect(frontend.outbound_tcp[0]).await.unwrap();
+    let mut buf = [0u8; 16];
+    // A byte every 100 ms until the agent closes it (at most 30 s).
+    let lived = loop {
+        assert!(began.elapsed() < Duration::from_secs(30), "never closed");
+        if conn.write_all(b"x").await.is_err() {
+            break began.elapsed();
+        }
+        match tokio::time::timeout(Duration::from_secs(30), conn.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break began.elapsed(),
+            Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => panic!("neither echoed nor closed"),
+        }
+    };
+    assert!(
+        lived >= Duration::from_millis(1900),
+        "closed after {lived:?}, before its 2 s"
+    );
+    closed(&frontend, 1.0, &[("response_flags", "DT")]).await;
+}

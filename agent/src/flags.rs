@@ -8,7 +8,7 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u32);
 
-const NAMES: [(u32, &str); 19] = [
+const NAMES: [(u32, &str); 20] = [
     (1 << 0, "NR"),
     (1 << 1, "UF"),
     (1 << 2, "UH"),
@@ -28,6 +28,7 @@ const NAMES: [(u32, &str); 19] = [
     (1 << 16, "UAEX"),
     (1 << 17, "UPE"),
     (1 << 18, "OM"),
+    (1 << 19, "DT"),
 ];
 
 impl ResponseFlags {
@@ -78,6 +79,9 @@ impl ResponseFlags {
     /// `spec.overload.maxStalledStreams` allows (Envoy's OM, "overload
     /// manager terminated the request").
     pub const OVERLOAD_MANAGER: Self = Self(1 << 18);
+    /// A proxied TCP connection reached its cluster's
+    /// `maxConnectionDuration` and was closed (Envoy's DT).
+    pub const DURATION_TIMEOUT: Self = Self(1 << 19);
 
     /// Whether no flag is set.
     pub fn is_empty(self) -> bool {

@@ -198,6 +198,10 @@ pub(super) fn cluster_settings(policy: &EffectivePolicy<'_>) -> ClusterSettings 
             .and_then(|h| h.idle_timeout)
             .or(tcp.and_then(|t| t.idle_timeout))
             .map_or(defaults.idle_timeout, |d| d.get()),
+        max_connection_duration: tcp
+            .and_then(|t| t.max_connection_duration)
+            .map(|d| d.get())
+            .filter(|d| !d.is_zero()),
     };
     let outlier = policy.outlier_detection.map(|od| OutlierSettings {
         // Istio maps the deprecated consecutiveErrors to gateway errors only.

@@ -127,6 +127,7 @@ pub const FIELDS: &[Field] = &[
     enforced(DR, "**.connectionPool.tcp.connectTimeout"),
     enforced(DR, "**.connectionPool.tcp.idleTimeout"),
     enforced(DR, "**.connectionPool.tcp.tcpKeepalive"),
+    enforced(DR, "**.connectionPool.tcp.maxConnectionDuration"),
     enforced(DR, "**.connectionPool.http"),
     enforced(DR, "**.outlierDetection"),
     enforced(DR, "**.tls"),
@@ -173,7 +174,6 @@ pub const FIELDS: &[Field] = &[
         "**.consistentHash.httpCookie.attributes",
         "cookies are hashed when present, never generated",
     ),
-    warned(DR, "**.connectionPool.tcp.maxConnectionDuration", ""),
     warned(
         DR,
         "**.outlierDetection.splitExternalLocalOriginErrors",

@@ -203,6 +203,13 @@ pub struct PoolLimits {
     pub max_concurrent_streams: u64,
     /// Idle time after which a pooled connection closes.
     pub idle_timeout: Duration,
+    /// Longest an upstream connection serves from when it was opened
+    /// (`connectionPool.tcp.maxConnectionDuration`, Envoy's cluster
+    /// `common_http_protocol_options.max_connection_duration` and
+    /// `tcp_proxy` `max_downstream_connection_duration`): past it an HTTP
+    /// connection is given no new request and closes once its requests
+    /// end, and a proxied TCP connection is closed (`DT`). `None`: no limit.
+    pub max_connection_duration: Option<Duration>,
 }
 
 /// Istio's default: no limit (2^32 − 1 in its Envoy config).
@@ -218,6 +225,7 @@ impl Default for PoolLimits {
             max_requests_per_connection: 0,
             max_concurrent_streams: UNLIMITED,
             idle_timeout: Duration::from_secs(3600),
+            max_connection_duration: None,
         }
     }
 }

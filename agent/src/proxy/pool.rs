@@ -140,9 +140,12 @@ pub type PeerIdentity = Option<Arc<str>>;
 struct Idle {
     connection: Connection,
     peer: PeerIdentity,
-    since: Instant,
     served: u64,
-    idle_timeout: Duration,
+    /// When it closes unless taken: its idle timeout on, or the end of its
+    /// lifetime when that comes first.
+    deadline: Instant,
+    /// The end of its lifetime (`maxConnectionDuration`), if it has one.
+    expires: Option<Instant>,
 }
 
 /// A stream on a shared HTTP/2 connection of an endpoint, as a request
@@ -206,14 +209,19 @@ pub struct Lease {
     served: u64,
     max_served: u64,
     idle_timeout: Duration,
+    /// The end of the connection's lifetime (`maxConnectionDuration`).
+    expires: Option<Instant>,
     pools: Weak<Pools>,
 }
 
 impl Reuse for Lease {
     /// Puts the connection back in its pool, unless it served its quota of
-    /// requests or requests are waiting for a connection slot.
+    /// requests, outlived its lifetime, or requests are waiting for a
+    /// connection slot.
     fn reuse(self, connection: Connection) {
-        let spent = self.max_served > 0 && self.served + 1 >= self.max_served;
+        let now = Instant::now();
+        let spent = self.max_served > 0 && self.served + 1 >= self.max_served
+            || self.expires.is_some_and(|at| at <= now);
         let wanted = self
             .key
             .counted_by
@@ -227,14 +235,17 @@ impl Reuse for Lease {
             if !connection.is_usable(&pools.idle_waker) {
                 return;
             }
+            let idle_deadline = now + self.idle_timeout;
+            let deadline = self
+                .expires
+                .map_or(idle_deadline, |at| at.min(idle_deadline));
             let idle = Idle {
                 connection,
                 peer: self.peer,
-                since: Instant::now(),
                 served: self.served + 1,
-                idle_timeout: self.idle_timeout,
+                deadline,
+                expires: self.expires,
             };
-            let deadline = idle.since + idle.idle_timeout;
             let limited = self.key.counted_by.is_some();
             let mut idle_lists = pools.idle.borrow_mut();
             let list = idle_lists.entry(self.key).or_default();
@@ -266,7 +277,8 @@ impl Pools {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(key)?;
         while let Some(mut conn) = list.pop() {
-            if conn.connection.is_usable(Waker::noop()) {
+            let expired = conn.expires.is_some_and(|at| at <= Instant::now());
+            if !expired && conn.connection.is_usable(Waker::noop()) {
                 return Some(conn);
             }
         }
@@ -283,7 +295,7 @@ impl Pools {
         plan: &TlsPlan,
     ) -> Result<(Connection, Lease), AcquireError> {
         let mut waited = None;
-        let lease = |peer, reused, served, waited| Lease {
+        let lease = |peer, reused, served, waited, expires| Lease {
             peer,
             reused,
             waited,
@@ -291,11 +303,13 @@ impl Pools {
             served,
             max_served: cluster.limits.max_requests_per_connection,
             idle_timeout: cluster.limits.idle_timeout,
+            expires,
             pools: Rc::downgrade(self),
         };
         let slot = loop {
             if let Some(idle) = self.take_idle(key) {
-                return Ok((idle.connection, lease(idle.peer, true, idle.served, waited)));
+                let lease = lease(idle.peer, true, idle.served, waited, idle.expires);
+                return Ok((idle.connection, lease));
             }
             let slotted = self
                 .connection_slot(key, cluster, || self.has_idle(key))
@@ -308,7 +322,11 @@ impl Pools {
             }
         };
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
-        Ok((Connection::new(io, slot), lease(peer, false, 0, waited)))
+        let expires = expiry(cluster);
+        Ok((
+            Connection::new(io, slot),
+            lease(peer, false, 0, waited, expires),
+        ))
     }
 
     /// A new HTTP/1.1 connection for a request that offers an upgrade,
@@ -606,12 +624,10 @@ impl Pools {
         self.idle.borrow_mut().retain(|key, list| {
             let wanted = key.counted_by.as_ref().is_some_and(|c| c.0.has_waiters());
             list.retain_mut(|c| {
-                !wanted
-                    && now.duration_since(c.since) < c.idle_timeout
-                    && c.connection.is_usable(&self.idle_waker)
+                !wanted && now < c.deadline && c.connection.is_usable(&self.idle_waker)
             });
             for c in list.iter() {
-                next.due(c.since + c.idle_timeout);
+                next.due(c.deadline);
             }
             next.limited |= !list.is_empty() && key.counted_by.is_some();
             !list.is_empty()
@@ -730,6 +746,13 @@ impl tokio::io::AsyncWrite for SlottedIo {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
+}
+
+/// When a connection of `cluster` opened now ends its lifetime
+/// (`maxConnectionDuration`), if it has one.
+fn expiry(cluster: &Cluster) -> Option<Instant> {
+    let lifetime = cluster.limits.max_connection_duration?;
+    Some(Instant::now() + lifetime)
 }
 
 /// Wakes the sweeper: the waker idle sockets are watched with.

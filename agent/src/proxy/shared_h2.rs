@@ -19,7 +19,8 @@
 //! sender is left and its streams are done), and so does every idle one
 //! while requests of the cluster wait for a connection slot. A connection
 //! given `maxRequestsPerConnection` streams is shared no more, as Envoy
-//! drains it: it closes once they end.
+//! drains it: it closes once they end; so is one past its lifetime
+//! (`maxConnectionDuration`).
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -47,6 +48,9 @@ struct Shared {
     served: u64,
     /// When a sweep first found it carrying none (since then).
     idle_since: Option<Instant>,
+    /// The end of its lifetime (`maxConnectionDuration`): given no stream
+    /// after it, it closes once its streams end.
+    expires: Option<Instant>,
 }
 
 /// One in a count ([`Cell`]) until dropped.
@@ -246,7 +250,7 @@ impl Connections {
         // (A connection past `maxRequestsPerConnection` is left only by a
         // reload that lowered it.)
         self.shared
-            .retain(|c| !c.sender.is_closed() && !spent(c.served, limits));
+            .retain(|c| c.is_live() && !spent(c.served, limits));
         let at = self.shared.iter().position(|c| c.streams.get() < limit);
         let mut index = 0;
         self.shared.retain(|c| {
@@ -263,7 +267,7 @@ impl Connections {
         let limit = limits.max_concurrent_streams;
         self.shared
             .iter()
-            .any(|c| !c.sender.is_closed() && c.streams.get() < limit)
+            .any(|c| c.is_live() && c.streams.get() < limit)
     }
 
     /// A sweep at `now`: [`Self::prune`] by `max_streams` (the key's
@@ -290,6 +294,9 @@ impl Connections {
             due = Some(due.map_or(deadline, |d: Instant| d.min(deadline)));
         };
         self.shared.retain_mut(|c| {
+            if let Some(expires) = c.expires {
+                due_by(expires);
+            }
             if c.streams.get() > 0 {
                 // Looked at again a timeout on (at least a second: a zero
                 // timeout must not make the sweeper spin).
@@ -356,6 +363,9 @@ impl Connections {
                 streams,
                 served: 1,
                 idle_since: None,
+                expires: limits
+                    .max_connection_duration
+                    .map(|lifetime| Instant::now() + lifetime),
             });
         }
         drop(dial);
@@ -376,6 +386,13 @@ impl Connections {
     #[cfg(test)]
     pub fn streams(&self) -> Vec<u64> {
         self.shared.iter().map(|c| c.streams.get()).collect()
+    }
+}
+
+impl Shared {
+    /// Whether it may be given streams: open, and within its lifetime.
+    fn is_live(&self) -> bool {
+        !self.sender.is_closed() && self.expires.is_none_or(|at| at > Instant::now())
     }
 }
 

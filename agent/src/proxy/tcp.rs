@@ -180,6 +180,8 @@ pub async fn proxy<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    // Envoy's `max_downstream_connection_duration` counts from here.
+    let began = Instant::now();
     let snapshot = worker.shared.config.load_full();
     let shared = &worker.shared;
     let kind = match direction {
@@ -292,7 +294,7 @@ pub async fn proxy<IO>(
         opened.inc();
     }
     let (mut received, mut sent) = (0u64, 0u64);
-    let mut idled = false;
+    let mut ended = None;
     if let (Some(upstream), Some(endpoint)) = (upstream, &endpoint) {
         let _active = endpoint.state.start_request();
         let (mut down_read, mut down_write) = tokio::io::split(downstream);
@@ -315,13 +317,25 @@ pub async fn proxy<IO>(
             )
         };
         let timeout = idle_timeout(&snapshot, cluster.as_deref());
-        // Idle: both streams are dropped here, closing both connections.
+        let lifetime = cluster
+            .as_deref()
+            .and_then(|c| c.limits.max_connection_duration);
+        // Idle or past its lifetime: both streams are dropped here, closing
+        // both connections.
         tokio::select! {
             _ = both => {}
-            () = idle(&last, timeout) => idled = true,
+            () = idle(&last, timeout) => ended = Some(Ended::Idle),
+            () = expire(began, lifetime) => ended = Some(Ended::Lifetime),
         }
     }
-    if let Some(closed) = handles.as_ref().and_then(|h| h.closed.as_ref()) {
+    if ended == Some(Ended::Lifetime) {
+        // Envoy's DT, on the connection's close only.
+        flags.insert(ResponseFlags::DURATION_TIMEOUT);
+        let closed = shared.metrics.tcp_handles(&labels, flags, connection);
+        if let Some(closed) = closed.as_ref().and_then(|h| h.closed.as_ref()) {
+            closed.inc();
+        }
+    } else if let Some(closed) = handles.as_ref().and_then(|h| h.closed.as_ref()) {
         closed.inc();
     }
     if span.is_recording() {
@@ -334,10 +348,11 @@ pub async fn proxy<IO>(
         if verdict.audited {
             span.set("tracemesh.authz.audit", Value::Bool(true));
         }
-        let termination = match (&verdict.denied, idled) {
+        let termination = match (&verdict.denied, ended) {
             (Some(details), _) => Some(details.as_str()),
-            (None, true) => Some("idle_timeout"),
-            (None, false) => None,
+            (None, Some(Ended::Idle)) => Some("idle_timeout"),
+            (None, Some(Ended::Lifetime)) => Some("max_connection_duration_reached"),
+            (None, None) => None,
         };
         if let Some(details) = termination {
             span.set(
@@ -469,6 +484,23 @@ fn idle_timeout(snapshot: &Snapshot, cluster: Option<&Cluster>) -> Option<Durati
     match cluster.and_then(|c| c.tcp_idle_timeout) {
         Some(set) => (!set.is_zero()).then_some(set),
         None => snapshot.bootstrap.downstream.idle,
+    }
+}
+
+/// Why the agent ended a proxied connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// No byte either way for the idle timeout.
+    Idle,
+    /// The cluster's `maxConnectionDuration` passed since it began.
+    Lifetime,
+}
+
+/// Resolves `lifetime` after `began`; never without one.
+async fn expire(began: Instant, lifetime: Option<Duration>) {
+    match lifetime {
+        Some(lifetime) => tokio::time::sleep_until(began + lifetime).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -85,11 +85,18 @@ pub enum AcquireError {
 }
 
 /// What secures a pooled connection, so differently secured connections to
-/// one endpoint never mix.
+/// one endpoint never mix: the client config, and the SNI and SANs checked
+/// at the handshake (mesh mTLS shares one config among clusters that send
+/// different names or expect different identities; a connection verified
+/// for one must not carry another's requests).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum TlsKey {
     Plain,
-    Tls(ByAddress<rustls::ClientConfig>),
+    Tls {
+        config: ByAddress<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+        expected: Arc<[String]>,
+    },
 }
 
 /// Which pool a connection belongs to: its endpoint, its TLS, and for
@@ -117,7 +124,15 @@ impl PoolKey {
             bind: cluster.upstream_bind,
             tls: match plan {
                 TlsPlan::Plain => TlsKey::Plain,
-                TlsPlan::Tls { config, .. } => TlsKey::Tls(ByAddress(config.clone())),
+                TlsPlan::Tls {
+                    config,
+                    server_name,
+                    expected,
+                } => TlsKey::Tls {
+                    config: ByAddress(config.clone()),
+                    server_name: server_name.clone(),
+                    expected: expected.clone(),
+                },
             },
             counted_by: (cluster.limits.max_connections != UNLIMITED)
                 .then(|| ByAddress(cluster.state.clone())),
@@ -791,7 +806,39 @@ mod tests {
     use crate::model::live::PoolLimits;
     use crate::proxy::testing::{key, pools};
 
-    /// A worker's pools, counting into throwaway metrics.
+    #[test]
+    fn mesh_connections_are_pooled_apart_by_sni_and_expected_sans() {
+        // One workload config, shared by every mesh cluster: a connection
+        // verified for one cluster's SNI and SANs must not carry another's.
+        let config = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        );
+        let plan = |sni: &str, sans: &[&str]| TlsPlan::Tls {
+            config: config.clone(),
+            server_name: rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("SNI"),
+            expected: sans.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let cluster = crate::model::cluster::testing::cluster(
+            "app",
+            80,
+            crate::model::service::Protocol::Http,
+            &["10.0.0.1:80"],
+        );
+        let key = |plan: &TlsPlan| PoolKey::new(&cluster.endpoints[0].address, &cluster, plan);
+        let a = key(&plan("a.example", &["spiffe://td/ns/a/sa/a"]));
+        assert_eq!(a, key(&plan("a.example", &["spiffe://td/ns/a/sa/a"])));
+        assert_ne!(a, key(&plan("b.example", &["spiffe://td/ns/a/sa/a"])));
+        assert_ne!(a, key(&plan("a.example", &["spiffe://td/ns/b/sa/b"])));
+        assert_ne!(a, key(&plan("a.example", &[])));
+        assert_ne!(a, key(&TlsPlan::Plain));
+    }
+
     /// A server that accepts connections and keeps them open until they
     /// close, counting how many it accepted.
     async fn server() -> (SocketAddr, Rc<std::cell::Cell<usize>>) {

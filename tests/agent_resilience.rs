@@ -237,7 +237,9 @@ async fn retries_stop_at_the_budget() {
     down.delay_all(100);
     let rule =
         "  - retries: {attempts: 10, retryOn: 5xx}\n    route: [{destination: {host: app}}]\n";
-    let agent = mesh(&[&down], &virtual_service(rule)).await;
+    // Istio's defaults for the budget's fields: 20%, at least 3.
+    let budget = destination_rule("{retryBudget: {}}");
+    let agent = mesh(&[&down], &(virtual_service(rule) + &budget)).await;
     let client = Client::h1(agent.outbound);
     let calls: Vec<_> = (0..60)
         .map(|_| {
@@ -248,9 +250,9 @@ async fn retries_stop_at_the_budget() {
     for call in calls {
         assert_eq!(call.await.unwrap(), 503);
     }
-    // Without a budget 60 requests × 11 attempts would hit the upstream 660
-    // times; the budget (20% of active requests, at least 3) keeps retries
-    // to a fraction of the load.
+    // Without a budget (Istio's default) 60 requests × 11 attempts would
+    // hit the upstream 660 times; the budget (20% of active requests, at
+    // least 3) keeps retries to a fraction of the load.
     let hits = down.count();
     assert!((60..300).contains(&hits), "{hits} upstream requests");
 }
@@ -535,8 +537,8 @@ fn endpoint_of(clusters: &serde_json::Value, address: &str) -> serde_json::Value
 /// An HTTP/2 upstream written frame by frame (RFC 9113), to send GOAWAY,
 /// resets and PINGs where a test wants them. Its first connection is as
 /// `First` says:
-/// - [`First::Refusing`]: it takes two requests, sends GOAWAY naming the
-///   first as the last it processed, answers that one 200 and leaves the
+/// - [`First::Refusing`]: it takes that many requests, sends GOAWAY naming
+///   the first as the last it processed, answers that one 200 and leaves the
 ///   connection open, ignoring any stream opened on it after;
 /// - [`First::Holding`]: it takes one request, sends GOAWAY naming it and a
 ///   PING, tells the test once the PING is acknowledged (the client has read
@@ -561,7 +563,7 @@ struct FrameUpstream {
 
 #[derive(Clone, Copy, PartialEq)]
 enum First {
-    Refusing,
+    Refusing(usize),
     Holding,
     ResettingRefused,
     Plain,
@@ -679,7 +681,7 @@ impl FrameUpstream {
                 (HEADERS, Some(first)) => {
                     opened.push(stream);
                     match first {
-                        First::Refusing if opened.len() == 2 => {
+                        First::Refusing(streams) if opened.len() == streams => {
                             let mut reply = goaway(opened[0]);
                             reply.extend(frame(HEADERS, ENDS, opened[0], &[STATUS_200]));
                             reply
@@ -747,7 +749,7 @@ async fn a_stream_goaway_refused_is_retried_on_another_connection() {
     // second is refused, unprocessed: retried (`refused-stream` is in
     // Istio's default retry policy, as Envoy retries it), and not on the
     // connection going away.
-    let upstream = FrameUpstream::start(First::Refusing).await;
+    let upstream = FrameUpstream::start(First::Refusing(2)).await;
     let agent = upstream.agent("");
     let client = Client::h2(agent.outbound);
     let calls = [get_app(&client), get_app(&client)];
@@ -934,4 +936,50 @@ async fn http_connections_past_their_max_duration_are_not_reused() {
     if shared {
         assert_eq!(upstream.connections(), 2);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_stream_a_goaway_refuses_is_retried_without_a_retry_budget() {
+    // Seven streams refused at once: Istio sets no retry budget (and
+    // maxRetries 2^32 - 1), so each is retried, as Envoy retries them.
+    let upstream = FrameUpstream::start(First::Refusing(8)).await;
+    let agent = upstream.agent("");
+    let client = Client::h2(agent.outbound);
+    let calls: Vec<_> = (0..8).map(|_| get_app(&client)).collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 204, 204, 204, 204, 204, 204, 204]);
+
+    // With `trafficPolicy.retryBudget` one retry at a time: the others
+    // are not retried, and say why (UO).
+    let upstream = FrameUpstream::start(First::Refusing(8)).await;
+    let budget = "{retryBudget: {percent: 0, minRetryConcurrency: 1}}";
+    let agent = upstream.agent(&destination_rule(budget));
+    let client = Client::h2(agent.outbound);
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get("http://app:9080/").await })
+        })
+        .collect();
+    let mut overflowed = 0;
+    let mut answered = 0;
+    for call in calls {
+        let reply = call.await.unwrap();
+        match reply.status.as_u16() {
+            200 | 204 => answered += 1,
+            503 => {
+                let flags = reply.header("x-tracemesh-response-flags").unwrap();
+                assert!(flags.contains("UO"), "{flags}");
+                overflowed += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert!(answered >= 2, "the processed stream and one retry at least");
+    assert!(overflowed >= 1, "{answered} answered");
+    assert_eq!(answered + overflowed, 8);
 }

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use crate::config::destination_rule::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings,
-    OutlierDetection, PortTrafficPolicy, TrafficPolicy,
+    OutlierDetection, PortTrafficPolicy, RetryBudget as RetryBudgetSettings, TrafficPolicy,
 };
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::model::balancer::{Balancer, DEFAULT_MAGLEV_TABLE_SIZE, HashKey};
 use crate::model::cluster::{DEFAULT_CONNECT_TIMEOUT, Http2Keepalive, Keepalive, TcpKeepalive};
 use crate::model::endpoint::Endpoint;
-use crate::model::live::{OutlierSettings, PoolLimits, UNLIMITED};
+use crate::model::live::{OutlierSettings, PoolLimits, RetryBudget, UNLIMITED};
 
 /// The policy in force for one port and subset, chosen as Istio chooses it
 /// (`MergeSubsetTrafficPolicy`, `GetPortLevelTrafficPolicy` in
@@ -30,6 +30,8 @@ pub(super) struct EffectivePolicy<'a> {
     pub connection_pool: Option<&'a ConnectionPoolSettings>,
     pub outlier_detection: Option<&'a OutlierDetection>,
     pub tls: Option<&'a ClientTlsSettings>,
+    /// The traffic policy's (a port's settings have none of their own).
+    pub retry_budget: Option<&'a RetryBudgetSettings>,
 }
 
 impl<'a> EffectivePolicy<'a> {
@@ -52,6 +54,7 @@ impl<'a> EffectivePolicy<'a> {
                     connection_pool: connection_pool.as_ref(),
                     outlier_detection: outlier_detection.as_ref(),
                     tls: tls.as_ref(),
+                    retry_budget: policy.retry_budget.as_ref(),
                 },
                 true,
             ),
@@ -61,6 +64,7 @@ impl<'a> EffectivePolicy<'a> {
                     connection_pool: policy.connection_pool.as_ref(),
                     outlier_detection: policy.outlier_detection.as_ref(),
                     tls: policy.tls.as_ref(),
+                    retry_budget: policy.retry_budget.as_ref(),
                 },
                 false,
             ),
@@ -84,12 +88,16 @@ impl<'a> EffectivePolicy<'a> {
             return top;
         };
         match Self::for_port(sub, port) {
-            (port_level, true) => port_level,
+            (port_level, true) => Self {
+                retry_budget: port_level.retry_budget.or(top.retry_budget),
+                ..port_level
+            },
             (sub, false) => Self {
                 load_balancer: sub.load_balancer.or(top.load_balancer),
                 connection_pool: sub.connection_pool.or(top.connection_pool),
                 outlier_detection: sub.outlier_detection.or(top.outlier_detection),
                 tls: sub.tls.or(top.tls),
+                retry_budget: sub.retry_budget.or(top.retry_budget),
             },
         }
     }
@@ -202,6 +210,14 @@ pub(super) fn cluster_settings(policy: &EffectivePolicy<'_>) -> ClusterSettings 
             .and_then(|t| t.max_connection_duration)
             .map(|d| d.get())
             .filter(|d| !d.is_zero()),
+        // Istio's defaults when the field is there (none when it is not).
+        retry_budget: policy.retry_budget.map(|b| RetryBudget {
+            percent: b.percent.unwrap_or(20.0).clamp(0.0, 100.0),
+            min_concurrency: b
+                .min_retry_concurrency
+                .filter(|n| *n > 0)
+                .map_or(3, u64::from),
+        }),
     };
     let outlier = policy.outlier_detection.map(|od| OutlierSettings {
         // Istio maps the deprecated consecutiveErrors to gateway errors only.

@@ -132,6 +132,7 @@ pub const FIELDS: &[Field] = &[
     enforced(DR, "**.outlierDetection"),
     enforced(DR, "**.tls"),
     enforced(DR, "**.portLevelSettings"),
+    enforced(DR, "**.trafficPolicy.retryBudget"),
     warned(
         DR,
         "spec.exportTo",
@@ -146,8 +147,8 @@ pub const FIELDS: &[Field] = &[
     warned(DR, "**.trafficPolicy.proxyProtocol", ""),
     warned(
         DR,
-        "**.trafficPolicy.retryBudget",
-        "the budget is Envoy's default: 20% of requests in flight, at least 3",
+        "**.trafficPolicy.retryBudget.budgetInterval",
+        "the budget counts the retries and requests in flight now",
     ),
     warned(DR, "**.loadBalancer.localityLbSetting", "no localities"),
     warned(DR, "**.loadBalancer.zoneAwareLbSetting", "no zones"),

@@ -210,6 +210,29 @@ pub struct PoolLimits {
     /// connection is given no new request and closes once its requests
     /// end, and a proxied TCP connection is closed (`DT`). `None`: no limit.
     pub max_connection_duration: Option<Duration>,
+    /// Retries in flight as a share of requests in flight
+    /// (`trafficPolicy.retryBudget`, Envoy's circuit-breaker
+    /// `retry_budget`); `None`, as Istio without the field: only
+    /// `maxRetries` bounds them.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// A cluster's retry budget: retries in flight may be `percent` of the
+/// requests in flight, and `min_concurrency` whatever the share (Envoy's
+/// `retry_budget`: `budget_percent`, `min_retry_concurrency`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// Percent of requests in flight, 0 to 100 (Istio's default 20).
+    pub percent: f64,
+    /// Retries always allowed (Istio's default 3).
+    pub min_concurrency: u64,
+}
+
+impl RetryBudget {
+    /// Retries allowed in flight with `active` requests in flight.
+    fn allows(self, active: u64) -> u64 {
+        ((active as f64 * self.percent / 100.0) as u64).max(self.min_concurrency)
+    }
 }
 
 /// Istio's default: no limit (2^32 − 1 in its Envoy config).
@@ -226,6 +249,7 @@ impl Default for PoolLimits {
             max_concurrent_streams: UNLIMITED,
             idle_timeout: Duration::from_secs(3600),
             max_connection_duration: None,
+            retry_budget: None,
         }
     }
 }
@@ -272,11 +296,6 @@ impl Drop for Slot {
     }
 }
 
-/// Envoy's default retry budget: retries may be 20% of active requests…
-const RETRY_BUDGET_PERCENT: u64 = 20;
-/// …but at least three may always be in flight.
-const RETRY_BUDGET_MIN: u64 = 3;
-
 impl ClusterState {
     fn counter(&self, counter: Counter) -> &AtomicU64 {
         match counter {
@@ -314,11 +333,14 @@ impl ClusterState {
         self.take(Counter::Requests, max)
     }
 
-    /// A retry slot, if below `max` and inside the retry budget.
-    pub fn take_retry(self: &Arc<Self>, max: u64) -> Option<Slot> {
-        let active = self.requests.load(Ordering::Relaxed);
-        let budget = (active * RETRY_BUDGET_PERCENT / 100).max(RETRY_BUDGET_MIN);
-        self.take(Counter::Retries, max.min(budget))
+    /// A retry slot, if below `max` (`maxRetries`) and inside `budget`
+    /// when there is one.
+    pub fn take_retry(self: &Arc<Self>, max: u64, budget: Option<RetryBudget>) -> Option<Slot> {
+        let limit = match budget {
+            Some(budget) => max.min(budget.allows(self.requests.load(Ordering::Relaxed))),
+            None => max,
+        };
+        self.take(Counter::Retries, limit)
     }
 
     /// Whether requests are waiting for a connection.
@@ -494,10 +516,29 @@ mod tests {
     }
 
     #[test]
-    fn retries_respect_the_budget() {
+    fn retries_respect_the_budget_when_there_is_one() {
         let state = Arc::new(ClusterState::default());
-        let held: Vec<Slot> = (0..3).filter_map(|_| state.take_retry(UNLIMITED)).collect();
+        let budget = Some(RetryBudget {
+            percent: 20.0,
+            min_concurrency: 3,
+        });
+        let held: Vec<Slot> = (0..4)
+            .filter_map(|_| state.take_retry(UNLIMITED, budget))
+            .collect();
         assert_eq!(held.len(), 3, "three retries are always allowed");
-        assert!(state.take_retry(UNLIMITED).is_none());
+        // 20 requests in flight: 20% of them is 4.
+        let requests: Vec<Slot> = (0..20)
+            .filter_map(|_| state.take_request(UNLIMITED))
+            .collect();
+        assert_eq!(requests.len(), 20);
+        let fourth = state.take_retry(UNLIMITED, budget);
+        assert!(fourth.is_some());
+        assert!(state.take_retry(UNLIMITED, budget).is_none());
+        // Without one (Istio's default), only maxRetries bounds them.
+        let unbudgeted: Vec<Slot> = (0..100)
+            .filter_map(|_| state.take_retry(UNLIMITED, None))
+            .collect();
+        assert_eq!(unbudgeted.len(), 100);
+        assert!(state.take_retry(104, None).is_none(), "maxRetries");
     }
 }

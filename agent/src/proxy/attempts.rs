@@ -171,6 +171,9 @@ pub trait AttemptRecord {
     fn retrying(&mut self, retry: u32, reason: &'static str);
     /// Retries were allowed and are used up (Envoy's URX).
     fn gave_up(&mut self);
+    /// A retry the policy allowed found the cluster's `maxRetries` or retry
+    /// budget full (Envoy's UO, counted as `upstream_rq_retry_overflow`).
+    fn retry_overflowed(&mut self);
     /// Outlier detection ejected `endpoint` of `cluster` for `duration`,
     /// for `reason`.
     fn ejected(
@@ -214,6 +217,14 @@ const ATTEMPT_COUNT: http::HeaderName = http::HeaderName::from_static("x-envoy-a
 
 /// The response header that marks an answer as rate limited, never retried.
 const RATE_LIMITED: &str = "x-envoy-ratelimited";
+
+/// Why no retry follows a retriable failure.
+enum NoRetry {
+    /// The policy's attempts or the deadline are used up.
+    NotAllowed,
+    /// The cluster's `maxRetries` or retry budget is full.
+    Overflow,
+}
 
 enum Judged<B> {
     Deliver(Box<Delivered<B>>),
@@ -388,11 +399,11 @@ impl Attempts<'_> {
                 if self.retry.retries_status(status, grpc)
                     && !sent.response.headers().contains_key(RATE_LIMITED)
                 {
-                    if let Some(slot) = self.retry_slot(may_retry) {
-                        return Judged::Retry(slot, "retriable status");
-                    }
-                    if exhausted {
-                        record.gave_up();
+                    match self.retry_slot(may_retry) {
+                        Ok(slot) => return Judged::Retry(slot, "retriable status"),
+                        Err(NoRetry::Overflow) => record.retry_overflowed(),
+                        Err(NoRetry::NotAllowed) if exhausted => record.gave_up(),
+                        Err(NoRetry::NotAllowed) => {}
                     }
                 }
                 Judged::Deliver(Box::new(Delivered {
@@ -430,11 +441,11 @@ impl Attempts<'_> {
                 };
                 self.observe(endpoint, Outcome::LocalFailure, record);
                 if self.retry.retries_failure(failure) {
-                    if let Some(slot) = self.retry_slot(may_retry) {
-                        return Judged::Retry(slot, reply.details);
-                    }
-                    if exhausted {
-                        record.gave_up();
+                    match self.retry_slot(may_retry) {
+                        Ok(slot) => return Judged::Retry(slot, reply.details),
+                        Err(NoRetry::Overflow) => record.retry_overflowed(),
+                        Err(NoRetry::NotAllowed) if exhausted => record.gave_up(),
+                        Err(NoRetry::NotAllowed) => {}
                     }
                 }
                 Judged::Fail(reply)
@@ -442,16 +453,18 @@ impl Attempts<'_> {
         }
     }
 
-    /// A retry slot, when another attempt is allowed by the policy, the
-    /// deadline and the cluster's retry budget.
-    fn retry_slot(&self, may_retry: bool) -> Option<Slot> {
+    /// A retry slot, when another attempt is allowed by the policy and the
+    /// deadline, and the cluster's `maxRetries` and retry budget have room.
+    fn retry_slot(&self, may_retry: bool) -> Result<Slot, NoRetry> {
         let time_left = self.deadline.is_none_or(|d| Instant::now() < d);
         if !may_retry || !time_left {
-            return None;
+            return Err(NoRetry::NotAllowed);
         }
+        let limits = &self.cluster.limits;
         self.cluster
             .state
-            .take_retry(self.cluster.limits.max_retries)
+            .take_retry(limits.max_retries, limits.retry_budget)
+            .ok_or(NoRetry::Overflow)
     }
 
     async fn back_off(&self, retry: u32) {

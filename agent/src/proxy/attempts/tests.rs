@@ -150,6 +150,9 @@ impl AttemptRecord for Notes {
         self.flags
             .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
     }
+    fn retry_overflowed(&mut self) {
+        self.flags.insert(ResponseFlags::UPSTREAM_OVERFLOW);
+    }
     fn ejected(
         &mut self,
         _cluster: &Cluster,
@@ -560,12 +563,16 @@ async fn the_retry_budget_and_max_retries_hold_retries_back() {
     };
     let limited = cluster(2, limits, None);
     let policy = on_503();
-    let held = limited.state.take_retry(1).expect("the one retry slot");
+    let held = limited
+        .state
+        .take_retry(1, None)
+        .expect("the one retry slot");
     let run1 = run(&limited, &policy, None, &[Answer::Status(503)]).await;
     assert_eq!(status(&run1), 503, "no retry slot: the answer is delivered");
-    assert!(
-        run1.notes.flags.is_empty(),
-        "retries were not used up: no URX"
+    assert_eq!(
+        run1.notes.flags,
+        ResponseFlags::UPSTREAM_OVERFLOW,
+        "a retry held back by maxRetries is Envoy's UO, not URX"
     );
     drop(held);
     let run2 = run(
@@ -577,14 +584,42 @@ async fn the_retry_budget_and_max_retries_hold_retries_back() {
     .await;
     assert_eq!(status(&run2), 200, "the slot is back");
 
-    // Envoy's budget: retries may be 20% of active requests, at least three.
+    // Istio's default has no budget: retries in flight are bounded by
+    // maxRetries (2^32 - 1) alone.
     let open = cluster(2, PoolLimits::default(), None);
-    let budget: Vec<Slot> = (0..3)
-        .filter_map(|_| open.state.take_retry(u64::MAX))
+    let held: Vec<Slot> = (0..50)
+        .filter_map(|_| open.state.take_retry(u64::MAX, None))
         .collect();
-    assert_eq!(budget.len(), 3);
-    let run3 = run(&open, &policy, None, &[Answer::Status(503)]).await;
-    assert_eq!(status(&run3), 503, "the budget is spent");
+    assert_eq!(held.len(), 50);
+    let run3 = run(
+        &open,
+        &policy,
+        None,
+        &[Answer::Status(503), Answer::Status(200)],
+    )
+    .await;
+    assert_eq!(status(&run3), 200, "no budget to spend");
+
+    // `trafficPolicy.retryBudget`: 20% of requests in flight, at least 3.
+    let budget = crate::model::live::RetryBudget {
+        percent: 20.0,
+        min_concurrency: 3,
+    };
+    let budgeted = cluster(
+        2,
+        PoolLimits {
+            retry_budget: Some(budget),
+            ..PoolLimits::default()
+        },
+        None,
+    );
+    let spent: Vec<Slot> = (0..3)
+        .filter_map(|_| budgeted.state.take_retry(u64::MAX, Some(budget)))
+        .collect();
+    assert_eq!(spent.len(), 3);
+    let run4 = run(&budgeted, &policy, None, &[Answer::Status(503)]).await;
+    assert_eq!(status(&run4), 503, "the budget is spent");
+    assert_eq!(run4.notes.flags, ResponseFlags::UPSTREAM_OVERFLOW);
 }
 
 #[tokio::test(start_paused = true)]

@@ -622,6 +622,10 @@ impl AttemptRecord for Exchange {
         self.add_flags(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
     }
 
+    fn retry_overflowed(&mut self) {
+        self.add_flags(ResponseFlags::UPSTREAM_OVERFLOW);
+    }
+
     fn ejected(
         &mut self,
         cluster: &Cluster,

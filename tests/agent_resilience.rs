@@ -547,7 +547,11 @@ fn endpoint_of(clusters: &serde_json::Value, address: &str) -> serde_json::Value
 ///   stream with REFUSED_STREAM (RFC 9113 §8.7), and answers later ones 204;
 /// - [`First::Plain`]: as every later connection;
 /// - [`First::Mute`]: as every later connection, but it never acknowledges
-///   a PING.
+///   a PING;
+/// - [`First::AnsweringEarly`]: it answers each request `200 early` at
+///   once, before its body, and resets the request's stream with NO_ERROR
+///   (RFC 9113 §8.1: the server needs no more of it), as nginx does for an
+///   upload it does not read; so does every later connection.
 ///
 /// Every later connection answers each request 204 at once, and each PING.
 struct FrameUpstream {
@@ -568,6 +572,7 @@ enum First {
     ResettingRefused,
     Plain,
     Mute,
+    AnsweringEarly,
 }
 
 /// What one connection of a [`FrameUpstream`] shares with the others.
@@ -600,7 +605,8 @@ impl FrameUpstream {
         };
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                let is_first = connections.fetch_add(1, Ordering::SeqCst) == 0;
+                let is_first = connections.fetch_add(1, Ordering::SeqCst) == 0
+                    || first == First::AnsweringEarly;
                 if !is_first {
                     shared.second.notify_one();
                 }
@@ -617,8 +623,11 @@ impl FrameUpstream {
     /// One connection; `first` for the first.
     async fn serve(mut socket: tokio::net::TcpStream, first: Option<First>, shared: &Shared) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const DATA: u8 = 0x0;
         const HEADERS: u8 = 0x1;
         const RST_STREAM: u8 = 0x3;
+        const END_HEADERS: u8 = 0x4;
+        const END_STREAM: u8 = 0x1;
         const REFUSED_STREAM: u32 = 0x7;
         const SETTINGS: u8 = 0x4;
         const PING: u8 = 0x6;
@@ -674,6 +683,15 @@ impl FrameUpstream {
                     shared.read.notify_one();
                     shared.second.notified().await;
                     frame(HEADERS, ENDS, opened[0], &[STATUS_200])
+                }
+                (HEADERS, Some(First::AnsweringEarly)) => {
+                    // `:status: 200`, `content-length: 5` (HPACK: a literal
+                    // of the static table's content-length name, index 28).
+                    let head = [STATUS_200, 0x40 | 28, 1, b'5'];
+                    let mut reply = frame(HEADERS, END_HEADERS, stream, &head);
+                    reply.extend(frame(DATA, END_STREAM, stream, b"early"));
+                    reply.extend(frame(RST_STREAM, 0, stream, &0u32.to_be_bytes()));
+                    reply
                 }
                 (HEADERS, None | Some(First::Plain | First::Mute)) => {
                     frame(HEADERS, ENDS, stream, &[STATUS_204])
@@ -982,4 +1000,40 @@ async fn every_stream_a_goaway_refuses_is_retried_without_a_retry_budget() {
     assert!(answered >= 2, "the processed stream and one retry at least");
     assert!(overflowed >= 1, "{answered} answered");
     assert_eq!(answered + overflowed, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_still_uploading_gets_the_early_answer_not_a_reset() {
+    // The answer comes before the upload ends and the upstream wants no
+    // more of it. The agent cannot keep the client's connection (the body
+    // is unread), but closing it with the upload still arriving resets it:
+    // a client still writing gets a broken pipe, and may lose the answer.
+    // Envoy flushes the answer and waits (`delayed_close_timeout`, 1 s)
+    // for the client to finish; the agent reads and discards meanwhile.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = FrameUpstream::start(First::AnsweringEarly).await;
+    let agent = upstream.agent("");
+    let mut conn = tokio::net::TcpStream::connect(agent.outbound)
+        .await
+        .unwrap();
+    let size = 2 << 20;
+    let head = format!("POST /upload HTTP/1.1\r\nhost: app:9080\r\ncontent-length: {size}\r\n\r\n");
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'x'; 16384];
+    conn.write_all(&chunk).await.unwrap();
+    // The answer, and the agent's end of the connection (its side shut).
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut answer))
+        .await
+        .expect("the answer, and the agent's close, within 30 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "{read:?} after {answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nearly"), "{answer}");
+    // The rest of the upload, at once: read and discarded, not reset.
+    for sent in 1..size / chunk.len() {
+        if let Err(error) = conn.write_all(&chunk).await {
+            panic!("the upload was reset after {sent} chunks: {error}");
+        }
+    }
 }

@@ -160,6 +160,7 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
             sni,
             tls: terminated,
         }),
+        spliced: None,
     };
     match port.protocol {
         PortProtocol::Http => {

@@ -313,6 +313,9 @@ pub async fn handle(
     if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) =
         (downstream_upgrade, response.status())
     {
+        if let Some(spliced) = &down.spliced {
+            spliced.set();
+        }
         upgrade::splice(downstream, &mut response);
     }
     let (mut parts, body) = response.into_parts();

@@ -13,6 +13,7 @@ mod body;
 mod canonical;
 mod client_body;
 mod cors;
+mod delayed_close;
 mod drain;
 mod exchange;
 mod fault;
@@ -109,6 +110,9 @@ pub struct Downstream {
     /// The ingress gateway's filter chain the connection took; `None` on
     /// a sidecar.
     pub gateway: Option<GatewayConn>,
+    /// Told when the connection is spliced after an upgrade (its delayed
+    /// close then waits for nothing); set when HTTP is served on it.
+    pub spliced: Option<delayed_close::Spliced>,
 }
 
 /// Which ingress gateway filter chain a connection took: its requests are

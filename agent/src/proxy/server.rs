@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
 use super::activity::Activity;
+use super::delayed_close::{DelayedClose, Spliced};
 use super::drain::{Phase, reached};
 use super::flow_control::{CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, STREAM_WINDOW};
 use super::listener::WorkerSockets;
@@ -344,6 +345,7 @@ impl Connection {
             captured: None,
             activity: Activity::new(),
             gateway: None,
+            spliced: None,
         };
         self.http(io, down).await;
     }
@@ -368,6 +370,7 @@ impl Connection {
                     captured: Some(captured),
                     activity: Activity::new(),
                     gateway: None,
+                    spliced: None,
                 };
                 match decided {
                     Ok(interception::Outbound::Http(captured)) => {
@@ -492,6 +495,7 @@ impl Connection {
                 captured: Some(Captured::Inbound { app }),
                 activity: Activity::new(),
                 gateway: None,
+                spliced: None,
             };
             self.http(io, down).await;
         } else {
@@ -531,14 +535,16 @@ impl Connection {
     }
 
     /// Serves HTTP/1.1 and HTTP/2 on `io` until the connection ends.
-    pub(super) async fn http<IO>(self, io: IO, down: Downstream)
+    pub(super) async fn http<IO>(self, io: IO, mut down: Downstream)
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let activity = down.activity.clone();
         let peer = down.peer;
         let stall = WriteStall::new();
-        let io = Watched::new(io, stall.clone());
+        let spliced = Spliced::default();
+        down.spliced = Some(spliced.clone());
+        let io = Watched::new(DelayedClose::new(io, spliced), stall.clone());
         let down = Rc::new(down);
         let worker = self.worker.clone();
         let service = service_fn(move |req| handler::handle(worker.clone(), down.clone(), req));

@@ -384,7 +384,7 @@ async fn tls_origination_keeps_its_connections_over_a_reload_that_leaves_it_unch
     }];
     let unrelated = service_entry("elsewhere", 9080, "HTTP", &elsewhere);
     agent.rewrite_config(&config(&unrelated));
-    config_version(&agent, 2.0).await;
+    agent.wait_for_config_version(2.0).await;
     assert_eq!(client.get("http://secure.example/").await.status, 200);
     assert_eq!(handshakes(), 1, "the reload left the origination alone");
 
@@ -392,28 +392,10 @@ async fn tls_origination_keeps_its_connections_over_a_reload_that_leaves_it_unch
     // connection verifies by them (another root: the server is refused).
     std::fs::copy(&other.root, &roots).unwrap();
     agent.rewrite_config(&(config(&unrelated) + "# the roots file changed\n"));
-    config_version(&agent, 3.0).await;
+    agent.wait_for_config_version(3.0).await;
     let refused = client.get("http://secure.example/").await;
     assert_eq!(refused.status, 503, "verified by the new roots");
     assert_eq!(handshakes(), 1, "no new handshake completed");
-}
-
-/// Waits until `agent` has loaded config version `version`.
-async fn config_version(agent: &Agent, version: f64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while agent
-        .metrics()
-        .await
-        .sum("tracemesh_agent_config_version", &[])
-        < version
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the reload never loaded: {:?}",
-            agent.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

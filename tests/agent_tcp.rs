@@ -505,16 +505,7 @@ spec:
     );
     let text = frontend_config(&entry) + &nowhere;
     frontend.rewrite_config(&text);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while frontend
-        .metrics()
-        .await
-        .sum("tracemesh_agent_config_version", &[])
-        < 2.0
-    {
-        assert!(Instant::now() < deadline, "the reload never loaded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    frontend.wait_for_config_version(2.0).await;
     assert_eq!(ping(frontend.outbound_tcp[0], None).await, b"");
     assert_eq!(v1.accepted() + v2.accepted(), CONNECTIONS);
     let nc = [

@@ -75,23 +75,6 @@ fn workload_sampling(app: &str, percent: u32) -> String {
     )
 }
 
-/// Waits until the agent has accepted config version `version`.
-async fn wait_for_version(agent: &Agent, version: f64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while agent
-        .metrics()
-        .await
-        .sum("tracemesh_agent_config_version", &[])
-        < version
-    {
-        assert!(
-            Instant::now() < deadline,
-            "config version {version} never loaded"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The sampled flag of the `traceparent` the app received last.
 fn upstream_sampled(app: &Upstream) -> bool {
     let seen = app.seen().pop().unwrap();
@@ -166,7 +149,7 @@ async fn sampling_and_custom_tags_follow_mesh_namespace_and_workload_resources()
 
     // A live reload turns ratings' sampling to 100%.
     ratings.rewrite_config(&(ratings_config + &workload_sampling("ratings", 100)));
-    wait_for_version(&ratings, 2.0).await;
+    ratings.wait_for_config_version(2.0).await;
     let reply = client.get("http://ratings:9080/after-reload").await;
     assert_eq!(reply.status, 200);
     assert!(upstream_sampled(&ratings_app), "100% after the reload");
@@ -267,7 +250,7 @@ async fn metric_overrides_and_access_log_filters_apply_and_reload() {
     // A live reload without the Telemetry: the standard families again, and
     // the Agent's own settings for the log (none here).
     agent.rewrite_config(&base);
-    wait_for_version(&agent, 2.0).await;
+    agent.wait_for_config_version(2.0).await;
     assert_eq!(client.get("http://reviews:9080/after").await.status, 404);
     let scrape = agent.metrics().await;
     assert_eq!(
@@ -424,7 +407,7 @@ async fn spans_go_to_the_workloads_opentelemetry_provider_when_the_agent_names_n
     reviews.rewrite_config(
         &(doc_without_otlp("reviews", reviews_app.addr) + &mesh_with_providers(direct, otel)),
     );
-    wait_for_version(&reviews, 2.0).await;
+    reviews.wait_for_config_version(2.0).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !reviews
         .stderr()

@@ -119,6 +119,25 @@ impl Agent {
         }
     }
 
+    /// Waits up to 30 s until the agent has loaded config version
+    /// `version` (its `tracemesh_agent_config_version` gauge).
+    pub async fn wait_for_config_version(&self, version: f64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .metrics()
+            .await
+            .sum("tracemesh_agent_config_version", &[])
+            < version
+        {
+            assert!(
+                Instant::now() < deadline,
+                "config version {version} never loaded: {:?}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Replaces the config file in one step, as editors and ConfigMap
     /// updates do.
     pub fn rewrite_config(&self, text: &str) {

@@ -918,16 +918,17 @@ async fn http_connections_past_their_max_duration_are_not_reused() {
     let rule = destination_rule("{connectionPool: {tcp: {maxConnectionDuration: 4s}}}");
     let wait_out = Duration::from_millis(4500);
 
-    // HTTP/1.1, one client connection (one worker).
+    // HTTP/1.1, one client connection (one worker). The lifetime counts
+    // from the dial: after `sent`, before `answered_at`.
     let app = Upstream::start("app").await;
     let agent = mesh(&[&app], &rule).await;
     let client = Client::h1(agent.outbound);
-    let began = Instant::now();
-    for _ in 0..2 {
-        assert_eq!(client.get("http://app:9080/").await.status, 200);
-    }
-    let reused = began.elapsed() < Duration::from_secs(4);
-    tokio::time::sleep_until((began + wait_out).into()).await;
+    let sent = Instant::now();
+    assert_eq!(client.get("http://app:9080/").await.status, 200);
+    let answered_at = Instant::now();
+    assert_eq!(client.get("http://app:9080/").await.status, 200);
+    let reused = sent.elapsed() < Duration::from_secs(4);
+    tokio::time::sleep_until((answered_at + wait_out).into()).await;
     assert_eq!(client.get("http://app:9080/").await.status, 200);
     let accepted = app.accepted_connections();
     if reused {

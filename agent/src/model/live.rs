@@ -212,8 +212,8 @@ pub struct PoolLimits {
     pub max_connection_duration: Option<Duration>,
     /// Retries in flight as a share of requests in flight
     /// (`trafficPolicy.retryBudget`, Envoy's circuit-breaker
-    /// `retry_budget`); `None`, as Istio without the field: only
-    /// `maxRetries` bounds them.
+    /// `retry_budget`, which overrides `max_retries`); `None`, as Istio
+    /// without the field: `maxRetries` bounds them.
     pub retry_budget: Option<RetryBudget>,
 }
 
@@ -333,11 +333,12 @@ impl ClusterState {
         self.take(Counter::Requests, max)
     }
 
-    /// A retry slot, if below `max` (`maxRetries`) and inside `budget`
-    /// when there is one.
+    /// A retry slot, if inside `budget` when there is one, else below `max`
+    /// (`maxRetries`): a budget overrides the retry circuit breaker, as
+    /// Envoy's `retry_budget` does.
     pub fn take_retry(self: &Arc<Self>, max: u64, budget: Option<RetryBudget>) -> Option<Slot> {
         let limit = match budget {
-            Some(budget) => max.min(budget.allows(self.requests.load(Ordering::Relaxed))),
+            Some(budget) => budget.allows(self.requests.load(Ordering::Relaxed)),
             None => max,
         };
         self.take(Counter::Retries, limit)
@@ -540,5 +541,9 @@ mod tests {
             .collect();
         assert_eq!(unbudgeted.len(), 100);
         assert!(state.take_retry(104, None).is_none(), "maxRetries");
+        // A budget overrides maxRetries, as Envoy's does.
+        let fresh = Arc::new(ClusterState::default());
+        let past_max: Vec<Slot> = (0..3).filter_map(|_| fresh.take_retry(1, budget)).collect();
+        assert_eq!(past_max.len(), 3);
     }
 }

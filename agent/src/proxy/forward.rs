@@ -216,13 +216,18 @@ fn reset(error: &hyper::Error) -> SendError {
     if error.is_parse() {
         return SendError::Protocol;
     }
-    SendError::Failed(if refused(error) {
+    SendError::Failed(if refused(error) || error.is_canceled() {
         AttemptFailure::RefusedStream
     } else {
         AttemptFailure::Reset
     })
 }
 
+/// (A request hyper dropped unsent, canceled, is refused too: parked while
+/// its stream waited to open, it is dropped when the connection goes away
+/// and comes back without its message. Envoy's pool would put it on another
+/// connection; the agent retries it as a refused stream.)
+///
 /// Whether the server refused the stream, unprocessed: reset with
 /// REFUSED_STREAM (RFC 9113 §8.7), or above the last stream a GOAWAY said
 /// it processed (§6.8; h2 fails only those streams with the GOAWAY, and

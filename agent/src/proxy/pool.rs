@@ -114,6 +114,10 @@ pub struct PoolKey {
     /// The cluster's keepalive (the default, off, for most): a connection
     /// is probed as the cluster that opened it says.
     keepalive: Keepalive,
+    /// The cluster's `maxConnectionDuration`: a connection lives as long as
+    /// the cluster that opened it says, and a reload that changes it pools
+    /// anew.
+    lifetime: Option<Duration>,
 }
 
 impl PoolKey {
@@ -145,6 +149,7 @@ impl PoolKey {
                 (streams != (UNLIMITED, 0)).then_some(streams)
             },
             keepalive: cluster.keepalive,
+            lifetime: cluster.limits.max_connection_duration,
         }
     }
 }
@@ -459,8 +464,10 @@ impl Pools {
                         let connections = shared.entry(key.clone()).or_default();
                         connections.made(sender, peer, dial, limits)
                     };
-                    // The sweeper lets it go once idle for its timeout.
-                    let deadline = Instant::now() + limits.idle_timeout;
+                    // The sweeper lets it go once idle for its timeout, or
+                    // at the end of its lifetime.
+                    let idle = Instant::now() + limits.idle_timeout;
+                    let deadline = expiry(cluster).map_or(idle, |at| at.min(idle));
                     self.sweep_by(deadline, key.counted_by.is_some());
                     return Ok(SharedH2 { taken, waited });
                 }

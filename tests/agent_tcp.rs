@@ -121,6 +121,13 @@ async fn ping(addr: SocketAddr, source: Option<&str>) -> Vec<u8> {
     got
 }
 
+/// A DestinationRule for `db` whose `connectionPool.tcp` is `settings`.
+fn db_tcp_pool(settings: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: db, namespace: default}}\nspec:\n  host: db\n  trafficPolicy: {{connectionPool: {{tcp: {{{settings}}}}}}}\n"
+    )
+}
+
 /// Waits until `agent` counts `n` closed TCP connections with `labels`.
 async fn closed(agent: &Agent, n: f64, labels: &[(&str, &str)]) -> common::metrics::Scrape {
     for _ in 0..400 {
@@ -311,15 +318,8 @@ async fn idle_tcp_connections_close_and_busy_ones_stay() {
     // Outbound: the DestinationRule's connectionPool.tcp.idleTimeout (the
     // server side keeps its 1h default).
     let db = tcp_agent("db", app.addr, "[]", &ca.identity_yaml("db", "1h"), "");
-    let rule = "---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: db, namespace: default}
-spec:
-  host: db
-  trafficPolicy: {connectionPool: {tcp: {idleTimeout: 2s}}}
-";
-    let frontend = client(&ca, "frontend", db.inbound, rule).await;
+    let rule = db_tcp_pool("idleTimeout: 2s");
+    let frontend = client(&ca, "frontend", db.inbound, &rule).await;
     // Inbound: the agent-wide idle timeout (Istio's IDLE_TIMEOUT).
     let quick = tcp_agent(
         "quick",
@@ -540,15 +540,8 @@ async fn a_tcp_connection_busy_past_its_max_duration_is_closed_as_dt() {
     let ca = Ca::start();
     let app = CountingEcho::start().await;
     let db = tcp_agent("db", app.addr, "[]", &ca.identity_yaml("db", "1h"), "");
-    let rule = "---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: db, namespace: default}
-spec:
-  host: db
-  trafficPolicy: {connectionPool: {tcp: {maxConnectionDuration: 2s}}}
-";
-    let frontend = client(&ca, "frontend", db.inbound, rule).await;
+    let rule = db_tcp_pool("maxConnectionDuration: 2s");
+    let frontend = client(&ca, "frontend", db.inbound, &rule).await;
     let began = Instant::now();
     let mut conn = TcpStream::connect(frontend.outbound_tcp[0]).await.unwrap();
     let mut buf = [0u8; 16];

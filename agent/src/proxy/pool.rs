@@ -255,10 +255,7 @@ impl Reuse for Lease {
             if !connection.is_usable(&pools.idle_waker) {
                 return;
             }
-            let idle_deadline = now + self.idle_timeout;
-            let deadline = self
-                .expires
-                .map_or(idle_deadline, |at| at.min(idle_deadline));
+            let deadline = close_by(now + self.idle_timeout, self.expires);
             let idle = Idle {
                 connection,
                 peer: self.peer,
@@ -458,16 +455,16 @@ impl Pools {
                 continue; // a stream of this worker's ended meanwhile
             }
             match self.open_h2(key, cluster, plan, slotted.slot).await {
-                Ok((sender, peer)) => {
+                Ok(opened) => {
+                    let expires = expiry(cluster);
                     let taken = {
                         let mut shared = self.shared_h2.borrow_mut();
                         let connections = shared.entry(key.clone()).or_default();
-                        connections.made(sender, peer, dial, limits)
+                        connections.made(opened, expires, dial, limits)
                     };
                     // The sweeper lets it go once idle for its timeout, or
                     // at the end of its lifetime.
-                    let idle = Instant::now() + limits.idle_timeout;
-                    let deadline = expiry(cluster).map_or(idle, |at| at.min(idle));
+                    let deadline = close_by(Instant::now() + limits.idle_timeout, expires);
                     self.sweep_by(deadline, key.counted_by.is_some());
                     return Ok(SharedH2 { taken, waited });
                 }
@@ -775,6 +772,12 @@ impl tokio::io::AsyncWrite for SlottedIo {
 fn expiry(cluster: &Cluster) -> Option<Instant> {
     let lifetime = cluster.limits.max_connection_duration?;
     Some(Instant::now() + lifetime)
+}
+
+/// When an idle connection closes: at its idle deadline `idle`, or at the
+/// end of its lifetime `expires` when that comes first.
+fn close_by(idle: Instant, expires: Option<Instant>) -> Instant {
+    expires.map_or(idle, |at| at.min(idle))
 }
 
 /// Wakes the sweeper: the waker idle sockets are watched with.

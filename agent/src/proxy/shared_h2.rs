@@ -344,12 +344,13 @@ impl Connections {
         }
     }
 
-    /// A dial made a connection: shared from now on (unless one stream is
-    /// all it may carry), with the dialer's stream on it.
+    /// A dial made a connection, whose lifetime ends at `expires`: shared
+    /// from now on (unless one stream is all it may carry), with the
+    /// dialer's stream on it.
     pub fn made(
         &mut self,
-        sender: http2::SendRequest<UpstreamBody>,
-        peer: PeerIdentity,
+        (sender, peer): (http2::SendRequest<UpstreamBody>, PeerIdentity),
+        expires: Option<Instant>,
         dial: Dialing,
         limits: &PoolLimits,
     ) -> Taken {
@@ -363,9 +364,7 @@ impl Connections {
                 streams,
                 served: 1,
                 idle_since: None,
-                expires: limits
-                    .max_connection_duration
-                    .map(|lifetime| Instant::now() + lifetime),
+                expires,
             });
         }
         drop(dial);

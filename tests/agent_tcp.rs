@@ -561,5 +561,24 @@ async fn a_tcp_connection_busy_past_its_max_duration_is_closed_as_dt() {
         lived >= Duration::from_millis(1900),
         "closed after {lived:?}, before its 2 s"
     );
-    closed(&frontend, 1.0, &[("response_flags", "DT")]).await;
+    let scrape = closed(&frontend, 1.0, &[("response_flags", "DT")]).await;
+    // DT is the close's alone, as in Envoy: no opened or byte series of
+    // its own; the connection was opened (and its bytes counted) under `-`.
+    for family in [
+        "istio_tcp_connections_opened_total",
+        "istio_tcp_sent_bytes_total",
+        "istio_tcp_received_bytes_total",
+    ] {
+        assert!(
+            scrape
+                .matching(family, &[("response_flags", "DT")])
+                .next()
+                .is_none(),
+            "{family} has a DT series"
+        );
+        assert!(
+            scrape.sum(family, &[("response_flags", "-")]) > 0.0,
+            "{family}"
+        );
+    }
 }

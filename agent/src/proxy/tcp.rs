@@ -331,8 +331,7 @@ pub async fn proxy<IO>(
     if ended == Some(Ended::Lifetime) {
         // Envoy's DT, on the connection's close only.
         flags.insert(ResponseFlags::DURATION_TIMEOUT);
-        let closed = shared.metrics.tcp_handles(&labels, flags, connection);
-        if let Some(closed) = closed.as_ref().and_then(|h| h.closed.as_ref()) {
+        if let Some(closed) = shared.metrics.tcp_closed(&labels, flags, connection) {
             closed.inc();
         }
     } else if let Some(closed) = handles.as_ref().and_then(|h| h.closed.as_ref()) {

@@ -505,6 +505,31 @@ impl Metrics {
         flags: ResponseFlags,
         connection: TcpConnection<'_>,
     ) -> Option<TcpHandles> {
+        self.tcp_series(peers, flags, connection, [true; 4])
+    }
+
+    /// Only the closed counter for a TCP connection's labels: a close under
+    /// flags it was not opened with (Envoy's `DT`, set on the close) makes
+    /// no opened or byte series of its own. `None` as for [`Self::tcp_handles`].
+    pub fn tcp_closed(
+        &self,
+        peers: &PeerLabels,
+        flags: ResponseFlags,
+        connection: TcpConnection<'_>,
+    ) -> Option<IntCounter> {
+        self.tcp_series(peers, flags, connection, [false, false, false, true])?
+            .closed
+    }
+
+    /// The counters of `families.tcp` (sent, received, opened, closed) that
+    /// `wanted` says, for one connection's labels.
+    fn tcp_series(
+        &self,
+        peers: &PeerLabels,
+        flags: ResponseFlags,
+        connection: TcpConnection<'_>,
+        wanted: [bool; 4],
+    ) -> Option<TcpHandles> {
         let peer_values = peers.values();
         let flags = flags.as_str();
         let mut values: Vec<&str> = peer_values.iter().map(String::as_str).collect();
@@ -535,13 +560,15 @@ impl Metrics {
         if !self.tcp_series.admit(&(&values, &upserted)) {
             return None;
         }
+        // Every family takes its own upserts from `tags`, wanted or not.
         let mut tags = upserted.iter().map(String::as_str);
-        let [sent, received, opened, closed] = &families.tcp;
+        let [sent, received, opened, closed] =
+            [0, 1, 2, 3].map(|i| families.tcp[i].counter_if(wanted[i], side, &values, &mut tags));
         Some(TcpHandles {
-            sent: sent.counter(side, &values, &mut tags),
-            received: received.counter(side, &values, &mut tags),
-            opened: opened.counter(side, &values, &mut tags),
-            closed: closed.counter(side, &values, &mut tags),
+            sent,
+            received,
+            opened,
+            closed,
         })
     }
 
@@ -637,10 +664,22 @@ impl IstioFamily {
         values: &[&'a str],
         tags: &mut impl Iterator<Item = &'a str>,
     ) -> Option<IntCounter> {
+        self.counter_if(true, side, values, tags)
+    }
+
+    /// The counter of these labels when `wanted` (which creates its
+    /// series); its upserts are taken from `tags` either way.
+    fn counter_if<'a>(
+        &self,
+        wanted: bool,
+        side: Side,
+        values: &[&'a str],
+        tags: &mut impl Iterator<Item = &'a str>,
+    ) -> Option<IntCounter> {
         let values = self.layout.values(side, values, tags)?;
         match &self.collector {
-            Collector::Counter(c) => Some(c.with_label_values(&values)),
-            Collector::Histogram(_) => None,
+            Collector::Counter(c) if wanted => Some(c.with_label_values(&values)),
+            Collector::Counter(_) | Collector::Histogram(_) => None,
         }
     }
 

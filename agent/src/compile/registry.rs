@@ -327,6 +327,7 @@ pub(super) fn inbound_cluster(boot: &Agent, live: &LiveState) -> Arc<Cluster> {
         use_client_protocol: false,
         tls: UpstreamTls::Plain,
         upstream_bind: None,
+        pooling: Default::default(),
     })
 }
 
@@ -612,6 +613,7 @@ impl ClusterBuild<'_> {
                 self.live,
             ),
             upstream_bind: None,
+            pooling: Default::default(),
         }
     }
 }

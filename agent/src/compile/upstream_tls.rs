@@ -9,7 +9,7 @@ use rustls::pki_types::ServerName;
 
 use crate::config::destination_rule::ClientTlsSettings;
 use crate::config::diagnostics::{Diagnostics, Location};
-use crate::model::cluster::{Origination, UpstreamTls};
+use crate::model::cluster::{Origination, TlsServer, UpstreamTls};
 use crate::model::live::LiveState;
 use crate::tls::material::{self, provider};
 use crate::tls::verify::{MeshServerVerifier, NameCheck};
@@ -86,26 +86,27 @@ pub(super) fn upstream_tls(
     live: &LiveState,
 ) -> UpstreamTls {
     let mode = tls.and_then(|t| t.mode.as_deref());
-    let sans = |t: Option<&ClientTlsSettings>| -> Arc<[String]> {
+    let sans = |t: Option<&ClientTlsSettings>| -> Box<[String]> {
         match t.map(|t| &t.subject_alt_names).filter(|s| !s.is_empty()) {
             Some(names) => names.as_slice().into(),
             None => entry_sans.into(),
         }
     };
+    let mesh = |only_sidecars, sni: &str| UpstreamTls::Mesh {
+        only_sidecars,
+        server: ServerName::try_from(sni.to_owned())
+            .ok()
+            .map(|server_name| {
+                Arc::new(TlsServer {
+                    server_name,
+                    expected: sans(tls),
+                })
+            }),
+    };
     match mode {
-        None if has_identity => UpstreamTls::Mesh {
-            only_sidecars: true,
-            sni: host.to_owned(),
-            expected: sans(tls),
-        },
+        None if has_identity => mesh(true, host),
         None | Some("DISABLE") => UpstreamTls::Plain,
-        Some("ISTIO_MUTUAL") => UpstreamTls::Mesh {
-            only_sidecars: false,
-            sni: tls
-                .and_then(|t| t.sni.clone())
-                .unwrap_or_else(|| host.to_owned()),
-            expected: sans(tls),
-        },
+        Some("ISTIO_MUTUAL") => mesh(false, tls.and_then(|t| t.sni.as_deref()).unwrap_or(host)),
         Some(_) => match tls.map(|t| originate(t, host, live)) {
             Some(Ok(origination)) => origination,
             Some(Err(reason)) => UpstreamTls::Broken(reason.into()),
@@ -176,7 +177,10 @@ fn originate(tls: &ClientTlsSettings, host: &str, live: &LiveState) -> Result<Up
         Ok(Origination {
             h1: config(b"http/1.1")?,
             h2: config(b"h2")?,
-            server_name,
+            server: Arc::new(TlsServer {
+                server_name,
+                expected: Box::default(),
+            }),
         })
     };
     live.origination(&key, build).map(UpstreamTls::Originate)

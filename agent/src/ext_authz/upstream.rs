@@ -143,9 +143,10 @@ impl AuthzUpstream {
             .endpoints
             .get(index)
             .ok_or_else(|| io::Error::other(format!("{}: no endpoint {index}", cluster.name)))?;
-        let plan =
-            TlsPlan::for_endpoint(&cluster.tls, endpoint.sidecar, h2, workload_tls.load_full())
-                .map_err(|reason| io::Error::other(format!("tls: {reason}")))?;
+        let plan = TlsPlan::for_endpoint(&cluster.tls, endpoint.sidecar, h2, || {
+            workload_tls.load_full()
+        })
+        .map_err(|reason| io::Error::other(format!("tls: {reason}")))?;
         let stream = connect_tcp(
             &endpoint.address,
             cluster.connect_timeout,

@@ -2,16 +2,17 @@
 //! is picked.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::balancer::{Balancer, PickInput};
 use super::clock::now_ms;
 use super::endpoint::{Endpoint, UpstreamAddr};
 use super::live::EndpointState;
-use super::live::{ClusterState, OutlierSettings, PoolLimits};
+use super::live::{ClusterState, OutlierSettings, PoolLimits, UNLIMITED};
 use super::peer::PeerInfo;
 use super::service::{Protocol, ServiceName};
+use crate::by_address::ByAddress;
 
 /// The endpoints of one service port, optionally narrowed to a subset.
 #[derive(Debug)]
@@ -60,6 +61,62 @@ pub struct Cluster {
     /// `upstream_bind_config`): the inbound passthrough address when a
     /// captured inbound connection is delivered to the application.
     pub upstream_bind: Option<IpAddr>,
+    /// What its pooled connections are kept apart by, derived from the
+    /// fields above on first use ([`Cluster::pooling`]); a cluster is not
+    /// changed once shared. `OnceLock::new()` when built.
+    pub pooling: OnceLock<Option<Arc<Pooling>>>,
+}
+
+/// What a cluster's pooled upstream connections are opened and kept with,
+/// beyond their endpoint and TLS, when any of it differs from the default.
+/// Clusters that differ in it share no connection, as each Envoy cluster
+/// has its own pools; clusters that set none of it share their endpoints'
+/// connections. Equal by value, so a reload that leaves it unchanged keeps
+/// the pooled connections in use.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Pooling {
+    /// The source address connections are bound to ([`Cluster::upstream_bind`]).
+    pub bind: Option<IpAddr>,
+    /// The cluster whose `maxConnections` counts the connections, when it
+    /// limits them.
+    pub counted_by: Option<ByAddress<ClusterState>>,
+    /// `maxConcurrentStreams` per HTTP/2 connection.
+    pub max_concurrent_streams: u64,
+    /// `maxRequestsPerConnection` (0: unlimited).
+    pub max_requests_per_connection: u64,
+    /// Keepalive probing ([`Cluster::keepalive`]).
+    pub keepalive: Keepalive,
+    /// `maxConnectionDuration`: a reload that changes it pools anew.
+    pub lifetime: Option<Duration>,
+}
+
+impl Pooling {
+    /// Nothing set: Istio's defaults.
+    const DEFAULT: Self = Self {
+        bind: None,
+        counted_by: None,
+        max_concurrent_streams: UNLIMITED,
+        max_requests_per_connection: 0,
+        keepalive: Keepalive {
+            tcp: None,
+            http2: None,
+        },
+        lifetime: None,
+    };
+}
+
+/// The server an upstream TLS connection is to: the name sent as SNI, and
+/// the SANs one of which its certificate must carry (empty: none checked
+/// beyond the client config's own verification). Built once per cluster;
+/// equal by value, so clusters and reloads that name the same server share
+/// connections to it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TlsServer {
+    /// SNI (DestinationRule `tls.sni`, or the host).
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// SANs one of which the server must carry (`tls.subjectAltNames`, or
+    /// the ServiceEntry's `subjectAltNames`).
+    pub expected: Box<[String]>,
 }
 
 /// How a cluster's connections are secured (DestinationRule `tls`, or
@@ -74,10 +131,10 @@ pub enum UpstreamTls {
     Mesh {
         /// Only endpoints labelled `security.istio.io/tlsMode: istio`.
         only_sidecars: bool,
-        /// SNI to send.
-        sni: String,
-        /// SANs the server must carry (empty: any identity of the trust domain).
-        expected: Arc<[String]>,
+        /// The SNI to send and the SANs the server must carry (none: any
+        /// identity of the trust domain); `None` when the SNI is not a
+        /// valid server name, and connections fail (`bad_sni`).
+        server: Option<Arc<TlsServer>>,
     },
     /// TLS origination (SIMPLE, MUTUAL) with configs built from files.
     Originate(Arc<Origination>),
@@ -131,8 +188,9 @@ pub struct Origination {
     pub h1: Arc<rustls::ClientConfig>,
     /// Client config offering `h2`.
     pub h2: Arc<rustls::ClientConfig>,
-    /// SNI to send (and to verify, unless `subjectAltNames` are given).
-    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// SNI to send (and to verify, unless `subjectAltNames` are given; the
+    /// client configs check those, so `expected` is empty).
+    pub server: Arc<TlsServer>,
 }
 
 impl Cluster {
@@ -175,7 +233,28 @@ impl Cluster {
             tls: UpstreamTls::Plain,
             upstream_bind: bind,
             destination_rule: None,
+            pooling: OnceLock::new(),
         }
+    }
+
+    /// What its pooled connections are kept apart by ([`Pooling`]), `None`
+    /// when it sets none of it; derived once.
+    pub fn pooling(&self) -> Option<&Arc<Pooling>> {
+        self.pooling
+            .get_or_init(|| {
+                let limits = &self.limits;
+                let pooling = Pooling {
+                    bind: self.upstream_bind,
+                    counted_by: (limits.max_connections != UNLIMITED)
+                        .then(|| ByAddress(self.state.clone())),
+                    max_concurrent_streams: limits.max_concurrent_streams,
+                    max_requests_per_connection: limits.max_requests_per_connection,
+                    keepalive: self.keepalive,
+                    lifetime: limits.max_connection_duration,
+                };
+                (pooling != Pooling::DEFAULT).then(|| Arc::new(pooling))
+            })
+            .as_ref()
     }
 
     /// Picks an endpoint: the balancer's choice unless it is ejected (or was
@@ -279,6 +358,7 @@ pub(crate) mod testing {
             use_client_protocol: false,
             tls: UpstreamTls::Plain,
             upstream_bind: None,
+            pooling: Default::default(),
         })
     }
 }

@@ -28,7 +28,7 @@ pub fn tls_plan(
     if let UpstreamTls::Broken(reason) = &cluster.tls {
         tracing::debug!(%reason, cluster = %cluster.name, "tls settings unusable");
     }
-    let material = worker.shared.tls.load_full();
+    let material = || worker.shared.tls.load_full();
     TlsPlan::for_endpoint(&cluster.tls, endpoint.sidecar, h2, material).map_err(SendError::Tls)
 }
 

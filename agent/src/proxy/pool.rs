@@ -35,7 +35,7 @@ use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
 use super::shared_h2::{Connections, Counted, DialFailure, NoRoom, Taken};
 use crate::by_address::ByAddress;
 use crate::connect::connect_tcp;
-use crate::model::cluster::{Cluster, Keepalive};
+use crate::model::cluster::{Cluster, Pooling, TlsServer};
 use crate::model::endpoint::UpstreamAddr;
 use crate::model::live::{ClusterState, MAX_CONNECTIONS, MAX_PENDING, Slot, UNLIMITED};
 use crate::tls::TlsPlan;
@@ -94,63 +94,51 @@ enum TlsKey {
     Plain,
     Tls {
         config: ByAddress<rustls::ClientConfig>,
-        server_name: rustls::pki_types::ServerName<'static>,
-        expected: Arc<[String]>,
+        server: Arc<TlsServer>,
     },
 }
 
-/// Which pool a connection belongs to: its endpoint, its TLS, and for
-/// clusters that limit connections, the cluster that counts it.
+/// Which pool a connection belongs to: its endpoint, its TLS, and what the
+/// cluster keeps its connections apart by when it sets any of it
+/// ([`Pooling`]: the cluster that counts them, their stream and lifetime
+/// limits, keepalive, bind address). Small, as it is built, hashed and
+/// lent with every request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     addr: UpstreamAddr,
-    bind: Option<std::net::IpAddr>,
     tls: TlsKey,
-    counted_by: Option<ByAddress<ClusterState>>,
-    /// The cluster's `maxConcurrentStreams` and `maxRequestsPerConnection`
-    /// when it sets either: clusters that share an endpoint but not these
-    /// share no connection, as each Envoy cluster has its own pool.
-    streams: Option<(u64, u64)>,
-    /// The cluster's keepalive (the default, off, for most): a connection
-    /// is probed as the cluster that opened it says.
-    keepalive: Keepalive,
-    /// The cluster's `maxConnectionDuration`: a connection lives as long as
-    /// the cluster that opened it says, and a reload that changes it pools
-    /// anew.
-    lifetime: Option<Duration>,
+    pooling: Option<Arc<Pooling>>,
 }
 
 impl PoolKey {
     /// The pool of `addr` as used by `cluster` with `plan`.
+    #[inline]
     pub fn new(addr: &UpstreamAddr, cluster: &Cluster, plan: &TlsPlan) -> Self {
         Self {
             addr: addr.clone(),
-            bind: cluster.upstream_bind,
             tls: match plan {
                 TlsPlan::Plain => TlsKey::Plain,
-                TlsPlan::Tls {
-                    config,
-                    server_name,
-                    expected,
-                } => TlsKey::Tls {
+                TlsPlan::Tls { config, server } => TlsKey::Tls {
                     config: ByAddress(config.clone()),
-                    server_name: server_name.clone(),
-                    expected: expected.clone(),
+                    server: server.clone(),
                 },
             },
-            counted_by: (cluster.limits.max_connections != UNLIMITED)
-                .then(|| ByAddress(cluster.state.clone())),
-            streams: {
-                let limits = &cluster.limits;
-                let streams = (
-                    limits.max_concurrent_streams,
-                    limits.max_requests_per_connection,
-                );
-                (streams != (UNLIMITED, 0)).then_some(streams)
-            },
-            keepalive: cluster.keepalive,
-            lifetime: cluster.limits.max_connection_duration,
+            pooling: cluster.pooling().cloned(),
         }
+    }
+
+    /// The cluster state counting its connections, when the cluster limits
+    /// them.
+    fn counted_by(&self) -> Option<&Arc<ClusterState>> {
+        let counted_by = self.pooling.as_ref()?.counted_by.as_ref()?;
+        Some(&counted_by.0)
+    }
+
+    /// Most streams one of its HTTP/2 connections carries at once.
+    fn max_concurrent_streams(&self) -> u64 {
+        self.pooling
+            .as_ref()
+            .map_or(UNLIMITED, |p| p.max_concurrent_streams)
     }
 }
 
@@ -242,11 +230,7 @@ impl Reuse for Lease {
         let now = Instant::now();
         let spent = self.max_served > 0 && self.served + 1 >= self.max_served
             || self.expires.is_some_and(|at| at <= now);
-        let wanted = self
-            .key
-            .counted_by
-            .as_ref()
-            .is_some_and(|c| c.0.has_waiters());
+        let wanted = self.key.counted_by().is_some_and(|c| c.has_waiters());
         if spent || wanted {
             return; // dropping the connection closes it and frees its slot
         }
@@ -263,7 +247,7 @@ impl Reuse for Lease {
                 deadline,
                 expires: self.expires,
             };
-            let limited = self.key.counted_by.is_some();
+            let limited = self.key.counted_by().is_some();
             let mut idle_lists = pools.idle.borrow_mut();
             let list = idle_lists.entry(self.key).or_default();
             if list.len() < MAX_IDLE {
@@ -334,7 +318,7 @@ impl Pools {
             waited = add_waits(waited, slotted.waited);
             // No slot although the cluster counts connections: one of this
             // worker's came free meanwhile, and it is taken instead.
-            if slotted.slot.is_some() || key.counted_by.is_none() {
+            if slotted.slot.is_some() || key.counted_by().is_none() {
                 break slotted.slot;
             }
         };
@@ -411,10 +395,9 @@ impl Pools {
                 NoRoom::Wait(waiting) => {
                     // Waiting for a connection, it is a pending request
                     // where the cluster counts them (as in Envoy's pool).
-                    let pending = match key.counted_by.as_ref() {
+                    let pending = match key.counted_by() {
                         Some(state) => Some(
                             state
-                                .0
                                 .take_pending(limits.max_pending)
                                 .ok_or(AcquireError::Overflow(MAX_PENDING))?,
                         ),
@@ -465,7 +448,7 @@ impl Pools {
                     // The sweeper lets it go once idle for its timeout, or
                     // at the end of its lifetime.
                     let deadline = close_by(Instant::now() + limits.idle_timeout, expires);
-                    self.sweep_by(deadline, key.counted_by.is_some());
+                    self.sweep_by(deadline, key.counted_by().is_some());
                     return Ok(SharedH2 { taken, waited });
                 }
                 Err(error) => {
@@ -568,7 +551,7 @@ impl Pools {
         usable: impl Fn() -> bool,
     ) -> Result<Slotted, AcquireError> {
         let at_once = |slot| Slotted { slot, waited: None };
-        let Some(state) = key.counted_by.as_ref().map(|c| &c.0) else {
+        let Some(state) = key.counted_by() else {
             return Ok(at_once(None));
         };
         let limits = &cluster.limits;
@@ -641,21 +624,20 @@ impl Pools {
         let now = Instant::now();
         let mut next = Next::default();
         self.idle.borrow_mut().retain(|key, list| {
-            let wanted = key.counted_by.as_ref().is_some_and(|c| c.0.has_waiters());
+            let wanted = key.counted_by().is_some_and(|c| c.has_waiters());
             list.retain_mut(|c| {
                 !wanted && now < c.deadline && c.connection.is_usable(&self.idle_waker)
             });
             for c in list.iter() {
                 next.due(c.deadline);
             }
-            next.limited |= !list.is_empty() && key.counted_by.is_some();
+            next.limited |= !list.is_empty() && key.counted_by().is_some();
             !list.is_empty()
         });
         self.shared_h2.borrow_mut().retain(|key, connections| {
-            let counted = key.counted_by.as_ref();
-            let wanted = counted.is_some_and(|c| c.0.has_waiters());
-            let max_streams = key.streams.map_or(UNLIMITED, |(streams, _)| streams);
-            let (left, due) = connections.sweep(now, max_streams, wanted);
+            let counted = key.counted_by();
+            let wanted = counted.is_some_and(|c| c.has_waiters());
+            let (left, due) = connections.sweep(now, key.max_concurrent_streams(), wanted);
             if let Some(due) = due {
                 next.due(due);
             }
@@ -817,6 +799,41 @@ mod tests {
     use crate::proxy::testing::{key, pools};
 
     #[test]
+    fn clusters_share_connections_unless_their_pooling_differs() {
+        use crate::proxy::testing::cluster;
+        let addr: SocketAddr = "10.0.0.1:80".parse().expect("an address");
+        let plain = |limits| key(&cluster(&[addr], limits, None));
+        // Clusters that set nothing share one pool, and carry nothing more
+        // than the endpoint and its TLS.
+        let default = plain(PoolLimits::default());
+        assert_eq!(default, plain(PoolLimits::default()));
+        assert!(default.pooling.is_none());
+        // Each setting of its own keeps a cluster's connections apart; the
+        // same settings in another snapshot (a reload) share them.
+        let streams = || PoolLimits {
+            max_concurrent_streams: 10,
+            ..PoolLimits::default()
+        };
+        assert_ne!(default, plain(streams()));
+        assert_eq!(plain(streams()), plain(streams()));
+        let lifetime = PoolLimits {
+            max_connection_duration: Some(Duration::from_secs(60)),
+            ..PoolLimits::default()
+        };
+        assert_ne!(plain(streams()), plain(lifetime));
+        // A cluster that counts its connections pools them alone.
+        let counted = || PoolLimits {
+            max_connections: 4,
+            ..PoolLimits::default()
+        };
+        assert_ne!(plain(counted()), plain(counted()));
+        let one = cluster(&[addr], counted(), None);
+        assert_eq!(key(&one), key(&one));
+        assert_eq!(key(&one).max_concurrent_streams(), UNLIMITED);
+        assert!(key(&one).counted_by().is_some());
+    }
+
+    #[test]
     fn mesh_connections_are_pooled_apart_by_sni_and_expected_sans() {
         // One workload config, shared by every mesh cluster: a connection
         // verified for one cluster's SNI and SANs must not carry another's.
@@ -831,8 +848,10 @@ mod tests {
         );
         let plan = |sni: &str, sans: &[&str]| TlsPlan::Tls {
             config: config.clone(),
-            server_name: rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("SNI"),
-            expected: sans.iter().map(|s| (*s).to_owned()).collect(),
+            server: Arc::new(TlsServer {
+                server_name: rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("SNI"),
+                expected: sans.iter().map(|s| (*s).to_owned()).collect(),
+            }),
         };
         let cluster = crate::model::cluster::testing::cluster(
             "app",

@@ -46,6 +46,7 @@ pub fn cluster(
         tls: UpstreamTls::Plain,
         upstream_bind: None,
         keepalive: Default::default(),
+        pooling: Default::default(),
     })
 }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
-use rustls::pki_types::ServerName;
 use rustls::{AlertDescription, CertificateError, ClientConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -16,6 +15,7 @@ use super::io::{DownstreamIo, MaybeTls, UpstreamIo};
 use super::material::TlsMaterial;
 use super::verify::has_any_san;
 use crate::model::MtlsMode;
+use crate::model::cluster::{TlsServer, UpstreamTls};
 
 /// Longest a client may take to start and finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -164,48 +164,43 @@ pub async fn terminate(
 pub enum TlsPlan {
     /// Plaintext.
     Plain,
-    /// TLS with `config`, sending `server_name` as SNI, and requiring one of
-    /// `expected` SANs when not empty.
+    /// TLS with `config` to `server`: its SNI sent, one of its expected
+    /// SANs required when it has any.
     Tls {
         /// Client config (the workload's mesh config, or a DestinationRule's).
         config: Arc<ClientConfig>,
-        /// SNI.
-        server_name: ServerName<'static>,
-        /// SANs one of which the server must carry.
-        expected: Arc<[String]>,
+        /// The server's name and expected SANs, built with the cluster.
+        server: Arc<TlsServer>,
     },
 }
 
 impl TlsPlan {
     /// How a connection to an endpoint of a cluster secured by `tls` is
     /// secured: `sidecar` says the endpoint runs one (auto mTLS skips the
-    /// others), `h2` picks the ALPN, `material` is the workload's current
-    /// certificate (mesh mTLS needs it). The error is the reason counted
-    /// for the TLS failure.
+    /// others), `h2` picks the ALPN, `material` gives the workload's current
+    /// certificate (mesh mTLS needs it; only mesh mTLS asks). The error is
+    /// the reason counted for the TLS failure.
     pub fn for_endpoint(
-        tls: &crate::model::cluster::UpstreamTls,
+        tls: &UpstreamTls,
         sidecar: bool,
         h2: bool,
-        material: Option<Arc<TlsMaterial>>,
+        material: impl FnOnce() -> Option<Arc<TlsMaterial>>,
     ) -> Result<Self, &'static str> {
-        use crate::model::cluster::UpstreamTls;
         match tls {
             UpstreamTls::Plain => Ok(Self::Plain),
             UpstreamTls::Mesh {
                 only_sidecars: true,
                 ..
             } if !sidecar => Ok(Self::Plain),
-            UpstreamTls::Mesh { sni, expected, .. } => {
-                let material = material.ok_or("no_workload_certificate")?;
-                let server_name = ServerName::try_from(sni.clone()).map_err(|_| "bad_sni")?;
+            UpstreamTls::Mesh { server, .. } => {
+                let material = material().ok_or("no_workload_certificate")?;
                 Ok(Self::Tls {
                     config: if h2 {
                         material.mesh_h2.clone()
                     } else {
                         material.mesh_h1.clone()
                     },
-                    server_name,
-                    expected: expected.clone(),
+                    server: server.clone().ok_or("bad_sni")?,
                 })
             }
             UpstreamTls::Originate(origination) => Ok(Self::Tls {
@@ -214,8 +209,7 @@ impl TlsPlan {
                 } else {
                     origination.h1.clone()
                 },
-                server_name: origination.server_name.clone(),
-                expected: Arc::from([]),
+                server: origination.server.clone(),
             }),
             UpstreamTls::Broken(_) => Err("bad_tls_settings"),
         }
@@ -229,19 +223,14 @@ pub async fn connect(
     plan: &TlsPlan,
     failures: &IntCounterVec,
 ) -> Result<(UpstreamIo, Option<tracemesh_ca::SpiffeId>), TlsFailure> {
-    let TlsPlan::Tls {
-        config,
-        server_name,
-        expected,
-    } = plan
-    else {
+    let TlsPlan::Tls { config, server } = plan else {
         return Ok((MaybeTls::Plain(stream), None));
     };
     let fail = |reason: &'static str| {
         failures.with_label_values(&["outbound", reason]).inc();
         TlsFailure(reason)
     };
-    let connecting = TlsConnector::from(config.clone()).connect(server_name.clone(), stream);
+    let connecting = TlsConnector::from(config.clone()).connect(server.server_name.clone(), stream);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
@@ -253,6 +242,7 @@ pub async fn connect(
     };
     let (_, conn) = tls.get_ref();
     let leaf = conn.peer_certificates().and_then(|c| c.first());
+    let expected = &server.expected;
     if !expected.is_empty() && !leaf.is_some_and(|der| has_any_san(der, expected)) {
         return Err(fail("wrong_san"));
     }

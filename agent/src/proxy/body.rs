@@ -146,7 +146,7 @@ impl Body for UpstreamBody {
 #[allow(clippy::large_enum_variant)]
 pub enum Received {
     /// Read from the connection by the agent ([`h1`](super::h1)).
-    Own(h1::ResponseBody<Lease>),
+    Own(Box<h1::ResponseBody<Lease>>),
     /// Read by hyper.
     Hyper(Incoming),
     /// Read by hyper from an HTTP/2 stream, watched for a client that

@@ -162,7 +162,7 @@ pub async fn send<R: Reuse>(
     parts: &mut http::request::Parts,
     body: UpstreamBody,
     reuse: R,
-) -> Result<Response<ResponseBody<R>>, SendFailure> {
+) -> Result<Response<Box<ResponseBody<R>>>, SendFailure> {
     let encoding = frame_request(parts, &body);
     let keep_alive = keeps_alive(parts.version, &parts.headers);
     let head_request = parts.method == Method::HEAD;
@@ -230,7 +230,9 @@ pub async fn send<R: Reuse>(
     let state = body_framing(status, version, head_request, &headers)?;
     let reusable = keep_alive && keeps_alive(version, &headers) && !matches!(state, State::Eof);
     let request_whole = matches!(writing, Writing::Whole) && !out.short;
-    let mut response = Response::new(ResponseBody {
+    // Boxed: the response is moved whole several times on its way to the
+    // client, and the body (the connection, its lease) is most of it.
+    let mut response = Response::new(Box::new(ResponseBody {
         connection: Some(connection),
         state,
         reuse: reusable.then_some(reuse),
@@ -239,7 +241,7 @@ pub async fn send<R: Reuse>(
         writer: matches!(writing, Writing::Busy).then(|| Box::new(out)),
         request_whole,
         failed: None,
-    });
+    }));
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;

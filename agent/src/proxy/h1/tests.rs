@@ -79,7 +79,7 @@ async fn send<R: Reuse>(
     connection: Connection,
     request: Request<UpstreamBody>,
     reuse: R,
-) -> Result<Response<ResponseBody<R>>, SendFailure> {
+) -> Result<Response<Box<ResponseBody<R>>>, SendFailure> {
     let (mut parts, body) = request.into_parts();
     super::send(connection, &mut parts, body, reuse).await
 }
@@ -92,7 +92,7 @@ fn get(path: &str) -> Request<UpstreamBody> {
 }
 
 async fn read_all<R: Reuse + Unpin>(
-    body: ResponseBody<R>,
+    body: Box<ResponseBody<R>>,
 ) -> Result<(Bytes, Option<HeaderMap>), io::Error> {
     let collected = body.collect().await?;
     let trailers = collected.trailers().cloned();

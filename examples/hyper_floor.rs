@@ -27,8 +27,12 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+/// The agent's allocator: mimalloc behind the binary's own GlobalAlloc.
+#[path = "../src/alloc.rs"]
+mod alloc;
+
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 

@@ -1,5 +1,6 @@
 //! The `tracemesh` binary: one executable for every runtime role.
 
+mod alloc;
 mod demo;
 mod load;
 
@@ -22,7 +23,7 @@ use clap::{Parser, Subcommand};
 /// freed on the export thread; glibc's malloc took a fifth of the
 /// collector's CPU.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::MiMalloc = alloc::MiMalloc;
 
 /// An observability-first service mesh: sidecar agent, trace collector and
 /// query service in one binary.

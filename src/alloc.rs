@@ -12,12 +12,13 @@
 //! instructions per request (`bench/agent/instructions.sh`, callgrind;
 //! mimalloc_rust pull request 170 measures the same).
 //!
-//! Every mimalloc size class is a multiple of 8 bytes, of 16 above 16 bytes,
-//! and a page's first block is 16-byte aligned, so a block for a size that
-//! is a multiple of an alignment of at most 16 is aligned to it: such
-//! layouts take `mi_malloc`, `mi_zalloc` and `mi_realloc`. Larger
-//! alignments (tokio's cache-line-aligned task cells) keep the aligned
-//! calls.
+//! Every mimalloc size class above 8 bytes is a multiple of 16 (with
+//! `MI_MAX_ALIGN_SIZE` 16 on 64-bit targets), and a page's first block is
+//! 16-byte aligned, so a block for a size that is a multiple of an
+//! alignment of at most 16 is aligned to it: such layouts take `mi_malloc`,
+//! `mi_zalloc` and `mi_realloc`. Larger alignments (tokio's
+//! cache-line-aligned task cells), and sizes that are not a multiple of
+//! their alignment (which no Rust type has), keep the aligned calls.
 
 // An allocator is `unsafe` by contract: each call below passes the
 // layout's size and alignment to mimalloc as its API asks, and frees only
@@ -105,7 +106,8 @@ mod tests {
         assert!(plain(8192, 1));
         assert!(plain(48, 16));
         assert!(plain(8, 8));
-        // A 24-byte block may sit 8 bytes off 16; 128-byte alignment
+        // Sizes that are not a multiple of their alignment (no Rust type's
+        // layout) are left to the aligned calls; 128-byte alignment
         // (tokio's task cells) is more than any class guarantees.
         assert!(!plain(24, 16));
         assert!(!plain(8, 16));

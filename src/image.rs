@@ -62,7 +62,7 @@ struct FileMapping {
 /// # Errors
 /// `/proc/self/exe` or `/proc/self/smaps` cannot be read, or `madvise`
 /// fails (it does not for these mappings on Linux).
-#[allow(unsafe_code)] // madvise: the workspace's one audited `unsafe`
+#[allow(unsafe_code)] // madvise: audited (see the workspace's lints)
 pub fn release_start_up_pages() -> io::Result<u64> {
     let _alone = MAPPINGS.lock().unwrap_or_else(PoisonError::into_inner);
     let exe = std::fs::read_link("/proc/self/exe")?;

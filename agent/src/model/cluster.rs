@@ -62,9 +62,9 @@ pub struct Cluster {
     /// captured inbound connection is delivered to the application.
     pub upstream_bind: Option<IpAddr>,
     /// What its pooled connections are kept apart by, derived from the
-    /// fields above on first use ([`Cluster::pooling`]); a cluster is not
+    /// fields above on first use ([`Cluster::pooling`]): a cluster is not
     /// changed once shared. `OnceLock::new()` when built.
-    pub pooling: OnceLock<Option<Arc<Pooling>>>,
+    pub(crate) pooling: OnceLock<Option<Arc<Pooling>>>,
 }
 
 /// What a cluster's pooled upstream connections are opened and kept with,

@@ -809,7 +809,7 @@ mod tests {
         assert_eq!(default, plain(PoolLimits::default()));
         assert!(default.pooling.is_none());
         // Each setting of its own keeps a cluster's connections apart; the
-        // same settings in another snapshot (a reload) share them.
+        // same settings in another cluster (or snapshot) share them.
         let streams = || PoolLimits {
             max_concurrent_streams: 10,
             ..PoolLimits::default()
@@ -827,6 +827,15 @@ mod tests {
             ..PoolLimits::default()
         };
         assert_ne!(plain(counted()), plain(counted()));
+        // Across a reload, the new snapshot of a cluster that counts them
+        // counts into the same state (`LiveState::cluster`): one pool.
+        let state = Arc::new(ClusterState::default());
+        let snapshot = || {
+            let mut snapshot = cluster(&[addr], counted(), None);
+            Arc::get_mut(&mut snapshot).expect("unshared").state = state.clone();
+            key(&snapshot)
+        };
+        assert_eq!(snapshot(), snapshot());
         let one = cluster(&[addr], counted(), None);
         assert_eq!(key(&one), key(&one));
         assert_eq!(key(&one).max_concurrent_streams(), UNLIMITED);

@@ -25,8 +25,9 @@ pub const MAX_SERIES_BOUND: usize = 1 << 20;
 /// Longest an overflow waits to be reported in a log line.
 const REPORT_INTERVAL_MS: u64 = 10_000;
 
-/// The label sets one group of families (which always share label sets)
-/// has admitted.
+/// The label sets one group of families (which share label sets: a set
+/// one family of the group records may be recorded by the others) has
+/// admitted.
 pub struct SeriesLimit {
     /// What the families are called in logs.
     families: &'static str,

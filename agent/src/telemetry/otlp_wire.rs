@@ -31,6 +31,7 @@ pub(crate) const SPAN_START_TIME: u32 = 7;
 pub(crate) const SPAN_END_TIME: u32 = 8;
 pub(crate) const SPAN_ATTRIBUTES: u32 = 9;
 pub(crate) const SPAN_EVENTS: u32 = 11;
+pub(crate) const SPAN_DROPPED_EVENTS_COUNT: u32 = 12;
 pub(crate) const SPAN_STATUS: u32 = 15;
 pub(crate) const SPAN_FLAGS: u32 = 16;
 /// `Span.Event` fields.
@@ -143,6 +144,21 @@ pub fn message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) 
 /// The length of a length-delimited field holding `len` bytes.
 pub fn field_len(field: u32, len: usize) -> usize {
     varint_len(u64::from(field) << 3) + varint_len(len as u64) + len
+}
+
+/// The length of a varint field (uint, enum, bool) holding `value`.
+pub fn uint_len(field: u32, value: u64) -> usize {
+    varint_len(tag(field, VARINT)) + varint_len(value)
+}
+
+/// The length of a `fixed64` field.
+pub fn fixed64_len(field: u32) -> usize {
+    varint_len(tag(field, FIXED64)) + 8
+}
+
+/// The length of a `fixed32` field.
+pub fn fixed32_len(field: u32) -> usize {
+    varint_len(tag(field, FIXED32)) + 4
 }
 
 /// Appends the key and length of a length-delimited field whose `len` bytes

@@ -269,44 +269,87 @@ impl Span {
         give_back(scratch);
     }
 
-    /// Appends this span as `ScopeSpans.spans`.
+    /// Appends this span as `ScopeSpans.spans`. Its length is worked out
+    /// first and written ahead of it: a span is usually longer than a
+    /// one-byte length, and a prefix fixed up afterwards would move the
+    /// whole span (~1.3 KiB in the cost bench) along the batch once more.
     fn encode(&self, scratch: &Scratch, end: SystemTime, buf: &mut Vec<u8>) {
         let cx = &self.context;
-        wire::message(buf, wire::SCOPE_SPANS_SPANS, |b| {
-            wire::bytes(b, wire::SPAN_TRACE_ID, &cx.trace_id().to_bytes());
-            wire::bytes(b, wire::SPAN_SPAN_ID, &cx.span_id().to_bytes());
-            let state = cx.trace_state().header();
-            if !state.is_empty() {
-                wire::bytes(b, wire::SPAN_TRACE_STATE, state.as_bytes());
-            }
-            if self.parent != SpanId::INVALID {
-                wire::bytes(b, wire::SPAN_PARENT_SPAN_ID, &self.parent.to_bytes());
-            }
-            if !scratch.name.is_empty() {
-                wire::bytes(b, wire::SPAN_NAME, scratch.name.as_bytes());
-            }
-            wire::uint(b, wire::SPAN_KIND, self.kind as u64);
-            wire::fixed64(b, wire::SPAN_START_TIME, nanos(self.start));
-            wire::fixed64(b, wire::SPAN_END_TIME, nanos(end));
-            b.extend_from_slice(&scratch.fields);
-            if self.events > MAX_EVENTS {
-                wire::uint(b, 12, u64::from(self.events - MAX_EVENTS));
-            }
-            wire::message(b, wire::SPAN_STATUS, |s| {
-                if let Some(error) = &self.error {
-                    if !error.is_empty() {
-                        wire::bytes(s, wire::STATUS_MESSAGE, error.as_bytes());
-                    }
-                    wire::uint(s, wire::STATUS_CODE, wire::STATUS_CODE_ERROR);
-                }
+        let state = cx.trace_state().header();
+        let error = self.error.as_deref();
+        let message = error.filter(|e| !e.is_empty());
+        let status_len = message.map_or(0, |m| wire::field_len(wire::STATUS_MESSAGE, m.len()))
+            + error.map_or(0, |_| {
+                wire::uint_len(wire::STATUS_CODE, wire::STATUS_CODE_ERROR)
             });
-            let mut flags =
-                u32::from(cx.trace_flags().to_u8()) | wire::SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE;
-            if self.parent_is_remote {
-                flags |= wire::SPAN_FLAGS_CONTEXT_IS_REMOTE;
+        let dropped_events = self.events.saturating_sub(MAX_EVENTS);
+        let len = wire::field_len(wire::SPAN_TRACE_ID, 16)
+            + wire::field_len(wire::SPAN_SPAN_ID, 8)
+            + if state.is_empty() {
+                0
+            } else {
+                wire::field_len(wire::SPAN_TRACE_STATE, state.len())
             }
-            wire::fixed32(b, wire::SPAN_FLAGS, flags);
-        });
+            + if self.parent == SpanId::INVALID {
+                0
+            } else {
+                wire::field_len(wire::SPAN_PARENT_SPAN_ID, 8)
+            }
+            + if scratch.name.is_empty() {
+                0
+            } else {
+                wire::field_len(wire::SPAN_NAME, scratch.name.len())
+            }
+            + wire::uint_len(wire::SPAN_KIND, self.kind as u64)
+            + wire::fixed64_len(wire::SPAN_START_TIME)
+            + wire::fixed64_len(wire::SPAN_END_TIME)
+            + scratch.fields.len()
+            + if dropped_events > 0 {
+                wire::uint_len(wire::SPAN_DROPPED_EVENTS_COUNT, u64::from(dropped_events))
+            } else {
+                0
+            }
+            + wire::field_len(wire::SPAN_STATUS, status_len)
+            + wire::fixed32_len(wire::SPAN_FLAGS);
+
+        wire::len_prefix(buf, wire::SCOPE_SPANS_SPANS, len);
+        let at = buf.len();
+        wire::bytes(buf, wire::SPAN_TRACE_ID, &cx.trace_id().to_bytes());
+        wire::bytes(buf, wire::SPAN_SPAN_ID, &cx.span_id().to_bytes());
+        if !state.is_empty() {
+            wire::bytes(buf, wire::SPAN_TRACE_STATE, state.as_bytes());
+        }
+        if self.parent != SpanId::INVALID {
+            wire::bytes(buf, wire::SPAN_PARENT_SPAN_ID, &self.parent.to_bytes());
+        }
+        if !scratch.name.is_empty() {
+            wire::bytes(buf, wire::SPAN_NAME, scratch.name.as_bytes());
+        }
+        wire::uint(buf, wire::SPAN_KIND, self.kind as u64);
+        wire::fixed64(buf, wire::SPAN_START_TIME, nanos(self.start));
+        wire::fixed64(buf, wire::SPAN_END_TIME, nanos(end));
+        buf.extend_from_slice(&scratch.fields);
+        if dropped_events > 0 {
+            wire::uint(
+                buf,
+                wire::SPAN_DROPPED_EVENTS_COUNT,
+                u64::from(dropped_events),
+            );
+        }
+        wire::len_prefix(buf, wire::SPAN_STATUS, status_len);
+        if let Some(message) = message {
+            wire::bytes(buf, wire::STATUS_MESSAGE, message.as_bytes());
+        }
+        if error.is_some() {
+            wire::uint(buf, wire::STATUS_CODE, wire::STATUS_CODE_ERROR);
+        }
+        let mut flags =
+            u32::from(cx.trace_flags().to_u8()) | wire::SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE;
+        if self.parent_is_remote {
+            flags |= wire::SPAN_FLAGS_CONTEXT_IS_REMOTE;
+        }
+        wire::fixed32(buf, wire::SPAN_FLAGS, flags);
+        debug_assert_eq!(buf.len() - at, len, "the span's length as worked out");
     }
 }
 

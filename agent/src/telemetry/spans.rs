@@ -690,6 +690,57 @@ mod tests {
         assert_eq!(got, &want);
     }
 
+    /// A span's length is written ahead of it: spans with the optional
+    /// fields at their edges (events past the limit, a status message of a
+    /// two-byte length, an empty one) decode whole, one after another.
+    #[test]
+    fn spans_with_dropped_events_and_long_or_empty_errors_decode() {
+        on_worker(spans_with_dropped_events_and_long_or_empty_errors_decode_on_a_worker);
+    }
+
+    fn spans_with_dropped_events_and_long_or_empty_errors_decode_on_a_worker() {
+        use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+
+        let (spans, mut queue) = worker_with(100, 3, usize::MAX);
+        let root = || Parent {
+            context: None,
+            decision: None,
+        };
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let long_error = "e".repeat(200);
+        let mut busy = Span::start(&spans, Kind::Server, root(), start);
+        for _ in 0..130 {
+            busy.add_event("retry", &[("reason", Value::Str("5xx"))]);
+        }
+        busy.set_error(long_error.clone());
+        busy.end(start);
+        let mut quiet = Span::start(&spans, Kind::Client, root(), start);
+        quiet.set_error("");
+        quiet.end(start);
+        let plain = Span::start(&spans, Kind::Client, root(), start);
+        plain.end(start);
+        let batch = queue.try_recv().expect("a full batch ships");
+
+        let envelope = Envelope::new(&Resource::builder_empty().build());
+        let decoded =
+            ExportTraceServiceRequest::decode(envelope.wrap(vec![batch.spans])).expect("decodes");
+        let got = &decoded.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].events.len(), 128);
+        assert_eq!(got[0].dropped_events_count, 2);
+        let status = got[0].status.as_ref().expect("a status");
+        assert_eq!(status.message, long_error);
+        assert_eq!(status.code, StatusCode::Error as i32);
+        let status = got[1].status.as_ref().expect("a status");
+        assert_eq!(
+            (status.message.as_str(), status.code),
+            ("", StatusCode::Error as i32)
+        );
+        assert_eq!(got[1].dropped_events_count, 0);
+        let status = got[2].status.as_ref().expect("a status");
+        assert_eq!(status.code, StatusCode::Unset as i32);
+    }
+
     #[test]
     fn spans_past_the_queues_capacity_are_dropped_and_counted() {
         on_worker(spans_past_the_queues_capacity_are_dropped_and_counted_on_a_worker);

@@ -263,7 +263,7 @@ pub(crate) fn echo(pod: &Pod, port: u16) -> tokio::task::JoinHandle<()> {
 
 /// `openssl s_server -www` on the pod's port 8443 with a self-signed
 /// certificate for `secure.example.com`; its page names the server.
-pub(crate) fn tls_server(pod: &Pod, dir: &Path) -> tokio::process::Child {
+pub(crate) async fn tls_server(pod: &Pod, dir: &Path) -> tokio::process::Child {
     let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
     let made = std::process::Command::new("openssl")
         .args([
@@ -296,7 +296,26 @@ pub(crate) fn tls_server(pod: &Pod, dir: &Path) -> tokio::process::Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    cmd.spawn().expect("openssl s_server")
+    let server = cmd.spawn().expect("openssl s_server");
+    // Listening before anyone connects: a connection the pod's sidecar
+    // passed on to a port with no listener yet would be cut mid-handshake.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let listening = pod
+            .command("ss")
+            .args(["-Hltn", "sport = :8443"])
+            .output()
+            .expect("ss");
+        if !listening.stdout.is_empty() {
+            return server;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "openssl s_server not listening on 8443 in {} after 30 s",
+            pod.name
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// `curl args` in `pod` as the application's uid: stdout, or why it failed.
@@ -365,7 +384,7 @@ async fn unchanged_applications_are_served_by_captured_agents() {
     let _echo = echo(&outside, 7000);
     let _echoes = [echo(&reviews1, 7001), echo(&reviews2, 7001)];
     let tmp = tempfile::tempdir().unwrap();
-    let _tls = tls_server(&outside, tmp.path());
+    let _tls = tls_server(&outside, tmp.path()).await;
 
     // Certificates from the built-in CA, one identity per service account.
     let ca = Ca::start();

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, header};
-use http_body_util::{BodyExt, Full};
+use http::{Request, Response};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use common::agent::{Agent, validate, validate_file};
-use common::client::Client;
+use common::client::{Client, OneConnection};
 use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, service_entry};
 use common::upstream::{Upstream, closed_port, tcp_echo};
 
@@ -293,52 +293,6 @@ impl HeldApp {
     }
 }
 
-/// One HTTP/1.1 connection to `addr`, kept open between requests as an
-/// application's connection pool keeps it.
-struct Pooled {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl Pooled {
-    async fn open(addr: SocketAddr) -> Pooled {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Pooled { sender }
-    }
-
-    /// GETs `path` of `host` on this connection: (status, whether the
-    /// response said `Connection: close`), or why there was no response.
-    async fn get(&mut self, host: &str, path: &str) -> Result<(u16, bool), String> {
-        self.sender
-            .ready()
-            .await
-            .map_err(|e| format!("connection not ready: {e}"))?;
-        let request = Request::get(path)
-            .header(header::HOST, host)
-            .body(Full::default())
-            .unwrap();
-        let response = self
-            .sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let close = response
-            .headers()
-            .get(header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        let status = response.status().as_u16();
-        response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?;
-        Ok((status, close))
-    }
-}
-
 /// Writes `bytes` on a new connection to `addr` and reads as many back (an
 /// echo behind it), within 30 s.
 async fn echoed(addr: SocketAddr, bytes: &[u8]) -> Result<Vec<u8>, String> {
@@ -406,7 +360,7 @@ async fn sigterm_keeps_the_outbound_side_serving_while_inbound_drains() {
             }],
         );
     let agent = Agent::start(&yaml);
-    let mut pooled = Pooled::open(agent.outbound).await;
+    let mut pooled = OneConnection::open(agent.outbound).await;
     assert_eq!(
         pooled.get("reviews:9080", "/before").await,
         Ok((200, false)),
@@ -429,7 +383,7 @@ async fn sigterm_keeps_the_outbound_side_serving_while_inbound_drains() {
     // the drain began may be closed unasked, and is tried again).
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut late = loop {
-        let mut late = Pooled::open(agent.inbound).await;
+        let mut late = OneConnection::open(agent.inbound).await;
         match late.get("productpage:9080", "/late").await {
             Ok((200, true)) => break late,
             Ok((200, false)) | Err(_) => {}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::agent::Agent;
-use common::client::Client;
+use common::client::{Client, OneConnection};
 use common::mesh::{Ep, NO_COLLECTOR, agent, service_entry};
 use common::upstream::{Upstream, closed_port};
 use http::Request;
@@ -41,39 +41,6 @@ fn virtual_service(rule: &str) -> String {
     format!(
         "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: app, namespace: default}}\nspec:\n  hosts: [app]\n  http:\n{rule}"
     )
-}
-
-/// One HTTP/1.1 connection to the agent, kept open between requests.
-struct OneConnection {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl OneConnection {
-    async fn open(addr: SocketAddr) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        Self { sender }
-    }
-
-    /// GETs `/` of `host` on this connection, reads the body whole and
-    /// gives the status.
-    async fn get(&mut self, host: &str) -> u16 {
-        self.sender.ready().await.unwrap();
-        let request = Request::get("/")
-            .header(http::header::HOST, host)
-            .body(Full::default())
-            .unwrap();
-        let response = self.sender.send_request(request).await.unwrap();
-        let status = response.status().as_u16();
-        http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .unwrap();
-        status
-    }
 }
 
 fn destination_rule(policy: &str) -> String {
@@ -959,12 +926,21 @@ async fn http_connections_past_their_max_duration_are_not_reused() {
     let agent = mesh(&[&app], &rule).await;
     let mut client = OneConnection::open(agent.outbound).await;
     let sent = Instant::now();
-    assert_eq!(client.get("app:9080").await, 200);
+    assert_eq!(
+        client.get("app:9080", "/").await.map(|(status, _)| status),
+        Ok(200)
+    );
     let answered_at = Instant::now();
-    assert_eq!(client.get("app:9080").await, 200);
+    assert_eq!(
+        client.get("app:9080", "/").await.map(|(status, _)| status),
+        Ok(200)
+    );
     let reused = sent.elapsed() < Duration::from_secs(4);
     tokio::time::sleep_until((answered_at + wait_out).into()).await;
-    assert_eq!(client.get("app:9080").await, 200);
+    assert_eq!(
+        client.get("app:9080", "/").await.map(|(status, _)| status),
+        Ok(200)
+    );
     let accepted = app.accepted_connections();
     if reused {
         assert_eq!(accepted, 2, "reused within its lifetime, not after");

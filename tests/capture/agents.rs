@@ -224,23 +224,43 @@ async fn metrics(pod: &Pod) -> Scrape {
     Scrape::parse(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// Polls `check` every `every` for up to 30 s until it gives `Ok`; then
+/// panics with `what`, `pod`'s name and the last `Err` (what was seen).
+/// Something that cannot come right any more panics in `check` at once.
+pub(crate) async fn poll_until<T>(
+    pod: &Pod,
+    what: &str,
+    every: std::time::Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let seen = match check().await {
+            Ok(done) => return done,
+            Err(seen) => seen,
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} in {} after 30 s:\n{seen}",
+            pod.name
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Waits until `what` holds on `pod`'s agent metrics (they are recorded
 /// when a response ends, a moment after the client has it).
 pub(crate) async fn wait_metrics(pod: &Pod, what: &str, pred: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    let every = std::time::Duration::from_millis(100);
+    poll_until(pod, what, every, async || {
         let scrape = metrics(pod).await;
         if pred(&scrape) {
-            return scrape;
+            Ok(scrape)
+        } else {
+            Err(scrape.text)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what} on {}'s agent:\n{}",
-            pod.name,
-            scrape.text
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// A TCP echo server on the pod's address.
@@ -296,26 +316,38 @@ pub(crate) async fn tls_server(pod: &Pod, dir: &Path) -> tokio::process::Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    let server = cmd.spawn().expect("openssl s_server");
+    let mut server = cmd.spawn().expect("openssl s_server");
     // Listening before anyone connects: a connection the pod's sidecar
     // passed on to a port with no listener yet would be cut mid-handshake.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let listening = pod
-            .command("ss")
-            .args(["-Hltn", "sport = :8443"])
-            .output()
-            .expect("ss");
-        if !listening.stdout.is_empty() {
-            return server;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "openssl s_server not listening on 8443 in {} after 30 s",
-            pod.name
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let every = std::time::Duration::from_millis(20);
+    poll_until(
+        pod,
+        "openssl s_server listening on 8443",
+        every,
+        async || {
+            if let Some(status) = server.try_wait().expect("openssl s_server's status") {
+                panic!("openssl s_server in {} exited: {status}", pod.name);
+            }
+            let ss = tokio::process::Command::from(pod.command("ss"))
+                .args(["-Hltn", "sport = :8443"])
+                .output()
+                .await
+                .expect("ss");
+            assert!(
+                ss.status.success(),
+                "ss in {}: {}",
+                pod.name,
+                String::from_utf8_lossy(&ss.stderr)
+            );
+            if ss.stdout.is_empty() {
+                Err("no listener".to_owned())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    server
 }
 
 /// `curl args` in `pod` as the application's uid: stdout, or why it failed.

@@ -182,3 +182,53 @@ pub async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
     .await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// One HTTP/1.1 connection to `addr`, kept open between requests as an
+/// application's connection pool keeps it (hyper's pooling client may open
+/// a second connection while the first goes back to its pool; this never
+/// does).
+pub struct OneConnection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl OneConnection {
+    /// Connects to `addr`; panics when it cannot.
+    pub async fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self { sender }
+    }
+
+    /// GETs `path` of `host` on this connection and reads the body whole:
+    /// (status, whether the response said `Connection: close`), or why
+    /// there was no response.
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<(u16, bool), String> {
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("connection not ready: {e}"))?;
+        let request = Request::get(path)
+            .header(http::header::HOST, host)
+            .body(Full::default())
+            .unwrap();
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let close = response
+            .headers()
+            .get(http::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let status = response.status().as_u16();
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?;
+        Ok((status, close))
+    }
+}

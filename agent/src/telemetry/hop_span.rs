@@ -408,8 +408,7 @@ impl HopSpan {
 }
 
 /// The `tracemesh.policy` attribute of an event: `rule`, narrowed to one
-/// of its fields when `field` says which.
-/// The `tracemesh.policy` of an event: the rule, and the field of it.
+/// of its fields when `field` says which (`rule[field]`).
 fn policy(rule: Option<&str>, field: Option<&str>) -> Option<String> {
     let rule = rule?;
     Some(match field {

@@ -164,7 +164,7 @@ pub async fn send<R: Reuse>(
     reuse: R,
 ) -> Result<Response<Box<ResponseBody<R>>>, SendFailure> {
     let encoding = frame_request(parts, &body);
-    let keep_alive = keeps_alive(parts.version, &parts.headers);
+    let keep_alive = keeps_alive(parts.version, &parts.headers, ConnectionOptions::default());
     let head_request = parts.method == Method::HEAD;
     connection.write.clear();
     encode_head(parts, &mut connection.write);
@@ -226,9 +226,11 @@ pub async fn send<R: Reuse>(
         status,
         version,
         headers,
+        options,
     } = head;
     let state = body_framing(status, version, head_request, &headers)?;
-    let reusable = keep_alive && keeps_alive(version, &headers) && !matches!(state, State::Eof);
+    let reusable =
+        keep_alive && keeps_alive(version, &headers, options) && !matches!(state, State::Eof);
     let request_whole = matches!(writing, Writing::Whole) && !out.short;
     // Boxed: the response is moved whole several times on its way to the
     // client, and the body (the connection, its lease) is most of it.
@@ -313,18 +315,18 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
     Ok(length)
 }
 
-/// Whether a message of `version` with `headers` leaves its connection
-/// open: HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with
-/// `Connection: keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    if !crate::header_scan::holds(headers, &CONNECTION) {
-        return version != Version::HTTP_10;
-    }
-    let mut tokens = list_members(headers, CONNECTION);
+/// Whether a message of `version` with `headers` (and the `Connection`
+/// `options` taken out of them) leaves its connection open: HTTP/1.1
+/// unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
+fn keeps_alive(version: Version, headers: &HeaderMap, options: ConnectionOptions) -> bool {
+    let listed = |option: &[u8]| {
+        crate::header_scan::holds(headers, &CONNECTION)
+            && list_members(headers, CONNECTION).any(|t| t.eq_ignore_ascii_case(option))
+    };
     if version == Version::HTTP_10 {
-        tokens.any(|t| t.eq_ignore_ascii_case(b"keep-alive"))
+        options.keep_alive || listed(b"keep-alive")
     } else {
-        !tokens.any(|t| t.eq_ignore_ascii_case(b"close"))
+        !(options.close || listed(b"close"))
     }
 }
 
@@ -600,7 +602,36 @@ impl Outgoing {
 struct Head {
     status: StatusCode,
     version: Version,
+    /// The fields, but for the `Connection` fields `options` took.
     headers: HeaderMap,
+    options: ConnectionOptions,
+}
+
+/// What the response's `Connection` fields that hold one connection option
+/// and nothing else (`keep-alive` or `close`, by far the most common ones)
+/// said. These are read as the head is parsed and left out of its map:
+/// they describe this connection only, every hop removes them (RFC 9110
+/// §7.6.1), and kept, each response would pay for a name, a map entry and
+/// two lookups for them.
+#[derive(Clone, Copy, Default)]
+struct ConnectionOptions {
+    keep_alive: bool,
+    close: bool,
+}
+
+impl ConnectionOptions {
+    /// Takes `value`, a `Connection` field's, when it is one option alone.
+    fn take(&mut self, value: &[u8]) -> bool {
+        let value = value.trim_ascii();
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+        } else if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+        } else {
+            return false;
+        }
+        true
+    }
 }
 
 /// A write to the upstream, and while it must wait for the upstream to
@@ -695,14 +726,21 @@ fn parse_head(read: &mut BytesMut) -> Result<Parsed, SendFailure> {
     // Names now, values as offsets: they become slices of the frozen head.
     let base = read.as_ptr() as usize;
     let mut fields: SmallVec<[(HeaderName, usize, usize); 24]> = SmallVec::new();
+    let mut options = ConnectionOptions::default();
+    // (Sized as if every field were in it: the map is reused for the
+    // connection's next request.)
+    let capacity = response.headers.len() + REQUEST_HEADROOM;
     for h in response.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") && options.take(h.value) {
+            continue;
+        }
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| SendFailure::Protocol("invalid response header name"))?;
         let start = h.value.as_ptr() as usize - base;
         fields.push((name, start, start + h.value.len()));
     }
     let head = read.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len() + REQUEST_HEADROOM);
+    let mut headers = HeaderMap::with_capacity(capacity);
     for (name, start, end) in fields {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| SendFailure::Protocol("invalid response header value"))?;
@@ -712,6 +750,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Parsed, SendFailure> {
         status,
         version,
         headers,
+        options,
     }))
 }
 

@@ -512,7 +512,7 @@ fn an_answers_header_map_has_room_for_the_next_request() {
         panic!("a final head");
     };
     let mut map = head.headers;
-    assert_eq!(map.len(), 5);
+    assert_eq!(map.len(), 4, "all but `connection: keep-alive`");
     let capacity = map.capacity();
     map.clear();
     for name in [
@@ -528,4 +528,56 @@ fn an_answers_header_map_has_room_for_the_next_request() {
         map.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
     }
     assert_eq!(map.capacity(), capacity, "the map grew");
+}
+
+/// `Connection` fields of one option are read as the head is parsed and
+/// left out of the map; any other stays for the hop-by-hop strip to read.
+/// Reuse follows them all, as RFC 9112 §9.3 says for each version.
+#[test]
+fn connection_options_decide_reuse_whether_taken_or_listed() {
+    let cases: [(&str, bool, Option<&str>); 8] = [
+        ("HTTP/1.1 200 OK\r\nconnection: keep-alive\r\n", true, None),
+        ("HTTP/1.1 200 OK\r\nConnection:  Close \r\n", false, None),
+        (
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive, x-a\r\n",
+            true,
+            Some("keep-alive, x-a"),
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nconnection: x-a, close\r\n",
+            false,
+            Some("x-a, close"),
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nconnection: x-a\r\nconnection: close\r\n",
+            false,
+            Some("x-a"),
+        ),
+        ("HTTP/1.0 200 OK\r\n", false, None),
+        ("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n", true, None),
+        (
+            "HTTP/1.0 200 OK\r\nconnection: x-a, keep-alive\r\n",
+            true,
+            Some("x-a, keep-alive"),
+        ),
+    ];
+    for (head, reused, left) in cases {
+        local(async move {
+            let answer: &'static str = format!("{head}content-length: 2\r\n\r\nok").leak();
+            let (address, _) = server(vec![answer]).await;
+            let kept = Kept::default();
+            let response = send(connect(address).await, get("/"), kept.clone())
+                .await
+                .unwrap_or_else(|_| panic!("an answer to {head:?}"));
+            let listed: Vec<_> = response.headers().get_all(CONNECTION).iter().collect();
+            assert_eq!(
+                listed.first().map(|v| v.to_str().unwrap()),
+                left,
+                "{head:?}"
+            );
+            assert!(listed.len() <= 1, "{head:?}");
+            read_all(response.into_body()).await.expect("a body");
+            assert_eq!(kept.0.borrow().is_some(), reused, "{head:?}");
+        });
+    }
 }

@@ -224,11 +224,12 @@ async fn metrics(pod: &Pod) -> Scrape {
     Scrape::parse(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// Polls `check` every `every` for up to 30 s until it gives `Ok`; then
-/// panics with `what`, `pod`'s name and the last `Err` (what was seen).
-/// Something that cannot come right any more panics in `check` at once.
+/// Polls `check` every `every` until it gives `Ok`. If 30 s pass first,
+/// panics with `what`, `place` (where it was looked for) and the last
+/// `Err` (what was seen there). Something that cannot come right any more
+/// panics in `check` at once.
 pub(crate) async fn poll_until<T>(
-    pod: &Pod,
+    place: &str,
     what: &str,
     every: std::time::Duration,
     mut check: impl AsyncFnMut() -> Result<T, String>,
@@ -241,8 +242,7 @@ pub(crate) async fn poll_until<T>(
         };
         assert!(
             std::time::Instant::now() < deadline,
-            "{what} in {} after 30 s:\n{seen}",
-            pod.name
+            "{what} in {place} after 30 s:\n{seen}"
         );
         tokio::time::sleep(every).await;
     }
@@ -252,7 +252,7 @@ pub(crate) async fn poll_until<T>(
 /// when a response ends, a moment after the client has it).
 pub(crate) async fn wait_metrics(pod: &Pod, what: &str, pred: impl Fn(&Scrape) -> bool) -> Scrape {
     let every = std::time::Duration::from_millis(100);
-    poll_until(pod, what, every, async || {
+    poll_until(&pod.name, what, every, async || {
         let scrape = metrics(pod).await;
         if pred(&scrape) {
             Ok(scrape)
@@ -307,6 +307,7 @@ pub(crate) async fn tls_server(pod: &Pod, dir: &Path) -> tokio::process::Child {
         .status()
         .expect("openssl req");
     assert!(made.success());
+    let errors = dir.join("s_server.err");
     let mut cmd = tokio::process::Command::from(pod.command("openssl"));
     cmd.args(["s_server", "-quiet", "-www", "-accept", "8443", "-cert"])
         .arg(&cert)
@@ -314,19 +315,23 @@ pub(crate) async fn tls_server(pod: &Pod, dir: &Path) -> tokio::process::Child {
         .arg(&key)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&errors).expect("s_server's stderr file"))
         .kill_on_drop(true);
     let mut server = cmd.spawn().expect("openssl s_server");
     // Listening before anyone connects: a connection the pod's sidecar
     // passed on to a port with no listener yet would be cut mid-handshake.
     let every = std::time::Duration::from_millis(20);
     poll_until(
-        pod,
+        &pod.name,
         "openssl s_server listening on 8443",
         every,
         async || {
             if let Some(status) = server.try_wait().expect("openssl s_server's status") {
-                panic!("openssl s_server in {} exited: {status}", pod.name);
+                let said = std::fs::read_to_string(&errors).unwrap_or_default();
+                panic!(
+                    "openssl s_server in {} exited ({status}):\n{said}",
+                    pod.name
+                );
             }
             let ss = tokio::process::Command::from(pod.command("ss"))
                 .args(["-Hltn", "sport = :8443"])
@@ -484,20 +489,19 @@ async fn unchanged_applications_are_served_by_captured_agents() {
             "spiffe://cluster.local/ns/default/sa/productpage",
         ),
     ];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let served = metrics(&reviews1).await.sum("istio_requests_total", &mtls)
-            + metrics(&reviews2).await.sum("istio_requests_total", &mtls);
+    let every = std::time::Duration::from_millis(100);
+    let what = "every request reported by its destination, over mTLS";
+    poll_until("reviews1 and reviews2", what, every, async || {
+        let (one, two) = (metrics(&reviews1).await, metrics(&reviews2).await);
+        let served =
+            one.sum("istio_requests_total", &mtls) + two.sum("istio_requests_total", &mtls);
         if served == 100.0 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{served} reported\n{}\n{}", one.text, two.text))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "every request reported by its destination, over mTLS: {served}\n{}",
-            metrics(&reviews1).await.text
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 
     // The agents' spans reached the collector pod (their own connections
     // are not captured) and stitch into one trace with what the app saw.
@@ -656,23 +660,19 @@ async fn unchanged_applications_are_served_by_captured_agents() {
             "spiffe://cluster.local/ns/default/sa/ratings",
         ),
     ];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let refusals = metrics(&reviews1)
-            .await
-            .sum("istio_tcp_connections_closed_total", &denied)
-            + metrics(&reviews2)
-                .await
-                .sum("istio_tcp_connections_closed_total", &denied);
+    let every = std::time::Duration::from_millis(100);
+    let what = "the refused TCP connection counted by reviews";
+    poll_until("reviews1 and reviews2", what, every, async || {
+        let (one, two) = (metrics(&reviews1).await, metrics(&reviews2).await);
+        let closed = "istio_tcp_connections_closed_total";
+        let refusals = one.sum(closed, &denied) + two.sum(closed, &denied);
         if refusals == 1.0 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{refusals} counted\n{}\n{}", one.text, two.text))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the refused TCP connection counted by reviews: {refusals}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 
     // --cleanup leaves none of the rules behind (that it restores the
     // exact state, unrelated rules included, the cleanup test shows).

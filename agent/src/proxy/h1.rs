@@ -316,18 +316,18 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
 }
 
 /// Whether a message of `version` with `headers` (and the `Connection`
-/// `options` taken out of them) leaves its connection open: HTTP/1.1
-/// unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
+/// `options` taken out of them) leaves its connection open: never with
+/// `Connection: close`, whatever else it lists (RFC 9112 §9.6); otherwise
+/// HTTP/1.1 always, HTTP/1.0 only with `Connection: keep-alive`.
 fn keeps_alive(version: Version, headers: &HeaderMap, options: ConnectionOptions) -> bool {
     let listed = |option: &[u8]| {
         crate::header_scan::holds(headers, &CONNECTION)
             && list_members(headers, CONNECTION).any(|t| t.eq_ignore_ascii_case(option))
     };
-    if version == Version::HTTP_10 {
-        options.keep_alive || listed(b"keep-alive")
-    } else {
-        !(options.close || listed(b"close"))
+    if options.close || listed(b"close") {
+        return false;
     }
+    version != Version::HTTP_10 || options.keep_alive || listed(b"keep-alive")
 }
 
 /// Frames the request body as hyper's client does, setting
@@ -727,8 +727,9 @@ fn parse_head(read: &mut BytesMut) -> Result<Parsed, SendFailure> {
     let base = read.as_ptr() as usize;
     let mut fields: SmallVec<[(HeaderName, usize, usize); 24]> = SmallVec::new();
     let mut options = ConnectionOptions::default();
-    // (Sized as if every field were in it: the map is reused for the
-    // connection's next request.)
+    // (Sized as if every field were in it, as before the options were
+    // taken out: the map is reused for the downstream connection's next
+    // request, `REQUEST_HEADROOM`.)
     let capacity = response.headers.len() + REQUEST_HEADROOM;
     for h in response.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") && options.take(h.value) {

@@ -23,6 +23,16 @@ impl Reuse for Kept {
     }
 }
 
+/// What a test says of a [`SendFailure`] (its body is no `Debug`).
+fn why(failure: &SendFailure) -> String {
+    match failure {
+        SendFailure::Unsent(_) => "nothing was written".to_owned(),
+        SendFailure::Reset(error) => format!("reset: {error}"),
+        SendFailure::Protocol(reason) => format!("protocol: {reason}"),
+        SendFailure::Body => "the request body failed".to_owned(),
+    }
+}
+
 /// A server answering each request it reads (up to the end of its head,
 /// plus `body` bytes) with the next of `answers`, then closing when they
 /// run out. Returns its address and what it read, request by request.
@@ -532,10 +542,11 @@ fn an_answers_header_map_has_room_for_the_next_request() {
 
 /// `Connection` fields of one option are read as the head is parsed and
 /// left out of the map; any other stays for the hop-by-hop strip to read.
-/// Reuse follows them all, as RFC 9112 §9.3 says for each version.
+/// Reuse follows them all, as RFC 9112 §9.3 and §9.6 say for each
+/// version: `close` wins over `keep-alive` in HTTP/1.0 too.
 #[test]
 fn connection_options_decide_reuse_whether_taken_or_listed() {
-    let cases: [(&str, bool, Option<&str>); 8] = [
+    let cases: [(&str, bool, Option<&str>); 10] = [
         ("HTTP/1.1 200 OK\r\nconnection: keep-alive\r\n", true, None),
         ("HTTP/1.1 200 OK\r\nConnection:  Close \r\n", false, None),
         (
@@ -560,6 +571,16 @@ fn connection_options_decide_reuse_whether_taken_or_listed() {
             true,
             Some("x-a, keep-alive"),
         ),
+        (
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\nconnection: close\r\n",
+            false,
+            None,
+        ),
+        (
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive, close\r\n",
+            false,
+            Some("keep-alive, close"),
+        ),
     ];
     for (head, reused, left) in cases {
         local(async move {
@@ -568,7 +589,7 @@ fn connection_options_decide_reuse_whether_taken_or_listed() {
             let kept = Kept::default();
             let response = send(connect(address).await, get("/"), kept.clone())
                 .await
-                .unwrap_or_else(|_| panic!("an answer to {head:?}"));
+                .unwrap_or_else(|failure| panic!("no answer to {head:?}: {}", why(&failure)));
             let listed: Vec<_> = response.headers().get_all(CONNECTION).iter().collect();
             assert_eq!(
                 listed.first().map(|v| v.to_str().unwrap()),

@@ -42,11 +42,14 @@ impl Changes {
     }
 
     /// Whether the file was created and its writer has not closed it yet
-    /// (as far as inotify tells; `false` when polling).
+    /// (as far as inotify tells; `false` when polling). Also `true` while
+    /// events the reading thread has not read yet are queued (a file just
+    /// created has its `CREATE` among them): it wakes the watcher once it
+    /// has read them, and the watcher looks again.
     pub(super) fn being_written(&self) -> bool {
         #[cfg(target_os = "linux")]
         if let Some(watch) = &self.inotify {
-            return watch.being_written();
+            return watch.being_written().unwrap_or(true);
         }
         false
     }
@@ -92,6 +95,7 @@ mod inotify {
     use std::sync::Mutex;
     use std::sync::{Arc, PoisonError};
 
+    use rustix::event::{PollFd, PollFlags, poll};
     use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
     use rustix::io::Errno;
     use tokio::sync::Notify;
@@ -215,7 +219,7 @@ mod inotify {
     }
 
     /// An inotify instance watching the way to a path (see [`way`]). A
-    /// thread of its own sleeps in a blocking read of the instance and
+    /// thread of its own sleeps in a poll of the instance and
     /// wakes the watcher per batch holding an event that counts; it ends
     /// when the watch is dropped.
     pub(in crate::reload) struct Watch {
@@ -239,6 +243,9 @@ mod inotify {
         failed: AtomicBool,
         /// The watch was dropped: the thread ends at its next event.
         stopped: AtomicBool,
+        /// The watcher found events queued that the reader had not read:
+        /// the reader wakes it after its next batch, whatever that holds.
+        catch_up: AtomicBool,
     }
 
     /// The reader's view of the watches.
@@ -254,7 +261,7 @@ mod inotify {
 
     impl Watch {
         pub(in crate::reload) fn new(path: &Path) -> std::io::Result<Self> {
-            let fd = Arc::new(inotify::init(CreateFlags::CLOEXEC)?);
+            let fd = Arc::new(inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?);
             let shared = Arc::new(Shared::default());
             let mut watch = Self {
                 fd,
@@ -348,13 +355,25 @@ mod inotify {
 
     impl Watch {
         /// Whether the file the path resolves to was created and its
-        /// writer has not closed it yet.
-        pub(in crate::reload) fn being_written(&self) -> bool {
+        /// writer has not closed it yet, as of every event queued so far;
+        /// `None` while some are queued that the reader has not read (then
+        /// it wakes the watcher once it has). A file replaced by `rm` and
+        /// `cat >` can be there before the reader has read its `CREATE`:
+        /// judged without it, it would be read half-written.
+        pub(in crate::reload) fn being_written(&self) -> Option<bool> {
+            // The reader reads and judges each batch with the table held:
+            // held here, every event is either still queued or judged.
             let table = self.shared.table();
-            self.way
-                .file
-                .as_ref()
-                .is_some_and(|file| table.being_written.contains(file))
+            if rustix::io::ioctl_fionread(&*self.fd).unwrap_or(0) > 0 {
+                self.shared.catch_up.store(true, Ordering::Release);
+                return None;
+            }
+            Some(
+                self.way
+                    .file
+                    .as_ref()
+                    .is_some_and(|file| table.being_written.contains(file)),
+            )
         }
     }
 
@@ -428,29 +447,40 @@ mod inotify {
         }
     }
 
-    /// The reading thread: blocks until events arrive, wakes the watcher
-    /// once per batch read that holds an event that counts.
+    /// The reading thread: sleeps until events arrive, reads and judges
+    /// all that are queued with the table held (so the watcher, holding
+    /// it, sees each event queued or judged, never in between), and wakes
+    /// the watcher per batch that holds an event that counts, or that it
+    /// asked to be woken after.
     fn read_events(fd: &OwnedFd, shared: &Shared) {
         // Room for many events with long names (each is 16 bytes and its name).
         let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
         let mut events = inotify::Reader::new(fd, &mut buf);
-        let mut batch_counts = false;
+        let fail = |error: Errno| {
+            tracing::debug!(%error, "reading inotify events failed");
+            shared.failed.store(true, Ordering::Release);
+            shared.events.notify_one();
+        };
         loop {
-            match events.next() {
-                Ok(_) if shared.stopped.load(Ordering::Acquire) => return,
-                Ok(event) => {
-                    batch_counts |= counts(&mut shared.table(), &event);
-                    if events.is_buffer_empty() && std::mem::take(&mut batch_counts) {
-                        shared.events.notify_one();
-                    }
+            let mut ready = [PollFd::new(fd, PollFlags::IN)];
+            match poll(&mut ready, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(error) => return fail(error),
+            }
+            let mut batch_counts = false;
+            let mut table = shared.table();
+            loop {
+                match events.next() {
+                    Ok(_) if shared.stopped.load(Ordering::Acquire) => return,
+                    Ok(event) => batch_counts |= counts(&mut table, &event),
+                    Err(Errno::AGAIN) => break,
+                    Err(Errno::INTR) => {}
+                    Err(error) => return fail(error),
                 }
-                Err(Errno::INTR) => {}
-                Err(error) => {
-                    tracing::debug!(%error, "reading inotify events failed");
-                    shared.failed.store(true, Ordering::Release);
-                    shared.events.notify_one();
-                    return;
-                }
+            }
+            drop(table);
+            if batch_counts | shared.catch_up.swap(false, Ordering::AcqRel) {
+                shared.events.notify_one();
             }
         }
     }
@@ -630,6 +660,34 @@ mod tests {
         let mut changes = Changes::new(&path, None);
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o750)).unwrap();
         woken(&mut changes).await;
+    }
+
+    /// A file replaced by `rm` and `cat >` is there before the reading
+    /// thread has read its `CREATE`. Asked at once, the watch never calls
+    /// it closed: it says it does not know yet (events are queued) or that
+    /// it is being written. (The watcher read such a file half-written
+    /// when the reading thread lagged.)
+    #[tokio::test]
+    async fn a_file_just_created_is_not_judged_before_its_create_is_read() {
+        use std::io::Write;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        fs::write(&path, "a").unwrap();
+        let mut changes = Changes::new(&path, None);
+        for round in 0..100 {
+            fs::remove_file(&path).unwrap();
+            let mut file = fs::File::create(&path).unwrap();
+            file.write_all(b"half").unwrap();
+            let watch = changes.inotify.as_ref().expect("inotify is available here");
+            assert_ne!(
+                watch.being_written(),
+                Some(false),
+                "round {round}: judged closed before its CREATE was read"
+            );
+            drop(file);
+            woken(&mut changes).await;
+        }
     }
 
     #[test]

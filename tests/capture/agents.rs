@@ -263,6 +263,32 @@ pub(crate) async fn wait_metrics(pod: &Pod, what: &str, pred: impl Fn(&Scrape) -
     .await
 }
 
+/// Waits until `metric` with `labels`, summed over `pods`' agents, is
+/// `want` (`what` says what that means, for the failure).
+async fn wait_summed(pods: &[&Pod], metric: &str, labels: &[(&str, &str)], want: f64, what: &str) {
+    let place = pods
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let every = std::time::Duration::from_millis(100);
+    poll_until(&place, what, every, async || {
+        let mut sum = 0.0;
+        let mut texts = Vec::new();
+        for pod in pods {
+            let scrape = metrics(pod).await;
+            sum += scrape.sum(metric, labels);
+            texts.push(scrape.text);
+        }
+        if sum == want {
+            Ok(())
+        } else {
+            Err(format!("{metric}: {sum}\n{}", texts.join("\n")))
+        }
+    })
+    .await;
+}
+
 /// A TCP echo server on the pod's address.
 pub(crate) fn echo(pod: &Pod, port: u16) -> tokio::task::JoinHandle<()> {
     let listener = pod.listen(SocketAddr::new(IpAddr::V4(pod.ip), port));
@@ -489,18 +515,14 @@ async fn unchanged_applications_are_served_by_captured_agents() {
             "spiffe://cluster.local/ns/default/sa/productpage",
         ),
     ];
-    let every = std::time::Duration::from_millis(100);
     let what = "every request reported by its destination, over mTLS";
-    poll_until("reviews1 and reviews2", what, every, async || {
-        let (one, two) = (metrics(&reviews1).await, metrics(&reviews2).await);
-        let served =
-            one.sum("istio_requests_total", &mtls) + two.sum("istio_requests_total", &mtls);
-        if served == 100.0 {
-            Ok(())
-        } else {
-            Err(format!("{served} reported\n{}\n{}", one.text, two.text))
-        }
-    })
+    wait_summed(
+        &[&reviews1, &reviews2],
+        "istio_requests_total",
+        &mtls,
+        100.0,
+        what,
+    )
     .await;
 
     // The agents' spans reached the collector pod (their own connections
@@ -660,19 +682,9 @@ async fn unchanged_applications_are_served_by_captured_agents() {
             "spiffe://cluster.local/ns/default/sa/ratings",
         ),
     ];
-    let every = std::time::Duration::from_millis(100);
     let what = "the refused TCP connection counted by reviews";
-    poll_until("reviews1 and reviews2", what, every, async || {
-        let (one, two) = (metrics(&reviews1).await, metrics(&reviews2).await);
-        let closed = "istio_tcp_connections_closed_total";
-        let refusals = one.sum(closed, &denied) + two.sum(closed, &denied);
-        if refusals == 1.0 {
-            Ok(())
-        } else {
-            Err(format!("{refusals} counted\n{}\n{}", one.text, two.text))
-        }
-    })
-    .await;
+    let closed = "istio_tcp_connections_closed_total";
+    wait_summed(&[&reviews1, &reviews2], closed, &denied, 1.0, what).await;
 
     // --cleanup leaves none of the rules behind (that it restores the
     // exact state, unrelated rules included, the cleanup test shows).

@@ -697,6 +697,63 @@ async fn a_client_that_stops_reading_is_cut_off() {
     assert_counted_once(&agent, "200", "SI").await;
 }
 
+/// A WebSocket after its 101 is still the request's stream, as Envoy's
+/// `stream_idle_timeout` counts it: messages going back and forth keep it
+/// open well past the timeout, and once both sides fall silent the agent
+/// closes it. (The splice had no timer: a WebSocket whose peers had gone
+/// quiet held its two connections for as long as neither closed them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_websocket_is_closed_at_the_stream_idle_timeout() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = Upstream::start("ws").await;
+    let idle = std::time::Duration::from_secs(2);
+    let yaml = frontend(
+        closed_port().await,
+        "  downstream: {streamIdleTimeout: 2s}\n",
+    ) + &service_entry(
+        "backend",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: app.addr,
+            labels: &[],
+        }],
+    );
+    let agent = Agent::start(&yaml);
+    let stream = TcpStream::connect(agent.outbound).await.unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://backend:9080/ws", stream)
+        .await
+        .expect("websocket handshake through the agent");
+    assert_eq!(response.status(), 101);
+    // A message every 200 ms for over twice the timeout: never idle.
+    let talking = std::time::Instant::now();
+    let mut sent = 0;
+    while talking.elapsed() < 2 * idle + std::time::Duration::from_secs(1) {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let text = format!("message {sent}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        let echoed = ws.next().await.expect("open").expect("echoed");
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+        sent += 1;
+    }
+    // Then silence from both: the agent ends the connection.
+    let silent = std::time::Instant::now();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(60), ws.next())
+        .await
+        .expect("the silent WebSocket is closed within a minute");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+        "{end:?}"
+    );
+    assert!(
+        silent.elapsed() >= idle - std::time::Duration::from_millis(500),
+        "closed {:?} into the silence, before the timeout",
+        silent.elapsed()
+    );
+}
+
 /// An upload the upstream stops reading is ended by the stream idle
 /// timeout, as Envoy ends it: the agent cannot send the body on, so it
 /// reads none of it either, and nothing passes. Envoy's answer, 408 SI. It

@@ -96,8 +96,10 @@ pub struct DownstreamSpec {
     pub idle_timeout: IstioDuration,
     /// A stream whose request or response body is on its way with nothing
     /// passing either way for this long is answered 408 (reset once its
-    /// response has begun) — Envoy's `stream_idle_timeout`, less the wait
-    /// for the response head (default 5m; `0s` turns it off; at most 24h).
+    /// response has begun), and a WebSocket with no byte passing either
+    /// way for this long is closed — Envoy's `stream_idle_timeout`, less
+    /// the wait for the response head (default 5m; `0s` turns it off; at
+    /// most 24h).
     #[serde(default = "default_stream_idle_timeout")]
     pub stream_idle_timeout: IstioDuration,
 }

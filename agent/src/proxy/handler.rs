@@ -316,7 +316,11 @@ pub async fn handle(
         if let Some(spliced) = &down.spliced {
             spliced.set();
         }
-        upgrade::splice(downstream, &mut response);
+        upgrade::splice(
+            downstream,
+            &mut response,
+            snapshot.bootstrap.downstream.stream_idle,
+        );
     }
     let (mut parts, body) = response.into_parts();
     let upstream_time = delivered.started.elapsed();

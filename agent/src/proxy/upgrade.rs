@@ -1,12 +1,20 @@
 //! Protocol upgrades: WebSocket, the one Istio enables, goes upstream with
 //! its `Upgrade` header over HTTP/1.1, and once the upstream answers 101
-//! the two connections are spliced byte for byte; an h2c offer is dropped
-//! and any other upgrade refused, as Envoy does.
+//! the two connections are spliced byte for byte, under the stream idle
+//! timeout; an h2c offer is dropped and any other upgrade refused, as Envoy
+//! does.
+
+use std::cell::Cell;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, Request, Response, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 use super::headers::list_members;
 use super::local_reply::LocalReply;
@@ -55,8 +63,18 @@ fn asks_upgrade(version: Version, headers: &HeaderMap) -> bool {
         && list_members(headers, CONNECTION).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
-/// Splices the two upgraded connections once both are ready.
-pub fn splice<B>(downstream: OnUpgrade, upstream_response: &mut Response<B>) {
+/// Splices the two upgraded connections once both are ready, and closes
+/// both once nothing has passed either way for `idle`
+/// (`spec.downstream.streamIdleTimeout`; `None`: never), as Envoy's
+/// `stream_idle_timeout` ends an upgraded stream: after the 101 a
+/// WebSocket is still the request's stream, and one whose peers have both
+/// gone quiet (a client that vanished without a FIN, a NAT that dropped
+/// the flow) would otherwise hold two connections for good.
+pub fn splice<B>(
+    downstream: OnUpgrade,
+    upstream_response: &mut Response<B>,
+    idle: Option<Duration>,
+) {
     let upstream = hyper::upgrade::on(upstream_response);
     tokio::task::spawn_local(async move {
         let (down, up) = match tokio::try_join!(downstream, upstream) {
@@ -66,11 +84,82 @@ pub fn splice<B>(downstream: OnUpgrade, upstream_response: &mut Response<B>) {
                 return;
             }
         };
-        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-        if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        let passed = Cell::new(Instant::now());
+        let mut down = Touching::new(TokioIo::new(down), &passed);
+        let mut up = Touching::new(TokioIo::new(up), &passed);
+        let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+        let outcome = match idle {
+            None => copy.await,
+            Some(idle) => tokio::select! {
+                outcome = copy => outcome,
+                () = quiet_for(&passed, idle) => {
+                    tracing::debug!(?idle, "upgraded connection idle for the stream idle timeout: closed");
+                    return;
+                }
+            },
+        };
+        if let Err(error) = outcome {
             tracing::debug!(%error, "upgraded connection closed with an error");
         }
     });
+}
+
+/// Ready once `passed` (when bytes last passed either way) is `idle` old.
+async fn quiet_for(passed: &Cell<Instant>, idle: Duration) {
+    loop {
+        let deadline = passed.get() + idle;
+        if deadline <= Instant::now() {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// One side of a splice, noting when it last read bytes: a splice moves
+/// bytes only by reading them, so the two sides' reads are everything
+/// that passes either way.
+struct Touching<'a, T> {
+    io: T,
+    passed: &'a Cell<Instant>,
+}
+
+impl<'a, T> Touching<'a, T> {
+    fn new(io: T, passed: &'a Cell<Instant>) -> Self {
+        Self { io, passed }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Touching<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.passed.set(Instant::now());
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Touching<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, bytes)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

@@ -172,3 +172,59 @@ async fn reload_under_load_loses_nothing() {
         / elapsed.as_secs_f64();
     assert!(rate >= 500.0, "the load ran at {rate:.0} requests/s");
 }
+
+/// `base` with a DestinationRule for `app` that sets
+/// `maxRequestsPerConnection` to `per_connection`.
+fn pooled(base: &str, per_connection: u32) -> String {
+    format!(
+        "{base}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: app, namespace: default}}\nspec:\n  host: app\n  trafficPolicy: {{connectionPool: {{http: {{maxRequestsPerConnection: {per_connection}}}}}}}\n"
+    )
+}
+
+/// A reload that changes a DestinationRule's connection pool settings
+/// lets go of the upstream connections pooled under the old ones, as Envoy
+/// drains a changed cluster's pools; one that leaves them as they were
+/// keeps them in use. (The old pool's idle connection used to stay open
+/// for its idle timeout, an hour by default, with no request to use it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_pool_settings_closes_the_old_idle_connections() {
+    let app = Upstream::start("app").await;
+    let base = agent("frontend", closed_port().await, NO_COLLECTOR)
+        + &service_entry(
+            "app",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: app.addr,
+                labels: &[],
+            }],
+        );
+    let agent = Agent::start(&pooled(&base, 100));
+    let client = Client::h1(agent.outbound);
+    assert_eq!(client.get("http://app:9080/one").await.status, 200);
+    assert_eq!(app.accepted_connections(), 1);
+
+    // A reload that keeps the pool settings keeps the pooled connection.
+    agent.rewrite_config(&(pooled(&base, 100) + "# unrelated\n"));
+    agent.wait_for_config_version(2.0).await;
+    assert_eq!(client.get("http://app:9080/two").await.status, 200);
+    assert_eq!(
+        app.accepted_connections(),
+        1,
+        "the kept pool was not reused"
+    );
+
+    // One that changes them closes it.
+    agent.rewrite_config(&pooled(&base, 50));
+    agent.wait_for_config_version(3.0).await;
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while app.open_connections() > 0 {
+        assert!(
+            Instant::now() < give_up,
+            "the old pool's idle connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client.get("http://app:9080/three").await.status, 200);
+    assert_eq!(app.accepted_connections(), 2);
+}

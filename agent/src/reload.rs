@@ -279,7 +279,7 @@ pub fn reload(path: &Path, bytes: &[u8], shared: &Shared) {
             // request under the new config.
             metrics.apply_telemetry(&compiled.snapshot.telemetry);
             shared.access_logs.open_for(&compiled.snapshot.telemetry);
-            shared.config.store(Arc::new(compiled.snapshot));
+            shared.install(compiled.snapshot);
             metrics
                 .config_reloads
                 .with_label_values(&["accepted"])

@@ -198,6 +198,7 @@ impl Plane {
             Box::pin(rotation) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
         });
         let drain = snapshot.bootstrap.drain;
+        let poolings = tokio::sync::watch::Sender::new(Arc::new(snapshot.poolings()));
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -207,6 +208,7 @@ impl Plane {
             live,
             tls,
             open_connections: Arc::default(),
+            poolings,
         });
         Ok(Self {
             shared,

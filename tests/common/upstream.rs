@@ -186,6 +186,12 @@ impl Upstream {
         self.cue.max_per_connection.load(Ordering::SeqCst)
     }
 
+    /// Connections open now (closed ones count until this server reads
+    /// their end).
+    pub fn open_connections(&self) -> usize {
+        self.cue.open.load(Ordering::SeqCst)
+    }
+
     /// Connections accepted so far.
     pub fn accepted_connections(&self) -> usize {
         self.cue.accepted.load(Ordering::SeqCst)

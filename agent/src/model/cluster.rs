@@ -1,6 +1,7 @@
 //! Clusters: the endpoints behind one service port (and subset), and how one
 //! is picked.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -88,6 +89,38 @@ pub struct Pooling {
     pub keepalive: Keepalive,
     /// `maxConnectionDuration`: a reload that changes it pools anew.
     pub lifetime: Option<Duration>,
+}
+
+/// The [`Pooling`]s a config's clusters set: what a reload compares with
+/// the last config's, so that the pools of settings it changed are let go
+/// (as Envoy drains a cluster's connection pools when the cluster
+/// changes) rather than left idle for their idle timeout.
+#[derive(Debug, Default)]
+pub struct Poolings(HashSet<Arc<Pooling>>);
+
+impl Poolings {
+    /// The poolings `clusters` set (those that set none of it add nothing).
+    pub fn of<'a>(clusters: impl IntoIterator<Item = &'a Arc<Cluster>>) -> Self {
+        Self(
+            clusters
+                .into_iter()
+                .filter_map(|cluster| cluster.pooling().cloned())
+                .collect(),
+        )
+    }
+
+    /// What a reload from these to `now` retired: the poolings these set
+    /// and `now` does not. (A pooling neither sets is a cluster's built
+    /// per connection, such as a captured connection's original
+    /// destination: not the config's to retire.)
+    pub fn retired_by(&self, now: &Poolings) -> Poolings {
+        Self(self.0.difference(&now.0).cloned().collect())
+    }
+
+    /// Whether `pooling` is one of these.
+    pub fn contains(&self, pooling: &Pooling) -> bool {
+        !self.0.is_empty() && self.0.contains(pooling)
+    }
 }
 
 impl Pooling {

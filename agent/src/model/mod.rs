@@ -188,3 +188,17 @@ pub struct Snapshot {
     /// filter chain their connection took, not by [`Snapshot::routes`].
     pub gateway: Option<Arc<gateway::GatewaySnapshot>>,
 }
+
+impl Snapshot {
+    /// The poolings of every cluster this config defines: the inbound
+    /// application's, the outbound and TCP routes', an ingress gateway's.
+    pub fn poolings(&self) -> cluster::Poolings {
+        let gateway = self.gateway.iter().flat_map(|g| &g.clusters);
+        cluster::Poolings::of(
+            std::iter::once(&self.inbound)
+                .chain(&self.tcp_routes)
+                .chain(&self.clusters)
+                .chain(gateway),
+        )
+    }
+}

@@ -54,7 +54,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::model::Snapshot;
-use crate::model::cluster::Cluster;
+use crate::model::cluster::{Cluster, Poolings};
 use crate::model::live::LiveState;
 use crate::model::peer::{self, PeerInfo};
 use crate::model::service::ServiceName;
@@ -88,6 +88,19 @@ pub struct Shared {
     /// The downstream connections open on every worker's listeners: what
     /// ends a drain early.
     pub open_connections: Arc<OpenConnections>,
+    /// The poolings of the config in force ([`Shared::install`]): each
+    /// worker's pool sweeper lets go of the pools a reload retired.
+    pub poolings: tokio::sync::watch::Sender<Arc<Poolings>>,
+}
+
+impl Shared {
+    /// Puts `snapshot` in force: requests from now on read it, and each
+    /// worker's pool sweeper is told the poolings it sets.
+    pub fn install(&self, snapshot: Snapshot) {
+        let poolings = Arc::new(snapshot.poolings());
+        self.config.store(Arc::new(snapshot));
+        self.poolings.send_replace(poolings);
+    }
 }
 
 /// One accepted downstream connection.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{IntCounter, IntCounterVec};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::LocalExec;
 use super::body::UpstreamBody;
@@ -35,7 +35,7 @@ use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
 use super::shared_h2::{Connections, Counted, DialFailure, NoRoom, Taken};
 use crate::by_address::ByAddress;
 use crate::connect::connect_tcp;
-use crate::model::cluster::{Cluster, Pooling, TlsServer};
+use crate::model::cluster::{Cluster, Pooling, Poolings, TlsServer};
 use crate::model::endpoint::UpstreamAddr;
 use crate::model::live::{ClusterState, MAX_CONNECTIONS, MAX_PENDING, Slot, UNLIMITED};
 use crate::tls::TlsPlan;
@@ -134,6 +134,11 @@ impl PoolKey {
         Some(&counted_by.0)
     }
 
+    /// Whether its pooling is one of `retired`.
+    fn retired(&self, retired: &Poolings) -> bool {
+        self.pooling.as_ref().is_some_and(|p| retired.contains(p))
+    }
+
     /// Most streams one of its HTTP/2 connections carries at once.
     fn max_concurrent_streams(&self) -> u64 {
         self.pooling
@@ -201,6 +206,9 @@ pub struct Pools {
     sweep_limited: Cell<bool>,
     opened: IntCounter,
     tls_failures: IntCounterVec,
+    /// The poolings the last reload retired ([`Self::retire`]): an HTTP/1.1
+    /// connection of one that is given back is closed, not pooled.
+    retired: RefCell<Poolings>,
 }
 
 /// What an HTTP/1.1 connection lent to one request needs to go back to its
@@ -236,6 +244,9 @@ impl Reuse for Lease {
         }
         if let Some(pools) = self.pools.upgrade() {
             let mut connection = connection;
+            if self.key.retired(&pools.retired.borrow()) {
+                return; // lent before a reload that retired its pool
+            }
             if !connection.is_usable(&pools.idle_waker) {
                 return;
             }
@@ -271,6 +282,7 @@ impl Pools {
             sweep_limited: Cell::new(false),
             opened,
             tls_failures,
+            retired: RefCell::default(),
         }
     }
 
@@ -649,13 +661,36 @@ impl Pools {
         next
     }
 
+    /// Lets go of the pools of every key whose pooling the reload from
+    /// `before` to `now` retired: their idle connections close now, and
+    /// their shared HTTP/2 connections once their streams end (no sender
+    /// is left to open another; hyper then closes the connection). No
+    /// request of the new config asks for these keys, so they would
+    /// otherwise idle for their idle timeout, holding sockets and, for a
+    /// cluster that counts connections, slots.
+    /// HTTP/1.1 connections lent out meanwhile are closed when given back.
+    fn retire(&self, before: &Poolings, now: &Poolings) {
+        let retired = before.retired_by(now);
+        self.idle
+            .borrow_mut()
+            .retain(|key, _| !key.retired(&retired));
+        self.shared_h2
+            .borrow_mut()
+            .retain(|key, _| !key.retired(&retired));
+        *self.retired.borrow_mut() = retired;
+    }
+
     /// Sweeps whenever an idle connection can be due to close: at the
     /// earliest idle deadline, when a connection is pooled with an earlier
     /// one or a pooled connection closes, and, while connections of a
     /// limited cluster are pooled, when a request on any worker starts
     /// waiting for a slot. With nothing pooled it sleeps with no timer.
-    /// Runs on the worker's thread until the worker stops.
-    pub async fn keep_swept(self: Rc<Self>) {
+    /// After a reload (`poolings` changes) it lets go of the pools whose
+    /// settings the reload changed ([`Self::retire`]). Runs on the worker's
+    /// thread until the worker stops.
+    pub async fn keep_swept(self: Rc<Self>, mut poolings: watch::Receiver<Arc<Poolings>>) {
+        let mut in_force = poolings.borrow_and_update().clone();
+        let mut reloads = true;
         loop {
             let next = self.sweep();
             let woken = self.sweep_now.notified();
@@ -676,6 +711,15 @@ impl Pools {
                 () = woken => {}
                 () = waiting => {}
                 () = due => {}
+                changed = poolings.changed(), if reloads => match changed {
+                    Ok(()) => {
+                        let now = poolings.borrow_and_update().clone();
+                        self.retire(&in_force, &now);
+                        in_force = now;
+                    }
+                    // The agent is stopping: no reload comes any more.
+                    Err(_) => reloads = false,
+                },
             }
         }
     }
@@ -1278,7 +1322,7 @@ mod tests {
                 let key = key(&cluster);
                 let (a, b) = (pools(), pools());
                 // A's sweeper, as its worker runs it.
-                tokio::task::spawn_local(a.clone().keep_swept());
+                tokio::task::spawn_local(a.clone().keep_swept(no_reloads()));
                 let (connection, lease) = a
                     .h1(&key, &cluster, &TlsPlan::Plain)
                     .await
@@ -1311,7 +1355,7 @@ mod tests {
                 let unlimited = limited(elsewhere, UNLIMITED, UNLIMITED);
                 let cluster = limited(address, 1, 8);
                 let (a, b) = (pools(), pools());
-                tokio::task::spawn_local(a.clone().keep_swept());
+                tokio::task::spawn_local(a.clone().keep_swept(no_reloads()));
                 // A pools a connection of an unlimited cluster first: its
                 // deadline is the sweeper's, earlier than the next one's.
                 let other = key(&unlimited);
@@ -1353,7 +1397,7 @@ mod tests {
                 let cluster = super::super::testing::cluster(&[address], limits, None);
                 let key = key(&cluster);
                 let pools = pools();
-                tokio::task::spawn_local(pools.clone().keep_swept());
+                tokio::task::spawn_local(pools.clone().keep_swept(no_reloads()));
                 tokio::task::yield_now().await;
                 assert_eq!(pools.sweep_at.get(), None, "nothing pooled: no deadline");
                 let (connection, lease) = pools
@@ -1377,6 +1421,76 @@ mod tests {
                     None,
                     "nothing pooled again: no deadline"
                 );
+            })
+            .await;
+    }
+
+    /// A sweeper that hears of no reload (its config's sender is gone).
+    fn no_reloads() -> watch::Receiver<Arc<Poolings>> {
+        watch::channel(Arc::default()).1
+    }
+
+    /// A reload that changes a cluster's pool settings lets go of the
+    /// connections pooled under the old ones at once, as Envoy drains a
+    /// changed cluster's pools: before, no request asked for them again,
+    /// and they idled for their idle timeout (an hour by default). Pools
+    /// whose settings the reload kept, and those of clusters built per
+    /// connection, stay.
+    #[tokio::test]
+    async fn a_reload_that_changes_pool_settings_lets_the_old_pools_go() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, accepted) = server().await;
+                let per_connection = |n| PoolLimits {
+                    max_requests_per_connection: n,
+                    ..PoolLimits::default()
+                };
+                let old = super::super::testing::cluster(&[address], per_connection(10), None);
+                let new = super::super::testing::cluster(&[address], per_connection(20), None);
+                let kept = super::super::testing::cluster(&[address], per_connection(30), None);
+                let unlisted = super::super::testing::cluster(&[address], per_connection(40), None);
+                let pools = pools();
+                let (tell, poolings) = watch::channel(Arc::new(Poolings::of([&old, &kept])));
+                tokio::task::spawn_local(pools.clone().keep_swept(poolings));
+                for cluster in [&old, &kept, &unlisted] {
+                    let (connection, lease) = pools
+                        .h1(&key(cluster), cluster, &TlsPlan::Plain)
+                        .await
+                        .expect("a connection");
+                    lease.reuse(connection);
+                }
+                // One more of the old settings, lent across the reload.
+                let (lent, lease) = pools
+                    .h1(&key(&old), &old, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                assert!(lease.reused);
+                let (lent_too, lease_too) = pools
+                    .h1(&key(&old), &old, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                lease_too.reuse(lent_too);
+                while accepted.get() < 4 {
+                    tokio::task::yield_now().await; // the server's accepts
+                }
+                tell.send_replace(Arc::new(Poolings::of([&new, &kept])));
+                let give_up = Instant::now() + Duration::from_secs(30);
+                while pools.has_idle(&key(&old)) {
+                    assert!(Instant::now() < give_up, "the old pool was kept");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                lease.reuse(lent);
+                assert!(
+                    !pools.has_idle(&key(&old)),
+                    "a retired connection was pooled"
+                );
+                assert!(pools.has_idle(&key(&kept)), "a pool the reload kept went");
+                assert!(pools.has_idle(&key(&unlisted)), "a pool no config set went");
+                let (_, lease) = pools
+                    .h1(&key(&new), &new, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                assert!(!lease.reused, "the new settings took an old connection");
             })
             .await;
     }

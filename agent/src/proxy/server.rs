@@ -192,7 +192,8 @@ pub(super) fn run_local(
         let worker = Rc::new(Worker::new(shared));
         let http = Rc::new(http_builder());
         listen(&worker, &http);
-        tokio::task::spawn_local(worker.pools.clone().keep_swept());
+        let poolings = worker.shared.poolings.subscribe();
+        tokio::task::spawn_local(worker.pools.clone().keep_swept(poolings));
         // Watched from a task of its own: the future `block_on` runs is
         // polled at every wakeup of every task on the worker, and a join
         // handle's poll is a load where the watch's is a lock.

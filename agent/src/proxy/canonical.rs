@@ -26,6 +26,7 @@ pub fn settle<B>(req: &mut Request<B>, settings: &Settings<'_>) -> Result<(), Lo
     if !is_known_method(req.method()) {
         return Err(LocalReply::UNKNOWN_METHOD);
     }
+    settle_target(req)?;
     settle_framing(req.headers())?;
     settle_authority(req)?;
     settle_path(req.uri_mut(), settings.path_normalization)?;
@@ -41,6 +42,23 @@ fn is_known_method(method: &Method) -> bool {
         *method,
         Method::GET | Method::POST | Method::PUT | Method::DELETE | Method::HEAD | Method::PATCH
     ) || HTTP1_METHODS.contains(&method.as_str())
+}
+
+/// The target is a path (origin form) or a whole URI (absolute form, and
+/// every HTTP/2 request): RFC 9112 §3.2 keeps the authority form for
+/// CONNECT and the asterisk form for OPTIONS. hyper reads `GET admin` as
+/// an authority form: let through, it reached the app as `GET /` with
+/// `admin` for its Host. Refused 400 as Envoy's HTTP/1 codec refuses it;
+/// `OPTIONS *` (and an HTTP/2 `:path` of `*`) gets Envoy's 404.
+fn settle_target<B>(req: &Request<B>) -> Result<(), LocalReply> {
+    let path = req.uri().path();
+    if path.starts_with('/') || req.method() == Method::CONNECT {
+        Ok(())
+    } else if path == "*" && req.method() == Method::OPTIONS {
+        Err(LocalReply::NOT_A_PATH)
+    } else {
+        Err(LocalReply::INVALID_REQUEST_TARGET)
+    }
 }
 
 /// One coding of the body: a `Transfer-Encoding` is `chunked` alone (501,
@@ -211,6 +229,25 @@ mod tests {
             // The same over HTTP/2.
             *req.version_mut() = Version::HTTP_2;
             assert_eq!(details(&mut req), want, "{method} over HTTP/2");
+        }
+    }
+
+    #[test]
+    fn a_target_is_a_path_or_a_whole_uri() {
+        for (method, target, want) in [
+            ("GET", "/admin", None),
+            ("GET", "http://a/admin", None),
+            ("GET", "http://a", None),
+            ("GET", "admin", Some("http1.invalid_url")),
+            ("GET", "a:8080", Some("http1.invalid_url")),
+            ("GET", "*", Some("http1.invalid_url")),
+            ("OPTIONS", "*", Some("absolute_path_rejected")),
+            ("OPTIONS", "a:80", Some("http1.invalid_url")),
+            ("CONNECT", "a:443", None),
+        ] {
+            let mut req = request(Version::HTTP_11, target, &[("host", "a")]);
+            *req.method_mut() = Method::from_bytes(method.as_bytes()).unwrap();
+            assert_eq!(details(&mut req), want, "{method} {target}");
         }
     }
 

@@ -142,6 +142,31 @@ impl LocalReply {
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };
+    /// A request target that is neither a path nor a whole URI: the
+    /// authority form (`GET admin`, `GET host:port`) is CONNECT's alone and
+    /// the asterisk form OPTIONS' alone (RFC 9112 §3.2). Read as an
+    /// authority, `GET admin` would reach the app as `/` with `admin` for
+    /// its Host, past rules that read another request. Envoy's HTTP/1
+    /// codec refuses it 400.
+    pub const INVALID_REQUEST_TARGET: Self = Self {
+        status: StatusCode::BAD_REQUEST,
+        flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        body: "Bad Request",
+        details: "http1.invalid_url",
+        grpc_status: None,
+        decided_by: DecidedBy::Agent,
+    };
+    /// `OPTIONS *`: a request about the server, not a path of the app;
+    /// Envoy's connection manager answers a path that does not begin with
+    /// `/` 404 before any filter runs, and so does the agent.
+    pub const NOT_A_PATH: Self = Self {
+        status: StatusCode::NOT_FOUND,
+        flags: ResponseFlags::NONE,
+        body: "",
+        details: "absolute_path_rejected",
+        grpc_status: None,
+        decided_by: DecidedBy::Agent,
+    };
     /// A request body in a transfer coding other than `chunked` alone
     /// (RFC 9112 §6.1: 501): forwarded, the coding would be dropped and its
     /// bytes reach the app undecoded.

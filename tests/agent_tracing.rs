@@ -24,9 +24,15 @@ struct Traced {
 }
 
 async fn traced(sampling: &str, virtual_service: &str) -> Traced {
+    traced_with(sampling, virtual_service, "").await
+}
+
+/// As [`traced`], the backend's config ending with `backend_resources`.
+async fn traced_with(sampling: &str, virtual_service: &str, backend_resources: &str) -> Traced {
     let receiver = Receiver::start().await;
     let app = Upstream::start("app").await;
-    let backend = Agent::start(&agent("backend", app.addr, &receiver.endpoint()));
+    let backend =
+        Agent::start(&(agent("backend", app.addr, &receiver.endpoint()) + backend_resources));
     let labels = [("app", "backend")];
     let frontend_doc = AgentDoc {
         name: "frontend-v1",
@@ -338,6 +344,51 @@ async fn spans_are_named_by_service_and_errors_mark_them() {
         .unwrap();
     assert_eq!(nr.span.status.as_ref().unwrap().code, STATUS_ERROR);
     assert_eq!(nr.attr("error.type").as_deref(), Some("NR"));
+}
+
+/// A request the backend's agent denies is the caller's error, not the
+/// backend's: its SERVER span keeps the 403 and the `RBAC` flag with its
+/// status unset, as OpenTelemetry's HTTP conventions and Envoy's tracer
+/// leave a server's 4xx, while the caller's CLIENT span is an error. (The
+/// SERVER span was an error too: Jaeger drew denied requests red, and span
+/// metrics counted them as the backend's errors.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_denied_request_is_the_callers_error_not_the_servers() {
+    let deny = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: default}\nspec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {paths: [/admin]}\n";
+    let t = traced_with("1.0", "", deny).await;
+    let client = Client::h1(t.frontend.outbound);
+    let reply = client.get("http://backend:9080/admin").await;
+    assert_eq!(reply.status, 403);
+    let denied = |s: &ReceivedSpan| s.attr("url.path").as_deref() == Some("/admin");
+    let spans = t
+        .receiver
+        .wait_for("both spans of the denied call", |spans| {
+            spans.iter().filter(|s| denied(s)).count() >= 2
+        })
+        .await;
+    let server = spans
+        .iter()
+        .find(|s| denied(s) && s.span.kind == SPAN_KIND_SERVER)
+        .expect("the backend's span");
+    assert_eq!(
+        server.attr("tracemesh.response_flags").as_deref(),
+        Some("RBAC")
+    );
+    assert_eq!(
+        server.attr("http.response.status_code").as_deref(),
+        Some("403")
+    );
+    assert_ne!(
+        server.span.status.as_ref().map(|s| s.code),
+        Some(STATUS_ERROR)
+    );
+    assert_eq!(server.attr("error.type"), None);
+    let caller = spans
+        .iter()
+        .find(|s| denied(s) && s.span.kind == SPAN_KIND_CLIENT)
+        .expect("the caller's span");
+    assert_eq!(caller.span.status.as_ref().unwrap().code, STATUS_ERROR);
+    assert_eq!(caller.attr("error.type").as_deref(), Some("403"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

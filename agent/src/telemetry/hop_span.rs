@@ -14,6 +14,7 @@ use super::otlp_wire::Value;
 use super::record::{RequestRecord, X_REQUEST_ID};
 use super::span::{Kind, Parent, Sampling, Span};
 use super::spans::WorkerSpans;
+use crate::flags::ResponseFlags;
 use crate::host::{request_authority, split_host_port};
 use crate::model::capture::ServicePorts;
 use crate::model::cluster::Cluster;
@@ -394,7 +395,7 @@ impl HopSpan {
             }
             span.set("tracemesh.upstream", Value::Str(&endpoint.address_text));
         }
-        if record.failed() {
+        if failed(span.kind(), record.status, record.flags) {
             let error_type = if record.flags.is_failure() {
                 flags.into_owned()
             } else {
@@ -405,6 +406,25 @@ impl HopSpan {
         }
         span.end_at(end);
     }
+}
+
+/// Whether a span of `kind` whose request was answered `status` (0: no
+/// answer) with `flags` failed, as its status says: no answer or a 5xx;
+/// on a CLIENT span a 4xx too, and any failure the agent recorded. On a
+/// SERVER span a 4xx is the client's error, not this hop's (OpenTelemetry's
+/// HTTP conventions leave its status unset, and Envoy's tracer marks only a
+/// 5xx or no answer): a request the agent itself answered 4xx — denied
+/// (RBAC 403), rate limited (429), a refused head (400), no route (404) —
+/// keeps its flags in `tracemesh.response_flags` but is no error; a
+/// failure flag on a 2xx or 3xx (a response cut mid-body) is one.
+fn failed(kind: Kind, status: u16, flags: ResponseFlags) -> bool {
+    let answered_4xx = (400..500).contains(&status);
+    status == 0
+        || status >= 500
+        || match kind {
+            Kind::Client => answered_4xx || flags.is_failure(),
+            Kind::Server => !answered_4xx && flags.is_failure(),
+        }
 }
 
 /// The `tracemesh.policy` attribute of an event: `rule`, narrowed to one
@@ -434,4 +454,50 @@ fn addresses_service(host: &str, local: &Identity) -> bool {
                 rest.strip_prefix(service.namespace.as_str())
                     .is_some_and(|r| r.is_empty() || r.starts_with('.'))
             })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_answering_4xx_has_not_failed_a_client_getting_one_has() {
+        let rbac = ResponseFlags::RBAC_DENIED;
+        let cut = ResponseFlags::UPSTREAM_CONNECTION_TERMINATION;
+        for (kind, status, flags, want) in [
+            (Kind::Server, 200, ResponseFlags::NONE, false),
+            (Kind::Server, 403, rbac, false),
+            (Kind::Server, 429, ResponseFlags::RATE_LIMITED, false),
+            (
+                Kind::Server,
+                400,
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                false,
+            ),
+            (Kind::Server, 404, ResponseFlags::NONE, false),
+            (Kind::Server, 200, cut, true),
+            (
+                Kind::Server,
+                0,
+                ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+                true,
+            ),
+            (Kind::Server, 503, ResponseFlags::UPSTREAM_OVERFLOW, true),
+            (Kind::Server, 500, ResponseFlags::NONE, true),
+            (Kind::Server, 200, ResponseFlags::FAULT_DELAY, false),
+            (Kind::Client, 200, ResponseFlags::NONE, false),
+            (Kind::Client, 403, rbac, true),
+            (Kind::Client, 404, ResponseFlags::NONE, true),
+            (Kind::Client, 200, cut, true),
+            (Kind::Client, 200, ResponseFlags::FAULT_DELAY, false),
+            (Kind::Client, 0, ResponseFlags::NONE, true),
+        ] {
+            assert_eq!(
+                failed(kind, status, flags),
+                want,
+                "{kind:?} {status} {}",
+                flags.as_str()
+            );
+        }
+    }
 }

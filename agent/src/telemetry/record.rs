@@ -219,16 +219,6 @@ impl RequestRecord {
         }
     }
 
-    /// Whether the request failed, as its span's status says: a local
-    /// failure, a 5xx, no response, or (client side) a 4xx.
-    pub fn failed(&self) -> bool {
-        let client = self.direction == Direction::Outbound;
-        self.flags.is_failure()
-            || self.status >= 500
-            || (client && self.status >= 400)
-            || self.status == 0
-    }
-
     /// The request and its response as the Telemetry's expressions see
     /// them, when the facts were kept.
     pub fn attributes(&self) -> Option<Attributes<'_>> {

@@ -197,6 +197,11 @@ impl Span {
         &self.context
     }
 
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
     /// Replaces the span's name with what `write` writes.
     pub fn set_name(&mut self, write: impl FnOnce(&mut String)) {
         if let Some(scratch) = &mut self.scratch {

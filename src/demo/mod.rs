@@ -48,8 +48,9 @@ pub struct DemoArgs {
     /// 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 16686)]
     pub ui_port: u16,
-    /// Change what the mesh does: slow ratings, a failing reviews-v3, or
-    /// reviews shifted 50/50 between v1 and v3.
+    /// Change what the mesh does: slow ratings, a failing reviews-v3
+    /// (retried once), reviews shifted 50/50 between v1 and v3, or
+    /// productpage rate limited.
     #[arg(long, value_enum)]
     pub scenario: Option<Scenario>,
     /// Requests per second the load generator sends to productpage (the

@@ -12,9 +12,10 @@ pub enum Scenario {
     /// and with the article's `maxConnections: 1` requests queue for
     /// ratings' one connection.
     SlowRatings,
-    /// reviews-v3 answers half its requests with 503: its sidecar's
-    /// callers retry (Istio's default retry policy) and the page shows
-    /// "reviews unavailable" when the retries fail too.
+    /// reviews-v3 answers half its requests with 503: the reviews
+    /// VirtualService retries a 5xx once (Istio's default retry policy no
+    /// longer retries 503) and the page shows "reviews unavailable" when
+    /// the retry fails too (`URX`).
     FailingReviewsV3,
     /// The reviews VirtualService from Istio's traffic-shifting task: 50%
     /// to v1, 50% to v3.
@@ -36,6 +37,11 @@ pub struct Behaviour {
 
 /// The reviews routing applied without a scenario.
 const REVIEWS_ROUTING: &str = include_str!("../../examples/bookinfo/reviews.yaml");
+
+/// What `failing-reviews-v3` adds to each reviews rule: one retry of a
+/// 5xx, as an operator answers a flaky version. Istio's default retry
+/// policy leaves 503 alone since 1.24, so without it nothing is retried.
+const REVIEWS_RETRY: &str = "    retries: {attempts: 1, retryOn: 5xx}\n";
 
 /// The reviews VirtualService of `shift-50-50`.
 const REVIEWS_50_V3: &str = include_str!("../../examples/bookinfo/reviews-50-v3.yaml");
@@ -83,6 +89,9 @@ pub fn reviews_routing(scenario: Option<Scenario>) -> String {
                 .unwrap_or_default();
             format!("{subsets}\n---\n{REVIEWS_50_V3}")
         }
+        Some(Scenario::FailingReviewsV3) => {
+            REVIEWS_ROUTING.replace("    route:\n", &format!("{REVIEWS_RETRY}    route:\n"))
+        }
         _ => REVIEWS_ROUTING.to_owned(),
     }
 }
@@ -108,6 +117,17 @@ mod tests {
             tight.contains(TIGHT_BUCKET) && !tight.contains(ARTICLE_BUCKET),
             "{tight}"
         );
+    }
+
+    /// Every reviews rule retries under `failing-reviews-v3`, and none
+    /// otherwise.
+    #[test]
+    fn failing_reviews_v3_retries_every_reviews_rule() {
+        let yaml = reviews_routing(Some(Scenario::FailingReviewsV3));
+        let rules = yaml.matches("  - name: ").count();
+        assert_eq!(rules, 2, "{yaml}");
+        assert_eq!(yaml.matches(REVIEWS_RETRY).count(), rules, "{yaml}");
+        assert!(!reviews_routing(None).contains("retries"));
     }
 
     /// The weights the report states are the ones the YAML applies.

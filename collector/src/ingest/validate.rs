@@ -43,27 +43,25 @@ pub struct Rejected {
     pub message: String,
 }
 
+/// Why `id`, the `field` OTLP requires to be `len` bytes and not all zero,
+/// is refused.
+fn bad_id(field: &str, len: usize, id: &[u8]) -> String {
+    if id.len() == len {
+        format!("{field} is all zero (OTLP's invalid id)")
+    } else {
+        format!("{field} must be {len} bytes, got {}", id.len())
+    }
+}
+
 /// Reasons shown in the message, at most.
 const SHOWN: usize = 3;
 
 fn reason(span: &Span, bounds: TimeBounds) -> Option<(Refusal, String)> {
     if TraceId::from_bytes(&span.trace_id).is_none() {
-        return Some((
-            Refusal::Invalid,
-            format!(
-                "trace_id must be 16 bytes and not all zero, got {} bytes",
-                span.trace_id.len()
-            ),
-        ));
+        return Some((Refusal::Invalid, bad_id("trace_id", 16, &span.trace_id)));
     }
     if SpanId::from_bytes(&span.span_id).is_none() {
-        return Some((
-            Refusal::Invalid,
-            format!(
-                "span_id must be 8 bytes and not all zero, got {} bytes",
-                span.span_id.len()
-            ),
-        ));
+        return Some((Refusal::Invalid, bad_id("span_id", 8, &span.span_id)));
     }
     if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
         return Some((
@@ -192,7 +190,7 @@ mod tests {
             rejected.message
         );
         assert!(
-            rejected.message.contains("span_id must be 8 bytes"),
+            rejected.message.contains("span_id is all zero"),
             "{}",
             rejected.message
         );

@@ -348,7 +348,7 @@ async fn destination_rules_originate_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tls_origination_keeps_its_connections_over_a_reload_that_leaves_it_unchanged() {
+async fn tls_origination_is_kept_over_unrelated_reloads_and_follows_its_roots_file() {
     // Envoy keeps the pools of clusters a config update leaves alone. A
     // reload used to build every origination's TLS configs anew, and the
     // connections pooled under the old ones idled on unused for the idle
@@ -388,10 +388,15 @@ async fn tls_origination_keeps_its_connections_over_a_reload_that_leaves_it_unch
     assert_eq!(client.get("http://secure.example/").await.status, 200);
     assert_eq!(handshakes(), 1, "the reload left the origination alone");
 
-    // New contents in the same file are a new origination: the next
-    // connection verifies by them (another root: the server is refused).
-    std::fs::copy(&other.root, &roots).unwrap();
-    agent.rewrite_config(&(config(&unrelated) + "# the roots file changed\n"));
+    // New contents in the same file are a new origination, with no write
+    // to the config: the file is replaced as a Kubernetes Secret volume
+    // replaces it, and the agent, which watches the files its config
+    // names, compiles the config again within its fallback poll (10 s).
+    // The next connection verifies by them (another root: the server is
+    // refused). (Before, the new roots waited for a write to the config.)
+    let replacement = dir.path().join("roots.pem.new");
+    std::fs::copy(&other.root, &replacement).unwrap();
+    std::fs::rename(&replacement, &roots).unwrap();
     agent.wait_for_config_version(3.0).await;
     let refused = client.get("http://secure.example/").await;
     assert_eq!(refused.status, 503, "verified by the new roots");

@@ -498,6 +498,88 @@ spec:
 "#;
 
 /// A VirtualService bound to `shop` that routes everything to `backend`.
+/// A rotated certificate is served without a write to the gateway's file,
+/// as Istio's gateways follow a renewed Secret: its files are replaced as
+/// a Kubernetes Secret volume replaces them, and the gateway, which watches
+/// the files its config names, compiles the config again within its
+/// fallback poll (10 s). New connections get the new certificate (a client
+/// trusting only the new CA connects; one trusting only the old no longer
+/// does). (Before, the old certificate was served until the next write to
+/// the config, past its expiry if need be.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotated_certificate_is_served_without_a_config_write() {
+    let app = Upstream::start("bookinfo").await;
+    let hosts = ["bookinfo.example.com"];
+    let creds = Credentials::issue("istio-system", "bookinfo-credential", &hosts);
+    let mut yaml = bootstrap(
+        &[443],
+        common::mesh::NO_COLLECTOR,
+        &format!("  credentialDirectory: {}", creds.path().display()),
+    );
+    yaml += &service_entry(
+        "bookinfo",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: app.addr,
+            labels: &[("app", "bookinfo")],
+        }],
+    );
+    yaml += r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [bookinfo.example.com]
+    tls: {mode: SIMPLE, credentialName: bookinfo-credential}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [edge]
+  http: [{route: [{destination: {host: bookinfo}}]}]
+"#;
+    let gateway = Gateway::start(&yaml);
+    let https = gateway.port(443);
+    let get = |root: &str| {
+        let root = root.to_owned();
+        async move { tls_get(https, hosts[0], &root, &["http/1.1"], None, "/").await }
+    };
+    assert_eq!(get(&creds.root_pem).await.unwrap().status, 200);
+
+    let renewed = Credentials::issue("istio-system", "bookinfo-credential", &hosts);
+    let secret = |c: &Credentials| c.path().join("istio-system/bookinfo-credential");
+    for file in ["tls.key", "tls.crt"] {
+        let staged = secret(&creds).join(format!(".{file}.new"));
+        std::fs::copy(secret(&renewed).join(file), &staged).unwrap();
+        std::fs::rename(&staged, secret(&creds).join(file)).unwrap();
+    }
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match get(&renewed.root_pem).await {
+            Ok(reply) => {
+                assert_eq!(reply.status, 200, "{reply:?}");
+                break;
+            }
+            Err(error) => assert!(
+                std::time::Instant::now() < give_up,
+                "the renewed certificate was never served: {error}; {:?}",
+                gateway.stderr()
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        get(&creds.root_pem).await.is_err(),
+        "the old certificate is still served"
+    );
+}
+
 fn shop_routed_to(backend: &str) -> String {
     format!(
         "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: shop}}\nspec:\n  hosts: [\"*\"]\n  gateways: [shop]\n  http: [{{route: [{{destination: {{host: {backend}}}}}]}}]\n"

@@ -9,13 +9,13 @@
 
 mod changes;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use self::changes::Changes;
 use crate::compile;
+use crate::config::file_stamp::FileStamp;
 use crate::model::Snapshot;
 use crate::proxy::Shared;
 
@@ -26,36 +26,12 @@ use crate::proxy::Shared;
 /// symlink swaps are seen at once.
 const FALLBACK_POLL: Duration = Duration::from_secs(10);
 
-/// What a file's metadata says of its content: a write changes the size or
-/// the change time, a replacement by rename (a Kubernetes ConfigMap volume
-/// swaps a symlink) changes the inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Self {
-        Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        }
-    }
-}
-
 /// The config file as first read: its bytes, and its metadata as looked at
 /// just before they were read.
 pub struct Baseline {
     /// The bytes the config in force is compiled from.
     pub bytes: Vec<u8>,
-    stamp: Option<Stamp>,
+    stamp: Option<FileStamp>,
 }
 
 impl Baseline {
@@ -64,7 +40,9 @@ impl Baseline {
     /// metadata is looked at first: a change made after that look shows in
     /// the watcher's first look, so nothing between the two is missed.
     pub fn read(path: &Path) -> Result<Self, crate::config::diagnostics::ConfigRejected> {
-        let stamp = std::fs::metadata(path).ok().map(|meta| Stamp::of(&meta));
+        let stamp = std::fs::metadata(path)
+            .ok()
+            .map(|meta| FileStamp::of(&meta));
         let bytes = compile::read_file(path)?;
         Ok(Self { bytes, stamp })
     }
@@ -77,12 +55,14 @@ impl Baseline {
 /// throughout a slow reload.
 pub async fn watch(path: PathBuf, baseline: Baseline, shared: Arc<Shared>) {
     let mut watcher = Watcher::new(path, baseline, Some(FALLBACK_POLL));
+    watcher.refer_to(&shared.config.load().files);
     loop {
-        match watcher.next_change().await {
+        let bytes = match watcher.next_change().await {
             None => return, // the runtime is shutting down
-            Some(Change::Bytes(bytes)) => {
-                let (path, shared) = (watcher.path.clone(), shared.clone());
-                let _ = tokio::task::spawn_blocking(move || reload(&path, &bytes, &shared)).await;
+            Some(Change::Bytes(bytes)) => bytes,
+            Some(Change::Referenced(file)) => {
+                tracing::info!(file = %file.display(), "a file the config names changed; compiling the config again");
+                watcher.last.clone()
             }
             Some(Change::Unreadable(error)) => {
                 tracing::warn!(%error, file = %watcher.path.display(), "config file unreadable; keeping the config in force");
@@ -91,6 +71,22 @@ pub async fn watch(path: PathBuf, baseline: Baseline, shared: Arc<Shared>) {
                     .config_reloads
                     .with_label_values(&["unreadable"])
                     .inc();
+                continue;
+            }
+        };
+        let (path, shared) = (watcher.path.clone(), shared.clone());
+        let before = shared.config.load().version;
+        let shared = tokio::task::spawn_blocking(move || {
+            reload(&path, &bytes, &shared);
+            shared
+        })
+        .await;
+        // The files the accepted config read, from before it read them; a
+        // rejected one leaves the watch as it was.
+        if let Ok(shared) = shared {
+            let now = shared.config.load();
+            if now.version != before {
+                watcher.refer_to(&now.files);
             }
         }
     }
@@ -103,6 +99,9 @@ enum Change {
     /// The file cannot be read, for a reason not reported before in this
     /// spell (missing, a directory, unreadable, too large).
     Unreadable(String),
+    /// A file the config in force names (a certificate, a key, a CA
+    /// bundle) changed: the config is to be compiled again.
+    Referenced(PathBuf),
 }
 
 /// What became of a missing file within [`MISSING_GRACE`].
@@ -127,7 +126,7 @@ struct Watcher {
     /// The bytes the config in force was compiled from.
     last: Arc<Vec<u8>>,
     /// The file's metadata when `last` (or a read equal to it) was read.
-    stamp: Option<Stamp>,
+    stamp: Option<FileStamp>,
     changes: Changes,
     /// The first look is due without waiting for a wakeup: the file may
     /// have changed between the baseline's read and the watch being set up,
@@ -136,6 +135,9 @@ struct Watcher {
     /// Why the file could not be read at the last look, as last reported
     /// (each reason is reported once per spell).
     unreadable: Option<String>,
+    /// The files the config in force names, each with its stamp when last
+    /// read or looked at: looked at whenever the config file is.
+    referenced: Vec<(PathBuf, Option<FileStamp>)>,
 }
 
 impl Watcher {
@@ -149,7 +151,29 @@ impl Watcher {
             changes,
             look_now: true,
             unreadable: None,
+            referenced: Vec::new(),
         }
+    }
+
+    /// Watches `files` (the config in force's [`Snapshot::files`]) from now
+    /// on, each changed once its stamp differs from the one given.
+    fn refer_to(&mut self, files: &[(PathBuf, Option<FileStamp>)]) {
+        self.referenced = files.to_vec();
+    }
+
+    /// The first file the config names whose stamp changed since it was
+    /// read or last found changed (its new stamp kept, so a config that
+    /// cannot be compiled from it is not compiled again until it changes
+    /// again). Kubernetes updates a Secret volume by swapping a symlink,
+    /// which changes the inode through the path.
+    fn referenced_change(&mut self) -> Option<PathBuf> {
+        self.referenced.iter_mut().find_map(|(path, stamp)| {
+            let now = FileStamp::at(path);
+            (now != *stamp).then(|| {
+                *stamp = now;
+                path.clone()
+            })
+        })
     }
 
     /// Completes with the file's bytes once they differ from those in
@@ -165,8 +189,13 @@ impl Watcher {
             if !std::mem::take(&mut self.look_now) {
                 self.changes.next().await;
             }
+            if let Some(file) = self.referenced_change() {
+                // The config file itself is looked at on the next call.
+                self.look_now = true;
+                return Some(Change::Referenced(file));
+            }
             let path = self.path.as_path();
-            let now = match tokio::fs::metadata(path).await.map(|m| Stamp::of(&m)) {
+            let now = match tokio::fs::metadata(path).await.map(|m| FileStamp::of(&m)) {
                 Ok(now) if Some(now) == self.stamp => continue,
                 // Its writer's close wakes the watcher again.
                 Ok(_) if self.changes.being_written() => continue,
@@ -374,7 +403,44 @@ mod tests {
         match change {
             Change::Bytes(bytes) => format!("bytes {}", String::from_utf8_lossy(&bytes)),
             Change::Unreadable(reason) => format!("unreadable {reason}"),
+            Change::Referenced(file) => format!("referenced {}", file.display()),
         }
+    }
+
+    /// A certificate the config names, replaced as a Kubernetes Secret
+    /// volume replaces it (a new file renamed over the old one), is a
+    /// change of the config, seen at the watcher's next look (its fallback
+    /// poll, with no event on the config file); once seen, it is not seen
+    /// again until it changes again. A file it no longer names is not
+    /// watched.
+    #[tokio::test]
+    async fn a_replaced_certificate_the_config_names_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, "config").unwrap();
+        let cert = dir.path().join("roots.pem");
+        std::fs::write(&cert, "first roots").unwrap();
+        let baseline = Baseline::read(&path).unwrap();
+        let poll = Some(Duration::from_millis(50));
+        let mut watcher = Watcher::new(path.clone(), baseline, poll);
+        watcher.refer_to(&[(cert.clone(), FileStamp::at(&cert))]);
+        let replace = |text: &str| {
+            let new = dir.path().join("roots.pem.new");
+            std::fs::write(&new, text).unwrap();
+            std::fs::rename(&new, &cert).unwrap();
+        };
+        replace("second roots");
+        assert_eq!(
+            next(&mut watcher).await,
+            format!("referenced {}", cert.display())
+        );
+        // Seen once: the config file's own write is what comes next.
+        std::fs::write(&path, "config again").unwrap();
+        assert_eq!(next(&mut watcher).await, "bytes config again");
+        watcher.refer_to(&[]);
+        replace("third roots");
+        std::fs::write(&path, "config once more").unwrap();
+        assert_eq!(next(&mut watcher).await, "bytes config once more");
     }
 
     /// A write between the baseline's read and the watch's setup reports

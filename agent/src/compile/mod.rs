@@ -143,10 +143,13 @@ fn compile_resources(
     let docs = Documents::sort(validate::resources(resources, &mut diags));
     let snapshot = build(file, &docs, version, states, &mut diags);
     match snapshot {
-        Some(snapshot) if !diags.has_errors() => Ok(Compiled {
-            snapshot,
-            diagnostics: diags,
-        }),
+        Some(mut snapshot) if !diags.has_errors() => {
+            snapshot.files = diags.files();
+            Ok(Compiled {
+                snapshot,
+                diagnostics: diags,
+            })
+        }
         _ => Err(ConfigRejected(diags)),
     }
 }
@@ -202,11 +205,14 @@ fn compile_gateway_resources(
     let snapshot = Arc::new(snapshot);
     let proxy = gateway_proxy(&docs, (&snapshot, &registry), version, states, &mut diags);
     match proxy {
-        Some(proxy) if !diags.has_errors() => Ok(CompiledGateway {
-            snapshot,
-            proxy,
-            diagnostics: diags,
-        }),
+        Some(mut proxy) if !diags.has_errors() => {
+            proxy.files = diags.files();
+            Ok(CompiledGateway {
+                snapshot,
+                proxy,
+                diagnostics: diags,
+            })
+        }
         _ => Err(ConfigRejected(diags)),
     }
 }
@@ -561,6 +567,7 @@ fn snapshot(
         decided_headers: routing.decided_headers,
         capture: routing.capture,
         dump,
+        files: Vec::new(),
         gateway: routing.gateway,
     }
 }

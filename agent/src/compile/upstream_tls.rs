@@ -56,10 +56,12 @@ pub(super) fn validate(
             ("clientCertificate", &tls.client_certificate),
             ("privateKey", &tls.private_key),
         ] {
-            if let Some(path) = path
-                && let Err(e) = std::fs::read_to_string(path)
-            {
-                err(sub, format!("{path}: {e}"));
+            if let Some(path) = path {
+                diags.reading(std::path::Path::new(path));
+                if let Err(e) = std::fs::read_to_string(path) {
+                    let at = format!("{field}.{sub}");
+                    diags.error(loc, Some(at), format!("{path}: {e}"));
+                }
             }
         }
     }

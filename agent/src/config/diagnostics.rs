@@ -3,11 +3,13 @@
 //! without guessing.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde::ser::{SerializeStruct, Serializer};
 
+use super::file_stamp::FileStamp;
 use super::source::Lines;
 
 /// Where in a config file something was found.
@@ -141,9 +143,28 @@ pub struct Diagnostics {
     /// two compile steps reach it (a VirtualService bound to two gateway
     /// ports).
     seen: std::collections::HashSet<u64>,
+    /// The files the load read besides its own (TLS certificates, keys and
+    /// CA bundles), each with its stamp as looked at before the first read.
+    files: std::collections::BTreeMap<PathBuf, Option<FileStamp>>,
 }
 
 impl Diagnostics {
+    /// The load is about to read the file at `path` (a certificate, key or
+    /// CA bundle it names): its stamp is taken now, before the read, so a
+    /// change made after it is seen by the watcher
+    /// ([`Self::files`]).
+    pub fn reading(&mut self, path: &Path) {
+        self.files
+            .entry(path.to_path_buf())
+            .or_insert_with(|| FileStamp::at(path));
+    }
+
+    /// The files the load read besides its own, each with its stamp from
+    /// before the read (`None`: it could not be looked at), in path order.
+    pub fn files(&self) -> Vec<(PathBuf, Option<FileStamp>)> {
+        self.files.iter().map(|(p, s)| (p.clone(), *s)).collect()
+    }
+
     /// Records an error.
     pub fn error(
         &mut self,

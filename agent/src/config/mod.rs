@@ -9,6 +9,7 @@ pub mod documents;
 pub mod duration;
 pub mod envoy_filter;
 pub mod faults;
+pub mod file_stamp;
 pub mod gateway;
 pub mod gateway_api;
 pub mod ingress_gateway;

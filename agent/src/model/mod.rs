@@ -183,6 +183,15 @@ pub struct Snapshot {
     pub capture: capture::Capture,
     /// The effective config as JSON, for `/config_dump`.
     pub dump: serde_json::Value,
+    /// The files the config names and its compile read (TLS certificates,
+    /// keys and CA bundles), each with its stamp from before the read
+    /// (`None`: it could not be looked at): the reload watcher compiles the
+    /// config again when one changes, as Istio's agent watches the files a
+    /// DestinationRule or Gateway names.
+    pub files: Vec<(
+        std::path::PathBuf,
+        Option<crate::config::file_stamp::FileStamp>,
+    )>,
     /// An ingress gateway's listeners (`tracemesh gateway`); `None` for a
     /// sidecar. A gateway's requests are routed by the route table of the
     /// filter chain their connection took, not by [`Snapshot::routes`].

@@ -492,7 +492,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
-    use crate::reload::Stamp;
+    use crate::config::file_stamp::FileStamp;
 
     /// Waits for the watcher to wake from inotify alone (no fallback poll);
     /// fails instead of hanging when the event never comes.
@@ -559,14 +559,14 @@ mod tests {
         symlink("..2026_a", dir.join("..data")).unwrap();
         let path = dir.join("agent.yaml");
         symlink("..data/agent.yaml", &path).unwrap();
-        let before = Stamp::of(&fs::metadata(&path).unwrap());
+        let before = FileStamp::of(&fs::metadata(&path).unwrap());
         let mut changes = Changes::new(&path, None);
 
         version("..2026_b", "second, longer");
         symlink("..2026_b", dir.join("..data_tmp")).unwrap();
         fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
         woken(&mut changes).await;
-        let after = Stamp::of(&fs::metadata(&path).unwrap());
+        let after = FileStamp::of(&fs::metadata(&path).unwrap());
         assert_ne!(before, after, "the watcher sees a different file");
         assert_eq!(fs::read_to_string(&path).unwrap(), "second, longer");
     }

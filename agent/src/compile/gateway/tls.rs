@@ -144,6 +144,7 @@ fn read(
     loc: &Location,
     diags: &mut Diagnostics,
 ) -> Option<String> {
+    diags.reading(path);
     match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(err) => {

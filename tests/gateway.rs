@@ -497,7 +497,6 @@ spec:
   servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
 "#;
 
-/// A VirtualService bound to `shop` that routes everything to `backend`.
 /// A rotated certificate is served without a write to the gateway's file,
 /// as Istio's gateways follow a renewed Secret: its files are replaced as
 /// a Kubernetes Secret volume replaces them, and the gateway, which watches
@@ -580,6 +579,7 @@ spec:
     );
 }
 
+/// A VirtualService bound to `shop` that routes everything to `backend`.
 fn shop_routed_to(backend: &str) -> String {
     format!(
         "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: shop}}\nspec:\n  hosts: [\"*\"]\n  gateways: [shop]\n  http: [{{route: [{{destination: {{host: {backend}}}}}]}}]\n"

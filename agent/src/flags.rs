@@ -98,6 +98,16 @@ impl ResponseFlags {
         self.0 & other.0 == other.0
     }
 
+    /// These flags without those of `other`.
+    pub const fn except(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+
+    /// These flags and those of `other`.
+    pub const fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
     /// Adds the flags of `other`.
     pub fn insert(&mut self, other: Self) {
         self.0 |= other.0;

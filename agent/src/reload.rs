@@ -56,13 +56,16 @@ impl Baseline {
 pub async fn watch(path: PathBuf, baseline: Baseline, shared: Arc<Shared>) {
     let mut watcher = Watcher::new(path, baseline, Some(FALLBACK_POLL));
     watcher.refer_to(&shared.config.load().files);
+    // The bytes of the config in force (the last version read may have
+    // been rejected).
+    let mut in_force = watcher.last.clone();
     loop {
         let bytes = match watcher.next_change().await {
             None => return, // the runtime is shutting down
             Some(Change::Bytes(bytes)) => bytes,
             Some(Change::Referenced(file)) => {
                 tracing::info!(file = %file.display(), "a file the config names changed; compiling the config again");
-                watcher.last.clone()
+                in_force.clone()
             }
             Some(Change::Unreadable(error)) => {
                 tracing::warn!(%error, file = %watcher.path.display(), "config file unreadable; keeping the config in force");
@@ -74,10 +77,10 @@ pub async fn watch(path: PathBuf, baseline: Baseline, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let (path, shared) = (watcher.path.clone(), shared.clone());
+        let (path, shared, compiled) = (watcher.path.clone(), shared.clone(), bytes.clone());
         let before = shared.config.load().version;
         let shared = tokio::task::spawn_blocking(move || {
-            reload(&path, &bytes, &shared);
+            reload(&path, &compiled, &shared);
             shared
         })
         .await;
@@ -86,6 +89,7 @@ pub async fn watch(path: PathBuf, baseline: Baseline, shared: Arc<Shared>) {
         if let Ok(shared) = shared {
             let now = shared.config.load();
             if now.version != before {
+                in_force = bytes;
                 watcher.refer_to(&now.files);
             }
         }
@@ -123,7 +127,8 @@ const MISSING_GRACE: Duration = Duration::from_secs(1);
 /// read under, and what wakes it.
 struct Watcher {
     path: Arc<PathBuf>,
-    /// The bytes the config in force was compiled from.
+    /// The bytes last read: those of the config in force, or of a version
+    /// that was rejected.
     last: Arc<Vec<u8>>,
     /// The file's metadata when `last` (or a read equal to it) was read.
     stamp: Option<FileStamp>,
@@ -165,15 +170,27 @@ impl Watcher {
     /// read or last found changed (its new stamp kept, so a config that
     /// cannot be compiled from it is not compiled again until it changes
     /// again). Kubernetes updates a Secret volume by swapping a symlink,
-    /// which changes the inode through the path.
-    fn referenced_change(&mut self) -> Option<PathBuf> {
-        self.referenced.iter_mut().find_map(|(path, stamp)| {
-            let now = FileStamp::at(path);
-            (now != *stamp).then(|| {
-                *stamp = now;
-                path.clone()
-            })
+    /// which changes the inode through the path. Looked at on a blocking
+    /// thread, as a mount that hangs would hang the look.
+    async fn referenced_change(&mut self) -> Option<PathBuf> {
+        if self.referenced.is_empty() {
+            return None;
+        }
+        let paths: Vec<PathBuf> = self.referenced.iter().map(|(p, _)| p.clone()).collect();
+        let now = tokio::task::spawn_blocking(move || {
+            paths.iter().map(|p| FileStamp::at(p)).collect::<Vec<_>>()
         })
+        .await
+        .ok()?;
+        self.referenced
+            .iter_mut()
+            .zip(now)
+            .find_map(|((path, stamp), now)| {
+                (now != *stamp).then(|| {
+                    *stamp = now;
+                    path.clone()
+                })
+            })
     }
 
     /// Completes with the file's bytes once they differ from those in
@@ -189,14 +206,13 @@ impl Watcher {
             if !std::mem::take(&mut self.look_now) {
                 self.changes.next().await;
             }
-            if let Some(file) = self.referenced_change() {
-                // The config file itself is looked at on the next call.
-                self.look_now = true;
-                return Some(Change::Referenced(file));
-            }
             let path = self.path.as_path();
             let now = match tokio::fs::metadata(path).await.map(|m| FileStamp::of(&m)) {
-                Ok(now) if Some(now) == self.stamp => continue,
+                // The config file as it was: the files it names, then.
+                Ok(now) if Some(now) == self.stamp => match self.referenced_change().await {
+                    Some(file) => return Some(Change::Referenced(file)),
+                    None => continue,
+                },
                 // Its writer's close wakes the watcher again.
                 Ok(_) if self.changes.being_written() => continue,
                 Ok(now) => now,
@@ -245,6 +261,9 @@ impl Watcher {
             if current != *self.last {
                 self.last = Arc::new(current);
                 return Some(Change::Bytes(self.last.clone()));
+            }
+            if let Some(file) = self.referenced_change().await {
+                return Some(Change::Referenced(file));
             }
         }
     }

@@ -1,10 +1,11 @@
 //! Clusters: the endpoints behind one service port (and subset), and how one
 //! is picked.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use foldhash::HashSet;
 
 use super::balancer::{Balancer, PickInput};
 use super::clock::now_ms;
@@ -120,6 +121,26 @@ impl Poolings {
     /// Whether `pooling` is one of these.
     pub fn contains(&self, pooling: &Pooling) -> bool {
         !self.0.is_empty() && self.0.contains(pooling)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// These, with `more` added and those `now` sets taken out: what a
+    /// pool keeps as retired across reloads (a pooling a later reload sets
+    /// again is in use again).
+    pub fn retire(&mut self, more: Poolings, now: &Poolings) {
+        self.0.extend(more.0);
+        self.0.retain(|p| !now.0.contains(p));
+    }
+
+    /// Forgets those nothing else holds any more (no pool key, no cluster
+    /// of a config still in use): no connection can carry them again, so
+    /// the set stays as small as what is still in flight.
+    pub fn forget_unused(&mut self) {
+        self.0.retain(|p| Arc::strong_count(p) > 1);
     }
 }
 

@@ -49,12 +49,13 @@ fn is_known_method(method: &Method) -> bool {
 /// CONNECT and the asterisk form for OPTIONS. hyper reads `GET admin` as
 /// an authority form: let through, it reached the app as `GET /` with
 /// `admin` for its Host. Refused 400 as Envoy's HTTP/1 codec refuses it;
-/// `OPTIONS *` (and an HTTP/2 `:path` of `*`) gets Envoy's 404.
+/// `OPTIONS *`, and an HTTP/2 `:path` that does not begin with `/` (no
+/// HTTP/1 codec has refused it), get Envoy's connection manager's 404.
 fn settle_target<B>(req: &Request<B>) -> Result<(), LocalReply> {
     let path = req.uri().path();
     if path.starts_with('/') || req.method() == Method::CONNECT {
         Ok(())
-    } else if path == "*" && req.method() == Method::OPTIONS {
+    } else if req.version() == Version::HTTP_2 || (path == "*" && req.method() == Method::OPTIONS) {
         Err(LocalReply::NOT_A_PATH)
     } else {
         Err(LocalReply::INVALID_REQUEST_TARGET)
@@ -249,6 +250,13 @@ mod tests {
             *req.method_mut() = Method::from_bytes(method.as_bytes()).unwrap();
             assert_eq!(details(&mut req), want, "{method} {target}");
         }
+        // An HTTP/2 `:path` of `*` reaches the agent as a URI with a
+        // scheme and that path.
+        let mut req = request(Version::HTTP_2, "http://a", &[]);
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("*"));
+        *req.uri_mut() = Uri::from_parts(parts).unwrap();
+        assert_eq!(details(&mut req), Some("absolute_path_rejected"));
     }
 
     #[test]

@@ -232,8 +232,8 @@ pub struct Lease {
 
 impl Reuse for Lease {
     /// Puts the connection back in its pool, unless it served its quota of
-    /// requests, outlived its lifetime, or requests are waiting for a
-    /// connection slot.
+    /// requests, outlived its lifetime, requests are waiting for a
+    /// connection slot, or a reload retired its pool meanwhile.
     fn reuse(self, connection: Connection) {
         let now = Instant::now();
         let spent = self.max_served > 0 && self.served + 1 >= self.max_served
@@ -452,7 +452,11 @@ impl Pools {
             match self.open_h2(key, cluster, plan, slotted.slot).await {
                 Ok(opened) => {
                     let expires = expiry(cluster);
-                    let taken = {
+                    let taken = if key.retired(&self.retired.borrow()) {
+                        // Dialed for a request of a config a reload has
+                        // left: its request alone uses it.
+                        Connections::default().made(opened, expires, dial, limits)
+                    } else {
                         let mut shared = self.shared_h2.borrow_mut();
                         let connections = shared.entry(key.clone()).or_default();
                         connections.made(opened, expires, dial, limits)
@@ -633,6 +637,7 @@ impl Pools {
     /// hold a slot that requests of another worker are waiting for. Returns
     /// what the sweeper waits for next.
     fn sweep(&self) -> Next {
+        self.let_retired_go();
         let now = Instant::now();
         let mut next = Next::default();
         self.idle.borrow_mut().retain(|key, list| {
@@ -668,16 +673,31 @@ impl Pools {
     /// request of the new config asks for these keys, so they would
     /// otherwise idle for their idle timeout, holding sockets and, for a
     /// cluster that counts connections, slots.
-    /// HTTP/1.1 connections lent out meanwhile are closed when given back.
+    /// They stay retired until nothing holds their pooling any more: an
+    /// HTTP/1.1 connection lent out meanwhile is closed when given back, an
+    /// HTTP/2 connection a request of the old config dials is not shared,
+    /// and each sweep lets go of what came back under them.
     fn retire(&self, before: &Poolings, now: &Poolings) {
-        let retired = before.retired_by(now);
+        self.retired
+            .borrow_mut()
+            .retire(before.retired_by(now), now);
+        self.let_retired_go();
+    }
+
+    /// Drops the pools of retired poolings, then forgets the retired
+    /// poolings nothing holds any more.
+    fn let_retired_go(&self) {
+        let mut retired = self.retired.borrow_mut();
+        if retired.is_empty() {
+            return;
+        }
         self.idle
             .borrow_mut()
             .retain(|key, _| !key.retired(&retired));
         self.shared_h2
             .borrow_mut()
             .retain(|key, _| !key.retired(&retired));
-        *self.retired.borrow_mut() = retired;
+        retired.forget_unused();
     }
 
     /// Sweeps whenever an idle connection can be due to close: at the
@@ -1459,7 +1479,7 @@ mod tests {
                         .expect("a connection");
                     lease.reuse(connection);
                 }
-                // One more of the old settings, lent across the reload.
+                // One more of the old settings, lent across two reloads.
                 let (lent, lease) = pools
                     .h1(&key(&old), &old, &TlsPlan::Plain)
                     .await
@@ -1479,13 +1499,19 @@ mod tests {
                     assert!(Instant::now() < give_up, "the old pool was kept");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+                assert!(pools.has_idle(&key(&kept)), "a pool the reload kept went");
+                assert!(pools.has_idle(&key(&unlisted)), "a pool no config set went");
+                // A second reload, retiring `kept`: `old` stays retired.
+                tell.send_replace(Arc::new(Poolings::of([&new])));
+                while pools.has_idle(&key(&kept)) {
+                    assert!(Instant::now() < give_up, "the kept pool was kept");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 lease.reuse(lent);
                 assert!(
                     !pools.has_idle(&key(&old)),
                     "a retired connection was pooled"
                 );
-                assert!(pools.has_idle(&key(&kept)), "a pool the reload kept went");
-                assert!(pools.has_idle(&key(&unlisted)), "a pool no config set went");
                 let (_, lease) = pools
                     .h1(&key(&new), &new, &TlsPlan::Plain)
                     .await

@@ -504,8 +504,9 @@ async fn expire(began: Instant, lifetime: Option<Duration>) {
 }
 
 /// Resolves once no byte has passed either way (`last` is the time of the
-/// latest) for `timeout`; never without one.
-async fn idle(last: &Cell<Instant>, timeout: Option<Duration>) {
+/// latest) for `timeout`; never without one. (Also the idle timer of an
+/// upgraded HTTP connection's splice.)
+pub(super) async fn idle(last: &Cell<Instant>, timeout: Option<Duration>) {
     let Some(timeout) = timeout else {
         return std::future::pending().await;
     };

@@ -87,32 +87,18 @@ pub fn splice<B>(
         let passed = Cell::new(Instant::now());
         let mut down = Touching::new(TokioIo::new(down), &passed);
         let mut up = Touching::new(TokioIo::new(up), &passed);
-        let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
-        let outcome = match idle {
-            None => copy.await,
-            Some(idle) => tokio::select! {
-                outcome = copy => outcome,
-                () = quiet_for(&passed, idle) => {
-                    tracing::debug!(?idle, "upgraded connection idle for the stream idle timeout: closed");
-                    return;
+        // Idle: both sides are dropped here, closing both connections.
+        tokio::select! {
+            outcome = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+                if let Err(error) = outcome {
+                    tracing::debug!(%error, "upgraded connection closed with an error");
                 }
-            },
-        };
-        if let Err(error) = outcome {
-            tracing::debug!(%error, "upgraded connection closed with an error");
+            }
+            () = super::tcp::idle(&passed, idle) => {
+                tracing::debug!(?idle, "upgraded connection idle for the stream idle timeout: closed");
+            }
         }
     });
-}
-
-/// Ready once `passed` (when bytes last passed either way) is `idle` old.
-async fn quiet_for(passed: &Cell<Instant>, idle: Duration) {
-    loop {
-        let deadline = passed.get() + idle;
-        if deadline <= Instant::now() {
-            return;
-        }
-        tokio::time::sleep_until(deadline).await;
-    }
 }
 
 /// One side of a splice, noting when it last read bytes: a splice moves

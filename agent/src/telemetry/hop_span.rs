@@ -408,22 +408,36 @@ impl HopSpan {
     }
 }
 
+/// The flags of a request the agent refused on the client's account: its
+/// 4xx answer is the client's error, not the service's.
+const REFUSED_THE_CLIENT: ResponseFlags = ResponseFlags::RBAC_DENIED
+    .with(ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE)
+    .with(ResponseFlags::RATE_LIMITED)
+    .with(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR)
+    .with(ResponseFlags::NO_ROUTE)
+    .with(ResponseFlags::FAULT_ABORT)
+    .with(ResponseFlags::STREAM_IDLE_TIMEOUT)
+    .with(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+
 /// Whether a span of `kind` whose request was answered `status` (0: no
-/// answer) with `flags` failed, as its status says: no answer or a 5xx;
-/// on a CLIENT span a 4xx too, and any failure the agent recorded. On a
-/// SERVER span a 4xx is the client's error, not this hop's (OpenTelemetry's
-/// HTTP conventions leave its status unset, and Envoy's tracer marks only a
-/// 5xx or no answer): a request the agent itself answered 4xx — denied
-/// (RBAC 403), rate limited (429), a refused head (400), no route (404) —
-/// keeps its flags in `tracemesh.response_flags` but is no error; a
-/// failure flag on a 2xx or 3xx (a response cut mid-body) is one.
+/// answer) with `flags` failed, as its status says. No answer or a 5xx is
+/// an error on both kinds (Envoy's tracer marks these alone), and so is a
+/// failure the agent recorded (a response cut mid-body, whatever its
+/// status). A 4xx is an error on a CLIENT span; on a SERVER span it is the
+/// client's error, not this hop's (OpenTelemetry's HTTP conventions leave
+/// its status unset), so a request the agent refused on the client's
+/// account — denied (RBAC 403), rate limited (429), a refused head (400),
+/// no route (404) — keeps its flags in `tracemesh.response_flags` and is
+/// no error; a 4xx with an upstream failure beside it (a 404 cut mid-body)
+/// is one.
 fn failed(kind: Kind, status: u16, flags: ResponseFlags) -> bool {
     let answered_4xx = (400..500).contains(&status);
     status == 0
         || status >= 500
         || match kind {
             Kind::Client => answered_4xx || flags.is_failure(),
-            Kind::Server => !answered_4xx && flags.is_failure(),
+            Kind::Server if answered_4xx => flags.except(REFUSED_THE_CLIENT).is_failure(),
+            Kind::Server => flags.is_failure(),
         }
 }
 
@@ -475,6 +489,14 @@ mod tests {
                 false,
             ),
             (Kind::Server, 404, ResponseFlags::NONE, false),
+            (Kind::Server, 404, ResponseFlags::NO_ROUTE, false),
+            (Kind::Server, 404, cut, true),
+            (
+                Kind::Server,
+                403,
+                ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
+                false,
+            ),
             (Kind::Server, 200, cut, true),
             (
                 Kind::Server,

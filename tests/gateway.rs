@@ -194,6 +194,24 @@ async fn http_enters_the_mesh_through_the_gateway_as_the_trace_root() {
     );
 }
 
+/// A gateway listening on `ports`, its Secrets in `creds`' directory, and
+/// the `bookinfo` service at `app`.
+fn bookinfo_behind(ports: &[u16], creds: &Credentials, app: &Upstream) -> String {
+    bootstrap(
+        ports,
+        common::mesh::NO_COLLECTOR,
+        &format!("  credentialDirectory: {}", creds.path().display()),
+    ) + &service_entry(
+        "bookinfo",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: app.addr,
+            labels: &[("app", "bookinfo")],
+        }],
+    )
+}
+
 /// HTTPS on one port: SIMPLE termination for the server whose host the
 /// SNI names (ALPN h2 and http/1.1), TLS passed through unopened to a mesh
 /// service for the PASSTHROUGH server's SNI; MUTUAL on another port,
@@ -207,20 +225,7 @@ async fn https_terminates_by_sni_passes_tls_through_and_redirects_http() {
         "bookinfo-credential",
         &["bookinfo.example.com"],
     );
-    let mut yaml = bootstrap(
-        &[80, 443, 8443],
-        common::mesh::NO_COLLECTOR,
-        &format!("  credentialDirectory: {}", creds.path().display()),
-    );
-    yaml += &service_entry(
-        "bookinfo",
-        9080,
-        "HTTP",
-        &[Ep {
-            addr: app.addr,
-            labels: &[("app", "bookinfo")],
-        }],
-    );
+    let mut yaml = bookinfo_behind(&[80, 443, 8443], &creds, &app);
     yaml += &format!(
         r#"---
 apiVersion: networking.istio.io/v1
@@ -510,20 +515,7 @@ async fn a_rotated_certificate_is_served_without_a_config_write() {
     let app = Upstream::start("bookinfo").await;
     let hosts = ["bookinfo.example.com"];
     let creds = Credentials::issue("istio-system", "bookinfo-credential", &hosts);
-    let mut yaml = bootstrap(
-        &[443],
-        common::mesh::NO_COLLECTOR,
-        &format!("  credentialDirectory: {}", creds.path().display()),
-    );
-    yaml += &service_entry(
-        "bookinfo",
-        9080,
-        "HTTP",
-        &[Ep {
-            addr: app.addr,
-            labels: &[("app", "bookinfo")],
-        }],
-    );
+    let mut yaml = bookinfo_behind(&[443], &creds, &app);
     yaml += r#"---
 apiVersion: networking.istio.io/v1
 kind: Gateway

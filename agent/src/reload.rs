@@ -77,21 +77,15 @@ pub async fn watch(path: PathBuf, baseline: Baseline, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let (path, shared, compiled) = (watcher.path.clone(), shared.clone(), bytes.clone());
         let before = shared.config.load().version;
-        let shared = tokio::task::spawn_blocking(move || {
-            reload(&path, &compiled, &shared);
-            shared
-        })
-        .await;
+        let (path, compiling, compiled) = (watcher.path.clone(), shared.clone(), bytes.clone());
+        let _ = tokio::task::spawn_blocking(move || reload(&path, &compiled, &compiling)).await;
         // The files the accepted config read, from before it read them; a
         // rejected one leaves the watch as it was.
-        if let Ok(shared) = shared {
-            let now = shared.config.load();
-            if now.version != before {
-                in_force = bytes;
-                watcher.refer_to(&now.files);
-            }
+        let now = shared.config.load();
+        if now.version != before {
+            in_force = bytes;
+            watcher.refer_to(&now.files);
         }
     }
 }

@@ -206,8 +206,9 @@ pub struct Pools {
     sweep_limited: Cell<bool>,
     opened: IntCounter,
     tls_failures: IntCounterVec,
-    /// The poolings the last reload retired ([`Self::retire`]): an HTTP/1.1
-    /// connection of one that is given back is closed, not pooled.
+    /// The poolings reloads retired that something still holds
+    /// ([`Self::retire`]): an HTTP/1.1 connection of one that is given back
+    /// is closed, not pooled.
     retired: RefCell<Poolings>,
 }
 
@@ -673,6 +674,7 @@ impl Pools {
     /// request of the new config asks for these keys, so they would
     /// otherwise idle for their idle timeout, holding sockets and, for a
     /// cluster that counts connections, slots.
+    ///
     /// They stay retired until nothing holds their pooling any more: an
     /// HTTP/1.1 connection lent out meanwhile is closed when given back, an
     /// HTTP/2 connection a request of the old config dials is not shared,

@@ -181,10 +181,10 @@ fn pooled(base: &str, per_connection: u32) -> String {
     )
 }
 
-/// A reload that changes a DestinationRule's connection pool settings
-/// lets go of the upstream connections pooled under the old ones, as Envoy
-/// drains a changed cluster's pools; one that leaves them as they were
-/// keeps them in use. (The old pool's idle connection used to stay open
+/// A reload that sets or changes a DestinationRule's connection pool
+/// settings lets go of the upstream connections pooled under the old ones
+/// (none set included), as Envoy drains a changed cluster's pools; one
+/// that leaves them as they were keeps them in use. (The old pool's idle connection used to stay open
 /// for its idle timeout, an hour by default, with no request to use it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_changes_pool_settings_closes_the_old_idle_connections() {
@@ -199,32 +199,42 @@ async fn a_reload_that_changes_pool_settings_closes_the_old_idle_connections() {
                 labels: &[],
             }],
         );
-    let agent = Agent::start(&pooled(&base, 100));
+    let agent = Agent::start(&base);
     let client = Client::h1(agent.outbound);
+    let closed = |what: &'static str| {
+        let app = app.clone();
+        async move {
+            let give_up = Instant::now() + Duration::from_secs(30);
+            while app.open_connections() > 0 {
+                assert!(Instant::now() < give_up, "{what}: still open");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     assert_eq!(client.get("http://app:9080/one").await.status, 200);
     assert_eq!(app.accepted_connections(), 1);
 
+    // Settings set where there were none: the plain connection closes.
+    agent.rewrite_config(&pooled(&base, 100));
+    agent.wait_for_config_version(2.0).await;
+    closed("the connection made without settings").await;
+    assert_eq!(client.get("http://app:9080/two").await.status, 200);
+    assert_eq!(app.accepted_connections(), 2);
+
     // A reload that keeps the pool settings keeps the pooled connection.
     agent.rewrite_config(&(pooled(&base, 100) + "# unrelated\n"));
-    agent.wait_for_config_version(2.0).await;
-    assert_eq!(client.get("http://app:9080/two").await.status, 200);
+    agent.wait_for_config_version(3.0).await;
+    assert_eq!(client.get("http://app:9080/three").await.status, 200);
     assert_eq!(
         app.accepted_connections(),
-        1,
+        2,
         "the kept pool was not reused"
     );
 
     // One that changes them closes it.
     agent.rewrite_config(&pooled(&base, 50));
-    agent.wait_for_config_version(3.0).await;
-    let give_up = Instant::now() + Duration::from_secs(30);
-    while app.open_connections() > 0 {
-        assert!(
-            Instant::now() < give_up,
-            "the old pool's idle connection is still open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(client.get("http://app:9080/three").await.status, 200);
-    assert_eq!(app.accepted_connections(), 2);
+    agent.wait_for_config_version(4.0).await;
+    closed("the old pool's idle connection").await;
+    assert_eq!(client.get("http://app:9080/four").await.status, 200);
+    assert_eq!(app.accepted_connections(), 3);
 }

@@ -662,3 +662,38 @@ fn a_gateways_bounds_out_of_range_are_named() {
         assert_eq!(error["document"], 1, "{report:#}");
     }
 }
+
+/// A DestinationRule's TLS files must hold what they name: an empty,
+/// truncated or non-PEM file is an error naming the field and the file.
+/// (It was accepted, and every connection it secured then failed: a CA
+/// bundle caught half-written by a reload broke traffic until its write
+/// ended, where the config in force should have stayed.)
+#[test]
+fn tls_files_that_hold_no_certificate_or_key_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("empty.pem", ""),
+        ("text.pem", "not a certificate\n"),
+        (
+            "truncated.pem",
+            "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n",
+        ),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        // In an agent's file, where the rule's files are read.
+        let yaml = format!(
+            "apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {{name: app-v1, namespace: default}}\nspec:\n  service: app\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: default}}\nspec:\n  host: api.example.com\n  trafficPolicy: {{tls: {{mode: SIMPLE, caCertificates: \"{}\"}}}}\n",
+            file.display()
+        );
+        let (code, report) = run_json(&["-"], &yaml);
+        assert_eq!(code, 1, "{name}: {report}");
+        assert_eq!(
+            error_fields(&report),
+            ["spec.trafficPolicy.tls.caCertificates"],
+            "{name}: {report}"
+        );
+        let message = errors(&report)[0]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(name), "{name}: {message}");
+    }
+}

@@ -58,7 +58,8 @@ pub(super) fn validate(
         ] {
             if let Some(path) = path {
                 diags.reading(std::path::Path::new(path));
-                if let Err(e) = std::fs::read_to_string(path) {
+                let read = std::fs::read_to_string(path).map_err(|e| e.to_string());
+                if let Err(e) = read.and_then(|pem| holds(sub, &pem)) {
                     let at = format!("{field}.{sub}");
                     diags.error(loc, Some(at), format!("{path}: {e}"));
                 }
@@ -76,6 +77,19 @@ pub(super) fn validate(
             "certificate revocation lists are not checked",
         );
     }
+}
+
+/// Whether `pem`, the file of the `tls` field `sub`, holds what the field
+/// names (CA certificates, a certificate chain, a private key): an empty,
+/// truncated or half-written file is an error here, so the config in force
+/// stays, rather than a config whose every connection then fails.
+fn holds(sub: &str, pem: &str) -> Result<(), String> {
+    let held = match sub {
+        "caCertificates" => material::root_store(pem, "caCertificates").map(drop),
+        "clientCertificate" => material::certificates(pem, "clientCertificate").map(drop),
+        _ => material::private_key(pem).map(drop),
+    };
+    held.map_err(|e| e.to_string())
 }
 
 /// The cluster's TLS for `host` (the service FQDN), with the ServiceEntry's

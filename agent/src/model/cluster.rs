@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use foldhash::HashSet;
+use foldhash::{HashMap, HashSet};
 
 use super::balancer::{Balancer, PickInput};
 use super::clock::now_ms;
@@ -92,55 +92,99 @@ pub struct Pooling {
     pub lifetime: Option<Duration>,
 }
 
-/// The [`Pooling`]s a config's clusters set: what a reload compares with
-/// the last config's, so that the pools of settings it changed are let go
-/// (as Envoy drains a cluster's connection pools when the cluster
-/// changes) rather than left idle for their idle timeout.
+/// Which pools a config's clusters use: for each endpoint address, the
+/// [`Pooling`]s its clusters reach it with (`None`: the default, which
+/// clusters that set nothing share). What a reload compares with the last
+/// config's, so that the pools it no longer uses (settings changed, set
+/// where none were, or an endpoint gone) are let go, as Envoy drains a
+/// changed cluster's connection pools, rather than left idle for their
+/// idle timeout.
 #[derive(Debug, Default)]
-pub struct Poolings(HashSet<Arc<Pooling>>);
+pub struct Poolings {
+    /// Per pooling a cluster sets, the endpoint addresses reached with it.
+    set: HashMap<Arc<Pooling>, HashSet<UpstreamAddr>>,
+    /// The endpoint addresses clusters that set none of it reach.
+    default: HashSet<UpstreamAddr>,
+}
 
 impl Poolings {
-    /// The poolings `clusters` set (those that set none of it add nothing).
+    /// The pools `clusters` use.
     pub fn of<'a>(clusters: impl IntoIterator<Item = &'a Arc<Cluster>>) -> Self {
-        Self(
-            clusters
-                .into_iter()
-                .filter_map(|cluster| cluster.pooling().cloned())
-                .collect(),
-        )
+        let mut out = Self::default();
+        for cluster in clusters {
+            let addresses = cluster.endpoints.iter().map(|e| e.address.clone());
+            match cluster.pooling() {
+                Some(pooling) => out
+                    .set
+                    .entry(pooling.clone())
+                    .or_default()
+                    .extend(addresses),
+                None => out.default.extend(addresses),
+            }
+        }
+        out
     }
 
-    /// What a reload from these to `now` retired: the poolings these set
-    /// and `now` does not. (A pooling neither sets is a cluster's built
-    /// per connection, such as a captured connection's original
-    /// destination: not the config's to retire.)
+    /// What a reload from these to `now` retired: the pools these use and
+    /// `now` does not. (A pool neither uses is one of a cluster built per
+    /// connection, such as a captured connection's original destination:
+    /// not the config's to retire.)
     pub fn retired_by(&self, now: &Poolings) -> Poolings {
-        Self(self.0.difference(&now.0).cloned().collect())
+        let mut set = HashMap::default();
+        for (pooling, addresses) in &self.set {
+            let kept = now.set.get(pooling);
+            let gone: HashSet<UpstreamAddr> = addresses
+                .iter()
+                .filter(|a| !kept.is_some_and(|k| k.contains(*a)))
+                .cloned()
+                .collect();
+            if !gone.is_empty() {
+                set.insert(pooling.clone(), gone);
+            }
+        }
+        let default = self.default.difference(&now.default).cloned().collect();
+        Self { set, default }
     }
 
-    /// Whether `pooling` is one of these.
-    pub fn contains(&self, pooling: &Pooling) -> bool {
-        !self.0.is_empty() && self.0.contains(pooling)
+    /// Whether the pool of `address` with `pooling` (`None`: the default)
+    /// is one of these.
+    pub fn contains(&self, address: &UpstreamAddr, pooling: Option<&Pooling>) -> bool {
+        match pooling {
+            Some(pooling) => {
+                !self.set.is_empty() && self.set.get(pooling).is_some_and(|a| a.contains(address))
+            }
+            None => !self.default.is_empty() && self.default.contains(address),
+        }
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.set.is_empty() && self.default.is_empty()
     }
 
-    /// These, with `more` added and those `now` sets taken out: what a
-    /// pool keeps as retired across reloads (a pooling a later reload sets
-    /// again is in use again).
+    /// These, with `more` added and those `now` uses taken out: what a
+    /// worker's pools keep as retired across reloads (a pool a later
+    /// reload uses again is in use again). Default pools stay retired
+    /// until the next reload; others while anything holds their pooling
+    /// ([`Self::forget_unused`]).
     pub fn retire(&mut self, more: Poolings, now: &Poolings) {
-        self.0.extend(more.0);
-        self.0.retain(|p| !now.0.contains(p));
+        for (pooling, addresses) in more.set {
+            self.set.entry(pooling).or_default().extend(addresses);
+        }
+        for (pooling, addresses) in &mut self.set {
+            if let Some(used) = now.set.get(pooling) {
+                addresses.retain(|a| !used.contains(a));
+            }
+        }
+        self.set.retain(|_, addresses| !addresses.is_empty());
+        self.default = more.default;
     }
 
-    /// Forgets those nothing else holds any more (no pool key, no cluster
-    /// of a config still in use): no connection can carry them again, so
-    /// the set stays as small as what is still in flight.
+    /// Forgets the poolings nothing else holds any more (no pool key, no
+    /// cluster of a config still in use): no connection can carry them
+    /// again, so the set stays as small as what is still in flight.
     pub fn forget_unused(&mut self) {
-        self.0.retain(|p| Arc::strong_count(p) > 1);
+        self.set.retain(|pooling, _| Arc::strong_count(pooling) > 1);
     }
 }
 

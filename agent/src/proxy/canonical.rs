@@ -52,7 +52,11 @@ fn is_known_method(method: &Method) -> bool {
 /// `OPTIONS *`, and an HTTP/2 `:path` that does not begin with `/` (no
 /// HTTP/1 codec has refused it), get Envoy's connection manager's 404.
 fn settle_target<B>(req: &Request<B>) -> Result<(), LocalReply> {
-    let path = req.uri().path();
+    // The target as written: `Uri::path` says `/` for an HTTP/2 `:path` of
+    // `?x`, which would be forwarded as a request line `GET ?x` (and `""`
+    // for an authority form, which has no path at all).
+    let uri = req.uri();
+    let path = uri.path_and_query().map_or(uri.path(), PathAndQuery::as_str);
     if path.starts_with('/') || req.method() == Method::CONNECT {
         Ok(())
     } else if req.version() == Version::HTTP_2 || (path == "*" && req.method() == Method::OPTIONS) {
@@ -256,6 +260,13 @@ mod tests {
         let mut parts = req.uri().clone().into_parts();
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("*"));
         *req.uri_mut() = Uri::from_parts(parts).unwrap();
+        assert_eq!(details(&mut req), Some("absolute_path_rejected"));
+        // One of `?x`, which `Uri::path` reads as `/`.
+        let mut req = request(Version::HTTP_2, "http://a", &[]);
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("?x"));
+        *req.uri_mut() = Uri::from_parts(parts).unwrap();
+        assert_eq!(req.uri().path(), "/");
         assert_eq!(details(&mut req), Some("absolute_path_rejected"));
     }
 

@@ -134,9 +134,9 @@ impl PoolKey {
         Some(&counted_by.0)
     }
 
-    /// Whether its pooling is one of `retired`.
+    /// Whether its pool (endpoint and pooling) is one of `retired`.
     fn retired(&self, retired: &Poolings) -> bool {
-        self.pooling.as_ref().is_some_and(|p| retired.contains(p))
+        retired.contains(&self.addr, self.pooling.as_deref())
     }
 
     /// Most streams one of its HTTP/2 connections carries at once.
@@ -667,15 +667,18 @@ impl Pools {
         next
     }
 
-    /// Lets go of the pools of every key whose pooling the reload from
-    /// `before` to `now` retired: their idle connections close now, and
+    /// Lets go of the pools of every key the reload from `before` to `now`
+    /// retired (its endpoint reached with its pooling no more: settings
+    /// changed, set where none were, or the endpoint gone): their idle
+    /// connections close now, and
     /// their shared HTTP/2 connections once their streams end (no sender
     /// is left to open another; hyper then closes the connection). No
     /// request of the new config asks for these keys, so they would
     /// otherwise idle for their idle timeout, holding sockets and, for a
     /// cluster that counts connections, slots.
     ///
-    /// They stay retired until nothing holds their pooling any more: an
+    /// They stay retired until nothing holds their pooling any more (the
+    /// default pools until the next reload): an
     /// HTTP/1.1 connection lent out meanwhile is closed when given back, an
     /// HTTP/2 connection a request of the old config dials is not shared,
     /// and each sweep lets go of what came back under them.
@@ -1519,6 +1522,43 @@ mod tests {
                     .await
                     .expect("a connection");
                 assert!(!lease.reused, "the new settings took an old connection");
+            })
+            .await;
+    }
+
+    /// Settings set where none were retire the endpoint's default pool,
+    /// unless another cluster still reaches the endpoint without settings.
+    #[tokio::test]
+    async fn settings_set_where_none_were_let_the_default_pool_go() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, _) = server().await;
+                let plain = super::super::testing::cluster(&[address], PoolLimits::default(), None);
+                let limits = PoolLimits {
+                    max_requests_per_connection: 10,
+                    ..PoolLimits::default()
+                };
+                let set = super::super::testing::cluster(&[address], limits, None);
+                assert!(plain.pooling().is_none());
+                let pools = pools();
+                let (tell, poolings) = watch::channel(Arc::new(Poolings::of([&plain])));
+                tokio::task::spawn_local(pools.clone().keep_swept(poolings));
+                let (connection, lease) = pools
+                    .h1(&key(&plain), &plain, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                lease.reuse(connection);
+                // Another cluster still reaches it plainly: kept.
+                tell.send_replace(Arc::new(Poolings::of([&set, &plain])));
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert!(pools.has_idle(&key(&plain)), "a default pool in use went");
+                tell.send_replace(Arc::new(Poolings::of([&set])));
+                let give_up = Instant::now() + Duration::from_secs(30);
+                while pools.has_idle(&key(&plain)) {
+                    assert!(Instant::now() < give_up, "the default pool was kept");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             })
             .await;
     }

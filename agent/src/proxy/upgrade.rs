@@ -95,6 +95,7 @@ pub fn splice<B>(
                 }
             }
             () = super::tcp::idle(&passed, idle) => {
+                let idle = idle.unwrap_or_default();
                 tracing::debug!(?idle, "upgraded connection idle for the stream idle timeout: closed");
             }
         }

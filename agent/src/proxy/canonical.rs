@@ -56,7 +56,9 @@ fn settle_target<B>(req: &Request<B>) -> Result<(), LocalReply> {
     // `?x`, which would be forwarded as a request line `GET ?x` (and `""`
     // for an authority form, which has no path at all).
     let uri = req.uri();
-    let path = uri.path_and_query().map_or(uri.path(), PathAndQuery::as_str);
+    let path = uri
+        .path_and_query()
+        .map_or(uri.path(), PathAndQuery::as_str);
     if path.starts_with('/') || req.method() == Method::CONNECT {
         Ok(())
     } else if req.version() == Version::HTTP_2 || (path == "*" && req.method() == Method::OPTIONS) {

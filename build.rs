@@ -30,6 +30,10 @@
 //! with the build's flags and linker, decides; when it fails, the build
 //! says so in a warning and links in the compiler's order.
 //! `TRACEMESH_HOT_TEXT=off` links in the compiler's order too.
+//! `TRACEMESH_EMIT_RELOCS=1` keeps the link's relocations in the binary
+//! (`--emit-relocs`: the file grows from about 160 MB to 410, none of it
+//! loaded): BOLT needs them
+//! to move code, and release/pgo.sh sets it for the build BOLT lays out.
 //! `TRACEMESH_HOT_TEXT_ORDER=<file>` takes the order from that file instead:
 //! the profile-guided build (release/pgo.sh) writes its own, since its
 //! names are not the plain build's.
@@ -60,6 +64,7 @@ fn main() {
     for var in [
         "TRACEMESH_HOT_TEXT",
         "TRACEMESH_HOT_TEXT_ORDER",
+        "TRACEMESH_EMIT_RELOCS",
         "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -87,6 +92,9 @@ fn main() {
     }
     let mut args = order_args(&order);
     args.extend(segment_args());
+    if env::var_os("TRACEMESH_EMIT_RELOCS").is_some_and(|v| v == "1") {
+        args.extend(["-Xlinker".into(), "--emit-relocs".into()]);
+    }
     match probe(&args) {
         Ok(()) => emit(&args),
         Err(why) => {

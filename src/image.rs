@@ -21,7 +21,8 @@
 //!
 //! Before that, the hot text goes onto a huge page. A release build lays
 //! the request path's functions at the start of `.text` (`hot-text.order`,
-//! build.rs) and, on x86_64 Linux, links its segments 2 MiB-aligned with
+//! build.rs; release/pgo.sh's BOLT step at the start of the text segment it
+//! adds, the executable's last) and, on x86_64 Linux, links its segments 2 MiB-aligned with
 //! the text starting a 2 MiB page of its own (`-z max-page-size=0x200000
 //! -z separate-code`: the kernel then loads the binary at a 2 MiB
 //! boundary). That first 2 MiB of text is read from the file into
@@ -107,7 +108,8 @@ pub enum HugeText {
 }
 
 /// Puts the start of the executable's text — where `hot-text.order` lays
-/// the request path — on transparent huge pages: a copy of the file's bytes
+/// the request path, or, in a binary BOLT laid out, the start of the text
+/// segment BOLT wrote — on transparent huge pages: a copy of the file's bytes
 /// is made in anonymous memory, made read-only and executable, and moved
 /// over the text with one `mremap`, atomically (a thread running code there
 /// sees the same instructions before and after). Nothing changes when the
@@ -242,16 +244,19 @@ struct TextMapping {
     anonymous_kib: u64,
 }
 
+/// The executable's last text mapping: the only one of a linked binary; of
+/// a binary BOLT laid out (release/pgo.sh), the segment BOLT wrote after
+/// the original text, which starts with the code the training ran.
 fn text_mapping(smaps: &str, exe: &Path) -> Option<TextMapping> {
     let mut previous_end = 0;
     let mut previous_executable = false;
     let mut found: Option<TextMapping> = None;
+    // (whether the fields being read are the found mapping's)
+    let mut in_found = false;
     for line in smaps.lines() {
         if let Some(header) = parse_header(line) {
-            if found.is_some() {
-                break;
-            }
-            if header.perms == "r-xp" && header.path.is_some_and(|p| Path::new(p) == exe) {
+            in_found = header.perms == "r-xp" && header.path.is_some_and(|p| Path::new(p) == exe);
+            if in_found {
                 found = Some(TextMapping {
                     previous_end,
                     previous_executable,
@@ -263,7 +268,9 @@ fn text_mapping(smaps: &str, exe: &Path) -> Option<TextMapping> {
             }
             previous_end = header.end;
             previous_executable = header.perms.contains('x');
-        } else if let (Some(text), Some(kib)) = (found.as_mut(), field_kib(line, "Anonymous:")) {
+        } else if let (true, Some(text), Some(kib)) =
+            (in_found, found.as_mut(), field_kib(line, "Anonymous:"))
+        {
             text.anonymous_kib = kib;
         }
     }
@@ -523,6 +530,39 @@ Anonymous:          1024 kB
         );
         let text = text_mapping(&written, Path::new("/opt/tracemesh")).unwrap();
         assert_eq!(text.anonymous_kib, 4);
+    }
+
+    #[test]
+    fn of_a_binary_bolt_laid_out_the_text_it_wrote_is_found() {
+        // BOLT's layout: the original text, the data, then a text segment of
+        // its own starting with the code the training ran.
+        let bolted = SMAPS.replacen(
+            "5581a1dcc000-5581a1dd3000 rw-p 01dc9000 fd:01 123 /opt/tracemesh\n\
+             Size:                 28 kB\n\
+             Rss:                  28 kB\n\
+             Anonymous:            28 kB\n",
+            "5581a1dcc000-5581a1dd3000 rw-p 01dc9000 fd:01 123 /opt/tracemesh\n\
+             Size:                 28 kB\n\
+             Rss:                  28 kB\n\
+             Anonymous:            28 kB\n\
+             5581a2000000-5581a2618000 r-xp 02400000 fd:01 123 /opt/tracemesh\n\
+             Size:               6240 kB\n\
+             Rss:                1200 kB\n\
+             Anonymous:             8 kB\n",
+            1,
+        );
+        assert_ne!(bolted, SMAPS);
+        assert_eq!(
+            text_mapping(&bolted, Path::new("/opt/tracemesh")),
+            Some(TextMapping {
+                previous_end: 0x5581a1dd3000,
+                previous_executable: false,
+                start: 0x5581a2000000,
+                end: 0x5581a2618000,
+                offset: 0x2400000,
+                anonymous_kib: 8,
+            })
+        );
     }
 
     #[test]

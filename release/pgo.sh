@@ -340,7 +340,7 @@ else
   # function split in two, and stops when it finds no parent: Rust's legacy
   # mangling writes `::` as `..`, so tantivy's `reader::warming` reads as one.
   # Those symbols are renamed (".warm" to "_warm"); the code is untouched.
-  nm "$BIN" | awk '{print $NF}' | grep -E '\.(cold|warm)' | grep -vE '\.(cold|warm)(\.[0-9]+)?$' |
+  nm "$BIN" | awk '{print $NF}' | grep -E '\.(cold|warm)' | grep -vE '\.(cold|warm)(\.[0-9]+)?$' | sort -u |
     sed -E 'h; s/\.(cold|warm)/_\1/g; H; x; s/\n/ /' >"$WORK/bolt/renamed.txt" || true
   objcopy --redefine-syms="$WORK/bolt/renamed.txt" "$BIN" "$WORK/bolt/input"
   bolt() { "$LLVM_BOLT_TOOL" "$@" >>"$WORK/bolt/bolt.log" 2>&1 || die "llvm-bolt failed ($WORK/bolt/bolt.log)"; }

@@ -35,14 +35,14 @@
 #   6. BOLT lays the binary's code out again by those counts: the blocks of
 #      each function in the order they ran, the functions the training ran
 #      together at the start of a new text segment, the code it never ran
-#      split off (bench/README.md, "BOLT"). src/image.rs puts the start of
-#      that segment on a huge page.
+#      split off (bench/README.md, "BOLT"), from the training agent's
+#      counts. src/image.rs puts the start of that .text on a huge page.
 #
 # Knobs (environment): TRAIN_SECONDS (40, at least 8; the loads take 7/8 of
 # it in whole eighths, beside the demo for all of it), TRAIN_QPS (1000),
 # LLVM_PROFDATA (the tool, if not found by itself), BOLT (1; 0 stops after
-# step 4), LLVM_BOLT (llvm-bolt, if not found by itself: Debian's bolt-N
-# packages it, of any LLVM version), PGO_FRESH.
+# step 4), LLVM_BOLT (llvm-bolt of LLVM 18 or later, if not found by
+# itself: Debian's bolt-N packages it), PGO_FRESH.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -121,32 +121,36 @@ find_profdata() {
 PROFDATA=$(find_profdata)
 log "using $PROFDATA (for step 3)"
 
-# llvm-bolt and merge-fdata of one installation (any LLVM version that has
-# BOLT: it reads the binary, not the compiler's output).
+# llvm-bolt of LLVM 18 or later (the first with -reorder-functions=cdsort;
+# it reads the binary, not the compiler's output, so its version need not
+# be rustc's): LLVM_BOLT, else the newest found.
 find_bolt() {
-  local candidate dir
+  local candidate major
   if [ -n "${LLVM_BOLT:-}" ]; then
     command -v "$LLVM_BOLT" >/dev/null 2>&1 || die "LLVM_BOLT=$LLVM_BOLT: no such program"
-    echo "$(command -v "$LLVM_BOLT")"
+    major=$(llvm_major "$LLVM_BOLT")
+    [ "${major:-0}" -ge 18 ] || die "LLVM_BOLT=$LLVM_BOLT is not of LLVM 18 or later"
+    command -v "$LLVM_BOLT"
     return
   fi
-  for candidate in llvm-bolt $(compgen -c llvm-bolt- | grep -E '^llvm-bolt-[0-9]+$' | sort -t- -k3 -rn); do
-    command -v "$candidate" >/dev/null 2>&1 && echo "$(command -v "$candidate")" && return
+  for candidate in $(compgen -c llvm-bolt- | grep -E '^llvm-bolt-[0-9]+$' | sort -u -t- -k3 -rn) \
+    $(ls -d /usr/lib/llvm-*/bin/llvm-bolt 2>/dev/null | sort -t- -k2 -rn) llvm-bolt; do
+    command -v "$candidate" >/dev/null 2>&1 || continue
+    major=$(llvm_major "$candidate")
+    if [ "${major:-0}" -ge 18 ]; then
+      command -v "$candidate"
+      return
+    fi
   done
-  for dir in $(ls -d /usr/lib/llvm-*/bin 2>/dev/null | sort -t- -k2 -rn); do
-    [ -x "$dir/llvm-bolt" ] && echo "$dir/llvm-bolt" && return
-  done
-  die "no llvm-bolt (Debian's bolt-$LLVM_MAJOR, or set LLVM_BOLT); BOLT=0 builds without it"
+  die "no llvm-bolt of LLVM 18 or later (Debian's bolt-$LLVM_MAJOR, or set LLVM_BOLT); BOLT=0 builds without it"
 }
 STEPS=4
 if [ "$BOLT" != 0 ]; then
   STEPS=6
-  command -v objcopy >/dev/null || die "objcopy is needed for BOLT (binutils)"
+  for tool in objcopy readelf; do
+    command -v "$tool" >/dev/null || die "$tool is needed for BOLT (binutils)"
+  done
   LLVM_BOLT_TOOL=$(find_bolt)
-  # (beside it, or with its version suffix)
-  MERGE_FDATA=$(dirname "$(readlink -f "$LLVM_BOLT_TOOL")")/merge-fdata
-  [ -x "$MERGE_FDATA" ] || MERGE_FDATA=$(command -v "merge-fdata${LLVM_BOLT_TOOL##*llvm-bolt}") ||
-    die "no merge-fdata beside $LLVM_BOLT_TOOL"
   log "using $LLVM_BOLT_TOOL (for steps 5 and 6)"
 fi
 
@@ -253,7 +257,8 @@ YAML
 # (its counts also on their own: the hot-text order is the agent's)
 LLVM_PROFILE_FILE="$WORK/raw-agent/agent-%m.profraw" \
   "$TRAINEE" agent --config "$TRAIN/agent.yaml" >"$TRAIN/agent.log" 2>&1 &
-PIDS+=($!)
+AGENT_PID=$!
+PIDS+=("$AGENT_PID")
 deadline=$((SECONDS + 60))
 until curl -fsS -o /dev/null --connect-to "details.train.local:80:127.0.0.1:$OUT" \
   http://details.train.local/details/0 2>/dev/null; do
@@ -334,30 +339,39 @@ if [ "$BOLT" = 0 ]; then
   cp "$BIN" "$WORK/tracemesh"
 else
   log "5/$STEPS BOLT: the optimised build instrumented, then trained again"
+  readelf -SW "$BIN" | grep -q '\.rela\.text' ||
+    die "$BIN was linked without its relocations, which BOLT needs (build.rs, TRACEMESH_EMIT_RELOCS)"
   rm -rf "$WORK/bolt"
   mkdir -p "$WORK/bolt"
   # BOLT takes any symbol holding ".cold" or ".warm" for a fragment of a
   # function split in two, and stops when it finds no parent: Rust's legacy
   # mangling writes `::` as `..`, so tantivy's `reader::warming` reads as one.
   # Those symbols are renamed (".warm" to "_warm"); the code is untouched.
-  nm "$BIN" | awk '{print $NF}' | grep -E '\.(cold|warm)' | grep -vE '\.(cold|warm)(\.[0-9]+)?$' | sort -u |
-    sed -E 'h; s/\.(cold|warm)/_\1/g; H; x; s/\n/ /' >"$WORK/bolt/renamed.txt" || true
+  nm "$BIN" >"$WORK/bolt/symbols.txt"
+  awk '{print $NF}' "$WORK/bolt/symbols.txt" |
+    { grep -E '\.(cold|warm)' || true; } | { grep -vE '\.(cold|warm)(\.[0-9]+)?$' || true; } | sort -u |
+    sed -E 'h; s/\.(cold|warm)/_\1/g; H; x; s/\n/ /' >"$WORK/bolt/renamed.txt"
   objcopy --redefine-syms="$WORK/bolt/renamed.txt" "$BIN" "$WORK/bolt/input"
   bolt() { "$LLVM_BOLT_TOOL" "$@" >>"$WORK/bolt/bolt.log" 2>&1 || die "llvm-bolt failed ($WORK/bolt/bolt.log)"; }
   bolt "$WORK/bolt/input" -o "$WORK/bolt/instrumented" -instrument \
     -instrumentation-file="$WORK/bolt/counts" -instrumentation-file-append-pid
   train "$WORK/bolt/instrumented" "$WORK/bolt/train"
-  compgen -G "$WORK/bolt/counts.*.fdata" >/dev/null || die "the BOLT training wrote no profile"
+  # (the training agent's counts alone, as for the hot-text order in step 4:
+  # the layout is the agent's)
+  COUNTS="$WORK/bolt/counts.$AGENT_PID.fdata"
+  [ -s "$COUNTS" ] || die "the BOLT training agent wrote no profile ($COUNTS)"
 
-  log "6/$STEPS BOLT: the code laid out by where the training ran"
-  "$MERGE_FDATA" "$WORK"/bolt/counts.*.fdata >"$WORK/bolt/merged.fdata" 2>>"$WORK/bolt/bolt.log" ||
-    die "merge-fdata failed ($WORK/bolt/bolt.log)"
-  # Blocks laid out by how often each edge ran (ext-tsp); functions with
-  # the ones they call (cdsort); what the training never ran split off to
-  # .text.cold; identical functions folded; debug line tables kept.
-  bolt "$WORK/bolt/input" -o "$WORK/bolt/tracemesh" -data="$WORK/bolt/merged.fdata" \
+  log "6/$STEPS BOLT: the code laid out by where the training agent ran"
+  # Blocks laid out by how often each edge ran (ext-tsp); functions beside
+  # the ones they call (cdsort), at the start of a new .text; what the
+  # training never ran split off to .text.cold; identical functions folded;
+  # the debug line tables kept.
+  bolt "$WORK/bolt/input" -o "$WORK/bolt/tracemesh" -data="$COUNTS" \
     -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold \
-    -split-eh -icf=1 -use-gnu-stack -update-debug-sections
+    -split-eh -icf -update-debug-sections
+  # (a binary without PT_GNU_STACK gets executable thread stacks from glibc)
+  readelf -lW "$WORK/bolt/tracemesh" | grep -qE 'GNU_STACK .* RW  ' ||
+    die "BOLT's binary has no non-executable stack header ($WORK/bolt/tracemesh)"
   mv "$WORK/bolt/tracemesh" "$WORK/tracemesh"
 fi
 echo "$STAMP" >"$WORK/stamp"

@@ -30,10 +30,6 @@
 //! with the build's flags and linker, decides; when it fails, the build
 //! says so in a warning and links in the compiler's order.
 //! `TRACEMESH_HOT_TEXT=off` links in the compiler's order too.
-//! `TRACEMESH_EMIT_RELOCS=1` keeps the link's relocations in the binary,
-//! with the order or without it (`--emit-relocs`: the file grows from about
-//! 160 MB to 410, none of it loaded): BOLT needs them to move code, and
-//! release/pgo.sh sets it for the build BOLT lays out.
 //! `TRACEMESH_HOT_TEXT_ORDER=<file>` takes the order from that file instead:
 //! the profile-guided build (release/pgo.sh) writes its own, since its
 //! names are not the plain build's.
@@ -64,14 +60,9 @@ fn main() {
     for var in [
         "TRACEMESH_HOT_TEXT",
         "TRACEMESH_HOT_TEXT_ORDER",
-        "TRACEMESH_EMIT_RELOCS",
         "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
-    }
-    if env::var_os("TRACEMESH_EMIT_RELOCS").is_some_and(|v| v == "1") {
-        // (whatever becomes of the order: GNU ld and LLD both take it)
-        emit(&["-Xlinker".into(), "--emit-relocs".into()]);
     }
     if env::var("TRACEMESH_HOT_TEXT").is_ok_and(|v| v == "off")
         || env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")

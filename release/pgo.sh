@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The tracemesh binary as it is shipped: built profile-guided (PGO) from a
-# training run of the demo, linked with the hot text of that profile, then
-# laid out again by BOLT from a second training run (README, "The binary to
-# deploy: profile-guided"). Less CPU per proxied request than `cargo build
-# --release` (bench/README.md, "Profile-guided build", "BOLT").
+# training run of the demo, and linked with the hot text of that profile
+# (README, "The binary to deploy: profile-guided"). Less CPU per proxied
+# request than `cargo build --release` (bench/README.md, "Profile-guided
+# build").
 #
 #   bash release/pgo.sh            # writes target/pgo/tracemesh
 #
@@ -28,28 +28,17 @@
 #      then again in the order release/pgo_order.py derives from the
 #      training agent's own counts and that binary's symbols (build.rs,
 #      TRACEMESH_HOT_TEXT_ORDER): the request path side by side, as
-#      hot-text.order lays out the plain build's; linked with its
-#      relocations (TRACEMESH_EMIT_RELOCS) for BOLT;
-#   5. BOLT (LLVM's post-link optimiser) instruments that binary, and the
-#      same training runs it again;
-#   6. BOLT lays the binary's code out again by those counts: the blocks of
-#      each function in the order they ran, the functions the training ran
-#      together at the start of a new text segment, the code it never ran
-#      split off (bench/README.md, "BOLT"), from the training agent's
-#      counts. src/image.rs puts the start of that .text on a huge page.
+#      hot-text.order lays out the plain build's.
 #
 # Knobs (environment): TRAIN_SECONDS (40, at least 8; the loads take 7/8 of
 # it in whole eighths, beside the demo for all of it), TRAIN_QPS (1000),
-# LLVM_PROFDATA (the tool, if not found by itself), BOLT (1; 0 stops after
-# step 4), LLVM_BOLT (llvm-bolt of LLVM 18 or later, if not found by
-# itself: Debian's bolt-N packages it), PGO_FRESH.
+# LLVM_PROFDATA (the tool, if not found by itself), PGO_FRESH.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK="$ROOT/target/pgo"
 TRAIN_SECONDS=${TRAIN_SECONDS:-40}
 TRAIN_QPS=${TRAIN_QPS:-1000}
-BOLT=${BOLT:-1}
 log() { printf '%s pgo: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
   log "error: $*"
@@ -61,7 +50,6 @@ for tool in nm curl sha256sum python3 git; do
 done
 [[ $TRAIN_SECONDS =~ ^[0-9]+$ ]] && [ "$TRAIN_SECONDS" -ge 8 ] ||
   die "TRAIN_SECONDS must be whole seconds, at least 8 (not \"$TRAIN_SECONDS\")"
-[ "$BOLT" = 0 ] || [ "$BOLT" = 1 ] || die "BOLT must be 0 or 1 (not \"$BOLT\")"
 [[ $TRAIN_QPS =~ ^[1-9][0-9]*$ ]] || die "TRAIN_QPS must be a whole number of requests a second (not \"$TRAIN_QPS\")"
 # (the training writes its counts where -Cprofile-generate says, and logs at
 # the level the script reads)
@@ -78,7 +66,7 @@ stamp() {
     (cd "$ROOT" && git ls-files --others --exclude-standard -z -- '*.rs' '*.toml' '*.proto' '*.order' \
       '*.sh' '*.py' '*.yaml' '*.json' | xargs -0r sha256sum --)
     rustc -vV
-    echo "TRAIN_SECONDS=$TRAIN_SECONDS TRAIN_QPS=$TRAIN_QPS BOLT=$BOLT"
+    echo "TRAIN_SECONDS=$TRAIN_SECONDS TRAIN_QPS=$TRAIN_QPS"
   } | sha256sum | cut -c1-16
 }
 STAMP=$(stamp)
@@ -121,39 +109,6 @@ find_profdata() {
 PROFDATA=$(find_profdata)
 log "using $PROFDATA (for step 3)"
 
-# llvm-bolt of LLVM 18 or later (the first with -reorder-functions=cdsort;
-# it reads the binary, not the compiler's output, so its version need not
-# be rustc's): LLVM_BOLT, else the newest found.
-find_bolt() {
-  local candidate major
-  if [ -n "${LLVM_BOLT:-}" ]; then
-    command -v "$LLVM_BOLT" >/dev/null 2>&1 || die "LLVM_BOLT=$LLVM_BOLT: no such program"
-    major=$(llvm_major "$LLVM_BOLT")
-    [ "${major:-0}" -ge 18 ] || die "LLVM_BOLT=$LLVM_BOLT is not of LLVM 18 or later"
-    command -v "$LLVM_BOLT"
-    return
-  fi
-  for candidate in $(compgen -c llvm-bolt- | grep -E '^llvm-bolt-[0-9]+$' | sort -u -t- -k3 -rn) \
-    $(ls -d /usr/lib/llvm-*/bin/llvm-bolt 2>/dev/null | sort -t- -k2 -rn) llvm-bolt; do
-    command -v "$candidate" >/dev/null 2>&1 || continue
-    major=$(llvm_major "$candidate")
-    if [ "${major:-0}" -ge 18 ]; then
-      command -v "$candidate"
-      return
-    fi
-  done
-  die "no llvm-bolt of LLVM 18 or later (Debian's bolt-$LLVM_MAJOR, or set LLVM_BOLT); BOLT=0 builds without it"
-}
-STEPS=4
-if [ "$BOLT" != 0 ]; then
-  STEPS=6
-  for tool in objcopy readelf; do
-    command -v "$tool" >/dev/null || die "$tool is needed for BOLT (binutils)"
-  done
-  LLVM_BOLT_TOOL=$(find_bolt)
-  log "using $LLVM_BOLT_TOOL (for steps 5 and 6)"
-fi
-
 # build DIR RUSTFLAGS [ENV...]: the tracemesh binary in target/pgo/DIR.
 # --target keeps RUSTFLAGS off build scripts and proc macros (an
 # instrumented proc macro would write counts from inside rustc).
@@ -164,6 +119,14 @@ build() {
     cargo build --release --locked --bin tracemesh --target "$HOST")
 }
 
+log "1/4 instrumented build"
+build generate "-Cprofile-generate=$WORK/raw" TRACEMESH_HOT_TEXT=off
+TRAINEE="$WORK/generate/$HOST/release/tracemesh"
+
+log "2/4 training"
+TRAIN="$WORK/train"
+rm -rf "$TRAIN" "$WORK/raw" "$WORK/raw-agent"
+mkdir -p "$TRAIN"
 PIDS=()
 stop_all() {
   local pid
@@ -171,6 +134,7 @@ stop_all() {
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   PIDS=()
 }
+trap stop_all EXIT
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -195,14 +159,6 @@ PY
   cat "$TRAIN/load.json" >>"$TRAIN/load.log"
 }
 
-# train TRAINEE DIR: the training, run by the binary TRAINEE (instrumented:
-# each of its processes writes its counts as it exits) in the directory DIR.
-train() {
-TRAINEE=$1
-TRAIN=$2
-rm -rf "$TRAIN"
-mkdir -p "$TRAIN"
-trap stop_all EXIT
 # The collector, which the agent's spans and the query calls reach.
 "$TRAINEE" collector --data-dir "$TRAIN/data" --otlp-grpc 127.0.0.1:0 --otlp-http 127.0.0.1:0 \
   --zipkin 127.0.0.1:0 --http 127.0.0.1:0 >"$TRAIN/collector.log" 2>&1 &
@@ -257,8 +213,7 @@ YAML
 # (its counts also on their own: the hot-text order is the agent's)
 LLVM_PROFILE_FILE="$WORK/raw-agent/agent-%m.profraw" \
   "$TRAINEE" agent --config "$TRAIN/agent.yaml" >"$TRAIN/agent.log" 2>&1 &
-AGENT_PID=$!
-PIDS+=("$AGENT_PID")
+PIDS+=($!)
 deadline=$((SECONDS + 60))
 until curl -fsS -o /dev/null --connect-to "details.train.local:80:127.0.0.1:$OUT" \
   http://details.train.local/details/0 2>/dev/null; do
@@ -304,17 +259,9 @@ for pid in "${PIDS[@]}"; do
 done
 stop_all
 trap - EXIT
-}
-
-log "1/$STEPS instrumented build"
-build generate "-Cprofile-generate=$WORK/raw" TRACEMESH_HOT_TEXT=off
-
-log "2/$STEPS training"
-rm -rf "$WORK/raw" "$WORK/raw-agent"
-train "$WORK/generate/$HOST/release/tracemesh" "$WORK/train"
 compgen -G "$WORK/raw-agent/*.profraw" >/dev/null || die "the training agent wrote no profile"
 
-log "3/$STEPS merging the profile"
+log "3/4 merging the profile"
 "$PROFDATA" merge -o "$WORK/merged.profdata" "$WORK"/raw/*.profraw "$WORK"/raw-agent/*.profraw
 # (named by its content: cargo does not watch the file RUSTFLAGS names, but
 # a new name rebuilds)
@@ -323,56 +270,14 @@ rm -f "$WORK"/tracemesh-*.profdata
 mv "$WORK/merged.profdata" "$PROFILE"
 "$PROFDATA" merge --text -o "$WORK/agent.proftext" "$WORK"/raw-agent/*.profraw
 
-log "4/$STEPS optimised build, then relinked in the profile's hot-text order"
+log "4/4 optimised build, then relinked in the profile's hot-text order"
 USE="-Cprofile-use=$PROFILE -Cllvm-args=-pgso=false"
 BIN="$WORK/use/$HOST/release/tracemesh"
-# (with its relocations when BOLT lays it out again: step 5 needs them)
-RELOCS=()
-[ "$BOLT" = 0 ] || RELOCS=(TRACEMESH_EMIT_RELOCS=1)
-build use "$USE" TRACEMESH_HOT_TEXT_ORDER="$ROOT/hot-text.order" "${RELOCS[@]}"
+build use "$USE" TRACEMESH_HOT_TEXT_ORDER="$ROOT/hot-text.order"
 python3 "$ROOT/release/pgo_order.py" "$WORK/agent.proftext" "$BIN" "$ROOT/hot-text.order" \
   >"$WORK/hot-text.order.new"
 mv "$WORK/hot-text.order.new" "$WORK/hot-text.order"
-build use "$USE" TRACEMESH_HOT_TEXT_ORDER="$WORK/hot-text.order" "${RELOCS[@]}"
-
-if [ "$BOLT" = 0 ]; then
-  cp "$BIN" "$WORK/tracemesh"
-else
-  log "5/$STEPS BOLT: the optimised build instrumented, then trained again"
-  readelf -SW "$BIN" | grep -q '\.rela\.text' ||
-    die "$BIN was linked without its relocations, which BOLT needs (build.rs, TRACEMESH_EMIT_RELOCS)"
-  rm -rf "$WORK/bolt"
-  mkdir -p "$WORK/bolt"
-  # BOLT takes any symbol holding ".cold" or ".warm" for a fragment of a
-  # function split in two, and stops when it finds no parent: Rust's legacy
-  # mangling writes `::` as `..`, so tantivy's `reader::warming` reads as one.
-  # Those symbols are renamed (".warm" to "_warm"); the code is untouched.
-  nm "$BIN" >"$WORK/bolt/symbols.txt"
-  awk '{print $NF}' "$WORK/bolt/symbols.txt" |
-    { grep -E '\.(cold|warm)' || true; } | { grep -vE '\.(cold|warm)(\.[0-9]+)?$' || true; } | sort -u |
-    sed -E 'h; s/\.(cold|warm)/_\1/g; H; x; s/\n/ /' >"$WORK/bolt/renamed.txt"
-  objcopy --redefine-syms="$WORK/bolt/renamed.txt" "$BIN" "$WORK/bolt/input"
-  bolt() { "$LLVM_BOLT_TOOL" "$@" >>"$WORK/bolt/bolt.log" 2>&1 || die "llvm-bolt failed ($WORK/bolt/bolt.log)"; }
-  bolt "$WORK/bolt/input" -o "$WORK/bolt/instrumented" -instrument \
-    -instrumentation-file="$WORK/bolt/counts" -instrumentation-file-append-pid
-  train "$WORK/bolt/instrumented" "$WORK/bolt/train"
-  # (the training agent's counts alone, as for the hot-text order in step 4:
-  # the layout is the agent's)
-  COUNTS="$WORK/bolt/counts.$AGENT_PID.fdata"
-  [ -s "$COUNTS" ] || die "the BOLT training agent wrote no profile ($COUNTS)"
-
-  log "6/$STEPS BOLT: the code laid out by where the training agent ran"
-  # Blocks laid out by how often each edge ran (ext-tsp); functions beside
-  # the ones they call (cdsort), at the start of a new .text; what the
-  # training never ran split off to .text.cold; identical functions folded;
-  # the debug line tables kept.
-  bolt "$WORK/bolt/input" -o "$WORK/bolt/tracemesh" -data="$COUNTS" \
-    -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold \
-    -split-eh -icf -update-debug-sections
-  # (a binary without PT_GNU_STACK gets executable thread stacks from glibc)
-  readelf -lW "$WORK/bolt/tracemesh" | grep -qE 'GNU_STACK .* RW  ' ||
-    die "BOLT's binary has no non-executable stack header ($WORK/bolt/tracemesh)"
-  mv "$WORK/bolt/tracemesh" "$WORK/tracemesh"
-fi
+build use "$USE" TRACEMESH_HOT_TEXT_ORDER="$WORK/hot-text.order"
+cp "$BIN" "$WORK/tracemesh"
 echo "$STAMP" >"$WORK/stamp"
 log "wrote target/pgo/tracemesh"

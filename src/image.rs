@@ -21,10 +21,8 @@
 //!
 //! Before that, the hot text goes onto a huge page. A release build lays
 //! the request path's functions at the start of `.text` (`hot-text.order`,
-//! build.rs; release/pgo.sh's BOLT step writes the code it lays out into a
-//! new `.text`, found here by its section header) and, on x86_64 Linux,
-//! links its segments 2 MiB-aligned with the text starting a 2 MiB page of
-//! its own (`-z max-page-size=0x200000
+//! build.rs) and, on x86_64 Linux, links its segments 2 MiB-aligned with
+//! the text starting a 2 MiB page of its own (`-z max-page-size=0x200000
 //! -z separate-code`: the kernel then loads the binary at a 2 MiB
 //! boundary). That first 2 MiB of text is read from the file into
 //! anonymous memory on a transparent huge page (`MADV_HUGEPAGE`, which
@@ -108,9 +106,8 @@ pub enum HugeText {
     Left(&'static str),
 }
 
-/// Puts the start of the executable's `.text` section — where
-/// `hot-text.order` lays the request path, or BOLT the code its training
-/// ran — on transparent huge pages: a copy of the file's bytes
+/// Puts the start of the executable's text — where `hot-text.order` lays
+/// the request path — on transparent huge pages: a copy of the file's bytes
 /// is made in anonymous memory, made read-only and executable, and moved
 /// over the text with one `mremap`, atomically (a thread running code there
 /// sees the same instructions before and after). Nothing changes when the
@@ -128,19 +125,15 @@ pub enum HugeText {
 pub fn hot_text_onto_huge_pages() -> io::Result<HugeText> {
     let _alone = MAPPINGS.lock().unwrap_or_else(PoisonError::into_inner);
     let exe = std::fs::read_link("/proc/self/exe")?;
-    let file = std::fs::File::open("/proc/self/exe")?;
-    let Some(hot_offset) = text_section_offset(&file)? else {
-        return Ok(HugeText::Left("the executable names no .text section"));
-    };
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
-    let Some(text) = text_mapping(&smaps, &exe, hot_offset) else {
-        return Ok(HugeText::Left(
-            "its .text is in no mapping of the file (it was moved before)",
-        ));
+    let Some(text) = text_mapping(&smaps, &exe) else {
+        return Ok(HugeText::Left("no text mapping of the executable"));
     };
-    let hot = text.start + (hot_offset - text.offset) as usize;
-    let first = hot & !(HUGE_PAGE - 1);
-    let last = (hot + HOT_TEXT_BYTES).next_multiple_of(HUGE_PAGE);
+    if text.previous_executable && text.previous_end == text.start {
+        return Ok(HugeText::Left("it was moved before"));
+    }
+    let first = text.start & !(HUGE_PAGE - 1);
+    let last = (text.start + HOT_TEXT_BYTES).next_multiple_of(HUGE_PAGE);
     if first < text.previous_end || last > text.end {
         return Ok(HugeText::Left(
             "its huge pages would overlap another mapping (not linked with 2 MiB segments)",
@@ -151,73 +144,13 @@ pub fn hot_text_onto_huge_pages() -> io::Result<HugeText> {
             "a text page was written (a breakpoint or a uprobe)",
         ));
     }
-    // (the mapping's first byte when the block starts before it)
-    let copy_from = first.max(text.start);
-    // SAFETY: [copy_from, last) lies in the executable's text mapping,
+    let file = std::fs::File::open("/proc/self/exe")?;
+    // SAFETY: [text.start, last) lies in the executable's text mapping,
     // read-only and executable, whose bytes are the file's from
-    // `text.offset`; [first, copy_from) lies between it and the mapping
+    // `text.offset`; [first, text.start) lies between it and the mapping
     // before it, so is mapped by nothing (and `MAPPINGS` keeps this
     // module from mapping anything meanwhile).
-    unsafe {
-        onto_huge_pages(
-            first,
-            copy_from,
-            last,
-            &file,
-            text.offset + (copy_from - text.start) as u64,
-        )
-    }
-}
-
-/// The file offset of the executable's `.text` section, where its hot text
-/// starts: a release build links `hot-text.order`'s functions first there
-/// (build.rs), and BOLT (release/pgo.sh) writes the code it lays out into
-/// a new section of that name — the code the training ran first — after
-/// the original, which it renames `.bolt.org.text`. Read from the ELF
-/// section headers (64-bit, little-endian); `None` when the file is no
-/// such ELF file or names no `.text`.
-///
-/// # Errors
-/// The file cannot be read where its headers point.
-fn text_section_offset(file: &std::fs::File) -> io::Result<Option<u64>> {
-    use std::os::unix::fs::FileExt;
-    // ELF64: e_shoff at 0x28, e_shentsize, e_shnum and e_shstrndx at 0x3a,
-    // 0x3c, 0x3e; a section header's sh_name at 0, sh_offset at 0x18 and
-    // sh_size at 0x20.
-    const SECTION_HEADER: usize = 64;
-    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
-    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    let u64_at = |b: &[u8], at: usize| {
-        let mut bytes = [0; 8];
-        bytes.copy_from_slice(&b[at..at + 8]);
-        u64::from_le_bytes(bytes)
-    };
-    let mut header = [0; 64];
-    file.read_exact_at(&mut header, 0)?;
-    // (magic, ELFCLASS64, ELFDATA2LSB)
-    if header[..6] != *b"\x7fELF\x02\x01" {
-        return Ok(None);
-    }
-    let entry = usize::from(u16_at(&header, 0x3a));
-    let count = usize::from(u16_at(&header, 0x3c));
-    let names_index = usize::from(u16_at(&header, 0x3e));
-    if entry < SECTION_HEADER || names_index >= count {
-        return Ok(None);
-    }
-    let mut sections = vec![0; entry * count];
-    file.read_exact_at(&mut sections, u64_at(&header, 0x28))?;
-    let section = |i: usize| &sections[i * entry..i * entry + SECTION_HEADER];
-    let names_header = section(names_index);
-    // (section names are short: a table past 1 MiB is no linker's)
-    let Ok(names_len) = usize::try_from(u64_at(names_header, 0x20).min(1 << 20)) else {
-        return Ok(None);
-    };
-    let mut names = vec![0; names_len];
-    file.read_exact_at(&mut names, u64_at(names_header, 0x18))?;
-    Ok((0..count).map(section).find_map(|header| {
-        let name = names.get(u32_at(header, 0) as usize..)?;
-        name.starts_with(b".text\0").then(|| u64_at(header, 0x18))
-    }))
+    unsafe { onto_huge_pages(first, text.start, last, &file, text.offset) }
 }
 
 /// An anonymous mapping of ours, unmapped when dropped unless forgotten.
@@ -298,6 +231,9 @@ unsafe fn onto_huge_pages(
 struct TextMapping {
     /// The end of the mapping before it.
     previous_end: usize,
+    /// Whether the mapping before it is executable too (this function's
+    /// copy, when the text was moved before).
+    previous_executable: bool,
     start: usize,
     end: usize,
     /// The file offset mapped at `start`.
@@ -306,25 +242,19 @@ struct TextMapping {
     anonymous_kib: u64,
 }
 
-/// The executable's text mapping that holds its file offset `hot`: of a
-/// linked binary, its one text mapping; of a binary BOLT laid out, the
-/// segment BOLT wrote after the original text. `None` once the block
-/// holding `hot` was moved onto huge pages (anonymous memory now).
-fn text_mapping(smaps: &str, exe: &Path, hot: u64) -> Option<TextMapping> {
+fn text_mapping(smaps: &str, exe: &Path) -> Option<TextMapping> {
     let mut previous_end = 0;
+    let mut previous_executable = false;
     let mut found: Option<TextMapping> = None;
     for line in smaps.lines() {
         if let Some(header) = parse_header(line) {
             if found.is_some() {
                 break;
             }
-            let len = header.end.saturating_sub(header.start) as u64;
-            if header.perms == "r-xp"
-                && header.path.is_some_and(|p| Path::new(p) == exe)
-                && (header.offset..header.offset + len).contains(&hot)
-            {
+            if header.perms == "r-xp" && header.path.is_some_and(|p| Path::new(p) == exe) {
                 found = Some(TextMapping {
                     previous_end,
+                    previous_executable,
                     start: header.start,
                     end: header.end,
                     offset: header.offset,
@@ -332,6 +262,7 @@ fn text_mapping(smaps: &str, exe: &Path, hot: u64) -> Option<TextMapping> {
                 });
             }
             previous_end = header.end;
+            previous_executable = header.perms.contains('x');
         } else if let (Some(text), Some(kib)) = (found.as_mut(), field_kib(line, "Anonymous:")) {
             text.anonymous_kib = kib;
         }
@@ -572,100 +503,26 @@ Anonymous:          1024 kB
 
     #[test]
     fn the_text_mapping_and_the_end_of_the_one_before_it_are_found() {
-        let exe = Path::new("/opt/tracemesh");
-        let text = Some(TextMapping {
-            previous_end: 0x5581a0645000,
-            start: 0x5581a0646000,
-            end: 0x5581a1d0e000,
-            offset: 0x645000,
-            anonymous_kib: 0,
-        });
-        // `.text` at the mapping's start, or anywhere in it.
-        assert_eq!(text_mapping(SMAPS, exe, 0x645000), text);
-        assert_eq!(text_mapping(SMAPS, exe, 0x1d0cfff), text);
-        // An offset no text mapping holds (a read-only segment's), or
-        // another file.
-        assert_eq!(text_mapping(SMAPS, exe, 0x644fff), None);
-        assert_eq!(text_mapping(SMAPS, exe, 0x1d0d000), None);
-        assert_eq!(text_mapping(SMAPS, Path::new("/opt/other"), 0x645000), None);
+        assert_eq!(
+            text_mapping(SMAPS, Path::new("/opt/tracemesh")),
+            Some(TextMapping {
+                previous_end: 0x5581a0645000,
+                previous_executable: false,
+                start: 0x5581a0646000,
+                end: 0x5581a1d0e000,
+                offset: 0x645000,
+                anonymous_kib: 0,
+            })
+        );
+        assert_eq!(text_mapping(SMAPS, Path::new("/opt/other")), None);
         // A breakpoint's page is seen, and keeps the text where it is.
         let written = SMAPS.replacen(
             "Rss:               12856 kB\nAnonymous:             0 kB",
             "Rss:               12856 kB\nAnonymous:             4 kB",
             1,
         );
-        let text = text_mapping(&written, exe, 0x645000).unwrap();
+        let text = text_mapping(&written, Path::new("/opt/tracemesh")).unwrap();
         assert_eq!(text.anonymous_kib, 4);
-    }
-
-    /// BOLT's layout (release/pgo.sh): the original text, the data, then a
-    /// segment of BOLT's own — its program headers, then at the next 2 MiB
-    /// its `.text`, starting with the code the training ran.
-    const BOLTED: &str = "\
-5581a0646000-5581a1d0e000 r-xp 00645000 fd:01 123 /opt/tracemesh
-Size:              23332 kB
-Anonymous:             0 kB
-5581a1dcc000-5581a1dd3000 rw-p 01dc9000 fd:01 123 /opt/tracemesh
-Size:                 28 kB
-Anonymous:            28 kB
-5581a1e00000-5581a2a18000 r-xp 02200000 fd:01 123 /opt/tracemesh
-Size:              12384 kB
-Anonymous:             0 kB
-";
-
-    #[test]
-    fn of_a_binary_bolt_laid_out_the_segment_holding_its_text_is_found() {
-        let exe = Path::new("/opt/tracemesh");
-        assert_eq!(
-            text_mapping(BOLTED, exe, 0x2400000),
-            Some(TextMapping {
-                previous_end: 0x5581a1dd3000,
-                start: 0x5581a1e00000,
-                end: 0x5581a2a18000,
-                offset: 0x2200000,
-                anonymous_kib: 0,
-            })
-        );
-        // Once its block is moved, `.text` is in no mapping of the file.
-        let moved = BOLTED.replacen(
-            "5581a1e00000-5581a2a18000 r-xp 02200000 fd:01 123 /opt/tracemesh",
-            "5581a1e00000-5581a2000000 r-xp 02200000 fd:01 123 /opt/tracemesh\n\
-             Anonymous:             0 kB\n\
-             5581a2000000-5581a2200000 r-xp 00000000 00:00 0\n\
-             Anonymous:          2048 kB\n\
-             5581a2200000-5581a2a18000 r-xp 02600000 fd:01 123 /opt/tracemesh",
-            1,
-        );
-        assert_ne!(moved, BOLTED);
-        assert_eq!(text_mapping(&moved, exe, 0x2400000), None);
-    }
-
-    #[test]
-    fn the_text_section_of_this_binary_is_in_its_text_mapping() {
-        let file = std::fs::File::open("/proc/self/exe").unwrap();
-        let hot = text_section_offset(&file)
-            .unwrap()
-            .expect("a .text section");
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        // (the test harness may have moved it: then it is anonymous)
-        if let Some(text) = text_mapping(&smaps, &exe, hot) {
-            assert!(text.offset <= hot && hot < text.offset + (text.end - text.start) as u64);
-        }
-        // A file that is no ELF file names none, without an error.
-        let mut other = tempfile::tempfile().unwrap();
-        std::io::Write::write_all(&mut other, &[0u8; 64]).unwrap();
-        assert_eq!(text_section_offset(&other).unwrap(), None);
-        // Section headers past the file's end are an error, not a panic.
-        let mut header = [0u8; 64];
-        header[..6].copy_from_slice(b"\x7fELF\x02\x01");
-        header[0x28..0x30].copy_from_slice(&(1u64 << 40).to_le_bytes());
-        header[0x3a] = 64;
-        header[0x3c] = 2;
-        header[0x3e] = 1;
-        let mut truncated = tempfile::tempfile().unwrap();
-        std::io::Write::write_all(&mut truncated, &header).unwrap();
-        assert!(text_section_offset(&truncated).is_err());
     }
 
     #[test]

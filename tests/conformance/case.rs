@@ -64,6 +64,10 @@ pub struct UpstreamSpec {
     /// (`upstream.rs`).
     #[serde(default)]
     pub raw: bool,
+    /// On HTTP/2 connections, the server's `SETTINGS_MAX_CONCURRENT_STREAMS`
+    /// (default: hyper's, no limit).
+    #[serde(default)]
+    pub max_concurrent_streams: Option<u32>,
 }
 
 /// The Envoy side: the HTTP connection manager's fields (merged over the

@@ -117,6 +117,7 @@ fn run_case(path: &Path, envoy_bin: &Path) -> Result<(), String> {
                 status: spec.status,
                 delay: Duration::from_millis(spec.delay_ms),
                 raw: spec.raw,
+                max_concurrent_streams: spec.max_concurrent_streams,
             };
             upstreams.insert(name.clone(), Upstream::start(&name, behaviour).await);
         }

@@ -59,6 +59,9 @@ pub struct Behaviour {
     pub delay: Duration,
     /// Answer with [`Upstream::respond_with`]'s bytes (see the module doc).
     pub raw: bool,
+    /// On HTTP/2 connections, the `SETTINGS_MAX_CONCURRENT_STREAMS` it
+    /// sends (`None`: hyper's default, no limit).
+    pub max_concurrent_streams: Option<u32>,
 }
 
 /// What a `raw` upstream answers when a step sets nothing.
@@ -115,7 +118,11 @@ impl Upstream {
                             Ok::<_, Infallible>(answer(req, &name, &received, behaviour).await)
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    if let Some(streams) = behaviour.max_concurrent_streams {
+                        builder.http2().max_concurrent_streams(streams);
+                    }
+                    let _ = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });

@@ -28,6 +28,7 @@ mod interception;
 pub mod listener;
 mod local_reply;
 mod mirror;
+mod peer_settings;
 mod pool;
 mod progress;
 mod rewind;

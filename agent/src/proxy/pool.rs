@@ -32,7 +32,8 @@ use super::LocalExec;
 use super::body::UpstreamBody;
 use super::flow_control::{CONNECTION_WINDOW, STREAM_WINDOW};
 use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
-use super::shared_h2::{Connections, Counted, DialFailure, NoRoom, Taken};
+use super::peer_settings::{PeerStreams, SettingsWatch};
+use super::shared_h2::{Connections, Counted, DialFailure, NoRoom, Opened, Taken};
 use crate::by_address::ByAddress;
 use crate::connect::connect_tcp;
 use crate::model::cluster::{Cluster, Pooling, Poolings, TlsServer};
@@ -502,18 +503,23 @@ impl Pools {
         }
     }
 
-    /// A new HTTP/2 connection, counted by `slot` until it closes.
+    /// A new HTTP/2 connection, counted by `slot` until it closes; the
+    /// server's stream limit read from its frames as they arrive.
     async fn open_h2(
         &self,
         key: &PoolKey,
         cluster: &Cluster,
         plan: &TlsPlan,
         slot: Option<Slot>,
-    ) -> Result<(http2::SendRequest<UpstreamBody>, PeerIdentity), AcquireError> {
+    ) -> Result<Opened, AcquireError> {
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
+        let server_limit = PeerStreams::default();
         // The slot goes with the socket: hyper's connection future ends
         // when no sender is left, while the socket carries the streams on.
-        let io = SlottedIo { io, _slot: slot };
+        let io = SlottedIo {
+            io: SettingsWatch::new(io, server_limit.clone()),
+            _slot: slot,
+        };
         let mut builder = http2::Builder::new(LocalExec);
         builder
             .timer(TokioTimer::new())
@@ -538,7 +544,11 @@ impl Pools {
                 tracing::debug!(%error, "upstream HTTP/2 connection closed with an error");
             }
         });
-        Ok((sender, peer))
+        Ok(Opened {
+            sender,
+            peer,
+            server_limit,
+        })
     }
 
     /// Forgets the shared HTTP/2 connection `stream` is on: it refused a
@@ -766,9 +776,10 @@ fn failed_dial(key: &PoolKey, failure: DialFailure) -> AcquireError {
 /// What a request that waited for a failed dial is told.
 const WAITED_FOR_A_FAILED_DIAL: &str = "the connection this request waited for could not be made";
 
-/// An upstream socket holding its connection slot until dropped.
+/// An upstream HTTP/2 socket, read for the server's settings, holding its
+/// connection slot until dropped.
 struct SlottedIo {
-    io: UpstreamIo,
+    io: SettingsWatch<UpstreamIo>,
     _slot: Option<Slot>,
 }
 
@@ -1079,6 +1090,62 @@ mod tests {
                 assert_eq!(streams_per_connection(&pools, &key), [1]);
                 assert_eq!(accepted.get(), 3);
                 drop(again);
+            })
+            .await;
+    }
+
+    /// An HTTP/2 server answering every request at once, sending
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` = `max_streams`.
+    async fn h2_server(max_streams: u32) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("an address");
+        tokio::task::spawn_local(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(|_| async {
+                    let empty = http_body_util::Empty::<bytes::Bytes>::new();
+                    Ok::<_, std::convert::Infallible>(http::Response::new(empty))
+                });
+                let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
+                builder.max_concurrent_streams(max_streams);
+                tokio::task::spawn_local(async move {
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        address
+    }
+
+    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS` caps the streams its
+    /// connection is given, as `maxConcurrentStreams` does (Envoy counts
+    /// it in the connection's capacity): a request that finds the
+    /// connection at the server's limit opens another instead of queueing
+    /// on it.
+    #[tokio::test]
+    async fn the_servers_stream_limit_caps_its_connection() {
+        LocalSet::new()
+            .run_until(async {
+                let address = h2_server(1).await;
+                let cluster = streams_limited(address, UNLIMITED);
+                let key = key(&cluster);
+                let pools = pools();
+                let plan = &TlsPlan::Plain;
+                let first = pools.h2(&key, &cluster, plan).await.expect("a stream");
+                // Its answer comes after the server's SETTINGS on the wire.
+                let request = http::Request::get(format!("http://{address}/"))
+                    .body(UpstreamBody::Full(None))
+                    .expect("a request");
+                let mut sender = first.taken.sender.clone();
+                let answer = sender.send_request(request).await.expect("an answer");
+                assert_eq!(answer.status(), 200);
+                let second = pools.h2(&key, &cluster, plan).await.expect("a stream");
+                assert_eq!(streams_per_connection(&pools, &key), [1, 1]);
+                drop(first);
+                // The stream that ended made room where it was.
+                let third = pools.h2(&key, &cluster, plan).await.expect("a stream");
+                assert_eq!(streams_per_connection(&pools, &key), [1, 1]);
+                drop((second, third));
             })
             .await;
     }

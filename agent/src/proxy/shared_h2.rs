@@ -2,8 +2,10 @@
 //! streams each carries: a request takes a stream on the first connection
 //! with room under the cluster's `maxConcurrentStreams` (DestinationRule
 //! `connectionPool.http`, Envoy's `max_concurrent_streams` of the cluster's
-//! `http2_protocol_options`), and a connection is opened when none has
-//! room, as Envoy's HTTP/2 pool opens one.
+//! `http2_protocol_options`) and under the server's own
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` once it has sent one
+//! ([`PeerStreams`]), and a connection is opened when none has room, as
+//! Envoy's HTTP/2 pool counts both in a connection's capacity and opens one.
 //!
 //! Requests that find no room while connections are being dialed wait for
 //! those dials when the dials' room would take them (each new connection
@@ -35,6 +37,7 @@ use hyper::client::conn::http2;
 use tokio::sync::Notify;
 
 use super::body::UpstreamBody;
+use super::peer_settings::PeerStreams;
 use super::pool::PeerIdentity;
 use crate::model::live::PoolLimits;
 
@@ -42,6 +45,8 @@ use crate::model::live::PoolLimits;
 struct Shared {
     sender: http2::SendRequest<UpstreamBody>,
     peer: PeerIdentity,
+    /// The most streams the server lets it carry at once.
+    server_limit: PeerStreams,
     /// Streams it carries now.
     streams: Rc<Cell<u64>>,
     /// Streams it has been given.
@@ -118,6 +123,16 @@ impl Body for StreamBody {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// A connection a dial made.
+pub struct Opened {
+    /// Its sender.
+    pub sender: http2::SendRequest<UpstreamBody>,
+    /// The server's identity, on mTLS connections.
+    pub peer: PeerIdentity,
+    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS`, as its frames bring it.
+    pub server_limit: PeerStreams,
 }
 
 /// Why a dial made no connection, told to the requests that waited for it.
@@ -222,8 +237,9 @@ impl Drop for Dialing {
 }
 
 impl Connections {
-    /// A stream on the first live connection with fewer than
-    /// `maxConcurrentStreams` streams (surplus idle connections dropped);
+    /// A stream on the first live connection with fewer streams than
+    /// `maxConcurrentStreams` and the server's limit (surplus idle
+    /// connections dropped);
     /// a connection given its `maxRequestsPerConnection`-th stream is
     /// given no more: no longer shared, it closes once its streams end.
     pub fn take(&mut self, limits: &PoolLimits) -> Option<Taken> {
@@ -251,7 +267,7 @@ impl Connections {
         // reload that lowered it.)
         self.shared
             .retain(|c| c.is_live() && !spent(c.served, limits));
-        let at = self.shared.iter().position(|c| c.streams.get() < limit);
+        let at = self.shared.iter().position(|c| c.has_room(limit));
         let mut index = 0;
         self.shared.retain(|c| {
             index += 1;
@@ -259,15 +275,13 @@ impl Connections {
             c.streams.get() > 0 || !surplus
         });
         // (With `wanted` the one with room may have gone.)
-        self.shared.iter().position(|c| c.streams.get() < limit)
+        self.shared.iter().position(|c| c.has_room(limit))
     }
 
     /// Whether a live connection has room for one more stream.
     pub fn has_room(&self, limits: &PoolLimits) -> bool {
         let limit = limits.max_concurrent_streams;
-        self.shared
-            .iter()
-            .any(|c| c.is_live() && c.streams.get() < limit)
+        self.shared.iter().any(|c| c.is_live() && c.has_room(limit))
     }
 
     /// A sweep at `now`: [`Self::prune`] by `max_streams` (the key's
@@ -349,7 +363,11 @@ impl Connections {
     /// dialer's stream on it.
     pub fn made(
         &mut self,
-        (sender, peer): (http2::SendRequest<UpstreamBody>, PeerIdentity),
+        Opened {
+            sender,
+            peer,
+            server_limit,
+        }: Opened,
         expires: Option<Instant>,
         dial: Dialing,
         limits: &PoolLimits,
@@ -361,6 +379,7 @@ impl Connections {
             self.shared.push(Shared {
                 sender: sender.clone(),
                 peer: peer.clone(),
+                server_limit,
                 streams,
                 served: 1,
                 idle_since: None,
@@ -392,6 +411,12 @@ impl Shared {
     /// Whether it may be given streams: open, and within its lifetime.
     fn is_live(&self) -> bool {
         !self.sender.is_closed() && self.expires.is_none_or(|at| at > Instant::now())
+    }
+
+    /// Whether it carries fewer streams than `limit` (the cluster's
+    /// `maxConcurrentStreams`) and than the server allows.
+    fn has_room(&self, limit: u64) -> bool {
+        self.streams.get() < limit.min(self.server_limit.get())
     }
 }
 

@@ -65,7 +65,7 @@ pub struct UpstreamSpec {
     #[serde(default)]
     pub raw: bool,
     /// On HTTP/2 connections, the server's `SETTINGS_MAX_CONCURRENT_STREAMS`
-    /// (default: hyper's, no limit).
+    /// (default: hyper's, 200).
     #[serde(default)]
     pub max_concurrent_streams: Option<u32>,
 }

@@ -60,7 +60,7 @@ pub struct Behaviour {
     /// Answer with [`Upstream::respond_with`]'s bytes (see the module doc).
     pub raw: bool,
     /// On HTTP/2 connections, the `SETTINGS_MAX_CONCURRENT_STREAMS` it
-    /// sends (`None`: hyper's default, no limit).
+    /// sends (`None`: hyper's default, 200).
     pub max_concurrent_streams: Option<u32>,
 }
 

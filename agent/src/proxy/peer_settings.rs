@@ -1,18 +1,22 @@
 //! What an upstream HTTP/2 server allows: its `SETTINGS_MAX_CONCURRENT_STREAMS`
 //! (RFC 9113 §6.5.2), read from the connection's frames as they pass.
 //!
-//! hyper's client keeps the server's SETTINGS to itself, and when a
-//! connection is at the server's limit it queues further requests on that
-//! connection until a stream ends. Envoy's HTTP/2 pool instead counts the
-//! limit in the connection's capacity (at most the cluster's
+//! When a connection is at the server's limit, hyper's client queues
+//! further requests on it until a stream ends. Envoy's HTTP/2 pool instead
+//! counts the limit in the connection's capacity (at most the cluster's
 //! `max_concurrent_streams`, the DestinationRule's `maxConcurrentStreams`),
-//! and a request that finds no connection with room opens one. To do the
-//! same, [`SettingsWatch`] sits between the connection and its socket (above
-//! TLS) and reads every frame header the server sends: a frame's payload is
-//! skipped by its length, and only a SETTINGS frame's is read.
+//! and a request that finds no connection with room opens one. hyper shows
+//! the limit only on its connection future (`current_max_send_streams`),
+//! which runs apart from the connection's I/O and is polled when a request
+//! is sent, not when the server's SETTINGS arrive; so [`SettingsWatch`]
+//! sits between the connection and its socket (above TLS) and reads every
+//! frame header the server sends: a frame's payload is skipped by its
+//! length, and only a SETTINGS frame's is read.
 //!
-//! Until the server's first SETTINGS arrives a connection has no limit of
-//! the server's ([`NO_LIMIT`]), as RFC 9113 §5.1.2 has it.
+//! The limit follows h2's (hyper's HTTP/2) own: [`INITIAL_LIMIT`] until the
+//! server's first SETTINGS, which sets it, or lifts it ([`NO_LIMIT`]: RFC
+//! 9113 §6.5.2, "initially, there is no limit") when it does not carry the
+//! parameter; a later SETTINGS changes it only when it carries it.
 
 use std::cell::Cell;
 use std::io;
@@ -22,36 +26,43 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The limit of a server that has set none (RFC 9113 §5.1.2: "initially,
-/// there is no limit").
+/// The limit of a server whose first SETTINGS set none (RFC 9113 §6.5.2).
 pub const NO_LIMIT: u64 = u64::MAX;
+
+/// The streams a connection may carry before its server's first SETTINGS
+/// arrive: hyper's starting limit (its `initial_max_send_streams`, which
+/// the pool sets to this), the least RFC 9113 §6.5.2 recommends a server
+/// allow.
+pub const INITIAL_LIMIT: u32 = 100;
 
 /// Frame header length (RFC 9113 §4.1).
 const HEADER_LEN: usize = 9;
-/// The SETTINGS frame type and its ACK flag (RFC 9113 §6.5).
+/// The SETTINGS frame type (RFC 9113 §6.5).
 const SETTINGS: u8 = 0x4;
+/// The SETTINGS frame's ACK flag (RFC 9113 §6.5).
 const ACK: u8 = 0x1;
 /// One setting: a 16-bit identifier and a 32-bit value (RFC 9113 §6.5.1).
 const SETTING_LEN: usize = 6;
 /// `SETTINGS_MAX_CONCURRENT_STREAMS` (RFC 9113 §6.5.2).
 const MAX_CONCURRENT_STREAMS: u16 = 0x3;
 
-/// A connection's server's `SETTINGS_MAX_CONCURRENT_STREAMS` as last
-/// received: the most streams it lets this client open at once
-/// ([`NO_LIMIT`] until it sets one). Shared between the socket's reader
+/// The most streams (a count) a connection's server lets this client open
+/// at once: its `SETTINGS_MAX_CONCURRENT_STREAMS` as last received
+/// ([`INITIAL_LIMIT`] before its first SETTINGS, [`NO_LIMIT`] after a first
+/// SETTINGS without it). Shared between the socket's reader
 /// ([`SettingsWatch`]) and the pool that hands the connection's streams
 /// out; a single worker's, so a [`Cell`].
 #[derive(Debug, Clone)]
-pub struct PeerStreams(Rc<Cell<u64>>);
+pub struct ServerStreamLimit(Rc<Cell<u64>>);
 
-impl Default for PeerStreams {
+impl Default for ServerStreamLimit {
     fn default() -> Self {
-        Self(Rc::new(Cell::new(NO_LIMIT)))
+        Self(Rc::new(Cell::new(u64::from(INITIAL_LIMIT))))
     }
 }
 
-impl PeerStreams {
-    /// The server's limit (streams), [`NO_LIMIT`] while it has set none.
+impl ServerStreamLimit {
+    /// The server's limit (streams).
     pub fn get(&self) -> u64 {
         self.0.get()
     }
@@ -67,25 +78,38 @@ enum State {
     Payload { left: usize, settings: bool },
 }
 
+/// Where the server's first SETTINGS frame stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum First {
+    /// Not yet begun.
+    Awaited,
+    /// Being read; `set`: it has carried the limit so far.
+    Reading { set: bool },
+    /// Read.
+    Read,
+}
+
 /// Reads the frames of a server's byte stream for its
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`. The scan takes the bytes as they come,
 /// in any pieces; it does not judge the frames (hyper's connection does, and
 /// closes it on a malformed one).
 #[derive(Debug)]
-pub struct SettingsScan {
+struct SettingsScan {
     state: State,
+    first: First,
     header: [u8; HEADER_LEN],
     setting: [u8; SETTING_LEN],
     setting_len: usize,
-    limit: PeerStreams,
+    limit: ServerStreamLimit,
 }
 
 impl SettingsScan {
     /// A scan from the start of a connection's server-to-client bytes,
     /// writing the limit it reads to `limit`.
-    pub fn new(limit: PeerStreams) -> Self {
+    fn new(limit: ServerStreamLimit) -> Self {
         Self {
             state: State::Header(0),
+            first: First::Awaited,
             header: [0; HEADER_LEN],
             setting: [0; SETTING_LEN],
             setting_len: 0,
@@ -94,7 +118,7 @@ impl SettingsScan {
     }
 
     /// Takes the next `bytes` the server sent.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             match self.state {
                 State::Header(got) => {
@@ -108,12 +132,14 @@ impl SettingsScan {
                     let [a, b, c, kind, flags, ..] = self.header;
                     let left = u32::from_be_bytes([0, a, b, c]) as usize;
                     let settings = kind == SETTINGS && flags & ACK == 0;
+                    if settings && self.first == First::Awaited {
+                        self.first = First::Reading { set: false };
+                    }
                     self.setting_len = 0;
-                    self.state = if left == 0 {
-                        State::Header(0)
-                    } else {
-                        State::Payload { left, settings }
-                    };
+                    self.state = State::Payload { left, settings };
+                    if left == 0 {
+                        self.end_payload();
+                    }
                 }
                 State::Payload { left, settings } => {
                     let take = left.min(bytes.len());
@@ -128,26 +154,41 @@ impl SettingsScan {
                         }
                     }
                     bytes = &bytes[take..];
-                    self.state = if take == left {
-                        State::Header(0)
+                    if take == left {
+                        self.end_payload();
                     } else {
-                        State::Payload {
+                        self.state = State::Payload {
                             left: left - take,
                             settings,
-                        }
-                    };
+                        };
+                    }
                 }
             }
         }
     }
 
     /// One whole setting read.
-    fn apply(&self) {
+    fn apply(&mut self) {
         let [a, b, c, d, e, f] = self.setting;
         if u16::from_be_bytes([a, b]) == MAX_CONCURRENT_STREAMS {
-            self.limit
-                .0
-                .set(u64::from(u32::from_be_bytes([c, d, e, f])));
+            let streams = u32::from_be_bytes([c, d, e, f]);
+            self.limit.0.set(u64::from(streams));
+            if let First::Reading { set } = &mut self.first {
+                *set = true;
+            }
+        }
+    }
+
+    /// A frame's payload has ended; the next header follows. The first
+    /// SETTINGS without the limit lifts the starting one, as h2 does
+    /// (`Counts::apply_remote_settings`).
+    fn end_payload(&mut self) {
+        self.state = State::Header(0);
+        if let First::Reading { set } = self.first {
+            if !set {
+                self.limit.0.set(NO_LIMIT);
+            }
+            self.first = First::Read;
         }
     }
 }
@@ -161,7 +202,7 @@ pub struct SettingsWatch<T> {
 
 impl<T> SettingsWatch<T> {
     /// `io`, its server's limit written to `limit` as it arrives.
-    pub fn new(io: T, limit: PeerStreams) -> Self {
+    pub fn new(io: T, limit: ServerStreamLimit) -> Self {
         Self {
             io,
             scan: SettingsScan::new(limit),
@@ -221,7 +262,7 @@ mod tests {
 
     /// A frame: header and payload.
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len() as u32;
+        let len = u32::try_from(payload.len()).expect("a frame's length");
         let mut out = len.to_be_bytes()[1..].to_vec();
         out.extend([kind, flags]);
         out.extend(stream.to_be_bytes());
@@ -229,58 +270,76 @@ mod tests {
         out
     }
 
-    fn settings(entries: &[(u16, u32)]) -> Vec<u8> {
-        let payload: Vec<u8> = entries
+    fn entries(entries: &[(u16, u32)]) -> Vec<u8> {
+        entries
             .iter()
             .flat_map(|(id, value)| {
                 let mut e = id.to_be_bytes().to_vec();
                 e.extend(value.to_be_bytes());
                 e
             })
-            .collect();
-        frame(SETTINGS, 0, 0, &payload)
+            .collect()
     }
 
-    /// A server's bytes: its SETTINGS (window size, then the limit), a
-    /// DATA frame whose payload looks like a SETTINGS frame with another
-    /// limit, an ACK carrying nothing, and a later SETTINGS raising it.
-    fn stream() -> Vec<u8> {
+    fn settings(list: &[(u16, u32)]) -> Vec<u8> {
+        frame(SETTINGS, 0, 0, &entries(list))
+    }
+
+    /// A server's bytes, and where its last frame begins: its SETTINGS
+    /// (window size, then the limit), a DATA frame past 64 KiB whose
+    /// payload holds a SETTINGS frame with another limit, an ACK that
+    /// (wrongly) carries one too, a SETTINGS with an unknown flag, a
+    /// trailing half setting and no limit, and a last SETTINGS raising it.
+    fn stream() -> (Vec<u8>, usize) {
         let mut bytes = settings(&[(0x4, 65_535), (MAX_CONCURRENT_STREAMS, 2)]);
-        bytes.extend(frame(0x0, 0, 1, &settings(&[(MAX_CONCURRENT_STREAMS, 7)])));
-        bytes.extend(frame(SETTINGS, ACK, 0, &[]));
-        let first = bytes.len();
-        bytes.extend(settings(&[(MAX_CONCURRENT_STREAMS, 100)]));
-        assert!(first < bytes.len());
-        bytes
+        let mut data = vec![0; 70_000];
+        data.extend(settings(&[(MAX_CONCURRENT_STREAMS, 7)]));
+        bytes.extend(frame(0x0, 0, 1, &data));
+        bytes.extend(frame(
+            SETTINGS,
+            ACK,
+            0,
+            &entries(&[(MAX_CONCURRENT_STREAMS, 8)]),
+        ));
+        let mut odd = entries(&[(0x1, 4096)]);
+        odd.extend([0, 3, 0]);
+        bytes.extend(frame(SETTINGS, 0x2, 0, &odd));
+        let last = bytes.len();
+        bytes.extend(settings(&[(MAX_CONCURRENT_STREAMS, 100_000)]));
+        (bytes, last)
     }
 
     #[test]
     fn reads_the_limit_in_whatever_pieces_the_bytes_come() {
-        let bytes = stream();
-        let before_last = bytes.len() - (HEADER_LEN + SETTING_LEN);
-        for piece in [1, 2, 5, 6, 9, 10, 13, bytes.len()] {
-            let limit = PeerStreams::default();
+        let (bytes, last) = stream();
+        let first = HEADER_LEN + 2 * SETTING_LEN;
+        for piece in [1, 2, 5, 6, 9, 10, 13, 4096, bytes.len()] {
+            let limit = ServerStreamLimit::default();
             let mut scan = SettingsScan::new(limit.clone());
-            assert_eq!(limit.get(), NO_LIMIT, "none before the server's SETTINGS");
+            assert_eq!(limit.get(), 100, "the starting limit");
             let mut fed = 0;
             for chunk in bytes.chunks(piece) {
                 scan.feed(chunk);
                 fed += chunk.len();
-                if fed <= before_last && fed >= HEADER_LEN + 2 * SETTING_LEN {
+                if (first..=last).contains(&fed) {
                     assert_eq!(limit.get(), 2, "pieces of {piece}, {fed} bytes fed");
                 }
             }
-            assert_eq!(limit.get(), 100, "pieces of {piece}");
+            assert_eq!(limit.get(), 100_000, "pieces of {piece}");
         }
     }
 
     #[test]
-    fn settings_without_the_limit_leave_it_as_it_was() {
-        let limit = PeerStreams::default();
-        let mut scan = SettingsScan::new(limit.clone());
-        scan.feed(&settings(&[(0x1, 4096), (0x4, 1 << 20)]));
-        assert_eq!(limit.get(), NO_LIMIT);
-        scan.feed(&settings(&[(MAX_CONCURRENT_STREAMS, 0)]));
-        assert_eq!(limit.get(), 0, "a server may allow none");
+    fn a_first_settings_without_the_limit_lifts_the_starting_one() {
+        for first in [settings(&[(0x1, 4096)]), settings(&[])] {
+            let limit = ServerStreamLimit::default();
+            let mut scan = SettingsScan::new(limit.clone());
+            scan.feed(&first);
+            assert_eq!(limit.get(), NO_LIMIT);
+            scan.feed(&settings(&[(MAX_CONCURRENT_STREAMS, 0)]));
+            assert_eq!(limit.get(), 0, "a server may allow none");
+            scan.feed(&settings(&[(0x4, 1 << 20)]));
+            assert_eq!(limit.get(), 0, "a later SETTINGS without it keeps it");
+        }
     }
 }

@@ -32,7 +32,7 @@ use super::LocalExec;
 use super::body::UpstreamBody;
 use super::flow_control::{CONNECTION_WINDOW, STREAM_WINDOW};
 use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
-use super::peer_settings::{PeerStreams, SettingsWatch};
+use super::peer_settings::{INITIAL_LIMIT, ServerStreamLimit, SettingsWatch};
 use super::shared_h2::{Connections, Counted, DialFailure, NoRoom, Opened, Taken};
 use crate::by_address::ByAddress;
 use crate::connect::connect_tcp;
@@ -513,7 +513,7 @@ impl Pools {
         slot: Option<Slot>,
     ) -> Result<Opened, AcquireError> {
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
-        let server_limit = PeerStreams::default();
+        let server_limit = ServerStreamLimit::default();
         // The slot goes with the socket: hyper's connection future ends
         // when no sender is left, while the socket carries the streams on.
         let io = SlottedIo {
@@ -523,6 +523,8 @@ impl Pools {
         let mut builder = http2::Builder::new(LocalExec);
         builder
             .timer(TokioTimer::new())
+            // (what the pool counts before the server's SETTINGS arrive)
+            .initial_max_send_streams(INITIAL_LIMIT as usize)
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW);
         if let Some(keepalive) = cluster.keepalive.http2 {

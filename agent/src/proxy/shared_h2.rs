@@ -3,9 +3,9 @@
 //! with room under the cluster's `maxConcurrentStreams` (DestinationRule
 //! `connectionPool.http`, Envoy's `max_concurrent_streams` of the cluster's
 //! `http2_protocol_options`) and under the server's own
-//! `SETTINGS_MAX_CONCURRENT_STREAMS` once it has sent one
-//! ([`PeerStreams`]), and a connection is opened when none has room, as
-//! Envoy's HTTP/2 pool counts both in a connection's capacity and opens one.
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` ([`ServerStreamLimit`]), and a
+//! connection is opened when none has room, as Envoy's HTTP/2 pool counts
+//! both in a connection's capacity and opens one.
 //!
 //! Requests that find no room while connections are being dialed wait for
 //! those dials when the dials' room would take them (each new connection
@@ -37,7 +37,7 @@ use hyper::client::conn::http2;
 use tokio::sync::Notify;
 
 use super::body::UpstreamBody;
-use super::peer_settings::PeerStreams;
+use super::peer_settings::ServerStreamLimit;
 use super::pool::PeerIdentity;
 use crate::model::live::PoolLimits;
 
@@ -46,7 +46,7 @@ struct Shared {
     sender: http2::SendRequest<UpstreamBody>,
     peer: PeerIdentity,
     /// The most streams the server lets it carry at once.
-    server_limit: PeerStreams,
+    server_limit: ServerStreamLimit,
     /// Streams it carries now.
     streams: Rc<Cell<u64>>,
     /// Streams it has been given.
@@ -131,8 +131,10 @@ pub struct Opened {
     pub sender: http2::SendRequest<UpstreamBody>,
     /// The server's identity, on mTLS connections.
     pub peer: PeerIdentity,
-    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS`, as its frames bring it.
-    pub server_limit: PeerStreams,
+    /// The most streams the server lets it carry at once (its
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`, RFC 9113 §6.5.2), as its frames
+    /// bring it.
+    pub server_limit: ServerStreamLimit,
 }
 
 /// Why a dial made no connection, told to the requests that waited for it.
@@ -271,7 +273,9 @@ impl Connections {
         let mut index = 0;
         self.shared.retain(|c| {
             index += 1;
-            let surplus = at.is_some_and(|at| index > at + 1) || wanted;
+            // (An idle one before the first with room has none: its server
+            // allows no stream.)
+            let surplus = at.is_some_and(|at| index != at + 1) || wanted;
             c.streams.get() > 0 || !surplus
         });
         // (With `wanted` the one with room may have gone.)

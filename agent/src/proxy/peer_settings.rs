@@ -8,10 +8,10 @@
 //! and a request that finds no connection with room opens one. hyper shows
 //! the limit only on its connection future (`current_max_send_streams`),
 //! which runs apart from the connection's I/O and is polled when a request
-//! is sent, not when the server's SETTINGS arrive; so [`SettingsWatch`]
-//! sits between the connection and its socket (above TLS) and reads every
-//! frame header the server sends: a frame's payload is skipped by its
-//! length, and only a SETTINGS frame's is read.
+//! is sent, not when the server's SETTINGS arrive; so the pool's HTTP/2
+//! socket (above TLS) passes every byte the server sends through a
+//! [`SettingsScan`], which reads each frame header: a frame's payload is
+//! skipped by its length, and only a SETTINGS frame's is read.
 //!
 //! The limit follows h2's (hyper's HTTP/2) own: [`INITIAL_LIMIT`] until the
 //! server's first SETTINGS, which sets it, or lifts it ([`NO_LIMIT`]: RFC
@@ -19,12 +19,7 @@
 //! parameter; a later SETTINGS changes it only when it carries it.
 
 use std::cell::Cell;
-use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The limit of a server whose first SETTINGS set none (RFC 9113 §6.5.2).
 pub const NO_LIMIT: u64 = u64::MAX;
@@ -49,9 +44,9 @@ const MAX_CONCURRENT_STREAMS: u16 = 0x3;
 /// The most streams (a count) a connection's server lets this client open
 /// at once: its `SETTINGS_MAX_CONCURRENT_STREAMS` as last received
 /// ([`INITIAL_LIMIT`] before its first SETTINGS, [`NO_LIMIT`] after a first
-/// SETTINGS without it). Shared between the socket's reader
-/// ([`SettingsWatch`]) and the pool that hands the connection's streams
-/// out; a single worker's, so a [`Cell`].
+/// SETTINGS without it). Shared between the socket's [`SettingsScan`] and
+/// the pool that hands the connection's streams out; a single worker's, so
+/// a [`Cell`].
 #[derive(Debug, Clone)]
 pub struct ServerStreamLimit(Rc<Cell<u64>>);
 
@@ -94,7 +89,7 @@ enum First {
 /// in any pieces; it does not judge the frames (hyper's connection does, and
 /// closes it on a malformed one).
 #[derive(Debug)]
-struct SettingsScan {
+pub struct SettingsScan {
     state: State,
     first: First,
     header: [u8; HEADER_LEN],
@@ -106,7 +101,7 @@ struct SettingsScan {
 impl SettingsScan {
     /// A scan from the start of a connection's server-to-client bytes,
     /// writing the limit it reads to `limit`.
-    fn new(limit: ServerStreamLimit) -> Self {
+    pub fn new(limit: ServerStreamLimit) -> Self {
         Self {
             state: State::Header(0),
             first: First::Awaited,
@@ -118,7 +113,7 @@ impl SettingsScan {
     }
 
     /// Takes the next `bytes` the server sent.
-    fn feed(&mut self, mut bytes: &[u8]) {
+    pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             match self.state {
                 State::Header(got) => {
@@ -190,69 +185,6 @@ impl SettingsScan {
             }
             self.first = First::Read;
         }
-    }
-}
-
-/// A client socket whose incoming bytes pass a [`SettingsScan`] on their
-/// way to the HTTP/2 connection; writes go straight through.
-pub struct SettingsWatch<T> {
-    io: T,
-    scan: SettingsScan,
-}
-
-impl<T> SettingsWatch<T> {
-    /// `io`, its server's limit written to `limit` as it arrives.
-    pub fn new(io: T, limit: ServerStreamLimit) -> Self {
-        Self {
-            io,
-            scan: SettingsScan::new(limit),
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for SettingsWatch<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = read {
-            this.scan.feed(&buf.filled()[before..]);
-        }
-        read
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for SettingsWatch<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

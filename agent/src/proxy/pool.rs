@@ -32,7 +32,7 @@ use super::LocalExec;
 use super::body::UpstreamBody;
 use super::flow_control::{CONNECTION_WINDOW, STREAM_WINDOW};
 use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
-use super::peer_settings::{INITIAL_LIMIT, ServerStreamLimit, SettingsWatch};
+use super::peer_settings::{INITIAL_LIMIT, ServerStreamLimit, SettingsScan};
 use super::shared_h2::{Connections, Counted, DialFailure, NoRoom, Opened, Taken};
 use crate::by_address::ByAddress;
 use crate::connect::connect_tcp;
@@ -517,7 +517,8 @@ impl Pools {
         // The slot goes with the socket: hyper's connection future ends
         // when no sender is left, while the socket carries the streams on.
         let io = SlottedIo {
-            io: SettingsWatch::new(io, server_limit.clone()),
+            io,
+            scan: SettingsScan::new(server_limit.clone()),
             _slot: slot,
         };
         let mut builder = http2::Builder::new(LocalExec);
@@ -778,10 +779,11 @@ fn failed_dial(key: &PoolKey, failure: DialFailure) -> AcquireError {
 /// What a request that waited for a failed dial is told.
 const WAITED_FOR_A_FAILED_DIAL: &str = "the connection this request waited for could not be made";
 
-/// An upstream HTTP/2 socket, read for the server's settings, holding its
-/// connection slot until dropped.
+/// An upstream HTTP/2 socket holding its connection slot until dropped;
+/// what the server sends passes its [`SettingsScan`] on the way in.
 struct SlottedIo {
-    io: SettingsWatch<UpstreamIo>,
+    io: UpstreamIo,
+    scan: SettingsScan,
     _slot: Option<Slot>,
 }
 
@@ -791,7 +793,13 @@ impl tokio::io::AsyncRead for SlottedIo {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let read = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = read {
+            this.scan.feed(&buf.filled()[before..]);
+        }
+        read
     }
 }
 

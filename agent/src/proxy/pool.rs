@@ -1160,6 +1160,36 @@ mod tests {
             .await;
     }
 
+    /// A connection whose server allows no stream is let go once idle: a
+    /// server answering 0 must not make the pool keep a connection per
+    /// request until the idle timeout.
+    #[tokio::test]
+    async fn a_connection_whose_server_allows_no_stream_goes_once_idle() {
+        LocalSet::new()
+            .run_until(async {
+                let address = h2_server(0).await;
+                let cluster = streams_limited(address, UNLIMITED);
+                let key = key(&cluster);
+                let pools = pools();
+                let plan = &TlsPlan::Plain;
+                let first = pools.h2(&key, &cluster, plan).await.expect("a stream");
+                // Refused, or held by hyper once it has the server's 0:
+                // either way after the server's SETTINGS.
+                let request = http::Request::get(format!("http://{address}/"))
+                    .body(UpstreamBody::Full(None))
+                    .expect("a request");
+                let mut sender = first.taken.sender.clone();
+                let sent = sender.send_request(request);
+                let answer = tokio::time::timeout(Duration::from_secs(2), sent).await;
+                assert!(!matches!(answer, Ok(Ok(_))), "no stream is allowed");
+                drop(first);
+                let second = pools.h2(&key, &cluster, plan).await.expect("a stream");
+                assert_eq!(streams_per_connection(&pools, &key), [1]);
+                drop(second);
+            })
+            .await;
+    }
+
     /// A sweep lets surplus idle HTTP/2 connections go, and the last one
     /// once it has been idle for the idle timeout.
     #[tokio::test]

@@ -260,22 +260,21 @@ impl Connections {
         Some(taken)
     }
 
-    /// Drops closed connections, idle ones after the first with room, and,
-    /// when requests wait for the cluster's connection slots (`wanted`),
-    /// every idle one. Returns where the first with room is.
+    /// Drops closed connections, idle ones whose server allows no stream,
+    /// idle ones after the first with room, and, when requests wait for the
+    /// cluster's connection slots (`wanted`), every idle one. Returns where
+    /// the first with room is.
     fn prune(&mut self, limits: &PoolLimits, wanted: bool) -> Option<usize> {
         let limit = limits.max_concurrent_streams;
         // (A connection past `maxRequestsPerConnection` is left only by a
         // reload that lowered it.)
         self.shared
-            .retain(|c| c.is_live() && !spent(c.served, limits));
+            .retain(|c| c.is_live() && !spent(c.served, limits) && !c.idle_and_refusing());
         let at = self.shared.iter().position(|c| c.has_room(limit));
         let mut index = 0;
         self.shared.retain(|c| {
             index += 1;
-            // (An idle one before the first with room has none: its server
-            // allows no stream.)
-            let surplus = at.is_some_and(|at| index != at + 1) || wanted;
+            let surplus = at.is_some_and(|at| index > at + 1) || wanted;
             c.streams.get() > 0 || !surplus
         });
         // (With `wanted` the one with room may have gone.)
@@ -421,6 +420,13 @@ impl Shared {
     /// `maxConcurrentStreams`) and than the server allows.
     fn has_room(&self, limit: u64) -> bool {
         self.streams.get() < limit.min(self.server_limit.get())
+    }
+
+    /// Whether it carries no stream and its server allows none: nothing
+    /// would ever use it (a server answering `SETTINGS_MAX_CONCURRENT_STREAMS`
+    /// 0 to every connection must not make the pool keep one per request).
+    fn idle_and_refusing(&self) -> bool {
+        self.streams.get() == 0 && self.server_limit.get() == 0
     }
 }
 

@@ -1127,6 +1127,17 @@ mod tests {
         address
     }
 
+    /// A GET of `/` from `address` on the connection `shared` is a stream of.
+    async fn get_on(
+        address: SocketAddr,
+        shared: &SharedH2,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+        let request = http::Request::get(format!("http://{address}/"))
+            .body(UpstreamBody::Full(None))
+            .expect("a request");
+        shared.taken.sender.clone().send_request(request).await
+    }
+
     /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS` caps the streams its
     /// connection is given, as `maxConcurrentStreams` does (Envoy counts
     /// it in the connection's capacity): a request that finds the
@@ -1143,11 +1154,7 @@ mod tests {
                 let plan = &TlsPlan::Plain;
                 let first = pools.h2(&key, &cluster, plan).await.expect("a stream");
                 // Its answer comes after the server's SETTINGS on the wire.
-                let request = http::Request::get(format!("http://{address}/"))
-                    .body(UpstreamBody::Full(None))
-                    .expect("a request");
-                let mut sender = first.taken.sender.clone();
-                let answer = sender.send_request(request).await.expect("an answer");
+                let answer = get_on(address, &first).await.expect("an answer");
                 assert_eq!(answer.status(), 200);
                 let second = pools.h2(&key, &cluster, plan).await.expect("a stream");
                 assert_eq!(streams_per_connection(&pools, &key), [1, 1]);
@@ -1175,11 +1182,7 @@ mod tests {
                 let first = pools.h2(&key, &cluster, plan).await.expect("a stream");
                 // Refused, or held by hyper once it has the server's 0:
                 // either way after the server's SETTINGS.
-                let request = http::Request::get(format!("http://{address}/"))
-                    .body(UpstreamBody::Full(None))
-                    .expect("a request");
-                let mut sender = first.taken.sender.clone();
-                let sent = sender.send_request(request);
+                let sent = get_on(address, &first);
                 let answer = tokio::time::timeout(Duration::from_secs(2), sent).await;
                 assert!(!matches!(answer, Ok(Ok(_))), "no stream is allowed");
                 drop(first);

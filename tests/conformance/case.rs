@@ -68,6 +68,11 @@ pub struct UpstreamSpec {
     /// (default: hyper's, 200).
     #[serde(default)]
     pub max_concurrent_streams: Option<u32>,
+    /// Speak HTTP/2 only and reset every stream with this error code
+    /// (`RST_STREAM`, RFC 9113 §7: 7 is `REFUSED_STREAM`) instead of
+    /// answering.
+    #[serde(default)]
+    pub reset: Option<u32>,
 }
 
 /// The Envoy side: the HTTP connection manager's fields (merged over the

@@ -118,6 +118,7 @@ fn run_case(path: &Path, envoy_bin: &Path) -> Result<(), String> {
                 delay: Duration::from_millis(spec.delay_ms),
                 raw: spec.raw,
                 max_concurrent_streams: spec.max_concurrent_streams,
+                reset: spec.reset,
             };
             upstreams.insert(name.clone(), Upstream::start(&name, behaviour).await);
         }

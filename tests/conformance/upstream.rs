@@ -62,6 +62,10 @@ pub struct Behaviour {
     /// On HTTP/2 connections, the `SETTINGS_MAX_CONCURRENT_STREAMS` it
     /// sends (`None`: hyper's default, 200).
     pub max_concurrent_streams: Option<u32>,
+    /// Speak HTTP/2 only (prior knowledge) and reset every stream with
+    /// `RST_STREAM` carrying this error code (RFC 9113 §7) instead of
+    /// answering, once its head has arrived (and is recorded).
+    pub reset: Option<u32>,
 }
 
 /// What a `raw` upstream answers when a step sets nothing.
@@ -109,6 +113,10 @@ impl Upstream {
                 let name = name.clone();
                 if behaviour.raw {
                     tokio::spawn(answer_raw(stream, name, received, raw_answer.clone()));
+                    continue;
+                }
+                if let Some(code) = behaviour.reset {
+                    tokio::spawn(reset_streams(stream, name, received, code));
                     continue;
                 }
                 tokio::spawn(async move {
@@ -159,29 +167,7 @@ async fn answer(
     // Only a request whose body arrived whole counts as received.
     let complete = body.collect().await.is_ok();
     if complete {
-        let mut headers: Vec<(String, String)> = parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
-                (n.as_str().to_owned(), value)
-            })
-            .collect();
-        // HTTP/2 carries the host as `:authority`; record it as `host`.
-        if let Some(authority) = parts.uri.authority()
-            && !parts.headers.contains_key(http::header::HOST)
-        {
-            headers.push(("host".to_owned(), authority.to_string()));
-        }
-        received.lock().unwrap().push(Received {
-            upstream: name.to_owned(),
-            method: parts.method.to_string(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), ToString::to_string),
-            headers,
-        });
+        received.lock().unwrap().push(recorded(name, &parts));
     }
     if !behaviour.delay.is_zero() {
         tokio::time::sleep(behaviour.delay).await;
@@ -195,6 +181,53 @@ async fn answer(
         .status(status)
         .body(Full::new(Bytes::from_static(b"ok")))
         .unwrap()
+}
+
+/// The record of a request whose head (and whole body, where it had one)
+/// arrived.
+fn recorded(name: &str, parts: &http::request::Parts) -> Received {
+    let mut headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (n.as_str().to_owned(), value)
+        })
+        .collect();
+    // HTTP/2 carries the host as `:authority`; record it as `host`.
+    if let Some(authority) = parts.uri.authority()
+        && !parts.headers.contains_key(http::header::HOST)
+    {
+        headers.push(("host".to_owned(), authority.to_string()));
+    }
+    Received {
+        upstream: name.to_owned(),
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), ToString::to_string),
+        headers,
+    }
+}
+
+/// An HTTP/2 connection (prior knowledge) whose every stream is recorded
+/// and reset with `code`, at once: what a server that refuses
+/// (`REFUSED_STREAM`, 7) or fails (`INTERNAL_ERROR`, 2) a request sends.
+async fn reset_streams(
+    stream: TcpStream,
+    name: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    code: u32,
+) {
+    let Ok(mut connection) = h2::server::handshake(stream).await else {
+        return;
+    };
+    while let Some(Ok((request, mut respond))) = connection.accept().await {
+        let (parts, _) = request.into_parts();
+        received.lock().unwrap().push(recorded(&name, &parts));
+        respond.send_reset(h2::Reason::from(code));
+    }
 }
 
 /// A raw upstream's connection: reads requests (head, then a

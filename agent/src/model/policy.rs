@@ -211,7 +211,9 @@ impl RetryPolicy {
             )),
             AttemptFailure::ResetBeforeRequest => on.contains(RetryOn::RESET_BEFORE_REQUEST),
             AttemptFailure::RefusedStream => on.contains(RetryOn::REFUSED_STREAM),
-            AttemptFailure::Reset | AttemptFailure::PerTryTimeout => false,
+            AttemptFailure::Reset | AttemptFailure::RemoteReset | AttemptFailure::PerTryTimeout => {
+                false
+            }
         }
     }
 
@@ -239,8 +241,13 @@ pub enum AttemptFailure {
     Reset,
     /// The connection closed before any of the request was written.
     ResetBeforeRequest,
-    /// HTTP/2 refused the stream.
+    /// The HTTP/2 server refused the stream, unprocessed: `RST_STREAM`
+    /// with `REFUSED_STREAM`, or above the last stream its `GOAWAY` said
+    /// it processed (RFC 9113 §8.7). Envoy's `RemoteRefusedStreamReset`.
     RefusedStream,
+    /// The HTTP/2 server reset the stream before its response with any
+    /// other code (`RST_STREAM`, RFC 9113 §6.4). Envoy's `RemoteReset`.
+    RemoteReset,
     /// The per-try timeout fired.
     PerTryTimeout,
 }

@@ -216,31 +216,35 @@ fn reset(error: &hyper::Error) -> SendError {
     if error.is_parse() {
         return SendError::Protocol;
     }
-    SendError::Failed(if refused(error) || error.is_canceled() {
-        AttemptFailure::RefusedStream
-    } else {
-        AttemptFailure::Reset
+    if error.is_canceled() {
+        return SendError::Canceled;
+    }
+    SendError::Failed(match stream_reset(error) {
+        Some(h2::Reason::REFUSED_STREAM) => AttemptFailure::RefusedStream,
+        Some(_) => AttemptFailure::RemoteReset,
+        None => AttemptFailure::Reset,
     })
 }
 
-/// (A request hyper dropped unsent, canceled, is refused too: parked while
-/// its stream waited to open, it is dropped when the connection goes away
-/// and comes back without its message. Envoy's pool would put it on another
-/// connection; the agent retries it as a refused stream.)
-///
-/// Whether the server refused the stream, unprocessed: reset with
-/// REFUSED_STREAM (RFC 9113 §8.7), or above the last stream a GOAWAY said
-/// it processed (§6.8; h2 fails only those streams with the GOAWAY, and
-/// nghttp2 closes them as REFUSED_STREAM in Envoy, so `refused-stream`
-/// retries them there too).
-fn refused(error: &hyper::Error) -> bool {
+/// The code the HTTP/2 server reset the stream with, if it did: the
+/// stream's `RST_STREAM` (RFC 9113 §6.4), or `REFUSED_STREAM` for a stream
+/// above the last one a `GOAWAY` said it processed (§6.8: unprocessed; h2
+/// fails only those streams with the GOAWAY, and nghttp2 closes them as
+/// REFUSED_STREAM in Envoy, so `refused-stream` retries them there too).
+/// `None` for a connection that closed or broke: a connection termination.
+fn stream_reset(error: &hyper::Error) -> Option<h2::Reason> {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
-                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+            if !h2.is_remote() {
+                return None;
+            }
+            if h2.is_go_away() {
+                return Some(h2::Reason::REFUSED_STREAM);
+            }
+            return h2.is_reset().then(|| h2.reason()).flatten();
         }
         source = cause.source();
     }
-    false
+    None
 }

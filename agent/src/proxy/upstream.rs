@@ -102,6 +102,13 @@ pub enum SendError {
     /// The cluster's connection limits are full (never retried); the
     /// DestinationRule field of the limit.
     Overflow(&'static str),
+    /// hyper dropped the request as its HTTP/2 connection went away,
+    /// without handing it back: parked while its stream waited to open,
+    /// or not known to have been processed. Envoy's pool would put it on
+    /// another connection; the agent retries it as a refused stream, and
+    /// answers it, when no retry follows, as the connection termination
+    /// it was.
+    Canceled,
 }
 
 impl SendError {
@@ -112,11 +119,12 @@ impl SendError {
                 LocalReply::CONNECT_FAILURE
             }
             Self::Failed(AttemptFailure::PerTryTimeout) => LocalReply::PER_TRY_TIMEOUT,
-            Self::Failed(
-                AttemptFailure::Reset
-                | AttemptFailure::ResetBeforeRequest
-                | AttemptFailure::RefusedStream,
-            ) => LocalReply::CONNECTION_TERMINATION,
+            Self::Failed(AttemptFailure::Reset | AttemptFailure::ResetBeforeRequest) => {
+                LocalReply::CONNECTION_TERMINATION
+            }
+            Self::Failed(AttemptFailure::RefusedStream) => LocalReply::REMOTE_REFUSED_STREAM_RESET,
+            Self::Failed(AttemptFailure::RemoteReset) => LocalReply::REMOTE_RESET,
+            Self::Canceled => LocalReply::CONNECTION_TERMINATION,
             Self::Protocol => LocalReply::UPSTREAM_PROTOCOL_ERROR,
             Self::Overflow(limit) => LocalReply::overflow(limit),
         }
@@ -128,6 +136,7 @@ impl SendError {
             Self::Failed(failure) => Some(failure),
             Self::Tls(_) => Some(AttemptFailure::ConnectFailure),
             Self::Protocol => Some(AttemptFailure::Reset),
+            Self::Canceled => Some(AttemptFailure::RefusedStream),
             Self::Overflow(_) => None,
         }
     }

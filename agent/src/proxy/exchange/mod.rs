@@ -325,7 +325,8 @@ impl Exchange {
         details: Details,
     ) -> Response<ProxyBody> {
         self.record.flags.insert(reply.flags);
-        let (mut response, body) = reply.response(self.record.grpc, self.record.flags);
+        let retried = self.record.attempts > 1;
+        let (mut response, body) = reply.response(self.record.grpc, self.record.flags, retried);
         if self.reply_details
             && let Ok(value) = HeaderValue::from_str(&details)
         {

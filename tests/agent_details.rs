@@ -298,7 +298,7 @@ spec:
         &refused,
         "/g",
         503,
-        "upstream_reset_before_response_started{connection_failure,upstream_retry_limit_exceeded,VirtualService:default/gone[try-twice]}",
+        "upstream_reset_before_response_started{remote_connection_failure,upstream_retry_limit_exceeded,VirtualService:default/gone[try-twice]}",
         true,
     )
     .await;

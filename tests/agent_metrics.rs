@@ -199,7 +199,7 @@ spec:
             "http://refused:9080/",
             503,
             "UF,URX",
-            "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure",
         ),
         (
             "http://resetting:9080/",

@@ -260,8 +260,8 @@ impl LocalReply {
     pub const CONNECT_FAILURE: Self = Self {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::UPSTREAM_CONNECT_FAILURE,
-        body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-        details: "upstream_reset_before_response_started{connection_failure}",
+        body: "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+        details: "upstream_reset_before_response_started{remote_connection_failure}",
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };

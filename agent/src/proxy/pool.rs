@@ -1090,14 +1090,15 @@ mod tests {
                 }
                 assert_eq!(accepted.get(), 3);
 
-                // Streams that end make room where they were; an idle
-                // connection after one with room is let go.
+                // Streams that end make room where they were: the next
+                // goes on the first, and the idle ones stay for the next
+                // burst, as in Envoy's pool.
                 drop(taken);
                 let again = pools
                     .h2(&key, &cluster, &TlsPlan::Plain)
                     .await
                     .expect("a stream");
-                assert_eq!(streams_per_connection(&pools, &key), [1]);
+                assert_eq!(streams_per_connection(&pools, &key), [1, 0, 0]);
                 assert_eq!(accepted.get(), 3);
                 drop(again);
             })
@@ -1193,13 +1194,13 @@ mod tests {
             .await;
     }
 
-    /// A sweep lets surplus idle HTTP/2 connections go, and the last one
-    /// once it has been idle for the idle timeout.
+    /// Idle HTTP/2 connections stay for the next burst, and go at the
+    /// first sweep after they have been idle for the idle timeout.
     #[tokio::test]
     async fn idle_http2_connections_go_at_sweeps() {
         LocalSet::new()
             .run_until(async {
-                let (address, _accepted) = server().await;
+                let (address, accepted) = server().await;
                 let limits = PoolLimits {
                     max_concurrent_streams: 1,
                     idle_timeout: Duration::from_millis(100),
@@ -1213,7 +1214,18 @@ mod tests {
                 assert_eq!(streams_per_connection(&pools, &key), [1, 1, 1]);
                 drop(taken);
                 pools.sweep();
-                assert_eq!(streams_per_connection(&pools, &key), [0]);
+                assert_eq!(streams_per_connection(&pools, &key), [0, 0, 0]);
+                // The next burst finds them: no dial.
+                let burst = (0..3).map(|_| pools.h2(&key, &cluster, &TlsPlan::Plain));
+                let taken = futures_util::future::join_all(burst).await;
+                assert_eq!(streams_per_connection(&pools, &key), [1, 1, 1]);
+                // (The server counts a connection when its task runs.)
+                for _ in 0..1000 {
+                    tokio::task::yield_now().await;
+                }
+                assert_eq!(accepted.get(), 3, "connections dialed");
+                drop(taken);
+                pools.sweep();
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 let next = pools.sweep();
                 assert!(pools.shared_h2.borrow().is_empty());

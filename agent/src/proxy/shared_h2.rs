@@ -16,10 +16,12 @@
 //! it with its own error, as Envoy's pool fails the requests pending on a
 //! connection that could not be made.
 //!
-//! An idle connection after one with room is surplus: it goes at the
-//! worker's next request for the key or pool sweep (hyper closes it once no
-//! sender is left and its streams are done), and so does every idle one
-//! while requests of the cluster wait for a connection slot. A connection
+//! An idle connection stays for the next burst until its idle timeout, as
+//! in Envoy's pool (streams go to the first connection with room, so the
+//! later ones are the ones left idle); every idle one goes at the worker's
+//! next request for the key or pool sweep while requests of the cluster
+//! wait for a connection slot (hyper closes it once no sender is left and
+//! its streams are done). A connection
 //! given `maxRequestsPerConnection` streams is shared no more, as Envoy
 //! drains it: it closes once they end; so is one past its lifetime
 //! (`maxConnectionDuration`).
@@ -240,8 +242,7 @@ impl Drop for Dialing {
 
 impl Connections {
     /// A stream on the first live connection with fewer streams than
-    /// `maxConcurrentStreams` and the server's limit (surplus idle
-    /// connections dropped);
+    /// `maxConcurrentStreams` and the server's limit;
     /// a connection given its `maxRequestsPerConnection`-th stream is
     /// given no more: no longer shared, it closes once its streams end.
     pub fn take(&mut self, limits: &PoolLimits) -> Option<Taken> {
@@ -261,23 +262,16 @@ impl Connections {
     }
 
     /// Drops closed connections, idle ones whose server allows no stream,
-    /// idle ones after the first with room, and, when requests wait for the
-    /// cluster's connection slots (`wanted`), every idle one. Returns where
-    /// the first with room is.
+    /// and, when requests wait for the cluster's connection slots
+    /// (`wanted`), every idle one. Returns where the first with room is.
     fn prune(&mut self, limits: &PoolLimits, wanted: bool) -> Option<usize> {
-        let limit = limits.max_concurrent_streams;
         // (A connection past `maxRequestsPerConnection` is left only by a
         // reload that lowered it.)
-        self.shared
-            .retain(|c| c.is_live() && !spent(c.served, limits) && !c.idle_and_refusing());
-        let at = self.shared.iter().position(|c| c.has_room(limit));
-        let mut index = 0;
         self.shared.retain(|c| {
-            index += 1;
-            let surplus = at.is_some_and(|at| index > at + 1) || wanted;
-            c.streams.get() > 0 || !surplus
+            let unused = c.streams.get() == 0 && wanted;
+            c.is_live() && !spent(c.served, limits) && !c.idle_and_refusing() && !unused
         });
-        // (With `wanted` the one with room may have gone.)
+        let limit = limits.max_concurrent_streams;
         self.shared.iter().position(|c| c.has_room(limit))
     }
 

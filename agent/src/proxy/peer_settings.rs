@@ -13,10 +13,13 @@
 //! [`SettingsScan`], which reads each frame header: a frame's payload is
 //! skipped by its length, and only a SETTINGS frame's is read.
 //!
-//! The limit follows h2's (hyper's HTTP/2) own: [`INITIAL_LIMIT`] until the
+//! The limit follows h2's (hyper's HTTP/2) own: a starting limit until the
 //! server's first SETTINGS, which sets it, or lifts it ([`NO_LIMIT`]: RFC
 //! 9113 §6.5.2, "initially, there is no limit") when it does not carry the
-//! parameter; a later SETTINGS changes it only when it carries it.
+//! parameter; a later SETTINGS changes it only when it carries it. The
+//! starting limit is [`INITIAL_LIMIT`], or less where the pool has already
+//! heard the server's limit on another connection (and so sets h2's own
+//! starting limit to match).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -42,24 +45,50 @@ const SETTING_LEN: usize = 6;
 const MAX_CONCURRENT_STREAMS: u16 = 0x3;
 
 /// The most streams (a count) a connection's server lets this client open
-/// at once: its `SETTINGS_MAX_CONCURRENT_STREAMS` as last received
-/// ([`INITIAL_LIMIT`] before its first SETTINGS, [`NO_LIMIT`] after a first
+/// at once: its `SETTINGS_MAX_CONCURRENT_STREAMS` as last received (the
+/// starting limit before its first SETTINGS, [`NO_LIMIT`] after a first
 /// SETTINGS without it). Shared between the socket's [`SettingsScan`] and
 /// the pool that hands the connection's streams out; a single worker's, so
-/// a [`Cell`].
+/// [`Cell`]s.
 #[derive(Debug, Clone)]
-pub struct ServerStreamLimit(Rc<Cell<u64>>);
+pub struct ServerStreamLimit(Rc<Limit>);
+
+#[derive(Debug)]
+struct Limit {
+    streams: Cell<u64>,
+    /// Whether the server's first SETTINGS has been read.
+    heard: Cell<bool>,
+}
 
 impl Default for ServerStreamLimit {
     fn default() -> Self {
-        Self(Rc::new(Cell::new(u64::from(INITIAL_LIMIT))))
+        Self::starting_at(u64::from(INITIAL_LIMIT))
     }
 }
 
 impl ServerStreamLimit {
+    /// A connection's limit that is `streams` until its server's first
+    /// SETTINGS.
+    pub fn starting_at(streams: u64) -> Self {
+        Self(Rc::new(Limit {
+            streams: Cell::new(streams),
+            heard: Cell::new(false),
+        }))
+    }
+
     /// The server's limit (streams).
     pub fn get(&self) -> u64 {
-        self.0.get()
+        self.0.streams.get()
+    }
+
+    /// The server's limit once its first SETTINGS has been read (`None`
+    /// before: the starting limit is the client's guess).
+    pub fn heard(&self) -> Option<u64> {
+        self.0.heard.get().then(|| self.get())
+    }
+
+    fn set(&self, streams: u64) {
+        self.0.streams.set(streams);
     }
 }
 
@@ -167,7 +196,7 @@ impl SettingsScan {
         let [a, b, c, d, e, f] = self.setting;
         if u16::from_be_bytes([a, b]) == MAX_CONCURRENT_STREAMS {
             let streams = u32::from_be_bytes([c, d, e, f]);
-            self.limit.0.set(u64::from(streams));
+            self.limit.set(u64::from(streams));
             if let First::Reading { set } = &mut self.first {
                 *set = true;
             }
@@ -181,8 +210,9 @@ impl SettingsScan {
         self.state = State::Header(0);
         if let First::Reading { set } = self.first {
             if !set {
-                self.limit.0.set(NO_LIMIT);
+                self.limit.set(NO_LIMIT);
             }
+            self.limit.0.heard.set(true);
             self.first = First::Read;
         }
     }
@@ -253,8 +283,12 @@ mod tests {
             for chunk in bytes.chunks(piece) {
                 scan.feed(chunk);
                 fed += chunk.len();
+                if fed < first {
+                    assert_eq!(limit.heard(), None, "pieces of {piece}, {fed} bytes fed");
+                }
                 if (first..=last).contains(&fed) {
                     assert_eq!(limit.get(), 2, "pieces of {piece}, {fed} bytes fed");
+                    assert_eq!(limit.heard(), Some(2), "pieces of {piece}, {fed} bytes fed");
                 }
             }
             assert_eq!(limit.get(), 100_000, "pieces of {piece}");
@@ -264,10 +298,11 @@ mod tests {
     #[test]
     fn a_first_settings_without_the_limit_lifts_the_starting_one() {
         for first in [settings(&[(0x1, 4096)]), settings(&[])] {
-            let limit = ServerStreamLimit::default();
+            let limit = ServerStreamLimit::starting_at(3);
             let mut scan = SettingsScan::new(limit.clone());
+            assert_eq!((limit.get(), limit.heard()), (3, None));
             scan.feed(&first);
-            assert_eq!(limit.get(), NO_LIMIT);
+            assert_eq!(limit.heard(), Some(NO_LIMIT));
             scan.feed(&settings(&[(MAX_CONCURRENT_STREAMS, 0)]));
             assert_eq!(limit.get(), 0, "a server may allow none");
             scan.feed(&settings(&[(0x4, 1 << 20)]));

@@ -451,7 +451,14 @@ impl Pools {
             if has_room() {
                 continue; // a stream of this worker's ended meanwhile
             }
-            match self.open_h2(key, cluster, plan, slotted.slot).await {
+            let starting = match self.shared_h2.borrow_mut().get_mut(key) {
+                Some(connections) => connections.starting_limit(),
+                None => u64::from(INITIAL_LIMIT),
+            };
+            match self
+                .open_h2(key, cluster, plan, slotted.slot, starting)
+                .await
+            {
                 Ok(opened) => {
                     let expires = expiry(cluster);
                     let taken = if key.retired(&self.retired.borrow()) {
@@ -504,16 +511,18 @@ impl Pools {
     }
 
     /// A new HTTP/2 connection, counted by `slot` until it closes; the
-    /// server's stream limit read from its frames as they arrive.
+    /// server's stream limit read from its frames as they arrive, `starting`
+    /// streams until the first ([`Connections::starting_limit`]).
     async fn open_h2(
         &self,
         key: &PoolKey,
         cluster: &Cluster,
         plan: &TlsPlan,
         slot: Option<Slot>,
+        starting: u64,
     ) -> Result<Opened, AcquireError> {
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
-        let server_limit = ServerStreamLimit::default();
+        let server_limit = ServerStreamLimit::starting_at(starting);
         // The slot goes with the socket: hyper's connection future ends
         // when no sender is left, while the socket carries the streams on.
         let io = SlottedIo {
@@ -524,8 +533,9 @@ impl Pools {
         let mut builder = http2::Builder::new(LocalExec);
         builder
             .timer(TokioTimer::new())
-            // (what the pool counts before the server's SETTINGS arrive)
-            .initial_max_send_streams(INITIAL_LIMIT as usize)
+            // (what the pool counts before the server's SETTINGS arrive;
+            // the dialer's own stream goes out whatever it is)
+            .initial_max_send_streams(starting.max(1) as usize)
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW);
         if let Some(keepalive) = cluster.keepalive.http2 {
@@ -1164,6 +1174,32 @@ mod tests {
                 let third = pools.h2(&key, &cluster, plan).await.expect("a stream");
                 assert_eq!(streams_per_connection(&pools, &key), [1, 1]);
                 drop((second, third));
+            })
+            .await;
+    }
+
+    /// A new connection is counted at the server's limit as heard on the
+    /// key's others until its own SETTINGS arrive: a burst that finds the
+    /// pool full opens the connections the server's limit needs, instead of
+    /// putting its streams on one new connection counted at 100 (where
+    /// they would wait, or be refused, past the server's limit).
+    #[tokio::test]
+    async fn a_new_connection_is_counted_at_the_servers_heard_limit() {
+        LocalSet::new()
+            .run_until(async {
+                let address = h2_server(1).await;
+                let cluster = streams_limited(address, UNLIMITED);
+                let key = key(&cluster);
+                let pools = pools();
+                let plan = &TlsPlan::Plain;
+                let first = pools.h2(&key, &cluster, plan).await.expect("a stream");
+                // Its answer comes after the server's SETTINGS on the wire.
+                get_on(address, &first).await.expect("an answer");
+                let burst = (0..3).map(|_| pools.h2(&key, &cluster, plan));
+                let taken = futures_util::future::join_all(burst).await;
+                assert!(taken.iter().all(Result::is_ok));
+                assert_eq!(streams_per_connection(&pools, &key), [1, 1, 1, 1]);
+                drop((first, taken));
             })
             .await;
     }

@@ -39,7 +39,7 @@ use hyper::client::conn::http2;
 use tokio::sync::Notify;
 
 use super::body::UpstreamBody;
-use super::peer_settings::ServerStreamLimit;
+use super::peer_settings::{INITIAL_LIMIT, ServerStreamLimit};
 use super::pool::PeerIdentity;
 use crate::model::live::PoolLimits;
 
@@ -176,6 +176,10 @@ pub struct Connections {
     /// Requests waiting for those dials.
     waiting: Rc<Cell<u64>>,
     dials: Rc<Dials>,
+    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS` as last heard on one
+    /// of these connections: what a new one is counted at until its own
+    /// SETTINGS arrive.
+    heard: Option<u64>,
 }
 
 /// What a request that found no room does.
@@ -331,14 +335,33 @@ impl Connections {
         !self.shared.is_empty()
     }
 
+    /// The streams a new connection is counted at until its server's first
+    /// SETTINGS: the server's limit as last heard on one of these
+    /// connections (a server tells every connection the same, as a rule),
+    /// at most [`INITIAL_LIMIT`] (h2's own starting limit, which the pool
+    /// sets to this); `INITIAL_LIMIT` before any was heard (where Envoy
+    /// counts a new connection at the cluster's cap).
+    pub fn starting_limit(&mut self) -> u64 {
+        let latest = self
+            .shared
+            .iter()
+            .rev()
+            .find_map(|c| c.server_limit.heard());
+        self.heard = latest.or(self.heard);
+        self.heard.map_or(u64::from(INITIAL_LIMIT), |heard| {
+            heard.min(u64::from(INITIAL_LIMIT))
+        })
+    }
+
     /// For a request that found no room: wait for the dials under way when
     /// their room (each new connection's streams, less the one its dialer
     /// takes) is not yet spoken for, else dial.
-    pub fn no_room(&self, limits: &PoolLimits) -> NoRoom {
+    pub fn no_room(&mut self, limits: &PoolLimits) -> NoRoom {
         let streams = match limits.max_requests_per_connection {
             0 => limits.max_concurrent_streams,
             most => limits.max_concurrent_streams.min(most),
         };
+        let streams = streams.min(self.starting_limit());
         let room = self.dialing.get().saturating_mul(streams.saturating_sub(1));
         if self.waiting.get() < room {
             NoRoom::Wait(Waiting {

@@ -1,13 +1,54 @@
-//! Opening TCP connections to upstream endpoints: the one dialer the
-//! proxy's pools, its TCP proxying and the ext_authz client share.
+//! Opening connections to upstream endpoints: the one dialer the proxy's
+//! pools, its TCP proxying and the ext_authz client share.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prometheus::IntCounterVec;
 use tokio::net::TcpStream;
 
-use crate::model::cluster::TcpKeepalive;
+use crate::model::cluster::{Cluster, TcpKeepalive};
 use crate::model::endpoint::UpstreamAddr;
+use crate::tls::handshake::{self, TlsFailure, TlsPlan};
+use crate::tls::io::UpstreamIo;
+
+/// Why [`dial`] made no connection.
+#[derive(Debug)]
+pub enum DialError {
+    /// TCP connect failed or timed out ([`connect_tcp`]'s error).
+    Connect(std::io::Error),
+    /// The TLS handshake failed, or did not finish in the time left
+    /// ([`handshake::TIMEOUT`]); counted in `failures`.
+    Tls(TlsFailure),
+}
+
+/// A connection to `addr` of `cluster`: TCP ([`connect_tcp`], from the
+/// cluster's bind address, with its TCP keepalive), then TLS by `plan`,
+/// both within the cluster's connect timeout (the DestinationRule's
+/// `connectTimeout`), as Envoy's `connect_timeout` covers the TLS
+/// handshake (its connection counts as connected once the handshake is
+/// done). Returns the stream and the server's SPIFFE identity, if it has
+/// one; a failed handshake is counted in `failures`.
+pub async fn dial(
+    addr: &UpstreamAddr,
+    cluster: &Cluster,
+    plan: &TlsPlan,
+    failures: &IntCounterVec,
+) -> Result<(UpstreamIo, Option<tracemesh_ca::SpiffeId>), DialError> {
+    let began = Instant::now();
+    let stream = connect_tcp(
+        addr,
+        cluster.connect_timeout,
+        cluster.upstream_bind,
+        cluster.keepalive.tcp,
+    )
+    .await
+    .map_err(DialError::Connect)?;
+    let left = cluster.connect_timeout.saturating_sub(began.elapsed());
+    handshake::connect(stream, plan, failures, left)
+        .await
+        .map_err(DialError::Tls)
+}
 
 /// Opens a plain TCP connection to `addr` within `timeout` (from `bind`'s
 /// address when set; `TCP_NODELAY` on; TCP keepalive by `keepalive` when

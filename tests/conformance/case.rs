@@ -249,6 +249,14 @@ pub fn load(path: &Path, text: &str, ports: &BTreeMap<String, u16>) -> Result<Ca
     }
     let case: Case =
         serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (name, spec) in &case.upstreams {
+        if spec.raw && spec.reset.is_some() {
+            return Err(format!(
+                "{}: upstreams.{name}: `raw` answers HTTP/1.1 and `reset` resets HTTP/2 streams: one, not both",
+                path.display()
+            ));
+        }
+    }
     for (i, step) in case.requests.iter().enumerate() {
         if step.envoy.is_some() != step.why.is_some() {
             return Err(format!(

@@ -20,13 +20,13 @@ use prometheus::IntCounterVec;
 
 use super::ExtAuthzError;
 use super::stats::ExtAuthzStats;
-use crate::connect::connect_tcp;
+use crate::connect::{self, DialError, connect_tcp};
 use crate::model::balancer::PickInput;
 use crate::model::cluster::{Cluster, DEFAULT_CONNECT_TIMEOUT};
 use crate::model::endpoint::UpstreamAddr;
 use crate::model::live::{ActiveRequest, Slot};
 use crate::tls::io::UpstreamIo;
-use crate::tls::{TlsMaterial, TlsPlan, handshake};
+use crate::tls::{TlsMaterial, TlsPlan};
 
 /// The authorizer's address.
 #[derive(Debug, Clone)]
@@ -147,17 +147,11 @@ impl AuthzUpstream {
             workload_tls.load_full()
         })
         .map_err(|reason| io::Error::other(format!("tls: {reason}")))?;
-        let stream = connect_tcp(
-            &endpoint.address,
-            cluster.connect_timeout,
-            cluster.upstream_bind,
-            cluster.keepalive.tcp,
-        )
-        .await?;
-        let (io, _) = handshake::connect(stream, &plan, failures)
-            .await
-            .map_err(|failure| io::Error::other(format!("tls: {}", failure.0)))?;
-        Ok(io)
+        match connect::dial(&endpoint.address, cluster, &plan, failures).await {
+            Ok((io, _)) => Ok(io),
+            Err(DialError::Connect(error)) => Err(error),
+            Err(DialError::Tls(failure)) => Err(io::Error::other(format!("tls: {}", failure.0))),
+        }
     }
 }
 

@@ -236,8 +236,10 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 pub enum AttemptFailure {
     /// TCP connect failed or timed out.
     ConnectFailure,
-    /// The connection closed or reset before the response, after some of
-    /// the request was written.
+    /// The connection closed or broke before the response, after some of
+    /// the request was written (no stream reset of the server's: that is
+    /// [`Self::RemoteReset`] or [`Self::RefusedStream`]); to retries, a
+    /// response that broke the protocol too.
     Reset,
     /// The connection closed before any of the request was written.
     ResetBeforeRequest,
@@ -379,6 +381,30 @@ mod tests {
         assert!(policy.retries_status(200, Some(14)));
         assert!(policy.retries_failure(AttemptFailure::ConnectFailure));
         assert!(!policy.retries_failure(AttemptFailure::Reset));
+        assert!(policy.retries_failure(AttemptFailure::RefusedStream));
+        assert!(!policy.retries_failure(AttemptFailure::RemoteReset));
+    }
+
+    /// A stream the server reset (not refused) is retried by the
+    /// conditions that cover every failure without a response, as in
+    /// Envoy's `wouldRetryFromReset`, and by no narrower one.
+    #[test]
+    fn a_remote_reset_is_retried_by_reset_5xx_and_gateway_error_alone() {
+        for (condition, retried) in [
+            ("reset", true),
+            ("5xx", true),
+            ("gateway-error", true),
+            ("refused-stream", false),
+            ("reset-before-request", false),
+            ("connect-failure", false),
+        ] {
+            let policy = RetryPolicy {
+                on: RetryOn::parse(condition).expect("a condition"),
+                ..RetryPolicy::istio_default()
+            };
+            let failure = AttemptFailure::RemoteReset;
+            assert_eq!(policy.retries_failure(failure), retried, "{condition}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Sends one attempt to one endpoint over a pooled connection, secured as
 //! the cluster's TLS says (plaintext, mesh mTLS, TLS origination).
 
+use std::io;
 use std::rc::Rc;
 
 use super::Worker;
@@ -15,6 +16,7 @@ use crate::model::cluster::{Cluster, UpstreamTls};
 use crate::model::endpoint::Endpoint;
 use crate::model::policy::AttemptFailure;
 use crate::tls::TlsPlan;
+use crate::tls::handshake::TIMEOUT as TLS_TIMEOUT;
 use http::{Response, StatusCode};
 
 /// How the connection to `endpoint` is secured, with the workload's current
@@ -204,6 +206,13 @@ fn acquire_failed(error: AcquireError) -> SendError {
     tracing::debug!(%error, "no upstream connection");
     match error {
         AcquireError::Overflow(limit) => SendError::Overflow(limit),
+        AcquireError::Tls {
+            reason: TLS_TIMEOUT,
+            ..
+        } => SendError::ConnectTimeout,
+        AcquireError::Connect { source, .. } if source.kind() == io::ErrorKind::TimedOut => {
+            SendError::ConnectTimeout
+        }
         AcquireError::Tls { reason, .. } => SendError::Tls(reason),
         AcquireError::Connect { .. } | AcquireError::Handshake { .. } => {
             SendError::Failed(AttemptFailure::ConnectFailure)
@@ -219,30 +228,41 @@ fn reset(error: &hyper::Error) -> SendError {
     if error.is_canceled() {
         return SendError::Canceled;
     }
-    SendError::Failed(match stream_reset(error) {
-        Some(h2::Reason::REFUSED_STREAM) => AttemptFailure::RefusedStream,
-        Some(_) => AttemptFailure::RemoteReset,
-        None => AttemptFailure::Reset,
-    })
+    let Some(h2) = h2_error(error) else {
+        return SendError::Failed(AttemptFailure::Reset);
+    };
+    match (h2.is_remote(), h2.reason()) {
+        // Above the last stream a GOAWAY said the server processed (RFC
+        // 9113 §6.8): unprocessed, as a refused stream is (h2 fails only
+        // those streams with the GOAWAY, and nghttp2 closes them as
+        // REFUSED_STREAM in Envoy, so `refused-stream` retries them there
+        // too).
+        (true, _) if h2.is_go_away() => SendError::Failed(AttemptFailure::RefusedStream),
+        // The stream's own RST_STREAM (§6.4), by its code, as Envoy's
+        // codec reads it.
+        (true, Some(h2::Reason::REFUSED_STREAM)) if h2.is_reset() => {
+            SendError::Failed(AttemptFailure::RefusedStream)
+        }
+        (true, Some(h2::Reason::CONNECT_ERROR)) if h2.is_reset() => SendError::ConnectError,
+        (true, Some(h2::Reason::PROTOCOL_ERROR)) if h2.is_reset() => SendError::Protocol,
+        (true, Some(_)) if h2.is_reset() => SendError::Failed(AttemptFailure::RemoteReset),
+        // The agent's side found the server breaking HTTP/2 (a malformed
+        // frame, a reset of a stream never opened) and closed the
+        // connection: Envoy's codec calls that a protocol error too.
+        (false, Some(h2::Reason::PROTOCOL_ERROR | h2::Reason::FRAME_SIZE_ERROR)) => {
+            SendError::Protocol
+        }
+        // The connection closed or broke under the stream.
+        _ => SendError::Failed(AttemptFailure::Reset),
+    }
 }
 
-/// The code the HTTP/2 server reset the stream with, if it did: the
-/// stream's `RST_STREAM` (RFC 9113 §6.4), or `REFUSED_STREAM` for a stream
-/// above the last one a `GOAWAY` said it processed (§6.8: unprocessed; h2
-/// fails only those streams with the GOAWAY, and nghttp2 closes them as
-/// REFUSED_STREAM in Envoy, so `refused-stream` retries them there too).
-/// `None` for a connection that closed or broke: a connection termination.
-fn stream_reset(error: &hyper::Error) -> Option<h2::Reason> {
+/// The HTTP/2 error in `error`'s causes, if it has one.
+fn h2_error(error: &hyper::Error) -> Option<&h2::Error> {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            if !h2.is_remote() {
-                return None;
-            }
-            if h2.is_go_away() {
-                return Some(h2::Reason::REFUSED_STREAM);
-            }
-            return h2.is_reset().then(|| h2.reason()).flatten();
+            return Some(h2);
         }
         source = cause.source();
     }

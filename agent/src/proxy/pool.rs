@@ -35,12 +35,11 @@ use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
 use super::peer_settings::{INITIAL_LIMIT, ServerStreamLimit, SettingsScan};
 use super::shared_h2::{Connections, Counted, DialFailure, NoRoom, Opened, Taken};
 use crate::by_address::ByAddress;
-use crate::connect::connect_tcp;
+use crate::connect::{self, DialError};
 use crate::model::cluster::{Cluster, Pooling, Poolings, TlsServer};
 use crate::model::endpoint::UpstreamAddr;
 use crate::model::live::{ClusterState, MAX_CONNECTIONS, MAX_PENDING, Slot, UNLIMITED};
 use crate::tls::TlsPlan;
-use crate::tls::handshake;
 use crate::tls::io::UpstreamIo;
 
 /// Most idle HTTP/1.1 connections kept per endpoint and worker.
@@ -636,24 +635,20 @@ impl Pools {
         cluster: &Cluster,
         plan: &TlsPlan,
     ) -> Result<(UpstreamIo, PeerIdentity), AcquireError> {
-        let stream = connect_tcp(
-            addr,
-            cluster.connect_timeout,
-            cluster.upstream_bind,
-            cluster.keepalive.tcp,
-        )
-        .await
-        .map_err(|source| AcquireError::Connect {
-            addr: addr.to_string(),
-            source,
-        })?;
-        self.opened.inc();
-        let (io, identity) = handshake::connect(stream, plan, &self.tls_failures)
-            .await
-            .map_err(|failure| AcquireError::Tls {
+        let dialed = connect::dial(addr, cluster, plan, &self.tls_failures).await;
+        if !matches!(dialed, Err(DialError::Connect(_))) {
+            self.opened.inc();
+        }
+        let (io, identity) = dialed.map_err(|error| match error {
+            DialError::Connect(source) => AcquireError::Connect {
+                addr: addr.to_string(),
+                source,
+            },
+            DialError::Tls(failure) => AcquireError::Tls {
                 addr: addr.to_string(),
                 reason: failure.0,
-            })?;
+            },
+        })?;
         Ok((io, identity.map(|id| Arc::from(id.to_string()))))
     }
 

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::forward::tls_plan;
 use super::{Direction, Worker};
-use crate::connect::connect_tcp;
+use crate::connect::{self, DialError};
 use crate::ext_authz::{CheckOutcome, CheckRequest};
 use crate::flags::ResponseFlags;
 use crate::model::authz::{AuthzInput, DecisionSource};
@@ -596,17 +596,13 @@ async fn dial(
     endpoint: &Endpoint,
 ) -> Result<(UpstreamIo, Option<tracemesh_ca::SpiffeId>), String> {
     let plan = tls_plan(worker, cluster, endpoint, false).map_err(|e| format!("{e:?}"))?;
-    let stream = connect_tcp(
-        &endpoint.address,
-        cluster.connect_timeout,
-        cluster.upstream_bind,
-        cluster.keepalive.tcp,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    handshake::connect(stream, &plan, &worker.shared.metrics.tls_failures)
+    let failures = &worker.shared.metrics.tls_failures;
+    connect::dial(&endpoint.address, cluster, &plan, failures)
         .await
-        .map_err(|failure| format!("tls: {}", failure.0))
+        .map_err(|error| match error {
+            DialError::Connect(error) => error.to_string(),
+            DialError::Tls(failure) => format!("tls: {}", failure.0),
+        })
 }
 
 /// Copies until end of stream, counting bytes as they pass (so long-lived

@@ -96,6 +96,12 @@ pub enum SendError {
     Failed(AttemptFailure),
     /// The TLS handshake failed (a connect failure to retries), for this reason.
     Tls(&'static str),
+    /// The connection was not made within the connect timeout, TLS
+    /// handshake included (a connect failure to retries).
+    ConnectTimeout,
+    /// The HTTP/2 server reset the stream with `CONNECT_ERROR` (a remote
+    /// reset to retries).
+    ConnectError,
     /// The response broke the protocol (a reset to retries, as Envoy's
     /// protocol-error reset is).
     Protocol,
@@ -118,6 +124,8 @@ impl SendError {
             Self::Failed(AttemptFailure::ConnectFailure) | Self::Tls(_) => {
                 LocalReply::CONNECT_FAILURE
             }
+            Self::ConnectTimeout => LocalReply::CONNECT_TIMEOUT,
+            Self::ConnectError => LocalReply::REMOTE_CONNECT_ERROR,
             Self::Failed(AttemptFailure::PerTryTimeout) => LocalReply::PER_TRY_TIMEOUT,
             Self::Failed(AttemptFailure::Reset | AttemptFailure::ResetBeforeRequest) => {
                 LocalReply::CONNECTION_TERMINATION
@@ -134,7 +142,8 @@ impl SendError {
     pub fn failure(self) -> Option<AttemptFailure> {
         match self {
             Self::Failed(failure) => Some(failure),
-            Self::Tls(_) => Some(AttemptFailure::ConnectFailure),
+            Self::Tls(_) | Self::ConnectTimeout => Some(AttemptFailure::ConnectFailure),
+            Self::ConnectError => Some(AttemptFailure::RemoteReset),
             Self::Protocol => Some(AttemptFailure::Reset),
             Self::Canceled => Some(AttemptFailure::RefusedStream),
             Self::Overflow(_) => None,

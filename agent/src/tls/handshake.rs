@@ -33,6 +33,10 @@ pub struct PeerTls {
     pub sni: Option<Arc<str>>,
 }
 
+/// The reason of a handshake that did not finish within its time (the
+/// connect timeout upstream).
+pub const TIMEOUT: &str = "timeout";
+
 /// A handshake that failed, by reason (the metric label and the access
 /// log's `upstream_transport_failure_reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +48,7 @@ fn reason(error: &std::io::Error) -> &'static str {
         .and_then(|e| e.downcast_ref::<rustls::Error>())
     else {
         return if error.kind() == std::io::ErrorKind::TimedOut {
-            "timeout"
+            TIMEOUT
         } else {
             "connection_error"
         };
@@ -106,7 +110,7 @@ pub async fn accept(
     let is_tls = match peeked {
         Ok(Ok(1)) => first[0] == TLS_HANDSHAKE,
         Ok(_) => return Err(TlsFailure("closed")),
-        Err(_) => return Err(fail("timeout")),
+        Err(_) => return Err(fail(TIMEOUT)),
     };
     if !is_tls {
         return match mode {
@@ -155,7 +159,7 @@ pub async fn terminate(
             tracing::debug!(%error, reason = why, "inbound tls handshake failed");
             Err(fail(why))
         }
-        Err(_) => Err(fail("timeout")),
+        Err(_) => Err(fail(TIMEOUT)),
     }
 }
 
@@ -216,12 +220,14 @@ impl TlsPlan {
     }
 }
 
-/// Secures an upstream connection by `plan`; returns the stream and the
-/// server's SPIFFE identity, if it has one.
+/// Secures an upstream connection by `plan` within `timeout` (the time
+/// left of the cluster's connect timeout: [`crate::connect::dial`]);
+/// returns the stream and the server's SPIFFE identity, if it has one.
 pub async fn connect(
     stream: TcpStream,
     plan: &TlsPlan,
     failures: &IntCounterVec,
+    timeout: Duration,
 ) -> Result<(UpstreamIo, Option<tracemesh_ca::SpiffeId>), TlsFailure> {
     let TlsPlan::Tls { config, server } = plan else {
         return Ok((MaybeTls::Plain(stream), None));
@@ -231,14 +237,14 @@ pub async fn connect(
         TlsFailure(reason)
     };
     let connecting = TlsConnector::from(config.clone()).connect(server.server_name.clone(), stream);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+    let tls = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             let why = reason(&error);
             tracing::debug!(%error, reason = why, "outbound tls handshake failed");
             return Err(fail(why));
         }
-        Err(_) => return Err(fail("timeout")),
+        Err(_) => return Err(fail(TIMEOUT)),
     };
     let (_, conn) = tls.get_ref();
     let leaf = conn.peer_certificates().and_then(|c| c.first());

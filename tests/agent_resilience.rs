@@ -551,7 +551,10 @@ fn endpoint_of(clusters: &serde_json::Value, address: &str) -> serde_json::Value
 /// - [`First::AnsweringEarly`]: it answers each request `200 early` at
 ///   once, before its body, and resets the request's stream with NO_ERROR
 ///   (RFC 9113 §8.1: the server needs no more of it), as nginx does for an
-///   upload it does not read; so does every later connection.
+///   upload it does not read; so does every later connection;
+/// - [`First::ResettingMidResponse`]: it answers its first stream's head
+///   (200) and part of a body, then resets the stream with REFUSED_STREAM,
+///   and answers later ones 204.
 ///
 /// Every later connection answers each request 204 at once, and each PING.
 struct FrameUpstream {
@@ -573,6 +576,7 @@ enum First {
     Plain,
     Mute,
     AnsweringEarly,
+    ResettingMidResponse,
 }
 
 /// What one connection of a [`FrameUpstream`] shares with the others.
@@ -683,6 +687,13 @@ impl FrameUpstream {
                     shared.read.notify_one();
                     shared.second.notified().await;
                     frame(HEADERS, ENDS, opened[0], &[STATUS_200])
+                }
+                (HEADERS, Some(First::ResettingMidResponse)) if opened.is_empty() => {
+                    opened.push(stream);
+                    let mut reply = frame(HEADERS, END_HEADERS, stream, &[STATUS_200]);
+                    reply.extend(frame(DATA, 0, stream, b"partial"));
+                    reply.extend(frame(RST_STREAM, 0, stream, &REFUSED_STREAM.to_be_bytes()));
+                    reply
                 }
                 (HEADERS, Some(First::AnsweringEarly)) => {
                     // `:status: 200`, `content-length: 5` (HPACK: a literal
@@ -1048,4 +1059,59 @@ async fn a_client_still_uploading_gets_the_early_answer_not_a_reset() {
             panic!("the upload was reset after {sent} chunks: {error}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reset_after_the_response_began_reaches_the_client_as_the_agents_own() {
+    // The upstream resets its stream with REFUSED_STREAM after the head and
+    // part of the body. Passed on, that code would tell the client its
+    // request went unprocessed (RFC 9113 §8.7), safe to retry, when the
+    // upstream had begun to answer it: Envoy resets the client's stream
+    // with INTERNAL_ERROR, whatever the upstream's code, and records UR.
+    use http_body_util::BodyExt;
+    let upstream = FrameUpstream::start(First::ResettingMidResponse).await;
+    let agent = upstream.agent("");
+    let stream = tokio::net::TcpStream::connect(agent.outbound)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("http://app:9080/")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    // (The reset may reach the client before the head it follows does.)
+    let error = match sender.send_request(request).await {
+        Ok(response) => {
+            assert_eq!(response.status(), 200);
+            let body = response.into_body().collect().await;
+            body.expect_err("the body is broken off")
+        }
+        Err(error) => error,
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    let mut reason = None;
+    while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            reason = h2.reason();
+        }
+        cause = e.source();
+    }
+    assert_eq!(reason, Some(h2::Reason::INTERNAL_ERROR), "{error:?}");
+    let labels = [("response_code", "200"), ("response_flags", "UR")];
+    let flagged =
+        |scrape: &common::metrics::Scrape| scrape.sum("istio_requests_total", &labels) >= 1.0;
+    let mut scrape = agent.metrics().await;
+    for _ in 0..100 {
+        if flagged(&scrape) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        scrape = agent.metrics().await;
+    }
+    assert!(flagged(&scrape), "{}", scrape.text);
 }

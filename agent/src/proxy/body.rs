@@ -226,6 +226,18 @@ pub struct ResponseTimeout;
 #[error("stream idle timeout: nothing passed for {0:?} mid-response")]
 pub struct ResponseStreamIdle(pub std::time::Duration);
 
+/// The upstream broke a response off mid-body (`0`: how): passed on to the
+/// client as a failure of the agent's, with no cause, so that hyper resets
+/// an HTTP/2 client's stream with `INTERNAL_ERROR`, as Envoy resets it,
+/// whatever code the upstream reset its stream with. (hyper would pass on
+/// an HTTP/2 code it finds among the causes: an upstream's
+/// `REFUSED_STREAM` would tell the client its request went unprocessed,
+/// RFC 9113 §8.7, and safe to retry, when the upstream had begun to answer
+/// it.) An HTTP/1.1 client's connection is closed, as before.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream broke the response off: {0}")]
+pub struct UpstreamBrokeOff(BoxError);
+
 /// What hears how a response body goes: the request's record. Every call
 /// comes from the body's `poll_frame`; `on_end` comes once, last, unless the
 /// body is dropped first (the client went away).
@@ -412,6 +424,14 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
                 Poll::Ready(None) | Poll::Pending => {}
             }
         }
+        // An upstream that broke the response off is passed on as the
+        // agent's own failure, not the upstream's: see [`UpstreamBrokeOff`].
+        let polled = match polled {
+            Poll::Ready(Some(Err(error))) if !error.is::<Cut>() => {
+                Poll::Ready(Some(Err(Box::new(UpstreamBrokeOff(error)) as BoxError)))
+            }
+            polled => polled,
+        };
         // Trailers are a body's last frame (`http_body::Frame`): the server
         // side may stop polling once it has them, without asking for the end.
         let last = match &polled {

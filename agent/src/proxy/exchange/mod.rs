@@ -551,11 +551,20 @@ impl ResponseObserver for Exchange {
             self.on_overload();
             return;
         }
-        self.add_flags(if protocol_error {
-            ResponseFlags::UPSTREAM_PROTOCOL_ERROR
+        // Envoy's words for a reset after the response began.
+        let (flag, details) = if protocol_error {
+            (
+                ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+                "upstream_reset_after_response_started{protocol_error}",
+            )
         } else {
-            ResponseFlags::UPSTREAM_REMOTE_RESET
-        });
+            (
+                ResponseFlags::UPSTREAM_REMOTE_RESET,
+                "upstream_reset_after_response_started{remote_reset}",
+            )
+        };
+        self.add_flags(flag);
+        self.record.details = Some(self.details(details, DecidedBy::Agent));
     }
 
     fn on_timeout(&mut self) {

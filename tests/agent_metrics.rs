@@ -198,7 +198,7 @@ spec:
         (
             "http://refused:9080/",
             503,
-            "UF,URX",
+            "URX,UF",
             "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure",
         ),
         (
@@ -234,7 +234,7 @@ spec:
     let expect = [
         // A host outside the registry is never a label (BlackHoleCluster).
         ("404", "NR", "unknown"),
-        ("503", "UF,URX", "refused.default.svc.cluster.local"),
+        ("503", "URX,UF", "refused.default.svc.cluster.local"),
         ("503", "UC", "resetting.default.svc.cluster.local"),
         ("503", "UH", "app.default.svc.cluster.local"),
         ("503", "NC", "ghost.default.svc.cluster.local"),

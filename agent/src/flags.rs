@@ -4,9 +4,26 @@
 use std::borrow::Cow;
 use std::fmt;
 
-/// A set of response flags.
+/// A set of response flags, in the order they were set: Envoy (since
+/// 1.30) keeps a request's flags as a list and writes them in that order
+/// (`URX,UF`: the retries given up, then the failure that ended the last
+/// attempt), and the access log and the `response_flags` metric label show
+/// them so; dashboards and alerts match the label's exact value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct ResponseFlags(u32);
+pub struct ResponseFlags {
+    /// The flags set (a bit per flag, [`NAMES`]' bits).
+    set: u32,
+    /// The flags in the order they were set: 5-bit slots, the first in the
+    /// low bits, each a flag's bit index plus one (0: no more); every flag
+    /// fits.
+    order: u128,
+}
+
+/// Bits per slot of [`ResponseFlags::order`].
+const SLOT: u32 = 5;
+/// Slots in [`ResponseFlags::order`].
+const SLOTS: u32 = u128::BITS / SLOT;
+const _: () = assert!(NAMES.len() <= SLOTS as usize, "every flag has a slot");
 
 const NAMES: [(u32, &str); 20] = [
     (1 << 0, "NR"),
@@ -33,101 +50,138 @@ const NAMES: [(u32, &str); 20] = [
 
 impl ResponseFlags {
     /// No flag.
-    pub const NONE: Self = Self(0);
+    pub const NONE: Self = Self { set: 0, order: 0 };
     /// No route matched the request.
-    pub const NO_ROUTE: Self = Self(1 << 0);
+    pub const NO_ROUTE: Self = Self::flag(0);
     /// The upstream connection could not be opened.
-    pub const UPSTREAM_CONNECT_FAILURE: Self = Self(1 << 1);
+    pub const UPSTREAM_CONNECT_FAILURE: Self = Self::flag(1);
     /// The cluster has no healthy endpoint.
-    pub const NO_HEALTHY_UPSTREAM: Self = Self(1 << 2);
+    pub const NO_HEALTHY_UPSTREAM: Self = Self::flag(2);
     /// A connection-pool or circuit-breaker limit overflowed.
-    pub const UPSTREAM_OVERFLOW: Self = Self(1 << 3);
+    pub const UPSTREAM_OVERFLOW: Self = Self::flag(3);
     /// The upstream did not answer in time.
-    pub const UPSTREAM_TIMEOUT: Self = Self(1 << 4);
+    pub const UPSTREAM_TIMEOUT: Self = Self::flag(4);
     /// Retries were exhausted.
-    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: Self = Self(1 << 5);
+    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: Self = Self::flag(5);
     /// The upstream connection closed before the response.
-    pub const UPSTREAM_CONNECTION_TERMINATION: Self = Self(1 << 6);
+    pub const UPSTREAM_CONNECTION_TERMINATION: Self = Self::flag(6);
     /// The client went away before the response was complete.
-    pub const DOWNSTREAM_CONNECTION_TERMINATION: Self = Self(1 << 7);
+    pub const DOWNSTREAM_CONNECTION_TERMINATION: Self = Self::flag(7);
     /// Rate limited.
-    pub const RATE_LIMITED: Self = Self(1 << 8);
+    pub const RATE_LIMITED: Self = Self::flag(8);
     /// Denied by an AuthorizationPolicy.
-    pub const RBAC_DENIED: Self = Self(1 << 9);
+    pub const RBAC_DENIED: Self = Self::flag(9);
     /// Aborted by fault injection.
-    pub const FAULT_ABORT: Self = Self(1 << 10);
+    pub const FAULT_ABORT: Self = Self::flag(10);
     /// Delayed by fault injection.
-    pub const FAULT_DELAY: Self = Self(1 << 11);
+    pub const FAULT_DELAY: Self = Self::flag(11);
     /// The route's destination names no known cluster.
-    pub const NO_CLUSTER_FOUND: Self = Self(1 << 12);
+    pub const NO_CLUSTER_FOUND: Self = Self::flag(12);
     /// The upstream reset the stream after the response began.
-    pub const UPSTREAM_REMOTE_RESET: Self = Self(1 << 13);
+    pub const UPSTREAM_REMOTE_RESET: Self = Self::flag(13);
     /// The client broke the HTTP protocol (a malformed body, an ambiguous
     /// request).
-    pub const DOWNSTREAM_PROTOCOL_ERROR: Self = Self(1 << 14);
+    pub const DOWNSTREAM_PROTOCOL_ERROR: Self = Self::flag(14);
     /// The stream did nothing for `streamIdleTimeout` (Envoy's SI).
-    pub const STREAM_IDLE_TIMEOUT: Self = Self(1 << 15);
+    pub const STREAM_IDLE_TIMEOUT: Self = Self::flag(15);
     /// The external authorizer (a CUSTOM AuthorizationPolicy) denied the
     /// request, or failed and `failOpen` is false (Envoy's UAEX).
-    pub const UNAUTHORIZED_EXTERNAL_SERVICE: Self = Self(1 << 16);
+    pub const UNAUTHORIZED_EXTERNAL_SERVICE: Self = Self::flag(16);
     /// The upstream broke the HTTP protocol: a malformed response head, a
     /// transfer coding the agent cannot pass on, a body cut short of its
     /// framing (Envoy's UPE).
-    pub const UPSTREAM_PROTOCOL_ERROR: Self = Self(1 << 17);
+    pub const UPSTREAM_PROTOCOL_ERROR: Self = Self::flag(17);
     /// The agent stopped reading the stream to bound what it holds: one of
     /// more stalled HTTP/2 bodies, their readers taking nothing, than
     /// `spec.overload.maxStalledStreams` allows (Envoy's OM, "overload
     /// manager terminated the request").
-    pub const OVERLOAD_MANAGER: Self = Self(1 << 18);
+    pub const OVERLOAD_MANAGER: Self = Self::flag(18);
     /// A proxied TCP connection reached its cluster's
     /// `maxConnectionDuration` and was closed (Envoy's DT).
-    pub const DURATION_TIMEOUT: Self = Self(1 << 19);
+    pub const DURATION_TIMEOUT: Self = Self::flag(19);
+
+    /// The one flag of bit `index`.
+    const fn flag(index: u32) -> Self {
+        Self {
+            set: 1 << index,
+            order: index as u128 + 1,
+        }
+    }
 
     /// Whether no flag is set.
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.set == 0
     }
 
     /// Whether a flag marks a failure (a fault delay alone does not).
     pub fn is_failure(self) -> bool {
-        self.0 & !Self::FAULT_DELAY.0 != 0
+        self.set & !Self::FAULT_DELAY.set != 0
     }
 
     /// Whether every flag of `other` is set.
     pub fn contains(self, other: Self) -> bool {
-        self.0 & other.0 == other.0
+        self.set & other.set == other.set
     }
 
-    /// These flags without those of `other`.
+    /// These flags without those of `other` (in their order).
     pub const fn except(self, other: Self) -> Self {
-        Self(self.0 & !other.0)
-    }
-
-    /// These flags and those of `other`.
-    pub const fn with(self, other: Self) -> Self {
-        Self(self.0 | other.0)
-    }
-
-    /// Adds the flags of `other`.
-    pub fn insert(&mut self, other: Self) {
-        self.0 |= other.0;
-    }
-
-    /// Envoy's rendering: `-` for none, else codes joined by commas.
-    pub fn as_str(self) -> Cow<'static, str> {
-        if self.is_empty() {
-            return Cow::Borrowed("-");
+        let mut kept = Self::NONE;
+        let mut order = self.order;
+        while order != 0 {
+            let index = (order & ((1 << SLOT) - 1)) as u32 - 1;
+            if other.set & (1 << index) == 0 {
+                kept = kept.with(Self::flag(index));
+            }
+            order >>= SLOT;
         }
-        let mut names = NAMES
-            .iter()
-            .filter(|(bit, _)| self.0 & bit != 0)
-            .map(|(_, n)| *n);
+        kept
+    }
+
+    /// These flags, then those of `other` not already set (in `other`'s
+    /// order).
+    pub const fn with(self, other: Self) -> Self {
+        let mut flags = self;
+        let mut order = other.order;
+        while order != 0 {
+            let index = (order & ((1 << SLOT) - 1)) as u32 - 1;
+            let bit = 1 << index;
+            if flags.set & bit == 0 {
+                flags.order |= (index as u128 + 1) << (flags.slots() * SLOT);
+                flags.set |= bit;
+            }
+            order >>= SLOT;
+        }
+        flags
+    }
+
+    /// Slots taken in `order`.
+    const fn slots(self) -> u32 {
+        (u128::BITS - self.order.leading_zeros()).div_ceil(SLOT)
+    }
+
+    /// Adds the flags of `other` after those set so far.
+    pub fn insert(&mut self, other: Self) {
+        *self = self.with(other);
+    }
+
+    /// Envoy's rendering: `-` for none, else codes joined by commas in the
+    /// order they were set.
+    pub fn as_str(self) -> Cow<'static, str> {
+        let mut order = self.order;
+        let mut names = std::iter::from_fn(move || {
+            if order == 0 {
+                return None;
+            }
+            let index = (order & ((1 << SLOT) - 1)) as usize - 1;
+            order >>= SLOT;
+            Some(NAMES[index].1)
+        });
         match (names.next(), names.clone().next()) {
+            (None, _) => Cow::Borrowed("-"),
             (Some(only), None) => Cow::Borrowed(only),
             (Some(first), Some(_)) => {
                 Cow::Owned(names.fold(first.to_owned(), |acc, n| acc + "," + n))
             }
-            (None, _) => Cow::Borrowed("-"),
         }
     }
 }
@@ -135,7 +189,7 @@ impl ResponseFlags {
 impl std::ops::BitOr for ResponseFlags {
     type Output = Self;
     fn bitor(self, rhs: Self) -> Self {
-        Self(self.0 | rhs.0)
+        self.with(rhs)
     }
 }
 
@@ -154,8 +208,36 @@ mod tests {
         assert_eq!(ResponseFlags::NONE.as_str(), "-");
         assert_eq!(ResponseFlags::NO_ROUTE.as_str(), "NR");
         let both =
-            ResponseFlags::UPSTREAM_CONNECT_FAILURE | ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
-        assert_eq!(both.as_str(), "UF,URX");
+            ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED | ResponseFlags::UPSTREAM_CONNECT_FAILURE;
+        assert_eq!(both.as_str(), "URX,UF");
         assert!(both.contains(ResponseFlags::UPSTREAM_CONNECT_FAILURE));
+    }
+
+    /// Flags render in the order they were set, each once, as Envoy
+    /// writes them; removing one keeps the others' order.
+    #[test]
+    fn flags_keep_the_order_they_were_set_in() {
+        let mut flags = ResponseFlags::FAULT_DELAY;
+        flags.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        flags.insert(ResponseFlags::UPSTREAM_TIMEOUT);
+        flags.insert(ResponseFlags::FAULT_DELAY);
+        assert_eq!(flags.as_str(), "DI,URX,UT");
+        let without = flags.except(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        assert_eq!(without.as_str(), "DI,UT");
+        assert_eq!(without.with(flags).as_str(), "DI,UT,URX");
+        assert_ne!(flags, without.with(flags), "the order is the label");
+        let all = NAMES
+            .iter()
+            .enumerate()
+            .fold(ResponseFlags::NONE, |all, (i, _)| {
+                all.with(ResponseFlags::flag(i as u32))
+            });
+        assert!(
+            NAMES
+                .iter()
+                .enumerate()
+                .all(|(i, _)| all.contains(ResponseFlags::flag(i as u32)))
+        );
+        assert_eq!(all.as_str().split(',').count(), NAMES.len());
     }
 }

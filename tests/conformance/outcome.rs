@@ -107,15 +107,11 @@ pub fn envoy_flag_class(flags: &str, details: &str) -> String {
     }
 }
 
-/// `status flags` of one copy; flags sorted so `UF,URX` equals `URX,UF`.
+/// `status flags` of one copy. The flags keep their order: Envoy writes
+/// them in the order it set them (`URX,UF`), and the `response_flags`
+/// metric label that dashboards match is that string.
 pub fn response(status: u16, flags: &str) -> String {
-    let flags: BTreeSet<&str> = flags.split(',').filter(|f| !f.is_empty()).collect();
-    let flags: Vec<&str> = flags.into_iter().collect();
-    let flags = if flags.is_empty() {
-        "-".to_owned()
-    } else {
-        flags.join(",")
-    };
+    let flags = if flags.is_empty() { "-" } else { flags };
     format!("{status} {flags}")
 }
 

@@ -426,12 +426,15 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
         }
         // An upstream that broke the response off is passed on as the
         // agent's own failure, not the upstream's: see [`UpstreamBrokeOff`].
-        let polled = match polled {
-            Poll::Ready(Some(Err(error))) if !error.is::<Cut>() => {
-                Poll::Ready(Some(Err(Box::new(UpstreamBrokeOff(error)) as BoxError)))
-            }
-            polled => polled,
-        };
+        // (Rewrapped in place: a frame is not moved for it.)
+        let mut polled = polled;
+        if let Poll::Ready(Some(Err(error))) = &mut polled
+            && !error.is::<Cut>()
+        {
+            // (`fmt::Error` holds the place: a box of nothing allocates nothing.)
+            let cause = std::mem::replace(error, Box::new(std::fmt::Error));
+            *error = Box::new(UpstreamBrokeOff(cause));
+        }
         // Trailers are a body's last frame (`http_body::Frame`): the server
         // side may stop polling once it has them, without asking for the end.
         let last = match &polled {

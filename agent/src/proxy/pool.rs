@@ -1144,6 +1144,34 @@ mod tests {
         shared.taken.sender.clone().send_request(request).await
     }
 
+    /// A pool whose first HTTP/2 connection, to a server allowing
+    /// `max_streams` streams (a cluster with no cap of its own), has heard
+    /// the server's SETTINGS; that connection's stream.
+    struct Heard {
+        pools: Rc<Pools>,
+        cluster: Arc<Cluster>,
+        key: PoolKey,
+        first: SharedH2,
+    }
+
+    async fn heard(max_streams: u32) -> Heard {
+        let address = h2_server(max_streams).await;
+        let cluster = streams_limited(address, UNLIMITED);
+        let key = key(&cluster);
+        let pools = pools();
+        let first = pools.h2(&key, &cluster, &TlsPlan::Plain).await;
+        let first = first.expect("a stream");
+        // Its answer comes after the server's SETTINGS on the wire.
+        let answer = get_on(address, &first).await.expect("an answer");
+        assert_eq!(answer.status(), 200);
+        Heard {
+            pools,
+            cluster,
+            key,
+            first,
+        }
+    }
+
     /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS` caps the streams its
     /// connection is given, as `maxConcurrentStreams` does (Envoy counts
     /// it in the connection's capacity): a request that finds the
@@ -1153,15 +1181,13 @@ mod tests {
     async fn the_servers_stream_limit_caps_its_connection() {
         LocalSet::new()
             .run_until(async {
-                let address = h2_server(1).await;
-                let cluster = streams_limited(address, UNLIMITED);
-                let key = key(&cluster);
-                let pools = pools();
+                let Heard {
+                    pools,
+                    cluster,
+                    key,
+                    first,
+                } = heard(1).await;
                 let plan = &TlsPlan::Plain;
-                let first = pools.h2(&key, &cluster, plan).await.expect("a stream");
-                // Its answer comes after the server's SETTINGS on the wire.
-                let answer = get_on(address, &first).await.expect("an answer");
-                assert_eq!(answer.status(), 200);
                 let second = pools.h2(&key, &cluster, plan).await.expect("a stream");
                 assert_eq!(streams_per_connection(&pools, &key), [1, 1]);
                 drop(first);
@@ -1182,14 +1208,13 @@ mod tests {
     async fn a_new_connection_is_counted_at_the_servers_heard_limit() {
         LocalSet::new()
             .run_until(async {
-                let address = h2_server(1).await;
-                let cluster = streams_limited(address, UNLIMITED);
-                let key = key(&cluster);
-                let pools = pools();
+                let Heard {
+                    pools,
+                    cluster,
+                    key,
+                    first,
+                } = heard(1).await;
                 let plan = &TlsPlan::Plain;
-                let first = pools.h2(&key, &cluster, plan).await.expect("a stream");
-                // Its answer comes after the server's SETTINGS on the wire.
-                get_on(address, &first).await.expect("an answer");
                 let burst = (0..3).map(|_| pools.h2(&key, &cluster, plan));
                 let taken = futures_util::future::join_all(burst).await;
                 assert!(taken.iter().all(Result::is_ok));

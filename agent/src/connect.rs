@@ -13,12 +13,14 @@ use crate::tls::handshake::{self, TlsFailure, TlsPlan};
 use crate::tls::io::UpstreamIo;
 
 /// Why [`dial`] made no connection.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum DialError {
     /// TCP connect failed or timed out ([`connect_tcp`]'s error).
+    #[error("{0}")]
     Connect(std::io::Error),
     /// The TLS handshake failed, or did not finish in the time left
     /// ([`handshake::TIMEOUT`]); counted in `failures`.
+    #[error("tls: {}", .0.0)]
     Tls(TlsFailure),
 }
 

@@ -11,41 +11,24 @@ use std::fmt;
 /// them so; dashboards and alerts match the label's exact value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags {
-    /// The flags set (a bit per flag, [`NAMES`]' bits).
+    /// The flags set (a bit per flag, by [`NAMES`]' index).
     set: u32,
     /// The flags in the order they were set: 5-bit slots, the first in the
-    /// low bits, each a flag's bit index plus one (0: no more); every flag
-    /// fits.
-    order: u128,
+    /// low bits, each a flag's bit index plus one (0: no more). Twelve fit
+    /// (a request sets three or four); any past them render after, in bit
+    /// order.
+    order: u64,
 }
 
 /// Bits per slot of [`ResponseFlags::order`].
 const SLOT: u32 = 5;
 /// Slots in [`ResponseFlags::order`].
-const SLOTS: u32 = u128::BITS / SLOT;
-const _: () = assert!(NAMES.len() <= SLOTS as usize, "every flag has a slot");
+const SLOTS: u32 = u64::BITS / SLOT;
 
-const NAMES: [(u32, &str); 20] = [
-    (1 << 0, "NR"),
-    (1 << 1, "UF"),
-    (1 << 2, "UH"),
-    (1 << 3, "UO"),
-    (1 << 4, "UT"),
-    (1 << 5, "URX"),
-    (1 << 6, "UC"),
-    (1 << 7, "DC"),
-    (1 << 8, "RL"),
-    (1 << 9, "RBAC"),
-    (1 << 10, "FI"),
-    (1 << 11, "DI"),
-    (1 << 12, "NC"),
-    (1 << 13, "UR"),
-    (1 << 14, "DPE"),
-    (1 << 15, "SI"),
-    (1 << 16, "UAEX"),
-    (1 << 17, "UPE"),
-    (1 << 18, "OM"),
-    (1 << 19, "DT"),
+/// Each flag's code, by its bit's index.
+const NAMES: [&str; 20] = [
+    "NR", "UF", "UH", "UO", "UT", "URX", "UC", "DC", "RL", "RBAC", "FI", "DI", "NC", "UR", "DPE",
+    "SI", "UAEX", "UPE", "OM", "DT",
 ];
 
 impl ResponseFlags {
@@ -104,7 +87,7 @@ impl ResponseFlags {
     const fn flag(index: u32) -> Self {
         Self {
             set: 1 << index,
-            order: index as u128 + 1,
+            order: index as u64 + 1,
         }
     }
 
@@ -127,8 +110,7 @@ impl ResponseFlags {
     pub const fn except(self, other: Self) -> Self {
         let mut kept = Self::NONE;
         let mut order = self.order;
-        while order != 0 {
-            let index = (order & ((1 << SLOT) - 1)) as u32 - 1;
+        while let Some(index) = slot(order) {
             if other.set & (1 << index) == 0 {
                 kept = kept.with(Self::flag(index));
             }
@@ -140,13 +122,18 @@ impl ResponseFlags {
     /// These flags, then those of `other` not already set (in `other`'s
     /// order).
     pub const fn with(self, other: Self) -> Self {
+        if other.set & !self.set == 0 {
+            return self; // nothing new (the common case: no flag at all)
+        }
         let mut flags = self;
         let mut order = other.order;
-        while order != 0 {
-            let index = (order & ((1 << SLOT) - 1)) as u32 - 1;
+        while let Some(index) = slot(order) {
             let bit = 1 << index;
             if flags.set & bit == 0 {
-                flags.order |= (index as u128 + 1) << (flags.slots() * SLOT);
+                let slots = flags.slots();
+                if slots < SLOTS {
+                    flags.order |= (index as u64 + 1) << (slots * SLOT);
+                }
                 flags.set |= bit;
             }
             order >>= SLOT;
@@ -154,9 +141,19 @@ impl ResponseFlags {
         flags
     }
 
+    /// The bit indices of the flags in `order`, first set first.
+    fn in_order(self) -> impl Iterator<Item = u32> {
+        let mut order = self.order;
+        std::iter::from_fn(move || {
+            let index = slot(order)?;
+            order >>= SLOT;
+            Some(index)
+        })
+    }
+
     /// Slots taken in `order`.
     const fn slots(self) -> u32 {
-        (u128::BITS - self.order.leading_zeros()).div_ceil(SLOT)
+        (u64::BITS - self.order.leading_zeros()).div_ceil(SLOT)
     }
 
     /// Adds the flags of `other` after those set so far.
@@ -167,25 +164,31 @@ impl ResponseFlags {
     /// Envoy's rendering: `-` for none, else codes joined by commas in the
     /// order they were set.
     pub fn as_str(self) -> Cow<'static, str> {
-        let mut order = self.order;
-        let mut names = std::iter::from_fn(move || {
-            if order == 0 {
-                return None;
-            }
-            let index = (order & ((1 << SLOT) - 1)) as usize - 1;
-            order >>= SLOT;
-            Some(NAMES[index].1)
-        });
-        match (names.next(), names.clone().next()) {
-            (None, _) => Cow::Borrowed("-"),
-            (Some(only), None) => Cow::Borrowed(only),
-            (Some(first), Some(_)) => {
-                Cow::Owned(names.fold(first.to_owned(), |acc, n| acc + "," + n))
+        let mut ordered = 0u32;
+        let mut indices: Vec<u32> = self.in_order().inspect(|i| ordered |= 1 << i).collect();
+        // (Flags past the slots, in bit order.)
+        indices.extend((0..NAMES.len() as u32).filter(|&i| self.set & !ordered & (1 << i) != 0));
+        match indices.as_slice() {
+            [] => Cow::Borrowed("-"),
+            [only] => Cow::Borrowed(NAMES[*only as usize]),
+            _ => {
+                let names: Vec<&str> = indices.iter().map(|&i| NAMES[i as usize]).collect();
+                Cow::Owned(names.join(","))
             }
         }
     }
 }
 
+/// The bit index in the first slot of `order`, if any.
+const fn slot(order: u64) -> Option<u32> {
+    match (order & ((1 << SLOT) - 1)) as u32 {
+        0 => None,
+        held => Some(held - 1),
+    }
+}
+
+/// `a | b` is [`ResponseFlags::with`]: `b`'s flags after `a`'s, so it
+/// does not commute where the order shows (`==`, the rendering).
 impl std::ops::BitOr for ResponseFlags {
     type Output = Self;
     fn bitor(self, rhs: Self) -> Self {
@@ -226,18 +229,16 @@ mod tests {
         assert_eq!(without.as_str(), "DI,UT");
         assert_eq!(without.with(flags).as_str(), "DI,UT,URX");
         assert_ne!(flags, without.with(flags), "the order is the label");
-        let all = NAMES
-            .iter()
-            .enumerate()
-            .fold(ResponseFlags::NONE, |all, (i, _)| {
-                all.with(ResponseFlags::flag(i as u32))
+        // Every flag, last first: the first twelve in their order, the rest
+        // after them in bit order.
+        let all = (0..NAMES.len() as u32)
+            .rev()
+            .fold(ResponseFlags::NONE, |all, i| {
+                all.with(ResponseFlags::flag(i))
             });
-        assert!(
-            NAMES
-                .iter()
-                .enumerate()
-                .all(|(i, _)| all.contains(ResponseFlags::flag(i as u32)))
-        );
-        assert_eq!(all.as_str().split(',').count(), NAMES.len());
+        assert!((0..NAMES.len() as u32).all(|i| all.contains(ResponseFlags::flag(i))));
+        let mut want: Vec<&str> = NAMES.iter().rev().take(SLOTS as usize).copied().collect();
+        want.extend(&NAMES[..NAMES.len() - SLOTS as usize]);
+        assert_eq!(all.as_str(), want.join(","));
     }
 }

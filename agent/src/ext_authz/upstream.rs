@@ -150,7 +150,7 @@ impl AuthzUpstream {
         match connect::dial(&endpoint.address, cluster, &plan, failures).await {
             Ok((io, _)) => Ok(io),
             Err(DialError::Connect(error)) => Err(error),
-            Err(DialError::Tls(failure)) => Err(io::Error::other(format!("tls: {}", failure.0))),
+            Err(tls) => Err(io::Error::other(tls.to_string())),
         }
     }
 }

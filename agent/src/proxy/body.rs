@@ -17,6 +17,7 @@ use super::client_body::{ClientBody, ClientBodyError};
 use super::h1;
 use super::pool::Lease;
 use super::progress::RequestProgress;
+use super::reset_reason::ResetReason;
 use super::shared_h2::StreamBody;
 use super::stalled::{Cut, CutSignal, WatchedError, WatchedStream};
 use super::stream_idle::{IdleTimer, StreamClock};
@@ -244,10 +245,10 @@ pub struct UpstreamBrokeOff(BoxError);
 pub trait ResponseObserver {
     /// A frame passed on to the client (data to count, trailers to read).
     fn on_frame(&mut self, frame: &Frame<Bytes>);
-    /// The upstream broke the response off mid-body: reset it (HTTP/2, a
-    /// TCP reset) or, when `protocol_error`, broke its framing (closed
+    /// The upstream broke the response off mid-body, for `reason`: reset
+    /// the stream, closed the connection, or broke the protocol (closed
     /// short of its `Content-Length` or last chunk, a malformed chunk).
-    fn on_reset(&mut self, protocol_error: bool);
+    fn on_reset(&mut self, reason: ResetReason);
     /// The route timeout cut the response off.
     fn on_timeout(&mut self);
     /// The stream idle timeout cut the response off.
@@ -271,8 +272,8 @@ impl<T: ResponseObserver + ?Sized> ResponseObserver for Box<T> {
     fn on_frame(&mut self, frame: &Frame<Bytes>) {
         (**self).on_frame(frame);
     }
-    fn on_reset(&mut self, protocol_error: bool) {
-        (**self).on_reset(protocol_error);
+    fn on_reset(&mut self, reason: ResetReason) {
+        (**self).on_reset(reason);
     }
     fn on_timeout(&mut self) {
         (**self).on_timeout();
@@ -419,7 +420,7 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
                     // The agent stopped reading the upstream: the client
                     // took nothing of it.
                     Some(cut) => observer.on_cut(*cut),
-                    None => observer.on_reset(breaks_framing(error.as_ref())),
+                    None => observer.on_reset(ResetReason::of(error.as_ref())),
                 },
                 Poll::Ready(None) | Poll::Pending => {}
             }
@@ -462,29 +463,6 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
     }
 }
 
-/// Whether a response body's error is the upstream breaking HTTP/1.1
-/// framing: the agent's HTTP/1.1 client ([`h1::ResponseBody`]) and hyper's
-/// HTTP/1 decoder (upgrade requests) report a body ending short of its
-/// length or last chunk as an `UnexpectedEof` I/O error, a malformed chunk
-/// as `InvalidInput` or `InvalidData`. An HTTP/2 stream's errors come from
-/// h2 instead, and a TCP reset is `ConnectionReset`: resets, not this.
-fn breaks_framing(error: &(dyn std::error::Error + 'static)) -> bool {
-    let cause = error.downcast_ref::<std::io::Error>().or_else(|| {
-        error
-            .downcast_ref::<hyper::Error>()
-            .and_then(std::error::Error::source)
-            .and_then(|cause| cause.downcast_ref::<std::io::Error>())
-    });
-    cause.is_some_and(|io| {
-        matches!(
-            io.kind(),
-            std::io::ErrorKind::UnexpectedEof
-                | std::io::ErrorKind::InvalidInput
-                | std::io::ErrorKind::InvalidData
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
@@ -503,8 +481,8 @@ mod tests {
             let len = frame.data_ref().map_or(0, Bytes::len);
             self.0.borrow_mut().push(format!("frame {len}"));
         }
-        fn on_reset(&mut self, protocol_error: bool) {
-            self.0.borrow_mut().push(format!("reset {protocol_error}"));
+        fn on_reset(&mut self, reason: ResetReason) {
+            self.0.borrow_mut().push(format!("reset {reason:?}"));
         }
         fn on_timeout(&mut self) {
             self.0.borrow_mut().push("timeout".into());
@@ -599,7 +577,7 @@ mod tests {
                     panic!("cut short");
                 };
                 assert!(!error.is::<ResponseTimeout>(), "{error}");
-                assert_eq!(*notes.0.borrow(), ["frame 5", "reset true", "end"]);
+                assert_eq!(*notes.0.borrow(), ["frame 5", "reset ProtocolError", "end"]);
             })
             .await;
     }

@@ -9,6 +9,7 @@ use super::body::{Received, UpstreamBody};
 use super::canonical::known_transfer_coding;
 use super::h1::{self, SendFailure};
 use super::pool::{AcquireError, PoolKey, add_waits};
+use super::reset_reason::ResetReason;
 use super::shared_h2::StreamBody;
 use super::stalled::WatchedStream;
 use super::upstream::{AttemptHead, SendError, Sent, Upstream};
@@ -202,6 +203,8 @@ fn unusable<B: http_body::Body>(response: &Response<B>, upgrade: bool) -> Option
         .then_some("a transfer coding other than chunked")
 }
 
+// (Failures are the cold path: kept out of `send`'s body.)
+#[cold]
 fn acquire_failed(error: AcquireError) -> SendError {
     tracing::debug!(%error, "no upstream connection");
     match error {
@@ -220,6 +223,7 @@ fn acquire_failed(error: AcquireError) -> SendError {
     }
 }
 
+#[cold]
 fn reset(error: &hyper::Error) -> SendError {
     tracing::debug!(%error, "upstream reset before response headers");
     if error.is_parse() {
@@ -228,43 +232,11 @@ fn reset(error: &hyper::Error) -> SendError {
     if error.is_canceled() {
         return SendError::Canceled;
     }
-    let Some(h2) = h2_error(error) else {
-        return SendError::Failed(AttemptFailure::Reset);
-    };
-    match (h2.is_remote(), h2.reason()) {
-        // Above the last stream a GOAWAY said the server processed (RFC
-        // 9113 §6.8): unprocessed, as a refused stream is (h2 fails only
-        // those streams with the GOAWAY, and nghttp2 closes them as
-        // REFUSED_STREAM in Envoy, so `refused-stream` retries them there
-        // too).
-        (true, _) if h2.is_go_away() => SendError::Failed(AttemptFailure::RefusedStream),
-        // The stream's own RST_STREAM (§6.4), by its code, as Envoy's
-        // codec reads it.
-        (true, Some(h2::Reason::REFUSED_STREAM)) if h2.is_reset() => {
-            SendError::Failed(AttemptFailure::RefusedStream)
-        }
-        (true, Some(h2::Reason::CONNECT_ERROR)) if h2.is_reset() => SendError::ConnectError,
-        (true, Some(h2::Reason::PROTOCOL_ERROR)) if h2.is_reset() => SendError::Protocol,
-        (true, Some(_)) if h2.is_reset() => SendError::Failed(AttemptFailure::RemoteReset),
-        // The agent's side found the server breaking HTTP/2 (a malformed
-        // frame, a reset of a stream never opened) and closed the
-        // connection: Envoy's codec calls that a protocol error too.
-        (false, Some(h2::Reason::PROTOCOL_ERROR | h2::Reason::FRAME_SIZE_ERROR)) => {
-            SendError::Protocol
-        }
-        // The connection closed or broke under the stream.
-        _ => SendError::Failed(AttemptFailure::Reset),
+    match ResetReason::of(error) {
+        ResetReason::RemoteRefusedStreamReset => SendError::Failed(AttemptFailure::RefusedStream),
+        ResetReason::RemoteConnectError => SendError::ConnectError,
+        ResetReason::ProtocolError => SendError::Protocol,
+        ResetReason::RemoteReset => SendError::Failed(AttemptFailure::RemoteReset),
+        ResetReason::ConnectionTermination => SendError::Failed(AttemptFailure::Reset),
     }
-}
-
-/// The HTTP/2 error in `error`'s causes, if it has one.
-fn h2_error(error: &hyper::Error) -> Option<&h2::Error> {
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return Some(h2);
-        }
-        source = cause.source();
-    }
-    None
 }

@@ -31,6 +31,7 @@ mod mirror;
 mod peer_settings;
 mod pool;
 mod progress;
+mod reset_reason;
 mod rewind;
 mod rewrite;
 mod route;

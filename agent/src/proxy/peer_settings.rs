@@ -27,10 +27,11 @@ use std::rc::Rc;
 /// The limit of a server whose first SETTINGS set none (RFC 9113 §6.5.2).
 pub const NO_LIMIT: u64 = u64::MAX;
 
-/// The streams a connection may carry before its server's first SETTINGS
-/// arrive: hyper's starting limit (its `initial_max_send_streams`, which
-/// the pool sets to this), the least RFC 9113 §6.5.2 recommends a server
-/// allow.
+/// The most streams a connection may carry before its server's first
+/// SETTINGS arrive: hyper's starting limit (its `initial_max_send_streams`,
+/// which the pool sets to this, or to the server's limit as heard on
+/// another connection when lower), the least RFC 9113 §6.5.2 recommends a
+/// server allow.
 pub const INITIAL_LIMIT: u32 = 100;
 
 /// Frame header length (RFC 9113 §4.1).

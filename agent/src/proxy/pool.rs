@@ -479,6 +479,11 @@ impl Pools {
                     dial.failed(match &error {
                         AcquireError::Tls { reason, .. } => DialFailure::Tls(reason),
                         AcquireError::Overflow(limit) => DialFailure::Overflow(limit),
+                        AcquireError::Connect { source, .. }
+                            if source.kind() == std::io::ErrorKind::TimedOut =>
+                        {
+                            DialFailure::Timeout
+                        }
                         AcquireError::Connect { .. } | AcquireError::Handshake { .. } => {
                             DialFailure::Connect
                         }
@@ -775,6 +780,11 @@ fn failed_dial(key: &PoolKey, failure: DialFailure) -> AcquireError {
         DialFailure::Connect => AcquireError::Connect {
             addr,
             source: std::io::Error::other(WAITED_FOR_A_FAILED_DIAL),
+        },
+        // (Its kind says so: the waiter's reply is a connection timeout too.)
+        DialFailure::Timeout => AcquireError::Connect {
+            addr,
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, WAITED_FOR_A_FAILED_DIAL),
         },
         DialFailure::Tls(reason) => AcquireError::Tls { addr, reason },
         DialFailure::Overflow(limit) => AcquireError::Overflow(limit),

@@ -9,8 +9,10 @@
 //!
 //! Requests that find no room while connections are being dialed wait for
 //! those dials when the dials' room would take them (each new connection
-//! carries `maxConcurrentStreams`, or `maxRequestsPerConnection` when
-//! fewer, the dialing request's stream included), so a burst opens as many
+//! carries `maxConcurrentStreams`, `maxRequestsPerConnection` or the
+//! server's limit as last heard on the key's connections
+//! ([`Connections::starting_limit`]), whichever is fewest, the dialing
+//! request's stream included), so a burst opens as many
 //! connections as its streams need, not one per request. A dial that fails
 //! (or overflows the cluster's limits) fails the requests that waited for
 //! it with its own error, as Envoy's pool fails the requests pending on a
@@ -18,10 +20,10 @@
 //!
 //! An idle connection stays for the next burst until its idle timeout, as
 //! in Envoy's pool (streams go to the first connection with room, so the
-//! later ones are the ones left idle); every idle one goes at the worker's
-//! next request for the key or pool sweep while requests of the cluster
-//! wait for a connection slot (hyper closes it once no sender is left and
-//! its streams are done). A connection
+//! later ones are the ones left idle); every idle one goes at the pool's
+//! next sweep while requests of the cluster wait for a connection slot
+//! (hyper closes it once no sender is left and its streams are done). A
+//! connection
 //! given `maxRequestsPerConnection` streams is shared no more, as Envoy
 //! drains it: it closes once they end; so is one past its lifetime
 //! (`maxConnectionDuration`).
@@ -144,6 +146,9 @@ pub struct Opened {
 pub enum DialFailure {
     /// TCP connect or the HTTP/2 handshake failed.
     Connect,
+    /// TCP connect did not finish within the connect timeout (a TLS
+    /// handshake that did not is [`Self::Tls`] with its `timeout` reason).
+    Timeout,
     /// The TLS handshake failed, for this reason.
     Tls(&'static str),
     /// The cluster's connection limits turned it away: the
@@ -342,11 +347,13 @@ impl Connections {
     /// sets to this); `INITIAL_LIMIT` before any was heard (where Envoy
     /// counts a new connection at the cluster's cap).
     pub fn starting_limit(&mut self) -> u64 {
+        // (A 0 is passing, a server draining or not ready: heard once, it
+        // must not make every new connection start refused.)
         let latest = self
             .shared
             .iter()
             .rev()
-            .find_map(|c| c.server_limit.heard());
+            .find_map(|c| c.server_limit.heard().filter(|&streams| streams > 0));
         self.heard = latest.or(self.heard);
         self.heard.map_or(u64::from(INITIAL_LIMIT), |heard| {
             heard.min(u64::from(INITIAL_LIMIT))

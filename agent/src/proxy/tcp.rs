@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::forward::tls_plan;
 use super::{Direction, Worker};
-use crate::connect::{self, DialError};
+use crate::connect;
 use crate::ext_authz::{CheckOutcome, CheckRequest};
 use crate::flags::ResponseFlags;
 use crate::model::authz::{AuthzInput, DecisionSource};
@@ -599,10 +599,7 @@ async fn dial(
     let failures = &worker.shared.metrics.tls_failures;
     connect::dial(&endpoint.address, cluster, &plan, failures)
         .await
-        .map_err(|error| match error {
-            DialError::Connect(error) => error.to_string(),
-            DialError::Tls(failure) => format!("tls: {}", failure.0),
-        })
+        .map_err(|error| error.to_string())
 }
 
 /// Copies until end of stream, counting bytes as they pass (so long-lived

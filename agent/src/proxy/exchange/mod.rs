@@ -20,6 +20,7 @@ use super::attempts::AttemptRecord;
 use super::body::{Received, ResponseBody, ResponseObserver};
 use super::local_reply::{self, DecidedBy, LocalReply, RESPONSE_CODE_DETAILS_HEADER};
 use super::progress::{BodyFailure, RequestProgress};
+use super::reset_reason::ResetReason;
 use super::stream_idle::StreamClock;
 use super::tap::Tap;
 use super::{Direction, Downstream, Worker};
@@ -539,7 +540,7 @@ impl ResponseObserver for Exchange {
         }
     }
 
-    fn on_reset(&mut self, protocol_error: bool) {
+    fn on_reset(&mut self, reason: ResetReason) {
         let request_failure = self.request_body.as_ref().and_then(|p| p.failure());
         if request_failure == Some(BodyFailure::StreamIdle) {
             // The upstream stream was reset because the client's body hit
@@ -551,19 +552,9 @@ impl ResponseObserver for Exchange {
             self.on_overload();
             return;
         }
-        // Envoy's words for a reset after the response began.
-        let (flag, details) = if protocol_error {
-            (
-                ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
-                "upstream_reset_after_response_started{protocol_error}",
-            )
-        } else {
-            (
-                ResponseFlags::UPSTREAM_REMOTE_RESET,
-                "upstream_reset_after_response_started{remote_reset}",
-            )
-        };
-        self.add_flags(flag);
+        // Envoy's flag and words for a reset after the response began.
+        self.add_flags(reason.flag());
+        let details = reason.details_after_response_started();
         self.record.details = Some(self.details(details, DecidedBy::Agent));
     }
 

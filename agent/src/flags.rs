@@ -164,18 +164,24 @@ impl ResponseFlags {
     /// Envoy's rendering: `-` for none, else codes joined by commas in the
     /// order they were set.
     pub fn as_str(self) -> Cow<'static, str> {
-        let mut ordered = 0u32;
-        let mut indices: Vec<u32> = self.in_order().inspect(|i| ordered |= 1 << i).collect();
-        // (Flags past the slots, in bit order.)
-        indices.extend((0..NAMES.len() as u32).filter(|&i| self.set & !ordered & (1 << i) != 0));
-        match indices.as_slice() {
-            [] => Cow::Borrowed("-"),
-            [only] => Cow::Borrowed(NAMES[*only as usize]),
-            _ => {
-                let names: Vec<&str> = indices.iter().map(|&i| NAMES[i as usize]).collect();
-                Cow::Owned(names.join(","))
-            }
+        // (No flag, or one: nearly every request; no order to read.)
+        match self.set.count_ones() {
+            0 => return Cow::Borrowed("-"),
+            1 => return Cow::Borrowed(NAMES[self.set.trailing_zeros() as usize]),
+            _ => {}
         }
+        let mut ordered = 0u32;
+        let mut names: Vec<&str> = self
+            .in_order()
+            .map(|i| {
+                ordered |= 1 << i;
+                NAMES[i as usize]
+            })
+            .collect();
+        // (Flags past the slots, in bit order.)
+        let rest = (0..NAMES.len()).filter(|&i| self.set & !ordered & (1 << i) != 0);
+        names.extend(rest.map(|i| NAMES[i]));
+        Cow::Owned(names.join(","))
     }
 }
 

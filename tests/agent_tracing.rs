@@ -628,7 +628,7 @@ async fn each_tcp_connection_is_a_span_with_its_peer_and_bytes() {
     assert_eq!(failed.span.kind, SPAN_KIND_CLIENT);
     assert_eq!(
         failed.attr("tracemesh.response_flags").as_deref(),
-        Some("UF")
+        Some("UF,URX")
     );
     assert_eq!(
         failed.span.status.as_ref().map(|s| s.code),

@@ -243,7 +243,10 @@ pub async fn proxy<IO>(
             }
             Err(error) => {
                 tracing::debug!(%error, upstream = %endpoint.address, "tcp upstream connect failed");
-                flags = ResponseFlags::UPSTREAM_CONNECT_FAILURE;
+                // Envoy's tcp_proxy: the connect failed, then its one
+                // connect attempt (`max_connect_attempts`) was spent.
+                flags = ResponseFlags::UPSTREAM_CONNECT_FAILURE
+                    | ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
             }
         },
     }

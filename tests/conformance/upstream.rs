@@ -232,9 +232,9 @@ async fn reset_streams(
 
 /// A raw upstream's connection: reads requests (head, then a
 /// `content-length` body), records each, and writes the step's answer
-/// (read when the request has arrived); closes after an answer that
-/// [`keeps_alive`] does not allow more after, or after a request whose
-/// body it cannot frame.
+/// (read when the request has arrived); closes ([`linger`]) after an
+/// answer that [`keeps_alive`] does not allow more after, or after a
+/// request whose body it cannot frame.
 async fn answer_raw(
     mut stream: TcpStream,
     name: String,
@@ -304,10 +304,29 @@ async fn answer_raw(
             return;
         }
         if !(framed && keeps_alive(&bytes)) {
-            let _ = stream.shutdown().await;
+            linger(stream).await;
             return;
         }
     }
+}
+
+/// How long a raw upstream closing a connection reads on for the client's
+/// own close (nginx's `lingering_timeout`).
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Closes a connection as an HTTP/1.1 server does after its last answer
+/// (RFC 9112 §9.6; nginx's lingering close): its sending side first, then
+/// reading and dropping what the client still sends until the client
+/// closes too (at most [`LINGER`]). Closed with bytes unread, the socket
+/// would send an RST, which can reach the client before it has read the
+/// answer and destroy it there: what the client saw would be a race.
+async fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut rest = [0u8; 4096];
+        while stream.read(&mut rest).await.is_ok_and(|n| n > 0) {}
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Where a message's head ends: the offset of its blank line's `\r\n\r\n`.

@@ -11,7 +11,8 @@
 //! is sent, not when the server's SETTINGS arrive; so the pool's HTTP/2
 //! socket (above TLS) passes every byte the server sends through a
 //! [`SettingsScan`], which reads each frame header: a frame's payload is
-//! skipped by its length, and only a SETTINGS frame's is read.
+//! skipped by its length, and only a SETTINGS frame's is read (and a
+//! limit of 0 passed on to h2 as 1: [`SettingsScan`] says why).
 //!
 //! The limit follows h2's (hyper's HTTP/2) own: a starting limit until the
 //! server's first SETTINGS, which sets it, or lifts it ([`NO_LIMIT`]: RFC
@@ -118,6 +119,16 @@ enum First {
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`. The scan takes the bytes as they come,
 /// in any pieces; it does not judge the frames (hyper's connection does, and
 /// closes it on a malformed one).
+///
+/// A limit of 0 is passed on to h2 as 1, while the pool counts the 0 and
+/// hands the connection no more streams. h2 holds a stream it may not open
+/// until the server raises its limit or the connection ends: with no route
+/// timeout (Istio's default) a request handed to the connection before the
+/// 0 was read would wait for ever. Envoy sends the streams it attached to a
+/// new connection before it reads the server's SETTINGS, and the server
+/// refuses them (`REFUSED_STREAM`, RFC 9113 §5.1.2), which its router
+/// retries as `refused-stream`; passed on as 1, such a stream goes out and
+/// is refused the same way, whichever came first.
 #[derive(Debug)]
 pub struct SettingsScan {
     state: State,
@@ -142,14 +153,15 @@ impl SettingsScan {
         }
     }
 
-    /// Takes the next `bytes` the server sent.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    /// Takes the next `bytes` the server sent, as they go on to h2: a
+    /// limit of 0 goes on as 1 ([`SettingsScan`]), the rest unchanged.
+    pub fn feed(&mut self, mut bytes: &mut [u8]) {
         while !bytes.is_empty() {
             match self.state {
                 State::Header(got) => {
                     let take = (HEADER_LEN - got).min(bytes.len());
                     self.header[got..got + take].copy_from_slice(&bytes[..take]);
-                    bytes = &bytes[take..];
+                    bytes = &mut bytes[take..];
                     if got + take < HEADER_LEN {
                         self.state = State::Header(got + take);
                         return;
@@ -169,16 +181,20 @@ impl SettingsScan {
                 State::Payload { left, settings } => {
                     let take = left.min(bytes.len());
                     if settings {
-                        for &byte in &bytes[..take] {
-                            self.setting[self.setting_len] = byte;
+                        for byte in &mut bytes[..take] {
+                            self.setting[self.setting_len] = *byte;
                             self.setting_len += 1;
                             if self.setting_len == SETTING_LEN {
-                                self.apply();
+                                if self.apply() == Some(0) {
+                                    // (the value's last byte, always in
+                                    // this piece: 0 becomes 1)
+                                    *byte = 1;
+                                }
                                 self.setting_len = 0;
                             }
                         }
                     }
-                    bytes = &bytes[take..];
+                    bytes = &mut bytes[take..];
                     if take == left {
                         self.end_payload();
                     } else {
@@ -192,16 +208,18 @@ impl SettingsScan {
         }
     }
 
-    /// One whole setting read.
-    fn apply(&mut self) {
+    /// One whole setting read: the limit it sets, if it is the limit.
+    fn apply(&mut self) -> Option<u32> {
         let [a, b, c, d, e, f] = self.setting;
-        if u16::from_be_bytes([a, b]) == MAX_CONCURRENT_STREAMS {
-            let streams = u32::from_be_bytes([c, d, e, f]);
-            self.limit.set(u64::from(streams));
-            if let First::Reading { set } = &mut self.first {
-                *set = true;
-            }
+        if u16::from_be_bytes([a, b]) != MAX_CONCURRENT_STREAMS {
+            return None;
         }
+        let streams = u32::from_be_bytes([c, d, e, f]);
+        self.limit.set(u64::from(streams));
+        if let First::Reading { set } = &mut self.first {
+            *set = true;
+        }
+        Some(streams)
     }
 
     /// A frame's payload has ended; the next header follows. The first
@@ -281,7 +299,8 @@ mod tests {
             let mut scan = SettingsScan::new(limit.clone());
             assert_eq!(limit.get(), 100, "the starting limit");
             let mut fed = 0;
-            for chunk in bytes.chunks(piece) {
+            let mut passed = bytes.clone();
+            for chunk in passed.chunks_mut(piece) {
                 scan.feed(chunk);
                 fed += chunk.len();
                 if fed < first {
@@ -293,20 +312,42 @@ mod tests {
                 }
             }
             assert_eq!(limit.get(), 100_000, "pieces of {piece}");
+            assert!(passed == bytes, "pieces of {piece}: passed on unchanged");
+        }
+    }
+
+    #[test]
+    fn a_limit_of_0_is_counted_and_passed_on_as_1() {
+        let mut bytes = settings(&[(0x4, 65_535), (MAX_CONCURRENT_STREAMS, 0)]);
+        bytes.extend(frame(0x0, 0, 1, &entries(&[(MAX_CONCURRENT_STREAMS, 0)])));
+        bytes.extend(settings(&[(MAX_CONCURRENT_STREAMS, 0), (0x1, 0)]));
+        let mut want = settings(&[(0x4, 65_535), (MAX_CONCURRENT_STREAMS, 1)]);
+        want.extend(frame(0x0, 0, 1, &entries(&[(MAX_CONCURRENT_STREAMS, 0)])));
+        want.extend(settings(&[(MAX_CONCURRENT_STREAMS, 1), (0x1, 0)]));
+        for piece in [1, 2, 5, 6, 9, 10, 13, bytes.len()] {
+            let limit = ServerStreamLimit::default();
+            let mut scan = SettingsScan::new(limit.clone());
+            let mut passed = bytes.clone();
+            for chunk in passed.chunks_mut(piece) {
+                scan.feed(chunk);
+            }
+            assert_eq!(limit.heard(), Some(0), "pieces of {piece}");
+            // (a DATA payload that looks like the setting is left alone)
+            assert!(passed == want, "pieces of {piece}: {passed:?}");
         }
     }
 
     #[test]
     fn a_first_settings_without_the_limit_lifts_the_starting_one() {
-        for first in [settings(&[(0x1, 4096)]), settings(&[])] {
+        for mut first in [settings(&[(0x1, 4096)]), settings(&[])] {
             let limit = ServerStreamLimit::starting_at(3);
             let mut scan = SettingsScan::new(limit.clone());
             assert_eq!((limit.get(), limit.heard()), (3, None));
-            scan.feed(&first);
+            scan.feed(&mut first);
             assert_eq!(limit.heard(), Some(NO_LIMIT));
-            scan.feed(&settings(&[(MAX_CONCURRENT_STREAMS, 0)]));
+            scan.feed(&mut settings(&[(MAX_CONCURRENT_STREAMS, 0)]));
             assert_eq!(limit.get(), 0, "a server may allow none");
-            scan.feed(&settings(&[(0x4, 1 << 20)]));
+            scan.feed(&mut settings(&[(0x4, 1 << 20)]));
             assert_eq!(limit.get(), 0, "a later SETTINGS without it keeps it");
         }
     }

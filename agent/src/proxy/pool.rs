@@ -812,7 +812,7 @@ impl tokio::io::AsyncRead for SlottedIo {
         let this = &mut *self;
         let read = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
         if let std::task::Poll::Ready(Ok(())) = read {
-            this.scan.feed(&buf.filled()[before..]);
+            this.scan.feed(&mut buf.filled_mut()[before..]);
         }
         read
     }
@@ -901,6 +901,7 @@ mod tests {
 
     use super::*;
     use crate::model::live::PoolLimits;
+    use crate::proxy::reset_reason::ResetReason;
     use crate::proxy::testing::{key, pools};
 
     #[test]
@@ -1234,6 +1235,77 @@ mod tests {
             .await;
     }
 
+    /// An HTTP/2 server that allows no stream: its SETTINGS carry
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` 0; it refuses every stream
+    /// (`RST_STREAM` `REFUSED_STREAM`) and says on the channel when the
+    /// client has acknowledged those SETTINGS, that is, has applied them.
+    async fn refusing_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("an address");
+        let (acked, acks) = tokio::sync::mpsc::unbounded_channel();
+        tokio::task::spawn_local(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let acked = acked.clone();
+                tokio::task::spawn_local(async move {
+                    // SETTINGS: one entry, MAX_CONCURRENT_STREAMS (3) = 0.
+                    let settings = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0];
+                    stream.write_all(&settings).await?;
+                    let mut preface = [0; 24];
+                    stream.read_exact(&mut preface).await?;
+                    loop {
+                        let mut header = [0; 9];
+                        stream.read_exact(&mut header).await?;
+                        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]);
+                        let mut payload = vec![0; length as usize];
+                        stream.read_exact(&mut payload).await?;
+                        let (kind, flags) = (header[3], header[4]);
+                        if kind == 4 && flags & 1 == 1 {
+                            let _ = acked.send(());
+                        }
+                        if kind == 1 {
+                            // RST_STREAM on its stream, REFUSED_STREAM (7).
+                            let mut reset = vec![0, 0, 4, 3, 0];
+                            reset.extend(&header[5..9]);
+                            reset.extend(7u32.to_be_bytes());
+                            stream.write_all(&reset).await?;
+                        }
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), std::io::Error>(())
+                });
+            }
+        });
+        (address, acks)
+    }
+
+    /// A stream handed to a connection whose server's 0 hyper has already
+    /// applied goes out and is refused, as Envoy's first streams on a
+    /// connection are, instead of being held by hyper for a stream the
+    /// server will never allow (with no route timeout, for ever).
+    #[tokio::test]
+    async fn a_stream_given_after_the_servers_0_is_refused_not_held() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, mut acks) = refusing_server().await;
+                let cluster = streams_limited(address, UNLIMITED);
+                let key = key(&cluster);
+                let pools = pools();
+                let first = pools.h2(&key, &cluster, &TlsPlan::Plain).await;
+                let first = first.expect("a stream");
+                acks.recv().await.expect("the server's SETTINGS applied");
+                let sent = get_on(address, &first);
+                let answer = tokio::time::timeout(Duration::from_secs(30), sent).await;
+                let error = answer.expect("refused, not held").expect_err("refused");
+                assert_eq!(
+                    ResetReason::of(&error),
+                    ResetReason::RemoteRefusedStreamReset,
+                    "{error:?}"
+                );
+            })
+            .await;
+    }
+
     /// A connection whose server allows no stream is let go once idle: a
     /// server answering 0 must not make the pool keep a connection per
     /// request until the idle timeout.
@@ -1247,11 +1319,15 @@ mod tests {
                 let pools = pools();
                 let plan = &TlsPlan::Plain;
                 let first = pools.h2(&key, &cluster, plan).await.expect("a stream");
-                // Refused, or held by hyper once it has the server's 0:
-                // either way after the server's SETTINGS.
+                // Refused, whether it went out before the server's 0 was
+                // read or after.
                 let sent = get_on(address, &first);
-                let answer = tokio::time::timeout(Duration::from_secs(2), sent).await;
-                assert!(!matches!(answer, Ok(Ok(_))), "no stream is allowed");
+                let answer = tokio::time::timeout(Duration::from_secs(30), sent).await;
+                let error = answer.expect("refused, not held").expect_err("refused");
+                assert_eq!(
+                    ResetReason::of(&error),
+                    ResetReason::RemoteRefusedStreamReset
+                );
                 drop(first);
                 let second = pools.h2(&key, &cluster, plan).await.expect("a stream");
                 assert_eq!(streams_per_connection(&pools, &key), [1]);

@@ -175,6 +175,11 @@ struct Slotted {
     /// The slot (none when the cluster does not count connections, or a
     /// usable connection came free meanwhile).
     slot: Option<Slot>,
+    /// The request's pending-request slot, held until the connection it
+    /// dials is ready: Envoy's pool counts a request that waits for a
+    /// connection as pending, whether it waits for a slot or for its own
+    /// connection's handshakes (none when it need not dial).
+    pending: Option<Slot>,
     /// How long the request waited as a pending request, when it did: from
     /// the refusal to the slot (or usable connection), the dial not counted.
     waited: Option<Duration>,
@@ -320,7 +325,7 @@ impl Pools {
             expires,
             pools: Rc::downgrade(self),
         };
-        let slot = loop {
+        let slotted = loop {
             if let Some(idle) = self.take_idle(key) {
                 let lease = lease(idle.peer, true, idle.served, waited, idle.expires);
                 return Ok((idle.connection, lease));
@@ -332,10 +337,12 @@ impl Pools {
             // No slot although the cluster counts connections: one of this
             // worker's came free meanwhile, and it is taken instead.
             if slotted.slot.is_some() || key.counted_by().is_none() {
-                break slotted.slot;
+                break slotted;
             }
         };
         let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
+        let Slotted { slot, pending, .. } = slotted;
+        drop(pending);
         let expires = expiry(cluster);
         Ok((
             Connection::new(io, slot),
@@ -371,7 +378,8 @@ impl Pools {
                 addr: key.addr.to_string(),
                 source,
             })?;
-        let slot = slotted.slot;
+        let Slotted { slot, pending, .. } = slotted;
+        drop(pending);
         tokio::task::spawn_local(async move {
             let _slot = slot; // the connection counts until it closes
             if let Err(error) = conn.with_upgrades().await {
@@ -454,10 +462,10 @@ impl Pools {
                 Some(connections) => connections.starting_limit(),
                 None => u64::from(INITIAL_LIMIT),
             };
-            match self
-                .open_h2(key, cluster, plan, slotted.slot, starting)
-                .await
-            {
+            let Slotted { slot, pending, .. } = slotted;
+            let opened = self.open_h2(key, cluster, plan, slot, starting).await;
+            drop(pending);
+            match opened {
                 Ok(opened) => {
                     let expires = expiry(cluster);
                     let taken = if key.retired(&self.retired.borrow()) {
@@ -585,28 +593,42 @@ impl Pools {
     }
 
     /// A connection slot when the cluster counts connections (`None` when it
-    /// does not): at once if below the limit, else after waiting as a
-    /// pending request. `usable` says whether this worker got a connection
-    /// it can use meanwhile (then no slot is needed).
+    /// does not): at once if below the limit, else after waiting. Either
+    /// way the request is pending (`http1MaxPendingRequests`) until the
+    /// connection it dials is ready ([`Slotted::pending`]), as in Envoy's
+    /// pool, and turned away when the pending limit is full. `usable` says
+    /// whether this worker got a connection it can use meanwhile (then no
+    /// slot is needed).
     async fn connection_slot(
         &self,
         key: &PoolKey,
         cluster: &Cluster,
         usable: impl Fn() -> bool,
     ) -> Result<Slotted, AcquireError> {
-        let at_once = |slot| Slotted { slot, waited: None };
         let Some(state) = key.counted_by() else {
-            return Ok(at_once(None));
+            return Ok(Slotted {
+                slot: None,
+                pending: None,
+                waited: None,
+            });
         };
         let limits = &cluster.limits;
-        if let Some(slot) = state.take_connection(limits.max_connections) {
-            return Ok(at_once(Some(slot)));
-        }
-        let _pending = state
+        // Pending until its connection is ready, a dial of its own or not.
+        let pending = state
             .take_pending(limits.max_pending)
             .ok_or(AcquireError::Overflow(MAX_PENDING))?;
+        if let Some(slot) = state.take_connection(limits.max_connections) {
+            return Ok(Slotted {
+                slot: Some(slot),
+                pending: Some(pending),
+                waited: None,
+            });
+        }
         let began = Instant::now();
-        let after_waiting = |slot| Slotted {
+        let mut pending = Some(pending);
+        let mut after_waiting = |slot: Option<Slot>| Slotted {
+            // (a connection that came free needs no dial)
+            pending: if slot.is_some() { pending.take() } else { None },
             slot,
             waited: Some(began.elapsed()),
         };

@@ -29,7 +29,7 @@ use super::local_reply::LocalReply;
 use super::progress::{BodyFailure, RequestProgress};
 use super::stalled::{Cut, CutSignal};
 use super::tap::Tap;
-use super::upstream::{AttemptHead, SendError, Sent, Upstream};
+use super::upstream::{AttemptHead, PoolReady, SendError, Sent, Upstream};
 use crate::model::balancer::PickInput;
 use crate::model::clock::now_ms;
 use crate::model::cluster::Cluster;
@@ -323,7 +323,10 @@ impl Attempts<'_> {
         Err(LocalReply::CONNECTION_TERMINATION)
     }
 
-    /// One attempt under the per-try timeout and the overall deadline.
+    /// One attempt under the per-try timeout and the overall deadline. The
+    /// per-try timeout starts once the attempt has its connection
+    /// ([`PoolReady`], Envoy's `onPoolReady`); until then only the
+    /// deadline (and the cluster's connect timeout, in the pool) bound it.
     async fn send<U: Upstream>(
         &self,
         upstream: &U,
@@ -332,38 +335,40 @@ impl Attempts<'_> {
         body: UpstreamBody,
         cut: Option<CutSignal>,
     ) -> Result<Sent<U::Body>, Attempted> {
-        let per_try = self.retry.per_try_timeout.map(|t| Instant::now() + t);
-        let limit = match (per_try, self.deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let ready = PoolReady::default();
         // Pinned where it is made: handed on by reference, not moved
         // (with the request inside it) into a timeout.
-        let mut sent = std::pin::pin!(upstream.send(endpoint, head, body));
-        // An upload the agent stopped reading ends the wait for the answer:
-        // an HTTP/2 upstream that takes nothing of it would never ask for
-        // the body again, so hyper would never see the cut.
-        let send = std::future::poll_fn(|cx| {
+        let mut sent = std::pin::pin!(upstream.send(endpoint, head, body, &ready));
+        let mut timer = std::pin::pin!(self.deadline.map(tokio::time::sleep_until));
+        let mut per_try = self.retry.per_try_timeout;
+        std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = sent.as_mut().poll(cx) {
                 return Poll::Ready(result.map_err(Attempted::Error));
             }
-            match cut.as_ref().map(|cut| cut.poll_cut(cx)) {
-                Some(Poll::Ready(why)) => Poll::Ready(Err(Attempted::BodyCut(why))),
+            // An upload the agent stopped reading ends the wait for the
+            // answer: an HTTP/2 upstream that takes nothing of it would
+            // never ask for the body again, so hyper would never see the
+            // cut.
+            if let Some(Poll::Ready(why)) = cut.as_ref().map(|cut| cut.poll_cut(cx)) {
+                return Poll::Ready(Err(Attempted::BodyCut(why)));
+            }
+            // (the connection was had during the poll above)
+            if let Some(timeout) = per_try.take_if(|_| ready.is_set()) {
+                let at = Instant::now() + timeout;
+                let at = self.deadline.map_or(at, |deadline| at.min(deadline));
+                timer.set(Some(tokio::time::sleep_until(at)));
+            }
+            match timer.as_mut().as_pin_mut().map(|timer| timer.poll(cx)) {
+                Some(Poll::Ready(())) if self.deadline.is_some_and(|d| Instant::now() >= d) => {
+                    Poll::Ready(Err(Attempted::Deadline))
+                }
+                Some(Poll::Ready(())) => Poll::Ready(Err(Attempted::Error(SendError::Failed(
+                    AttemptFailure::PerTryTimeout,
+                )))),
                 _ => Poll::Pending,
             }
-        });
-        let Some(limit) = limit else {
-            return send.await;
-        };
-        match tokio::time::timeout_at(limit, send).await {
-            Ok(result) => result,
-            Err(_) if self.deadline.is_some_and(|d| Instant::now() >= d) => {
-                Err(Attempted::Deadline)
-            }
-            Err(_) => Err(Attempted::Error(SendError::Failed(
-                AttemptFailure::PerTryTimeout,
-            ))),
-        }
+        })
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -12,7 +12,7 @@ use super::pool::{AcquireError, PoolKey, add_waits};
 use super::reset_reason::ResetReason;
 use super::shared_h2::StreamBody;
 use super::stalled::WatchedStream;
-use super::upstream::{AttemptHead, SendError, Sent, Upstream};
+use super::upstream::{AttemptHead, PoolReady, SendError, Sent, Upstream};
 use crate::model::cluster::{Cluster, UpstreamTls};
 use crate::model::endpoint::Endpoint;
 use crate::model::policy::AttemptFailure;
@@ -57,6 +57,7 @@ impl Upstream for Forwarder<'_> {
         endpoint: &Endpoint,
         head: AttemptHead<'_>,
         body: UpstreamBody,
+        ready: &PoolReady,
     ) -> impl Future<Output = Result<Sent<Received>, SendError>> {
         send(
             self.worker,
@@ -66,6 +67,7 @@ impl Upstream for Forwarder<'_> {
             self.upgrade,
             head,
             body,
+            ready,
         )
     }
 }
@@ -77,7 +79,9 @@ impl Upstream for Forwarder<'_> {
 /// again on another connection; that is not a retry, and the time it
 /// waited for each connection slot adds up in [`Sent::waited`]. An
 /// HTTP/1.1 answer that cannot be passed on (see [`unusable`]) is the
-/// upstream's protocol error, as an unreadable head is.
+/// upstream's protocol error, as an unreadable head is. `ready` is told
+/// when the first connection is had.
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     worker: &Rc<Worker>,
     endpoint: &Endpoint,
@@ -86,6 +90,7 @@ pub async fn send(
     upgrade: bool,
     mut head: AttemptHead<'_>,
     mut body: UpstreamBody,
+    ready: &PoolReady,
 ) -> Result<Sent<Received>, SendError> {
     let plan = tls_plan(worker, cluster, endpoint, h2)?;
     let key = PoolKey::new(&endpoint.address, cluster, &plan);
@@ -100,6 +105,7 @@ pub async fn send(
                 .h2(&key, cluster, &plan)
                 .await
                 .map_err(acquire_failed)?;
+            ready.set();
             waited = add_waits(waited, shared.waited);
             let taken = &mut shared.taken;
             match taken.sender.try_send_request(req).await {
@@ -138,6 +144,7 @@ pub async fn send(
             .h1_upgrade(&key, cluster, &plan)
             .await
             .map_err(acquire_failed)?;
+        ready.set();
         let response = sender
             .send_request(head.into_request(body))
             .await
@@ -157,6 +164,7 @@ pub async fn send(
             .h1(&key, cluster, &plan)
             .await
             .map_err(acquire_failed)?;
+        ready.set();
         waited = add_waits(waited, lease.waited);
         let (peer, reused) = (lease.peer.clone(), lease.reused);
         match h1::send(connection, head.parts(), body, lease).await {

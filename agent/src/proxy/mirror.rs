@@ -17,7 +17,7 @@ use opentelemetry::trace::SpanContext;
 use super::Worker;
 use super::body::UpstreamBody;
 use super::tap::Tap;
-use super::upstream::{AttemptHead, copy_head};
+use super::upstream::{AttemptHead, PoolReady, copy_head};
 use super::{forward, headers};
 use crate::host::split_host_port;
 use crate::model::balancer::PickInput;
@@ -152,6 +152,8 @@ impl Copy {
                 false,
                 AttemptHead::Given(self.head),
                 UpstreamBody::Full(body),
+                // (a mirror has no per-try timeout)
+                &PoolReady::default(),
             ),
         )
         .await;

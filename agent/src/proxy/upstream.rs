@@ -2,6 +2,7 @@
 //! why there was none ([`SendError`]), from whatever sends it
 //! ([`Upstream`]: real connections in `forward`, scripted ones in tests).
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,14 +30,35 @@ pub trait Upstream {
     /// The response body it answers with.
     type Body;
 
-    /// Sends the request `head` with `body` to `endpoint`; an error is an
-    /// attempt without an answer.
+    /// Sends the request `head` with `body` to `endpoint`, telling `ready`
+    /// once it has a connection to send on; an error is an attempt
+    /// without an answer.
     fn send(
         &self,
         endpoint: &Endpoint,
         head: AttemptHead<'_>,
         body: UpstreamBody,
+        ready: &PoolReady,
     ) -> impl Future<Output = Result<Sent<Self::Body>, SendError>>;
+}
+
+/// Whether an attempt has got its connection: TCP connected, TLS and
+/// HTTP handshakes done, or a pooled one taken (Envoy's `onPoolReady`).
+/// The per-try timeout starts here, as Envoy's does: a slow connect is
+/// bounded by the cluster's `connectTimeout`, not by the per-try timeout.
+#[derive(Debug, Default)]
+pub struct PoolReady(Cell<bool>);
+
+impl PoolReady {
+    /// The attempt has its connection.
+    pub fn set(&self) {
+        self.0.set(true);
+    }
+
+    /// Whether it has.
+    pub fn is_set(&self) -> bool {
+        self.0.get()
+    }
 }
 
 /// The request head of one attempt: lent from the head every attempt is

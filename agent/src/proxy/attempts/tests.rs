@@ -36,6 +36,10 @@ enum Answer {
     AfterWait(u64),
     /// Never answers (a timeout decides).
     Hang,
+    /// 200 after this many ms getting a connection.
+    ConnectsIn(u64),
+    /// A connect failure after this many ms (a connect timeout).
+    ConnectFailsIn(u64),
 }
 
 /// Answers attempts from a script, noting where each went and when.
@@ -72,6 +76,7 @@ impl Upstream for Script {
         endpoint: &Endpoint,
         mut head: AttemptHead<'_>,
         _body: UpstreamBody,
+        ready: &PoolReady,
     ) -> Result<Sent<()>, SendError> {
         let now = Instant::now();
         let count = head.parts().headers.get("x-envoy-attempt-count");
@@ -101,7 +106,16 @@ impl Upstream for Script {
             })
         };
         match answer {
+            Answer::ConnectFailure | Answer::Overflow | Answer::ConnectFailsIn(_) => {}
+            Answer::ConnectsIn(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                ready.set();
+            }
+            _ => ready.set(),
+        }
+        match answer {
             Answer::Status(status) => respond(status, None, None),
+            Answer::ConnectsIn(_) => respond(200, None, None),
             Answer::Grpc(code) => respond(200, Some(code), None),
             Answer::AfterWait(ms) => respond(200, None, Some(Duration::from_millis(ms))),
             Answer::RateLimited => respond(503, None, None),
@@ -113,6 +127,10 @@ impl Upstream for Script {
             Answer::ConnectFailure => Err(SendError::Failed(AttemptFailure::ConnectFailure)),
             Answer::Overflow => Err(SendError::Overflow(MAX_CONNECTIONS)),
             Answer::Hang => std::future::pending().await,
+            Answer::ConnectFailsIn(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Err(SendError::Failed(AttemptFailure::ConnectFailure))
+            }
         }
     }
 }
@@ -522,6 +540,36 @@ async fn a_per_try_timeout_ends_one_attempt_and_may_be_retried() {
     strict.per_try_timeout = Some(Duration::from_millis(100));
     let timed_out = run(&cluster, &strict, None, &[Answer::Hang]).await;
     assert_eq!(reply(&timed_out), LocalReply::PER_TRY_TIMEOUT.details);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_per_try_timeout_starts_once_the_connection_is_had() {
+    let cluster = cluster(2, PoolLimits::default(), None);
+    let mut policy = retry(1, &[RetryOn::CONNECT_FAILURE]);
+    policy.per_try_timeout = Some(Duration::from_millis(100));
+    // A connect slower than the per-try timeout is not cut by it.
+    let slow = run(&cluster, &policy, None, &[Answer::ConnectsIn(300)]).await;
+    assert_eq!(status(&slow), 200);
+    // A connect that times out is a connect failure, retried as one, and
+    // the last attempt's failure is the answer (Envoy: 503 URX,UF).
+    let failed = run(
+        &cluster,
+        &policy,
+        None,
+        &[Answer::ConnectFailsIn(300), Answer::ConnectFailsIn(300)],
+    )
+    .await;
+    assert_eq!(reply(&failed), LocalReply::CONNECT_FAILURE.details);
+    assert_eq!(failed.script.endpoints().len(), 2, "retried");
+    // The overall deadline still bounds a connect.
+    let bounded = run(
+        &cluster,
+        &policy,
+        Some(Duration::from_millis(200)),
+        &[Answer::ConnectsIn(300)],
+    )
+    .await;
+    assert_eq!(reply(&bounded), LocalReply::TIMEOUT.details);
 }
 
 #[tokio::test(start_paused = true)]

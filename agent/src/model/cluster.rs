@@ -79,8 +79,9 @@ pub struct Cluster {
 pub struct Pooling {
     /// The source address connections are bound to ([`Cluster::upstream_bind`]).
     pub bind: Option<IpAddr>,
-    /// The cluster whose `maxConnections` counts the connections, when it
-    /// limits them.
+    /// The cluster whose circuit breakers count the connections and the
+    /// pending requests, when it limits either (`maxConnections`,
+    /// `http1MaxPendingRequests`).
     pub counted_by: Option<ByAddress<ClusterState>>,
     /// `maxConcurrentStreams` per HTTP/2 connection.
     pub max_concurrent_streams: u64,
@@ -343,7 +344,8 @@ impl Cluster {
                 let limits = &self.limits;
                 let pooling = Pooling {
                     bind: self.upstream_bind,
-                    counted_by: (limits.max_connections != UNLIMITED)
+                    counted_by: (limits.max_connections != UNLIMITED
+                        || limits.max_pending != UNLIMITED)
                         .then(|| ByAddress(self.state.clone())),
                     max_concurrent_streams: limits.max_concurrent_streams,
                     max_requests_per_connection: limits.max_requests_per_connection,

@@ -259,8 +259,14 @@ impl Default for PoolLimits {
 pub struct ClusterState {
     /// Open upstream connections (counted only for clusters that limit them).
     pub connections: AtomicU64,
-    /// Requests waiting for a connection.
+    /// Pending requests (`http1MaxPendingRequests`): those waiting for a
+    /// connection, a slot for one or their own dial (Envoy's pool counts
+    /// both).
     pub pending: AtomicU64,
+    /// Requests waiting for a connection slot (the cluster at its
+    /// `maxConnections`): while any do, workers let connections that come
+    /// free go instead of keeping them idle.
+    pub slot_waiters: AtomicU64,
     /// Requests in flight.
     pub requests: AtomicU64,
     /// Retries in flight.
@@ -274,6 +280,7 @@ pub struct ClusterState {
 enum Counter {
     Connections,
     Pending,
+    SlotWaiters,
     Requests,
     Retries,
 }
@@ -301,6 +308,7 @@ impl ClusterState {
         match counter {
             Counter::Connections => &self.connections,
             Counter::Pending => &self.pending,
+            Counter::SlotWaiters => &self.slot_waiters,
             Counter::Requests => &self.requests,
             Counter::Retries => &self.retries,
         }
@@ -344,9 +352,19 @@ impl ClusterState {
         self.take(Counter::Retries, limit)
     }
 
-    /// Whether requests are waiting for a connection.
+    /// Counts a request waiting for a connection slot while the slot is
+    /// held.
+    pub fn wait_for_slot(self: &Arc<Self>) -> Slot {
+        self.slot_waiters.fetch_add(1, Ordering::AcqRel);
+        Slot {
+            state: self.clone(),
+            counter: Counter::SlotWaiters,
+        }
+    }
+
+    /// Whether requests are waiting for a connection slot.
     pub fn has_waiters(&self) -> bool {
-        self.pending.load(Ordering::Relaxed) > 0
+        self.slot_waiters.load(Ordering::Relaxed) > 0
     }
 }
 

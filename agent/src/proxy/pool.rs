@@ -4,10 +4,12 @@
 //! ([`shared_h2`](super::shared_h2)). Owned by one thread, so no lock.
 //!
 //! A cluster with a `maxConnections` limit counts its connections across
-//! workers; a request that finds none free waits as a pending request (up to
-//! `http1MaxPendingRequests`, else UO). While requests wait, connections that
-//! come free are closed rather than kept idle, so a waiter on any worker can
-//! open one.
+//! workers; a request that finds none free waits for a slot. A request is
+//! pending (up to `http1MaxPendingRequests`, else UO) from when it finds no
+//! connection ready until one is: while it waits for a slot and while its
+//! own connection is dialed. While requests wait for a slot, connections
+//! that come free are closed rather than kept idle, so a waiter on any
+//! worker can open one.
 //!
 //! Idle connections are swept without a periodic timer ([`Pools::keep_swept`]):
 //! the sweeper sleeps until the earliest idle deadline, and is woken when a
@@ -127,8 +129,8 @@ impl PoolKey {
         }
     }
 
-    /// The cluster state counting its connections, when the cluster limits
-    /// them.
+    /// The cluster state counting its connections and pending requests,
+    /// when the cluster limits either.
     fn counted_by(&self) -> Option<&Arc<ClusterState>> {
         let counted_by = self.pooling.as_ref()?.counted_by.as_ref()?;
         Some(&counted_by.0)
@@ -180,8 +182,8 @@ struct Slotted {
     /// connection as pending, whether it waits for a slot or for its own
     /// connection's handshakes (none when it need not dial).
     pending: Option<Slot>,
-    /// How long the request waited as a pending request, when it did: from
-    /// the refusal to the slot (or usable connection), the dial not counted.
+    /// How long the request waited for a slot, when it did: from the
+    /// refusal to the slot (or usable connection), the dial not counted.
     waited: Option<Duration>,
 }
 
@@ -224,8 +226,9 @@ pub struct Lease {
     pub peer: PeerIdentity,
     /// Whether it came from the idle pool (it may have closed meanwhile).
     pub reused: bool,
-    /// How long the request waited for it as a pending request (the
-    /// cluster's `maxConnections` were all in use), when it had to.
+    /// How long the request waited for a connection slot (the cluster's
+    /// `maxConnections` were all in use), when it had to; its dial not
+    /// counted.
     pub waited: Option<Duration>,
     key: PoolKey,
     served: u64,
@@ -624,6 +627,7 @@ impl Pools {
                 waited: None,
             });
         }
+        let _waiting = state.wait_for_slot();
         let began = Instant::now();
         let mut pending = Some(pending);
         let mut after_waiting = |slot: Option<Slot>| Slotted {
@@ -1063,7 +1067,7 @@ mod tests {
                             .map(|(_, l)| l.reused)
                     })
                 };
-                while cluster.state.pending.load(Ordering::Relaxed) == 0 {
+                while !cluster.state.has_waiters() {
                     tokio::task::yield_now().await;
                 }
                 // …so worker C, over http1MaxPendingRequests, overflows at once (UO).
@@ -1557,6 +1561,67 @@ mod tests {
         assert_eq!(add_waits(Some(ms(3)), Some(ms(4))), Some(ms(7)));
     }
 
+    /// A request is pending while its own connection is dialed, as Envoy's
+    /// pool counts it, and no longer once the dial ends; a dial under way
+    /// does not make a connection given back meanwhile close (only a
+    /// request waiting for a connection slot does).
+    #[tokio::test]
+    async fn a_dialing_request_is_pending_and_connections_given_back_stay() {
+        LocalSet::new()
+            .run_until(async {
+                // An accept queue full at two connections: the dial's SYN is
+                // dropped, and retried after a second.
+                let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+                socket
+                    .bind("127.0.0.1:0".parse().expect("an address"))
+                    .expect("a port");
+                let listener = socket.listen(1).expect("listening");
+                let address = listener.local_addr().expect("an address");
+                let mut cluster = limited(address, 2, 1);
+                Arc::get_mut(&mut cluster)
+                    .expect("the only owner")
+                    .connect_timeout = Duration::from_secs(10);
+                let key = key(&cluster);
+                let (a, b, c) = (pools(), pools(), pools());
+                let (first, lease) = a
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                let _first_accepted = listener.accept().await.expect("accepted");
+                assert_eq!(cluster.state.pending.load(Ordering::Relaxed), 0);
+                let _fillers = [
+                    TcpStream::connect(address).await.expect("queued"),
+                    TcpStream::connect(address).await.expect("queued"),
+                ];
+
+                let dialing = {
+                    let (b, key, cluster) = (b.clone(), key.clone(), cluster.clone());
+                    tokio::task::spawn_local(async move {
+                        b.h1(&key, &cluster, &TlsPlan::Plain).await.map(|_| ())
+                    })
+                };
+                while cluster.state.pending.load(Ordering::Relaxed) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                // The dial holds the one pending place: a request that finds
+                // no connection ready is turned away (UO).
+                let overflow = c.h1(&key, &cluster, &TlsPlan::Plain).await;
+                assert!(matches!(overflow, Err(AcquireError::Overflow(MAX_PENDING))));
+                // Nobody waits for a slot: a connection given back is kept.
+                assert!(!cluster.state.has_waiters());
+                lease.reuse(first);
+                assert!(a.has_idle(&key), "the connection given back was closed");
+
+                let _drained = (
+                    listener.accept().await.expect("accepted"),
+                    listener.accept().await.expect("accepted"),
+                );
+                dialing.await.expect("joined").expect("a connection");
+                assert_eq!(cluster.state.pending.load(Ordering::Relaxed), 0);
+            })
+            .await;
+    }
+
     /// The wait a request reports (the `connection_pool_wait` span event)
     /// is its wait for a connection slot, not the dial that follows it: it
     /// used to run on to the end of the TCP and TLS handshakes.
@@ -1600,7 +1665,7 @@ mod tests {
                             .map(|(_, lease)| lease.waited)
                     })
                 };
-                while cluster.state.pending.load(Ordering::Relaxed) == 0 {
+                while !cluster.state.has_waiters() {
                     tokio::task::yield_now().await;
                 }
                 // The slot comes free at once; the queue only later.

@@ -141,6 +141,10 @@ pub struct Send {
     /// Send this many copies at once (each on its own connection).
     #[serde(default = "one")]
     pub concurrent: usize,
+    /// HTTP/1.1: the request's last byte goes this long after the rest
+    /// (a slow upload: the request arrives whole only then).
+    #[serde(default)]
+    pub last_byte_after_ms: u64,
 }
 
 fn get() -> String {
@@ -261,6 +265,12 @@ pub fn load(path: &Path, text: &str, ports: &BTreeMap<String, u16>) -> Result<Ca
         if step.envoy.is_some() != step.why.is_some() {
             return Err(format!(
                 "{}: requests[{i}]: a difference from Envoy (`envoy`) needs its reason (`why`)",
+                path.display()
+            ));
+        }
+        if step.send.last_byte_after_ms > 0 && (step.send.http2 || step.send.raw.is_some()) {
+            return Err(format!(
+                "{}: requests[{i}]: `last_byte_after_ms` holds back the last byte of an HTTP/1.1 request the case writes, not an HTTP/2 or `raw` one",
                 path.display()
             ));
         }

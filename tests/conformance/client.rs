@@ -80,10 +80,16 @@ pub fn h1_bytes(send: &Send, request_id: &str, authority: &str) -> Vec<u8> {
 
 async fn h1(addr: SocketAddr, send: &Send, request_id: &str, authority: &str) -> Option<Reply> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(&h1_bytes(send, request_id, authority))
-        .await
-        .ok()?;
+    let bytes = h1_bytes(send, request_id, authority);
+    let (head, last) = match send.last_byte_after_ms {
+        0 => (&bytes[..], &[][..]),
+        _ => bytes.split_at(bytes.len() - 1),
+    };
+    stream.write_all(head).await.ok()?;
+    if !last.is_empty() {
+        tokio::time::sleep(Duration::from_millis(send.last_byte_after_ms)).await;
+        stream.write_all(last).await.ok()?;
+    }
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response).await;
     read_h1_response(&response, send.method.eq_ignore_ascii_case("HEAD"))

@@ -83,6 +83,7 @@ impl BodySource {
         };
         let progress = Rc::new(RequestProgress::default());
         if http_body::Body::is_end_stream(&body) {
+            progress.end();
             return Self {
                 kept: Kept::Empty,
                 progress,
@@ -100,6 +101,7 @@ impl BodySource {
     #[cfg(test)]
     pub fn empty() -> Self {
         let progress = Rc::new(RequestProgress::default());
+        progress.end();
         Self {
             kept: Kept::Empty,
             progress,
@@ -295,7 +297,14 @@ impl Attempts<'_> {
             let attempt_body = body.for_attempt();
             let started = Instant::now();
             let outcome = self
-                .send(upstream, endpoint, attempt_head, attempt_body, cut)
+                .send(
+                    upstream,
+                    endpoint,
+                    attempt_head,
+                    attempt_body,
+                    cut,
+                    &body.progress,
+                )
                 .await;
             if let Err(Attempted::BodyCut(why)) = &outcome {
                 body.progress.fail(&(*why).into());
@@ -324,9 +333,13 @@ impl Attempts<'_> {
     }
 
     /// One attempt under the per-try timeout and the overall deadline. The
-    /// per-try timeout starts once the attempt has its connection
-    /// ([`PoolReady`], Envoy's `onPoolReady`); until then only the
-    /// deadline (and the cluster's connect timeout, in the pool) bound it.
+    /// per-try timeout starts, as Envoy's does, once the attempt has its
+    /// connection ([`PoolReady`], `onPoolReady`) and the whole request has
+    /// arrived (`progress`: a slow upload is not the upstream's time); until
+    /// then only the deadline (and the cluster's connect timeout, in the
+    /// pool) bound it. (A request nothing of which was written on one
+    /// HTTP/2 connection goes out on another within the same per-try
+    /// time, started by the first.)
     async fn send<U: Upstream>(
         &self,
         upstream: &U,
@@ -334,6 +347,7 @@ impl Attempts<'_> {
         head: AttemptHead<'_>,
         body: UpstreamBody,
         cut: Option<CutSignal>,
+        progress: &RequestProgress,
     ) -> Result<Sent<U::Body>, Attempted> {
         let ready = PoolReady::default();
         // Pinned where it is made: handed on by reference, not moved
@@ -352,8 +366,11 @@ impl Attempts<'_> {
             if let Some(Poll::Ready(why)) = cut.as_ref().map(|cut| cut.poll_cut(cx)) {
                 return Poll::Ready(Err(Attempted::BodyCut(why)));
             }
-            // (the connection was had during the poll above)
-            if let Some(timeout) = per_try.take_if(|_| ready.is_set()) {
+            // (the connection was had, or the body read to its end,
+            // during the poll above; an HTTP/2 connection's task reads the
+            // body and wakes this one at its end)
+            let begins = |_: &mut Duration| ready.is_set() && progress.poll_ended(cx).is_ready();
+            if let Some(timeout) = per_try.take_if(begins) {
                 let at = Instant::now() + timeout;
                 let at = self.deadline.map_or(at, |deadline| at.min(deadline));
                 timer.set(Some(tokio::time::sleep_until(at)));

@@ -67,9 +67,13 @@ impl Body for RequestBody {
                 if let Some(data) = frame.data_ref() {
                     this.progress.add(data.len() as u64);
                 }
+                if this.inner.is_end_stream() {
+                    this.progress.end();
+                }
             }
             Poll::Ready(Some(Err(error))) => this.progress.fail(error),
-            Poll::Ready(None) | Poll::Pending => {}
+            Poll::Ready(None) => this.progress.end(),
+            Poll::Pending => {}
         }
         polled
     }

@@ -1,8 +1,10 @@
 //! How far the client's request body has got on its way upstream: bytes
-//! forwarded and how it failed — read by the retry loop (a client's failure
-//! is not the upstream's) and the record (bytes received).
+//! forwarded, whether it has ended and how it failed — read by the retry
+//! loop (a client's failure is not the upstream's; the per-try timeout
+//! starts once the request has ended) and the record (bytes received).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::task::{Context, Poll, Waker};
 
 use super::client_body::ClientBodyError;
 use super::local_reply::LocalReply;
@@ -71,6 +73,10 @@ impl BodyFailure {
 pub struct RequestProgress {
     bytes: Cell<u64>,
     failure: Cell<Option<BodyFailure>>,
+    ended: Cell<bool>,
+    /// The attempt waiting for the end (the body may be read on another
+    /// task: hyper's HTTP/2 connection's).
+    on_end: RefCell<Option<Waker>>,
 }
 
 impl RequestProgress {
@@ -92,5 +98,24 @@ impl RequestProgress {
     /// How the client's body failed, if it did.
     pub fn failure(&self) -> Option<BodyFailure> {
         self.failure.get()
+    }
+
+    /// The client's body has been read to its end (or there was none):
+    /// the whole request has arrived (Envoy's `downstreamEndStream`).
+    pub fn end(&self) {
+        self.ended.set(true);
+        if let Some(waker) = self.on_end.take() {
+            waker.wake();
+        }
+    }
+
+    /// Ready once the whole request has arrived; until then the task of
+    /// `cx` is woken when it has.
+    pub fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ended.get() {
+            return Poll::Ready(());
+        }
+        self.on_end.replace(Some(cx.waker().clone()));
+        Poll::Pending
     }
 }

@@ -61,6 +61,9 @@ impl Tap {
     /// Taps `source`; its progress is reported to `progress`.
     pub fn new(source: ClientBody, progress: Rc<RequestProgress>) -> Self {
         let done = source.is_end_stream();
+        if done {
+            progress.end();
+        }
         Self(Rc::new(RefCell::new(State {
             exact_len: source.size_hint().exact(),
             source,
@@ -274,6 +277,7 @@ impl State {
             self.frames.push(copy(frame));
         }
         if self.done {
+            self.progress.end();
             self.waiters.drain(..).for_each(Waker::wake);
         }
     }
@@ -292,6 +296,7 @@ impl State {
 
     fn finish(&mut self) {
         self.done = true;
+        self.progress.end();
         self.waiters.drain(..).for_each(Waker::wake);
     }
 }

@@ -36,8 +36,12 @@ enum Answer {
     AfterWait(u64),
     /// Never answers (a timeout decides).
     Hang,
-    /// 200 after this many ms getting a connection.
-    ConnectsIn(u64),
+    /// A connection after `connect` ms, then 200 after `answer` more ms
+    /// (`None`: no answer, a timeout decides).
+    Connecting {
+        connect: u64,
+        answer: Option<u64>,
+    },
     /// A connect failure after this many ms (a connect timeout).
     ConnectFailsIn(u64),
 }
@@ -107,15 +111,20 @@ impl Upstream for Script {
         };
         match answer {
             Answer::ConnectFailure | Answer::Overflow | Answer::ConnectFailsIn(_) => {}
-            Answer::ConnectsIn(ms) => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+            Answer::Connecting { connect, answer } => {
+                tokio::time::sleep(Duration::from_millis(connect)).await;
                 ready.set();
+                match answer {
+                    // (the connection had in a poll of its own)
+                    Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                    None => std::future::pending().await,
+                }
             }
             _ => ready.set(),
         }
         match answer {
             Answer::Status(status) => respond(status, None, None),
-            Answer::ConnectsIn(_) => respond(200, None, None),
+            Answer::Connecting { .. } => respond(200, None, None),
             Answer::Grpc(code) => respond(200, Some(code), None),
             Answer::AfterWait(ms) => respond(200, None, Some(Duration::from_millis(ms))),
             Answer::RateLimited => respond(503, None, None),
@@ -547,9 +556,17 @@ async fn the_per_try_timeout_starts_once_the_connection_is_had() {
     let cluster = cluster(2, PoolLimits::default(), None);
     let mut policy = retry(1, &[RetryOn::CONNECT_FAILURE]);
     policy.per_try_timeout = Some(Duration::from_millis(100));
+    let connecting = |connect, answer| Answer::Connecting { connect, answer };
     // A connect slower than the per-try timeout is not cut by it.
-    let slow = run(&cluster, &policy, None, &[Answer::ConnectsIn(300)]).await;
+    let slow = run(&cluster, &policy, None, &[connecting(300, Some(0))]).await;
     assert_eq!(status(&slow), 200);
+    // Counted from the connection: 80 ms connecting, then an answer 50 ms
+    // later is in time, and none is cut 100 ms after the connection.
+    let answered = run(&cluster, &policy, None, &[connecting(80, Some(50))]).await;
+    assert_eq!(status(&answered), 200);
+    let unanswered = run(&cluster, &policy, None, &[connecting(80, None)]).await;
+    assert_eq!(reply(&unanswered), LocalReply::PER_TRY_TIMEOUT.details);
+    assert_eq!(unanswered.took, Duration::from_millis(180));
     // A connect that times out is a connect failure, retried as one, and
     // the last attempt's failure is the answer (Envoy: 503 URX,UF).
     let failed = run(
@@ -566,7 +583,7 @@ async fn the_per_try_timeout_starts_once_the_connection_is_had() {
         &cluster,
         &policy,
         Some(Duration::from_millis(200)),
-        &[Answer::ConnectsIn(300)],
+        &[connecting(300, Some(0))],
     )
     .await;
     assert_eq!(reply(&bounded), LocalReply::TIMEOUT.details);

@@ -554,7 +554,12 @@ fn endpoint_of(clusters: &serde_json::Value, address: &str) -> serde_json::Value
 ///   upload it does not read; so does every later connection;
 /// - [`First::ResettingMidResponse`]: it answers its first stream's head
 ///   (200) and part of a body, then resets the stream with REFUSED_STREAM,
-///   and answers later ones 204.
+///   and answers later ones 204;
+/// - [`First::AllowingNone`]: every connection sends SETTINGS allowing no
+///   stream (`SETTINGS_MAX_CONCURRENT_STREAMS` 0) before it reads the
+///   client's preface, and resets each stream: with REFUSED_STREAM until
+///   the client acknowledges those SETTINGS, with PROTOCOL_ERROR after, as
+///   Go's `x/net/http2` server does (RFC 9113 §5.1.2 allows either).
 ///
 /// Every later connection answers each request 204 at once, and each PING.
 struct FrameUpstream {
@@ -577,6 +582,7 @@ enum First {
     Mute,
     AnsweringEarly,
     ResettingMidResponse,
+    AllowingNone,
 }
 
 /// What one connection of a [`FrameUpstream`] shares with the others.
@@ -610,7 +616,7 @@ impl FrameUpstream {
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let is_first = connections.fetch_add(1, Ordering::SeqCst) == 0
-                    || first == First::AnsweringEarly;
+                    || matches!(first, First::AnsweringEarly | First::AllowingNone);
                 if !is_first {
                     shared.second.notify_one();
                 }
@@ -653,13 +659,26 @@ impl FrameUpstream {
             payload.extend(0u32.to_be_bytes()); // NO_ERROR
             frame(GOAWAY, 0, 0, &payload)
         }
+        const PROTOCOL_ERROR: u32 = 0x1;
+        let allowing_none = first == Some(First::AllowingNone);
+        if allowing_none {
+            // MAX_CONCURRENT_STREAMS (3) = 0.
+            let none = [0, 3, 0, 0, 0, 0];
+            socket
+                .write_all(&frame(SETTINGS, 0, 0, &none))
+                .await
+                .unwrap();
+        }
         let mut preface = [0; 24];
         if socket.read_exact(&mut preface).await.is_err() {
             return;
         }
         assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-        socket.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+        if !allowing_none {
+            socket.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+        }
         let mut opened = Vec::new();
+        let mut acknowledged = false;
         loop {
             let mut header = [0; 9];
             if socket.read_exact(&mut header).await.is_err() {
@@ -676,6 +695,18 @@ impl FrameUpstream {
             }
             let reply = match (kind, first) {
                 (SETTINGS, _) if flags & ACK == 0 => frame(SETTINGS, ACK, 0, &[]),
+                (SETTINGS, _) => {
+                    acknowledged = true;
+                    continue;
+                }
+                (HEADERS, Some(First::AllowingNone)) => {
+                    let code = if acknowledged {
+                        PROTOCOL_ERROR
+                    } else {
+                        REFUSED_STREAM
+                    };
+                    frame(RST_STREAM, 0, stream, &code.to_be_bytes())
+                }
                 (PING, _) if flags & ACK == 0 => {
                     shared.pings.fetch_add(1, Ordering::SeqCst);
                     if first == Some(First::Mute) {
@@ -1058,6 +1089,31 @@ async fn a_client_still_uploading_gets_the_early_answer_not_a_reset() {
         if let Err(error) = conn.write_all(&chunk).await {
             panic!("the upload was reset after {sent} chunks: {error}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_allowing_no_stream_refuses_every_request() {
+    // Whether a stream goes out before the agent acknowledges the server's
+    // SETTINGS (refused) or after (PROTOCOL_ERROR, as Go's server answers),
+    // it was not processed: retried under Istio's default refused-stream,
+    // and answered 503 "remote refused stream reset" once the retries are
+    // spent, as Envoy answers (its first stream on a connection always goes
+    // out before it reads the server's SETTINGS). Never held, never 502.
+    let upstream = FrameUpstream::start(First::AllowingNone).await;
+    let agent = upstream.agent("");
+    let client = Client::h1(agent.outbound);
+    for _ in 0..5 {
+        let call = client.get("http://app:9080/");
+        let response = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("an answer, not a wait");
+        let body = String::from_utf8_lossy(&response.body);
+        assert_eq!(response.status, 503, "{body}");
+        assert_eq!(
+            body,
+            "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote refused stream reset"
+        );
     }
 }
 

@@ -133,7 +133,20 @@ pub async fn send(
                         pools.forget_h2(&key, &taken.stream);
                         req = unsent;
                     }
-                    None => return Err(reset(&error.into_error())),
+                    None => {
+                        let error = error.into_error();
+                        // A server that allows no stream refuses one with
+                        // REFUSED_STREAM or PROTOCOL_ERROR (RFC 9113
+                        // §5.1.2; Go's answers the latter once its SETTINGS
+                        // are acknowledged): unprocessed either way, as
+                        // Envoy's first streams are refused.
+                        if ResetReason::is_remote_protocol_reset(&error)
+                            && pools.h2_allows_none(&key, &taken.stream)
+                        {
+                            return Err(SendError::Failed(AttemptFailure::RefusedStream));
+                        }
+                        return Err(reset(&error));
+                    }
                 },
             }
         }

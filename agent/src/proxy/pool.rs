@@ -587,6 +587,15 @@ impl Pools {
         }
     }
 
+    /// Whether the server of the shared HTTP/2 connection `stream` is on
+    /// allows no stream (its last SETTINGS said 0).
+    pub fn h2_allows_none(&self, key: &PoolKey, stream: &Counted) -> bool {
+        self.shared_h2
+            .borrow()
+            .get(key)
+            .is_some_and(|connections| connections.allows_none(stream))
+    }
+
     /// Whether an idle connection for `key` could be taken now.
     fn has_idle(&self, key: &PoolKey) -> bool {
         self.idle.borrow_mut().get_mut(key).is_some_and(|list| {

@@ -71,6 +71,21 @@ impl ResetReason {
         }
     }
 
+    /// Whether `error` is the server's reset of the stream with
+    /// `PROTOCOL_ERROR` (not the agent's own finding of a broken frame).
+    pub fn is_remote_protocol_reset(error: &(dyn Error + 'static)) -> bool {
+        let mut cause = Some(error);
+        while let Some(error) = cause {
+            if let Some(h2) = error.downcast_ref::<h2::Error>() {
+                return h2.is_remote()
+                    && h2.is_reset()
+                    && h2.reason() == Some(h2::Reason::PROTOCOL_ERROR);
+            }
+            cause = error.source();
+        }
+        false
+    }
+
     /// The response flag: UC, UR or UPE.
     pub fn flag(self) -> ResponseFlags {
         match self {

@@ -427,6 +427,15 @@ impl Connections {
         self.shared.retain(|c| !Rc::ptr_eq(&c.streams, &stream.0));
     }
 
+    /// Whether the server of the connection `stream` is on allows no
+    /// stream: its last SETTINGS said 0.
+    pub fn allows_none(&self, stream: &Counted) -> bool {
+        self.shared
+            .iter()
+            .find(|c| Rc::ptr_eq(&c.streams, &stream.0))
+            .is_some_and(|c| c.server_limit.heard() == Some(0))
+    }
+
     /// Streams on each shared connection, in order.
     #[cfg(test)]
     pub fn streams(&self) -> Vec<u64> {

@@ -24,29 +24,62 @@ pub enum DialError {
     Tls(TlsFailure),
 }
 
-/// A connection to `addr` of `cluster`: TCP ([`connect_tcp`], from the
-/// cluster's bind address, with its TCP keepalive), then TLS by `plan`,
-/// both within the cluster's connect timeout (the DestinationRule's
-/// `connectTimeout`), as Envoy's `connect_timeout` covers the TLS
-/// handshake (its connection counts as connected once the handshake is
-/// done). Returns the stream and the server's SPIFFE identity, if it has
-/// one; a failed handshake is counted in `failures`.
+/// What a dial reads of its cluster, apart from it (a dial may outlive
+/// the request that began it).
+#[derive(Debug, Clone, Copy)]
+pub struct DialSettings {
+    /// The DestinationRule's `connectTimeout`: TCP and TLS handshakes.
+    pub connect_timeout: Duration,
+    /// The source address ([`Cluster::upstream_bind`]).
+    pub bind: Option<std::net::IpAddr>,
+    /// TCP keepalive, when set.
+    pub keepalive: Option<TcpKeepalive>,
+}
+
+impl DialSettings {
+    /// `cluster`'s.
+    pub fn of(cluster: &Cluster) -> Self {
+        Self {
+            connect_timeout: cluster.connect_timeout,
+            bind: cluster.upstream_bind,
+            keepalive: cluster.keepalive.tcp,
+        }
+    }
+}
+
+/// A connection to `addr` of `cluster`: [`dial_with`] its settings.
 pub async fn dial(
     addr: &UpstreamAddr,
     cluster: &Cluster,
     plan: &TlsPlan,
     failures: &IntCounterVec,
 ) -> Result<(UpstreamIo, Option<tracemesh_ca::SpiffeId>), DialError> {
+    dial_with(addr, DialSettings::of(cluster), plan, failures).await
+}
+
+/// A connection to `addr`: TCP ([`connect_tcp`], from the bind address,
+/// with TCP keepalive), then TLS by `plan`, both within the connect
+/// timeout (the DestinationRule's `connectTimeout`), as Envoy's
+/// `connect_timeout` covers the TLS handshake (its connection counts as
+/// connected once the handshake is done). Returns the stream and the
+/// server's SPIFFE identity, if it has one; a failed handshake is counted
+/// in `failures`.
+pub async fn dial_with(
+    addr: &UpstreamAddr,
+    settings: DialSettings,
+    plan: &TlsPlan,
+    failures: &IntCounterVec,
+) -> Result<(UpstreamIo, Option<tracemesh_ca::SpiffeId>), DialError> {
     let began = Instant::now();
     let stream = connect_tcp(
         addr,
-        cluster.connect_timeout,
-        cluster.upstream_bind,
-        cluster.keepalive.tcp,
+        settings.connect_timeout,
+        settings.bind,
+        settings.keepalive,
     )
     .await
     .map_err(DialError::Connect)?;
-    let left = cluster.connect_timeout.saturating_sub(began.elapsed());
+    let left = settings.connect_timeout.saturating_sub(began.elapsed());
     handshake::connect(stream, plan, failures, left)
         .await
         .map_err(DialError::Tls)

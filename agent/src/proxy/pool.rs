@@ -7,9 +7,9 @@
 //! workers; a request that finds none free waits for a slot. A request is
 //! pending (up to `http1MaxPendingRequests`, else UO) from when it finds no
 //! connection ready until one is: while it waits for a slot and while its
-//! own connection is dialed. While requests wait for a slot, connections
-//! that come free are closed rather than kept idle, so a waiter on any
-//! worker can open one.
+//! own connection is dialed. While requests wait for a slot, a connection
+//! that comes free goes to a waiter of its own worker, or is closed rather
+//! than kept idle, so a waiter on another worker can open one.
 //!
 //! Idle connections are swept without a periodic timer ([`Pools::keep_swept`]):
 //! the sweeper sleeps until the earliest idle deadline, and is woken when a
@@ -37,7 +37,7 @@ use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
 use super::peer_settings::{INITIAL_LIMIT, ServerStreamLimit, SettingsScan};
 use super::shared_h2::{Connections, Counted, DialFailure, NoRoom, Opened, Taken};
 use crate::by_address::ByAddress;
-use crate::connect::{self, DialError};
+use crate::connect::{self, DialError, DialSettings};
 use crate::model::cluster::{Cluster, Pooling, Poolings, TlsServer};
 use crate::model::endpoint::UpstreamAddr;
 use crate::model::live::{ClusterState, MAX_CONNECTIONS, MAX_PENDING, Slot, UNLIMITED};
@@ -217,6 +217,41 @@ pub struct Pools {
     /// ([`Self::retire`]): an HTTP/1.1 connection of one that is given back
     /// is closed, not pooled.
     retired: RefCell<Poolings>,
+    /// This worker's requests waiting for a connection slot, by key: a
+    /// connection of the key that comes free is kept for them (as Envoy's
+    /// pool hands a released connection to its pending request) rather
+    /// than closed for another worker's.
+    waiting_here: RefCell<HashMap<PoolKey, usize>>,
+}
+
+/// Counts a request of this worker as waiting for a slot for `key` while
+/// held ([`Pools::waiting_here`]).
+struct WaitingHere<'a> {
+    pools: &'a Pools,
+    key: &'a PoolKey,
+}
+
+impl<'a> WaitingHere<'a> {
+    fn new(pools: &'a Pools, key: &'a PoolKey) -> Self {
+        *pools
+            .waiting_here
+            .borrow_mut()
+            .entry(key.clone())
+            .or_default() += 1;
+        Self { pools, key }
+    }
+}
+
+impl Drop for WaitingHere<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.pools.waiting_here.borrow_mut();
+        if let Some(count) = waiting.get_mut(self.key) {
+            *count -= 1;
+            if *count == 0 {
+                waiting.remove(self.key);
+            }
+        }
+    }
 }
 
 /// What an HTTP/1.1 connection lent to one request needs to go back to its
@@ -241,24 +276,18 @@ pub struct Lease {
 
 impl Reuse for Lease {
     /// Puts the connection back in its pool, unless it served its quota of
-    /// requests, outlived its lifetime, requests are waiting for a
-    /// connection slot, or a reload retired its pool meanwhile.
+    /// requests, outlived its lifetime, requests of other workers alone are
+    /// waiting for a connection slot, or a reload retired its pool
+    /// meanwhile. A request of this worker waiting for a slot is woken to
+    /// take it.
     fn reuse(self, connection: Connection) {
         let now = Instant::now();
         let spent = self.max_served > 0 && self.served + 1 >= self.max_served
             || self.expires.is_some_and(|at| at <= now);
-        let wanted = self.key.counted_by().is_some_and(|c| c.has_waiters());
-        if spent || wanted {
+        if spent {
             return; // dropping the connection closes it and frees its slot
         }
         if let Some(pools) = self.pools.upgrade() {
-            let mut connection = connection;
-            if self.key.retired(&pools.retired.borrow()) {
-                return; // lent before a reload that retired its pool
-            }
-            if !connection.is_usable(&pools.idle_waker) {
-                return;
-            }
             let deadline = close_by(now + self.idle_timeout, self.expires);
             let idle = Idle {
                 connection,
@@ -267,13 +296,7 @@ impl Reuse for Lease {
                 deadline,
                 expires: self.expires,
             };
-            let limited = self.key.counted_by().is_some();
-            let mut idle_lists = pools.idle.borrow_mut();
-            let list = idle_lists.entry(self.key).or_default();
-            if list.len() < MAX_IDLE {
-                list.push(idle);
-                pools.sweep_by(deadline, limited);
-            }
+            pools.keep_idle(self.key, idle);
         }
     }
 }
@@ -292,7 +315,46 @@ impl Pools {
             opened,
             tls_failures,
             retired: RefCell::default(),
+            waiting_here: RefCell::default(),
         }
+    }
+
+    /// Pools `idle` for `key`, unless requests of other workers alone are
+    /// waiting for a connection slot, a reload retired its pool, it
+    /// closed, or the pool is full; a request of this worker waiting for a
+    /// slot is woken to take it.
+    fn keep_idle(&self, key: PoolKey, mut idle: Idle) {
+        if self.wanted_elsewhere(&key) {
+            return; // dropping the connection closes it and frees its slot
+        }
+        if key.retired(&self.retired.borrow()) {
+            return; // lent before a reload that retired its pool
+        }
+        if !idle.connection.is_usable(&self.idle_waker) {
+            return;
+        }
+        let (deadline, limited) = (idle.deadline, key.counted_by().is_some());
+        // (a request of this worker waiting for a slot takes it)
+        let waiter = self.waiting_here.borrow().contains_key(&key);
+        let waiter = waiter.then(|| key.counted_by().cloned()).flatten();
+        let mut idle_lists = self.idle.borrow_mut();
+        let list = idle_lists.entry(key).or_default();
+        if list.len() < MAX_IDLE {
+            list.push(idle);
+            self.sweep_by(deadline, limited);
+        }
+        drop(idle_lists);
+        if let Some(state) = waiter {
+            state.released.notify_waiters();
+        }
+    }
+
+    /// Whether a connection of `key` that comes free is to be let go: a
+    /// request on another worker waits for a slot, none on this one does
+    /// (one here takes it).
+    fn wanted_elsewhere(&self, key: &PoolKey) -> bool {
+        key.counted_by().is_some_and(|c| c.has_waiters())
+            && !self.waiting_here.borrow().contains_key(key)
     }
 
     fn take_idle(&self, key: &PoolKey) -> Option<Idle> {
@@ -343,14 +405,40 @@ impl Pools {
                 break slotted;
             }
         };
-        let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
         let Slotted { slot, pending, .. } = slotted;
-        drop(pending);
+        // The dial runs on as a task of its own, as Envoy's pool goes on
+        // connecting when the request that began the connection goes (its
+        // route timeout, its client): the connection then waits idle for
+        // the next request, where a handshake slower than the timeout
+        // would otherwise be begun anew, and cut, for every request.
+        let (dialed, result) = tokio::sync::oneshot::channel();
+        let (pools, dial_key) = (Rc::clone(self), key.clone());
+        let (settings, plan) = (DialSettings::of(cluster), plan.clone());
+        let idle_timeout = cluster.limits.idle_timeout;
         let expires = expiry(cluster);
-        Ok((
-            Connection::new(io, slot),
-            lease(peer, false, 0, waited, expires),
-        ))
+        tokio::task::spawn_local(async move {
+            let opened = pools.dial(&dial_key.addr, settings, &plan).await;
+            let opened = opened.map(|(io, peer)| (Connection::new(io, slot), peer));
+            if let Err(Ok((connection, peer))) = dialed.send(opened) {
+                let deadline = close_by(Instant::now() + idle_timeout, expires);
+                let idle = Idle {
+                    connection,
+                    peer,
+                    served: 0,
+                    deadline,
+                    expires,
+                };
+                pools.keep_idle(dial_key, idle);
+            }
+        });
+        // (no answer only when the worker stops: its tasks are dropped)
+        let stopped = |_| AcquireError::Connect {
+            addr: key.addr.to_string(),
+            source: std::io::Error::other("the worker stopped while dialing"),
+        };
+        let (connection, peer) = result.await.map_err(stopped)??;
+        drop(pending);
+        Ok((connection, lease(peer, false, 0, waited, expires)))
     }
 
     /// A new HTTP/1.1 connection for a request that offers an upgrade,
@@ -372,7 +460,8 @@ impl Pools {
     > {
         let slotted = self.connection_slot(key, cluster, || false).await?;
         let waited = slotted.waited;
-        let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
+        let settings = DialSettings::of(cluster);
+        let (io, peer) = self.dial(&key.addr, settings, plan).await?;
         let (sender, conn) = http1::Builder::new()
             .max_header_size(MAX_RESPONSE_HEAD)
             .handshake(TokioIo::new(io))
@@ -536,7 +625,8 @@ impl Pools {
         slot: Option<Slot>,
         starting: u64,
     ) -> Result<Opened, AcquireError> {
-        let (io, peer) = self.dial(&key.addr, cluster, plan).await?;
+        let settings = DialSettings::of(cluster);
+        let (io, peer) = self.dial(&key.addr, settings, plan).await?;
         let server_limit = ServerStreamLimit::starting_at(starting);
         // The slot goes with the socket: hyper's connection future ends
         // when no sender is left, while the socket carries the streams on.
@@ -636,7 +726,7 @@ impl Pools {
                 waited: None,
             });
         }
-        let _waiting = state.wait_for_slot();
+        let _waiting = (state.wait_for_slot(), WaitingHere::new(self, key));
         let began = Instant::now();
         let mut pending = Some(pending);
         let mut after_waiting = |slot: Option<Slot>| Slotted {
@@ -672,10 +762,10 @@ impl Pools {
     async fn dial(
         &self,
         addr: &UpstreamAddr,
-        cluster: &Cluster,
+        settings: DialSettings,
         plan: &TlsPlan,
     ) -> Result<(UpstreamIo, PeerIdentity), AcquireError> {
-        let dialed = connect::dial(addr, cluster, plan, &self.tls_failures).await;
+        let dialed = connect::dial_with(addr, settings, plan, &self.tls_failures).await;
         if !matches!(dialed, Err(DialError::Connect(_))) {
             self.opened.inc();
         }
@@ -700,7 +790,7 @@ impl Pools {
         let now = Instant::now();
         let mut next = Next::default();
         self.idle.borrow_mut().retain(|key, list| {
-            let wanted = key.counted_by().is_some_and(|c| c.has_waiters());
+            let wanted = self.wanted_elsewhere(key);
             list.retain_mut(|c| {
                 !wanted && now < c.deadline && c.connection.is_usable(&self.idle_waker)
             });
@@ -712,7 +802,7 @@ impl Pools {
         });
         self.shared_h2.borrow_mut().retain(|key, connections| {
             let counted = key.counted_by();
-            let wanted = counted.is_some_and(|c| c.has_waiters());
+            let wanted = self.wanted_elsewhere(key);
             let (left, due) = connections.sweep(now, key.max_concurrent_streams(), wanted);
             if let Some(due) = due {
                 next.due(due);
@@ -1051,6 +1141,40 @@ mod tests {
             ..PoolLimits::default()
         };
         super::super::testing::cluster(&[address], limits, None)
+    }
+
+    /// A connection given back while a request of the same worker waits
+    /// for a slot goes to that request, as Envoy's pool hands a released
+    /// connection to its pending request: no close and dial per request.
+    #[tokio::test]
+    async fn a_connection_given_back_goes_to_a_waiter_of_its_worker() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, accepted) = server().await;
+                let cluster = limited(address, 1, UNLIMITED);
+                let key = key(&cluster);
+                let a = pools();
+                let (first, lease) = a
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                let waiting = {
+                    let (a, key, cluster) = (a.clone(), key.clone(), cluster.clone());
+                    tokio::task::spawn_local(async move {
+                        a.h1(&key, &cluster, &TlsPlan::Plain)
+                            .await
+                            .map(|(_, l)| l.reused)
+                    })
+                };
+                while !cluster.state.has_waiters() {
+                    tokio::task::yield_now().await;
+                }
+                lease.reuse(first);
+                let reused = waiting.await.expect("joined").expect("a connection");
+                assert!(reused, "the waiter dialed anew");
+                assert_eq!(accepted.get(), 1);
+            })
+            .await;
     }
 
     #[tokio::test]
@@ -1627,6 +1751,68 @@ mod tests {
                 );
                 dialing.await.expect("joined").expect("a connection");
                 assert_eq!(cluster.state.pending.load(Ordering::Relaxed), 0);
+            })
+            .await;
+    }
+
+    /// A dial goes on when the request that began it goes (its route
+    /// timeout, its client), as Envoy's pool goes on connecting: the
+    /// connection is pooled idle, and the next request takes it.
+    #[tokio::test]
+    async fn a_dial_outlives_the_request_that_began_it() {
+        LocalSet::new()
+            .run_until(async {
+                // An accept queue full at two connections: the dial's SYN is
+                // dropped, and retried after a second.
+                let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+                socket
+                    .bind("127.0.0.1:0".parse().expect("an address"))
+                    .expect("a port");
+                let listener = socket.listen(1).expect("listening");
+                let address = listener.local_addr().expect("an address");
+                let mut cluster = limited(address, 10, 10);
+                Arc::get_mut(&mut cluster)
+                    .expect("the only owner")
+                    .connect_timeout = Duration::from_secs(10);
+                let key = key(&cluster);
+                let a = pools();
+                let _fillers = [
+                    TcpStream::connect(address).await.expect("queued"),
+                    TcpStream::connect(address).await.expect("queued"),
+                ];
+                let gone = {
+                    let (a, key, cluster) = (a.clone(), key.clone(), cluster.clone());
+                    tokio::task::spawn_local(async move {
+                        let _ = a.h1(&key, &cluster, &TlsPlan::Plain).await;
+                    })
+                };
+                while cluster.state.pending.load(Ordering::Relaxed) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                gone.abort();
+                let _ = gone.await;
+                assert_eq!(cluster.state.pending.load(Ordering::Relaxed), 0);
+                let _drained = (
+                    listener.accept().await.expect("accepted"),
+                    listener.accept().await.expect("accepted"),
+                    tokio::time::timeout(Duration::from_secs(30), listener.accept())
+                        .await
+                        .expect("the dial went on")
+                        .expect("accepted"),
+                );
+                let pooled = async {
+                    while !a.has_idle(&key) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(30), pooled)
+                    .await
+                    .expect("the connection is pooled idle");
+                let (_, lease) = a
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                assert!(lease.reused, "the next request dialed anew");
             })
             .await;
     }

@@ -334,8 +334,12 @@ impl Pools {
             return;
         }
         let (deadline, limited) = (idle.deadline, key.counted_by().is_some());
-        // (a request of this worker waiting for a slot takes it)
-        let waiter = self.waiting_here.borrow().contains_key(&key);
+        // (a request of this worker waiting for a slot takes it; the map
+        // is looked in only when there is one, not per request)
+        let waiter = {
+            let waiting = self.waiting_here.borrow();
+            !waiting.is_empty() && waiting.contains_key(&key)
+        };
         let waiter = waiter.then(|| key.counted_by().cloned()).flatten();
         let mut idle_lists = self.idle.borrow_mut();
         let list = idle_lists.entry(key).or_default();

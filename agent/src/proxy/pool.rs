@@ -1147,6 +1147,28 @@ mod tests {
         super::super::testing::cluster(&[address], limits, None)
     }
 
+    /// A listener whose accept queue is full at two connections (the
+    /// kernel then drops a SYN, and a dial retries after its initial
+    /// retransmission timeout, 1 s, then 3 s, as it doubles), and a
+    /// cluster of it limited as [`limited`] says, whose connect timeout
+    /// (10 s) leaves room for those retries.
+    fn backlogged(
+        max_connections: u64,
+        max_pending: u64,
+    ) -> (tokio::net::TcpListener, SocketAddr, Arc<Cluster>) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("a port");
+        let listener = socket.listen(1).expect("listening");
+        let address = listener.local_addr().expect("an address");
+        let mut cluster = limited(address, max_connections, max_pending);
+        Arc::get_mut(&mut cluster)
+            .expect("the only owner")
+            .connect_timeout = Duration::from_secs(10);
+        (listener, address, cluster)
+    }
+
     /// A connection given back while a request of the same worker waits
     /// for a slot goes to that request, as Envoy's pool hands a released
     /// connection to its pending request: no close and dial per request.
@@ -1706,18 +1728,8 @@ mod tests {
     async fn a_dialing_request_is_pending_and_connections_given_back_stay() {
         LocalSet::new()
             .run_until(async {
-                // An accept queue full at two connections: the dial's SYN is
-                // dropped, and retried after a second.
-                let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
-                socket
-                    .bind("127.0.0.1:0".parse().expect("an address"))
-                    .expect("a port");
-                let listener = socket.listen(1).expect("listening");
-                let address = listener.local_addr().expect("an address");
-                let mut cluster = limited(address, 2, 1);
-                Arc::get_mut(&mut cluster)
-                    .expect("the only owner")
-                    .connect_timeout = Duration::from_secs(10);
+                // (a dial to it waits a second for its SYN to be retried)
+                let (listener, address, cluster) = backlogged(2, 1);
                 let key = key(&cluster);
                 let (a, b, c) = (pools(), pools(), pools());
                 let (first, lease) = a
@@ -1766,18 +1778,8 @@ mod tests {
     async fn a_dial_outlives_the_request_that_began_it() {
         LocalSet::new()
             .run_until(async {
-                // An accept queue full at two connections: the dial's SYN is
-                // dropped, and retried after a second.
-                let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
-                socket
-                    .bind("127.0.0.1:0".parse().expect("an address"))
-                    .expect("a port");
-                let listener = socket.listen(1).expect("listening");
-                let address = listener.local_addr().expect("an address");
-                let mut cluster = limited(address, 10, 10);
-                Arc::get_mut(&mut cluster)
-                    .expect("the only owner")
-                    .connect_timeout = Duration::from_secs(10);
+                // (a dial to it waits a second for its SYN to be retried)
+                let (listener, address, cluster) = backlogged(10, 10);
                 let key = key(&cluster);
                 let a = pools();
                 let _fillers = [
@@ -1828,21 +1830,7 @@ mod tests {
     async fn the_wait_reported_ends_when_the_slot_is_granted() {
         LocalSet::new()
             .run_until(async {
-                // A listener whose accept queue fills at two connections:
-                // the kernel then drops a SYN, and the dial retries after
-                // its initial retransmission timeout (1 s).
-                let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
-                socket
-                    .bind("127.0.0.1:0".parse().expect("an address"))
-                    .expect("a port");
-                let listener = socket.listen(1).expect("listening");
-                let address = listener.local_addr().expect("an address");
-                let mut cluster = limited(address, 1, 1);
-                // Room for SYN retransmissions after a slow drain (1 s, then
-                // 3 s where the kernel doubles them).
-                Arc::get_mut(&mut cluster)
-                    .expect("the only owner")
-                    .connect_timeout = Duration::from_secs(10);
+                let (listener, address, cluster) = backlogged(1, 1);
                 let key = key(&cluster);
                 let (a, b) = (pools(), pools());
                 let (first, lease) = a

@@ -128,7 +128,9 @@ enum First {
 /// new connection before it reads the server's SETTINGS, and the server
 /// refuses them (`REFUSED_STREAM`, RFC 9113 §5.1.2), which its router
 /// retries as `refused-stream`; passed on as 1, such a stream goes out and
-/// is refused the same way, whichever came first.
+/// is refused the same way, whichever came first (a server that answers it
+/// `PROTOCOL_ERROR` instead, as §5.1.2 also allows, is read as refusing it
+/// where the request is sent, `forward`).
 #[derive(Debug)]
 pub struct SettingsScan {
     state: State,

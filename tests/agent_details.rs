@@ -353,9 +353,11 @@ spec:
     )
     .await;
 
-    // A request that waits for the one connection: an event naming the limit.
-    let c1 = Client::h1(agent.outbound);
-    let c2 = Client::h1(agent.outbound);
+    // A request that waits for the one connection: an event naming the
+    // limit. (Both on one HTTP/2 connection, so on one worker: a worker
+    // holding no connection opens one past the limit, as Envoy's pools do.)
+    let c1 = Client::h2(agent.outbound);
+    let c2 = c1.clone();
     let one = tokio::spawn(async move { c1.get("http://queued:9080/q1").await });
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while queued.count() == 0 {

@@ -257,16 +257,14 @@ impl Default for PoolLimits {
 /// A cluster's live circuit-breaker counters.
 #[derive(Debug, Default)]
 pub struct ClusterState {
-    /// Open upstream connections (counted only for clusters that limit them).
+    /// Open upstream connections (counted only for clusters that limit
+    /// them), dialing ones included; past `maxConnections` by at most one
+    /// per endpoint and worker ([`Self::take_connection`]).
     pub connections: AtomicU64,
     /// Pending requests (`http1MaxPendingRequests`): those waiting for a
     /// connection, a slot for one or their own dial (Envoy's pool counts
     /// both).
     pub pending: AtomicU64,
-    /// Requests waiting for a connection slot (the cluster at its
-    /// `maxConnections`): while any do, workers let connections that come
-    /// free go instead of keeping them idle.
-    pub slot_waiters: AtomicU64,
     /// Requests in flight.
     pub requests: AtomicU64,
     /// Retries in flight.
@@ -280,7 +278,6 @@ pub struct ClusterState {
 enum Counter {
     Connections,
     Pending,
-    SlotWaiters,
     Requests,
     Retries,
 }
@@ -290,6 +287,9 @@ enum Counter {
 pub struct Slot {
     state: Arc<ClusterState>,
     counter: Counter,
+    /// A connection slot's place in its pool's count as well
+    /// ([`ClusterState::take_connection`]).
+    pool: Option<Arc<AtomicU64>>,
 }
 
 impl Drop for Slot {
@@ -297,6 +297,9 @@ impl Drop for Slot {
         self.state
             .counter(self.counter)
             .fetch_sub(1, Ordering::AcqRel);
+        if let Some(pool) = &self.pool {
+            pool.fetch_sub(1, Ordering::AcqRel);
+        }
         if self.counter == Counter::Connections {
             self.state.released.notify_one();
         }
@@ -308,7 +311,6 @@ impl ClusterState {
         match counter {
             Counter::Connections => &self.connections,
             Counter::Pending => &self.pending,
-            Counter::SlotWaiters => &self.slot_waiters,
             Counter::Requests => &self.requests,
             Counter::Retries => &self.retries,
         }
@@ -323,12 +325,35 @@ impl ClusterState {
         Some(Slot {
             state: self.clone(),
             counter,
+            pool: None,
         })
     }
 
-    /// A connection slot, if below `max`.
-    pub fn take_connection(self: &Arc<Self>, max: u64) -> Option<Slot> {
-        self.take(Counter::Connections, max)
+    /// A connection slot for a connection of `pool` (the count of one
+    /// worker's connections to one endpoint, dialing, lent or idle), also
+    /// counted there while held: below `max`, or past it when `pool` has
+    /// no connection. Envoy's pools do the same ("Even if this circuit
+    /// breaker has overflowed, Envoy will ensure that a host selected by
+    /// cluster load balancing has at least one connection allocated", its
+    /// circuit-breaking overview), so that a pool's pending requests always
+    /// have a connection to wait for: the cluster's connections are then
+    /// at most `max` plus one per endpoint and worker. `None` when neither.
+    pub fn take_connection(self: &Arc<Self>, max: u64, pool: &Arc<AtomicU64>) -> Option<Slot> {
+        let mut slot = match self.take(Counter::Connections, max) {
+            Some(slot) => slot,
+            None if pool.load(Ordering::Acquire) == 0 => {
+                self.connections.fetch_add(1, Ordering::AcqRel);
+                Slot {
+                    state: self.clone(),
+                    counter: Counter::Connections,
+                    pool: None,
+                }
+            }
+            None => return None,
+        };
+        pool.fetch_add(1, Ordering::AcqRel);
+        slot.pool = Some(pool.clone());
+        Some(slot)
     }
 
     /// A pending-request slot, if below `max`.
@@ -350,21 +375,6 @@ impl ClusterState {
             None => max,
         };
         self.take(Counter::Retries, limit)
-    }
-
-    /// Counts a request waiting for a connection slot while the slot is
-    /// held.
-    pub fn wait_for_slot(self: &Arc<Self>) -> Slot {
-        self.slot_waiters.fetch_add(1, Ordering::AcqRel);
-        Slot {
-            state: self.clone(),
-            counter: Counter::SlotWaiters,
-        }
-    }
-
-    /// Whether requests are waiting for a connection slot.
-    pub fn has_waiters(&self) -> bool {
-        self.slot_waiters.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -532,6 +542,31 @@ mod tests {
         assert!(state.take_request(2).is_none());
         drop(a);
         assert!(state.take_request(2).is_some());
+    }
+
+    #[test]
+    fn a_pool_with_no_connection_takes_one_past_the_limit() {
+        let state = Arc::new(ClusterState::default());
+        let (a, b) = (Arc::default(), Arc::default());
+        let first = state.take_connection(1, &a).expect("below the limit");
+        assert!(state.take_connection(1, &a).is_none(), "a holds one");
+        let past = state.take_connection(1, &b).expect("b holds none");
+        assert!(state.take_connection(1, &b).is_none(), "b holds one now");
+        assert_eq!(state.connections.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed)),
+            (1, 1)
+        );
+        drop(first);
+        assert_eq!(a.load(Ordering::Relaxed), 0);
+        // Still at the limit with b's: a may open one past it again.
+        let again = state.take_connection(1, &a).expect("a holds none");
+        drop((past, again));
+        assert_eq!(state.connections.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed)),
+            (0, 0)
+        );
     }
 
     #[test]

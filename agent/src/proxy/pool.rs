@@ -4,24 +4,28 @@
 //! ([`shared_h2`](super::shared_h2)). Owned by one thread, so no lock.
 //!
 //! A cluster with a `maxConnections` limit counts its connections across
-//! workers; a request that finds none free waits for a slot. A request is
-//! pending (up to `http1MaxPendingRequests`, else UO) from when it finds no
-//! connection ready until one is: while it waits for a slot and while its
-//! own connection is dialed. While requests wait for a slot, a connection
-//! that comes free goes to a waiter of its own worker, or is closed rather
-//! than kept idle, so a waiter on another worker can open one.
+//! workers; a request that finds none free waits for a slot, or for a
+//! connection of its own worker's pool to come free. As in Envoy, a pool
+//! (one worker's, for one endpoint) that has no connection opens one past
+//! the limit ([`ClusterState::take_connection`]), so its requests never
+//! wait for another pool's. A request is pending (up to
+//! `http1MaxPendingRequests`, else UO) from when it finds no connection
+//! ready until one is: while it waits for a slot and while its own
+//! connection is dialed. A connection that comes free goes to a waiter of
+//! its own worker, as Envoy's pool hands it to its pending request.
 //!
 //! Idle connections are swept without a periodic timer ([`Pools::keep_swept`]):
 //! the sweeper sleeps until the earliest idle deadline, and is woken when a
-//! connection is pooled with an earlier one, when a pooled connection
+//! connection is pooled with an earlier one and when a pooled connection
 //! closes (or its upstream sends unasked: each idle socket is watched with
-//! the sweeper's waker) and when a request on any worker starts waiting for
-//! a slot. A worker with nothing pooled has no timer for it at all.
+//! the sweeper's waker). A worker with nothing pooled has no timer for it
+//! at all.
 
 use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -46,12 +50,6 @@ use crate::tls::io::UpstreamIo;
 
 /// Most idle HTTP/1.1 connections kept per endpoint and worker.
 const MAX_IDLE: usize = 256;
-
-/// Told when a request on any worker starts waiting for a connection slot
-/// (and again every 50 ms while it waits), so workers holding idle
-/// connections of a limited cluster close them for it. Process-wide: a
-/// wakeup for another agent's cluster in the same process costs a sweep.
-static WAITING: Notify = Notify::const_new();
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -208,9 +206,6 @@ pub struct Pools {
     /// When the sweeper wakes on its own: the earliest idle deadline, or
     /// `None` with nothing pooled (it sleeps until woken).
     sweep_at: Cell<Option<Instant>>,
-    /// Whether the sweeper listens for requests waiting for a slot on any
-    /// worker: connections of a cluster that limits them are pooled.
-    sweep_limited: Cell<bool>,
     opened: IntCounter,
     tls_failures: IntCounterVec,
     /// The poolings reloads retired that something still holds
@@ -218,10 +213,14 @@ pub struct Pools {
     /// is closed, not pooled.
     retired: RefCell<Poolings>,
     /// This worker's requests waiting for a connection slot, by key: a
-    /// connection of the key that comes free is kept for them (as Envoy's
-    /// pool hands a released connection to its pending request) rather
-    /// than closed for another worker's.
+    /// connection of the key that comes free wakes them to take it (as
+    /// Envoy's pool hands a released connection to its pending request).
     waiting_here: RefCell<HashMap<PoolKey, usize>>,
+    /// This worker's connections (dialing, lent, idle or shared) by key,
+    /// for clusters that count connections: a key with none may open one
+    /// past `maxConnections` ([`ClusterState::take_connection`]). An entry
+    /// goes at a sweep once no connection holds it.
+    held: RefCell<HashMap<PoolKey, Arc<AtomicU64>>>,
 }
 
 /// Counts a request of this worker as waiting for a slot for `key` while
@@ -276,8 +275,7 @@ pub struct Lease {
 
 impl Reuse for Lease {
     /// Puts the connection back in its pool, unless it served its quota of
-    /// requests, outlived its lifetime, requests of other workers alone are
-    /// waiting for a connection slot, or a reload retired its pool
+    /// requests, outlived its lifetime, or a reload retired its pool
     /// meanwhile. A request of this worker waiting for a slot is woken to
     /// take it.
     fn reuse(self, connection: Connection) {
@@ -311,29 +309,25 @@ impl Pools {
             idle_waker: Waker::from(Arc::new(SweepWaker(sweep_now.clone()))),
             sweep_now,
             sweep_at: Cell::new(None),
-            sweep_limited: Cell::new(false),
             opened,
             tls_failures,
             retired: RefCell::default(),
             waiting_here: RefCell::default(),
+            held: RefCell::default(),
         }
     }
 
-    /// Pools `idle` for `key`, unless requests of other workers alone are
-    /// waiting for a connection slot, a reload retired its pool, it
+    /// Pools `idle` for `key`, unless a reload retired its pool, it
     /// closed, or the pool is full; a request of this worker waiting for a
     /// slot is woken to take it.
     fn keep_idle(&self, key: PoolKey, mut idle: Idle) {
-        if self.wanted_elsewhere(&key) {
-            return; // dropping the connection closes it and frees its slot
-        }
         if key.retired(&self.retired.borrow()) {
             return; // lent before a reload that retired its pool
         }
         if !idle.connection.is_usable(&self.idle_waker) {
             return;
         }
-        let (deadline, limited) = (idle.deadline, key.counted_by().is_some());
+        let deadline = idle.deadline;
         // (a request of this worker waiting for a slot takes it; the map
         // is looked in only when there is one, not per request)
         let waiter = {
@@ -345,20 +339,12 @@ impl Pools {
         let list = idle_lists.entry(key).or_default();
         if list.len() < MAX_IDLE {
             list.push(idle);
-            self.sweep_by(deadline, limited);
+            self.sweep_by(deadline);
         }
         drop(idle_lists);
         if let Some(state) = waiter {
             state.released.notify_waiters();
         }
-    }
-
-    /// Whether a connection of `key` that comes free is to be let go: a
-    /// request on another worker waits for a slot, none on this one does
-    /// (one here takes it).
-    fn wanted_elsewhere(&self, key: &PoolKey) -> bool {
-        key.counted_by().is_some_and(|c| c.has_waiters())
-            && !self.waiting_here.borrow().contains_key(key)
     }
 
     fn take_idle(&self, key: &PoolKey) -> Option<Idle> {
@@ -576,7 +562,7 @@ impl Pools {
                     // The sweeper lets it go once idle for its timeout, or
                     // at the end of its lifetime.
                     let deadline = close_by(Instant::now() + limits.idle_timeout, expires);
-                    self.sweep_by(deadline, key.counted_by().is_some());
+                    self.sweep_by(deadline);
                     return Ok(SharedH2 { taken, waited });
                 }
                 Err(error) => {
@@ -598,22 +584,12 @@ impl Pools {
         }
     }
 
-    /// Has the sweeper sweep by `deadline` (and, for a cluster that counts
-    /// connections, `limited`, whenever a request on any worker waits for a
-    /// slot). Only a deadline earlier than the sweeper's wakes it (with one
-    /// idle timeout per pool, the first connection pooled), or the first
-    /// connection of a limited cluster: from then on the sweeper listens
-    /// for other workers' waiting.
-    fn sweep_by(&self, deadline: Instant, limited: bool) {
-        let earlier = self.sweep_at.get().is_none_or(|at| deadline < at);
-        let unheard = limited && !self.sweep_limited.get();
-        if earlier {
+    /// Has the sweeper sweep by `deadline`. Only a deadline earlier than
+    /// the sweeper's wakes it (with one idle timeout per pool, the first
+    /// connection pooled).
+    fn sweep_by(&self, deadline: Instant) {
+        if self.sweep_at.get().is_none_or(|at| deadline < at) {
             self.sweep_at.set(Some(deadline));
-        }
-        if unheard {
-            self.sweep_limited.set(true);
-        }
-        if earlier || unheard {
             self.sweep_now.notify_one();
         }
     }
@@ -699,12 +675,13 @@ impl Pools {
     }
 
     /// A connection slot when the cluster counts connections (`None` when it
-    /// does not): at once if below the limit, else after waiting. Either
-    /// way the request is pending (`http1MaxPendingRequests`) until the
-    /// connection it dials is ready ([`Slotted::pending`]), as in Envoy's
-    /// pool, and turned away when the pending limit is full. `usable` says
-    /// whether this worker got a connection it can use meanwhile (then no
-    /// slot is needed).
+    /// does not): at once if below the limit or this worker holds no
+    /// connection of `key` ([`ClusterState::take_connection`]), else after
+    /// waiting. Either way the request is pending
+    /// (`http1MaxPendingRequests`) until the connection it dials is ready
+    /// ([`Slotted::pending`]), as in Envoy's pool, and turned away when the
+    /// pending limit is full. `usable` says whether this worker got a
+    /// connection it can use meanwhile (then no slot is needed).
     async fn connection_slot(
         &self,
         key: &PoolKey,
@@ -723,14 +700,15 @@ impl Pools {
         let pending = state
             .take_pending(limits.max_pending)
             .ok_or(AcquireError::Overflow(MAX_PENDING))?;
-        if let Some(slot) = state.take_connection(limits.max_connections) {
+        let held = self.held(key);
+        if let Some(slot) = state.take_connection(limits.max_connections, &held) {
             return Ok(Slotted {
                 slot: Some(slot),
                 pending: Some(pending),
                 waited: None,
             });
         }
-        let _waiting = (state.wait_for_slot(), WaitingHere::new(self, key));
+        let _waiting = WaitingHere::new(self, key);
         let began = Instant::now();
         let mut pending = Some(pending);
         let mut after_waiting = |slot: Option<Slot>| Slotted {
@@ -744,14 +722,15 @@ impl Pools {
             let released = state.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if let Some(slot) = state.take_connection(limits.max_connections) {
-                return Ok(after_waiting(Some(slot)));
-            }
             if usable() {
                 return Ok(after_waiting(None));
             }
-            // Workers holding idle connections of this cluster let them go.
-            WAITING.notify_waiters();
+            // (a slot, or this worker's last connection of the key closed)
+            if let Some(slot) = state.take_connection(limits.max_connections, &held) {
+                return Ok(after_waiting(Some(slot)));
+            }
+            // (and looks again every 50 ms: a closed connection wakes one
+            // waiter, of any worker and endpoint)
             let wait = give_up
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
@@ -759,6 +738,15 @@ impl Pools {
                 return Err(AcquireError::Overflow(MAX_CONNECTIONS));
             }
             let _ = tokio::time::timeout(wait, released).await;
+        }
+    }
+
+    /// The count of this worker's connections of `key`.
+    fn held(&self, key: &PoolKey) -> Arc<AtomicU64> {
+        let mut held = self.held.borrow_mut();
+        match held.get(key) {
+            Some(count) => count.clone(),
+            None => held.entry(key.clone()).or_default().clone(),
         }
     }
 
@@ -786,36 +774,35 @@ impl Pools {
         Ok((io, identity.map(|id| Arc::from(id.to_string()))))
     }
 
-    /// Closes idle connections that closed, idled past their timeout, or
-    /// hold a slot that requests of another worker are waiting for. Returns
-    /// what the sweeper waits for next.
-    fn sweep(&self) -> Next {
+    /// Closes idle connections that closed or idled past their timeout,
+    /// and forgets the counts of keys this worker holds no connection of.
+    /// Returns when the next sweep is due, if one is.
+    fn sweep(&self) -> Option<Instant> {
         self.let_retired_go();
         let now = Instant::now();
-        let mut next = Next::default();
-        self.idle.borrow_mut().retain(|key, list| {
-            let wanted = self.wanted_elsewhere(key);
-            list.retain_mut(|c| {
-                !wanted && now < c.deadline && c.connection.is_usable(&self.idle_waker)
-            });
+        let mut next: Option<Instant> = None;
+        let mut due = |deadline: Instant| {
+            next = Some(next.map_or(deadline, |at: Instant| at.min(deadline)));
+        };
+        self.idle.borrow_mut().retain(|_, list| {
+            list.retain_mut(|c| now < c.deadline && c.connection.is_usable(&self.idle_waker));
             for c in list.iter() {
-                next.due(c.deadline);
+                due(c.deadline);
             }
-            next.limited |= !list.is_empty() && key.counted_by().is_some();
             !list.is_empty()
         });
         self.shared_h2.borrow_mut().retain(|key, connections| {
-            let counted = key.counted_by();
-            let wanted = self.wanted_elsewhere(key);
-            let (left, due) = connections.sweep(now, key.max_concurrent_streams(), wanted);
-            if let Some(due) = due {
-                next.due(due);
+            let (left, at) = connections.sweep(now, key.max_concurrent_streams());
+            if let Some(at) = at {
+                due(at);
             }
-            next.limited |= connections.holds_any() && counted.is_some();
             left
         });
-        self.sweep_at.set(next.at);
-        self.sweep_limited.set(next.limited);
+        // (a count no slot holds any more is 0, and nothing can raise it)
+        self.held
+            .borrow_mut()
+            .retain(|_, count| Arc::strong_count(count) > 1);
+        self.sweep_at.set(next);
         next
     }
 
@@ -858,10 +845,9 @@ impl Pools {
     }
 
     /// Sweeps whenever an idle connection can be due to close: at the
-    /// earliest idle deadline, when a connection is pooled with an earlier
-    /// one or a pooled connection closes, and, while connections of a
-    /// limited cluster are pooled, when a request on any worker starts
-    /// waiting for a slot. With nothing pooled it sleeps with no timer.
+    /// earliest idle deadline, and when a connection is pooled with an
+    /// earlier one or a pooled connection closes. With nothing pooled it
+    /// sleeps with no timer.
     /// After a reload (`poolings` changes) it lets go of the pools whose
     /// settings the reload changed ([`Self::retire`]). Runs on the worker's
     /// thread until the worker stops.
@@ -871,22 +857,14 @@ impl Pools {
         loop {
             let next = self.sweep();
             let woken = self.sweep_now.notified();
-            let waiting = async {
-                if next.limited {
-                    WAITING.notified().await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            };
             let due = async {
-                match next.at {
+                match next {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending::<()>().await,
                 }
             };
             tokio::select! {
                 () = woken => {}
-                () = waiting => {}
                 () = due => {}
                 changed = poolings.changed(), if reloads => match changed {
                     Ok(()) => {
@@ -1002,22 +980,6 @@ struct SweepWaker(Arc<Notify>);
 impl std::task::Wake for SweepWaker {
     fn wake(self: Arc<Self>) {
         self.0.notify_one();
-    }
-}
-
-/// What the sweeper waits for after a sweep.
-#[derive(Debug, Default)]
-struct Next {
-    /// The earliest idle deadline.
-    at: Option<Instant>,
-    /// Idle connections of a cluster that limits connections are pooled.
-    limited: bool,
-}
-
-impl Next {
-    /// A sweep is due by `deadline`.
-    fn due(&mut self, deadline: Instant) {
-        self.at = Some(self.at.map_or(deadline, |at| at.min(deadline)));
     }
 }
 
@@ -1192,7 +1154,7 @@ mod tests {
                             .map(|(_, l)| l.reused)
                     })
                 };
-                while !cluster.state.has_waiters() {
+                while !waits(&a, &key) {
                     tokio::task::yield_now().await;
                 }
                 lease.reuse(first);
@@ -1203,8 +1165,19 @@ mod tests {
             .await;
     }
 
+    /// Whether a request of `pools` waits for a connection slot for `key`.
+    fn waits(pools: &Pools, key: &PoolKey) -> bool {
+        pools.waiting_here.borrow().contains_key(key)
+    }
+
+    /// `maxConnections` counts every worker's connections, and a worker
+    /// holding none opens one past it, as each of Envoy's pools does: its
+    /// requests never wait for another worker's connection, which that
+    /// worker's own requests keep busy (the agent used to close a
+    /// connection given back for another worker's waiter, and so closed
+    /// and opened one per request). A worker holding one waits for it.
     #[tokio::test]
-    async fn max_connections_hold_across_workers() {
+    async fn each_worker_may_open_one_connection_past_the_limit() {
         LocalSet::new()
             .run_until(async {
                 let (address, accepted) = server().await;
@@ -1215,36 +1188,77 @@ mod tests {
                     .h1(&key, &cluster, &TlsPlan::Plain)
                     .await
                     .expect("a connection");
-                assert_eq!(cluster.state.connections.load(Ordering::Relaxed), 1);
+                // Worker B holds none: it opens its own at once, past the limit.
+                let (second, b_lease) = b
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection past the limit");
+                assert_eq!(b_lease.waited, None, "B did not wait");
+                assert_eq!(cluster.state.connections.load(Ordering::Relaxed), 2);
+                b_lease.reuse(second);
+                assert!(b.has_idle(&key), "kept for B's next request");
 
-                // Worker B waits for the one connection slot as a pending request…
+                // A holds one: its next request waits for it as a pending request…
                 let waiting = {
-                    let (b, key, cluster) = (b.clone(), key.clone(), cluster.clone());
+                    let (a, key, cluster) = (a.clone(), key.clone(), cluster.clone());
                     tokio::task::spawn_local(async move {
-                        b.h1(&key, &cluster, &TlsPlan::Plain)
+                        a.h1(&key, &cluster, &TlsPlan::Plain)
                             .await
-                            .map(|(_, l)| l.reused)
+                            .map(|(_, l)| (l.reused, l.waited.is_some()))
                     })
                 };
-                while !cluster.state.has_waiters() {
+                while !waits(&a, &key) {
                     tokio::task::yield_now().await;
                 }
-                // …so worker C, over http1MaxPendingRequests, overflows at once (UO).
+                // …so worker C, though it holds none, overflows
+                // http1MaxPendingRequests (UO), as Envoy checks it first.
                 let overflow = c.h1(&key, &cluster, &TlsPlan::Plain).await;
                 assert!(matches!(overflow, Err(AcquireError::Overflow(MAX_PENDING))));
-                assert_eq!(accepted.get(), 1);
 
-                // A's connection is handed back while B waits: it closes, and
-                // B opens its own in the freed slot.
+                // A's connection given back goes to A's waiter.
                 lease.reuse(first);
-                let reused = waiting.await.expect("joined").expect("a connection");
-                assert!(!reused);
+                let taken = waiting.await.expect("joined").expect("a connection");
+                assert_eq!(taken, (true, true), "reused after waiting");
                 assert_eq!(accepted.get(), 2);
-                assert!(cluster.state.connections.load(Ordering::Relaxed) <= 1);
-                assert!(
-                    !a.has_idle(&key),
-                    "the released connection was not kept idle"
-                );
+                assert!(b.has_idle(&key), "B's stays");
+                // (the waiter's task dropped A's connection: B's is left)
+                assert_eq!(cluster.state.connections.load(Ordering::Relaxed), 1);
+            })
+            .await;
+    }
+
+    /// One worker's pools for two endpoints of a cluster limited to one
+    /// connection: each may hold one, as Envoy's pool per host does, rather
+    /// than closing one endpoint's connection for each request to the
+    /// other's.
+    #[tokio::test]
+    async fn each_endpoint_may_hold_a_connection_past_the_limit() {
+        LocalSet::new()
+            .run_until(async {
+                let ((one, one_accepted), (two, two_accepted)) = (server().await, server().await);
+                let limits = PoolLimits {
+                    max_connections: 1,
+                    ..PoolLimits::default()
+                };
+                let cluster = super::super::testing::cluster(&[one, two], limits, None);
+                let pools = pools();
+                let keys: Vec<PoolKey> = cluster
+                    .endpoints
+                    .iter()
+                    .map(|e| PoolKey::new(&e.address, &cluster, &TlsPlan::Plain))
+                    .collect();
+                for _ in 0..3 {
+                    for key in &keys {
+                        let (connection, lease) = pools
+                            .h1(key, &cluster, &TlsPlan::Plain)
+                            .await
+                            .expect("a connection");
+                        assert_eq!(lease.waited, None);
+                        lease.reuse(connection);
+                    }
+                }
+                assert_eq!((one_accepted.get(), two_accepted.get()), (1, 1));
+                assert_eq!(cluster.state.connections.load(Ordering::Relaxed), 2);
             })
             .await;
     }
@@ -1556,7 +1570,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 let next = pools.sweep();
                 assert!(pools.shared_h2.borrow().is_empty());
-                assert_eq!(next.at, None, "nothing left to sweep");
+                assert_eq!(next, None, "nothing left to sweep");
             })
             .await;
     }
@@ -1756,8 +1770,7 @@ mod tests {
                 // no connection ready is turned away (UO).
                 let overflow = c.h1(&key, &cluster, &TlsPlan::Plain).await;
                 assert!(matches!(overflow, Err(AcquireError::Overflow(MAX_PENDING))));
-                // Nobody waits for a slot: a connection given back is kept.
-                assert!(!cluster.state.has_waiters());
+                // The dial does not make a connection given back close.
                 lease.reuse(first);
                 assert!(a.has_idle(&key), "the connection given back was closed");
 
@@ -1832,7 +1845,7 @@ mod tests {
             .run_until(async {
                 let (listener, address, cluster) = backlogged(1, 1);
                 let key = key(&cluster);
-                let (a, b) = (pools(), pools());
+                let a = pools();
                 let (first, lease) = a
                     .h1(&key, &cluster, &TlsPlan::Plain)
                     .await
@@ -1845,14 +1858,14 @@ mod tests {
 
                 let began = Instant::now();
                 let waiting = {
-                    let (b, key, cluster) = (b.clone(), key.clone(), cluster.clone());
+                    let (a, key, cluster) = (a.clone(), key.clone(), cluster.clone());
                     tokio::task::spawn_local(async move {
-                        b.h1(&key, &cluster, &TlsPlan::Plain)
+                        a.h1(&key, &cluster, &TlsPlan::Plain)
                             .await
                             .map(|(_, lease)| lease.waited)
                     })
                 };
-                while !cluster.state.has_waiters() {
+                while !waits(&a, &key) {
                     tokio::task::yield_now().await;
                 }
                 // The slot comes free at once; the queue only later.
@@ -1865,8 +1878,8 @@ mod tests {
                 let waited = waiting.await.expect("joined").expect("a connection");
                 let took = began.elapsed();
                 drop(fillers);
-                let waited = waited.expect("B waited as a pending request");
-                // (On a machine loaded enough that B dials after the queue
+                let waited = waited.expect("the request waited as a pending one");
+                // (On a machine loaded enough that it dials after the queue
                 // is drained, the dial is quick and the test asks less.)
                 assert!(
                     waited < Duration::from_millis(500),
@@ -1876,74 +1889,39 @@ mod tests {
             .await;
     }
 
+    /// A key's count of the worker's connections stays while one is open,
+    /// idle or lent, and goes at the first sweep after the last closed:
+    /// endpoints that reloads replace leave no entry behind.
     #[tokio::test]
-    async fn an_idle_connection_another_worker_waits_for_is_swept() {
+    async fn a_keys_connection_count_goes_with_its_last_connection() {
         LocalSet::new()
             .run_until(async {
                 let (address, _) = server().await;
                 let cluster = limited(address, 1, 8);
                 let key = key(&cluster);
-                let (a, b) = (pools(), pools());
-                // A's sweeper, as its worker runs it.
-                tokio::task::spawn_local(a.clone().keep_swept(no_reloads()));
+                let a = pools();
+                let count = |a: &Pools| {
+                    let held = a.held.borrow();
+                    held.get(&key).map(|c| c.load(Ordering::Relaxed))
+                };
                 let (connection, lease) = a
                     .h1(&key, &cluster, &TlsPlan::Plain)
                     .await
                     .expect("a connection");
+                assert_eq!(count(&a), Some(1));
                 lease.reuse(connection);
-                assert!(a.has_idle(&key), "nobody waits: kept for reuse");
-
-                // B waits for the slot A's idle connection holds; its
-                // waiting wakes A's sweeper, which lets the connection go.
-                let (_, lease) = b
-                    .h1(&key, &cluster, &TlsPlan::Plain)
-                    .await
-                    .expect("a connection after the sweep");
-                assert!(lease.waited.is_some(), "B had to wait as a pending request");
-                assert!(
-                    !lease.reused,
-                    "B opened its own connection in the freed slot"
-                );
-                assert!(!a.has_idle(&key));
-            })
-            .await;
-    }
-
-    #[tokio::test]
-    async fn a_limited_clusters_connection_pooled_after_another_is_swept_for_a_waiter() {
-        LocalSet::new()
-            .run_until(async {
-                let (elsewhere, _) = server().await;
-                let (address, _) = server().await;
-                let unlimited = limited(elsewhere, UNLIMITED, UNLIMITED);
-                let cluster = limited(address, 1, 8);
-                let (a, b) = (pools(), pools());
-                tokio::task::spawn_local(a.clone().keep_swept(no_reloads()));
-                // A pools a connection of an unlimited cluster first: its
-                // deadline is the sweeper's, earlier than the next one's.
-                let other = key(&unlimited);
-                let (connection, lease) = a
-                    .h1(&other, &unlimited, &TlsPlan::Plain)
-                    .await
-                    .expect("a connection");
-                lease.reuse(connection);
-                tokio::task::yield_now().await;
-                let key = key(&cluster);
+                a.sweep();
+                assert_eq!(count(&a), Some(1), "an idle connection counts");
                 let (connection, lease) = a
                     .h1(&key, &cluster, &TlsPlan::Plain)
                     .await
-                    .expect("a connection");
-                lease.reuse(connection);
-                assert!(a.has_idle(&key));
-                // B waits for the slot A's idle connection holds: A's
-                // sweeper must be listening, though no deadline woke it.
-                let (_, lease) = b
-                    .h1(&key, &cluster, &TlsPlan::Plain)
-                    .await
-                    .expect("a connection after the sweep");
-                assert!(lease.waited.is_some(), "B had to wait as a pending request");
-                assert!(!a.has_idle(&key));
-                assert!(a.has_idle(&other), "the unlimited cluster's stays");
+                    .expect("the idle connection");
+                assert!(lease.reused);
+                drop((connection, lease));
+                assert_eq!(count(&a), Some(0));
+                a.sweep();
+                assert_eq!(count(&a), None, "forgotten");
+                assert_eq!(cluster.state.connections.load(Ordering::Relaxed), 0);
             })
             .await;
     }

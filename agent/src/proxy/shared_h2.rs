@@ -255,7 +255,7 @@ impl Connections {
     /// a connection given its `maxRequestsPerConnection`-th stream is
     /// given no more: no longer shared, it closes once its streams end.
     pub fn take(&mut self, limits: &PoolLimits) -> Option<Taken> {
-        let at = self.prune(limits, false)?;
+        let at = self.prune(limits)?;
         let shared = &mut self.shared[at];
         shared.served += 1;
         shared.idle_since = None;
@@ -270,16 +270,13 @@ impl Connections {
         Some(taken)
     }
 
-    /// Drops closed connections, idle ones whose server allows no stream,
-    /// and, when requests wait for the cluster's connection slots
-    /// (`wanted`), every idle one. Returns where the first with room is.
-    fn prune(&mut self, limits: &PoolLimits, wanted: bool) -> Option<usize> {
+    /// Drops closed connections and idle ones whose server allows no
+    /// stream. Returns where the first with room is.
+    fn prune(&mut self, limits: &PoolLimits) -> Option<usize> {
         // (A connection past `maxRequestsPerConnection` is left only by a
         // reload that lowered it.)
-        self.shared.retain(|c| {
-            let unused = c.streams.get() == 0 && wanted;
-            c.is_live() && !spent(c.served, limits) && !c.idle_and_refusing() && !unused
-        });
+        self.shared
+            .retain(|c| c.is_live() && !spent(c.served, limits) && !c.idle_and_refusing());
         let limit = limits.max_concurrent_streams;
         self.shared.iter().position(|c| c.has_room(limit))
     }
@@ -291,23 +288,17 @@ impl Connections {
     }
 
     /// A sweep at `now`: [`Self::prune`] by `max_streams` (the key's
-    /// `maxConcurrentStreams`; `wanted`: requests wait for the cluster's
-    /// connection slots), then connections idle for the idle
+    /// `maxConcurrentStreams`), then connections idle for the idle
     /// timeout are let go: a connection a sweep finds carrying no stream
     /// goes at the first sweep an idle timeout later that still finds it
     /// so. Returns whether anything is left, held or under way (else the
     /// key's entry can go), and when the next sweep is due for it.
-    pub fn sweep(
-        &mut self,
-        now: Instant,
-        max_streams: u64,
-        wanted: bool,
-    ) -> (bool, Option<Instant>) {
+    pub fn sweep(&mut self, now: Instant, max_streams: u64) -> (bool, Option<Instant>) {
         let limits = PoolLimits {
             max_concurrent_streams: max_streams,
             ..PoolLimits::default()
         };
-        self.prune(&limits, wanted);
+        self.prune(&limits);
         let timeout = self.idle_timeout;
         let mut due: Option<Instant> = None;
         let mut due_by = |deadline: Instant| {
@@ -333,11 +324,6 @@ impl Connections {
         });
         let left = !self.shared.is_empty() || self.dialing.get() > 0 || self.waiting.get() > 0;
         (left, due)
-    }
-
-    /// Whether it holds a connection.
-    pub fn holds_any(&self) -> bool {
-        !self.shared.is_empty()
     }
 
     /// The streams a new connection is counted at until its server's first

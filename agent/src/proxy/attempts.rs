@@ -196,6 +196,11 @@ pub struct Delivered<B> {
     pub response: Response<B>,
     /// When the last attempt was sent.
     pub started: Instant,
+    /// The route's deadline, when it has a timeout and the whole request
+    /// had arrived by the answer ([`Attempts::deadline`]): it cuts the
+    /// response body too. (A response that begins before the request has
+    /// ended has none.)
+    pub deadline: Option<Instant>,
 }
 
 /// One request's attempts against one cluster.
@@ -204,8 +209,9 @@ pub struct Attempts<'a> {
     pub cluster: &'a Arc<Cluster>,
     /// The rule's retry policy.
     pub retry: &'a RetryPolicy,
-    /// The rule's overall deadline.
-    pub deadline: Option<Instant>,
+    /// The rule's overall timeout (`timeout`, or the gRPC call's): it runs
+    /// from when the whole request has arrived ([`Self::deadline`]).
+    pub timeout: Option<Duration>,
     /// The caller's IP (consistent hashing by source IP).
     pub source_ip: IpAddr,
     /// Each attempt carries its number in `x-envoy-attempt-count` (1 for
@@ -257,6 +263,9 @@ impl Attempts<'_> {
         let mut head = Some(head);
         let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
         let mut _retry_slot: Option<Slot> = None;
+        if self.timeout.is_some() {
+            body.progress.time_the_end();
+        }
         for attempt in 0..=self.retry.attempts {
             let template = head.as_mut().ok_or(LocalReply::CONNECTION_TERMINATION)?;
             let input = PickInput {
@@ -317,29 +326,44 @@ impl Attempts<'_> {
             let replayable = body.replayable();
             let may_retry = may_retry && replayable;
             let exhausted = self.retry.attempts > 0 && attempt == self.retry.attempts && replayable;
-            match self.judge(
-                outcome, failure, endpoint, started, exhausted, may_retry, record,
-            ) {
-                Judged::Deliver(delivered) => return Ok(*delivered),
+            let deadline = self.deadline(&body.progress);
+            let judged = self.judge(
+                outcome, failure, endpoint, started, exhausted, may_retry, deadline, record,
+            );
+            match judged {
+                Judged::Deliver(mut delivered) => {
+                    delivered.deadline = deadline;
+                    return Ok(*delivered);
+                }
                 Judged::Fail(reply) => return Err(reply),
                 Judged::Retry(slot, reason) => {
                     _retry_slot = Some(slot);
                     record.retrying(attempt + 1, reason);
-                    self.back_off(attempt + 1).await;
+                    self.back_off(attempt + 1, &body.progress).await;
                 }
             }
         }
         Err(LocalReply::CONNECTION_TERMINATION)
     }
 
+    /// The route's overall deadline: its timeout on from when the whole
+    /// request had arrived, as Envoy starts its global timeout at the end
+    /// of the downstream request (`onRequestComplete`): a slow upload is
+    /// the client's time, not the upstream's. `None` with no timeout, or
+    /// while the request is still arriving.
+    fn deadline(&self, progress: &RequestProgress) -> Option<Instant> {
+        Some(progress.ended_at()? + self.timeout?)
+    }
+
     /// One attempt under the per-try timeout and the overall deadline. The
     /// per-try timeout starts, as Envoy's does, once the attempt has its
     /// connection ([`PoolReady`], `onPoolReady`) and the whole request has
-    /// arrived (`progress`: a slow upload is not the upstream's time); until
-    /// then only the deadline (and the cluster's connect timeout, in the
-    /// pool) bound it. (A request nothing of which was written on one
-    /// HTTP/2 connection goes out on another within the same per-try
-    /// time, started by the first.)
+    /// arrived (`progress`: a slow upload is not the upstream's time); the
+    /// deadline once the request has arrived ([`Self::deadline`]); until
+    /// then only the cluster's connect timeout, in the pool, bounds it. (A
+    /// request nothing of which was written on one HTTP/2 connection goes
+    /// out on another within the same per-try time, started by the
+    /// first.)
     async fn send<U: Upstream>(
         &self,
         upstream: &U,
@@ -353,7 +377,8 @@ impl Attempts<'_> {
         // Pinned where it is made: handed on by reference, not moved
         // (with the request inside it) into a timeout.
         let mut sent = std::pin::pin!(upstream.send(endpoint, head, body, &ready));
-        let mut timer = std::pin::pin!(self.deadline.map(tokio::time::sleep_until));
+        let mut deadline = self.deadline(progress);
+        let mut timer = std::pin::pin!(deadline.map(tokio::time::sleep_until));
         let mut per_try = self.retry.per_try_timeout;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = sent.as_mut().poll(cx) {
@@ -369,14 +394,22 @@ impl Attempts<'_> {
             // (the connection was had, or the body read to its end,
             // during the poll above; an HTTP/2 connection's task reads the
             // body and wakes this one at its end)
-            let begins = |_: &mut Duration| ready.is_set() && progress.poll_ended(cx).is_ready();
-            if let Some(timeout) = per_try.take_if(begins) {
-                let at = Instant::now() + timeout;
-                let at = self.deadline.map_or(at, |deadline| at.min(deadline));
-                timer.set(Some(tokio::time::sleep_until(at)));
+            let deadline_unknown = deadline.is_none() && self.timeout.is_some();
+            let waits_for_end = deadline_unknown || per_try.is_some() && ready.is_set();
+            if waits_for_end && progress.poll_ended(cx).is_ready() {
+                deadline = self.deadline(progress);
+                let per_try = per_try.take_if(|_| ready.is_set());
+                let per_try = per_try.map(|timeout| Instant::now() + timeout);
+                let at = match (deadline, per_try) {
+                    (Some(deadline), Some(per_try)) => Some(deadline.min(per_try)),
+                    (deadline, per_try) => deadline.or(per_try),
+                };
+                if let Some(at) = at {
+                    timer.set(Some(tokio::time::sleep_until(at)));
+                }
             }
             match timer.as_mut().as_pin_mut().map(|timer| timer.poll(cx)) {
-                Some(Poll::Ready(())) if self.deadline.is_some_and(|d| Instant::now() >= d) => {
+                Some(Poll::Ready(())) if deadline.is_some_and(|d| Instant::now() >= d) => {
                     Poll::Ready(Err(Attempted::Deadline))
                 }
                 Some(Poll::Ready(())) => Poll::Ready(Err(Attempted::Error(SendError::Failed(
@@ -397,6 +430,7 @@ impl Attempts<'_> {
         started: Instant,
         exhausted: bool,
         may_retry: bool,
+        deadline: Option<Instant>,
         record: &mut impl AttemptRecord,
     ) -> Judged<B> {
         match outcome {
@@ -421,7 +455,7 @@ impl Attempts<'_> {
                 if self.retry.retries_status(status, grpc)
                     && !sent.response.headers().contains_key(RATE_LIMITED)
                 {
-                    match self.retry_slot(may_retry) {
+                    match self.retry_slot(may_retry, deadline) {
                         Ok(slot) => return Judged::Retry(slot, "retriable status"),
                         Err(NoRetry::Overflow) => record.retry_overflowed(),
                         Err(NoRetry::NotAllowed) if exhausted => record.gave_up(),
@@ -431,6 +465,7 @@ impl Attempts<'_> {
                 Judged::Deliver(Box::new(Delivered {
                     response: sent.response,
                     started,
+                    deadline,
                 }))
             }
             Err(Attempted::Deadline) => {
@@ -463,7 +498,7 @@ impl Attempts<'_> {
                 };
                 self.observe(endpoint, Outcome::LocalFailure, record);
                 if self.retry.retries_failure(failure) {
-                    match self.retry_slot(may_retry) {
+                    match self.retry_slot(may_retry, deadline) {
                         Ok(slot) => return Judged::Retry(slot, reply.details),
                         Err(NoRetry::Overflow) => record.retry_overflowed(),
                         Err(NoRetry::NotAllowed) if exhausted => record.gave_up(),
@@ -476,9 +511,10 @@ impl Attempts<'_> {
     }
 
     /// A retry slot, when another attempt is allowed by the policy and the
-    /// deadline, and the cluster's `maxRetries` and retry budget have room.
-    fn retry_slot(&self, may_retry: bool) -> Result<Slot, NoRetry> {
-        let time_left = self.deadline.is_none_or(|d| Instant::now() < d);
+    /// `deadline`, and the cluster's `maxRetries` and retry budget have
+    /// room.
+    fn retry_slot(&self, may_retry: bool, deadline: Option<Instant>) -> Result<Slot, NoRetry> {
+        let time_left = deadline.is_none_or(|d| Instant::now() < d);
         if !may_retry || !time_left {
             return Err(NoRetry::NotAllowed);
         }
@@ -489,10 +525,11 @@ impl Attempts<'_> {
             .ok_or(NoRetry::Overflow)
     }
 
-    async fn back_off(&self, retry: u32) {
+    async fn back_off(&self, retry: u32, progress: &RequestProgress) {
         let pause = self.retry.backoff_before(retry);
         let until = Instant::now() + pause;
-        tokio::time::sleep_until(self.deadline.map_or(until, |d| until.min(d))).await;
+        let deadline = self.deadline(progress);
+        tokio::time::sleep_until(deadline.map_or(until, |d| until.min(d))).await;
     }
 
     /// Feeds outlier detection and ejects the endpoint when it crosses a

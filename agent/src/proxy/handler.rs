@@ -289,11 +289,10 @@ pub async fn handle(
     } else {
         policy.timeout
     };
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let attempts = Attempts {
         cluster,
         retry: &policy.retry,
-        deadline,
+        timeout,
         source_ip: down.peer.ip(),
         count_attempts: down.direction == Direction::Outbound || down.gateway.is_some(),
     };
@@ -338,7 +337,7 @@ pub async fn handle(
     if let Some(allowed) = &allowed {
         allowed.apply(&mut parts.headers);
     }
-    Ok(ex.respond(parts, body, upstream_time, deadline, clock))
+    Ok(ex.respond(parts, body, upstream_time, delivered.deadline, clock))
 }
 
 fn redirect_reply<B>(

@@ -1,10 +1,13 @@
 //! How far the client's request body has got on its way upstream: bytes
 //! forwarded, whether it has ended and how it failed — read by the retry
-//! loop (a client's failure is not the upstream's; the per-try timeout
-//! starts once the request has ended) and the record (bytes received).
+//! loop (a client's failure is not the upstream's; the per-try and route
+//! timeouts start once the request has ended) and the record (bytes
+//! received).
 
 use std::cell::{Cell, RefCell};
 use std::task::{Context, Poll, Waker};
+
+use tokio::time::Instant;
 
 use super::client_body::ClientBodyError;
 use super::local_reply::LocalReply;
@@ -74,6 +77,10 @@ pub struct RequestProgress {
     bytes: Cell<u64>,
     failure: Cell<Option<BodyFailure>>,
     ended: Cell<bool>,
+    /// When it ended, for a request that asked ([`Self::time_the_end`]).
+    ended_at: Cell<Option<Instant>>,
+    /// Whether [`Self::end`] notes the time.
+    timed: Cell<bool>,
     /// The attempt waiting for the end (the body may be read on another
     /// task: hyper's HTTP/2 connection's).
     on_end: RefCell<Option<Waker>>,
@@ -103,10 +110,33 @@ impl RequestProgress {
     /// The client's body has been read to its end (or there was none):
     /// the whole request has arrived (Envoy's `downstreamEndStream`).
     pub fn end(&self) {
+        if self.timed.get() && !self.ended.get() {
+            self.ended_at.set(Some(Instant::now()));
+        }
         self.ended.set(true);
         if let Some(waker) = self.on_end.take() {
             waker.wake();
         }
+    }
+
+    /// Has the time the whole request arrived noted (now, if it has
+    /// already): a route's timeout runs from it ([`Self::ended_at`]). Only
+    /// a request whose route has a timeout asks, so no other reads the
+    /// clock for it.
+    pub fn time_the_end(&self) {
+        if self.ended.get() {
+            if self.ended_at.get().is_none() {
+                self.ended_at.set(Some(Instant::now()));
+            }
+        } else {
+            self.timed.set(true);
+        }
+    }
+
+    /// When the whole request had arrived, once it has, for a request that
+    /// asked ([`Self::time_the_end`]).
+    pub fn ended_at(&self) -> Option<Instant> {
+        self.ended_at.get()
     }
 
     /// Ready once the whole request has arrived; until then the task of

@@ -243,14 +243,14 @@ struct Run {
 async fn run(
     cluster: &Arc<Cluster>,
     policy: &RetryPolicy,
-    deadline: Option<Duration>,
+    timeout: Option<Duration>,
     answers: &[Answer],
 ) -> Run {
     let start = Instant::now();
     let attempts = Attempts {
         cluster,
         retry: policy,
-        deadline: deadline.map(|d| start + d),
+        timeout,
         source_ip: Ipv4Addr::LOCALHOST.into(),
         count_attempts: true,
     };

@@ -42,9 +42,9 @@ use super::peer_settings::{INITIAL_LIMIT, ServerStreamLimit, SettingsScan};
 use super::shared_h2::{Connections, Counted, DialFailure, NoRoom, Opened, Taken};
 use crate::by_address::ByAddress;
 use crate::connect::{self, DialError, DialSettings};
-use crate::model::cluster::{Cluster, Pooling, Poolings, TlsServer};
+use crate::model::cluster::{Cluster, Http2Keepalive, Pooling, Poolings, TlsServer};
 use crate::model::endpoint::UpstreamAddr;
-use crate::model::live::{ClusterState, MAX_CONNECTIONS, MAX_PENDING, Slot, UNLIMITED};
+use crate::model::live::{ClusterState, MAX_CONNECTIONS, MAX_PENDING, PoolLimits, Slot, UNLIMITED};
 use crate::tls::TlsPlan;
 use crate::tls::io::UpstreamIo;
 
@@ -422,11 +422,7 @@ impl Pools {
             }
         });
         // (no answer only when the worker stops: its tasks are dropped)
-        let stopped = |_| AcquireError::Connect {
-            addr: key.addr.to_string(),
-            source: std::io::Error::other("the worker stopped while dialing"),
-        };
-        let (connection, peer) = result.await.map_err(stopped)??;
+        let (connection, peer) = result.await.map_err(|_| stopped(key))??;
         drop(pending);
         Ok((connection, lease(peer, false, 0, waited, expires)))
     }
@@ -475,7 +471,7 @@ impl Pools {
     /// fewer than the cluster's `maxConcurrentStreams`, else on one opened
     /// for it ([`shared_h2`](super::shared_h2)).
     pub async fn h2(
-        &self,
+        self: &Rc<Self>,
         key: &PoolKey,
         cluster: &Cluster,
         plan: &TlsPlan,
@@ -545,43 +541,63 @@ impl Pools {
                 None => u64::from(INITIAL_LIMIT),
             };
             let Slotted { slot, pending, .. } = slotted;
-            let opened = self.open_h2(key, cluster, plan, slot, starting).await;
+            // The dial runs on as a task of its own, as an HTTP/1.1 one
+            // does ([`Self::h1`]) and Envoy's pool goes on connecting: a
+            // connection the request no longer waits for is shared idle,
+            // and the requests waiting for this dial take streams on it.
+            let (dialed, result) = tokio::sync::oneshot::channel();
+            let (pools, dial_key, plan) = (Rc::clone(self), key.clone(), plan.clone());
+            let (settings, keepalive) = (DialSettings::of(cluster), cluster.keepalive.http2);
+            let (dial_limits, expires) = (limits.clone(), expiry(cluster));
+            tokio::task::spawn_local(async move {
+                let opened = pools
+                    .open_h2(&dial_key, settings, keepalive, &plan, slot, starting)
+                    .await;
+                match opened {
+                    Ok(opened) => {
+                        if let Err(Ok((opened, dial))) = dialed.send(Ok((opened, dial))) {
+                            pools.with_h2(&dial_key, &dial_limits, expires, |connections| {
+                                connections.made_idle(opened, expires, dial, &dial_limits);
+                            });
+                        }
+                    }
+                    Err(error) => {
+                        dial.failed(DialFailure::of(&error));
+                        let _ = dialed.send(Err(error));
+                    }
+                }
+            });
+            // (no answer only when the worker stops: its tasks are dropped)
+            let (opened, dial) = result.await.map_err(|_| stopped(key))??;
             drop(pending);
-            match opened {
-                Ok(opened) => {
-                    let expires = expiry(cluster);
-                    let taken = if key.retired(&self.retired.borrow()) {
-                        // Dialed for a request of a config a reload has
-                        // left: its request alone uses it.
-                        Connections::default().made(opened, expires, dial, limits)
-                    } else {
-                        let mut shared = self.shared_h2.borrow_mut();
-                        let connections = shared.entry(key.clone()).or_default();
-                        connections.made(opened, expires, dial, limits)
-                    };
-                    // The sweeper lets it go once idle for its timeout, or
-                    // at the end of its lifetime.
-                    let deadline = close_by(Instant::now() + limits.idle_timeout, expires);
-                    self.sweep_by(deadline);
-                    return Ok(SharedH2 { taken, waited });
-                }
-                Err(error) => {
-                    dial.failed(match &error {
-                        AcquireError::Tls { reason, .. } => DialFailure::Tls(reason),
-                        AcquireError::Overflow(limit) => DialFailure::Overflow(limit),
-                        AcquireError::Connect { source, .. }
-                            if source.kind() == std::io::ErrorKind::TimedOut =>
-                        {
-                            DialFailure::Timeout
-                        }
-                        AcquireError::Connect { .. } | AcquireError::Handshake { .. } => {
-                            DialFailure::Connect
-                        }
-                    });
-                    return Err(error);
-                }
-            }
+            let taken = self.with_h2(key, limits, expires, |connections| {
+                connections.made(opened, expires, dial, limits)
+            });
+            return Ok(SharedH2 { taken, waited });
         }
+    }
+
+    /// `made` with the shared HTTP/2 connections of `key`, given one a dial
+    /// made, whose lifetime ends at `expires`: the sweeper lets it go once
+    /// idle for its timeout, or at the end of its lifetime. A connection
+    /// dialed for a request of a config a reload has left is not shared:
+    /// its request alone uses it (it closes, its request gone).
+    fn with_h2<R>(
+        &self,
+        key: &PoolKey,
+        limits: &PoolLimits,
+        expires: Option<Instant>,
+        made: impl FnOnce(&mut Connections) -> R,
+    ) -> R {
+        let made = if key.retired(&self.retired.borrow()) {
+            made(&mut Connections::default())
+        } else {
+            let mut shared = self.shared_h2.borrow_mut();
+            made(shared.entry(key.clone()).or_default())
+        };
+        let deadline = close_by(Instant::now() + limits.idle_timeout, expires);
+        self.sweep_by(deadline);
+        made
     }
 
     /// Has the sweeper sweep by `deadline`. Only a deadline earlier than
@@ -594,18 +610,19 @@ impl Pools {
         }
     }
 
-    /// A new HTTP/2 connection, counted by `slot` until it closes; the
-    /// server's stream limit read from its frames as they arrive, `starting`
-    /// streams until the first ([`Connections::starting_limit`]).
+    /// A new HTTP/2 connection, counted by `slot` until it closes, with
+    /// `keepalive` PINGs when set; the server's stream limit read from its
+    /// frames as they arrive, `starting` streams until the first
+    /// ([`Connections::starting_limit`]).
     async fn open_h2(
         &self,
         key: &PoolKey,
-        cluster: &Cluster,
+        settings: DialSettings,
+        keepalive: Option<Http2Keepalive>,
         plan: &TlsPlan,
         slot: Option<Slot>,
         starting: u64,
     ) -> Result<Opened, AcquireError> {
-        let settings = DialSettings::of(cluster);
         let (io, peer) = self.dial(&key.addr, settings, plan).await?;
         let server_limit = ServerStreamLimit::starting_at(starting);
         // The slot goes with the socket: hyper's connection future ends
@@ -623,7 +640,7 @@ impl Pools {
             .initial_max_send_streams(starting.max(1) as usize)
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW);
-        if let Some(keepalive) = cluster.keepalive.http2 {
+        if let Some(keepalive) = keepalive {
             // Envoy's connection keepalive PINGs idle connections too.
             builder
                 .keep_alive_interval(keepalive.interval)
@@ -877,6 +894,14 @@ impl Pools {
                 },
             }
         }
+    }
+}
+
+/// The error of a request whose dial's task was dropped: its worker stopped.
+fn stopped(key: &PoolKey) -> AcquireError {
+    AcquireError::Connect {
+        addr: key.addr.to_string(),
+        source: std::io::Error::other("the worker stopped while dialing"),
     }
 }
 
@@ -1832,6 +1857,70 @@ mod tests {
                     .await
                     .expect("a connection");
                 assert!(lease.reused, "the next request dialed anew");
+            })
+            .await;
+    }
+
+    /// An HTTP/2 dial goes on too when the request that began it goes: the
+    /// connection is shared idle, and the next request takes a stream on
+    /// it rather than dialing anew (with a handshake slower than the route
+    /// timeout, every request used to begin a dial and cut it).
+    #[tokio::test]
+    async fn an_http2_dial_outlives_the_request_that_began_it() {
+        LocalSet::new()
+            .run_until(async {
+                let (listener, address, cluster) = backlogged(10, 10);
+                let key = key(&cluster);
+                let a = pools();
+                let _fillers = [
+                    TcpStream::connect(address).await.expect("queued"),
+                    TcpStream::connect(address).await.expect("queued"),
+                ];
+                let gone = {
+                    let (a, key, cluster) = (a.clone(), key.clone(), cluster.clone());
+                    tokio::task::spawn_local(async move {
+                        let _ = a.h2(&key, &cluster, &TlsPlan::Plain).await;
+                    })
+                };
+                while cluster.state.pending.load(Ordering::Relaxed) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                gone.abort();
+                let _ = gone.await;
+                assert_eq!(cluster.state.pending.load(Ordering::Relaxed), 0);
+                let _drained = (
+                    listener.accept().await.expect("accepted"),
+                    listener.accept().await.expect("accepted"),
+                );
+                let (dialed, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+                    .await
+                    .expect("the dial went on")
+                    .expect("accepted");
+                tokio::task::spawn_local(async move {
+                    let service = hyper::service::service_fn(|_| async {
+                        let empty = http_body_util::Empty::<bytes::Bytes>::new();
+                        Ok::<_, std::convert::Infallible>(http::Response::new(empty))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(LocalExec)
+                        .serve_connection(TokioIo::new(dialed), service)
+                        .await;
+                });
+                let shared = async {
+                    while streams_per_connection(&a, &key) != [0] {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(30), shared)
+                    .await
+                    .expect("the connection is shared idle");
+                let opened = a.opened.get();
+                let taken = a
+                    .h2(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a stream");
+                assert_eq!(streams_per_connection(&a, &key), [1]);
+                assert_eq!(a.opened.get(), opened, "the next request dialed anew");
+                drop(taken);
             })
             .await;
     }

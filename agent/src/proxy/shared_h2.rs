@@ -20,12 +20,10 @@
 //!
 //! An idle connection stays for the next burst until its idle timeout, as
 //! in Envoy's pool (streams go to the first connection with room, so the
-//! later ones are the ones left idle); every idle one goes at the pool's
-//! next sweep while requests of the cluster wait for a connection slot
-//! (hyper closes it once no sender is left and its streams are done). A
-//! connection
-//! given `maxRequestsPerConnection` streams is shared no more, as Envoy
-//! drains it: it closes once they end; so is one past its lifetime
+//! later ones are the ones left idle; hyper closes one once no sender is
+//! left and its streams are done). A connection given
+//! `maxRequestsPerConnection` streams is shared no more, as Envoy drains
+//! it: it closes once they end; so is one past its lifetime
 //! (`maxConnectionDuration`).
 
 use std::cell::Cell;
@@ -42,7 +40,7 @@ use tokio::sync::Notify;
 
 use super::body::UpstreamBody;
 use super::peer_settings::{INITIAL_LIMIT, ServerStreamLimit};
-use super::pool::PeerIdentity;
+use super::pool::{AcquireError, PeerIdentity};
 use crate::model::live::PoolLimits;
 
 /// One shared HTTP/2 connection.
@@ -233,6 +231,22 @@ pub struct Dialing {
     dials: Rc<Dials>,
 }
 
+impl DialFailure {
+    /// What a dial that failed with `error` tells its waiters.
+    pub fn of(error: &AcquireError) -> Self {
+        match error {
+            AcquireError::Tls { reason, .. } => Self::Tls(reason),
+            AcquireError::Overflow(limit) => Self::Overflow(limit),
+            AcquireError::Connect { source, .. }
+                if source.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                Self::Timeout
+            }
+            AcquireError::Connect { .. } | AcquireError::Handshake { .. } => Self::Connect,
+        }
+    }
+}
+
 impl Dialing {
     /// The dial made no connection: the requests waiting for it fail with
     /// `failure`.
@@ -373,31 +387,20 @@ impl Connections {
 
     /// A dial made a connection, whose lifetime ends at `expires`: shared
     /// from now on (unless one stream is all it may carry), with the
-    /// dialer's stream on it.
+    /// dialer's stream on it. Its end wakes the requests that waited for
+    /// the dial.
     pub fn made(
         &mut self,
-        Opened {
-            sender,
-            peer,
-            server_limit,
-        }: Opened,
+        opened: Opened,
         expires: Option<Instant>,
         dial: Dialing,
         limits: &PoolLimits,
     ) -> Taken {
+        let (sender, peer) = (opened.sender.clone(), opened.peer.clone());
         let streams = Rc::new(Cell::new(0));
         let stream = Counted::new(&streams);
-        self.idle_timeout = limits.idle_timeout;
         if !spent(1, limits) {
-            self.shared.push(Shared {
-                sender: sender.clone(),
-                peer: peer.clone(),
-                server_limit,
-                streams,
-                served: 1,
-                idle_since: None,
-                expires,
-            });
+            self.share(opened, streams, 1, expires, limits);
         }
         drop(dial);
         Taken {
@@ -405,6 +408,40 @@ impl Connections {
             peer,
             stream,
         }
+    }
+
+    /// A dial made a connection its request no longer waits for (its
+    /// route timeout passed, its client went): shared idle for the next
+    /// request. Its end wakes the requests that waited for the dial.
+    pub fn made_idle(
+        &mut self,
+        opened: Opened,
+        expires: Option<Instant>,
+        dial: Dialing,
+        limits: &PoolLimits,
+    ) {
+        self.share(opened, Rc::default(), 0, expires, limits);
+        drop(dial);
+    }
+
+    fn share(
+        &mut self,
+        opened: Opened,
+        streams: Rc<Cell<u64>>,
+        served: u64,
+        expires: Option<Instant>,
+        limits: &PoolLimits,
+    ) {
+        self.idle_timeout = limits.idle_timeout;
+        self.shared.push(Shared {
+            sender: opened.sender,
+            peer: opened.peer,
+            server_limit: opened.server_limit,
+            streams,
+            served,
+            idle_since: None,
+            expires,
+        });
     }
 
     /// Forgets the connection `stream` is on: it refused a request (it is

@@ -297,10 +297,13 @@ impl Drop for Slot {
         self.state
             .counter(self.counter)
             .fetch_sub(1, Ordering::AcqRel);
-        if let Some(pool) = &self.pool {
-            pool.fetch_sub(1, Ordering::AcqRel);
-        }
-        if self.counter == Counter::Connections {
+        // (its pool's last connection lets that pool's waiters open one:
+        // all are told, as one told may be another pool's)
+        let last =
+            (self.pool.as_ref()).is_some_and(|pool| pool.fetch_sub(1, Ordering::AcqRel) == 1);
+        if last {
+            self.state.released.notify_waiters();
+        } else if self.counter == Counter::Connections {
             self.state.released.notify_one();
         }
     }
@@ -339,21 +342,17 @@ impl ClusterState {
     /// have a connection to wait for: the cluster's connections are then
     /// at most `max` plus one per endpoint and worker. `None` when neither.
     pub fn take_connection(self: &Arc<Self>, max: u64, pool: &Arc<AtomicU64>) -> Option<Slot> {
-        let mut slot = match self.take(Counter::Connections, max) {
-            Some(slot) => slot,
-            None if pool.load(Ordering::Acquire) == 0 => {
-                self.connections.fetch_add(1, Ordering::AcqRel);
-                Slot {
-                    state: self.clone(),
-                    counter: Counter::Connections,
-                    pool: None,
-                }
-            }
-            None => return None,
-        };
+        let below = self.connections.fetch_add(1, Ordering::AcqRel) < max;
+        if !below && pool.load(Ordering::Acquire) > 0 {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
         pool.fetch_add(1, Ordering::AcqRel);
-        slot.pool = Some(pool.clone());
-        Some(slot)
+        Some(Slot {
+            state: self.clone(),
+            counter: Counter::Connections,
+            pool: Some(pool.clone()),
+        })
     }
 
     /// A pending-request slot, if below `max`.

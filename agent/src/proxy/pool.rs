@@ -216,11 +216,30 @@ pub struct Pools {
     /// connection of the key that comes free wakes them to take it (as
     /// Envoy's pool hands a released connection to its pending request).
     waiting_here: RefCell<HashMap<PoolKey, usize>>,
-    /// This worker's connections (dialing, lent, idle or shared) by key,
-    /// for clusters that count connections: a key with none may open one
-    /// past `maxConnections` ([`ClusterState::take_connection`]). An entry
-    /// goes at a sweep once no connection holds it.
-    held: RefCell<HashMap<PoolKey, Arc<AtomicU64>>>,
+    /// This worker's connections (dialing, lent, idle or shared) by key
+    /// and protocol, for clusters that count connections: a pool with none
+    /// may open one past `maxConnections` ([`ClusterState::take_connection`]).
+    /// An entry goes once no connection holds it: at a sweep, or when the
+    /// map has doubled since it was last looked through.
+    held: RefCell<HashMap<PoolKey, Held>>,
+    /// The size of `held` after it was last looked through.
+    held_kept: Cell<usize>,
+}
+
+/// The counts of a worker's HTTP/1.1 connections (upgraded ones too) and
+/// HTTP/2 connections of one key: Envoy keeps a pool per protocol.
+#[derive(Default)]
+struct Held {
+    h1: Arc<AtomicU64>,
+    h2: Arc<AtomicU64>,
+}
+
+impl Held {
+    /// Whether a connection holds either count (a count nothing holds is
+    /// 0, and nothing can raise it).
+    fn in_use(&self) -> bool {
+        Arc::strong_count(&self.h1) > 1 || Arc::strong_count(&self.h2) > 1
+    }
 }
 
 /// Counts a request of this worker as waiting for a slot for `key` while
@@ -314,6 +333,7 @@ impl Pools {
             retired: RefCell::default(),
             waiting_here: RefCell::default(),
             held: RefCell::default(),
+            held_kept: Cell::new(0),
         }
     }
 
@@ -386,7 +406,7 @@ impl Pools {
                 return Ok((idle.connection, lease));
             }
             let slotted = self
-                .connection_slot(key, cluster, || self.has_idle(key))
+                .connection_slot(key, cluster, false, || self.has_idle(key))
                 .await?;
             waited = add_waits(waited, slotted.waited);
             // No slot although the cluster counts connections: one of this
@@ -444,8 +464,20 @@ impl Pools {
         ),
         AcquireError,
     > {
-        let slotted = self.connection_slot(key, cluster, || false).await?;
-        let waited = slotted.waited;
+        let mut waited = None;
+        let slotted = loop {
+            let usable = || self.has_idle(key);
+            let slotted = self.connection_slot(key, cluster, false, usable).await?;
+            waited = add_waits(waited, slotted.waited);
+            // No slot although the cluster counts connections: one of this
+            // worker's came free meanwhile, which an upgrade cannot use (it
+            // takes a connection of its own, driven by hyper): it closes,
+            // and its slot is the upgrade's.
+            if slotted.slot.is_some() || key.counted_by().is_none() {
+                break slotted;
+            }
+            drop(self.take_idle(key));
+        };
         let settings = DialSettings::of(cluster);
         let (io, peer) = self.dial(&key.addr, settings, plan).await?;
         let (sender, conn) = http1::Builder::new()
@@ -520,7 +552,7 @@ impl Pools {
                     .get(key)
                     .is_some_and(|c| c.has_room(limits))
             };
-            let slotted = match self.connection_slot(key, cluster, has_room).await {
+            let slotted = match self.connection_slot(key, cluster, true, has_room).await {
                 Ok(slotted) => slotted,
                 Err(error) => {
                     // Turned away after waiting for a slot: so are the
@@ -693,8 +725,8 @@ impl Pools {
 
     /// A connection slot when the cluster counts connections (`None` when it
     /// does not): at once if below the limit or this worker holds no
-    /// connection of `key` ([`ClusterState::take_connection`]), else after
-    /// waiting. Either way the request is pending
+    /// connection of `key` and the protocol (HTTP/2 when `h2`)
+    /// ([`ClusterState::take_connection`]), else after waiting. Either way the request is pending
     /// (`http1MaxPendingRequests`) until the connection it dials is ready
     /// ([`Slotted::pending`]), as in Envoy's pool, and turned away when the
     /// pending limit is full. `usable` says whether this worker got a
@@ -703,6 +735,7 @@ impl Pools {
         &self,
         key: &PoolKey,
         cluster: &Cluster,
+        h2: bool,
         usable: impl Fn() -> bool,
     ) -> Result<Slotted, AcquireError> {
         let Some(state) = key.counted_by() else {
@@ -717,7 +750,7 @@ impl Pools {
         let pending = state
             .take_pending(limits.max_pending)
             .ok_or(AcquireError::Overflow(MAX_PENDING))?;
-        let held = self.held(key);
+        let held = self.held(key, h2);
         if let Some(slot) = state.take_connection(limits.max_connections, &held) {
             return Ok(Slotted {
                 slot: Some(slot),
@@ -747,7 +780,8 @@ impl Pools {
                 return Ok(after_waiting(Some(slot)));
             }
             // (and looks again every 50 ms: a closed connection wakes one
-            // waiter, of any worker and endpoint)
+            // waiter, of any worker and endpoint, unless it was its pool's
+            // last, and an HTTP/2 stream that ends wakes none)
             let wait = give_up
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
@@ -758,13 +792,19 @@ impl Pools {
         }
     }
 
-    /// The count of this worker's connections of `key`.
-    fn held(&self, key: &PoolKey) -> Arc<AtomicU64> {
+    /// The count of this worker's connections of `key`, HTTP/2 ones when
+    /// `h2`.
+    fn held(&self, key: &PoolKey, h2: bool) -> Arc<AtomicU64> {
         let mut held = self.held.borrow_mut();
-        match held.get(key) {
-            Some(count) => count.clone(),
-            None => held.entry(key.clone()).or_default().clone(),
+        let of = |held: &Held| if h2 { held.h2.clone() } else { held.h1.clone() };
+        if let Some(counts) = held.get(key) {
+            return of(counts);
         }
+        if held.len() >= 2 * self.held_kept.get().max(16) {
+            held.retain(|_, counts| counts.in_use());
+            self.held_kept.set(held.len());
+        }
+        of(held.entry(key.clone()).or_default())
     }
 
     /// TCP, then TLS when the plan says so.
@@ -815,10 +855,10 @@ impl Pools {
             }
             left
         });
-        // (a count no slot holds any more is 0, and nothing can raise it)
-        self.held
-            .borrow_mut()
-            .retain(|_, count| Arc::strong_count(count) > 1);
+        let mut held = self.held.borrow_mut();
+        held.retain(|_, counts| counts.in_use());
+        self.held_kept.set(held.len());
+        drop(held);
         self.sweep_at.set(next);
         next
     }
@@ -1260,7 +1300,7 @@ mod tests {
     async fn each_endpoint_may_hold_a_connection_past_the_limit() {
         LocalSet::new()
             .run_until(async {
-                let ((one, one_accepted), (two, two_accepted)) = (server().await, server().await);
+                let ((one, _), (two, _)) = (server().await, server().await);
                 let limits = PoolLimits {
                     max_connections: 1,
                     ..PoolLimits::default()
@@ -1282,7 +1322,9 @@ mod tests {
                         lease.reuse(connection);
                     }
                 }
-                assert_eq!((one_accepted.get(), two_accepted.get()), (1, 1));
+                // (dials counted, not accepts: a server's accept may come
+                // a turn later)
+                assert_eq!(pools.opened.get(), 2);
                 assert_eq!(cluster.state.connections.load(Ordering::Relaxed), 2);
             })
             .await;
@@ -1978,6 +2020,71 @@ mod tests {
             .await;
     }
 
+    /// HTTP/1.1 and HTTP/2 connections to one endpoint are counted apart,
+    /// as Envoy keeps a pool per protocol: a worker holding an HTTP/1.1
+    /// connection at the limit still opens an HTTP/2 one (the HTTP/1.1 one
+    /// would serve no HTTP/2 request, and an HTTP/2 request used to wait
+    /// until the connect timeout).
+    #[tokio::test]
+    async fn each_protocol_may_hold_a_connection_past_the_limit() {
+        LocalSet::new()
+            .run_until(async {
+                let address = h2_server(100).await;
+                let cluster = limited(address, 1, 8);
+                let key = key(&cluster);
+                let a = pools();
+                let lent = a
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                let stream = a.h2(&key, &cluster, &TlsPlan::Plain);
+                let stream = tokio::time::timeout(Duration::from_secs(5), stream)
+                    .await
+                    .expect("no wait")
+                    .expect("a stream");
+                assert_eq!(stream.waited, None);
+                let held = |a: &Pools| {
+                    let held = a.held.borrow();
+                    let counts = &held[&key];
+                    (
+                        counts.h1.load(Ordering::Relaxed),
+                        counts.h2.load(Ordering::Relaxed),
+                    )
+                };
+                assert_eq!(held(&a), (1, 1));
+                assert_eq!(cluster.state.connections.load(Ordering::Relaxed), 2);
+                drop(lent);
+            })
+            .await;
+    }
+
+    /// An upgrade at the limit while its worker holds an idle connection
+    /// closes that one for its own (it cannot use it: hyper drives an
+    /// upgrade's connection), rather than waiting for the connect timeout.
+    #[tokio::test]
+    async fn an_upgrade_at_the_limit_closes_an_idle_connection_for_its_own() {
+        LocalSet::new()
+            .run_until(async {
+                let (address, _) = server().await;
+                let cluster = limited(address, 1, 8);
+                let key = key(&cluster);
+                let a = pools();
+                let (connection, lease) = a
+                    .h1(&key, &cluster, &TlsPlan::Plain)
+                    .await
+                    .expect("a connection");
+                lease.reuse(connection);
+                let upgrade = a.h1_upgrade(&key, &cluster, &TlsPlan::Plain);
+                let (_sender, _, _) = tokio::time::timeout(Duration::from_secs(5), upgrade)
+                    .await
+                    .expect("no wait for the connect timeout")
+                    .expect("a connection");
+                assert!(!a.has_idle(&key), "the idle one closed");
+                assert_eq!(cluster.state.connections.load(Ordering::Relaxed), 1);
+            })
+            .await;
+    }
+
     /// A key's count of the worker's connections stays while one is open,
     /// idle or lent, and goes at the first sweep after the last closed:
     /// endpoints that reloads replace leave no entry behind.
@@ -1991,7 +2098,7 @@ mod tests {
                 let a = pools();
                 let count = |a: &Pools| {
                     let held = a.held.borrow();
-                    held.get(&key).map(|c| c.load(Ordering::Relaxed))
+                    held.get(&key).map(|c| c.h1.load(Ordering::Relaxed))
                 };
                 let (connection, lease) = a
                     .h1(&key, &cluster, &TlsPlan::Plain)

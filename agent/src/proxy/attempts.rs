@@ -26,7 +26,7 @@ use super::body::{RequestBody, UpstreamBody};
 use super::client_body::ClientBody;
 use super::headers::decimal;
 use super::local_reply::LocalReply;
-use super::progress::{BodyFailure, RequestProgress};
+use super::progress::{BodyFailure, RequestProgress, RouteDeadline};
 use super::stalled::{Cut, CutSignal};
 use super::tap::Tap;
 use super::upstream::{AttemptHead, PoolReady, SendError, Sent, Upstream};
@@ -105,6 +105,15 @@ impl BodySource {
         Self {
             kept: Kept::Empty,
             progress,
+        }
+    }
+
+    /// A request whose body has not ended yet, and is never read.
+    #[cfg(test)]
+    pub fn unended() -> Self {
+        Self {
+            kept: Kept::Empty,
+            progress: Rc::new(RequestProgress::default()),
         }
     }
 
@@ -196,11 +205,10 @@ pub struct Delivered<B> {
     pub response: Response<B>,
     /// When the last attempt was sent.
     pub started: Instant,
-    /// The route's deadline, when it has a timeout and the whole request
-    /// had arrived by the answer ([`Attempts::deadline`]): it cuts the
-    /// response body too. (A response that begins before the request has
-    /// ended has none.)
-    pub deadline: Option<Instant>,
+    /// The route's deadline for the response body (its timeout on from the
+    /// request's end, [`Attempts::deadline`]; still to come for a response
+    /// that begins before its request has ended).
+    pub deadline: RouteDeadline,
 }
 
 /// One request's attempts against one cluster.
@@ -209,8 +217,8 @@ pub struct Attempts<'a> {
     pub cluster: &'a Arc<Cluster>,
     /// The rule's retry policy.
     pub retry: &'a RetryPolicy,
-    /// The rule's overall timeout (`timeout`, or the gRPC call's): it runs
-    /// from when the whole request has arrived ([`Self::deadline`]).
+    /// The rule's overall timeout (`timeout`, or the gRPC call's), as
+    /// [`Self::deadline`] counts it.
     pub timeout: Option<Duration>,
     /// The caller's IP (consistent hashing by source IP).
     pub source_ip: IpAddr,
@@ -263,7 +271,8 @@ impl Attempts<'_> {
         let mut head = Some(head);
         let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
         let mut _retry_slot: Option<Slot> = None;
-        if self.timeout.is_some() {
+        let from_head = self.timeout.map(|timeout| Instant::now() + timeout);
+        if from_head.is_some() {
             body.progress.time_the_end();
         }
         for attempt in 0..=self.retry.attempts {
@@ -313,6 +322,7 @@ impl Attempts<'_> {
                     attempt_body,
                     cut,
                     &body.progress,
+                    from_head,
                 )
                 .await;
             if let Err(Attempted::BodyCut(why)) = &outcome {
@@ -326,44 +336,71 @@ impl Attempts<'_> {
             let replayable = body.replayable();
             let may_retry = may_retry && replayable;
             let exhausted = self.retry.attempts > 0 && attempt == self.retry.attempts && replayable;
-            let deadline = self.deadline(&body.progress);
+            let deadline = self.deadline(&body.progress, from_head, false);
             let judged = self.judge(
                 outcome, failure, endpoint, started, exhausted, may_retry, deadline, record,
             );
             match judged {
                 Judged::Deliver(mut delivered) => {
-                    delivered.deadline = deadline;
+                    delivered.deadline = self.response_deadline(&body.progress);
                     return Ok(*delivered);
                 }
                 Judged::Fail(reply) => return Err(reply),
                 Judged::Retry(slot, reason) => {
                     _retry_slot = Some(slot);
                     record.retrying(attempt + 1, reason);
-                    self.back_off(attempt + 1, &body.progress).await;
+                    self.back_off(attempt + 1, deadline).await;
                 }
             }
         }
         Err(LocalReply::CONNECTION_TERMINATION)
     }
 
-    /// The route's overall deadline: its timeout on from when the whole
-    /// request had arrived, as Envoy starts its global timeout at the end
-    /// of the downstream request (`onRequestComplete`): a slow upload is
-    /// the client's time, not the upstream's. `None` with no timeout, or
-    /// while the request is still arriving.
-    fn deadline(&self, progress: &RequestProgress) -> Option<Instant> {
-        Some(progress.ended_at()? + self.timeout?)
+    /// The route's overall deadline, as Envoy counts its global timeout:
+    /// from the end of the downstream request (`onRequestComplete`), so a
+    /// slow upload is the client's time, not the upstream's. Until the
+    /// whole request has arrived it counts from the request's head
+    /// (`from_head`), which bounds the wait for a connection (Envoy reads a
+    /// body ahead into its buffer meanwhile, so its timeout is running),
+    /// unless the body is `streaming` to an attempt that has its
+    /// connection: then nothing bounds it until the body ends. `None` with
+    /// no timeout.
+    fn deadline(
+        &self,
+        progress: &RequestProgress,
+        from_head: Option<Instant>,
+        streaming: bool,
+    ) -> Option<Instant> {
+        match progress.ended_at() {
+            Some(end) => Some(end + self.timeout?),
+            None if streaming => None,
+            None => from_head,
+        }
+    }
+
+    /// The deadline a delivered response's body is cut at: the route's,
+    /// from the request's end, which is still to come when the response
+    /// began before it.
+    fn response_deadline(&self, progress: &Rc<RequestProgress>) -> RouteDeadline {
+        match (self.timeout, progress.ended_at()) {
+            (None, _) => RouteDeadline::None,
+            (Some(timeout), Some(end)) => RouteDeadline::At(end + timeout),
+            (Some(timeout), None) => RouteDeadline::AtEnd {
+                progress: progress.clone(),
+                timeout,
+            },
+        }
     }
 
     /// One attempt under the per-try timeout and the overall deadline. The
     /// per-try timeout starts, as Envoy's does, once the attempt has its
     /// connection ([`PoolReady`], `onPoolReady`) and the whole request has
     /// arrived (`progress`: a slow upload is not the upstream's time); the
-    /// deadline once the request has arrived ([`Self::deadline`]); until
-    /// then only the cluster's connect timeout, in the pool, bounds it. (A
-    /// request nothing of which was written on one HTTP/2 connection goes
-    /// out on another within the same per-try time, started by the
-    /// first.)
+    /// deadline is [`Self::deadline`]'s as the attempt gets its connection
+    /// and the request its end. (A request nothing of which was written on
+    /// one HTTP/2 connection goes out on another within the same per-try
+    /// time, started by the first.)
+    #[allow(clippy::too_many_arguments)]
     async fn send<U: Upstream>(
         &self,
         upstream: &U,
@@ -372,14 +409,17 @@ impl Attempts<'_> {
         body: UpstreamBody,
         cut: Option<CutSignal>,
         progress: &RequestProgress,
+        from_head: Option<Instant>,
     ) -> Result<Sent<U::Body>, Attempted> {
         let ready = PoolReady::default();
         // Pinned where it is made: handed on by reference, not moved
         // (with the request inside it) into a timeout.
         let mut sent = std::pin::pin!(upstream.send(endpoint, head, body, &ready));
-        let mut deadline = self.deadline(progress);
+        let mut deadline = self.deadline(progress, from_head, false);
         let mut timer = std::pin::pin!(deadline.map(tokio::time::sleep_until));
-        let mut per_try = self.retry.per_try_timeout;
+        let mut armed = deadline;
+        let mut per_try_at = None;
+        let timed = self.timeout.is_some() || self.retry.per_try_timeout.is_some();
         std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = sent.as_mut().poll(cx) {
                 return Poll::Ready(result.map_err(Attempted::Error));
@@ -394,18 +434,21 @@ impl Attempts<'_> {
             // (the connection was had, or the body read to its end,
             // during the poll above; an HTTP/2 connection's task reads the
             // body and wakes this one at its end)
-            let deadline_unknown = deadline.is_none() && self.timeout.is_some();
-            let waits_for_end = deadline_unknown || per_try.is_some() && ready.is_set();
-            if waits_for_end && progress.poll_ended(cx).is_ready() {
-                deadline = self.deadline(progress);
-                let per_try = per_try.take_if(|_| ready.is_set());
-                let per_try = per_try.map(|timeout| Instant::now() + timeout);
-                let at = match (deadline, per_try) {
+            if timed {
+                let ended = progress.poll_ended(cx).is_ready();
+                deadline = self.deadline(progress, from_head, ready.is_set());
+                if let (Some(timeout), true, true) =
+                    (self.retry.per_try_timeout, ready.is_set(), ended)
+                {
+                    per_try_at = per_try_at.or_else(|| Some(Instant::now() + timeout));
+                }
+                let at = match (deadline, per_try_at) {
                     (Some(deadline), Some(per_try)) => Some(deadline.min(per_try)),
                     (deadline, per_try) => deadline.or(per_try),
                 };
-                if let Some(at) = at {
-                    timer.set(Some(tokio::time::sleep_until(at)));
+                if at != armed {
+                    armed = at;
+                    timer.set(at.map(tokio::time::sleep_until));
                 }
             }
             match timer.as_mut().as_pin_mut().map(|timer| timer.poll(cx)) {
@@ -462,10 +505,11 @@ impl Attempts<'_> {
                         Err(NoRetry::NotAllowed) => {}
                     }
                 }
+                // (the response body's deadline is the run's to set)
                 Judged::Deliver(Box::new(Delivered {
                     response: sent.response,
                     started,
-                    deadline,
+                    deadline: RouteDeadline::None,
                 }))
             }
             Err(Attempted::Deadline) => {
@@ -525,10 +569,10 @@ impl Attempts<'_> {
             .ok_or(NoRetry::Overflow)
     }
 
-    async fn back_off(&self, retry: u32, progress: &RequestProgress) {
+    /// Waits out the backoff before `retry`, no later than `deadline`.
+    async fn back_off(&self, retry: u32, deadline: Option<Instant>) {
         let pause = self.retry.backoff_before(retry);
         let until = Instant::now() + pause;
-        let deadline = self.deadline(progress);
         tokio::time::sleep_until(deadline.map_or(until, |d| until.min(d))).await;
     }
 

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use super::client_body::{ClientBody, ClientBodyError};
 use super::h1;
 use super::pool::Lease;
-use super::progress::RequestProgress;
+use super::progress::{RequestProgress, RouteDeadline};
 use super::reset_reason::ResetReason;
 use super::shared_h2::StreamBody;
 use super::stalled::{Cut, CutSignal, WatchedError, WatchedStream};
@@ -299,8 +299,36 @@ impl<T: ResponseObserver + ?Sized> ResponseObserver for Box<T> {
 pub struct ResponseBody<O: ResponseObserver> {
     source: Source,
     observer: Option<O>,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Deadline,
     idle: Option<IdleTimer>,
+}
+
+/// The route timeout's timer on a response body.
+enum Deadline {
+    None,
+    Armed(Pin<Box<tokio::time::Sleep>>),
+    /// Armed once the request has ended: `timeout` after its end.
+    AtEnd(Rc<RequestProgress>, std::time::Duration),
+}
+
+impl Deadline {
+    /// Whether the route's timeout has passed; the task of `cx` is woken
+    /// when it does (or when the request it waits for ends).
+    fn poll_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Self::AtEnd(progress, timeout) = self
+            && progress.poll_ended(cx).is_ready()
+        {
+            let at = progress.ended_at().map(|end| end + *timeout);
+            *self = match at {
+                Some(at) => Self::Armed(Box::pin(tokio::time::sleep_until(at))),
+                None => Self::None,
+            };
+        }
+        match self {
+            Self::Armed(sleep) => sleep.as_mut().poll(cx).is_ready(),
+            Self::None | Self::AtEnd(..) => false,
+        }
+    }
 }
 
 impl<O: ResponseObserver> ResponseBody<O> {
@@ -310,7 +338,7 @@ impl<O: ResponseObserver> ResponseBody<O> {
     pub fn upstream(
         body: Received,
         observer: O,
-        deadline: Option<tokio::time::Instant>,
+        deadline: RouteDeadline,
         clock: Option<Rc<StreamClock>>,
     ) -> Self {
         // The head is the response's first frame: the wait for it, which
@@ -324,7 +352,11 @@ impl<O: ResponseObserver> ResponseBody<O> {
         let mut body = Self {
             source: Source::Upstream(body),
             observer: Some(observer),
-            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            deadline: match deadline {
+                RouteDeadline::None => Deadline::None,
+                RouteDeadline::At(at) => Deadline::Armed(Box::pin(tokio::time::sleep_until(at))),
+                RouteDeadline::AtEnd { progress, timeout } => Deadline::AtEnd(progress, timeout),
+            },
             idle: clock.map(IdleTimer::new),
         };
         body.end_if_ended();
@@ -336,7 +368,7 @@ impl<O: ResponseObserver> ResponseBody<O> {
         let mut body = Self {
             source: Source::Full((!bytes.is_empty()).then_some(bytes)),
             observer: Some(observer),
-            deadline: None,
+            deadline: Deadline::None,
             idle: None,
         };
         body.end_if_ended();
@@ -394,9 +426,7 @@ impl<O: ResponseObserver + Unpin> Body for ResponseBody<O> {
         if polled.is_pending()
             && !matches!(&this.source, Source::Upstream(body) if body.holds_error())
         {
-            if let Some(deadline) = this.deadline.as_mut()
-                && deadline.as_mut().poll(cx).is_ready()
-            {
+            if this.deadline.poll_passed(cx) {
                 if let Some(observer) = this.observer.as_mut() {
                     observer.on_timeout();
                 }
@@ -574,7 +604,9 @@ mod tests {
                 let body = ResponseBody::upstream(
                     received,
                     notes.clone(),
-                    Some(tokio::time::Instant::now() - std::time::Duration::from_secs(1)),
+                    RouteDeadline::At(
+                        tokio::time::Instant::now() - std::time::Duration::from_secs(1),
+                    ),
                     None,
                 );
                 let Err(error) = body.collect().await else {
@@ -582,6 +614,42 @@ mod tests {
                 };
                 assert!(!error.is::<ResponseTimeout>(), "{error}");
                 assert_eq!(*notes.0.borrow(), ["frame 5", "reset ProtocolError", "end"]);
+            })
+            .await;
+    }
+
+    /// A response that begins before its request has ended is cut by the
+    /// route timeout counted from the request's end, as Envoy arms its
+    /// global timeout then (not from the head, nor never).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_response_begun_before_its_request_ended_is_timed_from_the_end() {
+        use crate::proxy::testing::Then;
+
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                // Silent after half the body, for as long as the test runs.
+                let (received, _pools) = own_h1_body(HALF_A_BODY, Then::Hold).await;
+                let notes = Notes::default();
+                let progress = Rc::new(RequestProgress::default());
+                progress.time_the_end();
+                let timeout = std::time::Duration::from_millis(200);
+                let deadline = RouteDeadline::AtEnd {
+                    progress: progress.clone(),
+                    timeout,
+                };
+                let body = ResponseBody::upstream(received, notes.clone(), deadline, None);
+                let started = tokio::time::Instant::now();
+                let end_later = async {
+                    tokio::time::sleep(timeout * 2).await;
+                    progress.end();
+                };
+                let (collected, ()) = tokio::join!(body.collect(), end_later);
+                let Err(error) = collected else {
+                    panic!("cut off");
+                };
+                assert!(error.is::<ResponseTimeout>(), "{error}");
+                assert!(started.elapsed() >= timeout * 3, "{:?}", started.elapsed());
+                assert_eq!(*notes.0.borrow(), ["frame 5", "timeout", "end"]);
             })
             .await;
     }
@@ -609,7 +677,12 @@ mod tests {
                 let armed = request.poll_expired(&mut Context::from_waker(waker));
                 assert!(armed.is_pending());
                 tokio::time::sleep(idle * 2).await;
-                let body = ResponseBody::upstream(received, notes.clone(), None, Some(clock));
+                let body = ResponseBody::upstream(
+                    received,
+                    notes.clone(),
+                    RouteDeadline::None,
+                    Some(clock),
+                );
                 let started = tokio::time::Instant::now();
                 let Err(error) = body.collect().await else {
                     panic!("cut off");

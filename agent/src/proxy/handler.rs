@@ -284,7 +284,11 @@ pub async fn handle(
 
     // The retry loop: pick an endpoint, respect the pool's limits, forward
     // under the timeouts, judge the outcome.
-    let timeout = if ex.is_grpc() {
+    // (an upgrade's request does not end while it is upgraded, so, as
+    // Envoy's, its route timeout never starts)
+    let timeout = if downstream_upgrade.is_some() {
+        None
+    } else if ex.is_grpc() {
         grpc_timeout::bound(policy.timeout, &mut parts.headers)
     } else {
         policy.timeout

@@ -5,7 +5,9 @@
 //! received).
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -145,7 +147,26 @@ impl RequestProgress {
         if self.ended.get() {
             return Poll::Ready(());
         }
-        self.on_end.replace(Some(cx.waker().clone()));
+        let mut on_end = self.on_end.borrow_mut();
+        if !on_end.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *on_end = Some(cx.waker().clone());
+        }
         Poll::Pending
     }
+}
+
+/// When a route's timeout cuts its response off: Envoy's global timeout
+/// runs from the end of the downstream request, so it is known once the
+/// whole request has arrived, and still to come for a response that began
+/// before that.
+pub enum RouteDeadline {
+    /// No timeout.
+    None,
+    /// At this instant.
+    At(Instant),
+    /// `timeout` after the end of the request `progress` follows.
+    AtEnd {
+        progress: Rc<RequestProgress>,
+        timeout: Duration,
+    },
 }

@@ -246,6 +246,18 @@ async fn run(
     timeout: Option<Duration>,
     answers: &[Answer],
 ) -> Run {
+    run_ending(cluster, policy, timeout, answers, None).await
+}
+
+/// As [`run`], for a request whose body ends `ends` ms after the start
+/// (`None`: no body).
+async fn run_ending(
+    cluster: &Arc<Cluster>,
+    policy: &RetryPolicy,
+    timeout: Option<Duration>,
+    answers: &[Answer],
+    ends: Option<u64>,
+) -> Run {
     let start = Instant::now();
     let attempts = Attempts {
         cluster,
@@ -256,15 +268,28 @@ async fn run(
     };
     let script = Script::new(answers);
     let mut notes = Notes::default();
-    let result = attempts
-        .run(&script, head(), BodySource::empty(), &mut notes)
-        .await
-        .map(|delivered| delivered.response.status().as_u16());
+    let body = match ends {
+        None => BodySource::empty(),
+        Some(_) => BodySource::unended(),
+    };
+    let progress = body.progress().clone();
+    let end = async {
+        if let Some(ms) = ends {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            progress.end();
+        }
+    };
+    let ran = async {
+        let result = attempts.run(&script, head(), body, &mut notes).await;
+        (result, start.elapsed())
+    };
+    let ((result, took), ()) = tokio::join!(ran, end);
+    let result = result.map(|delivered| delivered.response.status().as_u16());
     Run {
         result,
         notes,
         script,
-        took: start.elapsed(),
+        took,
     }
 }
 
@@ -818,4 +843,70 @@ async fn a_wait_for_a_pooled_connection_is_recorded_with_its_limit() {
         "{:?}",
         waited.notes.events
     );
+}
+
+/// A route's timeout runs from when the whole request has arrived, as
+/// Envoy's global timeout does: a slow upload is the client's time.
+/// Until then it runs from the head while the attempt waits for its
+/// connection (Envoy's runs then, its buffer reading the body ahead).
+#[tokio::test(start_paused = true)]
+async fn the_route_timeout_runs_from_the_requests_end() {
+    let cluster = cluster(1, PoolLimits::default(), None);
+    let policy = retry(0, &[]);
+    let timeout = Some(Duration::from_millis(300));
+    let connecting = |connect, answer| Answer::Connecting { connect, answer };
+    // The body ends at 1000 ms, the answer comes 100 ms later: in time.
+    let upload = run_ending(
+        &cluster,
+        &policy,
+        timeout,
+        &[connecting(0, Some(1100))],
+        Some(1000),
+    )
+    .await;
+    assert_eq!(status(&upload), 200);
+    // No answer: cut 300 ms after the body's end.
+    let unanswered = run_ending(
+        &cluster,
+        &policy,
+        timeout,
+        &[connecting(0, None)],
+        Some(1000),
+    )
+    .await;
+    assert_eq!(reply(&unanswered), LocalReply::TIMEOUT.details);
+    assert_eq!(unanswered.took, Duration::from_millis(1300));
+    // A connection that takes longer than the timeout: cut 300 ms after
+    // the head, the body unread.
+    let waiting = run_ending(
+        &cluster,
+        &policy,
+        timeout,
+        &[connecting(1000, Some(0))],
+        Some(2000),
+    )
+    .await;
+    assert_eq!(reply(&waiting), LocalReply::TIMEOUT.details);
+    assert_eq!(waiting.took, Duration::from_millis(300));
+}
+
+/// With a per-try timeout as well, the earlier of the two cuts: the
+/// per-try timeout, from the connection and the request's end.
+#[tokio::test(start_paused = true)]
+async fn the_per_try_and_route_timeouts_run_from_the_requests_end() {
+    let cluster = cluster(1, PoolLimits::default(), None);
+    let mut policy = retry(0, &[]);
+    policy.per_try_timeout = Some(Duration::from_millis(100));
+    let timeout = Some(Duration::from_millis(300));
+    let connecting = |connect, answer| Answer::Connecting { connect, answer };
+    let cut = run_ending(
+        &cluster,
+        &policy,
+        timeout,
+        &[connecting(50, None)],
+        Some(500),
+    )
+    .await;
+    assert_eq!(reply(&cut), LocalReply::PER_TRY_TIMEOUT.details);
+    assert_eq!(cut.took, Duration::from_millis(600));
 }

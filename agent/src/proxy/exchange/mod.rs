@@ -19,7 +19,7 @@ use opentelemetry::trace::SpanContext;
 use super::attempts::AttemptRecord;
 use super::body::{Received, ResponseBody, ResponseObserver};
 use super::local_reply::{self, DecidedBy, LocalReply, RESPONSE_CODE_DETAILS_HEADER};
-use super::progress::{BodyFailure, RequestProgress};
+use super::progress::{BodyFailure, RequestProgress, RouteDeadline};
 use super::reset_reason::ResetReason;
 use super::stream_idle::StreamClock;
 use super::tap::Tap;
@@ -438,7 +438,7 @@ impl Exchange {
         mut parts: http::response::Parts,
         body: Received,
         upstream_time: Duration,
-        deadline: Option<tokio::time::Instant>,
+        deadline: RouteDeadline,
         clock: Option<Rc<StreamClock>>,
     ) -> Response<ProxyBody> {
         self.record.status = parts.status.as_u16();

@@ -1851,6 +1851,47 @@ mod tests {
             .await;
     }
 
+    /// A request of a worker's that begins a dial (to a listener whose
+    /// full accept queue holds it a second) and is dropped while the dial
+    /// waits, as its route timeout or its client would drop it; an HTTP/2
+    /// one when `h2`. Returns the worker's pools, the key, the cluster and
+    /// the connection the dial made, once the listener accepted it.
+    async fn a_dial_abandoned(h2: bool) -> (Rc<Pools>, PoolKey, Arc<Cluster>, TcpStream) {
+        let (listener, address, cluster) = backlogged(10, 10);
+        let key = key(&cluster);
+        let a = pools();
+        let fillers = [
+            TcpStream::connect(address).await.expect("queued"),
+            TcpStream::connect(address).await.expect("queued"),
+        ];
+        let gone = {
+            let (a, key, cluster) = (a.clone(), key.clone(), cluster.clone());
+            tokio::task::spawn_local(async move {
+                if h2 {
+                    let _ = a.h2(&key, &cluster, &TlsPlan::Plain).await;
+                } else {
+                    let _ = a.h1(&key, &cluster, &TlsPlan::Plain).await;
+                }
+            })
+        };
+        while cluster.state.pending.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(cluster.state.pending.load(Ordering::Relaxed), 0);
+        let _drained = (
+            listener.accept().await.expect("accepted"),
+            listener.accept().await.expect("accepted"),
+        );
+        let (dialed, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+            .await
+            .expect("the dial went on")
+            .expect("accepted");
+        drop(fillers);
+        (a, key, cluster, dialed)
+    }
+
     /// A dial goes on when the request that began it goes (its route
     /// timeout, its client), as Envoy's pool goes on connecting: the
     /// connection is pooled idle, and the next request takes it.
@@ -1858,34 +1899,7 @@ mod tests {
     async fn a_dial_outlives_the_request_that_began_it() {
         LocalSet::new()
             .run_until(async {
-                // (a dial to it waits a second for its SYN to be retried)
-                let (listener, address, cluster) = backlogged(10, 10);
-                let key = key(&cluster);
-                let a = pools();
-                let _fillers = [
-                    TcpStream::connect(address).await.expect("queued"),
-                    TcpStream::connect(address).await.expect("queued"),
-                ];
-                let gone = {
-                    let (a, key, cluster) = (a.clone(), key.clone(), cluster.clone());
-                    tokio::task::spawn_local(async move {
-                        let _ = a.h1(&key, &cluster, &TlsPlan::Plain).await;
-                    })
-                };
-                while cluster.state.pending.load(Ordering::Relaxed) == 0 {
-                    tokio::task::yield_now().await;
-                }
-                gone.abort();
-                let _ = gone.await;
-                assert_eq!(cluster.state.pending.load(Ordering::Relaxed), 0);
-                let _drained = (
-                    listener.accept().await.expect("accepted"),
-                    listener.accept().await.expect("accepted"),
-                    tokio::time::timeout(Duration::from_secs(30), listener.accept())
-                        .await
-                        .expect("the dial went on")
-                        .expect("accepted"),
-                );
+                let (a, key, cluster, _dialed) = a_dial_abandoned(false).await;
                 let pooled = async {
                     while !a.has_idle(&key) {
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1911,33 +1925,7 @@ mod tests {
     async fn an_http2_dial_outlives_the_request_that_began_it() {
         LocalSet::new()
             .run_until(async {
-                let (listener, address, cluster) = backlogged(10, 10);
-                let key = key(&cluster);
-                let a = pools();
-                let _fillers = [
-                    TcpStream::connect(address).await.expect("queued"),
-                    TcpStream::connect(address).await.expect("queued"),
-                ];
-                let gone = {
-                    let (a, key, cluster) = (a.clone(), key.clone(), cluster.clone());
-                    tokio::task::spawn_local(async move {
-                        let _ = a.h2(&key, &cluster, &TlsPlan::Plain).await;
-                    })
-                };
-                while cluster.state.pending.load(Ordering::Relaxed) == 0 {
-                    tokio::task::yield_now().await;
-                }
-                gone.abort();
-                let _ = gone.await;
-                assert_eq!(cluster.state.pending.load(Ordering::Relaxed), 0);
-                let _drained = (
-                    listener.accept().await.expect("accepted"),
-                    listener.accept().await.expect("accepted"),
-                );
-                let (dialed, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept())
-                    .await
-                    .expect("the dial went on")
-                    .expect("accepted");
+                let (a, key, cluster, dialed) = a_dial_abandoned(true).await;
                 tokio::task::spawn_local(async move {
                     let service = hyper::service::service_fn(|_| async {
                         let empty = http_body_util::Empty::<bytes::Bytes>::new();

@@ -224,6 +224,8 @@ pub struct Pools {
     held: RefCell<HashMap<PoolKey, Held>>,
     /// The size of `held` after it was last looked through.
     held_kept: Cell<usize>,
+    /// HTTP/1.1 dials under way, by key.
+    h1_dials: RefCell<HashMap<PoolKey, Vec<Rc<H1Dial>>>>,
 }
 
 /// The counts of a worker's HTTP/1.1 connections (upgraded ones too) and
@@ -239,6 +241,35 @@ impl Held {
     /// 0, and nothing can raise it).
     fn in_use(&self) -> bool {
         Arc::strong_count(&self.h1) > 1 || Arc::strong_count(&self.h2) > 1
+    }
+}
+
+/// What an HTTP/1.1 dial ends with: the connection, the server's identity
+/// and the end of the connection's lifetime, or why there is none.
+type Dialed = Result<(Connection, PeerIdentity, Option<Instant>), AcquireError>;
+
+/// Where an HTTP/1.1 dial under way hands its connection: to the request
+/// waiting for it, the one that began it or, that one gone, a later one
+/// that took it over ([`Pools::unclaimed_dial`]).
+#[derive(Default)]
+struct H1Dial {
+    to: Cell<Option<tokio::sync::oneshot::Sender<Dialed>>>,
+}
+
+impl H1Dial {
+    /// Makes the caller the request the dial's end goes to.
+    fn claim(&self) -> tokio::sync::oneshot::Receiver<Dialed> {
+        let (to, claimed) = tokio::sync::oneshot::channel();
+        self.to.set(Some(to));
+        claimed
+    }
+
+    /// Whether no request waits for it any more.
+    fn unclaimed(&self) -> bool {
+        let to = self.to.take();
+        let unclaimed = to.as_ref().is_none_or(|to| to.is_closed());
+        self.to.set(to);
+        unclaimed
     }
 }
 
@@ -334,6 +365,7 @@ impl Pools {
             waiting_here: RefCell::default(),
             held: RefCell::default(),
             held_kept: Cell::new(0),
+            h1_dials: RefCell::default(),
         }
     }
 
@@ -405,6 +437,23 @@ impl Pools {
                 let lease = lease(idle.peer, true, idle.served, waited, idle.expires);
                 return Ok((idle.connection, lease));
             }
+            // A dial under way whose request went is this one's to wait
+            // for, as Envoy's pool gives a connecting connection to its
+            // next pending request rather than dialing another.
+            if let Some(dial) = self.unclaimed_dial(key) {
+                let pending = match key.counted_by() {
+                    Some(state) => Some(
+                        state
+                            .take_pending(cluster.limits.max_pending)
+                            .ok_or(AcquireError::Overflow(MAX_PENDING))?,
+                    ),
+                    None => None,
+                };
+                let claimed = dial.claim();
+                let (connection, peer, expires) = claimed.await.map_err(|_| stopped(key))??;
+                drop(pending);
+                return Ok((connection, lease(peer, false, 0, waited, expires)));
+            }
             let slotted = self
                 .connection_slot(key, cluster, false, || self.has_idle(key))
                 .await?;
@@ -418,18 +467,30 @@ impl Pools {
         let Slotted { slot, pending, .. } = slotted;
         // The dial runs on as a task of its own, as Envoy's pool goes on
         // connecting when the request that began the connection goes (its
-        // route timeout, its client): the connection then waits idle for
-        // the next request, where a handshake slower than the timeout
-        // would otherwise be begun anew, and cut, for every request.
-        let (dialed, result) = tokio::sync::oneshot::channel();
+        // route timeout, its client): the next request takes the dial
+        // over, or the connection waits idle for one, where a handshake
+        // slower than the timeout would otherwise be begun anew, and cut,
+        // for every request.
+        let dial = Rc::new(H1Dial::default());
+        let claimed = dial.claim();
+        self.h1_dials
+            .borrow_mut()
+            .entry(key.clone())
+            .or_default()
+            .push(dial.clone());
         let (pools, dial_key) = (Rc::clone(self), key.clone());
         let (settings, plan) = (DialSettings::of(cluster), plan.clone());
         let idle_timeout = cluster.limits.idle_timeout;
         let expires = expiry(cluster);
         tokio::task::spawn_local(async move {
             let opened = pools.dial(&dial_key.addr, settings, &plan).await;
-            let opened = opened.map(|(io, peer)| (Connection::new(io, slot), peer));
-            if let Err(Ok((connection, peer))) = dialed.send(opened) {
+            pools.dial_ended(&dial_key, &dial);
+            let opened = opened.map(|(io, peer)| (Connection::new(io, slot), peer, expires));
+            let unsent = match dial.to.take() {
+                Some(to) => to.send(opened).err(),
+                None => Some(opened),
+            };
+            if let Some(Ok((connection, peer, expires))) = unsent {
                 let deadline = close_by(Instant::now() + idle_timeout, expires);
                 let idle = Idle {
                     connection,
@@ -442,9 +503,30 @@ impl Pools {
             }
         });
         // (no answer only when the worker stops: its tasks are dropped)
-        let (connection, peer) = result.await.map_err(|_| stopped(key))??;
+        let (connection, peer, expires) = claimed.await.map_err(|_| stopped(key))??;
         drop(pending);
         Ok((connection, lease(peer, false, 0, waited, expires)))
+    }
+
+    /// A dial of an HTTP/1.1 connection for `key` under way whose request
+    /// went, for another to take over.
+    fn unclaimed_dial(&self, key: &PoolKey) -> Option<Rc<H1Dial>> {
+        let dials = self.h1_dials.borrow();
+        if dials.is_empty() {
+            return None; // (no lookup per request while nothing dials)
+        }
+        dials.get(key)?.iter().find(|d| d.unclaimed()).cloned()
+    }
+
+    /// Forgets `dial`, which has ended.
+    fn dial_ended(&self, key: &PoolKey, dial: &Rc<H1Dial>) {
+        let mut dials = self.h1_dials.borrow_mut();
+        if let Some(list) = dials.get_mut(key) {
+            list.retain(|d| !Rc::ptr_eq(d, dial));
+            if list.is_empty() {
+                dials.remove(key);
+            }
+        }
     }
 
     /// A new HTTP/1.1 connection for a request that offers an upgrade,
@@ -1851,12 +1933,37 @@ mod tests {
             .await;
     }
 
-    /// A request of a worker's that begins a dial (to a listener whose
-    /// full accept queue holds it a second) and is dropped while the dial
-    /// waits, as its route timeout or its client would drop it; an HTTP/2
-    /// one when `h2`. Returns the worker's pools, the key, the cluster and
-    /// the connection the dial made, once the listener accepted it.
-    async fn a_dial_abandoned(h2: bool) -> (Rc<Pools>, PoolKey, Arc<Cluster>, TcpStream) {
+    /// A dial a request of a worker's began (to a listener whose full
+    /// accept queue holds it a second) and left, as its route timeout or
+    /// its client would drop it, while the dial waits.
+    struct Abandoned {
+        a: Rc<Pools>,
+        key: PoolKey,
+        cluster: Arc<Cluster>,
+        listener: TcpListener,
+        fillers: [TcpStream; 2],
+    }
+
+    impl Abandoned {
+        /// The connection the dial made, once the listener has accepted
+        /// it (the queue ahead of it drained).
+        async fn dialed(self) -> (Rc<Pools>, PoolKey, Arc<Cluster>, TcpStream) {
+            let listener = &self.listener;
+            let _drained = (
+                listener.accept().await.expect("accepted"),
+                listener.accept().await.expect("accepted"),
+            );
+            let (dialed, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+                .await
+                .expect("the dial went on")
+                .expect("accepted");
+            drop(self.fillers);
+            (self.a, self.key, self.cluster, dialed)
+        }
+    }
+
+    /// [`Abandoned`]: an HTTP/2 request's dial when `h2`.
+    async fn abandon_a_dial(h2: bool) -> Abandoned {
         let (listener, address, cluster) = backlogged(10, 10);
         let key = key(&cluster);
         let a = pools();
@@ -1880,16 +1987,13 @@ mod tests {
         gone.abort();
         let _ = gone.await;
         assert_eq!(cluster.state.pending.load(Ordering::Relaxed), 0);
-        let _drained = (
-            listener.accept().await.expect("accepted"),
-            listener.accept().await.expect("accepted"),
-        );
-        let (dialed, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept())
-            .await
-            .expect("the dial went on")
-            .expect("accepted");
-        drop(fillers);
-        (a, key, cluster, dialed)
+        Abandoned {
+            a,
+            key,
+            cluster,
+            listener,
+            fillers,
+        }
     }
 
     /// A dial goes on when the request that began it goes (its route
@@ -1899,7 +2003,7 @@ mod tests {
     async fn a_dial_outlives_the_request_that_began_it() {
         LocalSet::new()
             .run_until(async {
-                let (a, key, cluster, _dialed) = a_dial_abandoned(false).await;
+                let (a, key, cluster, _dialed) = abandon_a_dial(false).await.dialed().await;
                 let pooled = async {
                     while !a.has_idle(&key) {
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1917,6 +2021,39 @@ mod tests {
             .await;
     }
 
+    /// The next request takes over a dial whose request went, as Envoy's
+    /// pool gives a connecting connection to its next pending request,
+    /// rather than dialing another: one dial, and the request pending
+    /// while it waits for it.
+    #[tokio::test]
+    async fn a_request_takes_over_a_dial_whose_request_went() {
+        LocalSet::new()
+            .run_until(async {
+                let abandoned = abandon_a_dial(false).await;
+                let next = {
+                    let (a, key) = (abandoned.a.clone(), abandoned.key.clone());
+                    let cluster = abandoned.cluster.clone();
+                    tokio::task::spawn_local(async move {
+                        a.h1(&key, &cluster, &TlsPlan::Plain)
+                            .await
+                            .map(|(connection, lease)| (connection, lease.reused))
+                    })
+                };
+                let pending = &abandoned.cluster.state.pending;
+                while pending.load(Ordering::Relaxed) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                let dials = |a: &Pools, key: &PoolKey| a.h1_dials.borrow().get(key).map(Vec::len);
+                assert_eq!(dials(&abandoned.a, &abandoned.key), Some(1), "one dial");
+                let (a, key, cluster, _dialed) = abandoned.dialed().await;
+                let (_connection, reused) = next.await.expect("joined").expect("a connection");
+                assert!(!reused);
+                assert_eq!(dials(&a, &key), None, "the dial ended");
+                assert_eq!(cluster.state.pending.load(Ordering::Relaxed), 0);
+            })
+            .await;
+    }
+
     /// An HTTP/2 dial goes on too when the request that began it goes: the
     /// connection is shared idle, and the next request takes a stream on
     /// it rather than dialing anew (with a handshake slower than the route
@@ -1925,7 +2062,7 @@ mod tests {
     async fn an_http2_dial_outlives_the_request_that_began_it() {
         LocalSet::new()
             .run_until(async {
-                let (a, key, cluster, dialed) = a_dial_abandoned(true).await;
+                let (a, key, cluster, dialed) = abandon_a_dial(true).await.dialed().await;
                 tokio::task::spawn_local(async move {
                     let service = hyper::service::service_fn(|_| async {
                         let empty = http_body_util::Empty::<bytes::Bytes>::new();

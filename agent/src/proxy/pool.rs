@@ -214,8 +214,9 @@ pub struct Pools {
     retired: RefCell<Poolings>,
     /// This worker's requests waiting for a connection slot, by key: a
     /// connection of the key that comes free wakes them to take it (as
-    /// Envoy's pool hands a released connection to its pending request).
-    waiting_here: RefCell<HashMap<PoolKey, usize>>,
+    /// Envoy's pool hands a released connection to its pending request),
+    /// and a dial of the key that fails fails them ([`Pools::dial_failed`]).
+    waiting_here: RefCell<HashMap<PoolKey, Waiters>>,
     /// This worker's connections (dialing, lent, idle or shared) by key
     /// and protocol, for clusters that count connections: a pool with none
     /// may open one past `maxConnections` ([`ClusterState::take_connection`]).
@@ -273,30 +274,54 @@ impl H1Dial {
     }
 }
 
+/// A worker's requests waiting for a slot for one key, and the dials of
+/// the key that failed while they waited.
+#[derive(Default)]
+struct Waiters {
+    count: usize,
+    /// Dials failed so far, and how the last failed.
+    failed: u64,
+    last_failure: Option<DialFailure>,
+}
+
 /// Counts a request of this worker as waiting for a slot for `key` while
 /// held ([`Pools::waiting_here`]).
 struct WaitingHere<'a> {
     pools: &'a Pools,
     key: &'a PoolKey,
+    /// The key's failed dials when it began waiting.
+    failed_before: u64,
 }
 
 impl<'a> WaitingHere<'a> {
     fn new(pools: &'a Pools, key: &'a PoolKey) -> Self {
-        *pools
-            .waiting_here
-            .borrow_mut()
-            .entry(key.clone())
-            .or_default() += 1;
-        Self { pools, key }
+        let mut waiting = pools.waiting_here.borrow_mut();
+        let waiters = waiting.entry(key.clone()).or_default();
+        waiters.count += 1;
+        let failed_before = waiters.failed;
+        Self {
+            pools,
+            key,
+            failed_before,
+        }
+    }
+
+    /// How a dial of the key failed since it began waiting, if one did.
+    fn dial_failed(&self) -> Option<DialFailure> {
+        let waiting = self.pools.waiting_here.borrow();
+        let waiters = waiting.get(self.key)?;
+        (waiters.failed != self.failed_before)
+            .then_some(waiters.last_failure)
+            .flatten()
     }
 }
 
 impl Drop for WaitingHere<'_> {
     fn drop(&mut self) {
         let mut waiting = self.pools.waiting_here.borrow_mut();
-        if let Some(count) = waiting.get_mut(self.key) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(waiters) = waiting.get_mut(self.key) {
+            waiters.count -= 1;
+            if waiters.count == 0 {
                 waiting.remove(self.key);
             }
         }
@@ -485,6 +510,9 @@ impl Pools {
         tokio::task::spawn_local(async move {
             let opened = pools.dial(&dial_key.addr, settings, &plan).await;
             pools.dial_ended(&dial_key, &dial);
+            if let Err(error) = &opened {
+                pools.dial_failed(&dial_key, error);
+            }
             let opened = opened.map(|(io, peer)| (Connection::new(io, slot), peer, expires));
             let unsent = match dial.to.take() {
                 Some(to) => to.send(opened).err(),
@@ -506,6 +534,21 @@ impl Pools {
         let (connection, peer, expires) = claimed.await.map_err(|_| stopped(key))??;
         drop(pending);
         Ok((connection, lease(peer, false, 0, waited, expires)))
+    }
+
+    /// A dial for `key` failed with `error`: the requests of this worker
+    /// waiting for a slot for it fail with it ([`WaitingHere::dial_failed`]).
+    fn dial_failed(&self, key: &PoolKey, error: &AcquireError) {
+        let mut waiting = self.waiting_here.borrow_mut();
+        let Some(waiters) = waiting.get_mut(key) else {
+            return;
+        };
+        waiters.failed += 1;
+        waiters.last_failure = Some(DialFailure::of(error));
+        drop(waiting);
+        if let Some(state) = key.counted_by() {
+            state.released.notify_waiters();
+        }
     }
 
     /// A dial of an HTTP/1.1 connection for `key` under way whose request
@@ -561,7 +604,11 @@ impl Pools {
             drop(self.take_idle(key));
         };
         let settings = DialSettings::of(cluster);
-        let (io, peer) = self.dial(&key.addr, settings, plan).await?;
+        let dialed = self.dial(&key.addr, settings, plan).await;
+        if let Err(error) = &dialed {
+            self.dial_failed(key, error);
+        }
+        let (io, peer) = dialed?;
         let (sender, conn) = http1::Builder::new()
             .max_header_size(MAX_RESPONSE_HEAD)
             .handshake(TokioIo::new(io))
@@ -677,6 +724,7 @@ impl Pools {
                     }
                     Err(error) => {
                         dial.failed(DialFailure::of(&error));
+                        pools.dial_failed(&dial_key, &error);
                         let _ = dialed.send(Err(error));
                     }
                 }
@@ -840,7 +888,7 @@ impl Pools {
                 waited: None,
             });
         }
-        let _waiting = WaitingHere::new(self, key);
+        let waiting = WaitingHere::new(self, key);
         let began = Instant::now();
         let mut pending = Some(pending);
         let mut after_waiting = |slot: Option<Slot>| Slotted {
@@ -856,6 +904,12 @@ impl Pools {
             released.as_mut().enable();
             if usable() {
                 return Ok(after_waiting(None));
+            }
+            // A dial of the pool failed: so do the requests waiting, as
+            // Envoy's pool fails its pending requests when a connection
+            // fails to connect (`purgePendingStreams`).
+            if let Some(failure) = waiting.dial_failed() {
+                return Err(failed_dial(key, failure));
             }
             // (a slot, or this worker's last connection of the key closed)
             if let Some(slot) = state.take_connection(limits.max_connections, &held) {
@@ -2050,6 +2104,50 @@ mod tests {
                 assert!(!reused);
                 assert_eq!(dials(&a, &key), None, "the dial ended");
                 assert_eq!(cluster.state.pending.load(Ordering::Relaxed), 0);
+            })
+            .await;
+    }
+
+    /// A dial that fails fails the requests of its worker waiting for a
+    /// slot for it, as Envoy's pool fails its pending requests when a
+    /// connection fails to connect, rather than each dialing in turn after
+    /// it (one connect timeout each).
+    #[tokio::test]
+    async fn requests_waiting_for_a_slot_fail_with_the_dial_that_failed() {
+        LocalSet::new()
+            .run_until(async {
+                let (_listener, address, mut cluster) = backlogged(1, 8);
+                Arc::get_mut(&mut cluster)
+                    .expect("the only owner")
+                    .connect_timeout = Duration::from_millis(1500);
+                let key = key(&cluster);
+                let a = pools();
+                let _fillers = [
+                    TcpStream::connect(address).await.expect("queued"),
+                    TcpStream::connect(address).await.expect("queued"),
+                ];
+                let request = || {
+                    let (a, key, cluster) = (a.clone(), key.clone(), cluster.clone());
+                    tokio::task::spawn_local(async move {
+                        a.h1(&key, &cluster, &TlsPlan::Plain)
+                            .await
+                            .map(|_| ())
+                            .map_err(|error| error.to_string())
+                    })
+                };
+                let first = request();
+                while cluster.state.pending.load(Ordering::Relaxed) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                let second = request();
+                while !waits(&a, &key) {
+                    tokio::task::yield_now().await;
+                }
+                let first = first.await.expect("joined");
+                let second = second.await.expect("joined");
+                assert!(first.is_err(), "the dial timed out");
+                let second = second.expect_err("failed with the dial");
+                assert!(second.contains(WAITED_FOR_A_FAILED_DIAL), "{second}");
             })
             .await;
     }

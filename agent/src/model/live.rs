@@ -259,7 +259,8 @@ impl Default for PoolLimits {
 pub struct ClusterState {
     /// Open upstream connections (counted only for clusters that limit
     /// them), dialing ones included; past `maxConnections` by at most one
-    /// per endpoint and worker ([`Self::take_connection`]).
+    /// per pool (endpoint and protocol) and worker
+    /// ([`Self::take_connection`]).
     pub connections: AtomicU64,
     /// Pending requests (`http1MaxPendingRequests`): those waiting for a
     /// connection, a slot for one or their own dial (Envoy's pool counts
@@ -333,14 +334,15 @@ impl ClusterState {
     }
 
     /// A connection slot for a connection of `pool` (the count of one
-    /// worker's connections to one endpoint, dialing, lent or idle), also
+    /// worker's connections to one endpoint over one protocol, dialing,
+    /// lent, idle or upgraded), also
     /// counted there while held: below `max`, or past it when `pool` has
     /// no connection. Envoy's pools do the same ("Even if this circuit
     /// breaker has overflowed, Envoy will ensure that a host selected by
     /// cluster load balancing has at least one connection allocated", its
     /// circuit-breaking overview), so that a pool's pending requests always
     /// have a connection to wait for: the cluster's connections are then
-    /// at most `max` plus one per endpoint and worker. `None` when neither.
+    /// at most `max` plus one per pool and worker. `None` when neither.
     pub fn take_connection(self: &Arc<Self>, max: u64, pool: &Arc<AtomicU64>) -> Option<Slot> {
         let below = self.connections.fetch_add(1, Ordering::AcqRel) < max;
         if !below && pool.load(Ordering::Acquire) > 0 {

@@ -131,6 +131,7 @@ pub async fn send(
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => {
                         pools.forget_h2(&key, &taken.stream);
+                        ready.clear();
                         req = unsent;
                     }
                     None => {
@@ -192,7 +193,10 @@ pub async fn send(
                     waited,
                 });
             }
-            Err(SendFailure::Unsent(unsent)) if reused => body = *unsent,
+            Err(SendFailure::Unsent(unsent)) if reused => {
+                ready.clear();
+                body = *unsent;
+            }
             Err(SendFailure::Unsent(_)) => {
                 return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest));
             }

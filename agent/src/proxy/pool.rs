@@ -274,6 +274,21 @@ impl H1Dial {
     }
 }
 
+/// An HTTP/1.1 dial open to take-over while held: forgotten when dropped,
+/// however its task ends (a panic, the worker stopping), so that a request
+/// that took it over is told rather than left waiting.
+struct DialUnderWay<'a> {
+    pools: &'a Pools,
+    key: &'a PoolKey,
+    dial: &'a Rc<H1Dial>,
+}
+
+impl Drop for DialUnderWay<'_> {
+    fn drop(&mut self) {
+        self.pools.dial_ended(self.key, self.dial);
+    }
+}
+
 /// A worker's requests waiting for a slot for one key, and the dials of
 /// the key that failed while they waited.
 #[derive(Default)]
@@ -466,14 +481,7 @@ impl Pools {
             // for, as Envoy's pool gives a connecting connection to its
             // next pending request rather than dialing another.
             if let Some(dial) = self.unclaimed_dial(key) {
-                let pending = match key.counted_by() {
-                    Some(state) => Some(
-                        state
-                            .take_pending(cluster.limits.max_pending)
-                            .ok_or(AcquireError::Overflow(MAX_PENDING))?,
-                    ),
-                    None => None,
-                };
+                let pending = pending_slot(key, &cluster.limits)?;
                 let claimed = dial.claim();
                 let (connection, peer, expires) = claimed.await.map_err(|_| stopped(key))??;
                 drop(pending);
@@ -508,8 +516,13 @@ impl Pools {
         let idle_timeout = cluster.limits.idle_timeout;
         let expires = expiry(cluster);
         tokio::task::spawn_local(async move {
+            let under_way = DialUnderWay {
+                pools: &pools,
+                key: &dial_key,
+                dial: &dial,
+            };
             let opened = pools.dial(&dial_key.addr, settings, &plan).await;
-            pools.dial_ended(&dial_key, &dial);
+            drop(under_way);
             if let Err(error) = &opened {
                 pools.dial_failed(&dial_key, error);
             }
@@ -655,14 +668,7 @@ impl Pools {
                 NoRoom::Wait(waiting) => {
                     // Waiting for a connection, it is a pending request
                     // where the cluster counts them (as in Envoy's pool).
-                    let pending = match key.counted_by() {
-                        Some(state) => Some(
-                            state
-                                .take_pending(limits.max_pending)
-                                .ok_or(AcquireError::Overflow(MAX_PENDING))?,
-                        ),
-                        None => None,
-                    };
+                    let pending = pending_slot(key, limits)?;
                     let began = Instant::now();
                     let dialed = waiting.dialed().await;
                     if pending.is_some() {
@@ -922,6 +928,13 @@ impl Pools {
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
             if wait.is_zero() {
+                // A dial of the pool whose connect timeout ends in the same
+                // timer tick fails first: its task, woken with this one,
+                // runs before this one runs again.
+                tokio::task::yield_now().await;
+                if let Some(failure) = waiting.dial_failed() {
+                    return Err(failed_dial(key, failure));
+                }
                 return Err(AcquireError::Overflow(MAX_CONNECTIONS));
             }
             let _ = tokio::time::timeout(wait, released).await;
@@ -1079,6 +1092,20 @@ fn stopped(key: &PoolKey) -> AcquireError {
         addr: key.addr.to_string(),
         source: std::io::Error::other("the worker stopped while dialing"),
     }
+}
+
+/// A pending-request slot for a request of `key` that waits for a
+/// connection (`http1MaxPendingRequests`, counted as Envoy's pool counts
+/// its pending requests); `None` where the cluster counts none, an
+/// overflow when the limit is full.
+fn pending_slot(key: &PoolKey, limits: &PoolLimits) -> Result<Option<Slot>, AcquireError> {
+    key.counted_by()
+        .map(|state| {
+            state
+                .take_pending(limits.max_pending)
+                .ok_or(AcquireError::Overflow(MAX_PENDING))
+        })
+        .transpose()
 }
 
 /// The error a request that waited for a dial fails with: the dial's.

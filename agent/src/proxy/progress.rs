@@ -1,8 +1,9 @@
 //! How far the client's request body has got on its way upstream: bytes
 //! forwarded, whether it has ended and how it failed — read by the retry
 //! loop (a client's failure is not the upstream's; the per-try and route
-//! timeouts start once the request has ended) and the record (bytes
-//! received).
+//! timeouts start once the request has ended), the response body (the
+//! route timeout's deadline on it, [`RouteDeadline`]) and the record
+//! (bytes received).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

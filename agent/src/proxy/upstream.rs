@@ -55,6 +55,12 @@ impl PoolReady {
         self.0.set(true);
     }
 
+    /// The connection it had took nothing of the request, which waits for
+    /// another.
+    pub fn clear(&self) {
+        self.0.set(false);
+    }
+
     /// Whether it has.
     pub fn is_set(&self) -> bool {
         self.0.get()

@@ -1,5 +1,6 @@
 //! Sends encoded `ExportTraceServiceRequest`s to the OTLP endpoint, over
-//! gRPC (`TraceService/Export`, the bytes framed as they are) or HTTP
+//! gRPC (`TraceService/Export`: a unary call over hyper's HTTP/2 client,
+//! the bytes framed as one gRPC message, never copied) or HTTP
 //! (`POST /v1/traces`, `application/x-protobuf`), with the configured
 //! headers and timeout. Retries follow the OTLP specification: retryable
 //! codes (gRPC UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED, ABORTED,
@@ -10,14 +11,13 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic_types::StatusExt as _;
 
 use super::spans::SpanPipelineError;
@@ -58,30 +58,25 @@ enum Retry {
     After(Duration),
 }
 
+/// The gRPC method an OTLP/gRPC export calls.
+const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
 /// An OTLP client for one endpoint; a clone shares its connection (each
 /// export in flight holds one).
 #[derive(Clone)]
-pub enum Exporter {
-    /// OTLP/gRPC.
-    Grpc {
-        /// The client over a lazily connected channel.
-        client: Box<tonic::client::Grpc<tonic::transport::Channel>>,
-        /// Extra metadata sent with every export.
-        metadata: tonic::metadata::MetadataMap,
-        /// Timeout of one export.
-        timeout: Duration,
-    },
-    /// OTLP/HTTP with protobuf bodies.
-    Http {
-        /// The HTTP/1.1 client.
-        client: Box<Client<HttpConnector, Full<Payload>>>,
-        /// `…/v1/traces`.
-        uri: http::Uri,
-        /// Extra headers sent with every export.
-        headers: http::HeaderMap,
-        /// Timeout of one export.
-        timeout: Duration,
-    },
+pub struct Exporter {
+    /// OTLP/gRPC (HTTP/2 with prior knowledge, the request framed as gRPC
+    /// frames it) or OTLP/HTTP (HTTP/1.1, the request as the body).
+    grpc: bool,
+    /// The client; HTTP/2 only for gRPC.
+    client: Box<Client<HttpConnector, Full<Payload>>>,
+    /// `…/TraceService/Export` or `…/v1/traces`.
+    uri: http::Uri,
+    /// Sent with every export: the configured headers, and for gRPC its
+    /// own (`content-type`, `te`, `grpc-timeout`).
+    headers: http::HeaderMap,
+    /// Timeout of one export.
+    timeout: Duration,
 }
 
 impl Exporter {
@@ -90,45 +85,56 @@ impl Exporter {
         let invalid = |e: &dyn std::fmt::Display| {
             SpanPipelineError::Endpoint(otlp.endpoint.clone(), e.to_string())
         };
-        if otlp.protocol == OtlpProtocol::HttpProtobuf {
-            let uri: http::Uri = otlp.endpoint.parse().map_err(|e| invalid(&e))?;
-            let mut headers = http::HeaderMap::new();
-            for (key, value) in &otlp.headers {
-                let name = http::HeaderName::try_from(key.as_str())
-                    .map_err(|_| SpanPipelineError::Header(key.clone()))?;
-                let value = http::HeaderValue::try_from(value.as_str())
-                    .map_err(|_| SpanPipelineError::Header(key.clone()))?;
+        let grpc = otlp.protocol == OtlpProtocol::Grpc;
+        let mut uri: http::Uri = otlp.endpoint.parse().map_err(|e| invalid(&e))?;
+        let mut headers = http::HeaderMap::new();
+        for (key, value) in &otlp.headers {
+            // (gRPC metadata keys are lowercase; HTTP/2 sends every
+            // header name so)
+            let name = http::HeaderName::try_from(key.to_ascii_lowercase())
+                .map_err(|_| SpanPipelineError::Header(key.clone()))?;
+            let value = http::HeaderValue::try_from(value.as_str())
+                .map_err(|_| SpanPipelineError::Header(key.clone()))?;
+            headers.insert(name, value);
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(otlp.timeout));
+        let mut client = Client::builder(TokioExecutor::new());
+        if grpc {
+            if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+                return Err(invalid(
+                    &"https endpoints are not supported for span export",
+                ));
+            }
+            let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+                return Err(invalid(&"a gRPC endpoint is scheme://host:port"));
+            };
+            uri = http::Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query(GRPC_EXPORT_PATH)
+                .build()
+                .map_err(|e| invalid(&e))?;
+            let grpc_headers = [
+                ("content-type", "application/grpc".to_owned()),
+                ("te", "trailers".to_owned()),
+                ("grpc-timeout", grpc_timeout(otlp.timeout)),
+            ];
+            for (name, value) in grpc_headers {
+                let value = http::HeaderValue::try_from(value).map_err(|e| invalid(&e))?;
                 headers.insert(name, value);
             }
-            let client = Client::builder(TokioExecutor::new()).build_http();
-            return Ok(Self::Http {
-                client: Box::new(client),
-                uri,
-                headers,
-                timeout: otlp.timeout,
-            });
+            client.http2_only(true);
+        } else {
+            let value = http::HeaderValue::from_static("application/x-protobuf");
+            headers.insert(http::header::CONTENT_TYPE, value);
         }
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        for (name, value) in &otlp.headers {
-            let key =
-                tonic::metadata::MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| SpanPipelineError::Header(name.clone()))?;
-            let value = value
-                .parse()
-                .map_err(|_| SpanPipelineError::Header(name.clone()))?;
-            metadata.insert(key, value);
-        }
-        let endpoint = tonic::transport::Endpoint::from_shared(otlp.endpoint.clone())
-            .map_err(|e| invalid(&e))?;
-        if endpoint.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
-            return Err(invalid(
-                &"https endpoints are not supported for span export",
-            ));
-        }
-        let channel = endpoint.timeout(otlp.timeout).connect_lazy();
-        Ok(Self::Grpc {
-            client: Box::new(tonic::client::Grpc::new(channel)),
-            metadata,
+        Ok(Self {
+            grpc,
+            client: Box::new(client.build(connector)),
+            uri,
+            headers,
             timeout: otlp.timeout,
         })
     }
@@ -137,8 +143,11 @@ impl Exporter {
     /// within the export timeout. Ok: the spans the endpoint rejected (its
     /// partial success), usually 0.
     pub async fn export(&mut self, request: Payload) -> Result<u64, ExportError> {
-        let timeout = match self {
-            Self::Grpc { timeout, .. } | Self::Http { timeout, .. } => *timeout,
+        let timeout = self.timeout;
+        let request = if self.grpc {
+            grpc_framed(request)?
+        } else {
+            request
         };
         let start = Instant::now();
         let mut delay = INITIAL_DELAY;
@@ -176,82 +185,147 @@ impl Exporter {
         }
     }
 
+    /// One POST of `request` (gRPC-framed already for gRPC).
     async fn attempt(&mut self, request: Payload) -> Result<u64, (ExportError, Retry)> {
-        match self {
-            Self::Grpc {
-                client,
-                metadata,
-                timeout,
-            } => {
-                let codec = RawCodec {
-                    len: request.remaining(),
-                };
-                let mut call = tonic::Request::new(request);
-                *call.metadata_mut() = metadata.clone();
-                call.set_timeout(*timeout);
-                let sent = async {
-                    client
-                        .ready()
-                        .await
-                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                    let path = http::uri::PathAndQuery::from_static(
-                        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-                    );
-                    client.unary(call, path, codec).await
-                };
-                match sent.await {
-                    Ok(response) => Ok(rejected(&response.into_inner())),
-                    Err(status) => {
-                        let retry = grpc_retry(&status);
-                        Err((ExportError::Grpc(Box::new(status)), retry))
-                    }
-                }
-            }
-            Self::Http {
-                client,
-                uri,
-                headers,
-                ..
-            } => {
-                let mut call = http::Request::post(uri.clone())
-                    .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-                    .body(Full::new(request))
-                    .map_err(|e| (ExportError::Http(e.to_string()), Retry::No))?;
-                call.headers_mut()
-                    .extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-                let response = client
-                    .request(call)
-                    .await
-                    .map_err(|e| (ExportError::Http(e.to_string()), Retry::Yes))?;
-                let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                let body = response.into_body().collect().await;
-                if !(200..300).contains(&status) {
-                    let retry = match (status, retry_after) {
-                        (429 | 503, Some(wait)) => Retry::After(wait),
-                        (429 | 502 | 503 | 504, _) => Retry::Yes,
-                        _ => Retry::No,
-                    };
-                    return Err((ExportError::Status(status), retry));
-                }
-                let body = body.map(|b| b.to_bytes()).unwrap_or_default();
-                Ok(ExportTraceServiceResponse::decode(body)
-                    .map(|r| rejected(&r))
-                    .unwrap_or(0))
-            }
+        let mut call = http::Request::new(Full::new(request));
+        *call.method_mut() = http::Method::POST;
+        *call.uri_mut() = self.uri.clone();
+        *call.headers_mut() = self.headers.clone();
+        if self.grpc {
+            return grpc_call(&self.client, call).await;
         }
+        let response = self
+            .client
+            .request(call)
+            .await
+            .map_err(|e| (ExportError::Http(e.to_string()), Retry::Yes))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.into_body().collect().await;
+        if !(200..300).contains(&status) {
+            let retry = match (status, retry_after) {
+                (429 | 503, Some(wait)) => Retry::After(wait),
+                (429 | 502 | 503 | 504, _) => Retry::Yes,
+                _ => Retry::No,
+            };
+            return Err((ExportError::Status(status), retry));
+        }
+        let body = body.map(|b| b.to_bytes()).unwrap_or_default();
+        Ok(ExportTraceServiceResponse::decode(body)
+            .map(|r| rejected(&r))
+            .unwrap_or(0))
     }
+}
+
+/// One unary gRPC call (gRPC over HTTP/2, PROTOCOL-HTTP2.md): its status
+/// from the trailers, or from the headers of a Trailers-Only response, or
+/// mapped from the HTTP status where there is none
+/// (http-grpc-status-mapping.md). No response (no connection, a refused
+/// stream, GOAWAY) is UNAVAILABLE, as gRPC clients treat it; a response
+/// whose stream is reset takes its RST_STREAM code's status. Ok: the
+/// response's rejected spans.
+async fn grpc_call(
+    client: &Client<HttpConnector, Full<Payload>>,
+    call: http::Request<Full<Payload>>,
+) -> Result<u64, (ExportError, Retry)> {
+    let failed = |status: tonic::Status| {
+        let retry = grpc_retry(&status);
+        (ExportError::Grpc(Box::new(status)), retry)
+    };
+    let response = client
+        .request(call)
+        .await
+        .map_err(|e| failed(tonic::Status::unavailable(e.to_string())))?;
+    let (head, body) = response.into_parts();
+    if let Some(status) = tonic::Status::from_header_map(&head.headers) {
+        // Trailers-Only: the status is all there is.
+        return match status.code() {
+            tonic::Code::Ok => Ok(0),
+            _ => Err(failed(status)),
+        };
+    }
+    let collected = body
+        .collect()
+        .await
+        .map_err(|e| failed(tonic::Status::from_error(Box::new(e))))?;
+    let status = collected
+        .trailers()
+        .and_then(tonic::Status::from_header_map)
+        .unwrap_or_else(|| {
+            let code = match head.status.as_u16() {
+                400 => tonic::Code::Internal,
+                401 => tonic::Code::Unauthenticated,
+                403 => tonic::Code::PermissionDenied,
+                404 => tonic::Code::Unimplemented,
+                429 | 502 | 503 | 504 => tonic::Code::Unavailable,
+                _ => tonic::Code::Unknown,
+            };
+            tonic::Status::new(code, format!("no grpc-status, HTTP status {}", head.status))
+        });
+    if status.code() != tonic::Code::Ok {
+        return Err(failed(status));
+    }
+    // One length-prefixed message; a compressed one (never asked for: no
+    // `grpc-accept-encoding` is sent) counts no rejections.
+    let body = collected.to_bytes();
+    let message = match body.get(..5) {
+        Some([0, length @ ..]) => {
+            let length = u32::from_be_bytes(length.try_into().expect("4 bytes")) as usize;
+            body.get(5..5 + length)
+        }
+        _ => None,
+    };
+    Ok(message
+        .and_then(|m| ExportTraceServiceResponse::decode(m).ok())
+        .map_or(0, |r| rejected(&r)))
+}
+
+/// `request` as one gRPC length-prefixed message (uncompressed): a 5-byte
+/// prefix chunk before its chunks, nothing copied.
+fn grpc_framed(request: Payload) -> Result<Payload, ExportError> {
+    let length = u32::try_from(request.remaining()).map_err(|_| {
+        ExportError::Grpc(Box::new(tonic::Status::resource_exhausted(
+            "an export request over 4 GiB",
+        )))
+    })?;
+    let mut prefix = [0u8; 5];
+    prefix[1..].copy_from_slice(&length.to_be_bytes());
+    let mut framed = Payload::default();
+    framed.push(Bytes::copy_from_slice(&prefix));
+    for chunk in request.chunks.into_iter().skip(request.at) {
+        framed.push(chunk);
+    }
+    Ok(framed)
+}
+
+/// A `grpc-timeout` value for `timeout`: at most 8 digits, in the finest
+/// unit that fits (PROTOCOL-HTTP2.md's TimeoutValue).
+fn grpc_timeout(timeout: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let units = [
+        (timeout.as_nanos(), 'n'),
+        (timeout.as_micros(), 'u'),
+        (timeout.as_millis(), 'm'),
+        (u128::from(timeout.as_secs()), 'S'),
+        (u128::from(timeout.as_secs() / 60), 'M'),
+    ];
+    let (value, unit) = units
+        .into_iter()
+        .find(|&(value, _)| value <= MAX)
+        .unwrap_or(((u128::from(timeout.as_secs()) / 3600).min(MAX), 'H'));
+    format!("{value}{unit}")
 }
 
 /// An encoded `ExportTraceServiceRequest` in pieces — the envelope's head,
 /// each worker's batch as the worker encoded it, the envelope's tail — sent
-/// without joining them: gRPC copies them once into its frame, HTTP writes
-/// them as they are (vectored).
+/// without joining them: HTTP/2 (gRPC, after a 5-byte prefix of its own)
+/// and HTTP/1.1 write them as they are, HTTP/2 in DATA frames that point
+/// into them, HTTP/1.1 vectored.
 #[derive(Debug, Clone, Default)]
 pub struct Payload {
     /// Never an empty chunk ([`Payload::push`] skips them): an empty
@@ -348,70 +422,14 @@ fn grpc_retry(status: &tonic::Status) -> Retry {
     }
 }
 
-/// A request already encoded, sent as it is; the response decoded.
-struct RawCodec {
-    /// The request's length in bytes.
-    len: usize,
-}
-
-impl Codec for RawCodec {
-    type Encode = Payload;
-    type Decode = ExportTraceServiceResponse;
-    type Encoder = RawEncoder;
-    type Decoder = ResponseDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawEncoder { len: self.len }
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        ResponseDecoder
-    }
-}
-
-struct RawEncoder {
-    /// The request's length in bytes.
-    len: usize,
-}
-
-impl Encoder for RawEncoder {
-    type Item = Payload;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Payload, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put(item);
-        Ok(())
-    }
-
-    /// Room for the whole message and gRPC's 5-byte frame header at once,
-    /// instead of tonic's default 8 KiB buffer replaced by a larger one
-    /// under every batch. Framing is unchanged; yielding stays at tonic's
-    /// default of 32 KiB.
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(self.len + 5, 32 << 10)
-    }
-}
-
-struct ResponseDecoder;
-
-impl Decoder for ResponseDecoder {
-    type Item = ExportTraceServiceResponse;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
-        let bytes = src.copy_to_bytes(src.remaining());
-        ExportTraceServiceResponse::decode(bytes)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http_body_util::Empty;
+    use bytes::BufMut as _;
+    use http_body::Frame;
+    use http_body_util::{Empty, StreamBody};
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
 
@@ -560,5 +578,209 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    /// How the test gRPC endpoint answers one call.
+    enum Answer {
+        /// Trailers-Only with this status.
+        Status(tonic::Status),
+        /// HTTP 503 and no gRPC status at all (a proxy in front).
+        Http503,
+        /// OK, with a partial success of this many rejected spans.
+        Rejected(i64),
+    }
+
+    /// What the test gRPC endpoint saw per call: its headers and body.
+    type Calls = tokio::sync::mpsc::UnboundedReceiver<(http::HeaderMap, Bytes)>;
+
+    /// An OTLP/gRPC endpoint over real HTTP/2 (hyper's server) that
+    /// answers calls in `answers`' order, OK once they run out.
+    async fn grpc_endpoint(answers: Vec<Answer>) -> (String, Calls) {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (record, calls) = tokio::sync::mpsc::unbounded_channel();
+        let answers = Arc::new(std::sync::Mutex::new(answers.into_iter()));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (record, answers) = (record.clone(), answers.clone());
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (record, answers) = (record.clone(), answers.clone());
+                    async move {
+                        let (head, body) = req.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        let _ = record.send((head.headers, body));
+                        let answer = answers.lock().unwrap().next();
+                        let frames = match answer {
+                            Some(Answer::Status(status)) => {
+                                let response = status.into_http::<Body>();
+                                return Ok::<_, std::convert::Infallible>(response);
+                            }
+                            Some(Answer::Http503) => {
+                                let mut response = http::Response::new(Body::default());
+                                *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                                return Ok(response);
+                            }
+                            Some(Answer::Rejected(spans)) => {
+                                let message = ExportTraceServiceResponse {
+                                    partial_success: Some(ExportTracePartialSuccess {
+                                        rejected_spans: spans,
+                                        error_message: "too old".into(),
+                                    }),
+                                }
+                                .encode_to_vec();
+                                let mut framed = vec![0];
+                                framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                                framed.extend_from_slice(&message);
+                                vec![Bytes::from(framed)]
+                            }
+                            None => vec![Bytes::from_static(&[0, 0, 0, 0, 0])],
+                        };
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let mut frames: Vec<_> = frames.into_iter().map(Frame::data).collect();
+                        frames.push(Frame::trailers(trailers));
+                        let body = StreamBody::new(futures_util::stream::iter(
+                            frames.into_iter().map(Ok::<_, std::convert::Infallible>),
+                        ));
+                        let mut response = http::Response::new(Body::new(body));
+                        response.headers_mut().insert(
+                            "content-type",
+                            http::HeaderValue::from_static("application/grpc"),
+                        );
+                        Ok(response)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (format!("http://{addr}"), calls)
+    }
+
+    /// A response body of the test gRPC endpoint.
+    #[derive(Default)]
+    struct Body(
+        Option<http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>>,
+    );
+
+    impl Body {
+        fn new(
+            body: impl http_body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + 'static,
+        ) -> Self {
+            Self(Some(BodyExt::boxed_unsync(body)))
+        }
+    }
+
+    impl http_body::Body for Body {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match &mut self.0 {
+                Some(body) => std::pin::Pin::new(body).poll_frame(cx),
+                None => std::task::Poll::Ready(None),
+            }
+        }
+    }
+
+    fn grpc_otlp(endpoint: String, timeout: Duration) -> Otlp {
+        Otlp {
+            endpoint,
+            protocol: OtlpProtocol::Grpc,
+            headers: vec![("X-Api-Key".into(), "secret".into())],
+            timeout,
+        }
+    }
+
+    /// The request goes out as one gRPC message framed around the worker's
+    /// chunks, with gRPC's headers and the configured ones; UNAVAILABLE is
+    /// tried again, and the answer's partial success is read.
+    #[tokio::test]
+    async fn grpc_exports_frame_the_request_and_read_its_partial_success() {
+        let answers = vec![
+            Answer::Status(tonic::Status::unavailable("starting")),
+            Answer::Rejected(3),
+        ];
+        let (endpoint, mut calls) = grpc_endpoint(answers).await;
+        let mut exporter =
+            Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(5))).expect("an exporter");
+        let mut request = Payload::default();
+        request.push(Bytes::from_static(b"\x0a\x03abc"));
+        request.push(Bytes::from_static(b"\x0a\x01d"));
+        assert_eq!(exporter.export(request).await.expect("exported"), 3);
+        let mut framed = vec![0, 0, 0, 0, 8];
+        framed.extend_from_slice(b"\x0a\x03abc\x0a\x01d");
+        for _ in 0..2 {
+            let (headers, body) = calls.recv().await.expect("a call");
+            assert_eq!(body, framed);
+            let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+            assert_eq!(header("content-type"), Some("application/grpc"));
+            assert_eq!(header("te"), Some("trailers"));
+            assert_eq!(header("grpc-timeout"), Some("5000000u"));
+            assert_eq!(header("x-api-key"), Some("secret"));
+        }
+        assert!(calls.try_recv().is_err(), "called twice only");
+    }
+
+    /// RESOURCE_EXHAUSTED with a RetryInfo is tried again no sooner than
+    /// it asks; an HTTP 503 without a gRPC status is UNAVAILABLE, tried
+    /// again; INVALID_ARGUMENT is not.
+    #[tokio::test]
+    async fn grpc_exports_retry_as_the_status_says() {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let throttled = tonic::Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            "slow down",
+            ErrorDetails::with_retry_info(Some(Duration::from_millis(300))),
+        );
+        let answers = vec![Answer::Status(throttled), Answer::Http503];
+        let (endpoint, mut calls) = grpc_endpoint(answers).await;
+        let mut exporter =
+            Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(10))).expect("an exporter");
+        let start = Instant::now();
+        assert_eq!(
+            exporter
+                .export(Payload::from(vec![1]))
+                .await
+                .expect("exported"),
+            0
+        );
+        assert!(
+            start.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            start.elapsed()
+        );
+        for _ in 0..3 {
+            calls.recv().await.expect("a call");
+        }
+
+        let refused = vec![Answer::Status(tonic::Status::invalid_argument("bad"))];
+        let (endpoint, mut calls) = grpc_endpoint(refused).await;
+        let mut exporter =
+            Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(10))).expect("an exporter");
+        let error = exporter
+            .export(Payload::from(vec![1]))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&error, ExportError::Grpc(status) if status.code() == tonic::Code::InvalidArgument),
+            "{error}"
+        );
+        calls.recv().await.expect("a call");
+        assert!(calls.try_recv().is_err(), "not tried again");
+    }
+
+    #[test]
+    fn grpc_timeouts_take_the_finest_unit_of_at_most_8_digits() {
+        assert_eq!(grpc_timeout(Duration::from_millis(50)), "50000000n");
+        assert_eq!(grpc_timeout(Duration::from_secs(10)), "10000000u");
+        assert_eq!(grpc_timeout(Duration::from_secs(1000)), "1000000m");
+        assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "200000S");
     }
 }

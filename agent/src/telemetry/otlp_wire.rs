@@ -87,8 +87,9 @@ fn tag(field: u32, wire: u8) -> u64 {
 }
 
 fn varint_len(value: u64) -> usize {
-    // 1 byte per 7 bits, at least one.
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+    // 1 byte per 7 bits, at least one: ceil(bits / 7) as prost computes
+    // it, a multiply and a shift rather than a division.
+    (((63 - (value | 1).leading_zeros()) * 9 + 73) / 64) as usize
 }
 
 fn key(buf: &mut Vec<u8>, field: u32, wire: u8) {
@@ -175,8 +176,32 @@ pub fn len_prefix(buf: &mut Vec<u8>, field: u32, len: usize) {
 /// `buf`, not a call and a capacity check per byte. When every key and
 /// length is one byte (a field below 16, a `KeyValue` of under 128 bytes:
 /// nearly every span attribute) they are written as they are, without the
-/// varint loop.
+/// varint loop; for a string value, without computing a varint's length.
 pub fn key_value(buf: &mut Vec<u8>, field: u32, name: &str, value: Value<'_>) {
+    // A string value: every length one byte when the whole is under 128
+    // bytes, no varint length computed.
+    if let Value::Str(s) = value {
+        let value_len = 2 + s.len();
+        let body = 2 + name.len() + 2 + value_len;
+        if field < 16 && body < 0x80 {
+            buf.reserve(2 + body);
+            buf.extend_from_slice(&[
+                tag(field, LEN) as u8,
+                body as u8,
+                tag(1, LEN) as u8,
+                name.len() as u8,
+            ]);
+            buf.extend_from_slice(name.as_bytes());
+            buf.extend_from_slice(&[
+                tag(2, LEN) as u8,
+                value_len as u8,
+                tag(1, LEN) as u8,
+                s.len() as u8,
+            ]);
+            buf.extend_from_slice(s.as_bytes());
+            return;
+        }
+    }
     let value_len = match value {
         Value::Str(s) => field_len(1, s.len()),
         Value::Bool(_) => 2,
@@ -194,20 +219,11 @@ pub fn key_value(buf: &mut Vec<u8>, field: u32, name: &str, value: Value<'_>) {
             name.len() as u8,
         ]);
         buf.extend_from_slice(name.as_bytes());
-        if let Value::Str(s) = value {
-            buf.extend_from_slice(&[
-                tag(2, LEN) as u8,
-                value_len as u8,
-                tag(1, LEN) as u8,
-                s.len() as u8,
-            ]);
-            buf.extend_from_slice(s.as_bytes());
-        } else {
-            let mut head = Head::default();
-            head.bytes(&[tag(2, LEN) as u8, value_len as u8]);
-            head.any_value(value);
-            buf.extend_from_slice(head.written());
-        }
+        // (a scalar: a string this short took the path above)
+        let mut head = Head::default();
+        head.bytes(&[tag(2, LEN) as u8, value_len as u8]);
+        head.any_value(value);
+        buf.extend_from_slice(head.written());
         return;
     }
     let mut head = Head::default();
@@ -298,8 +314,12 @@ mod tests {
     #[test]
     fn key_values_decode_as_prost_encodes_them() {
         let long = "x".repeat(300);
+        // (a KeyValue of 127 bytes, every length one byte, and of 128)
+        let (fits, past) = ("y".repeat(120), "y".repeat(121));
         let cases = [
             ("s", Value::Str("GET")),
+            ("n", Value::Str(&fits)),
+            ("n", Value::Str(&past)),
             ("empty", Value::Str("")),
             ("long", Value::Str(&long)),
             ("t", Value::Bool(true)),

@@ -526,7 +526,7 @@ impl Pools {
             if let Err(error) = &opened {
                 pools.dial_failed(&dial_key, error);
             }
-            let opened = opened.map(|(io, peer)| (Connection::new(io, slot), peer, expires));
+            let opened = opened.map(|(io, peer)| (Connection::new(io, slot), peer, expires()));
             let unsent = match dial.to.take() {
                 Some(to) => to.send(opened).err(),
                 None => Some(opened),
@@ -722,7 +722,9 @@ impl Pools {
                     .await;
                 match opened {
                     Ok(opened) => {
-                        if let Err(Ok((opened, dial))) = dialed.send(Ok((opened, dial))) {
+                        let expires = expires();
+                        let up = Ok((opened, dial, expires));
+                        if let Err(Ok((opened, dial, expires))) = dialed.send(up) {
                             pools.with_h2(&dial_key, &dial_limits, expires, |connections| {
                                 connections.made_idle(opened, expires, dial, &dial_limits);
                             });
@@ -736,7 +738,7 @@ impl Pools {
                 }
             });
             // (no answer only when the worker stops: its tasks are dropped)
-            let (opened, dial) = result.await.map_err(|_| stopped(key))??;
+            let (opened, dial, expires) = result.await.map_err(|_| stopped(key))??;
             drop(pending);
             let taken = self.with_h2(key, limits, expires, |connections| {
                 connections.made(opened, expires, dial, limits)
@@ -1189,11 +1191,12 @@ impl tokio::io::AsyncWrite for SlottedIo {
     }
 }
 
-/// When a connection of `cluster` opened now ends its lifetime
-/// (`maxConnectionDuration`), if it has one.
-fn expiry(cluster: &Cluster) -> Option<Instant> {
-    let lifetime = cluster.limits.max_connection_duration?;
-    Some(Instant::now() + lifetime)
+/// When a connection of `cluster` up now (connected, handshakes done)
+/// ends its lifetime (`maxConnectionDuration`), if it has one: Envoy's
+/// timer starts once the connection is up, not when its dial begins.
+fn expiry(cluster: &Cluster) -> impl Fn() -> Option<Instant> + 'static {
+    let lifetime = cluster.limits.max_connection_duration;
+    move || lifetime.map(|lifetime| Instant::now() + lifetime)
 }
 
 /// When an idle connection closes: at its idle deadline `idle`, or at the
@@ -2098,6 +2101,62 @@ mod tests {
                     .await
                     .expect("a connection");
                 assert!(lease.reused, "the next request dialed anew");
+            })
+            .await;
+    }
+
+    /// A connection's lifetime (`maxConnectionDuration`) runs from when
+    /// it is up, as Envoy starts its timer: a dial held a second and more
+    /// does not make a connection that expires before, or soon after, its
+    /// first request.
+    #[tokio::test]
+    async fn a_connections_lifetime_runs_from_when_it_is_up() {
+        LocalSet::new()
+            .run_until(async {
+                let (listener, address, mut cluster) = backlogged(10, 10);
+                let lifetime = Duration::from_secs(1);
+                Arc::get_mut(&mut cluster)
+                    .expect("the only owner")
+                    .limits
+                    .max_connection_duration = Some(lifetime);
+                let key = key(&cluster);
+                let a = pools();
+                let fillers = [
+                    TcpStream::connect(address).await.expect("queued"),
+                    TcpStream::connect(address).await.expect("queued"),
+                ];
+                let request = {
+                    let (a, key, cluster) = (a.clone(), key.clone(), cluster.clone());
+                    tokio::task::spawn_local(async move {
+                        a.h1(&key, &cluster, &TlsPlan::Plain)
+                            .await
+                            .map(|(_, lease)| lease)
+                    })
+                };
+                while cluster.state.pending.load(Ordering::Relaxed) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                let began = Instant::now();
+                // (held past a lifetime: the queue drained only after it)
+                tokio::time::sleep(lifetime + Duration::from_millis(500)).await;
+                let _drained = (
+                    listener.accept().await.expect("accepted"),
+                    listener.accept().await.expect("accepted"),
+                );
+                drop(fillers);
+                let held_until = Instant::now();
+                let lease = tokio::time::timeout(Duration::from_secs(30), request)
+                    .await
+                    .expect("the dial went on")
+                    .expect("joined")
+                    .expect("a connection");
+                let expires = lease.expires.expect("a lifetime");
+                assert!(
+                    expires >= held_until + lifetime,
+                    "expires {:?} after the dial began, held {:?}",
+                    expires - began,
+                    held_until - began
+                );
             })
             .await;
     }

@@ -115,6 +115,13 @@ pub(super) fn compile(
             None
         }
     };
+    // The endpoint: span export speaks plain HTTP to a host and port (no
+    // TLS; gRPC calls its own path, OTLP/HTTP posts to the one given).
+    if let Some(endpoint) = &spec.telemetry.otlp.endpoint
+        && let Err(why) = check_otlp_endpoint(endpoint)
+    {
+        diags.error(loc, Some("spec.telemetry.otlp.endpoint".into()), why);
+    }
     // The exporter's headers, checked here so that a bad one is a config
     // error naming its field (never its value: often an API key).
     for (name, value) in &spec.telemetry.otlp.headers {
@@ -284,6 +291,19 @@ pub(super) fn compile(
     })
 }
 
+/// Why `endpoint` cannot be an OTLP endpoint of the agent's, if it cannot:
+/// it must be `http://host[:port][/path]`.
+fn check_otlp_endpoint(endpoint: &str) -> Result<(), &'static str> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|_| "is not a URL: must be http://host[:port]")?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) => Ok(()),
+        (Some("https"), _) => Err("https is not supported for span export: use http://host[:port]"),
+        _ => Err("must be http://host[:port]"),
+    }
+}
+
 /// The URL spans go to: OTLP/HTTP posts to `/v1/traces` (added unless the
 /// endpoint already ends with it); gRPC takes the endpoint as written.
 fn otlp_url(endpoint: &str, protocol: OtlpProtocol) -> String {
@@ -416,6 +436,27 @@ mod tests {
         match compile_text(&file, text, 1, &Default::default()) {
             Ok(_) => panic!("accepted: {text}"),
             Err(rejected) => rejected.0.errors().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// An OTLP endpoint that is not `http://host[:port]` is a config error
+    /// naming its field, not an agent that fails to start.
+    #[test]
+    fn an_otlp_endpoint_is_http_host_and_port() {
+        let agent = |endpoint: &str| {
+            format!(
+                "apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {{name: a, namespace: default}}\nspec:\n  service: a\n  telemetry:\n    otlp: {{endpoint: \"{endpoint}\"}}\n"
+            )
+        };
+        for endpoint in ["collector:4317", "https://collector:4317", "http://"] {
+            let rejected = errors(&agent(endpoint));
+            assert!(
+                rejected
+                    .iter()
+                    .any(|e| e.contains("spec.telemetry.otlp.endpoint")
+                        && e.contains("http://host[:port]")),
+                "{endpoint}: {rejected:?}"
+            );
         }
     }
 

@@ -398,8 +398,10 @@ impl Attempts<'_> {
     /// arrived (`progress`: a slow upload is not the upstream's time); the
     /// deadline is [`Self::deadline`]'s as the attempt gets its connection
     /// and the request its end. (A request nothing of which was written on
-    /// one HTTP/2 connection goes out on another within the same per-try
-    /// time, started by the first.)
+    /// one connection — a stale pooled HTTP/1.1 one, an HTTP/2 one going
+    /// away — goes out on another within the same per-try time, started by
+    /// the first; while it waits for that connection, the deadline is the
+    /// head's again.)
     #[allow(clippy::too_many_arguments)]
     async fn send<U: Upstream>(
         &self,

@@ -483,6 +483,9 @@ impl Pools {
             if let Some(dial) = self.unclaimed_dial(key) {
                 let pending = pending_slot(key, &cluster.limits)?;
                 let claimed = dial.claim();
+                // (the dial's task and the dial map hold it: a task that
+                // ends anyhow drops the sender, and this request hears)
+                drop(dial);
                 let (connection, peer, expires) = claimed.await.map_err(|_| stopped(key))??;
                 drop(pending);
                 return Ok((connection, lease(peer, false, 0, waited, expires)));
@@ -906,6 +909,7 @@ impl Pools {
             waited: Some(began.elapsed()),
         };
         let give_up = began + cluster.connect_timeout;
+        let mut yielded = false;
         loop {
             let released = state.released.notified();
             tokio::pin!(released);
@@ -930,14 +934,16 @@ impl Pools {
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
             if wait.is_zero() {
-                // A dial of the pool whose connect timeout ends in the same
-                // timer tick fails first: its task, woken with this one,
-                // runs before this one runs again.
-                tokio::task::yield_now().await;
-                if let Some(failure) = waiting.dial_failed() {
-                    return Err(failed_dial(key, failure));
+                if yielded {
+                    return Err(AcquireError::Overflow(MAX_CONNECTIONS));
                 }
-                return Err(AcquireError::Overflow(MAX_CONNECTIONS));
+                // A dial of the pool whose connect timeout ends in the same
+                // timer tick fails first, and a connection closed in it
+                // frees its slot: their tasks, woken with this one, run
+                // before this one looks once more.
+                yielded = true;
+                tokio::task::yield_now().await;
+                continue;
             }
             let _ = tokio::time::timeout(wait, released).await;
         }

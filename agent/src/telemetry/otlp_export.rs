@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -60,6 +60,12 @@ enum Retry {
 
 /// The gRPC method an OTLP/gRPC export calls.
 const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The exporter's name and version, sent as `user-agent` as the OTLP
+/// exporter specification asks.
+const USER_AGENT: &str = concat!("tracemesh/", env!("CARGO_PKG_VERSION"));
+/// The longest response body read, in bytes (tonic's default decoding
+/// limit).
+const MAX_GRPC_RESPONSE: usize = 4 << 20;
 
 /// An OTLP client for one endpoint; a clone shares its connection (each
 /// export in flight holds one).
@@ -69,11 +75,12 @@ pub struct Exporter {
     /// frames it) or OTLP/HTTP (HTTP/1.1, the request as the body).
     grpc: bool,
     /// The client; HTTP/2 only for gRPC.
-    client: Box<Client<HttpConnector, Full<Payload>>>,
+    client: Client<HttpConnector, Full<Payload>>,
     /// `…/TraceService/Export` or `…/v1/traces`.
     uri: http::Uri,
-    /// Sent with every export: the configured headers, and for gRPC its
-    /// own (`content-type`, `te`, `grpc-timeout`).
+    /// Sent with every export: the configured headers, `user-agent`,
+    /// `content-type`, and for gRPC `te` (each attempt adds its
+    /// `grpc-timeout`).
     headers: http::HeaderMap,
     /// Timeout of one export.
     timeout: Duration,
@@ -89,14 +96,21 @@ impl Exporter {
         let mut uri: http::Uri = otlp.endpoint.parse().map_err(|e| invalid(&e))?;
         let mut headers = http::HeaderMap::new();
         for (key, value) in &otlp.headers {
-            // (gRPC metadata keys are lowercase; HTTP/2 sends every
-            // header name so)
-            let name = http::HeaderName::try_from(key.to_ascii_lowercase())
-                .map_err(|_| SpanPipelineError::Header(key.clone()))?;
+            // (made lowercase, as gRPC metadata keys and HTTP/2 header
+            // names are; a `-bin` key would be binary metadata, which a
+            // configured text value is not)
+            let name = http::HeaderName::try_from(key.as_str())
+                .ok()
+                .filter(|name| !(grpc && name.as_str().ends_with("-bin")))
+                .ok_or_else(|| SpanPipelineError::Header(key.clone()))?;
             let value = http::HeaderValue::try_from(value.as_str())
                 .map_err(|_| SpanPipelineError::Header(key.clone()))?;
             headers.insert(name, value);
         }
+        headers.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(USER_AGENT),
+        );
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(otlp.timeout));
@@ -108,7 +122,7 @@ impl Exporter {
                 ));
             }
             let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-                return Err(invalid(&"a gRPC endpoint is scheme://host:port"));
+                return Err(invalid(&"a gRPC endpoint is http://host[:port]"));
             };
             uri = http::Uri::builder()
                 .scheme(scheme.clone())
@@ -116,15 +130,9 @@ impl Exporter {
                 .path_and_query(GRPC_EXPORT_PATH)
                 .build()
                 .map_err(|e| invalid(&e))?;
-            let grpc_headers = [
-                ("content-type", "application/grpc".to_owned()),
-                ("te", "trailers".to_owned()),
-                ("grpc-timeout", grpc_timeout(otlp.timeout)),
-            ];
-            for (name, value) in grpc_headers {
-                let value = http::HeaderValue::try_from(value).map_err(|e| invalid(&e))?;
-                headers.insert(name, value);
-            }
+            let content_type = http::HeaderValue::from_static("application/grpc");
+            headers.insert(http::header::CONTENT_TYPE, content_type);
+            headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
             client.http2_only(true);
         } else {
             let value = http::HeaderValue::from_static("application/x-protobuf");
@@ -132,7 +140,7 @@ impl Exporter {
         }
         Ok(Self {
             grpc,
-            client: Box::new(client.build(connector)),
+            client: client.build(connector),
             uri,
             headers,
             timeout: otlp.timeout,
@@ -142,7 +150,7 @@ impl Exporter {
     /// Sends one encoded request, retrying as the OTLP specification asks
     /// within the export timeout. Ok: the spans the endpoint rejected (its
     /// partial success), usually 0.
-    pub async fn export(&mut self, request: Payload) -> Result<u64, ExportError> {
+    pub async fn export(&self, request: Payload) -> Result<u64, ExportError> {
         let timeout = self.timeout;
         let request = if self.grpc {
             grpc_framed(request)?
@@ -155,7 +163,8 @@ impl Exporter {
         let mut retries = 0;
         loop {
             let remaining = timeout.saturating_sub(start.elapsed());
-            let attempt = tokio::time::timeout(remaining, self.attempt(request.clone())).await;
+            let attempt = self.attempt(request.clone(), remaining);
+            let attempt = tokio::time::timeout(remaining, attempt).await;
             let (error, retry) = match attempt {
                 Ok(Ok(rejected)) => return Ok(rejected),
                 Ok(Err(failed)) => failed,
@@ -185,13 +194,22 @@ impl Exporter {
         }
     }
 
-    /// One POST of `request` (gRPC-framed already for gRPC).
-    async fn attempt(&mut self, request: Payload) -> Result<u64, (ExportError, Retry)> {
+    /// One POST of `request` (gRPC-framed already for gRPC), with
+    /// `remaining` of the export's time left.
+    async fn attempt(
+        &self,
+        request: Payload,
+        remaining: Duration,
+    ) -> Result<u64, (ExportError, Retry)> {
         let mut call = http::Request::new(Full::new(request));
         *call.method_mut() = http::Method::POST;
         *call.uri_mut() = self.uri.clone();
         *call.headers_mut() = self.headers.clone();
         if self.grpc {
+            // (the server's deadline is what is left of the export's)
+            let timeout =
+                http::HeaderValue::try_from(grpc_timeout(remaining)).expect("digits and a unit");
+            call.headers_mut().insert("grpc-timeout", timeout);
             return grpc_call(&self.client, call).await;
         }
         let response = self
@@ -206,7 +224,9 @@ impl Exporter {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response.into_body().collect().await;
+        let body = Limited::new(response.into_body(), MAX_GRPC_RESPONSE)
+            .collect()
+            .await;
         if !(200..300).contains(&status) {
             let retry = match (status, retry_after) {
                 (429 | 503, Some(wait)) => Retry::After(wait),
@@ -225,10 +245,12 @@ impl Exporter {
 /// One unary gRPC call (gRPC over HTTP/2, PROTOCOL-HTTP2.md): its status
 /// from the trailers, or from the headers of a Trailers-Only response, or
 /// mapped from the HTTP status where there is none
-/// (http-grpc-status-mapping.md). No response (no connection, a refused
-/// stream, GOAWAY) is UNAVAILABLE, as gRPC clients treat it; a response
-/// whose stream is reset takes its RST_STREAM code's status. Ok: the
-/// response's rejected spans.
+/// (http-grpc-status-mapping.md). A reset stream takes its RST_STREAM
+/// code's status (PROTOCOL-HTTP2.md's table: REFUSED_STREAM is
+/// UNAVAILABLE, ENHANCE_YOUR_CALM RESOURCE_EXHAUSTED, …), as tonic maps it;
+/// any other failure before a response (no connection, GOAWAY) is
+/// UNAVAILABLE. Ok: the response's rejected spans; a response of more than
+/// 4 MiB (tonic's default limit) is RESOURCE_EXHAUSTED.
 async fn grpc_call(
     client: &Client<HttpConnector, Full<Payload>>,
     call: http::Request<Full<Payload>>,
@@ -237,25 +259,34 @@ async fn grpc_call(
         let retry = grpc_retry(&status);
         (ExportError::Grpc(Box::new(status)), retry)
     };
-    let response = client
-        .request(call)
-        .await
-        .map_err(|e| failed(tonic::Status::unavailable(e.to_string())))?;
+    let response = client.request(call).await.map_err(|error| {
+        let message = error_chain(&error);
+        let status = tonic::Status::from_error(Box::new(error));
+        failed(match status.code() {
+            tonic::Code::Unknown => tonic::Status::unavailable(message),
+            _ => status,
+        })
+    })?;
     let (head, body) = response.into_parts();
-    if let Some(status) = tonic::Status::from_header_map(&head.headers) {
+    if let Some(status) = grpc_status(&head.headers) {
         // Trailers-Only: the status is all there is.
         return match status.code() {
             tonic::Code::Ok => Ok(0),
             _ => Err(failed(status)),
         };
     }
-    let collected = body
+    let collected = Limited::new(body, MAX_GRPC_RESPONSE)
         .collect()
         .await
-        .map_err(|e| failed(tonic::Status::from_error(Box::new(e))))?;
+        .map_err(|error| {
+            failed(match error.downcast::<LengthLimitError>() {
+                Ok(_) => tonic::Status::resource_exhausted("a response past 4 MiB"),
+                Err(error) => tonic::Status::from_error(error),
+            })
+        })?;
     let status = collected
         .trailers()
-        .and_then(tonic::Status::from_header_map)
+        .and_then(grpc_status)
         .unwrap_or_else(|| {
             let code = match head.status.as_u16() {
                 400 => tonic::Code::Internal,
@@ -276,7 +307,7 @@ async fn grpc_call(
     let message = match body.get(..5) {
         Some([0, length @ ..]) => {
             let length = u32::from_be_bytes(length.try_into().expect("4 bytes")) as usize;
-            body.get(5..5 + length)
+            body.get(5..).and_then(|message| message.get(..length))
         }
         _ => None,
     };
@@ -295,12 +326,43 @@ fn grpc_framed(request: Payload) -> Result<Payload, ExportError> {
     })?;
     let mut prefix = [0u8; 5];
     prefix[1..].copy_from_slice(&length.to_be_bytes());
-    let mut framed = Payload::default();
-    framed.push(Bytes::copy_from_slice(&prefix));
-    for chunk in request.chunks.into_iter().skip(request.at) {
-        framed.push(chunk);
-    }
+    let mut framed = request;
+    framed.prepend(Bytes::copy_from_slice(&prefix));
     Ok(framed)
+}
+
+/// The gRPC status `headers` carry, if any; a `grpc-status-details-bin`
+/// that is not base64 (which tonic's parser panics on) is left out.
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Status> {
+    use base64::Engine as _;
+    const DETAILS: &str = "grpc-status-details-bin";
+    let Some(details) = headers.get(DETAILS).map(|details| details.as_bytes()) else {
+        return tonic::Status::from_header_map(headers);
+    };
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    if engine.decode(details).is_ok() {
+        return tonic::Status::from_header_map(headers);
+    }
+    let mut headers = headers.clone();
+    headers.remove(DETAILS);
+    tonic::Status::from_header_map(&headers)
+}
+
+/// An error and its sources, as one line: hyper's client says
+/// `client error (Connect)` where its source says what failed.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(error) = source {
+        line.push_str(": ");
+        line.push_str(&error.to_string());
+        source = error.source();
+    }
+    line
 }
 
 /// A `grpc-timeout` value for `timeout`: at most 8 digits, in the finest
@@ -339,6 +401,17 @@ pub struct Payload {
 }
 
 impl Payload {
+    /// Puts `chunk` before what is left to read (an empty one is skipped).
+    pub fn prepend(&mut self, chunk: impl Into<Bytes>) {
+        let chunk = chunk.into();
+        if !chunk.is_empty() {
+            self.remaining += chunk.len();
+            self.chunks.drain(..self.at);
+            self.at = 0;
+            self.chunks.insert(0, chunk);
+        }
+    }
+
     /// Appends `chunk` (an empty one is skipped).
     pub fn push(&mut self, chunk: impl Into<Bytes>) {
         let chunk = chunk.into();
@@ -493,7 +566,7 @@ mod tests {
             headers: vec![("x-api-key".into(), "k3y".into())],
             timeout: Duration::from_secs(10),
         };
-        let mut exporter = Exporter::new(&otlp).expect("an exporter");
+        let exporter = Exporter::new(&otlp).expect("an exporter");
         let request = vec![0x0a, 0x00];
         // In two chunks, as a request of a header and a batch is sent.
         let mut payload = Payload::from(request[..1].to_vec());
@@ -570,7 +643,7 @@ mod tests {
             headers: Vec::new(),
             timeout: Duration::from_millis(500),
         };
-        let mut exporter = Exporter::new(&otlp).expect("an exporter");
+        let exporter = Exporter::new(&otlp).expect("an exporter");
         let start = Instant::now();
         assert!(exporter.export(Payload::default()).await.is_err());
         assert!(
@@ -581,6 +654,7 @@ mod tests {
     }
 
     /// How the test gRPC endpoint answers one call.
+    #[derive(Clone)]
     enum Answer {
         /// Trailers-Only with this status.
         Status(tonic::Status),
@@ -588,6 +662,10 @@ mod tests {
         Http503,
         /// OK, with a partial success of this many rejected spans.
         Rejected(i64),
+        /// A response message, then this status in the trailers.
+        Trailers(tonic::Status),
+        /// OK, and the connection goes away (GOAWAY) once it is answered.
+        GoAway,
     }
 
     /// What the test gRPC endpoint saw per call: its headers and body.
@@ -595,23 +673,43 @@ mod tests {
 
     /// An OTLP/gRPC endpoint over real HTTP/2 (hyper's server) that
     /// answers calls in `answers`' order, OK once they run out.
-    async fn grpc_endpoint(answers: Vec<Answer>) -> (String, Calls) {
+    /// Also counts the connections it accepted.
+    async fn grpc_endpoint(answers: Vec<Answer>) -> (String, Calls, Arc<AtomicUsize>) {
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (record, calls) = tokio::sync::mpsc::unbounded_channel();
-        let answers = Arc::new(std::sync::Mutex::new(answers.into_iter()));
+        let answers = Arc::new((answers, AtomicUsize::new(0)));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
                 let (record, answers) = (record.clone(), answers.clone());
+                let go_away = Arc::new(tokio::sync::Notify::new());
+                let going = go_away.clone();
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (record, answers) = (record.clone(), answers.clone());
+                    let (record, answers, going) = (record.clone(), answers.clone(), going.clone());
                     async move {
                         let (head, body) = req.into_parts();
                         let body = body.collect().await.unwrap().to_bytes();
                         let _ = record.send((head.headers, body));
-                        let answer = answers.lock().unwrap().next();
+                        let (answers, answered) = &*answers;
+                        let answer = answers
+                            .get(answered.fetch_add(1, Ordering::Relaxed))
+                            .cloned();
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
                         let frames = match answer {
+                            Some(Answer::Trailers(status)) => {
+                                trailers.clear();
+                                status.add_header(&mut trailers).expect("a status");
+                                vec![Bytes::from_static(&[0, 0, 0, 0, 0])]
+                            }
+                            Some(Answer::GoAway) => {
+                                going.notify_one();
+                                vec![Bytes::from_static(&[0, 0, 0, 0, 0])]
+                            }
                             Some(Answer::Status(status)) => {
                                 let response = status.into_http::<Body>();
                                 return Ok::<_, std::convert::Infallible>(response);
@@ -636,8 +734,6 @@ mod tests {
                             }
                             None => vec![Bytes::from_static(&[0, 0, 0, 0, 0])],
                         };
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
                         let mut frames: Vec<_> = frames.into_iter().map(Frame::data).collect();
                         frames.push(Frame::trailers(trailers));
                         let body = StreamBody::new(futures_util::stream::iter(
@@ -651,13 +747,21 @@ mod tests {
                         Ok(response)
                     }
                 });
-                tokio::spawn(
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service),
-                );
+                tokio::spawn(async move {
+                    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        () = go_away.notified() => {
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
+                    }
+                });
             }
         });
-        (format!("http://{addr}"), calls)
+        (format!("http://{addr}"), calls, accepted)
     }
 
     /// A response body of the test gRPC endpoint.
@@ -707,8 +811,8 @@ mod tests {
             Answer::Status(tonic::Status::unavailable("starting")),
             Answer::Rejected(3),
         ];
-        let (endpoint, mut calls) = grpc_endpoint(answers).await;
-        let mut exporter =
+        let (endpoint, mut calls, _) = grpc_endpoint(answers).await;
+        let exporter =
             Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(5))).expect("an exporter");
         let mut request = Payload::default();
         request.push(Bytes::from_static(b"\x0a\x03abc"));
@@ -722,7 +826,10 @@ mod tests {
             let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
             assert_eq!(header("content-type"), Some("application/grpc"));
             assert_eq!(header("te"), Some("trailers"));
-            assert_eq!(header("grpc-timeout"), Some("5000000u"));
+            let timeout = header("grpc-timeout").expect("a grpc-timeout");
+            let micros: u64 = timeout.trim_end_matches('u').parse().expect("micros");
+            assert!(micros <= 5_000_000 && micros > 4_000_000, "{timeout}");
+            assert_eq!(header("user-agent"), Some(USER_AGENT));
             assert_eq!(header("x-api-key"), Some("secret"));
         }
         assert!(calls.try_recv().is_err(), "called twice only");
@@ -740,8 +847,8 @@ mod tests {
             ErrorDetails::with_retry_info(Some(Duration::from_millis(300))),
         );
         let answers = vec![Answer::Status(throttled), Answer::Http503];
-        let (endpoint, mut calls) = grpc_endpoint(answers).await;
-        let mut exporter =
+        let (endpoint, mut calls, _) = grpc_endpoint(answers).await;
+        let exporter =
             Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(10))).expect("an exporter");
         let start = Instant::now();
         assert_eq!(
@@ -761,8 +868,8 @@ mod tests {
         }
 
         let refused = vec![Answer::Status(tonic::Status::invalid_argument("bad"))];
-        let (endpoint, mut calls) = grpc_endpoint(refused).await;
-        let mut exporter =
+        let (endpoint, mut calls, _) = grpc_endpoint(refused).await;
+        let exporter =
             Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(10))).expect("an exporter");
         let error = exporter
             .export(Payload::from(vec![1]))
@@ -774,6 +881,103 @@ mod tests {
         );
         calls.recv().await.expect("a call");
         assert!(calls.try_recv().is_err(), "not tried again");
+    }
+
+    /// A status in the trailers after the response message counts as one
+    /// in a Trailers-Only response: UNAVAILABLE with a RetryInfo is tried
+    /// again after its delay; details that are not base64 are left out,
+    /// not a panic.
+    #[tokio::test]
+    async fn grpc_exports_read_the_status_from_the_trailers() {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let unavailable = tonic::Status::with_error_details(
+            tonic::Code::Unavailable,
+            "draining",
+            ErrorDetails::with_retry_info(Some(Duration::from_millis(300))),
+        );
+        let mut garbled = http::HeaderMap::new();
+        garbled.insert("grpc-status", http::HeaderValue::from_static("14"));
+        garbled.insert(
+            "grpc-status-details-bin",
+            http::HeaderValue::from_static("not base64!"),
+        );
+        let answers = vec![Answer::Trailers(unavailable)];
+        let (endpoint, mut calls, _) = grpc_endpoint(answers).await;
+        let exporter =
+            Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(10))).expect("an exporter");
+        let start = Instant::now();
+        assert_eq!(
+            exporter
+                .export(Payload::from(vec![1]))
+                .await
+                .expect("exported"),
+            0
+        );
+        assert!(
+            start.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            start.elapsed()
+        );
+        for _ in 0..2 {
+            calls.recv().await.expect("a call");
+        }
+        let status = grpc_status(&garbled).expect("a status");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+
+    /// An endpoint that closes its connection (GOAWAY) after an answer
+    /// takes the next export on a new one, which does not fail.
+    #[tokio::test]
+    async fn grpc_exports_go_on_over_a_new_connection_after_goaway() {
+        let (endpoint, mut calls, accepted) = grpc_endpoint(vec![Answer::GoAway]).await;
+        let exporter =
+            Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(10))).expect("an exporter");
+        exporter
+            .export(Payload::from(vec![1]))
+            .await
+            .expect("exported");
+        let closed = async {
+            // (once the client has seen the GOAWAY and the connection's end)
+            loop {
+                let exported = exporter.export(Payload::from(vec![2])).await;
+                exported.expect("exported on");
+                if accepted.load(Ordering::Relaxed) >= 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), closed)
+            .await
+            .expect("a second connection");
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+        let mut bodies = Vec::new();
+        while let Ok((_, body)) = calls.try_recv() {
+            bodies.push(body[5..].to_vec());
+        }
+        assert_eq!(bodies.first(), Some(&vec![1]));
+        assert!(bodies[1..].iter().all(|body| body == &[2]), "{bodies:?}");
+    }
+
+    /// Only `http://host[:port]` is a gRPC endpoint: https (no TLS for
+    /// export) and a string without a scheme are refused at the start; a
+    /// path is not the method's and is left out.
+    #[test]
+    fn grpc_endpoints_are_http_host_and_port() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let _entered = runtime.enter();
+        let exporter =
+            |endpoint: &str| Exporter::new(&grpc_otlp(endpoint.to_owned(), Duration::from_secs(1)));
+        assert!(exporter("https://collector:4317").is_err());
+        assert!(exporter("collector:4317").is_err());
+        let exporter = exporter("http://collector:4317/ignored").expect("an exporter");
+        assert_eq!(
+            exporter.uri.to_string(),
+            format!("http://collector:4317{GRPC_EXPORT_PATH}")
+        );
     }
 
     #[test]

@@ -95,11 +95,11 @@ impl SpanCounters {
 const MAX_BATCH_SPANS: usize = 512;
 
 /// Encoded bytes per batch, and per export request, at most (give or take
-/// one span): a batch ships when it reaches either bound. Every request is
-/// held two or three times over while it is sent (the wrapped request, the
-/// gRPC framing, the HTTP/2 send buffer), so the byte bound is what keeps
-/// the export side's memory small and flat: with the cost bench's spans
-/// (~1.3 KiB: 17 attributes and the hop's names), a batch is ~100 spans.
+/// one span): a batch ships when it reaches either bound. A request is
+/// held whole until its export ends (it may be sent again), each export
+/// in flight its own, so the byte bound is what keeps the export side's
+/// memory small and flat: with the cost bench's spans (~1.3 KiB: 17
+/// attributes and the hop's names), a batch is ~100 spans.
 const MAX_BATCH_BYTES: usize = 128 << 10;
 
 /// Shipped batches whose sizes a worker's next batch is sized by. At a
@@ -388,7 +388,7 @@ impl Export {
             count += more.count;
         }
         let request = self.envelope.wrap(batches);
-        let mut exporter = self.exporter.clone();
+        let exporter = self.exporter.clone();
         async move { (count, exporter.export(request).await) }
     }
 

@@ -802,6 +802,17 @@ mod tests {
         }
     }
 
+    /// Exports one request to `endpoint`: none of its spans rejected, and
+    /// no sooner than `at_least` (the server asked to be tried later).
+    async fn export_no_sooner_than(endpoint: String, at_least: Duration) {
+        let exporter =
+            Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(10))).expect("an exporter");
+        let start = Instant::now();
+        let rejected = exporter.export(Payload::from(vec![1])).await;
+        assert_eq!(rejected.expect("exported"), 0);
+        assert!(start.elapsed() >= at_least, "{:?}", start.elapsed());
+    }
+
     /// The request goes out as one gRPC message framed around the worker's
     /// chunks, with gRPC's headers and the configured ones; UNAVAILABLE is
     /// tried again, and the answer's partial success is read.
@@ -848,21 +859,7 @@ mod tests {
         );
         let answers = vec![Answer::Status(throttled), Answer::Http503];
         let (endpoint, mut calls, _) = grpc_endpoint(answers).await;
-        let exporter =
-            Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(10))).expect("an exporter");
-        let start = Instant::now();
-        assert_eq!(
-            exporter
-                .export(Payload::from(vec![1]))
-                .await
-                .expect("exported"),
-            0
-        );
-        assert!(
-            start.elapsed() >= Duration::from_millis(300),
-            "{:?}",
-            start.elapsed()
-        );
+        export_no_sooner_than(endpoint, Duration::from_millis(300)).await;
         for _ in 0..3 {
             calls.recv().await.expect("a call");
         }
@@ -903,21 +900,7 @@ mod tests {
         );
         let answers = vec![Answer::Trailers(unavailable)];
         let (endpoint, mut calls, _) = grpc_endpoint(answers).await;
-        let exporter =
-            Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(10))).expect("an exporter");
-        let start = Instant::now();
-        assert_eq!(
-            exporter
-                .export(Payload::from(vec![1]))
-                .await
-                .expect("exported"),
-            0
-        );
-        assert!(
-            start.elapsed() >= Duration::from_millis(300),
-            "{:?}",
-            start.elapsed()
-        );
+        export_no_sooner_than(endpoint, Duration::from_millis(300)).await;
         for _ in 0..2 {
             calls.recv().await.expect("a call");
         }

@@ -184,14 +184,7 @@ pub fn key_value(buf: &mut Vec<u8>, field: u32, name: &str, value: Value<'_>) {
         let value_len = 2 + s.len();
         let body = 2 + name.len() + 2 + value_len;
         if field < 16 && body < 0x80 {
-            buf.reserve(2 + body);
-            buf.extend_from_slice(&[
-                tag(field, LEN) as u8,
-                body as u8,
-                tag(1, LEN) as u8,
-                name.len() as u8,
-            ]);
-            buf.extend_from_slice(name.as_bytes());
+            short_key_value_head(buf, field, body, name);
             buf.extend_from_slice(&[
                 tag(2, LEN) as u8,
                 value_len as u8,
@@ -210,15 +203,7 @@ pub fn key_value(buf: &mut Vec<u8>, field: u32, name: &str, value: Value<'_>) {
     };
     let body = field_len(1, name.len()) + field_len(2, value_len);
     if field < 16 && body < 0x80 {
-        // (body < 128 bounds the name's and the value's lengths too)
-        buf.reserve(2 + body);
-        buf.extend_from_slice(&[
-            tag(field, LEN) as u8,
-            body as u8,
-            tag(1, LEN) as u8,
-            name.len() as u8,
-        ]);
-        buf.extend_from_slice(name.as_bytes());
+        short_key_value_head(buf, field, body, name);
         // (a scalar: a string this short took the path above)
         let mut head = Head::default();
         head.bytes(&[tag(2, LEN) as u8, value_len as u8]);
@@ -241,6 +226,21 @@ pub fn key_value(buf: &mut Vec<u8>, field: u32, name: &str, value: Value<'_>) {
     if let Value::Str(s) = value {
         buf.extend_from_slice(s.as_bytes());
     }
+}
+
+/// A `KeyValue` of `body` bytes (under 128) as field `field` (below 16):
+/// room for all of it, then its key, length and `key` field. Every key and
+/// length is one byte (body < 128 bounds the name's and the value's
+/// lengths too).
+fn short_key_value_head(buf: &mut Vec<u8>, field: u32, body: usize, name: &str) {
+    buf.reserve(2 + body);
+    buf.extend_from_slice(&[
+        tag(field, LEN) as u8,
+        body as u8,
+        tag(1, LEN) as u8,
+        name.len() as u8,
+    ]);
+    buf.extend_from_slice(name.as_bytes());
 }
 
 /// Keys, lengths and small values written on the stack: at most two keys

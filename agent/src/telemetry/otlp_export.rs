@@ -301,9 +301,15 @@ async fn grpc_call(
     if status.code() != tonic::Code::Ok {
         return Err(failed(status));
     }
-    // One length-prefixed message; a compressed one (never asked for: no
-    // `grpc-accept-encoding` is sent) counts no rejections.
+    // One length-prefixed message, or none (the call is OK, nothing
+    // rejected). One that cannot be read — compressed (never asked for: no
+    // `grpc-accept-encoding` is sent), cut short, not the response
+    // message — fails the export as INTERNAL, as tonic's decoder fails it:
+    // whether the spans were taken is not known.
     let body = collected.to_bytes();
+    if body.is_empty() {
+        return Ok(0);
+    }
     let message = match body.get(..5) {
         Some([0, length @ ..]) => {
             let length = u32::from_be_bytes(length.try_into().expect("4 bytes")) as usize;
@@ -311,9 +317,10 @@ async fn grpc_call(
         }
         _ => None,
     };
-    Ok(message
-        .and_then(|m| ExportTraceServiceResponse::decode(m).ok())
-        .map_or(0, |r| rejected(&r)))
+    message
+        .and_then(|message| ExportTraceServiceResponse::decode(message).ok())
+        .map(|response| rejected(&response))
+        .ok_or_else(|| failed(tonic::Status::internal("an unreadable response message")))
 }
 
 /// `request` as one gRPC length-prefixed message (uncompressed): a 5-byte
@@ -666,6 +673,8 @@ mod tests {
         Trailers(tonic::Status),
         /// OK, and the connection goes away (GOAWAY) once it is answered.
         GoAway,
+        /// OK, with these bytes as the body.
+        Body(Bytes),
     }
 
     /// What the test gRPC endpoint saw per call: its headers and body.
@@ -706,6 +715,7 @@ mod tests {
                                 status.add_header(&mut trailers).expect("a status");
                                 vec![Bytes::from_static(&[0, 0, 0, 0, 0])]
                             }
+                            Some(Answer::Body(body)) => vec![body],
                             Some(Answer::GoAway) => {
                                 going.notify_one();
                                 vec![Bytes::from_static(&[0, 0, 0, 0, 0])]
@@ -906,6 +916,39 @@ mod tests {
         }
         let status = grpc_status(&garbled).expect("a status");
         assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+
+    /// An OK response whose message cannot be read fails the export, as
+    /// tonic's decoder fails it, without a retry; a body past 4 MiB is
+    /// not read past that (a length prefix of 4 GiB and an endless body
+    /// once took the agent to gigabytes).
+    #[tokio::test]
+    async fn grpc_exports_fail_on_a_response_they_cannot_read() {
+        let garbled = Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]);
+        let mut huge = vec![0, 0xff, 0xff, 0xff, 0xff];
+        huge.resize(MAX_GRPC_RESPONSE + (1 << 20), 0);
+        let cases = [
+            (Answer::Body(garbled), tonic::Code::Internal),
+            (
+                Answer::Body(Bytes::from(huge)),
+                tonic::Code::ResourceExhausted,
+            ),
+        ];
+        for (answer, code) in cases {
+            let (endpoint, mut calls, _) = grpc_endpoint(vec![answer]).await;
+            let exporter =
+                Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(10))).expect("an exporter");
+            let error = exporter
+                .export(Payload::from(vec![1]))
+                .await
+                .expect_err("unreadable");
+            assert!(
+                matches!(&error, ExportError::Grpc(status) if status.code() == code),
+                "{error}"
+            );
+            calls.recv().await.expect("a call");
+            assert!(calls.try_recv().is_err(), "not tried again");
+        }
     }
 
     /// An endpoint that closes its connection (GOAWAY) after an answer

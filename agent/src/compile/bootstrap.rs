@@ -128,6 +128,14 @@ pub(super) fn compile(
         let field = format!("spec.telemetry.otlp.headers.{name}");
         if http::HeaderName::try_from(name.to_ascii_lowercase()).is_err() {
             diags.error(loc, Some(field.clone()), "is not a valid header name");
+        } else if otlp_protocol == Some(OtlpProtocol::Grpc)
+            && name.to_ascii_lowercase().ends_with("-bin")
+        {
+            diags.error(
+                loc,
+                Some(field.clone()),
+                "is binary gRPC metadata (`-bin`), which a configured text value cannot be",
+            );
         }
         if http::HeaderValue::try_from(value.as_str()).is_err() {
             diags.error(loc, Some(field), super::validate::INVALID_HEADER_VALUE);
@@ -439,8 +447,9 @@ mod tests {
         }
     }
 
-    /// An OTLP endpoint that is not `http://host[:port]` is a config error
-    /// naming its field, not an agent that fails to start.
+    /// An OTLP endpoint that is not `http://host[:port]`, and a gRPC
+    /// header that is binary metadata, are config errors naming their
+    /// field, not an agent that fails to start.
     #[test]
     fn an_otlp_endpoint_is_http_host_and_port() {
         let agent = |endpoint: &str| {
@@ -448,6 +457,14 @@ mod tests {
                 "apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {{name: a, namespace: default}}\nspec:\n  service: a\n  telemetry:\n    otlp: {{endpoint: \"{endpoint}\"}}\n"
             )
         };
+        let bin = "apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {name: a, namespace: default}\nspec:\n  service: a\n  telemetry:\n    otlp: {headers: {x-trace-bin: abc}}\n";
+        let rejected = errors(bin);
+        assert!(
+            rejected
+                .iter()
+                .any(|e| e.contains("spec.telemetry.otlp.headers.x-trace-bin")),
+            "{rejected:?}"
+        );
         for endpoint in ["collector:4317", "https://collector:4317", "http://"] {
             let rejected = errors(&agent(endpoint));
             assert!(

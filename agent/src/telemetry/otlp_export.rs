@@ -63,9 +63,9 @@ const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceSer
 /// The exporter's name and version, sent as `user-agent` as the OTLP
 /// exporter specification asks.
 const USER_AGENT: &str = concat!("tracemesh/", env!("CARGO_PKG_VERSION"));
-/// The longest response body read, in bytes (tonic's default decoding
-/// limit).
-const MAX_GRPC_RESPONSE: usize = 4 << 20;
+/// The longest response body read, in bytes: tonic's default limit of a
+/// gRPC message, here of the whole body (OTLP/HTTP's too).
+const MAX_RESPONSE: usize = 4 << 20;
 
 /// An OTLP client for one endpoint; a clone shares its connection (each
 /// export in flight holds one).
@@ -161,8 +161,14 @@ impl Exporter {
         let mut delay = INITIAL_DELAY;
         let mut cap = MAX_DELAY;
         let mut retries = 0;
+        let mut last = None;
         loop {
             let remaining = timeout.saturating_sub(start.elapsed());
+            // (a backoff that overran the export's time ends it with the
+            // last attempt's error)
+            if let (true, Some(error)) = (remaining.is_zero(), last.take()) {
+                return Err(error);
+            }
             let attempt = self.attempt(request.clone(), remaining);
             let attempt = tokio::time::timeout(remaining, attempt).await;
             let (error, retry) = match attempt {
@@ -189,6 +195,7 @@ impl Exporter {
                 return Err(error);
             }
             tokio::time::sleep(sleep).await;
+            last = Some(error);
             delay = (delay * 2).min(cap);
             retries += 1;
         }
@@ -224,7 +231,7 @@ impl Exporter {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = Limited::new(response.into_body(), MAX_GRPC_RESPONSE)
+        let body = Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
             .await;
         if !(200..300).contains(&status) {
@@ -245,12 +252,10 @@ impl Exporter {
 /// One unary gRPC call (gRPC over HTTP/2, PROTOCOL-HTTP2.md): its status
 /// from the trailers, or from the headers of a Trailers-Only response, or
 /// mapped from the HTTP status where there is none
-/// (http-grpc-status-mapping.md). A reset stream takes its RST_STREAM
-/// code's status (PROTOCOL-HTTP2.md's table: REFUSED_STREAM is
-/// UNAVAILABLE, ENHANCE_YOUR_CALM RESOURCE_EXHAUSTED, …), as tonic maps it;
-/// any other failure before a response (no connection, GOAWAY) is
-/// UNAVAILABLE. Ok: the response's rejected spans; a response of more than
-/// 4 MiB (tonic's default limit) is RESOURCE_EXHAUSTED.
+/// (http-grpc-status-mapping.md); a request that got no response, as
+/// [`request_failure`] says. Ok: the response's rejected spans; a
+/// response of more than 4 MiB (tonic's default message limit) is
+/// RESOURCE_EXHAUSTED.
 async fn grpc_call(
     client: &Client<HttpConnector, Full<Payload>>,
     call: http::Request<Full<Payload>>,
@@ -259,14 +264,10 @@ async fn grpc_call(
         let retry = grpc_retry(&status);
         (ExportError::Grpc(Box::new(status)), retry)
     };
-    let response = client.request(call).await.map_err(|error| {
-        let message = error_chain(&error);
-        let status = tonic::Status::from_error(Box::new(error));
-        failed(match status.code() {
-            tonic::Code::Unknown => tonic::Status::unavailable(message),
-            _ => status,
-        })
-    })?;
+    let response = client
+        .request(call)
+        .await
+        .map_err(|error| failed(request_failure(error)))?;
     let (head, body) = response.into_parts();
     if let Some(status) = grpc_status(&head.headers) {
         // Trailers-Only: the status is all there is.
@@ -275,7 +276,7 @@ async fn grpc_call(
             _ => Err(failed(status)),
         };
     }
-    let collected = Limited::new(body, MAX_GRPC_RESPONSE)
+    let collected = Limited::new(body, MAX_RESPONSE)
         .collect()
         .await
         .map_err(|error| {
@@ -302,7 +303,8 @@ async fn grpc_call(
         return Err(failed(status));
     }
     // One length-prefixed message, or none (the call is OK, nothing
-    // rejected). One that cannot be read — compressed (never asked for: no
+    // rejected: where tonic fails a unary call without its message, the
+    // status says the spans were taken). One that cannot be read — compressed (never asked for: no
     // `grpc-accept-encoding` is sent), cut short, not the response
     // message — fails the export as INTERNAL, as tonic's decoder fails it:
     // whether the spans were taken is not known.
@@ -321,6 +323,31 @@ async fn grpc_call(
         .and_then(|message| ExportTraceServiceResponse::decode(message).ok())
         .map(|response| rejected(&response))
         .ok_or_else(|| failed(tonic::Status::internal("an unreadable response message")))
+}
+
+/// The status of a call that got no response. A reset stream takes its
+/// RST_STREAM code's status as tonic maps it (PROTOCOL-HTTP2.md's table:
+/// REFUSED_STREAM is UNAVAILABLE, ENHANCE_YOUR_CALM RESOURCE_EXHAUSTED,
+/// CANCEL CANCELLED); a stream the server's GOAWAY left unprocessed, and
+/// any failure tonic cannot name (no connection, a reset socket), is
+/// UNAVAILABLE, tried again. The message keeps the whole error chain:
+/// hyper's client alone says `client error (Connect)`.
+fn request_failure(error: hyper_util::client::legacy::Error) -> tonic::Status {
+    let message = error_chain(&error);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>()
+            && h2.is_go_away()
+            && h2.is_remote()
+        {
+            return tonic::Status::unavailable(message);
+        }
+        source = error.source();
+    }
+    match tonic::Status::from_error(Box::new(error)).code() {
+        tonic::Code::Unknown => tonic::Status::unavailable(message),
+        code => tonic::Status::new(code, message),
+    }
 }
 
 /// `request` as one gRPC length-prefixed message (uncompressed): a 5-byte
@@ -346,12 +373,13 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Status> {
     let Some(details) = headers.get(DETAILS).map(|details| details.as_bytes()) else {
         return tonic::Status::from_header_map(headers);
     };
-    let engine = base64::engine::GeneralPurpose::new(
+    // (tonic's engine: standard alphabet, padding optional)
+    const ENGINE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    if engine.decode(details).is_ok() {
+    if ENGINE.decode(details).is_ok() {
         return tonic::Status::from_header_map(headers);
     }
     let mut headers = headers.clone();
@@ -652,7 +680,16 @@ mod tests {
         };
         let exporter = Exporter::new(&otlp).expect("an exporter");
         let start = Instant::now();
-        assert!(exporter.export(Payload::default()).await.is_err());
+        let error = exporter
+            .export(Payload::default())
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&error, ExportError::Grpc(status)
+                if status.code() == tonic::Code::Unavailable
+                    && status.message().contains("onnection refused")),
+            "{error}"
+        );
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "{:?}",
@@ -849,7 +886,7 @@ mod tests {
             assert_eq!(header("te"), Some("trailers"));
             let timeout = header("grpc-timeout").expect("a grpc-timeout");
             let micros: u64 = timeout.trim_end_matches('u').parse().expect("micros");
-            assert!(micros <= 5_000_000 && micros > 4_000_000, "{timeout}");
+            assert!(micros <= 5_000_000 && micros > 0, "{timeout}");
             assert_eq!(header("user-agent"), Some(USER_AGENT));
             assert_eq!(header("x-api-key"), Some("secret"));
         }
@@ -926,7 +963,7 @@ mod tests {
     async fn grpc_exports_fail_on_a_response_they_cannot_read() {
         let garbled = Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]);
         let mut huge = vec![0, 0xff, 0xff, 0xff, 0xff];
-        huge.resize(MAX_GRPC_RESPONSE + (1 << 20), 0);
+        huge.resize(MAX_RESPONSE + (1 << 20), 0);
         let cases = [
             (Answer::Body(garbled), tonic::Code::Internal),
             (
@@ -983,6 +1020,64 @@ mod tests {
         }
         assert_eq!(bodies.first(), Some(&vec![1]));
         assert!(bodies[1..].iter().all(|body| body == &[2]), "{bodies:?}");
+    }
+
+    /// A stream the server's GOAWAY left unprocessed (opened past its last
+    /// stream, as a collector closing a connection of its maximum age
+    /// leaves it) is UNAVAILABLE and tried again on a new connection; tonic
+    /// names it INTERNAL, which is not.
+    #[tokio::test]
+    async fn grpc_exports_retry_a_stream_a_goaway_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (endpoint, _calls, accepted) = grpc_endpoint(Vec::new()).await;
+        let behind = endpoint.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            // The first connection: SETTINGS, and GOAWAY (last stream 0,
+            // NO_ERROR) once the client's HEADERS (stream 1) arrive.
+            let (mut first, _) = listener.accept().await.unwrap();
+            first.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+            let mut read = Vec::new();
+            let mut buf = [0; 4096];
+            loop {
+                let n = first.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client went before its HEADERS");
+                read.extend_from_slice(&buf[..n]);
+                // (after the 24-byte preface, frames of 9-byte heads)
+                let mut at = 24;
+                let mut headers = false;
+                while read.len() >= at + 9 {
+                    let length = usize::from(read[at]) << 16
+                        | usize::from(read[at + 1]) << 8
+                        | usize::from(read[at + 2]);
+                    headers |= read[at + 3] == 1;
+                    at += 9 + length;
+                }
+                if headers {
+                    break;
+                }
+            }
+            let go_away = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            first.write_all(&go_away).await.unwrap();
+            // The rest go to the gRPC endpoint behind.
+            while let Ok((mut next, _)) = listener.accept().await {
+                let behind = behind.clone();
+                tokio::spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect(behind).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut next, &mut server).await;
+                });
+            }
+            drop(first);
+        });
+        let exporter = Exporter::new(&grpc_otlp(
+            format!("http://{front}"),
+            Duration::from_secs(10),
+        ))
+        .expect("an exporter");
+        let exported = exporter.export(Payload::from(vec![1])).await;
+        assert_eq!(exported.expect("exported on a new connection"), 0);
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
     }
 
     /// Only `http://host[:port]` is a gRPC endpoint: https (no TLS for

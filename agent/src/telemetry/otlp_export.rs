@@ -860,6 +860,24 @@ mod tests {
         assert!(start.elapsed() >= at_least, "{:?}", start.elapsed());
     }
 
+    /// Exports one request to an endpoint that gives `answer`: the export
+    /// fails with `code`, after one call, not tried again.
+    async fn export_fails_at_once(answer: Answer, code: tonic::Code) {
+        let (endpoint, mut calls, _) = grpc_endpoint(vec![answer]).await;
+        let exporter =
+            Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(10))).expect("an exporter");
+        let error = exporter
+            .export(Payload::from(vec![1]))
+            .await
+            .expect_err("failed");
+        assert!(
+            matches!(&error, ExportError::Grpc(status) if status.code() == code),
+            "{error}"
+        );
+        calls.recv().await.expect("a call");
+        assert!(calls.try_recv().is_err(), "not tried again");
+    }
+
     /// The request goes out as one gRPC message framed around the worker's
     /// chunks, with gRPC's headers and the configured ones; UNAVAILABLE is
     /// tried again, and the answer's partial success is read.
@@ -911,20 +929,8 @@ mod tests {
             calls.recv().await.expect("a call");
         }
 
-        let refused = vec![Answer::Status(tonic::Status::invalid_argument("bad"))];
-        let (endpoint, mut calls, _) = grpc_endpoint(refused).await;
-        let exporter =
-            Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(10))).expect("an exporter");
-        let error = exporter
-            .export(Payload::from(vec![1]))
-            .await
-            .expect_err("refused");
-        assert!(
-            matches!(&error, ExportError::Grpc(status) if status.code() == tonic::Code::InvalidArgument),
-            "{error}"
-        );
-        calls.recv().await.expect("a call");
-        assert!(calls.try_recv().is_err(), "not tried again");
+        let refused = Answer::Status(tonic::Status::invalid_argument("bad"));
+        export_fails_at_once(refused, tonic::Code::InvalidArgument).await;
     }
 
     /// A status in the trailers after the response message counts as one
@@ -972,19 +978,7 @@ mod tests {
             ),
         ];
         for (answer, code) in cases {
-            let (endpoint, mut calls, _) = grpc_endpoint(vec![answer]).await;
-            let exporter =
-                Exporter::new(&grpc_otlp(endpoint, Duration::from_secs(10))).expect("an exporter");
-            let error = exporter
-                .export(Payload::from(vec![1]))
-                .await
-                .expect_err("unreadable");
-            assert!(
-                matches!(&error, ExportError::Grpc(status) if status.code() == code),
-                "{error}"
-            );
-            calls.recv().await.expect("a call");
-            assert!(calls.try_recv().is_err(), "not tried again");
+            export_fails_at_once(answer, code).await;
         }
     }
 

@@ -122,6 +122,14 @@ pub(super) fn compile(
     {
         diags.error(loc, Some("spec.telemetry.otlp.endpoint".into()), why);
     }
+    // An export's time: with none, every export would fail unsent.
+    if spec.telemetry.otlp.timeout.get() < std::time::Duration::from_millis(1) {
+        diags.error(
+            loc,
+            Some("spec.telemetry.otlp.timeout".into()),
+            "must be at least 1ms: every export would time out unanswered",
+        );
+    }
     // The exporter's headers, checked here so that a bad one is a config
     // error naming its field (never its value: often an API key).
     for (name, value) in &spec.telemetry.otlp.headers {
@@ -447,11 +455,12 @@ mod tests {
         }
     }
 
-    /// An OTLP endpoint that is not `http://host[:port]`, and a gRPC
-    /// header that is binary metadata, are config errors naming their
-    /// field, not an agent that fails to start.
+    /// An OTLP endpoint that is not `http://host[:port]`, a gRPC header
+    /// that is binary metadata and a timeout of nothing are config errors
+    /// naming their field, not an agent that fails to start or exports
+    /// nothing.
     #[test]
-    fn an_otlp_endpoint_is_http_host_and_port() {
+    fn an_otlp_endpoint_is_http_host_and_port_and_its_timeout_positive() {
         let agent = |endpoint: &str| {
             format!(
                 "apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {{name: a, namespace: default}}\nspec:\n  service: a\n  telemetry:\n    otlp: {{endpoint: \"{endpoint}\"}}\n"
@@ -463,6 +472,14 @@ mod tests {
             rejected
                 .iter()
                 .any(|e| e.contains("spec.telemetry.otlp.headers.x-trace-bin")),
+            "{rejected:?}"
+        );
+        let no_time = "apiVersion: tracemesh.io/v1\nkind: Agent\nmetadata: {name: a, namespace: default}\nspec:\n  service: a\n  telemetry:\n    otlp: {timeout: 0s}\n";
+        let rejected = errors(no_time);
+        assert!(
+            rejected
+                .iter()
+                .any(|e| e.contains("spec.telemetry.otlp.timeout") && e.contains("at least 1ms")),
             "{rejected:?}"
         );
         for endpoint in ["collector:4317", "https://collector:4317", "http://"] {

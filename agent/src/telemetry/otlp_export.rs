@@ -8,6 +8,9 @@
 //! 502, 503, 504, no response) are tried again with exponential backoff and
 //! jitter, waiting at least as long as the server asks (RetryInfo,
 //! `Retry-After`), three times at most and never past the export timeout.
+//! A gRPC connection silent for half the timeout while a call waits is
+//! pinged (HTTP/2 PING) and closed unanswered, so that exports go on over
+//! a new one; an HTTP/1.1 one is closed with the request that timed out.
 
 use std::time::{Duration, Instant};
 
@@ -133,7 +136,25 @@ impl Exporter {
             let content_type = http::HeaderValue::from_static("application/grpc");
             headers.insert(http::header::CONTENT_TYPE, content_type);
             headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-            client.http2_only(true);
+            // A connection that answers nothing while an export waits on
+            // it (a collector's node gone without a FIN or RST, a
+            // blackholed conntrack entry, a wedged proxy in between) is
+            // pinged once it has been silent for half the export's
+            // timeout, and closed if the PING is not acknowledged in the
+            // other half: the export's retry and the next export go over a
+            // new connection. Without it every export on that connection
+            // timed out, for as long as TCP kept it (about 15 minutes of
+            // retransmissions, or for ever if something in between still
+            // acknowledged the bytes). Only while a call is open, so an
+            // idle exporter sends nothing, and an answering collector
+            // (any frame counts) is never pinged.
+            let half = otlp.timeout / 2;
+            client
+                .http2_only(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .http2_keep_alive_interval(Some(half))
+                .http2_keep_alive_timeout(half)
+                .http2_keep_alive_while_idle(false);
         } else {
             let value = http::HeaderValue::from_static("application/x-protobuf");
             headers.insert(http::header::CONTENT_TYPE, value);
@@ -1072,6 +1093,65 @@ mod tests {
         let exported = exporter.export(Payload::from(vec![1])).await;
         assert_eq!(exported.expect("exported on a new connection"), 0);
         assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    }
+
+    /// A connection that stops answering — the collector's node gone
+    /// without a FIN or RST, here a relay that stops passing bytes either
+    /// way but keeps both sockets open, so TCP still acknowledges what is
+    /// sent — is pinged once it is silent for half the export's timeout and
+    /// closed without an answer: exports go on over a new connection
+    /// within a few timeouts. Before, every export on it timed out, for as
+    /// long as the socket stayed open.
+    #[tokio::test]
+    async fn grpc_exports_leave_a_connection_that_answers_nothing() {
+        let (endpoint, _calls, _) = grpc_endpoint(Vec::new()).await;
+        let behind = endpoint.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front = listener.local_addr().unwrap();
+        let silence = Arc::new(tokio::sync::Notify::new());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (silenced, counted) = (silence.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let first = counted.fetch_add(1, Ordering::Relaxed) == 0;
+                let (behind, silenced) = (behind.clone(), silenced.clone());
+                tokio::spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect(behind).await.unwrap();
+                    let relay = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    if !first {
+                        let _ = relay.await;
+                        return;
+                    }
+                    tokio::select! {
+                        _ = relay => return,
+                        () = silenced.notified() => {}
+                    }
+                    // Both sockets stay open, and nothing passes.
+                    std::future::pending::<()>().await;
+                    drop((client, server));
+                });
+            }
+        });
+        let timeout = Duration::from_millis(1000);
+        let exporter =
+            Exporter::new(&grpc_otlp(format!("http://{front}"), timeout)).expect("an exporter");
+        let exported = exporter.export(Payload::from(vec![1])).await;
+        assert_eq!(exported.expect("exported"), 0);
+        silence.notify_one();
+        let mut failed = 0;
+        let recovered = async {
+            loop {
+                match exporter.export(Payload::from(vec![2])).await {
+                    Ok(rejected) => break rejected,
+                    Err(_) => failed += 1,
+                }
+            }
+        };
+        // (a few timeouts are enough; before, none was)
+        let recovered = tokio::time::timeout(Duration::from_secs(30), recovered).await;
+        assert_eq!(recovered.expect("exported over a new connection"), 0);
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+        assert!(failed <= 3, "{failed} exports failed first");
     }
 
     /// Only `http://host[:port]` is a gRPC endpoint: https (no TLS for

@@ -110,6 +110,12 @@ pub struct Step {
     /// answer (an upstream stalled mid-response) until the proxy closes it.
     #[serde(default)]
     pub hold: bool,
+    /// A `raw` upstream resets the connection (a TCP RST: `SO_LINGER` 0)
+    /// once this step's answer (`respond`, which may be empty) is written,
+    /// instead of keeping or closing it: a server that crashed or was
+    /// killed mid-exchange.
+    #[serde(default)]
+    pub reset: bool,
 }
 
 /// A request.
@@ -265,6 +271,12 @@ pub fn load(path: &Path, text: &str, ports: &BTreeMap<String, u16>) -> Result<Ca
         if step.envoy.is_some() != step.why.is_some() {
             return Err(format!(
                 "{}: requests[{i}]: a difference from Envoy (`envoy`) needs its reason (`why`)",
+                path.display()
+            ));
+        }
+        if step.hold && step.reset {
+            return Err(format!(
+                "{}: requests[{i}]: a raw upstream holds the connection open (`hold`) or resets it (`reset`): one, not both",
                 path.display()
             ));
         }

@@ -91,6 +91,9 @@ struct RawAnswer {
     /// Keep the connection open and silent after them, until the proxy
     /// closes it: an upstream that stalls mid-response.
     hold: bool,
+    /// Reset the connection (TCP RST) after them: an upstream that
+    /// crashed mid-exchange.
+    reset: bool,
 }
 
 impl Upstream {
@@ -141,9 +144,9 @@ impl Upstream {
 
     /// What a raw upstream answers from now on (`None`: the default
     /// `200`); with `hold`, it then keeps the connection open and silent
-    /// until the proxy closes it.
-    pub fn respond_with(&self, bytes: Option<Vec<u8>>, hold: bool) {
-        *self.answer.lock().unwrap() = RawAnswer { bytes, hold };
+    /// until the proxy closes it; with `reset`, it resets the connection.
+    pub fn respond_with(&self, bytes: Option<Vec<u8>>, hold: bool, reset: bool) {
+        *self.answer.lock().unwrap() = RawAnswer { bytes, hold, reset };
     }
 
     /// Connections accepted since the last call.
@@ -293,9 +296,14 @@ async fn answer_raw(
             path,
             headers,
         });
-        let RawAnswer { bytes, hold } = answer.lock().unwrap().clone();
+        let RawAnswer { bytes, hold, reset } = answer.lock().unwrap().clone();
         let bytes = bytes.unwrap_or_else(|| DEFAULT_RAW_ANSWER.to_vec());
         if stream.write_all(&bytes).await.is_err() {
+            return;
+        }
+        if reset {
+            // (closed with linger 0, the socket sends an RST, not a FIN)
+            let _ = stream.set_zero_linger();
             return;
         }
         if hold {

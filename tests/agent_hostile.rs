@@ -379,7 +379,8 @@ fn with_timeouts(app: SocketAddr) -> String {
 }
 
 /// A connection that sends nothing is closed after `idleTimeout`, on both
-/// listeners; one with a request in flight is not, however long it takes.
+/// listeners, and so is an HTTP/2 one that acknowledges nothing; one with
+/// a request in flight is not, however long it takes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_and_busy_ones_are_not() {
     let app = Upstream::start("app").await;
@@ -390,6 +391,23 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
         assert!(closed, "a silent connection is closed");
         assert_eq!(sent, "", "closed without a word, as Envoy's idle timeout");
     }
+
+    // An HTTP/2 client that opens its connection and then acknowledges
+    // nothing: the idle close's GOAWAY and PING go unanswered, and it is
+    // dropped 5 s later (Envoy's drain_timeout), as Envoy drops it. It
+    // was held for ever.
+    let mut silent = TcpStream::connect(agent.outbound).await.unwrap();
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        silent.read_to_end(&mut out),
+    )
+    .await;
+    assert!(read.is_ok(), "a silent HTTP/2 connection is closed");
 
     // A request slower than the idle timeout keeps its connection.
     app.delay_all(1_500);

@@ -341,6 +341,12 @@ impl CollectorConfig {
                     "https is not supported yet: use http:// (plaintext)",
                 );
             }
+            if exporter.timeout.0 < Duration::from_millis(1) {
+                return invalid(
+                    "exporters.timeout",
+                    "must be at least 1ms: every attempt would time out unanswered",
+                );
+            }
             if exporter.queue_spans == 0 || exporter.max_batch_spans == 0 {
                 return invalid(
                     "exporters.queue_spans",

@@ -13,7 +13,10 @@
 //!   [`BodyTimeout`], which receivers answer 408;
 //! - **idle**: a connection with no request in flight for this long is
 //!   closed gracefully (HTTP/2: GOAWAY), and so is one that never sends a
-//!   byte.
+//!   byte;
+//! - **close**: a connection closed gracefully — idle, or the collector
+//!   stopping — that has not ended 5 s later is dropped (an HTTP/2 client
+//!   that never acknowledges the GOAWAY's PING held it for ever).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -179,8 +182,16 @@ impl http_body::Body for TrackedBody {
     }
 }
 
+/// How long a connection closed gracefully (idle, or the collector
+/// stopping) has to finish its requests in flight and, on HTTP/2, for the
+/// client to acknowledge the GOAWAY's PING; then it is dropped. Without
+/// it, an HTTP/2 client that acknowledged nothing held its connection, and
+/// the collector's stop, for ever. Envoy's `drain_timeout` default.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves `router` on `listener` until `stop` turns true, then closes every
-/// connection gracefully and returns once they are all gone.
+/// connection gracefully and returns once they are all gone (each at most
+/// [`CLOSE_GRACE`] after).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -270,7 +281,8 @@ async fn connection(
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let idle = timeouts.idle_timeout.0;
-    let mut closing = false;
+    // Once closing gracefully: when the connection is dropped regardless.
+    let mut closing: Option<Instant> = None;
     loop {
         let deadline = activity
             .idle_deadline(idle)
@@ -286,16 +298,20 @@ async fn connection(
                 }
                 return;
             }
-            _ = tokio::time::sleep_until(deadline), if !closing => {
+            _ = tokio::time::sleep_until(deadline), if closing.is_none() => {
                 if activity.idle_deadline(idle).is_some_and(|d| d <= Instant::now()) {
                     events::connection_timed_out(&metrics, ListenerTimeout::Idle);
                     conn.as_mut().graceful_shutdown();
-                    closing = true;
+                    closing = Some(Instant::now() + CLOSE_GRACE);
                 }
             }
-            _ = stop.wait_for(|stopped| *stopped), if !closing => {
+            _ = stop.wait_for(|stopped| *stopped), if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                closing = true;
+                closing = Some(Instant::now() + CLOSE_GRACE);
+            }
+            () = tokio::time::sleep_until(closing.unwrap_or(deadline)), if closing.is_some() => {
+                tracing::debug!("connection dropped: not closed within {CLOSE_GRACE:?} of its graceful close");
+                return;
             }
         }
     }

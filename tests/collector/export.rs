@@ -73,3 +73,93 @@ fn spans_reach_a_second_collector_even_across_its_restart() {
     a.stop();
     b.stop();
 }
+
+/// A relay in front of `behind` whose first connection can be silenced:
+/// nothing passes either way, but both sockets stay open (so TCP still
+/// acknowledges what is sent), as when a receiver's node goes without a
+/// FIN or RST. Later connections pass bytes. Returns its address, the
+/// silencer and the count of connections accepted.
+async fn silenceable_relay(
+    behind: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<tokio::sync::Notify>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap();
+    let silence = Arc::new(tokio::sync::Notify::new());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (silenced, counted) = (silence.clone(), accepted.clone());
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            let silenced = silenced.clone();
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(behind).await.unwrap();
+                let relay = tokio::io::copy_bidirectional(&mut client, &mut server);
+                if !first {
+                    let _ = relay.await;
+                    return;
+                }
+                tokio::select! {
+                    _ = relay => return,
+                    () = silenced.notified() => {}
+                }
+                std::future::pending::<()>().await;
+                drop((client, server));
+            });
+        }
+    });
+    (front, silence, accepted)
+}
+
+/// A connection to the receiver that stops answering is pinged once it has
+/// been silent for half the exporter's timeout, and closed unanswered:
+/// spans sent after it reach the receiver over a new connection. Before,
+/// every attempt on it timed out for as long as it stayed open.
+#[test]
+fn spans_go_on_over_a_new_connection_when_the_old_one_answers_nothing() {
+    use std::sync::atomic::Ordering;
+    let (dir_a, dir_b, dir_config) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let b = Collector::start(dir_b.path(), &["--commit-interval", "100ms"]);
+    let relays = runtime();
+    let (front, silence, accepted) = relays.block_on(silenceable_relay(b.otlp_grpc));
+    let config = dir_config.path().join("collector.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "exporters:\n- {{protocol: otlp_grpc, endpoint: \"http://{front}\", timeout: 1s, compression: none}}\n"
+        ),
+    )
+    .unwrap();
+    let a = Collector::start(
+        dir_a.path(),
+        &[
+            "--commit-interval",
+            "100ms",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+
+    let first = random_trace_id();
+    send(a.grpc_url(), first);
+    wait_for_trace(dir_b.path(), first, 20);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    silence.notify_one();
+    let second = random_trace_id();
+    send(a.grpc_url(), second);
+    let delivered = wait_for_trace(dir_b.path(), second, 20);
+    assert_eq!(delivered.spans.len(), 20);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "over a new connection");
+    a.stop();
+    b.stop();
+}

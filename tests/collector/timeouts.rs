@@ -54,7 +54,7 @@ fn unfinished_heads_stalled_bodies_and_idle_connections_are_closed() {
     let heads: Vec<TcpStream> = (0..2000).map(|_| open(collector.otlp_http, head)).collect();
     let body = b"POST /v1/traces HTTP/1.1\r\nhost: collector\r\ncontent-type: application/x-protobuf\r\ncontent-length: 1000000\r\n\r\n0123456789";
     let bodies: Vec<TcpStream> = (0..1000).map(|_| open(collector.otlp_http, body)).collect();
-    let silent: Vec<TcpStream> = [
+    let mut silent: Vec<TcpStream> = [
         collector.otlp_http,
         collector.otlp_grpc,
         collector.zipkin,
@@ -63,6 +63,9 @@ fn unfinished_heads_stalled_bodies_and_idle_connections_are_closed() {
     .into_iter()
     .map(|addr| open(addr, b""))
     .collect();
+    // An HTTP/2 client that opens its connection and then acknowledges
+    // nothing: the idle close's GOAWAY and PING go unanswered.
+    silent.push(open(collector.otlp_grpc, H2_OPENING));
     let grown = collector.rss().saturating_sub(idle_rss);
 
     // 2 s timeouts; a wide margin for a loaded machine. Without timeouts
@@ -115,5 +118,23 @@ fn unfinished_heads_stalled_bodies_and_idle_connections_are_closed() {
         &request,
     );
     assert_eq!(r.status, 200);
-    collector.stop();
+    // Stopping with such a client connected ends all the same.
+    let _silent = open(collector.otlp_grpc, H2_OPENING);
+    stops(collector);
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame.
+const H2_OPENING: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// Stops `collector`, failing if that takes past a minute (a connection's
+/// graceful close is bounded at 5 s).
+fn stops(collector: Collector) {
+    let (done, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        collector.stop();
+        let _ = done.send(());
+    });
+    stopped
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the collector stopped");
 }

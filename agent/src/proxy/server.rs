@@ -4,6 +4,7 @@
 //! serves on ([`super::drain`]).
 
 use std::net::TcpListener as StdListener;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -213,6 +214,13 @@ const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// served before it is told to end (HTTP/2: GOAWAY; one that has sent
 /// nothing: closed). Its first request comes well within it.
 const LATE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a connection told to end gracefully may stay open with no
+/// request in flight before it is dropped: Envoy's `drain_timeout` default,
+/// after which it closes a connection it has sent GOAWAY on. An HTTP/2
+/// client that never acknowledged the GOAWAY's PING held it for ever, past
+/// the idle timeout that was to close it.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// How a downstream connection is to end before its client ends it.
 enum Ending {
@@ -620,11 +628,25 @@ impl Connection {
                 () = stalled => Ending::Cut,
             }
         });
+        // Once told to end: dropped when CLOSE_GRACE has passed and no
+        // request has been in flight for as long (boxed: rare).
+        let mut unanswered: Option<Pin<Box<dyn Future<Output = ()> + '_>>> = None;
         let result = loop {
             tokio::select! {
                 result = conn.as_mut() => break result,
+                () = async { unanswered.as_mut().expect("armed").await }, if unanswered.is_some() => {
+                    tracing::debug!(%peer, "downstream connection did not end within {CLOSE_GRACE:?} of being told to, closing");
+                    break Ok(());
+                }
                 Some(ending) = ending.next() => match ending {
-                    Ending::Graceful => conn.as_mut().graceful_shutdown(),
+                    Ending::Graceful => {
+                        conn.as_mut().graceful_shutdown();
+                        let activity = &activity;
+                        unanswered = Some(Box::pin(async move {
+                            tokio::time::sleep(CLOSE_GRACE).await;
+                            activity.idle_for(CLOSE_GRACE).await;
+                        }));
+                    }
                     Ending::Cut => {
                         tracing::debug!(%peer, "downstream client stopped reading, closing");
                         activity.cut_stalled();

@@ -13,12 +13,24 @@ use super::SendError;
 use crate::config::{Compression, ExporterConfig};
 
 /// A gRPC channel to one endpoint (connected lazily, reconnected as needed).
+///
+/// A connection silent for half the timeout while a call waits on it is
+/// pinged (HTTP/2 PING) and closed if the PING is not acknowledged in the
+/// other half, so that the next attempt connects again: a receiver whose
+/// node went without a FIN or RST, or anything in between that still
+/// acknowledges the bytes, otherwise fails every attempt on that
+/// connection for as long as it stays open. Only while a call is open: an
+/// idle channel sends nothing, and an answering receiver is never pinged.
 pub fn channel(config: &ExporterConfig) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(config.endpoint.clone())
         .map_err(|e| format!("endpoint {:?}: {e}", config.endpoint))?;
+    let half = config.timeout.0 / 2;
     Ok(endpoint
         .connect_timeout(config.timeout.0)
         .timeout(config.timeout.0)
+        .http2_keep_alive_interval(half)
+        .keep_alive_timeout(half)
+        .keep_alive_while_idle(false)
         .connect_lazy())
 }
 

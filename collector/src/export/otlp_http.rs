@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -16,6 +16,11 @@ use prost::Message;
 
 use super::SendError;
 use crate::config::{Compression, ExporterConfig};
+
+/// The longest response body read, in bytes (an OTLP response holds a
+/// partial success at most; an error's text is logged by its first 200
+/// bytes).
+const MAX_RESPONSE: usize = 4 << 20;
 
 /// Sends OTLP over HTTP.
 pub struct OtlpHttpClient {
@@ -85,7 +90,8 @@ impl OtlpHttpClient {
         let request = builder
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| SendError::permanent(e.to_string()))?;
-        let response = tokio::time::timeout(self.timeout, self.client.request(request))
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = tokio::time::timeout_at(deadline, self.client.request(request))
             .await
             .map_err(|_| SendError::transient("timed out", None))?
             .map_err(|e| SendError::transient(format!("{uri}: {e}"), None))?;
@@ -96,10 +102,16 @@ impl OtlpHttpClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response
-            .into_body()
-            .collect()
+        // The body is read within the attempt's time and up to
+        // MAX_RESPONSE: a receiver that sends a head and then trickles or
+        // never ends its body held the export for ever, and one that sent
+        // an endless body grew memory without bound. The status decides;
+        // a body cut short only loses its text.
+        let body = Limited::new(response.into_body(), MAX_RESPONSE).collect();
+        let body = tokio::time::timeout_at(deadline, body)
             .await
+            .ok()
+            .and_then(Result::ok)
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         if status.is_success() {
@@ -135,6 +147,48 @@ impl OtlpHttpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ExportProtocol;
+
+    /// A receiver that sends a head and then only part of its body, its
+    /// connection left open, does not hold an export past its timeout: a
+    /// 200 is a success, a 503 a failure to retry. Before, the body was
+    /// awaited for as long as the connection stayed open.
+    #[tokio::test]
+    async fn a_response_body_that_never_ends_is_left_at_the_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for (status_line, ok) in [
+            ("HTTP/1.1 200 OK", true),
+            ("HTTP/1.1 503 Service Unavailable", false),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0; 65536];
+                let _ = stream.read(&mut buf).await;
+                let answer = format!("{status_line}\r\ncontent-length: 100\r\n\r\nab");
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                // (open and silent until the client goes)
+                while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            });
+            let mut config =
+                ExporterConfig::new(ExportProtocol::OtlpHttp, format!("http://{addr}"));
+            config.compression = Compression::None;
+            config.timeout = crate::units::HumanDuration(Duration::from_millis(500));
+            let client = OtlpHttpClient::new(&config).unwrap();
+            let request = ExportTraceServiceRequest::default();
+            let sent = tokio::time::timeout(Duration::from_secs(30), client.send_spans(&request))
+                .await
+                .expect("left at the timeout");
+            match sent {
+                Ok(()) => assert!(ok, "{status_line}: a success"),
+                Err(error) => {
+                    assert!(!ok, "{status_line}: {}", error.message);
+                    assert!(error.retryable, "{}", error.message);
+                }
+            }
+        }
+    }
 
     #[test]
     fn signal_paths_are_appended_once() {

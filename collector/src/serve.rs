@@ -15,8 +15,10 @@
 //!   closed gracefully (HTTP/2: GOAWAY), and so is one that never sends a
 //!   byte;
 //! - **close**: a connection closed gracefully — idle, or the collector
-//!   stopping — that has not ended 5 s later is dropped (an HTTP/2 client
-//!   that never acknowledges the GOAWAY's PING held it for ever).
+//!   stopping — that is still open 5 s later with no request in flight for
+//!   5 s is dropped (an HTTP/2 client that never acknowledges the GOAWAY's
+//!   PING held it for ever), and one with requests in flight at the latest
+//!   5 s plus the body-read timeout after the close.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -183,15 +185,17 @@ impl http_body::Body for TrackedBody {
 }
 
 /// How long a connection closed gracefully (idle, or the collector
-/// stopping) has to finish its requests in flight and, on HTTP/2, for the
-/// client to acknowledge the GOAWAY's PING; then it is dropped. Without
-/// it, an HTTP/2 client that acknowledged nothing held its connection, and
-/// the collector's stop, for ever. Envoy's `drain_timeout` default.
+/// stopping) may stay open with no request in flight before it is dropped,
+/// counted from the close: Envoy's `drain_timeout` default. Without it, an
+/// HTTP/2 client that never acknowledged the GOAWAY's PING held its
+/// connection, and the collector's stop, for ever. One with requests in
+/// flight is dropped at the latest this plus the body-read timeout after
+/// the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `router` on `listener` until `stop` turns true, then closes every
-/// connection gracefully and returns once they are all gone (each at most
-/// [`CLOSE_GRACE`] after).
+/// connection gracefully and returns once they are all gone (each, as
+/// [`CLOSE_GRACE`] says, at most that plus the body-read timeout after).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -281,8 +285,14 @@ async fn connection(
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let idle = timeouts.idle_timeout.0;
-    // Once closing gracefully: when the connection is dropped regardless.
-    let mut closing: Option<Instant> = None;
+    // Once closing gracefully: when to look again whether to drop it, and
+    // when it is dropped regardless (a request may take the body-read
+    // timeout to arrive; a stop must end).
+    let mut closing: Option<(Instant, Instant)> = None;
+    let close = |now: Instant| {
+        let cap = now + CLOSE_GRACE + timeouts.read_body_timeout.0;
+        Some((now + CLOSE_GRACE, cap))
+    };
     loop {
         let deadline = activity
             .idle_deadline(idle)
@@ -302,16 +312,25 @@ async fn connection(
                 if activity.idle_deadline(idle).is_some_and(|d| d <= Instant::now()) {
                     events::connection_timed_out(&metrics, ListenerTimeout::Idle);
                     conn.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now() + CLOSE_GRACE);
+                    closing = close(Instant::now());
                 }
             }
             _ = stop.wait_for(|stopped| *stopped), if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                closing = Some(Instant::now() + CLOSE_GRACE);
+                closing = close(Instant::now());
             }
-            () = tokio::time::sleep_until(closing.unwrap_or(deadline)), if closing.is_some() => {
-                tracing::debug!("connection dropped: not closed within {CLOSE_GRACE:?} of its graceful close");
-                return;
+            () = tokio::time::sleep_until(closing.map_or(deadline, |(at, _)| at)), if closing.is_some() => {
+                let (_, cap) = closing.expect("closing");
+                let now = Instant::now();
+                let next = match activity.idle_deadline(CLOSE_GRACE) {
+                    Some(at) => at,
+                    None => now + CLOSE_GRACE,
+                };
+                if next <= now || now >= cap {
+                    tracing::debug!("connection dropped: not closed within {CLOSE_GRACE:?} of its graceful close");
+                    return;
+                }
+                closing = Some((next.min(cap), cap));
             }
         }
     }

@@ -116,8 +116,9 @@ async fn silenceable_relay(
     (front, silence, accepted)
 }
 
-/// A connection to the receiver that stops answering is pinged once it has
-/// been silent for half the exporter's timeout, and closed unanswered:
+/// A connection to the receiver that stops answering is pinged once an
+/// export has waited on it with no response frame for half the exporter's
+/// timeout (at least a second), and closed unanswered:
 /// spans sent after it reach the receiver over a new connection. Before,
 /// every attempt on it timed out for as long as it stayed open.
 #[test]

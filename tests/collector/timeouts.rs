@@ -118,16 +118,22 @@ fn unfinished_heads_stalled_bodies_and_idle_connections_are_closed() {
         &request,
     );
     assert_eq!(r.status, 200);
-    // Stopping with such a client connected ends all the same.
-    let _silent = open(collector.otlp_grpc, H2_OPENING);
+    // Stopping with such a client connected ends all the same (once the
+    // collector has answered its preface: the connection is HTTP/2).
+    let mut silent = open(collector.otlp_grpc, H2_OPENING);
+    let mut settings = [0u8; 9];
+    silent
+        .read_exact(&mut settings)
+        .expect("the server's SETTINGS");
+    assert_eq!(settings[3], 4, "a SETTINGS frame first");
     stops(collector);
 }
 
 /// The HTTP/2 client preface and an empty SETTINGS frame.
 const H2_OPENING: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
 
-/// Stops `collector`, failing if that takes past a minute (a connection's
-/// graceful close is bounded at 5 s).
+/// Stops `collector`, failing if that takes past a minute (an idle
+/// connection's graceful close is bounded at 5 s).
 fn stops(collector: Collector) {
     let (done, stopped) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

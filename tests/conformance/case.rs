@@ -115,7 +115,7 @@ pub struct Step {
     /// instead of keeping or closing it: a server that crashed or was
     /// killed mid-exchange.
     #[serde(default)]
-    pub reset: bool,
+    pub reset_connection: bool,
 }
 
 /// A request.
@@ -274,9 +274,15 @@ pub fn load(path: &Path, text: &str, ports: &BTreeMap<String, u16>) -> Result<Ca
                 path.display()
             ));
         }
-        if step.hold && step.reset {
+        if step.hold && step.reset_connection {
             return Err(format!(
-                "{}: requests[{i}]: a raw upstream holds the connection open (`hold`) or resets it (`reset`): one, not both",
+                "{}: requests[{i}]: a raw upstream holds the connection open (`hold`) or resets it (`reset_connection`): one, not both",
+                path.display()
+            ));
+        }
+        if (step.hold || step.reset_connection) && !case.upstreams.values().any(|u| u.raw) {
+            return Err(format!(
+                "{}: requests[{i}]: `hold` and `reset_connection` are what a `raw` upstream does, and the case has none",
                 path.display()
             ));
         }

@@ -248,7 +248,7 @@ async fn send_step(
 ) -> Vec<client::Reply> {
     for upstream in upstreams.values() {
         let respond = step.respond.as_ref().map(|r| r.as_bytes().to_vec());
-        upstream.respond_with(respond, step.hold, step.reset);
+        upstream.respond_with(respond, step.hold, step.reset_connection);
         upstream.take_accepted(); // counted from here for this step
     }
     let authority = step

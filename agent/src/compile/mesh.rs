@@ -68,6 +68,25 @@ pub(super) fn compile(
     let mut providers = builtin_providers();
     let at = crate::config::mesh::mesh_field(&doc.api_version);
     for (i, raw) in config.extension_providers.iter().enumerate() {
+        // A tracing provider's timeout becomes the span export's: with
+        // none, every export would fail unsent.
+        if let Some(otel) = &raw.opentelemetry {
+            let timeouts = [
+                ("http", otel.http.as_ref().and_then(|h| h.timeout)),
+                ("grpc", otel.grpc.as_ref().and_then(|g| g.timeout)),
+            ];
+            for (kind, timeout) in timeouts {
+                if timeout.is_some_and(|t| t.get() < Duration::from_millis(1)) {
+                    diags.error(
+                        &doc.location,
+                        Some(format!(
+                            "{at}.extensionProviders[{i}].opentelemetry.{kind}.timeout"
+                        )),
+                        "must be at least 1ms: every span export would time out unanswered",
+                    );
+                }
+            }
+        }
         let provider = Arc::new(Provider {
             name: raw.name.clone(),
             field: Some(format!("{at}.extensionProviders[{i}]")),

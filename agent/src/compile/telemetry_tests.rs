@@ -559,3 +559,23 @@ spec:
         .clone();
     assert!(tracing.is_some_and(|t| t.disabled));
 }
+
+/// A tracing provider's timeout of nothing is a config error naming its
+/// field: it becomes the span export's, and every export would fail.
+#[test]
+fn a_tracing_providers_timeout_of_nothing_is_refused() {
+    let text = AGENT.replace(
+        "port: 4317}\n    - name: otel-b",
+        "port: 4317, grpc: {timeout: 0s}}\n    - name: otel-b",
+    );
+    assert_ne!(text, AGENT);
+    let file: Arc<str> = Arc::from("mesh.yaml");
+    let error = super::super::compile_text(&file, &text, 1, &Default::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("extensionProviders[0].opentelemetry.grpc.timeout"),
+        "{error}"
+    );
+}

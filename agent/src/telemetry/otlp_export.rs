@@ -8,9 +8,10 @@
 //! 502, 503, 504, no response) are tried again with exponential backoff and
 //! jitter, waiting at least as long as the server asks (RetryInfo,
 //! `Retry-After`), three times at most and never past the export timeout.
-//! A gRPC connection silent for half the timeout while a call waits is
-//! pinged (HTTP/2 PING) and closed unanswered, so that exports go on over
-//! a new one; an HTTP/1.1 one is closed with the request that timed out.
+//! A gRPC connection with no response frame for half the timeout (at
+//! least a second) while a call waits is pinged (HTTP/2 PING) and closed
+//! unanswered, so that exports go on over a new one; an HTTP/1.1 one is
+//! closed with the request that timed out.
 
 use std::time::{Duration, Instant};
 
@@ -139,16 +140,21 @@ impl Exporter {
             // A connection that answers nothing while an export waits on
             // it (a collector's node gone without a FIN or RST, a
             // blackholed conntrack entry, a wedged proxy in between) is
-            // pinged once it has been silent for half the export's
-            // timeout, and closed if the PING is not acknowledged in the
-            // other half: the export's retry and the next export go over a
-            // new connection. Without it every export on that connection
-            // timed out, for as long as TCP kept it (about 15 minutes of
+            // pinged, and closed if the PING is not acknowledged in time:
+            // the export's retry and the next export go over a new
+            // connection. Without it every export on that connection timed
+            // out, for as long as TCP kept it (about 15 minutes of
             // retransmissions, or for ever if something in between still
-            // acknowledged the bytes). Only while a call is open, so an
-            // idle exporter sends nothing, and an answering collector
-            // (any frame counts) is never pinged.
-            let half = otlp.timeout / 2;
+            // acknowledged the bytes). hyper counts the silence from the
+            // last response frame (HEADERS, DATA or a PING's ACK), so an
+            // export that starts on a connection quiet for longer than the
+            // interval sends its PING at once: one 17-byte frame each way
+            // per export on a quiet sidecar. Only while a call is open: an
+            // idle exporter sends nothing. A collector that answers resets
+            // gRPC servers' ping strikes with each response, so it never
+            // sends `too_many_pings`. Half the export's timeout each, at
+            // least a second (no PING flood from a tiny timeout).
+            let half = (otlp.timeout / 2).max(Duration::from_secs(1));
             client
                 .http2_only(true)
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -1098,10 +1104,11 @@ mod tests {
     /// A connection that stops answering — the collector's node gone
     /// without a FIN or RST, here a relay that stops passing bytes either
     /// way but keeps both sockets open, so TCP still acknowledges what is
-    /// sent — is pinged once it is silent for half the export's timeout and
-    /// closed without an answer: exports go on over a new connection
-    /// within a few timeouts. Before, every export on it timed out, for as
-    /// long as the socket stayed open.
+    /// sent — is pinged once an export has waited on it with no response
+    /// frame for half the export's timeout (at least a second), and closed
+    /// without an answer: exports go on over a new connection within a
+    /// few timeouts. Before, every export on it timed out, for as long as
+    /// the socket stayed open.
     #[tokio::test]
     async fn grpc_exports_leave_a_connection_that_answers_nothing() {
         let (endpoint, _calls, _) = grpc_endpoint(Vec::new()).await;

@@ -14,17 +14,20 @@ use crate::config::{Compression, ExporterConfig};
 
 /// A gRPC channel to one endpoint (connected lazily, reconnected as needed).
 ///
-/// A connection silent for half the timeout while a call waits on it is
-/// pinged (HTTP/2 PING) and closed if the PING is not acknowledged in the
-/// other half, so that the next attempt connects again: a receiver whose
-/// node went without a FIN or RST, or anything in between that still
-/// acknowledges the bytes, otherwise fails every attempt on that
-/// connection for as long as it stays open. Only while a call is open: an
-/// idle channel sends nothing, and an answering receiver is never pinged.
+/// A connection with no response frame (HEADERS, DATA, a PING's ACK) for
+/// half the timeout, at least a second, while a call waits on it is pinged
+/// (HTTP/2 PING) and closed if the PING is not acknowledged as long again,
+/// so that the next attempt connects again: a receiver whose node went
+/// without a FIN or RST, or anything in between that still acknowledges
+/// the bytes, otherwise fails every attempt on that connection for as long
+/// as it stays open. Only while a call is open: an idle channel sends
+/// nothing. A call that starts on a connection quiet for longer sends its
+/// PING at once; a receiver that answers resets gRPC servers' ping
+/// strikes with each response, so it never sends `too_many_pings`.
 pub fn channel(config: &ExporterConfig) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(config.endpoint.clone())
         .map_err(|e| format!("endpoint {:?}: {e}", config.endpoint))?;
-    let half = config.timeout.0 / 2;
+    let half = (config.timeout.0 / 2).max(std::time::Duration::from_secs(1));
     Ok(endpoint
         .connect_timeout(config.timeout.0)
         .timeout(config.timeout.0)

@@ -4,13 +4,13 @@
 //! serves on ([`super::drain`]).
 
 use std::net::TcpListener as StdListener;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::Either;
 use futures_util::stream::FuturesUnordered;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -228,6 +228,9 @@ enum Ending {
     Graceful,
     /// At once: its client stopped reading (stream idle timeout).
     Cut,
+    /// At once: told to end gracefully, it is still open [`CLOSE_GRACE`]
+    /// later with no request in flight for as long.
+    Unanswered,
 }
 
 pub(super) fn http_builder() -> auto::Builder<LocalExec> {
@@ -618,7 +621,7 @@ impl Connection {
         // the connection in one select, it would be polled on every wakeup
         // of every request.
         let mut ending = FuturesUnordered::new();
-        ending.push(async {
+        ending.push(Either::Left(async {
             tokio::select! {
                 () = drained => Ending::Graceful,
                 () = idle => {
@@ -627,25 +630,24 @@ impl Connection {
                 }
                 () = stalled => Ending::Cut,
             }
-        });
-        // Once told to end: dropped when CLOSE_GRACE has passed and no
-        // request has been in flight for as long (boxed: rare).
-        let mut unanswered: Option<Pin<Box<dyn Future<Output = ()> + '_>>> = None;
+        }));
         let result = loop {
             tokio::select! {
                 result = conn.as_mut() => break result,
-                () = async { unanswered.as_mut().expect("armed").await }, if unanswered.is_some() => {
-                    tracing::debug!(%peer, "downstream connection did not end within {CLOSE_GRACE:?} of being told to, closing");
-                    break Ok(());
-                }
-                Some(ending) = ending.next() => match ending {
+                Some(why) = ending.next() => match why {
                     Ending::Graceful => {
                         conn.as_mut().graceful_shutdown();
-                        let activity = &activity;
-                        unanswered = Some(Box::pin(async move {
+                        // Dropped if still open once CLOSE_GRACE has passed
+                        // and no request has been in flight for as long.
+                        ending.push(Either::Right(async {
                             tokio::time::sleep(CLOSE_GRACE).await;
                             activity.idle_for(CLOSE_GRACE).await;
+                            Ending::Unanswered
                         }));
+                    }
+                    Ending::Unanswered => {
+                        tracing::debug!(%peer, "downstream connection did not end within {CLOSE_GRACE:?} of being told to, closing");
+                        break Ok(());
                     }
                     Ending::Cut => {
                         tracing::debug!(%peer, "downstream client stopped reading, closing");

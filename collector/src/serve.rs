@@ -322,10 +322,10 @@ async fn connection(
             () = tokio::time::sleep_until(closing.map_or(deadline, |(at, _)| at)), if closing.is_some() => {
                 let (_, cap) = closing.expect("closing");
                 let now = Instant::now();
-                let next = match activity.idle_deadline(CLOSE_GRACE) {
-                    Some(at) => at,
-                    None => now + CLOSE_GRACE,
-                };
+                // (in flight: look again a grace later)
+                let next = activity
+                    .idle_deadline(CLOSE_GRACE)
+                    .unwrap_or(now + CLOSE_GRACE);
                 if next <= now || now >= cap {
                     tracing::debug!("connection dropped: not closed within {CLOSE_GRACE:?} of its graceful close");
                     return;

@@ -11,8 +11,8 @@ use crate::config::documents::Document;
 use crate::host::resolve_short_name;
 use crate::model::bootstrap::{
     AccessLogTarget, Bootstrap, BootstrapToken, CaSource, CertificateFiles, CertificateSource,
-    DownstreamTimeouts, MAX_DOWNSTREAM_TIMEOUT, MAX_STALLED_STREAMS_BOUND, Otlp, OtlpProtocol,
-    Telemetry,
+    DownstreamTimeouts, MAX_DOWNSTREAM_TIMEOUT, MAX_STALLED_STREAMS_BOUND, MIN_EXPORT_TIMEOUT,
+    Otlp, OtlpProtocol, Telemetry,
 };
 use crate::model::service::{Protocol, ServiceName};
 use crate::model::{Identity, Listeners};
@@ -123,7 +123,7 @@ pub(super) fn compile(
         diags.error(loc, Some("spec.telemetry.otlp.endpoint".into()), why);
     }
     // An export's time: with none, every export would fail unsent.
-    if spec.telemetry.otlp.timeout.get() < std::time::Duration::from_millis(1) {
+    if spec.telemetry.otlp.timeout.get() < MIN_EXPORT_TIMEOUT {
         diags.error(
             loc,
             Some("spec.telemetry.otlp.timeout".into()),

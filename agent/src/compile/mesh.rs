@@ -21,6 +21,7 @@ use crate::ext_authz::{
     BodySettings, CommonSettings, DEFAULT_TIMEOUT, GrpcAuthzSettings, HttpAuthzSettings,
 };
 use crate::model::authz::Pattern;
+use crate::model::bootstrap::MIN_EXPORT_TIMEOUT;
 use crate::model::capture::OutboundTrafficMode;
 use crate::model::mesh::{
     DEFAULT_ROOT_NAMESPACE, DefaultProviders, Mesh, OtlpTarget, Provider, ProviderConfig,
@@ -76,7 +77,7 @@ pub(super) fn compile(
                 ("grpc", otel.grpc.as_ref().and_then(|g| g.timeout)),
             ];
             for (kind, timeout) in timeouts {
-                if timeout.is_some_and(|t| t.get() < Duration::from_millis(1)) {
+                if timeout.is_some_and(|t| t.get() < MIN_EXPORT_TIMEOUT) {
                     diags.error(
                         &doc.location,
                         Some(format!(

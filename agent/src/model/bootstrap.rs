@@ -94,9 +94,14 @@ pub struct Otlp {
     pub protocol: OtlpProtocol,
     /// Extra headers (gRPC metadata) sent with every export.
     pub headers: Vec<(String, String)>,
-    /// Timeout of one export.
+    /// Timeout of one export, at least [`MIN_EXPORT_TIMEOUT`].
     pub timeout: Duration,
 }
+
+/// The shortest export timeout a config may set (the Agent's
+/// `spec.telemetry.otlp.timeout`, a tracing provider's `timeout`): with
+/// less, every export would time out unanswered.
+pub const MIN_EXPORT_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// How spans are sent (OTLP's two transports).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

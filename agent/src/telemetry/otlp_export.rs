@@ -331,10 +331,10 @@ async fn grpc_call(
     }
     // One length-prefixed message, or none (the call is OK, nothing
     // rejected: where tonic fails a unary call without its message, the
-    // status says the spans were taken). One that cannot be read — compressed (never asked for: no
-    // `grpc-accept-encoding` is sent), cut short, not the response
-    // message — fails the export as INTERNAL, as tonic's decoder fails it:
-    // whether the spans were taken is not known.
+    // status says the spans were taken). One that cannot be read —
+    // compressed (never asked for: no `grpc-accept-encoding` is sent), cut
+    // short, not the response message — fails the export as INTERNAL, as
+    // tonic's decoder fails it: whether the spans were taken is not known.
     let body = collected.to_bytes();
     if body.is_empty() {
         return Ok(0);

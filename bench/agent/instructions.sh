@@ -11,7 +11,8 @@
 # The count is a property of the code, not of the host: it moves by about
 # 1% between runs, where CPU time at 1000 req/s moves by 30% (cost mode),
 # so a change to the request path shows here first. It does not count the
-# kernel (two thirds of a request's CPU at low rates) or cache misses.
+# kernel (two thirds of a request's CPU at low rates), nor, unless
+# CACHE_SIM=1, cache misses.
 #
 #   bash bench/agent/instructions.sh
 #
@@ -20,7 +21,12 @@
 # it), TRACEMESH_BIN and SINK_BIN (prebuilt binaries, as run.sh takes them),
 # PATHS (a subset of: agent agent_base hyper_floor nginx), PROFILE_DIR (keep
 # each proxy's callgrind profile there as PATH.callgrind, symbols mangled:
-# what hot_text.sh reads), RECORD (0: write no record under bench/results).
+# what hot_text.sh reads), RECORD (0: write no record under bench/results),
+# CACHE_SIM (1: callgrind also simulates this host's caches — 32 KiB L1
+# instruction and data caches, 8-way, and its 1 MiB L2 per core as the last
+# level — and each proxy's L1 misses per request are counted beside its
+# instructions: the lines a request touches that the one before had let go,
+# its footprint).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -36,6 +42,11 @@ BASELINE_LABEL=${BASELINE_LABEL:-$BASELINE}
 PATHS=${PATHS:-agent ${BASELINE:+agent_base }hyper_floor nginx}
 PROFILE_DIR=${PROFILE_DIR:-}
 RECORD=${RECORD:-1}
+CACHE_SIM=${CACHE_SIM:-0}
+CACHE_ARGS=()
+if [ "$CACHE_SIM" = 1 ]; then
+  CACHE_ARGS=(--cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=1048576,16,64)
+fi
 HOST=upstream.bench.local
 UPSTREAM_PORT=18080
 SINK_PORT=18317
@@ -119,7 +130,7 @@ measure() {
   local out="$RUN/$path.callgrind"
   # (mangled names: hot_text.py matches them against the linker's symbols;
   # the counts are the same either way)
-  valgrind --tool=callgrind --demangle=no --callgrind-out-file="$out" "$@" >"$RUN/$path.log" 2>&1 &
+  valgrind --tool=callgrind "${CACHE_ARGS[@]}" --demangle=no --callgrind-out-file="$out" "$@" >"$RUN/$path.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
   ready "$port"
@@ -140,8 +151,16 @@ measure() {
   total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1; seen = 1}')
   count=$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["count"] if not any(r["errors"].values()) else -1)' "$RUN/$path.json")
   [ "$count" -gt 0 ] || die "$path: requests failed (see $RUN/$path.json)"
-  log "$path: $total instructions over $count requests"
-  printf '%s\t%s\t%s\n' "$path" "$count" "$total" >>"$RUN/results.tsv"
+  # With the cache simulated, the dump's summary line counts, in order:
+  # Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
+  local misses=""
+  if [ "$CACHE_SIM" = 1 ]; then
+    misses=$(awk '/^summary:/ {print $5 "\t" $6 + $7}' "$out.1")
+    log "$path: $total instructions, L1 misses (instruction, data) $(echo "$misses" | tr '\t' ' ') over $count requests"
+  else
+    log "$path: $total instructions over $count requests"
+  fi
+  printf '%s\t%s\t%s\t%s\n' "$path" "$count" "$total" "$misses" >>"$RUN/results.tsv"
   if [ -n "$PROFILE_DIR" ]; then cp "$out.1" "$PROFILE_DIR/$path.callgrind"; fi
 }
 measures() { [[ " $PATHS " == *" $1 "* ]]; }
@@ -186,7 +205,8 @@ done
 python3 - "$RUN/results.tsv" "$file" <<EOF
 import sys
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
-per = {path: int(total) / int(count) for path, count, total in rows}
+per = {path: int(total) / int(count) for path, count, total, *_ in rows}
+cache = "${CACHE_SIM}" == "1"
 labels = {
     "agent": "tracemesh agent (every request traced, metrics on)",
     "agent_base": "baseline: ${BASELINE_LABEL}",
@@ -198,14 +218,19 @@ out = [
     "",
     "Commit ${COMMIT}${DIRTY} (${MEASURED}); \`bash bench/agent/instructions.sh\` (valgrind $(valgrind --version | sed 's/valgrind-//'), callgrind):",
     "${REQUESTS} requests for 1 KiB at ${QPS} req/s over ${CONNECTIONS} connections, after ${WARMUP} unmeasured.",
-    "User-space instructions of every thread of the proxy over the measured requests, per request.",
+    "User-space instructions of every thread of the proxy over the measured requests, per request"
+    + (" (and, with CACHE_SIM=1, L1 misses in callgrind's simulation of 32 KiB 8-way L1 caches)." if cache else "."),
     "",
-    "| proxy | requests | instructions per request | against nginx |",
-    "|---|---:|---:|---:|",
+    "| proxy | requests | instructions per request | against nginx |" + (" L1 instruction misses per request | L1 data misses per request |" if cache else ""),
+    "|---|---:|---:|---:|" + ("---:|---:|" if cache else ""),
 ]
-for path, count, total in rows:
+for path, count, total, *misses in rows:
     against = f"{per[path] / per['nginx']:.2f}×" if "nginx" in per else "—"
-    out.append(f"| {labels[path]} | {count} | {per[path]:,.0f} | {against} |")
+    line = f"| {labels[path]} | {count} | {per[path]:,.0f} | {against} |"
+    if cache:
+        i1, d1 = (int(m) / int(count) for m in misses[:2])
+        line += f" {i1:,.0f} | {d1:,.0f} |"
+    out.append(line)
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 EOF
 cat "$file"

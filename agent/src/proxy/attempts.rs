@@ -12,6 +12,7 @@
 mod tests;
 
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -261,99 +262,103 @@ enum Attempted {
 
 impl Attempts<'_> {
     /// Runs attempts until one is delivered or nothing more may be tried.
-    pub async fn run<U: Upstream>(
+    ///
+    /// An `async` block, not an `async fn`: an `async fn` keeps each
+    /// argument twice in its future (the argument and the body's binding
+    /// of it), and this future is moved whole into the request's.
+    pub fn run<U: Upstream>(
         &self,
         upstream: &U,
         head: Parts,
         mut body: BodySource,
         record: &mut impl AttemptRecord,
-    ) -> Result<Delivered<U::Body>, LocalReply> {
+    ) -> impl Future<Output = Result<Delivered<U::Body>, LocalReply>> {
         let mut head = Some(head);
-        let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
-        let mut _retry_slot: Option<Slot> = None;
-        let from_head = self.timeout.map(|timeout| Instant::now() + timeout);
-        if from_head.is_some() {
-            body.progress.time_the_end();
-        }
-        for attempt in 0..=self.retry.attempts {
-            let template = head.as_mut().ok_or(LocalReply::CONNECTION_TERMINATION)?;
-            let input = PickInput {
-                headers: &template.headers,
-                query: template.uri.query(),
-                source_ip: self.source_ip,
-            };
-            let index = self
-                .cluster
-                .pick(input, &tried)
-                .ok_or(LocalReply::NO_HEALTHY_UPSTREAM)?;
-            tried.push(index);
-            let endpoint = &self.cluster.endpoints[index];
-            record.attempt(attempt, endpoint, endpoint.state.start_request());
-            let request_slot = self
-                .cluster
-                .state
-                .take_request(self.cluster.limits.max_requests)
-                .ok_or(LocalReply::overflow(MAX_REQUESTS))?;
-            record.hold_request_slot(request_slot);
-            // Numbered, and the retry's span named, in the head every
-            // attempt is sent from: an attempt that borrows it sends what
-            // the loop wrote there, and each attempt overwrites the last's.
-            if self.count_attempts {
-                let number = decimal(u64::from(attempt) + 1);
-                template.headers.insert(ATTEMPT_COUNT, number);
+        async move {
+            let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+            let mut _retry_slot: Option<Slot> = None;
+            let from_head = self.timeout.map(|timeout| Instant::now() + timeout);
+            if from_head.is_some() {
+                body.progress.time_the_end();
             }
-            if attempt > 0 {
-                record.sending_retry(attempt, endpoint, &mut template.headers);
-            }
-            let may_retry = attempt < self.retry.attempts && body.replayable();
-            let attempt_head = if may_retry {
-                AttemptHead::Lent(template)
-            } else {
-                AttemptHead::Given(head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?)
-            };
-            let cut = body.cut_signal();
-            let attempt_body = body.for_attempt();
-            let started = Instant::now();
-            let outcome = self
-                .send(
-                    upstream,
-                    endpoint,
-                    attempt_head,
-                    attempt_body,
-                    cut,
-                    &body.progress,
-                    from_head,
-                )
-                .await;
-            if let Err(Attempted::BodyCut(why)) = &outcome {
-                body.progress.fail(&(*why).into());
-            }
-            let failure = body.progress.failure();
-            // A body that outgrew the retry buffer while this attempt sent
-            // it cannot go out again: the attempt's answer stands, and no
-            // retries were used up (Envoy drops its retry state once its
-            // buffer limit is passed: no URX).
-            let replayable = body.replayable();
-            let may_retry = may_retry && replayable;
-            let exhausted = self.retry.attempts > 0 && attempt == self.retry.attempts && replayable;
-            let deadline = self.deadline(&body.progress, from_head, false);
-            let judged = self.judge(
-                outcome, failure, endpoint, started, exhausted, may_retry, deadline, record,
-            );
-            match judged {
-                Judged::Deliver(mut delivered) => {
-                    delivered.deadline = self.response_deadline(&body.progress);
-                    return Ok(*delivered);
+            for attempt in 0..=self.retry.attempts {
+                let template = head.as_mut().ok_or(LocalReply::CONNECTION_TERMINATION)?;
+                let input = PickInput {
+                    headers: &template.headers,
+                    query: template.uri.query(),
+                    source_ip: self.source_ip,
+                };
+                let index = self
+                    .cluster
+                    .pick(input, &tried)
+                    .ok_or(LocalReply::NO_HEALTHY_UPSTREAM)?;
+                tried.push(index);
+                let endpoint = &self.cluster.endpoints[index];
+                record.attempt(attempt, endpoint, endpoint.state.start_request());
+                let request_slot = self
+                    .cluster
+                    .state
+                    .take_request(self.cluster.limits.max_requests)
+                    .ok_or(LocalReply::overflow(MAX_REQUESTS))?;
+                record.hold_request_slot(request_slot);
+                // Numbered, and the retry's span named, in the head every
+                // attempt is sent from: an attempt that borrows it sends what
+                // the loop wrote there, and each attempt overwrites the last's.
+                if self.count_attempts {
+                    let number = decimal(u64::from(attempt) + 1);
+                    template.headers.insert(ATTEMPT_COUNT, number);
                 }
-                Judged::Fail(reply) => return Err(reply),
-                Judged::Retry(slot, reason) => {
-                    _retry_slot = Some(slot);
-                    record.retrying(attempt + 1, reason);
-                    self.back_off(attempt + 1, deadline).await;
+                if attempt > 0 {
+                    record.sending_retry(attempt, endpoint, &mut template.headers);
+                }
+                let may_retry = attempt < self.retry.attempts && body.replayable();
+                let attempt_head = if may_retry {
+                    AttemptHead::Lent(template)
+                } else {
+                    AttemptHead::Given(head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?)
+                };
+                let cut = body.cut_signal();
+                let attempt_body = body.for_attempt();
+                let started = Instant::now();
+                // Pinned where it is made: handed on by reference, not moved
+                // (with the request inside it) into the timed wait.
+                let ready = PoolReady::default();
+                let sent = upstream.send(endpoint, attempt_head, attempt_body, &ready);
+                let sent = std::pin::pin!(sent);
+                let outcome = self
+                    .send(sent, &ready, cut, &body.progress, from_head)
+                    .await;
+                if let Err(Attempted::BodyCut(why)) = &outcome {
+                    body.progress.fail(&(*why).into());
+                }
+                let failure = body.progress.failure();
+                // A body that outgrew the retry buffer while this attempt sent
+                // it cannot go out again: the attempt's answer stands, and no
+                // retries were used up (Envoy drops its retry state once its
+                // buffer limit is passed: no URX).
+                let replayable = body.replayable();
+                let may_retry = may_retry && replayable;
+                let exhausted =
+                    self.retry.attempts > 0 && attempt == self.retry.attempts && replayable;
+                let deadline = self.deadline(&body.progress, from_head, false);
+                let judged = self.judge(
+                    outcome, failure, endpoint, started, exhausted, may_retry, deadline, record,
+                );
+                match judged {
+                    Judged::Deliver(mut delivered) => {
+                        delivered.deadline = self.response_deadline(&body.progress);
+                        return Ok(*delivered);
+                    }
+                    Judged::Fail(reply) => return Err(reply),
+                    Judged::Retry(slot, reason) => {
+                        _retry_slot = Some(slot);
+                        record.retrying(attempt + 1, reason);
+                        self.back_off(attempt + 1, deadline).await;
+                    }
                 }
             }
+            Err(LocalReply::CONNECTION_TERMINATION)
         }
-        Err(LocalReply::CONNECTION_TERMINATION)
     }
 
     /// The route's overall deadline, as Envoy counts its global timeout:
@@ -402,21 +407,17 @@ impl Attempts<'_> {
     /// away — goes out on another within the same per-try time, started by
     /// the first; while it waits for that connection, the deadline is the
     /// head's again.)
-    #[allow(clippy::too_many_arguments)]
-    async fn send<U: Upstream>(
+    ///
+    /// `sent` is the attempt ([`Upstream::send`]), told of its connection
+    /// through `ready`.
+    async fn send<B>(
         &self,
-        upstream: &U,
-        endpoint: &Endpoint,
-        head: AttemptHead<'_>,
-        body: UpstreamBody,
+        mut sent: Pin<&mut impl Future<Output = Result<Sent<B>, SendError>>>,
+        ready: &PoolReady,
         cut: Option<CutSignal>,
         progress: &RequestProgress,
         from_head: Option<Instant>,
-    ) -> Result<Sent<U::Body>, Attempted> {
-        let ready = PoolReady::default();
-        // Pinned where it is made: handed on by reference, not moved
-        // (with the request inside it) into a timeout.
-        let mut sent = std::pin::pin!(upstream.send(endpoint, head, body, &ready));
+    ) -> Result<Sent<B>, Attempted> {
         let mut deadline = self.deadline(progress, from_head, false);
         let mut timer = std::pin::pin!(deadline.map(tokio::time::sleep_until));
         let mut armed = deadline;

@@ -81,8 +81,13 @@ impl Upstream for Forwarder<'_> {
 /// HTTP/1.1 answer that cannot be passed on (see [`unusable`]) is the
 /// upstream's protocol error, as an unreadable head is. `ready` is told
 /// when the first connection is had.
-#[allow(clippy::too_many_arguments)]
-pub async fn send(
+///
+/// An `async` block, not an `async fn`: an `async fn` keeps each argument
+/// twice in its future, and this future is moved into each caller's. The
+/// upgrade's connection (a hyper handshake, rare) is boxed for the same
+/// reason: its future would be most of this one.
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+pub fn send(
     worker: &Rc<Worker>,
     endpoint: &Endpoint,
     cluster: &Cluster,
@@ -91,124 +96,125 @@ pub async fn send(
     mut head: AttemptHead<'_>,
     mut body: UpstreamBody,
     ready: &PoolReady,
-) -> Result<Sent<Received>, SendError> {
-    let plan = tls_plan(worker, cluster, endpoint, h2)?;
-    let key = PoolKey::new(&endpoint.address, cluster, &plan);
-    let pools = &worker.pools;
-    // The waits for connection slots, summed over the connections a request
-    // nothing of which was written goes out on again.
-    let mut waited = None;
-    if h2 {
-        let mut req = head.into_request(body);
-        for _ in 0..2 {
-            let mut shared = pools
-                .h2(&key, cluster, &plan)
+) -> impl Future<Output = Result<Sent<Received>, SendError>> {
+    async move {
+        let plan = tls_plan(worker, cluster, endpoint, h2)?;
+        let key = PoolKey::new(&endpoint.address, cluster, &plan);
+        let pools = &worker.pools;
+        // The waits for connection slots, summed over the connections a request
+        // nothing of which was written goes out on again.
+        let mut waited = None;
+        if h2 {
+            let mut req = head.into_request(body);
+            for _ in 0..2 {
+                let mut shared = pools
+                    .h2(&key, cluster, &plan)
+                    .await
+                    .map_err(acquire_failed)?;
+                ready.set();
+                waited = add_waits(waited, shared.waited);
+                let taken = &mut shared.taken;
+                match taken.sender.try_send_request(req).await {
+                    Ok(response) => {
+                        // Let in by the stream's window: watched for a client
+                        // that stops reading it; counted on its connection
+                        // until it ends.
+                        let stalls = &worker.stalls;
+                        let stream = shared.taken.stream;
+                        return Ok(Sent {
+                            response: response.map(|body| {
+                                if http_body::Body::is_end_stream(&body) {
+                                    Received::Hyper(body)
+                                } else {
+                                    let body = StreamBody::new(body, stream);
+                                    Received::Http2(WatchedStream::new(body, stalls, None))
+                                }
+                            }),
+                            peer: shared.taken.peer,
+                            waited,
+                        });
+                    }
+                    Err(mut error) => match error.take_message() {
+                        Some(unsent) => {
+                            pools.forget_h2(&key, &taken.stream);
+                            ready.clear();
+                            req = unsent;
+                        }
+                        None => {
+                            let error = error.into_error();
+                            // A server that allows no stream refuses one with
+                            // REFUSED_STREAM or PROTOCOL_ERROR (RFC 9113
+                            // §5.1.2; Go's answers the latter once its SETTINGS
+                            // are acknowledged): unprocessed either way, as
+                            // Envoy's first streams are refused.
+                            if ResetReason::is_remote_protocol_reset(&error)
+                                && pools.h2_allows_none(&key, &taken.stream)
+                            {
+                                return Err(SendError::Failed(AttemptFailure::RefusedStream));
+                            }
+                            return Err(reset(&error));
+                        }
+                    },
+                }
+            }
+            return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest));
+        }
+        if upgrade {
+            let (mut sender, peer, waited) = Box::pin(pools.h1_upgrade(&key, cluster, &plan))
                 .await
                 .map_err(acquire_failed)?;
             ready.set();
-            waited = add_waits(waited, shared.waited);
-            let taken = &mut shared.taken;
-            match taken.sender.try_send_request(req).await {
-                Ok(response) => {
-                    // Let in by the stream's window: watched for a client
-                    // that stops reading it; counted on its connection
-                    // until it ends.
-                    let stalls = &worker.stalls;
-                    let stream = shared.taken.stream;
-                    return Ok(Sent {
-                        response: response.map(|body| {
-                            if http_body::Body::is_end_stream(&body) {
-                                Received::Hyper(body)
-                            } else {
-                                let body = StreamBody::new(body, stream);
-                                Received::Http2(WatchedStream::new(body, stalls, None))
-                            }
-                        }),
-                        peer: shared.taken.peer,
-                        waited,
-                    });
-                }
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => {
-                        pools.forget_h2(&key, &taken.stream);
-                        ready.clear();
-                        req = unsent;
-                    }
-                    None => {
-                        let error = error.into_error();
-                        // A server that allows no stream refuses one with
-                        // REFUSED_STREAM or PROTOCOL_ERROR (RFC 9113
-                        // §5.1.2; Go's answers the latter once its SETTINGS
-                        // are acknowledged): unprocessed either way, as
-                        // Envoy's first streams are refused.
-                        if ResetReason::is_remote_protocol_reset(&error)
-                            && pools.h2_allows_none(&key, &taken.stream)
-                        {
-                            return Err(SendError::Failed(AttemptFailure::RefusedStream));
-                        }
-                        return Err(reset(&error));
-                    }
-                },
-            }
-        }
-        return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest));
-    }
-    if upgrade {
-        let (mut sender, peer, waited) = pools
-            .h1_upgrade(&key, cluster, &plan)
-            .await
-            .map_err(acquire_failed)?;
-        ready.set();
-        let response = sender
-            .send_request(head.into_request(body))
-            .await
-            .map_err(|error| reset(&error))?;
-        if let Some(why) = unusable(&response, upgrade) {
-            tracing::debug!(why, "upstream response cannot be passed on");
-            return Err(SendError::Protocol);
-        }
-        return Ok(Sent {
-            response: response.map(Received::Hyper),
-            peer,
-            waited,
-        });
-    }
-    loop {
-        let (connection, lease) = pools
-            .h1(&key, cluster, &plan)
-            .await
-            .map_err(acquire_failed)?;
-        ready.set();
-        waited = add_waits(waited, lease.waited);
-        let (peer, reused) = (lease.peer.clone(), lease.reused);
-        match h1::send(connection, head.parts(), body, lease).await {
-            Ok(response) => {
-                if let Some(why) = unusable(&response, upgrade) {
-                    tracing::debug!(why, "upstream response cannot be passed on");
-                    return Err(SendError::Protocol);
-                }
-                return Ok(Sent {
-                    response: response.map(Received::Own),
-                    peer,
-                    waited,
-                });
-            }
-            Err(SendFailure::Unsent(unsent)) if reused => {
-                ready.clear();
-                body = *unsent;
-            }
-            Err(SendFailure::Unsent(_)) => {
-                return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest));
-            }
-            Err(SendFailure::Protocol(why)) => {
+            let response = sender
+                .send_request(head.into_request(body))
+                .await
+                .map_err(|error| reset(&error))?;
+            if let Some(why) = unusable(&response, upgrade) {
                 tracing::debug!(why, "upstream response cannot be passed on");
                 return Err(SendError::Protocol);
             }
-            Err(SendFailure::Reset(error)) => {
-                tracing::debug!(%error, "upstream reset before response headers");
-                return Err(SendError::Failed(AttemptFailure::Reset));
+            return Ok(Sent {
+                response: response.map(Received::Hyper),
+                peer,
+                waited,
+            });
+        }
+        loop {
+            let (connection, lease) = pools
+                .h1(&key, cluster, &plan)
+                .await
+                .map_err(acquire_failed)?;
+            ready.set();
+            waited = add_waits(waited, lease.waited);
+            let (peer, reused) = (lease.peer.clone(), lease.reused);
+            match h1::send(connection, head.parts(), body, lease).await {
+                Ok(response) => {
+                    if let Some(why) = unusable(&response, upgrade) {
+                        tracing::debug!(why, "upstream response cannot be passed on");
+                        return Err(SendError::Protocol);
+                    }
+                    return Ok(Sent {
+                        response: response.map(Received::Own),
+                        peer,
+                        waited,
+                    });
+                }
+                Err(SendFailure::Unsent(unsent)) if reused => {
+                    ready.clear();
+                    body = *unsent;
+                }
+                Err(SendFailure::Unsent(_)) => {
+                    return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest));
+                }
+                Err(SendFailure::Protocol(why)) => {
+                    tracing::debug!(why, "upstream response cannot be passed on");
+                    return Err(SendError::Protocol);
+                }
+                Err(SendFailure::Reset(error)) => {
+                    tracing::debug!(%error, "upstream reset before response headers");
+                    return Err(SendError::Failed(AttemptFailure::Reset));
+                }
+                Err(SendFailure::Body) => return Err(SendError::Failed(AttemptFailure::Reset)),
             }
-            Err(SendFailure::Body) => return Err(SendError::Failed(AttemptFailure::Reset)),
         }
     }
 }

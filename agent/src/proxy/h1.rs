@@ -157,98 +157,106 @@ enum Encoding {
 /// the caller may send it again with the same body. The response's body
 /// reads the rest and gives the connection to `reuse` if it ends cleanly,
 /// the request was written whole, and both sides keep the connection alive.
-pub async fn send<R: Reuse>(
+///
+/// An `async` block, not an `async fn`: an `async fn` keeps each argument
+/// twice in its future (the argument and the body's binding of it), and
+/// this future is moved into each caller's.
+#[allow(clippy::manual_async_fn)] // an `async fn` doubles its arguments (above)
+pub fn send<R: Reuse>(
     mut connection: Connection,
     parts: &mut http::request::Parts,
     body: UpstreamBody,
     reuse: R,
-) -> Result<Response<Box<ResponseBody<R>>>, SendFailure> {
-    let encoding = frame_request(parts, &body);
-    let keep_alive = keeps_alive(parts.version, &parts.headers, ConnectionOptions::default());
-    let head_request = parts.method == Method::HEAD;
-    connection.write.clear();
-    encode_head(parts, &mut connection.write);
-    let mut out = Outgoing {
-        encoding,
-        sent: 0,
-        written: 0,
-        data: None,
-        crlf_after: false,
-        done: encoding == Encoding::Length(0) || body.is_end_stream(),
-        short: false,
-        trailers: Vec::new(),
-        body,
-    };
-    if let (UpstreamBody::Full(Some(bytes)), Encoding::Length(len)) = (&out.body, encoding)
-        && bytes.len() as u64 == len
-        && bytes.len() <= COALESCE
-    {
-        connection.write.extend_from_slice(bytes);
-        out.sent = len;
-        out.done = true;
-    }
-    if !out.done && encoding == Encoding::Chunked {
-        out.trailers = trailer_names(&parts.headers);
-    }
-    // The first write: a connection that refuses it took nothing.
-    let first =
-        std::future::poll_fn(|cx| Pin::new(&mut connection.io).poll_write(cx, &connection.write))
-            .await;
-    match first {
-        Ok(n) if n > 0 => out.written = n,
-        _ => {
-            return Err(SendFailure::Unsent(Box::new(out.body)));
+) -> impl Future<Output = Result<Response<Box<ResponseBody<R>>>, SendFailure>> {
+    async move {
+        let encoding = frame_request(parts, &body);
+        let keep_alive = keeps_alive(parts.version, &parts.headers, ConnectionOptions::default());
+        let head_request = parts.method == Method::HEAD;
+        connection.write.clear();
+        encode_head(parts, &mut connection.write);
+        let mut out = Outgoing {
+            encoding,
+            sent: 0,
+            written: 0,
+            data: None,
+            crlf_after: false,
+            done: encoding == Encoding::Length(0) || body.is_end_stream(),
+            short: false,
+            trailers: Vec::new(),
+            body,
+        };
+        if let (UpstreamBody::Full(Some(bytes)), Encoding::Length(len)) = (&out.body, encoding)
+            && bytes.len() as u64 == len
+            && bytes.len() <= COALESCE
+        {
+            connection.write.extend_from_slice(bytes);
+            out.sent = len;
+            out.done = true;
         }
-    }
-    // The body goes out while the answer is awaited: an upstream may
-    // answer before it has read the whole request.
-    let mut writing = Writing::Busy;
-    let head = std::future::poll_fn(|cx| {
-        if let Writing::Busy = writing {
-            match out.poll_write(&mut connection, cx) {
-                Poll::Ready(Ok(())) => writing = Writing::Whole,
-                Poll::Ready(Err(WriteError::Body)) => {
-                    return Poll::Ready(Err(SendFailure::Body));
-                }
-                Poll::Ready(Err(WriteError::Io(error))) => {
-                    // The answer may still be there to read (an early
-                    // response before the upstream closed).
-                    tracing::debug!(%error, "writing the upstream request failed");
-                    writing = Writing::Failed;
-                }
-                Poll::Pending => {}
+        if !out.done && encoding == Encoding::Chunked {
+            out.trailers = trailer_names(&parts.headers);
+        }
+        // The first write: a connection that refuses it took nothing.
+        let first = std::future::poll_fn(|cx| {
+            Pin::new(&mut connection.io).poll_write(cx, &connection.write)
+        })
+        .await;
+        match first {
+            Ok(n) if n > 0 => out.written = n,
+            _ => {
+                return Err(SendFailure::Unsent(Box::new(out.body)));
             }
         }
-        poll_read_head(&mut connection, cx)
-    })
-    .await?;
-    let Head {
-        status,
-        version,
-        headers,
-        options,
-    } = head;
-    let state = body_framing(status, version, head_request, &headers)?;
-    let reusable =
-        keep_alive && keeps_alive(version, &headers, options) && !matches!(state, State::Eof);
-    let request_whole = matches!(writing, Writing::Whole) && !out.short;
-    // Boxed: the response is moved whole several times on its way to the
-    // client, and the body (the connection, its lease) is most of it.
-    let mut response = Response::new(Box::new(ResponseBody {
-        connection: Some(connection),
-        state,
-        reuse: reusable.then_some(reuse),
-        // Still writing after the answer came: the body keeps writing it
-        // (boxed: rare, and the body is moved whole).
-        writer: matches!(writing, Writing::Busy).then(|| Box::new(out)),
-        request_whole,
-        failed: None,
-    }));
-    *response.status_mut() = status;
-    *response.version_mut() = version;
-    *response.headers_mut() = headers;
-    response.body_mut().end_if_empty();
-    Ok(response)
+        // The body goes out while the answer is awaited: an upstream may
+        // answer before it has read the whole request.
+        let mut writing = Writing::Busy;
+        let head = std::future::poll_fn(|cx| {
+            if let Writing::Busy = writing {
+                match out.poll_write(&mut connection, cx) {
+                    Poll::Ready(Ok(())) => writing = Writing::Whole,
+                    Poll::Ready(Err(WriteError::Body)) => {
+                        return Poll::Ready(Err(SendFailure::Body));
+                    }
+                    Poll::Ready(Err(WriteError::Io(error))) => {
+                        // The answer may still be there to read (an early
+                        // response before the upstream closed).
+                        tracing::debug!(%error, "writing the upstream request failed");
+                        writing = Writing::Failed;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            poll_read_head(&mut connection, cx)
+        })
+        .await?;
+        let Head {
+            status,
+            version,
+            headers,
+            options,
+        } = head;
+        let state = body_framing(status, version, head_request, &headers)?;
+        let reusable =
+            keep_alive && keeps_alive(version, &headers, options) && !matches!(state, State::Eof);
+        let request_whole = matches!(writing, Writing::Whole) && !out.short;
+        // Boxed: the response is moved whole several times on its way to the
+        // client, and the body (the connection, its lease) is most of it.
+        let mut response = Response::new(Box::new(ResponseBody {
+            connection: Some(connection),
+            state,
+            reuse: reusable.then_some(reuse),
+            // Still writing after the answer came: the body keeps writing it
+            // (boxed: rare, and the body is moved whole).
+            writer: matches!(writing, Writing::Busy).then(|| Box::new(out)),
+            request_whole,
+            failed: None,
+        }));
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        response.body_mut().end_if_empty();
+        Ok(response)
+    }
 }
 
 /// Where writing the request stands when its answer's head has come.

@@ -26,322 +26,330 @@ use crate::model::policy::{RouteAction, roll};
 use crate::telemetry::peer_metadata::PEER_METADATA;
 
 /// Proxies one request.
-pub async fn handle(
+///
+/// An `async` block, not an `async fn`: an `async fn` keeps each argument
+/// twice in its future (the argument and the body's binding of it), and
+/// hyper moves this future into its connection's at every request.
+#[allow(clippy::manual_async_fn)] // an `async fn` doubles its arguments (above)
+pub fn handle(
     worker: Rc<Worker>,
     down: Rc<Downstream>,
     mut req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    // One snapshot for the whole request: a reload mid-request cannot mix configs.
-    let snapshot = worker.shared.config.load_full();
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
+    async move {
+        // One snapshot for the whole request: a reload mid-request cannot mix configs.
+        let snapshot = worker.shared.config.load_full();
 
-    // A request id before anything can fail, as Envoy assigns it.
-    headers::ensure_request_id(req.headers_mut());
+        // A request id before anything can fail, as Envoy assigns it.
+        headers::ensure_request_id(req.headers_mut());
 
-    // One reading of the request before anything reads it: the path
-    // normalized once (the mesh's pathNormalization), one host, one value per
-    // header a rule decides on. Every step below and the upstream see it.
-    let settings = canonical::Settings {
-        path_normalization: snapshot.path_normalization,
-        decided_headers: &snapshot.decided_headers,
-    };
-    let settled = canonical::settle(&mut req, &settings);
-    // The body, held until the attempts take it (`None` only while access
-    // control reads it ahead), on the stream's idle clock, which the
-    // response's frames move on too.
-    let clock = snapshot
-        .bootstrap
-        .downstream
-        .stream_idle
-        .map(StreamClock::new);
-    // An HTTP/2 client's body is let in by its stream's window: watched
-    // for an upstream that stops taking it.
-    let http2 = req.version() == http::Version::HTTP_2;
-    let mut req = req.map(|body| {
-        let stalls = (http2 && !http_body::Body::is_end_stream(&body)).then_some(&worker.stalls);
-        Some(HeldBody::Arrived(ClientBody::new(
-            body,
-            clock.clone(),
-            stalls,
-        )))
-    });
-
-    // Trace context next, so that every outcome below — local replies
-    // included — is a span and a metric.
-    let mut ex = Exchange::begin(&worker, &down, &snapshot, &req);
-    if let Err(reply) = settled {
-        return Ok(ex.local_reply(reply));
-    }
-    // An upgrade is taken, dropped (h2c) or refused before any policy
-    // reads the request, as Envoy decides it before its filters run.
-    let version = req.version();
-    if let Err(reply) = upgrade::admit(version, req.headers_mut()) {
-        return Ok(ex.local_reply(reply));
-    }
-
-    // Access control, then rate limiting: they guard the workload (the
-    // sidecar's application, or the ingress gateway itself, as Istio's
-    // policies selecting the gateway do), so they answer before any
-    // routing or upstream work is spent on the request.
-    if down.direction == Direction::Inbound || down.gateway.is_some() {
-        let remote_ip = access::remote_ip(
-            req.headers(),
-            down.peer.ip(),
-            snapshot.bootstrap.num_trusted_proxies,
-            down.gateway.is_some(),
-        );
-        if !snapshot.access.is_empty() {
-            // Without a CUSTOM policy nothing awaits: decided in place, no
-            // future kept. With one, the external check is boxed so that its
-            // state does not weigh on every request's future.
-            // A provider that includes the body reads it ahead, into the
-            // tap the attempts then send it from.
-            let outcome = match access::check_now(&snapshot, &down, &req, remote_ip) {
-                Some(outcome) => outcome,
-                None => {
-                    let (parts, mut body) = req.into_parts();
-                    let head = Request::from_parts(parts, ());
-                    let check = access::check(&snapshot, &down, &head, remote_ip, &mut body);
-                    let outcome = Box::pin(check).await;
-                    req = head.map(|()| body);
-                    outcome
-                }
-            };
-            match outcome {
-                AccessOutcome::Allow(allowed) => {
-                    ex.set_allowed(&allowed);
-                    access::apply_allow_edits(&allowed, &mut req);
-                }
-                AccessOutcome::Deny(denied) => return Ok(ex.access_denied(denied)),
-            }
-        }
-        match access::rate_limit(&snapshot, &req, down.peer.ip(), remote_ip) {
-            Ok(None) => {}
-            Ok(Some(status)) => ex.add_response_headers(status.headers(false)),
-            Err(limited) => {
-                ex.add_response_headers(limited.status.headers(true));
-                let details = limited.details();
-                return Ok(ex.local_reply_because(LocalReply::RATE_LIMITED, details));
-            }
-        }
-    }
-
-    // Routing: the VirtualService rule outbound, the local app inbound.
-    let routed = match &down.gateway {
-        Some(conn) => route::gateway(&snapshot, conn, &req),
-        None => route::select(&snapshot, down.direction, down.captured.as_ref(), &req),
-    };
-    let routed = match routed {
-        Ok(routed) => routed,
-        Err(not_routed) => {
-            match not_routed.host {
-                Some(host) => ex.set_unrouted_host(host),
-                // Refused, not passed through: Istio's BlackHoleCluster.
-                None if down.direction == Direction::Outbound && down.gateway.is_none() => {
-                    ex.set_outside_registry(OutboundTrafficMode::RegistryOnly);
-                }
-                None => {}
-            }
-            let mut response = ex.local_reply(not_routed.reply);
-            if req.method() == http::Method::CONNECT && req.version() <= http::Version::HTTP_11 {
-                // Envoy closes an HTTP/1 connection whose CONNECT it refused:
-                // what follows on it would be tunnel bytes, not requests.
-                let close = http::HeaderValue::from_static("close");
-                response
-                    .headers_mut()
-                    .insert(http::header::CONNECTION, close);
-            }
-            return Ok(response);
-        }
-    };
-    if let Some(host) = routed.answered_for {
-        ex.set_unrouted_host(host);
-    }
-    let policy = routed.policy();
-    // Every answer to a routed request carries the rule's response edits,
-    // the agent's own as well as the app's: Envoy's router applies them to
-    // its redirects, direct responses and local replies too.
-    let edits = routed.response_edits();
-    let format = FormatContext {
-        version: req.version(),
-        peer: down.peer,
-        local: down.local,
-    };
-    let edited = |mut response: Response<ProxyBody>| {
-        for edits in edits.iter().flatten() {
-            edits.apply(response.headers_mut(), &format);
-        }
-        response
-    };
-    let cluster = match (&policy.action, routed.cluster) {
-        (RouteAction::Redirect(redirect), _) => {
-            return Ok(edited(redirect_reply(ex, redirect, &req)));
-        }
-        (RouteAction::Direct(direct), _) => {
-            return Ok(edited(ex.direct(direct.status, direct.body.clone())));
-        }
-        (RouteAction::Forward, Some(cluster)) => cluster,
-        (RouteAction::Forward, None) => {
-            return Ok(edited(ex.local_reply(LocalReply::NO_CLUSTER)));
-        }
-    };
-    ex.set_route(routed.matched, cluster);
-
-    // Fault injection sits in front of the upstream, as Envoy's fault filter.
-    if let Some(fault) = &policy.fault {
-        let injected = fault::decide(fault, roll);
-        if let Some(delay) = injected.delay {
-            ex.delaying(delay);
-            tokio::time::sleep(delay).await;
-        }
-        if let Some(reply) = injected.abort {
-            return Ok(edited(ex.local_reply(reply)));
-        }
-    }
-
-    // CORS after faults and before the upstream, as Istio orders Envoy's
-    // filters (fault, cors, router): a preflight is answered here (without
-    // the rule's response edits: Envoy's filter answers past the router's
-    // local-reply path that applies them), and every answer from here on
-    // to an allowed origin carries its headers, over the rule's edits.
-    let allowed = match policy.cors.as_deref() {
-        None => None,
-        Some(policy) => match cors::decide(policy, req.method(), req.headers()) {
-            cors::Decision::Untouched => None,
-            cors::Decision::Allowed(allowed) => Some(allowed),
-            cors::Decision::Preflight(answer) => return Ok(ex.cors_preflight(answer)),
-        },
-    };
-    let answered = |response: Response<ProxyBody>| {
-        let mut response = edited(response);
-        if let Some(allowed) = &allowed {
-            allowed.apply(response.headers_mut());
-        }
-        response
-    };
-
-    // Upgrades (WebSocket, once admitted) travel as HTTP/1.1, once;
-    // everything else speaks the protocol the destination port declares.
-    let downstream_upgrade = upgrade::take(&mut req);
-    let h2 = downstream_upgrade.is_none() && cluster.speaks_h2(req.version(), ex.is_grpc());
-
-    // Headers for the next hop: rewrites, hop-by-hop out, forwarding
-    // headers, trace context, peer metadata, the rule's edits.
-    let (mut parts, body) = req.into_parts();
-    let caller_announced = crate::header_scan::holds(&parts.headers, &PEER_METADATA);
-    if let Some(rewrite) = &policy.rewrite {
-        rewrite::apply(rewrite, routed.matched.and_then(|m| m.prefix), &mut parts);
-    }
-    if let Some(authority) = routed.destination_authority() {
-        rewrite::set_authority(&mut parts, authority);
-    }
-    let outgoing = OutgoingRequest {
-        direction: down.direction,
-        h2,
-        upgrade: downstream_upgrade.is_some(),
-        identity: &snapshot.identity,
-        client_ip: down.peer.ip(),
-        caller_principal: down.tls.as_ref().and_then(|t| t.principal.as_deref()),
-        edits: routed.request_edits(),
-        format,
-        edge_scheme: down
-            .gateway
-            .as_ref()
-            .map(|g| if g.tls { "https" } else { "http" }),
-    };
-    let prepared = headers::prepare_request(&mut parts, &outgoing, |headers| {
-        ex.inject_trace_context(headers);
-    });
-    if let Err(reply) = prepared {
-        return Ok(answered(ex.local_reply(reply)));
-    }
-
-    // The body is kept for replays only when a retry or a mirror may want it.
-    let replays =
-        downstream_upgrade.is_none() && (policy.retry.attempts > 0 || !policy.mirrors.is_empty());
-    let Some(body) = body else {
-        return Ok(answered(ex.local_reply(LocalReply::CONNECTION_TERMINATION)));
-    };
-    let body = BodySource::new(body, replays);
-    ex.track_request_body(body.progress().clone(), body.tap().cloned());
-    if body.is_empty() {
-        headers::frame_empty_body(&mut parts, h2);
-    }
-
-    // Mirrors get copies, fire-and-forget, before the real request goes.
-    if !policy.mirrors.is_empty() {
-        let copies = Copies {
-            worker: &worker,
-            head: &parts,
-            tap: body.tap(),
-            parent: ex.span_context(),
-            report_spans: ex.reports_spans(),
-            port: routed.port,
-            version: parts.version,
-            grpc: ex.is_grpc(),
+        // One reading of the request before anything reads it: the path
+        // normalized once (the mesh's pathNormalization), one host, one value per
+        // header a rule decides on. Every step below and the upstream see it.
+        let settings = canonical::Settings {
+            path_normalization: snapshot.path_normalization,
+            decided_headers: &snapshot.decided_headers,
         };
-        copies.send(&policy.mirrors);
-    }
-
-    // The retry loop: pick an endpoint, respect the pool's limits, forward
-    // under the timeouts, judge the outcome.
-    // (an upgrade's request does not end while it is upgraded, so, as
-    // Envoy's, its route timeout never starts)
-    let timeout = if downstream_upgrade.is_some() {
-        None
-    } else if ex.is_grpc() {
-        grpc_timeout::bound(policy.timeout, &mut parts.headers)
-    } else {
-        policy.timeout
-    };
-    let attempts = Attempts {
-        cluster,
-        retry: &policy.retry,
-        timeout,
-        source_ip: down.peer.ip(),
-        count_attempts: down.direction == Direction::Outbound || down.gateway.is_some(),
-    };
-    let upstream = Forwarder {
-        worker: &worker,
-        cluster,
-        h2,
-        upgrade: downstream_upgrade.is_some(),
-    };
-    let delivered = match attempts.run(&upstream, parts, body, &mut *ex).await {
-        Ok(delivered) => delivered,
-        Err(reply) => return Ok(answered(ex.local_reply(reply))),
-    };
-
-    // The response on its way back: peer metadata, edits, service time.
-    let mut response = delivered.response;
-    if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) =
-        (downstream_upgrade, response.status())
-    {
-        if let Some(spliced) = &down.spliced {
-            spliced.set();
+        let settled = canonical::settle(&mut req, &settings);
+        // The body, held until the attempts take it (`None` only while access
+        // control reads it ahead), on the stream's idle clock, which the
+        // response's frames move on too.
+        let clock = snapshot
+            .bootstrap
+            .downstream
+            .stream_idle
+            .map(StreamClock::new);
+        // An HTTP/2 client's body is let in by its stream's window: watched
+        // for an upstream that stops taking it.
+        let http2 = req.version() == http::Version::HTTP_2;
+        let mut req = req.map(|body| {
+            let stalls =
+                (http2 && !http_body::Body::is_end_stream(&body)).then_some(&worker.stalls);
+            Some(HeldBody::Arrived(ClientBody::new(
+                body,
+                clock.clone(),
+                stalls,
+            )))
+        });
+        // Trace context next, so that every outcome below — local replies
+        // included — is a span and a metric.
+        let mut ex = Exchange::begin(&worker, &down, &snapshot, &req);
+        if let Err(reply) = settled {
+            return Ok(ex.local_reply(reply));
         }
-        upgrade::splice(
-            downstream,
-            &mut response,
-            snapshot.bootstrap.downstream.stream_idle,
-        );
+        // An upgrade is taken, dropped (h2c) or refused before any policy
+        // reads the request, as Envoy decides it before its filters run.
+        let version = req.version();
+        if let Err(reply) = upgrade::admit(version, req.headers_mut()) {
+            return Ok(ex.local_reply(reply));
+        }
+
+        // Access control, then rate limiting: they guard the workload (the
+        // sidecar's application, or the ingress gateway itself, as Istio's
+        // policies selecting the gateway do), so they answer before any
+        // routing or upstream work is spent on the request.
+        if down.direction == Direction::Inbound || down.gateway.is_some() {
+            let remote_ip = access::remote_ip(
+                req.headers(),
+                down.peer.ip(),
+                snapshot.bootstrap.num_trusted_proxies,
+                down.gateway.is_some(),
+            );
+            if !snapshot.access.is_empty() {
+                // Without a CUSTOM policy nothing awaits: decided in place, no
+                // future kept. With one, the external check is boxed so that its
+                // state does not weigh on every request's future.
+                // A provider that includes the body reads it ahead, into the
+                // tap the attempts then send it from.
+                let outcome = match access::check_now(&snapshot, &down, &req, remote_ip) {
+                    Some(outcome) => outcome,
+                    None => {
+                        let (parts, mut body) = req.into_parts();
+                        let head = Request::from_parts(parts, ());
+                        let check = access::check(&snapshot, &down, &head, remote_ip, &mut body);
+                        let outcome = Box::pin(check).await;
+                        req = head.map(|()| body);
+                        outcome
+                    }
+                };
+                match outcome {
+                    AccessOutcome::Allow(allowed) => {
+                        ex.set_allowed(&allowed);
+                        access::apply_allow_edits(&allowed, &mut req);
+                    }
+                    AccessOutcome::Deny(denied) => return Ok(ex.access_denied(denied)),
+                }
+            }
+            match access::rate_limit(&snapshot, &req, down.peer.ip(), remote_ip) {
+                Ok(None) => {}
+                Ok(Some(status)) => ex.add_response_headers(status.headers(false)),
+                Err(limited) => {
+                    ex.add_response_headers(limited.status.headers(true));
+                    let details = limited.details();
+                    return Ok(ex.local_reply_because(LocalReply::RATE_LIMITED, details));
+                }
+            }
+        }
+
+        // Routing: the VirtualService rule outbound, the local app inbound.
+        let routed = match &down.gateway {
+            Some(conn) => route::gateway(&snapshot, conn, &req),
+            None => route::select(&snapshot, down.direction, down.captured.as_ref(), &req),
+        };
+        let routed = match routed {
+            Ok(routed) => routed,
+            Err(not_routed) => {
+                match not_routed.host {
+                    Some(host) => ex.set_unrouted_host(host),
+                    // Refused, not passed through: Istio's BlackHoleCluster.
+                    None if down.direction == Direction::Outbound && down.gateway.is_none() => {
+                        ex.set_outside_registry(OutboundTrafficMode::RegistryOnly);
+                    }
+                    None => {}
+                }
+                let mut response = ex.local_reply(not_routed.reply);
+                if req.method() == http::Method::CONNECT && req.version() <= http::Version::HTTP_11
+                {
+                    // Envoy closes an HTTP/1 connection whose CONNECT it refused:
+                    // what follows on it would be tunnel bytes, not requests.
+                    let close = http::HeaderValue::from_static("close");
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, close);
+                }
+                return Ok(response);
+            }
+        };
+        if let Some(host) = routed.answered_for {
+            ex.set_unrouted_host(host);
+        }
+        let policy = routed.policy();
+        // Every answer to a routed request carries the rule's response edits,
+        // the agent's own as well as the app's: Envoy's router applies them to
+        // its redirects, direct responses and local replies too.
+        let edits = routed.response_edits();
+        let format = FormatContext {
+            version: req.version(),
+            peer: down.peer,
+            local: down.local,
+        };
+        let edited = |mut response: Response<ProxyBody>| {
+            for edits in edits.iter().flatten() {
+                edits.apply(response.headers_mut(), &format);
+            }
+            response
+        };
+        let cluster = match (&policy.action, routed.cluster) {
+            (RouteAction::Redirect(redirect), _) => {
+                return Ok(edited(redirect_reply(ex, redirect, &req)));
+            }
+            (RouteAction::Direct(direct), _) => {
+                return Ok(edited(ex.direct(direct.status, direct.body.clone())));
+            }
+            (RouteAction::Forward, Some(cluster)) => cluster,
+            (RouteAction::Forward, None) => {
+                return Ok(edited(ex.local_reply(LocalReply::NO_CLUSTER)));
+            }
+        };
+        ex.set_route(routed.matched, cluster);
+
+        // Fault injection sits in front of the upstream, as Envoy's fault filter.
+        if let Some(fault) = &policy.fault {
+            let injected = fault::decide(fault, roll);
+            if let Some(delay) = injected.delay {
+                ex.delaying(delay);
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(reply) = injected.abort {
+                return Ok(edited(ex.local_reply(reply)));
+            }
+        }
+
+        // CORS after faults and before the upstream, as Istio orders Envoy's
+        // filters (fault, cors, router): a preflight is answered here (without
+        // the rule's response edits: Envoy's filter answers past the router's
+        // local-reply path that applies them), and every answer from here on
+        // to an allowed origin carries its headers, over the rule's edits.
+        let allowed = match policy.cors.as_deref() {
+            None => None,
+            Some(policy) => match cors::decide(policy, req.method(), req.headers()) {
+                cors::Decision::Untouched => None,
+                cors::Decision::Allowed(allowed) => Some(allowed),
+                cors::Decision::Preflight(answer) => return Ok(ex.cors_preflight(answer)),
+            },
+        };
+        let answered = |response: Response<ProxyBody>| {
+            let mut response = edited(response);
+            if let Some(allowed) = &allowed {
+                allowed.apply(response.headers_mut());
+            }
+            response
+        };
+
+        // Upgrades (WebSocket, once admitted) travel as HTTP/1.1, once;
+        // everything else speaks the protocol the destination port declares.
+        let downstream_upgrade = upgrade::take(&mut req);
+        let h2 = downstream_upgrade.is_none() && cluster.speaks_h2(req.version(), ex.is_grpc());
+
+        // Headers for the next hop: rewrites, hop-by-hop out, forwarding
+        // headers, trace context, peer metadata, the rule's edits.
+        let (mut parts, body) = req.into_parts();
+        let caller_announced = crate::header_scan::holds(&parts.headers, &PEER_METADATA);
+        if let Some(rewrite) = &policy.rewrite {
+            rewrite::apply(rewrite, routed.matched.and_then(|m| m.prefix), &mut parts);
+        }
+        if let Some(authority) = routed.destination_authority() {
+            rewrite::set_authority(&mut parts, authority);
+        }
+        let outgoing = OutgoingRequest {
+            direction: down.direction,
+            h2,
+            upgrade: downstream_upgrade.is_some(),
+            identity: &snapshot.identity,
+            client_ip: down.peer.ip(),
+            caller_principal: down.tls.as_ref().and_then(|t| t.principal.as_deref()),
+            edits: routed.request_edits(),
+            format,
+            edge_scheme: down
+                .gateway
+                .as_ref()
+                .map(|g| if g.tls { "https" } else { "http" }),
+        };
+        let prepared = headers::prepare_request(&mut parts, &outgoing, |headers| {
+            ex.inject_trace_context(headers);
+        });
+        if let Err(reply) = prepared {
+            return Ok(answered(ex.local_reply(reply)));
+        }
+
+        // The body is kept for replays only when a retry or a mirror may want it.
+        let replays = downstream_upgrade.is_none()
+            && (policy.retry.attempts > 0 || !policy.mirrors.is_empty());
+        let Some(body) = body else {
+            return Ok(answered(ex.local_reply(LocalReply::CONNECTION_TERMINATION)));
+        };
+        let body = BodySource::new(body, replays);
+        ex.track_request_body(body.progress().clone(), body.tap().cloned());
+        if body.is_empty() {
+            headers::frame_empty_body(&mut parts, h2);
+        }
+
+        // Mirrors get copies, fire-and-forget, before the real request goes.
+        if !policy.mirrors.is_empty() {
+            let copies = Copies {
+                worker: &worker,
+                head: &parts,
+                tap: body.tap(),
+                parent: ex.span_context(),
+                report_spans: ex.reports_spans(),
+                port: routed.port,
+                version: parts.version,
+                grpc: ex.is_grpc(),
+            };
+            copies.send(&policy.mirrors);
+        }
+
+        // The retry loop: pick an endpoint, respect the pool's limits, forward
+        // under the timeouts, judge the outcome.
+        // (an upgrade's request does not end while it is upgraded, so, as
+        // Envoy's, its route timeout never starts)
+        let timeout = if downstream_upgrade.is_some() {
+            None
+        } else if ex.is_grpc() {
+            grpc_timeout::bound(policy.timeout, &mut parts.headers)
+        } else {
+            policy.timeout
+        };
+        let attempts = Attempts {
+            cluster,
+            retry: &policy.retry,
+            timeout,
+            source_ip: down.peer.ip(),
+            count_attempts: down.direction == Direction::Outbound || down.gateway.is_some(),
+        };
+        let upstream = Forwarder {
+            worker: &worker,
+            cluster,
+            h2,
+            upgrade: downstream_upgrade.is_some(),
+        };
+        let delivered = match attempts.run(&upstream, parts, body, &mut *ex).await {
+            Ok(delivered) => delivered,
+            Err(reply) => return Ok(answered(ex.local_reply(reply))),
+        };
+
+        // The response on its way back: peer metadata, edits, service time.
+        let mut response = delivered.response;
+        if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) =
+            (downstream_upgrade, response.status())
+        {
+            if let Some(spliced) = &down.spliced {
+                spliced.set();
+            }
+            upgrade::splice(
+                downstream,
+                &mut response,
+                snapshot.bootstrap.downstream.stream_idle,
+            );
+        }
+        let (mut parts, body) = response.into_parts();
+        let upstream_time = delivered.started.elapsed();
+        let back = IncomingResponse {
+            direction: down.direction,
+            caller_announced,
+            identity: &snapshot.identity,
+            upstream_ms: upstream_time.as_millis() as u64,
+            edits,
+            format,
+        };
+        if let Some(announced) = headers::prepare_response(&mut parts, &back) {
+            ex.set_peer_from_header(announced.as_bytes(), &snapshot);
+        }
+        if let Some(allowed) = &allowed {
+            allowed.apply(&mut parts.headers);
+        }
+        Ok(ex.respond(parts, body, upstream_time, delivered.deadline, clock))
     }
-    let (mut parts, body) = response.into_parts();
-    let upstream_time = delivered.started.elapsed();
-    let back = IncomingResponse {
-        direction: down.direction,
-        caller_announced,
-        identity: &snapshot.identity,
-        upstream_ms: upstream_time.as_millis() as u64,
-        edits,
-        format,
-    };
-    if let Some(announced) = headers::prepare_response(&mut parts, &back) {
-        ex.set_peer_from_header(announced.as_bytes(), &snapshot);
-    }
-    if let Some(allowed) = &allowed {
-        allowed.apply(&mut parts.headers);
-    }
-    Ok(ex.respond(parts, body, upstream_time, delivered.deadline, clock))
 }
 
 fn redirect_reply<B>(

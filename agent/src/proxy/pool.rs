@@ -490,9 +490,10 @@ impl Pools {
                 drop(pending);
                 return Ok((connection, lease(peer, false, 0, waited, expires)));
             }
-            let slotted = self
-                .connection_slot(key, cluster, false, || self.has_idle(key))
-                .await?;
+            // Boxed, as in `h2`: only a request with no idle connection
+            // waits here, and unboxed its state would weigh on every one's.
+            let usable = || self.has_idle(key);
+            let slotted = Box::pin(self.connection_slot(key, cluster, false, usable)).await?;
             waited = add_waits(waited, slotted.waited);
             // No slot although the cluster counts connections: one of this
             // worker's came free meanwhile, and it is taken instead.
@@ -690,7 +691,9 @@ impl Pools {
                     .get(key)
                     .is_some_and(|c| c.has_room(limits))
             };
-            let slotted = match self.connection_slot(key, cluster, true, has_room).await {
+            // Boxed: only the request that opens a connection waits here,
+            // and unboxed its state would weigh on every request's future.
+            let slotted = match Box::pin(self.connection_slot(key, cluster, true, has_room)).await {
                 Ok(slotted) => slotted,
                 Err(error) => {
                     // Turned away after waiting for a slot: so are the

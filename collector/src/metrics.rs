@@ -359,7 +359,7 @@ impl Metrics {
             )?,
             exporter_failed_spans: counter(
                 "tracemesh_collector_exporter_failed_spans_total",
-                "Spans an exporter gave up on after a non-retryable error.",
+                "Spans an exporter gave up on after a non-retryable error, or that its backend rejected (OTLP partial success).",
                 &["exporter"],
             )?,
             exporter_dropped_spans: counter(
@@ -374,7 +374,7 @@ impl Metrics {
             )?,
             exporter_dropped_metric_points: counter(
                 "tracemesh_collector_exporter_dropped_metric_points_total",
-                "Metric data points an exporter dropped or gave up on.",
+                "Metric data points an exporter dropped or gave up on, or that its backend rejected (OTLP partial success).",
                 &["exporter"],
             )?,
             exporter_queue_spans: IntGaugeVec::new(

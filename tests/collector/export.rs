@@ -164,3 +164,91 @@ fn spans_go_on_over_a_new_connection_when_the_old_one_answers_nothing() {
     a.stop();
     b.stop();
 }
+
+/// Spans a backend answers as rejected (OTLP's partial success, with a
+/// success status) are lost: counted as failed, not as sent, over both
+/// protocols. The backend is a second collector that keeps one hour where
+/// the first keeps seven days, so it refuses the spans of three hours ago
+/// that the first accepted, and takes the recent ones of the same request.
+#[test]
+fn spans_a_backend_rejects_are_counted_failed_not_sent() {
+    for protocol in ["otlp_grpc", "otlp_http"] {
+        let (dir_a, dir_b, dir_config) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let b = Collector::start(
+            dir_b.path(),
+            &[
+                "--commit-interval",
+                "100ms",
+                "--partition",
+                "1h",
+                "--retention",
+                "1h",
+            ],
+        );
+        let endpoint = match protocol {
+            "otlp_grpc" => b.otlp_grpc,
+            _ => b.otlp_http,
+        };
+        let config = dir_config.path().join("collector.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "exporters:\n- {{protocol: {protocol}, endpoint: \"http://{endpoint}\", compression: none}}\n"
+            ),
+        )
+        .unwrap();
+        let a = Collector::start(
+            dir_a.path(),
+            &[
+                "--commit-interval",
+                "100ms",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+        );
+
+        let (recent, old) = (random_trace_id(), random_trace_id());
+        let three_hours = 3 * 3600 * 1_000_000_000;
+        let mut request = batch("exported", recent, 20, now_nanos());
+        request
+            .resource_spans
+            .extend(batch("exported", old, 20, now_nanos() - three_hours).resource_spans);
+        runtime().block_on(async {
+            let mut client = TraceServiceClient::connect(a.grpc_url()).await.unwrap();
+            let answer = client.export(request).await.unwrap().into_inner();
+            assert_eq!(
+                answer.partial_success, None,
+                "the first collector takes all 40"
+            );
+        });
+        wait_for_trace(dir_b.path(), recent, 20);
+        let counted = |metrics: &str, name: &str| {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(&format!("{name}{{")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        let metrics = eventually(&format!("{protocol}: the rejected spans counted"), || {
+            let metrics = a.metrics();
+            (counted(&metrics, "tracemesh_collector_exporter_failed_spans_total") == 20.0)
+                .then_some(metrics)
+        });
+        assert_eq!(
+            counted(&metrics, "tracemesh_collector_exporter_sent_spans_total"),
+            20.0,
+            "{protocol}: only the spans the backend kept are sent: {metrics}"
+        );
+        let log = a.stop();
+        assert!(
+            log.contains("backend rejected spans")
+                && log.contains("older than the retention window"),
+            "{protocol}: the loss is logged with the backend's reason: {log}"
+        );
+        b.stop();
+    }
+}

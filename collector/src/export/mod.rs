@@ -61,6 +61,28 @@ impl SendError {
     }
 }
 
+/// What a backend refused of an export it answered with success: OTLP's
+/// partial success (`ExportTracePartialSuccess.rejected_spans`,
+/// `ExportMetricsPartialSuccess.rejected_data_points`, and its
+/// `error_message`). Those spans or points are lost: counted as failed and
+/// logged, not as sent.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rejected {
+    /// Spans (or data points) refused; never negative on the wire we keep.
+    pub count: u64,
+    /// The backend's reason, empty when it gave none.
+    pub message: String,
+}
+
+impl Rejected {
+    fn of(count: i64, message: String) -> Self {
+        Self {
+            count: count.max(0) as u64,
+            message,
+        }
+    }
+}
+
 enum Client {
     OtlpGrpc(otlp_grpc::OtlpGrpcClient),
     OtlpHttp(otlp_http::OtlpHttpClient),
@@ -68,22 +90,26 @@ enum Client {
 }
 
 impl Client {
-    async fn send_spans(&mut self, request: &ExportTraceServiceRequest) -> Result<(), SendError> {
+    async fn send_spans(
+        &mut self,
+        request: &ExportTraceServiceRequest,
+    ) -> Result<Rejected, SendError> {
         match self {
             Self::OtlpGrpc(c) => c.send_spans(request.clone()).await,
             Self::OtlpHttp(c) => c.send_spans(request).await,
-            Self::Jaeger(c) => c.send_spans(request).await,
+            // (Jaeger's PostSpans answers nothing of the kind)
+            Self::Jaeger(c) => c.send_spans(request).await.map(|()| Rejected::default()),
         }
     }
 
     async fn send_metrics(
         &mut self,
         request: &ExportMetricsServiceRequest,
-    ) -> Result<(), SendError> {
+    ) -> Result<Rejected, SendError> {
         match self {
             Self::OtlpGrpc(c) => c.send_metrics(request.clone()).await,
             Self::OtlpHttp(c) => c.send_metrics(request).await,
-            Self::Jaeger(_) => Ok(()),
+            Self::Jaeger(_) => Ok(Rejected::default()),
         }
     }
 
@@ -329,8 +355,22 @@ async fn run(queue: Arc<Queue>, mut client: Client) {
                 Work::Metrics(request, _) => client.send_metrics(request).await,
             };
             match (result, &work) {
-                (Ok(()), Work::Spans(_, n)) => queue.sent.inc_by(*n as u64),
-                (Ok(()), Work::Metrics(_, points)) => queue.sent_points.inc_by(*points as u64),
+                (Ok(rejected), Work::Spans(_, n)) => {
+                    let refused = rejected.count.min(*n as u64);
+                    queue.sent.inc_by(*n as u64 - refused);
+                    if refused > 0 {
+                        queue.failed.inc_by(refused);
+                        tracing::warn!(exporter = %queue.name, rejected = refused, message = %rejected.message, "backend rejected spans");
+                    }
+                }
+                (Ok(rejected), Work::Metrics(_, points)) => {
+                    let refused = rejected.count.min(*points as u64);
+                    queue.sent_points.inc_by(*points as u64 - refused);
+                    if refused > 0 {
+                        queue.dropped_points.inc_by(refused);
+                        tracing::warn!(exporter = %queue.name, rejected = refused, message = %rejected.message, "backend rejected metric points");
+                    }
+                }
                 (Err(error), _) if error.retryable => {
                     let wait = error
                         .retry_after

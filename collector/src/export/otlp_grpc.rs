@@ -9,7 +9,7 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
 
-use super::SendError;
+use super::{Rejected, SendError};
 use crate::config::{Compression, ExporterConfig};
 
 /// A gRPC channel to one endpoint (connected lazily, reconnected as needed).
@@ -101,28 +101,31 @@ impl OtlpGrpcClient {
         request
     }
 
-    /// Exports spans.
+    /// Exports spans; what the backend rejected of them.
     pub async fn send_spans(
         &mut self,
         message: ExportTraceServiceRequest,
-    ) -> Result<(), SendError> {
+    ) -> Result<Rejected, SendError> {
         let request = self.request(message);
         let response = self.traces.export(request).await.map_err(classify)?;
-        if let Some(partial) = response.into_inner().partial_success
-            && partial.rejected_spans > 0
-        {
-            tracing::warn!(rejected = partial.rejected_spans, message = %partial.error_message, "backend rejected spans");
-        }
-        Ok(())
+        Ok(response
+            .into_inner()
+            .partial_success
+            .map(|p| Rejected::of(p.rejected_spans, p.error_message))
+            .unwrap_or_default())
     }
 
-    /// Exports metrics.
+    /// Exports metrics; what the backend rejected of their data points.
     pub async fn send_metrics(
         &mut self,
         message: ExportMetricsServiceRequest,
-    ) -> Result<(), SendError> {
+    ) -> Result<Rejected, SendError> {
         let request = self.request(message);
-        self.metrics.export(request).await.map_err(classify)?;
-        Ok(())
+        let response = self.metrics.export(request).await.map_err(classify)?;
+        Ok(response
+            .into_inner()
+            .partial_success
+            .map(|p| Rejected::of(p.rejected_data_points, p.error_message))
+            .unwrap_or_default())
     }
 }

@@ -10,11 +10,15 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 
-use super::SendError;
+use super::{Rejected, SendError};
 use crate::config::{Compression, ExporterConfig};
 
 /// The longest response body read, in bytes (an OTLP response holds a
@@ -68,7 +72,9 @@ impl OtlpHttpClient {
         })
     }
 
-    async fn post(&self, uri: &Uri, body: Vec<u8>) -> Result<(), SendError> {
+    /// Posts `body` to `uri`; a success's response body (up to
+    /// [`MAX_RESPONSE`], empty when it did not come in time).
+    async fn post(&self, uri: &Uri, body: Vec<u8>) -> Result<Bytes, SendError> {
         let mut builder =
             Request::post(uri.clone()).header(http::header::CONTENT_TYPE, "application/x-protobuf");
         let body = if self.gzip {
@@ -115,7 +121,7 @@ impl OtlpHttpClient {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         if status.is_success() {
-            return Ok(());
+            return Ok(body);
         }
         let message = format!(
             "{uri}: HTTP {status}: {}",
@@ -130,18 +136,39 @@ impl OtlpHttpClient {
         }
     }
 
-    /// Exports spans.
-    pub async fn send_spans(&self, request: &ExportTraceServiceRequest) -> Result<(), SendError> {
-        self.post(&self.traces, request.encode_to_vec()).await
+    /// Exports spans; what the backend rejected of them (the success
+    /// response's `ExportTraceServiceResponse`, OTLP/HTTP; an empty or
+    /// unreadable one rejects nothing).
+    pub async fn send_spans(
+        &self,
+        request: &ExportTraceServiceRequest,
+    ) -> Result<Rejected, SendError> {
+        let body = self.post(&self.traces, request.encode_to_vec()).await?;
+        Ok(answer::<ExportTraceServiceResponse>(&body)
+            .and_then(|r| r.partial_success)
+            .map(|p| Rejected::of(p.rejected_spans, p.error_message))
+            .unwrap_or_default())
     }
 
-    /// Exports metrics.
+    /// Exports metrics; what the backend rejected of their data points.
     pub async fn send_metrics(
         &self,
         request: &ExportMetricsServiceRequest,
-    ) -> Result<(), SendError> {
-        self.post(&self.metrics, request.encode_to_vec()).await
+    ) -> Result<Rejected, SendError> {
+        let body = self.post(&self.metrics, request.encode_to_vec()).await?;
+        Ok(answer::<ExportMetricsServiceResponse>(&body)
+            .and_then(|r| r.partial_success)
+            .map(|p| Rejected::of(p.rejected_data_points, p.error_message))
+            .unwrap_or_default())
     }
+}
+
+/// A success's body as the protobuf response it should be; `None` when it
+/// is not one (logged: the backend's partial success, if any, is unknown).
+fn answer<M: Message + Default>(body: &[u8]) -> Option<M> {
+    M::decode(body)
+        .map_err(|error| tracing::debug!(%error, "unreadable OTLP/HTTP success response"))
+        .ok()
 }
 
 #[cfg(test)]
@@ -181,7 +208,7 @@ mod tests {
                 .await
                 .expect("left at the timeout");
             match sent {
-                Ok(()) => assert!(ok, "{status_line}: a success"),
+                Ok(_) => assert!(ok, "{status_line}: a success"),
                 Err(error) => {
                     assert!(!ok, "{status_line}: {}", error.message);
                     assert!(error.retryable, "{}", error.message);

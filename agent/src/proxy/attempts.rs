@@ -321,13 +321,17 @@ impl Attempts<'_> {
                 let attempt_body = body.for_attempt();
                 let started = Instant::now();
                 // Pinned where it is made: handed on by reference, not moved
-                // (with the request inside it) into the timed wait.
-                let ready = PoolReady::default();
-                let sent = upstream.send(endpoint, attempt_head, attempt_body, &ready);
-                let sent = std::pin::pin!(sent);
-                let outcome = self
-                    .send(sent, &ready, cut, &body.progress, from_head)
-                    .await;
+                // (with the request inside it) into the timed wait. Dropped
+                // as the wait ends, before the outcome is judged: an attempt
+                // cut by its timeout closes its connection (or resets its
+                // stream) then, as Envoy's, not after the backoff.
+                let outcome = {
+                    let ready = PoolReady::default();
+                    let sent = upstream.send(endpoint, attempt_head, attempt_body, &ready);
+                    let sent = std::pin::pin!(sent);
+                    self.send(sent, &ready, cut, &body.progress, from_head)
+                        .await
+                };
                 if let Err(Attempted::BodyCut(why)) = &outcome {
                     body.progress.fail(&(*why).into());
                 }

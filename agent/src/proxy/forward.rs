@@ -86,7 +86,7 @@ impl Upstream for Forwarder<'_> {
 /// twice in its future, and this future is moved into each caller's. The
 /// upgrade's connection (a hyper handshake, rare) is boxed for the same
 /// reason: its future would be most of this one.
-#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)] // (an `async` block: above)
 pub fn send(
     worker: &Rc<Worker>,
     endpoint: &Endpoint,

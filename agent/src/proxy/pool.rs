@@ -491,7 +491,7 @@ impl Pools {
                 return Ok((connection, lease(peer, false, 0, waited, expires)));
             }
             // Boxed, as in `h2`: only a request with no idle connection
-            // waits here, and unboxed its state would weigh on every one's.
+            // comes here, and unboxed its state would weigh on every one's.
             let usable = || self.has_idle(key);
             let slotted = Box::pin(self.connection_slot(key, cluster, false, usable)).await?;
             waited = add_waits(waited, slotted.waited);
@@ -691,7 +691,7 @@ impl Pools {
                     .get(key)
                     .is_some_and(|c| c.has_room(limits))
             };
-            // Boxed: only the request that opens a connection waits here,
+            // Boxed: only the request that opens a connection comes here,
             // and unboxed its state would weigh on every request's future.
             let slotted = match Box::pin(self.connection_slot(key, cluster, true, has_room)).await {
                 Ok(slotted) => slotted,

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,14 +53,27 @@ struct Script {
     sent: RefCell<Vec<(Arc<str>, Instant)>>,
     /// Each attempt's `x-envoy-attempt-count`.
     counts: RefCell<Vec<String>>,
+    /// When each attempt's future went, among what the record was told
+    /// (shared with [`Notes::order`]).
+    order: Rc<RefCell<Vec<String>>>,
+}
+
+/// Notes, when dropped, that the attempt's future went.
+struct Gone<'a>(&'a RefCell<Vec<String>>);
+
+impl Drop for Gone<'_> {
+    fn drop(&mut self) {
+        self.0.borrow_mut().push("attempt dropped".to_owned());
+    }
 }
 
 impl Script {
-    fn new(answers: &[Answer]) -> Self {
+    fn new(answers: &[Answer], order: Rc<RefCell<Vec<String>>>) -> Self {
         Self {
             answers: RefCell::new(answers.iter().copied().collect()),
             sent: RefCell::default(),
             counts: RefCell::default(),
+            order,
         }
     }
 
@@ -82,6 +96,7 @@ impl Upstream for Script {
         _body: UpstreamBody,
         ready: &PoolReady,
     ) -> Result<Sent<()>, SendError> {
+        let _gone = Gone(&self.order);
         let now = Instant::now();
         let count = head.parts().headers.get("x-envoy-attempt-count");
         self.counts
@@ -151,6 +166,8 @@ struct Notes {
     flags: ResponseFlags,
     held: Vec<Slot>,
     ejected: Vec<Arc<str>>,
+    /// Failures and retries, among the attempts' futures dropped.
+    order: Rc<RefCell<Vec<String>>>,
 }
 
 impl AttemptRecord for Notes {
@@ -169,9 +186,11 @@ impl AttemptRecord for Notes {
     }
     fn failed(&mut self, reason: &'static str, _transport: Option<&'static str>) {
         self.events.push(format!("failed {reason}"));
+        self.order.borrow_mut().push(format!("failed {reason}"));
     }
     fn retrying(&mut self, retry: u32, reason: &'static str) {
         self.events.push(format!("retrying {retry}: {reason}"));
+        self.order.borrow_mut().push(format!("retrying {retry}"));
     }
     fn gave_up(&mut self) {
         self.flags
@@ -266,8 +285,12 @@ async fn run_ending(
         source_ip: Ipv4Addr::LOCALHOST.into(),
         count_attempts: true,
     };
-    let script = Script::new(answers);
-    let mut notes = Notes::default();
+    let order = Rc::new(RefCell::default());
+    let script = Script::new(answers, order.clone());
+    let mut notes = Notes {
+        order,
+        ..Notes::default()
+    };
     let body = match ends {
         None => BodySource::empty(),
         Some(_) => BodySource::unended(),
@@ -567,6 +590,19 @@ async fn a_per_try_timeout_ends_one_attempt_and_may_be_retried() {
             .notes
             .events
             .contains(&"failed upstream_per_try_timeout".to_owned())
+    );
+
+    // The attempt that timed out is dropped when its timeout fires —
+    // its connection closed, its stream reset — before the failure is
+    // judged and the backoff waited out, as Envoy resets it.
+    assert_eq!(
+        retried.script.order.borrow()[..4],
+        [
+            "attempt dropped",
+            "failed upstream_per_try_timeout",
+            "retrying 1",
+            "attempt dropped"
+        ]
     );
 
     // Without a condition that covers it, the per-try timeout is the answer.

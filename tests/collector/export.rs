@@ -245,7 +245,7 @@ fn spans_a_backend_rejects_are_counted_failed_not_sent() {
         );
         let log = a.stop();
         assert!(
-            log.contains("backend rejected spans")
+            log.contains("backend rejected data")
                 && log.contains("older than the retention window"),
             "{protocol}: the loss is logged with the backend's reason: {log}"
         );

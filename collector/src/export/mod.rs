@@ -67,10 +67,12 @@ impl SendError {
 /// `error_message`). Those spans or points are lost: counted as failed and
 /// logged, not as sent.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Rejected {
-    /// Spans (or data points) refused; never negative on the wire we keep.
+pub(crate) struct Rejected {
+    /// Spans (or data points) refused (a negative count on the wire is
+    /// none).
     pub count: u64,
-    /// The backend's reason, empty when it gave none.
+    /// The backend's reason, empty when it gave none; with a count of 0, a
+    /// warning (logged at DEBUG).
     pub message: String,
 }
 
@@ -80,6 +82,54 @@ impl Rejected {
             count: count.max(0) as u64,
             message,
         }
+    }
+}
+
+/// Rejections not yet in a log line: one WARN per
+/// [`DROP_REPORT_INTERVAL`] at most, with the totals since the last and
+/// the latest reason, so a backend that refuses part of every batch is a
+/// line per interval, not one per export.
+#[derive(Default)]
+struct Refusals {
+    spans: u64,
+    points: u64,
+    /// The latest reason, at most [`REASON_BYTES`].
+    reason: String,
+    logged_at: Option<std::time::Instant>,
+}
+
+/// Longest backend reason logged, in bytes (its start kept).
+const REASON_BYTES: usize = 200;
+
+impl Refusals {
+    /// Counts `rejected` (of spans, or of metric points) and logs the totals
+    /// when a line is due at `now`.
+    fn add(&mut self, exporter: &str, rejected: &Rejected, spans: bool, now: std::time::Instant) {
+        if rejected.count == 0 {
+            if !rejected.message.is_empty() {
+                tracing::debug!(exporter, message = %rejected.message, "backend warning");
+            }
+            return;
+        }
+        if spans {
+            self.spans += rejected.count;
+        } else {
+            self.points += rejected.count;
+        }
+        let mut end = rejected.message.len().min(REASON_BYTES);
+        while !rejected.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.reason.clear();
+        self.reason.push_str(&rejected.message[..end]);
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < DROP_REPORT_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(exporter, spans = self.spans, points = self.points, reason = %self.reason, "backend rejected data");
+        (self.spans, self.points, self.logged_at) = (0, 0, Some(now));
     }
 }
 
@@ -343,6 +393,7 @@ fn next_work(queue: &Queue) -> Option<Work> {
 }
 
 async fn run(queue: Arc<Queue>, mut client: Client) {
+    let mut refusals = Refusals::default();
     loop {
         let Some(work) = next_work(&queue) else {
             queue.ready.notified().await;
@@ -355,21 +406,17 @@ async fn run(queue: Arc<Queue>, mut client: Client) {
                 Work::Metrics(request, _) => client.send_metrics(request).await,
             };
             match (result, &work) {
-                (Ok(rejected), Work::Spans(_, n)) => {
-                    let refused = rejected.count.min(*n as u64);
-                    queue.sent.inc_by(*n as u64 - refused);
-                    if refused > 0 {
-                        queue.failed.inc_by(refused);
-                        tracing::warn!(exporter = %queue.name, rejected = refused, message = %rejected.message, "backend rejected spans");
-                    }
+                (Ok(mut rejected), Work::Spans(_, n)) => {
+                    rejected.count = rejected.count.min(*n as u64);
+                    queue.sent.inc_by(*n as u64 - rejected.count);
+                    queue.failed.inc_by(rejected.count);
+                    refusals.add(&queue.name, &rejected, true, std::time::Instant::now());
                 }
-                (Ok(rejected), Work::Metrics(_, points)) => {
-                    let refused = rejected.count.min(*points as u64);
-                    queue.sent_points.inc_by(*points as u64 - refused);
-                    if refused > 0 {
-                        queue.dropped_points.inc_by(refused);
-                        tracing::warn!(exporter = %queue.name, rejected = refused, message = %rejected.message, "backend rejected metric points");
-                    }
+                (Ok(mut rejected), Work::Metrics(_, points)) => {
+                    rejected.count = rejected.count.min(*points as u64);
+                    queue.sent_points.inc_by(*points as u64 - rejected.count);
+                    queue.dropped_points.inc_by(rejected.count);
+                    refusals.add(&queue.name, &rejected, false, std::time::Instant::now());
                 }
                 (Err(error), _) if error.retryable => {
                     let wait = error
@@ -401,4 +448,46 @@ async fn run(queue: Arc<Queue>, mut client: Client) {
 
 fn jitter(wait: Duration) -> Duration {
     wait.mul_f64(fastrand::f64() * 0.2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rejections are logged once per interval with the totals since the
+    /// last line, and a reason at most `REASON_BYTES` long, cut on a
+    /// character.
+    #[test]
+    fn rejections_are_summed_between_log_lines() {
+        let mut refusals = Refusals::default();
+        let long = "é".repeat(150);
+        let now = std::time::Instant::now();
+        refusals.add("a", &Rejected::of(3, long.clone()), true, now);
+        assert_eq!(
+            (refusals.spans, refusals.points),
+            (0, 0),
+            "the first is logged"
+        );
+        assert_eq!(refusals.reason.len(), REASON_BYTES);
+        refusals.add("a", &Rejected::of(2, "x".into()), true, now);
+        refusals.add("a", &Rejected::of(4, "y".into()), false, now);
+        refusals.add("a", &Rejected::of(0, "a warning".into()), true, now);
+        assert_eq!(
+            (refusals.spans, refusals.points),
+            (2, 4),
+            "held for the next line"
+        );
+        assert_eq!(refusals.reason, "y");
+        refusals.add(
+            "a",
+            &Rejected::of(1, long),
+            true,
+            now + DROP_REPORT_INTERVAL,
+        );
+        assert_eq!(
+            (refusals.spans, refusals.points),
+            (0, 0),
+            "logged with the totals"
+        );
+    }
 }

@@ -72,9 +72,9 @@ impl OtlpHttpClient {
         })
     }
 
-    /// Posts `body` to `uri`; a success's response body (up to
-    /// [`MAX_RESPONSE`], empty when it did not come in time).
-    async fn post(&self, uri: &Uri, body: Vec<u8>) -> Result<Bytes, SendError> {
+    /// Posts `body` to `uri`; a success's answer (its body empty when it
+    /// did not come whole in time or was over [`MAX_RESPONSE`]).
+    async fn post(&self, uri: &Uri, body: Vec<u8>) -> Result<Answer, SendError> {
         let mut builder =
             Request::post(uri.clone()).header(http::header::CONTENT_TYPE, "application/x-protobuf");
         let body = if self.gzip {
@@ -102,6 +102,11 @@ impl OtlpHttpClient {
             .map_err(|_| SendError::transient("timed out", None))?
             .map_err(|e| SendError::transient(format!("{uri}: {e}"), None))?;
         let status = response.status();
+        let json = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("application/json"));
         let retry_after = response
             .headers()
             .get(http::header::RETRY_AFTER)
@@ -121,7 +126,7 @@ impl OtlpHttpClient {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         if status.is_success() {
-            return Ok(body);
+            return Ok(Answer { json, body });
         }
         let message = format!(
             "{uri}: HTTP {status}: {}",
@@ -143,11 +148,11 @@ impl OtlpHttpClient {
         &self,
         request: &ExportTraceServiceRequest,
     ) -> Result<Rejected, SendError> {
-        let body = self.post(&self.traces, request.encode_to_vec()).await?;
-        Ok(answer::<ExportTraceServiceResponse>(&body)
-            .and_then(|r| r.partial_success)
-            .map(|p| Rejected::of(p.rejected_spans, p.error_message))
-            .unwrap_or_default())
+        let answer = self.post(&self.traces, request.encode_to_vec()).await?;
+        Ok(answer.rejected("rejectedSpans", |body| {
+            let partial = ExportTraceServiceResponse::decode(body)?.partial_success;
+            Ok(partial.map(|p| Rejected::of(p.rejected_spans, p.error_message)))
+        }))
     }
 
     /// Exports metrics; what the backend rejected of their data points.
@@ -155,20 +160,60 @@ impl OtlpHttpClient {
         &self,
         request: &ExportMetricsServiceRequest,
     ) -> Result<Rejected, SendError> {
-        let body = self.post(&self.metrics, request.encode_to_vec()).await?;
-        Ok(answer::<ExportMetricsServiceResponse>(&body)
-            .and_then(|r| r.partial_success)
-            .map(|p| Rejected::of(p.rejected_data_points, p.error_message))
-            .unwrap_or_default())
+        let answer = self.post(&self.metrics, request.encode_to_vec()).await?;
+        Ok(answer.rejected("rejectedDataPoints", |body| {
+            let partial = ExportMetricsServiceResponse::decode(body)?.partial_success;
+            Ok(partial.map(|p| Rejected::of(p.rejected_data_points, p.error_message)))
+        }))
     }
 }
 
-/// A success's body as the protobuf response it should be; `None` when it
-/// is not one (logged: the backend's partial success, if any, is unknown).
-fn answer<M: Message + Default>(body: &[u8]) -> Option<M> {
-    M::decode(body)
-        .map_err(|error| tracing::debug!(%error, "unreadable OTLP/HTTP success response"))
-        .ok()
+/// A success's answer: its body, and whether it says it is JSON.
+struct Answer {
+    json: bool,
+    body: Bytes,
+}
+
+impl Answer {
+    /// What the answer says was rejected: its `ExportTraceServiceResponse`
+    /// (or metrics') partial success, in protobuf (`decode`), as OTLP/HTTP
+    /// answers a protobuf request, or in OTLP JSON from a receiver that
+    /// answers in it (`count` the rejected field's JSON name; an int64 is
+    /// a string there, a number read too). An empty body rejects nothing;
+    /// an unreadable one is logged at DEBUG and rejects nothing.
+    fn rejected(
+        &self,
+        count: &str,
+        decode: impl FnOnce(&[u8]) -> Result<Option<Rejected>, prost::DecodeError>,
+    ) -> Rejected {
+        if self.body.is_empty() {
+            return Rejected::default();
+        }
+        let read = if self.json {
+            serde_json::from_slice::<serde_json::Value>(&self.body)
+                .map(|answer| json_rejected(&answer, count))
+                .map_err(|e| e.to_string())
+        } else {
+            decode(&self.body).map_err(|e| e.to_string())
+        };
+        read.unwrap_or_else(|error| {
+            tracing::debug!(%error, "unreadable OTLP/HTTP success answer");
+            None
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// `partialSuccess` of an OTLP JSON answer.
+fn json_rejected(answer: &serde_json::Value, count: &str) -> Option<Rejected> {
+    let partial = answer.get("partialSuccess")?;
+    let count = match partial.get(count) {
+        Some(serde_json::Value::String(n)) => n.parse().unwrap_or(0),
+        Some(n) => n.as_i64().unwrap_or(0),
+        None => 0,
+    };
+    let message = partial.get("errorMessage").and_then(|m| m.as_str());
+    Some(Rejected::of(count, message.unwrap_or_default().to_owned()))
 }
 
 #[cfg(test)]
@@ -214,6 +259,69 @@ mod tests {
                     assert!(error.retryable, "{}", error.message);
                 }
             }
+        }
+    }
+
+    /// A success's answer says what the backend rejected (OTLP's partial
+    /// success): in protobuf as OTLP/HTTP answers, in JSON from a receiver
+    /// that answers in it (an int64 as a string), nothing in an empty or
+    /// unreadable body.
+    #[tokio::test]
+    async fn a_successs_partial_success_is_read_in_protobuf_and_json() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let partial = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        let json = br#"{"partialSuccess":{"rejectedSpans":"4","errorMessage":"too new"}}"#;
+        let cases: [(&str, &[u8], Rejected); 5] = [
+            (
+                "application/x-protobuf",
+                &partial,
+                Rejected::of(3, "too old".into()),
+            ),
+            ("application/json", json, Rejected::of(4, "too new".into())),
+            (
+                "application/json",
+                br#"{"partialSuccess":{"rejectedSpans":5}}"#,
+                Rejected::of(5, String::new()),
+            ),
+            ("application/x-protobuf", b"", Rejected::default()),
+            (
+                "application/x-protobuf",
+                b"\xff\xff\xff",
+                Rejected::default(),
+            ),
+        ];
+        for (content_type, body, expected) in cases {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let body = body.to_vec();
+            tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0; 65536];
+                let _ = stream.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                stream.write_all(head.as_bytes()).await.unwrap();
+                stream.write_all(&body).await.unwrap();
+                while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            });
+            let mut config =
+                ExporterConfig::new(ExportProtocol::OtlpHttp, format!("http://{addr}"));
+            config.compression = Compression::None;
+            let client = OtlpHttpClient::new(&config).unwrap();
+            let rejected = client
+                .send_spans(&ExportTraceServiceRequest::default())
+                .await
+                .unwrap();
+            assert_eq!(rejected, expected, "{content_type}");
         }
     }
 

@@ -74,6 +74,27 @@ fn spans_reach_a_second_collector_even_across_its_restart() {
     b.stop();
 }
 
+/// A collector on `data_dir` with one exporter, `exporter` (a YAML flow
+/// mapping of the config file's `exporters` list), its config file written
+/// in `config_dir`.
+fn exporting(
+    data_dir: &std::path::Path,
+    config_dir: &std::path::Path,
+    exporter: &str,
+) -> Collector {
+    let config = config_dir.join("collector.yaml");
+    std::fs::write(&config, format!("exporters:\n- {exporter}\n")).unwrap();
+    Collector::start(
+        data_dir,
+        &[
+            "--commit-interval",
+            "100ms",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    )
+}
+
 /// A relay in front of `behind` whose first connection can be silenced:
 /// nothing passes either way, but both sockets stay open (so TCP still
 /// acknowledges what is sent), as when a receiver's node goes without a
@@ -132,22 +153,12 @@ fn spans_go_on_over_a_new_connection_when_the_old_one_answers_nothing() {
     let b = Collector::start(dir_b.path(), &["--commit-interval", "100ms"]);
     let relays = runtime();
     let (front, silence, accepted) = relays.block_on(silenceable_relay(b.otlp_grpc));
-    let config = dir_config.path().join("collector.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "exporters:\n- {{protocol: otlp_grpc, endpoint: \"http://{front}\", timeout: 1s, compression: none}}\n"
-        ),
-    )
-    .unwrap();
-    let a = Collector::start(
+    let a = exporting(
         dir_a.path(),
-        &[
-            "--commit-interval",
-            "100ms",
-            "--config",
-            config.to_str().unwrap(),
-        ],
+        dir_config.path(),
+        &format!(
+            "{{protocol: otlp_grpc, endpoint: \"http://{front}\", timeout: 1s, compression: none}}"
+        ),
     );
 
     let first = random_trace_id();
@@ -193,22 +204,12 @@ fn spans_a_backend_rejects_are_counted_failed_not_sent() {
             "otlp_grpc" => b.otlp_grpc,
             _ => b.otlp_http,
         };
-        let config = dir_config.path().join("collector.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "exporters:\n- {{protocol: {protocol}, endpoint: \"http://{endpoint}\", compression: none}}\n"
-            ),
-        )
-        .unwrap();
-        let a = Collector::start(
+        let a = exporting(
             dir_a.path(),
-            &[
-                "--commit-interval",
-                "100ms",
-                "--config",
-                config.to_str().unwrap(),
-            ],
+            dir_config.path(),
+            &format!(
+                "{{protocol: {protocol}, endpoint: \"http://{endpoint}\", compression: none}}"
+            ),
         );
 
         let (recent, old) = (random_trace_id(), random_trace_id());

@@ -175,9 +175,14 @@ pub struct Expect {
     /// Response flags (default `-`).
     #[serde(default)]
     pub flags: Option<String>,
-    /// For concurrent copies: each copy's `status flags`, in any order.
+    /// For concurrent copies: each copy's `status flags`, in any order
+    /// (with ` name=value` after them for each of `outcome_headers` the
+    /// copy's response had).
     #[serde(default)]
     pub outcomes: Option<Vec<String>>,
+    /// Response headers shown in each copy's outcome, where present.
+    #[serde(default)]
+    pub outcome_headers: Vec<String>,
     /// What the upstreams received: `none`, or the (first) request.
     #[serde(default)]
     pub upstream: Option<UpstreamExpect>,

@@ -327,7 +327,21 @@ fn observe(
     let mut responses: Vec<String> = replies
         .iter()
         .zip(&flags)
-        .map(|(reply, flags)| outcome::response(reply.status, flags))
+        .map(|(reply, flags)| {
+            let mut response = outcome::response(reply.status, flags);
+            for name in &step.expect.outcome_headers {
+                let values: Vec<&str> = reply
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                if !values.is_empty() {
+                    response.push_str(&format!(" {name}={}", values.join(",")));
+                }
+            }
+            response
+        })
         .collect();
     responses.sort();
     let received = upstreams

@@ -12,6 +12,11 @@ use crate::flags::ResponseFlags;
 /// Header naming the flag of a local reply.
 pub const RESPONSE_FLAGS_HEADER: HeaderName = HeaderName::from_static("x-tracemesh-response-flags");
 
+/// Envoy's mark on an answer to a request dropped by a circuit breaker
+/// (`x-envoy-overloaded: true`, its router's `onUpstreamAbort` for a pool
+/// overflow): a caller's own retries read it as "do not retry".
+pub const OVERLOADED_HEADER: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+
 /// Header giving a local reply's full details (`response_code_details`,
 /// with the resource and rule that decided it); `spec.telemetry.replyDetails:
 /// false` leaves it off.
@@ -419,6 +424,9 @@ impl LocalReply {
             let value =
                 HeaderValue::from_str(&flags.as_str()).unwrap_or(HeaderValue::from_static("-"));
             builder = builder.header(RESPONSE_FLAGS_HEADER, value);
+        }
+        if self.flags.contains(ResponseFlags::UPSTREAM_OVERFLOW) {
+            builder = builder.header(OVERLOADED_HEADER, "true");
         }
         let body = self.body(retried);
         if grpc {

@@ -16,6 +16,7 @@ use common::agent::Agent;
 use common::client::{Client, OneConnection};
 use common::mesh::{Ep, NO_COLLECTOR, agent, service_entry};
 use common::upstream::{Upstream, closed_port};
+use futures_util::StreamExt;
 use http::Request;
 use http_body_util::Full;
 use tokio::sync::Notify;
@@ -444,6 +445,89 @@ async fn connection_pool_limits_answer_uo_and_cap_connections() {
         statuses.iter().filter(|s| **s == 503).count() >= 5,
         "{statuses:?}"
     );
+}
+
+/// An upgraded connection counts against `maxConnections` until the
+/// upgraded stream ends, as Envoy counts it: of six WebSockets opened one
+/// after another and kept open, with `maxConnections: 1`, at most one per
+/// worker is let through (each worker's pool may hold one connection
+/// whatever the limit); the others wait for a connection for the connect
+/// timeout and are refused 503 `UO` marked `x-envoy-overloaded`. Once the
+/// first close, a new one is let through. (Hyper's connection task ended
+/// at the upgrade and gave its slot back: every WebSocket got a
+/// connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgraded_connections_count_against_max_connections_until_they_close() {
+    use tokio_tungstenite::tungstenite::Error;
+
+    let app = Upstream::start("ws").await;
+    let policy = "{connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s}, http: {http1MaxPendingRequests: 1}}}";
+    let rule = "  - retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n";
+    let agent = mesh(
+        &[&app],
+        &(destination_rule(policy) + &virtual_service(rule)),
+    )
+    .await;
+    let open = |outbound: SocketAddr| async move {
+        let stream = tokio::net::TcpStream::connect(outbound).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio_tungstenite::client_async("ws://app:9080/ws", stream),
+        )
+        .await
+        .expect("answered within a minute")
+    };
+    let (mut upgraded, mut refused) = (Vec::new(), Vec::new());
+    for _ in 0..6 {
+        match open(agent.outbound).await {
+            Ok((ws, response)) => {
+                assert_eq!(response.status(), 101);
+                upgraded.push(ws);
+            }
+            Err(Error::Http(response)) => refused.push((
+                response.status().as_u16(),
+                response
+                    .headers()
+                    .get("x-tracemesh-response-flags")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+                response
+                    .headers()
+                    .get("x-envoy-overloaded")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            )),
+            Err(other) => panic!("{other}"),
+        }
+    }
+    let workers = 2; // the test agent's `concurrency`
+    assert!(
+        (1..=workers).contains(&upgraded.len()),
+        "{} WebSockets let through at once, past one connection per worker; refused: {refused:?}",
+        upgraded.len()
+    );
+    let overloaded = (503, Some("UO".to_owned()), Some("true".to_owned()));
+    assert!(
+        refused.iter().all(|r| *r == overloaded),
+        "refused as overflow: {refused:?}"
+    );
+    // Closed, they give their connections back.
+    for mut ws in upgraded {
+        ws.close(None).await.unwrap();
+        while ws.next().await.is_some_and(|m| m.is_ok()) {}
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match open(agent.outbound).await {
+            Ok((_ws, response)) => {
+                assert_eq!(response.status(), 101);
+                break;
+            }
+            Err(error) => assert!(
+                Instant::now() < deadline,
+                "no WebSocket after the others closed: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// With `maxConnections` below the agent's workers, each worker keeps the

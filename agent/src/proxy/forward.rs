@@ -160,14 +160,17 @@ pub fn send(
             return Err(SendError::Failed(AttemptFailure::ResetBeforeRequest));
         }
         if upgrade {
-            let (mut sender, peer, waited) = Box::pin(pools.h1_upgrade(&key, cluster, &plan))
+            let (mut sender, peer, waited, slot) = Box::pin(pools.h1_upgrade(&key, cluster, &plan))
                 .await
                 .map_err(acquire_failed)?;
             ready.set();
-            let response = sender
+            let mut response = sender
                 .send_request(head.into_request(body))
                 .await
                 .map_err(|error| reset(&error))?;
+            if let Some(slot) = slot {
+                response.extensions_mut().insert(slot);
+            }
             if let Some(why) = unusable(&response, upgrade) {
                 tracing::debug!(why, "upstream response cannot be passed on");
                 return Err(SendError::Protocol);

@@ -40,6 +40,7 @@ use super::flow_control::{CONNECTION_WINDOW, STREAM_WINDOW};
 use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
 use super::peer_settings::{INITIAL_LIMIT, ServerStreamLimit, SettingsScan};
 use super::shared_h2::{Connections, Counted, DialFailure, NoRoom, Opened, Taken};
+use super::upgrade::UpgradeSlot;
 use crate::by_address::ByAddress;
 use crate::connect::{self, DialError, DialSettings};
 use crate::model::cluster::{Cluster, Http2Keepalive, Pooling, Poolings, TlsServer};
@@ -603,6 +604,7 @@ impl Pools {
             http1::SendRequest<UpstreamBody>,
             PeerIdentity,
             Option<Duration>,
+            Option<UpgradeSlot>,
         ),
         AcquireError,
     > {
@@ -636,13 +638,17 @@ impl Pools {
             })?;
         let Slotted { slot, pending, .. } = slotted;
         drop(pending);
+        // The connection counts until it closes and, upgraded, until the
+        // upgraded stream ends: the splice holds the other share.
+        let slot = slot.map(UpgradeSlot::new);
+        let held = slot.clone();
         tokio::task::spawn_local(async move {
-            let _slot = slot; // the connection counts until it closes
+            let _slot = held;
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, "upstream connection closed with an error");
             }
         });
-        Ok((sender, peer, waited))
+        Ok((sender, peer, waited, slot))
     }
 
     /// A stream on a shared HTTP/2 connection for `key`: on the first with
@@ -2393,7 +2399,7 @@ mod tests {
                     .expect("a connection");
                 lease.reuse(connection);
                 let upgrade = a.h1_upgrade(&key, &cluster, &TlsPlan::Plain);
-                let (_sender, _, _) = tokio::time::timeout(Duration::from_secs(5), upgrade)
+                let (_sender, _, _, _) = tokio::time::timeout(Duration::from_secs(5), upgrade)
                     .await
                     .expect("no wait for the connect timeout")
                     .expect("a connection");

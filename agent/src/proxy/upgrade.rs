@@ -19,6 +19,27 @@ use tokio::time::Instant;
 use super::headers::list_members;
 use super::local_reply::LocalReply;
 
+/// The connection slot of an upgrade's upstream connection
+/// (`connectionPool.tcp.maxConnections`), carried in the upstream
+/// response's extensions to the splice: hyper's connection task ends at the
+/// upgrade, handing the socket on, and the connection counts until the
+/// upgraded stream ends, as Envoy counts it (the connection task holds the
+/// other share, for an answer that upgrades nothing).
+#[derive(Clone)]
+pub struct UpgradeSlot {
+    /// Held, for its drop.
+    _slot: std::sync::Arc<crate::model::live::Slot>,
+}
+
+impl UpgradeSlot {
+    /// Shares `slot` between the connection's task and the splice.
+    pub fn new(slot: crate::model::live::Slot) -> Self {
+        Self {
+            _slot: std::sync::Arc::new(slot),
+        }
+    }
+}
+
 /// RFC 7540 §3.2's settings of an h2c upgrade offer.
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
@@ -75,8 +96,10 @@ pub fn splice<B>(
     upstream_response: &mut Response<B>,
     idle: Option<Duration>,
 ) {
+    let slot = upstream_response.extensions_mut().remove::<UpgradeSlot>();
     let upstream = hyper::upgrade::on(upstream_response);
     tokio::task::spawn_local(async move {
+        let _slot = slot; // the upstream connection counts until the splice ends
         let (down, up) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(error) => {

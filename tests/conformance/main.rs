@@ -330,14 +330,8 @@ fn observe(
         .map(|(reply, flags)| {
             let mut response = outcome::response(reply.status, flags);
             for name in &step.expect.outcome_headers {
-                let values: Vec<&str> = reply
-                    .headers
-                    .iter()
-                    .filter(|(n, _)| n == name)
-                    .map(|(_, v)| v.as_str())
-                    .collect();
-                if !values.is_empty() {
-                    response.push_str(&format!(" {name}={}", values.join(",")));
+                if let Some(value) = outcome::header(reply, name) {
+                    response.push_str(&format!(" {name}={value}"));
                 }
             }
             response

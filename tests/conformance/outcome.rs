@@ -127,6 +127,18 @@ pub struct Seen {
     pub interim: Option<Vec<u16>>,
 }
 
+/// The response header `name` as the client saw it (repeated lines joined
+/// with `,`), if it had one.
+pub fn header(reply: &Reply, name: &str) -> Option<String> {
+    let values: Vec<&str> = reply
+        .headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
 /// The response headers, body and interim statuses of `reply` that the
 /// step's expectations (its own and Envoy's) name.
 pub fn seen(step: &Step, reply: &Reply) -> Seen {
@@ -136,14 +148,7 @@ pub fn seen(step: &Step, reply: &Reply) -> Seen {
     let mut interim = None;
     for expect in expects {
         for name in expect.headers.keys() {
-            let values: Vec<&str> = reply
-                .headers
-                .iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-                .collect();
-            let value = (!values.is_empty()).then(|| values.join(","));
-            headers.insert(name.clone(), value);
+            headers.insert(name.clone(), header(reply, name));
         }
         if expect.body.is_some() {
             body = Some(String::from_utf8_lossy(&reply.body).into_owned());

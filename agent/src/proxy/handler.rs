@@ -71,6 +71,7 @@ pub fn handle(
                 stalls,
             )))
         });
+
         // Trace context next, so that every outcome below — local replies
         // included — is a span and a metric.
         let mut ex = Exchange::begin(&worker, &down, &snapshot, &req);

@@ -38,6 +38,20 @@ async fn mesh_at(addrs: &[SocketAddr], extra: &str) -> Agent {
     )
 }
 
+/// An agent like [`mesh`]'s whose `app` has the DestinationRule `policy`
+/// and a route with no retries ([`NO_RETRIES`]).
+async fn mesh_without_retries(upstreams: &[&Upstream], policy: &str) -> Agent {
+    mesh(
+        upstreams,
+        &(destination_rule(policy) + &virtual_service(NO_RETRIES)),
+    )
+    .await
+}
+
+/// A VirtualService rule routing to `app` with no retries (Istio renders
+/// `attempts: 0` as no retry policy): each failure is the answer.
+const NO_RETRIES: &str = "  - retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n";
+
 fn virtual_service(rule: &str) -> String {
     format!(
         "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: app, namespace: default}}\nspec:\n  hosts: [app]\n  http:\n{rule}"
@@ -264,12 +278,7 @@ async fn outlier_detection_ejects_and_returns_a_host() {
     let bad = Upstream::start("bad").await;
     bad.fail_with(503);
     let policy = "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 100}}";
-    let rule = "  - retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n";
-    let agent = mesh(
-        &[&good, &bad],
-        &(destination_rule(policy) + &virtual_service(rule)),
-    )
-    .await;
+    let agent = mesh_without_retries(&[&good, &bad], policy).await;
     let client = Client::h1(agent.outbound);
     for _ in 0..6 {
         client.get("http://app:9080/").await;
@@ -328,12 +337,7 @@ async fn max_ejection_percent_holds_and_all_ejected_is_uh() {
             "{{loadBalancer: {{simple: ROUND_ROBIN}}, outlierDetection: {{consecutive5xxErrors: 2, baseEjectionTime: 5m, maxEjectionPercent: {pct}}}}}"
         )
     };
-    let rule = "  - retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n";
-    let agent = mesh(
-        &refs,
-        &(destination_rule(&policy(50)) + &virtual_service(rule)),
-    )
-    .await;
+    let agent = mesh_without_retries(&refs, &policy(50)).await;
     let client = Client::h1(agent.outbound);
     for _ in 0..30 {
         assert_eq!(client.get("http://app:9080/").await.status, 503);
@@ -346,11 +350,7 @@ async fn max_ejection_percent_holds_and_all_ejected_is_uh() {
     assert_eq!(ejected, 1, "50% of three hosts allows one ejection");
     drop(agent);
 
-    let agent = mesh(
-        &refs,
-        &(destination_rule(&policy(100)) + &virtual_service(rule)),
-    )
-    .await;
+    let agent = mesh_without_retries(&refs, &policy(100)).await;
     let client = Client::h1(agent.outbound);
     let mut last = None;
     for _ in 0..10 {
@@ -370,12 +370,7 @@ async fn connection_pool_limits_answer_uo_and_cap_connections() {
     let app = Upstream::start("app").await;
     app.delay_all(300);
     let policy = "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}";
-    let rule = "  - retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n";
-    let agent = mesh(
-        &[&app],
-        &(destination_rule(policy) + &virtual_service(rule)),
-    )
-    .await;
+    let agent = mesh_without_retries(&[&app], policy).await;
     let client = Client::h1(agent.outbound);
     // A warm pool: on a cold one the first request's own dial holds the
     // pending place, as Envoy's pool counts it.
@@ -424,11 +419,7 @@ async fn connection_pool_limits_answer_uo_and_cap_connections() {
     // http2MaxRequests caps requests in flight, whatever the connections.
     let policy = "{connectionPool: {http: {http2MaxRequests: 2}}}";
     drop(agent);
-    let agent = mesh(
-        &[&app],
-        &(destination_rule(policy) + &virtual_service(rule)),
-    )
-    .await;
+    let agent = mesh_without_retries(&[&app], policy).await;
     let client = Client::h1(agent.outbound);
     let calls: Vec<_> = (0..10)
         .map(|_| {
@@ -462,12 +453,7 @@ async fn upgraded_connections_count_against_max_connections_until_they_close() {
 
     let app = Upstream::start("ws").await;
     let policy = "{connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s}, http: {http1MaxPendingRequests: 1}}}";
-    let rule = "  - retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n";
-    let agent = mesh(
-        &[&app],
-        &(destination_rule(policy) + &virtual_service(rule)),
-    )
-    .await;
+    let agent = mesh_without_retries(&[&app], policy).await;
     let open = |outbound: SocketAddr| async move {
         let stream = tokio::net::TcpStream::connect(outbound).await.unwrap();
         tokio::time::timeout(
@@ -540,12 +526,7 @@ async fn upgraded_connections_count_against_max_connections_until_they_close() {
 async fn each_worker_keeps_a_connection_under_max_connections_below_the_workers() {
     let app = Upstream::start("app").await;
     let policy = "{connectionPool: {tcp: {maxConnections: 1}}}";
-    let rule = "  - retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n";
-    let agent = mesh(
-        &[&app],
-        &(destination_rule(policy) + &virtual_service(rule)),
-    )
-    .await;
+    let agent = mesh_without_retries(&[&app], policy).await;
     // Each request on a client connection of its own, which the kernel
     // gives one of the two workers' listeners by its ports' hash.
     for _ in 0..30 {
@@ -591,9 +572,7 @@ async fn max_concurrent_streams_spreads_http2_streams_over_connections() {
             SocketAddr::from(([127, 0, 0, 1], 9)),
             NO_COLLECTOR,
         ) + &service_entry("app", 9080, "HTTP2", &endpoint(app))
-            + &virtual_service(
-                "  - retries: {attempts: 0}\n    route: [{destination: {host: app}}]\n",
-            )
+            + &virtual_service(NO_RETRIES)
             + extra
     };
     let app = Upstream::start("app").await;

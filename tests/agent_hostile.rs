@@ -718,8 +718,9 @@ async fn a_client_that_stops_reading_is_cut_off() {
 /// A WebSocket after its 101 is still the request's stream, as Envoy's
 /// `stream_idle_timeout` counts it: messages going back and forth keep it
 /// open well past the timeout, and once both sides fall silent the agent
-/// closes it. (The splice had no timer: a WebSocket whose peers had gone
-/// quiet held its two connections for as long as neither closed them.)
+/// closes it, recorded SI. (The splice had no timer: a WebSocket whose
+/// peers had gone quiet held its two connections for as long as neither
+/// closed them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_websocket_is_closed_at_the_stream_idle_timeout() {
     use futures_util::SinkExt;
@@ -770,6 +771,8 @@ async fn a_silent_websocket_is_closed_at_the_stream_idle_timeout() {
         "closed {:?} into the silence, before the timeout",
         silent.elapsed()
     );
+    // Recorded as Envoy records the cut, once it is over.
+    assert_counted_once(&agent, "101", "SI").await;
 }
 
 /// An upload the upstream stops reading is ended by the stream idle

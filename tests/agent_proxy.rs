@@ -306,6 +306,162 @@ async fn websocket_upgrades_pass_through() {
     ws.close(None).await.unwrap();
 }
 
+/// A WebSocket through the two agents, three echoed messages: the open
+/// stream and the frontend's cluster.
+async fn open_websocket(mesh: &Mesh) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(mesh.frontend.outbound)
+        .await
+        .unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://backend:9080/ws", stream)
+        .await
+        .expect("websocket handshake through the agents");
+    assert_eq!(response.status(), 101);
+    for i in 0..3 {
+        let text = format!("message {i}");
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
+            .await
+            .unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    ws
+}
+
+/// The `rq_active` of the frontend's cluster for `backend:9080`.
+async fn backend_requests_active(agent: &Agent) -> String {
+    let clusters = agent.admin_get("/clusters").await;
+    let line = clusters
+        .lines()
+        .find(|l| {
+            let parts: Vec<&str> = l.split("::").collect();
+            parts.len() == 3
+                && parts[0].starts_with("outbound|9080||backend")
+                && parts[1] == "rq_active"
+        })
+        .unwrap_or_else(|| panic!("no cluster line for backend:9080 in {clusters}"));
+    line.rsplit("::").next().unwrap().to_owned()
+}
+
+/// Both agents' scrapes once each has recorded a `101`.
+async fn recorded_websockets(mesh: &Mesh) -> [common::metrics::Scrape; 2] {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let scrapes = [mesh.frontend.metrics().await, mesh.backend.metrics().await];
+        let recorded = |s: &common::metrics::Scrape| {
+            s.sum("istio_requests_total", &[("response_code", "101")])
+        };
+        if scrapes.iter().all(|s| recorded(s) > 0.0) {
+            return scrapes;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed WebSocket not recorded by both agents:\n{}\n{}",
+            scrapes[0].text,
+            scrapes[1].text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A WebSocket is one request from its upgrade to its end, as Envoy keeps
+/// it: it counts as the cluster's active request while it is open, and is
+/// recorded when it ends — its duration the whole stream's, its bytes
+/// those that passed each way after the `101` (Envoy's `BYTES_RECEIVED`
+/// and `BYTES_SENT` of a WebSocket), and the side that ended it as Envoy
+/// 1.40 flags it: DC for a client that closed, UC for an app that did.
+/// (Before, it was recorded at the `101`: a few milliseconds, no bytes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_websocket_is_one_request_until_it_ends_and_is_recorded_then() {
+    use tokio::io::AsyncWriteExt;
+    let app = Upstream::start("ws-recorded").await;
+    let closed = mesh(app.addr, "HTTP").await;
+
+    // The client ends it: a FIN, no closing handshake.
+    let mut ws = open_websocket(&closed).await;
+    let opened = std::time::Instant::now();
+    assert_eq!(backend_requests_active(&closed.frontend).await, "1");
+    let scrape = closed.frontend.metrics().await;
+    assert_eq!(
+        scrape.sum("istio_requests_total", &[("response_code", "101")]),
+        0.0,
+        "recorded while still open: {}",
+        scrape.text
+    );
+    // Open a while, so that a duration cut at the 101 would show.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let held_ms = opened.elapsed().as_millis() as f64;
+    ws.get_mut().shutdown().await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    for (scrape, reporter) in recorded_websockets(&closed)
+        .await
+        .iter()
+        .zip(["source", "destination"])
+    {
+        let labels = [("reporter", reporter), ("response_code", "101")];
+        let flagged = [labels[0], labels[1], ("response_flags", "DC")];
+        assert_eq!(
+            scrape.sum("istio_requests_total", &flagged),
+            1.0,
+            "{reporter}: {}",
+            scrape.text
+        );
+        let duration = scrape.sum("istio_request_duration_milliseconds_sum", &labels);
+        assert!(
+            duration >= held_ms,
+            "{reporter}: {duration} ms, open for {held_ms} ms at least"
+        );
+        // Client frames are masked: 2 + 4 + 9 bytes each; the app's 2 + 9.
+        assert_eq!(
+            scrape.sum("istio_request_bytes_sum", &labels),
+            45.0,
+            "{reporter}"
+        );
+        assert_eq!(
+            scrape.sum("istio_response_bytes_sum", &labels),
+            33.0,
+            "{reporter}"
+        );
+    }
+    assert_eq!(backend_requests_active(&closed.frontend).await, "0");
+
+    // The app ends it.
+    let app = Upstream::start("ws-hung-up").await;
+    let hung_up = mesh(app.addr, "HTTP").await;
+    let mut ws = open_websocket(&hung_up).await;
+    let hang_up =
+        tokio_tungstenite::tungstenite::Message::text(common::upstream::WEBSOCKET_HANG_UP);
+    ws.send(hang_up).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    for (scrape, reporter) in recorded_websockets(&hung_up)
+        .await
+        .iter()
+        .zip(["source", "destination"])
+    {
+        let labels = [
+            ("reporter", reporter),
+            ("response_code", "101"),
+            ("response_flags", "UC"),
+        ];
+        assert_eq!(
+            scrape.sum("istio_requests_total", &labels),
+            1.0,
+            "{reporter}: {}",
+            scrape.text
+        );
+        // Four client frames now, the last with 7 bytes of text.
+        assert_eq!(
+            scrape.sum("istio_request_bytes_sum", &labels),
+            58.0,
+            "{reporter}"
+        );
+        assert_eq!(
+            scrape.sum("istio_response_bytes_sum", &labels),
+            33.0,
+            "{reporter}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn absolute_form_requests_work_like_an_http_proxy() {
     let app = Upstream::start("abs").await;

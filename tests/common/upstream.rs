@@ -73,6 +73,9 @@ pub fn fnv(hash: u64, bytes: &[u8]) -> u64 {
 /// FNV-1a's offset basis.
 pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 
+/// The WebSocket message on which the app closes the connection.
+pub const WEBSOCKET_HANG_UP: &str = "hang up";
+
 /// The deterministic byte at `i` of a generated body.
 pub fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(31) % 251) as u8
@@ -306,7 +309,8 @@ impl Upstream {
         response
     }
 
-    /// Answers a WebSocket handshake and echoes every message.
+    /// Answers a WebSocket handshake and echoes every message but
+    /// [`WEBSOCKET_HANG_UP`], on which it closes the connection.
     fn websocket(&self, req: &mut Request<Incoming>) -> Response<Body> {
         let key = req.headers().get("sec-websocket-key").cloned();
         let Some(key) = key else {
@@ -328,6 +332,11 @@ impl Upstream {
             .await;
             let (mut tx, mut rx) = ws.split();
             while let Some(Ok(msg)) = rx.next().await {
+                // The app may end the connection itself (dropping both
+                // halves closes it, with no closing handshake).
+                if msg.to_text().is_ok_and(|t| t == WEBSOCKET_HANG_UP) {
+                    break;
+                }
                 if (msg.is_text() || msg.is_binary()) && tx.send(msg).await.is_err() {
                     break;
                 }

@@ -321,18 +321,16 @@ pub fn handle(
 
         // The response on its way back: peer metadata, edits, service time.
         let mut response = delivered.response;
-        if let (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) =
-            (downstream_upgrade, response.status())
-        {
-            if let Some(spliced) = &down.spliced {
-                spliced.set();
+        let splice = match (downstream_upgrade, response.status()) {
+            (Some(downstream), StatusCode::SWITCHING_PROTOCOLS) => {
+                if let Some(spliced) = &down.spliced {
+                    spliced.set();
+                }
+                let idle = snapshot.bootstrap.downstream.stream_idle;
+                Some(upgrade::Splice::new(downstream, &mut response, idle))
             }
-            upgrade::splice(
-                downstream,
-                &mut response,
-                snapshot.bootstrap.downstream.stream_idle,
-            );
-        }
+            _ => None,
+        };
         let (mut parts, body) = response.into_parts();
         let upstream_time = delivered.started.elapsed();
         let back = IncomingResponse {
@@ -349,7 +347,10 @@ pub fn handle(
         if let Some(allowed) = &allowed {
             allowed.apply(&mut parts.headers);
         }
-        Ok(ex.respond(parts, body, upstream_time, delivered.deadline, clock))
+        Ok(match splice {
+            Some(splice) => ex.switch_protocols(parts, upstream_time, splice),
+            None => ex.respond(parts, body, upstream_time, delivered.deadline, clock),
+        })
     }
 }
 

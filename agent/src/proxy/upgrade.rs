@@ -84,58 +84,180 @@ fn asks_upgrade(version: Version, headers: &HeaderMap) -> bool {
         && list_members(headers, CONNECTION).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
-/// Splices the two upgraded connections once both are ready, and closes
-/// both once nothing has passed either way for `idle`
-/// (`spec.downstream.streamIdleTimeout`; `None`: never), as Envoy's
-/// `stream_idle_timeout` ends an upgraded stream: after the 101 a
-/// WebSocket is still the request's stream, and one whose peers have both
-/// gone quiet (a client that vanished without a FIN, a NAT that dropped
-/// the flow) would otherwise hold two connections for good.
-pub fn splice<B>(
+/// Which side of an upgraded stream ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndedBy {
+    /// The downstream closed or broke its side first, or went away before
+    /// its side of the upgrade was ready (Envoy's DC).
+    Downstream,
+    /// The upstream closed or broke its side first (Envoy's UC).
+    Upstream,
+    /// Nothing passed either way for the stream idle timeout (Envoy's SI).
+    Idle,
+}
+
+/// How an upgraded stream ended: what passed each way after the `101`, in
+/// bytes, as Envoy counts an upgraded stream's `BYTES_RECEIVED` and
+/// `BYTES_SENT`, and which side ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// Bytes read from the downstream.
+    pub received: u64,
+    /// Bytes read from the upstream, to the downstream.
+    pub sent: u64,
+    /// What ended it.
+    pub by: EndedBy,
+}
+
+/// An upgrade both of whose sides answered: the downstream's, waiting for
+/// the `101` to be written to it, and the upstream's `101` response.
+pub struct Splice {
     downstream: OnUpgrade,
-    upstream_response: &mut Response<B>,
+    upstream: OnUpgrade,
+    slot: Option<UpgradeSlot>,
     idle: Option<Duration>,
-) {
-    let slot = upstream_response.extensions_mut().remove::<UpgradeSlot>();
-    let upstream = hyper::upgrade::on(upstream_response);
-    tokio::task::spawn_local(async move {
+}
+
+impl Splice {
+    /// Takes the upgraded sides of `downstream` and of the upstream's
+    /// `101` response; `idle` is `spec.downstream.streamIdleTimeout`
+    /// (`None`: never).
+    pub fn new<B>(
+        downstream: OnUpgrade,
+        upstream_response: &mut Response<B>,
+        idle: Option<Duration>,
+    ) -> Self {
+        Self {
+            slot: upstream_response.extensions_mut().remove::<UpgradeSlot>(),
+            upstream: hyper::upgrade::on(upstream_response),
+            downstream,
+            idle,
+        }
+    }
+
+    /// Splices the two upgraded connections once both are ready, and closes
+    /// both once nothing has passed either way for the idle timeout, as
+    /// Envoy's `stream_idle_timeout` ends an upgraded stream: after the 101
+    /// a WebSocket is still the request's stream, and one whose peers have
+    /// both gone quiet (a client that vanished without a FIN, a NAT that
+    /// dropped the flow) would otherwise hold two connections for good.
+    /// `ended` hears how it ended, once, after both connections are closed.
+    pub fn start(self, ended: impl FnOnce(Ended) + 'static) {
+        tokio::task::spawn_local(self.run(ended));
+    }
+
+    async fn run(self, ended: impl FnOnce(Ended)) {
+        let Self {
+            downstream,
+            upstream,
+            slot,
+            idle,
+        } = self;
         let _slot = slot; // the upstream connection counts until the splice ends
         let (down, up) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(error) => {
                 tracing::debug!(%error, "upgrade failed");
-                return;
+                // The upstream's side was ready with its 101: the
+                // downstream's failed, its connection gone before the 101
+                // was written to it.
+                let by = EndedBy::Downstream;
+                return ended(Ended {
+                    received: 0,
+                    sent: 0,
+                    by,
+                });
             }
         };
         let passed = Cell::new(Instant::now());
-        let mut down = Touching::new(TokioIo::new(down), &passed);
-        let mut up = Touching::new(TokioIo::new(up), &passed);
-        // Idle: both sides are dropped here, closing both connections.
-        tokio::select! {
-            outcome = tokio::io::copy_bidirectional(&mut down, &mut up) => {
-                if let Err(error) = outcome {
-                    tracing::debug!(%error, "upgraded connection closed with an error");
-                }
-            }
+        let first = Cell::new(None);
+        let (received, sent) = (Cell::new(0), Cell::new(0));
+        let down = TokioIo::new(down);
+        let down = Touching::new(down, &passed, &first, (EndedBy::Downstream, &received));
+        let up = Touching::new(
+            TokioIo::new(up),
+            &passed,
+            &first,
+            (EndedBy::Upstream, &sent),
+        );
+        let ((mut down_read, mut down_write), (mut up_read, mut up_write)) =
+            (tokio::io::split(down), tokio::io::split(up));
+        // Each way until its side's end, which is passed on (a FIN); the
+        // first side to end ends the stream, as in Envoy, whose upgraded
+        // HTTP/1.1 stream ends at either side's end: the other side's
+        // connection is closed then, not left half open.
+        let by = tokio::select! {
+            side = pass(&mut down_read, &mut up_write, EndedBy::Downstream) => side,
+            side = pass(&mut up_read, &mut down_write, EndedBy::Upstream) => side,
             () = super::tcp::idle(&passed, idle) => {
                 let idle = idle.unwrap_or_default();
                 tracing::debug!(?idle, "upgraded connection idle for the stream idle timeout: closed");
+                EndedBy::Idle
             }
-        }
-    });
+        };
+        let by = match by {
+            EndedBy::Idle => EndedBy::Idle,
+            // A side that broke (an error reading or writing it) ends it.
+            side => first.get().unwrap_or(side),
+        };
+        ended(Ended {
+            received: received.get(),
+            sent: sent.get(),
+            by,
+        });
+        // Both connections close here, once the stream is recorded, as
+        // the halves are dropped.
+        drop((down_read, down_write, up_read, up_write));
+    }
 }
 
-/// One side of a splice, noting when it last read bytes: a splice moves
+/// Passes what `from` sends to `to` until `from` ends, then ends `to`'s
+/// writing; returns `side`, the side `from` reads.
+async fn pass<R, W>(from: &mut R, to: &mut W, side: EndedBy) -> EndedBy
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let passed = tokio::io::copy(from, to).await;
+    let shut = tokio::io::AsyncWriteExt::shutdown(to).await;
+    if let Err(error) = passed.and(shut) {
+        tracing::debug!(%error, "upgraded connection closed with an error");
+    }
+    side
+}
+
+/// One side of a splice, noting when it last read bytes (a splice moves
 /// bytes only by reading them, so the two sides' reads are everything
-/// that passes either way.
+/// that passes either way), how many it read, and whether it was the
+/// first side to end (its end of file, or an error reading or writing it).
 struct Touching<'a, T> {
     io: T,
     passed: &'a Cell<Instant>,
+    first: &'a Cell<Option<EndedBy>>,
+    side: EndedBy,
+    read: &'a Cell<u64>,
 }
 
 impl<'a, T> Touching<'a, T> {
-    fn new(io: T, passed: &'a Cell<Instant>) -> Self {
-        Self { io, passed }
+    fn new(
+        io: T,
+        passed: &'a Cell<Instant>,
+        first: &'a Cell<Option<EndedBy>>,
+        (side, read): (EndedBy, &'a Cell<u64>),
+    ) -> Self {
+        Self {
+            io,
+            passed,
+            first,
+            side,
+            read,
+        }
+    }
+
+    fn ended(&self) {
+        if self.first.get().is_none() {
+            self.first.set(Some(self.side));
+        }
     }
 }
 
@@ -146,9 +268,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Touching<'_, T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let read = buf.filled().len() - before;
+        if read > 0 {
             self.passed.set(Instant::now());
+            self.read.set(self.read.get() + read as u64);
+        } else if room && polled.is_ready() {
+            self.ended(); // end of file, or an error
         }
         polled
     }
@@ -160,7 +287,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Touching<'_, T> {
         cx: &mut Context<'_>,
         bytes: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, bytes)
+        let polled = Pin::new(&mut self.io).poll_write(cx, bytes);
+        if matches!(polled, Poll::Ready(Err(_))) {
+            self.ended();
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

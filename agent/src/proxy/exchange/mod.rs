@@ -23,6 +23,7 @@ use super::progress::{BodyFailure, RequestProgress, RouteDeadline};
 use super::reset_reason::ResetReason;
 use super::stream_idle::StreamClock;
 use super::tap::Tap;
+use super::upgrade::{Ended, EndedBy, Splice};
 use super::{Direction, Downstream, Worker};
 use crate::flags::ResponseFlags;
 use crate::model::Snapshot;
@@ -43,6 +44,8 @@ use crate::telemetry::span::{Kind, Sampling};
 
 /// Envoy's details of a response the upstream sent.
 const VIA_UPSTREAM: &str = "via_upstream";
+/// Envoy's details of a stream its downstream ended before it was over.
+const DOWNSTREAM_REMOTE_DISCONNECT: &str = "downstream_remote_disconnect";
 use in_flight::InFlight;
 
 /// The body of every response the agent sends downstream.
@@ -441,6 +444,28 @@ impl Exchange {
         deadline: RouteDeadline,
         clock: Option<Rc<StreamClock>>,
     ) -> Response<ProxyBody> {
+        self.upstream_head(&mut parts, upstream_time);
+        Response::from_parts(parts, ResponseBody::upstream(body, self, deadline, clock))
+    }
+
+    /// Passes the upstream's `101` back and splices the upgraded stream.
+    /// The request is not over while it is upgraded, as in Envoy: it holds
+    /// its endpoint's and cluster's active request until the splice ends,
+    /// and is recorded then (metrics, span, access log) with the bytes
+    /// that passed each way and how it ended (DC, UC, SI).
+    pub fn switch_protocols(
+        mut self: Box<Self>,
+        mut parts: http::response::Parts,
+        upstream_time: Duration,
+        splice: Splice,
+    ) -> Response<ProxyBody> {
+        self.upstream_head(&mut parts, upstream_time);
+        splice.start(move |ended| self.upgrade_ended(ended));
+        Response::from_parts(parts, ResponseBody::recorded_elsewhere())
+    }
+
+    /// Records the head of the upstream's answer.
+    fn upstream_head(&mut self, parts: &mut http::response::Parts, upstream_time: Duration) {
         self.record.status = parts.status.as_u16();
         self.record.upstream_time = Some(upstream_time);
         self.record.details = Some(self.details(VIA_UPSTREAM, DecidedBy::Agent));
@@ -453,7 +478,24 @@ impl Exchange {
         if let Some(facts) = self.record.facts.as_mut() {
             facts.response_headers = parts.headers.clone();
         }
-        Response::from_parts(parts, ResponseBody::upstream(body, self, deadline, clock))
+    }
+
+    /// The upgraded stream ended: the request is over, with Envoy's flag
+    /// and details for the side that ended it (as Envoy 1.40 logs a
+    /// WebSocket: DC `downstream_remote_disconnect`, UC
+    /// `upstream_reset_after_response_started{connection_termination}`).
+    fn upgrade_ended(mut self: Box<Self>, ended: Ended) {
+        self.record.request_bytes = ended.received;
+        self.record.response_bytes = ended.sent;
+        match ended.by {
+            EndedBy::Downstream => {
+                self.add_flags(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+                self.record.details = Some(Cow::Borrowed(DOWNSTREAM_REMOTE_DISCONNECT));
+            }
+            EndedBy::Upstream => self.on_reset(ResetReason::ConnectionTermination),
+            EndedBy::Idle => self.on_stream_idle(),
+        }
+        self.complete();
     }
 
     /// Records metrics, ends the span, writes the access log and gives the
@@ -477,7 +519,8 @@ impl Exchange {
             );
             log.traceparent = value.to_str().ok().map(str::to_owned);
         }
-        record.request_bytes = self.request_body.as_ref().map_or(0, |p| p.bytes());
+        // (An upgraded stream's bytes after the 101 are counted already.)
+        record.request_bytes += self.request_body.as_ref().map_or(0, |p| p.bytes());
         let shared = &self.worker.shared;
         let attributes = record.attributes();
         let mut key = record.metric_key();

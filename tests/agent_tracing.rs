@@ -391,6 +391,61 @@ async fn a_denied_request_is_the_callers_error_not_the_servers() {
     assert_eq!(caller.attr("error.type").as_deref(), Some("403"));
 }
 
+/// A WebSocket's spans last the whole stream, and a side closing it ends
+/// them without an error: Envoy flags the close DC (kept in
+/// `tracemesh.response_flags`), and its tracer marks no error for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_websocket_span_lasts_the_stream_and_its_close_is_no_error() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    let t = traced("1.0", "").await;
+    let stream = tokio::net::TcpStream::connect(t.frontend.outbound)
+        .await
+        .unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://backend:9080/ws", stream)
+        .await
+        .expect("websocket handshake through the agents");
+    assert_eq!(response.status(), 101);
+    let opened = std::time::Instant::now();
+    let message = tokio_tungstenite::tungstenite::Message::text("hello");
+    ws.send(message).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    // Open a while, so that a span ended at the 101 would show.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let held = opened.elapsed().as_nanos() as u64;
+    ws.get_mut().shutdown().await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    let upgraded = |s: &ReceivedSpan| s.attr("url.path").as_deref() == Some("/ws");
+    let spans = t
+        .receiver
+        .wait_for("both spans of the WebSocket", |spans| {
+            spans.iter().filter(|s| upgraded(s)).count() >= 2
+        })
+        .await;
+    for span in spans.iter().filter(|s| upgraded(s)) {
+        let kind = span.span.kind;
+        assert_eq!(
+            span.attr("http.response.status_code").as_deref(),
+            Some("101")
+        );
+        assert_eq!(
+            span.attr("tracemesh.response_flags").as_deref(),
+            Some("DC"),
+            "kind {kind}"
+        );
+        assert_ne!(
+            span.span.status.as_ref().map(|s| s.code),
+            Some(STATUS_ERROR),
+            "kind {kind}"
+        );
+        let lasted = span.span.end_time_unix_nano - span.span.start_time_unix_nano;
+        assert!(
+            lasted >= held,
+            "kind {kind}: {lasted} ns, open {held} ns at least"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sampling_decisions_are_respected() {
     let t = traced("0.0", "").await;

@@ -419,6 +419,10 @@ const REFUSED_THE_CLIENT: ResponseFlags = ResponseFlags::RBAC_DENIED
     .with(ResponseFlags::STREAM_IDLE_TIMEOUT)
     .with(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
 
+/// The flags of an upgraded stream's end by either side.
+const UPGRADE_ENDS: ResponseFlags = ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION
+    .with(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION);
+
 /// Whether a span of `kind` whose request was answered `status` (0: no
 /// answer) with `flags` failed, as its status says. No answer or a 5xx is
 /// an error on both kinds (Envoy's tracer marks these alone), and so is a
@@ -429,8 +433,15 @@ const REFUSED_THE_CLIENT: ResponseFlags = ResponseFlags::RBAC_DENIED
 /// account — denied (RBAC 403), rate limited (429), a refused head (400),
 /// no route (404) — keeps its flags in `tracemesh.response_flags` and is
 /// no error; a 4xx with an upstream failure beside it (a 404 cut mid-body)
-/// is one.
+/// is one. An upgraded stream (a `101`: a WebSocket) ends when either
+/// side closes it, flagged DC or UC as Envoy flags it: that is its normal
+/// end, no error (Envoy's tracer does not mark it either); cut by the
+/// stream idle timeout (SI), it failed, as any stream so cut.
 fn failed(kind: Kind, status: u16, flags: ResponseFlags) -> bool {
+    let flags = match status {
+        101 => flags.except(UPGRADE_ENDS),
+        _ => flags,
+    };
     let answered_4xx = (400..500).contains(&status);
     status == 0
         || status >= 500
@@ -513,6 +524,25 @@ mod tests {
             (Kind::Client, 200, cut, true),
             (Kind::Client, 200, ResponseFlags::FAULT_DELAY, false),
             (Kind::Client, 0, ResponseFlags::NONE, true),
+            (
+                Kind::Server,
+                101,
+                ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+                false,
+            ),
+            (
+                Kind::Client,
+                101,
+                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                false,
+            ),
+            (Kind::Client, 101, ResponseFlags::STREAM_IDLE_TIMEOUT, true),
+            (
+                Kind::Server,
+                200,
+                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                true,
+            ),
         ] {
             assert_eq!(
                 failed(kind, status, flags),

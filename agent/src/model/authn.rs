@@ -105,8 +105,20 @@ pub struct Authenticated {
     pub presenter: Option<String>,
     /// The rule that verified it.
     pub source: String,
+    /// The verifying rule's `spaceDelimitedClaims`: top-level claims whose
+    /// string value is a space-separated list (besides `scope` and
+    /// `permission`, which always are).
+    pub space_delimited_claims: Vec<String>,
     /// Header edits to apply before the request goes on.
     pub edits: AuthnEdits,
+}
+
+impl Authenticated {
+    /// Whether top-level claim `claim` is a space-separated list.
+    pub fn space_delimited(&self, claim: &str) -> bool {
+        matches!(claim, "scope" | "permission")
+            || self.space_delimited_claims.iter().any(|c| c == claim)
+    }
 }
 
 /// Header edits of a successful authentication.
@@ -256,7 +268,7 @@ impl Authenticator {
                     let forward = match seen.iter().find(|(t, _)| *t == token) {
                         Some((_, forward)) => *forward,
                         None => {
-                            let verified = self.verify(&token, request)?;
+                            let verified = self.verify(&token, location, request)?;
                             let forward = verified_rule(self, &verified).forward_original_token;
                             seen.push((token, forward));
                             if first.is_none() {
@@ -299,9 +311,15 @@ impl Authenticator {
         }))
     }
 
+    /// Verifies `token`, found at `location`, as Envoy's jwt_authn does
+    /// for Istio's providers: only the rules that read `location` and name
+    /// the token's `iss` may verify it (a rule without `issuer` names any),
+    /// and any one of them accepting it is enough (Istio's `requires_any`);
+    /// none accepting it, the first one's refusal is the answer.
     fn verify(
         &self,
         token: &str,
+        location: &TokenLocation,
         request: &AuthnRequest<'_>,
     ) -> Result<Authenticated, AuthnFailure> {
         let fail = |reason: &'static str, source: Option<&JwtRule>| AuthnFailure {
@@ -312,95 +330,129 @@ impl Authenticator {
         let token_says = Unverified::parse(token).map_err(|r| fail(r, None))?;
         let issuer = token_says
             .issuer
+            .as_deref()
             .ok_or_else(|| fail(reason::UNKNOWN_ISSUER, None))?;
-        let rule = self
-            .rules
-            .iter()
-            .find(|r| r.issuer == issuer)
+        let mut candidates = self.rules.iter().filter(|r| {
+            (r.issuer.is_empty() || r.issuer == issuer) && r.locations.contains(location)
+        });
+        let first = candidates
+            .next()
             .ok_or_else(|| fail(reason::UNKNOWN_ISSUER, None))?;
-        // Envoy's order: the time window, before any key is looked for.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if now.saturating_add(CLOCK_SKEW) < token_says.nbf {
-            return Err(fail(reason::NOT_YET_VALID, Some(rule)));
-        }
-        if token_says.exp != 0 && now > token_says.exp.saturating_add(CLOCK_SKEW) {
-            return Err(fail(reason::EXPIRED, Some(rule)));
-        }
-        let Some(keys) = rule.keys.keys() else {
-            rule.keys.start();
-            return Err(fail(reason::NO_JWKS, Some(rule)));
+        let refused = match verify_with(first, token, &token_says, issuer) {
+            Ok(verified) => return Ok(verified),
+            Err(reason) => fail(reason, Some(first)),
         };
-        // ES512 is Envoy's but not the JWT library's: no key can verify it.
-        let Some(alg) = token_says.alg else {
-            return Err(fail(reason::NO_KEY, Some(rule)));
-        };
-        let mut validation = Validation::new(alg);
-        // `exp` and `nbf` were judged above, as Envoy reads them.
-        validation.validate_exp = false;
-        validation.validate_aud = false;
-        validation.validate_nbf = false;
-        validation.required_spec_claims.clear();
-        let fitting: Vec<_> = keys
-            .iter()
-            .filter(|k| k.fits(alg, token_says.kid.as_deref()))
-            .collect();
-        if fitting.is_empty()
-            || matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
-        {
-            return Err(fail(reason::NO_KEY, Some(rule)));
+        candidates
+            .find_map(|rule| verify_with(rule, token, &token_says, issuer).ok())
+            .ok_or(refused)
+    }
+}
+
+/// Verifies `token` (which says `token_says`, and was issued by `issuer`)
+/// by `rule`: its time window, its signature by one of the rule's keys,
+/// and its audience; `Err` is Envoy's reason.
+fn verify_with(
+    rule: &JwtRule,
+    token: &str,
+    token_says: &Unverified,
+    issuer: &str,
+) -> Result<Authenticated, &'static str> {
+    // Envoy's order: the time window, before any key is looked for.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if now.saturating_add(CLOCK_SKEW) < token_says.nbf {
+        return Err(reason::NOT_YET_VALID);
+    }
+    if token_says.exp != 0 && now > token_says.exp.saturating_add(CLOCK_SKEW) {
+        return Err(reason::EXPIRED);
+    }
+    let Some(keys) = rule.keys.keys() else {
+        rule.keys.start();
+        return Err(reason::NO_JWKS);
+    };
+    // ES512 is Envoy's but not the JWT library's: no key can verify it.
+    let Some(alg) = token_says.alg else {
+        return Err(reason::NO_KEY);
+    };
+    let mut validation = Validation::new(alg);
+    // `exp` and `nbf` were judged above, as Envoy reads them.
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.validate_nbf = false;
+    validation.required_spec_claims.clear();
+    let fitting: Vec<_> = keys
+        .iter()
+        .filter(|k| k.fits(alg, token_says.kid.as_deref()))
+        .collect();
+    if fitting.is_empty() || matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        return Err(reason::NO_KEY);
+    }
+    // Envoy decodes the signature with padding optional; the JWT
+    // library takes it unpadded. The signed part is left as sent.
+    let token: Cow<'_, str> = match token.rsplit_once('.') {
+        Some((signed, signature)) if signature.ends_with('=') => {
+            Cow::Owned(format!("{signed}.{}", signature.trim_end_matches('=')))
         }
-        // Envoy decodes the signature with padding optional; the JWT
-        // library takes it unpadded. The signed part is left as sent.
-        let token: Cow<'_, str> = match token.rsplit_once('.') {
-            Some((signed, signature)) if signature.ends_with('=') => {
-                Cow::Owned(format!("{signed}.{}", signature.trim_end_matches('=')))
+        _ => Cow::Borrowed(token),
+    };
+    let mut outcome = Err(reason::SIGNATURE);
+    for key in fitting {
+        match jsonwebtoken::decode::<Map<String, Value>>(&token, &key.key, &validation) {
+            Ok(data) => {
+                outcome = Ok(data.claims);
+                break;
             }
-            _ => Cow::Borrowed(token),
-        };
-        let mut outcome = Err(reason::SIGNATURE);
-        for key in fitting {
-            match jsonwebtoken::decode::<Map<String, Value>>(&token, &key.key, &validation) {
-                Ok(data) => {
-                    outcome = Ok(data.claims);
+            Err(e) => {
+                use jsonwebtoken::errors::ErrorKind;
+                outcome = Err(match e.kind() {
+                    ErrorKind::ExpiredSignature => reason::EXPIRED,
+                    ErrorKind::ImmatureSignature => reason::NOT_YET_VALID,
+                    ErrorKind::InvalidToken | ErrorKind::Base64(_) => reason::MALFORMED,
+                    ErrorKind::Json(_) | ErrorKind::Utf8(_) => reason::BAD_HEADER,
+                    _ => reason::SIGNATURE,
+                });
+                if outcome != Err(reason::SIGNATURE) {
                     break;
                 }
-                Err(e) => {
-                    use jsonwebtoken::errors::ErrorKind;
-                    outcome = Err(match e.kind() {
-                        ErrorKind::ExpiredSignature => reason::EXPIRED,
-                        ErrorKind::ImmatureSignature => reason::NOT_YET_VALID,
-                        ErrorKind::InvalidToken | ErrorKind::Base64(_) => reason::MALFORMED,
-                        ErrorKind::Json(_) | ErrorKind::Utf8(_) => reason::BAD_HEADER,
-                        _ => reason::SIGNATURE,
-                    });
-                    if outcome != Err(reason::SIGNATURE) {
-                        break;
-                    }
-                }
             }
         }
-        let claims = outcome.map_err(|r| fail(r, Some(rule)))?;
-        let audiences = string_list(claims.get("aud"));
-        if !rule.audiences.is_empty() && !audiences.iter().any(|a| rule.audiences.contains(a)) {
-            return Err(fail(reason::AUDIENCE, Some(rule)));
-        }
-        let sub = claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let presenter = claims.get("azp").and_then(Value::as_str).map(str::to_owned);
-        let edits = output_edits(rule, &token, &claims);
-        Ok(Authenticated {
-            principal: format!("{issuer}/{sub}"),
-            claims: Arc::new(claims),
-            audiences,
-            presenter,
-            source: rule.source.clone(),
-            edits,
-        })
     }
+    let claims = outcome?;
+    let audiences = string_list(claims.get("aud"));
+    let accepted = |a: &String| rule.audiences.iter().any(|r| same_audience(r, a));
+    if !rule.audiences.is_empty() && !audiences.iter().any(accepted) {
+        return Err(reason::AUDIENCE);
+    }
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let presenter = claims.get("azp").and_then(Value::as_str).map(str::to_owned);
+    let edits = output_edits(rule, &token, &claims);
+    Ok(Authenticated {
+        principal: format!("{issuer}/{sub}"),
+        claims: Arc::new(claims),
+        audiences,
+        presenter,
+        source: rule.source.clone(),
+        space_delimited_claims: rule.space_delimited_claims.clone(),
+        edits,
+    })
+}
+
+/// Whether two audiences are one as Envoy's jwt_verify_lib compares them:
+/// an `http://` or `https://` scheme and a trailing `/` are not part of it
+/// (`https://api.example.com/` is `api.example.com`).
+fn same_audience(a: &str, b: &str) -> bool {
+    fn bare(audience: &str) -> &str {
+        let audience = audience
+            .strip_prefix("http://")
+            .or_else(|| audience.strip_prefix("https://"))
+            .unwrap_or(audience);
+        audience.strip_suffix('/').unwrap_or(audience)
+    }
+    bare(a) == bare(b)
 }
 
 fn verified_rule<'a>(authn: &'a Authenticator, auth: &Authenticated) -> &'a JwtRule {
@@ -638,14 +690,6 @@ fn output_edits(rule: &JwtRule, token: &str, claims: &Map<String, Value>) -> Aut
         }
     }
     edits
-}
-
-impl JwtRule {
-    /// Whether `claim` of this rule's tokens is a space-separated list.
-    pub fn space_delimited(&self, claim: &str) -> bool {
-        matches!(claim, "scope" | "permission")
-            || self.space_delimited_claims.iter().any(|c| c == claim)
-    }
 }
 
 #[cfg(test)]

@@ -453,9 +453,22 @@ impl Condition {
     fn matches(&self, input: &AuthzInput<'_>, auth: Option<&Authenticated>) -> bool {
         let text = |v: Option<&str>| self.values.check_opt(v, Pattern::matches);
         match &self.key {
-            ConditionKey::Header(name) => {
-                text(input.headers.get(name).and_then(|v| v.to_str().ok()))
+            // Envoy keeps `Host` as `:authority`, which a `host` matcher
+            // reads on either protocol (HTTP/2 sends no `host` line).
+            ConditionKey::Header(name) if name == http::header::HOST => {
+                text(Some(input.authority).filter(|a| !a.is_empty()))
             }
+            // Envoy's header matcher compares the value's bytes: one with
+            // bytes past ASCII is still the header's value, not absent
+            // (lossless for UTF-8; other bytes read as U+FFFD, which no
+            // configured value holds in their place).
+            ConditionKey::Header(name) => text(
+                input
+                    .headers
+                    .get(name)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                    .as_deref(),
+            ),
             ConditionKey::SourceIp => self.cidrs.check(|c| c.contains(input.source_ip)),
             ConditionKey::RemoteIp => self.cidrs.check(|c| c.contains(input.remote_ip)),
             ConditionKey::DestinationIp => self.cidrs.check(|c| c.contains(input.destination_ip)),
@@ -468,9 +481,7 @@ impl Condition {
             ConditionKey::RequestAudiences => {
                 self.any_value(auth.map(|a| a.audiences.iter().map(String::as_str).collect()))
             }
-            ConditionKey::RequestClaim(path) => {
-                self.any_value(auth.map(|a| claim(&a.claims, path)))
-            }
+            ConditionKey::RequestClaim(path) => self.any_value(auth.map(|a| claim(a, path))),
         }
     }
 
@@ -496,21 +507,20 @@ impl Condition {
     }
 }
 
-/// The strings of claim `path` (nested objects by name): a string claim
-/// (split on spaces for `scope` and `permission`, as Istio reads them), or
-/// the strings of a list claim.
-fn claim<'a>(
-    claims: &'a serde_json::Map<String, serde_json::Value>,
-    path: &[String],
-) -> Vec<&'a str> {
+/// The strings of claim `path` (nested objects by name) of a verified
+/// token: a string claim (a top-level one split on spaces when its rule
+/// says it is a list: `scope`, `permission` and its
+/// `spaceDelimitedClaims`, as Istio renders Envoy's
+/// `normalize_payload_in_metadata`), or the strings of a list claim.
+fn claim<'a>(auth: &'a Authenticated, path: &[String]) -> Vec<&'a str> {
     let Some((first, rest)) = path.split_first() else {
         return Vec::new();
     };
-    let mut value = claims.get(first);
+    let mut value = auth.claims.get(first);
     for key in rest {
         value = value.and_then(|v| v.get(key));
     }
-    let spaced = path.len() == 1 && matches!(first.as_str(), "scope" | "permission");
+    let spaced = path.len() == 1 && auth.space_delimited(first);
     match value {
         Some(serde_json::Value::String(s)) if spaced => {
             s.split(' ').filter(|s| !s.is_empty()).collect()

@@ -98,7 +98,10 @@ pub(crate) fn known_transfer_coding(headers: &HeaderMap) -> bool {
 /// One host: two `Host` lines are refused (RFC 9112 §3.2), and so is an
 /// HTTP/2 `host` that names another authority than `:authority` (RFC 9113
 /// §8.3.1). An HTTP/1.1 absolute-form target's authority is the one that
-/// counts (RFC 9112 §3.2.2), so `Host` is made to say it.
+/// counts (RFC 9112 §3.2.2), so `Host` is made to say it — without the
+/// target's userinfo (`http://user@host/`), which is no part of the host
+/// (RFC 9110 §4.2.4 deprecates it; Envoy forwards `Host: host`): kept, it
+/// would hide the host from `hosts` rules and routing alike.
 fn settle_authority<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let host = hosts.next();
@@ -108,6 +111,8 @@ fn settle_authority<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
     if host.is_some_and(|h| !is_valid_authority(h.as_bytes())) {
         return Err(LocalReply::INVALID_AUTHORITY);
     }
+    drop_userinfo(req.uri_mut())?;
+    let host = req.headers().get(HOST);
     let Some(authority) = req.uri().authority().map(Authority::as_str) else {
         return Ok(());
     };
@@ -121,6 +126,22 @@ fn settle_authority<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
             Ok(())
         }
     }
+}
+
+/// Takes the userinfo out of the target's authority (`user:pw@host:80`
+/// is `host:80`); an authority left with no host is refused.
+fn drop_userinfo(uri: &mut Uri) -> Result<(), LocalReply> {
+    let Some((_, host)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) else {
+        return Ok(());
+    };
+    let host = Authority::try_from(host).map_err(|_| LocalReply::INVALID_AUTHORITY)?;
+    if host.host().is_empty() {
+        return Err(LocalReply::INVALID_AUTHORITY);
+    }
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.authority = Some(host);
+    *uri = Uri::from_parts(parts).map_err(|_| LocalReply::INVALID_AUTHORITY)?;
+    Ok(())
 }
 
 /// Whether `host` is a URI authority (RFC 3986 §3.2): a host name, an IPv4
@@ -347,6 +368,25 @@ mod tests {
         let mut req = request(Version::HTTP_11, "http://x/a", &[("host", "y")]);
         settle(&mut req, &settings(&[])).unwrap();
         assert_eq!(req.headers()[HOST], "x");
+    }
+
+    #[test]
+    fn a_targets_userinfo_is_no_part_of_its_host() {
+        for (target, host) in [
+            ("http://user@admin.example.com/x", "admin.example.com"),
+            (
+                "http://user:pw@admin.example.com:80/x",
+                "admin.example.com:80",
+            ),
+        ] {
+            let mut req = request(Version::HTTP_11, target, &[("host", "app")]);
+            settle(&mut req, &settings(&[])).unwrap();
+            assert_eq!(req.headers()[HOST], host, "{target}");
+            assert_eq!(req.uri().authority().unwrap().as_str(), host, "{target}");
+        }
+        let mut req = request(Version::HTTP_2, "http://user@admin.example.com/x", &[]);
+        settle(&mut req, &settings(&[])).unwrap();
+        assert_eq!(req.uri().authority().unwrap().as_str(), "admin.example.com");
     }
 
     #[test]

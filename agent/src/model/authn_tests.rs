@@ -114,6 +114,46 @@ fn bearer(token: &str) -> HeaderMap {
     headers
 }
 
+/// A rule without `issuer` verifies a token of any issuer, as an Envoy
+/// provider without one does (it used to refuse every token: `Jwt issuer
+/// is not configured`); audiences compare without a scheme or a trailing
+/// `/`, as jwt_verify_lib compares them.
+#[test]
+fn an_issuerless_rule_takes_any_issuer_and_audiences_ignore_their_scheme() {
+    let good = es256("k1");
+    let keys = JwksStore::inline(parse_jwks(&jwks(&[&good])).unwrap());
+    let authn = Authenticator {
+        rules: vec![JwtRule {
+            issuer: String::new(),
+            audiences: vec!["api.example.com".into()],
+            ..rule(keys)
+        }],
+    };
+    let check = |iss: &str, aud: &str| {
+        let headers = bearer(&token(&good, claims(iss, aud, 600)));
+        authn.authenticate(&authn_request(&headers, None))
+    };
+    let verified = check("https://anyone.example", "api.example.com")
+        .unwrap()
+        .unwrap();
+    assert_eq!(verified.principal, "https://anyone.example/alice");
+    for aud in [
+        "https://api.example.com/",
+        "http://api.example.com",
+        "api.example.com/",
+    ] {
+        assert!(check("https://a.example", aud).is_ok(), "{aud}");
+    }
+    for aud in [
+        "api.example.com.evil",
+        "https://api.example.co",
+        "ftp://api.example.com",
+    ] {
+        let refused = check("https://a.example", aud).unwrap_err();
+        assert_eq!(refused.reason, reason::AUDIENCE, "{aud}");
+    }
+}
+
 #[test]
 fn every_status_istio_gives_a_token() {
     let good = es256("k1");

@@ -9,7 +9,12 @@
 //! arrives second, in the `edge` field (and `edge_error` when the call
 //! failed). Memory is bounded: both maps keep two generations of at most
 //! [`GENERATION`] entries, so a parent that arrives more than a few hundred
-//! thousand spans after its child makes no edge.
+//! thousand spans after its child makes no edge. Service names are kept
+//! the same way ([`ServiceNames`]): two generations of at most
+//! [`SERVICE_GENERATION`] names, a name seen again moving to the current
+//! one, so junk `service.name` values cost bounded memory and every
+//! service sending now still links. A remembered span whose service was
+//! aged out since makes no edge; [`EdgeLinker::take_dropped`] counts those.
 //!
 //! A TCP connection carries no trace context, so its CLIENT span (the
 //! agent's, `network.transport` = `tcp`) never has a SERVER child: its
@@ -33,8 +38,9 @@ use crate::store::{PartitionId, PreparedDocs};
 /// Entries per generation of each map.
 const GENERATION: usize = 131_072;
 
-/// Distinct services remembered; spans of services past this make no edges.
-const MAX_SERVICES: usize = 10_000;
+/// Distinct service names per generation of [`ServiceNames`]: at most
+/// twice this many are remembered.
+const SERVICE_GENERATION: usize = 10_000;
 
 /// A call from one service to another.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +97,71 @@ impl<V> Generations<V> {
     }
 }
 
+/// One generation of service names, both ways.
+#[derive(Default)]
+struct NameGeneration {
+    ids: HashMap<Arc<str>, u32>,
+    names: HashMap<u32, Arc<str>>,
+}
+
+impl NameGeneration {
+    fn insert(&mut self, name: Arc<str>, id: u32) {
+        self.names.insert(id, name.clone());
+        self.ids.insert(name, id);
+    }
+
+    fn remove(&mut self, name: &str) -> Option<(Arc<str>, u32)> {
+        let (name, id) = self.ids.remove_entry(name)?;
+        self.names.remove(&id);
+        Some((name, id))
+    }
+}
+
+/// Service names by id, in two generations: a new name goes into the
+/// current one, and one full of [`SERVICE_GENERATION`] names becomes the
+/// previous (the names in the previous are forgotten). A name found in the
+/// previous generation moves to the current one with its id, so a service
+/// seen again before [`SERVICE_GENERATION`] other new names arrive keeps
+/// its id, and the spans remembered with it still link. Ids are never
+/// reused (a `u32` wraps after four billion names, long after any span
+/// remembered with the old id was forgotten).
+#[derive(Default)]
+struct ServiceNames {
+    current: NameGeneration,
+    previous: NameGeneration,
+    next: u32,
+}
+
+impl ServiceNames {
+    /// The id of `service`, given one if it has none.
+    fn intern(&mut self, service: &str) -> u32 {
+        if let Some(id) = self.current.ids.get(service) {
+            return *id;
+        }
+        let (name, id) = match self.previous.remove(service) {
+            Some(found) => found,
+            None => {
+                let id = self.next;
+                self.next = self.next.wrapping_add(1);
+                (Arc::from(service), id)
+            }
+        };
+        if self.current.ids.len() >= SERVICE_GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(name, id);
+        id
+    }
+
+    /// The name of the service `id`, if it is still remembered.
+    fn name(&self, id: u32) -> Option<&Arc<str>> {
+        self.current
+            .names
+            .get(&id)
+            .or_else(|| self.previous.names.get(&id))
+    }
+}
+
 /// A span's key in the maps: its trace and span id folded to 64 bits (a
 /// collision only misplaces one edge).
 fn key(trace: &TraceId, span: SpanId) -> u64 {
@@ -106,11 +177,13 @@ fn key(trace: &TraceId, span: SpanId) -> u64 {
 /// Links parents and children across services; owned by the indexer thread.
 pub struct EdgeLinker {
     fields: SpanFields,
-    services: HashMap<Arc<str>, u32>,
-    names: Vec<Arc<str>>,
+    services: ServiceNames,
     spans: Generations<Seen>,
     waiting: Generations<Vec<Seen>>,
     found: Vec<Edge>,
+    /// Edges not written since the last [`EdgeLinker::take_dropped`]: a
+    /// remembered span's service had been forgotten.
+    dropped: u64,
 }
 
 impl EdgeLinker {
@@ -118,34 +191,32 @@ impl EdgeLinker {
     pub fn new(fields: SpanFields) -> Self {
         Self {
             fields,
-            services: HashMap::new(),
-            names: Vec::new(),
+            services: ServiceNames::default(),
             spans: Generations::new(),
             waiting: Generations::new(),
             found: Vec::new(),
+            dropped: 0,
         }
     }
 
-    fn intern(&mut self, service: &str) -> Option<u32> {
-        if let Some(index) = self.services.get(service) {
-            return Some(*index);
+    /// Adds the edge from `caller` to `callee` to `out`, or counts it as
+    /// dropped when either service's name has been forgotten.
+    fn edge(&mut self, caller: u32, callee: u32, failed: bool, out: &mut Vec<Edge>) {
+        match (self.services.name(caller), self.services.name(callee)) {
+            (Some(caller), Some(callee)) => out.push(Edge {
+                caller: caller.clone(),
+                callee: callee.clone(),
+                failed,
+            }),
+            _ => self.dropped += 1,
         }
-        if self.names.len() >= MAX_SERVICES {
-            return None;
-        }
-        let name: Arc<str> = Arc::from(service);
-        let index = self.names.len() as u32;
-        self.names.push(name.clone());
-        self.services.insert(name, index);
-        Some(index)
     }
 
-    fn edge(&self, caller: u32, callee: u32, failed: bool) -> Edge {
-        Edge {
-            caller: self.names[caller as usize].clone(),
-            callee: self.names[callee as usize].clone(),
-            failed,
-        }
+    /// Edges dropped since the last call because a remembered span's
+    /// service name had been forgotten (more than [`SERVICE_GENERATION`]
+    /// new service names arrived since it was last seen).
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Remembers one span and returns the edges it completes: to its parent
@@ -158,9 +229,9 @@ impl EdgeLinker {
         ) else {
             return;
         };
-        let Some(service) = self.intern(attributes::service_name(span.resource)) else {
-            return;
-        };
+        let service = self
+            .services
+            .intern(attributes::service_name(span.resource));
         let me = Seen {
             service,
             client: matches!(s.kind, 3 | 4),
@@ -173,9 +244,12 @@ impl EdgeLinker {
         if let Some(parent) = SpanId::from_bytes(&s.parent_span_id) {
             let parent_key = key(&trace, parent);
             match self.spans.get(parent_key).copied() {
-                Some(p) if p.service != me.service => {
-                    out.push(self.edge(p.service, me.service, me.failed || (p.client && p.failed)))
-                }
+                Some(p) if p.service != me.service => self.edge(
+                    p.service,
+                    me.service,
+                    me.failed || (p.client && p.failed),
+                    out,
+                ),
                 Some(_) => {}
                 None => match self.waiting.current.get_mut(&parent_key) {
                     Some(children) => children.push(me),
@@ -186,20 +260,22 @@ impl EdgeLinker {
         if me.client
             && attributes::get_str(&s.attributes, "network.transport") == Some("tcp")
             && let Some(peer) = attributes::get_str(&s.attributes, "peer.service")
-            && let Some(callee) = self.intern(peer)
-            && callee != me.service
         {
-            out.push(self.edge(me.service, callee, me.failed));
+            let callee = self.services.intern(peer);
+            if callee != me.service {
+                self.edge(me.service, callee, me.failed, out);
+            }
         }
         let my_key = key(&trace, id);
         if let Some(children) = self.waiting.remove(my_key) {
             for child in children {
                 if child.service != me.service {
-                    out.push(self.edge(
+                    self.edge(
                         me.service,
                         child.service,
                         child.failed || (me.client && me.failed),
-                    ));
+                        out,
+                    );
                 }
             }
         }
@@ -323,6 +399,66 @@ mod tests {
             link(&mut linker, "cart", &span(4, 3, 3, false)),
             [edge("cart", "db", false), edge("cart", "cache", false)]
         );
+    }
+
+    /// A span of trace `trace` with ids beyond [`span`]'s 255.
+    fn numbered(trace: u32, id: u32, parent: u32) -> Span {
+        let id8 = |n: u32| [n.to_le_bytes(), 0x5a5a_5a5au32.to_le_bytes()].concat();
+        Span {
+            trace_id: [trace.to_le_bytes(); 4].concat(),
+            span_id: id8(id),
+            parent_span_id: if parent == 0 { vec![] } else { id8(parent) },
+            kind: 2,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn services_first_seen_after_many_others_still_link() {
+        let fields = SpanFields::of(&schema::build()).unwrap();
+        let mut linker = EdgeLinker::new(fields);
+        for n in 1..=SERVICE_GENERATION as u32 {
+            let root = numbered(n, 1, 0);
+            assert!(link(&mut linker, &format!("svc-{n}"), &root).is_empty());
+        }
+        let trace = SERVICE_GENERATION as u32 + 1;
+        assert!(link(&mut linker, "pf2", &numbered(trace, 1, 0)).is_empty());
+        assert_eq!(
+            link(&mut linker, "pb2", &numbered(trace, 2, 1)),
+            [edge("pf2", "pb2", false)]
+        );
+        assert_eq!(linker.take_dropped(), 0);
+    }
+
+    #[test]
+    fn services_seen_again_are_kept_forgotten_ones_count_their_edges() {
+        let fields = SpanFields::of(&schema::build()).unwrap();
+        let mut linker = EdgeLinker::new(fields);
+        // Children waiting for their frontend parents (ids 1 and 2).
+        assert!(link(&mut linker, "old", &numbered(1, 10, 1)).is_empty());
+        assert!(link(&mut linker, "cart", &numbered(1, 20, 2)).is_empty());
+        // Two generations of junk names; cart and frontend keep sending.
+        for n in 1..=2 * SERVICE_GENERATION as u32 + 1 {
+            link(&mut linker, &format!("junk-{n}"), &numbered(2, n, 0));
+            if n % 1_000 == 0 {
+                link(&mut linker, "cart", &numbered(3, n, 0));
+                link(&mut linker, "frontend", &numbered(4, n, 0));
+            }
+        }
+        assert_eq!(linker.take_dropped(), 0);
+        // "old" was forgotten: its edge is counted, not written.
+        assert!(link(&mut linker, "frontend", &numbered(1, 1, 0)).is_empty());
+        assert_eq!(linker.take_dropped(), 1);
+        assert_eq!(linker.take_dropped(), 0);
+        assert_eq!(
+            link(&mut linker, "frontend", &numbered(1, 2, 0)),
+            [edge("frontend", "cart", false)]
+        );
+        // The names remembered stay bounded.
+        let names = &linker.services;
+        assert!(names.current.ids.len() + names.previous.ids.len() <= 2 * SERVICE_GENERATION);
+        assert_eq!(names.current.ids.len(), names.current.names.len());
+        assert_eq!(names.previous.ids.len(), names.previous.names.len());
     }
 
     #[test]

@@ -213,6 +213,27 @@ pub fn series_folded(metric: &'static str, cap: usize, folded: &IntCounter) {
     folded.inc();
 }
 
+/// Dependency edges not written because the service of a span remembered
+/// for them had been forgotten (too many new service names since, see
+/// [`crate::edges`]): counted in
+/// `tracemesh_collector_dependency_edges_dropped_total`, logged at WARN at
+/// most once per [`LOG_EVERY`] with the edges dropped since the last line.
+pub fn dependency_edges_dropped(metrics: &Metrics, edges: u64) {
+    static LOG: LogLimit = LogLimit::new();
+    static SINCE_LOGGED: AtomicU64 = AtomicU64::new(0);
+    if edges == 0 {
+        return;
+    }
+    metrics.dependency_edges_dropped.inc_by(edges);
+    SINCE_LOGGED.fetch_add(edges, Ordering::Relaxed);
+    if LOG.allow().is_some() {
+        tracing::warn!(
+            edges = SINCE_LOGGED.swap(0, Ordering::Relaxed),
+            "dependency edges dropped: their spans' service names were forgotten, more than 10,000 new service names arrived since (junk service.name values?)"
+        );
+    }
+}
+
 /// A connection closed by a listener timeout (a slow or idle client; the
 /// client was not acknowledged anything it did not send).
 pub fn connection_timed_out(metrics: &Metrics, timeout: ListenerTimeout) {

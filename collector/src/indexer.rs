@@ -96,6 +96,7 @@ impl Indexer {
         self.metrics.index_duplicate_spans.inc_by(copies);
         self.edges
             .annotate(batch, docs, length, self.resends.copies());
+        events::dependency_edges_dropped(&self.metrics, self.edges.take_dropped());
     }
 
     /// Adds one live batch whose documents the receiver prepared.

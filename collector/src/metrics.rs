@@ -220,6 +220,9 @@ pub struct Metrics {
     /// before (a client's resend, see [`crate::resends`]): stored, marked,
     /// and left out of statistics and span-derived metrics.
     pub index_duplicate_spans: IntCounter,
+    /// Dependency edges not written because a remembered span's service
+    /// name had been forgotten (see [`crate::edges`]).
+    pub dependency_edges_dropped: IntCounter,
     /// Time taken by one index commit (all partitions written since the last).
     pub index_commit_seconds: Histogram,
     /// Index writes that failed (spans stay in the WAL and are retried on restart).
@@ -331,6 +334,10 @@ impl Metrics {
                 "tracemesh_collector_index_duplicate_spans_total",
                 "Spans that are exact copies of a span indexed shortly before (a client's resend): stored, but left out of query statistics, dependency edges and span-derived metrics.",
             )?,
+            dependency_edges_dropped: IntCounter::new(
+                "tracemesh_collector_dependency_edges_dropped_total",
+                "Dependency edges not written because the service of the span remembered for them had been forgotten (more than 10,000 new service names arrived since it was last seen).",
+            )?,
             index_commit_seconds: histogram(
                 "tracemesh_collector_index_commit_seconds",
                 "Duration of one index commit.",
@@ -439,6 +446,7 @@ impl Metrics {
         r.register(Box::new(self.wal_replayed_records.clone()))?;
         r.register(Box::new(self.index_spans.clone()))?;
         r.register(Box::new(self.index_duplicate_spans.clone()))?;
+        r.register(Box::new(self.dependency_edges_dropped.clone()))?;
         r.register(Box::new(self.index_commit_seconds.clone()))?;
         r.register(Box::new(self.index_errors.clone()))?;
         r.register(Box::new(self.partitions.clone()))?;
@@ -499,5 +507,6 @@ mod tests {
         assert!(
             text.contains("tracemesh_collector_partitions_dropped_total{reason=\"max_disk\"} 0")
         );
+        assert!(text.contains("tracemesh_collector_dependency_edges_dropped_total 0"));
     }
 }

@@ -192,11 +192,18 @@ fn raw<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValu
     <&RawValue>::deserialize(deserializer).map(Some)
 }
 
+/// A repeated field: `null` is empty, its default in proto3's JSON mapping.
+fn repeated<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    Option::<Vec<T>>::deserialize(deserializer).map(Option::unwrap_or_default)
+}
+
 /// `ExportTraceServiceRequest` in JSON with its parts left as text.
 #[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct JsonRequest<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "repeated")]
     resource_spans: Vec<JsonResourceSpans<'a>>,
 }
 
@@ -206,7 +213,7 @@ struct JsonRequest<'a> {
 struct JsonResourceSpans<'a> {
     #[serde(borrow, deserialize_with = "raw")]
     resource: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "repeated")]
     scope_spans: Vec<JsonScopeSpans<'a>>,
     #[serde(borrow, deserialize_with = "raw")]
     schema_url: Option<&'a RawValue>,
@@ -218,7 +225,7 @@ struct JsonResourceSpans<'a> {
 struct JsonScopeSpans<'a> {
     #[serde(borrow, deserialize_with = "raw")]
     scope: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "repeated")]
     spans: Vec<&'a RawValue>,
     #[serde(borrow, deserialize_with = "raw")]
     schema_url: Option<&'a RawValue>,

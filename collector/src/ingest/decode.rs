@@ -1,6 +1,7 @@
 //! Request bodies → OTLP messages: protobuf or the OTLP/JSON mapping (hex
-//! ids, lowerCamelCase, enums as integers), chosen by `Content-Type`, after
-//! gzip is undone within the size limit.
+//! ids, lowerCamelCase, enums as integers or names, `null` as a field's
+//! default), chosen by `Content-Type`, after gzip is undone within the
+//! size limit.
 
 use std::io::Read;
 
@@ -271,6 +272,100 @@ mod tests {
             err.to_string().contains(r#"invalid double "lots""#),
             "{err}"
         );
+    }
+
+    #[test]
+    fn enums_by_name_and_null_defaults_as_the_proto3_json_mapping_allows() {
+        let body = Bytes::from_static(
+            br#"{"resourceSpans":[{"resource":{"attributes":null},"scopeSpans":[{"scope":null,"spans":[
+            {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"a",
+             "kind":"SPAN_KIND_CLIENT","status":{"code":"STATUS_CODE_ERROR","message":"boom"},
+             "attributes":null,"events":null,"links":null},
+            {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b175","name":"b",
+             "kind":null,"status":{"code":null},"events":[{"name":"e","attributes":null}]},
+            {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b176","name":"c",
+             "kind":"SPAN_KIND_SERVER","status":{"code":1}}]}]}]}"#,
+        );
+        let decoded = traces(Encoding::Json, &body).unwrap();
+        assert_eq!(decoded.undecodable, Undecodable::default());
+        let spans = &decoded.request.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 3);
+        assert_eq!(spans[0].kind, 3);
+        assert_eq!(spans[0].status.as_ref().map(|s| s.code), Some(2));
+        assert!(spans[0].attributes.is_empty() && spans[0].events.is_empty());
+        assert_eq!(spans[1].kind, 0);
+        assert_eq!(spans[1].status.as_ref().map(|s| s.code), Some(0));
+        assert_eq!(spans[1].events[0].name, "e");
+        assert_eq!(spans[2].kind, 2);
+        assert_eq!(spans[2].status.as_ref().map(|s| s.code), Some(1));
+
+        // An unknown name costs its span only, and says why.
+        let body = Bytes::from(
+            std::str::from_utf8(&body)
+                .unwrap()
+                .replace("SPAN_KIND_SERVER", "SPAN_KIND_SIDEWAYS"),
+        );
+        let decoded = traces(Encoding::Json, &body).unwrap();
+        assert_eq!(decoded.undecodable.spans, 1);
+        assert_eq!(
+            decoded.request.resource_spans[0].scope_spans[0].spans.len(),
+            2
+        );
+        assert!(
+            decoded.undecodable.message().contains("SPAN_KIND_SIDEWAYS"),
+            "{}",
+            decoded.undecodable.message()
+        );
+
+        // A null envelope list, when the request is read part by part.
+        let body = Bytes::from_static(
+            br#"{"resourceSpans":[{"scopeSpans":null},{"scopeSpans":[{"spans":null},{"spans":[
+            {"traceId":"zz","spanId":"eee19b7ec3c1b174"},
+            {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","kind":"SPAN_KIND_PRODUCER"}]}]}]}"#,
+        );
+        let decoded = traces(Encoding::Json, &body).unwrap();
+        assert_eq!(decoded.undecodable.spans, 1);
+        let spans: Vec<i32> = decoded
+            .request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .map(|s| s.kind)
+            .collect();
+        assert_eq!(spans, [4]);
+    }
+
+    #[test]
+    fn metric_enums_by_name_and_null_lists_inside_their_oneofs() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        let body = br#"{"resourceMetrics":[{"resource":null,"scopeMetrics":[{"metrics":[
+            {"name":"requests","sum":{"aggregationTemporality":"AGGREGATION_TEMPORALITY_CUMULATIVE",
+             "isMonotonic":true,"dataPoints":[{"asInt":"3","attributes":null,"exemplars":null}]}},
+            {"name":"latency","histogram":{"aggregationTemporality":"AGGREGATION_TEMPORALITY_DELTA",
+             "dataPoints":[{"count":"1","bucketCounts":["1"],"explicitBounds":null,"attributes":null}]}},
+            {"name":"idle","gauge":{"dataPoints":null}},
+            {"name":"n","sum":{"aggregationTemporality":null,"dataPoints":[]}}]}]}]}"#;
+        let request: ExportMetricsServiceRequest = decode(Encoding::Json, body, "metrics").unwrap();
+        let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
+        match &metrics[0].data {
+            Some(Data::Sum(sum)) => {
+                assert_eq!(sum.aggregation_temporality, 2);
+                assert_eq!(sum.data_points.len(), 1);
+                assert!(sum.data_points[0].attributes.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        match &metrics[1].data {
+            Some(Data::Histogram(histogram)) => {
+                assert_eq!(histogram.aggregation_temporality, 1);
+                assert!(histogram.data_points[0].explicit_bounds.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&metrics[2].data, Some(Data::Gauge(g)) if g.data_points.is_empty()));
+        assert!(matches!(&metrics[3].data, Some(Data::Sum(s)) if s.aggregation_temporality == 0));
     }
 
     #[test]

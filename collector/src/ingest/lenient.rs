@@ -8,8 +8,20 @@
 //! attribute value, `asDouble` of a data point) are read by serde through
 //! a buffer (they are flattened), out of the wrapper's reach: a string
 //! under one of those keys is read as a double while it is buffered.
+//!
+//! Two more rules of the mapping the OTLP types' serde code misses: an
+//! enum field (span `kind`, status `code`, `aggregationTemporality`) may be
+//! written by name (`"SPAN_KIND_CLIENT"`) as well as by number, and `null`
+//! is the field's default value, for an enum (0) and for a repeated field
+//! (empty: `"attributes": null`) alike. Message fields are `Option`s and
+//! read `null` as absent already.
 
 use std::fmt;
+use std::marker::PhantomData;
+
+use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
 use serde::de::{
     self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
@@ -21,32 +33,108 @@ pub struct Lenient<D>(pub D);
 /// A seed (or visitor) whose deserializer gets wrapped in [`Lenient`].
 struct Wrap<T>(T);
 
-/// OTLP oneof keys whose value is a double.
-const DOUBLE_KEYS: [&str; 2] = ["doubleValue", "asDouble"];
+/// An enum's number from its name in the proto file.
+type EnumNames = fn(&str) -> Option<i32>;
 
-/// A map whose next value is read as a double when its key was one of
-/// [`DOUBLE_KEYS`].
-struct Map<A> {
-    inner: A,
-    double: bool,
+fn span_kind(name: &str) -> Option<i32> {
+    SpanKind::from_str_name(name).map(|kind| kind as i32)
 }
 
-/// A key's seed that notes whether the key is one of [`DOUBLE_KEYS`].
+fn status_code(name: &str) -> Option<i32> {
+    StatusCode::from_str_name(name).map(|code| code as i32)
+}
+
+fn aggregation_temporality(name: &str) -> Option<i32> {
+    AggregationTemporality::from_str_name(name).map(|temporality| temporality as i32)
+}
+
+/// How a map's next value is read, by its key.
+#[derive(Clone, Copy, Default)]
+enum Key {
+    /// As the target type asks.
+    #[default]
+    Plain,
+    /// An OTLP oneof key whose value is a double (`doubleValue` of an
+    /// attribute value, `asDouble` of a data point): a string is read as
+    /// a double.
+    Double,
+    /// An OTLP enum field (`kind`, `code`, `aggregationTemporality`): an
+    /// integer, a name, or `null` (0).
+    Enum(EnumNames),
+    /// A repeated field, where a oneof's fields are buffered (a metric's
+    /// `sum`, `gauge`, …: their `dataPoints`, `attributes`, …): `null` is
+    /// empty there too.
+    Repeated,
+}
+
+impl Key {
+    fn of(key: &str) -> Self {
+        match key {
+            "doubleValue" | "asDouble" => Self::Double,
+            "kind" => Self::Enum(span_kind),
+            "code" => Self::Enum(status_code),
+            "aggregationTemporality" => Self::Enum(aggregation_temporality),
+            "dataPoints" | "attributes" | "exemplars" | "bucketCounts" | "explicitBounds"
+            | "quantileValues" | "filteredAttributes" => Self::Repeated,
+            _ => Self::Plain,
+        }
+    }
+}
+
+/// A map whose next value is read as its key says ([`Key`]).
+struct Map<A> {
+    inner: A,
+    key: Key,
+}
+
+/// A key's seed that notes which [`Key`] it is.
 struct KeySeed<'a, S> {
     seed: S,
-    double: &'a mut bool,
+    key: &'a mut Key,
 }
 
 /// The key's deserializer and visitor (keys are strings in JSON).
 struct KeyDe<'a, D> {
     de: D,
-    double: &'a mut bool,
+    key: &'a mut Key,
 }
 
 struct KeyVisitor<'a, V> {
     visitor: V,
-    double: &'a mut bool,
+    key: &'a mut Key,
 }
+
+/// A value's seed read by [`EnumDe`].
+struct EnumSeed<S> {
+    seed: S,
+    names: EnumNames,
+}
+
+/// A value's deserializer that reads an enum's name as its number and
+/// `null` as 0, and anything else as [`Lenient`] does.
+struct EnumDe<D> {
+    de: D,
+    names: EnumNames,
+}
+
+/// Gives an enum's name as its number and `null` as 0, the rest as it is.
+struct EnumVisitor<V> {
+    visitor: V,
+    names: EnumNames,
+}
+
+/// Reads `null` as an empty sequence (a repeated field's default).
+struct NullIsEmpty<V>(V);
+
+/// A value's seed read by [`RepeatedDe`].
+struct RepeatedSeed<S>(S);
+
+/// A repeated field's deserializer: `null` is an empty sequence whatever
+/// is asked (a buffer asks for anything).
+struct RepeatedDe<D>(D);
+
+/// A sequence with nothing in it.
+struct Empty<E>(PhantomData<E>);
 
 /// A value's deserializer that reads a string as a double.
 struct DoubleDe<D>(D);
@@ -98,6 +186,44 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Float<V> {
     }
 }
 
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for EnumSeed<S> {
+    type Value = S::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        self.seed.deserialize(EnumDe {
+            de,
+            names: self.names,
+        })
+    }
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for EnumDe<D> {
+    type Error = D::Error;
+
+    /// What the enum field asks for, and what a buffer asks for (a oneof's
+    /// fields are buffered: `aggregationTemporality` of a metric's `sum`).
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        Lenient(self.de).deserialize_any(EnumVisitor {
+            visitor,
+            names: self.names,
+        })
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        Lenient(self.de).deserialize_option(visitor)
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        Lenient(self.de).deserialize_ignored_any(visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier
+    }
+}
+
 macro_rules! forward {
     ($($method:ident),*) => {
         $(fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
@@ -129,7 +255,6 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lenient<D> {
         deserialize_byte_buf,
         deserialize_option,
         deserialize_unit,
-        deserialize_seq,
         deserialize_map,
         deserialize_identifier,
         deserialize_ignored_any
@@ -137,6 +262,11 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lenient<D> {
 
     fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         self.0.deserialize_any(Float(visitor))
+    }
+
+    /// A repeated field: `null` is empty, its default.
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_any(NullIsEmpty(Wrap(visitor)))
     }
 
     fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
@@ -266,7 +396,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<V> {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         self.0.visit_map(Map {
             inner: map,
-            double: false,
+            key: Key::Plain,
         })
     }
 
@@ -305,10 +435,10 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<A> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Self::Error> {
-        self.double = false;
+        self.key = Key::Plain;
         self.inner.next_key_seed(KeySeed {
             seed,
-            double: &mut self.double,
+            key: &mut self.key,
         })
     }
 
@@ -316,10 +446,11 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<A> {
         &mut self,
         seed: V,
     ) -> Result<V::Value, Self::Error> {
-        if std::mem::take(&mut self.double) {
-            self.inner.next_value_seed(DoubleSeed(seed))
-        } else {
-            self.inner.next_value_seed(Wrap(seed))
+        match std::mem::take(&mut self.key) {
+            Key::Plain => self.inner.next_value_seed(Wrap(seed)),
+            Key::Double => self.inner.next_value_seed(DoubleSeed(seed)),
+            Key::Enum(names) => self.inner.next_value_seed(EnumSeed { seed, names }),
+            Key::Repeated => self.inner.next_value_seed(RepeatedSeed(seed)),
         }
     }
 
@@ -332,10 +463,7 @@ impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for KeySeed<'_, S> {
     type Value = S::Value;
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
-        self.seed.deserialize(KeyDe {
-            de,
-            double: self.double,
-        })
+        self.seed.deserialize(KeyDe { de, key: self.key })
     }
 }
 
@@ -345,7 +473,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for KeyDe<'_, D> {
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         self.de.deserialize_any(KeyVisitor {
             visitor,
-            double: self.double,
+            key: self.key,
         })
     }
 
@@ -364,17 +492,17 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for KeyVisitor<'_, V> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        *self.double = DOUBLE_KEYS.contains(&v);
+        *self.key = Key::of(v);
         self.visitor.visit_str(v)
     }
 
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        *self.double = DOUBLE_KEYS.contains(&v);
+        *self.key = Key::of(v);
         self.visitor.visit_borrowed_str(v)
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-        *self.double = DOUBLE_KEYS.contains(&v.as_str());
+        *self.key = Key::of(&v);
         self.visitor.visit_string(v)
     }
 }
@@ -448,5 +576,152 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Wrap<A> {
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         self.0.struct_variant(fields, Wrap(visitor))
+    }
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for NullIsEmpty<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
+    }
+
+    visit!(
+        visit_bool(bool),
+        visit_i64(i64),
+        visit_u64(u64),
+        visit_f64(f64),
+        visit_str(&str),
+        visit_string(String),
+        visit_bytes(&[u8])
+    );
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        self.0.visit_borrowed_str(v)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.0.visit_seq(Empty(PhantomData))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.0.visit_seq(Empty(PhantomData))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        self.0.visit_seq(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        self.0.visit_map(map)
+    }
+}
+
+impl<'de, E: de::Error> SeqAccess<'de> for Empty<E> {
+    type Error = E;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        _seed: T,
+    ) -> Result<Option<T::Value>, Self::Error> {
+        Ok(None)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(0)
+    }
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for EnumVisitor<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.visitor.expecting(f)
+    }
+
+    /// An enum's name is its number; another string stays a string (the
+    /// target refuses it, or keeps it where it is no enum).
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        match (self.names)(v) {
+            Some(number) => self.visitor.visit_i32(number),
+            None => self.visitor.visit_str(v),
+        }
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        match (self.names)(v) {
+            Some(number) => self.visitor.visit_i32(number),
+            None => self.visitor.visit_borrowed_str(v),
+        }
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        match (self.names)(&v) {
+            Some(number) => self.visitor.visit_i32(number),
+            None => self.visitor.visit_string(v),
+        }
+    }
+
+    /// `null` is the enum's default, 0.
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.visitor.visit_i32(0)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.visitor.visit_i32(0)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        self.visitor.visit_bool(v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        self.visitor.visit_i64(v)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        self.visitor.visit_u64(v)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        self.visitor.visit_f64(v)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        self.visitor.visit_seq(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        self.visitor.visit_map(map)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for RepeatedSeed<S> {
+    type Value = S::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        self.0.deserialize(RepeatedDe(de))
+    }
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for RepeatedDe<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        Lenient(self.0).deserialize_any(NullIsEmpty(visitor))
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        Lenient(self.0).deserialize_option(visitor)
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        Lenient(self.0).deserialize_ignored_any(visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier
     }
 }

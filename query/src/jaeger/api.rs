@@ -156,7 +156,8 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
         service,
         operation: params.get("operation").map(str::to_owned),
         min_duration: params.duration("minDuration")?,
-        max_duration: params.duration("maxDuration")?,
+        // 0 is no upper bound, as in Jaeger's query parser and storage.
+        max_duration: params.duration("maxDuration")?.filter(|max| !max.is_zero()),
         start_from: Some(start),
         start_to: Some(end),
         ..Default::default()
@@ -305,4 +306,33 @@ pub async fn dependencies(State(state): State<AppState>, RawQuery(raw): RawQuery
             |r| render(r, |_| 0),
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(query: &str) -> Result<SpanQuery, QueryError> {
+        search_params(&Params::parse(Some(query))).map(|search| search.spans)
+    }
+
+    #[test]
+    fn max_duration_zero_is_no_upper_bound() {
+        for zero in ["0", "0s", "0ms"] {
+            let spans = parsed(&format!("service=frontend&maxDuration={zero}")).unwrap();
+            assert_eq!(spans.max_duration, None, "maxDuration={zero}");
+            let spans = parsed(&format!(
+                "service=frontend&minDuration=1ms&maxDuration={zero}"
+            ))
+            .unwrap();
+            assert_eq!(spans.min_duration, Some(Duration::from_millis(1)));
+            assert_eq!(spans.max_duration, None, "maxDuration={zero}");
+        }
+        let spans = parsed("service=frontend&minDuration=1ms&maxDuration=2ms").unwrap();
+        assert_eq!(spans.max_duration, Some(Duration::from_millis(2)));
+        assert!(matches!(
+            parsed("service=frontend&minDuration=2ms&maxDuration=1ms"),
+            Err(QueryError::BadRequest(_))
+        ));
+    }
 }

@@ -43,6 +43,17 @@ fn decode_into(text: &str, out: &mut [u8]) -> Result<(), IdError> {
     Ok(())
 }
 
+/// Decodes 1 to `out.len() * 2` hex digits into `out`, zero-padded on the
+/// left, as Zipkin's `Span.normalizeTraceId` pads ids shorter than its
+/// lengths (an odd number of digits included).
+fn decode_padded(text: &str, out: &mut [u8]) -> Result<(), IdError> {
+    let width = out.len() * 2;
+    if text.is_empty() || text.len() > width || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(IdError(text.to_owned()));
+    }
+    decode_into(&format!("{text:0>width$}"), out)
+}
+
 fn write_hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for b in bytes {
         write!(f, "{b:02x}")?;
@@ -66,6 +77,15 @@ impl TraceId {
         decode_into(text, &mut id)?;
         Ok(Self(id))
     }
+
+    /// Parses a Zipkin trace id: 1 to 32 hex digits, zero-padded on the
+    /// left as Zipkin pads them. An all-zero id parses (OTLP's validation
+    /// refuses it, as Zipkin does).
+    pub fn parse_zipkin(text: &str) -> Result<Self, IdError> {
+        let mut id = [0u8; 16];
+        decode_padded(text, &mut id)?;
+        Ok(Self(id))
+    }
 }
 
 impl FromStr for TraceId {
@@ -87,6 +107,14 @@ impl SpanId {
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let id: [u8; 8] = bytes.try_into().ok()?;
         (id != [0; 8]).then_some(Self(id))
+    }
+
+    /// Parses a Zipkin span id: 1 to 16 hex digits, zero-padded on the
+    /// left as Zipkin pads them.
+    pub fn parse_zipkin(text: &str) -> Result<Self, IdError> {
+        let mut id = [0u8; 8];
+        decode_padded(text, &mut id)?;
+        Ok(Self(id))
     }
 
     /// The id as a big-endian integer (how the store keeps it).
@@ -139,5 +167,33 @@ mod tests {
         assert_eq!(SpanId::from_u64(span.as_u64()), span);
         assert_eq!(TraceId::from_bytes(&[0; 16]), None);
         assert_eq!(SpanId::from_bytes(&[1; 7]), None);
+    }
+
+    #[test]
+    fn zipkin_ids_shorter_than_their_length_are_zero_padded() {
+        let trace = |text: &str| TraceId::parse_zipkin(text).map(|id| id.to_string());
+        let span = |text: &str| SpanId::parse_zipkin(text).map(|id| id.to_string());
+        assert_eq!(trace("abc").unwrap(), format!("{:0>32}", "abc"));
+        assert_eq!(
+            trace("8448eb211c80319c").unwrap(),
+            format!("{:0>32}", "8448eb211c80319c")
+        );
+        assert_eq!(
+            trace("18448eb211c80319c").unwrap(),
+            format!("{:0>32}", "18448eb211c80319c")
+        );
+        assert_eq!(
+            trace("0AF7651916CD43DD8448EB211C80319C").unwrap(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(span("1").unwrap(), "0000000000000001");
+        assert_eq!(span("4d1e00c0db9010d").unwrap(), "04d1e00c0db9010d");
+        assert_eq!(span("b7ad6b7169203331").unwrap(), "b7ad6b7169203331");
+        for bad in ["", "xyz", "0x1", " 1", "0af7651916cd43dd8448eb211c80319c0"] {
+            assert!(trace(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["", "g", "-1", "b7ad6b71692033310"] {
+            assert!(span(bad).is_err(), "{bad:?}");
+        }
     }
 }

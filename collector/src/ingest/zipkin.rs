@@ -93,12 +93,13 @@ fn convert(
     zipkin: ZipkinSpan,
     received: u64,
 ) -> Result<(String, InstrumentationScope, Span), String> {
-    let trace_id = TraceId::parse_lenient(&zipkin.trace_id).map_err(|e| format!("traceId: {e}"))?;
-    let span_id: SpanId = zipkin.id.parse().map_err(|e| format!("id: {e}"))?;
+    // Ids shorter than 16 or 32 digits are zero-padded, as Zipkin's own
+    // Span.normalizeTraceId and Builder.id do.
+    let trace_id = TraceId::parse_zipkin(&zipkin.trace_id).map_err(|e| format!("traceId: {e}"))?;
+    let span_id = SpanId::parse_zipkin(&zipkin.id).map_err(|e| format!("id: {e}"))?;
     let parent = match zipkin.parent_id.as_deref() {
         None | Some("") => Vec::new(),
-        Some(text) => text
-            .parse::<SpanId>()
+        Some(text) => SpanId::parse_zipkin(text)
             .map_err(|e| format!("parentId: {e}"))?
             .0
             .to_vec(),
@@ -365,6 +366,34 @@ mod tests {
         );
         let err = decode(br#"{"not":"a list"}"#).unwrap_err();
         assert!(err.to_string().contains("invalid JSON"), "{err}");
+    }
+
+    #[test]
+    fn short_ids_are_zero_padded_as_zipkin_does_long_or_non_hex_ones_refused() {
+        let (batch, undecodable) = decode(
+            br#"[{"traceId":"6154a4ba6e91385","id":"d1e00c0db9010db","parentId":"5b4"},
+            {"traceId":"1","id":"2"},
+            {"traceId":"86154a4ba6e91385086154a4ba6e913850","id":"4d1e00c0db9010dc"},
+            {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc0"},
+            {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc","parentId":"xy"},
+            {"traceId":"","id":"4d1e00c0db9010dc"}]"#,
+        )
+        .unwrap();
+        let spans = &batch[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 2);
+        assert_eq!(
+            hex(&spans[0].trace_id),
+            format!("{:0>32}", "6154a4ba6e91385")
+        );
+        assert_eq!(hex(&spans[0].span_id), "0d1e00c0db9010db");
+        assert_eq!(hex(&spans[0].parent_span_id), "00000000000005b4");
+        assert_eq!(hex(&spans[1].trace_id), format!("{:0>32}", "1"));
+        assert_eq!(hex(&spans[1].span_id), "0000000000000002");
+        assert_eq!(undecodable.spans, 4);
+        let message = undecodable.message();
+        assert!(message.contains("zipkin span [2]: traceId"), "{message}");
+        assert!(message.contains("zipkin span [3]: id"), "{message}");
+        assert!(message.contains("zipkin span [4]: parentId"), "{message}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod backpressure;
 mod bad_input;
 mod durability;
 mod export;
+mod otlp_json;
 mod sdk;
 mod time_range;
 mod timeouts;

@@ -96,3 +96,59 @@ fn zipkin_v2_json_is_stored_with_ids_kind_tags_and_service() {
     assert!(metrics.contains(r#"traces_service_graph_request_total{client="frontend",connection_type="",server="backend"} 1"#), "{metrics}");
     collector.stop();
 }
+
+#[test]
+fn zipkin_ids_shorter_than_16_hex_digits_are_zero_padded_as_zipkin_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path(), &["--commit-interval", "200ms"]);
+    let micros = now_nanos() / 1000;
+    let body = format!(
+        r#"[{{"traceId":"af7183fb1d4cf5f","id":"52bff9a74ca9ad2","kind":"CLIENT","name":"get /api",
+             "timestamp":{micros},"duration":1431,"localEndpoint":{{"serviceName":"frontend"}}}},
+            {{"traceId":"af7183fb1d4cf5f","parentId":"52bff9a74ca9ad2","id":"7c9f","kind":"SERVER",
+             "name":"get /api","timestamp":{},"duration":1000,"localEndpoint":{{"serviceName":"backend"}}}}]"#,
+        micros + 100
+    );
+    let response = http_request(
+        collector.zipkin,
+        "POST",
+        "/api/v2/spans",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(
+        response.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let trace_id: TraceId = "00000000000000000af7183fb1d4cf5f".parse().unwrap();
+    let trace = wait_for_trace(&collector.data_dir, trace_id, 2);
+    let server = trace
+        .spans
+        .iter()
+        .find(|s| s.span.kind == 2)
+        .expect("server span");
+    assert_eq!(server.span.span_id, vec![0, 0, 0, 0, 0, 0, 0x7c, 0x9f]);
+    assert_eq!(
+        server.span.parent_span_id,
+        vec![0x05, 0x2b, 0xff, 0x9a, 0x74, 0xca, 0x9a, 0xd2]
+    );
+    // Too long, non-hex and empty ids are still refused.
+    for bad in [
+        r#"[{"traceId":"5af7183fb1d4cf5f5af7183fb1d4cf5f0","id":"352bff9a74ca9ad2"}]"#,
+        r#"[{"traceId":"5af7183fb1d4cf5f","id":"352bff9a74ca9ad20"}]"#,
+        r#"[{"traceId":"5af7183fb1d4cf5g","id":"352bff9a74ca9ad2"}]"#,
+        r#"[{"traceId":"","id":"352bff9a74ca9ad2"}]"#,
+        r#"[{"traceId":"0000","id":"352bff9a74ca9ad2"}]"#,
+    ] {
+        let response = http_request(
+            collector.zipkin,
+            "POST",
+            "/api/v2/spans",
+            &[("content-type", "application/json")],
+            bad.as_bytes(),
+        );
+        assert_eq!(response.status, 400, "{bad}");
+    }
+}

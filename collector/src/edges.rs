@@ -8,7 +8,8 @@
 //! parent; the edge is written on the document of whichever of the two
 //! arrives second, in the `edge` field (and `edge_error` when the call
 //! failed). Memory is bounded: both maps keep two generations of at most
-//! [`GENERATION`] entries, so a parent that arrives more than a few hundred
+//! [`GENERATION`] entries (waiting children counted one by one, whatever
+//! parent they wait for), so a parent that arrives more than a few hundred
 //! thousand spans after its child makes no edge. Service names are kept
 //! the same way ([`ServiceNames`]): two generations of at most
 //! [`SERVICE_GENERATION`] names, a name seen again moving to the current
@@ -91,9 +92,14 @@ impl<V> Generations<V> {
 
     fn insert(&mut self, key: u64, value: V) {
         if self.current.len() >= GENERATION && !self.current.contains_key(&key) {
-            self.previous = std::mem::take(&mut self.current);
+            self.turn();
         }
         self.current.insert(key, value);
+    }
+
+    /// Starts a new generation: the previous one is dropped.
+    fn turn(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
     }
 }
 
@@ -181,6 +187,9 @@ pub struct EdgeLinker {
     spans: Generations<Seen>,
     waiting: Generations<Vec<Seen>>,
     found: Vec<Edge>,
+    /// Children put in `waiting` since its generation began (at most
+    /// [`GENERATION`] a generation, however they share parents).
+    waiting_children: usize,
     /// Edges not written since the last [`EdgeLinker::take_dropped`]: a
     /// remembered span's service had been forgotten.
     dropped: u64,
@@ -195,6 +204,7 @@ impl EdgeLinker {
             spans: Generations::new(),
             waiting: Generations::new(),
             found: Vec::new(),
+            waiting_children: 0,
             dropped: 0,
         }
     }
@@ -251,10 +261,20 @@ impl EdgeLinker {
                     out,
                 ),
                 Some(_) => {}
-                None => match self.waiting.current.get_mut(&parent_key) {
-                    Some(children) => children.push(me),
-                    None => self.waiting.insert(parent_key, vec![me]),
-                },
+                None => {
+                    // Children waiting in the current generation count
+                    // toward its size too: one parent id that never comes
+                    // would otherwise gather any number of them.
+                    self.waiting_children += 1;
+                    if self.waiting_children > GENERATION {
+                        self.waiting.turn();
+                        self.waiting_children = 1;
+                    }
+                    match self.waiting.current.get_mut(&parent_key) {
+                        Some(children) => children.push(me),
+                        None => self.waiting.insert(parent_key, vec![me]),
+                    }
+                }
             }
         }
         if me.client
@@ -411,6 +431,32 @@ mod tests {
             kind: 2,
             ..Default::default()
         }
+    }
+
+    /// Children of one parent id that never comes are bounded like any
+    /// other remembered span: they used to gather in one list for good.
+    #[test]
+    fn children_waiting_for_one_parent_are_bounded() {
+        let fields = SpanFields::of(&schema::build()).unwrap();
+        let mut linker = EdgeLinker::new(fields);
+        for n in 1..=(3 * GENERATION) as u32 {
+            let child = numbered(1, n + 1, 1);
+            assert!(link(&mut linker, "child", &child).is_empty());
+        }
+        let waiting: usize = [&linker.waiting.current, &linker.waiting.previous]
+            .iter()
+            .flat_map(|generation| generation.values())
+            .map(Vec::len)
+            .sum();
+        assert!(waiting <= 2 * GENERATION, "{waiting} children kept");
+        // The latest children still link when their parent arrives.
+        let parent = numbered(1, 1, 0);
+        let edges = link(&mut linker, "parent", &parent);
+        assert!(
+            !edges.is_empty() && edges.len() <= GENERATION,
+            "{}",
+            edges.len()
+        );
     }
 
     #[test]

@@ -62,7 +62,11 @@ pub struct Edge {
 struct Seen {
     service: u32,
     client: bool,
+    /// A SERVER span.
+    server: bool,
     failed: bool,
+    /// Its parent's edge to it was made (a span of another service).
+    linked: bool,
 }
 
 /// Two generations of a map: inserting into a full current generation
@@ -242,24 +246,60 @@ impl EdgeLinker {
         let service = self
             .services
             .intern(attributes::service_name(span.resource));
-        let me = Seen {
+        let mut me = Seen {
             service,
             client: matches!(s.kind, 3 | 4),
+            server: s.kind == 2,
+            linked: false,
             failed: crate::outcome::Outcome::of(
                 s.status.as_ref().map_or(0, |st| st.code),
                 attributes::get_int(&s.attributes, "http.response.status_code")
                     .and_then(|c| u16::try_from(c).ok()),
             ) == crate::outcome::Outcome::Error,
         };
-        if let Some(parent) = SpanId::from_bytes(&s.parent_span_id) {
+        let my_key = key(&trace, id);
+        // Zipkin's shared span (B3's default): the callee's SERVER half
+        // carries the id, and the parent, of the caller's CLIENT span. The
+        // pair is one call, as Jaeger's uniquifier makes the server the
+        // client's child on read; the server half's own parent is the
+        // client's, not its caller.
+        let shared = self.spans.get(my_key).copied().filter(|other| {
+            other.service != me.service
+                && ((me.server && other.client) || (me.client && other.server))
+        });
+        if let Some(other) = shared {
+            let (client, server) = if me.client { (me, other) } else { (other, me) };
+            // A server half that came first has its edge from the parent
+            // both halves name (Zipkin copies it), made when the server
+            // half found it or to be made when it comes: only a call
+            // without a parent is made here.
+            let parent_links = other.linked || !s.parent_span_id.is_empty();
+            if !(me.client && parent_links) {
+                self.edge(
+                    client.service,
+                    server.service,
+                    server.failed || client.failed,
+                    out,
+                );
+            }
+            if me.client {
+                // The server half stays: spans naming the id are its children.
+                return;
+            }
+            me.linked = true;
+        }
+        if let Some(parent) = SpanId::from_bytes(&s.parent_span_id).filter(|_| shared.is_none()) {
             let parent_key = key(&trace, parent);
             match self.spans.get(parent_key).copied() {
-                Some(p) if p.service != me.service => self.edge(
-                    p.service,
-                    me.service,
-                    me.failed || (p.client && p.failed),
-                    out,
-                ),
+                Some(p) if p.service != me.service => {
+                    me.linked = true;
+                    self.edge(
+                        p.service,
+                        me.service,
+                        me.failed || (p.client && p.failed),
+                        out,
+                    );
+                }
                 Some(_) => {}
                 None => {
                     // Children waiting in the current generation count
@@ -286,7 +326,6 @@ impl EdgeLinker {
                 self.edge(me.service, callee, me.failed, out);
             }
         }
-        let my_key = key(&trace, id);
         if let Some(children) = self.waiting.remove(my_key) {
             for child in children {
                 if child.service != me.service {
@@ -430,6 +469,48 @@ mod tests {
             parent_span_id: if parent == 0 { vec![] } else { id8(parent) },
             kind: 2,
             ..Default::default()
+        }
+    }
+
+    /// Zipkin's shared span: the server half carries the client's id and
+    /// parent. The pair is one call, whatever order the three spans come
+    /// in (they made no edge: the server half replaced the client half).
+    #[test]
+    fn a_shared_span_is_one_call_in_any_order() {
+        let root = numbered(9, 1, 0);
+        let mut client = numbered(9, 2, 1);
+        client.kind = 3;
+        let server = numbered(9, 2, 1);
+        let spans = [("a", &root), ("a", &client), ("b", &server)];
+        for order in [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ] {
+            let fields = SpanFields::of(&schema::build()).unwrap();
+            let mut linker = EdgeLinker::new(fields);
+            let edges: Vec<Edge> = order
+                .iter()
+                .flat_map(|&i| link(&mut linker, spans[i].0, spans[i].1))
+                .collect();
+            assert_eq!(edges, [edge("a", "b", false)], "order {order:?}");
+        }
+        // Without a parent (the tester's trace): the pair alone is the call.
+        for order in [[0, 1], [1, 0]] {
+            let mut client = numbered(8, 17, 0);
+            client.kind = 3;
+            let server = numbered(8, 17, 0);
+            let spans = [("sA", &client), ("sB", &server)];
+            let fields = SpanFields::of(&schema::build()).unwrap();
+            let mut linker = EdgeLinker::new(fields);
+            let edges: Vec<Edge> = order
+                .iter()
+                .flat_map(|&i| link(&mut linker, spans[i].0, spans[i].1))
+                .collect();
+            assert_eq!(edges, [edge("sA", "sB", false)], "order {order:?}");
         }
     }
 

@@ -20,7 +20,11 @@ pub struct Activity {
 
 /// A request in flight; dropping it (the request is over) ends it.
 #[derive(Debug)]
-pub struct Stream(Rc<Activity>);
+pub struct Stream {
+    activity: Rc<Activity>,
+    /// Still counted among the connection's requests.
+    counted: bool,
+}
 
 impl Activity {
     /// A connection just accepted: idle from now.
@@ -35,7 +39,10 @@ impl Activity {
     /// A request starts.
     pub fn start(self: &Rc<Self>) -> Stream {
         self.active.set(self.active.get() + 1);
-        Stream(self.clone())
+        Stream {
+            activity: self.clone(),
+            counted: true,
+        }
     }
 
     /// The connection is being cut: its client took nothing of what the
@@ -65,17 +72,28 @@ impl Stream {
     /// Whether the request ends because its connection was cut for a
     /// client that stopped reading.
     pub fn was_cut_stalled(&self) -> bool {
-        self.0.stalled.get()
+        self.activity.stalled.get()
+    }
+
+    /// The request stops counting among the connection's (an upgraded
+    /// stream, whose connection hyper no longer serves: until the upgrade
+    /// is handed over, the connection's idle timeout bounds it again).
+    pub fn leave_connection(&mut self) {
+        if !std::mem::replace(&mut self.counted, false) {
+            return;
+        }
+        let activity = &self.activity;
+        let left = activity.active.get().saturating_sub(1);
+        activity.active.set(left);
+        if left == 0 {
+            activity.idle_since.set(Instant::now());
+        }
     }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        let left = self.0.active.get().saturating_sub(1);
-        self.0.active.set(left);
-        if left == 0 {
-            self.0.idle_since.set(Instant::now());
-        }
+        self.leave_connection();
     }
 }
 
@@ -92,6 +110,29 @@ mod tests {
         drop(stream);
         activity.idle_for(Duration::from_secs(30)).await;
         assert_eq!(started.elapsed(), Duration::from_secs(80));
+    }
+
+    /// An upgraded stream leaves its connection at the 101: the
+    /// connection is idle from then, though the request goes on.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_left_its_connection_counts_once() {
+        let activity = Activity::new();
+        let mut upgraded = activity.start();
+        let other = activity.start();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        upgraded.leave_connection();
+        upgraded.leave_connection();
+        assert_eq!(
+            activity.active.get(),
+            1,
+            "the other request is still in flight"
+        );
+        drop(other);
+        let idle_from = Instant::now();
+        activity.idle_for(Duration::from_secs(30)).await;
+        assert_eq!(idle_from.elapsed(), Duration::from_secs(30));
+        drop(upgraded);
+        assert_eq!(activity.active.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]

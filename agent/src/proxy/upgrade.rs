@@ -141,7 +141,8 @@ impl Splice {
     /// a WebSocket is still the request's stream, and one whose peers have
     /// both gone quiet (a client that vanished without a FIN, a NAT that
     /// dropped the flow) would otherwise hold two connections for good.
-    /// `ended` hears how it ended, once, after both connections are closed.
+    /// `ended` hears how it ended, once, just before both connections are
+    /// closed.
     pub fn start(self, ended: impl FnOnce(Ended) + 'static) {
         tokio::task::spawn_local(self.run(ended));
     }
@@ -154,20 +155,20 @@ impl Splice {
             idle,
         } = self;
         let _slot = slot; // the upstream connection counts until the splice ends
-        let (down, up) = match tokio::try_join!(downstream, upstream) {
-            Ok(pair) => pair,
-            Err(error) => {
-                tracing::debug!(%error, "upgrade failed");
-                // The upstream's side was ready with its 101: the
-                // downstream's failed, its connection gone before the 101
-                // was written to it.
-                let by = EndedBy::Downstream;
-                return ended(Ended {
-                    received: 0,
-                    sent: 0,
-                    by,
-                });
+        let failed = |error: hyper::Error, by| {
+            tracing::debug!(%error, "upgrade failed");
+            Ended {
+                received: 0,
+                sent: 0,
+                by,
             }
+        };
+        // The downstream's side fails when its connection went before the
+        // 101 was written to it; the upstream's, when its connection broke.
+        let (down, up) = match tokio::join!(downstream, upstream) {
+            (Ok(down), Ok(up)) => (down, up),
+            (Err(error), _) => return ended(failed(error, EndedBy::Downstream)),
+            (_, Err(error)) => return ended(failed(error, EndedBy::Upstream)),
         };
         let passed = Cell::new(Instant::now());
         let first = Cell::new(None);

@@ -460,6 +460,10 @@ impl Exchange {
         splice: Splice,
     ) -> Response<ProxyBody> {
         self.upstream_head(&mut parts, upstream_time);
+        // Held by the splice until it ends, the request would keep its
+        // downstream connection from ever counting as idle, and a 101 its
+        // client never reads from its connection would wait for good.
+        self.stream.leave_connection();
         splice.start(move |ended| self.upgrade_ended(ended));
         Response::from_parts(parts, ResponseBody::recorded_elsewhere())
     }

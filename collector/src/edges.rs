@@ -65,8 +65,6 @@ struct Seen {
     /// A SERVER span.
     server: bool,
     failed: bool,
-    /// Its parent's edge to it was made (a span of another service).
-    linked: bool,
 }
 
 /// Two generations of a map: inserting into a full current generation
@@ -246,11 +244,10 @@ impl EdgeLinker {
         let service = self
             .services
             .intern(attributes::service_name(span.resource));
-        let mut me = Seen {
+        let me = Seen {
             service,
             client: matches!(s.kind, 3 | 4),
             server: s.kind == 2,
-            linked: false,
             failed: crate::outcome::Outcome::of(
                 s.status.as_ref().map_or(0, |st| st.code),
                 attributes::get_int(&s.attributes, "http.response.status_code")
@@ -258,48 +255,47 @@ impl EdgeLinker {
             ) == crate::outcome::Outcome::Error,
         };
         let my_key = key(&trace, id);
-        // Zipkin's shared span (B3's default): the callee's SERVER half
-        // carries the id, and the parent, of the caller's CLIENT span. The
-        // pair is one call, as Jaeger's uniquifier makes the server the
-        // client's child on read; the server half's own parent is the
-        // client's, not its caller.
-        let shared = self.spans.get(my_key).copied().filter(|other| {
-            other.service != me.service
-                && ((me.server && other.client) || (me.client && other.server))
-        });
-        if let Some(other) = shared {
-            let (client, server) = if me.client { (me, other) } else { (other, me) };
-            // A server half that came first has its edge from the parent
-            // both halves name (Zipkin copies it), made when the server
-            // half found it or to be made when it comes: only a call
-            // without a parent is made here.
-            let parent_links = other.linked || !s.parent_span_id.is_empty();
-            if !(me.client && parent_links) {
-                self.edge(
-                    client.service,
-                    server.service,
-                    server.failed || client.failed,
-                    out,
-                );
-            }
-            if me.client {
-                // The server half stays: spans naming the id are its children.
-                return;
-            }
-            me.linked = true;
-        }
-        if let Some(parent) = SpanId::from_bytes(&s.parent_span_id).filter(|_| shared.is_none()) {
-            let parent_key = key(&trace, parent);
-            match self.spans.get(parent_key).copied() {
-                Some(p) if p.service != me.service => {
-                    me.linked = true;
+        // Children first: a span that names itself as parent (a Zipkin
+        // shared SERVER half, see [`crate::ingest::zipkin`]) waits for the
+        // CLIENT half of its own id below, not for itself.
+        if let Some(children) = self.waiting.remove(my_key) {
+            let mut servers_children = Vec::new();
+            for child in children {
+                if me.client && child.client && child.service != me.service {
+                    // A CLIENT span's child is its callee's SERVER span; a
+                    // CLIENT child of another service belongs to the
+                    // SERVER half of a Zipkin shared id, still to come.
+                    servers_children.push(child);
+                } else if child.service != me.service {
                     self.edge(
-                        p.service,
                         me.service,
-                        me.failed || (p.client && p.failed),
+                        child.service,
+                        child.failed || (me.client && me.failed),
                         out,
                     );
                 }
+            }
+            if !servers_children.is_empty() {
+                self.waiting.insert(my_key, servers_children);
+            }
+        }
+        if let Some(parent) = SpanId::from_bytes(&s.parent_span_id) {
+            let parent_key = key(&trace, parent);
+            // A CLIENT parent of another service for a CLIENT span: the
+            // parent id is a Zipkin shared one, and the span is the SERVER
+            // half's child; it waits for that half.
+            let found = self
+                .spans
+                .get(parent_key)
+                .copied()
+                .filter(|p| !(p.client && me.client && p.service != me.service));
+            match found {
+                Some(p) if p.service != me.service => self.edge(
+                    p.service,
+                    me.service,
+                    me.failed || (p.client && p.failed),
+                    out,
+                ),
                 Some(_) => {}
                 None => {
                     // Children waiting in the current generation count
@@ -326,19 +322,15 @@ impl EdgeLinker {
                 self.edge(me.service, callee, me.failed, out);
             }
         }
-        if let Some(children) = self.waiting.remove(my_key) {
-            for child in children {
-                if child.service != me.service {
-                    self.edge(
-                        me.service,
-                        child.service,
-                        child.failed || (me.client && me.failed),
-                        out,
-                    );
-                }
-            }
+        // A shared span's SERVER half stays over its CLIENT half: spans
+        // naming the id as parent are the server's children.
+        let server_half = self
+            .spans
+            .get(my_key)
+            .is_some_and(|other| other.server && me.client && other.service != me.service);
+        if !server_half {
+            self.spans.insert(my_key, me);
         }
-        self.spans.insert(my_key, me);
     }
 
     /// Links every span of a batch and writes the edges into its prepared
@@ -472,44 +464,65 @@ mod tests {
         }
     }
 
-    /// Zipkin's shared span: the server half carries the client's id and
-    /// parent. The pair is one call, whatever order the three spans come
-    /// in (they made no edge: the server half replaced the client half).
+    /// Every order of `spans` (service, span), linked by a fresh linker:
+    /// the edges each order makes.
+    fn in_every_order(spans: &[(&str, Span)]) -> Vec<(Vec<usize>, Vec<Edge>)> {
+        fn orders(n: usize) -> Vec<Vec<usize>> {
+            if n == 0 {
+                return vec![Vec::new()];
+            }
+            let mut all = Vec::new();
+            for order in orders(n - 1) {
+                for at in 0..=order.len() {
+                    let mut longer = order.clone();
+                    longer.insert(at, n - 1);
+                    all.push(longer);
+                }
+            }
+            all
+        }
+        orders(spans.len())
+            .into_iter()
+            .map(|order| {
+                let fields = SpanFields::of(&schema::build()).unwrap();
+                let mut linker = EdgeLinker::new(fields);
+                let mut edges: Vec<Edge> = order
+                    .iter()
+                    .flat_map(|&i| link(&mut linker, spans[i].0, &spans[i].1))
+                    .collect();
+                edges.sort_by(|a, b| (&a.caller, &a.callee).cmp(&(&b.caller, &b.callee)));
+                (order, edges)
+            })
+            .collect()
+    }
+
+    /// Zipkin's shared span, as the Zipkin receiver stores it: the SERVER
+    /// half with the CLIENT half's id, and that id as its parent. Each
+    /// pair is one call, in a chain of two, whatever order the spans come
+    /// in. (The server half used to replace the client half: no edge.)
     #[test]
     fn a_shared_span_is_one_call_in_any_order() {
-        let root = numbered(9, 1, 0);
-        let mut client = numbered(9, 2, 1);
-        client.kind = 3;
-        let server = numbered(9, 2, 1);
-        let spans = [("a", &root), ("a", &client), ("b", &server)];
-        for order in [
-            [0, 1, 2],
-            [0, 2, 1],
-            [1, 0, 2],
-            [1, 2, 0],
-            [2, 0, 1],
-            [2, 1, 0],
-        ] {
-            let fields = SpanFields::of(&schema::build()).unwrap();
-            let mut linker = EdgeLinker::new(fields);
-            let edges: Vec<Edge> = order
-                .iter()
-                .flat_map(|&i| link(&mut linker, spans[i].0, spans[i].1))
-                .collect();
-            assert_eq!(edges, [edge("a", "b", false)], "order {order:?}");
+        let client = |trace, id, parent| Span {
+            kind: 3,
+            ..numbered(trace, id, parent)
+        };
+        // x calls a, which calls b: ids 1 and 2 are shared.
+        let chain = [
+            ("x", client(9, 1, 0)),
+            ("a", numbered(9, 1, 1)),
+            ("a", client(9, 2, 1)),
+            ("b", numbered(9, 2, 2)),
+        ];
+        for (order, edges) in in_every_order(&chain) {
+            assert_eq!(
+                edges,
+                [edge("a", "b", false), edge("x", "a", false)],
+                "order {order:?}"
+            );
         }
-        // Without a parent (the tester's trace): the pair alone is the call.
-        for order in [[0, 1], [1, 0]] {
-            let mut client = numbered(8, 17, 0);
-            client.kind = 3;
-            let server = numbered(8, 17, 0);
-            let spans = [("sA", &client), ("sB", &server)];
-            let fields = SpanFields::of(&schema::build()).unwrap();
-            let mut linker = EdgeLinker::new(fields);
-            let edges: Vec<Edge> = order
-                .iter()
-                .flat_map(|&i| link(&mut linker, spans[i].0, spans[i].1))
-                .collect();
+        // The tester's trace: one call, no parent.
+        let pair = [("sA", client(8, 17, 0)), ("sB", numbered(8, 17, 17))];
+        for (order, edges) in in_every_order(&pair) {
             assert_eq!(edges, [edge("sA", "sB", false)], "order {order:?}");
         }
     }

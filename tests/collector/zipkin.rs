@@ -152,3 +152,70 @@ fn zipkin_ids_shorter_than_16_hex_digits_are_zero_padded_as_zipkin_does() {
         assert_eq!(response.status, 400, "{bad}");
     }
 }
+
+/// A Zipkin shared span (B3's default: the callee's SERVER half carries
+/// the CLIENT half's id) is one call from the client's service to the
+/// server's, in the dependency graph and in the trace, where the server
+/// half is the client's child, as Jaeger reads it. (The server half used
+/// to replace the client half at ingest: no edge.)
+#[test]
+fn a_zipkin_shared_span_is_one_call_client_to_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path(), &["--commit-interval", "200ms"]);
+    let micros = now_nanos() / 1000;
+    let body = format!(
+        r#"[{{"traceId":"aaaa000000000001","id":"0000000000000011","name":"c","kind":"CLIENT",
+             "timestamp":{micros},"duration":2000,"localEndpoint":{{"serviceName":"sA"}}}},
+            {{"traceId":"aaaa000000000001","id":"0000000000000011","name":"c","kind":"SERVER","shared":true,
+             "timestamp":{},"duration":1500,"localEndpoint":{{"serviceName":"sB"}}}}]"#,
+        micros + 100
+    );
+    let response = http_request(
+        collector.zipkin,
+        "POST",
+        "/api/v2/spans",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(
+        response.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let trace_id: TraceId = "0000000000000000aaaa000000000001".parse().unwrap();
+    wait_for_trace(&collector.data_dir, trace_id, 2);
+    let metrics = collector.metrics();
+    assert!(
+        metrics.contains(
+            r#"traces_service_graph_request_total{client="sA",connection_type="",server="sB"} 1"#
+        ),
+        "{metrics}"
+    );
+    let read = http_request(
+        collector.http,
+        "GET",
+        "/api/traces/aaaa000000000001",
+        &[],
+        b"",
+    );
+    assert_eq!(read.status, 200);
+    let trace: serde_json::Value = serde_json::from_slice(&read.body).unwrap();
+    let spans = trace["data"][0]["spans"].as_array().unwrap().clone();
+    let processes = &trace["data"][0]["processes"];
+    let service =
+        |s: &serde_json::Value| processes[s["processID"].as_str().unwrap()]["serviceName"].clone();
+    let client = spans
+        .iter()
+        .find(|s| service(s) == "sA")
+        .expect("client half");
+    let server = spans
+        .iter()
+        .find(|s| service(s) == "sB")
+        .expect("server half");
+    assert_eq!(client["spanID"], "0000000000000011");
+    assert_ne!(server["spanID"], client["spanID"]);
+    assert_eq!(server["references"][0]["refType"], "CHILD_OF");
+    assert_eq!(server["references"][0]["spanID"], "0000000000000011");
+    collector.stop();
+}

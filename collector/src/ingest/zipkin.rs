@@ -43,6 +43,9 @@ struct ZipkinSpan {
     annotations: Vec<Annotation>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
+    /// The SERVER half of an id the CLIENT half shares (B3's default).
+    #[serde(default)]
+    shared: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +106,16 @@ fn convert(
             .map_err(|e| format!("parentId: {e}"))?
             .0
             .to_vec(),
+    };
+    // A shared SERVER half's parent is its CLIENT half, whose id it
+    // carries (Zipkin copies the client's parent into it): stored so, the
+    // reader's split of the id makes it the client's child, as Jaeger's
+    // span id uniquifier does, and the dependency graph sees the call.
+    let server = kind(zipkin.kind.as_deref()) == SpanKind::Server;
+    let parent = if zipkin.shared && server {
+        span_id.0.to_vec()
+    } else {
+        parent
     };
     let mut tags = zipkin.tags;
     let mut scope = InstrumentationScope::default();
@@ -270,6 +283,29 @@ pub fn decode(body: &[u8]) -> Result<(Vec<ResourceSpans>, Undecodable), IngestEr
 mod tests {
     use super::*;
     use crate::store::document::span_count;
+
+    /// A shared SERVER half is stored with its CLIENT half's id, its own,
+    /// as its parent; an unshared span keeps its parent, and so does a
+    /// shared one that is no SERVER.
+    #[test]
+    fn a_shared_server_half_is_stored_as_its_client_halfs_child() {
+        let convert_one = |json: &str| {
+            let zipkin: ZipkinSpan = serde_json::from_str(json).unwrap();
+            convert(zipkin, 1).unwrap().2
+        };
+        let server = convert_one(
+            r#"{"traceId":"aaaa000000000001","id":"0000000000000011","parentId":"0000000000000001","kind":"SERVER","shared":true,"timestamp":1}"#,
+        );
+        assert_eq!(server.parent_span_id, server.span_id);
+        let unshared = convert_one(
+            r#"{"traceId":"aaaa000000000001","id":"0000000000000011","parentId":"0000000000000001","kind":"SERVER","timestamp":1}"#,
+        );
+        assert_eq!(unshared.parent_span_id, [0, 0, 0, 0, 0, 0, 0, 1]);
+        let client = convert_one(
+            r#"{"traceId":"aaaa000000000001","id":"0000000000000011","kind":"CLIENT","shared":true,"timestamp":1}"#,
+        );
+        assert!(client.parent_span_id.is_empty());
+    }
 
     #[test]
     fn maps_like_opentelemetry() {

@@ -198,6 +198,20 @@ pub fn summarize(trace: &Trace) -> Summary {
 pub fn adjust(trace: &mut Trace) {
     drop_copies(trace);
     split_shared_span_ids(trace);
+    drop_self_parents(trace);
+}
+
+/// A span that names itself as its parent has none, as Zipkin's span
+/// builder undoes the circle: a Zipkin shared SERVER half is stored with
+/// its own id as parent, which [`split_shared_span_ids`] turns into its
+/// CLIENT half's; one whose client half never came would otherwise be its
+/// own child.
+fn drop_self_parents(trace: &mut Trace) {
+    for stored in &mut trace.spans {
+        if stored.span.parent_span_id == stored.span.span_id {
+            stored.span.parent_span_id.clear();
+        }
+    }
 }
 
 /// Drops exact copies of a span from a trace, keeping the first, as
@@ -441,6 +455,24 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, [(1, 0), (2, 1), (4, 2), (3, 4)]);
+    }
+
+    /// As the Zipkin receiver stores a shared SERVER half: its own id as
+    /// its parent. Read, it is the client's child; without its client
+    /// half, it has no parent rather than itself.
+    #[test]
+    fn a_stored_shared_server_half_is_the_clients_child_or_a_root() {
+        let mut both = trace(vec![
+            span(1, 0, SERVER),
+            span(2, 1, CLIENT),
+            span(2, 2, SERVER),
+            span(3, 2, CLIENT),
+        ]);
+        adjust(&mut both);
+        assert_eq!(ids(&both), [(1, 0), (2, 1), (4, 2), (3, 4)]);
+        let mut alone = trace(vec![span(2, 2, SERVER), span(3, 2, CLIENT)]);
+        adjust(&mut alone);
+        assert_eq!(ids(&alone), [(2, 0), (3, 2)]);
     }
 
     fn trace(spans: Vec<StoredSpan>) -> Trace {

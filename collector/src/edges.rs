@@ -41,7 +41,7 @@ const GENERATION: usize = 131_072;
 
 /// Distinct service names per generation of [`ServiceNames`]: at most
 /// twice this many are remembered.
-const SERVICE_GENERATION: usize = 10_000;
+pub(crate) const SERVICE_GENERATION: usize = 10_000;
 
 /// A call from one service to another.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -229,7 +229,8 @@ pub fn dependency_edges_dropped(metrics: &Metrics, edges: u64) {
     if LOG.allow().is_some() {
         tracing::warn!(
             edges = SINCE_LOGGED.swap(0, Ordering::Relaxed),
-            "dependency edges dropped: their spans' service names were forgotten, more than 10,000 new service names arrived since (junk service.name values?)"
+            new_names = crate::edges::SERVICE_GENERATION,
+            "dependency edges dropped: their spans' service names were forgotten, more than new_names service names arrived since (junk service.name values?)"
         );
     }
 }

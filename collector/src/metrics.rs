@@ -336,7 +336,10 @@ impl Metrics {
             )?,
             dependency_edges_dropped: IntCounter::new(
                 "tracemesh_collector_dependency_edges_dropped_total",
-                "Dependency edges not written because the service of the span remembered for them had been forgotten (more than 10,000 new service names arrived since it was last seen).",
+                format!(
+                    "Dependency edges not written because the service of the span remembered for them had been forgotten (more than {} new service names arrived since it was last seen).",
+                    crate::edges::SERVICE_GENERATION
+                ),
             )?,
             index_commit_seconds: histogram(
                 "tracemesh_collector_index_commit_seconds",

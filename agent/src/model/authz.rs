@@ -1018,6 +1018,48 @@ mod tests {
         }
     }
 
+    /// A header value that is not visible ASCII, even not UTF-8, is the
+    /// header's value to a DENY condition, as Envoy's header matcher
+    /// reads its bytes: it used to be taken as absent, and let through.
+    #[test]
+    fn a_header_value_past_ascii_is_matched_not_absent() {
+        let condition = |name: &'static str, pattern: &str| Rule {
+            when: vec![Condition {
+                key: ConditionKey::Header(HeaderName::from_static(name)),
+                values: values(vec![Pattern::parse(pattern)]),
+                cidrs: Values::default(),
+                principals: Values::default(),
+            }],
+            ..Rule::default()
+        };
+        let authz = Authorization {
+            deny: vec![policy(
+                "ns/deny",
+                vec![condition("x-role", "admin*"), condition("x-debug", "*")],
+            )],
+            ..Authorization::default()
+        };
+        for (name, value) in [
+            ("x-role", &b"admin\xff"[..]),
+            ("x-role", "admin\u{e9}".as_bytes()),
+            ("x-debug", b"\x80"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                HeaderName::from_static(name),
+                http::HeaderValue::from_bytes(value).unwrap(),
+            );
+            let decision = authz.decide_local(&request("GET", &headers), None);
+            assert!(!decision.allowed, "{name}: {value:?}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-role",
+            http::HeaderValue::from_bytes(b"us\xffer").unwrap(),
+        );
+        assert!(authz.decide_local(&request("GET", &headers), None).allowed);
+    }
+
     #[test]
     fn deny_rules_drop_http_fields_on_tcp_and_so_deny_more() {
         let headers = HeaderMap::new();

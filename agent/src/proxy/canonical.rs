@@ -111,7 +111,9 @@ fn settle_authority<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
     if host.is_some_and(|h| !is_valid_authority(h.as_bytes())) {
         return Err(LocalReply::INVALID_AUTHORITY);
     }
-    drop_userinfo(req.uri_mut())?;
+    if req.version() < Version::HTTP_2 {
+        drop_userinfo(req.uri_mut())?;
+    }
     let host = req.headers().get(HOST);
     let Some(authority) = req.uri().authority().map(Authority::as_str) else {
         return Ok(());
@@ -384,9 +386,13 @@ mod tests {
             assert_eq!(req.headers()[HOST], host, "{target}");
             assert_eq!(req.uri().authority().unwrap().as_str(), host, "{target}");
         }
+        // HTTP/2's `:authority` is taken as sent, as Envoy takes it.
         let mut req = request(Version::HTTP_2, "http://user@admin.example.com/x", &[]);
         settle(&mut req, &settings(&[])).unwrap();
-        assert_eq!(req.uri().authority().unwrap().as_str(), "admin.example.com");
+        assert_eq!(
+            req.uri().authority().unwrap().as_str(),
+            "user@admin.example.com"
+        );
     }
 
     #[test]

@@ -86,12 +86,6 @@ impl<V> Generations<V> {
         self.current.get(&key).or_else(|| self.previous.get(&key))
     }
 
-    fn remove(&mut self, key: u64) -> Option<V> {
-        self.current
-            .remove(&key)
-            .or_else(|| self.previous.remove(&key))
-    }
-
     fn insert(&mut self, key: u64, value: V) {
         if self.current.len() >= GENERATION && !self.current.contains_key(&key) {
             self.turn();
@@ -102,6 +96,20 @@ impl<V> Generations<V> {
     /// Starts a new generation: the previous one is dropped.
     fn turn(&mut self) {
         self.previous = std::mem::take(&mut self.current);
+    }
+}
+
+impl<T> Generations<Vec<T>> {
+    /// Takes `key`'s lists out of both generations, joined: a parent's
+    /// children can wait in both when a generation turned between them.
+    fn take_all(&mut self, key: u64) -> Option<Vec<T>> {
+        match (self.current.remove(&key), self.previous.remove(&key)) {
+            (Some(mut newer), Some(older)) => {
+                newer.extend(older);
+                Some(newer)
+            }
+            (newer, older) => newer.or(older),
+        }
     }
 }
 
@@ -258,7 +266,7 @@ impl EdgeLinker {
         // Children first: a span that names itself as parent (a Zipkin
         // shared SERVER half, see [`crate::ingest::zipkin`]) waits for the
         // CLIENT half of its own id below, not for itself.
-        if let Some(children) = self.waiting.remove(my_key) {
+        if let Some(children) = self.waiting.take_all(my_key) {
             let mut servers_children = Vec::new();
             for child in children {
                 if me.client && child.client && child.service != me.service {
@@ -527,6 +535,23 @@ mod tests {
         }
     }
 
+    /// Children of one parent that wait in both generations (one turned
+    /// between them) all link when it comes: the older ones were lost.
+    #[test]
+    fn children_waiting_across_a_turn_all_link() {
+        let fields = SpanFields::of(&schema::build()).unwrap();
+        let mut linker = EdgeLinker::new(fields);
+        assert!(link(&mut linker, "old", &numbered(1, 2, 1)).is_empty());
+        linker.waiting.turn();
+        assert!(link(&mut linker, "new", &numbered(1, 3, 1)).is_empty());
+        let mut edges = link(&mut linker, "parent", &numbered(1, 1, 0));
+        edges.sort_by(|a, b| a.callee.cmp(&b.callee));
+        assert_eq!(
+            edges,
+            [edge("parent", "new", false), edge("parent", "old", false)]
+        );
+    }
+
     /// Children of one parent id that never comes are bounded like any
     /// other remembered span: they used to gather in one list for good.
     #[test]
@@ -543,11 +568,11 @@ mod tests {
             .map(Vec::len)
             .sum();
         assert!(waiting <= 2 * GENERATION, "{waiting} children kept");
-        // The latest children still link when their parent arrives.
+        // The children kept link when their parent arrives.
         let parent = numbered(1, 1, 0);
         let edges = link(&mut linker, "parent", &parent);
         assert!(
-            !edges.is_empty() && edges.len() <= GENERATION,
+            !edges.is_empty() && edges.len() <= 2 * GENERATION,
             "{}",
             edges.len()
         );

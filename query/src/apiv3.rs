@@ -211,7 +211,9 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
             .get_any(&["query.operationName", "query.operation_name"])
             .map(|(_, v)| v.to_owned()),
         min_duration: duration(&["query.durationMin", "query.duration_min"])?,
-        max_duration: duration(&["query.durationMax", "query.duration_max"])?,
+        // Zero is no bound, as Jaeger's storage readers take it.
+        max_duration: duration(&["query.durationMax", "query.duration_max"])?
+            .filter(|max| !max.is_zero()),
         start_from: Some(from),
         start_to: Some(to),
         ..Default::default()

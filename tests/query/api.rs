@@ -317,6 +317,16 @@ fn jaeger_api_answers_as_jaeger_does() {
         .map(|r| r["scopeSpans"][0]["spans"].as_array().unwrap().len())
         .sum();
     assert_eq!(spans, 4 * 5, "four whole traces");
+    // A zero durationMax is no bound, as Jaeger's storage readers take it.
+    let (status, v3) = get(
+        &collector,
+        &format!(
+            "/api/v3/traces?query.serviceName=db&query.searchDepth=4&query.durationMax=0s&{window}"
+        ),
+    );
+    assert_eq!(status, 200, "{v3}");
+    let traces = v3["result"]["resourceSpans"].as_array().map_or(0, Vec::len);
+    assert!(traces > 0, "durationMax=0s found nothing: {v3}");
     let (status, v3) = get(
         &collector,
         "/api/v3/traces?query.serviceName=db&query.startTimeMin=soon&query.startTimeMax=later",

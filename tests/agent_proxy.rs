@@ -9,7 +9,7 @@ mod common;
 
 use bytes::Bytes;
 use common::agent::Agent;
-use common::client::{Client, raw_exchange};
+use common::client::{Client, echoed, raw_exchange, websocket};
 use common::grpc::{self, Echo};
 use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, service_entry};
 use common::upstream::{
@@ -288,43 +288,64 @@ async fn grpc_calls_keep_their_trailers() {
 async fn websocket_upgrades_pass_through() {
     let app = Upstream::start("ws").await;
     let mesh = mesh(app.addr, "HTTP").await;
-    let stream = tokio::net::TcpStream::connect(mesh.frontend.outbound)
-        .await
-        .unwrap();
-    let (mut ws, response) = tokio_tungstenite::client_async("ws://backend:9080/ws", stream)
-        .await
-        .expect("websocket handshake through the agents");
-    assert_eq!(response.status(), 101);
-    for i in 0..3 {
-        let text = format!("message {i}");
-        ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
-            .await
-            .unwrap();
-        let echoed = ws.next().await.unwrap().unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), text);
-    }
+    let mut ws = open_websocket(&mesh).await;
     ws.close(None).await.unwrap();
 }
 
 /// A WebSocket through the two agents, three echoed messages: the open
-/// stream and the frontend's cluster.
+/// stream.
 async fn open_websocket(mesh: &Mesh) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-    let stream = tokio::net::TcpStream::connect(mesh.frontend.outbound)
-        .await
-        .unwrap();
-    let (mut ws, response) = tokio_tungstenite::client_async("ws://backend:9080/ws", stream)
-        .await
-        .expect("websocket handshake through the agents");
-    assert_eq!(response.status(), 101);
+    let mut ws = websocket(mesh.frontend.outbound, "ws://backend:9080/ws").await;
     for i in 0..3 {
-        let text = format!("message {i}");
-        ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
-            .await
-            .unwrap();
-        let echoed = ws.next().await.unwrap().unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+        echoed(&mut ws, &format!("message {i}")).await;
     }
     ws
+}
+
+/// An open WebSocket holds a drain as any open connection does: served
+/// on through the drain period, as Envoy keeps an upgraded stream through
+/// its drain, and the agent leaves once it closes. (Its connection stopped
+/// counting as open once upgraded: the drain ended at once and cut it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_websocket_is_served_through_the_drain() {
+    use tokio::io::AsyncWriteExt;
+    let app = Upstream::start("ws-drain").await;
+    let yaml = AgentDoc {
+        name: "frontend-v1",
+        service: "frontend",
+        app: "frontend",
+        version: "v1",
+        app_addr: closed_port().await,
+        otlp: NO_COLLECTOR,
+        app_protocol: "HTTP",
+        outbound_tcp: "[]",
+        extra: "  drainDuration: 60s",
+    }
+    .yaml()
+        + &service_entry(
+            "backend",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: app.addr,
+                labels: &[],
+            }],
+        );
+    let agent = Agent::start(&yaml);
+    let mut ws = websocket(agent.outbound, "ws://backend:9080/ws").await;
+    echoed(&mut ws, "before").await;
+    agent.send_sigterm();
+    agent.wait_stderr_line(&["draining"]);
+    for i in 0..3 {
+        echoed(&mut ws, &format!("while draining {i}")).await;
+    }
+    let log = agent.stderr().join("\n");
+    assert!(!log.contains("drained: no connection left"), "{log}");
+    // Closed, it lets the agent go well before the drain period ends.
+    ws.get_mut().shutdown().await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    let status = agent.wait_exit(std::time::Duration::from_secs(45));
+    assert!(status.success(), "{status}");
 }
 
 /// The `rq_active` of the frontend's cluster for `backend:9080`.

@@ -7,7 +7,7 @@
 mod common;
 
 use common::agent::Agent;
-use common::client::Client;
+use common::client::{Client, echoed, websocket};
 use common::mesh::{AgentDoc, Ep, agent, service_entry};
 use common::otlp::{ReceivedSpan, Receiver};
 use common::upstream::{Upstream, closed_port, tcp_echo};
@@ -396,20 +396,12 @@ async fn a_denied_request_is_the_callers_error_not_the_servers() {
 /// `tracemesh.response_flags`), and its tracer marks no error for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_websocket_span_lasts_the_stream_and_its_close_is_no_error() {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let t = traced("1.0", "").await;
-    let stream = tokio::net::TcpStream::connect(t.frontend.outbound)
-        .await
-        .unwrap();
-    let (mut ws, response) = tokio_tungstenite::client_async("ws://backend:9080/ws", stream)
-        .await
-        .expect("websocket handshake through the agents");
-    assert_eq!(response.status(), 101);
+    let mut ws = websocket(t.frontend.outbound, "ws://backend:9080/ws").await;
     let opened = std::time::Instant::now();
-    let message = tokio_tungstenite::tungstenite::Message::text("hello");
-    ws.send(message).await.unwrap();
-    ws.next().await.unwrap().unwrap();
+    echoed(&mut ws, "hello").await;
     // Open a while, so that a span ended at the 101 would show.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let held = opened.elapsed().as_nanos() as u64;

@@ -161,6 +161,29 @@ impl Client {
     }
 }
 
+/// A WebSocket to `url` (`ws://backend:9080/ws`: the test upstream echoes
+/// its messages) through the listener at `addr`; asserts the 101.
+pub async fn websocket(
+    addr: SocketAddr,
+    url: &str,
+) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (ws, response) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .expect("websocket handshake through the agent");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// Sends `text` on `ws` and asserts it comes back.
+pub async fn echoed(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, text: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    let message = tokio_tungstenite::tungstenite::Message::text(text);
+    ws.send(message).await.unwrap();
+    let echoed = ws.next().await.expect("open").expect("echoed");
+    assert_eq!(echoed.into_text().unwrap().as_str(), text);
+}
+
 /// A plain HTTP/1.1 GET on a fresh connection (for admin endpoints).
 pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let reply = Client::h1(addr).get(&format!("http://{addr}{path}")).await;

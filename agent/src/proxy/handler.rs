@@ -327,7 +327,8 @@ pub fn handle(
                     spliced.set();
                 }
                 let idle = snapshot.bootstrap.downstream.stream_idle;
-                Some(upgrade::Splice::new(downstream, &mut response, idle))
+                let open = worker.shared.open_connections.open();
+                Some(upgrade::Splice::new(downstream, &mut response, idle, open))
             }
             _ => None,
         };

@@ -116,22 +116,27 @@ pub struct Splice {
     upstream: OnUpgrade,
     slot: Option<UpgradeSlot>,
     idle: Option<Duration>,
+    /// The downstream connection counts as open while spliced (its HTTP
+    /// task has ended), so a drain waits for it as for any connection.
+    open: super::drain::Open,
 }
 
 impl Splice {
     /// Takes the upgraded sides of `downstream` and of the upstream's
     /// `101` response; `idle` is `spec.downstream.streamIdleTimeout`
     /// (`None`: never).
-    pub fn new<B>(
+    pub(super) fn new<B>(
         downstream: OnUpgrade,
         upstream_response: &mut Response<B>,
         idle: Option<Duration>,
+        open: super::drain::Open,
     ) -> Self {
         Self {
             slot: upstream_response.extensions_mut().remove::<UpgradeSlot>(),
             upstream: hyper::upgrade::on(upstream_response),
             downstream,
             idle,
+            open,
         }
     }
 
@@ -153,8 +158,11 @@ impl Splice {
             upstream,
             slot,
             idle,
+            open,
         } = self;
-        let _slot = slot; // the upstream connection counts until the splice ends
+        // The upstream connection counts until the splice ends, and so
+        // does the downstream one among the open connections.
+        let _held = (slot, open);
         let failed = |error: hyper::Error, by| {
             tracing::debug!(%error, "upgrade failed");
             Ended {

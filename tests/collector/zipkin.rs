@@ -4,7 +4,18 @@
 use tracemesh_collector::ids::TraceId;
 use tracemesh_collector::store::{SpanQuery, SpanReader};
 
-use crate::harness::{Collector, http_request, now_nanos, wait_for_trace};
+use crate::harness::{Collector, HttpResponse, http_request, now_nanos, wait_for_trace};
+
+/// POSTs a Zipkin v2 JSON batch to the collector's Zipkin receiver.
+fn post_spans(collector: &Collector, body: &str) -> HttpResponse {
+    http_request(
+        collector.zipkin,
+        "POST",
+        "/api/v2/spans",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+}
 
 #[test]
 fn zipkin_v2_json_is_stored_with_ids_kind_tags_and_service() {
@@ -22,13 +33,7 @@ fn zipkin_v2_json_is_stored_with_ids_kind_tags_and_service() {
         micros + 10,
         micros + 100
     );
-    let response = http_request(
-        collector.zipkin,
-        "POST",
-        "/api/v2/spans",
-        &[("content-type", "application/json")],
-        body.as_bytes(),
-    );
+    let response = post_spans(&collector, &body);
     assert_eq!(
         response.status,
         202,
@@ -109,13 +114,7 @@ fn zipkin_ids_shorter_than_16_hex_digits_are_zero_padded_as_zipkin_does() {
              "name":"get /api","timestamp":{},"duration":1000,"localEndpoint":{{"serviceName":"backend"}}}}]"#,
         micros + 100
     );
-    let response = http_request(
-        collector.zipkin,
-        "POST",
-        "/api/v2/spans",
-        &[("content-type", "application/json")],
-        body.as_bytes(),
-    );
+    let response = post_spans(&collector, &body);
     assert_eq!(
         response.status,
         202,
@@ -142,13 +141,7 @@ fn zipkin_ids_shorter_than_16_hex_digits_are_zero_padded_as_zipkin_does() {
         r#"[{"traceId":"","id":"352bff9a74ca9ad2"}]"#,
         r#"[{"traceId":"0000","id":"352bff9a74ca9ad2"}]"#,
     ] {
-        let response = http_request(
-            collector.zipkin,
-            "POST",
-            "/api/v2/spans",
-            &[("content-type", "application/json")],
-            bad.as_bytes(),
-        );
+        let response = post_spans(&collector, bad);
         assert_eq!(response.status, 400, "{bad}");
     }
 }
@@ -170,13 +163,7 @@ fn a_zipkin_shared_span_is_one_call_client_to_server() {
              "timestamp":{},"duration":1500,"localEndpoint":{{"serviceName":"sB"}}}}]"#,
         micros + 100
     );
-    let response = http_request(
-        collector.zipkin,
-        "POST",
-        "/api/v2/spans",
-        &[("content-type", "application/json")],
-        body.as_bytes(),
-    );
+    let response = post_spans(&collector, &body);
     assert_eq!(
         response.status,
         202,

@@ -605,15 +605,24 @@ async fn dial(
         .map_err(|error| error.to_string())
 }
 
+/// Which end of a [`pipe`] broke.
+#[derive(Debug)]
+pub(super) enum PipeBroke {
+    /// Reading its source failed.
+    Reading(std::io::Error),
+    /// Writing (or ending) its destination failed.
+    Writing(std::io::Error),
+}
+
 /// Copies until end of stream, counting bytes as they pass (so long-lived
 /// connections show up in metrics before they close) and noting in `last`
 /// when they did, then half-closes (also when reading fails).
-async fn pipe<R, W>(
+pub(super) async fn pipe<R, W>(
     (from, to): (&mut R, &mut W),
     counter: Option<&IntCounter>,
     total: &mut u64,
     last: &Cell<Instant>,
-) -> std::io::Result<()>
+) -> Result<(), PipeBroke>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -627,14 +636,14 @@ where
                 // without close_notify) ends the other side too, as an end
                 // of stream does, so the peer is not left waiting.
                 let _ = to.shutdown().await;
-                return Err(error);
+                return Err(PipeBroke::Reading(error));
             }
         };
         if n == 0 {
-            return to.shutdown().await;
+            return to.shutdown().await.map_err(PipeBroke::Writing);
         }
         last.set(Instant::now());
-        to.write_all(&buf[..n]).await?;
+        to.write_all(&buf[..n]).await.map_err(PipeBroke::Writing)?;
         last.set(Instant::now());
         *total += n as u64;
         if let Some(counter) = counter {

@@ -5,19 +5,17 @@
 //! does.
 
 use std::cell::Cell;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, Request, Response, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::headers::list_members;
 use super::local_reply::LocalReply;
+use super::tcp::{PipeBroke, pipe};
 
 /// The connection slot of an upgrade's upstream connection
 /// (`connectionPool.tcp.maxConnections`), carried in the upstream
@@ -178,138 +176,45 @@ impl Splice {
             (Err(error), _) => return ended(failed(error, EndedBy::Downstream)),
             (_, Err(error)) => return ended(failed(error, EndedBy::Upstream)),
         };
-        let passed = Cell::new(Instant::now());
-        let first = Cell::new(None);
-        let (received, sent) = (Cell::new(0), Cell::new(0));
-        let down = TokioIo::new(down);
-        let down = Touching::new(down, &passed, &first, (EndedBy::Downstream, &received));
-        let up = Touching::new(
-            TokioIo::new(up),
-            &passed,
-            &first,
-            (EndedBy::Upstream, &sent),
-        );
-        let ((mut down_read, mut down_write), (mut up_read, mut up_write)) =
-            (tokio::io::split(down), tokio::io::split(up));
+        let last = Cell::new(Instant::now());
+        let (mut received, mut sent) = (0, 0);
+        let (mut down_read, mut down_write) = tokio::io::split(TokioIo::new(down));
+        let (mut up_read, mut up_write) = tokio::io::split(TokioIo::new(up));
         // Each way until its side's end, which is passed on (a FIN); the
         // first side to end ends the stream, as in Envoy, whose upgraded
         // HTTP/1.1 stream ends at either side's end: the other side's
         // connection is closed then, not left half open.
         let by = tokio::select! {
-            side = pass(&mut down_read, &mut up_write, EndedBy::Downstream) => side,
-            side = pass(&mut up_read, &mut down_write, EndedBy::Upstream) => side,
-            () = super::tcp::idle(&passed, idle) => {
+            passed = pipe((&mut down_read, &mut up_write), None, &mut received, &last) => {
+                ended_by(passed, EndedBy::Downstream, EndedBy::Upstream)
+            }
+            passed = pipe((&mut up_read, &mut down_write), None, &mut sent, &last) => {
+                ended_by(passed, EndedBy::Upstream, EndedBy::Downstream)
+            }
+            () = super::tcp::idle(&last, idle) => {
                 let idle = idle.unwrap_or_default();
                 tracing::debug!(?idle, "upgraded connection idle for the stream idle timeout: closed");
                 EndedBy::Idle
             }
         };
-        let by = match by {
-            EndedBy::Idle => EndedBy::Idle,
-            // A side that broke (an error reading or writing it) ends it.
-            side => first.get().unwrap_or(side),
-        };
-        ended(Ended {
-            received: received.get(),
-            sent: sent.get(),
-            by,
-        });
+        ended(Ended { received, sent, by });
         // Both connections close here, once the stream is recorded, as
         // the halves are dropped.
         drop((down_read, down_write, up_read, up_write));
     }
 }
 
-/// Passes what `from` sends to `to` until `from` ends, then ends `to`'s
-/// writing; returns `side`, the side `from` reads.
-async fn pass<R, W>(from: &mut R, to: &mut W, side: EndedBy) -> EndedBy
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let passed = tokio::io::copy(from, to).await;
-    let shut = tokio::io::AsyncWriteExt::shutdown(to).await;
-    if let Err(error) = passed.and(shut) {
-        tracing::debug!(%error, "upgraded connection closed with an error");
-    }
+/// The side that ended an upgraded stream, by how its first way to end
+/// ended: `source`'s end or failure to read, or `destination`'s failure to
+/// take what was passed on.
+fn ended_by(passed: Result<(), PipeBroke>, source: EndedBy, destination: EndedBy) -> EndedBy {
+    let (side, error) = match passed {
+        Ok(()) => return source,
+        Err(PipeBroke::Reading(error)) => (source, error),
+        Err(PipeBroke::Writing(error)) => (destination, error),
+    };
+    tracing::debug!(%error, ?side, "upgraded connection closed with an error");
     side
-}
-
-/// One side of a splice, noting when it last read bytes (a splice moves
-/// bytes only by reading them, so the two sides' reads are everything
-/// that passes either way), how many it read, and whether it was the
-/// first side to end (its end of file, or an error reading or writing it).
-struct Touching<'a, T> {
-    io: T,
-    passed: &'a Cell<Instant>,
-    first: &'a Cell<Option<EndedBy>>,
-    side: EndedBy,
-    read: &'a Cell<u64>,
-}
-
-impl<'a, T> Touching<'a, T> {
-    fn new(
-        io: T,
-        passed: &'a Cell<Instant>,
-        first: &'a Cell<Option<EndedBy>>,
-        (side, read): (EndedBy, &'a Cell<u64>),
-    ) -> Self {
-        Self {
-            io,
-            passed,
-            first,
-            side,
-            read,
-        }
-    }
-
-    fn ended(&self) {
-        if self.first.get().is_none() {
-            self.first.set(Some(self.side));
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Touching<'_, T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let room = buf.remaining() > 0;
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            self.passed.set(Instant::now());
-            self.read.set(self.read.get() + read as u64);
-        } else if room && polled.is_ready() {
-            self.ended(); // end of file, or an error
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Touching<'_, T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bytes: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, bytes);
-        if matches!(polled, Poll::Ready(Err(_))) {
-            self.ended();
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

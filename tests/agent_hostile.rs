@@ -16,7 +16,7 @@ use base64::Engine;
 use common::agent::Agent;
 use common::client::{Client, raw_exchange};
 use common::grpc::{self, Echo, Methods, Routed};
-use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, service_entry};
+use common::mesh::{Ep, NO_COLLECTOR, agent_with, service_entry};
 use common::upstream::{self, Upstream, canned_server, closed_port};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
@@ -148,18 +148,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) {
 }
 
 fn frontend(app: SocketAddr, extra: &str) -> String {
-    AgentDoc {
-        name: "frontend-v1",
-        service: "frontend",
-        app: "frontend",
-        version: "v1",
-        app_addr: app,
-        otlp: NO_COLLECTOR,
-        app_protocol: "HTTP",
-        outbound_tcp: "[]",
-        extra,
-    }
-    .yaml()
+    agent_with("frontend", app, NO_COLLECTOR, extra)
 }
 
 /// The example from the report: 100k made-up hosts to the outbound listener

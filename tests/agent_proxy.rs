@@ -11,7 +11,7 @@ use bytes::Bytes;
 use common::agent::Agent;
 use common::client::{Client, echoed, raw_exchange, websocket};
 use common::grpc::{self, Echo};
-use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, service_entry};
+use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, agent_with, service_entry};
 use common::upstream::{
     FNV_START, Upstream, canned_server, closed_port, fnv, pattern, tcp_echo, tcp_echo_on,
 };
@@ -310,18 +310,8 @@ async fn open_websocket(mesh: &Mesh) -> tokio_tungstenite::WebSocketStream<tokio
 async fn an_open_websocket_is_served_through_the_drain() {
     use tokio::io::AsyncWriteExt;
     let app = Upstream::start("ws-drain").await;
-    let yaml = AgentDoc {
-        name: "frontend-v1",
-        service: "frontend",
-        app: "frontend",
-        version: "v1",
-        app_addr: closed_port().await,
-        otlp: NO_COLLECTOR,
-        app_protocol: "HTTP",
-        outbound_tcp: "[]",
-        extra: "  drainDuration: 60s",
-    }
-    .yaml()
+    let drain = "  drainDuration: 60s";
+    let yaml = agent_with("frontend", closed_port().await, NO_COLLECTOR, drain)
         + &service_entry(
             "backend",
             9080,

@@ -64,6 +64,11 @@ spec:
 
 /// An Agent for `service` with defaults (app = service name, version v1).
 pub fn agent(service: &str, app_addr: SocketAddr, otlp: &str) -> String {
+    agent_with(service, app_addr, otlp, "")
+}
+
+/// As [`agent`], with `extra` lines (indented two spaces) ending its spec.
+pub fn agent_with(service: &str, app_addr: SocketAddr, otlp: &str, extra: &str) -> String {
     AgentDoc {
         name: &format!("{service}-v1"),
         service,
@@ -73,7 +78,7 @@ pub fn agent(service: &str, app_addr: SocketAddr, otlp: &str) -> String {
         otlp,
         app_protocol: "HTTP",
         outbound_tcp: "[]",
-        extra: "",
+        extra,
     }
     .yaml()
 }

@@ -20,7 +20,7 @@ use crate::ext_authz::upstream::AuthzUpstream;
 use crate::ext_authz::{CommonSettings, ExtAuthzClient};
 use crate::model::authz::{
     Authorization, Cidr, Condition, ConditionKey, CustomPolicy, Operation, Pattern, Policy,
-    RequestPrincipal, Rule, Source, Values,
+    PseudoHeader, RequestPrincipal, Rule, Source, Values,
 };
 use crate::model::live::LiveState;
 use crate::model::mesh::{Mesh, ProviderConfig};
@@ -490,6 +490,25 @@ fn condition(
             .strip_prefix("request.headers[")
             .and_then(|h| h.strip_suffix(']'))
         {
+            // Envoy's header matcher reads pseudo-headers as any other
+            // (Istio passes the name through), and keeps `Host` as
+            // `:authority`.
+            Some(name) if name.starts_with(':') => match name.to_ascii_lowercase().as_str() {
+                ":authority" => ConditionKey::Header(http::header::HOST),
+                ":method" => ConditionKey::PseudoHeader(PseudoHeader::Method),
+                ":path" => ConditionKey::PseudoHeader(PseudoHeader::Path),
+                ":scheme" => ConditionKey::PseudoHeader(PseudoHeader::Scheme),
+                _ => {
+                    diags.error(
+                        loc,
+                        Some(format!("{field}.key")),
+                        format!(
+                            "{name:?} is no request pseudo-header (known: :authority, :method, :path, :scheme)"
+                        ),
+                    );
+                    return None;
+                }
+            },
             Some(name) => match HeaderName::try_from(name.to_ascii_lowercase()) {
                 Ok(name) => ConditionKey::Header(name),
                 Err(_) => {
@@ -686,7 +705,7 @@ mod tests {
     use std::sync::Arc;
 
     use crate::compile::compile_text;
-    use crate::model::authz::Pattern;
+    use crate::model::authz::{ConditionKey, Pattern, PseudoHeader};
     use crate::model::live::LiveState;
 
     /// `serviceAccounts` and `trustDomains` narrow an ALLOW rule as
@@ -726,6 +745,60 @@ spec:
         assert_eq!(
             from[1].principals.none_of,
             [Pattern::Prefix("old.example/".into())]
+        );
+    }
+
+    /// A `when` on a pseudo-header Envoy keeps reads it; one no request
+    /// carries is refused by name, not compiled to a matcher that never
+    /// matches.
+    #[test]
+    fn pseudo_header_conditions_compile_and_unknown_ones_are_refused() {
+        let policy = |key: &str| {
+            format!(
+                r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {{name: reviews-v1, namespace: default}}
+spec: {{service: reviews, labels: {{app: reviews}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: deny, namespace: default}}
+spec:
+  action: DENY
+  rules:
+  - when: [{{key: "request.headers[{key}]", values: ["x"]}}]
+"#
+            )
+        };
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        let key = |k: &str| {
+            let compiled = compile_text(&file, &policy(k), 1, &LiveState::default())
+                .unwrap_or_else(|e| panic!("{e}"));
+            compiled.snapshot.authorization.deny[0].rules[0].when[0]
+                .key
+                .clone()
+        };
+        assert!(matches!(
+            key(":Method"),
+            ConditionKey::PseudoHeader(PseudoHeader::Method)
+        ));
+        assert!(matches!(
+            key(":path"),
+            ConditionKey::PseudoHeader(PseudoHeader::Path)
+        ));
+        assert!(matches!(
+            key(":scheme"),
+            ConditionKey::PseudoHeader(PseudoHeader::Scheme)
+        ));
+        assert!(matches!(key(":authority"), ConditionKey::Header(h) if h == http::header::HOST));
+        let refused = compile_text(&file, &policy(":protocol"), 1, &LiveState::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("spec.rules[0].when[0].key")
+                && refused.contains("\":protocol\" is no request pseudo-header"),
+            "{refused}"
         );
     }
 }

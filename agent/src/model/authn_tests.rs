@@ -262,6 +262,8 @@ async fn decide(
         sni: None,
         method: "GET",
         path: "/api",
+        path_and_query: "/api",
+        scheme: "http",
         authority: "reviews",
         headers: &headers,
     };

@@ -302,6 +302,10 @@ pub struct AuthzInput<'a> {
     pub method: &'a str,
     /// Path without query.
     pub path: &'a str,
+    /// Path and query (`:path`).
+    pub path_and_query: &'a str,
+    /// `http` or `https` (`:scheme`).
+    pub scheme: &'a str,
     /// The authority as the client wrote it, port included: `hosts`
     /// match it as Istio renders them, an `:authority` header matcher (so
     /// `hosts: [reviews]` does not match `reviews:9080`).
@@ -409,8 +413,13 @@ impl Operation {
 /// The attribute a `when` condition reads.
 #[derive(Debug, Clone)]
 pub enum ConditionKey {
-    /// `request.headers[name]`.
+    /// `request.headers[name]` (`host` and `:authority` read the request's
+    /// authority).
     Header(HeaderName),
+    /// `request.headers[:method]`, `[:path]` or `[:scheme]`: a request
+    /// pseudo-header, which Envoy's header matcher reads as it reads any
+    /// header.
+    PseudoHeader(PseudoHeader),
     /// `source.ip`.
     SourceIp,
     /// `remote.ip`.
@@ -434,6 +443,20 @@ pub enum ConditionKey {
     /// `request.auth.claims[a][b]…`: a claim, nested by name; a list claim
     /// matches when one of its strings does.
     RequestClaim(Vec<String>),
+}
+
+/// A request pseudo-header a `when` condition can read (RFC 9113 §8.3.1;
+/// Envoy keeps them in the request's header map on either protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PseudoHeader {
+    /// `:method`: the request method.
+    Method,
+    /// `:path`: the path and query as the workload receives them, after
+    /// the path's normalisation (Envoy's RBAC filter runs after its
+    /// connection manager normalised `:path`).
+    Path,
+    /// `:scheme`: `https` on a TLS connection, `http` otherwise.
+    Scheme,
 }
 
 /// A `when` condition.
@@ -468,6 +491,14 @@ impl Condition {
                     .get(name)
                     .map(|v| String::from_utf8_lossy(v.as_bytes()))
                     .as_deref(),
+            ),
+            ConditionKey::PseudoHeader(pseudo) => text(
+                Some(match pseudo {
+                    PseudoHeader::Method => input.method,
+                    PseudoHeader::Path => input.path_and_query,
+                    PseudoHeader::Scheme => input.scheme,
+                })
+                .filter(|v| !v.is_empty()),
             ),
             ConditionKey::SourceIp => self.cidrs.check(|c| c.contains(input.source_ip)),
             ConditionKey::RemoteIp => self.cidrs.check(|c| c.contains(input.remote_ip)),
@@ -557,6 +588,7 @@ impl ConditionKey {
         matches!(
             self,
             Self::Header(_)
+                | Self::PseudoHeader(_)
                 | Self::RequestPrincipal
                 | Self::RequestAudiences
                 | Self::RequestPresenter
@@ -942,6 +974,8 @@ mod tests {
             sni: None,
             method: "",
             path: "",
+            path_and_query: "",
+            scheme: "",
             authority: "",
             headers,
         }
@@ -951,6 +985,8 @@ mod tests {
         AuthzInput {
             method,
             path: "/",
+            path_and_query: "/",
+            scheme: "http",
             authority: "redis",
             ..connection(Some(FRONTEND), "10.0.0.1", headers)
         }

@@ -86,6 +86,8 @@ pub async fn check<B>(
         sni: down.tls.as_ref().and_then(|t| t.sni.as_deref()),
         method: req.method().as_str(),
         path: uri.path(),
+        path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
+        scheme: if down.tls.is_some() { "https" } else { "http" },
         authority,
         headers: req.headers(),
     };
@@ -99,9 +101,9 @@ pub async fn check<B>(
     let destination = SocketAddr::new(down.local.ip(), input.destination_port);
     let check = CheckRequest {
         method: input.method,
-        scheme: if down.tls.is_some() { "https" } else { "http" },
+        scheme: input.scheme,
         host: authority,
-        path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
+        path_and_query: input.path_and_query,
         headers: req.headers(),
         body: None,
         body_partial: false,

@@ -425,6 +425,8 @@ async fn authorize(
         sni: caller.and_then(|c| c.sni.as_deref()),
         method: "",
         path: "",
+        path_and_query: "",
+        scheme: "",
         authority: "",
         headers: no_headers,
     };

@@ -212,8 +212,7 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
             .map(|(_, v)| v.to_owned()),
         min_duration: duration(&["query.durationMin", "query.duration_min"])?,
         // Zero is no bound, as Jaeger's storage readers take it.
-        max_duration: duration(&["query.durationMax", "query.duration_max"])?
-            .filter(|max| !max.is_zero()),
+        max_duration: params.max_duration(&["query.durationMax", "query.duration_max"])?,
         start_from: Some(from),
         start_to: Some(to),
         ..Default::default()

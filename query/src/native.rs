@@ -112,7 +112,8 @@ fn filter(
         service: params.get("service").map(str::to_owned),
         operation: params.get("operation").map(str::to_owned),
         min_duration: params.duration("min_duration")?,
-        max_duration: params.duration("max_duration")?,
+        // Zero is no bound, as in the Jaeger APIs.
+        max_duration: params.max_duration(&["max_duration"])?,
         ..Default::default()
     };
     if let Some(view) = view {

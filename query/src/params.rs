@@ -98,6 +98,18 @@ impl Params {
             .transpose()
     }
 
+    /// An upper duration bound: the first non-empty value of any of
+    /// `names`, a Go duration; zero is no bound, as Jaeger's query parser
+    /// and storage readers take `maxDuration=0` (every API reads its
+    /// maximum duration this way).
+    pub fn max_duration(&self, names: &[&str]) -> Result<Option<Duration>, QueryError> {
+        Ok(self
+            .get_any(names)
+            .map(|(name, text)| parse_duration(text).map_err(|e| QueryError::param(name, e)))
+            .transpose()?
+            .filter(|max| !max.is_zero()))
+    }
+
     /// A duration given as a whole number of `unit`s (Jaeger's `lookback`
     /// and `step` are milliseconds).
     pub fn units(&self, name: &str, unit: Duration) -> Result<Option<Duration>, QueryError> {
@@ -140,6 +152,24 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn a_zero_max_duration_is_no_bound() {
+        for zero in ["0", "0s", "0ms", "0h0m"] {
+            let params = Params::parse(Some(&format!("max={zero}")));
+            assert_eq!(params.max_duration(&["max"]).unwrap(), None, "{zero}");
+        }
+        let params = Params::parse(Some("b=1.5s"));
+        assert_eq!(
+            params.max_duration(&["a", "b"]).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(params.max_duration(&["absent"]).unwrap(), None);
+        let error = Params::parse(Some("max=10"))
+            .max_duration(&["max"])
+            .unwrap_err();
+        assert!(error.to_string().contains("'max'"), "{error}");
     }
 
     #[test]

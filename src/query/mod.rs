@@ -47,7 +47,7 @@ pub enum QueryCommand {
         /// Only spans at least this long (`100ms`, `1.5s`).
         #[arg(long)]
         min_duration: Option<String>,
-        /// Only spans at most this long.
+        /// Only spans at most this long (`0`: no bound).
         #[arg(long)]
         max_duration: Option<String>,
         /// Only failed spans (5xx or a local failure).

@@ -366,6 +366,44 @@ fn every_shown_tag_is_searchable_the_same_way_everywhere() {
     collector.stop();
 }
 
+/// A zero `max_duration` is no bound in the native API, as `maxDuration=0`
+/// and `query.durationMax=0` are in the Jaeger ones. (It used to find
+/// only spans of no duration: nothing.)
+#[test]
+fn a_zero_max_duration_is_no_bound_in_the_native_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (collector, _) = started(dir.path());
+    for zero in ["0", "0s", "0ms"] {
+        let (status, all) = get(
+            &collector,
+            &format!("/api/v1/traces?service=gateway&max_duration={zero}"),
+        );
+        assert_eq!(status, 200, "{all}");
+        assert_eq!(
+            sorted(trace_ids(&all)),
+            (1..=4).map(hex).collect::<Vec<_>>(),
+            "{zero}"
+        );
+        let (_, long) = get(
+            &collector,
+            &format!("/api/v1/traces?service=gateway&min_duration=25ms&max_duration={zero}"),
+        );
+        assert_eq!(sorted(trace_ids(&long)), [hex(3), hex(4)], "{zero}");
+        let (_, latency) = get(
+            &collector,
+            &format!("/api/v1/latency?service=gateway&kind=all&max_duration={zero}"),
+        );
+        assert_eq!(latency["count"], 7, "{zero}: {latency}");
+    }
+    // Any other maximum is a bound.
+    let (_, short) = get(
+        &collector,
+        "/api/v1/latency?service=gateway&kind=all&max_duration=2ms",
+    );
+    assert_eq!(short["count"], 2, "{short}");
+    collector.stop();
+}
+
 #[test]
 fn jaeger_ui_2_19_endpoints_answer_in_jaegers_shapes() {
     let dir = tempfile::tempdir().unwrap();

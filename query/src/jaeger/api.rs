@@ -157,7 +157,7 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
         operation: params.get("operation").map(str::to_owned),
         min_duration: params.duration("minDuration")?,
         // 0 is no upper bound, as in Jaeger's query parser and storage.
-        max_duration: params.duration("maxDuration")?.filter(|max| !max.is_zero()),
+        max_duration: params.max_duration(&["maxDuration"])?,
         start_from: Some(start),
         start_to: Some(end),
         ..Default::default()

@@ -105,3 +105,105 @@ fn enum_names_and_nulls_are_stored_and_searchable_with_max_duration_zero() {
         "{metrics}"
     );
 }
+
+/// `null` for a scalar field (string, bytes, 32- and 64-bit integers,
+/// bool, double, enum, a oneof member) is that field's default, as the
+/// protobuf JSON mapping says and protobuf's own parser reads it: the
+/// request is taken whole, traces and metrics alike. (Such a request used
+/// to be refused, or its span left out.)
+#[test]
+fn null_scalars_are_their_fields_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path(), &["--commit-interval", "200ms"]);
+    let trace: TraceId = random_trace_id();
+    let start = now_nanos();
+    let span = format!(
+        r#"{{"traceId":"{trace}","spanId":"3333333333333333","parentSpanId":null,"traceState":null,
+            "flags":null,"name":"GET /nulls","kind":null,"startTimeUnixNano":"{start}",
+            "endTimeUnixNano":"{}","droppedAttributesCount":null,"droppedEventsCount":null,
+            "droppedLinksCount":null,
+            "attributes":[{{"key":"s","value":{{"stringValue":null}}}},{{"key":"i","value":{{"intValue":null}}}},
+              {{"key":"b","value":{{"boolValue":null}}}},{{"key":"d","value":{{"doubleValue":null}}}},
+              {{"key":"x","value":{{"bytesValue":null}}}},{{"key":"kept","value":{{"stringValue":"yes"}}}}],
+            "events":[{{"timeUnixNano":"{start}","name":"retry","attributes":null,"droppedAttributesCount":null}}],
+            "links":[{{"traceId":"{trace}","spanId":"4444444444444444","traceState":null,"flags":null}}],
+            "status":{{"message":null,"code":null}}}}"#,
+        start + 2_000_000
+    );
+    let body = format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"nulls"}}}}],
+            "droppedAttributesCount":null}},"schemaUrl":null,
+            "scopeSpans":[{{"scope":{{"name":null,"version":null}},"schemaUrl":null,"spans":[{span}]}}]}}]}}"#
+    );
+    let r = http_request(
+        collector.otlp_http,
+        "POST",
+        "/v1/traces",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
+    let answer = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, 200, "{answer}");
+    assert!(!answer.contains("partialSuccess"), "{answer}");
+    let stored = wait_for_trace(&collector.data_dir, trace, 1);
+    let span = &stored.spans[0].span;
+    assert_eq!(span.name, "GET /nulls");
+    assert!(span.parent_span_id.is_empty() && span.trace_state.is_empty());
+    assert_eq!(
+        (span.kind, span.flags, span.dropped_attributes_count),
+        (0, 0, 0)
+    );
+    assert_eq!(span.status.as_ref().map(|s| s.code), Some(0));
+    let unset: Vec<&str> = span
+        .attributes
+        .iter()
+        .filter(|kv| kv.value.as_ref().and_then(|v| v.value.as_ref()).is_none())
+        .map(|kv| kv.key.as_str())
+        .collect();
+    assert_eq!(
+        unset,
+        ["s", "i", "b", "d", "x"],
+        "a null oneof member is unset"
+    );
+    assert_eq!(span.events[0].name, "retry");
+    assert_eq!(span.links.len(), 1);
+    let (status, found) = get(&collector, "/api/traces?service=nulls&tag=kept:yes");
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["data"][0]["traceID"], trace.to_string(), "{found}");
+
+    let metrics = r#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"nulls"}}]},
+        "schemaUrl":null,"scopeMetrics":[{"scope":null,"metrics":[
+        {"name":"nulls_queue_depth","description":null,"unit":null,"gauge":{"dataPoints":[
+          {"startTimeUnixNano":null,"timeUnixNano":null,"asDouble":7.5,"flags":null,"attributes":null}]}}]}]}]}"#;
+    let r = http_request(
+        collector.otlp_http,
+        "POST",
+        "/v1/metrics",
+        &[("content-type", "application/json")],
+        metrics.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let exposed = collector.metrics();
+    assert!(
+        exposed
+            .lines()
+            .any(|l| l.starts_with("nulls_queue_depth{") && l.ends_with(" 7.5")),
+        "{exposed}"
+    );
+
+    // null inside a list is no value: refused, its span only, named.
+    let r = http_request(
+        collector.otlp_http,
+        "POST",
+        "/v1/traces",
+        &[("content-type", "application/json")],
+        body.replace(r#""events":[{"#, r#""events":[null,{"#)
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    let reply: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(reply["partialSuccess"]["rejectedSpans"], "1", "{reply}");
+    let message = reply["partialSuccess"]["errorMessage"].as_str().unwrap();
+    assert!(message.contains("spans[0].events[0]"), "{message}");
+    collector.stop();
+}

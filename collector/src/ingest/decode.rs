@@ -11,7 +11,7 @@ use prost::Message;
 use serde::de::DeserializeOwned;
 
 use super::confine;
-use super::lenient::Lenient;
+use super::lenient::{Lenient, nulls_as_defaults};
 use crate::error::IngestError;
 
 /// The two OTLP/HTTP encodings.
@@ -99,12 +99,14 @@ pub fn decode<T: Message + Default + DeserializeOwned>(
     }
 }
 
-/// Reads an OTLP message from JSON, doubles also from strings ("1.5",
-/// "NaN"), as protobuf's JSON mapping allows.
+/// Reads an OTLP message from JSON as protobuf's JSON mapping allows
+/// writing it: doubles also as strings ("1.5", "NaN"), enums by name, and
+/// `null` for any field's default (see [`super::lenient`]).
 pub(super) fn json<T: DeserializeOwned>(
     body: &[u8],
 ) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let body = nulls_as_defaults(body);
+    let mut deserializer = serde_json::Deserializer::from_slice(&body);
     serde_path_to_error::deserialize(Lenient(&mut deserializer))
 }
 
@@ -334,6 +336,152 @@ mod tests {
             .map(|s| s.kind)
             .collect();
         assert_eq!(spans, [4]);
+    }
+
+    /// `null` is every field's default, as protobuf's JSON mapping says
+    /// (and protobuf's parser reads it: as if the member were absent):
+    /// strings, bytes, 32- and 64-bit integers, doubles, bools, enums and
+    /// oneof members alike. `null` inside a list stays refused.
+    #[test]
+    fn null_is_the_default_of_every_field_type() {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let body = Bytes::from_static(
+            br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"cart"}}],
+              "droppedAttributesCount":null},"schemaUrl":null,
+              "scopeSpans":[{"scope":{"name":null,"version":null,"attributes":null,"droppedAttributesCount":null},
+              "schemaUrl":null,"spans":[
+              {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","parentSpanId":null,
+               "traceState":null,"flags":null,"name":null,"kind":null,
+               "startTimeUnixNano":"1544712660000000000","endTimeUnixNano":null,
+               "attributes":[{"key":"s","value":{"stringValue":null}},{"key":"i","value":{"intValue":null}},
+                 {"key":"b","value":{"boolValue":null}},{"key":"d","value":{"doubleValue":null}},
+                 {"key":"x","value":{"bytesValue":null}},{"key":"a","value":{"arrayValue":null}},
+                 {"key":"n","value":null},{"key":null,"value":{"stringValue":"v"}}],
+               "droppedAttributesCount":null,"droppedEventsCount":null,"droppedLinksCount":null,
+               "events":[{"timeUnixNano":null,"name":null,"attributes":null,"droppedAttributesCount":null}],
+               "links":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b175",
+                 "traceState":null,"flags":null,"attributes":null,"droppedAttributesCount":null}],
+               "status":{"message":null,"code":null}}]}]}]}"#,
+        );
+        let decoded = traces(Encoding::Json, &body).unwrap();
+        assert_eq!(decoded.undecodable, Undecodable::default());
+        let resource_spans = &decoded.request.resource_spans[0];
+        assert_eq!(resource_spans.schema_url, "");
+        let scope_spans = &resource_spans.scope_spans[0];
+        assert_eq!(scope_spans.scope, Some(Default::default()));
+        let span = &scope_spans.spans[0];
+        assert_eq!(span.trace_id.len(), 16);
+        assert!(span.parent_span_id.is_empty());
+        assert_eq!((span.trace_state.as_str(), span.flags), ("", 0));
+        assert_eq!((span.name.as_str(), span.kind), ("", 0));
+        assert_eq!(span.start_time_unix_nano, 1_544_712_660_000_000_000);
+        assert_eq!(span.end_time_unix_nano, 0);
+        let values: Vec<(&str, Option<&Value>)> = span
+            .attributes
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key.as_str(),
+                    kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            values,
+            [
+                ("s", None),
+                ("i", None),
+                ("b", None),
+                ("d", None),
+                ("x", None),
+                ("a", None),
+                ("n", None),
+                ("", Some(&Value::StringValue("v".into()))),
+            ]
+        );
+        assert_eq!(span.events, [Default::default()]);
+        assert_eq!(span.links[0].trace_state, "");
+        assert_eq!(span.status, Some(Default::default()));
+
+        // Inside a list, null is no value: refused, the span only.
+        let body = Bytes::from(
+            std::str::from_utf8(&body)
+                .unwrap()
+                .replace(r#""events":[{"#, r#""events":[null,{"#),
+        );
+        let decoded = traces(Encoding::Json, &body).unwrap();
+        assert_eq!(decoded.undecodable.spans, 1);
+        assert!(
+            decoded.undecodable.message().contains("spans[0].events[0]"),
+            "{}",
+            decoded.undecodable.message()
+        );
+    }
+
+    #[test]
+    fn null_is_the_default_of_every_metric_field_type() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        use opentelemetry_proto::tonic::metrics::v1::number_data_point;
+        let body = br#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[
+            {"name":"requests","description":null,"unit":null,"sum":{"aggregationTemporality":null,
+             "isMonotonic":null,"dataPoints":[{"startTimeUnixNano":null,"timeUnixNano":"5","asInt":null,
+             "flags":null}]}},
+            {"name":"latency","histogram":{"dataPoints":[{"count":null,"sum":null,"min":null,"max":null,
+             "bucketCounts":null,"explicitBounds":null,"timeUnixNano":"5"}]}},
+            {"name":"sizes","exponentialHistogram":{"dataPoints":[{"scale":null,"zeroCount":null,
+             "zeroThreshold":null,"positive":{"offset":null,"bucketCounts":null},"negative":null}]}},
+            {"name":"q","summary":{"dataPoints":[{"sum":null,"count":null,
+             "quantileValues":[{"quantile":null,"value":null}]}]}},
+            {"name":"g","gauge":{"dataPoints":[{"asDouble":null,"timeUnixNano":"5"}]}}]}]}]}"#;
+        let request: ExportMetricsServiceRequest = decode(Encoding::Json, body, "metrics").unwrap();
+        let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
+        match &metrics[0].data {
+            Some(Data::Sum(sum)) => {
+                assert_eq!((sum.aggregation_temporality, sum.is_monotonic), (0, false));
+                let point = &sum.data_points[0];
+                assert_eq!((point.start_time_unix_nano, point.time_unix_nano), (0, 5));
+                assert_eq!((point.value, point.flags), (None, 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &metrics[1].data {
+            Some(Data::Histogram(histogram)) => {
+                let point = &histogram.data_points[0];
+                assert_eq!(
+                    (point.count, point.sum, point.min, point.max),
+                    (0, None, None, None)
+                );
+                assert!(point.bucket_counts.is_empty() && point.explicit_bounds.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        match &metrics[2].data {
+            Some(Data::ExponentialHistogram(histogram)) => {
+                let point = &histogram.data_points[0];
+                assert_eq!(
+                    (point.scale, point.zero_count, point.zero_threshold),
+                    (0, 0, 0.0)
+                );
+                assert_eq!(point.positive, Some(Default::default()));
+                assert_eq!(point.negative, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        match &metrics[3].data {
+            Some(Data::Summary(summary)) => {
+                let point = &summary.data_points[0];
+                assert_eq!((point.sum, point.count), (0.0, 0));
+                assert_eq!(point.quantile_values, [Default::default()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match &metrics[4].data {
+            Some(Data::Gauge(gauge)) => {
+                assert_eq!(gauge.data_points[0].value, None::<number_data_point::Value>);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

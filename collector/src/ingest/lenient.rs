@@ -12,12 +12,20 @@
 //! Two more rules of the mapping the OTLP types' serde code misses: an
 //! enum field (span `kind`, status `code`, `aggregationTemporality`) may be
 //! written by name (`"SPAN_KIND_CLIENT"`) as well as by number, and `null`
-//! is the field's default value, for an enum (0) and for a repeated field
-//! (empty: `"attributes": null`) alike. Message fields are `Option`s and
-//! read `null` as absent already.
+//! is accepted for every field and means its default value: a string's
+//! `""`, a number's 0, a bool's `false`, bytes' empty, an enum's 0, a
+//! repeated field's `[]`, a message or oneof field not set. protobuf's own
+//! parser (`json/internal/parser.cc`, `ParseField`) reads a member whose
+//! value is `null` as if it were absent; so does [`nulls_as_defaults`],
+//! before the deserializer sees the body: the OTLP types read many fields
+//! through their own functions (64-bit integers, hex ids, oneofs), which
+//! no wrapper can tell apart from a buffer that must keep its `null`. A
+//! `null` inside a list (`"attributes": [null]`) is still refused, as
+//! protobuf refuses it.
 
+use std::borrow::Cow;
 use std::fmt;
-use std::marker::PhantomData;
+use std::ops::Range;
 
 use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -26,6 +34,241 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use serde::de::{
     self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
 };
+
+/// Deepest nesting [`nulls_as_defaults`] follows; serde_json refuses a
+/// body nested past 128 levels anyway.
+const MAX_DEPTH: usize = 256;
+
+/// The fields whose absence the OTLP types' serde code refuses (their
+/// structs lack `#[serde(default)]`), with their default in JSON:
+/// `KeyValue.key`, and the `values` of `ArrayValue` and `KeyValueList`
+/// (no other OTLP message has a field of these names). A `null` there is
+/// replaced by the default, not left out.
+fn required_default(key: &[u8]) -> Option<&'static [u8]> {
+    match key {
+        b"key" => Some(b"\"\""),
+        b"values" => Some(b"[]"),
+        _ => None,
+    }
+}
+
+/// One change [`nulls_as_defaults`] makes: `range` of the body becomes
+/// `with`.
+type Edit = (Range<usize>, &'static [u8]);
+
+/// `body` with every object member whose value is `null` read as its
+/// field's default, as protobuf's JSON parser reads it: left out (its
+/// key, the `null` and one comma beside it), so the field keeps its
+/// default, or, for the few fields the OTLP types require
+/// ([`required_default`]), given its default. Borrows `body` when it has
+/// no such member. `null` inside a list is kept (the decoder refuses it,
+/// as protobuf does). A body that is not JSON, or is nested past
+/// [`MAX_DEPTH`], is given back as it is: the decoder then says what is
+/// wrong with it. Takes one pass and at most a copy of the body.
+pub fn nulls_as_defaults(body: &[u8]) -> Cow<'_, [u8]> {
+    let edits = match null_edits(body) {
+        Some(edits) if !edits.is_empty() => edits,
+        _ => return Cow::Borrowed(body),
+    };
+    let mut out = Vec::with_capacity(body.len());
+    let mut from = 0;
+    for (range, with) in edits {
+        out.extend_from_slice(&body[from..range.start]);
+        out.extend_from_slice(with);
+        from = range.end;
+    }
+    out.extend_from_slice(&body[from..]);
+    Cow::Owned(out)
+}
+
+/// A container [`null_edits`] is inside.
+#[derive(Debug, Clone, Copy)]
+enum Container {
+    List,
+    Object {
+        /// A member before this point is kept: a member left out from
+        /// here takes the comma before it.
+        kept: bool,
+        /// Every member so far was left out, the last one without a
+        /// comma: the next comma goes with it.
+        drop_comma: bool,
+        /// Where the last comma kept is.
+        comma: usize,
+    },
+}
+
+/// What [`null_edits`] reads next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Value,
+    ValueOrListEnd,
+    Key,
+    KeyOrObjectEnd,
+    Colon,
+    CommaOrEnd,
+    Nothing,
+}
+
+/// The changes [`nulls_as_defaults`] makes, in order; `None` when `body`
+/// is not JSON or is nested too deep.
+fn null_edits(body: &[u8]) -> Option<Vec<Edit>> {
+    let after_value = |stack: &[Container]| {
+        if stack.is_empty() {
+            Next::Nothing
+        } else {
+            Next::CommaOrEnd
+        }
+    };
+    let mut stack: Vec<Container> = Vec::new();
+    let mut edits: Vec<Edit> = Vec::new();
+    let mut next = Next::Value;
+    let (mut key_start, mut key_end) = (0, 0);
+    let mut i = 0;
+    loop {
+        while body
+            .get(i)
+            .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            i += 1;
+        }
+        let Some(&c) = body.get(i) else {
+            return (next == Next::Nothing).then_some(edits);
+        };
+        match next {
+            Next::Nothing => return None,
+            Next::Colon => {
+                if c != b':' {
+                    return None;
+                }
+                i += 1;
+                next = Next::Value;
+            }
+            Next::Key | Next::KeyOrObjectEnd => match c {
+                b'}' if next == Next::KeyOrObjectEnd => {
+                    stack.pop();
+                    i += 1;
+                    next = after_value(&stack);
+                }
+                b'"' => {
+                    key_start = i;
+                    i = string_end(body, i)?;
+                    key_end = i;
+                    next = Next::Colon;
+                }
+                _ => return None,
+            },
+            Next::CommaOrEnd => {
+                match (c, stack.last_mut()?) {
+                    (b',', Container::List) => next = Next::Value,
+                    (
+                        b',',
+                        Container::Object {
+                            drop_comma, comma, ..
+                        },
+                    ) => {
+                        if *drop_comma {
+                            edits.push((i..i + 1, b""));
+                            *drop_comma = false;
+                        } else {
+                            *comma = i;
+                        }
+                        next = Next::Key;
+                    }
+                    (b']', Container::List) | (b'}', Container::Object { .. }) => {
+                        stack.pop();
+                        next = after_value(&stack);
+                    }
+                    _ => return None,
+                }
+                i += 1;
+            }
+            Next::Value | Next::ValueOrListEnd => {
+                if c == b']' && next == Next::ValueOrListEnd {
+                    stack.pop();
+                    i += 1;
+                    next = after_value(&stack);
+                    continue;
+                }
+                if c == b'n' {
+                    let null = i;
+                    i = literal(body, i, b"null")?;
+                    if let Some(Container::Object {
+                        kept,
+                        drop_comma,
+                        comma,
+                    }) = stack.last_mut()
+                    {
+                        if let Some(default) = required_default(&body[key_start + 1..key_end - 1]) {
+                            edits.push((null..i, default));
+                            *kept = true;
+                        } else if *kept {
+                            edits.push((*comma..i, b""));
+                        } else {
+                            edits.push((key_start..i, b""));
+                            *drop_comma = true;
+                        }
+                    }
+                    next = after_value(&stack);
+                    continue;
+                }
+                if let Some(Container::Object { kept, .. }) = stack.last_mut() {
+                    *kept = true;
+                }
+                match c {
+                    b'{' | b'[' => {
+                        if stack.len() >= MAX_DEPTH {
+                            return None;
+                        }
+                        i += 1;
+                        if c == b'{' {
+                            stack.push(Container::Object {
+                                kept: false,
+                                drop_comma: false,
+                                comma: 0,
+                            });
+                            next = Next::KeyOrObjectEnd;
+                        } else {
+                            stack.push(Container::List);
+                            next = Next::ValueOrListEnd;
+                        }
+                        continue;
+                    }
+                    b'"' => i = string_end(body, i)?,
+                    b't' => i = literal(body, i, b"true")?,
+                    b'f' => i = literal(body, i, b"false")?,
+                    b'-' | b'0'..=b'9' => {
+                        i += 1;
+                        while body.get(i).is_some_and(|c| {
+                            matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                        }) {
+                            i += 1;
+                        }
+                    }
+                    _ => return None,
+                }
+                next = after_value(&stack);
+            }
+        }
+    }
+}
+
+/// Where the string starting with the quote at `start` ends (past its
+/// closing quote).
+fn string_end(body: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    loop {
+        match body.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+}
+
+/// Where `word` (`null`, `true`, `false`), expected at `at`, ends.
+fn literal(body: &[u8], at: usize, word: &[u8]) -> Option<usize> {
+    body[at..].starts_with(word).then_some(at + word.len())
+}
 
 /// A deserializer whose floats may also be written as strings.
 pub struct Lenient<D>(pub D);
@@ -59,12 +302,8 @@ enum Key {
     /// a double.
     Double,
     /// An OTLP enum field (`kind`, `code`, `aggregationTemporality`): an
-    /// integer, a name, or `null` (0).
+    /// integer or a name.
     Enum(EnumNames),
-    /// A repeated field, where a oneof's fields are buffered (a metric's
-    /// `sum`, `gauge`, …: their `dataPoints`, `attributes`, …): `null` is
-    /// empty there too.
-    Repeated,
 }
 
 impl Key {
@@ -74,8 +313,6 @@ impl Key {
             "kind" => Self::Enum(span_kind),
             "code" => Self::Enum(status_code),
             "aggregationTemporality" => Self::Enum(aggregation_temporality),
-            "dataPoints" | "attributes" | "exemplars" | "bucketCounts" | "explicitBounds"
-            | "quantileValues" | "filteredAttributes" => Self::Repeated,
             _ => Self::Plain,
         }
     }
@@ -110,31 +347,18 @@ struct EnumSeed<S> {
     names: EnumNames,
 }
 
-/// A value's deserializer that reads an enum's name as its number and
-/// `null` as 0, and anything else as [`Lenient`] does.
+/// A value's deserializer that reads an enum's name as its number, and
+/// anything else as [`Lenient`] does.
 struct EnumDe<D> {
     de: D,
     names: EnumNames,
 }
 
-/// Gives an enum's name as its number and `null` as 0, the rest as it is.
+/// Gives an enum's name as its number, the rest as it is.
 struct EnumVisitor<V> {
     visitor: V,
     names: EnumNames,
 }
-
-/// Reads `null` as an empty sequence (a repeated field's default).
-struct NullIsEmpty<V>(V);
-
-/// A value's seed read by [`RepeatedDe`].
-struct RepeatedSeed<S>(S);
-
-/// A repeated field's deserializer: `null` is an empty sequence whatever
-/// is asked (a buffer asks for anything).
-struct RepeatedDe<D>(D);
-
-/// A sequence with nothing in it.
-struct Empty<E>(PhantomData<E>);
 
 /// A value's deserializer that reads a string as a double.
 struct DoubleDe<D>(D);
@@ -254,6 +478,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lenient<D> {
         deserialize_bytes,
         deserialize_byte_buf,
         deserialize_option,
+        deserialize_seq,
         deserialize_unit,
         deserialize_map,
         deserialize_identifier,
@@ -262,11 +487,6 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lenient<D> {
 
     fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         self.0.deserialize_any(Float(visitor))
-    }
-
-    /// A repeated field: `null` is empty, its default.
-    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        self.0.deserialize_any(NullIsEmpty(Wrap(visitor)))
     }
 
     fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
@@ -450,7 +670,6 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<A> {
             Key::Plain => self.inner.next_value_seed(Wrap(seed)),
             Key::Double => self.inner.next_value_seed(DoubleSeed(seed)),
             Key::Enum(names) => self.inner.next_value_seed(EnumSeed { seed, names }),
-            Key::Repeated => self.inner.next_value_seed(RepeatedSeed(seed)),
         }
     }
 
@@ -579,59 +798,6 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Wrap<A> {
     }
 }
 
-impl<'de, V: Visitor<'de>> Visitor<'de> for NullIsEmpty<V> {
-    type Value = V::Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.expecting(f)
-    }
-
-    visit!(
-        visit_bool(bool),
-        visit_i64(i64),
-        visit_u64(u64),
-        visit_f64(f64),
-        visit_str(&str),
-        visit_string(String),
-        visit_bytes(&[u8])
-    );
-
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        self.0.visit_borrowed_str(v)
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        self.0.visit_seq(Empty(PhantomData))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        self.0.visit_seq(Empty(PhantomData))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_seq(seq)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_map(map)
-    }
-}
-
-impl<'de, E: de::Error> SeqAccess<'de> for Empty<E> {
-    type Error = E;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        _seed: T,
-    ) -> Result<Option<T::Value>, Self::Error> {
-        Ok(None)
-    }
-
-    fn size_hint(&self) -> Option<usize> {
-        Some(0)
-    }
-}
-
 impl<'de, V: Visitor<'de>> Visitor<'de> for EnumVisitor<V> {
     type Value = V::Value;
 
@@ -662,15 +828,6 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for EnumVisitor<V> {
         }
     }
 
-    /// `null` is the enum's default, 0.
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        self.visitor.visit_i32(0)
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        self.visitor.visit_i32(0)
-    }
-
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
         self.visitor.visit_bool(v)
     }
@@ -696,32 +853,137 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for EnumVisitor<V> {
     }
 }
 
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for RepeatedSeed<S> {
-    type Value = S::Value;
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
 
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
-        self.0.deserialize(RepeatedDe(de))
-    }
-}
+    use super::*;
 
-impl<'de, D: Deserializer<'de>> Deserializer<'de> for RepeatedDe<D> {
-    type Error = D::Error;
-
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        Lenient(self.0).deserialize_any(NullIsEmpty(visitor))
+    fn stripped(text: &str) -> Value {
+        let out = nulls_as_defaults(text.as_bytes());
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{text} -> {}: {e}", String::from_utf8_lossy(&out)))
     }
 
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        Lenient(self.0).deserialize_option(visitor)
+    #[test]
+    fn null_members_are_left_out_at_any_place_and_depth() {
+        let cases = [
+            (r#"{"a":null}"#, json!({})),
+            (r#"{"a":null,"b":1}"#, json!({"b": 1})),
+            (r#"{"a":1,"b":null}"#, json!({"a": 1})),
+            (
+                r#"{"a":1,"b":null,"c":null,"d":2}"#,
+                json!({"a": 1, "d": 2}),
+            ),
+            (
+                r#"{ "a" : null , "b":null ,"c":[null,{"d":null,"e":"null"}], "f" :null }"#,
+                json!({"c": [null, {"e": "null"}]}),
+            ),
+            (
+                r#"{"a":{"b":null,"c":{"d":null}},"e":[{"f":null},[null]]}"#,
+                json!({"a": {"c": {}}, "e": [{}, [null]]}),
+            ),
+            (
+                r#"{"k\"null":"x\\","n":null,"s":"a\"b"}"#,
+                json!({"k\"null": "x\\", "s": "a\"b"}),
+            ),
+            (
+                r#"{"a":-1.5e+3,"b":null,"c":true,"d":false,"e":0}"#,
+                json!({"a": -1.5e3, "c": true, "d": false, "e": 0}),
+            ),
+            // The fields the OTLP types require get their default.
+            (
+                r#"{"a":null,"key":null,"value":{"arrayValue":{"values":null}},"b":null}"#,
+                json!({"key": "", "value": {"arrayValue": {"values": []}}}),
+            ),
+            (
+                r#"{"kvlistValue":{"values":[{"key":null,"value":null}]}}"#,
+                json!({"kvlistValue": {"values": [{"key": ""}]}}),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(stripped(text), expected, "{text}");
+        }
     }
 
-    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        Lenient(self.0).deserialize_ignored_any(visitor)
+    #[test]
+    fn a_body_without_null_members_or_not_json_is_given_back_as_it_is() {
+        for text in [
+            r#"{"a":1,"b":[null],"c":"null"}"#,
+            "null",
+            "[null, null]",
+            r#"{"a":null"#,
+            r#"{"a":nul}"#,
+            r#"{"a" null}"#,
+            r#"{"a":null} x"#,
+            r#"{"a":null,}"#,
+            r#"{null:1}"#,
+            r#"{"a":"open"#,
+            "",
+        ] {
+            assert!(
+                matches!(nulls_as_defaults(text.as_bytes()), Cow::Borrowed(_)),
+                "{text}"
+            );
+        }
+        // Past the depth followed: as it is (serde_json refuses it).
+        let deep = format!(r#"{}{{"a":null}}{}"#, "[".repeat(300), "]".repeat(300));
+        assert!(matches!(
+            nulls_as_defaults(deep.as_bytes()),
+            Cow::Borrowed(_)
+        ));
+        let shallow = format!(r#"{}{{"a":null}}{}"#, "[".repeat(100), "]".repeat(100));
+        assert_eq!(
+            nulls_as_defaults(shallow.as_bytes()).len(),
+            shallow.len() - r#""a":null"#.len()
+        );
     }
 
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct newtype_struct seq tuple
-        tuple_struct map struct enum identifier
+    /// Random JSON, compact and pretty: stripped, it reads as the same
+    /// value with its null members removed.
+    #[test]
+    fn random_documents_lose_their_null_members_and_nothing_else() {
+        fn random(rng: &mut fastrand::Rng, depth: usize) -> Value {
+            match rng.u8(0..if depth > 4 { 5 } else { 7 }) {
+                0 | 1 => Value::Null,
+                2 => json!(rng.i64(-1000..1000)),
+                3 => json!(rng.bool()),
+                4 => json!(["null", "a\"b", "\\", "n,u:l{l}"][rng.usize(0..4)]),
+                5 => Value::Array(
+                    (0..rng.usize(0..4))
+                        .map(|_| random(rng, depth + 1))
+                        .collect(),
+                ),
+                _ => Value::Object(
+                    (0..rng.usize(0..5))
+                        .map(|k| (format!("k{k}\"null"), random(rng, depth + 1)))
+                        .collect(),
+                ),
+            }
+        }
+        fn without_nulls(value: Value) -> Value {
+            match value {
+                Value::Object(members) => Value::Object(
+                    members
+                        .into_iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .map(|(k, v)| (k, without_nulls(v)))
+                        .collect(),
+                ),
+                Value::Array(items) => Value::Array(items.into_iter().map(without_nulls).collect()),
+                other => other,
+            }
+        }
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2000 {
+            let value = random(&mut rng, 0);
+            let expected = without_nulls(value.clone());
+            for text in [
+                serde_json::to_string(&value).unwrap(),
+                serde_json::to_string_pretty(&value).unwrap(),
+            ] {
+                assert_eq!(stripped(&text), expected, "{text}");
+            }
+        }
     }
 }

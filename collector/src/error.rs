@@ -36,13 +36,22 @@ pub enum IngestError {
     /// The request body did not arrive within the body-read timeout.
     #[error("request body not received within {0:?}")]
     Timeout(Duration),
+    /// A span of a request taken whole or not at all (Zipkin's) cannot be
+    /// kept: nothing of the request was written.
+    #[error("{message}")]
+    Invalid {
+        /// Why the first bad span was refused.
+        reason: Refusal,
+        /// Which spans, by their place in the request, and their fields.
+        message: String,
+    },
 }
 
 impl IngestError {
     /// The HTTP status of the answer.
     pub fn http_status(&self) -> StatusCode {
         match self {
-            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::Malformed(_) | Self::Invalid { .. } => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::QueueFull => StatusCode::TOO_MANY_REQUESTS,
@@ -59,7 +68,9 @@ impl IngestError {
     /// The gRPC code (as `google.rpc.Code`, also used in OTLP/HTTP error bodies).
     pub fn grpc_code(&self) -> tonic::Code {
         match self {
-            Self::Malformed(_) | Self::UnsupportedMediaType(_) => tonic::Code::InvalidArgument,
+            Self::Malformed(_) | Self::Invalid { .. } | Self::UnsupportedMediaType(_) => {
+                tonic::Code::InvalidArgument
+            }
             Self::TooLarge { .. } => tonic::Code::ResourceExhausted,
             Self::QueueFull => tonic::Code::ResourceExhausted,
             Self::Unavailable(_) => tonic::Code::Unavailable,
@@ -90,6 +101,7 @@ impl IngestError {
             Self::QueueFull => Refusal::QueueFull,
             Self::Unavailable(_) => Refusal::Unavailable,
             Self::Timeout(_) => Refusal::Timeout,
+            Self::Invalid { reason, .. } => *reason,
         }
     }
 }

@@ -4,7 +4,10 @@
 use tracemesh_collector::ids::TraceId;
 use tracemesh_collector::store::{SpanQuery, SpanReader};
 
-use crate::harness::{Collector, HttpResponse, http_request, now_nanos, wait_for_trace};
+use crate::harness::{
+    Collector, HttpResponse, eventually, http_request, now_nanos, random_trace_id, sample,
+    wait_for_trace,
+};
 
 /// POSTs a Zipkin v2 JSON batch to the collector's Zipkin receiver.
 fn post_spans(collector: &Collector, body: &str) -> HttpResponse {
@@ -204,5 +207,112 @@ fn a_zipkin_shared_span_is_one_call_client_to_server() {
     assert_ne!(server["spanID"], client["spanID"]);
     assert_eq!(server["references"][0]["refType"], "CHILD_OF");
     assert_eq!(server["references"][0]["spanID"], "0000000000000011");
+    collector.stop();
+}
+
+/// Zipkin's server decodes the whole list before it stores anything, and
+/// a span it cannot decode fails the request: a batch is stored whole or
+/// not at all. One bad span (an id, a tag that is no string, a time the
+/// store does not keep) refuses its batch with a 400 naming the span and
+/// its field, and none of the batch's spans is stored, so the sender that
+/// sends the batch again (fixed, or retried) has each span once. (The
+/// good spans used to be stored beside the 400.)
+#[test]
+fn a_batch_with_one_bad_span_is_refused_whole_and_none_of_it_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path(), &["--commit-interval", "200ms"]);
+    let trace = random_trace_id();
+    let micros = now_nanos() / 1000;
+    let span = |id: &str, extra: &str| {
+        format!(
+            r#"{{"traceId":"{trace}","id":"{id}","name":"op","timestamp":{micros},"duration":10,
+                 "localEndpoint":{{"serviceName":"batch"}}{extra}}}"#
+        )
+    };
+    let year_ahead = micros + 365 * 86_400 * 1_000_000;
+    let mut answers = Vec::new();
+    for (second, field) in [
+        (
+            span("00000000000000a2", "").replace(&trace.to_string(), "xyz"),
+            "zipkin span [1]: traceId",
+        ),
+        (
+            span("00000000000000a2", r#","tags":{"retries":3}"#),
+            "zipkin span [1]: invalid JSON at tags.retries",
+        ),
+        (
+            span("00000000000000a2", "").replace(
+                &format!(r#""timestamp":{micros}"#),
+                &format!(r#""timestamp":{year_ahead}"#),
+            ),
+            "zipkin span [1]: timestamp",
+        ),
+    ] {
+        let body = format!(
+            "[{},{second},{}]",
+            span("00000000000000a1", ""),
+            span("00000000000000a3", "")
+        );
+        let response = post_spans(&collector, &body);
+        let text = String::from_utf8_lossy(&response.body).into_owned();
+        assert_eq!(response.status, 400, "{text}");
+        answers.push((field, text));
+    }
+    // Sent again, fixed: stored, each span once.
+    let body = format!(
+        "[{},{},{}]",
+        span("00000000000000a1", ""),
+        span("00000000000000a2", ""),
+        span("00000000000000a3", "")
+    );
+    let response = post_spans(&collector, &body);
+    assert_eq!(
+        response.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    // a2 came with the last batch only: once it is read, so is every
+    // batch before it.
+    let stored = eventually("the fixed batch indexed", || {
+        let trace = wait_for_trace(&collector.data_dir, trace, 3);
+        trace
+            .spans
+            .iter()
+            .any(|s| s.span.span_id == [0, 0, 0, 0, 0, 0, 0, 0xa2])
+            .then_some(trace)
+    });
+    let mut ids: Vec<u8> = stored.spans.iter().map(|s| s.span.span_id[7]).collect();
+    ids.sort();
+    assert_eq!(ids, [0xa1, 0xa2, 0xa3], "each span once");
+    for (field, text) in answers {
+        assert!(
+            text.contains("1 of 3 span(s) invalid, none of the batch stored")
+                && text.contains(field),
+            "{field}: {text}"
+        );
+    }
+    let metrics = collector.metrics();
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"tracemesh_collector_spans_refused_total{reason="malformed",receiver="zipkin"}"#
+        ),
+        6.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"tracemesh_collector_spans_refused_total{reason="out_of_range",receiver="zipkin"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"tracemesh_collector_spans_accepted_total{receiver="zipkin"}"#
+        ),
+        3.0
+    );
     collector.stop();
 }

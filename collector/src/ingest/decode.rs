@@ -182,6 +182,11 @@ impl Undecodable {
         self.spans > 0
     }
 
+    /// Why, for the first [`SHOWN`] faults, joined by `; `.
+    pub fn reasons(&self) -> String {
+        self.reasons.join("; ")
+    }
+
     /// What was left out and why, in English (OTLP's `error_message`);
     /// empty when nothing was.
     pub fn message(&self) -> String {
@@ -191,7 +196,7 @@ impl Undecodable {
         format!(
             "{} span(s) could not be decoded; {}",
             self.spans,
-            self.reasons.join("; ")
+            self.reasons()
         )
     }
 }

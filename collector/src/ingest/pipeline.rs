@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::decode::{DecodedTraces, Undecodable};
@@ -13,7 +14,7 @@ use crate::error::IngestError;
 use crate::events;
 use crate::export::Exporters;
 use crate::handoff::{IndexItem, IngestQueue};
-use crate::metrics::{Metrics, Receiver};
+use crate::metrics::{Metrics, Receiver, Refusal};
 use crate::otlp_metrics::OtlpMetrics;
 use crate::store::SpanStore;
 use crate::store::document::span_count;
@@ -43,6 +44,16 @@ impl Accepted {
             message,
         }
     }
+}
+
+/// Whether a request may be written in part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Partial {
+    /// The spans that cannot be kept are left out and the rest written
+    /// (OTLP's partial success).
+    Allowed,
+    /// A span that cannot be kept refuses the whole request.
+    Refused,
 }
 
 /// Everything the ingest path is built from.
@@ -95,15 +106,65 @@ impl Ingest {
         events::request_refused(&self.parts.metrics, receiver, error);
     }
 
+    /// Counts (and logs) a batch of `spans` spans received and refused
+    /// whole before anything of it was written (a Zipkin batch with a bad
+    /// span).
+    pub fn batch_refused(&self, receiver: Receiver, spans: u64, error: &IngestError) {
+        let metrics = &self.parts.metrics;
+        metrics
+            .spans_received
+            .with_label_values(&[receiver.label()])
+            .inc_by(spans);
+        events::batch_refused(metrics, receiver, spans, error);
+    }
+
+    /// The span times the store keeps now: from the retention's start to
+    /// the allowed clock skew ahead.
+    pub fn time_bounds(&self) -> validate::TimeBounds {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        validate::TimeBounds {
+            oldest_start: nanos(now.saturating_sub(self.parts.retention)),
+            newest: nanos(now.saturating_add(self.parts.max_clock_skew)),
+        }
+    }
+
     /// Validates, admits and durably appends a trace request; returns once
     /// it is in the WAL (the sender may then be acknowledged). The spans
-    /// that could not be decoded count as received and rejected. The
-    /// request's protobuf encoding, when the receiver has it, is written as
-    /// is when no span was removed.
+    /// that could not be decoded count as received and rejected, and so do
+    /// the spans validation removes: the rest is written, and the answer
+    /// says what was not (OTLP's partial success). The request's protobuf
+    /// encoding, when the receiver has it, is written as is when no span
+    /// was removed.
     pub async fn traces(
         &self,
         receiver: Receiver,
         decoded: DecodedTraces,
+    ) -> Result<Accepted, IngestError> {
+        self.append_traces(receiver, decoded, Partial::Allowed)
+            .await
+    }
+
+    /// As [`Self::traces`], for a receiver whose protocol has no partial
+    /// success (Zipkin): a span validation would remove refuses the whole
+    /// request ([`IngestError::Invalid`]), and nothing of it is written.
+    pub async fn traces_whole(
+        &self,
+        receiver: Receiver,
+        request: ExportTraceServiceRequest,
+    ) -> Result<(), IngestError> {
+        self.append_traces(receiver, request.into(), Partial::Refused)
+            .await
+            .map(|_| ())
+    }
+
+    async fn append_traces(
+        &self,
+        receiver: Receiver,
+        decoded: DecodedTraces,
+        partial: Partial,
     ) -> Result<Accepted, IngestError> {
         let DecodedTraces {
             mut request,
@@ -118,16 +179,25 @@ impl Ingest {
             .spans_received
             .with_label_values(&[label])
             .inc_by(received);
+        let rejected = validate::retain_valid(&mut request.resource_spans, self.time_bounds());
+        if partial == Partial::Refused && (undecodable.any() || rejected.count > 0) {
+            let error = IngestError::Invalid {
+                reason: if undecodable.any() {
+                    Refusal::Malformed
+                } else if rejected.out_of_range > 0 {
+                    Refusal::OutOfRange
+                } else {
+                    Refusal::Invalid
+                },
+                message: format!(
+                    "none of the batch stored; {}",
+                    Accepted::of(&undecodable, rejected).message
+                ),
+            };
+            events::batch_refused(&parts.metrics, receiver, received, &error);
+            return Err(error);
+        }
         events::spans_undecodable(&parts.metrics, receiver, &undecodable);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let bounds = validate::TimeBounds {
-            oldest_start: nanos(now.saturating_sub(parts.retention)),
-            newest: nanos(now.saturating_add(parts.max_clock_skew)),
-        };
-        let rejected = validate::retain_valid(&mut request.resource_spans, bounds);
         events::spans_rejected(&parts.metrics, receiver, &rejected);
         let limited = parts.span_limits.apply(&mut request.resource_spans);
         events::span_limits_applied(&parts.metrics, receiver, &limited);

@@ -3,6 +3,14 @@
 //! becomes the resource's `service.name`, tags become string attributes,
 //! annotations become events, `otel.status_code`/`error` tags become the
 //! status, `remoteEndpoint` becomes `peer.service` and `network.peer.*`.
+//!
+//! A batch is taken whole or not at all, as Zipkin's server takes it
+//! (`Collector.acceptSpans` decodes the whole list before anything is
+//! stored, and a span it cannot decode fails the request): a span that
+//! cannot be read, converted or kept refuses its batch, and the answer
+//! names it by its place in the list and its field. Zipkin has no partial
+//! success, so storing the rest would leave a sender that retries the
+//! batch (or sends it again fixed) with copies.
 
 use std::collections::BTreeMap;
 
@@ -15,9 +23,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::decode::Undecodable;
+use super::validate::TimeBounds;
 use crate::attributes::{self, UNKNOWN_SERVICE};
 use crate::error::IngestError;
 use crate::ids::{SpanId, TraceId};
+use crate::metrics::Refusal;
 
 /// One Zipkin v2 span as JSON.
 #[derive(Debug, Deserialize)]
@@ -89,21 +99,69 @@ fn endpoint_attributes(endpoint: &Endpoint, prefix: &str, out: &mut Vec<KeyValue
     }
 }
 
+/// Why one span cannot be kept: the refusal it counts as, and the
+/// field at fault.
+type Fault = (Refusal, String);
+
+fn malformed(why: String) -> Fault {
+    (Refusal::Malformed, why)
+}
+
+/// Refuses times the store does not keep (see [`super::validate`]), named
+/// by the Zipkin field that gave them: `timestamp` (µs), and `duration`
+/// for the end.
+fn check_times(
+    (timestamp, duration): (Option<u64>, Option<u64>),
+    span: &Span,
+    bounds: TimeBounds,
+) -> Result<(), Fault> {
+    let timestamp = timestamp.unwrap_or(span.start_time_unix_nano / 1000);
+    let ahead = "ahead of the collector's clock by more than max_clock_skew";
+    if span.start_time_unix_nano < bounds.oldest_start {
+        return Err((
+            Refusal::OutOfRange,
+            format!("timestamp {timestamp} is older than the retention window"),
+        ));
+    }
+    if span.start_time_unix_nano > bounds.newest {
+        return Err((
+            Refusal::OutOfRange,
+            format!("timestamp {timestamp} is {ahead}"),
+        ));
+    }
+    if span.end_time_unix_nano > bounds.newest {
+        return Err((
+            Refusal::OutOfRange,
+            format!("duration {} ends the span {ahead}", duration.unwrap_or(0)),
+        ));
+    }
+    Ok(())
+}
+
 /// Converts one span; `received` (ns) stands in for a missing `timestamp`
-/// when no annotation gives a time either. The error names the field at
-/// fault.
+/// when no annotation gives a time either. A span is refused when an id
+/// is not hex or is all zero (OTLP's invalid id), or its times are
+/// outside `bounds`; the error names the field at fault.
 fn convert(
     zipkin: ZipkinSpan,
     received: u64,
-) -> Result<(String, InstrumentationScope, Span), String> {
+    bounds: TimeBounds,
+) -> Result<(String, InstrumentationScope, Span), Fault> {
     // Ids shorter than 16 or 32 digits are zero-padded, as Zipkin's own
     // Span.normalizeTraceId and Builder.id do.
-    let trace_id = TraceId::parse_zipkin(&zipkin.trace_id).map_err(|e| format!("traceId: {e}"))?;
-    let span_id = SpanId::parse_zipkin(&zipkin.id).map_err(|e| format!("id: {e}"))?;
+    let trace_id =
+        TraceId::parse_zipkin(&zipkin.trace_id).map_err(|e| malformed(format!("traceId: {e}")))?;
+    let span_id = SpanId::parse_zipkin(&zipkin.id).map_err(|e| malformed(format!("id: {e}")))?;
+    if trace_id.0 == [0; 16] {
+        return Err((Refusal::Invalid, "traceId is all zero".into()));
+    }
+    if span_id.0 == [0; 8] {
+        return Err((Refusal::Invalid, "id is all zero".into()));
+    }
     let parent = match zipkin.parent_id.as_deref() {
         None | Some("") => Vec::new(),
         Some(text) => SpanId::parse_zipkin(text)
-            .map_err(|e| format!("parentId: {e}"))?
+            .map_err(|e| malformed(format!("parentId: {e}")))?
             .0
             .to_vec(),
     };
@@ -183,7 +241,7 @@ fn convert(
         .filter(|t| *t > 0)
         .or_else(|| zipkin.annotations.iter().map(|a| a.timestamp).min())
         .map_or(received, |micros| micros.saturating_mul(1000));
-    let span = Span {
+    let mut span = Span {
         trace_id: trace_id.0.to_vec(),
         span_id: span_id.0.to_vec(),
         parent_span_id: parent,
@@ -192,18 +250,19 @@ fn convert(
         start_time_unix_nano: start,
         end_time_unix_nano: start.saturating_add(zipkin.duration.unwrap_or(0).saturating_mul(1000)),
         attributes,
-        events: zipkin
-            .annotations
-            .into_iter()
-            .map(|a| Event {
-                time_unix_nano: a.timestamp.saturating_mul(1000),
-                name: a.value,
-                ..Default::default()
-            })
-            .collect(),
         status: Some(status),
         ..Default::default()
     };
+    check_times((zipkin.timestamp, zipkin.duration), &span, bounds)?;
+    span.events = zipkin
+        .annotations
+        .into_iter()
+        .map(|a| Event {
+            time_unix_nano: a.timestamp.saturating_mul(1000),
+            name: a.value,
+            ..Default::default()
+        })
+        .collect();
     Ok((service, scope, span))
 }
 
@@ -214,47 +273,80 @@ fn read_span(text: &str) -> Result<ZipkinSpan, String> {
         .map_err(|e| format!("invalid JSON at {}: {}", e.path(), e.inner()))
 }
 
+/// A Zipkin batch refused whole: nothing of it may be stored.
+#[derive(Debug)]
+pub struct Refused {
+    /// Spans in the batch (0 when the body is no list of spans).
+    pub spans: u64,
+    /// Why: names the first bad spans by their place in the list and
+    /// their field.
+    pub error: IngestError,
+}
+
 /// Parses a `POST /api/v2/spans` JSON body into OTLP resource spans, one
-/// resource per local service. A span that cannot be read or converted
-/// (an id that is not hex, a tag that is not a string) is left out and
-/// counted in the [`Undecodable`] returned, the others kept; only a body
-/// that is not a JSON list is an error. A list that reads whole is read
-/// in one pass; one that does not is read again span by span (serde_json
-/// skips over a span without recursing, whatever its depth).
-pub fn decode(body: &[u8]) -> Result<(Vec<ResourceSpans>, Undecodable), IngestError> {
+/// resource per local service, or refuses it whole: a body that is not a
+/// JSON list, or a list with a span that cannot be read or converted (an
+/// id that is not hex or is zero, a tag that is not a string) or whose
+/// times are outside `bounds`. A list that reads whole is read in one
+/// pass; one that does not is read again span by span to name the bad
+/// spans (serde_json skips over a span without recursing, whatever its
+/// depth).
+pub fn decode(body: &[u8], bounds: TimeBounds) -> Result<Vec<ResourceSpans>, Refused> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let spans: Vec<Result<ZipkinSpan, String>> =
         match serde_path_to_error::deserialize::<_, Vec<ZipkinSpan>>(&mut deserializer) {
             Ok(spans) => spans.into_iter().map(Ok).collect(),
             Err(whole) => serde_json::from_slice::<Vec<&RawValue>>(body)
-                .map_err(|_| {
-                    IngestError::Malformed(format!(
+                .map_err(|_| Refused {
+                    spans: 0,
+                    error: IngestError::Malformed(format!(
                         "zipkin spans: invalid JSON at {}: {}",
                         whole.path(),
                         whole.inner()
-                    ))
+                    )),
                 })?
                 .into_iter()
                 .map(|span| read_span(span.get()))
                 .collect(),
         };
+    let total = spans.len() as u64;
     let received = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let mut undecodable = Undecodable::default();
+    let mut bad = Undecodable::default();
+    let mut first_fault = None;
     let mut by_service: BTreeMap<String, BTreeMap<(String, String), Vec<Span>>> = BTreeMap::new();
     for (index, zipkin) in spans.into_iter().enumerate() {
-        match zipkin.and_then(|zipkin| convert(zipkin, received)) {
+        let converted = zipkin
+            .map_err(malformed)
+            .and_then(|zipkin| convert(zipkin, received, bounds));
+        match converted {
             Ok((service, scope, span)) => by_service
                 .entry(service)
                 .or_default()
                 .entry((scope.name, scope.version))
                 .or_default()
                 .push(span),
-            Err(why) => undecodable.add(1, || format!("zipkin span [{index}]: {why}")),
+            Err((refusal, why)) => {
+                first_fault.get_or_insert(refusal);
+                bad.add(1, || format!("zipkin span [{index}]: {why}"));
+            }
         }
     }
-    let resource_spans = by_service
+    if let Some(reason) = first_fault {
+        return Err(Refused {
+            spans: total,
+            error: IngestError::Invalid {
+                reason,
+                message: format!(
+                    "{} of {total} span(s) invalid, none of the batch stored; {}",
+                    bad.spans,
+                    bad.reasons()
+                ),
+            },
+        });
+    }
+    Ok(by_service
         .into_iter()
         .map(|(service, scopes)| ResourceSpans {
             resource: Some(Resource {
@@ -275,8 +367,7 @@ pub fn decode(body: &[u8]) -> Result<(Vec<ResourceSpans>, Undecodable), IngestEr
                 .collect(),
             schema_url: String::new(),
         })
-        .collect();
-    Ok((resource_spans, undecodable))
+        .collect())
 }
 
 #[cfg(test)]
@@ -291,7 +382,7 @@ mod tests {
     fn a_shared_server_half_is_stored_as_its_client_halfs_child() {
         let convert_one = |json: &str| {
             let zipkin: ZipkinSpan = serde_json::from_str(json).unwrap();
-            convert(zipkin, 1).unwrap().2
+            convert(zipkin, 1, TimeBounds::ALL).unwrap().2
         };
         let server = convert_one(
             r#"{"traceId":"aaaa000000000001","id":"0000000000000011","parentId":"0000000000000001","kind":"SERVER","shared":true,"timestamp":1}"#,
@@ -315,8 +406,7 @@ mod tests {
             "remoteEndpoint":{"serviceName":"backend","ipv4":"10.0.0.2","port":8080},
             "annotations":[{"timestamp":1472470996238000,"value":"ws"}],
             "tags":{"http.method":"GET","error":"boom","otel.scope.name":"brave"}}]"#;
-        let (batch, undecodable) = decode(body).unwrap();
-        assert!(!undecodable.any());
+        let batch = decode(body, TimeBounds::ALL).unwrap();
         assert_eq!(
             attributes::service_name(batch[0].resource.as_ref()),
             "frontend"
@@ -362,7 +452,7 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64;
-        let (batch, _) = decode(body).unwrap();
+        let batch = decode(body, TimeBounds::ALL).unwrap();
         let spans = &batch[0].scope_spans[0].spans;
         assert_eq!(spans[0].start_time_unix_nano, 1_472_470_996_238_000_000);
         assert_eq!(
@@ -372,47 +462,93 @@ mod tests {
         assert!(spans[1].start_time_unix_nano >= before, "received now");
     }
 
+    /// The refusal of a batch: its span count, the reason counted, the
+    /// message.
+    fn refused(body: &[u8], bounds: TimeBounds) -> (u64, Refusal, String) {
+        match decode(body, bounds) {
+            Ok(batch) => panic!("decoded: {batch:?}"),
+            Err(Refused { spans, error }) => (spans, error.reason(), error.to_string()),
+        }
+    }
+
     #[test]
-    fn a_bad_span_is_left_out_and_named_and_the_others_kept() {
-        let (batch, undecodable) = decode(
+    fn a_bad_span_refuses_its_whole_batch_and_is_named_with_its_field() {
+        let (spans, reason, message) = refused(
             br#"[{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010db"},
             {"traceId":"xyz","id":"4d1e00c0db9010dc"},
             {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dd","tags":{"deep":{"a":[1]}}},
             {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010de"}]"#,
-        )
-        .unwrap();
-        let ids: Vec<&[u8]> = batch[0].scope_spans[0]
-            .spans
-            .iter()
-            .map(|s| &s.span_id[..])
-            .collect();
-        assert_eq!(
-            ids,
-            [
-                &[0x4d, 0x1e, 0, 0xc0, 0xdb, 0x90, 0x10, 0xdb][..],
-                &[0x4d, 0x1e, 0, 0xc0, 0xdb, 0x90, 0x10, 0xde][..]
-            ]
+            TimeBounds::ALL,
         );
-        assert_eq!(undecodable.spans, 2);
-        let message = undecodable.message();
+        assert_eq!((spans, reason), (4, Refusal::Malformed));
+        assert!(
+            message.starts_with("2 of 4 span(s) invalid, none of the batch stored;"),
+            "{message}"
+        );
         assert!(message.contains("zipkin span [1]: traceId"), "{message}");
         assert!(
             message.contains("zipkin span [2]: invalid JSON at tags.deep"),
             "{message}"
         );
-        let err = decode(br#"{"not":"a list"}"#).unwrap_err();
-        assert!(err.to_string().contains("invalid JSON"), "{err}");
+        // Not a list: refused as a request, its spans unknown.
+        let (spans, reason, message) = refused(br#"{"not":"a list"}"#, TimeBounds::ALL);
+        assert_eq!((spans, reason), (0, Refusal::Malformed));
+        assert!(message.contains("invalid JSON"), "{message}");
+        // An empty list is an empty batch, as Zipkin takes it.
+        assert_eq!(decode(b"[]", TimeBounds::ALL).unwrap(), []);
+    }
+
+    #[test]
+    fn zero_ids_and_times_the_store_does_not_keep_refuse_the_batch() {
+        let bounds = TimeBounds {
+            oldest_start: 1_000_000_000_000_000,
+            newest: 2_000_000_000_000_000,
+        };
+        let good =
+            r#"{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010db","timestamp":1500000000000}"#;
+        assert_eq!(
+            span_count(&decode(format!("[{good}]").as_bytes(), bounds).unwrap()),
+            1
+        );
+        for (bad, reason, why) in [
+            (
+                r#"{"traceId":"0","id":"4d1e00c0db9010dc","timestamp":1500000000000}"#,
+                Refusal::Invalid,
+                "zipkin span [1]: traceId is all zero",
+            ),
+            (
+                r#"{"traceId":"86154a4ba6e91385","id":"0000","timestamp":1500000000000}"#,
+                Refusal::Invalid,
+                "zipkin span [1]: id is all zero",
+            ),
+            (
+                r#"{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc","timestamp":999999999999}"#,
+                Refusal::OutOfRange,
+                "zipkin span [1]: timestamp 999999999999 is older than the retention window",
+            ),
+            (
+                r#"{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc","timestamp":2000000000001}"#,
+                Refusal::OutOfRange,
+                "zipkin span [1]: timestamp 2000000000001 is ahead",
+            ),
+            (
+                r#"{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc","timestamp":1999999999999,"duration":5}"#,
+                Refusal::OutOfRange,
+                "zipkin span [1]: duration 5 ends the span ahead",
+            ),
+        ] {
+            let (spans, refusal, message) = refused(format!("[{good},{bad}]").as_bytes(), bounds);
+            assert_eq!((spans, refusal), (2, reason), "{bad}");
+            assert!(message.contains(why), "{why}: {message}");
+        }
     }
 
     #[test]
     fn short_ids_are_zero_padded_as_zipkin_does_long_or_non_hex_ones_refused() {
-        let (batch, undecodable) = decode(
+        let batch = decode(
             br#"[{"traceId":"6154a4ba6e91385","id":"d1e00c0db9010db","parentId":"5b4"},
-            {"traceId":"1","id":"2"},
-            {"traceId":"86154a4ba6e91385086154a4ba6e913850","id":"4d1e00c0db9010dc"},
-            {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc0"},
-            {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc","parentId":"xy"},
-            {"traceId":"","id":"4d1e00c0db9010dc"}]"#,
+            {"traceId":"1","id":"2"}]"#,
+            TimeBounds::ALL,
         )
         .unwrap();
         let spans = &batch[0].scope_spans[0].spans;
@@ -425,24 +561,31 @@ mod tests {
         assert_eq!(hex(&spans[0].parent_span_id), "00000000000005b4");
         assert_eq!(hex(&spans[1].trace_id), format!("{:0>32}", "1"));
         assert_eq!(hex(&spans[1].span_id), "0000000000000002");
-        assert_eq!(undecodable.spans, 4);
-        let message = undecodable.message();
-        assert!(message.contains("zipkin span [2]: traceId"), "{message}");
-        assert!(message.contains("zipkin span [3]: id"), "{message}");
-        assert!(message.contains("zipkin span [4]: parentId"), "{message}");
+        let (spans, reason, message) = refused(
+            br#"[{"traceId":"86154a4ba6e91385086154a4ba6e913850","id":"4d1e00c0db9010dc"},
+            {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc0"},
+            {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc","parentId":"xy"},
+            {"traceId":"","id":"4d1e00c0db9010dc"}]"#,
+            TimeBounds::ALL,
+        );
+        assert_eq!((spans, reason), (4, Refusal::Malformed));
+        assert!(message.starts_with("4 of 4 span(s)"), "{message}");
+        assert!(message.contains("zipkin span [0]: traceId"), "{message}");
+        assert!(message.contains("zipkin span [1]: id"), "{message}");
+        assert!(message.contains("zipkin span [2]: parentId"), "{message}");
     }
 
     #[test]
-    fn a_span_nested_past_the_json_depth_limit_costs_that_span_only() {
+    fn a_span_nested_past_the_json_depth_limit_refuses_its_batch_without_recursing() {
         let depth = 100_000;
         let mut body = String::from(r#"[{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010db"},"#);
         body.push_str(r#"{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc","tags":"#);
         body.push_str(&"[".repeat(depth));
         body.push_str(&"]".repeat(depth));
         body.push_str("}]");
-        let (batch, undecodable) = decode(body.as_bytes()).unwrap();
-        assert_eq!(span_count(&batch), 1);
-        assert_eq!(undecodable.spans, 1);
+        let (spans, reason, message) = refused(body.as_bytes(), TimeBounds::ALL);
+        assert_eq!((spans, reason), (2, Refusal::Malformed));
+        assert!(message.contains("zipkin span [1]: "), "{message}");
         // Unknown fields are skipped at any depth, as before.
         let mut body =
             String::from(r#"[{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010db","x":"#);
@@ -450,8 +593,8 @@ mod tests {
         body.push('1');
         body.push_str(&"}".repeat(depth));
         body.push_str("}]");
-        let (batch, undecodable) = decode(body.as_bytes()).unwrap();
-        assert_eq!((span_count(&batch), undecodable.spans), (1, 0));
+        let batch = decode(body.as_bytes(), TimeBounds::ALL).unwrap();
+        assert_eq!(span_count(&batch), 1);
     }
 
     fn hex(bytes: &[u8]) -> String {

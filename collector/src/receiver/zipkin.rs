@@ -1,5 +1,7 @@
 //! Zipkin v2: `POST /api/v2/spans` with a JSON list of spans (optionally
-//! gzipped), answered 202 Accepted like Zipkin's own collector.
+//! gzipped), answered 202 Accepted like Zipkin's own collector. A batch is
+//! stored whole or not at all: a bad span refuses it (400, naming the span
+//! and its field), as Zipkin's server refuses a list it cannot decode.
 
 use axum::Router;
 use axum::body::Body;
@@ -11,7 +13,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use super::read_body;
 use crate::error::IngestError;
-use crate::ingest::decode::DecodedTraces;
 use crate::ingest::{Ingest, Receiver, zipkin};
 
 /// The Zipkin routes.
@@ -48,29 +49,30 @@ async fn spans(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> 
         ingest.refused(Receiver::Zipkin, &error);
         return error_response(&error);
     }
-    let decoded = match read_body(&headers, body, ingest.max_request_size()).await {
-        Ok(bytes) => zipkin::decode(&bytes),
-        Err(error) => Err(error),
-    };
-    let (resource_spans, undecodable) = match decoded {
-        Ok(decoded) => decoded,
+    let bytes = match read_body(&headers, body, ingest.max_request_size()).await {
+        Ok(bytes) => bytes,
         Err(error) => {
             ingest.refused(Receiver::Zipkin, &error);
             return error_response(&error);
         }
     };
-    let decoded = DecodedTraces {
-        request: ExportTraceServiceRequest { resource_spans },
-        encoded: None,
-        undecodable,
-    };
-    // Zipkin has no partial success: the spans kept are stored, and the
-    // answer names the ones that were not.
-    match ingest.traces(Receiver::Zipkin, decoded).await {
-        Ok(accepted) if accepted.rejected > 0 => {
-            (StatusCode::BAD_REQUEST, format!("{}\n", accepted.message)).into_response()
+    // Zipkin has no partial success: a bad span refuses the whole batch,
+    // so a sender that retries it (or sends it again fixed) makes no
+    // copies of the good ones.
+    let resource_spans = match zipkin::decode(&bytes, ingest.time_bounds()) {
+        Ok(resource_spans) => resource_spans,
+        Err(zipkin::Refused { spans: 0, error }) => {
+            ingest.refused(Receiver::Zipkin, &error);
+            return error_response(&error);
         }
-        Ok(_) => StatusCode::ACCEPTED.into_response(),
+        Err(zipkin::Refused { spans, error }) => {
+            ingest.batch_refused(Receiver::Zipkin, spans, &error);
+            return error_response(&error);
+        }
+    };
+    let request = ExportTraceServiceRequest { resource_spans };
+    match ingest.traces_whole(Receiver::Zipkin, request).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(error) => error_response(&error),
     }
 }

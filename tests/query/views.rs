@@ -404,6 +404,230 @@ fn a_zero_max_duration_is_no_bound_in_the_native_api() {
     collector.stop();
 }
 
+/// ledger's traces, for searches by event (Jaeger log) fields: 1, a gold
+/// customer's request with a Timeout exception event; 2, a silver one
+/// with a Timeout and a retry (attempt 2) event; 3, a gold one whose
+/// Timeout event is on its client call, not on the gold span; 4, a
+/// bronze one whose client call has a retry event carrying
+/// `http.request.resend_count` (on the event, not the span: still a call).
+fn ledger(base: u64) -> ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::trace::v1::span::Event;
+    let s = |key: &str, value: &str| kv(key, any_value::Value::StringValue(value.into()));
+    let event = |name: &str, attributes: Vec<KeyValue>| Event {
+        time_unix_nano: base + MS,
+        name: name.into(),
+        attributes,
+        ..Default::default()
+    };
+    let timeout = || event("exception", vec![s("exception.type", "Timeout")]);
+    let mut one = span(1, (1, 0), 2, (base, 20), vec![s("tier", "gold")], false);
+    one.events = vec![timeout()];
+    let mut two = span(
+        2,
+        (1, 0),
+        2,
+        (base + 100 * MS, 20),
+        vec![s("tier", "silver")],
+        false,
+    );
+    two.events = vec![
+        timeout(),
+        event("retry", vec![kv("attempt", any_value::Value::IntValue(2))]),
+    ];
+    let three = span(
+        3,
+        (1, 0),
+        2,
+        (base + 200 * MS, 20),
+        vec![s("tier", "gold")],
+        false,
+    );
+    let mut three_call = span(3, (2, 1), 3, (base + 201 * MS, 5), vec![], false);
+    three_call.events = vec![timeout()];
+    let four = span(
+        4,
+        (1, 0),
+        2,
+        (base + 300 * MS, 20),
+        vec![s("tier", "bronze")],
+        false,
+    );
+    let mut four_call = span(4, (2, 1), 3, (base + 301 * MS, 5), vec![], false);
+    four_call.events = vec![event(
+        "retry",
+        vec![kv(
+            "http.request.resend_count",
+            any_value::Value::IntValue(1),
+        )],
+    )];
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    s("service.name", "ledger"),
+                    s("deployment.environment", "prod"),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![one, two, three, three_call, four, four_call],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// A tag search matches span attributes, resource (process) attributes
+/// and event (log) fields, the event's name as `event` included, as
+/// Jaeger's stores match span tags, process tags and log fields (the
+/// memory store's `flattenTags`, Badger's tag index, Elasticsearch's
+/// `logs.fields`): every tag must match (AND) on one span, each in any of
+/// those places. The same in every API: Jaeger's `tags` and `tag`,
+/// api_v3's `query.attributes`, the native `tag` and `tags`, and the
+/// native statistics. (Event fields used to match nothing.)
+#[test]
+fn tag_searches_match_event_fields_as_jaeger_does_in_every_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path(), &["--commit-interval", "200ms"]);
+    let base = now_nanos() - 5 * 60 * 1_000_000_000;
+    send(&collector, &ledger(base));
+    eventually("ledger's 6 spans indexed", || {
+        let (_, body) = get(&collector, "/api/v1/latency?service=ledger&kind=all");
+        (body["count"] == 6).then_some(())
+    });
+    let encode =
+        |text: &str| -> String { form_urlencoded::byte_serialize(text.as_bytes()).collect() };
+    let start_us = base / 1000 - 1;
+    let window = format!(
+        "query.startTimeMin={}&query.startTimeMax={}",
+        tracemesh_query::timefmt::rfc3339(base - 60_000 * MS),
+        tracemesh_query::timefmt::rfc3339(base + 3_600_000 * MS)
+    );
+    let jaeger_ids = |body: &Value| {
+        sorted(
+            body["data"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{body}"))
+                .iter()
+                .map(|t| t["traceID"].as_str().unwrap().to_owned())
+                .collect(),
+        )
+    };
+    /// Tags, each `(key, value)`.
+    type Tags<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Tags, Vec<String>); 9] = [
+        (
+            &[("exception.type", "Timeout")],
+            vec![hex(1), hex(2), hex(3)],
+        ),
+        (&[("event", "exception")], vec![hex(1), hex(2), hex(3)]),
+        (&[("event", "retry")], vec![hex(2), hex(4)]),
+        (&[("attempt", "2")], vec![hex(2)]),
+        // Every tag on one span, each in any place: an attribute and an
+        // event field, two events' fields, a resource attribute and an
+        // event's name.
+        (
+            &[("tier", "gold"), ("exception.type", "Timeout")],
+            vec![hex(1)],
+        ),
+        (
+            &[("exception.type", "Timeout"), ("attempt", "2")],
+            vec![hex(2)],
+        ),
+        (
+            &[("deployment.environment", "prod"), ("event", "retry")],
+            vec![hex(2), hex(4)],
+        ),
+        (&[("tier", "gold"), ("event", "retry")], vec![]),
+        (&[("exception.type", "Deadline")], vec![]),
+    ];
+    for (tags, expected) in cases {
+        let native_tag: String = tags
+            .iter()
+            .map(|(k, v)| format!("&tag={}", encode(&format!("{k}={v}"))))
+            .collect();
+        let (status, body) = get(
+            &collector,
+            &format!("/api/v1/traces?service=ledger{native_tag}"),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(sorted(trace_ids(&body)), expected, "native tag {tags:?}");
+        let list: Vec<String> = tags.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let (_, body) = get(
+            &collector,
+            &format!(
+                "/api/v1/traces?service=ledger&tags={}",
+                encode(&list.join(" "))
+            ),
+        );
+        assert_eq!(sorted(trace_ids(&body)), expected, "native tags {tags:?}");
+        let object: serde_json::Map<String, Value> = tags
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        let object = Value::Object(object).to_string();
+        let (status, body) = get(
+            &collector,
+            &format!(
+                "/api/traces?service=ledger&tags={}&start={start_us}&lookback=2d",
+                encode(&object)
+            ),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(jaeger_ids(&body), expected, "Jaeger tags {tags:?}");
+        let jaeger_tag: String = tags
+            .iter()
+            .map(|(k, v)| format!("&tag={}", encode(&format!("{k}:{v}"))))
+            .collect();
+        let (_, body) = get(
+            &collector,
+            &format!("/api/traces?service=ledger{jaeger_tag}&start={start_us}&lookback=2d"),
+        );
+        assert_eq!(jaeger_ids(&body), expected, "Jaeger tag {tags:?}");
+        let (status, body) = get(
+            &collector,
+            &format!(
+                "/api/v3/traces?query.serviceName=ledger&query.attributes={}&{window}",
+                encode(&object)
+            ),
+        );
+        let v3: Vec<String> = if status == 404 {
+            Vec::new()
+        } else {
+            assert_eq!(status, 200, "{body}");
+            let mut ids: Vec<String> = body["result"]["resourceSpans"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{body}"))
+                .iter()
+                .flat_map(|r| r["scopeSpans"].as_array().unwrap().clone())
+                .flat_map(|s| s["spans"].as_array().unwrap().clone())
+                .map(|span| span["traceId"].as_str().unwrap().to_owned())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        assert_eq!(v3, expected, "api_v3 {tags:?}: {body}");
+    }
+
+    // The native statistics filter the same way: the spans with the
+    // event field.
+    let (_, latency) = get(
+        &collector,
+        &format!(
+            "/api/v1/latency?service=ledger&kind=all&tag={}",
+            encode("exception.type=Timeout")
+        ),
+    );
+    assert_eq!(latency["count"], 3, "{latency}");
+    // An event's attribute is no span attribute: the call whose retry
+    // event carries http.request.resend_count is still a call made.
+    let (_, outbound) = get(&collector, "/api/v1/latency?service=ledger&kind=outbound");
+    assert_eq!(outbound["count"], 2, "{outbound}");
+    collector.stop();
+}
+
 #[test]
 fn jaeger_ui_2_19_endpoints_answer_in_jaegers_shapes() {
     let dir = tempfile::tempdir().unwrap();

@@ -63,20 +63,40 @@ impl<'s> ObjectBuilder<'s> {
             if skip.contains(&key) {
                 continue;
             }
-            let value = Node::Text(truncated(attributes::text(kv.value.as_ref())));
-            match self.position(key) {
-                None => self.push(key, value),
-                Some(at) => match &mut self.entries[at].1 {
-                    Node::Array(values) => values.push(value),
-                    existing => {
-                        let first = std::mem::replace(existing, Node::Array(Vec::with_capacity(2)));
-                        if let Node::Array(values) = existing {
-                            values.extend([first, value]);
-                        }
-                    }
-                },
-            }
+            self.insert(key, truncated(attributes::text(kv.value.as_ref())));
         }
+    }
+
+    /// Adds one more text value under `key` (an event's name as `event`):
+    /// beside the key's other values when it has some. Empty text is
+    /// left out.
+    pub fn add_value(&mut self, key: &'s str, text: &'s str) {
+        if !text.is_empty() {
+            self.insert(key, truncated(Cow::Borrowed(text)));
+        }
+    }
+
+    /// Adds `text` under `key`, making the key's values an array when it
+    /// has one already.
+    fn insert(&mut self, key: &'s str, text: Cow<'s, str>) {
+        let value = Node::Text(text);
+        match self.position(key) {
+            None => self.push(key, value),
+            Some(at) => match &mut self.entries[at].1 {
+                Node::Array(values) => values.push(value),
+                existing => {
+                    let first = std::mem::replace(existing, Node::Array(Vec::with_capacity(2)));
+                    if let Node::Array(values) = existing {
+                        values.extend([first, value]);
+                    }
+                }
+            },
+        }
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// Adds one text value under `key` (a span field shown as a tag, such

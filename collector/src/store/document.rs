@@ -179,7 +179,30 @@ pub fn build(fields: &SpanFields, span: SpanRef<'_>, stored: &[u8]) -> TantivyDo
     object.add_text("w3c.tracestate", &s.trace_state);
     doc.add_field_value(fields.attributes, &object.build());
     doc.add_bytes(fields.span, stored);
+    if let Some(field) = fields.events {
+        let events = event_fields(s);
+        if !events.is_empty() {
+            doc.add_field_value(field, &events.build());
+        }
+    }
     doc
+}
+
+/// The fields of a span's events as Jaeger shows them (its logs): each
+/// event's name as `event`, and its attributes. A key several events (or
+/// the name and an attribute) give holds every value.
+fn event_fields(span: &Span) -> ObjectBuilder<'_> {
+    let mut object = ObjectBuilder::with_capacity(
+        span.events
+            .iter()
+            .map(|event| 1 + event.attributes.len())
+            .sum(),
+    );
+    for event in &span.events {
+        object.add_value("event", &event.name);
+        object.add(&event.attributes, &[]);
+    }
+    object
 }
 
 #[cfg(test)]

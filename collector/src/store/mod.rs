@@ -273,7 +273,8 @@ impl SpanStore {
     /// Adds prepared documents of WAL record `seq`, skipping partitions
     /// that hold the record already and those outside `window` (past
     /// retention, or further ahead than clock skew explains: a WAL written
-    /// before such spans were refused).
+    /// before such spans were refused). A partition created by an earlier
+    /// version takes the documents without the fields its schema lacks.
     pub fn apply_prepared(
         &mut self,
         seq: u64,
@@ -290,10 +291,16 @@ impl SpanStore {
                 continue;
             };
             let path = &writable.partition.path;
+            let known = writable.partition.fields.count;
             let Some(writer) = writable.writer.as_ref() else {
                 continue;
             };
             for doc in docs {
+                let doc = if known < self.fields.count {
+                    fitted(doc, known)
+                } else {
+                    doc
+                };
                 writer
                     .add_document(doc)
                     .map_err(|source| StoreError::Index {
@@ -460,4 +467,21 @@ impl SpanStore {
         }
         Ok(checkpoint)
     }
+}
+
+/// `doc` without the values of fields past the first `known` (those a
+/// partition created by an earlier version lacks: fields are only ever
+/// added last, see [`schema::build`]).
+fn fitted(doc: TantivyDocument, known: usize) -> TantivyDocument {
+    let fits = |field: tantivy::schema::Field| (field.field_id() as usize) < known;
+    if doc.field_values().all(|(field, _)| fits(field)) {
+        return doc;
+    }
+    let mut out = TantivyDocument::new();
+    for (field, value) in doc.field_values() {
+        if fits(field) {
+            out.add_field_value(field, value);
+        }
+    }
+    out
 }

@@ -36,8 +36,8 @@ use super::{PartitionMap, StoreError};
 use crate::ids::{SpanId, TraceId};
 
 /// What spans to match. Every set field must match (AND); tags match on the
-/// attribute's text form (see [`crate::attributes::text`]), span attributes
-/// and resource attributes alike.
+/// attribute's text form (see [`crate::attributes::text`]), span attributes,
+/// resource attributes and event fields alike (see [`Condition::Tag`]).
 #[derive(Debug, Clone, Default)]
 pub struct SpanQuery {
     /// Resource `service.name`.
@@ -80,8 +80,11 @@ pub enum Condition {
     Status(i32),
     /// `http.response.status_code` within `from..=to`.
     HttpStatus(u16, u16),
-    /// An attribute (span or resource) with this text value, as in
-    /// [`SpanQuery::tags`].
+    /// A span attribute, a resource attribute, or a field of one of the
+    /// span's events (an attribute, or its name as `event`) with this
+    /// text value: where Jaeger's stores match a tag (span tags, process
+    /// tags, log fields). As in [`SpanQuery::tags`]. Event fields are
+    /// searched in partitions created from the version that indexes them.
     Tag(String, String),
     /// An attribute (span or resource) with this key, whatever its value.
     HasTag(String),
@@ -686,7 +689,7 @@ pub(super) fn build_query(fields: &SpanFields, query: &SpanQuery) -> Box<dyn Que
         term(Term::from_field_u64(fields.status, 2));
     }
     for (key, value) in &query.tags {
-        term(tag_term(fields, key, value));
+        clauses.push((Occur::Must, tag_query(fields, key, value)));
     }
     for condition in &query.conditions {
         clauses.push((Occur::Must, condition_query(fields, condition)));
@@ -733,9 +736,17 @@ pub(super) fn build_query(fields: &SpanFields, query: &SpanQuery) -> Box<dyn Que
     Box::new(BooleanQuery::new(clauses))
 }
 
-/// The term of attribute `key` with text `value`: keys with a field of
-/// their own are not in the JSON field.
-fn tag_term(fields: &SpanFields, key: &str, value: &str) -> Term {
+/// The spans where `key` has the text `value` ([`Condition::Tag`]): in
+/// the field of its own a key may have (the resource's `service.name`,
+/// the span's `http.route`, ...), in the JSON field of the other span and
+/// resource attributes (a resource's `http.route`, a status code sent as
+/// a string), or in the JSON field of the events' fields.
+fn tag_query(fields: &SpanFields, key: &str, value: &str) -> Box<dyn Query> {
+    let json = |field| {
+        let mut term = Term::from_field_json_path(field, key, true);
+        term.append_type_and_str(value);
+        term
+    };
     let dedicated = match key {
         "service.name" => Some(Term::from_field_text(fields.service, value)),
         "http.request.method" => Some(Term::from_field_text(fields.http_method, value)),
@@ -747,11 +758,21 @@ fn tag_term(fields: &SpanFields, key: &str, value: &str) -> Term {
             .map(|code| Term::from_field_u64(fields.http_status, code)),
         _ => None,
     };
-    dedicated.unwrap_or_else(|| {
-        let mut json = Term::from_field_json_path(fields.attributes, key, true);
-        json.append_type_and_str(value);
-        json
-    })
+    let terms: Vec<Term> = dedicated
+        .into_iter()
+        .chain([json(fields.attributes)])
+        .chain(fields.events.map(json))
+        .collect();
+    Box::new(BooleanQuery::new(
+        terms
+            .into_iter()
+            .map(|term| {
+                let query: Box<dyn Query> =
+                    Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+                (Occur::Should, query)
+            })
+            .collect(),
+    ))
 }
 
 /// Every span with attribute `key` set: a range over the key's terms.
@@ -802,7 +823,7 @@ fn condition_query(fields: &SpanFields, condition: &Condition) -> Box<dyn Query>
             Bound::Included(Term::from_field_u64(fields.http_status, u64::from(*from))),
             Bound::Included(Term::from_field_u64(fields.http_status, u64::from(*to))),
         )),
-        Condition::Tag(key, value) => term(tag_term(fields, key, value)),
+        Condition::Tag(key, value) => tag_query(fields, key, value),
         Condition::HasTag(key) => has_tag_query(fields, key),
         Condition::Not(inner) => Box::new(BooleanQuery::new(vec![
             (Occur::Must, Box::new(AllQuery) as Box<dyn Query>),

@@ -59,6 +59,12 @@ pub mod names {
     /// Indexed only: every search and aggregation leaves these documents
     /// out. Partitions created before it existed lack the field.
     pub const DUPLICATE: &str = "duplicate";
+    /// Every event's attributes, and its name as `event`, values as
+    /// strings: what Jaeger shows as the span's log fields, which a tag
+    /// search matches beside [`ATTRIBUTES`] (as Jaeger's stores match log
+    /// fields). Indexed only. Partitions created before it existed lack
+    /// the field.
+    pub const EVENTS: &str = "events";
 }
 
 /// The fields of one index, looked up once.
@@ -104,6 +110,12 @@ pub struct SpanFields {
     pub edge_error: Field,
     /// See [`names::DUPLICATE`]; `None` in a partition created before it.
     pub duplicate: Option<Field>,
+    /// See [`names::EVENTS`]; `None` in a partition created before it.
+    pub events: Option<Field>,
+    /// How many fields the schema has. A partition created by an earlier
+    /// version has fewer: the first ones, each with the same id (fields
+    /// are only ever added last).
+    pub count: usize,
 }
 
 /// A whole-value text field, searched by exact term only.
@@ -143,24 +155,30 @@ pub fn build() -> Schema {
     builder.add_text_field(HTTP_ROUTE, keyword());
     builder.add_u64_field(HTTP_STATUS, number());
     builder.add_text_field(PEER_SERVICE, keyword());
-    let json_indexing = TextFieldIndexing::default()
-        .set_tokenizer("raw")
-        .set_index_option(IndexRecordOption::Basic)
-        .set_fieldnorms(false);
-    builder.add_json_field(
-        ATTRIBUTES,
-        JsonObjectOptions::default()
-            .set_indexing_options(json_indexing)
-            .set_expand_dots_enabled(),
-    );
+    builder.add_json_field(ATTRIBUTES, attribute_object());
     builder.add_bytes_field(SPAN, BytesOptions::default().set_stored());
     builder.add_text_field(RESPONSE_FLAGS, fast_keyword());
     builder.add_text_field(EDGE, fast_keyword());
     builder.add_text_field(EDGE_ERROR, fast_keyword());
-    // Last: the fields before it keep their ids, so documents built with
-    // this schema fit a partition created without it (when unmarked).
+    // Fields are added last only: the fields before keep their ids, so
+    // documents built with this schema fit a partition created without
+    // the newer ones, once their values are left out (see
+    // `SpanStore::apply_prepared`).
     builder.add_u64_field(DUPLICATE, NumericOptions::default().set_indexed());
+    builder.add_json_field(EVENTS, attribute_object());
     builder.build()
+}
+
+/// A JSON field of attributes: every value searched as a whole term by
+/// its key's path.
+fn attribute_object() -> JsonObjectOptions {
+    let indexing = TextFieldIndexing::default()
+        .set_tokenizer("raw")
+        .set_index_option(IndexRecordOption::Basic)
+        .set_fieldnorms(false);
+    JsonObjectOptions::default()
+        .set_indexing_options(indexing)
+        .set_expand_dots_enabled()
 }
 
 impl SpanFields {
@@ -189,6 +207,8 @@ impl SpanFields {
             edge: f(EDGE)?,
             edge_error: f(EDGE_ERROR)?,
             duplicate: f(DUPLICATE).ok(),
+            events: f(EVENTS).ok(),
+            count: schema.num_fields(),
         })
     }
 }

@@ -312,20 +312,26 @@ fn marked_copies_are_stored_and_read_but_never_counted() {
     );
 }
 
+/// The schema as it was before `field` was added: every field before it,
+/// in the same order (fields are only ever added last).
+fn schema_before(field: &str) -> tantivy::schema::Schema {
+    let mut before = tantivy::schema::Schema::builder();
+    for (_, entry) in schema::build()
+        .fields()
+        .take_while(|(_, entry)| entry.name() != field)
+    {
+        before.add_field(entry.clone());
+    }
+    before.build()
+}
+
 #[test]
 fn a_partition_created_before_the_mark_takes_new_documents_unmarked() {
     let dir = tempfile::tempdir().unwrap();
     let id = PartitionId::containing(NOW, DAY);
     let path = dir.path().join("spans").join(id.dir_name());
     std::fs::create_dir_all(&path).unwrap();
-    // The schema as it was: every field but the mark, in the same order.
-    let mut before = tantivy::schema::Schema::builder();
-    for (_, entry) in schema::build().fields() {
-        if entry.name() != schema::names::DUPLICATE {
-            before.add_field(entry.clone());
-        }
-    }
-    tantivy::Index::create_in_dir(&path, before.build()).unwrap();
+    tantivy::Index::create_in_dir(&path, schema_before(schema::names::DUPLICATE)).unwrap();
 
     let mut store = open(dir.path());
     assert!(!store.marks_duplicates(id));
@@ -353,4 +359,124 @@ fn a_partition_created_before_the_mark_takes_new_documents_unmarked() {
         2,
         "such a partition cannot leave the copy out"
     );
+}
+
+/// `batch` with events on its first span: an exception (attribute
+/// `exception.type`) and a retry (attributes `attempt` and
+/// `http.request.resend_count`).
+fn with_events(mut batch: Vec<ResourceSpans>) -> Vec<ResourceSpans> {
+    use opentelemetry_proto::tonic::trace::v1::span::Event;
+    let span = &mut batch[0].scope_spans[0].spans[0];
+    span.events = vec![
+        Event {
+            time_unix_nano: span.start_time_unix_nano,
+            name: "exception".into(),
+            attributes: vec![attributes::string("exception.type", "Timeout")],
+            ..Default::default()
+        },
+        Event {
+            time_unix_nano: span.start_time_unix_nano,
+            name: "retry".into(),
+            attributes: vec![
+                attributes::int("attempt", 2),
+                attributes::int("http.request.resend_count", 1),
+            ],
+            ..Default::default()
+        },
+    ];
+    batch
+}
+
+fn tags(pairs: &[(&str, &str)]) -> SpanQuery {
+    SpanQuery {
+        tags: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A tag matches a span attribute, a resource attribute or an event field
+/// (an attribute, or the name as `event`), as Jaeger's stores match span
+/// tags, process tags and log fields; every tag on one span. An event's
+/// attribute is no attribute of the span: `HasTag` does not see it.
+#[test]
+fn tags_match_event_fields_beside_span_and_resource_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let sent = with_events(batch(
+        "cart",
+        1,
+        &[
+            (1, 0, "GET /cart", NOW, 30, 0),
+            (2, 1, "SELECT", NOW + 1000, 5, 0),
+        ],
+    ));
+    store.apply(1, &sent, TimeWindow::ALL, |_| {}).unwrap();
+    store.commit().unwrap();
+    let reader = store.reader();
+    for (pairs, spans) in [
+        (&[("exception.type", "Timeout")][..], 1),
+        (&[("event", "retry")], 1),
+        (&[("attempt", "2")], 1),
+        (&[("http.request.method", "GET"), ("attempt", "2")], 1),
+        (&[("k8s.namespace.name", "shop"), ("event", "exception")], 1),
+        (&[("exception.type", "Timeout"), ("event", "retry")], 1),
+        (&[("exception.type", "Deadline")], 0),
+        (&[("http.request.method", "GET")], 2),
+    ] {
+        assert_eq!(reader.count(&tags(pairs)).unwrap(), spans, "{pairs:?}");
+        let mut query = SpanQuery::default();
+        query.conditions.extend(
+            pairs
+                .iter()
+                .map(|(k, v)| Condition::Tag((*k).to_owned(), (*v).to_owned())),
+        );
+        assert_eq!(reader.count(&query).unwrap(), spans, "{pairs:?}");
+    }
+    let resends = SpanQuery {
+        conditions: vec![Condition::HasTag("http.request.resend_count".into())],
+        ..Default::default()
+    };
+    assert_eq!(reader.count(&resends).unwrap(), 0);
+}
+
+/// A partition created before event fields were indexed takes documents
+/// with events, without their event fields: the spans are stored whole
+/// and found by their attributes.
+#[test]
+fn a_partition_created_before_event_fields_takes_documents_without_them() {
+    for lacking in [schema::names::EVENTS, schema::names::DUPLICATE] {
+        let dir = tempfile::tempdir().unwrap();
+        let id = PartitionId::containing(NOW, DAY);
+        let path = dir.path().join("spans").join(id.dir_name());
+        std::fs::create_dir_all(&path).unwrap();
+        tantivy::Index::create_in_dir(&path, schema_before(lacking)).unwrap();
+        let mut store = open(dir.path());
+        let mut filter = ResendFilter::new();
+        let sent = with_events(batch("cart", 1, &[(1, 0, "GET /cart", NOW, 30, 0)]));
+        apply_marked(&mut store, &mut filter, 1, &sent);
+        store.commit().unwrap();
+        let reader = store.reader();
+        let trace = reader.trace(TraceId([1; 16])).unwrap().unwrap();
+        assert_eq!(
+            trace.spans[0].span, sent[0].scope_spans[0].spans[0],
+            "{lacking}"
+        );
+        assert_eq!(
+            reader
+                .count(&tags(&[("http.request.method", "GET")]))
+                .unwrap(),
+            1,
+            "{lacking}"
+        );
+        assert_eq!(
+            reader
+                .count(&tags(&[("exception.type", "Timeout")]))
+                .unwrap(),
+            0,
+            "{lacking}: not indexed there"
+        );
+    }
 }

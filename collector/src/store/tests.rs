@@ -480,3 +480,39 @@ fn a_partition_created_before_event_fields_takes_documents_without_them() {
         );
     }
 }
+
+/// A key with a field of its own is found where that field is not used
+/// too: a string `http.response.status_code` (the field holds integers),
+/// a resource's `http.route` (the field holds the span's).
+#[test]
+fn a_tag_is_found_beside_the_field_of_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let mut sent = batch("cart", 1, &[(1, 0, "GET /cart", NOW, 30, 0)]);
+    sent[0].scope_spans[0].spans[0].attributes =
+        vec![attributes::string("http.response.status_code", "503")];
+    if let Some(resource) = &mut sent[0].resource {
+        resource
+            .attributes
+            .push(attributes::string("http.route", "/cart"));
+    }
+    let typed = batch("cart", 2, &[(2, 0, "GET /cart", NOW, 30, 2)]);
+    store.apply(1, &sent, TimeWindow::ALL, |_| {}).unwrap();
+    store.apply(2, &typed, TimeWindow::ALL, |_| {}).unwrap();
+    store.commit().unwrap();
+    let reader = store.reader();
+    assert_eq!(
+        reader
+            .count(&tags(&[("http.response.status_code", "503")]))
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        reader
+            .count(&tags(&[("http.response.status_code", "500")]))
+            .unwrap(),
+        1,
+        "the integer, in its field"
+    );
+    assert_eq!(reader.count(&tags(&[("http.route", "/cart")])).unwrap(), 1);
+}

@@ -321,6 +321,41 @@ async fn outlier_detection_ejects_and_returns_a_host() {
     );
 }
 
+/// An ejected host's share goes to all the hosts left, as Envoy's round
+/// robin turns over its healthy hosts: the agent gave it whole to the
+/// host listed after it, which then took twice the others' load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ejected_hosts_share_is_spread_over_the_rest() {
+    let hosts = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+        Upstream::start("d").await,
+    ];
+    hosts[1].fail_with(503);
+    let refs: Vec<&Upstream> = hosts.iter().collect();
+    let policy = "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 5m, maxEjectionPercent: 100}}";
+    let agent = mesh_without_retries(&refs, policy).await;
+    let client = Client::h1(agent.outbound);
+    while hosts[1].count() == 0 {
+        client.get("http://app:9080/").await;
+    }
+    let before: Vec<usize> = hosts.iter().map(Upstream::count).collect();
+    for _ in 0..300 {
+        assert_eq!(client.get("http://app:9080/").await.status, 200);
+    }
+    let share: Vec<usize> = (hosts.iter().zip(&before))
+        .map(|(h, b)| h.count() - b)
+        .collect();
+    assert_eq!(share[1], 0, "{share:?}");
+    for i in [0, 2, 3] {
+        assert!(
+            (90..=110).contains(&share[i]),
+            "round robin over the three left: {share:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn max_ejection_percent_holds_and_all_ejected_is_uh() {
     let hosts = [

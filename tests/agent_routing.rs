@@ -259,6 +259,70 @@ async fn consistent_hash_keeps_a_key_on_one_endpoint() {
     );
 }
 
+/// A retry under a hash policy goes to the key's endpoint again, as Envoy
+/// does under the retry policy Istio renders for a cluster with a hash
+/// policy (no previous-hosts predicate): the agent sent each retry to
+/// another endpoint, which holds none of the session's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hash_policy_keeps_retries_on_the_keys_endpoint() {
+    let reviews = Reviews::start().await;
+    for upstream in &reviews.upstreams {
+        upstream.fail_with(503);
+    }
+    let rules =
+        "  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 2, retryOn: 5xx}\n";
+    let agent = reviews
+        .agent(
+            "{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}",
+            &virtual_service(rules),
+        )
+        .await;
+    let client = Client::h1(agent.outbound);
+    for user in ["alice", "bob", "carol"] {
+        let before: Vec<usize> = reviews.upstreams.iter().map(Upstream::count).collect();
+        let reply = client
+            .get_with("http://reviews:9080/fail", &[("x-user", user)])
+            .await;
+        assert_eq!(reply.status, 503, "{user}");
+        let tries: Vec<usize> = (reviews.upstreams.iter().zip(&before))
+            .map(|(u, b)| u.count() - b)
+            .collect();
+        assert_eq!(tries.iter().sum::<usize>(), 3, "{user}: {tries:?}");
+        assert!(tries.contains(&3), "{user}'s attempts spread: {tries:?}");
+    }
+}
+
+/// `useSourceIp` hashes the downstream remote address, which a sidecar
+/// takes from `x-forwarded-for` as Envoy does (`use_remote_address:
+/// false`): an app that forwards its users' addresses spreads them over
+/// the endpoints. The agent hashed the app's own address, and sent every
+/// user to one endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_ip_hash_reads_the_forwarded_address() {
+    let reviews = Reviews::start().await;
+    let agent = reviews
+        .agent("{loadBalancer: {consistentHash: {useSourceIp: true}}}", "")
+        .await;
+    let client = Client::h1(agent.outbound);
+    let mut homes: HashMap<String, String> = HashMap::new();
+    for round in 0..3 {
+        for user in 1..=16 {
+            let xff = format!("10.0.0.{user}");
+            let reply = client
+                .get_with("http://reviews:9080/ip", &[("x-forwarded-for", &xff)])
+                .await;
+            assert_eq!(reply.status, 200);
+            let home = homes.entry(xff.clone()).or_insert_with(|| reply.upstream());
+            assert_eq!(*home, reply.upstream(), "{xff} moved in round {round}");
+        }
+    }
+    let distinct: std::collections::HashSet<&String> = homes.values().collect();
+    assert!(
+        distinct.len() >= 2,
+        "16 forwarded addresses should spread over the endpoints: {distinct:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_name_of_a_service_reaches_it() {
     let reviews = Reviews::start().await;

@@ -17,7 +17,8 @@ pub struct PickInput<'a> {
     pub headers: &'a HeaderMap,
     /// The raw query string, if any.
     pub query: Option<&'a str>,
-    /// The caller's address.
+    /// The caller's address: for `useSourceIp`, the downstream remote
+    /// address as Envoy takes it (a sidecar's from `x-forwarded-for`).
     pub source_ip: IpAddr,
 }
 
@@ -96,6 +97,81 @@ impl Balancer {
                 None => fastrand::usize(..n), // no key in this request: spread randomly, as Envoy does
             },
         })
+    }
+}
+
+impl Balancer {
+    /// Whether a retry stays on the endpoint the key picked: Istio renders
+    /// no `previous_hosts` retry predicate for a cluster with a hash
+    /// policy (`route/retry/retry.go`, `newRetryPolicy`), so Envoy sends
+    /// a retry to the key's endpoint again.
+    pub fn keeps_retries(&self) -> bool {
+        matches!(self, Self::ConsistentHash { .. })
+    }
+
+    /// Whether the policy hashes the caller's address (`useSourceIp`).
+    pub fn hashes_source_ip(&self) -> bool {
+        matches!(
+            self,
+            Self::ConsistentHash {
+                key: HashKey::SourceIp,
+                ..
+            }
+        )
+    }
+
+    /// Picks an index into `endpoints` among those `allowed` takes, as
+    /// Envoy's balancers pick among the healthy hosts only (an ejected
+    /// host leaves the set) and re-pick for a retry that must not go to a
+    /// host it tried: the policy applied to what is left, so each endpoint
+    /// left takes an equal part of what the others would have taken (round
+    /// robin takes the next turns until one is allowed; random and least
+    /// request draw among those allowed). A hash policy walks its lookup table
+    /// on from the key's place to the next endpoint allowed: Maglev's
+    /// table interleaves the endpoints, so an ejected endpoint's keys
+    /// spread over the others, and each key still lands in one place.
+    /// `None` when `allowed` takes none. O(endpoints): for the rare pick
+    /// whose first choice [`Self::pick`] may not take.
+    pub fn pick_among(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        input: PickInput<'_>,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let left = (0..endpoints.len()).filter(|i| allowed(*i)).count();
+        let nth = |k: usize| (0..endpoints.len()).filter(|i| allowed(*i)).nth(k);
+        if left <= 1 {
+            return nth(0);
+        }
+        match self {
+            // The turns go on past the endpoints not allowed: round robin
+            // over those left, as Envoy's over its healthy hosts.
+            Self::RoundRobin(next) => (0..endpoints.len())
+                .map(|_| next.fetch_add(1, Ordering::Relaxed) % endpoints.len())
+                .find(|i| allowed(*i)),
+            Self::Random => nth(fastrand::usize(..left)),
+            Self::LeastRequest => {
+                let a = fastrand::usize(..left);
+                let b = (a + 1 + fastrand::usize(..left - 1)) % left;
+                let (a, b) = (nth(a)?, nth(b)?);
+                Some(
+                    if endpoints[b].state.active() < endpoints[a].state.active() {
+                        b
+                    } else {
+                        a
+                    },
+                )
+            }
+            Self::ConsistentHash { key, table } => match hash_of(key, input) {
+                Some(hash) => {
+                    let at = (hash % table.len() as u64) as usize;
+                    (0..table.len())
+                        .map(|k| table[(at + k) % table.len()] as usize)
+                        .find(|i| allowed(*i))
+                }
+                None => nth(fastrand::usize(..left)),
+            },
+        }
     }
 }
 

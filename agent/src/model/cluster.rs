@@ -358,15 +358,23 @@ impl Cluster {
     }
 
     /// Picks an endpoint: the balancer's choice unless it is ejected (or was
-    /// already tried, for retries); then the next usable one. `None` when
-    /// every endpoint is ejected — unless fewer than `minHealthPercent` are
-    /// healthy, in which case ejections are ignored (Envoy's panic mode).
+    /// already tried, for retries; a hash policy's retries go to the key's
+    /// endpoint again, as Istio renders them); then the balancer's choice
+    /// among the endpoints left ([`Balancer::pick_among`]), untried ones
+    /// first. `None` when every endpoint is ejected — unless fewer than
+    /// `minHealthPercent` are healthy, in which case ejections are ignored
+    /// (Envoy's panic mode).
     pub fn pick(&self, input: PickInput<'_>, tried: &[usize]) -> Option<usize> {
         let first = self.balancer.pick(&self.endpoints, input)?;
         let now = now_ms();
         let ejected = |i: usize| self.outlier.is_some() && self.endpoints[i].state.is_ejected(now);
-        let fresh = |i: &usize| !tried.contains(i);
-        if !ejected(first) && fresh(&first) {
+        let tried = if self.balancer.keeps_retries() {
+            &[][..]
+        } else {
+            tried
+        };
+        let fresh = |i: usize| !tried.contains(&i);
+        if !ejected(first) && fresh(first) {
             return Some(first);
         }
         let n = self.endpoints.len();
@@ -374,10 +382,10 @@ impl Cluster {
             let healthy = (0..n).filter(|i| !ejected(*i)).count();
             (healthy as u64) * 100 < u64::from(o.min_health_percent) * n as u64
         });
-        let usable = |i: &usize| panic || !ejected(*i);
-        let mut order = (0..n).map(|k| (first + k) % n);
-        let untried = order.clone().filter(usable).find(fresh);
-        untried.or_else(|| order.find(usable))
+        let usable = |i: usize| panic || !ejected(i);
+        (self.balancer)
+            .pick_among(&self.endpoints, input, |i| usable(i) && fresh(i))
+            .or_else(|| (self.balancer).pick_among(&self.endpoints, input, usable))
     }
 
     /// Whether to speak HTTP/2 upstream: ports declared HTTP2 or GRPC
@@ -460,5 +468,133 @@ pub(crate) mod testing {
             upstream_bind: None,
             pooling: Default::default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use http::HeaderMap;
+
+    use super::testing::cluster;
+    use super::*;
+    use crate::model::balancer::HashKey;
+    use crate::model::clock::now_ms;
+    use crate::model::live::OutlierSettings;
+    use crate::model::service::Protocol;
+
+    const FOUR: [&str; 4] = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"];
+
+    /// The four-endpoint cluster with `balancer`, its third endpoint
+    /// ejected.
+    fn one_ejected(balancer: Balancer) -> Cluster {
+        let settings = OutlierSettings {
+            consecutive_5xx: 1,
+            consecutive_gateway: 0,
+            interval: Duration::from_secs(1),
+            base_ejection: Duration::from_secs(120),
+            max_ejection_percent: 100,
+            min_health_percent: 0,
+        };
+        let mut cluster = plain();
+        cluster.endpoints[2].state.eject(now_ms(), &settings);
+        cluster.outlier = Some(settings);
+        cluster.balancer = balancer;
+        cluster
+    }
+
+    fn plain() -> Cluster {
+        Arc::into_inner(cluster("reviews", 80, Protocol::Http, &FOUR)).unwrap()
+    }
+
+    fn input(headers: &HeaderMap) -> PickInput<'_> {
+        PickInput {
+            headers,
+            query: None,
+            source_ip: "10.1.0.1".parse().unwrap(),
+        }
+    }
+
+    /// An ejected endpoint's share goes to every endpoint left, as Envoy's
+    /// balancers pick among the healthy hosts: the endpoint listed after it
+    /// took the whole share, twice the others' load.
+    #[test]
+    fn an_ejected_endpoints_share_is_spread_over_the_others() {
+        let headers = HeaderMap::new();
+        for balancer in [
+            Balancer::RoundRobin(Default::default()),
+            Balancer::Random,
+            Balancer::LeastRequest,
+        ] {
+            let name = balancer.name();
+            let cluster = one_ejected(balancer);
+            let mut counts = [0u32; 4];
+            for _ in 0..3000 {
+                counts[cluster.pick(input(&headers), &[]).unwrap()] += 1;
+            }
+            assert_eq!(counts[2], 0, "{name}: {counts:?}");
+            for i in [0, 1, 3] {
+                assert!((800..=1200).contains(&counts[i]), "{name}: {counts:?}");
+            }
+        }
+    }
+
+    /// A hash policy's keys on an ejected endpoint spread over the others,
+    /// each key still to one place; the keys elsewhere do not move.
+    #[test]
+    fn an_ejected_endpoints_keys_spread_and_the_rest_stay() {
+        let key = HashKey::Header(http::HeaderName::from_static("x-user"));
+        let healthy = plain();
+        let hashed = |c: &Cluster| Balancer::consistent_hash(key.clone(), &c.endpoints, 65537);
+        let healthy = Cluster {
+            balancer: hashed(&healthy),
+            ..healthy
+        };
+        let ejected = one_ejected(hashed(&healthy));
+        let mut moved = [0u32; 4];
+        for user in 0..2000 {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-user", user.to_string().parse().unwrap());
+            let before = healthy.pick(input(&headers), &[]).unwrap();
+            let after = ejected.pick(input(&headers), &[]).unwrap();
+            assert_eq!(after, ejected.pick(input(&headers), &[]).unwrap());
+            if before == 2 {
+                moved[after] += 1;
+            } else {
+                assert_eq!(before, after, "user {user}");
+            }
+        }
+        assert_eq!(moved[2], 0, "{moved:?}");
+        for i in [0, 1, 3] {
+            assert!(moved[i] > 60, "{moved:?}");
+        }
+    }
+
+    /// A retry goes to an endpoint not tried yet, chosen among those left;
+    /// with a hash policy it goes to the key's endpoint again, as Istio
+    /// renders no previous-hosts predicate there.
+    #[test]
+    fn retries_leave_tried_endpoints_unless_the_policy_hashes() {
+        let headers = HeaderMap::new();
+        let random = one_ejected(Balancer::Random);
+        for _ in 0..200 {
+            let picked = random.pick(input(&headers), &[0, 1]).unwrap();
+            assert_eq!(picked, 3);
+        }
+        // Every endpoint left was tried: one of them again.
+        assert!([0, 1, 3].contains(&random.pick(input(&headers), &[0, 1, 3]).unwrap()));
+
+        let key = HashKey::Header(http::HeaderName::from_static("x-user"));
+        let hashed = plain();
+        let hashed = Cluster {
+            balancer: Balancer::consistent_hash(key, &hashed.endpoints, 65537),
+            ..hashed
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", "alice".parse().unwrap());
+        let first = hashed.pick(input(&headers), &[]).unwrap();
+        assert_eq!(hashed.pick(input(&headers), &[first]).unwrap(), first);
     }
 }

@@ -276,7 +276,11 @@ impl Attempts<'_> {
         let mut head = Some(head);
         async move {
             let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
-            let mut _retry_slot: Option<Slot> = None;
+            // The cluster's `maxRetries` slot of the retry in flight: held
+            // until its outcome is judged, as Envoy's retry state holds its
+            // `rq_retry_open` until the next `shouldRetry` (which gives it
+            // back before asking for another).
+            let mut retry_slot: Option<Slot> = None;
             let from_head = self.timeout.map(|timeout| Instant::now() + timeout);
             if from_head.is_some() {
                 body.progress.time_the_end();
@@ -345,6 +349,7 @@ impl Attempts<'_> {
                 let exhausted =
                     self.retry.attempts > 0 && attempt == self.retry.attempts && replayable;
                 let deadline = self.deadline(&body.progress, from_head, false);
+                drop(retry_slot.take());
                 let judged = self.judge(
                     outcome, failure, endpoint, started, exhausted, may_retry, deadline, record,
                 );
@@ -355,7 +360,7 @@ impl Attempts<'_> {
                     }
                     Judged::Fail(reply) => return Err(reply),
                     Judged::Retry(slot, reason) => {
-                        _retry_slot = Some(slot);
+                        retry_slot = Some(slot);
                         record.retrying(attempt + 1, reason);
                         self.back_off(attempt + 1, deadline).await;
                     }

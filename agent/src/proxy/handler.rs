@@ -305,7 +305,19 @@ pub fn handle(
             cluster,
             retry: &policy.retry,
             timeout,
-            source_ip: down.peer.ip(),
+            // `useSourceIp` hashes the downstream remote address, which
+            // Envoy takes from x-forwarded-for where it does not use the
+            // peer's (a sidecar's `use_remote_address: false`).
+            source_ip: if cluster.balancer.hashes_source_ip() {
+                access::remote_ip(
+                    &parts.headers,
+                    down.peer.ip(),
+                    snapshot.bootstrap.num_trusted_proxies,
+                    down.gateway.is_some(),
+                )
+            } else {
+                down.peer.ip()
+            },
             count_attempts: down.direction == Direction::Outbound || down.gateway.is_some(),
         };
         let upstream = Forwarder {

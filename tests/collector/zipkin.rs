@@ -316,3 +316,35 @@ fn a_batch_with_one_bad_span_is_refused_whole_and_none_of_it_stored() {
     );
     collector.stop();
 }
+
+/// A span without a time (no `timestamp`, no annotation) is stamped with
+/// the time the collector received it, which the clock skew allowance
+/// does not bound: it is kept with `max_clock_skew` zero too. (It was
+/// refused, with its batch, as ahead of the collector's clock: the bounds
+/// were read before the stamp.)
+#[test]
+fn a_span_stamped_on_receipt_is_kept_with_no_clock_skew_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(
+        dir.path(),
+        &["--commit-interval", "200ms", "--max-clock-skew", "0s"],
+    );
+    let trace = random_trace_id();
+    for id in 1..=20 {
+        let body = format!(
+            r#"[{{"traceId":"{trace}","id":"{id:016x}","name":"op","localEndpoint":{{"serviceName":"stamped"}}}}]"#
+        );
+        let response = post_spans(&collector, &body);
+        assert_eq!(
+            response.status,
+            202,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+    assert_eq!(
+        wait_for_trace(&collector.data_dir, trace, 20).spans.len(),
+        20
+    );
+    collector.stop();
+}

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::decode::{DecodedTraces, Undecodable};
@@ -14,7 +13,7 @@ use crate::error::IngestError;
 use crate::events;
 use crate::export::Exporters;
 use crate::handoff::{IndexItem, IngestQueue};
-use crate::metrics::{Metrics, Receiver, Refusal};
+use crate::metrics::{Metrics, Receiver};
 use crate::otlp_metrics::OtlpMetrics;
 use crate::store::SpanStore;
 use crate::store::document::span_count;
@@ -44,16 +43,6 @@ impl Accepted {
             message,
         }
     }
-}
-
-/// Whether a request may be written in part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Partial {
-    /// The spans that cannot be kept are left out and the rest written
-    /// (OTLP's partial success).
-    Allowed,
-    /// A span that cannot be kept refuses the whole request.
-    Refused,
 }
 
 /// Everything the ingest path is built from.
@@ -143,28 +132,19 @@ impl Ingest {
         receiver: Receiver,
         decoded: DecodedTraces,
     ) -> Result<Accepted, IngestError> {
-        self.append_traces(receiver, decoded, Partial::Allowed)
+        self.traces_within(receiver, decoded, self.time_bounds())
             .await
     }
 
-    /// As [`Self::traces`], for a receiver whose protocol has no partial
-    /// success (Zipkin): a span validation would remove refuses the whole
-    /// request ([`IngestError::Invalid`]), and nothing of it is written.
-    pub async fn traces_whole(
-        &self,
-        receiver: Receiver,
-        request: ExportTraceServiceRequest,
-    ) -> Result<(), IngestError> {
-        self.append_traces(receiver, request.into(), Partial::Refused)
-            .await
-            .map(|_| ())
-    }
-
-    async fn append_traces(
+    /// As [`Self::traces`], with the span times kept read earlier: a
+    /// receiver whose protocol has no partial success (Zipkin) refuses a
+    /// batch with a span outside `bounds` itself, and then validation
+    /// removes nothing of it.
+    pub async fn traces_within(
         &self,
         receiver: Receiver,
         decoded: DecodedTraces,
-        partial: Partial,
+        bounds: validate::TimeBounds,
     ) -> Result<Accepted, IngestError> {
         let DecodedTraces {
             mut request,
@@ -179,24 +159,7 @@ impl Ingest {
             .spans_received
             .with_label_values(&[label])
             .inc_by(received);
-        let rejected = validate::retain_valid(&mut request.resource_spans, self.time_bounds());
-        if partial == Partial::Refused && (undecodable.any() || rejected.count > 0) {
-            let error = IngestError::Invalid {
-                reason: if undecodable.any() {
-                    Refusal::Malformed
-                } else if rejected.out_of_range > 0 {
-                    Refusal::OutOfRange
-                } else {
-                    Refusal::Invalid
-                },
-                message: format!(
-                    "none of the batch stored; {}",
-                    Accepted::of(&undecodable, rejected).message
-                ),
-            };
-            events::batch_refused(&parts.metrics, receiver, received, &error);
-            return Err(error);
-        }
+        let rejected = validate::retain_valid(&mut request.resource_spans, bounds);
         events::spans_undecodable(&parts.metrics, receiver, &undecodable);
         events::spans_rejected(&parts.metrics, receiver, &rejected);
         let limited = parts.span_limits.apply(&mut request.resource_spans);

@@ -287,11 +287,16 @@ pub struct Refused {
 /// resource per local service, or refuses it whole: a body that is not a
 /// JSON list, or a list with a span that cannot be read or converted (an
 /// id that is not hex or is zero, a tag that is not a string) or whose
-/// times are outside `bounds`. A list that reads whole is read in one
-/// pass; one that does not is read again span by span to name the bad
-/// spans (serde_json skips over a span without recursing, whatever its
-/// depth).
-pub fn decode(body: &[u8], bounds: TimeBounds) -> Result<Vec<ResourceSpans>, Refused> {
+/// times are outside `bounds`. `received` (ns since the epoch, inside
+/// `bounds`) stands in for the time of a span that gives none. A list
+/// that reads whole is read in one pass; one that does not is read again
+/// span by span to name the bad spans (serde_json skips over a span
+/// without recursing, whatever its depth).
+pub fn decode(
+    body: &[u8],
+    received: u64,
+    bounds: TimeBounds,
+) -> Result<Vec<ResourceSpans>, Refused> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let spans: Vec<Result<ZipkinSpan, String>> =
         match serde_path_to_error::deserialize::<_, Vec<ZipkinSpan>>(&mut deserializer) {
@@ -310,9 +315,6 @@ pub fn decode(body: &[u8], bounds: TimeBounds) -> Result<Vec<ResourceSpans>, Ref
                 .collect(),
         };
     let total = spans.len() as u64;
-    let received = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
     let mut bad = Undecodable::default();
     let mut first_fault = None;
     let mut by_service: BTreeMap<String, BTreeMap<(String, String), Vec<Span>>> = BTreeMap::new();
@@ -406,7 +408,7 @@ mod tests {
             "remoteEndpoint":{"serviceName":"backend","ipv4":"10.0.0.2","port":8080},
             "annotations":[{"timestamp":1472470996238000,"value":"ws"}],
             "tags":{"http.method":"GET","error":"boom","otel.scope.name":"brave"}}]"#;
-        let batch = decode(body, TimeBounds::ALL).unwrap();
+        let batch = decode(body, RECEIVED, TimeBounds::ALL).unwrap();
         assert_eq!(
             attributes::service_name(batch[0].resource.as_ref()),
             "frontend"
@@ -448,24 +450,24 @@ mod tests {
         let body = br#"[{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010db","name":"late","duration":5,
             "localEndpoint":{"serviceName":"frontend"},"annotations":[{"timestamp":1472470996238000,"value":"ws"}]},
             {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc","localEndpoint":{"serviceName":"frontend"}}]"#;
-        let before = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        let batch = decode(body, TimeBounds::ALL).unwrap();
+        let batch = decode(body, RECEIVED, TimeBounds::ALL).unwrap();
         let spans = &batch[0].scope_spans[0].spans;
         assert_eq!(spans[0].start_time_unix_nano, 1_472_470_996_238_000_000);
         assert_eq!(
             spans[0].end_time_unix_nano - spans[0].start_time_unix_nano,
             5_000
         );
-        assert!(spans[1].start_time_unix_nano >= before, "received now");
+        assert_eq!(spans[1].start_time_unix_nano, RECEIVED, "received");
     }
+
+    /// When the tests' batches are received (ns): inside the bounds
+    /// [`zero_ids_and_times_the_store_does_not_keep_refuse_the_batch`] sets.
+    const RECEIVED: u64 = 1_500_000_000_000_000;
 
     /// The refusal of a batch: its span count, the reason counted, the
     /// message.
     fn refused(body: &[u8], bounds: TimeBounds) -> (u64, Refusal, String) {
-        match decode(body, bounds) {
+        match decode(body, RECEIVED, bounds) {
             Ok(batch) => panic!("decoded: {batch:?}"),
             Err(Refused { spans, error }) => (spans, error.reason(), error.to_string()),
         }
@@ -495,7 +497,7 @@ mod tests {
         assert_eq!((spans, reason), (0, Refusal::Malformed));
         assert!(message.contains("invalid JSON"), "{message}");
         // An empty list is an empty batch, as Zipkin takes it.
-        assert_eq!(decode(b"[]", TimeBounds::ALL).unwrap(), []);
+        assert_eq!(decode(b"[]", RECEIVED, TimeBounds::ALL).unwrap(), []);
     }
 
     #[test]
@@ -507,9 +509,25 @@ mod tests {
         let good =
             r#"{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010db","timestamp":1500000000000}"#;
         assert_eq!(
-            span_count(&decode(format!("[{good}]").as_bytes(), bounds).unwrap()),
+            span_count(&decode(format!("[{good}]").as_bytes(), RECEIVED, bounds).unwrap()),
             1
         );
+        // What is kept, at the bounds' edges or dated on receipt, is what
+        // validation keeps with the same bounds: the receiver writes the
+        // batch whole.
+        let mut edges = decode(
+            br#"[{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dc","timestamp":1000000000000},
+            {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010dd","timestamp":1999999999999,"duration":1},
+            {"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010de"}]"#,
+            RECEIVED,
+            bounds,
+        )
+        .unwrap();
+        assert_eq!(
+            crate::ingest::validate::retain_valid(&mut edges, bounds).count,
+            0
+        );
+        assert_eq!(span_count(&edges), 3);
         for (bad, reason, why) in [
             (
                 r#"{"traceId":"0","id":"4d1e00c0db9010dc","timestamp":1500000000000}"#,
@@ -548,6 +566,7 @@ mod tests {
         let batch = decode(
             br#"[{"traceId":"6154a4ba6e91385","id":"d1e00c0db9010db","parentId":"5b4"},
             {"traceId":"1","id":"2"}]"#,
+            RECEIVED,
             TimeBounds::ALL,
         )
         .unwrap();
@@ -593,7 +612,7 @@ mod tests {
         body.push('1');
         body.push_str(&"}".repeat(depth));
         body.push_str("}]");
-        let batch = decode(body.as_bytes(), TimeBounds::ALL).unwrap();
+        let batch = decode(body.as_bytes(), RECEIVED, TimeBounds::ALL).unwrap();
         assert_eq!(span_count(&batch), 1);
     }
 

@@ -3,6 +3,8 @@
 //! stored whole or not at all: a bad span refuses it (400, naming the span
 //! and its field), as Zipkin's server refuses a list it cannot decode.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -58,8 +60,15 @@ async fn spans(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> 
     };
     // Zipkin has no partial success: a bad span refuses the whole batch,
     // so a sender that retries it (or sends it again fixed) makes no
-    // copies of the good ones.
-    let resource_spans = match zipkin::decode(&bytes, ingest.time_bounds()) {
+    // copies of the good ones. The receipt time, which dates a span that
+    // gives none, is read before the bounds, so it is inside them; the
+    // bounds the spans were checked against are those the batch is
+    // written with, so validation removes none of them.
+    let received = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let bounds = ingest.time_bounds();
+    let resource_spans = match zipkin::decode(&bytes, received, bounds) {
         Ok(resource_spans) => resource_spans,
         Err(zipkin::Refused { spans: 0, error }) => {
             ingest.refused(Receiver::Zipkin, &error);
@@ -71,8 +80,14 @@ async fn spans(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> 
         }
     };
     let request = ExportTraceServiceRequest { resource_spans };
-    match ingest.traces_whole(Receiver::Zipkin, request).await {
-        Ok(()) => StatusCode::ACCEPTED.into_response(),
+    match ingest
+        .traces_within(Receiver::Zipkin, request.into(), bounds)
+        .await
+    {
+        Ok(accepted) => {
+            debug_assert_eq!(accepted.rejected, 0, "{}", accepted.message);
+            StatusCode::ACCEPTED.into_response()
+        }
         Err(error) => error_response(&error),
     }
 }

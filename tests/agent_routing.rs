@@ -292,6 +292,56 @@ async fn a_hash_policy_keeps_retries_on_the_keys_endpoint() {
     }
 }
 
+/// A cookie hash policy with a `ttl` makes the cookie for a request that
+/// came without it, routes that request by it, and sets it on the
+/// response, as Envoy does under Istio's rendering: the client's next
+/// requests, carrying it, reach the same endpoint. The agent made none, so
+/// a client never got session affinity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cookie_hash_with_a_ttl_sets_the_cookie_it_routes_by() {
+    let reviews = Reviews::start().await;
+    let agent = reviews
+        .agent(
+            "{loadBalancer: {consistentHash: {httpCookie: {name: sess, ttl: 60s, path: /, attributes: [{name: SameSite, value: Strict}]}}}}",
+            "",
+        )
+        .await;
+    let mut homes = std::collections::HashSet::new();
+    for _ in 0..12 {
+        // A new connection each time: a new cookie.
+        let client = Client::h1(agent.outbound);
+        let first = client.get("http://reviews:9080/cookie").await;
+        assert_eq!(first.status, 200);
+        let set = first.header("set-cookie").expect("a cookie is set");
+        let value = set
+            .strip_prefix("sess=\"")
+            .and_then(|v| v.split_once('"'))
+            .map(|(v, rest)| {
+                assert_eq!(rest, "; Max-Age=60; Path=/; SameSite=Strict; HttpOnly");
+                v.to_owned()
+            })
+            .unwrap_or_else(|| panic!("set-cookie: {set}"));
+        assert_eq!(value.len(), 16, "{set}");
+        let home = first.upstream();
+        for cookie in [
+            format!("sess=\"{value}\""),
+            format!("a=1; sess=\"{value}\""),
+        ] {
+            let next = Client::h1(agent.outbound)
+                .get_with("http://reviews:9080/cookie", &[("cookie", &cookie)])
+                .await;
+            assert_eq!(next.upstream(), home, "{cookie}");
+            assert_eq!(
+                next.header("set-cookie"),
+                None,
+                "a request with it gets none"
+            );
+        }
+        homes.insert(home);
+    }
+    assert!(homes.len() >= 2, "new clients spread: {homes:?}");
+}
+
 /// `useSourceIp` hashes the downstream remote address, which a sidecar
 /// takes from `x-forwarded-for` as Envoy does (`use_remote_address:
 /// false`): an app that forwards its users' addresses spreads them over

@@ -9,7 +9,7 @@ use crate::config::destination_rule::{
     OutlierDetection, PortTrafficPolicy, RetryBudget as RetryBudgetSettings, TrafficPolicy,
 };
 use crate::config::diagnostics::{Diagnostics, Location};
-use crate::model::balancer::{Balancer, DEFAULT_MAGLEV_TABLE_SIZE, HashKey};
+use crate::model::balancer::{Balancer, DEFAULT_MAGLEV_TABLE_SIZE, HashCookie, HashKey};
 use crate::model::cluster::{DEFAULT_CONNECT_TIMEOUT, Http2Keepalive, Keepalive, TcpKeepalive};
 use crate::model::endpoint::Endpoint;
 use crate::model::live::{OutlierSettings, PoolLimits, RetryBudget, UNLIMITED};
@@ -133,14 +133,6 @@ pub(super) fn validate_load_balancer(
             msg,
         );
     }
-    if hash.http_cookie.as_ref().is_some_and(|c| c.ttl.is_some()) {
-        let msg = "cookies are hashed when present but not generated; `ttl` is ignored";
-        diags.warn(
-            loc,
-            Some(format!("{field}.consistentHash.httpCookie.ttl")),
-            msg,
-        );
-    }
 }
 
 /// The balancer for a validated setting.
@@ -154,7 +146,15 @@ pub(super) fn balancer(lb: Option<&LoadBalancerSettings>, endpoints: &[Arc<Endpo
                 .map(HashKey::Header)
                 .ok()
         } else if let Some(cookie) = &hash.http_cookie {
-            Some(HashKey::Cookie(cookie.name.clone()))
+            let attributes: Vec<(String, Option<String>)> = (cookie.attributes.iter())
+                .map(|a| (a.name.clone(), a.value.clone()))
+                .collect();
+            Some(HashKey::Cookie(HashCookie::new(
+                cookie.name.clone(),
+                cookie.ttl.map(|t| t.get()),
+                cookie.path.as_deref(),
+                &attributes,
+            )))
         } else if let Some(param) = &hash.http_query_parameter_name {
             Some(HashKey::QueryParameter(param.clone()))
         } else {

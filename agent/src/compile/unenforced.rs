@@ -156,25 +156,10 @@ pub const FIELDS: &[Field] = &[
     warned(DR, "**.loadBalancer.warmup", "no slow start"),
     compiler_warns(
         DR,
-        "**.consistentHash.httpCookie.ttl",
-        "cookies are hashed when present, never generated",
-    ),
-    compiler_warns(
-        DR,
         "**.tls.credentialName",
         "Kubernetes secrets are not read; use the file fields",
     ),
     compiler_warns(DR, "**.tls.caCrl", "revocation lists are not checked"),
-    warned(
-        DR,
-        "**.consistentHash.httpCookie.path",
-        "cookies are hashed when present, never generated",
-    ),
-    warned(
-        DR,
-        "**.consistentHash.httpCookie.attributes",
-        "cookies are hashed when present, never generated",
-    ),
     warned(
         DR,
         "**.outlierDetection.splitExternalLocalOriginErrors",

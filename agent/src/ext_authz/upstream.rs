@@ -100,6 +100,7 @@ impl AuthzUpstream {
             headers: &headers,
             query: None,
             source_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            generated_cookie: None,
         };
         let (index, endpoint) = cluster
             .pick(input, &[])

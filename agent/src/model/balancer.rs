@@ -20,6 +20,9 @@ pub struct PickInput<'a> {
     /// The caller's address: for `useSourceIp`, the downstream remote
     /// address as Envoy takes it (a sidecar's from `x-forwarded-for`).
     pub source_ip: IpAddr,
+    /// The value of the hash policy's cookie made for this request, which
+    /// came without it ([`Balancer::cookie_to_set`]).
+    pub generated_cookie: Option<&'a str>,
 }
 
 /// The key a consistent hash is computed from.
@@ -28,11 +31,69 @@ pub enum HashKey {
     /// A request header's value.
     Header(http::HeaderName),
     /// A cookie's value.
-    Cookie(String),
+    Cookie(HashCookie),
     /// A query parameter's value.
     QueryParameter(String),
     /// The caller's IP.
     SourceIp,
+}
+
+/// The cookie a hash policy reads (`consistentHash.httpCookie`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashCookie {
+    /// The cookie's name.
+    pub name: String,
+    /// With a `ttl`, a request without the cookie gets one made, and its
+    /// response a `Set-Cookie` for it: what follows the value there
+    /// (`; Max-Age=<ttl in s>` unless 0, `; Path=<path>`, the attributes,
+    /// `; HttpOnly`, as Envoy's `makeSetCookieValue` writes them). `None`:
+    /// never made.
+    pub set_attributes: Option<String>,
+}
+
+impl HashCookie {
+    /// The cookie of `name`, made with `ttl` (none: never made), `path`
+    /// (none or empty: no `Path`) and `attributes` (name, value; an empty
+    /// value is the name alone), as Istio renders them into Envoy's hash
+    /// policy.
+    pub fn new(
+        name: String,
+        ttl: Option<std::time::Duration>,
+        path: Option<&str>,
+        attributes: &[(String, Option<String>)],
+    ) -> Self {
+        let set_attributes = ttl.map(|ttl| {
+            let mut text = String::new();
+            if ttl.as_secs() > 0 {
+                text.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+            }
+            if let Some(path) = path.filter(|p| !p.is_empty()) {
+                text.push_str(&format!("; Path={path}"));
+            }
+            for (name, value) in attributes {
+                match value.as_deref().filter(|v| !v.is_empty()) {
+                    Some(value) => text.push_str(&format!("; {name}={value}")),
+                    None => text.push_str(&format!("; {name}")),
+                }
+            }
+            text.push_str("; HttpOnly");
+            text
+        });
+        Self {
+            name,
+            set_attributes,
+        }
+    }
+}
+
+/// A cookie a hash policy made for a request that came without it: its
+/// value, for the pick, and the `Set-Cookie` line for the response.
+#[derive(Debug)]
+pub struct CookieToSet {
+    /// 16 hex digits.
+    pub value: String,
+    /// `name="value"` and the policy's attributes.
+    pub header: http::HeaderValue,
 }
 
 /// A load-balancing policy with its state.
@@ -109,6 +170,38 @@ impl Balancer {
         matches!(self, Self::ConsistentHash { .. })
     }
 
+    /// The cookie to make for a request that came without the policy's
+    /// cookie, when the policy has a `ttl`: as Envoy's router makes it
+    /// (`addDownstreamSetCookie`), a hash of the downstream connection's
+    /// two addresses in hex, so the requests of one connection get the
+    /// same; the response then sets it (`Set-Cookie`), and the client's
+    /// next requests carry it to the same endpoint. `None` for any other
+    /// policy, or when the request carries the cookie.
+    pub fn cookie_to_set(
+        &self,
+        headers: &HeaderMap,
+        peer: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+    ) -> Option<CookieToSet> {
+        let Self::ConsistentHash {
+            key: HashKey::Cookie(cookie),
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let attributes = cookie.set_attributes.as_deref()?;
+        if cookie_value(headers, &cookie.name).is_some() {
+            return None;
+        }
+        let mut hasher = DefaultHasher::new();
+        (peer, local).hash(&mut hasher);
+        let value = format!("{:016x}", hasher.finish());
+        let header = format!("{}=\"{value}\"{attributes}", cookie.name);
+        let header = http::HeaderValue::try_from(header).ok()?;
+        Some(CookieToSet { value, header })
+    }
+
     /// Whether the policy hashes the caller's address (`useSourceIp`).
     pub fn hashes_source_ip(&self) -> bool {
         matches!(
@@ -180,7 +273,9 @@ fn hash_of(key: &HashKey, input: PickInput<'_>) -> Option<u64> {
     match key {
         HashKey::Header(name) => input.headers.get(name)?.as_bytes().hash(&mut hasher),
         HashKey::SourceIp => input.source_ip.hash(&mut hasher),
-        HashKey::Cookie(name) => cookie_value(input.headers, name)?.hash(&mut hasher),
+        HashKey::Cookie(cookie) => cookie_value(input.headers, &cookie.name)
+            .or(input.generated_cookie)?
+            .hash(&mut hasher),
         HashKey::QueryParameter(name) => query_value(input.query?, name)?.hash(&mut hasher),
     }
     Some(hasher.finish())
@@ -194,6 +289,14 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find_map(|(k, v)| (k == name).then_some(v))
+        // A quoted value is the text inside the quotes (RFC 6265 §4.1.1),
+        // as Envoy's `parseCookieValue` reads it, and as it sets the cookies
+        // it makes.
+        .map(|v| {
+            v.strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v)
+        })
 }
 
 /// The raw value of the first `name=` parameter in a query string.

@@ -514,6 +514,7 @@ mod tests {
             headers,
             query: None,
             source_ip: "10.1.0.1".parse().unwrap(),
+            generated_cookie: None,
         }
     }
 

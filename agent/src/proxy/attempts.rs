@@ -223,6 +223,8 @@ pub struct Attempts<'a> {
     pub timeout: Option<Duration>,
     /// The caller's IP (consistent hashing by source IP).
     pub source_ip: IpAddr,
+    /// The hash policy's cookie made for a request without it.
+    pub generated_cookie: Option<&'a str>,
     /// Each attempt carries its number in `x-envoy-attempt-count` (1 for
     /// the first), as Istio's outbound and gateway routes have Envoy do
     /// (`include_request_attempt_count`); inbound requests carry none.
@@ -291,6 +293,7 @@ impl Attempts<'_> {
                     headers: &template.headers,
                     query: template.uri.query(),
                     source_ip: self.source_ip,
+                    generated_cookie: self.generated_cookie,
                 };
                 let index = self
                     .cluster

@@ -301,6 +301,9 @@ pub fn handle(
         } else {
             policy.timeout
         };
+        // A cookie the hash policy makes for a request without it (a `ttl`),
+        // picked by and set on the upstream's response, as Envoy's router.
+        let set_cookie = (cluster.balancer).cookie_to_set(&parts.headers, down.peer, down.local);
         let attempts = Attempts {
             cluster,
             retry: &policy.retry,
@@ -318,6 +321,7 @@ pub fn handle(
             } else {
                 down.peer.ip()
             },
+            generated_cookie: set_cookie.as_ref().map(|c| c.value.as_str()),
             count_attempts: down.direction == Direction::Outbound || down.gateway.is_some(),
         };
         let upstream = Forwarder {
@@ -359,6 +363,11 @@ pub fn handle(
         }
         if let Some(allowed) = &allowed {
             allowed.apply(&mut parts.headers);
+        }
+        if let Some(cookie) = set_cookie {
+            parts
+                .headers
+                .append(http::header::SET_COOKIE, cookie.header);
         }
         Ok(match splice {
             Some(splice) => ex.switch_protocols(parts, upstream_time, splice),

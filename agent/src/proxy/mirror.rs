@@ -129,6 +129,7 @@ impl Copy {
             headers: &self.head.headers,
             query: self.head.uri.query(),
             source_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            generated_cookie: None,
         };
         let Some(index) = self.cluster.pick(input, &[]) else {
             return;

@@ -221,6 +221,7 @@ pub async fn proxy<IO>(
         headers: &no_headers,
         query: None,
         source_ip: peer.ip(),
+        generated_cookie: None,
     };
     let endpoint = chosen.or_else(|| {
         let cluster = cluster.as_ref()?;

@@ -283,6 +283,7 @@ async fn run_ending(
         retry: policy,
         timeout,
         source_ip: Ipv4Addr::LOCALHOST.into(),
+        generated_cookie: None,
         count_attempts: true,
     };
     let order = Rc::new(RefCell::default());

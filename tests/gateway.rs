@@ -828,3 +828,95 @@ async fn the_gateway_times_its_clients_as_its_downstream_says() {
     let seen = until_closed(&mut stalled).await;
     assert!(seen.starts_with("HTTP/1.1 408"), "{seen}");
 }
+
+/// A request entering the mesh loses what only the mesh may set, as
+/// Envoy cleans a request at Istio's gateway (every client is external
+/// there): the retry and timeout controls a sidecar further in obeys, the
+/// address and internal marks, the original path, the client's own
+/// `x-request-id`; and it gains `x-envoy-external-address`, the client's
+/// address. The gateway passed them all through as the client sent them.
+/// With `numTrustedProxies: 1`, the address is the one the proxy in front
+/// names, and its `x-forwarded-proto: https` is kept, so `httpsRedirect`
+/// serves a request that proxy received over TLS instead of sending it
+/// round again (it redirected it forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_edge_cleans_what_only_the_mesh_sets_and_trusts_only_its_proxies() {
+    let app = Upstream::start("reviews-v1").await;
+    let app_entry = service_entry(
+        &app.name,
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: app.addr,
+            labels: &[],
+        }],
+    );
+    let forged = [
+        ("x-envoy-retry-on", "5xx"),
+        ("x-envoy-max-retries", "7"),
+        ("x-envoy-upstream-rq-timeout-ms", "1"),
+        ("x-envoy-internal", "true"),
+        ("x-envoy-external-address", "9.9.9.9"),
+        ("x-envoy-original-path", "/evil"),
+        ("x-envoy-force-trace", "true"),
+        ("x-request-id", "my-own-id"),
+    ];
+    let gateway = Gateway::start(
+        &(bootstrap(&[80], common::mesh::NO_COLLECTOR, "")
+            + &app_entry
+            + SHOP_GATEWAY
+            + &shop_routed_to("reviews-v1")),
+    );
+    let reply = Client::h1(gateway.port(80))
+        .get_with("http://shop/a", &forged)
+        .await;
+    assert_eq!(reply.status, 200);
+    let seen = app.seen().pop().unwrap();
+    for (name, _) in &forged[..7] {
+        if *name != "x-envoy-external-address" {
+            assert!(seen.headers.get(*name).is_none(), "{name} reached the app");
+        }
+    }
+    assert_eq!(seen.headers["x-envoy-external-address"], "127.0.0.1");
+    let id = seen.headers["x-request-id"].to_str().unwrap();
+    assert!(id != "my-own-id" && id.len() == 36, "x-request-id: {id}");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+
+    // Behind one trusted proxy that ended TLS.
+    let redirecting = r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"], tls: {httpsRedirect: true}}]
+"#;
+    let gateway = Gateway::start(
+        &(bootstrap(&[80], common::mesh::NO_COLLECTOR, "  numTrustedProxies: 1")
+            + &app_entry
+            + redirecting
+            + &shop_routed_to("reviews-v1")),
+    );
+    let client = Client::h1(gateway.port(80));
+    let behind = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-for", "203.0.113.7"),
+    ];
+    let reply = client.get_with("http://shop/p", &behind).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.header("location"));
+    let seen = app.seen().pop().unwrap();
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-envoy-external-address"], "203.0.113.7");
+    // What the proxy received over plain http is still redirected.
+    let reply = client
+        .get_with(
+            "http://shop/p",
+            &[
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-for", "203.0.113.7"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, 301);
+    assert_eq!(reply.header("location").as_deref(), Some("https://shop/p"));
+}

@@ -40,7 +40,12 @@ pub fn handle(
         // One snapshot for the whole request: a reload mid-request cannot mix configs.
         let snapshot = worker.shared.config.load_full();
 
-        // A request id before anything can fail, as Envoy assigns it.
+        // A request from outside the mesh loses what only the mesh may set
+        // (and its request id); then every request has an id before
+        // anything can fail, as Envoy assigns it.
+        if down.gateway.is_some() {
+            headers::clean_external(req.headers_mut());
+        }
         headers::ensure_request_id(req.headers_mut());
 
         // One reading of the request before anything reads it: the path
@@ -255,6 +260,15 @@ pub fn handle(
                 .gateway
                 .as_ref()
                 .map(|g| if g.tls { "https" } else { "http" }),
+            external_address: down.gateway.as_ref().map(|_| {
+                access::remote_ip(
+                    &parts.headers,
+                    down.peer.ip(),
+                    snapshot.bootstrap.num_trusted_proxies,
+                    true,
+                )
+            }),
+            trust_forwarded_proto: snapshot.bootstrap.num_trusted_proxies > 0,
         };
         let prepared = headers::prepare_request(&mut parts, &outgoing, |headers| {
             ex.inject_trace_context(headers);

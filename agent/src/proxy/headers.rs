@@ -24,6 +24,13 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+const EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+
+/// An address as a header value's text.
+fn address_text(address: IpAddr) -> HeaderValue {
+    // (an address's text is always a valid header value)
+    HeaderValue::try_from(address.to_string()).unwrap_or(HeaderValue::from_static(""))
+}
 
 /// How the request leaves this hop.
 pub struct OutgoingRequest<'a> {
@@ -48,6 +55,57 @@ pub struct OutgoingRequest<'a> {
     /// spoke: it sets `x-forwarded-proto`, and the client's IP is appended
     /// to `x-forwarded-for`, as Envoy does where `use_remote_address` holds.
     pub edge_scheme: Option<&'static str>,
+    /// At an ingress gateway, the original client's address (the peer,
+    /// or the one `numTrustedProxies` counts back to in `x-forwarded-for`),
+    /// sent as `x-envoy-external-address`, as Envoy marks a request from
+    /// outside the trusted network.
+    pub external_address: Option<IpAddr>,
+    /// At an ingress gateway that trusts proxies in front of it
+    /// (`numTrustedProxies` > 0), an `x-forwarded-proto` they sent is kept,
+    /// as Envoy keeps it when it trusts any hops; otherwise `edge_scheme`
+    /// replaces it.
+    pub trust_forwarded_proto: bool,
+}
+
+/// The request headers only the mesh may set, which Envoy removes from a
+/// request from outside it (`ConnectionManagerUtility::cleanInternalHeaders`
+/// and `mutateRequestHeaders` for an external request, as every request
+/// is at an Istio gateway: it lists no internal addresses): the retry and
+/// timeout controls a sidecar further in would obey, the address and
+/// internal marks it would trust, the original path and URL, forced
+/// tracing.
+const INTERNAL_ONLY: [&str; 19] = [
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+    "x-envoy-original-path",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-internal",
+    "x-envoy-external-address",
+];
+
+/// Takes from a request that entered the mesh at this gateway what only
+/// the mesh may set ([`INTERNAL_ONLY`]), and its `x-request-id`: Envoy
+/// gives an edge request an id of its own (`preserve_external_request_id`
+/// is off), so a client cannot choose the id its request is traced and
+/// logged under. Runs before anything reads the request.
+pub fn clean_external(headers: &mut HeaderMap) {
+    for name in INTERNAL_ONLY {
+        headers.remove(name);
+    }
+    headers.remove(X_REQUEST_ID);
 }
 
 /// Rewrites a request for the next hop; `inject_trace_context` writes this
@@ -68,6 +126,8 @@ pub fn prepare_request(
         headers.remove(EXPECT);
     }
     match out.edge_scheme {
+        Some(_) if out.trust_forwarded_proto && header_scan::holds(headers, &X_FORWARDED_PROTO) => {
+        }
         Some(scheme) => {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
         }
@@ -78,6 +138,9 @@ pub fn prepare_request(
     }
     if out.direction == Direction::Inbound || out.edge_scheme.is_some() {
         append_forwarded_for(headers, out.client_ip);
+    }
+    if let Some(address) = out.external_address {
+        headers.insert(EXTERNAL_ADDRESS, address_text(address));
     }
     inject_trace_context(headers);
     match out.direction {

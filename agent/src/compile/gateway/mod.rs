@@ -52,7 +52,7 @@ use crate::model::gateway::{
 };
 use crate::model::live::LiveState;
 use crate::model::policy::{Redirect, RouteAction, RoutePolicy};
-use crate::model::route::{HeaderEdits, HttpRule, VirtualHost};
+use crate::model::route::{HeaderEdits, HttpRule, RouteMatch, StrMatcher, VirtualHost};
 
 /// The namespace of documents that name none (`kubectl apply`'s default).
 pub(super) const DEFAULT_NAMESPACE: &str = "default";
@@ -795,8 +795,17 @@ fn http_hosts(
                 });
             }
         }
+        // Envoy's `require_tls` reads `x-forwarded-proto`, which it keeps
+        // from trusted proxies in front (a load balancer that ended TLS):
+        // their `https` requests are served by the server's routes, not
+        // sent round again. Trusting none, every request is redirected.
+        let trusted = ctx.spec.num_trusted_proxies > 0;
         for v in &mut vhosts {
-            v.rules = vec![https_redirect()];
+            let routes = std::mem::take(&mut v.rules);
+            v.rules = vec![https_redirect(trusted)];
+            if trusted {
+                v.rules.extend(routes);
+            }
         }
     }
     vhosts.into_iter().map(Arc::new).collect()
@@ -828,12 +837,24 @@ fn on_port(rules: &[HttpRule], port: u16) -> Vec<HttpRule> {
 /// Envoy's `require_tls: ALL`, as Istio renders `httpsRedirect`: 301 to
 /// the same host, port and path over https (Envoy writes
 /// `https://<Host><path>`, a port in the Host included; only `:443`, the
-/// same URL, is left out here).
-fn https_redirect() -> HttpRule {
+/// same URL, is left out here). `trusted_proto`: only a request whose
+/// `x-forwarded-proto` (set by a trusted proxy in front) is not `https`.
+fn https_redirect(trusted_proto: bool) -> HttpRule {
+    let matches = if trusted_proto {
+        vec![RouteMatch {
+            without_headers: vec![(
+                http::HeaderName::from_static("x-forwarded-proto"),
+                StrMatcher::Exact("https".to_owned()),
+            )],
+            ..RouteMatch::default()
+        }]
+    } else {
+        Vec::new()
+    };
     HttpRule {
         name: Some(Arc::from("https-redirect")),
         reference: None,
-        matches: Vec::new(),
+        matches,
         destinations: Vec::new(),
         total_weight: 0,
         request_headers: HeaderEdits::default(),

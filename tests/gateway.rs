@@ -920,3 +920,66 @@ spec:
     assert_eq!(reply.status, 301);
     assert_eq!(reply.header("location").as_deref(), Some("https://shop/p"));
 }
+
+/// Two Gateways serving one host on one port both route, as Istio merges
+/// their virtual hosts (one Gateway per app, each `hosts: ["*"]` on port
+/// 80, as Istio's samples have it): the second app answered 404. And the
+/// routes merged into one host put catch-alls last, as Istio's
+/// `SortVHostRoutes`: an older VirtualService's default route no longer
+/// hides a newer one's paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateways_sharing_a_port_and_host_both_route_and_catch_alls_go_last() {
+    let backends = [
+        Upstream::start("be1").await,
+        Upstream::start("be2").await,
+        Upstream::start("be3").await,
+    ];
+    let mut yaml = bootstrap(&[80], common::mesh::NO_COLLECTOR, "");
+    for u in &backends {
+        yaml += &service_entry(
+            &u.name,
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: u.addr,
+                labels: &[],
+            }],
+        );
+    }
+    for gateway in ["bookinfo-gateway", "shop-gateway"] {
+        yaml += &format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {gateway}}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: [\"*\"]}}]\n"
+        );
+    }
+    let service = |name: &str, gateway: &str, rule: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [\"*\"]\n  gateways: [{gateway}]\n  http: [{rule}]\n"
+        )
+    };
+    yaml += &service(
+        "bookinfo",
+        "bookinfo-gateway",
+        "{match: [{uri: {prefix: /bookinfo}}], route: [{destination: {host: be1}}]}",
+    );
+    yaml += &service(
+        "shop-old",
+        "shop-gateway",
+        "{route: [{destination: {host: be2}}]}",
+    );
+    yaml += &service(
+        "shop-new",
+        "shop-gateway",
+        "{match: [{uri: {prefix: /special}}, {uri: {prefix: /}}], route: [{destination: {host: be3}}]}",
+    );
+    let gateway = Gateway::start(&yaml);
+    let client = Client::h1(gateway.port(80));
+    for (path, backend) in [
+        ("/bookinfo/x", "be1"),
+        ("/special/y", "be3"),
+        ("/other", "be2"),
+    ] {
+        let reply = client.get(&format!("http://shop.example.com{path}")).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.upstream(), backend, "{path}");
+    }
+}

@@ -271,22 +271,33 @@ impl Ports {
             bound.push((listen, number));
             let mut chains = build.chains;
             if build.protocol == PortProtocol::Http {
-                let mut hosts: Vec<Arc<VirtualHost>> = Vec::new();
+                // One virtual host per host name across the port's servers,
+                // their routes in the servers' order, as Istio's
+                // `buildGatewayHTTPRouteConfig` merges them (`vHostDedupMap`):
+                // two Gateways serving `*` on port 80 both route.
+                let mut hosts: Vec<VirtualHost> = Vec::new();
                 let mut servers: Vec<ServerRef> = Vec::new();
                 for (vh, server) in build.http {
-                    if hosts.iter().any(|h| h.host == vh.host) {
-                        let msg = format!(
-                            "{} on port {number} is already served by an earlier server; {}'s is ignored",
-                            vh.host, server.gateway
-                        );
-                        diags.warn(ctx.loc, None, msg);
-                        continue;
-                    }
                     if !servers.contains(&server) {
                         servers.push(server);
                     }
-                    hosts.push(vh);
+                    let vh = Arc::try_unwrap(vh).unwrap_or_else(|vh| VirtualHost {
+                        host: vh.host.clone(),
+                        ports: vh.ports.clone(),
+                        virtual_service: vh.virtual_service.clone(),
+                        rules: vh.rules.clone(),
+                    });
+                    match hosts.iter_mut().find(|h| h.host == vh.host) {
+                        Some(h) => h.rules.extend(vh.rules),
+                        None => hosts.push(vh),
+                    }
                 }
+                let hosts = (hosts.into_iter())
+                    .map(|mut vh| {
+                        catch_alls_last(&mut vh.rules);
+                        Arc::new(vh)
+                    })
+                    .collect();
                 chains.push(FilterChain {
                     name: format!("http.{number}"),
                     servers,
@@ -305,6 +316,66 @@ impl Ports {
         }
         listeners
     }
+}
+
+/// Istio's `SortVHostRoutes` for a gateway's virtual host: the catch-all
+/// routes (a match on no more than the path `/`, or no match at all) go
+/// after the others, which keep their order, so a VirtualService merged in
+/// later still reaches its paths past an earlier one's default route. A
+/// rule with both kinds of match is split, as Istio renders one route per
+/// match. An `httpsRedirect` stays first (Envoy's `require_tls` is the
+/// virtual host's, checked before any route).
+fn catch_alls_last(rules: &mut Vec<HttpRule>) {
+    let mut first = Vec::new();
+    let mut last = Vec::new();
+    for rule in rules.drain(..) {
+        if rule.name.as_deref() == Some(HTTPS_REDIRECT) && rule.reference.is_none() {
+            first.insert(0, rule);
+            continue;
+        }
+        if rule.matches.is_empty() {
+            last.push(rule);
+            continue;
+        }
+        let (catch_all, other): (Vec<RouteMatch>, Vec<RouteMatch>) =
+            rule.matches.iter().cloned().partition(is_catch_all);
+        match (catch_all.is_empty(), other.is_empty()) {
+            (true, _) => first.push(rule),
+            (false, true) => last.push(rule),
+            (false, false) => {
+                first.push(HttpRule {
+                    matches: other,
+                    ..rule.clone()
+                });
+                last.push(HttpRule {
+                    matches: catch_all,
+                    ..rule
+                });
+            }
+        }
+    }
+    rules.extend(first);
+    rules.extend(last);
+}
+
+/// Istio's `isCatchAllRoute`: a path of prefix `/` (or none, or the regex
+/// `.*`) and no header or query condition (the method, scheme and
+/// authority are header conditions in Envoy's route).
+fn is_catch_all(m: &RouteMatch) -> bool {
+    let any_path = match &m.uri {
+        None => true,
+        Some(StrMatcher::Prefix(p)) => p == "/",
+        Some(StrMatcher::PathSeparatedPrefix(p)) => p.is_empty() || p == "/",
+        Some(StrMatcher::Regex(r)) => r.as_str() == "^(?:.*)$",
+        Some(_) => false,
+    };
+    any_path
+        && m.headers.is_empty()
+        && m.without_headers.is_empty()
+        && m.query_params.is_empty()
+        && m.method.is_none()
+        && m.scheme.is_none()
+        && m.authority.is_none()
 }
 
 /// Two listen addresses that would take the same connections: the same
@@ -834,6 +905,9 @@ fn on_port(rules: &[HttpRule], port: u16) -> Vec<HttpRule> {
         .collect()
 }
 
+/// The name of the [`https_redirect`] rule.
+const HTTPS_REDIRECT: &str = "https-redirect";
+
 /// Envoy's `require_tls: ALL`, as Istio renders `httpsRedirect`: 301 to
 /// the same host, port and path over https (Envoy writes
 /// `https://<Host><path>`, a port in the Host included; only `:443`, the
@@ -852,7 +926,7 @@ fn https_redirect(trusted_proto: bool) -> HttpRule {
         Vec::new()
     };
     HttpRule {
-        name: Some(Arc::from("https-redirect")),
+        name: Some(Arc::from(HTTPS_REDIRECT)),
         reference: None,
         matches,
         destinations: Vec::new(),

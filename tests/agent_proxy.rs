@@ -715,7 +715,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: backend, namespace: default}}
 spec:
-  hosts: [backend]
+  hosts: [backend.default.svc.cluster.local]
   ports: [{{number: 9080, name: http, protocol: HTTP}}]
   resolution: STATIC
   endpoints: [{{address: "::1", ports: {{http: {}}}, labels: {{app: backend, version: v1}}}}]
@@ -724,7 +724,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: echo, namespace: default}}
 spec:
-  hosts: [echo]
+  hosts: [echo.default.svc.cluster.local]
   ports: [{{number: 7000, name: tcp, protocol: TCP}}]
   resolution: STATIC
   endpoints: [{{address: "::1", ports: {{tcp: {}}}}}]

@@ -596,3 +596,60 @@ spec:
         "v2"
     );
 }
+
+/// A ServiceEntry's own hosts are literal, as Istio's `convertServices`
+/// takes them: `localhost` is a service named `localhost`, its DNS
+/// resolution dials `localhost`, and its metrics name it so — not
+/// `localhost.default.svc.cluster.local`, which no DNS knows. A
+/// VirtualService or DestinationRule naming `localhost` still means the
+/// namespace's `localhost.default.svc.cluster.local`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_entry_host_without_a_dot_is_taken_as_written() {
+    let app = Upstream::start("local").await;
+    let port = app.addr.port();
+    let yaml = agent("productpage", closed_port().await, NO_COLLECTOR)
+        + &format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: local, namespace: default}}\nspec:\n  hosts: [localhost]\n  ports: [{{number: {port}, name: http, protocol: HTTP}}]\n  resolution: DNS\n"
+        );
+    let agent = Agent::start(&yaml);
+    let client = Client::h1(agent.outbound);
+    let reply = client.get(&format!("http://localhost:{port}/x")).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?} {:?}",
+        reply.header("x-tracemesh-response-flags"),
+        reply.body
+    );
+    assert_eq!(reply.upstream(), "local");
+    assert_eq!(app.count(), 1);
+    let mut served = 0.0;
+    for _ in 0..50 {
+        let scrape = agent.metrics().await;
+        served = scrape.sum(
+            "istio_requests_total",
+            &[
+                ("destination_service", "localhost"),
+                ("destination_service_name", "localhost"),
+                ("destination_service_namespace", "default"),
+                ("response_code", "200"),
+            ],
+        );
+        if served > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(served, 1.0);
+
+    // A DestinationRule for `localhost` in `default` names
+    // `localhost.default.svc.cluster.local`, which nothing declares: warned,
+    // and the entry keeps its own policy.
+    let rule = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: local, namespace: default}\nspec:\n  host: localhost\n  subsets: [{name: v1, labels: {version: v1}}]\n";
+    let (ok, out) = common::agent::validate(&(yaml + rule));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("no ServiceEntry declares localhost.default.svc.cluster.local"),
+        "{out}"
+    );
+}

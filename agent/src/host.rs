@@ -26,6 +26,16 @@ pub fn resolve_short_name(host: &str, namespace: &str) -> String {
     }
 }
 
+/// A ServiceEntry's own host as the registry keys it: literally (only
+/// lower-cased, a trailing dot dropped). Istio's `convertServices` takes
+/// `ServiceEntry.hosts` as they are written — `localhost` is a service named
+/// `localhost`, resolved by DNS as `localhost` — unlike hosts that *refer*
+/// to a service (VirtualService and DestinationRule hosts, destinations),
+/// which [`resolve_short_name`] expands.
+pub fn service_entry_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// The FQDNs a request's host may stand for, in the order to try them.
 /// A client in `namespace` may say `reviews`, `reviews.default`,
 /// `reviews.default.svc` or the FQDN (Istio's per-virtual-host domains).

@@ -91,8 +91,17 @@ pub struct Ep<'a> {
     pub labels: &'a [(&'a str, &'a str)],
 }
 
-/// A STATIC ServiceEntry with one port named `http`.
+/// A STATIC ServiceEntry in namespace `default` with one port named `http`.
+/// A `host` without a dot names the service as Kubernetes would
+/// (`reviews` → `reviews.default.svc.cluster.local`): a ServiceEntry's own
+/// hosts are taken literally, as Istio takes them.
 pub fn service_entry(host: &str, port: u16, protocol: &str, endpoints: &[Ep<'_>]) -> String {
+    let name = host;
+    let host = if host.contains('.') {
+        host.to_owned()
+    } else {
+        format!("{host}.default.svc.cluster.local")
+    };
     let mut eps = String::new();
     for ep in endpoints {
         let labels: Vec<String> = ep.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
@@ -104,7 +113,7 @@ pub fn service_entry(host: &str, port: u16, protocol: &str, endpoints: &[Ep<'_>]
         ));
     }
     format!(
-        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {host}, namespace: default}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: {port}, name: http, protocol: {protocol}}}]\n  resolution: STATIC\n  endpoints:\n{eps}"
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: {port}, name: http, protocol: {protocol}}}]\n  resolution: STATIC\n  endpoints:\n{eps}"
     )
 }
 

@@ -200,7 +200,7 @@ fn gateway_compiles(path: &Path) -> Result<(), String> {
     for entry in &case.backends {
         let (namespace, backend) = backend_ref(entry, namespace);
         yaml += &format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {backend}, namespace: {namespace}}}\nspec:\n  hosts: [{backend}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: {protocol}}}]\n  endpoints: [{{address: 127.0.0.1}}]\n"
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {backend}, namespace: {namespace}}}\nspec:\n  hosts: [{backend}.{namespace}.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 8080, name: http, protocol: {protocol}}}]\n  endpoints: [{{address: 127.0.0.1}}]\n"
         );
     }
     yaml += "---\n";
@@ -272,7 +272,7 @@ fn service_entry_of(
         ));
     }
     format!(
-        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  hosts: [{name}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: {protocol}}}\n  - {{number: 8080, name: http-alt, protocol: {protocol}}}\n  endpoints:\n{eps}"
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  hosts: [{name}.{namespace}.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: {protocol}}}\n  - {{number: 8080, name: http-alt, protocol: {protocol}}}\n  endpoints:\n{eps}"
     )
 }
 

@@ -10,7 +10,7 @@ use crate::config::agent::AgentSpec;
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::config::service_entry::ServiceEntrySpec;
-use crate::host::resolve_short_name;
+use crate::host::service_entry_host;
 use crate::model::Listeners;
 use crate::model::capture::{
     Capture, DEFAULT_PROTOCOL_DETECTION_TIMEOUT, Destinations, InboundApp, InterceptionMode,
@@ -131,15 +131,11 @@ fn declaring_entry<'a>(
     entries
         .iter()
         .find(|doc| {
-            let ns = doc
-                .metadata
-                .namespace
-                .as_deref()
-                .unwrap_or(&service.namespace);
+            // The entry's hosts are literal, as the registry keys them.
             doc.spec
                 .hosts
                 .iter()
-                .any(|h| resolve_short_name(h, ns) == service.host)
+                .any(|h| service_entry_host(h) == service.host)
         })
         .map(|doc| &doc.spec)
 }
@@ -251,7 +247,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: productpage, namespace: default}
 spec:
-  hosts: [productpage]
+  hosts: [productpage.default.svc.cluster.local]
   addresses: [10.96.0.10]
   location: MESH_INTERNAL
   resolution: STATIC
@@ -264,7 +260,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: reviews, namespace: default}
 spec:
-  hosts: [reviews]
+  hosts: [reviews.default.svc.cluster.local]
   addresses: [10.96.0.20, "fd00:96::20"]
   location: MESH_INTERNAL
   resolution: STATIC

@@ -15,7 +15,7 @@ use crate::config::destination_rule::DestinationRuleSpec;
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::config::service_entry::{ServiceEntrySpec, ServicePort, WorkloadEntry};
-use crate::host::{authority_candidates, resolve_short_name};
+use crate::host::{authority_candidates, resolve_short_name, service_entry_host};
 use crate::model::balancer::Balancer;
 use crate::model::cluster::{Cluster, DEFAULT_CONNECT_TIMEOUT, Keepalive, UpstreamTls};
 use crate::model::destination::DestinationTarget;
@@ -72,7 +72,9 @@ impl Registry {
             let selected =
                 selected_workloads(doc, namespace, agent_namespace, workload_entries, diags);
             for (h, host) in doc.spec.hosts.iter().enumerate() {
-                let fqdn = resolve_short_name(host, namespace);
+                // Literal, as Istio's `convertServices` takes them: a host
+                // without a dot is not expanded into the entry's namespace.
+                let fqdn = service_entry_host(host);
                 if services.contains_key(&fqdn) {
                     let msg = format!(
                         "host {fqdn} is already declared by an earlier ServiceEntry; this one is ignored"

@@ -865,7 +865,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: reviews, namespace: default}
 spec:
-  hosts: [reviews]
+  hosts: [reviews.default.svc.cluster.local]
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{number: 9080, name: http, protocol: HTTP}]

@@ -17,7 +17,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: productpage, namespace: default}
 spec:
-  hosts: [productpage]
+  hosts: [productpage.default.svc.cluster.local]
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{number: 9080, name: http, protocol: HTTP}]
@@ -27,7 +27,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: reviews, namespace: default}
 spec:
-  hosts: [reviews, reviews-v2]
+  hosts: [reviews.default.svc.cluster.local, reviews-v2.default.svc.cluster.local]
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{number: 9080, name: http, protocol: HTTP}]

@@ -18,7 +18,7 @@ use crate::config::gateway_api::{
 };
 use crate::config::meta::ObjectMeta;
 use crate::config::service_entry::ServiceEntrySpec;
-use crate::host::{CLUSTER_DOMAIN, resolve_short_name};
+use crate::host::{CLUSTER_DOMAIN, service_entry_host};
 
 /// Istio's API group, whose `Hostname` kind names a ServiceEntry host as
 /// a backend, and whose `ServiceEntry` may be a mesh parent.
@@ -202,13 +202,7 @@ pub(super) fn parent(
             });
             Parent::Mesh {
                 hosts: entry
-                    .map(|d| {
-                        d.spec
-                            .hosts
-                            .iter()
-                            .map(|h| resolve_short_name(h, &namespace))
-                            .collect()
-                    })
+                    .map(|d| d.spec.hosts.iter().map(|h| service_entry_host(h)).collect())
                     .unwrap_or_default(),
                 namespace,
                 port,

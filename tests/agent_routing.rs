@@ -653,3 +653,128 @@ async fn a_service_entry_host_without_a_dot_is_taken_as_written() {
         "{out}"
     );
 }
+
+/// A VirtualService delegating part of its routes (`http[].delegate`) on a
+/// sidecar, as Istio's `mergeVirtualServices` merges it for sidecars too:
+/// the delegate (no hosts) applies only under the root rule, its
+/// conditions narrowed by the root's and the root's rule-level fields
+/// filling what it leaves out; a delegate rule that conflicts with the
+/// root's conditions is dropped, and a root rule whose delegate is missing
+/// or not exported to it is dropped, its requests falling through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delegating_rule_takes_its_delegates_rules_under_its_own() {
+    let reviews = Reviews::start().await;
+    let root = virtual_service(
+        r#"  - name: api
+    match: [{uri: {prefix: /api}}]
+    delegate: {name: reviews-api}
+    headers: {response: {set: {x-root: api}}}
+  - name: default
+    route: [{destination: {host: reviews, subset: v1}}]
+"#,
+    );
+    let delegate = |namespace: &str, export: &str| {
+        format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews-api, namespace: {namespace}}}
+spec:
+  exportTo: {export}
+  http:
+  - name: v2
+    match: [{{uri: {{prefix: /api/v2}}}}]
+    route: [{{destination: {{host: reviews.default.svc.cluster.local, subset: v2}}}}]
+  - name: elsewhere
+    match: [{{uri: {{prefix: /other}}}}]
+    route: [{{destination: {{host: reviews.default.svc.cluster.local, subset: v3}}}}]
+"#
+        )
+    };
+    let policy = "{loadBalancer: {simple: ROUND_ROBIN}}";
+    let yaml = root.clone() + &delegate("default", "[\"*\"]");
+    let agent = reviews.agent(policy, &yaml).await;
+    let (ok, out) = common::agent::validate(&std::fs::read_to_string(&agent.config).unwrap());
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("VirtualService default/reviews-api")
+            && out.contains("spec.http[1].match")
+            && out.contains("conflicts with every match of the rule delegating to it"),
+        "the conflicting delegate rule is named: {out}"
+    );
+    let client = Client::h1(agent.outbound);
+    // (path, subset, the root rule's response header)
+    let cases = [
+        ("/api/v2/x", "v2", Some("api")),
+        ("/api/v1", "v1", None),
+        ("/other", "v1", None),
+        ("/", "v1", None),
+    ];
+    for (path, subset, header) in cases {
+        let reply = client.send(reviews_request("GET", path, &[])).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert!(
+            reply.upstream().starts_with(subset),
+            "{path} went to {}, want {subset}",
+            reply.upstream()
+        );
+        assert_eq!(reply.header("x-root").as_deref(), header, "{path}");
+    }
+    drop(agent);
+
+    // Without the delegate, or with one not exported to the root's
+    // namespace, only the delegating rule is dropped.
+    for (extra, why) in [
+        (
+            String::new(),
+            "delegate VirtualService default/reviews-api not found",
+        ),
+        // Its namespace defaults to the root's: one in `api` is not it.
+        (
+            delegate("api", "[\"*\"]"),
+            "delegate VirtualService default/reviews-api not found",
+        ),
+    ] {
+        let agent = reviews.agent(policy, &(root.clone() + &extra)).await;
+        let (ok, out) = common::agent::validate(&std::fs::read_to_string(&agent.config).unwrap());
+        assert!(ok, "{out}");
+        assert!(
+            out.contains("VirtualService default/reviews")
+                && out.contains("spec.http[0].delegate")
+                && out.contains(why),
+            "{out}"
+        );
+        let reply = client_get(&agent, "/api/v2/x").await;
+        assert_eq!(reply.status, 200);
+        assert!(reply.upstream().starts_with("v1"), "{}", reply.upstream());
+    }
+    let hidden = root.replace(
+        "delegate: {name: reviews-api}",
+        "delegate: {name: reviews-api, namespace: api}",
+    ) + &delegate("api", "[\".\"]");
+    let agent = reviews.agent(policy, &hidden).await;
+    let (ok, out) = common::agent::validate(&std::fs::read_to_string(&agent.config).unwrap());
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(
+            "delegate VirtualService api/reviews-api is not exported to namespace default"
+        ),
+        "{out}"
+    );
+    let reply = client_get(&agent, "/api/v2/x").await;
+    assert!(reply.upstream().starts_with("v1"), "{}", reply.upstream());
+    drop(agent);
+    let visible = root.replace(
+        "delegate: {name: reviews-api}",
+        "delegate: {name: reviews-api, namespace: api}",
+    ) + &delegate("api", "[default]");
+    let agent = reviews.agent(policy, &visible).await;
+    let reply = client_get(&agent, "/api/v2/x").await;
+    assert!(reply.upstream().starts_with("v2"), "{}", reply.upstream());
+}
+
+async fn client_get(agent: &Agent, path: &str) -> common::client::Reply {
+    Client::h1(agent.outbound)
+        .send(reviews_request("GET", path, &[]))
+        .await
+}

@@ -7,6 +7,7 @@ mod authn;
 mod bootstrap;
 mod capture;
 mod decided;
+mod delegate;
 mod gateway;
 mod gateway_api;
 mod mesh;

@@ -17,6 +17,7 @@ use http::{HeaderName, HeaderValue};
 use regex::{Regex, RegexBuilder};
 
 use super::bootstrap::Agent;
+use super::delegate::{self, Delegates};
 use super::gateway_api::rules::{self as api_rules, RankedRule, RuleScope as ApiScope};
 use super::gateway_api::{self, Parent, Route, RouteSpec, age};
 use super::registry::Registry;
@@ -94,13 +95,16 @@ struct Scope<'a> {
     source: Option<Source<'a>>,
 }
 
-/// The `http[]` rules of a VirtualService that apply to `binding`, compiled.
+/// The `http[]` rules of a VirtualService that apply to `binding`, compiled;
+/// a rule that delegates is replaced by its delegate's rules, merged
+/// under it as Istio merges them ([`delegate`](super::delegate)).
 pub(super) fn virtual_service_rules(
     doc: &Document<VirtualServiceSpec>,
     namespace: &str,
     registry: &Registry,
     binding: Binding<'_>,
     source: Option<Source<'_>>,
+    delegates: Delegates<'_>,
     diags: &mut Diagnostics,
 ) -> Vec<HttpRule> {
     let scope = Scope {
@@ -111,19 +115,70 @@ pub(super) fn virtual_service_rules(
         source,
     };
     let name = format!("{namespace}/{}", doc.metadata.name);
-    doc.spec
-        .http
-        .iter()
-        .enumerate()
-        .filter_map(|(i, rule)| {
-            let mut compiled = compile_rule(rule, &format!("spec.http[{i}]"), &scope, diags)?;
-            let which = rule.name.clone().unwrap_or_else(|| i.to_string());
-            compiled.reference = Some(Arc::from(details_safe(&format!(
-                "VirtualService:{name}[{which}]"
-            ))));
-            Some(compiled)
-        })
-        .collect()
+    // Istio names a rule by its place among the merged rules.
+    let mut out = Vec::new();
+    let mut position = 0usize;
+    let mut named = |mut compiled: HttpRule, rule_name: Option<&str>, position: &mut usize| {
+        let which = rule_name.map_or_else(|| position.to_string(), str::to_owned);
+        *position += 1;
+        compiled.reference = Some(Arc::from(details_safe(&format!(
+            "VirtualService:{name}[{which}]"
+        ))));
+        out.push(compiled);
+    };
+    for (i, rule) in doc.spec.http.iter().enumerate() {
+        let field = format!("spec.http[{i}]");
+        let Some(delegate) = &rule.delegate else {
+            if let Some(compiled) = compile_rule(rule, &field, &scope, diags) {
+                named(compiled, rule.name.as_deref(), &mut position);
+            } else {
+                position += 1;
+            }
+            continue;
+        };
+        // The root rule's own fields, checked where they are written
+        // (what it compiles to is replaced by the delegate's rules).
+        let _ = compile_rule(rule, &field, &scope, diags);
+        let found = match delegates.find(delegate, namespace) {
+            Ok(found) => found,
+            Err(why) => {
+                let msg = format!(
+                    "{why}; the rule is dropped, as Istio drops it (requests fall through to the next rule)"
+                );
+                diags.warn(&doc.location, Some(format!("{field}.delegate")), msg);
+                continue;
+            }
+        };
+        let delegate_scope = Scope {
+            loc: &found.doc.location,
+            namespace: found.namespace,
+            ..scope
+        };
+        for (j, leaf) in found.doc.spec.http.iter().enumerate() {
+            let leaf_field = format!("spec.http[{j}]");
+            // The delegate's own fields, checked where they are written.
+            let _ = compile_rule(leaf, &leaf_field, &delegate_scope, diags);
+            let Some(merged) = delegate::merge_route(rule, namespace, leaf, found.namespace) else {
+                let msg = format!(
+                    "its match conflicts with every match of the rule delegating to it (VirtualService {name} {field}); it is dropped there, as Istio drops it"
+                );
+                diags.warn(
+                    &found.doc.location,
+                    Some(format!("{leaf_field}.match")),
+                    msg,
+                );
+                continue;
+            };
+            // Every part of the merged rule was checked above, in its own
+            // resource; what compiling the whole says again is not repeated.
+            let mut again = Diagnostics::default();
+            if let Some(compiled) = compile_rule(&merged, &leaf_field, &delegate_scope, &mut again)
+            {
+                named(compiled, merged.name.as_deref(), &mut position);
+            }
+        }
+    }
+    out
 }
 
 /// The routing resources a sidecar reads.
@@ -253,13 +308,23 @@ fn virtual_service_units(
             continue;
         }
         if spec.hosts.is_empty() {
-            diags.error(
-                &doc.location,
-                Some("spec.hosts".into()),
-                "at least one host is required",
-            );
+            // A delegate: it applies through the VirtualServices that
+            // delegate to it, never on its own (Istio's
+            // `mergeVirtualServices` skips it).
+            continue;
         }
-        let rules = virtual_service_rules(doc, namespace, registry, Binding::Mesh, source, diags);
+        let rules = virtual_service_rules(
+            doc,
+            namespace,
+            registry,
+            Binding::Mesh,
+            source,
+            Delegates {
+                services,
+                default_namespace: agent_namespace,
+            },
+            diags,
+        );
         let name = format!("{namespace}/{}", doc.metadata.name);
         for (h, host) in spec.hosts.iter().enumerate() {
             units.push(Unit {

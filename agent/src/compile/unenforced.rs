@@ -93,7 +93,7 @@ pub const FIELDS: &[Field] = &[
     warned(
         VS,
         "spec.exportTo",
-        "every resource in the file applies to this agent",
+        "every resource in the file applies to this agent; only a delegate's decides which roots may use it",
     ),
     enforced(VS, "spec.tls"),
     enforced(VS, "spec.tcp"),
@@ -102,11 +102,7 @@ pub const FIELDS: &[Field] = &[
         "spec.tcp[*].match[*].sourceSubnet",
         "Istio's sidecars ignore it too: a match of it alone takes every connection",
     ),
-    warned(
-        VS,
-        "spec.http[*].delegate",
-        "delegation applies to gateways only",
-    ),
+    enforced(VS, "spec.http[*].delegate"),
     warned(VS, "spec.http[*].match[*].statPrefix", "no per-match stats"),
     warned(VS, "spec.http[*].redirect.prefixRewrite", ""),
     warned(

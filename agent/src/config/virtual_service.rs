@@ -49,7 +49,8 @@ pub struct HttpRoute {
     /// Answer directly with a fixed response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<HttpDirectResponse>,
-    /// Delegate to another VirtualService (gateway-only in Istio; warned about).
+    /// Delegate to another VirtualService (one without hosts), whose rules
+    /// replace this one, merged under it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegate: Option<Delegate>,
     /// Rewrite the path or authority before forwarding.

@@ -36,6 +36,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::Documents;
+use super::delegate::Delegates;
 use super::registry::Registry;
 use super::routes::{self, Binding, Source};
 use super::tcp_rules::l4_destinations;
@@ -86,6 +87,7 @@ pub(super) fn build(
         loc: &doc.location,
         identity: &identity,
         registry: &registry,
+        virtual_services: &docs.virtual_services,
     };
     istio_gateways(&ctx, docs, &mut ports, diags);
     kubernetes::gateways(&ctx, docs, &mut ports, diags);
@@ -119,6 +121,8 @@ struct Context<'a> {
     loc: &'a Location,
     identity: &'a GatewayIdentity,
     registry: &'a Registry,
+    /// Every VirtualService, for the delegates bound ones name.
+    virtual_services: &'a [Document<VirtualServiceSpec>],
 }
 
 fn single<'a>(
@@ -839,6 +843,10 @@ fn http_hosts(
                         ctx.registry,
                         Binding::Gateway(&gw.name),
                         Some(source),
+                        Delegates {
+                            services: ctx.virtual_services,
+                            default_namespace: DEFAULT_NAMESPACE,
+                        },
                         diags,
                     )
                 });

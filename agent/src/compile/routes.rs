@@ -175,6 +175,8 @@ pub(super) fn virtual_service_rules(
             if let Some(compiled) = compile_rule(&merged, &leaf_field, &delegate_scope, &mut again)
             {
                 named(compiled, merged.name.as_deref(), &mut position);
+            } else {
+                position += 1;
             }
         }
     }

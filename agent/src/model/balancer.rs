@@ -239,9 +239,20 @@ impl Balancer {
         match self {
             // The turns go on past the endpoints not allowed: round robin
             // over those left, as Envoy's over its healthy hosts.
-            Self::RoundRobin(next) => (0..endpoints.len())
-                .map(|_| next.fetch_add(1, Ordering::Relaxed) % endpoints.len())
-                .find(|i| allowed(*i)),
+            // (Other workers take turns meanwhile, so n turns of this one
+            // may all fall on endpoints not allowed: then the next allowed
+            // after the last turn, never `None` while one is left.)
+            Self::RoundRobin(next) => {
+                let n = endpoints.len();
+                let mut turn = 0;
+                for _ in 0..n {
+                    turn = next.fetch_add(1, Ordering::Relaxed) % n;
+                    if allowed(turn) {
+                        return Some(turn);
+                    }
+                }
+                (1..n).map(|k| (turn + k) % n).find(|i| allowed(*i))
+            }
             Self::Random => nth(fastrand::usize(..left)),
             Self::LeastRequest => {
                 let a = fastrand::usize(..left);
@@ -261,6 +272,8 @@ impl Balancer {
                     (0..table.len())
                         .map(|k| table[(at + k) % table.len()] as usize)
                         .find(|i| allowed(*i))
+                        // (a table smaller than the endpoints leaves some out)
+                        .or_else(|| nth(fastrand::usize(..left)))
                 }
                 None => nth(fastrand::usize(..left)),
             },
@@ -297,6 +310,9 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
                 .and_then(|v| v.strip_suffix('"'))
                 .unwrap_or(v)
         })
+        // An empty value is no value, as Envoy's cookie hash takes it: no
+        // key (a random pick), or, with a `ttl`, a cookie made.
+        .filter(|v| !v.is_empty())
 }
 
 /// The raw value of the first `name=` parameter in a query string.
@@ -388,5 +404,41 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::COOKIE, "a=1; session=xyz".parse().unwrap());
         assert_eq!(cookie_value(&headers, "session"), Some("xyz"));
+        headers.insert(http::header::COOKIE, "session=\"xyz\"".parse().unwrap());
+        assert_eq!(cookie_value(&headers, "session"), Some("xyz"));
+        for empty in ["session=", "session=\"\""] {
+            headers.insert(http::header::COOKIE, empty.parse().unwrap());
+            assert_eq!(cookie_value(&headers, "session"), None, "{empty}");
+        }
+    }
+
+    /// Round robin among those allowed takes turns until one falls on an
+    /// endpoint allowed (alone, n turns reach every endpoint; other workers
+    /// taking turns meanwhile is what the fallback after them is for).
+    #[test]
+    fn round_robin_among_takes_turns_to_one_allowed() {
+        let three = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
+        let cluster = crate::model::cluster::testing::cluster(
+            "reviews",
+            80,
+            crate::model::service::Protocol::Http,
+            &three,
+        );
+        let endpoints = &cluster.endpoints;
+        let balancer = Balancer::RoundRobin(AtomicUsize::new(0));
+        let headers = HeaderMap::new();
+        let input = PickInput {
+            headers: &headers,
+            query: None,
+            source_ip: "10.1.0.1".parse().unwrap(),
+            generated_cookie: None,
+        };
+        // Only endpoint 2 allowed; the turns are 0, 1, 2, ...: found.
+        assert_eq!(balancer.pick_among(endpoints, input, |i| i == 2), Some(2));
+        // The next turn, 3, is endpoint 0's.
+        assert_eq!(
+            balancer.pick_among(endpoints, input, |i| i == 0 || i == 1),
+            Some(0)
+        );
     }
 }

@@ -382,6 +382,11 @@ impl Cluster {
             let healthy = (0..n).filter(|i| !ejected(*i)).count();
             (healthy as u64) * 100 < u64::from(o.min_health_percent) * n as u64
         });
+        // In panic mode Envoy balances over every host, ejected or not: the
+        // first choice stands unless a retry already tried it.
+        if panic && fresh(first) {
+            return Some(first);
+        }
         let usable = |i: usize| panic || !ejected(i);
         (self.balancer)
             .pick_among(&self.endpoints, input, |i| usable(i) && fresh(i))
@@ -538,6 +543,31 @@ mod tests {
             assert_eq!(counts[2], 0, "{name}: {counts:?}");
             for i in [0, 1, 3] {
                 assert!((800..=1200).contains(&counts[i]), "{name}: {counts:?}");
+            }
+        }
+    }
+
+    /// Below `minHealthPercent` (Envoy's panic mode) every endpoint takes
+    /// its share, the ejected one too.
+    #[test]
+    fn in_panic_mode_the_ejected_endpoint_keeps_its_share() {
+        let headers = HeaderMap::new();
+        for balancer in [
+            Balancer::RoundRobin(Default::default()),
+            Balancer::Random,
+            Balancer::LeastRequest,
+        ] {
+            let name = balancer.name();
+            let mut cluster = one_ejected(balancer);
+            if let Some(o) = cluster.outlier.as_mut() {
+                o.min_health_percent = 100;
+            }
+            let mut counts = [0u32; 4];
+            for _ in 0..4000 {
+                counts[cluster.pick(input(&headers), &[]).unwrap()] += 1;
+            }
+            for count in counts {
+                assert!((800..=1200).contains(&count), "{name}: {counts:?}");
             }
         }
     }

@@ -135,6 +135,7 @@ fn retry(r: &HttpRetry, scope: &RuleScope<'_>, diags: &mut Diagnostics) -> Retry
         backoff: r
             .backoff
             .map_or(DEFAULT_BACKOFF, |b| b.get().max(Duration::from_millis(1))),
+        ignore_previous_hosts: r.retry_ignore_previous_hosts == Some(true),
     }
 }
 

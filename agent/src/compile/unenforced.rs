@@ -110,11 +110,7 @@ pub const FIELDS: &[Field] = &[
         "spec.http[*].retries.retryRemoteLocalities",
         "no localities",
     ),
-    warned(
-        VS,
-        "spec.http[*].retries.retryIgnorePreviousHosts",
-        "retries prefer another endpoint anyway",
-    ),
+    enforced(VS, "spec.http[*].retries.retryIgnorePreviousHosts"),
     enforced(DR, "spec.host"),
     enforced(DR, "spec.subsets"),
     enforced(DR, "**.loadBalancer.simple"),

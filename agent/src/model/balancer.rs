@@ -164,8 +164,9 @@ impl Balancer {
 impl Balancer {
     /// Whether a retry stays on the endpoint the key picked: Istio renders
     /// no `previous_hosts` retry predicate for a cluster with a hash
-    /// policy (`route/retry/retry.go`, `newRetryPolicy`), so Envoy sends
-    /// a retry to the key's endpoint again.
+    /// policy (`route/retry/retry.go`, `newRetryPolicy`; unless the rule
+    /// sets `retryIgnorePreviousHosts`), so Envoy sends a retry to the
+    /// key's endpoint again.
     pub fn keeps_retries(&self) -> bool {
         matches!(self, Self::ConsistentHash { .. })
     }

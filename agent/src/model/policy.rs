@@ -151,6 +151,10 @@ pub struct RetryPolicy {
     pub status_codes: Vec<u16>,
     /// Base of the jittered exponential backoff (Envoy's 25ms by default).
     pub backoff: Duration,
+    /// `retryIgnorePreviousHosts: true`: retries leave the endpoints tried
+    /// even under a consistent-hash policy (Istio then renders Envoy's
+    /// `previous_hosts` predicate, which it otherwise leaves out there).
+    pub ignore_previous_hosts: bool,
 }
 
 impl RetryPolicy {
@@ -175,6 +179,7 @@ impl RetryPolicy {
             on,
             status_codes: Vec::new(),
             backoff: DEFAULT_BACKOFF,
+            ignore_previous_hosts: false,
         }
     }
 

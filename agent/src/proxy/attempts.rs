@@ -295,9 +295,19 @@ impl Attempts<'_> {
                     source_ip: self.source_ip,
                     generated_cookie: self.generated_cookie,
                 };
+                // Retries leave the endpoints tried (Envoy's `previous_hosts`
+                // predicate), except under a hash policy, where Istio renders
+                // none unless `retryIgnorePreviousHosts` asks for it: there a
+                // retry goes to the key's endpoint again.
+                let avoid =
+                    if self.cluster.balancer.keeps_retries() && !self.retry.ignore_previous_hosts {
+                        &[][..]
+                    } else {
+                        &tried[..]
+                    };
                 let index = self
                     .cluster
-                    .pick(input, &tried)
+                    .pick(input, avoid)
                     .ok_or(LocalReply::NO_HEALTHY_UPSTREAM)?;
                 tried.push(index);
                 let endpoint = &self.cluster.endpoints[index];

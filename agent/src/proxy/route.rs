@@ -27,6 +27,7 @@ static INBOUND: LazyLock<RoutePolicy> = LazyLock::new(|| RoutePolicy {
         on: RetryOn::RESET_BEFORE_REQUEST,
         status_codes: Vec::new(),
         backoff: DEFAULT_BACKOFF,
+        ignore_previous_hosts: false,
     },
     ..RoutePolicy::default()
 });

@@ -571,6 +571,7 @@ fn timeouts_and_retry(
                 .filter_map(|c| u16::try_from(*c).ok())
                 .collect(),
             backoff: backoff.map_or(DEFAULT_BACKOFF, |b| b.max(Duration::from_millis(1))),
+            ignore_previous_hosts: false,
         };
     }
     let Some(t) = &rule.timeouts else { return };

@@ -241,6 +241,7 @@ fn retry(attempts: u32, on: &[RetryOn]) -> RetryPolicy {
         on: conditions,
         status_codes: Vec::new(),
         backoff: Duration::from_millis(25),
+        ignore_previous_hosts: false,
     }
 }
 

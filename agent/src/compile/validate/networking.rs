@@ -234,6 +234,31 @@ fn load_balancer(c: &mut Check<'_>, field: &str, lb: &LoadBalancerSettings) {
                     );
                 }
             }
+            // With a `ttl` the cookie is made and sent in a `Set-Cookie`
+            // header: what it is written from must be header text (Envoy
+            // refuses control characters in the attributes too), or no
+            // cookie could ever be sent.
+            if cookie.ttl.is_some() {
+                let mut parts = vec![(format!("{f}.httpCookie.name"), cookie.name.as_str())];
+                if let Some(path) = &cookie.path {
+                    parts.push((format!("{f}.httpCookie.path"), path));
+                }
+                for (i, a) in cookie.attributes.iter().enumerate() {
+                    let at = format!("{f}.httpCookie.attributes[{i}]");
+                    parts.push((format!("{at}.name"), &a.name));
+                    if let Some(value) = &a.value {
+                        parts.push((format!("{at}.value"), value));
+                    }
+                }
+                for (field, text) in parts {
+                    if http::HeaderValue::from_bytes(text.as_bytes()).is_err() {
+                        c.error(
+                            field,
+                            "cannot be written in a Set-Cookie header (a control character)",
+                        );
+                    }
+                }
+            }
         }
         if hash.ring_hash.is_some() && hash.maglev.is_some() {
             c.error(&f, "set `ringHash` or `maglev`, not both");

@@ -72,13 +72,15 @@ pub struct OutgoingRequest<'a> {
 /// and `mutateRequestHeaders` for an external request, as every request
 /// is at an Istio gateway: it lists no internal addresses): the retry and
 /// timeout controls a sidecar further in would obey, the address and
-/// internal marks it would trust, the original path and URL, forced
-/// tracing.
+/// internal marks it would trust, the original URL, forced tracing.
+/// (`x-envoy-original-path` is not on Envoy's list: a rewrite overwrites
+/// it, and otherwise the client's passes, as through Envoy.)
 const INTERNAL_ONLY: [&str; 19] = [
     "x-envoy-decorator-operation",
     "x-envoy-downstream-service-cluster",
     "x-envoy-downstream-service-node",
     "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
     "x-envoy-retry-on",
     "x-envoy-retry-grpc-on",
     "x-envoy-max-retries",
@@ -90,7 +92,6 @@ const INTERNAL_ONLY: [&str; 19] = [
     "x-envoy-force-trace",
     "x-envoy-ip-tags",
     "x-envoy-original-url",
-    "x-envoy-original-path",
     "x-envoy-hedge-on-per-try-timeout",
     "x-envoy-internal",
     "x-envoy-external-address",

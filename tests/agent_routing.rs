@@ -292,6 +292,38 @@ async fn a_hash_policy_keeps_retries_on_the_keys_endpoint() {
     }
 }
 
+/// With `retryIgnorePreviousHosts: true` a hash policy's retries leave the
+/// endpoints tried, as Istio then renders Envoy's previous-hosts
+/// predicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_ignore_previous_hosts_moves_a_hash_policys_retries() {
+    let reviews = Reviews::start().await;
+    for upstream in &reviews.upstreams {
+        upstream.fail_with(503);
+    }
+    let rules = "  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 2, retryOn: 5xx, retryIgnorePreviousHosts: true}\n";
+    let agent = reviews
+        .agent(
+            "{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}",
+            &virtual_service(rules),
+        )
+        .await;
+    let client = Client::h1(agent.outbound);
+    let before: Vec<usize> = reviews.upstreams.iter().map(Upstream::count).collect();
+    let reply = client
+        .get_with("http://reviews:9080/fail", &[("x-user", "alice")])
+        .await;
+    assert_eq!(reply.status, 503);
+    let tries: Vec<usize> = (reviews.upstreams.iter().zip(&before))
+        .map(|(u, b)| u.count() - b)
+        .collect();
+    assert_eq!(tries.iter().sum::<usize>(), 3, "{tries:?}");
+    assert!(
+        tries.iter().all(|t| *t <= 1),
+        "a retry went back: {tries:?}"
+    );
+}
+
 /// A cookie hash policy with a `ttl` makes the cookie for a request that
 /// came without it, routes that request by it, and sets it on the
 /// response, as Envoy does under Istio's rendering: the client's next

@@ -832,7 +832,7 @@ async fn the_gateway_times_its_clients_as_its_downstream_says() {
 /// A request entering the mesh loses what only the mesh may set, as
 /// Envoy cleans a request at Istio's gateway (every client is external
 /// there): the retry and timeout controls a sidecar further in obeys, the
-/// address and internal marks, the original URL, the client's own
+/// address and internal marks, the original path and URL, the client's own
 /// `x-request-id`; and it gains `x-envoy-external-address`, the client's
 /// address. The gateway passed them all through as the client sent them.
 /// With `numTrustedProxies: 1`, the address is the one the proxy in front
@@ -858,6 +858,7 @@ async fn the_edge_cleans_what_only_the_mesh_sets_and_trusts_only_its_proxies() {
         ("x-envoy-internal", "true"),
         ("x-envoy-external-address", "9.9.9.9"),
         ("x-envoy-original-url", "http://evil/"),
+        ("x-envoy-original-path", "/evil"),
         ("x-envoy-force-trace", "true"),
         ("x-request-id", "my-own-id"),
     ];
@@ -872,7 +873,7 @@ async fn the_edge_cleans_what_only_the_mesh_sets_and_trusts_only_its_proxies() {
         .await;
     assert_eq!(reply.status, 200);
     let seen = app.seen().pop().unwrap();
-    for (name, _) in &forged[..7] {
+    for (name, _) in &forged[..8] {
         if *name != "x-envoy-external-address" {
             assert!(seen.headers.get(*name).is_none(), "{name} reached the app");
         }

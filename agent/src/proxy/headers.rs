@@ -72,10 +72,12 @@ pub struct OutgoingRequest<'a> {
 /// and `mutateRequestHeaders` for an external request, as every request
 /// is at an Istio gateway: it lists no internal addresses): the retry and
 /// timeout controls a sidecar further in would obey, the address and
-/// internal marks it would trust, the original URL, forced tracing.
-/// (`x-envoy-original-path` is not on Envoy's list: a rewrite overwrites
-/// it, and otherwise the client's passes, as through Envoy.)
-const INTERNAL_ONLY: [&str; 19] = [
+/// internal marks it would trust, the original path and URL, forced
+/// tracing. (`x-envoy-original-path` is not in `cleanInternalHeaders`:
+/// Envoy removes it from an untrusted client's request beside it, under
+/// `sanitize_original_path`, on since 1.26; Envoy 1.40 at Istio's gateway
+/// does not pass a client's on.)
+const INTERNAL_ONLY: [&str; 20] = [
     "x-envoy-decorator-operation",
     "x-envoy-downstream-service-cluster",
     "x-envoy-downstream-service-node",
@@ -92,6 +94,7 @@ const INTERNAL_ONLY: [&str; 19] = [
     "x-envoy-force-trace",
     "x-envoy-ip-tags",
     "x-envoy-original-url",
+    "x-envoy-original-path",
     "x-envoy-hedge-on-per-try-timeout",
     "x-envoy-internal",
     "x-envoy-external-address",

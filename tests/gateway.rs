@@ -365,6 +365,21 @@ spec:
         reply.header("location").as_deref(),
         Some("https://bookinfo.example.com:8080/productpage?u=1")
     );
+    // `:80` too: `require_tls` keeps the Host as sent (Envoy 1.40 answers
+    // `https://shop.example.com:80/p?q=1` for `Host: shop.example.com:80`),
+    // where a route's scheme redirect drops the old scheme's port.
+    let raw = common::client::raw_exchange(
+        gateway.port(80),
+        "GET /productpage?u=1 HTTP/1.1\r\nhost: bookinfo.example.com:80\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        raw.starts_with("HTTP/1.1 301")
+            && raw
+                .to_ascii_lowercase()
+                .contains("location: https://bookinfo.example.com:80/productpage?u=1\r\n"),
+        "{raw}"
+    );
     assert_eq!(app.count(), 3);
 
     let metrics = gateway.metrics().await;

@@ -80,6 +80,7 @@ fn action(rule: &HttpRoute) -> RouteAction {
             // (Envoy keeps the Host header), whatever derivePort says.
             port_from_request: r.derive_port.as_deref() == Some("FROM_REQUEST_PORT")
                 || r.authority.is_none(),
+            keep_request_port: false,
             code,
         });
     }

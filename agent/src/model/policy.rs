@@ -39,6 +39,11 @@ pub struct Redirect {
     pub scheme: Option<String>,
     /// Use the request's port when `port` is unset (FROM_REQUEST_PORT).
     pub port_from_request: bool,
+    /// Keep the request's port even when the scheme changes from one whose
+    /// default it is (`http://a:80` → `https://a:80`): Envoy's
+    /// `require_tls` writes `https://<Host><path>` as the Host was sent,
+    /// where a route's scheme redirect drops it (`processRequestHost`).
+    pub keep_request_port: bool,
     /// Status (301 by default).
     pub code: StatusCode,
 }
@@ -55,6 +60,7 @@ impl Redirect {
             port: None,
             scheme: Some("https".into()),
             port_from_request: true,
+            keep_request_port: true,
             code: StatusCode::MOVED_PERMANENTLY,
         }
     }

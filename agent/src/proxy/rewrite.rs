@@ -82,7 +82,8 @@ pub fn location<B>(redirect: &Redirect, req: &http::Request<B>) -> Option<Header
         .and_then(|v| v.to_str().ok())
         .or(req.uri().scheme_str())
         .unwrap_or("http");
-    let request_port = port.filter(|p| from == scheme || default_port(from) != Some(*p));
+    let request_port = port
+        .filter(|p| redirect.keep_request_port || from == scheme || default_port(from) != Some(*p));
     let port = redirect
         .port
         .or(if redirect.port_from_request {
@@ -185,6 +186,7 @@ mod tests {
             port: None,
             scheme: None,
             port_from_request: true,
+            keep_request_port: false,
             code: http::StatusCode::MOVED_PERMANENTLY,
         };
         let req = http::Request::get("/productpage?u=1")
@@ -206,6 +208,7 @@ mod tests {
             port,
             scheme: scheme.map(Into::into),
             port_from_request: port.is_none() && scheme.is_none(),
+            keep_request_port: false,
             code: http::StatusCode::FOUND,
         };
         let req = http::Request::get("/p")

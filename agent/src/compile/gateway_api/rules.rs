@@ -304,6 +304,7 @@ impl RuleBase<'_> {
                             // "When empty, the port of the request is used";
                             // with a scheme, the scheme's well-known port.
                             port_from_request: r.port.is_none() && r.scheme.is_none(),
+                            keep_request_port: false,
                             code: r
                                 .status_code
                                 .and_then(|c| StatusCode::from_u16(c as u16).ok())

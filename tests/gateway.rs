@@ -999,3 +999,57 @@ async fn gateways_sharing_a_port_and_host_both_route_and_catch_alls_go_last() {
         assert_eq!(reply.upstream(), backend, "{path}");
     }
 }
+
+/// A gateway behind one trusted proxy hashes `useSourceIp` by the client
+/// that proxy names in `x-forwarded-for`, as Envoy hashes the downstream
+/// remote address it reads before its filters run. The gateway read the
+/// address after appending its own caller to the header, so every client
+/// hashed as the proxy in front and all of them landed on one endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_hashes_the_client_its_trusted_proxy_names() {
+    let backends = [
+        Upstream::start("shop-1").await,
+        Upstream::start("shop-2").await,
+        Upstream::start("shop-3").await,
+    ];
+    let endpoints: Vec<Ep> = backends
+        .iter()
+        .map(|b| Ep {
+            addr: b.addr,
+            labels: &[],
+        })
+        .collect();
+    let hashing = r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: shop, namespace: default}
+spec:
+  host: shop.default.svc.cluster.local
+  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}
+"#;
+    let gateway = Gateway::start(
+        &(bootstrap(&[80], common::mesh::NO_COLLECTOR, "  numTrustedProxies: 1")
+            + &service_entry("shop", 9080, "HTTP", &endpoints)
+            + hashing
+            + SHOP_GATEWAY
+            + &shop_routed_to("shop")),
+    );
+    let client = Client::h1(gateway.port(80));
+    let mut homes = std::collections::HashMap::new();
+    for round in 0..3 {
+        for user in 1..=16 {
+            let xff = format!("203.0.113.{user}");
+            let reply = client
+                .get_with("http://shop/", &[("x-forwarded-for", &xff)])
+                .await;
+            assert_eq!(reply.status, 200);
+            let home = homes.entry(xff.clone()).or_insert_with(|| reply.upstream());
+            assert_eq!(*home, reply.upstream(), "{xff} moved in round {round}");
+        }
+    }
+    let distinct: std::collections::HashSet<&String> = homes.values().collect();
+    assert!(
+        distinct.len() >= 2,
+        "16 clients should spread over the endpoints: {distinct:?}"
+    );
+}

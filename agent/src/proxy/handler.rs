@@ -94,13 +94,21 @@ pub fn handle(
         // sidecar's application, or the ingress gateway itself, as Istio's
         // policies selecting the gateway do), so they answer before any
         // routing or upstream work is spent on the request.
-        if down.direction == Direction::Inbound || down.gateway.is_some() {
-            let remote_ip = access::remote_ip(
-                req.headers(),
+        //
+        // The downstream remote address they read is taken once, from the
+        // request as it came, as Envoy's connection manager takes it before
+        // any filter runs or `x-forwarded-for` is appended to.
+        let remote_ip = |headers: &http::HeaderMap| {
+            access::remote_ip(
+                headers,
                 down.peer.ip(),
                 snapshot.bootstrap.num_trusted_proxies,
                 down.gateway.is_some(),
-            );
+            )
+        };
+        let mut guarded_remote_ip = None;
+        if down.direction == Direction::Inbound || down.gateway.is_some() {
+            let remote_ip = *guarded_remote_ip.insert(remote_ip(req.headers()));
             if !snapshot.access.is_empty() {
                 // Without a CUSTOM policy nothing awaits: decided in place, no
                 // future kept. With one, the external check is boxed so that its
@@ -247,6 +255,15 @@ pub fn handle(
         if let Some(authority) = routed.destination_authority() {
             rewrite::set_authority(&mut parts, authority);
         }
+        // `useSourceIp` hashes the downstream remote address, which Envoy
+        // takes from x-forwarded-for where it does not use the peer's (a
+        // sidecar's `use_remote_address: false`): read before the forwarding
+        // headers below append this hop's caller.
+        let hash_source_ip = if cluster.balancer.hashes_source_ip() {
+            guarded_remote_ip.unwrap_or_else(|| remote_ip(&parts.headers))
+        } else {
+            down.peer.ip()
+        };
         let outgoing = OutgoingRequest {
             direction: down.direction,
             h2,
@@ -260,14 +277,8 @@ pub fn handle(
                 .gateway
                 .as_ref()
                 .map(|g| if g.tls { "https" } else { "http" }),
-            external_address: down.gateway.as_ref().map(|_| {
-                access::remote_ip(
-                    &parts.headers,
-                    down.peer.ip(),
-                    snapshot.bootstrap.num_trusted_proxies,
-                    true,
-                )
-            }),
+            // (a gateway's remote address: the guarded one, as it uses the remote address)
+            external_address: down.gateway.as_ref().and(guarded_remote_ip),
             trust_forwarded_proto: snapshot.bootstrap.num_trusted_proxies > 0,
         };
         let prepared = headers::prepare_request(&mut parts, &outgoing, |headers| {
@@ -322,19 +333,7 @@ pub fn handle(
             cluster,
             retry: &policy.retry,
             timeout,
-            // `useSourceIp` hashes the downstream remote address, which
-            // Envoy takes from x-forwarded-for where it does not use the
-            // peer's (a sidecar's `use_remote_address: false`).
-            source_ip: if cluster.balancer.hashes_source_ip() {
-                access::remote_ip(
-                    &parts.headers,
-                    down.peer.ip(),
-                    snapshot.bootstrap.num_trusted_proxies,
-                    down.gateway.is_some(),
-                )
-            } else {
-                down.peer.ip()
-            },
+            source_ip: hash_source_ip,
             generated_cookie: set_cookie.as_ref().map(|c| c.value.as_str()),
             count_attempts: down.direction == Direction::Outbound || down.gateway.is_some(),
         };

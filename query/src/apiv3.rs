@@ -217,6 +217,11 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
         start_to: Some(to),
         ..Default::default()
     };
+    Params::check_duration_range(
+        (spans.min_duration, spans.max_duration),
+        "query.duration_min",
+        "query.duration_max",
+    )?;
     if let Some(attributes) = params.get("query.attributes") {
         let map: std::collections::BTreeMap<String, String> = serde_json::from_str(attributes)
             .map_err(|e| QueryError::param("query.attributes", e))?;

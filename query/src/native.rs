@@ -116,6 +116,11 @@ fn filter(
         max_duration: params.max_duration(&["max_duration"])?,
         ..Default::default()
     };
+    Params::check_duration_range(
+        (query.min_duration, query.max_duration),
+        "min_duration",
+        "max_duration",
+    )?;
     if let Some(view) = view {
         view.apply(&mut query);
     }

@@ -110,6 +110,24 @@ impl Params {
             .filter(|max| !max.is_zero()))
     }
 
+    /// Refuses (400) an upper duration bound below the lower one, in the
+    /// words of Jaeger's query parser (`'maxDuration' should be greater
+    /// than 'minDuration'`), with `min` and `max` the parameters' names: a
+    /// search that can match nothing is a mistake to name, not an empty
+    /// answer. Equal bounds are a range.
+    pub fn check_duration_range(
+        range: (Option<Duration>, Option<Duration>),
+        min: &str,
+        max: &str,
+    ) -> Result<(), QueryError> {
+        match range {
+            (Some(lower), Some(upper)) if upper < lower => Err(QueryError::BadRequest(format!(
+                "'{max}' should be greater than '{min}'"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// A duration given as a whole number of `unit`s (Jaeger's `lookback`
     /// and `step` are milliseconds).
     pub fn units(&self, name: &str, unit: Duration) -> Result<Option<Duration>, QueryError> {

@@ -348,3 +348,43 @@ fn a_span_stamped_on_receipt_is_kept_with_no_clock_skew_allowed() {
     );
     collector.stop();
 }
+
+/// What Zipkin's own collector accepts is accepted: an empty body (a
+/// reporter's flush with nothing in it) is 202 with nothing stored, and a
+/// field sent as `null` is absent. Both were refused with 400, the second
+/// with every span of its batch.
+#[test]
+fn an_empty_body_and_null_fields_are_accepted_as_zipkin_accepts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path(), &["--commit-interval", "200ms"]);
+    let response = post_spans(&collector, "");
+    assert_eq!(
+        response.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+
+    let micros = now_nanos() / 1000;
+    let body = format!(
+        r#"[{{"traceId":"5af7183fb1d4cf60","id":"352bff9a74ca9ad3","parentId":null,"kind":"SERVER","name":"get /",
+             "timestamp":{micros},"duration":10,"localEndpoint":{{"serviceName":"frontend"}},"remoteEndpoint":null,
+             "annotations":null,"tags":null,"shared":null}}]"#
+    );
+    let response = post_spans(&collector, &body);
+    assert_eq!(
+        response.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let trace_id: TraceId = "00000000000000005af7183fb1d4cf60".parse().unwrap();
+    let trace = wait_for_trace(&collector.data_dir, trace_id, 1);
+    let stored = &trace.spans[0];
+    assert!(stored.span.events.is_empty() && stored.span.parent_span_id.is_empty());
+    assert_eq!(
+        tracemesh_collector::attributes::service_name(stored.resource.as_ref()),
+        "frontend"
+    );
+    collector.stop();
+}

@@ -49,13 +49,24 @@ struct ZipkinSpan {
     local_endpoint: Option<Endpoint>,
     #[serde(default)]
     remote_endpoint: Option<Endpoint>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     annotations: Vec<Annotation>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     tags: BTreeMap<String, String>,
     /// The SERVER half of an id the CLIENT half shares (B3's default).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     shared: bool,
+}
+
+/// A field whose value is `null` is read as absent, as Zipkin's span
+/// reader (`V2SpanReader`) skips a null field other than `traceId` and
+/// `id`. (`Option` fields take `null` as `None` on their own.)
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,12 +302,16 @@ pub struct Refused {
 /// `bounds`) stands in for the time of a span that gives none. A list
 /// that reads whole is read in one pass; one that does not is read again
 /// span by span to name the bad spans (serde_json skips over a span
-/// without recursing, whatever its depth).
+/// without recursing, whatever its depth). An empty body is no spans, as
+/// Zipkin's collector accepts it (202).
 pub fn decode(
     body: &[u8],
     received: u64,
     bounds: TimeBounds,
 ) -> Result<Vec<ResourceSpans>, Refused> {
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let spans: Vec<Result<ZipkinSpan, String>> =
         match serde_path_to_error::deserialize::<_, Vec<ZipkinSpan>>(&mut deserializer) {
@@ -400,6 +415,21 @@ mod tests {
         assert!(client.parent_span_id.is_empty());
     }
 
+    /// Every field but the ids may be `null`, read as absent, as Zipkin's
+    /// reader reads it: a span with `"tags": null` refused its whole batch.
+    #[test]
+    fn null_fields_are_absent() {
+        let body = br#"[{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010db","parentId":null,"name":null,"kind":null,
+            "timestamp":1,"duration":null,"localEndpoint":{"serviceName":"api","ipv4":null,"port":null},"remoteEndpoint":null,
+            "annotations":null,"tags":null,"shared":null,"debug":null}]"#;
+        let resources = decode(body, RECEIVED, TimeBounds::ALL).unwrap();
+        let span = &resources[0].scope_spans[0].spans[0];
+        assert!(span.parent_span_id.is_empty() && span.events.is_empty());
+        // The ids may not.
+        let body = br#"[{"traceId":null,"id":"4d1e00c0db9010db"}]"#;
+        assert!(decode(body, RECEIVED, TimeBounds::ALL).is_err());
+    }
+
     #[test]
     fn maps_like_opentelemetry() {
         let body = br#"[{"traceId":"86154a4ba6e91385","id":"4d1e00c0db9010db","parentId":"5b4185666d50f68b","name":"get /api",
@@ -496,8 +526,10 @@ mod tests {
         let (spans, reason, message) = refused(br#"{"not":"a list"}"#, TimeBounds::ALL);
         assert_eq!((spans, reason), (0, Refusal::Malformed));
         assert!(message.contains("invalid JSON"), "{message}");
-        // An empty list is an empty batch, as Zipkin takes it.
+        // An empty list is an empty batch, as Zipkin takes it; so is an
+        // empty body.
         assert_eq!(decode(b"[]", RECEIVED, TimeBounds::ALL).unwrap(), []);
+        assert_eq!(decode(b"", RECEIVED, TimeBounds::ALL).unwrap(), []);
     }
 
     #[test]

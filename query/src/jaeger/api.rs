@@ -162,13 +162,11 @@ fn search_params(params: &Params) -> Result<TraceSearch, QueryError> {
         start_to: Some(end),
         ..Default::default()
     };
-    if let (Some(min), Some(max)) = (spans.min_duration, spans.max_duration)
-        && max < min
-    {
-        return Err(QueryError::BadRequest(
-            "'maxDuration' should be greater than 'minDuration'".into(),
-        ));
-    }
+    Params::check_duration_range(
+        (spans.min_duration, spans.max_duration),
+        "minDuration",
+        "maxDuration",
+    )?;
     for tag in params.all("tag") {
         let (key, value) = tag.split_once(':').ok_or_else(|| {
             QueryError::param("tag", format!("expecting key:value, received: {tag}"))

@@ -147,6 +147,24 @@ impl Client {
         })
     }
 
+    /// Where a source-address hash sends each of 16 clients a proxy in
+    /// front names in `x-forwarded-for` (`203.0.113.1`..`.16`): GETs `url`
+    /// three times for each, asserts 200 and that every client stays on
+    /// one upstream (`x-upstream`), and returns the set of upstreams used.
+    pub async fn homes_by_forwarded_for(&self, url: &str) -> std::collections::BTreeSet<String> {
+        let mut homes = std::collections::HashMap::new();
+        for round in 0..3 {
+            for user in 1..=16 {
+                let xff = format!("203.0.113.{user}");
+                let reply = self.get_with(url, &[("x-forwarded-for", &xff)]).await;
+                assert_eq!(reply.status, 200);
+                let home = homes.entry(xff.clone()).or_insert_with(|| reply.upstream());
+                assert_eq!(*home, reply.upstream(), "{xff} moved in round {round}");
+            }
+        }
+        homes.into_values().collect()
+    }
+
     /// Sends a request and collects the response.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
         let resp = self.inner.request(req).await.expect("request");

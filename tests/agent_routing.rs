@@ -799,3 +799,65 @@ async fn client_get(agent: &Agent, path: &str) -> common::client::Reply {
         .send(reviews_request("GET", path, &[]))
         .await
 }
+
+/// A Sidecar's egress hosts import another namespace's VirtualService only
+/// when they name that namespace, as Istio's `SelectVirtualServices`
+/// imports them: with `./*`, a VirtualService in `other` for this
+/// namespace's service no longer steers the workload (it did: its header
+/// edit and route applied); with `*/*` it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sidecars_egress_hosts_import_virtual_services_by_namespace() {
+    let reviews = Reviews::start().await;
+    let foreign = r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: sneaky, namespace: other}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  http:
+  - headers: {request: {set: {x-sneaky: "1"}}}
+    route: [{destination: {host: reviews.default.svc.cluster.local, subset: v3}}]
+"#;
+    let sidecar = |hosts: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: default}}\nspec:\n  egress: [{{hosts: [\"{hosts}\"]}}]\n"
+        )
+    };
+    let seen_sneaky = |reviews: &Reviews| {
+        reviews
+            .upstreams
+            .iter()
+            .flat_map(|u| u.seen())
+            .filter(|r| r.headers.contains_key("x-sneaky"))
+            .count()
+    };
+
+    let agent = reviews
+        .agent(
+            "{loadBalancer: {simple: ROUND_ROBIN}}",
+            &(foreign.to_owned() + &sidecar("./*")),
+        )
+        .await;
+    let client = Client::h1(agent.outbound);
+    for _ in 0..8 {
+        assert_eq!(client.get("http://reviews:9080/").await.status, 200);
+    }
+    assert_eq!(seen_sneaky(&reviews), 0, "other's VirtualService applied");
+    let (ok, out) = common::agent::validate_file(&agent.config);
+    assert!(
+        ok && out.contains("outside the egress hosts of Sidecar default/default"),
+        "{out}"
+    );
+    drop(agent);
+
+    let agent = reviews
+        .agent(
+            "{loadBalancer: {simple: ROUND_ROBIN}}",
+            &(foreign.to_owned() + &sidecar("*/*")),
+        )
+        .await;
+    let reply = Client::h1(agent.outbound).get("http://reviews:9080/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.upstream(), "v3");
+    assert_eq!(seen_sneaky(&reviews), 1);
+}

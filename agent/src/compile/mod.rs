@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use crate::config::diagnostics::{ConfigRejected, Diagnostics, Location};
 use crate::config::documents::{Document, Resource, parse_documents};
+use crate::config::virtual_service::VirtualServiceSpec;
 use crate::model::Snapshot;
 use crate::model::live::LiveState;
 
@@ -36,7 +37,7 @@ use crate::model::live::LiveState;
 struct Documents {
     agents: Vec<Document<crate::config::agent::AgentSpec>>,
     service_entries: Vec<Document<crate::config::service_entry::ServiceEntrySpec>>,
-    virtual_services: Vec<Document<crate::config::virtual_service::VirtualServiceSpec>>,
+    virtual_services: Vec<Document<VirtualServiceSpec>>,
     destination_rules: Vec<Document<crate::config::destination_rule::DestinationRuleSpec>>,
     authorization_policies: Vec<Document<crate::config::security::AuthorizationPolicySpec>>,
     peer_authentications: Vec<Document<crate::config::security::PeerAuthenticationSpec>>,
@@ -402,9 +403,10 @@ fn build(
     if let (Some(scope), Some(name)) = (&sidecar.egress, &sidecar.name) {
         registry.restrict(scope, name);
     }
+    let virtual_services = imported_virtual_services(docs, &sidecar, &namespace, diags);
     let api_routes = gateway_api::routes(&docs.http_routes, &docs.grpc_routes, &namespace);
     let mesh_routes = routes::MeshInput {
-        virtual_services: &docs.virtual_services,
+        virtual_services: &virtual_services,
         routes: &api_routes,
         service_entries: &docs.service_entries,
     };
@@ -419,7 +421,7 @@ fn build(
         namespace: &boot.identity.namespace,
     };
     let tcp_rules = tcp_rules::build(
-        &docs.virtual_services,
+        &virtual_services,
         &registry,
         Some(source),
         &namespace,
@@ -465,6 +467,43 @@ fn build(
         gateway: None,
     };
     Some(snapshot(version, boot, mesh, policies, routing, dump))
+}
+
+/// The VirtualServices the applying Sidecar's egress hosts import, as
+/// Istio's `SelectVirtualServices` picks them: one whose namespace an
+/// egress host names (or `*/`) and whose hosts overlap that egress host's.
+/// All of them without a Sidecar egress. Delegates, which have no hosts,
+/// stay: they reach the workload through the roots that name them. One
+/// left out that would route this workload's traffic (bound to `mesh`) is
+/// warned about.
+fn imported_virtual_services<'a>(
+    docs: &'a Documents,
+    sidecar: &sidecar::SidecarScope,
+    namespace: &str,
+    diags: &mut Diagnostics,
+) -> std::borrow::Cow<'a, [Document<VirtualServiceSpec>]> {
+    let (Some(scope), Some(name)) = (&sidecar.egress, &sidecar.name) else {
+        return std::borrow::Cow::Borrowed(&docs.virtual_services);
+    };
+    let mut imported = Vec::with_capacity(docs.virtual_services.len());
+    for doc in &docs.virtual_services {
+        let vs_namespace = doc.metadata.namespace.as_deref().unwrap_or(namespace);
+        let hosts: Vec<String> = (doc.spec.hosts.iter())
+            .map(|h| crate::host::resolve_short_name(h, vs_namespace))
+            .collect();
+        if hosts.is_empty() || scope.imports(vs_namespace, &hosts) {
+            imported.push(doc.clone());
+            continue;
+        }
+        let bound_to_mesh =
+            doc.spec.gateways.is_empty() || doc.spec.gateways.iter().any(|g| g == routes::MESH);
+        if bound_to_mesh {
+            let msg =
+                format!("outside the egress hosts of Sidecar {name}: not applied to this workload");
+            diags.warn(&doc.location, Some("spec.hosts".into()), msg);
+        }
+    }
+    std::borrow::Cow::Owned(imported)
 }
 
 /// What the resources that select a workload make of it, compiled alike

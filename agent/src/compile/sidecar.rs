@@ -76,6 +76,24 @@ impl HostMatch {
         }
     }
 
+    /// Whether `host` — itself possibly a wildcard, as a VirtualService's
+    /// hosts may be — overlaps this pattern, as Istio's `host.Name.Matches`
+    /// reads two names: equal, or one wildcard covering the other.
+    fn overlaps(&self, host: &str) -> bool {
+        let covered_by = |wildcard: &str, name: &str| {
+            wildcard == "*"
+                || wildcard
+                    .strip_prefix('*')
+                    .is_some_and(|suffix| name.ends_with(suffix) && name.len() > suffix.len())
+        };
+        match self {
+            HostMatch::Any => true,
+            HostMatch::Suffix(_) if self.matches(host) => true,
+            HostMatch::Suffix(suffix) => covered_by(host, &format!("*.{suffix}")),
+            HostMatch::Exact(exact) => host == exact || covered_by(host, exact),
+        }
+    }
+
     fn matches(&self, host: &str) -> bool {
         match self {
             HostMatch::Any => true,
@@ -100,6 +118,24 @@ impl EgressScope {
                     NamespaceMatch::Nothing => false,
                 }
                 && rule.host.matches(&host)
+        })
+    }
+}
+
+impl EgressScope {
+    /// Whether these egress hosts import a VirtualService of `namespace`
+    /// with `hosts` (FQDNs, wildcards allowed), as Istio's
+    /// `SelectVirtualServices` imports one: an egress host naming its
+    /// namespace (or `*/`) whose host overlaps one of its hosts. Whatever
+    /// the port: the ports a Sidecar hides are gone from the registry.
+    pub fn imports(&self, namespace: &str, hosts: &[String]) -> bool {
+        self.rules.iter().any(|rule| {
+            let from = match &rule.namespace {
+                NamespaceMatch::Any => true,
+                NamespaceMatch::Named(ns) => ns == namespace,
+                NamespaceMatch::Nothing => false,
+            };
+            from && hosts.iter().any(|h| rule.host.overlaps(h))
         })
     }
 }
@@ -275,6 +311,38 @@ mod tests {
         assert_eq!(scope.name.as_deref(), Some("istio-system/root"));
         let scope = applying(&all[5..], &labels(), "default", ROOT_NAMESPACE, &mut diags);
         assert!(scope.name.is_none() && scope.egress.is_none() && scope.mode.is_none());
+    }
+
+    /// VirtualServices are imported by their own namespace and hosts,
+    /// which overlap an egress host as Istio's `host.Name.Matches` reads
+    /// two names (either may be a wildcard).
+    #[test]
+    fn virtual_services_are_imported_by_namespace_and_overlapping_hosts() {
+        let doc = sidecar(
+            "s",
+            "default",
+            None,
+            &[(None, &["./*", "prod/api.example.com", "*/*.googleapis.com"])],
+        );
+        let mut diags = Diagnostics::default();
+        let scope = applying(&[doc], &labels(), "default", ROOT_NAMESPACE, &mut diags);
+        let egress = scope.egress.expect("egress");
+        let hosts = |h: &[&str]| h.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        assert!(egress.imports("default", &hosts(&["anything.example.org"])));
+        assert!(!egress.imports("other", &hosts(&["reviews.default.svc.cluster.local"])));
+        assert!(egress.imports("prod", &hosts(&["api.example.com"])));
+        assert!(
+            egress.imports("prod", &hosts(&["*.example.com"])),
+            "a wildcard covers it"
+        );
+        assert!(egress.imports("prod", &hosts(&["*"])));
+        assert!(!egress.imports("prod", &hosts(&["www.example.com"])));
+        assert!(egress.imports("any", &hosts(&["storage.googleapis.com"])));
+        assert!(
+            egress.imports("any", &hosts(&["*.com"])),
+            "it covers the pattern"
+        );
+        assert!(!egress.imports("any", &hosts(&["googleapis.com"])));
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //!   its own certificate), while the sidecars' own mTLS is still
 //!   terminated;
 //! - a connection to the inbound capture port itself (15006, which the
-//!   rules leave alone) is closed instead of going to `spec.inbound.app`.
+//!   rules leave alone) is closed instead of going to `spec.inbound.app`,
+//!   and one from another pod to the outbound listener bound to every
+//!   address (15001) is closed instead of calling the mesh as this pod.
 //!
 //! Every path is taken with sidecars on both ends, on the destination's
 //! end only and, for the first bytes, on the source's end only, so the
@@ -76,8 +78,11 @@ impl Mesh {
             );
             chmod(&["-R", "a+rX"], &certs);
             install(pod, &[]);
-            // No collector in this bed: no spans.
+            // No collector in this bed: no spans. The outbound listener on
+            // every address, as an IPv6 or dual-stack pod binds it: still
+            // the pod's own.
             let yaml = sidecar_yaml(workload, app, app, "v1", &certs, detection)
+                .replace("127.0.0.1:15001", "0.0.0.0:15001")
                 + "  telemetry: {sampling: 0.0}\n"
                 + &registry;
             agents.push(Agent::start_in(pod, PROXY, &yaml));
@@ -301,7 +306,7 @@ async fn the_applications_own_tls_reaches_it_untouched_beside_mesh_mtls() {
 }
 
 #[tokio::test]
-async fn a_connection_to_the_inbound_capture_port_itself_is_closed() {
+async fn connections_to_the_capture_ports_themselves_are_closed() {
     let Some(mesh) = Mesh::start("inbound port", "1s") else {
         return;
     };
@@ -360,4 +365,42 @@ async fn a_connection_to_the_inbound_capture_port_itself_is_closed() {
             .map(|s| &s.path)
             .collect::<Vec<_>>()
     );
+
+    // productpage's outbound listener, bound to every address, used as a
+    // proxy from a pod without identity: closed unanswered. It answered,
+    // calling reviews as productpage (an mTLS identity borrowed).
+    let proxy = format!("http://{}:15001", mesh.productpage.ip);
+    let out = mesh
+        .outside
+        .tokio_command_as(APP, APP, "curl")
+        .args(["-sS", "--max-time", "20", "-x", &proxy])
+        .arg("http://reviews:9080/borrowed")
+        .output()
+        .await
+        .expect("curl");
+    assert!(
+        matches!(out.status.code(), Some(52 | 56)),
+        "{proxy} from outside: {}, {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(reviews_v1.count(), 2, "reviews was called through {proxy}");
+    // From inside the pod, over loopback, it is the pod's proxy still.
+    let out = mesh
+        .productpage
+        .tokio_command_as(APP, APP, "curl")
+        .args(["-sS", "--max-time", "20", "-x", "http://127.0.0.1:15001"])
+        .arg("http://reviews:9080/own")
+        .output()
+        .await
+        .expect("curl");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && body.contains("\"upstream\":\"reviews-v1\""),
+        "the pod's own proxy: {}, {body}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(reviews_v1.count(), 3);
 }

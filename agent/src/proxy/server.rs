@@ -312,6 +312,18 @@ pub(super) struct Connection {
     pub(super) drain: Option<watch::Receiver<Phase>>,
 }
 
+/// Whether a connection addressed to a listener directly came from this
+/// pod's own network namespace: over loopback, or from the address it was
+/// made to (the kernel picks the destination as the source of a
+/// connection a namespace makes to one of its own addresses).
+fn from_this_pod(stream: &TcpStream, peer: SocketAddr) -> bool {
+    let peer = peer.ip().to_canonical();
+    peer.is_loopback()
+        || stream
+            .local_addr()
+            .is_ok_and(|local| local.ip().to_canonical() == peer)
+}
+
 impl Connection {
     /// A connection the listener accepted: by its original destination
     /// when iptables redirected it, else as the listener's own — except
@@ -319,7 +331,12 @@ impl Connection {
     /// connections only: one addressed to it directly would reach the app
     /// past its own bind address (an app bound to 127.0.0.1 only, reached
     /// from another pod), and is closed, as Istio's virtualInbound listener
-    /// blackholes its own port.
+    /// blackholes its own port. And the outbound listener serves its own
+    /// pod only: a connection addressed to it directly from elsewhere (an
+    /// outbound listener bound to `0.0.0.0` or `[::]`) would be an open
+    /// proxy that calls the mesh with this workload's identity, and is
+    /// closed, as Istio blackholes what is addressed to its outbound
+    /// listener's own port.
     async fn accepted(self, stream: TcpStream, peer: SocketAddr, direction: Direction) {
         let snapshot = self.worker.shared.config.load_full();
         if snapshot.capture.mode == InterceptionMode::Redirect {
@@ -335,6 +352,10 @@ impl Connection {
                     return;
                 }
             }
+        }
+        if direction == Direction::Outbound && !from_this_pod(&stream, peer) {
+            tracing::debug!(%peer, "refused: a connection to the outbound listener from outside the pod");
+            return;
         }
         self.serve(stream, peer, direction).await;
     }

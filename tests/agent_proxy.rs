@@ -284,6 +284,60 @@ async fn grpc_calls_keep_their_trailers() {
     assert_eq!(scrape.sum("istio_requests_total", &aborted), 1.0);
 }
 
+/// gRPC is `application/grpc` or `application/grpc+<codec>`, as Envoy's
+/// `hasGrpcContentType` reads it: a gRPC-Web call to an HTTP/1.1
+/// application reaches it over HTTP/1.1 and counts as `http` (the agent
+/// spoke HTTP/2 to it, which it could not read: every call failed 200
+/// `grpc-status: 14` UPE). And a gRPC answer without `grpc-status` reports
+/// the one Envoy infers from its HTTP status (a 503 is 14), not none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_web_is_http_and_a_grpc_status_is_inferred_as_envoy_infers_it() {
+    let app = Upstream::start("web-app").await;
+    let mesh = mesh(app.addr, "HTTP").await;
+    let call = |content_type: &str| {
+        Request::post("http://backend:9080/svc.Echo/Say")
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from_static(b"AAAAAAA=")))
+            .unwrap()
+    };
+    let client = Client::h1(mesh.frontend.outbound);
+    for content_type in ["application/grpc-web-text", "application/grpc-web+proto"] {
+        let reply = client.send(call(content_type)).await;
+        assert_eq!(reply.status, 200, "{content_type}: {:?}", reply.headers);
+        assert!(reply.header("grpc-status").is_none(), "{content_type}");
+        let seen = app.seen().pop().expect("the app saw the call");
+        assert_eq!(seen.version, http::Version::HTTP_11, "{content_type}");
+        assert_eq!(seen.headers["content-type"], content_type);
+    }
+    let scrape = mesh.frontend.metrics().await;
+    let web = [("reporter", "source"), ("request_protocol", "http")];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &web),
+        2.0,
+        "{}",
+        scrape.text
+    );
+
+    app.fail_with(503);
+    let reply = Client::h2(mesh.frontend.outbound)
+        .send(call("application/grpc"))
+        .await;
+    assert_eq!(reply.status, 503);
+    let scrape = mesh.frontend.metrics().await;
+    let inferred = [
+        ("reporter", "source"),
+        ("request_protocol", "grpc"),
+        ("response_code", "503"),
+        ("grpc_response_status", "14"),
+    ];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &inferred),
+        1.0,
+        "{}",
+        scrape.text
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn websocket_upgrades_pass_through() {
     let app = Upstream::start("ws").await;

@@ -98,8 +98,11 @@ impl RetryOn {
     pub const REFUSED_STREAM: Self = Self(1 << 5);
     /// The listed status codes.
     pub const RETRIABLE_STATUS_CODES: Self = Self(1 << 6);
+    /// An answer marked `x-envoy-ratelimited` (by an upstream Envoy's rate
+    /// limit): retried only under this condition, never under another.
+    pub const ENVOY_RATELIMITED: Self = Self(1 << 13);
     /// Every gRPC condition: a response's `grpc-status` is read when any is on.
-    pub const GRPC: Self = Self(0b1111 << 7);
+    pub const GRPC: Self = Self((0b1111 << 7) | (1 << 12));
     /// gRPC CANCELLED.
     pub const GRPC_CANCELLED: Self = Self(1 << 7);
     /// gRPC DEADLINE_EXCEEDED.
@@ -108,6 +111,13 @@ impl RetryOn {
     pub const GRPC_RESOURCE_EXHAUSTED: Self = Self(1 << 9);
     /// gRPC UNAVAILABLE.
     pub const GRPC_UNAVAILABLE: Self = Self(1 << 10);
+    /// gRPC INTERNAL.
+    pub const GRPC_INTERNAL: Self = Self(1 << 12);
+    /// A condition that never holds here: `retriable-headers` (Istio renders
+    /// no `retriable_headers` for it to match) and
+    /// `http3-post-connect-failure` (the agent speaks no HTTP/3 upstream).
+    /// Accepted, as Istio accepts them.
+    pub const NEVER: Self = Self(0);
 
     /// Whether every condition of `other` is on.
     pub fn contains(self, other: Self) -> bool {
@@ -139,6 +149,9 @@ impl RetryOn {
             "deadline-exceeded" => Self::GRPC_DEADLINE_EXCEEDED,
             "resource-exhausted" => Self::GRPC_RESOURCE_EXHAUSTED,
             "unavailable" => Self::GRPC_UNAVAILABLE,
+            "internal" => Self::GRPC_INTERNAL,
+            "envoy-ratelimited" => Self::ENVOY_RATELIMITED,
+            "retriable-headers" | "http3-post-connect-failure" => Self::NEVER,
             _ => return None,
         })
     }
@@ -200,6 +213,7 @@ impl RetryPolicy {
                 Some(1) => on.contains(RetryOn::GRPC_CANCELLED),
                 Some(4) => on.contains(RetryOn::GRPC_DEADLINE_EXCEEDED),
                 Some(8) => on.contains(RetryOn::GRPC_RESOURCE_EXHAUSTED),
+                Some(13) => on.contains(RetryOn::GRPC_INTERNAL),
                 Some(14) => on.contains(RetryOn::GRPC_UNAVAILABLE),
                 _ => false,
             }

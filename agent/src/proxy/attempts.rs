@@ -517,12 +517,16 @@ impl Attempts<'_> {
                     .flatten();
                 self.observe(endpoint, Outcome::Status(status), record);
                 record.answered(status, sent.peer);
-                // An answer marked rate limited is never retried (Envoy's
-                // `x-envoy-ratelimited`): retrying would add to the load the
-                // limit sheds.
-                if self.retry.retries_status(status, grpc)
-                    && !sent.response.headers().contains_key(RATE_LIMITED)
-                {
+                // An answer marked rate limited (`x-envoy-ratelimited`) is
+                // retried under `envoy-ratelimited` only, whatever else it
+                // matches, as Envoy's `shouldRetryHeaders` decides:
+                // retrying would add to the load the limit sheds.
+                let retriable = if sent.response.headers().contains_key(RATE_LIMITED) {
+                    self.retry.on.contains(RetryOn::ENVOY_RATELIMITED)
+                } else {
+                    self.retry.retries_status(status, grpc)
+                };
+                if retriable {
                     match self.retry_slot(may_retry, deadline) {
                         Ok(slot) => return Judged::Retry(slot, "retriable status"),
                         Err(NoRetry::Overflow) => record.retry_overflowed(),

@@ -501,14 +501,4 @@ pub fn custom_response(
     (response, body)
 }
 
-/// Envoy's mapping of an HTTP status to a gRPC status for local replies.
-pub fn grpc_status_for(status: StatusCode) -> u16 {
-    match status.as_u16() {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => 2,
-    }
-}
+pub use crate::telemetry::record::grpc_status_for;

@@ -365,8 +365,9 @@ pub struct RequestKey {
     pub grpc: bool,
     /// Response status (0 when none was sent).
     pub code: u16,
-    /// gRPC status, for gRPC requests that got one.
-    pub grpc_status: Option<u16>,
+    /// gRPC status of a gRPC request, as Istio reports it
+    /// ([`super::record::reported_grpc_status`]).
+    pub grpc_status: Option<i32>,
     /// Envoy's response flags.
     pub flags: ResponseFlags,
     /// The values of the Telemetry's `tagOverrides` upserts on this side,

@@ -172,16 +172,50 @@ impl LogFields {
     }
 }
 
-/// Whether a request is gRPC (by content type, as Envoy decides).
+/// Whether a request is gRPC, by content type as Envoy's
+/// `Grpc::Common::hasGrpcContentType` decides: exactly `application/grpc`
+/// or `application/grpc+<codec>`. gRPC-Web (`application/grpc-web…`) is
+/// not: it is HTTP/1.1-compatible traffic, sent as the port's protocol says.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .and_then(|v| v.as_bytes().strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'+')
 }
 
 /// The gRPC status in response headers or trailers.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
     headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
+}
+
+/// The `grpc_response_status` Istio reports for a gRPC request, as Envoy's
+/// `Grpc::Common::getGrpcStatus(trailers, headers, info)` reads it: the
+/// answer's own status (one above 16, user-defined, is `-1`, Envoy's
+/// `InvalidCode`), else inferred from the HTTP `status` sent
+/// (`httpToGrpcStatus`: a 503 without a gRPC status is 14, a 200 is 2),
+/// else none (0: nothing was sent).
+pub fn reported_grpc_status(grpc_status: Option<u16>, status: u16) -> Option<i32> {
+    const MAXIMUM_KNOWN: u16 = 16;
+    match grpc_status {
+        Some(code) if code <= MAXIMUM_KNOWN => Some(i32::from(code)),
+        Some(_) => Some(-1),
+        None if status == 0 => None,
+        None => Some(i32::from(grpc_status_for(status))),
+    }
+}
+
+/// Envoy's mapping of an HTTP status to a gRPC status
+/// (`Grpc::Utility::httpToGrpcStatus`), for local replies to gRPC callers
+/// and for answers that carry no gRPC status.
+pub fn grpc_status_for(status: impl Into<u16>) -> u16 {
+    match status.into() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
 }
 
 /// `grpc-status`, read from every upstream answer (a name given as a
@@ -291,7 +325,10 @@ impl RequestRecord {
             },
             grpc: self.grpc,
             code: self.status,
-            grpc_status: self.grpc_status,
+            grpc_status: self
+                .grpc
+                .then(|| reported_grpc_status(self.grpc_status, self.status))
+                .flatten(),
             flags: self.flags,
             tags: Box::default(),
         }
@@ -335,5 +372,35 @@ impl RequestRecord {
             requested_server_name: self.requested_server_name.as_deref(),
             traceparent: log.traceparent.as_deref(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As Envoy's `getGrpcStatus(trailers, headers, info)`: the answer's
+    /// own status, `-1` past the known ones, else inferred from the HTTP
+    /// status sent, else none.
+    #[test]
+    fn the_reported_grpc_status_is_envoys() {
+        assert_eq!(reported_grpc_status(Some(5), 200), Some(5));
+        assert_eq!(reported_grpc_status(Some(99), 200), Some(-1));
+        assert_eq!(reported_grpc_status(None, 503), Some(14));
+        assert_eq!(reported_grpc_status(None, 404), Some(12));
+        assert_eq!(reported_grpc_status(None, 200), Some(2));
+        assert_eq!(reported_grpc_status(None, 0), None);
+    }
+
+    #[test]
+    fn grpc_is_its_content_type_and_its_codecs_only() {
+        let with = |content_type: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+            is_grpc(&headers)
+        };
+        assert!(with("application/grpc") && with("application/grpc+proto"));
+        assert!(!with("application/grpc-web") && !with("application/grpc-web-text"));
+        assert!(!with("application/grpcx") && !is_grpc(&HeaderMap::new()));
     }
 }

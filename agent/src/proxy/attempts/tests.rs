@@ -546,6 +546,36 @@ async fn an_answer_marked_rate_limited_is_not_retried() {
     )
     .await;
     assert!(matches!(plain.result, Ok(200)), "an unmarked 503 is");
+    // Under `envoy-ratelimited` it is, as Envoy's `shouldRetryHeaders`.
+    let policy = retry(2, &[RetryOn::ENVOY_RATELIMITED]);
+    let answers = [Answer::RateLimited, Answer::Status(200)];
+    let retried = run(&cluster, &policy, None, &answers).await;
+    assert!(matches!(retried.result, Ok(200)));
+}
+
+/// `internal` retries gRPC INTERNAL (13), as Envoy's `retry_on: internal`;
+/// the agent refused a config naming it (and `envoy-ratelimited`,
+/// `retriable-headers`, `http3-post-connect-failure`), which Istio accepts.
+#[tokio::test(start_paused = true)]
+async fn grpc_internal_is_retried_under_internal() {
+    let cluster = cluster(2, PoolLimits::default(), None);
+    let policy = retry(2, &[RetryOn::parse("internal").expect("known")]);
+    let run = run(
+        &cluster,
+        &policy,
+        None,
+        &[Answer::Grpc(13), Answer::Grpc(0)],
+    )
+    .await;
+    assert!(matches!(run.result, Ok(200)));
+    assert_eq!(run.script.endpoints().len(), 2);
+    for name in [
+        "envoy-ratelimited",
+        "retriable-headers",
+        "http3-post-connect-failure",
+    ] {
+        assert!(RetryOn::parse(name).is_some(), "{name}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -352,3 +352,38 @@ spec:
         "no log line per audited request: {noisy:?}"
     );
 }
+
+/// The bucket tables of the rate-limit rules that apply to a workload are
+/// bounded together (2^20 buckets, 16 MiB), as each one is alone: forty
+/// rules of a million keys each made the agent take 676 MB when it
+/// started. A rule that selects another workload allocates nothing and
+/// counts for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limit_tables_are_bounded_together() {
+    let app = Upstream::start("app").await;
+    let rule = |name: &str| {
+        format!(
+            "  - name: {name}\n    key: {{sourceIp: true}}\n    maxKeys: 1048576\n    tokenBucket: {{maxTokens: 5, fillInterval: 1s}}\n"
+        )
+    };
+    let policy = |name: &str, app_label: &str, rules: &str| {
+        format!(
+            "---\napiVersion: tracemesh.io/v1\nkind: RateLimitPolicy\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: {app_label}}}}}\n  rules:\n{rules}"
+        )
+    };
+    let one = policy("one", "reviews", &rule("big"));
+    let elsewhere = policy("elsewhere", "ratings", &(rule("a") + &rule("b")));
+    let base = agent("reviews", app.addr, NO_COLLECTOR);
+    let agent_with = Agent::try_start(&(base.clone() + &one + &elsewhere));
+    assert!(agent_with.is_ok(), "{:?}", agent_with.err());
+    drop(agent_with);
+
+    let two = policy("two", "reviews", &(rule("big") + &rule("bigger")));
+    let refused = Agent::try_start(&(base + &two)).err().expect("refused");
+    assert!(
+        refused.contains("document 2 (RateLimitPolicy default/two")
+            && refused.contains("spec.rules[1].maxKeys")
+            && refused.contains("brings them to 2097152"),
+        "{refused}"
+    );
+}

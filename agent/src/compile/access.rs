@@ -571,6 +571,7 @@ pub(super) fn rate_limits(
     diags: &mut Diagnostics,
 ) -> Vec<Arc<RateLimiter>> {
     let mut out = Vec::new();
+    let mut buckets = 0u64;
     for doc in docs {
         let applies = applies(
             &doc.metadata,
@@ -586,32 +587,79 @@ pub(super) fn rate_limits(
                 doc.metadata.name,
                 raw.name.clone().unwrap_or_else(|| i.to_string())
             ));
-            if let Some(limiter) = rate_limiter(raw, name, &field, &doc.location, diags)
-                && applies
-            {
-                let key = format!(
-                    "{}|{:?}|{:?}|{:?}|{:?}",
-                    limiter.name, limiter.bucket, limiter.key, limiter.paths, limiter.methods
-                );
-                out.push(live.rate_limiter(&key, || limiter));
+            let Some(limiter) = rate_limiter(raw, name, &field, &doc.location, diags) else {
+                continue;
+            };
+            if !applies {
+                continue;
             }
+            // The tables are allocated when the config loads: bounded
+            // together, before any is allocated, as each one is alone.
+            buckets += limiter.buckets() as u64;
+            if buckets > u64::from(MAX_RATE_LIMIT_KEYS) {
+                let msg = format!(
+                    "the rate-limit rules that apply to this workload may keep {MAX_RATE_LIMIT_KEYS} \
+                     keyed buckets in all (16 bytes each, allocated when the config loads); \
+                     this rule brings them to {buckets}"
+                );
+                diags.error(&doc.location, Some(format!("{field}.maxKeys")), msg);
+                continue;
+            }
+            let key = format!(
+                "{}|{:?}|{:?}|{:?}|{:?}",
+                limiter.name, limiter.bucket, limiter.key, limiter.paths, limiter.methods
+            );
+            out.push(live.rate_limiter(&key, || limiter.build()));
         }
     }
     out
 }
 
-/// Most keyed buckets one rate-limit rule may keep (`maxKeys`): 2^20, a
-/// 16 MiB table. The table is allocated when the config loads, so the bound
-/// is checked before anything is allocated.
+/// Most keyed buckets one rate-limit rule may keep (`maxKeys`), and all the
+/// rules that apply to a workload together: 2^20, a 16 MiB table. The
+/// tables are allocated when the config loads, so the bound is checked
+/// before anything is allocated.
 pub const MAX_RATE_LIMIT_KEYS: u32 = 1 << 20;
 
+/// A checked rate-limit rule whose bucket table is not allocated yet.
+pub(super) struct CheckedRateLimiter {
+    /// `namespace/name[rule]`.
+    pub name: String,
+    paths: Vec<Pattern>,
+    methods: Vec<String>,
+    key: KeyKind,
+    bucket: BucketSettings,
+    max_keys: usize,
+}
+
+impl CheckedRateLimiter {
+    /// The buckets its table will hold (one for a global rule).
+    pub fn buckets(&self) -> usize {
+        RateLimiter::slots(&self.key, self.max_keys)
+    }
+
+    /// The limiter, its table allocated.
+    pub fn build(self) -> RateLimiter {
+        RateLimiter::new(
+            self.name,
+            self.paths,
+            self.methods,
+            self.key,
+            self.bucket,
+            self.max_keys,
+        )
+    }
+}
+
+/// Checks one rule; `None` (the faults in `diags`) when it cannot be used.
+/// Nothing is allocated for its buckets until [`CheckedRateLimiter::build`].
 pub(super) fn rate_limiter(
     raw: &RateLimitRule,
     name: String,
     field: &str,
     loc: &Location,
     diags: &mut Diagnostics,
-) -> Option<RateLimiter> {
+) -> Option<CheckedRateLimiter> {
     let errors_before = diags.errors().count();
     let bucket = &raw.token_bucket;
     if bucket.max_tokens == 0 {
@@ -689,15 +737,14 @@ pub(super) fn rate_limiter(
         tokens_per_fill: bucket.tokens_per_fill.unwrap_or(1),
         fill_interval_ms: bucket.fill_interval.get().as_millis() as u64,
     };
-    let max_keys = raw.max_keys.unwrap_or(10_000) as usize;
-    Some(RateLimiter::new(
+    Some(CheckedRateLimiter {
         name,
-        patterns(&matches.paths),
-        matches.methods,
-        key?,
-        settings,
-        max_keys,
-    ))
+        paths: patterns(&matches.paths),
+        methods: matches.methods,
+        key: key?,
+        bucket: settings,
+        max_keys: raw.max_keys.unwrap_or(10_000) as usize,
+    })
 }
 
 #[cfg(test)]

@@ -75,11 +75,7 @@ impl RateLimiter {
         bucket: BucketSettings,
         max_keys: usize,
     ) -> Self {
-        let slots = if matches!(key, KeyKind::Global) {
-            1
-        } else {
-            max_keys.max(1).next_power_of_two()
-        };
+        let slots = Self::slots(&key, max_keys);
         Self {
             name,
             paths,
@@ -87,6 +83,16 @@ impl RateLimiter {
             key,
             bucket,
             table: BucketTable::new(slots),
+        }
+    }
+
+    /// The buckets a table for `key` and `max_keys` holds: one for a
+    /// global rule, else `max_keys` rounded up to a power of two.
+    pub fn slots(key: &KeyKind, max_keys: usize) -> usize {
+        if matches!(key, KeyKind::Global) {
+            1
+        } else {
+            max_keys.max(1).next_power_of_two()
         }
     }
 

@@ -15,6 +15,8 @@ mod agents;
 mod common;
 #[path = "capture/edges.rs"]
 mod edges;
+#[path = "capture/sni.rs"]
+mod sni;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Output;

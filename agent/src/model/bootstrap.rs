@@ -50,7 +50,9 @@ pub const MAX_DOWNSTREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// `spec.downstream`); `None` is off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DownstreamTimeouts {
-    /// A connection with no request in flight this long is closed.
+    /// A connection with no request in flight this long is closed; also
+    /// the longest a captured connection to a port declared TLS may take
+    /// to send its ClientHello.
     pub idle: Option<Duration>,
     /// A streaming body (either way) with nothing passing either way this
     /// long ends the stream (408, or a reset once the response has begun).

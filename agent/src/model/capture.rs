@@ -146,7 +146,9 @@ pub enum Destination<'a> {
     },
     /// No address matched, but services without `addresses` declare this
     /// port (Istio's `0.0.0.0:<port>` listener): HTTP picks among them by
-    /// Host, TLS by SNI, TCP takes the first.
+    /// Host (the route table's virtual hosts, an exact domain before any
+    /// wildcard), TLS by SNI ([`PortServices::by_sni`]), TCP takes the
+    /// first.
     Port(&'a PortServices),
 }
 
@@ -157,6 +159,42 @@ pub struct PortServices {
     pub protocol: Protocol,
     /// Their clusters for this port, in declaration order.
     pub clusters: Vec<Arc<Cluster>>,
+    /// Their exact hosts, by name (the first declaration of a name keeps
+    /// it).
+    exact: HashMap<String, Arc<Cluster>>,
+    /// Their wildcard hosts (`*.example.com`), longest suffix first
+    /// (stable: declaration order among equals).
+    wildcards: Vec<Arc<Cluster>>,
+}
+
+impl PortServices {
+    /// The service a TLS ClientHello's server name (lower-cased, as
+    /// detection reads it) picks, as Envoy matches a filter chain's
+    /// `server_names`: the exact host, else the wildcard with the longest
+    /// suffix that covers it — whatever order they were declared in. Both
+    /// orders are built once, with the map; this allocates nothing.
+    pub fn by_sni(&self, sni: &str) -> Option<&Arc<Cluster>> {
+        self.exact.get(sni).or_else(|| {
+            self.wildcards
+                .iter()
+                .find(|c| crate::host::host_matches(&c.service.host, sni))
+        })
+    }
+
+    fn push(&mut self, cluster: &Arc<Cluster>) {
+        let host = &cluster.service.host;
+        if host.starts_with('*') {
+            let at = self
+                .wildcards
+                .partition_point(|c| c.service.host.len() >= host.len());
+            self.wildcards.insert(at, cluster.clone());
+        } else {
+            self.exact
+                .entry(host.clone())
+                .or_insert_with(|| cluster.clone());
+        }
+        self.clusters.push(cluster.clone());
+    }
 }
 
 #[derive(Debug)]
@@ -247,6 +285,8 @@ impl Destinations {
             .or_insert_with(|| PortServices {
                 protocol: cluster.protocol,
                 clusters: Vec::new(),
+                exact: HashMap::default(),
+                wildcards: Vec::new(),
             });
         // HTTP-family ports share one listener (routed by Host), TLS ports
         // too (by SNI); plain TCP carries no name to tell services apart.
@@ -259,7 +299,7 @@ impl Destinations {
                 by: first.name.clone(),
             });
         }
-        entry.clusters.push(cluster.clone());
+        entry.push(cluster);
         Ok(())
     }
 
@@ -454,6 +494,43 @@ mod tests {
             "port TCP [\"outbound|5432||db-a.example\"]"
         );
         assert_eq!(host(map.lookup(at("93.184.216.34:8080"))), "outside");
+    }
+
+    #[test]
+    fn sni_picks_the_exact_host_then_the_longest_wildcard_whatever_the_order() {
+        let mut map = Destinations::default();
+        let any = cluster("*", 443, Protocol::Tls, &[]);
+        let wide = cluster("*.example.com", 443, Protocol::Tls, &[]);
+        let eu = cluster("*.eu.example.com", 443, Protocol::Tls, &[]);
+        let api = cluster("api.example.com", 443, Protocol::Tls, &[]);
+        let api_again = cluster("api.example.com", 443, Protocol::Tls, &[]);
+        let other_eu = cluster("*.de.example.com", 443, Protocol::Tls, &[]);
+        // The widest first, the exact host last.
+        for c in [&any, &wide, &eu, &api, &api_again, &other_eu] {
+            map.add_port(c).unwrap();
+        }
+        let Some(Destination::Port(port)) = map.lookup(at("203.0.113.1:443")) else {
+            panic!("the port of address-less services");
+        };
+        let picked = |sni| port.by_sni(sni).map(Arc::as_ptr);
+        assert_eq!(picked("api.example.com"), Some(Arc::as_ptr(&api)));
+        assert_eq!(picked("x.eu.example.com"), Some(Arc::as_ptr(&eu)));
+        assert_eq!(picked("x.de.example.com"), Some(Arc::as_ptr(&other_eu)));
+        assert_eq!(picked("www.example.com"), Some(Arc::as_ptr(&wide)));
+        assert_eq!(picked("example.org"), Some(Arc::as_ptr(&any)));
+        assert_eq!(
+            port.clusters.first().map(Arc::as_ptr),
+            Some(Arc::as_ptr(&any)),
+            "declaration order is kept for plain TCP"
+        );
+
+        let mut map = Destinations::default();
+        map.add_port(&wide).unwrap();
+        let Some(Destination::Port(port)) = map.lookup(at("203.0.113.1:443")) else {
+            panic!("the port of address-less services");
+        };
+        assert!(port.by_sni("example.com").is_none(), "no subdomain");
+        assert!(port.by_sni("api.example.org").is_none());
     }
 
     #[test]

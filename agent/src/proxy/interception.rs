@@ -8,12 +8,13 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
 use super::tcp::TcpTarget;
 use super::{Captured, Unregistered};
-use crate::capture::detect::{Detected, detect, take_undecided};
+use crate::capture::detect::{Detected, detect, detect_tls, take_undecided};
 use crate::capture::{INBOUND_PASSTHROUGH_V4, INBOUND_PASSTHROUGH_V6};
 use crate::model::Snapshot;
 use crate::model::capture::{Destination, InboundApp, OutboundTrafficMode};
@@ -43,10 +44,14 @@ pub enum Outbound {
 
 /// Decides a captured outbound connection to `dst`: its protocol from the
 /// destination's port declaration, else from its first bytes (peeked, not
-/// consumed, for at most `protocolDetectionTimeout`).
+/// consumed, for at most `protocolDetectionTimeout`). A port declared TLS
+/// (or HTTPS) detects nothing: its ClientHello is awaited for as long as
+/// the client takes ([`client_hello`]).
 ///
 /// # Errors
-/// The socket's errors while its first bytes are awaited.
+/// The socket's errors while its first bytes are awaited; on a port
+/// declared TLS, [`io::ErrorKind::TimedOut`] when no ClientHello came
+/// within the downstream idle timeout.
 pub async fn outbound(
     snapshot: &Snapshot,
     stream: &TcpStream,
@@ -62,9 +67,8 @@ pub async fn outbound(
         None => Protocol::Auto,
     };
     let detected = match declared {
-        Protocol::Tls | Protocol::Auto => {
-            Some(detect(stream, capture.protocol_detection_timeout).await?)
-        }
+        Protocol::Tls => Some(client_hello(stream, snapshot.bootstrap.downstream.idle).await?),
+        Protocol::Auto => Some(detect(stream, capture.protocol_detection_timeout).await?),
         _ => None,
     };
     let (http, sni) = match (declared, &detected) {
@@ -99,14 +103,12 @@ pub async fn outbound(
     let target = match found {
         Some(Destination::Service(cluster)) => to(cluster, None),
         Some(Destination::Endpoint { cluster, endpoint }) => to(cluster, Some(endpoint)),
-        // Address-less services on the port: TLS picks by SNI, plain TCP
-        // takes the first (it carries no name).
+        // Address-less services on the port: TLS picks by SNI, the most
+        // specific host first, plain TCP takes the first (it carries no
+        // name).
         Some(Destination::Port(services)) => {
             let chosen = match sni {
-                Some(sni) => services
-                    .clusters
-                    .iter()
-                    .find(|c| host_matches(&c.service.host, sni)),
+                Some(sni) => services.by_sni(sni),
                 None if detected_tls(&detected) => None,
                 None => services.clusters.first(),
             };
@@ -145,11 +147,29 @@ fn detected_tls(detected: &Option<Detected>) -> bool {
     matches!(detected, Some(Detected::Tls { .. }))
 }
 
-/// Whether a ServiceEntry host (maybe `*.example.com`) covers `sni`.
-fn host_matches(host: &str, sni: &str) -> bool {
-    match host.strip_prefix('*') {
-        Some(suffix) => sni.len() > suffix.len() && sni.ends_with(suffix),
-        None => host.eq_ignore_ascii_case(sni),
+/// The ClientHello of a connection to a port declared TLS, as Istio's
+/// listener for such a port reads it: only its TLS inspector runs, with no
+/// listener filter timeout (`ListenerFiltersTimeout: 0` in
+/// `buildListenerFromEntry`), so a client that pauses before its hello is
+/// still routed by its SNI — `protocolDetectionTimeout` is for sniffing
+/// undeclared ports. The first byte still decides whether it is TLS at all
+/// (anything else is [`Detected::Opaque`] at once). The wait is bounded by
+/// the downstream idle timeout (`spec.downstream.idleTimeout`, none when
+/// it is off), as every connection with nothing in flight is: past it the
+/// connection is refused with [`io::ErrorKind::TimedOut`], so a client
+/// that never speaks holds nothing but its own connection, and not for
+/// good.
+async fn client_hello(stream: &TcpStream, idle: Option<Duration>) -> io::Result<Detected> {
+    let hello = detect_tls(stream, Duration::ZERO);
+    let Some(idle) = idle else {
+        return hello.await;
+    };
+    match tokio::time::timeout(idle, hello).await {
+        Ok(detected) => detected,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no ClientHello within the idle timeout ({idle:?})"),
+        )),
     }
 }
 
@@ -211,13 +231,104 @@ fn is_local(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compile::compile_text;
+    use crate::model::live::LiveState;
+    use tokio::io::AsyncWriteExt;
 
-    #[test]
-    fn wildcard_hosts_cover_their_subdomains_only() {
-        assert!(host_matches("*.example.com", "api.example.com"));
-        assert!(!host_matches("*.example.com", "example.com"));
-        assert!(host_matches("api.example.com", "API.example.com"));
-        assert!(!host_matches("api.example.com", "web.example.com"));
+    /// Two hosts of one address-less ServiceEntry on a port declared TLS,
+    /// the first declared first; a short detection timeout.
+    const CONFIG: &str = r#"
+apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: client-v1, namespace: default}
+spec:
+  service: client
+  capture: {mode: REDIRECT, protocolDetectionTimeout: 50ms}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: example, namespace: default}
+spec:
+  hosts: [api.example.com, other.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 443, name: tls, protocol: TLS}]
+"#;
+
+    fn snapshot() -> Snapshot {
+        let file = Arc::from("capture.yaml");
+        match compile_text(&file, CONFIG, 1, &LiveState::default()) {
+            Ok(compiled) => compiled.snapshot,
+            Err(rejected) => panic!("{rejected}"),
+        }
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// rustls' ClientHello for `sni`.
+    fn client_hello_for(sni: &str) -> Vec<u8> {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut wire = Vec::new();
+        conn.write_tls(&mut wire).unwrap();
+        wire
+    }
+
+    #[tokio::test]
+    async fn a_late_client_hello_on_a_declared_tls_port_is_routed_by_its_sni() {
+        let snapshot = snapshot();
+        let (mut client, server) = pair().await;
+        // Six detection timeouts later: a port declared TLS does not
+        // detect, it waits for the hello.
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            client
+                .write_all(&client_hello_for("other.example.com"))
+                .await
+                .unwrap();
+            client
+        });
+        let dst = "192.0.2.1:443".parse().unwrap();
+        let decided = outbound(&snapshot, &server, dst).await.unwrap();
+        let _client = late.await.unwrap();
+        let Outbound::Tcp {
+            target: TcpTarget::Cluster { cluster, .. },
+            sni,
+            undecided,
+        } = decided
+        else {
+            panic!("TLS to a service: {decided:?}");
+        };
+        assert_eq!(cluster.name, "outbound|443||other.example.com");
+        assert_eq!(sni.as_deref(), Some("other.example.com"));
+        assert!(undecided.is_empty(), "the hello is peeked, not read");
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_that_never_comes_ends_at_the_idle_timeout() {
+        let (_client, server) = pair().await;
+        let idle = Some(Duration::from_millis(100));
+        let error = client_hello(&server, idle).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        // Anything but a handshake record decides at once, idle or not.
+        let (mut client, server) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let detected = client_hello(&server, None).await.unwrap();
+        assert_eq!(detected, Detected::Opaque { timed_out: false });
     }
 
     #[test]

@@ -813,3 +813,24 @@ spec:
     conn.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"over v6");
 }
+
+/// A ServiceEntry port without `protocol` is valid, as Istio's
+/// `ValidateProtocol` allows it ("used for protocol sniffing"): the upstream
+/// is spoken to as the client spoke. The agent refused the whole config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_port_without_a_protocol_is_spoken_as_the_client_spoke() {
+    let app = Upstream::start("undeclared").await;
+    let entry = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: backend, namespace: default}}\nspec:\n  hosts: [backend.default.svc.cluster.local]\n  ports: [{{number: 9080, name: web}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1, ports: {{web: {}}}}}]\n",
+        app.addr.port()
+    );
+    let frontend = Agent::start(&(agent("frontend", closed_port().await, NO_COLLECTOR) + &entry));
+    for (client, version) in [
+        (Client::h1(frontend.outbound), http::Version::HTTP_11),
+        (Client::h2(frontend.outbound), http::Version::HTTP_2),
+    ] {
+        let reply = client.get("http://backend:9080/sniffed").await;
+        assert_eq!(reply.status, 200, "{version:?}");
+        assert_eq!(app.seen().pop().expect("seen").version, version);
+    }
+}

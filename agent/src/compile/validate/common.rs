@@ -100,8 +100,11 @@ pub(super) fn port_number(c: &mut Check<'_>, field: &str, number: u32) {
     }
 }
 
+/// A port's `protocol`: one of Istio's, or empty — left out, as Istio's
+/// `ValidateProtocol` allows it: the protocol is detected from the
+/// client's first bytes.
 pub(super) fn protocol(c: &mut Check<'_>, field: &str, protocol: &str) {
-    if !PROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(protocol)) {
+    if !protocol.is_empty() && !PROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(protocol)) {
         c.error(
             field,
             format!(

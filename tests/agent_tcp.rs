@@ -582,3 +582,81 @@ async fn a_tcp_connection_busy_past_its_max_duration_is_closed_as_dt() {
         );
     }
 }
+
+/// A reset is passed on as a reset, both ways, as Envoy's tcp_proxy passes
+/// it (`detect_and_raise_rst_tcp_connection`, on by default): an
+/// application that aborts its connection after sending part of a
+/// close-delimited answer leaves its client with an error, not an end of
+/// stream that makes the cut-short answer look complete; and a client that
+/// aborts leaves the application with one. The agent passed a normal close
+/// on, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reset_is_passed_on_as_a_reset_both_ways() {
+    // The application: on its first connection, sends 64 KiB and aborts;
+    // on its second, reads until the end and says how it ended.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    let (accepted_tx, accepted_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut first, _) = listener.accept().await.unwrap();
+        first.write_all(&[7u8; 64 * 1024]).await.unwrap();
+        reset(first);
+        let (mut second, _) = listener.accept().await.unwrap();
+        let _ = accepted_tx.send(());
+        let mut buf = [0u8; 4096];
+        let ended = loop {
+            match second.read(&mut buf).await {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(error) => break Err(error.kind()),
+            }
+        };
+        let _ = ended_tx.send(ended);
+    });
+    let agent = tcp_agent("db", app, "[]", "", "");
+
+    let mut client = TcpStream::connect(agent.inbound).await.unwrap();
+    let mut read = 0;
+    let mut buf = [0u8; 4096];
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(20), client.read(&mut buf)).await {
+            Ok(Ok(0)) => break Ok(()),
+            Ok(Ok(n)) => read += n,
+            Ok(Err(error)) => break Err(error.kind()),
+            Err(_) => panic!("the client was left waiting after {read} bytes"),
+        }
+    };
+    assert_eq!(
+        ended,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the application's reset reached the client as {ended:?} after {read} bytes"
+    );
+
+    let mut client = TcpStream::connect(agent.inbound).await.unwrap();
+    client.write_all(b"part of a request").await.unwrap();
+    // Once the agent has its upstream connection.
+    tokio::time::timeout(Duration::from_secs(20), accepted_rx)
+        .await
+        .expect("the agent never connected to the application")
+        .unwrap();
+    reset(client);
+    let ended = tokio::time::timeout(Duration::from_secs(20), ended_rx)
+        .await
+        .expect("the application was left waiting")
+        .unwrap();
+    assert_eq!(
+        ended,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the client's reset reached the application as {ended:?}"
+    );
+}
+
+/// Closes `stream` with a reset: `SO_LINGER` 0, an abortive close, which
+/// does not block the thread as a lingering close would (tokio deprecates
+/// `set_linger` for that).
+#[allow(deprecated)]
+fn reset(stream: TcpStream) {
+    stream.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(stream);
+}

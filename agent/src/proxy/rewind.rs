@@ -19,6 +19,12 @@ pub struct Rewind<T> {
     inner: T,
 }
 
+impl<T: crate::tls::io::AsTcp> crate::tls::io::AsTcp for Rewind<T> {
+    fn tcp(&self) -> &tokio::net::TcpStream {
+        self.inner.tcp()
+    }
+}
+
 impl<T> Rewind<T> {
     /// `inner`, its first bytes `prefix` (already read off it).
     pub fn with_prefix(inner: T, prefix: Bytes) -> Self {

@@ -14,6 +14,7 @@
 
 use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -43,7 +44,7 @@ use crate::model::{MtlsMode, Snapshot};
 use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter, TcpConnection};
 use crate::telemetry::otlp_wire::Value;
 use crate::telemetry::span::{Kind, Parent, Sampling, Span};
-use crate::tls::io::UpstreamIo;
+use crate::tls::io::{AsTcp, UpstreamIo};
 use crate::tls::{PeerTls, handshake};
 
 /// Where a TCP connection goes.
@@ -178,7 +179,7 @@ pub async fn proxy<IO>(
     (direction, guarded): (Direction, Option<u16>),
     target: TcpTarget,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin + AsTcp,
 {
     // Envoy's `max_downstream_connection_duration` counts from here.
     let began = Instant::now();
@@ -301,24 +302,48 @@ pub async fn proxy<IO>(
     let mut ended = None;
     if let (Some(upstream), Some(endpoint)) = (upstream, &endpoint) {
         let _active = endpoint.state.start_request();
+        // Each side's socket, kept to close it with a reset when the other
+        // side resets, as Envoy's tcp_proxy passes a reset on
+        // (`detect_and_raise_rst_tcp_connection`, on by default): the
+        // streams are dropped with the halves below, these copies after.
+        let sockets = [downstream.tcp(), upstream.tcp()].map(|s| s.as_fd().try_clone_to_owned());
         let (mut down_read, mut down_write) = tokio::io::split(downstream);
         let (mut up_read, mut up_write) = tokio::io::split(upstream);
         let last = Cell::new(Instant::now());
         let both = async {
-            tokio::join!(
-                pipe(
-                    (&mut down_read, &mut up_write),
-                    handles.as_ref().and_then(|h| h.received.as_ref()),
-                    &mut received,
-                    &last,
-                ),
-                pipe(
-                    (&mut up_read, &mut down_write),
-                    handles.as_ref().and_then(|h| h.sent.as_ref()),
-                    &mut sent,
-                    &last,
-                ),
-            )
+            let forward = pipe(
+                (&mut down_read, &mut up_write),
+                handles.as_ref().and_then(|h| h.received.as_ref()),
+                &mut received,
+                &last,
+            );
+            let backward = pipe(
+                (&mut up_read, &mut down_write),
+                handles.as_ref().and_then(|h| h.sent.as_ref()),
+                &mut sent,
+                &last,
+            );
+            tokio::pin!(forward, backward);
+            let (mut forward_done, mut backward_done) = (false, false);
+            // Both ways to their ends, unless one side resets: then the
+            // other (0 downstream, 1 upstream) is reset at once.
+            while !(forward_done && backward_done) {
+                tokio::select! {
+                    passed = &mut forward, if !forward_done => {
+                        forward_done = true;
+                        if is_reset(&passed) {
+                            return Some(1);
+                        }
+                    }
+                    passed = &mut backward, if !backward_done => {
+                        backward_done = true;
+                        if is_reset(&passed) {
+                            return Some(0);
+                        }
+                    }
+                }
+            }
+            None
         };
         let timeout = idle_timeout(&snapshot, cluster.as_deref());
         let lifetime = cluster
@@ -327,7 +352,11 @@ pub async fn proxy<IO>(
         // Idle or past its lifetime: both streams are dropped here, closing
         // both connections.
         tokio::select! {
-            _ = both => {}
+            reset = both => {
+                if let Some(Ok(socket)) = reset.and_then(|side| sockets.get(side)) {
+                    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+                }
+            }
             () = idle(&last, timeout) => ended = Some(Ended::Idle),
             () = expire(began, lifetime) => ended = Some(Ended::Lifetime),
         }
@@ -608,6 +637,11 @@ async fn dial(
         .map_err(|error| error.to_string())
 }
 
+/// Whether a [`pipe`] ended because its source was reset.
+fn is_reset(passed: &Result<(), PipeBroke>) -> bool {
+    matches!(passed, Err(PipeBroke::Reading(e)) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
 /// Which end of a [`pipe`] broke.
 #[derive(Debug)]
 pub(super) enum PipeBroke {
@@ -634,8 +668,14 @@ where
     loop {
         let n = match from.read(&mut buf).await {
             Ok(n) => n,
+            // A reset is passed on as a reset, by the caller, which owns
+            // the other side's socket: an end of stream sent first would
+            // make a cut-short transfer look complete.
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(PipeBroke::Reading(error));
+            }
             Err(error) => {
-                // A side that broke off (a reset, a TLS session ended
+                // A side that broke off otherwise (a TLS session ended
                 // without close_notify) ends the other side too, as an end
                 // of stream does, so the peer is not left waiting.
                 let _ = to.shutdown().await;

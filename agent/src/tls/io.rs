@@ -77,3 +77,37 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
 pub type DownstreamIo = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
 /// An upstream connection.
 pub type UpstreamIo = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// The TCP socket under a connection's layers (TLS, bytes read ahead):
+/// for what only the socket can do, such as closing it with a reset.
+pub trait AsTcp {
+    /// The socket.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl AsTcp for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl AsTcp for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl AsTcp for tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl<T: AsTcp> AsTcp for MaybeTls<T> {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(s) => s.tcp(),
+        }
+    }
+}

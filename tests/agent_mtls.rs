@@ -235,6 +235,71 @@ async fn permissive_accepts_plaintext_and_tls_without_a_certificate() {
     assert_eq!(certs["inboundMtls"], "PERMISSIVE");
 }
 
+/// A PeerAuthentication in the root namespace whose selector has no labels
+/// is the mesh's policy, as in Istio: its STRICT refuses plaintext (it was
+/// skipped as some other namespace's workload policy: PERMISSIVE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mesh_policy_with_an_empty_selector_is_enforced() {
+    let ca = Ca::start();
+    for selector in ["selector: {}", "selector: {matchLabels: {}}"] {
+        let app = Upstream::start("app").await;
+        let mesh = format!(
+            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec:\n  {selector}\n  mtls: {{mode: STRICT}}\n"
+        );
+        let backend = workload(
+            "backend",
+            app.addr,
+            &ca.identity_yaml("backend", "1h"),
+            &mesh,
+        );
+        let certs: serde_json::Value =
+            serde_json::from_str(&backend.admin_get("/certs").await).unwrap();
+        assert_eq!(certs["inboundMtls"], "STRICT", "{selector}");
+        assert!(
+            Client::h1(backend.inbound)
+                .try_get("http://backend/")
+                .await
+                .is_err(),
+            "{selector}: plaintext was served"
+        );
+        let front = frontend(&ca, backend.inbound, "frontend", "1h").await;
+        let reply = Client::h1(front.outbound).get("http://backend:9080/").await;
+        assert_eq!(reply.status, 200, "{selector}: mTLS is served");
+        assert_eq!(app.count(), 1, "{selector}");
+    }
+}
+
+/// In explicit mode the inbound listener serves the application's port:
+/// `portLevelMtls` for that port decides it, and `/certs` shows the port's
+/// mode beside the workload's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn port_level_mtls_decides_the_application_port() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let port = app.addr.port();
+    let policy = format!(
+        "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: backend, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: backend}}}}\n  mtls: {{mode: STRICT}}\n  portLevelMtls:\n    {port}: {{mode: DISABLE}}\n"
+    );
+    let backend = workload(
+        "backend",
+        app.addr,
+        &ca.identity_yaml("backend", "1h"),
+        &policy,
+    );
+    let reply = Client::h1(backend.inbound)
+        .get("http://backend/plain")
+        .await;
+    assert_eq!(reply.status, 200);
+    let certs: serde_json::Value =
+        serde_json::from_str(&backend.admin_get("/certs").await).unwrap();
+    assert_eq!(certs["inboundMtls"], "STRICT");
+    assert_eq!(
+        certs["portLevelMtls"][port.to_string()],
+        "DISABLE",
+        "{certs}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn principals_decide_authorization() {
     let ca = Ca::start();

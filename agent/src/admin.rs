@@ -349,13 +349,25 @@ fn match_json(m: &RouteMatch) -> Value {
 }
 
 /// The workload's identity and certificates, as Envoy's `/certs` shows them
-/// (subjects, SANs, validity; never the key).
+/// (subjects, SANs, validity; never the key), with the inbound mTLS modes:
+/// `inboundMtls` for every port but those `portLevelMtls` names.
 async fn certs(State(state): State<AdminState>) -> Json<Value> {
-    let mode = state.shared.config.load().inbound_mtls.as_str();
+    let (mode, ports) = {
+        let snapshot = state.shared.config.load();
+        let inbound = &snapshot.inbound_mtls;
+        let ports: serde_json::Map<String, Value> = (inbound.ports.iter())
+            .map(|(port, m)| (port.to_string(), m.as_str().into()))
+            .collect();
+        (inbound.mode.as_str(), ports)
+    };
     let Some(material) = state.shared.tls.load_full() else {
-        return Json(
-            json!({ "identity": null, "inboundMtls": mode, "certificateChain": [], "rootCertificates": [] }),
-        );
+        return Json(json!({
+            "identity": null,
+            "inboundMtls": mode,
+            "portLevelMtls": ports,
+            "certificateChain": [],
+            "rootCertificates": [],
+        }));
     };
     let seconds = |t: Option<std::time::SystemTime>| {
         t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -365,6 +377,7 @@ async fn certs(State(state): State<AdminState>) -> Json<Value> {
         "identity": material.identity.to_string(),
         "source": material.source,
         "inboundMtls": mode,
+        "portLevelMtls": ports,
         "loadedAt": seconds(Some(material.loaded_at)),
         "renewAt": seconds(material.renew_at()),
         "expiresAt": seconds(material.expires_at()),

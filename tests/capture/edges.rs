@@ -17,7 +17,10 @@
 //! - a connection to the inbound capture port itself (15006, which the
 //!   rules leave alone) is closed instead of going to `spec.inbound.app`,
 //!   and one from another pod to the outbound listener bound to every
-//!   address (15001) is closed instead of calling the mesh as this pod.
+//!   address (15001) is closed instead of calling the mesh as this pod;
+//! - PeerAuthentication's `portLevelMtls` decides each captured port: a
+//!   plaintext client is served on the port it sets DISABLE and refused
+//!   on the others, STRICT by the workload's mode.
 //!
 //! Every path is taken with sidecars on both ends, on the destination's
 //! end only and, for the first bytes, on the source's end only, so the
@@ -57,6 +60,11 @@ impl Mesh {
     /// `detection`; `None` when this machine cannot run pods (not root,
     /// and not `CI=true`).
     fn start(test: &str, detection: &str) -> Option<Mesh> {
+        Self::start_with(test, detection, "")
+    }
+
+    /// The same, with `policies` (YAML documents) in both agents' config.
+    fn start_with(test: &str, detection: &str, policies: &str) -> Option<Mesh> {
         let mut bed = Bed::new(test)?;
         let productpage = bed.pod("productpage");
         let reviews = bed.pod("reviews1");
@@ -84,7 +92,8 @@ impl Mesh {
             let yaml = sidecar_yaml(workload, app, app, "v1", &certs, detection)
                 .replace("127.0.0.1:15001", "0.0.0.0:15001")
                 + "  telemetry: {sampling: 0.0}\n"
-                + &registry;
+                + &registry
+                + policies;
             agents.push(Agent::start_in(pod, PROXY, &yaml));
         }
         Some(Mesh {
@@ -403,4 +412,64 @@ async fn connections_to_the_capture_ports_themselves_are_closed() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(reviews_v1.count(), 3);
+}
+
+/// reviews1's workload policy: STRICT, but DISABLE on 8080.
+const STRICT_BUT_8080: &str = r#"---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: finance, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    8080: {mode: DISABLE}
+"#;
+
+#[tokio::test]
+async fn port_level_mtls_decides_each_captured_port() {
+    let Some(mesh) = Mesh::start_with("port-level mtls", "1s", STRICT_BUT_8080) else {
+        return;
+    };
+    // Two applications in reviews1: 8080 (the policy's DISABLE port, where
+    // `spec.inbound.app` also points) and 9090 (STRICT, as the workload).
+    let any = |port| std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    let on_8080 = Upstream::start_on("reviews-8080", mesh.reviews.listen(any(8080)));
+    let on_9090 = Upstream::start_on("reviews-9090", mesh.reviews.listen(any(9090)));
+
+    // Plaintext from a pod without sidecar: served on 8080.
+    let disabled = format!("http://{}:8080/plain", mesh.reviews.ip);
+    let body = curl_args(&mesh.outside, &[&disabled])
+        .await
+        .unwrap_or_else(|e| panic!("{disabled} from outside: {e}"));
+    assert!(body.contains("\"upstream\":\"reviews-8080\""), "{body}");
+
+    // Refused on 9090: closed unanswered — curl's "empty reply" (52) or
+    // "connection reset" (56) — and never reaching the application.
+    let strict = format!("http://{}:9090/plain", mesh.reviews.ip);
+    let out = mesh
+        .outside
+        .tokio_command_as(APP, APP, "curl")
+        .args(["-sS", "--noproxy", "*", "--max-time", "20", &strict])
+        .output()
+        .await
+        .expect("curl");
+    assert!(
+        matches!(out.status.code(), Some(52 | 56)),
+        "{strict} from outside: {}, {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = [("direction", "inbound"), ("reason", "plaintext_refused")];
+    wait_metrics(&mesh.reviews, "plaintext refused on the STRICT port", |m| {
+        m.sum("tracemesh_agent_tls_handshake_failures_total", &refused) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        on_9090.count(),
+        0,
+        "plaintext reached the STRICT port's app"
+    );
+    assert_eq!(on_8080.count(), 1);
 }

@@ -515,7 +515,7 @@ struct WorkloadPolicies {
     authn: crate::model::authn::Authenticator,
     telemetry: crate::model::telemetry::TelemetryPolicy,
     rate_limits: Vec<Arc<crate::model::rate_limit::RateLimiter>>,
-    inbound_mtls: crate::model::MtlsMode,
+    inbound_mtls: crate::model::InboundMtls,
 }
 
 fn workload_policies(
@@ -539,12 +539,7 @@ fn workload_policies(
     let authn = authn::authenticator(&docs.request_authentications, boot, states, diags);
     let rate_limits =
         access::rate_limits(&docs.rate_limit_policies, boot, namespace, states, diags);
-    let inbound_mtls = mtls::inbound_mode(
-        &docs.peer_authentications,
-        boot,
-        boot.listeners.app.port(),
-        diags,
-    );
+    let inbound_mtls = mtls::inbound_mtls(&docs.peer_authentications, boot, diags);
     WorkloadPolicies {
         authorization,
         authn,

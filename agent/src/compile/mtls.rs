@@ -1,13 +1,18 @@
-//! PeerAuthentication → the inbound mTLS mode, resolved with Istio's
-//! precedence: a workload policy (selector) over the namespace's over the
-//! mesh's (root namespace); UNSET inherits; nothing at all is PERMISSIVE.
-//! `portLevelMtls` (workload policies only) overrides for the app's port.
+//! PeerAuthentication → the inbound mTLS modes, resolved as Istio's
+//! `ComposePeerAuthentication`: a workload policy (a `selector` with
+//! labels, in the workload's namespace) over the namespace's (no selector,
+//! or one without labels) over the mesh's (the same, in the root
+//! namespace); of several at one level the first in file order applies;
+//! UNSET inherits; nothing at all is PERMISSIVE. The workload policy's
+//! `portLevelMtls` sets the mode of the ports it names (by the port the
+//! application listens on, Istio's endpoint port); UNSET there inherits
+//! the workload's mode.
 
 use super::bootstrap::Agent;
 use crate::config::diagnostics::Diagnostics;
 use crate::config::documents::Document;
 use crate::config::security::PeerAuthenticationSpec;
-use crate::model::MtlsMode;
+use crate::model::{InboundMtls, MtlsMode};
 
 fn parse(mode: Option<&str>) -> Result<Option<MtlsMode>, String> {
     match mode {
@@ -21,14 +26,42 @@ fn parse(mode: Option<&str>) -> Result<Option<MtlsMode>, String> {
     }
 }
 
-/// The mode for the workload's port `port`.
-pub(super) fn inbound_mode(
+/// Which level a PeerAuthentication applies to a workload at, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    /// A `selector` with labels matching the workload, in its namespace.
+    Workload,
+    /// No selector (or one without labels), in the workload's namespace.
+    Namespace,
+    /// No selector (or one without labels), in the root namespace.
+    Mesh,
+}
+
+/// The level `doc` applies to this workload at, as Istio classifies a
+/// policy: a selector without labels is no selector; a policy with labels
+/// in the root namespace is no workload's (Istio ignores it); one in
+/// another namespace is not this workload's.
+fn level(doc: &Document<PeerAuthenticationSpec>, boot: &Agent) -> Option<Level> {
+    let identity = &boot.identity;
+    let policy_ns = (doc.metadata.namespace.as_deref()).unwrap_or(&identity.namespace);
+    match &doc.spec.selector {
+        Some(selector) if !selector.match_labels.is_empty() => {
+            let ours = policy_ns == identity.namespace && policy_ns != boot.root_namespace;
+            (ours && selector.matches(&identity.labels)).then_some(Level::Workload)
+        }
+        _ if policy_ns == boot.root_namespace => Some(Level::Mesh),
+        _ if policy_ns == identity.namespace => Some(Level::Namespace),
+        _ => None,
+    }
+}
+
+/// The inbound mTLS modes of the workload: its mode, and the modes of the
+/// ports its workload policy's `portLevelMtls` names.
+pub(super) fn inbound_mtls(
     docs: &[Document<PeerAuthenticationSpec>],
     boot: &Agent,
-    port: u16,
     diags: &mut Diagnostics,
-) -> MtlsMode {
-    let identity = &boot.identity;
+) -> InboundMtls {
     let (mut workload, mut namespace, mut mesh) = (None, None, None);
     for doc in docs {
         let loc = &doc.location;
@@ -40,32 +73,10 @@ pub(super) fn inbound_mode(
                 continue;
             }
         };
-        let mut port_mode = None;
-        for (port_number, m) in &spec.port_level_mtls {
-            match parse(m.mode.as_deref()) {
-                Ok(m) if u32::from(port) == *port_number => port_mode = m,
-                Ok(_) => {}
-                Err(msg) => diags.error(
-                    loc,
-                    Some(format!("spec.portLevelMtls.{port_number}.mode")),
-                    msg,
-                ),
-            }
-        }
-        let policy_ns = doc
-            .metadata
-            .namespace
-            .as_deref()
-            .unwrap_or(&identity.namespace);
-        let slot = match &spec.selector {
-            Some(selector)
-                if policy_ns == identity.namespace && selector.matches(&identity.labels) =>
-            {
-                &mut workload
-            }
-            Some(_) => continue,
-            None if policy_ns == identity.namespace => &mut namespace,
-            None if policy_ns == boot.root_namespace => &mut mesh,
+        let slot = match level(doc, boot) {
+            Some(Level::Workload) => &mut workload,
+            Some(Level::Namespace) => &mut namespace,
+            Some(Level::Mesh) => &mut mesh,
             None => continue,
         };
         if slot.is_some() {
@@ -76,23 +87,216 @@ pub(super) fn inbound_mode(
             );
             continue;
         }
-        *slot = Some(port_mode.or(mode));
+        *slot = Some((doc, mode));
     }
+    // UNSET (or no policy) inherits from the level above.
     let mode = [workload, namespace, mesh]
         .into_iter()
         .flatten()
-        .flatten()
-        .next()
+        .find_map(|(_, mode)| mode)
         .unwrap_or(MtlsMode::Permissive);
-    if mode == MtlsMode::Strict && boot.has_identity {
-        return mode;
+    let mut ports = Vec::new();
+    if let Some((doc, _)) = workload {
+        for (&number, m) in &doc.spec.port_level_mtls {
+            let field = || Some(format!("spec.portLevelMtls.{number}.mode"));
+            let port_mode = match parse(m.mode.as_deref()) {
+                Ok(port_mode) => port_mode.unwrap_or(mode),
+                Err(msg) => {
+                    diags.error(&doc.location, field(), msg);
+                    continue;
+                }
+            };
+            // Out of range is the validation's error.
+            if let Ok(port) = u16::try_from(number) {
+                ports.push((port, port_mode));
+            }
+        }
     }
-    if mode == MtlsMode::Strict {
+    ports.sort_unstable_by_key(|&(port, _)| port);
+    let inbound = InboundMtls {
+        mode,
+        ports: ports.into_boxed_slice(),
+    };
+    if inbound.any_strict() && !boot.has_identity {
         let first = docs.first().map(|d| d.location.clone());
         if let Some(loc) = first {
             let msg = "STRICT mTLS applies to this workload but the Agent has no spec.identity to serve TLS with";
             diags.error(&loc, Some("spec.mtls.mode".into()), msg);
         }
     }
-    mode
+    inbound
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::compile::compile_text;
+    use crate::model::live::LiveState;
+    use crate::model::{InboundMtls, MtlsMode};
+
+    /// The agent `reviews` (labels `app: reviews`) in `default`, with an
+    /// identity, then `policies`.
+    fn modes(policies: &str) -> InboundMtls {
+        let yaml = format!(
+            r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {{name: reviews-v1, namespace: default}}
+spec:
+  service: reviews
+  labels: {{app: reviews}}
+  identity:
+    files: {{certChain: /nonexistent/cert-chain.pem, privateKey: /nonexistent/key.pem, rootCert: /nonexistent/root-cert.pem}}
+{policies}"#
+        );
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        let compiled =
+            compile_text(&file, &yaml, 1, &LiveState::default()).unwrap_or_else(|e| panic!("{e}"));
+        compiled.snapshot.inbound_mtls
+    }
+
+    fn policy(name: &str, namespace: &str, spec: &str) -> String {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}"
+        )
+    }
+
+    /// A root-namespace policy whose selector has no labels is the mesh's
+    /// (Istio: `Selector == nil || len(MatchLabels) == 0`); skipping it
+    /// left the workload PERMISSIVE under a mesh-wide STRICT.
+    #[test]
+    fn a_root_namespace_selector_without_labels_is_mesh_wide() {
+        for selector in ["  selector: {matchLabels: {}}\n", "  selector: {}\n"] {
+            let spec = format!("{selector}  mtls: {{mode: STRICT}}\n");
+            let inbound = modes(&policy("mesh", "istio-system", &spec));
+            assert_eq!(inbound.mode, MtlsMode::Strict, "{selector}");
+            assert_eq!(inbound.for_port(8080), MtlsMode::Strict, "{selector}");
+            assert_eq!(inbound.for_port(9090), MtlsMode::Strict, "{selector}");
+        }
+        // Below a namespace policy, as any mesh policy is.
+        let mesh = policy(
+            "mesh",
+            "istio-system",
+            "  selector: {}\n  mtls: {mode: STRICT}\n",
+        );
+        let namespace = policy("ns", "default", "  mtls: {mode: DISABLE}\n");
+        assert_eq!(modes(&(mesh + &namespace)).mode, MtlsMode::Disable);
+    }
+
+    /// In the workload's namespace a selector without labels is the
+    /// namespace's policy: a workload policy wins over it, and it is one
+    /// of the namespace's policies (the first of them applies).
+    #[test]
+    fn a_selector_without_labels_in_the_namespace_is_namespace_wide() {
+        let empty = policy(
+            "empty",
+            "default",
+            "  selector: {}\n  mtls: {mode: STRICT}\n",
+        );
+        let workload = policy(
+            "reviews",
+            "default",
+            "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: DISABLE}\n",
+        );
+        assert_eq!(
+            modes(&(empty.clone() + &workload)).mode,
+            MtlsMode::Disable,
+            "the workload policy is narrower"
+        );
+        let namespace = policy("ns", "default", "  mtls: {mode: DISABLE}\n");
+        assert_eq!(
+            modes(&(empty.clone() + &namespace)).mode,
+            MtlsMode::Strict,
+            "the first namespace policy applies"
+        );
+        assert_eq!(modes(&(namespace + &empty)).mode, MtlsMode::Disable);
+    }
+
+    /// A policy with labels applies only in the workload's namespace, and
+    /// never from the root namespace (Istio ignores workload policies
+    /// there).
+    #[test]
+    fn a_labelled_policy_elsewhere_does_not_apply() {
+        let spec = "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: STRICT}\n";
+        for namespace in ["istio-system", "other"] {
+            let inbound = modes(&policy("reviews", namespace, spec));
+            assert_eq!(inbound.mode, MtlsMode::Permissive, "{namespace}");
+        }
+        let spec = "  selector: {matchLabels: {app: ratings}}\n  mtls: {mode: STRICT}\n";
+        assert_eq!(
+            modes(&policy("ratings", "default", spec)).mode,
+            MtlsMode::Permissive
+        );
+    }
+
+    /// `portLevelMtls` sets the mode of the ports it names only; every
+    /// other port keeps the workload's mode (one mode for every port was
+    /// a STRICT bypass on the ports not named).
+    #[test]
+    fn port_level_mtls_sets_its_ports_only() {
+        let strict = policy(
+            "finance",
+            "default",
+            "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: STRICT}\n  portLevelMtls:\n    8080: {mode: DISABLE}\n",
+        );
+        let inbound = modes(&strict);
+        assert_eq!(inbound.for_port(8080), MtlsMode::Disable);
+        assert_eq!(inbound.for_port(9090), MtlsMode::Strict);
+        assert_eq!(inbound.mode, MtlsMode::Strict);
+
+        let permissive = policy(
+            "finance",
+            "default",
+            "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: PERMISSIVE}\n  portLevelMtls:\n    9090: {mode: STRICT}\n",
+        );
+        let inbound = modes(&permissive);
+        assert_eq!(inbound.for_port(9090), MtlsMode::Strict);
+        assert_eq!(inbound.for_port(8080), MtlsMode::Permissive);
+        assert_eq!(inbound.ports[..], [(9090, MtlsMode::Strict)]);
+    }
+
+    /// UNSET inherits: a port's from the workload's mode, the workload's
+    /// from the namespace's.
+    #[test]
+    fn unset_inherits_from_the_level_above() {
+        let namespace = policy("ns", "default", "  mtls: {mode: STRICT}\n");
+        let workload = policy(
+            "reviews",
+            "default",
+            "  selector: {matchLabels: {app: reviews}}\n  portLevelMtls:\n    9090: {mode: UNSET}\n    8080: {mode: DISABLE}\n",
+        );
+        let inbound = modes(&(namespace + &workload));
+        assert_eq!(inbound.mode, MtlsMode::Strict);
+        assert_eq!(inbound.for_port(9090), MtlsMode::Strict);
+        assert_eq!(inbound.for_port(8080), MtlsMode::Disable);
+        assert_eq!(inbound.for_port(7000), MtlsMode::Strict);
+    }
+
+    /// A STRICT port needs the Agent's identity, even when the workload's
+    /// own mode is not STRICT.
+    #[test]
+    fn a_strict_port_needs_an_identity() {
+        let yaml = r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: reviews-v1, namespace: default}
+spec: {service: reviews, labels: {app: reviews}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: finance, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls:
+    9090: {mode: STRICT}
+"#;
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        let Err(rejected) = compile_text(&file, yaml, 1, &LiveState::default()) else {
+            panic!("a STRICT port without an identity was accepted");
+        };
+        assert!(
+            rejected.to_string().contains("no spec.identity"),
+            "{rejected}"
+        );
+    }
 }

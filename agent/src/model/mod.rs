@@ -130,6 +130,35 @@ impl MtlsMode {
     }
 }
 
+/// The inbound mTLS modes in force (PeerAuthentication), as Istio's merged
+/// policy holds them: the workload's mode, and the modes the workload
+/// policy's `portLevelMtls` sets, by the port a connection arrives on (the
+/// application's port: a captured connection's original destination
+/// port, else the inbound listener's application port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundMtls {
+    /// The mode of every port `ports` does not name.
+    pub mode: MtlsMode,
+    /// `portLevelMtls`, resolved (UNSET is `mode`), sorted by port.
+    pub ports: Box<[(u16, MtlsMode)]>,
+}
+
+impl InboundMtls {
+    /// The mode of a connection arriving on `port` (Istio's
+    /// `GetMutualTLSModeForPort`).
+    pub fn for_port(&self, port: u16) -> MtlsMode {
+        match self.ports.binary_search_by_key(&port, |&(p, _)| p) {
+            Ok(i) => self.ports[i].1,
+            Err(_) => self.mode,
+        }
+    }
+
+    /// Whether some port is STRICT.
+    pub fn any_strict(&self) -> bool {
+        self.mode == MtlsMode::Strict || self.ports.iter().any(|&(_, m)| m == MtlsMode::Strict)
+    }
+}
+
 /// One compiled config.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -171,8 +200,8 @@ pub struct Snapshot {
     pub telemetry: Arc<telemetry::TelemetryPolicy>,
     /// RateLimitPolicy rules that apply to this workload (inbound).
     pub rate_limits: Vec<Arc<rate_limit::RateLimiter>>,
-    /// The inbound mTLS mode (PeerAuthentication).
-    pub inbound_mtls: MtlsMode,
+    /// The inbound mTLS modes (PeerAuthentication), by arrival port.
+    pub inbound_mtls: InboundMtls,
     /// How request paths are normalized before anything reads them.
     pub path_normalization: crate::path::PathNormalization,
     /// Request headers some rule decides on (authorization, routing, rate

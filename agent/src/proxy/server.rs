@@ -363,8 +363,12 @@ impl Connection {
     /// The inbound mTLS handshake (by PeerAuthentication), then HTTP.
     async fn serve(self, stream: TcpStream, peer: SocketAddr, direction: Direction) {
         let local = stream.local_addr().unwrap_or(peer);
+        // Explicit mode: the inbound listener serves one application port.
         let mode = match direction {
-            Direction::Inbound => self.worker.shared.config.load().inbound_mtls,
+            Direction::Inbound => {
+                let snapshot = self.worker.shared.config.load();
+                (snapshot.inbound_mtls).for_port(snapshot.listeners.app.port())
+            }
             Direction::Outbound => MtlsMode::Disable,
         };
         let Some((io, tls)) = self.handshake(stream, mode).await else {
@@ -451,7 +455,8 @@ impl Connection {
         snapshot: &Snapshot,
     ) {
         let timeout = snapshot.capture.protocol_detection_timeout;
-        let mode = snapshot.inbound_mtls;
+        // The mode of the port the client addressed (Istio's endpoint port).
+        let mode = snapshot.inbound_mtls.for_port(dst.port());
         // What the first bytes must tell: mTLS or not, unless nothing can
         // be mTLS here (DISABLE, or no workload certificate); HTTP or not,
         // unless the port declares its protocol. A port that needs neither

@@ -91,7 +91,8 @@ pub async fn serve(
         None => (
             snapshot.inbound.clone(),
             Direction::Inbound,
-            snapshot.inbound_mtls,
+            // Explicit mode: the listener serves one application port.
+            (snapshot.inbound_mtls).for_port(snapshot.listeners.app.port()),
         ),
     };
     let Ok((downstream, caller)) = handshake::accept(

@@ -300,6 +300,57 @@ async fn port_level_mtls_decides_the_application_port() {
     );
 }
 
+/// Auto mTLS reads the destination's PeerAuthentication, as Istio's
+/// mtlsChecker does: a backend with a sidecar (`tlsMode: istio`) whose
+/// workload policy is DISABLE is sent plaintext, which it serves (mTLS to
+/// it failed: 503 URX,UF).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auto_mtls_sends_plaintext_to_a_destination_that_disables_mtls() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let disable = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: backend, namespace: default}\nspec:\n  selector: {matchLabels: {app: backend}}\n  mtls: {mode: DISABLE}\n";
+    let backend = workload(
+        "backend",
+        app.addr,
+        &ca.identity_yaml("backend", "1h"),
+        disable,
+    );
+    let entry = service_entry(
+        "backend",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: backend.inbound,
+            labels: &SIDECAR,
+        }],
+    );
+    let front = workload(
+        "frontend",
+        closed_port().await,
+        &ca.identity_yaml("frontend", "1h"),
+        &(entry + disable),
+    );
+    let reply = Client::h1(front.outbound).get("http://backend:9080/").await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        reply.header("x-tracemesh-response-flags")
+    );
+    assert_eq!(app.count(), 1);
+    let scrape = backend.metrics().await;
+    let plain = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "none"),
+    ];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &plain),
+        1.0,
+        "{}",
+        scrape.text
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn principals_decide_authorization() {
     let ca = Ca::start();

@@ -391,12 +391,16 @@ fn build(
         &mesh.mesh.root_namespace,
         diags,
     );
+    let peers = mtls::PeerPolicies {
+        docs: &docs.peer_authentications,
+        root_namespace: &mesh.mesh.root_namespace,
+    };
     let mut registry = registry::Registry::build(
         &docs.service_entries,
         &docs.workload_entries,
         &docs.destination_rules,
         &namespace,
-        has_identity,
+        (has_identity, &peers),
         states,
         diags,
     );

@@ -6,7 +6,10 @@
 //! UNSET inherits; nothing at all is PERMISSIVE. The workload policy's
 //! `portLevelMtls` sets the mode of the ports it names (by the port the
 //! application listens on, Istio's endpoint port); UNSET there inherits
-//! the workload's mode.
+//! the workload's mode. The same resolution, for a destination endpoint,
+//! tells auto mTLS which endpoints take plaintext only ([`PeerPolicies`]).
+
+use std::collections::BTreeMap;
 
 use super::bootstrap::Agent;
 use crate::config::diagnostics::Diagnostics;
@@ -37,20 +40,27 @@ enum Level {
     Mesh,
 }
 
-/// The level `doc` applies to this workload at, as Istio classifies a
-/// policy: a selector without labels is no selector; a policy with labels
-/// in the root namespace is no workload's (Istio ignores it); one in
-/// another namespace is not this workload's.
-fn level(doc: &Document<PeerAuthenticationSpec>, boot: &Agent) -> Option<Level> {
-    let identity = &boot.identity;
-    let policy_ns = (doc.metadata.namespace.as_deref()).unwrap_or(&identity.namespace);
+/// The workload a PeerAuthentication is resolved for: this agent's, or a
+/// destination endpoint's (auto mTLS).
+struct Target<'a> {
+    namespace: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    root_namespace: &'a str,
+}
+
+/// The level `doc` applies to `target` at, as Istio classifies a policy: a
+/// selector without labels is no selector; a policy with labels in the
+/// root namespace is no workload's (Istio ignores it); one in another
+/// namespace is not this workload's.
+fn level(doc: &Document<PeerAuthenticationSpec>, target: &Target<'_>) -> Option<Level> {
+    let policy_ns = (doc.metadata.namespace.as_deref()).unwrap_or(target.namespace);
     match &doc.spec.selector {
         Some(selector) if !selector.match_labels.is_empty() => {
-            let ours = policy_ns == identity.namespace && policy_ns != boot.root_namespace;
-            (ours && selector.matches(&identity.labels)).then_some(Level::Workload)
+            let ours = policy_ns == target.namespace && policy_ns != target.root_namespace;
+            (ours && selector.matches(target.labels)).then_some(Level::Workload)
         }
-        _ if policy_ns == boot.root_namespace => Some(Level::Mesh),
-        _ if policy_ns == identity.namespace => Some(Level::Namespace),
+        _ if policy_ns == target.root_namespace => Some(Level::Mesh),
+        _ if policy_ns == target.namespace => Some(Level::Namespace),
         _ => None,
     }
 }
@@ -60,6 +70,62 @@ fn level(doc: &Document<PeerAuthenticationSpec>, boot: &Agent) -> Option<Level> 
 pub(super) fn inbound_mtls(
     docs: &[Document<PeerAuthenticationSpec>],
     boot: &Agent,
+    diags: &mut Diagnostics,
+) -> InboundMtls {
+    let target = Target {
+        namespace: &boot.identity.namespace,
+        labels: &boot.identity.labels,
+        root_namespace: &boot.root_namespace,
+    };
+    let inbound = compose(docs, &target, diags);
+    if inbound.any_strict() && !boot.has_identity {
+        let first = docs.first().map(|d| d.location.clone());
+        if let Some(loc) = first {
+            let msg = "STRICT mTLS applies to this workload but the Agent has no spec.identity to serve TLS with";
+            diags.error(&loc, Some("spec.mtls.mode".into()), msg);
+        }
+    }
+    inbound
+}
+
+/// The PeerAuthentications as a caller's auto mTLS reads them: which
+/// destination endpoints take plaintext only.
+pub(super) struct PeerPolicies<'a> {
+    /// Every PeerAuthentication of the config.
+    pub docs: &'a [Document<PeerAuthenticationSpec>],
+    /// The mesh's root namespace.
+    pub root_namespace: &'a str,
+}
+
+impl PeerPolicies<'_> {
+    /// Whether the policies that apply to a workload in `namespace` with
+    /// `labels` set DISABLE for its `port` (the port it listens on), as
+    /// Istio's `mtlsChecker.checkMtlsEnabled` reads them: auto mTLS then
+    /// sends plaintext, as that server takes nothing else.
+    pub(super) fn disable(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        port: u16,
+    ) -> bool {
+        if self.docs.is_empty() {
+            return false;
+        }
+        let target = Target {
+            namespace,
+            labels,
+            root_namespace: self.root_namespace,
+        };
+        // The policies' own mistakes are the agent's workload's to report.
+        let inbound = compose(self.docs, &target, &mut Diagnostics::default());
+        inbound.for_port(port) == MtlsMode::Disable
+    }
+}
+
+/// The modes the policies applying to `target` set.
+fn compose(
+    docs: &[Document<PeerAuthenticationSpec>],
+    target: &Target<'_>,
     diags: &mut Diagnostics,
 ) -> InboundMtls {
     let (mut workload, mut namespace, mut mesh) = (None, None, None);
@@ -73,7 +139,7 @@ pub(super) fn inbound_mtls(
                 continue;
             }
         };
-        let slot = match level(doc, boot) {
+        let slot = match level(doc, target) {
             Some(Level::Workload) => &mut workload,
             Some(Level::Namespace) => &mut namespace,
             Some(Level::Mesh) => &mut mesh,
@@ -113,18 +179,10 @@ pub(super) fn inbound_mtls(
         }
     }
     ports.sort_unstable_by_key(|&(port, _)| port);
-    let inbound = InboundMtls {
+    InboundMtls {
         mode,
         ports: ports.into_boxed_slice(),
-    };
-    if inbound.any_strict() && !boot.has_identity {
-        let first = docs.first().map(|d| d.location.clone());
-        if let Some(loc) = first {
-            let msg = "STRICT mTLS applies to this workload but the Agent has no spec.identity to serve TLS with";
-            diags.error(&loc, Some("spec.mtls.mode".into()), msg);
-        }
     }
-    inbound
 }
 
 #[cfg(test)]
@@ -298,5 +356,89 @@ spec:
             rejected.to_string().contains("no spec.identity"),
             "{rejected}"
         );
+    }
+
+    /// Auto mTLS reads the destination's PeerAuthentication as Istio's
+    /// mtlsChecker does: an endpoint with a sidecar whose policy is
+    /// DISABLE on the port it listens on is sent plaintext; other ports
+    /// and other endpoints keep mTLS.
+    #[test]
+    fn auto_mtls_sends_plaintext_where_the_destination_disables_mtls() {
+        let entry = r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend, namespace: default}
+spec:
+  hosts: [backend.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 9090, name: metrics, protocol: HTTP}]
+  endpoints:
+  - {address: 10.0.0.1, ports: {http: 8080, metrics: 9090}, labels: {app: backend, security.istio.io/tlsMode: istio}}
+  - {address: 10.0.0.2, ports: {http: 8080, metrics: 9090}, labels: {app: other, security.istio.io/tlsMode: istio}}
+"#;
+        let sidecars = |policies: &str| {
+            let yaml = format!(
+                r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {{name: reviews-v1, namespace: default}}
+spec:
+  service: reviews
+  labels: {{app: reviews}}
+  identity:
+    files: {{certChain: /nonexistent/cert-chain.pem, privateKey: /nonexistent/key.pem, rootCert: /nonexistent/root-cert.pem}}
+{entry}{policies}"#
+            );
+            let file: Arc<str> = Arc::from("mesh.yaml");
+            let compiled = compile_text(&file, &yaml, 1, &LiveState::default())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut seen: Vec<(u16, String, bool)> = (compiled.snapshot.clusters.iter())
+                .filter(|c| c.service.host == "backend.default.svc.cluster.local")
+                .flat_map(|c| {
+                    let port = c.port;
+                    c.endpoints
+                        .iter()
+                        .map(move |e| (port, e.address.to_string(), e.sidecar))
+                })
+                .collect();
+            seen.sort();
+            seen
+        };
+        let all_mtls = [
+            (9080, "10.0.0.1:8080".to_owned(), true),
+            (9080, "10.0.0.2:8080".to_owned(), true),
+            (9090, "10.0.0.1:9090".to_owned(), true),
+            (9090, "10.0.0.2:9090".to_owned(), true),
+        ];
+        assert_eq!(sidecars(""), all_mtls);
+        let disable = policy(
+            "backend",
+            "default",
+            "  selector: {matchLabels: {app: backend}}\n  mtls: {mode: DISABLE}\n",
+        );
+        let mut want = all_mtls.clone();
+        want[0].2 = false;
+        want[2].2 = false;
+        assert_eq!(
+            sidecars(&disable),
+            want,
+            "the workload policy's endpoint only"
+        );
+        // Port-level, by the port the endpoint listens on.
+        let port = policy(
+            "backend",
+            "default",
+            "  selector: {matchLabels: {app: backend}}\n  mtls: {mode: STRICT}\n  portLevelMtls:\n    9090: {mode: DISABLE}\n",
+        );
+        let mut want = all_mtls.clone();
+        want[2].2 = false;
+        assert_eq!(sidecars(&port), want, "its port 9090 only");
+        // A namespace's DISABLE reaches every endpoint of the namespace.
+        let namespace = policy("ns", "default", "  mtls: {mode: DISABLE}\n");
+        let none: Vec<_> = all_mtls
+            .iter()
+            .map(|(p, a, _)| (*p, a.clone(), false))
+            .collect();
+        assert_eq!(sidecars(&namespace), none);
     }
 }

@@ -58,7 +58,7 @@ impl Registry {
         workload_entries: &[Document<WorkloadEntry>],
         rules: &[Document<DestinationRuleSpec>],
         agent_namespace: &str,
-        has_identity: bool,
+        (has_identity, peers): (bool, &super::mtls::PeerPolicies<'_>),
         live: &LiveState,
         diags: &mut Diagnostics,
     ) -> Self {
@@ -91,6 +91,8 @@ impl Registry {
                     resolution: &resolution,
                     live,
                     has_identity,
+                    namespace,
+                    peers,
                 };
                 let clusters = ctx.clusters(&name, rule, diags);
                 let addresses = doc
@@ -439,12 +441,19 @@ struct EntryContext<'a> {
     resolution: &'a Resolution,
     live: &'a LiveState,
     has_identity: bool,
+    /// The entry's namespace: its endpoints'.
+    namespace: &'a str,
+    /// What the endpoints' PeerAuthentications say.
+    peers: &'a super::mtls::PeerPolicies<'a>,
 }
 
 /// An endpoint before it belongs to a cluster.
 struct EndpointSpec {
     address: UpstreamAddr,
     labels: BTreeMap<String, String>,
+    /// Its PeerAuthentication is DISABLE on its port: auto mTLS sends it
+    /// plaintext even though it runs a sidecar.
+    plaintext: bool,
 }
 
 impl EntryContext<'_> {
@@ -515,6 +524,7 @@ impl EntryContext<'_> {
             return vec![EndpointSpec {
                 address,
                 labels: BTreeMap::new(),
+                plaintext: false,
             }];
         }
         let mut out = Vec::new();
@@ -538,9 +548,16 @@ impl EntryContext<'_> {
                     port,
                 },
             };
+            // Istio's mtlsChecker: an endpoint with a sidecar whose
+            // PeerAuthentication (its namespace, its labels, the port it
+            // listens on) is DISABLE is sent plaintext by auto mTLS.
+            let sidecar =
+                (ep.labels.get("security.istio.io/tlsMode")).is_some_and(|m| m == "istio");
+            let plaintext = sidecar && self.peers.disable(self.namespace, &ep.labels, port);
             out.push(EndpointSpec {
                 address,
                 labels: ep.labels.clone(),
+                plaintext,
             });
         }
         out
@@ -580,12 +597,14 @@ impl ClusterBuild<'_> {
             })
             .map(|ep| {
                 let state = self.live.endpoint(&cluster_name, &ep.address.to_string());
-                Arc::new(Endpoint::new(
+                let mut endpoint = Endpoint::new(
                     ep.address.clone(),
                     ep.labels.clone(),
                     state,
                     &self.name.namespace,
-                ))
+                );
+                endpoint.sidecar &= !ep.plaintext;
+                Arc::new(endpoint)
             })
             .collect();
         let policy = EffectivePolicy::of(self.rule, self.port, self.subset);

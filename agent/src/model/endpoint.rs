@@ -48,7 +48,8 @@ pub struct Endpoint {
     /// the upstream does not announce itself through metadata exchange.
     pub peer: Arc<PeerInfo>,
     /// Labelled as running a sidecar (`security.istio.io/tlsMode: istio`),
-    /// so auto mTLS applies.
+    /// so auto mTLS applies — unless its PeerAuthentication is DISABLE on
+    /// its port (the registry clears it then, as Istio's mtlsChecker).
     pub sidecar: bool,
 }
 

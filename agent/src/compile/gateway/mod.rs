@@ -72,12 +72,23 @@ pub(super) fn build(
 ) -> Option<(GatewaySnapshot, Registry)> {
     let doc = single(file, &docs.ingress_gateways, diags)?;
     let identity = identity(doc, diags)?;
+    // The root namespace only: the mesh config's diagnostics are the
+    // gateway proxy's compile's to report.
+    let mesh = super::mesh::compile(
+        &docs.mesh_configs,
+        docs.mesh_config_rejected,
+        &mut Diagnostics::default(),
+    );
+    let peers = super::mtls::PeerPolicies {
+        docs: &docs.peer_authentications,
+        root_namespace: &mesh.mesh.root_namespace,
+    };
     let registry = Registry::build(
         &docs.service_entries,
         &docs.workload_entries,
         &docs.destination_rules,
         DEFAULT_NAMESPACE,
-        doc.spec.identity.is_some(),
+        (doc.spec.identity.is_some(), &peers),
         states,
         diags,
     );

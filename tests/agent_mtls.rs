@@ -351,6 +351,142 @@ async fn auto_mtls_sends_plaintext_to_a_destination_that_disables_mtls() {
     );
 }
 
+/// The mesh config of the tests below: `old.example` is an alias of the
+/// mesh's trust domain (`cluster.local`).
+const ALIASES: &str = "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |-\n    trustDomainAliases: [old.example]\n";
+
+/// Client certificates the workload's own root signed whose identity is not
+/// of the mesh's trust domains: Istio's inbound `match_typed_subject_alt_names`
+/// (`spiffe://<td>/` per trust domain and alias) refuses each.
+const FORGED: [(&str, Option<&str>); 6] = [
+    (
+        "foreign",
+        Some("URI:spiffe://evil.example/ns/default/sa/frontend"),
+    ),
+    ("no-san", None),
+    ("dns-only", Some("DNS:frontend.default.svc.cluster.local")),
+    ("no-path", Some("URI:spiffe://cluster.local")),
+    (
+        "not-spiffe",
+        Some("URI:spiffe:/cluster.local/ns/default/sa/frontend"),
+    ),
+    // Of the trust domain, but no Istio identity (`ns/<ns>/sa/<sa>`) for
+    // policies to name: refused too (Envoy would take it in).
+    (
+        "not-ns-sa",
+        Some("URI:spiffe://cluster.local/workload/frontend"),
+    ),
+];
+
+/// Under STRICT, a client certificate from the mesh's own root is not
+/// enough: its SPIFFE identity must be of the trust domain or an alias
+/// (`trustDomainAliases`), else the handshake fails (`wrong_san`) and
+/// nothing reaches the application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strict_accepts_client_certificates_of_the_trust_domain_and_its_aliases_only() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let backend = workload(
+        "backend",
+        app.addr,
+        &ca.identity_yaml("backend", "1h"),
+        &format!("{STRICT}{ALIASES}"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (name, san) in FORGED {
+        let (cert, key) = ca.issue_client(san, dir.path(), name);
+        let out = openssl_get(backend.inbound, Some((&cert, &key)));
+        assert!(!out.contains("HTTP/1.1 200"), "{name}: {out}");
+    }
+    assert_eq!(app.count(), 0, "no forged identity reached the app");
+    let scrape = backend.metrics().await;
+    let wrong_san = scrape.sum(
+        "tracemesh_agent_tls_handshake_failures_total",
+        &[("direction", "inbound"), ("reason", "wrong_san")],
+    );
+    assert_eq!(wrong_san, FORGED.len() as f64, "{}", scrape.text);
+
+    for td in ["cluster.local", "old.example"] {
+        let san = format!("URI:spiffe://{td}/ns/default/sa/frontend");
+        let (cert, key) = ca.issue_client(Some(&san), dir.path(), td);
+        let out = openssl_get(backend.inbound, Some((&cert, &key)));
+        assert!(out.contains("HTTP/1.1 200"), "{td}: {out}");
+        let seen = app.seen().pop().unwrap();
+        let xfcc = seen.headers["x-forwarded-client-cert"].to_str().unwrap();
+        assert!(
+            xfcc.ends_with(&format!(";URI=spiffe://{td}/ns/default/sa/frontend")),
+            "{xfcc}"
+        );
+    }
+    // A sidecar of the mesh, with a certificate from the CA, still gets in.
+    let front = frontend(&ca, backend.inbound, "frontend", "1h").await;
+    let reply = Client::h1(front.outbound).get("http://backend:9080/").await;
+    assert_eq!(reply.status, 200);
+}
+
+/// PERMISSIVE still lets a TLS client without a certificate in, but one
+/// that presents a certificate is held to STRICT's checks: a foreign trust
+/// domain is refused, not let in as that identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn permissive_refuses_a_client_certificate_of_a_foreign_trust_domain() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let backend = workload("backend", app.addr, &ca.identity_yaml("backend", "1h"), "");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.issue_client(FORGED[0].1, dir.path(), "foreign");
+    let out = openssl_get(backend.inbound, Some((&cert, &key)));
+    assert!(!out.contains("HTTP/1.1 200"), "{out}");
+    assert_eq!(app.count(), 0);
+    let out = openssl_get(backend.inbound, None);
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let (cert, key) = ca.issue_client(Some(&format!("URI:{FRONTEND}")), dir.path(), "own");
+    let out = openssl_get(backend.inbound, Some((&cert, &key)));
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let xfcc = app.seen().pop().unwrap().headers["x-forwarded-client-cert"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(xfcc.ends_with(&format!(";URI={FRONTEND}")), "{xfcc}");
+}
+
+/// With `trustDomain: corp.example`, a principal written with
+/// `cluster.local` names the mesh's trust domain, as Istio rewrites it
+/// (`ReplaceTrustDomainAliases`): the DENY matches the caller
+/// `spiffe://corp.example/ns/default/sa/attacker`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_local_principal_names_the_mesh_trust_domain() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let authority = tracemesh_ca::Authority::load(&ca.dir).unwrap();
+    let id = tracemesh_ca::SpiffeId::new("corp.example", "default", "backend").unwrap();
+    let (key, issued) = authority
+        .issue_with_key(&id, Duration::from_secs(3600))
+        .unwrap();
+    let (chain, key_file) = (dir.path().join("chain.pem"), dir.path().join("key.pem"));
+    std::fs::write(&chain, &issued.cert_chain).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let identity = format!(
+        "  serviceAccount: backend\n  trustDomain: corp.example\n  identity:\n    files: {{certChain: \"{}\", privateKey: \"{}\", rootCert: \"{}\"}}\n",
+        chain.display(),
+        key_file.display(),
+        ca.root().display()
+    );
+    let deny = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-attacker, namespace: default}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {principals: [\"cluster.local/ns/default/sa/attacker\"]}}]\n";
+    let backend = workload("backend", app.addr, &identity, &format!("{STRICT}{deny}"));
+    let caller = |sa: &str| {
+        let san = format!("URI:spiffe://corp.example/ns/default/sa/{sa}");
+        let (cert, key) = ca.issue_client(Some(&san), dir.path(), sa);
+        openssl_get(backend.inbound, Some((&cert, &key)))
+    };
+    let out = caller("attacker");
+    assert!(out.contains("HTTP/1.1 403"), "{out}");
+    assert!(out.contains("RBAC: access denied"), "{out}");
+    let out = caller("frontend");
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    assert_eq!(app.count(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn principals_decide_authorization() {
     let ca = Ca::start();

@@ -175,11 +175,14 @@ impl Plane {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let trust_domains = live.peer_trust_domains().clone();
+        trust_domains.store(snapshot.trust_domains.clone());
         let (source, material) = match &snapshot.bootstrap.certificate {
             Some(spec) => {
                 let source = Source::new(spec)?;
                 let loaded = source.fingerprint();
-                let material = runtime.block_on(source.fetch(&snapshot.identity.spiffe))?;
+                let fetch = source.fetch(&snapshot.identity.spiffe, &trust_domains);
+                let material = runtime.block_on(fetch)?;
                 tracing::info!(identity = %material.identity, source = material.source, "workload certificate loaded");
                 provider::record_expiry(&material, &metrics.certificate_expiry);
                 (Some((source, loaded)), Some(Arc::new(material)))
@@ -194,7 +197,8 @@ impl Plane {
         );
         let rotation = source.map(|(source, loaded)| {
             let spiffe = snapshot.identity.spiffe.clone();
-            let rotation = provider::keep_current(source, loaded, spiffe, tls.clone(), gauges);
+            let id = (spiffe, trust_domains);
+            let rotation = provider::keep_current(source, loaded, id, tls.clone(), gauges);
             Box::pin(rotation) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
         });
         let drain = snapshot.bootstrap.drain;

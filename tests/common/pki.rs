@@ -119,6 +119,74 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A client certificate this CA's signing key signs with `san` as its
+    /// whole subjectAltName (`URI:…`, `DNS:…`; `None`: no SAN at all), made
+    /// with `openssl` (the CA itself only issues well-formed identities):
+    /// the certificate and key files in `out`, named after `name`.
+    pub fn issue_client(&self, san: Option<&str>, out: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let (key, csr, cert, ext) = (
+            out.join(format!("{name}-key.pem")),
+            out.join(format!("{name}.csr")),
+            out.join(format!("{name}.pem")),
+            out.join(format!("{name}.cnf")),
+        );
+        let mut extensions = String::from(
+            "[v3]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
+        );
+        if let Some(san) = san {
+            extensions.push_str(&format!("subjectAltName={san}\n"));
+        }
+        std::fs::write(&ext, extensions).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let path = |p: &Path| p.to_str().unwrap().to_owned();
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/O=tracemesh-test",
+            "-keyout",
+            &path(&key),
+            "-out",
+            &path(&csr),
+        ]);
+        let serial = format!("{}", fastrand::u64(1..u64::MAX / 2));
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &path(&csr),
+            "-CA",
+            &path(&self.dir.join("ca-cert.pem")),
+            "-CAkey",
+            &path(&self.dir.join("ca-key.pem")),
+            "-set_serial",
+            &serial,
+            "-days",
+            "1",
+            "-extfile",
+            &path(&ext),
+            "-extensions",
+            "v3",
+            "-out",
+            &path(&cert),
+        ]);
+        (cert, key)
+    }
+}
+
 impl Drop for Ca {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -23,7 +23,7 @@ use crate::model::authz::{
     PseudoHeader, RequestPrincipal, Rule, Source, Values,
 };
 use crate::model::live::LiveState;
-use crate::model::mesh::{Mesh, ProviderConfig};
+use crate::model::mesh::{Mesh, ProviderConfig, TrustDomainBundle};
 use crate::model::rate_limit::{BucketSettings, KeyKind, RateLimiter};
 
 fn applies(
@@ -64,7 +64,7 @@ pub(super) fn authorization(
                     r,
                     &format!("spec.rules[{i}]"),
                     loc,
-                    boot.has_identity,
+                    (boot.has_identity, &boot.trust_domains),
                     diags,
                 )
             })
@@ -120,11 +120,13 @@ pub(super) fn authorization(
     authz
 }
 
+/// One rule, its principals rewritten into the mesh's trust domains
+/// (`trust_domains`), as Istio's `MigrateTrustDomain` rewrites them.
 fn rule(
     raw: &AuthorizationRule,
     field: &str,
     loc: &Location,
-    has_identity: bool,
+    (has_identity, trust_domains): (bool, &TrustDomainBundle),
     diags: &mut Diagnostics,
 ) -> Rule {
     Rule {
@@ -137,7 +139,7 @@ fn rule(
                     &f.source,
                     &format!("{field}.from[{i}].source"),
                     loc,
-                    has_identity,
+                    (has_identity, trust_domains),
                     diags,
                 )
             })
@@ -159,7 +161,9 @@ fn rule(
             .when
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| condition(c, &format!("{field}.when[{i}]"), loc, diags))
+            .filter_map(|(i, c)| {
+                condition(c, &format!("{field}.when[{i}]"), loc, trust_domains, diags)
+            })
             .collect(),
     }
 }
@@ -330,7 +334,7 @@ fn source(
     raw: &RawSource,
     field: &str,
     loc: &Location,
-    has_identity: bool,
+    (has_identity, trust_domains): (bool, &TrustDomainBundle),
     diags: &mut Diagnostics,
 ) -> Source {
     let identity = !raw.principals.is_empty()
@@ -345,7 +349,7 @@ fn source(
         let msg = "principals, namespaces, serviceAccounts and trustDomains come from mTLS peer certificates; without spec.identity they never match";
         diags.warn(loc, Some(field.to_owned()), msg);
     }
-    let principals = principal_values(raw, field, loc, diags);
+    let principals = principal_values(raw, field, loc, trust_domains, diags);
     let request_principals = Values {
         any_of: request_principals(&raw.request_principals),
         none_of: request_principals(&raw.not_request_principals),
@@ -386,10 +390,15 @@ fn source(
 /// `principals`, `serviceAccounts` (`ns/sa`: any trust domain) and
 /// `trustDomains` all constrain the peer's principal
 /// (`<trust domain>/ns/<ns>/sa/<sa>`); their negations all exclude.
+/// Principals of `cluster.local`, the trust domain or an alias stand for
+/// each of `trust_domains` (Istio's `ReplaceTrustDomainAliases`), and a
+/// `trustDomains` value that is one of them for all of them
+/// (`ExpandTrustDomainAliases`).
 fn principal_values(
     raw: &RawSource,
     field: &str,
     loc: &Location,
+    trust_domains: &TrustDomainBundle,
     diags: &mut Diagnostics,
 ) -> Values<Pattern> {
     let accounts = |list: &[String]| -> Vec<Pattern> {
@@ -399,10 +408,13 @@ fn principal_values(
             .collect()
     };
     let domains = |list: &[String]| -> Vec<Pattern> {
-        list.iter()
+        trust_domains
+            .expand_trust_domain_aliases(list)
+            .iter()
             .map(|td| Pattern::Prefix(format!("{td}/")))
             .collect()
     };
+    let principals = |list: &[String]| patterns(&trust_domains.replace_trust_domain_aliases(list));
     let positive = [
         !raw.principals.is_empty(),
         !raw.service_accounts.is_empty(),
@@ -412,10 +424,10 @@ fn principal_values(
         let msg = "trustDomains together with principals or serviceAccounts in one source is not supported yet; write the principals out in full (`<trust domain>/ns/<namespace>/sa/<account>`)";
         diags.error(loc, Some(format!("{field}.trustDomains")), msg);
     }
-    let mut any_of = patterns(&raw.principals);
+    let mut any_of = principals(&raw.principals);
     any_of.extend(accounts(&raw.service_accounts));
     any_of.extend(domains(&raw.trust_domains));
-    let mut none_of = patterns(&raw.not_principals);
+    let mut none_of = principals(&raw.not_principals);
     none_of.extend(accounts(&raw.not_service_accounts));
     none_of.extend(domains(&raw.not_trust_domains));
     Values { any_of, none_of }
@@ -462,6 +474,7 @@ fn condition(
     raw: &RawCondition,
     field: &str,
     loc: &Location,
+    trust_domains: &TrustDomainBundle,
     diags: &mut Diagnostics,
 ) -> Option<Condition> {
     let key = match raw.key.as_str() {
@@ -546,6 +559,12 @@ fn condition(
         let any_of = cidrs(&raw.values, &format!("{field}.values"), loc, diags);
         let none_of = cidrs(&raw.not_values, &format!("{field}.notValues"), loc, diags);
         (Values { any_of, none_of }, Values::default())
+    } else if matches!(key, ConditionKey::SourcePrincipal) {
+        let values = Values {
+            any_of: patterns(&trust_domains.replace_trust_domain_aliases(&raw.values)),
+            none_of: patterns(&trust_domains.replace_trust_domain_aliases(&raw.not_values)),
+        };
+        (Values::default(), values)
     } else {
         let values = Values {
             any_of: patterns(&raw.values),
@@ -792,6 +811,174 @@ spec:
         assert_eq!(
             from[1].principals.none_of,
             [Pattern::Prefix("old.example/".into())]
+        );
+    }
+
+    /// With `trustDomain: corp.example`, principals written with
+    /// `cluster.local` (Istio's name for the mesh's own trust domain) are
+    /// rewritten into it, as Istio's `MigrateTrustDomain` does — in
+    /// `principals`, `notPrincipals` and `source.principal` conditions — so
+    /// a DENY written for `cluster.local` denies the caller of
+    /// `corp.example`; aliases get a principal each, and `trustDomains`
+    /// naming one stands for all.
+    #[test]
+    fn cluster_local_principals_name_the_mesh_trust_domain_and_its_aliases() {
+        use crate::model::authz::AuthzInput;
+        let yaml = |mesh: &str| {
+            format!(
+                r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {{name: reviews-v1, namespace: default}}
+spec: {{service: reviews, labels: {{app: reviews}}, trustDomain: corp.example}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: deny, namespace: default}}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {{principals: ["cluster.local/ns/default/sa/attacker"], notPrincipals: ["corp.example/ns/default/sa/admin"]}}
+    - source: {{principals: ["other.example/ns/default/sa/x", "*/ns/default/sa/y"]}}
+    - source: {{trustDomains: [corp.example], namespaces: [elsewhere]}}
+  - when: [{{key: source.principal, values: ["cluster.local/ns/default/sa/mallory"], notValues: ["cluster.local/ns/default/sa/*"]}}]
+{mesh}"#
+            )
+        };
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        let compiled = compile_text(&file, &yaml(""), 1, &LiveState::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let snapshot = &compiled.snapshot;
+        assert_eq!(snapshot.trust_domains.trust_domains(), ["corp.example"]);
+        let rules = &snapshot.authorization.deny[0].rules;
+        let from = &rules[0].from;
+        assert_eq!(
+            from[0].principals.any_of,
+            [Pattern::Exact("corp.example/ns/default/sa/attacker".into())]
+        );
+        assert_eq!(
+            from[0].principals.none_of,
+            [Pattern::Exact("corp.example/ns/default/sa/admin".into())]
+        );
+        assert_eq!(
+            from[1].principals.any_of,
+            [
+                Pattern::Exact("other.example/ns/default/sa/x".into()),
+                Pattern::Suffix("/ns/default/sa/y".into())
+            ],
+            "another trust domain and `*` are kept as written"
+        );
+        let when = &rules[1].when[0];
+        assert!(matches!(when.key, ConditionKey::SourcePrincipal));
+        assert_eq!(
+            when.values.any_of,
+            [Pattern::Exact("corp.example/ns/default/sa/mallory".into())]
+        );
+        assert_eq!(
+            when.values.none_of,
+            [Pattern::Prefix("corp.example/ns/default/sa/".into())]
+        );
+
+        // The DENY decides the caller of corp.example it names.
+        let headers = http::HeaderMap::new();
+        let input = |principal| AuthzInput {
+            source_ip: [10, 0, 0, 1].into(),
+            remote_ip: [10, 0, 0, 1].into(),
+            destination_ip: [10, 0, 0, 2].into(),
+            destination_port: 9080,
+            principal,
+            namespace: Some("default"),
+            sni: None,
+            method: "GET",
+            path: "/",
+            path_and_query: "/",
+            scheme: "https",
+            authority: "reviews",
+            headers: &headers,
+        };
+        let denied = |principal| {
+            let decision = snapshot
+                .authorization
+                .decide_local(&input(Some(principal)), None);
+            !decision.allowed
+        };
+        assert!(denied("corp.example/ns/default/sa/attacker"));
+        assert!(!denied("corp.example/ns/default/sa/frontend"));
+
+        // Aliases: one principal per trust domain of the bundle.
+        let mesh = "---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |-
+    trustDomainAliases: [old.example]
+";
+        let compiled = compile_text(&file, &yaml(mesh), 1, &LiveState::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rules = &compiled.snapshot.authorization.deny[0].rules;
+        assert_eq!(
+            rules[0].from[0].principals.any_of,
+            [
+                Pattern::Exact("corp.example/ns/default/sa/attacker".into()),
+                Pattern::Exact("old.example/ns/default/sa/attacker".into())
+            ]
+        );
+        assert_eq!(
+            rules[0].from[2].principals.any_of,
+            [
+                Pattern::Prefix("corp.example/".into()),
+                Pattern::Prefix("old.example/".into())
+            ]
+        );
+    }
+
+    /// The mesh config's `trustDomain` is the workload's when its Agent sets
+    /// none; a malformed trust domain or alias is refused by name, as
+    /// Istio's `ValidateTrustDomain` refuses it.
+    #[test]
+    fn the_mesh_config_sets_the_trust_domain_and_its_aliases() {
+        let yaml = |mesh: &str| {
+            format!(
+                "apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {{name: reviews-v1, namespace: default}}
+spec: {{service: reviews}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |-
+{mesh}"
+            )
+        };
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        let mesh = "    trustDomain: corp.example
+    trustDomainAliases: [cluster.local, old.example]
+";
+        let compiled = compile_text(&file, &yaml(mesh), 1, &LiveState::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let snapshot = &compiled.snapshot;
+        assert_eq!(
+            snapshot.identity.spiffe.to_string(),
+            "spiffe://corp.example/ns/default/sa/default"
+        );
+        assert_eq!(
+            snapshot.trust_domains.trust_domains(),
+            ["corp.example", "cluster.local", "old.example"]
+        );
+        let mesh =
+            "    trustDomain: Corp_Example\n    trustDomainAliases: [ok.example, \"-bad\"]\n";
+        let refused = compile_text(&file, &yaml(mesh), 1, &LiveState::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("data.mesh.trustDomain")
+                && refused.contains("data.mesh.trustDomainAliases[1]")
+                && !refused.contains("trustDomainAliases[0]"),
+            "{refused}"
         );
     }
 

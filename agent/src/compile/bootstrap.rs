@@ -14,6 +14,7 @@ use crate::model::bootstrap::{
     DownstreamTimeouts, MAX_DOWNSTREAM_TIMEOUT, MAX_STALLED_STREAMS_BOUND, MIN_EXPORT_TIMEOUT,
     Otlp, OtlpProtocol, Telemetry,
 };
+use crate::model::mesh::{DEFAULT_TRUST_DOMAIN, TrustDomainBundle};
 use crate::model::service::{Protocol, ServiceName};
 use crate::model::{Identity, Listeners};
 use crate::path::PathNormalization;
@@ -37,6 +38,19 @@ pub(super) struct Agent {
     /// The mesh's root namespace: policies there without a selector apply
     /// mesh-wide.
     pub root_namespace: String,
+    /// The workload's trust domain and the mesh's aliases of it.
+    pub trust_domains: Arc<TrustDomainBundle>,
+}
+
+/// The trust domain a workload's identity is in: its own (`spec.trustDomain`
+/// of its Agent or IngressGateway) when set, else the mesh config's
+/// `trustDomain`, else Istio's default `cluster.local`.
+pub(super) fn trust_domain<'a>(
+    own: Option<&'a str>,
+    mesh: &'a super::mesh::MeshDefaults,
+) -> &'a str {
+    own.or(mesh.trust_domain.as_deref())
+        .unwrap_or(DEFAULT_TRUST_DOMAIN)
 }
 
 /// The one Agent document of the file.
@@ -231,7 +245,12 @@ pub(super) fn compile(
         let msg = "must be HTTP, HTTP2, GRPC or TCP";
         diags.error(loc, Some("spec.inbound.appProtocol".into()), msg);
     }
-    let spiffe = tracemesh_ca::SpiffeId::new(&spec.trust_domain, &namespace, &spec.service_account);
+    let trust_domain = trust_domain(spec.trust_domain.as_deref(), mesh);
+    let spiffe = tracemesh_ca::SpiffeId::new(trust_domain, &namespace, &spec.service_account);
+    let trust_domains = Arc::new(TrustDomainBundle::new(
+        trust_domain,
+        &mesh.trust_domain_aliases,
+    ));
     if let Err(e) = &spiffe {
         diags.error(loc, Some("spec.serviceAccount".into()), e.to_string());
     }
@@ -295,6 +314,7 @@ pub(super) fn compile(
         explicit_otlp_endpoint: telemetry.otlp.endpoint.is_some(),
         path_normalization,
         root_namespace: mesh.mesh.root_namespace.clone(),
+        trust_domains,
         identity: Arc::new(identity),
         listeners: Listeners {
             inbound: inbound?,

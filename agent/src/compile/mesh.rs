@@ -36,6 +36,10 @@ pub(super) struct MeshDefaults {
     pub outbound_traffic_policy: Option<OutboundTrafficMode>,
     /// `pathNormalization.normalization`.
     pub path_normalization: Option<PathNormalization>,
+    /// `trustDomain`: the mesh's trust domain, when the mesh config sets it.
+    pub trust_domain: Option<String>,
+    /// `trustDomainAliases`.
+    pub trust_domain_aliases: Vec<String>,
 }
 
 /// The file's one mesh config (a second one is an error), compiled;
@@ -63,6 +67,8 @@ pub(super) fn compile(
             },
             outbound_traffic_policy: None,
             path_normalization: None,
+            trust_domain: None,
+            trust_domain_aliases: Vec::new(),
         };
     };
     let config = &doc.spec;
@@ -134,6 +140,8 @@ pub(super) fn compile(
             .as_ref()
             .and_then(|p| p.normalization.as_deref())
             .and_then(PathNormalization::parse),
+        trust_domain: config.trust_domain.clone(),
+        trust_domain_aliases: config.trust_domain_aliases.clone(),
     }
 }
 

@@ -246,7 +246,7 @@ fn gateway_proxy(
         spec: crate::config::agent::AgentSpec {
             service: gateway.identity.service.clone(),
             service_account: spec.service_account.clone(),
-            trust_domain: spec.trust_domain.clone(),
+            trust_domain: Some(gateway.identity.spiffe.trust_domain.clone()),
             identity: spec.identity.clone(),
             labels: spec.labels.clone(),
             inbound: crate::config::agent::InboundSpec::default(),
@@ -586,6 +586,7 @@ fn snapshot(
         bootstrap: boot.bootstrap,
         listeners: boot.listeners,
         identity: boot.identity,
+        trust_domains: boot.trust_domains,
         routes: routing.routes,
         inbound: routing.inbound,
         tcp_routes: routing.tcp_routes,

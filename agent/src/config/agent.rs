@@ -19,9 +19,10 @@ pub struct AgentSpec {
     /// `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>` (default `default`).
     #[serde(default = "default_service_account")]
     pub service_account: String,
-    /// The mesh's trust domain (default `cluster.local`).
-    #[serde(default = "default_trust_domain")]
-    pub trust_domain: String,
+    /// The mesh's trust domain (default: the mesh config's `trustDomain`,
+    /// else `cluster.local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
     /// Where the workload certificate comes from; without it the agent
     /// speaks plaintext only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,10 +160,6 @@ pub struct PathNormalizationSpec {
 
 fn default_service_account() -> String {
     "default".into()
-}
-
-fn default_trust_domain() -> String {
-    "cluster.local".into()
 }
 
 /// The workload certificate's source: files, or the built-in CA.

@@ -47,9 +47,10 @@ pub struct IngressGatewaySpec {
     /// identity, which ISTIO_MUTUAL servers and mesh mTLS present.
     #[serde(default = "default_service_account")]
     pub service_account: String,
-    /// The mesh's trust domain (default `cluster.local`).
-    #[serde(default = "default_trust_domain")]
-    pub trust_domain: String,
+    /// The mesh's trust domain (default: the mesh config's `trustDomain`,
+    /// else `cluster.local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
     /// Where the gateway's workload certificate comes from (needed for
     /// ISTIO_MUTUAL servers and for mTLS to the mesh).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,10 +114,6 @@ fn default_credential_directory() -> String {
 
 fn default_service_account() -> String {
     "default".into()
-}
-
-fn default_trust_domain() -> String {
-    "cluster.local".into()
 }
 
 fn default_concurrency() -> usize {

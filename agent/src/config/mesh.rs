@@ -37,6 +37,15 @@ pub struct MeshConfig {
     /// Providers used when a Telemetry resource names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_providers: Option<DefaultProviders>,
+    /// The mesh's trust domain (Istio's default `cluster.local`); an
+    /// Agent's `spec.trustDomain` wins for its workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
+    /// Other trust domains whose peers are of this mesh (a migration's old
+    /// trust domain): accepted by inbound mTLS, and AuthorizationPolicy
+    /// principals are written out for each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_domain_aliases: Vec<String>,
 }
 
 /// `defaultConfig` (Istio's `ProxyConfig`): the part the agent reads.
@@ -552,6 +561,8 @@ pub fn read_mesh_config(value: Value) -> MeshRead {
         "defaultConfig",
         "extensionProviders",
         "defaultProviders",
+        "trustDomain",
+        "trustDomainAliases",
     ];
     sort_fields(&mut map, "", USED, MESH_FIELDS, &mut read);
     if let Some(Value::Object(proxy)) = map.get_mut("defaultConfig") {

@@ -387,6 +387,9 @@ pub struct LiveState {
     /// current by rotation: what mesh mTLS dials with, here so a compiled
     /// config's own clients (the ext_authz provider's) dial with it too.
     workload_tls: Arc<arc_swap::ArcSwapOption<crate::tls::TlsMaterial>>,
+    /// The trust domains of the config in force, which the certificate's
+    /// inbound mTLS accepts clients of: put in force with the config.
+    peer_trust_domains: crate::tls::verify::PeerTrustDomains,
     /// The ext_authz counters, so a reload keeps the counts.
     ext_authz: Arc<crate::ext_authz::stats::ExtAuthzStats>,
     endpoints: Registry<EndpointState>,
@@ -401,6 +404,13 @@ impl LiveState {
     /// without `spec.identity`).
     pub fn workload_tls(&self) -> Arc<arc_swap::ArcSwapOption<crate::tls::TlsMaterial>> {
         self.workload_tls.clone()
+    }
+
+    /// The trust domains a sidecar's inbound mTLS accepts clients of, as
+    /// the config in force says ([`crate::proxy::Shared::install`] and the
+    /// agent's start put them in force).
+    pub fn peer_trust_domains(&self) -> &crate::tls::verify::PeerTrustDomains {
+        &self.peer_trust_domains
     }
 
     /// The ext_authz counters every compiled provider client counts in.

@@ -170,6 +170,9 @@ pub struct Snapshot {
     pub listeners: Listeners,
     /// This agent's identity.
     pub identity: Arc<Identity>,
+    /// Its trust domain and the mesh's aliases of it: the trust domains a
+    /// sidecar's inbound mTLS accepts peers of.
+    pub trust_domains: Arc<mesh::TrustDomainBundle>,
     /// Outbound HTTP routing.
     pub routes: RouteTable,
     /// The local application, behind the inbound listener.

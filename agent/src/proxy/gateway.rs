@@ -226,13 +226,14 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
 
 /// The rustls config a terminating chain serves: the server's own, or
 /// (ISTIO_MUTUAL) the gateway's current workload certificate, requiring a
-/// mesh client certificate.
+/// client certificate the mesh's roots signed (of any trust domain, as in
+/// Istio).
 fn server_config(worker: &Worker, chain: &FilterChain) -> Option<Arc<rustls::ServerConfig>> {
     let tls = chain.tls.as_ref()?;
     match (&tls.config, tls.mode) {
         (Some(config), _) => Some(config.clone()),
         (None, ServerTlsMode::IstioMutual) => match worker.shared.tls.load_full() {
-            Some(material) => Some(material.server_strict.clone()),
+            Some(material) => Some(material.server_gateway.clone()),
             None => {
                 let failures = &worker.shared.metrics.tls_failures;
                 failures

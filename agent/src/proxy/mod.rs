@@ -96,10 +96,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Puts `snapshot` in force: requests from now on read it, and each
-    /// worker's pool sweeper is told the poolings it sets.
+    /// Puts `snapshot` in force: requests from now on read it, handshakes
+    /// its trust domains, and each worker's pool sweeper is told the
+    /// poolings it sets.
     pub fn install(&self, snapshot: Snapshot) {
         let poolings = Arc::new(snapshot.poolings());
+        let trust_domains = self.live.peer_trust_domains();
+        if **trust_domains.load() != *snapshot.trust_domains {
+            trust_domains.store(snapshot.trust_domains.clone());
+        }
         self.config.store(Arc::new(snapshot));
         self.poolings.send_replace(poolings);
     }

@@ -11,7 +11,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tracemesh_ca::{CertInfo, SpiffeId};
 
-use super::verify::{MeshServerVerifier, NameCheck};
+use super::verify::{MeshClientVerifier, MeshServerVerifier, NameCheck, PeerTrustDomains};
 
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -113,12 +113,18 @@ pub fn private_key(pem: &str) -> Result<PrivateKeyDer<'static>, MaterialError> {
 pub struct TlsMaterial {
     /// The identity its certificate carries.
     pub identity: SpiffeId,
-    /// Accepts mTLS from peers of the trust domain (client certificate
-    /// required): STRICT.
+    /// A sidecar's inbound mTLS under STRICT: a client certificate is
+    /// required, chaining to the roots and naming a SPIFFE identity of the
+    /// mesh's trust domain or an alias ([`MeshClientVerifier`]).
     pub server_strict: Arc<ServerConfig>,
-    /// The same, but a TLS client without a certificate is let in
-    /// unauthenticated: PERMISSIVE.
+    /// The same under PERMISSIVE: a TLS client without a certificate is let
+    /// in unauthenticated; one with a certificate is held to STRICT's
+    /// checks.
     pub server_permissive: Arc<ServerConfig>,
+    /// An ingress gateway's ISTIO_MUTUAL servers: a client certificate
+    /// chaining to the roots is required, of any trust domain, as Istio
+    /// gives a gateway's ISTIO_MUTUAL server no trust domains to check.
+    pub server_gateway: Arc<ServerConfig>,
     /// Originates mesh mTLS over HTTP/1.1: presents the workload
     /// certificate, accepts servers with a SPIFFE identity of the trust domain.
     pub mesh_h1: Arc<ClientConfig>,
@@ -135,12 +141,14 @@ pub struct TlsMaterial {
 }
 
 impl TlsMaterial {
-    /// Builds the material from PEM texts.
+    /// Builds the material from PEM texts; a sidecar's inbound mTLS
+    /// accepts clients of `trust_domains` (read at each handshake).
     pub fn from_pem(
         chain_pem: &str,
         key_pem: &str,
         roots_pem: &str,
         source: &'static str,
+        trust_domains: &PeerTrustDomains,
     ) -> Result<Self, MaterialError> {
         let chain = certificates(chain_pem, "certificate chain")?;
         let key = private_key(key_pem)?;
@@ -151,7 +159,9 @@ impl TlsMaterial {
             .and_then(CertInfo::spiffe_id)
             .ok_or(MaterialError::NoIdentity)?;
         let provider = provider();
-        let server = |optional: bool| -> Result<Arc<ServerConfig>, MaterialError> {
+        // `optional`: PERMISSIVE; `mesh`: the client's identity must be of
+        // the mesh's trust domains (a sidecar's, not a gateway's).
+        let server = |optional: bool, mesh: bool| -> Result<Arc<ServerConfig>, MaterialError> {
             let builder =
                 WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
             let builder = if optional {
@@ -159,10 +169,13 @@ impl TlsMaterial {
             } else {
                 builder
             };
-            let verifier = builder.build().map_err(|e| MaterialError::Pem {
+            let mut verifier = builder.build().map_err(|e| MaterialError::Pem {
                 what: "root certificate",
                 reason: e.to_string(),
             })?;
+            if mesh {
+                verifier = Arc::new(MeshClientVerifier::new(verifier, trust_domains.clone()));
+            }
             let mut config = ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()?
                 .with_client_cert_verifier(verifier)
@@ -170,7 +183,9 @@ impl TlsMaterial {
             config.alpn_protocols = MESH_SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
             Ok(Arc::new(config))
         };
-        let (server_strict, server_permissive) = (server(false)?, server(true)?);
+        let server_strict = server(false, true)?;
+        let server_permissive = server(true, true)?;
+        let server_gateway = server(false, false)?;
         let verifier = Arc::new(MeshServerVerifier::new(
             roots.clone(),
             &provider,
@@ -194,6 +209,7 @@ impl TlsMaterial {
             identity,
             server_strict,
             server_permissive,
+            server_gateway,
             mesh_h1,
             mesh_h2,
             chain: described,

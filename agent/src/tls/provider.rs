@@ -12,6 +12,7 @@ use prometheus::{IntCounterVec, IntGauge};
 use tracemesh_ca::{CaClient, SpiffeId};
 
 use super::material::{MaterialError, TlsMaterial};
+use super::verify::PeerTrustDomains;
 use crate::model::bootstrap::{BootstrapToken, CertificateFiles, CertificateSource};
 
 /// Why the identity could not be set up.
@@ -87,23 +88,27 @@ impl Source {
         })
     }
 
-    /// Loads (files) or requests (CA) one generation of material.
-    pub async fn fetch(&self, id: &SpiffeId) -> Result<TlsMaterial, IdentityError> {
+    /// Loads (files) or requests (CA) one generation of material, its
+    /// inbound mTLS accepting clients of `trust_domains`.
+    pub async fn fetch(
+        &self,
+        id: &SpiffeId,
+        trust_domains: &PeerTrustDomains,
+    ) -> Result<TlsMaterial, IdentityError> {
         match self {
             Self::Files(files) => {
                 let chain = read(&files.cert_chain)?;
                 let key = read(&files.private_key)?;
                 let roots = read(&files.root_cert)?;
-                TlsMaterial::from_pem(&chain, &key, &roots, "files").map_err(|source| {
-                    IdentityError::Files {
-                        files: format!(
-                            "certChain {}, privateKey {}, rootCert {}",
-                            files.cert_chain.display(),
-                            files.private_key.display(),
-                            files.root_cert.display()
-                        ),
-                        source: Box::new(source),
-                    }
+                let material = TlsMaterial::from_pem(&chain, &key, &roots, "files", trust_domains);
+                material.map_err(|source| IdentityError::Files {
+                    files: format!(
+                        "certChain {}, privateKey {}, rootCert {}",
+                        files.cert_chain.display(),
+                        files.private_key.display(),
+                        files.root_cert.display()
+                    ),
+                    source: Box::new(source),
                 })
             }
             Self::Ca {
@@ -117,6 +122,7 @@ impl Source {
                     &key,
                     root_pem,
                     "ca",
+                    trust_domains,
                 )?)
             }
         }
@@ -151,11 +157,12 @@ pub struct Fingerprint(Vec<Option<(SystemTime, u64)>>);
 /// Keeps `slot` current until the future is dropped: reloads files when
 /// they change from `loaded` (the fingerprint taken before the material in
 /// `slot` was read), renews CA certificates at half-life, retries failures
-/// with backoff (keeping the current material meanwhile).
+/// with backoff (keeping the current material meanwhile). Each generation's
+/// inbound mTLS accepts clients of `trust_domains`.
 pub async fn keep_current(
     source: Source,
     loaded: Fingerprint,
-    id: SpiffeId,
+    (id, trust_domains): (SpiffeId, PeerTrustDomains),
     slot: Arc<ArcSwapOption<TlsMaterial>>,
     (rotations, expiry): (IntCounterVec, IntGauge),
 ) {
@@ -173,7 +180,7 @@ pub async fn keep_current(
         if matches!(source, Source::Files(_)) && seen == last_seen {
             continue;
         }
-        match source.fetch(&id).await {
+        match source.fetch(&id, &trust_domains).await {
             Ok(material) => {
                 last_seen = seen;
                 tracing::info!(identity = %material.identity, source = material.source, "workload certificate rotated");
@@ -235,7 +242,7 @@ mod tests {
         let chain = files.cert_chain.display().to_string();
         let source = Source::Files(files);
         let id = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/app").unwrap();
-        let error = match source.fetch(&id).await {
+        let error = match source.fetch(&id, &PeerTrustDomains::default()).await {
             Ok(_) => panic!("garbage was taken for a certificate"),
             Err(error) => error.to_string(),
         };

@@ -1,17 +1,109 @@
 //! Certificate checks rustls does not do by itself: peers in the mesh are
-//! named by SPIFFE URI SANs, not DNS names, and TLS origination may pin
+//! named by SPIFFE URI SANs, not DNS names (a sidecar's inbound mTLS takes
+//! clients of the mesh's trust domains only), and TLS origination may pin
 //! `subjectAltNames` or skip verification on request.
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{
     CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature,
 };
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore,
+    SignatureScheme,
+};
 use tracemesh_ca::CertInfo;
+
+use crate::model::mesh::TrustDomainBundle;
+
+/// The trust domains of the config in force, shared by the workload's
+/// inbound mTLS verifiers (every generation of its certificate) and
+/// replaced whole when a config is put in force: a handshake reads it once,
+/// without a lock.
+pub type PeerTrustDomains = Arc<ArcSwap<TrustDomainBundle>>;
+
+/// Verifies a client certificate of a sidecar's inbound mTLS: its chain by
+/// `inner` (rustls' WebPKI verifier on the workload's roots), then that its
+/// SPIFFE identity is of the mesh's trust domain or an alias, as Istio's
+/// inbound `match_typed_subject_alt_names` (`spiffe://<td>/` per trust
+/// domain) requires. A certificate without one — a foreign trust domain,
+/// no SAN, only DNS SANs, a URI SAN not of the form
+/// `spiffe://<td>/ns/<ns>/sa/<sa>` — fails the handshake as `wrong_san`:
+/// the identity checked is the one policies and headers are given.
+#[derive(Debug)]
+pub struct MeshClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domains: PeerTrustDomains,
+}
+
+impl MeshClientVerifier {
+    /// `inner` checks the chain, `trust_domains` the identity.
+    pub fn new(inner: Arc<dyn ClientCertVerifier>, trust_domains: PeerTrustDomains) -> Self {
+        Self {
+            inner,
+            trust_domains,
+        }
+    }
+}
+
+impl ClientCertVerifier for MeshClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let of_the_mesh = tracemesh_ca::spiffe_id_of(end_entity)
+            .is_some_and(|id| self.trust_domains.load().contains(&id.trust_domain));
+        if of_the_mesh {
+            Ok(verified)
+        } else {
+            Err(Error::InvalidCertificate(CertificateError::NotValidForName))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
 
 /// What the server's certificate must name.
 #[derive(Debug, Clone)]

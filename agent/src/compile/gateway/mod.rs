@@ -71,7 +71,13 @@ pub(super) fn build(
     diags: &mut Diagnostics,
 ) -> Option<(GatewaySnapshot, Registry)> {
     let doc = single(file, &docs.ingress_gateways, diags)?;
-    let identity = identity(doc, diags)?;
+    // The mesh config's trust domain when the IngressGateway sets none (its
+    // findings are the proxy compile's, which reads it again).
+    let mesh_trust_domain = docs
+        .mesh_configs
+        .first()
+        .and_then(|m| m.spec.trust_domain.as_deref());
+    let identity = identity(doc, mesh_trust_domain, diags)?;
     // The root namespace only: the mesh config's diagnostics are the
     // gateway proxy's compile's to report.
     let mesh = super::mesh::compile(
@@ -163,6 +169,7 @@ fn single<'a>(
 
 fn identity(
     doc: &Document<IngressGatewaySpec>,
+    mesh_trust_domain: Option<&str>,
     diags: &mut Diagnostics,
 ) -> Option<GatewayIdentity> {
     let spec = &doc.spec;
@@ -177,18 +184,23 @@ fn identity(
         .clone()
         .unwrap_or_else(|| DEFAULT_GATEWAY_NAMESPACE.to_owned());
     let service = spec.service.as_deref().unwrap_or(&doc.metadata.name);
-    let spiffe =
-        match tracemesh_ca::SpiffeId::new(&spec.trust_domain, &namespace, &spec.service_account) {
-            Ok(id) => id,
-            Err(err) => {
-                diags.error(
-                    &doc.location,
-                    Some("spec.serviceAccount".into()),
-                    err.to_string(),
-                );
-                return None;
-            }
-        };
+    let trust_domain = spec
+        .trust_domain
+        .as_deref()
+        .or(mesh_trust_domain)
+        .unwrap_or(crate::model::mesh::DEFAULT_TRUST_DOMAIN);
+    let spiffe = match tracemesh_ca::SpiffeId::new(trust_domain, &namespace, &spec.service_account)
+    {
+        Ok(id) => id,
+        Err(err) => {
+            diags.error(
+                &doc.location,
+                Some("spec.serviceAccount".into()),
+                err.to_string(),
+            );
+            return None;
+        }
+    };
     for (i, l) in spec.listeners.iter().enumerate() {
         let field = format!("spec.listeners[{i}]");
         if l.listen.parse::<SocketAddr>().is_err() {

@@ -23,6 +23,16 @@ pub(super) fn mesh_config(c: &mut Check<'_>, doc: &Document<MeshConfig>) {
             format!("{ns:?} is not a valid namespace (lower case letters, digits and `-`)"),
         );
     }
+    if let Some(td) = &mesh.trust_domain
+        && let Err(why) = trust_domain(td)
+    {
+        c.error(format!("{at}.trustDomain"), why);
+    }
+    for (i, td) in mesh.trust_domain_aliases.iter().enumerate() {
+        if let Err(why) = trust_domain(td) {
+            c.error(format!("{at}.trustDomainAliases[{i}]"), why);
+        }
+    }
     if let Some(mode) = mesh
         .outbound_traffic_policy
         .as_ref()
@@ -256,5 +266,24 @@ fn status_on_error(c: &mut Check<'_>, f: &str, status: Option<&str>) {
             format!("{f}.statusOnError"),
             format!("unsupported statusOnError value {status:?}: an HTTP status Envoy knows (e.g. 403, 500, 503)"),
         );
+    }
+}
+
+/// Istio's `ValidateTrustDomain`: DNS-1123 labels joined by dots (the last
+/// may be empty, `istio.io.`).
+fn trust_domain(domain: &str) -> Result<(), String> {
+    if domain.is_empty() {
+        return Err("empty domain name not allowed".into());
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    let last = labels.len() - 1;
+    let valid = labels
+        .iter()
+        .enumerate()
+        .all(|(i, label)| (i == last && label.is_empty()) || common::is_dns1123_label(label));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("trust domain name {domain:?} invalid"))
     }
 }

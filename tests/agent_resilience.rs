@@ -688,6 +688,10 @@ fn endpoint_of(clusters: &serde_json::Value, address: &str) -> serde_json::Value
 /// - [`First::ResettingMidResponse`]: it answers its first stream's head
 ///   (200) and part of a body, then resets the stream with REFUSED_STREAM,
 ///   and answers later ones 204;
+/// - [`First::ResettingCleanlyMidResponse`]: it answers its first
+///   stream's head (200, no `content-length`) and part of a body, then
+///   resets the stream with NO_ERROR before its END_STREAM, and answers
+///   later ones 204;
 /// - [`First::AllowingNone`]: every connection sends SETTINGS allowing no
 ///   stream (`SETTINGS_MAX_CONCURRENT_STREAMS` 0) before it reads the
 ///   client's preface, and resets each stream: with REFUSED_STREAM until
@@ -715,6 +719,7 @@ enum First {
     Mute,
     AnsweringEarly,
     ResettingMidResponse,
+    ResettingCleanlyMidResponse,
     AllowingNone,
 }
 
@@ -859,6 +864,13 @@ impl FrameUpstream {
                     reply.extend(frame(RST_STREAM, 0, stream, &REFUSED_STREAM.to_be_bytes()));
                     reply
                 }
+                (HEADERS, Some(First::ResettingCleanlyMidResponse)) if opened.is_empty() => {
+                    opened.push(stream);
+                    let mut reply = frame(HEADERS, END_HEADERS, stream, &[STATUS_200]);
+                    reply.extend(frame(DATA, 0, stream, b"partial"));
+                    reply.extend(frame(RST_STREAM, 0, stream, &0u32.to_be_bytes()));
+                    reply
+                }
                 (HEADERS, Some(First::AnsweringEarly)) => {
                     // `:status: 200`, `content-length: 5` (HPACK: a literal
                     // of the static table's content-length name, index 28).
@@ -887,7 +899,9 @@ impl FrameUpstream {
                         First::ResettingRefused if opened.len() == 1 => {
                             frame(RST_STREAM, 0, stream, &REFUSED_STREAM.to_be_bytes())
                         }
-                        First::ResettingRefused => frame(HEADERS, ENDS, stream, &[STATUS_204]),
+                        First::ResettingRefused | First::ResettingCleanlyMidResponse => {
+                            frame(HEADERS, ENDS, stream, &[STATUS_204])
+                        }
                         _ => continue,
                     }
                 }
@@ -1303,4 +1317,305 @@ async fn a_reset_after_the_response_began_reaches_the_client_as_the_agents_own()
         scrape = agent.metrics().await;
     }
     assert!(flagged(&scrape), "{}", scrape.text);
+}
+
+/// Waits up to 5 s for the agent's metrics to count a request answered
+/// `code` and recorded with `flags`; whether they did.
+async fn counted(agent: &Agent, code: &str, flags: &str) -> bool {
+    let labels = [("response_code", code), ("response_flags", flags)];
+    for _ in 0..100 {
+        let scrape = agent.metrics().await;
+        if scrape.sum("istio_requests_total", &labels) >= 1.0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_reset_before_the_end_of_a_response_is_a_reset_downstream() {
+    // RST_STREAM(NO_ERROR) before END_STREAM cuts the response short
+    // (RFC 9113 §8.1 lets a server stop a request's upload so only once it
+    // has answered in full). hyper ends such a body as if it were whole:
+    // an HTTP/1.1 client got a complete chunked body, and the request was
+    // recorded as answered. Envoy resets the client's stream (an HTTP/1.1
+    // connection closed without the last chunk) and records UR.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = FrameUpstream::start(First::ResettingCleanlyMidResponse).await;
+    let agent = upstream.agent("");
+    let mut conn = tokio::net::TcpStream::connect(agent.outbound)
+        .await
+        .unwrap();
+    conn.write_all(b"GET /file HTTP/1.1\r\nhost: app:9080\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends within 30 s");
+    let answer = String::from_utf8_lossy(&answer);
+    let _ = read;
+    // (hyper may drop the head and first bytes it had not yet flushed when
+    // the body fails: the connection closes with nothing, or part, of it)
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    assert!(
+        !answer.ends_with("0\r\n\r\n"),
+        "a response cut short reached the client whole: {answer:?}"
+    );
+    assert!(counted(&agent, "200", "UR").await, "not recorded UR");
+    // A stream reset with NO_ERROR after END_STREAM stays a clean end:
+    // see a_client_still_uploading_gets_the_early_answer_not_a_reset.
+}
+
+/// An HTTP/2 upstream (hyper's) for header list bounds: it answers 200 with
+/// `x-meta-len` the size of the request's `x-meta`; with `x-case: head` a
+/// response header of 40 000 bytes, with `x-case: trailers` trailers of
+/// 17 000 bytes of metadata, `grpc-status: 5` and a `grpc-message`.
+async fn large_headers_upstream() -> SocketAddr {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let service =
+                hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let meta = req.headers().get("x-meta").map_or(0, |v| v.len());
+                    let case = req
+                        .headers()
+                        .get("x-case")
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .unwrap_or_default();
+                    let mut frames = vec![Ok::<_, std::convert::Infallible>(Frame::data(
+                        Bytes::from_static(b"ok"),
+                    ))];
+                    let mut response = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/grpc")
+                        .header("x-meta-len", meta.to_string());
+                    if case == "head" {
+                        response = response.header("x-big", "h".repeat(40_000));
+                    }
+                    if case == "trailers" {
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("x-trailer-meta", "m".repeat(17_000).parse().unwrap());
+                        trailers.insert("grpc-status", "5".parse().unwrap());
+                        trailers.insert("grpc-message", "not%20found".parse().unwrap());
+                        frames.push(Ok(Frame::trailers(trailers)));
+                    }
+                    let body = StreamBody::new(futures_util::stream::iter(frames));
+                    Ok::<_, std::convert::Infallible>(response.body(body).unwrap())
+                });
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .max_header_list_size(1 << 20)
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_header_lists_up_to_envoys_60_kib_pass_both_ways() {
+    // Envoy takes 60 KiB of header list (`max_request_headers_kb`,
+    // `max_response_headers_kb`, which Istio leaves at their defaults) on
+    // its HTTP/2 connections. At hyper's 16 KiB the agent answered a
+    // client's 20 KB of metadata with a bare 431, an upstream's 40 KB
+    // response head with a 503 (UPE), and passed 17 KB of trailers on
+    // empty: the call's grpc-status lost.
+    use http_body_util::BodyExt;
+    let app = large_headers_upstream().await;
+    let endpoint = [Ep {
+        addr: app,
+        labels: &[],
+    }];
+    let agent = Agent::start(
+        &(agent(
+            "frontend",
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            NO_COLLECTOR,
+        ) + &service_entry("app", 9080, "HTTP2", &endpoint)),
+    );
+    let stream = tokio::net::TcpStream::connect(agent.outbound)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .max_header_list_size(1 << 20)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut call = async |case: &str, meta: usize| {
+        let mut request = Request::post("http://app:9080/pkg.Svc/Call")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-case", case);
+        if meta > 0 {
+            request = request.header("x-meta", "m".repeat(meta));
+        }
+        let request = request.body(Full::new(Bytes::from_static(b"hi"))).unwrap();
+        sender.ready().await.unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await.expect("the body, whole");
+        (parts, collected.trailers().cloned())
+    };
+    // Request metadata of 20 KB and of 40 KB reaches the app.
+    for meta in [20_000, 40_000] {
+        let (parts, _) = call("", meta).await;
+        assert_eq!(parts.status, 200, "{meta} bytes of metadata");
+        assert_eq!(parts.headers["x-meta-len"], meta.to_string().as_str());
+    }
+    // Trailers of 17 KB: passed on whole, the status with them.
+    let (parts, trailers) = call("trailers", 0).await;
+    assert_eq!(parts.status, 200);
+    let trailers = trailers.expect("the upstream's trailers");
+    assert_eq!(trailers["grpc-status"], "5", "{:?}", trailers.keys());
+    assert_eq!(trailers["grpc-message"], "not%20found");
+    assert_eq!(trailers["x-trailer-meta"].len(), 17_000);
+    // A response head of 40 KB.
+    let (parts, _) = call("head", 0).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(parts.headers["x-big"].len(), 40_000);
+    // Past 60 KiB a request is refused, as Envoy refuses it.
+    let (parts, _) = call("", 70_000).await;
+    assert_eq!(parts.status, 431);
+}
+
+/// An HTTP/2 gRPC upstream noting the `grpc-timeout` of each attempt (by
+/// `x-id`, in order): it answers `grpc-status: 14` (trailers only) to the
+/// first `x-fail` attempts of a call, each after `x-delay-ms`, and
+/// `grpc-status: 0` to the next.
+async fn grpc_timeout_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let noted = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let seen = noted.clone();
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let seen = seen.clone();
+                async move {
+                    let header = |name: &str| {
+                        req.headers()
+                            .get(name)
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default()
+                    };
+                    let id = header("x-id");
+                    let attempt = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push((id.clone(), header("grpc-timeout")));
+                        seen.iter().filter(|(seen, _)| *seen == id).count()
+                    };
+                    let fail: usize = header("x-fail").parse().unwrap_or(0);
+                    let delay: u64 = header("x-delay-ms").parse().unwrap_or(0);
+                    let status = if attempt <= fail {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        "14"
+                    } else {
+                        "0"
+                    };
+                    let response = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", status)
+                        .body(http_body_util::Empty::<Bytes>::new())
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_attempt_is_told_the_grpc_timeout_envoy_would_tell_it() {
+    // Envoy's `setTimeoutHeaders`: an attempt's grpc-timeout is the
+    // per-try timeout when it is shorter than the call's, else the call's,
+    // capped by what is left of the call's; a client's 0 is no bound.
+    let (app, seen) = grpc_timeout_upstream().await;
+    let endpoint = [Ep {
+        addr: app,
+        labels: &[],
+    }];
+    let rules = "  - match: [{headers: {x-r: {exact: pt}}}]\n    retries: {attempts: 2, retryOn: unavailable, perTryTimeout: 0.3s}\n    route: [{destination: {host: app}}]\n  - match: [{headers: {x-r: {exact: ptt}}}]\n    timeout: 5s\n    retries: {attempts: 2, retryOn: unavailable, perTryTimeout: 2s}\n    route: [{destination: {host: app}}]\n  - route: [{destination: {host: app}}]\n";
+    let agent = Agent::start(
+        &(agent(
+            "frontend",
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            NO_COLLECTOR,
+        ) + &service_entry("app", 9080, "GRPC", &endpoint)
+            + &virtual_service(rules)),
+    );
+    let client = Client::h2(agent.outbound);
+    let call = async |id: &str, headers: &[(&str, &str)]| {
+        let mut request = Request::post("http://app:9080/pkg.Svc/Call")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-id", id);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let reply = client
+            .send(
+                request
+                    .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{id}");
+        assert_eq!(
+            reply.header("grpc-status").as_deref(),
+            Some("0"),
+            "{id}: {reply:?}"
+        );
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(seen, _)| seen == id)
+            .map(|(_, timeout)| timeout.clone())
+            .collect::<Vec<_>>()
+    };
+    // The per-try timeout, shorter than the client's deadline, or alone.
+    assert_eq!(
+        call("pt-5s", &[("x-r", "pt"), ("grpc-timeout", "5S")]).await,
+        ["300m"]
+    );
+    assert_eq!(call("pt-none", &[("x-r", "pt")]).await, ["300m"]);
+    // 0 bounds nothing: the call is made, and the header goes on as it is.
+    assert_eq!(call("zero", &[("grpc-timeout", "0m")]).await, ["0m"]);
+    assert_eq!(call("none", &[]).await, [""]);
+    // Retries: the per-try bound (2 s) until what is left of the client's
+    // 3 s is less: the third attempt comes at least 2.4 s in.
+    let timeouts = call(
+        "ptt",
+        &[
+            ("x-r", "ptt"),
+            ("grpc-timeout", "3S"),
+            ("x-fail", "2"),
+            ("x-delay-ms", "1200"),
+        ],
+    )
+    .await;
+    assert_eq!(timeouts.len(), 3, "{timeouts:?}");
+    assert_eq!(timeouts[0], "2000m", "{timeouts:?}");
+    let last: u64 = timeouts[2].strip_suffix('m').unwrap().parse().unwrap();
+    assert!((1..=600).contains(&last), "{timeouts:?}");
 }

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::body::{RequestBody, UpstreamBody};
 use super::client_body::ClientBody;
+use super::grpc_timeout;
 use super::headers::decimal;
 use super::local_reply::LocalReply;
 use super::progress::{BodyFailure, RequestProgress, RouteDeadline};
@@ -229,6 +230,11 @@ pub struct Attempts<'a> {
     /// the first), as Istio's outbound and gateway routes have Envoy do
     /// (`include_request_attempt_count`); inbound requests carry none.
     pub count_attempts: bool,
+    /// A gRPC request: each attempt's `grpc-timeout` says what bounds it,
+    /// [`timeout`](Self::timeout) and the per-try timeout, as Envoy's
+    /// `setTimeoutHeaders` writes it under Istio's `max_grpc_timeout`
+    /// ([`grpc_timeout::expected`]).
+    pub grpc: bool,
 }
 
 /// The header that numbers an attempt.
@@ -327,6 +333,20 @@ impl Attempts<'_> {
                 }
                 if attempt > 0 {
                     record.sending_retry(attempt, endpoint, &mut template.headers);
+                }
+                if self.grpc {
+                    // (Envoy counts a retry's time from the request's end)
+                    let elapsed = match body.progress.ended_at() {
+                        Some(end) if attempt > 0 => end.elapsed(),
+                        _ => Duration::ZERO,
+                    };
+                    let per_try = self.retry.per_try_timeout;
+                    grpc_timeout::set_expected(
+                        &mut template.headers,
+                        self.timeout,
+                        per_try,
+                        elapsed,
+                    );
                 }
                 let may_retry = attempt < self.retry.attempts && body.replayable();
                 let attempt_head = if may_retry {

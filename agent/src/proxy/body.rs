@@ -192,7 +192,7 @@ impl Body for Received {
             Self::Own(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Self::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(|error| match error {
-                WatchedError::Source(error) => error.into(),
+                WatchedError::Source(error) => error,
                 WatchedError::Cut(cut) => cut.into(),
             }),
         }

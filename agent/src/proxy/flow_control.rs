@@ -45,3 +45,13 @@ pub(super) const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// How many streams a downstream HTTP/2 connection may have open at once
 /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
 pub(super) const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// The largest header list (request headers downstream, response headers
+/// and trailers upstream, RFC 9113 §6.5.2 `SETTINGS_MAX_HEADER_LIST_SIZE`)
+/// the agent takes on an HTTP/2 connection either way: Envoy's default
+/// `max_request_headers_kb` and `max_response_headers_kb`, 60 KiB, which
+/// Istio leaves as they are. (hyper's 16 KiB default refused a client's
+/// request with a bare 431, and emptied an upstream's trailers over it,
+/// where Envoy passes them on.) Past it, a request is answered 431; a
+/// response head resets its stream (a local reply, `UPE`).
+pub(super) const MAX_HEADER_LIST: u32 = 60 * 1024;

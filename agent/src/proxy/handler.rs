@@ -322,7 +322,7 @@ pub fn handle(
         let timeout = if downstream_upgrade.is_some() {
             None
         } else if ex.is_grpc() {
-            grpc_timeout::bound(policy.timeout, &mut parts.headers)
+            grpc_timeout::bound(policy.timeout, &parts.headers)
         } else {
             policy.timeout
         };
@@ -336,6 +336,7 @@ pub fn handle(
             source_ip: hash_source_ip,
             generated_cookie: set_cookie.as_ref().map(|c| c.value.as_str()),
             count_attempts: down.direction == Direction::Outbound || down.gateway.is_some(),
+            grpc: ex.is_grpc() && downstream_upgrade.is_none(),
         };
         let upstream = Forwarder {
             worker: &worker,

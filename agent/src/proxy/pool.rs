@@ -36,7 +36,7 @@ use tokio::sync::{Notify, watch};
 
 use super::LocalExec;
 use super::body::UpstreamBody;
-use super::flow_control::{CONNECTION_WINDOW, STREAM_WINDOW};
+use super::flow_control::{CONNECTION_WINDOW, MAX_HEADER_LIST, STREAM_WINDOW};
 use super::h1::{Connection, MAX_RESPONSE_HEAD, Reuse};
 use super::peer_settings::{INITIAL_LIMIT, ServerStreamLimit, SettingsScan};
 use super::shared_h2::{Connections, Counted, DialFailure, NoRoom, Opened, Taken};
@@ -821,7 +821,9 @@ impl Pools {
             // the dialer's own stream goes out whatever it is)
             .initial_max_send_streams(starting.max(1) as usize)
             .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW);
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            // response headers and trailers as large as Envoy takes
+            .max_header_list_size(MAX_HEADER_LIST);
         if let Some(keepalive) = keepalive {
             // Envoy's connection keepalive PINGs idle connections too.
             builder

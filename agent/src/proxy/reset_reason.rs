@@ -7,6 +7,16 @@ use std::error::Error;
 
 use crate::flags::ResponseFlags;
 
+/// An HTTP/2 server reset its stream with `NO_ERROR` (or its connection
+/// went away with it) before the response's `END_STREAM`: a response cut
+/// short (UR), as Envoy counts it, though hyper ends such a body as if it
+/// were whole. (`RST_STREAM(NO_ERROR)` after `END_STREAM` — a server that
+/// answered in full and wants no more of the request — is a clean end,
+/// RFC 9113 §8.1.)
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream reset the stream (NO_ERROR) before the end of its response")]
+pub struct ResetBeforeEnd;
+
 /// Why an upstream stream ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResetReason {
@@ -37,6 +47,9 @@ impl ResetReason {
     pub fn of(error: &(dyn Error + 'static)) -> Self {
         let mut cause = Some(error);
         while let Some(error) = cause {
+            if error.is::<ResetBeforeEnd>() {
+                return Self::RemoteReset;
+            }
             if let Some(h2) = error.downcast_ref::<h2::Error>() {
                 return Self::of_h2(h2);
             }

@@ -25,7 +25,9 @@ use tokio::net::TcpStream;
 use super::activity::Activity;
 use super::delayed_close::{DelayedClose, Spliced};
 use super::drain::{Phase, reached};
-use super::flow_control::{CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, STREAM_WINDOW};
+use super::flow_control::{
+    CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST, STREAM_WINDOW,
+};
 use super::listener::WorkerSockets;
 use super::rewind::{self, Rewind};
 use super::tcp::TcpTarget;
@@ -207,7 +209,8 @@ pub(super) fn run_local(
 
 /// The longest HTTP/1 request head (request line and headers) a listener
 /// reads: Envoy's default `max_request_headers_kb` (60 KiB) plus room for
-/// the request line. HTTP/2 header lists are bounded by hyper's 16 KiB.
+/// the request line. HTTP/2 header lists are bounded by
+/// [`MAX_HEADER_LIST`] (the same 60 KiB).
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 /// How long a connection whose HTTP begins while the worker drains is
@@ -256,7 +259,8 @@ pub(super) fn http_builder() -> auto::Builder<LocalExec> {
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST);
     builder
 }
 

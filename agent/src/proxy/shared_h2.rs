@@ -38,9 +38,10 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use tokio::sync::Notify;
 
-use super::body::UpstreamBody;
+use super::body::{BoxError, UpstreamBody};
 use super::peer_settings::{INITIAL_LIMIT, ServerStreamLimit};
 use super::pool::{AcquireError, PeerIdentity};
+use super::reset_reason::ResetBeforeEnd;
 use crate::model::live::PoolLimits;
 
 /// One shared HTTP/2 connection.
@@ -109,13 +110,21 @@ impl StreamBody {
 
 impl Body for StreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
+    /// The stream's frames, and its end; an end without `END_STREAM` (a
+    /// `RST_STREAM(NO_ERROR)` or a GOAWAY with `NO_ERROR` before it, which
+    /// hyper ends the body at as if it were whole) is [`ResetBeforeEnd`].
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(None) if !self.body.is_end_stream() => {
+                Poll::Ready(Some(Err(Box::new(ResetBeforeEnd))))
+            }
+            polled => polled.map_err(Into::into),
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -286,6 +286,7 @@ async fn run_ending(
         source_ip: Ipv4Addr::LOCALHOST.into(),
         generated_cookie: None,
         count_attempts: true,
+        grpc: false,
     };
     let order = Rc::new(RefCell::default());
     let script = Script::new(answers, order.clone());

@@ -1367,6 +1367,28 @@ async fn a_clean_reset_before_the_end_of_a_response_is_a_reset_downstream() {
         "a response cut short reached the client whole: {answer:?}"
     );
     assert!(counted(&agent, "200", "UR").await, "not recorded UR");
+    // An HTTP/2 client's stream is reset, not ended with END_STREAM.
+    use http_body_util::BodyExt;
+    let upstream = FrameUpstream::start(First::ResettingCleanlyMidResponse).await;
+    let agent = upstream.agent("");
+    let stream = tokio::net::TcpStream::connect(agent.outbound)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("http://app:9080/file")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    if let Ok(response) = sender.send_request(request).await {
+        let body = response.into_body().collect().await;
+        assert!(body.is_err(), "a response cut short ended cleanly");
+    }
+    assert!(counted(&agent, "200", "UR").await, "not recorded UR");
     // A stream reset with NO_ERROR after END_STREAM stays a clean end:
     // see a_client_still_uploading_gets_the_early_answer_not_a_reset.
 }

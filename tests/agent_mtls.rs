@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::agent::Agent;
+use common::agent::{Agent, validate};
 use common::client::Client;
 use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, service_entry};
 use common::pki::{Ca, TlsUpstream, openssl_get};
@@ -597,6 +597,215 @@ async fn destination_rules_originate_tls() {
         &[("direction", "outbound"), ("reason", "wrong_san")],
     );
     assert!(wrong >= 1.0, "{}", scrape.text);
+}
+
+/// A STATIC ServiceEntry for `host` in `namespace`, port 80 (HTTP) sent to
+/// `target`.
+fn entry_in(namespace: &str, host: &str, target: SocketAddr) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {host}, namespace: {namespace}}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n",
+        target.port()
+    )
+}
+
+/// A DestinationRule `namespace/name` for `host` with `trafficPolicy.tls`.
+fn tls_rule(namespace: &str, name: &str, host: &str, tls: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  host: \"{host}\"\n  trafficPolicy: {{tls: {tls}}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wildcard_destination_rule_originates_tls_to_the_hosts_it_matches() {
+    // Istio applies the DestinationRule of the most specific host matching
+    // the service (`MostSpecificHostMatch`): the exact host, else the
+    // longest wildcard. The agent used to look rules up by exact host
+    // only: `*.example.com` applied to nothing and api.example.com was
+    // sent plaintext to its TLS server (503 UC).
+    let secure = TlsUpstream::start(&["api.example.com"], false).await;
+    let plain = Upstream::start("plain").await;
+    let simple = format!(
+        "{{mode: SIMPLE, caCertificates: \"{}\"}}",
+        secure.root.display()
+    );
+    let docs = [
+        entry_in("default", "api.example.com", secure.addr),
+        entry_in("default", "plain.example.com", plain.addr),
+        tls_rule("default", "everything", "*", "{mode: DISABLE}"),
+        tls_rule("default", "dot-com", "*.com", "{mode: DISABLE}"),
+        tls_rule("default", "wild-tls", "*.example.com", &simple),
+        // The exact host beats the wildcard: plaintext to the plain server.
+        tls_rule("default", "plain", "plain.example.com", "{mode: DISABLE}"),
+        tls_rule("default", "nowhere", "*.nowhere.test", &simple),
+    ]
+    .concat();
+    let config = agent("app", closed_port().await, NO_COLLECTOR) + &docs;
+    let agent = Agent::start(&config);
+    let client = Client::h1(agent.outbound);
+
+    let reply = client.get("http://api.example.com/").await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        reply.header("x-tracemesh-response-flags")
+    );
+    assert_eq!(&reply.body[..], b"secure hello");
+    assert_eq!(
+        secure
+            .sni
+            .lock()
+            .unwrap()
+            .first()
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("api.example.com"),
+        "TLS originated by *.example.com's rule"
+    );
+    let reply = client.get("http://plain.example.com/").await;
+    assert_eq!(reply.status, 200, "plain.example.com's own rule: plaintext");
+    assert_eq!(plain.count(), 1);
+
+    let (ok, out) = validate(&config);
+    assert!(ok, "{out}");
+    assert_eq!(warning_about(&out, "default/wild-tls"), None, "{out}");
+    assert_eq!(warning_about(&out, "default/plain"), None, "{out}");
+    let warned = |rule: &str| warning_about(&out, rule).unwrap_or_else(|| panic!("{rule}: {out}"));
+    assert!(
+        warned("default/nowhere").ends_with(
+            "spec.host: no ServiceEntry host matches *.nowhere.test; the rule applies to nothing"
+        ),
+        "{out}"
+    );
+    // `*` and `*.com` are shadowed for every service they match: the
+    // warning names the rule that applies instead, and why.
+    assert!(
+        warned("default/everything").ends_with(
+            "spec.host: api.example.com follows DestinationRule default/wild-tls instead: its host *.example.com is more specific than * (the most specific host of a namespace decides, as in Istio); this rule applies to nothing here"
+        ),
+        "{out}"
+    );
+    assert!(
+        warned("default/dot-com")
+            .contains("api.example.com follows DestinationRule default/wild-tls instead"),
+        "{out}"
+    );
+}
+
+/// The one warning `tracemesh validate` printed about the DestinationRule
+/// `namespace/name`, if any.
+fn warning_about<'a>(out: &'a str, rule: &str) -> Option<&'a str> {
+    let mut lines = out
+        .lines()
+        .filter(|l| l.starts_with("warning:") && l.contains(&format!("(DestinationRule {rule},")));
+    let line = lines.next();
+    assert_eq!(lines.next(), None, "one warning about {rule}: {out}");
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn destination_rules_are_taken_from_the_workloads_namespace_then_the_services_then_the_root()
+{
+    // Istio's `destinationRule`: for a service, the rules of the client's
+    // (this workload's) namespace first, then those of the service's
+    // namespace, then the root namespace's; a rule in any other namespace
+    // does not apply to this workload. The agent used to take the first
+    // rule in the file for the host, whatever its namespace.
+    let secure = TlsUpstream::start(
+        &[
+            "api.example.com",
+            "billing.example.com",
+            "ledger.example.com",
+        ],
+        false,
+    )
+    .await;
+    let simple = format!(
+        "{{mode: SIMPLE, caCertificates: \"{}\"}}",
+        secure.root.display()
+    );
+    let disable = "{mode: DISABLE}";
+    let docs = [
+        entry_in("payments", "api.example.com", secure.addr),
+        entry_in("payments", "billing.example.com", secure.addr),
+        entry_in("payments", "ledger.example.com", secure.addr),
+        // api.example.com: another namespace's rule, the root's, then this
+        // workload's (default), which applies.
+        tls_rule("other", "from-other", "api.example.com", disable),
+        tls_rule("istio-system", "root-api", "api.example.com", disable),
+        tls_rule("default", "mine", "api.example.com", &simple),
+        // billing.example.com: the service's namespace before the root.
+        tls_rule(
+            "istio-system",
+            "root-billing",
+            "billing.example.com",
+            disable,
+        ),
+        tls_rule("payments", "billing", "billing.example.com", &simple),
+        // ledger.example.com: only the root namespace's mesh-wide rule.
+        tls_rule("istio-system", "mesh-tls", "*.example.com", &simple),
+    ]
+    .concat();
+    let config = agent("app", closed_port().await, NO_COLLECTOR) + &docs;
+    let agent = Agent::start(&config);
+    let client = Client::h1(agent.outbound);
+    for host in [
+        "api.example.com",
+        "billing.example.com",
+        "ledger.example.com",
+    ] {
+        let reply = client.get(&format!("http://{host}/")).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{host}: {:?}",
+            reply.header("x-tracemesh-response-flags")
+        );
+        assert_eq!(&reply.body[..], b"secure hello", "{host}");
+    }
+    let mut sni: Vec<String> = secure
+        .sni
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .cloned()
+        .collect();
+    sni.sort();
+    assert_eq!(
+        sni,
+        [
+            "api.example.com",
+            "billing.example.com",
+            "ledger.example.com"
+        ]
+    );
+
+    let (ok, out) = validate(&config);
+    assert!(ok, "{out}");
+    for applies in ["default/mine", "payments/billing", "istio-system/mesh-tls"] {
+        assert_eq!(warning_about(&out, applies), None, "{applies}: {out}");
+    }
+    let warned = |rule: &str| warning_about(&out, rule).unwrap_or_else(|| panic!("{rule}: {out}"));
+    let order = "this workload takes DestinationRules from the namespaces default (this workload's), then payments (the service's), then istio-system (the root)";
+    assert!(
+        warned("other/from-other").ends_with(&format!(
+            "spec.host: api.example.com follows DestinationRule default/mine instead: {order}, as Istio does, and namespace other is none of them; this rule applies to nothing here"
+        )),
+        "{out}"
+    );
+    assert!(
+        warned("istio-system/root-api").ends_with(&format!(
+            "spec.host: api.example.com follows DestinationRule default/mine instead: {order}, the first with a rule matching the host deciding, as in Istio; this rule applies to nothing here"
+        )),
+        "{out}"
+    );
+    assert!(
+        warned("istio-system/root-billing")
+            .contains("billing.example.com follows DestinationRule payments/billing instead"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -42,6 +42,15 @@ pub(super) struct MeshDefaults {
     pub trust_domain_aliases: Vec<String>,
 }
 
+/// The root namespace of the file's mesh config (the first one's
+/// `rootNamespace`), else Istio's default `istio-system`.
+pub(super) fn root_namespace(docs: &[Document<MeshConfig>]) -> &str {
+    docs.first()
+        .and_then(|doc| doc.spec.root_namespace.as_deref())
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or(DEFAULT_ROOT_NAMESPACE)
+}
+
 /// The file's one mesh config (a second one is an error), compiled;
 /// `rejected`: the file held a mesh config that was refused, so with no
 /// valid one the mesh's providers are unknown ([`Mesh::rejected`]).
@@ -114,11 +123,7 @@ pub(super) fn compile(
         .and_then(|d| d.tracing.as_ref());
     MeshDefaults {
         mesh: Mesh {
-            root_namespace: config
-                .root_namespace
-                .clone()
-                .filter(|ns| !ns.is_empty())
-                .unwrap_or_else(|| DEFAULT_ROOT_NAMESPACE.to_owned()),
+            root_namespace: root_namespace(docs).to_owned(),
             source: doc.location.resource.clone(),
             location: Some(doc.location.clone()),
             providers,

@@ -8,6 +8,7 @@ mod bootstrap;
 mod capture;
 mod decided;
 mod delegate;
+mod destination_rules;
 mod gateway;
 mod gateway_api;
 mod mesh;
@@ -395,11 +396,16 @@ fn build(
         docs: &docs.peer_authentications,
         root_namespace: &mesh.mesh.root_namespace,
     };
+    let scope = destination_rules::RuleScope {
+        default_namespace: &namespace,
+        namespace: &namespace,
+        root_namespace: &mesh.mesh.root_namespace,
+    };
     let mut registry = registry::Registry::build(
         &docs.service_entries,
         &docs.workload_entries,
         &docs.destination_rules,
-        &namespace,
+        scope,
         (has_identity, &peers),
         states,
         diags,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::bootstrap::Agent;
+use super::destination_rules::{ConsolidatedRule, DestinationRules, RuleScope};
 use super::policy::{self, EffectivePolicy};
 use super::sidecar::EgressScope;
 use super::upstream_tls;
@@ -53,17 +54,22 @@ struct Resolution {
 }
 
 impl Registry {
+    /// Builds every service's clusters; each service follows the
+    /// DestinationRule Istio would give `scope`'s workload for it (see
+    /// [`DestinationRules`]).
     pub fn build(
         entries: &[Document<ServiceEntrySpec>],
         workload_entries: &[Document<WorkloadEntry>],
         rules: &[Document<DestinationRuleSpec>],
-        agent_namespace: &str,
+        scope: RuleScope<'_>,
         (has_identity, peers): (bool, &super::mtls::PeerPolicies<'_>),
         live: &LiveState,
         diags: &mut Diagnostics,
     ) -> Self {
-        let rules = rules_by_host(rules, agent_namespace, has_identity, diags);
-        let mut services = BTreeMap::new();
+        let agent_namespace = scope.default_namespace;
+        let rules = DestinationRules::new(rules, scope, has_identity, diags);
+        let mut used = rules.marks();
+        let mut services: BTreeMap<String, Service> = BTreeMap::new();
         for doc in entries {
             let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
             let Some(resolution) = validate_entry(&doc.spec, &doc.location, diags) else {
@@ -83,7 +89,10 @@ impl Registry {
                     continue;
                 }
                 let name = Arc::new(ServiceName::new(&fqdn, namespace));
-                let rule = rules.get(&fqdn).copied();
+                let rule = rules.for_service(&fqdn, namespace).map(|i| {
+                    used[i] = true;
+                    rules.get(i)
+                });
                 let ctx = EntryContext {
                     doc,
                     workloads: &selected,
@@ -115,12 +124,10 @@ impl Registry {
                 services.insert(fqdn, service);
             }
         }
-        for (host, rule) in &rules {
-            if !services.contains_key(host) {
-                let msg = format!("no ServiceEntry declares {host}; the rule applies to nothing");
-                diags.warn(&rule.location, Some("spec.host".into()), msg);
-            }
-        }
+        let declared = services
+            .iter()
+            .map(|(host, s)| (host.as_str(), s.namespace.as_str()));
+        rules.warn_unused(declared, &used, diags);
         Self {
             services,
             hidden: BTreeMap::new(),
@@ -335,27 +342,6 @@ pub(super) fn inbound_cluster(boot: &Agent, live: &LiveState) -> Arc<Cluster> {
     })
 }
 
-fn rules_by_host<'a>(
-    rules: &'a [Document<DestinationRuleSpec>],
-    agent_namespace: &str,
-    has_identity: bool,
-    diags: &mut Diagnostics,
-) -> HashMap<String, &'a Document<DestinationRuleSpec>> {
-    let mut by_host = HashMap::new();
-    for doc in rules {
-        policy::validate_rule(&doc.spec, &doc.location, has_identity, diags);
-        let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
-        let host = resolve_short_name(&doc.spec.host, namespace);
-        if by_host.contains_key(&host) {
-            let msg = format!("{host} already has a DestinationRule; only the first applies");
-            diags.warn(&doc.location, Some("spec.host".into()), msg);
-            continue;
-        }
-        by_host.insert(host, doc);
-    }
-    by_host
-}
-
 /// Checks an entry; `None` when it cannot be used at all.
 fn validate_entry(
     spec: &ServiceEntrySpec,
@@ -460,10 +446,10 @@ impl EntryContext<'_> {
     fn clusters(
         &self,
         name: &Arc<ServiceName>,
-        rule: Option<&Document<DestinationRuleSpec>>,
+        rule: Option<&ConsolidatedRule<'_>>,
         diags: &mut Diagnostics,
     ) -> HashMap<Option<String>, Vec<Arc<Cluster>>> {
-        let spec = rule.map(|d| &d.spec);
+        let spec = rule.map(|r| &r.spec);
         let mut subsets: Vec<Option<&str>> = vec![None];
         subsets.extend(
             spec.iter()
@@ -481,11 +467,8 @@ impl EntryContext<'_> {
                     port: port.number as u16,
                     protocol,
                     subset: *subset,
-                    rule: rule.map(|d| &d.spec),
-                    rule_reference: rule.map(|d| {
-                        let namespace = d.metadata.namespace.as_deref().unwrap_or(&name.namespace);
-                        Arc::from(format!("DestinationRule:{namespace}/{}", d.metadata.name))
-                    }),
+                    rule: spec,
+                    rule_reference: rule.map(|r| r.reference(*subset)),
                     live: self.live,
                     has_identity: self.has_identity,
                     entry_sans: &self.doc.spec.subject_alt_names,

@@ -128,7 +128,7 @@ pub const FIELDS: &[Field] = &[
     warned(
         DR,
         "spec.exportTo",
-        "every resource in the file applies to this agent",
+        "every rule counts as exported to every namespace",
     ),
     warned(
         DR,

@@ -21,7 +21,8 @@ pub struct DestinationRuleSpec {
     /// Named groups of endpoints, selected by label.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subsets: Vec<Subset>,
-    /// Namespaces the rule is visible in (every rule is visible to this agent).
+    /// Namespaces the rule is exported to (not enforced: every rule counts
+    /// as exported to every namespace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
     /// Workloads the rule applies to (every rule applies to this agent).

@@ -37,6 +37,7 @@ use std::sync::Arc;
 
 use super::Documents;
 use super::delegate::Delegates;
+use super::destination_rules::RuleScope;
 use super::registry::Registry;
 use super::routes::{self, Binding, Source};
 use super::tcp_rules::l4_destinations;
@@ -89,11 +90,19 @@ pub(super) fn build(
         docs: &docs.peer_authentications,
         root_namespace: &mesh.mesh.root_namespace,
     };
+    // The gateway workload follows the DestinationRules Istio gives a
+    // proxy of its namespace (the IngressGateway's, `istio-system` by
+    // default, usually the root namespace itself).
+    let scope = RuleScope {
+        default_namespace: DEFAULT_NAMESPACE,
+        namespace: &identity.namespace,
+        root_namespace: super::mesh::root_namespace(&docs.mesh_configs),
+    };
     let registry = Registry::build(
         &docs.service_entries,
         &docs.workload_entries,
         &docs.destination_rules,
-        DEFAULT_NAMESPACE,
+        scope,
         (doc.spec.identity.is_some(), &peers),
         states,
         diags,

@@ -538,3 +538,49 @@ spec:
     let any = "  listeners:\n  - {port: 80, listen: \"127.0.0.1:0\"}\n  - {port: 8081, listen: \"127.0.0.1:0\"}\n";
     ok(&(bootstrap(any) + TWO_PORTS));
 }
+
+#[test]
+fn a_gateway_in_the_root_namespace_takes_the_services_rules_before_the_roots() {
+    // Istio's `destinationRule` for a proxy in the root namespace: the
+    // service's namespace first, so that mesh-wide rules there do not hide
+    // a service's own, however specific their host.
+    let rule = |namespace: &str, name: &str, host: &str, ms: u32| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  host: \"{host}\"\n  trafficPolicy: {{connectionPool: {{tcp: {{connectTimeout: {ms}ms}}}}}}\n"
+        )
+    };
+    let yaml = bootstrap("")
+        + &rule("istio-system", "root-db", "db.example.com", 1)
+        + &rule("data", "data-wide", "*.example.com", 2)
+        + &rule("istio-system", "mesh-wide", "*.local", 3);
+    let compiled = ok(&yaml);
+    let cluster = |host: &str| {
+        let c = compiled
+            .snapshot
+            .clusters
+            .iter()
+            .find(|c| c.service.host == host)
+            .unwrap_or_else(|| panic!("{host}"));
+        (
+            c.connect_timeout.as_millis(),
+            c.destination_rule.as_deref().map(str::to_owned),
+        )
+    };
+    assert_eq!(
+        cluster("db.example.com"),
+        (2, Some("DestinationRule:data/data-wide".into()))
+    );
+    assert_eq!(
+        cluster("reviews.default.svc.cluster.local"),
+        (3, Some("DestinationRule:istio-system/mesh-wide".into())),
+        "the root's wildcard where the service's namespace has no rule"
+    );
+    assert!(
+        warnings(&compiled).contains("(DestinationRule istio-system/root-db, line")
+            && warnings(&compiled).contains(
+                "db.example.com follows DestinationRule data/data-wide instead: this workload takes DestinationRules from the namespaces data (the service's), then istio-system (the root and this workload's)"
+            ),
+        "{}",
+        warnings(&compiled)
+    );
+}

@@ -15,6 +15,8 @@ mod agents;
 mod common;
 #[path = "capture/edges.rs"]
 mod edges;
+#[path = "capture/service_entries.rs"]
+mod service_entries;
 #[path = "capture/sni.rs"]
 mod sni;
 

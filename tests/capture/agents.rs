@@ -307,9 +307,10 @@ pub(crate) fn echo(pod: &Pod, port: u16) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// `openssl s_server -www` on the pod's port 8443 with a self-signed
-/// certificate for `secure.example.com`; its page names the server.
-pub(crate) async fn tls_server(pod: &Pod, dir: &Path) -> tokio::process::Child {
+/// `openssl s_server -www` on the pod's `port` with a self-signed
+/// certificate for `secure.example.com`, written to `dir` (`server.pem`,
+/// `server.key`); its page names the server.
+pub(crate) async fn tls_server(pod: &Pod, dir: &Path, port: u16) -> tokio::process::Child {
     let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
     let made = std::process::Command::new("openssl")
         .args([
@@ -335,7 +336,8 @@ pub(crate) async fn tls_server(pod: &Pod, dir: &Path) -> tokio::process::Child {
     assert!(made.success());
     let errors = dir.join("s_server.err");
     let mut cmd = tokio::process::Command::from(pod.command("openssl"));
-    cmd.args(["s_server", "-quiet", "-www", "-accept", "8443", "-cert"])
+    let accept = port.to_string();
+    cmd.args(["s_server", "-quiet", "-www", "-accept", &accept, "-cert"])
         .arg(&cert)
         .arg("-key")
         .arg(&key)
@@ -347,36 +349,33 @@ pub(crate) async fn tls_server(pod: &Pod, dir: &Path) -> tokio::process::Child {
     // Listening before anyone connects: a connection the pod's sidecar
     // passed on to a port with no listener yet would be cut mid-handshake.
     let every = std::time::Duration::from_millis(20);
-    poll_until(
-        &pod.name,
-        "openssl s_server listening on 8443",
-        every,
-        async || {
-            if let Some(status) = server.try_wait().expect("openssl s_server's status") {
-                let said = std::fs::read_to_string(&errors).unwrap_or_default();
-                panic!(
-                    "openssl s_server in {} exited ({status}):\n{said}",
-                    pod.name
-                );
-            }
-            let ss = tokio::process::Command::from(pod.command("ss"))
-                .args(["-Hltn", "sport = :8443"])
-                .output()
-                .await
-                .expect("ss");
-            assert!(
-                ss.status.success(),
-                "ss in {}: {}",
-                pod.name,
-                String::from_utf8_lossy(&ss.stderr)
+    let listening = format!("openssl s_server listening on {port}");
+    let sport = format!("sport = :{port}");
+    poll_until(&pod.name, &listening, every, async || {
+        if let Some(status) = server.try_wait().expect("openssl s_server's status") {
+            let said = std::fs::read_to_string(&errors).unwrap_or_default();
+            panic!(
+                "openssl s_server in {} exited ({status}):\n{said}",
+                pod.name
             );
-            if ss.stdout.is_empty() {
-                Err("no listener".to_owned())
-            } else {
-                Ok(())
-            }
-        },
-    )
+        }
+        let ss = tokio::process::Command::from(pod.command("ss"))
+            .args(["-Hltn", &sport])
+            .output()
+            .await
+            .expect("ss");
+        assert!(
+            ss.status.success(),
+            "ss in {}: {}",
+            pod.name,
+            String::from_utf8_lossy(&ss.stderr)
+        );
+        if ss.stdout.is_empty() {
+            Err("no listener".to_owned())
+        } else {
+            Ok(())
+        }
+    })
     .await;
     server
 }
@@ -447,7 +446,7 @@ async fn unchanged_applications_are_served_by_captured_agents() {
     let _echo = echo(&outside, 7000);
     let _echoes = [echo(&reviews1, 7001), echo(&reviews2, 7001)];
     let tmp = tempfile::tempdir().unwrap();
-    let _tls = tls_server(&outside, tmp.path()).await;
+    let _tls = tls_server(&outside, tmp.path(), 8443).await;
 
     // Certificates from the built-in CA, one identity per service account.
     let ca = Ca::start();

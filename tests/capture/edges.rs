@@ -257,7 +257,7 @@ async fn the_applications_own_tls_reaches_it_untouched_beside_mesh_mtls() {
     // client trusts.
     let dir = mesh.tmp.path().join("tls");
     std::fs::create_dir(&dir).unwrap();
-    let _tls = tls_server(&mesh.reviews, &dir).await;
+    let _tls = tls_server(&mesh.reviews, &dir, 8443).await;
     chmod(&["-R", "a+rX"], &dir);
     let server_cert = dir.join("server.pem").display().to_string();
     let resolve = format!("secure.example.com:8443:{}", mesh.reviews.ip);

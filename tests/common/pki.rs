@@ -211,8 +211,19 @@ pub struct TlsUpstream {
 }
 
 impl TlsUpstream {
-    /// Starts the server.
+    /// Starts the server on 127.0.0.1.
     pub async fn start(names: &[&str], require_client_cert: bool) -> TlsUpstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        Self::start_on(names, require_client_cert, listener)
+    }
+
+    /// Starts the server on `listener` (nonblocking; a pod's socket, say).
+    pub fn start_on(
+        names: &[&str],
+        require_client_cert: bool,
+        listener: std::net::TcpListener,
+    ) -> TlsUpstream {
         let tmp = tempfile::tempdir().unwrap();
         let ca = Authority::init(&tmp.path().join("ca"), "test.local", None).unwrap();
         let (key, issued) = ca.issue_server(names, &[]).unwrap();
@@ -257,7 +268,7 @@ impl TlsUpstream {
                 .unwrap()
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
         let addr = listener.local_addr().unwrap();
         let sni = Arc::new(Mutex::new(Vec::new()));
         let seen = sni.clone();

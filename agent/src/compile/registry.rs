@@ -18,7 +18,9 @@ use crate::config::documents::Document;
 use crate::config::service_entry::{ServiceEntrySpec, ServicePort, WorkloadEntry};
 use crate::host::{authority_candidates, resolve_short_name, service_entry_host};
 use crate::model::balancer::Balancer;
-use crate::model::cluster::{Cluster, DEFAULT_CONNECT_TIMEOUT, Keepalive, UpstreamTls};
+use crate::model::cluster::{
+    Cluster, DEFAULT_CONNECT_TIMEOUT, Keepalive, OriginalDst, UpstreamTls,
+};
 use crate::model::destination::DestinationTarget;
 use crate::model::endpoint::{Endpoint, UpstreamAddr};
 use crate::model::live::{LiveState, PoolLimits};
@@ -49,8 +51,29 @@ pub(super) struct Registry {
     pub hidden_ports: BTreeMap<(String, u16), String>,
 }
 
-struct Resolution {
-    dns: bool,
+/// How an entry's endpoints are found (`spec.resolution`), as Istio's
+/// `convertServices` reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolution {
+    /// `STATIC`: the listed endpoints' addresses.
+    Static,
+    /// `DNS`, `DNS_ROUND_ROBIN`: the endpoints' names (the hosts
+    /// themselves when none are listed), resolved when a connection opens.
+    Dns,
+    /// `NONE` (the default): Istio's `Passthrough`, a sidecar's
+    /// `ORIGINAL_DST` cluster. A captured connection goes where it was
+    /// going; traffic without an original destination (the explicit
+    /// listener, a gateway) goes to the host resolved by DNS, as with
+    /// `DNS`, and has no endpoint for a wildcard host.
+    Passthrough,
+}
+
+impl Resolution {
+    /// Whether endpoint addresses may be names, and an entry without
+    /// endpoints reaches its host by name.
+    fn by_name(self) -> bool {
+        matches!(self, Self::Dns | Self::Passthrough)
+    }
 }
 
 impl Registry {
@@ -97,7 +120,7 @@ impl Registry {
                     doc,
                     workloads: &selected,
                     fqdn: &fqdn,
-                    resolution: &resolution,
+                    resolution,
                     live,
                     has_identity,
                     namespace,
@@ -338,6 +361,7 @@ pub(super) fn inbound_cluster(boot: &Agent, live: &LiveState) -> Arc<Cluster> {
         use_client_protocol: false,
         tls: UpstreamTls::Plain,
         upstream_bind: None,
+        original_dst: None,
         pooling: Default::default(),
     })
 }
@@ -363,15 +387,17 @@ fn validate_entry(
         }
     }
     let resolution = spec.resolution.as_deref().unwrap_or("NONE");
-    let dns = match resolution {
-        "DNS" | "DNS_ROUND_ROBIN" | "NONE" => true,
-        "STATIC" => false,
+    let parsed = match resolution {
+        "DNS" | "DNS_ROUND_ROBIN" => Resolution::Dns,
+        "NONE" => Resolution::Passthrough,
+        "STATIC" => Resolution::Static,
         other => {
             let msg = format!("unknown resolution {other:?} (NONE, STATIC, DNS, DNS_ROUND_ROBIN)");
             diags.error(loc, Some("spec.resolution".into()), msg);
-            false
+            Resolution::Static
         }
     };
+    let dns = parsed.by_name();
     if resolution == "STATIC" && spec.endpoints.is_empty() && spec.workload_selector.is_none() {
         diags.error(
             loc,
@@ -388,7 +414,7 @@ fn validate_entry(
             diags.error(loc, Some(format!("spec.endpoints[{j}].address")), msg);
         }
     }
-    (diags.errors().count() == errors_before).then_some(Resolution { dns })
+    (diags.errors().count() == errors_before).then_some(parsed)
 }
 
 /// The WorkloadEntries a ServiceEntry's `workloadSelector` picks: those of
@@ -424,7 +450,7 @@ struct EntryContext<'a> {
     /// Endpoints from WorkloadEntries, when the entry has a `workloadSelector`.
     workloads: &'a [&'a WorkloadEntry],
     fqdn: &'a str,
-    resolution: &'a Resolution,
+    resolution: Resolution,
     live: &'a LiveState,
     has_identity: bool,
     /// The entry's namespace: its endpoints'.
@@ -462,10 +488,18 @@ impl EntryContext<'_> {
             };
             let endpoints = self.endpoints(port, p == 0, diags);
             for subset in &subsets {
+                // NONE: Envoy's ORIGINAL_DST cluster, on the port's
+                // `targetPort` when it names one (Istio's
+                // PassthroughTargetPorts).
+                let original_dst =
+                    (self.resolution == Resolution::Passthrough).then(|| OriginalDst {
+                        port_override: port.target_port.map(|p| p as u16),
+                    });
                 let cluster = ClusterBuild {
                     name,
                     port: port.number as u16,
                     protocol,
+                    original_dst,
                     subset: *subset,
                     rule: spec,
                     rule_reference: rule.map(|r| r.reference(*subset)),
@@ -497,7 +531,7 @@ impl EntryContext<'_> {
             spec.endpoints.iter().collect()
         };
         if endpoints.is_empty() && spec.workload_selector.is_none() {
-            if !self.resolution.dns || self.fqdn.starts_with('*') {
+            if !self.resolution.by_name() || self.fqdn.starts_with('*') {
                 return Vec::new();
             }
             let address = UpstreamAddr::Dns {
@@ -552,6 +586,7 @@ struct ClusterBuild<'a> {
     name: &'a Arc<ServiceName>,
     port: u16,
     protocol: Protocol,
+    original_dst: Option<OriginalDst>,
     subset: Option<&'a str>,
     rule: Option<&'a DestinationRuleSpec>,
     /// The rule as response details name it.
@@ -617,7 +652,109 @@ impl ClusterBuild<'_> {
                 self.live,
             ),
             upstream_bind: None,
+            original_dst: self.original_dst,
             pooling: Default::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::compile::compile_text;
+    use crate::model::Snapshot;
+    use crate::model::cluster::{Cluster, OriginalDst};
+    use crate::model::live::LiveState;
+
+    const ENTRIES: &str = r#"
+apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: productpage-v1, namespace: default}
+spec: {service: productpage}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wildcard, namespace: default}
+spec:
+  hosts: ["*.example.com"]
+  ports:
+  - {number: 443, name: https, protocol: HTTPS}
+  - {number: 80, name: http, protocol: HTTP, targetPort: 8080}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [corp-db-range]
+  addresses: [198.51.100.0/24]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dns, namespace: default}
+spec:
+  hosts: [httpbin.org]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+"#;
+
+    fn snapshot() -> Snapshot {
+        let file = Arc::from("entries.yaml");
+        match compile_text(&file, ENTRIES, 1, &LiveState::default()) {
+            Ok(compiled) => compiled.snapshot,
+            Err(rejected) => panic!("{rejected}"),
+        }
+    }
+
+    fn cluster<'s>(snapshot: &'s Snapshot, name: &str) -> &'s Cluster {
+        let found = snapshot.clusters.iter().find(|c| c.name == name);
+        found.unwrap_or_else(|| panic!("no cluster {name}"))
+    }
+
+    fn endpoints(cluster: &Cluster) -> Vec<String> {
+        let addresses = cluster.endpoints.iter().map(|e| e.address.to_string());
+        addresses.collect()
+    }
+
+    /// `resolution: NONE`, the default, is Istio's `Passthrough`: the
+    /// sidecar's cluster is ORIGINAL_DST, on the port's `targetPort` when
+    /// it names one. Its endpoints are what traffic without an original
+    /// destination gets: the host by DNS, none for a wildcard.
+    #[test]
+    fn resolution_none_is_the_original_destination() {
+        let snapshot = snapshot();
+        let https = cluster(&snapshot, "outbound|443||*.example.com");
+        assert_eq!(
+            https.original_dst,
+            Some(OriginalDst {
+                port_override: None
+            })
+        );
+        assert!(endpoints(https).is_empty(), "no name to resolve");
+        let http = cluster(&snapshot, "outbound|80||*.example.com");
+        assert_eq!(
+            http.original_dst,
+            Some(OriginalDst {
+                port_override: Some(8080)
+            })
+        );
+        let original = "192.0.2.7:80".parse().unwrap();
+        let endpoint = http.original_destination_endpoint(original).unwrap();
+        assert_eq!(endpoint.address.to_string(), "192.0.2.7:8080");
+        assert_eq!(endpoint.peer.namespace, "default");
+
+        let db = cluster(&snapshot, "outbound|5432||corp-db-range");
+        assert!(db.original_dst.is_some());
+        assert_eq!(endpoints(db), ["corp-db-range:5432"]);
+        let original = "198.51.100.7:5432".parse().unwrap();
+        let endpoint = db.original_destination_endpoint(original).unwrap();
+        assert_eq!(endpoint.address.to_string(), "198.51.100.7:5432");
+
+        let dns = cluster(&snapshot, "outbound|80||httpbin.org");
+        assert_eq!(dns.original_dst, None);
+        assert!(dns.original_destination_endpoint(original).is_none());
+        assert_eq!(endpoints(dns), ["httpbin.org:80"]);
     }
 }

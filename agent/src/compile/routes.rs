@@ -259,6 +259,7 @@ pub(super) fn build(
             }
         }
         hosts.push(Arc::new(VirtualHost {
+            in_registry: registry.services.contains_key(&host),
             ports,
             host,
             virtual_service: origin,
@@ -284,6 +285,7 @@ pub(super) fn build(
                 virtual_service: vh.virtual_service.clone(),
                 rules: vh.rules.clone(),
                 ports: registry.http_ports(fqdn),
+                in_registry: true,
             },
             None => implicit_host(fqdn, registry),
         });
@@ -575,6 +577,7 @@ fn implicit_host(fqdn: &str, registry: &Registry) -> VirtualHost {
     VirtualHost {
         host: fqdn.to_owned(),
         ports: registry.http_ports(fqdn),
+        in_registry: true,
         virtual_service: None,
         rules: vec![HttpRule {
             name: None,

@@ -63,10 +63,38 @@ pub struct Cluster {
     /// `upstream_bind_config`): the inbound passthrough address when a
     /// captured inbound connection is delivered to the application.
     pub upstream_bind: Option<IpAddr>,
+    /// `Some` for Envoy's `ORIGINAL_DST` cluster of a ServiceEntry with
+    /// `resolution: NONE` (Istio's `Passthrough` resolution): a captured
+    /// connection's requests and bytes go to where the connection was
+    /// going ([`Cluster::original_destination_endpoint`]), not to
+    /// `endpoints`, which serve only traffic that has no original
+    /// destination (the explicit listener, a gateway).
+    pub original_dst: Option<OriginalDst>,
     /// What its pooled connections are kept apart by, derived from the
     /// fields above on first use ([`Cluster::pooling`]): a cluster is not
     /// changed once shared. `OnceLock::new()` when built.
     pub(crate) pooling: OnceLock<Option<Arc<Pooling>>>,
+}
+
+/// How an `ORIGINAL_DST` cluster reaches a connection's original
+/// destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginalDst {
+    /// The port to connect to instead of the original destination's: the
+    /// ServiceEntry port's `targetPort` (Istio's `PassthroughTargetPorts`,
+    /// rendered as Envoy's `original_dst_lb_config.upstream_port_override`).
+    pub port_override: Option<u16>,
+}
+
+impl OriginalDst {
+    /// Where a connection originally sent to `original` goes: its address,
+    /// on the overriding port when there is one.
+    pub fn upstream(self, original: SocketAddr) -> SocketAddr {
+        match self.port_override {
+            Some(port) => SocketAddr::new(original.ip(), port),
+            None => original,
+        }
+    }
 }
 
 /// What a cluster's pooled upstream connections are opened and kept with,
@@ -332,8 +360,25 @@ impl Cluster {
             tls: UpstreamTls::Plain,
             upstream_bind: bind,
             destination_rule: None,
+            original_dst: None,
             pooling: OnceLock::new(),
         }
+    }
+
+    /// For an `ORIGINAL_DST` cluster ([`Cluster::original_dst`]), the one
+    /// endpoint a connection originally sent to `original` has: that
+    /// address (on the port's `targetPort` when it has one), labelled as
+    /// the service's endpoints are; `None` for any other cluster. Built
+    /// for a connection, with counters of its own, as Envoy makes a host
+    /// per original destination.
+    pub fn original_destination_endpoint(&self, original: SocketAddr) -> Option<Endpoint> {
+        let upstream = self.original_dst?.upstream(original);
+        Some(Endpoint::new(
+            UpstreamAddr::Socket(upstream),
+            Default::default(),
+            Arc::new(EndpointState::default()),
+            &self.service.namespace,
+        ))
     }
 
     /// What its pooled connections are kept apart by ([`Pooling`]), `None`
@@ -467,6 +512,7 @@ pub(crate) mod testing {
             use_client_protocol: false,
             tls: UpstreamTls::Plain,
             upstream_bind: None,
+            original_dst: None,
             pooling: Default::default(),
         })
     }

@@ -350,6 +350,11 @@ pub struct VirtualHost {
     pub host: String,
     /// The HTTP ports the registry declares for the host (empty outside it).
     pub ports: Vec<u16>,
+    /// Whether the registry declares the host (a ServiceEntry host), so
+    /// that it is addressed on its HTTP `ports` only
+    /// ([`VirtualHost::serves`]); `false` for a VirtualService host
+    /// outside the registry and a gateway's hosts.
+    pub in_registry: bool,
     /// The VirtualService it came from (`namespace/name`), or none for the
     /// implicit route of a registry entry.
     pub virtual_service: Option<String>,
@@ -367,6 +372,16 @@ impl VirtualHost {
             [only] => *only,
             _ => scheme_port,
         }
+    }
+
+    /// Whether a request to the host at service `port` reaches these
+    /// rules: a registry host on its HTTP ports only, as Istio puts a
+    /// service's virtual host in the route table of each HTTP port it
+    /// declares and no other (a request for it elsewhere matches none of
+    /// that port's hosts); a VirtualService host outside the registry at
+    /// any port.
+    pub fn serves(&self, port: u16) -> bool {
+        !self.in_registry || self.ports.contains(&port)
     }
 
     /// The first rule matching the request.
@@ -397,6 +412,26 @@ impl RouteTable {
         self.wildcard
             .iter()
             .find(|vh| crate::host::host_matches(&vh.host, host))
+    }
+
+    /// The virtual host for a request's host name (without port) at
+    /// service `port`: as [`Self::find`], among the hosts that serve the
+    /// port ([`VirtualHost::serves`]) — Istio's route table for the port,
+    /// where a wildcard host may take a name whose own host declares
+    /// other ports only.
+    pub fn find_on(&self, host: &str, port: u16) -> Option<&Arc<VirtualHost>> {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if let Some(vh) = self.exact.get(host)
+            && vh.serves(port)
+        {
+            return Some(vh);
+        }
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.find_on(&host.to_ascii_lowercase(), port);
+        }
+        self.wildcard
+            .iter()
+            .find(|vh| vh.serves(port) && crate::host::host_matches(&vh.host, host))
     }
 }
 
@@ -518,6 +553,7 @@ mod tests {
         let vh = |ports: Vec<u16>| VirtualHost {
             host: "svc".into(),
             ports,
+            in_registry: true,
             virtual_service: None,
             rules: Vec::new(),
         };

@@ -217,6 +217,11 @@ pub struct Delivered<B> {
 pub struct Attempts<'a> {
     /// The cluster.
     pub cluster: &'a Arc<Cluster>,
+    /// The one endpoint every attempt goes to, where the cluster's
+    /// balancer does not choose: an `ORIGINAL_DST` cluster's, the captured
+    /// connection's original destination
+    /// ([`Downstream::original_endpoint`](super::Downstream::original_endpoint)).
+    pub endpoint: Option<&'a Arc<Endpoint>>,
     /// The rule's retry policy.
     pub retry: &'a RetryPolicy,
     /// The rule's overall timeout (`timeout`, or the gRPC call's), as
@@ -311,12 +316,17 @@ impl Attempts<'_> {
                     } else {
                         &tried[..]
                     };
-                let index = self
-                    .cluster
-                    .pick(input, avoid)
-                    .ok_or(LocalReply::NO_HEALTHY_UPSTREAM)?;
-                tried.push(index);
-                let endpoint = &self.cluster.endpoints[index];
+                let endpoint = match self.endpoint {
+                    Some(endpoint) => endpoint,
+                    None => {
+                        let index = self
+                            .cluster
+                            .pick(input, avoid)
+                            .ok_or(LocalReply::NO_HEALTHY_UPSTREAM)?;
+                        tried.push(index);
+                        &self.cluster.endpoints[index]
+                    }
+                };
                 record.attempt(attempt, endpoint, endpoint.state.start_request());
                 let request_slot = self
                     .cluster

@@ -206,6 +206,9 @@ pub fn handle(
             }
         };
         ex.set_route(routed.matched, cluster);
+        // A NONE service's cluster (ORIGINAL_DST) sends a captured
+        // connection's requests where the connection was going.
+        let original_endpoint = down.original_endpoint(cluster);
 
         // Fault injection sits in front of the upstream, as Envoy's fault filter.
         if let Some(fault) = &policy.fault {
@@ -304,6 +307,7 @@ pub fn handle(
         if !policy.mirrors.is_empty() {
             let copies = Copies {
                 worker: &worker,
+                down: &down,
                 head: &parts,
                 tap: body.tap(),
                 parent: ex.span_context(),
@@ -331,6 +335,7 @@ pub fn handle(
         let set_cookie = (cluster.balancer).cookie_to_set(&parts.headers, down.peer, down.local);
         let attempts = Attempts {
             cluster,
+            endpoint: original_endpoint.as_ref(),
             retry: &policy.retry,
             timeout,
             source_ip: hash_source_ip,

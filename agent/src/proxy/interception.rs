@@ -94,6 +94,7 @@ pub async fn outbound(
                 }
                 OutboundTrafficMode::RegistryOnly => Unregistered::BlackHole,
             },
+            original_endpoint: Default::default(),
         }));
     }
     let to = |cluster: &Arc<Cluster>, endpoint: Option<&Arc<_>>| TcpTarget::Cluster {
@@ -140,6 +141,24 @@ pub fn outside_registry(snapshot: &Snapshot, dst: SocketAddr) -> TcpTarget {
             endpoint: None,
         },
         OutboundTrafficMode::RegistryOnly => TcpTarget::BlackHole,
+    }
+}
+
+/// A captured TCP or TLS connection to `dst`, once routed: to an
+/// `ORIGINAL_DST` cluster (a ServiceEntry with `resolution: NONE`) it goes
+/// where it was going (on the port's `targetPort` when set), as Envoy's
+/// cluster sends it, under the cluster's policies; any other target is
+/// left as it is.
+pub fn at_original_destination(target: TcpTarget, dst: SocketAddr) -> TcpTarget {
+    match target {
+        TcpTarget::Cluster {
+            cluster,
+            endpoint: None,
+        } if cluster.original_dst.is_some() => {
+            let endpoint = cluster.original_destination_endpoint(dst).map(Arc::new);
+            TcpTarget::Cluster { cluster, endpoint }
+        }
+        target => target,
     }
 }
 

@@ -14,14 +14,15 @@ use http::{HeaderValue, Uri, request::Parts};
 use http_body_util::{BodyExt, Limited};
 use opentelemetry::trace::SpanContext;
 
-use super::Worker;
 use super::body::UpstreamBody;
 use super::tap::Tap;
 use super::upstream::{AttemptHead, PoolReady, copy_head};
+use super::{Downstream, Worker};
 use super::{forward, headers};
 use crate::host::split_host_port;
 use crate::model::balancer::PickInput;
 use crate::model::cluster::Cluster;
+use crate::model::endpoint::Endpoint;
 use crate::model::policy::{Mirror, roll};
 use crate::telemetry::otlp_wire::Value;
 use crate::telemetry::span::{Kind, Parent, Sampling, Span};
@@ -36,6 +37,9 @@ const DRAIN_LIMIT: usize = 1 << 20;
 pub struct Copies<'a> {
     /// The worker.
     pub worker: &'a Rc<Worker>,
+    /// The connection the request came on: a copy to an `ORIGINAL_DST`
+    /// cluster goes to its original destination.
+    pub down: &'a Downstream,
     /// The request as it goes upstream.
     pub head: &'a Parts,
     /// Its body, kept by the tap.
@@ -63,9 +67,11 @@ impl Copies<'_> {
             let mut head = copy_head(self.head);
             shadow_authority(&mut head);
             let h2 = cluster.speaks_h2(self.version, self.grpc);
+            let endpoint = self.down.original_endpoint(&cluster);
             let copy = Copy {
                 worker: self.worker.clone(),
                 cluster,
+                endpoint,
                 head,
                 tap: self.tap.cloned(),
                 parent: self.parent.clone(),
@@ -80,6 +86,9 @@ impl Copies<'_> {
 struct Copy {
     worker: Rc<Worker>,
     cluster: Arc<Cluster>,
+    /// The endpoint chosen for it (an `ORIGINAL_DST` cluster's), else the
+    /// balancer's pick.
+    endpoint: Option<Arc<Endpoint>>,
     head: Parts,
     tap: Option<Tap>,
     parent: SpanContext,
@@ -131,10 +140,13 @@ impl Copy {
             source_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             generated_cookie: None,
         };
-        let Some(index) = self.cluster.pick(input, &[]) else {
-            return;
+        let endpoint = match self.endpoint.take() {
+            Some(endpoint) => endpoint,
+            None => match self.cluster.pick(input, &[]) {
+                Some(index) => self.cluster.endpoints[index].clone(),
+                None => return,
+            },
         };
-        let endpoint = self.cluster.endpoints[index].clone();
         let _active = endpoint.state.start_request();
         // A copy of a request without a body has none either (an empty
         // body of known length would go out with `content-length: 0`).

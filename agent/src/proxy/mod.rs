@@ -47,7 +47,7 @@ mod upgrade;
 mod upstream;
 mod write_stall;
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -57,6 +57,7 @@ use arc_swap::ArcSwap;
 
 use crate::model::Snapshot;
 use crate::model::cluster::{Cluster, Poolings};
+use crate::model::endpoint::{Endpoint, UpstreamAddr};
 use crate::model::live::LiveState;
 use crate::model::peer::{self, PeerInfo};
 use crate::model::service::ServiceName;
@@ -150,6 +151,37 @@ pub struct GatewayConn {
 }
 
 impl Downstream {
+    /// Where a request routed to `cluster` goes when `cluster` is an
+    /// `ORIGINAL_DST` cluster (a ServiceEntry with `resolution: NONE`) and
+    /// the connection was captured outbound: the endpoint of its original
+    /// destination ([`Cluster::original_destination_endpoint`]), made once
+    /// per connection. `None` otherwise — any other cluster, or a
+    /// connection with no original destination, whose requests go to the
+    /// cluster's own endpoints.
+    pub fn original_endpoint(&self, cluster: &Cluster) -> Option<Arc<Endpoint>> {
+        let odst = cluster.original_dst?;
+        let Some(Captured::Outbound {
+            original_dst,
+            original_endpoint,
+            ..
+        }) = &self.captured
+        else {
+            return None;
+        };
+        if let Some(kept) = original_endpoint.get()
+            && kept.address == UpstreamAddr::Socket(odst.upstream(*original_dst))
+            && kept.peer.namespace == cluster.service.namespace
+        {
+            return Some(kept.clone());
+        }
+        // The first one made is kept: a connection's requests usually go
+        // to one NONE service. Another (a second `targetPort`, another
+        // namespace's entry) is made for its request.
+        let made = Arc::new(cluster.original_destination_endpoint(*original_dst)?);
+        let _ = original_endpoint.set(made.clone());
+        Some(made)
+    }
+
     /// The application port a request reaches (inbound): the captured
     /// connection's original port, else `spec.inbound.app`'s.
     pub fn app_port(&self, snapshot: &Snapshot) -> u16 {
@@ -175,6 +207,10 @@ pub enum Captured {
         service: Option<Arc<Cluster>>,
         /// What requests to no known service get.
         unregistered: Unregistered,
+        /// The endpoint of `original_dst` for requests routed to an
+        /// `ORIGINAL_DST` cluster ([`Downstream::original_endpoint`]),
+        /// made by the first such request.
+        original_endpoint: OnceCell<Arc<Endpoint>>,
     },
     /// From the mesh to the application.
     Inbound {

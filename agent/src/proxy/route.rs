@@ -14,7 +14,9 @@ use crate::model::Snapshot;
 use crate::model::cluster::Cluster;
 use crate::model::gateway::ChainAction;
 use crate::model::policy::{DEFAULT_BACKOFF, RetryOn, RetryPolicy, RouteAction, RoutePolicy};
-use crate::model::route::{HeaderEdits, Matched, RequestView, WeightedDestination};
+use crate::model::route::{
+    HeaderEdits, Matched, RequestView, RouteTable, VirtualHost, WeightedDestination,
+};
 
 /// Inbound requests are not timed out by the sidecar, and are retried only
 /// when none of the request reached the app (a connection refused or closed
@@ -151,9 +153,11 @@ impl<'s> Routed<'s> {
 /// random).
 ///
 /// Outbound, the Host names the service, as on Istio's per-port HTTP
-/// listeners; a captured request whose Host names no known service goes to
-/// the service its original destination addresses, else outside the
-/// registry (`PassthroughCluster`, or `BlackHoleCluster`'s 502).
+/// listeners: captured, among the services that declare the port the
+/// connection went to ([`addressed`]); a captured request whose Host names
+/// no service there goes to the service its original destination
+/// addresses, else outside the registry (`PassthroughCluster`, or
+/// `BlackHoleCluster`'s 502).
 pub fn select<'s: 'r, 'r, B>(
     snapshot: &'s Snapshot,
     direction: Direction,
@@ -174,9 +178,17 @@ pub fn select<'s: 'r, 'r, B>(
         return Ok(Routed::to_cluster(app, app.port));
     }
     let authority = request_authority(req);
-    let known = authority.and_then(|a| snapshot.routes.find(split_host_port(a).0));
-    let (authority, vhost) = match (authority, known, captured) {
-        (Some(authority), Some(vhost), _) => (authority, vhost),
+    let original_dst = match captured {
+        Some(Captured::Outbound { original_dst, .. }) => Some(*original_dst),
+        _ => None,
+    };
+    let scheme = req.uri().scheme_str().unwrap_or("http");
+    let known = authority.and_then(|a| {
+        let original_port = original_dst.map(|d| d.port());
+        addressed(&snapshot.routes, a, original_port, scheme)
+    });
+    match (authority, known, captured) {
+        (Some(authority), Some((vhost, port)), _) => route_at(vhost, authority, port, scheme, req),
         (
             _,
             _,
@@ -184,18 +196,42 @@ pub fn select<'s: 'r, 'r, B>(
                 service,
                 unregistered,
                 original_dst,
+                ..
             }),
-        ) => {
-            return by_destination(snapshot, service.as_ref(), unregistered, *original_dst, req);
+        ) => by_destination(snapshot, service.as_ref(), unregistered, *original_dst, req),
+        (None, ..) => Err(NotRouted::outside_registry(LocalReply::MISSING_HOST)),
+        (Some(_), None, _) => Err(NotRouted::outside_registry(LocalReply::NO_ROUTE)),
+    }
+}
+
+/// The virtual host a request's `authority` names, and the service port
+/// it is addressed at. Captured (`original_port`, the port the connection
+/// went to), that port: a host is named only where it serves the port
+/// ([`VirtualHost::serves`]), as Istio routes a captured request on the
+/// listener of its original port by that port's route table, and an
+/// authority naming another port names nothing there. Otherwise (the
+/// explicit listener) the authority's port, else the scheme's or the
+/// service's one HTTP port ([`VirtualHost::port_for`]), which the host
+/// must serve all the same.
+fn addressed<'s>(
+    routes: &'s RouteTable,
+    authority: &str,
+    original_port: Option<u16>,
+    scheme: &str,
+) -> Option<(&'s Arc<VirtualHost>, u16)> {
+    let (host, port) = split_host_port(authority);
+    if let Some(original) = original_port {
+        if port.is_some_and(|p| p != original) {
+            return None;
         }
-        (None, ..) => return Err(NotRouted::outside_registry(LocalReply::MISSING_HOST)),
-        (Some(_), None, _) => return Err(NotRouted::outside_registry(LocalReply::NO_ROUTE)),
-    };
-    let original_port = match captured {
-        Some(Captured::Outbound { original_dst, .. }) => Some(original_dst.port()),
-        _ => None,
-    };
-    route_on(vhost, authority, original_port, req)
+        return Some((routes.find_on(host, original)?, original));
+    }
+    let vhost = routes.find(host)?;
+    let port = port.unwrap_or_else(|| vhost.port_for(if scheme == "https" { 443 } else { 80 }));
+    if vhost.serves(port) {
+        return Some((vhost, port));
+    }
+    Some((routes.find_on(host, port)?, port))
 }
 
 /// Routes a request an ingress gateway received on `conn`: by the route
@@ -232,9 +268,10 @@ pub fn gateway<'s: 'r, 'r, B>(
     route_at(vhost, authority, conn.port, scheme, req)
 }
 
-/// A captured request whose Host names no known service: the service its
-/// original destination addresses (by that service's rules), else the
-/// traffic policy's answer.
+/// A captured request whose Host names no service on its port: the
+/// service its original destination addresses (by that service's rules,
+/// at the service port that address is on), else the traffic policy's
+/// answer.
 fn by_destination<'s: 'r, 'r, B>(
     snapshot: &'s Snapshot,
     service: Option<&'s Arc<Cluster>>,
@@ -244,7 +281,10 @@ fn by_destination<'s: 'r, 'r, B>(
 ) -> Result<Routed<'s>, NotRouted<'r>> {
     match (service, unregistered) {
         (Some(cluster), _) => match snapshot.routes.find(&cluster.service.host) {
-            Some(vhost) => route_on(vhost, &vhost.host, Some(original_dst.port()), req),
+            Some(vhost) => {
+                let scheme = req.uri().scheme_str().unwrap_or("http");
+                route_at(vhost, &vhost.host, cluster.port, scheme, req)
+            }
             None => Ok(Routed::to_cluster(cluster, cluster.port)),
         },
         (None, Unregistered::Passthrough(cluster)) => {
@@ -254,27 +294,9 @@ fn by_destination<'s: 'r, 'r, B>(
     }
 }
 
-/// The rules of `vhost` for a request to `authority` (whose port, else the
-/// captured connection's, else the scheme's, is the service port).
-fn route_on<'s: 'r, 'r, B>(
-    vhost: &'s Arc<crate::model::route::VirtualHost>,
-    authority: &'r str,
-    original_port: Option<u16>,
-    req: &'r Request<B>,
-) -> Result<Routed<'s>, NotRouted<'r>> {
-    let (_, port) = split_host_port(authority);
-    let scheme = req.uri().scheme_str().unwrap_or("http");
-    // The service port the request went to, also when the authority names
-    // none (`match.port` and the destination's cluster read it).
-    let port = port
-        .or(original_port)
-        .unwrap_or_else(|| vhost.port_for(if scheme == "https" { 443 } else { 80 }));
-    route_at(vhost, authority, port, scheme, req)
-}
-
 /// The rules of `vhost` for a request to `authority` at service `port`.
 fn route_at<'s: 'r, 'r, B>(
-    vhost: &'s Arc<crate::model::route::VirtualHost>,
+    vhost: &'s Arc<VirtualHost>,
     authority: &'r str,
     port: u16,
     scheme: &'r str,
@@ -484,5 +506,185 @@ spec:
         );
         assert!(retry.status_codes.is_empty());
         assert!(routed.rule_name().is_none());
+    }
+
+    /// The brief's registry: hosts known by name and port only (no
+    /// `addresses`), and a VIP service with its rules.
+    const PORTS: &str = r#"
+apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: productpage-v1, namespace: default}
+spec: {service: productpage, capture: {mode: REDIRECT}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: www, namespace: default}
+spec:
+  hosts: [www.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wildcard, namespace: default}
+spec:
+  hosts: ["*.example.com"]
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: [10.96.0.20]
+  ports: [{number: 9080, name: http, protocol: HTTP, targetPort: 8080}]
+  resolution: STATIC
+  endpoints: [{address: 10.244.0.12}]
+"#;
+
+    fn ports_snapshot() -> Snapshot {
+        let file = Arc::from("ports.yaml");
+        match compile_text(&file, PORTS, 1, &LiveState::default()) {
+            Ok(compiled) => compiled.snapshot,
+            Err(rejected) => panic!("{rejected}"),
+        }
+    }
+
+    /// A connection captured on its way to `dst`, as the interception
+    /// decides it under ALLOW_ANY.
+    fn captured(snapshot: &Snapshot, dst: &str) -> Captured {
+        use crate::model::capture::{Destination, OutboundTrafficMode};
+        use crate::model::peer::PeerInfo;
+        use crate::model::service::{Protocol, ServiceName};
+        let dst: std::net::SocketAddr = dst.parse().expect("an address");
+        let service = match snapshot.capture.destinations.lookup(dst) {
+            Some(Destination::Service(c) | Destination::Endpoint { cluster: c, .. }) => {
+                Some(c.clone())
+            }
+            _ => None,
+        };
+        let passthrough = Cluster::original_destination(
+            "PassthroughCluster".to_owned(),
+            ServiceName::outside_registry(OutboundTrafficMode::AllowAny),
+            dst,
+            Protocol::Auto,
+            Arc::new(PeerInfo::unknown()),
+            None,
+        );
+        Captured::Outbound {
+            original_dst: dst,
+            service,
+            unregistered: Unregistered::Passthrough(Arc::new(passthrough)),
+            original_endpoint: Default::default(),
+        }
+    }
+
+    /// Where `host` sent over a connection captured to `dst` (`None`: the
+    /// explicit listener) is routed: a cluster and port, or the reply.
+    fn outcome(snapshot: &Snapshot, dst: Option<&str>, host: &str) -> String {
+        let conn = dst.map(|d| captured(snapshot, d));
+        let req = request(host, "/p", None);
+        match select(snapshot, Direction::Outbound, conn.as_ref(), &req) {
+            Ok(routed) => format!("{} at {}", cluster_name(&routed), routed.port),
+            Err(miss) => miss.reply.details.to_owned(),
+        }
+    }
+
+    /// Captured, the port the connection went to decides which services
+    /// a Host can name (Istio's route table per listener port): a service
+    /// that does not declare it is not addressed there, and the request
+    /// goes where the traffic policy sends what the registry does not
+    /// know — never to the service's other port.
+    #[test]
+    fn a_captured_host_names_its_service_only_on_a_port_it_declares() {
+        let snapshot = ports_snapshot();
+        let at = |dst, host| outcome(&snapshot, Some(dst), host);
+        assert_eq!(
+            at("192.168.1.5:80", "www.example.com"),
+            "outbound|80||www.example.com at 80"
+        );
+        assert_eq!(
+            at("192.168.1.5:80", "www.example.com:80"),
+            "outbound|80||www.example.com at 80"
+        );
+        assert_eq!(
+            at("192.168.1.5:8080", "www.example.com:8080"),
+            "PassthroughCluster at 8080",
+            "port 8080 is not www.example.com's: to where it was going"
+        );
+        assert_eq!(
+            at("192.168.1.5:8080", "www.example.com"),
+            "PassthroughCluster at 8080"
+        );
+        assert_eq!(
+            at("192.168.1.5:80", "www.example.com:8080"),
+            "PassthroughCluster at 80",
+            "a Host naming another port than the connection's names nothing there"
+        );
+        assert_eq!(
+            at("192.168.1.5:80", "api.example.com"),
+            "PassthroughCluster at 80",
+            "a TLS-only service is no HTTP service on port 80"
+        );
+        // The wildcard declares 8000: it takes a name whose own entry
+        // declares other ports only, as Envoy matches the port's domains.
+        assert_eq!(
+            at("192.168.1.5:8000", "api.example.com"),
+            "outbound|8000||*.example.com at 8000"
+        );
+        assert_eq!(
+            at("192.168.1.5:8000", "WWW.example.com"),
+            "outbound|8000||*.example.com at 8000"
+        );
+        // A VIP still routes a Host that names nothing on its port, at the
+        // service port the address is on; so does a call to an endpoint's
+        // own address (its targetPort 8080 is the service's 9080).
+        assert_eq!(
+            at("10.96.0.20:9080", "www.example.com:9080"),
+            "outbound|9080||reviews.default.svc.cluster.local at 9080"
+        );
+        assert_eq!(
+            at("10.244.0.12:8080", "10.244.0.12:8080"),
+            "outbound|9080||reviews.default.svc.cluster.local at 9080"
+        );
+        assert_eq!(
+            at("10.96.0.20:9080", "reviews:9080"),
+            "outbound|9080||reviews.default.svc.cluster.local at 9080"
+        );
+    }
+
+    /// The explicit listener routes by the Host alone, on the port it
+    /// names (else the scheme's, else the service's one HTTP port), and
+    /// only to a port the service declares for HTTP.
+    #[test]
+    fn an_explicit_host_names_its_service_only_on_a_port_it_declares() {
+        let snapshot = ports_snapshot();
+        let explicit = |host| outcome(&snapshot, None, host);
+        assert_eq!(
+            explicit("www.example.com"),
+            "outbound|80||www.example.com at 80"
+        );
+        assert_eq!(
+            explicit("reviews"),
+            "outbound|9080||reviews.default.svc.cluster.local at 9080"
+        );
+        assert_eq!(explicit("www.example.com:8080"), "route_not_found");
+        assert_eq!(
+            explicit("api.example.com"),
+            "route_not_found",
+            "never plaintext HTTP to the TLS port"
+        );
+        assert_eq!(
+            explicit("api.example.com:8000"),
+            "outbound|8000||*.example.com at 8000"
+        );
     }
 }

@@ -426,6 +426,7 @@ impl Connection {
                         let outside = |_| interception::outside_registry(&snapshot, dst);
                         let target =
                             tcp::routed(&snapshot, target, dst.ip(), sni.as_deref(), outside);
+                        let target = interception::at_original_destination(target, dst);
                         let ends = (peer, dst);
                         let side = (direction, None);
                         let stream = Rewind::with_prefix(stream, undecided);

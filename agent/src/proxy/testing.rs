@@ -45,6 +45,7 @@ pub fn cluster(
         state: Arc::new(ClusterState::default()),
         tls: UpstreamTls::Plain,
         upstream_bind: None,
+        original_dst: None,
         keepalive: Default::default(),
         pooling: Default::default(),
     })

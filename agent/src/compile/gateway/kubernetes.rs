@@ -453,6 +453,7 @@ fn attached_hosts(
             Arc::new(VirtualHost {
                 host,
                 ports: vec![listener.port as u16],
+                in_registry: false,
                 virtual_service: Some(origin),
                 rules: rules.into_iter().map(|r| r.rule).collect(),
             })

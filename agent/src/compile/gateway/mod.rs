@@ -320,6 +320,7 @@ impl Ports {
                     let vh = Arc::try_unwrap(vh).unwrap_or_else(|vh| VirtualHost {
                         host: vh.host.clone(),
                         ports: vh.ports.clone(),
+                        in_registry: vh.in_registry,
                         virtual_service: vh.virtual_service.clone(),
                         rules: vh.rules.clone(),
                     });
@@ -888,6 +889,7 @@ fn http_hosts(
                     None => vhosts.push(VirtualHost {
                         host: domain,
                         ports: vec![port],
+                        in_registry: false,
                         virtual_service: Some(format!("{namespace}/{}", doc.metadata.name)),
                         rules,
                     }),
@@ -901,6 +903,7 @@ fn http_hosts(
                 vhosts.push(VirtualHost {
                     host: host.host.clone(),
                     ports: vec![port],
+                    in_registry: false,
                     virtual_service: None,
                     rules: Vec::new(),
                 });

@@ -281,6 +281,7 @@ async fn run_ending(
     let start = Instant::now();
     let attempts = Attempts {
         cluster,
+        endpoint: None,
         retry: policy,
         timeout,
         source_ip: Ipv4Addr::LOCALHOST.into(),

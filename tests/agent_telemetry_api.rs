@@ -599,3 +599,147 @@ async fn ping(addr: SocketAddr) {
     conn.read_to_end(&mut echoed).await.unwrap();
     assert_eq!(echoed, b"ping");
 }
+
+/// reviews' Telemetry adding the request path to `istio_requests_total`.
+const PATH_TAG: &str = r#"---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: reviews-path, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides:
+        path: {value: request.url_path}
+"#;
+
+/// The series cap counts the label sets a family holds, and a reload that
+/// makes the family anew starts its count over with its series. (Found by
+/// a breaker: after the Telemetry was deleted, the rebuilt family stayed
+/// empty — every new label set refused as overflow until a restart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reshaped_family_gets_a_fresh_series_cap() {
+    let app = Upstream::start("reviews").await;
+    let base = AgentDoc {
+        name: "reviews-v1",
+        service: "reviews",
+        app: "reviews",
+        version: "v1",
+        app_addr: app.addr,
+        otlp: NO_COLLECTOR,
+        app_protocol: "HTTP",
+        outbound_tcp: "[]",
+        // Lines of `extra` indented four spaces continue `spec.telemetry`.
+        extra: "    maxSeriesPerMetric: 5\n",
+    }
+    .yaml();
+    let agent = Agent::start(&(base.clone() + PATH_TAG));
+    let client = Client::h1(agent.inbound);
+    for i in 1..=8 {
+        let url = format!("http://reviews:9080/p{i}");
+        assert_eq!(client.get(&url).await.status, 200);
+    }
+    let scrape = agent.metrics().await;
+    let overflow = |scrape: &common::metrics::Scrape| {
+        scrape.sum(
+            "tracemesh_agent_metric_series_overflow_total",
+            &[("family", "istio_requests")],
+        )
+    };
+    assert_eq!(
+        scrape.matching("istio_requests_total", &[]).count(),
+        5,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(overflow(&scrape), 3.0, "{}", scrape.text);
+    assert_eq!(
+        scrape.histogram_count("istio_request_bytes", &[("reporter", "destination")]),
+        8,
+        "a family without the path holds one label set: {}",
+        scrape.text
+    );
+
+    // The Telemetry deleted: `istio_requests_total` is made anew, and so
+    // is the count of its label sets.
+    agent.rewrite_config(&base);
+    agent.wait_for_config_version(2.0).await;
+    assert_eq!(client.get("http://reviews:9080/ok").await.status, 200);
+    assert_eq!(
+        client.get("http://reviews:9080/status/503").await.status,
+        503
+    );
+    app.fail_with(404);
+    assert_eq!(client.get("http://reviews:9080/gone").await.status, 404);
+    let scrape = agent.metrics().await;
+    for code in ["200", "503", "404"] {
+        assert_eq!(
+            scrape.sum("istio_requests_total", &[("response_code", code)]),
+            1.0,
+            "{code}: {}",
+            scrape.text
+        );
+    }
+    assert_eq!(
+        overflow(&scrape),
+        3.0,
+        "nothing more left out: {}",
+        scrape.text
+    );
+}
+
+/// The series cap counts the label sets as served: with `response_code`
+/// removed, requests that differ only in their code are one series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_series_cap_counts_label_sets_after_the_tag_overrides() {
+    let app = Upstream::start("reviews").await;
+    let telemetry = r#"---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: reviews-codes, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: ALL_METRICS}
+      tagOverrides:
+        response_code: {operation: REMOVE}
+"#;
+    let yaml = AgentDoc {
+        name: "reviews-v1",
+        service: "reviews",
+        app: "reviews",
+        version: "v1",
+        app_addr: app.addr,
+        otlp: NO_COLLECTOR,
+        app_protocol: "HTTP",
+        outbound_tcp: "[]",
+        extra: "    maxSeriesPerMetric: 3\n",
+    }
+    .yaml()
+        + telemetry;
+    let agent = Agent::start(&yaml);
+    let client = Client::h1(agent.inbound);
+    let codes = [200, 201, 202, 203, 205, 206, 400, 401, 403, 409, 418];
+    for code in codes {
+        let url = format!("http://reviews:9080/status/{code}");
+        assert_eq!(client.get(&url).await.status.as_u16(), code);
+    }
+    let scrape = agent.metrics().await;
+    let requests: Vec<_> = scrape.matching("istio_requests_total", &[]).collect();
+    assert_eq!(requests.len(), 1, "{}", scrape.text);
+    assert_eq!(requests[0].value, 11.0, "{}", scrape.text);
+    assert!(!requests[0].labels.contains_key("response_code"));
+    assert_eq!(
+        scrape.sum(
+            "tracemesh_agent_metric_series_overflow_total",
+            &[("family", "istio_requests")]
+        ),
+        0.0,
+        "{}",
+        scrape.text
+    );
+}

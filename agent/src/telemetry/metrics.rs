@@ -23,7 +23,7 @@ use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
 use crate::model::telemetry::{IstioMetric, Side, TelemetryPolicy};
 use crate::telemetry::overrides::Layout;
-use crate::telemetry::series::SeriesLimit;
+use crate::telemetry::series::{Overflow, SeriesLimit};
 
 /// Envoy's default histogram buckets, which Istio's metrics use.
 pub const ENVOY_BUCKETS: [f64; 19] = [
@@ -112,15 +112,18 @@ pub struct Metrics {
     pub certificate_expiry: IntGauge,
     /// Observations not recorded because their family was at its series cap.
     pub series_overflow: IntCounterVec,
-    /// The cap on the HTTP request families' label sets.
-    http_series: Arc<SeriesLimit>,
-    /// The cap on the TCP families' label sets.
-    tcp_series: Arc<SeriesLimit>,
+    /// Each Istio family's cap on its label sets (`maxSeriesPerMetric`).
+    max_series: usize,
+    /// Overflow of the HTTP request families.
+    http_overflow: Arc<Overflow>,
+    /// Overflow of the TCP families.
+    tcp_overflow: Arc<Overflow>,
 }
 
 impl Metrics {
     /// Creates and registers every family in a fresh registry; each Istio
-    /// family holds at most `max_series` label sets (clamped to
+    /// family holds at most `max_series` label sets as it serves them
+    /// (clamped to
     /// 1..=[`MAX_SERIES_BOUND`](crate::telemetry::series::MAX_SERIES_BOUND)).
     pub fn new(max_series: usize) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
@@ -136,13 +139,14 @@ impl Metrics {
         let tcp_overflow = series_overflow.with_label_values(&["istio_tcp"]);
         let metrics = Self {
             series_overflow,
-            http_series: Arc::new(SeriesLimit::new(
+            max_series,
+            http_overflow: Arc::new(Overflow::new(
                 "istio_requests_total, istio_request_duration_milliseconds, istio_request_bytes, istio_response_bytes",
                 max_series,
                 http_overflow,
             )),
-            tcp_series: Arc::new(SeriesLimit::new("istio_tcp_*", max_series, tcp_overflow)),
-            istio: Arc::new(ArcSwap::from_pointee(IstioFamilies::standard()?)),
+            tcp_overflow: Arc::new(Overflow::new("istio_tcp_*", max_series, tcp_overflow)),
+            istio: Arc::new(ArcSwap::from_pointee(IstioFamilies::standard(max_series)?)),
             spans_exported: IntCounter::new(
                 "tracemesh_agent_spans_exported_total",
                 "Spans accepted by the OTLP endpoint.",
@@ -229,8 +233,9 @@ impl Metrics {
 
     /// Shapes Istio's families as `policy` says (`metrics.overrides`): a
     /// family whose labels or served state change is made anew (its series
-    /// start over, as a changed metric does in Envoy); the others keep
-    /// their series. Called on every accepted config load. (They are not in
+    /// start over, as a changed metric does in Envoy, and so does the
+    /// count of label sets its series cap holds); the others keep their
+    /// series and their count. Called on every accepted config load. (They are not in
     /// the registry, which holds a name to its first label names for the
     /// process's life; [`Metrics::render`] adds them.)
     pub fn apply_telemetry(&self, policy: &TelemetryPolicy) {
@@ -254,6 +259,7 @@ impl Metrics {
                 metric: family.metric,
                 layout,
                 collector,
+                series: Arc::new(SeriesLimit::new(self.max_series)),
             }
         };
         self.istio.store(Arc::new(IstioFamilies {
@@ -376,12 +382,15 @@ pub struct RequestKey {
 }
 
 /// Metric handles for one label set; `None` for a metric disabled on the
-/// side.
+/// side, or whose family had no room for the label set.
 pub struct RequestHandles {
     requests: Option<IntCounter>,
     duration: Option<Histogram>,
     request_bytes: Option<Histogram>,
     response_bytes: Option<Histogram>,
+    /// Whether a family had no room for the label set: each observation
+    /// is then counted as overflow.
+    refused: bool,
 }
 
 impl RequestHandles {
@@ -418,11 +427,11 @@ pub struct TcpHandles {
 const CACHE_LIMIT: usize = 4096;
 
 /// A worker's label-set → handles cache (no lock: one per worker thread).
-/// A label set its family had no room for is remembered as `None`, so each
+/// A label set a family had no room for is remembered as refused, so each
 /// later observation of it is counted as overflow without building labels.
 #[derive(Default)]
 pub struct MetricCache {
-    requests: HashMap<RequestKey, Option<RequestHandles>>,
+    requests: HashMap<RequestKey, RequestHandles>,
     /// The [`IstioFamilies`] generation the handles belong to.
     generation: u64,
 }
@@ -444,26 +453,29 @@ impl MetricCache {
             self.generation = generation;
         }
         if let Some(handles) = self.requests.get(key) {
-            return match handles {
-                Some(handles) => handles.record(duration_ms, request_bytes, response_bytes),
-                None => metrics.http_series.refuse(),
-            };
+            handles.record(duration_ms, request_bytes, response_bytes);
+            if handles.refused {
+                metrics.http_overflow.refuse();
+            }
+            return;
         }
         if self.requests.len() >= CACHE_LIMIT {
             self.requests.clear(); // old snapshots' keys; handles are recreated on demand
         }
         let handles = metrics.request_handles(key);
-        if let Some(handles) = &handles {
-            handles.record(duration_ms, request_bytes, response_bytes);
+        handles.record(duration_ms, request_bytes, response_bytes);
+        if handles.refused {
+            metrics.http_overflow.refuse();
         }
         self.requests.insert(key.clone(), handles);
     }
 }
 
 impl Metrics {
-    /// The handles of `key`'s label set; `None` (counted) when the
-    /// families are at their series cap and the set is new.
-    fn request_handles(&self, key: &RequestKey) -> Option<RequestHandles> {
+    /// The handles of `key`'s label set, each family's `None` when it is
+    /// at its series cap and the set it would serve is new (then
+    /// marked refused).
+    fn request_handles(&self, key: &RequestKey) -> RequestHandles {
         let peers = key.peers.values();
         let code = key.code.to_string();
         let grpc_status = key.grpc_status.map(|s| s.to_string()).unwrap_or_default();
@@ -477,24 +489,23 @@ impl Metrics {
             &flags,
             key.peers.security,
         ]);
-        if !self.http_series.admit(&(&values, &key.tags)) {
-            return None;
-        }
         let families = self.istio.load();
         let side = key.peers.reporter.side();
         let mut tags = key.tags.iter().map(String::as_str);
+        let mut refused = false;
         let [requests, duration, request_bytes, response_bytes] = &families.http;
-        Some(RequestHandles {
-            requests: requests.counter(side, &values, &mut tags),
-            duration: duration.histogram(side, &values, &mut tags),
-            request_bytes: request_bytes.histogram(side, &values, &mut tags),
-            response_bytes: response_bytes.histogram(side, &values, &mut tags),
-        })
+        RequestHandles {
+            requests: requests.counter_if(true, side, &values, &mut tags, &mut refused),
+            duration: duration.histogram(side, &values, &mut tags, &mut refused),
+            request_bytes: request_bytes.histogram(side, &values, &mut tags, &mut refused),
+            response_bytes: response_bytes.histogram(side, &values, &mut tags, &mut refused),
+            refused,
+        }
     }
 
-    /// Handles for a TCP connection's labels (once per connection); `None`
-    /// (counted) when the families are at their series cap and the label
-    /// set is new. A `tagOverrides` upsert on a TCP metric is evaluated
+    /// Handles for a TCP connection's labels (once per connection); a
+    /// family's `None` (counted once as overflow) when it is at its series
+    /// cap and the label set it would serve is new. A `tagOverrides` upsert on a TCP metric is evaluated
     /// once, over the connection (`source` is the downstream peer,
     /// `destination` the address it connected to, `sni` its TLS server
     /// name), as Istio's stats filter evaluates it on the connection's
@@ -511,7 +522,8 @@ impl Metrics {
 
     /// Only the closed counter for a TCP connection's labels: a close under
     /// flags it was not opened with (Envoy's `DT`, set on the close) makes
-    /// no opened or byte series of its own. `None` as for [`Self::tcp_handles`].
+    /// no opened or byte series of its own. `None` as for [`Self::tcp_handles`]
+    /// (or when the metric is not recorded).
     pub fn tcp_closed(
         &self,
         peers: &PeerLabels,
@@ -557,14 +569,14 @@ impl Metrics {
         for family in &families.tcp {
             family.layout.evaluate(side, &attrs, &mut upserted);
         }
-        // The upserted values are labels too: a series is the whole set.
-        if !self.tcp_series.admit(&(&values, &upserted)) {
-            return None;
-        }
         // Every family takes its own upserts from `tags`, wanted or not.
         let mut tags = upserted.iter().map(String::as_str);
-        let [sent, received, opened, closed] =
-            [0, 1, 2, 3].map(|i| families.tcp[i].counter_if(wanted[i], side, &values, &mut tags));
+        let mut refused = false;
+        let [sent, received, opened, closed] = [0, 1, 2, 3]
+            .map(|i| families.tcp[i].counter_if(wanted[i], side, &values, &mut tags, &mut refused));
+        if refused {
+            self.tcp_overflow.refuse();
+        }
         Some(TcpHandles {
             sent,
             received,
@@ -635,16 +647,18 @@ impl Collector {
     }
 }
 
-/// One Istio family and its shape.
+/// One Istio family, its shape, and the label sets its collector holds.
 #[derive(Clone)]
 struct IstioFamily {
     metric: IstioMetric,
     layout: Layout,
     collector: Collector,
+    /// The cap on the collector's series, made with it.
+    series: Arc<SeriesLimit>,
 }
 
 impl IstioFamily {
-    fn new(metric: IstioMetric) -> Result<Self, prometheus::Error> {
+    fn new(metric: IstioMetric, max_series: usize) -> Result<Self, prometheus::Error> {
         let standard = standard_labels(metric);
         let layout = Layout::standard(standard);
         let collector = Collector::new(metric, &layout.labels)?;
@@ -652,6 +666,7 @@ impl IstioFamily {
             metric,
             layout,
             collector,
+            series: Arc::new(SeriesLimit::new(max_series)),
         })
     }
 
@@ -659,41 +674,48 @@ impl IstioFamily {
         standard_labels(self.metric)
     }
 
-    fn counter<'a>(
-        &self,
-        side: Side,
-        values: &[&'a str],
-        tags: &mut impl Iterator<Item = &'a str>,
-    ) -> Option<IntCounter> {
-        self.counter_if(true, side, values, tags)
+    /// Whether the served label values `values` fit the family's cap; sets
+    /// `refused` when they do not.
+    fn admit(&self, values: &[&str], refused: &mut bool) -> bool {
+        let admitted = self.series.admit(&values);
+        *refused |= !admitted;
+        admitted
     }
 
     /// The counter of these labels when `wanted` (which creates its
-    /// series); its upserts are taken from `tags` either way.
+    /// series) and the family has room for them; its upserts are taken
+    /// from `tags` either way.
     fn counter_if<'a>(
         &self,
         wanted: bool,
         side: Side,
         values: &[&'a str],
         tags: &mut impl Iterator<Item = &'a str>,
+        refused: &mut bool,
     ) -> Option<IntCounter> {
         let values = self.layout.values(side, values, tags)?;
         match &self.collector {
-            Collector::Counter(c) if wanted => Some(c.with_label_values(&values)),
+            Collector::Counter(c) if wanted && self.admit(&values, refused) => {
+                Some(c.with_label_values(&values))
+            }
             Collector::Counter(_) | Collector::Histogram(_) => None,
         }
     }
 
+    /// The histogram of these labels when the family has room for them.
     fn histogram<'a>(
         &self,
         side: Side,
         values: &[&'a str],
         tags: &mut impl Iterator<Item = &'a str>,
+        refused: &mut bool,
     ) -> Option<Histogram> {
         let values = self.layout.values(side, values, tags)?;
         match &self.collector {
-            Collector::Histogram(h) => Some(h.with_label_values(&values)),
-            Collector::Counter(_) => None,
+            Collector::Histogram(h) if self.admit(&values, refused) => {
+                Some(h.with_label_values(&values))
+            }
+            Collector::Histogram(_) | Collector::Counter(_) => None,
         }
     }
 }
@@ -720,21 +742,22 @@ pub struct IstioFamilies {
 }
 
 impl IstioFamilies {
-    fn standard() -> Result<Self, prometheus::Error> {
+    fn standard(max_series: usize) -> Result<Self, prometheus::Error> {
         use IstioMetric::*;
+        let family = |metric| IstioFamily::new(metric, max_series);
         Ok(Self {
             generation: 0,
             http: [
-                IstioFamily::new(RequestCount)?,
-                IstioFamily::new(RequestDuration)?,
-                IstioFamily::new(RequestSize)?,
-                IstioFamily::new(ResponseSize)?,
+                family(RequestCount)?,
+                family(RequestDuration)?,
+                family(RequestSize)?,
+                family(ResponseSize)?,
             ],
             tcp: [
-                IstioFamily::new(TcpSentBytes)?,
-                IstioFamily::new(TcpReceivedBytes)?,
-                IstioFamily::new(TcpOpenedConnections)?,
-                IstioFamily::new(TcpClosedConnections)?,
+                family(TcpSentBytes)?,
+                family(TcpReceivedBytes)?,
+                family(TcpOpenedConnections)?,
+                family(TcpClosedConnections)?,
             ],
         })
     }

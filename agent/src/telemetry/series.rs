@@ -1,9 +1,14 @@
 //! The hard cap on series per metric family: however many distinct label
-//! sets arrive (hosts, peers, principals), a family holds at most
-//! `maxSeriesPerMetric` of them. A label set past the cap is not recorded;
-//! it is counted in `tracemesh_agent_metric_series_overflow_total` and
-//! logged at WARN at most once per ten seconds, with the number left out
-//! since the last line.
+//! sets arrive (hosts, peers, principals, `tagOverrides` values), a family
+//! holds at most `maxSeriesPerMetric` of them. The label sets counted are
+//! the ones the family serves, after the Telemetry's `tagOverrides`: a
+//! label removed makes the sets that differed only in it one series. Each
+//! family has its own [`SeriesLimit`], made with its collector, so a reload
+//! that makes a family anew (its series start over) gives it a fresh limit.
+//! An observation past the cap is not recorded; it is counted in
+//! `tracemesh_agent_metric_series_overflow_total` ([`Overflow`]) and logged
+//! at WARN at most once per ten seconds, with the number left out since the
+//! last line.
 //!
 //! The label sets admitted are remembered by a 64-bit hash in a fixed table
 //! of atomics, sized once from the cap: admitting takes no lock, and the
@@ -25,38 +30,27 @@ pub const MAX_SERIES_BOUND: usize = 1 << 20;
 /// Longest an overflow waits to be reported in a log line.
 const REPORT_INTERVAL_MS: u64 = 10_000;
 
-/// The label sets one group of families (which share label sets: a set
-/// one family of the group records may be recorded by the others) has
-/// admitted.
+/// The label sets one metric family (one collector) has admitted.
 pub struct SeriesLimit {
-    /// What the families are called in logs.
-    families: &'static str,
     cap: usize,
     hasher: RandomState,
     /// Hashes of admitted label sets; 0 is an empty slot.
     slots: Box<[AtomicU64]>,
     admitted: AtomicUsize,
-    overflow: IntCounter,
-    unreported: AtomicU64,
-    reported_at_ms: AtomicU64,
 }
 
 impl SeriesLimit {
-    /// A limit of `cap` label sets for `families`, counting overflow in
-    /// `overflow`. `cap` is clamped to 1..=[`MAX_SERIES_BOUND`].
-    pub fn new(families: &'static str, cap: usize, overflow: IntCounter) -> Self {
+    /// A limit of `cap` label sets. `cap` is clamped to
+    /// 1..=[`MAX_SERIES_BOUND`].
+    pub fn new(cap: usize) -> Self {
         let cap = cap.clamp(1, MAX_SERIES_BOUND);
         // Load factor at most one half, so a probe ends soon.
         let size = (cap * 2).next_power_of_two().max(16);
         Self {
-            families,
             cap,
             hasher: RandomState::new(),
             slots: (0..size).map(|_| AtomicU64::new(0)).collect(),
             admitted: AtomicUsize::new(0),
-            overflow,
-            unreported: AtomicU64::new(0),
-            reported_at_ms: AtomicU64::new(0),
         }
     }
 
@@ -65,8 +59,10 @@ impl SeriesLimit {
         self.cap
     }
 
-    /// Whether the label set `labels` may be recorded: it was admitted
-    /// before, or there is room for it now. A refusal is counted and logged.
+    /// Whether the label set `labels` (the values the family serves) may
+    /// be recorded: it was admitted before, or there is room for it now. A
+    /// refusal is the caller's to count, once per observation, in its
+    /// group's [`Overflow`].
     pub fn admit(&self, labels: &impl Hash) -> bool {
         let hash = self.hasher.hash_one(labels).max(1);
         let mask = self.slots.len() - 1;
@@ -77,7 +73,6 @@ impl SeriesLimit {
                 h if h == hash => return true,
                 0 => {
                     if self.admitted.load(Ordering::Relaxed) >= self.cap {
-                        self.refuse();
                         return false;
                     }
                     match slot.compare_exchange(0, hash, Ordering::AcqRel, Ordering::Acquire) {
@@ -93,9 +88,36 @@ impl SeriesLimit {
             }
         }
     }
+}
 
-    /// Counts (and, rate-limited, logs) one observation of a label set
-    /// that was refused before.
+/// The overflow of one group of families (Istio's request families, its
+/// TCP families): observations some family of the group had no room for.
+/// It outlives the families, so the count goes on across reloads.
+pub struct Overflow {
+    /// What the families are called in logs.
+    families: &'static str,
+    /// The cap, for the log line.
+    cap: usize,
+    overflow: IntCounter,
+    unreported: AtomicU64,
+    reported_at_ms: AtomicU64,
+}
+
+impl Overflow {
+    /// The overflow of `families`, whose cap is `cap` (clamped as
+    /// [`SeriesLimit::new`] clamps it), counted in `overflow`.
+    pub fn new(families: &'static str, cap: usize, overflow: IntCounter) -> Self {
+        Self {
+            families,
+            cap: cap.clamp(1, MAX_SERIES_BOUND),
+            overflow,
+            unreported: AtomicU64::new(0),
+            reported_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts (and, rate-limited, logs) one observation that a family of
+    /// the group did not record.
     pub fn refuse(&self) {
         self.refused(now_ms());
     }
@@ -128,8 +150,7 @@ mod tests {
     use super::*;
 
     fn limit(cap: usize) -> SeriesLimit {
-        let overflow = IntCounter::new("overflow", "overflow").unwrap();
-        SeriesLimit::new("test", cap, overflow)
+        SeriesLimit::new(cap)
     }
 
     #[test]
@@ -144,7 +165,7 @@ mod tests {
         for i in 0..100 {
             assert!(limit.admit(&i), "label set {i} was admitted before");
         }
-        assert_eq!(limit.overflow.get(), 9_900);
+        assert_eq!(limit.admitted.load(Ordering::Relaxed), 100);
     }
 
     #[test]
@@ -158,8 +179,8 @@ mod tests {
 
     #[test]
     fn overflow_is_logged_at_most_once_per_interval() {
-        let limit = limit(1);
-        assert!(limit.admit(&"a"));
+        let counter = IntCounter::new("overflow", "overflow").unwrap();
+        let limit = Overflow::new("test", 1, counter);
         limit.refused(5);
         assert_eq!(
             limit.unreported.load(Ordering::Relaxed),

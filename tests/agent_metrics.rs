@@ -291,6 +291,51 @@ async fn a_client_that_goes_away_is_recorded_as_dc() {
     );
 }
 
+/// An HTTP/1.1 client that closes its connection mid-upload never gets a
+/// response head: Envoy records `response_code` 0 with `DC`, as for an
+/// HTTP/2 reset, on both reporters. (Found by a breaker: both recorded
+/// 503 DC, and the access log said 503.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_goes_away_mid_upload_is_recorded_with_code_0() {
+    let m = mesh(true).await;
+    let mut stream = tokio::net::TcpStream::connect(m.frontend.outbound)
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: backend:9080\r\nContent-Length: 100\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+    let dc = [("response_flags", "DC"), ("response_code", "0")];
+    for (agent, reporter) in [(&m.frontend, "source"), (&m.backend, "destination")] {
+        let mut recorded = false;
+        for _ in 0..400 {
+            let scrape = agent.metrics().await;
+            if scrape.sum("istio_requests_total", &[]) >= 1.0 {
+                let labels = [dc[0], dc[1], ("reporter", reporter)];
+                assert_eq!(
+                    scrape.sum("istio_requests_total", &labels),
+                    1.0,
+                    "{reporter}: {}",
+                    scrape.text
+                );
+                recorded = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(recorded, "{reporter}: nothing recorded");
+    }
+    let line = m.frontend.access_log_line("/upload");
+    assert_eq!(line["response_code"], 0, "{line}");
+    assert_eq!(line["response_flags"], "DC", "{line}");
+    assert_eq!(line["bytes_sent"], 0, "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_admin_api_shows_config_clusters_and_routes() {
     let m = mesh(false).await;

@@ -71,6 +71,14 @@ pub enum DecidedBy {
 }
 
 impl LocalReply {
+    /// Whether this reply is never sent ([`Self::DOWNSTREAM_DISCONNECT`]:
+    /// the client is gone), so the request is recorded with
+    /// `response_code` 0 rather than the reply's status.
+    pub fn is_unsent(&self) -> bool {
+        self.details == Self::DOWNSTREAM_DISCONNECT.details
+            && self.flags == Self::DOWNSTREAM_DISCONNECT.flags
+    }
+
     /// No virtual host or rule matched.
     pub const NO_ROUTE: Self = Self {
         status: StatusCode::NOT_FOUND,
@@ -245,7 +253,9 @@ impl LocalReply {
     };
     /// The client went away (or reset its stream) while its body was being
     /// forwarded: nobody reads this reply; it records the outcome, which is
-    /// not the upstream's failure.
+    /// not the upstream's failure. No response head was ever sent, so the
+    /// request is recorded with status 0, as Envoy records it (see
+    /// [`LocalReply::is_unsent`]).
     pub const DOWNSTREAM_DISCONNECT: Self = Self {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,

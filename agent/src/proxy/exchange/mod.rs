@@ -339,6 +339,11 @@ impl Exchange {
                 .insert(RESPONSE_CODE_DETAILS_HEADER, value);
         }
         self.record.details = Some(details);
+        if reply.is_unsent() {
+            // The client is gone: no response head is ever encoded, and
+            // Envoy records response_code 0 (as for an HTTP/2 reset).
+            return self.reply_recorded_as(response, body, 0);
+        }
         if self.record.grpc {
             self.record.grpc_status = Some(reply.grpc_code());
         }
@@ -389,8 +394,20 @@ impl Exchange {
 
     /// Answers with a response the agent made (local replies, redirects,
     /// direct responses).
-    pub fn reply(mut self: Box<Self>, response: Response<()>, body: Bytes) -> Response<ProxyBody> {
-        self.record.status = response.status().as_u16();
+    pub fn reply(self: Box<Self>, response: Response<()>, body: Bytes) -> Response<ProxyBody> {
+        let status = response.status().as_u16();
+        self.reply_recorded_as(response, body, status)
+    }
+
+    /// Answers with `response`, recording `status` (0 for a reply no
+    /// client reads).
+    fn reply_recorded_as(
+        mut self: Box<Self>,
+        response: Response<()>,
+        body: Bytes,
+        status: u16,
+    ) -> Response<ProxyBody> {
+        self.record.status = status;
         let (mut parts, ()) = response.into_parts();
         // A HEAD is answered with the length of the body a GET would get
         // and no body: one left unsent would never end, and the request

@@ -940,3 +940,44 @@ async fn certificates_rotate_under_load_without_failures() {
     );
     assert!(sent > 100, "only {sent} requests ran");
 }
+
+/// A caller over mTLS that sends no peer metadata (here `openssl
+/// s_client` with a workload certificate of namespace `shop`) is still
+/// known by its certificate: Istio's `populatePeerInfo` reads the
+/// namespace from the SAN. (Found by a breaker: `source_principal` was
+/// set and `source_workload_namespace` said `unknown`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_callers_namespace_comes_from_its_certificate_without_metadata() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let backend = workload(
+        "backend",
+        app.addr,
+        &ca.identity_yaml("backend", "1h"),
+        STRICT,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let caller = "spiffe://cluster.local/ns/shop/sa/cart";
+    ca.issue(caller, dir.path());
+    let out = openssl_get(
+        backend.inbound,
+        Some((
+            &dir.path().join("cert-chain.pem"),
+            &dir.path().join("key.pem"),
+        )),
+    );
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let scrape = backend.metrics().await;
+    let labels = [
+        ("reporter", "destination"),
+        ("source_principal", caller),
+        ("source_workload_namespace", "shop"),
+        ("source_workload", "unknown"),
+    ];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &labels),
+        1.0,
+        "{}",
+        scrape.text
+    );
+}

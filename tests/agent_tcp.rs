@@ -211,6 +211,24 @@ spec:
         "{}",
         scrape.text
     );
+    // No metadata comes with TCP: the caller's namespace is its
+    // certificate's, as Istio's populatePeerInfo reads it from the SAN.
+    assert_eq!(
+        scrape.sum(
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("source_workload_namespace", "default"),
+                (
+                    "source_principal",
+                    "spiffe://cluster.local/ns/default/sa/frontend"
+                ),
+            ]
+        ),
+        1.0,
+        "{}",
+        scrape.text
+    );
 
     // Each refusal is a SERVER span naming the rule that refused.
     let refused = |s: &common::otlp::ReceivedSpan| {

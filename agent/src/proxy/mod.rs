@@ -248,6 +248,8 @@ struct Caches {
     metrics: MetricCache,
     peers: HashMap<Box<[u8]>, Arc<PeerInfo>>,
     principals: HashMap<Box<str>, Arc<str>>,
+    /// The peer a certificate describes, by its namespace.
+    namespaces: HashMap<Box<str>, Arc<PeerInfo>>,
     services: HashMap<Box<str>, Arc<ServiceName>>,
 }
 
@@ -327,6 +329,35 @@ impl Worker {
             .principals
             .insert(Box::from(&**principal), principal.clone());
         principal.clone()
+    }
+
+    /// Shares `tls`'s principal per worker and sets the peer its
+    /// certificate describes ([`PeerTls::peer`](crate::tls::handshake::PeerTls::peer)),
+    /// once per connection.
+    fn identify(&self, tls: &mut crate::tls::handshake::PeerTls) {
+        tls.principal = tls.principal.as_ref().map(|p| self.intern_principal(p));
+        tls.peer = tls
+            .identity
+            .as_ref()
+            .map(|id| self.peer_in_namespace(&id.namespace));
+    }
+
+    /// The peer known only by its certificate's `namespace`, one shared
+    /// copy per namespace per worker (bounded).
+    fn peer_in_namespace(&self, namespace: &str) -> Arc<PeerInfo> {
+        let mut caches = self.caches.borrow_mut();
+        if let Some(peer) = caches.namespaces.get(namespace) {
+            return peer.clone();
+        }
+        if caches.namespaces.len() >= PEER_CACHE_LIMIT {
+            caches.namespaces.clear();
+        }
+        let peer = Arc::new(PeerInfo {
+            namespace: namespace.to_owned(),
+            ..PeerInfo::unknown()
+        });
+        caches.namespaces.insert(namespace.into(), peer.clone());
+        peer
     }
 
     /// The service labels of a configured host no cluster answered for

@@ -569,10 +569,7 @@ impl Connection {
         .await
         .ok()?;
         if let Some(peer) = tls.as_mut() {
-            peer.principal = peer
-                .principal
-                .as_ref()
-                .map(|p| self.worker.intern_principal(p));
+            self.worker.identify(peer);
         }
         Some((io, tls))
     }

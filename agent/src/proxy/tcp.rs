@@ -95,7 +95,7 @@ pub async fn serve(
             (snapshot.inbound_mtls).for_port(snapshot.listeners.app.port()),
         ),
     };
-    let Ok((downstream, caller)) = handshake::accept(
+    let Ok((downstream, mut caller)) = handshake::accept(
         downstream,
         mode,
         shared.tls.load_full(),
@@ -105,6 +105,9 @@ pub async fn serve(
     else {
         return; // refused and counted
     };
+    if let Some(tls) = caller.as_mut() {
+        worker.identify(tls);
+    }
     let guarded = (direction == Direction::Inbound).then_some(cluster.port);
     let mut target = TcpTarget::Cluster {
         cluster,
@@ -273,10 +276,13 @@ pub async fn proxy<IO>(
             ],
         },
         Reporter::Destination => {
+            // Without metadata (TCP carries none here), the caller is what
+            // its certificate says: its namespace, as Istio reads it.
+            let source = caller.as_ref().and_then(|c| c.peer.clone());
             let theirs = caller.and_then(|c| c.principal).map(ByAddress);
             PeerLabels {
                 reporter,
-                source: ByAddress(unknown),
+                source: ByAddress(source.unwrap_or(unknown)),
                 destination: ByAddress(snapshot.identity.peer.clone()),
                 service: ByAddress(service),
                 security: if theirs.is_some() {

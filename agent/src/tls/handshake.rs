@@ -31,6 +31,12 @@ pub struct PeerTls {
     pub principal: Option<std::sync::Arc<str>>,
     /// The SNI it asked for.
     pub sni: Option<Arc<str>>,
+    /// The peer as its certificate describes it, for when it announces no
+    /// metadata: its namespace from the SPIFFE identity, the rest
+    /// `unknown` (Istio's `populatePeerInfo`, which reads the namespace
+    /// from the SAN). Shared per worker; set by the listener after the
+    /// handshake.
+    pub peer: Option<Arc<crate::model::peer::PeerInfo>>,
 }
 
 /// The reason of a handshake that did not finish within its time (the
@@ -151,6 +157,7 @@ pub async fn terminate(
                     .map(|id| std::sync::Arc::from(id.to_string())),
                 identity,
                 sni: conn.server_name().map(Arc::from),
+                peer: None,
             };
             Ok((MaybeTls::Tls(Box::new(tls)), peer))
         }

@@ -129,7 +129,15 @@ impl Exchange {
             cluster: None,
             endpoint: None,
             attempts: 0,
-            peer: peer.unwrap_or_else(|| UNKNOWN_PEER.with(Clone::clone)),
+            // Without believable metadata, what the caller's certificate
+            // says (its namespace), as Istio's populatePeerInfo.
+            peer: peer
+                .or_else(|| {
+                    (down.direction == Direction::Inbound)
+                        .then(|| tls.and_then(|t| t.peer.clone()))
+                        .flatten()
+                })
+                .unwrap_or_else(|| UNKNOWN_PEER.with(Clone::clone)),
             unrouted_service: None,
             upstream_principal: None,
             transport_failure: None,

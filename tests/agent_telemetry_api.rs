@@ -2,8 +2,8 @@
 //! tags on reported spans (literal, header with default, environment),
 //! sampling of new traces at 0 and 100 per workload with Istio's
 //! precedence between the mesh (root namespace), namespace and workload
-//! resources, `disableSpanReporting` on one side (no span, the context still
-//! propagated), a metric disabled and a label removed and added, an access
+//! resources, `disableSpanReporting` on one side (no span, the caller's
+//! context passed on unchanged), a metric disabled and a label removed and added, an access
 //! log filtered by `response.code >= 400` — and live reloads changing them.
 
 // Tests fail by panicking; helpers here unwrap as the tests do.
@@ -312,14 +312,39 @@ async fn disabled_span_reporting_reports_nothing_and_still_propagates_the_contex
     );
     let agent = Agent::start(&(one_worker + MESH + SERVER_REPORTING_OFF + &ratings_entry));
 
-    // A: inbound, reporting off; the app still gets a sampled traceparent.
+    // A: inbound, reporting off; the app gets the caller's context as it
+    // was sent: a new span id would be a parent no one ever reports. (Found
+    // by a breaker: the app's spans had a missing parent.)
+    let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let reply = Client::h1(agent.inbound)
-        .get("http://reviews:9080/reporting-off")
+        .get_with(
+            "http://reviews:9080/reporting-off",
+            &[("traceparent", caller)],
+        )
         .await;
     assert_eq!(reply.status, 200);
+    let seen = app.seen().pop().unwrap();
+    assert_eq!(
+        seen.headers["traceparent"], caller,
+        "the caller's context goes on unchanged, without a span reported"
+    );
+    // Without a caller's context the agent makes none up.
+    let reply = Client::h1(agent.inbound)
+        .get("http://reviews:9080/reporting-off-no-context")
+        .await;
+    assert_eq!(reply.status, 200);
+    let seen = app.seen().pop().unwrap();
     assert!(
-        upstream_sampled(&app),
-        "the context goes on, sampled, without a span reported"
+        !seen.headers.contains_key("traceparent"),
+        "{:?}",
+        seen.headers
+    );
+    let scrape = agent.metrics().await;
+    assert_eq!(
+        scrape.sum("istio_requests_total", &[("reporter", "destination")]),
+        2.0,
+        "still counted: {}",
+        scrape.text
     );
 
     // B: outbound, reporting on, on the same worker after A ended.
@@ -335,7 +360,7 @@ async fn disabled_span_reporting_reports_nothing_and_still_propagates_the_contex
         .filter_map(|s| s.attr("url.path"))
         .collect();
     assert!(
-        !reported.iter().any(|p| p == "/reporting-off"),
+        !reported.iter().any(|p| p.starts_with("/reporting-off")),
         "the SERVER side reports nothing: {reported:?}"
     );
 }

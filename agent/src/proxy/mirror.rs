@@ -126,11 +126,15 @@ impl Copy {
             name.push_str(&host);
             name.push_str(" mirror");
         });
-        trace_context::inject(
-            &mut self.head.headers,
-            span.context(),
-            Some(self.parent.span_id()),
-        );
+        // A side whose spans are not reported passes the caller's context
+        // on unchanged, to copies as to the request itself.
+        if self.report_spans {
+            trace_context::inject(
+                &mut self.head.headers,
+                span.context(),
+                Some(self.parent.span_id()),
+            );
+        }
         if headers::set_target(&mut self.head, self.h2).is_err() {
             return;
         }

@@ -113,7 +113,14 @@ impl HopSpan {
     }
 
     /// Writes this hop's trace context into the headers for the next hop.
+    /// A hop whose spans are not reported (`disableSpanReporting`) writes
+    /// nothing: the caller's context goes on unchanged, as Envoy leaves it
+    /// when Istio configures no tracing for the side, so the next hop's
+    /// spans hang off a span that is reported.
     pub fn inject(&self, headers: &mut HeaderMap) {
+        if !self.report {
+            return;
+        }
         trace_context::inject(headers, self.span.context(), self.caller_span);
     }
 

@@ -3,10 +3,12 @@
 //!
 //! - the resources that apply, weakest first: the root namespace's
 //!   resource without a selector (mesh-wide), then the workload
-//!   namespace's resource without a selector, then every resource in the
-//!   workload's namespace whose `selector` matches its labels, in document
-//!   order. Of several selector-less resources in one namespace the first
-//!   applies (the others are warned about). `targetRef`/`targetRefs` attach
+//!   namespace's resource without a selector, then the resource in the
+//!   workload's namespace whose `selector` matches its labels. Of several
+//!   resources at one level the oldest applies (the others are warned
+//!   about), ordered as Istio's `sortConfigByCreationTime` orders them: by
+//!   `creationTimestamp`, then by name (one without a timestamp after any
+//!   with one, in file order). `targetRef`/`targetRefs` attach
 //!   to gateways and services of waypoints: sidecars skip the resource;
 //! - `tracing`: a later entry's field replaces an earlier one's where it is
 //!   set (`providers`, `randomSamplingPercentage`, `disableSpanReporting`;
@@ -106,6 +108,7 @@ fn applying<'a>(
     let own = boot.identity.namespace.as_str();
     let root = boot.root_namespace.as_str();
     let ns_of = |d: &'a Document<TelemetrySpec>| d.metadata.namespace.as_deref().unwrap_or(own);
+    let docs = by_creation(docs);
     let mut out = Vec::new();
     let mut levels = vec![root];
     if own != root {
@@ -116,17 +119,18 @@ fn applying<'a>(
             .iter()
             .filter(|d| ns_of(d) == ns && namespace_wide(&d.spec));
         if let Some(first) = wide.next() {
-            out.push(first);
+            out.push(*first);
             for extra in wide {
                 let msg = format!(
-                    "namespace {ns} already has a Telemetry without a selector ({}); only the first applies, as in Istio",
+                    "namespace {ns} already has an older Telemetry without a selector ({}); only the oldest applies, as in Istio",
                     first.metadata.name
                 );
                 diags.warn(&extra.location, None, msg);
             }
         }
     }
-    for doc in docs.iter().filter(|d| ns_of(d) == own) {
+    let mut workload: Option<&Document<TelemetrySpec>> = None;
+    for doc in docs.iter().copied().filter(|d| ns_of(d) == own) {
         if doc.spec.target_ref.is_some() || !doc.spec.target_refs.is_empty() {
             diags.warn(
                 &doc.location,
@@ -142,10 +146,37 @@ fn applying<'a>(
                 .as_ref()
                 .is_some_and(|s| s.matches(&boot.identity.labels))
         {
-            out.push(doc);
+            match workload {
+                None => {
+                    workload = Some(doc);
+                    out.push(doc);
+                }
+                Some(first) => {
+                    let msg = format!(
+                        "an older Telemetry selects this workload too ({}); only the oldest applies, as in Istio",
+                        first.metadata.name
+                    );
+                    diags.warn(&doc.location, Some("spec.selector".into()), msg);
+                }
+            }
         }
     }
     out
+}
+
+/// `docs` oldest first, as Istio's `sortConfigByCreationTime` orders
+/// them: by `creationTimestamp`, then by name; one without a timestamp
+/// counts as created after any with one, in file order.
+fn by_creation(docs: &[Document<TelemetrySpec>]) -> Vec<&Document<TelemetrySpec>> {
+    use std::cmp::Ordering;
+    let mut sorted: Vec<_> = docs.iter().map(|d| (d.metadata.created_at(), d)).collect();
+    sorted.sort_by(|(a_time, a), (b_time, b)| match (a_time, b_time) {
+        (Some(x), Some(y)) => x.cmp(y).then_with(|| a.metadata.name.cmp(&b.metadata.name)),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    });
+    sorted.into_iter().map(|(_, d)| d).collect()
 }
 
 /// The provider named `name`, when it is of a kind `accepts`.

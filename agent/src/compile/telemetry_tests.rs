@@ -442,6 +442,43 @@ spec:
     assert_eq!(without_mesh.sampling_percent(Side::Client, 0.25), 25.0);
 }
 
+/// Of several Telemetries at one level the oldest applies, by
+/// `creationTimestamp` then name, as Istio's `sortConfigByCreationTime`
+/// orders them — not the file's order. (Found by a breaker: the first in
+/// the file applied.)
+#[test]
+fn the_oldest_telemetry_at_each_level_applies() {
+    let telemetry = |name: &str, created: &str, selector: &str, percent: u32| {
+        format!(
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: shop, creationTimestamp: \"{created}\"}}\nspec:\n{selector}  tracing: [{{randomSamplingPercentage: {percent}}}]\n"
+        )
+    };
+    let selector = "  selector: {matchLabels: {app: reviews}}\n";
+    let text = [
+        telemetry("newer", "2024-05-02T00:00:00Z", selector, 10),
+        telemetry("older", "2024-05-01T00:00:00Z", selector, 20),
+        // Tied on time: the name decides.
+        telemetry("b-wide", "2024-05-01T00:00:00Z", "", 30),
+        telemetry("a-wide", "2024-05-01T00:00:00Z", "", 40),
+    ]
+    .join("---\n");
+    let (policy, warnings) = compile(&text);
+    assert_eq!(
+        policy.sources,
+        ["shop/a-wide", "shop/older"],
+        "{warnings:?}"
+    );
+    assert_eq!(policy.sampling_percent(Side::Server, 1.0), 20.0);
+    assert!(
+        warnings.iter().any(|w| w.contains("older")),
+        "the newer workload Telemetry is warned about: {warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("a-wide")),
+        "the later namespace-wide one is warned about: {warnings:?}"
+    );
+}
+
 /// The exporter the compiled bootstrap holds, and the warnings, for a whole
 /// config text.
 fn exporter(text: &str) -> (crate::model::bootstrap::Otlp, Vec<String>) {

@@ -308,7 +308,16 @@ async fn a_client_that_goes_away_mid_upload_is_recorded_with_code_0() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the request has gone through both agents: the backend's agent
+    // dials the application when it has the request head.
+    let give_up = std::time::Instant::now() + Duration::from_secs(20);
+    while m.app.accepted_connections() == 0 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the request never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     drop(stream);
     let dc = [("response_flags", "DC"), ("response_code", "0")];
     for (agent, reporter) in [(&m.frontend, "source"), (&m.backend, "destination")] {

@@ -229,6 +229,26 @@ spec:
     let undeclared = format!("http://{}:8001/", outside.ip);
     let refused = curl_args(&strict, &[&code[..], &[undeclared.as_str()]].concat()).await;
     assert_eq!(refused.as_deref(), Ok("502"));
+    // Plain bytes to the wildcard's TLS port carry no server name: no
+    // service takes them, and REGISTRY_ONLY refuses them. (They went out,
+    // to the NONE service's original destination, past the policy.)
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/443; printf 'not tls\\r\\n' >&3; head -c 1 <&3 | wc -c",
+        outside.ip
+    );
+    let _ = shell(&strict, &script).await;
+    let source = |label, value| [("reporter", "source"), (label, value)];
+    wait_metrics(&strict, "plain bytes to a TLS port, refused", |m| {
+        m.sum(
+            "istio_tcp_connections_closed_total",
+            &source("destination_service_name", "BlackHoleCluster"),
+        ) == 1.0
+            && m.sum(
+                "istio_tcp_connections_opened_total",
+                &source("destination_service", "*.example.com"),
+            ) == 1.0
+    })
+    .await;
 
     // The explicit listener: no original destination. A wildcard host
     // has nothing to resolve, as Envoy's ORIGINAL_DST cluster has no

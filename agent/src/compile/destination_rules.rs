@@ -17,12 +17,14 @@
 //!   namespace first, so that mesh-wide rules do not hide a service's own.
 //!   A rule in any other namespace does not apply to this workload.
 //!
-//! `exportTo` is not enforced: every rule counts as exported to every
-//! namespace. `workloadSelector` is not enforced either: the rule applies
-//! to this workload whatever its labels.
+//! A rule with a `workloadSelector` applies only to the workloads of its
+//! own namespace whose labels it selects, as Istio applies it; one for
+//! other workloads is left out before any merge, so it can neither add to
+//! nor override the rules this workload follows. `exportTo` is not
+//! enforced: every rule counts as exported to every namespace.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::gateway_api::age;
@@ -41,6 +43,8 @@ pub(super) struct RuleScope<'a> {
     pub namespace: &'a str,
     /// The mesh's root namespace (`rootNamespace`, default `istio-system`).
     pub root_namespace: &'a str,
+    /// This workload's labels, which a rule's `workloadSelector` selects.
+    pub labels: &'a BTreeMap<String, String>,
 }
 
 /// The rules of one namespace for one host, merged (Istio's
@@ -183,6 +187,12 @@ impl<'a> DestinationRules<'a> {
                 .namespace
                 .as_deref()
                 .unwrap_or(scope.default_namespace);
+            let for_this_workload = doc.spec.workload_selector.as_ref().is_none_or(|selector| {
+                namespace == scope.namespace && selector.matches(scope.labels)
+            });
+            if !for_this_workload {
+                continue;
+            }
             let host = resolve_short_name(&doc.spec.host, namespace);
             let rules = index.by_namespace.entry(namespace.to_owned()).or_default();
             match rules.get(&host) {
@@ -375,10 +385,13 @@ mod tests {
     use crate::config::documents::{Resource, parse_documents};
     use crate::model::live::LiveState;
 
+    const NO_LABELS: &BTreeMap<String, String> = &BTreeMap::new();
+
     const SCOPE: RuleScope<'static> = RuleScope {
         default_namespace: "default",
         namespace: "default",
         root_namespace: "istio-system",
+        labels: NO_LABELS,
     };
 
     /// A DestinationRule `namespace/name` for `host`, with `extra` spec
@@ -444,6 +457,60 @@ mod tests {
         for (host, want) in cases {
             assert_eq!(chosen(&docs, SCOPE, host, "default"), want, "{host}");
         }
+    }
+
+    /// A rule with a `workloadSelector` is for the workloads of its
+    /// namespace it selects only: for another workload it neither merges
+    /// into nor overrides the rule without one. It came first in the merge
+    /// for every workload, so its `tls: DISABLE` downgraded them all.
+    #[test]
+    fn a_rule_for_other_workloads_is_left_out() {
+        let docs = parse(
+            &[
+                rule(
+                    "default",
+                    "legacy-only",
+                    "api.example.com",
+                    ", workloadSelector: {matchLabels: {app: legacy}}, trafficPolicy: {tls: {mode: DISABLE}}",
+                ),
+                rule(
+                    "default",
+                    "everyone",
+                    "api.example.com",
+                    ", trafficPolicy: {tls: {mode: SIMPLE}}",
+                ),
+            ]
+            .concat(),
+        );
+        let labels = |app: &str| BTreeMap::from([("app".to_owned(), app.to_owned())]);
+        let reviews = labels("reviews");
+        let scope = RuleScope {
+            labels: &reviews,
+            ..SCOPE
+        };
+        assert_eq!(
+            chosen(&docs, scope, "api.example.com", "default"),
+            "default/everyone"
+        );
+        let legacy = labels("legacy");
+        let scope = RuleScope {
+            labels: &legacy,
+            ..SCOPE
+        };
+        assert_eq!(
+            chosen(&docs, scope, "api.example.com", "default"),
+            "default/legacy-only"
+        );
+        // Only in its own namespace.
+        let elsewhere = RuleScope {
+            namespace: "prod",
+            labels: &legacy,
+            ..SCOPE
+        };
+        assert_eq!(
+            chosen(&docs, elsewhere, "api.example.com", "default"),
+            "default/everyone"
+        );
     }
 
     #[test]
@@ -553,6 +620,7 @@ mod tests {
             default_namespace: "default",
             namespace: "istio-system",
             root_namespace: "istio-system",
+            labels: NO_LABELS,
         };
         let docs = parse(
             &[

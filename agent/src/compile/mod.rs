@@ -395,11 +395,13 @@ fn build(
     let peers = mtls::PeerPolicies {
         docs: &docs.peer_authentications,
         root_namespace: &mesh.mesh.root_namespace,
+        default_namespace: &namespace,
     };
     let scope = destination_rules::RuleScope {
         default_namespace: &namespace,
         namespace: &namespace,
         root_namespace: &mesh.mesh.root_namespace,
+        labels: &agent.spec.labels,
     };
     let mut registry = registry::Registry::build(
         &docs.service_entries,

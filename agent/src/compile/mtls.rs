@@ -2,7 +2,8 @@
 //! `ComposePeerAuthentication`: a workload policy (a `selector` with
 //! labels, in the workload's namespace) over the namespace's (no selector,
 //! or one without labels) over the mesh's (the same, in the root
-//! namespace); of several at one level the first in file order applies;
+//! namespace); of several at one level the oldest applies
+//! (`creationTimestamp`, else the first in the file);
 //! UNSET inherits; nothing at all is PERMISSIVE. The workload policy's
 //! `portLevelMtls` sets the mode of the ports it names (by the port the
 //! application listens on, Istio's endpoint port); UNSET there inherits
@@ -12,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use super::bootstrap::Agent;
+use super::gateway_api::age;
 use crate::config::diagnostics::Diagnostics;
 use crate::config::documents::Document;
 use crate::config::security::PeerAuthenticationSpec;
@@ -46,6 +48,9 @@ struct Target<'a> {
     namespace: &'a str,
     labels: &'a BTreeMap<String, String>,
     root_namespace: &'a str,
+    /// The namespace of a policy that names none: the config's (this
+    /// agent's), whichever workload the policies are resolved for.
+    default_namespace: &'a str,
 }
 
 /// The level `doc` applies to `target` at, as Istio classifies a policy: a
@@ -53,7 +58,7 @@ struct Target<'a> {
 /// root namespace is no workload's (Istio ignores it); one in another
 /// namespace is not this workload's.
 fn level(doc: &Document<PeerAuthenticationSpec>, target: &Target<'_>) -> Option<Level> {
-    let policy_ns = (doc.metadata.namespace.as_deref()).unwrap_or(target.namespace);
+    let policy_ns = (doc.metadata.namespace.as_deref()).unwrap_or(target.default_namespace);
     match &doc.spec.selector {
         Some(selector) if !selector.match_labels.is_empty() => {
             let ours = policy_ns == target.namespace && policy_ns != target.root_namespace;
@@ -76,6 +81,7 @@ pub(super) fn inbound_mtls(
         namespace: &boot.identity.namespace,
         labels: &boot.identity.labels,
         root_namespace: &boot.root_namespace,
+        default_namespace: &boot.identity.namespace,
     };
     let inbound = compose(docs, &target, diags);
     if inbound.any_strict() && !boot.has_identity {
@@ -95,6 +101,8 @@ pub(super) struct PeerPolicies<'a> {
     pub docs: &'a [Document<PeerAuthenticationSpec>],
     /// The mesh's root namespace.
     pub root_namespace: &'a str,
+    /// The namespace of a policy that names none (this agent's).
+    pub default_namespace: &'a str,
 }
 
 impl PeerPolicies<'_> {
@@ -115,6 +123,7 @@ impl PeerPolicies<'_> {
             namespace,
             labels,
             root_namespace: self.root_namespace,
+            default_namespace: self.default_namespace,
         };
         // The policies' own mistakes are the agent's workload's to report.
         let inbound = compose(self.docs, &target, &mut Diagnostics::default());
@@ -129,7 +138,15 @@ fn compose(
     diags: &mut Diagnostics,
 ) -> InboundMtls {
     let (mut workload, mut namespace, mut mesh) = (None, None, None);
-    for doc in docs {
+    // Oldest first (`creationTimestamp`, else file order, then name), as
+    // Istio takes the oldest of several policies at one level.
+    let mut ordered: Vec<(usize, &Document<PeerAuthenticationSpec>)> =
+        docs.iter().enumerate().collect();
+    ordered.sort_by(|(i, a), (j, b)| {
+        (age(&a.metadata, *i).cmp(&age(&b.metadata, *j)))
+            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+    });
+    for (_, doc) in ordered {
         let loc = &doc.location;
         let spec = &doc.spec;
         let mode = match parse(spec.mtls.as_ref().and_then(|m| m.mode.as_deref())) {
@@ -149,7 +166,7 @@ fn compose(
             diags.warn(
                 &doc.location,
                 None,
-                "another PeerAuthentication of the same scope applies; the first one wins",
+                "another PeerAuthentication of the same scope applies: the oldest wins (creationTimestamp, else the first in the file)",
             );
             continue;
         }
@@ -440,5 +457,55 @@ spec:
             .map(|(p, a, _)| (*p, a.clone(), false))
             .collect();
         assert_eq!(sidecars(&namespace), none);
+    }
+
+    /// A PeerAuthentication that names no namespace is of the config's
+    /// (this agent's) namespace for auto mTLS too: it was taken as the
+    /// destination's, so a namespace-less DISABLE meant for this namespace
+    /// sent plaintext to every namespace's sidecars, whose callers then
+    /// lost their identity.
+    #[test]
+    fn a_policy_without_a_namespace_is_the_configs_for_auto_mtls_too() {
+        let yaml = r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: reviews-v1, namespace: default}
+spec:
+  service: reviews
+  labels: {app: reviews}
+  identity:
+    files: {certChain: /nonexistent/cert-chain.pem, privateKey: /nonexistent/key.pem, rootCert: /nonexistent/root-cert.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend, namespace: prod}
+spec:
+  hosts: [backend.prod.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 10.0.0.1, ports: {http: 8080}, labels: {app: backend, security.istio.io/tlsMode: istio}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: here-only}
+spec:
+  mtls: {mode: DISABLE}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: backend-here}
+spec:
+  selector: {matchLabels: {app: backend}}
+  mtls: {mode: DISABLE}
+"#;
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        let compiled =
+            compile_text(&file, yaml, 1, &LiveState::default()).unwrap_or_else(|e| panic!("{e}"));
+        let sidecars: Vec<bool> = (compiled.snapshot.clusters.iter())
+            .filter(|c| c.service.host == "backend.prod.svc.cluster.local")
+            .flat_map(|c| c.endpoints.iter().map(|e| e.sidecar))
+            .collect();
+        assert_eq!(sidecars, [true], "prod's sidecar keeps mTLS");
     }
 }

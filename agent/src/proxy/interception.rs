@@ -106,11 +106,13 @@ pub async fn outbound(
         Some(Destination::Endpoint { cluster, endpoint }) => to(cluster, Some(endpoint)),
         // Address-less services on the port: TLS picks by SNI, the most
         // specific host first, plain TCP takes the first (it carries no
-        // name).
+        // name). On a port declared TLS what is not TLS, or names no host,
+        // matches no service, as it matches none of Envoy's filter chains
+        // by `server_names`: the traffic policy decides where it goes.
         Some(Destination::Port(services)) => {
             let chosen = match sni {
                 Some(sni) => services.by_sni(sni),
-                None if detected_tls(&detected) => None,
+                None if services.protocol == Protocol::Tls || detected_tls(&detected) => None,
                 None => services.clusters.first(),
             };
             match chosen {

@@ -660,7 +660,9 @@ pub(super) enum PipeBroke {
 
 /// Copies until end of stream, counting bytes as they pass (so long-lived
 /// connections show up in metrics before they close) and noting in `last`
-/// when they did, then half-closes (also when reading fails).
+/// when they did, then half-closes (also when reading fails otherwise);
+/// a reset of its source ends it at once, unclosed, for the caller to pass
+/// the reset on.
 pub(super) async fn pipe<R, W>(
     (from, to): (&mut R, &mut W),
     counter: Option<&IntCounter>,

@@ -11,10 +11,13 @@
 //! last line.
 //!
 //! The label sets admitted are remembered by a 64-bit hash in a fixed table
-//! of atomics, sized once from the cap: admitting takes no lock, and the
-//! memory is what the cap allows, never what the traffic asks for.
+//! of atomics, sized once from the cap and allocated when the family
+//! records its first observation (a family never observed, such as the TCP
+//! ones of an HTTP-only workload, holds none): admitting takes no lock, and
+//! the memory is what the cap allows, never what the traffic asks for.
 
 use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use prometheus::IntCounter;
@@ -34,8 +37,10 @@ const REPORT_INTERVAL_MS: u64 = 10_000;
 pub struct SeriesLimit {
     cap: usize,
     hasher: RandomState,
-    /// Hashes of admitted label sets; 0 is an empty slot.
-    slots: Box<[AtomicU64]>,
+    /// Hashes of admitted label sets; 0 is an empty slot. Made on the
+    /// first admission, `size` slots.
+    slots: OnceLock<Box<[AtomicU64]>>,
+    size: usize,
     admitted: AtomicUsize,
 }
 
@@ -49,7 +54,8 @@ impl SeriesLimit {
         Self {
             cap,
             hasher: RandomState::new(),
-            slots: (0..size).map(|_| AtomicU64::new(0)).collect(),
+            slots: OnceLock::new(),
+            size,
             admitted: AtomicUsize::new(0),
         }
     }
@@ -65,10 +71,12 @@ impl SeriesLimit {
     /// group's [`Overflow`].
     pub fn admit(&self, labels: &impl Hash) -> bool {
         let hash = self.hasher.hash_one(labels).max(1);
-        let mask = self.slots.len() - 1;
+        let slots =
+            (self.slots).get_or_init(|| (0..self.size).map(|_| AtomicU64::new(0)).collect());
+        let mask = slots.len() - 1;
         let mut index = hash as usize & mask;
         loop {
-            let slot = &self.slots[index];
+            let slot = &slots[index];
             match slot.load(Ordering::Acquire) {
                 h if h == hash => return true,
                 0 => {
@@ -173,8 +181,11 @@ mod tests {
         assert_eq!(limit(0).cap(), 1);
         let big = limit(usize::MAX);
         assert_eq!(big.cap(), MAX_SERIES_BOUND);
-        assert_eq!(big.slots.len(), 2 * MAX_SERIES_BOUND);
-        assert_eq!(limit(DEFAULT_MAX_SERIES).slots.len(), 32_768);
+        assert_eq!(big.size, 2 * MAX_SERIES_BOUND);
+        assert!(big.slots.get().is_none(), "nothing allocated before use");
+        let default = limit(DEFAULT_MAX_SERIES);
+        assert!(default.admit(&"first"));
+        assert_eq!(default.slots.get().map(|s| s.len()), Some(32_768));
     }
 
     #[test]

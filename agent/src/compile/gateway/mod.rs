@@ -79,16 +79,11 @@ pub(super) fn build(
         .first()
         .and_then(|m| m.spec.trust_domain.as_deref());
     let identity = identity(doc, mesh_trust_domain, diags)?;
-    // The root namespace only: the mesh config's diagnostics are the
-    // gateway proxy's compile's to report.
-    let mesh = super::mesh::compile(
-        &docs.mesh_configs,
-        docs.mesh_config_rejected,
-        &mut Diagnostics::default(),
-    );
+    let root_namespace = super::mesh::root_namespace(&docs.mesh_configs);
     let peers = super::mtls::PeerPolicies {
         docs: &docs.peer_authentications,
-        root_namespace: &mesh.mesh.root_namespace,
+        root_namespace,
+        default_namespace: DEFAULT_NAMESPACE,
     };
     // The gateway workload follows the DestinationRules Istio gives a
     // proxy of its namespace (the IngressGateway's, `istio-system` by
@@ -96,7 +91,8 @@ pub(super) fn build(
     let scope = RuleScope {
         default_namespace: DEFAULT_NAMESPACE,
         namespace: &identity.namespace,
-        root_namespace: super::mesh::root_namespace(&docs.mesh_configs),
+        root_namespace,
+        labels: &doc.spec.labels,
     };
     let registry = Registry::build(
         &docs.service_entries,

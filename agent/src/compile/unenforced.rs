@@ -130,11 +130,7 @@ pub const FIELDS: &[Field] = &[
         "spec.exportTo",
         "every rule counts as exported to every namespace",
     ),
-    warned(
-        DR,
-        "spec.workloadSelector",
-        "the rule applies to this agent whatever its labels",
-    ),
+    enforced(DR, "spec.workloadSelector"),
     warned(DR, "**.trafficPolicy.tunnel", ""),
     warned(DR, "**.trafficPolicy.proxyProtocol", ""),
     warned(

@@ -610,14 +610,18 @@ async fn a_tcp_connection_busy_past_its_max_duration_is_closed_as_dt() {
 /// on, both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reset_is_passed_on_as_a_reset_both_ways() {
-    // The application: on its first connection, sends 64 KiB and aborts;
-    // on its second, reads until the end and says how it ended.
+    // The application: on its first connection, reads a byte, sends 64 KiB
+    // and aborts; on its second, reads until the end and says how it ended.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = listener.local_addr().unwrap();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     let (accepted_tx, accepted_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (mut first, _) = listener.accept().await.unwrap();
+        // Answers only once asked, so that the client's connect has
+        // completed before the reset can reach it.
+        let mut asked = [0u8; 1];
+        first.read_exact(&mut asked).await.unwrap();
         first.write_all(&[7u8; 64 * 1024]).await.unwrap();
         reset(first);
         let (mut second, _) = listener.accept().await.unwrap();
@@ -635,6 +639,7 @@ async fn a_reset_is_passed_on_as_a_reset_both_ways() {
     let agent = tcp_agent("db", app, "[]", "", "");
 
     let mut client = TcpStream::connect(agent.inbound).await.unwrap();
+    client.write_all(b"?").await.unwrap();
     let mut read = 0;
     let mut buf = [0u8; 4096];
     let ended = loop {

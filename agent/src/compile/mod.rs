@@ -392,11 +392,6 @@ fn build(
         &mesh.mesh.root_namespace,
         diags,
     );
-    let peers = mtls::PeerPolicies {
-        docs: &docs.peer_authentications,
-        root_namespace: &mesh.mesh.root_namespace,
-        default_namespace: &namespace,
-    };
     let scope = destination_rules::RuleScope {
         default_namespace: &namespace,
         namespace: &namespace,
@@ -408,7 +403,7 @@ fn build(
         &docs.workload_entries,
         &docs.destination_rules,
         scope,
-        (has_identity, &peers),
+        (has_identity, &docs.peer_authentications),
         states,
         diags,
     );

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use super::bootstrap::Agent;
+use super::destination_rules::RuleScope;
 use super::gateway_api::age;
 use crate::config::diagnostics::Diagnostics;
 use crate::config::documents::Document;
@@ -98,14 +99,25 @@ pub(super) fn inbound_mtls(
 /// destination endpoints take plaintext only.
 pub(super) struct PeerPolicies<'a> {
     /// Every PeerAuthentication of the config.
-    pub docs: &'a [Document<PeerAuthenticationSpec>],
+    docs: &'a [Document<PeerAuthenticationSpec>],
     /// The mesh's root namespace.
-    pub root_namespace: &'a str,
+    root_namespace: &'a str,
     /// The namespace of a policy that names none (this agent's).
-    pub default_namespace: &'a str,
+    default_namespace: &'a str,
 }
 
-impl PeerPolicies<'_> {
+impl<'a> PeerPolicies<'a> {
+    /// `docs` as the workload of `scope` reads them: a policy that names
+    /// no namespace is in the scope's `default_namespace`, and the mesh-wide
+    /// ones are those of its `root_namespace`.
+    pub(super) fn new(docs: &'a [Document<PeerAuthenticationSpec>], scope: &RuleScope<'a>) -> Self {
+        PeerPolicies {
+            docs,
+            root_namespace: scope.root_namespace,
+            default_namespace: scope.default_namespace,
+        }
+    }
+
     /// Whether the policies that apply to a workload in `namespace` with
     /// `labels` set DISABLE for its `port` (the port it listens on), as
     /// Istio's `mtlsChecker.checkMtlsEnabled` reads them: auto mTLS then

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 
 use super::bootstrap::Agent;
 use super::destination_rules::{ConsolidatedRule, DestinationRules, RuleScope};
+use super::mtls::PeerPolicies;
 use super::policy::{self, EffectivePolicy};
 use super::sidecar::EgressScope;
 use super::upstream_tls;
@@ -15,6 +16,7 @@ use crate::config::agent::AgentSpec;
 use crate::config::destination_rule::DestinationRuleSpec;
 use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
+use crate::config::security::PeerAuthenticationSpec;
 use crate::config::service_entry::{ServiceEntrySpec, ServicePort, WorkloadEntry};
 use crate::host::{authority_candidates, resolve_short_name, service_entry_host};
 use crate::model::balancer::Balancer;
@@ -79,16 +81,19 @@ impl Resolution {
 impl Registry {
     /// Builds every service's clusters; each service follows the
     /// DestinationRule Istio would give `scope`'s workload for it (see
-    /// [`DestinationRules`]).
+    /// [`DestinationRules`]), and auto mTLS sends plaintext to an endpoint
+    /// whose `peer_authentications`, read in `scope`, DISABLE mTLS for it
+    /// (see [`PeerPolicies`]).
     pub fn build(
         entries: &[Document<ServiceEntrySpec>],
         workload_entries: &[Document<WorkloadEntry>],
         rules: &[Document<DestinationRuleSpec>],
         scope: RuleScope<'_>,
-        (has_identity, peers): (bool, &super::mtls::PeerPolicies<'_>),
+        (has_identity, peer_authentications): (bool, &[Document<PeerAuthenticationSpec>]),
         live: &LiveState,
         diags: &mut Diagnostics,
     ) -> Self {
+        let peers = &PeerPolicies::new(peer_authentications, &scope);
         let agent_namespace = scope.default_namespace;
         let rules = DestinationRules::new(rules, scope, has_identity, diags);
         let mut used = rules.marks();
@@ -456,7 +461,7 @@ struct EntryContext<'a> {
     /// The entry's namespace: its endpoints'.
     namespace: &'a str,
     /// What the endpoints' PeerAuthentications say.
-    peers: &'a super::mtls::PeerPolicies<'a>,
+    peers: &'a PeerPolicies<'a>,
 }
 
 /// An endpoint before it belongs to a cluster.

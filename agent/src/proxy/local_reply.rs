@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::flags::ResponseFlags;
+use crate::telemetry::record::grpc_status_for;
 
 /// Header naming the flag of a local reply.
 pub const RESPONSE_FLAGS_HEADER: HeaderName = HeaderName::from_static("x-tracemesh-response-flags");
@@ -510,5 +511,3 @@ pub fn custom_response(
     let response = builder.status(status).body(()).unwrap_or_default();
     (response, body)
 }
-
-pub use crate::telemetry::record::grpc_status_for;

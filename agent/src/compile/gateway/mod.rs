@@ -80,11 +80,6 @@ pub(super) fn build(
         .and_then(|m| m.spec.trust_domain.as_deref());
     let identity = identity(doc, mesh_trust_domain, diags)?;
     let root_namespace = super::mesh::root_namespace(&docs.mesh_configs);
-    let peers = super::mtls::PeerPolicies {
-        docs: &docs.peer_authentications,
-        root_namespace,
-        default_namespace: DEFAULT_NAMESPACE,
-    };
     // The gateway workload follows the DestinationRules Istio gives a
     // proxy of its namespace (the IngressGateway's, `istio-system` by
     // default, usually the root namespace itself).
@@ -99,7 +94,7 @@ pub(super) fn build(
         &docs.workload_entries,
         &docs.destination_rules,
         scope,
-        (doc.spec.identity.is_some(), &peers),
+        (doc.spec.identity.is_some(), &docs.peer_authentications),
         states,
         diags,
     );

@@ -250,7 +250,7 @@ impl Exchange {
         }
         self.record.details = Some(denied.details.into());
         if self.record.grpc {
-            self.record.grpc_status = Some(local_reply::grpc_status_for(denied.status));
+            self.record.grpc_status = Some(record::grpc_status_for(denied.status));
         }
         self.reply(response, body)
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::agent::{Agent, validate};
 use common::client::Client;
 use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, service_entry};
-use common::pki::{Ca, TlsUpstream, openssl_get};
+use common::pki::{Ca, TlsUpstream, openssl_get, write_workload_cert};
 use common::upstream::{Upstream, closed_port};
 
 const STRICT: &str = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: default}\nspec:\n  mtls: {mode: STRICT}\n";
@@ -36,6 +36,12 @@ fn workload(service: &str, app: SocketAddr, identity: &str, docs: &str) -> Agent
         extra: identity,
     };
     Agent::start(&(doc.yaml() + docs))
+}
+
+/// The backend (sa `backend`, its certificates from `ca` for an hour) in
+/// front of the application at `app`, with the documents `docs`.
+fn backend(ca: &Ca, app: SocketAddr, docs: &str) -> Agent {
+    workload("backend", app, &ca.identity_yaml("backend", "1h"), docs)
 }
 
 /// A frontend (sa `frontend`) calling `backend` at `target` with auto mTLS.
@@ -61,12 +67,7 @@ async fn frontend(ca: &Ca, target: SocketAddr, service_account: &str, lifetime: 
 async fn two_agents_talk_mtls_and_strict_refuses_the_rest() {
     let ca = Ca::start();
     let app = Upstream::start("app").await;
-    let backend = workload(
-        "backend",
-        app.addr,
-        &ca.identity_yaml("backend", "1h"),
-        STRICT,
-    );
+    let backend = backend(&ca, app.addr, STRICT);
     let front = frontend(&ca, backend.inbound, "frontend", "1h").await;
 
     let reply = Client::h1(front.outbound)
@@ -126,12 +127,7 @@ async fn two_agents_talk_mtls_and_strict_refuses_the_rest() {
     let stranger =
         tracemesh_ca::Authority::init(&other.path().join("ca"), "cluster.local", None).unwrap();
     let id = tracemesh_ca::SpiffeId::new("cluster.local", "default", "frontend").unwrap();
-    let (key, issued) = stranger
-        .issue_with_key(&id, Duration::from_secs(3600))
-        .unwrap();
-    let (cert_file, key_file) = (other.path().join("c.pem"), other.path().join("k.pem"));
-    std::fs::write(&cert_file, &issued.cert_chain).unwrap();
-    std::fs::write(&key_file, &key).unwrap();
+    let (cert_file, key_file) = write_workload_cert(&stranger, &id, other.path(), "frontend");
     let out = openssl_get(backend.inbound, Some((&cert_file, &key_file)));
     assert!(!out.contains("HTTP/1.1 200"), "{out}");
     assert_eq!(app.count(), 1, "nothing refused reached the app");
@@ -167,12 +163,7 @@ async fn a_peer_from_another_ca_is_refused_upstream() {
     let ca = Ca::start();
     let other_ca = Ca::start();
     let app = Upstream::start("app").await;
-    let backend = workload(
-        "backend",
-        app.addr,
-        &ca.identity_yaml("backend", "1h"),
-        STRICT,
-    );
+    let backend = backend(&ca, app.addr, STRICT);
     let front = frontend(&other_ca, backend.inbound, "frontend", "1h").await;
     let reply = Client::h1(front.outbound).get("http://backend:9080/").await;
     assert_eq!(reply.status, 503);
@@ -195,7 +186,7 @@ async fn a_peer_from_another_ca_is_refused_upstream() {
 async fn permissive_accepts_plaintext_and_tls_without_a_certificate() {
     let ca = Ca::start();
     let app = Upstream::start("app").await;
-    let backend = workload("backend", app.addr, &ca.identity_yaml("backend", "1h"), "");
+    let backend = backend(&ca, app.addr, "");
     assert_eq!(
         Client::h1(backend.inbound)
             .get("http://backend/plain")
@@ -246,12 +237,7 @@ async fn a_mesh_policy_with_an_empty_selector_is_enforced() {
         let mesh = format!(
             "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec:\n  {selector}\n  mtls: {{mode: STRICT}}\n"
         );
-        let backend = workload(
-            "backend",
-            app.addr,
-            &ca.identity_yaml("backend", "1h"),
-            &mesh,
-        );
+        let backend = backend(&ca, app.addr, &mesh);
         let certs: serde_json::Value =
             serde_json::from_str(&backend.admin_get("/certs").await).unwrap();
         assert_eq!(certs["inboundMtls"], "STRICT", "{selector}");
@@ -280,12 +266,7 @@ async fn port_level_mtls_decides_the_application_port() {
     let policy = format!(
         "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: backend, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: backend}}}}\n  mtls: {{mode: STRICT}}\n  portLevelMtls:\n    {port}: {{mode: DISABLE}}\n"
     );
-    let backend = workload(
-        "backend",
-        app.addr,
-        &ca.identity_yaml("backend", "1h"),
-        &policy,
-    );
+    let backend = backend(&ca, app.addr, &policy);
     let reply = Client::h1(backend.inbound)
         .get("http://backend/plain")
         .await;
@@ -309,12 +290,7 @@ async fn auto_mtls_sends_plaintext_to_a_destination_that_disables_mtls() {
     let ca = Ca::start();
     let app = Upstream::start("app").await;
     let disable = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: backend, namespace: default}\nspec:\n  selector: {matchLabels: {app: backend}}\n  mtls: {mode: DISABLE}\n";
-    let backend = workload(
-        "backend",
-        app.addr,
-        &ca.identity_yaml("backend", "1h"),
-        disable,
-    );
+    let backend = backend(&ca, app.addr, disable);
     let entry = service_entry(
         "backend",
         9080,
@@ -386,16 +362,9 @@ const FORGED: [(&str, Option<&str>); 6] = [
 async fn strict_accepts_client_certificates_of_the_trust_domain_and_its_aliases_only() {
     let ca = Ca::start();
     let app = Upstream::start("app").await;
-    let backend = workload(
-        "backend",
-        app.addr,
-        &ca.identity_yaml("backend", "1h"),
-        &format!("{STRICT}{ALIASES}"),
-    );
-    let dir = tempfile::tempdir().unwrap();
+    let backend = backend(&ca, app.addr, &format!("{STRICT}{ALIASES}"));
     for (name, san) in FORGED {
-        let (cert, key) = ca.issue_client(san, dir.path(), name);
-        let out = openssl_get(backend.inbound, Some((&cert, &key)));
+        let out = ca.openssl_get_as(san, name, backend.inbound);
         assert!(!out.contains("HTTP/1.1 200"), "{name}: {out}");
     }
     assert_eq!(app.count(), 0, "no forged identity reached the app");
@@ -408,8 +377,7 @@ async fn strict_accepts_client_certificates_of_the_trust_domain_and_its_aliases_
 
     for td in ["cluster.local", "old.example"] {
         let san = format!("URI:spiffe://{td}/ns/default/sa/frontend");
-        let (cert, key) = ca.issue_client(Some(&san), dir.path(), td);
-        let out = openssl_get(backend.inbound, Some((&cert, &key)));
+        let out = ca.openssl_get_as(Some(&san), td, backend.inbound);
         assert!(out.contains("HTTP/1.1 200"), "{td}: {out}");
         let seen = app.seen().pop().unwrap();
         let xfcc = seen.headers["x-forwarded-client-cert"].to_str().unwrap();
@@ -431,16 +399,13 @@ async fn strict_accepts_client_certificates_of_the_trust_domain_and_its_aliases_
 async fn permissive_refuses_a_client_certificate_of_a_foreign_trust_domain() {
     let ca = Ca::start();
     let app = Upstream::start("app").await;
-    let backend = workload("backend", app.addr, &ca.identity_yaml("backend", "1h"), "");
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = ca.issue_client(FORGED[0].1, dir.path(), "foreign");
-    let out = openssl_get(backend.inbound, Some((&cert, &key)));
+    let backend = backend(&ca, app.addr, "");
+    let out = ca.openssl_get_as(FORGED[0].1, "foreign", backend.inbound);
     assert!(!out.contains("HTTP/1.1 200"), "{out}");
     assert_eq!(app.count(), 0);
     let out = openssl_get(backend.inbound, None);
     assert!(out.contains("HTTP/1.1 200"), "{out}");
-    let (cert, key) = ca.issue_client(Some(&format!("URI:{FRONTEND}")), dir.path(), "own");
-    let out = openssl_get(backend.inbound, Some((&cert, &key)));
+    let out = ca.openssl_get_as(Some(&format!("URI:{FRONTEND}")), "own", backend.inbound);
     assert!(out.contains("HTTP/1.1 200"), "{out}");
     let xfcc = app.seen().pop().unwrap().headers["x-forwarded-client-cert"]
         .to_str()
@@ -460,12 +425,7 @@ async fn a_cluster_local_principal_names_the_mesh_trust_domain() {
     let dir = tempfile::tempdir().unwrap();
     let authority = tracemesh_ca::Authority::load(&ca.dir).unwrap();
     let id = tracemesh_ca::SpiffeId::new("corp.example", "default", "backend").unwrap();
-    let (key, issued) = authority
-        .issue_with_key(&id, Duration::from_secs(3600))
-        .unwrap();
-    let (chain, key_file) = (dir.path().join("chain.pem"), dir.path().join("key.pem"));
-    std::fs::write(&chain, &issued.cert_chain).unwrap();
-    std::fs::write(&key_file, &key).unwrap();
+    let (chain, key_file) = write_workload_cert(&authority, &id, dir.path(), "backend");
     let identity = format!(
         "  serviceAccount: backend\n  trustDomain: corp.example\n  identity:\n    files: {{certChain: \"{}\", privateKey: \"{}\", rootCert: \"{}\"}}\n",
         chain.display(),
@@ -476,8 +436,7 @@ async fn a_cluster_local_principal_names_the_mesh_trust_domain() {
     let backend = workload("backend", app.addr, &identity, &format!("{STRICT}{deny}"));
     let caller = |sa: &str| {
         let san = format!("URI:spiffe://corp.example/ns/default/sa/{sa}");
-        let (cert, key) = ca.issue_client(Some(&san), dir.path(), sa);
-        openssl_get(backend.inbound, Some((&cert, &key)))
+        ca.openssl_get_as(Some(&san), sa, backend.inbound)
     };
     let out = caller("attacker");
     assert!(out.contains("HTTP/1.1 403"), "{out}");
@@ -492,12 +451,7 @@ async fn principals_decide_authorization() {
     let ca = Ca::start();
     let app = Upstream::start("app").await;
     let policy = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: only-frontend, namespace: default}\nspec:\n  rules:\n  - from: [{source: {principals: [\"cluster.local/ns/default/sa/frontend\"]}}]\n";
-    let backend = workload(
-        "backend",
-        app.addr,
-        &ca.identity_yaml("backend", "1h"),
-        &format!("{STRICT}{policy}"),
-    );
+    let backend = backend(&ca, app.addr, &format!("{STRICT}{policy}"));
     let front = frontend(&ca, backend.inbound, "frontend", "1h").await;
     let intruder = frontend(&ca, backend.inbound, "intruder", "1h").await;
     assert_eq!(
@@ -950,12 +904,7 @@ async fn certificates_rotate_under_load_without_failures() {
 async fn the_callers_namespace_comes_from_its_certificate_without_metadata() {
     let ca = Ca::start();
     let app = Upstream::start("app").await;
-    let backend = workload(
-        "backend",
-        app.addr,
-        &ca.identity_yaml("backend", "1h"),
-        STRICT,
-    );
+    let backend = backend(&ca, app.addr, STRICT);
     let dir = tempfile::tempdir().unwrap();
     let caller = "spiffe://cluster.local/ns/shop/sa/cart";
     ca.issue(caller, dir.path());

@@ -45,7 +45,7 @@ pub struct Ca {
     /// A token allowing any identity.
     pub token_file: PathBuf,
     child: Child,
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
 }
 
 impl Ca {
@@ -84,7 +84,7 @@ impl Ca {
             address,
             token_file,
             child,
-            _tmp: tmp,
+            tmp,
         }
     }
 
@@ -187,6 +187,18 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// [`openssl_get`] to `addr` with a client certificate
+    /// [`Ca::issue_client`] makes with `san`, its files named after `name`
+    /// in this CA's own temporary directory.
+    pub fn openssl_get_as(&self, san: Option<&str>, name: &str, addr: SocketAddr) -> String {
+        let dir = self.tmp.path().join("clients");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = self.issue_client(san, &dir, name);
+        openssl_get(addr, Some((&cert, &key)))
+    }
+}
+
 impl Drop for Ca {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -226,47 +238,11 @@ impl TlsUpstream {
     ) -> TlsUpstream {
         let tmp = tempfile::tempdir().unwrap();
         let ca = Authority::init(&tmp.path().join("ca"), "test.local", None).unwrap();
-        let (key, issued) = ca.issue_server(names, &[]).unwrap();
         let root = tmp.path().join("root.pem");
         std::fs::write(&root, ca.root_pem()).unwrap();
         let client = tracemesh_ca::SpiffeId::new("test.local", "ns", "client").unwrap();
-        let (client_key_pem, client_issued) = ca
-            .issue_with_key(&client, Duration::from_secs(3600))
-            .unwrap();
-        let (client_cert, client_key) = (
-            tmp.path().join("client.pem"),
-            tmp.path().join("client-key.pem"),
-        );
-        std::fs::write(&client_cert, &client_issued.cert_chain).unwrap();
-        std::fs::write(&client_key, &client_key_pem).unwrap();
-
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(issued.cert_chain.as_bytes())
-                .map(Result::unwrap)
-                .collect();
-        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let config = if require_client_cert {
-            let mut roots = rustls::RootCertStore::empty();
-            roots
-                .add(CertificateDer::from_pem_slice(ca.root_pem().as_bytes()).unwrap())
-                .unwrap();
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .unwrap();
-            builder
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(certs, key)
-                .unwrap()
-        } else {
-            builder
-                .with_no_client_auth()
-                .with_single_cert(certs, key)
-                .unwrap()
-        };
+        let (client_cert, client_key) = write_workload_cert(&ca, &client, tmp.path(), "client");
+        let config = server_config(&ca, names, require_client_cert);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::from_std(listener).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -305,6 +281,77 @@ impl TlsUpstream {
             _tmp: tmp,
         }
     }
+}
+
+/// `authority`'s root alone, as rustls trusts it.
+fn roots(authority: &Authority) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(authority.root_pem().as_bytes()).unwrap())
+        .unwrap();
+    roots
+}
+
+/// A rustls server configuration (ring, TLS 1.2 and 1.3) presenting the
+/// certificate `authority` issues for the DNS `names`; when
+/// `require_client_cert`, a client must present one that authority signed.
+pub fn server_config(
+    authority: &Authority,
+    names: &[&str],
+    require_client_cert: bool,
+) -> rustls::ServerConfig {
+    let (key, issued) = authority.issue_server(names, &[]).unwrap();
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(issued.cert_chain.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if require_client_cert {
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots(authority)), provider)
+                .build()
+                .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    builder.with_single_cert(certs, key).unwrap()
+}
+
+/// A rustls client configuration (ring, TLS 1.2 and 1.3) that trusts
+/// `authority`'s root alone and presents no certificate.
+pub fn client_config(authority: &Authority) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(authority))
+        .with_no_client_auth()
+}
+
+/// A workload certificate `authority` issues to `id` for an hour, written
+/// to `dir` as `<name>.pem` (the chain) and `<name>-key.pem`: those two
+/// files.
+pub fn write_workload_cert(
+    authority: &Authority,
+    id: &tracemesh_ca::SpiffeId,
+    dir: &Path,
+    name: &str,
+) -> (PathBuf, PathBuf) {
+    let (key, issued) = authority
+        .issue_with_key(id, Duration::from_secs(3600))
+        .unwrap();
+    let (cert_file, key_file) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(&cert_file, &issued.cert_chain).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    (cert_file, key_file)
 }
 
 /// Runs `openssl s_client` against `addr`, sending an HTTP request; returns

@@ -14,7 +14,7 @@
 //! uncaptured, and `--cleanup`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -174,6 +174,35 @@ fn agent_yaml(
         )
 }
 
+/// An Agent in capture mode on Istio's ports, its `protocolDetectionTimeout`
+/// `detection` (the default when `None`); the `spec:` is left open, for
+/// the caller to add to.
+fn captured_yaml(
+    workload: &str,
+    service: &str,
+    app: &str,
+    version: &str,
+    detection: Option<&str>,
+) -> String {
+    let detection = detection
+        .map(|d| format!(", protocolDetectionTimeout: {d}"))
+        .unwrap_or_default();
+    format!(
+        r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {{name: {workload}, namespace: default}}
+spec:
+  service: {service}
+  labels: {{app: {app}, version: {version}}}
+  concurrency: 1
+  capture: {{mode: REDIRECT{detection}}}
+  outbound: {{listen: "127.0.0.1:15001"}}
+  inbound: {{listen: "0.0.0.0:15006"}}
+  admin: {{listen: "127.0.0.1:15000"}}
+"#
+    )
+}
+
 /// An Agent in capture mode on Istio's ports, its certificate from files,
 /// its `protocolDetectionTimeout` `detection`; the `spec:` ends with its
 /// identity, for the caller to add a `telemetry:` or not.
@@ -186,26 +215,57 @@ pub(crate) fn sidecar_yaml(
     detection: &str,
 ) -> String {
     let file = |name: &str| certs.join(name).display().to_string();
-    format!(
-        r#"apiVersion: tracemesh.io/v1
-kind: Agent
-metadata: {{name: {workload}, namespace: default}}
-spec:
-  service: {service}
-  labels: {{app: {app}, version: {version}}}
-  concurrency: 1
-  capture: {{mode: REDIRECT, protocolDetectionTimeout: {detection}}}
-  outbound: {{listen: "127.0.0.1:15001"}}
-  inbound: {{listen: "0.0.0.0:15006"}}
-  admin: {{listen: "127.0.0.1:15000"}}
-  serviceAccount: {app}
+    captured_yaml(workload, service, app, version, Some(detection))
+        + &format!(
+            r#"  serviceAccount: {app}
   identity:
     files: {{certChain: "{chain}", privateKey: "{key}", rootCert: "{root}"}}
 "#,
-        chain = file("cert-chain.pem"),
-        key = file("key.pem"),
-        root = file("root-cert.pem"),
-    )
+            chain = file("cert-chain.pem"),
+            key = file("key.pem"),
+            root = file("root-cert.pem"),
+        )
+}
+
+/// A captured agent in `pod` with no identity (plaintext only) and no
+/// spans: `tracemesh iptables` installed, then an Agent named for the pod
+/// under the proxy uid, its `protocolDetectionTimeout` `detection` (the
+/// default when `None`), `spec` further lines of its `spec:` (indented
+/// two spaces), loading the documents `registry`.
+pub(crate) fn plain_agent(pod: &Pod, detection: Option<&str>, spec: &str, registry: &str) -> Agent {
+    install(pod, &[]);
+    let name = &pod.name;
+    let yaml = captured_yaml(name, name, name, "v1", detection)
+        + spec
+        + "  telemetry: {sampling: 0.0}\n"
+        + registry;
+    Agent::start_in(pod, PROXY, &yaml)
+}
+
+/// Every address of a pod, on `port` (where an application that knows
+/// nothing of the mesh listens).
+pub(crate) fn any(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+}
+
+/// `chmod args path`, so that the agents' uid reads what the test wrote
+/// as root (a failure shows as the agent's own error, naming the file).
+pub(crate) fn chmod(args: &[&str], path: &Path) {
+    let _ = std::process::Command::new("chmod")
+        .args(args)
+        .arg(path)
+        .status();
+}
+
+/// `ca`'s certificates for the service account `sa` of namespace
+/// `default`, in `tmp/<sa>` (`cert-chain.pem`, `key.pem`,
+/// `root-cert.pem`), readable by the agents' uid: that directory.
+pub(crate) fn workload_certs(ca: &Ca, tmp: &Path, sa: &str) -> PathBuf {
+    let dir = tmp.join(sa);
+    ca.issue(&format!("spiffe://cluster.local/ns/default/sa/{sa}"), &dir);
+    chmod(&["-R", "a+rX"], &dir);
+    chmod(&["a+rx"], tmp);
+    dir
 }
 
 /// The agent's metrics, read inside its pod (its admin port is the pod's
@@ -402,6 +462,12 @@ async fn fetch(pod: &Pod, args: &[&str]) -> String {
         .unwrap_or_else(|e| panic!("curl {args:?} from {}: {e}", pod.name))
 }
 
+/// The HTTP status `curl url` from `pod`'s application got (`000` when it
+/// got none), or why curl failed.
+pub(crate) async fn status_code(pod: &Pod, url: &str) -> Result<String, String> {
+    curl_args(pod, &["-o", "/dev/null", "-w", "%{http_code}", url]).await
+}
+
 /// `sh -c script` in `pod` as the application's uid.
 pub(crate) async fn shell(pod: &Pod, script: &str) -> Result<String, String> {
     let out = pod
@@ -438,7 +504,6 @@ async fn unchanged_applications_are_served_by_captured_agents() {
     let receiver = Receiver::start_on(otel.listen(otlp_addr));
 
     // Unchanged applications on their pods' addresses.
-    let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
     let reviews_v1 = Upstream::start_on("reviews-v1", reviews1.listen(any(9080)));
     let reviews_v2 = Upstream::start_on("reviews-v2", reviews2.listen(any(9080)));
     let _details = Upstream::start_on("details", outside.listen(any(8000)));
@@ -450,19 +515,6 @@ async fn unchanged_applications_are_served_by_captured_agents() {
 
     // Certificates from the built-in CA, one identity per service account.
     let ca = Ca::start();
-    let certs = |sa: &str| {
-        let dir = tmp.path().join(sa);
-        ca.issue(&format!("spiffe://cluster.local/ns/default/sa/{sa}"), &dir);
-        let _ = std::process::Command::new("chmod")
-            .args(["-R", "a+rX"])
-            .arg(&dir)
-            .status();
-        let _ = std::process::Command::new("chmod")
-            .args(["a+rx"])
-            .arg(tmp.path())
-            .status();
-        dir
-    };
     let registry = registry([&reviews1, &reviews2], &outside);
     let mut agents = Vec::new();
     for (pod, workload, app, version) in [
@@ -472,7 +524,8 @@ async fn unchanged_applications_are_served_by_captured_agents() {
         (&reviews2, "reviews-v2", "reviews", "v2"),
     ] {
         install(pod, &[]);
-        let yaml = agent_yaml(workload, app, app, version, &certs(app), otlp_addr) + &registry;
+        let certs = workload_certs(&ca, tmp.path(), app);
+        let yaml = agent_yaml(workload, app, app, version, &certs, otlp_addr) + &registry;
         agents.push(Agent::start_in(pod, PROXY, &yaml));
     }
 
@@ -616,15 +669,13 @@ async fn unchanged_applications_are_served_by_captured_agents() {
     // ratings: a Sidecar scopes it to reviews under REGISTRY_ONLY.
     let scoped = fetch(&ratings, &["http://reviews:9080/"]).await;
     assert!(scoped.contains("\"upstream\":\"reviews-v"), "{scoped}");
-    let code = ["-o", "/dev/null", "-w", "%{http_code}"];
     let unknown = format!("http://{}:8001/", outside.ip);
+    assert_eq!(status_code(&ratings, &unknown).await.as_deref(), Ok("502"));
     assert_eq!(
-        fetch(&ratings, &[&code[..], &[unknown.as_str()]].concat()).await,
-        "502"
-    );
-    assert_eq!(
-        fetch(&ratings, &[&code[..], &["http://details:9080/"]].concat()).await,
-        "502",
+        status_code(&ratings, "http://details:9080/")
+            .await
+            .as_deref(),
+        Ok("502"),
         "outside the Sidecar's egress hosts"
     );
     let black_hole = [

@@ -29,7 +29,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use super::agents::{curl_args, echo, shell, sidecar_yaml, tls_server, wait_metrics};
+use super::agents::{
+    any, chmod, curl_args, echo, shell, sidecar_yaml, status_code, tls_server, wait_metrics,
+    workload_certs,
+};
 use super::{APP, PROXY, install};
 use crate::common::agent::Agent;
 use crate::common::pki::Ca;
@@ -71,7 +74,6 @@ impl Mesh {
         let outside = bed.pod("outside");
         bed.service("reviews", IpAddr::V4(REVIEWS_VIP));
         let tmp = tempfile::tempdir().unwrap();
-        chmod(&["a+rx"], tmp.path());
         let registry = registry(&reviews);
         let ca = Ca::start();
         let mut agents = Vec::new();
@@ -79,12 +81,7 @@ impl Mesh {
             (&productpage, "productpage-v1", "productpage"),
             (&reviews, "reviews-v1", "reviews"),
         ] {
-            let certs = tmp.path().join(app);
-            ca.issue(
-                &format!("spiffe://cluster.local/ns/default/sa/{app}"),
-                &certs,
-            );
-            chmod(&["-R", "a+rX"], &certs);
+            let certs = workload_certs(&ca, tmp.path(), app);
             install(pod, &[]);
             // No collector in this bed: no spans. The outbound listener on
             // every address, as an IPv6 or dual-stack pod binds it: still
@@ -105,13 +102,6 @@ impl Mesh {
             _bed: bed,
         })
     }
-}
-
-fn chmod(args: &[&str], path: &std::path::Path) {
-    let _ = std::process::Command::new("chmod")
-        .args(args)
-        .arg(path)
-        .status();
 }
 
 /// reviews in the mesh (its endpoint labelled for mTLS), its HTTP port
@@ -250,7 +240,6 @@ async fn the_applications_own_tls_reaches_it_untouched_beside_mesh_mtls() {
     let Some(mesh) = Mesh::start("app tls", "1s") else {
         return;
     };
-    let any = |port| std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
     let reviews_v1 = Upstream::start_on("reviews-v1", mesh.reviews.listen(any(8080)));
     // openssl's own server on reviews1's undeclared port 8443, its
     // self-signed certificate for secure.example.com the only one a
@@ -322,7 +311,6 @@ async fn connections_to_the_capture_ports_themselves_are_closed() {
     // Bound to every address, so reachable both through capture on its
     // own port and, as `spec.inbound.app` (127.0.0.1:8080 by default), by
     // whatever the inbound listener serves as its own.
-    let any = |port| std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
     let reviews_v1 = Upstream::start_on("reviews-v1", mesh.reviews.listen(any(8080)));
     let own_port = format!("http://{}:8080/captured", mesh.reviews.ip);
     let inbound_port = format!("http://{}:15006/direct", mesh.reviews.ip);
@@ -355,11 +343,7 @@ async fn connections_to_the_capture_ports_themselves_are_closed() {
     );
     // From productpage its sidecar passes the request on to port 15006
     // (nothing declares it) and answers for the closed connection itself.
-    let code = curl_args(
-        &mesh.productpage,
-        &["-o", "/dev/null", "-w", "%{http_code}", &inbound_port],
-    )
-    .await;
+    let code = status_code(&mesh.productpage, &inbound_port).await;
     assert!(
         code.as_deref().is_ok_and(|c| c != "200"),
         "{inbound_port} from productpage: {code:?}"
@@ -433,7 +417,6 @@ async fn port_level_mtls_decides_each_captured_port() {
     };
     // Two applications in reviews1: 8080 (the policy's DISABLE port, where
     // `spec.inbound.app` also points) and 9090 (STRICT, as the workload).
-    let any = |port| std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
     let on_8080 = Upstream::start_on("reviews-8080", mesh.reviews.listen(any(8080)));
     let on_9090 = Upstream::start_on("reviews-9090", mesh.reviews.listen(any(9090)));
 

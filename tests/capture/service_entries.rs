@@ -23,10 +23,11 @@
 //!
 //! Needs root (skips and says why otherwise; fails under `CI=true`).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 
-use super::agents::{curl_args, echo, shell, tls_server, wait_metrics};
-use super::{PROXY, install};
+use super::agents::{
+    any, chmod, curl_args, echo, plain_agent, shell, status_code, tls_server, wait_metrics,
+};
 use crate::common::agent::Agent;
 use crate::common::pki::TlsUpstream;
 use crate::common::pods::{Bed, Pod, PodExt};
@@ -35,25 +36,8 @@ use crate::common::upstream::Upstream;
 /// A captured agent without identity in `pod`, under the traffic policy
 /// `mode`, loading `registry`.
 fn start_agent(pod: &Pod, mode: &str, registry: &str) -> Agent {
-    let name = &pod.name;
-    let yaml = format!(
-        r#"apiVersion: tracemesh.io/v1
-kind: Agent
-metadata: {{name: {name}, namespace: default}}
-spec:
-  service: {name}
-  labels: {{app: {name}, version: v1}}
-  concurrency: 1
-  capture: {{mode: REDIRECT}}
-  outboundTrafficPolicy: {{mode: {mode}}}
-  outbound: {{listen: "127.0.0.1:15001"}}
-  inbound: {{listen: "0.0.0.0:15006"}}
-  admin: {{listen: "127.0.0.1:15000"}}
-  telemetry: {{sampling: 0.0}}
-{registry}"#
-    );
-    install(pod, &[]);
-    Agent::start_in(pod, PROXY, &yaml)
+    let spec = format!("  outboundTrafficPolicy: {{mode: {mode}}}\n");
+    plain_agent(pod, None, &spec, registry)
 }
 
 /// `curl` of `url` (with `extra` arguments first) from `pod`'s
@@ -69,6 +53,17 @@ async fn status_and_body(pod: &Pod, extra: &[&str], url: &str) -> String {
         }
         Err(error) => format!("curl failed: {error}"),
     }
+}
+
+/// What the explicit listener (`127.0.0.1:15001`, no original
+/// destination) answers `pod`'s application for a request with `Host:
+/// host`: the response head and body.
+async fn explicit(pod: &Pod, host: &str) -> String {
+    let header = format!("Host: {host}");
+    let args = ["-D", "-", "-H", &header, "http://127.0.0.1:15001/explicit"];
+    curl_args(pod, &args)
+        .await
+        .unwrap_or_else(|e| panic!("Host {host} to the explicit listener: {e}"))
 }
 
 /// The `/28` around `ip`: a CIDR of the pods' own range.
@@ -92,7 +87,6 @@ async fn resolution_none_goes_where_the_connection_was_going() {
     bed.service("www.example.com", IpAddr::V4(outside.ip));
     bed.service("plain.example.net", IpAddr::V4(outside.ip));
 
-    let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
     let plain = Upstream::start_on("plain", outside.listen(any(80)));
     let _db = echo(&outside, 5432);
     let tmp = tempfile::tempdir().unwrap();
@@ -102,10 +96,7 @@ async fn resolution_none_goes_where_the_connection_was_going() {
     let secure = TlsUpstream::start_on(&["secure.example.com"], false, outside.listen(any(8443)));
     let ca = tmp.path().join("secure-root.pem");
     std::fs::copy(&secure.root, &ca).unwrap();
-    let _ = std::process::Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(tmp.path())
-        .status();
+    chmod(&["-R", "a+rX"], tmp.path());
     let ca = ca.display().to_string();
     let db_range = cidr28(outside.ip);
     let registry = format!(
@@ -225,9 +216,8 @@ spec:
         "originated"
     );
     // REGISTRY_ONLY is in force: what no entry declares is refused.
-    let code = ["-o", "/dev/null", "-w", "%{http_code}"];
     let undeclared = format!("http://{}:8001/", outside.ip);
-    let refused = curl_args(&strict, &[&code[..], &[undeclared.as_str()]].concat()).await;
+    let refused = status_code(&strict, &undeclared).await;
     assert_eq!(refused.as_deref(), Ok("502"));
     // Plain bytes to the wildcard's TLS port carry no server name: no
     // service takes them, and REGISTRY_ONLY refuses them. (They went out,
@@ -253,19 +243,11 @@ spec:
     // The explicit listener: no original destination. A wildcard host
     // has nothing to resolve, as Envoy's ORIGINAL_DST cluster has no
     // host (503 UH); another host is resolved by DNS.
-    let explicit = |host: &'static str| {
-        let header = format!("Host: {host}");
-        let client = &client;
-        async move {
-            let args = ["-D", "-", "-H", &header, "http://127.0.0.1:15001/explicit"];
-            curl_args(client, &args).await.unwrap()
-        }
-    };
-    let reply = explicit("www.example.com").await;
+    let reply = explicit(&client, "www.example.com").await;
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
     let flags = "x-tracemesh-response-flags: uh";
     assert!(reply.to_ascii_lowercase().contains(flags), "{reply}");
-    let reply = explicit("plain.example.net").await;
+    let reply = explicit(&client, "plain.example.net").await;
     assert!(
         reply.starts_with("HTTP/1.1 200") && reply.contains("\"upstream\":\"plain\""),
         "{reply}"
@@ -287,7 +269,6 @@ async fn a_captured_host_is_routed_only_on_ports_its_service_declares() {
     // One plain HTTP server per port of the outside pod, each naming its
     // port: the one on 443 stands for api.example.com's TLS server, which
     // a plaintext request must never reach.
-    let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
     let _servers = [80, 8080, 443].map(|port| {
         let name = format!("port-{port}");
         Upstream::start_on(&name, outside.listen(any(port)))
@@ -369,9 +350,7 @@ spec:
     // The explicit listener routes by Host alone, to a port the service
     // declares for HTTP or nowhere (404 NR).
     for host in ["www.example.com:8080", "api.example.com"] {
-        let header = format!("Host: {host}");
-        let args = ["-D", "-", "-H", &header, "http://127.0.0.1:15001/explicit"];
-        let reply = curl_args(&client, &args).await.unwrap();
+        let reply = explicit(&client, host).await;
         assert!(reply.starts_with("HTTP/1.1 404"), "{host}: {reply}");
         let flags = "x-tracemesh-response-flags: nr";
         let lower = reply.to_ascii_lowercase();

@@ -20,14 +20,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::agents::curl_args;
-use super::{PROXY, install};
+use super::agents::{any, curl_args, plain_agent};
 use crate::common::agent::Agent;
+use crate::common::pki;
 use crate::common::pods::{Bed, Pod, PodExt};
 use crate::common::upstream::Upstream;
 
@@ -50,25 +49,10 @@ const EXTERNAL: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
 /// `protocolDetectionTimeout` [`DETECTION`], its idle timeout [`IDLE`],
 /// under REGISTRY_ONLY, with `registry`.
 fn start_agent(pod: &Pod, registry: &str) -> Agent {
-    install(pod, &[]);
-    let yaml = format!(
-        r#"apiVersion: tracemesh.io/v1
-kind: Agent
-metadata: {{name: client-v1, namespace: default}}
-spec:
-  service: client
-  labels: {{app: client, version: v1}}
-  concurrency: 1
-  capture: {{mode: REDIRECT, protocolDetectionTimeout: {DETECTION}}}
-  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}
-  downstream: {{idleTimeout: {IDLE}}}
-  outbound: {{listen: "127.0.0.1:15001"}}
-  inbound: {{listen: "0.0.0.0:15006"}}
-  admin: {{listen: "127.0.0.1:15000"}}
-  telemetry: {{sampling: 0.0}}
-{registry}"#
+    let spec = format!(
+        "  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}\n  downstream: {{idleTimeout: {IDLE}}}\n"
     );
-    Agent::start_in(pod, PROXY, &yaml)
+    plain_agent(pod, Some(DETECTION), &spec, registry)
 }
 
 /// One CA's server certificate for every name the tests' clients send,
@@ -83,31 +67,9 @@ impl Pki {
         let tmp = tempfile::tempdir().unwrap();
         let ca =
             tracemesh_ca::Authority::init(&tmp.path().join("ca"), "example.com", None).unwrap();
-        let (key, issued) = ca.issue_server(names, &[]).unwrap();
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(issued.cert_chain.as_bytes())
-                .map(Result::unwrap)
-                .collect();
-        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(ca.root_pem().as_bytes()).unwrap())
-            .unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         Pki {
-            acceptor: TlsAcceptor::from(Arc::new(server)),
-            connector: TlsConnector::from(Arc::new(client)),
+            acceptor: TlsAcceptor::from(Arc::new(pki::server_config(&ca, names, false))),
+            connector: TlsConnector::from(Arc::new(pki::client_config(&ca))),
         }
     }
 
@@ -269,7 +231,6 @@ async fn an_exact_host_beats_a_wildcard_declared_before_it() {
         pki.serve(&eu, 443),
         pki.serve(&api, 443),
     ];
-    let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
     let _http = [
         Upstream::start_on("wild", wild.listen(any(80))),
         Upstream::start_on("api", api.listen(any(80))),

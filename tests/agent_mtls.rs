@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::agent::{Agent, validate};
 use common::client::Client;
 use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, service_entry};
-use common::pki::{Ca, TlsUpstream, openssl_get, write_workload_cert};
+use common::pki::{Ca, TlsUpstream, openssl_get, write_workload_cert, xfcc_of};
 use common::upstream::{Upstream, closed_port};
 
 const STRICT: &str = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: default}\nspec:\n  mtls: {mode: STRICT}\n";
@@ -79,10 +79,14 @@ async fn two_agents_talk_mtls_and_strict_refuses_the_rest() {
         .to_str()
         .unwrap()
         .to_owned();
-    assert_eq!(
-        xfcc,
-        format!("By={BACKEND};URI={FRONTEND}"),
-        "the app learns the caller's verified identity"
+    // Istio's inbound APPEND_FORWARD with Subject, URI and DNS: this
+    // workload, the caller's certificate's hash, its subject and SPIFFE
+    // identity (the frontend's sidecar sent none of its own).
+    let expected =
+        format!("^By={BACKEND};Hash=[0-9a-f]{{64}};Subject=\"O=tracemesh\";URI={FRONTEND}$");
+    assert!(
+        regex::Regex::new(&expected).unwrap().is_match(&xfcc),
+        "the app learns the caller's verified identity: {xfcc}"
     );
 
     let inbound = backend.metrics().await;
@@ -364,7 +368,7 @@ async fn strict_accepts_client_certificates_of_the_trust_domain_and_its_aliases_
     let app = Upstream::start("app").await;
     let backend = backend(&ca, app.addr, &format!("{STRICT}{ALIASES}"));
     for (name, san) in FORGED {
-        let out = ca.openssl_get_as(san, name, backend.inbound);
+        let (out, _) = ca.openssl_get_as(san, name, backend.inbound);
         assert!(!out.contains("HTTP/1.1 200"), "{name}: {out}");
     }
     assert_eq!(app.count(), 0, "no forged identity reached the app");
@@ -377,14 +381,13 @@ async fn strict_accepts_client_certificates_of_the_trust_domain_and_its_aliases_
 
     for td in ["cluster.local", "old.example"] {
         let san = format!("URI:spiffe://{td}/ns/default/sa/frontend");
-        let out = ca.openssl_get_as(Some(&san), td, backend.inbound);
+        let (out, cert) = ca.openssl_get_as(Some(&san), td, backend.inbound);
         assert!(out.contains("HTTP/1.1 200"), "{td}: {out}");
         let seen = app.seen().pop().unwrap();
         let xfcc = seen.headers["x-forwarded-client-cert"].to_str().unwrap();
-        assert!(
-            xfcc.ends_with(&format!(";URI=spiffe://{td}/ns/default/sa/frontend")),
-            "{xfcc}"
-        );
+        let client = xfcc_of(&cert, false);
+        let caller = format!("spiffe://{td}/ns/default/sa/frontend");
+        assert_eq!(xfcc, format!("By={BACKEND};{client};URI={caller}"));
     }
     // A sidecar of the mesh, with a certificate from the CA, still gets in.
     let front = frontend(&ca, backend.inbound, "frontend", "1h").await;
@@ -400,18 +403,104 @@ async fn permissive_refuses_a_client_certificate_of_a_foreign_trust_domain() {
     let ca = Ca::start();
     let app = Upstream::start("app").await;
     let backend = backend(&ca, app.addr, "");
-    let out = ca.openssl_get_as(FORGED[0].1, "foreign", backend.inbound);
+    let (out, _) = ca.openssl_get_as(FORGED[0].1, "foreign", backend.inbound);
     assert!(!out.contains("HTTP/1.1 200"), "{out}");
     assert_eq!(app.count(), 0);
     let out = openssl_get(backend.inbound, None);
     assert!(out.contains("HTTP/1.1 200"), "{out}");
-    let out = ca.openssl_get_as(Some(&format!("URI:{FRONTEND}")), "own", backend.inbound);
+    let (out, cert) = ca.openssl_get_as(Some(&format!("URI:{FRONTEND}")), "own", backend.inbound);
     assert!(out.contains("HTTP/1.1 200"), "{out}");
     let xfcc = app.seen().pop().unwrap().headers["x-forwarded-client-cert"]
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(xfcc.ends_with(&format!(";URI={FRONTEND}")), "{xfcc}");
+    let client = xfcc_of(&cert, false);
+    assert_eq!(xfcc, format!("By={BACKEND};{client};URI={FRONTEND}"));
+}
+
+/// `x-forwarded-client-cert` at a sidecar's inbound, as Istio renders it
+/// (APPEND_FORWARD with Subject, URI and DNS, `buildSidecarInboundHTTPOpts`)
+/// and Envoy writes it (`mutateXfccRequestHeader`): a caller's header over
+/// plaintext, or over TLS without a client certificate, is dropped; over
+/// mTLS the connection's element is appended to what the caller sent,
+/// `,` between elements: `By` this workload, `Hash` the SHA-256 of the
+/// client certificate, its subject in RFC 2253 form, each URI SAN, each
+/// DNS SAN. The header is settled before anything reads the request, as
+/// Envoy's connection manager sets it ahead of its filters: an
+/// AuthorizationPolicy never sees what a plaintext caller forged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inbound_xfcc_is_envoys_append_forward() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let deny_forged = r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin-xfcc, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/guarded]}}]
+    when:
+    - key: request.headers[x-forwarded-client-cert]
+      values: ["By=spiffe://cluster.local/ns/default/sa/admin*"]
+"#;
+    let identity = ca.identity_yaml("backend", "1h");
+    let backend = workload("backend", app.addr, &identity, deny_forged);
+    let forged = "By=spiffe://cluster.local/ns/default/sa/admin;URI=spiffe://cluster.local/ns/default/sa/admin";
+    let request = format!(
+        "GET /xfcc HTTP/1.1\r\nHost: backend\r\nx-forwarded-client-cert: {forged}\r\nConnection: close\r\n\r\n"
+    );
+    let xfcc_seen = |app: &Upstream| {
+        app.seen()
+            .pop()
+            .unwrap()
+            .headers
+            .get("x-forwarded-client-cert")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    // Plaintext (PERMISSIVE): the forged header never reaches the app,
+    // nor the policy.
+    let reply = common::client::raw_exchange(backend.inbound, &request).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(xfcc_seen(&app), None);
+    let guarded = request.replace("GET /xfcc ", "GET /guarded ");
+    let reply = common::client::raw_exchange(backend.inbound, &guarded).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(xfcc_seen(&app), None);
+    // TLS without a client certificate: dropped too.
+    let out = common::pki::openssl_request(backend.inbound, None, &request);
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    assert_eq!(xfcc_seen(&app), None);
+
+    // mTLS: what the caller sent, then this connection's element.
+    let dir = tempfile::tempdir().unwrap();
+    let san = format!("URI:{FRONTEND},DNS:frontend.default.svc,DNS:client.example");
+    let (cert, key) = ca.issue_client_as(
+        "/C=US/O=tracemesh test/CN=client",
+        Some(&san),
+        dir.path(),
+        "client",
+    );
+    let out = common::pki::openssl_request(backend.inbound, Some((&cert, &key)), &request);
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let client = xfcc_of(&cert, false);
+    assert!(
+        client.contains("Subject=\"CN=client,O=tracemesh test,C=US\""),
+        "{client}"
+    );
+    assert_eq!(
+        xfcc_seen(&app).as_deref(),
+        Some(
+            format!(
+                "{forged},By={BACKEND};{client};URI={FRONTEND};DNS=frontend.default.svc;DNS=client.example"
+            )
+            .as_str()
+        )
+    );
+    // Over mTLS what the caller sent is kept, and the policy reads it.
+    let out = common::pki::openssl_request(backend.inbound, Some((&cert, &key)), &guarded);
+    assert!(out.contains("HTTP/1.1 403"), "{out}");
 }
 
 /// With `trustDomain: corp.example`, a principal written with
@@ -436,7 +525,7 @@ async fn a_cluster_local_principal_names_the_mesh_trust_domain() {
     let backend = workload("backend", app.addr, &identity, &format!("{STRICT}{deny}"));
     let caller = |sa: &str| {
         let san = format!("URI:spiffe://corp.example/ns/default/sa/{sa}");
-        ca.openssl_get_as(Some(&san), sa, backend.inbound)
+        ca.openssl_get_as(Some(&san), sa, backend.inbound).0
     };
     let out = caller("attacker");
     assert!(out.contains("HTTP/1.1 403"), "{out}");

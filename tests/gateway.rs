@@ -12,7 +12,7 @@ mod common;
 
 use common::agent::Agent;
 use common::client::Client;
-use common::gateway::{Credentials, Gateway, bootstrap, tls_get};
+use common::gateway::{Credentials, Gateway, bootstrap, tls_get, tls_get_with};
 use common::mesh::{AgentDoc, Ep, service_entry};
 use common::otlp::Receiver;
 use common::pki::{Ca, TlsUpstream};
@@ -116,6 +116,14 @@ async fn http_enters_the_mesh_through_the_gateway_as_the_trace_root() {
     let seen = app.seen().pop().unwrap();
     assert_eq!(seen.path, "/productpage");
     assert!(seen.headers.contains_key("traceparent"));
+    // Plain HTTP at the edge: the gateway sends no XFCC; productpage's
+    // sidecar writes its own element for the gateway's certificate.
+    let xfcc = seen.headers["x-forwarded-client-cert"].to_str().unwrap();
+    let expected = "^By=spiffe://cluster.local/ns/default/sa/bookinfo-productpage;Hash=[0-9a-f]{64};Subject=\"O=tracemesh\";URI=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account$";
+    assert!(
+        regex::Regex::new(expected).unwrap().is_match(xfcc),
+        "{xfcc}"
+    );
     // Not bound by the gateway's VirtualService: 404 NR at the gateway.
     let missing = client.get("http://bookinfo.example.com/admin").await;
     assert_eq!(missing.status, 404);
@@ -1041,4 +1049,113 @@ spec:
         homes.len() >= 2,
         "16 clients should spread over the endpoints: {homes:?}"
     );
+}
+
+/// `x-forwarded-client-cert` at the edge, as Istio's gateway connection
+/// manager sets it (`buildGatewayConnectionManager`: SANITIZE_SET with
+/// Subject, Cert, DNS and URI unless `gatewayTopology
+/// .forwardClientCertDetails` says otherwise) and Envoy writes it: through
+/// a MUTUAL server the backend sees the external client's certificate in
+/// place of whatever the client sent (no `By`: the credential's
+/// certificate has no URI SAN); over plain HTTP nothing. With
+/// `forwardClientCertDetails: APPEND_FORWARD` the client's own header is
+/// kept and the element follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mutual_gateway_forwards_the_client_certificate_as_istio_does() {
+    let app = Upstream::start("bookinfo").await;
+    let creds = Credentials::issue(
+        "istio-system",
+        "bookinfo-credential",
+        &["bookinfo.example.com"],
+    );
+    let leaf = creds.path().join("client.pem");
+    std::fs::write(&leaf, &creds.client.0).unwrap();
+    let client_element = format!(
+        "{};URI=spiffe://example.com/ns/clients/sa/client",
+        common::pki::xfcc_of(&leaf, true)
+    );
+    let resources = r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [bookinfo.example.com]
+  - port: {number: 8443, name: https-mutual, protocol: HTTPS}
+    hosts: [bookinfo.example.com]
+    tls: {mode: MUTUAL, credentialName: bookinfo-credential}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [edge]
+  http: [{route: [{destination: {host: bookinfo}}]}]
+"#;
+    let forged = "Hash=00;URI=spiffe://cluster.local/ns/default/sa/admin";
+    let xfcc_seen = |app: &Upstream| {
+        app.seen()
+            .pop()
+            .unwrap()
+            .headers
+            .get("x-forwarded-client-cert")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let send = |gateway: &Gateway, alpn: &'static [&'static str]| {
+        let (addr, root) = (gateway.port(8443), creds.root_pem.clone());
+        let client = creds.client.clone();
+        async move {
+            let headers = [("x-forwarded-client-cert", forged)];
+            let sni = "bookinfo.example.com";
+            tls_get_with(addr, sni, &root, alpn, Some(&client), "/", &headers).await
+        }
+    };
+
+    let gateway = Gateway::start(&(bookinfo_behind(&[80, 8443], &creds, &app) + resources));
+    for alpn in [&["h2"][..], &["http/1.1"]] {
+        let reply = send(&gateway, alpn).await.unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(
+            xfcc_seen(&app).as_deref(),
+            Some(client_element.as_str()),
+            "{alpn:?}"
+        );
+    }
+    let plain = Client::h1(gateway.port(80));
+    let reply = plain
+        .get_with(
+            "http://bookinfo.example.com/",
+            &[("x-forwarded-client-cert", forged)],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        xfcc_seen(&app),
+        None,
+        "plain HTTP carries no client certificate"
+    );
+    drop(gateway);
+
+    let extra = format!(
+        "  credentialDirectory: {}\n  forwardClientCertDetails: APPEND_FORWARD",
+        creds.path().display()
+    );
+    let yaml = bootstrap(&[80, 8443], common::mesh::NO_COLLECTOR, &extra)
+        + &service_entry(
+            "bookinfo",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: app.addr,
+                labels: &[("app", "bookinfo")],
+            }],
+        )
+        + resources;
+    let gateway = Gateway::start(&yaml);
+    let reply = send(&gateway, &["h2"]).await.unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(xfcc_seen(&app), Some(format!("{forged},{client_element}")));
 }

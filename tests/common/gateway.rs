@@ -169,6 +169,19 @@ pub async fn tls_get(
     client: Option<&(String, String)>,
     path: &str,
 ) -> Result<TlsReply, String> {
+    tls_get_with(addr, sni, root_pem, alpn, client, path, &[]).await
+}
+
+/// [`tls_get`] sending `headers` too.
+pub async fn tls_get_with(
+    addr: SocketAddr,
+    sni: &str,
+    root_pem: &str,
+    alpn: &[&str],
+    client: Option<&(String, String)>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<TlsReply, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -211,19 +224,22 @@ pub async fn tls_get(
                 .await
                 .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = Request::get(format!("https://{sni}{path}"))
-            .body(Full::<Bytes>::default())
-            .unwrap();
+        let mut req = Request::get(format!("https://{sni}{path}"));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Full::<Bytes>::default()).unwrap();
         sender.send_request(req).await
     } else {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = Request::get(path)
-            .header("host", sni)
-            .body(Full::<Bytes>::default())
-            .unwrap();
+        let mut req = Request::get(path).header("host", sni);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Full::<Bytes>::default()).unwrap();
         sender.send_request(req).await
     }
     .map_err(|e| format!("request: {e}"))?;

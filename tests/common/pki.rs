@@ -125,6 +125,17 @@ impl Ca {
     /// with `openssl` (the CA itself only issues well-formed identities):
     /// the certificate and key files in `out`, named after `name`.
     pub fn issue_client(&self, san: Option<&str>, out: &Path, name: &str) -> (PathBuf, PathBuf) {
+        self.issue_client_as("/O=tracemesh-test", san, out, name)
+    }
+
+    /// The same with the subject `subject` (`openssl -subj` form).
+    pub fn issue_client_as(
+        &self,
+        subject: &str,
+        san: Option<&str>,
+        out: &Path,
+        name: &str,
+    ) -> (PathBuf, PathBuf) {
         let (key, csr, cert, ext) = (
             out.join(format!("{name}-key.pem")),
             out.join(format!("{name}.csr")),
@@ -156,7 +167,7 @@ impl Ca {
             "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-subj",
-            "/O=tracemesh-test",
+            subject,
             "-keyout",
             &path(&key),
             "-out",
@@ -190,12 +201,18 @@ impl Ca {
 impl Ca {
     /// [`openssl_get`] to `addr` with a client certificate
     /// [`Ca::issue_client`] makes with `san`, its files named after `name`
-    /// in this CA's own temporary directory.
-    pub fn openssl_get_as(&self, san: Option<&str>, name: &str, addr: SocketAddr) -> String {
+    /// in this CA's own temporary directory; returns what `openssl` printed
+    /// and the certificate's PEM file.
+    pub fn openssl_get_as(
+        &self,
+        san: Option<&str>,
+        name: &str,
+        addr: SocketAddr,
+    ) -> (String, PathBuf) {
         let dir = self.tmp.path().join("clients");
         std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) = self.issue_client(san, &dir, name);
-        openssl_get(addr, Some((&cert, &key)))
+        (openssl_get(addr, Some((&cert, &key))), cert)
     }
 }
 
@@ -357,6 +374,19 @@ pub fn write_workload_cert(
 /// Runs `openssl s_client` against `addr`, sending an HTTP request; returns
 /// what it printed (an HTTP response appears only if the connection was let in).
 pub fn openssl_get(addr: SocketAddr, cert_and_key: Option<(&Path, &Path)>) -> String {
+    openssl_request(
+        addr,
+        cert_and_key,
+        "GET /via-openssl HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n",
+    )
+}
+
+/// [`openssl_get`] sending `request` (the whole HTTP/1.1 request).
+pub fn openssl_request(
+    addr: SocketAddr,
+    cert_and_key: Option<(&Path, &Path)>,
+    request: &str,
+) -> String {
     let mut cmd = Command::new("openssl");
     cmd.args([
         "s_client",
@@ -377,8 +407,7 @@ pub fn openssl_get(addr: SocketAddr, cert_and_key: Option<(&Path, &Path)>) -> St
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
-        let _ = stdin
-            .write_all(b"GET /via-openssl HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n");
+        let _ = stdin.write_all(request.as_bytes());
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -397,4 +426,53 @@ pub fn openssl_get(addr: SocketAddr, cert_and_key: Option<(&Path, &Path)>) -> St
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// What `openssl x509` says of the certificate in `pem` (a file) with
+/// `args` (`-noout -subject -nameopt RFC2253`, …): Envoy's own renderings
+/// of a client certificate come from the same library family (BoringSSL).
+pub fn openssl_x509(pem: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .arg("x509")
+        .arg("-in")
+        .arg(pem)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The client-certificate part of an XFCC element as Envoy writes it for
+/// the leaf in `pem`, by `openssl`: `Hash=<SHA-256 of the DER, lowercase
+/// hex>`, then `Cert="<URL-encoded PEM>"` when `cert`, then
+/// `Subject="<RFC 2253>"`.
+pub fn xfcc_of(pem: &Path, cert: bool) -> String {
+    let fingerprint = openssl_x509(pem, &["-noout", "-fingerprint", "-sha256"]);
+    let hash = fingerprint
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_ascii_lowercase();
+    let subject = openssl_x509(pem, &["-noout", "-subject", "-nameopt", "RFC2253"]);
+    let subject = subject.trim().trim_start_matches("subject=").trim();
+    let mut out = format!("Hash={hash}");
+    if cert {
+        let pem = openssl_x509(pem, &[]);
+        let encoded = pem
+            .replace('\n', "%0A")
+            .replace(' ', "%20")
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
+        out.push_str(&format!(";Cert=\"{encoded}\""));
+    }
+    out.push_str(&format!(";Subject=\"{subject}\""));
+    out
 }

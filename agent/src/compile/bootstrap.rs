@@ -277,6 +277,7 @@ pub(super) fn compile(
         concurrency: spec.concurrency,
         drain: spec.drain_duration.get(),
         num_trusted_proxies: spec.num_trusted_proxies,
+        xfcc: crate::tls::xfcc::XfccPolicy::SIDECAR_INBOUND,
         telemetry: Telemetry {
             otlp: Otlp {
                 endpoint: otlp_url(

@@ -267,6 +267,12 @@ fn gateway_proxy(
     };
     let mesh = mesh::compile(&docs.mesh_configs, docs.mesh_config_rejected, diags);
     let mut boot = bootstrap::compile(&agent, &mesh, diags)?;
+    // Istio's gateway connection manager: SANITIZE_SET unless the
+    // gateway's ProxyConfig names a mode (`buildGatewayConnectionManager`).
+    let xfcc_mode = spec.forward_client_cert_details.and_then(|d| d.mode());
+    boot.bootstrap.xfcc = crate::tls::xfcc::XfccPolicy::gateway(
+        xfcc_mode.unwrap_or(crate::tls::xfcc::ForwardClientCert::SanitizeSet),
+    );
     let namespace = boot.identity.namespace.clone();
     let inbound = registry::inbound_cluster(&boot, states);
     let policies = workload_policies(

@@ -71,6 +71,13 @@ pub struct IngressGatewaySpec {
     /// (Istio's `numTrustedProxies`; default 0).
     #[serde(default)]
     pub num_trusted_proxies: u32,
+    /// What the gateway does with a client's `x-forwarded-client-cert`
+    /// (Istio's `gatewayTopology.forwardClientCertDetails`, set by MeshConfig
+    /// `defaultConfig` or the gateway pod's `proxy.istio.io/config`
+    /// annotation): SANITIZE, FORWARD_ONLY, APPEND_FORWARD, SANITIZE_SET
+    /// (the default, as UNDEFINED) or ALWAYS_FORWARD_ONLY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_client_cert_details: Option<ForwardClientCertDetails>,
     /// Longest drain after SIGTERM (default 5s; Istio's
     /// `terminationDrainDuration`): every port drains until this has
     /// passed or no connection is left.
@@ -122,4 +129,38 @@ fn default_concurrency() -> usize {
 
 fn default_drain() -> IstioDuration {
     IstioDuration(std::time::Duration::from_secs(5))
+}
+
+/// Istio's `ForwardClientCertDetails` (MeshConfig `ProxyConfig
+/// .GatewayTopology`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ForwardClientCertDetails {
+    /// Not set: the gateway's default, SANITIZE_SET.
+    Undefined,
+    /// Removed from every request.
+    Sanitize,
+    /// Passed on when the client presented a certificate.
+    ForwardOnly,
+    /// The client's certificate appended to what it sent.
+    AppendForward,
+    /// Replaced by the client's certificate (the default).
+    SanitizeSet,
+    /// Passed on as received, whatever the connection.
+    AlwaysForwardOnly,
+}
+
+impl ForwardClientCertDetails {
+    /// The mode it sets; `None` for UNDEFINED (the default applies).
+    pub fn mode(self) -> Option<crate::tls::xfcc::ForwardClientCert> {
+        use crate::tls::xfcc::ForwardClientCert as Mode;
+        Some(match self {
+            Self::Undefined => return None,
+            Self::Sanitize => Mode::Sanitize,
+            Self::ForwardOnly => Mode::ForwardOnly,
+            Self::AppendForward => Mode::AppendForward,
+            Self::SanitizeSet => Mode::SanitizeSet,
+            Self::AlwaysForwardOnly => Mode::AlwaysForwardOnly,
+        })
+    }
 }

@@ -1,8 +1,10 @@
 //! The compiled `Agent` document's process settings: how many workers, how
 //! long to drain, where spans and the access log go, where the workload
 //! certificate comes from — set up once at start (a reload that changes them
-//! is warned about) — and the one request-path setting it carries, the
-//! number of trusted proxies. Validated and defaulted by `compile`; nothing
+//! is warned about) — and the request-path settings it carries, the
+//! number of trusted proxies and what becomes of `x-forwarded-client-cert`
+//! (applied on reload: the mode to each request, the element's details to
+//! connections accepted after it). Validated and defaulted by `compile`; nothing
 //! here is a raw serde type.
 
 use std::path::PathBuf;
@@ -19,6 +21,11 @@ pub struct Bootstrap {
     /// Proxies in front of the mesh that append to `x-forwarded-for`
     /// (Istio's `numTrustedProxies`).
     pub num_trusted_proxies: u32,
+    /// What the downstream listener does with `x-forwarded-client-cert`:
+    /// a sidecar's inbound (Istio's APPEND_FORWARD with Subject, URI and
+    /// DNS) or an ingress gateway's (`forwardClientCertDetails`). A
+    /// sidecar's outbound always removes it (Envoy's SANITIZE).
+    pub xfcc: crate::tls::xfcc::XfccPolicy,
     /// Where spans go.
     pub telemetry: Telemetry,
     /// Where the access log goes; `None` when it is off.

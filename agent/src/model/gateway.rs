@@ -177,6 +177,10 @@ pub struct ServerTls {
     /// certificate (its `TlsMaterial`, which rotates) serves it, requiring
     /// a mesh peer certificate.
     pub config: Option<Arc<rustls::ServerConfig>>,
+    /// The URI SANs of the certificate `config` serves (`By` in the XFCC
+    /// element of its connections); empty for ISTIO_MUTUAL, whose
+    /// workload certificate's are read at each handshake.
+    pub local_uris: Vec<String>,
 }
 
 /// Istio's `ServerTLSSettings.mode` for a terminating server.

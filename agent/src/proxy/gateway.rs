@@ -24,6 +24,7 @@ use crate::model::gateway::{
     ChainAction, FilterChain, GatewayListeners, GatewayPort, L4Route, PortProtocol, ServerTlsMode,
     l4_route,
 };
+use crate::tls::TlsMaterial;
 use crate::tls::handshake;
 use crate::tls::io::{DownstreamIo, MaybeTls};
 
@@ -201,11 +202,25 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
             if chain.tls.is_none() {
                 return passthrough(&connection.worker, chain, stream, peer, sni, number).await;
             }
-            let Some(config) = server_config(&connection.worker, chain) else {
+            let Some((config, material)) = server_config(&connection.worker, chain) else {
                 return;
             };
+            // The connection's XFCC element, built once here where the
+            // gateway's mode sets one; `By` names the certificate served.
+            let policy = snapshot.bootstrap.xfcc;
+            let local_uris = match (&material, &chain.tls) {
+                (Some(material), _) => material.local_uris.as_slice(),
+                (None, Some(tls)) => tls.local_uris.as_slice(),
+                (None, None) => &[],
+            };
+            let xfcc = (policy.mode.sets_element() && matches!(chain.action, ChainAction::Http(_)))
+                .then_some(handshake::XfccSource {
+                    details: policy.details,
+                    local_uris,
+                });
             let failures = &connection.worker.shared.metrics.tls_failures;
-            let Ok((io, client)) = handshake::terminate(stream, config, failures).await else {
+            let terminated = handshake::terminate(stream, config, failures, xfcc).await;
+            let Ok((io, client)) = terminated else {
                 return; // refused and counted
             };
             let client = Some(client);
@@ -227,13 +242,16 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
 /// The rustls config a terminating chain serves: the server's own, or
 /// (ISTIO_MUTUAL) the gateway's current workload certificate, requiring a
 /// client certificate the mesh's roots signed (of any trust domain, as in
-/// Istio).
-fn server_config(worker: &Worker, chain: &FilterChain) -> Option<Arc<rustls::ServerConfig>> {
+/// Istio), with that material.
+fn server_config(
+    worker: &Worker,
+    chain: &FilterChain,
+) -> Option<(Arc<rustls::ServerConfig>, Option<Arc<TlsMaterial>>)> {
     let tls = chain.tls.as_ref()?;
     match (&tls.config, tls.mode) {
-        (Some(config), _) => Some(config.clone()),
+        (Some(config), _) => Some((config.clone(), None)),
         (None, ServerTlsMode::IstioMutual) => match worker.shared.tls.load_full() {
-            Some(material) => Some(material.server_gateway.clone()),
+            Some(material) => Some((material.server_gateway.clone(), Some(material))),
             None => {
                 let failures = &worker.shared.metrics.tls_failures;
                 failures

@@ -24,6 +24,7 @@ use crate::model::capture::OutboundTrafficMode;
 use crate::model::header_format::FormatContext;
 use crate::model::policy::{RouteAction, roll};
 use crate::telemetry::peer_metadata::PEER_METADATA;
+use crate::tls::xfcc::{self, ForwardClientCert};
 
 /// Proxies one request.
 ///
@@ -47,6 +48,20 @@ pub fn handle(
             headers::clean_external(req.headers_mut());
         }
         headers::ensure_request_id(req.headers_mut());
+        // `x-forwarded-client-cert` under the listener's mode, before
+        // anything reads the request, as Envoy's connection manager sets it
+        // ahead of its filters and routing: a sidecar's outbound removes
+        // it, its inbound and a gateway apply their mode with the
+        // connection's element.
+        let mode = match down.direction {
+            Direction::Outbound if down.gateway.is_none() => ForwardClientCert::Sanitize,
+            _ => snapshot.bootstrap.xfcc.mode,
+        };
+        let (client_certificate, element) = match &down.tls {
+            Some(tls) => (tls.client_certificate, tls.xfcc.as_ref()),
+            None => (false, None),
+        };
+        xfcc::apply(req.headers_mut(), mode, client_certificate, element);
 
         // One reading of the request before anything reads it: the path
         // normalized once (the mesh's pathNormalization), one host, one value per
@@ -273,7 +288,6 @@ pub fn handle(
             upgrade: downstream_upgrade.is_some(),
             identity: &snapshot.identity,
             client_ip: down.peer.ip(),
-            caller_principal: down.tls.as_ref().and_then(|t| t.principal.as_deref()),
             edits: routed.request_edits(),
             format,
             edge_scheme: down

@@ -23,7 +23,6 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
-const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 const EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 
 /// An address as a header value's text.
@@ -44,8 +43,6 @@ pub struct OutgoingRequest<'a> {
     pub identity: &'a Identity,
     /// The client's IP (appended to `x-forwarded-for` inbound).
     pub client_ip: IpAddr,
-    /// The caller's verified SPIFFE identity (inbound mTLS).
-    pub caller_principal: Option<&'a str>,
     /// The rule's and the destination's edits, in the order they apply
     /// (outbound; `Routed::request_edits`).
     pub edits: [Option<&'a HeaderEdits>; 2],
@@ -157,16 +154,6 @@ pub fn prepare_request(
         Direction::Inbound => {
             header_scan::remove(headers, &PEER_METADATA);
             header_scan::remove(headers, &PEER_METADATA_ID);
-        }
-    }
-    // Only this agent vouches for a caller's certificate: what came in is
-    // dropped, and the app learns the verified identity (Envoy's XFCC,
-    // SANITIZE_SET as Istio's sidecars do).
-    header_scan::remove(headers, &FORWARDED_CLIENT_CERT);
-    if let (Direction::Inbound, Some(caller)) = (out.direction, out.caller_principal) {
-        let value = format!("By={};URI={caller}", out.identity.principal);
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.insert(FORWARDED_CLIENT_CERT, value);
         }
     }
     for edits in out.edits.iter().flatten() {

@@ -560,11 +560,15 @@ impl Connection {
         mode: MtlsMode,
     ) -> Option<(DownstreamIo, Option<PeerTls>)> {
         let shared = &self.worker.shared;
+        // The connection's XFCC element is built at the handshake, once.
+        let policy = shared.config.load().bootstrap.xfcc;
+        let xfcc = policy.mode.sets_element().then_some(policy.details);
         let (io, mut tls) = handshake::accept(
             stream,
             mode,
             shared.tls.load_full(),
             &shared.metrics.tls_failures,
+            xfcc,
         )
         .await
         .ok()?;

@@ -100,6 +100,7 @@ pub async fn serve(
         mode,
         shared.tls.load_full(),
         &shared.metrics.tls_failures,
+        None,
     )
     .await
     else {

@@ -37,6 +37,24 @@ pub struct PeerTls {
     /// from the SAN). Shared per worker; set by the listener after the
     /// handshake.
     pub peer: Option<Arc<crate::model::peer::PeerInfo>>,
+    /// The client presented a certificate (Envoy's
+    /// `peerCertificatePresented`): without one, XFCC is removed.
+    pub client_certificate: bool,
+    /// This connection's `x-forwarded-client-cert` element, built once at
+    /// the handshake where the listener's XFCC mode sets one
+    /// ([`super::xfcc::element`]).
+    pub xfcc: Option<http::HeaderValue>,
+}
+
+/// What a terminating listener puts in its connections' XFCC element: the
+/// details its mode asks for, and the URI SANs of the certificate it
+/// serves (`By`). `None` where the mode sets no element.
+#[derive(Debug, Clone, Copy)]
+pub struct XfccSource<'a> {
+    /// Which of the client certificate's details the element carries.
+    pub details: super::xfcc::CertDetails,
+    /// The served certificate's URI SANs.
+    pub local_uris: &'a [String],
 }
 
 /// The reason of a handshake that did not finish within its time (the
@@ -92,13 +110,15 @@ fn identity_of(
 }
 
 /// Accepts an inbound connection under `mode`: the stream to serve, and
-/// the peer's proof for mTLS connections. `Err` means the connection was
-/// refused (and counted).
+/// the peer's proof for mTLS connections, with its XFCC element built
+/// from `xfcc` (the details; `By` is the workload certificate's URI SANs)
+/// where given. `Err` means the connection was refused (and counted).
 pub async fn accept(
     stream: TcpStream,
     mode: MtlsMode,
     material: Option<Arc<TlsMaterial>>,
     failures: &IntCounterVec,
+    xfcc: Option<super::xfcc::CertDetails>,
 ) -> Result<(DownstreamIo, Option<PeerTls>), TlsFailure> {
     let fail = |reason: &'static str| {
         failures.with_label_values(&["inbound", reason]).inc();
@@ -128,18 +148,24 @@ pub async fn accept(
         MtlsMode::Strict => material.server_strict.clone(),
         _ => material.server_permissive.clone(),
     };
-    let (io, peer) = terminate(stream, config, failures).await?;
+    let source = xfcc.map(|details| XfccSource {
+        details,
+        local_uris: &material.local_uris,
+    });
+    let (io, peer) = terminate(stream, config, failures, source).await?;
     Ok((io, Some(peer)))
 }
 
 /// Terminates TLS on `stream` with `config` (an ingress gateway's server
 /// certificate, or the workload's mesh config): the decrypted stream and
-/// what the client proved. `Err` means the handshake failed (counted by
+/// what the client proved, with the connection's XFCC element built from
+/// `xfcc` where given. `Err` means the handshake failed (counted by
 /// reason as `inbound`).
 pub async fn terminate(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
     failures: &IntCounterVec,
+    xfcc: Option<XfccSource<'_>>,
 ) -> Result<(DownstreamIo, PeerTls), TlsFailure> {
     let fail = |reason: &'static str| {
         failures.with_label_values(&["inbound", reason]).inc();
@@ -151,7 +177,14 @@ pub async fn terminate(
         Ok(Ok(tls)) => {
             let (_, conn) = tls.get_ref();
             let identity = identity_of(conn.peer_certificates());
+            let client_chain = conn.peer_certificates().unwrap_or_default();
+            let xfcc = xfcc.and_then(|source| {
+                let by = source.local_uris.iter().map(String::as_str);
+                super::xfcc::element(&source.details, by, client_chain)
+            });
             let peer = PeerTls {
+                client_certificate: !client_chain.is_empty(),
+                xfcc,
                 principal: identity
                     .as_ref()
                     .map(|id| std::sync::Arc::from(id.to_string())),

@@ -132,6 +132,9 @@ pub struct TlsMaterial {
     pub mesh_h2: Arc<ClientConfig>,
     /// The chain's certificates, described (for `/certs`).
     pub chain: Vec<CertInfo>,
+    /// The URI SANs of the workload certificate (its SPIFFE identity):
+    /// `By` in the XFCC elements of connections it terminates.
+    pub local_uris: Vec<String>,
     /// The roots, described.
     pub roots: Vec<CertInfo>,
     /// Where it came from (`files` or `ca`).
@@ -212,6 +215,12 @@ impl TlsMaterial {
             server_gateway,
             mesh_h1,
             mesh_h2,
+            local_uris: described.first().map_or_else(Vec::new, |leaf| {
+                let uris = leaf.subject_alt_names.iter();
+                uris.filter_map(|san| san.strip_prefix("URI:"))
+                    .map(str::to_owned)
+                    .collect()
+            }),
             chain: described,
             roots: roots_described,
             source,

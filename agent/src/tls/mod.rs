@@ -7,6 +7,7 @@ pub mod io;
 pub mod material;
 pub mod provider;
 pub mod verify;
+pub mod xfcc;
 
 pub use handshake::{PeerTls, TlsFailure, TlsPlan};
 pub use material::{TlsMaterial, is_mesh_alpn};

@@ -341,10 +341,11 @@ fn listener_tls(
         cipher_suites: &[],
         alpn: http,
     };
-    let config = tls::server_config(&input, field, loc, diags)?;
+    let (config, local_uris) = tls::server_config(&input, field, loc, diags)?;
     Some(ServerTls {
         mode,
         config: Some(config),
+        local_uris,
     })
 }
 

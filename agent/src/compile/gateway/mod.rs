@@ -731,6 +731,7 @@ fn server_tls(
             return Some(ServerTls {
                 mode: ServerTlsMode::IstioMutual,
                 config: None,
+                local_uris: Vec::new(),
             });
         }
         other => {
@@ -826,10 +827,11 @@ fn server_tls(
         cipher_suites: &t.cipher_suites,
         alpn: http,
     };
-    let config = tls::server_config(&input, field, loc, diags)?;
+    let (config, local_uris) = tls::server_config(&input, field, loc, diags)?;
     Some(ServerTls {
         mode,
         config: Some(config),
+        local_uris,
     })
 }
 

@@ -155,14 +155,15 @@ fn read(
     }
 }
 
-/// The rustls config of a terminating server, or None with errors
-/// reported at `field` (the server's `tls`).
+/// The rustls config of a terminating server and the URI SANs of its
+/// certificate (`By` in XFCC), or None with errors reported at `field`
+/// (the server's `tls`).
 pub(super) fn server_config(
     input: &ServerTlsInput<'_>,
     field: &str,
     loc: &Location,
     diags: &mut Diagnostics,
-) -> Option<Arc<ServerConfig>> {
+) -> Option<(Arc<ServerConfig>, Vec<String>)> {
     let min = version(
         input.min_version,
         &format!("{field}.minProtocolVersion"),
@@ -226,8 +227,16 @@ pub(super) fn server_config(
         (_, false) => None,
     };
     let (cert_pem, key_pem) = (cert_pem?, key_pem?);
+    let mut local_uris = Vec::new();
     let built = (|| -> Result<ServerConfig, material::MaterialError> {
         let certs = material::certificates(&cert_pem, "server certificate")?;
+        if let Some(leaf) = certs.first().and_then(|c| tracemesh_ca::CertInfo::parse(c)) {
+            let uris = leaf.subject_alt_names.iter();
+            local_uris = uris
+                .filter_map(|san| san.strip_prefix("URI:"))
+                .map(str::to_owned)
+                .collect();
+        }
         let key = material::private_key(&key_pem)?;
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)?;
@@ -254,7 +263,7 @@ pub(super) fn server_config(
             if input.alpn {
                 config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
             }
-            Some(Arc::new(config))
+            Some((Arc::new(config), local_uris))
         }
         Err(err) => {
             diags.error(loc, Some(field.to_owned()), err.to_string());

@@ -624,6 +624,48 @@ spec:
 /// `localhost.default.svc.cluster.local`, which no DNS knows. A
 /// VirtualService or DestinationRule naming `localhost` still means the
 /// namespace's `localhost.default.svc.cluster.local`.
+/// A service's VIPs are names of it, as Istio puts a service's addresses
+/// among its virtual host's domains: `Host: <vip>` and `<vip>:<port>`
+/// reach it; an address inside a wider CIDR of `addresses` names nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_services_vip_as_host_reaches_it() {
+    let app = Upstream::start("vip").await;
+    let yaml = agent("productpage", closed_port().await, NO_COLLECTOR)
+        + &format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: vip, namespace: default}}\nspec:\n  hosts: [vip.example.com]\n  addresses: [10.96.7.7, \"fd00:96::7\", 10.97.0.9/32, 10.98.0.0/16]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - address: {}\n    ports: {{http: {}}}\n",
+            app.addr.ip(),
+            app.addr.port()
+        );
+    let agent = Agent::start(&yaml);
+    let client = Client::h1(agent.outbound);
+    for host in [
+        "10.96.7.7",
+        "10.96.7.7:80",
+        "[fd00:96::7]",
+        "[fd00:96::7]:80",
+        "10.97.0.9",
+    ] {
+        let reply = client.get(&format!("http://{host}/")).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{host}: {:?}",
+            reply.header("x-tracemesh-response-flags")
+        );
+        assert_eq!(reply.upstream(), "vip", "{host}");
+    }
+    for host in ["10.96.7.8", "10.98.0.1", "10.98.0.0"] {
+        let reply = client.get(&format!("http://{host}/")).await;
+        assert_eq!(reply.status, 404, "{host}");
+        assert_eq!(
+            reply.header("x-tracemesh-response-flags").as_deref(),
+            Some("NR"),
+            "{host}"
+        );
+    }
+    assert_eq!(app.count(), 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_service_entry_host_without_a_dot_is_taken_as_written() {
     let app = Upstream::start("local").await;

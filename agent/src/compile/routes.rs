@@ -291,7 +291,7 @@ pub(super) fn build(
         });
     }
     hosts.extend(covered.into_iter().map(Arc::new));
-    table(hosts, agent_namespace)
+    table(hosts, registry, agent_namespace)
 }
 
 /// One unit per host of each VirtualService bound to `mesh`.
@@ -616,8 +616,16 @@ pub(super) fn gateway_table(hosts: Vec<Arc<VirtualHost>>) -> RouteTable {
 }
 
 /// Indexes hosts by every name a client may use: the FQDN and, for cluster
-/// services, `name.ns`, `name.ns.svc` and (same namespace) `name`.
-fn table(hosts: Vec<Arc<VirtualHost>>, agent_namespace: &str) -> RouteTable {
+/// services, `name.ns`, `name.ns.svc` and (same namespace) `name`; and each
+/// VIP of a registry service, as Istio's `generateVirtualHostDomains` puts
+/// the service's addresses among its virtual host's domains (a sidecar
+/// ignores the port in host matching, so `vip` and `vip:port` both match).
+/// A VIP is a ServiceEntry `addresses` entry that is one address (an IP,
+/// or a /32 or /128 prefix, which Istio's `convertServices` turns into
+/// one); a wider CIDR is no domain a Host can name. Where two services
+/// claim one address the earlier-declared keeps it, as Istio keeps the
+/// first virtual host to claim a domain.
+fn table(hosts: Vec<Arc<VirtualHost>>, registry: &Registry, agent_namespace: &str) -> RouteTable {
     let mut table = gateway_table(hosts.clone());
     for vh in &hosts {
         let Some(head) = vh
@@ -640,6 +648,23 @@ fn table(hosts: Vec<Arc<VirtualHost>>, agent_namespace: &str) -> RouteTable {
         }
         for alias in aliases {
             table.exact.entry(alias).or_insert_with(|| vh.clone());
+        }
+    }
+    let by_host: std::collections::HashMap<&str, &Arc<VirtualHost>> =
+        hosts.iter().map(|vh| (vh.host.as_str(), vh)).collect();
+    let mut services: Vec<_> = registry.services.iter().collect();
+    services.sort_by_key(|(_, s)| s.order);
+    for (fqdn, service) in services {
+        let Some(vh) = by_host.get(fqdn.as_str()) else {
+            continue;
+        };
+        let vips = service
+            .addresses
+            .iter()
+            .filter(|net| net.prefix_len() == net.max_prefix_len());
+        for vip in vips {
+            let vip = vip.addr().to_string();
+            table.exact.entry(vip).or_insert_with(|| Arc::clone(vh));
         }
     }
     table

@@ -642,6 +642,81 @@ async fn destination_rules_originate_tls() {
     assert!(wrong >= 1.0, "{}", scrape.text);
 }
 
+/// TLS origination without `sni` sends each request's authority as SNI,
+/// after its VirtualService rewrite, and checks the certificate against it
+/// (Istio's `auto_sni` and `auto_san_validation`, Envoy's router taking the
+/// host the route rewrites to); with `subjectAltNames` the SNI still
+/// follows the authority and the certificate is checked against those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn origination_without_sni_sends_the_authority_as_rewritten() {
+    let secure = TlsUpstream::start(&["front.example", "rewritten.example"], false).await;
+    let root = secure.root.display();
+    let rewrites = |host: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {host}}}\nspec:\n  hosts: [{host}]\n  http:\n  - match: [{{uri: {{prefix: /rw}}}}]\n    rewrite: {{authority: rewritten.example}}\n    route: [{{destination: {{host: {host}}}}}]\n  - match: [{{uri: {{prefix: /other}}}}]\n    rewrite: {{authority: other.example}}\n    route: [{{destination: {{host: {host}}}}}]\n  - route: [{{destination: {{host: {host}}}}}]\n"
+        )
+    };
+    let docs = [
+        entry_in("default", "front.example", secure.addr),
+        tls_rule(
+            "default",
+            "front",
+            "front.example",
+            &format!("{{mode: SIMPLE, caCertificates: \"{root}\"}}"),
+        ),
+        rewrites("front.example"),
+        entry_in("default", "sans.example", secure.addr),
+        tls_rule(
+            "default",
+            "sans",
+            "sans.example",
+            &format!(
+                "{{mode: SIMPLE, caCertificates: \"{root}\", subjectAltNames: [front.example]}}"
+            ),
+        ),
+        rewrites("sans.example"),
+    ]
+    .concat();
+    let agent = Agent::start(&(agent("app", closed_port().await, NO_COLLECTOR) + &docs));
+    let client = Client::h1(agent.outbound);
+    let sent = |name: &str| {
+        let sni = secure.sni.lock().unwrap();
+        sni.iter().filter(|s| s.as_deref() == Some(name)).count()
+    };
+
+    let reply = client.get("http://front.example/plain").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(sent("front.example"), 1);
+    let reply = client.get("http://front.example/rw").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(sent("rewritten.example"), 1, "the rewritten authority");
+    assert_eq!(sent("front.example"), 1);
+    // The certificate is checked against the rewritten name, which it
+    // does not carry.
+    let reply = client.get("http://front.example/other").await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply
+            .header("x-tracemesh-response-flags")
+            .unwrap()
+            .contains("UF")
+    );
+    let scrape = agent.metrics().await;
+    let wrong = scrape.sum(
+        "tracemesh_agent_tls_handshake_failures_total",
+        &[("direction", "outbound"), ("reason", "wrong_san")],
+    );
+    assert!(wrong >= 1.0, "{}", scrape.text);
+
+    // With subjectAltNames, those are checked, whatever the SNI.
+    let reply = client.get("http://sans.example/other").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(sent("other.example"), 1);
+    let reply = client.get("http://sans.example/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(sent("sans.example"), 1);
+}
+
 /// A STATIC ServiceEntry for `host` in `namespace`, port 80 (HTTP) sent to
 /// `target`.
 fn entry_in(namespace: &str, host: &str, target: SocketAddr) -> String {

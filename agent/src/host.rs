@@ -4,8 +4,14 @@
 
 /// The authority a request names: the absolute URI's, else `Host`.
 pub fn request_authority<B>(req: &http::Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
+    head_authority(req.uri(), req.headers())
+}
+
+/// The authority a request head names (its URI and headers): the URI's,
+/// else `Host`.
+pub fn head_authority<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Option<&'a str> {
+    uri.authority().map(|a| a.as_str()).or_else(|| {
+        headers
             .get(http::header::HOST)
             .and_then(|v| v.to_str().ok())
     })

@@ -159,7 +159,9 @@ fn originate(tls: &ClientTlsSettings, host: &str, live: &LiveState) -> Result<Up
         (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
         _ => None,
     };
-    let key = origination_key(&sni, &check, &roots_pem, client_files.as_ref());
+    // Istio's `auto_sni`: no `sni`, so each HTTP request's authority.
+    let auto_sni = tls.sni.is_none();
+    let key = origination_key(&sni, auto_sni, &check, &roots_pem, client_files.as_ref());
     let build = || -> Result<Origination, String> {
         let roots = if roots_pem.is_empty() && matches!(check, NameCheck::Skip) {
             Arc::new(rustls::RootCertStore::empty())
@@ -197,23 +199,27 @@ fn originate(tls: &ClientTlsSettings, host: &str, live: &LiveState) -> Result<Up
                 server_name,
                 expected: Box::default(),
             }),
+            auto_sni,
         })
     };
     live.origination(&key, build).map(UpstreamTls::Originate)
 }
 
-/// What an origination is built from, as a SHA-256 digest in hex: the SNI,
-/// the name check and the contents of its files, each length-prefixed.
+/// What an origination is built from, as a SHA-256 digest in hex: the SNI
+/// (and whether requests replace it), the name check and the contents of
+/// its files, each length-prefixed.
 fn origination_key(
     sni: &str,
+    auto_sni: bool,
     check: &NameCheck,
     roots_pem: &str,
     client_files: Option<&(String, String)>,
 ) -> String {
     let check = format!("{check:?}");
     let (cert, key) = client_files.map_or(("", ""), |(c, k)| (c.as_str(), k.as_str()));
+    let auto_sni = if auto_sni { "auto" } else { "fixed" };
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in [sni, &check, roots_pem, cert, key] {
+    for part in [sni, auto_sni, &check, roots_pem, cert, key] {
         digest.update(&(part.len() as u64).to_be_bytes());
         digest.update(part.as_bytes());
     }

@@ -144,7 +144,7 @@ impl AuthzUpstream {
             .endpoints
             .get(index)
             .ok_or_else(|| io::Error::other(format!("{}: no endpoint {index}", cluster.name)))?;
-        let plan = TlsPlan::for_endpoint(&cluster.tls, endpoint.sidecar, h2, || {
+        let plan = TlsPlan::for_endpoint(&cluster.tls, endpoint.sidecar, h2, None, || {
             workload_tls.load_full()
         })
         .map_err(|reason| io::Error::other(format!("tls: {reason}")))?;

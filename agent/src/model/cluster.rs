@@ -316,8 +316,51 @@ pub struct Origination {
     /// Client config offering `h2`.
     pub h2: Arc<rustls::ClientConfig>,
     /// SNI to send (and to verify, unless `subjectAltNames` are given; the
-    /// client configs check those, so `expected` is empty).
+    /// client configs check those, so `expected` is empty): the rule's
+    /// `sni`, else the service host, which an HTTP request replaces with
+    /// its own authority ([`Self::server_for`]).
     pub server: Arc<TlsServer>,
+    /// The SNI follows each HTTP request's authority: DestinationRule
+    /// `tls.sni` unset, where Istio sets Envoy's `auto_sni` on the cluster
+    /// (and `auto_san_validation` when `subjectAltNames` are unset and
+    /// `insecureSkipVerify` is off: the certificate is then checked
+    /// against that same name, as the client configs check the SNI).
+    pub auto_sni: bool,
+}
+
+impl Origination {
+    /// The server an HTTP request going upstream with `authority` (its
+    /// `Host`, after the route's rewrites) is sent to. With
+    /// [`Self::auto_sni`], as Envoy's router sets `auto_sni` from the host
+    /// the route rewrites the request to (`getRequestHostValue`): the
+    /// authority's host without its port, sent as SNI and verified — an
+    /// IP address is no SNI (rustls sends none and checks the address's
+    /// SAN, as Envoy checks the SAN override). Otherwise, without an
+    /// authority (TCP) or with one that is no server name, [`Self::server`].
+    /// The cluster's own server unless the request names another host: a
+    /// request to the service by its name allocates nothing.
+    pub fn server_for(&self, authority: Option<&str>) -> Arc<TlsServer> {
+        let host = match authority {
+            Some(authority) if self.auto_sni => crate::host::split_host_port(authority).0,
+            _ => return self.server.clone(),
+        };
+        let same = match &self.server.server_name {
+            rustls::pki_types::ServerName::DnsName(name) => {
+                name.as_ref().eq_ignore_ascii_case(host)
+            }
+            _ => false,
+        };
+        if same {
+            return self.server.clone();
+        }
+        match rustls::pki_types::ServerName::try_from(host) {
+            Ok(name) => Arc::new(TlsServer {
+                server_name: name.to_owned(),
+                expected: Box::default(),
+            }),
+            Err(_) => self.server.clone(),
+        }
+    }
 }
 
 impl Cluster {

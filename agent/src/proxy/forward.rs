@@ -21,18 +21,21 @@ use crate::tls::handshake::TIMEOUT as TLS_TIMEOUT;
 use http::{Response, StatusCode};
 
 /// How the connection to `endpoint` is secured, with the workload's current
-/// certificate for mesh mTLS.
+/// certificate for mesh mTLS; `authority` is the HTTP request's, as it
+/// goes upstream (`None` for TCP), for an origination's SNI.
 pub fn tls_plan(
     worker: &Worker,
     cluster: &Cluster,
     endpoint: &Endpoint,
     h2: bool,
+    authority: Option<&str>,
 ) -> Result<TlsPlan, SendError> {
     if let UpstreamTls::Broken(reason) = &cluster.tls {
         tracing::debug!(%reason, cluster = %cluster.name, "tls settings unusable");
     }
     let material = || worker.shared.tls.load_full();
-    TlsPlan::for_endpoint(&cluster.tls, endpoint.sidecar, h2, material).map_err(SendError::Tls)
+    TlsPlan::for_endpoint(&cluster.tls, endpoint.sidecar, h2, authority, material)
+        .map_err(SendError::Tls)
 }
 
 /// Sends attempts over this worker's pooled connections.
@@ -98,7 +101,11 @@ pub fn send(
     ready: &PoolReady,
 ) -> impl Future<Output = Result<Sent<Received>, SendError>> {
     async move {
-        let plan = tls_plan(worker, cluster, endpoint, h2)?;
+        let plan = {
+            let parts = head.parts();
+            let authority = crate::host::head_authority(&parts.uri, &parts.headers);
+            tls_plan(worker, cluster, endpoint, h2, authority)?
+        };
         let key = PoolKey::new(&endpoint.address, cluster, &plan);
         let pools = &worker.pools;
         // The waits for connection slots, summed over the connections a request

@@ -638,7 +638,7 @@ async fn dial(
     cluster: &Cluster,
     endpoint: &Endpoint,
 ) -> Result<(UpstreamIo, Option<tracemesh_ca::SpiffeId>), String> {
-    let plan = tls_plan(worker, cluster, endpoint, false).map_err(|e| format!("{e:?}"))?;
+    let plan = tls_plan(worker, cluster, endpoint, false, None).map_err(|e| format!("{e:?}"))?;
     let failures = &worker.shared.metrics.tls_failures;
     connect::dial(&endpoint.address, cluster, &plan, failures)
         .await

@@ -221,13 +221,17 @@ pub enum TlsPlan {
 impl TlsPlan {
     /// How a connection to an endpoint of a cluster secured by `tls` is
     /// secured: `sidecar` says the endpoint runs one (auto mTLS skips the
-    /// others), `h2` picks the ALPN, `material` gives the workload's current
-    /// certificate (mesh mTLS needs it; only mesh mTLS asks). The error is
-    /// the reason counted for the TLS failure.
+    /// others), `h2` picks the ALPN, `authority` is the HTTP request's
+    /// (`None` for TCP), which an origination without `sni` sends as SNI
+    /// ([`Origination::server_for`](crate::model::cluster::Origination::server_for)),
+    /// `material` gives the workload's current certificate (mesh mTLS
+    /// needs it; only mesh mTLS asks). The error is the reason counted for
+    /// the TLS failure.
     pub fn for_endpoint(
         tls: &UpstreamTls,
         sidecar: bool,
         h2: bool,
+        authority: Option<&str>,
         material: impl FnOnce() -> Option<Arc<TlsMaterial>>,
     ) -> Result<Self, &'static str> {
         match tls {
@@ -253,7 +257,7 @@ impl TlsPlan {
                 } else {
                     origination.h1.clone()
                 },
-                server: origination.server.clone(),
+                server: origination.server_for(authority),
             }),
             UpstreamTls::Broken(_) => Err("bad_tls_settings"),
         }

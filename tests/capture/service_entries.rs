@@ -228,11 +228,24 @@ spec:
     );
     let _ = shell(&strict, &script).await;
     let source = |label, value| [("reporter", "source"), (label, value)];
+    // Refused as Envoy refuses under Istio's REGISTRY_ONLY: the request by
+    // the `block_all` route's direct response (502, no flag), the
+    // connection by `tcp_proxy` to `BlackHoleCluster`, which has no
+    // endpoint (`UH`).
+    let black_hole = |flags| {
+        [
+            ("reporter", "source"),
+            ("destination_service_name", "BlackHoleCluster"),
+            ("response_flags", flags),
+        ]
+    };
     wait_metrics(&strict, "plain bytes to a TLS port, refused", |m| {
         m.sum(
             "istio_tcp_connections_closed_total",
             &source("destination_service_name", "BlackHoleCluster"),
         ) == 1.0
+            && m.sum("istio_tcp_connections_closed_total", &black_hole("UH")) == 1.0
+            && m.sum("istio_requests_total", &black_hole("-")) == 1.0
             && m.sum(
                 "istio_tcp_connections_opened_total",
                 &source("destination_service", "*.example.com"),
@@ -335,12 +348,19 @@ spec:
     .await;
     // REGISTRY_ONLY: refused, as BlackHoleCluster.
     for url in ["http://www.example.com:8080/p", "http://api.example.com/q"] {
-        let reply = status_and_body(&strict, &[], url).await;
-        assert!(reply.starts_with("502 "), "{url}: {reply}");
+        let head = curl_args(&strict, &["-D", "-", "-o", "/dev/null", url]).await;
+        let head = head.unwrap().to_ascii_lowercase();
+        assert!(
+            head.starts_with("http/1.1 502")
+                && head.contains("x-tracemesh-response-code-details: direct_response")
+                && !head.contains("x-tracemesh-response-flags"),
+            "{url}: {head}"
+        );
     }
     let black_hole = [
         ("destination_service_name", "BlackHoleCluster"),
         ("response_code", "502"),
+        ("response_flags", "-"),
     ];
     wait_metrics(&strict, "two requests refused", |m| {
         m.sum("istio_requests_total", &black_hole) == 2.0

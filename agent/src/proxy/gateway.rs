@@ -282,7 +282,7 @@ async fn passthrough(
                     cluster: cluster.clone(),
                     endpoint: None,
                 },
-                None => TcpTarget::BlackHole,
+                None => TcpTarget::NoRoute,
             }
         }
         ChainAction::Http(_) => return,
@@ -303,6 +303,6 @@ fn l4_target(routes: &[L4Route], sni: Option<&str>, number: u16) -> TcpTarget {
             cluster: cluster.clone(),
             endpoint: None,
         },
-        None => TcpTarget::BlackHole,
+        None => TcpTarget::NoRoute,
     }
 }

@@ -90,12 +90,15 @@ impl LocalReply {
         decided_by: DecidedBy::Agent,
     };
     /// A captured request to a destination outside the registry under
-    /// `outboundTrafficPolicy` REGISTRY_ONLY (Istio's `BlackHoleCluster`).
+    /// `outboundTrafficPolicy` REGISTRY_ONLY: Istio's `block_all` virtual
+    /// host, whose one route is a `direct_response` of 502 — a route that
+    /// matched, so Envoy's router sets no response flag and gives the
+    /// details `direct_response` (`Filter::decodeHeaders`).
     pub const BLACK_HOLE: Self = Self {
         status: StatusCode::BAD_GATEWAY,
-        flags: ResponseFlags::NO_ROUTE,
+        flags: ResponseFlags::NONE,
         body: "",
-        details: "blackhole_cluster",
+        details: "direct_response",
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };

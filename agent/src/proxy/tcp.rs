@@ -59,8 +59,14 @@ pub enum TcpTarget {
         endpoint: Option<Arc<Endpoint>>,
     },
     /// Refused outside the registry (REGISTRY_ONLY): closed at once and
-    /// counted as `BlackHoleCluster`.
+    /// counted as `BlackHoleCluster` with `UH`, as Envoy's `tcp_proxy`
+    /// flags a connection to Istio's `BlackHoleCluster` (a `STATIC`
+    /// cluster without endpoints: no host to connect to).
     BlackHole,
+    /// Taken by no route of a gateway's filter chain (no `tls`/`tcp` rule
+    /// for it, an SNI `AUTO_PASSTHROUGH` serves no cluster for): closed at
+    /// once and counted as `BlackHoleCluster` with `NR`.
+    NoRoute,
     /// Routed by a VirtualService to a destination without a cluster:
     /// closed at once and counted with `NC` under `service`, the
     /// destination's host (Envoy's `tcp_proxy` without its cluster).
@@ -209,10 +215,15 @@ pub async fn proxy<IO>(
         Direction::Outbound => Reporter::Source,
         Direction::Inbound => Reporter::Destination,
     };
-    let (cluster, chosen, unrouted) = match target {
-        TcpTarget::Cluster { cluster, endpoint } => (Some(cluster), endpoint, None),
-        TcpTarget::BlackHole => (None, None, None),
-        TcpTarget::NoCluster { service } => (None, None, Some(service)),
+    let (cluster, chosen, unrouted, refused) = match target {
+        TcpTarget::Cluster { cluster, endpoint } => {
+            (Some(cluster), endpoint, None, ResponseFlags::NONE)
+        }
+        TcpTarget::BlackHole => (None, None, None, ResponseFlags::NO_HEALTHY_UPSTREAM),
+        TcpTarget::NoRoute => (None, None, None, ResponseFlags::NO_ROUTE),
+        TcpTarget::NoCluster { service } => {
+            (None, None, Some(service), ResponseFlags::NO_CLUSTER_FOUND)
+        }
     };
     let no_headers = HeaderMap::new();
     // AuthorizationPolicy decides before the upstream is dialed.
@@ -240,8 +251,7 @@ pub async fn proxy<IO>(
     let mut callee = None;
     match (&cluster, &endpoint) {
         _ if verdict.denied.is_some() => flags = verdict.flag,
-        (None, _) if unrouted.is_some() => flags = ResponseFlags::NO_CLUSTER_FOUND,
-        (None, _) => flags = ResponseFlags::NO_ROUTE,
+        (None, _) => flags = refused,
         (Some(_), None) => flags = ResponseFlags::NO_HEALTHY_UPSTREAM,
         (Some(cluster), Some(endpoint)) => match dial(worker, cluster, endpoint).await {
             Ok((stream, identity)) => {

@@ -13,6 +13,14 @@ pub const STATUS_ERROR: i32 = 2;
 /// attempt): such a span is part of a call already counted, not a new one.
 pub const RESEND_COUNT: &str = "http.request.resend_count";
 
+/// The attribute (boolean `true`) the agent sets on the CLIENT span of a
+/// mirrored copy of a request (VirtualService `mirror`/`mirrors`): a
+/// fire-and-forget shadow whose answer the caller never sees, so no call
+/// the service made. Envoy sends shadows through an async client outside
+/// the HTTP filter chain (`ShadowWriterImpl`), so Istio's stats filter
+/// never counts them as `reporter="source"` requests either.
+pub const MIRROR: &str = "tracemesh.mirror";
+
 /// How a span ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {

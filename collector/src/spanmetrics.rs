@@ -38,7 +38,7 @@ use crate::attributes;
 use crate::events;
 use crate::ids::{SpanId, TraceId};
 use crate::metrics::{Metrics, histogram_vec};
-use crate::outcome::{Outcome, RESEND_COUNT};
+use crate::outcome::{MIRROR, Outcome, RESEND_COUNT};
 use crate::store::SpanRef;
 
 /// The spanmetrics connector's default buckets, in milliseconds.
@@ -370,8 +370,8 @@ impl SpanMetrics {
                 "tracemesh_service_requests_total",
                 "Requests a service served (direction=\"inbound\": its SERVER spans) and \
                  calls it made (direction=\"outbound\": its CLIENT spans, retry attempts \
-                 left out), by operation and outcome (error: 5xx or a local failure; \
-                 client_error: 4xx).",
+                 and mirrored copies left out), by operation and outcome (error: 5xx or a \
+                 local failure; client_error: 4xx).",
                 &["service_name", "operation", "direction", "outcome"],
             )?,
             service_duration: histogram(
@@ -401,7 +401,14 @@ impl SpanMetrics {
         duration.observe(nanos as f64 / 1e6);
         let direction = match kind {
             2 => Some(0),
-            3 if attributes::get(&s.attributes, RESEND_COUNT).is_none() => Some(1),
+            // A retry attempt is part of a call already counted; a
+            // mirrored copy is no call the service made (its answer never
+            // reaches the caller).
+            3 if attributes::get(&s.attributes, RESEND_COUNT).is_none()
+                && attributes::get(&s.attributes, MIRROR).is_none() =>
+            {
+                Some(1)
+            }
             _ => None,
         };
         if let Some(direction) = direction {
@@ -673,6 +680,7 @@ impl SpanMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{Span, Status};
 
@@ -770,6 +778,15 @@ mod tests {
         let mut retry = span(4, 3, 200, 0);
         retry.attributes.push(attributes::int(RESEND_COUNT, 1));
         observe(&mut metrics, &page, &retry, now);
+        let mut mirror = span(5, 3, 503, 2);
+        mirror.attributes.push(KeyValue {
+            key: MIRROR.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::BoolValue(true)),
+            }),
+            ..Default::default()
+        });
+        observe(&mut metrics, &page, &mirror, now);
         let text = collector.render();
         let line = |direction: &str, outcome: &str| {
             format!(
@@ -784,7 +801,10 @@ mod tests {
             text.contains(&(line("inbound", "client_error") + " 1")),
             "{text}"
         );
-        assert!(text.contains(&(line("outbound", "error") + " 1")), "{text}");
+        assert!(
+            text.contains(&(line("outbound", "error") + " 1")),
+            "a failed mirrored copy is not a failed call: {text}"
+        );
         assert!(
             !text.contains(&line("outbound", "success")),
             "a retry is not a call: {text}"

@@ -1222,3 +1222,104 @@ fn explain_ranks_the_hop_that_slowed_a_service_between_two_windows() {
     );
     collector.stop();
 }
+
+/// A VirtualService `mirror` makes the agent send a copy of each request
+/// and report its CLIENT span with `tracemesh.mirror=true`. The copy is
+/// fire and forget (Envoy's shadow goes through an async client outside
+/// the HTTP filter chain, so Istio never counts it as a
+/// `reporter="source"` request): the outbound view and the span-derived
+/// metrics count the one call the service made, and a failing mirror
+/// target raises no error rate, while the mirror's span stays stored,
+/// counted by `kind=client` and searchable. (Mirror copies used to double
+/// the calls made, and a 503 from the mirror counted as a failed call.)
+#[test]
+fn mirrored_copies_are_no_calls_made_and_stay_searchable() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path(), &["--commit-interval", "200ms"]);
+    let base = now_nanos() - 5 * 60 * 1_000_000_000;
+    let mut call = span(1, (2, 1), 3, (base + MS, 5), vec![code(200)], false);
+    call.name = "backend.default.svc.cluster.local:9080/*".into();
+    let mut mirror = span(
+        1,
+        (3, 1),
+        3,
+        (base + MS, 7),
+        vec![
+            code(503),
+            kv("tracemesh.mirror", any_value::Value::BoolValue(true)),
+        ],
+        true,
+    );
+    mirror.name = "backend-shadow:9080 mirror".into();
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv(
+                    "service.name",
+                    any_value::Value::StringValue("shop".into()),
+                )],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![
+                    span(1, (1, 0), 2, (base, 20), vec![code(200)], false),
+                    call,
+                    mirror,
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    send(&collector, &request);
+    eventually("shop's 3 spans indexed", || {
+        let (_, body) = get(&collector, "/api/v1/latency?service=shop&kind=all");
+        (body["count"] == 3).then_some(())
+    });
+
+    let (_, outbound) = get(&collector, "/api/v1/errors?service=shop&kind=outbound");
+    assert_eq!(
+        (outbound["calls"].clone(), outbound["errors"].clone()),
+        (json!(1), json!(0)),
+        "one call made, and it succeeded: {outbound}"
+    );
+    assert!(
+        outbound["counted"]["spans"]
+            .as_str()
+            .unwrap()
+            .contains("mirrored copies left out"),
+        "{outbound}"
+    );
+    let (_, red) = get(&collector, "/api/v1/red?service=shop&kind=outbound");
+    assert_eq!(red["rows"][0]["calls"], 1, "{red}");
+    assert_eq!(red["rows"][0]["error_rate"], 0.0, "{red}");
+    let (_, every_client) = get(&collector, "/api/v1/latency?service=shop&kind=client");
+    assert_eq!(
+        every_client["count"], 2,
+        "kind=client counts the copy: {every_client}"
+    );
+    let (status, found) = get(
+        &collector,
+        "/api/v1/traces?service=shop&tag=tracemesh.mirror%3Dtrue",
+    );
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(trace_ids(&found), [hex(1)], "the copy's span is searchable");
+
+    let metrics = collector.metrics();
+    let outbound: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("tracemesh_service_requests_total{")
+                && l.contains("direction=\"outbound\"")
+                && l.contains("service_name=\"shop\"")
+        })
+        .collect();
+    assert_eq!(
+        outbound,
+        [
+            "tracemesh_service_requests_total{direction=\"outbound\",operation=\"backend.default.svc.cluster.local:9080/*\",outcome=\"success\",service_name=\"shop\"} 1"
+        ],
+        "{metrics}"
+    );
+    collector.stop();
+}

@@ -2,12 +2,13 @@
 //! served: its SERVER spans, as Istio's `reporter="destination"` and
 //! Jaeger's Monitor tab count them. The calls it made are the labelled
 //! "outbound" view: its CLIENT spans, less retry attempts (spans carrying
-//! `http.request.resend_count`), so a call retried twice is one call, as
-//! Istio's `reporter="source"` counts it. A span kind, or every span, can
-//! be asked for by name.
+//! `http.request.resend_count`), so a call retried twice is one call, and
+//! less mirrored copies (spans carrying `tracemesh.mirror`, a shadow the
+//! caller never waits for), as Istio's `reporter="source"` counts it. A
+//! span kind, or every span, can be asked for by name.
 
 use serde::Serialize;
-use tracemesh_collector::outcome::RESEND_COUNT;
+use tracemesh_collector::outcome::{MIRROR, RESEND_COUNT};
 use tracemesh_collector::store::{Condition, SpanQuery};
 
 use crate::jaeger::model::{kind_from_name, kind_name};
@@ -23,7 +24,8 @@ pub enum View {
     /// Requests served: SERVER spans (the default).
     #[default]
     Inbound,
-    /// Calls made: CLIENT spans that are not retry attempts.
+    /// Calls made: CLIENT spans that are neither retry attempts nor
+    /// mirrored copies.
     Outbound,
     /// Spans of one OTLP kind, retry attempts included.
     Kind(i32),
@@ -71,11 +73,13 @@ impl View {
             Self::Inbound => query.kind = Some(SERVER),
             Self::Outbound => {
                 query.kind = Some(CLIENT);
+                // Neither a retry attempt nor a mirrored copy is a call.
                 query
                     .conditions
-                    .push(Condition::Not(Box::new(Condition::HasTag(
-                        RESEND_COUNT.to_owned(),
-                    ))));
+                    .push(Condition::Not(Box::new(Condition::Any(vec![
+                        Condition::HasTag(RESEND_COUNT.to_owned()),
+                        Condition::HasTag(MIRROR.to_owned()),
+                    ]))));
             }
             Self::Kind(kind) => query.kind = Some(kind),
             Self::All => {}
@@ -90,10 +94,10 @@ impl View {
                 "requests {whose} served: its SERVER spans (Istio's reporter=\"destination\")"
             ),
             Self::Outbound => format!(
-                "calls {whose} made: its CLIENT spans, retry attempts left out (Istio's reporter=\"source\")"
+                "calls {whose} made: its CLIENT spans, retry attempts and mirrored copies left out (Istio's reporter=\"source\")"
             ),
             Self::Kind(kind) => format!(
-                "every {} span of {whose}, retry attempts included",
+                "every {} span of {whose}, retry attempts and mirrored copies included",
                 match kind_name(kind) {
                     "" => "UNSPECIFIED".to_owned(),
                     name => name.to_uppercase(),
@@ -131,6 +135,12 @@ mod tests {
         let mut query = SpanQuery::default();
         View::Outbound.apply(&mut query);
         assert_eq!(query.kind, Some(CLIENT));
-        assert_eq!(query.conditions.len(), 1);
+        assert_eq!(
+            query.conditions,
+            vec![Condition::Not(Box::new(Condition::Any(vec![
+                Condition::HasTag(RESEND_COUNT.to_owned()),
+                Condition::HasTag(MIRROR.to_owned()),
+            ])))]
+        );
     }
 }

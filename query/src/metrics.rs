@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-/// Request counts and latencies per endpoint.
+/// Request counts and latencies per endpoint, and answers cut short.
 #[derive(Clone)]
 pub struct QueryMetrics {
     requests: IntCounterVec,
     seconds: HistogramVec,
+    truncated: IntCounterVec,
 }
 
 impl QueryMetrics {
@@ -32,9 +33,39 @@ impl QueryMetrics {
             ]),
             &["endpoint"],
         )?;
+        let truncated = IntCounterVec::new(
+            Opts::new(
+                "tracemesh_query_truncated_answers_total",
+                "Answers that left out part of what matched, past a bound on their size \
+                 (the dependency graph's edges), by endpoint.",
+            ),
+            &["endpoint"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(seconds.clone()))?;
-        Ok(Self { requests, seconds })
+        registry.register(Box::new(truncated.clone()))?;
+        Ok(Self {
+            requests,
+            seconds,
+            truncated,
+        })
+    }
+
+    /// Records that one answer of `endpoint` left out the calls of the
+    /// dependency edges past `bound` (`omitted_calls` of them), counted
+    /// and logged at WARN once for the answer. Nothing when none was left
+    /// out.
+    pub fn edges_cut(&self, endpoint: &str, omitted_calls: u64, bound: u32) {
+        if omitted_calls == 0 {
+            return;
+        }
+        self.truncated.with_label_values(&[endpoint]).inc();
+        tracing::warn!(
+            endpoint,
+            omitted_calls,
+            max_edges = bound,
+            "dependency graph cut: the most called edges are answered, the calls of the rest left out"
+        );
     }
 
     /// Records one answered request.

@@ -21,7 +21,7 @@ use tracemesh_collector::outcome::Outcome;
 use tracemesh_collector::store::{Condition, SpanQuery, Trace};
 
 use crate::engine::search::summarize;
-use crate::engine::stats::{Latency, PERCENTS, QUANTILE_RELATIVE_ERROR};
+use crate::engine::stats::{Latency, MAX_EDGES, PERCENTS, QUANTILE_RELATIVE_ERROR};
 use crate::engine::view::Counted;
 use crate::engine::{Engine, Sort, TimeRange, TraceSearch, View, now_nanos};
 use crate::error::QueryError;
@@ -314,11 +314,21 @@ async fn series(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Respo
     .await
 }
 
-/// `GET /api/v1/dependencies?since=24h`: caller → callee, calls, errors.
+/// `GET /api/v1/dependencies?since=24h&service=`: caller → callee, calls,
+/// errors; with `service`, only the edges it calls or is called by. At
+/// most [`MAX_EDGES`] edges (the most called): `omitted_calls` counts the
+/// calls of the edges left out (0 when the graph is whole).
 async fn dependencies(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    run(state, raw, "v1_dependencies", |engine, params| {
+    let metrics = state.0.metrics.clone();
+    run(state, raw, "v1_dependencies", move |engine, params| {
         let range = range(params)?;
-        Ok(json!({"edges": engine.dependencies(range)?}))
+        let graph = engine.dependencies(range, params.get("service"))?;
+        metrics.edges_cut("v1_dependencies", graph.omitted_calls, MAX_EDGES);
+        Ok(json!({
+            "edges": graph.edges,
+            "omitted_calls": graph.omitted_calls,
+            "max_edges": MAX_EDGES,
+        }))
     })
     .await
 }

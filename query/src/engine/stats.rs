@@ -25,8 +25,30 @@ pub const QUANTILE_RELATIVE_ERROR: f64 = 0.01;
 /// The quantiles a latency summary holds, in percent.
 pub const PERCENTS: [f64; 5] = [50.0, 75.0, 90.0, 95.0, 99.0];
 
-/// Most operations, edges or codes one answer lists.
+/// Most operations or codes one answer lists.
 const MAX_TERMS: u32 = 10_000;
+
+/// Most edges one dependency graph lists (per direction, when filtered by
+/// service): the most called are kept, the calls of the others counted in
+/// [`Dependencies::omitted_calls`].
+pub const MAX_EDGES: u32 = 10_000;
+
+/// Longest service name the dependency graph filters in the aggregation
+/// (see [`Engine::dependencies`]).
+const MAX_FILTERED_NAME: usize = 512;
+
+/// `text` as a regex matching it literally (regex-syntax's meta
+/// characters escaped).
+fn escape_regex(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
 
 /// Latency of a set of spans, in nanoseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -97,6 +119,16 @@ pub struct Dependency {
     pub calls: u64,
     /// Failed calls.
     pub errors: u64,
+}
+
+/// The dependency graph, and what its bound left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Dependencies {
+    /// The edges, by caller then callee.
+    pub edges: Vec<Dependency>,
+    /// Calls on edges left out past [`MAX_EDGES`] (0 when the graph is
+    /// whole): tantivy's `sum_other_doc_count`.
+    pub omitted_calls: u64,
 }
 
 /// Where errors come from.
@@ -340,20 +372,54 @@ impl Engine {
         Ok(all)
     }
 
-    /// The service dependency graph of calls made in `range`.
-    pub fn dependencies(&self, range: TimeRange) -> Result<Vec<Dependency>, QueryError> {
-        let request = json!({
-            "edges": {"terms": {"field": names::EDGE, "size": MAX_TERMS}},
-            "errors": {"terms": {"field": names::EDGE_ERROR, "size": MAX_TERMS}},
-        });
+    /// The service dependency graph of calls made in `range`, at most
+    /// [`MAX_EDGES`] edges (the most called); with `service`, only the
+    /// edges it calls or is called by, chosen in the aggregation itself so
+    /// that the bound applies to that service's edges alone. What the
+    /// bound left out is counted in [`Dependencies::omitted_calls`].
+    pub fn dependencies(
+        &self,
+        range: TimeRange,
+        service: Option<&str>,
+    ) -> Result<Dependencies, QueryError> {
+        // A filter by service is two pairs of terms aggregations limited to
+        // the edges it calls and those calling it (a regex over the edge
+        // dictionary, which tantivy compiles to a DFA of at most 1,000
+        // states: longer names are filtered after the aggregation).
+        let filters: Vec<Option<String>> = match service {
+            None => vec![None],
+            Some(s) if s.len() <= MAX_FILTERED_NAME => {
+                let s = escape_regex(s);
+                let sep = "\\x1F";
+                vec![
+                    Some(format!("{s}{sep}[^{sep}]*")),
+                    Some(format!("[^{sep}]*{sep}{s}")),
+                ]
+            }
+            Some(_) => vec![None],
+        };
+        let mut request = serde_json::Map::new();
+        for (i, include) in filters.iter().enumerate() {
+            for (name, field) in [("edges", names::EDGE), ("errors", names::EDGE_ERROR)] {
+                let mut terms = json!({"field": field, "size": MAX_EDGES});
+                if let Some(include) = include {
+                    terms["include"] = json!(include);
+                }
+                request.insert(format!("{name}{i}"), json!({ "terms": terms }));
+            }
+        }
         let result = self
             .reader()
-            .aggregate(&range.apply(SpanQuery::default()), request)?;
-        let errors: std::collections::HashMap<&str, u64> = terms(&result["errors"])
-            .filter_map(|b| Some((b["key"].as_str()?, b["doc_count"].as_u64()?)))
-            .collect();
-        let mut edges: Vec<Dependency> = terms(&result["edges"])
-            .filter_map(|b| {
+            .aggregate(&range.apply(SpanQuery::default()), Value::Object(request))?;
+        let mut edges: Vec<Dependency> = Vec::new();
+        let mut omitted_calls = 0;
+        for i in 0..filters.len() {
+            let listed = &result[format!("edges{i}")];
+            omitted_calls += listed["sum_other_doc_count"].as_u64().unwrap_or(0);
+            let errors: std::collections::HashMap<&str, u64> = terms(&result[format!("errors{i}")])
+                .filter_map(|b| Some((b["key"].as_str()?, b["doc_count"].as_u64()?)))
+                .collect();
+            edges.extend(terms(listed).filter_map(|b| {
                 let key = b["key"].as_str()?;
                 let (parent, child) = key.split_once(names::EDGE_SEPARATOR)?;
                 Some(Dependency {
@@ -362,10 +428,19 @@ impl Engine {
                     calls: b["doc_count"].as_u64()?,
                     errors: errors.get(key).copied().unwrap_or(0),
                 })
-            })
-            .collect();
+            }));
+        }
+        // Without a regex (a name too long for one), the filter applies
+        // here, after the bound.
+        if let Some(service) = service.filter(|_| filters == [None]) {
+            edges.retain(|d| d.parent == service || d.child == service);
+        }
         edges.sort_by(|a, b| (&a.parent, &a.child).cmp(&(&b.parent, &b.child)));
-        Ok(edges)
+        edges.dedup_by(|a, b| a.parent == b.parent && a.child == b.child);
+        Ok(Dependencies {
+            edges,
+            omitted_calls,
+        })
     }
 
     /// Errors of the spans matching `query`, broken down by HTTP status

@@ -10,6 +10,7 @@ use tracemesh_collector::store::SpanQuery;
 
 use super::model::{self, kind_from_name, kind_name};
 use super::{ErrorEntry, envelope, error, render};
+use crate::engine::stats::MAX_EDGES;
 use crate::engine::{Sort, TimeRange, TraceSearch, now_nanos};
 use crate::error::QueryError;
 use crate::http::AppState;
@@ -265,7 +266,11 @@ pub struct DependencyLink {
     pub call_count: u64,
 }
 
-/// `GET /api/dependencies?endTs=&lookback=` (ms), optionally `service=`.
+/// `GET /api/dependencies?endTs=&lookback=` (ms), optionally `service=`
+/// (the edges it calls or is called by, chosen before the bound). At most
+/// [`MAX_EDGES`] edges, the most called, in Jaeger's shape: a cut is
+/// logged at WARN and counted in `tracemesh_query_truncated_answers_total`
+/// (Jaeger's answer has no place for it that its UI shows).
 pub async fn dependencies(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let params = Params::parse(raw.as_deref());
     let range = (|| {
@@ -282,18 +287,16 @@ pub async fn dependencies(State(state): State<AppState>, RawQuery(raw): RawQuery
         Err(e) => return error(&e),
     };
     let service = params.get("service").map(str::to_owned);
+    let metrics = state.0.metrics.clone();
     state
         .answer(
             "jaeger_dependencies",
             move |engine| {
-                Ok(engine
-                    .dependencies(range)?
+                let graph = engine.dependencies(range, service.as_deref())?;
+                metrics.edges_cut("jaeger_dependencies", graph.omitted_calls, MAX_EDGES);
+                Ok(graph
+                    .edges
                     .into_iter()
-                    .filter(|d| {
-                        service
-                            .as_ref()
-                            .is_none_or(|s| &d.parent == s || &d.child == s)
-                    })
                     .map(|d| DependencyLink {
                         parent: d.parent,
                         child: d.child,

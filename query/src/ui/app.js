@@ -632,7 +632,11 @@ async function dependenciesPage() {
   const table = el("table", { id: "edges" },
     el("tr", {}, el("th", {}, "Caller"), el("th", {}, "Callee"), el("th", { class: "num" }, "Calls"), el("th", { class: "num" }, "Errors")),
     edges.map((e) => el("tr", {}, el("td", {}, e.parent), el("td", {}, e.child), el("td", { class: "num" }, e.calls), el("td", { class: "num" }, e.errors))));
-  app.replaceChildren(el("div", { class: "panel" }, el("h2", {}, "Service dependencies (last 48h)"), edges.length ? graph : el("p", { class: "muted" }, "No calls between services yet."), table));
+  // Past its bound the graph keeps the most called edges: say so.
+  const cut = body.omitted_calls
+    ? el("p", { id: "edges-cut", class: "muted" }, `Showing the ${body.max_edges} most called edges: ${body.omitted_calls} calls on other edges are left out.`)
+    : null;
+  app.replaceChildren(el("div", { class: "panel" }, el("h2", {}, "Service dependencies (last 48h)"), cut, edges.length ? graph : el("p", { class: "muted" }, "No calls between services yet."), table));
 }
 
 // ---------- routing ----------

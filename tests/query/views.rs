@@ -799,6 +799,32 @@ fn jaeger_ui_2_19_endpoints_answer_in_jaegers_shapes() {
         "the first point ends the step of the first span: {calls}"
     );
     assert!(points[0]["gaugeValue"]["doubleValue"].as_f64().unwrap() > 0.0);
+    // spanKind as Jaeger reads it: `unspecified` is a kind, and several
+    // kinds are counted together (both used to be a 400). A window of two
+    // steps holds every span, wherever a step boundary falls.
+    let peak = |kinds: &str| {
+        let (status, calls) = get(
+            &collector,
+            &format!(
+                "/api/metrics/calls?service=gateway{kinds}&endTs={end_ms}&lookback=900000&step=60000&ratePer=120000"
+            ),
+        );
+        assert_eq!(status, 200, "{kinds}: {calls}");
+        calls["metrics"][0]["metricPoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["gaugeValue"]["doubleValue"].as_f64().unwrap())
+            .fold(0.0, f64::max)
+    };
+    assert_eq!(peak(""), 4.0 / 120.0, "4 SERVER spans in two minutes");
+    assert_eq!(peak("&spanKind=server&spanKind=client"), 7.0 / 120.0);
+    assert_eq!(peak("&spanKind=unspecified"), 0.0, "no UNSPECIFIED span");
+    let (status, body) = get(
+        &collector,
+        "/api/metrics/calls?service=gateway&spanKind=sideways",
+    );
+    assert_eq!(status, 400, "{body}");
 
     // Older UIs: /api/traces ignores a lookback it cannot read when no start is given.
     let (status, body) = get(

@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use serde::Serialize;
-use tracemesh_collector::store::SpanQuery;
+use tracemesh_collector::store::{Condition, SpanQuery};
 
 use super::model::kind_from_name;
 use super::{envelope, error};
@@ -32,11 +32,43 @@ const DEFAULT_RATE_PER: Duration = Duration::from_secs(600);
 struct MetricsQuery {
     services: Vec<String>,
     by_operation: bool,
-    kind: i32,
+    /// OTLP span kinds counted together (Jaeger's `span_kind=~"…|…"`).
+    kinds: Vec<i32>,
     range: TimeRange,
     step: u64,
     rate_per: u64,
 }
+
+/// The OTLP kinds of `spanKind`'s values, as Jaeger's query parser reads
+/// them (`parseSpanKinds`): each of `unspecified`, `internal`, `server`,
+/// `client`, `producer`, `consumer`, repeated for several (counted
+/// together); `server` when the parameter is absent; any other value,
+/// an empty one included, is a 400.
+fn span_kinds(values: &[&str], present: bool) -> Result<Vec<i32>, QueryError> {
+    if values.is_empty() {
+        return if present {
+            Err(QueryError::param("spanKind", "unsupported span kind: ''"))
+        } else {
+            Ok(vec![SPAN_KIND_SERVER])
+        };
+    }
+    let mut kinds = Vec::with_capacity(values.len());
+    for name in values {
+        let kind = match name.to_ascii_lowercase().as_str() {
+            "unspecified" => Some(0),
+            "" => None,
+            other => kind_from_name(other),
+        }
+        .ok_or_else(|| QueryError::param("spanKind", format!("unsupported span kind: '{name}'")))?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    Ok(kinds)
+}
+
+/// OTLP `SPAN_KIND_SERVER`, Jaeger's default.
+const SPAN_KIND_SERVER: i32 = 2;
 
 fn parse(params: &Params) -> Result<MetricsQuery, QueryError> {
     let services: Vec<String> = params
@@ -50,19 +82,7 @@ fn parse(params: &Params) -> Result<MetricsQuery, QueryError> {
             "please provide at least one service name",
         ));
     }
-    let kinds = params.all("spanKind");
-    let kind = match kinds.as_slice() {
-        [] => 2,
-        [name] => kind_from_name(name).ok_or_else(|| {
-            QueryError::param("spanKind", format!("unsupported span kind: '{name}'"))
-        })?,
-        _ => {
-            return Err(QueryError::param(
-                "spanKind",
-                "tracemesh answers one span kind at a time",
-            ));
-        }
-    };
+    let kinds = span_kinds(&params.all("spanKind"), params.has("spanKind"))?;
     let ms = Duration::from_millis(1);
     let end = params
         .int::<u64>("endTs")?
@@ -79,7 +99,7 @@ fn parse(params: &Params) -> Result<MetricsQuery, QueryError> {
     Ok(MetricsQuery {
         services,
         by_operation: params.bool("groupByOperation")?,
-        kind,
+        kinds,
         range: TimeRange::ending(end, lookback),
         step: step.as_nanos() as u64,
         rate_per: rate_per.as_nanos() as u64,
@@ -158,10 +178,19 @@ fn family(engine: &Engine, query: &MetricsQuery, which: Which) -> Result<MetricF
     };
     let mut metrics = Vec::new();
     for service in &query.services {
-        let spans = SpanQuery {
-            service: Some(service.clone()),
-            kind: Some(query.kind),
-            ..Default::default()
+        let spans = match query.kinds.as_slice() {
+            [kind] => SpanQuery {
+                service: Some(service.clone()),
+                kind: Some(*kind),
+                ..Default::default()
+            },
+            kinds => SpanQuery {
+                service: Some(service.clone()),
+                conditions: vec![Condition::Any(
+                    kinds.iter().copied().map(Condition::Kind).collect(),
+                )],
+                ..Default::default()
+            },
         };
         for (operation, steps) in values(engine, &spans, query, which, fetch, window_steps)? {
             let mut labels = vec![Label {
@@ -333,4 +362,32 @@ pub async fn errors(State(state): State<AppState>, RawQuery(raw): RawQuery) -> R
 /// `GET /api/metrics/minstep`: the smallest step worth asking for, in ms.
 pub async fn min_step() -> Response {
     envelope(1000u64, 0, Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As Jaeger's `parseSpanKinds`: every kind name, `unspecified`
+    /// included, repeated for several; absent is `server`; an unknown or
+    /// empty name is an error. (`unspecified` and a second kind used to
+    /// be refused.)
+    #[test]
+    fn span_kinds_are_read_as_jaeger_reads_them() {
+        assert_eq!(span_kinds(&[], false).unwrap(), [2]);
+        assert_eq!(span_kinds(&["unspecified"], true).unwrap(), [0]);
+        assert_eq!(span_kinds(&["server", "client"], true).unwrap(), [2, 3]);
+        assert_eq!(
+            span_kinds(
+                &["internal", "producer", "consumer", "server", "SERVER"],
+                true
+            )
+            .unwrap(),
+            [1, 4, 5, 2]
+        );
+        for bad in [&["sideways"][..], &["server", "sideways"], &[""]] {
+            assert!(span_kinds(bad, true).is_err(), "{bad:?}");
+        }
+        assert!(span_kinds(&[], true).is_err(), "spanKind= alone");
+    }
 }

@@ -903,3 +903,88 @@ spec:
     assert_eq!(reply.upstream(), "v3");
     assert_eq!(seen_sneaky(&reviews), 1);
 }
+
+/// Where several namespaces declare one host, the workload takes the
+/// entry of its own namespace, else the oldest (`creationTimestamp`), as
+/// Istio's `selectServices` picks, and a Sidecar chooses among the entries
+/// its egress hosts import: `./*` keeps the own namespace's entry (it was
+/// hidden behind another namespace's, first in the file, and answered 404)
+/// and hides a host only other namespaces declare; `other/*` takes
+/// other's entry though this namespace declares the host too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_several_namespaces_declaring_a_host_the_own_then_the_oldest_serves() {
+    let mut upstreams = Vec::new();
+    for name in ["other", "own", "newer", "older"] {
+        upstreams.push(Upstream::start(name).await);
+    }
+    let entry = |name: &str, namespace: &str, created: &str, host: &str, u: &Upstream| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {namespace}{created}}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 9080, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: {}, ports: {{http: {}}}}}]\n",
+            u.addr.ip(),
+            u.addr.port()
+        )
+    };
+    let entries = entry(
+        "api-other",
+        "other",
+        "",
+        "api.ext.example.com",
+        &upstreams[0],
+    ) + &entry(
+        "api-own",
+        "default",
+        "",
+        "api.ext.example.com",
+        &upstreams[1],
+    ) + &entry(
+        "db-new",
+        "zeta",
+        ", creationTimestamp: \"2025-06-01T00:00:00Z\"",
+        "db.ext.example.com",
+        &upstreams[2],
+    ) + &entry(
+        "db-old",
+        "alpha",
+        ", creationTimestamp: \"2020-01-01T00:00:00Z\"",
+        "db.ext.example.com",
+        &upstreams[3],
+    );
+    let sidecar = |hosts: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: default}}\nspec:\n  egress: [{{hosts: [\"{hosts}\"]}}]\n"
+        )
+    };
+    let app = closed_port().await;
+    let cases = [
+        ("", "own", "older"),
+        (&*sidecar("./*"), "own", ""),
+        (&*sidecar("other/*"), "other", ""),
+    ];
+    for (extra, api, db) in cases {
+        let yaml = agent("productpage", app, NO_COLLECTOR) + &entries + extra;
+        let agent = Agent::start(&yaml);
+        let client = Client::h1(agent.outbound);
+        let reply = client.get("http://api.ext.example.com:9080/").await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.upstream()),
+            (200, api.to_owned()),
+            "{extra}"
+        );
+        let reply = client.get("http://db.ext.example.com:9080/").await;
+        if db.is_empty() {
+            assert_eq!(reply.status, 404, "{extra}");
+            assert_eq!(
+                reply.header("x-tracemesh-response-flags").as_deref(),
+                Some("NR")
+            );
+        } else {
+            assert_eq!(
+                (reply.status.as_u16(), reply.upstream()),
+                (200, db.to_owned()),
+                "{extra}"
+            );
+        }
+        let (ok, out) = common::agent::validate_file(&agent.config);
+        assert!(ok, "{out}");
+    }
+}

@@ -409,6 +409,7 @@ fn build(
         &docs.workload_entries,
         &docs.destination_rules,
         scope,
+        registry::Importer::Sidecar(sidecar.egress.as_ref()),
         (has_identity, &docs.peer_authentications),
         states,
         diags,

@@ -78,17 +78,35 @@ impl Resolution {
     }
 }
 
+/// Whose view of the registry is built: which of several ServiceEntries
+/// declaring one host it takes.
+#[derive(Clone, Copy)]
+pub(super) enum Importer<'a> {
+    /// A sidecar, as Istio's `selectServices` (unified sidecar scoping)
+    /// picks for it: among the entries its Sidecar's egress hosts import
+    /// (`None`: no Sidecar, every entry), the one in its own namespace,
+    /// else the oldest.
+    Sidecar(Option<&'a EgressScope>),
+    /// A gateway, as Istio's `DefaultSidecarScopeForGateway` appends
+    /// services: the oldest, whatever its namespace.
+    Gateway,
+}
+
 impl Registry {
     /// Builds every service's clusters; each service follows the
     /// DestinationRule Istio would give `scope`'s workload for it (see
     /// [`DestinationRules`]), and auto mTLS sends plaintext to an endpoint
     /// whose `peer_authentications`, read in `scope`, DISABLE mTLS for it
-    /// (see [`PeerPolicies`]).
+    /// (see [`PeerPolicies`]). Where several ServiceEntries declare one
+    /// host, `importer` says which one the workload takes (see
+    /// [`owners`]); the others are warned about.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         entries: &[Document<ServiceEntrySpec>],
         workload_entries: &[Document<WorkloadEntry>],
         rules: &[Document<DestinationRuleSpec>],
         scope: RuleScope<'_>,
+        importer: Importer<'_>,
         (has_identity, peer_authentications): (bool, &[Document<PeerAuthenticationSpec>]),
         live: &LiveState,
         diags: &mut Diagnostics,
@@ -97,10 +115,21 @@ impl Registry {
         let agent_namespace = scope.default_namespace;
         let rules = DestinationRules::new(rules, scope, has_identity, diags);
         let mut used = rules.marks();
+        let resolutions: Vec<Option<Resolution>> = entries
+            .iter()
+            .map(|doc| validate_entry(&doc.spec, &doc.location, diags))
+            .collect();
+        let owners = owners(
+            entries,
+            &resolutions,
+            agent_namespace,
+            scope.namespace,
+            importer,
+        );
         let mut services: BTreeMap<String, Service> = BTreeMap::new();
-        for doc in entries {
+        for (i, doc) in entries.iter().enumerate() {
             let namespace = doc.metadata.namespace.as_deref().unwrap_or(agent_namespace);
-            let Some(resolution) = validate_entry(&doc.spec, &doc.location, diags) else {
+            let Some(resolution) = resolutions[i] else {
                 continue;
             };
             let selected =
@@ -109,10 +138,29 @@ impl Registry {
                 // Literal, as Istio's `convertServices` takes them: a host
                 // without a dot is not expanded into the entry's namespace.
                 let fqdn = service_entry_host(host);
-                if services.contains_key(&fqdn) {
-                    let msg = format!(
-                        "host {fqdn} is already declared by an earlier ServiceEntry; this one is ignored"
-                    );
+                let owner = owners.get(&fqdn).copied();
+                if owner != Some((i, h)) {
+                    let why = match owner.map(|(o, _)| &entries[o]) {
+                        Some(o) => {
+                            let ns = o.metadata.namespace.as_deref().unwrap_or(agent_namespace);
+                            let why = match importer {
+                                Importer::Sidecar(_)
+                                    if ns == scope.namespace && ns != namespace =>
+                                {
+                                    "the workload's own namespace declares it"
+                                }
+                                _ => {
+                                    "the oldest (creationTimestamp, else the first in the file) is taken"
+                                }
+                            };
+                            format!(
+                                "ServiceEntry {ns}/{} declares it too and {why}",
+                                o.metadata.name
+                            )
+                        }
+                        None => "another ServiceEntry declares it".to_owned(),
+                    };
+                    let msg = format!("host {fqdn}: {why}; this entry's host is ignored");
                     diags.warn(&doc.location, Some(format!("spec.hosts[{h}]")), msg);
                     continue;
                 }
@@ -332,6 +380,84 @@ impl Registry {
         }
         routes
     }
+}
+
+/// Which entry declares each host for this workload: `(entry, host)`
+/// indexes into `entries` and its `spec.hosts`, by FQDN. Entries that did
+/// not validate (`resolutions[i]` is `None`) declare nothing.
+///
+/// As Istio chooses: its services are ordered oldest first
+/// (`SortServicesByCreationTime`: `creationTimestamp`, then the service
+/// name — the host, equal here — then the namespace; here an entry
+/// without a timestamp comes after those with one, in file order). Of
+/// one namespace's entries for a host the oldest is taken (Istio's
+/// `HostnameAndNamespace` index and `appendSidecarServices` keep the
+/// first). A sidecar then takes, of the entries its Sidecar's egress
+/// hosts import on some port (every entry without a Sidecar), the one in
+/// its own namespace, else the oldest (`selectServices` with
+/// `PILOT_UNIFIED_SIDECAR_SCOPE`); when none is imported, the choice
+/// among all of them, which [`Registry::restrict`] then hides. A gateway
+/// takes the oldest.
+fn owners(
+    entries: &[Document<ServiceEntrySpec>],
+    resolutions: &[Option<Resolution>],
+    default_namespace: &str,
+    own_namespace: &str,
+    importer: Importer<'_>,
+) -> HashMap<String, (usize, usize)> {
+    let namespace_of = |i: usize| {
+        entries[i]
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(default_namespace)
+    };
+    let mut order: Vec<usize> = (0..entries.len())
+        .filter(|&i| resolutions[i].is_some())
+        .collect();
+    order.sort_by(|&a, &b| {
+        super::gateway_api::age(&entries[a].metadata, a)
+            .cmp(&super::gateway_api::age(&entries[b].metadata, b))
+            .then_with(|| namespace_of(a).cmp(namespace_of(b)))
+    });
+    let mut candidates: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+    for &i in &order {
+        for (h, host) in entries[i].spec.hosts.iter().enumerate() {
+            candidates
+                .entry(service_entry_host(host))
+                .or_default()
+                .push((i, h));
+        }
+    }
+    candidates
+        .into_iter()
+        .filter_map(|(fqdn, all)| {
+            let owner = match importer {
+                Importer::Gateway => all.first().copied(),
+                Importer::Sidecar(egress) => {
+                    let imported = |&&(i, _): &&(usize, usize)| {
+                        egress.is_none_or(|scope| {
+                            entries[i].spec.ports.iter().any(|p| {
+                                u16::try_from(p.number)
+                                    .is_ok_and(|port| scope.allows(namespace_of(i), &fqdn, port))
+                            })
+                        })
+                    };
+                    let imported: Vec<&(usize, usize)> = all.iter().filter(imported).collect();
+                    let pool: Vec<&(usize, usize)> = if imported.is_empty() {
+                        all.iter().collect()
+                    } else {
+                        imported
+                    };
+                    pool.iter()
+                        .find(|(i, _)| namespace_of(*i) == own_namespace)
+                        .or_else(|| pool.first())
+                        .map(|&&o| o)
+                }
+            };
+            owner.map(|o| (fqdn, o))
+        })
+        .collect()
 }
 
 /// The local application as the inbound listener's only cluster.

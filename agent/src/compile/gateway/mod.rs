@@ -38,7 +38,7 @@ use std::sync::Arc;
 use super::Documents;
 use super::delegate::Delegates;
 use super::destination_rules::RuleScope;
-use super::registry::Registry;
+use super::registry::{Importer, Registry};
 use super::routes::{self, Binding, Source};
 use super::tcp_rules::l4_destinations;
 use crate::config::diagnostics::{Diagnostics, Location};
@@ -94,6 +94,7 @@ pub(super) fn build(
         &docs.workload_entries,
         &docs.destination_rules,
         scope,
+        Importer::Gateway,
         (doc.spec.identity.is_some(), &docs.peer_authentications),
         states,
         diags,

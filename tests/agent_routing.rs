@@ -259,6 +259,28 @@ async fn consistent_hash_keeps_a_key_on_one_endpoint() {
     );
 }
 
+/// A request without the hash key reaches a random slot of the Maglev
+/// table, as Envoy hashes a random number when the key is missing: a
+/// table of 3 slots over four endpoints leaves one endpoint out of those
+/// requests too (they were spread over all four).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_without_the_hash_key_reaches_the_tables_endpoints_only() {
+    let reviews = Reviews::start().await;
+    let agent = reviews
+        .agent(
+            "{loadBalancer: {consistentHash: {httpHeaderName: x-user, maglev: {tableSize: 3}}}}",
+            "",
+        )
+        .await;
+    let client = Client::h1(agent.outbound);
+    for _ in 0..200 {
+        assert_eq!(client.get("http://reviews:9080/nokey").await.status, 200);
+    }
+    let counts: Vec<usize> = reviews.upstreams.iter().map(Upstream::count).collect();
+    let reached = counts.iter().filter(|&&c| c > 0).count();
+    assert_eq!(reached, 3, "three slots, three endpoints: {counts:?}");
+}
+
 /// A retry under a hash policy goes to the key's endpoint again, as Envoy
 /// does under the retry policy Istio renders for a cluster with a hash
 /// policy (no previous-hosts predicate): the agent sent each retry to

@@ -153,10 +153,9 @@ impl Balancer {
                     a
                 }
             }
-            Self::ConsistentHash { key, table } => match hash_of(key, input) {
-                Some(hash) => table[(hash % table.len() as u64) as usize] as usize,
-                None => fastrand::usize(..n), // no key in this request: spread randomly, as Envoy does
-            },
+            Self::ConsistentHash { key, table } => {
+                table[(key_or_random(key, input) % table.len() as u64) as usize] as usize
+            }
         })
     }
 }
@@ -267,19 +266,26 @@ impl Balancer {
                     },
                 )
             }
-            Self::ConsistentHash { key, table } => match hash_of(key, input) {
-                Some(hash) => {
-                    let at = (hash % table.len() as u64) as usize;
-                    (0..table.len())
-                        .map(|k| table[(at + k) % table.len()] as usize)
-                        .find(|i| allowed(*i))
-                        // (a table smaller than the endpoints leaves some out)
-                        .or_else(|| nth(fastrand::usize(..left)))
-                }
-                None => nth(fastrand::usize(..left)),
-            },
+            Self::ConsistentHash { key, table } => {
+                let at = (key_or_random(key, input) % table.len() as u64) as usize;
+                (0..table.len())
+                    .map(|k| table[(at + k) % table.len()] as usize)
+                    .find(|i| allowed(*i))
+                    // (a table smaller than the endpoints leaves some out)
+                    .or_else(|| nth(fastrand::usize(..left)))
+            }
         }
     }
+}
+
+/// The request's hash of `key`, or, when the request has no such key, a
+/// random number looked up in the table all the same, as Envoy's
+/// `ThreadAwareLoadBalancerBase` does (`chooseHost`: `hash ? hash.value() :
+/// random_.random()`): a request without the key reaches a random slot,
+/// so only the endpoints the table holds (a table smaller than the
+/// endpoints leaves some out), in the table's proportions.
+fn key_or_random(key: &HashKey, input: PickInput<'_>) -> u64 {
+    hash_of(key, input).unwrap_or_else(|| fastrand::u64(..))
 }
 
 fn hash_of(key: &HashKey, input: PickInput<'_>) -> Option<u64> {
@@ -411,6 +417,51 @@ mod tests {
             headers.insert(http::header::COOKIE, empty.parse().unwrap());
             assert_eq!(cookie_value(&headers, "session"), None, "{empty}");
         }
+    }
+
+    /// A request without the hash key reaches a random slot of the table,
+    /// as Envoy hashes a random number instead of the key: with a table of
+    /// 3 slots over 5 endpoints, only the 3 the table holds are reached
+    /// (all 5 were, picked at random among the endpoints), by `pick` and
+    /// by `pick_among` alike.
+    #[test]
+    fn a_request_without_the_key_reaches_only_the_tables_endpoints() {
+        let five = [
+            "10.0.0.1:80",
+            "10.0.0.2:80",
+            "10.0.0.3:80",
+            "10.0.0.4:80",
+            "10.0.0.5:80",
+        ];
+        let cluster = crate::model::cluster::testing::cluster(
+            "reviews",
+            80,
+            crate::model::service::Protocol::Http,
+            &five,
+        );
+        let endpoints = &cluster.endpoints;
+        let key = HashKey::Header(http::HeaderName::from_static("x-user"));
+        let balancer = Balancer::consistent_hash(key, endpoints, 3);
+        let Balancer::ConsistentHash { table, .. } = &balancer else {
+            unreachable!()
+        };
+        let in_table: std::collections::BTreeSet<usize> =
+            table.iter().map(|&i| i as usize).collect();
+        let headers = HeaderMap::new();
+        let input = PickInput {
+            headers: &headers,
+            query: None,
+            source_ip: "10.1.0.1".parse().unwrap(),
+            generated_cookie: None,
+        };
+        let mut reached = std::collections::BTreeSet::new();
+        let mut reached_among = std::collections::BTreeSet::new();
+        for _ in 0..1000 {
+            reached.insert(balancer.pick(endpoints, input).unwrap());
+            reached_among.insert(balancer.pick_among(endpoints, input, |_| true).unwrap());
+        }
+        assert_eq!(reached, in_table);
+        assert_eq!(reached_among, in_table);
     }
 
     /// Round robin among those allowed takes turns until one falls on an

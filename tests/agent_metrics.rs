@@ -189,6 +189,8 @@ spec:
     route: [{destination: {host: app, subset: v9}}]
   - match: [{uri: {prefix: /unknown-host}}]
     route: [{destination: {host: ghost}}]
+  - match: [{uri: {prefix: /undefined-subset}}]
+    route: [{destination: {host: app, subset: v7}}]
   - route: [{destination: {host: app}}]
 "#;
     let agent = Agent::start(&yaml);
@@ -213,12 +215,10 @@ spec:
             "UH",
             "no healthy upstream",
         ),
-        (
-            "http://app:9080/unknown-host",
-            503,
-            "NC",
-            "no cluster found",
-        ),
+        // No body, as Envoy's router answers a route whose cluster is
+        // not found.
+        ("http://app:9080/unknown-host", 503, "NC", ""),
+        ("http://app:9080/undefined-subset", 503, "NC", ""),
     ];
     for (url, status, flag, body) in cases {
         let reply = client.get(url).await;
@@ -229,6 +229,14 @@ spec:
             "{url}"
         );
         assert_eq!(String::from_utf8_lossy(&reply.body), body, "{url}");
+        if body.is_empty() {
+            assert_eq!(
+                reply.header("content-length").as_deref(),
+                Some("0"),
+                "{url}"
+            );
+            assert_eq!(reply.header("content-type"), None, "{url}");
+        }
     }
     let scrape = agent.metrics().await;
     let expect = [
@@ -238,6 +246,7 @@ spec:
         ("503", "UC", "resetting.default.svc.cluster.local"),
         ("503", "UH", "app.default.svc.cluster.local"),
         ("503", "NC", "ghost.default.svc.cluster.local"),
+        ("503", "NC", "app.default.svc.cluster.local"),
     ];
     for (code, flag, service) in expect {
         let labels = [

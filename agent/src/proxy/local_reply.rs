@@ -268,11 +268,14 @@ impl LocalReply {
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };
-    /// The rule's destination is not a known cluster.
+    /// The rule's destination is not a known cluster (an unknown host, a
+    /// subset no DestinationRule defines). Without a body, as Envoy's
+    /// router answers when the route's cluster is not found
+    /// (`sendLocalReply(clusterNotFoundResponseCode(), "", …)`).
     pub const NO_CLUSTER: Self = Self {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::NO_CLUSTER_FOUND,
-        body: "no cluster found",
+        body: "",
         details: "cluster_not_found",
         grpc_status: None,
         decided_by: DecidedBy::Agent,

@@ -377,3 +377,73 @@ spec:
         assert!(lower.contains(flags), "{host}: {reply}");
     }
 }
+
+/// `loadBalancer.simple: PASSTHROUGH` on a STATIC entry is Istio's
+/// ORIGINAL_DST cluster: a captured request goes where its connection was
+/// going, not to the entry's endpoints (it was balanced LEAST_REQUEST over
+/// them), under the service's name; a request to the explicit listener,
+/// which has no original destination, is balanced over the endpoints.
+#[tokio::test]
+async fn passthrough_load_balancing_goes_where_the_connection_was_going() {
+    let Some(mut bed) = Bed::new("PASSTHROUGH") else {
+        return;
+    };
+    let client = bed.pod("client");
+    let original = bed.pod("original");
+    let listed = bed.pod("listed");
+    let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    let at_original = Upstream::start_on("original", original.listen(any(80)));
+    let at_listed = Upstream::start_on("listed", listed.listen(any(80)));
+    let registry = format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: legacy, namespace: default}}
+spec:
+  hosts: [legacy.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {listed}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: legacy, namespace: default}}
+spec:
+  host: legacy.example.com
+  trafficPolicy: {{loadBalancer: {{simple: PASSTHROUGH}}}}
+"#,
+        listed = listed.ip
+    );
+    let _agent = start_agent(&client, "REGISTRY_ONLY", &registry);
+
+    let resolve = format!("legacy.example.com:80:{}", original.ip);
+    let reply = status_and_body(
+        &client,
+        &["--resolve", &resolve],
+        "http://legacy.example.com/",
+    )
+    .await;
+    assert!(
+        reply.starts_with("200 ") && reply.contains("\"upstream\":\"original\""),
+        "{reply}"
+    );
+    assert_eq!((at_original.count(), at_listed.count()), (1, 0));
+    let ok = [
+        ("reporter", "source"),
+        ("destination_service", "legacy.example.com"),
+        ("response_code", "200"),
+    ];
+    wait_metrics(&client, "the request, under its service", |m| {
+        m.sum("istio_requests_total", &ok) == 1.0
+    })
+    .await;
+
+    let args = [
+        "-H",
+        "Host: legacy.example.com",
+        "http://127.0.0.1:15001/explicit",
+    ];
+    let reply = curl_args(&client, &args).await.unwrap();
+    assert!(reply.contains("\"upstream\":\"listed\""), "{reply}");
+    assert_eq!((at_original.count(), at_listed.count()), (1, 1));
+}

@@ -154,12 +154,13 @@ pub(super) struct DestinationRules<'a> {
 }
 
 impl<'a> DestinationRules<'a> {
-    /// Checks each rule (what the agent cannot do) and merges the rules of
+    /// Checks each rule (what the agent cannot do, given whether it has an
+    /// identity and captures outbound connections) and merges the rules of
     /// one namespace for one host, warning about what a merge ignores.
     pub fn new(
         docs: &'a [Document<DestinationRuleSpec>],
         scope: RuleScope<'_>,
-        has_identity: bool,
+        (has_identity, captures): (bool, bool),
         diags: &mut Diagnostics,
     ) -> Self {
         let mut ordered: Vec<(usize, &Document<DestinationRuleSpec>)> =
@@ -179,7 +180,7 @@ impl<'a> DestinationRules<'a> {
             root_namespace: scope.root_namespace.to_owned(),
         };
         for doc in docs {
-            policy::validate_rule(&doc.spec, &doc.location, has_identity, diags);
+            policy::validate_rule(&doc.spec, &doc.location, (has_identity, captures), diags);
         }
         for (_, doc) in ordered {
             let namespace = doc
@@ -423,7 +424,7 @@ mod tests {
         host: &str,
         service_namespace: &str,
     ) -> String {
-        let rules = DestinationRules::new(docs, scope, false, &mut Diagnostics::default());
+        let rules = DestinationRules::new(docs, scope, (false, false), &mut Diagnostics::default());
         rules
             .for_service(host, service_namespace)
             .map_or("-".to_owned(), |i| rules.get(i).name())
@@ -684,7 +685,7 @@ mod tests {
         .concat();
         let docs = parse(&yaml);
         let mut diags = Diagnostics::default();
-        let rules = DestinationRules::new(&docs, SCOPE, false, &mut diags);
+        let rules = DestinationRules::new(&docs, SCOPE, (false, false), &mut diags);
         let merged = rules.get(rules.for_service("api.example.com", "default").unwrap());
         let names: Vec<&str> = merged
             .from
@@ -741,7 +742,8 @@ mod tests {
         ]
         .concat();
         let docs = parse(&yaml);
-        let rules = DestinationRules::new(&docs, SCOPE, false, &mut Diagnostics::default());
+        let rules =
+            DestinationRules::new(&docs, SCOPE, (false, false), &mut Diagnostics::default());
         let merged = rules.get(rules.for_service("api.example.com", "default").unwrap());
         assert_eq!(merged.name(), "default/timed");
         assert_eq!(mode(merged).as_deref(), Some("SIMPLE"));
@@ -765,7 +767,8 @@ mod tests {
         ]
         .concat();
         let docs = parse(&yaml);
-        let rules = DestinationRules::new(&docs, SCOPE, false, &mut Diagnostics::default());
+        let rules =
+            DestinationRules::new(&docs, SCOPE, (false, false), &mut Diagnostics::default());
         let merged = rules.get(rules.for_service("api.example.com", "default").unwrap());
         assert_eq!(&*merged.reference(None), "DestinationRule:default/top");
         assert_eq!(

@@ -409,7 +409,10 @@ fn build(
         &docs.workload_entries,
         &docs.destination_rules,
         scope,
-        registry::Importer::Sidecar(sidecar.egress.as_ref()),
+        registry::Importer::Sidecar {
+            egress: sidecar.egress.as_ref(),
+            captures: agent.spec.capture.mode.as_deref() == Some("REDIRECT"),
+        },
         (has_identity, &docs.peer_authentications),
         states,
         diags,

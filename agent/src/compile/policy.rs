@@ -106,14 +106,17 @@ impl<'a> EffectivePolicy<'a> {
 /// What the agent does with a load-balancer setting unlike Envoy: warnings,
 /// and an error for `useSourceIp: false` alone; the validator refused
 /// unknown and conflicting settings. Reported once per place it is written.
+/// `captures`: the agent captures outbound connections (PASSTHROUGH then
+/// sends them to their original destinations).
 pub(super) fn validate_load_balancer(
     lb: &LoadBalancerSettings,
     loc: &Location,
     field: &str,
+    captures: bool,
     diags: &mut Diagnostics,
 ) {
-    if lb.simple.as_deref() == Some("PASSTHROUGH") {
-        let msg = "PASSTHROUGH needs transparent interception; LEAST_REQUEST is used";
+    if passthrough(Some(lb)) && !captures {
+        let msg = "PASSTHROUGH sends a connection to its original destination, which only a connection the agent captures has (Agent spec.capture.mode: REDIRECT); this proxy captures none, so its requests are balanced LEAST_REQUEST over the endpoints";
         diags.warn(loc, Some(format!("{field}.simple")), msg);
     }
     let Some(hash) = &lb.consistent_hash else {
@@ -135,7 +138,15 @@ pub(super) fn validate_load_balancer(
     }
 }
 
-/// The balancer for a validated setting.
+/// Whether the setting is `simple: PASSTHROUGH`: Istio's ORIGINAL_DST
+/// cluster (`applyLoadBalancer`), each connection to its original
+/// destination.
+pub(super) fn passthrough(lb: Option<&LoadBalancerSettings>) -> bool {
+    lb.is_some_and(|lb| lb.simple.as_deref() == Some("PASSTHROUGH"))
+}
+
+/// The balancer for a validated setting (`PASSTHROUGH`: LEAST_REQUEST, for
+/// the requests without an original destination).
 pub(super) fn balancer(lb: Option<&LoadBalancerSettings>, endpoints: &[Arc<Endpoint>]) -> Balancer {
     let Some(lb) = lb else {
         return Balancer::LeastRequest;
@@ -280,7 +291,7 @@ pub(super) fn cluster_settings(policy: &EffectivePolicy<'_>) -> ClusterSettings 
 pub(super) fn validate_rule(
     rule: &DestinationRuleSpec,
     loc: &Location,
-    has_identity: bool,
+    (has_identity, captures): (bool, bool),
     diags: &mut Diagnostics,
 ) {
     let check = |policy: &TrafficPolicy, field: &str, diags: &mut Diagnostics| {
@@ -294,16 +305,13 @@ pub(super) fn validate_rule(
             }
         }
         if let Some(lb) = &policy.load_balancer {
-            validate_load_balancer(lb, loc, &format!("{field}.loadBalancer"), diags);
+            let field = format!("{field}.loadBalancer");
+            validate_load_balancer(lb, loc, &field, captures, diags);
         }
         for (i, port) in policy.port_level_settings.iter().enumerate() {
             if let Some(lb) = &port.load_balancer {
-                validate_load_balancer(
-                    lb,
-                    loc,
-                    &format!("{field}.portLevelSettings[{i}].loadBalancer"),
-                    diags,
-                );
+                let field = format!("{field}.portLevelSettings[{i}].loadBalancer");
+                validate_load_balancer(lb, loc, &field, captures, diags);
             }
         }
     };

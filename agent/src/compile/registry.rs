@@ -84,12 +84,26 @@ impl Resolution {
 pub(super) enum Importer<'a> {
     /// A sidecar, as Istio's `selectServices` (unified sidecar scoping)
     /// picks for it: among the entries its Sidecar's egress hosts import
-    /// (`None`: no Sidecar, every entry), the one in its own namespace,
-    /// else the oldest.
-    Sidecar(Option<&'a EgressScope>),
+    /// (`egress`; `None`: no Sidecar, every entry), the one in its own
+    /// namespace, else the oldest.
+    Sidecar {
+        /// The applying Sidecar's egress hosts, when one applies.
+        egress: Option<&'a EgressScope>,
+        /// Whether the agent captures outbound connections (Agent
+        /// `spec.capture.mode: REDIRECT`), which then have an original
+        /// destination (`loadBalancer.simple: PASSTHROUGH` needs one).
+        captures: bool,
+    },
     /// A gateway, as Istio's `DefaultSidecarScopeForGateway` appends
     /// services: the oldest, whatever its namespace.
     Gateway,
+}
+
+impl Importer<'_> {
+    /// Whether its outbound connections have an original destination.
+    fn captures(self) -> bool {
+        matches!(self, Self::Sidecar { captures: true, .. })
+    }
 }
 
 impl Registry {
@@ -113,7 +127,8 @@ impl Registry {
     ) -> Self {
         let peers = &PeerPolicies::new(peer_authentications, &scope);
         let agent_namespace = scope.default_namespace;
-        let rules = DestinationRules::new(rules, scope, has_identity, diags);
+        let captures = importer.captures();
+        let rules = DestinationRules::new(rules, scope, (has_identity, captures), diags);
         let mut used = rules.marks();
         let resolutions: Vec<Option<Resolution>> = entries
             .iter()
@@ -144,7 +159,7 @@ impl Registry {
                         Some(o) => {
                             let ns = o.metadata.namespace.as_deref().unwrap_or(agent_namespace);
                             let why = match importer {
-                                Importer::Sidecar(_)
+                                Importer::Sidecar { .. }
                                     if ns == scope.namespace && ns != namespace =>
                                 {
                                     "the workload's own namespace declares it"
@@ -434,7 +449,7 @@ fn owners(
         .filter_map(|(fqdn, all)| {
             let owner = match importer {
                 Importer::Gateway => all.first().copied(),
-                Importer::Sidecar(egress) => {
+                Importer::Sidecar { egress, .. } => {
                     let imported = |&&(i, _): &&(usize, usize)| {
                         egress.is_none_or(|scope| {
                             entries[i].spec.ports.iter().any(|p| {
@@ -758,6 +773,16 @@ impl ClusterBuild<'_> {
             .collect();
         let policy = EffectivePolicy::of(self.rule, self.port, self.subset);
         let settings = policy::cluster_settings(&policy);
+        // `loadBalancer.simple: PASSTHROUGH`: Istio's ORIGINAL_DST cluster
+        // (`applyLoadBalancer`), whatever the entry's resolution, without
+        // a port override (Istio's `PassthroughTargetPorts` are NONE's).
+        // Captured connections go where they were going; the endpoints,
+        // balanced LEAST_REQUEST, serve the rest.
+        let original_dst = self.original_dst.or_else(|| {
+            policy::passthrough(policy.load_balancer).then_some(OriginalDst {
+                port_override: None,
+            })
+        });
         Cluster {
             state: self.live.cluster(&cluster_name),
             name: cluster_name,
@@ -783,7 +808,7 @@ impl ClusterBuild<'_> {
                 self.live,
             ),
             upstream_bind: None,
-            original_dst: self.original_dst,
+            original_dst,
             pooling: Default::default(),
         }
     }
@@ -887,5 +912,74 @@ spec:
         assert_eq!(dns.original_dst, None);
         assert!(dns.original_destination_endpoint(original).is_none());
         assert_eq!(endpoints(dns), ["httpbin.org:80"]);
+    }
+
+    /// `loadBalancer.simple: PASSTHROUGH` is Istio's ORIGINAL_DST cluster
+    /// whatever the entry's resolution: with capture a STATIC entry's
+    /// cluster sends captured connections where they were going (it was
+    /// LEAST_REQUEST over the endpoints with a warning saying capture was
+    /// needed), and its endpoints, balanced LEAST_REQUEST, serve the rest;
+    /// without capture the warning says that none is captured.
+    #[test]
+    fn passthrough_is_the_original_destination_for_captured_connections() {
+        let config = |capture: &str| {
+            format!(
+                r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {{name: productpage-v1, namespace: default}}
+spec:
+  service: productpage
+{capture}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: legacy, namespace: default}}
+spec:
+  hosts: [legacy.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  resolution: STATIC
+  endpoints: [{{address: 192.0.2.10}}, {{address: 192.0.2.11}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: legacy, namespace: default}}
+spec:
+  host: legacy.example.com
+  trafficPolicy: {{loadBalancer: {{simple: PASSTHROUGH}}}}
+"#
+            )
+        };
+        let compile = |yaml: &str| {
+            let file = Arc::from("passthrough.yaml");
+            compile_text(&file, yaml, 1, &LiveState::default()).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let passthrough_warnings = |compiled: &crate::compile::Compiled| -> Vec<String> {
+            let warnings = compiled.diagnostics.warnings().map(ToString::to_string);
+            warnings.filter(|w| w.contains("PASSTHROUGH")).collect()
+        };
+
+        let captured = compile(&config("  capture: {mode: REDIRECT}\n"));
+        let legacy = cluster(&captured.snapshot, "outbound|80||legacy.example.com");
+        assert_eq!(
+            legacy.original_dst,
+            Some(OriginalDst {
+                port_override: None
+            })
+        );
+        let original = "192.0.2.99:80".parse().unwrap();
+        let endpoint = legacy.original_destination_endpoint(original).unwrap();
+        assert_eq!(endpoint.address.to_string(), "192.0.2.99:80");
+        assert_eq!(legacy.balancer.name(), "LEAST_REQUEST");
+        assert_eq!(endpoints(legacy), ["192.0.2.10:8080", "192.0.2.11:8080"]);
+        assert_eq!(passthrough_warnings(&captured), Vec::<String>::new());
+
+        let explicit = compile(&config(""));
+        let warnings = passthrough_warnings(&explicit);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("this proxy captures none"),
+            "{warnings:?}"
+        );
+        let legacy = cluster(&explicit.snapshot, "outbound|80||legacy.example.com");
+        assert_eq!(legacy.balancer.name(), "LEAST_REQUEST");
     }
 }

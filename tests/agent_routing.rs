@@ -977,12 +977,23 @@ async fn of_several_namespaces_declaring_a_host_the_own_then_the_oldest_serves()
         )
     };
     let app = closed_port().await;
+    let own = "default/api-own declares it too and is taken: it is the workload's own namespace's";
+    let outside = |taken: &str| {
+        format!(
+            "{taken} declares it too and is taken: this entry is outside the Sidecar's egress hosts"
+        )
+    };
     let cases = [
-        ("", "own", "older"),
-        (&*sidecar("./*"), "own", ""),
-        (&*sidecar("other/*"), "other", ""),
+        ("", "own", "older", own.to_owned()),
+        (&*sidecar("./*"), "own", "", outside("default/api-own")),
+        (
+            &*sidecar("other/*"),
+            "other",
+            "",
+            outside("other/api-other"),
+        ),
     ];
-    for (extra, api, db) in cases {
+    for (extra, api, db, warning) in cases {
         let yaml = agent("productpage", app, NO_COLLECTOR) + &entries + extra;
         let agent = Agent::start(&yaml);
         let client = Client::h1(agent.outbound);
@@ -1007,6 +1018,6 @@ async fn of_several_namespaces_declaring_a_host_the_own_then_the_oldest_serves()
             );
         }
         let (ok, out) = common::agent::validate_file(&agent.config);
-        assert!(ok, "{out}");
+        assert!(ok && out.contains(&warning), "{out}");
     }
 }

@@ -159,17 +159,23 @@ impl Registry {
                         Some(o) => {
                             let ns = o.metadata.namespace.as_deref().unwrap_or(agent_namespace);
                             let why = match importer {
+                                Importer::Sidecar { egress, .. }
+                                    if !imports(egress, doc, namespace, &fqdn)
+                                        && imports(egress, o, ns, &fqdn) =>
+                                {
+                                    "this entry is outside the Sidecar's egress hosts"
+                                }
                                 Importer::Sidecar { .. }
                                     if ns == scope.namespace && ns != namespace =>
                                 {
-                                    "the workload's own namespace declares it"
+                                    "it is the workload's own namespace's"
                                 }
                                 _ => {
-                                    "the oldest (creationTimestamp, else the first in the file) is taken"
+                                    "it is the oldest (creationTimestamp, else the first in the file)"
                                 }
                             };
                             format!(
-                                "ServiceEntry {ns}/{} declares it too and {why}",
+                                "ServiceEntry {ns}/{} declares it too and is taken: {why}",
                                 o.metadata.name
                             )
                         }
@@ -451,12 +457,7 @@ fn owners(
                 Importer::Gateway => all.first().copied(),
                 Importer::Sidecar { egress, .. } => {
                     let imported = |&&(i, _): &&(usize, usize)| {
-                        egress.is_none_or(|scope| {
-                            entries[i].spec.ports.iter().any(|p| {
-                                u16::try_from(p.number)
-                                    .is_ok_and(|port| scope.allows(namespace_of(i), &fqdn, port))
-                            })
-                        })
+                        imports(egress, &entries[i], namespace_of(i), &fqdn)
                     };
                     let imported: Vec<&(usize, usize)> = all.iter().filter(imported).collect();
                     let pool: Vec<&(usize, usize)> = if imported.is_empty() {
@@ -473,6 +474,23 @@ fn owners(
             owner.map(|o| (fqdn, o))
         })
         .collect()
+}
+
+/// Whether a Sidecar's egress hosts (`None`: no Sidecar) import `entry`,
+/// of `namespace`, for `fqdn`: on one of its ports at least.
+fn imports(
+    egress: Option<&EgressScope>,
+    entry: &Document<ServiceEntrySpec>,
+    namespace: &str,
+    fqdn: &str,
+) -> bool {
+    egress.is_none_or(|scope| {
+        entry
+            .spec
+            .ports
+            .iter()
+            .any(|p| u16::try_from(p.number).is_ok_and(|port| scope.allows(namespace, fqdn, port)))
+    })
 }
 
 /// The local application as the inbound listener's only cluster.

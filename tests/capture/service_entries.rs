@@ -391,7 +391,6 @@ async fn passthrough_load_balancing_goes_where_the_connection_was_going() {
     let client = bed.pod("client");
     let original = bed.pod("original");
     let listed = bed.pod("listed");
-    let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
     let at_original = Upstream::start_on("original", original.listen(any(80)));
     let at_listed = Upstream::start_on("listed", listed.listen(any(80)));
     let registry = format!(

@@ -337,8 +337,9 @@ impl Origination {
     /// IP address is no SNI (rustls sends none and checks the address's
     /// SAN, as Envoy checks the SAN override). Otherwise, without an
     /// authority (TCP) or with one that is no server name, [`Self::server`].
-    /// The cluster's own server unless the request names another host: a
-    /// request to the service by its name allocates nothing.
+    /// The cluster's own server unless the request names another host,
+    /// whose server is taken from this thread's [`AUTO_SNI_SERVERS`]: a
+    /// request allocates only for a name its thread has not sent lately.
     pub fn server_for(&self, authority: Option<&str>) -> Arc<TlsServer> {
         let host = match authority {
             Some(authority) if self.auto_sni => crate::host::split_host_port(authority).0,
@@ -353,14 +354,45 @@ impl Origination {
         if same {
             return self.server.clone();
         }
-        match rustls::pki_types::ServerName::try_from(host) {
-            Ok(name) => Arc::new(TlsServer {
-                server_name: name.to_owned(),
-                expected: Box::default(),
-            }),
-            Err(_) => self.server.clone(),
-        }
+        AUTO_SNI_SERVERS.with_borrow_mut(|servers| {
+            let named = |server: &&Arc<TlsServer>| match &server.server_name {
+                rustls::pki_types::ServerName::DnsName(name) => {
+                    name.as_ref().eq_ignore_ascii_case(host)
+                }
+                _ => false,
+            };
+            if let Some(server) = servers.iter().find(named) {
+                return server.clone();
+            }
+            match rustls::pki_types::ServerName::try_from(host) {
+                Ok(name) => {
+                    let server = Arc::new(TlsServer {
+                        server_name: name.to_owned(),
+                        expected: Box::default(),
+                    });
+                    if servers.len() == AUTO_SNI_SERVERS_MAX {
+                        servers.clear();
+                    }
+                    servers.push(server.clone());
+                    server
+                }
+                Err(_) => self.server.clone(),
+            }
+        })
     }
+}
+
+/// How many names [`AUTO_SNI_SERVERS`] keeps per thread before it starts
+/// over: bounded whatever hosts requests name.
+const AUTO_SNI_SERVERS_MAX: usize = 32;
+
+thread_local! {
+    /// The servers of the names auto SNI sent lately on this thread (a
+    /// rewritten authority, a wildcard ServiceEntry's hosts), so that
+    /// requests under one name share one allocation; no lock, each worker
+    /// keeps its own.
+    static AUTO_SNI_SERVERS: std::cell::RefCell<Vec<Arc<TlsServer>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Cluster {
@@ -714,5 +746,54 @@ mod tests {
         let second = hashed.pick(input(&headers), &[first]).unwrap();
         assert_ne!(second, first);
         assert_eq!(hashed.pick(input(&headers), &[first]).unwrap(), second);
+    }
+
+    fn origination(auto_sni: bool) -> Origination {
+        let config = Arc::new(
+            rustls::ClientConfig::builder_with_provider(crate::tls::material::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        );
+        Origination {
+            h1: config.clone(),
+            h2: config,
+            server: Arc::new(TlsServer {
+                server_name: rustls::pki_types::ServerName::try_from("api.example.com")
+                    .unwrap()
+                    .to_owned(),
+                expected: Box::default(),
+            }),
+            auto_sni,
+        }
+    }
+
+    #[test]
+    fn auto_sni_sends_the_authoritys_host_and_reuses_its_server() {
+        let tls = origination(true);
+        let own = tls.server_for(Some("API.example.com:443"));
+        assert!(Arc::ptr_eq(&own, &tls.server), "the service's own name");
+        let rewritten = tls.server_for(Some("eu.example.com:8443"));
+        assert_eq!(
+            rewritten.server_name,
+            rustls::pki_types::ServerName::try_from("eu.example.com").unwrap()
+        );
+        let again = tls.server_for(Some("eu.example.com"));
+        assert!(Arc::ptr_eq(&rewritten, &again), "one server per name");
+        for n in 0..3 * AUTO_SNI_SERVERS_MAX {
+            tls.server_for(Some(&format!("host-{n}.example.com")));
+        }
+        assert!(AUTO_SNI_SERVERS.with_borrow(Vec::len) <= AUTO_SNI_SERVERS_MAX);
+        let ip = tls.server_for(Some("10.0.0.1:443"));
+        assert!(matches!(
+            ip.server_name,
+            rustls::pki_types::ServerName::IpAddress(_)
+        ));
+        let fixed = origination(false);
+        assert!(Arc::ptr_eq(
+            &fixed.server_for(Some("eu.example.com")),
+            &fixed.server
+        ));
     }
 }

@@ -450,14 +450,7 @@ spec:
     let request = format!(
         "GET /xfcc HTTP/1.1\r\nHost: backend\r\nx-forwarded-client-cert: {forged}\r\nConnection: close\r\n\r\n"
     );
-    let xfcc_seen = |app: &Upstream| {
-        app.seen()
-            .pop()
-            .unwrap()
-            .headers
-            .get("x-forwarded-client-cert")
-            .map(|v| v.to_str().unwrap().to_owned())
-    };
+    let xfcc_seen = |app: &Upstream| app.last_header("x-forwarded-client-cert");
 
     // Plaintext (PERMISSIVE): the forged header never reaches the app,
     // nor the policy.

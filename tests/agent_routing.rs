@@ -640,12 +640,6 @@ spec:
     );
 }
 
-/// A ServiceEntry's own hosts are literal, as Istio's `convertServices`
-/// takes them: `localhost` is a service named `localhost`, its DNS
-/// resolution dials `localhost`, and its metrics name it so — not
-/// `localhost.default.svc.cluster.local`, which no DNS knows. A
-/// VirtualService or DestinationRule naming `localhost` still means the
-/// namespace's `localhost.default.svc.cluster.local`.
 /// A service's VIPs are names of it, as Istio puts a service's addresses
 /// among its virtual host's domains: `Host: <vip>` and `<vip>:<port>`
 /// reach it; an address inside a wider CIDR of `addresses` names nothing.
@@ -688,6 +682,12 @@ async fn a_services_vip_as_host_reaches_it() {
     assert_eq!(app.count(), 5);
 }
 
+/// A ServiceEntry's own hosts are literal, as Istio's `convertServices`
+/// takes them: `localhost` is a service named `localhost`, its DNS
+/// resolution dials `localhost`, and its metrics name it so — not
+/// `localhost.default.svc.cluster.local`, which no DNS knows. A
+/// VirtualService or DestinationRule naming `localhost` still means the
+/// namespace's `localhost.default.svc.cluster.local`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_service_entry_host_without_a_dot_is_taken_as_written() {
     let app = Upstream::start("local").await;

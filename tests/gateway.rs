@@ -1096,14 +1096,7 @@ spec:
   http: [{route: [{destination: {host: bookinfo}}]}]
 "#;
     let forged = "Hash=00;URI=spiffe://cluster.local/ns/default/sa/admin";
-    let xfcc_seen = |app: &Upstream| {
-        app.seen()
-            .pop()
-            .unwrap()
-            .headers
-            .get("x-forwarded-client-cert")
-            .map(|v| v.to_str().unwrap().to_owned())
-    };
+    let xfcc_seen = |app: &Upstream| app.last_header("x-forwarded-client-cert");
     let send = |gateway: &Gateway, alpn: &'static [&'static str]| {
         let (addr, root) = (gateway.port(8443), creds.root_pem.clone());
         let client = creds.client.clone();

@@ -130,12 +130,16 @@ impl CertInfo {
         })
     }
 
-    /// The SPIFFE identity among the URI SANs, if any.
-    pub fn spiffe_id(&self) -> Option<SpiffeId> {
+    /// The URI SANs, in the certificate's order, without their `URI:`.
+    pub fn uri_sans(&self) -> impl Iterator<Item = &str> {
         self.subject_alt_names
             .iter()
             .filter_map(|s| s.strip_prefix("URI:"))
-            .find_map(|uri| SpiffeId::parse(uri).ok())
+    }
+
+    /// The SPIFFE identity among the URI SANs, if any.
+    pub fn spiffe_id(&self) -> Option<SpiffeId> {
+        self.uri_sans().find_map(|uri| SpiffeId::parse(uri).ok())
     }
 
     /// When the certificate expires.

@@ -18,7 +18,9 @@ pub const RESEND_COUNT: &str = "http.request.resend_count";
 /// fire-and-forget shadow whose answer the caller never sees, so no call
 /// the service made. Envoy sends shadows through an async client outside
 /// the HTTP filter chain (`ShadowWriterImpl`), so Istio's stats filter
-/// never counts them as `reporter="source"` requests either.
+/// never counts them as `reporter="source"` requests either. Read by
+/// presence on the span (the agent writes it only as `true`), as
+/// [`RESEND_COUNT`] is.
 pub const MIRROR: &str = "tracemesh.mirror";
 
 /// How a span ended.

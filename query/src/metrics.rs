@@ -1,7 +1,9 @@
 //! The query service's own metrics, registered into the collector's
 //! registry so they appear on the same `/metrics`.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
@@ -11,7 +13,13 @@ pub struct QueryMetrics {
     requests: IntCounterVec,
     seconds: HistogramVec,
     truncated: IntCounterVec,
+    /// When a cut answer was last logged (seconds since the Unix epoch).
+    cut_logged: Arc<AtomicU64>,
 }
+
+/// Least time between two WARN lines about cut answers (every cut is
+/// counted).
+const CUT_LOG_INTERVAL_S: u64 = 60;
 
 impl QueryMetrics {
     /// Creates the families and registers them in `registry`.
@@ -48,18 +56,31 @@ impl QueryMetrics {
             requests,
             seconds,
             truncated,
+            cut_logged: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// Records that one answer of `endpoint` left out the calls of the
-    /// dependency edges past `bound` (`omitted_calls` of them), counted
-    /// and logged at WARN once for the answer. Nothing when none was left
-    /// out.
+    /// dependency edges past `bound` (`omitted_calls` of them): counted,
+    /// and logged at WARN at most once a minute (a large mesh's graph is
+    /// cut on every load). Nothing when none was left out.
     pub fn edges_cut(&self, endpoint: &str, omitted_calls: u64, bound: u32) {
         if omitted_calls == 0 {
             return;
         }
         self.truncated.with_label_values(&[endpoint]).inc();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.cut_logged.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < CUT_LOG_INTERVAL_S
+            || self
+                .cut_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
         tracing::warn!(
             endpoint,
             omitted_calls,

@@ -34,6 +34,17 @@ pub struct Seen {
     pub body_hash: u64,
 }
 
+impl Upstream {
+    /// The value of `name` on the last request seen (`None` without the
+    /// header); panics when none was seen.
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        let seen = self.seen.lock().unwrap();
+        let last = seen.last().expect("no request seen");
+        let value = last.headers.get(name)?;
+        Some(value.to_str().unwrap().to_owned())
+    }
+}
+
 /// A running upstream.
 #[derive(Clone)]
 pub struct Upstream {

@@ -375,7 +375,7 @@ impl Connection {
             }
             Direction::Outbound => MtlsMode::Disable,
         };
-        let Some((io, tls)) = self.handshake(stream, mode).await else {
+        let Some((io, tls)) = self.handshake(stream, mode, true).await else {
             return;
         };
         let down = Downstream {
@@ -493,7 +493,9 @@ impl Connection {
         let (io, tls, undecided) = if mode == MtlsMode::Strict
             || (mesh_tls && mode != MtlsMode::Disable)
         {
-            match self.handshake(stream, mode).await {
+            // A port declared TCP or TLS carries no HTTP: no XFCC element.
+            let http = !matches!(app.protocol, Protocol::Tcp | Protocol::Tls);
+            match self.handshake(stream, mode, http).await {
                 Some((io, tls)) => (io, tls, Bytes::new()),
                 None => return,
             }
@@ -553,16 +555,17 @@ impl Connection {
     }
 
     /// The inbound mTLS handshake under `mode`; `None` when refused (and
-    /// counted).
+    /// counted). The connection's XFCC element is built here, once, where
+    /// it may carry `http`.
     async fn handshake(
         &self,
         stream: TcpStream,
         mode: MtlsMode,
+        http: bool,
     ) -> Option<(DownstreamIo, Option<PeerTls>)> {
         let shared = &self.worker.shared;
-        // The connection's XFCC element is built at the handshake, once.
         let policy = shared.config.load().bootstrap.xfcc;
-        let xfcc = policy.mode.sets_element().then_some(policy.details);
+        let xfcc = (http && policy.mode.sets_element()).then_some(policy.details);
         let (io, mut tls) = handshake::accept(
             stream,
             mode,

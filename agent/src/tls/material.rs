@@ -216,10 +216,7 @@ impl TlsMaterial {
             mesh_h1,
             mesh_h2,
             local_uris: described.first().map_or_else(Vec::new, |leaf| {
-                let uris = leaf.subject_alt_names.iter();
-                uris.filter_map(|san| san.strip_prefix("URI:"))
-                    .map(str::to_owned)
-                    .collect()
+                leaf.uri_sans().map(str::to_owned).collect()
             }),
             chain: described,
             roots: roots_described,

@@ -201,6 +201,7 @@ pub fn apply(
         return;
     };
     match mode {
+        // Forwarded as received (the other modes returned above).
         ForwardClientCert::AlwaysForwardOnly
         | ForwardClientCert::ForwardOnly
         | ForwardClientCert::Sanitize => {}
@@ -226,9 +227,10 @@ pub fn apply(
                 joined.push(b',');
             }
             joined.extend_from_slice(element.as_bytes());
-            if let Ok(value) = HeaderValue::from_bytes(&joined) {
-                headers.insert(FORWARDED_CLIENT_CERT, value);
-            }
+            // Every part was a header value, so the join is one; were it
+            // not, what was received is not passed on unvouched.
+            let value = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| element.clone());
+            headers.insert(FORWARDED_CLIENT_CERT, value);
         }
     }
 }

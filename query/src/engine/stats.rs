@@ -28,27 +28,15 @@ pub const PERCENTS: [f64; 5] = [50.0, 75.0, 90.0, 95.0, 99.0];
 /// Most operations or codes one answer lists.
 const MAX_TERMS: u32 = 10_000;
 
-/// Most edges one dependency graph lists (per direction, when filtered by
-/// service): the most called are kept, the calls of the others counted in
+/// Most edges one dependency graph lists (of one service's, when filtered
+/// by service): the most called are kept, the calls of the others counted in
 /// [`Dependencies::omitted_calls`].
 pub const MAX_EDGES: u32 = 10_000;
 
-/// Longest service name the dependency graph filters in the aggregation
-/// (see [`Engine::dependencies`]).
-const MAX_FILTERED_NAME: usize = 512;
-
-/// `text` as a regex matching it literally (regex-syntax's meta
-/// characters escaped).
-fn escape_regex(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if "\\.+*?()|[]{}^$#&-~".contains(c) {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
+/// Longest service name (bytes) the dependency graph filters in the
+/// aggregation (see [`Engine::dependencies`]): its regex, the name twice,
+/// stays under tantivy's 1,000 DFA states up to about 330 bytes.
+const MAX_FILTERED_NAME: usize = 256;
 
 /// Latency of a set of spans, in nanoseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -382,44 +370,33 @@ impl Engine {
         range: TimeRange,
         service: Option<&str>,
     ) -> Result<Dependencies, QueryError> {
-        // A filter by service is two pairs of terms aggregations limited to
-        // the edges it calls and those calling it (a regex over the edge
-        // dictionary, which tantivy compiles to a DFA of at most 1,000
-        // states: longer names are filtered after the aggregation).
-        let filters: Vec<Option<String>> = match service {
-            None => vec![None],
-            Some(s) if s.len() <= MAX_FILTERED_NAME => {
-                let s = escape_regex(s);
-                let sep = "\\x1F";
-                vec![
-                    Some(format!("{s}{sep}[^{sep}]*")),
-                    Some(format!("[^{sep}]*{sep}{s}")),
-                ]
-            }
-            Some(_) => vec![None],
-        };
+        // A filter by service limits the aggregation to the edges it calls
+        // and those calling it: a regex over the edge dictionary, which
+        // tantivy compiles to a DFA of at most 1,000 states (a longer name
+        // is filtered after the aggregation, so within the bound).
+        let include = service.filter(|s| s.len() <= MAX_FILTERED_NAME).map(|s| {
+            let s = regex::escape(s);
+            let sep = "\\x1F";
+            format!("{s}{sep}[^{sep}]*|[^{sep}]*{sep}{s}")
+        });
         let mut request = serde_json::Map::new();
-        for (i, include) in filters.iter().enumerate() {
-            for (name, field) in [("edges", names::EDGE), ("errors", names::EDGE_ERROR)] {
-                let mut terms = json!({"field": field, "size": MAX_EDGES});
-                if let Some(include) = include {
-                    terms["include"] = json!(include);
-                }
-                request.insert(format!("{name}{i}"), json!({ "terms": terms }));
+        for (name, field) in [("edges", names::EDGE), ("errors", names::EDGE_ERROR)] {
+            let mut terms = json!({"field": field, "size": MAX_EDGES});
+            if let Some(include) = &include {
+                terms["include"] = json!(include);
             }
+            request.insert(name.to_owned(), json!({ "terms": terms }));
         }
         let result = self
             .reader()
             .aggregate(&range.apply(SpanQuery::default()), Value::Object(request))?;
-        let mut edges: Vec<Dependency> = Vec::new();
-        let mut omitted_calls = 0;
-        for i in 0..filters.len() {
-            let listed = &result[format!("edges{i}")];
-            omitted_calls += listed["sum_other_doc_count"].as_u64().unwrap_or(0);
-            let errors: std::collections::HashMap<&str, u64> = terms(&result[format!("errors{i}")])
-                .filter_map(|b| Some((b["key"].as_str()?, b["doc_count"].as_u64()?)))
-                .collect();
-            edges.extend(terms(listed).filter_map(|b| {
+        let listed = &result["edges"];
+        let omitted_calls = listed["sum_other_doc_count"].as_u64().unwrap_or(0);
+        let errors: std::collections::HashMap<&str, u64> = terms(&result["errors"])
+            .filter_map(|b| Some((b["key"].as_str()?, b["doc_count"].as_u64()?)))
+            .collect();
+        let mut edges: Vec<Dependency> = terms(listed)
+            .filter_map(|b| {
                 let key = b["key"].as_str()?;
                 let (parent, child) = key.split_once(names::EDGE_SEPARATOR)?;
                 Some(Dependency {
@@ -428,15 +405,12 @@ impl Engine {
                     calls: b["doc_count"].as_u64()?,
                     errors: errors.get(key).copied().unwrap_or(0),
                 })
-            }));
-        }
-        // Without a regex (a name too long for one), the filter applies
-        // here, after the bound.
-        if let Some(service) = service.filter(|_| filters == [None]) {
+            })
+            .collect();
+        if let Some(service) = service.filter(|_| include.is_none()) {
             edges.retain(|d| d.parent == service || d.child == service);
         }
         edges.sort_by(|a, b| (&a.parent, &a.child).cmp(&(&b.parent, &b.child)));
-        edges.dedup_by(|a, b| a.parent == b.parent && a.child == b.child);
         Ok(Dependencies {
             edges,
             omitted_calls,

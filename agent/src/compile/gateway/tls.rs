@@ -231,11 +231,7 @@ pub(super) fn server_config(
     let built = (|| -> Result<ServerConfig, material::MaterialError> {
         let certs = material::certificates(&cert_pem, "server certificate")?;
         if let Some(leaf) = certs.first().and_then(|c| tracemesh_ca::CertInfo::parse(c)) {
-            let uris = leaf.subject_alt_names.iter();
-            local_uris = uris
-                .filter_map(|san| san.strip_prefix("URI:"))
-                .map(str::to_owned)
-                .collect();
+            local_uris = leaf.uri_sans().map(str::to_owned).collect();
         }
         let key = material::private_key(&key_pem)?;
         let builder = ServerConfig::builder_with_provider(provider.clone())

@@ -506,3 +506,145 @@ async fn a_broken_request_body_is_the_clients_fault() {
         0.0
     );
 }
+
+/// An h2c application that ends every answer after its head with a frame
+/// of its own rather than END_STREAM on the HEADERS frame: `/trailers`
+/// with trailers, any other path with an empty DATA frame (as hyper's and
+/// Python's h2 servers do). `/no-content` answers 204, `/not-modified`
+/// 304, anything else 200 with `content-length: 5` and, but to a HEAD,
+/// a body of 5 bytes.
+async fn h2_app_ending_after_the_head() -> std::net::SocketAddr {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let status = match req.uri().path() {
+                        "/no-content" => 204,
+                        "/not-modified" => 304,
+                        _ => 200,
+                    };
+                    let mut frames = Vec::new();
+                    if status == 200 && req.method() != http::Method::HEAD {
+                        frames.push(Frame::data(Bytes::from_static(b"hello")));
+                    }
+                    if req.uri().path() == "/trailers" {
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("x-trailer", "t".parse().unwrap());
+                        frames.push(Frame::trailers(trailers));
+                    }
+                    let mut response = http::Response::builder().status(status);
+                    if status == 200 {
+                        response = response.header("content-length", "5");
+                    }
+                    // A stream body does not know its end before it is
+                    // polled: hyper sends the head alone, then the frames
+                    // (an empty DATA frame with END_STREAM for none).
+                    let frames = frames.into_iter().map(Ok::<_, std::convert::Infallible>);
+                    let body = StreamBody::new(futures_util::stream::iter(frames));
+                    Ok::<_, std::convert::Infallible>(response.body(body).unwrap())
+                },
+            );
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/1.1 answer that by HTTP has no body (to a HEAD; a 204, a 304)
+/// is whole once its head is written, and one with a `Content-Length` once
+/// that many bytes are, whatever frames end the upstream's HTTP/2 stream
+/// after: Envoy logs it `200 -`. (Found by a breaker: hyper's HTTP/1.1
+/// server drops such an answer's body unread, and the request was recorded
+/// as the client's disconnect, `DC`, in the access log, the metrics and the
+/// span.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_answers_from_an_http2_app_are_not_the_clients_disconnect() {
+    use http_body_util::{BodyExt, Empty};
+    let app = h2_app_ending_after_the_head().await;
+    let frontend = Agent::start(
+        &(common::mesh::agent_with(
+            "frontend",
+            closed_port().await,
+            NO_COLLECTOR,
+            "  accessLog: {enabled: true}",
+        ) + &service_entry(
+            "app",
+            9080,
+            "HTTP2",
+            &[Ep {
+                addr: app,
+                labels: &[],
+            }],
+        )),
+    );
+    // One HTTP/1.1 connection for all of them: each answer ends, and the
+    // connection is kept for the next.
+    let stream = tokio::net::TcpStream::connect(frontend.outbound)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let cases = [
+        (http::Method::HEAD, "/empty-data", 200),
+        (http::Method::HEAD, "/trailers", 200),
+        (http::Method::GET, "/no-content", 204),
+        (http::Method::GET, "/not-modified", 304),
+        (http::Method::GET, "/after", 200),
+    ];
+    for (method, path, status) in &cases {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(*path)
+            .header("host", "app:9080")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        sender.ready().await.unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), *status, "{method} {path}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let expected: &[u8] = if path == &"/after" { b"hello" } else { b"" };
+        assert_eq!(body, expected, "{method} {path}");
+    }
+    for (method, path, status) in &cases {
+        let line = frontend.access_log_line(path);
+        assert_eq!(line["response_code"], *status, "{method} {path}: {line}");
+        assert_eq!(line["response_flags"], "-", "{method} {path}: {line}");
+        assert_eq!(
+            line["response_code_details"], "via_upstream",
+            "{method} {path}: {line}"
+        );
+    }
+    let mut scrape = frontend.metrics().await;
+    for _ in 0..400 {
+        if scrape.sum("istio_requests_total", &[]) >= 5.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        scrape = frontend.metrics().await;
+    }
+    assert_eq!(
+        scrape.sum("istio_requests_total", &[("response_flags", "-")]),
+        5.0,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(
+        scrape.sum("istio_requests_total", &[("response_flags", "DC")]),
+        0.0,
+        "{}",
+        scrape.text
+    );
+}

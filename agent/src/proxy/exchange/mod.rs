@@ -68,6 +68,9 @@ pub struct Exchange {
     done: bool,
     /// The request is a HEAD: the agent's own answers send no body.
     head: bool,
+    /// The `Content-Length` of the upstream's answer, in bytes, when its
+    /// head declared one.
+    declared_length: Option<u64>,
     /// Keeps the connection from counting as idle until the request is
     /// over; says whether the connection was cut for a stalled client.
     stream: super::activity::Stream,
@@ -173,6 +176,7 @@ impl Exchange {
                 .then(|| (telemetry.clone(), side)),
             done: false,
             head: req.method() == http::Method::HEAD,
+            declared_length: None,
             stream: down.activity.start(),
         });
         let Self { span, record, .. } = &mut *exchange;
@@ -470,6 +474,11 @@ impl Exchange {
         clock: Option<Rc<StreamClock>>,
     ) -> Response<ProxyBody> {
         self.upstream_head(&mut parts, upstream_time);
+        self.declared_length = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         Response::from_parts(parts, ResponseBody::upstream(body, self, deadline, clock))
     }
 
@@ -724,13 +733,36 @@ impl AttemptRecord for Exchange {
     }
 }
 
+impl Exchange {
+    /// Whether an HTTP/1.x client was sent the whole answer: one that by
+    /// HTTP has no body (RFC 9110 §6.4.1, §15.2: to a HEAD, and any 1xx,
+    /// 204 or 304) once its head was written, and one whose head declared
+    /// a `Content-Length` once that many bytes were. hyper's HTTP/1 server
+    /// then drops the body unread, whatever the upstream's stream still had
+    /// to send: an HTTP/2 upstream may end it after the last byte with an
+    /// empty DATA frame or trailers (which HTTP/1.1 cannot carry with a
+    /// length). Envoy logs such an answer as answered (`200 -`), not as the
+    /// client's disconnect. (An HTTP/2 client's stream carries the
+    /// upstream's end, and is read to it.)
+    fn answered_whole(&self) -> bool {
+        let status = self.record.status;
+        let bodiless = self.head || (100..200).contains(&status) || status == 204 || status == 304;
+        status != 0
+            && self.record.version < http::Version::HTTP_2
+            && (bodiless || self.declared_length == Some(self.record.response_bytes))
+    }
+}
+
 impl Drop for Exchange {
     /// Dropped before completing: the client went away (Envoy's DC), or
     /// stopped reading and its connection was cut after the stream idle
-    /// timeout (SI, as Envoy records it).
+    /// timeout (SI, as Envoy records it) — unless the answer was whole once
+    /// it was sent ([`Self::answered_whole`]).
     fn drop(&mut self) {
         if !self.done {
-            if self.stream.was_cut_stalled() {
+            if self.answered_whole() {
+                // Over: recorded as answered.
+            } else if self.stream.was_cut_stalled() {
                 self.on_stream_idle();
             } else {
                 self.add_flags(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);

@@ -834,3 +834,173 @@ async fn a_port_without_a_protocol_is_spoken_as_the_client_spoke() {
         assert_eq!(app.seen().pop().expect("seen").version, version);
     }
 }
+
+/// An HTTP/1.1 app that answers `Expect: 100-continue` itself, noting
+/// whether each request head carried it: `/refuse` is answered 413 from
+/// its head alone (no 100, the body unread, the connection closed, as
+/// servers refuse an upload); `/deaf` is read and answered as if it had
+/// not asked (as an HTTP/1.0 server reads it); anything else gets the
+/// app's own `100 Continue` when it asked for one, then its body is read
+/// and answered `200 got N`.
+async fn expect_aware_app() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<bool>>> = Default::default();
+    let noted = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = noted.clone();
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                loop {
+                    let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut buf = [0u8; 4096];
+                        match stream.read(&mut buf).await {
+                            Ok(n) if n > 0 => read.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&read[..end]).to_ascii_lowercase();
+                    read.drain(..end + 4);
+                    let expects = head.contains("\r\nexpect: 100-continue");
+                    seen.lock().unwrap().push(expects);
+                    if head.starts_with("post /refuse ") {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!")
+                            .await;
+                        return;
+                    }
+                    if expects && !head.starts_with("post /deaf ") {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 100 Continue\r\nx-from: app\r\n\r\n")
+                            .await;
+                    }
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while read.len() < length {
+                        let mut buf = [0u8; 4096];
+                        match stream.read(&mut buf).await {
+                            Ok(n) if n > 0 => read.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    read.drain(..length);
+                    let body = format!("got {length}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Reads from `stream` until `bytes` holds a whole response head (the
+/// first one), within 10 s; returns it.
+async fn read_one_head(stream: &mut tokio::net::TcpStream, bytes: &mut Vec<u8>) -> String {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+            bytes.drain(..end + 4);
+            return head;
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("a response head in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a head: {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+        bytes.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// `Expect: 100-continue` goes on to the app, as Istio renders Envoy's
+/// `proxy_100_continue: true`: an app that refuses the upload from its head
+/// gets its 413 to the client with no `100 Continue` before it (the client
+/// never sends the body), and an app that wants the body asks for it, the
+/// client then told `100 Continue`. (Found by a breaker: the agent took the
+/// header off and answered 100 at once, so the client sent its upload
+/// before the app could refuse it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expect_100_continue_is_the_apps_to_answer() {
+    use tokio::io::AsyncWriteExt;
+    let (app, seen) = expect_aware_app().await;
+    let frontend = Agent::start(
+        &(agent("frontend", closed_port().await, NO_COLLECTOR)
+            + &service_entry(
+                "app",
+                9080,
+                "HTTP",
+                &[Ep {
+                    addr: app,
+                    labels: &[],
+                }],
+            )),
+    );
+    // Refused from the head: the 413 is the first thing the client reads.
+    let mut stream = tokio::net::TcpStream::connect(frontend.outbound)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /refuse HTTP/1.1\r\nhost: app:9080\r\nexpect: 100-continue\r\ncontent-length: 10000000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    let head = read_one_head(&mut stream, &mut bytes).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+
+    // Wanted: the client is told to go on, sends the body, gets the answer.
+    let mut stream = tokio::net::TcpStream::connect(frontend.outbound)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: app:9080\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    let head = read_one_head(&mut stream, &mut bytes).await;
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    stream.write_all(b"hello").await.unwrap();
+    let head = read_one_head(&mut stream, &mut bytes).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // An app that never answers the expectation is sent the body after
+    // the agent's wait, the client then told to go on: neither waits for
+    // good.
+    let mut stream = tokio::net::TcpStream::connect(frontend.outbound)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /deaf HTTP/1.1\r\nhost: app:9080\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    let head = read_one_head(&mut stream, &mut bytes).await;
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    stream.write_all(b"hello").await.unwrap();
+    let head = read_one_head(&mut stream, &mut bytes).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [true, true, true],
+        "the app was asked"
+    );
+}

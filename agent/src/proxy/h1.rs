@@ -13,7 +13,9 @@
 //! Framing follows RFC 9112 as hyper's client does (§6.3 for responses):
 //! a HEAD, 1xx, 204 or 304 has no body, `Transfer-Encoding` ending in
 //! `chunked` is chunked, one `Content-Length` (or equal repeats) sizes the
-//! body, anything else reads until close. Interim 1xx answers are skipped.
+//! body, anything else reads until close. Interim 1xx answers are skipped,
+//! but for the `100 Continue` a request with `Expect: 100-continue` waits
+//! for ([`CONTINUE_WAIT`]).
 //! A request body is sized by its `Content-Length`, else by its known
 //! length, else chunked, whatever the method (hyper's client sends a GET,
 //! HEAD or CONNECT body of no declared length as none; Envoy sends it).
@@ -69,6 +71,17 @@ const SMALL_CHUNK: usize = 8 * 1024;
 /// A write buffer grown past this is let go rather than kept with the
 /// idle connection.
 const KEPT_WRITE_BUFFER: usize = 32 * 1024;
+
+/// How long a request sent with `Expect: 100-continue` waits for the
+/// upstream's `100 Continue` (or its final answer) before its body is read
+/// and sent anyway: the wait of curl's and Go's clients by default (RFC
+/// 9110 §10.1.1: a client need not wait for the 100 indefinitely). Its
+/// body is read from the client only then, because hyper's HTTP/1 server
+/// answers the client `100 Continue` itself when the body is first read:
+/// an upstream that refuses the request from its head alone (413, 401)
+/// gets that answer to the client without a 100 first, as Envoy with
+/// Istio's `proxy_100_continue` passes it on.
+pub const CONTINUE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An upstream HTTP/1.1 connection between requests: the socket, bytes
 /// read past the last response, and the cluster's connection slot it
@@ -182,6 +195,7 @@ pub fn send<R: Reuse>(
             crlf_after: false,
             done: encoding == Encoding::Length(0) || body.is_end_stream(),
             short: false,
+            held: false,
             trailers: Vec::new(),
             body,
         };
@@ -207,26 +221,47 @@ pub fn send<R: Reuse>(
                 return Err(SendFailure::Unsent(Box::new(out.body)));
             }
         }
+        // A request that expects `100 Continue` holds its body back until
+        // the upstream asks for it, answers, or is waited for long enough
+        // ([`CONTINUE_WAIT`]).
+        out.held = !out.done && expects_continue(&parts.headers);
+        let mut wait = out
+            .held
+            .then(|| Box::pin(tokio::time::sleep(CONTINUE_WAIT)));
+        let mut continued = false;
         // The body goes out while the answer is awaited: an upstream may
         // answer before it has read the whole request.
         let mut writing = Writing::Busy;
         let head = std::future::poll_fn(|cx| {
-            if let Writing::Busy = writing {
-                match out.poll_write(&mut connection, cx) {
-                    Poll::Ready(Ok(())) => writing = Writing::Whole,
-                    Poll::Ready(Err(WriteError::Body)) => {
-                        return Poll::Ready(Err(SendFailure::Body));
+            loop {
+                if let Writing::Busy = writing {
+                    match out.poll_write(&mut connection, cx) {
+                        Poll::Ready(Ok(())) => writing = Writing::Whole,
+                        Poll::Ready(Err(WriteError::Body)) => {
+                            return Poll::Ready(Err(SendFailure::Body));
+                        }
+                        Poll::Ready(Err(WriteError::Io(error))) => {
+                            // The answer may still be there to read (an early
+                            // response before the upstream closed).
+                            tracing::debug!(%error, "writing the upstream request failed");
+                            writing = Writing::Failed;
+                        }
+                        Poll::Pending => {}
                     }
-                    Poll::Ready(Err(WriteError::Io(error))) => {
-                        // The answer may still be there to read (an early
-                        // response before the upstream closed).
-                        tracing::debug!(%error, "writing the upstream request failed");
-                        writing = Writing::Failed;
-                    }
-                    Poll::Pending => {}
                 }
+                let polled = poll_read_head(&mut connection, &mut continued, cx);
+                if out.held
+                    && polled.is_pending()
+                    && (continued
+                        || wait
+                            .as_mut()
+                            .is_some_and(|w| w.as_mut().poll(cx).is_ready()))
+                {
+                    out.held = false;
+                    continue;
+                }
+                return polled;
             }
-            poll_read_head(&mut connection, cx)
         })
         .await?;
         let Head {
@@ -238,7 +273,14 @@ pub fn send<R: Reuse>(
         let state = body_framing(status, version, head_request, &headers)?;
         let reusable =
             keep_alive && keeps_alive(version, &headers, options) && !matches!(state, State::Eof);
-        let request_whole = matches!(writing, Writing::Whole) && !out.short;
+        // A `100 Continue` read with the final head still asked for the
+        // body: it goes on while the answer streams. Answered before its
+        // body was asked for, the body is never read (the client was sent
+        // no 100 for it), and the upstream, which was told of a body,
+        // cannot take another request on the connection.
+        out.held &= !continued;
+        let unread = out.held;
+        let request_whole = matches!(writing, Writing::Whole) && !out.short && !unread;
         // Boxed: the response is moved whole several times on its way to the
         // client, and the body (the connection, its lease) is most of it.
         let mut response = Response::new(Box::new(ResponseBody {
@@ -247,7 +289,7 @@ pub fn send<R: Reuse>(
             reuse: reusable.then_some(reuse),
             // Still writing after the answer came: the body keeps writing it
             // (boxed: rare, and the body is moved whole).
-            writer: matches!(writing, Writing::Busy).then(|| Box::new(out)),
+            writer: (matches!(writing, Writing::Busy) && !unread).then(|| Box::new(out)),
             request_whole,
             failed: None,
         }));
@@ -481,6 +523,9 @@ struct Outgoing {
     short: bool,
     /// Trailer fields the request may carry (chunked only).
     trailers: Vec<HeaderName>,
+    /// The body waits for the upstream's `100 Continue` ([`CONTINUE_WAIT`]):
+    /// only the head is written.
+    held: bool,
 }
 
 enum WriteError {
@@ -531,6 +576,11 @@ impl Outgoing {
             ready!(or_stalled(&mut self.body, flushed, cx))?;
             if self.done {
                 return Poll::Ready(Ok(()));
+            }
+            if self.held {
+                // Polled again when the upstream's answer or the wait
+                // lets the body go.
+                return Poll::Pending;
             }
             match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
@@ -657,16 +707,29 @@ fn or_stalled<T>(
     }
 }
 
-/// Reads until a final (non-1xx) response head is whole.
+/// Whether a request asks for `100 Continue` before it sends its body
+/// (`Expect: 100-continue`, RFC 9110 §10.1.1; the token ignores case).
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Reads until a final (non-1xx) response head is whole; `continued` is
+/// set once a `100 Continue` has been read.
 fn poll_read_head(
     connection: &mut Connection,
+    continued: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Head, SendFailure>> {
     loop {
         if !connection.read.is_empty() {
             match parse_head(&mut connection.read)? {
                 Parsed::Final(head) => return Poll::Ready(Ok(head)),
-                Parsed::Interim => continue,
+                Parsed::Interim(status) => {
+                    *continued |= status == StatusCode::CONTINUE;
+                    continue;
+                }
                 Parsed::Partial if connection.read.len() > MAX_RESPONSE_HEAD => {
                     return Poll::Ready(Err(SendFailure::Protocol("response head too large")));
                 }
@@ -696,8 +759,8 @@ fn poll_read_head(
 
 enum Parsed {
     Final(Head),
-    /// A 1xx other than 101, consumed.
-    Interim,
+    /// A 1xx other than 101 (its status), consumed.
+    Interim(StatusCode),
     Partial,
 }
 
@@ -724,7 +787,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Parsed, SendFailure> {
         StatusCode::from_u16(code).map_err(|_| SendFailure::Protocol("invalid status code"))?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         read.advance(len);
-        return Ok(Parsed::Interim);
+        return Ok(Parsed::Interim(status));
     }
     let version = if response.version == Some(0) {
         Version::HTTP_10
@@ -923,7 +986,7 @@ pub fn read_whole(bytes: &[u8], head_request: bool) -> Result<(StatusCode, u64),
     let head = loop {
         match parse_head(&mut read) {
             Ok(Parsed::Final(head)) => break head,
-            Ok(Parsed::Interim) => {}
+            Ok(Parsed::Interim(_)) => {}
             Ok(Parsed::Partial) => return Err("closed before a whole response head"),
             Err(SendFailure::Protocol(why)) => return Err(why),
             Err(_) => return Err("not a response"),

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, request, response};
 
@@ -118,14 +118,13 @@ pub fn prepare_request(
 ) -> Result<(), LocalReply> {
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, out.upgrade);
-    // hyper answers `100 Continue` itself once the body is read; the app
-    // is not asked again (Envoy's `proxy_100_continue` is off in Istio).
-    if headers
-        .get(EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-    {
-        headers.remove(EXPECT);
-    }
+    // `Expect: 100-continue` goes on to the app, as Istio renders Envoy's
+    // `proxy_100_continue: true` (ENABLE_100_CONTINUE_HEADERS, on by
+    // default): the app decides whether it wants the body. The agent's
+    // HTTP/1.1 client holds the body back until the app's `100 Continue`
+    // (`h1::CONTINUE_WAIT`); hyper's server answers an HTTP/1.1 client
+    // `100 Continue` when the body is first read, and cannot pass on other
+    // 1xx answers, nor any to an HTTP/2 client (docs/envoy-differences.md).
     match out.edge_scheme {
         Some(_) if out.trust_forwarded_proto && header_scan::holds(headers, &X_FORWARDED_PROTO) => {
         }

@@ -460,6 +460,7 @@ fn trailers_that_frame_route_or_authenticate_are_not_sent() {
         crlf_after: false,
         done: false,
         short: false,
+        held: false,
         trailers: trailer_names(&headers),
         body: UpstreamBody::Full(None),
     };

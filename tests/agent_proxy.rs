@@ -1004,3 +1004,97 @@ async fn expect_100_continue_is_the_apps_to_answer() {
         "the app was asked"
     );
 }
+
+/// An h2c application that takes WebSockets only as RFC 8441 extended
+/// CONNECTs (`SETTINGS_ENABLE_CONNECT_PROTOCOL`), answering 200 with no
+/// `Sec-WebSocket-Accept` (HTTP/2 has none) and echoing each text message;
+/// anything else gets 404.
+async fn h2_websocket_app() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let service =
+                hyper::service::service_fn(|mut req: Request<hyper::body::Incoming>| async move {
+                    let websocket = req.method() == http::Method::CONNECT
+                        && req
+                            .extensions()
+                            .get::<hyper::ext::Protocol>()
+                            .is_some_and(|p| p.as_str() == "websocket");
+                    if !websocket {
+                        let response = http::Response::builder().status(404);
+                        return Ok::<_, std::convert::Infallible>(
+                            response
+                                .body(http_body_util::Empty::<Bytes>::new())
+                                .unwrap(),
+                        );
+                    }
+                    let upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let io = hyper_util::rt::TokioIo::new(upgrade.await.unwrap());
+                        let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
+                        let mut ws =
+                            tokio_tungstenite::WebSocketStream::from_raw_socket(io, role, None)
+                                .await;
+                        while let Some(Ok(message)) = ws.next().await {
+                            if message.is_text() && ws.send(message).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    Ok(http::Response::new(http_body_util::Empty::<Bytes>::new()))
+                });
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .enable_connect_protocol()
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket to an application whose port is declared HTTP2 goes to it
+/// as an RFC 8441 extended CONNECT, as Envoy sends it, and its 200 comes
+/// back as the 101 with the `Sec-WebSocket-Accept` the client's key asks
+/// for (which Envoy leaves out, so that clients fail the handshake there).
+/// Through two agents: the frontend's goes to the backend's sidecar as an
+/// HTTP/1.1 upgrade, the backend's to the application as the CONNECT.
+/// (Found by a breaker: the agent sent the h2c-only application an
+/// HTTP/1.1 upgrade, answered 502 UPE.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websockets_reach_an_http2_app_as_extended_connect() {
+    let app = h2_websocket_app().await;
+    let backend = Agent::start(
+        &AgentDoc {
+            name: "backend-v1",
+            service: "backend",
+            app: "backend",
+            version: "v1",
+            app_addr: app,
+            otlp: NO_COLLECTOR,
+            app_protocol: "HTTP2",
+            outbound_tcp: "[]",
+            extra: "",
+        }
+        .yaml(),
+    );
+    let labels = [("app", "backend"), ("version", "v1")];
+    let frontend = Agent::start(
+        &(agent("frontend", closed_port().await, NO_COLLECTOR)
+            + &service_entry(
+                "backend",
+                9080,
+                "HTTP2",
+                &[Ep {
+                    addr: backend.inbound,
+                    labels: &labels,
+                }],
+            )),
+    );
+    let mut ws = websocket(frontend.outbound, "ws://backend:9080/ws").await;
+    echoed(&mut ws, "over an extended CONNECT").await;
+    echoed(&mut ws, "and again").await;
+}

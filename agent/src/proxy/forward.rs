@@ -12,6 +12,7 @@ use super::pool::{AcquireError, PoolKey, add_waits};
 use super::reset_reason::ResetReason;
 use super::shared_h2::StreamBody;
 use super::stalled::WatchedStream;
+use super::upgrade;
 use super::upstream::{AttemptHead, PoolReady, SendError, Sent, Upstream};
 use crate::model::cluster::{Cluster, UpstreamTls};
 use crate::model::endpoint::Endpoint;
@@ -44,7 +45,8 @@ pub struct Forwarder<'a> {
     pub worker: &'a Rc<Worker>,
     /// The cluster the endpoints belong to.
     pub cluster: &'a Cluster,
-    /// Speak HTTP/2 upstream.
+    /// Speak HTTP/2 upstream (an upgrade: as an extended CONNECT, see
+    /// [`send`]).
     pub h2: bool,
     /// The request offers an upgrade (a 101 may answer it).
     pub upgrade: bool,
@@ -85,6 +87,12 @@ impl Upstream for Forwarder<'_> {
 /// upstream's protocol error, as an unreadable head is. `ready` is told
 /// when the first connection is had.
 ///
+/// An upgrade (`upgrade`, a WebSocket) sent as HTTP/2 (`h2`: to an
+/// application whose port speaks it) goes as an RFC 8441 extended
+/// CONNECT, as Envoy sends it ([`upgrade::to_extended_connect`]; its head
+/// is in HTTP/1.1's form until then), its 200 answered to the client as
+/// the 101 ([`upgrade::upgrade_answer`]).
+///
 /// An `async` block, not an `async fn`: an `async fn` keeps each argument
 /// twice in its future, and this future is moved into each caller's. The
 /// upgrade's connection (a hyper handshake, rare) is boxed for the same
@@ -101,6 +109,7 @@ pub fn send(
     ready: &PoolReady,
 ) -> impl Future<Output = Result<Sent<Received>, SendError>> {
     async move {
+        let connect = upgrade && h2;
         let plan = {
             let parts = head.parts();
             let authority = crate::host::head_authority(&parts.uri, &parts.headers);
@@ -112,7 +121,15 @@ pub fn send(
         // nothing of which was written goes out on again.
         let mut waited = None;
         if h2 {
+            let websocket_key = if connect {
+                upgrade::to_extended_connect(head.parts()).map_err(|_| SendError::Protocol)?
+            } else {
+                None
+            };
             let mut req = head.into_request(body);
+            if connect {
+                req.extensions_mut().insert(upgrade::websocket_protocol());
+            }
             for _ in 0..2 {
                 let mut shared = pools
                     .h2(&key, cluster, &plan)
@@ -122,7 +139,10 @@ pub fn send(
                 waited = add_waits(waited, shared.waited);
                 let taken = &mut shared.taken;
                 match taken.sender.try_send_request(req).await {
-                    Ok(response) => {
+                    Ok(mut response) => {
+                        if connect {
+                            upgrade::upgrade_answer(&mut response, websocket_key.as_ref());
+                        }
                         // Let in by the stream's window: watched for a client
                         // that stops reading it; counted on its connection
                         // until it ends.

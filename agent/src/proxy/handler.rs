@@ -258,10 +258,18 @@ pub fn handle(
             response
         };
 
-        // Upgrades (WebSocket, once admitted) travel as HTTP/1.1, once;
-        // everything else speaks the protocol the destination port declares.
+        // Everything speaks the protocol the destination port declares.
+        // Upgrades (WebSocket, once admitted) go once, as HTTP/1.1 — but
+        // to an application whose port speaks HTTP/2 as an RFC 8441
+        // extended CONNECT, as Envoy sends it (`forward::send`; the head
+        // in HTTP/1.1's form until then). Only the inbound hop makes it:
+        // a peer's sidecar takes upgrades over HTTP/1.1 only and makes the
+        // CONNECT to its application itself (docs/envoy-differences.md).
         let downstream_upgrade = upgrade::take(&mut req);
-        let h2 = downstream_upgrade.is_none() && cluster.speaks_h2(req.version(), ex.is_grpc());
+        let port_h2 = cluster.speaks_h2(req.version(), ex.is_grpc());
+        let h2 = downstream_upgrade.is_none() && port_h2;
+        let connect =
+            downstream_upgrade.is_some() && port_h2 && down.direction == Direction::Inbound;
 
         // Headers for the next hop: rewrites, hop-by-hop out, forwarding
         // headers, trace context, peer metadata, the rule's edits.
@@ -360,7 +368,7 @@ pub fn handle(
         let upstream = Forwarder {
             worker: &worker,
             cluster,
-            h2,
+            h2: h2 || connect,
             upgrade: downstream_upgrade.is_some(),
         };
         let delivered = match attempts.run(&upstream, parts, body, &mut *ex).await {

@@ -1,14 +1,15 @@
 //! Protocol upgrades: WebSocket, the one Istio enables, goes upstream with
-//! its `Upgrade` header over HTTP/1.1, and once the upstream answers 101
-//! the two connections are spliced byte for byte, under the stream idle
-//! timeout; an h2c offer is dropped and any other upgrade refused, as Envoy
-//! does.
+//! its `Upgrade` header over HTTP/1.1 — or, to an application whose port
+//! speaks HTTP/2, as an RFC 8441 extended CONNECT, as Envoy sends it — and
+//! once the upstream answers 101 (200 to the CONNECT) the two connections
+//! are spliced byte for byte, under the stream idle timeout; an h2c offer
+//! is dropped and any other upgrade refused, as Envoy does.
 
 use std::cell::Cell;
 use std::time::Duration;
 
 use http::header::{CONNECTION, UPGRADE};
-use http::{HeaderMap, HeaderName, Request, Response, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -36,6 +37,80 @@ impl UpgradeSlot {
             _slot: std::sync::Arc::new(slot),
         }
     }
+}
+
+/// The key a WebSocket client sends with its upgrade (RFC 6455 §11.3.1).
+const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+
+/// The server's proof that it read the key (RFC 6455 §11.3.3).
+const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+
+/// The GUID RFC 6455 §1.3 appends to the key before hashing it.
+const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Turns a WebSocket upgrade's HTTP/1.1 head into an RFC 8441 extended
+/// CONNECT for an HTTP/2 upstream, as Envoy's
+/// `Http::Utility::transformUpgradeRequestFromH1toH2` does: method
+/// `CONNECT` with `:protocol` `websocket`, `Upgrade` and `Connection` (and
+/// a `Content-Length` of 0) dropped, the target in HTTP/2's form. Returns
+/// the client's `Sec-WebSocket-Key`, which the answer is proved with
+/// ([`upgrade_answer`]); `Err` when the head names no authority.
+pub(super) fn to_extended_connect(
+    parts: &mut http::request::Parts,
+) -> Result<Option<HeaderValue>, LocalReply> {
+    super::headers::set_target(parts, true)?;
+    parts.method = Method::CONNECT;
+    parts.headers.remove(UPGRADE);
+    parts.headers.remove(CONNECTION);
+    if parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v == "0")
+    {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    Ok(parts.headers.get(SEC_WEBSOCKET_KEY).cloned())
+}
+
+/// The `:protocol` of an extended CONNECT made of a WebSocket upgrade.
+pub(super) fn websocket_protocol() -> hyper::ext::Protocol {
+    hyper::ext::Protocol::from_static("websocket")
+}
+
+/// An extended CONNECT's answer as the HTTP/1.1 client's upgrade wants it:
+/// a 200 is its `101 Switching Protocols` with `Upgrade: websocket` and
+/// `Connection: upgrade`, as Envoy's
+/// `Http::Utility::transformUpgradeResponseFromH2toH1` makes it, and with
+/// the `Sec-WebSocket-Accept` RFC 6455 §4.2.2 derives from the client's
+/// `key` when the application sent none (over HTTP/2 it sends none, RFC
+/// 8441 §5): its 200 accepted the WebSocket, and a client fails a handshake
+/// without the header (RFC 6455 §4.1), as every client does behind Envoy.
+/// Any other answer refuses the upgrade and goes back as it is.
+pub(super) fn upgrade_answer<B>(response: &mut Response<B>, key: Option<&HeaderValue>) {
+    if response.status() != StatusCode::OK {
+        return;
+    }
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *response.version_mut() = Version::HTTP_11;
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(key) = key
+        && !headers.contains_key(SEC_WEBSOCKET_ACCEPT)
+    {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, websocket_accept(key.as_bytes()));
+    }
+}
+
+/// RFC 6455 §4.2.2's `Sec-WebSocket-Accept` for `key`: the base64 of the
+/// SHA-1 of the key followed by [`WEBSOCKET_GUID`].
+fn websocket_accept(key: &[u8]) -> HeaderValue {
+    use base64::Engine;
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    digest.update(key);
+    digest.update(WEBSOCKET_GUID);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(digest.finish());
+    HeaderValue::from_str(&encoded).expect("base64 is a valid header value")
 }
 
 /// RFC 7540 §3.2's settings of an h2c upgrade offer.
@@ -220,6 +295,13 @@ fn ended_by(passed: Result<(), PipeBroke>, source: EndedBy, destination: EndedBy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_accept_is_rfc_6455s() {
+        // RFC 6455 §1.3's example.
+        let accept = websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
 
     fn headers(lines: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();

@@ -111,8 +111,14 @@ pub fn send(
     async move {
         let connect = upgrade && h2;
         let plan = {
+            // The request's authority matters to auto SNI alone.
             let parts = head.parts();
-            let authority = crate::host::head_authority(&parts.uri, &parts.headers);
+            let authority = match &cluster.tls {
+                UpstreamTls::Originate(tls) if tls.auto_sni => {
+                    crate::host::head_authority(&parts.uri, &parts.headers)
+                }
+                _ => None,
+            };
             tls_plan(worker, cluster, endpoint, h2, authority)?
         };
         let key = PoolKey::new(&endpoint.address, cluster, &plan);

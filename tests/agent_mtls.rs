@@ -639,10 +639,16 @@ async fn destination_rules_originate_tls() {
 /// after its VirtualService rewrite, and checks the certificate against it
 /// (Istio's `auto_sni` and `auto_san_validation`, Envoy's router taking the
 /// host the route rewrites to); with `subjectAltNames` the SNI still
-/// follows the authority and the certificate is checked against those.
+/// follows the authority and the certificate is checked against those. A
+/// wildcard ServiceEntry host, no server name itself, originates TLS to
+/// each host it matches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn origination_without_sni_sends_the_authority_as_rewritten() {
-    let secure = TlsUpstream::start(&["front.example", "rewritten.example"], false).await;
+    let secure = TlsUpstream::start(
+        &["front.example", "rewritten.example", "api.wild.example"],
+        false,
+    )
+    .await;
     let root = secure.root.display();
     let rewrites = |host: &str| {
         format!(
@@ -668,6 +674,17 @@ async fn origination_without_sni_sends_the_authority_as_rewritten() {
             ),
         ),
         rewrites("sans.example"),
+        // A wildcard host names no server of its own: each request's does.
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: wild}}\nspec:\n  hosts: [\"*.wild.example\"]\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n",
+            secure.addr.port()
+        ),
+        tls_rule(
+            "default",
+            "wild",
+            "*.wild.example",
+            &format!("{{mode: SIMPLE, caCertificates: \"{root}\"}}"),
+        ),
     ]
     .concat();
     let agent = Agent::start(&(agent("app", closed_port().await, NO_COLLECTOR) + &docs));
@@ -708,6 +725,10 @@ async fn origination_without_sni_sends_the_authority_as_rewritten() {
     let reply = client.get("http://sans.example/").await;
     assert_eq!(reply.status, 200);
     assert_eq!(sent("sans.example"), 1);
+
+    let reply = client.get("http://api.wild.example/").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(sent("api.wild.example"), 1);
 }
 
 /// A STATIC ServiceEntry for `host` in `namespace`, port 80 (HTTP) sent to

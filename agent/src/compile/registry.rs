@@ -155,8 +155,9 @@ impl Registry {
                 let fqdn = service_entry_host(host);
                 let owner = owners.get(&fqdn).copied();
                 if owner != Some((i, h)) {
-                    let why = match owner.map(|(o, _)| &entries[o]) {
-                        Some(o) => {
+                    let why = match owner.map(|(o, _)| (o, &entries[o])) {
+                        Some((o, _)) if o == i => "it is repeated in this entry's hosts".to_owned(),
+                        Some((_, o)) => {
                             let ns = o.metadata.namespace.as_deref().unwrap_or(agent_namespace);
                             let why = match importer {
                                 Importer::Sidecar { egress, .. }

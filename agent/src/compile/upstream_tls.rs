@@ -139,7 +139,11 @@ fn read(path: &str) -> Result<String, String> {
 /// running config's when its settings and files are the same (Envoy keeps
 /// the connection pools of a cluster a config update leaves unchanged).
 fn originate(tls: &ClientTlsSettings, host: &str, live: &LiveState) -> Result<UpstreamTls, String> {
-    let sni = tls.sni.clone().unwrap_or_else(|| host.to_owned());
+    // A wildcard host (`*.example.com`) names no server: with auto SNI each
+    // HTTP request's authority does, and the wildcard's domain stands for
+    // a connection without one (TCP).
+    let sni =
+        (tls.sni.clone()).unwrap_or_else(|| host.strip_prefix("*.").unwrap_or(host).to_owned());
     let server_name = ServerName::try_from(sni.clone()).map_err(|e| format!("sni {sni:?}: {e}"))?;
     let roots_pem = match &tls.ca_certificates {
         Some(path) => read(path)?,

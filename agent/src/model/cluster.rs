@@ -64,7 +64,8 @@ pub struct Cluster {
     /// captured inbound connection is delivered to the application.
     pub upstream_bind: Option<IpAddr>,
     /// `Some` for Envoy's `ORIGINAL_DST` cluster of a ServiceEntry with
-    /// `resolution: NONE` (Istio's `Passthrough` resolution): a captured
+    /// `resolution: NONE` (Istio's `Passthrough` resolution) or of a
+    /// DestinationRule `loadBalancer.simple: PASSTHROUGH`: a captured
     /// connection's requests and bytes go to where the connection was
     /// going ([`Cluster::original_destination_endpoint`]), not to
     /// `endpoints`, which serve only traffic that has no original
@@ -354,45 +355,48 @@ impl Origination {
         if same {
             return self.server.clone();
         }
-        AUTO_SNI_SERVERS.with_borrow_mut(|servers| {
-            let named = |server: &&Arc<TlsServer>| match &server.server_name {
-                rustls::pki_types::ServerName::DnsName(name) => {
-                    name.as_ref().eq_ignore_ascii_case(host)
-                }
-                _ => false,
+        let Ok(name) = rustls::pki_types::ServerName::try_from(host) else {
+            return self.server.clone();
+        };
+        AUTO_SNI_SERVERS.with_borrow_mut(|(servers, next)| {
+            let same = |server: &&Arc<TlsServer>| match (&server.server_name, &name) {
+                (
+                    rustls::pki_types::ServerName::DnsName(a),
+                    rustls::pki_types::ServerName::DnsName(b),
+                ) => a.as_ref().eq_ignore_ascii_case(b.as_ref()),
+                (a, b) => a == b,
             };
-            if let Some(server) = servers.iter().find(named) {
+            if let Some(server) = servers.iter().find(same) {
                 return server.clone();
             }
-            match rustls::pki_types::ServerName::try_from(host) {
-                Ok(name) => {
-                    let server = Arc::new(TlsServer {
-                        server_name: name.to_owned(),
-                        expected: Box::default(),
-                    });
-                    if servers.len() == AUTO_SNI_SERVERS_MAX {
-                        servers.clear();
-                    }
-                    servers.push(server.clone());
-                    server
-                }
-                Err(_) => self.server.clone(),
+            let server = Arc::new(TlsServer {
+                server_name: name.to_owned(),
+                expected: Box::default(),
+            });
+            // Past the bound, the oldest name's slot is taken.
+            if servers.len() < AUTO_SNI_SERVERS_MAX {
+                servers.push(server.clone());
+            } else {
+                servers[*next] = server.clone();
+                *next = (*next + 1) % AUTO_SNI_SERVERS_MAX;
             }
+            server
         })
     }
 }
 
-/// How many names [`AUTO_SNI_SERVERS`] keeps per thread before it starts
-/// over: bounded whatever hosts requests name.
+/// How many names [`AUTO_SNI_SERVERS`] keeps per thread: bounded whatever
+/// hosts requests name.
 const AUTO_SNI_SERVERS_MAX: usize = 32;
 
 thread_local! {
     /// The servers of the names auto SNI sent lately on this thread (a
-    /// rewritten authority, a wildcard ServiceEntry's hosts), so that
-    /// requests under one name share one allocation; no lock, each worker
-    /// keeps its own.
-    static AUTO_SNI_SERVERS: std::cell::RefCell<Vec<Arc<TlsServer>>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    /// rewritten authority, a wildcard ServiceEntry's hosts, an address),
+    /// so that requests under one name share one allocation, and the slot
+    /// the next new name takes once full; no lock, each worker keeps its
+    /// own.
+    static AUTO_SNI_SERVERS: std::cell::RefCell<(Vec<Arc<TlsServer>>, usize)> =
+        const { std::cell::RefCell::new((Vec::new(), 0)) };
 }
 
 impl Cluster {
@@ -781,15 +785,36 @@ mod tests {
         );
         let again = tls.server_for(Some("eu.example.com"));
         assert!(Arc::ptr_eq(&rewritten, &again), "one server per name");
-        for n in 0..3 * AUTO_SNI_SERVERS_MAX {
-            tls.server_for(Some(&format!("host-{n}.example.com")));
-        }
-        assert!(AUTO_SNI_SERVERS.with_borrow(Vec::len) <= AUTO_SNI_SERVERS_MAX);
         let ip = tls.server_for(Some("10.0.0.1:443"));
         assert!(matches!(
             ip.server_name,
             rustls::pki_types::ServerName::IpAddress(_)
         ));
+        assert!(
+            Arc::ptr_eq(&ip, &tls.server_for(Some("10.0.0.1"))),
+            "one per address"
+        );
+        // More names than the bound: the oldest slots are taken, the most
+        // recent kept, and the cache never grows past it.
+        for n in 0..AUTO_SNI_SERVERS_MAX - 2 {
+            tls.server_for(Some(&format!("host-{n}.example.com")));
+        }
+        let recent = tls.server_for(Some("recent.example.com"));
+        for n in 0..3 {
+            tls.server_for(Some(&format!("late-{n}.example.com")));
+        }
+        assert!(Arc::ptr_eq(
+            &recent,
+            &tls.server_for(Some("recent.example.com"))
+        ));
+        assert!(!Arc::ptr_eq(
+            &rewritten,
+            &tls.server_for(Some("eu.example.com"))
+        ));
+        assert_eq!(
+            AUTO_SNI_SERVERS.with_borrow(|(servers, _)| servers.len()),
+            AUTO_SNI_SERVERS_MAX
+        );
         let fixed = origination(false);
         assert!(Arc::ptr_eq(
             &fixed.server_for(Some("eu.example.com")),

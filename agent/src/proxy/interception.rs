@@ -147,7 +147,8 @@ pub fn outside_registry(snapshot: &Snapshot, dst: SocketAddr) -> TcpTarget {
 }
 
 /// A captured TCP or TLS connection to `dst`, once routed: to an
-/// `ORIGINAL_DST` cluster (a ServiceEntry with `resolution: NONE`) it goes
+/// `ORIGINAL_DST` cluster (a ServiceEntry with `resolution: NONE`, a
+/// DestinationRule `loadBalancer.simple: PASSTHROUGH`) it goes
 /// where it was going (on the port's `targetPort` when set), as Envoy's
 /// cluster sends it, under the cluster's policies; any other target is
 /// left as it is.

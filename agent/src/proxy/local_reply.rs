@@ -447,18 +447,19 @@ impl LocalReply {
         }
         let body = self.body(retried);
         if grpc {
-            let message = if body.is_empty() { self.details } else { &body };
-            let response = builder
+            // `grpc-message` is the body's, and absent without one, as
+            // Envoy's `sendLocalReply` writes it.
+            builder = builder
                 .status(StatusCode::OK)
                 .header(http::header::CONTENT_TYPE, "application/grpc")
-                .header("grpc-status", self.grpc_code().to_string())
-                .header(
-                    "grpc-message",
-                    HeaderValue::from_str(message).unwrap_or(HeaderValue::from_static("")),
-                )
-                .body(())
-                .unwrap_or_default();
-            return (response, Bytes::new());
+                .header("grpc-status", self.grpc_code().to_string());
+            if let Some(message) = (!body.is_empty())
+                .then(|| HeaderValue::from_str(&body).ok())
+                .flatten()
+            {
+                builder = builder.header("grpc-message", message);
+            }
+            return (builder.body(()).unwrap_or_default(), Bytes::new());
         }
         if !body.is_empty() {
             builder = builder.header(http::header::CONTENT_TYPE, "text/plain");
@@ -501,19 +502,45 @@ pub fn custom_response(
         builder = builder.header(RESPONSE_FLAGS_HEADER, value);
     }
     if grpc {
-        let message = std::str::from_utf8(&body)
-            .ok()
-            .and_then(|m| HeaderValue::from_str(m).ok())
-            .unwrap_or(HeaderValue::from_static(""));
-        let response = builder
+        builder = builder
             .status(StatusCode::OK)
             .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header("grpc-status", grpc_status_for(status).to_string())
-            .header("grpc-message", message)
-            .body(())
-            .unwrap_or_default();
-        return (response, Bytes::new());
+            .header("grpc-status", grpc_status_for(status).to_string());
+        let message = std::str::from_utf8(&body)
+            .ok()
+            .filter(|m| !m.is_empty())
+            .and_then(|m| HeaderValue::from_str(m).ok());
+        if let Some(message) = message {
+            builder = builder.header("grpc-message", message);
+        }
+        return (builder.body(()).unwrap_or_default(), Bytes::new());
     }
     let response = builder.status(status).body(()).unwrap_or_default();
     (response, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gRPC caller's local reply carries the body as `grpc-message`, and
+    /// none without a body, as Envoy's `sendLocalReply` writes it (no
+    /// `grpc-message: cluster_not_found` for the empty-bodied 503 NC).
+    #[test]
+    fn grpc_message_is_the_body_and_absent_without_one() {
+        let (reply, body) = LocalReply::NO_CLUSTER.response(true, ResponseFlags::NONE, false);
+        assert!(body.is_empty());
+        assert_eq!(reply.headers()["grpc-status"], "14");
+        assert!(reply.headers().get("grpc-message").is_none());
+        let (reply, _) = LocalReply::NO_HEALTHY_UPSTREAM.response(true, ResponseFlags::NONE, false);
+        assert_eq!(reply.headers()["grpc-message"], "no healthy upstream");
+        let (reply, _) = custom_response(
+            StatusCode::FORBIDDEN,
+            Bytes::new(),
+            true,
+            ResponseFlags::NONE,
+        );
+        assert_eq!(reply.headers()["grpc-status"], "7");
+        assert!(reply.headers().get("grpc-message").is_none());
+    }
 }

@@ -152,7 +152,8 @@ pub struct GatewayConn {
 
 impl Downstream {
     /// Where a request routed to `cluster` goes when `cluster` is an
-    /// `ORIGINAL_DST` cluster (a ServiceEntry with `resolution: NONE`) and
+    /// `ORIGINAL_DST` cluster (a ServiceEntry with `resolution: NONE`, a
+    /// DestinationRule `loadBalancer.simple: PASSTHROUGH`) and
     /// the connection was captured outbound: the endpoint of its original
     /// destination ([`Cluster::original_destination_endpoint`]), made once
     /// per connection. `None` otherwise — any other cluster, or a

@@ -474,11 +474,14 @@ impl Exchange {
         clock: Option<Rc<StreamClock>>,
     ) -> Response<ProxyBody> {
         self.upstream_head(&mut parts, upstream_time);
-        self.declared_length = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        // Read for an HTTP/1.x client alone (see `answered_whole`).
+        if self.record.version < http::Version::HTTP_2 {
+            self.declared_length = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+        }
         Response::from_parts(parts, ResponseBody::upstream(body, self, deadline, clock))
     }
 
@@ -736,8 +739,10 @@ impl AttemptRecord for Exchange {
 impl Exchange {
     /// Whether an HTTP/1.x client was sent the whole answer: one that by
     /// HTTP has no body (RFC 9110 §6.4.1, §15.2: to a HEAD, and any 1xx,
-    /// 204 or 304) once its head was written, and one whose head declared
-    /// a `Content-Length` once that many bytes were. hyper's HTTP/1 server
+    /// 204 or 304) once hyper took its head (it drops the body then; a
+    /// client gone before the head is flushed is not seen, as Envoy's
+    /// stream is complete once it encoded the head), and one whose head
+    /// declared a `Content-Length` once that many bytes were. hyper's HTTP/1 server
     /// then drops the body unread, whatever the upstream's stream still had
     /// to send: an HTTP/2 upstream may end it after the last byte with an
     /// empty DATA frame or trailers (which HTTP/1.1 cannot carry with a

@@ -18,7 +18,7 @@ use super::h1;
 use super::pool::Lease;
 use super::progress::{RequestProgress, RouteDeadline};
 use super::reset_reason::ResetReason;
-use super::shared_h2::StreamBody;
+use super::shared_h2::{Counted, StreamBody};
 use super::stalled::{Cut, CutSignal, WatchedError, WatchedStream};
 use super::stream_idle::{IdleTimer, StreamClock};
 use super::tap::TapReader;
@@ -112,6 +112,21 @@ impl UpstreamBody {
     }
 }
 
+impl UpstreamBody {
+    /// Whether its next frame would be read from the client: the client's
+    /// body streamed once, or a replay whose tap has read nothing past its
+    /// position. hyper's HTTP/1 server answers the client `100 Continue`
+    /// when its body is first read, so only such a body has a 100 to wait
+    /// for; fixed bytes (mirrors) are the agent's own.
+    pub fn reads_client_next(&self) -> bool {
+        match self {
+            Self::Stream(_) => true,
+            Self::Replay(body) => body.reads_client_next(),
+            Self::Full(_) => false,
+        }
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -159,6 +174,11 @@ pub enum Received {
     /// [`Cut`]; counted on its connection until it ends or is cut
     /// ([`StreamBody`]).
     Http2(WatchedStream<StreamBody>),
+    /// Read by hyper: the answer to an extended CONNECT (RFC 8441), whose
+    /// stream goes on as the upgraded one once the body (empty) ends; the
+    /// stream, counted on its HTTP/2 connection until the splice that
+    /// takes it ([`Self::take_stream`]) ends, or until dropped.
+    Tunnel(Incoming, Option<Counted>),
 }
 
 impl Received {
@@ -166,7 +186,7 @@ impl Received {
     fn holds_error(&self) -> bool {
         match self {
             Self::Own(body) => body.holds_error(),
-            Self::Hyper(_) | Self::Http2(_) => false,
+            Self::Hyper(_) | Self::Http2(_) | Self::Tunnel(..) => false,
         }
     }
 
@@ -175,7 +195,17 @@ impl Received {
     fn cut_reason(&self) -> Option<Cut> {
         match self {
             Self::Http2(body) => body.cut_reason(),
-            Self::Own(_) | Self::Hyper(_) => None,
+            Self::Own(_) | Self::Hyper(_) | Self::Tunnel(..) => None,
+        }
+    }
+
+    /// The count of an extended CONNECT's stream on its HTTP/2 connection,
+    /// for the splice to hold while the stream carries the upgrade (taken
+    /// once; `None` for any other body).
+    pub fn take_stream(&mut self) -> Option<Counted> {
+        match self {
+            Self::Tunnel(_, stream) => stream.take(),
+            Self::Own(_) | Self::Hyper(_) | Self::Http2(_) => None,
         }
     }
 }
@@ -190,7 +220,9 @@ impl Body for Received {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Own(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Self::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Hyper(body) | Self::Tunnel(body, _) => {
+                Pin::new(body).poll_frame(cx).map_err(Into::into)
+            }
             Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(|error| match error {
                 WatchedError::Source(error) => error,
                 WatchedError::Cut(cut) => cut.into(),
@@ -201,7 +233,7 @@ impl Body for Received {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Own(body) => body.is_end_stream(),
-            Self::Hyper(body) => body.is_end_stream(),
+            Self::Hyper(body) | Self::Tunnel(body, _) => body.is_end_stream(),
             Self::Http2(body) => body.is_end_stream(),
         }
     }
@@ -209,7 +241,7 @@ impl Body for Received {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Own(body) => body.size_hint(),
-            Self::Hyper(body) => body.size_hint(),
+            Self::Hyper(body) | Self::Tunnel(body, _) => body.size_hint(),
             Self::Http2(body) => body.size_hint(),
         }
     }

@@ -127,15 +127,11 @@ pub fn send(
         // nothing of which was written goes out on again.
         let mut waited = None;
         if h2 {
-            let websocket_key = if connect {
-                upgrade::to_extended_connect(head.parts()).map_err(|_| SendError::Protocol)?
+            let (mut req, websocket_key) = if connect {
+                extended_connect(head, body)?
             } else {
-                None
+                (head.into_request(body), None)
             };
-            let mut req = head.into_request(body);
-            if connect {
-                req.extensions_mut().insert(upgrade::websocket_protocol());
-            }
             for _ in 0..2 {
                 let mut shared = pools
                     .h2(&key, cluster, &plan)
@@ -146,9 +142,11 @@ pub fn send(
                 let taken = &mut shared.taken;
                 match taken.sender.try_send_request(req).await {
                     Ok(mut response) => {
-                        if connect {
-                            upgrade::upgrade_answer(&mut response, websocket_key.as_ref());
-                        }
+                        // An extended CONNECT's stream goes on as the
+                        // upgraded one once answered 200 (101 here): counted
+                        // on its connection until the splice ends.
+                        let tunnel = connect
+                            && upgrade::upgrade_answer(&mut response, websocket_key.as_ref());
                         // Let in by the stream's window: watched for a client
                         // that stops reading it; counted on its connection
                         // until it ends.
@@ -156,7 +154,9 @@ pub fn send(
                         let stream = shared.taken.stream;
                         return Ok(Sent {
                             response: response.map(|body| {
-                                if http_body::Body::is_end_stream(&body) {
+                                if tunnel {
+                                    Received::Tunnel(body, Some(stream))
+                                } else if http_body::Body::is_end_stream(&body) {
                                     Received::Hyper(body)
                                 } else {
                                     let body = StreamBody::new(body, stream);
@@ -255,6 +255,23 @@ pub fn send(
     }
 }
 
+/// The RFC 8441 extended CONNECT ([`upgrade::to_extended_connect`]), with
+/// its `:protocol`, that sends the WebSocket upgrade `head` (in HTTP/1.1's
+/// form) with `body`, and the client's `Sec-WebSocket-Key`. A lent head is
+/// copied first, never changed: it stays as a later attempt may send it
+/// ([`AttemptHead::Lent`]). A head naming no authority is the upstream's
+/// protocol error.
+fn extended_connect<B>(
+    head: AttemptHead<'_>,
+    body: B,
+) -> Result<(http::Request<B>, Option<http::HeaderValue>), SendError> {
+    let (mut parts, body) = head.into_request(body).into_parts();
+    let key = upgrade::to_extended_connect(&mut parts).map_err(|_| SendError::Protocol)?;
+    let mut req = http::Request::from_parts(parts, body);
+    req.extensions_mut().insert(upgrade::websocket_protocol());
+    Ok((req, key))
+}
+
 /// Why an HTTP/1.1 response cannot be passed on, if it cannot: a 101 to a
 /// request that offered no upgrade (RFC 9110 §15.2.2: a server switches only
 /// to a protocol the request offered; passed on, the caller is left on a
@@ -305,5 +322,49 @@ fn reset(error: &hyper::Error) -> SendError {
         ResetReason::ProtocolError => SendError::Protocol,
         ResetReason::RemoteReset => SendError::Failed(AttemptFailure::RemoteReset),
         ResetReason::ConnectionTermination => SendError::Failed(AttemptFailure::Reset),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade_head() -> http::request::Parts {
+        let (parts, ()) = http::Request::get("/ws")
+            .header("host", "app:9080")
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+    }
+
+    #[test]
+    fn a_lent_head_stays_as_the_next_attempt_sends_it() {
+        let mut shared = upgrade_head();
+        for _ in 0..2 {
+            let (req, key) = extended_connect(AttemptHead::Lent(&mut shared), ()).unwrap();
+            assert_eq!(req.method(), http::Method::CONNECT);
+            assert_eq!(req.uri(), "http://app:9080/ws");
+            assert!(req.headers().get("upgrade").is_none());
+            assert_eq!(key.unwrap(), "dGhlIHNhbXBsZSBub25jZQ==");
+            assert_eq!(
+                req.extensions()
+                    .get::<hyper::ext::Protocol>()
+                    .unwrap()
+                    .as_str(),
+                "websocket"
+            );
+            // The shared head is the client's upgrade still.
+            assert_eq!(shared.method, http::Method::GET);
+            assert_eq!(shared.uri, "/ws");
+            assert_eq!(shared.headers["upgrade"], "websocket");
+            assert_eq!(shared.headers["connection"], "upgrade");
+            assert_eq!(shared.headers["host"], "app:9080");
+        }
+        let given = extended_connect(AttemptHead::Given(upgrade_head()), ());
+        assert_eq!(given.unwrap().0.method(), http::Method::CONNECT);
     }
 }

@@ -80,7 +80,8 @@ const KEPT_WRITE_BUFFER: usize = 32 * 1024;
 /// answers the client `100 Continue` itself when the body is first read:
 /// an upstream that refuses the request from its head alone (413, 401)
 /// gets that answer to the client without a 100 first, as Envoy with
-/// Istio's `proxy_100_continue` passes it on.
+/// Istio's `proxy_100_continue` passes it on. A body not to be read from
+/// the client (a retry's, already read; a mirror's) is never held.
 pub const CONTINUE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An upstream HTTP/1.1 connection between requests: the socket, bytes
@@ -223,8 +224,11 @@ pub fn send<R: Reuse>(
         }
         // A request that expects `100 Continue` holds its body back until
         // the upstream asks for it, answers, or is waited for long enough
-        // ([`CONTINUE_WAIT`]).
-        out.held = !out.done && expects_continue(&parts.headers);
+        // ([`CONTINUE_WAIT`]) — when the body would be read from the client
+        // next: a body already read (a retry's replay) or the agent's own
+        // (a mirror's) has no 100 to wait for, and goes at once, as Envoy
+        // sends what it has.
+        out.held = !out.done && out.body.reads_client_next() && expects_continue(&parts.headers);
         let mut wait = out
             .held
             .then(|| Box::pin(tokio::time::sleep(CONTINUE_WAIT)));

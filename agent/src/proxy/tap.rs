@@ -206,6 +206,16 @@ impl TapReader {
     }
 }
 
+impl TapReader {
+    /// Whether its next frame would be read from the client's body: the
+    /// tap holds nothing past this reader's position and the body has not
+    /// ended.
+    pub fn reads_client_next(&self) -> bool {
+        let state = self.tap.borrow();
+        !state.done && self.index >= state.base + state.frames.len()
+    }
+}
+
 impl Body for TapReader {
     type Data = Bytes;
     type Error = TapError;

@@ -14,8 +14,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
+use super::body::Received;
 use super::headers::list_members;
 use super::local_reply::LocalReply;
+use super::shared_h2::Counted;
 use super::tcp::{PipeBroke, pipe};
 
 /// The connection slot of an upgrade's upstream connection
@@ -85,10 +87,11 @@ pub(super) fn websocket_protocol() -> hyper::ext::Protocol {
 /// `key` when the application sent none (over HTTP/2 it sends none, RFC
 /// 8441 §5): its 200 accepted the WebSocket, and a client fails a handshake
 /// without the header (RFC 6455 §4.1), as every client does behind Envoy.
-/// Any other answer refuses the upgrade and goes back as it is.
-pub(super) fn upgrade_answer<B>(response: &mut Response<B>, key: Option<&HeaderValue>) {
+/// Any other answer refuses the upgrade and goes back as it is. Returns
+/// whether the answer accepted the upgrade.
+pub(super) fn upgrade_answer<B>(response: &mut Response<B>, key: Option<&HeaderValue>) -> bool {
     if response.status() != StatusCode::OK {
-        return;
+        return false;
     }
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *response.version_mut() = Version::HTTP_11;
@@ -100,6 +103,7 @@ pub(super) fn upgrade_answer<B>(response: &mut Response<B>, key: Option<&HeaderV
     {
         headers.insert(SEC_WEBSOCKET_ACCEPT, websocket_accept(key.as_bytes()));
     }
+    true
 }
 
 /// RFC 6455 §4.2.2's `Sec-WebSocket-Accept` for `key`: the base64 of the
@@ -188,6 +192,10 @@ pub struct Splice {
     downstream: OnUpgrade,
     upstream: OnUpgrade,
     slot: Option<UpgradeSlot>,
+    /// An extended CONNECT's stream, counted on its HTTP/2 connection
+    /// while it carries the upgrade: the pool gives the connection no
+    /// stream the server would not take (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    stream: Option<Counted>,
     idle: Option<Duration>,
     /// The downstream connection counts as open while spliced (its HTTP
     /// task has ended), so a drain waits for it as for any connection.
@@ -196,16 +204,18 @@ pub struct Splice {
 
 impl Splice {
     /// Takes the upgraded sides of `downstream` and of the upstream's
-    /// `101` response; `idle` is `spec.downstream.streamIdleTimeout`
+    /// `101` response (and the count of an extended CONNECT's stream, which
+    /// the splice holds); `idle` is `spec.downstream.streamIdleTimeout`
     /// (`None`: never).
-    pub(super) fn new<B>(
+    pub(super) fn new(
         downstream: OnUpgrade,
-        upstream_response: &mut Response<B>,
+        upstream_response: &mut Response<Received>,
         idle: Option<Duration>,
         open: super::drain::Open,
     ) -> Self {
         Self {
             slot: upstream_response.extensions_mut().remove::<UpgradeSlot>(),
+            stream: upstream_response.body_mut().take_stream(),
             upstream: hyper::upgrade::on(upstream_response),
             downstream,
             idle,
@@ -230,12 +240,14 @@ impl Splice {
             downstream,
             upstream,
             slot,
+            stream,
             idle,
             open,
         } = self;
-        // The upstream connection counts until the splice ends, and so
-        // does the downstream one among the open connections.
-        let _held = (slot, open);
+        // The upstream connection (or HTTP/2 stream) counts until the
+        // splice ends, and so does the downstream one among the open
+        // connections.
+        let _held = (slot, stream, open);
         let failed = |error: hyper::Error, by| {
             tracing::debug!(%error, "upgrade failed");
             Ended {

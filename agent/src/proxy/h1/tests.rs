@@ -603,3 +603,30 @@ fn connection_options_decide_reuse_whether_taken_or_listed() {
         });
     }
 }
+
+#[test]
+fn a_body_the_agent_holds_is_not_held_for_100_continue() {
+    local(async {
+        // Reads the whole request before it answers, sending no 100 (as an
+        // HTTP/1.0 server reads one that expects it).
+        let (address, seen) = server(vec!["HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]).await;
+        // Larger than goes out with the head: written after it.
+        let bytes = Bytes::from(vec![7u8; COALESCE + 1]);
+        let post = Request::post("/upload")
+            .header("host", "upstream")
+            .header("expect", "100-continue")
+            .header("content-length", bytes.len())
+            .body(UpstreamBody::Full(Some(bytes)))
+            .expect("a request");
+        // A mirror's copy: the client's 100 is not this request's to wait
+        // for, so the body goes at once, not after `CONTINUE_WAIT`.
+        let started = std::time::Instant::now();
+        let response = send(connect(address).await, post, Kept::default())
+            .await
+            .unwrap_or_else(|_| panic!("an answer"));
+        assert_eq!(response.status(), 200);
+        let waited = started.elapsed();
+        assert!(waited < CONTINUE_WAIT, "held for {waited:?}");
+        assert_eq!(seen.borrow().len(), 1);
+    });
+}

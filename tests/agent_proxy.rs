@@ -961,6 +961,25 @@ async fn expect_aware_app() -> (std::net::SocketAddr, ArrivedLog) {
 
 /// Reads from `stream` until `bytes` holds a whole response head (the
 /// first one), within 10 s; returns it.
+/// Connects to `addr`, sends the head of a POST of `length` bytes to
+/// `path` with `Expect: 100-continue`, and reads the first head answered:
+/// the stream, what was read, and that head.
+async fn expect_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    length: usize,
+) -> (tokio::net::TcpStream, Vec<u8>, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: app:9080\r\nexpect: 100-continue\r\ncontent-length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    let head = read_one_head(&mut stream, &mut bytes).await;
+    (stream, bytes, head)
+}
+
 async fn read_one_head(stream: &mut tokio::net::TcpStream, bytes: &mut Vec<u8>) -> String {
     use tokio::io::AsyncReadExt;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1008,42 +1027,18 @@ async fn expect_100_continue_is_the_apps_to_answer() {
             )),
     );
     // Refused from the head: the 413 is the first thing the client reads.
-    let mut stream = tokio::net::TcpStream::connect(frontend.outbound)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"POST /refuse HTTP/1.1\r\nhost: app:9080\r\nexpect: 100-continue\r\ncontent-length: 10000000\r\n\r\n")
-        .await
-        .unwrap();
-    let mut bytes = Vec::new();
-    let head = read_one_head(&mut stream, &mut bytes).await;
+    let (_refused, _, head) = expect_post(frontend.outbound, "/refuse", 10000000).await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
 
     // Refused from the head by an app that keeps its connection open: the
     // agent never sent the body it announced, so that connection is not
     // used again (the app would read the next request where the body was
     // to be).
-    let mut stream = tokio::net::TcpStream::connect(frontend.outbound)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"POST /refuse-open HTTP/1.1\r\nhost: app:9080\r\nexpect: 100-continue\r\ncontent-length: 10000000\r\n\r\n")
-        .await
-        .unwrap();
-    let mut bytes = Vec::new();
-    let head = read_one_head(&mut stream, &mut bytes).await;
+    let (_refused_open, _, head) = expect_post(frontend.outbound, "/refuse-open", 10000000).await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
 
     // Wanted: the client is told to go on, sends the body, gets the answer.
-    let mut stream = tokio::net::TcpStream::connect(frontend.outbound)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"POST /upload HTTP/1.1\r\nhost: app:9080\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
-        .await
-        .unwrap();
-    let mut bytes = Vec::new();
-    let head = read_one_head(&mut stream, &mut bytes).await;
+    let (mut stream, mut bytes, head) = expect_post(frontend.outbound, "/upload", 5).await;
     assert!(head.starts_with("HTTP/1.1 100"), "{head}");
     stream.write_all(b"hello").await.unwrap();
     let head = read_one_head(&mut stream, &mut bytes).await;
@@ -1052,15 +1047,7 @@ async fn expect_100_continue_is_the_apps_to_answer() {
     // An app that never answers the expectation is sent the body after
     // the agent's wait, the client then told to go on: neither waits for
     // good.
-    let mut stream = tokio::net::TcpStream::connect(frontend.outbound)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"POST /deaf HTTP/1.1\r\nhost: app:9080\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
-        .await
-        .unwrap();
-    let mut bytes = Vec::new();
-    let head = read_one_head(&mut stream, &mut bytes).await;
+    let (mut stream, mut bytes, head) = expect_post(frontend.outbound, "/deaf", 5).await;
     assert!(head.starts_with("HTTP/1.1 100"), "{head}");
     stream.write_all(b"hello").await.unwrap();
     let head = read_one_head(&mut stream, &mut bytes).await;
@@ -1106,15 +1093,7 @@ async fn a_retry_does_not_wait_for_100_continue_again() {
             )
             + retries),
     );
-    let mut stream = tokio::net::TcpStream::connect(frontend.outbound)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"POST /flaky HTTP/1.1\r\nhost: app:9080\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
-        .await
-        .unwrap();
-    let mut bytes = Vec::new();
-    let head = read_one_head(&mut stream, &mut bytes).await;
+    let (mut stream, mut bytes, head) = expect_post(frontend.outbound, "/flaky", 5).await;
     assert!(head.starts_with("HTTP/1.1 100"), "{head}");
     stream.write_all(b"hello").await.unwrap();
     let head = read_one_head(&mut stream, &mut bytes).await;

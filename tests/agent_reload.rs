@@ -238,3 +238,38 @@ async fn a_reload_that_changes_pool_settings_closes_the_old_idle_connections() {
     assert_eq!(client.get("http://app:9080/four").await.status, 200);
     assert_eq!(app.accepted_connections(), 3);
 }
+
+/// A reload that changes `appProtocol` among HTTP protocols speaks to the
+/// application as the new config says from the next request, and does not
+/// warn of a restart it does not need; one between HTTP and TCP does (the
+/// inbound listener's kind is chosen once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_protocol_among_http_versions_applies_at_once() {
+    let app = Upstream::start("app").await;
+    let http = agent("backend", app.addr, NO_COLLECTOR);
+    assert!(http.contains("appProtocol: HTTP}"), "{http}");
+    let agent = Agent::start(&http);
+    let client = Client::h1(agent.inbound);
+    assert_eq!(client.get("http://backend/one").await.status, 200);
+    assert_eq!(app.seen().pop().unwrap().version, http::Version::HTTP_11);
+
+    agent.rewrite_config(&http.replace("appProtocol: HTTP}", "appProtocol: HTTP2}"));
+    agent.wait_for_config_version(2.0).await;
+    assert_eq!(client.get("http://backend/two").await.status, 200);
+    assert_eq!(app.seen().pop().unwrap().version, http::Version::HTTP_2);
+    let restart = |agent: &Agent| {
+        agent
+            .stderr()
+            .iter()
+            .any(|line| line.contains("take effect after a restart"))
+    };
+    assert!(!restart(&agent), "{:?}", agent.stderr());
+
+    agent.rewrite_config(&http.replace("appProtocol: HTTP}", "appProtocol: TCP}"));
+    agent.wait_for_config_version(3.0).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !restart(&agent) {
+        assert!(Instant::now() < deadline, "{:?}", agent.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -346,13 +346,15 @@ pub fn reload(path: &Path, bytes: &[u8], shared: &Shared) {
 }
 
 /// Listeners and telemetry are set up once; a change to them needs a restart.
+/// (`appProtocol` picks the inbound listener's kind, HTTP or TCP, once;
+/// the HTTP version the application is spoken to follows each config.)
 fn warn_fixed_settings(old: &Snapshot, new: &Snapshot) {
     let (a, b) = (&old.listeners, &new.listeners);
     let listeners_changed = a.inbound != b.inbound
         || a.outbound != b.outbound
         || a.admin != b.admin
         || a.outbound_tcp != b.outbound_tcp
-        || a.app_protocol != b.app_protocol;
+        || a.app_protocol.is_http() != b.app_protocol.is_http();
     let ports = |s: &Snapshot| {
         s.gateway.as_ref().map(|g| {
             let ports = &g.listeners.ports;
@@ -369,7 +371,7 @@ fn warn_fixed_settings(old: &Snapshot, new: &Snapshot) {
     }
     if listeners_changed {
         tracing::warn!(
-            "listener addresses and appProtocol changed; they take effect after a restart"
+            "listener addresses, or appProtocol between TCP (or TLS) and HTTP, changed; they take effect after a restart"
         );
     }
     let (a, b) = (&old.bootstrap, &new.bootstrap);

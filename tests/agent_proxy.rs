@@ -27,7 +27,12 @@ struct Mesh {
 }
 
 async fn mesh(app: std::net::SocketAddr, protocol: &str) -> Mesh {
-    let backend = Agent::start(&agent("backend", app, NO_COLLECTOR));
+    mesh_of(&agent("backend", app, NO_COLLECTOR), protocol).await
+}
+
+/// [`mesh`] with the backend agent's own config, `backend_yaml`.
+async fn mesh_of(backend_yaml: &str, protocol: &str) -> Mesh {
+    let backend = Agent::start(backend_yaml);
     let labels = [("app", "backend"), ("version", "v1")];
     let yaml = agent("frontend", closed_port().await, NO_COLLECTOR)
         + &service_entry(
@@ -1179,33 +1184,21 @@ async fn h2_websocket_app(max_streams: Option<u32>) -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn websockets_reach_an_http2_app_as_extended_connect() {
     let app = h2_websocket_app(None).await;
-    let backend = Agent::start(
-        &AgentDoc {
-            name: "backend-v1",
-            service: "backend",
-            app: "backend",
-            version: "v1",
-            app_addr: app,
-            otlp: NO_COLLECTOR,
-            app_protocol: "HTTP2",
-            outbound_tcp: "[]",
-            extra: "",
-        }
-        .yaml(),
-    );
-    let labels = [("app", "backend"), ("version", "v1")];
-    let frontend = Agent::start(
-        &(agent("frontend", closed_port().await, NO_COLLECTOR)
-            + &service_entry(
-                "backend",
-                9080,
-                "HTTP2",
-                &[Ep {
-                    addr: backend.inbound,
-                    labels: &labels,
-                }],
-            )),
-    );
+    let doc = AgentDoc {
+        name: "backend-v1",
+        service: "backend",
+        app: "backend",
+        version: "v1",
+        app_addr: app,
+        otlp: NO_COLLECTOR,
+        app_protocol: "HTTP2",
+        outbound_tcp: "[]",
+        extra: "",
+    };
+    let Mesh {
+        frontend,
+        backend: _backend,
+    } = mesh_of(&doc.yaml(), "HTTP2").await;
     let mut ws = websocket(frontend.outbound, "ws://backend:9080/ws").await;
     echoed(&mut ws, "over an extended CONNECT").await;
     echoed(&mut ws, "and again").await;
@@ -1222,34 +1215,22 @@ async fn websockets_reach_an_http2_app_as_extended_connect() {
 async fn open_websockets_count_against_an_http2_apps_streams() {
     let app = h2_websocket_app(Some(2)).await;
     // One worker: every request shares its pool.
-    let backend = Agent::start(
-        &AgentDoc {
-            name: "backend-v1",
-            service: "backend",
-            app: "backend",
-            version: "v1",
-            app_addr: app,
-            otlp: NO_COLLECTOR,
-            app_protocol: "HTTP2",
-            outbound_tcp: "[]",
-            extra: "",
-        }
-        .yaml()
-        .replace("concurrency: 2", "concurrency: 1"),
-    );
-    let labels = [("app", "backend"), ("version", "v1")];
-    let frontend = Agent::start(
-        &(agent("frontend", closed_port().await, NO_COLLECTOR)
-            + &service_entry(
-                "backend",
-                9080,
-                "HTTP2",
-                &[Ep {
-                    addr: backend.inbound,
-                    labels: &labels,
-                }],
-            )),
-    );
+    let doc = AgentDoc {
+        name: "backend-v1",
+        service: "backend",
+        app: "backend",
+        version: "v1",
+        app_addr: app,
+        otlp: NO_COLLECTOR,
+        app_protocol: "HTTP2",
+        outbound_tcp: "[]",
+        extra: "",
+    };
+    let yaml = doc.yaml().replace("concurrency: 2", "concurrency: 1");
+    let Mesh {
+        frontend,
+        backend: _backend,
+    } = mesh_of(&yaml, "HTTP2").await;
     let mut first = websocket(frontend.outbound, "ws://backend:9080/ws").await;
     echoed(&mut first, "one").await;
     let mut second = websocket(frontend.outbound, "ws://backend:9080/ws").await;

@@ -444,6 +444,76 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redirects_and_direct_responses_are_the_routes_answers() {
+    let otlp = Receiver::start().await;
+    let shop = Upstream::start("shop").await;
+    let config = doc(
+        "frontend",
+        closed_port().await,
+        &otlp.endpoint(),
+        "  accessLog: {enabled: true}",
+    ) + &service_entry(
+        "shop",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: shop.addr,
+            labels: &[("app", "shop")],
+        }],
+    ) + r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: default}
+spec:
+  hosts: [shop]
+  http:
+  - name: moved
+    match: [{uri: {exact: /old}}]
+    redirect: {uri: /new}
+  - name: closed
+    match: [{uri: {exact: /closed}}]
+    directResponse: {status: 503, body: {string: "closed for the night"}}
+  - route: [{destination: {host: shop}}]
+"#;
+    let agent = Agent::start(&config);
+    let client = Client::h1(agent.outbound);
+
+    // Envoy's router answers both itself, with the details
+    // `direct_response`; the rule that did is named as for every reply a
+    // route decides, and the span and log carry the rule's name.
+    let moved = client.get("http://shop:9080/old").await;
+    assert_eq!(
+        moved.header("location").as_deref(),
+        Some("http://shop:9080/new")
+    );
+    let span = reported(
+        &agent,
+        &otlp,
+        &moved,
+        "/old",
+        301,
+        "direct_response{VirtualService:default/shop[moved]}",
+        true,
+    )
+    .await;
+    assert_eq!(span.attr("tracemesh.route_name").as_deref(), Some("moved"));
+    let closed = client.get("http://shop:9080/closed").await;
+    assert_eq!(&closed.body[..], b"closed for the night");
+    let span = reported(
+        &agent,
+        &otlp,
+        &closed,
+        "/closed",
+        503,
+        "direct_response{VirtualService:default/shop[closed]}",
+        true,
+    )
+    .await;
+    assert_eq!(span.attr("tracemesh.route_name").as_deref(), Some("closed"));
+    assert_eq!(shop.count(), 0, "the upstream is never asked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_details_header_can_be_turned_off() {
     let config = doc(
         "frontend",

@@ -210,9 +210,11 @@ pub fn handle(
         };
         let cluster = match (&policy.action, routed.cluster) {
             (RouteAction::Redirect(redirect), _) => {
+                ex.set_matched(routed.matched);
                 return Ok(edited(redirect_reply(ex, redirect, &req)));
             }
             (RouteAction::Direct(direct), _) => {
+                ex.set_matched(routed.matched);
                 return Ok(edited(ex.direct(direct.status, direct.body.clone())));
             }
             (RouteAction::Forward, Some(cluster)) => cluster,
@@ -429,5 +431,5 @@ fn redirect_reply<B>(
             .headers_mut()
             .insert(http::header::LOCATION, location);
     }
-    ex.reply(response, bytes::Bytes::new())
+    ex.route_reply(response, bytes::Bytes::new())
 }

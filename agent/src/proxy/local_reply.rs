@@ -24,6 +24,11 @@ pub const OVERLOADED_HEADER: HeaderName = HeaderName::from_static("x-envoy-overl
 pub const RESPONSE_CODE_DETAILS_HEADER: HeaderName =
     HeaderName::from_static("x-tracemesh-response-code-details");
 
+/// Envoy's details of an answer a route gives itself (a `directResponse`
+/// or a `redirect`; Istio's `block_all` route is one too):
+/// `ResponseCodeDetails::DirectResponse`, set by its router.
+pub const DIRECT_RESPONSE_DETAILS: &str = "direct_response";
+
 /// How the body of every reply to an upstream reset or failure before the
 /// response begins starts (Envoy's router's words, `Filter::onUpstreamAbort`).
 macro_rules! reset_before_headers {
@@ -98,7 +103,7 @@ impl LocalReply {
         status: StatusCode::BAD_GATEWAY,
         flags: ResponseFlags::NONE,
         body: "",
-        details: "direct_response",
+        details: DIRECT_RESPONSE_DETAILS,
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };

@@ -18,7 +18,9 @@ use opentelemetry::trace::SpanContext;
 
 use super::attempts::AttemptRecord;
 use super::body::{Received, ResponseBody, ResponseObserver};
-use super::local_reply::{self, DecidedBy, LocalReply, RESPONSE_CODE_DETAILS_HEADER};
+use super::local_reply::{
+    self, DIRECT_RESPONSE_DETAILS, DecidedBy, LocalReply, RESPONSE_CODE_DETAILS_HEADER,
+};
 use super::progress::{BodyFailure, RequestProgress, RouteDeadline};
 use super::reset_reason::ResetReason;
 use super::stream_idle::StreamClock;
@@ -269,12 +271,19 @@ impl Exchange {
     /// Records the route decision: the rule that matched (outbound) and
     /// how, and the cluster it sends to.
     pub fn set_route(&mut self, matched: Option<Matched<'_>>, cluster: &Arc<Cluster>) {
+        self.set_matched(matched);
+        self.record.cluster = Some(cluster.clone());
+    }
+
+    /// Records the rule that matched (its name, its `Kind:namespace/name[rule]`
+    /// reference, `http.route`): a route answered without a cluster
+    /// (redirect, direct response) is logged and traced by its rule too.
+    pub fn set_matched(&mut self, matched: Option<Matched<'_>>) {
         if let Some(matched) = matched {
             self.record.route = matched.rule.name.clone();
             self.record.route_reference = matched.rule.reference.clone();
             self.record.http_route = matched.route_template.cloned();
         }
-        self.record.cluster = Some(cluster.clone());
     }
 
     /// A fault delay of `delay` is being injected (Envoy's DI).
@@ -343,14 +352,7 @@ impl Exchange {
         self.record.flags.insert(reply.flags);
         let retried = self.record.attempts > 1;
         let (mut response, body) = reply.response(self.record.grpc, self.record.flags, retried);
-        if self.reply_details
-            && let Ok(value) = HeaderValue::from_str(&details)
-        {
-            response
-                .headers_mut()
-                .insert(RESPONSE_CODE_DETAILS_HEADER, value);
-        }
-        self.record.details = Some(details);
+        self.set_reply_details(&mut response, details);
         if reply.is_unsent() {
             // The client is gone: no response head is ever encoded, and
             // Envoy records response_code 0 (as for an HTTP/2 reset).
@@ -360,6 +362,19 @@ impl Exchange {
             self.record.grpc_status = Some(reply.grpc_code());
         }
         self.reply(response, body)
+    }
+
+    /// Records `details` as the reply's, and writes them into its header
+    /// when the agent is configured to.
+    fn set_reply_details(&mut self, response: &mut Response<()>, details: Details) {
+        if self.reply_details
+            && let Ok(value) = HeaderValue::from_str(&details)
+        {
+            response
+                .headers_mut()
+                .insert(RESPONSE_CODE_DETAILS_HEADER, value);
+        }
+        self.record.details = Some(details);
     }
 
     /// Envoy's details `base`, extended with what decided the outcome:
@@ -458,6 +473,20 @@ impl Exchange {
                 .headers_mut()
                 .insert(http::header::CONTENT_TYPE, text);
         }
+        self.route_reply(response, body)
+    }
+
+    /// An answer the matched route itself gives (a `redirect` or a
+    /// `directResponse`): Envoy's router sends both as a local reply whose
+    /// details are `direct_response` (`Filter::decodeHeaders`), here
+    /// extended with the rule, as every reply a route decides.
+    pub fn route_reply(
+        mut self: Box<Self>,
+        mut response: Response<()>,
+        body: Bytes,
+    ) -> Response<ProxyBody> {
+        let details = self.details(DIRECT_RESPONSE_DETAILS, DecidedBy::Route);
+        self.set_reply_details(&mut response, details);
         self.reply(response, body)
     }
 

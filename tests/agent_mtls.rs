@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::agent::{Agent, validate};
-use common::client::Client;
+use common::client::{Client, Reply};
 use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, service_entry};
 use common::pki::{Ca, TlsUpstream, openssl_get, write_workload_cert, xfcc_of};
 use common::upstream::{Upstream, closed_port};
@@ -162,6 +162,24 @@ async fn two_agents_talk_mtls_and_strict_refuses_the_rest() {
     assert!(!backend.admin_get("/certs").await.contains("PRIVATE KEY"));
 }
 
+/// Checks that `reply` is the 503 UF of an upstream TLS handshake that
+/// failed, and that `agent` counted the failure under `reason`.
+async fn refused_in_the_handshake(agent: &Agent, reply: &Reply, reason: &str) {
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
+    assert!(
+        reply
+            .header("x-tracemesh-response-flags")
+            .unwrap()
+            .contains("UF")
+    );
+    let scrape = agent.metrics().await;
+    let failed = scrape.sum(
+        "tracemesh_agent_tls_handshake_failures_total",
+        &[("direction", "outbound"), ("reason", reason)],
+    );
+    assert!(failed >= 1.0, "{}", scrape.text);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_peer_from_another_ca_is_refused_upstream() {
     let ca = Ca::start();
@@ -170,19 +188,7 @@ async fn a_peer_from_another_ca_is_refused_upstream() {
     let backend = backend(&ca, app.addr, STRICT);
     let front = frontend(&other_ca, backend.inbound, "frontend", "1h").await;
     let reply = Client::h1(front.outbound).get("http://backend:9080/").await;
-    assert_eq!(reply.status, 503);
-    assert!(
-        reply
-            .header("x-tracemesh-response-flags")
-            .unwrap()
-            .contains("UF")
-    );
-    let scrape = front.metrics().await;
-    let failed = scrape.sum(
-        "tracemesh_agent_tls_handshake_failures_total",
-        &[("direction", "outbound"), ("reason", "unknown_ca")],
-    );
-    assert!(failed >= 1.0, "{}", scrape.text);
+    refused_in_the_handshake(&front, &reply, "unknown_ca").await;
     assert_eq!(app.count(), 0);
 }
 
@@ -604,17 +610,9 @@ async fn destination_rules_originate_tls() {
         Some("secure.example")
     );
 
+    // The certificate names secure.example, not misnamed.example.
     let reply = client.get("http://misnamed.example/").await;
-    assert_eq!(
-        reply.status, 503,
-        "the certificate names secure.example, not misnamed.example"
-    );
-    assert!(
-        reply
-            .header("x-tracemesh-response-flags")
-            .unwrap()
-            .contains("UF")
-    );
+    refused_in_the_handshake(&agent, &reply, "wrong_san").await;
 
     assert_eq!(
         client.get("http://mutual.example/").await.status,
@@ -626,13 +624,6 @@ async fn destination_rules_originate_tls() {
         503,
         "the upstream wants a client certificate"
     );
-
-    let scrape = agent.metrics().await;
-    let wrong = scrape.sum(
-        "tracemesh_agent_tls_handshake_failures_total",
-        &[("direction", "outbound"), ("reason", "wrong_san")],
-    );
-    assert!(wrong >= 1.0, "{}", scrape.text);
 }
 
 /// TLS origination without `sni` sends each request's authority as SNI,
@@ -704,19 +695,7 @@ async fn origination_without_sni_sends_the_authority_as_rewritten() {
     // The certificate is checked against the rewritten name, which it
     // does not carry.
     let reply = client.get("http://front.example/other").await;
-    assert_eq!(reply.status, 503);
-    assert!(
-        reply
-            .header("x-tracemesh-response-flags")
-            .unwrap()
-            .contains("UF")
-    );
-    let scrape = agent.metrics().await;
-    let wrong = scrape.sum(
-        "tracemesh_agent_tls_handshake_failures_total",
-        &[("direction", "outbound"), ("reason", "wrong_san")],
-    );
-    assert!(wrong >= 1.0, "{}", scrape.text);
+    refused_in_the_handshake(&agent, &reply, "wrong_san").await;
 
     // With subjectAltNames, those are checked, whatever the SNI.
     let reply = client.get("http://sans.example/other").await;

@@ -594,6 +594,95 @@ async fn request_heads_past_envoys_bound_get_431() {
     assert_eq!(app.seen().len(), seen, "an oversized head reached the app");
 }
 
+/// The bound is Envoy's `max_request_headers_kb` counted as Envoy's
+/// HTTP/1 parser counts it: the whole head, request line included. A head
+/// of 61440 bytes is read and served; one byte more is answered 431 (a
+/// bound of 60 KiB of headers plus 4 KiB for the request line passed
+/// heads Envoy refuses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_head_of_60_kib_is_read_and_one_byte_more_is_431() {
+    let app = Upstream::start("heads").await;
+    let mesh = mesh(app.addr, "HTTP").await;
+    let head = |len: usize| {
+        let bare =
+            "GET /head HTTP/1.1\r\nHost: backend:9080\r\nConnection: close\r\nx-big: \r\n\r\n";
+        let head = bare.replace(
+            "x-big: ",
+            &format!("x-big: {}", "a".repeat(len - bare.len())),
+        );
+        assert_eq!(head.len(), len);
+        head
+    };
+    let fits = raw_exchange(mesh.backend.inbound, &head(60 * 1024)).await;
+    assert!(fits.starts_with("HTTP/1.1 200"), "{fits}");
+    let seen = app.seen().len();
+    let over = raw_exchange(mesh.backend.inbound, &head(60 * 1024 + 1)).await;
+    assert!(over.starts_with("HTTP/1.1 431"), "{over}");
+    assert_eq!(app.seen().len(), seen, "an oversized head reached the app");
+}
+
+/// An HTTP/2 request is bounded at Envoy's 100 header fields
+/// (`max_headers_count`), pseudo-headers counted, as an HTTP/1.1 request
+/// is bounded at 100 header lines: 100 pass, 101 are refused (431) and
+/// never reach the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_requests_past_100_header_fields_are_refused() {
+    let app = Upstream::start("fields").await;
+    // An HTTP/2 app, which bounds no count (an HTTP/1.1 app's hyper refuses
+    // 100 lines and the agent's own request id and trace context).
+    let labels = [("app", "backend")];
+    let endpoint = [Ep {
+        addr: app.addr,
+        labels: &labels,
+    }];
+    let agent = Agent::start(
+        &(agent("frontend", closed_port().await, NO_COLLECTOR)
+            + &service_entry("backend", 9080, "HTTP2", &endpoint)),
+    );
+    let client = Client::h2(agent.outbound);
+    let names: Vec<String> = (0..97).map(|i| format!("x-field-{i}")).collect();
+    let fields = |count: usize| -> Vec<(&str, &str)> {
+        names[..count].iter().map(|n| (n.as_str(), "v")).collect()
+    };
+    // :method, :scheme, :authority and :path, and 96 more.
+    let reply = client
+        .get_with("http://backend:9080/fields", &fields(96))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(app.seen().pop().unwrap().headers["x-field-95"], "v");
+    let seen = app.seen().len();
+    let reply = client
+        .get_with("http://backend:9080/fields", &fields(97))
+        .await;
+    assert_eq!(reply.status, 431);
+    assert_eq!(app.seen().len(), seen, "101 header fields reached the app");
+}
+
+/// An HTTP/2 client's cookie crumbs (RFC 9113 §8.2.3: one `cookie` field
+/// per cookie) reach the app as one `Cookie` line, joined with `; ` in
+/// the order sent, as RFC 9113 requires of a hop to HTTP/1.1 and as Envoy
+/// joins them: an HTTP/1.1 app reading the first `Cookie` line saw only
+/// the first cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_cookie_crumbs_reach_the_app_as_one_cookie_line() {
+    let app = Upstream::start("cookies").await;
+    let mesh = mesh(app.addr, "HTTP").await;
+    let reply = Client::h2(mesh.frontend.outbound)
+        .get_with(
+            "http://backend:9080/cookies",
+            &[
+                ("cookie", "session=abc"),
+                ("cookie", "theme=dark"),
+                ("cookie", "lang=en"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let seen = app.seen().pop().unwrap();
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["session=abc; theme=dark; lang=en"], "{seen:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hop_by_hop_headers_do_not_cross() {
     let app = Upstream::start("hop").await;

@@ -12,6 +12,115 @@ use super::local_reply::LocalReply;
 use crate::capture::sniff::HTTP1_METHODS;
 use crate::path::{self, PathNormalization};
 
+/// The most header fields an HTTP/2 request may carry: Envoy's
+/// `DEFAULT_MAX_HEADERS_COUNT` (envoy/http/codec.h), the
+/// `max_headers_count` Istio leaves unset. Every field of the request's
+/// HEADERS counts, its pseudo-headers and each cookie crumb included, as
+/// Envoy's HTTP/2 codec counts them (`http2.header_overflow`); hyper's
+/// HTTP/1 server bounds header lines at the same 100.
+pub const MAX_HEADERS_COUNT: usize = 100;
+
+/// What the agent takes an HTTP/2 request's header fields to be, as
+/// Envoy's HTTP/2 codec takes them on receipt, before anything reads the
+/// request: more than [`MAX_HEADERS_COUNT`] fields is refused
+/// ([`LocalReply::TOO_MANY_HEADERS`]); the `cookie` crumbs an HTTP/2 client
+/// split a cookie into (RFC 9113 §8.2.3) are one `cookie` again, joined
+/// with `; ` in the order they came, as RFC 9113 requires before the
+/// request goes on over HTTP/1.1 and Envoy's codec does for every request
+/// (`reconstituteCrumbledCookies`): rules, telemetry and the upstream see
+/// the joined line. Called on the request as hyper gave it, before the
+/// agent adds or removes a header. An HTTP/1.1 request is left as it came
+/// (Envoy's HTTP/1 codec passes its `Cookie` lines on as they are).
+/// Allocates only to join two crumbs or more.
+pub fn received<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
+    if req.version() != Version::HTTP_2 {
+        if head_len(req) > MAX_REQUEST_HEAD {
+            return Err(LocalReply::HEADERS_TOO_LARGE);
+        }
+        return Ok(());
+    }
+    if pseudo_fields(req) + req.headers().len() > MAX_HEADERS_COUNT {
+        return Err(LocalReply::TOO_MANY_HEADERS);
+    }
+    join_cookie_crumbs(req.headers_mut());
+    Ok(())
+}
+
+/// The longest HTTP/1 request head the agent serves, in bytes, from the
+/// request line's first byte to the end of the empty line that ends the
+/// head: Envoy's default `max_request_headers_kb` (60 KiB, which Istio
+/// leaves as it is), counted as Envoy's HTTP/1 parser counts it (BalsaFrame's
+/// `max_header_length`, `max_request_headers_kb * 1024` in
+/// http1/codec_impl.cc): a head of exactly 61440 bytes is served, one byte
+/// more is answered 431, however long its request line. The listener's
+/// read buffer is bounded at the same size (hyper's `max_buf_size`), so a
+/// head far past it is never held whole.
+pub const MAX_REQUEST_HEAD: usize = 60 * 1024;
+
+/// The length in bytes of the HTTP/1 head `req` came in, as its sender
+/// wrote it in the canonical form (`METHOD target HTTP/1.1`, each header
+/// `name: value`, every line ended by CRLF, and the empty line): what hyper
+/// keeps of a head, whose parser drops optional whitespace around values.
+/// No allocation: a sum over the header lines.
+fn head_len<B>(req: &Request<B>) -> usize {
+    const LINE_END: usize = 2;
+    // Origin form is a path; absolute form (a proxy request) and authority
+    // form (CONNECT) are kept whole by hyper.
+    let uri = req.uri();
+    let target = uri
+        .scheme_str()
+        .map_or(0, |scheme| scheme.len() + "://".len())
+        + uri
+            .authority()
+            .map_or(0, |authority| authority.as_str().len())
+        + uri.path_and_query().map_or(0, |path| path.as_str().len());
+    let request_line = req.method().as_str().len() + 1 + target + 1 + "HTTP/1.1".len();
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + LINE_END)
+        .sum();
+    request_line + LINE_END + headers + LINE_END
+}
+
+/// How many pseudo-header fields the HTTP/2 request `req` came with:
+/// `:method`, `:scheme` and `:path` (any request with a path: every one
+/// but a plain CONNECT), `:authority` when sent, and `:protocol` (an
+/// extended CONNECT, the one CONNECT with a path). Counted from what the
+/// h2 crate made of them, which refuses a request whose pseudo-headers do
+/// not fit these shapes.
+fn pseudo_fields<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let path = uri.path_and_query().is_some();
+    1 + usize::from(uri.authority().is_some())
+        + 2 * usize::from(path)
+        + usize::from(path && req.method() == Method::CONNECT)
+}
+
+/// Joins repeated `cookie` lines into one, `; ` between them (RFC 9113
+/// §8.2.3; RFC 6265 §5.4's separator). One line or none: untouched.
+fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(COOKIE).iter();
+    let (Some(_), Some(_)) = (crumbs.next(), crumbs.next()) else {
+        return;
+    };
+    let crumbs = headers.get_all(COOKIE).iter();
+    let len = crumbs.map(|c| c.len() + 2).sum::<usize>() - 2;
+    let mut joined = Vec::with_capacity(len);
+    for crumb in headers.get_all(COOKIE) {
+        // As Envoy joins them: no separator while nothing is joined yet
+        // (an empty first crumb adds nothing).
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // The crumbs were valid values, and `; ` is valid between them.
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        headers.insert(COOKIE, value);
+    }
+}
+
 /// What the request is settled against.
 pub struct Settings<'a> {
     /// The mesh's `pathNormalization`.
@@ -200,8 +309,9 @@ fn settle_path(uri: &mut Uri, mode: PathNormalization) -> Result<(), LocalReply>
 
 /// A header a rule decides on must have one line: a rule could match one
 /// line while the app reads another (Envoy's matchers accept a request when
-/// *any* line matches). Repeated `cookie` lines are joined with `; `, the one
-/// reading RFC 9113 §8.2.3 gives them (HTTP/2 clients split cookies so).
+/// *any* line matches). Repeated `cookie` lines (an HTTP/1.1 request's:
+/// an HTTP/2 request's crumbs are joined on receipt, [`received`]) are
+/// joined with `; `, the one reading RFC 6265 §5.4 gives them.
 fn single_line(headers: &mut HeaderMap, name: &HeaderName) -> Result<(), LocalReply> {
     let mut values = headers.get_all(name).iter();
     let (Some(first), Some(_)) = (values.next(), values.next()) else {

@@ -40,6 +40,9 @@ pub fn handle(
     async move {
         // One snapshot for the whole request: a reload mid-request cannot mix configs.
         let snapshot = worker.shared.config.load_full();
+        // The header fields as Envoy's HTTP/2 codec takes them, before the
+        // agent adds or drops any: bounded in number, cookie crumbs joined.
+        let received = canonical::received(&mut req);
 
         // A request from outside the mesh loses what only the mesh may set
         // (and its request id); then every request has an id before
@@ -95,7 +98,7 @@ pub fn handle(
         // Trace context next, so that every outcome below — local replies
         // included — is a span and a metric.
         let mut ex = Exchange::begin(&worker, &down, &snapshot, &req);
-        if let Err(reply) = settled {
+        if let Err(reply) = received.and(settled) {
             return Ok(ex.local_reply(reply));
         }
         // An upgrade is taken, dropped (h2c) or refused before any policy

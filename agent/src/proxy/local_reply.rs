@@ -217,6 +217,31 @@ impl LocalReply {
         grpc_status: None,
         decided_by: DecidedBy::Agent,
     };
+    /// An HTTP/1 request head longer than
+    /// [`MAX_REQUEST_HEAD`](super::canonical::MAX_REQUEST_HEAD) bytes:
+    /// Envoy's HTTP/1 codec answers it 431 (`http1.headers_too_large`).
+    pub const HEADERS_TOO_LARGE: Self = Self {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        body: "Request Header Fields Too Large",
+        details: "http1.headers_too_large",
+        grpc_status: None,
+        decided_by: DecidedBy::Agent,
+    };
+    /// An HTTP/2 request with more header fields than
+    /// [`MAX_HEADERS_COUNT`](super::canonical::MAX_HEADERS_COUNT). Envoy's
+    /// HTTP/2 codec resets such a stream (`RST_STREAM`, details
+    /// `http2.too_many_headers`); the agent answers it as both answer the
+    /// HTTP/1.1 request past the same bound, and as the agent answers an
+    /// HTTP/2 header list past 60 KiB: 431.
+    pub const TOO_MANY_HEADERS: Self = Self {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        body: "Request Header Fields Too Large",
+        details: "http2.too_many_headers",
+        grpc_status: None,
+        decided_by: DecidedBy::Agent,
+    };
     /// The client's request body broke the protocol (a malformed chunk);
     /// the client's fault, never an upstream failure.
     pub const MALFORMED_REQUEST_BODY: Self = Self {

@@ -207,12 +207,6 @@ pub(super) fn run_local(
     });
 }
 
-/// The longest HTTP/1 request head (request line and headers) a listener
-/// reads: Envoy's default `max_request_headers_kb` (60 KiB) plus room for
-/// the request line. HTTP/2 header lists are bounded by
-/// [`MAX_HEADER_LIST`] (the same 60 KiB).
-const MAX_REQUEST_HEAD: usize = 64 * 1024;
-
 /// How long a connection whose HTTP begins while the worker drains is
 /// served before it is told to end (HTTP/2: GOAWAY; one that has sent
 /// nothing: closed). Its first request comes well within it.
@@ -239,9 +233,11 @@ enum Ending {
 pub(super) fn http_builder() -> auto::Builder<LocalExec> {
     let mut builder = auto::Builder::new(LocalExec);
     // A request head is read whole before anything else happens: bounded
-    // as Envoy bounds it (`max_request_headers_kb`, 60 KiB by default),
-    // not at hyper's ~400 KiB, so one connection cannot make the proxy
-    // hold (and forward) a head of hundreds of KiB. Past it: 431.
+    // as Envoy bounds it (`max_request_headers_kb`, 60 KiB by default,
+    // request line included), not at hyper's ~400 KiB, so one connection
+    // cannot make the proxy hold (and forward) a head of hundreds of KiB.
+    // Past it: 431. Header lines are bounded at hyper's 100, as Envoy's
+    // `max_headers_count` bounds them (431 past it too).
     // No header read timeout of hyper's: its 30 s default also runs while
     // a kept-alive connection waits for its next request, so every idle
     // connection was closed at 30 s whatever `downstream.idleTimeout`
@@ -253,7 +249,7 @@ pub(super) fn http_builder() -> auto::Builder<LocalExec> {
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
-        .max_buf_size(MAX_REQUEST_HEAD);
+        .max_buf_size(super::canonical::MAX_REQUEST_HEAD);
     builder
         .http2()
         .timer(TokioTimer::new())

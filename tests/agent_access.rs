@@ -387,3 +387,42 @@ async fn rate_limit_tables_are_bounded_together() {
         "{refused}"
     );
 }
+
+/// A Host with a trailing dot names the same host as without it
+/// (`admin.example.com.` is the FQDN of `admin.example.com`): the agent
+/// drops the dot before anything reads the host, as Envoy's
+/// `strip_trailing_host_dot` does, so a DENY on the host's `hosts` holds
+/// for it. Routing alone ignored the dot: the request reached the app past
+/// the DENY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trailing_dot_in_the_host_does_not_pass_a_deny_on_its_hosts() {
+    let app = Upstream::start("app").await;
+    let policy = r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin-host, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {hosts: ["admin.example.com", "admin.example.com:*"]}}]
+"#;
+    let agent = workload(&app, policy);
+    for client in [Client::h1(agent.inbound), Client::h2(agent.inbound)] {
+        for host in [
+            "admin.example.com.",
+            "admin.example.com.:9080",
+            "ADMIN.example.com.",
+        ] {
+            let reply = client.get(&format!("http://{host}/x")).await;
+            assert_eq!(reply.status, 403, "{host}");
+        }
+        let reply = client.get("http://shop.example.com.:9080/x").await;
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(app.count(), 2, "denied requests never reach the app");
+    assert_eq!(
+        app.last_header("host").as_deref(),
+        Some("shop.example.com:9080"),
+        "the app sees the host without its dot"
+    );
+}

@@ -223,6 +223,7 @@ fn settle_authority<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
     if req.version() < Version::HTTP_2 {
         drop_userinfo(req.uri_mut())?;
     }
+    strip_trailing_host_dot(req)?;
     let host = req.headers().get(HOST);
     let Some(authority) = req.uri().authority().map(Authority::as_str) else {
         return Ok(());
@@ -237,6 +238,49 @@ fn settle_authority<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
             Ok(())
         }
     }
+}
+
+/// Drops one trailing dot from the host of the Host header and of the
+/// target's authority (`shop.example.com.:80` is `shop.example.com:80`), as
+/// Envoy's `strip_trailing_host_dot` does: routing, AuthorizationPolicy
+/// `hosts`, header matchers, telemetry and the upstream all see one name.
+/// Routing alone ignoring the dot let `shop.example.com.` reach the route
+/// of `shop.example.com` past a DENY on its `hosts`. Allocates only when a
+/// dot is dropped.
+fn strip_trailing_host_dot<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
+    if let Some(stripped) = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(without_trailing_dot)
+    {
+        let value = HeaderValue::from_str(&stripped).map_err(|_| LocalReply::INVALID_AUTHORITY)?;
+        req.headers_mut().insert(HOST, value);
+    }
+    if let Some(stripped) = req
+        .uri()
+        .authority()
+        .and_then(|a| without_trailing_dot(a.as_str()))
+    {
+        let authority = Authority::try_from(stripped).map_err(|_| LocalReply::INVALID_AUTHORITY)?;
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.authority = Some(authority);
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| LocalReply::INVALID_AUTHORITY)?;
+    }
+    Ok(())
+}
+
+/// `authority` with one trailing dot dropped from its host, when its host
+/// ends with one (and is more than the dot).
+fn without_trailing_dot(authority: &str) -> Option<String> {
+    // The port follows the last `:` past any bracketed IPv6 literal.
+    let host_end = match authority.rfind(':') {
+        Some(colon) if !authority[colon..].contains(']') => colon,
+        _ => authority.len(),
+    };
+    let host = &authority[..host_end];
+    let bare = host.strip_suffix('.').filter(|bare| !bare.is_empty())?;
+    Some(format!("{bare}{}", &authority[host_end..]))
 }
 
 /// Takes the userinfo out of the target's authority (`user:pw@host:80`
@@ -351,6 +395,33 @@ mod tests {
 
     fn details<B>(req: &mut Request<B>) -> Option<&'static str> {
         settle(req, &settings(&[])).err().map(|reply| reply.details)
+    }
+
+    #[test]
+    fn one_trailing_dot_is_dropped_from_the_host() {
+        for (authority, want) in [
+            ("shop.example.com.", Some("shop.example.com")),
+            ("shop.example.com.:8080", Some("shop.example.com:8080")),
+            ("shop.:80", Some("shop:80")),
+            ("shop.example.com", None),
+            ("shop.example.com:8080", None),
+            (".", None),
+            (".:80", None),
+            ("[::1]:80", None),
+            ("[::1]", None),
+        ] {
+            assert_eq!(
+                without_trailing_dot(authority).as_deref(),
+                want,
+                "{authority}"
+            );
+        }
+        let mut req = request(Version::HTTP_11, "/x", &[("host", "shop.example.com.:80")]);
+        assert_eq!(details(&mut req), None);
+        assert_eq!(req.headers()[HOST], "shop.example.com:80");
+        let mut req = request(Version::HTTP_2, "http://shop.example.com./x", &[]);
+        assert_eq!(details(&mut req), None);
+        assert_eq!(req.uri(), "http://shop.example.com/x");
     }
 
     #[test]

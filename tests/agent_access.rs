@@ -426,3 +426,71 @@ spec:
         "the app sees the host without its dot"
     );
 }
+
+/// A policy annotated `istio.io/dry-run: "true"` decides nothing, as
+/// Istio's shadow rules decide nothing: a dry-run DENY refuses no request,
+/// a dry-run ALLOW of everything lets in nothing the enforced ALLOW keeps
+/// out. What they would have decided is in the access log line
+/// (`authz_dry_run`), whatever the enforced policies decided. Both were
+/// enforced as if the annotation were not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dry_run_policies_are_recorded_and_never_enforced() {
+    let app = Upstream::start("app").await;
+    let doc = AgentDoc {
+        name: "reviews-v1",
+        service: "reviews",
+        app: "reviews",
+        version: "v1",
+        app_addr: app.addr,
+        otlp: NO_COLLECTOR,
+        app_protocol: "HTTP",
+        outbound_tcp: "[]",
+        extra: "  accessLog: {enabled: true}",
+    };
+    let policies = r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: no-admin
+  namespace: default
+  annotations: {"istio.io/dry-run": "true"}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin/*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: everyone
+  namespace: default
+  annotations: {"istio.io/dry-run": "true"}
+spec:
+  action: ALLOW
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: public-and-admin
+  namespace: default
+  annotations: {"istio.io/dry-run": "false"}
+spec:
+  action: ALLOW
+  rules:
+  - to: [{operation: {paths: ["/public", "/admin/*"]}}]
+"#;
+    let agent = Agent::start(&(doc.yaml() + policies));
+    let client = Client::h1(agent.inbound);
+    for (path, status, dry_run) in [
+        ("/admin/users", 200, "denied by default/no-admin[0]"),
+        ("/public", 200, "allowed by default/everyone[0]"),
+        ("/private", 403, "allowed by default/everyone[0]"),
+    ] {
+        let reply = client.get(&format!("http://reviews:9080{path}")).await;
+        assert_eq!(reply.status, status, "{path}");
+        let line = agent.access_log_line(path);
+        assert_eq!(line["authz_dry_run"], dry_run, "{line}");
+    }
+    assert_eq!(app.count(), 2);
+}

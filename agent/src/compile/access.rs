@@ -16,6 +16,7 @@ use crate::config::security::{
     AuthorizationPolicySpec, AuthorizationRule, Condition as RawCondition, Operation as RawOp,
     Source as RawSource,
 };
+use crate::config::security::{DRY_RUN_ANNOTATION, parse_go_bool};
 use crate::ext_authz::upstream::AuthzUpstream;
 use crate::ext_authz::{CommonSettings, ExtAuthzClient};
 use crate::model::authz::{
@@ -38,6 +39,16 @@ fn applies(
 }
 
 /// The authorization policies of this workload.
+/// Whether the AuthorizationPolicy is a dry run: evaluated and recorded,
+/// never enforced (its [`DRY_RUN_ANNOTATION`], validated beforehand).
+fn is_dry_run(metadata: &ObjectMeta) -> bool {
+    metadata
+        .annotations
+        .get(DRY_RUN_ANNOTATION)
+        .and_then(|value| parse_go_bool(value))
+        .unwrap_or(false)
+}
+
 pub(super) fn authorization(
     docs: &[Document<AuthorizationPolicySpec>],
     boot: &Agent,
@@ -75,6 +86,7 @@ pub(super) fn authorization(
             diags.error(loc, Some("spec.action".into()), msg);
             continue;
         }
+        let dry_run = is_dry_run(&doc.metadata);
         if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
             diags.warn(
                 loc,
@@ -92,6 +104,11 @@ pub(super) fn authorization(
             rules,
         };
         match action {
+            "DENY" if dry_run => authz.dry_run_deny.push(policy),
+            "ALLOW" if dry_run => authz.dry_run_allow.push(policy),
+            // A dry run of an AUDIT policy records nothing an AUDIT policy
+            // does not (validation warns of it).
+            "AUDIT" if dry_run => {}
             "CUSTOM" => {
                 let name = spec.provider.as_ref().map_or("", |p| p.name.as_str());
                 if let Some(client) = custom_client(name, &providers, &mut clients, loc, diags) {

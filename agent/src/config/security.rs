@@ -271,3 +271,19 @@ pub struct MutualTls {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
 }
+
+/// The annotation that makes an AuthorizationPolicy a dry run: evaluated
+/// and recorded, never enforced (Istio's `istio.io/dry-run`, for ALLOW and
+/// DENY policies).
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// A boolean as Go's `strconv.ParseBool` reads it, as Istio reads its
+/// boolean annotations: `1`, `t`, `T`, `TRUE`, `true`, `True` and their
+/// false twins; `None` for anything else.
+pub fn parse_go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}

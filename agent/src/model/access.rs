@@ -48,6 +48,9 @@ pub struct Allowed {
     pub source: Option<DecisionSource>,
     /// The AUDIT policy that matched, when one did.
     pub audited: Option<DecisionSource>,
+    /// What the dry-run AuthorizationPolicies would have decided, when any
+    /// applies.
+    pub dry_run: Option<String>,
     /// Envoy's response code details of the external check, when one ran.
     pub ext_authz_details: Option<&'static str>,
 }
@@ -69,6 +72,10 @@ pub struct Denied {
     pub details: String,
     /// What decided (none: no ALLOW policy matched).
     pub source: Option<DecisionSource>,
+    /// What the dry-run AuthorizationPolicies would have decided
+    /// ([`Authorization::dry_run_verdict`](super::authz::Authorization::dry_run_verdict)),
+    /// when the local policies were reached and any applies.
+    pub dry_run: Option<String>,
 }
 
 /// The start of the request body, read ahead for an external authorizer
@@ -156,6 +163,7 @@ impl AccessControl {
                         rule: None,
                         provider: None,
                     }),
+                    dry_run: None,
                 });
             }
         };
@@ -214,6 +222,7 @@ impl AccessControl {
                         flag: ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
                         details: with_item(verdict.details, &decided_by),
                         source: Some(source),
+                        dry_run: None,
                     });
                 }
                 CheckOutcome::Allow(edits) => {
@@ -231,12 +240,14 @@ impl AccessControl {
                 flag: ResponseFlags::RBAC_DENIED,
                 details,
                 source: local.source,
+                dry_run: local.dry_run,
             });
         }
         if local.source.is_some() {
             allowed.source = local.source;
         }
         allowed.audited = local.audited;
+        allowed.dry_run = local.dry_run;
         allowed.auth = auth;
         AccessOutcome::Allow(allowed)
     }

@@ -719,6 +719,9 @@ pub struct PolicyDecision {
     pub source: Option<DecisionSource>,
     /// The AUDIT policy that matched, when one did.
     pub audited: Option<DecisionSource>,
+    /// What the dry-run policies would have decided, when any apply
+    /// ([`Authorization::dry_run_verdict`]).
+    pub dry_run: Option<String>,
 }
 
 impl PolicyDecision {
@@ -751,6 +754,11 @@ pub struct Authorization {
     pub allow: Vec<Policy>,
     /// AUDIT policies.
     pub audit: Vec<Policy>,
+    /// DENY policies annotated `istio.io/dry-run: "true"`: evaluated and
+    /// recorded, never enforced (Istio's shadow rules).
+    pub dry_run_deny: Vec<Policy>,
+    /// ALLOW policies annotated `istio.io/dry-run: "true"`.
+    pub dry_run_allow: Vec<Policy>,
 }
 
 /// The DENY policy rule that refused a request.
@@ -785,6 +793,8 @@ impl Authorization {
             && self.deny.is_empty()
             && self.allow.is_empty()
             && self.audit.is_empty()
+            && self.dry_run_deny.is_empty()
+            && self.dry_run_allow.is_empty()
     }
 
     /// These policies as Istio builds them for a TCP filter chain (the
@@ -805,6 +815,18 @@ impl Authorization {
             name: p.name.clone(),
             rules: p.rules.iter().map(Rule::widened).collect(),
         };
+        let never_on_tcp = |p: &Policy| Policy {
+            name: p.name.clone(),
+            rules: (p.rules.iter())
+                .map(|r| {
+                    if r.reads_http() {
+                        Rule::never()
+                    } else {
+                        r.clone()
+                    }
+                })
+                .collect(),
+        };
         Self {
             custom: (self.custom.iter())
                 .filter(|c| c.client.is_grpc())
@@ -814,21 +836,10 @@ impl Authorization {
                 })
                 .collect(),
             deny: self.deny.iter().map(widened).collect(),
-            allow: (self.allow.iter())
-                .map(|p| Policy {
-                    name: p.name.clone(),
-                    rules: (p.rules.iter())
-                        .map(|r| {
-                            if r.reads_http() {
-                                Rule::never()
-                            } else {
-                                r.clone()
-                            }
-                        })
-                        .collect(),
-                })
-                .collect(),
+            allow: self.allow.iter().map(never_on_tcp).collect(),
             audit: self.audit.iter().map(widened).collect(),
+            dry_run_deny: self.dry_run_deny.iter().map(widened).collect(),
+            dry_run_allow: self.dry_run_allow.iter().map(never_on_tcp).collect(),
         }
     }
 
@@ -854,12 +865,14 @@ impl Authorization {
             rule,
             provider: None,
         };
+        let dry_run = self.dry_run_verdict(input, auth);
         for policy in &self.deny {
             if let Some(rule) = policy.matching_rule(input, auth) {
                 return PolicyDecision {
                     allowed: false,
                     source: Some(source(policy, Some(rule))),
                     audited: None,
+                    dry_run,
                 };
             }
         }
@@ -874,6 +887,7 @@ impl Authorization {
                     allowed: false,
                     source: None,
                     audited: None,
+                    dry_run,
                 };
             }
         }
@@ -885,7 +899,42 @@ impl Authorization {
             allowed: true,
             source: allowed_by,
             audited,
+            dry_run,
         }
+    }
+
+    /// What the dry-run policies alone would decide, as Istio's shadow
+    /// RBAC engines decide it (`istio_dry_run_deny`, then
+    /// `istio_dry_run_allow`): `denied by ns/name[rule]` when a dry-run
+    /// DENY rule matches; else, when dry-run ALLOW policies apply,
+    /// `allowed by ns/name[rule]` or `denied: no dry-run ALLOW policy
+    /// matched`; else `allowed`. `None` when no dry-run policy applies.
+    /// Evaluated whatever the enforced policies decide, so an operator sees
+    /// what a policy would do before enforcing it.
+    pub fn dry_run_verdict(
+        &self,
+        input: &AuthzInput<'_>,
+        auth: Option<&Authenticated>,
+    ) -> Option<String> {
+        if self.dry_run_deny.is_empty() && self.dry_run_allow.is_empty() {
+            return None;
+        }
+        let matched = |policies: &[Policy]| {
+            policies.iter().find_map(|p| {
+                p.matching_rule(input, auth)
+                    .map(|r| format!("{}[{r}]", p.name))
+            })
+        };
+        if let Some(rule) = matched(&self.dry_run_deny) {
+            return Some(format!("denied by {rule}"));
+        }
+        if self.dry_run_allow.is_empty() {
+            return Some("allowed".to_owned());
+        }
+        Some(match matched(&self.dry_run_allow) {
+            Some(rule) => format!("allowed by {rule}"),
+            None => "denied: no dry-run ALLOW policy matched".to_owned(),
+        })
     }
 }
 

@@ -182,6 +182,7 @@ fn refusal(reply: LocalReply) -> Denied {
         flag: reply.flags,
         details: reply.details.to_owned(),
         source: None,
+        dry_run: None,
     }
 }
 

@@ -398,6 +398,9 @@ pub async fn proxy<IO>(
         if verdict.audited {
             span.set("tracemesh.authz.audit", Value::Bool(true));
         }
+        if let Some(dry_run) = &verdict.dry_run {
+            span.set("tracemesh.authz.dry_run", Value::Str(dry_run));
+        }
         let termination = match (&verdict.denied, ended) {
             (Some(details), _) => Some(details.as_str()),
             (None, Some(Ended::Idle)) => Some("idle_timeout"),
@@ -444,6 +447,8 @@ struct ConnectionVerdict {
     source: Option<DecisionSource>,
     /// An AUDIT rule matched.
     audited: bool,
+    /// What the dry-run policies would have decided, when any apply.
+    dry_run: Option<String>,
 }
 
 /// Checks one inbound connection against the workload's policies as Istio
@@ -509,6 +514,7 @@ async fn authorize(
                 flag: ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
                 source: Some(source),
                 audited: false,
+                dry_run: None,
             };
         }
         verdict.source = Some(source);
@@ -521,9 +527,11 @@ async fn authorize(
             flag: ResponseFlags::RBAC_DENIED,
             source: local.source,
             audited: false,
+            dry_run: local.dry_run,
         };
     }
     verdict.audited = local.audited.is_some();
+    verdict.dry_run = local.dry_run;
     verdict.source = local.source.or(verdict.source);
     verdict
 }

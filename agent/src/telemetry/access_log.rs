@@ -168,6 +168,14 @@ pub struct AccessLogEntry<'a> {
     /// when none did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_policy: Option<&'a str>,
+    /// What the dry-run AuthorizationPolicies (`istio.io/dry-run`) would
+    /// have decided (`denied by namespace/name[rule]`, `allowed by …`,
+    /// `allowed`, `denied: no dry-run ALLOW policy matched`); left out when
+    /// none applies. Envoy writes the same as the RBAC filter's shadow
+    /// metadata (`istio_dry_run_*_shadow_engine_result`,
+    /// `…_shadow_effective_policy_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authz_dry_run: Option<&'a str>,
     /// Unused (no connection was terminated by policy).
     pub connection_termination_details: Option<&'a str>,
     /// Why the upstream connection failed, when it did.

@@ -372,6 +372,9 @@ impl HopSpan {
         if record.audited.is_some() {
             span.set("tracemesh.authz.audit", Value::Bool(true));
         }
+        if let Some(verdict) = &record.dry_run {
+            span.set("tracemesh.authz.dry_run", Value::Str(verdict));
+        }
         if let Some(policy) = &record.access_policy {
             span.set("tracemesh.authz.policy", Value::Str(policy));
         }

@@ -87,6 +87,11 @@ pub struct RequestRecord {
     /// The AUDIT AuthorizationPolicy that matched (`namespace/name[rule]`),
     /// when one did: Envoy's `access_log_hint`, shown in the access log.
     pub audited: Option<String>,
+    /// What the dry-run AuthorizationPolicies (`istio.io/dry-run`) would
+    /// have decided, when any applies: `denied by namespace/name[rule]`,
+    /// `allowed by …`, `allowed`, or `denied: no dry-run ALLOW policy
+    /// matched` (Istio's shadow engine result and effective policy id).
+    pub dry_run: Option<String>,
     /// The policy that decided access (`namespace/name[rule]`, with
     /// ` provider=<name>` for CUSTOM), when one did.
     pub access_policy: Option<String>,
@@ -354,6 +359,7 @@ impl RequestRecord {
             authorization_policy: self.access_policy.as_deref(),
             access_log_hint: self.audited.is_some(),
             audit_policy: self.audited.as_deref(),
+            authz_dry_run: self.dry_run.as_deref(),
             connection_termination_details: None,
             upstream_transport_failure_reason: self.transport_failure,
             bytes_received: self.request_bytes,

@@ -4,7 +4,8 @@
 use super::common::{self, Check};
 use crate::config::documents::Document;
 use crate::config::security::{
-    AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec, Source,
+    AuthorizationPolicySpec, DRY_RUN_ANNOTATION, PeerAuthenticationSpec, RequestAuthenticationSpec,
+    Source, parse_go_bool,
 };
 use crate::config::telemetry::TelemetrySpec;
 use crate::model::expr::Expression;
@@ -29,6 +30,28 @@ const MAP_KEYS: &[&str] = &[
     "request.auth.claims[",
     "experimental.envoy.filters.",
 ];
+
+/// The `istio.io/dry-run` annotation: a boolean as Go reads one; a dry run
+/// of a CUSTOM policy is refused (its provider would still be asked), one
+/// of an AUDIT policy is warned of (it would record nothing).
+fn dry_run(c: &mut Check<'_>, doc: &Document<AuthorizationPolicySpec>, action: &str) {
+    let Some(value) = doc.metadata.annotations.get(DRY_RUN_ANNOTATION) else {
+        return;
+    };
+    let field = format!("metadata.annotations[{DRY_RUN_ANNOTATION}]");
+    match (parse_go_bool(value), action) {
+        (None, _) => c.error(field, format!("{value:?} is not a boolean (true or false)")),
+        (Some(true), "CUSTOM") => c.error(
+            field,
+            "a dry run of a CUSTOM policy is not supported: ALLOW and DENY policies only",
+        ),
+        (Some(true), "AUDIT") => c.warn(
+            field,
+            "a dry run of an AUDIT policy records nothing: the policy is left out",
+        ),
+        _ => {}
+    }
+}
 
 pub(super) fn authorization_policy(c: &mut Check<'_>, doc: &Document<AuthorizationPolicySpec>) {
     let spec = &doc.spec;
@@ -58,6 +81,7 @@ pub(super) fn authorization_policy(c: &mut Check<'_>, doc: &Document<Authorizati
         }
         other => c.error("spec.action", format!("unknown action {other:?} (ALLOW, DENY, AUDIT, CUSTOM)")),
     }
+    dry_run(c, doc, action);
     if action != "CUSTOM" && spec.provider.is_some() {
         c.error(
             "spec.provider",

@@ -151,6 +151,7 @@ impl Exchange {
             flags: ResponseFlags::NONE,
             details: None,
             audited: None,
+            dry_run: None,
             access_policy: None,
             request_bytes: 0,
             response_bytes: 0,
@@ -215,6 +216,7 @@ impl Exchange {
     /// keeps the headers the external authorizer adds to the response.
     pub fn set_allowed(&mut self, allowed: &Allowed) {
         self.record.audited = allowed.audited.as_ref().map(ToString::to_string);
+        self.record.dry_run.clone_from(&allowed.dry_run);
         self.record.access_policy = allowed.source.as_ref().map(ToString::to_string);
         let downstream = &allowed.ext_authz_edits.downstream_add;
         if !downstream.is_empty() {
@@ -232,6 +234,7 @@ impl Exchange {
     pub fn access_denied(mut self: Box<Self>, denied: Denied) -> Response<ProxyBody> {
         self.record.flags.insert(denied.flag);
         self.record.access_policy = denied.source.as_ref().map(ToString::to_string);
+        self.record.dry_run = denied.dry_run;
         let (mut response, body) = local_reply::custom_response(
             denied.status,
             denied.body,

@@ -1087,3 +1087,48 @@ async fn the_callers_namespace_comes_from_its_certificate_without_metadata() {
         scrape.text
     );
 }
+
+/// `trustDomains` take Istio's wildcards: `*` any peer with an identity,
+/// `legacy*` a trust domain that begins with `legacy`, `*.corp` one that
+/// ends with `.corp`. Taken as written they matched no caller, so a DENY
+/// on them refused nobody. (The callers' trust domains are the mesh's
+/// aliases: the handshake takes no other.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trust_domain_wildcards_match_as_istio_reads_them() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let authority = tracemesh_ca::Authority::load(&ca.dir).unwrap();
+    let id = tracemesh_ca::SpiffeId::new("cluster.local", "default", "backend").unwrap();
+    let (chain, key_file) = write_workload_cert(&authority, &id, dir.path(), "backend");
+    let identity = format!(
+        "  serviceAccount: backend\n  identity:\n    files: {{certChain: \"{}\", privateKey: \"{}\", rootCert: \"{}\"}}\n",
+        chain.display(),
+        key_file.display(),
+        ca.root().display()
+    );
+    let policies = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-foreigners, namespace: default}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {trustDomains: [\"legacy*\", \"*.corp\"]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: any-identity, namespace: default}\nspec:\n  rules:\n  - from: [{source: {trustDomains: [\"*\"]}}]\n";
+    let aliases = "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |-\n    trustDomainAliases: [legacy.example, legacy, team.corp, corp.example, mylegacy.example]\n";
+    let backend = workload(
+        "backend",
+        app.addr,
+        &identity,
+        &format!("{STRICT}{aliases}{policies}"),
+    );
+    let caller = |td: &str| {
+        let san = format!("URI:spiffe://{td}/ns/default/sa/caller");
+        ca.openssl_get_as(Some(&san), "caller", backend.inbound).0
+    };
+    for (td, status) in [
+        ("legacy.example", "403"),
+        ("legacy", "403"),
+        ("team.corp", "403"),
+        ("cluster.local", "200"),
+        ("corp.example", "200"),
+        ("mylegacy.example", "200"),
+    ] {
+        let out = caller(td);
+        assert!(out.contains(&format!("HTTP/1.1 {status}")), "{td}: {out}");
+    }
+    assert_eq!(app.count(), 3);
+}

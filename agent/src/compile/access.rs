@@ -21,7 +21,7 @@ use crate::ext_authz::upstream::AuthzUpstream;
 use crate::ext_authz::{CommonSettings, ExtAuthzClient};
 use crate::model::authz::{
     Authorization, Cidr, Condition, ConditionKey, CustomPolicy, Operation, Pattern, Policy,
-    PseudoHeader, RequestPrincipal, Rule, Source, Values,
+    PseudoHeader, RequestPrincipal, Rule, Source, TemplatePart, Values,
 };
 use crate::model::live::LiveState;
 use crate::model::mesh::{Mesh, ProviderConfig, TrustDomainBundle};
@@ -425,11 +425,14 @@ fn principal_values(
             .collect()
     };
     let domains = |list: &[String]| -> Vec<Pattern> {
-        trust_domains
-            .expand_trust_domain_aliases(list)
+        let (wildcards, exact): (Vec<String>, Vec<String>) =
+            list.iter().cloned().partition(|td| td.contains('*'));
+        let mut patterns: Vec<Pattern> = (trust_domains.expand_trust_domain_aliases(&exact))
             .iter()
             .map(|td| Pattern::Prefix(format!("{td}/")))
-            .collect()
+            .collect();
+        patterns.extend(wildcards.iter().flat_map(|td| trust_domain_pattern(td)));
+        patterns
     };
     let principals = |list: &[String]| patterns(&trust_domains.replace_trust_domain_aliases(list));
     let positive = [
@@ -448,6 +451,37 @@ fn principal_values(
     none_of.extend(accounts(&raw.not_service_accounts));
     none_of.extend(domains(&raw.not_trust_domains));
     Values { any_of, none_of }
+}
+
+/// A `trustDomains` value with Istio's wildcards, as patterns on the
+/// peer's principal (`<trust domain>/ns/<ns>/sa/<sa>`): `*` any trust
+/// domain (any peer with an identity), `legacy*` one that begins with
+/// `legacy`, `*.corp` one that ends with `.corp` (or is `.corp`), and a `*`
+/// elsewhere is matched as written, as Istio's string matcher takes it.
+/// Written as a prefix of the principal they matched nothing.
+fn trust_domain_pattern(td: &str) -> Vec<Pattern> {
+    if td == "*" {
+        return vec![Pattern::Any];
+    }
+    if let Some(prefix) = td.strip_suffix('*')
+        && !prefix.contains('*')
+    {
+        return vec![Pattern::Prefix(prefix.to_owned())];
+    }
+    if let Some(suffix) = td.strip_prefix('*')
+        && !suffix.contains('*')
+    {
+        let end = format!("{suffix}/");
+        return vec![
+            Pattern::Template(vec![
+                TemplatePart::Segment,
+                TemplatePart::Literal(end.clone()),
+                TemplatePart::Segments,
+            ]),
+            Pattern::Prefix(end),
+        ];
+    }
+    vec![Pattern::Prefix(format!("{td}/"))]
 }
 
 fn ports(list: &[String], field: &str, loc: &Location, diags: &mut Diagnostics) -> Vec<u16> {

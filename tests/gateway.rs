@@ -1152,3 +1152,84 @@ spec:
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(xfcc_seen(&app), Some(format!("{forged},{client_element}")));
 }
+
+/// AUTO_PASSTHROUGH relays a mesh peer's mTLS to the service its SNI names
+/// (`outbound_.<port>_._.<host>`), as Istio renders it: only for services
+/// of the mesh the server's `hosts` cover, and only for a client offering
+/// Istio's ALPN. A MESH_EXTERNAL service (no sidecar ends the mTLS), a
+/// service outside the server's hosts and a client without Istio's ALPN
+/// are closed: the gateway relayed every one of them, making it an open
+/// TLS relay to every service it knew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auto_passthrough_relays_mesh_mtls_to_the_mesh_services_it_covers() {
+    let sni = |host: &str| format!("outbound_.443_._.{host}");
+    let db = TlsUpstream::start(&[&sni("db.default.svc.cluster.local")], false).await;
+    let api = TlsUpstream::start(&[&sni("api.default.svc.cluster.local")], false).await;
+    let pay = TlsUpstream::start(&[&sni("pay.example.com")], false).await;
+    let entry = |name: &str, host: &str, location: &str, upstream: &TlsUpstream| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{host}]\n  location: {location}\n  ports: [{{number: 443, name: tls, protocol: TLS}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1, ports: {{tls: {}}}}}]\n",
+            upstream.addr.port()
+        )
+    };
+    let yaml = bootstrap(&[15443], common::mesh::NO_COLLECTOR, "")
+        + &entry("db", "db.default.svc.cluster.local", "MESH_INTERNAL", &db)
+        + &entry(
+            "api",
+            "api.default.svc.cluster.local",
+            "MESH_EXTERNAL",
+            &api,
+        )
+        + &entry("pay", "pay.example.com", "MESH_INTERNAL", &pay)
+        + r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: cross-network}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 15443, name: tls, protocol: TLS}
+    hosts: ["*.svc.cluster.local", "pay.example.com.invalid"]
+    tls: {mode: AUTO_PASSTHROUGH}
+"#;
+    let gateway = Gateway::start(&yaml);
+    let port = gateway.port(15443);
+    let root = |u: &TlsUpstream| std::fs::read_to_string(&u.root).unwrap();
+    let mesh_alpn = ["istio-peer-exchange", "istio"];
+    // A mesh service the server covers, with Istio's ALPN: relayed.
+    let reply = tls_get(
+        port,
+        &sni("db.default.svc.cluster.local"),
+        &root(&db),
+        &mesh_alpn,
+        None,
+        "/",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.body, "secure hello");
+    // The same without Istio's ALPN: closed.
+    let plain = tls_get(
+        port,
+        &sni("db.default.svc.cluster.local"),
+        &root(&db),
+        &["h2"],
+        None,
+        "/",
+    )
+    .await;
+    assert!(plain.is_err(), "{plain:?}");
+    assert_eq!(db.sni.lock().unwrap().len(), 1);
+    // MESH_EXTERNAL, and a service outside the server's hosts: closed.
+    for (host, upstream) in [
+        ("api.default.svc.cluster.local", &api),
+        ("pay.example.com", &pay),
+    ] {
+        let out = tls_get(port, &sni(host), &root(upstream), &mesh_alpn, None, "/").await;
+        assert!(out.is_err(), "{host}: {out:?}");
+        assert!(
+            upstream.sni.lock().unwrap().is_empty(),
+            "{host} was reached"
+        );
+    }
+}

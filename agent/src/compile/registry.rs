@@ -40,6 +40,9 @@ pub(super) struct Service {
     pub order: usize,
     /// The ServiceEntry, for diagnostics.
     pub location: Location,
+    /// Declared `location: MESH_EXTERNAL`: outside the mesh (no sidecar,
+    /// no mesh mTLS), so no gateway's AUTO_PASSTHROUGH reaches it.
+    pub mesh_external: bool,
 }
 
 /// Every service, by FQDN (or `*.suffix` pattern).
@@ -218,6 +221,7 @@ impl Registry {
                     addresses,
                     order: services.len(),
                     location: doc.location.clone(),
+                    mesh_external: doc.spec.location.as_deref() == Some("MESH_EXTERNAL"),
                 };
                 services.insert(fqdn, service);
             }

@@ -27,6 +27,7 @@ use crate::model::gateway::{
 use crate::tls::TlsMaterial;
 use crate::tls::handshake;
 use crate::tls::io::{DownstreamIo, MaybeTls};
+use crate::tls::material::is_mesh_alpn;
 
 /// Longest a client on a TLS port may take to send its ClientHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -183,8 +184,8 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
             }
         }
         PortProtocol::Tls => {
-            let sni = match detect(&stream, HELLO_TIMEOUT).await {
-                Ok(Detected::Tls { sni, .. }) => sni,
+            let (sni, alpn) = match detect(&stream, HELLO_TIMEOUT).await {
+                Ok(Detected::Tls { sni, alpn }) => (sni, alpn),
                 Ok(other) => {
                     tracing::debug!(%peer, port = number, first = ?other, "not TLS on a TLS port; closed");
                     return;
@@ -198,6 +199,15 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
                 tracing::debug!(%peer, port = number, sni = ?sni, "no server answers this SNI; closed");
                 return;
             };
+            // AUTO_PASSTHROUGH relays a mesh peer's mTLS only, told by the
+            // ALPN a sidecar offers, as Istio's chains match it
+            // (`application_protocols`): any other TLS client is closed.
+            if matches!(chain.action, ChainAction::AutoPassthrough(_))
+                && !alpn.iter().any(|p| is_mesh_alpn(p))
+            {
+                tracing::debug!(%peer, port = number, sni = ?sni, "AUTO_PASSTHROUGH takes mesh mTLS only (no istio ALPN); closed");
+                return;
+            }
             let sni: Option<Arc<str>> = sni.map(Arc::from);
             if chain.tls.is_none() {
                 return passthrough(&connection.worker, chain, stream, peer, sni, number).await;

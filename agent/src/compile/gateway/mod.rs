@@ -668,7 +668,9 @@ fn add_server(
         return;
     }
     let action = match mode {
-        Some("AUTO_PASSTHROUGH") => ChainAction::AutoPassthrough(auto_passthrough(ctx.registry)),
+        Some("AUTO_PASSTHROUGH") => {
+            ChainAction::AutoPassthrough(auto_passthrough(ctx.registry, &hosts))
+        }
         Some("PASSTHROUGH") => {
             ChainAction::Forward(tls_routes(ctx, gw, &hosts, number, services, diags))
         }
@@ -1073,14 +1075,28 @@ fn tcp_routes(
     out
 }
 
-/// AUTO_PASSTHROUGH: every cluster by Istio's SNI for it.
-fn auto_passthrough(registry: &Registry) -> std::collections::HashMap<String, Arc<Cluster>> {
+/// AUTO_PASSTHROUGH: the clusters of the mesh's services a server's
+/// `hosts` cover, by Istio's SNI for each (`outbound_.<port>_.<subset>_.<host>`),
+/// as Istio's `builtAutoPassthroughFilterChains` renders them: a service
+/// declared MESH_EXTERNAL is left out (it has no sidecar to end the
+/// caller's mTLS), as is one no server host covers.
+fn auto_passthrough(
+    registry: &Registry,
+    hosts: &[ServerHost],
+) -> std::collections::HashMap<String, Arc<Cluster>> {
+    let covered = |host: &str, namespace: &str| {
+        hosts
+            .iter()
+            .any(|h| h.admits(namespace) && host_matches(&h.host, host))
+    };
     registry
-        .clusters()
-        .into_iter()
+        .services
+        .iter()
+        .filter(|(host, service)| !service.mesh_external && covered(host, &service.namespace))
+        .flat_map(|(_, service)| service.clusters.values().flatten())
         .map(|c| {
             let sni = cluster_sni(c.port, c.subset.as_deref(), &c.service.host);
-            (sni, c)
+            (sni, c.clone())
         })
         .collect()
 }

@@ -1132,3 +1132,38 @@ async fn trust_domain_wildcards_match_as_istio_reads_them() {
     }
     assert_eq!(app.count(), 3);
 }
+
+/// Under PERMISSIVE, TLS that offers none of the mesh's ALPN protocols is
+/// the application's own: an explicit inbound listener passes it to the
+/// app untouched, as Istio's passthrough filter chain does and as a
+/// captured connection's goes — the client reaches the app's certificate,
+/// not the sidecar's. The agent terminated it with its mesh certificate,
+/// so a client of an app serving its own TLS failed its handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn permissive_passes_the_apps_own_tls_to_the_app() {
+    let ca = Ca::start();
+    let app = TlsUpstream::start(&["app.example"], false).await;
+    let root = std::fs::read_to_string(&app.root).unwrap();
+    for protocol in ["TLS", "HTTP"] {
+        let doc = AgentDoc {
+            name: "web-v1",
+            service: "web",
+            app: "web",
+            version: "v1",
+            app_addr: app.addr,
+            otlp: NO_COLLECTOR,
+            app_protocol: protocol,
+            outbound_tcp: "[]",
+            extra: &ca.identity_yaml("web", "1h"),
+        };
+        let web = Agent::start(&doc.yaml());
+        for alpn in [&[][..], &["h2", "http/1.1"]] {
+            let reply =
+                common::gateway::tls_get(web.inbound, "app.example", &root, alpn, None, "/")
+                    .await
+                    .unwrap_or_else(|e| panic!("{protocol} {alpn:?}: {e}"));
+            assert_eq!(reply.body, "secure hello", "{protocol} {alpn:?}");
+        }
+    }
+    assert_eq!(app.sni.lock().unwrap().len(), 4);
+}

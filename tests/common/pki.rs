@@ -373,6 +373,9 @@ pub fn write_workload_cert(
 
 /// Runs `openssl s_client` against `addr`, sending an HTTP request; returns
 /// what it printed (an HTTP response appears only if the connection was let in).
+/// It offers Istio's mesh ALPN (`istio-http/1.1`, `istio`), as a sidecar
+/// does: under PERMISSIVE, TLS without it is the application's own and
+/// goes to the app unopened.
 pub fn openssl_get(addr: SocketAddr, cert_and_key: Option<(&Path, &Path)>) -> String {
     openssl_request(
         addr,
@@ -394,6 +397,8 @@ pub fn openssl_request(
         &addr.to_string(),
         "-quiet",
         "-ign_eof",
+        "-alpn",
+        "istio-http/1.1,istio",
     ]);
     if let Some((cert, key)) = cert_and_key {
         cmd.arg("-cert").arg(cert).arg("-key").arg(key);

@@ -371,6 +371,19 @@ impl Connection {
             }
             Direction::Outbound => MtlsMode::Disable,
         };
+        if direction == Direction::Inbound && tcp::opens_app_tls(&self.worker, &stream, mode).await
+        {
+            // The application's own TLS: its bytes, to it.
+            let app = self.worker.shared.config.load().inbound.clone();
+            let side = (direction, Some(app.port));
+            let target = TcpTarget::Cluster {
+                cluster: app,
+                endpoint: None,
+            };
+            let io: DownstreamIo = MaybeTls::Plain(stream);
+            tcp::proxy(&self.worker, io, (peer, local), None, side, target).await;
+            return;
+        }
         let Some((io, tls)) = self.handshake(stream, mode, true).await else {
             return;
         };

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use super::forward::tls_plan;
 use super::{Direction, Worker};
+use crate::capture::detect::{Detected, detect_tls};
 use crate::connect;
 use crate::ext_authz::{CheckOutcome, CheckRequest};
 use crate::flags::ResponseFlags;
@@ -44,8 +45,8 @@ use crate::model::{MtlsMode, Snapshot};
 use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter, TcpConnection};
 use crate::telemetry::otlp_wire::Value;
 use crate::telemetry::span::{Kind, Parent, Sampling, Span};
-use crate::tls::io::{AsTcp, UpstreamIo};
-use crate::tls::{PeerTls, handshake};
+use crate::tls::io::{AsTcp, DownstreamIo, MaybeTls, UpstreamIo};
+use crate::tls::{PeerTls, handshake, is_mesh_alpn};
 
 /// Where a TCP connection goes.
 #[derive(Debug)]
@@ -101,6 +102,16 @@ pub async fn serve(
             (snapshot.inbound_mtls).for_port(snapshot.listeners.app.port()),
         ),
     };
+    if direction == Direction::Inbound && opens_app_tls(&worker, &downstream, mode).await {
+        let side = (direction, Some(cluster.port));
+        let target = TcpTarget::Cluster {
+            cluster,
+            endpoint: None,
+        };
+        let io: DownstreamIo = MaybeTls::Plain(downstream);
+        proxy(&worker, io, (peer, local), None, side, target).await;
+        return;
+    }
     let Ok((downstream, mut caller)) = handshake::accept(
         downstream,
         mode,
@@ -135,6 +146,27 @@ pub async fn serve(
         target,
     )
     .await;
+}
+
+/// Longest an explicit inbound listener under PERMISSIVE waits for a TLS
+/// client's ClientHello to tell mesh mTLS from the application's own TLS:
+/// as long as a handshake may take.
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// PERMISSIVE on an explicit inbound listener: whether the client opens
+/// with a ClientHello offering none of the mesh's ALPN protocols (`istio`,
+/// `istio-*`) — the application's own TLS, which goes to it untouched, as
+/// Istio's passthrough filter chain sends it and as a captured
+/// connection's goes. Asked only where PERMISSIVE could terminate mTLS (a
+/// workload certificate is loaded); a plaintext first byte decides at once.
+pub(super) async fn opens_app_tls(worker: &Worker, stream: &TcpStream, mode: MtlsMode) -> bool {
+    if mode != MtlsMode::Permissive || worker.shared.tls.load().is_none() {
+        return false;
+    }
+    matches!(
+        detect_tls(stream, CLIENT_HELLO_TIMEOUT).await,
+        Ok(Detected::Tls { alpn, .. }) if !alpn.iter().any(|p| is_mesh_alpn(p))
+    )
 }
 
 /// A sidecar's outbound connection to `destination`, addressed to a

@@ -683,3 +683,68 @@ fn reset(stream: TcpStream) {
     stream.set_linger(Some(Duration::ZERO)).unwrap();
     drop(stream);
 }
+
+/// Every TCP connection gets an access-log line at its close, as Envoy's
+/// `tcp_proxy` writes one: its bytes each way, the cluster and endpoint,
+/// its flags, and for a refused one the RBAC denial as Envoy's
+/// `connection_termination_details`. No TCP connection was logged, a
+/// refused one included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tcp_connections_are_access_logged_refused_ones_included() {
+    let app = CountingEcho::start().await;
+    let policy = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-nine, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: [127.0.0.9/32]}}]
+";
+    let db = tcp_agent("db", app.addr, "[]", "  accessLog: {enabled: true}", policy);
+    assert_eq!(ping(db.inbound, Some("127.0.0.9")).await, b"");
+    assert_eq!(ping(db.inbound, Some("127.0.0.1")).await, b"ping");
+    let lines = db.wait_stdout_lines(2);
+    let entries: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let of = |client: &str| {
+        entries
+            .iter()
+            .find(|e| {
+                e["downstream_remote_address"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(&format!("{client}:")))
+            })
+            .unwrap_or_else(|| panic!("no line for {client}: {lines:?}"))
+    };
+    let refused = of("127.0.0.9");
+    assert_eq!(refused["response_flags"], "RBAC", "{refused}");
+    assert_eq!(
+        refused["connection_termination_details"],
+        "rbac_access_denied_matched_policy[ns[default]-policy[no-nine]-rule[0]]",
+        "{refused}"
+    );
+    assert_eq!(
+        refused["authorization_policy"], "default/no-nine[0]",
+        "{refused}"
+    );
+    assert!(refused["upstream_host"].is_null(), "{refused}");
+    assert!(
+        refused["method"].is_null() && refused["protocol"].is_null(),
+        "{refused}"
+    );
+    let served = of("127.0.0.1");
+    assert_eq!(served["response_flags"], "-", "{served}");
+    assert_eq!(served["bytes_received"], 4, "{served}");
+    assert_eq!(served["bytes_sent"], 4, "{served}");
+    assert_eq!(served["upstream_host"], app.addr.to_string(), "{served}");
+    assert_eq!(served["response_code"], 0, "{served}");
+    assert!(
+        served["upstream_cluster"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("inbound|")),
+        "{served}"
+    );
+}

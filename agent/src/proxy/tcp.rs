@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::forward::tls_plan;
-use super::{Direction, Worker};
+use super::{Direction, Shared, Worker};
 use crate::capture::detect::{Detected, detect_tls};
 use crate::connect;
 use crate::ext_authz::{CheckOutcome, CheckRequest};
@@ -42,6 +42,7 @@ use crate::model::service::ServiceName;
 use crate::model::tcp_route::TcpRouted;
 use crate::model::telemetry::Side;
 use crate::model::{MtlsMode, Snapshot};
+use crate::telemetry::access_log::{AccessLog, AccessLogEntry, rfc3339_millis};
 use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter, TcpConnection};
 use crate::telemetry::otlp_wire::Value;
 use crate::telemetry::span::{Kind, Parent, Sampling, Span};
@@ -148,6 +149,22 @@ pub async fn serve(
     .await;
 }
 
+/// The access logs a connection on `side` is written to: the side's
+/// Telemetry providers without a filter (a filter reads request
+/// attributes a connection has none of, so a filtered provider logs
+/// requests only), else the Agent's own `accessLog`. One line per
+/// connection, at its close, as Envoy's `tcp_proxy` writes it.
+fn access_logs(shared: &Shared, snapshot: &Snapshot, side: Side) -> Vec<Arc<AccessLog>> {
+    match &snapshot.telemetry.side(side).access_logs {
+        Some(logs) => logs
+            .iter()
+            .filter(|log| !log.disabled && log.filter.is_none())
+            .filter_map(|log| log.file().and_then(|path| shared.access_logs.get(path)))
+            .collect(),
+        None => shared.access_log.iter().cloned().collect(),
+    }
+}
+
 /// Longest an explicit inbound listener under PERMISSIVE waits for a TLS
 /// client's ClientHello to tell mesh mTLS from the application's own TLS:
 /// as long as a handshake may take.
@@ -242,7 +259,8 @@ pub async fn proxy<IO>(
         Direction::Inbound => Side::Server,
     };
     let sampling = Sampling::of(&snapshot.telemetry, side, worker.spans.ratio());
-    let mut span = Span::start_with(&worker.spans, kind, parent, SystemTime::now(), sampling);
+    let start_time = SystemTime::now();
+    let mut span = Span::start_with(&worker.spans, kind, parent, start_time, sampling);
     let reporter = match direction {
         Direction::Outbound => Reporter::Source,
         Direction::Inbound => Reporter::Destination,
@@ -304,6 +322,7 @@ pub async fn proxy<IO>(
         (None, Some(service)) => service,
         (None, None) => BLACK_HOLE.with(Clone::clone),
     };
+    let caller_sni = caller.as_ref().and_then(|c| c.sni.clone());
     let unknown = Arc::new(PeerInfo::unknown());
     let ours = Some(ByAddress(snapshot.identity.principal.clone()));
     let labels = match reporter {
@@ -420,10 +439,68 @@ pub async fn proxy<IO>(
     } else if let Some(closed) = handles.as_ref().and_then(|h| h.closed.as_ref()) {
         closed.inc();
     }
+    let decided = verdict.source.as_ref().map(ToString::to_string);
+    let termination = match (&verdict.denied, ended) {
+        (Some(details), _) => Some(details.as_str()),
+        (None, Some(Ended::Idle)) => Some("idle_timeout"),
+        (None, Some(Ended::Lifetime)) => Some("max_connection_duration_reached"),
+        (None, None) => None,
+    };
+    let sinks = access_logs(shared, &snapshot, side);
+    if !sinks.is_empty() {
+        let flags = flags.as_str();
+        let traceparent = span.is_recording().then(|| {
+            let context = span.context();
+            crate::trace_context::traceparent(
+                context.trace_id(),
+                context.span_id(),
+                context.is_sampled(),
+            )
+        });
+        let entry = AccessLogEntry {
+            start_time: rfc3339_millis(start_time),
+            route_name: None,
+            method: None,
+            path: None,
+            protocol: None,
+            response_code: 0,
+            response_flags: &flags,
+            response_code_details: None,
+            authorization_policy: decided.as_deref(),
+            access_log_hint: verdict.audited,
+            audit_policy: None,
+            authz_dry_run: verdict.dry_run.as_deref(),
+            connection_termination_details: termination,
+            upstream_transport_failure_reason: None,
+            bytes_received: received,
+            bytes_sent: sent,
+            duration: began.elapsed().as_millis() as u64,
+            upstream_service_time: None,
+            x_forwarded_for: None,
+            user_agent: None,
+            request_id: None,
+            authority: None,
+            // A refused connection never reached the proxying (Envoy's
+            // RBAC network filter closes it before tcp_proxy picks).
+            upstream_host: (endpoint.as_ref())
+                .filter(|_| verdict.denied.is_none())
+                .map(|e| e.address_text.to_string()),
+            upstream_cluster: (cluster.as_deref())
+                .filter(|_| verdict.denied.is_none())
+                .map(|c| c.name.as_str()),
+            upstream_local_address: None,
+            downstream_local_address: local.to_string(),
+            downstream_remote_address: peer.to_string(),
+            requested_server_name: caller_sni.as_deref(),
+            traceparent: traceparent.as_ref().and_then(|t| t.to_str().ok()),
+        };
+        for sink in sinks {
+            sink.write(&entry);
+        }
+    }
     if span.is_recording() {
         // As on the request path: the policy that let the connection in or
         // refused it, and whether an AUDIT rule matched.
-        let decided = verdict.source.as_ref().map(ToString::to_string);
         if let Some(policy) = &decided {
             span.set("tracemesh.authz.policy", Value::Str(policy));
         }
@@ -433,12 +510,6 @@ pub async fn proxy<IO>(
         if let Some(dry_run) = &verdict.dry_run {
             span.set("tracemesh.authz.dry_run", Value::Str(dry_run));
         }
-        let termination = match (&verdict.denied, ended) {
-            (Some(details), _) => Some(details.as_str()),
-            (None, Some(Ended::Idle)) => Some("idle_timeout"),
-            (None, Some(Ended::Lifetime)) => Some("max_connection_duration_reached"),
-            (None, None) => None,
-        };
         if let Some(details) = termination {
             span.set(
                 "tracemesh.connection_termination_details",

@@ -141,13 +141,13 @@ pub struct AccessLogEntry<'a> {
     pub start_time: String,
     /// VirtualService rule name.
     pub route_name: Option<&'a str>,
-    /// Method.
-    pub method: &'a str,
-    /// Path and query.
-    pub path: &'a str,
-    /// `HTTP/1.1` or `HTTP/2`.
-    pub protocol: &'a str,
-    /// Status sent (0 when none was).
+    /// Method; null for a TCP connection.
+    pub method: Option<&'a str>,
+    /// Path and query; null for a TCP connection.
+    pub path: Option<&'a str>,
+    /// `HTTP/1.1` or `HTTP/2`; null for a TCP connection.
+    pub protocol: Option<&'a str>,
+    /// Status sent (0 when none was, and for a TCP connection).
     pub response_code: u16,
     /// Envoy's flags, `-` when none.
     pub response_flags: &'a str,
@@ -176,13 +176,16 @@ pub struct AccessLogEntry<'a> {
     /// `…_shadow_effective_policy_id`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authz_dry_run: Option<&'a str>,
-    /// Unused (no connection was terminated by policy).
+    /// Why a TCP connection was ended by the agent (Envoy's
+    /// `%CONNECTION_TERMINATION_DETAILS%`): the RBAC denial
+    /// (`rbac_access_denied_matched_policy[…]`), `idle_timeout`,
+    /// `max_connection_duration_reached`; null otherwise.
     pub connection_termination_details: Option<&'a str>,
     /// Why the upstream connection failed, when it did.
     pub upstream_transport_failure_reason: Option<&'a str>,
-    /// Request body bytes.
+    /// Request body bytes (a TCP connection's bytes from the client).
     pub bytes_received: u64,
-    /// Response body bytes.
+    /// Response body bytes (a TCP connection's bytes to the client).
     pub bytes_sent: u64,
     /// Total duration in milliseconds.
     pub duration: u64,

@@ -350,9 +350,9 @@ impl RequestRecord {
         Some(AccessLogEntry {
             start_time: rfc3339_millis(self.start_time),
             route_name: self.route.as_deref(),
-            method: &log.method,
-            path: &log.path,
-            protocol: protocol_name(self.version),
+            method: Some(&log.method),
+            path: Some(&log.path),
+            protocol: Some(protocol_name(self.version)),
             response_code: self.status,
             response_flags: flags,
             response_code_details: self.details.as_deref(),

@@ -1233,3 +1233,83 @@ spec:
         );
     }
 }
+
+/// `tls` without a `mode` is PASSTHROUGH, the field's zero value as Istio
+/// reads it; and `httpsRedirect` on an HTTPS server redirects nothing
+/// that came over TLS, as Envoy's `require_tls: ALL` (Istio's rendering)
+/// redirects only requests that did not. The mode-less server was refused,
+/// and the redirect answered every HTTPS request with a 301 to itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mode_less_tls_server_passes_through_and_https_is_not_redirected_to_itself() {
+    let app = Upstream::start("bookinfo").await;
+    let database = TlsUpstream::start(&["db.example.com"], false).await;
+    let creds = Credentials::issue(
+        "istio-system",
+        "bookinfo-credential",
+        &["bookinfo.example.com"],
+    );
+    let mut yaml = bookinfo_behind(&[443], &creds, &app);
+    yaml += &format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: default}}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  ports: [{{number: 443, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tls: {db}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [bookinfo.example.com]
+    tls: {{mode: SIMPLE, credentialName: bookinfo-credential, httpsRedirect: true}}
+  - port: {{number: 443, name: tls-db, protocol: TLS}}
+    hosts: [db.example.com]
+    tls: {{}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: bookinfo}}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [edge]
+  http: [{{route: [{{destination: {{host: bookinfo}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db}}
+spec:
+  hosts: [db.example.com]
+  gateways: [edge]
+  tls:
+  - match: [{{port: 443, sniHosts: [db.example.com]}}]
+    route: [{{destination: {{host: db.default.svc.cluster.local, port: {{number: 443}}}}}}]
+"#,
+        db = database.addr.port()
+    );
+    let gateway = Gateway::start(&yaml);
+    let https = gateway.port(443);
+    let reply = tls_get(
+        https,
+        "bookinfo.example.com",
+        &creds.root_pem,
+        &["http/1.1"],
+        None,
+        "/productpage",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.upstream.as_deref(), Some("bookinfo"));
+    let db_root = std::fs::read_to_string(&database.root).unwrap();
+    let reply = tls_get(https, "db.example.com", &db_root, &["http/1.1"], None, "/")
+        .await
+        .unwrap();
+    assert_eq!(reply.body, "secure hello");
+}

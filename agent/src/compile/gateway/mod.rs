@@ -585,7 +585,9 @@ fn add_server(
         return;
     };
     let tls = server.tls.as_ref();
-    let mode = tls.and_then(|t| t.mode.as_deref());
+    // A `tls` without `mode` is PASSTHROUGH, the field's zero value as
+    // Istio reads it.
+    let mode = tls.map(|t| t.mode.as_deref().unwrap_or("PASSTHROUGH"));
     let Some((protocol, http)) = server_protocol(&port.protocol, mode) else {
         let msg = format!(
             "protocol {:?} is not served by gateways here (HTTP, HTTPS, HTTP2, GRPC, TLS, TCP)",
@@ -636,7 +638,11 @@ fn add_server(
         labels: &ctx.identity.labels,
         namespace: &ctx.identity.namespace,
     };
-    let redirect = tls.and_then(|t| t.https_redirect).unwrap_or(false);
+    // Envoy's `require_tls: ALL`, as Istio renders `httpsRedirect`,
+    // redirects only what did not come over TLS: nothing on a port that
+    // terminates it (a redirect there would send the client round again).
+    let redirect =
+        protocol == PortProtocol::Http && tls.and_then(|t| t.https_redirect).unwrap_or(false);
     let server_names: Vec<String> = sni_names(&hosts);
     let Some(build) = ports.claim(
         number,

@@ -1167,3 +1167,24 @@ async fn permissive_passes_the_apps_own_tls_to_the_app() {
     }
     assert_eq!(app.sni.lock().unwrap().len(), 4);
 }
+
+/// A `when` condition on `source.serviceAccount` (`namespace/name`)
+/// constrains the caller's principal as the `serviceAccounts` field does.
+/// Validation took the key, and the agent then refused the config as an
+/// unknown key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_service_account_condition_decides_on_the_caller() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let deny = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-attacker, namespace: default}\nspec:\n  action: DENY\n  rules:\n  - when: [{key: source.serviceAccount, values: [default/attacker]}]\n";
+    let backend = backend(&ca, app.addr, &format!("{STRICT}{deny}"));
+    let caller = |sa: &str| {
+        let san = format!("URI:spiffe://cluster.local/ns/default/sa/{sa}");
+        ca.openssl_get_as(Some(&san), sa, backend.inbound).0
+    };
+    let out = caller("attacker");
+    assert!(out.contains("HTTP/1.1 403"), "{out}");
+    let out = caller("frontend");
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    assert_eq!(app.count(), 1);
+}

@@ -418,12 +418,6 @@ fn principal_values(
     trust_domains: &TrustDomainBundle,
     diags: &mut Diagnostics,
 ) -> Values<Pattern> {
-    let accounts = |list: &[String]| -> Vec<Pattern> {
-        list.iter()
-            .filter_map(|a| a.split_once('/'))
-            .map(|(ns, sa)| Pattern::Suffix(format!("/ns/{ns}/sa/{sa}")))
-            .collect()
-    };
     let domains = |list: &[String]| -> Vec<Pattern> {
         let (wildcards, exact): (Vec<String>, Vec<String>) =
             list.iter().cloned().partition(|td| td.contains('*'));
@@ -445,12 +439,21 @@ fn principal_values(
         diags.error(loc, Some(format!("{field}.trustDomains")), msg);
     }
     let mut any_of = principals(&raw.principals);
-    any_of.extend(accounts(&raw.service_accounts));
+    any_of.extend(service_account_patterns(&raw.service_accounts));
     any_of.extend(domains(&raw.trust_domains));
     let mut none_of = principals(&raw.not_principals);
-    none_of.extend(accounts(&raw.not_service_accounts));
+    none_of.extend(service_account_patterns(&raw.not_service_accounts));
     none_of.extend(domains(&raw.not_trust_domains));
     Values { any_of, none_of }
+}
+
+/// Service accounts (`ns/sa`, validated so) as patterns on the peer's
+/// principal (`<trust domain>/ns/<ns>/sa/<sa>`): any trust domain.
+fn service_account_patterns(list: &[String]) -> Vec<Pattern> {
+    list.iter()
+        .filter_map(|a| a.split_once('/'))
+        .map(|(ns, sa)| Pattern::Suffix(format!("/ns/{ns}/sa/{sa}")))
+        .collect()
 }
 
 /// A `trustDomains` value with Istio's wildcards, as patterns on the
@@ -533,7 +536,9 @@ fn condition(
         "remote.ip" => ConditionKey::RemoteIp,
         "destination.ip" => ConditionKey::DestinationIp,
         "destination.port" => ConditionKey::DestinationPort,
-        "source.principal" => ConditionKey::SourcePrincipal,
+        // `source.serviceAccount` (`ns/sa`) constrains the principal, as
+        // the `serviceAccounts` field does.
+        "source.principal" | "source.serviceAccount" => ConditionKey::SourcePrincipal,
         "source.namespace" => ConditionKey::SourceNamespace,
         "connection.sni" => ConditionKey::ConnectionSni,
         "request.auth.principal" => ConditionKey::RequestPrincipal,
@@ -610,6 +615,13 @@ fn condition(
         let any_of = cidrs(&raw.values, &format!("{field}.values"), loc, diags);
         let none_of = cidrs(&raw.not_values, &format!("{field}.notValues"), loc, diags);
         (Values { any_of, none_of }, Values::default())
+    } else if raw.key == "source.serviceAccount" {
+        // `ns/sa` each, as validation requires.
+        let values = Values {
+            any_of: service_account_patterns(&raw.values),
+            none_of: service_account_patterns(&raw.not_values),
+        };
+        (Values::default(), values)
     } else if matches!(key, ConditionKey::SourcePrincipal) {
         let values = Values {
             any_of: patterns(&trust_domains.replace_trust_domain_aliases(&raw.values)),

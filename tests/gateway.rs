@@ -1313,3 +1313,47 @@ spec:
         .unwrap();
     assert_eq!(reply.body, "secure hello");
 }
+
+/// The gateway appends its client to `x-forwarded-for` as Envoy's
+/// `appendXff` writes it (`,` between entries, no space), and its access
+/// log line shows the header as forwarded, as Envoy's connection manager
+/// appends before anything logs it. The line showed the header as it came,
+/// and the app got `, ` between entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn x_forwarded_for_is_appended_as_envoy_writes_it_and_logged_so() {
+    let app = Upstream::start("reviews-v1").await;
+    let app_entry = service_entry(
+        &app.name,
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: app.addr,
+            labels: &[],
+        }],
+    );
+    let gateway = Gateway::start(
+        &(bootstrap(
+            &[80],
+            common::mesh::NO_COLLECTOR,
+            "  accessLog: {enabled: true}",
+        ) + &app_entry
+            + SHOP_GATEWAY
+            + &shop_routed_to("reviews-v1")),
+    );
+    let client = Client::h1(gateway.port(80));
+    let reply = client
+        .get_with("http://shop/xff", &[("x-forwarded-for", "203.0.113.7")])
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        app.seen().pop().unwrap().headers["x-forwarded-for"],
+        "203.0.113.7,127.0.0.1"
+    );
+    let log = gateway.wait_stdout_lines(1);
+    let line: serde_json::Value = log
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|e: &serde_json::Value| e["path"] == "/xff")
+        .unwrap_or_else(|| panic!("no line for /xff: {log:?}"));
+    assert_eq!(line["x_forwarded_for"], "203.0.113.7,127.0.0.1", "{line}");
+}

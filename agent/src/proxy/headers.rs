@@ -136,7 +136,7 @@ pub fn prepare_request(
         }
         None => {}
     }
-    if out.direction == Direction::Inbound || out.edge_scheme.is_some() {
+    if appends_forwarded_for(out.direction, out.edge_scheme.is_some()) {
         append_forwarded_for(headers, out.client_ip);
     }
     if let Some(address) = out.external_address {
@@ -443,17 +443,30 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
 /// Appends the client to `x-forwarded-for`, keeping every earlier line (the
 /// hops `remote_ip` counts back through).
 fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
+    if let Ok(value) = HeaderValue::try_from(forwarded_for_with(headers, ip)) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// `x-forwarded-for` with the client `ip` appended, as Envoy's
+/// `Utility::appendXff` writes it: every earlier line joined, then the
+/// client, `,` between them (no space, Envoy's delimiter).
+pub(super) fn forwarded_for_with(headers: &HeaderMap, ip: IpAddr) -> String {
     let mut value = String::new();
     for line in headers.get_all(X_FORWARDED_FOR) {
         if let Ok(line) = line.to_str() {
             value.push_str(line);
-            value.push_str(", ");
+            value.push(',');
         }
     }
     value.push_str(&ip.to_string());
-    if let Ok(value) = HeaderValue::try_from(value) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
+    value
+}
+
+/// Whether a hop appends its client to `x-forwarded-for`: inbound, and at
+/// the edge (a gateway), where Envoy uses the remote address.
+pub(super) fn appends_forwarded_for(direction: Direction, edge: bool) -> bool {
+    direction == Direction::Inbound || edge
 }
 
 /// A random UUID v4, as Envoy generates for `x-request-id`.
@@ -577,10 +590,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         append_forwarded_for(&mut headers, "10.0.0.1".parse().unwrap());
         append_forwarded_for(&mut headers, "10.0.0.2".parse().unwrap());
-        assert_eq!(headers.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 10.0.0.2");
+        assert_eq!(headers.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1,10.0.0.2");
         headers.append(X_FORWARDED_FOR, "10.0.0.3".parse().unwrap());
         append_forwarded_for(&mut headers, "10.0.0.4".parse().unwrap());
         let lines: Vec<_> = headers.get_all(X_FORWARDED_FOR).iter().collect();
-        assert_eq!(lines, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.4"]);
+        assert_eq!(lines, ["10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4"]);
     }
 }

@@ -153,8 +153,11 @@ pub struct LogFields {
 }
 
 impl LogFields {
-    /// The fields of `req`, as it arrived.
-    pub fn of<B>(req: &Request<B>) -> Self {
+    /// The fields of `req`, as it arrived; `forwarded_for` is its
+    /// `x-forwarded-for` as this hop forwards it, when the hop appends
+    /// the client to it (Envoy's connection manager appends before any
+    /// filter runs, so its log line shows the appended value).
+    pub fn of<B>(req: &Request<B>, forwarded_for: Option<String>) -> Self {
         let header = |name: &str| {
             req.headers()
                 .get(name)
@@ -170,7 +173,7 @@ impl LogFields {
                 .to_owned(),
             authority: request_authority(req).map(str::to_owned),
             user_agent: header("user-agent"),
-            forwarded_for: header("x-forwarded-for"),
+            forwarded_for: forwarded_for.or_else(|| header("x-forwarded-for")),
             request_id: header("x-request-id"),
             traceparent: None,
         }

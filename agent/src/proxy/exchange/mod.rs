@@ -26,7 +26,7 @@ use super::reset_reason::ResetReason;
 use super::stream_idle::StreamClock;
 use super::tap::Tap;
 use super::upgrade::{Ended, EndedBy, Splice};
-use super::{Direction, Downstream, Worker};
+use super::{Direction, Downstream, Worker, headers};
 use crate::flags::ResponseFlags;
 use crate::model::Snapshot;
 use crate::model::access::{Allowed, Denied, with_item};
@@ -160,7 +160,12 @@ impl Exchange {
                 Some(logs) => logs.iter().any(|l| !l.disabled),
                 None => worker.shared.access_log.is_some(),
             }
-            .then(|| Box::new(LogFields::of(req))),
+            .then(|| {
+                let edge = down.gateway.is_some();
+                let forwarded_for = headers::appends_forwarded_for(down.direction, edge)
+                    .then(|| headers::forwarded_for_with(req.headers(), down.peer.ip()));
+                Box::new(LogFields::of(req, forwarded_for))
+            }),
             facts: side_policy
                 .reads_requests()
                 .then(|| Box::new(RequestFacts::of(req, tls.is_some()))),

@@ -1357,3 +1357,79 @@ async fn x_forwarded_for_is_appended_as_envoy_writes_it_and_logged_so() {
         .unwrap_or_else(|| panic!("no line for /xff: {log:?}"));
     assert_eq!(line["x_forwarded_for"], "203.0.113.7,127.0.0.1", "{line}");
 }
+
+/// A PASSTHROUGH server's chain answers the names its routes' `sniHosts`
+/// give, as Istio renders it, not its own hosts: with hosts `*`, a route
+/// for `db.example.com` takes that name from another server's
+/// `*.example.com` (an exact name beats a wildcard). The wildcard server
+/// terminated the database's clients with its own certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_passthrough_route_takes_its_exact_name_from_a_wildcard_server() {
+    let app = Upstream::start("bookinfo").await;
+    let database = TlsUpstream::start(&["db.example.com"], false).await;
+    let creds = Credentials::issue("istio-system", "wildcard-credential", &["*.example.com"]);
+    let mut yaml = bookinfo_behind(&[443], &creds, &app);
+    yaml += &format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: default}}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  ports: [{{number: 443, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tls: {db}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: ["*.example.com"]
+    tls: {{mode: SIMPLE, credentialName: wildcard-credential}}
+  - port: {{number: 443, name: tls-any, protocol: TLS}}
+    hosts: ["*"]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: www}}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [edge]
+  http: [{{route: [{{destination: {{host: bookinfo}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db}}
+spec:
+  hosts: [db.example.com]
+  gateways: [edge]
+  tls:
+  - match: [{{port: 443, sniHosts: [db.example.com]}}]
+    route: [{{destination: {{host: db.default.svc.cluster.local, port: {{number: 443}}}}}}]
+"#,
+        db = database.addr.port()
+    );
+    let gateway = Gateway::start(&yaml);
+    let https = gateway.port(443);
+    let db_root = std::fs::read_to_string(&database.root).unwrap();
+    let reply = tls_get(https, "db.example.com", &db_root, &["http/1.1"], None, "/")
+        .await
+        .unwrap();
+    assert_eq!(reply.body, "secure hello");
+    let reply = tls_get(
+        https,
+        "www.example.com",
+        &creds.root_pem,
+        &["http/1.1"],
+        None,
+        "/productpage",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.upstream.as_deref(), Some("bookinfo"));
+}

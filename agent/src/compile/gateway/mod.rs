@@ -643,7 +643,7 @@ fn add_server(
     // terminates it (a redirect there would send the client round again).
     let redirect =
         protocol == PortProtocol::Http && tls.and_then(|t| t.https_redirect).unwrap_or(false);
-    let server_names: Vec<String> = sni_names(&hosts);
+    let mut server_names: Vec<String> = sni_names(&hosts);
     let Some(build) = ports.claim(
         number,
         protocol,
@@ -678,7 +678,24 @@ fn add_server(
             ChainAction::AutoPassthrough(auto_passthrough(ctx.registry, &hosts))
         }
         Some("PASSTHROUGH") => {
-            ChainAction::Forward(tls_routes(ctx, gw, &hosts, number, services, diags))
+            let routes = tls_routes(ctx, gw, &hosts, number, services, diags);
+            // Istio renders the server's chains by its routes' `sniHosts`
+            // (intersected with its hosts), not by its hosts: a name a route
+            // gives exactly beats another server's wildcard for it.
+            let mut named: Vec<String> = routes
+                .iter()
+                .flat_map(|r| r.sni_hosts.iter().cloned())
+                .collect();
+            named.sort();
+            named.dedup();
+            if !named.is_empty() {
+                server_names = if named.iter().any(|n| n == "*") {
+                    Vec::new()
+                } else {
+                    named
+                };
+            }
+            ChainAction::Forward(routes)
         }
         _ => ChainAction::Forward(tcp_routes(ctx, gw, number, services, diags)),
     };

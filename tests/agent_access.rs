@@ -419,6 +419,13 @@ spec:
         let reply = client.get("http://shop.example.com.:9080/x").await;
         assert_eq!(reply.status, 200);
     }
+    // Userinfo in an HTTP/2 `:authority` is malformed (RFC 9113 §8.3.1),
+    // refused as Envoy's codec refuses it: `u@admin.example.com` was judged
+    // as another host and reached the app.
+    let reply = Client::h2(agent.inbound)
+        .get("http://u@admin.example.com/x")
+        .await;
+    assert_eq!(reply.status, 400);
     assert_eq!(app.count(), 2, "denied requests never reach the app");
     assert_eq!(
         app.last_header("host").as_deref(),

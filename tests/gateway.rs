@@ -1155,32 +1155,45 @@ spec:
 
 /// AUTO_PASSTHROUGH relays a mesh peer's mTLS to the service its SNI names
 /// (`outbound_.<port>_._.<host>`), as Istio renders it: only for services
-/// of the mesh the server's `hosts` cover, and only for a client offering
-/// Istio's ALPN. A MESH_EXTERNAL service (no sidecar ends the mTLS), a
-/// service outside the server's hosts and a client without Istio's ALPN
-/// are closed: the gateway relayed every one of them, making it an open
-/// TLS relay to every service it knew.
+/// of the mesh the server's `hosts` cover (a wildcard or an exact host),
+/// only to endpoints that end mesh mTLS (a sidecar's: Istio's
+/// `EndpointsWithMTLSFilter`), and only for a client offering Istio's ALPN.
+/// A MESH_EXTERNAL service, a service outside the server's hosts, one
+/// without a sidecar and a client without Istio's ALPN are closed: the
+/// gateway relayed every one of them, making it an open TLS relay to every
+/// service it knew; and an exact host relayed nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn auto_passthrough_relays_mesh_mtls_to_the_mesh_services_it_covers() {
     let sni = |host: &str| format!("outbound_.443_._.{host}");
-    let db = TlsUpstream::start(&[&sni("db.default.svc.cluster.local")], false).await;
-    let api = TlsUpstream::start(&[&sni("api.default.svc.cluster.local")], false).await;
-    let pay = TlsUpstream::start(&[&sni("pay.example.com")], false).await;
-    let entry = |name: &str, host: &str, location: &str, upstream: &TlsUpstream| {
+    let start = async |host: &str| TlsUpstream::start(&[&sni(host)], false).await;
+    let db = start("db.default.svc.cluster.local").await;
+    let solo = start("solo.other.svc.cluster.local").await;
+    let api = start("api.default.svc.cluster.local").await;
+    let pay = start("pay.example.com").await;
+    let bare = start("bare.default.svc.cluster.local").await;
+    let entry = |host: &str, location: &str, sidecar: bool, upstream: &TlsUpstream| {
+        let labels = if sidecar {
+            ", labels: {security.istio.io/tlsMode: istio}"
+        } else {
+            ""
+        };
         format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{host}]\n  location: {location}\n  ports: [{{number: 443, name: tls, protocol: TLS}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1, ports: {{tls: {}}}}}]\n",
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {}, namespace: default}}\nspec:\n  hosts: [{host}]\n  location: {location}\n  ports: [{{number: 443, name: tls, protocol: TLS}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1, ports: {{tls: {}}}{labels}}}]\n",
+            host.split('.').next().unwrap(),
             upstream.addr.port()
         )
     };
     let yaml = bootstrap(&[15443], common::mesh::NO_COLLECTOR, "")
-        + &entry("db", "db.default.svc.cluster.local", "MESH_INTERNAL", &db)
+        + &entry("db.default.svc.cluster.local", "MESH_INTERNAL", true, &db)
+        + &entry("solo.other.svc.cluster.local", "MESH_INTERNAL", true, &solo)
+        + &entry("api.default.svc.cluster.local", "MESH_EXTERNAL", true, &api)
+        + &entry("pay.example.com", "MESH_INTERNAL", true, &pay)
         + &entry(
-            "api",
-            "api.default.svc.cluster.local",
-            "MESH_EXTERNAL",
-            &api,
+            "bare.default.svc.cluster.local",
+            "MESH_INTERNAL",
+            false,
+            &bare,
         )
-        + &entry("pay", "pay.example.com", "MESH_INTERNAL", &pay)
         + r#"---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -1189,41 +1202,43 @@ spec:
   selector: {istio: ingressgateway}
   servers:
   - port: {number: 15443, name: tls, protocol: TLS}
-    hosts: ["*.svc.cluster.local", "pay.example.com.invalid"]
+    hosts: ["*.default.svc.cluster.local", solo.other.svc.cluster.local]
     tls: {mode: AUTO_PASSTHROUGH}
 "#;
     let gateway = Gateway::start(&yaml);
     let port = gateway.port(15443);
     let root = |u: &TlsUpstream| std::fs::read_to_string(&u.root).unwrap();
     let mesh_alpn = ["istio-peer-exchange", "istio"];
-    // A mesh service the server covers, with Istio's ALPN: relayed.
-    let reply = tls_get(
-        port,
-        &sni("db.default.svc.cluster.local"),
-        &root(&db),
-        &mesh_alpn,
-        None,
-        "/",
-    )
-    .await
-    .unwrap();
-    assert_eq!(reply.body, "secure hello");
-    // The same without Istio's ALPN: closed.
-    let plain = tls_get(
-        port,
-        &sni("db.default.svc.cluster.local"),
-        &root(&db),
-        &["h2"],
-        None,
-        "/",
-    )
-    .await;
-    assert!(plain.is_err(), "{plain:?}");
+    // Mesh services the server covers, by a wildcard and by an exact host,
+    // with Istio's ALPN: relayed.
+    for (host, upstream) in [
+        ("db.default.svc.cluster.local", &db),
+        ("solo.other.svc.cluster.local", &solo),
+    ] {
+        let reply = tls_get(port, &sni(host), &root(upstream), &mesh_alpn, None, "/")
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(reply.body, "secure hello");
+    }
+    // The same without Istio's ALPN, or with a name that only looks like it: closed.
+    for alpn in [&["h2"][..], &["istio-evil"]] {
+        let plain = tls_get(
+            port,
+            &sni("db.default.svc.cluster.local"),
+            &root(&db),
+            alpn,
+            None,
+            "/",
+        )
+        .await;
+        assert!(plain.is_err(), "{alpn:?}: {plain:?}");
+    }
     assert_eq!(db.sni.lock().unwrap().len(), 1);
-    // MESH_EXTERNAL, and a service outside the server's hosts: closed.
+    // MESH_EXTERNAL, outside the server's hosts, no sidecar: closed.
     for (host, upstream) in [
         ("api.default.svc.cluster.local", &api),
         ("pay.example.com", &pay),
+        ("bare.default.svc.cluster.local", &bare),
     ] {
         let out = tls_get(port, &sni(host), &root(upstream), &mesh_alpn, None, "/").await;
         assert!(out.is_err(), "{host}: {out:?}");

@@ -92,23 +92,29 @@ pub struct GatewayPort {
 
 impl GatewayPort {
     /// The chain a connection with `sni` (none: no SNI, or plaintext)
-    /// takes, as Envoy's filter chain match picks it: an exact server name,
-    /// else the longest `*.suffix` that covers it, else the chain without
-    /// server names.
+    /// takes, as Envoy's filter chain match picks it: an exact server name
+    /// (an AUTO_PASSTHROUGH chain's names are its clusters' SNIs, as Istio
+    /// renders one chain per cluster), else the longest `*.suffix` that
+    /// covers it, else the chain without server names.
     pub fn chain(&self, sni: Option<&str>) -> Option<&FilterChain> {
+        let by_name = || {
+            (self.chains.iter()).filter(|c| !matches!(c.action, ChainAction::AutoPassthrough(_)))
+        };
         if let Some(sni) = sni {
             let sni = sni.strip_suffix('.').unwrap_or(sni);
-            if let Some(exact) = self
-                .chains
-                .iter()
-                .find(|c| c.server_names.iter().any(|n| n.eq_ignore_ascii_case(sni)))
+            if let Some(exact) =
+                by_name().find(|c| c.server_names.iter().any(|n| n.eq_ignore_ascii_case(sni)))
             {
                 return Some(exact);
             }
             let lower = sni.to_ascii_lowercase();
-            let wildcard = self
-                .chains
-                .iter()
+            let auto = self.chains.iter().find(|c| {
+                matches!(&c.action, ChainAction::AutoPassthrough(clusters) if clusters.contains_key(&lower))
+            });
+            if auto.is_some() {
+                return auto;
+            }
+            let wildcard = by_name()
                 .filter_map(|c| {
                     let best = c
                         .server_names
@@ -123,7 +129,7 @@ impl GatewayPort {
                 return Some(chain);
             }
         }
-        self.chains.iter().find(|c| c.server_names.is_empty())
+        by_name().find(|c| c.server_names.is_empty())
     }
 }
 

@@ -20,6 +20,9 @@ use super::server::{Connection, WorkerHandle, accept, run_local, spawn_threads, 
 use super::tcp::{self, TcpTarget};
 use super::{Direction, Downstream, GatewayConn, Shared, Worker};
 use crate::capture::detect::{Detected, detect};
+use crate::model::balancer::PickInput;
+use crate::model::cluster::Cluster;
+use crate::model::endpoint::Endpoint;
 use crate::model::gateway::{
     ChainAction, FilterChain, GatewayListeners, GatewayPort, L4Route, PortProtocol, ServerTlsMode,
     l4_route,
@@ -288,9 +291,13 @@ async fn passthrough(
         ChainAction::Forward(routes) => l4_target(routes, sni.as_deref(), number),
         ChainAction::AutoPassthrough(clusters) => {
             match sni.as_deref().and_then(|s| clusters.get(s)) {
-                Some(cluster) => TcpTarget::Cluster {
-                    cluster: cluster.clone(),
-                    endpoint: None,
+                Some(cluster) => match mesh_endpoint(cluster, peer) {
+                    Some(endpoint) => TcpTarget::Cluster {
+                        cluster: cluster.clone(),
+                        endpoint: Some(endpoint),
+                    },
+                    // No endpoint of the cluster ends mesh mTLS (UH).
+                    None => TcpTarget::BlackHole,
                 },
                 None => TcpTarget::NoRoute,
             }
@@ -300,6 +307,24 @@ async fn passthrough(
     let ends = (peer, stream.local_addr().unwrap_or(peer));
     let side = (Direction::Outbound, Some(number));
     tcp::proxy(worker, stream, ends, None, side, target).await;
+}
+
+/// The endpoint of `cluster` an AUTO_PASSTHROUGH connection goes to,
+/// picked by the cluster's balancer among those that end mesh mTLS (a
+/// sidecar's, not turned off by PeerAuthentication): Istio's
+/// `EndpointsWithMTLSFilter` keeps no other in these clusters, so the port
+/// relays a client's mTLS only to a sidecar that checks it.
+fn mesh_endpoint(cluster: &Cluster, peer: SocketAddr) -> Option<Arc<Endpoint>> {
+    let headers = http::HeaderMap::new();
+    let input = PickInput {
+        headers: &headers,
+        query: None,
+        source_ip: peer.ip(),
+        generated_cookie: None,
+    };
+    let endpoints = &cluster.endpoints;
+    let chosen = (cluster.balancer).pick_among(endpoints, input, |i| endpoints[i].sidecar)?;
+    Some(endpoints[chosen].clone())
 }
 
 /// Where forwarded bytes go: the route `sni` picks, a destination by

@@ -172,7 +172,7 @@ const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// PERMISSIVE on an explicit inbound listener: whether the client opens
 /// with a ClientHello offering none of the mesh's ALPN protocols (`istio`,
-/// `istio-*`) — the application's own TLS, which goes to it untouched, as
+/// `istio-h2`, …) — the application's own TLS, which goes to it untouched, as
 /// Istio's passthrough filter chain sends it and as a captured
 /// connection's goes. Asked only where PERMISSIVE could terminate mTLS (a
 /// workload certificate is loaded); a plaintext first byte decides at once.

@@ -56,11 +56,16 @@ pub const MESH_H2: &[u8] = b"istio-h2";
 /// `istio-http/1.1`).
 pub const MESH_HTTP11: &[u8] = b"istio-http/1.1";
 
-/// Whether an ALPN protocol marks a mesh peer's mTLS: Istio's `istio`,
-/// `istio-peer-exchange` and `istio-*` names, which sidecars offer and
-/// applications do not.
+/// Whether an ALPN protocol marks a mesh peer's mTLS: one of the names
+/// Istio's filter chains match it by (`allIstioMtlsALPNs`: `istio`,
+/// `istio-peer-exchange`, `istio-http/1.0`, `istio-http/1.1`, `istio-h2`),
+/// which sidecars offer and applications do not. Any other name, one that
+/// only begins with `istio-` included, is not the mesh's.
 pub fn is_mesh_alpn(protocol: &str) -> bool {
-    protocol == "istio" || protocol.starts_with("istio-")
+    matches!(
+        protocol,
+        "istio" | "istio-peer-exchange" | "istio-http/1.0" | "istio-http/1.1" | "istio-h2"
+    )
 }
 
 /// The ring crypto provider (no aws-lc here).

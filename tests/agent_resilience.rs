@@ -1512,6 +1512,58 @@ async fn http2_header_lists_up_to_envoys_60_kib_pass_both_ways() {
     assert_eq!(parts.status, 431);
 }
 
+/// An HTTP/2 request's header fields are bounded as Envoy bounds them:
+/// 61440 bytes of names and values, pseudo-headers included, are served,
+/// one byte more is answered 431. The bound was HPACK's list size (32
+/// bytes a field more), so a request of many fields was refused short of
+/// Envoy's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_header_fields_are_bounded_by_their_names_and_values() {
+    let app = large_headers_upstream().await;
+    let endpoint = [Ep {
+        addr: app,
+        labels: &[],
+    }];
+    let agent = Agent::start(
+        &(agent(
+            "frontend",
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            NO_COLLECTOR,
+        ) + &service_entry("app", 9080, "HTTP2", &endpoint)),
+    );
+    let stream = tokio::net::TcpStream::connect(agent.outbound)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .max_header_list_size(1 << 20)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    // :method GET, :scheme http, :authority app:9080, :path /size.
+    let pseudo =
+        ":method".len() + 3 + ":scheme".len() + 4 + ":authority".len() + 8 + ":path".len() + 5;
+    let fields = 90;
+    let names: Vec<String> = (0..fields).map(|i| format!("x-f-{i:02}")).collect();
+    let mut send = async |total: usize| {
+        let values = total - pseudo - names.iter().map(String::len).sum::<usize>();
+        let mut request = Request::get("http://app:9080/size");
+        for (i, name) in names.iter().enumerate() {
+            let len = values / fields + usize::from(i < values % fields);
+            request = request.header(name, "v".repeat(len));
+        }
+        sender.ready().await.unwrap();
+        let response = sender
+            .send_request(request.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        response.status()
+    };
+    assert_eq!(send(60 * 1024).await, 200);
+    assert_eq!(send(60 * 1024 + 1).await, 431);
+}
+
 /// An HTTP/2 gRPC upstream noting the `grpc-timeout` of each attempt (by
 /// `x-id`, in order): it answers `grpc-status: 14` (trailers only) to the
 /// first `x-fail` attempts of a call, each after `x-delay-ms`, and

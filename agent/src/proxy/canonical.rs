@@ -22,7 +22,8 @@ pub const MAX_HEADERS_COUNT: usize = 100;
 
 /// What the agent takes an HTTP/2 request's header fields to be, as
 /// Envoy's HTTP/2 codec takes them on receipt, before anything reads the
-/// request: more than [`MAX_HEADERS_COUNT`] fields is refused
+/// request: more than [`MAX_HEADERS_COUNT`] fields, or more than
+/// [`MAX_REQUEST_HEAD`] bytes of names and values, is refused
 /// ([`LocalReply::TOO_MANY_HEADERS`]); the `cookie` crumbs an HTTP/2 client
 /// split a cookie into (RFC 9113 §8.2.3) are one `cookie` again, joined
 /// with `; ` in the order they came, as RFC 9113 requires before the
@@ -39,7 +40,9 @@ pub fn received<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
         }
         return Ok(());
     }
-    if pseudo_fields(req) + req.headers().len() > MAX_HEADERS_COUNT {
+    if pseudo_fields(req) + req.headers().len() > MAX_HEADERS_COUNT
+        || fields_len(req) > MAX_REQUEST_HEAD
+    {
         return Err(LocalReply::TOO_MANY_HEADERS);
     }
     join_cookie_crumbs(req.headers_mut());
@@ -54,7 +57,8 @@ pub fn received<B>(req: &mut Request<B>) -> Result<(), LocalReply> {
 /// http1/codec_impl.cc): a head of exactly 61440 bytes is served, one byte
 /// more is answered 431, however long its request line. The listener's
 /// read buffer is bounded at the same size (hyper's `max_buf_size`), so a
-/// head far past it is never held whole.
+/// head far past it is never held whole. An HTTP/2 request's names and
+/// values are bounded at the same size, as Envoy bounds them.
 pub const MAX_REQUEST_HEAD: usize = 60 * 1024;
 
 /// The length in bytes of the HTTP/1 head `req` came in, as its sender
@@ -81,6 +85,27 @@ fn head_len<B>(req: &Request<B>) -> usize {
         .map(|(name, value)| name.as_str().len() + 2 + value.len() + LINE_END)
         .sum();
     request_line + LINE_END + headers + LINE_END
+}
+
+/// The bytes of the HTTP/2 request `req`'s header fields as Envoy counts
+/// them against `max_request_headers_kb` (its header map's byte size):
+/// each field's name and value, the pseudo-headers' included. No
+/// allocation: a sum over the fields.
+fn fields_len<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let pseudo = ":method".len()
+        + req.method().as_str().len()
+        + uri.scheme_str().map_or(0, |s| ":scheme".len() + s.len())
+        + uri
+            .authority()
+            .map_or(0, |a| ":authority".len() + a.as_str().len())
+        + uri
+            .path_and_query()
+            .map_or(0, |p| ":path".len() + p.as_str().len());
+    let fields: usize = (req.headers().iter())
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    pseudo + fields
 }
 
 /// How many pseudo-header fields the HTTP/2 request `req` came with:

@@ -55,3 +55,16 @@ pub(super) const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// where Envoy passes them on.) Past it, a request is answered 431; a
 /// response head resets its stream (a local reply, `UPE`).
 pub(super) const MAX_HEADER_LIST: u32 = 60 * 1024;
+
+/// The header list a downstream HTTP/2 connection's `SETTINGS` allow:
+/// [`MAX_HEADER_LIST`] counted as RFC 9113 §6.5.2 counts it, 32 bytes a
+/// field on top of its name and value, for the most fields a request may
+/// carry ([`MAX_HEADERS_COUNT`](super::canonical::MAX_HEADERS_COUNT)) and
+/// one more. Envoy counts a request's names and values alone; the agent
+/// does too, once the request is read
+/// ([`canonical::received`](super::canonical::received)), so a list of
+/// 61440 bytes of names and values is served and one byte more is 431, as
+/// at Envoy. (At [`MAX_HEADER_LIST`] itself, a request of many fields was
+/// refused short of Envoy's bound.)
+pub(super) const MAX_REQUEST_HEADER_LIST: u32 =
+    MAX_HEADER_LIST + 32 * (super::canonical::MAX_HEADERS_COUNT as u32 + 1);

@@ -229,11 +229,12 @@ impl LocalReply {
         decided_by: DecidedBy::Agent,
     };
     /// An HTTP/2 request with more header fields than
-    /// [`MAX_HEADERS_COUNT`](super::canonical::MAX_HEADERS_COUNT). Envoy's
-    /// HTTP/2 codec resets such a stream (`RST_STREAM`, details
-    /// `http2.too_many_headers`); the agent answers it as both answer the
-    /// HTTP/1.1 request past the same bound, and as the agent answers an
-    /// HTTP/2 header list past 60 KiB: 431.
+    /// [`MAX_HEADERS_COUNT`](super::canonical::MAX_HEADERS_COUNT), or more
+    /// than [`MAX_REQUEST_HEAD`](super::canonical::MAX_REQUEST_HEAD) bytes
+    /// of names and values. Envoy's HTTP/2 codec resets such a stream
+    /// (`RST_STREAM`, details `http2.too_many_headers` for either); the
+    /// agent answers it as both answer the HTTP/1.1 request past the same
+    /// bounds: 431.
     pub const TOO_MANY_HEADERS: Self = Self {
         status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,

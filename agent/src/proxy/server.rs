@@ -26,7 +26,7 @@ use super::activity::Activity;
 use super::delayed_close::{DelayedClose, Spliced};
 use super::drain::{Phase, reached};
 use super::flow_control::{
-    CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST, STREAM_WINDOW,
+    CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_REQUEST_HEADER_LIST, STREAM_WINDOW,
 };
 use super::listener::WorkerSockets;
 use super::rewind::{self, Rewind};
@@ -256,7 +256,7 @@ pub(super) fn http_builder() -> auto::Builder<LocalExec> {
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(MAX_HEADER_LIST);
+        .max_header_list_size(MAX_REQUEST_HEADER_LIST);
     builder
 }
 

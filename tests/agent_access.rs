@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use common::agent::Agent;
 use common::client::Client;
-use common::mesh::{AgentDoc, NO_COLLECTOR, agent};
+use common::mesh::{NO_COLLECTOR, agent, agent_with};
 use common::upstream::Upstream;
 
 const OTHER_CLIENT: &str = "127.0.0.2";
@@ -23,6 +23,17 @@ type Case<'a> = (&'a Client, &'a str, &'a str, &'a [(&'a str, &'a str)], u16);
 /// inbound listener as the mesh would.
 fn workload(app: &Upstream, extra: &str) -> Agent {
     Agent::start(&(agent("reviews", app.addr, NO_COLLECTOR) + extra))
+}
+
+/// [`workload`] with its access log on (JSON lines on standard output).
+fn logged_workload(app: &Upstream, extra: &str) -> Agent {
+    let yaml = agent_with(
+        "reviews",
+        app.addr,
+        NO_COLLECTOR,
+        "  accessLog: {enabled: true}",
+    );
+    Agent::start(&(yaml + extra))
 }
 
 fn from(ip: &str, agent: &Agent) -> Client {
@@ -306,17 +317,6 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn audit_policies_mark_the_access_log_line_not_the_agents_log() {
     let app = Upstream::start("app").await;
-    let doc = AgentDoc {
-        name: "reviews-v1",
-        service: "reviews",
-        app: "reviews",
-        version: "v1",
-        app_addr: app.addr,
-        otlp: NO_COLLECTOR,
-        app_protocol: "HTTP",
-        outbound_tcp: "[]",
-        extra: "  accessLog: {enabled: true}",
-    };
     let policy = r#"---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -327,7 +327,7 @@ spec:
   - to: [{operation: {paths: ["/other"]}}]
   - to: [{operation: {paths: ["/admin/*"]}}]
 "#;
-    let agent = Agent::start(&(doc.yaml() + policy));
+    let agent = logged_workload(&app, policy);
     let client = Client::h1(agent.inbound);
     for path in ["/admin/users", "/public"] {
         let reply = client.get(&format!("http://reviews:9080{path}")).await;
@@ -443,17 +443,6 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dry_run_policies_are_recorded_and_never_enforced() {
     let app = Upstream::start("app").await;
-    let doc = AgentDoc {
-        name: "reviews-v1",
-        service: "reviews",
-        app: "reviews",
-        version: "v1",
-        app_addr: app.addr,
-        otlp: NO_COLLECTOR,
-        app_protocol: "HTTP",
-        outbound_tcp: "[]",
-        extra: "  accessLog: {enabled: true}",
-    };
     let policies = r#"---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -487,7 +476,7 @@ spec:
   rules:
   - to: [{operation: {paths: ["/public", "/admin/*"]}}]
 "#;
-    let agent = Agent::start(&(doc.yaml() + policies));
+    let agent = logged_workload(&app, policies);
     let client = Client::h1(agent.inbound);
     for (path, status, dry_run) in [
         ("/admin/users", 200, "denied by default/no-admin[0]"),

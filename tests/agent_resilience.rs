@@ -1444,15 +1444,11 @@ async fn large_headers_upstream() -> SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn http2_header_lists_up_to_envoys_60_kib_pass_both_ways() {
-    // Envoy takes 60 KiB of header list (`max_request_headers_kb`,
-    // `max_response_headers_kb`, which Istio leaves at their defaults) on
-    // its HTTP/2 connections. At hyper's 16 KiB the agent answered a
-    // client's 20 KB of metadata with a bare 431, an upstream's 40 KB
-    // response head with a 503 (UPE), and passed 17 KB of trailers on
-    // empty: the call's grpc-status lost.
-    use http_body_util::BodyExt;
+/// An agent whose ServiceEntry `app:9080` (HTTP2) is a
+/// [`large_headers_upstream`], and an HTTP/2 connection to its outbound
+/// listener that takes header lists of up to 1 MiB: the agent (kept for
+/// the test's life) and the connection's sender.
+async fn large_headers_mesh() -> (Agent, hyper::client::conn::http2::SendRequest<Full<Bytes>>) {
     let app = large_headers_upstream().await;
     let endpoint = [Ep {
         addr: app,
@@ -1468,13 +1464,26 @@ async fn http2_header_lists_up_to_envoys_60_kib_pass_both_ways() {
     let stream = tokio::net::TcpStream::connect(agent.outbound)
         .await
         .unwrap();
-    let (mut sender, connection) =
+    let (sender, connection) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .max_header_list_size(1 << 20)
             .handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .unwrap();
     tokio::spawn(connection);
+    (agent, sender)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_header_lists_up_to_envoys_60_kib_pass_both_ways() {
+    // Envoy takes 60 KiB of header list (`max_request_headers_kb`,
+    // `max_response_headers_kb`, which Istio leaves at their defaults) on
+    // its HTTP/2 connections. At hyper's 16 KiB the agent answered a
+    // client's 20 KB of metadata with a bare 431, an upstream's 40 KB
+    // response head with a 503 (UPE), and passed 17 KB of trailers on
+    // empty: the call's grpc-status lost.
+    use http_body_util::BodyExt;
+    let (_agent, mut sender) = large_headers_mesh().await;
     let mut call = async |case: &str, meta: usize| {
         let mut request = Request::post("http://app:9080/pkg.Svc/Call")
             .header("content-type", "application/grpc")
@@ -1519,28 +1528,7 @@ async fn http2_header_lists_up_to_envoys_60_kib_pass_both_ways() {
 /// Envoy's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http2_header_fields_are_bounded_by_their_names_and_values() {
-    let app = large_headers_upstream().await;
-    let endpoint = [Ep {
-        addr: app,
-        labels: &[],
-    }];
-    let agent = Agent::start(
-        &(agent(
-            "frontend",
-            SocketAddr::from(([127, 0, 0, 1], 9)),
-            NO_COLLECTOR,
-        ) + &service_entry("app", 9080, "HTTP2", &endpoint)),
-    );
-    let stream = tokio::net::TcpStream::connect(agent.outbound)
-        .await
-        .unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .max_header_list_size(1 << 20)
-            .handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let (_agent, mut sender) = large_headers_mesh().await;
     // :method GET, :scheme http, :authority app:9080, :path /size.
     let pseudo =
         ":method".len() + 3 + ":scheme".len() + 4 + ":authority".len() + 8 + ":path".len() + 5;

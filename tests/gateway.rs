@@ -220,6 +220,35 @@ fn bookinfo_behind(ports: &[u16], creds: &Credentials, app: &Upstream) -> String
     )
 }
 
+/// The service `db.default.svc.cluster.local` at `database`'s address
+/// (port 443, TLS) and the VirtualService `db` that passes the gateway
+/// `edge`'s TLS for `db.example.com` through to it.
+fn db_passed_through(database: &TlsUpstream) -> String {
+    format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: default}}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  ports: [{{number: 443, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tls: {db}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db}}
+spec:
+  hosts: [db.example.com]
+  gateways: [edge]
+  tls:
+  - match: [{{port: 443, sniHosts: [db.example.com]}}]
+    route: [{{destination: {{host: db.default.svc.cluster.local, port: {{number: 443}}}}}}]
+"#,
+        db = database.addr.port()
+    )
+}
+
 /// HTTPS on one port: SIMPLE termination for the server whose host the
 /// SNI names (ALPN h2 and http/1.1), TLS passed through unopened to a mesh
 /// service for the PASSTHROUGH server's SNI; MUTUAL on another port,
@@ -234,56 +263,35 @@ async fn https_terminates_by_sni_passes_tls_through_and_redirects_http() {
         &["bookinfo.example.com"],
     );
     let mut yaml = bookinfo_behind(&[80, 443, 8443], &creds, &app);
-    yaml += &format!(
-        r#"---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db, namespace: default}}
-spec:
-  hosts: [db.default.svc.cluster.local]
-  ports: [{{number: 443, name: tls, protocol: TLS}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{tls: {db}}}}}]
----
+    yaml += &db_passed_through(&database);
+    yaml += r#"---
 apiVersion: networking.istio.io/v1
 kind: Gateway
-metadata: {{name: edge}}
+metadata: {name: edge}
 spec:
-  selector: {{istio: ingressgateway}}
+  selector: {istio: ingressgateway}
   servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
+  - port: {number: 80, name: http, protocol: HTTP}
     hosts: [bookinfo.example.com]
-    tls: {{httpsRedirect: true}}
-  - port: {{number: 443, name: https, protocol: HTTPS}}
+    tls: {httpsRedirect: true}
+  - port: {number: 443, name: https, protocol: HTTPS}
     hosts: [bookinfo.example.com]
-    tls: {{mode: SIMPLE, credentialName: bookinfo-credential}}
-  - port: {{number: 443, name: tls-db, protocol: TLS}}
+    tls: {mode: SIMPLE, credentialName: bookinfo-credential}
+  - port: {number: 443, name: tls-db, protocol: TLS}
     hosts: [db.example.com]
-    tls: {{mode: PASSTHROUGH}}
-  - port: {{number: 8443, name: https-mutual, protocol: HTTPS}}
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 8443, name: https-mutual, protocol: HTTPS}
     hosts: [bookinfo.example.com]
-    tls: {{mode: MUTUAL, credentialName: bookinfo-credential}}
+    tls: {mode: MUTUAL, credentialName: bookinfo-credential}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: bookinfo}}
+metadata: {name: bookinfo}
 spec:
   hosts: [bookinfo.example.com]
   gateways: [edge]
-  http: [{{route: [{{destination: {{host: bookinfo}}}}]}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: db}}
-spec:
-  hosts: [db.example.com]
-  gateways: [edge]
-  tls:
-  - match: [{{port: 443, sniHosts: [db.example.com]}}]
-    route: [{{destination: {{host: db.default.svc.cluster.local, port: {{number: 443}}}}}}]
-"#,
-        db = database.addr.port()
-    );
+  http: [{route: [{destination: {host: bookinfo}}]}]
+"#;
     let gateway = Gateway::start(&yaml);
     let root = &creds.root_pem;
 
@@ -1264,50 +1272,29 @@ async fn a_mode_less_tls_server_passes_through_and_https_is_not_redirected_to_it
         &["bookinfo.example.com"],
     );
     let mut yaml = bookinfo_behind(&[443], &creds, &app);
-    yaml += &format!(
-        r#"---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db, namespace: default}}
-spec:
-  hosts: [db.default.svc.cluster.local]
-  ports: [{{number: 443, name: tls, protocol: TLS}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{tls: {db}}}}}]
----
+    yaml += &db_passed_through(&database);
+    yaml += r#"---
 apiVersion: networking.istio.io/v1
 kind: Gateway
-metadata: {{name: edge}}
+metadata: {name: edge}
 spec:
-  selector: {{istio: ingressgateway}}
+  selector: {istio: ingressgateway}
   servers:
-  - port: {{number: 443, name: https, protocol: HTTPS}}
+  - port: {number: 443, name: https, protocol: HTTPS}
     hosts: [bookinfo.example.com]
-    tls: {{mode: SIMPLE, credentialName: bookinfo-credential, httpsRedirect: true}}
-  - port: {{number: 443, name: tls-db, protocol: TLS}}
+    tls: {mode: SIMPLE, credentialName: bookinfo-credential, httpsRedirect: true}
+  - port: {number: 443, name: tls-db, protocol: TLS}
     hosts: [db.example.com]
-    tls: {{}}
+    tls: {}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: bookinfo}}
+metadata: {name: bookinfo}
 spec:
   hosts: [bookinfo.example.com]
   gateways: [edge]
-  http: [{{route: [{{destination: {{host: bookinfo}}}}]}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: db}}
-spec:
-  hosts: [db.example.com]
-  gateways: [edge]
-  tls:
-  - match: [{{port: 443, sniHosts: [db.example.com]}}]
-    route: [{{destination: {{host: db.default.svc.cluster.local, port: {{number: 443}}}}}}]
-"#,
-        db = database.addr.port()
-    );
+  http: [{route: [{destination: {host: bookinfo}}]}]
+"#;
     let gateway = Gateway::start(&yaml);
     let https = gateway.port(443);
     let reply = tls_get(
@@ -1384,50 +1371,29 @@ async fn a_passthrough_route_takes_its_exact_name_from_a_wildcard_server() {
     let database = TlsUpstream::start(&["db.example.com"], false).await;
     let creds = Credentials::issue("istio-system", "wildcard-credential", &["*.example.com"]);
     let mut yaml = bookinfo_behind(&[443], &creds, &app);
-    yaml += &format!(
-        r#"---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db, namespace: default}}
-spec:
-  hosts: [db.default.svc.cluster.local]
-  ports: [{{number: 443, name: tls, protocol: TLS}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{tls: {db}}}}}]
----
+    yaml += &db_passed_through(&database);
+    yaml += r#"---
 apiVersion: networking.istio.io/v1
 kind: Gateway
-metadata: {{name: edge}}
+metadata: {name: edge}
 spec:
-  selector: {{istio: ingressgateway}}
+  selector: {istio: ingressgateway}
   servers:
-  - port: {{number: 443, name: https, protocol: HTTPS}}
+  - port: {number: 443, name: https, protocol: HTTPS}
     hosts: ["*.example.com"]
-    tls: {{mode: SIMPLE, credentialName: wildcard-credential}}
-  - port: {{number: 443, name: tls-any, protocol: TLS}}
+    tls: {mode: SIMPLE, credentialName: wildcard-credential}
+  - port: {number: 443, name: tls-any, protocol: TLS}
     hosts: ["*"]
-    tls: {{mode: PASSTHROUGH}}
+    tls: {mode: PASSTHROUGH}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: www}}
+metadata: {name: www}
 spec:
   hosts: ["*.example.com"]
   gateways: [edge]
-  http: [{{route: [{{destination: {{host: bookinfo}}}}]}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: db}}
-spec:
-  hosts: [db.example.com]
-  gateways: [edge]
-  tls:
-  - match: [{{port: 443, sniHosts: [db.example.com]}}]
-    route: [{{destination: {{host: db.default.svc.cluster.local, port: {{number: 443}}}}}}]
-"#,
-        db = database.addr.port()
-    );
+  http: [{route: [{destination: {host: bookinfo}}]}]
+"#;
     let gateway = Gateway::start(&yaml);
     let https = gateway.port(443);
     let db_root = std::fs::read_to_string(&database.root).unwrap();

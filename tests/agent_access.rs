@@ -10,7 +10,7 @@ mod common;
 use std::net::IpAddr;
 
 use common::agent::Agent;
-use common::client::Client;
+use common::client::{Client, raw_exchange};
 use common::mesh::{NO_COLLECTOR, agent, agent_with};
 use common::upstream::Upstream;
 
@@ -426,6 +426,10 @@ spec:
         .get("http://u@admin.example.com/x")
         .await;
     assert_eq!(reply.status, 400);
+    // Nor in a Host line (RFC 9112 §3.2: `uri-host [":" port]`).
+    let raw = "GET /x HTTP/1.1\r\nHost: u@admin.example.com\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(agent.inbound, raw).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert_eq!(app.count(), 2, "denied requests never reach the app");
     assert_eq!(
         app.last_header("host").as_deref(),

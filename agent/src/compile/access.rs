@@ -38,7 +38,6 @@ fn applies(
         && selector.is_none_or(|s| s.matches(&boot.identity.labels))
 }
 
-/// The authorization policies of this workload.
 /// Whether the AuthorizationPolicy is a dry run: evaluated and recorded,
 /// never enforced (its [`DRY_RUN_ANNOTATION`], validated beforehand).
 fn is_dry_run(metadata: &ObjectMeta) -> bool {
@@ -49,6 +48,7 @@ fn is_dry_run(metadata: &ObjectMeta) -> bool {
         .unwrap_or(false)
 }
 
+/// The authorization policies of this workload.
 pub(super) fn authorization(
     docs: &[Document<AuthorizationPolicySpec>],
     boot: &Agent,

@@ -360,7 +360,6 @@ fn is_valid_authority(host: &[u8]) -> bool {
                         | b'='
                         | b'%'
                         | b':'
-                        | b'@'
                         | b'['
                         | b']'
                 )

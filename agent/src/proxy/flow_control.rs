@@ -46,14 +46,14 @@ pub(super) const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
 pub(super) const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
-/// The largest header list (request headers downstream, response headers
-/// and trailers upstream, RFC 9113 §6.5.2 `SETTINGS_MAX_HEADER_LIST_SIZE`)
-/// the agent takes on an HTTP/2 connection either way: Envoy's default
-/// `max_request_headers_kb` and `max_response_headers_kb`, 60 KiB, which
-/// Istio leaves as they are. (hyper's 16 KiB default refused a client's
-/// request with a bare 431, and emptied an upstream's trailers over it,
-/// where Envoy passes them on.) Past it, a request is answered 431; a
-/// response head resets its stream (a local reply, `UPE`).
+/// The largest header list (response headers and trailers, RFC 9113 §6.5.2
+/// `SETTINGS_MAX_HEADER_LIST_SIZE`) the agent takes from an HTTP/2
+/// upstream: Envoy's default `max_response_headers_kb`, 60 KiB, which
+/// Istio leaves as it is. (hyper's 16 KiB default emptied an upstream's
+/// trailers over it, where Envoy passes them on.) Past it, a response head
+/// resets its stream (a local reply, `UPE`). Downstream requests are
+/// bounded by [`MAX_REQUEST_HEADER_LIST`] and Envoy's count of their names
+/// and values.
 pub(super) const MAX_HEADER_LIST: u32 = 60 * 1024;
 
 /// The header list a downstream HTTP/2 connection's `SETTINGS` allow:

@@ -290,7 +290,9 @@ async fn passthrough(
     let target = match &chain.action {
         ChainAction::Forward(routes) => l4_target(routes, sni.as_deref(), number),
         ChainAction::AutoPassthrough(clusters) => {
-            match sni.as_deref().and_then(|s| clusters.get(s)) {
+            // As the chain was chosen: one trailing dot dropped.
+            let name = sni.as_deref().map(|s| s.strip_suffix('.').unwrap_or(s));
+            match name.and_then(|s| clusters.get(s)) {
                 Some(cluster) => match mesh_endpoint(cluster, peer) {
                     Some(endpoint) => TcpTarget::Cluster {
                         cluster: cluster.clone(),
@@ -313,17 +315,23 @@ async fn passthrough(
 /// picked by the cluster's balancer among those that end mesh mTLS (a
 /// sidecar's, not turned off by PeerAuthentication): Istio's
 /// `EndpointsWithMTLSFilter` keeps no other in these clusters, so the port
-/// relays a client's mTLS only to a sidecar that checks it.
+/// relays a client's mTLS only to a sidecar that checks it. Endpoints
+/// outlier detection ejected are passed over while another is left.
 fn mesh_endpoint(cluster: &Cluster, peer: SocketAddr) -> Option<Arc<Endpoint>> {
     let headers = http::HeaderMap::new();
-    let input = PickInput {
+    let input = || PickInput {
         headers: &headers,
         query: None,
         source_ip: peer.ip(),
         generated_cookie: None,
     };
     let endpoints = &cluster.endpoints;
-    let chosen = (cluster.balancer).pick_among(endpoints, input, |i| endpoints[i].sidecar)?;
+    let now = crate::model::clock::now_ms();
+    let ejected = |i: usize| cluster.outlier.is_some() && endpoints[i].state.is_ejected(now);
+    let balancer = &cluster.balancer;
+    let chosen = balancer
+        .pick_among(endpoints, input(), |i| endpoints[i].sidecar && !ejected(i))
+        .or_else(|| balancer.pick_among(endpoints, input(), |i| endpoints[i].sidecar))?;
     Some(endpoints[chosen].clone())
 }
 

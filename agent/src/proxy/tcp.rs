@@ -170,6 +170,9 @@ fn access_logs(shared: &Shared, snapshot: &Snapshot, side: Side) -> Vec<Arc<Acce
 /// as long as a handshake may take.
 const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The first byte of a TLS record carrying a handshake.
+const TLS_HANDSHAKE: u8 = 0x16;
+
 /// PERMISSIVE on an explicit inbound listener: whether the client opens
 /// with a ClientHello offering none of the mesh's ALPN protocols (`istio`,
 /// `istio-h2`, …) — the application's own TLS, which goes to it untouched, as
@@ -178,6 +181,13 @@ const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// workload certificate is loaded); a plaintext first byte decides at once.
 pub(super) async fn opens_app_tls(worker: &Worker, stream: &TcpStream, mode: MtlsMode) -> bool {
     if mode != MtlsMode::Permissive || worker.shared.tls.load().is_none() {
+        return false;
+    }
+    // The first byte alone tells plaintext (most connections) from TLS,
+    // without the ClientHello's read buffer.
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, stream.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) || first[0] != TLS_HANDSHAKE {
         return false;
     }
     matches!(
@@ -440,6 +450,7 @@ pub async fn proxy<IO>(
         closed.inc();
     }
     let decided = verdict.source.as_ref().map(ToString::to_string);
+    let audited = verdict.audited.as_ref().map(ToString::to_string);
     let termination = match (&verdict.denied, ended) {
         (Some(details), _) => Some(details.as_str()),
         (None, Some(Ended::Idle)) => Some("idle_timeout"),
@@ -467,8 +478,8 @@ pub async fn proxy<IO>(
             response_flags: &flags,
             response_code_details: None,
             authorization_policy: decided.as_deref(),
-            access_log_hint: verdict.audited,
-            audit_policy: None,
+            access_log_hint: audited.is_some(),
+            audit_policy: audited.as_deref(),
             authz_dry_run: verdict.dry_run.as_deref(),
             connection_termination_details: termination,
             upstream_transport_failure_reason: None,
@@ -504,7 +515,7 @@ pub async fn proxy<IO>(
         if let Some(policy) = &decided {
             span.set("tracemesh.authz.policy", Value::Str(policy));
         }
-        if verdict.audited {
+        if audited.is_some() {
             span.set("tracemesh.authz.audit", Value::Bool(true));
         }
         if let Some(dry_run) = &verdict.dry_run {
@@ -548,8 +559,8 @@ struct ConnectionVerdict {
     flag: ResponseFlags,
     /// The policy that decided, when one did.
     source: Option<DecisionSource>,
-    /// An AUDIT rule matched.
-    audited: bool,
+    /// The AUDIT rule that matched, when one did.
+    audited: Option<DecisionSource>,
     /// What the dry-run policies would have decided, when any apply.
     dry_run: Option<String>,
 }
@@ -616,7 +627,7 @@ async fn authorize(
                 denied: Some(answer.details.to_owned()),
                 flag: ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
                 source: Some(source),
-                audited: false,
+                audited: None,
                 dry_run: None,
             };
         }
@@ -629,11 +640,11 @@ async fn authorize(
             denied: Some(details),
             flag: ResponseFlags::RBAC_DENIED,
             source: local.source,
-            audited: false,
+            audited: None,
             dry_run: local.dry_run,
         };
     }
-    verdict.audited = local.audited.is_some();
+    verdict.audited = local.audited;
     verdict.dry_run = local.dry_run;
     verdict.source = local.source.or(verdict.source);
     verdict

@@ -182,13 +182,26 @@ pub(super) fn authorization_policy(c: &mut Check<'_>, doc: &Document<Authorizati
                         common::peer_ip_or_cidr(c, &vf, v);
                     } else if key == "destination.port" && !is_port_number(v) {
                         c.error(&vf, format!("{v:?} is not a port number (1-65535)"));
-                    } else if key == "source.serviceAccount" && v.split('/').count() != 2 {
-                        c.error(&vf, format!("{v:?} must be namespace/serviceaccount"));
+                    } else if key == "source.serviceAccount" && !is_service_account(v) {
+                        c.error(
+                            &vf,
+                            format!("{v:?} must be namespace/serviceaccount, without wildcards"),
+                        );
                     }
                 }
             }
         }
     }
+}
+
+/// A service account as policies name one: `namespace/name`, both parts
+/// present, no wildcard (a `*` would be matched literally and match no
+/// caller).
+fn is_service_account(value: &str) -> bool {
+    value
+        .split_once('/')
+        .is_some_and(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains('/'))
+        && !value.contains('*')
 }
 
 fn source(c: &mut Check<'_>, field: &str, s: &Source) {
@@ -227,8 +240,7 @@ fn source(c: &mut Check<'_>, field: &str, s: &Source) {
         ("notServiceAccounts", &s.not_service_accounts),
     ] {
         for (k, v) in list.iter().enumerate() {
-            let parts: Vec<&str> = v.split('/').collect();
-            if parts.len() != 2 || parts.iter().any(|p| p.is_empty() || p.contains('*')) {
+            if !is_service_account(v) {
                 c.error(
                     format!("{field}.{name}[{k}]"),
                     format!("{v:?} must be namespace/serviceaccount, without wildcards"),

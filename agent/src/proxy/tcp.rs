@@ -170,9 +170,6 @@ fn access_logs(shared: &Shared, snapshot: &Snapshot, side: Side) -> Vec<Arc<Acce
 /// as long as a handshake may take.
 const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The first byte of a TLS record carrying a handshake.
-const TLS_HANDSHAKE: u8 = 0x16;
-
 /// PERMISSIVE on an explicit inbound listener: whether the client opens
 /// with a ClientHello offering none of the mesh's ALPN protocols (`istio`,
 /// `istio-h2`, …) — the application's own TLS, which goes to it untouched, as
@@ -187,7 +184,7 @@ pub(super) async fn opens_app_tls(worker: &Worker, stream: &TcpStream, mode: Mtl
     // without the ClientHello's read buffer.
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, stream.peek(&mut first)).await;
-    if !matches!(peeked, Ok(Ok(1))) || first[0] != TLS_HANDSHAKE {
+    if !matches!(peeked, Ok(Ok(1))) || first[0] != handshake::TLS_HANDSHAKE {
         return false;
     }
     matches!(

@@ -19,8 +19,9 @@ use crate::model::cluster::{TlsServer, UpstreamTls};
 
 /// Longest a client may take to start and finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The first byte of a TLS record carrying a handshake.
-const TLS_HANDSHAKE: u8 = 0x16;
+/// The first byte of a TLS record carrying a handshake (RFC 8446 §5.1,
+/// `ContentType.handshake`): what tells a ClientHello from plaintext.
+pub const TLS_HANDSHAKE: u8 = 0x16;
 
 /// What the peer proved about itself.
 #[derive(Debug, Clone)]

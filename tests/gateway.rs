@@ -15,7 +15,7 @@ use common::client::Client;
 use common::gateway::{Credentials, Gateway, bootstrap, tls_get, tls_get_with};
 use common::mesh::{AgentDoc, Ep, service_entry};
 use common::otlp::Receiver;
-use common::pki::{Ca, TlsUpstream};
+use common::pki::{Ca, TlsUpstream, split_hello_relay};
 use common::upstream::Upstream;
 
 /// Bookinfo's own `bookinfo-gateway` Gateway and VirtualService (Istio's
@@ -1401,6 +1401,15 @@ spec:
         .await
         .unwrap();
     assert_eq!(reply.body, "secure hello");
+    // A ClientHello fragmented over records (as TLS allows) is read whole:
+    // its SNI still picks the passthrough route, not the terminating chain.
+    for fragment in [40, 7] {
+        let split = split_hello_relay(https, fragment).await;
+        let reply = tls_get(split, "db.example.com", &db_root, &["http/1.1"], None, "/")
+            .await
+            .unwrap_or_else(|e| panic!("hello in records of {fragment} bytes: {e}"));
+        assert_eq!(reply.body, "secure hello", "records of {fragment} bytes");
+    }
     let reply = tls_get(
         https,
         "www.example.com",

@@ -481,3 +481,39 @@ pub fn xfcc_of(pem: &Path, cert: bool) -> String {
     out.push_str(&format!(";Subject=\"{subject}\""));
     out
 }
+
+/// A TCP relay to `upstream` that sends each client's ClientHello over
+/// several TLS records, the handshake message cut every `fragment` bytes
+/// (RFC 8446 §5.1 lets a client fragment it so), and relays everything
+/// after it as it comes. Returns the relay's address.
+pub async fn split_hello_relay(upstream: SocketAddr, fragment: usize) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut header = [0u8; 5];
+                client.read_exact(&mut header).await?;
+                assert_eq!(header[0], 0x16, "the client's first record is a handshake");
+                let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+                let mut message = vec![0u8; len];
+                client.read_exact(&mut message).await?;
+                let mut wire = Vec::new();
+                for piece in message.chunks(fragment) {
+                    wire.extend([0x16, header[1], header[2]]);
+                    wire.extend((piece.len() as u16).to_be_bytes());
+                    wire.extend(piece);
+                }
+                let mut server = tokio::net::TcpStream::connect(upstream).await?;
+                server.write_all(&wire).await?;
+                tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+                Ok::<_, std::io::Error>(())
+            });
+        }
+    });
+    addr
+}

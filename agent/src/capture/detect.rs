@@ -39,7 +39,7 @@ impl Detected {
             Sniffed::Http1 => Detected::Http1,
             Sniffed::Http2 => Detected::Http2,
             Sniffed::Tls(hello) => Detected::Tls {
-                sni: hello.sni.map(str::to_ascii_lowercase),
+                sni: hello.sni.as_deref().map(str::to_ascii_lowercase),
                 alpn: hello
                     .alpn()
                     .map(|p| String::from_utf8_lossy(p).into_owned())

@@ -2,14 +2,20 @@
 //! `http_inspector` and `tls_inspector` listener filters do for Istio's
 //! protocol sniffing: an HTTP/1.x request line, the HTTP/2 connection
 //! preface, or a TLS ClientHello (with its SNI and ALPN); anything else is
-//! opaque TCP. A pure function over a byte buffer, allocation-free.
+//! opaque TCP. A pure function over a byte buffer, allocation-free but for
+//! a ClientHello split over several TLS records, reassembled as a TLS
+//! server reassembles it.
+
+use std::borrow::Cow;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Most bytes worth reading: one whole TLS record (5-byte header and the
-/// largest plaintext fragment, RFC 8446 §5.1). A request line longer than
-/// this is not sniffed as HTTP.
+/// largest plaintext fragment, RFC 8446 §5.1), about what Envoy's
+/// `tls_inspector` reads of a ClientHello (`max_client_hello_size`, 16 KiB
+/// by default) whatever the records it comes in. A request line longer
+/// than this is not sniffed as HTTP.
 pub const MAX_SNIFF: usize = 5 + (1 << 14);
 
 /// What the bytes so far say.
@@ -27,21 +33,22 @@ pub enum Sniffed<'a> {
     Opaque,
 }
 
-/// What a ClientHello asks for, borrowed from the buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What a ClientHello asks for: borrowed from the buffer when the hello
+/// came in one record, owned when it was reassembled from several.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClientHello<'a> {
     /// The `server_name` extension's host name (RFC 6066 §3), when sent
     /// and valid UTF-8; lower-cased by the caller if needed.
-    pub sni: Option<&'a str>,
+    pub sni: Option<Cow<'a, str>>,
     /// The raw `application_layer_protocol_negotiation` protocol list
     /// (RFC 7301 §3.1, without its length prefix); see [`ClientHello::alpn`].
-    pub alpn_list: Option<&'a [u8]>,
+    pub alpn_list: Option<Cow<'a, [u8]>>,
 }
 
-impl<'a> ClientHello<'a> {
+impl ClientHello<'_> {
     /// The ALPN protocols offered, in order (`h2`, `http/1.1`, `istio`…).
-    pub fn alpn(&self) -> impl Iterator<Item = &'a [u8]> {
-        let mut rest = self.alpn_list.unwrap_or_default();
+    pub fn alpn(&self) -> impl Iterator<Item = &[u8]> {
+        let mut rest = self.alpn_list.as_deref().unwrap_or_default();
         std::iter::from_fn(move || {
             let (&len, tail) = rest.split_first()?;
             let len = usize::from(len);
@@ -228,47 +235,89 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A TLS record carrying a ClientHello (RFC 8446 §4.1.2, §5.1).
+/// A TLS record carrying a ClientHello (RFC 8446 §4.1.2, §5.1), or the
+/// first of the records it is fragmented over (§5.1: a handshake message
+/// may span records), which are then reassembled as a TLS server does.
 fn tls(buf: &[u8]) -> Sniffed<'_> {
-    let mut record = Reader(buf);
-    let header = match record.take(5) {
-        Some(h) => h,
-        None => {
-            // Check what is there: content type 22, version 3.x.
-            let plausible = buf.get(1).is_none_or(|&major| major == 3)
-                && buf.get(2).is_none_or(|&minor| minor <= 4);
-            return if plausible {
-                Sniffed::NeedMore
-            } else {
-                Sniffed::Opaque
-            };
+    let mut records = Reader(buf);
+    let first = match handshake_record(&mut records) {
+        Ok(fragment) => fragment,
+        // The first record's header is whole and well-formed: its first
+        // byte after it says which handshake message it carries.
+        Err(Sniffed::NeedMore) if buf.get(5).is_some_and(|&kind| kind != 1) => {
+            return Sniffed::Opaque;
         }
+        Err(undecided) => return undecided,
     };
-    let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
-    if header[1] != 3 || header[2] > 4 || length == 0 || length > 1 << 14 {
+    if first[0] != 1 {
         return Sniffed::Opaque;
     }
-    match buf.get(5) {
-        None => return Sniffed::NeedMore,
-        Some(1) => {}
-        Some(_) => return Sniffed::Opaque,
+    if let Some(len) = message_len(first).filter(|&len| len <= first.len()) {
+        return match client_hello(&first[4..len]) {
+            Some(hello) => Sniffed::Tls(hello),
+            None => Sniffed::Opaque,
+        };
     }
-    let Some(fragment) = record.take(length) else {
-        return Sniffed::NeedMore;
-    };
-    let mut handshake = Reader(fragment);
-    let (Some(_), Some(body_len)) = (handshake.u8(), handshake.u24()) else {
-        return Sniffed::Opaque;
-    };
-    let Some(body) = handshake.take(body_len) else {
-        // The ClientHello goes on in a further record: it is TLS, but its
-        // extensions are not all here.
-        return Sniffed::Tls(ClientHello::default());
-    };
-    match client_hello(body) {
-        Some(hello) => Sniffed::Tls(hello),
+    let mut message = first.to_vec();
+    loop {
+        if let Some(len) = message_len(&message) {
+            if len + 2 * 5 > MAX_SNIFF {
+                // More than is read of any hello: TLS whose extensions
+                // cannot be seen (Envoy's `client_hello_too_large`).
+                return Sniffed::Tls(ClientHello::default());
+            }
+            if message.len() >= len {
+                message.truncate(len);
+                break;
+            }
+        }
+        match handshake_record(&mut records) {
+            Ok(fragment) => message.extend_from_slice(fragment),
+            Err(Sniffed::NeedMore) if buf.len() >= MAX_SNIFF => {
+                return Sniffed::Tls(ClientHello::default());
+            }
+            Err(undecided) => return undecided,
+        }
+    }
+    match client_hello(&message[4..]) {
+        Some(hello) => Sniffed::Tls(ClientHello {
+            sni: hello.sni.map(|sni| Cow::Owned(sni.into_owned())),
+            alpn_list: hello.alpn_list.map(|list| Cow::Owned(list.into_owned())),
+        }),
         None => Sniffed::Opaque,
     }
+}
+
+/// The length of the handshake message `message` begins (its 4-byte
+/// header included), once that header is all there.
+fn message_len(message: &[u8]) -> Option<usize> {
+    let mut header = Reader(message);
+    header.u8()?;
+    Some(4 + header.u24()?)
+}
+
+/// The fragment of the next record when it is a whole, well-formed
+/// handshake record (content type 22, version 3.x, 1 to 2^14 bytes); `Err`
+/// with what that says otherwise: `NeedMore` for a record not all here yet
+/// (its header plausible so far), `Opaque` for anything else.
+fn handshake_record<'a>(records: &mut Reader<'a>) -> Result<&'a [u8], Sniffed<'a>> {
+    let buf = records.0;
+    let Some(header) = records.take(5) else {
+        // Check what is there: content type 22, version 3.x.
+        let plausible = buf.first().is_none_or(|&kind| kind == 0x16)
+            && buf.get(1).is_none_or(|&major| major == 3)
+            && buf.get(2).is_none_or(|&minor| minor <= 4);
+        return Err(if plausible {
+            Sniffed::NeedMore
+        } else {
+            Sniffed::Opaque
+        });
+    };
+    let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    if header[0] != 0x16 || header[1] != 3 || header[2] > 4 || length == 0 || length > 1 << 14 {
+        return Err(Sniffed::Opaque);
+    }
+    records.take(length).ok_or(Sniffed::NeedMore)
 }
 
 /// The extensions of a ClientHello body; `None` when it is malformed.
@@ -288,8 +337,8 @@ fn client_hello(body: &[u8]) -> Option<ClientHello<'_>> {
         let kind = extensions.u16()?;
         let data = extensions.vec(2)?;
         match kind {
-            0 => hello.sni = server_name(data),
-            16 => hello.alpn_list = Some(Reader(data).vec(2)?),
+            0 => hello.sni = server_name(data).map(Cow::Borrowed),
+            16 => hello.alpn_list = Some(Cow::Borrowed(Reader(data).vec(2)?)),
             _ => {}
         }
     }
@@ -462,7 +511,10 @@ mod tests {
         let Sniffed::Tls(hello) = sniff(&record) else {
             panic!("not TLS: {:?}", sniff(&record));
         };
-        assert_eq!(hello.sni, Some("reviews.default.svc.cluster.local"));
+        assert_eq!(
+            hello.sni.as_deref(),
+            Some("reviews.default.svc.cluster.local")
+        );
         let alpn: Vec<&[u8]> = hello.alpn().collect();
         assert_eq!(alpn, [&b"h2"[..], b"http/1.1"]);
         for cut in [1, 3, 5, 6, record.len() - 1] {
@@ -491,7 +543,7 @@ mod tests {
         let Sniffed::Tls(hello) = sniff(&wire) else {
             panic!("rustls' hello is TLS");
         };
-        assert_eq!(hello.sni, Some("ratings.example.com"));
+        assert_eq!(hello.sni.as_deref(), Some("ratings.example.com"));
         assert_eq!(hello.alpn().next(), Some(&b"istio"[..]));
     }
 
@@ -524,12 +576,76 @@ mod tests {
         }
     }
 
+    /// `record`'s handshake message cut into records of `sizes` bytes
+    /// (the last takes what is left).
+    fn refragment(record: &[u8], sizes: &[usize]) -> Vec<u8> {
+        let mut message = &record[5..];
+        let mut wire = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            let size = if i + 1 == sizes.len() {
+                message.len()
+            } else {
+                size
+            };
+            let (fragment, rest) = message.split_at(size);
+            wire.extend([0x16, 3, 1]);
+            wire.extend((fragment.len() as u16).to_be_bytes());
+            wire.extend(fragment);
+            message = rest;
+        }
+        wire
+    }
+
     #[test]
-    fn a_hello_split_over_records_is_tls_without_extensions() {
-        let full = client_hello_record(&sni_extension("c.example"));
-        // One record holding only the first 20 bytes of the handshake message.
-        let mut first = vec![0x16, 3, 1, 0, 20];
-        first.extend(&full[5..25]);
-        assert_eq!(sniff(&first), Sniffed::Tls(ClientHello::default()));
+    fn a_hello_split_over_records_is_reassembled() {
+        let mut extensions = sni_extension("c.example");
+        extensions.extend(alpn_extension(&["istio-peer-exchange", "istio"]));
+        let whole = client_hello_record(&extensions);
+        // The handshake header itself split, then the extensions.
+        for sizes in [&[20, 0][..], &[2, 0], &[1, 1, 1, 40, 0], &[60, 0]] {
+            let wire = refragment(&whole, sizes);
+            let Sniffed::Tls(hello) = sniff(&wire) else {
+                panic!("{sizes:?}: not TLS: {:?}", sniff(&wire));
+            };
+            assert_eq!(hello.sni.as_deref(), Some("c.example"), "{sizes:?}");
+            let alpn: Vec<&[u8]> = hello.alpn().collect();
+            assert_eq!(alpn, [&b"istio-peer-exchange"[..], b"istio"], "{sizes:?}");
+            for cut in 1..wire.len() {
+                assert_eq!(
+                    sniff(&wire[..cut]),
+                    Sniffed::NeedMore,
+                    "{sizes:?} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_split_hello_broken_or_too_large_is_decided_without_reading_on() {
+        let whole = client_hello_record(&sni_extension("d.example"));
+        let wire = refragment(&whole, &[20, 0]);
+        // Another content type where the hello goes on (an alert).
+        let mut interleaved = wire[..25].to_vec();
+        interleaved.extend([0x15, 3, 3, 0, 2, 2, 40]);
+        assert_eq!(sniff(&interleaved), Sniffed::Opaque);
+        // A second record of no TLS version.
+        let mut bad = wire.clone();
+        bad[26] = 9;
+        assert_eq!(sniff(&bad), Sniffed::Opaque);
+        // A hello declaring more than is ever read: TLS, nothing seen.
+        let mut huge = whole[..6].to_vec();
+        huge.extend(&(MAX_SNIFF as u32).to_be_bytes()[1..]);
+        huge[3..5].copy_from_slice(&20u16.to_be_bytes());
+        huge.extend([0; 16]);
+        assert_eq!(sniff(&huge), Sniffed::Tls(ClientHello::default()));
+        // A buffer filled to the limit with the hello still incomplete.
+        let mut full = whole[..6].to_vec();
+        full.extend(&16_000u32.to_be_bytes()[1..]);
+        full[3..5].copy_from_slice(&(1u16 << 14).to_be_bytes());
+        full.resize(5 + (1 << 14), 0);
+        full.extend([0x16, 3, 1, 0, 200]);
+        full.resize(MAX_SNIFF, 0);
+        assert_eq!(sniff(&full), Sniffed::Tls(ClientHello::default()));
+        assert_eq!(sniff(&full[..MAX_SNIFF - 1]), Sniffed::NeedMore);
     }
 }

@@ -17,7 +17,6 @@ const EXACT_KEYS: &[&str] = &[
     "source.namespace",
     "source.serviceAccount",
     "source.principal",
-    "source.trustDomain",
     "request.auth.principal",
     "request.auth.audiences",
     "request.auth.presenter",

@@ -687,8 +687,9 @@ fn reset(stream: TcpStream) {
 /// Every TCP connection gets an access-log line at its close, as Envoy's
 /// `tcp_proxy` writes one: its bytes each way, the cluster and endpoint,
 /// its flags, and for a refused one the RBAC denial as Envoy's
-/// `connection_termination_details`. No TCP connection was logged, a
-/// refused one included.
+/// `connection_termination_details`; what a dry-run policy would have
+/// decided, as for HTTP. No TCP connection was logged, a refused one
+/// included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tcp_connections_are_access_logged_refused_ones_included() {
     let app = CountingEcho::start().await;
@@ -700,6 +701,17 @@ spec:
   action: DENY
   rules:
   - from: [{source: {ipBlocks: [127.0.0.9/32]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: shadow
+  namespace: default
+  annotations: {\"istio.io/dry-run\": \"true\"}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: [127.0.0.1/32]}}]
 ";
     let db = tcp_agent("db", app.addr, "[]", "  accessLog: {enabled: true}", policy);
     assert_eq!(ping(db.inbound, Some("127.0.0.9")).await, b"");
@@ -735,7 +747,14 @@ spec:
         refused["method"].is_null() && refused["protocol"].is_null(),
         "{refused}"
     );
+    // A dry-run DENY on the served client: recorded on its line, never
+    // enforced; the refused client matched no dry-run policy.
+    assert_eq!(refused["authz_dry_run"], "allowed", "{refused}");
     let served = of("127.0.0.1");
+    assert_eq!(
+        served["authz_dry_run"], "denied by default/shadow[0]",
+        "{served}"
+    );
     assert_eq!(served["response_flags"], "-", "{served}");
     assert_eq!(served["bytes_received"], 4, "{served}");
     assert_eq!(served["bytes_sent"], 4, "{served}");

@@ -1423,3 +1423,50 @@ spec:
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.upstream.as_deref(), Some("bookinfo"));
 }
+
+/// A TCP server takes the `tcp` routes of the VirtualServices whose hosts
+/// it covers, from the namespaces its hosts admit, as Istio's
+/// `pickMatchingGatewayHosts` keeps them: a VirtualService bound to the
+/// gateway for another host, or from a namespace the server does not
+/// admit, takes none of its connections. The first bound VirtualService's
+/// rule took every connection, whatever its hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tcp_server_takes_only_the_routes_of_the_hosts_it_serves() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = common::upstream::canned_server(b"db").await;
+    let other = common::upstream::canned_server(b"other").await;
+    let intruder = common::upstream::canned_server(b"intruder").await;
+    let mut yaml = bootstrap(&[31400], common::mesh::NO_COLLECTOR, "");
+    for (name, addr) in [("db", db), ("other", other), ("intruder", intruder)] {
+        yaml += &service_entry(name, 5432, "TCP", &[Ep { addr, labels: &[] }]);
+    }
+    let route = |name: &str, namespace: &str, host: &str, gateway: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  hosts: [{host}]\n  gateways: [{gateway}]\n  tcp: [{{route: [{{destination: {{host: {name}.default.svc.cluster.local, port: {{number: 5432}}}}}}]}}]\n"
+        )
+    };
+    // Oldest first: the two that must not route come before the one that must.
+    yaml += &route("other", "default", "other.example.com", "edge");
+    yaml += &route("intruder", "dev", "db.example.com", "default/edge");
+    yaml += &route("db", "default", "db.example.com", "edge");
+    yaml += r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["default/db.example.com"]
+"#;
+    let gateway = Gateway::start(&yaml);
+    for _ in 0..3 {
+        let mut conn = tokio::net::TcpStream::connect(gateway.port(31400))
+            .await
+            .unwrap();
+        conn.write_all(b"hello\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer, "db");
+    }
+}

@@ -697,7 +697,7 @@ fn add_server(
             }
             ChainAction::Forward(routes)
         }
-        _ => ChainAction::Forward(tcp_routes(ctx, gw, number, services, diags)),
+        _ => ChainAction::Forward(tcp_routes(ctx, gw, &hosts, number, services, diags)),
     };
     build.chains.push(FilterChain {
         name: format!(
@@ -1059,11 +1059,14 @@ fn tls_routes(
 }
 
 /// TCP routes (and TLS-terminated TCP): the bound VirtualServices'
-/// `tcp[]` rules for this port and gateway; the first rule matching
-/// decides, so they keep their order.
+/// `tcp[]` rules for this port and gateway, of the VirtualServices one of
+/// whose `hosts` a server host covers (its namespace admitted), as Istio's
+/// `pickMatchingGatewayHosts` keeps them; the first rule matching decides,
+/// so they keep their order.
 fn tcp_routes(
     ctx: &Context<'_>,
     gw: &IstioGateway<'_>,
+    hosts: &[ServerHost],
     port: u16,
     services: &[(&Document<VirtualServiceSpec>, &str)],
     diags: &mut Diagnostics,
@@ -1071,6 +1074,15 @@ fn tcp_routes(
     let mut out = Vec::new();
     let binding = Binding::Gateway(&gw.name);
     for (doc, namespace) in services {
+        let served = doc.spec.hosts.iter().any(|host| {
+            let host = resolve_short_name(host, namespace);
+            hosts
+                .iter()
+                .any(|h| h.admits(namespace) && intersect(&h.host, &host).is_some())
+        });
+        if !served {
+            continue;
+        }
         for (i, rule) in doc.spec.tcp.iter().enumerate() {
             let applies = rule.matches.is_empty()
                 || rule.matches.iter().any(|m| {

@@ -494,3 +494,26 @@ spec:
     }
     assert_eq!(app.count(), 2);
 }
+
+/// The access log names the upstream connection's own address (Envoy's
+/// `%UPSTREAM_LOCAL_ADDRESS%`, in Istio's default format): the address
+/// the app saw the request come from, on a new and on a pooled
+/// connection. It was always null.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_access_log_names_the_upstream_connections_local_address() {
+    let app = Upstream::start("app").await;
+    let agent = logged_workload(&app, "");
+    let client = Client::h1(agent.inbound);
+    for path in ["/first", "/second"] {
+        let reply = client.get(&format!("http://reviews:9080{path}")).await;
+        assert_eq!(reply.status, 200, "{path}");
+        let line = agent.access_log_line(path);
+        let seen = app.seen().into_iter().find(|s| s.path == path).unwrap();
+        assert_eq!(
+            line["upstream_local_address"],
+            seen.peer.to_string(),
+            "{line}"
+        );
+    }
+    assert_eq!(app.accepted_connections(), 1, "the second was pooled");
+}

@@ -743,6 +743,7 @@ spec:
         "{refused}"
     );
     assert!(refused["upstream_host"].is_null(), "{refused}");
+    assert!(refused["upstream_local_address"].is_null(), "{refused}");
     assert!(
         refused["method"].is_null() && refused["protocol"].is_null(),
         "{refused}"
@@ -759,6 +760,11 @@ spec:
     assert_eq!(served["bytes_received"], 4, "{served}");
     assert_eq!(served["bytes_sent"], 4, "{served}");
     assert_eq!(served["upstream_host"], app.addr.to_string(), "{served}");
+    let local: std::net::SocketAddr = served["upstream_local_address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no upstream_local_address: {served}"));
+    assert!(local.ip().is_loopback() && local.port() != 0, "{served}");
     assert_eq!(served["response_code"], 0, "{served}");
     assert!(
         served["upstream_cluster"]

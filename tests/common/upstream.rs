@@ -32,6 +32,8 @@ pub struct Seen {
     pub body_len: u64,
     /// FNV-1a of the body.
     pub body_hash: u64,
+    /// The address the request's connection came from.
+    pub peer: SocketAddr,
 }
 
 impl Upstream {
@@ -121,7 +123,7 @@ impl Upstream {
         let server = upstream.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     break;
                 };
                 let server = server.clone();
@@ -141,7 +143,7 @@ impl Upstream {
                                 .cue
                                 .max_per_connection
                                 .fetch_max(now, Ordering::SeqCst);
-                            let response = server.handle(req).await;
+                            let response = server.handle(req, peer).await;
                             on_connection.fetch_sub(1, Ordering::SeqCst);
                             Ok::<_, Infallible>(response)
                         }
@@ -211,7 +213,7 @@ impl Upstream {
         self.cue.accepted.load(Ordering::SeqCst)
     }
 
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let path = req
             .uri()
             .path_and_query()
@@ -235,6 +237,7 @@ impl Upstream {
             headers: parts.headers.clone(),
             body_len,
             body_hash,
+            peer,
         };
         let arrival = {
             let mut all = self.seen.lock().unwrap();

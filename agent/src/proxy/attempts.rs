@@ -28,6 +28,7 @@ use super::client_body::ClientBody;
 use super::grpc_timeout;
 use super::headers::decimal;
 use super::local_reply::LocalReply;
+use super::pool::UpstreamPeer;
 use super::progress::{BodyFailure, RequestProgress, RouteDeadline};
 use super::stalled::{Cut, CutSignal};
 use super::tap::Tap;
@@ -175,8 +176,9 @@ pub trait AttemptRecord {
     fn hold_request_slot(&mut self, slot: Slot);
     /// Retry number `attempt` is being sent: its span is named in `headers`.
     fn sending_retry(&mut self, attempt: u32, endpoint: &Endpoint, headers: &mut HeaderMap);
-    /// The attempt was answered with `status`, by a server proving `peer`.
-    fn answered(&mut self, status: u16, peer: Option<Arc<str>>);
+    /// The attempt was answered with `status` over the connection `peer`
+    /// describes (its server's identity, its local address).
+    fn answered(&mut self, status: u16, peer: UpstreamPeer);
     /// The attempt got no answer, for `reason` (Envoy's words); a TLS
     /// handshake failure names its cause in `transport`.
     fn failed(&mut self, reason: &'static str, transport: Option<&'static str>);

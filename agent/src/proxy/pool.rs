@@ -23,6 +23,7 @@
 
 use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -47,7 +48,7 @@ use crate::model::cluster::{Cluster, Http2Keepalive, Pooling, Poolings, TlsServe
 use crate::model::endpoint::UpstreamAddr;
 use crate::model::live::{ClusterState, MAX_CONNECTIONS, MAX_PENDING, PoolLimits, Slot, UNLIMITED};
 use crate::tls::TlsPlan;
-use crate::tls::io::UpstreamIo;
+use crate::tls::io::{AsTcp, UpstreamIo};
 
 /// Most idle HTTP/1.1 connections kept per endpoint and worker.
 const MAX_IDLE: usize = 256;
@@ -148,12 +149,21 @@ impl PoolKey {
     }
 }
 
-/// The server's SPIFFE identity (`spiffe://…`) on an mTLS connection.
-pub type PeerIdentity = Option<Arc<str>>;
+/// The upstream side of a pooled connection as its requests record it:
+/// the server's SPIFFE identity (`spiffe://…`) on an mTLS connection, and
+/// the connection's own local address (Envoy's
+/// `%UPSTREAM_LOCAL_ADDRESS%`), both learnt once when it is dialed.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamPeer {
+    /// The server's identity, on mTLS connections.
+    pub identity: Option<Arc<str>>,
+    /// The connection's local address, when the socket could say.
+    pub local: Option<SocketAddr>,
+}
 
 struct Idle {
     connection: Connection,
-    peer: PeerIdentity,
+    peer: UpstreamPeer,
     served: u64,
     /// When it closes unless taken: its idle timeout on, or the end of its
     /// lifetime when that comes first.
@@ -248,7 +258,7 @@ impl Held {
 
 /// What an HTTP/1.1 dial ends with: the connection, the server's identity
 /// and the end of the connection's lifetime, or why there is none.
-type Dialed = Result<(Connection, PeerIdentity, Option<Instant>), AcquireError>;
+type Dialed = Result<(Connection, UpstreamPeer, Option<Instant>), AcquireError>;
 
 /// Where an HTTP/1.1 dial under way hands its connection: to the request
 /// waiting for it, the one that began it or, that one gone, a later one
@@ -348,7 +358,7 @@ impl Drop for WaitingHere<'_> {
 /// pool: the response body gives it back ([`Reuse`]) once read in full.
 pub struct Lease {
     /// The server's identity, on mTLS connections.
-    pub peer: PeerIdentity,
+    pub peer: UpstreamPeer,
     /// Whether it came from the idle pool (it may have closed meanwhile).
     pub reused: bool,
     /// How long the request waited for a connection slot (the cluster's
@@ -602,7 +612,7 @@ impl Pools {
     ) -> Result<
         (
             http1::SendRequest<UpstreamBody>,
-            PeerIdentity,
+            UpstreamPeer,
             Option<Duration>,
             Option<UpgradeSlot>,
         ),
@@ -981,7 +991,7 @@ impl Pools {
         addr: &UpstreamAddr,
         settings: DialSettings,
         plan: &TlsPlan,
-    ) -> Result<(UpstreamIo, PeerIdentity), AcquireError> {
+    ) -> Result<(UpstreamIo, UpstreamPeer), AcquireError> {
         let dialed = connect::dial_with(addr, settings, plan, &self.tls_failures).await;
         if !matches!(dialed, Err(DialError::Connect(_))) {
             self.opened.inc();
@@ -996,7 +1006,11 @@ impl Pools {
                 reason: failure.0,
             },
         })?;
-        Ok((io, identity.map(|id| Arc::from(id.to_string()))))
+        let peer = UpstreamPeer {
+            identity: identity.map(|id| Arc::from(id.to_string())),
+            local: io.tcp().local_addr().ok(),
+        };
+        Ok((io, peer))
     }
 
     /// Closes idle connections that closed or idled past their timeout,

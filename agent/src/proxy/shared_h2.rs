@@ -40,14 +40,14 @@ use tokio::sync::Notify;
 
 use super::body::{BoxError, UpstreamBody};
 use super::peer_settings::{INITIAL_LIMIT, ServerStreamLimit};
-use super::pool::{AcquireError, PeerIdentity};
+use super::pool::{AcquireError, UpstreamPeer};
 use super::reset_reason::ResetBeforeEnd;
 use crate::model::live::PoolLimits;
 
 /// One shared HTTP/2 connection.
 struct Shared {
     sender: http2::SendRequest<UpstreamBody>,
-    peer: PeerIdentity,
+    peer: UpstreamPeer,
     /// The most streams the server lets it carry at once.
     server_limit: ServerStreamLimit,
     /// Streams it carries now.
@@ -83,7 +83,7 @@ pub struct Taken {
     /// The connection to send on.
     pub sender: http2::SendRequest<UpstreamBody>,
     /// The server's identity, on mTLS connections.
-    pub peer: PeerIdentity,
+    pub peer: UpstreamPeer,
     /// The stream, counted on its connection until dropped: held by the
     /// request's response body ([`StreamBody`]) until it ends or is cut
     /// (or dropped when no response came).
@@ -141,7 +141,7 @@ pub struct Opened {
     /// Its sender.
     pub sender: http2::SendRequest<UpstreamBody>,
     /// The server's identity, on mTLS connections.
-    pub peer: PeerIdentity,
+    pub peer: UpstreamPeer,
     /// The most streams the server lets it carry at once (its
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`, RFC 9113 §6.5.2), as its frames
     /// bring it.

@@ -306,12 +306,14 @@ pub async fn proxy<IO>(
     let mut flags = ResponseFlags::NONE;
     let mut upstream = None;
     let mut callee = None;
+    let mut upstream_local = None;
     match (&cluster, &endpoint) {
         _ if verdict.denied.is_some() => flags = verdict.flag,
         (None, _) => flags = refused,
         (Some(_), None) => flags = ResponseFlags::NO_HEALTHY_UPSTREAM,
         (Some(cluster), Some(endpoint)) => match dial(worker, cluster, endpoint).await {
             Ok((stream, identity)) => {
+                upstream_local = stream.tcp().local_addr().ok();
                 upstream = Some(stream);
                 callee = identity;
             }
@@ -496,7 +498,7 @@ pub async fn proxy<IO>(
             upstream_cluster: (cluster.as_deref())
                 .filter(|_| verdict.denied.is_none())
                 .map(|c| c.name.as_str()),
-            upstream_local_address: None,
+            upstream_local_address: upstream_local.map(|a| a.to_string()),
             downstream_local_address: local.to_string(),
             downstream_remote_address: peer.to_string(),
             requested_server_name: caller_sni.as_deref(),

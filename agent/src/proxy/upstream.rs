@@ -3,7 +3,6 @@
 //! ([`Upstream`]: real connections in `forward`, scripted ones in tests).
 
 use std::cell::Cell;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
@@ -11,6 +10,7 @@ use http::{Request, Response};
 
 use super::body::UpstreamBody;
 use super::local_reply::LocalReply;
+use super::pool::UpstreamPeer;
 use crate::model::endpoint::Endpoint;
 use crate::model::policy::AttemptFailure;
 
@@ -18,8 +18,8 @@ use crate::model::policy::AttemptFailure;
 pub struct Sent<B> {
     /// Response headers and streaming body.
     pub response: Response<B>,
-    /// The server's identity, on mTLS connections.
-    pub peer: Option<Arc<str>>,
+    /// The connection's server identity (on mTLS) and local address.
+    pub peer: UpstreamPeer,
     /// How long the attempt waited for a pooled connection (the cluster's
     /// `maxConnections` all in use), when it had to.
     pub waited: Option<Duration>,

@@ -203,8 +203,9 @@ pub struct AccessLogEntry<'a> {
     pub upstream_host: Option<String>,
     /// The cluster.
     pub upstream_cluster: Option<&'a str>,
-    /// Local address of the upstream connection (not tracked).
-    pub upstream_local_address: Option<&'a str>,
+    /// The local address of the upstream connection (Envoy's
+    /// `%UPSTREAM_LOCAL_ADDRESS%`), when one answered.
+    pub upstream_local_address: Option<String>,
     /// Listener address.
     pub downstream_local_address: String,
     /// Client address.

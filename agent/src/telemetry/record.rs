@@ -73,6 +73,9 @@ pub struct RequestRecord {
     pub unrouted_service: Option<Arc<ServiceName>>,
     /// The server's SPIFFE identity on the upstream mTLS connection.
     pub upstream_principal: Option<Arc<str>>,
+    /// The local address of the upstream connection that answered (Envoy's
+    /// `%UPSTREAM_LOCAL_ADDRESS%`).
+    pub upstream_local: Option<SocketAddr>,
     /// Why the upstream TLS handshake failed, when it did.
     pub transport_failure: Option<&'static str>,
     /// The response status (0: none was sent).
@@ -375,7 +378,7 @@ impl RequestRecord {
             authority: log.authority.as_deref(),
             upstream_host: self.endpoint.as_ref().map(|e| e.address_text.to_string()),
             upstream_cluster: self.cluster.as_ref().map(|c| c.name.as_str()),
-            upstream_local_address: None,
+            upstream_local_address: self.upstream_local.map(|a| a.to_string()),
             downstream_local_address: self.downstream_local.to_string(),
             downstream_remote_address: self.downstream_remote.to_string(),
             requested_server_name: self.requested_server_name.as_deref(),

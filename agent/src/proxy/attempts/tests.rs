@@ -120,7 +120,7 @@ impl Upstream for Script {
             }
             Ok(Sent {
                 response: response.body(()).expect("a response"),
-                peer: None,
+                peer: UpstreamPeer::default(),
                 waited,
             })
         };
@@ -181,7 +181,7 @@ impl AttemptRecord for Notes {
     fn sending_retry(&mut self, attempt: u32, _endpoint: &Endpoint, _headers: &mut HeaderMap) {
         self.events.push(format!("retry span {attempt}"));
     }
-    fn answered(&mut self, status: u16, _peer: Option<Arc<str>>) {
+    fn answered(&mut self, status: u16, _peer: UpstreamPeer) {
         self.events.push(format!("answered {status}"));
     }
     fn failed(&mut self, reason: &'static str, _transport: Option<&'static str>) {

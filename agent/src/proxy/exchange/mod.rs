@@ -21,6 +21,7 @@ use super::body::{Received, ResponseBody, ResponseObserver};
 use super::local_reply::{
     self, DIRECT_RESPONSE_DETAILS, DecidedBy, LocalReply, RESPONSE_CODE_DETAILS_HEADER,
 };
+use super::pool::UpstreamPeer;
 use super::progress::{BodyFailure, RequestProgress, RouteDeadline};
 use super::reset_reason::ResetReason;
 use super::stream_idle::StreamClock;
@@ -145,6 +146,7 @@ impl Exchange {
                 .unwrap_or_else(|| UNKNOWN_PEER.with(Clone::clone)),
             unrouted_service: None,
             upstream_principal: None,
+            upstream_local: None,
             transport_failure: None,
             status: 0,
             grpc_status: None,
@@ -723,9 +725,10 @@ impl AttemptRecord for Exchange {
             .start_attempt(&self.worker.spans, attempt, cluster, endpoint, headers);
     }
 
-    fn answered(&mut self, status: u16, peer: Option<Arc<str>>) {
+    fn answered(&mut self, status: u16, peer: UpstreamPeer) {
         self.span.end_attempt(Some(status), None);
-        self.record.upstream_principal = peer.map(|p| self.worker.intern_principal(&p));
+        self.record.upstream_principal = peer.identity.map(|p| self.worker.intern_principal(&p));
+        self.record.upstream_local = peer.local;
     }
 
     fn failed(&mut self, reason: &'static str, transport: Option<&'static str>) {

@@ -10,12 +10,25 @@ use crate::client::Reply;
 use crate::upstream::Received;
 
 /// Headers every hop writes its own value for, never compared:
-/// `x-request-id` (the harness's id, kept or not), `x-forwarded-for` (the
-/// agent appends the caller on inbound; Istio's inbound listener sets
-/// `use_remote_address: false` and appends nothing), and Envoy's own
+/// `x-request-id` (the harness's id, kept or not) and Envoy's own
 /// `x-envoy-*` (retry budget hints, Istio's metadata exchange, which the
 /// hand-written Envoy configs leave out).
-const NOT_COMPARED: [&str; 2] = ["x-request-id", "x-forwarded-for"];
+const NOT_COMPARED: [&str; 1] = ["x-request-id"];
+
+/// Whether a forwarded request is a mirror's copy, whose authority Envoy
+/// and the agent suffix `-shadow`: Envoy appends its node's own address
+/// to the copy's `x-forwarded-for` (the router's shadow headers); the
+/// agent sends the copy with the primary's headers, so that header is
+/// not compared on copies (docs/envoy-differences.md).
+fn is_mirror_copy(headers: &[(String, String)]) -> bool {
+    headers.iter().any(|(name, value)| {
+        name == "host"
+            && value
+                .split(':')
+                .next()
+                .is_some_and(|h| h.ends_with("-shadow"))
+    })
+}
 
 /// Trace headers, compared with their ids masked in cases with `trace: true`.
 const TRACE_HEADERS: [&str; 8] = [
@@ -171,8 +184,10 @@ pub fn forwarded(case: &Case, send: &Send, received: Vec<Received>) -> Vec<Forwa
         .into_iter()
         .map(|r| {
             let mut headers: BTreeMap<String, String> = BTreeMap::new();
+            let copy = is_mirror_copy(&r.headers);
             for (name, value) in &r.headers {
                 let dropped = NOT_COMPARED.contains(&name.as_str())
+                    || (copy && name == "x-forwarded-for")
                     || name.starts_with("x-envoy-")
                     || case.ignore_headers.contains_key(name)
                     || (!case.trace && TRACE_HEADERS.contains(&name.as_str()))

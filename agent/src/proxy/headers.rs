@@ -41,7 +41,7 @@ pub struct OutgoingRequest<'a> {
     pub upgrade: bool,
     /// This agent.
     pub identity: &'a Identity,
-    /// The client's IP (appended to `x-forwarded-for` inbound).
+    /// The client's IP (appended to `x-forwarded-for` at the edge).
     pub client_ip: IpAddr,
     /// The rule's and the destination's edits, in the order they apply
     /// (outbound; `Routed::request_edits`).
@@ -136,7 +136,10 @@ pub fn prepare_request(
         }
         None => {}
     }
-    if appends_forwarded_for(out.direction, out.edge_scheme.is_some()) {
+    // Only where Istio renders `use_remote_address: true`, its gateways:
+    // a sidecar (inbound and outbound `false`) passes the header on as it
+    // came, as Envoy does without `use_remote_address`.
+    if out.edge_scheme.is_some() {
         append_forwarded_for(headers, out.client_ip);
     }
     if let Some(address) = out.external_address {
@@ -461,12 +464,6 @@ pub(super) fn forwarded_for_with(headers: &HeaderMap, ip: IpAddr) -> String {
     }
     value.push_str(&ip.to_string());
     value
-}
-
-/// Whether a hop appends its client to `x-forwarded-for`: inbound, and at
-/// the edge (a gateway), where Envoy uses the remote address.
-pub(super) fn appends_forwarded_for(direction: Direction, edge: bool) -> bool {
-    direction == Direction::Inbound || edge
 }
 
 /// A random UUID v4, as Envoy generates for `x-request-id`.

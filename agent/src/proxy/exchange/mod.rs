@@ -163,8 +163,8 @@ impl Exchange {
                 None => worker.shared.access_log.is_some(),
             }
             .then(|| {
-                let edge = down.gateway.is_some();
-                let forwarded_for = headers::appends_forwarded_for(down.direction, edge)
+                // As the gateway appends it before anything logs it.
+                let forwarded_for = (down.gateway.is_some())
                     .then(|| headers::forwarded_for_with(req.headers(), down.peer.ip()));
                 Box::new(LogFields::of(req, forwarded_for))
             }),

@@ -1470,3 +1470,79 @@ spec:
         assert_eq!(answer, "db");
     }
 }
+
+/// A PASSTHROUGH route for `sniHosts: ["*"]` is Istio's chain without
+/// server names: it takes TLS that names no server (a client addressing
+/// the gateway by IP) and what is no TLS at all, as Envoy relays both;
+/// they were reset. A name still goes to its own route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_passthrough_route_for_any_name_takes_clients_naming_none() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let database = TlsUpstream::start(&["db.example.com"], false).await;
+    let catch = common::upstream::tcp_echo().await;
+    let mut yaml = bootstrap(&[443], common::mesh::NO_COLLECTOR, "");
+    yaml += &db_passed_through(&database);
+    yaml += &service_entry(
+        "catch",
+        443,
+        "TLS",
+        &[Ep {
+            addr: catch,
+            labels: &[],
+        }],
+    );
+    yaml += r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: catch}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  tls:
+  - match: [{port: 443, sniHosts: ["*"]}]
+    route: [{destination: {host: catch.default.svc.cluster.local, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: ["*"]
+    tls: {mode: PASSTHROUGH}
+"#;
+    let gateway = Gateway::start(&yaml);
+    let https = gateway.port(443);
+    // A ClientHello without server_name, as a client addressing an IP sends.
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let ip = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut client = rustls::ClientConnection::new(Arc::new(config), ip).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    for (what, first) in [("no SNI", hello), ("no TLS", b"PING\r\n".to_vec())] {
+        let mut conn = tokio::net::TcpStream::connect(https).await.unwrap();
+        conn.write_all(&first).await.unwrap();
+        let mut echoed = vec![0u8; first.len()];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            conn.read_exact(&mut echoed),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing came back"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(echoed, first, "{what}: relayed to the catch-all route");
+    }
+    let db_root = std::fs::read_to_string(&database.root).unwrap();
+    let reply = tls_get(https, "db.example.com", &db_root, &["http/1.1"], None, "/")
+        .await
+        .unwrap();
+    assert_eq!(reply.body, "secure hello");
+}

@@ -262,9 +262,10 @@ fn tls(buf: &[u8]) -> Sniffed<'_> {
     loop {
         if let Some(len) = message_len(&message) {
             if len + 2 * 5 > MAX_SNIFF {
-                // More than is read of any hello: TLS whose extensions
-                // cannot be seen (Envoy's `client_hello_too_large`).
-                return Sniffed::Tls(ClientHello::default());
+                // More than is read of any hello: no TLS that can be
+                // inspected, as Envoy's `tls_inspector` gives up on it
+                // (`client_hello_too_large`).
+                return Sniffed::Opaque;
             }
             if message.len() >= len {
                 message.truncate(len);
@@ -273,9 +274,7 @@ fn tls(buf: &[u8]) -> Sniffed<'_> {
         }
         match handshake_record(&mut records) {
             Ok(fragment) => message.extend_from_slice(fragment),
-            Err(Sniffed::NeedMore) if buf.len() >= MAX_SNIFF => {
-                return Sniffed::Tls(ClientHello::default());
-            }
+            Err(Sniffed::NeedMore) if buf.len() >= MAX_SNIFF => return Sniffed::Opaque,
             Err(undecided) => return undecided,
         }
     }
@@ -320,7 +319,13 @@ fn handshake_record<'a>(records: &mut Reader<'a>) -> Result<&'a [u8], Sniffed<'a
     records.take(length).ok_or(Sniffed::NeedMore)
 }
 
-/// The extensions of a ClientHello body; `None` when it is malformed.
+/// The extensions of a ClientHello body; `None` when it is malformed as a
+/// TLS server reads it before it looks at a name (BoringSSL's
+/// `ssl_client_hello_init` and `extract_sni`, which Envoy's
+/// `tls_inspector` runs: a hello they refuse is no TLS to it): bytes after
+/// the extensions, an extension sent twice, a `server_name` that is not
+/// exactly one non-empty `host_name` without NUL. A malformed ALPN list
+/// leaves the hello without ALPN, as `tls_inspector` drops it.
 fn client_hello(body: &[u8]) -> Option<ClientHello<'_>> {
     let mut r = Reader(body);
     r.take(2)?; // legacy_version
@@ -333,29 +338,58 @@ fn client_hello(body: &[u8]) -> Option<ClientHello<'_>> {
         return Some(hello); // no extensions (TLS 1.2 allows it)
     }
     let mut extensions = Reader(r.vec(2)?);
+    if !r.0.is_empty() {
+        return None;
+    }
+    let mut seen = [0u64; 1 << 10];
     while !extensions.0.is_empty() {
         let kind = extensions.u16()?;
         let data = extensions.vec(2)?;
+        let (word, bit) = (kind / 64, 1u64 << (kind % 64));
+        if seen[word] & bit != 0 {
+            return None;
+        }
+        seen[word] |= bit;
         match kind {
-            0 => hello.sni = server_name(data).map(Cow::Borrowed),
-            16 => hello.alpn_list = Some(Cow::Borrowed(Reader(data).vec(2)?)),
+            0 => hello.sni = Some(server_name(data)?),
+            16 => hello.alpn_list = alpn_list(data).map(Cow::Borrowed),
             _ => {}
         }
     }
     Some(hello)
 }
 
-/// The `host_name` entry of a `server_name` extension.
-fn server_name(data: &[u8]) -> Option<&str> {
-    let mut list = Reader(Reader(data).vec(2)?);
-    while !list.0.is_empty() {
-        let kind = list.u8()?;
-        let name = list.vec(2)?;
-        if kind == 0 {
-            return std::str::from_utf8(name).ok().filter(|n| !n.is_empty());
+/// The one `host_name` of a `server_name` extension (RFC 6066 §3, as
+/// BoringSSL takes it: one entry, no other name type, 1 to 255 bytes, no
+/// NUL); bytes that are no UTF-8 are kept as replacement characters, so a
+/// name still matches a wildcard on its other labels, as Envoy matches
+/// the raw name.
+fn server_name(data: &[u8]) -> Option<Cow<'_, str>> {
+    let mut extension = Reader(data);
+    let mut list = Reader(extension.vec(2)?);
+    let kind = list.u8()?;
+    let name = list.vec(2)?;
+    let one_host_name = extension.0.is_empty() && list.0.is_empty() && kind == 0;
+    (one_host_name && !name.is_empty() && name.len() <= 255 && !name.contains(&0))
+        .then(|| String::from_utf8_lossy(name))
+}
+
+/// The protocol list of an `application_layer_protocol_negotiation`
+/// extension when it is well formed (RFC 7301 §3.1: one list of non-empty
+/// names filling the extension), as Envoy's `tls_inspector` reads it.
+fn alpn_list(data: &[u8]) -> Option<&[u8]> {
+    let mut extension = Reader(data);
+    let list = extension.vec(2)?;
+    if !extension.0.is_empty() || list.is_empty() {
+        return None;
+    }
+    let mut names = Reader(list);
+    while !names.0.is_empty() {
+        if names.vec(1)?.is_empty() {
+            return None;
         }
     }
-    None
+    Some(list)
 }
 
 #[cfg(test)]
@@ -576,6 +610,99 @@ mod tests {
         }
     }
 
+    /// `sniffed` holding its own bytes.
+    fn owned(sniffed: Sniffed<'_>) -> Sniffed<'static> {
+        match sniffed {
+            Sniffed::Tls(hello) => Sniffed::Tls(ClientHello {
+                sni: hello.sni.map(|n| Cow::Owned(n.into_owned())),
+                alpn_list: hello.alpn_list.map(|l| Cow::Owned(l.into_owned())),
+            }),
+            Sniffed::NeedMore => Sniffed::NeedMore,
+            Sniffed::Http1 => Sniffed::Http1,
+            Sniffed::Http2 => Sniffed::Http2,
+            Sniffed::Opaque => Sniffed::Opaque,
+        }
+    }
+
+    /// Hellos BoringSSL refuses before it reads a name are no TLS to
+    /// Envoy's `tls_inspector`, nor here; a malformed ALPN list is dropped,
+    /// the hello kept.
+    #[test]
+    fn hellos_a_tls_server_refuses_are_opaque_and_bad_alpn_lists_dropped() {
+        let hello = |extensions: &[u8]| owned(sniff(&client_hello_record(extensions)));
+        let sni = sni_extension("db.example.com");
+        let twice = [sni.clone(), sni_extension("other.example.com")].concat();
+        assert_eq!(hello(&twice), Sniffed::Opaque, "server_name sent twice");
+        let padding = [0, 21, 0, 1, 0];
+        assert_eq!(
+            hello(&[&sni[..], &padding, &padding].concat()),
+            Sniffed::Opaque,
+            "padding sent twice"
+        );
+        let server_name = |entries: &[(u8, &[u8])]| {
+            let mut list = Vec::new();
+            for (kind, name) in entries {
+                list.push(*kind);
+                list.extend((name.len() as u16).to_be_bytes());
+                list.extend(*name);
+            }
+            let mut data = (list.len() as u16).to_be_bytes().to_vec();
+            data.extend(list);
+            let mut ext = vec![0, 0];
+            ext.extend((data.len() as u16).to_be_bytes());
+            ext.extend(data);
+            ext
+        };
+        for (entries, why) in [
+            (
+                &[(0, &b"db.example.com"[..]), (0, b"other.example.com")][..],
+                "two names",
+            ),
+            (
+                &[(1, &b"x"[..]), (0, b"db.example.com")],
+                "another name type first",
+            ),
+            (&[(0, &b""[..])], "an empty name"),
+            (&[(0, &b"db\0.example.com"[..])], "a NUL"),
+        ] {
+            assert_eq!(hello(&server_name(entries)), Sniffed::Opaque, "{why}");
+        }
+        let Sniffed::Tls(latin) = hello(&server_name(&[(0, b"\xffdb.example.com")])) else {
+            panic!("a name of no UTF-8 is still TLS");
+        };
+        assert_eq!(latin.sni.as_deref(), Some("\u{fffd}db.example.com"));
+        // Bytes after the extensions.
+        let mut trailing = client_hello_record(&sni);
+        trailing.push(0);
+        let len = u16::from_be_bytes([trailing[3], trailing[4]]) + 1;
+        trailing[3..5].copy_from_slice(&len.to_be_bytes());
+        let body = u32::from_be_bytes([0, trailing[6], trailing[7], trailing[8]]) + 1;
+        trailing[6..9].copy_from_slice(&body.to_be_bytes()[1..]);
+        assert_eq!(
+            sniff(&trailing),
+            Sniffed::Opaque,
+            "bytes after the extensions"
+        );
+        // ALPN lists with an empty name, or bytes after the list.
+        let alpn = |data: &[u8]| {
+            let mut ext = vec![0, 16];
+            ext.extend((data.len() as u16).to_be_bytes());
+            ext.extend(data);
+            let Sniffed::Tls(hello) = hello(&[&sni[..], &ext].concat()) else {
+                panic!("a bad ALPN list leaves a hello");
+            };
+            assert_eq!(hello.sni.as_deref(), Some("db.example.com"));
+            hello.alpn().map(<[u8]>::to_vec).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            alpn(&[0, 6, 5, b'i', b's', b't', b'i', b'o']),
+            [b"istio".to_vec()]
+        );
+        assert!(alpn(&[0, 7, 5, b'i', b's', b't', b'i', b'o', 0]).is_empty());
+        assert!(alpn(&[0, 6, 5, b'i', b's', b't', b'i', b'o', 9]).is_empty());
+        assert!(alpn(&[0, 0]).is_empty());
+    }
+
     /// `record`'s handshake message cut into records of `sizes` bytes
     /// (the last takes what is left).
     fn refragment(record: &[u8], sizes: &[usize]) -> Vec<u8> {
@@ -632,20 +759,26 @@ mod tests {
         let mut bad = wire.clone();
         bad[26] = 9;
         assert_eq!(sniff(&bad), Sniffed::Opaque);
-        // A hello declaring more than is ever read: TLS, nothing seen.
+        // A hello declaring more than is ever read: nothing to inspect.
         let mut huge = whole[..6].to_vec();
         huge.extend(&(MAX_SNIFF as u32).to_be_bytes()[1..]);
         huge[3..5].copy_from_slice(&20u16.to_be_bytes());
         huge.extend([0; 16]);
-        assert_eq!(sniff(&huge), Sniffed::Tls(ClientHello::default()));
-        // A buffer filled to the limit with the hello still incomplete.
-        let mut full = whole[..6].to_vec();
-        full.extend(&16_000u32.to_be_bytes()[1..]);
-        full[3..5].copy_from_slice(&(1u16 << 14).to_be_bytes());
-        full.resize(5 + (1 << 14), 0);
-        full.extend([0x16, 3, 1, 0, 200]);
-        full.resize(MAX_SNIFF, 0);
-        assert_eq!(sniff(&full), Sniffed::Tls(ClientHello::default()));
+        assert_eq!(sniff(&huge), Sniffed::Opaque);
+        // A buffer filled to the limit with the hello still incomplete: a
+        // 16,000-byte message, its first 8,000 bytes in one record, the
+        // rest in records of 100 (their headers fill the read).
+        let mut full = vec![0x16, 3, 1];
+        full.extend(8000u16.to_be_bytes());
+        full.push(1);
+        full.extend(&15_996u32.to_be_bytes()[1..]);
+        full.resize(5 + 8000, 0);
+        while full.len() < MAX_SNIFF {
+            full.extend([0x16, 3, 1, 0, 100]);
+            full.extend([0; 100]);
+        }
+        full.truncate(MAX_SNIFF);
+        assert_eq!(sniff(&full), Sniffed::Opaque);
         assert_eq!(sniff(&full[..MAX_SNIFF - 1]), Sniffed::NeedMore);
     }
 }

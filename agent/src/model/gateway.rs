@@ -249,8 +249,8 @@ impl L4Route {
 
 /// The route a forwarded connection with `sni` takes: the route naming it
 /// exactly, else the one with the longest `*.suffix` covering it, else the
-/// first route without SNI names (as Envoy's filter chains, one per TLS
-/// route, are matched).
+/// first route without SNI names or with `*` (as Envoy's filter chains, one
+/// per TLS route, are matched), whether or not the client sent a name.
 pub fn l4_route<'r>(routes: &'r [L4Route], sni: Option<&str>) -> Option<&'r L4Route> {
     if let Some(sni) = sni {
         let sni = sni.strip_suffix('.').unwrap_or(sni).to_ascii_lowercase();
@@ -263,7 +263,7 @@ pub fn l4_route<'r>(routes: &'r [L4Route], sni: Option<&str>) -> Option<&'r L4Ro
                 let best = r
                     .sni_hosts
                     .iter()
-                    .filter(|h| h.starts_with('*') && host_matches(h, &sni))
+                    .filter(|h| h.starts_with("*.") && host_matches(h, &sni))
                     .map(String::len)
                     .max()?;
                 Some((best, r))
@@ -273,7 +273,12 @@ pub fn l4_route<'r>(routes: &'r [L4Route], sni: Option<&str>) -> Option<&'r L4Ro
             return Some(route);
         }
     }
-    routes.iter().find(|r| r.sni_hosts.is_empty())
+    // `*` is rendered as a chain without `server_names` (Istio's
+    // `toFilterChainMatch`), as a route without `sniHosts`: it takes a
+    // connection that names nothing too.
+    routes
+        .iter()
+        .find(|r| r.sni_hosts.is_empty() || r.sni_hosts.iter().any(|h| h == "*"))
 }
 
 /// Istio's SNI for a cluster (`outbound_.9080_._.reviews.default.svc.cluster.local`),
@@ -337,6 +342,12 @@ mod tests {
         assert_eq!(pick(Some("db.example.com")), Some("db.example.com".into()));
         assert_eq!(pick(Some("web.example.com")), Some("*.example.com".into()));
         assert_eq!(pick(Some("other.org")), Some(String::new()));
+        // `*` is no server name at all: it takes a client naming none too.
+        let starred = vec![route(&["db.example.com"]), route(&["*"])];
+        let pick = |sni| l4_route(&starred, sni).map(|r| r.sni_hosts[0].clone());
+        assert_eq!(pick(None), Some("*".into()));
+        assert_eq!(pick(Some("web.example.com")), Some("*".into()));
+        assert_eq!(pick(Some("db.example.com")), Some("db.example.com".into()));
         assert_eq!(
             cluster_sni(9080, None, "reviews.default.svc.cluster.local"),
             "outbound_.9080_._.reviews.default.svc.cluster.local"

@@ -32,8 +32,10 @@ use crate::tls::handshake;
 use crate::tls::io::{DownstreamIo, MaybeTls};
 use crate::tls::material::is_mesh_alpn;
 
-/// Longest a client on a TLS port may take to send its ClientHello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client on a TLS port may take to send its ClientHello:
+/// Envoy's `listener_filters_timeout` default, which Istio leaves on its
+/// gateways (the connection is then closed).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Every gateway port's sockets, bound once per worker.
 pub struct GatewaySockets {
@@ -189,10 +191,16 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
         PortProtocol::Tls => {
             let (sni, alpn) = match detect(&stream, HELLO_TIMEOUT).await {
                 Ok(Detected::Tls { sni, alpn }) => (sni, alpn),
-                Ok(other) => {
-                    tracing::debug!(%peer, port = number, first = ?other, "not TLS on a TLS port; closed");
+                Ok(Detected::Opaque { timed_out: true }) => {
+                    tracing::debug!(%peer, port = number, "no ClientHello within {HELLO_TIMEOUT:?}; closed");
                     return;
                 }
+                // Not TLS (or a hello a TLS server refuses): the chain for
+                // no name takes it, as Envoy's chains (Istio sets no
+                // `transport_protocol` on a gateway's) take what
+                // `tls_inspector` did not find TLS in; a passthrough chain
+                // relays it, a terminating one fails its handshake.
+                Ok(_) => (None, Vec::new()),
                 Err(error) => {
                     tracing::debug!(%error, "gateway connection failed before its first bytes");
                     return;

@@ -983,23 +983,26 @@ async fn gateways_sharing_a_port_and_host_both_route_and_catch_alls_go_last() {
             "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {gateway}}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: [\"*\"]}}]\n"
         );
     }
-    let service = |name: &str, gateway: &str, rule: &str| {
+    let service = |name: &str, created: &str, gateway: &str, rule: &str| {
         format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [\"*\"]\n  gateways: [{gateway}]\n  http: [{rule}]\n"
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, creationTimestamp: \"{created}\"}}\nspec:\n  hosts: [\"*\"]\n  gateways: [{gateway}]\n  http: [{rule}]\n"
         )
     };
     yaml += &service(
         "bookinfo",
+        "2024-05-01T10:00:00Z",
         "bookinfo-gateway",
         "{match: [{uri: {prefix: /bookinfo}}], route: [{destination: {host: be1}}]}",
     );
     yaml += &service(
         "shop-old",
+        "2024-05-01T10:00:01Z",
         "shop-gateway",
         "{route: [{destination: {host: be2}}]}",
     );
     yaml += &service(
         "shop-new",
+        "2024-05-01T10:00:02Z",
         "shop-gateway",
         "{match: [{uri: {prefix: /special}}, {uri: {prefix: /}}], route: [{destination: {host: be3}}]}",
     );
@@ -1428,27 +1431,45 @@ spec:
 /// it covers, from the namespaces its hosts admit, as Istio's
 /// `pickMatchingGatewayHosts` keeps them: a VirtualService bound to the
 /// gateway for another host, or from a namespace the server does not
-/// admit, takes none of its connections. The first bound VirtualService's
-/// rule took every connection, whatever its hosts.
+/// admit, takes none of its connections; among those it takes, Istio's
+/// order decides (creation time, then name and namespace). The first
+/// bound VirtualService's rule took every connection, whatever its hosts,
+/// and the file's order decided between equals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tcp_server_takes_only_the_routes_of_the_hosts_it_serves() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = common::upstream::canned_server(b"db").await;
     let other = common::upstream::canned_server(b"other").await;
     let intruder = common::upstream::canned_server(b"intruder").await;
+    let late = common::upstream::canned_server(b"late").await;
     let mut yaml = bootstrap(&[31400], common::mesh::NO_COLLECTOR, "");
-    for (name, addr) in [("db", db), ("other", other), ("intruder", intruder)] {
+    let backends = [
+        ("db", db),
+        ("other", other),
+        ("intruder", intruder),
+        ("late", late),
+    ];
+    for (name, addr) in backends {
         yaml += &service_entry(name, 5432, "TCP", &[Ep { addr, labels: &[] }]);
     }
-    let route = |name: &str, namespace: &str, host: &str, gateway: &str| {
+    let route = |service: &str, name: &str, namespace: &str, host: &str, gateway: &str| {
         format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  hosts: [{host}]\n  gateways: [{gateway}]\n  tcp: [{{route: [{{destination: {{host: {name}.default.svc.cluster.local, port: {{number: 5432}}}}}}]}}]\n"
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  hosts: [{host}]\n  gateways: [{gateway}]\n  tcp: [{{route: [{{destination: {{host: {service}.default.svc.cluster.local, port: {{number: 5432}}}}}}]}}]\n"
         )
     };
-    // Oldest first: the two that must not route come before the one that must.
-    yaml += &route("other", "default", "other.example.com", "edge");
-    yaml += &route("intruder", "dev", "db.example.com", "default/edge");
-    yaml += &route("db", "default", "db.example.com", "edge");
+    // Istio's order (no creation times: by name, then namespace), not the
+    // file's: `c-late` comes after `b-db`; the two that must not route
+    // come before it.
+    yaml += &route("late", "c-late", "default", "db.example.com", "edge");
+    yaml += &route("other", "a-other", "default", "other.example.com", "edge");
+    yaml += &route(
+        "intruder",
+        "a-intruder",
+        "dev",
+        "db.example.com",
+        "default/edge",
+    );
+    yaml += &route("db", "b-db", "default", "db.example.com", "edge");
     yaml += r#"---
 apiVersion: networking.istio.io/v1
 kind: Gateway

@@ -498,29 +498,30 @@ struct IstioGateway<'a> {
     namespace: &'a str,
 }
 
-/// The VirtualServices bound to a gateway, oldest first, with their
-/// namespace.
+/// The VirtualServices bound to a gateway, in Istio's order
+/// (`sortConfigByCreationTime`: the oldest first, one without a time first
+/// of all, then by name and namespace), with their namespace.
 fn bound<'a>(
     services: &'a [Document<VirtualServiceSpec>],
     gateway: &str,
 ) -> Vec<(&'a Document<VirtualServiceSpec>, &'a str)> {
-    let mut list: Vec<(usize, &Document<VirtualServiceSpec>, &str)> = services
+    let mut list: Vec<(&Document<VirtualServiceSpec>, &str)> = services
         .iter()
-        .enumerate()
-        .filter_map(|(i, d)| {
+        .filter_map(|d| {
             let ns = d.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
             // As Istio indexes them: by the resource's `gateways`; a
             // match's own `gateways` narrow it further (`compile_match`).
             Binding::Gateway(gateway)
                 .admits(&d.spec.gateways, ns)
-                .then_some((i, d, ns))
+                .then_some((d, ns))
         })
         .collect();
-    list.sort_by(|a, b| {
-        super::gateway_api::age(&a.1.metadata, a.0)
-            .cmp(&super::gateway_api::age(&b.1.metadata, b.0))
+    list.sort_by(|(a, a_ns), (b, b_ns)| {
+        let key =
+            |d: &Document<VirtualServiceSpec>| (d.metadata.created_at(), d.metadata.name.clone());
+        key(a).cmp(&key(b)).then_with(|| a_ns.cmp(b_ns))
     });
-    list.into_iter().map(|(_, d, ns)| (d, ns)).collect()
+    list
 }
 
 fn istio_gateways(ctx: &Context<'_>, docs: &Documents, ports: &mut Ports, diags: &mut Diagnostics) {

@@ -1098,3 +1098,96 @@ async fn a_provider_service_gets_its_destination_rules_tls() {
     );
     assert!(failures >= 1.0, "{}", scrape.text);
 }
+
+/// A `jwksUri` key set is fetched when the config is put in force, before
+/// any token needs it, as istiod resolves it before the proxy serves, and
+/// a request arriving before the first fetch is answered waits for it, as
+/// Envoy's `remote_jwks` holds it: the first request with a valid token is
+/// served. The fetch waited for a first token, which got 401 `Jwks remote
+/// fetch is failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_remote_key_set_is_fetched_before_the_first_token() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Upstream::start("app").await;
+    let key = Signer::new("k1");
+    let jwks = json!({"keys": [key.jwk]}).to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_addr = listener.local_addr().unwrap();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counted = fetches.clone();
+    // The key set is answered only once the test says so.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let released = release.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            counted.fetch_add(1, Ordering::SeqCst);
+            released.notified().await;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                jwks.len()
+            );
+            let _ = stream.write_all(reply.as_bytes()).await;
+        }
+    });
+    let policies = format!(
+        r#"---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  jwtRules:
+  - issuer: {ISSUER}
+    jwksUri: "http://{jwks_addr}/jwks.json"
+"#
+    );
+    let agent = Agent::start(&workload(app.addr, NO_COLLECTOR, &policies));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fetches.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key set was not fetched when the config loaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The fetch is under way, unanswered: a token arriving now waits for
+    // its keys.
+    let token = key.token(&claims("reviews", 600, &[]));
+    let inbound = agent.inbound;
+    let first = tokio::spawn(async move {
+        Client::h1(inbound)
+            .get_with(
+                "http://reviews:9080/first",
+                &[("authorization", &format!("Bearer {token}"))],
+            )
+            .await
+    });
+    // Answered once the agent holds the request's connection: judged
+    // before the keys came, the request would be refused.
+    let inbound_open = [("listener", "inbound")];
+    while agent.metrics().await.sum(
+        "tracemesh_agent_downstream_connections_active",
+        &inbound_open,
+    ) < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    release.notify_one();
+    let reply = first.await.unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(app.count(), 1);
+}

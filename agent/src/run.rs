@@ -203,6 +203,7 @@ impl Plane {
         });
         let drain = snapshot.bootstrap.drain;
         let poolings = tokio::sync::watch::Sender::new(Arc::new(snapshot.poolings()));
+        snapshot.access.authn.start_key_fetches();
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(snapshot),
             metrics,

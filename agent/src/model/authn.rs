@@ -79,6 +79,27 @@ pub struct Authenticator {
     pub rules: Vec<JwtRule>,
 }
 
+impl Authenticator {
+    /// Starts fetching the key sets of the rules' `jwksUri`s in the
+    /// background (once per URI; a store a reload keeps is not fetched
+    /// again), for a config put in force: no token waits for a first fetch.
+    pub fn start_key_fetches(&self) {
+        for rule in &self.rules {
+            rule.keys.start();
+        }
+    }
+
+    /// Waits for the first fetch of each rule's remote key set that has
+    /// none yet (at once when every rule has its keys).
+    pub async fn keys_fetched(&self) {
+        for rule in &self.rules {
+            if !rule.keys.has_keys() {
+                rule.keys.first_fetch().await;
+            }
+        }
+    }
+}
+
 /// What the authenticator reads of a request.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthnRequest<'a> {
@@ -368,7 +389,6 @@ fn verify_with(
         return Err(reason::EXPIRED);
     }
     let Some(keys) = rule.keys.keys() else {
-        rule.keys.start();
         return Err(reason::NO_JWKS);
     };
     // ES512 is Envoy's but not the JWT library's: no key can verify it.

@@ -8,6 +8,7 @@
 //! (for tests and for keys mounted into the pod); `http://` and `https://`
 //! (the system's roots) are fetched with a 10s limit, at most 1 MiB.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -124,6 +125,10 @@ pub struct JwksStore {
     keys: ArcSwapOption<Vec<Key>>,
     last_error: ArcSwapOption<String>,
     started: std::sync::Once,
+    /// A first fetch has been answered (or failed).
+    attempted: AtomicBool,
+    /// Wakes the requests that wait for the first fetch.
+    first_fetch: tokio::sync::Notify,
 }
 
 impl JwksStore {
@@ -134,6 +139,8 @@ impl JwksStore {
             keys: ArcSwapOption::from_pointee(keys),
             last_error: ArcSwapOption::empty(),
             started: std::sync::Once::new(),
+            attempted: AtomicBool::new(true),
+            first_fetch: tokio::sync::Notify::new(),
         })
     }
 
@@ -144,12 +151,19 @@ impl JwksStore {
             keys: ArcSwapOption::empty(),
             last_error: ArcSwapOption::empty(),
             started: std::sync::Once::new(),
+            attempted: AtomicBool::new(false),
+            first_fetch: tokio::sync::Notify::new(),
         }
     }
 
     /// The keys in hand (none before a first successful fetch).
     pub fn keys(&self) -> Option<Arc<Vec<Key>>> {
         self.keys.load_full()
+    }
+
+    /// Whether any keys are in hand.
+    pub fn has_keys(&self) -> bool {
+        self.keys.load().is_some()
     }
 
     /// The URI fetched from, for a remote store.
@@ -179,6 +193,24 @@ impl JwksStore {
         });
     }
 
+    /// Waits until the first fetch of a remote store has been answered (at
+    /// most its fetch timeout), as Envoy's `remote_jwks` holds a request
+    /// until its keys come: a request arriving as the config is put in
+    /// force is judged by the keys, not refused for their absence. Returns
+    /// at once once any fetch has been answered, and for inline keys.
+    pub async fn first_fetch(&self) {
+        if self.attempted.load(Ordering::Acquire) {
+            return;
+        }
+        let notified = self.first_fetch.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if self.attempted.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = tokio::time::timeout(FETCH_TIMEOUT, notified).await;
+    }
+
     /// Fetches now and, on success, replaces the keys; on failure the
     /// previous keys stay and the error is kept (and returned).
     pub async fn refresh(&self) -> Result<usize, JwksError> {
@@ -194,7 +226,7 @@ impl JwksStore {
             reason,
         })
         .and_then(|text| parse_jwks(&text));
-        match fetched {
+        let answered = match fetched {
             Ok(keys) => {
                 let count = keys.len();
                 self.keys.store(Some(Arc::new(keys)));
@@ -206,7 +238,11 @@ impl JwksStore {
                 self.last_error.store(Some(Arc::new(error.to_string())));
                 Err(error)
             }
+        };
+        if !self.attempted.swap(true, Ordering::AcqRel) {
+            self.first_fetch.notify_waiters();
         }
+        answered
     }
 }
 

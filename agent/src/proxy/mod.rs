@@ -98,9 +98,12 @@ pub struct Shared {
 
 impl Shared {
     /// Puts `snapshot` in force: requests from now on read it, handshakes
-    /// its trust domains, and each worker's pool sweeper is told the
-    /// poolings it sets.
+    /// its trust domains, each worker's pool sweeper is told the poolings
+    /// it sets, and the key sets of its `jwksUri`s are fetched now (once
+    /// per URI; a reload keeps a store fetched), not when a first token
+    /// asks for them.
     pub fn install(&self, snapshot: Snapshot) {
+        snapshot.access.authn.start_key_fetches();
         let poolings = Arc::new(snapshot.poolings());
         let trust_domains = self.live.peer_trust_domains();
         if **trust_domains.load() != *snapshot.trust_domains {

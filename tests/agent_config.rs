@@ -136,6 +136,46 @@ async fn validate_reports_every_problem_without_starting() {
     assert!(out.contains("invalid (3 errors)"), "{out}");
 }
 
+/// Listeners sharing an address would both bind (every socket has
+/// SO_REUSEPORT) and split connections at random, as two agents sharing
+/// one did; an app at the inbound listener's own address would loop.
+/// Refused by name, as Envoy refuses two listeners on one address and the
+/// gateway refuses two ports on one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_sharing_an_address_are_refused() {
+    let app = closed_port().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let shared = format!("\"127.0.0.1:{port}\"");
+    let yaml = agent("productpage", app, NO_COLLECTOR)
+        .replacen("listen: \"127.0.0.1:0\"", &format!("listen: {shared}"), 2)
+        .replace(
+            "tcp: []",
+            &format!("tcp: [{{listen: \"0.0.0.0:{port}\", host: db, port: 5432}}]"),
+        );
+    let (ok, out) = validate(&yaml);
+    assert!(!ok, "{out}");
+    for field in ["spec.outbound.listen", "spec.outbound.tcp[0].listen"] {
+        assert!(
+            out.contains(&format!("{field}: "))
+                && out.contains("is also spec.inbound.listen's address"),
+            "{field}: {out}"
+        );
+    }
+    let looped = agent("productpage", app, NO_COLLECTOR)
+        .replacen("listen: \"127.0.0.1:0\"", &format!("listen: {shared}"), 1)
+        .replace(&format!("app: \"{app}\""), &format!("app: {shared}"));
+    let (ok, out) = validate(&looped);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("spec.inbound.app: ") && out.contains("the inbound listener's own address"),
+        "{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_normalization_takes_istios_names() {
     let app = closed_port().await;

@@ -240,6 +240,17 @@ pub(super) fn compile(
         .enumerate()
         .map(|(i, l)| addr(&format!("spec.outbound.tcp[{i}].listen"), &l.listen))
         .collect();
+    listeners_apart(
+        &[
+            ("spec.inbound.listen", inbound),
+            ("spec.outbound.listen", outbound),
+            ("spec.admin.listen", admin),
+        ],
+        &outbound_tcp,
+        app,
+        loc,
+        diags,
+    );
     let app_protocol = Protocol::parse(&spec.inbound.app_protocol).filter(|p| *p != Protocol::Auto);
     if app_protocol.is_none() {
         let msg = "must be HTTP, HTTP2, GRPC or TCP";
@@ -459,6 +470,60 @@ fn identity(
         peer_metadata,
         peer_metadata_id,
         workload,
+    }
+}
+
+/// Two listen addresses that would take the same connections: the same
+/// port on the same address, or on a wildcard address and any other.
+/// Port 0 (any free port) gives each its own.
+pub(super) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Refuses listeners that share an address (every socket is bound with
+/// SO_REUSEPORT, so both would bind and the kernel would split
+/// connections between them at random, as Envoy refuses two listeners on
+/// one address), and an app reached at the inbound listener's own address
+/// (each request would come back to the agent). Names the later field.
+fn listeners_apart(
+    fixed: &[(&str, Option<SocketAddr>)],
+    tcp: &[Option<SocketAddr>],
+    app: Option<SocketAddr>,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) {
+    let tcp_fields: Vec<String> = (0..tcp.len())
+        .map(|i| format!("spec.outbound.tcp[{i}].listen"))
+        .collect();
+    let all: Vec<(&str, SocketAddr)> = fixed
+        .iter()
+        .copied()
+        .chain(
+            tcp_fields
+                .iter()
+                .map(String::as_str)
+                .zip(tcp.iter().copied()),
+        )
+        .filter_map(|(field, addr)| Some((field, addr?)))
+        .collect();
+    for (i, (field, addr)) in all.iter().enumerate() {
+        if let Some((earlier, _)) = all[..i].iter().find(|(_, a)| overlaps(*a, *addr)) {
+            let msg = format!(
+                "{addr} is also {earlier}'s address: both would bind (SO_REUSEPORT) and the kernel would split connections between them at random"
+            );
+            diags.error(loc, Some((*field).to_owned()), msg);
+        }
+    }
+    let inbound = fixed.first().and_then(|(_, addr)| *addr);
+    if let (Some(app), Some(inbound)) = (app, inbound)
+        && overlaps(inbound, app)
+    {
+        let msg = format!(
+            "{app} is the inbound listener's own address: every request would come back to the agent"
+        );
+        diags.error(loc, Some("spec.inbound.app".into()), msg);
     }
 }
 

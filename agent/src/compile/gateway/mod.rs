@@ -286,7 +286,10 @@ impl Ports {
             // on one address would both bind and the kernel would split
             // connections between their chains: refused, as Envoy refuses
             // two listeners on one address.
-            if let Some((_, other)) = bound.iter().find(|(addr, _)| overlaps(*addr, listen)) {
+            if let Some((_, other)) = bound
+                .iter()
+                .find(|(addr, _)| super::bootstrap::overlaps(*addr, listen))
+            {
                 let field = entry.map_or_else(
                     || "spec.listeners".to_owned(),
                     |i| format!("spec.listeners[{i}].listen"),
@@ -405,15 +408,6 @@ fn is_catch_all(m: &RouteMatch) -> bool {
         && m.method.is_none()
         && m.scheme.is_none()
         && m.authority.is_none()
-}
-
-/// Two listen addresses that would take the same connections: the same
-/// port on the same address, or on a wildcard address and any other.
-/// Port 0 (any free port) gives each its own.
-fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Two chains of a port answering one SNI name: the first keeps it (Envoy

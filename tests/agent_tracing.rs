@@ -137,6 +137,16 @@ async fn an_incoming_traceparent_continues_its_trace() {
     );
     assert_eq!(client.service, "frontend");
     assert_eq!(server.service, "backend");
+    // Istio's span tags (`enableIstioTags`), on the resource.
+    for (key, value) in [
+        ("istio.canonical_service", "backend"),
+        ("istio.canonical_revision", "v1"),
+        ("istio.namespace", "default"),
+        ("istio.mesh_id", "cluster.local"),
+        ("istio.cluster_id", "Kubernetes"),
+    ] {
+        assert_eq!(server.resource_attr(key).as_deref(), Some(value), "{key}");
+    }
 
     assert_eq!(client.attr("http.request.method").as_deref(), Some("GET"));
     assert_eq!(client.attr("url.path").as_deref(), Some("/orders"));

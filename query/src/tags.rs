@@ -17,9 +17,10 @@ use tracemesh_collector::store::{Condition, SpanQuery};
 use crate::error::QueryError;
 use crate::jaeger::model::kind_from_name;
 
-/// Attribute names that mean the same thing, the first being the one
-/// tracemesh's agent writes (OpenTelemetry's current HTTP conventions or
-/// `tracemesh.*`), the rest what Istio, Envoy, Zipkin and older
+/// Attribute names that mean the same thing, the first being
+/// OpenTelemetry's current HTTP conventions' name or `tracemesh.*`, which
+/// tracemesh's agent writes (all but `url.full`: its spans carry the URL in
+/// parts), the rest what Istio, Envoy, Zipkin and older
 /// OpenTelemetry instrumentation call it. A search by any name of a group
 /// matches every name of it. docs/query.md shows this table.
 pub const ALIASES: &[&[&str]] = &[

@@ -19,6 +19,8 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 pub struct ReceivedSpan {
     /// `service.name` of the resource.
     pub service: String,
+    /// The resource's attributes.
+    pub resource: Vec<KeyValue>,
     /// The span.
     pub span: Span,
 }
@@ -42,6 +44,11 @@ impl ReceivedSpan {
     /// A string or int attribute, rendered as text.
     pub fn attr(&self, key: &str) -> Option<String> {
         attr(&self.span.attributes, key)
+    }
+
+    /// A string or int attribute of the span's resource, rendered as text.
+    pub fn resource_attr(&self, key: &str) -> Option<String> {
+        attr(&self.resource, key)
     }
 }
 
@@ -73,15 +80,13 @@ impl Sink {
     fn keep(&self, request: ExportTraceServiceRequest) {
         let mut spans = self.spans.lock().unwrap();
         for rs in request.resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .and_then(|r| attr(&r.attributes, "service.name"))
-                .unwrap_or_default();
+            let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
+            let service = attr(&resource, "service.name").unwrap_or_default();
             for ss in rs.scope_spans {
                 for span in ss.spans {
                     spans.push(ReceivedSpan {
                         service: service.clone(),
+                        resource: resource.clone(),
                         span,
                     });
                 }

@@ -363,7 +363,15 @@ fn source(
         || !raw.trust_domains.is_empty()
         || !raw.not_trust_domains.is_empty();
     if identity && !has_identity {
-        let msg = "principals, namespaces, serviceAccounts and trustDomains come from mTLS peer certificates; without spec.identity they never match";
+        let negated = !raw.not_principals.is_empty()
+            || !raw.not_namespaces.is_empty()
+            || !raw.not_service_accounts.is_empty()
+            || !raw.not_trust_domains.is_empty();
+        let msg = if negated {
+            "principals, namespaces, serviceAccounts and trustDomains come from mTLS peer certificates; without spec.identity no caller has one: the listed values never match, and the not* fields match every caller"
+        } else {
+            "principals, namespaces, serviceAccounts and trustDomains come from mTLS peer certificates; without spec.identity they never match"
+        };
         diags.warn(loc, Some(field.to_owned()), msg);
     }
     let principals = principal_values(raw, field, loc, trust_domains, diags);
@@ -836,6 +844,39 @@ mod tests {
     use crate::compile::compile_text;
     use crate::model::authz::{ConditionKey, Pattern, PseudoHeader};
     use crate::model::live::LiveState;
+
+    /// Without an identity no caller has a certificate: a DENY on
+    /// `notNamespaces` then refuses everyone (as Istio's does), and the
+    /// warning says so instead of calling the field harmless.
+    #[test]
+    fn the_identity_warning_says_what_not_fields_match_without_mtls() {
+        let yaml = r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: httpbin-v1, namespace: foo}
+spec: {service: httpbin, labels: {app: httpbin}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-others, namespace: foo}
+spec:
+  action: DENY
+  rules: [{from: [{source: {notNamespaces: [foo]}}]}]
+"#;
+        let file: Arc<str> = Arc::from("mesh.yaml");
+        let compiled =
+            compile_text(&file, yaml, 1, &LiveState::default()).unwrap_or_else(|e| panic!("{e}"));
+        let warnings: Vec<String> = compiled
+            .diagnostics
+            .warnings()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("the not* fields match every caller")),
+            "{warnings:?}"
+        );
+    }
 
     /// `serviceAccounts` and `trustDomains` narrow an ALLOW rule as
     /// principals do; ignoring them would let every caller in.

@@ -505,7 +505,11 @@ pub struct SpanCounterHandles {
 }
 
 /// `service.name` is the canonical service (`reviews`), as Jaeger and Tempo
-/// users expect; namespace, version and workload ride alongside.
+/// users expect; namespace, version and workload ride alongside, with the
+/// tags Istio's `enableIstioTags` puts on every span (`istio.*`: the
+/// canonical service and revision, the namespace, the mesh id — the trust
+/// domain, Istio's default — and the cluster id), here once per batch, not
+/// per span; the query searches them as span tags.
 pub(crate) fn resource(identity: &Identity) -> Resource {
     Resource::builder()
         .with_service_name(identity.canonical_service.clone())
@@ -515,6 +519,17 @@ pub(crate) fn resource(identity: &Identity) -> Resource {
             KeyValue::new("service.instance.id", identity.workload.clone()),
             KeyValue::new("k8s.namespace.name", identity.namespace.clone()),
             KeyValue::new("tracemesh.workload", identity.workload.clone()),
+            KeyValue::new(
+                "istio.canonical_service",
+                identity.canonical_service.clone(),
+            ),
+            KeyValue::new(
+                "istio.canonical_revision",
+                identity.canonical_revision.clone(),
+            ),
+            KeyValue::new("istio.namespace", identity.namespace.clone()),
+            KeyValue::new("istio.mesh_id", identity.spiffe.trust_domain.clone()),
+            KeyValue::new("istio.cluster_id", identity.cluster_id.clone()),
         ])
         .build()
 }

@@ -362,6 +362,28 @@ impl CollectorConfig {
 mod tests {
     use super::*;
 
+    /// The example the README points to names every setting with its
+    /// default: it parses (no unknown key) into exactly the defaults.
+    #[test]
+    fn the_example_file_is_every_default() {
+        let text = include_str!("../../examples/collector.yaml");
+        let example = CollectorConfig::from_yaml(text).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            format!("{example:?}"),
+            format!("{:?}", CollectorConfig::default())
+        );
+        let exporter = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# exporters:"))
+            .skip(1)
+            .map(|l| l.trim_start_matches('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let commented = CollectorConfig::from_yaml(&format!("exporters:\n{exporter}"))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(commented.exporters.len(), 1);
+    }
+
     #[test]
     fn yaml_overrides_defaults_and_rejects_unknown_fields() {
         let config = CollectorConfig::from_yaml(

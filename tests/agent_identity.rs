@@ -1109,7 +1109,7 @@ async fn a_provider_service_gets_its_destination_rules_tls() {
 async fn a_remote_key_set_is_fetched_before_the_first_token() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let app = Upstream::start("app").await;
     let key = Signer::new("k1");
     let jwks = json!({"keys": [key.jwk]}).to_string();
@@ -1122,14 +1122,7 @@ async fn a_remote_key_set_is_fetched_before_the_first_token() {
     let released = release.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                    break;
-                }
-                head.push(byte[0]);
-            }
+            common::upstream::read_head(&mut stream).await;
             counted.fetch_add(1, Ordering::SeqCst);
             released.notified().await;
             let reply = format!(

@@ -399,25 +399,34 @@ fn stream_response(total: u64) -> Response<Body> {
 /// `answer` as it is and closes: a peer that speaks HTTP as no library
 /// would (HTTP/1.0, contradictory framing).
 pub async fn canned_server(answer: &'static [u8]) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
+                if read_head(&mut stream).await.is_some() {
+                    let _ = stream.write_all(answer).await;
                 }
-                let _ = stream.write_all(answer).await;
             });
         }
     });
     addr
+}
+
+/// Reads one request head, byte by byte up to its blank line (nothing of
+/// what follows); `None` when the connection ends first.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(head)
 }
 
 /// A server that reads a request and closes the connection without answering.

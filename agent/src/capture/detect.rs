@@ -34,8 +34,11 @@ pub enum Detected {
 }
 
 impl Detected {
-    fn from_sniffed(sniffed: Sniffed<'_>, timed_out: bool) -> Self {
-        match sniffed {
+    /// What `sniffed` says; a ClientHello too large to inspect is an
+    /// [`io::ErrorKind::InvalidData`] error, for the caller to close the
+    /// connection as Envoy's `tls_inspector` closes it.
+    fn from_sniffed(sniffed: Sniffed<'_>, timed_out: bool) -> io::Result<Self> {
+        Ok(match sniffed {
             Sniffed::Http1 => Detected::Http1,
             Sniffed::Http2 => Detected::Http2,
             Sniffed::Tls(hello) => Detected::Tls {
@@ -46,7 +49,13 @@ impl Detected {
                     .collect(),
             },
             Sniffed::NeedMore | Sniffed::Opaque => Detected::Opaque { timed_out },
-        }
+            Sniffed::TooLarge => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a ClientHello longer than the {MAX_SNIFF} bytes read of it"),
+                ));
+            }
+        })
     }
 }
 
@@ -122,7 +131,7 @@ async fn detect_with(
                 Sniffed::NeedMore => Sniffed::Opaque,
                 decided => decided,
             };
-            Ok(Detected::from_sniffed(sniffed, true))
+            Detected::from_sniffed(sniffed, true)
         }
     }
 }
@@ -162,7 +171,7 @@ async fn peek_until_decided(
             sniffed => sniffed,
         };
         if sniffed != Sniffed::NeedMore {
-            return Ok(Detected::from_sniffed(sniffed, false));
+            return Detected::from_sniffed(sniffed, false);
         }
     }
 }

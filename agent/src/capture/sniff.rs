@@ -29,6 +29,9 @@ pub enum Sniffed<'a> {
     Http2,
     /// A TLS ClientHello.
     Tls(ClientHello<'a>),
+    /// A ClientHello longer than is read of any ([`MAX_SNIFF`]): Envoy's
+    /// `tls_inspector` closes such a connection (`client_hello_too_large`).
+    TooLarge,
     /// Anything else: proxied as bytes.
     Opaque,
 }
@@ -237,7 +240,10 @@ impl<'a> Reader<'a> {
 
 /// A TLS record carrying a ClientHello (RFC 8446 §4.1.2, §5.1), or the
 /// first of the records it is fragmented over (§5.1: a handshake message
-/// may span records), which are then reassembled as a TLS server does.
+/// may span records), which are then reassembled as a TLS server does —
+/// copied once, when the whole message is there. Handshake bytes after the
+/// hello in its last record are refused, as BoringSSL refuses them
+/// (`has_unprocessed_handshake_data`).
 fn tls(buf: &[u8]) -> Sniffed<'_> {
     let mut records = Reader(buf);
     let first = match handshake_record(&mut records) {
@@ -253,28 +259,48 @@ fn tls(buf: &[u8]) -> Sniffed<'_> {
         return Sniffed::Opaque;
     }
     if let Some(len) = message_len(first).filter(|&len| len <= first.len()) {
-        return match client_hello(&first[4..len]) {
+        return match client_hello(&first[4..len]).filter(|_| len == first.len()) {
             Some(hello) => Sniffed::Tls(hello),
             None => Sniffed::Opaque,
         };
     }
-    let mut message = first.to_vec();
-    loop {
-        if let Some(len) = message_len(&message) {
+    // Walk the further records until the message is whole, copying only
+    // its 4-byte header: a client sending a byte at a time is sniffed
+    // again at each, and must not be copied each time.
+    let rest = records.0;
+    let mut header = [0u8; 4];
+    let mut have = 0;
+    let mut total = 0;
+    let mut walk = Reader(rest);
+    let mut fragment = first;
+    let len = loop {
+        let take = fragment.len().min(4 - have);
+        header[have..have + take].copy_from_slice(&fragment[..take]);
+        have += take;
+        total += fragment.len();
+        if let Some(len) = message_len(&header[..have]) {
             if len + 2 * 5 > MAX_SNIFF {
-                // More than is read of any hello: no TLS that can be
-                // inspected, as Envoy's `tls_inspector` gives up on it
-                // (`client_hello_too_large`).
-                return Sniffed::Opaque;
+                return Sniffed::TooLarge;
             }
-            if message.len() >= len {
-                message.truncate(len);
-                break;
+            if total >= len {
+                break len;
             }
         }
-        match handshake_record(&mut records) {
+        fragment = match handshake_record(&mut walk) {
+            Ok(fragment) => fragment,
+            Err(Sniffed::NeedMore) if buf.len() >= MAX_SNIFF => return Sniffed::TooLarge,
+            Err(undecided) => return undecided,
+        };
+    };
+    if total != len {
+        return Sniffed::Opaque;
+    }
+    let mut message = Vec::with_capacity(len);
+    message.extend_from_slice(first);
+    let mut again = Reader(rest);
+    while message.len() < len {
+        match handshake_record(&mut again) {
             Ok(fragment) => message.extend_from_slice(fragment),
-            Err(Sniffed::NeedMore) if buf.len() >= MAX_SNIFF => return Sniffed::Opaque,
             Err(undecided) => return undecided,
         }
     }
@@ -319,20 +345,32 @@ fn handshake_record<'a>(records: &mut Reader<'a>) -> Result<&'a [u8], Sniffed<'a
     records.take(length).ok_or(Sniffed::NeedMore)
 }
 
-/// The extensions of a ClientHello body; `None` when it is malformed as a
-/// TLS server reads it before it looks at a name (BoringSSL's
-/// `ssl_client_hello_init` and `extract_sni`, which Envoy's
-/// `tls_inspector` runs: a hello they refuse is no TLS to it): bytes after
-/// the extensions, an extension sent twice, a `server_name` that is not
-/// exactly one non-empty `host_name` without NUL. A malformed ALPN list
+/// The extensions of a ClientHello body; `None` when it is malformed in a
+/// way BoringSSL refuses before Envoy's `tls_inspector` sees a name (a
+/// hello it refuses is no TLS to the inspector): a session id over 32
+/// bytes, no or an odd count of cipher suite bytes, no null compression,
+/// bytes after the extensions, an extension sent twice, a `server_name`
+/// that is not exactly one non-empty `host_name` without NUL. Not checked
+/// here: the content of other extensions (`supported_versions`,
+/// `supported_groups`…), which BoringSSL parses too. A malformed ALPN list
 /// leaves the hello without ALPN, as `tls_inspector` drops it.
 fn client_hello(body: &[u8]) -> Option<ClientHello<'_>> {
     let mut r = Reader(body);
     r.take(2)?; // legacy_version
     r.take(32)?; // random
-    r.vec(1)?; // legacy_session_id
-    r.vec(2)?; // cipher_suites
-    r.vec(1)?; // legacy_compression_methods
+    // BoringSSL's `ssl_parse_client_hello_with_trailing_data`: a session
+    // id of at most 32 bytes, cipher suites in pairs (at least one), and
+    // the null compression method offered.
+    let session_id = r.vec(1)?;
+    let cipher_suites = r.vec(2)?;
+    let compression = r.vec(1)?;
+    if session_id.len() > 32
+        || cipher_suites.is_empty()
+        || cipher_suites.len() % 2 != 0
+        || !compression.contains(&0)
+    {
+        return None;
+    }
     let mut hello = ClientHello::default();
     if r.0.is_empty() {
         return Some(hello); // no extensions (TLS 1.2 allows it)
@@ -621,6 +659,7 @@ mod tests {
             Sniffed::Http1 => Sniffed::Http1,
             Sniffed::Http2 => Sniffed::Http2,
             Sniffed::Opaque => Sniffed::Opaque,
+            Sniffed::TooLarge => Sniffed::TooLarge,
         }
     }
 
@@ -701,6 +740,50 @@ mod tests {
         assert!(alpn(&[0, 7, 5, b'i', b's', b't', b'i', b'o', 0]).is_empty());
         assert!(alpn(&[0, 6, 5, b'i', b's', b't', b'i', b'o', 9]).is_empty());
         assert!(alpn(&[0, 0]).is_empty());
+        // The hello's fixed fields, as BoringSSL reads them.
+        let record_of = |session: usize, suites: &[u8], compression: &[u8]| {
+            let mut body = vec![3, 3];
+            body.extend([7u8; 32]);
+            body.push(session as u8);
+            body.extend(vec![1u8; session]);
+            body.extend((suites.len() as u16).to_be_bytes());
+            body.extend(suites);
+            body.push(compression.len() as u8);
+            body.extend(compression);
+            body.extend((sni.len() as u16).to_be_bytes());
+            body.extend(&sni);
+            let mut handshake = vec![1];
+            handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+            handshake.extend(body);
+            let mut record = vec![0x16, 3, 1];
+            record.extend((handshake.len() as u16).to_be_bytes());
+            record.extend(handshake);
+            record
+        };
+        assert!(matches!(
+            sniff(&record_of(32, &[0x13, 1], &[0])),
+            Sniffed::Tls(_)
+        ));
+        for (record, why) in [
+            (
+                record_of(33, &[0x13, 1], &[0]),
+                "a session id over 32 bytes",
+            ),
+            (
+                record_of(0, &[0x13, 1, 0x13], &[0]),
+                "an odd cipher suite list",
+            ),
+            (record_of(0, &[], &[0]), "no cipher suite"),
+            (record_of(0, &[0x13, 1], &[1]), "no null compression"),
+        ] {
+            assert_eq!(sniff(&record), Sniffed::Opaque, "{why}");
+        }
+        // A handshake byte after the hello in its record.
+        let mut after = client_hello_record(&sni);
+        after.push(0);
+        let len = u16::from_be_bytes([after[3], after[4]]) + 1;
+        after[3..5].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(sniff(&after), Sniffed::Opaque, "bytes after the hello");
     }
 
     /// `record`'s handshake message cut into records of `sizes` bytes
@@ -759,12 +842,12 @@ mod tests {
         let mut bad = wire.clone();
         bad[26] = 9;
         assert_eq!(sniff(&bad), Sniffed::Opaque);
-        // A hello declaring more than is ever read: nothing to inspect.
+        // A hello declaring more than is ever read: too large to inspect.
         let mut huge = whole[..6].to_vec();
         huge.extend(&(MAX_SNIFF as u32).to_be_bytes()[1..]);
         huge[3..5].copy_from_slice(&20u16.to_be_bytes());
         huge.extend([0; 16]);
-        assert_eq!(sniff(&huge), Sniffed::Opaque);
+        assert_eq!(sniff(&huge), Sniffed::TooLarge);
         // A buffer filled to the limit with the hello still incomplete: a
         // 16,000-byte message, its first 8,000 bytes in one record, the
         // rest in records of 100 (their headers fill the read).
@@ -778,7 +861,7 @@ mod tests {
             full.extend([0; 100]);
         }
         full.truncate(MAX_SNIFF);
-        assert_eq!(sniff(&full), Sniffed::Opaque);
+        assert_eq!(sniff(&full), Sniffed::TooLarge);
         assert_eq!(sniff(&full[..MAX_SNIFF - 1]), Sniffed::NeedMore);
     }
 }

@@ -19,7 +19,7 @@ use super::drain::Phase;
 use super::server::{Connection, WorkerHandle, accept, run_local, spawn_threads, to_tokio};
 use super::tcp::{self, TcpTarget};
 use super::{Direction, Downstream, GatewayConn, Shared, Worker};
-use crate::capture::detect::{Detected, detect};
+use crate::capture::detect::{Detected, detect_tls};
 use crate::model::balancer::PickInput;
 use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
@@ -189,7 +189,7 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
             }
         }
         PortProtocol::Tls => {
-            let (sni, alpn) = match detect(&stream, HELLO_TIMEOUT).await {
+            let (sni, alpn) = match detect_tls(&stream, HELLO_TIMEOUT).await {
                 Ok(Detected::Tls { sni, alpn }) => (sni, alpn),
                 Ok(Detected::Opaque { timed_out: true }) => {
                     tracing::debug!(%peer, port = number, "no ClientHello within {HELLO_TIMEOUT:?}; closed");

@@ -85,7 +85,7 @@ pub(super) fn authenticator(
                 diags.warn(
                     loc,
                     Some(format!("{field}.timeout")),
-                    "accepted but not enforced yet (key sets are fetched with a 10s limit)",
+                    "accepted but not enforced yet (key sets are fetched with a 10s limit, and a token waits at most 5s (Istio's default) for its set's first fetch)",
                 );
             }
             if !applies {

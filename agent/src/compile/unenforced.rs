@@ -226,7 +226,7 @@ pub const FIELDS: &[Field] = &[
     compiler_warns(
         RA,
         "spec.jwtRules[*].timeout",
-        "key sets are fetched with a 10s limit",
+        "key sets are fetched with a 10s limit, and a token waits at most 5s (Istio's default) for its set's first fetch",
     ),
     enforced(TM, "spec.selector"),
     compiler_warns(
@@ -250,7 +250,7 @@ pub const FIELDS: &[Field] = &[
     warned(
         TM,
         "spec.tracing[*].enableIstioTags",
-        "the agent's span attributes are always set",
+        "Istio's `istio.canonical_service`, `istio.canonical_revision`, `istio.namespace`, `istio.mesh_id` and `istio.cluster_id` are always set, on each span's resource, which the query searches as span tags",
     ),
     warned(
         TM,

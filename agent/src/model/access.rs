@@ -139,7 +139,7 @@ impl AccessControl {
         let authenticated = if is_cors_preflight(input.method, authn.headers) {
             Ok(None)
         } else {
-            self.authn.keys_fetched().await;
+            self.authn.keys_fetched(authn).await;
             self.authn.authenticate(authn)
         };
         let auth = match authenticated {

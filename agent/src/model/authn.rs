@@ -89,11 +89,14 @@ impl Authenticator {
         }
     }
 
-    /// Waits for the first fetch of each rule's remote key set that has
-    /// none yet (at once when every rule has its keys).
-    pub async fn keys_fetched(&self) {
+    /// Waits for the first fetch of each remote key set that has none yet
+    /// and that `request` carries a token for (at a location its rule
+    /// reads): a request without one never waits, and none waits once
+    /// every rule has its keys.
+    pub async fn keys_fetched(&self, request: &AuthnRequest<'_>) {
         for rule in &self.rules {
-            if !rule.keys.has_keys() {
+            if !rule.keys.has_keys() && rule.locations.iter().any(|l| tokens(request, l).is_some())
+            {
                 rule.keys.first_fetch().await;
             }
         }

@@ -1,10 +1,12 @@
 //! JSON Web Key Sets: inline (`jwks`) or fetched from `jwksUri` and kept
-//! fresh in the background, as istiod and Envoy keep them. A request never
-//! waits for a fetch: it reads the keys in hand (one atomic load). The first
-//! fetch starts when the config loads; after that the set is refreshed every
-//! [`REFRESH`], and a failed fetch is retried (1s, doubling to 60s) while the
-//! previous keys stay in force. Until a first fetch succeeds, tokens fail
-//! with Envoy's `Jwks remote fetch is failed`. `file://` URIs read a file
+//! fresh in the background, as istiod and Envoy keep them. The first fetch
+//! starts when a config is put in force; after that the set is refreshed
+//! every [`REFRESH`], and a failed fetch is retried (1s, doubling to 60s)
+//! while the previous keys stay in force. A request reads the keys in hand
+//! (one atomic load); only one carrying a token for a set whose first fetch
+//! is still unanswered waits for it, at most [`FIRST_FETCH_WAIT`], as
+//! Envoy's `remote_jwks` holds it. While no fetch has succeeded, tokens
+//! fail with Envoy's `Jwks remote fetch is failed`. `file://` URIs read a file
 //! (for tests and for keys mounted into the pod); `http://` and `https://`
 //! (the system's roots) are fetched with a 10s limit, at most 1 MiB.
 
@@ -20,6 +22,9 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 pub const REFRESH: Duration = Duration::from_secs(300);
 /// Longest one fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a request with a token waits for its key set's first fetch:
+/// Istio's `jwtRules.timeout` default.
+pub const FIRST_FETCH_WAIT: Duration = Duration::from_secs(5);
 /// Largest key set read.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
@@ -189,15 +194,24 @@ impl JwksStore {
                 .spawn(move || refresh_loop(weak));
             if let Err(error) = spawned {
                 tracing::error!(%error, "cannot start the JWKS refresher");
+                self.gave_up();
             }
         });
     }
 
+    /// No fetch will come: nobody waits for one.
+    fn gave_up(&self) {
+        if !self.attempted.swap(true, Ordering::AcqRel) {
+            self.first_fetch.notify_waiters();
+        }
+    }
+
     /// Waits until the first fetch of a remote store has been answered (at
-    /// most its fetch timeout), as Envoy's `remote_jwks` holds a request
-    /// until its keys come: a request arriving as the config is put in
-    /// force is judged by the keys, not refused for their absence. Returns
-    /// at once once any fetch has been answered, and for inline keys.
+    /// most [`FIRST_FETCH_WAIT`]), as Envoy's `remote_jwks` holds a request
+    /// until its keys come: a token arriving as the config is put in force
+    /// is judged by the keys, not refused for their absence. Returns at
+    /// once once any fetch has been answered (or could not be started), and
+    /// for inline keys.
     pub async fn first_fetch(&self) {
         if self.attempted.load(Ordering::Acquire) {
             return;
@@ -208,7 +222,7 @@ impl JwksStore {
         if self.attempted.load(Ordering::Acquire) {
             return;
         }
-        let _ = tokio::time::timeout(FETCH_TIMEOUT, notified).await;
+        let _ = tokio::time::timeout(FIRST_FETCH_WAIT, notified).await;
     }
 
     /// Fetches now and, on success, replaces the keys; on failure the
@@ -239,9 +253,7 @@ impl JwksStore {
                 Err(error)
             }
         };
-        if !self.attempted.swap(true, Ordering::AcqRel) {
-            self.first_fetch.notify_waiters();
-        }
+        self.gave_up();
         answered
     }
 }
@@ -252,6 +264,9 @@ fn refresh_loop(store: Weak<JwksStore>) {
         .build()
     else {
         tracing::error!("cannot start the JWKS refresher's runtime");
+        if let Some(store) = store.upgrade() {
+            store.gave_up();
+        }
         return;
     };
     runtime.block_on(async move {

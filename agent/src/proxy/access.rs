@@ -64,7 +64,8 @@ pub fn remote_ip(
 /// (a bad token is 401), CUSTOM (the external authorizer, asked only when a
 /// CUSTOM policy matches, with `body` read ahead first when its provider
 /// includes the body), DENY, ALLOW; AUDIT is recorded. The future awaits
-/// only when it asks an external authorizer.
+/// only when it asks an external authorizer, or when a token's key set has
+/// not been fetched yet ([`crate::model::jwks::JwksStore::first_fetch`]).
 pub async fn check<B>(
     snapshot: &Snapshot,
     down: &Downstream,
@@ -124,8 +125,8 @@ pub async fn check<B>(
 
 /// [`check`] for a workload without CUSTOM policies: nothing awaits, so it
 /// runs to completion here, without a future kept across the request's
-/// awaits; `None` when a CUSTOM policy applies and the caller must await
-/// [`check`].
+/// awaits; `None` when a CUSTOM policy applies, or a token waits for its
+/// key set's first fetch, and the caller must await [`check`].
 pub fn check_now<B>(
     snapshot: &Snapshot,
     down: &Downstream,

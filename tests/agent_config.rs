@@ -174,6 +174,25 @@ async fn listeners_sharing_an_address_are_refused() {
         out.contains("spec.inbound.app: ") && out.contains("the inbound listener's own address"),
         "{out}"
     );
+    // An app on another host on the same port, behind a wildcard inbound
+    // listener, and an IPv6 listener beside an IPv4 wildcard: no overlap.
+    let apart = agent("productpage", app, NO_COLLECTOR)
+        .replacen(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"0.0.0.0:{port}\""),
+            1,
+        )
+        .replacen(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"[::1]:{port}\""),
+            1,
+        )
+        .replace(
+            &format!("app: \"{app}\""),
+            &format!("app: \"192.0.2.9:{port}\""),
+        );
+    let (ok, out) = validate(&apart);
+    assert!(ok, "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -247,7 +247,7 @@ pub(super) fn compile(
             ("spec.admin.listen", admin),
         ],
         &outbound_tcp,
-        app,
+        spec.inbound.app.as_ref().and(app),
         loc,
         diags,
     );
@@ -474,12 +474,17 @@ fn identity(
 }
 
 /// Two listen addresses that would take the same connections: the same
-/// port on the same address, or on a wildcard address and any other.
-/// Port 0 (any free port) gives each its own.
+/// port on the same address, or on a wildcard address and another of its
+/// family (the kernel keeps IPv4 and IPv6 sockets apart: `0.0.0.0` and
+/// `[::]` on one port do not share a connection). Port 0 (any free port)
+/// gives each its own.
 pub(super) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let wildcard_of = |w: SocketAddr, other: SocketAddr| {
+        w.ip().is_unspecified() && w.is_ipv4() == other.is_ipv4()
+    };
     a.port() != 0
         && a.port() == b.port()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        && (a.ip() == b.ip() || wildcard_of(a, b) || wildcard_of(b, a))
 }
 
 /// Refuses listeners that share an address (every socket is bound with
@@ -509,16 +514,27 @@ fn listeners_apart(
         .filter_map(|(field, addr)| Some((field, addr?)))
         .collect();
     for (i, (field, addr)) in all.iter().enumerate() {
-        if let Some((earlier, _)) = all[..i].iter().find(|(_, a)| overlaps(*a, *addr)) {
-            let msg = format!(
-                "{addr} is also {earlier}'s address: both would bind (SO_REUSEPORT) and the kernel would split connections between them at random"
-            );
+        if let Some((earlier, other)) = all[..i].iter().find(|(_, a)| overlaps(*a, *addr)) {
+            let msg = if other == addr {
+                format!(
+                    "{addr} is also {earlier}'s address: both would bind (SO_REUSEPORT) and the kernel would split connections between them at random"
+                )
+            } else {
+                format!(
+                    "{addr} overlaps {earlier} ({other}) on one port: the listener on the specific address would take its connections and the wildcard one the rest"
+                )
+            };
             diags.error(loc, Some((*field).to_owned()), msg);
         }
     }
+    // The app on the inbound listener's own socket: the same address, or
+    // a loopback or wildcard one under an inbound wildcard (a remote app
+    // on the same port is another host's socket).
     let inbound = fixed.first().and_then(|(_, addr)| *addr);
+    let local = |a: SocketAddr| a.ip().is_loopback() || a.ip().is_unspecified();
     if let (Some(app), Some(inbound)) = (app, inbound)
-        && overlaps(inbound, app)
+        && app.port() == inbound.port()
+        && (app.ip() == inbound.ip() || (inbound.ip().is_unspecified() && local(app)))
     {
         let msg = format!(
             "{app} is the inbound listener's own address: every request would come back to the agent"
@@ -545,6 +561,19 @@ mod tests {
     /// that is binary metadata and a timeout of nothing are config errors
     /// naming their field, not an agent that fails to start or exports
     /// nothing.
+    /// Listeners share connections within an address family only.
+    #[test]
+    fn listeners_overlap_within_a_family_only() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(super::overlaps(a("127.0.0.1:80"), a("127.0.0.1:80")));
+        assert!(super::overlaps(a("0.0.0.0:80"), a("127.0.0.1:80")));
+        assert!(super::overlaps(a("[::1]:80"), a("[::]:80")));
+        assert!(!super::overlaps(a("0.0.0.0:80"), a("[::1]:80")));
+        assert!(!super::overlaps(a("0.0.0.0:80"), a("[::]:80")));
+        assert!(!super::overlaps(a("127.0.0.1:0"), a("127.0.0.1:0")));
+        assert!(!super::overlaps(a("127.0.0.1:80"), a("127.0.0.2:80")));
+    }
+
     #[test]
     fn an_otlp_endpoint_is_http_host_and_port_and_its_timeout_positive() {
         let agent = |endpoint: &str| {

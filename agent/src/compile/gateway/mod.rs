@@ -510,11 +510,7 @@ fn bound<'a>(
                 .then_some((d, ns))
         })
         .collect();
-    list.sort_by(|(a, a_ns), (b, b_ns)| {
-        let key =
-            |d: &Document<VirtualServiceSpec>| (d.metadata.created_at(), d.metadata.name.clone());
-        key(a).cmp(&key(b)).then_with(|| a_ns.cmp(b_ns))
-    });
+    list.sort_by_cached_key(|(d, ns)| (d.metadata.created_at(), d.metadata.name.clone(), *ns));
     list
 }
 

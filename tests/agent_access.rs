@@ -503,10 +503,12 @@ spec:
 async fn the_access_log_names_the_upstream_connections_local_address() {
     let app = Upstream::start("app").await;
     let agent = logged_workload(&app, "");
-    let client = Client::h1(agent.inbound);
+    // One downstream connection: both requests on one worker, whose pool
+    // gives the second the first one's upstream connection.
+    let mut client = common::client::OneConnection::open(agent.inbound).await;
     for path in ["/first", "/second"] {
-        let reply = client.get(&format!("http://reviews:9080{path}")).await;
-        assert_eq!(reply.status, 200, "{path}");
+        let (status, _) = client.get("reviews:9080", path).await.unwrap();
+        assert_eq!(status, 200, "{path}");
         let line = agent.access_log_line(path);
         let seen = app.seen().into_iter().find(|s| s.path == path).unwrap();
         assert_eq!(

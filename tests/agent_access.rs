@@ -275,6 +275,25 @@ spec:
             .await;
         assert_eq!(reply.status, status, "{why}");
     }
+    // An empty line or entry adds no hop (Envoy drops empty entries when it
+    // splits the header): a blocked client stays blocked behind one.
+    for padding in ["", " ", "198.51.100.1,,"] {
+        let reply = local
+            .get_with(
+                "http://reviews/",
+                &[
+                    ("x-forwarded-for", "203.0.113.9"),
+                    ("x-forwarded-for", padding),
+                ],
+            )
+            .await;
+        let expected = if padding.is_empty() || padding == " " {
+            403
+        } else {
+            200
+        };
+        assert_eq!(reply.status, expected, "padded with {padding:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

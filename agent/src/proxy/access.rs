@@ -36,7 +36,8 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 ///   — the client a gateway in front appended — else the caller.
 ///
 /// The caller too when the header has too few entries or the entry is no
-/// IP address. Entries are read right to left over every header line.
+/// IP address. Entries are read right to left over every header line,
+/// empty ones skipped.
 pub fn remote_ip(
     headers: &HeaderMap,
     peer: IpAddr,
@@ -55,6 +56,9 @@ pub fn remote_ip(
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.rsplit(','))
         .map(str::trim)
+        // Envoy splits the joined header dropping empty entries
+        // (`getLastAddressFromXFF`): an empty line or `a,,b` adds none.
+        .filter(|e| !e.is_empty())
         .nth(from_right as usize)
         .and_then(|e| e.parse().ok())
         .unwrap_or(peer)
@@ -380,6 +384,12 @@ mod tests {
         // A gateway (use_remote_address): the caller unless hops are trusted.
         assert_eq!(remote_ip(&headers, peer, 0, true), peer);
         assert_eq!(remote_ip(&headers, peer, 1, true), ip("10.0.0.1"));
+        // An empty line or entry adds no hop, as Envoy splits the header.
+        let mut padded = headers.clone();
+        padded.append(X_FORWARDED_FOR, "".parse().unwrap());
+        padded.append(X_FORWARDED_FOR, " , ".parse().unwrap());
+        assert_eq!(remote_ip(&padded, peer, 0, false), ip("10.0.0.1"));
+        assert_eq!(remote_ip(&padded, peer, 1, false), ip("203.0.113.7"));
         assert_eq!(remote_ip(&headers, peer, 2, true), ip("203.0.113.7"));
         assert_eq!(remote_ip(&headers, peer, 5, true), peer);
         // A sidecar's inbound: the last entry by default, one more per hop.

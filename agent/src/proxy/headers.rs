@@ -457,7 +457,11 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
 pub(super) fn forwarded_for_with(headers: &HeaderMap, ip: IpAddr) -> String {
     let mut value = String::new();
     for line in headers.get_all(X_FORWARDED_FOR) {
-        if let Ok(line) = line.to_str() {
+        // An empty line is no entry: Envoy's codec skips it when it joins
+        // the lines.
+        if let Ok(line) = line.to_str()
+            && !line.trim().is_empty()
+        {
             value.push_str(line);
             value.push(',');
         }

@@ -90,16 +90,45 @@ impl Authenticator {
     }
 
     /// Waits for the first fetch of each remote key set that has none yet
-    /// and that `request` carries a token for (at a location its rule
-    /// reads): a request without one never waits, and none waits once
-    /// every rule has its keys.
+    /// and that `request` carries a token for — at a location its rule
+    /// reads, naming its issuer, inside its time window, as Envoy reads a
+    /// token before it fetches keys — all at once, so at most one
+    /// [`crate::model::jwks::FIRST_FETCH_WAIT`] in all. A request without
+    /// such a token never waits, and none waits once every rule has keys.
     pub async fn keys_fetched(&self, request: &AuthnRequest<'_>) {
+        if self.rules.iter().all(|rule| rule.keys.has_keys()) {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let wants_keys = |rule: &JwtRule| {
+            rule.locations
+                .iter()
+                .filter_map(|location| tokens(request, location))
+                .any(|token| {
+                    Unverified::parse(&token).is_ok_and(|says| {
+                        let issued_by = says
+                            .issuer
+                            .as_deref()
+                            .is_some_and(|iss| rule.issuer.is_empty() || rule.issuer == iss);
+                        issued_by
+                            && now.saturating_add(CLOCK_SKEW) >= says.nbf
+                            && (says.exp == 0 || now <= says.exp.saturating_add(CLOCK_SKEW))
+                    })
+                })
+        };
+        let mut waits: Vec<&JwksStore> = Vec::new();
         for rule in &self.rules {
-            if !rule.keys.has_keys() && rule.locations.iter().any(|l| tokens(request, l).is_some())
+            let store: &JwksStore = &rule.keys;
+            if !store.has_keys()
+                && !waits.iter().any(|w| std::ptr::eq(*w, store))
+                && wants_keys(rule)
             {
-                rule.keys.first_fetch().await;
+                waits.push(store);
             }
         }
+        futures_util::future::join_all(waits.into_iter().map(JwksStore::first_fetch)).await;
     }
 }
 

@@ -421,3 +421,34 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Only a token that names an unfetched set's issuer, inside its time
+/// window, waits for the set's first fetch, as Envoy reads a token before
+/// it fetches keys; a token for a set in hand, an expired one and none at
+/// all are judged at once. (The remote store is never started here: its
+/// first fetch stays unanswered.)
+#[tokio::test]
+async fn only_a_token_for_an_unfetched_set_waits_for_it() {
+    use futures_util::FutureExt as _;
+    let signer = es256("k1");
+    let fetched = rule(JwksStore::inline(parse_jwks(&jwks(&[&signer])).unwrap()));
+    let mut unfetched = rule(Arc::new(JwksStore::remote("http://127.0.0.1:1/jwks.json")));
+    unfetched.issuer = "https://slow.example".into();
+    let authn = Authenticator {
+        rules: vec![fetched, unfetched],
+    };
+    let waits = |headers: &HeaderMap| {
+        authn
+            .keys_fetched(&authn_request(headers, None))
+            .now_or_never()
+            .is_none()
+    };
+    assert!(!waits(&HeaderMap::new()), "no token");
+    let good = token(&signer, claims("https://issuer.example", "reviews", 600));
+    assert!(!waits(&bearer(&good)), "a token of the fetched set");
+    let expired = token(&signer, claims("https://slow.example", "reviews", -600));
+    assert!(!waits(&bearer(&expired)), "an expired token");
+    assert!(!waits(&bearer("a.b")), "no token at all");
+    let slow = token(&signer, claims("https://slow.example", "reviews", 600));
+    assert!(waits(&bearer(&slow)), "a token of the unfetched set");
+}

@@ -18,6 +18,12 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// than this is not sniffed as HTTP.
 pub const MAX_SNIFF: usize = 5 + (1 << 14);
 
+/// Most bytes of a connection a ClientHello may take, its records' headers
+/// included: Envoy's `tls_inspector` reads no more
+/// (`max_client_hello_size`, 16 KiB by default) and closes a connection
+/// whose hello is not whole by then (`client_hello_too_large`).
+pub const MAX_CLIENT_HELLO: usize = 1 << 14;
+
 /// What the bytes so far say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sniffed<'a> {
@@ -245,6 +251,14 @@ impl<'a> Reader<'a> {
 /// hello in its last record are refused, as BoringSSL refuses them
 /// (`has_unprocessed_handshake_data`).
 fn tls(buf: &[u8]) -> Sniffed<'_> {
+    // A first record longer than a hello may be: too large whatever it
+    // holds, once its header is whole and it may still be a ClientHello.
+    if let (Some(&[0x16, 3, _, high, low]), false) =
+        (buf.get(..5), buf.get(5).is_some_and(|&kind| kind != 1))
+        && 5 + usize::from(u16::from_be_bytes([high, low])) > MAX_CLIENT_HELLO
+    {
+        return Sniffed::TooLarge;
+    }
     let mut records = Reader(buf);
     let first = match handshake_record(&mut records) {
         Ok(fragment) => fragment,
@@ -279,7 +293,7 @@ fn tls(buf: &[u8]) -> Sniffed<'_> {
         have += take;
         total += fragment.len();
         if let Some(len) = message_len(&header[..have]) {
-            if len + 2 * 5 > MAX_SNIFF {
+            if len + 2 * 5 > MAX_CLIENT_HELLO {
                 return Sniffed::TooLarge;
             }
             if total >= len {
@@ -288,9 +302,12 @@ fn tls(buf: &[u8]) -> Sniffed<'_> {
         }
         fragment = match handshake_record(&mut walk) {
             Ok(fragment) => fragment,
-            Err(Sniffed::NeedMore) if buf.len() >= MAX_SNIFF => return Sniffed::TooLarge,
+            Err(Sniffed::NeedMore) if buf.len() >= MAX_CLIENT_HELLO => return Sniffed::TooLarge,
             Err(undecided) => return undecided,
         };
+        if buf.len() - walk.0.len() > MAX_CLIENT_HELLO {
+            return Sniffed::TooLarge;
+        }
     };
     if total != len {
         return Sniffed::Opaque;
@@ -329,9 +346,9 @@ fn handshake_record<'a>(records: &mut Reader<'a>) -> Result<&'a [u8], Sniffed<'a
     let buf = records.0;
     let Some(header) = records.take(5) else {
         // Check what is there: content type 22, version 3.x.
+        // Any 3.x record version: BoringSSL reads only the major one.
         let plausible = buf.first().is_none_or(|&kind| kind == 0x16)
-            && buf.get(1).is_none_or(|&major| major == 3)
-            && buf.get(2).is_none_or(|&minor| minor <= 4);
+            && buf.get(1).is_none_or(|&major| major == 3);
         return Err(if plausible {
             Sniffed::NeedMore
         } else {
@@ -339,7 +356,7 @@ fn handshake_record<'a>(records: &mut Reader<'a>) -> Result<&'a [u8], Sniffed<'a
         });
     };
     let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
-    if header[0] != 0x16 || header[1] != 3 || header[2] > 4 || length == 0 || length > 1 << 14 {
+    if header[0] != 0x16 || header[1] != 3 || length == 0 || length > 1 << 14 {
         return Err(Sniffed::Opaque);
     }
     records.take(length).ok_or(Sniffed::NeedMore)
@@ -348,8 +365,8 @@ fn handshake_record<'a>(records: &mut Reader<'a>) -> Result<&'a [u8], Sniffed<'a
 /// The extensions of a ClientHello body; `None` when it is malformed in a
 /// way BoringSSL refuses before Envoy's `tls_inspector` sees a name (a
 /// hello it refuses is no TLS to the inspector): a session id over 32
-/// bytes, no or an odd count of cipher suite bytes, no null compression,
-/// bytes after the extensions, an extension sent twice, a `server_name`
+/// bytes, no or an odd count of cipher suite bytes, bytes after the
+/// extensions, an extension sent twice, a `server_name`
 /// that is not exactly one non-empty `host_name` without NUL. Not checked
 /// here: the content of other extensions (`supported_versions`,
 /// `supported_groups`…), which BoringSSL parses too. A malformed ALPN list
@@ -359,16 +376,11 @@ fn client_hello(body: &[u8]) -> Option<ClientHello<'_>> {
     r.take(2)?; // legacy_version
     r.take(32)?; // random
     // BoringSSL's `ssl_parse_client_hello_with_trailing_data`: a session
-    // id of at most 32 bytes, cipher suites in pairs (at least one), and
-    // the null compression method offered.
+    // id of at most 32 bytes, cipher suites in pairs (at least one).
     let session_id = r.vec(1)?;
     let cipher_suites = r.vec(2)?;
-    let compression = r.vec(1)?;
-    if session_id.len() > 32
-        || cipher_suites.is_empty()
-        || cipher_suites.len() % 2 != 0
-        || !compression.contains(&0)
-    {
+    r.vec(1)?; // legacy_compression_methods
+    if session_id.len() > 32 || cipher_suites.is_empty() || cipher_suites.len() % 2 != 0 {
         return None;
     }
     let mut hello = ClientHello::default();
@@ -626,7 +638,8 @@ mod tests {
             Sniffed::Opaque,
             "SSLv2-era major version"
         );
-        assert_eq!(sniff(&[0x16, 3, 9]), Sniffed::Opaque);
+        // Any 3.x record version is TLS's, as BoringSSL reads it.
+        assert_eq!(sniff(&[0x16, 3, 9]), Sniffed::NeedMore);
         assert_eq!(sniff(&[0x16, 3, 1, 0, 0]), Sniffed::Opaque, "empty record");
         assert_eq!(
             sniff(&[0x16, 3, 1, 0, 4, 2, 0, 0, 0]),
@@ -774,7 +787,6 @@ mod tests {
                 "an odd cipher suite list",
             ),
             (record_of(0, &[], &[0]), "no cipher suite"),
-            (record_of(0, &[0x13, 1], &[1]), "no null compression"),
         ] {
             assert_eq!(sniff(&record), Sniffed::Opaque, "{why}");
         }
@@ -860,8 +872,15 @@ mod tests {
             full.extend([0x16, 3, 1, 0, 100]);
             full.extend([0; 100]);
         }
-        full.truncate(MAX_SNIFF);
+        full.truncate(MAX_CLIENT_HELLO);
         assert_eq!(sniff(&full), Sniffed::TooLarge);
-        assert_eq!(sniff(&full[..MAX_SNIFF - 1]), Sniffed::NeedMore);
+        assert_eq!(sniff(&full[..MAX_CLIENT_HELLO - 1]), Sniffed::NeedMore);
+        // One record of 16,380 bytes: past the 16 KiB read with its header.
+        let mut long = vec![0x16, 3, 1];
+        long.extend(16_380u16.to_be_bytes());
+        long.push(1);
+        assert_eq!(sniff(&long), Sniffed::TooLarge);
+        long[3..5].copy_from_slice(&16_379u16.to_be_bytes());
+        assert_eq!(sniff(&long), Sniffed::NeedMore);
     }
 }

@@ -474,17 +474,17 @@ fn identity(
 }
 
 /// Two listen addresses that would take the same connections: the same
-/// port on the same address, or on a wildcard address and another of its
-/// family (the kernel keeps IPv4 and IPv6 sockets apart: `0.0.0.0` and
-/// `[::]` on one port do not share a connection). Port 0 (any free port)
-/// gives each its own.
+/// port on the same address, or on a wildcard address and another it
+/// covers — `0.0.0.0` the IPv4 ones, `[::]` every one (the listeners are
+/// dual-stack: `IPV6_V6ONLY` is not set). `0.0.0.0` and `[::1]` on one
+/// port are apart. Port 0 (any free port) gives each its own.
 pub(super) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
-    let wildcard_of = |w: SocketAddr, other: SocketAddr| {
-        w.ip().is_unspecified() && w.is_ipv4() == other.is_ipv4()
-    };
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || wildcard_of(a, b) || wildcard_of(b, a))
+    a.port() != 0 && a.port() == b.port() && (covers(a, b) || covers(b, a))
+}
+
+/// Whether a listener on `wide` takes connections to `addr` (ports aside).
+fn covers(wide: SocketAddr, addr: SocketAddr) -> bool {
+    wide.ip() == addr.ip() || (wide.ip().is_unspecified() && (wide.is_ipv6() || addr.is_ipv4()))
 }
 
 /// Refuses listeners that share an address (every socket is bound with
@@ -534,7 +534,7 @@ fn listeners_apart(
     let local = |a: SocketAddr| a.ip().is_loopback() || a.ip().is_unspecified();
     if let (Some(app), Some(inbound)) = (app, inbound)
         && app.port() == inbound.port()
-        && (app.ip() == inbound.ip() || (inbound.ip().is_unspecified() && local(app)))
+        && (app.ip() == inbound.ip() || (covers(inbound, app) && local(app)))
     {
         let msg = format!(
             "{app} is the inbound listener's own address: every request would come back to the agent"
@@ -561,7 +561,7 @@ mod tests {
     /// that is binary metadata and a timeout of nothing are config errors
     /// naming their field, not an agent that fails to start or exports
     /// nothing.
-    /// Listeners share connections within an address family only.
+    /// Which listeners share connections: `[::]` is dual-stack.
     #[test]
     fn listeners_overlap_within_a_family_only() {
         let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
@@ -569,7 +569,9 @@ mod tests {
         assert!(super::overlaps(a("0.0.0.0:80"), a("127.0.0.1:80")));
         assert!(super::overlaps(a("[::1]:80"), a("[::]:80")));
         assert!(!super::overlaps(a("0.0.0.0:80"), a("[::1]:80")));
-        assert!(!super::overlaps(a("0.0.0.0:80"), a("[::]:80")));
+        // `[::]` is dual-stack: it takes IPv4 connections too.
+        assert!(super::overlaps(a("0.0.0.0:80"), a("[::]:80")));
+        assert!(super::overlaps(a("127.0.0.1:80"), a("[::]:80")));
         assert!(!super::overlaps(a("127.0.0.1:0"), a("127.0.0.1:0")));
         assert!(!super::overlaps(a("127.0.0.1:80"), a("127.0.0.2:80")));
     }

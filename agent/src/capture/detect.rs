@@ -10,7 +10,7 @@ use rustix::net::RecvFlags;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::sniff::{MAX_SNIFF, Sniffed, sniff, sniff_tls};
+use super::sniff::{MAX_CLIENT_HELLO, MAX_SNIFF, Sniffed, sniff, sniff_tls};
 
 /// What a connection speaks, from its first bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +52,7 @@ impl Detected {
             Sniffed::TooLarge => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("a ClientHello longer than the {MAX_SNIFF} bytes read of it"),
+                    format!("a ClientHello longer than the {MAX_CLIENT_HELLO} bytes read of it"),
                 ));
             }
         })

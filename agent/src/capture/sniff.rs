@@ -12,10 +12,9 @@ use std::borrow::Cow;
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Most bytes worth reading: one whole TLS record (5-byte header and the
-/// largest plaintext fragment, RFC 8446 §5.1), about what Envoy's
-/// `tls_inspector` reads of a ClientHello (`max_client_hello_size`, 16 KiB
-/// by default) whatever the records it comes in. A request line longer
-/// than this is not sniffed as HTTP.
+/// largest plaintext fragment, RFC 8446 §5.1), more than a ClientHello may
+/// take ([`MAX_CLIENT_HELLO`]). A request line longer than this is not
+/// sniffed as HTTP.
 pub const MAX_SNIFF: usize = 5 + (1 << 14);
 
 /// Most bytes of a connection a ClientHello may take, its records' headers
@@ -35,7 +34,7 @@ pub enum Sniffed<'a> {
     Http2,
     /// A TLS ClientHello.
     Tls(ClientHello<'a>),
-    /// A ClientHello longer than is read of any ([`MAX_SNIFF`]): Envoy's
+    /// A ClientHello longer than is read of any ([`MAX_CLIENT_HELLO`]): Envoy's
     /// `tls_inspector` closes such a connection (`client_hello_too_large`).
     TooLarge,
     /// Anything else: proxied as bytes.
@@ -253,8 +252,8 @@ impl<'a> Reader<'a> {
 fn tls(buf: &[u8]) -> Sniffed<'_> {
     // A first record longer than a hello may be: too large whatever it
     // holds, once its header is whole and it may still be a ClientHello.
-    if let (Some(&[0x16, 3, _, high, low]), false) =
-        (buf.get(..5), buf.get(5).is_some_and(|&kind| kind != 1))
+    if let Some(&[0x16, 3, _, high, low]) = buf.get(..5)
+        && buf.get(5).is_none_or(|&kind| kind == 1)
         && 5 + usize::from(u16::from_be_bytes([high, low])) > MAX_CLIENT_HELLO
     {
         return Sniffed::TooLarge;
@@ -455,6 +454,11 @@ mod tests {
         body.extend([1, 0]); // null compression
         body.extend((extensions.len() as u16).to_be_bytes());
         body.extend(extensions);
+        hello_record(body)
+    }
+
+    /// A ClientHello `body` in its handshake header, in one record.
+    fn hello_record(body: Vec<u8>) -> Vec<u8> {
         let mut handshake = vec![1];
         handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
         handshake.extend(body);
@@ -765,13 +769,7 @@ mod tests {
             body.extend(compression);
             body.extend((sni.len() as u16).to_be_bytes());
             body.extend(&sni);
-            let mut handshake = vec![1];
-            handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
-            handshake.extend(body);
-            let mut record = vec![0x16, 3, 1];
-            record.extend((handshake.len() as u16).to_be_bytes());
-            record.extend(handshake);
-            record
+            hello_record(body)
         };
         assert!(matches!(
             sniff(&record_of(32, &[0x13, 1], &[0])),

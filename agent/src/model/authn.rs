@@ -72,6 +72,14 @@ pub struct JwtRule {
     pub space_delimited_claims: Vec<String>,
 }
 
+impl JwtRule {
+    /// Whether the rule may verify a token issued by `iss`: its own
+    /// issuer, or any when it names none.
+    fn names(&self, iss: &str) -> bool {
+        self.issuer.is_empty() || self.issuer == iss
+    }
+}
+
 /// Every RequestAuthentication rule that applies to this workload.
 #[derive(Debug, Default)]
 pub struct Authenticator {
@@ -82,7 +90,7 @@ pub struct Authenticator {
 impl Authenticator {
     /// Starts fetching the key sets of the rules' `jwksUri`s in the
     /// background (once per URI; a store a reload keeps is not fetched
-    /// again), for a config put in force: no token waits for a first fetch.
+    /// again), for a config put in force, before any token asks for them.
     pub fn start_key_fetches(&self) {
         for rule in &self.rules {
             rule.keys.start();
@@ -99,22 +107,15 @@ impl Authenticator {
         if self.rules.iter().all(|rule| rule.keys.has_keys()) {
             return;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = unix_now();
         let wants_keys = |rule: &JwtRule| {
             rule.locations
                 .iter()
                 .filter_map(|location| tokens(request, location))
                 .any(|token| {
                     Unverified::parse(&token).is_ok_and(|says| {
-                        let issued_by = says
-                            .issuer
-                            .as_deref()
-                            .is_some_and(|iss| rule.issuer.is_empty() || rule.issuer == iss);
-                        issued_by
-                            && now.saturating_add(CLOCK_SKEW) >= says.nbf
-                            && (says.exp == 0 || now <= says.exp.saturating_add(CLOCK_SKEW))
+                        says.issuer.as_deref().is_some_and(|iss| rule.names(iss))
+                            && says.in_window(now).is_ok()
                     })
                 })
         };
@@ -130,6 +131,13 @@ impl Authenticator {
         }
         futures_util::future::join_all(waits.into_iter().map(JwksStore::first_fetch)).await;
     }
+}
+
+/// Now, in Unix seconds (0 before the epoch).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// What the authenticator reads of a request.
@@ -385,9 +393,10 @@ impl Authenticator {
             .issuer
             .as_deref()
             .ok_or_else(|| fail(reason::UNKNOWN_ISSUER, None))?;
-        let mut candidates = self.rules.iter().filter(|r| {
-            (r.issuer.is_empty() || r.issuer == issuer) && r.locations.contains(location)
-        });
+        let mut candidates = self
+            .rules
+            .iter()
+            .filter(|r| r.names(issuer) && r.locations.contains(location));
         let first = candidates
             .next()
             .ok_or_else(|| fail(reason::UNKNOWN_ISSUER, None))?;
@@ -411,15 +420,7 @@ fn verify_with(
     issuer: &str,
 ) -> Result<Authenticated, &'static str> {
     // Envoy's order: the time window, before any key is looked for.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if now.saturating_add(CLOCK_SKEW) < token_says.nbf {
-        return Err(reason::NOT_YET_VALID);
-    }
-    if token_says.exp != 0 && now > token_says.exp.saturating_add(CLOCK_SKEW) {
-        return Err(reason::EXPIRED);
-    }
+    token_says.in_window(unix_now())?;
     let Some(keys) = rule.keys.keys() else {
         return Err(reason::NO_JWKS);
     };
@@ -544,6 +545,18 @@ struct Unverified {
 }
 
 impl Unverified {
+    /// Whether `now` (Unix seconds) is inside the token's `nbf`–`exp`
+    /// window with [`CLOCK_SKEW`] either side; `Err` is Envoy's reason.
+    fn in_window(&self, now: u64) -> Result<(), &'static str> {
+        if now.saturating_add(CLOCK_SKEW) < self.nbf {
+            return Err(reason::NOT_YET_VALID);
+        }
+        if self.exp != 0 && now > self.exp.saturating_add(CLOCK_SKEW) {
+            return Err(reason::EXPIRED);
+        }
+        Ok(())
+    }
+
     fn parse(token: &str) -> Result<Self, &'static str> {
         let mut sections = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) = (

@@ -194,13 +194,14 @@ impl JwksStore {
                 .spawn(move || refresh_loop(weak));
             if let Err(error) = spawned {
                 tracing::error!(%error, "cannot start the JWKS refresher");
-                self.gave_up();
+                self.first_fetch_over();
             }
         });
     }
 
-    /// No fetch will come: nobody waits for one.
-    fn gave_up(&self) {
+    /// A first fetch has been answered, or none will come: whoever waits
+    /// for one goes on.
+    fn first_fetch_over(&self) {
         if !self.attempted.swap(true, Ordering::AcqRel) {
             self.first_fetch.notify_waiters();
         }
@@ -253,7 +254,7 @@ impl JwksStore {
                 Err(error)
             }
         };
-        self.gave_up();
+        self.first_fetch_over();
         answered
     }
 }
@@ -265,7 +266,7 @@ fn refresh_loop(store: Weak<JwksStore>) {
     else {
         tracing::error!("cannot start the JWKS refresher's runtime");
         if let Some(store) = store.upgrade() {
-            store.gave_up();
+            store.first_fetch_over();
         }
         return;
     };

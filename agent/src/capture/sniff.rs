@@ -364,7 +364,8 @@ fn handshake_record<'a>(records: &mut Reader<'a>) -> Result<&'a [u8], Sniffed<'a
 /// The extensions of a ClientHello body; `None` when it is malformed in a
 /// way BoringSSL refuses before Envoy's `tls_inspector` sees a name (a
 /// hello it refuses is no TLS to the inspector): a session id over 32
-/// bytes, no or an odd count of cipher suite bytes, bytes after the
+/// bytes, no or an odd count of cipher suite bytes, a `legacy_version`
+/// that is no TLS 1.0 or later, bytes after the
 /// extensions, an extension sent twice, a `server_name`
 /// that is not exactly one non-empty `host_name` without NUL. Not checked
 /// here: the content of other extensions (`supported_versions`,
@@ -372,7 +373,13 @@ fn handshake_record<'a>(records: &mut Reader<'a>) -> Result<&'a [u8], Sniffed<'a
 /// leaves the hello without ALPN, as `tls_inspector` drops it.
 fn client_hello(body: &[u8]) -> Option<ClientHello<'_>> {
     let mut r = Reader(body);
-    r.take(2)?; // legacy_version
+    // legacy_version: SSL 3.0 and below, or another major version, is no
+    // hello Envoy 1.40's inspector reads (it closes them); TLS 1.0 and up,
+    // 3.4 and past included (TLS 1.3 names itself in `supported_versions`).
+    let version = r.u16()?;
+    if version >> 8 != 3 || version & 0xff == 0 {
+        return None;
+    }
     r.take(32)?; // random
     // BoringSSL's `ssl_parse_client_hello_with_trailing_data`: a session
     // id of at most 32 bytes, cipher suites in pairs (at least one).
@@ -775,6 +782,19 @@ mod tests {
             sniff(&record_of(32, &[0x13, 1], &[0])),
             Sniffed::Tls(_)
         ));
+        // legacy_version as Envoy 1.40 reads it: TLS 1.0 up to any 3.x
+        // routed, SSL 3.0, SSL 2.0 and another major version closed.
+        let versioned = |version: [u8; 2]| {
+            let mut record = record_of(0, &[0x13, 1], &[0]);
+            record[9..11].copy_from_slice(&version);
+            matches!(sniff(&record), Sniffed::Tls(_))
+        };
+        for version in [[3, 1], [3, 3], [3, 4], [3, 0x7f]] {
+            assert!(versioned(version), "{version:?}");
+        }
+        for version in [[3, 0], [2, 0], [0x7f, 0x7f], [4, 1]] {
+            assert!(!versioned(version), "{version:?}");
+        }
         for (record, why) in [
             (
                 record_of(33, &[0x13, 1], &[0]),

@@ -1184,3 +1184,74 @@ spec:
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(app.count(), 1);
 }
+
+/// A rule's `timeout` bounds each fetch of its key set and a token's wait
+/// for the first, as Istio renders it into the fetch's `http_uri.timeout`
+/// (5 s unset): against a key server that never answers, the fetch is
+/// given up after the rule's 500 ms and the token waiting for it is
+/// refused as Envoy refuses it, long before Istio's default would end.
+#[tokio::test]
+async fn a_rules_timeout_bounds_its_key_fetch_and_the_tokens_wait() {
+    use std::time::{Duration, Instant};
+    let app = Upstream::start("app").await;
+    let key = Signer::new("k1");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_addr = listener.local_addr().unwrap();
+    // Each fetch's connection: when it was accepted, and how long it was
+    // held until the agent gave up on it.
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Duration)>();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let held_tx = held_tx.clone();
+            tokio::spawn(async move {
+                let accepted = Instant::now();
+                common::upstream::read_head(&mut stream).await;
+                let mut rest = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest).await;
+                let _ = held_tx.send((accepted, accepted.elapsed()));
+            });
+        }
+    });
+    let policies = format!(
+        r#"---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  jwtRules:
+  - issuer: {ISSUER}
+    jwksUri: "http://{jwks_addr}/jwks.json"
+    timeout: 500ms
+"#
+    );
+    let agent = Agent::start(&workload(app.addr, NO_COLLECTOR, &policies));
+    let token = key.token(&claims("reviews", 600, &[]));
+    let sent = Instant::now();
+    let reply = Client::h1(agent.inbound)
+        .get_with(
+            "http://reviews:9080/first",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+    let waited = sent.elapsed();
+    assert_eq!(reply.status, 401, "{:?}", reply.body);
+    assert!(
+        String::from_utf8_lossy(&reply.body).contains("Jwks remote fetch is failed"),
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(app.count(), 0);
+    assert!(
+        waited < Duration::from_secs(3),
+        "the token waited {waited:?}: the rule's 500ms did not bound the wait"
+    );
+    let (_, held) = tokio::time::timeout(Duration::from_secs(30), held_rx.recv())
+        .await
+        .expect("the agent never gave up the first fetch")
+        .expect("the key server stopped");
+    assert!(
+        held < Duration::from_secs(3),
+        "the first fetch was held {held:?}: the rule's 500ms did not bound it"
+    );
+}

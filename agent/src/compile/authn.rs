@@ -12,7 +12,7 @@ use crate::config::diagnostics::Diagnostics;
 use crate::config::documents::Document;
 use crate::config::security::RequestAuthenticationSpec;
 use crate::model::authn::{Authenticator, JwtRule, TokenLocation};
-use crate::model::jwks::{JwksStore, parse_jwks};
+use crate::model::jwks::{DEFAULT_TIMEOUT, JwksStore, parse_jwks};
 use crate::model::live::LiveState;
 
 pub(super) fn authenticator(
@@ -45,6 +45,8 @@ pub(super) fn authenticator(
                 .is_none_or(|s| s.matches(&boot.identity.labels));
         for (i, raw) in spec.jwt_rules.iter().enumerate() {
             let field = format!("spec.jwtRules[{i}]");
+            // (validation refuses one under 1ms)
+            let timeout = raw.timeout.map_or(DEFAULT_TIMEOUT, |t| t.get());
             let keys = match (&raw.jwks, &raw.jwks_uri) {
                 (Some(inline), _) => match parse_jwks(inline) {
                     Ok(keys) => JwksStore::inline(keys),
@@ -53,7 +55,7 @@ pub(super) fn authenticator(
                         continue;
                     }
                 },
-                (None, Some(uri)) => live.jwks(uri),
+                (None, Some(uri)) => live.jwks(uri, timeout),
                 (None, None) => {
                     let msg = "neither jwks nor jwksUri: tracemesh does not discover keys from the issuer (OpenID discovery); every token of this issuer fails";
                     diags.warn(loc, Some(field.clone()), msg);
@@ -80,13 +82,6 @@ pub(super) fn authenticator(
                     },
                     TokenLocation::Param("access_token".into()),
                 ];
-            }
-            if raw.timeout.is_some() {
-                diags.warn(
-                    loc,
-                    Some(format!("{field}.timeout")),
-                    "accepted but not enforced yet (key sets are fetched with a 10s limit, and a token waits at most 5s (Istio's default) for its set's first fetch)",
-                );
             }
             if !applies {
                 continue;

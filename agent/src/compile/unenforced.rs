@@ -223,11 +223,6 @@ pub const FIELDS: &[Field] = &[
         "gateways only: the resource is skipped",
     ),
     enforced(RA, "spec.jwtRules"),
-    compiler_warns(
-        RA,
-        "spec.jwtRules[*].timeout",
-        "key sets are fetched with a 10s limit, and a token waits at most 5s (Istio's default) for its set's first fetch",
-    ),
     enforced(TM, "spec.selector"),
     compiler_warns(
         TM,

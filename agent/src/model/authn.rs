@@ -101,7 +101,7 @@ impl Authenticator {
     /// and that `request` carries a token for — at a location its rule
     /// reads, naming its issuer, inside its time window, as Envoy reads a
     /// token before it fetches keys — all at once, so at most one
-    /// [`crate::model::jwks::FIRST_FETCH_WAIT`] in all. A request without
+    /// the longest of their rules' `timeout` in all. A request without
     /// such a token never waits, and none waits once every rule has keys.
     pub async fn keys_fetched(&self, request: &AuthnRequest<'_>) {
         if self.rules.iter().all(|rule| rule.keys.has_keys()) {

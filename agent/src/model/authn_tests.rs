@@ -15,6 +15,7 @@ use serde_json::json;
 use super::*;
 use crate::model::access::AccessOutcome;
 use crate::model::authz::AuthzInput;
+use crate::model::jwks::DEFAULT_TIMEOUT;
 use crate::model::jwks::parse_jwks;
 
 /// A signing key and its public JWK.
@@ -389,7 +390,7 @@ async fn remote_key_sets_are_fetched_and_kept_on_failure() {
             let _ = stream.write_all(reply.as_bytes()).await;
         }
     });
-    let store = JwksStore::remote(&format!("http://{addr}/jwks.json"));
+    let store = JwksStore::remote(&format!("http://{addr}/jwks.json"), DEFAULT_TIMEOUT);
     assert!(store.keys().is_none());
     assert_eq!(store.refresh().await, Ok(1));
     served.store(None);
@@ -404,7 +405,7 @@ async fn remote_key_sets_are_fetched_and_kept_on_failure() {
     let dir = tempfile_dir();
     let path = dir.join("jwks.json");
     std::fs::write(&path, &set).unwrap();
-    let file_store = JwksStore::remote(&format!("file://{}", path.display()));
+    let file_store = JwksStore::remote(&format!("file://{}", path.display()), DEFAULT_TIMEOUT);
     assert_eq!(file_store.refresh().await, Ok(1));
     std::fs::write(&path, "not json").unwrap();
     assert!(file_store.refresh().await.is_err());
@@ -432,7 +433,10 @@ async fn only_a_token_for_an_unfetched_set_waits_for_it() {
     use futures_util::FutureExt as _;
     let signer = es256("k1");
     let fetched = rule(JwksStore::inline(parse_jwks(&jwks(&[&signer])).unwrap()));
-    let mut unfetched = rule(Arc::new(JwksStore::remote("http://127.0.0.1:1/jwks.json")));
+    let mut unfetched = rule(Arc::new(JwksStore::remote(
+        "http://127.0.0.1:1/jwks.json",
+        DEFAULT_TIMEOUT,
+    )));
     unfetched.issuer = "https://slow.example".into();
     let authn = Authenticator {
         rules: vec![fetched, unfetched],

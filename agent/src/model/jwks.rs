@@ -4,11 +4,13 @@
 //! every [`REFRESH`], and a failed fetch is retried (1s, doubling to 60s)
 //! while the previous keys stay in force. A request reads the keys in hand
 //! (one atomic load); only one carrying a token for a set whose first fetch
-//! is still unanswered waits for it, at most [`FIRST_FETCH_WAIT`], as
+//! is still unanswered waits for it, at most its rule's `timeout`, as
 //! Envoy's `remote_jwks` holds it. While no fetch has succeeded, tokens
 //! fail with Envoy's `Jwks remote fetch is failed`. `file://` URIs read a file
 //! (for tests and for keys mounted into the pod); `http://` and `https://`
-//! (the system's roots) are fetched with a 10s limit, at most 1 MiB.
+//! (the system's roots) are fetched within the rule's `timeout` (Istio
+//! renders it as the fetch's `http_uri.timeout`; [`DEFAULT_TIMEOUT`] when
+//! unset), at most 1 MiB.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -20,11 +22,10 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 
 /// How often a fetched key set is fetched again.
 pub const REFRESH: Duration = Duration::from_secs(300);
-/// Longest one fetch may take.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a request with a token waits for its key set's first fetch:
-/// Istio's `jwtRules.timeout` default.
-pub const FIRST_FETCH_WAIT: Duration = Duration::from_secs(5);
+/// Longest one fetch may take, and a request with a token wait for its key
+/// set's first fetch, when the rule sets no `timeout`: Istio's
+/// `jwtRules.timeout` default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest key set read.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
@@ -127,6 +128,8 @@ pub fn parse_jwks(text: &str) -> Result<Vec<Key>, JwksError> {
 #[derive(Debug)]
 pub struct JwksStore {
     uri: Option<String>,
+    /// Longest a fetch takes, and a request waits for the first.
+    timeout: Duration,
     keys: ArcSwapOption<Vec<Key>>,
     last_error: ArcSwapOption<String>,
     started: std::sync::Once,
@@ -141,6 +144,7 @@ impl JwksStore {
     pub fn inline(keys: Vec<Key>) -> Arc<Self> {
         Arc::new(Self {
             uri: None,
+            timeout: DEFAULT_TIMEOUT,
             keys: ArcSwapOption::from_pointee(keys),
             last_error: ArcSwapOption::empty(),
             started: std::sync::Once::new(),
@@ -149,10 +153,12 @@ impl JwksStore {
         })
     }
 
-    /// A store for `uri`, empty until its first fetch.
-    pub fn remote(uri: &str) -> Self {
+    /// A store for `uri`, empty until its first fetch; each fetch, and a
+    /// request's wait for the first, takes at most `timeout`.
+    pub fn remote(uri: &str, timeout: Duration) -> Self {
         Self {
             uri: Some(uri.to_owned()),
+            timeout,
             keys: ArcSwapOption::empty(),
             last_error: ArcSwapOption::empty(),
             started: std::sync::Once::new(),
@@ -208,7 +214,7 @@ impl JwksStore {
     }
 
     /// Waits until the first fetch of a remote store has been answered (at
-    /// most [`FIRST_FETCH_WAIT`]), as Envoy's `remote_jwks` holds a request
+    /// most the store's timeout), as Envoy's `remote_jwks` holds a request
     /// until its keys come: a token arriving as the config is put in force
     /// is judged by the keys, not refused for their absence. Returns at
     /// once once any fetch has been answered (or could not be started), and
@@ -223,7 +229,7 @@ impl JwksStore {
         if self.attempted.load(Ordering::Acquire) {
             return;
         }
-        let _ = tokio::time::timeout(FIRST_FETCH_WAIT, notified).await;
+        let _ = tokio::time::timeout(self.timeout, notified).await;
     }
 
     /// Fetches now and, on success, replaces the keys; on failure the
@@ -232,9 +238,9 @@ impl JwksStore {
         let Some(uri) = &self.uri else {
             return Ok(self.keys().map_or(0, |k| k.len()));
         };
-        let fetched = match tokio::time::timeout(FETCH_TIMEOUT, fetch(uri)).await {
+        let fetched = match tokio::time::timeout(self.timeout, fetch(uri)).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer within {FETCH_TIMEOUT:?}")),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         }
         .map_err(|reason| JwksError::Fetch {
             uri: uri.clone(),

@@ -453,10 +453,16 @@ impl LiveState {
         self.rate_limiters.get_with(key, make)
     }
 
-    /// The key store of `jwksUri` `uri`: a reload keeps the keys fetched.
-    pub fn jwks(&self, uri: &str) -> Arc<crate::model::jwks::JwksStore> {
+    /// The key store of `jwksUri` `uri` fetched within `timeout`: a reload
+    /// that keeps both keeps the keys fetched.
+    pub fn jwks(
+        &self,
+        uri: &str,
+        timeout: std::time::Duration,
+    ) -> Arc<crate::model::jwks::JwksStore> {
+        let key = format!("{}ns {uri}", timeout.as_nanos());
         self.jwks
-            .get_with(uri, || crate::model::jwks::JwksStore::remote(uri))
+            .get_with(&key, || crate::model::jwks::JwksStore::remote(uri, timeout))
     }
 }
 

@@ -337,6 +337,74 @@ async fn auto_mtls_sends_plaintext_to_a_destination_that_disables_mtls() {
     );
 }
 
+/// Istio's auto mTLS, as `getTLSModeFromWorkloadEntry` and
+/// `buildUpstreamTLSSettings` read a ServiceEntry and a DestinationRule:
+/// an endpoint that names a `serviceAccount` and has no `tlsMode` label
+/// runs a sidecar (mTLS to it, which its STRICT agent requires), and a
+/// `tls` block without `mode` is DISABLE (plaintext to an endpoint
+/// labelled as a sidecar's, which serves plaintext).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_account_marks_a_sidecar_and_a_tls_block_without_mode_is_disable() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let backend = backend(&ca, app.addr, STRICT);
+    let plain = Upstream::start("plain").await;
+    let entries = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: backend, namespace: default}}\nspec:\n  hosts: [backend.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  ports: [{{number: 9080, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {}}}, serviceAccount: backend, labels: {{app: backend}}}}\n{}{}",
+        backend.inbound.port(),
+        service_entry(
+            "plain",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: plain.addr,
+                labels: &[("app", "plain"), ("security.istio.io/tlsMode", "istio")],
+            }],
+        ),
+        tls_rule(
+            "default",
+            "plain",
+            "plain.default.svc.cluster.local",
+            "{sni: plain.example}",
+        ),
+    );
+    let front = workload(
+        "frontend",
+        closed_port().await,
+        &ca.identity_yaml("frontend", "1h"),
+        &entries,
+    );
+    let client = Client::h1(front.outbound);
+    let reply = client.get("http://backend:9080/").await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        reply.header("x-tracemesh-response-flags")
+    );
+    assert_eq!(app.count(), 1);
+    let scrape = backend.metrics().await;
+    let mutual = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "mutual_tls"),
+        ("source_principal", FRONTEND),
+    ];
+    assert_eq!(
+        scrape.sum("istio_requests_total", &mutual),
+        1.0,
+        "{}",
+        scrape.text
+    );
+    let reply = client.get("http://plain:9080/").await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        reply.header("x-tracemesh-response-flags")
+    );
+    assert_eq!(plain.count(), 1);
+}
+
 /// The mesh config of the tests below: `old.example` is an alias of the
 /// mesh's trust domain (`cluster.local`).
 const ALIASES: &str = "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |-\n    trustDomainAliases: [old.example]\n";
@@ -708,6 +776,92 @@ async fn origination_without_sni_sends_the_authority_as_rewritten() {
     let reply = client.get("http://api.wild.example/").await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(sent("api.wild.example"), 1);
+}
+
+/// With `sni`, Istio renders no `auto_san_validation`: the certificate is
+/// checked against the rule's `subjectAltNames`, else the ServiceEntry's,
+/// else not by name at all (the chain alone) — Envoy 1.40 so configured
+/// refuses the first case (503 `URX,UF`) and serves the second. A DNS SAN
+/// of the certificate matches a name as Envoy's `dnsNameMatch` does: a
+/// wildcard holds one label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn origination_with_sni_checks_the_entrys_names_or_the_chain_alone() {
+    let secure = TlsUpstream::start(&["foo.example"], false).await;
+    let wild = TlsUpstream::start(&["*.wild.example"], false).await;
+    let root = secure.root.display();
+    let entry_with_sans = |host: &str, sans: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {host}}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n  subjectAltNames: {sans}\n",
+            secure.addr.port()
+        )
+    };
+    let docs = [
+        entry_with_sans("pinned.example", "[bar.example]"),
+        tls_rule(
+            "default",
+            "pinned",
+            "pinned.example",
+            &format!("{{mode: SIMPLE, caCertificates: \"{root}\", sni: foo.example}}"),
+        ),
+        entry_with_sans("entry-ok.example", "[foo.example]"),
+        tls_rule(
+            "default",
+            "entry-ok",
+            "entry-ok.example",
+            &format!("{{mode: SIMPLE, caCertificates: \"{root}\", sni: foo.example}}"),
+        ),
+        entry_in("default", "chain.example", secure.addr),
+        tls_rule(
+            "default",
+            "chain",
+            "chain.example",
+            &format!("{{mode: SIMPLE, caCertificates: \"{root}\", sni: other.example}}"),
+        ),
+        entry_in("default", "api.wild.example", wild.addr),
+        tls_rule(
+            "default",
+            "wild",
+            "api.wild.example",
+            &format!(
+                "{{mode: SIMPLE, caCertificates: \"{}\", subjectAltNames: [API.wild.example]}}",
+                wild.root.display()
+            ),
+        ),
+        entry_in("default", "deep.wild.example", wild.addr),
+        tls_rule(
+            "default",
+            "deep",
+            "deep.wild.example",
+            &format!(
+                "{{mode: SIMPLE, caCertificates: \"{}\", subjectAltNames: [a.b.wild.example]}}",
+                wild.root.display()
+            ),
+        ),
+    ]
+    .concat();
+    let agent = Agent::start(&(agent("app", closed_port().await, NO_COLLECTOR) + &docs));
+    let client = Client::h1(agent.outbound);
+
+    // The entry's names, which the certificate does not carry.
+    let reply = client.get("http://pinned.example/").await;
+    refused_in_the_handshake(&agent, &reply, "wrong_san").await;
+    let reply = client.get("http://entry-ok.example/").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    // No names to check: the chain is, and the sni is sent.
+    let reply = client.get("http://chain.example/").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let sent_other = secure
+        .sni
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s.as_deref() == Some("other.example"));
+    assert!(sent_other);
+    // `*.wild.example` holds `api.wild.example` (any case), not `a.b.…`.
+    let reply = client.get("http://api.wild.example/").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let reply = client.get("http://deep.wild.example/").await;
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
 }
 
 /// A STATIC ServiceEntry for `host` in `namespace`, port 80 (HTTP) sent to

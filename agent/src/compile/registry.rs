@@ -628,10 +628,26 @@ struct EntryContext<'a> {
     peers: &'a PeerPolicies<'a>,
 }
 
+/// Whether a ServiceEntry's endpoint or a WorkloadEntry runs a sidecar
+/// (auto mTLS sends it mesh mTLS), as Istio's
+/// `getTLSModeFromWorkloadEntry` reads it: its `security.istio.io/tlsMode`
+/// label when it has one, else whether it names a `serviceAccount`.
+fn runs_sidecar(ep: &WorkloadEntry) -> bool {
+    match ep.labels.get("security.istio.io/tlsMode") {
+        Some(mode) => mode == "istio",
+        None => ep
+            .service_account
+            .as_deref()
+            .is_some_and(|sa| !sa.is_empty()),
+    }
+}
+
 /// An endpoint before it belongs to a cluster.
 struct EndpointSpec {
     address: UpstreamAddr,
     labels: BTreeMap<String, String>,
+    /// It runs a sidecar ([`runs_sidecar`]).
+    sidecar: bool,
     /// Its PeerAuthentication is DISABLE on its port: auto mTLS sends it
     /// plaintext even though it runs a sidecar.
     plaintext: bool,
@@ -710,6 +726,7 @@ impl EntryContext<'_> {
             return vec![EndpointSpec {
                 address,
                 labels: BTreeMap::new(),
+                sidecar: false,
                 plaintext: false,
             }];
         }
@@ -737,12 +754,12 @@ impl EntryContext<'_> {
             // Istio's mtlsChecker: an endpoint with a sidecar whose
             // PeerAuthentication (its namespace, its labels, the port it
             // listens on) is DISABLE is sent plaintext by auto mTLS.
-            let sidecar =
-                (ep.labels.get("security.istio.io/tlsMode")).is_some_and(|m| m == "istio");
+            let sidecar = runs_sidecar(ep);
             let plaintext = sidecar && self.peers.disable(self.namespace, &ep.labels, port);
             out.push(EndpointSpec {
                 address,
                 labels: ep.labels.clone(),
+                sidecar,
                 plaintext,
             });
         }
@@ -790,7 +807,7 @@ impl ClusterBuild<'_> {
                     state,
                     &self.name.namespace,
                 );
-                endpoint.sidecar &= !ep.plaintext;
+                endpoint.sidecar = ep.sidecar && !ep.plaintext;
                 Arc::new(endpoint)
             })
             .collect();

@@ -186,7 +186,7 @@ pub const FIELDS: &[Field] = &[
     warned(
         SE,
         "spec.endpoints[*].serviceAccount",
-        "peers are verified against the trust domain and subjectAltNames",
+        "without a tlsMode label it marks a sidecar for auto mTLS, as in Istio; the peer is verified against the trust domain and subjectAltNames, not the account",
     ),
     enforced(WE, "spec.address"),
     enforced(WE, "spec.ports"),
@@ -197,7 +197,7 @@ pub const FIELDS: &[Field] = &[
     warned(
         WE,
         "spec.serviceAccount",
-        "peers are verified against the trust domain and subjectAltNames",
+        "without a tlsMode label it marks a sidecar for auto mTLS, as in Istio; the peer is verified against the trust domain and subjectAltNames, not the account",
     ),
     enforced(AP, "spec.selector"),
     enforced(AP, "spec.action"),

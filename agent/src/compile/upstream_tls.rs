@@ -119,14 +119,16 @@ pub(super) fn upstream_tls(
                 })
             }),
     };
-    match mode {
-        None if has_identity => mesh(true, host),
-        None | Some("DISABLE") => UpstreamTls::Plain,
-        Some("ISTIO_MUTUAL") => mesh(false, tls.and_then(|t| t.sni.as_deref()).unwrap_or(host)),
-        Some(_) => match tls.map(|t| originate(t, host, live)) {
-            Some(Ok(origination)) => origination,
-            Some(Err(reason)) => UpstreamTls::Broken(reason.into()),
-            None => UpstreamTls::Plain,
+    // Auto mTLS only without a `tls` block: one without a `mode` is
+    // DISABLE (the field's default), which Istio's
+    // `buildUpstreamTLSSettings` takes as the user's choice.
+    match (tls, mode) {
+        (None, _) if has_identity => mesh(true, host),
+        (None, _) | (Some(_), None | Some("DISABLE")) => UpstreamTls::Plain,
+        (Some(t), Some("ISTIO_MUTUAL")) => mesh(false, t.sni.as_deref().unwrap_or(host)),
+        (Some(t), Some(_)) => match originate(t, host, entry_sans, live) {
+            Ok(origination) => origination,
+            Err(reason) => UpstreamTls::Broken(reason.into()),
         },
     }
 }
@@ -138,7 +140,13 @@ fn read(path: &str) -> Result<String, String> {
 /// SIMPLE or MUTUAL origination: configs for both ALPN protocols, the
 /// running config's when its settings and files are the same (Envoy keeps
 /// the connection pools of a cluster a config update leaves unchanged).
-fn originate(tls: &ClientTlsSettings, host: &str, live: &LiveState) -> Result<UpstreamTls, String> {
+/// `entry_sans`: the ServiceEntry's `subjectAltNames`.
+fn originate(
+    tls: &ClientTlsSettings,
+    host: &str,
+    entry_sans: &[String],
+    live: &LiveState,
+) -> Result<UpstreamTls, String> {
     // A wildcard host (`*.example.com`) names no server: with auto SNI each
     // HTTP request's authority does, and the wildcard's domain stands for
     // a connection without one (TCP).
@@ -152,12 +160,21 @@ fn originate(tls: &ClientTlsSettings, host: &str, live: &LiveState) -> Result<Up
             .find_map(|p| std::fs::read_to_string(p).ok())
             .unwrap_or_default(),
     };
+    // The name checked, as Istio's `constructUpstreamTLS` and
+    // `setAutoSniAndAutoSanValidation` render it: the rule's
+    // `subjectAltNames`; else, without `sni`, the name each connection is
+    // opened for (`auto_san_validation`, which overrides the entry's);
+    // else the ServiceEntry's `subjectAltNames`; else the chain alone.
     let check = if tls.insecure_skip_verify == Some(true) {
         NameCheck::Skip
     } else if !tls.subject_alt_names.is_empty() {
         NameCheck::AnyOf(tls.subject_alt_names.clone())
-    } else {
+    } else if tls.sni.is_none() {
         NameCheck::ServerName
+    } else if !entry_sans.is_empty() {
+        NameCheck::AnyOf(entry_sans.to_vec())
+    } else {
+        NameCheck::Chain
     };
     let client_files = match (&tls.client_certificate, &tls.private_key) {
         (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),

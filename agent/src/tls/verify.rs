@@ -114,6 +114,9 @@ pub enum NameCheck {
     AnyOf(Vec<String>),
     /// The SNI name (plain TLS origination).
     ServerName,
+    /// No name: the chain alone (origination with an `sni` and no
+    /// `subjectAltNames`, where Envoy validates no name).
+    Chain,
     /// Nothing: `insecureSkipVerify` (and no chain check either).
     Skip,
 }
@@ -138,14 +141,54 @@ impl MeshServerVerifier {
     }
 }
 
-/// Whether a certificate carries one of `names` as a URI or DNS SAN.
+/// Whether a certificate carries one of `names` as a SAN, as Envoy's
+/// exact SAN matchers read them (`StringSanMatcher`): a DNS SAN by
+/// [`dns_name_match`] (so `*.example.com` holds `api.example.com`), any
+/// other (URI, IP) byte for byte.
 pub fn has_any_san(der: &[u8], names: &[String]) -> bool {
     CertInfo::parse(der).is_some_and(|info| {
-        info.subject_alt_names.iter().any(|san| {
-            let value = san.split_once(':').map_or(san.as_str(), |(_, v)| v);
-            names.iter().any(|n| n == value)
-        })
+        info.subject_alt_names
+            .iter()
+            .any(|san| match san.split_once(':') {
+                Some(("DNS", pattern)) => names.iter().any(|n| dns_name_match(n, pattern)),
+                Some((_, value)) => names.iter().any(|n| n == value),
+                None => names.iter().any(|n| n == san),
+            })
     })
+}
+
+/// Whether the DNS name `name` matches a certificate's DNS SAN `pattern`,
+/// as Envoy's `Utility::dnsNameMatch`: equal but for ASCII case, or a
+/// pattern whose first label alone holds one `*` (and is no A-label,
+/// `xn--`) matching `name`'s first label, the rest equal. Both need two
+/// labels or more to match by wildcard.
+pub fn dns_name_match(name: &str, pattern: &str) -> bool {
+    if name.eq_ignore_ascii_case(pattern) {
+        return true;
+    }
+    let (Some((label, rest)), Some((wild, pattern_rest))) =
+        (name.split_once('.'), pattern.split_once('.'))
+    else {
+        return false;
+    };
+    let wild = wild.to_ascii_lowercase();
+    if !wild.contains('*')
+        || pattern_rest.contains('*')
+        || wild.starts_with("xn--")
+        || !rest.eq_ignore_ascii_case(pattern_rest)
+    {
+        return false;
+    }
+    let label = label.to_ascii_lowercase();
+    // Envoy's `labelWildcardMatch`: `*` alone, or one `*` with what is
+    // around it at the label's two ends.
+    match wild.split_once('*') {
+        _ if wild == "*" => true,
+        Some((head, tail)) if !tail.contains('*') => {
+            wild.len() <= label.len() + 1 && label.starts_with(head) && label.ends_with(tail)
+        }
+        _ => false,
+    }
 }
 
 impl ServerCertVerifier for MeshServerVerifier {
@@ -174,7 +217,7 @@ impl ServerCertVerifier for MeshServerVerifier {
             }
             NameCheck::AnyOf(names) => has_any_san(end_entity, names),
             NameCheck::ServerName => rustls::client::verify_server_name(&cert, server_name).is_ok(),
-            NameCheck::Skip => true,
+            NameCheck::Chain | NameCheck::Skip => true,
         };
         if named {
             Ok(ServerCertVerified::assertion())
@@ -203,5 +246,46 @@ impl ServerCertVerifier for MeshServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dns_name_match;
+
+    /// Names against certificate patterns, as Envoy's `dnsNameMatch` and
+    /// `labelWildcardMatch` decide them.
+    #[test]
+    fn dns_names_match_as_envoy_matches_them() {
+        for (name, pattern) in [
+            ("lyft.com", "lyft.com"),
+            ("a.lyft.com", "*.lyft.com"),
+            ("a.LYFT.com", "*.lyft.COM"),
+            ("lyft.com", "LYFT.com"),
+            ("a.lyft.com", "a*.lyft.com"),
+            ("xa.lyft.com", "x*.lyft.com"),
+            ("xab.lyft.com", "x*b.lyft.com"),
+            ("a.lyft.com", "*a.lyft.com"),
+            // (the label's wildcard may stand for nothing)
+            ("alyft.com", "*lyft.com"),
+            ("lyft.com", "*lyft.com"),
+        ] {
+            assert!(dns_name_match(name, pattern), "{name} {pattern}");
+        }
+        for (name, pattern) in [
+            ("a.b.lyft.com", "*.lyft.com"),
+            ("foo.test.com", "*.lyft.com"),
+            ("lyft.com", "*.lyft.com"),
+            ("alyft.com", "*.lyft.com"),
+            ("", "*lyft.com"),
+            ("lyft.com", ""),
+            ("test.lyft.com", "*.*.com"),
+            ("a.b.lyft.com", "b*.lyft.com"),
+            ("xn--a.lyft.com", "xn--*.lyft.com"),
+            ("a.lyft.com", "a**.lyft.com"),
+            ("ab.lyft.com", "a*c.lyft.com"),
+        ] {
+            assert!(!dns_name_match(name, pattern), "{name} {pattern}");
+        }
     }
 }

@@ -342,6 +342,40 @@ async fn grpc_web_is_http_and_a_grpc_status_is_inferred_as_envoy_infers_it() {
         "{}",
         scrape.text
     );
+
+    // A `grpc-status` that is no unsigned number is Envoy's `InvalidCode`
+    // (-1), not inferred from the 200; spaces and a `+` are read.
+    app.fail_with(0);
+    for (sent, reported) in [
+        ("abc", "-1"),
+        ("-3", "-1"),
+        ("1e1", "-1"),
+        ("+5", "5"),
+        ("70000", "-1"),
+    ] {
+        let mut call = call("application/grpc");
+        call.headers_mut().insert(
+            "x-echo-set-header",
+            format!("grpc-status:{sent}").parse().unwrap(),
+        );
+        let reply = Client::h2(mesh.frontend.outbound).send(call).await;
+        assert_eq!(reply.status, 200, "{sent}");
+        let scrape = mesh.frontend.metrics().await;
+        let labels = [
+            ("reporter", "source"),
+            ("request_protocol", "grpc"),
+            ("response_code", "200"),
+            ("grpc_response_status", reported),
+        ];
+        assert!(
+            scrape.sum("istio_requests_total", &labels) >= 1.0,
+            "{sent}: {}",
+            scrape.text
+        );
+    }
+    let scrape = mesh.frontend.metrics().await;
+    let inferred_ok = [("request_protocol", "grpc"), ("grpc_response_status", "2")];
+    assert_eq!(scrape.sum("istio_requests_total", &inferred_ok), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -203,7 +203,7 @@ impl RetryPolicy {
     }
 
     /// Whether a response with `status` (and gRPC status) is retried.
-    pub fn retries_status(&self, status: u16, grpc_status: Option<u16>) -> bool {
+    pub fn retries_status(&self, status: u16, grpc_status: Option<i64>) -> bool {
         let on = self.on;
         (on.contains(RetryOn::FIVE_XX) && status >= 500)
             || (on.contains(RetryOn::GATEWAY_ERROR) && matches!(status, 502..=504))

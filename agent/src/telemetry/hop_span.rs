@@ -361,7 +361,7 @@ impl HopSpan {
             );
         }
         if let Some(status) = record.grpc_status {
-            span.set("rpc.grpc.status_code", Value::Int(i64::from(status)));
+            span.set("rpc.grpc.status_code", Value::Int(status));
         }
         if record.attempts > 1 {
             span.set(

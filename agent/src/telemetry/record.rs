@@ -80,8 +80,9 @@ pub struct RequestRecord {
     pub transport_failure: Option<&'static str>,
     /// The response status (0: none was sent).
     pub status: u16,
-    /// The gRPC status, from headers or trailers.
-    pub grpc_status: Option<u16>,
+    /// The gRPC status, from headers or trailers ([`grpc_status`]: `-1`
+    /// for one that is no number).
+    pub grpc_status: Option<i64>,
     /// Envoy's response flags.
     pub flags: ResponseFlags,
     /// Why the response is what it is (`via_upstream` when the upstream
@@ -194,9 +195,23 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest[0] == b'+')
 }
 
-/// The gRPC status in response headers or trailers.
-pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
-    headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
+/// The gRPC status in response headers or trailers, as Envoy's
+/// `Grpc::Common::getGrpcStatus` reads it (absl's `SimpleAtoi` into an
+/// unsigned number: spaces around it and a `+` allowed): none when the
+/// header is absent or empty, `-1` (Envoy's `InvalidCode`) when it is no
+/// such number.
+pub fn grpc_status(headers: &HeaderMap) -> Option<i64> {
+    let value = headers.get(GRPC_STATUS)?.as_bytes();
+    if value.is_empty() {
+        return None;
+    }
+    let text = value.trim_ascii();
+    let digits = text.strip_prefix(b"+").unwrap_or(text);
+    let number = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+        .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+        .flatten()
+        .and_then(|n| i64::try_from(n).ok());
+    Some(number.unwrap_or(-1))
 }
 
 /// The `grpc_response_status` Istio reports for a gRPC request, as Envoy's
@@ -205,10 +220,10 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
 /// `InvalidCode`), else inferred from the HTTP `status` sent
 /// (`httpToGrpcStatus`: a 503 without a gRPC status is 14, a 200 is 2),
 /// else none (0: nothing was sent).
-pub fn reported_grpc_status(grpc_status: Option<u16>, status: u16) -> Option<i32> {
-    const MAXIMUM_KNOWN: u16 = 16;
+pub fn reported_grpc_status(grpc_status: Option<i64>, status: u16) -> Option<i32> {
+    const MAXIMUM_KNOWN: i64 = 16;
     match grpc_status {
-        Some(code) if code <= MAXIMUM_KNOWN => Some(i32::from(code)),
+        Some(code @ 0..=MAXIMUM_KNOWN) => Some(code as i32),
         Some(_) => Some(-1),
         None if status == 0 => None,
         None => Some(i32::from(grpc_status_for(status))),
@@ -280,7 +295,7 @@ impl RequestRecord {
             response: (self.status != 0).then(|| ResponseAttributes {
                 code: self.status,
                 code_details: self.details.as_deref().unwrap_or(""),
-                grpc_status: self.grpc_status.map(i64::from),
+                grpc_status: self.grpc_status,
                 headers: &facts.response_headers,
                 size: self.response_bytes,
             }),
@@ -402,6 +417,33 @@ mod tests {
         assert_eq!(reported_grpc_status(None, 404), Some(12));
         assert_eq!(reported_grpc_status(None, 200), Some(2));
         assert_eq!(reported_grpc_status(None, 0), None);
+    }
+
+    /// `grpc-status` as Envoy's `getGrpcStatus` reads it.
+    #[test]
+    fn a_grpc_status_is_read_as_envoy_reads_it() {
+        let read = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(GRPC_STATUS, value.parse().unwrap());
+            grpc_status(&headers)
+        };
+        for (value, want) in [
+            ("0", Some(0)),
+            ("14", Some(14)),
+            ("+5", Some(5)),
+            (" 7 ", Some(7)),
+            ("05", Some(5)),
+            ("99", Some(99)),
+            ("", None),
+            ("abc", Some(-1)),
+            ("-3", Some(-1)),
+            ("1e1", Some(-1)),
+            ("+", Some(-1)),
+            ("99999999999999999999", Some(-1)),
+        ] {
+            assert_eq!(read(value), want, "{value:?}");
+        }
+        assert_eq!(grpc_status(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -266,7 +266,7 @@ impl Exchange {
         }
         self.record.details = Some(denied.details.into());
         if self.record.grpc {
-            self.record.grpc_status = Some(record::grpc_status_for(denied.status));
+            self.record.grpc_status = Some(record::grpc_status_for(denied.status).into());
         }
         self.reply(response, body)
     }
@@ -369,7 +369,7 @@ impl Exchange {
             return self.reply_recorded_as(response, body, 0);
         }
         if self.record.grpc {
-            self.record.grpc_status = Some(reply.grpc_code());
+            self.record.grpc_status = Some(reply.grpc_code().into());
         }
         self.reply(response, body)
     }

@@ -156,6 +156,30 @@ async fn sampling_and_custom_tags_follow_mesh_namespace_and_workload_resources()
     otlp.span_of("/after-reload").await;
 }
 
+/// The mesh config's `defaultConfig.tracing` as Istio reads it
+/// (`proxyConfigSamplingValue`, `configureCustomTags`): `sampling: 0` is
+/// unset, so the Agent's own sampling (every new trace) applies, and
+/// `customTags` tag every span where no Telemetry gives tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_mesh_configs_tracing_defaults_are_read_as_istio_reads_them() {
+    let otlp = Receiver::start().await;
+    let app = Upstream::start("reviews").await;
+    let mesh = "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    defaultConfig:\n      tracing:\n        sampling: 0\n        customTags:\n          team: {literal: {value: mesh-team}}\n          user: {header: {name: x-user, defaultValue: nobody}}\n";
+    let agent = Agent::start(&(doc("reviews", app.addr, &otlp.endpoint()) + mesh));
+    let client = Client::h1(agent.inbound);
+    let reply = client
+        .get_with("http://reviews:9080/mesh-tags", &[("x-user", "ada")])
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        upstream_sampled(&app),
+        "sampling 0 is unset: the Agent's own sampling applies"
+    );
+    let span = otlp.span_of("/mesh-tags").await;
+    assert_eq!(span.attr("team").as_deref(), Some("mesh-team"), "literal");
+    assert_eq!(span.attr("user").as_deref(), Some("ada"), "header");
+}
+
 const METRICS: &str = r#"---
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry

@@ -132,7 +132,16 @@ pub(super) fn compile(
                 metrics: defaults.metrics,
                 access_logging: defaults.access_logging,
             },
-            default_sampling_percent: tracing.and_then(|t| t.sampling),
+            // Istio's `proxyConfigSamplingValue`: 0 is unset, past 100 is 1.
+            default_sampling_percent: tracing
+                .and_then(|t| t.sampling)
+                .filter(|p| *p != 0.0)
+                .map(|p| if p > 100.0 { 1.0 } else { p }),
+            default_custom_tags: tracing
+                .iter()
+                .flat_map(|t| &t.custom_tags)
+                .filter_map(|(name, tag)| super::telemetry::custom_tag(name, tag))
+                .collect(),
             rejected: false,
         },
         outbound_traffic_policy: config

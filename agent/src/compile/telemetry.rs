@@ -250,7 +250,7 @@ fn tracing(
 ) -> Option<TracingPolicy> {
     let defaults = &mesh.default_providers.tracing;
     let any = applying.iter().any(|d| !d.spec.tracing.is_empty());
-    if !any && defaults.is_empty() {
+    if !any && defaults.is_empty() && mesh.default_custom_tags.is_empty() {
         return None;
     }
     let mut chosen: Option<String> = defaults.first().cloned();
@@ -284,6 +284,11 @@ fn tracing(
             }
         }
     }
+    // No Telemetry gives tags: the mesh config's, as Istio's
+    // `configureCustomTags` falls back to them.
+    if policy.custom_tags.is_empty() {
+        policy.custom_tags = mesh.default_custom_tags.clone();
+    }
     // No provider named anywhere: the Agent's own exporter reports, as
     // without any Telemetry. A name that resolves to nothing reports nothing
     // (warned above).
@@ -296,7 +301,12 @@ fn tracing(
     Some(policy)
 }
 
-fn custom_tag(name: &str, tag: &crate::config::telemetry::CustomTag) -> Option<CustomTag> {
+/// A `customTags` entry as the agent applies it (none for a `formatter`,
+/// an unset environment variable without default, or a bad header name).
+pub(super) fn custom_tag(
+    name: &str,
+    tag: &crate::config::telemetry::CustomTag,
+) -> Option<CustomTag> {
     let value = if let Some(literal) = &tag.literal {
         TagValue::Literal(literal.value.clone())
     } else if let Some(env) = &tag.environment {

@@ -26,8 +26,12 @@ pub struct Mesh {
     /// Provider names for tracing, metrics and access logs when a Telemetry
     /// names none.
     pub default_providers: DefaultProviders,
-    /// `defaultConfig.tracing.sampling`, in percent.
+    /// `defaultConfig.tracing.sampling`, in percent (none when unset or
+    /// 0, which Istio's `proxyConfigSamplingValue` reads as unset).
     pub default_sampling_percent: Option<f64>,
+    /// `defaultConfig.tracing.customTags`: a span's tags when no Telemetry
+    /// gives any (Istio's `configureCustomTags`).
+    pub default_custom_tags: Vec<crate::model::telemetry::CustomTag>,
     /// The file's mesh config was refused (its own errors say why): its
     /// providers are unknown, so a reference to one is not reported missing.
     pub rejected: bool,
@@ -42,6 +46,7 @@ impl Default for Mesh {
             providers: builtin_providers(),
             default_providers: DefaultProviders::default(),
             default_sampling_percent: None,
+            default_custom_tags: Vec::new(),
             rejected: false,
         }
     }

@@ -129,7 +129,9 @@ fn applying<'a>(
             }
         }
     }
-    let mut workload: Option<&Document<TelemetrySpec>> = None;
+    // Every Telemetry of the workload's namespace that selects it, oldest
+    // first, each over the ones before: Istio's `applicableTelemetries`
+    // appends them all (`appendApplicableTelemetries`, since 1.21).
     for doc in docs.iter().copied().filter(|d| ns_of(d) == own) {
         if doc.spec.target_ref.is_some() || !doc.spec.target_refs.is_empty() {
             diags.warn(
@@ -146,19 +148,7 @@ fn applying<'a>(
                 .as_ref()
                 .is_some_and(|s| s.matches(&boot.identity.labels))
         {
-            match workload {
-                None => {
-                    workload = Some(doc);
-                    out.push(doc);
-                }
-                Some(first) => {
-                    let msg = format!(
-                        "an older Telemetry selects this workload too ({}); only the oldest applies, as in Istio",
-                        first.metadata.name
-                    );
-                    diags.warn(&doc.location, Some("spec.selector".into()), msg);
-                }
-            }
+            out.push(doc);
         }
     }
     out

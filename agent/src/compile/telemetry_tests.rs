@@ -273,6 +273,41 @@ spec:
     );
 }
 
+/// Two Telemetries select the workload, one for tracing, a newer one for
+/// metrics: both apply, as Istio appends every match (the breaker's
+/// example: the metrics override was dropped with a warning).
+#[test]
+fn two_workload_telemetries_both_apply() {
+    let (policy, warnings) = compile(
+        r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: a-tracing, namespace: shop, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  tracing: [{randomSamplingPercentage: 100}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: b-metrics, namespace: shop, creationTimestamp: "2024-02-01T00:00:00Z"}
+spec:
+  selector: {matchLabels: {version: v1}}
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides:
+        request_protocol: {operation: REMOVE}
+"#,
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(policy.sources, ["shop/a-tracing", "shop/b-metrics"]);
+    assert_eq!(policy.sampling_percent(Side::Server, 0.01), 100.0);
+    let server = policy.server.metrics.as_ref().unwrap();
+    assert!(matches!(
+        server.tags(IstioMetric::RequestCount),
+        [TagOverride::Remove(label)] if label == "request_protocol"
+    ));
+}
+
 #[test]
 fn all_metrics_off_until_a_workload_turns_one_on() {
     let mesh_off = r#"apiVersion: telemetry.istio.io/v1
@@ -442,12 +477,15 @@ spec:
     assert_eq!(without_mesh.sampling_percent(Side::Client, 0.25), 25.0);
 }
 
-/// Of several Telemetries at one level the oldest applies, by
+/// Of several namespace-wide Telemetries the oldest applies, by
 /// `creationTimestamp` then name, as Istio's `sortConfigByCreationTime`
-/// orders them — not the file's order. (Found by a breaker: the first in
-/// the file applied.)
+/// orders them — not the file's order (found by a breaker: the first in
+/// the file applied); every Telemetry that selects the workload applies,
+/// oldest first, a newer one over an older (Istio's
+/// `appendApplicableTelemetries`; found by a breaker: only the oldest
+/// applied).
 #[test]
-fn the_oldest_telemetry_at_each_level_applies() {
+fn the_oldest_namespace_telemetry_and_every_workload_telemetry_apply() {
     let telemetry = |name: &str, created: &str, selector: &str, percent: u32| {
         format!(
             "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: shop, creationTimestamp: \"{created}\"}}\nspec:\n{selector}  tracing: [{{randomSamplingPercentage: {percent}}}]\n"
@@ -465,14 +503,10 @@ fn the_oldest_telemetry_at_each_level_applies() {
     let (policy, warnings) = compile(&text);
     assert_eq!(
         policy.sources,
-        ["shop/a-wide", "shop/older"],
+        ["shop/a-wide", "shop/older", "shop/newer"],
         "{warnings:?}"
     );
-    assert_eq!(policy.sampling_percent(Side::Server, 1.0), 20.0);
-    assert!(
-        warnings.iter().any(|w| w.contains("older")),
-        "the newer workload Telemetry is warned about: {warnings:?}"
-    );
+    assert_eq!(policy.sampling_percent(Side::Server, 1.0), 10.0);
     assert!(
         warnings.iter().any(|w| w.contains("a-wide")),
         "the later namespace-wide one is warned about: {warnings:?}"

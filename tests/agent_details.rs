@@ -220,7 +220,7 @@ spec:
   hosts: [faulty]
   http:
   - name: chaos
-    match: [{uri: {exact: /teapot}}]
+    match: [{name: teapot, uri: {exact: /teapot}}]
     fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
     route: [{destination: {host: faulty}}]
   - name: late
@@ -384,6 +384,15 @@ spec:
     );
     let waited: f64 = event_attr(wait, "duration_ms").unwrap().parse().unwrap();
     assert!(waited > 0.0, "{waited}");
+
+    // Route names as Istio gives them (`translateRoute`,
+    // `DefaultRouteName`): a named match is `<rule>.<match>`, a service
+    // without a VirtualService goes by Istio's own `default` route.
+    assert_eq!(
+        agent.access_log_line("/teapot")["route_name"],
+        "chaos.teapot"
+    );
+    assert_eq!(agent.access_log_line("/q2")["route_name"], "default");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -266,7 +266,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_goes_away_is_recorded_as_dc() {
-    let m = mesh(false).await;
+    let m = mesh(true).await;
     let mut stream = tokio::net::TcpStream::connect(m.frontend.outbound)
         .await
         .unwrap();
@@ -290,6 +290,12 @@ async fn a_client_that_goes_away_is_recorded_as_dc() {
             &[("response_flags", "DC"), ("response_code", "0")],
         ) == 1.0
         {
+            // As Envoy 1.40 logs it (`resetAllStreams` on the close).
+            let line = m.frontend.access_log_line("/slow/3000");
+            assert_eq!(
+                line["response_code_details"], "downstream_remote_disconnect",
+                "{line}"
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

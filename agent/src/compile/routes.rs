@@ -33,7 +33,8 @@ use crate::host::{CLUSTER_DOMAIN, resolve_short_name};
 use crate::model::header_format::{HeaderFormat, Parsed};
 use crate::model::policy::RoutePolicy;
 use crate::model::route::{
-    HeaderEdits, HttpRule, RouteMatch, RouteTable, StrMatcher, VirtualHost, WeightedDestination,
+    DEFAULT_ROUTE_NAME, HeaderEdits, HttpRule, RouteMatch, RouteTable, StrMatcher, VirtualHost,
+    WeightedDestination,
 };
 
 /// Istio's reserved gateway name for every sidecar.
@@ -580,7 +581,7 @@ fn implicit_host(fqdn: &str, registry: &Registry) -> VirtualHost {
         in_registry: true,
         virtual_service: None,
         rules: vec![HttpRule {
-            name: None,
+            name: Some(Arc::clone(&DEFAULT_ROUTE_NAME)),
             reference: None,
             matches: Vec::new(),
             destinations: vec![WeightedDestination {
@@ -687,7 +688,12 @@ fn compile_rule(
     let loc = scope.loc;
     let mut matches = Vec::new();
     for (j, m) in rule.matches.iter().enumerate() {
-        if let Some(compiled) = compile_match(m, &format!("{field}.match[{j}]"), scope, diags) {
+        if let Some(mut compiled) = compile_match(m, &format!("{field}.match[{j}]"), scope, diags) {
+            // Istio's `translateRoute`: `<rule>.<match>` for a named match.
+            if let Some(name) = m.name.as_deref().filter(|n| !n.is_empty()) {
+                let rule_name = rule.name.as_deref().unwrap_or_default();
+                compiled.route_name = Some(Arc::from(format!("{rule_name}.{name}")));
+            }
             matches.push(compiled);
         }
     }

@@ -104,7 +104,21 @@ pub struct RouteMatch {
     /// (OpenTelemetry's `http.route`): the exact path, or the prefix with
     /// `*`; none for regex or no path condition.
     pub route_template: Option<Arc<str>>,
+    /// The route's name when this entry matched, for a named entry:
+    /// Istio's `<rule name>.<match name>` (`translateRoute`); else the
+    /// rule's.
+    pub route_name: Option<Arc<str>>,
 }
+
+/// The name Istio gives a route it makes itself (`DefaultRouteName`): a
+/// registry host's without a VirtualService, the inbound one to the app.
+pub static DEFAULT_ROUTE_NAME: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("default"));
+
+/// The name of Istio's catch-all route to `PassthroughCluster`
+/// (`allow_any`, its `util.Passthrough`).
+pub static ALLOW_ANY_ROUTE_NAME: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("allow_any"));
 
 impl RouteMatch {
     /// Whether the request satisfies every condition.
@@ -264,8 +278,8 @@ pub struct WeightedDestination {
 #[derive(Debug, Clone)]
 pub struct HttpRule {
     /// The rule's name (`tracemesh.route_name` on spans, the access log's
-    /// `route_name`); none for unnamed rules and the implicit route of a
-    /// registry entry.
+    /// `route_name`); none for unnamed rules, [`DEFAULT_ROUTE_NAME`] for
+    /// the implicit route of a registry entry.
     pub name: Option<Arc<str>>,
     /// The rule as response details name it:
     /// `VirtualService:<namespace>/<name>[<rule name, else its index>]`;
@@ -297,6 +311,9 @@ pub struct Matched<'r> {
     pub prefix: Option<&'r str>,
     /// The matched path template (`http.route`), when the match names one.
     pub route_template: Option<&'r Arc<str>>,
+    /// The route's name: the matched entry's ([`RouteMatch::route_name`]),
+    /// else the rule's.
+    pub route_name: Option<&'r Arc<str>>,
 }
 
 impl HttpRule {
@@ -307,6 +324,7 @@ impl HttpRule {
                 rule: self,
                 prefix: Some("/"),
                 route_template: None,
+                route_name: self.name.as_ref(),
             });
         }
         let m = self.matches.iter().find(|m| m.matches(req))?;
@@ -319,6 +337,7 @@ impl HttpRule {
             rule: self,
             prefix,
             route_template: m.route_template.as_ref(),
+            route_name: m.route_name.as_ref().or(self.name.as_ref()),
         })
     }
 

@@ -37,7 +37,7 @@ use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
 use crate::model::live::{ActiveRequest, EjectionReason, Slot};
 use crate::model::peer::PeerInfo;
-use crate::model::route::Matched;
+use crate::model::route::{ALLOW_ANY_ROUTE_NAME, DEFAULT_ROUTE_NAME, Matched};
 use crate::model::service::ServiceName;
 use crate::model::telemetry::{Side, TelemetryPolicy};
 use crate::telemetry::hop_span::HopSpan;
@@ -281,6 +281,16 @@ impl Exchange {
     /// Records the route decision: the rule that matched (outbound) and
     /// how, and the cluster it sends to.
     pub fn set_route(&mut self, matched: Option<Matched<'_>>, cluster: &Arc<Cluster>) {
+        if matched.is_none() {
+            // A route Istio makes itself: inbound to the app, or a service
+            // without rules (`default`); the catch-all (`allow_any`).
+            let name = if cluster.name == "PassthroughCluster" {
+                &ALLOW_ANY_ROUTE_NAME
+            } else {
+                &DEFAULT_ROUTE_NAME
+            };
+            self.record.route = Some(Arc::clone(name));
+        }
         self.set_matched(matched);
         self.record.cluster = Some(cluster.clone());
     }
@@ -290,7 +300,7 @@ impl Exchange {
     /// (redirect, direct response) is logged and traced by its rule too.
     pub fn set_matched(&mut self, matched: Option<Matched<'_>>) {
         if let Some(matched) = matched {
-            self.record.route = matched.rule.name.clone();
+            self.record.route = matched.route_name.cloned();
             self.record.route_reference = matched.rule.reference.clone();
             self.record.http_route = matched.route_template.cloned();
         }
@@ -810,7 +820,10 @@ impl Drop for Exchange {
             } else if self.stream.was_cut_stalled() {
                 self.on_stream_idle();
             } else {
+                // Envoy's `resetAllStreams` on the client's close: DC and
+                // `downstream_remote_disconnect`, over any details before.
                 self.add_flags(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+                self.record.details = Some(Cow::Borrowed(DOWNSTREAM_REMOTE_DISCONNECT));
             }
             self.complete();
         }

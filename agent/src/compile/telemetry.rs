@@ -385,8 +385,15 @@ fn metrics(
             all_off = false;
             let targets: Vec<IstioMetric> = match (all, custom, metric) {
                 (true, _, _) => IstioMetric::ALL.to_vec(),
-                (false, Some(name), _) | (false, None, Some(name)) => {
-                    match IstioMetric::parse(name) {
+                (false, custom, metric) => {
+                    let (name, parsed) = match custom {
+                        Some(name) => (name, IstioMetric::parse_custom(name)),
+                        None => {
+                            let name = metric.unwrap_or_default();
+                            (name, IstioMetric::parse(name))
+                        }
+                    };
+                    match parsed {
                         Some(m) => vec![m],
                         None => {
                             if sides(sel.and_then(|s| s.mode.as_deref()))[0] == side {
@@ -400,7 +407,6 @@ fn metrics(
                         }
                     }
                 }
-                (false, None, None) => Vec::new(),
             };
             for metric in targets {
                 let entry = per_metric.entry(metric).or_default();

@@ -232,11 +232,29 @@ spec:
         response_flags: {operation: REMOVE}
     - match: {customMetric: my_own_metric}
       disabled: true
+    - match: {customMetric: istio_requests_total}
+      disabled: true
 "#,
     );
     assert!(
         warnings.iter().any(|w| w.contains("my_own_metric")),
         "{warnings:?}"
+    );
+    // Istio's stats filter names it `requests_total`: the Prometheus
+    // name matches nothing, and the count stays.
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("\"istio_requests_total\"")),
+        "{warnings:?}"
+    );
+    assert!(
+        policy
+            .server
+            .metrics
+            .as_ref()
+            .unwrap()
+            .enabled(IstioMetric::RequestCount)
     );
     let server = policy.server.metrics.as_ref().unwrap();
     let client = policy.client.metrics.as_ref().unwrap();

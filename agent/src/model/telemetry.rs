@@ -227,13 +227,19 @@ impl IstioMetric {
         }
     }
 
-    /// The metric `match.metric` (an enum name) or `match.customMetric`
-    /// (`requests_total`, `istio_requests_total`) names.
+    /// The metric `match.metric` names (an enum name: `REQUEST_COUNT`).
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| {
-            let prom = m.prometheus_name();
-            name == m.istio_name() || name == prom || prom.strip_prefix("istio_") == Some(name)
-        })
+        Self::ALL.into_iter().find(|m| name == m.istio_name())
+    }
+
+    /// The metric `match.customMetric` names: its stat name as Istio's
+    /// stats filter matches it (`requests_total`). The `istio_` before it
+    /// is the Prometheus namespace Envoy adds, not part of the name, so
+    /// `istio_requests_total` names none, as in Istio.
+    pub fn parse_custom(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.prometheus_name().strip_prefix("istio_") == Some(name))
     }
 }
 

@@ -108,6 +108,9 @@ async fn requests_are_counted_with_istio_labels_on_both_sides() {
         source.histogram_count("istio_request_duration_milliseconds", &with_code("200")),
         3
     );
+    // Whole milliseconds, as Istio's stats filter records a duration.
+    let total = source.sum("istio_request_duration_milliseconds_sum", &with_code("200"));
+    assert_eq!(total.fract(), 0.0, "{total}");
     for bound in ["0.5", "25", "3600000"] {
         assert!(
             source.text.contains(&format!("le=\"{bound}\"")),

@@ -399,7 +399,9 @@ impl RequestHandles {
             c.inc();
         }
         if let Some(h) = &self.duration {
-            h.observe(duration_ms);
+            // Whole milliseconds, as Istio's stats filter records them
+            // (`absl::ToInt64Milliseconds`): a request under 1 ms is 0.
+            h.observe(duration_ms.trunc());
         }
         if let Some(h) = &self.request_bytes {
             h.observe(request_bytes as f64);

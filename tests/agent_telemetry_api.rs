@@ -317,6 +317,73 @@ spec:
 /// reporting off) ends — its span finished — before request B (outbound,
 /// reporting on) is sent, so once B's span is at the receiver, A's would
 /// be there too had it been reported.
+/// An `envoyFileAccessLog` provider's `logFormat`, as Istio renders it
+/// into Envoy's formatter: a `text` line of command operators (an absent
+/// value is `-`), JSON `labels` (a label that is one operator keeps its
+/// type; `omitEmptyValues` leaves the empty ones out); an operator the
+/// agent does not fill is an error naming the field, not a silent blank.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_access_logs_format_is_envoys() {
+    let app = Upstream::start("reviews").await;
+    let dir = tempfile::tempdir().unwrap();
+    let labels_file = dir.path().join("labels.log");
+    let mesh = |text: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    extensionProviders:\n    - name: text-log\n      envoyFileAccessLog:\n        path: /dev/stdout\n        logFormat: {{text: \"{text}\\n\"}}\n    - name: labels-log\n      envoyFileAccessLog:\n        path: {}\n        omitEmptyValues: true\n        logFormat:\n          labels: {{code: \"%RESPONSE_CODE%\", path: \"%REQ(:PATH)%\", line: \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\", sni: \"%REQUESTED_SERVER_NAME%\", agent: \"%REQ(USER-AGENT):4%\"}}\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: logs, namespace: default}}\nspec:\n  accessLogging:\n  - providers: [{{name: text-log}}, {{name: labels-log}}]\n",
+            labels_file.display()
+        )
+    };
+    let config = doc("reviews", app.addr, NO_COLLECTOR)
+        + &mesh(
+            "[%RESPONSE_CODE%] %REQ(:METHOD)% %REQ(:PATH)% sni=%REQUESTED_SERVER_NAME% %BYTES_SENT%",
+        );
+    let agent = Agent::start(&config);
+    let reply = Client::h1(agent.inbound)
+        .get_with(
+            "http://reviews:9080/formatted",
+            &[("user-agent", "curl/8.0")],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let want = format!("[200] GET /formatted sni=- {}", reply.body.len());
+    while !agent.stdout().contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "{want:?} not in {:?}",
+            agent.stdout()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let line = loop {
+        let text = std::fs::read_to_string(&labels_file).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            break serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line in {}",
+            labels_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        line,
+        serde_json::json!({"code": 200, "path": "/formatted", "line": "GET /formatted", "agent": "curl"}),
+        "the code a number, the SNI left out"
+    );
+
+    let (valid, out) = validate(
+        &(doc("reviews", app.addr, NO_COLLECTOR) + &mesh("%DYNAMIC_METADATA(istio.mixer)%")),
+    );
+    assert!(!valid, "{out}");
+    assert!(
+        out.contains("extensionProviders[0].envoyFileAccessLog.logFormat.text")
+            && out.contains("%DYNAMIC_METADATA(istio.mixer)% is not supported"),
+        "{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disabled_span_reporting_reports_nothing_and_still_propagates_the_context() {
     let otlp = Receiver::start().await;

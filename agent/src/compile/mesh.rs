@@ -103,10 +103,26 @@ pub(super) fn compile(
                 }
             }
         }
+        let mut config = provider(raw);
+        if let (ProviderConfig::FileAccessLog { format, .. }, Some(file)) =
+            (&mut config, &raw.envoy_file_access_log)
+            && let Some(value) = &file.log_format
+        {
+            match crate::model::log_format::compile(value) {
+                Ok(compiled) => *format = Some(Arc::new(compiled)),
+                Err((sub, error)) => diags.error(
+                    &doc.location,
+                    Some(format!(
+                        "{at}.extensionProviders[{i}].envoyFileAccessLog.logFormat.{sub}"
+                    )),
+                    error.to_string(),
+                ),
+            }
+        }
         let provider = Arc::new(Provider {
             name: raw.name.clone(),
             field: Some(format!("{at}.extensionProviders[{i}]")),
-            config: provider(raw),
+            config,
         });
         match providers
             .iter_mut()
@@ -273,6 +289,8 @@ fn provider(raw: &ExtensionProvider) -> ProviderConfig {
     if let Some(file) = &raw.envoy_file_access_log {
         return ProviderConfig::FileAccessLog {
             path: file.path.clone(),
+            format: None,
+            omit_empty: file.omit_empty_values,
         };
     }
     if let Some(als) = &raw.envoy_otel_als {

@@ -306,7 +306,8 @@ pub struct FileAccessLogProvider {
     /// File to append to (`/dev/stdout`).
     #[serde(default)]
     pub path: String,
-    /// Text or JSON labels (the agent writes its JSON line either way).
+    /// `text` or JSON `labels` of Envoy command operators (compiled by
+    /// `model::log_format`); none: the agent's JSON line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<Value>,
     /// Leave out empty fields.

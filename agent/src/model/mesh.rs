@@ -79,6 +79,8 @@ pub fn builtin_providers() -> Vec<Arc<Provider>> {
             field: None,
             config: ProviderConfig::FileAccessLog {
                 path: "/dev/stdout".into(),
+                format: None,
+                omit_empty: false,
             },
         }),
     ]
@@ -118,10 +120,15 @@ pub enum ProviderConfig {
     OpenTelemetry(OtlpTarget),
     /// Istio's metrics, on the agent's `/metrics`.
     Prometheus,
-    /// The JSON access log, to a file.
+    /// The access log, to a file: the JSON line, or `format`.
     FileAccessLog {
         /// The file (`/dev/stdout`).
         path: String,
+        /// `logFormat`; none: the agent's JSON line.
+        format: Option<Arc<crate::model::log_format::LogFormat>>,
+        /// `omitEmptyValues`: an empty value is left out (JSON) or written
+        /// as nothing rather than `-` (text).
+        omit_empty: bool,
     },
     /// Access log records over OTLP.
     OtelAccessLog(OtlpTarget),

@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod header_format;
 pub mod jwks;
 pub mod live;
+pub mod log_format;
 pub mod mesh;
 pub mod peer;
 pub mod policy;

@@ -321,8 +321,19 @@ impl AccessLogPolicy {
     /// The file, when the provider writes one.
     pub fn file(&self) -> Option<&str> {
         match &self.provider.config {
-            ProviderConfig::FileAccessLog { path } => Some(path),
+            ProviderConfig::FileAccessLog { path, .. } => Some(path),
             _ => None,
+        }
+    }
+
+    /// How the provider writes a line: its `logFormat` (none: the JSON
+    /// line) and `omitEmptyValues`.
+    pub fn format(&self) -> (Option<&crate::model::log_format::LogFormat>, bool) {
+        match &self.provider.config {
+            ProviderConfig::FileAccessLog {
+                format, omit_empty, ..
+            } => (format.as_deref(), *omit_empty),
+            _ => (None, false),
         }
     }
 }

@@ -40,7 +40,7 @@ use crate::model::endpoint::UpstreamAddr;
 use crate::model::peer::PeerInfo;
 use crate::model::service::ServiceName;
 use crate::model::tcp_route::TcpRouted;
-use crate::model::telemetry::Side;
+use crate::model::telemetry::{AccessLogPolicy, Side};
 use crate::model::{MtlsMode, Snapshot};
 use crate::telemetry::access_log::{AccessLog, AccessLogEntry, rfc3339_millis};
 use crate::telemetry::metrics::{ByAddress, PeerLabels, Reporter, TcpConnection};
@@ -154,14 +154,25 @@ pub async fn serve(
 /// attributes a connection has none of, so a filtered provider logs
 /// requests only), else the Agent's own `accessLog`. One line per
 /// connection, at its close, as Envoy's `tcp_proxy` writes it.
-fn access_logs(shared: &Shared, snapshot: &Snapshot, side: Side) -> Vec<Arc<AccessLog>> {
+fn access_logs<'s>(
+    shared: &Shared,
+    snapshot: &'s Snapshot,
+    side: Side,
+) -> Vec<(Arc<AccessLog>, Option<&'s AccessLogPolicy>)> {
     match &snapshot.telemetry.side(side).access_logs {
         Some(logs) => logs
             .iter()
             .filter(|log| !log.disabled && log.filter.is_none())
-            .filter_map(|log| log.file().and_then(|path| shared.access_logs.get(path)))
+            .filter_map(|log| {
+                let sink = log.file().and_then(|path| shared.access_logs.get(path))?;
+                Some((sink, Some(log)))
+            })
             .collect(),
-        None => shared.access_log.iter().cloned().collect(),
+        None => shared
+            .access_log
+            .iter()
+            .map(|log| (log.clone(), None))
+            .collect(),
     }
 }
 
@@ -504,8 +515,9 @@ pub async fn proxy<IO>(
             requested_server_name: caller_sni.as_deref(),
             traceparent: traceparent.as_ref().and_then(|t| t.to_str().ok()),
         };
-        for sink in sinks {
-            sink.write(&entry);
+        for (sink, log) in sinks {
+            let (format, omit_empty) = log.map_or((None, false), AccessLogPolicy::format);
+            sink.write_as(&entry, format, omit_empty);
         }
     }
     if span.is_recording() {

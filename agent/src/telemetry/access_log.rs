@@ -16,6 +16,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::model::bootstrap::AccessLogTarget;
+use crate::model::log_format::{LogFormat, Operator, Segment};
 use crate::model::telemetry::{AccessLogPolicy, TelemetryPolicy};
 
 const QUEUE: usize = 8192;
@@ -45,9 +46,30 @@ impl AccessLog {
         Ok(Self { lines, dropped })
     }
 
-    /// Queues one entry.
+    /// Queues one entry as the JSON line.
     pub fn write(&self, entry: &AccessLogEntry<'_>) {
-        let Ok(line) = serde_json::to_string(entry) else {
+        self.write_as(entry, None, false);
+    }
+
+    /// Queues one entry in `format` (none: the JSON line), leaving empty
+    /// values out when `omit_empty` (`omitEmptyValues`).
+    pub fn write_as(
+        &self,
+        entry: &AccessLogEntry<'_>,
+        format: Option<&LogFormat>,
+        omit_empty: bool,
+    ) {
+        let line = match format {
+            None if !omit_empty => serde_json::to_string(entry).ok(),
+            None => serde_json::to_value(entry).ok().map(|mut value| {
+                if let serde_json::Value::Object(map) = &mut value {
+                    map.retain(|_, v| !v.is_null() && v.as_str() != Some(""));
+                }
+                value.to_string()
+            }),
+            Some(format) => Some(render(entry, format, omit_empty)),
+        };
+        let Some(line) = line else {
             return;
         };
         if let Err(TrySendError::Full(_)) = self.lines.try_send(line) {
@@ -215,6 +237,117 @@ pub struct AccessLogEntry<'a> {
     /// The `traceparent` sent to the next hop (names this hop's span), or
     /// for a request the agent answered itself, this hop's span's.
     pub traceparent: Option<&'a str>,
+}
+
+/// One operator's value in an entry.
+enum Field<'e> {
+    Text(Option<std::borrow::Cow<'e, str>>),
+    Number(u64),
+}
+
+fn field<'e>(entry: &'e AccessLogEntry<'_>, operator: Operator) -> Field<'e> {
+    use std::borrow::Cow;
+    let text = |s: Option<&'e str>| Field::Text(s.map(Cow::Borrowed));
+    match operator {
+        Operator::StartTime => text(Some(&entry.start_time)),
+        Operator::Method => text(entry.method),
+        Operator::Path => text(entry.path),
+        Operator::Authority => text(entry.authority),
+        Operator::UserAgent => text(entry.user_agent),
+        Operator::RequestId => text(entry.request_id),
+        Operator::ForwardedFor => text(entry.x_forwarded_for),
+        Operator::Protocol => text(entry.protocol),
+        Operator::ResponseCode => Field::Number(entry.response_code.into()),
+        Operator::ResponseFlags => text(Some(entry.response_flags)),
+        Operator::ResponseCodeDetails => text(entry.response_code_details),
+        Operator::ConnectionTerminationDetails => text(entry.connection_termination_details),
+        Operator::UpstreamTransportFailureReason => text(entry.upstream_transport_failure_reason),
+        Operator::BytesReceived => Field::Number(entry.bytes_received),
+        Operator::BytesSent => Field::Number(entry.bytes_sent),
+        Operator::Duration => Field::Number(entry.duration),
+        Operator::UpstreamServiceTime => text(entry.upstream_service_time.as_deref()),
+        Operator::UpstreamHost => text(entry.upstream_host.as_deref()),
+        Operator::UpstreamCluster => text(entry.upstream_cluster),
+        Operator::UpstreamLocalAddress => text(entry.upstream_local_address.as_deref()),
+        Operator::DownstreamLocalAddress => text(Some(&entry.downstream_local_address)),
+        Operator::DownstreamRemoteAddress => text(Some(&entry.downstream_remote_address)),
+        Operator::RequestedServerName => text(entry.requested_server_name),
+        Operator::RouteName => text(entry.route_name),
+    }
+}
+
+/// `segments` as text, as Envoy's formatter writes them: an absent value
+/// is `-` (nothing when `omit_empty`), each cut to its length limit.
+fn render_text(
+    entry: &AccessLogEntry<'_>,
+    segments: &[Segment],
+    omit_empty: bool,
+    out: &mut String,
+) {
+    use std::fmt::Write as _;
+    for segment in segments {
+        match segment {
+            Segment::Literal(text) => out.push_str(text),
+            Segment::Operator { operator, max_len } => {
+                let start = out.len();
+                match field(entry, *operator) {
+                    Field::Number(n) => {
+                        let _ = write!(out, "{n}");
+                    }
+                    Field::Text(Some(value)) if !value.is_empty() => out.push_str(&value),
+                    Field::Text(_) if omit_empty => {}
+                    Field::Text(_) => out.push('-'),
+                }
+                if let Some(max) = max_len
+                    && let Some((cut, _)) = out[start..].char_indices().nth(*max)
+                {
+                    out.truncate(start + cut);
+                }
+            }
+        }
+    }
+}
+
+/// One line of `format`: the text, or the labels as a JSON object (a
+/// label that is one operator alone keeps its type — a number, or null
+/// when absent, left out when `omit_empty` — as Envoy's `json_format`).
+fn render(entry: &AccessLogEntry<'_>, format: &LogFormat, omit_empty: bool) -> String {
+    match format {
+        LogFormat::Text(segments) => {
+            let mut line = String::new();
+            render_text(entry, segments, omit_empty, &mut line);
+            line
+        }
+        LogFormat::Labels(labels) => {
+            let mut object = serde_json::Map::new();
+            for (key, segments) in labels {
+                let value = match segments.as_slice() {
+                    [
+                        Segment::Operator {
+                            operator,
+                            max_len: None,
+                        },
+                    ] => match field(entry, *operator) {
+                        Field::Number(n) => serde_json::Value::from(n),
+                        Field::Text(Some(text)) if !text.is_empty() => {
+                            serde_json::Value::from(text.into_owned())
+                        }
+                        Field::Text(_) => serde_json::Value::Null,
+                    },
+                    _ => {
+                        let mut text = String::new();
+                        render_text(entry, segments, omit_empty, &mut text);
+                        serde_json::Value::from(text)
+                    }
+                };
+                if omit_empty && (value.is_null() || value.as_str() == Some("")) {
+                    continue;
+                }
+                object.insert(key.clone(), value);
+            }
+            serde_json::Value::Object(object).to_string()
+        }
+    }
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T01:02:03.456Z`.

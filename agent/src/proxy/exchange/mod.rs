@@ -646,7 +646,8 @@ impl Exchange {
                     if let (true, Some(sink), Some(entry)) =
                         (wanted, sink, record.access_log_entry(&flags, duration))
                     {
-                        sink.write(&entry);
+                        let (format, omit_empty) = log.format();
+                        sink.write_as(&entry, format, omit_empty);
                     }
                 }
             }

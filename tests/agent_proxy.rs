@@ -288,6 +288,21 @@ async fn grpc_calls_keep_their_trailers() {
     );
     let aborted = [("reporter", "source"), ("grpc_response_status", "10")];
     assert_eq!(scrape.sum("istio_requests_total", &aborted), 1.0);
+    // The messages each way, as Istio counts them for gRPC (its
+    // `grpc_stats` filter): the unary call and the five-item stream, then
+    // the stream that failed after three, and the refused call.
+    for (status, requests, responses) in [("0", 2.0, 6.0), ("10", 1.0, 3.0), ("5", 1.0, 0.0)] {
+        let labels = [("reporter", "source"), ("grpc_response_status", status)];
+        assert_eq!(
+            (
+                scrape.sum("istio_request_messages_total", &labels),
+                scrape.sum("istio_response_messages_total", &labels)
+            ),
+            (requests, responses),
+            "grpc-status {status}: {}",
+            scrape.text
+        );
+    }
 }
 
 /// gRPC is `application/grpc` or `application/grpc+<codec>`, as Envoy's
@@ -320,6 +335,13 @@ async fn grpc_web_is_http_and_a_grpc_status_is_inferred_as_envoy_infers_it() {
     assert_eq!(
         scrape.sum("istio_requests_total", &web),
         2.0,
+        "{}",
+        scrape.text
+    );
+    // Messages are counted for gRPC only, as Istio's stats filter counts
+    // them where `grpc_stats` ran.
+    assert!(
+        !scrape.text.contains("istio_request_messages_total{"),
         "{}",
         scrape.text
     );

@@ -65,7 +65,7 @@ impl Body for RequestBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.progress.add(data.len() as u64);
+                    this.progress.add(data);
                 }
                 if this.inner.is_end_stream() {
                     this.progress.end();

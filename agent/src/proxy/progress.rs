@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::client_body::ClientBodyError;
 use super::local_reply::LocalReply;
+use crate::telemetry::grpc_messages::GrpcMessages;
 
 /// How the client's request body ended before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,8 @@ impl BodyFailure {
 #[derive(Debug, Default)]
 pub struct RequestProgress {
     bytes: Cell<u64>,
+    /// The body's gRPC messages (read only for a gRPC request).
+    grpc_messages: Cell<GrpcMessages>,
     failure: Cell<Option<BodyFailure>>,
     ended: Cell<bool>,
     /// When it ended, for a request that asked ([`Self::time_the_end`]).
@@ -95,9 +98,17 @@ impl RequestProgress {
         self.bytes.get()
     }
 
-    /// Counts `n` more bytes.
-    pub fn add(&self, n: u64) {
-        self.bytes.set(self.bytes.get() + n);
+    /// Counts `data`, the body's next bytes.
+    pub fn add(&self, data: &[u8]) {
+        self.bytes.set(self.bytes.get() + data.len() as u64);
+        let mut messages = self.grpc_messages.get();
+        messages.feed(data);
+        self.grpc_messages.set(messages);
+    }
+
+    /// The gRPC messages the body held so far.
+    pub fn grpc_messages(&self) -> u64 {
+        self.grpc_messages.get().count()
     }
 
     /// The client's body failed with `error`.

@@ -272,7 +272,7 @@ impl Body for TapReader {
 impl State {
     fn keep(&mut self, frame: &Frame<Bytes>) {
         let len = frame.data_ref().map_or(0, Bytes::len);
-        self.progress.add(len as u64);
+        self.progress.add(frame.data_ref().map_or(&[][..], |d| d));
         if self.source.is_end_stream() {
             self.done = true;
         }
@@ -296,7 +296,7 @@ impl State {
     /// so it is kept even past the tap's limit (no reader may lose it).
     fn keep_ahead(&mut self, frame: Frame<Bytes>) {
         let len = frame.data_ref().map_or(0, Bytes::len);
-        self.progress.add(len as u64);
+        self.progress.add(frame.data_ref().map_or(&[][..], |d| d));
         if self.source.is_end_stream() {
             self.finish();
         }

@@ -141,7 +141,7 @@ impl Metrics {
             series_overflow,
             max_series,
             http_overflow: Arc::new(Overflow::new(
-                "istio_requests_total, istio_request_duration_milliseconds, istio_request_bytes, istio_response_bytes",
+                "istio_requests_total, istio_request_duration_milliseconds, istio_request_bytes, istio_response_bytes, istio_request_messages_total, istio_response_messages_total",
                 max_series,
                 http_overflow,
             )),
@@ -388,26 +388,50 @@ pub struct RequestHandles {
     duration: Option<Histogram>,
     request_bytes: Option<Histogram>,
     response_bytes: Option<Histogram>,
+    /// gRPC requests only, as Istio's stats filter counts messages where
+    /// its `grpc_stats` filter left a count.
+    request_messages: Option<IntCounter>,
+    response_messages: Option<IntCounter>,
     /// Whether a family had no room for the label set: each observation
     /// is then counted as overflow.
     refused: bool,
 }
 
+/// What one request adds to its label set's metrics.
+pub struct Observed {
+    /// How long it took, in milliseconds.
+    pub duration_ms: f64,
+    /// Request body bytes.
+    pub request_bytes: u64,
+    /// Response body bytes.
+    pub response_bytes: u64,
+    /// gRPC messages of the request (counted for gRPC requests only).
+    pub request_messages: u64,
+    /// gRPC messages of the response.
+    pub response_messages: u64,
+}
+
 impl RequestHandles {
-    fn record(&self, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
+    fn record(&self, observed: &Observed) {
         if let Some(c) = &self.requests {
             c.inc();
         }
         if let Some(h) = &self.duration {
             // Whole milliseconds, as Istio's stats filter records them
             // (`absl::ToInt64Milliseconds`): a request under 1 ms is 0.
-            h.observe(duration_ms.trunc());
+            h.observe(observed.duration_ms.trunc());
         }
         if let Some(h) = &self.request_bytes {
-            h.observe(request_bytes as f64);
+            h.observe(observed.request_bytes as f64);
         }
         if let Some(h) = &self.response_bytes {
-            h.observe(response_bytes as f64);
+            h.observe(observed.response_bytes as f64);
+        }
+        if let Some(c) = &self.request_messages {
+            c.inc_by(observed.request_messages);
+        }
+        if let Some(c) = &self.response_messages {
+            c.inc_by(observed.response_messages);
         }
     }
 }
@@ -440,14 +464,7 @@ pub struct MetricCache {
 
 impl MetricCache {
     /// Records one request under `key`, resolving its handles on first use.
-    pub fn record(
-        &mut self,
-        metrics: &Metrics,
-        key: &RequestKey,
-        duration_ms: f64,
-        request_bytes: u64,
-        response_bytes: u64,
-    ) {
+    pub fn record(&mut self, metrics: &Metrics, key: &RequestKey, observed: &Observed) {
         let generation = metrics.istio.load().generation;
         if generation != self.generation {
             // The Telemetry reshaped the families: handles are made anew.
@@ -455,7 +472,7 @@ impl MetricCache {
             self.generation = generation;
         }
         if let Some(handles) = self.requests.get(key) {
-            handles.record(duration_ms, request_bytes, response_bytes);
+            handles.record(observed);
             if handles.refused {
                 metrics.http_overflow.refuse();
             }
@@ -465,7 +482,7 @@ impl MetricCache {
             self.requests.clear(); // old snapshots' keys; handles are recreated on demand
         }
         let handles = metrics.request_handles(key);
-        handles.record(duration_ms, request_bytes, response_bytes);
+        handles.record(observed);
         if handles.refused {
             metrics.http_overflow.refuse();
         }
@@ -495,12 +512,34 @@ impl Metrics {
         let side = key.peers.reporter.side();
         let mut tags = key.tags.iter().map(String::as_str);
         let mut refused = false;
-        let [requests, duration, request_bytes, response_bytes] = &families.http;
+        let [
+            requests,
+            duration,
+            request_bytes,
+            response_bytes,
+            request_messages,
+            response_messages,
+        ] = &families.http;
+        let grpc = key.grpc;
         RequestHandles {
             requests: requests.counter_if(true, side, &values, &mut tags, &mut refused),
             duration: duration.histogram(side, &values, &mut tags, &mut refused),
             request_bytes: request_bytes.histogram(side, &values, &mut tags, &mut refused),
             response_bytes: response_bytes.histogram(side, &values, &mut tags, &mut refused),
+            request_messages: request_messages.counter_if(
+                grpc,
+                side,
+                &values,
+                &mut tags,
+                &mut refused,
+            ),
+            response_messages: response_messages.counter_if(
+                grpc,
+                side,
+                &values,
+                &mut tags,
+                &mut refused,
+            ),
             refused,
         }
     }
@@ -739,7 +778,7 @@ fn standard_labels(metric: IstioMetric) -> &'static [&'static str] {
 pub struct IstioFamilies {
     /// Increments with each reshaping, so cached handles are made anew.
     generation: u64,
-    http: [IstioFamily; 4],
+    http: [IstioFamily; 6],
     tcp: [IstioFamily; 4],
 }
 
@@ -754,6 +793,8 @@ impl IstioFamilies {
                 family(RequestDuration)?,
                 family(RequestSize)?,
                 family(ResponseSize)?,
+                family(GrpcRequestMessages)?,
+                family(GrpcResponseMessages)?,
             ],
             tcp: [
                 family(TcpSentBytes)?,

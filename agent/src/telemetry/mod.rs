@@ -3,6 +3,7 @@
 
 pub mod access_log;
 mod background;
+pub mod grpc_messages;
 pub mod hop_span;
 pub mod metrics;
 mod otlp_export;

@@ -4,6 +4,7 @@
 //! a telemetry SDK type, so any encoder (the metric cache, the access log,
 //! a span exporter) can read it.
 
+use crate::telemetry::grpc_messages::GrpcMessages;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,6 +104,10 @@ pub struct RequestRecord {
     pub request_bytes: u64,
     /// Response body bytes sent back.
     pub response_bytes: u64,
+    /// The gRPC messages of the request's body (a gRPC request's only).
+    pub grpc_request_messages: u64,
+    /// The gRPC messages of the response's body.
+    pub grpc_response_messages: GrpcMessages,
     /// How long the upstream took to answer (headers).
     pub upstream_time: Option<Duration>,
     /// Request facts only the access log reads, when it is on.

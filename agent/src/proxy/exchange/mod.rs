@@ -40,7 +40,9 @@ use crate::model::peer::PeerInfo;
 use crate::model::route::{ALLOW_ANY_ROUTE_NAME, DEFAULT_ROUTE_NAME, Matched};
 use crate::model::service::ServiceName;
 use crate::model::telemetry::{Side, TelemetryPolicy};
+use crate::telemetry::grpc_messages::GrpcMessages;
 use crate::telemetry::hop_span::HopSpan;
+use crate::telemetry::metrics::Observed;
 use crate::telemetry::peer_metadata::PEER_METADATA;
 use crate::telemetry::record::{self, Details, LogFields, RequestFacts, RequestRecord};
 use crate::telemetry::span::{Kind, Sampling};
@@ -157,6 +159,8 @@ impl Exchange {
             access_policy: None,
             request_bytes: 0,
             response_bytes: 0,
+            grpc_request_messages: 0,
+            grpc_response_messages: GrpcMessages::default(),
             upstream_time: None,
             log: match &side_policy.access_logs {
                 Some(logs) => logs.iter().any(|l| !l.disabled),
@@ -611,6 +615,8 @@ impl Exchange {
         }
         // (An upgraded stream's bytes after the 101 are counted already.)
         record.request_bytes += self.request_body.as_ref().map_or(0, |p| p.bytes());
+        record.grpc_request_messages =
+            (self.request_body.as_ref()).map_or(0, |p| p.grpc_messages());
         let shared = &self.worker.shared;
         let attributes = record.attributes();
         let mut key = record.metric_key();
@@ -622,9 +628,13 @@ impl Exchange {
         self.worker.caches.borrow_mut().metrics.record(
             &shared.metrics,
             &key,
-            duration.as_secs_f64() * 1000.0,
-            record.request_bytes,
-            record.response_bytes,
+            &Observed {
+                duration_ms: duration.as_secs_f64() * 1000.0,
+                request_bytes: record.request_bytes,
+                response_bytes: record.response_bytes,
+                request_messages: record.grpc_request_messages,
+                response_messages: record.grpc_response_messages.count(),
+            },
         );
         // Ended by the monotonic clock's duration, not a second wall-clock
         // reading: the span lasts what the metrics say it lasted. (A retry's
@@ -669,6 +679,9 @@ impl ResponseObserver for Exchange {
     fn on_frame(&mut self, frame: &Frame<Bytes>) {
         if let Some(data) = frame.data_ref() {
             self.record.response_bytes += data.len() as u64;
+            if self.record.grpc {
+                self.record.grpc_response_messages.feed(data);
+            }
         } else if let Some(trailers) = frame.trailers_ref() {
             self.record.grpc_status = record::grpc_status(trailers).or(self.record.grpc_status);
         }

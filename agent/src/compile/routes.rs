@@ -1088,7 +1088,7 @@ spec:
             let compiled = compile(&virtual_service(gateways, TO_V2));
             let vh = reviews(&compiled);
             assert_eq!(vh.virtual_service, None, "{gateways}: the implicit route");
-            assert_eq!(rule_names(vh), ["-"], "{gateways}");
+            assert_eq!(rule_names(vh), ["default"], "{gateways}");
             let text: Vec<String> = compiled
                 .diagnostics
                 .warnings()

@@ -38,10 +38,16 @@ pub(super) struct EgressScope {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct EgressRule {
+    /// The egress listener it is written in (exclusions hold within it).
+    listener: usize,
     /// The listener's port: the hosts are visible on it only.
     port: Option<u16>,
     namespace: NamespaceMatch,
     host: HostMatch,
+    /// `~namespace/host`: the services it covers are not imported through
+    /// this listener, whatever its other hosts say (Istio 1.31's
+    /// `hostClassification.Excluded`); `~/*` excludes every service.
+    excluded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +56,15 @@ enum NamespaceMatch {
     Any,
     /// A namespace by name (`.` is the Sidecar's own).
     Named(String),
-    /// `~`: none.
-    Nothing,
+}
+
+impl NamespaceMatch {
+    fn covers(&self, namespace: &str) -> bool {
+        match self {
+            NamespaceMatch::Any => true,
+            NamespaceMatch::Named(ns) => ns == namespace,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,14 +123,18 @@ impl EgressScope {
     /// `port`.
     pub fn allows(&self, namespace: &str, host: &str, port: u16) -> bool {
         let host = host.to_ascii_lowercase();
-        self.rules.iter().any(|rule| {
+        let covers = |rule: &EgressRule| {
             rule.port.is_none_or(|p| p == port)
-                && match &rule.namespace {
-                    NamespaceMatch::Any => true,
-                    NamespaceMatch::Named(ns) => ns == namespace,
-                    NamespaceMatch::Nothing => false,
-                }
+                && rule.namespace.covers(namespace)
                 && rule.host.matches(&host)
+        };
+        self.rules.iter().any(|rule| {
+            !rule.excluded
+                && covers(rule)
+                && !self
+                    .rules
+                    .iter()
+                    .any(|other| other.excluded && other.listener == rule.listener && covers(other))
         })
     }
 }
@@ -130,12 +147,9 @@ impl EgressScope {
     /// the port: the ports a Sidecar hides are gone from the registry.
     pub fn imports(&self, namespace: &str, hosts: &[String]) -> bool {
         self.rules.iter().any(|rule| {
-            let from = match &rule.namespace {
-                NamespaceMatch::Any => true,
-                NamespaceMatch::Named(ns) => ns == namespace,
-                NamespaceMatch::Nothing => false,
-            };
-            from && hosts.iter().any(|h| rule.host.overlaps(h))
+            !rule.excluded
+                && rule.namespace.covers(namespace)
+                && hosts.iter().any(|h| rule.host.overlaps(h))
         })
     }
 }
@@ -192,7 +206,8 @@ fn compile(doc: &Document<SidecarSpec>, namespace: &str, name: String) -> Sideca
             .spec
             .egress
             .iter()
-            .flat_map(|listener| {
+            .enumerate()
+            .flat_map(|(index, listener)| {
                 let port = listener
                     .port
                     .as_ref()
@@ -200,16 +215,22 @@ fn compile(doc: &Document<SidecarSpec>, namespace: &str, name: String) -> Sideca
                 listener.hosts.iter().filter_map(move |h| {
                     // Validation has refused hosts without a `namespace/`.
                     let (ns, dns) = h.split_once('/')?;
+                    let (excluded, ns) = match ns.strip_prefix('~') {
+                        Some("") => (true, "*"),
+                        Some(rest) => (true, rest),
+                        None => (false, ns),
+                    };
                     let namespace = match ns {
                         "*" => NamespaceMatch::Any,
-                        "~" => NamespaceMatch::Nothing,
                         "." => NamespaceMatch::Named(namespace.to_owned()),
                         other => NamespaceMatch::Named(other.to_owned()),
                     };
                     Some(EgressRule {
+                        listener: index,
                         port,
                         namespace,
                         host: HostMatch::parse(dns),
+                        excluded,
                     })
                 })
             })
@@ -390,6 +411,48 @@ mod tests {
         assert!(
             !egress.allows("prod", "db.prod.svc.cluster.local", 5433),
             "only on its listener's port"
+        );
+    }
+
+    /// Istio 1.31's exclusions: `~namespace/host` takes what it covers out
+    /// of its listener's imports (`hostClassification.Excluded`), `~/*`
+    /// everything; another listener's imports stand.
+    #[test]
+    fn excluded_egress_hosts_are_not_imported() {
+        let doc = sidecar(
+            "s",
+            "default",
+            None,
+            &[
+                (
+                    None,
+                    &[
+                        "*/*.example",
+                        "~default/secret.example",
+                        "~*/*.internal.example",
+                    ],
+                ),
+                (Some(5432), &["./*", "~/*"]),
+                (Some(6379), &["./secret.example"]),
+            ],
+        );
+        let mut diags = Diagnostics::default();
+        let scope = applying(&[doc], &labels(), "default", ROOT_NAMESPACE, &mut diags);
+        let egress = scope.egress.expect("egress");
+        assert!(egress.allows("default", "public.example", 80));
+        assert!(!egress.allows("default", "secret.example", 80));
+        assert!(
+            egress.allows("other", "secret.example", 80),
+            "excluded in its namespace only"
+        );
+        assert!(!egress.allows("other", "a.internal.example", 80));
+        assert!(
+            egress.allows("default", "secret.example", 6379),
+            "another listener's import"
+        );
+        assert!(
+            !egress.allows("default", "db.default.svc.cluster.local", 5432),
+            "`~/*` excludes every service"
         );
     }
 }

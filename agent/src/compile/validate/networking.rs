@@ -1119,7 +1119,13 @@ pub(super) fn sidecar(c: &mut Check<'_>, doc: &Document<SidecarSpec>) {
             match host.split_once('/') {
                 None => c.error(&hf, format!("sidecar: host {host:?} must be namespace/dnsName (`./*`, `istio-system/*`, `*/foo.example.com`)")),
                 Some((ns, name)) => {
-                    if !(matches!(ns, "." | "*" | "~") || common::is_dns1123_label(ns)) {
+                    // `~namespace/host` (Istio 1.31) excludes what it
+                    // covers; `~/*` every service.
+                    let valid = match ns.strip_prefix('~') {
+                        Some(named) => matches!(named, "" | "." | "*") || common::is_dns1123_label(named),
+                        None => matches!(ns, "." | "*") || common::is_dns1123_label(ns),
+                    };
+                    if !valid {
                         c.error(&hf, format!("sidecar: invalid namespace {ns:?} in {host:?}"));
                     }
                     if let Some(err) = common::wildcard_domain_error(name) {

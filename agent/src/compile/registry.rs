@@ -242,8 +242,10 @@ impl Registry {
     pub fn restrict(&mut self, scope: &EgressScope, sidecar: &str) {
         for (host, service) in &mut self.services {
             for clusters in service.clusters.values_mut() {
+                let shared_ports = service.addresses.is_empty();
                 clusters.retain(|c| {
-                    let allowed = scope.allows(&service.namespace, host, c.port);
+                    let shared = shared_ports || c.protocol.is_http();
+                    let allowed = scope.allows(&service.namespace, host, c.port, shared);
                     if !allowed {
                         self.hidden_ports
                             .insert((host.clone(), c.port), sidecar.to_owned());
@@ -490,11 +492,11 @@ fn imports(
     fqdn: &str,
 ) -> bool {
     egress.is_none_or(|scope| {
-        entry
-            .spec
-            .ports
-            .iter()
-            .any(|p| u16::try_from(p.number).is_ok_and(|port| scope.allows(namespace, fqdn, port)))
+        entry.spec.ports.iter().any(|p| {
+            let shared = entry.spec.addresses.is_empty()
+                || Protocol::parse(&p.protocol).is_none_or(Protocol::is_http);
+            u16::try_from(p.number).is_ok_and(|port| scope.allows(namespace, fqdn, port, shared))
+        })
     })
 }
 

@@ -120,12 +120,20 @@ impl HostMatch {
 
 impl EgressScope {
     /// Whether the service `host`, declared in `namespace`, is visible on
-    /// `port`.
-    pub fn allows(&self, namespace: &str, host: &str, port: u16) -> bool {
+    /// `port`. `shared`: its traffic on the port meets the port's wildcard
+    /// listener (`0.0.0.0:port`: an HTTP port, or a TCP one without an
+    /// address of its own), which an egress listener declaring the port
+    /// takes whole — Istio builds the port-specific listeners first and
+    /// the catch-all listener's hosts never reach that port.
+    pub fn allows(&self, namespace: &str, host: &str, port: u16, shared: bool) -> bool {
         let host = host.to_ascii_lowercase();
+        let owned = shared && self.rules.iter().any(|r| r.port == Some(port));
         let covers = |rule: &EgressRule| {
-            rule.port.is_none_or(|p| p == port)
-                && rule.namespace.covers(namespace)
+            (if owned {
+                rule.port == Some(port)
+            } else {
+                rule.port.is_none_or(|p| p == port)
+            }) && rule.namespace.covers(namespace)
                 && rule.host.matches(&host)
         };
         self.rules.iter().any(|rule| {
@@ -182,25 +190,46 @@ pub(super) fn applying(
     let Some(best) = sidecars.iter().filter_map(level).min() else {
         return SidecarScope::default();
     };
-    let mut applying = sidecars.iter().filter(|d| level(d) == Some(best));
+    // The oldest applies, as Istio's `sortConfigByCreationTime` orders
+    // them: by `creationTimestamp`, then by name; one without a timestamp
+    // after any with one, in file order.
+    let mut applying: Vec<&Document<SidecarSpec>> =
+        sidecars.iter().filter(|d| level(d) == Some(best)).collect();
+    applying.sort_by(|a, b| {
+        use std::cmp::Ordering;
+        match (a.metadata.created_at(), b.metadata.created_at()) {
+            (Some(x), Some(y)) => x
+                .cmp(&y)
+                .then_with(|| a.metadata.name.cmp(&b.metadata.name)),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        }
+    });
+    let mut applying = applying.into_iter();
     let Some(first) = applying.next() else {
         return SidecarScope::default();
     };
     let name = format!("{}/{}", ns_of(first), first.metadata.name);
     for other in applying {
-        let msg = format!("Sidecar {name} applies to this workload already; this one is ignored");
+        let msg = format!("the older Sidecar {name} applies to this workload; this one is ignored");
         diags.warn(&other.location, None, msg);
     }
-    compile(first, &ns_of(first), name)
+    // `.` is the workload's namespace, also in the root namespace's
+    // Sidecar (Istio converts it for the proxy's `ConfigNamespace`).
+    compile(first, namespace, name)
 }
 
+/// `doc` for a workload in `namespace` (what `.` names).
 fn compile(doc: &Document<SidecarSpec>, namespace: &str, name: String) -> SidecarScope {
-    let mode = doc
-        .spec
-        .outbound_traffic_policy
-        .as_ref()
-        .and_then(|p| p.mode.as_deref())
-        .and_then(OutboundTrafficMode::parse);
+    // A policy without `mode` is REGISTRY_ONLY, the field's default, as
+    // Istio takes any policy the Sidecar sets.
+    let mode = doc.spec.outbound_traffic_policy.as_ref().map(|p| {
+        p.mode
+            .as_deref()
+            .and_then(OutboundTrafficMode::parse)
+            .unwrap_or(OutboundTrafficMode::RegistryOnly)
+    });
     let egress = (!doc.spec.egress.is_empty()).then(|| EgressScope {
         rules: doc
             .spec
@@ -249,6 +278,7 @@ mod tests {
     use crate::config::diagnostics::Location;
     use crate::config::gateway::{EgressListener, OutboundTrafficPolicy, Port};
     use crate::config::meta::{ObjectMeta, WorkloadLabels};
+    use crate::model::capture::OutboundTrafficMode;
     use std::sync::Arc;
 
     fn sidecar(
@@ -388,29 +418,104 @@ mod tests {
         let mut diags = Diagnostics::default();
         let scope = applying(&[doc], &labels(), "default", ROOT_NAMESPACE, &mut diags);
         let egress = scope.egress.expect("egress");
-        assert!(egress.allows("default", "reviews.default.svc.cluster.local", 9080));
+        assert!(egress.allows("default", "reviews.default.svc.cluster.local", 9080, true));
         assert!(
-            egress.allows("default", "Reviews.Default.svc.cluster.local", 9080),
+            egress.allows("default", "Reviews.Default.svc.cluster.local", 9080, true),
             "case-insensitive"
         );
-        assert!(!egress.allows("default", "ratings.default.svc.cluster.local", 9080));
+        assert!(!egress.allows("default", "ratings.default.svc.cluster.local", 9080, true));
         assert!(
-            !egress.allows("prod", "reviews.default.svc.cluster.local", 9080),
+            !egress.allows("prod", "reviews.default.svc.cluster.local", 9080, true),
             "namespace counts"
         );
-        assert!(egress.allows("istio-system", "anything.example", 80));
-        assert!(egress.allows("ext", "storage.googleapis.com", 443));
-        assert!(egress.allows("ext", "a.b.googleapis.com", 443));
+        assert!(egress.allows("istio-system", "anything.example", 80, true));
+        assert!(egress.allows("ext", "storage.googleapis.com", 443, true));
+        assert!(egress.allows("ext", "a.b.googleapis.com", 443, true));
         assert!(
-            egress.allows("ext", "*.googleapis.com", 443),
+            egress.allows("ext", "*.googleapis.com", 443, true),
             "a wildcard service inside the pattern"
         );
-        assert!(!egress.allows("ext", "googleapis.com", 443));
-        assert!(!egress.allows("ext", "evilgoogleapis.com", 443));
-        assert!(egress.allows("prod", "db.prod.svc.cluster.local", 5432));
+        assert!(!egress.allows("ext", "googleapis.com", 443, true));
+        assert!(!egress.allows("ext", "evilgoogleapis.com", 443, true));
+        assert!(egress.allows("prod", "db.prod.svc.cluster.local", 5432, true));
         assert!(
-            !egress.allows("prod", "db.prod.svc.cluster.local", 5433),
+            !egress.allows("prod", "db.prod.svc.cluster.local", 5433, true),
             "only on its listener's port"
+        );
+    }
+
+    /// Found by a breaker against Envoy rendered as istiod would: the root
+    /// namespace's Sidecar reads `./*` as the workload's namespace; a
+    /// policy without `mode` is REGISTRY_ONLY; of two at one level the
+    /// oldest applies, not the file's first; an egress listener with a
+    /// port takes that port whole for the services that meet on it.
+    #[test]
+    fn sidecars_are_read_as_istio_renders_them() {
+        let mut diags = Diagnostics::default();
+        let root = sidecar(
+            "default",
+            ROOT_NAMESPACE,
+            None,
+            &[(None, &["./*", "istio-system/*"])],
+        );
+        let scope = applying(&[root], &labels(), "default", ROOT_NAMESPACE, &mut diags);
+        let egress = scope.egress.expect("egress");
+        assert!(egress.allows("default", "reviews.default.svc.cluster.local", 9080, true));
+        assert!(!egress.allows("prod", "details.prod.svc.cluster.local", 9080, true));
+        assert!(egress.allows(
+            "istio-system",
+            "istiod.istio-system.svc.cluster.local",
+            15012,
+            true
+        ));
+
+        let mut empty = sidecar("empty", "default", None, &[(None, &["*/*"])]);
+        empty.spec.outbound_traffic_policy = Some(OutboundTrafficPolicy {
+            mode: None,
+            egress_proxy: None,
+        });
+        let scope = applying(&[empty], &labels(), "default", ROOT_NAMESPACE, &mut diags);
+        assert_eq!(scope.mode, Some(OutboundTrafficMode::RegistryOnly));
+
+        let created = |mut doc: Document<SidecarSpec>, at: &str| {
+            doc.metadata.creation_timestamp = Some(at.into());
+            doc
+        };
+        let newer = created(
+            sidecar("newer", "default", None, &[(None, &["*/*"])]),
+            "2025-06-01T00:00:00Z",
+        );
+        let older = created(
+            sidecar("older", "default", None, &[(None, &["./*"])]),
+            "2024-01-01T00:00:00Z",
+        );
+        let scope = applying(
+            &[newer, older],
+            &labels(),
+            "default",
+            ROOT_NAMESPACE,
+            &mut diags,
+        );
+        assert_eq!(scope.name.as_deref(), Some("default/older"));
+
+        let owned = sidecar(
+            "owned",
+            "default",
+            None,
+            &[
+                (Some(9080), &["./reviews.default.svc.cluster.local"]),
+                (None, &["./*", "prod/*"]),
+            ],
+        );
+        let scope = applying(&[owned], &labels(), "default", ROOT_NAMESPACE, &mut diags);
+        let egress = scope.egress.expect("egress");
+        assert!(egress.allows("default", "reviews.default.svc.cluster.local", 9080, true));
+        assert!(!egress.allows("default", "ratings.default.svc.cluster.local", 9080, true));
+        assert!(!egress.allows("prod", "details.prod.svc.cluster.local", 9080, true));
+        assert!(egress.allows("prod", "details.prod.svc.cluster.local", 8080, true));
+        assert!(
+            egress.allows("prod", "db.prod.svc.cluster.local", 9080, false),
+            "a TCP service with an address of its own has its own listener"
         );
     }
 
@@ -439,19 +544,19 @@ mod tests {
         let mut diags = Diagnostics::default();
         let scope = applying(&[doc], &labels(), "default", ROOT_NAMESPACE, &mut diags);
         let egress = scope.egress.expect("egress");
-        assert!(egress.allows("default", "public.example", 80));
-        assert!(!egress.allows("default", "secret.example", 80));
+        assert!(egress.allows("default", "public.example", 80, true));
+        assert!(!egress.allows("default", "secret.example", 80, true));
         assert!(
-            egress.allows("other", "secret.example", 80),
+            egress.allows("other", "secret.example", 80, true),
             "excluded in its namespace only"
         );
-        assert!(!egress.allows("other", "a.internal.example", 80));
+        assert!(!egress.allows("other", "a.internal.example", 80, true));
         assert!(
-            egress.allows("default", "secret.example", 6379),
+            egress.allows("default", "secret.example", 6379, true),
             "another listener's import"
         );
         assert!(
-            !egress.allows("default", "db.default.svc.cluster.local", 5432),
+            !egress.allows("default", "db.default.svc.cluster.local", 5432, true),
             "`~/*` excludes every service"
         );
     }

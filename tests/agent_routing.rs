@@ -1021,3 +1021,48 @@ async fn of_several_namespaces_declaring_a_host_the_own_then_the_oldest_serves()
         assert!(ok && out.contains(&warning), "{out}");
     }
 }
+
+/// A VirtualService this workload imports still reaches a destination its
+/// Sidecar's egress hosts leave out: Istio infers the clusters of an
+/// imported VirtualService's destinations (`collectImportedServices`), so
+/// Envoy routes `/moved` to details — while details is still no route of
+/// its own. (Found by a breaker: 503 NC.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_virtual_service_reaches_a_destination_the_sidecar_hides() {
+    let reviews = Upstream::start("reviews").await;
+    let details = Upstream::start("details").await;
+    let docs = service_entry(
+        "reviews",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: reviews.addr,
+            labels: &[("app", "reviews")],
+        }],
+    ) + &service_entry(
+        "details",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: details.addr,
+            labels: &[("app", "details")],
+        }],
+    ) + &virtual_service(
+        "  - match: [{uri: {prefix: /moved}}]\n    route: [{destination: {host: details.default.svc.cluster.local}}]\n  - route: [{destination: {host: reviews.default.svc.cluster.local}}]\n",
+    ) + "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: narrow, namespace: default}\nspec:\n  egress: [{hosts: [\"./reviews.default.svc.cluster.local\"]}]\n";
+    let config = agent("productpage", closed_port().await, NO_COLLECTOR) + &docs;
+    let (ok, out) = common::agent::validate(&config);
+    assert!(ok && !out.contains("503 NC"), "{out}");
+    let agent = Agent::start(&config);
+    let client = Client::h1(agent.outbound);
+    let reply = client.get("http://reviews:9080/moved").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.headers);
+    assert_eq!(reply.upstream(), "details");
+    assert_eq!(
+        client.get("http://reviews:9080/").await.upstream(),
+        "reviews"
+    );
+    let direct = client.get("http://details:9080/").await;
+    assert_ne!(direct.status, 200, "details is no route of its own");
+    assert_eq!(details.count(), 1);
+}

@@ -54,6 +54,11 @@ pub(super) struct Registry {
     /// Ports of visible services a Sidecar's egress hosts keep from this
     /// workload, with the Sidecar's `namespace/name`.
     pub hidden_ports: BTreeMap<(String, u16), String>,
+    /// The clusters a Sidecar hides, by host and subset: a route's
+    /// destination still reaches them (Istio infers the clusters of the
+    /// destinations of the VirtualServices a Sidecar imports,
+    /// `collectImportedServices`), though the host is no route of its own.
+    hidden_clusters: BTreeMap<String, HashMap<Option<String>, Vec<Arc<Cluster>>>>,
 }
 
 /// How an entry's endpoints are found (`spec.resolution`), as Istio's
@@ -234,6 +239,7 @@ impl Registry {
             services,
             hidden: BTreeMap::new(),
             hidden_ports: BTreeMap::new(),
+            hidden_clusters: BTreeMap::new(),
         }
     }
 
@@ -241,17 +247,24 @@ impl Registry {
     /// Sidecar's egress hosts, as Istio limits what a sidecar loads).
     pub fn restrict(&mut self, scope: &EgressScope, sidecar: &str) {
         for (host, service) in &mut self.services {
-            for clusters in service.clusters.values_mut() {
-                let shared_ports = service.addresses.is_empty();
-                clusters.retain(|c| {
-                    let shared = shared_ports || c.protocol.is_http();
-                    let allowed = scope.allows(&service.namespace, host, c.port, shared);
-                    if !allowed {
-                        self.hidden_ports
-                            .insert((host.clone(), c.port), sidecar.to_owned());
-                    }
-                    allowed
-                });
+            let shared_ports = service.addresses.is_empty();
+            for (subset, clusters) in &mut service.clusters {
+                let (kept, hidden): (Vec<_>, Vec<_>) =
+                    std::mem::take(clusters).into_iter().partition(|c| {
+                        let shared = shared_ports || c.protocol.is_http();
+                        scope.allows(&service.namespace, host, c.port, shared)
+                    });
+                for c in &hidden {
+                    self.hidden_ports
+                        .insert((host.clone(), c.port), sidecar.to_owned());
+                }
+                *clusters = kept;
+                if !hidden.is_empty() {
+                    self.hidden_clusters
+                        .entry(host.clone())
+                        .or_default()
+                        .insert(subset.clone(), hidden);
+                }
             }
             service.clusters.retain(|_, clusters| !clusters.is_empty());
         }
@@ -349,14 +362,19 @@ impl Registry {
         http.map(|c| c.port).collect()
     }
 
-    /// The destination for `fqdn`, `subset` and an optional fixed port.
+    /// The destination for `fqdn`, `subset` and an optional fixed port:
+    /// its clusters, those a Sidecar hides included (a route's destination
+    /// reaches them, as Istio infers them).
     pub fn target(&self, fqdn: &str, subset: Option<&str>, port: Option<u16>) -> DestinationTarget {
-        let clusters = self
-            .services
-            .get(fqdn)
-            .and_then(|s| s.clusters.get(&subset.map(str::to_owned)))
+        let subset_key = subset.map(str::to_owned);
+        let visible = (self.services.get(fqdn)).and_then(|s| s.clusters.get(&subset_key));
+        let hidden = (self.hidden_clusters.get(fqdn)).and_then(|s| s.get(&subset_key));
+        let clusters: Vec<Arc<Cluster>> = visible
+            .into_iter()
+            .chain(hidden)
+            .flatten()
             .cloned()
-            .unwrap_or_default();
+            .collect();
         DestinationTarget {
             host: Arc::from(fqdn),
             subset: subset.map(str::to_owned),

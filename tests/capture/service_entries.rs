@@ -446,3 +446,54 @@ spec:
     assert!(reply.contains("\"upstream\":\"listed\""), "{reply}");
     assert_eq!((at_original.count(), at_listed.count()), (1, 1));
 }
+
+/// A Sidecar's `outboundTrafficPolicy.egressProxy` under ALLOW_ANY: what
+/// is outside the registry goes to the egress proxy's service, not to
+/// where it was going (a captured TCP connection too) — as Istio routes its
+/// catch-all to the proxy's cluster (`buildCatchAllVirtualHost`,
+/// `buildOutboundCatchAllNetworkFiltersOnly`); what the registry declares
+/// goes to its service. (Found by a breaker: the proxy was ignored.)
+#[tokio::test]
+async fn an_egress_proxy_takes_what_is_outside_the_registry() {
+    let Some(mut bed) = Bed::new("egress proxy") else {
+        return;
+    };
+    let client = bed.pod("client");
+    let outside = bed.pod("outside");
+    let proxy = bed.pod("proxy");
+    let at_outside = Upstream::start_on("outside", outside.listen(any(8080)));
+    let at_proxy = Upstream::start_on("egress", proxy.listen(any(3128)));
+    let registry = format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: egress, namespace: default}}
+spec:
+  hosts: [egress.example.com]
+  ports: [{{number: 3128, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {proxy}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: default}}
+spec:
+  outboundTrafficPolicy:
+    mode: ALLOW_ANY
+    egressProxy: {{host: egress.example.com, port: {{number: 3128}}}}
+"#,
+        proxy = proxy.ip
+    );
+    let _agent = start_agent(&client, "ALLOW_ANY", &registry);
+    let url = format!("http://{}:8080/away", outside.ip);
+    let reply = status_and_body(&client, &[], &url).await;
+    assert!(
+        reply.starts_with("200 ") && reply.contains("\"upstream\":\"egress\""),
+        "{reply}"
+    );
+    assert_eq!((at_outside.count(), at_proxy.count()), (0, 1));
+    let url = format!("http://{}:3128/declared", proxy.ip);
+    let reply = status_and_body(&client, &[], &url).await;
+    assert!(reply.starts_with("200 "), "{reply}");
+    assert_eq!((at_outside.count(), at_proxy.count()), (0, 2));
+}

@@ -62,6 +62,32 @@ pub(super) fn compile(input: &CaptureInput<'_>, diags: &mut Diagnostics) -> Capt
         _ => InboundApp::Fixed(input.listeners.app),
     };
     let declaring = declaring_entry(input.entries, input.service);
+    let outbound_traffic_policy = input
+        .sidecar
+        .mode
+        .or(agent_mode)
+        .or(input.mesh_mode)
+        .unwrap_or_default();
+    let egress_proxy = input.sidecar.egress_proxy.as_ref().and_then(|proxy| {
+        let target = input
+            .registry
+            .target(&proxy.host, proxy.subset.as_deref(), Some(proxy.port));
+        let cluster = target.cluster_for(proxy.port).cloned();
+        if cluster.is_none() {
+            let msg = format!(
+                "{} has no port {} in the registry{}; traffic outside the registry goes to its original destination",
+                proxy.host,
+                proxy.port,
+                proxy.subset.as_deref().map(|s| format!(" (subset {s})")).unwrap_or_default()
+            );
+            diags.warn(
+                &proxy.location,
+                Some("spec.outboundTrafficPolicy.egressProxy".into()),
+                msg,
+            );
+        }
+        cluster
+    });
     Capture {
         mode,
         outbound_port: input.listeners.outbound.port(),
@@ -74,13 +100,10 @@ pub(super) fn compile(input: &CaptureInput<'_>, diags: &mut Diagnostics) -> Capt
             .protocol_detection_timeout
             .as_ref()
             .map_or(DEFAULT_PROTOCOL_DETECTION_TIMEOUT, |d| d.get()),
-        outbound_traffic_policy: input
-            .sidecar
-            .mode
-            .or(agent_mode)
-            .or(input.mesh_mode)
-            .unwrap_or_default(),
+        outbound_traffic_policy,
         sidecar: input.sidecar.name.clone(),
+        egress_proxy: egress_proxy
+            .filter(|_| outbound_traffic_policy == OutboundTrafficMode::AllowAny),
         destinations: destinations(input.registry, mode == InterceptionMode::Redirect, diags),
     }
 }
@@ -100,6 +123,7 @@ pub(super) fn uncaptured(listeners: &Listeners) -> Capture {
         protocol_detection_timeout: DEFAULT_PROTOCOL_DETECTION_TIMEOUT,
         outbound_traffic_policy: OutboundTrafficMode::default(),
         sidecar: None,
+        egress_proxy: None,
         destinations: Destinations::default(),
     }
 }

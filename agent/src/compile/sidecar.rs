@@ -7,7 +7,7 @@
 //! mesh's root namespace (`istio-system` unless the mesh config says otherwise). Several at one level: the first wins,
 //! the others are warned about (Istio takes the oldest).
 
-use crate::config::diagnostics::Diagnostics;
+use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::documents::Document;
 use crate::config::gateway::SidecarSpec;
 use crate::model::capture::OutboundTrafficMode;
@@ -28,6 +28,24 @@ pub(super) struct SidecarScope {
     pub mode: Option<OutboundTrafficMode>,
     /// Services visible to the workload; `None`: all of them.
     pub egress: Option<EgressScope>,
+    /// `outboundTrafficPolicy.egressProxy` (ALLOW_ANY): where traffic to
+    /// destinations outside the registry goes instead — the FQDN (short
+    /// names in the Sidecar's namespace), subset and port — and the
+    /// Sidecar's location, for findings.
+    pub egress_proxy: Option<EgressProxy>,
+}
+
+/// A Sidecar's `outboundTrafficPolicy.egressProxy`.
+#[derive(Debug, Clone)]
+pub(super) struct EgressProxy {
+    /// The service's FQDN.
+    pub host: String,
+    /// Its subset.
+    pub subset: Option<String>,
+    /// The port (validation requires one).
+    pub port: u16,
+    /// The Sidecar, for findings.
+    pub location: Location,
 }
 
 /// The hosts of a Sidecar's egress listeners.
@@ -217,11 +235,17 @@ pub(super) fn applying(
     }
     // `.` is the workload's namespace, also in the root namespace's
     // Sidecar (Istio converts it for the proxy's `ConfigNamespace`).
-    compile(first, namespace, name)
+    compile(first, &ns_of(first), namespace, name)
 }
 
-/// `doc` for a workload in `namespace` (what `.` names).
-fn compile(doc: &Document<SidecarSpec>, namespace: &str, name: String) -> SidecarScope {
+/// `doc` (of `sidecar_namespace`) for a workload in `namespace` (what `.`
+/// names).
+fn compile(
+    doc: &Document<SidecarSpec>,
+    sidecar_namespace: &str,
+    namespace: &str,
+    name: String,
+) -> SidecarScope {
     // A policy without `mode` is REGISTRY_ONLY, the field's default, as
     // Istio takes any policy the Sidecar sets.
     let mode = doc.spec.outbound_traffic_policy.as_ref().map(|p| {
@@ -265,10 +289,21 @@ fn compile(doc: &Document<SidecarSpec>, namespace: &str, name: String) -> Sideca
             })
             .collect(),
     });
+    let egress_proxy = (doc.spec.outbound_traffic_policy.as_ref())
+        .and_then(|p| p.egress_proxy.as_ref())
+        .and_then(|proxy| {
+            Some(EgressProxy {
+                host: crate::host::resolve_short_name(&proxy.host, sidecar_namespace),
+                subset: proxy.subset.clone(),
+                port: u16::try_from(proxy.port.as_ref()?.number).ok()?,
+                location: doc.location.clone(),
+            })
+        });
     SidecarScope {
         name: Some(name),
         mode,
         egress,
+        egress_proxy,
     }
 }
 

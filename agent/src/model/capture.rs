@@ -98,6 +98,11 @@ pub struct Capture {
     pub outbound_traffic_policy: OutboundTrafficMode,
     /// `namespace/name` of the Sidecar that applies to this workload.
     pub sidecar: Option<String>,
+    /// Under ALLOW_ANY, the cluster of the Sidecar's
+    /// `outboundTrafficPolicy.egressProxy`: traffic outside the registry
+    /// goes there instead of to its original destination, as Istio routes
+    /// its catch-all (`allow_any`) to the egress proxy's cluster.
+    pub egress_proxy: Option<Arc<crate::model::cluster::Cluster>>,
     /// Original destination → service.
     pub destinations: Destinations,
 }

@@ -89,9 +89,10 @@ pub async fn outbound(
             original_dst: dst,
             service,
             unregistered: match capture.outbound_traffic_policy {
-                OutboundTrafficMode::AllowAny => {
-                    Unregistered::Passthrough(passthrough(dst, Protocol::Auto))
-                }
+                OutboundTrafficMode::AllowAny => Unregistered::Passthrough(
+                    (capture.egress_proxy.clone())
+                        .unwrap_or_else(|| passthrough(dst, Protocol::Auto)),
+                ),
                 OutboundTrafficMode::RegistryOnly => Unregistered::BlackHole,
             },
             original_endpoint: Default::default(),
@@ -139,7 +140,8 @@ pub async fn outbound(
 pub fn outside_registry(snapshot: &Snapshot, dst: SocketAddr) -> TcpTarget {
     match snapshot.capture.outbound_traffic_policy {
         OutboundTrafficMode::AllowAny => TcpTarget::Cluster {
-            cluster: passthrough(dst, Protocol::Tcp),
+            cluster: (snapshot.capture.egress_proxy.clone())
+                .unwrap_or_else(|| passthrough(dst, Protocol::Tcp)),
             endpoint: None,
         },
         OutboundTrafficMode::RegistryOnly => TcpTarget::BlackHole,

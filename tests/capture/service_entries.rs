@@ -303,9 +303,10 @@ spec:
   ports: [{number: 443, name: https, protocol: TLS}]
   resolution: DNS
 "#;
-    let _agents = [
+    let logged = "  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n  accessLog: {enabled: true}\n";
+    let agents = [
         start_agent(&client, "ALLOW_ANY", registry),
-        start_agent(&strict, "REGISTRY_ONLY", registry),
+        plain_agent(&strict, None, logged, registry),
     ];
     let upstream = |name: &str| format!("\"upstream\":\"{name}\"");
 
@@ -366,6 +367,8 @@ spec:
         m.sum("istio_requests_total", &black_hole) == 2.0
     })
     .await;
+    // Under Istio's catch-all route that refuses.
+    assert_eq!(agents[1].access_log_line("/q")["route_name"], "block_all");
 
     // The explicit listener routes by Host alone, to a port the service
     // declares for HTTP or nowhere (404 NR).

@@ -115,6 +115,11 @@ pub struct RouteMatch {
 pub static DEFAULT_ROUTE_NAME: std::sync::LazyLock<Arc<str>> =
     std::sync::LazyLock::new(|| Arc::from("default"));
 
+/// The name of Istio's catch-all route that refuses what is outside the
+/// registry under REGISTRY_ONLY (`block_all`).
+pub static BLOCK_ALL_ROUTE_NAME: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("block_all"));
+
 /// The name of Istio's catch-all route to `PassthroughCluster`
 /// (`allow_any`, its `util.Passthrough`).
 pub static ALLOW_ANY_ROUTE_NAME: std::sync::LazyLock<Arc<str>> =

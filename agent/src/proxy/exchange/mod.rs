@@ -37,7 +37,9 @@ use crate::model::cluster::Cluster;
 use crate::model::endpoint::Endpoint;
 use crate::model::live::{ActiveRequest, EjectionReason, Slot};
 use crate::model::peer::PeerInfo;
-use crate::model::route::{ALLOW_ANY_ROUTE_NAME, DEFAULT_ROUTE_NAME, Matched};
+use crate::model::route::{
+    ALLOW_ANY_ROUTE_NAME, BLOCK_ALL_ROUTE_NAME, DEFAULT_ROUTE_NAME, Matched,
+};
 use crate::model::service::ServiceName;
 use crate::model::telemetry::{Side, TelemetryPolicy};
 use crate::telemetry::grpc_messages::GrpcMessages;
@@ -328,6 +330,10 @@ impl Exchange {
     /// (labelled as Istio's `cluster`, never by its host).
     pub fn set_outside_registry(&mut self, mode: OutboundTrafficMode) {
         self.record.unrouted_service = Some(ServiceName::outside_registry(mode));
+        if mode == OutboundTrafficMode::RegistryOnly {
+            // Istio's catch-all route that refuses (`block_all`).
+            self.record.route = Some(Arc::clone(&BLOCK_ALL_ROUTE_NAME));
+        }
     }
 
     /// Writes this hop's trace context into the headers for the next hop.

@@ -1084,8 +1084,9 @@ async fn a_provider_service_gets_its_destination_rules_tls() {
     drop(agent);
 
     // A name the authorizer's certificate does not carry: the handshake
-    // fails, counted with the agent's other TLS failures.
-    let wrong = rule.replace("tls: {", "tls: {sni: other.example, ");
+    // fails, counted with the agent's other TLS failures. (With `sni`
+    // alone, Istio validates the chain only, as the agent does.)
+    let wrong = rule.replace("tls: {", "tls: {subjectAltNames: [other.example], ");
     let agent = Agent::start(&workload(app.addr, NO_COLLECTOR, &(mesh + &wrong)));
     let reply = Client::h1(agent.inbound)
         .get("http://reviews:9080/api/allowed")

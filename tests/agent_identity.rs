@@ -1133,18 +1133,7 @@ async fn a_remote_key_set_is_fetched_before_the_first_token() {
             let _ = stream.write_all(reply.as_bytes()).await;
         }
     });
-    let policies = format!(
-        r#"---
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: reviews}}}}
-  jwtRules:
-  - issuer: {ISSUER}
-    jwksUri: "http://{jwks_addr}/jwks.json"
-"#
-    );
+    let policies = remote_key_set(jwks_addr, "");
     let agent = Agent::start(&workload(app.addr, NO_COLLECTOR, &policies));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while fetches.load(Ordering::SeqCst) == 0 {
@@ -1213,19 +1202,7 @@ async fn a_rules_timeout_bounds_its_key_fetch_and_the_tokens_wait() {
             });
         }
     });
-    let policies = format!(
-        r#"---
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: reviews}}}}
-  jwtRules:
-  - issuer: {ISSUER}
-    jwksUri: "http://{jwks_addr}/jwks.json"
-    timeout: 500ms
-"#
-    );
+    let policies = remote_key_set(jwks_addr, "    timeout: 500ms\n");
     let agent = Agent::start(&workload(app.addr, NO_COLLECTOR, &policies));
     let token = key.token(&claims("reviews", 600, &[]));
     let sent = Instant::now();
@@ -1255,4 +1232,21 @@ spec:
         held < Duration::from_secs(3),
         "the first fetch was held {held:?}: the rule's 500ms did not bound it"
     );
+}
+
+/// A RequestAuthentication for reviews whose keys are fetched from the
+/// key server at `jwks_addr`, with `extra` lines in its rule.
+fn remote_key_set(jwks_addr: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        r#"---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  jwtRules:
+  - issuer: {ISSUER}
+    jwksUri: "http://{jwks_addr}/jwks.json"
+{extra}"#
+    )
 }

@@ -864,6 +864,74 @@ async fn origination_with_sni_checks_the_entrys_names_or_the_chain_alone() {
     assert_eq!(reply.status, 503, "{:?}", reply.body);
 }
 
+/// On a TCP port Istio's `auto_sni` and `auto_san_validation` (HTTP
+/// options) do not apply: origination without `sni` checks the
+/// ServiceEntry's `subjectAltNames`, else the chain alone — not the
+/// service host, as for HTTP. (Found by a breaker against Envoy: a server
+/// for the host was taken despite the entry's names, and one carrying the
+/// entry's names refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tcp_origination_checks_the_entrys_names_or_the_chain() {
+    let host_cert = TlsUpstream::start(&["db1.example.com"], false).await;
+    let entry_cert = TlsUpstream::start(&["other.internal"], false).await;
+    let tcp_entry = |host: &str, target: SocketAddr, sans: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {host}}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 5443, name: tcp, protocol: TCP, targetPort: {}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n  subjectAltNames: {sans}\n",
+            target.port()
+        )
+    };
+    let simple = |server: &TlsUpstream| {
+        format!(
+            "{{mode: SIMPLE, caCertificates: \"{}\"}}",
+            server.root.display()
+        )
+    };
+    let docs = [
+        tcp_entry("db1.example.com", host_cert.addr, "[other.internal]"),
+        tls_rule("default", "db1", "db1.example.com", &simple(&host_cert)),
+        tcp_entry("db2.example.com", entry_cert.addr, "[other.internal]"),
+        tls_rule("default", "db2", "db2.example.com", &simple(&entry_cert)),
+        tcp_entry("db3.example.com", entry_cert.addr, "[]"),
+        tls_rule("default", "db3", "db3.example.com", &simple(&entry_cert)),
+    ]
+    .concat();
+    let doc = AgentDoc {
+        name: "app-v1",
+        service: "app",
+        app: "app",
+        version: "v1",
+        app_addr: closed_port().await,
+        otlp: NO_COLLECTOR,
+        app_protocol: "HTTP",
+        outbound_tcp: "[{listen: \"127.0.0.1:0\", host: db1.example.com, port: 5443}, {listen: \"127.0.0.1:0\", host: db2.example.com, port: 5443}, {listen: \"127.0.0.1:0\", host: db3.example.com, port: 5443}]",
+        extra: "",
+    };
+    let agent = Agent::start(&(doc.yaml() + &docs));
+    let answer = |listener: SocketAddr| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(listener).await.unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = conn.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let [db1, db2, db3] = [0, 1, 2].map(|i| agent.outbound_tcp[i]);
+    assert!(
+        !answer(db1).await.contains("secure hello"),
+        "the entry's names, not the host's"
+    );
+    assert!(
+        answer(db2).await.contains("secure hello"),
+        "the entry's names"
+    );
+    assert!(
+        answer(db3).await.contains("secure hello"),
+        "no names: the chain alone"
+    );
+}
+
 /// A STATIC ServiceEntry for `host` in `namespace`, port 80 (HTTP) sent to
 /// `target`.
 fn entry_in(namespace: &str, host: &str, target: SocketAddr) -> String {

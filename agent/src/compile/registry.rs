@@ -865,6 +865,7 @@ impl ClusterBuild<'_> {
                 &self.name.host,
                 self.entry_sans,
                 self.has_identity,
+                self.protocol.is_http(),
                 self.live,
             ),
             upstream_bind: None,

@@ -93,12 +93,15 @@ fn holds(sub: &str, pem: &str) -> Result<(), String> {
 }
 
 /// The cluster's TLS for `host` (the service FQDN), with the ServiceEntry's
-/// `subjectAltNames`.
+/// `subjectAltNames`; `http`: the cluster carries HTTP (Istio's
+/// `auto_sni` and `auto_san_validation` are HTTP options, which a TCP
+/// cluster's `tcp_proxy` never reads).
 pub(super) fn upstream_tls(
     tls: Option<&ClientTlsSettings>,
     host: &str,
     entry_sans: &[String],
     has_identity: bool,
+    http: bool,
     live: &LiveState,
 ) -> UpstreamTls {
     let mode = tls.and_then(|t| t.mode.as_deref());
@@ -126,7 +129,7 @@ pub(super) fn upstream_tls(
         (None, _) if has_identity => mesh(true, host),
         (None, _) | (Some(_), None | Some("DISABLE")) => UpstreamTls::Plain,
         (Some(t), Some("ISTIO_MUTUAL")) => mesh(false, t.sni.as_deref().unwrap_or(host)),
-        (Some(t), Some(_)) => match originate(t, host, entry_sans, live) {
+        (Some(t), Some(_)) => match originate(t, host, entry_sans, http, live) {
             Ok(origination) => origination,
             Err(reason) => UpstreamTls::Broken(reason.into()),
         },
@@ -140,11 +143,13 @@ fn read(path: &str) -> Result<String, String> {
 /// SIMPLE or MUTUAL origination: configs for both ALPN protocols, the
 /// running config's when its settings and files are the same (Envoy keeps
 /// the connection pools of a cluster a config update leaves unchanged).
-/// `entry_sans`: the ServiceEntry's `subjectAltNames`.
+/// `entry_sans`: the ServiceEntry's `subjectAltNames`; `http`: the
+/// cluster carries HTTP.
 fn originate(
     tls: &ClientTlsSettings,
     host: &str,
     entry_sans: &[String],
+    http: bool,
     live: &LiveState,
 ) -> Result<UpstreamTls, String> {
     // A wildcard host (`*.example.com`) names no server: with auto SNI each
@@ -162,14 +167,15 @@ fn originate(
     };
     // The name checked, as Istio's `constructUpstreamTLS` and
     // `setAutoSniAndAutoSanValidation` render it: the rule's
-    // `subjectAltNames`; else, without `sni`, the name each connection is
-    // opened for (`auto_san_validation`, which overrides the entry's);
-    // else the ServiceEntry's `subjectAltNames`; else the chain alone.
+    // `subjectAltNames`; else, without `sni` on an HTTP cluster, the name
+    // each connection is opened for (`auto_san_validation`, which
+    // overrides the entry's; `tcp_proxy` reads no such option); else the
+    // ServiceEntry's `subjectAltNames`; else the chain alone.
     let check = if tls.insecure_skip_verify == Some(true) {
         NameCheck::Skip
     } else if !tls.subject_alt_names.is_empty() {
         NameCheck::AnyOf(tls.subject_alt_names.clone())
-    } else if tls.sni.is_none() {
+    } else if tls.sni.is_none() && http {
         NameCheck::ServerName
     } else if !entry_sans.is_empty() {
         NameCheck::AnyOf(entry_sans.to_vec())

@@ -342,7 +342,8 @@ async fn auto_mtls_sends_plaintext_to_a_destination_that_disables_mtls() {
 /// an endpoint that names a `serviceAccount` and has no `tlsMode` label
 /// runs a sidecar (mTLS to it, which its STRICT agent requires), and a
 /// `tls` block without `mode` is DISABLE (plaintext to an endpoint
-/// labelled as a sidecar's, which serves plaintext).
+/// labelled as a sidecar's, which serves plaintext); a MESH_EXTERNAL
+/// service gets no auto mTLS at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_service_account_marks_a_sidecar_and_a_tls_block_without_mode_is_disable() {
     let ca = Ca::start();
@@ -367,6 +368,9 @@ async fn a_service_account_marks_a_sidecar_and_a_tls_block_without_mode_is_disab
             "plain.default.svc.cluster.local",
             "{sni: plain.example}",
         ),
+    ) + &format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: legacy, namespace: default}}\nspec:\n  hosts: [legacy.example.com]\n  location: MESH_EXTERNAL\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {}}}, serviceAccount: legacy, labels: {{security.istio.io/tlsMode: istio}}}}\n",
+        plain.addr.port()
     );
     let front = workload(
         "frontend",
@@ -403,6 +407,16 @@ async fn a_service_account_marks_a_sidecar_and_a_tls_block_without_mode_is_disab
         reply.header("x-tracemesh-response-flags")
     );
     assert_eq!(plain.count(), 1);
+    // Auto mTLS never reaches a MESH_EXTERNAL service, whatever its
+    // endpoints say (`buildUpstreamTLSSettings`).
+    let reply = client.get("http://legacy.example.com/").await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        reply.header("x-tracemesh-response-flags")
+    );
+    assert_eq!(plain.count(), 2);
 }
 
 /// The mesh config of the tests below: `old.example` is an alias of the

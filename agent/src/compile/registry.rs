@@ -774,7 +774,10 @@ impl EntryContext<'_> {
             // Istio's mtlsChecker: an endpoint with a sidecar whose
             // PeerAuthentication (its namespace, its labels, the port it
             // listens on) is DISABLE is sent plaintext by auto mTLS.
-            let sidecar = runs_sidecar(ep);
+            // Auto mTLS never reaches a service declared MESH_EXTERNAL
+            // (Istio's `buildUpstreamTLSSettings` returns none for it).
+            let mesh_external = spec.location.as_deref() == Some("MESH_EXTERNAL");
+            let sidecar = runs_sidecar(ep) && !mesh_external;
             let plaintext = sidecar && self.peers.disable(self.namespace, &ep.labels, port);
             out.push(EndpointSpec {
                 address,

@@ -170,7 +170,11 @@ pub const FIELDS: &[Field] = &[
     enforced(SE, "spec.workloadSelector"),
     enforced(SE, "spec.subjectAltNames"),
     enforced(SE, "spec.addresses"),
-    warned(SE, "spec.location", ""),
+    warned(
+        SE,
+        "spec.location",
+        "MESH_EXTERNAL turns auto mTLS and AUTO_PASSTHROUGH off; without it the entry is the mesh's own, where Istio's default is MESH_EXTERNAL",
+    ),
     warned(
         SE,
         "spec.exportTo",

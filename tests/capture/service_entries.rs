@@ -487,7 +487,8 @@ spec:
 "#,
         proxy = proxy.ip
     );
-    let _agent = start_agent(&client, "ALLOW_ANY", &registry);
+    let logged = "  outboundTrafficPolicy: {mode: ALLOW_ANY}\n  accessLog: {enabled: true}\n";
+    let agent = plain_agent(&client, None, logged, &registry);
     let url = format!("http://{}:8080/away", outside.ip);
     let reply = status_and_body(&client, &[], &url).await;
     assert!(
@@ -498,5 +499,29 @@ spec:
     let url = format!("http://{}:3128/declared", proxy.ip);
     let reply = status_and_body(&client, &[], &url).await;
     assert!(reply.starts_with("200 "), "{reply}");
+    assert_eq!((at_outside.count(), at_proxy.count()), (0, 2));
+    // Under Istio's catch-all route, whichever cluster it sends to.
+    assert_eq!(agent.access_log_line("/away")["route_name"], "allow_any");
+
+    // A proxy the Sidecar's egress hosts hide has no cluster here: Envoy
+    // answers 503 NC (istiod sent it none), never the original destination.
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    let hidden = text.replace(
+        "  outboundTrafficPolicy:\n    mode: ALLOW_ANY\n",
+        "  egress: [{hosts: [\"./nothing.example.com\"]}]\n  outboundTrafficPolicy:\n    mode: ALLOW_ANY\n",
+    );
+    assert_ne!(hidden, text);
+    agent.rewrite_config(&hidden);
+    wait_metrics(&client, "the Sidecar hiding the proxy loaded", |m| {
+        m.sum("tracemesh_agent_config_version", &[]) >= 2.0
+    })
+    .await;
+    let url = format!("http://{}:8080/hidden", outside.ip);
+    let head = curl_args(&client, &["-D", "-", "-o", "/dev/null", &url]).await;
+    let head = head.unwrap().to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 503") && head.contains("x-tracemesh-response-flags: nc"),
+        "{head}"
+    );
     assert_eq!((at_outside.count(), at_proxy.count()), (0, 2));
 }

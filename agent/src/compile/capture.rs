@@ -13,8 +13,8 @@ use crate::config::service_entry::ServiceEntrySpec;
 use crate::host::service_entry_host;
 use crate::model::Listeners;
 use crate::model::capture::{
-    Capture, DEFAULT_PROTOCOL_DETECTION_TIMEOUT, Destinations, InboundApp, InterceptionMode,
-    OutboundTrafficMode, ServicePorts,
+    Capture, DEFAULT_PROTOCOL_DETECTION_TIMEOUT, Destinations, EgressProxy, InboundApp,
+    InterceptionMode, OutboundTrafficMode, ServicePorts,
 };
 use crate::model::endpoint::UpstreamAddr;
 use crate::model::service::{Protocol, ServiceName};
@@ -68,25 +68,29 @@ pub(super) fn compile(input: &CaptureInput<'_>, diags: &mut Diagnostics) -> Capt
         .or(agent_mode)
         .or(input.mesh_mode)
         .unwrap_or_default();
-    let egress_proxy = input.sidecar.egress_proxy.as_ref().and_then(|proxy| {
-        let target = input
-            .registry
-            .target(&proxy.host, proxy.subset.as_deref(), Some(proxy.port));
-        let cluster = target.cluster_for(proxy.port).cloned();
-        if cluster.is_none() {
-            let msg = format!(
-                "{} has no port {} in the registry{}; traffic outside the registry goes to its original destination",
-                proxy.host,
-                proxy.port,
-                proxy.subset.as_deref().map(|s| format!(" (subset {s})")).unwrap_or_default()
-            );
-            diags.warn(
-                &proxy.location,
-                Some("spec.outboundTrafficPolicy.egressProxy".into()),
-                msg,
-            );
+    let egress_proxy = input.sidecar.egress_proxy.as_ref().map(|proxy| {
+        let cluster = input.registry.visible_cluster(
+            &proxy.host,
+            proxy.subset.as_deref(),
+            proxy.port,
+        );
+        match cluster {
+            Some(cluster) => EgressProxy::Cluster(cluster),
+            None => {
+                let msg = format!(
+                    "{} port {}{} is not a service this workload sees (its registry and the Sidecar's egress hosts); traffic outside the registry gets 503 NC, as Envoy fails a route to a cluster it was not given",
+                    proxy.host,
+                    proxy.port,
+                    proxy.subset.as_deref().map(|s| format!(" (subset {s})")).unwrap_or_default()
+                );
+                diags.warn(
+                    &proxy.location,
+                    Some("spec.outboundTrafficPolicy.egressProxy".into()),
+                    msg,
+                );
+                EgressProxy::Missing
+            }
         }
-        cluster
     });
     Capture {
         mode,

@@ -383,6 +383,22 @@ impl Registry {
         }
     }
 
+    /// The cluster of `fqdn`'s `subset` on `port` this workload sees (none
+    /// when a Sidecar hides it).
+    pub fn visible_cluster(
+        &self,
+        fqdn: &str,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Option<Arc<Cluster>> {
+        let clusters = self
+            .services
+            .get(fqdn)?
+            .clusters
+            .get(&subset.map(str::to_owned))?;
+        clusters.iter().find(|c| c.port == port).cloned()
+    }
+
     /// Every cluster, in host order (for `/clusters`).
     pub fn clusters(&self) -> Vec<Arc<Cluster>> {
         let mut all: Vec<Arc<Cluster>> = self

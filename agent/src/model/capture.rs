@@ -98,13 +98,25 @@ pub struct Capture {
     pub outbound_traffic_policy: OutboundTrafficMode,
     /// `namespace/name` of the Sidecar that applies to this workload.
     pub sidecar: Option<String>,
-    /// Under ALLOW_ANY, the cluster of the Sidecar's
-    /// `outboundTrafficPolicy.egressProxy`: traffic outside the registry
-    /// goes there instead of to its original destination, as Istio routes
-    /// its catch-all (`allow_any`) to the egress proxy's cluster.
-    pub egress_proxy: Option<Arc<crate::model::cluster::Cluster>>,
+    /// Under ALLOW_ANY, the Sidecar's `outboundTrafficPolicy.egressProxy`:
+    /// traffic outside the registry goes there instead of to its original
+    /// destination, as Istio routes its catch-all (`allow_any`) to the
+    /// egress proxy's cluster.
+    pub egress_proxy: Option<EgressProxy>,
     /// Original destination → service.
     pub destinations: Destinations,
+}
+
+/// Where a Sidecar's `egressProxy` sends what is outside the registry.
+#[derive(Debug, Clone)]
+pub enum EgressProxy {
+    /// The proxy's cluster.
+    Cluster(Arc<crate::model::cluster::Cluster>),
+    /// A proxy this workload has no cluster for (not in the registry, or
+    /// outside the Sidecar's egress hosts): requests get 503 `NC` and
+    /// connections are closed, as Envoy fails a route to a cluster istiod
+    /// did not send it.
+    Missing,
 }
 
 /// This workload's own service ports (ServiceEntry `ports[].number`), by

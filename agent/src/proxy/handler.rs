@@ -173,9 +173,16 @@ pub fn handle(
             Err(not_routed) => {
                 match not_routed.host {
                     Some(host) => ex.set_unrouted_host(host),
-                    // Refused, not passed through: Istio's BlackHoleCluster.
+                    // Refused, not passed through: Istio's BlackHoleCluster;
+                    // or (no cluster) ALLOW_ANY's egress proxy is missing.
                     None if down.direction == Direction::Outbound && down.gateway.is_none() => {
-                        ex.set_outside_registry(OutboundTrafficMode::RegistryOnly);
+                        let no_cluster = (not_routed.reply.flags)
+                            .contains(crate::flags::ResponseFlags::NO_CLUSTER_FOUND);
+                        ex.set_outside_registry(if no_cluster {
+                            OutboundTrafficMode::AllowAny
+                        } else {
+                            OutboundTrafficMode::RegistryOnly
+                        });
                     }
                     None => {}
                 }
@@ -225,7 +232,7 @@ pub fn handle(
                 return Ok(edited(ex.local_reply(LocalReply::NO_CLUSTER)));
             }
         };
-        ex.set_route(routed.matched, cluster);
+        ex.set_route(routed.matched, cluster, routed.catch_all);
         // A NONE service's cluster (ORIGINAL_DST) sends a captured
         // connection's requests where the connection was going.
         let original_endpoint = down.original_endpoint(cluster);

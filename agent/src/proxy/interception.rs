@@ -17,7 +17,7 @@ use super::{Captured, Unregistered};
 use crate::capture::detect::{Detected, detect, detect_tls, take_undecided};
 use crate::capture::{INBOUND_PASSTHROUGH_V4, INBOUND_PASSTHROUGH_V6};
 use crate::model::Snapshot;
-use crate::model::capture::{Destination, InboundApp, OutboundTrafficMode};
+use crate::model::capture::{Destination, EgressProxy, InboundApp, OutboundTrafficMode};
 use crate::model::cluster::Cluster;
 use crate::model::peer::PeerInfo;
 use crate::model::service::Protocol;
@@ -88,12 +88,17 @@ pub async fn outbound(
         return Ok(Outbound::Http(Captured::Outbound {
             original_dst: dst,
             service,
-            unregistered: match capture.outbound_traffic_policy {
-                OutboundTrafficMode::AllowAny => Unregistered::Passthrough(
-                    (capture.egress_proxy.clone())
-                        .unwrap_or_else(|| passthrough(dst, Protocol::Auto)),
-                ),
-                OutboundTrafficMode::RegistryOnly => Unregistered::BlackHole,
+            unregistered: match (capture.outbound_traffic_policy, &capture.egress_proxy) {
+                (OutboundTrafficMode::AllowAny, None) => {
+                    Unregistered::Passthrough(passthrough(dst, Protocol::Auto))
+                }
+                (OutboundTrafficMode::AllowAny, Some(EgressProxy::Cluster(proxy))) => {
+                    Unregistered::Passthrough(proxy.clone())
+                }
+                (OutboundTrafficMode::AllowAny, Some(EgressProxy::Missing)) => {
+                    Unregistered::NoCluster
+                }
+                (OutboundTrafficMode::RegistryOnly, _) => Unregistered::BlackHole,
             },
             original_endpoint: Default::default(),
         }));
@@ -139,10 +144,16 @@ pub async fn outbound(
 /// refused (REGISTRY_ONLY), by `outboundTrafficPolicy`.
 pub fn outside_registry(snapshot: &Snapshot, dst: SocketAddr) -> TcpTarget {
     match snapshot.capture.outbound_traffic_policy {
-        OutboundTrafficMode::AllowAny => TcpTarget::Cluster {
-            cluster: (snapshot.capture.egress_proxy.clone())
-                .unwrap_or_else(|| passthrough(dst, Protocol::Tcp)),
-            endpoint: None,
+        OutboundTrafficMode::AllowAny => match &snapshot.capture.egress_proxy {
+            None => TcpTarget::Cluster {
+                cluster: passthrough(dst, Protocol::Tcp),
+                endpoint: None,
+            },
+            Some(EgressProxy::Cluster(proxy)) => TcpTarget::Cluster {
+                cluster: proxy.clone(),
+                endpoint: None,
+            },
+            Some(EgressProxy::Missing) => TcpTarget::BlackHole,
         },
         OutboundTrafficMode::RegistryOnly => TcpTarget::BlackHole,
     }

@@ -231,6 +231,10 @@ pub enum Unregistered {
     Passthrough(Arc<Cluster>),
     /// REGISTRY_ONLY: refused, as `BlackHoleCluster`.
     BlackHole,
+    /// ALLOW_ANY to a Sidecar's `egressProxy` this workload has no
+    /// cluster for: 503 `NC`, as Envoy answers a route to a cluster it
+    /// was not given.
+    NoCluster,
 }
 
 /// Per-worker state: pools and caches that need no lock because only this

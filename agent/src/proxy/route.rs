@@ -48,6 +48,9 @@ pub struct Routed<'s> {
     /// The service host a request the rule answers itself was addressed
     /// to (for `destination_service`).
     pub answered_for: Option<&'s str>,
+    /// Sent on by ALLOW_ANY's catch-all (Istio's `allow_any` route): to
+    /// its original destination, or to a Sidecar's egress proxy.
+    pub catch_all: bool,
 }
 
 /// Why a request has no route, and the configured host it was addressed
@@ -84,6 +87,7 @@ impl<'s> Routed<'s> {
             cluster: Some(cluster),
             port,
             answered_for: None,
+            catch_all: false,
         }
     }
 
@@ -287,10 +291,12 @@ fn by_destination<'s: 'r, 'r, B>(
             }
             None => Ok(Routed::to_cluster(cluster, cluster.port)),
         },
-        (None, Unregistered::Passthrough(cluster)) => {
-            Ok(Routed::to_cluster(cluster, original_dst.port()))
-        }
+        (None, Unregistered::Passthrough(cluster)) => Ok(Routed {
+            catch_all: true,
+            ..Routed::to_cluster(cluster, original_dst.port())
+        }),
         (None, Unregistered::BlackHole) => Err(NotRouted::outside_registry(LocalReply::BLACK_HOLE)),
+        (None, Unregistered::NoCluster) => Err(NotRouted::outside_registry(LocalReply::NO_CLUSTER)),
     }
 }
 
@@ -321,6 +327,7 @@ fn route_at<'s: 'r, 'r, B>(
             cluster: None,
             port,
             answered_for: Some(&vhost.host),
+            catch_all: false,
         });
     }
     let Some(destination) = matched.rule.pick_destination() else {
@@ -338,6 +345,7 @@ fn route_at<'s: 'r, 'r, B>(
         cluster: Some(cluster),
         port,
         answered_for: None,
+        catch_all: false,
     })
 }
 

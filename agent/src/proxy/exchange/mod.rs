@@ -286,11 +286,18 @@ impl Exchange {
 
     /// Records the route decision: the rule that matched (outbound) and
     /// how, and the cluster it sends to.
-    pub fn set_route(&mut self, matched: Option<Matched<'_>>, cluster: &Arc<Cluster>) {
+    pub fn set_route(
+        &mut self,
+        matched: Option<Matched<'_>>,
+        cluster: &Arc<Cluster>,
+        catch_all: bool,
+    ) {
         if matched.is_none() {
             // A route Istio makes itself: inbound to the app, or a service
-            // without rules (`default`); the catch-all (`allow_any`).
-            let name = if cluster.name == "PassthroughCluster" {
+            // without rules (`default`); ALLOW_ANY's catch-all
+            // (`allow_any`), to the original destination or an egress
+            // proxy.
+            let name = if catch_all {
                 &ALLOW_ANY_ROUTE_NAME
             } else {
                 &DEFAULT_ROUTE_NAME
@@ -330,10 +337,12 @@ impl Exchange {
     /// (labelled as Istio's `cluster`, never by its host).
     pub fn set_outside_registry(&mut self, mode: OutboundTrafficMode) {
         self.record.unrouted_service = Some(ServiceName::outside_registry(mode));
-        if mode == OutboundTrafficMode::RegistryOnly {
-            // Istio's catch-all route that refuses (`block_all`).
-            self.record.route = Some(Arc::clone(&BLOCK_ALL_ROUTE_NAME));
-        }
+        // Istio's catch-all routes: `block_all` refuses, `allow_any` passes.
+        let route = match mode {
+            OutboundTrafficMode::RegistryOnly => &BLOCK_ALL_ROUTE_NAME,
+            OutboundTrafficMode::AllowAny => &ALLOW_ANY_ROUTE_NAME,
+        };
+        self.record.route = Some(Arc::clone(route));
     }
 
     /// Writes this hop's trace context into the headers for the next hop.

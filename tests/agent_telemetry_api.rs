@@ -329,24 +329,24 @@ async fn a_file_access_logs_format_is_envoys() {
     let labels_file = dir.path().join("labels.log");
     let mesh = |text: &str| {
         format!(
-            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    extensionProviders:\n    - name: text-log\n      envoyFileAccessLog:\n        path: /dev/stdout\n        logFormat: {{text: \"{text}\\n\"}}\n    - name: labels-log\n      envoyFileAccessLog:\n        path: {}\n        omitEmptyValues: true\n        logFormat:\n          labels: {{code: \"%RESPONSE_CODE%\", path: \"%REQ(:PATH)%\", line: \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\", sni: \"%REQUESTED_SERVER_NAME%\", agent: \"%REQ(USER-AGENT):4%\"}}\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: logs, namespace: default}}\nspec:\n  accessLogging:\n  - providers: [{{name: text-log}}, {{name: labels-log}}]\n",
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    extensionProviders:\n    - name: text-log\n      envoyFileAccessLog:\n        path: /dev/stdout\n        logFormat: {{text: \"{text}\\n\"}}\n    - name: labels-log\n      envoyFileAccessLog:\n        path: {}\n        omitEmptyValues: true\n        logFormat:\n          labels: {{code: \"%RESPONSE_CODE%\", path: \"%REQ(:PATH)%\", line: \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%\", sni: \"%REQUESTED_SERVER_NAME%\", agent: \"%REQ(USER-AGENT):4%\", n: 5, b: true, nested: {{c: \"%RESPONSE_CODE%\", xff: \"%REQ(X-FORWARDED-FOR)%\"}}}}\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: logs, namespace: default}}\nspec:\n  accessLogging:\n  - providers: [{{name: text-log}}, {{name: labels-log}}]\n",
             labels_file.display()
         )
     };
     let config = doc("reviews", app.addr, NO_COLLECTOR)
         + &mesh(
-            "[%RESPONSE_CODE%] %REQ(:METHOD)% %REQ(:PATH)% sni=%REQUESTED_SERVER_NAME% %BYTES_SENT%",
+            "[%RESPONSE_CODE%] %REQ(:METHOD)% %REQ(:PATH)% sni=%REQUESTED_SERVER_NAME% 100%% %BYTES_SENT% ua=%REQ(X-FORWARDED-FOR)%.",
         );
     let agent = Agent::start(&config);
     let reply = Client::h1(agent.inbound)
         .get_with(
             "http://reviews:9080/formatted",
-            &[("user-agent", "curl/8.0")],
+            &[("user-agent", "curl/8.0"), ("x-forwarded-for", "")],
         )
         .await;
     assert_eq!(reply.status, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let want = format!("[200] GET /formatted sni=- {}", reply.body.len());
+    let want = format!("[200] GET /formatted sni=- 100% {} ua=.", reply.body.len());
     while !agent.stdout().contains(&want) {
         assert!(
             Instant::now() < deadline,
@@ -369,8 +369,8 @@ async fn a_file_access_logs_format_is_envoys() {
     };
     assert_eq!(
         line,
-        serde_json::json!({"code": 200, "path": "/formatted", "line": "GET /formatted", "agent": "curl"}),
-        "the code a number, the SNI left out"
+        serde_json::json!({"code": 200, "path": "/formatted", "line": "GET /formatted", "agent": "curl", "n": 5, "b": true, "nested": {"c": 200, "xff": ""}}),
+        "the code a number, literals and objects as written, a header sent empty kept empty, the absent SNI left out"
     );
 
     let (valid, out) = validate(

@@ -109,7 +109,7 @@ pub(super) fn compile(
             && let Some(value) = &file.log_format
         {
             match crate::model::log_format::compile(value) {
-                Ok(compiled) => *format = Some(Arc::new(compiled)),
+                Ok(compiled) => *format = compiled.map(Arc::new),
                 Err((sub, error)) => diags.error(
                     &doc.location,
                     Some(format!(

@@ -10,9 +10,25 @@
 pub enum LogFormat {
     /// `text`: one line (the trailing newline Istio adds is the writer's).
     Text(Vec<Segment>),
-    /// `labels`: a JSON object, one key per label, in the order given.
-    Labels(Vec<(String, Vec<Segment>)>),
+    /// `labels`: a JSON object, one key per label (nested objects
+    /// allowed, as Envoy's `json_format` takes a Struct).
+    Labels(Vec<(String, Label)>),
 }
+
+/// One label's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Label {
+    /// A format string.
+    Format(Vec<Segment>),
+    /// A number, boolean or null, written as it is.
+    Value(serde_json::Value),
+    /// A nested object.
+    Object(Vec<(String, Label)>),
+}
+
+/// Istio's default text format (`EnvoyTextLogFormat`), which an empty
+/// `text` (or a `logFormat` giving neither) stands for.
+pub const ISTIO_TEXT_FORMAT: &str = r#"[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%"#;
 
 /// A piece of a format string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,8 +141,8 @@ pub enum FormatError {
 }
 
 /// Parses an Envoy format string (`%OPERATOR%`, `%OPERATOR(arg)%`,
-/// `%OPERATOR(arg):N%`; `REQ(a?b)` takes `b` when `a` is absent, which for
-/// the headers the line keeps is `a` itself).
+/// `%OPERATOR(arg):N%`, `%%` for a `%`; `REQ(a?b)` takes `b` when `a` is
+/// absent, which for the headers the line keeps is `a` itself).
 pub fn parse(format: &str) -> Result<Vec<Segment>, FormatError> {
     let mut segments = Vec::new();
     let mut literal = String::new();
@@ -135,6 +151,12 @@ pub fn parse(format: &str) -> Result<Vec<Segment>, FormatError> {
     while let Some(start) = rest.find('%') {
         literal.push_str(&rest[..start]);
         let after = &rest[start + 1..];
+        if let Some(escaped) = after.strip_prefix('%') {
+            literal.push('%');
+            at += start + 2;
+            rest = escaped;
+            continue;
+        }
         // An argument may hold no `%`; the operator ends at the next one.
         let end = after.find('%').ok_or(FormatError::Unclosed(at + start))?;
         let body = &after[..end];
@@ -183,23 +205,42 @@ fn operator(body: &str) -> Result<Segment, FormatError> {
 }
 
 /// Compiles an `envoyFileAccessLog.logFormat` (`{text: …}` or
-/// `{labels: {key: format}}`); `Err` names the subfield and why.
-pub fn compile(value: &serde_json::Value) -> Result<LogFormat, (String, FormatError)> {
-    if let Some(text) = value.get("text").and_then(serde_json::Value::as_str) {
-        let text = text.strip_suffix('\n').unwrap_or(text);
-        return parse(text)
-            .map(LogFormat::Text)
-            .map_err(|e| ("text".to_owned(), e));
-    }
-    let mut labels = Vec::new();
+/// `{labels: {key: value}}`), as Istio's `telemetry_logging.go` reads it:
+/// an empty `text`, or neither, is Istio's default text format; empty
+/// `labels` are Istio's default JSON, the agent's JSON line (`None`).
+/// `Err` names the subfield and why.
+pub fn compile(value: &serde_json::Value) -> Result<Option<LogFormat>, (String, FormatError)> {
     if let Some(map) = value.get("labels").and_then(serde_json::Value::as_object) {
-        for (key, format) in map {
-            let format = format.as_str().unwrap_or_default();
-            let segments = parse(format).map_err(|e| (format!("labels.{key}"), e))?;
-            labels.push((key.clone(), segments));
+        if map.is_empty() {
+            return Ok(None);
         }
+        return labels(map, "labels").map(|labels| Some(LogFormat::Labels(labels)));
     }
-    Ok(LogFormat::Labels(labels))
+    let text = value.get("text").and_then(serde_json::Value::as_str);
+    let text = text.filter(|t| !t.is_empty()).unwrap_or(ISTIO_TEXT_FORMAT);
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    parse(text)
+        .map(|segments| Some(LogFormat::Text(segments)))
+        .map_err(|e| ("text".to_owned(), e))
+}
+
+fn labels(
+    map: &serde_json::Map<String, serde_json::Value>,
+    at: &str,
+) -> Result<Vec<(String, Label)>, (String, FormatError)> {
+    map.iter()
+        .map(|(key, value)| {
+            let field = format!("{at}.{key}");
+            let label = match value {
+                serde_json::Value::String(format) => {
+                    Label::Format(parse(format).map_err(|e| (field, e))?)
+                }
+                serde_json::Value::Object(inner) => Label::Object(labels(inner, &field)?),
+                other => Label::Value(other.clone()),
+            };
+            Ok((key.clone(), label))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -215,8 +256,7 @@ mod tests {
 
     #[test]
     fn istios_default_text_format_parses() {
-        let istio = r#"[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%"#;
-        let segments = parse(istio).expect("Istio's own format");
+        let segments = parse(ISTIO_TEXT_FORMAT).expect("Istio's own format");
         assert_eq!(segments[0], Segment::Literal("[".into()));
         assert_eq!(segments[1], op(Operator::StartTime));
         assert_eq!(segments[4], Segment::Literal(" ".into()));
@@ -249,8 +289,18 @@ mod tests {
             parse("%REQ(:PATH):x%"),
             Err(FormatError::BadLength(_))
         ));
-        let labels =
-            compile(&serde_json::json!({"labels": {"code": "%RESPONSE_CODE%", "bad": "%X%"}}));
-        assert!(matches!(labels, Err((field, _)) if field == "labels.bad"));
+        let labels = compile(
+            &serde_json::json!({"labels": {"code": "%RESPONSE_CODE%", "in": {"bad": "%X%"}}}),
+        );
+        assert!(matches!(labels, Err((field, _)) if field == "labels.in.bad"));
+        assert_eq!(
+            parse("a%%b %PROTOCOL%").unwrap(),
+            [Segment::Literal("a%b ".into()), op(Operator::Protocol)]
+        );
+        // Istio's defaults for an empty format.
+        assert_eq!(compile(&serde_json::json!({"labels": {}})), Ok(None));
+        let istio = Some(LogFormat::Text(parse(ISTIO_TEXT_FORMAT).unwrap()));
+        assert_eq!(compile(&serde_json::json!({"text": ""})), Ok(istio.clone()));
+        assert_eq!(compile(&serde_json::json!({})), Ok(istio));
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::model::bootstrap::AccessLogTarget;
-use crate::model::log_format::{LogFormat, Operator, Segment};
+use crate::model::log_format::{Label, LogFormat, Operator, Segment};
 use crate::model::telemetry::{AccessLogPolicy, TelemetryPolicy};
 
 const QUEUE: usize = 8192;
@@ -63,7 +63,7 @@ impl AccessLog {
             None if !omit_empty => serde_json::to_string(entry).ok(),
             None => serde_json::to_value(entry).ok().map(|mut value| {
                 if let serde_json::Value::Object(map) = &mut value {
-                    map.retain(|_, v| !v.is_null() && v.as_str() != Some(""));
+                    map.retain(|_, v| !v.is_null());
                 }
                 value.to_string()
             }),
@@ -277,7 +277,9 @@ fn field<'e>(entry: &'e AccessLogEntry<'_>, operator: Operator) -> Field<'e> {
 }
 
 /// `segments` as text, as Envoy's formatter writes them: an absent value
-/// is `-` (nothing when `omit_empty`), each cut to its length limit.
+/// is `-` (nothing when `omit_empty`; a value present but empty, such as
+/// a header sent empty, is nothing either way), each cut to its length
+/// limit.
 fn render_text(
     entry: &AccessLogEntry<'_>,
     segments: &[Segment],
@@ -294,9 +296,9 @@ fn render_text(
                     Field::Number(n) => {
                         let _ = write!(out, "{n}");
                     }
-                    Field::Text(Some(value)) if !value.is_empty() => out.push_str(&value),
-                    Field::Text(_) if omit_empty => {}
-                    Field::Text(_) => out.push('-'),
+                    Field::Text(Some(value)) => out.push_str(&value),
+                    Field::Text(None) if omit_empty => {}
+                    Field::Text(None) => out.push('-'),
                 }
                 if let Some(max) = max_len
                     && let Some((cut, _)) = out[start..].char_indices().nth(*max)
@@ -308,9 +310,7 @@ fn render_text(
     }
 }
 
-/// One line of `format`: the text, or the labels as a JSON object (a
-/// label that is one operator alone keeps its type — a number, or null
-/// when absent, left out when `omit_empty` — as Envoy's `json_format`).
+/// One line of `format`: the text, or the labels as a JSON object.
 fn render(entry: &AccessLogEntry<'_>, format: &LogFormat, omit_empty: bool) -> String {
     match format {
         LogFormat::Text(segments) => {
@@ -318,36 +318,48 @@ fn render(entry: &AccessLogEntry<'_>, format: &LogFormat, omit_empty: bool) -> S
             render_text(entry, segments, omit_empty, &mut line);
             line
         }
-        LogFormat::Labels(labels) => {
-            let mut object = serde_json::Map::new();
-            for (key, segments) in labels {
-                let value = match segments.as_slice() {
-                    [
-                        Segment::Operator {
-                            operator,
-                            max_len: None,
-                        },
-                    ] => match field(entry, *operator) {
-                        Field::Number(n) => serde_json::Value::from(n),
-                        Field::Text(Some(text)) if !text.is_empty() => {
-                            serde_json::Value::from(text.into_owned())
-                        }
-                        Field::Text(_) => serde_json::Value::Null,
-                    },
-                    _ => {
-                        let mut text = String::new();
-                        render_text(entry, segments, omit_empty, &mut text);
-                        serde_json::Value::from(text)
-                    }
-                };
-                if omit_empty && (value.is_null() || value.as_str() == Some("")) {
-                    continue;
-                }
-                object.insert(key.clone(), value);
-            }
-            serde_json::Value::Object(object).to_string()
-        }
+        LogFormat::Labels(labels) => render_labels(entry, labels, omit_empty).to_string(),
     }
+}
+
+/// Labels as Envoy's `json_format` writes them: a label that is one
+/// operator alone keeps its type (a number; null when absent, left out
+/// when `omit_empty`), a literal number or boolean stays one, an object
+/// nests.
+fn render_labels(
+    entry: &AccessLogEntry<'_>,
+    labels: &[(String, Label)],
+    omit_empty: bool,
+) -> serde_json::Value {
+    let mut object = serde_json::Map::new();
+    for (key, label) in labels {
+        let value = match label {
+            Label::Value(value) => value.clone(),
+            Label::Object(inner) => render_labels(entry, inner, omit_empty),
+            Label::Format(segments) => match segments.as_slice() {
+                [
+                    Segment::Operator {
+                        operator,
+                        max_len: None,
+                    },
+                ] => match field(entry, *operator) {
+                    Field::Number(n) => serde_json::Value::from(n),
+                    Field::Text(Some(text)) => serde_json::Value::from(text.into_owned()),
+                    Field::Text(None) => serde_json::Value::Null,
+                },
+                _ => {
+                    let mut text = String::new();
+                    render_text(entry, segments, omit_empty, &mut text);
+                    serde_json::Value::from(text)
+                }
+            },
+        };
+        if omit_empty && value.is_null() {
+            continue;
+        }
+        object.insert(key.clone(), value);
+    }
+    serde_json::Value::Object(object)
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T01:02:03.456Z`.

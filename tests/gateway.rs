@@ -514,6 +514,25 @@ spec:
             }
         }
     }
+    // A host no server takes: 404 NR, labelled as a request of no service
+    // (`BlackHoleCluster`, `unknown`), never as the gateway's own service
+    // (a breaker found it counted as gateway-to-gateway traffic).
+    let reply = istio.get("http://unknown.org/x").await;
+    assert_eq!(reply.status, 404);
+    let metrics = gateway.metrics().await;
+    let no_service = [
+        ("response_flags", "NR"),
+        ("destination_service", "unknown"),
+        ("destination_service_name", "BlackHoleCluster"),
+    ];
+    assert_eq!(
+        metrics.sum("istio_requests_total", &no_service),
+        1.0,
+        "{}",
+        metrics.text
+    );
+    let own = [("destination_service_name", "istio-ingressgateway")];
+    assert_eq!(metrics.sum("istio_requests_total", &own), 0.0);
 }
 
 /// A request of [`an_httproute_routes_as_the_equivalent_virtual_service`]:
@@ -891,6 +910,7 @@ async fn the_edge_cleans_what_only_the_mesh_sets_and_trusts_only_its_proxies() {
         ("x-envoy-original-url", "http://evil/"),
         ("x-envoy-original-path", "/evil"),
         ("x-envoy-force-trace", "true"),
+        ("x-envoy-upstream-stream-duration-ms", "1"),
         ("x-request-id", "my-own-id"),
     ];
     let gateway = Gateway::start(
@@ -904,7 +924,7 @@ async fn the_edge_cleans_what_only_the_mesh_sets_and_trusts_only_its_proxies() {
         .await;
     assert_eq!(reply.status, 200);
     let seen = app.seen().pop().unwrap();
-    for (name, _) in &forged[..8] {
+    for (name, _) in &forged[..9] {
         if *name != "x-envoy-external-address" {
             assert!(seen.headers.get(*name).is_none(), "{name} reached the app");
         }

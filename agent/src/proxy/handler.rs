@@ -175,7 +175,11 @@ pub fn handle(
                     Some(host) => ex.set_unrouted_host(host),
                     // Refused, not passed through: Istio's BlackHoleCluster;
                     // or (no cluster) ALLOW_ANY's egress proxy is missing.
-                    None if down.direction == Direction::Outbound && down.gateway.is_none() => {
+                    // A gateway's request for no host it serves (404 NR):
+                    // labelled as a sidecar's unrouted request is, never
+                    // as the gateway's own service.
+                    None if down.gateway.is_some() => ex.set_unrouted(),
+                    None if down.direction == Direction::Outbound => {
                         let no_cluster = (not_routed.reply.flags)
                             .contains(crate::flags::ResponseFlags::NO_CLUSTER_FOUND);
                         ex.set_outside_registry(if no_cluster {

@@ -74,7 +74,7 @@ pub struct OutgoingRequest<'a> {
 /// Envoy removes it from an untrusted client's request beside it, under
 /// `sanitize_original_path`, on since 1.26; Envoy 1.40 at Istio's gateway
 /// does not pass a client's on.)
-const INTERNAL_ONLY: [&str; 20] = [
+const INTERNAL_ONLY: [&str; 21] = [
     "x-envoy-decorator-operation",
     "x-envoy-downstream-service-cluster",
     "x-envoy-downstream-service-node",
@@ -87,6 +87,7 @@ const INTERNAL_ONLY: [&str; 20] = [
     "x-envoy-upstream-rq-timeout-ms",
     "x-envoy-upstream-rq-per-try-timeout-ms",
     "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-upstream-stream-duration-ms",
     "x-envoy-expected-rq-timeout-ms",
     "x-envoy-force-trace",
     "x-envoy-ip-tags",

@@ -333,8 +333,18 @@ impl Exchange {
         self.record.unrouted_service = Some(self.worker.service_named(host, namespace));
     }
 
+    /// A request no route takes (404 NR at a gateway): labelled
+    /// `BlackHoleCluster` and `unknown`, as a sidecar labels one, never as
+    /// the workload's own service.
+    pub fn set_unrouted(&mut self) {
+        let service = ServiceName::outside_registry(OutboundTrafficMode::RegistryOnly);
+        self.record.unrouted_service = Some(service);
+    }
+
     /// Records that the request's destination is outside the registry
-    /// (labelled as Istio's `cluster`, never by its host).
+    /// under `mode` (a captured one a sidecar passes through or refuses):
+    /// labelled as Istio's catch-all cluster, never by its host, under its
+    /// catch-all route.
     pub fn set_outside_registry(&mut self, mode: OutboundTrafficMode) {
         self.record.unrouted_service = Some(ServiceName::outside_registry(mode));
         // Istio's catch-all routes: `block_all` refuses, `allow_any` passes.

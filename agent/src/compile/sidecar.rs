@@ -213,17 +213,7 @@ pub(super) fn applying(
     // after any with one, in file order.
     let mut applying: Vec<&Document<SidecarSpec>> =
         sidecars.iter().filter(|d| level(d) == Some(best)).collect();
-    applying.sort_by(|a, b| {
-        use std::cmp::Ordering;
-        match (a.metadata.created_at(), b.metadata.created_at()) {
-            (Some(x), Some(y)) => x
-                .cmp(&y)
-                .then_with(|| a.metadata.name.cmp(&b.metadata.name)),
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (None, None) => Ordering::Equal,
-        }
-    });
+    applying.sort_by(|a, b| a.metadata.creation_order(&b.metadata));
     let mut applying = applying.into_iter();
     let Some(first) = applying.next() else {
         return SidecarScope::default();

@@ -158,15 +158,9 @@ fn applying<'a>(
 /// them: by `creationTimestamp`, then by name; one without a timestamp
 /// counts as created after any with one, in file order.
 fn by_creation(docs: &[Document<TelemetrySpec>]) -> Vec<&Document<TelemetrySpec>> {
-    use std::cmp::Ordering;
-    let mut sorted: Vec<_> = docs.iter().map(|d| (d.metadata.created_at(), d)).collect();
-    sorted.sort_by(|(a_time, a), (b_time, b)| match (a_time, b_time) {
-        (Some(x), Some(y)) => x.cmp(y).then_with(|| a.metadata.name.cmp(&b.metadata.name)),
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        (None, None) => Ordering::Equal,
-    });
-    sorted.into_iter().map(|(_, d)| d).collect()
+    let mut sorted: Vec<_> = docs.iter().collect();
+    sorted.sort_by(|a, b| a.metadata.creation_order(&b.metadata));
+    sorted
 }
 
 /// The provider named `name`, when it is of a kind `accepts`.

@@ -38,6 +38,20 @@ impl ObjectMeta {
         let text = self.creation_timestamp.as_deref()?;
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
     }
+
+    /// Oldest first, as Istio's `sortConfigByCreationTime` orders
+    /// resources: by `creationTimestamp`, then by name; one without a
+    /// timestamp after any with one, and equal to another without (a
+    /// stable sort keeps their file order).
+    pub fn creation_order(&self, other: &Self) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        match (self.created_at(), other.created_at()) {
+            (Some(x), Some(y)) => x.cmp(&y).then_with(|| self.name.cmp(&other.name)),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        }
+    }
 }
 
 /// Istio's `istio.type.v1beta1.WorkloadSelector` (`selector` of security

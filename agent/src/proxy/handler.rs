@@ -173,12 +173,12 @@ pub fn handle(
             Err(not_routed) => {
                 match not_routed.host {
                     Some(host) => ex.set_unrouted_host(host),
-                    // Refused, not passed through: Istio's BlackHoleCluster;
-                    // or (no cluster) ALLOW_ANY's egress proxy is missing.
                     // A gateway's request for no host it serves (404 NR):
                     // labelled as a sidecar's unrouted request is, never
                     // as the gateway's own service.
                     None if down.gateway.is_some() => ex.set_unrouted(),
+                    // Refused, not passed through: Istio's BlackHoleCluster;
+                    // or (no cluster) ALLOW_ANY's egress proxy is missing.
                     None if down.direction == Direction::Outbound => {
                         let no_cluster = (not_routed.reply.flags)
                             .contains(crate::flags::ResponseFlags::NO_CLUSTER_FOUND);

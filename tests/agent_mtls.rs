@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use common::agent::{Agent, validate};
 use common::client::{Client, Reply};
 use common::mesh::{AgentDoc, Ep, NO_COLLECTOR, agent, service_entry};
-use common::pki::{Ca, TlsUpstream, openssl_get, write_workload_cert, xfcc_of};
+use common::pki::{
+    Ca, OpensslCa, TlsUpstream, https_upstream, openssl_get, write_workload_cert, xfcc_of,
+};
 use common::upstream::{Upstream, closed_port};
 
 const STRICT: &str = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: default}\nspec:\n  mtls: {mode: STRICT}\n";
@@ -944,6 +946,61 @@ async fn tcp_origination_checks_the_entrys_names_or_the_chain() {
         answer(db3).await.contains("secure hello"),
         "no names: the chain alone"
     );
+}
+
+/// DestinationRule `tls.caCrl`, every input made by `openssl` alone, each
+/// case what Envoy 1.40 answers with the validation context's `crl` Istio
+/// renders from it: a server certificate the list revokes is refused in
+/// the handshake, one it does not passes, and a list past its nextUpdate
+/// refuses what it covers; a file holding no CRL is an error naming the
+/// field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn origination_refuses_what_the_rules_revocation_list_revokes() {
+    let ca = OpensslCa::new();
+    let (api_crt, api_key) = ca.issue("api", "DNS:api.example.com");
+    let (old_crt, old_key) = ca.issue("old", "DNS:old.example.com");
+    ca.revoke("old");
+    let crl = ca.crl("ca.crl", None);
+    let expired = ca.crl("expired.crl", Some(("20200101000000Z", "20200102000000Z")));
+    let api = https_upstream(&api_crt, &api_key).await;
+    let old = https_upstream(&old_crt, &old_key).await;
+    let root = ca.dir.join("ca.crt");
+    let simple = |crl: &std::path::Path, extra: &str| {
+        format!(
+            "{{mode: SIMPLE, caCertificates: \"{}\", caCrl: \"{}\"{extra}}}",
+            root.display(),
+            crl.display()
+        )
+    };
+    let docs = [
+        entry_in("default", "api.example.com", api),
+        tls_rule("default", "api", "api.example.com", &simple(&crl, "")),
+        entry_in("default", "old.example.com", old),
+        tls_rule("default", "old", "old.example.com", &simple(&crl, "")),
+        entry_in("default", "stale.example.com", api),
+        tls_rule(
+            "default",
+            "stale",
+            "stale.example.com",
+            &simple(&expired, ", sni: api.example.com"),
+        ),
+    ]
+    .concat();
+    let config = agent("app", closed_port().await, NO_COLLECTOR) + &docs;
+    let agent = Agent::start(&config);
+    let client = Client::h1(agent.outbound);
+    let reply = client.get("http://api.example.com/").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body, "secure hello");
+    let reply = client.get("http://old.example.com/").await;
+    refused_in_the_handshake(&agent, &reply, "revoked").await;
+    let reply = client.get("http://stale.example.com/").await;
+    refused_in_the_handshake(&agent, &reply, "bad_certificate").await;
+
+    let (ok, out) =
+        validate(&config.replace(&crl.display().to_string(), &root.display().to_string()));
+    assert!(!ok, "{out}");
+    assert!(out.contains("spec.trafficPolicy.tls.caCrl"), "{out}");
 }
 
 /// A STATIC ServiceEntry for `host` in `namespace`, port 80 (HTTP) sent to

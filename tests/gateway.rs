@@ -15,7 +15,7 @@ use common::client::Client;
 use common::gateway::{Credentials, Gateway, bootstrap, tls_get, tls_get_with};
 use common::mesh::{AgentDoc, Ep, service_entry};
 use common::otlp::Receiver;
-use common::pki::{Ca, TlsUpstream, split_hello_relay};
+use common::pki::{Ca, OpensslCa, TlsUpstream, split_hello_relay};
 use common::upstream::Upstream;
 
 /// Bookinfo's own `bookinfo-gateway` Gateway and VirtualService (Istio's
@@ -1182,6 +1182,169 @@ spec:
     let reply = send(&gateway, &["h2"]).await.unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(xfcc_seen(&app), Some(format!("{forged},{client_element}")));
+}
+
+/// A MUTUAL server's `subjectAltNames`, `verifyCertificateSpki`,
+/// `verifyCertificateHash` and `caCrl` (and a Secret's `ca.crl`), every
+/// input made by `openssl` alone, each case what Envoy 1.40 answers with
+/// the validation context Istio renders for it (`match_subject_alt_names`
+/// exact, the two pin lists, `crl`): a DNS name matches a wildcard SAN;
+/// any pin makes OPTIONAL_MUTUAL require a certificate, a CRL alone does
+/// not; a revoked certificate is refused, and every certificate when the
+/// list is past its nextUpdate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mutual_server_checks_client_names_pins_and_revocations_as_envoy_does() {
+    let app = Upstream::start("bookinfo").await;
+    let ca = OpensslCa::new();
+    let (server_crt, server_key) = ca.issue("server", "DNS:bookinfo.example.com");
+    for (name, san) in [
+        ("alice", "DNS:*.clients.example.com"),
+        ("carol", "URI:spiffe://clients/carol"),
+        ("bob", "email:bob@example.com"),
+        ("dave", "DNS:dave.example.com"),
+        ("mallory", "DNS:alice.clients.example.com"),
+    ] {
+        ca.issue(name, san);
+    }
+    ca.revoke("mallory");
+    let crl = ca.crl("ca.crl", None);
+    let expired = ca.crl("expired.crl", Some(("20200101000000Z", "20200102000000Z")));
+    // The same CA, server pair and list as a Secret with `ca.crl`.
+    let credentials = tempfile::tempdir().unwrap();
+    let secret = credentials.path().join("istio-system").join("pinned");
+    std::fs::create_dir_all(&secret).unwrap();
+    for (from, to) in [
+        (&server_crt, "tls.crt"),
+        (&server_key, "tls.key"),
+        (&ca.dir.join("ca.crt"), "ca.crt"),
+        (&crl, "ca.crl"),
+    ] {
+        std::fs::copy(from, secret.join(to)).unwrap();
+    }
+    let files = |crl: &std::path::Path| {
+        format!(
+            "serverCertificate: {}, privateKey: {}, caCertificates: {}, caCrl: {}",
+            server_crt.display(),
+            server_key.display(),
+            ca.dir.join("ca.crt").display(),
+            crl.display()
+        )
+    };
+    let mut yaml = bootstrap(
+        &[8443, 8444, 8445, 8446],
+        common::mesh::NO_COLLECTOR,
+        &format!("  credentialDirectory: {}", credentials.path().display()),
+    ) + &service_entry(
+        "bookinfo",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: app.addr,
+            labels: &[("app", "bookinfo")],
+        }],
+    );
+    yaml += &format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: https-names, protocol: HTTPS}}
+    hosts: [bookinfo.example.com]
+    tls: {{mode: MUTUAL, {names_files}, subjectAltNames: [alice.clients.example.com, "spiffe://clients/carol", bob@example.com]}}
+  - port: {{number: 8444, name: https-pins, protocol: HTTPS}}
+    hosts: [bookinfo.example.com]
+    tls:
+      mode: OPTIONAL_MUTUAL
+      credentialName: pinned
+      verifyCertificateSpki: ["{alice_spki}"]
+      verifyCertificateHash: ["{carol_hash}"]
+  - port: {{number: 8445, name: https-crl, protocol: HTTPS}}
+    hosts: [bookinfo.example.com]
+    tls: {{mode: OPTIONAL_MUTUAL, credentialName: pinned}}
+  - port: {{number: 8446, name: https-expired, protocol: HTTPS}}
+    hosts: [bookinfo.example.com]
+    tls: {{mode: MUTUAL, {expired_files}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: bookinfo}}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [edge]
+  http: [{{route: [{{destination: {{host: bookinfo}}}}]}}]
+"#,
+        names_files = files(&crl),
+        alice_spki = ca.spki_pin("alice"),
+        carol_hash = ca.cert_hash("carol"),
+        expired_files = files(&expired),
+    );
+    let gateway = Gateway::start(&yaml);
+    let root = ca.root_pem();
+    let mut answered = Vec::new();
+    for port in [8443, 8444, 8445, 8446] {
+        for client in ["none", "alice", "carol", "bob", "dave", "mallory"] {
+            let pair = (client != "none").then(|| ca.pair(client));
+            let reply = tls_get(
+                gateway.port(port),
+                "bookinfo.example.com",
+                &root,
+                &["http/1.1"],
+                pair.as_ref(),
+                "/productpage",
+            )
+            .await;
+            answered.push(format!(
+                "{port} {client} {}",
+                reply.map_or("refused".to_owned(), |r| r.status.to_string())
+            ));
+        }
+    }
+    // Envoy 1.40's answers, curl with each client certificate against
+    // the equivalent listeners.
+    let envoy = [
+        "8443 none refused",
+        "8443 alice 200",
+        "8443 carol 200",
+        "8443 bob 200",
+        "8443 dave refused",
+        "8443 mallory refused",
+        "8444 none refused",
+        "8444 alice 200",
+        "8444 carol 200",
+        "8444 bob refused",
+        "8444 dave refused",
+        "8444 mallory refused",
+        "8445 none 200",
+        "8445 alice 200",
+        "8445 carol 200",
+        "8445 bob 200",
+        "8445 dave 200",
+        "8445 mallory refused",
+        "8446 none refused",
+        "8446 alice refused",
+        "8446 carol refused",
+        "8446 bob refused",
+        "8446 dave refused",
+        "8446 mallory refused",
+    ];
+    assert_eq!(answered, envoy, "{:?}", gateway.stderr());
+    assert_eq!(app.count(), 10);
+
+    // A pin that is no SHA-256 digest is an error naming it.
+    let bad = yaml
+        .replace(&ca.spki_pin("alice"), "bm90IGEgZGlnZXN0")
+        .replace(&ca.cert_hash("carol"), "0A:E1:39");
+    let (ok, out) = common::agent::validate(&bad);
+    assert!(!ok, "{out}");
+    for field in [
+        "spec.servers[1].tls.verifyCertificateSpki[0]",
+        "spec.servers[1].tls.verifyCertificateHash[0]",
+    ] {
+        assert!(out.contains(field), "{field}: {out}");
+    }
 }
 
 /// AUTO_PASSTHROUGH relays a mesh peer's mTLS to the service its SNI names

@@ -87,7 +87,7 @@ pub struct CertInfo {
     pub subject: String,
     /// Issuer distinguished name.
     pub issuer: String,
-    /// Subject alternative names (`URI:…`, `DNS:…`, `IP:…`).
+    /// Subject alternative names (`URI:…`, `DNS:…`, `IP:…`, `email:…`).
     pub subject_alt_names: Vec<String>,
     /// Serial number, hex.
     pub serial_number: String,
@@ -110,6 +110,7 @@ impl CertInfo {
                     GeneralName::URI(uri) => sans.push(format!("URI:{uri}")),
                     GeneralName::DNSName(dns) => sans.push(format!("DNS:{dns}")),
                     GeneralName::IPAddress(ip) => sans.push(format!("IP:{}", ip_text(ip))),
+                    GeneralName::RFC822Name(email) => sans.push(format!("email:{email}")),
                     _ => {}
                 }
             }

@@ -260,35 +260,9 @@ impl TlsUpstream {
         let client = tracemesh_ca::SpiffeId::new("test.local", "ns", "client").unwrap();
         let (client_cert, client_key) = write_workload_cert(&ca, &client, tmp.path(), "client");
         let config = server_config(&ca, names, require_client_cert);
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::from_std(listener).unwrap();
         let addr = listener.local_addr().unwrap();
-        let sni = Arc::new(Mutex::new(Vec::new()));
-        let seen = sni.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    break;
-                };
-                let (acceptor, seen) = (acceptor.clone(), seen.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    seen.lock()
-                        .unwrap()
-                        .push(tls.get_ref().1.server_name().map(str::to_owned));
-                    let service = service_fn(|_req| async {
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                            b"secure hello",
-                        ))))
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
+        let sni = serve_tls(listener, config);
         TlsUpstream {
             addr,
             root,
@@ -298,6 +272,64 @@ impl TlsUpstream {
             _tmp: tmp,
         }
     }
+}
+
+/// An HTTPS server on 127.0.0.1 answering every request `secure hello`
+/// with the certificate chain and key of these PEM files (no client
+/// certificate asked): its address.
+pub async fn https_upstream(cert: &Path, key: &Path) -> SocketAddr {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    serve_tls(listener, config);
+    addr
+}
+
+/// Serves `secure hello` over TLS with `config` on `listener` until the
+/// runtime ends: the SNI of every connection accepted.
+fn serve_tls(
+    listener: TcpListener,
+    config: rustls::ServerConfig,
+) -> Arc<Mutex<Vec<Option<String>>>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let sni = Arc::new(Mutex::new(Vec::new()));
+    let seen = sni.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                break;
+            };
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                seen.lock()
+                    .unwrap()
+                    .push(tls.get_ref().1.server_name().map(str::to_owned));
+                let service = service_fn(|_req| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                        b"secure hello",
+                    ))))
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    sni
 }
 
 /// `authority`'s root alone, as rustls trusts it.
@@ -516,4 +548,228 @@ pub async fn split_hello_relay(upstream: SocketAddr, fragment: usize) -> SocketA
         }
     });
     addr
+}
+
+/// A CA made and run by `openssl` alone (`req -x509`, `x509 -req`, `ca
+/// -revoke`, `ca -gencrl`): certificates with any SAN and revocation
+/// lists, for checks no tracemesh code produces the inputs of.
+pub struct OpensslCa {
+    /// The directory holding its files (`ca.crt`, `ca.key`, issued pairs).
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl OpensslCa {
+    /// A P-256 root `CN=test-ca` (`ca.crt`), with an `openssl ca`
+    /// database for revocations.
+    pub fn new() -> OpensslCa {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        std::fs::write(
+            dir.join("ca.cnf"),
+            "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 1\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("index.txt"), "").unwrap();
+        std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-subj",
+                "/CN=test-ca",
+                "-days",
+                "2",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        OpensslCa { dir, _tmp: tmp }
+    }
+
+    /// The root, PEM.
+    pub fn root_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.join("ca.crt")).unwrap()
+    }
+
+    /// A certificate `CN=<name>` with `san` as its subjectAltName
+    /// (`DNS:…`, `URI:…`, `email:…`), for server and client use: the
+    /// paths of `<name>.crt` and `<name>.key`.
+    pub fn issue(&self, name: &str, san: &str) -> (PathBuf, PathBuf) {
+        std::fs::write(
+            self.dir.join(format!("{name}.cnf")),
+            format!(
+                "[v3]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName={san}\n"
+            ),
+        )
+        .unwrap();
+        let (crt, key, csr, cnf) = (
+            format!("{name}.crt"),
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.cnf"),
+        );
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &format!("/O=test/CN={name}"),
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+            ],
+        );
+        let serial = fastrand::u32(1..u32::MAX / 2).to_string();
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                &serial,
+                "-days",
+                "1",
+                "-extfile",
+                &cnf,
+                "-extensions",
+                "v3",
+                "-out",
+                &crt,
+            ],
+        );
+        (self.dir.join(crt), self.dir.join(key))
+    }
+
+    /// The chain and key of `issue`d `name`, as PEM text.
+    pub fn pair(&self, name: &str) -> (String, String) {
+        let read = |ext: &str| std::fs::read_to_string(self.dir.join(format!("{name}.{ext}")));
+        (read("crt").unwrap(), read("key").unwrap())
+    }
+
+    /// Marks `issue`d `name` revoked in the database.
+    pub fn revoke(&self, name: &str) {
+        openssl(
+            &self.dir,
+            &[
+                "ca",
+                "-config",
+                "ca.cnf",
+                "-revoke",
+                &format!("{name}.crt"),
+                "-keyfile",
+                "ca.key",
+                "-cert",
+                "ca.crt",
+            ],
+        );
+    }
+
+    /// A revocation list of what is revoked now, written to `file`; with
+    /// `window` (`YYYYMMDDHHMMSSZ` this and next update) one of that time.
+    pub fn crl(&self, file: &str, window: Option<(&str, &str)>) -> PathBuf {
+        let mut args = vec![
+            "ca", "-config", "ca.cnf", "-gencrl", "-keyfile", "ca.key", "-cert", "ca.crt", "-out",
+            file,
+        ];
+        if let Some((last, next)) = window {
+            args.extend(["-crl_lastupdate", last, "-crl_nextupdate", next]);
+        }
+        openssl(&self.dir, &args);
+        self.dir.join(file)
+    }
+
+    /// `verifyCertificateSpki` of `issue`d `name`: the base64 SHA-256 of
+    /// its DER SubjectPublicKeyInfo, as Envoy's documentation computes it.
+    pub fn spki_pin(&self, name: &str) -> String {
+        let pubkey = openssl(
+            &self.dir,
+            &["x509", "-in", &format!("{name}.crt"), "-noout", "-pubkey"],
+        );
+        std::fs::write(self.dir.join(format!("{name}.pub")), pubkey).unwrap();
+        openssl(
+            &self.dir,
+            &[
+                "pkey",
+                "-pubin",
+                "-in",
+                &format!("{name}.pub"),
+                "-outform",
+                "DER",
+                "-out",
+                &format!("{name}.spki"),
+            ],
+        );
+        let digest = openssl(
+            &self.dir,
+            &[
+                "dgst",
+                "-sha256",
+                "-binary",
+                "-out",
+                &format!("{name}.spki.sha256"),
+                &format!("{name}.spki"),
+            ],
+        );
+        assert!(digest.is_empty());
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(self.dir.join(format!("{name}.spki.sha256"))).unwrap())
+    }
+
+    /// `verifyCertificateHash` of `issue`d `name` as `openssl x509
+    /// -fingerprint -sha256` prints it (upper-case hex, colons).
+    pub fn cert_hash(&self, name: &str) -> String {
+        let out = openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-in",
+                &format!("{name}.crt"),
+                "-noout",
+                "-fingerprint",
+                "-sha256",
+            ],
+        );
+        out.trim().split_once('=').unwrap().1.to_owned()
+    }
 }

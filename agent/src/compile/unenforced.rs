@@ -147,7 +147,6 @@ pub const FIELDS: &[Field] = &[
         "**.tls.credentialName",
         "Kubernetes secrets are not read; use the file fields",
     ),
-    compiler_warns(DR, "**.tls.caCrl", "revocation lists are not checked"),
     warned(
         DR,
         "**.outlierDetection.splitExternalLocalOriginErrors",
@@ -310,6 +309,10 @@ pub const FIELDS: &[Field] = &[
     enforced(GW, "spec.servers[*].tls.minProtocolVersion"),
     enforced(GW, "spec.servers[*].tls.maxProtocolVersion"),
     enforced(GW, "spec.servers[*].tls.cipherSuites"),
+    enforced(GW, "spec.servers[*].tls.subjectAltNames"),
+    enforced(GW, "spec.servers[*].tls.verifyCertificateSpki"),
+    enforced(GW, "spec.servers[*].tls.verifyCertificateHash"),
+    enforced(GW, "spec.servers[*].tls.caCrl"),
     compiler_warns(
         GW,
         "spec.servers[*].bind",
@@ -329,26 +332,6 @@ pub const FIELDS: &[Field] = &[
         GW,
         "spec.servers[*].tls.tlsCertificates",
         "one certificate per server: the first is used",
-    ),
-    compiler_warns(
-        GW,
-        "spec.servers[*].tls.subjectAltNames",
-        "client certificates are verified against the CA bundle only",
-    ),
-    compiler_warns(
-        GW,
-        "spec.servers[*].tls.verifyCertificateSpki",
-        "client certificates are verified against the CA bundle only",
-    ),
-    compiler_warns(
-        GW,
-        "spec.servers[*].tls.verifyCertificateHash",
-        "client certificates are verified against the CA bundle only",
-    ),
-    compiler_warns(
-        GW,
-        "spec.servers[*].tls.caCrl",
-        "client certificates are verified against the CA bundle only",
     ),
 ];
 

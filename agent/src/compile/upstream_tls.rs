@@ -53,6 +53,7 @@ pub(super) fn validate(
     if matches!(mode, "SIMPLE" | "MUTUAL") {
         for (sub, path) in [
             ("caCertificates", &tls.ca_certificates),
+            ("caCrl", &tls.ca_crl),
             ("clientCertificate", &tls.client_certificate),
             ("privateKey", &tls.private_key),
         ] {
@@ -70,22 +71,17 @@ pub(super) fn validate(
         let msg = "Kubernetes secrets are not read by the agent; use caCertificates/clientCertificate/privateKey files";
         diags.warn(loc, Some(format!("{field}.credentialName")), msg);
     }
-    if tls.ca_crl.is_some() {
-        diags.warn(
-            loc,
-            Some(format!("{field}.caCrl")),
-            "certificate revocation lists are not checked",
-        );
-    }
 }
 
 /// Whether `pem`, the file of the `tls` field `sub`, holds what the field
-/// names (CA certificates, a certificate chain, a private key): an empty,
+/// names (CA certificates, revocation lists, a certificate chain, a
+/// private key): an empty,
 /// truncated or half-written file is an error here, so the config in force
 /// stays, rather than a config whose every connection then fails.
 fn holds(sub: &str, pem: &str) -> Result<(), String> {
     let held = match sub {
         "caCertificates" => material::root_store(pem, "caCertificates").map(drop),
+        "caCrl" => material::revocation_lists(pem, "caCrl").map(drop),
         "clientCertificate" => material::certificates(pem, "clientCertificate").map(drop),
         _ => material::private_key(pem).map(drop),
     };
@@ -186,14 +182,32 @@ fn originate(
         (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
         _ => None,
     };
+    // `caCrl`: no list when verification is skipped, as Envoy then has
+    // no validation context.
+    let crl_pem = match &tls.ca_crl {
+        Some(path) if !matches!(check, NameCheck::Skip) => read(path)?,
+        _ => String::new(),
+    };
     // Istio's `auto_sni`: no `sni`, so each HTTP request's authority.
     let auto_sni = tls.sni.is_none();
-    let key = origination_key(&sni, auto_sni, &check, &roots_pem, client_files.as_ref());
+    let key = origination_key(
+        &sni,
+        auto_sni,
+        &check,
+        &roots_pem,
+        &crl_pem,
+        client_files.as_ref(),
+    );
     let build = || -> Result<Origination, String> {
         let roots = if roots_pem.is_empty() && matches!(check, NameCheck::Skip) {
             Arc::new(rustls::RootCertStore::empty())
         } else {
             material::root_store(&roots_pem, "caCertificates").map_err(|e| e.to_string())?
+        };
+        let crls = if crl_pem.is_empty() {
+            Vec::new()
+        } else {
+            material::revocation_lists(&crl_pem, "caCrl").map_err(|e| e.to_string())?
         };
         let client_auth = match &client_files {
             Some((cert, key)) => Some((
@@ -204,7 +218,12 @@ fn originate(
         };
         let config = |alpn: &[u8]| -> Result<Arc<ClientConfig>, String> {
             let provider = provider();
-            let verifier = MeshServerVerifier::new(roots.clone(), &provider, check.clone());
+            let mut verifier = MeshServerVerifier::new(roots.clone(), &provider, check.clone());
+            if !crls.is_empty() {
+                verifier = verifier
+                    .with_crls(provider.clone(), crls.clone())
+                    .map_err(|e| e.to_string())?;
+            }
             let builder = ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .map_err(|e| e.to_string())?
@@ -240,13 +259,14 @@ fn origination_key(
     auto_sni: bool,
     check: &NameCheck,
     roots_pem: &str,
+    crl_pem: &str,
     client_files: Option<&(String, String)>,
 ) -> String {
     let check = format!("{check:?}");
     let (cert, key) = client_files.map_or(("", ""), |(c, k)| (c.as_str(), k.as_str()));
     let auto_sni = if auto_sni { "auto" } else { "fixed" };
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in [sni, auto_sni, &check, roots_pem, cert, key] {
+    for part in [sni, auto_sni, &check, roots_pem, crl_pem, cert, key] {
         digest.update(&(part.len() as u64).to_be_bytes());
         digest.update(part.as_bytes());
     }

@@ -89,7 +89,9 @@ fn reason(error: &std::io::Error) -> &'static str {
         rustls::Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         ) => "wrong_san",
+        rustls::Error::InvalidCertificate(CertificateError::Revoked) => "revoked",
         rustls::Error::InvalidCertificate(_) => "bad_certificate",
+        rustls::Error::AlertReceived(AlertDescription::CertificateRevoked) => "revoked",
         rustls::Error::AlertReceived(AlertDescription::UnknownCA) => "unknown_ca",
         rustls::Error::AlertReceived(AlertDescription::CertificateExpired) => "expired",
         rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => {

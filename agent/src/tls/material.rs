@@ -6,12 +6,14 @@ use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tracemesh_ca::{CertInfo, SpiffeId};
 
-use super::verify::{MeshClientVerifier, MeshServerVerifier, NameCheck, PeerTrustDomains};
+use super::verify::{
+    CheckedClientVerifier, ClientCheck, MeshServerVerifier, NameCheck, PeerTrustDomains,
+};
 
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +95,27 @@ pub fn certificates(
     Ok(certs)
 }
 
+/// The certificate revocation lists of a PEM text (`X509 CRL` blocks):
+/// DestinationRule and Gateway `caCrl`.
+pub fn revocation_lists(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, MaterialError> {
+    let lists: Vec<_> = CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| MaterialError::Pem {
+            what,
+            reason: e.to_string(),
+        })?;
+    if lists.is_empty() {
+        return Err(MaterialError::Pem {
+            what,
+            reason: "no X509 CRL".into(),
+        });
+    }
+    Ok(lists)
+}
+
 /// A root store from a PEM text.
 pub fn root_store(pem: &str, what: &'static str) -> Result<Arc<RootCertStore>, MaterialError> {
     let mut roots = RootCertStore::empty();
@@ -120,7 +143,7 @@ pub struct TlsMaterial {
     pub identity: SpiffeId,
     /// A sidecar's inbound mTLS under STRICT: a client certificate is
     /// required, chaining to the roots and naming a SPIFFE identity of the
-    /// mesh's trust domain or an alias ([`MeshClientVerifier`]).
+    /// mesh's trust domain or an alias ([`ClientCheck::TrustDomains`]).
     pub server_strict: Arc<ServerConfig>,
     /// The same under PERMISSIVE: a TLS client without a certificate is let
     /// in unauthenticated; one with a certificate is held to STRICT's
@@ -182,7 +205,10 @@ impl TlsMaterial {
                 reason: e.to_string(),
             })?;
             if mesh {
-                verifier = Arc::new(MeshClientVerifier::new(verifier, trust_domains.clone()));
+                verifier = Arc::new(CheckedClientVerifier::new(
+                    verifier,
+                    ClientCheck::TrustDomains(trust_domains.clone()),
+                ));
             }
             let mut config = ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()?

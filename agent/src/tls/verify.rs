@@ -1,16 +1,18 @@
 //! Certificate checks rustls does not do by itself: peers in the mesh are
 //! named by SPIFFE URI SANs, not DNS names (a sidecar's inbound mTLS takes
-//! clients of the mesh's trust domains only), and TLS origination may pin
+//! clients of the mesh's trust domains only), a gateway's MUTUAL server
+//! may pin its clients' names and keys, and TLS origination may pin
 //! `subjectAltNames` or skip verification on request.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{
     CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature,
 };
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
@@ -27,31 +29,98 @@ use crate::model::mesh::TrustDomainBundle;
 /// without a lock.
 pub type PeerTrustDomains = Arc<ArcSwap<TrustDomainBundle>>;
 
-/// Verifies a client certificate of a sidecar's inbound mTLS: its chain by
-/// `inner` (rustls' WebPKI verifier on the workload's roots), then that its
-/// SPIFFE identity is of the mesh's trust domain or an alias, as Istio's
-/// inbound `match_typed_subject_alt_names` (`spiffe://<td>/` per trust
-/// domain) requires. A certificate without one — a foreign trust domain,
-/// no SAN, only DNS SANs, a URI SAN not of the form
-/// `spiffe://<td>/ns/<ns>/sa/<sa>` — fails the handshake as `wrong_san`:
-/// the identity checked is the one policies and headers are given.
+/// What a client certificate must show beyond a chain to a trusted root.
 #[derive(Debug)]
-pub struct MeshClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    trust_domains: PeerTrustDomains,
+pub enum ClientCheck {
+    /// A sidecar's inbound mTLS: a SPIFFE identity of the mesh's trust
+    /// domain or an alias, as Istio's inbound
+    /// `match_typed_subject_alt_names` (`spiffe://<td>/` per trust domain)
+    /// requires. A certificate without one — a foreign trust domain, no
+    /// SAN, only DNS SANs, a URI SAN not of the form
+    /// `spiffe://<td>/ns/<ns>/sa/<sa>` — fails the handshake as
+    /// `wrong_san`: the identity checked is the one policies and headers
+    /// are given.
+    TrustDomains(PeerTrustDomains),
+    /// A gateway server's `subjectAltNames`, `verifyCertificateSpki` and
+    /// `verifyCertificateHash` ([`ClientPins`]).
+    Pins(ClientPins),
 }
 
-impl MeshClientVerifier {
-    /// `inner` checks the chain, `trust_domains` the identity.
-    pub fn new(inner: Arc<dyn ClientCertVerifier>, trust_domains: PeerTrustDomains) -> Self {
-        Self {
-            inner,
-            trust_domains,
+/// Verifies a client certificate: its chain by `inner` (rustls' WebPKI
+/// verifier on the server's roots, and revocation lists where given),
+/// then what `check` asks.
+#[derive(Debug)]
+pub struct CheckedClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    check: ClientCheck,
+}
+
+impl CheckedClientVerifier {
+    /// `inner` checks the chain, `check` the rest.
+    pub fn new(inner: Arc<dyn ClientCertVerifier>, check: ClientCheck) -> Self {
+        Self { inner, check }
+    }
+}
+
+/// What a gateway's MUTUAL (or OPTIONAL_MUTUAL) server pins on a client
+/// certificate, as Istio renders a Gateway server's `tls` into Envoy's
+/// `CertificateValidationContext` (`match_subject_alt_names` exact,
+/// `verify_certificate_spki`, `verify_certificate_hash`): a certificate
+/// passes when, with names given, one of its SANs is one of them (DNS by
+/// [`dns_name_match`], URI, email and IP byte for byte), and, with hashes
+/// of either kind given, the SHA-256 of its SubjectPublicKeyInfo or of
+/// its whole DER is one of them. A server with pins requires a client
+/// certificate, under OPTIONAL_MUTUAL too, as Envoy does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientPins {
+    /// `subjectAltNames`.
+    pub subject_alt_names: Vec<String>,
+    /// `verifyCertificateSpki`, decoded: SHA-256 digests (32 bytes) of the
+    /// DER SubjectPublicKeyInfo.
+    pub spki_sha256: Vec<[u8; 32]>,
+    /// `verifyCertificateHash`, decoded: SHA-256 digests of the DER
+    /// certificate.
+    pub cert_sha256: Vec<[u8; 32]>,
+}
+
+impl ClientPins {
+    /// Whether nothing is pinned.
+    pub fn is_empty(&self) -> bool {
+        self.subject_alt_names.is_empty()
+            && self.spki_sha256.is_empty()
+            && self.cert_sha256.is_empty()
+    }
+
+    /// Whether the DER certificate `der` passes, or why not: a SAN none
+    /// of the names (`NotValidForName`, Envoy's `fail_verify_san`), a
+    /// hash none of the pins (`ApplicationVerificationFailure`, Envoy's
+    /// `fail_verify_cert_hash`).
+    pub fn admit(&self, der: &[u8]) -> Result<(), CertificateError> {
+        if !self.subject_alt_names.is_empty() && !has_any_san(der, &self.subject_alt_names) {
+            return Err(CertificateError::NotValidForName);
+        }
+        if self.spki_sha256.is_empty() && self.cert_sha256.is_empty() {
+            return Ok(());
+        }
+        let sha256 = |bytes: &[u8]| -> [u8; 32] {
+            let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+            let mut out = [0; 32];
+            out.copy_from_slice(digest.as_ref());
+            out
+        };
+        let by_cert = !self.cert_sha256.is_empty() && self.cert_sha256.contains(&sha256(der));
+        let by_spki = !self.spki_sha256.is_empty()
+            && x509_parser::parse_x509_certificate(der)
+                .is_ok_and(|(_, cert)| self.spki_sha256.contains(&sha256(cert.public_key().raw)));
+        if by_cert || by_spki {
+            Ok(())
+        } else {
+            Err(CertificateError::ApplicationVerificationFailure)
         }
     }
 }
 
-impl ClientCertVerifier for MeshClientVerifier {
+impl ClientCertVerifier for CheckedClientVerifier {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
     }
@@ -73,12 +142,16 @@ impl ClientCertVerifier for MeshClientVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let of_the_mesh = tracemesh_ca::spiffe_id_of(end_entity)
-            .is_some_and(|id| self.trust_domains.load().contains(&id.trust_domain));
-        if of_the_mesh {
-            Ok(verified)
-        } else {
-            Err(Error::InvalidCertificate(CertificateError::NotValidForName))
+        let admitted = match &self.check {
+            ClientCheck::TrustDomains(trust_domains) => tracemesh_ca::spiffe_id_of(end_entity)
+                .is_some_and(|id| trust_domains.load().contains(&id.trust_domain))
+                .then_some(())
+                .ok_or(CertificateError::NotValidForName),
+            ClientCheck::Pins(pins) => pins.admit(end_entity),
+        };
+        match admitted {
+            Ok(()) => Ok(verified),
+            Err(why) => Err(Error::InvalidCertificate(why)),
         }
     }
 
@@ -121,13 +194,15 @@ pub enum NameCheck {
     Skip,
 }
 
-/// Verifies a server certificate's chain against `roots`, then its name by
+/// Verifies a server certificate's chain against `roots` (and, with
+/// revocation lists, that no CA of it revoked it), then its name by
 /// `check`.
 #[derive(Debug)]
 pub struct MeshServerVerifier {
     roots: Arc<RootCertStore>,
     algorithms: WebPkiSupportedAlgorithms,
     check: NameCheck,
+    revocation: Option<Arc<WebPkiServerVerifier>>,
 }
 
 impl MeshServerVerifier {
@@ -137,7 +212,26 @@ impl MeshServerVerifier {
             roots,
             algorithms: provider.signature_verification_algorithms,
             check,
+            revocation: None,
         }
+    }
+
+    /// The same, refusing what `crls` revoke (DestinationRule
+    /// `tls.caCrl`) as Envoy's validation context `crl` does: every CA of
+    /// the chain needs a list of its own, and a list past its nextUpdate
+    /// refuses what it covers.
+    pub fn with_crls(
+        mut self,
+        provider: Arc<CryptoProvider>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<Self, Error> {
+        let verifier = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider)
+            .with_crls(crls)
+            .enforce_revocation_expiration()
+            .build()
+            .map_err(|e| Error::General(e.to_string()))?;
+        self.revocation = Some(verifier);
+        Ok(self)
     }
 }
 
@@ -197,20 +291,35 @@ impl ServerCertVerifier for MeshServerVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        _ocsp: &[u8],
+        ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         if matches!(self.check, NameCheck::Skip) {
             return Ok(ServerCertVerified::assertion());
         }
         let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        match &self.revocation {
+            // rustls' verifier checks the chain and its revocation, then
+            // the SNI name: a name error is a chain that passed, whose name
+            // `check` decides below.
+            Some(webpki) => {
+                match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                    Ok(_)
+                    | Err(Error::InvalidCertificate(
+                        CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. },
+                    )) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            None => rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                &self.roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?,
+        }
         let named = match &self.check {
             NameCheck::TrustDomain(td) => {
                 tracemesh_ca::spiffe_id_of(end_entity).is_some_and(|id| &id.trust_domain == td)

@@ -305,6 +305,7 @@ fn listener_tls(
     let mut files: CertificateFiles =
         tls::secret_files(&ctx.spec.credential_directory, namespace, &certificate.name);
     files.ca = None;
+    files.crl = None;
     let mut mode = ServerTlsMode::Simple;
     let frontend = gw.doc.spec.tls.as_ref().and_then(|t| t.frontend.as_ref());
     let validation = frontend.and_then(|f| {
@@ -321,6 +322,7 @@ fn listener_tls(
     {
         let ns = ca.namespace.as_deref().unwrap_or(gw.namespace);
         let dir = tls::secret_files(&ctx.spec.credential_directory, ns, &ca.name);
+        files.crl = dir.crl;
         files.ca = Some(dir.ca.unwrap_or_else(|| {
             std::path::Path::new(&ctx.spec.credential_directory)
                 .join(ns)
@@ -340,6 +342,7 @@ fn listener_tls(
         max_version: None,
         cipher_suites: &[],
         alpn: http,
+        pins: Default::default(),
     };
     let (config, local_uris) = tls::server_config(&input, field, loc, diags)?;
     Some(ServerTls {

@@ -760,23 +760,7 @@ fn server_tls(
             return None;
         }
     };
-    for (name, set) in [
-        ("subjectAltNames", !t.subject_alt_names.is_empty()),
-        (
-            "verifyCertificateSpki",
-            !t.verify_certificate_spki.is_empty(),
-        ),
-        (
-            "verifyCertificateHash",
-            !t.verify_certificate_hash.is_empty(),
-        ),
-        ("caCrl", t.ca_crl.is_some()),
-    ] {
-        if set {
-            let msg = "not enforced: client certificates are verified against the CA bundle only";
-            diags.warn(loc, Some(format!("{field}.{name}")), msg);
-        }
-    }
+    let pins = tls::client_pins(t, mode, field, loc, diags)?;
     let files = if let Some(name) = t
         .credential_name
         .as_deref()
@@ -792,19 +776,11 @@ fn server_tls(
             name,
         );
         if let Some(ca) = t.ca_cert_credential_name.as_deref() {
-            files.ca =
-                tls::secret_files(&ctx.spec.credential_directory, &ctx.identity.namespace, ca)
-                    .ca
-                    .or_else(|| {
-                        Some(
-                            tls::secret_files(
-                                &ctx.spec.credential_directory,
-                                &ctx.identity.namespace,
-                                ca,
-                            )
-                            .cert,
-                        )
-                    });
+            // The client CA (and its revocation list) of another Secret:
+            // its CA key, else its certificate.
+            let ca = tls::secret_files(&ctx.spec.credential_directory, &ctx.identity.namespace, ca);
+            files.ca = ca.ca.or(Some(ca.cert));
+            files.crl = ca.crl;
         }
         files
     } else {
@@ -834,6 +810,7 @@ fn server_tls(
                 .clone()
                 .or_else(|| first.and_then(|c| c.ca_certificates.clone()))
                 .map(Into::into),
+            crl: t.ca_crl.clone().map(Into::into),
         }
     };
     let input = tls::ServerTlsInput {
@@ -843,6 +820,7 @@ fn server_tls(
         max_version: t.max_protocol_version.as_deref(),
         cipher_suites: &t.cipher_suites,
         alpn: http,
+        pins,
     };
     let (config, local_uris) = tls::server_config(&input, field, loc, diags)?;
     Some(ServerTls {

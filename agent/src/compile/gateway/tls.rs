@@ -7,10 +7,12 @@
 //! a Secret volume mounts it: the Secret `<namespace>/<name>` is
 //! `<credentialDirectory>/<namespace>/<name>/` holding `tls.crt`, `tls.key`
 //! and, for client verification, `ca.crt` — or Istio's generic-secret keys
-//! `cert`, `key`, `cacert`. As in Istio, the client CA may also sit in a
-//! separate Secret `<name>-cacert`, and `credentialName` Secrets are read
-//! from the gateway workload's namespace. Files named directly
-//! (`serverCertificate`, `privateKey`, `caCertificates`) are read as written.
+//! `cert`, `key`, `cacert`; a revocation list for client certificates is
+//! `ca.crl` (or `crl`) beside the CA. As in Istio, the client CA may also
+//! sit in a separate Secret `<name>-cacert`, and `credentialName` Secrets
+//! are read from the gateway workload's namespace. Files named directly
+//! (`serverCertificate`, `privateKey`, `caCertificates`, `caCrl`) are read
+//! as written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,9 +20,13 @@ use std::sync::Arc;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
 
+use base64::Engine as _;
+
 use crate::config::diagnostics::{Diagnostics, Location};
+use crate::config::gateway::ServerTlsSettings;
 use crate::model::gateway::ServerTlsMode;
 use crate::tls::material::{self, ALPN};
+use crate::tls::verify::{CheckedClientVerifier, ClientCheck, ClientPins};
 
 /// Where a server's certificate, key and client CA are read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +37,9 @@ pub(super) struct CertificateFiles {
     pub key: PathBuf,
     /// PEM CA bundle for client certificates (MUTUAL, OPTIONAL_MUTUAL).
     pub ca: Option<PathBuf>,
+    /// PEM certificate revocation lists for client certificates (`caCrl`,
+    /// a Secret's `ca.crl`).
+    pub crl: Option<PathBuf>,
 }
 
 /// The files of the Secret `namespace/name` under `directory`: the first
@@ -56,10 +65,17 @@ pub(super) fn secret_files(directory: &str, namespace: &str, name: &str) -> Cert
             [ca_dir.join("ca.crt"), ca_dir.join("cacert")]
         })
         .find(|p| p.try_exists().unwrap_or(true));
+    // Istio's `ca.crl` (`crl` in a generic Secret), read from the Secret
+    // the CA came from.
+    let crl_dir = ca.as_deref().and_then(Path::parent).unwrap_or(&dir);
+    let crl = [crl_dir.join("ca.crl"), crl_dir.join("crl")]
+        .into_iter()
+        .find(|p| p.try_exists().unwrap_or(true));
     CertificateFiles {
         cert: pick(&["tls.crt", "cert"]),
         key: pick(&["tls.key", "key"]),
         ca,
+        crl,
     }
 }
 
@@ -77,6 +93,87 @@ pub(super) struct ServerTlsInput<'a> {
     pub cipher_suites: &'a [String],
     /// Offer HTTP/2 and HTTP/1.1 by ALPN (HTTP servers).
     pub alpn: bool,
+    /// What a client certificate must name or hash to (MUTUAL,
+    /// OPTIONAL_MUTUAL).
+    pub pins: ClientPins,
+}
+
+/// A server's `subjectAltNames`, `verifyCertificateSpki` and
+/// `verifyCertificateHash`, decoded, or None with an error at the value
+/// Envoy would refuse: an SPKI pin is the base64 of a SHA-256 digest, a
+/// certificate hash its hex (colons between bytes allowed, any case).
+/// Under SIMPLE no client certificate is asked for: each present field is
+/// a warning and nothing is pinned.
+pub(super) fn client_pins(
+    t: &ServerTlsSettings,
+    mode: ServerTlsMode,
+    field: &str,
+    loc: &Location,
+    diags: &mut Diagnostics,
+) -> Option<ClientPins> {
+    if mode == ServerTlsMode::Simple {
+        for (name, set) in [
+            ("subjectAltNames", !t.subject_alt_names.is_empty()),
+            (
+                "verifyCertificateSpki",
+                !t.verify_certificate_spki.is_empty(),
+            ),
+            (
+                "verifyCertificateHash",
+                !t.verify_certificate_hash.is_empty(),
+            ),
+        ] {
+            if set {
+                let msg = "SIMPLE TLS asks no client certificate: nothing is checked";
+                diags.warn(loc, Some(format!("{field}.{name}")), msg);
+            }
+        }
+        return Some(ClientPins::default());
+    }
+    let mut ok = true;
+    let mut decode =
+        |values: &[String], name: &str, what: &str, parse: fn(&str) -> Option<Vec<u8>>| {
+            let mut out = Vec::new();
+            for (i, value) in values.iter().enumerate() {
+                match parse(value).and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()) {
+                    Some(digest) => out.push(digest),
+                    None => {
+                        ok = false;
+                        let msg =
+                            format!("{value:?} is not the {what} of a SHA-256 digest (32 bytes)");
+                        diags.error(loc, Some(format!("{field}.{name}[{i}]")), msg);
+                    }
+                }
+            }
+            out
+        };
+    let spki_sha256 = decode(
+        &t.verify_certificate_spki,
+        "verifyCertificateSpki",
+        "base64",
+        |v| base64::engine::general_purpose::STANDARD.decode(v).ok(),
+    );
+    let cert_sha256 = decode(
+        &t.verify_certificate_hash,
+        "verifyCertificateHash",
+        "hex",
+        |v| {
+            let hex: Vec<u8> = v.bytes().filter(|b| *b != b':').collect();
+            hex.chunks(2)
+                .map(|pair| {
+                    std::str::from_utf8(pair)
+                        .ok()
+                        .filter(|p| p.len() == 2)
+                        .and_then(|p| u8::from_str_radix(p, 16).ok())
+                })
+                .collect()
+        },
+    );
+    ok.then(|| ClientPins {
+        subject_alt_names: t.subject_alt_names.clone(),
+        spki_sha256,
+        cert_sha256,
+    })
 }
 
 /// Istio's (Envoy's, OpenSSL's) names of the TLS 1.2 suites rustls offers.
@@ -226,6 +323,10 @@ pub(super) fn server_config(
         }
         (_, false) => None,
     };
+    let crl_pem = match (&input.files.crl, needs_ca) {
+        (Some(path), true) => Some(read(path, "revocation list", field, loc, diags)?),
+        _ => None,
+    };
     let (cert_pem, key_pem) = (cert_pem?, key_pem?);
     let mut local_uris = Vec::new();
     let built = (|| -> Result<ServerConfig, material::MaterialError> {
@@ -240,14 +341,35 @@ pub(super) fn server_config(
             Some(ca) => {
                 let roots = material::root_store(ca, "client CA bundle")?;
                 let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
-                let verifier = if input.mode == ServerTlsMode::OptionalMutual {
+                // Pins make a certificate required under OPTIONAL_MUTUAL
+                // too: Envoy asks for one whenever its validation context
+                // matches names or hashes (Envoy 1.40 refuses a client
+                // without one there, and takes it with a CRL alone).
+                let optional = input.mode == ServerTlsMode::OptionalMutual && input.pins.is_empty();
+                let verifier = if optional {
                     verifier.allow_unauthenticated()
                 } else {
                     verifier
                 };
-                let verifier = verifier
+                // A revocation list covers every CA of a client's chain, as
+                // Envoy requires one for each: a certificate whose issuer
+                // has none is refused, as is one checked against a list
+                // past its nextUpdate.
+                let verifier = match &crl_pem {
+                    Some(pem) => verifier
+                        .with_crls(material::revocation_lists(pem, "caCrl")?)
+                        .enforce_revocation_expiration(),
+                    None => verifier,
+                };
+                let mut verifier = verifier
                     .build()
                     .map_err(|e| rustls::Error::General(e.to_string()))?;
+                if !input.pins.is_empty() {
+                    verifier = Arc::new(CheckedClientVerifier::new(
+                        verifier,
+                        ClientCheck::Pins(input.pins.clone()),
+                    ));
+                }
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),

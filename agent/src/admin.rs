@@ -121,6 +121,7 @@ async fn clusters(State(state): State<AdminState>, Query(format): Query<Format>)
                 "healthy"
             };
             text.push_str(&format!("{prefix}::health_flags::{health}\n"));
+            text.push_str(&format!("{prefix}::weight::{}\n", ep.weight));
         }
     }
     ([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
@@ -136,6 +137,7 @@ fn cluster_json(cluster: &Cluster) -> Value {
             json!({
                 "address": ep.address.to_string(),
                 "labels": ep.labels,
+                "weight": ep.weight,
                 "activeRequests": ep.state.active(),
                 "totalRequests": ep.state.total(),
                 "health": if ejected { "EJECTED" } else { "HEALTHY" },

@@ -149,7 +149,7 @@ pub(super) fn passthrough(lb: Option<&LoadBalancerSettings>) -> bool {
 /// the requests without an original destination).
 pub(super) fn balancer(lb: Option<&LoadBalancerSettings>, endpoints: &[Arc<Endpoint>]) -> Balancer {
     let Some(lb) = lb else {
-        return Balancer::LeastRequest;
+        return Balancer::by_turns(endpoints, true);
     };
     if let Some(hash) = &lb.consistent_hash {
         let key = if let Some(name) = &hash.http_header_name {
@@ -180,9 +180,10 @@ pub(super) fn balancer(lb: Option<&LoadBalancerSettings>, endpoints: &[Arc<Endpo
         }
     }
     match lb.simple.as_deref() {
-        Some("ROUND_ROBIN") => Balancer::RoundRobin(Default::default()),
+        Some("ROUND_ROBIN") => Balancer::by_turns(endpoints, false),
+        // Envoy's random balancer draws every host alike, weights aside.
         Some("RANDOM") => Balancer::Random,
-        _ => Balancer::LeastRequest,
+        _ => Balancer::by_turns(endpoints, true),
     }
 }
 

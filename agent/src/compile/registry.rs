@@ -687,6 +687,8 @@ struct EndpointSpec {
     /// Its PeerAuthentication is DISABLE on its port: auto mTLS sends it
     /// plaintext even though it runs a sidecar.
     plaintext: bool,
+    /// `weight` (unset or 0: 1, as Istio leaves Envoy's default).
+    weight: u32,
 }
 
 impl EntryContext<'_> {
@@ -764,6 +766,7 @@ impl EntryContext<'_> {
                 labels: BTreeMap::new(),
                 sidecar: false,
                 plaintext: false,
+                weight: 1,
             }];
         }
         let mut out = Vec::new();
@@ -800,6 +803,7 @@ impl EntryContext<'_> {
                 labels: ep.labels.clone(),
                 sidecar,
                 plaintext,
+                weight: ep.weight.unwrap_or(1).max(1),
             });
         }
         out
@@ -847,6 +851,7 @@ impl ClusterBuild<'_> {
                     &self.name.namespace,
                 );
                 endpoint.sidecar = ep.sidecar && !ep.plaintext;
+                endpoint.weight = ep.weight;
                 Arc::new(endpoint)
             })
             .collect();

@@ -181,11 +181,7 @@ pub const FIELDS: &[Field] = &[
     ),
     warned(SE, "spec.endpoints[*].network", "one network"),
     warned(SE, "spec.endpoints[*].locality", "no localities"),
-    warned(
-        SE,
-        "spec.endpoints[*].weight",
-        "endpoints are balanced equally",
-    ),
+    enforced(SE, "spec.endpoints[*].weight"),
     warned(
         SE,
         "spec.endpoints[*].serviceAccount",
@@ -196,7 +192,7 @@ pub const FIELDS: &[Field] = &[
     enforced(WE, "spec.labels"),
     warned(WE, "spec.network", "one network"),
     warned(WE, "spec.locality", "no localities"),
-    warned(WE, "spec.weight", "endpoints are balanced equally"),
+    enforced(WE, "spec.weight"),
     warned(
         WE,
         "spec.serviceAccount",

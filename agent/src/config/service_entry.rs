@@ -78,7 +78,7 @@ pub struct WorkloadEntry {
     /// Locality `region/zone/subzone` (informational).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<String>,
-    /// Load-balancing weight (informational).
+    /// Load-balancing weight (Envoy's `load_balancing_weight`; unset: 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
     /// Service account the endpoint runs as (used once mTLS exists).

@@ -4,7 +4,7 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use http::HeaderMap;
 
@@ -103,6 +103,10 @@ pub enum Balancer {
     RoundRobin(AtomicUsize),
     /// The less busy of two random endpoints (Envoy's default and Istio's).
     LeastRequest,
+    /// ROUND_ROBIN or LEAST_REQUEST over endpoints of unequal weights
+    /// (ServiceEntry `endpoints[].weight`, WorkloadEntry `weight`): Envoy's
+    /// earliest-deadline-first schedule, which it uses for both then.
+    Weighted(WeightedSchedule),
     /// Uniformly random.
     Random,
     /// Maglev consistent hashing: a key keeps reaching the same endpoint, and
@@ -115,13 +119,83 @@ pub enum Balancer {
     },
 }
 
+/// Envoy's EDF scheduler (`EdfScheduler`, `EdfLoadBalancerBase`) over
+/// weighted endpoints: each endpoint has a deadline, the earliest takes
+/// the request (ties to the first endpoint), and its deadline moves on by
+/// the inverse of its weight — for LEAST_REQUEST by `(active + 1) /
+/// weight`, Envoy's `weight / (active + 1)^active_request_bias` with the
+/// bias at its default of 1. Over a cycle each endpoint takes its weight's
+/// share (3:1 → three requests of four), in the order Envoy's schedule
+/// interleaves them. Deadlines are fixed-point atomics, one per endpoint of
+/// the cluster as compiled (Envoy too starts a new schedule when a
+/// cluster's hosts change); two workers may pick the same endpoint at
+/// once, each moving its deadline on: no lock.
+#[derive(Debug)]
+pub struct WeightedSchedule {
+    deadlines: Box<[AtomicU64]>,
+    /// The deadline step of each endpoint at weight 1: `STEP / weight`.
+    steps: Box<[u64]>,
+    least_request: bool,
+}
+
+/// A deadline step at weight 1 (weights are at most `u32::MAX`, so every
+/// step is at least 1).
+const STEP: u64 = 1 << 32;
+
+impl WeightedSchedule {
+    /// A schedule over endpoints of these weights (0 is taken as 1),
+    /// every deadline one step from now, as Envoy adds hosts to its
+    /// scheduler.
+    fn new(weights: &[u32], least_request: bool) -> Self {
+        let steps: Box<[u64]> = weights
+            .iter()
+            .map(|w| STEP / u64::from((*w).max(1)))
+            .collect();
+        Self {
+            deadlines: steps.iter().map(|s| AtomicU64::new(*s)).collect(),
+            steps,
+            least_request,
+        }
+    }
+
+    /// The endpoint `allowed` takes with the earliest deadline, its
+    /// deadline moved on.
+    fn pick(&self, endpoints: &[Arc<Endpoint>], allowed: impl Fn(usize) -> bool) -> Option<usize> {
+        let (i, _) = (self.deadlines.iter().enumerate())
+            .filter(|(i, _)| allowed(*i))
+            .map(|(i, d)| (i, d.load(Ordering::Relaxed)))
+            .min_by_key(|(_, d)| *d)?;
+        let load = if self.least_request {
+            u64::from(endpoints[i].state.active()) + 1
+        } else {
+            1
+        };
+        self.deadlines[i].fetch_add(self.steps[i].saturating_mul(load), Ordering::Relaxed);
+        Some(i)
+    }
+}
+
 impl Balancer {
     /// Builds a consistent-hash balancer over `endpoints`.
     pub fn consistent_hash(key: HashKey, endpoints: &[Arc<Endpoint>], table_size: usize) -> Self {
-        let names: Vec<String> = endpoints.iter().map(|e| e.address.to_string()).collect();
+        let hosts: Vec<(String, u32)> = (endpoints.iter())
+            .map(|e| (e.address.to_string(), e.weight))
+            .collect();
         Self::ConsistentHash {
             key,
-            table: maglev_table(&names, table_size).into(),
+            table: maglev_table(&hosts, table_size).into(),
+        }
+    }
+
+    /// ROUND_ROBIN (`least_request` false) or LEAST_REQUEST over
+    /// `endpoints`: Envoy's plain policy when their weights are equal, its
+    /// weighted schedule ([`WeightedSchedule`]) when not.
+    pub fn by_turns(endpoints: &[Arc<Endpoint>], least_request: bool) -> Self {
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        match (weights.windows(2).all(|w| w[0] == w[1]), least_request) {
+            (true, false) => Self::RoundRobin(AtomicUsize::new(0)),
+            (true, true) => Self::LeastRequest,
+            (false, _) => Self::Weighted(WeightedSchedule::new(&weights, least_request)),
         }
     }
 
@@ -130,6 +204,8 @@ impl Balancer {
         match self {
             Self::RoundRobin(_) => "ROUND_ROBIN",
             Self::LeastRequest => "LEAST_REQUEST",
+            Self::Weighted(schedule) if schedule.least_request => "LEAST_REQUEST",
+            Self::Weighted(_) => "ROUND_ROBIN",
             Self::Random => "RANDOM",
             Self::ConsistentHash { .. } => "CONSISTENT_HASH",
         }
@@ -143,6 +219,7 @@ impl Balancer {
         }
         Some(match self {
             Self::RoundRobin(next) => next.fetch_add(1, Ordering::Relaxed) % n,
+            Self::Weighted(schedule) => schedule.pick(endpoints, |_| true)?,
             Self::Random => fastrand::usize(..n),
             Self::LeastRequest => {
                 let a = fastrand::usize(..n);
@@ -253,6 +330,7 @@ impl Balancer {
                 }
                 (1..n).map(|k| (turn + k) % n).find(|i| allowed(*i))
             }
+            Self::Weighted(schedule) => schedule.pick(endpoints, allowed),
             Self::Random => nth(fastrand::usize(..left)),
             Self::LeastRequest => {
                 let a = fastrand::usize(..left);
@@ -339,21 +417,32 @@ fn hash_str(seed: u8, s: &str) -> u64 {
 
 /// Maglev's population of a lookup table of `size` slots (a prime) so that
 /// every endpoint owns about `size / n` slots (Eisenbud et al., NSDI 2016).
-fn maglev_table(names: &[String], size: usize) -> Vec<u32> {
-    let n = names.len();
+fn maglev_table(hosts: &[(String, u32)], size: usize) -> Vec<u32> {
+    let n = hosts.len();
     let mut table = vec![u32::MAX; size];
     if n == 0 {
         return Vec::new();
     }
     let m = size as u64;
-    let perms: Vec<(u64, u64)> = names
+    let perms: Vec<(u64, u64)> = hosts
         .iter()
-        .map(|name| (hash_str(0, name) % m, hash_str(1, name) % (m - 1) + 1))
+        .map(|(name, _)| (hash_str(0, name) % m, hash_str(1, name) % (m - 1) + 1))
         .collect();
+    // Weights as Envoy's `MaglevTable` takes them: in each round every
+    // host whose weight has caught up with its target fills a slot, and
+    // its target moves on by the largest weight — the heaviest fills one
+    // slot a round, a host of a third of its weight one every third.
+    let weights: Vec<u64> = hosts.iter().map(|(_, w)| u64::from((*w).max(1))).collect();
+    let max_weight = weights.iter().copied().max().unwrap_or(1);
+    let mut targets = vec![0u64; n];
     let mut next = vec![0u64; n];
     let mut filled = 0;
-    'fill: loop {
+    'fill: for round in 1u64.. {
         for (i, &(offset, skip)) in perms.iter().enumerate() {
+            if round * weights[i] < targets[i] {
+                continue;
+            }
+            targets[i] += max_weight;
             let mut slot = ((offset + next[i] * skip) % m) as usize;
             while table[slot] != u32::MAX {
                 next[i] += 1;
@@ -379,7 +468,7 @@ mod tests {
 
     #[test]
     fn maglev_spreads_evenly_and_is_stable() {
-        let names: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:80")).collect();
+        let names: Vec<(String, u32)> = (0..5).map(|i| (format!("10.0.0.{i}:80"), 1)).collect();
         let table = maglev_table(&names, 65_537);
         let mut counts = [0usize; 5];
         for &slot in &table {
@@ -391,9 +480,110 @@ mod tests {
         assert_eq!(table, maglev_table(&names, 65_537));
     }
 
+    /// Endpoints at 127.0.0.1:8001… of these weights.
+    fn weighted(weights: &[u32]) -> Vec<Arc<Endpoint>> {
+        let live = crate::model::live::LiveState::default();
+        (weights.iter().enumerate())
+            .map(|(i, w)| {
+                let address = super::super::endpoint::UpstreamAddr::Socket(
+                    format!("127.0.0.1:{}", 8001 + i).parse().unwrap(),
+                );
+                let state = live.endpoint("outbound|80||w", &address.to_string());
+                let mut endpoint = Endpoint::new(address, Default::default(), state, "default");
+                endpoint.weight = *w;
+                Arc::new(endpoint)
+            })
+            .collect()
+    }
+
+    fn no_key() -> HeaderMap {
+        HeaderMap::new()
+    }
+
+    /// Envoy's EDF schedule for weights 3 and 1: three turns of four for
+    /// the first, in each cycle; 5, 2 and 1 likewise over their cycle of 8;
+    /// equal weights keep the plain policies.
+    #[test]
+    fn unequal_weights_take_their_share_of_each_cycle() {
+        let headers = no_key();
+        let input = PickInput {
+            headers: &headers,
+            query: None,
+            source_ip: "10.1.0.1".parse().unwrap(),
+            generated_cookie: None,
+        };
+        for (weights, cycle) in [(&[3, 1][..], 4), (&[5, 2, 1], 8), (&[1, 4], 5)] {
+            let endpoints = weighted(weights);
+            for least_request in [false, true] {
+                let balancer = Balancer::by_turns(&endpoints, least_request);
+                assert!(matches!(balancer, Balancer::Weighted(_)));
+                for _ in 0..3 {
+                    let mut counts = vec![0u32; weights.len()];
+                    for _ in 0..cycle {
+                        counts[balancer.pick(&endpoints, input).unwrap()] += 1;
+                    }
+                    assert_eq!(counts, weights, "{least_request}");
+                }
+            }
+        }
+        let equal = weighted(&[2, 2]);
+        assert!(matches!(
+            Balancer::by_turns(&equal, false),
+            Balancer::RoundRobin(_)
+        ));
+        assert!(matches!(
+            Balancer::by_turns(&equal, true),
+            Balancer::LeastRequest
+        ));
+    }
+
+    /// LEAST_REQUEST weighs an endpoint by its weight over its active
+    /// requests plus one: the heavy endpoint busy with three requests
+    /// takes a quarter of its share.
+    #[test]
+    fn weighted_least_request_counts_active_requests() {
+        let headers = no_key();
+        let input = PickInput {
+            headers: &headers,
+            query: None,
+            source_ip: "10.1.0.1".parse().unwrap(),
+            generated_cookie: None,
+        };
+        let endpoints = weighted(&[4, 1]);
+        let _busy: Vec<_> = (0..3).map(|_| endpoints[0].state.start_request()).collect();
+        let balancer = Balancer::by_turns(&endpoints, true);
+        let mut counts = [0u32; 2];
+        for _ in 0..200 {
+            counts[balancer.pick(&endpoints, input).unwrap()] += 1;
+        }
+        assert!((90..=110).contains(&counts[0]), "{counts:?}");
+        // Among those allowed: the other endpoint alone.
+        assert_eq!(balancer.pick_among(&endpoints, input, |i| i == 1), Some(1));
+    }
+
+    /// A weighted Maglev table gives each endpoint slots in proportion to
+    /// its weight, as Envoy's `MaglevTable` fills it.
+    #[test]
+    fn maglev_slots_follow_weights() {
+        let hosts: Vec<(String, u32)> = [3, 1, 2]
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("10.0.0.{i}:80"), *w))
+            .collect();
+        let table = maglev_table(&hosts, 65_537);
+        let mut counts = [0usize; 3];
+        for &slot in &table {
+            counts[slot as usize] += 1;
+        }
+        for (count, weight) in counts.iter().zip([3, 1, 2]) {
+            let expected = 65_537 * weight / 6;
+            assert!(count.abs_diff(expected) < 200, "{counts:?}");
+        }
+    }
+
     #[test]
     fn maglev_moves_few_keys_when_an_endpoint_leaves() {
-        let names: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:80")).collect();
+        let names: Vec<(String, u32)> = (0..5).map(|i| (format!("10.0.0.{i}:80"), 1)).collect();
         let before = maglev_table(&names, 65_537);
         let after = maglev_table(&names[..4], 65_537);
         let moved = before

@@ -47,6 +47,10 @@ pub struct Endpoint {
     /// The endpoint as a peer for metric labels, from its labels, used when
     /// the upstream does not announce itself through metadata exchange.
     pub peer: Arc<PeerInfo>,
+    /// Its load-balancing weight, at least 1 (ServiceEntry
+    /// `endpoints[].weight`, WorkloadEntry `weight`; Envoy's
+    /// `load_balancing_weight`).
+    pub weight: u32,
     /// Labelled as running a sidecar (`security.istio.io/tlsMode: istio`),
     /// so auto mTLS applies — unless its PeerAuthentication is DISABLE on
     /// its port (the registry clears it then, as Istio's mtlsChecker).
@@ -82,6 +86,7 @@ impl Endpoint {
             sidecar: labels
                 .get("security.istio.io/tlsMode")
                 .is_some_and(|m| m == "istio"),
+            weight: 1,
             address_text: address.to_string().into(),
             address,
             labels,

@@ -166,7 +166,7 @@ impl WeightedSchedule {
             .map(|(i, d)| (i, d.load(Ordering::Relaxed)))
             .min_by_key(|(_, d)| *d)?;
         let load = if self.least_request {
-            u64::from(endpoints[i].state.active()) + 1
+            endpoints[i].state.active() + 1
         } else {
             1
         };

@@ -339,6 +339,37 @@ async fn auto_mtls_sends_plaintext_to_a_destination_that_disables_mtls() {
     );
 }
 
+/// Istio's secure naming: a service's endpoints' `serviceAccount`s are
+/// the identities its mesh mTLS accepts (the push context's
+/// `ServiceAccounts`, rendered as the cluster's SAN matchers): a peer of
+/// the mesh under another account is refused in the handshake
+/// (`wrong_san`), where the trust domain alone let it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mesh_mtls_accepts_only_the_services_accounts() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let backend = backend(&ca, app.addr, STRICT);
+    let entry = |name: &str, account: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{name}.default.svc.cluster.local]\n  ports: [{{number: 9080, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {}}}, serviceAccount: {account}, labels: {{app: {name}}}}}\n",
+            backend.inbound.port()
+        )
+    };
+    let front = workload(
+        "frontend",
+        closed_port().await,
+        &ca.identity_yaml("frontend", "1h"),
+        &(entry("reviews", "reviews") + &entry("named", "backend")),
+    );
+    let client = Client::h1(front.outbound);
+    let reply = client.get("http://reviews:9080/").await;
+    refused_in_the_handshake(&front, &reply, "wrong_san").await;
+    assert_eq!(app.count(), 0);
+    let reply = client.get("http://named:9080/").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(app.count(), 1);
+}
+
 /// Istio's auto mTLS, as `getTLSModeFromWorkloadEntry` and
 /// `buildUpstreamTLSSettings` read a ServiceEntry and a DestinationRule:
 /// an endpoint that names a `serviceAccount` and has no `tlsMode` label

@@ -24,8 +24,8 @@ use crate::model::authz::Pattern;
 use crate::model::bootstrap::MIN_EXPORT_TIMEOUT;
 use crate::model::capture::OutboundTrafficMode;
 use crate::model::mesh::{
-    DEFAULT_ROOT_NAMESPACE, DefaultProviders, Mesh, OtlpTarget, Provider, ProviderConfig,
-    builtin_providers,
+    DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, DefaultProviders, Mesh, OtlpTarget, Provider,
+    ProviderConfig, TrustDomainBundle, builtin_providers,
 };
 use crate::path::PathNormalization;
 
@@ -40,6 +40,19 @@ pub(super) struct MeshDefaults {
     pub trust_domain: Option<String>,
     /// `trustDomainAliases`.
     pub trust_domain_aliases: Vec<String>,
+}
+
+impl MeshDefaults {
+    /// The mesh config's trust domain (else Istio's default,
+    /// `cluster.local`) and its `trustDomainAliases`: what the identities
+    /// of a service's accounts are written in (Istio's
+    /// `spiffe.MustGenSpiffeURI`, `ExpandWithTrustDomains`).
+    pub fn trust_domains(&self) -> TrustDomainBundle {
+        TrustDomainBundle::new(
+            self.trust_domain.as_deref().unwrap_or(DEFAULT_TRUST_DOMAIN),
+            &self.trust_domain_aliases,
+        )
+    }
 }
 
 /// The root namespace of the file's mesh config (the first one's

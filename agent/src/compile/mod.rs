@@ -414,6 +414,7 @@ fn build(
             captures: agent.spec.capture.mode.as_deref() == Some("REDIRECT"),
         },
         (has_identity, &docs.peer_authentications),
+        &mesh.trust_domains(),
         states,
         diags,
     );

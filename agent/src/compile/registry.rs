@@ -26,6 +26,7 @@ use crate::model::cluster::{
 use crate::model::destination::DestinationTarget;
 use crate::model::endpoint::{Endpoint, UpstreamAddr};
 use crate::model::live::{LiveState, PoolLimits};
+use crate::model::mesh::TrustDomainBundle;
 use crate::model::service::{Protocol, ServiceName};
 
 /// A declared service and its clusters.
@@ -130,6 +131,7 @@ impl Registry {
         scope: RuleScope<'_>,
         importer: Importer<'_>,
         (has_identity, peer_authentications): (bool, &[Document<PeerAuthenticationSpec>]),
+        trust_domains: &TrustDomainBundle,
         live: &LiveState,
         diags: &mut Diagnostics,
     ) -> Self {
@@ -208,6 +210,7 @@ impl Registry {
                     has_identity,
                     namespace,
                     peers,
+                    trust_domains,
                 };
                 let clusters = ctx.clusters(&name, rule, diags);
                 let addresses = doc
@@ -662,6 +665,9 @@ struct EntryContext<'a> {
     namespace: &'a str,
     /// What the endpoints' PeerAuthentications say.
     peers: &'a PeerPolicies<'a>,
+    /// The mesh's trust domain and its aliases: the endpoints' service
+    /// accounts are identities in each.
+    trust_domains: &'a TrustDomainBundle,
 }
 
 /// Whether a ServiceEntry's endpoint or a WorkloadEntry runs a sidecar
@@ -704,6 +710,7 @@ impl EntryContext<'_> {
             spec.iter()
                 .flat_map(|r| r.subsets.iter().map(|s| Some(s.name.as_str()))),
         );
+        let service_accounts = self.service_accounts();
         let mut clusters: HashMap<Option<String>, Vec<Arc<Cluster>>> = HashMap::new();
         for (p, port) in self.doc.spec.ports.iter().enumerate() {
             let Some(protocol) = Protocol::parse(&port.protocol) else {
@@ -728,7 +735,7 @@ impl EntryContext<'_> {
                     rule_reference: rule.map(|r| r.reference(*subset)),
                     live: self.live,
                     has_identity: self.has_identity,
-                    entry_sans: &self.doc.spec.subject_alt_names,
+                    service_accounts: &service_accounts,
                 }
                 .build(&endpoints);
                 clusters
@@ -738,6 +745,33 @@ impl EntryContext<'_> {
             }
         }
         clusters
+    }
+
+    /// Istio's `serviceAccounts` of the service (`ServiceAccounts` of the
+    /// push context, `ExpandWithTrustDomains`): the entry's
+    /// `subjectAltNames`, then `spiffe://<td>/ns/<namespace>/sa/<account>`
+    /// for each endpoint's (or selected WorkloadEntry's) `serviceAccount`
+    /// and each trust domain of the mesh — its own and its aliases.
+    fn service_accounts(&self) -> Vec<String> {
+        let spec = &self.doc.spec;
+        let endpoints: Vec<&WorkloadEntry> = if spec.workload_selector.is_some() {
+            self.workloads.to_vec()
+        } else {
+            spec.endpoints.iter().collect()
+        };
+        let mut names = spec.subject_alt_names.clone();
+        let accounts = (endpoints.iter())
+            .filter_map(|ep| ep.service_account.as_deref())
+            .filter(|account| !account.is_empty());
+        for account in accounts {
+            for td in self.trust_domains.trust_domains() {
+                let name = format!("spiffe://{td}/ns/{}/sa/{account}", self.namespace);
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names
     }
 
     fn endpoints(
@@ -822,7 +856,7 @@ struct ClusterBuild<'a> {
     rule_reference: Option<Arc<str>>,
     live: &'a LiveState,
     has_identity: bool,
-    entry_sans: &'a [String],
+    service_accounts: &'a [String],
 }
 
 impl ClusterBuild<'_> {
@@ -887,7 +921,7 @@ impl ClusterBuild<'_> {
             tls: upstream_tls::upstream_tls(
                 policy.tls,
                 &self.name.host,
-                self.entry_sans,
+                self.service_accounts,
                 self.has_identity,
                 self.protocol.is_http(),
                 self.live,

@@ -88,14 +88,18 @@ fn holds(sub: &str, pem: &str) -> Result<(), String> {
     held.map_err(|e| e.to_string())
 }
 
-/// The cluster's TLS for `host` (the service FQDN), with the ServiceEntry's
-/// `subjectAltNames`; `http`: the cluster carries HTTP (Istio's
+/// The cluster's TLS for `host` (the service FQDN), with Istio's
+/// `serviceAccounts` of the service — the ServiceEntry's
+/// `subjectAltNames` and the SPIFFE identity of each endpoint's
+/// `serviceAccount` in the mesh's trust domain and its aliases — which
+/// mesh mTLS and, without `subjectAltNames` of its own, origination check
+/// the server against; `http`: the cluster carries HTTP (Istio's
 /// `auto_sni` and `auto_san_validation` are HTTP options, which a TCP
 /// cluster's `tcp_proxy` never reads).
 pub(super) fn upstream_tls(
     tls: Option<&ClientTlsSettings>,
     host: &str,
-    entry_sans: &[String],
+    service_accounts: &[String],
     has_identity: bool,
     http: bool,
     live: &LiveState,
@@ -104,7 +108,7 @@ pub(super) fn upstream_tls(
     let sans = |t: Option<&ClientTlsSettings>| -> Box<[String]> {
         match t.map(|t| &t.subject_alt_names).filter(|s| !s.is_empty()) {
             Some(names) => names.as_slice().into(),
-            None => entry_sans.into(),
+            None => service_accounts.into(),
         }
     };
     let mesh = |only_sidecars, sni: &str| UpstreamTls::Mesh {
@@ -125,7 +129,7 @@ pub(super) fn upstream_tls(
         (None, _) if has_identity => mesh(true, host),
         (None, _) | (Some(_), None | Some("DISABLE")) => UpstreamTls::Plain,
         (Some(t), Some("ISTIO_MUTUAL")) => mesh(false, t.sni.as_deref().unwrap_or(host)),
-        (Some(t), Some(_)) => match originate(t, host, entry_sans, http, live) {
+        (Some(t), Some(_)) => match originate(t, host, service_accounts, http, live) {
             Ok(origination) => origination,
             Err(reason) => UpstreamTls::Broken(reason.into()),
         },
@@ -139,12 +143,13 @@ fn read(path: &str) -> Result<String, String> {
 /// SIMPLE or MUTUAL origination: configs for both ALPN protocols, the
 /// running config's when its settings and files are the same (Envoy keeps
 /// the connection pools of a cluster a config update leaves unchanged).
-/// `entry_sans`: the ServiceEntry's `subjectAltNames`; `http`: the
+/// `service_accounts`: Istio's `serviceAccounts` of the service
+/// ([`upstream_tls`]); `http`: the
 /// cluster carries HTTP.
 fn originate(
     tls: &ClientTlsSettings,
     host: &str,
-    entry_sans: &[String],
+    service_accounts: &[String],
     http: bool,
     live: &LiveState,
 ) -> Result<UpstreamTls, String> {
@@ -166,15 +171,16 @@ fn originate(
     // `subjectAltNames`; else, without `sni` on an HTTP cluster, the name
     // each connection is opened for (`auto_san_validation`, which
     // overrides the entry's; `tcp_proxy` reads no such option); else the
-    // ServiceEntry's `subjectAltNames`; else the chain alone.
+    // service's accounts (the ServiceEntry's `subjectAltNames` and its
+    // endpoints' identities); else the chain alone.
     let check = if tls.insecure_skip_verify == Some(true) {
         NameCheck::Skip
     } else if !tls.subject_alt_names.is_empty() {
         NameCheck::AnyOf(tls.subject_alt_names.clone())
     } else if tls.sni.is_none() && http {
         NameCheck::ServerName
-    } else if !entry_sans.is_empty() {
-        NameCheck::AnyOf(entry_sans.to_vec())
+    } else if !service_accounts.is_empty() {
+        NameCheck::AnyOf(service_accounts.to_vec())
     } else {
         NameCheck::Chain
     };

@@ -243,7 +243,8 @@ pub struct TlsServer {
     /// SNI (DestinationRule `tls.sni`, or the host).
     pub server_name: rustls::pki_types::ServerName<'static>,
     /// SANs one of which the server must carry (`tls.subjectAltNames`, or
-    /// the ServiceEntry's `subjectAltNames`).
+    /// the service's accounts: the ServiceEntry's `subjectAltNames` and its
+    /// endpoints' SPIFFE identities).
     pub expected: Box<[String]>,
 }
 

@@ -53,6 +53,7 @@ use crate::model::gateway::{
     L4Route, PortProtocol, ServerRef, ServerTls, ServerTlsMode, cluster_sni,
 };
 use crate::model::live::LiveState;
+use crate::model::mesh::{DEFAULT_TRUST_DOMAIN, TrustDomainBundle};
 use crate::model::policy::{Redirect, RouteAction, RoutePolicy};
 use crate::model::route::{HeaderEdits, HttpRule, RouteMatch, StrMatcher, VirtualHost};
 
@@ -60,6 +61,17 @@ use crate::model::route::{HeaderEdits, HttpRule, RouteMatch, StrMatcher, Virtual
 pub(super) const DEFAULT_NAMESPACE: &str = "default";
 /// The gateway workload's namespace when its IngressGateway names none.
 pub const DEFAULT_GATEWAY_NAMESPACE: &str = "istio-system";
+
+/// The file's mesh config's trust domain (else `cluster.local`) and its
+/// aliases, as a sidecar reads them ([`super::mesh::MeshDefaults::trust_domains`]).
+fn mesh_trust_domains(docs: &Documents) -> TrustDomainBundle {
+    let mesh = docs.mesh_configs.first().map(|m| &m.spec);
+    TrustDomainBundle::new(
+        mesh.and_then(|m| m.trust_domain.as_deref())
+            .unwrap_or(DEFAULT_TRUST_DOMAIN),
+        mesh.map_or(&[][..], |m| &m.trust_domain_aliases),
+    )
+}
 
 /// Compiles a gateway's documents, with the registry its clusters came
 /// from (the policies' providers resolve through it too); None when the
@@ -96,6 +108,7 @@ pub(super) fn build(
         scope,
         Importer::Gateway,
         (doc.spec.identity.is_some(), &docs.peer_authentications),
+        &mesh_trust_domains(docs),
         states,
         diags,
     );

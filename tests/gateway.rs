@@ -15,7 +15,7 @@ use common::client::Client;
 use common::gateway::{Credentials, Gateway, bootstrap, tls_get, tls_get_with};
 use common::mesh::{AgentDoc, Ep, service_entry};
 use common::otlp::Receiver;
-use common::pki::{Ca, OpensslCa, TlsUpstream, split_hello_relay};
+use common::pki::{Ca, OpensslCa, TlsUpstream, openssl_request_to, split_hello_relay, utc};
 use common::upstream::Upstream;
 
 /// Bookinfo's own `bookinfo-gateway` Gateway and VirtualService (Istio's
@@ -1184,14 +1184,86 @@ spec:
     assert_eq!(xfcc_seen(&app), Some(format!("{forged},{client_element}")));
 }
 
+/// An ISTIO_MUTUAL server's `subjectAltNames`, which istiod renders
+/// into the workload certificate's validation context: a mesh peer under
+/// another identity is refused (Envoy 1.40 refused it; it was let in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_istio_mutual_server_takes_only_the_peers_it_names() {
+    let ca = Ca::start();
+    let app = Upstream::start("app").await;
+    let identity = ca.identity_yaml("istio-ingressgateway-service-account", "1h");
+    let yaml = bootstrap(&[15443], common::mesh::NO_COLLECTOR, &identity)
+        + &service_entry(
+            "app",
+            9080,
+            "HTTP",
+            &[Ep {
+                addr: app.addr,
+                labels: &[("app", "app")],
+            }],
+        )
+        + r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mesh-edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 15443, name: https-mesh, protocol: HTTPS}
+    hosts: [app.example.com]
+    tls: {mode: ISTIO_MUTUAL, subjectAltNames: ["spiffe://cluster.local/ns/default/sa/allowed"]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: app}
+spec:
+  hosts: [app.example.com]
+  gateways: [mesh-edge]
+  http: [{route: [{destination: {host: app}}]}]
+"#;
+    let gateway = Gateway::start(&yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let mut answers = Vec::new();
+    for account in ["allowed", "other"] {
+        let out = dir.path().join(account);
+        ca.issue(
+            &format!("spiffe://cluster.local/ns/default/sa/{account}"),
+            &out,
+        );
+        let (cert, key) = (out.join("cert-chain.pem"), out.join("key.pem"));
+        let answer = openssl_request_to(
+            gateway.port(15443),
+            Some("app.example.com"),
+            Some((&cert, &key)),
+            "GET /named HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n",
+        );
+        answers.push((account, answer.starts_with("HTTP/1.1 200")));
+    }
+    assert_eq!(
+        answers,
+        [("allowed", true), ("other", false)],
+        "{:?}",
+        gateway.stderr()
+    );
+    assert_eq!(app.count(), 1);
+    let failed = gateway.metrics().await.sum(
+        "tracemesh_agent_tls_handshake_failures_total",
+        &[("reason", "wrong_san")],
+    );
+    assert_eq!(failed, 1.0);
+}
+
 /// A MUTUAL server's `subjectAltNames`, `verifyCertificateSpki`,
 /// `verifyCertificateHash` and `caCrl` (and a Secret's `ca.crl`), every
 /// input made by `openssl` alone, each case what Envoy 1.40 answers with
 /// the validation context Istio renders for it (`match_subject_alt_names`
 /// exact, the two pin lists, `crl`): a DNS name matches a wildcard SAN;
 /// any pin makes OPTIONAL_MUTUAL require a certificate, a CRL alone does
-/// not; a revoked certificate is refused, and every certificate when the
-/// list is past its nextUpdate.
+/// not; a revoked certificate is refused — by the newest of an issuer's
+/// lists in one file, by a list in the Secret `<name>-cacert` before one
+/// beside `<name>`, through the bundle's intermediates, each checked
+/// against its issuer's list — and every certificate when the list is past
+/// its nextUpdate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mutual_server_checks_client_names_pins_and_revocations_as_envoy_does() {
     let app = Upstream::start("bookinfo").await;
@@ -1206,32 +1278,76 @@ async fn a_mutual_server_checks_client_names_pins_and_revocations_as_envoy_does(
     ] {
         ca.issue(name, san);
     }
+    // A list from before mallory was revoked, then the current one, in
+    // one file: the newest of an issuer's lists counts, as in Envoy.
+    let old = ca.crl("old.crl", Some((&utc(-2), &utc(22))));
     ca.revoke("mallory");
+    // Chains through the bundle's intermediates: `interb` revoked by the
+    // root, `inter` not; each has a list of its own.
+    let inter = ca.intermediate("inter");
+    let inter_b = ca.intermediate("interb");
+    inter.issue("igood", "DNS:igood.example.com");
+    inter_b.issue("bgood", "DNS:bgood.example.com");
+    ca.revoke("interb");
     let crl = ca.crl("ca.crl", None);
     let expired = ca.crl("expired.crl", Some(("20200101000000Z", "20200102000000Z")));
-    // The same CA, server pair and list as a Secret with `ca.crl`.
+    let cat = |name: &str, parts: &[&std::path::Path]| {
+        let text: String = parts
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        let path = ca.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let old_then_new = cat("old-then-new.crl", &[&old, &crl]);
+    let bundle = cat(
+        "bundle.pem",
+        &[
+            &ca.dir.join("ca.crt"),
+            &inter.dir.join("ca.crt"),
+            &inter_b.dir.join("ca.crt"),
+        ],
+    );
+    let chain_crls = cat(
+        "chain.crl",
+        &[
+            &crl,
+            &inter.crl("ca.crl", None),
+            &inter_b.crl("ca.crl", None),
+        ],
+    );
+    // The same CA, server pair and list as Secrets: `pinned` (with a CA
+    // and no list) and `pinned-cacert` (the CA with its `ca.crl`), which
+    // Istio's `GetCaCert` reads the client CA from first.
     let credentials = tempfile::tempdir().unwrap();
     let secret = credentials.path().join("istio-system").join("pinned");
-    std::fs::create_dir_all(&secret).unwrap();
+    let ca_secret = credentials
+        .path()
+        .join("istio-system")
+        .join("pinned-cacert");
     for (from, to) in [
-        (&server_crt, "tls.crt"),
-        (&server_key, "tls.key"),
-        (&ca.dir.join("ca.crt"), "ca.crt"),
-        (&crl, "ca.crl"),
+        (&server_crt, secret.join("tls.crt")),
+        (&server_key, secret.join("tls.key")),
+        (&ca.dir.join("ca.crt"), secret.join("ca.crt")),
+        (&ca.dir.join("ca.crt"), ca_secret.join("ca.crt")),
+        (&crl, ca_secret.join("ca.crl")),
     ] {
-        std::fs::copy(from, secret.join(to)).unwrap();
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
     }
-    let files = |crl: &std::path::Path| {
+    let files_with = |bundle: &std::path::Path, crl: &std::path::Path| {
         format!(
             "serverCertificate: {}, privateKey: {}, caCertificates: {}, caCrl: {}",
             server_crt.display(),
             server_key.display(),
-            ca.dir.join("ca.crt").display(),
+            bundle.display(),
             crl.display()
         )
     };
+    let files = |crl: &std::path::Path| files_with(&ca.dir.join("ca.crt"), crl);
     let mut yaml = bootstrap(
-        &[8443, 8444, 8445, 8446],
+        &[8443, 8444, 8445, 8446, 8447],
         common::mesh::NO_COLLECTOR,
         &format!("  credentialDirectory: {}", credentials.path().display()),
     ) + &service_entry(
@@ -1267,6 +1383,9 @@ spec:
   - port: {{number: 8446, name: https-expired, protocol: HTTPS}}
     hosts: [bookinfo.example.com]
     tls: {{mode: MUTUAL, {expired_files}}}
+  - port: {{number: 8447, name: https-chain, protocol: HTTPS}}
+    hosts: [bookinfo.example.com]
+    tls: {{mode: MUTUAL, {chain_files}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -1276,10 +1395,11 @@ spec:
   gateways: [edge]
   http: [{{route: [{{destination: {{host: bookinfo}}}}]}}]
 "#,
-        names_files = files(&crl),
+        names_files = files(&old_then_new),
         alice_spki = ca.spki_pin("alice"),
         carol_hash = ca.cert_hash("carol"),
         expired_files = files(&expired),
+        chain_files = files_with(&bundle, &chain_crls),
     );
     let gateway = Gateway::start(&yaml);
     let root = ca.root_pem();
@@ -1332,11 +1452,38 @@ spec:
     ];
     assert_eq!(answered, envoy, "{:?}", gateway.stderr());
     assert_eq!(app.count(), 10);
+    // Through the bundle's intermediates, every CA checked against its
+    // issuer's list (Envoy 1.40: `igood` sending its leaf alone 200,
+    // `bgood` under the revoked `interb` refused).
+    let igood = tls_get(
+        gateway.port(8447),
+        "bookinfo.example.com",
+        &root,
+        &["http/1.1"],
+        Some(&inter.pair("igood")),
+        "/chain",
+    )
+    .await;
+    assert_eq!(igood.map(|r| r.status), Ok(200), "{:?}", gateway.stderr());
+    let bgood = tls_get(
+        gateway.port(8447),
+        "bookinfo.example.com",
+        &root,
+        &["http/1.1"],
+        Some(&inter_b.pair("bgood")),
+        "/chain",
+    )
+    .await;
+    assert!(bgood.is_err(), "{bgood:?}");
 
-    // A pin that is no SHA-256 digest is an error naming it.
+    // A pin that is no SHA-256 digest (a sign before its hex digits
+    // included) is an error naming it.
     let bad = yaml
         .replace(&ca.spki_pin("alice"), "bm90IGEgZGlnZXN0")
-        .replace(&ca.cert_hash("carol"), "0A:E1:39");
+        .replace(
+            &ca.cert_hash("carol"),
+            &format!("+{}", &ca.cert_hash("carol")[1..]),
+        );
     let (ok, out) = common::agent::validate(&bad);
     assert!(!ok, "{out}");
     for field in [

@@ -422,6 +422,16 @@ pub fn openssl_request(
     cert_and_key: Option<(&Path, &Path)>,
     request: &str,
 ) -> String {
+    openssl_request_to(addr, None, cert_and_key, request)
+}
+
+/// [`openssl_request`] sending `sni` as the server name.
+pub fn openssl_request_to(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    cert_and_key: Option<(&Path, &Path)>,
+    request: &str,
+) -> String {
     let mut cmd = Command::new("openssl");
     cmd.args([
         "s_client",
@@ -432,6 +442,9 @@ pub fn openssl_request(
         "-alpn",
         "istio-http/1.1,istio",
     ]);
+    if let Some(sni) = sni {
+        cmd.arg("-servername").arg(sni);
+    }
     if let Some((cert, key)) = cert_and_key {
         cmd.arg("-cert").arg(cert).arg("-key").arg(key);
     }
@@ -613,6 +626,59 @@ impl OpensslCa {
         OpensslCa { dir, _tmp: tmp }
     }
 
+    /// An intermediate CA `CN=<name>` this CA signs, with a directory and
+    /// database of its own (so it issues, revokes and lists as this one
+    /// does); its certificate is also `<name>.crt` here, so this CA can
+    /// revoke it.
+    pub fn intermediate(&self, name: &str) -> OpensslCa {
+        let sub = OpensslCa::new();
+        std::fs::write(
+            sub.dir.join("ca.cnf.ext"),
+            "[v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+        )
+        .unwrap();
+        openssl(
+            &sub.dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                "ca.key",
+                "-subj",
+                &format!("/CN={name}"),
+                "-out",
+                "ca.csr",
+            ],
+        );
+        let serial = fastrand::u32(1..u32::MAX / 2).to_string();
+        let parent = |f: &str| self.dir.join(f).display().to_string();
+        openssl(
+            &sub.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "ca.csr",
+                "-CA",
+                &parent("ca.crt"),
+                "-CAkey",
+                &parent("ca.key"),
+                "-set_serial",
+                &serial,
+                "-days",
+                "2",
+                "-extfile",
+                "ca.cnf.ext",
+                "-extensions",
+                "v3",
+                "-out",
+                "ca.crt",
+            ],
+        );
+        std::fs::copy(sub.dir.join("ca.crt"), self.dir.join(format!("{name}.crt"))).unwrap();
+        sub
+    }
+
     /// The root, PEM.
     pub fn root_pem(&self) -> String {
         std::fs::read_to_string(self.dir.join("ca.crt")).unwrap()
@@ -705,7 +771,8 @@ impl OpensslCa {
     }
 
     /// A revocation list of what is revoked now, written to `file`; with
-    /// `window` (`YYYYMMDDHHMMSSZ` this and next update) one of that time.
+    /// `window` (`YYYYMMDDHHMMSSZ` this and next update, [`utc`]) one of
+    /// that time.
     pub fn crl(&self, file: &str, window: Option<(&str, &str)>) -> PathBuf {
         let mut args = vec![
             "ca", "-config", "ca.cnf", "-gencrl", "-keyfile", "ca.key", "-cert", "ca.crt", "-out",
@@ -772,4 +839,23 @@ impl OpensslCa {
         );
         out.trim().split_once('=').unwrap().1.to_owned()
     }
+}
+
+/// The time `hours` from now (negative: ago) as `openssl ca` takes it,
+/// `YYYYMMDDHHMMSSZ` in UTC.
+pub fn utc(hours: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let out = Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{}", now + hours * 3600),
+            "+%Y%m%d%H%M%SZ",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }

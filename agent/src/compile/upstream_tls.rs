@@ -210,10 +210,14 @@ fn originate(
         } else {
             material::root_store(&roots_pem, "caCertificates").map_err(|e| e.to_string())?
         };
-        let crls = if crl_pem.is_empty() {
-            Vec::new()
+        let revocation = if crl_pem.is_empty() {
+            None
         } else {
-            material::revocation_lists(&crl_pem, "caCrl").map_err(|e| e.to_string())?
+            Some((
+                material::bundle_for_revocation(&roots_pem, "caCertificates")
+                    .map_err(|e| e.to_string())?,
+                material::revocation_lists(&crl_pem, "caCrl").map_err(|e| e.to_string())?,
+            ))
         };
         let client_auth = match &client_files {
             Some((cert, key)) => Some((
@@ -225,9 +229,9 @@ fn originate(
         let config = |alpn: &[u8]| -> Result<Arc<ClientConfig>, String> {
             let provider = provider();
             let mut verifier = MeshServerVerifier::new(roots.clone(), &provider, check.clone());
-            if !crls.is_empty() {
+            if let Some((bundle, crls)) = &revocation {
                 verifier = verifier
-                    .with_crls(provider.clone(), crls.clone())
+                    .with_crls(provider.clone(), bundle.clone(), crls.clone())
                     .map_err(|e| e.to_string())?;
             }
             let builder = ClientConfig::builder_with_provider(provider)

@@ -15,6 +15,7 @@ use super::destination::DestinationTarget;
 use super::route::RouteTable;
 use crate::config::ingress_gateway::IngressGatewaySpec;
 use crate::host::host_matches;
+use crate::tls::verify::ClientPins;
 
 /// Everything an ingress gateway serves, compiled once per config load
 /// (`compile::compile_gateway_text`) and swapped whole on reload, as the
@@ -187,6 +188,10 @@ pub struct ServerTls {
     /// element of its connections); empty for ISTIO_MUTUAL, whose
     /// workload certificate's are read at each handshake.
     pub local_uris: Vec<String>,
+    /// ISTIO_MUTUAL's `subjectAltNames`: one of them the client's
+    /// certificate must carry, checked as its handshake ends (the other
+    /// modes check theirs in `config`).
+    pub peer_names: Option<Arc<ClientPins>>,
 }
 
 /// Istio's `ServerTLSSettings.mode` for a terminating server.

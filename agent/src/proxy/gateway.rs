@@ -240,7 +240,8 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
                     local_uris,
                 });
             let failures = &connection.worker.shared.metrics.tls_failures;
-            let terminated = handshake::terminate(stream, config, failures, xfcc).await;
+            let peer_names = chain.tls.as_ref().and_then(|t| t.peer_names.as_deref());
+            let terminated = handshake::terminate(stream, config, failures, xfcc, peer_names).await;
             let Ok((io, client)) = terminated else {
                 return; // refused and counted
             };

@@ -155,20 +155,23 @@ pub async fn accept(
         details,
         local_uris: &material.local_uris,
     });
-    let (io, peer) = terminate(stream, config, failures, source).await?;
+    let (io, peer) = terminate(stream, config, failures, source, None).await?;
     Ok((io, Some(peer)))
 }
 
 /// Terminates TLS on `stream` with `config` (an ingress gateway's server
 /// certificate, or the workload's mesh config): the decrypted stream and
 /// what the client proved, with the connection's XFCC element built from
-/// `xfcc` where given. `Err` means the handshake failed (counted by
-/// reason as `inbound`).
+/// `xfcc` where given; with `peer_names` (an ISTIO_MUTUAL gateway
+/// server's `subjectAltNames`) a client whose certificate carries none of
+/// them is refused as its handshake ends (`wrong_san`). `Err` means the
+/// handshake failed (counted by reason as `inbound`).
 pub async fn terminate(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
     failures: &IntCounterVec,
     xfcc: Option<XfccSource<'_>>,
+    peer_names: Option<&super::verify::ClientPins>,
 ) -> Result<(DownstreamIo, PeerTls), TlsFailure> {
     let fail = |reason: &'static str| {
         failures.with_label_values(&["inbound", reason]).inc();
@@ -181,6 +184,13 @@ pub async fn terminate(
             let (_, conn) = tls.get_ref();
             let identity = identity_of(conn.peer_certificates());
             let client_chain = conn.peer_certificates().unwrap_or_default();
+            if let Some(pins) = peer_names {
+                let leaf = client_chain.first().map(|c| c.as_ref());
+                if leaf.is_none_or(|der| pins.admit(der).is_err()) {
+                    tracing::debug!("inbound tls peer names none of the server's subjectAltNames");
+                    return Err(fail("wrong_san"));
+                }
+            }
             let xfcc = xfcc.and_then(|source| {
                 let by = source.local_uris.iter().map(String::as_str);
                 super::xfcc::element(&source.details, by, client_chain)

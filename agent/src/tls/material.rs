@@ -96,24 +96,81 @@ pub fn certificates(
 }
 
 /// The certificate revocation lists of a PEM text (`X509 CRL` blocks):
-/// DestinationRule and Gateway `caCrl`.
+/// DestinationRule and Gateway `caCrl`. Each must be a list rustls can
+/// check by (version 2, not a delta list). Of several lists by one issuer
+/// only the newest already in force (latest `thisUpdate` not past now) is
+/// kept, as Envoy (BoringSSL) checks a certificate against the newest
+/// current list of its issuer, where rustls would take the first; an
+/// issuer whose every list starts in the future has none, so what it
+/// issued is refused (unknown status), as Envoy refuses it then.
 pub fn revocation_lists(
     pem: &str,
     what: &'static str,
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, MaterialError> {
-    let lists: Vec<_> = CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| MaterialError::Pem {
+    let bad = |reason: String| MaterialError::Pem { what, reason };
+    let lists: Vec<CertificateRevocationListDer<'static>> =
+        CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+    if lists.is_empty() {
+        return Err(bad("no X509 CRL".into()));
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let mut newest: Vec<(Vec<u8>, i64, CertificateRevocationListDer<'static>)> = Vec::new();
+    for (i, der) in lists.into_iter().enumerate() {
+        if let Err(e) = webpki::OwnedCertRevocationList::from_der(der.as_ref()) {
+            return Err(bad(format!(
+                "CRL {} is not a list rustls checks by (version 2, no delta list): {e:?}",
+                i + 1
+            )));
+        }
+        let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
+            .map_err(|e| bad(format!("CRL {}: {e}", i + 1)))?;
+        let issuer = crl.issuer().as_raw().to_vec();
+        let updated = crl.last_update().timestamp();
+        if updated > now {
+            continue;
+        }
+        match newest.iter_mut().find(|(known, ..)| *known == issuer) {
+            Some(kept) if kept.1 < updated => *kept = (issuer, updated, der),
+            Some(_) => {}
+            None => newest.push((issuer, updated, der)),
+        }
+    }
+    Ok(newest.into_iter().map(|(.., der)| der).collect())
+}
+
+/// A CA bundle as Envoy checks revocation through it (BoringSSL with
+/// every certificate's revocation checked and partial chains allowed):
+/// the trust anchors are its self-signed roots, and its other CA
+/// certificates are intermediates a chain may take on its way to one, each
+/// then checked against its issuer's list like any other. (As anchors,
+/// rustls would check none of them.) Errors when the bundle holds no root.
+pub fn bundle_for_revocation(
+    pem: &str,
+    what: &'static str,
+) -> Result<(Arc<RootCertStore>, Vec<CertificateDer<'static>>), MaterialError> {
+    let (roots, intermediates): (Vec<_>, Vec<_>) =
+        certificates(pem, what)?.into_iter().partition(|der| {
+            x509_parser::parse_x509_certificate(der.as_ref())
+                .is_ok_and(|(_, c)| c.subject().as_raw() == c.issuer().as_raw())
+        });
+    if roots.is_empty() {
+        return Err(MaterialError::Pem {
+            what,
+            reason: "with revocation lists the bundle needs its root CA: every CA of a chain up to a self-signed root is checked against its issuer's list".into(),
+        });
+    }
+    let mut store = RootCertStore::empty();
+    for cert in roots {
+        store.add(cert).map_err(|e| MaterialError::Pem {
             what,
             reason: e.to_string(),
         })?;
-    if lists.is_empty() {
-        return Err(MaterialError::Pem {
-            what,
-            reason: "no X509 CRL".into(),
-        });
     }
-    Ok(lists)
+    Ok((Arc::new(store), intermediates))
 }
 
 /// A root store from a PEM text.

@@ -53,13 +53,34 @@ pub enum ClientCheck {
 pub struct CheckedClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     check: ClientCheck,
+    intermediates: Vec<CertificateDer<'static>>,
 }
 
 impl CheckedClientVerifier {
     /// `inner` checks the chain, `check` the rest.
     pub fn new(inner: Arc<dyn ClientCertVerifier>, check: ClientCheck) -> Self {
-        Self { inner, check }
+        Self {
+            inner,
+            check,
+            intermediates: Vec::new(),
+        }
     }
+
+    /// The same, offering `inner` these CA certificates besides those the
+    /// client sends (a CA bundle's intermediates under revocation lists,
+    /// [`crate::tls::material::bundle_for_revocation`]).
+    pub fn with_intermediates(mut self, intermediates: Vec<CertificateDer<'static>>) -> Self {
+        self.intermediates = intermediates;
+        self
+    }
+}
+
+/// The peer's intermediates followed by `extra`.
+fn with_extra<'a>(
+    sent: &[CertificateDer<'a>],
+    extra: &[CertificateDer<'static>],
+) -> Vec<CertificateDer<'a>> {
+    sent.iter().cloned().chain(extra.iter().cloned()).collect()
 }
 
 /// What a gateway's MUTUAL (or OPTIONAL_MUTUAL) server pins on a client
@@ -139,9 +160,13 @@ impl ClientCertVerifier for CheckedClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        let verified = if self.intermediates.is_empty() {
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)?
+        } else {
+            let all = with_extra(intermediates, &self.intermediates);
+            self.inner.verify_client_cert(end_entity, &all, now)?
+        };
         let admitted = match &self.check {
             ClientCheck::TrustDomains(trust_domains) => tracemesh_ca::spiffe_id_of(end_entity)
                 .is_some_and(|id| trust_domains.load().contains(&id.trust_domain))
@@ -202,7 +227,9 @@ pub struct MeshServerVerifier {
     roots: Arc<RootCertStore>,
     algorithms: WebPkiSupportedAlgorithms,
     check: NameCheck,
-    revocation: Option<Arc<WebPkiServerVerifier>>,
+    /// With revocation lists: rustls' verifier on the bundle's roots, and
+    /// the bundle's other CAs as intermediates.
+    revocation: Option<(Arc<WebPkiServerVerifier>, Vec<CertificateDer<'static>>)>,
 }
 
 impl MeshServerVerifier {
@@ -217,20 +244,23 @@ impl MeshServerVerifier {
     }
 
     /// The same, refusing what `crls` revoke (DestinationRule
-    /// `tls.caCrl`) as Envoy's validation context `crl` does: every CA of
-    /// the chain needs a list of its own, and a list past its nextUpdate
-    /// refuses what it covers.
+    /// `tls.caCrl`) as Envoy's validation context `crl` does: chains run
+    /// to the bundle's self-signed `roots`, its other CAs
+    /// (`intermediates`) taken where a chain needs them, every CA below a
+    /// root needs a list of its own, and a list past its nextUpdate refuses
+    /// what it covers ([`crate::tls::material::bundle_for_revocation`]).
     pub fn with_crls(
         mut self,
         provider: Arc<CryptoProvider>,
+        (roots, intermediates): (Arc<RootCertStore>, Vec<CertificateDer<'static>>),
         crls: Vec<CertificateRevocationListDer<'static>>,
     ) -> Result<Self, Error> {
-        let verifier = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider)
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider)
             .with_crls(crls)
             .enforce_revocation_expiration()
             .build()
             .map_err(|e| Error::General(e.to_string()))?;
-        self.revocation = Some(verifier);
+        self.revocation = Some((verifier, intermediates));
         Ok(self)
     }
 }
@@ -302,8 +332,10 @@ impl ServerCertVerifier for MeshServerVerifier {
             // rustls' verifier checks the chain and its revocation, then
             // the SNI name: a name error is a chain that passed, whose name
             // `check` decides below.
-            Some(webpki) => {
-                match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Some((webpki, extra)) => {
+                let intermediates = with_extra(intermediates, extra);
+                match webpki.verify_server_cert(end_entity, &intermediates, server_name, ocsp, now)
+                {
                     Ok(_)
                     | Err(Error::InvalidCertificate(
                         CertificateError::NotValidForName

@@ -349,6 +349,7 @@ fn listener_tls(
         mode,
         config: Some(config),
         local_uris,
+        peer_names: None,
     })
 }
 

@@ -56,6 +56,7 @@ use crate::model::live::LiveState;
 use crate::model::mesh::{DEFAULT_TRUST_DOMAIN, TrustDomainBundle};
 use crate::model::policy::{Redirect, RouteAction, RoutePolicy};
 use crate::model::route::{HeaderEdits, HttpRule, RouteMatch, StrMatcher, VirtualHost};
+use crate::tls::verify::ClientPins;
 
 /// The namespace of documents that name none (`kubectl apply`'s default).
 pub(super) const DEFAULT_NAMESPACE: &str = "default";
@@ -758,10 +759,35 @@ fn server_tls(
                 diags.error(loc, Some(format!("{field}.mode")), msg);
                 return None;
             }
+            // Istio renders the server's `subjectAltNames` into the
+            // workload certificate's validation context; no pins, and the
+            // revocation list is not read here.
+            for (name, set) in [
+                (
+                    "verifyCertificateSpki",
+                    !t.verify_certificate_spki.is_empty(),
+                ),
+                (
+                    "verifyCertificateHash",
+                    !t.verify_certificate_hash.is_empty(),
+                ),
+                ("caCrl", t.ca_crl.is_some()),
+            ] {
+                if set {
+                    let msg = "not enforced on ISTIO_MUTUAL: peers are checked against the mesh's roots and `subjectAltNames`";
+                    diags.warn(loc, Some(format!("{field}.{name}")), msg);
+                }
+            }
             return Some(ServerTls {
                 mode: ServerTlsMode::IstioMutual,
                 config: None,
                 local_uris: Vec::new(),
+                peer_names: (!t.subject_alt_names.is_empty()).then(|| {
+                    Arc::new(ClientPins {
+                        subject_alt_names: t.subject_alt_names.clone(),
+                        ..ClientPins::default()
+                    })
+                }),
             });
         }
         other => {
@@ -840,6 +866,7 @@ fn server_tls(
         mode,
         config: Some(config),
         local_uris,
+        peer_names: None,
     })
 }
 

@@ -8,9 +8,10 @@
 //! `<credentialDirectory>/<namespace>/<name>/` holding `tls.crt`, `tls.key`
 //! and, for client verification, `ca.crt` — or Istio's generic-secret keys
 //! `cert`, `key`, `cacert`; a revocation list for client certificates is
-//! `ca.crl` (or `crl`) beside the CA. As in Istio, the client CA may also
-//! sit in a separate Secret `<name>-cacert`, and `credentialName` Secrets
-//! are read from the gateway workload's namespace. Files named directly
+//! `ca.crl` beside `ca.crt` (`crl` beside `cacert`). As in Istio, the
+//! client CA is first looked for in a separate Secret `<name>-cacert`, and
+//! `credentialName` Secrets are read from the gateway workload's
+//! namespace. Files named directly
 //! (`serverCertificate`, `privateKey`, `caCertificates`, `caCrl`) are read
 //! as written.
 
@@ -56,21 +57,24 @@ pub(super) fn secret_files(directory: &str, namespace: &str, name: &str) -> Cert
             .find(|p| p.try_exists().unwrap_or(true))
             .unwrap_or_else(|| dir.join(names[0]))
     };
-    let ca = [dir.join("ca.crt"), dir.join("cacert")]
+    // The client CA and its revocation list as Istio's `GetCaCert` and
+    // `ExtractRoot` read them: the Secret `<name>-cacert` first, else
+    // `<name>`; in it `cacert` with `crl`, else `ca.crt` with `ca.crl`.
+    let exists = |p: &Path| p.try_exists().unwrap_or(true);
+    let ca_dir = Path::new(directory)
+        .join(namespace)
+        .join(format!("{name}-cacert"));
+    let (ca, crl) = [&ca_dir, &dir]
         .into_iter()
-        .chain({
-            let ca_dir = Path::new(directory)
-                .join(namespace)
-                .join(format!("{name}-cacert"));
-            [ca_dir.join("ca.crt"), ca_dir.join("cacert")]
+        .find_map(|d| {
+            [("cacert", "crl"), ("ca.crt", "ca.crl")]
+                .into_iter()
+                .find_map(|(ca, crl)| {
+                    let (ca, crl) = (d.join(ca), d.join(crl));
+                    exists(&ca).then(|| (Some(ca), exists(&crl).then_some(crl)))
+                })
         })
-        .find(|p| p.try_exists().unwrap_or(true));
-    // Istio's `ca.crl` (`crl` in a generic Secret), read from the Secret
-    // the CA came from.
-    let crl_dir = ca.as_deref().and_then(Path::parent).unwrap_or(&dir);
-    let crl = [crl_dir.join("ca.crl"), crl_dir.join("crl")]
-        .into_iter()
-        .find(|p| p.try_exists().unwrap_or(true));
+        .unwrap_or((None, None));
     CertificateFiles {
         cert: pick(&["tls.crt", "cert"]),
         key: pick(&["tls.key", "key"]),
@@ -158,14 +162,19 @@ pub(super) fn client_pins(
         "verifyCertificateHash",
         "hex",
         |v| {
-            let hex: Vec<u8> = v.bytes().filter(|b| *b != b':').collect();
-            hex.chunks(2)
-                .map(|pair| {
-                    std::str::from_utf8(pair)
-                        .ok()
-                        .filter(|p| p.len() == 2)
-                        .and_then(|p| u8::from_str_radix(p, 16).ok())
-                })
+            // Envoy's two forms: 64 hex digits, or the 32 bytes' pairs
+            // joined by colons (95 characters).
+            let colons = v.len() == 95 && v.bytes().skip(2).step_by(3).all(|b| b == b':');
+            let hex: String = if colons {
+                v.split(':').collect()
+            } else {
+                v.to_owned()
+            };
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            (0..32)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
                 .collect()
         },
     );
@@ -323,8 +332,27 @@ pub(super) fn server_config(
         }
         (_, false) => None,
     };
-    let crl_pem = match (&input.files.crl, needs_ca) {
-        (Some(path), true) => Some(read(path, "revocation list", field, loc, diags)?),
+    // Revocation lists, and the CA bundle as chains are checked through
+    // it then ([`material::bundle_for_revocation`]); errors name the
+    // `caCrl` field (also for a Secret's `ca.crl`) and the file.
+    let revocation = match (&input.files.crl, &ca_pem, needs_ca) {
+        (Some(path), Some(ca), true) => {
+            let pem = read(path, "revocation list", field, loc, diags)?;
+            let parsed = material::revocation_lists(&pem, "caCrl").and_then(|crls| {
+                Ok((
+                    material::bundle_for_revocation(ca, "client CA bundle")?,
+                    crls,
+                ))
+            });
+            match parsed {
+                Ok(parsed) => Some(parsed),
+                Err(err) => {
+                    let msg = format!("{}: {err}", path.display());
+                    diags.error(loc, Some(format!("{field}.caCrl")), msg);
+                    return None;
+                }
+            }
+        }
         _ => None,
     };
     let (cert_pem, key_pem) = (cert_pem?, key_pem?);
@@ -339,7 +367,10 @@ pub(super) fn server_config(
             .with_protocol_versions(&versions)?;
         let builder = match &ca_pem {
             Some(ca) => {
-                let roots = material::root_store(ca, "client CA bundle")?;
+                let roots = match &revocation {
+                    Some(((roots, _), _)) => roots.clone(),
+                    None => material::root_store(ca, "client CA bundle")?,
+                };
                 let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
                 // Pins make a certificate required under OPTIONAL_MUTUAL
                 // too: Envoy asks for one whenever its validation context
@@ -351,24 +382,25 @@ pub(super) fn server_config(
                 } else {
                     verifier
                 };
-                // A revocation list covers every CA of a client's chain, as
-                // Envoy requires one for each: a certificate whose issuer
-                // has none is refused, as is one checked against a list
-                // past its nextUpdate.
-                let verifier = match &crl_pem {
-                    Some(pem) => verifier
-                        .with_crls(material::revocation_lists(pem, "caCrl")?)
+                // Revocation lists cover every CA of a client's chain below
+                // a root, as Envoy requires one for each: a certificate
+                // whose issuer has none is refused, as is one checked
+                // against a list past its nextUpdate.
+                let verifier = match &revocation {
+                    Some((_, crls)) => verifier
+                        .with_crls(crls.clone())
                         .enforce_revocation_expiration(),
                     None => verifier,
                 };
                 let mut verifier = verifier
                     .build()
                     .map_err(|e| rustls::Error::General(e.to_string()))?;
-                if !input.pins.is_empty() {
-                    verifier = Arc::new(CheckedClientVerifier::new(
-                        verifier,
-                        ClientCheck::Pins(input.pins.clone()),
-                    ));
+                let intermediates = revocation.as_ref().map(|((_, i), _)| i.clone());
+                if !input.pins.is_empty() || intermediates.as_ref().is_some_and(|i| !i.is_empty()) {
+                    verifier = Arc::new(
+                        CheckedClientVerifier::new(verifier, ClientCheck::Pins(input.pins.clone()))
+                            .with_intermediates(intermediates.unwrap_or_default()),
+                    );
                 }
                 builder.with_client_cert_verifier(verifier)
             }

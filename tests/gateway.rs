@@ -1184,6 +1184,104 @@ spec:
     assert_eq!(xfcc_seen(&app), Some(format!("{forged},{client_element}")));
 }
 
+/// A server with two certificates, an RSA and an ECDSA one
+/// (`tlsCertificates`, `credentialNames`): as Envoy 1.40 selects among a
+/// listener's certificates, a client that verifies ECDSA gets the ECDSA
+/// one whatever the order, a client that verifies RSA only gets the RSA
+/// one (both answered so by Envoy with the RSA certificate listed first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_with_two_certificates_answers_each_client_with_one_it_verifies() {
+    let app = Upstream::start("bookinfo").await;
+    let ca = OpensslCa::new();
+    let (rsa_crt, rsa_key) = ca.issue_rsa("rsa", "DNS:bookinfo.example.com");
+    let (ec_crt, ec_key) = ca.issue("ecdsa", "DNS:bookinfo.example.com");
+    let credentials = tempfile::tempdir().unwrap();
+    for (name, crt, key) in [("rsa", &rsa_crt, &rsa_key), ("ecdsa", &ec_crt, &ec_key)] {
+        let secret = credentials.path().join("istio-system").join(name);
+        std::fs::create_dir_all(&secret).unwrap();
+        std::fs::copy(crt, secret.join("tls.crt")).unwrap();
+        std::fs::copy(key, secret.join("tls.key")).unwrap();
+    }
+    let yaml = bootstrap(
+        &[9443, 9444],
+        common::mesh::NO_COLLECTOR,
+        &format!("  credentialDirectory: {}", credentials.path().display()),
+    ) + &service_entry(
+        "bookinfo",
+        9080,
+        "HTTP",
+        &[Ep {
+            addr: app.addr,
+            labels: &[("app", "bookinfo")],
+        }],
+    ) + &format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 9443, name: https-files, protocol: HTTPS}}
+    hosts: [bookinfo.example.com]
+    tls:
+      mode: SIMPLE
+      tlsCertificates:
+      - {{serverCertificate: "{}", privateKey: "{}"}}
+      - {{serverCertificate: "{}", privateKey: "{}"}}
+  - port: {{number: 9444, name: https-secrets, protocol: HTTPS}}
+    hosts: [bookinfo.example.com]
+    tls: {{mode: SIMPLE, credentialNames: [rsa, ecdsa]}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: bookinfo}}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [edge]
+  http: [{{route: [{{destination: {{host: bookinfo}}}}]}}]
+"#,
+        rsa_crt.display(),
+        rsa_key.display(),
+        ec_crt.display(),
+        ec_key.display()
+    );
+    let gateway = Gateway::start(&yaml);
+    let served = |port: u16, sigalgs: Option<&str>| {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args(["s_client", "-connect"])
+            .arg(gateway.port(port).to_string())
+            .args(["-servername", "bookinfo.example.com"]);
+        if let Some(sigalgs) = sigalgs {
+            cmd.args(["-sigalgs", sigalgs]);
+        }
+        let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let subject = text.lines().find(|l| l.starts_with("subject="));
+        subject.unwrap_or("none").to_owned()
+    };
+    for port in [9443, 9444] {
+        assert_eq!(served(port, None), "subject=O = test, CN = ecdsa", "{port}");
+        assert_eq!(
+            served(port, Some("RSA-PSS+SHA256:RSA+SHA256")),
+            "subject=O = test, CN = rsa",
+            "{port}"
+        );
+    }
+    // Requests go through over either.
+    let reply = tls_get(
+        gateway.port(9444),
+        "bookinfo.example.com",
+        &ca.root_pem(),
+        &["http/1.1"],
+        None,
+        "/two",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200);
+}
+
 /// An ISTIO_MUTUAL server's `subjectAltNames`, which istiod renders
 /// into the workload certificate's validation context: a mesh peer under
 /// another identity is refused (Envoy 1.40 refused it; it was let in).

@@ -688,6 +688,16 @@ impl OpensslCa {
     /// (`DNS:…`, `URI:…`, `email:…`), for server and client use: the
     /// paths of `<name>.crt` and `<name>.key`.
     pub fn issue(&self, name: &str, san: &str) -> (PathBuf, PathBuf) {
+        let p256 = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+        self.issue_with(name, san, &p256)
+    }
+
+    /// [`OpensslCa::issue`] with a 2048-bit RSA key.
+    pub fn issue_rsa(&self, name: &str, san: &str) -> (PathBuf, PathBuf) {
+        self.issue_with(name, san, &["-newkey", "rsa:2048"])
+    }
+
+    fn issue_with(&self, name: &str, san: &str, new_key: &[&str]) -> (PathBuf, PathBuf) {
         std::fs::write(
             self.dir.join(format!("{name}.cnf")),
             format!(
@@ -701,24 +711,11 @@ impl OpensslCa {
             format!("{name}.csr"),
             format!("{name}.cnf"),
         );
-        openssl(
-            &self.dir,
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-subj",
-                &format!("/O=test/CN={name}"),
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-            ],
-        );
+        let subject = format!("/O=test/CN={name}");
+        let mut args = vec!["req", "-new"];
+        args.extend(new_key);
+        args.extend(["-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr]);
+        openssl(&self.dir, &args);
         let serial = fastrand::u32(1..u32::MAX / 2).to_string();
         openssl(
             &self.dir,

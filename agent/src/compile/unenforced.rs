@@ -297,6 +297,8 @@ pub const FIELDS: &[Field] = &[
     enforced(GW, "spec.servers[*].tls.minProtocolVersion"),
     enforced(GW, "spec.servers[*].tls.maxProtocolVersion"),
     enforced(GW, "spec.servers[*].tls.cipherSuites"),
+    enforced(GW, "spec.servers[*].tls.credentialNames"),
+    enforced(GW, "spec.servers[*].tls.tlsCertificates"),
     enforced(GW, "spec.servers[*].tls.subjectAltNames"),
     enforced(GW, "spec.servers[*].tls.verifyCertificateSpki"),
     enforced(GW, "spec.servers[*].tls.verifyCertificateHash"),
@@ -310,16 +312,6 @@ pub const FIELDS: &[Field] = &[
         GW,
         "spec.servers[*].defaultEndpoint",
         "gateways forward to the routes' destinations only",
-    ),
-    compiler_warns(
-        GW,
-        "spec.servers[*].tls.credentialNames",
-        "one certificate per server: the first is used",
-    ),
-    compiler_warns(
-        GW,
-        "spec.servers[*].tls.tlsCertificates",
-        "one certificate per server: the first is used",
     ),
 ];
 

@@ -6,6 +6,7 @@ pub mod handshake;
 pub mod io;
 pub mod material;
 pub mod provider;
+pub mod select;
 pub mod verify;
 pub mod xfcc;
 

@@ -805,15 +805,23 @@ fn server_tls(
         .as_deref()
         .or(t.credential_names.first().map(String::as_str))
     {
-        if t.credential_names.len() > 1 {
-            let msg = "one certificate per server: the first credential is used";
-            diags.warn(loc, Some(format!("{field}.credentialNames")), msg);
-        }
         let mut files = tls::secret_files(
             &ctx.spec.credential_directory,
             &ctx.identity.namespace,
             name,
         );
+        // Further credentials (an RSA and an ECDSA certificate): their
+        // chains and keys; the client CA is the first's, as in Istio.
+        if t.credential_name.is_none() {
+            for name in t.credential_names.iter().skip(1) {
+                let more = tls::secret_files(
+                    &ctx.spec.credential_directory,
+                    &ctx.identity.namespace,
+                    name,
+                );
+                files.more.push((more.cert, more.key));
+            }
+        }
         if let Some(ca) = t.ca_cert_credential_name.as_deref() {
             // The client CA (and its revocation list) of another Secret:
             // its CA key, else its certificate.
@@ -824,9 +832,14 @@ fn server_tls(
         files
     } else {
         let first = t.tls_certificates.first();
-        if t.tls_certificates.len() > 1 {
-            let msg = "one certificate per server: the first is used";
-            diags.warn(loc, Some(format!("{field}.tlsCertificates")), msg);
+        let mut more = Vec::new();
+        for (i, c) in t.tls_certificates.iter().enumerate().skip(1) {
+            let (Some(cert), Some(key)) = (&c.server_certificate, &c.private_key) else {
+                let msg = "needs `serverCertificate` and `privateKey`";
+                diags.error(loc, Some(format!("{field}.tlsCertificates[{i}]")), msg);
+                return None;
+            };
+            more.push((cert.into(), key.into()));
         }
         let cert = t
             .server_certificate
@@ -850,6 +863,7 @@ fn server_tls(
                 .or_else(|| first.and_then(|c| c.ca_certificates.clone()))
                 .map(Into::into),
             crl: t.ca_crl.clone().map(Into::into),
+            more,
         }
     };
     let input = tls::ServerTlsInput {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
 
 use base64::Engine as _;
@@ -27,6 +28,7 @@ use crate::config::diagnostics::{Diagnostics, Location};
 use crate::config::gateway::ServerTlsSettings;
 use crate::model::gateway::ServerTlsMode;
 use crate::tls::material::{self, ALPN};
+use crate::tls::select::CertificateSelector;
 use crate::tls::verify::{CheckedClientVerifier, ClientCheck, ClientPins};
 
 /// Where a server's certificate, key and client CA are read from.
@@ -41,6 +43,9 @@ pub(super) struct CertificateFiles {
     /// PEM certificate revocation lists for client certificates (`caCrl`,
     /// a Secret's `ca.crl`).
     pub crl: Option<PathBuf>,
+    /// Further certificate chains and keys the server may answer with
+    /// (`credentialNames`, `tlsCertificates` past the first).
+    pub more: Vec<(PathBuf, PathBuf)>,
 }
 
 /// The files of the Secret `namespace/name` under `directory`: the first
@@ -80,6 +85,7 @@ pub(super) fn secret_files(directory: &str, namespace: &str, name: &str) -> Cert
         key: pick(&["tls.key", "key"]),
         ca,
         crl,
+        more: Vec::new(),
     }
 }
 
@@ -355,6 +361,14 @@ pub(super) fn server_config(
         }
         _ => None,
     };
+    let more: Vec<Option<(String, String)>> = (input.files.more.iter())
+        .map(|(cert, key)| {
+            let cert = read(cert, "server certificate", field, loc, diags);
+            let key = read(key, "private key", field, loc, diags);
+            cert.zip(key)
+        })
+        .collect();
+    let more: Vec<(String, String)> = more.into_iter().collect::<Option<_>>()?;
     let (cert_pem, key_pem) = (cert_pem?, key_pem?);
     let mut local_uris = Vec::new();
     let built = (|| -> Result<ServerConfig, material::MaterialError> {
@@ -406,7 +420,16 @@ pub(super) fn server_config(
             }
             None => builder.with_no_client_auth(),
         };
-        Ok(builder.with_single_cert(certs, key)?)
+        if more.is_empty() {
+            return Ok(builder.with_single_cert(certs, key)?);
+        }
+        let mut keys = vec![Arc::new(CertifiedKey::from_der(certs, key, &provider)?)];
+        for (cert, key) in &more {
+            let certs = material::certificates(cert, "server certificate")?;
+            let key = material::private_key(key)?;
+            keys.push(Arc::new(CertifiedKey::from_der(certs, key, &provider)?));
+        }
+        Ok(builder.with_cert_resolver(Arc::new(CertificateSelector::new(keys))))
     })();
     match built {
         Ok(mut config) => {

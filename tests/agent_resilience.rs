@@ -356,6 +356,52 @@ async fn an_ejected_hosts_share_is_spread_over_the_rest() {
     }
 }
 
+/// `splitExternalLocalOriginErrors` and `consecutiveLocalOriginFailures`
+/// as Istio renders them and Envoy 1.40 counts: split, a connection
+/// refused counts towards its own threshold (2 here; Envoy's default 5
+/// when unset) and no longer towards `consecutive5xxErrors` (default 5).
+/// Measured on Envoy with the equivalent clusters (an endpoint refusing
+/// connections and a healthy one, round robin, no retries, 24 requests):
+/// 2, 5 and 5 answers 503 before the endpoint is ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_origin_failures_count_apart_when_split() {
+    let good = Upstream::start("good").await;
+    let closed = closed_port().await;
+    let mut yaml = agent("frontend", closed_port().await, NO_COLLECTOR);
+    let cases = [
+        (
+            "split2",
+            "splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2, ",
+        ),
+        ("splitdefault", "splitExternalLocalOriginErrors: true, "),
+        ("nosplit", ""),
+    ];
+    for (name, split) in cases {
+        yaml += &format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{name}.example.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {}}}}}\n  - {{address: 127.0.0.1, ports: {{http: {}}}}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  host: {name}.example.com\n  trafficPolicy:\n    loadBalancer: {{simple: ROUND_ROBIN}}\n    outlierDetection: {{{split}interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{name}.example.com]\n  http:\n  - retries: {{attempts: 0}}\n    route: [{{destination: {{host: {name}.example.com}}}}]\n",
+            closed.port(),
+            good.addr.port()
+        );
+    }
+    let agent = Agent::start(&yaml);
+    let client = Client::h1(agent.outbound);
+    let mut refused = Vec::new();
+    for (name, _) in cases {
+        let mut count = 0;
+        for _ in 0..24 {
+            let reply = client.get(&format!("http://{name}.example.com/")).await;
+            if reply.status == 503 {
+                count += 1;
+            }
+        }
+        refused.push((name, count));
+    }
+    assert_eq!(
+        refused,
+        [("split2", 2), ("splitdefault", 5), ("nosplit", 5)]
+    );
+}
+
 /// ServiceEntry `endpoints[].weight` as Envoy 1.40 balances the clusters
 /// Istio renders from it (`load_balancing_weight` 3 and 1). Measured on
 /// Envoy, 400 requests one after another per policy: ROUND_ROBIN and

@@ -242,6 +242,15 @@ pub(super) fn cluster_settings(policy: &EffectivePolicy<'_>) -> ClusterSettings 
             .consecutive_gateway_errors
             .or(od.consecutive_errors.filter(|n| *n > 0).map(|n| n as u32))
             .unwrap_or(0),
+        // Istio renders the count only with the split, where Envoy's
+        // default is 5 (enforced at 100%).
+        consecutive_local_origin: (od.split_external_local_origin_errors == Some(true)).then(
+            || {
+                od.consecutive_local_origin_failures
+                    .filter(|n| *n > 0)
+                    .unwrap_or(5)
+            },
+        ),
         interval: od
             .interval
             .map_or(std::time::Duration::from_secs(10), |d| d.get()),

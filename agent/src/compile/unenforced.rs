@@ -147,16 +147,8 @@ pub const FIELDS: &[Field] = &[
         "**.tls.credentialName",
         "Kubernetes secrets are not read; use the file fields",
     ),
-    warned(
-        DR,
-        "**.outlierDetection.splitExternalLocalOriginErrors",
-        "local-origin failures count as gateway errors",
-    ),
-    warned(
-        DR,
-        "**.outlierDetection.consecutiveLocalOriginFailures",
-        "local-origin failures count as gateway errors",
-    ),
+    enforced(DR, "**.outlierDetection.splitExternalLocalOriginErrors"),
+    enforced(DR, "**.outlierDetection.consecutiveLocalOriginFailures"),
     warned(
         DR,
         "**.outlierDetection.outlierDetectionHttpErrorCodes",

@@ -620,6 +620,7 @@ mod tests {
         let settings = OutlierSettings {
             consecutive_5xx: 1,
             consecutive_gateway: 0,
+            consecutive_local_origin: None,
             interval: Duration::from_secs(1),
             base_ejection: Duration::from_secs(120),
             max_ejection_percent: 100,

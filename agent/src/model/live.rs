@@ -19,6 +19,7 @@ pub struct EndpointState {
     total: AtomicU64,
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
+    consecutive_local_origin: AtomicU32,
     ejected_until_ms: AtomicU64,
     ejections: AtomicU32,
 }
@@ -38,8 +39,9 @@ impl Drop for ActiveRequest {
 pub enum Outcome {
     /// A response with this status.
     Status(u16),
-    /// No response (connect failure, reset, timeout): counted as Envoy
-    /// counts local-origin errors, a gateway error.
+    /// No response (connect failure, reset, timeout): a local-origin
+    /// error, counted as a gateway error unless
+    /// `splitExternalLocalOriginErrors` counts it apart.
     LocalFailure,
 }
 
@@ -50,6 +52,10 @@ pub struct OutlierSettings {
     pub consecutive_5xx: u32,
     /// Consecutive 502/503/504 and local failures before ejection (0 = off).
     pub consecutive_gateway: u32,
+    /// `splitExternalLocalOriginErrors` with `consecutiveLocalOriginFailures`
+    /// (Envoy's default 5 when unset): local-origin failures count apart,
+    /// towards this many, and no longer towards the 5xx or gateway counts.
+    pub consecutive_local_origin: Option<u32>,
     /// How often the ejection multiplier decays.
     pub interval: Duration,
     /// Ejection time per ejection (multiplied by the ejection count).
@@ -101,6 +107,20 @@ impl EndpointState {
     /// Counts an outcome; returns the threshold the endpoint crossed, when
     /// it should be ejected.
     pub fn observe(&self, outcome: Outcome, settings: &OutlierSettings) -> Option<EjectionReason> {
+        // Envoy's split mode: a response is the connection's success
+        // (`LOCAL_ORIGIN_CONNECT_SUCCESS_FINAL`), a local failure counts
+        // only towards its own threshold.
+        if let Some(threshold) = settings.consecutive_local_origin {
+            if outcome == Outcome::LocalFailure {
+                let count = self
+                    .consecutive_local_origin
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                return (threshold > 0 && count >= threshold)
+                    .then_some(EjectionReason::ConsecutiveLocalOriginFailures);
+            }
+            self.consecutive_local_origin.store(0, Ordering::Relaxed);
+        }
         let (five_xx, gateway) = match outcome {
             Outcome::Status(s) if s < 500 => {
                 self.consecutive_5xx.store(0, Ordering::Relaxed);
@@ -149,6 +169,7 @@ impl EndpointState {
             .store(now + duration.as_millis() as u64, Ordering::Relaxed);
         self.consecutive_5xx.store(0, Ordering::Relaxed);
         self.consecutive_gateway.store(0, Ordering::Relaxed);
+        self.consecutive_local_origin.store(0, Ordering::Relaxed);
         duration
     }
 }
@@ -161,6 +182,8 @@ pub enum EjectionReason {
     Consecutive5xx,
     /// `consecutiveGatewayErrors`.
     ConsecutiveGatewayErrors,
+    /// `consecutiveLocalOriginFailures`.
+    ConsecutiveLocalOriginFailures,
 }
 
 impl EjectionReason {
@@ -169,6 +192,7 @@ impl EjectionReason {
         match self {
             Self::Consecutive5xx => "consecutive5xxErrors",
             Self::ConsecutiveGatewayErrors => "consecutiveGatewayErrors",
+            Self::ConsecutiveLocalOriginFailures => "consecutiveLocalOriginFailures",
         }
     }
 }
@@ -515,6 +539,7 @@ mod tests {
         OutlierSettings {
             consecutive_5xx: 3,
             consecutive_gateway: 0,
+            consecutive_local_origin: None,
             interval: Duration::from_secs(1),
             base_ejection: Duration::from_secs(2),
             max_ejection_percent: 100,
@@ -532,6 +557,35 @@ mod tests {
         assert_eq!(state.observe(Outcome::LocalFailure, &s), None);
         assert_eq!(
             state.observe(Outcome::Status(503), &s),
+            Some(EjectionReason::Consecutive5xx)
+        );
+    }
+
+    /// Split: local failures count towards their own threshold only, and
+    /// a response (any status) resets it; 5xx responses count as before.
+    #[test]
+    fn split_local_failures_count_apart() {
+        let state = EndpointState::default();
+        let s = OutlierSettings {
+            consecutive_local_origin: Some(3),
+            ..settings()
+        };
+        for _ in 0..2 {
+            assert_eq!(state.observe(Outcome::LocalFailure, &s), None);
+        }
+        assert_eq!(state.observe(Outcome::Status(500), &s), None);
+        for _ in 0..2 {
+            assert_eq!(state.observe(Outcome::LocalFailure, &s), None);
+        }
+        assert_eq!(
+            state.observe(Outcome::LocalFailure, &s),
+            Some(EjectionReason::ConsecutiveLocalOriginFailures)
+        );
+        // The 500 above and two more: the 5xx threshold (3), untouched by
+        // the local failures in between.
+        assert_eq!(state.observe(Outcome::Status(500), &s), None);
+        assert_eq!(
+            state.observe(Outcome::Status(502), &s),
             Some(EjectionReason::Consecutive5xx)
         );
     }

@@ -820,6 +820,7 @@ async fn consecutive_errors_eject_an_endpoint_and_then_nothing_is_left() {
     let outlier = OutlierSettings {
         consecutive_5xx: 2,
         consecutive_gateway: 0,
+        consecutive_local_origin: None,
         interval: Duration::from_secs(10),
         base_ejection: Duration::from_secs(30),
         max_ejection_percent: 100,
@@ -848,6 +849,7 @@ async fn max_ejection_percent_counts_the_first_ejection_too() {
     let outlier = |max_ejection_percent| OutlierSettings {
         consecutive_5xx: 1,
         consecutive_gateway: 0,
+        consecutive_local_origin: None,
         interval: Duration::from_secs(10),
         base_ejection: Duration::from_secs(30),
         max_ejection_percent,

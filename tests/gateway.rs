@@ -205,10 +205,15 @@ async fn http_enters_the_mesh_through_the_gateway_as_the_trace_root() {
 /// A gateway listening on `ports`, its Secrets in `creds`' directory, and
 /// the `bookinfo` service at `app`.
 fn bookinfo_behind(ports: &[u16], creds: &Credentials, app: &Upstream) -> String {
+    bookinfo_behind_dir(ports, creds.path(), app)
+}
+
+/// [`bookinfo_behind`] with the Secrets in `credentials`.
+fn bookinfo_behind_dir(ports: &[u16], credentials: &std::path::Path, app: &Upstream) -> String {
     bootstrap(
         ports,
         common::mesh::NO_COLLECTOR,
-        &format!("  credentialDirectory: {}", creds.path().display()),
+        &format!("  credentialDirectory: {}", credentials.display()),
     ) + &service_entry(
         "bookinfo",
         9080,
@@ -1202,20 +1207,9 @@ async fn a_server_with_two_certificates_answers_each_client_with_one_it_verifies
         std::fs::copy(crt, secret.join("tls.crt")).unwrap();
         std::fs::copy(key, secret.join("tls.key")).unwrap();
     }
-    let yaml = bootstrap(
-        &[9443, 9444],
-        common::mesh::NO_COLLECTOR,
-        &format!("  credentialDirectory: {}", credentials.path().display()),
-    ) + &service_entry(
-        "bookinfo",
-        9080,
-        "HTTP",
-        &[Ep {
-            addr: app.addr,
-            labels: &[("app", "bookinfo")],
-        }],
-    ) + &format!(
-        r#"---
+    let yaml = bookinfo_behind_dir(&[9443, 9444], credentials.path(), &app)
+        + &format!(
+            r#"---
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: edge}}
@@ -1241,11 +1235,11 @@ spec:
   gateways: [edge]
   http: [{{route: [{{destination: {{host: bookinfo}}}}]}}]
 "#,
-        rsa_crt.display(),
-        rsa_key.display(),
-        ec_crt.display(),
-        ec_key.display()
-    );
+            rsa_crt.display(),
+            rsa_key.display(),
+            ec_crt.display(),
+            ec_key.display()
+        );
     let gateway = Gateway::start(&yaml);
     let served = |port: u16, sigalgs: Option<&str>| {
         let mut cmd = std::process::Command::new("openssl");
@@ -1444,19 +1438,7 @@ async fn a_mutual_server_checks_client_names_pins_and_revocations_as_envoy_does(
         )
     };
     let files = |crl: &std::path::Path| files_with(&ca.dir.join("ca.crt"), crl);
-    let mut yaml = bootstrap(
-        &[8443, 8444, 8445, 8446, 8447],
-        common::mesh::NO_COLLECTOR,
-        &format!("  credentialDirectory: {}", credentials.path().display()),
-    ) + &service_entry(
-        "bookinfo",
-        9080,
-        "HTTP",
-        &[Ep {
-            addr: app.addr,
-            labels: &[("app", "bookinfo")],
-        }],
-    );
+    let mut yaml = bookinfo_behind_dir(&[8443, 8444, 8445, 8446, 8447], credentials.path(), &app);
     yaml += &format!(
         r#"---
 apiVersion: networking.istio.io/v1

@@ -496,8 +496,14 @@ mod tests {
             .collect()
     }
 
-    fn no_key() -> HeaderMap {
-        HeaderMap::new()
+    /// A request without a hash key, from 10.1.0.1.
+    fn input(headers: &HeaderMap) -> PickInput<'_> {
+        PickInput {
+            headers,
+            query: None,
+            source_ip: "10.1.0.1".parse().unwrap(),
+            generated_cookie: None,
+        }
     }
 
     /// Envoy's EDF schedule for weights 3 and 1: three turns of four for
@@ -505,13 +511,8 @@ mod tests {
     /// equal weights keep the plain policies.
     #[test]
     fn unequal_weights_take_their_share_of_each_cycle() {
-        let headers = no_key();
-        let input = PickInput {
-            headers: &headers,
-            query: None,
-            source_ip: "10.1.0.1".parse().unwrap(),
-            generated_cookie: None,
-        };
+        let headers = HeaderMap::new();
+        let input = input(&headers);
         for (weights, cycle) in [(&[3, 1][..], 4), (&[5, 2, 1], 8), (&[1, 4], 5)] {
             let endpoints = weighted(weights);
             for least_request in [false, true] {
@@ -542,13 +543,8 @@ mod tests {
     /// takes a quarter of its share.
     #[test]
     fn weighted_least_request_counts_active_requests() {
-        let headers = no_key();
-        let input = PickInput {
-            headers: &headers,
-            query: None,
-            source_ip: "10.1.0.1".parse().unwrap(),
-            generated_cookie: None,
-        };
+        let headers = HeaderMap::new();
+        let input = input(&headers);
         let endpoints = weighted(&[4, 1]);
         let _busy: Vec<_> = (0..3).map(|_| endpoints[0].state.start_request()).collect();
         let balancer = Balancer::by_turns(&endpoints, true);
@@ -638,12 +634,7 @@ mod tests {
         let in_table: std::collections::BTreeSet<usize> =
             table.iter().map(|&i| i as usize).collect();
         let headers = HeaderMap::new();
-        let input = PickInput {
-            headers: &headers,
-            query: None,
-            source_ip: "10.1.0.1".parse().unwrap(),
-            generated_cookie: None,
-        };
+        let input = input(&headers);
         let mut reached = std::collections::BTreeSet::new();
         let mut reached_among = std::collections::BTreeSet::new();
         for _ in 0..1000 {
@@ -669,12 +660,7 @@ mod tests {
         let endpoints = &cluster.endpoints;
         let balancer = Balancer::RoundRobin(AtomicUsize::new(0));
         let headers = HeaderMap::new();
-        let input = PickInput {
-            headers: &headers,
-            query: None,
-            source_ip: "10.1.0.1".parse().unwrap(),
-            generated_cookie: None,
-        };
+        let input = input(&headers);
         // Only endpoint 2 allowed; the turns are 0, 1, 2, ...: found.
         assert_eq!(balancer.pick_among(endpoints, input, |i| i == 2), Some(2));
         // The next turn, 3, is endpoint 0's.

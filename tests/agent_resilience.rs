@@ -1768,9 +1768,12 @@ async fn each_attempt_is_told_the_grpc_timeout_envoy_would_tell_it() {
     assert_eq!(call("zero", &[("grpc-timeout", "0m")]).await, ["0m"]);
     assert_eq!(call("none", &[]).await, [""]);
     // Retries: the per-try bound (2 s) until what is left of the client's
-    // 4 s is less: the third attempt comes at least 2.4 s in, so it is
-    // told at most 1.6 s (and the client's deadline leaves 1.6 s for the
-    // machine's own delays before the third attempt would not come).
+    // 4 s is less: the third attempt comes about 2.4 s in, so it is told
+    // about 1.6 s — less than the per-try bound, whatever a few
+    // milliseconds the timers of a loaded machine move it by (1603 ms was
+    // seen: the upstream's 1.2 s delays are timer sleeps), and the
+    // client's deadline leaves 1.6 s for the machine's own delays before
+    // the third attempt would not come.
     let timeouts = call(
         "ptt",
         &[
@@ -1784,5 +1787,5 @@ async fn each_attempt_is_told_the_grpc_timeout_envoy_would_tell_it() {
     assert_eq!(timeouts.len(), 3, "{timeouts:?}");
     assert_eq!(timeouts[0], "2000m", "{timeouts:?}");
     let last: u64 = timeouts[2].strip_suffix('m').unwrap().parse().unwrap();
-    assert!((1..=1600).contains(&last), "{timeouts:?}");
+    assert!((1..1700).contains(&last), "{timeouts:?}");
 }

@@ -911,6 +911,47 @@ async fn origination_with_sni_checks_the_entrys_names_or_the_chain_alone() {
     assert_eq!(reply.status, 503, "{:?}", reply.body);
 }
 
+/// Origination without `sni` to a service with accounts: Envoy 1.40
+/// checks `auto_san_validation`'s name and the validation context's
+/// `match_subject_alt_names` (the entry's `subjectAltNames`) both, so a
+/// certificate naming the host alone is refused (it was taken: the name
+/// was thought to override the accounts), one naming both passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn origination_without_sni_checks_the_name_and_the_services_accounts() {
+    let host_only = TlsUpstream::start(&["e1.example.com"], false).await;
+    let both = TlsUpstream::start(&["e2.example.com"], false).await;
+    let entry = |host: &str, target: SocketAddr, sans: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {host}}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {}}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1}}]\n  subjectAltNames: {sans}\n",
+            target.port()
+        )
+    };
+    let simple = |server: &TlsUpstream| {
+        format!(
+            "{{mode: SIMPLE, caCertificates: \"{}\"}}",
+            server.root.display()
+        )
+    };
+    let docs = [
+        entry(
+            "e1.example.com",
+            host_only.addr,
+            "[\"spiffe://cluster.local/ns/default/sa/e1\"]",
+        ),
+        tls_rule("default", "e1", "e1.example.com", &simple(&host_only)),
+        entry("e2.example.com", both.addr, "[e2.example.com]"),
+        tls_rule("default", "e2", "e2.example.com", &simple(&both)),
+    ]
+    .concat();
+    let agent = Agent::start(&(agent("app", closed_port().await, NO_COLLECTOR) + &docs));
+    let client = Client::h1(agent.outbound);
+    let reply = client.get("http://e1.example.com/").await;
+    refused_in_the_handshake(&agent, &reply, "wrong_san").await;
+    // The host and the entry's name both the certificate's.
+    let reply = client.get("http://e2.example.com/").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+}
+
 /// On a TCP port Istio's `auto_sni` and `auto_san_validation` (HTTP
 /// options) do not apply: origination without `sni` checks the
 /// ServiceEntry's `subjectAltNames`, else the chain alone — not the

@@ -414,7 +414,12 @@ fn build(
             captures: agent.spec.capture.mode.as_deref() == Some("REDIRECT"),
         },
         (has_identity, &docs.peer_authentications),
-        &mesh.trust_domains(),
+        // The workload's own trust domain (its Agent's, else the mesh
+        // config's) and the mesh's aliases: the identities its mTLS peers
+        // are checked in.
+        &boot
+            .as_ref()
+            .map_or_else(|| mesh.trust_domains(), |b| (*b.trust_domains).clone()),
         states,
         diags,
     );

@@ -12,7 +12,7 @@ use crate::config::diagnostics::{Diagnostics, Location};
 use crate::model::balancer::{Balancer, DEFAULT_MAGLEV_TABLE_SIZE, HashCookie, HashKey};
 use crate::model::cluster::{DEFAULT_CONNECT_TIMEOUT, Http2Keepalive, Keepalive, TcpKeepalive};
 use crate::model::endpoint::Endpoint;
-use crate::model::live::{OutlierSettings, PoolLimits, RetryBudget, UNLIMITED};
+use crate::model::live::{LiveState, OutlierSettings, PoolLimits, RetryBudget, UNLIMITED};
 
 /// The policy in force for one port and subset, chosen as Istio chooses it
 /// (`MergeSubsetTrafficPolicy`, `GetPortLevelTrafficPolicy` in
@@ -147,9 +147,13 @@ pub(super) fn passthrough(lb: Option<&LoadBalancerSettings>) -> bool {
 
 /// The balancer for a validated setting (`PASSTHROUGH`: LEAST_REQUEST, for
 /// the requests without an original destination).
-pub(super) fn balancer(lb: Option<&LoadBalancerSettings>, endpoints: &[Arc<Endpoint>]) -> Balancer {
+pub(super) fn balancer(
+    lb: Option<&LoadBalancerSettings>,
+    endpoints: &[Arc<Endpoint>],
+    (live, cluster): (&LiveState, &str),
+) -> Balancer {
     let Some(lb) = lb else {
-        return Balancer::by_turns(endpoints, true);
+        return Balancer::by_turns(endpoints, true, live, cluster);
     };
     if let Some(hash) = &lb.consistent_hash {
         let key = if let Some(name) = &hash.http_header_name {
@@ -180,10 +184,10 @@ pub(super) fn balancer(lb: Option<&LoadBalancerSettings>, endpoints: &[Arc<Endpo
         }
     }
     match lb.simple.as_deref() {
-        Some("ROUND_ROBIN") => Balancer::by_turns(endpoints, false),
+        Some("ROUND_ROBIN") => Balancer::by_turns(endpoints, false, live, cluster),
         // Envoy's random balancer draws every host alike, weights aside.
         Some("RANDOM") => Balancer::Random,
-        _ => Balancer::by_turns(endpoints, true),
+        _ => Balancer::by_turns(endpoints, true, live, cluster),
     }
 }
 

@@ -749,7 +749,8 @@ impl EntryContext<'_> {
 
     /// Istio's `serviceAccounts` of the service (`ServiceAccounts` of the
     /// push context, `ExpandWithTrustDomains`): the entry's
-    /// `subjectAltNames`, then `spiffe://<td>/ns/<namespace>/sa/<account>`
+    /// `subjectAltNames` (a SPIFFE name of one of the mesh's trust domains
+    /// in each of them), then `spiffe://<td>/ns/<namespace>/sa/<account>`
     /// for each endpoint's (or selected WorkloadEntry's) `serviceAccount`
     /// and each trust domain of the mesh — its own and its aliases.
     fn service_accounts(&self) -> Vec<String> {
@@ -759,7 +760,25 @@ impl EntryContext<'_> {
         } else {
             spec.endpoints.iter().collect()
         };
-        let mut names = spec.subject_alt_names.clone();
+        // The entry's SPIFFE names in each trust domain of the mesh too.
+        let mut names: Vec<String> = Vec::new();
+        for san in &spec.subject_alt_names {
+            let spiffe = san
+                .strip_prefix("spiffe://")
+                .and_then(|rest| rest.split_once('/'))
+                .filter(|(td, _)| self.trust_domains.trust_domains().iter().any(|t| t == td));
+            let expanded: Vec<String> = match spiffe {
+                Some((_, path)) => (self.trust_domains.trust_domains().iter())
+                    .map(|td| format!("spiffe://{td}/{path}"))
+                    .collect(),
+                None => vec![san.clone()],
+            };
+            for name in std::iter::once(san.clone()).chain(expanded) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
         let accounts = (endpoints.iter())
             .filter_map(|ep| ep.service_account.as_deref())
             .filter(|account| !account.is_empty());
@@ -901,6 +920,8 @@ impl ClusterBuild<'_> {
                 port_override: None,
             })
         });
+        let balancer =
+            policy::balancer(policy.load_balancer, &endpoints, (self.live, &cluster_name));
         Cluster {
             state: self.live.cluster(&cluster_name),
             name: cluster_name,
@@ -908,7 +929,7 @@ impl ClusterBuild<'_> {
             port: self.port,
             protocol: self.protocol,
             subset: self.subset.map(str::to_owned),
-            balancer: policy::balancer(policy.load_balancer, &endpoints),
+            balancer,
             endpoints,
             connect_timeout: settings.connect_timeout,
             limits: settings.limits,

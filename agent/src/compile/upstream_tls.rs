@@ -169,16 +169,20 @@ fn originate(
     // The name checked, as Istio's `constructUpstreamTLS` and
     // `setAutoSniAndAutoSanValidation` render it: the rule's
     // `subjectAltNames`; else, without `sni` on an HTTP cluster, the name
-    // each connection is opened for (`auto_san_validation`, which
-    // overrides the entry's; `tcp_proxy` reads no such option); else the
-    // service's accounts (the ServiceEntry's `subjectAltNames` and its
-    // endpoints' identities); else the chain alone.
+    // each connection is opened for (`auto_san_validation`; `tcp_proxy`
+    // reads no such option) and, when the service has accounts (the
+    // ServiceEntry's `subjectAltNames` and its endpoints' identities),
+    // one of them too — Envoy 1.40 checks the validation context's
+    // matchers beside the automatic name; else those accounts; else the
+    // chain alone.
     let check = if tls.insecure_skip_verify == Some(true) {
         NameCheck::Skip
     } else if !tls.subject_alt_names.is_empty() {
         NameCheck::AnyOf(tls.subject_alt_names.clone())
-    } else if tls.sni.is_none() && http {
+    } else if tls.sni.is_none() && http && service_accounts.is_empty() {
         NameCheck::ServerName
+    } else if tls.sni.is_none() && http {
+        NameCheck::ServerNameAnd(service_accounts.to_vec())
     } else if !service_accounts.is_empty() {
         NameCheck::AnyOf(service_accounts.to_vec())
     } else {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use http::HeaderMap;
 
 use super::endpoint::Endpoint;
+use super::live::LiveState;
 
 /// What a request offers to hash on.
 #[derive(Debug, Clone, Copy)]
@@ -99,14 +100,15 @@ pub struct CookieToSet {
 /// A load-balancing policy with its state.
 #[derive(Debug)]
 pub enum Balancer {
-    /// Each endpoint in turn.
-    RoundRobin(AtomicUsize),
+    /// Each endpoint in turn (the turn kept across reloads of the
+    /// cluster, as Envoy keeps a cluster's balancer while its hosts stay).
+    RoundRobin(Arc<AtomicUsize>),
     /// The less busy of two random endpoints (Envoy's default and Istio's).
     LeastRequest,
     /// ROUND_ROBIN or LEAST_REQUEST over endpoints of unequal weights
     /// (ServiceEntry `endpoints[].weight`, WorkloadEntry `weight`): Envoy's
     /// earliest-deadline-first schedule, which it uses for both then.
-    Weighted(WeightedSchedule),
+    Weighted(Arc<WeightedSchedule>),
     /// Uniformly random.
     Random,
     /// Maglev consistent hashing: a key keeps reaching the same endpoint, and
@@ -136,11 +138,19 @@ pub struct WeightedSchedule {
     /// The deadline step of each endpoint at weight 1: `STEP / weight`.
     steps: Box<[u64]>,
     least_request: bool,
+    /// The schedule's time: the deadline of the last pick. An endpoint
+    /// left behind it (while ejected) counts from it when it is back, as
+    /// Envoy rebuilds its schedule when the healthy hosts change, instead
+    /// of taking every request until it has caught up.
+    now: AtomicU64,
 }
 
 /// A deadline step at weight 1 (weights are at most `u32::MAX`, so every
 /// step is at least 1).
 const STEP: u64 = 1 << 32;
+
+/// Where deadlines are moved back by half, so they never wrap.
+const RENORMALIZE_AT: u64 = 1 << 62;
 
 impl WeightedSchedule {
     /// A schedule over endpoints of these weights (0 is taken as 1),
@@ -155,23 +165,49 @@ impl WeightedSchedule {
             deadlines: steps.iter().map(|s| AtomicU64::new(*s)).collect(),
             steps,
             least_request,
+            now: AtomicU64::new(0),
         }
     }
 
     /// The endpoint `allowed` takes with the earliest deadline, its
     /// deadline moved on.
     fn pick(&self, endpoints: &[Arc<Endpoint>], allowed: impl Fn(usize) -> bool) -> Option<usize> {
-        let (i, _) = (self.deadlines.iter().enumerate())
+        let i = self.earliest(allowed)?;
+        self.advance(i, endpoints);
+        Some(i)
+    }
+
+    /// The endpoint `allowed` takes with the earliest deadline (one left
+    /// behind the schedule's time counting from it).
+    fn earliest(&self, allowed: impl Fn(usize) -> bool) -> Option<usize> {
+        let now = self.now.load(Ordering::Relaxed);
+        (self.deadlines.iter().enumerate())
             .filter(|(i, _)| allowed(*i))
-            .map(|(i, d)| (i, d.load(Ordering::Relaxed)))
-            .min_by_key(|(_, d)| *d)?;
+            .min_by_key(|(_, d)| d.load(Ordering::Relaxed).max(now))
+            .map(|(i, _)| i)
+    }
+
+    /// Moves endpoint `i`'s deadline on by its step (times its active
+    /// requests plus one, for LEAST_REQUEST). Deadlines far along (2^62,
+    /// years of requests) are all moved back together, so none wraps.
+    fn advance(&self, i: usize, endpoints: &[Arc<Endpoint>]) {
         let load = if self.least_request {
             endpoints[i].state.active() + 1
         } else {
             1
         };
-        self.deadlines[i].fetch_add(self.steps[i].saturating_mul(load), Ordering::Relaxed);
-        Some(i)
+        let step = self.steps[i].saturating_mul(load);
+        let now = self.now.load(Ordering::Relaxed);
+        let moved = |d: u64| Some(d.max(now).saturating_add(step));
+        let before = (self.deadlines[i].fetch_update(Ordering::Relaxed, Ordering::Relaxed, moved))
+            .unwrap_or_else(|d| d);
+        self.now.fetch_max(before.max(now), Ordering::Relaxed);
+        if before.max(now).saturating_add(step) >= RENORMALIZE_AT {
+            let back = |v: u64| Some(v.saturating_sub(RENORMALIZE_AT / 2));
+            for d in self.deadlines.iter().chain(std::iter::once(&self.now)) {
+                let _ = d.fetch_update(Ordering::Relaxed, Ordering::Relaxed, back);
+            }
+        }
     }
 }
 
@@ -188,14 +224,30 @@ impl Balancer {
     }
 
     /// ROUND_ROBIN (`least_request` false) or LEAST_REQUEST over
-    /// `endpoints`: Envoy's plain policy when their weights are equal, its
-    /// weighted schedule ([`WeightedSchedule`]) when not.
-    pub fn by_turns(endpoints: &[Arc<Endpoint>], least_request: bool) -> Self {
+    /// `endpoints` of the cluster `cluster`: Envoy's plain policy when
+    /// their weights are equal, its weighted schedule ([`WeightedSchedule`])
+    /// when not. The turn and the schedule are `live`'s, kept across
+    /// reloads while the cluster's endpoints and weights stay, as Envoy
+    /// keeps a cluster's balancer.
+    pub fn by_turns(
+        endpoints: &[Arc<Endpoint>],
+        least_request: bool,
+        live: &LiveState,
+        cluster: &str,
+    ) -> Self {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         match (weights.windows(2).all(|w| w[0] == w[1]), least_request) {
-            (true, false) => Self::RoundRobin(AtomicUsize::new(0)),
+            (true, false) => Self::RoundRobin(live.round_robin_turn(cluster)),
             (true, true) => Self::LeastRequest,
-            (false, _) => Self::Weighted(WeightedSchedule::new(&weights, least_request)),
+            (false, _) => {
+                let mut key = format!("{cluster}|{least_request}");
+                for e in endpoints {
+                    key.push_str(&format!("|{}={}", e.address_text, e.weight));
+                }
+                Self::Weighted(
+                    live.weighted_schedule(&key, || WeightedSchedule::new(&weights, least_request)),
+                )
+            }
         }
     }
 
@@ -208,6 +260,27 @@ impl Balancer {
             Self::Weighted(_) => "ROUND_ROBIN",
             Self::Random => "RANDOM",
             Self::ConsistentHash { .. } => "CONSISTENT_HASH",
+        }
+    }
+
+    /// The policy's first choice for a request, as [`Self::pick`], except
+    /// that a weighted schedule's choice keeps its turn until
+    /// [`Self::taken`] says it was taken: an endpoint passed over because
+    /// it is ejected keeps its place, as Envoy's schedule leaves an ejected
+    /// host out rather than spending its turns.
+    pub fn first_choice(&self, endpoints: &[Arc<Endpoint>], input: PickInput<'_>) -> Option<usize> {
+        match self {
+            Self::Weighted(schedule) if !endpoints.is_empty() => schedule.earliest(|_| true),
+            _ => self.pick(endpoints, input),
+        }
+    }
+
+    /// The first choice `i` was taken, or passed over as a host a retry
+    /// already tried (Envoy's previous-hosts re-picks spend its turn): a
+    /// weighted schedule moves its turn on.
+    pub fn taken(&self, i: usize, endpoints: &[Arc<Endpoint>]) {
+        if let Self::Weighted(schedule) = self {
+            schedule.advance(i, endpoints);
         }
     }
 
@@ -516,7 +589,8 @@ mod tests {
         for (weights, cycle) in [(&[3, 1][..], 4), (&[5, 2, 1], 8), (&[1, 4], 5)] {
             let endpoints = weighted(weights);
             for least_request in [false, true] {
-                let balancer = Balancer::by_turns(&endpoints, least_request);
+                let balancer =
+                    Balancer::by_turns(&endpoints, least_request, &LiveState::default(), "w");
                 assert!(matches!(balancer, Balancer::Weighted(_)));
                 for _ in 0..3 {
                     let mut counts = vec![0u32; weights.len()];
@@ -529,13 +603,49 @@ mod tests {
         }
         let equal = weighted(&[2, 2]);
         assert!(matches!(
-            Balancer::by_turns(&equal, false),
+            Balancer::by_turns(&equal, false, &LiveState::default(), "w"),
             Balancer::RoundRobin(_)
         ));
         assert!(matches!(
-            Balancer::by_turns(&equal, true),
+            Balancer::by_turns(&equal, true, &LiveState::default(), "w"),
             Balancer::LeastRequest
         ));
+    }
+
+    /// The schedule is the cluster's across reloads while its endpoints
+    /// and weights stay (a reload restarting it at the same turn starved
+    /// the light endpoint: 200/0 for 9:1 under a reload every 5 requests),
+    /// and deadlines far along are moved back together, never wrapping.
+    #[test]
+    fn a_weighted_schedule_outlives_a_reload_and_never_wraps() {
+        let live = LiveState::default();
+        let endpoints = weighted(&[9, 1]);
+        let headers = HeaderMap::new();
+        let mut counts = [0u32; 2];
+        // Each reload's balancer built while the last is still in force.
+        let mut in_force = Vec::new();
+        for _ in 0..40 {
+            let balancer = Balancer::by_turns(&endpoints, false, &live, "w");
+            for _ in 0..5 {
+                counts[balancer.pick(&endpoints, input(&headers)).unwrap()] += 1;
+            }
+            in_force.push(balancer);
+        }
+        assert_eq!(counts, [180, 20]);
+        let Balancer::Weighted(schedule) = Balancer::by_turns(&endpoints, false, &live, "w") else {
+            unreachable!()
+        };
+        for d in schedule.deadlines.iter() {
+            d.store(RENORMALIZE_AT - 1, Ordering::Relaxed);
+        }
+        schedule.now.store(RENORMALIZE_AT - 1, Ordering::Relaxed);
+        schedule.pick(&endpoints, |_| true);
+        assert!(
+            schedule
+                .deadlines
+                .iter()
+                .all(|d| d.load(Ordering::Relaxed) < RENORMALIZE_AT)
+        );
     }
 
     /// LEAST_REQUEST weighs an endpoint by its weight over its active
@@ -547,7 +657,7 @@ mod tests {
         let input = input(&headers);
         let endpoints = weighted(&[4, 1]);
         let _busy: Vec<_> = (0..3).map(|_| endpoints[0].state.start_request()).collect();
-        let balancer = Balancer::by_turns(&endpoints, true);
+        let balancer = Balancer::by_turns(&endpoints, true, &LiveState::default(), "w");
         let mut counts = [0u32; 2];
         for _ in 0..200 {
             counts[balancer.pick(&endpoints, input).unwrap()] += 1;
@@ -658,7 +768,7 @@ mod tests {
             &three,
         );
         let endpoints = &cluster.endpoints;
-        let balancer = Balancer::RoundRobin(AtomicUsize::new(0));
+        let balancer = Balancer::RoundRobin(Arc::new(AtomicUsize::new(0)));
         let headers = HeaderMap::new();
         let input = input(&headers);
         // Only endpoint 2 allowed; the turns are 0, 1, 2, ...: found.

@@ -491,11 +491,26 @@ impl Cluster {
     /// `minHealthPercent` are healthy, in which case ejections are ignored
     /// (Envoy's panic mode).
     pub fn pick(&self, input: PickInput<'_>, tried: &[usize]) -> Option<usize> {
-        let first = self.balancer.pick(&self.endpoints, input)?;
+        let balancer = &self.balancer;
+        let mut first = balancer.first_choice(&self.endpoints, input)?;
         let now = now_ms();
         let ejected = |i: usize| self.outlier.is_some() && self.endpoints[i].state.is_ejected(now);
         let fresh = |i: usize| !tried.contains(&i);
+        // A weighted schedule's choice a retry already tried is picked
+        // again, up to Istio's `host_selection_retry_max_attempts` (5), each
+        // pick spending that endpoint's turn, as Envoy's previous-hosts
+        // predicate re-picks.
+        if matches!(balancer, Balancer::Weighted(_)) {
+            for _ in 0..HOST_SELECTION_RETRY_MAX_ATTEMPTS {
+                if fresh(first) || ejected(first) {
+                    break;
+                }
+                balancer.taken(first, &self.endpoints);
+                first = balancer.first_choice(&self.endpoints, input)?;
+            }
+        }
         if !ejected(first) && fresh(first) {
+            balancer.taken(first, &self.endpoints);
             return Some(first);
         }
         let n = self.endpoints.len();
@@ -506,6 +521,7 @@ impl Cluster {
         // In panic mode Envoy balances over every host, ejected or not: the
         // first choice stands unless a retry already tried it.
         if panic && fresh(first) {
+            balancer.taken(first, &self.endpoints);
             return Some(first);
         }
         let usable = |i: usize| panic || !ejected(i);
@@ -548,6 +564,11 @@ impl Cluster {
 
 /// Default TCP connect timeout, as Istio's (10s).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many times a pick is made again for a retry whose choice it
+/// already tried (Istio renders `host_selection_retry_max_attempts: 5`
+/// with the previous-hosts predicate).
+const HOST_SELECTION_RETRY_MAX_ATTEMPTS: usize = 5;
 
 /// Clusters for the model's unit tests.
 #[cfg(test)]
@@ -644,6 +665,78 @@ mod tests {
             source_ip: "10.1.0.1".parse().unwrap(),
             generated_cookie: None,
         }
+    }
+
+    /// Three endpoints of weights 4, 1 and 1, balanced by turns
+    /// (`least_request` or not), outlier detection on.
+    fn weighted(least_request: bool) -> Cluster {
+        let mut cluster = Arc::into_inner(cluster(
+            "reviews",
+            80,
+            Protocol::Http,
+            &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"],
+        ))
+        .unwrap();
+        for (endpoint, weight) in cluster.endpoints.iter_mut().zip([4, 1, 1]) {
+            Arc::get_mut(endpoint).unwrap().weight = weight;
+        }
+        let live = crate::model::live::LiveState::default();
+        cluster.balancer = Balancer::by_turns(&cluster.endpoints, least_request, &live, "w");
+        cluster.outlier = Some(OutlierSettings {
+            consecutive_5xx: 1,
+            consecutive_gateway: 0,
+            consecutive_local_origin: None,
+            interval: Duration::from_secs(1),
+            base_ejection: Duration::from_secs(120),
+            max_ejection_percent: 100,
+            min_health_percent: 0,
+        });
+        cluster
+    }
+
+    /// The heavy endpoint back from an ejection takes its share again at
+    /// once, as Envoy's rebuilt schedule gives it (200, 50, 50 of 300
+    /// after 300 picks without it), not every request until its turns
+    /// catch up (300, 0, 0 was seen).
+    #[test]
+    fn a_weighted_endpoint_back_from_ejection_takes_its_share() {
+        for least_request in [false, true] {
+            let cluster = weighted(least_request);
+            let headers = HeaderMap::new();
+            let settings = cluster.outlier.clone().unwrap();
+            cluster.endpoints[0].state.eject(now_ms(), &settings);
+            for _ in 0..300 {
+                assert_ne!(cluster.pick(input(&headers), &[]), Some(0));
+            }
+            cluster.endpoints[0].state.end_ejection();
+            let mut counts = [0u32; 3];
+            for _ in 0..300 {
+                counts[cluster.pick(input(&headers), &[]).unwrap()] += 1;
+            }
+            assert!(
+                (190..=210).contains(&counts[0]),
+                "{least_request}: {counts:?}"
+            );
+        }
+    }
+
+    /// A retry passing over the heavy endpoint it tried spends its turn,
+    /// as Envoy's previous-hosts re-picks do: with the heavy endpoint
+    /// failing every first attempt, it takes half of 600 first attempts
+    /// (Envoy 1.40: 300), not every one.
+    #[test]
+    fn a_retry_over_a_tried_weighted_endpoint_spends_its_turn() {
+        let cluster = weighted(false);
+        let headers = HeaderMap::new();
+        let mut heavy_first = 0;
+        for _ in 0..600 {
+            let first = cluster.pick(input(&headers), &[]).unwrap();
+            if first == 0 {
+                heavy_first += 1;
+                assert_ne!(cluster.pick(input(&headers), &[0]), Some(0));
+            }
+        }
+        assert!((280..=320).contains(&heavy_first), "{heavy_first}");
     }
 
     /// An ejected endpoint's share goes to every endpoint left, as Envoy's

@@ -99,6 +99,12 @@ impl EndpointState {
             .saturating_sub(now)
     }
 
+    /// Ends an ejection now (tests: its time up).
+    #[cfg(test)]
+    pub fn end_ejection(&self) {
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
+    }
+
     /// Times ejected (the current multiplier).
     pub fn ejections(&self) -> u32 {
         self.ejections.load(Ordering::Relaxed)
@@ -421,6 +427,8 @@ pub struct LiveState {
     rate_limiters: Registry<crate::model::rate_limit::RateLimiter>,
     jwks: Registry<crate::model::jwks::JwksStore>,
     originations: Registry<super::cluster::Origination>,
+    round_robin_turns: Registry<std::sync::atomic::AtomicUsize>,
+    weighted_schedules: Registry<super::balancer::WeightedSchedule>,
 }
 
 impl LiveState {
@@ -460,6 +468,21 @@ impl LiveState {
     pub fn endpoint(&self, cluster: &str, address: &str) -> Arc<EndpointState> {
         self.endpoints
             .get_with(&format!("{cluster}|{address}"), EndpointState::default)
+    }
+
+    /// The round-robin turn of cluster `name`.
+    pub fn round_robin_turn(&self, name: &str) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.round_robin_turns.get_with(name, Default::default)
+    }
+
+    /// The weighted schedule known as `key` (a cluster, its endpoints and
+    /// weights), built by `make` the first time.
+    pub fn weighted_schedule(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> super::balancer::WeightedSchedule,
+    ) -> Arc<super::balancer::WeightedSchedule> {
+        self.weighted_schedules.get_with(key, make)
     }
 
     /// The counters of cluster `name`.

@@ -120,7 +120,7 @@ impl PoolKey {
             addr: addr.clone(),
             tls: match plan {
                 TlsPlan::Plain => TlsKey::Plain,
-                TlsPlan::Tls { config, server } => TlsKey::Tls {
+                TlsPlan::Tls { config, server, .. } => TlsKey::Tls {
                     config: ByAddress(config.clone()),
                     server: server.clone(),
                 },
@@ -1320,6 +1320,7 @@ mod tests {
                 server_name: rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("SNI"),
                 expected: sans.iter().map(|s| (*s).to_owned()).collect(),
             }),
+            mesh: None,
         };
         let cluster = crate::model::cluster::testing::cluster(
             "app",

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use crate::model::balancer::Balancer;
@@ -34,7 +33,7 @@ pub fn cluster(
         protocol: Protocol::Http,
         subset: None,
         endpoints,
-        balancer: Balancer::RoundRobin(AtomicUsize::new(0)),
+        balancer: Balancer::RoundRobin(Default::default()),
         connect_timeout: Duration::from_secs(2),
         limits,
         tcp_idle_timeout: None,

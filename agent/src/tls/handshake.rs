@@ -13,7 +13,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::io::{DownstreamIo, MaybeTls, UpstreamIo};
 use super::material::TlsMaterial;
-use super::verify::has_any_san;
+use super::verify::{PeerTrustDomains, has_any_san};
 use crate::model::MtlsMode;
 use crate::model::cluster::{TlsServer, UpstreamTls};
 
@@ -228,6 +228,9 @@ pub enum TlsPlan {
         config: Arc<ClientConfig>,
         /// The server's name and expected SANs, built with the cluster.
         server: Arc<TlsServer>,
+        /// Mesh mTLS: the trust domains a server of a service without
+        /// accounts must hold an identity in.
+        mesh: Option<PeerTrustDomains>,
     },
 }
 
@@ -262,6 +265,7 @@ impl TlsPlan {
                         material.mesh_h1.clone()
                     },
                     server: server.clone().ok_or("bad_sni")?,
+                    mesh: Some(material.peer_trust_domains.clone()),
                 })
             }
             UpstreamTls::Originate(origination) => Ok(Self::Tls {
@@ -271,6 +275,7 @@ impl TlsPlan {
                     origination.h1.clone()
                 },
                 server: origination.server_for(authority),
+                mesh: None,
             }),
             UpstreamTls::Broken(_) => Err("bad_tls_settings"),
         }
@@ -286,7 +291,12 @@ pub async fn connect(
     failures: &IntCounterVec,
     timeout: Duration,
 ) -> Result<(UpstreamIo, Option<tracemesh_ca::SpiffeId>), TlsFailure> {
-    let TlsPlan::Tls { config, server } = plan else {
+    let TlsPlan::Tls {
+        config,
+        server,
+        mesh,
+    } = plan
+    else {
         return Ok((MaybeTls::Plain(stream), None));
     };
     let fail = |reason: &'static str| {
@@ -305,8 +315,21 @@ pub async fn connect(
     };
     let (_, conn) = tls.get_ref();
     let leaf = conn.peer_certificates().and_then(|c| c.first());
+    // Who the server must be, as Istio renders the cluster's SAN
+    // matchers: one of its expected names when it has any (the service's
+    // accounts, a rule's `subjectAltNames`), of whatever trust domain;
+    // for mesh mTLS to a service without any, an identity of the mesh's
+    // trust domains (where Envoy checks the chain alone).
     let expected = &server.expected;
-    if !expected.is_empty() && !leaf.is_some_and(|der| has_any_san(der, expected)) {
+    let named = if !expected.is_empty() {
+        leaf.is_some_and(|der| has_any_san(der, expected))
+    } else if let Some(trust_domains) = mesh {
+        identity_of(conn.peer_certificates())
+            .is_some_and(|id| trust_domains.load().contains(&id.trust_domain))
+    } else {
+        true
+    };
+    if !named {
         return Err(fail("wrong_san"));
     }
     let identity = identity_of(conn.peer_certificates());

@@ -211,10 +211,16 @@ pub struct TlsMaterial {
     /// gives a gateway's ISTIO_MUTUAL server no trust domains to check.
     pub server_gateway: Arc<ServerConfig>,
     /// Originates mesh mTLS over HTTP/1.1: presents the workload
-    /// certificate, accepts servers with a SPIFFE identity of the trust domain.
+    /// certificate, accepts servers chaining to the roots; who the server
+    /// must be is checked once the handshake is done
+    /// ([`crate::tls::handshake::connect`]): one of the service's accounts,
+    /// else a SPIFFE identity of `peer_trust_domains`.
     pub mesh_h1: Arc<ClientConfig>,
     /// The same, offering HTTP/2.
     pub mesh_h2: Arc<ClientConfig>,
+    /// The trust domains of the config in force (the workload's and its
+    /// aliases), shared with the inbound verifiers.
+    pub peer_trust_domains: PeerTrustDomains,
     /// The chain's certificates, described (for `/certs`).
     pub chain: Vec<CertInfo>,
     /// The URI SANs of the workload certificate (its SPIFFE identity):
@@ -280,7 +286,7 @@ impl TlsMaterial {
         let verifier = Arc::new(MeshServerVerifier::new(
             roots.clone(),
             &provider,
-            NameCheck::TrustDomain(identity.trust_domain.clone()),
+            NameCheck::Chain,
         ));
         let mesh = |alpn: &[u8]| -> Result<Arc<ClientConfig>, MaterialError> {
             let mut config = ClientConfig::builder_with_provider(provider.clone())
@@ -303,6 +309,7 @@ impl TlsMaterial {
             server_gateway,
             mesh_h1,
             mesh_h2,
+            peer_trust_domains: trust_domains.clone(),
             local_uris: described.first().map_or_else(Vec::new, |leaf| {
                 leaf.uri_sans().map(str::to_owned).collect()
             }),

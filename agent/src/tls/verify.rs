@@ -206,12 +206,14 @@ impl ClientCertVerifier for CheckedClientVerifier {
 /// What the server's certificate must name.
 #[derive(Debug, Clone)]
 pub enum NameCheck {
-    /// A SPIFFE identity in this trust domain (mesh mTLS).
-    TrustDomain(String),
     /// One of these SANs (`URI` or `DNS` values), instead of the SNI name.
     AnyOf(Vec<String>),
     /// The SNI name (plain TLS origination).
     ServerName,
+    /// The SNI name and one of these SANs (origination without `sni` to a
+    /// service with accounts: Envoy checks `auto_san_validation`'s name
+    /// and the validation context's `match_subject_alt_names` both).
+    ServerNameAnd(Vec<String>),
     /// No name: the chain alone (origination with an `sni` and no
     /// `subjectAltNames`, where Envoy validates no name).
     Chain,
@@ -353,11 +355,12 @@ impl ServerCertVerifier for MeshServerVerifier {
             )?,
         }
         let named = match &self.check {
-            NameCheck::TrustDomain(td) => {
-                tracemesh_ca::spiffe_id_of(end_entity).is_some_and(|id| &id.trust_domain == td)
-            }
             NameCheck::AnyOf(names) => has_any_san(end_entity, names),
             NameCheck::ServerName => rustls::client::verify_server_name(&cert, server_name).is_ok(),
+            NameCheck::ServerNameAnd(names) => {
+                rustls::client::verify_server_name(&cert, server_name).is_ok()
+                    && has_any_san(end_entity, names)
+            }
             NameCheck::Chain | NameCheck::Skip => true,
         };
         if named {

@@ -53,7 +53,7 @@ use crate::model::gateway::{
     L4Route, PortProtocol, ServerRef, ServerTls, ServerTlsMode, cluster_sni,
 };
 use crate::model::live::LiveState;
-use crate::model::mesh::{DEFAULT_TRUST_DOMAIN, TrustDomainBundle};
+use crate::model::mesh::TrustDomainBundle;
 use crate::model::policy::{Redirect, RouteAction, RoutePolicy};
 use crate::model::route::{HeaderEdits, HttpRule, RouteMatch, StrMatcher, VirtualHost};
 use crate::tls::verify::ClientPins;
@@ -63,15 +63,12 @@ pub(super) const DEFAULT_NAMESPACE: &str = "default";
 /// The gateway workload's namespace when its IngressGateway names none.
 pub const DEFAULT_GATEWAY_NAMESPACE: &str = "istio-system";
 
-/// The file's mesh config's trust domain (else `cluster.local`) and its
-/// aliases, as a sidecar reads them ([`super::mesh::MeshDefaults::trust_domains`]).
-fn mesh_trust_domains(docs: &Documents) -> TrustDomainBundle {
+/// The gateway workload's trust domain (`own`: its IngressGateway's, else
+/// the mesh config's) and the file's mesh config's aliases, as a sidecar
+/// reads them.
+fn mesh_trust_domains(docs: &Documents, own: &str) -> TrustDomainBundle {
     let mesh = docs.mesh_configs.first().map(|m| &m.spec);
-    TrustDomainBundle::new(
-        mesh.and_then(|m| m.trust_domain.as_deref())
-            .unwrap_or(DEFAULT_TRUST_DOMAIN),
-        mesh.map_or(&[][..], |m| &m.trust_domain_aliases),
-    )
+    TrustDomainBundle::new(own, mesh.map_or(&[][..], |m| &m.trust_domain_aliases))
 }
 
 /// Compiles a gateway's documents, with the registry its clusters came
@@ -109,7 +106,7 @@ pub(super) fn build(
         scope,
         Importer::Gateway,
         (doc.spec.identity.is_some(), &docs.peer_authentications),
-        &mesh_trust_domains(docs),
+        &mesh_trust_domains(docs, &identity.spiffe.trust_domain),
         states,
         diags,
     );

@@ -370,6 +370,41 @@ async fn mesh_mtls_accepts_only_the_services_accounts() {
     assert_eq!(app.count(), 1);
 }
 
+/// Secure naming in an Agent's own trust domain (`spec.trustDomain`):
+/// the service's accounts are identities of the workload's trust domain,
+/// so an endpoint naming its `serviceAccount` is reached over mTLS (it was
+/// refused: the accounts were written in the mesh config's default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secure_naming_follows_the_agents_own_trust_domain() {
+    let ca = Ca::start_in("corp.example");
+    let app = Upstream::start("app").await;
+    let own = "  trustDomain: corp.example\n";
+    let backend = workload(
+        "backend",
+        app.addr,
+        &(ca.identity_yaml("backend", "1h") + own),
+        STRICT,
+    );
+    let entry = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: backend, namespace: default}}\nspec:\n  hosts: [backend.default.svc.cluster.local]\n  ports: [{{number: 9080, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {}}}, serviceAccount: backend, labels: {{app: backend}}}}\n",
+        backend.inbound.port()
+    );
+    let front = workload(
+        "frontend",
+        closed_port().await,
+        &(ca.identity_yaml("frontend", "1h") + own),
+        &entry,
+    );
+    let reply = Client::h1(front.outbound).get("http://backend:9080/").await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        reply.header("x-tracemesh-response-flags")
+    );
+    assert_eq!(app.count(), 1);
+}
+
 /// Istio's auto mTLS, as `getTLSModeFromWorkloadEntry` and
 /// `buildUpstreamTLSSettings` read a ServiceEntry and a DestinationRule:
 /// an endpoint that names a `serviceAccount` and has no `tlsMode` label

@@ -51,10 +51,15 @@ pub struct Ca {
 impl Ca {
     /// `ca init`, `ca token --identity '*'`, `ca serve` on port 0.
     pub fn start() -> Ca {
+        Self::start_in("cluster.local")
+    }
+
+    /// [`Ca::start`] issuing identities of `trust_domain`.
+    pub fn start_in(trust_domain: &str) -> Ca {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("ca");
         let dir_s = dir.to_str().unwrap();
-        run(&["ca", "init", "--dir", dir_s]);
+        run(&["ca", "init", "--dir", dir_s, "--trust-domain", trust_domain]);
         let token = run(&["ca", "token", "--dir", dir_s, "--identity", "*"]);
         let token_file = tmp.path().join("token");
         std::fs::write(&token_file, token.trim()).unwrap();

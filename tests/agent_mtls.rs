@@ -961,21 +961,15 @@ async fn origination_without_sni_checks_the_name_and_the_services_accounts() {
             target.port()
         )
     };
-    let simple = |server: &TlsUpstream| {
-        format!(
-            "{{mode: SIMPLE, caCertificates: \"{}\"}}",
-            server.root.display()
-        )
-    };
     let docs = [
         entry(
             "e1.example.com",
             host_only.addr,
             "[\"spiffe://cluster.local/ns/default/sa/e1\"]",
         ),
-        tls_rule("default", "e1", "e1.example.com", &simple(&host_only)),
+        tls_rule("default", "e1", "e1.example.com", &simple_to(&host_only)),
         entry("e2.example.com", both.addr, "[e2.example.com]"),
-        tls_rule("default", "e2", "e2.example.com", &simple(&both)),
+        tls_rule("default", "e2", "e2.example.com", &simple_to(&both)),
     ]
     .concat();
     let agent = Agent::start(&(agent("app", closed_port().await, NO_COLLECTOR) + &docs));
@@ -1003,19 +997,13 @@ async fn tcp_origination_checks_the_entrys_names_or_the_chain() {
             target.port()
         )
     };
-    let simple = |server: &TlsUpstream| {
-        format!(
-            "{{mode: SIMPLE, caCertificates: \"{}\"}}",
-            server.root.display()
-        )
-    };
     let docs = [
         tcp_entry("db1.example.com", host_cert.addr, "[other.internal]"),
-        tls_rule("default", "db1", "db1.example.com", &simple(&host_cert)),
+        tls_rule("default", "db1", "db1.example.com", &simple_to(&host_cert)),
         tcp_entry("db2.example.com", entry_cert.addr, "[other.internal]"),
-        tls_rule("default", "db2", "db2.example.com", &simple(&entry_cert)),
+        tls_rule("default", "db2", "db2.example.com", &simple_to(&entry_cert)),
         tcp_entry("db3.example.com", entry_cert.addr, "[]"),
-        tls_rule("default", "db3", "db3.example.com", &simple(&entry_cert)),
+        tls_rule("default", "db3", "db3.example.com", &simple_to(&entry_cert)),
     ]
     .concat();
     let doc = AgentDoc {
@@ -1108,6 +1096,15 @@ async fn origination_refuses_what_the_rules_revocation_list_revokes() {
         validate(&config.replace(&crl.display().to_string(), &root.display().to_string()));
     assert!(!ok, "{out}");
     assert!(out.contains("spec.trafficPolicy.tls.caCrl"), "{out}");
+}
+
+/// A DestinationRule `tls` originating SIMPLE TLS to `server`, trusting
+/// its root.
+fn simple_to(server: &TlsUpstream) -> String {
+    format!(
+        "{{mode: SIMPLE, caCertificates: \"{}\"}}",
+        server.root.display()
+    )
 }
 
 /// A STATIC ServiceEntry for `host` in `namespace`, port 80 (HTTP) sent to

@@ -638,7 +638,17 @@ mod tests {
     /// The four-endpoint cluster with `balancer`, its third endpoint
     /// ejected.
     fn one_ejected(balancer: Balancer) -> Cluster {
-        let settings = OutlierSettings {
+        let settings = ejecting();
+        let mut cluster = plain();
+        cluster.endpoints[2].state.eject(now_ms(), &settings);
+        cluster.outlier = Some(settings);
+        cluster.balancer = balancer;
+        cluster
+    }
+
+    /// Outlier detection ejecting at the first 5xx, for two minutes.
+    fn ejecting() -> OutlierSettings {
+        OutlierSettings {
             consecutive_5xx: 1,
             consecutive_gateway: 0,
             consecutive_local_origin: None,
@@ -646,12 +656,7 @@ mod tests {
             base_ejection: Duration::from_secs(120),
             max_ejection_percent: 100,
             min_health_percent: 0,
-        };
-        let mut cluster = plain();
-        cluster.endpoints[2].state.eject(now_ms(), &settings);
-        cluster.outlier = Some(settings);
-        cluster.balancer = balancer;
-        cluster
+        }
     }
 
     fn plain() -> Cluster {
@@ -682,15 +687,7 @@ mod tests {
         }
         let live = crate::model::live::LiveState::default();
         cluster.balancer = Balancer::by_turns(&cluster.endpoints, least_request, &live, "w");
-        cluster.outlier = Some(OutlierSettings {
-            consecutive_5xx: 1,
-            consecutive_gateway: 0,
-            consecutive_local_origin: None,
-            interval: Duration::from_secs(1),
-            base_ejection: Duration::from_secs(120),
-            max_ejection_percent: 100,
-            min_health_percent: 0,
-        });
+        cluster.outlier = Some(ejecting());
         cluster
     }
 

@@ -20,6 +20,7 @@ pub mod model;
 pub mod path;
 pub mod proxy;
 pub mod reload;
+pub mod resolve;
 pub mod run;
 pub mod telemetry;
 pub mod tls;

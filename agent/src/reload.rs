@@ -56,6 +56,7 @@ impl Baseline {
 pub async fn watch(path: PathBuf, baseline: Baseline, shared: Arc<Shared>) {
     let mut watcher = Watcher::new(path, baseline, Some(FALLBACK_POLL));
     watcher.refer_to(&shared.config.load().files);
+    watcher.shared = Some(shared.clone());
     // The bytes of the config in force (the last version read may have
     // been rejected).
     let mut in_force = watcher.last.clone();
@@ -63,6 +64,13 @@ pub async fn watch(path: PathBuf, baseline: Baseline, shared: Arc<Shared>) {
         let bytes = match watcher.next_change().await {
             None => return, // the runtime is shutting down
             Some(Change::Bytes(bytes)) => bytes,
+            Some(Change::Resolved) => {
+                let (path, compiling, compiled) =
+                    (watcher.path.clone(), shared.clone(), in_force.clone());
+                let _ = tokio::task::spawn_blocking(move || rebuild(&path, &compiled, &compiling))
+                    .await;
+                continue;
+            }
             Some(Change::Referenced(file)) => {
                 tracing::info!(file = %file.display(), "a file the config names changed; compiling the config again");
                 in_force.clone()
@@ -100,6 +108,10 @@ enum Change {
     /// A file the config in force names (a certificate, a key, a CA
     /// bundle) changed: the config is to be compiled again.
     Referenced(PathBuf),
+    /// The addresses a `resolution: DNS` name resolves to changed
+    /// ([`crate::resolve`]): the config in force is to be compiled again,
+    /// as the same version, with each address an endpoint.
+    Resolved,
 }
 
 /// What became of a missing file within [`MISSING_GRACE`].
@@ -137,6 +149,9 @@ struct Watcher {
     /// The files the config in force names, each with its stamp when last
     /// read or looked at: looked at whenever the config file is.
     referenced: Vec<(PathBuf, Option<FileStamp>)>,
+    /// What the agent shares, whose DNS answers also wake the watcher
+    /// ([`Change::Resolved`]); `None`: files only.
+    shared: Option<Arc<Shared>>,
 }
 
 impl Watcher {
@@ -151,6 +166,7 @@ impl Watcher {
             look_now: true,
             unreadable: None,
             referenced: Vec::new(),
+            shared: None,
         }
     }
 
@@ -198,7 +214,16 @@ impl Watcher {
     async fn next_change(&mut self) -> Option<Change> {
         loop {
             if !std::mem::take(&mut self.look_now) {
-                self.changes.next().await;
+                let resolved = async {
+                    match &self.shared {
+                        Some(shared) => shared.live.dns().changed().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = self.changes.next() => {}
+                    () = resolved => return Some(Change::Resolved),
+                }
             }
             let path = self.path.as_path();
             let now = match tokio::fs::metadata(path).await.map(|m| FileStamp::of(&m)) {
@@ -294,15 +319,18 @@ impl Watcher {
     }
 }
 
-/// Compiles `bytes` and swaps it in if valid.
-pub fn reload(path: &Path, bytes: &[u8], shared: &Shared) {
-    let old = shared.config.load_full();
-    let version = old.version + 1;
+/// Compiles `bytes` as `version` of the config, as the config in force
+/// `old` was loaded (an ingress gateway's as a gateway's).
+fn compile_as(
+    path: &Path,
+    bytes: &[u8],
+    shared: &Shared,
+    old: &Snapshot,
+    version: u64,
+) -> Result<compile::Compiled, crate::config::diagnostics::ConfigRejected> {
     let file: Arc<str> = Arc::from(path.display().to_string());
     let text = String::from_utf8_lossy(bytes);
-    let metrics = &shared.metrics;
-    // An ingress gateway's file is compiled as the gateway loaded it.
-    let compiled = match &old.gateway {
+    match &old.gateway {
         Some(_) => compile::compile_gateway_text(&file, &text, version, &shared.live).map(|c| {
             compile::Compiled {
                 snapshot: c.proxy,
@@ -310,8 +338,41 @@ pub fn reload(path: &Path, bytes: &[u8], shared: &Shared) {
             }
         }),
         None => compile::compile_text(&file, &text, version, &shared.live),
-    };
-    match compiled {
+    }
+}
+
+/// Compiles the config in force (`bytes`) again, as the same version, once
+/// the addresses a `resolution: DNS` name resolves to changed: the same
+/// config with other endpoints, so no reload is counted. Its warnings were
+/// logged when it was loaded.
+fn rebuild(path: &Path, bytes: &[u8], shared: &Shared) {
+    let old = shared.config.load_full();
+    match compile_as(path, bytes, shared, &old, old.version) {
+        Ok(compiled) => {
+            shared.metrics.apply_telemetry(&compiled.snapshot.telemetry);
+            shared.access_logs.open_for(&compiled.snapshot.telemetry);
+            shared.install(compiled.snapshot);
+            tracing::info!(
+                version = old.version,
+                "DNS answers changed; endpoints follow them"
+            );
+        }
+        Err(rejected) => {
+            let errors = rejected.0.errors().map(|e| e.to_string());
+            tracing::warn!(
+                errors = errors.collect::<Vec<_>>().join("; "),
+                "DNS answers changed but the config in force no longer compiles; its endpoints stay"
+            );
+        }
+    }
+}
+
+/// Compiles `bytes` and swaps it in if valid.
+pub fn reload(path: &Path, bytes: &[u8], shared: &Shared) {
+    let old = shared.config.load_full();
+    let version = old.version + 1;
+    let metrics = &shared.metrics;
+    match compile_as(path, bytes, shared, &old, version) {
         Ok(compiled) => {
             for warning in compiled.diagnostics.warnings() {
                 tracing::warn!("{warning}");
@@ -419,6 +480,7 @@ mod tests {
             Change::Bytes(bytes) => format!("bytes {}", String::from_utf8_lossy(&bytes)),
             Change::Unreadable(reason) => format!("unreadable {reason}"),
             Change::Referenced(file) => format!("referenced {}", file.display()),
+            Change::Resolved => "resolved".to_owned(),
         }
     }
 

@@ -254,6 +254,7 @@ impl Plane {
             if let Some(rotation) = rotation {
                 tokio::spawn(rotation);
             }
+            tokio::spawn(crate::resolve::keep_resolved(shared.clone()));
             let watcher = crate::reload::watch(path.to_path_buf(), loaded, shared);
             tokio::select! {
                 () = watcher => {}

@@ -450,6 +450,86 @@ spec:
     assert_eq!((at_original.count(), at_listed.count()), (1, 1));
 }
 
+/// `resolution: DNS` is Envoy's `STRICT_DNS`, as Istio renders it: every
+/// address a name resolves to is an endpoint of its own, balanced (here
+/// ROUND_ROBIN, so each takes its exact share), and an address the name
+/// gains is balanced to once the name is resolved again (the mesh's
+/// `dnsRefreshRate`). The pods' hosts file is their DNS. (It was one
+/// endpoint by name: every request went to the name's first address.)
+#[tokio::test]
+async fn dns_resolution_balances_every_address_of_a_name() {
+    let Some(mut bed) = Bed::new("resolution DNS") else {
+        return;
+    };
+    let client = bed.pod("client");
+    let servers = [bed.pod("one"), bed.pod("two"), bed.pod("three")];
+    let upstreams: Vec<Upstream> = (servers.iter())
+        .map(|pod| Upstream::start_on(&pod.name, pod.listen(any(80))))
+        .collect();
+    bed.service("api.internal", IpAddr::V4(servers[0].ip));
+    bed.service("api.internal", IpAddr::V4(servers[1].ip));
+    let registry = r#"---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |-
+    dnsRefreshRate: 1s
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.internal]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: default}
+spec:
+  host: api.internal
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+"#;
+    let _agent = start_agent(&client, "REGISTRY_ONLY", registry);
+    let counts = || upstreams.iter().map(Upstream::count).collect::<Vec<_>>();
+    // `requests` requests from the application, over one connection.
+    let send = async |requests: usize| {
+        let mut args = vec!["-w", "%{http_code} "];
+        for _ in 0..requests {
+            args.extend(["-o", "/dev/null", "http://api.internal/"]);
+        }
+        let out = curl_args(&client, &args).await.unwrap();
+        assert_eq!(out.trim(), vec!["200"; requests].join(" "));
+    };
+    // Until the name is resolved (at the agent's start, in the background)
+    // its connections go to its first address.
+    let wait_for = async |server: usize, why: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while upstreams[server].count() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{why}: {:?}",
+                counts()
+            );
+            send(4).await;
+        }
+    };
+    wait_for(1, "the name's second address never took a request").await;
+    let before = counts();
+    send(60).await;
+    let shares: Vec<usize> = counts().iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(shares, [30, 30, 0]);
+
+    // The name gains an address.
+    bed.service("api.internal", IpAddr::V4(servers[2].ip));
+    wait_for(2, "the name's new address never took a request").await;
+    let before = counts();
+    send(90).await;
+    let shares: Vec<usize> = counts().iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(shares, [30, 30, 30]);
+}
+
 /// A Sidecar's `outboundTrafficPolicy.egressProxy` under ALLOW_ANY: what
 /// is outside the registry goes to the egress proxy's service, not to
 /// where it was going (a captured TCP connection too) — as Istio routes its

@@ -250,7 +250,12 @@ fn destinations(registry: &Registry, captured: bool, diags: &mut Diagnostics) ->
     for service in &services {
         for cluster in service.clusters.get(&None).into_iter().flatten() {
             for endpoint in &cluster.endpoints {
-                if let UpstreamAddr::Socket(addr) = endpoint.address {
+                // An address a DNS name resolved to is no endpoint a
+                // caller picks: its connections reach the service's port,
+                // balanced (Istio builds no listener for it).
+                if let UpstreamAddr::Socket(addr) = endpoint.address
+                    && endpoint.resolved_from.is_none()
+                {
                     map.add_endpoint(addr, cluster, endpoint);
                 }
             }

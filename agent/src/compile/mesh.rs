@@ -172,6 +172,7 @@ pub(super) fn compile(
                 .filter_map(|(name, tag)| super::telemetry::custom_tag(name, tag))
                 .collect(),
             rejected: false,
+            dns_refresh_rate: dns_refresh_rate(doc, diags),
         },
         outbound_traffic_policy: config
             .outbound_traffic_policy
@@ -186,6 +187,23 @@ pub(super) fn compile(
         trust_domain: config.trust_domain.clone(),
         trust_domain_aliases: config.trust_domain_aliases.clone(),
     }
+}
+
+/// The mesh config's `dnsRefreshRate`, else Istio's default; below 1ms
+/// (Istio's validation, Envoy's `dns_refresh_rate` bound) an error.
+fn dns_refresh_rate(doc: &Document<MeshConfig>, diags: &mut Diagnostics) -> Duration {
+    let Some(rate) = doc.spec.dns_refresh_rate else {
+        return crate::model::mesh::DEFAULT_DNS_REFRESH_RATE;
+    };
+    if rate.get() < Duration::from_millis(1) {
+        let at = crate::config::mesh::mesh_field(&doc.api_version);
+        diags.error(
+            &doc.location,
+            Some(format!("{at}.dnsRefreshRate")),
+            format!("{rate} is below 1ms, the least Istio and Envoy take"),
+        );
+    }
+    rate.get()
 }
 
 /// `host:port` of a provider's `service` (`namespace/host` or `host`).

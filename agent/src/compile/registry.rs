@@ -68,9 +68,16 @@ pub(super) struct Registry {
 enum Resolution {
     /// `STATIC`: the listed endpoints' addresses.
     Static,
-    /// `DNS`, `DNS_ROUND_ROBIN`: the endpoints' names (the hosts
-    /// themselves when none are listed), resolved when a connection opens.
+    /// `DNS`, Envoy's `STRICT_DNS`: each address an endpoint's name (the
+    /// hosts themselves when none are listed) resolves to is an endpoint
+    /// of its own, as the agent's resolver last found them
+    /// ([`crate::model::dns`]); a name not resolved yet is one endpoint,
+    /// resolved when a connection opens.
     Dns,
+    /// `DNS_ROUND_ROBIN`, Envoy's `LOGICAL_DNS`: each name is one
+    /// endpoint, resolved when a connection opens (to the first of its
+    /// addresses that answers).
+    DnsRoundRobin,
     /// `NONE` (the default): Istio's `Passthrough`, a sidecar's
     /// `ORIGINAL_DST` cluster. A captured connection goes where it was
     /// going; traffic without an original destination (the explicit
@@ -83,7 +90,7 @@ impl Resolution {
     /// Whether endpoint addresses may be names, and an entry without
     /// endpoints reaches its host by name.
     fn by_name(self) -> bool {
-        matches!(self, Self::Dns | Self::Passthrough)
+        matches!(self, Self::Dns | Self::DnsRoundRobin | Self::Passthrough)
     }
 }
 
@@ -596,7 +603,8 @@ fn validate_entry(
     }
     let resolution = spec.resolution.as_deref().unwrap_or("NONE");
     let parsed = match resolution {
-        "DNS" | "DNS_ROUND_ROBIN" => Resolution::Dns,
+        "DNS" => Resolution::Dns,
+        "DNS_ROUND_ROBIN" => Resolution::DnsRoundRobin,
         "NONE" => Resolution::Passthrough,
         "STATIC" => Resolution::Static,
         other => {
@@ -695,6 +703,9 @@ struct EndpointSpec {
     plaintext: bool,
     /// `weight` (unset or 0: 1, as Istio leaves Envoy's default).
     weight: u32,
+    /// The `resolution: DNS` name it is an address of, or, unresolved,
+    /// connects by ([`Endpoint::resolved_from`]).
+    resolved_from: Option<Arc<str>>,
 }
 
 impl EntryContext<'_> {
@@ -810,17 +821,18 @@ impl EntryContext<'_> {
             if !self.resolution.by_name() || self.fqdn.starts_with('*') {
                 return Vec::new();
             }
-            let address = UpstreamAddr::Dns {
-                host: Arc::from(self.fqdn),
-                port: default_port,
-            };
-            return vec![EndpointSpec {
-                address,
+            let spec = EndpointSpec {
+                address: UpstreamAddr::Dns {
+                    host: Arc::from(self.fqdn),
+                    port: default_port,
+                },
                 labels: BTreeMap::new(),
                 sidecar: false,
                 plaintext: false,
                 weight: 1,
-            }];
+                resolved_from: None,
+            };
+            return self.resolved(spec);
         }
         let mut out = Vec::new();
         for (j, ep) in endpoints.into_iter().enumerate() {
@@ -851,15 +863,46 @@ impl EntryContext<'_> {
             let mesh_external = spec.location.as_deref() == Some("MESH_EXTERNAL");
             let sidecar = runs_sidecar(ep) && !mesh_external;
             let plaintext = sidecar && self.peers.disable(self.namespace, &ep.labels, port);
-            out.push(EndpointSpec {
+            out.extend(self.resolved(EndpointSpec {
                 address,
                 labels: ep.labels.clone(),
                 sidecar,
                 plaintext,
                 weight: ep.weight.unwrap_or(1).max(1),
-            });
+                resolved_from: None,
+            }));
         }
         out
+    }
+
+    /// `spec` as its cluster takes it: under `resolution: DNS` (Envoy's
+    /// `STRICT_DNS`) an endpoint named by DNS is one endpoint per address
+    /// its name last resolved to, each with its labels and weight (Envoy
+    /// gives every resolved host the endpoint's `load_balancing_weight`);
+    /// until the name resolves, the name itself, resolved as a connection
+    /// opens. Either way the name is marked for the agent's resolver.
+    fn resolved(&self, spec: EndpointSpec) -> Vec<EndpointSpec> {
+        let UpstreamAddr::Dns { host, port } = &spec.address else {
+            return vec![spec];
+        };
+        if self.resolution != Resolution::Dns {
+            return vec![spec];
+        }
+        let (host, port) = (host.clone(), *port);
+        let Some(addresses) = self.live.dns().get(&host) else {
+            return vec![EndpointSpec {
+                resolved_from: Some(host),
+                ..spec
+            }];
+        };
+        (addresses.iter())
+            .map(|ip| EndpointSpec {
+                address: UpstreamAddr::Socket(SocketAddr::new(*ip, port)),
+                labels: spec.labels.clone(),
+                resolved_from: Some(host.clone()),
+                ..spec
+            })
+            .collect()
     }
 }
 
@@ -905,6 +948,7 @@ impl ClusterBuild<'_> {
                 );
                 endpoint.sidecar = ep.sidecar && !ep.plaintext;
                 endpoint.weight = ep.weight;
+                endpoint.resolved_from = ep.resolved_from.clone();
                 Arc::new(endpoint)
             })
             .collect();
@@ -1121,5 +1165,102 @@ spec:
         );
         let legacy = cluster(&explicit.snapshot, "outbound|80||legacy.example.com");
         assert_eq!(legacy.balancer.name(), "LEAST_REQUEST");
+    }
+
+    /// `resolution: DNS` is Envoy's `STRICT_DNS`: once a name resolved,
+    /// each of its addresses is an endpoint of its own, with the listed
+    /// endpoint's labels and weight, and no endpoint a captured call to
+    /// that address picks; until then the name is one endpoint.
+    /// `DNS_ROUND_ROBIN` (`LOGICAL_DNS`) stays one endpoint by name.
+    #[test]
+    fn dns_resolution_makes_each_address_an_endpoint() {
+        let config = r#"apiVersion: tracemesh.io/v1
+kind: Agent
+metadata: {name: productpage-v1, namespace: default}
+spec: {service: productpage}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.internal]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: named, namespace: default}
+spec:
+  hosts: [named.internal]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+  endpoints:
+  - {address: db.internal, weight: 3, labels: {version: v2}}
+  - {address: 192.0.2.9}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: logical, namespace: default}
+spec:
+  hosts: [logical.internal]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS_ROUND_ROBIN
+"#;
+        let live = LiveState::default();
+        let compile = |live: &LiveState| {
+            let file = Arc::from("entries.yaml");
+            match compile_text(&file, config, 1, live) {
+                Ok(compiled) => compiled.snapshot,
+                Err(rejected) => panic!("{rejected}"),
+            }
+        };
+        let before = compile(&live);
+        let names: Vec<String> = before.dns_names().iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            names,
+            ["api.internal", "db.internal"],
+            "logical.internal is not resolved ahead"
+        );
+        assert_eq!(
+            endpoints(cluster(&before, "outbound|80||api.internal")),
+            ["api.internal:8080"]
+        );
+
+        let ips = |list: &[&str]| list.iter().map(|ip| ip.parse().unwrap()).collect();
+        live.dns()
+            .set(&Arc::from("api.internal"), ips(&["10.1.0.2", "10.1.0.1"]));
+        live.dns()
+            .set(&Arc::from("db.internal"), ips(&["10.2.0.1"]));
+        live.dns()
+            .set(&Arc::from("logical.internal"), ips(&["10.3.0.1"]));
+        let after = compile(&live);
+        let api = cluster(&after, "outbound|80||api.internal");
+        assert_eq!(endpoints(api), ["10.1.0.2:8080", "10.1.0.1:8080"]);
+        assert!(
+            api.endpoints
+                .iter()
+                .all(|e| e.resolved_from.as_deref() == Some("api.internal"))
+        );
+        let named = cluster(&after, "outbound|80||named.internal");
+        assert_eq!(endpoints(named), ["10.2.0.1:80", "192.0.2.9:80"]);
+        assert_eq!(named.endpoints[0].weight, 3);
+        assert_eq!(named.endpoints[0].peer.version, "v2");
+        assert_eq!(named.endpoints[1].resolved_from, None);
+        let logical = cluster(&after, "outbound|80||logical.internal");
+        assert_eq!(endpoints(logical), ["logical.internal:80"]);
+
+        // A captured call to a resolved address is the service's port's
+        // (balanced), not that endpoint's; a listed IP endpoint's is its own.
+        let capture = &after.capture;
+        let resolved = "10.1.0.1:8080".parse().unwrap();
+        assert!(!matches!(
+            capture.destinations.lookup(resolved),
+            Some(crate::model::capture::Destination::Endpoint { .. })
+        ));
+        let listed = "192.0.2.9:80".parse().unwrap();
+        assert!(matches!(
+            capture.destinations.lookup(listed),
+            Some(crate::model::capture::Destination::Endpoint { .. })
+        ));
     }
 }

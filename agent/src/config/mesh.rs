@@ -46,6 +46,10 @@ pub struct MeshConfig {
     /// principals are written out for each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trust_domain_aliases: Vec<String>,
+    /// How often the names of `resolution: DNS` endpoints are resolved
+    /// again (Istio's default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_refresh_rate: Option<super::duration::IstioDuration>,
 }
 
 /// `defaultConfig` (Istio's `ProxyConfig`): the part the agent reads.
@@ -564,6 +568,7 @@ pub fn read_mesh_config(value: Value) -> MeshRead {
         "defaultProviders",
         "trustDomain",
         "trustDomainAliases",
+        "dnsRefreshRate",
     ];
     sort_fields(&mut map, "", USED, MESH_FIELDS, &mut read);
     if let Some(Value::Object(proxy)) = map.get_mut("defaultConfig") {

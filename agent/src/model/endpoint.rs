@@ -55,6 +55,10 @@ pub struct Endpoint {
     /// so auto mTLS applies — unless its PeerAuthentication is DISABLE on
     /// its port (the registry clears it then, as Istio's mtlsChecker).
     pub sidecar: bool,
+    /// The name of `resolution: DNS` (Envoy's `STRICT_DNS`) this endpoint
+    /// is an address of — or, before the name first resolves, the name it
+    /// connects by: what the agent's resolver keeps resolving.
+    pub resolved_from: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -87,6 +91,7 @@ impl Endpoint {
                 .get("security.istio.io/tlsMode")
                 .is_some_and(|m| m == "istio"),
             weight: 1,
+            resolved_from: None,
             address_text: address.to_string().into(),
             address,
             labels,

@@ -429,6 +429,7 @@ pub struct LiveState {
     originations: Registry<super::cluster::Origination>,
     round_robin_turns: Registry<std::sync::atomic::AtomicUsize>,
     weighted_schedules: Registry<super::balancer::WeightedSchedule>,
+    dns: super::dns::DnsAnswers,
 }
 
 impl LiveState {
@@ -443,6 +444,11 @@ impl LiveState {
     /// agent's start put them in force).
     pub fn peer_trust_domains(&self) -> &crate::tls::verify::PeerTrustDomains {
         &self.peer_trust_domains
+    }
+
+    /// What the names of `resolution: DNS` endpoints resolved to.
+    pub fn dns(&self) -> &super::dns::DnsAnswers {
+        &self.dns
     }
 
     /// The ext_authz counters every compiled provider client counts in.

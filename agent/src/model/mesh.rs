@@ -35,7 +35,13 @@ pub struct Mesh {
     /// The file's mesh config was refused (its own errors say why): its
     /// providers are unknown, so a reference to one is not reported missing.
     pub rejected: bool,
+    /// How often the names of `resolution: DNS` endpoints are resolved
+    /// again (`dnsRefreshRate`, Istio's default [`DEFAULT_DNS_REFRESH_RATE`]).
+    pub dns_refresh_rate: std::time::Duration,
 }
+
+/// Istio's default `dnsRefreshRate`.
+pub const DEFAULT_DNS_REFRESH_RATE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Default for Mesh {
     fn default() -> Self {
@@ -48,6 +54,7 @@ impl Default for Mesh {
             default_sampling_percent: None,
             default_custom_tags: Vec::new(),
             rejected: false,
+            dns_refresh_rate: DEFAULT_DNS_REFRESH_RATE,
         }
     }
 }

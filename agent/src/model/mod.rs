@@ -10,6 +10,7 @@ pub mod capture;
 pub mod clock;
 pub mod cluster;
 pub mod destination;
+pub mod dns;
 pub mod endpoint;
 pub mod expr;
 pub mod gateway;
@@ -235,12 +236,26 @@ impl Snapshot {
     /// The poolings of every cluster this config defines: the inbound
     /// application's, the outbound and TCP routes', an ingress gateway's.
     pub fn poolings(&self) -> cluster::Poolings {
+        cluster::Poolings::of(self.every_cluster())
+    }
+
+    /// The names of `resolution: DNS` endpoints of every cluster this
+    /// config defines ([`endpoint::Endpoint::resolved_from`]): what the
+    /// agent's resolver keeps resolving.
+    pub fn dns_names(&self) -> std::collections::BTreeSet<Arc<str>> {
+        (self.every_cluster())
+            .flat_map(|cluster| &cluster.endpoints)
+            .filter_map(|endpoint| endpoint.resolved_from.clone())
+            .collect()
+    }
+
+    /// The inbound application's cluster, the outbound and TCP routes',
+    /// an ingress gateway's.
+    fn every_cluster(&self) -> impl Iterator<Item = &Arc<Cluster>> {
         let gateway = self.gateway.iter().flat_map(|g| &g.clusters);
-        cluster::Poolings::of(
-            std::iter::once(&self.inbound)
-                .chain(&self.tcp_routes)
-                .chain(&self.clusters)
-                .chain(gateway),
-        )
+        std::iter::once(&self.inbound)
+            .chain(&self.tcp_routes)
+            .chain(&self.clusters)
+            .chain(gateway)
     }
 }

@@ -9,7 +9,7 @@ use crate::config::destination_rule::{
     OutlierDetection, PortTrafficPolicy, RetryBudget as RetryBudgetSettings, TrafficPolicy,
 };
 use crate::config::diagnostics::{Diagnostics, Location};
-use crate::model::balancer::{Balancer, DEFAULT_MAGLEV_TABLE_SIZE, HashCookie, HashKey};
+use crate::model::balancer::{Balancer, DEFAULT_MAGLEV_TABLE_SIZE, HashCookie, HashKey, SlowStart};
 use crate::model::cluster::{DEFAULT_CONNECT_TIMEOUT, Http2Keepalive, Keepalive, TcpKeepalive};
 use crate::model::endpoint::Endpoint;
 use crate::model::live::{LiveState, OutlierSettings, PoolLimits, RetryBudget, UNLIMITED};
@@ -153,7 +153,7 @@ pub(super) fn balancer(
     (live, cluster): (&LiveState, &str),
 ) -> Balancer {
     let Some(lb) = lb else {
-        return Balancer::by_turns(endpoints, true, live, cluster);
+        return Balancer::by_turns(endpoints, true, live, cluster, None);
     };
     if let Some(hash) = &lb.consistent_hash {
         let key = if let Some(name) = &hash.http_header_name {
@@ -183,12 +183,31 @@ pub(super) fn balancer(
             return Balancer::consistent_hash(key, endpoints, size);
         }
     }
+    let slow_start = slow_start(lb);
     match lb.simple.as_deref() {
-        Some("ROUND_ROBIN") => Balancer::by_turns(endpoints, false, live, cluster),
+        Some("ROUND_ROBIN") => Balancer::by_turns(endpoints, false, live, cluster, slow_start),
         // Envoy's random balancer draws every host alike, weights aside.
         Some("RANDOM") => Balancer::Random,
-        _ => Balancer::by_turns(endpoints, true, live, cluster),
+        // Istio renders no slow start for PASSTHROUGH's ORIGINAL_DST.
+        Some("PASSTHROUGH") => Balancer::by_turns(endpoints, true, live, cluster, None),
+        _ => Balancer::by_turns(endpoints, true, live, cluster, slow_start),
     }
+}
+
+/// The setting's slow start, as Istio's `setSlowStartConfig` renders it:
+/// `warmup` (its `minimumPercent` and `aggression` else Envoy's defaults,
+/// 10% and 1), else `warmupDurationSecs`; a zero window is none.
+fn slow_start(lb: &LoadBalancerSettings) -> Option<SlowStart> {
+    let (window, min_percent, aggression) = match &lb.warmup {
+        Some(warmup) => (warmup.duration?, warmup.minimum_percent, warmup.aggression),
+        None => (lb.warmup_duration_secs?, None, None),
+    };
+    let window_ms = window.get().as_millis().min(u128::from(u64::MAX)) as u64;
+    (window_ms > 0).then(|| SlowStart {
+        window_ms,
+        aggression: aggression.unwrap_or(1.0),
+        min_weight: min_percent.unwrap_or(10.0) / 100.0,
+    })
 }
 
 /// What a cluster takes from its effective policy.

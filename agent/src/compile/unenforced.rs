@@ -140,14 +140,14 @@ pub const FIELDS: &[Field] = &[
     ),
     warned(DR, "**.loadBalancer.localityLbSetting", "no localities"),
     warned(DR, "**.loadBalancer.zoneAwareLbSetting", "no zones"),
-    warned(DR, "**.loadBalancer.warmupDurationSecs", "no slow start"),
-    warned(DR, "**.loadBalancer.warmup", "no slow start"),
     compiler_warns(
         DR,
         "**.tls.credentialName",
         "Kubernetes secrets are not read; use the file fields",
     ),
     enforced(DR, "**.outlierDetection.splitExternalLocalOriginErrors"),
+    enforced(DR, "**.loadBalancer.warmup"),
+    enforced(DR, "**.loadBalancer.warmupDurationSecs"),
     enforced(DR, "**.outlierDetection.consecutiveLocalOriginFailures"),
     warned(
         DR,

@@ -150,10 +150,10 @@ pub struct LoadBalancerSettings {
     /// Zone-aware load balancing (not enforced; warned about).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone_aware_lb_setting: Option<ZoneAwareLbSetting>,
-    /// Slow start for new endpoints (not enforced; warned about).
+    /// Slow start for new endpoints (Envoy's `slow_start_config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_duration_secs: Option<IstioDuration>,
-    /// Slow start for new endpoints (not enforced; warned about).
+    /// Slow start for new endpoints (Envoy's `slow_start_config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<Warmup>,
 }

@@ -138,6 +138,10 @@ pub struct WeightedSchedule {
     /// The deadline step of each endpoint at weight 1: `STEP / weight`.
     steps: Box<[u64]>,
     least_request: bool,
+    /// Slow start: a step is divided by the endpoint's factor while it
+    /// warms up, as Envoy adds a host back to its schedule under the
+    /// weight it has at that moment.
+    slow_start: Option<SlowStart>,
     /// The schedule's time: the deadline of the last pick. An endpoint
     /// left behind it (while ejected) counts from it when it is back, as
     /// Envoy rebuilds its schedule when the healthy hosts change, instead
@@ -152,19 +156,68 @@ const STEP: u64 = 1 << 32;
 /// Where deadlines are moved back by half, so they never wrap.
 const RENORMALIZE_AT: u64 = 1 << 62;
 
+/// Slow start (DestinationRule `loadBalancer.warmup`, else
+/// `warmupDurationSecs`; Envoy's `slow_start_config`, which Istio renders
+/// for ROUND_ROBIN and LEAST_REQUEST): an endpoint that joined its cluster
+/// less than `window_ms` ago counts with its weight times
+/// `max(min_weight, (age / window)^(1 / aggression))`, its age at least
+/// 1ms, so its share of requests grows over the window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowStart {
+    /// The window, in milliseconds (`warmup.duration`).
+    pub window_ms: u64,
+    /// The ramp's curve, above 0; 1 is linear (`warmup.aggression`,
+    /// Envoy's default 1).
+    pub aggression: f64,
+    /// The least share of its weight a warming endpoint has, 0–1
+    /// (`warmup.minimumPercent` / 100, Envoy's default 10%).
+    pub min_weight: f64,
+}
+
+impl SlowStart {
+    /// The share of its weight an endpoint that joined at `joined_ms`
+    /// has at `now_ms` (milliseconds of [`super::clock::now_ms`]); `None`
+    /// once its window is over.
+    pub fn factor(&self, joined_ms: u64, now_ms: u64) -> Option<f64> {
+        let age = now_ms.saturating_sub(joined_ms);
+        if age >= self.window_ms {
+            return None;
+        }
+        let time = age.max(1) as f64 / self.window_ms as f64;
+        let ramp = if self.aggression == 1.0 {
+            time
+        } else {
+            time.powf(1.0 / self.aggression)
+        };
+        // Never 0: a step divided by it must stay finite.
+        Some(ramp.max(self.min_weight).max(1e-6))
+    }
+}
+
 impl WeightedSchedule {
-    /// A schedule over endpoints of these weights (0 is taken as 1),
-    /// every deadline one step from now, as Envoy adds hosts to its
-    /// scheduler.
-    fn new(weights: &[u32], least_request: bool) -> Self {
+    /// A schedule over `endpoints` of these weights (0 is taken as 1),
+    /// every deadline one step from now (a warming endpoint's step under
+    /// its factor now), as Envoy adds hosts to its scheduler.
+    fn new(
+        weights: &[u32],
+        least_request: bool,
+        slow_start: Option<SlowStart>,
+        endpoints: &[Arc<Endpoint>],
+    ) -> Self {
         let steps: Box<[u64]> = weights
             .iter()
             .map(|w| STEP / u64::from((*w).max(1)))
             .collect();
+        let now = super::clock::now_ms();
+        let first = |i: usize| match slow_start {
+            Some(slow) => warming_step(steps[i], slow, &endpoints[i], now),
+            None => steps[i],
+        };
         Self {
-            deadlines: steps.iter().map(|s| AtomicU64::new(*s)).collect(),
+            deadlines: (0..steps.len()).map(|i| AtomicU64::new(first(i))).collect(),
             steps,
             least_request,
+            slow_start,
             now: AtomicU64::new(0),
         }
     }
@@ -196,7 +249,10 @@ impl WeightedSchedule {
         } else {
             1
         };
-        let step = self.steps[i].saturating_mul(load);
+        let mut step = self.steps[i].saturating_mul(load);
+        if let Some(slow) = self.slow_start {
+            step = warming_step(step, slow, &endpoints[i], super::clock::now_ms());
+        }
         let now = self.now.load(Ordering::Relaxed);
         let moved = |d: u64| Some(d.max(now).saturating_add(step));
         let before = (self.deadlines[i].fetch_update(Ordering::Relaxed, Ordering::Relaxed, moved))
@@ -208,6 +264,16 @@ impl WeightedSchedule {
                 let _ = d.fetch_update(Ordering::Relaxed, Ordering::Relaxed, back);
             }
         }
+    }
+}
+
+/// `step` divided by `endpoint`'s slow-start factor at `now_ms`, if it is
+/// still warming up.
+fn warming_step(step: u64, slow: SlowStart, endpoint: &Endpoint, now_ms: u64) -> u64 {
+    match slow.factor(endpoint.state.joined_ms(), now_ms) {
+        // Saturating: f64 to u64 casts clamp.
+        Some(factor) => (step as f64 / factor) as u64,
+        None => step,
     }
 }
 
@@ -225,28 +291,35 @@ impl Balancer {
 
     /// ROUND_ROBIN (`least_request` false) or LEAST_REQUEST over
     /// `endpoints` of the cluster `cluster`: Envoy's plain policy when
-    /// their weights are equal, its weighted schedule ([`WeightedSchedule`])
-    /// when not. The turn and the schedule are `live`'s, kept across
-    /// reloads while the cluster's endpoints and weights stay, as Envoy
-    /// keeps a cluster's balancer.
+    /// their weights are equal and none of them is warming up under
+    /// `slow_start`, its weighted schedule ([`WeightedSchedule`]) when not
+    /// (kept once the warm-up is over, until the cluster is built again).
+    /// The turn and the schedule are `live`'s, kept across reloads while
+    /// the cluster's endpoints and weights stay, as Envoy keeps a
+    /// cluster's balancer.
     pub fn by_turns(
         endpoints: &[Arc<Endpoint>],
         least_request: bool,
         live: &LiveState,
         cluster: &str,
+        slow_start: Option<SlowStart>,
     ) -> Self {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
-        match (weights.windows(2).all(|w| w[0] == w[1]), least_request) {
+        let now = super::clock::now_ms();
+        let warming = slow_start.filter(|slow| {
+            (endpoints.iter()).any(|e| slow.factor(e.state.joined_ms(), now).is_some())
+        });
+        let equal = weights.windows(2).all(|w| w[0] == w[1]);
+        match (equal && warming.is_none(), least_request) {
             (true, false) => Self::RoundRobin(live.round_robin_turn(cluster)),
             (true, true) => Self::LeastRequest,
             (false, _) => {
-                let mut key = format!("{cluster}|{least_request}");
+                let mut key = format!("{cluster}|{least_request}|{warming:?}");
                 for e in endpoints {
                     key.push_str(&format!("|{}={}", e.address_text, e.weight));
                 }
-                Self::Weighted(
-                    live.weighted_schedule(&key, || WeightedSchedule::new(&weights, least_request)),
-                )
+                let make = || WeightedSchedule::new(&weights, least_request, warming, endpoints);
+                Self::Weighted(live.weighted_schedule(&key, make))
             }
         }
     }
@@ -590,7 +663,7 @@ mod tests {
             let endpoints = weighted(weights);
             for least_request in [false, true] {
                 let balancer =
-                    Balancer::by_turns(&endpoints, least_request, &LiveState::default(), "w");
+                    Balancer::by_turns(&endpoints, least_request, &LiveState::default(), "w", None);
                 assert!(matches!(balancer, Balancer::Weighted(_)));
                 for _ in 0..3 {
                     let mut counts = vec![0u32; weights.len()];
@@ -603,13 +676,44 @@ mod tests {
         }
         let equal = weighted(&[2, 2]);
         assert!(matches!(
-            Balancer::by_turns(&equal, false, &LiveState::default(), "w"),
+            Balancer::by_turns(&equal, false, &LiveState::default(), "w", None),
             Balancer::RoundRobin(_)
         ));
         assert!(matches!(
-            Balancer::by_turns(&equal, true, &LiveState::default(), "w"),
+            Balancer::by_turns(&equal, true, &LiveState::default(), "w", None),
             Balancer::LeastRequest
         ));
+    }
+
+    /// Envoy's slow-start factor: `max(min, (age / window)^(1 /
+    /// aggression))`, the age at least 1ms, none once the window is over.
+    #[test]
+    fn slow_start_ramps_a_weight_up_over_its_window() {
+        let linear = SlowStart {
+            window_ms: 100_000,
+            aggression: 1.0,
+            min_weight: 0.1,
+        };
+        let at = |slow: SlowStart, age_ms: u64| slow.factor(1_000, 1_000 + age_ms);
+        assert_eq!(at(linear, 0), Some(0.1));
+        assert_eq!(at(linear, 9_000), Some(0.1));
+        assert_eq!(at(linear, 50_000), Some(0.5));
+        assert_eq!(at(linear, 100_000), None);
+        let steep = SlowStart {
+            aggression: 2.0,
+            min_weight: 0.0,
+            ..linear
+        };
+        let near = |got: Option<f64>, want: f64| (got.unwrap() - want).abs() < 1e-12;
+        assert!(near(at(steep, 25_000), 0.5));
+        assert!(near(at(steep, 0), 1e-5f64.sqrt()), "1ms at least");
+        // Never 0, so a step stays finite.
+        let none = SlowStart {
+            min_weight: 0.0,
+            window_ms: u64::MAX,
+            ..linear
+        };
+        assert!(at(none, 0).unwrap() > 0.0);
     }
 
     /// The schedule is the cluster's across reloads while its endpoints
@@ -625,14 +729,15 @@ mod tests {
         // Each reload's balancer built while the last is still in force.
         let mut in_force = Vec::new();
         for _ in 0..40 {
-            let balancer = Balancer::by_turns(&endpoints, false, &live, "w");
+            let balancer = Balancer::by_turns(&endpoints, false, &live, "w", None);
             for _ in 0..5 {
                 counts[balancer.pick(&endpoints, input(&headers)).unwrap()] += 1;
             }
             in_force.push(balancer);
         }
         assert_eq!(counts, [180, 20]);
-        let Balancer::Weighted(schedule) = Balancer::by_turns(&endpoints, false, &live, "w") else {
+        let Balancer::Weighted(schedule) = Balancer::by_turns(&endpoints, false, &live, "w", None)
+        else {
             unreachable!()
         };
         for d in schedule.deadlines.iter() {
@@ -657,7 +762,7 @@ mod tests {
         let input = input(&headers);
         let endpoints = weighted(&[4, 1]);
         let _busy: Vec<_> = (0..3).map(|_| endpoints[0].state.start_request()).collect();
-        let balancer = Balancer::by_turns(&endpoints, true, &LiveState::default(), "w");
+        let balancer = Balancer::by_turns(&endpoints, true, &LiveState::default(), "w", None);
         let mut counts = [0u32; 2];
         for _ in 0..200 {
             counts[balancer.pick(&endpoints, input).unwrap()] += 1;

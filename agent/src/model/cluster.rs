@@ -686,7 +686,7 @@ mod tests {
             Arc::get_mut(endpoint).unwrap().weight = weight;
         }
         let live = crate::model::live::LiveState::default();
-        cluster.balancer = Balancer::by_turns(&cluster.endpoints, least_request, &live, "w");
+        cluster.balancer = Balancer::by_turns(&cluster.endpoints, least_request, &live, "w", None);
         cluster.outlier = Some(ejecting());
         cluster
     }

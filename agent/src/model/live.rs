@@ -12,8 +12,10 @@ use std::sync::Mutex;
 use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 
+use super::clock::now_ms;
+
 /// One endpoint of one cluster, as it is doing now.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EndpointState {
     active: AtomicU64,
     total: AtomicU64,
@@ -22,6 +24,17 @@ pub struct EndpointState {
     consecutive_local_origin: AtomicU32,
     ejected_until_ms: AtomicU64,
     ejections: AtomicU32,
+    /// When it joined its cluster ([`now_ms`]): a config that keeps it
+    /// keeps its state, so this is when a config first had it (the time
+    /// Envoy's slow start counts from: when the host came in an endpoint
+    /// update, as every host of Istio's EDS clusters does).
+    joined_ms: u64,
+}
+
+impl Default for EndpointState {
+    fn default() -> Self {
+        Self::joined_at(now_ms())
+    }
 }
 
 /// One in-flight request to an endpoint (decrements the count when dropped).
@@ -70,6 +83,26 @@ pub struct OutlierSettings {
 const MAX_EJECTION: Duration = Duration::from_secs(300);
 
 impl EndpointState {
+    /// A new endpoint's state, as if it joined its cluster at `joined_ms`
+    /// ([`now_ms`]).
+    pub fn joined_at(joined_ms: u64) -> Self {
+        Self {
+            active: AtomicU64::default(),
+            total: AtomicU64::default(),
+            consecutive_5xx: AtomicU32::default(),
+            consecutive_gateway: AtomicU32::default(),
+            consecutive_local_origin: AtomicU32::default(),
+            ejected_until_ms: AtomicU64::default(),
+            ejections: AtomicU32::default(),
+            joined_ms,
+        }
+    }
+
+    /// When it joined its cluster ([`now_ms`]).
+    pub fn joined_ms(&self) -> u64 {
+        self.joined_ms
+    }
+
     /// Requests in flight.
     pub fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)

@@ -122,6 +122,9 @@ async fn clusters(State(state): State<AdminState>, Query(format): Query<Format>)
             };
             text.push_str(&format!("{prefix}::health_flags::{health}\n"));
             text.push_str(&format!("{prefix}::weight::{}\n", ep.weight));
+            if let Some(name) = &ep.resolved_from {
+                text.push_str(&format!("{prefix}::hostname::{name}\n"));
+            }
         }
     }
     ([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
@@ -136,6 +139,9 @@ fn cluster_json(cluster: &Cluster) -> Value {
             let ejected = ep.state.is_ejected(now);
             json!({
                 "address": ep.address.to_string(),
+                // The `resolution: DNS` name it is an address of (Envoy's
+                // `hostname` of a STRICT_DNS host).
+                "hostname": ep.resolved_from.as_deref(),
                 "labels": ep.labels,
                 "weight": ep.weight,
                 "activeRequests": ep.state.active(),

@@ -528,6 +528,17 @@ spec:
     send(90).await;
     let shares: Vec<usize> = counts().iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(shares, [30, 30, 30]);
+    // `/clusters` shows each address under the name, as Envoy's does.
+    let clusters = curl_args(&client, &["http://127.0.0.1:15000/clusters"])
+        .await
+        .unwrap();
+    for pod in &servers {
+        let endpoint = format!(
+            "outbound|80||api.internal::{}:80::hostname::api.internal",
+            pod.ip
+        );
+        assert!(clusters.contains(&endpoint), "{endpoint} in {clusters}");
+    }
 }
 
 /// A Sidecar's `outboundTrafficPolicy.egressProxy` under ALLOW_ANY: what

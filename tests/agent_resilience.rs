@@ -539,6 +539,58 @@ async fn an_endpoint_that_joins_warms_up_as_envoy_slow_start_ramps_it() {
     assert_eq!(new.count() - before, 55);
 }
 
+/// An endpoint a reload drops and a later one adds back is a new
+/// endpoint, as a host re-added to Envoy is: no ejection left from before,
+/// and it warms up again. (Found by a reviewer: the agent held its first
+/// config for its whole life, so an endpoint of that config came back
+/// ejected, and with its old age.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_endpoint_dropped_and_added_back_is_a_new_endpoint() {
+    let kept = Upstream::start("kept").await;
+    let back = Upstream::start("back").await;
+    back.fail_with(503);
+    let base = agent("frontend", closed_port().await, NO_COLLECTOR);
+    let config = |ports: &[u16]| {
+        let endpoints: String = (ports.iter())
+            .map(|port| format!("  - {{address: 127.0.0.1, ports: {{http: {port}}}}}\n"))
+            .collect();
+        base.clone()
+            + &format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: re, namespace: default}}\nspec:\n  hosts: [re.example.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n{endpoints}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: re, namespace: default}}\nspec:\n  host: re.example.com\n  trafficPolicy:\n    loadBalancer: {{simple: ROUND_ROBIN}}\n    outlierDetection: {{consecutive5xxErrors: 1, baseEjectionTime: 5m, maxEjectionPercent: 100}}\n"
+            )
+    };
+    let health = async |agent: &Agent| {
+        let clusters = clusters(agent).await;
+        let address = back.addr.to_string();
+        (clusters["clusters"].as_array().unwrap().iter())
+            .filter(|c| c["name"] == "outbound|80||re.example.com")
+            .flat_map(|c| c["endpoints"].as_array().unwrap().clone())
+            .find(|e| e["address"] == address.as_str())
+            .map(|e| e["health"].as_str().unwrap().to_owned())
+    };
+    let (kept_port, back_port) = (kept.addr.port(), back.addr.port());
+    let agent = Agent::start(&config(&[kept_port, back_port]));
+    let client = Client::h1(agent.outbound);
+    for i in 0..4 {
+        client.get(&format!("http://re.example.com/{i}")).await;
+    }
+    assert_eq!(health(&agent).await.as_deref(), Some("EJECTED"));
+
+    agent.rewrite_config(&config(&[kept_port]));
+    agent.wait_for_config_version(2.0).await;
+    assert_eq!(health(&agent).await, None);
+    back.fail_with(0);
+    agent.rewrite_config(&config(&[kept_port, back_port]));
+    agent.wait_for_config_version(3.0).await;
+    assert_eq!(health(&agent).await.as_deref(), Some("HEALTHY"));
+    let before = back.count();
+    for i in 0..10 {
+        let reply = client.get(&format!("http://re.example.com/{i}")).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+    assert_eq!(back.count() - before, 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn max_ejection_percent_holds_and_all_ejected_is_uh() {
     let hosts = [

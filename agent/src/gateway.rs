@@ -74,6 +74,9 @@ pub fn run_gateway_until(
         outbound_tcp: Vec::new(),
         gateway: addresses.ports.clone(),
     };
+    // As the sidecar's: the first config's endpoints live on only while a
+    // config in force holds them.
+    drop((snapshot, gateway));
     let router = crate::admin::router(plane.shared.clone(), listed);
     let ports: Vec<String> = addresses
         .ports

@@ -87,6 +87,10 @@ pub fn run_until(
     let workers = proxy::spawn_workers(&plane.shared, bound.per_worker, inbound_tcp)?;
     let addresses = bound.addresses;
     let router = crate::admin::router(plane.shared.clone(), addresses.clone());
+    // The first config's endpoints live on only while a config in force
+    // holds them: one a reload drops and a later one adds back is a new
+    // endpoint (no ejection, no age), as a host re-added to Envoy is.
+    drop(snapshot);
     let outbound_tcp: Vec<String> = addresses
         .outbound_tcp
         .iter()

@@ -171,6 +171,10 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
     };
     match port.protocol {
         PortProtocol::Http => {
+            // Each request takes the config in force when it comes: the
+            // connection holds none, so a config replaced lets its
+            // endpoints go.
+            drop(snapshot);
             let io: DownstreamIo = MaybeTls::Plain(stream);
             connection.http(io, down(None, None, false)).await;
         }
@@ -247,7 +251,10 @@ async fn serve(connection: Connection, stream: TcpStream, peer: SocketAddr, numb
             };
             let client = Some(client);
             match &chain.action {
-                ChainAction::Http(_) => connection.http(io, down(client, sni, true)).await,
+                ChainAction::Http(_) => {
+                    drop(snapshot);
+                    connection.http(io, down(client, sni, true)).await;
+                }
                 ChainAction::Forward(routes) => {
                     let target = l4_target(routes, sni.as_deref(), number);
                     let worker = &connection.worker;

@@ -37,10 +37,10 @@ use super::{
 };
 use crate::capture::detect::{Detected, detect, detect_tls, take_undecided};
 use crate::capture::original_dst::original_dst;
+use crate::model::MtlsMode;
 use crate::model::capture::InterceptionMode;
 use crate::model::cluster::Cluster;
 use crate::model::service::Protocol;
-use crate::model::{MtlsMode, Snapshot};
 use crate::tls::io::{DownstreamIo, MaybeTls};
 use crate::tls::{PeerTls, handshake, is_mesh_alpn};
 
@@ -338,8 +338,10 @@ impl Connection {
     /// closed, as Istio blackholes what is addressed to its outbound
     /// listener's own port.
     async fn accepted(self, stream: TcpStream, peer: SocketAddr, direction: Direction) {
-        let snapshot = self.worker.shared.config.load_full();
-        if snapshot.capture.mode == InterceptionMode::Redirect {
+        // The config is looked at, not held: a connection's requests each
+        // take the config in force when they come.
+        let redirect = self.worker.shared.config.load().capture.mode == InterceptionMode::Redirect;
+        if redirect {
             match original_dst(&stream) {
                 Ok(Some(dst)) => return self.captured(stream, peer, direction, dst).await,
                 Ok(None) if direction == Direction::Inbound => {
@@ -424,6 +426,10 @@ impl Connection {
                 };
                 match decided {
                     Ok(interception::Outbound::Http(captured)) => {
+                        // Each request takes the config in force when it
+                        // comes: the connection holds none, so a config
+                        // replaced lets its endpoints go.
+                        drop(snapshot);
                         let io: DownstreamIo = MaybeTls::Plain(stream);
                         self.http(io, down(captured)).await;
                     }
@@ -436,6 +442,7 @@ impl Connection {
                         let target =
                             tcp::routed(&snapshot, target, dst.ip(), sni.as_deref(), outside);
                         let target = interception::at_original_destination(target, dst);
+                        drop(snapshot);
                         let ends = (peer, dst);
                         let side = (direction, None);
                         let stream = Rewind::with_prefix(stream, undecided);
@@ -451,7 +458,12 @@ impl Connection {
                     tracing::debug!(%dst, %peer, "refused: the original destination is not this pod");
                     return;
                 };
-                self.captured_inbound(stream, peer, dst, app, &snapshot)
+                let timeout = snapshot.capture.protocol_detection_timeout;
+                // The mode of the port the client addressed (Istio's
+                // endpoint port).
+                let mode = snapshot.inbound_mtls.for_port(dst.port());
+                drop(snapshot);
+                self.captured_inbound(stream, peer, dst, app, (timeout, mode))
                     .await;
             }
         }
@@ -466,11 +478,8 @@ impl Connection {
         peer: SocketAddr,
         dst: SocketAddr,
         app: Arc<Cluster>,
-        snapshot: &Snapshot,
+        (timeout, mode): (Duration, MtlsMode),
     ) {
-        let timeout = snapshot.capture.protocol_detection_timeout;
-        // The mode of the port the client addressed (Istio's endpoint port).
-        let mode = snapshot.inbound_mtls.for_port(dst.port());
         // What the first bytes must tell: mTLS or not, unless nothing can
         // be mTLS here (DISABLE, or no workload certificate); HTTP or not,
         // unless the port declares its protocol. A port that needs neither

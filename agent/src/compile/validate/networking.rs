@@ -342,13 +342,17 @@ fn load_balancer(c: &mut Check<'_>, field: &str, lb: &LoadBalancerSettings) {
         if w.duration.is_none() {
             c.error(format!("{f}.duration"), "duration is required");
         }
-        if w.minimum_percent
-            .is_some_and(|p| !(0.0..=100.0).contains(&p))
-        {
-            c.error(
+        common::duration_at_least_1ms(c, &format!("{f}.duration"), w.duration);
+        match w.minimum_percent {
+            Some(p) if p > 100.0 => c.error(
                 format!("{f}.minimumPercent"),
-                "minimumPercent value should be between 0 and 100",
-            );
+                "minimumPercent value should be less than or equal to 100",
+            ),
+            Some(p) if p.is_nan() || p < 0.0 => c.error(
+                format!("{f}.minimumPercent"),
+                "minimumPercent value should be greater than or equal to 0",
+            ),
+            _ => {}
         }
         if w.aggression.is_some_and(|a| a <= 0.0) {
             c.error(

@@ -453,8 +453,9 @@ spec:
 /// `resolution: DNS` is Envoy's `STRICT_DNS`, as Istio renders it: every
 /// address a name resolves to is an endpoint of its own, balanced (here
 /// ROUND_ROBIN, so each takes its exact share), and an address the name
-/// gains is balanced to once the name is resolved again (the mesh's
-/// `dnsRefreshRate`). The pods' hosts file is their DNS. (It was one
+/// gains is balanced to once the name is resolved again — at once when a
+/// reload lowers the mesh's `dnsRefreshRate` (a reviewer found the old
+/// rate's deadline kept). The pods' hosts file is their DNS. (It was one
 /// endpoint by name: every request went to the name's first address.)
 #[tokio::test]
 async fn dns_resolution_balances_every_address_of_a_name() {
@@ -474,7 +475,7 @@ kind: ConfigMap
 metadata: {name: istio, namespace: istio-system}
 data:
   mesh: |-
-    dnsRefreshRate: 1s
+    dnsRefreshRate: 1h
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -491,7 +492,7 @@ spec:
   host: api.internal
   trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
 "#;
-    let _agent = start_agent(&client, "REGISTRY_ONLY", registry);
+    let agent = start_agent(&client, "REGISTRY_ONLY", registry);
     let counts = || upstreams.iter().map(Upstream::count).collect::<Vec<_>>();
     // `requests` requests from the application, over one connection.
     let send = async |requests: usize| {
@@ -521,8 +522,10 @@ spec:
     let shares: Vec<usize> = counts().iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(shares, [30, 30, 0]);
 
-    // The name gains an address.
+    // The name gains an address, seen once a reload lowers the rate.
     bed.service("api.internal", IpAddr::V4(servers[2].ip));
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    agent.rewrite_config(&text.replace("dnsRefreshRate: 1h", "dnsRefreshRate: 1s"));
     wait_for(2, "the name's new address never took a request").await;
     let before = counts();
     send(90).await;

@@ -578,6 +578,7 @@ pub(super) fn inbound_cluster(boot: &Agent, live: &LiveState) -> Arc<Cluster> {
         upstream_bind: None,
         original_dst: None,
         pooling: Default::default(),
+        dns_names: Default::default(),
     })
 }
 
@@ -722,6 +723,7 @@ impl EntryContext<'_> {
                 .flat_map(|r| r.subsets.iter().map(|s| Some(s.name.as_str()))),
         );
         let service_accounts = self.service_accounts();
+        let dns_names = self.dns_names();
         let mut clusters: HashMap<Option<String>, Vec<Arc<Cluster>>> = HashMap::new();
         for (p, port) in self.doc.spec.ports.iter().enumerate() {
             let Some(protocol) = Protocol::parse(&port.protocol) else {
@@ -747,6 +749,7 @@ impl EntryContext<'_> {
                     live: self.live,
                     has_identity: self.has_identity,
                     service_accounts: &service_accounts,
+                    dns_names: &dns_names,
                 }
                 .build(&endpoints);
                 clusters
@@ -875,6 +878,31 @@ impl EntryContext<'_> {
         out
     }
 
+    /// The names the entry's endpoints are found by under `resolution:
+    /// DNS` (Envoy's `STRICT_DNS`): its hosts when it lists no endpoints
+    /// (a wildcard names none), else each endpoint `address` that is not
+    /// an IP address (or a Unix socket, which is skipped).
+    fn dns_names(&self) -> Vec<Arc<str>> {
+        let spec = &self.doc.spec;
+        if self.resolution != Resolution::Dns || spec.workload_selector.is_some() {
+            return Vec::new();
+        }
+        if spec.endpoints.is_empty() {
+            return (!self.fqdn.starts_with('*'))
+                .then(|| Arc::from(self.fqdn))
+                .into_iter()
+                .collect();
+        }
+        let mut names: Vec<Arc<str>> = (spec.endpoints.iter())
+            .map(|ep| ep.address.as_str())
+            .filter(|a| a.parse::<IpAddr>().is_err() && !a.starts_with("unix://"))
+            .map(Arc::from)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// `spec` as its cluster takes it: under `resolution: DNS` (Envoy's
     /// `STRICT_DNS`) an endpoint named by DNS is one endpoint per address
     /// its name last resolved to, each with its labels and weight (Envoy
@@ -919,6 +947,8 @@ struct ClusterBuild<'a> {
     live: &'a LiveState,
     has_identity: bool,
     service_accounts: &'a [String],
+    /// The entry's `resolution: DNS` names ([`EntryContext::dns_names`]).
+    dns_names: &'a [Arc<str>],
 }
 
 impl ClusterBuild<'_> {
@@ -994,6 +1024,7 @@ impl ClusterBuild<'_> {
             upstream_bind: None,
             original_dst,
             pooling: Default::default(),
+            dns_names: self.dns_names.into(),
         }
     }
 }
@@ -1248,6 +1279,14 @@ spec:
         assert_eq!(named.endpoints[1].resolved_from, None);
         let logical = cluster(&after, "outbound|80||logical.internal");
         assert_eq!(endpoints(logical), ["logical.internal:80"]);
+
+        // A name whose first lookup failed has no endpoint (Envoy's
+        // cluster has no host before its first answer), and is still
+        // resolved.
+        live.dns().set(&Arc::from("api.internal"), Vec::new());
+        let failed = compile(&live);
+        assert!(endpoints(cluster(&failed, "outbound|80||api.internal")).is_empty());
+        assert!(failed.dns_names().contains("api.internal"));
 
         // A captured call to a resolved address is the service's port's
         // (balanced), not that endpoint's; a listed IP endpoint's is its own.

@@ -75,6 +75,10 @@ pub struct Cluster {
     /// fields above on first use ([`Cluster::pooling`]): a cluster is not
     /// changed once shared. `OnceLock::new()` when built.
     pub(crate) pooling: OnceLock<Option<Arc<Pooling>>>,
+    /// The `resolution: DNS` names its endpoints are the addresses of
+    /// (Envoy's `STRICT_DNS`), resolved or not, one that resolved to no
+    /// address included: what the agent's resolver keeps resolving.
+    pub dns_names: Arc<[Arc<str>]>,
 }
 
 /// How an `ORIGINAL_DST` cluster reaches a connection's original
@@ -442,6 +446,7 @@ impl Cluster {
             destination_rule: None,
             original_dst: None,
             pooling: OnceLock::new(),
+            dns_names: Default::default(),
         }
     }
 
@@ -615,6 +620,7 @@ pub(crate) mod testing {
             upstream_bind: None,
             original_dst: None,
             pooling: Default::default(),
+            dns_names: Default::default(),
         })
     }
 }

@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-/// Most addresses one name's answer gives endpoints (the first of its
-/// sorted addresses): a hosts file or a DNS answer cannot make a cluster
-/// without bound.
+/// Most addresses one name's answer gives endpoints: a hosts file or a
+/// DNS answer cannot make a cluster without bound. Which of a longer
+/// answer's addresses a sidecar takes differs from one agent to the next
+/// (a window of the sorted answer, from a place each process draws once),
+/// so the mesh's sidecars together reach all of them.
 pub const MAX_ADDRESSES: usize = 64;
 
 /// Each name's addresses as last resolved, by name. Read while a config
@@ -75,15 +77,25 @@ impl DnsAnswers {
 
 /// The addresses a cluster takes from one lookup's `found`: its IPv4
 /// addresses, else its IPv6 ones (Envoy's `V4_PREFERRED`), sorted, each
-/// once, at most [`MAX_ADDRESSES`].
+/// once, at most [`MAX_ADDRESSES`] (this process's window of them).
 pub fn answer(found: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
+    static WINDOW: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    answer_from(found, *WINDOW.get_or_init(|| fastrand::usize(..)))
+}
+
+/// [`answer`], its window of a long answer starting at `start` (modulo the
+/// answer's length), the addresses kept sorted.
+fn answer_from(found: impl IntoIterator<Item = IpAddr>, start: usize) -> Vec<IpAddr> {
     let found: BTreeSet<IpAddr> = found.into_iter().collect();
     let v4 = found.iter().any(IpAddr::is_ipv4);
-    found
-        .into_iter()
-        .filter(|ip| ip.is_ipv4() == v4)
-        .take(MAX_ADDRESSES)
-        .collect()
+    let mut family: Vec<IpAddr> = found.into_iter().filter(|ip| ip.is_ipv4() == v4).collect();
+    if family.len() > MAX_ADDRESSES {
+        let len = family.len();
+        family.rotate_left(start % len);
+        family.truncate(MAX_ADDRESSES);
+        family.sort();
+    }
+    family
 }
 
 #[cfg(test)]
@@ -102,8 +114,16 @@ mod tests {
             answer(ips(&["fd00::2", "fd00::1"])),
             ips(&["fd00::1", "fd00::2"])
         );
-        let many = (0..300u32).map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
-        assert_eq!(answer(many).len(), MAX_ADDRESSES);
+        let many = || (0..300u32).map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+        assert_eq!(answer(many()).len(), MAX_ADDRESSES);
+        // Each process its own window, the same at every lookup.
+        assert_eq!(answer(many()), answer(many()));
+        let window = answer_from(many(), 290);
+        assert_eq!(window.len(), MAX_ADDRESSES);
+        assert_eq!(window[0], IpAddr::from([10, 0, 0, 0]));
+        assert_eq!(window[53], IpAddr::from([10, 0, 0, 53]));
+        assert_eq!(window[54], IpAddr::from([10, 0, 1, 34]));
+        assert_eq!(window[MAX_ADDRESSES - 1], IpAddr::from([10, 0, 1, 43]));
     }
 
     #[test]

@@ -240,12 +240,11 @@ impl Snapshot {
     }
 
     /// The names of `resolution: DNS` endpoints of every cluster this
-    /// config defines ([`endpoint::Endpoint::resolved_from`]): what the
-    /// agent's resolver keeps resolving.
+    /// config defines ([`cluster::Cluster::dns_names`]): what the agent's
+    /// resolver keeps resolving.
     pub fn dns_names(&self) -> std::collections::BTreeSet<Arc<str>> {
         (self.every_cluster())
-            .flat_map(|cluster| &cluster.endpoints)
-            .filter_map(|endpoint| endpoint.resolved_from.clone())
+            .flat_map(|cluster| cluster.dns_names.iter().cloned())
             .collect()
     }
 

@@ -47,6 +47,7 @@ pub fn cluster(
         original_dst: None,
         keepalive: Default::default(),
         pooling: Default::default(),
+        dns_names: Default::default(),
     })
 }
 

@@ -488,16 +488,9 @@ async fn an_endpoint_that_joins_warms_up_as_envoy_slow_start_ramps_it() {
         ("cold", "{simple: ROUND_ROBIN}"),
     ];
     let config = |ports: &[u16]| {
-        let mut yaml = base.clone();
-        for (name, lb) in policies {
-            let endpoints: String = (ports.iter())
-                .map(|port| format!("  - {{address: 127.0.0.1, ports: {{http: {port}}}}}\n"))
-                .collect();
-            yaml += &format!(
-                "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{name}.example.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n{endpoints}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  host: {name}.example.com\n  trafficPolicy: {{loadBalancer: {lb}}}\n"
-            );
-        }
-        yaml
+        let entries = policies
+            .map(|(name, lb)| static_entry(name, ports, &format!("{{loadBalancer: {lb}}}")));
+        base.clone() + &entries.concat()
     };
     let (old_port, new_port) = (old.addr.port(), new.addr.port());
     let agent = Agent::start(&config(&[old_port]));
@@ -550,15 +543,8 @@ async fn an_endpoint_dropped_and_added_back_is_a_new_endpoint() {
     let back = Upstream::start("back").await;
     back.fail_with(503);
     let base = agent("frontend", closed_port().await, NO_COLLECTOR);
-    let config = |ports: &[u16]| {
-        let endpoints: String = (ports.iter())
-            .map(|port| format!("  - {{address: 127.0.0.1, ports: {{http: {port}}}}}\n"))
-            .collect();
-        base.clone()
-            + &format!(
-                "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: re, namespace: default}}\nspec:\n  hosts: [re.example.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n{endpoints}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: re, namespace: default}}\nspec:\n  host: re.example.com\n  trafficPolicy:\n    loadBalancer: {{simple: ROUND_ROBIN}}\n    outlierDetection: {{consecutive5xxErrors: 1, baseEjectionTime: 5m, maxEjectionPercent: 100}}\n"
-            )
-    };
+    let policy = "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 1, baseEjectionTime: 5m, maxEjectionPercent: 100}}";
+    let config = |ports: &[u16]| base.clone() + &static_entry("re", ports, policy);
     let health = async |agent: &Agent| {
         let clusters = clusters(agent).await;
         let address = back.addr.to_string();
@@ -589,6 +575,18 @@ async fn an_endpoint_dropped_and_added_back_is_a_new_endpoint() {
         assert_eq!(reply.status, 200, "{:?}", reply.body);
     }
     assert_eq!(back.count() - before, 5);
+}
+
+/// A ServiceEntry `<name>.example.com` on port 80 with a STATIC endpoint
+/// at 127.0.0.1 for each of `ports`, and its DestinationRule's
+/// `trafficPolicy` (a flow mapping).
+fn static_entry(name: &str, ports: &[u16], traffic_policy: &str) -> String {
+    let endpoints: String = (ports.iter())
+        .map(|port| format!("  - {{address: 127.0.0.1, ports: {{http: {port}}}}}\n"))
+        .collect();
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{name}.example.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n{endpoints}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  host: {name}.example.com\n  trafficPolicy: {traffic_policy}\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
